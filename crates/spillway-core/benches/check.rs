@@ -1,0 +1,139 @@
+//! Keyed checks on the in-memory store, beside `governor`'s keyed GCRA limiter in the same
+//! run, plus bytes of memory per idle key for both.
+//!
+//! Run: `cargo bench -p spillway-core --bench check`
+//! (memory figures are printed first unless SPILLWAY_BENCH_NO_MEMORY is set).
+
+use criterion::{black_box, BenchmarkId, Criterion, Throughput};
+use governor::{Quota, RateLimiter};
+use spillway_core::algorithm::{
+    FixedWindow, Gcra, LeakyBucket, LimitParams, SlidingLog, SlidingWindow, TokenBucket,
+};
+use spillway_core::key::StateKey;
+use spillway_core::rate::Rate;
+use spillway_core::request::CheckMode;
+use spillway_core::store::{Check, MemoryStore, Store};
+use spillway_core::time::{SystemClock, SECOND};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Counts live heap bytes so the memory report can attribute them to keys.
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Mostly-allowed parameters for each algorithm: a limit far above what a run can use.
+fn algorithms() -> Vec<(&'static str, LimitParams)> {
+    let rate = Rate::new(1_000_000_000, SECOND).unwrap();
+    let big = 1_000_000_000;
+    vec![
+        ("token_bucket", LimitParams::TokenBucket(TokenBucket::new(rate, big).unwrap())),
+        ("gcra", LimitParams::Gcra(Gcra::new(rate, big).unwrap())),
+        ("fixed_window", LimitParams::FixedWindow(FixedWindow::new(u64::MAX / 2, SECOND).unwrap())),
+        ("sliding_window", LimitParams::SlidingWindow(SlidingWindow::new(u64::MAX / 4, SECOND).unwrap())),
+        ("sliding_log", LimitParams::SlidingLog(SlidingLog::new(16, 1000).unwrap())),
+        ("leaky_bucket", LimitParams::LeakyBucket(LeakyBucket::new(rate, big).unwrap())),
+    ]
+}
+
+fn keys(n: usize) -> Vec<StateKey> {
+    (0..n)
+        .map(|i| StateKey {
+            limit: "per-user".into(),
+            fingerprint: 1,
+            values: vec![format!("user-{i}")],
+        })
+        .collect()
+}
+
+fn governor_quota() -> Quota {
+    Quota::per_second(NonZeroU32::MAX).allow_burst(NonZeroU32::MAX)
+}
+
+fn bench_checks(c: &mut Criterion) {
+    for n in [1usize, 10_000] {
+        let mut group = c.benchmark_group(format!("keyed_check/{n}_keys"));
+        group.throughput(Throughput::Elements(1));
+        let ks = keys(n);
+        let names: Vec<String> = ks.iter().map(|k| k.values[0].clone()).collect();
+
+        let gov = RateLimiter::keyed(governor_quota());
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new("governor", "gcra"), |b| {
+            b.iter(|| {
+                i = (i + 1) % n;
+                black_box(gov.check_key(&names[i]).is_ok())
+            })
+        });
+
+        for (name, params) in algorithms() {
+            let store = MemoryStore::new(1_000_000, Arc::new(SystemClock));
+            let mut i = 0;
+            group.bench_function(BenchmarkId::new("spillway", name), |b| {
+                b.iter(|| {
+                    i = (i + 1) % n;
+                    let check = [Check { key: &ks[i], params: &params, cost: 1, enforced: true }];
+                    black_box(store.check_blocking(&check, CheckMode::Consume)[0].allowed)
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+/// Prints live heap bytes per key after filling each limiter with `n` idle keys.
+fn memory_report() {
+    println!("bytes of heap per idle key (keys, spillway token_bucket, spillway gcra, governor keyed gcra)");
+    for n in [10_000usize, 100_000, 1_000_000] {
+        let ks = keys(n);
+        let names: Vec<String> = ks.iter().map(|k| k.values[0].clone()).collect();
+        let mut row = vec![n.to_string()];
+        for (_, params) in algorithms().into_iter().take(2) {
+            let before = LIVE.load(Ordering::Relaxed);
+            let store = MemoryStore::new(2_000_000, Arc::new(SystemClock));
+            for k in &ks {
+                let check = [Check { key: k, params: &params, cost: 1, enforced: true }];
+                store.check_blocking(&check, CheckMode::Consume);
+            }
+            assert_eq!(store.key_count(), n as u64);
+            row.push(format!("{:.1}", (LIVE.load(Ordering::Relaxed) - before) as f64 / n as f64));
+            drop(store);
+        }
+        // governor stores its keys (the strings) in the map too; subtract their heap part so
+        // both sides count only the limiter's own memory.
+        let key_heap: usize = names.iter().map(|s| s.capacity()).sum();
+        let before = LIVE.load(Ordering::Relaxed);
+        let gov = RateLimiter::keyed(governor_quota());
+        for name in &names {
+            let _ = gov.check_key(name);
+        }
+        let used = LIVE.load(Ordering::Relaxed) - before;
+        row.push(format!("{:.1}", used.saturating_sub(key_heap) as f64 / n as f64));
+        drop(gov);
+        println!("{}", row.join("\t"));
+    }
+}
+
+fn main() {
+    if std::env::var_os("SPILLWAY_BENCH_NO_MEMORY").is_none() {
+        memory_report();
+    }
+    let mut c = Criterion::default().configure_from_args();
+    bench_checks(&mut c);
+    c.final_summary();
+}

@@ -1,0 +1,137 @@
+//! Fixed window counter: at most `limit` per window, windows aligned to multiples of their
+//! length since the Unix epoch (so `1m` windows start on the minute, `1d` at midnight UTC, and
+//! a `30s` window at :00 and :30).
+
+use super::{Decision, Evaluation};
+use crate::time::Micros;
+
+/// Fixed window parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FixedWindow {
+    limit: u64,
+    window: Micros,
+}
+
+/// A fixed window key's state: which window is being counted, and the count in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedWindowState {
+    /// Start of the counted window, in microseconds.
+    pub start: Micros,
+    /// Cost admitted in that window.
+    pub count: u64,
+}
+
+impl FixedWindow {
+    /// At most `limit` per `window`.
+    pub fn new(limit: u64, window: Micros) -> Result<Self, String> {
+        if limit == 0 {
+            return Err("limit must be at least 1".into());
+        }
+        if window == 0 {
+            return Err("window must be longer than zero".into());
+        }
+        Ok(Self { limit, window })
+    }
+
+    /// The per-window limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The window length.
+    pub fn window(&self) -> Micros {
+        self.window
+    }
+
+    /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
+    pub fn evaluate(
+        &self,
+        state: Option<&FixedWindowState>,
+        now: Micros,
+        cost: u64,
+    ) -> Evaluation<FixedWindowState> {
+        let aligned = now - now % self.window;
+        // A stored window later than ours means the clock stepped back: keep counting in it.
+        let (start, count) = match state {
+            Some(s) if s.start >= aligned => (s.start, s.count),
+            _ => (aligned, 0),
+        };
+        let end = start + self.window;
+        let reset = end.saturating_sub(now);
+        let keep = |count| FixedWindowState { start, count };
+        let left = self.limit.saturating_sub(count);
+        if cost > self.limit {
+            let reset = if count == 0 { 0 } else { reset };
+            return Evaluation {
+                decision: Decision::too_costly(self.limit, left, reset),
+                state: keep(count),
+                expires_at: end,
+            };
+        }
+        if count + cost <= self.limit {
+            let used = count + cost;
+            let reset = if used == 0 { 0 } else { reset };
+            Evaluation {
+                decision: Decision::allow(self.limit, self.limit - used, reset),
+                state: keep(used),
+                expires_at: end,
+            }
+        } else {
+            Evaluation {
+                decision: Decision::over_limit(self.limit, left, reset, reset),
+                state: keep(count),
+                expires_at: end,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::testkit::{self, Replay};
+    use crate::time::{MINUTE, SECOND};
+    use proptest::prelude::*;
+
+    #[test]
+    fn windows_align_to_the_unit() {
+        let fw = FixedWindow::new(2, MINUTE).unwrap();
+        let mut r = Replay::new(|s: Option<&FixedWindowState>, now, cost| fw.evaluate(s, now, cost));
+        let t = 10 * MINUTE + 45 * SECOND;
+        assert!(r.step(t, 1).allowed);
+        assert!(r.step(t, 1).allowed);
+        let d = r.step(t, 1);
+        assert_eq!((d.allowed, d.retry_after, d.reset_after), (false, Some(15 * SECOND), 15 * SECOND));
+        assert!(r.step(11 * MINUTE, 1).allowed);
+    }
+
+    #[test]
+    fn cost_above_limit_is_a_distinct_denial() {
+        let fw = FixedWindow::new(2, MINUTE).unwrap();
+        let d = fw.evaluate(None, 0, 3).decision;
+        assert_eq!((d.denial, d.retry_after), (Some(super::super::Denial::CostExceedsLimit), None));
+    }
+
+    proptest! {
+        #[test]
+        fn never_exceeds_limit_in_an_aligned_window(
+            limit in 1u64..30, window_s in 1u64..120,
+            events in testkit::events(200, 5 * SECOND, 4),
+        ) {
+            let fw = FixedWindow::new(limit, window_s * SECOND).unwrap();
+            testkit::check_window_bound(
+                |s: Option<&FixedWindowState>, now, cost| fw.evaluate(s, now, cost),
+                &events, limit, window_s * SECOND, true,
+            )?;
+        }
+
+        #[test]
+        fn retry_after_is_exact(
+            limit in 1u64..30, window_s in 1u64..120,
+            events in testkit::events(60, 5 * SECOND, 4), cost in 1u64..5,
+        ) {
+            let fw = FixedWindow::new(limit, window_s * SECOND).unwrap();
+            testkit::check_retry_exact(|s: Option<&FixedWindowState>, now, cost| fw.evaluate(s, now, cost), &events, cost)?;
+        }
+    }
+}

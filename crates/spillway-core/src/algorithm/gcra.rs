@@ -1,0 +1,141 @@
+//! GCRA (generic cell rate algorithm): one theoretical arrival time (TAT) per key instead of a
+//! token count and a timestamp. It admits exactly what a token bucket with the same rate and
+//! burst admits: the TAT is how far "in debt" the key is, and a request passes while that debt
+//! stays within the burst.
+//!
+//! The emission interval `period / count` is rarely a whole number of microseconds, so the TAT
+//! is kept as a whole microsecond plus a remainder in units of `1 / tokens` microsecond; both
+//! parts stay small enough for a Lua double.
+
+use super::{clamp_u64, Decision, Evaluation, ScaledRate};
+use crate::rate::Rate;
+use crate::time::Micros;
+
+/// GCRA parameters: an emission rate and the burst it tolerates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Gcra {
+    rate: ScaledRate,
+    burst: u64,
+}
+
+/// A GCRA key's state: the theoretical arrival time `tat + rem / rate.tokens` microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraState {
+    /// Whole microseconds of the TAT.
+    pub tat: Micros,
+    /// The TAT's fraction of a microsecond, in units of `1 / rate.tokens`.
+    pub rem: u64,
+}
+
+impl Gcra {
+    /// A limiter admitting `rate` on average with bursts of up to `burst`.
+    pub fn new(rate: Rate, burst: u64) -> Result<Self, String> {
+        let rate = ScaledRate::new(rate);
+        rate.check_capacity(burst, "burst")?;
+        Ok(Self { rate, burst })
+    }
+
+    /// The most admitted at once.
+    pub fn burst(&self) -> u64 {
+        self.burst
+    }
+
+    /// Time for a fully used key to become fresh again.
+    pub fn refill_time(&self) -> Micros {
+        self.rate.time_for(self.rate.scale(self.burst))
+    }
+
+    /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
+    pub fn evaluate(&self, state: Option<&GcraState>, now: Micros, cost: u64) -> Evaluation<GcraState> {
+        let per = self.rate.tokens as u128;
+        // Work in "scaled time": microseconds x rate.tokens, where one token is rate.micros.
+        let now_s = now as u128 * per;
+        let tat_s = state.map_or(now_s, |s| s.tat as u128 * per + s.rem as u128).max(now_s);
+        let window = self.rate.scale(self.burst);
+        let debt = tat_s - now_s; // scaled units of tokens in use
+        let to_state = |t: u128| GcraState {
+            tat: clamp_u64(t / per),
+            rem: clamp_u64(t % per),
+        };
+        let remaining = |d: u128| self.rate.whole(window.saturating_sub(d));
+        let fresh_in = |d: u128| self.rate.time_for(d);
+        if cost > self.burst {
+            return Evaluation {
+                decision: Decision::too_costly(self.burst, remaining(debt), fresh_in(debt)),
+                state: to_state(tat_s),
+                expires_at: now + fresh_in(debt),
+            };
+        }
+        let new_debt = debt + self.rate.scale(cost);
+        if new_debt <= window {
+            Evaluation {
+                decision: Decision::allow(self.burst, remaining(new_debt), fresh_in(new_debt)),
+                state: to_state(tat_s + self.rate.scale(cost)),
+                expires_at: now + fresh_in(new_debt),
+            }
+        } else {
+            let retry = self.rate.time_for(new_debt - window);
+            Evaluation {
+                decision: Decision::over_limit(self.burst, remaining(debt), fresh_in(debt), retry),
+                state: to_state(tat_s),
+                expires_at: now + fresh_in(debt),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::testkit::{self, Replay};
+    use crate::algorithm::{TokenBucket, TokenBucketState};
+    use crate::time::SECOND;
+    use proptest::prelude::*;
+
+    fn gcra(count: u64, period: Micros, burst: u64) -> Gcra {
+        Gcra::new(Rate::new(count, period).unwrap(), burst).unwrap()
+    }
+
+    #[test]
+    fn fractional_emission_interval_is_exact() {
+        // 3 per second: an emission interval of 333,333.33 us.
+        let g = gcra(3, SECOND, 1);
+        let mut r = Replay::new(|s: Option<&GcraState>, now, cost| g.evaluate(s, now, cost));
+        assert!(r.step(0, 1).allowed);
+        let d = r.step(0, 1);
+        assert_eq!(d.retry_after, Some(333_334));
+        assert!(!r.step(333_333, 1).allowed);
+        assert!(r.step(333_334, 1).allowed);
+        // The TAT is now 666,667.33 us (kept as 666,667 + 1/3): the next request must wait
+        // for the whole fractional interval, not a rounded one.
+        assert_eq!(r.state(), Some(&GcraState { tat: 666_667, rem: 1 }));
+        assert!(!r.step(666_667, 1).allowed);
+        assert!(r.step(666_668, 1).allowed);
+    }
+
+    proptest! {
+        #[test]
+        fn admits_exactly_what_a_token_bucket_admits(
+            count in 1u64..50, period_ms in 1u64..120_000, burst in 1u64..40,
+            events in testkit::events(200, 3 * SECOND, 4),
+        ) {
+            let rate = Rate::new(count, period_ms * 1000).unwrap();
+            let g = Gcra::new(rate, burst).unwrap();
+            let tb = TokenBucket::new(rate, burst).unwrap();
+            let mut rg = Replay::new(|s: Option<&GcraState>, now, cost| g.evaluate(s, now, cost));
+            let mut rt = Replay::new(|s: Option<&TokenBucketState>, now, cost| tb.evaluate(s, now, cost));
+            for (at, cost) in events {
+                prop_assert_eq!(rg.step(at, cost), rt.step(at, cost));
+            }
+        }
+
+        #[test]
+        fn retry_after_is_exact(
+            count in 1u64..50, period_ms in 1u64..120_000, burst in 1u64..40,
+            events in testkit::events(60, 3 * SECOND, 4), cost in 1u64..5,
+        ) {
+            let g = gcra(count, period_ms * 1000, burst);
+            testkit::check_retry_exact(|s: Option<&GcraState>, now, cost| g.evaluate(s, now, cost), &events, cost)?;
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Leaky bucket as a meter: a level that drains at a constant rate; each request pours in its
+//! cost and is refused if the bucket would overflow. A new key starts empty. It admits the
+//! same traffic as a token bucket whose tokens are the bucket's free space, but reads the way
+//! traffic-shaping people think of it (level and drain rather than tokens and refill).
+
+use super::{clamp_u64, Decision, Evaluation, ScaledRate};
+use crate::rate::Rate;
+use crate::time::Micros;
+
+/// Leaky bucket parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeakyBucket {
+    drain: ScaledRate,
+    capacity: u64,
+}
+
+/// A leaky bucket key's state: the scaled level at the last update, and when that was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeakyBucketState {
+    /// Level in scaled units (one request unit is `drain.micros` units).
+    pub level: u64,
+    /// When `level` was last brought up to date, in microseconds.
+    pub last_leak: Micros,
+}
+
+impl LeakyBucket {
+    /// A bucket of `capacity` that drains at `drain`.
+    pub fn new(drain: Rate, capacity: u64) -> Result<Self, String> {
+        let drain = ScaledRate::new(drain);
+        drain.check_capacity(capacity, "capacity")?;
+        Ok(Self { drain, capacity })
+    }
+
+    /// The bucket's capacity.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Time for a full bucket to drain completely.
+    pub fn drain_time(&self) -> Micros {
+        self.drain.time_for(self.drain.scale(self.capacity))
+    }
+
+    /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
+    pub fn evaluate(
+        &self,
+        state: Option<&LeakyBucketState>,
+        now: Micros,
+        cost: u64,
+    ) -> Evaluation<LeakyBucketState> {
+        let capacity = self.drain.scale(self.capacity);
+        let (level, last) = match state {
+            None => (0, now),
+            Some(s) => {
+                let drained = self.drain.refill(now.saturating_sub(s.last_leak));
+                ((s.level as u128).saturating_sub(drained), now.max(s.last_leak))
+            }
+        };
+        let space = |l: u128| self.drain.whole(capacity - l);
+        let empty_in = |l: u128| self.drain.time_for(l);
+        let keep = |l: u128| LeakyBucketState {
+            level: clamp_u64(l),
+            last_leak: last,
+        };
+        let poured = level + self.drain.scale(cost);
+        let decision = if cost > self.capacity {
+            Decision::too_costly(self.capacity, space(level), empty_in(level))
+        } else if poured <= capacity {
+            return Evaluation {
+                decision: Decision::allow(self.capacity, space(poured), empty_in(poured)),
+                state: keep(poured),
+                expires_at: last + empty_in(poured),
+            };
+        } else {
+            let retry = self.drain.time_for(poured - capacity);
+            Decision::over_limit(self.capacity, space(level), empty_in(level), retry)
+        };
+        Evaluation {
+            decision,
+            state: keep(level),
+            expires_at: last + empty_in(level),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::testkit::{self, Replay};
+    use crate::time::SECOND;
+    use proptest::prelude::*;
+
+    #[test]
+    fn fills_then_drains() {
+        let lb = LeakyBucket::new(Rate::new(2, SECOND).unwrap(), 4).unwrap();
+        let mut r = Replay::new(|s: Option<&LeakyBucketState>, now, cost| lb.evaluate(s, now, cost));
+        assert_eq!(r.step(0, 4).remaining, 0);
+        let d = r.step(0, 1);
+        assert_eq!(d.retry_after, Some(SECOND / 2));
+        assert_eq!(r.step(SECOND, 2).remaining, 0);
+        assert_eq!(r.peek(3 * SECOND, 1).remaining, 3);
+    }
+
+    proptest! {
+        #[test]
+        fn admits_at_most_capacity_plus_drain_times_t(
+            count in 1u64..50, period_s in 1u64..120, capacity in 1u64..40,
+            events in testkit::events(200, 5 * SECOND, 4),
+        ) {
+            let lb = LeakyBucket::new(Rate::new(count, period_s * SECOND).unwrap(), capacity).unwrap();
+            testkit::check_bucket_bound(
+                |s: Option<&LeakyBucketState>, now, cost| lb.evaluate(s, now, cost),
+                &events, capacity, count, period_s * SECOND,
+            )?;
+        }
+
+        #[test]
+        fn retry_after_is_exact(
+            count in 1u64..50, period_s in 1u64..120, capacity in 1u64..40,
+            events in testkit::events(60, 3 * SECOND, 4), cost in 1u64..5,
+        ) {
+            let lb = LeakyBucket::new(Rate::new(count, period_s * SECOND).unwrap(), capacity).unwrap();
+            testkit::check_retry_exact(|s: Option<&LeakyBucketState>, now, cost| lb.evaluate(s, now, cost), &events, cost)?;
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The six rate-limiting algorithms, each a pure state transition
+//! `(params, state, now, cost) -> (decision, new state)`.
+//!
+//! Nothing here reads a clock or touches a store: the caller passes `now` and decides whether
+//! to keep the new state (the engine keeps it only when every limit of a request allows it).
+//! All arithmetic is on integers (microseconds, and token counts scaled so a refill never
+//! rounds), which is what lets a Redis Lua script mirror each function exactly. Stored values
+//! stay below 2^53 so the Lua mirror, whose numbers are doubles, never loses precision.
+//!
+//! Layout: one file per algorithm; this module holds what they share ([`Decision`],
+//! [`Denial`], [`State`]) and the dispatch over [`LimitParams`].
+
+mod fixed_window;
+mod gcra;
+mod leaky_bucket;
+mod sliding_log;
+mod sliding_window;
+mod token_bucket;
+
+pub use fixed_window::{FixedWindow, FixedWindowState};
+pub use gcra::{Gcra, GcraState};
+pub use leaky_bucket::{LeakyBucket, LeakyBucketState};
+pub use sliding_log::{SlidingLog, SlidingLogState};
+pub use sliding_window::{SlidingWindow, SlidingWindowState};
+pub use token_bucket::{TokenBucket, TokenBucketState};
+
+use crate::time::Micros;
+
+/// The largest scaled quantity a limit may store; 2^53 keeps every value exact in a Lua double.
+pub const MAX_SCALED: u128 = 1 << 53;
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Denial {
+    /// The limit is used up for now; `retry_after` says when the same cost will pass.
+    OverLimit,
+    /// The cost is larger than the limit could ever admit at once; retrying cannot help.
+    CostExceedsLimit,
+}
+
+/// The outcome of checking one limit: whether the request may pass, and the numbers a client
+/// needs to back off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request is within this limit.
+    pub allowed: bool,
+    /// The most this limit admits at once (the burst, capacity or per-window limit).
+    pub limit: u64,
+    /// What remains after this request (after admitting it, when it is allowed).
+    pub remaining: u64,
+    /// Microseconds until the limit is fully reset (back to a fresh key's state).
+    pub reset_after: Micros,
+    /// On an [`Denial::OverLimit`] denial, microseconds until a request of the same cost would
+    /// be allowed with no other traffic; `None` when allowed or when retrying cannot help.
+    pub retry_after: Option<Micros>,
+    /// Why the request was refused, when it was.
+    pub denial: Option<Denial>,
+}
+
+impl Decision {
+    fn allow(limit: u64, remaining: u64, reset_after: Micros) -> Self {
+        Self {
+            allowed: true,
+            limit,
+            remaining,
+            reset_after,
+            retry_after: None,
+            denial: None,
+        }
+    }
+
+    fn over_limit(limit: u64, remaining: u64, reset_after: Micros, retry_after: Micros) -> Self {
+        Self {
+            allowed: false,
+            limit,
+            remaining,
+            reset_after,
+            retry_after: Some(retry_after),
+            denial: Some(Denial::OverLimit),
+        }
+    }
+
+    fn too_costly(limit: u64, remaining: u64, reset_after: Micros) -> Self {
+        Self {
+            allowed: false,
+            limit,
+            remaining,
+            reset_after,
+            retry_after: None,
+            denial: Some(Denial::CostExceedsLimit),
+        }
+    }
+}
+
+/// What an algorithm returns: the decision, and the state to store if the caller commits it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation<S> {
+    /// The decision for this request.
+    pub decision: Decision,
+    /// The key's state after admitting the request. Meaningful only when the decision allows
+    /// it; a denied request consumes nothing, so the caller keeps the old state.
+    pub state: S,
+    /// When `state` becomes indistinguishable from a fresh key and may be dropped.
+    pub expires_at: Micros,
+}
+
+/// A limit's algorithm with its validated, precomputed parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LimitParams {
+    /// See [`TokenBucket`].
+    TokenBucket(TokenBucket),
+    /// See [`Gcra`].
+    Gcra(Gcra),
+    /// See [`FixedWindow`].
+    FixedWindow(FixedWindow),
+    /// See [`SlidingWindow`].
+    SlidingWindow(SlidingWindow),
+    /// See [`SlidingLog`].
+    SlidingLog(SlidingLog),
+    /// See [`LeakyBucket`].
+    LeakyBucket(LeakyBucket),
+}
+
+/// One key's stored state, whichever algorithm it belongs to. Kept small (32 bytes) because
+/// the in-memory store holds one per active key; the sliding log's variable part is boxed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// See [`TokenBucketState`].
+    TokenBucket(TokenBucketState),
+    /// See [`GcraState`].
+    Gcra(GcraState),
+    /// See [`FixedWindowState`].
+    FixedWindow(FixedWindowState),
+    /// See [`SlidingWindowState`].
+    SlidingWindow(SlidingWindowState),
+    /// See [`SlidingLogState`].
+    SlidingLog(Box<SlidingLogState>),
+    /// See [`LeakyBucketState`].
+    LeakyBucket(LeakyBucketState),
+}
+
+impl LimitParams {
+    /// The algorithm's name as written in a policy.
+    pub fn algorithm_name(&self) -> &'static str {
+        match self {
+            Self::TokenBucket(_) => "token_bucket",
+            Self::Gcra(_) => "gcra",
+            Self::FixedWindow(_) => "fixed_window",
+            Self::SlidingWindow(_) => "sliding_window",
+            Self::SlidingLog(_) => "sliding_log",
+            Self::LeakyBucket(_) => "leaky_bucket",
+        }
+    }
+
+    /// The most the limit admits at once: the `q` of `RateLimit-Policy`.
+    pub fn quota(&self) -> u64 {
+        match self {
+            Self::TokenBucket(p) => p.burst(),
+            Self::Gcra(p) => p.burst(),
+            Self::FixedWindow(p) => p.limit(),
+            Self::SlidingWindow(p) => p.limit(),
+            Self::SlidingLog(p) => p.limit(),
+            Self::LeakyBucket(p) => p.capacity(),
+        }
+    }
+
+    /// The window the quota applies to, in microseconds: the `w` of `RateLimit-Policy`. For
+    /// the bucket algorithms it is the time a drained bucket takes to refill completely.
+    pub fn window(&self) -> Micros {
+        match self {
+            Self::TokenBucket(p) => p.refill_time(),
+            Self::Gcra(p) => p.refill_time(),
+            Self::FixedWindow(p) => p.window(),
+            Self::SlidingWindow(p) => p.window(),
+            Self::SlidingLog(p) => p.window(),
+            Self::LeakyBucket(p) => p.drain_time(),
+        }
+    }
+
+    /// Checks a request of `cost` at `now` against `state` (`None` for a key never seen or
+    /// already expired). A state of another algorithm's shape counts as a fresh key.
+    pub fn evaluate(&self, state: Option<&State>, now: Micros, cost: u64) -> Evaluation<State> {
+        fn wrap<S>(e: Evaluation<S>, f: impl FnOnce(S) -> State) -> Evaluation<State> {
+            Evaluation {
+                decision: e.decision,
+                state: f(e.state),
+                expires_at: e.expires_at,
+            }
+        }
+        match self {
+            Self::TokenBucket(p) => {
+                let s = match state {
+                    Some(State::TokenBucket(s)) => Some(s),
+                    _ => None,
+                };
+                wrap(p.evaluate(s, now, cost), State::TokenBucket)
+            }
+            Self::Gcra(p) => {
+                let s = match state {
+                    Some(State::Gcra(s)) => Some(s),
+                    _ => None,
+                };
+                wrap(p.evaluate(s, now, cost), State::Gcra)
+            }
+            Self::FixedWindow(p) => {
+                let s = match state {
+                    Some(State::FixedWindow(s)) => Some(s),
+                    _ => None,
+                };
+                wrap(p.evaluate(s, now, cost), State::FixedWindow)
+            }
+            Self::SlidingWindow(p) => {
+                let s = match state {
+                    Some(State::SlidingWindow(s)) => Some(s),
+                    _ => None,
+                };
+                wrap(p.evaluate(s, now, cost), State::SlidingWindow)
+            }
+            Self::SlidingLog(p) => {
+                let s = match state {
+                    Some(State::SlidingLog(s)) => Some(&**s),
+                    _ => None,
+                };
+                wrap(p.evaluate(s, now, cost), |s| State::SlidingLog(Box::new(s)))
+            }
+            Self::LeakyBucket(p) => {
+                let s = match state {
+                    Some(State::LeakyBucket(s)) => Some(s),
+                    _ => None,
+                };
+                wrap(p.evaluate(s, now, cost), State::LeakyBucket)
+            }
+        }
+    }
+}
+
+/// A rate reduced to lowest terms: `tokens` whole units every `micros` microseconds.
+///
+/// The bucket algorithms count in scaled units where one token is `micros` units and each
+/// elapsed microsecond refills `tokens` units, so refills are exact integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScaledRate {
+    /// Units refilled per elapsed microsecond (the reduced count).
+    pub tokens: u64,
+    /// Scaled units per whole token (the reduced period).
+    pub micros: u64,
+}
+
+impl ScaledRate {
+    /// Reduces `count` per `period` by their greatest common divisor.
+    pub fn new(rate: crate::rate::Rate) -> Self {
+        let g = gcd(rate.count, rate.period);
+        Self {
+            tokens: rate.count / g,
+            micros: rate.period / g,
+        }
+    }
+
+    /// `n` whole tokens in scaled units.
+    pub fn scale(&self, n: u64) -> u128 {
+        n as u128 * self.micros as u128
+    }
+
+    /// Scaled units refilled over `elapsed` microseconds.
+    pub fn refill(&self, elapsed: Micros) -> u128 {
+        elapsed as u128 * self.tokens as u128
+    }
+
+    /// Microseconds needed to refill `units` scaled units, rounded up.
+    pub fn time_for(&self, units: u128) -> Micros {
+        clamp_u64(units.div_ceil(self.tokens as u128))
+    }
+
+    /// Whole tokens in `units` scaled units, rounded down.
+    pub fn whole(&self, units: u128) -> u64 {
+        clamp_u64(units / self.micros as u128)
+    }
+
+    /// Checks that `capacity` tokens fit in [`MAX_SCALED`].
+    pub fn check_capacity(&self, capacity: u64, what: &str) -> Result<(), String> {
+        if capacity == 0 {
+            return Err(format!("{what} must be at least 1"));
+        }
+        if self.scale(capacity) > MAX_SCALED {
+            return Err(format!(
+                "{what} {capacity} is too large for this rate's precision \
+                 (capacity x period must stay below 2^53 microseconds)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a.max(1)
+}
+
+pub(crate) fn clamp_u64(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+pub(crate) mod testkit;

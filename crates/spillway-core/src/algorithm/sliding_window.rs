@@ -1,0 +1,182 @@
+//! Sliding window counter: the count of the current aligned window plus the previous window's
+//! count weighted by how much of it the sliding window still overlaps. It smooths the burst a
+//! fixed window allows at its boundary while keeping two counters per key.
+//!
+//! The weighting is done in exact integers (`prev x (window - elapsed) + curr x window` against
+//! `limit x window`), so there is no rounding to disagree about between Rust and Lua.
+
+use super::{Decision, Evaluation};
+use crate::time::Micros;
+
+/// Sliding window counter parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SlidingWindow {
+    limit: u64,
+    window: Micros,
+}
+
+/// A sliding window key's state: the current aligned window and the counts of it and the one
+/// before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlidingWindowState {
+    /// Start of the current aligned window, in microseconds.
+    pub start: Micros,
+    /// Cost admitted in the window before `start`.
+    pub prev: u64,
+    /// Cost admitted since `start`.
+    pub curr: u64,
+}
+
+impl SlidingWindow {
+    /// About `limit` per sliding `window`.
+    pub fn new(limit: u64, window: Micros) -> Result<Self, String> {
+        if limit == 0 {
+            return Err("limit must be at least 1".into());
+        }
+        if window == 0 {
+            return Err("window must be longer than zero".into());
+        }
+        Ok(Self { limit, window })
+    }
+
+    /// The limit per window.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The window length.
+    pub fn window(&self) -> Micros {
+        self.window
+    }
+
+    /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
+    pub fn evaluate(
+        &self,
+        state: Option<&SlidingWindowState>,
+        now: Micros,
+        cost: u64,
+    ) -> Evaluation<SlidingWindowState> {
+        let w = self.window;
+        let aligned = now - now % w;
+        let s = match state {
+            Some(s) if s.start >= aligned => *s,
+            Some(s) if s.start + w == aligned => SlidingWindowState {
+                start: aligned,
+                prev: s.curr,
+                curr: 0,
+            },
+            _ => SlidingWindowState {
+                start: aligned,
+                prev: 0,
+                curr: 0,
+            },
+        };
+        let elapsed = now.saturating_sub(s.start);
+        let (wu, limit_w) = (w as u128, self.limit as u128 * w as u128);
+        let weighted = s.prev as u128 * (wu - elapsed as u128) + s.curr as u128 * wu;
+        let remaining = |used: u128| super::clamp_u64(limit_w.saturating_sub(used) / wu);
+        let reset = |st: &SlidingWindowState| {
+            if st.curr > 0 {
+                st.start + 2 * w - now
+            } else if st.prev > 0 {
+                st.start + w - now
+            } else {
+                0
+            }
+        };
+        if cost > self.limit {
+            return Evaluation {
+                decision: Decision::too_costly(self.limit, remaining(weighted), reset(&s)),
+                state: s,
+                expires_at: now + reset(&s),
+            };
+        }
+        let with_cost = weighted + cost as u128 * wu;
+        if with_cost <= limit_w {
+            let next = SlidingWindowState {
+                curr: s.curr + cost,
+                ..s
+            };
+            Evaluation {
+                decision: Decision::allow(self.limit, remaining(with_cost), reset(&next)),
+                state: next,
+                expires_at: now + reset(&next),
+            }
+        } else {
+            let retry = self.retry_at(&s, cost) - now;
+            Evaluation {
+                decision: Decision::over_limit(self.limit, remaining(weighted), reset(&s), retry),
+                state: s,
+                expires_at: now + reset(&s),
+            }
+        }
+    }
+
+    /// The earliest time a request of `cost` (at most the limit) passes with no other traffic.
+    fn retry_at(&self, s: &SlidingWindowState, cost: u64) -> Micros {
+        let w = self.window as u128;
+        // The elapsed time into a window from which `prev` weighs little enough to leave
+        // `room` for the request: prev x (w - e) <= room x w.
+        let free_from = |prev: u64, room: u64| -> u128 {
+            if prev == 0 {
+                0
+            } else {
+                w.saturating_sub(room as u128 * w / prev as u128)
+            }
+        };
+        if s.curr + cost <= self.limit {
+            let e = free_from(s.prev, self.limit - s.curr - cost);
+            if e < w {
+                return s.start + e as Micros;
+            }
+        }
+        // Next window: today's count becomes the weighted previous one.
+        let e = free_from(s.curr, self.limit - cost);
+        s.start + self.window + e as Micros
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::testkit::{self, Replay};
+    use crate::time::{MINUTE, SECOND};
+    use proptest::prelude::*;
+
+    #[test]
+    fn previous_window_is_weighted_by_overlap() {
+        let sw = SlidingWindow::new(10, MINUTE).unwrap();
+        let mut r = Replay::new(|s: Option<&SlidingWindowState>, now, cost| sw.evaluate(s, now, cost));
+        assert!(r.step(0, 10).allowed);
+        // A quarter into the next window the previous 10 still weigh 7.5: 2 more fit, 3 do not.
+        let t = MINUTE + 15 * SECOND;
+        assert_eq!(r.peek(t, 2).remaining, 0);
+        let d = r.peek(t, 3);
+        assert!(!d.allowed);
+        // 3 fit once the previous window weighs 7: 30% overlap left, at 1m18s.
+        assert_eq!(d.retry_after, Some(3 * SECOND));
+    }
+
+    proptest! {
+        #[test]
+        fn never_exceeds_limit_in_an_aligned_window(
+            limit in 1u64..30, window_s in 1u64..120,
+            events in testkit::events(200, 5 * SECOND, 4),
+        ) {
+            let sw = SlidingWindow::new(limit, window_s * SECOND).unwrap();
+            testkit::check_window_bound(
+                |s: Option<&SlidingWindowState>, now, cost| sw.evaluate(s, now, cost),
+                &events, limit, window_s * SECOND, true,
+            )?;
+        }
+
+        #[test]
+        fn retry_after_is_exact(
+            limit in 1u64..30, window_s in 1u64..120,
+            events in testkit::events(60, 5 * SECOND, 4), cost in 1u64..5,
+        ) {
+            let sw = SlidingWindow::new(limit, window_s * SECOND).unwrap();
+            testkit::check_retry_exact(|s: Option<&SlidingWindowState>, now, cost| sw.evaluate(s, now, cost), &events, cost)?;
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Rendering a [`Verdict`] as HTTP response fields.
+//!
+//! - `X-RateLimit-Limit`, `X-RateLimit-Remaining`: the governing limit's numbers.
+//! - `X-RateLimit-Reset`: **delta seconds** until the governing limit is fully reset, rounded
+//!   up. Implementations are split between delta seconds and a Unix timestamp; we send delta
+//!   seconds because it needs no agreement between client and server clocks, and it is what the
+//!   IETF fields below (and `Retry-After`) use, so every number we send means the same thing.
+//! - `Retry-After` on a denial: delay-seconds, rounded up, at least 1. Absent when the cost
+//!   can never fit, since no wait would help.
+//! - `RateLimit-Policy` and `RateLimit` as in draft-ietf-httpapi-ratelimit-headers (-09/-10):
+//!   structured-field lists with one item per enforced limit, named by a String item, e.g.
+//!   `"free-user";q=100;w=60` and `"free-user";r=42;t=18`. Shadow-mode limits are left out:
+//!   they do not constrain the client.
+
+use crate::engine::Verdict;
+use crate::time::ceil_secs;
+use std::fmt::Write;
+
+/// `X-RateLimit-Limit`.
+pub const X_LIMIT: &str = "x-ratelimit-limit";
+/// `X-RateLimit-Remaining`.
+pub const X_REMAINING: &str = "x-ratelimit-remaining";
+/// `X-RateLimit-Reset` (delta seconds).
+pub const X_RESET: &str = "x-ratelimit-reset";
+/// `Retry-After` (delay-seconds).
+pub const RETRY_AFTER: &str = "retry-after";
+/// The IETF `RateLimit-Policy` field.
+pub const POLICY: &str = "ratelimit-policy";
+/// The IETF `RateLimit` field.
+pub const RATELIMIT: &str = "ratelimit";
+
+/// The response fields for `verdict`, lower-case names first. Empty when no enforced limit
+/// applied to the request.
+pub fn render(verdict: &Verdict) -> Vec<(&'static str, String)> {
+    let Some(gov) = verdict.governing() else {
+        return Vec::new();
+    };
+    let d = &gov.decision;
+    let mut out = vec![
+        (X_LIMIT, d.limit.to_string()),
+        (X_REMAINING, d.remaining.to_string()),
+        (X_RESET, ceil_secs(d.reset_after).to_string()),
+    ];
+    if !verdict.allowed {
+        if let Some(retry) = d.retry_after {
+            out.push((RETRY_AFTER, ceil_secs(retry).max(1).to_string()));
+        }
+    }
+    let (mut policy, mut current) = (String::new(), String::new());
+    for o in verdict.outcomes.iter().filter(|o| !o.shadow) {
+        if !policy.is_empty() {
+            policy.push_str(", ");
+            current.push_str(", ");
+        }
+        let name = sf_string(&o.name);
+        let _ = write!(policy, "{name};q={};w={}", o.quota, ceil_secs(o.window).max(1));
+        let _ = write!(
+            current,
+            "{name};r={};t={}",
+            o.decision.remaining,
+            ceil_secs(o.decision.reset_after)
+        );
+    }
+    out.push((POLICY, policy));
+    out.push((RATELIMIT, current));
+    out
+}
+
+/// A structured-field String: quoted, with `\` and `"` escaped and anything outside printable
+/// ASCII replaced by `?` (SF strings cannot carry it).
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::{Decision, Denial};
+    use crate::engine::LimitOutcome;
+    use crate::policy::FailureMode;
+    use crate::time::SECOND;
+
+    fn outcome(name: &str, allowed: bool, remaining: u64, reset: u64, retry: Option<u64>) -> LimitOutcome {
+        LimitOutcome {
+            name: name.into(),
+            decision: Decision {
+                allowed,
+                limit: 100,
+                remaining,
+                reset_after: reset,
+                retry_after: retry,
+                denial: (!allowed).then_some(Denial::OverLimit),
+            },
+            shadow: false,
+            quota: 100,
+            window: 60 * SECOND,
+        }
+    }
+
+    fn verdict(allowed: bool, outcomes: Vec<LimitOutcome>) -> Verdict {
+        Verdict {
+            allowed,
+            tier: "free".into(),
+            route: None,
+            failure_mode: FailureMode::Open,
+            cost: 1,
+            outcomes,
+        }
+    }
+
+    fn get<'a>(h: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
+        h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn allowed_request_reports_the_least_remaining() {
+        let v = verdict(
+            true,
+            vec![outcome("a", true, 42, 18 * SECOND, None), outcome("b\"x", true, 7, 1, None)],
+        );
+        let h = render(&v);
+        assert_eq!(get(&h, X_REMAINING), Some("7"));
+        assert_eq!(get(&h, X_RESET), Some("1"));
+        assert_eq!(get(&h, RETRY_AFTER), None);
+        assert_eq!(get(&h, POLICY), Some(r#""a";q=100;w=60, "b\"x";q=100;w=60"#));
+        assert_eq!(get(&h, RATELIMIT), Some(r#""a";r=42;t=18, "b\"x";r=7;t=1"#));
+    }
+
+    #[test]
+    fn denial_reports_the_longest_wait_rounded_up_and_at_least_one() {
+        let v = verdict(
+            false,
+            vec![
+                outcome("short", false, 0, 5, Some(1)),
+                outcome("long", false, 0, 30 * SECOND, Some(2 * SECOND + 1)),
+            ],
+        );
+        assert_eq!(get(&render(&v), RETRY_AFTER), Some("3"));
+        let v = verdict(false, vec![outcome("tiny", false, 0, 5, Some(5))]);
+        assert_eq!(get(&render(&v), RETRY_AFTER), Some("1"));
+    }
+
+    #[test]
+    fn shadow_limits_stay_out_of_the_headers() {
+        let mut s = outcome("shadow", false, 0, 5, Some(5));
+        s.shadow = true;
+        let v = verdict(true, vec![s, outcome("real", true, 3, SECOND, None)]);
+        let h = render(&v);
+        assert_eq!(get(&h, POLICY), Some(r#""real";q=100;w=60"#));
+        assert_eq!(get(&h, X_REMAINING), Some("3"));
+    }
+}

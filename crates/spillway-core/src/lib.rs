@@ -1,0 +1,25 @@
+//! Spillway's decision engine: given a request's attributes and the current policy, decide
+//! allow or deny, exactly, and say when the client may come back. No network I/O lives here.
+//!
+//! # Layout
+//! - [`time`]: integer microseconds and the injected [`time::Clock`].
+//! - [`rate`]: parsing of `100/min`-style rates and `30s`-style durations.
+//! - [`algorithm`]: the six algorithms as pure functions `(params, state, now, cost)`.
+//! - [`policy`]: the YAML policy (limits, tiers, routes, tenants), its validation and the
+//!   resolution of a request into the limits and keys that apply to it.
+//! - [`key`]: the identity of one limit's counter.
+//! - [`store`]: where state lives; [`store::MemoryStore`] is the embedded default.
+//! - [`engine`]: multi-limit, all-or-nothing verdicts over a store.
+//! - [`headers`]: `X-RateLimit-*`, `Retry-After`, `RateLimit` and `RateLimit-Policy`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod algorithm;
+pub mod key;
+pub mod policy;
+pub mod rate;
+pub mod request;
+pub mod time;
+pub mod engine;
+pub mod headers;
+pub mod store;

@@ -1,0 +1,194 @@
+//! Limit definitions under validation: each checked on its own (name, algorithm, key,
+//! numbers), then looked up by the lists that name it.
+//!
+//! A definition that fails its own checks stays known by name, so a tier or route listing it
+//! does not add an "undefined limit" error on top of the real one.
+
+use super::error::Issues;
+use super::params::{self, check_name, Algorithm, Fields};
+use super::raw::{Named, RawLimit, Text};
+use super::{Dimension, LimitDef};
+use serde_saphyr::Location;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A limit definition on its way through validation.
+pub(crate) struct Def<'a> {
+    /// The definition as written, which tenant overrides are laid over.
+    pub raw: &'a RawLimit,
+    /// Its field path, `limits.<name>`.
+    pub path: String,
+    /// Where its name was written.
+    pub at: Location,
+    /// Its algorithm, if that much was valid.
+    pub algorithm: Option<Algorithm>,
+    /// Set only when the whole definition is valid.
+    pub compiled: Option<Arc<LimitDef>>,
+}
+
+/// Every limit definition by name, in file order.
+pub(crate) struct Defs<'a> {
+    by_name: HashMap<&'a str, Def<'a>>,
+    order: Vec<&'a str>,
+}
+
+impl<'a> Defs<'a> {
+    /// Checks every definition under `limits`, recording all problems.
+    pub(crate) fn new(limits: &'a Named<RawLimit>, descriptors: &[Arc<str>], issues: &mut Issues) -> Self {
+        let mut by_name = HashMap::with_capacity(limits.0.len());
+        let mut order = Vec::with_capacity(limits.0.len());
+        for (name, raw) in &limits.0 {
+            by_name.insert(name.value.as_str(), limit_def(name, raw, descriptors, issues));
+            order.push(name.value.as_str());
+        }
+        Self { by_name, order }
+    }
+
+    /// The definition named `name`, valid or not.
+    pub(crate) fn get(&self, name: &str) -> Option<&Def<'a>> {
+        self.by_name.get(name)
+    }
+
+    /// The valid definitions, in file order.
+    pub(crate) fn valid(&self) -> Vec<Arc<LimitDef>> {
+        let compiled = self.order.iter().filter_map(|n| self.by_name.get(n)?.compiled.clone());
+        compiled.collect()
+    }
+
+    /// Resolves a list of limit names; undefined ones are reported, invalid ones skipped quietly.
+    pub(crate) fn refs(&self, list: &[Text], path: &str, issues: &mut Issues) -> Vec<Arc<LimitDef>> {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, name) in list.iter().enumerate() {
+            match self.get(&name.value) {
+                Some(def) => out.extend(def.compiled.clone()),
+                None => {
+                    let message = format!("no limit named `{}` is defined under `limits`", name.value);
+                    issues.push(name.referenced, format!("{path}[{i}]"), message);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Checks one limit definition: name, algorithm, key and numbers.
+fn limit_def<'a>(
+    name: &'a Text,
+    raw: &'a RawLimit,
+    descriptors: &[Arc<str>],
+    issues: &mut Issues,
+) -> Def<'a> {
+    let path = format!("limits.{}", name.value);
+    let before = issues.len();
+    if let Err(message) = check_name(name, "limit") {
+        issues.push(name.referenced, path.clone(), message);
+    }
+    let algorithm = Algorithm::parse(&raw.algorithm.value)
+        .map_err(|message| {
+            issues.push(
+                raw.algorithm.referenced,
+                format!("{path}.algorithm"),
+                message,
+            )
+        })
+        .ok();
+    let key = key(raw, &path, name.referenced, descriptors, issues);
+    let compiled = algorithm
+        .and_then(|a| params::compile(a, &Fields::of_limit(raw, &path, name.referenced), issues));
+    let compiled = match (compiled, key) {
+        (Some(c), Some(key)) if issues.len() == before => Some(Arc::new(LimitDef {
+            name: name.value.as_str().into(),
+            fingerprint: c.fingerprint(&key),
+            params: c.params,
+            key,
+            shadow: raw.shadow.unwrap_or(false),
+        })),
+        _ => None,
+    };
+    Def {
+        raw,
+        path,
+        at: name.referenced,
+        algorithm,
+        compiled,
+    }
+}
+
+/// Checks a limit's `key`: present, not empty, known dimensions, none twice.
+fn key(
+    raw: &RawLimit,
+    path: &str,
+    at: Location,
+    descriptors: &[Arc<str>],
+    issues: &mut Issues,
+) -> Option<Vec<Dimension>> {
+    let Some(list) = &raw.key else {
+        issues.push(
+            at,
+            format!("{path}.key"),
+            "a limit needs `key`: the dimensions it counts by (tenant, user, ip, route or a \
+             declared descriptor)",
+        );
+        return None;
+    };
+    if list.value.is_empty() {
+        issues.push(
+            list.referenced,
+            format!("{path}.key"),
+            "`key` must list at least one dimension",
+        );
+        return None;
+    }
+    let before = issues.len();
+    let mut dims = Vec::with_capacity(list.value.len());
+    for (i, item) in list.value.iter().enumerate() {
+        let dim = match item.value.as_str() {
+            "tenant" => Dimension::Tenant,
+            "user" => Dimension::User,
+            "ip" => Dimension::Ip,
+            "route" => Dimension::Route,
+            other => match descriptors.iter().find(|d| &***d == other) {
+                Some(d) => Dimension::Descriptor(Arc::clone(d)),
+                None => {
+                    let message = format!(
+                        "unknown dimension `{other}` (use tenant, user, ip, route, or declare \
+                         it under `descriptors`)"
+                    );
+                    issues.push(item.referenced, format!("{path}.key[{i}]"), message);
+                    continue;
+                }
+            },
+        };
+        if dims.contains(&dim) {
+            let message = format!("dimension `{dim}` is listed twice");
+            issues.push(item.referenced, format!("{path}.key[{i}]"), message);
+        }
+        dims.push(dim);
+    }
+    (issues.len() == before).then_some(dims)
+}
+
+/// Checks the declared custom dimensions; returns the usable ones.
+fn descriptors(list: &[Text], issues: &mut Issues) -> Vec<Arc<str>> {
+    let mut out: Vec<Arc<str>> = Vec::with_capacity(list.len());
+    for (i, name) in list.iter().enumerate() {
+        let problem = if let Err(message) = check_name(name, "descriptor") {
+            Some(message)
+        } else if ["tenant", "user", "ip", "route"].contains(&name.value.as_str()) {
+            Some(format!(
+                "`{}` is a built-in dimension; descriptors add new ones",
+                name.value
+            ))
+        } else if out.iter().any(|d| **d == name.value) {
+            Some(format!("descriptor `{}` is declared twice", name.value))
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => issues.push(name.referenced, format!("descriptors[{i}]"), message),
+            None => out.push(name.value.as_str().into()),
+        }
+    }
+    out
+}
+

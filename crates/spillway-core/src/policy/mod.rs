@@ -1,0 +1,231 @@
+//! The rate-limit policy: which limits exist, which tiers, routes and tenants they apply to,
+//! and how one request resolves into the limits and counter keys that govern it.
+//!
+//! A policy is written in YAML (see `examples/spillway.yaml`), read into the loose structs of
+//! [`raw`], checked and compiled by [`validate`] into an immutable [`Policy`], and then
+//! consulted on every request through [`Policy::resolve`]. Everything that can be worked out
+//! ahead of time is: each tier's limit list for each route is built at load, so resolving a
+//! request is a few lookups plus the allocation of its counter keys.
+//!
+//! Layout: [`error`] (what a rejected file reports), [`locate`] (field paths for YAML reader
+//! errors), [`raw`] (serde structs), [`params`] (per-algorithm fields and fingerprints),
+//! [`route`] (path patterns), [`validate`] (raw to compiled), [`resolve`] (the hot path).
+
+mod error;
+mod locate;
+mod params;
+mod raw;
+mod resolve;
+mod route;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{PolicyError, PolicyIssue};
+
+use crate::algorithm::LimitParams;
+use crate::key::StateKey;
+use route::RoutePattern;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// What to do when the store holding a limit's state cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum FailureMode {
+    /// Let the request through: availability over protection. The default, because a rate
+    /// limiter outage should not become an API outage.
+    #[default]
+    Open,
+    /// Refuse the request: protection over availability, for costly or abusable routes.
+    Closed,
+    /// Fall back to a local, per-node approximation of the limit.
+    Degrade,
+}
+
+impl FailureMode {
+    /// The lowercase name used in policy files, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+            Self::Degrade => "degrade",
+        }
+    }
+}
+
+impl fmt::Display for FailureMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parses the lowercase names written in policy files, so CLI flags and env vars can share
+/// the spelling.
+impl FromStr for FailureMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "open" => Ok(Self::Open),
+            "closed" => Ok(Self::Closed),
+            "degrade" => Ok(Self::Degrade),
+            other => Err(format!(
+                "unknown failure mode `{other}` (use open, closed or degrade)"
+            )),
+        }
+    }
+}
+
+/// One attribute of a request that a limit counts separately: each distinct combination of
+/// a limit's dimensions gets its own counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Dimension {
+    /// The request's tenant.
+    Tenant,
+    /// The request's user.
+    User,
+    /// The client IP address.
+    Ip,
+    /// The matched route, so one limit definition can count each route apart.
+    Route,
+    /// A custom dimension declared under `descriptors` (an API key, a region, ...).
+    Descriptor(Arc<str>),
+}
+
+impl Dimension {
+    /// The name used in a limit's `key` list.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Tenant => "tenant",
+            Self::User => "user",
+            Self::Ip => "ip",
+            Self::Route => "route",
+            Self::Descriptor(name) => name,
+        }
+    }
+}
+
+impl fmt::Display for Dimension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A compiled limit: what it counts (its key), how (its algorithm and numbers), and whether
+/// it may deny. Shared by `Arc` between tiers, routes and resolutions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LimitDef {
+    /// The limit's name in the policy; a tenant override keeps the name of the limit it
+    /// replaces, so headers and metrics stay comparable across tenants.
+    pub name: Arc<str>,
+    /// The algorithm and its validated numbers.
+    pub params: LimitParams,
+    /// The dimensions that identify one counter, in the order the policy lists them.
+    pub key: Vec<Dimension>,
+    /// Shadow limits are evaluated and counted but never deny, so a new limit can be
+    /// observed on real traffic before it is enforced.
+    pub shadow: bool,
+    /// A hash of the algorithm, numbers and key, identical in every process and across
+    /// restarts. Part of each counter's identity, so changing a limit's numbers starts fresh
+    /// counters while unchanged limits keep theirs through a reload.
+    pub fingerprint: u64,
+}
+
+/// A route: requests whose method and path match its pattern, with their cost, their extra
+/// limits and their failure mode.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The pattern in canonical form, e.g. `POST /v1/generate`; also the value of the
+    /// [`Dimension::Route`] dimension.
+    pub name: Arc<str>,
+    /// What one request on this route costs, unless the request states its own cost.
+    pub cost: u64,
+    /// Limits that apply only on this route, on top of the global and tier limits (before
+    /// any tenant override).
+    pub limits: Vec<Arc<LimitDef>>,
+    /// Overrides the policy's failure mode for this route.
+    pub failure_mode: Option<FailureMode>,
+    pattern: RoutePattern,
+}
+
+/// A validated, immutable policy, ready to resolve requests. Built once per load or reload
+/// and shared (e.g. through `arc-swap`) by every request handler.
+#[derive(Debug)]
+pub struct Policy {
+    default_tier: usize,
+    failure_mode: FailureMode,
+    tiers: Vec<resolve::Tier>,
+    tier_index: HashMap<Box<str>, usize>,
+    routes: Vec<Arc<Route>>,
+    tenants: HashMap<Box<str>, resolve::Tenant>,
+    limits: Vec<Arc<LimitDef>>,
+}
+
+/// What applies to one request: its tier, route, cost and failure mode, and each limit it
+/// must pass together with the counter key that limit keeps for it.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The explicit tier if the policy knows it, else the tenant's tier, else the default.
+    pub tier: Arc<str>,
+    /// The first route, in file order, whose pattern matches the request.
+    pub route: Option<Arc<Route>>,
+    /// The request's own cost, else the route's, else 1. Zero means "look, do not consume".
+    pub cost: u64,
+    /// The route's failure mode, else the policy's.
+    pub failure_mode: FailureMode,
+    /// Global, then tier, then route limits, with the tenant's overrides in place, each once,
+    /// and only those whose every key dimension the request carries.
+    pub limits: Vec<(Arc<LimitDef>, StateKey)>,
+}
+
+impl Policy {
+    /// Reads and validates the policy at `path`; errors name the path as their source.
+    pub fn from_file(path: &Path) -> Result<Policy, PolicyError> {
+        let origin = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_yaml_str(&text, &origin),
+            Err(e) => Err(PolicyError::unreadable(
+                &origin,
+                format!("cannot read the policy: {e}"),
+            )),
+        }
+    }
+
+    /// Parses and validates policy text; `source` names it in error messages (a path, or
+    /// e.g. `<embedded default>`).
+    pub fn from_yaml_str(text: &str, source: &str) -> Result<Policy, PolicyError> {
+        let raw: raw::RawPolicy = serde_saphyr::from_str(text)
+            .map_err(|e| PolicyError::new(source, vec![locate::issue_from_yaml(text, &e)]))?;
+        validate::compile(&raw).map_err(|issues| issues.into_error(source))
+    }
+
+    /// The tier a request gets when neither it nor its tenant names one.
+    pub fn default_tier(&self) -> &str {
+        &self.tiers[self.default_tier].name
+    }
+
+    /// The failure mode of routes that do not set their own.
+    pub fn failure_mode(&self) -> FailureMode {
+        self.failure_mode
+    }
+
+    /// Every distinct limit, tenant overrides included, so a reload can tell which counters
+    /// survive and metrics can describe each limit once.
+    pub fn limits(&self) -> impl Iterator<Item = &Arc<LimitDef>> {
+        self.limits.iter()
+    }
+
+    /// The routes in match order (file order).
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+
+    /// The names of the tiers, in file order.
+    pub fn tiers(&self) -> impl Iterator<Item = &str> {
+        self.tiers.iter().map(|t| &*t.name)
+    }
+}

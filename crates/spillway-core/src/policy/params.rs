@@ -1,0 +1,318 @@
+//! A limit's algorithm and numbers: which fields each algorithm takes, their checks, and the
+//! stable fingerprint of the result.
+//!
+//! A limit and a tenant's override of it share this code: the override lays its fields over
+//! the limit's, and every field remembers which entry wrote it, so a bad number is reported
+//! at the place it was written.
+
+use super::error::Issues;
+use super::raw::{Number, RawLimit, RawOverride, Text};
+use super::Dimension;
+use crate::algorithm::{
+    FixedWindow, Gcra, LeakyBucket, LimitParams, ScaledRate, SlidingLog, SlidingWindow, TokenBucket,
+};
+use crate::rate::{parse_duration, Rate};
+use serde_saphyr::{Location, Spanned};
+use siphasher::sip::SipHasher13;
+use std::hash::Hasher;
+
+/// The algorithms a policy may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Algorithm {
+    TokenBucket,
+    Gcra,
+    FixedWindow,
+    SlidingWindow,
+    SlidingLog,
+    LeakyBucket,
+}
+
+const NAMES: &str = "token_bucket, gcra, fixed_window, sliding_window, sliding_log or leaky_bucket";
+
+impl Algorithm {
+    /// Parses an algorithm name as written in a policy.
+    pub(crate) fn parse(name: &str) -> Result<Self, String> {
+        Ok(match name {
+            "token_bucket" => Self::TokenBucket,
+            "gcra" => Self::Gcra,
+            "fixed_window" => Self::FixedWindow,
+            "sliding_window" => Self::SlidingWindow,
+            "sliding_log" => Self::SlidingLog,
+            "leaky_bucket" => Self::LeakyBucket,
+            other => return Err(format!("unknown algorithm `{other}` (use {NAMES})")),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::TokenBucket => "token_bucket",
+            Self::Gcra => "gcra",
+            Self::FixedWindow => "fixed_window",
+            Self::SlidingWindow => "sliding_window",
+            Self::SlidingLog => "sliding_log",
+            Self::LeakyBucket => "leaky_bucket",
+        }
+    }
+
+    /// The fields this algorithm takes, required ones first; and how many are required.
+    fn fields(self) -> (&'static [&'static str], usize, &'static str) {
+        match self {
+            Self::TokenBucket | Self::Gcra => (&["rate", "burst"], 1, "rate: 100/min"),
+            Self::LeakyBucket => (&["rate", "capacity"], 2, "rate: 10/s, capacity: 50"),
+            Self::FixedWindow | Self::SlidingWindow | Self::SlidingLog => {
+                (&["limit", "window"], 2, "limit: 1000, window: 1h")
+            }
+        }
+    }
+}
+
+/// One field's value and the path of the entry (limit or override) that wrote it.
+struct Written<'a, T> {
+    value: &'a Spanned<T>,
+    owner: &'a str,
+}
+
+// Only references inside, so copyable whatever `T` is (a derive would demand `T: Copy`).
+impl<T> Clone for Written<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Written<'_, T> {}
+
+/// The numeric fields of a limit, each possibly from a different entry.
+#[derive(Clone, Copy)]
+pub(crate) struct Fields<'a> {
+    rate: Option<Written<'a, String>>,
+    burst: Option<Written<'a, Number>>,
+    limit: Option<Written<'a, Number>>,
+    window: Option<Written<'a, String>>,
+    capacity: Option<Written<'a, Number>>,
+    /// The entry missing fields are reported against, and where it starts.
+    owner: &'a str,
+    at: Location,
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of the limit at `owner` (its path), whose name was written at `at`.
+    pub(crate) fn of_limit(raw: &'a RawLimit, owner: &'a str, at: Location) -> Self {
+        let from = |v: &'a Option<Spanned<_>>| v.as_ref().map(|value| Written { value, owner });
+        Self {
+            rate: raw.rate.as_ref().map(|value| Written { value, owner }),
+            burst: from(&raw.burst),
+            limit: from(&raw.limit),
+            window: raw.window.as_ref().map(|value| Written { value, owner }),
+            capacity: from(&raw.capacity),
+            owner,
+            at,
+        }
+    }
+
+    /// These fields with `raw`'s (an override at `owner`, named at `at`) laid on top.
+    pub(crate) fn overlay(mut self, raw: &'a RawOverride, owner: &'a str, at: Location) -> Self {
+        fn pick<'a, T>(
+            own: &'a Option<Spanned<T>>,
+            owner: &'a str,
+            base: &mut Option<Written<'a, T>>,
+        ) {
+            if let Some(value) = own {
+                *base = Some(Written { value, owner });
+            }
+        }
+        pick(&raw.rate, owner, &mut self.rate);
+        pick(&raw.burst, owner, &mut self.burst);
+        pick(&raw.limit, owner, &mut self.limit);
+        pick(&raw.window, owner, &mut self.window);
+        pick(&raw.capacity, owner, &mut self.capacity);
+        self.owner = owner;
+        self.at = at;
+        self
+    }
+}
+
+/// The validated parameters of a limit with the numbers its fingerprint is made of.
+pub(crate) struct Compiled {
+    pub params: LimitParams,
+    algorithm: Algorithm,
+    numbers: [u64; 3],
+}
+
+/// Checks `fields` against `algorithm`, recording every problem; `None` if there was any.
+pub(crate) fn compile(
+    algorithm: Algorithm,
+    fields: &Fields<'_>,
+    issues: &mut Issues,
+) -> Option<Compiled> {
+    let before = issues.len();
+    let (allowed, required, example) = algorithm.fields();
+    let present: [(&str, Option<(Location, &str)>); 5] = [
+        ("rate", fields.rate.map(|f| (f.value.referenced, f.owner))),
+        ("burst", fields.burst.map(|f| (f.value.referenced, f.owner))),
+        ("limit", fields.limit.map(|f| (f.value.referenced, f.owner))),
+        (
+            "window",
+            fields.window.map(|f| (f.value.referenced, f.owner)),
+        ),
+        (
+            "capacity",
+            fields.capacity.map(|f| (f.value.referenced, f.owner)),
+        ),
+    ];
+    for (name, found) in present {
+        let Some((at, owner)) = found else { continue };
+        if !allowed.contains(&name) {
+            issues.push(
+                at,
+                format!("{owner}.{name}"),
+                format!(
+                    "`{name}` does not apply to {} (it takes {})",
+                    algorithm.name(),
+                    allowed.join(" and ")
+                ),
+            );
+        }
+    }
+    for name in &allowed[..required] {
+        if present
+            .iter()
+            .any(|(n, found)| n == name && found.is_none())
+        {
+            issues.push(
+                fields.at,
+                format!("{}.{name}", fields.owner),
+                format!("{} needs `{name}` (e.g. `{example}`)", algorithm.name()),
+            );
+        }
+    }
+    let rate = fields
+        .rate
+        .and_then(|f| check(f, issues, "rate", |t| Rate::parse(t)));
+    let window = fields
+        .window
+        .and_then(|f| check(f, issues, "window", |t| parse_duration(t)));
+    let amount_field = match algorithm {
+        Algorithm::TokenBucket | Algorithm::Gcra => fields.burst.map(|f| ("burst", f)),
+        Algorithm::LeakyBucket => fields.capacity.map(|f| ("capacity", f)),
+        _ => fields.limit.map(|f| ("limit", f)),
+    };
+    let amount = amount_field.and_then(|(name, f)| {
+        check(f, issues, name, |n| {
+            n.positive().map_err(|m| format!("`{name}` {m}"))
+        })
+    });
+    if issues.len() > before {
+        return None;
+    }
+    let built = match algorithm {
+        Algorithm::TokenBucket | Algorithm::Gcra | Algorithm::LeakyBucket => {
+            let rate = rate?;
+            // A bucket that holds one period's worth is the natural default burst.
+            let amount = amount.unwrap_or(rate.count);
+            let params = match algorithm {
+                Algorithm::TokenBucket => {
+                    TokenBucket::new(rate, amount).map(LimitParams::TokenBucket)
+                }
+                Algorithm::Gcra => Gcra::new(rate, amount).map(LimitParams::Gcra),
+                _ => LeakyBucket::new(rate, amount).map(LimitParams::LeakyBucket),
+            };
+            // Fingerprint the rate in lowest terms: `10/s` and `600/min` behave identically.
+            let reduced = ScaledRate::new(rate);
+            params.map(|p| (p, [reduced.tokens, reduced.micros, amount]))
+        }
+        _ => {
+            let (limit, window) = (amount?, window?);
+            let params = match algorithm {
+                Algorithm::FixedWindow => {
+                    FixedWindow::new(limit, window).map(LimitParams::FixedWindow)
+                }
+                Algorithm::SlidingWindow => {
+                    SlidingWindow::new(limit, window).map(LimitParams::SlidingWindow)
+                }
+                _ => SlidingLog::new(limit, window).map(LimitParams::SlidingLog),
+            };
+            params.map(|p| (p, [limit, window, 0]))
+        }
+    };
+    match built {
+        Ok((params, numbers)) => Some(Compiled {
+            params,
+            algorithm,
+            numbers,
+        }),
+        Err(message) => {
+            // The constructors judge the numbers together; blame the amount if it was written.
+            let (at, path) = match amount_field {
+                Some((name, f)) => (f.value.referenced, format!("{}.{name}", f.owner)),
+                None => (fields.at, fields.owner.to_owned()),
+            };
+            issues.push(at, path, message);
+            None
+        }
+    }
+}
+
+/// Parses one field, recording a failure under its own path.
+fn check<T, V>(
+    field: Written<'_, T>,
+    issues: &mut Issues,
+    name: &str,
+    parse: impl FnOnce(&T) -> Result<V, String>,
+) -> Option<V> {
+    match parse(&field.value.value) {
+        Ok(v) => Some(v),
+        Err(message) => {
+            issues.push(
+                field.value.referenced,
+                format!("{}.{name}", field.owner),
+                message,
+            );
+            None
+        }
+    }
+}
+
+impl Compiled {
+    /// A hash of the algorithm, its numbers and the key, computed with fixed SipHash keys and
+    /// an explicit byte encoding so it is identical on every machine, process and release.
+    pub(crate) fn fingerprint(&self, key: &[Dimension]) -> u64 {
+        let mut hasher = SipHasher13::new_with_keys(0, 0);
+        let mut put = |bytes: &[u8]| {
+            hasher.write(&(bytes.len() as u64).to_le_bytes());
+            hasher.write(bytes);
+        };
+        put(self.algorithm.name().as_bytes());
+        for n in self.numbers {
+            put(&n.to_le_bytes());
+        }
+        for dimension in key {
+            // Tag built-ins apart from descriptors so a descriptor named like one cannot alias.
+            let tag: &[u8] = if matches!(dimension, Dimension::Descriptor(_)) {
+                b"d"
+            } else {
+                b"b"
+            };
+            put(tag);
+            put(dimension.as_str().as_bytes());
+        }
+        hasher.finish()
+    }
+}
+
+/// Checks a name written in the policy (a limit, tier or descriptor), which ends up in store
+/// keys and metrics, so it is kept to characters that need no escaping anywhere.
+pub(crate) fn check_name(name: &Text, what: &str) -> Result<(), String> {
+    let text = name.value.as_str();
+    if text.is_empty() {
+        return Err(format!("a {what} name must not be empty"));
+    }
+    match text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        Some(c) => Err(format!(
+            "{what} name `{text}` contains `{c}`; use letters, digits, `-`, `_` and `.`"
+        )),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,255 @@
+//! The policy file exactly as written: serde structs that mirror the YAML, with source
+//! positions kept on every value a later check may reject.
+//!
+//! Nothing here judges meaning. Names, algorithms, failure modes and numbers arrive as loose
+//! values (strings, [`Number`]) so that [`super::validate`] can report all of their problems
+//! together, each with its line, instead of serde stopping at the first. Only the shape (a
+//! mapping where a mapping belongs, no unknown fields) is enforced here.
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde::Deserialize as DeriveDeserialize;
+use serde_saphyr::Spanned;
+use std::fmt;
+use std::marker::PhantomData;
+
+/// A string with the place it was written.
+pub(crate) type Text = Spanned<String>;
+
+/// The whole policy document.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicy {
+    pub default_tier: Text,
+    #[serde(default)]
+    pub failure_mode: Option<Text>,
+    #[serde(default)]
+    pub descriptors: Vec<Text>,
+    #[serde(default)]
+    pub limits: Named<RawLimit>,
+    #[serde(default)]
+    pub global: Vec<Text>,
+    #[serde(default)]
+    pub tiers: Named<RawTier>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub tenants: Named<RawTenant>,
+}
+
+/// One named limit definition.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimit {
+    pub algorithm: Text,
+    #[serde(default)]
+    pub key: Option<Spanned<Vec<Text>>>,
+    #[serde(default)]
+    pub shadow: Option<bool>,
+    #[serde(default)]
+    pub rate: Option<Text>,
+    #[serde(default)]
+    pub burst: Option<Spanned<Number>>,
+    #[serde(default)]
+    pub limit: Option<Spanned<Number>>,
+    #[serde(default)]
+    pub window: Option<Text>,
+    #[serde(default)]
+    pub capacity: Option<Spanned<Number>>,
+}
+
+/// A tenant's replacement numbers for one limit; absent fields keep the limit's own.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOverride {
+    #[serde(default)]
+    pub shadow: Option<bool>,
+    #[serde(default)]
+    pub rate: Option<Text>,
+    #[serde(default)]
+    pub burst: Option<Spanned<Number>>,
+    #[serde(default)]
+    pub limit: Option<Spanned<Number>>,
+    #[serde(default)]
+    pub window: Option<Text>,
+    #[serde(default)]
+    pub capacity: Option<Spanned<Number>>,
+}
+
+/// A tier: the limits every request of that tier is subject to.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTier {
+    #[serde(default)]
+    pub limits: Vec<Text>,
+}
+
+/// One `routes` entry.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    #[serde(rename = "match")]
+    pub pattern: Text,
+    #[serde(default)]
+    pub cost: Option<Spanned<Number>>,
+    #[serde(default)]
+    pub limits: Vec<Text>,
+    #[serde(default)]
+    pub failure_mode: Option<Text>,
+}
+
+/// One tenant's tier assignment and overrides.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTenant {
+    #[serde(default)]
+    pub tier: Option<Text>,
+    #[serde(default)]
+    pub overrides: Named<RawOverride>,
+}
+
+/// A mapping from names to values that keeps file order and each name's position, which a
+/// plain map would lose (and `Spanned` keys are not `Ord`). Duplicate names are already
+/// refused by the YAML reader.
+#[derive(Debug)]
+pub(crate) struct Named<T>(pub Vec<(Text, T)>);
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Entries<T> {
+            type Value = Named<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of names to definitions")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(name) = map.next_key::<Text>()? {
+                    let value = map.next_value()?;
+                    entries.push((name, value));
+                }
+                Ok(Named(entries))
+            }
+
+            // `limits:` with nothing after it reads as null; treat it as an empty mapping.
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Named::default())
+            }
+        }
+
+        deserializer.deserialize_map(Entries(PhantomData))
+    }
+}
+
+/// A count as written: YAML may give an integer, a float or a quoted string, and each has
+/// its own complaint (`-5`, `1.5`, `"lots"`), so the judgement waits for validation.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Number {
+    /// A YAML integer, possibly negative.
+    Int(i128),
+    /// A YAML float (also what an integer too large for 64 bits becomes).
+    Float(f64),
+    /// A string, possibly holding digits.
+    Text(String),
+}
+
+impl Number {
+    /// The value as a positive whole number, or a message explaining why it is not one.
+    pub(crate) fn positive(&self) -> Result<u64, String> {
+        let int = match self {
+            Self::Int(i) => *i,
+            // `1e6` is a fine way to write a million; `1.5` is not a count.
+            Self::Float(f) if f.fract() != 0.0 || !f.is_finite() => {
+                return Err(format!("must be a whole number (got {f})"));
+            }
+            Self::Float(f) if f.abs() >= 1e30 => return Err(format!("{f} is too large")),
+            Self::Float(f) => *f as i128,
+            Self::Text(t) => t
+                .trim()
+                .parse::<i128>()
+                .map_err(|_| format!("must be a whole number (got `{t}`)"))?,
+        };
+        match u64::try_from(int) {
+            Ok(0) => Err("must be at least 1 (got 0)".into()),
+            Ok(n) => Ok(n),
+            Err(_) if int < 0 => Err(format!("must be at least 1 (got {int})")),
+            Err(_) => Err(format!("{int} is too large")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Any;
+
+        impl Visitor<'_> for Any {
+            type Value = Number;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Number, E> {
+                Ok(Number::Int(v.into()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Number, E> {
+                Ok(Number::Int(v.into()))
+            }
+
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Number, E> {
+                Ok(Number::Int(v))
+            }
+
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Number, E> {
+                Ok(Number::Int(i128::try_from(v).unwrap_or(i128::MAX)))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Number, E> {
+                Ok(Number::Float(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Number, E> {
+                Ok(Number::Text(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(Any)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Number;
+
+    #[test]
+    fn numbers_explain_what_is_wrong() {
+        assert_eq!(Number::Int(5).positive(), Ok(5));
+        assert_eq!(Number::Text(" 7 ".into()).positive(), Ok(7));
+        assert!(Number::Int(0)
+            .positive()
+            .unwrap_err()
+            .contains("at least 1 (got 0)"));
+        assert!(Number::Int(-3).positive().unwrap_err().contains("got -3"));
+        assert!(Number::Float(1.5)
+            .positive()
+            .unwrap_err()
+            .contains("whole number"));
+        assert!(Number::Float(2e19)
+            .positive()
+            .unwrap_err()
+            .contains("too large"));
+        assert!(Number::Text("lots".into())
+            .positive()
+            .unwrap_err()
+            .contains("`lots`"));
+    }
+}

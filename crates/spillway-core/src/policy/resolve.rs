@@ -1,0 +1,136 @@
+//! The hot path: from a request's attributes to the limits it must pass and their keys.
+//!
+//! Everything that does not depend on the request is settled at load time: for every tier
+//! and every route (or no route) the merged, de-duplicated list of limits already exists, and
+//! a tenant's overrides are a short list looked up by name. Per request, the work is a tenant
+//! and tier lookup, a first-match scan of the routes, and building the counter keys, whose
+//! dimension values are the only allocations besides the result itself.
+
+use super::{Dimension, LimitDef, Policy, Resolved, Route};
+use crate::key::StateKey;
+use crate::request::RequestAttrs;
+use std::sync::Arc;
+
+/// A tier with its limit list for each route: `plans[0]` for requests that match no route,
+/// `plans[i + 1]` for requests on route `i`.
+#[derive(Debug)]
+pub(crate) struct Tier {
+    pub name: Arc<str>,
+    pub plans: Vec<Vec<Arc<LimitDef>>>,
+}
+
+/// A tenant's own tier (an index into the policy's tiers) and overrides.
+#[derive(Debug, Default)]
+pub(crate) struct Tenant {
+    pub tier: Option<usize>,
+    /// Replacement definitions, each carrying the name of the limit it replaces.
+    pub overrides: Vec<Arc<LimitDef>>,
+}
+
+impl Tier {
+    /// Builds the tier's plans: `global`, then `own`, then each route's limits, keeping only
+    /// the first occurrence of each limit name.
+    pub(crate) fn new(
+        name: Arc<str>,
+        global: &[Arc<LimitDef>],
+        own: &[Arc<LimitDef>],
+        routes: &[Arc<Route>],
+    ) -> Self {
+        let base = merge(global.iter().chain(own), &[]);
+        let mut plans = Vec::with_capacity(routes.len() + 1);
+        plans.push(base.clone());
+        for route in routes {
+            plans.push(merge(route.limits.iter(), &base));
+        }
+        Self { name, plans }
+    }
+}
+
+/// `head` followed by those of `more` whose names `head` does not already hold.
+fn merge<'a>(
+    more: impl Iterator<Item = &'a Arc<LimitDef>>,
+    head: &[Arc<LimitDef>],
+) -> Vec<Arc<LimitDef>> {
+    let mut out = head.to_vec();
+    for def in more {
+        if !out.iter().any(|d| d.name == def.name) {
+            out.push(Arc::clone(def));
+        }
+    }
+    out
+}
+
+impl Policy {
+    /// Works out what applies to `req`: tier, route, cost, failure mode, and each limit with
+    /// the counter key it keeps for this request. Never fails: an unknown tier falls back,
+    /// and a limit whose key needs a dimension the request lacks is skipped.
+    pub fn resolve(&self, req: &RequestAttrs) -> Resolved {
+        let tenant = req.tenant.as_deref().and_then(|t| self.tenants.get(t));
+        let tier_index = req
+            .tier
+            .as_deref()
+            .and_then(|t| self.tier_index.get(t).copied())
+            .or_else(|| tenant.and_then(|t| t.tier))
+            .unwrap_or(self.default_tier);
+        let tier = &self.tiers[tier_index];
+        let route_index = req.path.as_deref().and_then(|path| {
+            self.routes
+                .iter()
+                .position(|r| r.pattern.matches(req.method.as_deref(), path))
+        });
+        let route = route_index.map(|i| Arc::clone(&self.routes[i]));
+        let plan = &tier.plans[route_index.map_or(0, |i| i + 1)];
+
+        let mut limits = Vec::with_capacity(plan.len());
+        for def in plan {
+            let def = tenant
+                .and_then(|t| t.overrides.iter().find(|o| o.name == def.name))
+                .unwrap_or(def);
+            if let Some(values) = key_values(def, req, route.as_deref()) {
+                let key = StateKey {
+                    limit: Arc::clone(&def.name),
+                    fingerprint: def.fingerprint,
+                    values,
+                };
+                limits.push((Arc::clone(def), key));
+            }
+        }
+
+        Resolved {
+            tier: Arc::clone(&tier.name),
+            cost: req.cost.or(route.as_ref().map(|r| r.cost)).unwrap_or(1),
+            failure_mode: route
+                .as_ref()
+                .and_then(|r| r.failure_mode)
+                .unwrap_or(self.failure_mode),
+            route,
+            limits,
+        }
+    }
+}
+
+/// The request's value for each of `def`'s dimensions, in key order, or `None` when any is
+/// missing. An empty value counts as missing: it identifies no one, and counting every such
+/// request under one key would make strangers share a limit.
+fn key_values(def: &LimitDef, req: &RequestAttrs, route: Option<&Route>) -> Option<Vec<String>> {
+    let value = |dimension: &Dimension| -> Option<&str> {
+        let found = match dimension {
+            Dimension::Tenant => req.tenant.as_deref(),
+            Dimension::User => req.user.as_deref(),
+            Dimension::Ip => req.ip.as_deref(),
+            Dimension::Route => route.map(|r| &*r.name),
+            Dimension::Descriptor(name) => req.descriptors.get(&**name).map(String::as_str),
+        };
+        found.filter(|v| !v.is_empty())
+    };
+    // Check before allocating, so a skipped limit costs nothing.
+    if !def.key.iter().all(|d| value(d).is_some()) {
+        return None;
+    }
+    Some(
+        def.key
+            .iter()
+            .filter_map(|d| value(d).map(str::to_owned))
+            .collect(),
+    )
+}

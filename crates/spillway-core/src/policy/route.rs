@@ -1,0 +1,190 @@
+//! Route patterns: `METHOD /path/with/*/and/**`, parsed once at load and matched per request
+//! without allocating or using regular expressions.
+//!
+//! A pattern is a method (or `*` for any) and a path made of `/`-separated segments. A
+//! segment is literal text, `*` (exactly one segment, whatever it holds) or, as the last
+//! segment only, `**` (whatever remains, including nothing). Literal segments compare
+//! exactly; the method compares without regard to ASCII case. A request path's `?query` is
+//! ignored.
+
+use std::fmt;
+
+/// A compiled `METHOD PATH` pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoutePattern {
+    /// `None` matches any method.
+    method: Option<Box<str>>,
+    /// The segments after the leading `/`.
+    segments: Vec<Segment>,
+    /// Whether the pattern ends in `**`.
+    rest: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    Any,
+}
+
+impl RoutePattern {
+    /// Parses `text`, explaining what is wrong when it is not a valid pattern.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        let mut words = text.split_whitespace();
+        let (Some(method), Some(path), None) = (words.next(), words.next(), words.next()) else {
+            return Err(format!(
+                "`{text}` must be a method and a path separated by a space, \
+                 e.g. `POST /v1/generate` or `* /health`"
+            ));
+        };
+        let method = match method {
+            "*" => None,
+            m if m.bytes().all(|b| b.is_ascii_alphabetic()) => Some(m.to_ascii_uppercase().into()),
+            m => {
+                return Err(format!(
+                    "`{m}` is not an HTTP method (use letters only, or `*`)"
+                ))
+            }
+        };
+        let Some(body) = path.strip_prefix('/') else {
+            return Err(format!("path `{path}` must start with `/`"));
+        };
+        if path.contains(['?', '#']) {
+            return Err(format!(
+                "path `{path}` must not contain `?` or `#`: queries are ignored when matching"
+            ));
+        }
+        let parts: Vec<&str> = body.split('/').collect();
+        let mut segments = Vec::with_capacity(parts.len());
+        let mut rest = false;
+        for (i, part) in parts.iter().enumerate() {
+            match *part {
+                "**" if i + 1 == parts.len() => rest = true,
+                "**" => return Err(format!("in `{path}`, `**` may only be the last segment")),
+                "*" => segments.push(Segment::Any),
+                p if p.contains('*') => {
+                    return Err(format!(
+                        "in `{path}`, segment `{p}` mixes `*` with text; \
+                         a wildcard must be a whole segment"
+                    ))
+                }
+                p => segments.push(Segment::Literal(p.into())),
+            }
+        }
+        Ok(Self {
+            method,
+            segments,
+            rest,
+        })
+    }
+
+    /// Whether a request with `method` and `path` falls under this pattern. A request with
+    /// no method matches only a `*` pattern; one with no path matches nothing.
+    pub(crate) fn matches(&self, method: Option<&str>, path: &str) -> bool {
+        if let Some(want) = &self.method {
+            match method {
+                Some(m) if m.eq_ignore_ascii_case(want) => {}
+                _ => return false,
+            }
+        }
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let Some(body) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = body.split('/');
+        for segment in &self.segments {
+            match (segment, parts.next()) {
+                (_, None) => return false,
+                (Segment::Any, Some(_)) => {}
+                (Segment::Literal(want), Some(got)) if **want == *got => {}
+                (Segment::Literal(_), Some(_)) => return false,
+            }
+        }
+        self.rest || parts.next().is_none()
+    }
+}
+
+/// The canonical spelling (upper-case method, single spaces), used to spot duplicates.
+impl fmt::Display for RoutePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.method.as_deref().unwrap_or("*"))?;
+        f.write_str(" ")?;
+        for segment in &self.segments {
+            f.write_str("/")?;
+            match segment {
+                Segment::Literal(text) => f.write_str(text)?,
+                Segment::Any => f.write_str("*")?,
+            }
+        }
+        match (self.rest, self.segments.is_empty()) {
+            (true, _) => f.write_str("/**"),
+            (false, true) => f.write_str("/"),
+            (false, false) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RoutePattern;
+
+    fn pattern(text: &str) -> RoutePattern {
+        match RoutePattern::parse(text) {
+            Ok(p) => p,
+            Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    #[test]
+    fn literal_paths_match_exactly() {
+        let p = pattern("POST /v1/generate");
+        assert!(p.matches(Some("POST"), "/v1/generate"));
+        assert!(p.matches(Some("post"), "/v1/generate?stream=true"));
+        assert!(!p.matches(Some("GET"), "/v1/generate"));
+        assert!(!p.matches(None, "/v1/generate"));
+        assert!(!p.matches(Some("POST"), "/v1/generate/x"));
+        assert!(!p.matches(Some("POST"), "/v1"));
+        assert!(!p.matches(Some("POST"), "v1/generate"));
+    }
+
+    #[test]
+    fn one_star_is_one_segment() {
+        let p = pattern("* /v1/users/*/keys");
+        assert!(p.matches(Some("DELETE"), "/v1/users/42/keys"));
+        assert!(p.matches(None, "/v1/users/42/keys"));
+        assert!(!p.matches(Some("GET"), "/v1/users/42/7/keys"));
+        assert!(!p.matches(Some("GET"), "/v1/users/keys"));
+    }
+
+    #[test]
+    fn double_star_takes_the_rest() {
+        let p = pattern("GET /v1/meta/**");
+        assert!(p.matches(Some("GET"), "/v1/meta/models/abc"));
+        assert!(p.matches(Some("GET"), "/v1/meta/"));
+        assert!(p.matches(Some("GET"), "/v1/meta"));
+        assert!(!p.matches(Some("GET"), "/v1/metadata"));
+        assert!(pattern("* /**").matches(Some("GET"), "/anything/at/all"));
+    }
+
+    #[test]
+    fn rejects_malformed_patterns() {
+        for (text, why) in [
+            ("/v1/generate", "method and a path"),
+            ("POST v1/generate", "start with `/`"),
+            ("PO-ST /v1", "not an HTTP method"),
+            ("GET /v1/**/x", "last segment"),
+            ("GET /v1/gen*", "whole segment"),
+            ("GET /v1?x=1", "must not contain"),
+            ("GET /a /b", "method and a path"),
+        ] {
+            let err = RoutePattern::parse(text).unwrap_err();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn canonical_form_spots_duplicates() {
+        assert_eq!(pattern("post  /v1/x").to_string(), "POST /v1/x");
+        assert_eq!(pattern("* /").to_string(), "* /");
+        assert_eq!(pattern("GET /a/*/**").to_string(), "GET /a/*/**");
+    }
+}

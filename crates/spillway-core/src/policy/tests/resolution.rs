@@ -1,0 +1,313 @@
+//! How requests resolve: tier fallback, route matching, cost, keys, overrides, de-duplication.
+
+use super::{load, EXAMPLE};
+use crate::algorithm::LimitParams;
+use crate::key::StateKey;
+use crate::policy::{Dimension, FailureMode, LimitDef, Policy, Resolved};
+use crate::request::RequestAttrs;
+use crate::time::MINUTE;
+use std::sync::Arc;
+
+fn request(tenant: &str, user: &str, method: &str, path: &str) -> RequestAttrs {
+    RequestAttrs {
+        tenant: Some(tenant.into()),
+        user: Some(user.into()),
+        ip: Some("203.0.113.7".into()),
+        method: Some(method.into()),
+        path: Some(path.into()),
+        ..RequestAttrs::default()
+    }
+}
+
+fn names(resolved: &Resolved) -> Vec<&str> {
+    resolved.limits.iter().map(|(def, _)| &*def.name).collect()
+}
+
+#[test]
+fn the_example_policy_loads() {
+    let policy = load(EXAMPLE);
+    assert_eq!(policy.default_tier(), "free");
+    assert_eq!(policy.failure_mode(), FailureMode::Open);
+    assert_eq!(
+        policy.tiers().collect::<Vec<_>>(),
+        ["free", "paid", "enterprise"]
+    );
+    // 11 limits as written, plus three distinct tenant overrides.
+    assert_eq!(policy.limits().count(), 14);
+    let shadowed: Vec<_> = policy
+        .limits()
+        .filter(|d| d.shadow)
+        .map(|d| &*d.name)
+        .collect();
+    assert_eq!(shadowed, ["ip-daily-candidate"]);
+    let api_key = policy.limits().find(|d| &*d.name == "api-key-minute");
+    let key = api_key.map(|d| d.key.clone()).unwrap_or_default();
+    assert_eq!(
+        key,
+        [Dimension::Tenant, Dimension::Descriptor("api_key".into())]
+    );
+}
+
+#[test]
+fn tier_comes_from_request_then_tenant_then_default() {
+    let policy = load(EXAMPLE);
+    let mut req = request("acme", "ann", "GET", "/v1/items");
+    assert_eq!(&*policy.resolve(&req).tier, "paid", "acme's own tier");
+    req.tier = Some("enterprise".into());
+    assert_eq!(
+        &*policy.resolve(&req).tier,
+        "enterprise",
+        "the request's tier wins"
+    );
+    req.tier = Some("platinum".into());
+    assert_eq!(
+        &*policy.resolve(&req).tier,
+        "paid",
+        "an unknown tier falls back"
+    );
+    req.tenant = Some("nobody-we-know".into());
+    assert_eq!(&*policy.resolve(&req).tier, "free");
+    assert_eq!(&*policy.resolve(&RequestAttrs::default()).tier, "free");
+}
+
+#[test]
+fn limits_come_global_then_tier_then_route() {
+    let policy = load(EXAMPLE);
+    let resolved = policy.resolve(&request("someone", "ann", "POST", "/v1/generate"));
+    assert_eq!(
+        names(&resolved),
+        [
+            "ip-burst",
+            "ip-daily-candidate",
+            "free-user-minute",
+            "free-user-daily",
+            "generate-user"
+        ]
+    );
+    assert_eq!(
+        resolved.route.as_ref().map(|r| &*r.name),
+        Some("POST /v1/generate")
+    );
+    assert_eq!(resolved.cost, 5);
+    assert_eq!(resolved.failure_mode, FailureMode::Closed);
+}
+
+#[test]
+fn routes_match_in_file_order_with_wildcards() {
+    let policy = load(
+        r#"
+default_tier: t
+limits:
+  l: {algorithm: gcra, rate: 1/s, key: [ip]}
+tiers:
+  t: {limits: [l]}
+routes:
+  - {match: "GET /v1/items/special", cost: 7}
+  - {match: "GET /v1/items/*", cost: 3}
+  - {match: "* /v1/**", cost: 2, failure_mode: degrade}
+"#,
+    );
+    let route_of = |method: &str, path: &str| {
+        let r = policy.resolve(&request("t", "u", method, path));
+        (r.route.map(|r| r.name.to_string()), r.cost, r.failure_mode)
+    };
+    let open = FailureMode::Open;
+    let degrade = FailureMode::Degrade;
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        route_of("GET", "/v1/items/special"),
+        (some("GET /v1/items/special"), 7, open)
+    );
+    assert_eq!(
+        route_of("GET", "/v1/items/42?x=1"),
+        (some("GET /v1/items/*"), 3, open)
+    );
+    assert_eq!(
+        route_of("GET", "/v1/items/42/parts"),
+        (some("* /v1/**"), 2, degrade)
+    );
+    assert_eq!(
+        route_of("DELETE", "/v1/items/42"),
+        (some("* /v1/**"), 2, degrade)
+    );
+    assert_eq!(route_of("GET", "/v2/items"), (None, 1, open));
+}
+
+#[test]
+fn cost_comes_from_request_then_route_then_one() {
+    let policy = load(EXAMPLE);
+    let mut req = request("t", "u", "POST", "/v1/generate");
+    assert_eq!(policy.resolve(&req).cost, 5);
+    req.cost = Some(0);
+    assert_eq!(
+        policy.resolve(&req).cost,
+        0,
+        "an explicit zero is a pure look"
+    );
+    req.cost = Some(12);
+    assert_eq!(policy.resolve(&req).cost, 12);
+    assert_eq!(
+        policy.resolve(&request("t", "u", "GET", "/elsewhere")).cost,
+        1
+    );
+}
+
+#[test]
+fn limits_needing_a_missing_dimension_are_skipped() {
+    let policy = load(EXAMPLE);
+    let anonymous = RequestAttrs {
+        ip: Some("198.51.100.1".into()),
+        ..RequestAttrs::default()
+    };
+    assert_eq!(
+        names(&policy.resolve(&anonymous)),
+        ["ip-burst", "ip-daily-candidate"]
+    );
+
+    let mut no_ip = request("t", "u", "GET", "/x");
+    no_ip.ip = None;
+    assert_eq!(
+        names(&policy.resolve(&no_ip)),
+        ["free-user-minute", "free-user-daily"]
+    );
+
+    // An empty value identifies no one, so it counts as absent.
+    let mut blank_user = request("t", "", "GET", "/x");
+    blank_user.ip = None;
+    assert!(policy.resolve(&blank_user).limits.is_empty());
+
+    let mut paid = request("acme", "ann", "GET", "/x");
+    assert!(!names(&policy.resolve(&paid)).contains(&"api-key-minute"));
+    paid.descriptors.insert("api_key".into(), "k-123".into());
+    let key = applied(&policy, &paid, "api-key-minute").map(|(_, k)| k.values);
+    assert_eq!(key, Some(vec!["acme".into(), "k-123".into()]));
+}
+
+/// The definition and key of limit `name` as it applies to `req`, if it does.
+fn applied(policy: &Policy, req: &RequestAttrs, name: &str) -> Option<(Arc<LimitDef>, StateKey)> {
+    policy
+        .resolve(req)
+        .limits
+        .into_iter()
+        .find(|(d, _)| &*d.name == name)
+}
+
+#[test]
+fn tenant_overrides_replace_numbers_but_keep_the_name() {
+    let policy = load(EXAMPLE);
+    let acme = request("acme", "ann", "GET", "/x");
+    let mut initech = request("initech", "ann", "GET", "/x");
+    initech.tier = Some("paid".into());
+    let (Some((ours, our_key)), Some((theirs, their_key))) = (
+        applied(&policy, &acme, "paid-user-minute"),
+        applied(&policy, &initech, "paid-user-minute"),
+    ) else {
+        panic!("paid-user-minute should apply to both tenants");
+    };
+    assert_eq!((ours.params.quota(), theirs.params.quota()), (200, 100));
+    assert!(matches!(ours.params, LimitParams::TokenBucket(_)));
+    assert_ne!(ours.fingerprint, theirs.fingerprint);
+    assert_eq!(
+        (&*our_key.limit, our_key.fingerprint),
+        ("paid-user-minute", ours.fingerprint)
+    );
+    assert_eq!(their_key.fingerprint, theirs.fingerprint);
+
+    // An override of only `limit` keeps the window it did not mention.
+    let tenant_minute = applied(&policy, &acme, "paid-tenant-minute").map(|(d, _)| d);
+    let numbers = tenant_minute.map(|d| (d.params.quota(), d.params.window()));
+    assert_eq!(numbers, Some((20_000, MINUTE)));
+}
+
+#[test]
+fn a_limit_listed_in_several_places_applies_once_in_its_first_place() {
+    let policy = load(
+        r#"
+default_tier: t
+limits:
+  shared: {algorithm: gcra, rate: 10/s, key: [user]}
+  own: {algorithm: gcra, rate: 5/s, key: [user]}
+global: [shared]
+tiers:
+  t: {limits: [own, shared, own]}
+routes:
+  - {match: "* /**", limits: [shared, own]}
+"#,
+    );
+    let resolved = policy.resolve(&request("t", "u", "GET", "/a"));
+    assert_eq!(names(&resolved), ["shared", "own"]);
+}
+
+#[test]
+fn key_values_follow_the_declared_order_and_route_names() {
+    let policy = load(
+        r#"
+default_tier: t
+descriptors: [region]
+limits:
+  reversed: {algorithm: fixed_window, limit: 10, window: 1m, key: [user, tenant]}
+  per-route: {algorithm: fixed_window, limit: 10, window: 1m, key: [tenant, route, region]}
+tiers:
+  t: {limits: [reversed, per-route]}
+routes:
+  - match: "get /v1/things/*"
+"#,
+    );
+    let mut req = request("acme", "ann", "GET", "/v1/things/9");
+    req.descriptors.insert("region".into(), "eu".into());
+    let resolved = policy.resolve(&req);
+    let values: Vec<Vec<String>> = resolved
+        .limits
+        .iter()
+        .map(|(_, k)| k.values.clone())
+        .collect();
+    let expected: [&[&str]; 2] = [&["ann", "acme"], &["acme", "GET /v1/things/*", "eu"]];
+    assert_eq!(values, expected);
+    // Without a matching route the route-keyed limit cannot apply.
+    req.path = Some("/v2".into());
+    assert_eq!(names(&policy.resolve(&req)), ["reversed"]);
+}
+
+#[test]
+fn fingerprints_are_stable_and_depend_on_numbers_and_key_only() {
+    let text =
+        "default_tier: t\nlimits:\n  a: {algorithm: gcra, rate: 10/s, burst: 20, key: [ip]}\n\
+                tiers:\n  t: {limits: [a]}\n";
+    let fingerprint = |policy: &Policy| policy.limits().map(|d| d.fingerprint).next();
+    let original = fingerprint(&load(text));
+    assert_eq!(
+        original,
+        fingerprint(&load(text)),
+        "same text, same fingerprint"
+    );
+    // Pinned: a change here would reset every counter in every deployment on upgrade.
+    assert_eq!(original, Some(PINNED_FINGERPRINT));
+    let renamed = text.replace("  a:", "  b:").replace("[a]", "[b]");
+    assert_eq!(
+        original,
+        fingerprint(&load(&renamed)),
+        "the name is not part of it"
+    );
+    let shadowed = text.replace("key: [ip]", "key: [ip], shadow: true");
+    assert_eq!(
+        original,
+        fingerprint(&load(&shadowed)),
+        "nor is shadow mode"
+    );
+    let same_rate = text.replace("10/s", "600/min");
+    assert_eq!(
+        original,
+        fingerprint(&load(&same_rate)),
+        "equal rates, however written"
+    );
+    for changed in [
+        text.replace("burst: 20", "burst: 21"),
+        text.replace("10/s", "11/s"),
+        text.replace("[ip]", "[user]"),
+        text.replace("gcra", "token_bucket"),
+    ] {
+        assert_ne!(original, fingerprint(&load(&changed)), "{changed}");
+    }
+}
+
+const PINNED_FINGERPRINT: u64 = 8552820261434623263;

@@ -1,0 +1,529 @@
+//! One test per class of policy error. Each asserts the field path, the line and the source
+//! name, through both the structured issues and the displayed report.
+//!
+//! The YAML starts right after `r#"`, so the first line of each text is line 1.
+
+use super::reject;
+use crate::policy::{Policy, PolicyError};
+
+/// Asserts that `text` is rejected with an issue at `path` on `line` whose message contains
+/// `fragment`, and that the report shows it as `test.yaml:{line}:{column}: {path}: ...`.
+fn expect(text: &str, line: u64, path: &str, fragment: &str) -> PolicyError {
+    let err = reject(text);
+    let Some(issue) = err.errors().iter().find(|i| i.path == path) else {
+        panic!("no issue for `{path}`; got:\n{err}");
+    };
+    assert_eq!(issue.line, line, "wrong line for `{path}`; got:\n{err}");
+    assert!(
+        issue.message.contains(fragment),
+        "`{fragment}` not in:\n{err}"
+    );
+    let prefix = format!("test.yaml:{line}:{}: {path}: ", issue.column);
+    let report = err.to_string();
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(fragment)),
+        "no line starting `{prefix}` in:\n{report}"
+    );
+    err
+}
+
+#[test]
+fn yaml_syntax_errors_give_a_position() {
+    let err = reject(
+        r#"default_tier: t
+limits:
+  a: {algorithm: gcra, rate: 10/s, key: [ip}
+"#,
+    );
+    assert_eq!(err.errors().len(), 1);
+    assert_eq!(err.errors()[0].line, 3, "{err}");
+    assert!(err.to_string().starts_with("test.yaml:3:"), "{err}");
+}
+
+#[test]
+fn unknown_fields_are_named_with_their_path() {
+    expect(
+        r#"default_tier: t
+limits:
+  a:
+    algorithm: gcra
+    rate: 10/s
+    windw: 1m
+    key: [ip]
+tiers:
+  t: {limits: [a]}
+"#,
+        6,
+        "limits.a.windw",
+        "unknown field `windw`",
+    );
+    expect(
+        "default_tier: t\ntier: [a]\n",
+        2,
+        "tier",
+        "unknown field `tier`",
+    );
+    expect(
+        r#"default_tier: t
+limits:
+  a: {algorithm: gcra, rate: 10/s, key: [ip]}
+tiers:
+  t: {limits: [a]}
+tenants:
+  acme:
+    overrides:
+      a: {rate: 20/s, key: [user]}
+"#,
+        9,
+        "tenants.acme.overrides.a.key",
+        "unknown field `key`",
+    );
+}
+
+#[test]
+fn missing_and_mistyped_fields_are_named() {
+    expect(
+        r#"default_tier: t
+limits:
+  a:
+    rate: 10/s
+    key: [ip]
+"#,
+        3,
+        "limits.a.algorithm",
+        "missing field `algorithm`",
+    );
+    expect(
+        r#"default_tier: t
+limits:
+  a:
+    algorithm: gcra
+    rate: 10/s
+    key: [ip]
+    shadow: sometimes
+"#,
+        7,
+        "limits.a.shadow",
+        "bool",
+    );
+    expect(
+        "limits: {}\n",
+        1,
+        "default_tier",
+        "missing field `default_tier`",
+    );
+    expect(
+        r#"default_tier: t
+tiers:
+  t: {}
+routes:
+  - match: "GET /a"
+  - cost: 5
+    limits: []
+"#,
+        6,
+        "routes[1].match",
+        "missing field `match`",
+    );
+}
+
+#[test]
+fn unknown_algorithm() {
+    expect(
+        r#"default_tier: t
+limits:
+  a:
+    algorithm: token-bucket
+    rate: 10/s
+    key: [ip]
+tiers:
+  t: {limits: [a]}
+"#,
+        4,
+        "limits.a.algorithm",
+        "unknown algorithm `token-bucket`",
+    );
+}
+
+#[test]
+fn fields_of_another_algorithm_are_refused() {
+    expect(
+        r#"default_tier: t
+limits:
+  a:
+    algorithm: token_bucket
+    rate: 10/s
+    window: 1m
+    key: [ip]
+tiers:
+  t: {limits: [a]}
+"#,
+        6,
+        "limits.a.window",
+        "`window` does not apply to token_bucket (it takes rate and burst)",
+    );
+}
+
+#[test]
+fn required_fields_are_demanded() {
+    let text = r#"default_tier: t
+limits:
+  a:
+    algorithm: gcra
+    burst: 5
+    key: [ip]
+  b:
+    algorithm: sliding_log
+    limit: 10
+    key: [ip]
+tiers:
+  t: {limits: [a, b]}
+"#;
+    expect(text, 3, "limits.a.rate", "gcra needs `rate`");
+    let err = expect(text, 7, "limits.b.window", "sliding_log needs `window`");
+    assert_eq!(err.errors().len(), 2, "{err}");
+}
+
+#[test]
+fn zero_rate() {
+    expect(
+        r#"default_tier: t
+limits:
+  a:
+    algorithm: gcra
+    rate: 0/min
+    key: [ip]
+tiers:
+  t: {limits: [a]}
+"#,
+        5,
+        "limits.a.rate",
+        "a rate must allow at least 1 request per period (got 0)",
+    );
+}
+
+#[test]
+fn bad_numbers_are_each_reported() {
+    let text = r#"default_tier: t
+limits:
+  zero-limit:
+    algorithm: fixed_window
+    limit: 0
+    window: 1m
+    key: [ip]
+  negative-burst:
+    algorithm: token_bucket
+    rate: 5/s
+    burst: -3
+    key: [ip]
+  fractional-capacity:
+    algorithm: leaky_bucket
+    rate: 5/s
+    capacity: 2.5
+    key: [ip]
+  zero-window:
+    algorithm: sliding_window
+    limit: 10
+    window: 0s
+    key: [ip]
+  bad-rate:
+    algorithm: gcra
+    rate: fast
+    key: [ip]
+tiers:
+  t: {limits: [zero-limit]}
+"#;
+    expect(text, 5, "limits.zero-limit.limit", "at least 1 (got 0)");
+    expect(
+        text,
+        11,
+        "limits.negative-burst.burst",
+        "at least 1 (got -3)",
+    );
+    expect(
+        text,
+        16,
+        "limits.fractional-capacity.capacity",
+        "whole number (got 2.5)",
+    );
+    expect(text, 21, "limits.zero-window.window", "longer than zero");
+    let err = expect(text, 25, "limits.bad-rate.rate", "count/period");
+    assert_eq!(err.errors().len(), 5, "{err}");
+}
+
+#[test]
+fn route_costs_must_be_positive() {
+    let text = r#"default_tier: t
+tiers:
+  t: {}
+routes:
+  - match: "GET /a"
+    cost: 0
+  - match: "GET /b"
+    cost: -2
+  - match: "GET /c"
+    cost: 1.5
+"#;
+    expect(text, 6, "routes[0].cost", "cost must be at least 1 (got 0)");
+    expect(
+        text,
+        8,
+        "routes[1].cost",
+        "cost must be at least 1 (got -2)",
+    );
+    expect(text, 10, "routes[2].cost", "whole number");
+}
+
+#[test]
+fn undefined_limits_are_reported_where_named() {
+    let text = r#"default_tier: t
+limits:
+  a: {algorithm: gcra, rate: 10/s, key: [ip]}
+global: [a, b]
+tiers:
+  t:
+    limits: [c]
+routes:
+  - match: "GET /a"
+    limits: [a, d]
+"#;
+    expect(text, 4, "global[1]", "no limit named `b`");
+    expect(text, 7, "tiers.t.limits[0]", "no limit named `c`");
+    expect(text, 10, "routes[0].limits[1]", "no limit named `d`");
+}
+
+#[test]
+fn undefined_tiers_are_reported() {
+    let text = r#"default_tier: basic
+tiers:
+  free: {}
+  paid: {}
+tenants:
+  acme:
+    tier: gold
+"#;
+    expect(
+        text,
+        1,
+        "default_tier",
+        "no tier named `basic` (defined: free, paid)",
+    );
+    expect(text, 7, "tenants.acme.tier", "no tier named `gold`");
+}
+
+#[test]
+fn key_dimensions_are_checked() {
+    let text = r#"default_tier: t
+descriptors: [region]
+limits:
+  undeclared: {algorithm: gcra, rate: 1/s, key: [ip, api_key]}
+  empty: {algorithm: gcra, rate: 1/s, key: []}
+  keyless: {algorithm: gcra, rate: 1/s}
+  twice:
+    algorithm: gcra
+    rate: 1/s
+    key: [region, ip, region]
+tiers:
+  t: {}
+"#;
+    expect(
+        text,
+        4,
+        "limits.undeclared.key[1]",
+        "unknown dimension `api_key`",
+    );
+    expect(text, 5, "limits.empty.key", "at least one dimension");
+    expect(text, 6, "limits.keyless.key", "a limit needs `key`");
+    expect(text, 10, "limits.twice.key[2]", "`region` is listed twice");
+}
+
+#[test]
+fn descriptors_must_be_new_distinct_names() {
+    let text = r#"default_tier: t
+descriptors:
+  - user
+  - api_key
+  - api_key
+  - "api key"
+tiers:
+  t: {}
+"#;
+    expect(text, 3, "descriptors[0]", "`user` is a built-in dimension");
+    expect(text, 5, "descriptors[2]", "declared twice");
+    expect(text, 6, "descriptors[3]", "contains ` `");
+}
+
+#[test]
+fn route_patterns_are_checked_and_unique() {
+    let text = r#"default_tier: t
+tiers:
+  t: {}
+routes:
+  - match: "POST /v1/generate"
+  - match: "/v1/meta/**"
+  - match: "post  /v1/generate"
+  - match: "GET /v1/**/x"
+"#;
+    expect(text, 6, "routes[1].match", "method and a path");
+    expect(
+        text,
+        7,
+        "routes[2].match",
+        "already matched by the route on line 5",
+    );
+    expect(
+        text,
+        8,
+        "routes[3].match",
+        "`**` may only be the last segment",
+    );
+}
+
+#[test]
+fn failure_modes_must_be_known() {
+    let text = r#"default_tier: t
+failure_mode: fail-open
+tiers:
+  t: {}
+routes:
+  - match: "GET /a"
+    failure_mode: Closed
+"#;
+    expect(text, 2, "failure_mode", "unknown failure mode `fail-open`");
+    expect(
+        text,
+        7,
+        "routes[0].failure_mode",
+        "use open, closed or degrade",
+    );
+}
+
+#[test]
+fn overrides_must_target_a_reachable_limit_with_valid_numbers() {
+    let text = r#"default_tier: free
+limits:
+  free-minute: {algorithm: gcra, rate: 60/min, burst: 10, key: [user]}
+  paid-minute: {algorithm: token_bucket, rate: 600/min, key: [user]}
+  paid-daily: {algorithm: fixed_window, limit: 10000, window: 1d, key: [user]}
+tiers:
+  free: {limits: [free-minute]}
+  paid: {limits: [paid-minute, paid-daily]}
+tenants:
+  acme:
+    tier: paid
+    overrides:
+      free-minute: {rate: 100/min}
+      nonexistent: {rate: 1/s}
+      paid-minute: {window: 1h}
+      paid-daily:
+        limit: 0
+"#;
+    expect(
+        text,
+        13,
+        "tenants.acme.overrides.free-minute",
+        "never applies to this tenant",
+    );
+    expect(
+        text,
+        14,
+        "tenants.acme.overrides.nonexistent",
+        "no limit named `nonexistent`",
+    );
+    expect(
+        text,
+        15,
+        "tenants.acme.overrides.paid-minute.window",
+        "does not apply to token_bucket",
+    );
+    expect(
+        text,
+        17,
+        "tenants.acme.overrides.paid-daily.limit",
+        "at least 1 (got 0)",
+    );
+}
+
+#[test]
+fn names_and_duplicates() {
+    expect(
+        r#"default_tier: t
+limits:
+  "per user":
+    algorithm: gcra
+    rate: 1/s
+    key: [user]
+tiers:
+  t: {}
+"#,
+        3,
+        "limits.per user",
+        "contains ` `",
+    );
+    let err = reject(
+        r#"default_tier: t
+limits:
+  a: {algorithm: gcra, rate: 1/s, key: [user]}
+  a: {algorithm: gcra, rate: 2/s, key: [user]}
+"#,
+    );
+    assert_eq!(err.errors()[0].line, 4, "{err}");
+    assert!(err.errors()[0].message.contains("duplicate"), "{err}");
+}
+
+#[test]
+fn every_semantic_error_is_reported_in_file_order() {
+    let err = reject(
+        r#"default_tier: missing
+limits:
+  a: {algorithm: gcra, rate: 0/s, key: [ip]}
+global: [nope]
+tiers:
+  t: {}
+"#,
+    );
+    let lines: Vec<u64> = err.errors().iter().map(|i| i.line).collect();
+    assert_eq!(lines, [1, 3, 4], "{err}");
+    let report = err.to_string();
+    assert_eq!(report.lines().count(), 3, "{report}");
+    assert!(
+        report.lines().all(|l| l.starts_with("test.yaml:")),
+        "{report}"
+    );
+}
+
+#[test]
+fn files_name_their_path_in_errors() {
+    let dir = std::env::temp_dir().join(format!("spillway-policy-test-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("bad.yaml");
+    let written = std::fs::write(
+        &path,
+        "default_tier: t\ntiers:\n  t:\n    limits: [ghost]\n",
+    );
+    assert!(written.is_ok(), "cannot write {}", path.display());
+    let err = match Policy::from_file(&path) {
+        Ok(_) => panic!("should be rejected"),
+        Err(e) => e,
+    };
+    let expected = format!(
+        "{}:4:14: tiers.t.limits[0]: no limit named `ghost`",
+        path.display()
+    );
+    assert!(err.to_string().starts_with(&expected), "{err}");
+    assert_eq!(err.source_name(), path.display().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let missing = dir.join("absent.yaml");
+    let err = match Policy::from_file(&missing) {
+        Ok(_) => panic!("a missing file cannot load"),
+        Err(e) => e,
+    };
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: cannot read", missing.display())),
+        "{err}"
+    );
+}

@@ -1,0 +1,35 @@
+//! The attributes of one request, as a caller (HTTP API, proxy endpoint, Envoy) reports them.
+
+use std::collections::BTreeMap;
+
+/// What the engine knows about a request. Every field is optional: a limit whose key needs a
+/// dimension the request does not carry simply does not apply to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestAttrs {
+    /// The tenant (organisation, account) the request belongs to.
+    pub tenant: Option<String>,
+    /// The end user within the tenant.
+    pub user: Option<String>,
+    /// The client IP address, as the caller determined it.
+    pub ip: Option<String>,
+    /// The HTTP method, e.g. `POST`.
+    pub method: Option<String>,
+    /// The request path, e.g. `/v1/generate` (a query string is ignored).
+    pub path: Option<String>,
+    /// An explicit tier; when absent the tenant's tier, then the policy's default tier, apply.
+    pub tier: Option<String>,
+    /// An explicit cost; when absent the matched route's cost (or 1) applies.
+    pub cost: Option<u64>,
+    /// Named custom dimensions declared in the policy (`api_key`, `region`, ...).
+    pub descriptors: BTreeMap<String, String>,
+}
+
+/// Whether a check consumes from the limits or only reports what would happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckMode {
+    /// Consume the request's cost when every limit allows it.
+    #[default]
+    Consume,
+    /// Evaluate without changing any state.
+    Peek,
+}

@@ -1,0 +1,381 @@
+//! The embedded in-memory store: sharded maps behind short mutex sections, safe under many
+//! tokio tasks and threads.
+//!
+//! # Keys
+//! Each [`StateKey`] is hashed with SipHash-1-3 (128-bit output, random per-process keys) and
+//! only the 16-byte hash is stored, so memory per key does not grow with key length and a
+//! flood of long, hostile values costs no more than short ones. Finding two keys that collide
+//! would need a 2^64-scale search against a secret hash key.
+//!
+//! # Expiry and the size bound
+//! Every entry carries the time at which it becomes indistinguishable from a fresh key; from
+//! then on it is treated as absent and [`Store::sweep`] drops it (the server sweeps every
+//! second). The number of keys is bounded by `max_keys`, split evenly over the shards. When a
+//! new key arrives at a full shard, expired entries are dropped first; if the shard is still
+//! full, the entry that would expire soonest among a sample of [`EVICTION_SAMPLE`] is evicted
+//! (it holds the least state worth keeping) and counted in [`Store::evictions`]. An evicted
+//! key behaves like a fresh one afterwards, so the bound trades exactness for memory only
+//! under a flood larger than `max_keys`.
+//!
+//! # Atomicity
+//! A request's checks lock every shard they touch, in ascending shard order (so concurrent
+//! multi-key requests cannot deadlock), evaluate all limits, and write only if the request is
+//! admitted.
+
+use super::{admits, Check, Store, StoreError};
+use crate::algorithm::{Decision, State};
+use crate::request::CheckMode;
+use crate::time::{Clock, Micros};
+use async_trait::async_trait;
+use parking_lot::{Mutex, MutexGuard};
+use siphasher::sip128::{Hasher128, SipHasher13};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Number of shards; a power of two so the shard is a mask of the key hash.
+const SHARDS: usize = 64;
+/// How many entries are compared when a full shard must evict one.
+pub const EVICTION_SAMPLE: usize = 8;
+
+/// The stored form of a key: 128 bits of keyed SipHash.
+type KeyHash = [u64; 2];
+
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    expires_at: Micros,
+}
+
+type Shard = HashMap<KeyHash, Entry, BuildHasherDefault<PassThrough>>;
+
+/// The embedded default store. See the module docs for the expiry and eviction rules.
+pub struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
+    per_shard: usize,
+    hash_keys: (u64, u64),
+    clock: Arc<dyn Clock>,
+    evictions: AtomicU64,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("max_keys", &(self.per_shard * SHARDS))
+            .field("keys", &self.key_count())
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// A store holding at most about `max_keys` keys (rounded up to a multiple of the shard
+    /// count), reading time from `clock`.
+    pub fn new(max_keys: usize, clock: Arc<dyn Clock>) -> Self {
+        let seed = std::collections::hash_map::RandomState::new();
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard: max_keys.div_ceil(SHARDS).max(1),
+            hash_keys: (seed.hash_one(1u8), seed.hash_one(2u8)),
+            clock,
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// The configured bound on the number of keys.
+    pub fn max_keys(&self) -> usize {
+        self.per_shard * SHARDS
+    }
+
+    fn hash(&self, check: &Check<'_>) -> KeyHash {
+        let mut h = SipHasher13::new_with_keys(self.hash_keys.0, self.hash_keys.1);
+        check.key.hash_into(&mut h);
+        let h = h.finish128();
+        [h.h1, h.h2]
+    }
+
+    /// Evaluates with every touched shard locked; see [`Store::check`].
+    fn check_now(&self, checks: &[Check<'_>], mode: CheckMode) -> Vec<Decision> {
+        let now = self.clock.now();
+        let hashes: Vec<KeyHash> = checks.iter().map(|c| self.hash(c)).collect();
+        let mut order: Vec<usize> = hashes.iter().map(|h| shard_of(h)).collect();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
+            order.into_iter().map(|i| (i, self.shards[i].lock())).collect();
+        let mut shard = |h: &KeyHash| -> usize {
+            let i = shard_of(h);
+            guards.iter().position(|(s, _)| *s == i).unwrap_or(0)
+        };
+        let slots: Vec<usize> = hashes.iter().map(&mut shard).collect();
+
+        let evaluations: Vec<_> = checks
+            .iter()
+            .zip(&hashes)
+            .zip(&slots)
+            .map(|((c, h), &slot)| {
+                let state = guards[slot]
+                    .1
+                    .get(h)
+                    .filter(|e| e.expires_at > now)
+                    .map(|e| &e.state);
+                c.params.evaluate(state, now, c.cost)
+            })
+            .collect();
+        let decisions: Vec<Decision> = evaluations.iter().map(|e| e.decision).collect();
+        if mode == CheckMode::Consume && admits(checks, &decisions) {
+            for ((e, h), &slot) in evaluations.into_iter().zip(&hashes).zip(&slots) {
+                // A zero-cost look that leaves a key fresh creates no entry.
+                if e.decision.allowed && e.expires_at > now {
+                    let map = &mut guards[slot].1;
+                    self.make_room(map, h, now);
+                    map.insert(
+                        *h,
+                        Entry {
+                            state: e.state,
+                            expires_at: e.expires_at,
+                        },
+                    );
+                }
+            }
+        }
+        decisions
+    }
+
+    /// Keeps a shard within its bound before `key` is inserted.
+    fn make_room(&self, map: &mut Shard, key: &KeyHash, now: Micros) {
+        if map.len() < self.per_shard || map.contains_key(key) {
+            return;
+        }
+        map.retain(|_, e| e.expires_at > now);
+        if map.len() < self.per_shard {
+            return;
+        }
+        let victim = map
+            .iter()
+            .take(EVICTION_SAMPLE)
+            .min_by_key(|(_, e)| e.expires_at)
+            .map(|(k, _)| *k);
+        if let Some(victim) = victim {
+            map.remove(&victim);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn shard_of(h: &KeyHash) -> usize {
+    (h[1] as usize) & (SHARDS - 1)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn check(&self, checks: &[Check<'_>], mode: CheckMode) -> Result<Vec<Decision>, StoreError> {
+        Ok(self.check_now(checks, mode))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn key_count(&self) -> u64 {
+        self.shards.iter().map(|s| s.lock().len() as u64).sum()
+    }
+
+    fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    fn sweep(&self) -> u64 {
+        let now = self.clock.now();
+        let mut dropped = 0;
+        for shard in self.shards.iter() {
+            let mut map = shard.lock();
+            let before = map.len();
+            map.retain(|_, e| e.expires_at > now);
+            dropped += (before - map.len()) as u64;
+        }
+        dropped
+    }
+}
+
+impl MemoryStore {
+    /// Synchronous form of [`Store::check`], for callers (benchmarks, embedders) that are not
+    /// async. The in-memory store never waits, so both forms are the same work.
+    pub fn check_blocking(&self, checks: &[Check<'_>], mode: CheckMode) -> Vec<Decision> {
+        self.check_now(checks, mode)
+    }
+}
+
+/// The keys are already uniform SipHash output, so the map uses their first word as is.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u64; 2]` arrives as its 16 raw bytes; the first word is enough.
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_ne_bytes(word);
+    }
+    fn write_usize(&mut self, _: usize) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::{FixedWindow, LimitParams, SlidingLog, TokenBucket};
+    use crate::key::StateKey;
+    use crate::rate::Rate;
+    use crate::time::{ManualClock, MINUTE, SECOND};
+
+    fn key(limit: &str, value: &str) -> StateKey {
+        StateKey {
+            limit: limit.into(),
+            fingerprint: 7,
+            values: vec![value.to_string()],
+        }
+    }
+
+    fn bucket(burst: u64) -> LimitParams {
+        LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, 3600 * SECOND).unwrap(), burst).unwrap())
+    }
+
+    fn one<'a>(key: &'a StateKey, params: &'a LimitParams, cost: u64) -> [Check<'a>; 1] {
+        [Check {
+            key,
+            params,
+            cost,
+            enforced: true,
+        }]
+    }
+
+    #[test]
+    fn many_threads_on_one_key_admit_exactly_the_burst() {
+        let clock = Arc::new(ManualClock::new(1_000 * SECOND));
+        let store = Arc::new(MemoryStore::new(1000, clock));
+        let params = bucket(500);
+        let k = key("hot", "user-1");
+        let admitted = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        let d = store.check_blocking(&one(&k, &params, 1), CheckMode::Consume);
+                        if d[0].allowed {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.load(Ordering::Relaxed), 500);
+    }
+
+    #[test]
+    fn many_threads_on_overlapping_multi_key_requests_stay_exact() {
+        // Each request takes one unit from a shared tenant limit and from its own user's limit.
+        let clock = Arc::new(ManualClock::new(0));
+        let store = MemoryStore::new(1000, clock);
+        let tenant = LimitParams::FixedWindow(FixedWindow::new(300, MINUTE).unwrap());
+        let user = LimitParams::SlidingLog(SlidingLog::new(50, MINUTE).unwrap());
+        let tk = key("tenant", "acme");
+        let admitted = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (store, tenant, user, tk, admitted) = (&store, &tenant, &user, &tk, &admitted);
+                s.spawn(move || {
+                    let uk = key("user", &format!("u{t}"));
+                    for _ in 0..100 {
+                        let checks = [
+                            Check { key: tk, params: tenant, cost: 1, enforced: true },
+                            Check { key: &uk, params: user, cost: 1, enforced: true },
+                        ];
+                        if store.check_blocking(&checks, CheckMode::Consume).iter().all(|d| d.allowed) {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        // 8 users x 50 = 400 user units, but the tenant caps the total at 300.
+        assert_eq!(admitted.load(Ordering::Relaxed), 300);
+    }
+
+    #[test]
+    fn a_denied_request_consumes_nothing_from_any_limit() {
+        let store = MemoryStore::new(1000, Arc::new(ManualClock::new(0)));
+        let roomy = bucket(10);
+        let tight = bucket(1);
+        let (a, b) = (key("roomy", "x"), key("tight", "x"));
+        let both = |cost| {
+            [
+                Check { key: &a, params: &roomy, cost, enforced: true },
+                Check { key: &b, params: &tight, cost, enforced: true },
+            ]
+        };
+        assert!(store.check_blocking(&both(1), CheckMode::Consume).iter().all(|d| d.allowed));
+        let denied = store.check_blocking(&both(1), CheckMode::Consume);
+        assert!(denied[0].allowed && !denied[1].allowed);
+        // The roomy limit still has 9, not 8.
+        let d = store.check_blocking(&one(&a, &roomy, 0), CheckMode::Peek);
+        assert_eq!(d[0].remaining, 9);
+    }
+
+    #[test]
+    fn shadow_denials_do_not_block_and_peek_does_not_consume() {
+        let store = MemoryStore::new(1000, Arc::new(ManualClock::new(0)));
+        let params = bucket(1);
+        let k = key("shadowed", "x");
+        let shadow = |cost| [Check { key: &k, params: &params, cost, enforced: false }];
+        store.check_blocking(&shadow(1), CheckMode::Consume);
+        let d = store.check_blocking(&shadow(1), CheckMode::Consume);
+        assert!(!d[0].allowed);
+        assert!(super::admits(&shadow(1), &d));
+        let real = key("real", "x");
+        for _ in 0..3 {
+            assert!(store.check_blocking(&one(&real, &params, 1), CheckMode::Peek)[0].allowed);
+        }
+    }
+
+    #[test]
+    fn idle_keys_expire_and_are_swept() {
+        let clock = Arc::new(ManualClock::new(0));
+        let store = MemoryStore::new(1000, clock.clone());
+        let params = LimitParams::FixedWindow(FixedWindow::new(5, MINUTE).unwrap());
+        for i in 0..10 {
+            store.check_blocking(&one(&key("w", &i.to_string()), &params, 1), CheckMode::Consume);
+        }
+        assert_eq!(store.key_count(), 10);
+        clock.set(MINUTE - 1);
+        assert_eq!(store.sweep(), 0);
+        clock.set(MINUTE);
+        assert_eq!(store.sweep(), 10);
+        assert_eq!(store.key_count(), 0);
+    }
+
+    #[test]
+    fn a_flood_of_keys_is_bounded_and_evictions_are_counted() {
+        let store = MemoryStore::new(640, Arc::new(ManualClock::new(0)));
+        let params = bucket(10);
+        for i in 0..10_000 {
+            store.check_blocking(&one(&key("ip", &format!("10.0.{i}")), &params, 1), CheckMode::Consume);
+        }
+        assert!(store.key_count() <= store.max_keys() as u64);
+        assert!(store.key_count() >= 600, "shards should fill up: {}", store.key_count());
+        assert_eq!(store.evictions(), 10_000 - store.key_count());
+    }
+
+    #[test]
+    fn hostile_values_cannot_collide_with_other_keys() {
+        let store = MemoryStore::new(1000, Arc::new(ManualClock::new(0)));
+        let params = bucket(1);
+        let joined = StateKey { limit: "l".into(), fingerprint: 1, values: vec!["a\u{0}b".into()] };
+        let split = StateKey { limit: "l".into(), fingerprint: 1, values: vec!["a".into(), "b".into()] };
+        assert!(store.check_blocking(&one(&joined, &params, 1), CheckMode::Consume)[0].allowed);
+        assert!(store.check_blocking(&one(&split, &params, 1), CheckMode::Consume)[0].allowed);
+    }
+}

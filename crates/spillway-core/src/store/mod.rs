@@ -1,0 +1,73 @@
+//! Where limit state lives. A [`Store`] evaluates all of one request's limits as a single
+//! atomic step, so the engine's all-or-nothing rule holds whatever backs it.
+//!
+//! [`MemoryStore`] is the embedded default (one node, no set-up). Networked stores (Redis)
+//! implement the same trait and take time from the server they talk to, which is why `now` is
+//! not a parameter here: each store owns its clock.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use crate::algorithm::{Decision, LimitParams};
+use crate::key::StateKey;
+use crate::request::CheckMode;
+use async_trait::async_trait;
+
+/// One limit to evaluate as part of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Check<'a> {
+    /// The counter to check.
+    pub key: &'a StateKey,
+    /// The limit's algorithm and numbers.
+    pub params: &'a LimitParams,
+    /// How much the request costs against this limit.
+    pub cost: u64,
+    /// Whether a denial by this limit blocks the request (`false` for shadow-mode limits).
+    pub enforced: bool,
+}
+
+/// A store could not answer. Typed so the server can count and map each kind.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer in time.
+    #[error("store timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The store could not be reached or the connection failed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered with something the engine cannot use.
+    #[error("store error: {0}")]
+    Protocol(String),
+}
+
+/// A backend that keeps limit state and evaluates checks atomically.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Evaluates `checks` as one atomic step and returns one decision per check, in order.
+    ///
+    /// With [`CheckMode::Consume`], the new states are written only if every enforced check
+    /// allows the request; then every allowing check (shadow ones too) consumes its cost. A
+    /// denied request, or any [`CheckMode::Peek`], changes nothing.
+    async fn check(&self, checks: &[Check<'_>], mode: CheckMode) -> Result<Vec<Decision>, StoreError>;
+
+    /// Whether the store is reachable, for readiness probes.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Number of keys currently held (approximate for remote stores; 0 if unknown).
+    fn key_count(&self) -> u64;
+
+    /// Keys dropped to respect the store's size bound since start.
+    fn evictions(&self) -> u64;
+
+    /// Drops keys that are indistinguishable from fresh ones; returns how many.
+    fn sweep(&self) -> u64;
+}
+
+/// Whether a store's decisions, taken together, admit the request.
+pub(crate) fn admits(checks: &[Check<'_>], decisions: &[Decision]) -> bool {
+    checks
+        .iter()
+        .zip(decisions)
+        .all(|(c, d)| d.allowed || !c.enforced)
+}

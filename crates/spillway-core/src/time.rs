@@ -1,0 +1,106 @@
+//! Time as the engine sees it: integer microseconds since the Unix epoch, read from an
+//! injected [`Clock`].
+//!
+//! Every algorithm takes `now` as an argument, so nothing in the engine reads the wall clock
+//! itself. Production code uses [`SystemClock`]; tests use [`ManualClock`] and advance it
+//! instead of sleeping. Microseconds match the resolution of Redis `TIME`, which the Redis
+//! store uses so that nodes with skewed clocks still agree.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Microseconds since the Unix epoch (or, for durations, a span of microseconds).
+pub type Micros = u64;
+
+/// One second in [`Micros`].
+pub const SECOND: Micros = 1_000_000;
+/// One minute in [`Micros`].
+pub const MINUTE: Micros = 60 * SECOND;
+/// One hour in [`Micros`].
+pub const HOUR: Micros = 60 * MINUTE;
+/// One day in [`Micros`].
+pub const DAY: Micros = 24 * HOUR;
+
+/// A source of the current time, injected so tests can control it.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time in microseconds since the Unix epoch.
+    fn now(&self) -> Micros;
+}
+
+/// The operating system's real-time clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[allow(clippy::disallowed_methods)] // the one sanctioned read of the wall clock
+    fn now(&self) -> Micros {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as Micros)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that only moves when told to, for deterministic tests.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now: AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock stopped at `start`.
+    pub fn new(start: Micros) -> Self {
+        Self {
+            now: AtomicU64::new(start),
+        }
+    }
+
+    /// Moves the clock forward by `by` microseconds.
+    pub fn advance(&self, by: Micros) {
+        self.now.fetch_add(by, Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `to` (which may be earlier than the current reading).
+    pub fn set(&self, to: Micros) {
+        self.now.store(to, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Micros {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+impl<C: Clock> Clock for std::sync::Arc<C> {
+    fn now(&self) -> Micros {
+        (**self).now()
+    }
+}
+
+/// Rounds a span of microseconds up to whole seconds, as HTTP headers need.
+pub fn ceil_secs(span: Micros) -> u64 {
+    span.div_ceil(SECOND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let clock = ManualClock::new(5);
+        assert_eq!(clock.now(), 5);
+        clock.advance(10);
+        assert_eq!(clock.now(), 15);
+        clock.set(3);
+        assert_eq!(clock.now(), 3);
+    }
+
+    #[test]
+    fn ceil_secs_rounds_up() {
+        assert_eq!(ceil_secs(0), 0);
+        assert_eq!(ceil_secs(1), 1);
+        assert_eq!(ceil_secs(SECOND), 1);
+        assert_eq!(ceil_secs(SECOND + 1), 2);
+    }
+}

@@ -1,0 +1,274 @@
+//! The command line: `spillway serve`, `spillway validate` and `spillway check`.
+//!
+//! Every `serve` flag can also come from a `SPILLWAY_*` environment variable (named in each
+//! flag's help), so a container can be configured without a wrapper script. A flag on the
+//! command line wins over the environment. The one exception is the hidden, test-only
+//! `--manual-clock`, which has no variable so that a stray environment can never freeze time in
+//! production.
+
+use crate::http::client_ip::TrustedProxies;
+use axum::http::HeaderName;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Spillway: a rate limiter you can put behind a reverse proxy or call directly.
+#[derive(Debug, Parser)]
+#[command(name = "spillway", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands, one per job the binary does.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the decision server (HTTP API, proxy auth endpoint, probes and metrics).
+    ///
+    /// Without --config it serves the example policy built into the binary, with the
+    /// in-memory store. SIGTERM or SIGINT shut it down gracefully; SIGHUP reloads the policy.
+    Serve(Box<ServeArgs>),
+    /// Check a policy file and report every problem with its file, line and field.
+    ///
+    /// Exits 0 and prints a summary when the policy is valid; exits 1 and prints one problem
+    /// per line on stderr when it is not.
+    Validate(ValidateArgs),
+    /// Ask a running server for a verdict and print it with the rate-limit headers.
+    ///
+    /// Exit status: 0 when the request is allowed, 1 when it is denied, 2 when no verdict
+    /// could be had (server unreachable, bad arguments, unexpected response).
+    Check(CheckArgs),
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, for terminals.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Flags of `spillway serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Policy file (YAML). Watched for changes; omit to run on the built-in example policy.
+    #[arg(long, env = "SPILLWAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on; port 0 picks a free port (the chosen address is logged).
+    #[arg(long, env = "SPILLWAY_LISTEN", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Most rate-limit keys the in-memory store keeps before evicting the least recently used.
+    #[arg(long, env = "SPILLWAY_MAX_KEYS", value_name = "N", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_keys: u64,
+
+    /// Log line format.
+    #[arg(long, env = "SPILLWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's `EnvFilter` syntax (e.g. `info` or `spillway_server=debug`).
+    #[arg(long, env = "SPILLWAY_LOG", value_name = "FILTER", default_value = "info")]
+    pub log_filter: String,
+
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
+    #[arg(long, env = "SPILLWAY_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s",
+          value_parser = parse_grace)]
+    pub shutdown_grace: Duration,
+
+    /// Status /v1/authorize answers on deny. nginx auth_request only understands 401 and 403
+    /// (anything else becomes a 500), so set 403 behind nginx and map it back to 429 there.
+    #[arg(long, env = "SPILLWAY_DENY_STATUS", value_name = "STATUS", default_value_t = 429,
+          value_parser = clap::value_parser!(u16).range(400..500))]
+    pub deny_status: u16,
+
+    /// Status /v1/authorize answers on allow: 200 (what Envoy requires) or 204.
+    #[arg(long, env = "SPILLWAY_ALLOW_STATUS", value_name = "STATUS", default_value_t = 200,
+          value_parser = parse_allow_status)]
+    pub allow_status: u16,
+
+    /// Comma-separated CIDRs whose forwarding headers are believed for the client IP on
+    /// /v1/authorize; `none` trusts no one. Requests from anywhere else are keyed by their TCP
+    /// peer address.
+    #[arg(long, env = "SPILLWAY_TRUSTED_PROXIES", value_name = "CIDRS",
+          default_value = "127.0.0.0/8,::1/128", value_parser = parse_trusted)]
+    pub trusted_proxies: TrustedProxies,
+
+    /// Headers carrying the original method on /v1/authorize, tried in order.
+    #[arg(long, env = "SPILLWAY_METHOD_HEADER", value_name = "NAMES", value_delimiter = ',',
+          default_value = "X-Original-Method,X-Forwarded-Method", value_parser = parse_header)]
+    pub method_header: Vec<HeaderName>,
+
+    /// Headers carrying the original path on /v1/authorize, tried in order.
+    #[arg(long, env = "SPILLWAY_PATH_HEADER", value_name = "NAMES", value_delimiter = ',',
+          default_value = "X-Original-URI,X-Forwarded-Uri", value_parser = parse_header)]
+    pub path_header: Vec<HeaderName>,
+
+    /// Headers carrying the tenant on /v1/authorize, tried in order.
+    #[arg(long, env = "SPILLWAY_TENANT_HEADER", value_name = "NAMES", value_delimiter = ',',
+          default_value = "X-Tenant-Id", value_parser = parse_header)]
+    pub tenant_header: Vec<HeaderName>,
+
+    /// Headers carrying the user on /v1/authorize, tried in order.
+    #[arg(long, env = "SPILLWAY_USER_HEADER", value_name = "NAMES", value_delimiter = ',',
+          default_value = "X-User-Id", value_parser = parse_header)]
+    pub user_header: Vec<HeaderName>,
+
+    /// Headers carrying an explicit tier on /v1/authorize, tried in order.
+    #[arg(long, env = "SPILLWAY_TIER_HEADER", value_name = "NAMES", value_delimiter = ',',
+          default_value = "X-Tier", value_parser = parse_header)]
+    pub tier_header: Vec<HeaderName>,
+
+    /// Headers carrying an explicit cost on /v1/authorize, tried in order.
+    #[arg(long, env = "SPILLWAY_COST_HEADER", value_name = "NAMES", value_delimiter = ',',
+          default_value = "X-RateLimit-Cost", value_parser = parse_header)]
+    pub cost_header: Vec<HeaderName>,
+
+    /// Header name prefix for custom descriptors on /v1/authorize: `X-Descriptor-Region: eu`
+    /// sets descriptor `region`; a `-` in the rest of the name also matches `_`
+    /// (`X-Descriptor-Api-Key` reaches `api_key`). Names arrive lowercased.
+    #[arg(long, env = "SPILLWAY_DESCRIPTOR_HEADER_PREFIX", value_name = "PREFIX",
+          default_value = "X-Descriptor-")]
+    pub descriptor_header_prefix: String,
+
+    /// Header a trusted proxy puts the client IP in; consulted before the forwarded-for chain.
+    #[arg(long, env = "SPILLWAY_REAL_IP_HEADER", value_name = "NAME", default_value = "X-Real-IP",
+          value_parser = parse_header)]
+    pub real_ip_header: HeaderName,
+
+    /// Header holding the forwarded-for chain; its rightmost untrusted hop is the client.
+    #[arg(long, env = "SPILLWAY_FORWARDED_FOR_HEADER", value_name = "NAME",
+          default_value = "X-Forwarded-For", value_parser = parse_header)]
+    pub forwarded_for_header: HeaderName,
+
+    /// TEST ONLY: run on a manual clock starting at this many milliseconds since the epoch,
+    /// and expose `POST /debug/clock` to move it. Never use in production.
+    #[arg(long, value_name = "START_MS", hide = true)]
+    pub manual_clock: Option<u64>,
+}
+
+/// Arguments of `spillway validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The policy file to check.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// Arguments of `spillway check`: the attributes of the request to ask about.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Base URL of the running server.
+    #[arg(long, env = "SPILLWAY_SERVER", value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Tenant of the request.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// User of the request.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Client IP of the request.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// HTTP method of the request.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Path of the request.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Explicit tier (otherwise the tenant's or the policy's default tier applies).
+    #[arg(long)]
+    pub tier: Option<String>,
+    /// Explicit cost (otherwise the matched route's cost, or 1).
+    #[arg(long, value_name = "N")]
+    pub cost: Option<u64>,
+    /// A custom descriptor as NAME=VALUE; repeat for several.
+    #[arg(long = "descriptor", value_name = "NAME=VALUE", value_parser = parse_descriptor)]
+    pub descriptors: Vec<(String, String)>,
+    /// Only report what would happen; consume nothing.
+    #[arg(long)]
+    pub peek: bool,
+}
+
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    spillway_core::rate::parse_duration(text).map(Duration::from_micros)
+}
+
+fn parse_allow_status(text: &str) -> Result<u16, String> {
+    match text.trim() {
+        "200" => Ok(200),
+        "204" => Ok(204),
+        other => Err(format!("`{other}` is not 200 or 204")),
+    }
+}
+
+fn parse_trusted(text: &str) -> Result<TrustedProxies, String> {
+    text.parse()
+}
+
+fn parse_header(text: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(text.trim().as_bytes())
+        .map_err(|_| format!("`{text}` is not a valid HTTP header name"))
+}
+
+fn parse_descriptor(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("`{text}` must look like NAME=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults_match_the_documentation() {
+        let cli = Cli::try_parse_from(["spillway", "serve"]).expect("defaults parse");
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.deny_status, 429);
+        assert_eq!(args.allow_status, 200);
+        assert_eq!(args.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(args.method_header.len(), 2);
+        assert_eq!(args.method_header[0], "x-original-method");
+        assert!(args.manual_clock.is_none());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for argv in [
+            &["spillway", "serve", "--deny-status", "200"][..],
+            &["spillway", "serve", "--allow-status", "201"],
+            &["spillway", "serve", "--trusted-proxies", "10.0.0.0/33"],
+            &["spillway", "serve", "--shutdown-grace", "10"],
+            &["spillway", "serve", "--max-keys", "0"],
+            &["spillway", "check", "--descriptor", "novalue"],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_err(), "{argv:?} should fail");
+        }
+    }
+
+    #[test]
+    fn manual_clock_is_hidden_from_help() {
+        let mut cmd = Cli::command();
+        let serve = cmd.find_subcommand_mut("serve").expect("serve exists");
+        let help = serve.render_long_help().to_string();
+        assert!(!help.contains("manual-clock"), "{help}");
+        assert!(help.contains("SPILLWAY_LISTEN"), "{help}");
+    }
+}

@@ -1,0 +1,169 @@
+//! Server settings, and where the policy comes from.
+//!
+//! [`ServerSettings`] is the validated form of the `serve` flags, grouped the way the code uses
+//! them. [`PolicySource`] is the one place that reads and parses the policy, so the first load,
+//! a file-change reload and a `SIGHUP` reload go through exactly the same steps.
+
+use crate::cli::ServeArgs;
+use crate::http::authorize::{AuthorizeSettings, HeaderMapping};
+use crate::http::client_ip::ForwardingHeaders;
+use axum::http::StatusCode;
+use spillway_core::policy::{Policy, PolicyError};
+use spillway_core::time::Micros;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The example policy shipped in the repository, built into the binary so `spillway serve`
+/// works with no arguments.
+pub const BUILTIN_POLICY: &str = include_str!("../../../examples/spillway.yaml");
+
+/// The name the built-in policy goes by in logs, errors and `/readyz`.
+pub const BUILTIN_POLICY_NAME: &str = "builtin:examples/spillway.yaml";
+
+/// Everything `spillway serve` needs to know, checked and grouped.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Capacity of the in-memory store, in keys.
+    pub max_keys: u64,
+    /// How long in-flight requests get after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// The policy's origin.
+    pub policy: PolicySource,
+    /// How `/v1/authorize` reads requests and answers them.
+    pub authorize: AuthorizeSettings,
+    /// Start of the manual clock (test only), in milliseconds since the epoch.
+    pub manual_clock_ms: Option<u64>,
+}
+
+impl ServerSettings {
+    /// Groups the parsed flags. Values clap could not check on its own are checked here.
+    pub fn from_args(args: ServeArgs) -> Result<Self, String> {
+        let status = |code: u16| {
+            StatusCode::from_u16(code).map_err(|_| format!("`{code}` is not an HTTP status"))
+        };
+        let prefix = args.descriptor_header_prefix.trim().to_ascii_lowercase();
+        if prefix.is_empty() {
+            return Err("--descriptor-header-prefix must not be empty".into());
+        }
+        Ok(Self {
+            listen: args.listen,
+            max_keys: args.max_keys,
+            shutdown_grace: args.shutdown_grace,
+            policy: args
+                .config
+                .map_or(PolicySource::Builtin, PolicySource::File),
+            authorize: AuthorizeSettings {
+                allow_status: status(args.allow_status)?,
+                deny_status: status(args.deny_status)?,
+                trusted_proxies: args.trusted_proxies,
+                forwarding: ForwardingHeaders {
+                    real_ip: args.real_ip_header,
+                    forwarded_for: args.forwarded_for_header,
+                },
+                headers: HeaderMapping {
+                    method: args.method_header,
+                    path: args.path_header,
+                    tenant: args.tenant_header,
+                    user: args.user_header,
+                    tier: args.tier_header,
+                    cost: args.cost_header,
+                    descriptor_prefix: prefix,
+                },
+            },
+            manual_clock_ms: args.manual_clock,
+        })
+    }
+}
+
+/// Where the policy is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// A YAML file, watched for changes.
+    File(PathBuf),
+    /// The example policy compiled into the binary; never changes, so never reloaded.
+    Builtin,
+}
+
+/// Why a policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read at all.
+    #[error("{path}: cannot read the policy file: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid policy.
+    #[error("{0}")]
+    Invalid(#[from] PolicyError),
+}
+
+impl PolicySource {
+    /// How the source is named in logs and `/readyz`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::Builtin => BUILTIN_POLICY_NAME.to_owned(),
+        }
+    }
+
+    /// The policy file, if there is one to watch.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::File(path) => Some(path),
+            Self::Builtin => None,
+        }
+    }
+
+    /// The policy's current text.
+    pub async fn read(&self) -> Result<String, LoadError> {
+        match self {
+            Self::File(path) => tokio::fs::read_to_string(path)
+                .await
+                .map_err(|source| LoadError::Read {
+                    path: path.clone(),
+                    source,
+                }),
+            Self::Builtin => Ok(BUILTIN_POLICY.to_owned()),
+        }
+    }
+
+    /// Parses and validates `text` as this source's policy; errors name this source.
+    pub fn parse(&self, text: &str) -> Result<Policy, LoadError> {
+        Ok(Policy::from_yaml_str(text, &self.describe())?)
+    }
+}
+
+/// What `/readyz` reports about the policy in force.
+#[derive(Debug, Clone)]
+pub struct PolicyInfo {
+    /// Where it came from ([`PolicySource::describe`]).
+    pub source: String,
+    /// When it was loaded, by the server's clock.
+    pub loaded_at: Micros,
+    /// How many limits it defines.
+    pub limits: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_policy_is_valid() {
+        let policy = PolicySource::Builtin.parse(BUILTIN_POLICY);
+        assert!(policy.is_ok(), "{:?}", policy.err().map(|e| e.to_string()));
+    }
+
+    #[tokio::test]
+    async fn missing_files_say_which_file() {
+        let source = PolicySource::File(PathBuf::from("/nonexistent/spillway.yaml"));
+        let err = source.read().await.expect_err("missing file");
+        assert!(err.to_string().contains("/nonexistent/spillway.yaml"), "{err}");
+    }
+}

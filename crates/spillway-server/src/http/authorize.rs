@@ -1,0 +1,278 @@
+//! `/v1/authorize`: the decision endpoint for reverse proxies that ask "may this request pass?"
+//! with a subrequest: nginx `auth_request`, Traefik `ForwardAuth`, Envoy `ext_authz` (HTTP).
+//!
+//! The request's attributes come from headers whose names are configurable (see
+//! [`HeaderMapping`]); the client IP comes from the TCP peer, or from forwarding headers when
+//! the peer is a trusted proxy (see [`crate::http::client_ip`]). The body is never read.
+//!
+//! Any method is accepted, because nginx and Envoy send the subrequest with the client's own
+//! method. Two forms exist:
+//! - `/v1/authorize`: attributes only from headers (nginx, Traefik). `?peek=true` works here,
+//!   since the proxy's configuration, not the client, writes this URL.
+//! - `/v1/authorize/<original path>`: for Envoy's `path_prefix: /v1/authorize`; when the
+//!   method or path headers are absent, the subrequest's own method and the path after the
+//!   prefix are used. The query string belongs to the client here, so it is never read.
+//!
+//! Answers: the allow status (200, or 204) with the rate-limit headers; on deny the deny status
+//! (429 unless configured otherwise: nginx needs 401 or 403, see `NGINX.md`) with the headers
+//! and the same problem document as `/v1/check`. A header that cannot be understood (a cost
+//! that is not a number, bytes that are not UTF-8) is a 400 problem naming the header.
+
+use crate::app::AppState;
+use crate::http::client_ip::{client_ip, ForwardingHeaders, TrustedProxies};
+use crate::http::problem::Problem;
+use crate::http::verdict::{denial_problem, verdict_headers};
+use crate::http::{check_mode, decide};
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use spillway_core::request::{CheckMode, RequestAttrs};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The path both forms of the endpoint start with.
+pub const PREFIX: &str = "/v1/authorize";
+
+/// Which headers carry which attribute. Each list is tried in order; the first header present
+/// with a non-empty value wins.
+#[derive(Debug, Clone)]
+pub struct HeaderMapping {
+    /// The original request's method.
+    pub method: Vec<HeaderName>,
+    /// The original request's path (a query string in it is ignored by the engine).
+    pub path: Vec<HeaderName>,
+    /// The tenant.
+    pub tenant: Vec<HeaderName>,
+    /// The user.
+    pub user: Vec<HeaderName>,
+    /// An explicit tier.
+    pub tier: Vec<HeaderName>,
+    /// An explicit cost.
+    pub cost: Vec<HeaderName>,
+    /// Lowercase prefix of descriptor headers: `<prefix><name>: <value>` sets descriptor
+    /// `<name>` (lowercase, as HTTP header names are). Because `_` is awkward in header names,
+    /// a `<name>` with `-` also sets the `_` spelling unless that one is sent explicitly:
+    /// `X-Descriptor-Api-Key` reaches a descriptor declared as `api_key` or `api-key`.
+    pub descriptor_prefix: String,
+}
+
+/// How `/v1/authorize` reads requests and answers them.
+#[derive(Debug, Clone)]
+pub struct AuthorizeSettings {
+    /// Status on allow (200 or 204).
+    pub allow_status: StatusCode,
+    /// Status on deny (a 4xx).
+    pub deny_status: StatusCode,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Names of the forwarding headers.
+    pub forwarding: ForwardingHeaders,
+    /// Names of the attribute headers.
+    pub headers: HeaderMapping,
+}
+
+/// The plain form, `/v1/authorize`.
+pub async fn authorize(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let mode = match check_mode(query.as_deref()) {
+        Ok(mode) => mode,
+        Err(problem) => return problem.into_response(),
+    };
+    answer(&app, peer, &headers, None, mode).await
+}
+
+/// The prefixed form, `/v1/authorize/<original path>`, for Envoy.
+pub async fn authorize_prefixed(
+    State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let path = uri.path().strip_prefix(PREFIX).unwrap_or("/");
+    let path = if path.is_empty() { "/" } else { path };
+    let own = (method.as_str().to_owned(), path.to_owned());
+    answer(&app, peer, &headers, Some(own), CheckMode::Consume).await
+}
+
+async fn answer(
+    app: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    own: Option<(String, String)>,
+    mode: CheckMode,
+) -> Response {
+    let settings = &app.authorize;
+    let mut attrs = match attrs_from_headers(headers, &settings.headers) {
+        Ok(attrs) => attrs,
+        Err(problem) => return problem.into_response(),
+    };
+    if let Some((method, path)) = own {
+        attrs.method.get_or_insert(method);
+        attrs.path.get_or_insert(path);
+    }
+    let ip = client_ip(
+        peer.ip(),
+        headers,
+        &settings.forwarding,
+        &settings.trusted_proxies,
+    );
+    attrs.ip = Some(ip.to_string());
+    let verdict = match decide(app, &attrs, mode).await {
+        Ok(verdict) => verdict,
+        Err(problem) => return problem.into_response(),
+    };
+    let rate_headers = verdict_headers(&verdict);
+    if verdict.allowed {
+        (settings.allow_status, rate_headers).into_response()
+    } else {
+        (rate_headers, denial_problem(&verdict, settings.deny_status)).into_response()
+    }
+}
+
+/// Reads every attribute except the IP from the mapped headers.
+pub fn attrs_from_headers(
+    headers: &HeaderMap,
+    mapping: &HeaderMapping,
+) -> Result<RequestAttrs, Problem> {
+    let mut attrs = RequestAttrs {
+        method: first(headers, &mapping.method)?,
+        path: first(headers, &mapping.path)?,
+        tenant: first(headers, &mapping.tenant)?,
+        user: first(headers, &mapping.user)?,
+        tier: first(headers, &mapping.tier)?,
+        ..RequestAttrs::default()
+    };
+    if let Some((name, text)) = first_named(headers, &mapping.cost)? {
+        let cost = text.parse::<u64>().map_err(|_| {
+            Problem::invalid(
+                format!("header `{name}`: `{text}` is not a whole, non-negative number"),
+                Some(name.to_string()),
+            )
+        })?;
+        attrs.cost = Some(cost);
+    }
+    for (name, value) in headers {
+        let Some(descriptor) = name.as_str().strip_prefix(&mapping.descriptor_prefix) else {
+            continue;
+        };
+        if descriptor.is_empty() {
+            continue;
+        }
+        let value = utf8(name, value.as_bytes())?.trim().to_owned();
+        let underscored = descriptor.replace('-', "_");
+        if underscored != descriptor {
+            attrs.descriptors.entry(underscored).or_insert_with(|| value.clone());
+        }
+        attrs.descriptors.insert(descriptor.to_owned(), value);
+    }
+    Ok(attrs)
+}
+
+fn first(headers: &HeaderMap, names: &[HeaderName]) -> Result<Option<String>, Problem> {
+    Ok(first_named(headers, names)?.map(|(_, value)| value))
+}
+
+fn first_named<'a>(
+    headers: &HeaderMap,
+    names: &'a [HeaderName],
+) -> Result<Option<(&'a HeaderName, String)>, Problem> {
+    for name in names {
+        if let Some(value) = headers.get(name) {
+            let value = utf8(name, value.as_bytes())?.trim();
+            if !value.is_empty() {
+                return Ok(Some((name, value.to_owned())));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn utf8<'v>(name: &HeaderName, bytes: &'v [u8]) -> Result<&'v str, Problem> {
+    std::str::from_utf8(bytes).map_err(|_| {
+        Problem::invalid(
+            format!("header `{name}` is not valid UTF-8"),
+            Some(name.to_string()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn mapping() -> HeaderMapping {
+        let names = |list: &[&'static str]| list.iter().map(|n| HeaderName::from_static(n)).collect();
+        HeaderMapping {
+            method: names(&["x-original-method", "x-forwarded-method"]),
+            path: names(&["x-original-uri", "x-forwarded-uri"]),
+            tenant: names(&["x-tenant-id"]),
+            user: names(&["x-user-id"]),
+            tier: names(&["x-tier"]),
+            cost: names(&["x-ratelimit-cost"]),
+            descriptor_prefix: "x-descriptor-".into(),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn headers_map_onto_attributes_with_fallbacks() {
+        let h = headers(&[
+            ("x-original-method", ""),
+            ("x-forwarded-method", "DELETE"),
+            ("x-original-uri", "/v1/items/7?x=1"),
+            ("x-tenant-id", " acme "),
+            ("x-user-id", "u1"),
+            ("x-tier", "pro"),
+            ("x-ratelimit-cost", "3"),
+            ("x-descriptor-api-key", "k1"),
+            ("x-descriptor-region", "eu"),
+        ]);
+        let attrs = attrs_from_headers(&h, &mapping()).expect("valid");
+        assert_eq!(attrs.method.as_deref(), Some("DELETE"));
+        assert_eq!(attrs.path.as_deref(), Some("/v1/items/7?x=1"));
+        assert_eq!(attrs.tenant.as_deref(), Some("acme"));
+        assert_eq!(attrs.user.as_deref(), Some("u1"));
+        assert_eq!(attrs.tier.as_deref(), Some("pro"));
+        assert_eq!(attrs.cost, Some(3));
+        assert_eq!(attrs.descriptors.get("api_key").map(String::as_str), Some("k1"));
+        assert_eq!(attrs.descriptors.get("api-key").map(String::as_str), Some("k1"));
+        assert_eq!(attrs.descriptors.get("region").map(String::as_str), Some("eu"));
+        assert_eq!(attrs.ip, None);
+    }
+
+    #[test]
+    fn absent_headers_leave_attributes_unset() {
+        let attrs = attrs_from_headers(&HeaderMap::new(), &mapping()).expect("valid");
+        assert_eq!(attrs, RequestAttrs::default());
+    }
+
+    #[test]
+    fn bad_costs_name_the_header() {
+        let h = headers(&[("x-ratelimit-cost", "many")]);
+        let problem = attrs_from_headers(&h, &mapping()).expect_err("invalid");
+        assert_eq!(problem.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(problem.members()["field"], "x-ratelimit-cost");
+    }
+
+    #[test]
+    fn non_utf8_values_name_the_header() {
+        let mut h = HeaderMap::new();
+        let value = HeaderValue::from_bytes(&[0xff, 0xfe]).expect("opaque bytes are allowed");
+        h.insert("x-tenant-id", value);
+        let problem = attrs_from_headers(&h, &mapping()).expect_err("invalid");
+        assert_eq!(problem.members()["field"], "x-tenant-id");
+    }
+}

@@ -1,0 +1,200 @@
+//! `POST /v1/check`: ask for a verdict by describing the request in JSON.
+//!
+//! Request body (every field optional, unknown fields refused so typos are caught rather than
+//! silently ignored; an empty body means `{}`; the `Content-Type` is not checked, so plain
+//! `curl -d` works):
+//! ```json
+//! {"tenant": "acme", "user": "u1", "ip": "203.0.113.7", "method": "POST",
+//!  "path": "/v1/generate", "tier": "pro", "cost": 5, "descriptors": {"region": "eu"}}
+//! ```
+//! Answers:
+//! - 200 with the verdict as JSON (see [`crate::http::verdict`]) when allowed;
+//! - 429 with an `application/problem+json` document that also carries the verdict when
+//!   denied. A denial because the cost can never fit is 429 too (its problem type is
+//!   `urn:spillway:problem:cost-exceeds-limit` and it has no `Retry-After`), since what the
+//!   client must do is the same (stop sending this) and the detail says retrying cannot help;
+//! - both with the rate-limit headers;
+//! - 400 naming the offending field for a malformed body, 413 over 16 KiB, 503 when the store
+//!   fails.
+//!
+//! `?peek=true` (or `?dry_run`) evaluates without consuming anything.
+
+use crate::app::AppState;
+use crate::http::problem::Problem;
+use crate::http::verdict::{denial_problem, verdict_headers, verdict_json};
+use crate::http::{check_mode, decide};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use spillway_core::request::RequestAttrs;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The largest body `/v1/check` reads; a request description has no business being bigger.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The JSON a client sends: [`RequestAttrs`] in wire form.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    /// See [`RequestAttrs::tenant`].
+    pub tenant: Option<String>,
+    /// See [`RequestAttrs::user`].
+    pub user: Option<String>,
+    /// See [`RequestAttrs::ip`].
+    pub ip: Option<String>,
+    /// See [`RequestAttrs::method`].
+    pub method: Option<String>,
+    /// See [`RequestAttrs::path`].
+    pub path: Option<String>,
+    /// See [`RequestAttrs::tier`].
+    pub tier: Option<String>,
+    /// See [`RequestAttrs::cost`].
+    pub cost: Option<u64>,
+    /// See [`RequestAttrs::descriptors`].
+    pub descriptors: Option<BTreeMap<String, String>>,
+}
+
+impl From<CheckRequest> for RequestAttrs {
+    fn from(r: CheckRequest) -> Self {
+        RequestAttrs {
+            tenant: r.tenant,
+            user: r.user,
+            ip: r.ip,
+            method: r.method,
+            path: r.path,
+            tier: r.tier,
+            cost: r.cost,
+            descriptors: r.descriptors.unwrap_or_default(),
+        }
+    }
+}
+
+/// Parses a body, naming the field at fault when it does not fit.
+pub fn parse_body(body: &[u8]) -> Result<CheckRequest, Problem> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(CheckRequest::default());
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let request: CheckRequest = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            Problem::invalid(format!("the body is not valid JSON: {inner}"), None)
+        } else if path == "." {
+            Problem::invalid(format!("the body does not fit: {inner}"), None)
+        } else {
+            Problem::invalid(format!("field `{path}`: {inner}"), Some(path))
+        }
+    })?;
+    de.end().map_err(|err| {
+        Problem::invalid(format!("the body is not valid JSON: {err}"), None)
+    })?;
+    Ok(request)
+}
+
+/// The handler.
+pub async fn check(
+    State(app): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match respond(&app, query.as_deref(), body).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+async fn respond(
+    app: &AppState,
+    query: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Response> {
+    let mode = check_mode(query).map_err(IntoResponse::into_response)?;
+    let body = body.map_err(|rejection| body_problem(&rejection).into_response())?;
+    let attrs: RequestAttrs = parse_body(&body)
+        .map_err(IntoResponse::into_response)?
+        .into();
+    let verdict = decide(app, &attrs, mode)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let headers = verdict_headers(&verdict);
+    Ok(if verdict.allowed {
+        (StatusCode::OK, headers, Json(verdict_json(&verdict))).into_response()
+    } else {
+        (headers, denial_problem(&verdict, StatusCode::TOO_MANY_REQUESTS)).into_response()
+    })
+}
+
+/// The problem for a body axum could not read: 413 when it is too long, else 400.
+fn body_problem(rejection: &BytesRejection) -> Problem {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Problem::http(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    } else {
+        Problem::invalid(
+            format!("the body could not be read: {}", rejection.body_text()),
+            None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_bodies_mean_no_attributes() {
+        assert_eq!(parse_body(b"").ok(), Some(CheckRequest::default()));
+        assert_eq!(parse_body(b" \n").ok(), Some(CheckRequest::default()));
+        assert_eq!(parse_body(b"{}").ok(), Some(CheckRequest::default()));
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let body = br#"{"tenant":"t","user":"u","ip":"1.2.3.4","method":"GET","path":"/x",
+                        "tier":"pro","cost":3,"descriptors":{"region":"eu"}}"#;
+        let attrs: RequestAttrs = parse_body(body).expect("valid").into();
+        assert_eq!(attrs.tenant.as_deref(), Some("t"));
+        assert_eq!(attrs.cost, Some(3));
+        assert_eq!(attrs.descriptors.get("region").map(String::as_str), Some("eu"));
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let problem = parse_body(br#"{"cost":"lots"}"#).expect_err("invalid");
+        assert_eq!(problem.members()["field"], "cost");
+        let detail = problem.members()["detail"].as_str().unwrap_or_default();
+        assert!(detail.starts_with("field `cost`"), "{detail}");
+
+        let problem = parse_body(br#"{"descriptors":{"region":7}}"#).expect_err("invalid");
+        assert_eq!(problem.members()["field"], "descriptors.region");
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let problem = parse_body(br#"{"tennant":"t"}"#).expect_err("invalid");
+        let detail = problem.members()["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("tennant"), "{detail}");
+    }
+
+    #[test]
+    fn broken_json_is_called_broken() {
+        for body in [&b"{"[..], b"{\"tenant\":}", b"{} x", b"nope"] {
+            let problem = parse_body(body).expect_err("invalid");
+            let detail = problem.members()["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains("not valid JSON"), "{detail}");
+        }
+    }
+
+    #[test]
+    fn negative_costs_are_refused() {
+        let problem = parse_body(br#"{"cost":-1}"#).expect_err("invalid");
+        assert_eq!(problem.members()["field"], "cost");
+    }
+}

@@ -1,0 +1,34 @@
+//! The `spillway` server: everything between the network and `spillway-core`'s engine.
+//!
+//! The engine decides; this crate carries requests to it and answers for the process.
+//!
+//! # Layout
+//! - [`cli`]: the command line (`serve`, `validate`, `check`), every flag also readable from a
+//!   `SPILLWAY_*` environment variable.
+//! - [`config`]: turns `serve` flags into validated [`config::ServerSettings`] and knows where
+//!   the policy comes from ([`config::PolicySource`]).
+//! - [`clock`]: the clock the process runs on (the system clock, or a manual one for tests).
+//! - [`app`]: the shared state every handler sees, and the router that maps paths to handlers.
+//! - [`http`]: one module per endpoint, plus the shared problem-document and verdict rendering.
+//! - [`metrics`]: the Prometheus recorder and the names of everything it exports.
+//! - [`reload`]: hot policy reload on file changes and on `SIGHUP`.
+//! - [`sweeper`]: the once-a-second task that expires keys and refreshes store gauges.
+//! - [`shutdown`]: the one shared shutdown signal and the OS signals that fire it.
+//! - [`serve`], [`validate`], [`client`]: the three subcommands.
+//! - [`logging`]: tracing setup (text or JSON).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod reload;
+pub mod serve;
+pub mod shutdown;
+pub mod sweeper;
+pub mod validate;

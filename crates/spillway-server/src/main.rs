@@ -1,0 +1,15 @@
+//! The `spillway` binary. Parsing and dispatch only; each subcommand lives in the library so
+//! it can be read (and tested) on its own.
+
+use clap::Parser;
+use spillway_server::cli::{Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => spillway_server::serve::main(*args),
+        Command::Validate(args) => spillway_server::validate::main(&args),
+        Command::Check(args) => spillway_server::client::main(&args),
+    }
+}

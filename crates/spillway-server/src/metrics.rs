@@ -1,0 +1,155 @@
+//! The Prometheus metrics the server exports, and the recorder that holds them.
+//!
+//! The recorder is rendered by `/metrics` on the server's own port; the exporter's HTTP
+//! listener is not used. Labels are limit names and fixed outcome words only, never a
+//! rate-limit key (a tenant, user or IP), which would give every client its own time series.
+//!
+//! | metric                                   | type      | labels             |
+//! |------------------------------------------|-----------|--------------------|
+//! | `spillway_decisions_total`               | counter   | `outcome`, `limit` |
+//! | `spillway_shadow_would_deny_total`       | counter   | `limit`            |
+//! | `spillway_check_duration_seconds`        | histogram | none               |
+//! | `spillway_config_reloads_total`          | counter   | `outcome`          |
+//! | `spillway_store_keys`                    | gauge     | none               |
+//! | `spillway_store_evictions_total`         | counter   | none               |
+//! | `spillway_store_failures_total`          | counter   | `failure_mode`     |
+//!
+//! `spillway_decisions_total` counts one per consuming check (peeks are not decisions):
+//! `outcome` is `allowed` or `denied`, and `limit` is the verdict's governing limit, the one
+//! that denied it or, when allowed, the one closest to denying; `(none)` when no limit applied.
+
+use metrics::{counter, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use spillway_core::engine::Verdict;
+use spillway_core::policy::FailureMode;
+
+/// Verdicts, by outcome and governing limit.
+pub const DECISIONS: &str = "spillway_decisions_total";
+/// Shadow limits that would have denied, by limit.
+pub const SHADOW_WOULD_DENY: &str = "spillway_shadow_would_deny_total";
+/// Time the engine took per check.
+pub const CHECK_DURATION: &str = "spillway_check_duration_seconds";
+/// Policy reloads, by outcome (`success` or `rejected`).
+pub const CONFIG_RELOADS: &str = "spillway_config_reloads_total";
+/// Checks the store could not answer, by the failure mode that was applied.
+pub const STORE_FAILURES: &str = "spillway_store_failures_total";
+/// Keys in the store now.
+pub const STORE_KEYS: &str = "spillway_store_keys";
+/// Keys evicted for room since start.
+pub const STORE_EVICTIONS: &str = "spillway_store_evictions_total";
+
+/// The `limit` label of a verdict no limit applied to.
+pub const NO_LIMIT: &str = "(none)";
+
+/// The content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Histogram buckets for [`CHECK_DURATION`], in seconds: 50 µs to 100 ms. An in-memory check
+/// takes microseconds; a networked store, milliseconds.
+pub const CHECK_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
+/// How a reload went, as the `outcome` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new policy is in force.
+    Success,
+    /// The new policy was invalid; the old one stays.
+    Rejected,
+}
+
+impl ReloadOutcome {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// Builds the recorder, installs it as the process's global one and returns the handle that
+/// renders it. If another recorder is already installed (several servers in one test
+/// process), the handle still works but stays empty.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(CHECK_DURATION.to_owned()), CHECK_BUCKETS)?
+        .build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::debug!("a metrics recorder is already installed; this handle stays empty");
+    }
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    metrics::describe_counter!(DECISIONS, "Rate-limit verdicts, by outcome and governing limit.");
+    metrics::describe_counter!(
+        SHADOW_WOULD_DENY,
+        "Requests a shadow (log-only) limit would have denied."
+    );
+    metrics::describe_histogram!(
+        CHECK_DURATION,
+        Unit::Seconds,
+        "Time the engine took to reach a verdict."
+    );
+    metrics::describe_counter!(CONFIG_RELOADS, "Policy reload attempts, by outcome.");
+    metrics::describe_counter!(
+        STORE_FAILURES,
+        "Checks the store could not answer, by the failure mode applied."
+    );
+    metrics::describe_gauge!(STORE_KEYS, "Rate-limit keys held by the store.");
+    metrics::describe_counter!(STORE_EVICTIONS, "Keys the store evicted to stay within --max-keys.");
+    // Make the reload counters visible at zero, so "no reload yet" reads as 0, not as absent.
+    for outcome in [ReloadOutcome::Success, ReloadOutcome::Rejected] {
+        counter!(CONFIG_RELOADS, "outcome" => outcome.label()).increment(0);
+    }
+}
+
+/// Counts one consuming verdict.
+pub fn record_verdict(verdict: &Verdict) {
+    let outcome = if verdict.allowed { "allowed" } else { "denied" };
+    let limit = verdict
+        .governing()
+        .map_or_else(|| NO_LIMIT.to_owned(), |o| o.name.to_string());
+    counter!(DECISIONS, "outcome" => outcome, "limit" => limit).increment(1);
+    for o in verdict.outcomes.iter().filter(|o| o.shadow && !o.decision.allowed) {
+        counter!(SHADOW_WOULD_DENY, "limit" => o.name.to_string()).increment(1);
+    }
+}
+
+/// Counts one reload attempt.
+pub fn record_reload(outcome: ReloadOutcome) {
+    counter!(CONFIG_RELOADS, "outcome" => outcome.label()).increment(1);
+}
+
+/// Counts one check the store failed, and what was done about it.
+pub fn record_store_failure(mode: FailureMode) {
+    counter!(STORE_FAILURES, "failure_mode" => mode.as_str()).increment(1);
+}
+
+/// Publishes the store's size and its running eviction count.
+pub fn record_store(keys: u64, evictions: u64) {
+    gauge!(STORE_KEYS).set(keys as f64);
+    counter!(STORE_EVICTIONS).absolute(evictions);
+}
+
+/// Measures one engine call for [`CHECK_DURATION`].
+#[derive(Debug)]
+pub struct CheckTimer(std::time::Instant);
+
+impl CheckTimer {
+    /// Starts timing.
+    #[allow(clippy::disallowed_methods)] // latency is measured on the monotonic clock, never
+                                          // on the (possibly manual) policy clock
+    pub fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    /// Stops timing and records the duration.
+    pub fn finish(self) {
+        histogram!(CHECK_DURATION).record(self.0.elapsed().as_secs_f64());
+    }
+}

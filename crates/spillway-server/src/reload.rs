@@ -1,0 +1,197 @@
+//! Hot policy reload, on file changes and on `SIGHUP`.
+//!
+//! The watcher watches the policy file's *directory*, not the file: editors and deploy tools
+//! replace files by writing a temporary file and renaming it over the old one, and Kubernetes
+//! updates a mounted ConfigMap by swapping a `..data` symlink, and a watch on the old file
+//! would see none of that. Any change in the directory starts a short debounce (so a burst of
+//! events becomes one reload); then the file is read, and if its text differs from the last
+//! text seen it is validated. `SIGHUP` reloads unconditionally.
+//!
+//! A valid policy replaces the engine's in one atomic swap; counters of limits whose parameters
+//! did not change carry over, because state keys include each limit's parameter fingerprint.
+//! An invalid one is logged with every problem, counted as `rejected`, and the old policy keeps
+//! serving. All reloads run on one task, so they never race each other.
+
+use crate::app::AppState;
+use crate::config::{PolicyInfo, PolicySource};
+use crate::metrics::{self, ReloadOutcome};
+use crate::shutdown::Shutdown;
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Quiet time after the last file event before the file is read.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Most debounce rounds one reload waits through, so a directory that never stops changing
+/// still gets its policy read (after about two seconds).
+const MAX_DEBOUNCE_ROUNDS: usize = 10;
+
+/// What asked for a reload; logged with the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Something changed in the policy file's directory.
+    FileChange,
+    /// The process received `SIGHUP`.
+    Signal,
+}
+
+impl Trigger {
+    fn name(self) -> &'static str {
+        match self {
+            Self::FileChange => "file change",
+            Self::Signal => "SIGHUP",
+        }
+    }
+}
+
+/// Applies new policy text to the running server.
+pub struct Reloader {
+    app: Arc<AppState>,
+    source: PolicySource,
+    last_text: String,
+}
+
+impl Reloader {
+    /// A reloader for `source`, whose policy currently in force was parsed from `current_text`.
+    pub fn new(app: Arc<AppState>, source: PolicySource, current_text: String) -> Self {
+        Self {
+            app,
+            source,
+            last_text: current_text,
+        }
+    }
+
+    /// Reads the source and, when asked by a signal or when the text changed, validates and
+    /// applies it. Returns `None` when nothing was attempted.
+    pub async fn reload(&mut self, trigger: Trigger) -> Option<ReloadOutcome> {
+        let source = self.source.describe();
+        let text = match self.source.read().await {
+            Ok(text) => text,
+            Err(err) => {
+                tracing::warn!(%source, trigger = trigger.name(), error = %err,
+                    "policy reload rejected; keeping the previous policy");
+                metrics::record_reload(ReloadOutcome::Rejected);
+                return Some(ReloadOutcome::Rejected);
+            }
+        };
+        if trigger == Trigger::FileChange && text == self.last_text {
+            tracing::debug!(%source, "policy file unchanged; nothing to reload");
+            return None;
+        }
+        let parsed = self.source.parse(&text);
+        self.last_text = text;
+        let outcome = match parsed {
+            Ok(policy) => {
+                let limits = policy.limits().count();
+                self.app.engine.replace_policy(Arc::new(policy));
+                self.app.policy_info.store(Arc::new(PolicyInfo {
+                    source: source.clone(),
+                    loaded_at: self.app.clock.now(),
+                    limits,
+                }));
+                tracing::info!(%source, trigger = trigger.name(), limits, "policy reloaded");
+                ReloadOutcome::Success
+            }
+            Err(err) => {
+                tracing::warn!(%source, trigger = trigger.name(), error = %err,
+                    "policy reload rejected; keeping the previous policy");
+                ReloadOutcome::Rejected
+            }
+        };
+        metrics::record_reload(outcome);
+        Some(outcome)
+    }
+}
+
+/// The directory to watch for a policy file.
+fn watched_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Starts watching the policy's directory (when it has one) and listening for `SIGHUP`.
+/// A watcher that cannot start is logged and left out; `SIGHUP` still works.
+pub fn spawn(mut reloader: Reloader, shutdown: Shutdown) -> std::io::Result<JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let (events_tx, mut events) = mpsc::channel::<()>(16);
+    let watcher = reloader.source.path().map(watched_dir).and_then(|dir| {
+        let started = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            match event {
+                // Reads (ours included) are not changes; reacting to them would loop.
+                Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
+                // A full channel already holds a wake-up; dropping this one loses nothing.
+                Ok(_) => {
+                    let _ = events_tx.try_send(());
+                }
+                Err(err) => tracing::warn!(error = %err, "policy file watcher error"),
+            }
+        })
+        .and_then(|mut watcher| {
+            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+            Ok(watcher)
+        });
+        match started {
+            Ok(watcher) => {
+                tracing::info!(dir = %dir.display(), "watching the policy directory for changes");
+                Some(watcher)
+            }
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), error = %err,
+                    "cannot watch the policy directory; reload with SIGHUP instead");
+                None
+            }
+        }
+    });
+    Ok(tokio::spawn(async move {
+        // Keep the watcher alive for as long as the task runs.
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                _ = shutdown.triggered() => break,
+                _ = hangup.recv() => {
+                    if reloader.source.path().is_none() {
+                        tracing::info!("SIGHUP: running on the built-in policy; nothing to reload");
+                        continue;
+                    }
+                    reloader.reload(Trigger::Signal).await;
+                }
+                Some(()) = events.recv() => {
+                    settle(&mut events).await;
+                    reloader.reload(Trigger::FileChange).await;
+                }
+            }
+        }
+    }))
+}
+
+/// Waits until no event has arrived for [`DEBOUNCE`], or for at most
+/// [`MAX_DEBOUNCE_ROUNDS`] rounds.
+async fn settle(events: &mut mpsc::Receiver<()>) {
+    for _ in 0..MAX_DEBOUNCE_ROUNDS {
+        match tokio::time::timeout(DEBOUNCE, events.recv()).await {
+            Ok(Some(())) => continue,
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_directory_of_a_bare_file_name_is_the_current_one() {
+        assert_eq!(watched_dir(Path::new("spillway.yaml")), PathBuf::from("."));
+        assert_eq!(
+            watched_dir(Path::new("/etc/spillway/spillway.yaml")),
+            PathBuf::from("/etc/spillway")
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! `spillway serve`: assemble the server, run it, and take it down gracefully.
+//!
+//! Start-up order matters: signal handlers (including `SIGHUP`, whose default action would
+//! kill the process) are installed before the `listening on <addr>` line is logged, so anyone
+//! who waits for that line may signal the process safely.
+//!
+//! Shutdown: the first SIGTERM/SIGINT fires the shared [`Shutdown`]. The listener closes at
+//! once, idle keep-alive connections are closed, and in-flight requests get up to
+//! `--shutdown-grace` to finish; the process then exits 0 either way (a warning says when
+//! requests were cut off). A second signal cuts the wait short.
+
+use crate::app::{self, AppState};
+use crate::cli::ServeArgs;
+use crate::clock::ServerClock;
+use crate::config::{PolicyInfo, ServerSettings};
+use crate::reload::{self, Reloader};
+use crate::shutdown::{self, Shutdown};
+use crate::{logging, metrics, sweeper};
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use spillway_core::engine::Engine;
+use spillway_core::store::{MemoryStore, Store};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs the subcommand to completion: exit status 0 after a graceful shutdown, 1 when the
+/// server could not start, 2 for settings that make no sense.
+pub fn main(args: ServeArgs) -> ExitCode {
+    if let Err(err) = logging::init(args.log_format, &args.log_filter) {
+        eprintln!("spillway serve: {err}");
+        return ExitCode::from(2);
+    }
+    let settings = match ServerSettings::from_args(args) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("spillway serve: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("spillway serve: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = Shutdown::new();
+        shutdown::listen_for_signals(shutdown.clone())
+            .context("cannot install signal handlers")?;
+        run(settings, shutdown).await
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("spillway serve: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds the server from `settings` and serves until `shutdown` fires and the drain ends.
+pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result<()> {
+    let clock = ServerClock::from_flag(settings.manual_clock_ms);
+    if clock.manual_control().is_some() {
+        tracing::warn!("running on a MANUAL clock with POST /debug/clock enabled: test use only");
+    }
+    let source = settings.policy.describe();
+    let text = settings.policy.read().await?;
+    let policy = settings
+        .policy
+        .parse(&text)
+        .with_context(|| format!("the policy {source} is invalid"))?;
+    let limits = policy.limits().count();
+
+    let max_keys = usize::try_from(settings.max_keys).unwrap_or(usize::MAX);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(max_keys, clock.shared()));
+    let engine = Engine::new(Arc::new(policy), store.clone(), clock.shared());
+    let recorder = metrics::install().context("cannot set up metrics")?;
+    let app = Arc::new(AppState {
+        engine,
+        store: store.clone(),
+        clock: clock.clone(),
+        policy_info: ArcSwap::from_pointee(PolicyInfo {
+            source: source.clone(),
+            loaded_at: clock.now(),
+            limits,
+        }),
+        metrics: recorder.clone(),
+        authorize: settings.authorize.clone(),
+    });
+
+    let reloader = Reloader::new(app.clone(), settings.policy.clone(), text);
+    let reload_task =
+        reload::spawn(reloader, shutdown.clone()).context("cannot listen for SIGHUP")?;
+    let sweep_task = sweeper::spawn(store, recorder, shutdown.clone());
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr().context("cannot read the bound address")?;
+    tracing::info!(policy = %source, limits, "listening on {addr}");
+
+    let stop = shutdown.clone();
+    let service = app::router(app).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, service)
+        .with_graceful_shutdown(async move { stop.triggered().await });
+    let mut server = tokio::spawn(async move { server.await });
+
+    tokio::select! {
+        ended = &mut server => {
+            ended.context("the server task failed")?.context("the server failed")?;
+        }
+        _ = shutdown.triggered() => {
+            tokio::select! {
+                ended = &mut server => {
+                    ended.context("the server task failed")?.context("the server failed")?;
+                    tracing::info!("in-flight requests finished");
+                }
+                _ = tokio::time::sleep(settings.shutdown_grace) => {
+                    tracing::warn!(grace_ms = settings.shutdown_grace.as_millis() as u64,
+                        "grace period over; exiting with requests still in flight");
+                    server.abort();
+                }
+                _ = shutdown.forced() => server.abort(),
+            }
+        }
+    }
+    shutdown.trigger();
+    reload_task.abort();
+    sweep_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}

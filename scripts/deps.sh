@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests and benchmarks use, only when they are missing.
+# Sourced by scripts/test.sh and the bench/ scripts; Debian packages through apt-get.
+
+apt_updated=0
+
+# need BINARY PACKAGE: installs PACKAGE with apt-get unless BINARY is already on PATH.
+need() {
+  local bin=$1 pkg=$2
+  if command -v "$bin" >/dev/null 2>&1; then
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: '$bin' is missing and apt-get is not available; install package '$pkg'" >&2
+    return 1
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  if [ "$apt_updated" -eq 0 ]; then
+    $sudo apt-get update -qq
+    apt_updated=1
+  fi
+  echo "installing $pkg (for $bin)" >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$pkg" >/dev/null
+}
+
+# What `scripts/test.sh` needs besides the Rust toolchain.
+ensure_test_deps() {
+  command -v cargo >/dev/null 2>&1 || { echo "error: cargo (Rust toolchain) is required" >&2; return 1; }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs Spillway's whole test suite on a fresh machine: installs what the tests need when it is
+# missing, then runs every test in the workspace. This is the command the README gives and the
+# one CI runs (after fmt and clippy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+ensure_test_deps
+
+cargo test --workspace --all-targets "$@"
