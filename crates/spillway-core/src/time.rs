@@ -26,17 +26,42 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Micros;
 }
 
-/// The operating system's real-time clock.
+/// The node's real clock: Unix time read once, then advanced by a monotonic counter.
+///
+/// Reading the wall clock costs about as much as a whole in-memory check, and it can step
+/// backwards when NTP corrects it; a rate limiter wants neither. So the wall clock is read
+/// once per process, and the time since then comes from `quanta`'s monotonic clock (the CPU's
+/// time-stamp counter where it is reliable), which never steps back. Over a long uptime the
+/// reading may drift from wall time by NTP's slew; only windows aligned to the calendar (a
+/// fixed `1d` window) notice, by the size of that drift. Nodes that must agree take time from
+/// their shared store (Redis `TIME`) instead.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
-impl Clock for SystemClock {
-    #[allow(clippy::disallowed_methods)] // the one sanctioned read of the wall clock
-    fn now(&self) -> Micros {
-        std::time::SystemTime::now()
+struct Anchor {
+    unix: Micros,
+    clock: quanta::Clock,
+    start: quanta::Instant,
+}
+
+fn anchor() -> &'static Anchor {
+    static ANCHOR: std::sync::OnceLock<Anchor> = std::sync::OnceLock::new();
+    ANCHOR.get_or_init(|| {
+        let clock = quanta::Clock::new();
+        let start = clock.now();
+        #[allow(clippy::disallowed_methods)] // the one sanctioned read of the wall clock
+        let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as Micros)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        Anchor { unix, clock, start }
+    })
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Micros {
+        let a = anchor();
+        a.unix + a.clock.now().duration_since(a.start).as_micros() as Micros
     }
 }
 
@@ -94,6 +119,19 @@ mod tests {
         assert_eq!(clock.now(), 15);
         clock.set(3);
         assert_eq!(clock.now(), 3);
+    }
+
+    #[test]
+    fn system_clock_is_near_unix_time_and_monotonic() {
+        #[allow(clippy::disallowed_methods)]
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as Micros;
+        let a = SystemClock.now();
+        let b = SystemClock.now();
+        assert!(a.abs_diff(wall) < 5 * SECOND, "{a} vs {wall}");
+        assert!(b >= a);
     }
 
     #[test]

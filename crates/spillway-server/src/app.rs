@@ -18,7 +18,7 @@
 use crate::clock::ServerClock;
 use crate::config::PolicyInfo;
 use crate::http::authorize::{self, AuthorizeSettings};
-use crate::http::{check, debug, probes, problem};
+use crate::http::{access_log, check, debug, probes, problem};
 use arc_swap::ArcSwap;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
@@ -64,5 +64,164 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(check::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(access_log::log))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PolicySource;
+    use crate::http::authorize::HeaderMapping;
+    use crate::http::client_ip::{ForwardingHeaders, TrustedProxies};
+    use axum::body::Body;
+    use axum::extract::connect_info::MockConnectInfo;
+    use axum::http::{Request, StatusCode};
+    use serde_json::Value;
+    use spillway_core::algorithm::Decision;
+    use spillway_core::request::CheckMode;
+    use spillway_core::store::{Check, StoreError};
+    use std::net::SocketAddr;
+    use tower::ServiceExt;
+
+    /// A store that is always down, to drive the failure-mode paths.
+    struct DownStore;
+
+    #[async_trait::async_trait]
+    impl Store for DownStore {
+        async fn check(&self, _: &[Check<'_>], _: CheckMode) -> Result<Vec<Decision>, StoreError> {
+            Err(StoreError::Unavailable("connection refused".into()))
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Err(StoreError::Unavailable("connection refused".into()))
+        }
+        fn key_count(&self) -> u64 {
+            0
+        }
+        fn evictions(&self) -> u64 {
+            0
+        }
+        fn sweep(&self) -> u64 {
+            0
+        }
+    }
+
+    const POLICY: &str = r#"
+default_tier: free
+failure_mode: open
+limits:
+  user-minute:
+    algorithm: fixed_window
+    limit: 5
+    window: 1m
+    key: [user]
+tiers:
+  free:
+    limits: [user-minute]
+routes:
+  - match: "POST /v1/generate"
+    failure_mode: closed
+"#;
+
+    fn app_on(store: Arc<dyn Store>) -> Router {
+        let clock = ServerClock::manual(1_000);
+        let policy = PolicySource::Builtin
+            .parse(POLICY)
+            .expect("test policy is valid");
+        let names = |n: &'static str| vec![axum::http::HeaderName::from_static(n)];
+        let state = AppState {
+            engine: Engine::new(Arc::new(policy), store.clone(), clock.shared()),
+            store,
+            clock: clock.clone(),
+            policy_info: ArcSwap::from_pointee(PolicyInfo {
+                source: "test".into(),
+                loaded_at: clock.now(),
+                limits: 1,
+            }),
+            metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+                .build_recorder()
+                .handle(),
+            authorize: AuthorizeSettings {
+                allow_status: StatusCode::OK,
+                deny_status: StatusCode::TOO_MANY_REQUESTS,
+                trusted_proxies: TrustedProxies::default(),
+                forwarding: ForwardingHeaders {
+                    real_ip: axum::http::HeaderName::from_static("x-real-ip"),
+                    forwarded_for: axum::http::HeaderName::from_static("x-forwarded-for"),
+                },
+                headers: HeaderMapping {
+                    method: names("x-original-method"),
+                    path: names("x-original-uri"),
+                    tenant: names("x-tenant-id"),
+                    user: names("x-user-id"),
+                    tier: names("x-tier"),
+                    cost: names("x-ratelimit-cost"),
+                    descriptor_prefix: "x-descriptor-".into(),
+                },
+            },
+        };
+        router(Arc::new(state)).layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))))
+    }
+
+    async fn call(app: &Router, request: Request<Body>) -> (StatusCode, Value, bool) {
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let has_limit_headers = response.headers().contains_key("x-ratelimit-limit");
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, body, has_limit_headers)
+    }
+
+    fn check(body: &str) -> Request<Body> {
+        Request::post("/v1/check")
+            .body(Body::from(body.to_owned()))
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_fails_open_or_closed_as_the_route_says() {
+        let app = app_on(Arc::new(DownStore));
+
+        let (status, body, headers) =
+            call(&app, check(r#"{"user":"u","method":"GET","path":"/x"}"#)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["allowed"], true);
+        assert_eq!(body["limits"], serde_json::json!([]));
+        assert!(!headers, "a guessed verdict must not advertise limits");
+
+        let (status, body, _) = call(
+            &app,
+            check(r#"{"user":"u","method":"POST","path":"/v1/generate"}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["type"], "urn:spillway:problem:store-unavailable");
+
+        let request = Request::get("/v1/authorize")
+            .header("x-user-id", "u")
+            .header("x-original-method", "POST")
+            .header("x-original-uri", "/v1/generate")
+            .body(Body::empty())
+            .expect("request");
+        let (status, _, _) = call(&app, request).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn readyz_is_503_while_the_store_is_down() {
+        let app = app_on(Arc::new(DownStore));
+        let request = Request::get("/readyz")
+            .body(Body::empty())
+            .expect("request");
+        let (status, body, _) = call(&app, request).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["ready"], false);
+        assert_eq!(body["store"]["ok"], false);
+        assert!(body["store"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("connection refused"));
+    }
 }

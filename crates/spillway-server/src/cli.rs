@@ -59,10 +59,16 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 
     /// Address to listen on; port 0 picks a free port (the chosen address is logged).
-    #[arg(long, env = "SPILLWAY_LISTEN", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "SPILLWAY_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
-    /// Most rate-limit keys the in-memory store keeps before evicting the least recently used.
+    /// Most rate-limit keys the in-memory store holds; past it, keys closest to expiry are
+    /// evicted first (and counted in spillway_store_evictions_total).
     #[arg(long, env = "SPILLWAY_MAX_KEYS", value_name = "N", default_value_t = 1_000_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_keys: u64,
@@ -72,7 +78,12 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 
     /// Log filter, in tracing's `EnvFilter` syntax (e.g. `info` or `spillway_server=debug`).
-    #[arg(long, env = "SPILLWAY_LOG", value_name = "FILTER", default_value = "info")]
+    #[arg(
+        long,
+        env = "SPILLWAY_LOG",
+        value_name = "FILTER",
+        default_value = "info"
+    )]
     pub log_filter: String,
 
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
@@ -131,8 +142,12 @@ pub struct ServeArgs {
     /// Header name prefix for custom descriptors on /v1/authorize: `X-Descriptor-Region: eu`
     /// sets descriptor `region`; a `-` in the rest of the name also matches `_`
     /// (`X-Descriptor-Api-Key` reaches `api_key`). Names arrive lowercased.
-    #[arg(long, env = "SPILLWAY_DESCRIPTOR_HEADER_PREFIX", value_name = "PREFIX",
-          default_value = "X-Descriptor-")]
+    #[arg(
+        long,
+        env = "SPILLWAY_DESCRIPTOR_HEADER_PREFIX",
+        value_name = "PREFIX",
+        default_value = "X-Descriptor-"
+    )]
     pub descriptor_header_prefix: String,
 
     /// Header a trusted proxy puts the client IP in; consulted before the forwarded-for chain.
@@ -163,7 +178,12 @@ pub struct ValidateArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Base URL of the running server.
-    #[arg(long, env = "SPILLWAY_SERVER", value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "SPILLWAY_SERVER",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub server: String,
     /// Tenant of the request.
     #[arg(long)]

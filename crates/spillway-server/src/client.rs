@@ -9,6 +9,10 @@ use crate::cli::CheckArgs;
 use anyhow::{bail, Context};
 use serde_json::{Map, Value};
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long to wait for the server before giving up.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Exit status when the server could not give a verdict.
 pub const NO_VERDICT: u8 = 2;
@@ -69,7 +73,11 @@ pub fn request_body(args: &CheckArgs) -> Value {
 async fn ask(args: &CheckArgs) -> anyhow::Result<bool> {
     let query = if args.peek { "?peek=true" } else { "" };
     let url = format!("{}/v1/check{query}", args.server.trim_end_matches('/'));
-    let response = reqwest::Client::new()
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .context("cannot build the HTTP client")?;
+    let response = client
         .post(&url)
         .json(&request_body(args))
         .send()
@@ -89,7 +97,10 @@ async fn ask(args: &CheckArgs) -> anyhow::Result<bool> {
     println!("{status}: {}", if allowed { "allowed" } else { "denied" });
     for (name, value) in &headers {
         let lower = name.as_str();
-        if lower.starts_with("x-ratelimit") || lower.starts_with("ratelimit") || lower == "retry-after" {
+        if lower.starts_with("x-ratelimit")
+            || lower.starts_with("ratelimit")
+            || lower == "retry-after"
+        {
             println!("{name}: {}", String::from_utf8_lossy(value.as_bytes()));
         }
     }

@@ -123,12 +123,14 @@ impl PolicySource {
     /// The policy's current text.
     pub async fn read(&self) -> Result<String, LoadError> {
         match self {
-            Self::File(path) => tokio::fs::read_to_string(path)
-                .await
-                .map_err(|source| LoadError::Read {
-                    path: path.clone(),
-                    source,
-                }),
+            Self::File(path) => {
+                tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|source| LoadError::Read {
+                        path: path.clone(),
+                        source,
+                    })
+            }
             Self::Builtin => Ok(BUILTIN_POLICY.to_owned()),
         }
     }
@@ -164,6 +166,9 @@ mod tests {
     async fn missing_files_say_which_file() {
         let source = PolicySource::File(PathBuf::from("/nonexistent/spillway.yaml"));
         let err = source.read().await.expect_err("missing file");
-        assert!(err.to_string().contains("/nonexistent/spillway.yaml"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/spillway.yaml"),
+            "{err}"
+        );
     }
 }

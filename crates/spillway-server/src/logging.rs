@@ -11,8 +11,8 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber. Fails on a filter that does not parse, or when a
 /// subscriber is already installed.
 pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
-    let filter =
-        EnvFilter::try_new(filter).map_err(|err| format!("invalid log filter `{filter}`: {err}"))?;
+    let filter = EnvFilter::try_new(filter)
+        .map_err(|err| format!("invalid log filter `{filter}`: {err}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout)

@@ -22,6 +22,7 @@ use metrics::{counter, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use spillway_core::engine::Verdict;
 use spillway_core::policy::FailureMode;
+use std::time::Duration;
 
 /// Verdicts, by outcome and governing limit.
 pub const DECISIONS: &str = "spillway_decisions_total";
@@ -85,7 +86,10 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 }
 
 fn describe() {
-    metrics::describe_counter!(DECISIONS, "Rate-limit verdicts, by outcome and governing limit.");
+    metrics::describe_counter!(
+        DECISIONS,
+        "Rate-limit verdicts, by outcome and governing limit."
+    );
     metrics::describe_counter!(
         SHADOW_WOULD_DENY,
         "Requests a shadow (log-only) limit would have denied."
@@ -101,7 +105,10 @@ fn describe() {
         "Checks the store could not answer, by the failure mode applied."
     );
     metrics::describe_gauge!(STORE_KEYS, "Rate-limit keys held by the store.");
-    metrics::describe_counter!(STORE_EVICTIONS, "Keys the store evicted to stay within --max-keys.");
+    metrics::describe_counter!(
+        STORE_EVICTIONS,
+        "Keys the store evicted to stay within --max-keys."
+    );
     // Make the reload counters visible at zero, so "no reload yet" reads as 0, not as absent.
     for outcome in [ReloadOutcome::Success, ReloadOutcome::Rejected] {
         counter!(CONFIG_RELOADS, "outcome" => outcome.label()).increment(0);
@@ -115,7 +122,11 @@ pub fn record_verdict(verdict: &Verdict) {
         .governing()
         .map_or_else(|| NO_LIMIT.to_owned(), |o| o.name.to_string());
     counter!(DECISIONS, "outcome" => outcome, "limit" => limit).increment(1);
-    for o in verdict.outcomes.iter().filter(|o| o.shadow && !o.decision.allowed) {
+    for o in verdict
+        .outcomes
+        .iter()
+        .filter(|o| o.shadow && !o.decision.allowed)
+    {
         counter!(SHADOW_WOULD_DENY, "limit" => o.name.to_string()).increment(1);
     }
 }
@@ -136,20 +147,25 @@ pub fn record_store(keys: u64, evictions: u64) {
     counter!(STORE_EVICTIONS).absolute(evictions);
 }
 
-/// Measures one engine call for [`CHECK_DURATION`].
-#[derive(Debug)]
-pub struct CheckTimer(std::time::Instant);
+/// Records how long one engine call took.
+pub fn record_check_duration(took: Duration) {
+    histogram!(CHECK_DURATION).record(took.as_secs_f64());
+}
 
-impl CheckTimer {
-    /// Starts timing.
-    #[allow(clippy::disallowed_methods)] // latency is measured on the monotonic clock, never
-                                          // on the (possibly manual) policy clock
+/// Measures latency on the monotonic clock. This is the one place the server reads real time
+/// directly: latency is about the machine, never about the (possibly manual) policy clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    /// Starts measuring.
+    #[allow(clippy::disallowed_methods)] // latency timing only; see the type's docs
     pub fn start() -> Self {
         Self(std::time::Instant::now())
     }
 
-    /// Stops timing and records the duration.
-    pub fn finish(self) {
-        histogram!(CHECK_DURATION).record(self.0.elapsed().as_secs_f64());
+    /// Time since [`Stopwatch::start`].
+    pub fn elapsed(&self) -> Duration {
+        self.0.elapsed()
     }
 }

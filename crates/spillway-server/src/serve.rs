@@ -51,8 +51,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = Shutdown::new();
-        shutdown::listen_for_signals(shutdown.clone())
-            .context("cannot install signal handlers")?;
+        shutdown::listen_for_signals(shutdown.clone()).context("cannot install signal handlers")?;
         run(settings, shutdown).await
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -105,7 +104,9 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let addr = listener.local_addr().context("cannot read the bound address")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
     tracing::info!(policy = %source, limits, "listening on {addr}");
 
     let stop = shutdown.clone();

@@ -90,7 +90,10 @@ pub fn listen_for_signals(shutdown: Shutdown) -> std::io::Result<()> {
                 tracing::info!(signal = name, "shutting down: no new connections, draining");
                 shutdown.trigger();
             } else {
-                tracing::warn!(signal = name, "second signal: abandoning in-flight requests");
+                tracing::warn!(
+                    signal = name,
+                    "second signal: abandoning in-flight requests"
+                );
                 shutdown.force();
             }
         }

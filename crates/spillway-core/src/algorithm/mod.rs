@@ -121,8 +121,8 @@ pub enum LimitParams {
     LeakyBucket(LeakyBucket),
 }
 
-/// One key's stored state, whichever algorithm it belongs to. Kept small (32 bytes) because
-/// the in-memory store holds one per active key; the sliding log's variable part is boxed.
+/// One key's state, whichever algorithm it belongs to. Every inline variant is 16 bytes and
+/// the sliding log's variable part is boxed, so the in-memory store can keep a key in 40 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
     /// See [`TokenBucketState`].
@@ -179,7 +179,7 @@ impl LimitParams {
 
     /// Checks a request of `cost` at `now` against `state` (`None` for a key never seen or
     /// already expired). A state of another algorithm's shape counts as a fresh key.
-    pub fn evaluate(&self, state: Option<&State>, now: Micros, cost: u64) -> Evaluation<State> {
+    pub fn evaluate(&self, state: Option<StateRef<'_>>, now: Micros, cost: u64) -> Evaluation<State> {
         fn wrap<S>(e: Evaluation<S>, f: impl FnOnce(S) -> State) -> Evaluation<State> {
             Evaluation {
                 decision: e.decision,
@@ -187,49 +187,64 @@ impl LimitParams {
                 expires_at: e.expires_at,
             }
         }
-        match self {
-            Self::TokenBucket(p) => {
-                let s = match state {
-                    Some(State::TokenBucket(s)) => Some(s),
-                    _ => None,
-                };
+        use StateRef as R;
+        match (self, state) {
+            (Self::TokenBucket(p), s) => {
+                let s = if let Some(R::TokenBucket(s)) = s { Some(s) } else { None };
                 wrap(p.evaluate(s, now, cost), State::TokenBucket)
             }
-            Self::Gcra(p) => {
-                let s = match state {
-                    Some(State::Gcra(s)) => Some(s),
-                    _ => None,
-                };
+            (Self::Gcra(p), s) => {
+                let s = if let Some(R::Gcra(s)) = s { Some(s) } else { None };
                 wrap(p.evaluate(s, now, cost), State::Gcra)
             }
-            Self::FixedWindow(p) => {
-                let s = match state {
-                    Some(State::FixedWindow(s)) => Some(s),
-                    _ => None,
-                };
+            (Self::FixedWindow(p), s) => {
+                let s = if let Some(R::FixedWindow(s)) = s { Some(s) } else { None };
                 wrap(p.evaluate(s, now, cost), State::FixedWindow)
             }
-            Self::SlidingWindow(p) => {
-                let s = match state {
-                    Some(State::SlidingWindow(s)) => Some(s),
-                    _ => None,
-                };
+            (Self::SlidingWindow(p), s) => {
+                let s = if let Some(R::SlidingWindow(s)) = s { Some(s) } else { None };
                 wrap(p.evaluate(s, now, cost), State::SlidingWindow)
             }
-            Self::SlidingLog(p) => {
-                let s = match state {
-                    Some(State::SlidingLog(s)) => Some(&**s),
-                    _ => None,
-                };
+            (Self::SlidingLog(p), s) => {
+                let s = if let Some(R::SlidingLog(s)) = s { Some(s) } else { None };
                 wrap(p.evaluate(s, now, cost), |s| State::SlidingLog(Box::new(s)))
             }
-            Self::LeakyBucket(p) => {
-                let s = match state {
-                    Some(State::LeakyBucket(s)) => Some(s),
-                    _ => None,
-                };
+            (Self::LeakyBucket(p), s) => {
+                let s = if let Some(R::LeakyBucket(s)) = s { Some(s) } else { None };
                 wrap(p.evaluate(s, now, cost), State::LeakyBucket)
             }
+        }
+    }
+}
+
+/// A borrowed view of one key's state, so a store can hand its stored form to
+/// [`LimitParams::evaluate`] without copying it into a [`State`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateRef<'a> {
+    /// See [`TokenBucketState`].
+    TokenBucket(&'a TokenBucketState),
+    /// See [`GcraState`].
+    Gcra(&'a GcraState),
+    /// See [`FixedWindowState`].
+    FixedWindow(&'a FixedWindowState),
+    /// See [`SlidingWindowState`].
+    SlidingWindow(&'a SlidingWindowState),
+    /// See [`SlidingLogState`].
+    SlidingLog(&'a SlidingLogState),
+    /// See [`LeakyBucketState`].
+    LeakyBucket(&'a LeakyBucketState),
+}
+
+impl State {
+    /// Borrows the state for [`LimitParams::evaluate`].
+    pub fn as_ref(&self) -> StateRef<'_> {
+        match self {
+            Self::TokenBucket(s) => StateRef::TokenBucket(s),
+            Self::Gcra(s) => StateRef::Gcra(s),
+            Self::FixedWindow(s) => StateRef::FixedWindow(s),
+            Self::SlidingWindow(s) => StateRef::SlidingWindow(s),
+            Self::SlidingLog(s) => StateRef::SlidingLog(s),
+            Self::LeakyBucket(s) => StateRef::LeakyBucket(s),
         }
     }
 }
@@ -268,12 +283,20 @@ impl ScaledRate {
 
     /// Microseconds needed to refill `units` scaled units, rounded up.
     pub fn time_for(&self, units: u128) -> Micros {
-        clamp_u64(units.div_ceil(self.tokens as u128))
+        // Stored quantities stay below 2^53, so the 64-bit division is the usual path; a
+        // 128-bit division costs several times more on the hot path.
+        match u64::try_from(units) {
+            Ok(u) => u.div_ceil(self.tokens),
+            Err(_) => clamp_u64(units.div_ceil(self.tokens as u128)),
+        }
     }
 
     /// Whole tokens in `units` scaled units, rounded down.
     pub fn whole(&self, units: u128) -> u64 {
-        clamp_u64(units / self.micros as u128)
+        match u64::try_from(units) {
+            Ok(u) => u / self.micros,
+            Err(_) => clamp_u64(units / self.micros as u128),
+        }
     }
 
     /// Checks that `capacity` tokens fit in [`MAX_SCALED`].

@@ -21,10 +21,11 @@ pub struct SlidingWindow {
 pub struct SlidingWindowState {
     /// Start of the current aligned window, in microseconds.
     pub start: Micros,
-    /// Cost admitted in the window before `start`.
-    pub prev: u64,
+    /// Cost admitted in the window before `start` (a limit fits in 32 bits, keeping the state
+    /// at 16 bytes).
+    pub prev: u32,
     /// Cost admitted since `start`.
-    pub curr: u64,
+    pub curr: u32,
 }
 
 impl SlidingWindow {
@@ -32,6 +33,9 @@ impl SlidingWindow {
     pub fn new(limit: u64, window: Micros) -> Result<Self, String> {
         if limit == 0 {
             return Err("limit must be at least 1".into());
+        }
+        if limit > u64::from(u32::MAX) {
+            return Err(format!("limit {limit} is too large (at most {})", u32::MAX));
         }
         if window == 0 {
             return Err("window must be longer than zero".into());
@@ -93,8 +97,9 @@ impl SlidingWindow {
         }
         let with_cost = weighted + cost as u128 * wu;
         if with_cost <= limit_w {
+            // curr + cost <= limit <= u32::MAX here.
             let next = SlidingWindowState {
-                curr: s.curr + cost,
+                curr: (u64::from(s.curr) + cost) as u32,
                 ..s
             };
             Evaluation {
@@ -117,15 +122,16 @@ impl SlidingWindow {
         let w = self.window as u128;
         // The elapsed time into a window from which `prev` weighs little enough to leave
         // `room` for the request: prev x (w - e) <= room x w.
-        let free_from = |prev: u64, room: u64| -> u128 {
+        let free_from = |prev: u32, room: u64| -> u128 {
             if prev == 0 {
                 0
             } else {
                 w.saturating_sub(room as u128 * w / prev as u128)
             }
         };
-        if s.curr + cost <= self.limit {
-            let e = free_from(s.prev, self.limit - s.curr - cost);
+        let curr = u64::from(s.curr);
+        if curr + cost <= self.limit {
+            let e = free_from(s.prev, self.limit - curr - cost);
             if e < w {
                 return s.start + e as Micros;
             }

@@ -34,11 +34,18 @@ pub(crate) struct Defs<'a> {
 
 impl<'a> Defs<'a> {
     /// Checks every definition under `limits`, recording all problems.
-    pub(crate) fn new(limits: &'a Named<RawLimit>, descriptors: &[Arc<str>], issues: &mut Issues) -> Self {
+    pub(crate) fn new(
+        limits: &'a Named<RawLimit>,
+        descriptors: &[Arc<str>],
+        issues: &mut Issues,
+    ) -> Self {
         let mut by_name = HashMap::with_capacity(limits.0.len());
         let mut order = Vec::with_capacity(limits.0.len());
         for (name, raw) in &limits.0 {
-            by_name.insert(name.value.as_str(), limit_def(name, raw, descriptors, issues));
+            by_name.insert(
+                name.value.as_str(),
+                limit_def(name, raw, descriptors, issues),
+            );
             order.push(name.value.as_str());
         }
         Self { by_name, order }
@@ -51,18 +58,27 @@ impl<'a> Defs<'a> {
 
     /// The valid definitions, in file order.
     pub(crate) fn valid(&self) -> Vec<Arc<LimitDef>> {
-        let compiled = self.order.iter().filter_map(|n| self.by_name.get(n)?.compiled.clone());
+        let compiled = self
+            .order
+            .iter()
+            .filter_map(|n| self.by_name.get(n)?.compiled.clone());
         compiled.collect()
     }
 
     /// Resolves a list of limit names; undefined ones are reported, invalid ones skipped quietly.
-    pub(crate) fn refs(&self, list: &[Text], path: &str, issues: &mut Issues) -> Vec<Arc<LimitDef>> {
+    pub(crate) fn refs(
+        &self,
+        list: &[Text],
+        path: &str,
+        issues: &mut Issues,
+    ) -> Vec<Arc<LimitDef>> {
         let mut out = Vec::with_capacity(list.len());
         for (i, name) in list.iter().enumerate() {
             match self.get(&name.value) {
                 Some(def) => out.extend(def.compiled.clone()),
                 None => {
-                    let message = format!("no limit named `{}` is defined under `limits`", name.value);
+                    let message =
+                        format!("no limit named `{}` is defined under `limits`", name.value);
                     issues.push(name.referenced, format!("{path}[{i}]"), message);
                 }
             }
@@ -169,7 +185,7 @@ fn key(
 }
 
 /// Checks the declared custom dimensions; returns the usable ones.
-fn descriptors(list: &[Text], issues: &mut Issues) -> Vec<Arc<str>> {
+pub(crate) fn descriptors(list: &[Text], issues: &mut Issues) -> Vec<Arc<str>> {
     let mut out: Vec<Arc<str>> = Vec::with_capacity(list.len());
     for (i, name) in list.iter().enumerate() {
         let problem = if let Err(message) = check_name(name, "descriptor") {
@@ -191,4 +207,3 @@ fn descriptors(list: &[Text], issues: &mut Issues) -> Vec<Arc<str>> {
     }
     out
 }
-

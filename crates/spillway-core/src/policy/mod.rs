@@ -2,21 +2,25 @@
 //! and how one request resolves into the limits and counter keys that govern it.
 //!
 //! A policy is written in YAML (see `examples/spillway.yaml`), read into the loose structs of
-//! [`raw`], checked and compiled by [`validate`] into an immutable [`Policy`], and then
+//! `raw`, checked and compiled by `validate` into an immutable [`Policy`], and then
 //! consulted on every request through [`Policy::resolve`]. Everything that can be worked out
 //! ahead of time is: each tier's limit list for each route is built at load, so resolving a
 //! request is a few lookups plus the allocation of its counter keys.
 //!
-//! Layout: [`error`] (what a rejected file reports), [`locate`] (field paths for YAML reader
-//! errors), [`raw`] (serde structs), [`params`] (per-algorithm fields and fingerprints),
-//! [`route`] (path patterns), [`validate`] (raw to compiled), [`resolve`] (the hot path).
+//! Layout, in the order a load goes through them: `raw` (serde structs mirroring the file),
+//! `locate` (field paths for YAML reader errors), `validate` (raw to compiled, driving
+//! `limit` for definitions, `params` for per-algorithm fields and fingerprints, `route` for
+//! path patterns and `tenant` for overrides), `error` (what a rejected file reports) and
+//! `resolve` (the per-request hot path).
 
 mod error;
+mod limit;
 mod locate;
 mod params;
 mod raw;
 mod resolve;
 mod route;
+mod tenant;
 mod validate;
 
 #[cfg(test)]

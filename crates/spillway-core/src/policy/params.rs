@@ -185,11 +185,13 @@ pub(crate) fn compile(
             );
         }
     }
-    let rate = fields
-        .rate
+    // Values of fields the algorithm does not take are not worth a second complaint.
+    let takes = |name: &str| allowed.contains(&name);
+    let rate = (fields.rate)
+        .filter(|_| takes("rate"))
         .and_then(|f| check(f, issues, "rate", |t| Rate::parse(t)));
-    let window = fields
-        .window
+    let window = (fields.window)
+        .filter(|_| takes("window"))
         .and_then(|f| check(f, issues, "window", |t| parse_duration(t)));
     let amount_field = match algorithm {
         Algorithm::TokenBucket | Algorithm::Gcra => fields.burst.map(|f| ("burst", f)),

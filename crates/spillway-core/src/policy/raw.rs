@@ -22,18 +22,18 @@ pub(crate) struct RawPolicy {
     pub default_tier: Text,
     #[serde(default)]
     pub failure_mode: Option<Text>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub descriptors: Vec<Text>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub limits: Named<RawLimit>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub global: Vec<Text>,
-    #[serde(default)]
-    pub tiers: Named<RawTier>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
+    pub tiers: Named<OrDefault<RawTier>>,
+    #[serde(default, deserialize_with = "or_default")]
     pub routes: Vec<Spanned<RawRoute>>,
-    #[serde(default)]
-    pub tenants: Named<RawTenant>,
+    #[serde(default, deserialize_with = "or_default")]
+    pub tenants: Named<OrDefault<RawTenant>>,
 }
 
 /// One named limit definition.
@@ -76,10 +76,10 @@ pub(crate) struct RawOverride {
 }
 
 /// A tier: the limits every request of that tier is subject to.
-#[derive(Debug, DeriveDeserialize)]
+#[derive(Debug, Default, DeriveDeserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTier {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub limits: Vec<Text>,
 }
 
@@ -91,19 +91,19 @@ pub(crate) struct RawRoute {
     pub pattern: Text,
     #[serde(default)]
     pub cost: Option<Spanned<Number>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub limits: Vec<Text>,
     #[serde(default)]
     pub failure_mode: Option<Text>,
 }
 
 /// One tenant's tier assignment and overrides.
-#[derive(Debug, DeriveDeserialize)]
+#[derive(Debug, Default, DeriveDeserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTenant {
     #[serde(default)]
     pub tier: Option<Text>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "or_default")]
     pub overrides: Named<RawOverride>,
 }
 
@@ -138,14 +138,37 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
                 }
                 Ok(Named(entries))
             }
-
-            // `limits:` with nothing after it reads as null; treat it as an empty mapping.
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Named::default())
-            }
         }
 
         deserializer.deserialize_map(Entries(PhantomData))
+    }
+}
+
+/// Reads a field whose value may be left blank (`routes:` with nothing after it reads as
+/// null, e.g. while every entry is commented out) as its empty default.
+fn or_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// An entry whose body may be left blank (`free:` with nothing under it) for its default.
+#[derive(Debug, Default)]
+pub(crate) struct OrDefault<T>(pub T);
+
+impl<T> std::ops::Deref for OrDefault<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<'de, T: Deserialize<'de> + Default> Deserialize<'de> for OrDefault<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        or_default(deserializer).map(OrDefault)
     }
 }
 

@@ -7,15 +7,21 @@
 //! flood of long, hostile values costs no more than short ones. Finding two keys that collide
 //! would need a 2^64-scale search against a secret hash key.
 //!
+//! # Memory
+//! A key costs one 40-byte table slot (16-byte hash, 24-byte [`Slot`]) plus a control byte,
+//! and the tables run between 7/16 and 7/8 full, so 47 to 94 bytes per key (the sliding log
+//! adds its boxed entries). `docs/BENCHMARKS.md` has the measured figures.
+//!
 //! # Expiry and the size bound
-//! Every entry carries the time at which it becomes indistinguishable from a fresh key; from
-//! then on it is treated as absent and [`Store::sweep`] drops it (the server sweeps every
-//! second). The number of keys is bounded by `max_keys`, split evenly over the shards. When a
-//! new key arrives at a full shard, expired entries are dropped first; if the shard is still
-//! full, the entry that would expire soonest among a sample of [`EVICTION_SAMPLE`] is evicted
-//! (it holds the least state worth keeping) and counted in [`Store::evictions`]. An evicted
-//! key behaves like a fresh one afterwards, so the bound trades exactness for memory only
-//! under a flood larger than `max_keys`.
+//! Every slot carries the second (from the store's start) at which its state becomes
+//! indistinguishable from a fresh key, rounded up; keeping a state that long is harmless
+//! because evaluating it gives exactly what a fresh key would. [`Store::sweep`] drops expired
+//! slots (the server sweeps every second). The number of keys is bounded by `max_keys`, split
+//! evenly over the shards. When a new key arrives at a full shard, expired slots are dropped
+//! first; if the shard is still full, the slot that would expire soonest among a sample of
+//! [`EVICTION_SAMPLE`] is evicted (it holds the least state worth keeping) and counted in
+//! [`Store::evictions`]. An evicted key behaves like a fresh one afterwards, so the bound
+//! trades exactness for memory only under a flood larger than `max_keys`.
 //!
 //! # Atomicity
 //! A request's checks lock every shard they touch, in ascending shard order (so concurrent
@@ -23,12 +29,16 @@
 //! admitted.
 
 use super::{admits, Check, Store, StoreError};
-use crate::algorithm::{Decision, State};
+use crate::algorithm::{
+    Decision, FixedWindowState, GcraState, LeakyBucketState, SlidingLogState, SlidingWindowState,
+    State, StateRef, TokenBucketState,
+};
 use crate::request::CheckMode;
-use crate::time::{Clock, Micros};
+use crate::time::{Clock, Micros, SECOND};
 use async_trait::async_trait;
 use parking_lot::{Mutex, MutexGuard};
 use siphasher::sip128::{Hasher128, SipHasher13};
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,33 +46,80 @@ use std::sync::Arc;
 
 /// Number of shards; a power of two so the shard is a mask of the key hash.
 const SHARDS: usize = 64;
-/// How many entries are compared when a full shard must evict one.
+/// How many slots are compared when a full shard must evict one.
 pub const EVICTION_SAMPLE: usize = 8;
+
+/// Decisions for one request, inline for the usual handful of limits.
+pub type Decisions = SmallVec<[Decision; 4]>;
 
 /// The stored form of a key: 128 bits of keyed SipHash.
 type KeyHash = [u64; 2];
 
+/// A stored state with its expiry second. Each variant pairs the algorithm's 16-byte state (or
+/// the sliding log's box) with the expiry so the compiler packs the expiry beside the variant
+/// tag: 24 bytes, where `(State, u32)` would take 32.
 #[derive(Debug)]
-struct Entry {
-    state: State,
-    expires_at: Micros,
+enum Slot {
+    TokenBucket(TokenBucketState, u32),
+    Gcra(GcraState, u32),
+    FixedWindow(FixedWindowState, u32),
+    SlidingWindow(SlidingWindowState, u32),
+    SlidingLog(Box<SlidingLogState>, u32),
+    LeakyBucket(LeakyBucketState, u32),
 }
 
-type Shard = HashMap<KeyHash, Entry, BuildHasherDefault<PassThrough>>;
+impl Slot {
+    fn new(state: State, expires: u32) -> Self {
+        match state {
+            State::TokenBucket(s) => Self::TokenBucket(s, expires),
+            State::Gcra(s) => Self::Gcra(s, expires),
+            State::FixedWindow(s) => Self::FixedWindow(s, expires),
+            State::SlidingWindow(s) => Self::SlidingWindow(s, expires),
+            State::SlidingLog(s) => Self::SlidingLog(s, expires),
+            State::LeakyBucket(s) => Self::LeakyBucket(s, expires),
+        }
+    }
 
-/// The embedded default store. See the module docs for the expiry and eviction rules.
+    fn state(&self) -> StateRef<'_> {
+        match self {
+            Self::TokenBucket(s, _) => StateRef::TokenBucket(s),
+            Self::Gcra(s, _) => StateRef::Gcra(s),
+            Self::FixedWindow(s, _) => StateRef::FixedWindow(s),
+            Self::SlidingWindow(s, _) => StateRef::SlidingWindow(s),
+            Self::SlidingLog(s, _) => StateRef::SlidingLog(s),
+            Self::LeakyBucket(s, _) => StateRef::LeakyBucket(s),
+        }
+    }
+
+    fn expires(&self) -> u32 {
+        match self {
+            Self::TokenBucket(_, e)
+            | Self::Gcra(_, e)
+            | Self::FixedWindow(_, e)
+            | Self::SlidingWindow(_, e)
+            | Self::SlidingLog(_, e)
+            | Self::LeakyBucket(_, e) => *e,
+        }
+    }
+}
+
+type Shard = HashMap<KeyHash, Slot, BuildHasherDefault<PassThrough>>;
+
+/// The embedded default store. See the module docs for the memory, expiry and eviction rules.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     hash_keys: (u64, u64),
     clock: Arc<dyn Clock>,
+    /// Expiry seconds count from here, so they fit in 32 bits.
+    epoch: Micros,
     evictions: AtomicU64,
 }
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("max_keys", &(self.per_shard * SHARDS))
+            .field("max_keys", &self.max_keys())
             .field("keys", &self.key_count())
             .finish()
     }
@@ -77,6 +134,7 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: max_keys.div_ceil(SHARDS).max(1),
             hash_keys: (seed.hash_one(1u8), seed.hash_one(2u8)),
+            epoch: clock.now(),
             clock,
             evictions: AtomicU64::new(0),
         }
@@ -87,6 +145,16 @@ impl MemoryStore {
         self.per_shard * SHARDS
     }
 
+    /// Synchronous form of [`Store::check`], for callers (benchmarks, embedders) that are not
+    /// async. The in-memory store never waits, so both forms are the same work.
+    pub fn check_blocking(&self, checks: &[Check<'_>], mode: CheckMode) -> Decisions {
+        let now = self.clock.now();
+        match checks {
+            [one] => SmallVec::from_elem(self.check_one(one, now, mode), 1),
+            _ => self.check_many(checks, now, mode),
+        }
+    }
+
     fn hash(&self, check: &Check<'_>) -> KeyHash {
         let mut h = SipHasher13::new_with_keys(self.hash_keys.0, self.hash_keys.1);
         check.key.hash_into(&mut h);
@@ -94,67 +162,82 @@ impl MemoryStore {
         [h.h1, h.h2]
     }
 
-    /// Evaluates with every touched shard locked; see [`Store::check`].
-    fn check_now(&self, checks: &[Check<'_>], mode: CheckMode) -> Vec<Decision> {
-        let now = self.clock.now();
-        let hashes: Vec<KeyHash> = checks.iter().map(|c| self.hash(c)).collect();
-        let mut order: Vec<usize> = hashes.iter().map(|h| shard_of(h)).collect();
+    /// Expiry as whole seconds after the store's epoch, rounded up (so never early).
+    fn expiry_secs(&self, expires_at: Micros) -> u32 {
+        let secs = expires_at.saturating_sub(self.epoch).div_ceil(SECOND);
+        u32::try_from(secs).unwrap_or(u32::MAX)
+    }
+
+    /// Whether a slot's state is already equivalent to a fresh key at `now`.
+    fn expired(&self, slot: &Slot, now: Micros) -> bool {
+        self.epoch + u64::from(slot.expires()) * SECOND <= now
+    }
+
+    /// The common case: a request with a single limit takes one lock and no allocation.
+    fn check_one(&self, check: &Check<'_>, now: Micros, mode: CheckMode) -> Decision {
+        let h = self.hash(check);
+        let mut map = self.shards[shard_of(&h)].lock();
+        let e = check.params.evaluate(map.get(&h).map(Slot::state), now, check.cost);
+        let decision = e.decision;
+        if mode == CheckMode::Consume {
+            self.commit(&mut map, h, e, now);
+        }
+        decision
+    }
+
+    fn check_many(&self, checks: &[Check<'_>], now: Micros, mode: CheckMode) -> Decisions {
+        let hashes: SmallVec<[KeyHash; 4]> = checks.iter().map(|c| self.hash(c)).collect();
+        let mut order: SmallVec<[usize; 4]> = hashes.iter().map(shard_of).collect();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
+        let mut guards: SmallVec<[(usize, MutexGuard<'_, Shard>); 4]> =
             order.into_iter().map(|i| (i, self.shards[i].lock())).collect();
-        let mut shard = |h: &KeyHash| -> usize {
-            let i = shard_of(h);
-            guards.iter().position(|(s, _)| *s == i).unwrap_or(0)
-        };
-        let slots: Vec<usize> = hashes.iter().map(&mut shard).collect();
+        let slot_of = |h: &KeyHash| guards.iter().position(|(s, _)| *s == shard_of(h)).unwrap_or(0);
+        let slots: SmallVec<[usize; 4]> = hashes.iter().map(slot_of).collect();
 
-        let evaluations: Vec<_> = checks
+        let evaluations: SmallVec<[_; 4]> = checks
             .iter()
             .zip(&hashes)
             .zip(&slots)
-            .map(|((c, h), &slot)| {
-                let state = guards[slot]
-                    .1
-                    .get(h)
-                    .filter(|e| e.expires_at > now)
-                    .map(|e| &e.state);
-                c.params.evaluate(state, now, c.cost)
-            })
+            .map(|((c, h), &slot)| c.params.evaluate(guards[slot].1.get(h).map(Slot::state), now, c.cost))
             .collect();
-        let decisions: Vec<Decision> = evaluations.iter().map(|e| e.decision).collect();
+        let decisions: Decisions = evaluations.iter().map(|e| e.decision).collect();
         if mode == CheckMode::Consume && admits(checks, &decisions) {
             for ((e, h), &slot) in evaluations.into_iter().zip(&hashes).zip(&slots) {
-                // A zero-cost look that leaves a key fresh creates no entry.
-                if e.decision.allowed && e.expires_at > now {
-                    let map = &mut guards[slot].1;
-                    self.make_room(map, h, now);
-                    map.insert(
-                        *h,
-                        Entry {
-                            state: e.state,
-                            expires_at: e.expires_at,
-                        },
-                    );
-                }
+                self.commit(&mut guards[slot].1, *h, e, now);
             }
         }
         decisions
     }
 
-    /// Keeps a shard within its bound before `key` is inserted.
-    fn make_room(&self, map: &mut Shard, key: &KeyHash, now: Micros) {
-        if map.len() < self.per_shard || map.contains_key(key) {
+    /// Stores an allowed evaluation's state. A zero-cost look that leaves a key fresh creates
+    /// no slot, and a denied one changes nothing.
+    fn commit(&self, map: &mut Shard, h: KeyHash, e: crate::algorithm::Evaluation<State>, now: Micros) {
+        if !e.decision.allowed || e.expires_at <= now {
             return;
         }
-        map.retain(|_, e| e.expires_at > now);
+        let slot = Slot::new(e.state, self.expiry_secs(e.expires_at));
+        if let Some(existing) = map.get_mut(&h) {
+            *existing = slot;
+        } else {
+            self.make_room(map, now);
+            map.insert(h, slot);
+        }
+    }
+
+    /// Keeps a shard within its bound before a new key is inserted.
+    fn make_room(&self, map: &mut Shard, now: Micros) {
+        if map.len() < self.per_shard {
+            return;
+        }
+        map.retain(|_, s| !self.expired(s, now));
         if map.len() < self.per_shard {
             return;
         }
         let victim = map
             .iter()
             .take(EVICTION_SAMPLE)
-            .min_by_key(|(_, e)| e.expires_at)
+            .min_by_key(|(_, s)| s.expires())
             .map(|(k, _)| *k);
         if let Some(victim) = victim {
             map.remove(&victim);
@@ -170,7 +253,7 @@ fn shard_of(h: &KeyHash) -> usize {
 #[async_trait]
 impl Store for MemoryStore {
     async fn check(&self, checks: &[Check<'_>], mode: CheckMode) -> Result<Vec<Decision>, StoreError> {
-        Ok(self.check_now(checks, mode))
+        Ok(self.check_blocking(checks, mode).into_vec())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -191,18 +274,10 @@ impl Store for MemoryStore {
         for shard in self.shards.iter() {
             let mut map = shard.lock();
             let before = map.len();
-            map.retain(|_, e| e.expires_at > now);
+            map.retain(|_, s| !self.expired(s, now));
             dropped += (before - map.len()) as u64;
         }
         dropped
-    }
-}
-
-impl MemoryStore {
-    /// Synchronous form of [`Store::check`], for callers (benchmarks, embedders) that are not
-    /// async. The in-memory store never waits, so both forms are the same work.
-    pub fn check_blocking(&self, checks: &[Check<'_>], mode: CheckMode) -> Vec<Decision> {
-        self.check_now(checks, mode)
     }
 }
 
@@ -342,6 +417,12 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_takes_24_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
+        assert_eq!(std::mem::size_of::<(KeyHash, Slot)>(), 40);
+    }
+
+    #[test]
     fn idle_keys_expire_and_are_swept() {
         let clock = Arc::new(ManualClock::new(0));
         let store = MemoryStore::new(1000, clock.clone());
@@ -352,6 +433,7 @@ mod tests {
         assert_eq!(store.key_count(), 10);
         clock.set(MINUTE - 1);
         assert_eq!(store.sweep(), 0);
+        assert_eq!(store.key_count(), 10);
         clock.set(MINUTE);
         assert_eq!(store.sweep(), 10);
         assert_eq!(store.key_count(), 0);

@@ -21,7 +21,7 @@
 
 use crate::app::AppState;
 use crate::http::problem::Problem;
-use crate::http::verdict::{denial_problem, verdict_headers, verdict_json};
+use crate::http::verdict::{denial_problem, verdict_headers, VerdictBody};
 use crate::http::{check_mode, decide};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -76,8 +76,17 @@ impl From<CheckRequest> for RequestAttrs {
 
 /// Parses a body, naming the field at fault when it does not fit.
 pub fn parse_body(body: &[u8]) -> Result<CheckRequest, Problem> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(CheckRequest::default());
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Ok(CheckRequest::default()),
+        // serde would also read a struct from an array of its fields, in order; a caller who
+        // sends one has made a mistake worth naming.
+        Some(b'[') => {
+            return Err(Problem::invalid(
+                "the body must be a JSON object, not an array",
+                None,
+            ))
+        }
+        Some(_) => {}
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let request: CheckRequest = serde_path_to_error::deserialize(&mut de).map_err(|err| {
@@ -91,9 +100,8 @@ pub fn parse_body(body: &[u8]) -> Result<CheckRequest, Problem> {
             Problem::invalid(format!("field `{path}`: {inner}"), Some(path))
         }
     })?;
-    de.end().map_err(|err| {
-        Problem::invalid(format!("the body is not valid JSON: {err}"), None)
-    })?;
+    de.end()
+        .map_err(|err| Problem::invalid(format!("the body is not valid JSON: {err}"), None))?;
     Ok(request)
 }
 
@@ -123,9 +131,13 @@ async fn respond(
         .map_err(IntoResponse::into_response)?;
     let headers = verdict_headers(&verdict);
     Ok(if verdict.allowed {
-        (StatusCode::OK, headers, Json(verdict_json(&verdict))).into_response()
+        (StatusCode::OK, headers, Json(VerdictBody::from(&verdict))).into_response()
     } else {
-        (headers, denial_problem(&verdict, StatusCode::TOO_MANY_REQUESTS)).into_response()
+        (
+            headers,
+            denial_problem(&verdict, StatusCode::TOO_MANY_REQUESTS),
+        )
+            .into_response()
     })
 }
 
@@ -162,24 +174,27 @@ mod tests {
         let attrs: RequestAttrs = parse_body(body).expect("valid").into();
         assert_eq!(attrs.tenant.as_deref(), Some("t"));
         assert_eq!(attrs.cost, Some(3));
-        assert_eq!(attrs.descriptors.get("region").map(String::as_str), Some("eu"));
+        assert_eq!(
+            attrs.descriptors.get("region").map(String::as_str),
+            Some("eu")
+        );
     }
 
     #[test]
     fn wrong_types_name_the_field() {
         let problem = parse_body(br#"{"cost":"lots"}"#).expect_err("invalid");
-        assert_eq!(problem.members()["field"], "cost");
-        let detail = problem.members()["detail"].as_str().unwrap_or_default();
+        assert_eq!(problem.field(), Some("cost"));
+        let detail = problem.detail();
         assert!(detail.starts_with("field `cost`"), "{detail}");
 
         let problem = parse_body(br#"{"descriptors":{"region":7}}"#).expect_err("invalid");
-        assert_eq!(problem.members()["field"], "descriptors.region");
+        assert_eq!(problem.field(), Some("descriptors.region"));
     }
 
     #[test]
     fn unknown_fields_are_named() {
         let problem = parse_body(br#"{"tennant":"t"}"#).expect_err("invalid");
-        let detail = problem.members()["detail"].as_str().unwrap_or_default();
+        let detail = problem.detail();
         assert!(detail.contains("tennant"), "{detail}");
     }
 
@@ -187,14 +202,21 @@ mod tests {
     fn broken_json_is_called_broken() {
         for body in [&b"{"[..], b"{\"tenant\":}", b"{} x", b"nope"] {
             let problem = parse_body(body).expect_err("invalid");
-            let detail = problem.members()["detail"].as_str().unwrap_or_default();
+            let detail = problem.detail();
             assert!(detail.contains("not valid JSON"), "{detail}");
         }
     }
 
     #[test]
+    fn arrays_are_not_objects() {
+        let problem = parse_body(br#" ["t", "u"]"#).expect_err("invalid");
+        let detail = problem.detail();
+        assert!(detail.contains("JSON object"), "{detail}");
+    }
+
+    #[test]
     fn negative_costs_are_refused() {
         let problem = parse_body(br#"{"cost":-1}"#).expect_err("invalid");
-        assert_eq!(problem.members()["field"], "cost");
+        assert_eq!(problem.field(), Some("cost"));
     }
 }

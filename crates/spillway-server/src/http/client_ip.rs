@@ -23,11 +23,15 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -199,14 +203,20 @@ mod tests {
     fn untrusted_peers_are_taken_at_their_word_not_their_headers() {
         let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
         let h = headers(&[("x-real-ip", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
-        assert_eq!(client_ip(ip("8.8.8.8"), &h, &names(), &trusted), ip("8.8.8.8"));
+        assert_eq!(
+            client_ip(ip("8.8.8.8"), &h, &names(), &trusted),
+            ip("8.8.8.8")
+        );
     }
 
     #[test]
     fn trusted_peers_pass_on_real_ip_first() {
         let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
         let h = headers(&[("x-real-ip", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
-        assert_eq!(client_ip(ip("10.0.0.5"), &h, &names(), &trusted), ip("1.1.1.1"));
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
+            ip("1.1.1.1")
+        );
     }
 
     #[test]
@@ -216,22 +226,34 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6, 3.3.3.3"),
             ("x-forwarded-for", "10.0.0.7"),
         ]);
-        assert_eq!(client_ip(ip("10.0.0.5"), &h, &names(), &trusted), ip("3.3.3.3"));
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
+            ip("3.3.3.3")
+        );
     }
 
     #[test]
     fn a_chain_of_only_trusted_hops_yields_the_leftmost() {
         let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
         let h = headers(&[("x-forwarded-for", "10.0.0.9, 10.0.0.7")]);
-        assert_eq!(client_ip(ip("10.0.0.5"), &h, &names(), &trusted), ip("10.0.0.9"));
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
+            ip("10.0.0.9")
+        );
     }
 
     #[test]
     fn garbage_hops_stop_the_walk() {
         let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
         let h = headers(&[("x-forwarded-for", "4.4.4.4, not-an-ip, 10.0.0.7")]);
-        assert_eq!(client_ip(ip("10.0.0.5"), &h, &names(), &trusted), ip("10.0.0.7"));
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
+            ip("10.0.0.7")
+        );
         let h = headers(&[("x-real-ip", "garbage")]);
-        assert_eq!(client_ip(ip("10.0.0.5"), &h, &names(), &trusted), ip("10.0.0.5"));
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
+            ip("10.0.0.5")
+        );
     }
 }

@@ -7,10 +7,12 @@
 //! - [`problem`]: RFC 9457 error documents, used by every endpoint.
 //! - [`verdict`]: the JSON body and headers a verdict is shown as.
 //! - [`client_ip`]: which address a proxied request came from.
+//! - [`access_log`]: debug-level request logging.
 //!
 //! Both decision endpoints end in [`decide`], so timing, metrics and store-failure handling are
 //! the same whichever way a request arrives.
 
+pub mod access_log;
 pub mod authorize;
 pub mod check;
 pub mod client_ip;
@@ -38,9 +40,9 @@ pub async fn decide(
     attrs: &RequestAttrs,
     mode: CheckMode,
 ) -> Result<Verdict, Problem> {
-    let timer = metrics::CheckTimer::start();
+    let stopwatch = metrics::Stopwatch::start();
     let result = app.engine.check(attrs, mode).await;
-    timer.finish();
+    metrics::record_check_duration(stopwatch.elapsed());
     match result {
         Ok(verdict) => {
             if mode == CheckMode::Consume {
@@ -107,15 +109,24 @@ mod tests {
         assert_eq!(check_mode(None).ok(), Some(CheckMode::Consume));
         assert_eq!(check_mode(Some("peek")).ok(), Some(CheckMode::Peek));
         assert_eq!(check_mode(Some("peek=true")).ok(), Some(CheckMode::Peek));
-        assert_eq!(check_mode(Some("x=1&dry_run=1")).ok(), Some(CheckMode::Peek));
-        assert_eq!(check_mode(Some("peek=false")).ok(), Some(CheckMode::Consume));
-        assert_eq!(check_mode(Some("peeking=yes")).ok(), Some(CheckMode::Consume));
+        assert_eq!(
+            check_mode(Some("x=1&dry_run=1")).ok(),
+            Some(CheckMode::Peek)
+        );
+        assert_eq!(
+            check_mode(Some("peek=false")).ok(),
+            Some(CheckMode::Consume)
+        );
+        assert_eq!(
+            check_mode(Some("peeking=yes")).ok(),
+            Some(CheckMode::Consume)
+        );
     }
 
     #[test]
     fn nonsense_flag_values_are_rejected_by_name() {
         let problem = check_mode(Some("peek=maybe")).expect_err("invalid");
         assert_eq!(problem.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(problem.members()["field"], "peek");
+        assert_eq!(problem.field(), Some("peek"));
     }
 }

@@ -14,13 +14,35 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
-use spillway_core::store::Store;
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How long `/readyz` waits for the store before calling it unavailable.
 pub const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The `/readyz` body.
+#[derive(Debug, Serialize)]
+struct Readiness {
+    ready: bool,
+    policy: PolicyReport,
+    store: StoreReport,
+}
+
+#[derive(Debug, Serialize)]
+struct PolicyReport {
+    loaded: bool,
+    source: String,
+    loaded_at_ms: u64,
+    limits: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct StoreReport {
+    ok: bool,
+    status: String,
+    keys: u64,
+}
 
 /// Liveness: the process answers HTTP.
 pub async fn healthz() -> &'static str {
@@ -39,20 +61,20 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         )),
     };
     let ready = store.is_ok();
-    let body = json!({
-        "ready": ready,
-        "policy": {
-            "loaded": true,
-            "source": info.source,
-            "loaded_at_ms": info.loaded_at / 1_000,
-            "limits": info.limits,
+    let body = Readiness {
+        ready,
+        policy: PolicyReport {
+            loaded: true,
+            source: info.source.clone(),
+            loaded_at_ms: info.loaded_at / 1_000,
+            limits: info.limits,
         },
-        "store": {
-            "ok": ready,
-            "status": store.err().unwrap_or_else(|| "ok".to_owned()),
-            "keys": app.store.key_count(),
+        store: StoreReport {
+            ok: ready,
+            status: store.err().unwrap_or_else(|| "ok".to_owned()),
+            keys: app.store.key_count(),
         },
-    });
+    };
     let status = if ready {
         StatusCode::OK
     } else {

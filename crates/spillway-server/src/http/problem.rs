@@ -5,9 +5,11 @@
 //! status phrase as title, as the RFC recommends; failures specific to Spillway get their own
 //! `urn:spillway:problem:*` type so clients can branch on it without parsing prose.
 
+use crate::http::verdict::VerdictBody;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 /// The media type of a problem document.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -21,22 +23,37 @@ pub const INVALID_REQUEST: &str = "urn:spillway:problem:invalid-request";
 /// Problem type of a verdict that could not be reached because the store failed.
 pub const STORE_UNAVAILABLE: &str = "urn:spillway:problem:store-unavailable";
 
-/// One problem document, built up and then turned into a response.
-#[derive(Debug, Clone)]
+/// One problem document. The standard members come first; the extensions (RFC 9457 section
+/// 3.2) are `field`, naming what was wrong in a 400, and on a denial the verdict's members.
+#[derive(Debug, Clone, Serialize)]
 pub struct Problem {
-    status: StatusCode,
-    members: Map<String, Value>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    verdict: Option<Box<VerdictBody>>,
 }
 
 impl Problem {
     /// A problem of a Spillway-specific `kind` (one of the `urn:spillway:problem:*` constants).
-    pub fn new(status: StatusCode, kind: &str, title: &str, detail: impl Into<String>) -> Self {
-        let mut members = Map::new();
-        members.insert("type".into(), kind.into());
-        members.insert("title".into(), title.into());
-        members.insert("status".into(), status.as_u16().into());
-        members.insert("detail".into(), detail.into().into());
-        Self { status, members }
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+            field: None,
+            verdict: None,
+        }
     }
 
     /// A plain HTTP failure: type `about:blank`, titled with the status's reason phrase.
@@ -47,52 +64,53 @@ impl Problem {
 
     /// 400 for a request Spillway could not understand; `field` names the culprit when known.
     pub fn invalid(detail: impl Into<String>, field: Option<String>) -> Self {
-        let problem = Self::new(
+        let mut problem = Self::new(
             StatusCode::BAD_REQUEST,
             INVALID_REQUEST,
             "Invalid request",
             detail,
         );
-        match field {
-            Some(field) => problem.with("field", field),
-            None => problem,
-        }
+        problem.field = field;
+        problem
     }
 
-    /// Adds an extension member (RFC 9457 section 3.2), e.g. the verdict of a denial.
-    pub fn with(mut self, name: &str, value: impl Into<Value>) -> Self {
-        self.members.insert(name.to_owned(), value.into());
-        self
-    }
-
-    /// Merges every member of a JSON object into the document, keeping the standard members
-    /// (`type`, `title`, `status`, `detail`) if the object also has them.
-    pub fn with_all(mut self, extra: Map<String, Value>) -> Self {
-        for (name, value) in extra {
-            self.members.entry(name).or_insert(value);
-        }
+    /// Attaches a verdict, so a denial reads like an allowance plus the problem members.
+    pub fn with_verdict(mut self, verdict: VerdictBody) -> Self {
+        self.verdict = Some(Box::new(verdict));
         self
     }
 
     /// The HTTP status this problem is answered with.
     pub fn status(&self) -> StatusCode {
-        self.status
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
-    /// The document's members, for tests and for callers that want to inspect it.
-    pub fn members(&self) -> &Map<String, Value> {
-        &self.members
+    /// The human-readable explanation.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    /// The field or header at fault, when there is one.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
+    /// The document as JSON.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = Value::Object(self.members).to_string();
-        let mut response = (self.status, body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(PROBLEM_JSON),
-        );
+        let body = serde_json::to_string(&self).unwrap_or_else(|_| {
+            // Nothing in a problem can fail to serialize; keep a valid document regardless.
+            format!(r#"{{"type":"about:blank","status":{}}}"#, self.status)
+        });
+        let mut response = (self.status(), body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         response
     }
 }
@@ -122,21 +140,21 @@ mod tests {
     fn problems_carry_the_standard_members() {
         let p = Problem::invalid("field `cost`: expected a number", Some("cost".into()));
         assert_eq!(p.status(), StatusCode::BAD_REQUEST);
-        let m = p.members();
-        assert_eq!(m["type"], INVALID_REQUEST);
-        assert_eq!(m["status"], 400);
-        assert_eq!(m["field"], "cost");
+        assert_eq!(p.field(), Some("cost"));
+        let json = p.to_json();
+        assert_eq!(json["type"], INVALID_REQUEST);
+        assert_eq!(json["status"], 400);
+        assert_eq!(json["field"], "cost");
     }
 
     #[test]
-    fn extensions_never_overwrite_standard_members() {
-        let mut extra = Map::new();
-        extra.insert("status".into(), "bogus".into());
-        extra.insert("allowed".into(), false.into());
-        let p = Problem::http(StatusCode::TOO_MANY_REQUESTS, "slow down").with_all(extra);
-        assert_eq!(p.members()["status"], 429);
-        assert_eq!(p.members()["allowed"], false);
-        assert_eq!(p.members()["title"], "Too Many Requests");
+    fn standard_members_come_first() {
+        let text = serde_json::to_string(&Problem::http(StatusCode::NOT_FOUND, "gone"))
+            .expect("serializes");
+        assert_eq!(
+            text,
+            r#"{"type":"about:blank","title":"Not Found","status":404,"detail":"gone"}"#
+        );
     }
 
     #[test]

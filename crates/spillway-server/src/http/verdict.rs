@@ -15,7 +15,7 @@
 
 use crate::http::problem::{self, Problem};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
 use spillway_core::algorithm::Denial;
 use spillway_core::engine::{LimitOutcome, Verdict};
 use spillway_core::rate::format_duration;
@@ -52,44 +52,60 @@ fn enforced(verdict: &Verdict) -> impl Iterator<Item = &LimitOutcome> {
     verdict.outcomes.iter().filter(|o| !o.shadow)
 }
 
-/// The verdict as a JSON object (the success body, and the extension members of a denial).
-pub fn verdict_json(verdict: &Verdict) -> Map<String, Value> {
-    let limits: Vec<Value> = verdict.outcomes.iter().map(limit_json).collect();
-    let mut body = Map::new();
-    body.insert("allowed".into(), verdict.allowed.into());
-    body.insert("tier".into(), verdict.tier.as_ref().into());
-    body.insert(
-        "route".into(),
-        verdict.route.as_deref().map_or(Value::Null, Value::from),
-    );
-    body.insert("cost".into(), verdict.cost.into());
-    body.insert("limits".into(), limits.into());
-    body
+/// A verdict as clients see it: the success body, and the extension members of a denial.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerdictBody {
+    allowed: bool,
+    tier: String,
+    route: Option<String>,
+    cost: u64,
+    limits: Vec<LimitBody>,
 }
 
-fn limit_json(outcome: &LimitOutcome) -> Value {
-    let d = &outcome.decision;
-    let mut limit = json!({
-        "name": outcome.name.as_ref(),
-        "allowed": d.allowed,
-        "limit": d.limit,
-        "remaining": d.remaining,
-        "reset_ms": ceil_ms(d.reset_after),
-        "shadow": outcome.shadow,
-    });
-    if let Some(map) = limit.as_object_mut() {
-        if let Some(retry) = d.retry_after {
-            map.insert("retry_after_ms".into(), ceil_ms(retry).into());
-        }
-        if let Some(denial) = d.denial {
-            let name = match denial {
-                Denial::OverLimit => "over_limit",
-                Denial::CostExceedsLimit => "cost_exceeds_limit",
-            };
-            map.insert("denial".into(), name.into());
+/// One limit's part in a [`VerdictBody`].
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitBody {
+    name: String,
+    allowed: bool,
+    limit: u64,
+    remaining: u64,
+    reset_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    denial: Option<&'static str>,
+    shadow: bool,
+}
+
+impl From<&Verdict> for VerdictBody {
+    fn from(verdict: &Verdict) -> Self {
+        Self {
+            allowed: verdict.allowed,
+            tier: verdict.tier.to_string(),
+            route: verdict.route.as_deref().map(str::to_owned),
+            cost: verdict.cost,
+            limits: verdict.outcomes.iter().map(LimitBody::from).collect(),
         }
     }
-    limit
+}
+
+impl From<&LimitOutcome> for LimitBody {
+    fn from(outcome: &LimitOutcome) -> Self {
+        let d = &outcome.decision;
+        Self {
+            name: outcome.name.to_string(),
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_ms: ceil_ms(d.reset_after),
+            retry_after_ms: d.retry_after.map(ceil_ms),
+            denial: d.denial.map(|denial| match denial {
+                Denial::OverLimit => "over_limit",
+                Denial::CostExceedsLimit => "cost_exceeds_limit",
+            }),
+            shadow: outcome.shadow,
+        }
+    }
 }
 
 /// The rate-limit headers for a verdict, as `spillway_core::headers::render` words them.
@@ -106,7 +122,11 @@ pub fn verdict_headers(verdict: &Verdict) -> HeaderMap {
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
         ) else {
-            tracing::warn!(header = name, value, "skipping a header that is not valid HTTP");
+            tracing::warn!(
+                header = name,
+                value,
+                "skipping a header that is not valid HTTP"
+            );
             continue;
         };
         headers.append(name, value);
@@ -160,12 +180,58 @@ pub fn denial_problem(verdict: &Verdict, status: StatusCode) -> Problem {
             Problem::new(status, problem::RATE_LIMITED, "Rate limit exceeded", detail)
         }
     };
-    problem.with_all(verdict_json(verdict))
+    problem.with_verdict(VerdictBody::from(verdict))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use spillway_core::algorithm::Decision;
+    use spillway_core::policy::FailureMode;
+    use spillway_core::time::SECOND;
+
+    fn outcome(
+        name: &str,
+        denial: Option<Denial>,
+        retry: Option<Micros>,
+        shadow: bool,
+    ) -> LimitOutcome {
+        LimitOutcome {
+            name: name.into(),
+            decision: Decision {
+                allowed: denial.is_none(),
+                limit: 10,
+                remaining: if denial.is_none() { 4 } else { 0 },
+                reset_after: 30 * SECOND + 1,
+                retry_after: retry,
+                denial,
+            },
+            shadow,
+            quota: 10,
+            window: 60 * SECOND,
+        }
+    }
+
+    fn verdict(allowed: bool, outcomes: Vec<LimitOutcome>) -> Verdict {
+        Verdict {
+            allowed,
+            tier: "free".into(),
+            route: Some("POST /v1/generate".into()),
+            failure_mode: FailureMode::Open,
+            cost: 12,
+            outcomes,
+        }
+    }
+
+    #[test]
+    fn members_keep_the_documented_order() {
+        let v = verdict(true, vec![outcome("a", None, None, false)]);
+        let text = serde_json::to_string(&VerdictBody::from(&v)).expect("serializes");
+        assert_eq!(
+            text,
+            r#"{"allowed":true,"tier":"free","route":"POST /v1/generate","cost":12,"limits":[{"name":"a","allowed":true,"limit":10,"remaining":4,"reset_ms":30001,"shadow":false}]}"#
+        );
+    }
 
     #[test]
     fn milliseconds_round_up() {
@@ -173,5 +239,71 @@ mod tests {
         assert_eq!(ceil_ms(1), 1);
         assert_eq!(ceil_ms(1_000), 1);
         assert_eq!(ceil_ms(1_001), 2);
+    }
+
+    #[test]
+    fn bodies_list_every_limit_with_optional_members_only_when_set() {
+        let v = verdict(
+            false,
+            vec![
+                outcome("a", None, None, false),
+                outcome("b", Some(Denial::OverLimit), Some(2 * SECOND), false),
+                outcome("s", Some(Denial::OverLimit), Some(SECOND), true),
+            ],
+        );
+        let body = serde_json::to_value(VerdictBody::from(&v)).expect("serializes");
+        assert_eq!(body["route"], "POST /v1/generate");
+        assert_eq!(body["cost"], 12);
+        assert_eq!(body["limits"][0]["reset_ms"], 30_001);
+        assert!(body["limits"][0].get("retry_after_ms").is_none());
+        assert!(body["limits"][0].get("denial").is_none());
+        assert_eq!(body["limits"][1]["retry_after_ms"], 2_000);
+        assert_eq!(body["limits"][1]["denial"], "over_limit");
+        assert_eq!(body["limits"][2]["shadow"], true);
+    }
+
+    #[test]
+    fn a_cost_that_never_fits_outranks_a_used_up_limit() {
+        let v = verdict(
+            false,
+            vec![
+                outcome("used-up", Some(Denial::OverLimit), Some(5 * SECOND), false),
+                outcome("small", Some(Denial::CostExceedsLimit), None, false),
+            ],
+        );
+        assert_eq!(denial_kind(&v), Some(DenialKind::CostExceedsLimit));
+        assert!(!verdict_headers(&v).contains_key("retry-after"));
+        let problem = denial_problem(&v, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(problem.to_json()["type"], problem::COST_EXCEEDS_LIMIT);
+        let detail = problem.detail();
+        assert!(
+            detail.contains("`small`") && detail.contains("12"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn shadow_denials_do_not_make_a_denial_kind() {
+        let v = verdict(
+            true,
+            vec![outcome("s", Some(Denial::CostExceedsLimit), None, true)],
+        );
+        assert_eq!(denial_kind(&v), None);
+        let v = verdict(
+            false,
+            vec![
+                outcome("s", Some(Denial::CostExceedsLimit), None, true),
+                outcome("real", Some(Denial::OverLimit), Some(SECOND), false),
+            ],
+        );
+        assert_eq!(denial_kind(&v), Some(DenialKind::OverLimit));
+        let problem = denial_problem(&v, StatusCode::FORBIDDEN);
+        assert_eq!(problem.status(), StatusCode::FORBIDDEN);
+        assert_eq!(problem.to_json()["status"], 403);
+        let detail = problem.detail();
+        assert!(
+            detail.contains("`real` (10 per 1m)") && detail.contains("1000 ms"),
+            "{detail}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! per class of validation error. Tests of a single piece (route patterns, number parsing,
 //! path finding) sit next to that piece.
 
+mod reading;
 mod resolution;
 mod validation;
 
@@ -27,4 +28,27 @@ fn reject(text: &str) -> PolicyError {
         Ok(policy) => panic!("policy should be rejected, but loaded: {policy:?}"),
         Err(e) => e,
     }
+}
+
+/// Asserts that `text` is rejected with an issue at `path` on `line` whose message contains
+/// `fragment`, and that the report shows it as `test.yaml:{line}:{column}: {path}: ...`.
+fn expect(text: &str, line: u64, path: &str, fragment: &str) -> PolicyError {
+    let err = reject(text);
+    let Some(issue) = err.errors().iter().find(|i| i.path == path) else {
+        panic!("no issue for `{path}`; got:\n{err}");
+    };
+    assert_eq!(issue.line, line, "wrong line for `{path}`; got:\n{err}");
+    assert!(
+        issue.message.contains(fragment),
+        "`{fragment}` not in:\n{err}"
+    );
+    let prefix = format!("test.yaml:{line}:{}: {path}: ", issue.column);
+    let report = err.to_string();
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(fragment)),
+        "no line starting `{prefix}` in:\n{report}"
+    );
+    err
 }

@@ -311,3 +311,30 @@ fn fingerprints_are_stable_and_depend_on_numbers_and_key_only() {
 }
 
 const PINNED_FINGERPRINT: u64 = 8552820261434623263;
+
+#[test]
+fn requests_without_method_or_path_match_no_specific_route() {
+    let policy = load(EXAMPLE);
+    let mut req = request("t", "u", "POST", "/v1/generate");
+    req.method = None;
+    assert!(policy.resolve(&req).route.is_none());
+    req.method = Some("POST".into());
+    req.path = None;
+    assert!(policy.resolve(&req).route.is_none());
+}
+
+#[test]
+fn failure_modes_read_and_print_in_lowercase() {
+    for mode in [FailureMode::Open, FailureMode::Closed, FailureMode::Degrade] {
+        assert_eq!(mode.to_string().parse::<FailureMode>(), Ok(mode));
+    }
+    assert_eq!(FailureMode::default(), FailureMode::Open);
+    assert!("OPEN".parse::<FailureMode>().is_err());
+}
+
+#[test]
+fn policies_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Policy>();
+    shareable::<Resolved>();
+}

@@ -1,0 +1,190 @@
+//! The command line: `validate` exit codes and messages, `check` against a live server,
+//! `--help` and `--version`, JSON logs, and start-up failures.
+
+mod common;
+
+use common::{parse_listen_line, Server, TempDir};
+use std::path::Path;
+use std::process::{Command, Output};
+
+const GOOD: &str = r#"
+default_tier: free
+limits:
+  user-minute:
+    algorithm: fixed_window
+    limit: 1
+    window: 1m
+    key: [user]
+  ip-minute:
+    algorithm: token_bucket
+    rate: 10/s
+    burst: 20
+    key: [ip]
+global: [ip-minute]
+tiers:
+  free:
+    limits: [user-minute]
+  pro:
+    limits: []
+routes:
+  - match: "GET /health"
+    cost: 2
+"#;
+
+fn spillway(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(args)
+        .output()
+        .expect("run spillway")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn validate_accepts_a_good_policy_and_summarises_it() {
+    let dir = TempDir::new();
+    let file = dir.write("good.yaml", GOOD);
+    let out = spillway(&["validate", &file.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!(
+            "ok: {} is valid (2 limits, 2 tiers, 1 routes)",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn validate_accepts_the_shipped_example() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/spillway.yaml");
+    let out = spillway(&["validate", &example.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("ok: "));
+}
+
+#[test]
+fn validate_rejects_a_bad_policy_with_located_problems() {
+    let dir = TempDir::new();
+    let bad = GOOD
+        .replace("limit: 1\n", "limit: none\n")
+        .replace("rate: 10/s", "rate: fast");
+    let file = dir.write("bad.yaml", &bad);
+    let out = spillway(&["validate", &file.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).is_empty());
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        assert!(
+            line.starts_with(&format!("{}:", file.display())),
+            "{stderr}"
+        );
+    }
+    assert!(stderr.contains("limits.user-minute"), "{stderr}");
+
+    let out = spillway(&["validate", "/nonexistent/spillway.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/spillway.yaml"));
+}
+
+#[tokio::test]
+async fn check_prints_the_verdict_and_exits_by_outcome() {
+    let server = Server::with_policy(GOOD).start();
+    let url = server.url("");
+    let ask = |extra: &[&str]| {
+        let mut args = vec![
+            "check",
+            "--server",
+            &url,
+            "--user",
+            "u",
+            "--ip",
+            "192.0.2.1",
+        ];
+        args.extend_from_slice(extra);
+        spillway(&args)
+    };
+    let peek = ask(&["--peek"]);
+    assert_eq!(peek.status.code(), Some(0), "{}", text(&peek.stderr));
+    let allowed = ask(&[]);
+    assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed.stderr));
+    let stdout = text(&allowed.stdout);
+    assert!(stdout.starts_with("200 OK: allowed"), "{stdout}");
+    assert!(stdout.contains("x-ratelimit-remaining: 0"), "{stdout}");
+    assert!(stdout.contains("\"allowed\": true"), "{stdout}");
+
+    let denied = ask(&["--descriptor", "unused=1"]);
+    assert_eq!(denied.status.code(), Some(1));
+    let stdout = text(&denied.stdout);
+    assert!(
+        stdout.starts_with("429 Too Many Requests: denied"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("retry-after: 60"), "{stdout}");
+
+    let unreachable = spillway(&["check", "--server", "http://127.0.0.1:1"]);
+    assert_eq!(unreachable.status.code(), Some(2));
+    assert!(text(&unreachable.stderr).contains("cannot reach"));
+}
+
+#[test]
+fn help_and_version_describe_the_binary() {
+    let version = spillway(&["--version"]);
+    assert_eq!(version.status.code(), Some(0));
+    assert_eq!(
+        text(&version.stdout).trim(),
+        format!("spillway {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = text(&spillway(&["serve", "--help"]).stdout);
+    for wanted in [
+        "--config",
+        "--listen",
+        "SPILLWAY_DENY_STATUS",
+        "--trusted-proxies",
+    ] {
+        assert!(help.contains(wanted), "missing {wanted}:\n{help}");
+    }
+    assert!(!help.contains("manual-clock"), "{help}");
+    let top = text(&spillway(&["--help"]).stdout);
+    for wanted in ["serve", "validate", "check"] {
+        assert!(top.contains(wanted), "missing {wanted}:\n{top}");
+    }
+}
+
+#[test]
+fn json_logs_still_announce_the_address() {
+    let server = Server::with_policy(GOOD)
+        .args(&["--log-format", "json"])
+        .start();
+    let line = server.wait_for_log("listening on").expect("logged");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(event["level"], "INFO");
+    assert_eq!(parse_listen_line(&line), Some(server.addr()));
+}
+
+#[test]
+fn an_invalid_policy_stops_start_up_with_status_1() {
+    let dir = TempDir::new();
+    let file = dir.write("bad.yaml", "default_tier: [");
+    let out = spillway(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        &file.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(&file.display().to_string()));
+}
+
+#[test]
+fn nonsense_flags_exit_2() {
+    let out = spillway(&["serve", "--deny-status", "200"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = spillway(&["serve", "--log-filter", "[[["]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,149 @@
+//! The nginx recipe in `NGINX.md`, run for real: the `nginx` block is taken from the document
+//! itself (only ports are changed), so the recipe cannot drift from what is tested.
+//!
+//! Needs an `nginx` binary with the auth_request module (Debian's `nginx` package has it). When
+//! none is installed the test says so and passes without checking anything.
+
+mod common;
+
+use common::{header, wait_until, Server, TempDir, PATIENCE};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const POLICY: &str = r#"
+default_tier: free
+limits:
+  ip-minute:
+    algorithm: fixed_window
+    limit: 2
+    window: 1m
+    key: [ip]
+global: [ip-minute]
+tiers:
+  free:
+    limits: []
+"#;
+
+fn find_nginx() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The first ```nginx block of NGINX.md.
+fn recipe() -> String {
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("NGINX.md");
+    let text = std::fs::read_to_string(doc).expect("read NGINX.md");
+    let start = text.find("```nginx\n").expect("an nginx block") + "```nginx\n".len();
+    let end = start + text[start..].find("```").expect("the block ends");
+    text[start..end].to_owned()
+}
+
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    /// SIGTERM, not SIGKILL: only the master can take its worker processes down with it.
+    fn drop(&mut self) {
+        let stopped = Command::new("kill")
+            .args(["-s", "TERM", &self.0.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped || wait_until(PATIENCE, || self.0.try_wait().ok().flatten()).is_none() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_documented_nginx_recipe_turns_denials_into_429_with_headers() {
+    let Some(nginx) = find_nginx() else {
+        eprintln!("skipping: nginx is not installed");
+        return;
+    };
+    let spillway = Server::with_policy(POLICY)
+        .args(&["--deny-status", "403"])
+        .start();
+    let (front, app) = (free_port(), free_port());
+    let dir = TempDir::new();
+    let site = recipe()
+        .replace(
+            "server 127.0.0.1:8080;",
+            &format!("server {};", spillway.addr()),
+        )
+        .replace("listen 80;", &format!("listen 127.0.0.1:{front};"))
+        .replace(
+            "proxy_pass http://app;",
+            &format!("proxy_pass http://127.0.0.1:{app};"),
+        );
+    let tmp = dir.path().display();
+    let conf = format!(
+        "worker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log info;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {tmp}/body;\n  \
+         proxy_temp_path {tmp}/proxy;\n  fastcgi_temp_path {tmp}/fastcgi;\n  \
+         uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n  \
+         server {{ listen 127.0.0.1:{app}; location / {{ return 200 \"from the app\\n\"; }} }}\n\
+         {site}\n}}\n"
+    );
+    let conf_path = dir.write("nginx.conf", &conf);
+    let child = Command::new(nginx)
+        .args([
+            "-e",
+            &format!("{tmp}/error.log"),
+            "-p",
+            &tmp.to_string(),
+            "-c",
+        ])
+        .arg(&conf_path)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let _nginx = Nginx(child);
+    let up = wait_until(PATIENCE, || {
+        std::net::TcpStream::connect(("127.0.0.1", front)).ok()
+    });
+    assert!(
+        up.is_some(),
+        "nginx did not start: {}",
+        std::fs::read_to_string(format!("{tmp}/error.log")).unwrap_or_default()
+    );
+
+    let url = format!("http://127.0.0.1:{front}/some/page");
+    for remaining in ["1", "0"] {
+        let response = spillway.http.get(&url).send().await.expect("sent");
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            header(&response, "x-ratelimit-remaining").as_deref(),
+            Some(remaining)
+        );
+        assert_eq!(
+            header(&response, "x-ratelimit-reset").as_deref(),
+            Some("60")
+        );
+        assert_eq!(
+            header(&response, "ratelimit").map(|v| v.contains("\"ip-minute\"")),
+            Some(true)
+        );
+        assert_eq!(response.text().await.expect("body"), "from the app\n");
+    }
+    let denied = spillway.http.get(&url).send().await.expect("sent");
+    assert_eq!(denied.status(), 429);
+    assert_eq!(header(&denied, "retry-after").as_deref(), Some("60"));
+    assert_eq!(header(&denied, "x-ratelimit-limit").as_deref(), Some("2"));
+    assert_eq!(
+        header(&denied, "content-type").as_deref(),
+        Some("application/problem+json")
+    );
+}

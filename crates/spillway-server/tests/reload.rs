@@ -1,0 +1,153 @@
+//! Hot reload: in-place writes, write-then-rename, a ConfigMap-style symlink swap, a rejected
+//! bad file (old policy keeps serving, `rejected` counted), and `SIGHUP`.
+//!
+//! Reloads are asynchronous, so each test polls (with a deadline) for the limit a peek
+//! reports to change; no test sleeps for a fixed time.
+
+mod common;
+
+use common::{header, metric, wait_until_async, Server, PATIENCE};
+use serde_json::Value;
+
+fn policy(limit: u64) -> String {
+    format!(
+        r#"
+default_tier: free
+limits:
+  user-minute:
+    algorithm: fixed_window
+    limit: {limit}
+    window: 1m
+    key: [user]
+  other-minute:
+    algorithm: fixed_window
+    limit: 1000
+    window: 1m
+    key: [user]
+tiers:
+  free:
+    limits: [user-minute, other-minute]
+"#
+    )
+}
+
+/// The `X-RateLimit-Limit` a peek for user `u` reports (the tighter limit governs).
+async fn current_limit(server: &Server) -> Option<String> {
+    let response = server.post("/v1/check?peek=true", r#"{"user":"u"}"#).await;
+    header(&response, "x-ratelimit-limit")
+}
+
+async fn wait_for_limit(server: &Server, wanted: &str) {
+    let reached = wait_until_async(PATIENCE, || async {
+        (current_limit(server).await.as_deref() == Some(wanted)).then_some(())
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "limit never became {wanted}; logs:\n{}",
+        server.logs().join("\n")
+    );
+}
+
+async fn reloads(server: &Server, outcome: &str) -> f64 {
+    let text = server.metrics().await;
+    metric(
+        &text,
+        "spillway_config_reloads_total",
+        &[("outcome", outcome)],
+    )
+    .unwrap_or(-1.0)
+}
+
+#[tokio::test]
+async fn an_in_place_write_is_picked_up_and_unchanged_counters_survive() {
+    let server = Server::with_policy(&policy(3)).start();
+    assert_eq!(current_limit(&server).await.as_deref(), Some("3"));
+    // Use one request of other-minute's 1000 so we can see its counter survive the reload.
+    server.post("/v1/check", r#"{"user":"u"}"#).await;
+
+    server.rewrite_policy(&policy(5));
+    wait_for_limit(&server, "5").await;
+    assert_eq!(reloads(&server, "success").await, 1.0);
+    assert!(server.wait_for_log("policy reloaded").is_some());
+
+    // user-minute changed, so it starts fresh (5 left before this request); other-minute did
+    // not, so it still remembers the first request.
+    let response = server.post("/v1/check", r#"{"user":"u"}"#).await;
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["limits"][0]["remaining"], 4, "{body}");
+    assert_eq!(body["limits"][1]["remaining"], 998, "{body}");
+
+    let ready: Value = server.get("/readyz").await.json().await.expect("json");
+    assert_eq!(ready["policy"]["limits"], 2);
+}
+
+#[tokio::test]
+async fn a_temp_file_renamed_over_the_policy_is_picked_up() {
+    let server = Server::with_policy(&policy(3)).start();
+    let config = server.config.clone().expect("policy file");
+    let temp = server.dir.write(".spillway.yaml.tmp", &policy(7));
+    std::fs::rename(&temp, &config).expect("rename over the policy");
+    wait_for_limit(&server, "7").await;
+}
+
+#[tokio::test]
+async fn a_configmap_style_symlink_swap_is_picked_up() {
+    let server = Server::with_policy(&policy(3)).start();
+    // Rebuild Kubernetes' layout beside the original file:
+    // k8s.yaml -> ..data/spillway.yaml, ..data -> ..v1, swapped by renaming a new link.
+    let dir = server.dir.path();
+    std::fs::create_dir(dir.join("..v1")).expect("mkdir");
+    std::fs::write(dir.join("..v1/spillway.yaml"), policy(3)).expect("write v1");
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).expect("link data");
+    let config = server.config.clone().expect("policy file");
+    std::fs::remove_file(&config).expect("remove plain file");
+    std::os::unix::fs::symlink("..data/spillway.yaml", &config).expect("link config");
+
+    std::fs::create_dir(dir.join("..v2")).expect("mkdir");
+    std::fs::write(dir.join("..v2/spillway.yaml"), policy(9)).expect("write v2");
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).expect("link tmp");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap");
+    wait_for_limit(&server, "9").await;
+}
+
+#[tokio::test]
+async fn a_bad_file_is_rejected_and_the_old_policy_keeps_serving() {
+    let server = Server::with_policy(&policy(3)).start();
+    server.rewrite_policy(&policy(3).replace("limit: 3", "limit: lots"));
+    let rejected = wait_until_async(PATIENCE, || async {
+        (reloads(&server, "rejected").await == 1.0).then_some(())
+    })
+    .await;
+    assert!(rejected.is_some(), "logs:\n{}", server.logs().join("\n"));
+    assert_eq!(reloads(&server, "success").await, 0.0);
+    assert_eq!(current_limit(&server).await.as_deref(), Some("3"));
+    let line = server
+        .wait_for_log("policy reload rejected")
+        .expect("rejection logged");
+    let config = server.config.as_ref().expect("policy file");
+    assert!(line.contains(&config.display().to_string()), "{line}");
+    assert!(
+        line.contains("user-minute"),
+        "the log should name the field: {line}"
+    );
+
+    // Fixing the file recovers.
+    server.rewrite_policy(&policy(4));
+    wait_for_limit(&server, "4").await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_even_an_unchanged_file() {
+    let server = Server::with_policy(&policy(3)).start();
+    server.signal("HUP");
+    let reloaded = wait_until_async(PATIENCE, || async {
+        (reloads(&server, "success").await == 1.0).then_some(())
+    })
+    .await;
+    assert!(reloaded.is_some(), "logs:\n{}", server.logs().join("\n"));
+    let line = server.wait_for_log("policy reloaded").expect("logged");
+    assert!(line.contains("SIGHUP"), "{line}");
+    // Still serving.
+    assert_eq!(current_limit(&server).await.as_deref(), Some("3"));
+}

@@ -1,0 +1,109 @@
+//! Graceful shutdown: after SIGTERM the server stops accepting, still completes a request that
+//! was in flight, and exits 0; a request that never completes is abandoned once the grace
+//! period is over, and the process still exits 0.
+//!
+//! These tests speak raw HTTP/1.1 over a socket so they can hold a request half-sent.
+
+mod common;
+
+use common::{wait_until, Server, PATIENCE};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+const POLICY: &str = r#"
+default_tier: free
+limits:
+  user-minute:
+    algorithm: fixed_window
+    limit: 10
+    window: 1m
+    key: [user]
+tiers:
+  free:
+    limits: [user-minute]
+"#;
+
+const BODY: &str = r#"{"user":"u"}"#;
+
+/// Sends a `POST /v1/check` with its headers and only the first bytes of its body, then waits
+/// until the server has logged that the request started, so it is truly in flight.
+fn start_half_sent_request(server: &Server) -> TcpStream {
+    let mut stream = TcpStream::connect(server.addr()).expect("connect");
+    stream
+        .set_read_timeout(Some(PATIENCE))
+        .expect("read timeout");
+    let head = format!(
+        "POST /v1/check HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        BODY.len()
+    );
+    stream.write_all(head.as_bytes()).expect("send head");
+    stream
+        .write_all(&BODY.as_bytes()[..4])
+        .expect("send part of the body");
+    assert!(
+        server.wait_for_log("request started").is_some(),
+        "the request never started; logs:\n{}",
+        server.logs().join("\n")
+    );
+    stream
+}
+
+fn debug_server(extra: &[&str]) -> Server {
+    Server::with_policy(POLICY)
+        .args(&["--log-filter", "spillway_server=debug"])
+        .args(extra)
+        .start()
+}
+
+#[test]
+fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() {
+    let mut server = debug_server(&[]);
+    let mut stream = start_half_sent_request(&server);
+
+    server.signal("TERM");
+    assert!(server.wait_for_log("shutting down").is_some());
+    // No new connections are accepted once the drain has begun.
+    let refused = wait_until(PATIENCE, || TcpStream::connect(server.addr()).err());
+    assert!(refused.is_some(), "the listener stayed open after SIGTERM");
+
+    // The request that was already in flight is answered in full.
+    stream
+        .write_all(&BODY.as_bytes()[4..])
+        .expect("send the rest of the body");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.contains("\"allowed\":true"), "{response}");
+
+    let status = server.wait_exit(PATIENCE).expect("the server exits");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "logs:\n{}",
+        server.logs().join("\n")
+    );
+    assert!(server.wait_for_log("in-flight requests finished").is_some());
+}
+
+#[test]
+fn a_request_that_never_completes_is_abandoned_after_the_grace_period() {
+    let mut server = debug_server(&["--shutdown-grace", "300ms"]);
+    let _stream = start_half_sent_request(&server);
+    server.signal("TERM");
+    let status = server.wait_exit(PATIENCE).expect("the server exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(server.wait_for_log("grace period over").is_some());
+}
+
+#[test]
+fn sigint_on_an_idle_server_exits_zero_promptly() {
+    let mut server = Server::with_policy(POLICY).start();
+    server.signal("INT");
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("the server exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(server.wait_for_log("stopped").is_some());
+}
