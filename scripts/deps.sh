@@ -27,4 +27,9 @@ need() {
 # What `scripts/test.sh` needs besides the Rust toolchain.
 ensure_test_deps() {
   command -v cargo >/dev/null 2>&1 || { echo "error: cargo (Rust toolchain) is required" >&2; return 1; }
+  # tests/nginx.rs runs real nginx (Debian's package has the auth_request module).
+  PATH="$PATH:/usr/sbin" need nginx nginx
+  # The Redis store's tests start their own redis-server processes and clusters.
+  need redis-server redis-server
+  need redis-cli redis-tools
 }

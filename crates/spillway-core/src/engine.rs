@@ -5,7 +5,8 @@
 //! that are in flight; each check works on the one snapshot it loaded.
 
 use crate::algorithm::{Decision, Denial};
-use crate::policy::{FailureMode, Policy};
+use crate::key::StateKey;
+use crate::policy::{FailureMode, LimitDef, Policy};
 use crate::request::{CheckMode, RequestAttrs};
 use crate::store::{admits, Check, Store, StoreError};
 use crate::time::{Clock, Micros};
@@ -66,6 +67,17 @@ impl Verdict {
     }
 }
 
+/// One limit of a request resolved outside the policy, for [`Engine::check_planned`].
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The limit.
+    pub def: Arc<LimitDef>,
+    /// Its counter for this request.
+    pub key: StateKey,
+    /// What this request costs against it.
+    pub cost: u64,
+}
+
 /// Checks requests against the current policy and a store.
 pub struct Engine {
     policy: ArcSwap<Policy>,
@@ -108,6 +120,43 @@ impl Engine {
     /// The node's clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// Decides a request whose limits the caller worked out itself (the Envoy service does,
+    /// from descriptors), each with its own cost. All of them go to the store in one atomic
+    /// call, so the all-or-nothing rule holds across them. Returns whether the request is
+    /// admitted and each limit's outcome, in the order given.
+    pub async fn check_planned(
+        &self,
+        planned: &[Planned],
+        mode: CheckMode,
+    ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
+        if planned.is_empty() {
+            return Ok((true, Vec::new()));
+        }
+        let checks: Vec<Check<'_>> = planned
+            .iter()
+            .map(|p| Check {
+                key: &p.key,
+                params: &p.def.params,
+                cost: p.cost,
+                enforced: !p.def.shadow,
+            })
+            .collect();
+        let decisions = self.store.check(&checks, mode).await?;
+        let allowed = admits(&checks, &decisions);
+        let outcomes = planned
+            .iter()
+            .zip(decisions)
+            .map(|(p, decision)| LimitOutcome {
+                name: p.def.name.clone(),
+                decision,
+                shadow: p.def.shadow,
+                quota: p.def.params.quota(),
+                window: p.def.params.window(),
+            })
+            .collect();
+        Ok((allowed, outcomes))
     }
 
     /// Decides one request. With [`CheckMode::Consume`] an admitted request is charged against

@@ -10,11 +10,13 @@
 //! - [`key`]: the identity of one limit's counter.
 //! - [`store`]: where state lives; [`store::MemoryStore`] is the embedded default.
 //! - [`engine`]: multi-limit, all-or-nothing verdicts over a store.
+//! - [`envoy_config`]: envoyproxy/ratelimit's descriptor YAML, compiled onto the same limits.
 //! - [`headers`]: `X-RateLimit-*`, `Retry-After`, `RateLimit` and `RateLimit-Policy`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod algorithm;
+pub mod envoy_config;
 pub mod key;
 pub mod policy;
 pub mod rate;

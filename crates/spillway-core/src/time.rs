@@ -59,6 +59,7 @@ fn anchor() -> &'static Anchor {
 }
 
 impl Clock for SystemClock {
+    #[inline]
     fn now(&self) -> Micros {
         let a = anchor();
         a.unix + a.clock.now().duration_since(a.start).as_micros() as Micros

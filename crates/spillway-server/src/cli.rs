@@ -73,6 +73,11 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_keys: u64,
 
+    /// Store override: `memory`, `redis://host:port`, or `cluster+redis://a:6379,redis://b:6379`
+    /// for a Redis Cluster's seed nodes. Wins over the policy's `store:` section.
+    #[arg(long, env = "SPILLWAY_STORE_URL", value_name = "URL")]
+    pub store_url: Option<String>,
+
     /// Log line format.
     #[arg(long, env = "SPILLWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -159,6 +164,31 @@ pub struct ServeArgs {
     #[arg(long, env = "SPILLWAY_FORWARDED_FOR_HEADER", value_name = "NAME",
           default_value = "X-Forwarded-For", value_parser = parse_header)]
     pub forwarded_for_header: HeaderName,
+
+    /// Serve Envoy's rate-limit gRPC service (RLS v3) and gRPC health on this address; off
+    /// when unset. Port 0 picks a free port (logged as `grpc listening on <addr>`).
+    #[arg(long, env = "SPILLWAY_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<SocketAddr>,
+
+    /// The gRPC domain whose descriptors are judged by the main policy (entries `tenant`,
+    /// `user`, `ip`/`remote_address`, `method`, `path`, `tier`, or a declared descriptor).
+    #[arg(
+        long,
+        env = "SPILLWAY_GRPC_POLICY_DOMAIN",
+        value_name = "DOMAIN",
+        default_value = "spillway"
+    )]
+    pub grpc_policy_domain: String,
+
+    /// envoyproxy/ratelimit config file or directory (one domain per file); repeat, or
+    /// separate with commas in the variable. Watched and reloaded like the policy.
+    #[arg(
+        long,
+        env = "SPILLWAY_ENVOY_CONFIG",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub envoy_config: Vec<PathBuf>,
 
     /// TEST ONLY: run on a manual clock starting at this many milliseconds since the epoch,
     /// and expose `POST /debug/clock` to move it. Never use in production.

@@ -5,6 +5,8 @@
 //! a file-change reload and a `SIGHUP` reload go through exactly the same steps.
 
 use crate::cli::ServeArgs;
+use crate::grpc::source::EnvoySource;
+use crate::grpc::GrpcSettings;
 use crate::http::authorize::{AuthorizeSettings, HeaderMapping};
 use crate::http::client_ip::ForwardingHeaders;
 use axum::http::StatusCode;
@@ -28,6 +30,8 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// Capacity of the in-memory store, in keys.
     pub max_keys: u64,
+    /// `--store-url`: overrides the policy's `store:` section.
+    pub store_url: Option<String>,
     /// How long in-flight requests get after a shutdown signal.
     pub shutdown_grace: Duration,
     /// The policy's origin.
@@ -36,6 +40,8 @@ pub struct ServerSettings {
     pub authorize: AuthorizeSettings,
     /// Start of the manual clock (test only), in milliseconds since the epoch.
     pub manual_clock_ms: Option<u64>,
+    /// Envoy's rate-limit service over gRPC.
+    pub grpc: GrpcSettings,
 }
 
 impl ServerSettings {
@@ -51,6 +57,7 @@ impl ServerSettings {
         Ok(Self {
             listen: args.listen,
             max_keys: args.max_keys,
+            store_url: args.store_url,
             shutdown_grace: args.shutdown_grace,
             policy: args
                 .config
@@ -74,8 +81,30 @@ impl ServerSettings {
                 },
             },
             manual_clock_ms: args.manual_clock,
+            grpc: grpc_settings(args.grpc_listen, args.grpc_policy_domain, args.envoy_config)?,
         })
     }
+}
+
+/// Checks the gRPC flags: Envoy config files only make sense with a gRPC port to serve them.
+fn grpc_settings(
+    listen: Option<SocketAddr>,
+    policy_domain: String,
+    envoy: Vec<PathBuf>,
+) -> Result<GrpcSettings, String> {
+    if listen.is_none() && !envoy.is_empty() {
+        return Err(
+            "--envoy-config needs --grpc-listen (the Envoy config is served over gRPC)".into(),
+        );
+    }
+    if policy_domain.trim().is_empty() {
+        return Err("--grpc-policy-domain must not be empty".into());
+    }
+    Ok(GrpcSettings {
+        listen,
+        policy_domain: policy_domain.trim().to_owned(),
+        envoy: EnvoySource { paths: envoy },
+    })
 }
 
 /// Where the policy is read from.

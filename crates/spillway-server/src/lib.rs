@@ -9,9 +9,11 @@
 //!   the policy comes from ([`config::PolicySource`]).
 //! - [`clock`]: the clock the process runs on (the system clock, or a manual one for tests).
 //! - [`app`]: the shared state every handler sees, and the router that maps paths to handlers.
+//! - [`grpc`]: Envoy's rate-limit service (RLS v3) and gRPC health, on their own port.
 //! - [`http`]: one module per endpoint, plus the shared problem-document and verdict rendering.
 //! - [`metrics`]: the Prometheus recorder and the names of everything it exports.
 //! - [`reload`]: hot policy reload on file changes and on `SIGHUP`.
+//! - [`store`]: builds the store the policy's `store:` section (or `--store-url`) names.
 //! - [`sweeper`]: the once-a-second task that expires keys and refreshes store gauges.
 //! - [`shutdown`]: the one shared shutdown signal and the OS signals that fire it.
 //! - [`serve`], [`validate`], [`client`]: the three subcommands.
@@ -24,11 +26,13 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod grpc;
 pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod reload;
 pub mod serve;
 pub mod shutdown;
+pub mod store;
 pub mod sweeper;
 pub mod validate;

@@ -76,6 +76,10 @@ impl ReloadOutcome {
 pub fn install() -> Result<PrometheusHandle, BuildError> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(CHECK_DURATION.to_owned()), CHECK_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(crate::store::ROUNDTRIP.to_owned()),
+            crate::store::ROUNDTRIP_BUCKETS,
+        )?
         .build_recorder();
     let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_err() {

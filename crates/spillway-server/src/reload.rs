@@ -85,6 +85,12 @@ impl Reloader {
         let parsed = self.source.parse(&text);
         self.last_text = text;
         let outcome = match parsed {
+            Ok(policy) if policy.store() != self.app.engine.policy().store() => {
+                tracing::warn!(%source, trigger = trigger.name(),
+                    "policy reload rejected: the store: section changed, which needs a restart; \
+                     keeping the previous policy");
+                ReloadOutcome::Rejected
+            }
             Ok(policy) => {
                 let limits = policy.limits().count();
                 self.app.engine.replace_policy(Arc::new(policy));
@@ -115,13 +121,37 @@ fn watched_dir(file: &Path) -> PathBuf {
     }
 }
 
-/// Starts watching the policy's directory (when it has one) and listening for `SIGHUP`.
+/// Something the reload task keeps current: the policy, or the Envoy descriptor config.
+pub trait Reload: Send + 'static {
+    /// The directories whose changes should trigger a reload; empty when there is nothing
+    /// on disk to follow (the built-in policy).
+    fn watch_dirs(&self) -> Vec<PathBuf>;
+
+    /// Reads the source and applies it if it changed (or unconditionally on `SIGHUP`).
+    fn reload(
+        &mut self,
+        trigger: Trigger,
+    ) -> impl std::future::Future<Output = Option<ReloadOutcome>> + Send;
+}
+
+impl Reload for Reloader {
+    fn watch_dirs(&self) -> Vec<PathBuf> {
+        self.source.path().map(watched_dir).into_iter().collect()
+    }
+
+    async fn reload(&mut self, trigger: Trigger) -> Option<ReloadOutcome> {
+        Reloader::reload(self, trigger).await
+    }
+}
+
+/// Starts watching the reloadable's directories (when it has any) and listening for `SIGHUP`.
 /// A watcher that cannot start is logged and left out; `SIGHUP` still works.
-pub fn spawn(mut reloader: Reloader, shutdown: Shutdown) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn<R: Reload>(mut reloader: R, shutdown: Shutdown) -> std::io::Result<JoinHandle<()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup())?;
     let (events_tx, mut events) = mpsc::channel::<()>(16);
-    let watcher = reloader.source.path().map(watched_dir).and_then(|dir| {
+    let dirs = reloader.watch_dirs();
+    let watcher = (!dirs.is_empty()).then_some(()).and_then(|()| {
         let started = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             match event {
                 // Reads (ours included) are not changes; reacting to them would loop.
@@ -134,16 +164,23 @@ pub fn spawn(mut reloader: Reloader, shutdown: Shutdown) -> std::io::Result<Join
             }
         })
         .and_then(|mut watcher| {
-            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+            for dir in &dirs {
+                watcher.watch(dir, RecursiveMode::NonRecursive)?;
+            }
             Ok(watcher)
         });
+        let dir = dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         match started {
             Ok(watcher) => {
-                tracing::info!(dir = %dir.display(), "watching the policy directory for changes");
+                tracing::info!(%dir, "watching the policy directory for changes");
                 Some(watcher)
             }
             Err(err) => {
-                tracing::warn!(dir = %dir.display(), error = %err,
+                tracing::warn!(%dir, error = %err,
                     "cannot watch the policy directory; reload with SIGHUP instead");
                 None
             }
@@ -156,7 +193,7 @@ pub fn spawn(mut reloader: Reloader, shutdown: Shutdown) -> std::io::Result<Join
             tokio::select! {
                 _ = shutdown.triggered() => break,
                 _ = hangup.recv() => {
-                    if reloader.source.path().is_none() {
+                    if dirs.is_empty() {
                         tracing::info!("SIGHUP: running on the built-in policy; nothing to reload");
                         continue;
                     }

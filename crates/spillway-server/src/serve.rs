@@ -15,11 +15,11 @@ use crate::clock::ServerClock;
 use crate::config::{PolicyInfo, ServerSettings};
 use crate::reload::{self, Reloader};
 use crate::shutdown::{self, Shutdown};
-use crate::{logging, metrics, sweeper};
+use crate::{grpc, logging, metrics, sweeper};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use spillway_core::engine::Engine;
-use spillway_core::store::{MemoryStore, Store};
+use spillway_core::store::Store;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -79,8 +79,10 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         .with_context(|| format!("the policy {source} is invalid"))?;
     let limits = policy.limits().count();
 
-    let max_keys = usize::try_from(settings.max_keys).unwrap_or(usize::MAX);
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(max_keys, clock.shared()));
+    let store_config = crate::store::effective(policy.store(), settings.store_url.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let store: Arc<dyn Store> =
+        crate::store::build(&store_config, settings.max_keys, clock.shared()).await?;
     let engine = Engine::new(Arc::new(policy), store.clone(), clock.shared());
     let recorder = metrics::install().context("cannot set up metrics")?;
     let app = Arc::new(AppState {
@@ -108,6 +110,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         .local_addr()
         .context("cannot read the bound address")?;
     tracing::info!(policy = %source, limits, "listening on {addr}");
+    let grpc = grpc::start(&settings.grpc, app.clone(), shutdown.clone()).await?;
 
     let stop = shutdown.clone();
     let service = app::router(app).into_make_service_with_connect_info::<SocketAddr>();
@@ -135,6 +138,9 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         }
     }
     shutdown.trigger();
+    if let Some(grpc) = grpc {
+        grpc.finish(settings.shutdown_grace, &shutdown).await;
+    }
     reload_task.abort();
     sweep_task.abort();
     tracing::info!("stopped");

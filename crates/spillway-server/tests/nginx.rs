@@ -1,8 +1,10 @@
-//! The nginx recipe in `NGINX.md`, run for real: the `nginx` block is taken from the document
-//! itself (only ports are changed), so the recipe cannot drift from what is tested.
+//! The shipped nginx config (`deploy/nginx/spillway.conf`), run for real: only its addresses
+//! are changed, so the file cannot drift from what is tested. A small upstream on loopback
+//! counts the requests that reach it, so the test can tell that a denied request never did.
 //!
-//! Needs an `nginx` binary with the auth_request module (Debian's `nginx` package has it). When
-//! none is installed the test says so and passes without checking anything.
+//! Needs an `nginx` binary with the auth_request module (Debian's `nginx` package has it;
+//! `scripts/test.sh` installs it). Without one the test is skipped, except under CI
+//! (`CI=true`), where a missing nginx is a failure.
 
 mod common;
 
@@ -10,6 +12,8 @@ use common::{header, wait_until, Server, TempDir, PATIENCE};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 const POLICY: &str = r#"
 default_tier: free
@@ -39,13 +43,29 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// The first ```nginx block of NGINX.md.
-fn recipe() -> String {
-    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("NGINX.md");
-    let text = std::fs::read_to_string(doc).expect("read NGINX.md");
-    let start = text.find("```nginx\n").expect("an nginx block") + "```nginx\n".len();
-    let end = start + text[start..].find("```").expect("the block ends");
-    text[start..end].to_owned()
+/// The shipped config, `deploy/nginx/spillway.conf`.
+fn shipped_config() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/spillway.conf");
+    std::fs::read_to_string(path).expect("read deploy/nginx/spillway.conf")
+}
+
+/// An upstream on loopback that answers every request and counts them.
+async fn counting_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            "from the app\n"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, hits)
 }
 
 struct Nginx(Child);
@@ -65,35 +85,35 @@ impl Drop for Nginx {
 }
 
 #[tokio::test]
-async fn the_documented_nginx_recipe_turns_denials_into_429_with_headers() {
+async fn the_shipped_nginx_config_turns_denials_into_429_and_shields_the_upstream() {
     let Some(nginx) = find_nginx() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nginx is not installed (scripts/test.sh installs it)"
+        );
         eprintln!("skipping: nginx is not installed");
         return;
     };
     let spillway = Server::with_policy(POLICY)
         .args(&["--deny-status", "403"])
         .start();
-    let (front, app) = (free_port(), free_port());
+    let (upstream, hits) = counting_upstream().await;
+    let front = free_port();
     let dir = TempDir::new();
-    let site = recipe()
+    let site = shipped_config()
         .replace(
             "server 127.0.0.1:8080;",
             &format!("server {};", spillway.addr()),
         )
-        .replace("listen 80;", &format!("listen 127.0.0.1:{front};"))
-        .replace(
-            "proxy_pass http://app;",
-            &format!("proxy_pass http://127.0.0.1:{app};"),
-        );
+        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"))
+        .replace("listen 80;", &format!("listen 127.0.0.1:{front};"));
     let tmp = dir.path().display();
     let conf = format!(
         "worker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log info;\n\
          events {{ worker_connections 64; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {tmp}/body;\n  \
          proxy_temp_path {tmp}/proxy;\n  fastcgi_temp_path {tmp}/fastcgi;\n  \
-         uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n  \
-         server {{ listen 127.0.0.1:{app}; location / {{ return 200 \"from the app\\n\"; }} }}\n\
-         {site}\n}}\n"
+         uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n{site}\n}}\n"
     );
     let conf_path = dir.write("nginx.conf", &conf);
     let child = Command::new(nginx)
@@ -145,5 +165,18 @@ async fn the_documented_nginx_recipe_turns_denials_into_429_with_headers() {
     assert_eq!(
         header(&denied, "content-type").as_deref(),
         Some("application/problem+json")
+    );
+    assert_eq!(
+        header(&denied, "x-ratelimit-remaining").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        header(&denied, "ratelimit-policy").as_deref(),
+        Some("\"ip-minute\";q=2;w=60")
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "the denied request reached the upstream"
     );
 }

@@ -44,6 +44,7 @@ impl FixedWindow {
     }
 
     /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
+    #[inline]
     pub fn evaluate(
         &self,
         state: Option<&FixedWindowState>,

@@ -7,7 +7,7 @@
 //! is kept as a whole microsecond plus a remainder in units of `1 / tokens` microsecond; both
 //! parts stay small enough for a Lua double.
 
-use super::{clamp_u64, Decision, Evaluation, ScaledRate};
+use super::{Decision, Evaluation, ScaledRate};
 use crate::rate::Rate;
 use crate::time::Micros;
 
@@ -35,6 +35,11 @@ impl Gcra {
         Ok(Self { rate, burst })
     }
 
+    /// The emission rate in scaled form, for stores that mirror this function elsewhere (Redis Lua).
+    pub fn rate(&self) -> ScaledRate {
+        self.rate
+    }
+
     /// The most admitted at once.
     pub fn burst(&self) -> u64 {
         self.burst
@@ -46,38 +51,44 @@ impl Gcra {
     }
 
     /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
+    #[inline]
     pub fn evaluate(&self, state: Option<&GcraState>, now: Micros, cost: u64) -> Evaluation<GcraState> {
-        let per = self.rate.tokens as u128;
-        // Work in "scaled time": microseconds x rate.tokens, where one token is rate.micros.
-        let now_s = now as u128 * per;
-        let tat_s = state.map_or(now_s, |s| s.tat as u128 * per + s.rem as u128).max(now_s);
-        let window = self.rate.scale(self.burst);
-        let debt = tat_s - now_s; // scaled units of tokens in use
-        let to_state = |t: u128| GcraState {
-            tat: clamp_u64(t / per),
-            rem: clamp_u64(t % per),
+        // Everything is measured from `now` in scaled units (one token is rate.micros units,
+        // one microsecond is rate.tokens units), so no product involves the absolute time and
+        // every quantity stays below 2^53 (which the Lua mirror relies on).
+        let per = self.rate.tokens;
+        let debt = match state {
+            Some(s) if s.tat > now => (s.tat - now).saturating_mul(per).saturating_add(s.rem),
+            Some(s) if s.tat == now => s.rem,
+            _ => 0,
         };
-        let remaining = |d: u128| self.rate.whole(window.saturating_sub(d));
-        let fresh_in = |d: u128| self.rate.time_for(d);
+        let window = self.rate.scale(self.burst);
+        // The TAT `debt` scaled units after `now`.
+        let to_state = |d: u64| GcraState {
+            tat: now + d / per,
+            rem: d % per,
+        };
+        let remaining = |d: u64| self.rate.whole(window.saturating_sub(d));
+        let fresh_in = |d: u64| self.rate.time_for(d);
         if cost > self.burst {
             return Evaluation {
                 decision: Decision::too_costly(self.burst, remaining(debt), fresh_in(debt)),
-                state: to_state(tat_s),
+                state: to_state(debt),
                 expires_at: now + fresh_in(debt),
             };
         }
-        let new_debt = debt + self.rate.scale(cost);
+        let new_debt = debt.saturating_add(self.rate.scale(cost));
         if new_debt <= window {
             Evaluation {
                 decision: Decision::allow(self.burst, remaining(new_debt), fresh_in(new_debt)),
-                state: to_state(tat_s + self.rate.scale(cost)),
+                state: to_state(new_debt),
                 expires_at: now + fresh_in(new_debt),
             }
         } else {
             let retry = self.rate.time_for(new_debt - window);
             Evaluation {
                 decision: Decision::over_limit(self.burst, remaining(debt), fresh_in(debt), retry),
-                state: to_state(tat_s),
+                state: to_state(debt),
                 expires_at: now + fresh_in(debt),
             }
         }

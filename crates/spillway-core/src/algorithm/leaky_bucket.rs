@@ -3,7 +3,7 @@
 //! same traffic as a token bucket whose tokens are the bucket's free space, but reads the way
 //! traffic-shaping people think of it (level and drain rather than tokens and refill).
 
-use super::{clamp_u64, Decision, Evaluation, ScaledRate};
+use super::{Decision, Evaluation, ScaledRate};
 use crate::rate::Rate;
 use crate::time::Micros;
 
@@ -31,6 +31,11 @@ impl LeakyBucket {
         Ok(Self { drain, capacity })
     }
 
+    /// The drain rate in scaled form, for stores that mirror this function elsewhere (Redis Lua).
+    pub fn drain(&self) -> ScaledRate {
+        self.drain
+    }
+
     /// The bucket's capacity.
     pub fn capacity(&self) -> u64 {
         self.capacity
@@ -42,6 +47,7 @@ impl LeakyBucket {
     }
 
     /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
+    #[inline]
     pub fn evaluate(
         &self,
         state: Option<&LeakyBucketState>,
@@ -53,16 +59,16 @@ impl LeakyBucket {
             None => (0, now),
             Some(s) => {
                 let drained = self.drain.refill(now.saturating_sub(s.last_leak));
-                ((s.level as u128).saturating_sub(drained), now.max(s.last_leak))
+                (s.level.saturating_sub(drained), now.max(s.last_leak))
             }
         };
-        let space = |l: u128| self.drain.whole(capacity - l);
-        let empty_in = |l: u128| self.drain.time_for(l);
-        let keep = |l: u128| LeakyBucketState {
-            level: clamp_u64(l),
+        let space = |l: u64| self.drain.whole(capacity - l);
+        let empty_in = |l: u64| self.drain.time_for(l);
+        let keep = |l: u64| LeakyBucketState {
+            level: l,
             last_leak: last,
         };
-        let poured = level + self.drain.scale(cost);
+        let poured = level.saturating_add(self.drain.scale(cost));
         let decision = if cost > self.capacity {
             Decision::too_costly(self.capacity, space(level), empty_in(level))
         } else if poured <= capacity {

@@ -28,6 +28,8 @@ use crate::time::Micros;
 
 /// The largest scaled quantity a limit may store; 2^53 keeps every value exact in a Lua double.
 pub const MAX_SCALED: u128 = 1 << 53;
+// The bucket algorithms do their arithmetic in u64: every stored amount is at most
+// MAX_SCALED, and products that could overflow saturate (a saturated refill means "full").
 
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +60,7 @@ pub struct Decision {
 }
 
 impl Decision {
+    #[inline]
     fn allow(limit: u64, remaining: u64, reset_after: Micros) -> Self {
         Self {
             allowed: true,
@@ -69,6 +72,7 @@ impl Decision {
         }
     }
 
+    #[inline]
     fn over_limit(limit: u64, remaining: u64, reset_after: Micros, retry_after: Micros) -> Self {
         Self {
             allowed: false,
@@ -80,6 +84,7 @@ impl Decision {
         }
     }
 
+    #[inline]
     fn too_costly(limit: u64, remaining: u64, reset_after: Micros) -> Self {
         Self {
             allowed: false,
@@ -179,6 +184,7 @@ impl LimitParams {
 
     /// Checks a request of `cost` at `now` against `state` (`None` for a key never seen or
     /// already expired). A state of another algorithm's shape counts as a fresh key.
+    #[inline]
     pub fn evaluate(&self, state: Option<StateRef<'_>>, now: Micros, cost: u64) -> Evaluation<State> {
         fn wrap<S>(e: Evaluation<S>, f: impl FnOnce(S) -> State) -> Evaluation<State> {
             Evaluation {
@@ -271,32 +277,29 @@ impl ScaledRate {
         }
     }
 
-    /// `n` whole tokens in scaled units.
-    pub fn scale(&self, n: u64) -> u128 {
-        n as u128 * self.micros as u128
+    /// `n` whole tokens in scaled units (saturating; stored amounts stay below 2^53).
+    #[inline]
+    pub fn scale(&self, n: u64) -> u64 {
+        n.saturating_mul(self.micros)
     }
 
-    /// Scaled units refilled over `elapsed` microseconds.
-    pub fn refill(&self, elapsed: Micros) -> u128 {
-        elapsed as u128 * self.tokens as u128
+    /// Scaled units refilled over `elapsed` microseconds (saturating: a long-idle key simply
+    /// refills completely).
+    #[inline]
+    pub fn refill(&self, elapsed: Micros) -> u64 {
+        elapsed.saturating_mul(self.tokens)
     }
 
     /// Microseconds needed to refill `units` scaled units, rounded up.
-    pub fn time_for(&self, units: u128) -> Micros {
-        // Stored quantities stay below 2^53, so the 64-bit division is the usual path; a
-        // 128-bit division costs several times more on the hot path.
-        match u64::try_from(units) {
-            Ok(u) => u.div_ceil(self.tokens),
-            Err(_) => clamp_u64(units.div_ceil(self.tokens as u128)),
-        }
+    #[inline]
+    pub fn time_for(&self, units: u64) -> Micros {
+        units.div_ceil(self.tokens)
     }
 
     /// Whole tokens in `units` scaled units, rounded down.
-    pub fn whole(&self, units: u128) -> u64 {
-        match u64::try_from(units) {
-            Ok(u) => u / self.micros,
-            Err(_) => clamp_u64(units / self.micros as u128),
-        }
+    #[inline]
+    pub fn whole(&self, units: u64) -> u64 {
+        units / self.micros
     }
 
     /// Checks that `capacity` tokens fit in [`MAX_SCALED`].
@@ -304,7 +307,7 @@ impl ScaledRate {
         if capacity == 0 {
             return Err(format!("{what} must be at least 1"));
         }
-        if self.scale(capacity) > MAX_SCALED {
+        if capacity as u128 * self.micros as u128 > MAX_SCALED {
             return Err(format!(
                 "{what} {capacity} is too large for this rate's precision \
                  (capacity x period must stay below 2^53 microseconds)"

@@ -54,6 +54,7 @@ impl SlidingWindow {
     }
 
     /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
+    #[inline]
     pub fn evaluate(
         &self,
         state: Option<&SlidingWindowState>,

@@ -1,7 +1,7 @@
 //! Token bucket: a bucket of `burst` tokens that refills continuously at `rate`; a request
 //! takes `cost` tokens if that many are there. A new key starts full.
 
-use super::{clamp_u64, Decision, Evaluation, ScaledRate};
+use super::{Decision, Evaluation, ScaledRate};
 use crate::rate::Rate;
 use crate::time::Micros;
 
@@ -29,6 +29,11 @@ impl TokenBucket {
         Ok(Self { rate, burst })
     }
 
+    /// The refill rate in scaled form, for stores that mirror this function elsewhere (Redis Lua).
+    pub fn rate(&self) -> ScaledRate {
+        self.rate
+    }
+
     /// The bucket's capacity.
     pub fn burst(&self) -> u64 {
         self.burst
@@ -40,6 +45,7 @@ impl TokenBucket {
     }
 
     /// Checks `cost` tokens at `now`; see [`super::LimitParams::evaluate`].
+    #[inline]
     pub fn evaluate(
         &self,
         state: Option<&TokenBucketState>,
@@ -52,14 +58,14 @@ impl TokenBucket {
             None => (capacity, now),
             Some(s) => {
                 let elapsed = now.saturating_sub(s.last_refill);
-                let refilled = (s.tokens as u128 + self.rate.refill(elapsed)).min(capacity);
+                let refilled = s.tokens.saturating_add(self.rate.refill(elapsed)).min(capacity);
                 (refilled, now.max(s.last_refill))
             }
         };
         let need = self.rate.scale(cost);
-        let full_in = |t: u128| self.rate.time_for(capacity - t);
-        let keep = |t: u128| TokenBucketState {
-            tokens: clamp_u64(t),
+        let full_in = |t: u64| self.rate.time_for(capacity - t);
+        let keep = |t: u64| TokenBucketState {
+            tokens: t,
             last_refill: last,
         };
         if cost > self.burst {
@@ -174,7 +180,7 @@ mod tests {
                 let d = r.step(at, cost);
                 prop_assert!(d.remaining <= burst);
                 if let Some(s) = r.state() {
-                    prop_assert!(s.tokens as u128 <= tb.rate.scale(burst));
+                    prop_assert!(s.tokens <= tb.rate.scale(burst));
                 }
             }
         }

@@ -13,13 +13,14 @@
 //! path patterns and `tenant` for overrides), `error` (what a rejected file reports) and
 //! `resolve` (the per-request hot path).
 
-mod error;
+pub(crate) mod error;
 mod limit;
-mod locate;
+pub(crate) mod locate;
 mod params;
 mod raw;
 mod resolve;
 mod route;
+mod store;
 mod tenant;
 mod validate;
 
@@ -27,6 +28,7 @@ mod validate;
 mod tests;
 
 pub use error::{PolicyError, PolicyIssue};
+pub use store::{RedisSettings, StoreConfig};
 
 use crate::algorithm::LimitParams;
 use crate::key::StateKey;
@@ -167,6 +169,7 @@ pub struct Policy {
     routes: Vec<Arc<Route>>,
     tenants: HashMap<Box<str>, resolve::Tenant>,
     limits: Vec<Arc<LimitDef>>,
+    store: StoreConfig,
 }
 
 /// What applies to one request: its tier, route, cost and failure mode, and each limit it
@@ -210,6 +213,12 @@ impl Policy {
     /// The tier a request gets when neither it nor its tenant names one.
     pub fn default_tier(&self) -> &str {
         &self.tiers[self.default_tier].name
+    }
+
+    /// Where limit state lives (the `store:` section; in-memory when absent). Read once at
+    /// start: the server does not switch stores on reload.
+    pub fn store(&self) -> &StoreConfig {
+        &self.store
     }
 
     /// The failure mode of routes that do not set their own.

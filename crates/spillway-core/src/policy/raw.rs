@@ -34,6 +34,28 @@ pub(crate) struct RawPolicy {
     pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default, deserialize_with = "or_default")]
     pub tenants: Named<OrDefault<RawTenant>>,
+    #[serde(default)]
+    pub store: Option<Spanned<RawStore>>,
+}
+
+/// The `store:` section; which fields apply depends on `type` (checked in `super::store`).
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    #[serde(rename = "type")]
+    pub kind: Text,
+    #[serde(default)]
+    pub max_keys: Option<Spanned<Number>>,
+    #[serde(default)]
+    pub url: Option<Text>,
+    #[serde(default)]
+    pub nodes: Option<Vec<Text>>,
+    #[serde(default)]
+    pub prefix: Option<Text>,
+    #[serde(default)]
+    pub timeout: Option<Text>,
+    #[serde(default)]
+    pub local_cache: Option<Spanned<Number>>,
 }
 
 /// One named limit definition.

@@ -43,6 +43,7 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         &mut issues,
     );
     let routes = routes(raw, &defs, &mut issues);
+    let store = super::store::compile(raw.store.as_ref(), &mut issues);
     let mut limits = defs.valid();
     let tenants = tenant::compile(
         raw,
@@ -71,6 +72,7 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         routes,
         tenants,
         limits,
+        store,
     })
 }
 

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Envoy RLS throughput: h2load sends pre-encoded ShouldRateLimit calls to a release build of
+# Spillway on the embedded (in-memory) store and reports decisions per second and p99 latency.
+#
+# h2load repeats one request body, so key variety comes from running several h2load processes
+# side by side, each with its own descriptor value (BENCH_CLIENTS of them). Limits are high,
+# so nearly every call is allowed, which is the common case in production.
+#
+# Usage: bench/grpc.sh [REQUESTS_PER_CLIENT]   (env: BENCH_CLIENTS, BENCH_CONNS, BENCH_STREAMS)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+need h2load nghttp2-client
+need python3 python3
+
+requests=${1:-200000}
+clients=${BENCH_CLIENTS:-4}
+conns=${BENCH_CONNS:-4}
+streams=${BENCH_STREAMS:-32}
+
+cargo build --release -q -p spillway-server --bin spillway
+work=$(mktemp -d)
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+cat > "$work/bench.yaml" <<'YAML'
+domain: bench
+descriptors:
+  - key: user
+    rate_limit: {unit: second, requests_per_unit: 100000000}
+YAML
+cat > "$work/policy.yaml" <<'YAML'
+default_tier: free
+tiers:
+  free: {}
+YAML
+
+# One gRPC frame per client: 0x00, 4-byte big-endian length, then a RateLimitRequest
+# (domain = 1, descriptors = 2 { entries = 1 { key = 1, value = 2 } }, hits_addend = 3).
+python3 - "$work" "$clients" <<'PY'
+import struct, sys
+work, clients = sys.argv[1], int(sys.argv[2])
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+def field(num, payload):
+    return varint(num << 3 | 2) + varint(len(payload)) + payload
+for i in range(clients):
+    entry = field(1, b"user") + field(2, f"user-{i}".encode())
+    message = field(1, b"bench") + field(2, field(1, entry)) + varint(3 << 3) + varint(1)
+    with open(f"{work}/frame-{i}.bin", "wb") as f:
+        f.write(b"\x00" + struct.pack(">I", len(message)) + message)
+PY
+
+target/release/spillway serve --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 \
+  --config "$work/policy.yaml" --envoy-config "$work/bench.yaml" --log-filter warn,spillway_server=info \
+  > "$work/server.log" 2>&1 &
+server=$!
+for _ in $(seq 100); do
+  grep -q "grpc listening on" "$work/server.log" && break
+  sleep 0.1
+done
+addr=$(grep -o "grpc listening on [0-9.:]*" "$work/server.log" | awk '{print $4}')
+[ -n "$addr" ] || { cat "$work/server.log"; exit 1; }
+
+url="http://$addr/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+start=$(date +%s.%N)
+pids=()
+for i in $(seq 0 $((clients - 1))); do
+  h2load -n "$requests" -c "$conns" -m "$streams" -t 1 -d "$work/frame-$i.bin" \
+    -H 'content-type: application/grpc' -H 'te: trailers' \
+    --log-file "$work/log-$i.txt" "$url" > "$work/h2load-$i.out" &
+  pids+=($!)
+done
+wait "${pids[@]}"
+end=$(date +%s.%N)
+
+python3 - "$work" "$clients" "$start" "$end" <<'PY'
+import glob, sys
+work, clients, start, end = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+latencies, ok = [], 0
+for path in glob.glob(f"{work}/log-*.txt"):
+    for line in open(path):
+        parts = line.split()
+        if len(parts) >= 3:
+            latencies.append(int(parts[2]))
+            ok += parts[1] == "200"
+latencies.sort()
+p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1000
+secs = end - start
+print(f"calls: {len(latencies)} ({ok} with HTTP 200) in {secs:.2f}s from {clients} h2load clients")
+print(f"throughput: {len(latencies) / secs:,.0f} decisions/s")
+print(f"latency: p50 {p(0.50):.2f} ms, p99 {p(0.99):.2f} ms, max {latencies[-1] / 1000:.2f} ms")
+PY
+grep -h "status codes" "$work"/h2load-*.out | head -"$clients"

@@ -1,0 +1,426 @@
+//! From one file's raw YAML to a checked [`Domain`]: every problem is collected with its line,
+//! column and field path, the same way the main policy reports them.
+
+use super::raw::{RawDescriptor, RawFile, RawRateLimit};
+use super::{Domain, EnvoyLimit, KeyNodes, Level, Node, Rule, Unit};
+use crate::algorithm::{
+    FixedWindow, Gcra, LeakyBucket, LimitParams, SlidingLog, SlidingWindow, TokenBucket,
+};
+use crate::policy::error::{Issues, PolicyError};
+use crate::policy::{locate, Dimension, FailureMode, LimitDef};
+use crate::rate::{parse_duration, Rate};
+use crate::time::Micros;
+use serde_saphyr::{Location, Spanned};
+use siphasher::sip::SipHasher13;
+use std::hash::Hasher;
+use std::sync::Arc;
+
+const ALGORITHMS: &str =
+    "fixed_window (the default), sliding_window, sliding_log, token_bucket, gcra or leaky_bucket";
+
+/// Compiles one file. `known` says which file already defined a domain, if any.
+pub(super) fn compile(
+    text: &str,
+    origin: &str,
+    known: &dyn Fn(&str) -> Option<Arc<str>>,
+) -> Result<Domain, PolicyError> {
+    let raw: RawFile = serde_saphyr::from_str(text)
+        .map_err(|e| PolicyError::new(origin, vec![locate::issue_from_yaml(text, &e)]))?;
+    let mut issues = Issues::default();
+    let name = raw.domain.value.trim();
+    if name.is_empty() {
+        issues.push(
+            raw.domain.referenced,
+            "domain",
+            "`domain` must not be empty",
+        );
+    } else if let Some(other) = known(name) {
+        let message = format!("domain `{name}` is already defined in {other}");
+        issues.push(raw.domain.referenced, "domain", message);
+    }
+    let failure_mode = match &raw.failure_mode {
+        None => FailureMode::Open,
+        Some(text) => text.value.parse().unwrap_or_else(|message: String| {
+            issues.push(text.referenced, "failure_mode", message);
+            FailureMode::Open
+        }),
+    };
+    let mut walk = Walk {
+        domain: name,
+        issues: &mut issues,
+        limits: 0,
+    };
+    let root = walk.level(&raw.descriptors, "descriptors", name, &[]);
+    let limits = walk.limits;
+    if !issues.is_empty() {
+        return Err(issues.into_error(origin));
+    }
+    Ok(Domain {
+        name: name.into(),
+        failure_mode,
+        allow_limit_override: raw.allow_limit_override.unwrap_or(false),
+        source: origin.into(),
+        root,
+        limits,
+    })
+}
+
+/// State of the walk down one file's tree.
+struct Walk<'a> {
+    domain: &'a str,
+    issues: &'a mut Issues,
+    limits: usize,
+}
+
+impl Walk<'_> {
+    /// Builds one level from `list` (at field `path`); `name` is the default-name prefix and
+    /// `keys` the descriptor keys above it.
+    fn level(
+        &mut self,
+        list: &[Spanned<RawDescriptor>],
+        path: &str,
+        name: &str,
+        keys: &[Dimension],
+    ) -> Level {
+        let mut level = Level::default();
+        for (i, item) in list.iter().enumerate() {
+            let raw = &item.value;
+            let here = format!("{path}[{i}]");
+            let key = raw.key.value.as_str();
+            if key.is_empty() {
+                self.issues.push(
+                    raw.key.referenced,
+                    format!("{here}.key"),
+                    "`key` must not be empty",
+                );
+                continue;
+            }
+            let value = raw.value.as_ref().map(|v| v.value.as_str());
+            let own_name = match value {
+                Some(v) => format!("{name}.{key}_{v}"),
+                None => format!("{name}.{key}"),
+            };
+            let mut own_keys = keys.to_vec();
+            own_keys.push(Dimension::Descriptor(key.into()));
+            let node = Node {
+                rule: self.rule(raw, &here, &own_name, &own_keys, item.referenced),
+                share: raw.share_threshold.unwrap_or(false),
+                pattern: value.unwrap_or_default().into(),
+                children: self.level(
+                    &raw.descriptors,
+                    &format!("{here}.descriptors"),
+                    &own_name,
+                    &own_keys,
+                ),
+            };
+            if node.rule.is_none() && node.children.is_empty() {
+                let message =
+                    "a descriptor needs `rate_limit`, `rate_limits` or nested `descriptors`";
+                self.issues.push(item.referenced, here.clone(), message);
+            }
+            let slot = level
+                .keys
+                .entry(key.into())
+                .or_insert_with(KeyNodes::default);
+            let taken = match value {
+                None if slot.any.is_some() => true,
+                None => {
+                    slot.any = Some(node);
+                    false
+                }
+                Some(v) => match v.strip_suffix('*') {
+                    Some(prefix) if slot.prefixes.iter().any(|(p, _)| &**p == prefix) => true,
+                    Some(prefix) => {
+                        slot.prefixes.push((prefix.into(), node));
+                        false
+                    }
+                    None => slot.exact.insert(v.into(), node).is_some(),
+                },
+            };
+            if taken {
+                let what = value.map_or(String::new(), |v| format!(" and value `{v}`"));
+                let message = format!("another descriptor at this level has key `{key}`{what}");
+                self.issues.push(item.referenced, here, message);
+            }
+        }
+        level
+    }
+
+    /// The rule of one descriptor: `rate_limit`, `rate_limits`, or none.
+    fn rule(
+        &mut self,
+        raw: &RawDescriptor,
+        path: &str,
+        name: &str,
+        keys: &[Dimension],
+        at: Location,
+    ) -> Option<Rule> {
+        let shadow = raw.shadow_mode.unwrap_or(false);
+        match (&raw.rate_limit, &raw.rate_limits) {
+            (None, None) => None,
+            (Some(_), Some(list)) => {
+                let message = "use either `rate_limit` or `rate_limits`, not both";
+                self.issues
+                    .push(list.referenced, format!("{path}.rate_limits"), message);
+                None
+            }
+            (Some(one), None) if one.value.unlimited == Some(true) => {
+                self.unlimited(&one.value, &format!("{path}.rate_limit"), one.referenced);
+                Some(Rule::Unlimited)
+            }
+            (Some(one), None) => {
+                let field = format!("{path}.rate_limit");
+                let limit = self.limit(&one.value, &field, name, keys, shadow, one.referenced);
+                Some(Rule::Limits(limit.into_iter().collect()))
+            }
+            (None, Some(list)) if list.value.is_empty() => {
+                let message = "`rate_limits` must list at least one limit";
+                self.issues
+                    .push(list.referenced, format!("{path}.rate_limits"), message);
+                None
+            }
+            (None, Some(list)) => {
+                let mut limits = Vec::with_capacity(list.value.len());
+                for (i, item) in list.value.iter().enumerate() {
+                    let field = format!("{path}.rate_limits[{i}]");
+                    if item.value.unlimited.is_some() {
+                        let message = "`unlimited` goes in a single `rate_limit`, not in a list";
+                        self.issues
+                            .push(item.referenced, format!("{field}.unlimited"), message);
+                        continue;
+                    }
+                    let own = format!("{name}#{i}");
+                    limits.extend(self.limit(&item.value, &field, &own, keys, shadow, at));
+                }
+                Some(Rule::Limits(limits))
+            }
+        }
+    }
+
+    /// Checks that an `unlimited` limit carries no numbers.
+    fn unlimited(&mut self, raw: &RawRateLimit, path: &str, at: Location) {
+        let numbers = raw.unit.is_some()
+            || raw.requests_per_unit.is_some()
+            || raw.window.is_some()
+            || raw.algorithm.is_some();
+        if numbers {
+            let message =
+                "an `unlimited` limit takes no unit, requests_per_unit, window or algorithm";
+            self.issues.push(at, path.to_owned(), message);
+        }
+    }
+
+    /// Compiles one limit; `None` (with issues recorded) when it is not valid.
+    fn limit(
+        &mut self,
+        raw: &RawRateLimit,
+        path: &str,
+        default_name: &str,
+        keys: &[Dimension],
+        shadow: bool,
+        at: Location,
+    ) -> Option<EnvoyLimit> {
+        let before = self.issues.len();
+        let unit = raw.unit.as_ref().and_then(|u| {
+            let parsed = Unit::parse(&u.value);
+            if parsed.is_none() {
+                let message = format!(
+                    "unknown unit `{}` (use second, minute, hour, day or week)",
+                    u.value
+                );
+                self.issues
+                    .push(u.referenced, format!("{path}.unit"), message);
+            }
+            parsed
+        });
+        let window = raw.window.as_ref().and_then(|w| {
+            parse_duration(&w.value)
+                .map_err(|m| self.issues.push(w.referenced, format!("{path}.window"), m))
+                .ok()
+        });
+        let period = match (&raw.unit, &raw.window) {
+            (Some(u), Some(_)) => {
+                let message = "set `unit` or `window`, not both";
+                self.issues
+                    .push(u.referenced, format!("{path}.unit"), message);
+                None
+            }
+            (None, None) => {
+                let message = "a limit needs `unit` (second, minute, hour, day) or `window`";
+                self.issues.push(at, format!("{path}.unit"), message);
+                None
+            }
+            (Some(_), None) => unit.map(Unit::micros),
+            (None, Some(_)) => window,
+        };
+        let count = match &raw.requests_per_unit {
+            None => {
+                self.issues.push(
+                    at,
+                    format!("{path}.requests_per_unit"),
+                    "a limit needs `requests_per_unit`",
+                );
+                None
+            }
+            Some(n) if n.value == 0 => {
+                let message = "`requests_per_unit` must be at least 1 (use `unlimited: true` or remove the descriptor)";
+                self.issues
+                    .push(n.referenced, format!("{path}.requests_per_unit"), message);
+                None
+            }
+            Some(n) => Some(n.value),
+        };
+        let algorithm = raw
+            .algorithm
+            .as_ref()
+            .map_or("fixed_window", |a| a.value.as_str());
+        let (params, amount) = self.params(raw, path, algorithm, count, period, at)?;
+        let name = match &raw.name {
+            Some(n) if n.value.trim().is_empty() => {
+                self.issues.push(
+                    n.referenced,
+                    format!("{path}.name"),
+                    "`name` must not be empty",
+                );
+                return None;
+            }
+            Some(n) => n.value.trim().to_owned(),
+            None => default_name.to_owned(),
+        };
+        let replaces = raw.replaces.iter().enumerate().filter_map(|(i, r)| {
+            if r.name.value.trim().is_empty() {
+                let field = format!("{path}.replaces[{i}].name");
+                self.issues
+                    .push(r.name.referenced, field, "`name` must not be empty");
+                return None;
+            }
+            Some(Arc::from(r.name.value.trim()))
+        });
+        let replaces: Vec<Arc<str>> = replaces.collect();
+        if self.issues.len() > before {
+            return None;
+        }
+        let (count, period) = (count?, period?);
+        let fingerprint = fingerprint(
+            self.domain,
+            default_name,
+            algorithm,
+            [count, period, amount],
+        );
+        self.limits += 1;
+        Some(EnvoyLimit {
+            def: Arc::new(LimitDef {
+                name: name.into(),
+                params,
+                key: keys.to_vec(),
+                shadow,
+                fingerprint,
+            }),
+            replaces,
+            requests_per_unit: count,
+            unit: unit.filter(|_| raw.window.is_none()),
+        })
+    }
+
+    /// The algorithm's parameters, and the amount (limit, burst or capacity) they use.
+    fn params(
+        &mut self,
+        raw: &RawRateLimit,
+        path: &str,
+        algorithm: &str,
+        count: Option<u64>,
+        period: Option<Micros>,
+        limit_at: Location,
+    ) -> Option<(LimitParams, u64)> {
+        let bucket = matches!(algorithm, "token_bucket" | "gcra");
+        let misplaced = [
+            ("burst", raw.burst.as_ref().map(|b| b.referenced), bucket),
+            (
+                "capacity",
+                raw.capacity.as_ref().map(|c| c.referenced),
+                algorithm == "leaky_bucket",
+            ),
+        ];
+        for (field, at, fits) in misplaced {
+            if let (Some(at), false) = (at, fits) {
+                let message = format!("`{field}` does not apply to {algorithm}");
+                self.issues.push(at, format!("{path}.{field}"), message);
+            }
+        }
+        let at = raw.algorithm.as_ref().map(|a| a.referenced);
+        let (count, period) = (count?, period?);
+        let rate = || Rate::new(count, period);
+        let built = match algorithm {
+            "fixed_window" => {
+                FixedWindow::new(count, period).map(|p| (LimitParams::FixedWindow(p), count))
+            }
+            "sliding_window" => {
+                SlidingWindow::new(count, period).map(|p| (LimitParams::SlidingWindow(p), count))
+            }
+            "sliding_log" => {
+                SlidingLog::new(count, period).map(|p| (LimitParams::SlidingLog(p), count))
+            }
+            "token_bucket" | "gcra" => {
+                let burst = raw.burst.as_ref().map_or(count, |b| b.value);
+                rate().and_then(|r| match algorithm {
+                    "gcra" => Gcra::new(r, burst).map(|p| (LimitParams::Gcra(p), burst)),
+                    _ => TokenBucket::new(r, burst).map(|p| (LimitParams::TokenBucket(p), burst)),
+                })
+            }
+            "leaky_bucket" => {
+                let capacity = raw.capacity.as_ref().map_or(count, |c| c.value);
+                rate()
+                    .and_then(|r| LeakyBucket::new(r, capacity))
+                    .map(|p| (LimitParams::LeakyBucket(p), capacity))
+            }
+            other => Err(format!("unknown algorithm `{other}` (use {ALGORITHMS})")),
+        };
+        built
+            .map_err(|message| {
+                let field = if at.is_some() {
+                    "algorithm"
+                } else {
+                    "requests_per_unit"
+                };
+                let at = at.or(raw.requests_per_unit.as_ref().map(|n| n.referenced));
+                self.issues
+                    .push(at.unwrap_or(limit_at), format!("{path}.{field}"), message);
+            })
+            .ok()
+    }
+}
+
+/// A stable hash of what identifies one limit's counters: its domain, its place in the tree
+/// and its numbers. Changing any of them starts fresh counters on reload; an unchanged limit
+/// keeps its counters.
+fn fingerprint(domain: &str, place: &str, algorithm: &str, numbers: [u64; 3]) -> u64 {
+    let mut hasher = SipHasher13::new_with_keys(0, 0);
+    for part in ["envoy", domain, place, algorithm] {
+        hasher.write(&(part.len() as u64).to_le_bytes());
+        hasher.write(part.as_bytes());
+    }
+    for n in numbers {
+        hasher.write(&n.to_le_bytes());
+    }
+    hasher.finish()
+}
+
+/// The limit a descriptor's own `limit` field asks for: a fixed window of one `unit`, counted
+/// per descriptor values like any other, apart from the configured limits.
+pub(super) fn override_limit(domain: &str, count: u64, unit: Unit) -> Result<EnvoyLimit, String> {
+    let params = LimitParams::FixedWindow(FixedWindow::new(count, unit.micros())?);
+    let name = format!("{domain}.override");
+    let fingerprint = fingerprint(domain, &name, "fixed_window", [count, unit.micros(), count]);
+    Ok(EnvoyLimit {
+        def: Arc::new(LimitDef {
+            name: name.into(),
+            params,
+            key: Vec::new(),
+            shadow: false,
+            fingerprint,
+        }),
+        replaces: Vec::new(),
+        requests_per_unit: count,
+        unit: Some(unit),
+    })
+}

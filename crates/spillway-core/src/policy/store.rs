@@ -1,0 +1,183 @@
+//! The policy's optional `store:` section: where limit state lives. Plain data only; the
+//! server builds the store from it (spillway-core has no Redis code).
+//!
+//! ```yaml
+//! store: {type: memory, max_keys: 1000000}          # the default
+//! store: {type: redis, url: "redis://127.0.0.1:6379", prefix: rl, timeout: 100ms}
+//! store: {type: redis_cluster, nodes: ["redis://10.0.0.1:6379"], prefix: rl}
+//! ```
+
+use super::error::Issues;
+use super::raw::{Number, RawStore};
+use crate::rate::parse_duration;
+use crate::time::Micros;
+use serde_saphyr::Spanned;
+
+/// Where limit state lives, as the policy's `store:` section says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// The embedded in-memory store (one node, the default).
+    Memory {
+        /// The most keys it holds; `None` keeps the server's `--max-keys`.
+        max_keys: Option<u64>,
+    },
+    /// One Redis server shared by every node.
+    Redis(RedisSettings),
+    /// A Redis Cluster shared by every node; `urls` are seed nodes.
+    RedisCluster(RedisSettings),
+}
+
+/// The settings the two Redis forms share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// The server URL (`redis`) or the seed nodes (`redis_cluster`).
+    pub urls: Vec<String>,
+    /// First segment of every key; `None` for the store's default (`rl`).
+    pub prefix: Option<String>,
+    /// Deadline of one store call; `None` for the store's default.
+    pub timeout: Option<Micros>,
+    /// Size of the local over-limit cache (0 turns it off); `None` for the default.
+    pub local_cache: Option<u64>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self::Memory { max_keys: None }
+    }
+}
+
+impl StoreConfig {
+    /// The `type` name as written in a policy.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory { .. } => "memory",
+            Self::Redis(_) => "redis",
+            Self::RedisCluster(_) => "redis_cluster",
+        }
+    }
+}
+
+/// Checks the section; problems go to `issues` and the default is returned in their place.
+pub(crate) fn compile(raw: Option<&Spanned<RawStore>>, issues: &mut Issues) -> StoreConfig {
+    let Some(raw) = raw else {
+        return StoreConfig::default();
+    };
+    let s = &raw.value;
+    let kind = s.kind.value.as_str();
+    let misplaced = |field: &str, present: bool, issues: &mut Issues| {
+        if present {
+            issues.push(
+                raw.referenced,
+                format!("store.{field}"),
+                format!("`{field}` does not apply to a store of type `{kind}`"),
+            );
+        }
+    };
+    let number = |n: &Option<Spanned<Number>>, field: &str, issues: &mut Issues| {
+        n.as_ref().and_then(|n| match n.value.positive() {
+            Ok(v) => Some(v),
+            Err(message) => {
+                issues.push(n.referenced, format!("store.{field}"), message);
+                None
+            }
+        })
+    };
+    match kind {
+        "memory" => {
+            misplaced("url", s.url.is_some(), issues);
+            misplaced("nodes", s.nodes.is_some(), issues);
+            misplaced("prefix", s.prefix.is_some(), issues);
+            misplaced("timeout", s.timeout.is_some(), issues);
+            misplaced("local_cache", s.local_cache.is_some(), issues);
+            StoreConfig::Memory {
+                max_keys: number(&s.max_keys, "max_keys", issues),
+            }
+        }
+        "redis" | "redis_cluster" => {
+            misplaced("max_keys", s.max_keys.is_some(), issues);
+            let urls = if kind == "redis" {
+                misplaced("nodes", s.nodes.is_some(), issues);
+                match &s.url {
+                    Some(url) => vec![url.value.clone()],
+                    None => {
+                        issues.push(raw.referenced, "store.url", "a `redis` store needs a `url`");
+                        vec![]
+                    }
+                }
+            } else {
+                misplaced("url", s.url.is_some(), issues);
+                let nodes: Vec<String> =
+                    s.nodes.iter().flatten().map(|n| n.value.clone()).collect();
+                if nodes.is_empty() {
+                    issues.push(
+                        raw.referenced,
+                        "store.nodes",
+                        "a `redis_cluster` store needs at least one seed node in `nodes`",
+                    );
+                }
+                nodes
+            };
+            for (i, url) in urls.iter().enumerate() {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    let path = if kind == "redis" {
+                        "store.url".into()
+                    } else {
+                        format!("store.nodes[{i}]")
+                    };
+                    issues.push(
+                        raw.referenced,
+                        path,
+                        format!("`{url}` is not a redis:// URL"),
+                    );
+                }
+            }
+            if let Some(prefix) = &s.prefix {
+                let ok = !prefix.value.is_empty()
+                    && prefix.value.len() <= 64
+                    && prefix
+                        .value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                if !ok {
+                    issues.push(
+                        prefix.referenced,
+                        "store.prefix",
+                        "must be 1 to 64 characters of letters, digits, `_`, `.` or `-`",
+                    );
+                }
+            }
+            let timeout = s
+                .timeout
+                .as_ref()
+                .and_then(|t| match parse_duration(&t.value) {
+                    Ok(v) => Some(v),
+                    Err(message) => {
+                        issues.push(t.referenced, "store.timeout", message);
+                        None
+                    }
+                });
+            let settings = RedisSettings {
+                urls,
+                prefix: s.prefix.as_ref().map(|p| p.value.clone()),
+                timeout,
+                local_cache: s.local_cache.as_ref().and_then(|n| match n.value {
+                    Number::Int(0) => Some(0),
+                    _ => number(&s.local_cache, "local_cache", issues),
+                }),
+            };
+            if kind == "redis" {
+                StoreConfig::Redis(settings)
+            } else {
+                StoreConfig::RedisCluster(settings)
+            }
+        }
+        other => {
+            issues.push(
+                s.kind.referenced,
+                "store.type",
+                format!("unknown store type `{other}` (use memory, redis or redis_cluster)"),
+            );
+            StoreConfig::default()
+        }
+    }
+}

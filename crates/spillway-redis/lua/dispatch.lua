@@ -1,0 +1,73 @@
+-- Entry point: evaluates every limit of one request against one time, and writes the new
+-- states only if the request is admitted (all-or-nothing).
+--
+-- KEYS: one state key per limit.
+-- ARGV[1]: "1" to consume, "0" to only look.
+-- ARGV[2]: "" to read the time from Redis TIME (always, in production); a microsecond
+--          timestamp when a test store injects its own clock.
+-- ARGV[3]: "1" to also return what a compensating refund needs (old value, its PTTL, new
+--          value) for every written key; used when one request spans several cluster slots.
+-- Then six arguments per limit: algorithm code, p1, p2, p3, cost, enforced ("1"/"0").
+--
+-- Reply: {admitted, now, then six integers per limit (see allow() above), then, with
+-- ARGV[3] = "1" and an admitted consume, three strings per limit}.
+local consume = ARGV[1] == '1'
+local now
+-- With an injected time, Redis still expires keys by its own clock, so the TTL gets an hour
+-- of slack: keeping a state past its expiry is harmless (it evaluates like a fresh key).
+local ttl_slack = 0
+if ARGV[2] ~= '' then
+  now = tonumber(ARGV[2])
+  ttl_slack = 3600000
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local undo = ARGV[3] == '1'
+
+local reply = {1, now}
+local writes = {}
+local admitted = true
+for i = 1, #KEYS do
+  local b = 3 + (i - 1) * 6
+  local raw = redis.call('GET', KEYS[i])
+  if not raw then raw = nil end
+  local d, state, expires = ALG[tonumber(ARGV[b + 1])](
+    tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]),
+    raw, now, tonumber(ARGV[b + 5]))
+  if d[1] == 0 and ARGV[b + 6] == '1' then admitted = false end
+  for j = 1, 6 do reply[#reply + 1] = d[j] end
+  writes[i] = {d[1] == 1, state, expires}
+end
+if not admitted then reply[1] = 0 end
+
+if consume and admitted then
+  local undos = {}
+  for i = 1, #KEYS do
+    local w = writes[i]
+    local old, old_ttl, new = '', '0', ''
+    if undo then
+      old = redis.call('GET', KEYS[i]) or ''
+      old_ttl = tostring(redis.call('PTTL', KEYS[i]))
+    end
+    if w[1] then
+      if w[3] > now then
+        -- Whole milliseconds, rounded up: the key never disappears before its state would
+        -- be indistinguishable from a fresh one.
+        redis.call('SET', KEYS[i], w[2], 'PX', int(ceil_div(w[3] - now, 1000) + ttl_slack))
+        new = w[2]
+      else
+        redis.call('DEL', KEYS[i])
+      end
+    else
+      new = old
+    end
+    undos[#undos + 1] = old
+    undos[#undos + 1] = old_ttl
+    undos[#undos + 1] = new
+  end
+  if undo then
+    for _, v in ipairs(undos) do reply[#reply + 1] = v end
+  end
+end
+return reply

@@ -1,0 +1,189 @@
+//! How a [`StateKey`] becomes a Redis key, and which cluster slot it lands in.
+//!
+//! # Layout
+//! `<prefix>:{<tag>}:<limit>:<fingerprint>:<value 1>:<value 2>...`
+//!
+//! - `prefix` is configurable (default `rl`) and may not contain `{`, `}` or `:`.
+//! - `tag` is the limit's **first key dimension's value** (encoded as below), or the limit's
+//!   name for a limit with no dimensions. Redis Cluster hashes only the text between the first
+//!   `{` and the next `}`, so every limit whose key starts with the same dimension value lands
+//!   in the same slot: list the dimension that groups a request's limits (usually `tenant`)
+//!   first in each limit's `key`, and a request's limits share one slot and one atomic script.
+//! - `limit` is the limit's name, `fingerprint` its parameters' fingerprint in hex (a limit
+//!   whose numbers change starts on fresh counters).
+//! - Each value is encoded: bytes outside `[A-Za-z0-9_.-]` become `%XX`, the empty string
+//!   becomes `~`, and a value longer than [`MAX_PLAIN`] bytes becomes `#` plus the hex SHA-1 of
+//!   its bytes. The encoded alphabet has no `:`, `{` or `}`, so no value can end a segment
+//!   early or open or close the hash tag, and the encoding is injective per segment (up to a
+//!   SHA-1 collision between two values over 128 bytes). The number of segments is fixed by
+//!   the fingerprint, which covers the limit's key dimensions.
+
+use spillway_core::key::StateKey;
+use std::fmt::Write;
+
+/// Values longer than this many bytes are replaced by their digest.
+pub const MAX_PLAIN: usize = 128;
+
+/// The number of hash slots in a Redis Cluster.
+pub const SLOTS: u16 = 16384;
+
+/// Builds Redis keys for state keys under one prefix.
+#[derive(Debug, Clone)]
+pub struct KeyLayout {
+    prefix: String,
+}
+
+/// Why a key prefix was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key prefix `{0}` must be 1 to 64 characters of [A-Za-z0-9_.-]")]
+pub struct BadPrefix(pub String);
+
+impl KeyLayout {
+    /// A layout under `prefix`, which must be plain (`[A-Za-z0-9_.-]`, 1 to 64 bytes) so that
+    /// it can never hold a hash tag of its own.
+    pub fn new(prefix: &str) -> Result<Self, BadPrefix> {
+        if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(plain) {
+            return Err(BadPrefix(prefix.to_owned()));
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The Redis key holding `key`'s state.
+    pub fn key(&self, key: &StateKey) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + 48 + key.values.len() * 16);
+        out.push_str(&self.prefix);
+        out.push_str(":{");
+        match key.values.first() {
+            Some(first) => encode_into(first, &mut out),
+            None => encode_into(&key.limit, &mut out),
+        }
+        out.push_str("}:");
+        encode_into(&key.limit, &mut out);
+        let _ = write!(out, ":{:016x}", key.fingerprint);
+        for value in &key.values {
+            out.push(':');
+            encode_into(value, &mut out);
+        }
+        out
+    }
+}
+
+fn plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
+}
+
+/// Appends the encoded form of one value (see the module docs).
+pub fn encode_into(value: &str, out: &mut String) {
+    let bytes = value.as_bytes();
+    if bytes.is_empty() {
+        out.push('~');
+    } else if bytes.len() > MAX_PLAIN {
+        out.push('#');
+        out.push_str(&sha1_smol::Sha1::from(bytes).digest().to_string());
+    } else {
+        for &b in bytes {
+            if plain(b) {
+                out.push(b as char);
+            } else {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+}
+
+/// The cluster slot of a Redis key: CRC16 (XMODEM) of its hash tag, or of the whole key when
+/// it has none, modulo [`SLOTS`].
+pub fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = match bytes.iter().position(|&b| b == b'{') {
+        Some(open) => match bytes[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+            _ => bytes,
+        },
+        None => bytes,
+    };
+    crc16(hashed) % SLOTS
+}
+
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(limit: &str, values: &[&str]) -> StateKey {
+        StateKey {
+            limit: limit.into(),
+            fingerprint: 0xabc,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn crc16_matches_the_cluster_specification() {
+        // The reference value from the Redis Cluster specification.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_eq!(slot("foo{}{bar}"), crc16(b"foo{}{bar}") % SLOTS);
+    }
+
+    #[test]
+    fn layout_is_readable_and_tagged_by_the_first_value() {
+        let l = KeyLayout::new("rl").unwrap();
+        assert_eq!(
+            l.key(&key("per-user", &["acme", "u 1"])),
+            "rl:{acme}:per-user:0000000000000abc:acme:u%201"
+        );
+        assert_eq!(
+            l.key(&key("global", &[])),
+            "rl:{global}:global:0000000000000abc"
+        );
+        assert_eq!(l.key(&key("x", &[""])), "rl:{~}:x:0000000000000abc:~");
+    }
+
+    #[test]
+    fn hostile_values_never_collide_or_leave_the_tag() {
+        let l = KeyLayout::new("rl").unwrap();
+        let long = "z".repeat(10_000);
+        let hostile = [
+            "a:b", "a", "b", "{a}", "}", "{", "a b", "a\nb", "%3A", "~", "", "#", &long,
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for v in hostile {
+            let k = l.key(&key("l", &[v, "x"]));
+            assert!(seen.insert(k.clone()), "collision on {v:?}");
+            assert_eq!(k.matches('{').count(), 1, "{k}");
+            assert_eq!(k.matches('}').count(), 1, "{k}");
+            assert!(k.len() < 400);
+        }
+        // Values that differ only in where a separator would fall stay apart.
+        assert_ne!(
+            l.key(&key("l", &["a:b", "c"])),
+            l.key(&key("l", &["a", "b:c"]))
+        );
+    }
+
+    #[test]
+    fn bad_prefixes_are_refused() {
+        for p in ["", "a{b", "a}b", "a:b", "a b"] {
+            assert!(KeyLayout::new(p).is_err(), "{p:?}");
+        }
+        assert!(KeyLayout::new("spillway.prod-1").is_ok());
+    }
+}

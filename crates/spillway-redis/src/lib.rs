@@ -1,0 +1,34 @@
+//! Spillway's Redis store: limit state in a Redis server or a Redis Cluster, shared by any
+//! number of stateless `spillway` nodes, which together admit exactly what the policy allows.
+//!
+//! # How a check runs
+//! All of a request's limits go to Redis in one `EVALSHA` of one Lua script (see
+//! [`script`]): it reads every limit's state, evaluates each with a Lua mirror of the engine's
+//! pure Rust function, and writes the new states, each with a `PX` expiry at the moment the
+//! state becomes indistinguishable from a fresh key, only if every enforced limit allows.
+//!
+//! # Time
+//! The script reads the time with Redis `TIME` (microseconds), so every node evaluates
+//! against the same clock whatever its own clock says. Only tests inject a time.
+//!
+//! # Layout
+//! - [`config`]: where to connect and the key prefix.
+//! - [`keys`]: the key layout, value encoding and hash slots.
+//! - [`script`]: the Lua sources (`lua/`), arguments and replies.
+//! - [`store`]: [`RedisStore`], the [`spillway_core::store::Store`] implementation.
+//! - [`multi_slot`]: requests spanning several cluster slots (charge, then refund on deny).
+//! - [`local_cache`]: denying repeated over-limit requests without a round trip.
+//! - [`error`]: typed, counted errors.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod local_cache;
+pub mod multi_slot;
+pub mod script;
+pub mod store;
+
+pub use config::{RedisConfig, Target};
+pub use store::RedisStore;

@@ -1,0 +1,263 @@
+//! [`RedisStore`]: the [`Store`] backed by a Redis server or a Redis Cluster.
+//!
+//! One multiplexed connection (a `ConnectionManager` for a server, the cluster client's async
+//! connection for a cluster) is shared by every request: concurrent checks are pipelined on
+//! it, and a dropped connection is re-established by the client on the next call. Each call
+//! is bounded by the configured timeout and timed into `spillway_store_roundtrip_seconds`.
+//!
+//! A request's checks are evaluated by one script call when their keys share a hash slot
+//! (always, on a single server); see [`crate::multi_slot`] for requests that span slots.
+
+use crate::config::{RedisConfig, Target};
+use crate::error::{classify, record};
+use crate::keys::{self, KeyLayout};
+use crate::local_cache::LocalCache;
+use crate::script::{self, Reply, Undo};
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use spillway_core::algorithm::Decision;
+use spillway_core::request::CheckMode;
+use spillway_core::store::{Check, Store, StoreError};
+use spillway_core::time::{Clock, Micros, SystemClock};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The shared connection, whichever deployment it talks to.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// A store keeping limit state in Redis; see the crate docs.
+pub struct RedisStore {
+    conn: Conn,
+    layout: KeyLayout,
+    check_script: redis::Script,
+    refund_script: redis::Script,
+    timeout: Duration,
+    /// The node's clock, for the local cache (Redis keeps the limits' own time).
+    clock: Arc<dyn Clock>,
+    /// When set, scripts evaluate at this clock's time instead of Redis `TIME` (tests only).
+    injected: Option<Arc<dyn Clock>>,
+    cache: Option<LocalCache>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("cluster", &matches!(self.conn, Conn::Cluster(_)))
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to the deployment in `config`. Fails if the prefix is invalid or no
+    /// connection can be made within the timeout; later outages are survived.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
+        let layout =
+            KeyLayout::new(&config.prefix).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let timeout = config.timeout;
+        let connecting = async {
+            let conn = match &config.target {
+                Target::Server(url) => {
+                    let client = redis::Client::open(url.as_str())?;
+                    let settings = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
+                        .set_response_timeout(Some(timeout))
+                        .set_number_of_retries(2)
+                        .set_max_delay(Duration::from_millis(500));
+                    Conn::Server(ConnectionManager::new_with_config(client, settings).await?)
+                }
+                Target::Cluster(nodes) => {
+                    let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                        .connection_timeout(timeout.max(Duration::from_secs(1)))
+                        .response_timeout(timeout)
+                        .retries(3)
+                        .build()?;
+                    Conn::Cluster(client.get_async_connection().await?)
+                }
+            };
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let connect_limit = timeout.max(Duration::from_secs(5));
+        let conn = match tokio::time::timeout(connect_limit, connecting).await {
+            Ok(conn) => conn.map_err(|e| classify(e, timeout))?,
+            Err(_) => return Err(StoreError::Timeout(connect_limit)),
+        };
+        Ok(Self {
+            conn,
+            layout,
+            check_script: redis::Script::new(script::CHECK_SOURCE),
+            refund_script: redis::Script::new(script::REFUND_SOURCE),
+            timeout,
+            clock: Arc::new(SystemClock),
+            injected: None,
+            cache: (config.local_cache_keys > 0).then(|| LocalCache::new(config.local_cache_keys)),
+        })
+    }
+
+    /// Uses `clock` for the local cache instead of the system clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// TEST ONLY: scripts evaluate at `clock`'s time instead of Redis `TIME`, so test vectors
+    /// can use exact times. Production stores never call this.
+    pub fn with_injected_time(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.injected = Some(clock.clone());
+        self.clock = clock;
+        self
+    }
+
+    /// The Redis key a state key is stored under.
+    pub fn redis_key(&self, key: &spillway_core::key::StateKey) -> String {
+        self.layout.key(key)
+    }
+
+    /// Whether this store talks to a cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// Runs `cmd`-like work on the shared connection under the timeout, timing it.
+    pub(crate) async fn call<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        #[allow(clippy::disallowed_methods)] // a latency timer, not a source of limit time
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, work(self.conn.clone())).await;
+        metrics::histogram!("spillway_store_roundtrip_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(record(classify(err, self.timeout))),
+            Err(_) => Err(record(StoreError::Timeout(self.timeout))),
+        }
+    }
+
+    /// One script call over `checks`, whose `keys` share a slot.
+    pub(crate) async fn run_script(
+        &self,
+        keys: &[&str],
+        checks: &[Check<'_>],
+        mode: CheckMode,
+        undo: bool,
+    ) -> Result<Reply, StoreError> {
+        let now = self.injected.as_ref().map(|c| c.now());
+        let inv = script::invocation(&self.check_script, keys, checks, mode, now, undo);
+        let value: redis::Value = self
+            .call(|conn| async move {
+                match conn {
+                    Conn::Server(mut c) => inv.invoke_async(&mut c).await,
+                    Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+                }
+            })
+            .await?;
+        script::parse_reply(value, checks.len()).map_err(record)
+    }
+
+    /// Restores one key charged by a request that was then denied in another slot.
+    pub(crate) async fn refund(&self, key: &str, undo: &Undo) -> bool {
+        let Undo {
+            written,
+            before,
+            ttl,
+        } = undo;
+        if written == before {
+            return true;
+        }
+        let mut inv = self.refund_script.prepare_invoke();
+        inv.key(key).arg(written).arg(before).arg(ttl);
+        let restored: Result<i64, _> = self
+            .call(|conn| async move {
+                match conn {
+                    Conn::Server(mut c) => inv.invoke_async(&mut c).await,
+                    Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+                }
+            })
+            .await;
+        matches!(restored, Ok(1))
+    }
+
+    fn now(&self) -> Micros {
+        self.clock.now()
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn check(
+        &self,
+        checks: &[Check<'_>],
+        mode: CheckMode,
+    ) -> Result<Vec<Decision>, StoreError> {
+        if checks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = checks.iter().map(|c| self.layout.key(c.key)).collect();
+        let sent_at = self.now();
+        if let Some(cache) = &self.cache {
+            if let Some(decisions) = cache.deny(&keys, checks, sent_at) {
+                return Ok(decisions);
+            }
+        }
+        let decisions = match &self.conn {
+            Conn::Cluster(_) if !same_slot(&keys) => {
+                crate::multi_slot::check(self, &keys, checks, mode).await?
+            }
+            _ => {
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                self.run_script(&refs, checks, mode, false).await?.decisions
+            }
+        };
+        if let Some(cache) = &self.cache {
+            cache.remember(&keys, checks, &decisions, sent_at);
+        }
+        Ok(decisions)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = self
+            .call(|conn| async move {
+                let cmd = redis::cmd("PING");
+                match conn {
+                    Conn::Server(mut c) => cmd.query_async(&mut c).await,
+                    Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+                }
+            })
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(record(StoreError::Protocol(format!(
+                "PING answered {pong:?}"
+            ))))
+        }
+    }
+
+    fn key_count(&self) -> u64 {
+        // Counting keys would need a scan of the whole keyspace; Redis reports it itself.
+        0
+    }
+
+    fn evictions(&self) -> u64 {
+        0
+    }
+
+    fn sweep(&self) -> u64 {
+        // Every key carries a PX expiry; Redis drops them itself. The local cache is swept
+        // here because the server calls this once a second.
+        self.cache.as_ref().map_or(0, |c| c.sweep(self.now()))
+    }
+}
+
+fn same_slot(keys: &[String]) -> bool {
+    let first = keys::slot(&keys[0]);
+    keys[1..].iter().all(|k| keys::slot(k) == first)
+}

@@ -1,0 +1,83 @@
+//! Helpers shared by this crate's integration tests: building stores on test processes and
+//! replaying vectors through any [`Store`].
+#![allow(dead_code)]
+
+use spillway_core::algorithm::LimitParams;
+use spillway_core::key::StateKey;
+use spillway_core::request::CheckMode;
+use spillway_core::store::{Check, Store};
+use spillway_core::time::ManualClock;
+use spillway_redis::{RedisConfig, RedisStore, Target};
+use spillway_testkit::vectors::{flatten, Vector};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which deployment a test store talks to.
+pub enum Backend {
+    Server(String),
+    Cluster(Vec<String>),
+}
+
+/// A store on `backend` whose scripts run at the returned manual clock's time, with the local
+/// cache off (vectors replay exact times, including going back to peek).
+pub async fn redis_store(backend: Backend) -> (RedisStore, Arc<ManualClock>) {
+    let target = match backend {
+        Backend::Server(url) => Target::Server(url),
+        Backend::Cluster(urls) => Target::Cluster(urls),
+    };
+    let mut config = RedisConfig::new(target);
+    config.timeout = Duration::from_secs(5);
+    config.local_cache_keys = 0;
+    let clock = Arc::new(ManualClock::new(0));
+    let store = RedisStore::connect(&config)
+        .await
+        .expect("connects to the test redis");
+    (store.with_injected_time(clock.clone()), clock)
+}
+
+/// A state key for limit `limit` with `values`.
+pub fn key(limit: &str, values: &[&str]) -> StateKey {
+    StateKey {
+        limit: limit.into(),
+        fingerprint: 42,
+        values: values.iter().map(|v| v.to_string()).collect(),
+    }
+}
+
+/// One enforced check.
+pub fn check<'a>(key: &'a StateKey, params: &'a LimitParams, cost: u64) -> Check<'a> {
+    Check {
+        key,
+        params,
+        cost,
+        enforced: true,
+    }
+}
+
+/// Replays `v` on a fresh key named after `tag` and asserts every decision.
+pub async fn replay(store: &dyn Store, clock: &ManualClock, v: &Vector, tag: &str) {
+    let params = v.params();
+    let k = key(&v.name, &[tag]);
+    for (n, e) in v.events.iter().enumerate() {
+        clock.set(e.at);
+        let mode = if e.peek {
+            CheckMode::Peek
+        } else {
+            CheckMode::Consume
+        };
+        let got = store
+            .check(&[check(&k, &params, e.cost)], mode)
+            .await
+            .expect("store answers");
+        assert_eq!(
+            flatten(&got[0]),
+            e.expect,
+            "{} ({:?}) event {n} at {} cost {} peek {}",
+            v.name,
+            v.numbers,
+            e.at,
+            e.cost,
+            e.peek
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! Surviving what happens to a real Redis: its script cache flushed, the process killed and
+//! restarted on the same port. Also: hostile key values on a cluster, and all-or-nothing
+//! across limits.
+
+mod common;
+
+use common::{check, key, redis_store, Backend};
+use spillway_core::algorithm::{FixedWindow, LimitParams, TokenBucket};
+use spillway_core::rate::Rate;
+use spillway_core::request::CheckMode;
+use spillway_core::store::{Store, StoreError};
+use spillway_core::time::{HOUR, MINUTE};
+use spillway_redis::keys;
+use spillway_redis::{RedisConfig, RedisStore, Target};
+use spillway_testkit::redis::{command, RedisCluster, RedisServer};
+use std::time::Duration;
+
+fn bucket(burst: u64) -> LimitParams {
+    LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, HOUR).unwrap(), burst).unwrap())
+}
+
+#[tokio::test]
+async fn noscript_after_script_flush_is_recovered() {
+    let server = RedisServer::start();
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    clock.set(1_700_000_000_000_000);
+    let (k, p) = (key("l", &["a"]), bucket(3));
+    assert!(
+        store
+            .check(&[check(&k, &p, 1)], CheckMode::Consume)
+            .await
+            .unwrap()[0]
+            .allowed
+    );
+    assert!(command(server.port(), "SCRIPT FLUSH").is_some_and(|r| r.starts_with("+OK")));
+    let d = store
+        .check(&[check(&k, &p, 1)], CheckMode::Consume)
+        .await
+        .expect("reloaded");
+    assert_eq!(d[0].remaining, 1, "state kept across the flush");
+}
+
+#[tokio::test]
+async fn a_restarted_redis_is_reconnected_and_errors_are_typed_while_down() {
+    let mut server = RedisServer::start();
+    let mut config = RedisConfig::new(Target::Server(server.url()));
+    config.timeout = Duration::from_secs(2);
+    let store = RedisStore::connect(&config).await.expect("connects");
+    let (k, p) = (key("l", &["restart"]), bucket(5));
+    assert!(
+        store
+            .check(&[check(&k, &p, 1)], CheckMode::Consume)
+            .await
+            .unwrap()[0]
+            .allowed
+    );
+
+    server.kill();
+    let err = store
+        .check(&[check(&k, &p, 1)], CheckMode::Consume)
+        .await
+        .expect_err("down");
+    assert!(
+        matches!(err, StoreError::Unavailable(_) | StoreError::Timeout(_)),
+        "{err:?}"
+    );
+    assert!(store.ping().await.is_err());
+
+    server.restart();
+    // The client reconnects in the background; give it a generous moment on a loaded box.
+    let mut answered = None;
+    for _ in 0..100 {
+        if let Ok(d) = store.check(&[check(&k, &p, 1)], CheckMode::Consume).await {
+            answered = Some(d);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let d = answered.expect("the store answers again after the restart");
+    // Nothing was persisted: the key starts over.
+    assert_eq!(d[0].remaining, 4);
+    store.ping().await.expect("ping after reconnection");
+}
+
+#[tokio::test]
+async fn hostile_values_get_distinct_keys_in_the_slot_redis_computes() {
+    let cluster = RedisCluster::start();
+    let (store, clock) = redis_store(Backend::Cluster(cluster.urls())).await;
+    clock.set(1_700_000_000_000_000);
+    let long = "v".repeat(10 * 1024);
+    let values = [
+        "a:b",
+        "a",
+        "{a}",
+        "}{",
+        "a b",
+        "a\nb",
+        "",
+        "%3A",
+        &long,
+        "tenant}:x",
+    ];
+    let p = bucket(1);
+    let port = cluster.ports()[0];
+    for v in values {
+        let k = key("hostile", &[v, "tail"]);
+        // Each value owns its own counter: the first request passes, the second is denied.
+        let first = store
+            .check(&[check(&k, &p, 1)], CheckMode::Consume)
+            .await
+            .unwrap();
+        let second = store
+            .check(&[check(&k, &p, 1)], CheckMode::Consume)
+            .await
+            .unwrap();
+        assert!(first[0].allowed && !second[0].allowed, "value {v:?}");
+        let redis_key = store.redis_key(&k);
+        let slot = command(port, &format!("CLUSTER KEYSLOT {redis_key}")).expect("keyslot");
+        assert_eq!(
+            slot.trim(),
+            format!(":{}", keys::slot(&redis_key)),
+            "{redis_key}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_denial_by_one_limit_charges_none_on_a_server_and_across_cluster_slots() {
+    let server = RedisServer::start();
+    let cluster = RedisCluster::start();
+    for backend in [
+        Backend::Server(server.url()),
+        Backend::Cluster(cluster.urls()),
+    ] {
+        let (store, clock) = redis_store(backend).await;
+        clock.set(1_700_000_000_000_000);
+        let roomy = LimitParams::FixedWindow(FixedWindow::new(10, MINUTE).unwrap());
+        let tight = bucket(1);
+        // Different first values: different hash tags, so different slots in the cluster.
+        let (a, b) = (key("roomy", &["tenant-a"]), key("tight", &["user-b"]));
+        let both = |cost| [check(&a, &roomy, cost), check(&b, &tight, cost)];
+        assert!(store
+            .check(&both(1), CheckMode::Consume)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| d.allowed));
+        let denied = store.check(&both(1), CheckMode::Consume).await.unwrap();
+        assert!(denied[0].allowed && !denied[1].allowed);
+        let after = store
+            .check(&[check(&a, &roomy, 1)], CheckMode::Peek)
+            .await
+            .unwrap();
+        assert_eq!(after[0].remaining, 8, "the denied request was refunded");
+    }
+}

@@ -1,0 +1,192 @@
+//! From a `ShouldRateLimit` request to the limits the engine must check, either through an
+//! Envoy-style domain or through Spillway's own policy.
+//!
+//! - **Envoy domain**: each descriptor walks the domain's tree; a node's limits apply with the
+//!   descriptor's values as their counter key. A descriptor's own `limit` replaces the match
+//!   when the domain has `allow_limit_override: true`. Limits named in another matched limit's
+//!   `replaces` are dropped, as upstream does.
+//! - **Policy domain** (`--grpc-policy-domain`, default `spillway`): each descriptor is one
+//!   request to the main policy; its entries fill the request's attributes (`tenant`, `user`,
+//!   `ip` or `remote_address`, `method`, `path`, `tier`; any other key is a custom
+//!   descriptor).
+//!
+//! Either way, a counter reached by several descriptors of one request is checked once (at the
+//! largest of their costs), so a request never counts twice against the same limit.
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
+use spillway_core::engine::Planned;
+use spillway_core::envoy_config::{Domain, EnvoyLimit, Rule, Unit};
+use spillway_core::key::StateKey;
+use spillway_core::policy::{FailureMode, LimitDef, Policy};
+use spillway_core::request::RequestAttrs;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// What a status reports as `current_limit`: requests per unit, and the unit when the limit's
+/// period is exactly one (`None` reads as `UNKNOWN`).
+pub type Report = (u64, Option<Unit>);
+
+/// The limits of one request, de-duplicated, and which of them each descriptor answers for.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Every distinct limit to check, with its key and cost.
+    pub planned: Vec<Planned>,
+    /// Per request descriptor, in order: indices into `planned` with their reports.
+    pub descriptors: Vec<Vec<(usize, Report)>>,
+    /// What to do if the store fails.
+    pub failure_mode: FailureMode,
+}
+
+/// A request the service refuses to plan; becomes `INVALID_ARGUMENT`.
+pub type Invalid = String;
+
+impl Plan {
+    fn add(&mut self, slot: usize, def: Arc<LimitDef>, key: StateKey, cost: u64, report: Report) {
+        let index = match self.planned.iter().position(|p| p.key == key) {
+            Some(i) => {
+                self.planned[i].cost = self.planned[i].cost.max(cost);
+                i
+            }
+            None => {
+                self.planned.push(Planned { def, key, cost });
+                self.planned.len() - 1
+            }
+        };
+        if !self.descriptors[slot].iter().any(|(i, _)| *i == index) {
+            self.descriptors[slot].push((index, report));
+        }
+    }
+}
+
+/// The cost of descriptor `d`: its own `hits_addend` when set, else the request's.
+fn cost(d: &RateLimitDescriptor, hits: u64) -> u64 {
+    d.hits_addend.as_ref().map_or(hits, |h| h.value)
+}
+
+/// Plans a request against an Envoy-style domain.
+pub fn envoy(
+    domain: &Domain,
+    descriptors: &[RateLimitDescriptor],
+    hits: u64,
+) -> Result<Plan, Invalid> {
+    let mut matched: Vec<Vec<(EnvoyLimit, Vec<String>)>> = Vec::with_capacity(descriptors.len());
+    for (i, d) in descriptors.iter().enumerate() {
+        let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
+        let found = match &d.limit {
+            Some(over) if domain.allow_limit_override => {
+                let unit = unit(over.unit).ok_or_else(|| {
+                    format!("descriptors[{i}].limit.unit must be second, minute, hour or day")
+                })?;
+                let limit = domain
+                    .override_limit(u64::from(over.requests_per_unit), unit)
+                    .map_err(|e| format!("descriptors[{i}].limit: {e}"))?;
+                let values = entries
+                    .flat_map(|(k, v)| [k.to_owned(), v.to_owned()])
+                    .collect();
+                vec![(limit, values)]
+            }
+            _ => match domain.find(entries) {
+                Some(found) => match found.rule {
+                    Rule::Unlimited => Vec::new(),
+                    Rule::Limits(list) => list
+                        .iter()
+                        .map(|l| (l.clone(), found.values.clone()))
+                        .collect(),
+                },
+                None => Vec::new(),
+            },
+        };
+        matched.push(found);
+    }
+    let replaced: HashSet<&str> = matched
+        .iter()
+        .flatten()
+        .flat_map(|(l, _)| l.replaces.iter().map(|r| &**r))
+        .collect();
+    let mut plan = Plan {
+        descriptors: vec![Vec::new(); descriptors.len()],
+        failure_mode: domain.failure_mode,
+        ..Plan::default()
+    };
+    for (slot, (d, list)) in descriptors.iter().zip(&matched).enumerate() {
+        for (limit, values) in list {
+            if replaced.contains(&*limit.def.name) {
+                continue;
+            }
+            let key = StateKey {
+                limit: Arc::clone(&limit.def.name),
+                fingerprint: limit.def.fingerprint,
+                values: values.clone(),
+            };
+            let report = (limit.requests_per_unit, limit.unit);
+            plan.add(slot, Arc::clone(&limit.def), key, cost(d, hits), report);
+        }
+    }
+    Ok(plan)
+}
+
+/// Plans a request against the main policy, one policy request per descriptor. `hits` is
+/// `None` when the request left `hits_addend` at 0, so a matched route's cost applies.
+pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option<u64>) -> Plan {
+    let mut plan = Plan {
+        descriptors: vec![Vec::new(); descriptors.len()],
+        failure_mode: FailureMode::Open,
+        ..Plan::default()
+    };
+    for (slot, d) in descriptors.iter().enumerate() {
+        let mut attrs = RequestAttrs {
+            cost: d.hits_addend.as_ref().map(|h| h.value).or(hits),
+            ..RequestAttrs::default()
+        };
+        for entry in &d.entries {
+            let value = Some(entry.value.clone());
+            match entry.key.as_str() {
+                "tenant" => attrs.tenant = value,
+                "user" => attrs.user = value,
+                "ip" | "remote_address" => attrs.ip = value,
+                "method" => attrs.method = value,
+                "path" => attrs.path = value,
+                "tier" => attrs.tier = value,
+                other => {
+                    attrs
+                        .descriptors
+                        .insert(other.to_owned(), entry.value.clone());
+                }
+            }
+        }
+        let resolved = policy.resolve(&attrs);
+        if resolved.failure_mode == FailureMode::Closed {
+            plan.failure_mode = FailureMode::Closed;
+        }
+        for (def, key) in resolved.limits {
+            let report = (def.params.quota(), exact_unit(def.params.window()));
+            plan.add(slot, def, key, resolved.cost, report);
+        }
+    }
+    plan
+}
+
+/// The unit a window is exactly one of, if any.
+fn exact_unit(window: u64) -> Option<Unit> {
+    [
+        Unit::Second,
+        Unit::Minute,
+        Unit::Hour,
+        Unit::Day,
+        Unit::Week,
+    ]
+    .into_iter()
+    .find(|u| u.micros() == window)
+}
+
+/// Envoy's unit enum, as far as fixed-length units go.
+fn unit(raw: i32) -> Option<Unit> {
+    match RateLimitUnit::try_from(raw).ok()? {
+        RateLimitUnit::Second => Some(Unit::Second),
+        RateLimitUnit::Minute => Some(Unit::Minute),
+        RateLimitUnit::Hour => Some(Unit::Hour),
+        RateLimitUnit::Day => Some(Unit::Day),
+        _ => None,
+    }
+}

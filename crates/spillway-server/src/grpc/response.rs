@@ -1,0 +1,149 @@
+//! How the engine's outcomes are told to Envoy: an overall code, one status per request
+//! descriptor (in request order) and the same rate-limit headers the HTTP API sends.
+//!
+//! A descriptor's status speaks for the limits it matched the way the headers speak for a
+//! request: on a denial, the enforced limit that makes the client wait longest; otherwise the
+//! one with the least remaining. A descriptor that matched nothing, or only `unlimited` or
+//! shadow-mode limits, is `OK` with no `current_limit`.
+
+use super::plan::{Plan, Report};
+use crate::http::verdict::{denial_kind, DenialKind};
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    rate_limit::Unit as PbUnit, Code, DescriptorStatus, RateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
+use envoy_types::pb::google::protobuf::Duration;
+use spillway_core::engine::{LimitOutcome, Verdict};
+use spillway_core::envoy_config::Unit;
+use spillway_core::headers;
+use spillway_core::policy::FailureMode;
+use spillway_core::time::SECOND;
+use std::sync::Arc;
+
+/// Added to an answer given without the store, so the degradation is visible downstream.
+pub const DEGRADED_HEADER: &str = "x-spillway-degraded";
+
+/// The verdict over a whole request: admitted or not, with every checked limit's outcome.
+pub fn verdict(domain: &str, plan: &Plan, allowed: bool, outcomes: Vec<LimitOutcome>) -> Verdict {
+    Verdict {
+        allowed,
+        tier: Arc::from(domain),
+        route: None,
+        failure_mode: plan.failure_mode,
+        cost: plan.planned.iter().map(|p| p.cost).max().unwrap_or(0),
+        outcomes,
+    }
+}
+
+/// The answer for a checked request.
+pub fn checked(plan: &Plan, overall: &Verdict) -> RateLimitResponse {
+    let statuses = plan
+        .descriptors
+        .iter()
+        .map(|limits| descriptor_status(limits, overall))
+        .collect();
+    RateLimitResponse {
+        overall_code: code(overall.allowed) as i32,
+        statuses,
+        response_headers_to_add: header_values(overall),
+        ..RateLimitResponse::default()
+    }
+}
+
+/// The answer when no limit applies: one plain `OK` per descriptor, plus `extra` headers.
+pub fn unlimited(descriptors: usize, extra: &[(&str, &str)]) -> RateLimitResponse {
+    let ok = DescriptorStatus {
+        code: Code::Ok as i32,
+        ..DescriptorStatus::default()
+    };
+    RateLimitResponse {
+        overall_code: Code::Ok as i32,
+        statuses: vec![ok; descriptors],
+        response_headers_to_add: extra.iter().map(|(k, v)| header(k, v)).collect(),
+        ..RateLimitResponse::default()
+    }
+}
+
+fn descriptor_status(limits: &[(usize, Report)], overall: &Verdict) -> DescriptorStatus {
+    let outcomes: Vec<LimitOutcome> = limits
+        .iter()
+        .map(|(i, _)| overall.outcomes[*i].clone())
+        .collect();
+    let allowed = outcomes.iter().all(|o| o.shadow || o.decision.allowed);
+    let own = Verdict {
+        allowed,
+        outcomes,
+        tier: overall.tier.clone(),
+        route: None,
+        failure_mode: FailureMode::Open,
+        cost: overall.cost,
+    };
+    let Some(gov) = own.governing() else {
+        return DescriptorStatus {
+            code: Code::Ok as i32,
+            ..DescriptorStatus::default()
+        };
+    };
+    let at = own
+        .outcomes
+        .iter()
+        .position(|o| std::ptr::eq(o, gov))
+        .unwrap_or(0);
+    let (per_unit, unit) = limits[at].1;
+    DescriptorStatus {
+        code: code(allowed) as i32,
+        current_limit: Some(RateLimit {
+            name: gov.name.to_string(),
+            requests_per_unit: u32::try_from(per_unit).unwrap_or(u32::MAX),
+            unit: pb_unit(unit) as i32,
+        }),
+        limit_remaining: u32::try_from(gov.decision.remaining).unwrap_or(u32::MAX),
+        duration_until_reset: Some(duration(gov.decision.reset_after)),
+        ..DescriptorStatus::default()
+    }
+}
+
+fn code(allowed: bool) -> Code {
+    if allowed {
+        Code::Ok
+    } else {
+        Code::OverLimit
+    }
+}
+
+/// The HTTP API's headers for `verdict`; `Retry-After` only when waiting can help.
+fn header_values(verdict: &Verdict) -> Vec<HeaderValue> {
+    let hopeless = denial_kind(verdict) == Some(DenialKind::CostExceedsLimit);
+    headers::render(verdict)
+        .into_iter()
+        .filter(|(name, _)| !(hopeless && *name == headers::RETRY_AFTER))
+        .map(|(name, value)| header(name, &value))
+        .collect()
+}
+
+fn header(key: &str, value: &str) -> HeaderValue {
+    HeaderValue {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        ..HeaderValue::default()
+    }
+}
+
+fn pb_unit(unit: Option<Unit>) -> PbUnit {
+    match unit {
+        Some(Unit::Second) => PbUnit::Second,
+        Some(Unit::Minute) => PbUnit::Minute,
+        Some(Unit::Hour) => PbUnit::Hour,
+        Some(Unit::Day) => PbUnit::Day,
+        Some(Unit::Week) => PbUnit::Week,
+        None => PbUnit::Unknown,
+    }
+}
+
+fn duration(micros: u64) -> Duration {
+    Duration {
+        seconds: i64::try_from(micros / SECOND).unwrap_or(i64::MAX),
+        nanos: i32::try_from((micros % SECOND) * 1_000).unwrap_or(0),
+    }
+}

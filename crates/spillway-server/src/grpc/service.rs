@@ -1,0 +1,132 @@
+//! `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`.
+//!
+//! - A malformed request (empty domain, no descriptors, a descriptor without entries, an entry
+//!   with an empty key) is refused with `INVALID_ARGUMENT`.
+//! - An unknown domain, or descriptors that match nothing, are `OK` with no limit, as with
+//!   envoyproxy/ratelimit: a gateway config that is ahead of the limiter's must not block.
+//! - `hits_addend` 0 means 1; a descriptor's own `hits_addend` wins over the request's.
+//! - Every matched limit of every descriptor goes to the store in one atomic check: either
+//!   the request is charged everywhere, or (on `OVER_LIMIT`) nowhere.
+//! - When the store fails, the domain's failure mode (for the policy domain, the resolved
+//!   routes') decides. `open` (and `degrade`, which has no local fallback yet) answers `OK`
+//!   with an `x-spillway-degraded` header; `closed` answers `UNAVAILABLE`, the gRPC form of the
+//!   HTTP API's 503, which Envoy turns into a refusal with `failure_mode_deny: true`.
+
+use super::plan::{self, Plan};
+use super::response::{self, DEGRADED_HEADER};
+use super::RlsState;
+use crate::metrics;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use spillway_core::policy::FailureMode;
+use spillway_core::request::CheckMode;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// Most descriptors one request may carry; Envoy sends a handful.
+pub const MAX_DESCRIPTORS: usize = 64;
+/// Most entries one descriptor may carry.
+pub const MAX_ENTRIES: usize = 32;
+
+/// The service, sharing the server's engine and config.
+#[derive(Clone)]
+pub struct Rls(pub Arc<RlsState>);
+
+#[tonic::async_trait]
+impl RateLimitService for Rls {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let request = request.into_inner();
+        check_shape(&request).map_err(Status::invalid_argument)?;
+        self.decide(&request).await.map(Response::new)
+    }
+}
+
+impl Rls {
+    async fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
+        let state = &self.0;
+        let hits = u64::from(request.hits_addend);
+        let domain = request.domain.as_str();
+        let plan = if domain == &*state.policy_domain {
+            let policy = state.app.engine.policy();
+            plan::policy(&policy, &request.descriptors, (hits > 0).then_some(hits))
+        } else {
+            let envoy = state.envoy.load();
+            let Some(config) = envoy.domain(domain) else {
+                return Ok(response::unlimited(request.descriptors.len(), &[]));
+            };
+            plan::envoy(config, &request.descriptors, hits.max(1))
+                .map_err(Status::invalid_argument)?
+        };
+        self.check(domain, &plan, request.descriptors.len()).await
+    }
+
+    async fn check(
+        &self,
+        domain: &str,
+        plan: &Plan,
+        descriptors: usize,
+    ) -> Result<RateLimitResponse, Status> {
+        let stopwatch = metrics::Stopwatch::start();
+        let result = self
+            .0
+            .app
+            .engine
+            .check_planned(&plan.planned, CheckMode::Consume)
+            .await;
+        metrics::record_check_duration(stopwatch.elapsed());
+        match result {
+            Ok((allowed, outcomes)) => {
+                let verdict = response::verdict(domain, plan, allowed, outcomes);
+                metrics::record_verdict(&verdict);
+                Ok(response::checked(plan, &verdict))
+            }
+            Err(err) => {
+                let mode = plan.failure_mode;
+                metrics::record_store_failure(mode);
+                if mode == FailureMode::Closed {
+                    tracing::warn!(error = %err, %mode, domain, "rate-limit store failed; refusing");
+                    return Err(Status::unavailable(format!(
+                        "the rate-limit store failed and domain `{domain}` fails closed: {err}"
+                    )));
+                }
+                tracing::warn!(error = %err, %mode, domain, "rate-limit store failed; letting through");
+                Ok(response::unlimited(
+                    descriptors,
+                    &[(DEGRADED_HEADER, "store-unavailable")],
+                ))
+            }
+        }
+    }
+}
+
+/// Refuses requests no gateway would send, saying which field is wrong.
+fn check_shape(request: &RateLimitRequest) -> Result<(), String> {
+    if request.domain.is_empty() {
+        return Err("`domain` must not be empty".into());
+    }
+    if request.descriptors.is_empty() {
+        return Err("`descriptors` must not be empty".into());
+    }
+    if request.descriptors.len() > MAX_DESCRIPTORS {
+        return Err(format!("at most {MAX_DESCRIPTORS} descriptors per request"));
+    }
+    for (i, d) in request.descriptors.iter().enumerate() {
+        if d.entries.is_empty() {
+            return Err(format!("descriptors[{i}] has no entries"));
+        }
+        if d.entries.len() > MAX_ENTRIES {
+            return Err(format!(
+                "descriptors[{i}] has more than {MAX_ENTRIES} entries"
+            ));
+        }
+        if let Some(j) = d.entries.iter().position(|e| e.key.is_empty()) {
+            return Err(format!(
+                "descriptors[{i}].entries[{j}].key must not be empty"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The service against a store that is down: failure modes decide the answer.
+
+use super::service::Rls;
+use super::RlsState;
+use crate::app::AppState;
+use crate::cli::{Cli, Command};
+use crate::clock::ServerClock;
+use crate::config::{PolicyInfo, PolicySource, ServerSettings};
+use arc_swap::ArcSwap;
+use clap::Parser;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use spillway_core::algorithm::Decision;
+use spillway_core::engine::Engine;
+use spillway_core::envoy_config::EnvoyConfig;
+use spillway_core::request::CheckMode;
+use spillway_core::store::{Check, Store, StoreError};
+use std::sync::Arc;
+
+/// A store that never answers.
+struct DownStore;
+
+#[async_trait::async_trait]
+impl Store for DownStore {
+    async fn check(&self, _: &[Check<'_>], _: CheckMode) -> Result<Vec<Decision>, StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+    fn key_count(&self) -> u64 {
+        0
+    }
+    fn evictions(&self) -> u64 {
+        0
+    }
+    fn sweep(&self) -> u64 {
+        0
+    }
+}
+
+const FILES: [&str; 2] = [
+    "domain: lenient\ndescriptors:\n  - {key: user, rate_limit: {unit: second, requests_per_unit: 1}}\n",
+    "domain: strict\nfailure_mode: closed\ndescriptors:\n  - {key: user, rate_limit: {unit: second, requests_per_unit: 1}}\n",
+];
+
+fn service() -> Rls {
+    let Command::Serve(args) = Cli::parse_from(["spillway", "serve"]).command else {
+        unreachable!("serve was asked for");
+    };
+    let settings = ServerSettings::from_args(*args).expect("default settings");
+    let clock = ServerClock::manual(1_000);
+    let policy = PolicySource::Builtin
+        .parse(crate::config::BUILTIN_POLICY)
+        .expect("builtin policy");
+    let store: Arc<dyn Store> = Arc::new(DownStore);
+    let app = AppState {
+        engine: Engine::new(Arc::new(policy), store.clone(), clock.shared()),
+        store,
+        clock: clock.clone(),
+        policy_info: ArcSwap::from_pointee(PolicyInfo {
+            source: "test".into(),
+            loaded_at: clock.now(),
+            limits: 0,
+        }),
+        metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle(),
+        authorize: settings.authorize,
+    };
+    let sources: Vec<(String, String)> = FILES
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("{i}.yaml"), t.to_string()))
+        .collect();
+    Rls(Arc::new(RlsState {
+        app: Arc::new(app),
+        envoy: ArcSwap::from_pointee(EnvoyConfig::from_sources(&sources).expect("valid")),
+        policy_domain: "spillway".into(),
+    }))
+}
+
+fn ask(domain: &str) -> tonic::Request<RateLimitRequest> {
+    tonic::Request::new(RateLimitRequest {
+        domain: domain.into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "user".into(),
+                value: "u".into(),
+            }],
+            ..RateLimitDescriptor::default()
+        }],
+        hits_addend: 0,
+    })
+}
+
+#[tokio::test]
+async fn an_open_domain_answers_ok_marked_degraded() {
+    let answer = service()
+        .should_rate_limit(ask("lenient"))
+        .await
+        .expect("an answer, not an error")
+        .into_inner();
+    assert_eq!(answer.overall_code, Code::Ok as i32);
+    assert_eq!(answer.statuses.len(), 1);
+    let degraded = &answer.response_headers_to_add[0];
+    assert_eq!(
+        (degraded.key.as_str(), degraded.value.as_str()),
+        ("x-spillway-degraded", "store-unavailable")
+    );
+}
+
+#[tokio::test]
+async fn a_closed_domain_answers_unavailable() {
+    let status = service()
+        .should_rate_limit(ask("strict"))
+        .await
+        .expect_err("closed fails");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains("fails closed"), "{status:?}");
+}

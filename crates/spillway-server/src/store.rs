@@ -1,0 +1,160 @@
+//! Building the store the policy's `store:` section (or `--store-url`) asks for.
+//!
+//! The store is chosen once, at start. A reload whose `store:` section differs from the one
+//! the server started with is rejected (the old policy stays), because moving counters between
+//! stores while serving would silently reset every limit; restart the nodes to switch.
+//! `--store-url` / `SPILLWAY_STORE_URL` overrides the file: `memory` for the in-memory store,
+//! `redis://host:port` for one server, or a comma-separated list of `redis://` seed nodes
+//! prefixed with `cluster+` (e.g. `cluster+redis://a:6379,redis://b:6379`) for a cluster.
+
+use anyhow::Context;
+use spillway_core::policy::{RedisSettings, StoreConfig};
+use spillway_core::store::{MemoryStore, Store};
+use spillway_core::time::Clock;
+use spillway_redis::{RedisConfig, RedisStore, Target};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Name of the store round-trip histogram, recorded by the Redis store.
+pub const ROUNDTRIP: &str = "spillway_store_roundtrip_seconds";
+/// Buckets for [`ROUNDTRIP`]: 50 us to 250 ms.
+pub const ROUNDTRIP_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
+
+/// The store settings in force: the `--store-url` override if given, else the policy's.
+pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<StoreConfig, String> {
+    let Some(url) = url_override.map(str::trim).filter(|u| !u.is_empty()) else {
+        return Ok(policy.clone());
+    };
+    let base = match policy {
+        StoreConfig::Redis(s) | StoreConfig::RedisCluster(s) => s.clone(),
+        StoreConfig::Memory { .. } => RedisSettings {
+            urls: vec![],
+            prefix: None,
+            timeout: None,
+            local_cache: None,
+        },
+    };
+    if url == "memory" {
+        return Ok(StoreConfig::Memory { max_keys: None });
+    }
+    let (cluster, list) = match url.strip_prefix("cluster+") {
+        Some(rest) => (true, rest),
+        None => (false, url),
+    };
+    let urls: Vec<String> = list.split(',').map(|u| u.trim().to_owned()).collect();
+    if urls
+        .iter()
+        .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+    {
+        return Err(format!(
+            "--store-url `{url}` must be `memory`, a redis:// URL or cluster+redis://..."
+        ));
+    }
+    if !cluster && urls.len() != 1 {
+        return Err(format!(
+            "--store-url `{url}`: several URLs need the cluster+ prefix"
+        ));
+    }
+    let settings = RedisSettings { urls, ..base };
+    Ok(if cluster {
+        StoreConfig::RedisCluster(settings)
+    } else {
+        StoreConfig::Redis(settings)
+    })
+}
+
+/// Builds the store for `config`; Redis stores connect before this returns.
+pub async fn build(
+    config: &StoreConfig,
+    default_max_keys: u64,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let redis = |settings: &RedisSettings, target: Target| {
+        let mut c = RedisConfig::new(target);
+        if let Some(prefix) = &settings.prefix {
+            c.prefix = prefix.clone();
+        }
+        if let Some(timeout) = settings.timeout {
+            c.timeout = Duration::from_micros(timeout);
+        }
+        if let Some(n) = settings.local_cache {
+            c.local_cache_keys = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        c
+    };
+    let config = match config {
+        StoreConfig::Memory { max_keys } => {
+            let max_keys = max_keys.unwrap_or(default_max_keys);
+            let max_keys = usize::try_from(max_keys).unwrap_or(usize::MAX);
+            return Ok(Arc::new(MemoryStore::new(max_keys, clock)));
+        }
+        StoreConfig::Redis(s) => redis(
+            s,
+            Target::Server(s.urls.first().cloned().unwrap_or_default()),
+        ),
+        StoreConfig::RedisCluster(s) => redis(s, Target::Cluster(s.urls.clone())),
+    };
+    describe();
+    let store = RedisStore::connect(&config)
+        .await
+        .with_context(|| format!("cannot connect to the Redis store {:?}", config.target))?;
+    tracing::info!(target = ?config.target, prefix = %config.prefix, "using the Redis store");
+    Ok(Arc::new(store.with_clock(clock)))
+}
+
+fn describe() {
+    use metrics::Unit;
+    metrics::describe_histogram!(
+        ROUNDTRIP,
+        Unit::Seconds,
+        "Round-trip time of one store call."
+    );
+    metrics::describe_counter!(
+        "spillway_store_errors_total",
+        "Store calls that failed, by kind (timeout, unavailable, protocol)."
+    );
+    metrics::describe_counter!(
+        "spillway_local_cache_hits_total",
+        "Requests denied from the local over-limit cache without a store round trip."
+    );
+    metrics::describe_gauge!(
+        "spillway_local_cache_entries",
+        "Requests held in the local over-limit cache."
+    );
+    for kind in ["timeout", "unavailable", "protocol"] {
+        metrics::counter!("spillway_store_errors_total", "kind" => kind).increment(0);
+    }
+    metrics::counter!("spillway_local_cache_hits_total").increment(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_override_wins_and_keeps_the_policy_settings() {
+        let policy = StoreConfig::Redis(RedisSettings {
+            urls: vec!["redis://a:1".into()],
+            prefix: Some("p".into()),
+            timeout: None,
+            local_cache: Some(0),
+        });
+        let got = effective(&policy, Some("redis://b:2")).unwrap();
+        let StoreConfig::Redis(s) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(
+            (s.urls, s.prefix),
+            (vec!["redis://b:2".to_owned()], Some("p".to_owned()))
+        );
+        assert!(matches!(
+            effective(&policy, Some("cluster+redis://a:1,redis://b:2")),
+            Ok(StoreConfig::RedisCluster(_))
+        ));
+        assert_eq!(effective(&policy, None).unwrap(), policy);
+        assert!(effective(&policy, Some("http://x")).is_err());
+        assert!(effective(&policy, Some("redis://a:1,redis://b:2")).is_err());
+    }
+}

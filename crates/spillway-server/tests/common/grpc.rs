@@ -1,0 +1,120 @@
+//! gRPC helpers: start a server with the RLS port open and talk to it with a real tonic
+//! client, the way Envoy would.
+
+use super::{parse_listen_line, Server, ServerBuilder, TempDir};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use std::net::SocketAddr;
+use tonic::transport::Channel;
+
+/// A server with gRPC on, and a client connected to it.
+pub struct Rls {
+    /// The server (HTTP side too, for the manual clock).
+    pub server: Server,
+    /// Where gRPC listens.
+    pub addr: SocketAddr,
+    /// A connected client.
+    pub client: RateLimitServiceClient<Channel>,
+}
+
+/// Starts `builder` with `--grpc-listen 127.0.0.1:0` plus `--envoy-config` for each of `envoy`.
+pub async fn start(builder: ServerBuilder, envoy: &[&std::path::Path]) -> Rls {
+    let mut args = vec!["--grpc-listen".to_owned(), "127.0.0.1:0".to_owned()];
+    for path in envoy {
+        args.push("--envoy-config".to_owned());
+        args.push(path.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = builder.args(&args).start();
+    let line = server.wait_for_log("grpc listening on ");
+    let Some(addr) = line.as_deref().and_then(parse_listen_line) else {
+        panic!("no gRPC address; logs:\n{}", server.logs().join("\n"));
+    };
+    let client = RateLimitServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to the gRPC port");
+    Rls {
+        server,
+        addr,
+        client,
+    }
+}
+
+/// Writes an Envoy config file into a fresh directory.
+pub fn envoy_file(name: &str, text: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new();
+    let path = dir.write(name, text);
+    (dir, path)
+}
+
+/// A descriptor from `(key, value)` pairs.
+pub fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        ..RateLimitDescriptor::default()
+    }
+}
+
+/// A request for `domain` with `descriptors` and a request-level `hits_addend`.
+pub fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>, hits: u32) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.to_owned(),
+        descriptors,
+        hits_addend: hits,
+    }
+}
+
+impl Rls {
+    /// Sends `request`; panics on a gRPC error.
+    pub async fn ask(&mut self, request: RateLimitRequest) -> RateLimitResponse {
+        self.client
+            .should_rate_limit(request)
+            .await
+            .expect("a gRPC answer")
+            .into_inner()
+    }
+
+    /// Sends one descriptor of `entries` to `domain`.
+    pub async fn one(&mut self, domain: &str, entries: &[(&str, &str)]) -> RateLimitResponse {
+        self.ask(request(domain, vec![descriptor(entries)], 0))
+            .await
+    }
+}
+
+/// The overall code.
+pub fn overall(response: &RateLimitResponse) -> Code {
+    Code::try_from(response.overall_code).expect("a known code")
+}
+
+/// A status's code.
+pub fn code(status: &DescriptorStatus) -> Code {
+    Code::try_from(status.code).expect("a known code")
+}
+
+/// A response header's value.
+pub fn header<'a>(response: &'a RateLimitResponse, name: &str) -> Option<&'a str> {
+    response
+        .response_headers_to_add
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+/// The status's `(name, requests_per_unit, remaining)`.
+pub fn limit(status: &DescriptorStatus) -> Option<(String, u32, u32)> {
+    let current = status.current_limit.as_ref()?;
+    Some((
+        current.name.clone(),
+        current.requests_per_unit,
+        status.limit_remaining,
+    ))
+}

@@ -1,0 +1,309 @@
+//! Envoy's rate-limit service, end to end: the real binary with `--grpc-listen`, a real tonic
+//! client, and the manual clock moved instead of sleeping.
+
+mod common;
+
+use common::grpc::{code, descriptor, envoy_file, header, limit, overall, request, start};
+use common::{Server, PATIENCE};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::google::protobuf::UInt64Value;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const POLICY: &str = r#"
+default_tier: free
+limits:
+  user-minute:
+    algorithm: fixed_window
+    limit: 2
+    window: 1m
+    key: [user]
+tiers:
+  free:
+    limits: [user-minute]
+"#;
+
+/// Spillway extensions on an Envoy-style file: several limits on one descriptor, custom
+/// windows and algorithms, overrides and `replaces`.
+const SHOP: &str = r#"
+domain: shop
+allow_limit_override: true
+descriptors:
+  - key: tenant
+    rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: user
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: budget
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: api_key
+    rate_limits:
+      - {name: burst, unit: second, requests_per_unit: 2}
+      - {name: sustained, window: 30s, requests_per_unit: 3, algorithm: sliding_window}
+  - key: bucket
+    rate_limit: {unit: second, requests_per_unit: 1, algorithm: token_bucket, burst: 3}
+"#;
+
+#[tokio::test]
+async fn the_policy_domain_allows_then_denies_with_headers() {
+    let mut rls = start(Server::with_policy(POLICY), &[]).await;
+    for remaining in [1, 0] {
+        let answer = rls.one("spillway", &[("user", "u1")]).await;
+        assert_eq!(overall(&answer), Code::Ok);
+        let status = &answer.statuses[0];
+        assert_eq!(limit(status), Some(("user-minute".into(), 2, remaining)));
+        assert_eq!(
+            status.current_limit.as_ref().map(|l| l.unit),
+            Some(Unit::Minute as i32)
+        );
+        assert_eq!(
+            status.duration_until_reset.as_ref().map(|d| d.seconds),
+            Some(60)
+        );
+        assert_eq!(
+            header(&answer, "x-ratelimit-remaining"),
+            Some(&*remaining.to_string())
+        );
+        assert_eq!(header(&answer, "retry-after"), None);
+    }
+    let denied = rls.one("spillway", &[("user", "u1")]).await;
+    assert_eq!(overall(&denied), Code::OverLimit);
+    assert_eq!(code(&denied.statuses[0]), Code::OverLimit);
+    assert_eq!(header(&denied, "retry-after"), Some("60"));
+    assert_eq!(header(&denied, "x-ratelimit-limit"), Some("2"));
+    assert_eq!(
+        header(&denied, "ratelimit-policy"),
+        Some("\"user-minute\";q=2;w=60")
+    );
+    rls.server.advance_ms(60_000).await;
+    assert_eq!(
+        overall(&rls.one("spillway", &[("user", "u1")]).await),
+        Code::Ok
+    );
+}
+
+#[tokio::test]
+async fn statuses_follow_request_order_and_a_denial_charges_nothing() {
+    let (_dir, shop) = envoy_file("shop.yaml", SHOP);
+    let mut rls = start(Server::with_policy(POLICY), &[&shop]).await;
+    let three = || {
+        let ds = vec![
+            descriptor(&[("tenant", "a")]),
+            descriptor(&[("user", "u")]),
+            descriptor(&[("nothing", "x")]),
+        ];
+        request("shop", ds, 0)
+    };
+    let first = rls.ask(three()).await;
+    assert_eq!(overall(&first), Code::Ok);
+    assert_eq!(first.statuses.len(), 3);
+    assert_eq!(
+        limit(&first.statuses[0]),
+        Some(("shop.tenant".into(), 5, 4))
+    );
+    assert_eq!(limit(&first.statuses[1]), Some(("shop.user".into(), 1, 0)));
+    assert_eq!(
+        (code(&first.statuses[2]), limit(&first.statuses[2])),
+        (Code::Ok, None)
+    );
+
+    let second = rls.ask(three()).await;
+    assert_eq!(overall(&second), Code::OverLimit);
+    assert_eq!(code(&second.statuses[0]), Code::Ok);
+    assert_eq!(code(&second.statuses[1]), Code::OverLimit);
+    // The tenant was not charged for the denied request: 5 - 1 - 1 = 3 left now.
+    let tenant = rls.one("shop", &[("tenant", "a")]).await;
+    assert_eq!(
+        limit(&tenant.statuses[0]),
+        Some(("shop.tenant".into(), 5, 3))
+    );
+}
+
+#[tokio::test]
+async fn hits_addend_counts_per_request_and_per_descriptor() {
+    let (_dir, shop) = envoy_file("shop.yaml", SHOP);
+    let mut rls = start(Server::with_policy(POLICY), &[&shop]).await;
+    let answer = rls
+        .ask(request("shop", vec![descriptor(&[("budget", "b")])], 4))
+        .await;
+    assert_eq!(limit(&answer.statuses[0]).map(|l| l.2), Some(6));
+    let mut own = descriptor(&[("budget", "b")]);
+    own.hits_addend = Some(UInt64Value { value: 5 });
+    let answer = rls.ask(request("shop", vec![own], 4)).await;
+    assert_eq!(limit(&answer.statuses[0]).map(|l| l.2), Some(1));
+    // 0 means 1.
+    let answer = rls
+        .ask(request("shop", vec![descriptor(&[("budget", "b")])], 0))
+        .await;
+    assert_eq!(limit(&answer.statuses[0]).map(|l| l.2), Some(0));
+    let answer = rls
+        .ask(request("shop", vec![descriptor(&[("budget", "b")])], 1))
+        .await;
+    assert_eq!(overall(&answer), Code::OverLimit);
+}
+
+#[tokio::test]
+async fn unknown_domains_and_unmatched_descriptors_are_not_limited() {
+    let (_dir, shop) = envoy_file("shop.yaml", SHOP);
+    let mut rls = start(Server::with_policy(POLICY), &[&shop]).await;
+    for domain in ["elsewhere", "shop"] {
+        let answer = rls.one(domain, &[("colour", "blue")]).await;
+        assert_eq!(overall(&answer), Code::Ok);
+        assert_eq!(
+            (code(&answer.statuses[0]), limit(&answer.statuses[0])),
+            (Code::Ok, None)
+        );
+        assert!(answer.response_headers_to_add.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_get_invalid_argument() {
+    let mut rls = start(Server::with_policy(POLICY), &[]).await;
+    let cases = [
+        request("", vec![descriptor(&[("user", "u")])], 0),
+        request("spillway", vec![], 0),
+        request("spillway", vec![descriptor(&[])], 0),
+        request("spillway", vec![descriptor(&[("", "u")])], 0),
+    ];
+    for case in cases {
+        let status = rls
+            .client
+            .should_rate_limit(case)
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+    // The server is still fine.
+    assert_eq!(
+        overall(&rls.one("spillway", &[("user", "u")]).await),
+        Code::Ok
+    );
+}
+
+#[tokio::test]
+async fn several_limits_custom_windows_and_algorithms_hold_together() {
+    let (_dir, shop) = envoy_file("shop.yaml", SHOP);
+    let mut rls = start(Server::with_policy(POLICY), &[&shop]).await;
+    let key = [("api_key", "k")];
+    for _ in 0..2 {
+        assert_eq!(overall(&rls.one("shop", &key).await), Code::Ok);
+    }
+    let denied = rls.one("shop", &key).await;
+    assert_eq!(
+        limit(&denied.statuses[0]).map(|l| l.0),
+        Some("burst".into())
+    );
+    assert_eq!(header(&denied, "retry-after"), Some("1"));
+    rls.server.advance_ms(1_000).await;
+    let third = rls.one("shop", &key).await;
+    assert_eq!(overall(&third), Code::Ok);
+    let sustained = third.statuses[0].current_limit.clone().expect("a limit");
+    assert_eq!(
+        (sustained.name.as_str(), sustained.unit),
+        ("sustained", Unit::Unknown as i32)
+    );
+    rls.server.advance_ms(1_000).await;
+    let denied = rls.one("shop", &key).await;
+    assert_eq!(
+        limit(&denied.statuses[0]).map(|l| l.0),
+        Some("sustained".into())
+    );
+
+    let bucket = [("bucket", "b")];
+    for _ in 0..3 {
+        assert_eq!(overall(&rls.one("shop", &bucket).await), Code::Ok);
+    }
+    assert_eq!(overall(&rls.one("shop", &bucket).await), Code::OverLimit);
+    rls.server.advance_ms(1_000).await;
+    assert_eq!(overall(&rls.one("shop", &bucket).await), Code::Ok);
+}
+
+#[tokio::test]
+async fn a_descriptor_limit_override_applies_when_the_domain_allows_it() {
+    let (_dir, shop) = envoy_file("shop.yaml", SHOP);
+    let mut rls = start(Server::with_policy(POLICY), &[&shop]).await;
+    let mut own = descriptor(&[("tenant", "b")]);
+    own.limit = Some(RateLimitOverride {
+        requests_per_unit: 1,
+        unit: envoy_types::pb::envoy::r#type::v3::RateLimitUnit::Hour as i32,
+    });
+    let first = rls.ask(request("shop", vec![own.clone()], 0)).await;
+    let current = first.statuses[0].current_limit.clone().expect("a limit");
+    assert_eq!(
+        (current.requests_per_unit, current.unit),
+        (1, Unit::Hour as i32)
+    );
+    assert_eq!(
+        overall(&rls.ask(request("shop", vec![own], 0)).await),
+        Code::OverLimit
+    );
+}
+
+#[tokio::test]
+async fn health_reports_serving_for_the_rate_limit_service() {
+    let rls = start(Server::with_policy(POLICY), &[]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", rls.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    for service in ["", "envoy.service.ratelimit.v3.RateLimitService"] {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health answer")
+            .into_inner();
+        assert_eq!(
+            answer.status,
+            ServingStatus::Serving as i32,
+            "service `{service}`"
+        );
+    }
+}
+
+#[tokio::test]
+async fn envoy_config_changes_are_reloaded_and_bad_ones_rejected() {
+    let (_dir, shop) = envoy_file("shop.yaml", SHOP);
+    let mut rls = start(Server::with_policy(POLICY), &[&shop]).await;
+    let before = rls.one("shop", &[("tenant", "r")]).await;
+    assert_eq!(limit(&before.statuses[0]).map(|l| l.1), Some(5));
+    std::fs::write(
+        &shop,
+        SHOP.replace("requests_per_unit: 5", "requests_per_unit: 0"),
+    )
+    .expect("write");
+    assert!(rls
+        .server
+        .wait_for_log("envoy config reload rejected")
+        .is_some());
+    let kept = rls.one("shop", &[("tenant", "r")]).await;
+    assert_eq!(limit(&kept.statuses[0]).map(|l| l.1), Some(5));
+    std::fs::write(
+        &shop,
+        SHOP.replace("requests_per_unit: 5", "requests_per_unit: 50"),
+    )
+    .expect("write");
+    let reloaded = common::wait_until(PATIENCE, || {
+        rls.server
+            .logs()
+            .iter()
+            .any(|l| l.contains("envoy config reloaded"))
+            .then_some(())
+    });
+    assert!(
+        reloaded.is_some(),
+        "logs:\n{}",
+        rls.server.logs().join("\n")
+    );
+    let after = rls.one("shop", &[("tenant", "r")]).await;
+    assert_eq!(
+        limit(&after.statuses[0]).map(|l| (l.1, l.2)),
+        Some((50, 49))
+    );
+}

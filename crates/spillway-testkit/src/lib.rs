@@ -1,0 +1,12 @@
+//! Test support shared by Spillway's crates (a dev-dependency only).
+//!
+//! - [`redis`]: real `redis-server` processes and three-master clusters, started on free
+//!   loopback ports in temporary directories and killed when dropped. Nothing assumes a Redis
+//!   is already running.
+//! - [`vectors`]: the one table of conformance vectors (`vectors/conformance.json`) that every
+//!   store must reproduce exactly, and the code that generated it from the engine.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod redis;
+pub mod vectors;
