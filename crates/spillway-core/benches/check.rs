@@ -42,12 +42,27 @@ fn algorithms() -> Vec<(&'static str, LimitParams)> {
     let rate = Rate::new(1_000_000_000, SECOND).unwrap();
     let big = 1_000_000_000;
     vec![
-        ("token_bucket", LimitParams::TokenBucket(TokenBucket::new(rate, big).unwrap())),
+        (
+            "token_bucket",
+            LimitParams::TokenBucket(TokenBucket::new(rate, big).unwrap()),
+        ),
         ("gcra", LimitParams::Gcra(Gcra::new(rate, big).unwrap())),
-        ("fixed_window", LimitParams::FixedWindow(FixedWindow::new(u64::MAX / 2, SECOND).unwrap())),
-        ("sliding_window", LimitParams::SlidingWindow(SlidingWindow::new(u32::MAX as u64, SECOND).unwrap())),
-        ("sliding_log", LimitParams::SlidingLog(SlidingLog::new(16, 1000).unwrap())),
-        ("leaky_bucket", LimitParams::LeakyBucket(LeakyBucket::new(rate, big).unwrap())),
+        (
+            "fixed_window",
+            LimitParams::FixedWindow(FixedWindow::new(1 << 53, SECOND).unwrap()),
+        ),
+        (
+            "sliding_window",
+            LimitParams::SlidingWindow(SlidingWindow::new(u32::MAX as u64, SECOND).unwrap()),
+        ),
+        (
+            "sliding_log",
+            LimitParams::SlidingLog(SlidingLog::new(16, 1000).unwrap()),
+        ),
+        (
+            "leaky_bucket",
+            LimitParams::LeakyBucket(LeakyBucket::new(rate, big).unwrap()),
+        ),
     ]
 }
 
@@ -87,7 +102,12 @@ fn bench_checks(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("spillway", name), |b| {
                 b.iter(|| {
                     i = (i + 1) % n;
-                    let check = Check { key: &ks[i], params: &params, cost: 1, enforced: true };
+                    let check = Check {
+                        key: &ks[i],
+                        params: &params,
+                        cost: 1,
+                        enforced: true,
+                    };
                     black_box(store.check_key(&check, CheckMode::Consume).allowed)
                 })
             });
@@ -107,11 +127,19 @@ fn memory_report() {
             let before = LIVE.load(Ordering::Relaxed);
             let store = MemoryStore::new(2_000_000, Arc::new(SystemClock));
             for k in &ks {
-                let check = [Check { key: k, params: &params, cost: 1, enforced: true }];
+                let check = [Check {
+                    key: k,
+                    params: &params,
+                    cost: 1,
+                    enforced: true,
+                }];
                 store.check_blocking(&check, CheckMode::Consume);
             }
             assert_eq!(store.key_count(), n as u64);
-            row.push(format!("{:.1}", (LIVE.load(Ordering::Relaxed) - before) as f64 / n as f64));
+            row.push(format!(
+                "{:.1}",
+                (LIVE.load(Ordering::Relaxed) - before) as f64 / n as f64
+            ));
             drop(store);
         }
         // governor stores its keys (the strings) in the map too; subtract their heap part so
@@ -123,7 +151,10 @@ fn memory_report() {
             let _ = gov.check_key(name);
         }
         let used = LIVE.load(Ordering::Relaxed) - before;
-        row.push(format!("{:.1}", used.saturating_sub(key_heap) as f64 / n as f64));
+        row.push(format!(
+            "{:.1}",
+            used.saturating_sub(key_heap) as f64 / n as f64
+        ));
         drop(gov);
         println!("{}", row.join("\t"));
     }

@@ -52,18 +52,27 @@ impl Verdict {
     pub fn governing(&self) -> Option<&LimitOutcome> {
         let enforced = self.outcomes.iter().filter(|o| !o.shadow);
         if self.allowed {
-            enforced.min_by_key(|o| (o.decision.remaining, std::cmp::Reverse(o.decision.reset_after)))
-        } else {
-            enforced.filter(|o| !o.decision.allowed).max_by_key(|o| match o.decision.denial {
-                Some(Denial::CostExceedsLimit) => Micros::MAX,
-                _ => o.decision.retry_after.unwrap_or(0),
+            enforced.min_by_key(|o| {
+                (
+                    o.decision.remaining,
+                    std::cmp::Reverse(o.decision.reset_after),
+                )
             })
+        } else {
+            enforced
+                .filter(|o| !o.decision.allowed)
+                .max_by_key(|o| match o.decision.denial {
+                    Some(Denial::CostExceedsLimit) => Micros::MAX,
+                    _ => o.decision.retry_after.unwrap_or(0),
+                })
         }
     }
 
     /// Shadow-mode limits that would have denied the request.
     pub fn shadow_denials(&self) -> impl Iterator<Item = &LimitOutcome> {
-        self.outcomes.iter().filter(|o| o.shadow && !o.decision.allowed)
+        self.outcomes
+            .iter()
+            .filter(|o| o.shadow && !o.decision.allowed)
     }
 }
 

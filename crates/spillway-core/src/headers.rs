@@ -53,7 +53,12 @@ pub fn render(verdict: &Verdict) -> Vec<(&'static str, String)> {
             current.push_str(", ");
         }
         let name = sf_string(&o.name);
-        let _ = write!(policy, "{name};q={};w={}", o.quota, ceil_secs(o.window).max(1));
+        let _ = write!(
+            policy,
+            "{name};q={};w={}",
+            o.quota,
+            ceil_secs(o.window).max(1)
+        );
         let _ = write!(
             current,
             "{name};r={};t={}",
@@ -93,7 +98,13 @@ mod tests {
     use crate::policy::FailureMode;
     use crate::time::SECOND;
 
-    fn outcome(name: &str, allowed: bool, remaining: u64, reset: u64, retry: Option<u64>) -> LimitOutcome {
+    fn outcome(
+        name: &str,
+        allowed: bool,
+        remaining: u64,
+        reset: u64,
+        retry: Option<u64>,
+    ) -> LimitOutcome {
         LimitOutcome {
             name: name.into(),
             decision: Decision {
@@ -129,13 +140,19 @@ mod tests {
     fn allowed_request_reports_the_least_remaining() {
         let v = verdict(
             true,
-            vec![outcome("a", true, 42, 18 * SECOND, None), outcome("b\"x", true, 7, 1, None)],
+            vec![
+                outcome("a", true, 42, 18 * SECOND, None),
+                outcome("b\"x", true, 7, 1, None),
+            ],
         );
         let h = render(&v);
         assert_eq!(get(&h, X_REMAINING), Some("7"));
         assert_eq!(get(&h, X_RESET), Some("1"));
         assert_eq!(get(&h, RETRY_AFTER), None);
-        assert_eq!(get(&h, POLICY), Some(r#""a";q=100;w=60, "b\"x";q=100;w=60"#));
+        assert_eq!(
+            get(&h, POLICY),
+            Some(r#""a";q=100;w=60, "b\"x";q=100;w=60"#)
+        );
         assert_eq!(get(&h, RATELIMIT), Some(r#""a";r=42;t=18, "b\"x";r=7;t=1"#));
     }
 

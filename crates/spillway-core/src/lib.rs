@@ -16,12 +16,12 @@
 #![warn(missing_docs)]
 
 pub mod algorithm;
+pub mod engine;
 pub mod envoy_config;
+pub mod headers;
 pub mod key;
 pub mod policy;
 pub mod rate;
 pub mod request;
-pub mod time;
-pub mod engine;
-pub mod headers;
 pub mod store;
+pub mod time;

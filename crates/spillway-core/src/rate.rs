@@ -33,10 +33,12 @@ impl Rate {
             format!("rate `{text}` must look like `100/min` or `10/30s` (count/period)")
         })?;
         let count: u64 = count.trim().parse().map_err(|_| {
-            format!("rate `{text}`: `{}` is not a whole, non-negative number", count.trim())
+            format!(
+                "rate `{text}`: `{}` is not a whole, non-negative number",
+                count.trim()
+            )
         })?;
-        let period = parse_duration(per.trim())
-            .map_err(|e| format!("rate `{text}`: {e}"))?;
+        let period = parse_duration(per.trim()).map_err(|e| format!("rate `{text}`: {e}"))?;
         Self::new(count, period).map_err(|e| format!("rate `{text}`: {e}"))
     }
 }
@@ -51,7 +53,9 @@ impl fmt::Display for Rate {
 /// or a positive number followed by a unit (`250ms`, `30s`, `5m`, `1h`, `1d`).
 pub fn parse_duration(text: &str) -> Result<Micros, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let unit_micros = match unit.trim() {
         "us" | "µs" => 1,
@@ -83,7 +87,13 @@ pub fn parse_duration(text: &str) -> Result<Micros, String> {
 
 /// Formats microseconds back into the shortest exact unit form (`1h`, `90s`, `250ms`).
 pub fn format_duration(micros: Micros) -> String {
-    for (unit, name) in [(DAY, "d"), (HOUR, "h"), (MINUTE, "m"), (SECOND, "s"), (1_000, "ms")] {
+    for (unit, name) in [
+        (DAY, "d"),
+        (HOUR, "h"),
+        (MINUTE, "m"),
+        (SECOND, "s"),
+        (1_000, "ms"),
+    ] {
         if micros >= unit && micros % unit == 0 {
             return format!("{}{}", micros / unit, name);
         }
@@ -102,15 +112,31 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(HOUR));
         assert_eq!(parse_duration("day"), Ok(DAY));
         assert_eq!(parse_duration("250ms"), Ok(250_000));
-        assert!(parse_duration("0s").unwrap_err().contains("longer than zero"));
+        assert!(parse_duration("0s")
+            .unwrap_err()
+            .contains("longer than zero"));
         assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
-        assert!(parse_duration("3 fortnights").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("3 fortnights")
+            .unwrap_err()
+            .contains("unknown unit"));
     }
 
     #[test]
     fn parses_rates() {
-        assert_eq!(Rate::parse("100/min"), Ok(Rate { count: 100, period: MINUTE }));
-        assert_eq!(Rate::parse("10/30s"), Ok(Rate { count: 10, period: 30 * SECOND }));
+        assert_eq!(
+            Rate::parse("100/min"),
+            Ok(Rate {
+                count: 100,
+                period: MINUTE
+            })
+        );
+        assert_eq!(
+            Rate::parse("10/30s"),
+            Ok(Rate {
+                count: 10,
+                period: 30 * SECOND
+            })
+        );
         assert!(Rate::parse("0/s").unwrap_err().contains("at least 1"));
         assert!(Rate::parse("-1/s").unwrap_err().contains("not a whole"));
         assert!(Rate::parse("100").unwrap_err().contains("count/period"));

@@ -8,7 +8,7 @@
 //! | `/v1/authorize`           | any     | decision from proxy headers (nginx, Traefik) |
 //! | `/v1/authorize/{*path}`   | any     | the same, Envoy `path_prefix` form        |
 //! | `/healthz`                | GET     | liveness                                  |
-//! | `/readyz`                 | GET     | readiness (policy loaded, store pingable) |
+//! | `/readyz`                 | GET     | readiness (policy loaded; store health reported) |
 //! | `/metrics`                | GET     | Prometheus text                           |
 //! | `/debug/clock`            | POST    | only with `--manual-clock` (tests)        |
 //!
@@ -43,6 +43,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// How `/v1/authorize` reads and answers requests.
     pub authorize: AuthorizeSettings,
+    /// What to do when the store fails (shared with the gRPC service).
+    pub failover: Arc<crate::failure::Failover>,
 }
 
 /// The HTTP surface of the server, ready for `axum::serve`.
@@ -115,12 +117,20 @@ limits:
     limit: 5
     window: 1m
     key: [user]
+  route-hour:
+    algorithm: fixed_window
+    limit: 30
+    window: 1h
+    key: [user]
 tiers:
   free:
     limits: [user-minute]
 routes:
   - match: "POST /v1/generate"
     failure_mode: closed
+  - match: "POST /v1/search"
+    failure_mode: degrade
+    limits: [route-hour]
 "#;
 
     fn app_on(store: Arc<dyn Store>) -> Router {
@@ -132,6 +142,10 @@ routes:
         let state = AppState {
             engine: Engine::new(Arc::new(policy), store.clone(), clock.shared()),
             store,
+            failover: Arc::new(crate::failure::Failover::new(
+                crate::failure::FailureSettings::default(),
+                clock.shared(),
+            )),
             clock: clock.clone(),
             policy_info: ArcSwap::from_pointee(PolicyInfo {
                 source: "test".into(),
@@ -164,14 +178,22 @@ routes:
     }
 
     async fn call(app: &Router, request: Request<Body>) -> (StatusCode, Value, bool) {
+        let (status, body, headers) = call_with_headers(app, request).await;
+        (status, body, headers.contains_key("x-ratelimit-limit"))
+    }
+
+    async fn call_with_headers(
+        app: &Router,
+        request: Request<Body>,
+    ) -> (StatusCode, Value, axum::http::HeaderMap) {
         let response = app.clone().oneshot(request).await.expect("infallible");
         let status = response.status();
-        let has_limit_headers = response.headers().contains_key("x-ratelimit-limit");
+        let headers = response.headers().clone();
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
             .expect("body");
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, body, has_limit_headers)
+        (status, body, headers)
     }
 
     fn check(body: &str) -> Request<Body> {
@@ -210,14 +232,59 @@ routes:
     }
 
     #[tokio::test]
-    async fn readyz_is_503_while_the_store_is_down() {
+    async fn degraded_answers_are_marked_and_closed_ones_advise_a_retry() {
+        let app = app_on(Arc::new(DownStore));
+        let (status, body, headers) =
+            call_with_headers(&app, check(r#"{"user":"u","method":"GET","path":"/x"}"#)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["spillway-degraded"], "store-unavailable");
+        assert_eq!(body["degraded"], "store-unavailable");
+
+        let (status, _, headers) = call_with_headers(
+            &app,
+            check(r#"{"user":"u","method":"POST","path":"/v1/generate"}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["retry-after"], "1");
+        assert!(!headers.contains_key("spillway-degraded"));
+    }
+
+    #[tokio::test]
+    async fn a_degrade_route_holds_to_its_emergency_quota() {
+        let app = app_on(Arc::new(DownStore));
+        let mut admitted = 0;
+        for _ in 0..20 {
+            let (status, body, headers) = call_with_headers(
+                &app,
+                check(r#"{"user":"u","method":"POST","path":"/v1/search"}"#),
+            )
+            .await;
+            assert_eq!(headers["spillway-degraded"], "store-unavailable");
+            assert_eq!(body["degraded"], "store-unavailable");
+            if status == StatusCode::OK {
+                admitted += 1;
+                // ceil(5 / 3) for user-minute, ceil(30 / 3) for route-hour.
+                assert_eq!(body["limits"][0]["limit"], 2);
+                assert_eq!(body["limits"][1]["limit"], 10);
+            } else {
+                assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+            }
+        }
+        assert_eq!(admitted, 2, "the smaller emergency quota governs");
+    }
+
+    #[tokio::test]
+    async fn readyz_stays_ready_but_degraded_while_the_store_is_down() {
         let app = app_on(Arc::new(DownStore));
         let request = Request::get("/readyz")
             .body(Body::empty())
             .expect("request");
         let (status, body, _) = call(&app, request).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(body["ready"], false);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["ready"], true);
+        assert_eq!(body["status"], "degraded");
+        assert_eq!(body["store"]["circuit"], "closed");
         assert_eq!(body["store"]["ok"], false);
         assert!(body["store"]["status"]
             .as_str()

@@ -78,6 +78,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SPILLWAY_STORE_URL", value_name = "URL")]
     pub store_url: Option<String>,
 
+    /// Time budget of one call to a shared (Redis) store, e.g. `10ms`; past it the route's
+    /// failure mode decides. Wins over the policy's `store.timeout` (default 10ms).
+    #[arg(long, env = "SPILLWAY_STORE_TIMEOUT", value_name = "DURATION",
+          value_parser = parse_grace)]
+    pub store_timeout: Option<Duration>,
+
     /// Log line format.
     #[arg(long, env = "SPILLWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -32,6 +32,8 @@ pub struct ServerSettings {
     pub max_keys: u64,
     /// `--store-url`: overrides the policy's `store:` section.
     pub store_url: Option<String>,
+    /// `--store-timeout`: overrides the policy's `store.timeout`.
+    pub store_timeout: Option<Duration>,
     /// How long in-flight requests get after a shutdown signal.
     pub shutdown_grace: Duration,
     /// The policy's origin.
@@ -58,6 +60,7 @@ impl ServerSettings {
             listen: args.listen,
             max_keys: args.max_keys,
             store_url: args.store_url,
+            store_timeout: args.store_timeout,
             shutdown_grace: args.shutdown_grace,
             policy: args
                 .config

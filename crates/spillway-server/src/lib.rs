@@ -9,6 +9,8 @@
 //!   the policy comes from ([`config::PolicySource`]).
 //! - [`clock`]: the clock the process runs on (the system clock, or a manual one for tests).
 //! - [`app`]: the shared state every handler sees, and the router that maps paths to handlers.
+//! - [`failure`]: store time budget, circuit breaker and the per-route failure modes (open,
+//!   closed, degrade with emergency quotas), shared by both transports.
 //! - [`grpc`]: Envoy's rate-limit service (RLS v3) and gRPC health, on their own port.
 //! - [`http`]: one module per endpoint, plus the shared problem-document and verdict rendering.
 //! - [`metrics`]: the Prometheus recorder and the names of everything it exports.
@@ -26,6 +28,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod failure;
 pub mod grpc;
 pub mod http;
 pub mod logging;

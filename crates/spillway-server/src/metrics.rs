@@ -13,6 +13,13 @@
 //! | `spillway_store_keys`                    | gauge     | none               |
 //! | `spillway_store_evictions_total`         | counter   | none               |
 //! | `spillway_store_failures_total`          | counter   | `failure_mode`     |
+//! | `spillway_degraded_decisions_total`      | counter   | `route`, `mode`    |
+//! | `spillway_store_circuit_state`           | gauge     | none               |
+//! | `spillway_store_circuit_transitions_total` | counter | `to`               |
+//! | `spillway_emergency_keys`                | gauge     | none               |
+//!
+//! The last four are recorded by [`crate::failure`] (see `docs/FAILURE.md`); `route` is a
+//! route's pattern from the policy (or an Envoy domain), never a raw request path.
 //!
 //! `spillway_decisions_total` counts one per consuming check (peeks are not decisions):
 //! `outcome` is `allowed` or `denied`, and `limit` is the verdict's governing limit, the one

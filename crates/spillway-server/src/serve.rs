@@ -13,12 +13,14 @@ use crate::app::{self, AppState};
 use crate::cli::ServeArgs;
 use crate::clock::ServerClock;
 use crate::config::{PolicyInfo, ServerSettings};
+use crate::failure::{Failover, FailureSettings};
 use crate::reload::{self, Reloader};
 use crate::shutdown::{self, Shutdown};
 use crate::{grpc, logging, metrics, sweeper};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use spillway_core::engine::Engine;
+use spillway_core::policy::StoreConfig;
 use spillway_core::store::Store;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -79,12 +81,23 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         .with_context(|| format!("the policy {source} is invalid"))?;
     let limits = policy.limits().count();
 
+    // Installed before the store is built, so the store's and the breaker's start-up values
+    // are recorded.
+    let recorder = metrics::install().context("cannot set up metrics")?;
     let store_config = crate::store::effective(policy.store(), settings.store_url.as_deref())
         .map_err(anyhow::Error::msg)?;
-    let store: Arc<dyn Store> =
-        crate::store::build(&store_config, settings.max_keys, clock.shared()).await?;
+    let failure = FailureSettings::from_store(&store_config, settings.store_timeout);
+    let store: Arc<dyn Store> = crate::store::build(
+        &store_config,
+        settings.max_keys,
+        clock.shared(),
+        failure.budget,
+    )
+    .await?;
+    let failover = Arc::new(Failover::new(failure, clock.shared()));
+    let shared = !matches!(store_config, StoreConfig::Memory { .. });
+    let store = failover.guard(store, shared);
     let engine = Engine::new(Arc::new(policy), store.clone(), clock.shared());
-    let recorder = metrics::install().context("cannot set up metrics")?;
     let app = Arc::new(AppState {
         engine,
         store: store.clone(),
@@ -96,6 +109,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         }),
         metrics: recorder.clone(),
         authorize: settings.authorize.clone(),
+        failover,
     });
 
     let reloader = Reloader::new(app.clone(), settings.policy.clone(), text);

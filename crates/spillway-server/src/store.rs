@@ -29,12 +29,7 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
     };
     let base = match policy {
         StoreConfig::Redis(s) | StoreConfig::RedisCluster(s) => s.clone(),
-        StoreConfig::Memory { .. } => RedisSettings {
-            urls: vec![],
-            prefix: None,
-            timeout: None,
-            local_cache: None,
-        },
+        StoreConfig::Memory { .. } => RedisSettings::default(),
     };
     if url == "memory" {
         return Ok(StoreConfig::Memory { max_keys: None });
@@ -66,19 +61,21 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
 }
 
 /// Builds the store for `config`; Redis stores connect before this returns.
+///
+/// `budget` (the failure settings' time budget) bounds each Redis call, so the client's own
+/// timeouts agree with the guard around it (see [`crate::failure`]).
 pub async fn build(
     config: &StoreConfig,
     default_max_keys: u64,
     clock: Arc<dyn Clock>,
+    budget: Duration,
 ) -> anyhow::Result<Arc<dyn Store>> {
     let redis = |settings: &RedisSettings, target: Target| {
         let mut c = RedisConfig::new(target);
         if let Some(prefix) = &settings.prefix {
             c.prefix = prefix.clone();
         }
-        if let Some(timeout) = settings.timeout {
-            c.timeout = Duration::from_micros(timeout);
-        }
+        c.timeout = budget;
         if let Some(n) = settings.local_cache {
             c.local_cache_keys = usize::try_from(n).unwrap_or(usize::MAX);
         }
@@ -138,8 +135,8 @@ mod tests {
         let policy = StoreConfig::Redis(RedisSettings {
             urls: vec!["redis://a:1".into()],
             prefix: Some("p".into()),
-            timeout: None,
             local_cache: Some(0),
+            ..RedisSettings::default()
         });
         let got = effective(&policy, Some("redis://b:2")).unwrap();
         let StoreConfig::Redis(s) = got else {

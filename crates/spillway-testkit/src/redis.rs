@@ -120,6 +120,27 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the process (`SIGSTOP`): connections stay open but nothing is answered, the
+    /// way a hung or partitioned server looks to its clients. [`RedisServer::resume`] undoes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen process (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([which, &child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {which} failed");
+        }
+    }
+
     /// Starts the server again on the same port (empty, since nothing is persisted).
     pub fn restart(&mut self) {
         self.kill();

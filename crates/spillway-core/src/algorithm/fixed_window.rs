@@ -24,12 +24,7 @@ pub struct FixedWindowState {
 impl FixedWindow {
     /// At most `limit` per `window`.
     pub fn new(limit: u64, window: Micros) -> Result<Self, String> {
-        if limit == 0 {
-            return Err("limit must be at least 1".into());
-        }
-        if window == 0 {
-            return Err("window must be longer than zero".into());
-        }
+        super::check_window(limit, window, super::MAX_SCALED as u64)?;
         Ok(Self { limit, window })
     }
 
@@ -97,12 +92,16 @@ mod tests {
     #[test]
     fn windows_align_to_the_unit() {
         let fw = FixedWindow::new(2, MINUTE).unwrap();
-        let mut r = Replay::new(|s: Option<&FixedWindowState>, now, cost| fw.evaluate(s, now, cost));
+        let mut r =
+            Replay::new(|s: Option<&FixedWindowState>, now, cost| fw.evaluate(s, now, cost));
         let t = 10 * MINUTE + 45 * SECOND;
         assert!(r.step(t, 1).allowed);
         assert!(r.step(t, 1).allowed);
         let d = r.step(t, 1);
-        assert_eq!((d.allowed, d.retry_after, d.reset_after), (false, Some(15 * SECOND), 15 * SECOND));
+        assert_eq!(
+            (d.allowed, d.retry_after, d.reset_after),
+            (false, Some(15 * SECOND), 15 * SECOND)
+        );
         assert!(r.step(11 * MINUTE, 1).allowed);
     }
 
@@ -110,7 +109,10 @@ mod tests {
     fn cost_above_limit_is_a_distinct_denial() {
         let fw = FixedWindow::new(2, MINUTE).unwrap();
         let d = fw.evaluate(None, 0, 3).decision;
-        assert_eq!((d.denial, d.retry_after), (Some(super::super::Denial::CostExceedsLimit), None));
+        assert_eq!(
+            (d.denial, d.retry_after),
+            (Some(super::super::Denial::CostExceedsLimit), None)
+        );
     }
 
     proptest! {

@@ -52,7 +52,12 @@ impl Gcra {
 
     /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
     #[inline]
-    pub fn evaluate(&self, state: Option<&GcraState>, now: Micros, cost: u64) -> Evaluation<GcraState> {
+    pub fn evaluate(
+        &self,
+        state: Option<&GcraState>,
+        now: Micros,
+        cost: u64,
+    ) -> Evaluation<GcraState> {
         // Everything is measured from `now` in scaled units (one token is rate.micros units,
         // one microsecond is rate.tokens units), so no product involves the absolute time and
         // every quantity stays below 2^53 (which the Lua mirror relies on).
@@ -119,7 +124,13 @@ mod tests {
         assert!(r.step(333_334, 1).allowed);
         // The TAT is now 666,667.33 us (kept as 666,667 + 1/3): the next request must wait
         // for the whole fractional interval, not a rounded one.
-        assert_eq!(r.state(), Some(&GcraState { tat: 666_667, rem: 1 }));
+        assert_eq!(
+            r.state(),
+            Some(&GcraState {
+                tat: 666_667,
+                rem: 1
+            })
+        );
         assert!(!r.step(666_667, 1).allowed);
         assert!(r.step(666_668, 1).allowed);
     }

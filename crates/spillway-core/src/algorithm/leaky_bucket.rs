@@ -99,7 +99,8 @@ mod tests {
     #[test]
     fn fills_then_drains() {
         let lb = LeakyBucket::new(Rate::new(2, SECOND).unwrap(), 4).unwrap();
-        let mut r = Replay::new(|s: Option<&LeakyBucketState>, now, cost| lb.evaluate(s, now, cost));
+        let mut r =
+            Replay::new(|s: Option<&LeakyBucketState>, now, cost| lb.evaluate(s, now, cost));
         assert_eq!(r.step(0, 4).remaining, 0);
         let d = r.step(0, 1);
         assert_eq!(d.retry_after, Some(SECOND / 2));

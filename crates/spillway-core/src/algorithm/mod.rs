@@ -25,6 +25,7 @@ pub use sliding_window::{SlidingWindow, SlidingWindowState};
 pub use token_bucket::{TokenBucket, TokenBucketState};
 
 use crate::time::Micros;
+use strength_reduce::StrengthReducedU64;
 
 /// The largest scaled quantity a limit may store; 2^53 keeps every value exact in a Lua double.
 pub const MAX_SCALED: u128 = 1 << 53;
@@ -185,7 +186,12 @@ impl LimitParams {
     /// Checks a request of `cost` at `now` against `state` (`None` for a key never seen or
     /// already expired). A state of another algorithm's shape counts as a fresh key.
     #[inline]
-    pub fn evaluate(&self, state: Option<StateRef<'_>>, now: Micros, cost: u64) -> Evaluation<State> {
+    pub fn evaluate(
+        &self,
+        state: Option<StateRef<'_>>,
+        now: Micros,
+        cost: u64,
+    ) -> Evaluation<State> {
         fn wrap<S>(e: Evaluation<S>, f: impl FnOnce(S) -> State) -> Evaluation<State> {
             Evaluation {
                 decision: e.decision,
@@ -196,27 +202,51 @@ impl LimitParams {
         use StateRef as R;
         match (self, state) {
             (Self::TokenBucket(p), s) => {
-                let s = if let Some(R::TokenBucket(s)) = s { Some(s) } else { None };
+                let s = if let Some(R::TokenBucket(s)) = s {
+                    Some(s)
+                } else {
+                    None
+                };
                 wrap(p.evaluate(s, now, cost), State::TokenBucket)
             }
             (Self::Gcra(p), s) => {
-                let s = if let Some(R::Gcra(s)) = s { Some(s) } else { None };
+                let s = if let Some(R::Gcra(s)) = s {
+                    Some(s)
+                } else {
+                    None
+                };
                 wrap(p.evaluate(s, now, cost), State::Gcra)
             }
             (Self::FixedWindow(p), s) => {
-                let s = if let Some(R::FixedWindow(s)) = s { Some(s) } else { None };
+                let s = if let Some(R::FixedWindow(s)) = s {
+                    Some(s)
+                } else {
+                    None
+                };
                 wrap(p.evaluate(s, now, cost), State::FixedWindow)
             }
             (Self::SlidingWindow(p), s) => {
-                let s = if let Some(R::SlidingWindow(s)) = s { Some(s) } else { None };
+                let s = if let Some(R::SlidingWindow(s)) = s {
+                    Some(s)
+                } else {
+                    None
+                };
                 wrap(p.evaluate(s, now, cost), State::SlidingWindow)
             }
             (Self::SlidingLog(p), s) => {
-                let s = if let Some(R::SlidingLog(s)) = s { Some(s) } else { None };
+                let s = if let Some(R::SlidingLog(s)) = s {
+                    Some(s)
+                } else {
+                    None
+                };
                 wrap(p.evaluate(s, now, cost), |s| State::SlidingLog(Box::new(s)))
             }
             (Self::LeakyBucket(p), s) => {
-                let s = if let Some(R::LeakyBucket(s)) = s { Some(s) } else { None };
+                let s = if let Some(R::LeakyBucket(s)) = s {
+                    Some(s)
+                } else {
+                    None
+                };
                 wrap(p.evaluate(s, now, cost), State::LeakyBucket)
             }
         }
@@ -258,22 +288,45 @@ impl State {
 /// A rate reduced to lowest terms: `tokens` whole units every `micros` microseconds.
 ///
 /// The bucket algorithms count in scaled units where one token is `micros` units and each
-/// elapsed microsecond refills `tokens` units, so refills are exact integers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// elapsed microsecond refills `tokens` units, so refills are exact integers. Both numbers are
+/// also kept as strength-reduced divisors: every check divides by them (for the remaining
+/// count and the reset time), and a multiply-and-shift is several times cheaper than a
+/// hardware division on the hot path.
+#[derive(Debug, Clone, Copy)]
 pub struct ScaledRate {
     /// Units refilled per elapsed microsecond (the reduced count).
     pub tokens: u64,
     /// Scaled units per whole token (the reduced period).
     pub micros: u64,
+    tokens_div: StrengthReducedU64,
+    micros_div: StrengthReducedU64,
+}
+
+impl PartialEq for ScaledRate {
+    fn eq(&self, other: &Self) -> bool {
+        (self.tokens, self.micros) == (other.tokens, other.micros)
+    }
+}
+
+impl Eq for ScaledRate {}
+
+impl std::hash::Hash for ScaledRate {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.tokens, self.micros).hash(state);
+    }
 }
 
 impl ScaledRate {
     /// Reduces `count` per `period` by their greatest common divisor.
     pub fn new(rate: crate::rate::Rate) -> Self {
         let g = gcd(rate.count, rate.period);
+        // `Rate` guarantees both are positive, so neither divisor is zero.
+        let (tokens, micros) = ((rate.count / g).max(1), (rate.period / g).max(1));
         Self {
-            tokens: rate.count / g,
-            micros: rate.period / g,
+            tokens,
+            micros,
+            tokens_div: StrengthReducedU64::new(tokens),
+            micros_div: StrengthReducedU64::new(micros),
         }
     }
 
@@ -293,13 +346,14 @@ impl ScaledRate {
     /// Microseconds needed to refill `units` scaled units, rounded up.
     #[inline]
     pub fn time_for(&self, units: u64) -> Micros {
-        units.div_ceil(self.tokens)
+        let (q, r) = StrengthReducedU64::div_rem(units, self.tokens_div);
+        q + u64::from(r != 0)
     }
 
     /// Whole tokens in `units` scaled units, rounded down.
     #[inline]
     pub fn whole(&self, units: u64) -> u64 {
-        units / self.micros
+        units / self.micros_div
     }
 
     /// Checks that `capacity` tokens fit in [`MAX_SCALED`].
@@ -315,6 +369,22 @@ impl ScaledRate {
         }
         Ok(())
     }
+}
+
+/// Validates a window limit's numbers: `limit` in `1..=max` and a non-empty window. The
+/// counters are stored as exact integers in every store, so `max` is 2^53 (32 bits for the
+/// sliding window's packed counters).
+pub(crate) fn check_window(limit: u64, window: Micros, max: u64) -> Result<(), String> {
+    if limit == 0 {
+        return Err("limit must be at least 1".into());
+    }
+    if limit > max {
+        return Err(format!("limit {limit} is too large (at most {max})"));
+    }
+    if window == 0 {
+        return Err("window must be longer than zero".into());
+    }
+    Ok(())
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {

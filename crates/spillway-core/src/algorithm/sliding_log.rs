@@ -24,12 +24,7 @@ pub struct SlidingLogState {
 impl SlidingLog {
     /// Exactly at most `limit` in any `window`.
     pub fn new(limit: u64, window: Micros) -> Result<Self, String> {
-        if limit == 0 {
-            return Err("limit must be at least 1".into());
-        }
-        if window == 0 {
-            return Err("window must be longer than zero".into());
-        }
+        super::check_window(limit, window, super::MAX_SCALED as u64)?;
         Ok(Self { limit, window })
     }
 
@@ -57,7 +52,9 @@ impl SlidingLog {
             .unwrap_or_default();
         let used: u64 = entries.iter().map(|e| e.1).sum();
         let reset = |entries: &VecDeque<(Micros, u64)>| {
-            entries.back().map_or(0, |&(at, _)| (at + self.window).saturating_sub(now))
+            entries
+                .back()
+                .map_or(0, |&(at, _)| (at + self.window).saturating_sub(now))
         };
         let left = self.limit.saturating_sub(used);
         if cost > self.limit || used + cost > self.limit {
@@ -65,7 +62,12 @@ impl SlidingLog {
             let decision = if cost > self.limit {
                 Decision::too_costly(self.limit, left, r)
             } else {
-                Decision::over_limit(self.limit, left, r, self.retry_after(&entries, used + cost, now))
+                Decision::over_limit(
+                    self.limit,
+                    left,
+                    r,
+                    self.retry_after(&entries, used + cost, now),
+                )
             };
             return Evaluation {
                 decision,

@@ -31,15 +31,7 @@ pub struct SlidingWindowState {
 impl SlidingWindow {
     /// About `limit` per sliding `window`.
     pub fn new(limit: u64, window: Micros) -> Result<Self, String> {
-        if limit == 0 {
-            return Err("limit must be at least 1".into());
-        }
-        if limit > u64::from(u32::MAX) {
-            return Err(format!("limit {limit} is too large (at most {})", u32::MAX));
-        }
-        if window == 0 {
-            return Err("window must be longer than zero".into());
-        }
+        super::check_window(limit, window, u64::from(u32::MAX))?;
         Ok(Self { limit, window })
     }
 
@@ -153,7 +145,8 @@ mod tests {
     #[test]
     fn previous_window_is_weighted_by_overlap() {
         let sw = SlidingWindow::new(10, MINUTE).unwrap();
-        let mut r = Replay::new(|s: Option<&SlidingWindowState>, now, cost| sw.evaluate(s, now, cost));
+        let mut r =
+            Replay::new(|s: Option<&SlidingWindowState>, now, cost| sw.evaluate(s, now, cost));
         assert!(r.step(0, 10).allowed);
         // A quarter into the next window the previous 10 still weigh 7.5: 2 more fit, 3 do not.
         let t = MINUTE + 15 * SECOND;

@@ -46,19 +46,17 @@ pub fn events(
     max_cost: u64,
 ) -> impl Strategy<Value = Vec<(Micros, u64)>> {
     let start = 1_700_000_000_000_000u64;
-    prop::collection::vec(
-        (prop_oneof![Just(0u64), 0..max_gap], 1..=max_cost),
-        1..n,
+    prop::collection::vec((prop_oneof![Just(0u64), 0..max_gap], 1..=max_cost), 1..n).prop_map(
+        move |raw| {
+            let mut now = start;
+            raw.into_iter()
+                .map(|(gap, cost)| {
+                    now += gap;
+                    (now, cost)
+                })
+                .collect()
+        },
     )
-    .prop_map(move |raw| {
-        let mut now = start;
-        raw.into_iter()
-            .map(|(gap, cost)| {
-                now += gap;
-                (now, cost)
-            })
-            .collect()
-    })
 }
 
 /// Admitted requests as `(time, cost)`, replaying `events` against `eval`.
@@ -142,8 +140,14 @@ pub fn check_retry_exact<S: Clone>(
     if let Some(retry) = d.retry_after {
         prop_assert!(!d.allowed);
         prop_assert!(retry > 0);
-        prop_assert!(r.peek(now + retry, cost).allowed, "not allowed at now + retry");
-        prop_assert!(!r.peek(now + retry - 1, cost).allowed, "allowed before retry");
+        prop_assert!(
+            r.peek(now + retry, cost).allowed,
+            "not allowed at now + retry"
+        );
+        prop_assert!(
+            !r.peek(now + retry - 1, cost).allowed,
+            "allowed before retry"
+        );
     } else if !d.allowed {
         prop_assert_eq!(d.denial, Some(super::Denial::CostExceedsLimit));
     }

@@ -58,7 +58,10 @@ impl TokenBucket {
             None => (capacity, now),
             Some(s) => {
                 let elapsed = now.saturating_sub(s.last_refill);
-                let refilled = s.tokens.saturating_add(self.rate.refill(elapsed)).min(capacity);
+                let refilled = s
+                    .tokens
+                    .saturating_add(self.rate.refill(elapsed))
+                    .min(capacity);
                 (refilled, now.max(s.last_refill))
             }
         };
@@ -69,7 +72,8 @@ impl TokenBucket {
             last_refill: last,
         };
         if cost > self.burst {
-            let decision = Decision::too_costly(self.burst, self.rate.whole(tokens), full_in(tokens));
+            let decision =
+                Decision::too_costly(self.burst, self.rate.whole(tokens), full_in(tokens));
             return Evaluation {
                 decision,
                 state: keep(tokens),
@@ -113,7 +117,8 @@ mod tests {
     #[test]
     fn new_key_starts_full_and_drains() {
         let tb = bucket(10, SECOND, 3);
-        let mut r = Replay::new(|s: Option<&TokenBucketState>, now, cost| tb.evaluate(s, now, cost));
+        let mut r =
+            Replay::new(|s: Option<&TokenBucketState>, now, cost| tb.evaluate(s, now, cost));
         assert_eq!(r.step(0, 1).remaining, 2);
         assert_eq!(r.step(0, 2).remaining, 0);
         let denied = r.step(0, 1);
@@ -125,7 +130,8 @@ mod tests {
     #[test]
     fn refill_is_capped_at_burst() {
         let tb = bucket(100, MINUTE, 20);
-        let mut r = Replay::new(|s: Option<&TokenBucketState>, now, cost| tb.evaluate(s, now, cost));
+        let mut r =
+            Replay::new(|s: Option<&TokenBucketState>, now, cost| tb.evaluate(s, now, cost));
         r.step(0, 20);
         assert_eq!(r.step(10 * MINUTE, 1).remaining, 19);
     }

@@ -13,6 +13,7 @@
 //! path patterns and `tenant` for overrides), `error` (what a rejected file reports) and
 //! `resolve` (the per-request hot path).
 
+mod emergency;
 pub(crate) mod error;
 mod limit;
 pub(crate) mod locate;
@@ -27,6 +28,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use emergency::{scaled as emergency_params, Emergency};
 pub use error::{PolicyError, PolicyIssue};
 pub use store::{RedisSettings, StoreConfig};
 
@@ -170,6 +172,7 @@ pub struct Policy {
     tenants: HashMap<Box<str>, resolve::Tenant>,
     limits: Vec<Arc<LimitDef>>,
     store: StoreConfig,
+    emergency: HashMap<Arc<str>, Emergency>,
 }
 
 /// What applies to one request: its tier, route, cost and failure mode, and each limit it
@@ -230,6 +233,12 @@ impl Policy {
     /// survive and metrics can describe each limit once.
     pub fn limits(&self) -> impl Iterator<Item = &Arc<LimitDef>> {
         self.limits.iter()
+    }
+
+    /// The emergency quota a limit sets for itself (`emergency:`), if any; see
+    /// [`Emergency::quota`] for the default.
+    pub fn emergency(&self, limit: &str) -> Option<Emergency> {
+        self.emergency.get(limit).copied()
     }
 
     /// The routes in match order (file order).

@@ -56,6 +56,14 @@ pub(crate) struct RawStore {
     pub timeout: Option<Text>,
     #[serde(default)]
     pub local_cache: Option<Spanned<Number>>,
+    #[serde(default)]
+    pub expected_nodes: Option<Spanned<Number>>,
+    #[serde(default)]
+    pub breaker_failures: Option<Spanned<Number>>,
+    #[serde(default)]
+    pub breaker_cooldown: Option<Text>,
+    #[serde(default)]
+    pub retry_after: Option<Text>,
 }
 
 /// One named limit definition.
@@ -77,6 +85,19 @@ pub(crate) struct RawLimit {
     pub window: Option<Text>,
     #[serde(default)]
     pub capacity: Option<Spanned<Number>>,
+    #[serde(default)]
+    pub emergency: Option<Spanned<RawEmergency>>,
+}
+
+/// A limit's `emergency` quota, used per node while the shared store is down: either an
+/// absolute `limit` or a `fraction` of the limit's own quota.
+#[derive(Debug, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEmergency {
+    #[serde(default)]
+    pub limit: Option<Spanned<Number>>,
+    #[serde(default)]
+    pub fraction: Option<Spanned<Number>>,
 }
 
 /// A tenant's replacement numbers for one limit; absent fields keep the limit's own.
@@ -207,6 +228,16 @@ pub(crate) enum Number {
 }
 
 impl Number {
+    /// The value as a finite real number, if it is one (for fractions).
+    pub(crate) fn fraction(&self) -> Option<f64> {
+        let f = match self {
+            Self::Int(i) => *i as f64,
+            Self::Float(f) => *f,
+            Self::Text(t) => t.trim().parse().ok()?,
+        };
+        f.is_finite().then_some(f)
+    }
+
     /// The value as a positive whole number, or a message explaining why it is not one.
     pub(crate) fn positive(&self) -> Result<u64, String> {
         let int = match self {

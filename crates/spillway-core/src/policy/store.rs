@@ -6,6 +6,11 @@
 //! store: {type: redis, url: "redis://127.0.0.1:6379", prefix: rl, timeout: 100ms}
 //! store: {type: redis_cluster, nodes: ["redis://10.0.0.1:6379"], prefix: rl}
 //! ```
+//!
+//! A shared store can fail, so the Redis forms also say how a node copes (see
+//! `docs/FAILURE.md`): `timeout` (the budget of one store call), `breaker_failures` and
+//! `breaker_cooldown` (the circuit breaker), `retry_after` (what a fail-closed 503 advises)
+//! and `expected_nodes` (how many nodes split a `degrade` route's emergency quota).
 
 use super::error::Issues;
 use super::raw::{Number, RawStore};
@@ -28,7 +33,7 @@ pub enum StoreConfig {
 }
 
 /// The settings the two Redis forms share.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RedisSettings {
     /// The server URL (`redis`) or the seed nodes (`redis_cluster`).
     pub urls: Vec<String>,
@@ -38,6 +43,14 @@ pub struct RedisSettings {
     pub timeout: Option<Micros>,
     /// Size of the local over-limit cache (0 turns it off); `None` for the default.
     pub local_cache: Option<u64>,
+    /// Nodes expected to share the store, which split emergency quotas; `None` for the default.
+    pub expected_nodes: Option<u64>,
+    /// Consecutive failed calls that open the circuit breaker; `None` for the default.
+    pub breaker_failures: Option<u64>,
+    /// How long an open breaker waits before probing the store; `None` for the default.
+    pub breaker_cooldown: Option<Micros>,
+    /// The `Retry-After` of a fail-closed refusal; `None` for the default.
+    pub retry_after: Option<Micros>,
 }
 
 impl Default for StoreConfig {
@@ -89,6 +102,10 @@ pub(crate) fn compile(raw: Option<&Spanned<RawStore>>, issues: &mut Issues) -> S
             misplaced("prefix", s.prefix.is_some(), issues);
             misplaced("timeout", s.timeout.is_some(), issues);
             misplaced("local_cache", s.local_cache.is_some(), issues);
+            misplaced("expected_nodes", s.expected_nodes.is_some(), issues);
+            misplaced("breaker_failures", s.breaker_failures.is_some(), issues);
+            misplaced("breaker_cooldown", s.breaker_cooldown.is_some(), issues);
+            misplaced("retry_after", s.retry_after.is_some(), issues);
             StoreConfig::Memory {
                 max_keys: number(&s.max_keys, "max_keys", issues),
             }
@@ -146,16 +163,16 @@ pub(crate) fn compile(raw: Option<&Spanned<RawStore>>, issues: &mut Issues) -> S
                     );
                 }
             }
-            let timeout = s
-                .timeout
-                .as_ref()
-                .and_then(|t| match parse_duration(&t.value) {
+            let duration = |t: &Option<Spanned<String>>, field: &str, issues: &mut Issues| {
+                t.as_ref().and_then(|t| match parse_duration(&t.value) {
                     Ok(v) => Some(v),
                     Err(message) => {
-                        issues.push(t.referenced, "store.timeout", message);
+                        issues.push(t.referenced, format!("store.{field}"), message);
                         None
                     }
-                });
+                })
+            };
+            let timeout = duration(&s.timeout, "timeout", issues);
             let settings = RedisSettings {
                 urls,
                 prefix: s.prefix.as_ref().map(|p| p.value.clone()),
@@ -164,6 +181,10 @@ pub(crate) fn compile(raw: Option<&Spanned<RawStore>>, issues: &mut Issues) -> S
                     Number::Int(0) => Some(0),
                     _ => number(&s.local_cache, "local_cache", issues),
                 }),
+                expected_nodes: number(&s.expected_nodes, "expected_nodes", issues),
+                breaker_failures: number(&s.breaker_failures, "breaker_failures", issues),
+                breaker_cooldown: duration(&s.breaker_cooldown, "breaker_cooldown", issues),
+                retry_after: duration(&s.retry_after, "retry_after", issues),
             };
             if kind == "redis" {
                 StoreConfig::Redis(settings)

@@ -44,6 +44,7 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
     );
     let routes = routes(raw, &defs, &mut issues);
     let store = super::store::compile(raw.store.as_ref(), &mut issues);
+    let emergency = super::emergency::compile(&raw.limits, &defs, &mut issues);
     let mut limits = defs.valid();
     let tenants = tenant::compile(
         raw,
@@ -73,6 +74,7 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         tenants,
         limits,
         store,
+        emergency,
     })
 }
 

@@ -45,9 +45,9 @@ use crate::algorithm::{
 use crate::request::CheckMode;
 use crate::time::{Clock, Micros, SECOND};
 use async_trait::async_trait;
-use parking_lot::{Mutex, MutexGuard};
 use foldhash::quality::FoldHasher;
 use foldhash::SharedSeed;
+use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -179,12 +179,9 @@ impl MemoryStore {
         let mut limit = FoldHasher::with_seed(check.key.fingerprint, &self.seed);
         limit.write(check.key.limit.as_bytes());
         let limit = limit.finish();
-        let values = check.key.with_values_encoding(|bytes| {
-            let mut values = FoldHasher::with_seed(limit, &self.seed);
-            values.write(bytes);
-            values.finish()
-        });
-        [values, limit]
+        let mut values = FoldHasher::with_seed(limit, &self.seed);
+        check.key.hash_values_into(&mut values);
+        [values.finish(), limit]
     }
 
     /// Expiry as whole seconds after the store's epoch, rounded up (so never early).
@@ -224,16 +221,26 @@ impl MemoryStore {
         let mut order: SmallVec<[usize; 4]> = hashes.iter().map(shard_of).collect();
         order.sort_unstable();
         order.dedup();
-        let mut guards: SmallVec<[(usize, MutexGuard<'_, Shard>); 4]> =
-            order.into_iter().map(|i| (i, self.shards[i].lock())).collect();
-        let slot_of = |h: &KeyHash| guards.iter().position(|(s, _)| *s == shard_of(h)).unwrap_or(0);
+        let mut guards: SmallVec<[(usize, MutexGuard<'_, Shard>); 4]> = order
+            .into_iter()
+            .map(|i| (i, self.shards[i].lock()))
+            .collect();
+        let slot_of = |h: &KeyHash| {
+            guards
+                .iter()
+                .position(|(s, _)| *s == shard_of(h))
+                .unwrap_or(0)
+        };
         let slots: SmallVec<[usize; 4]> = hashes.iter().map(slot_of).collect();
 
         let evaluations: SmallVec<[_; 4]> = checks
             .iter()
             .zip(&hashes)
             .zip(&slots)
-            .map(|((c, h), &slot)| c.params.evaluate(guards[slot].1.get(h).map(Slot::state), now, c.cost))
+            .map(|((c, h), &slot)| {
+                c.params
+                    .evaluate(guards[slot].1.get(h).map(Slot::state), now, c.cost)
+            })
             .collect();
         let decisions: Decisions = evaluations.iter().map(|e| e.decision).collect();
         if mode == CheckMode::Consume && admits(checks, &decisions) {
@@ -246,7 +253,13 @@ impl MemoryStore {
 
     /// Stores an allowed evaluation's state. A zero-cost look that leaves a key fresh creates
     /// no slot, and a denied one changes nothing.
-    fn commit(&self, map: &mut Shard, h: KeyHash, e: crate::algorithm::Evaluation<State>, now: Micros) {
+    fn commit(
+        &self,
+        map: &mut Shard,
+        h: KeyHash,
+        e: crate::algorithm::Evaluation<State>,
+        now: Micros,
+    ) {
         if !e.decision.allowed || e.expires_at <= now {
             return;
         }
@@ -288,7 +301,11 @@ fn shard_of(h: &KeyHash) -> usize {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn check(&self, checks: &[Check<'_>], mode: CheckMode) -> Result<Vec<Decision>, StoreError> {
+    async fn check(
+        &self,
+        checks: &[Check<'_>],
+        mode: CheckMode,
+    ) -> Result<Vec<Decision>, StoreError> {
         Ok(self.check_blocking(checks, mode).into_vec())
     }
 
@@ -352,7 +369,9 @@ mod tests {
     }
 
     fn bucket(burst: u64) -> LimitParams {
-        LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, 3600 * SECOND).unwrap(), burst).unwrap())
+        LimitParams::TokenBucket(
+            TokenBucket::new(Rate::new(1, 3600 * SECOND).unwrap(), burst).unwrap(),
+        )
     }
 
     fn one<'a>(key: &'a StateKey, params: &'a LimitParams, cost: u64) -> [Check<'a>; 1] {
@@ -402,10 +421,24 @@ mod tests {
                     let uk = key("user", &format!("u{t}"));
                     for _ in 0..100 {
                         let checks = [
-                            Check { key: tk, params: tenant, cost: 1, enforced: true },
-                            Check { key: &uk, params: user, cost: 1, enforced: true },
+                            Check {
+                                key: tk,
+                                params: tenant,
+                                cost: 1,
+                                enforced: true,
+                            },
+                            Check {
+                                key: &uk,
+                                params: user,
+                                cost: 1,
+                                enforced: true,
+                            },
                         ];
-                        if store.check_blocking(&checks, CheckMode::Consume).iter().all(|d| d.allowed) {
+                        if store
+                            .check_blocking(&checks, CheckMode::Consume)
+                            .iter()
+                            .all(|d| d.allowed)
+                        {
                             admitted.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -424,11 +457,24 @@ mod tests {
         let (a, b) = (key("roomy", "x"), key("tight", "x"));
         let both = |cost| {
             [
-                Check { key: &a, params: &roomy, cost, enforced: true },
-                Check { key: &b, params: &tight, cost, enforced: true },
+                Check {
+                    key: &a,
+                    params: &roomy,
+                    cost,
+                    enforced: true,
+                },
+                Check {
+                    key: &b,
+                    params: &tight,
+                    cost,
+                    enforced: true,
+                },
             ]
         };
-        assert!(store.check_blocking(&both(1), CheckMode::Consume).iter().all(|d| d.allowed));
+        assert!(store
+            .check_blocking(&both(1), CheckMode::Consume)
+            .iter()
+            .all(|d| d.allowed));
         let denied = store.check_blocking(&both(1), CheckMode::Consume);
         assert!(denied[0].allowed && !denied[1].allowed);
         // The roomy limit still has 9, not 8.
@@ -441,7 +487,14 @@ mod tests {
         let store = MemoryStore::new(1000, Arc::new(ManualClock::new(0)));
         let params = bucket(1);
         let k = key("shadowed", "x");
-        let shadow = |cost| [Check { key: &k, params: &params, cost, enforced: false }];
+        let shadow = |cost| {
+            [Check {
+                key: &k,
+                params: &params,
+                cost,
+                enforced: false,
+            }]
+        };
         store.check_blocking(&shadow(1), CheckMode::Consume);
         let d = store.check_blocking(&shadow(1), CheckMode::Consume);
         assert!(!d[0].allowed);
@@ -464,7 +517,10 @@ mod tests {
         let store = MemoryStore::new(1000, clock.clone());
         let params = LimitParams::FixedWindow(FixedWindow::new(5, MINUTE).unwrap());
         for i in 0..10 {
-            store.check_blocking(&one(&key("w", &i.to_string()), &params, 1), CheckMode::Consume);
+            store.check_blocking(
+                &one(&key("w", &i.to_string()), &params, 1),
+                CheckMode::Consume,
+            );
         }
         assert_eq!(store.key_count(), 10);
         clock.set(MINUTE - 1);
@@ -480,10 +536,17 @@ mod tests {
         let store = MemoryStore::new(640, Arc::new(ManualClock::new(0)));
         let params = bucket(10);
         for i in 0..10_000 {
-            store.check_blocking(&one(&key("ip", &format!("10.0.{i}")), &params, 1), CheckMode::Consume);
+            store.check_blocking(
+                &one(&key("ip", &format!("10.0.{i}")), &params, 1),
+                CheckMode::Consume,
+            );
         }
         assert!(store.key_count() <= store.max_keys() as u64);
-        assert!(store.key_count() >= 600, "shards should fill up: {}", store.key_count());
+        assert!(
+            store.key_count() >= 600,
+            "shards should fill up: {}",
+            store.key_count()
+        );
         assert_eq!(store.evictions(), 10_000 - store.key_count());
     }
 
@@ -491,8 +554,16 @@ mod tests {
     fn hostile_values_cannot_collide_with_other_keys() {
         let store = MemoryStore::new(1000, Arc::new(ManualClock::new(0)));
         let params = bucket(1);
-        let joined = StateKey { limit: "l".into(), fingerprint: 1, values: vec!["a\u{0}b".into()] };
-        let split = StateKey { limit: "l".into(), fingerprint: 1, values: vec!["a".into(), "b".into()] };
+        let joined = StateKey {
+            limit: "l".into(),
+            fingerprint: 1,
+            values: vec!["a\u{0}b".into()],
+        };
+        let split = StateKey {
+            limit: "l".into(),
+            fingerprint: 1,
+            values: vec!["a".into(), "b".into()],
+        };
         assert!(store.check_blocking(&one(&joined, &params, 1), CheckMode::Consume)[0].allowed);
         assert!(store.check_blocking(&one(&split, &params, 1), CheckMode::Consume)[0].allowed);
     }

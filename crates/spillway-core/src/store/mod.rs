@@ -49,7 +49,11 @@ pub trait Store: Send + Sync + 'static {
     /// With [`CheckMode::Consume`], the new states are written only if every enforced check
     /// allows the request; then every allowing check (shadow ones too) consumes its cost. A
     /// denied request, or any [`CheckMode::Peek`], changes nothing.
-    async fn check(&self, checks: &[Check<'_>], mode: CheckMode) -> Result<Vec<Decision>, StoreError>;
+    async fn check(
+        &self,
+        checks: &[Check<'_>],
+        mode: CheckMode,
+    ) -> Result<Vec<Decision>, StoreError>;
 
     /// Whether the store is reachable, for readiness probes.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -70,6 +70,10 @@ fn service() -> Rls {
             .build_recorder()
             .handle(),
         authorize: settings.authorize,
+        failover: Arc::new(crate::failure::Failover::new(
+            crate::failure::FailureSettings::default(),
+            clock.shared(),
+        )),
     };
     let sources: Vec<(String, String)> = FILES
         .iter()

@@ -21,7 +21,7 @@
 use crate::app::AppState;
 use crate::http::client_ip::{client_ip, ForwardingHeaders, TrustedProxies};
 use crate::http::problem::Problem;
-use crate::http::verdict::{denial_problem, verdict_headers};
+use crate::http::verdict::{decided_parts, denial_problem};
 use crate::http::{check_mode, decide};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
@@ -122,15 +122,16 @@ async fn answer(
         &settings.trusted_proxies,
     );
     attrs.ip = Some(ip.to_string());
-    let verdict = match decide(app, &attrs, mode).await {
-        Ok(verdict) => verdict,
+    let decided = match decide(app, &attrs, mode).await {
+        Ok(decided) => decided,
         Err(problem) => return problem.into_response(),
     };
-    let rate_headers = verdict_headers(&verdict);
-    if verdict.allowed {
+    let (rate_headers, body) = decided_parts(&decided);
+    if decided.verdict.allowed {
         (settings.allow_status, rate_headers).into_response()
     } else {
-        (rate_headers, denial_problem(&verdict, settings.deny_status)).into_response()
+        let problem = denial_problem(&decided.verdict, settings.deny_status);
+        (rate_headers, problem.with_verdict(body)).into_response()
     }
 }
 

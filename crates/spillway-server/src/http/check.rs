@@ -21,7 +21,7 @@
 
 use crate::app::AppState;
 use crate::http::problem::Problem;
-use crate::http::verdict::{denial_problem, verdict_headers, VerdictBody};
+use crate::http::verdict::{decided_parts, denial_problem};
 use crate::http::{check_mode, decide};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -126,18 +126,15 @@ async fn respond(
     let attrs: RequestAttrs = parse_body(&body)
         .map_err(IntoResponse::into_response)?
         .into();
-    let verdict = decide(app, &attrs, mode)
+    let decided = decide(app, &attrs, mode)
         .await
         .map_err(IntoResponse::into_response)?;
-    let headers = verdict_headers(&verdict);
-    Ok(if verdict.allowed {
-        (StatusCode::OK, headers, Json(VerdictBody::from(&verdict))).into_response()
+    let (headers, body) = decided_parts(&decided);
+    Ok(if decided.verdict.allowed {
+        (StatusCode::OK, headers, Json(body)).into_response()
     } else {
-        (
-            headers,
-            denial_problem(&verdict, StatusCode::TOO_MANY_REQUESTS),
-        )
-            .into_response()
+        let problem = denial_problem(&decided.verdict, StatusCode::TOO_MANY_REQUESTS);
+        (headers, problem.with_verdict(body)).into_response()
     })
 }
 

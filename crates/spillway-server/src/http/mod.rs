@@ -22,58 +22,102 @@ pub mod problem;
 pub mod verdict;
 
 use crate::app::AppState;
+use crate::failure::Fallback;
 use crate::metrics;
 use axum::http::StatusCode;
 use problem::Problem;
-use spillway_core::engine::Verdict;
+use spillway_core::engine::{Planned, Verdict};
 use spillway_core::policy::FailureMode;
 use spillway_core::request::{CheckMode, RequestAttrs};
 
+/// A verdict, and whether it was reached without the store.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    /// What to answer.
+    pub verdict: Verdict,
+    /// `Some(mode)` when the store failed and the route's failure mode decided; the response
+    /// then carries the `Spillway-Degraded` header and a `degraded` member.
+    pub degraded: Option<FailureMode>,
+}
+
 /// Asks the engine, timing the call and counting the outcome.
 ///
-/// When the store fails, the request's failure mode (its route's, else the policy's) decides:
-/// `closed` answers a 503 problem; `open` lets the request through with an allowing verdict
-/// that lists no limits (so no rate-limit headers are sent). `degrade` is treated as `open`
-/// for now: this server has no local fallback store yet.
+/// When the store fails (or the budget runs out, or the breaker is open), the request's
+/// failure mode (its route's, else the policy's) decides through [`Failover::fallback`], the
+/// same code the gRPC service uses: `closed` answers a 503 problem with `Retry-After`; `open`
+/// lets the request through with an allowing verdict that lists no limits (so no rate-limit
+/// headers are sent); `degrade` answers from the node's emergency quotas.
+///
+/// [`Failover::fallback`]: crate::failure::Failover::fallback
 pub async fn decide(
     app: &AppState,
     attrs: &RequestAttrs,
     mode: CheckMode,
-) -> Result<Verdict, Problem> {
+) -> Result<Decided, Problem> {
     let stopwatch = metrics::Stopwatch::start();
     let result = app.engine.check(attrs, mode).await;
     metrics::record_check_duration(stopwatch.elapsed());
-    match result {
+    let err = match result {
         Ok(verdict) => {
             if mode == CheckMode::Consume {
                 metrics::record_verdict(&verdict);
             }
-            Ok(verdict)
+            return Ok(Decided {
+                verdict,
+                degraded: None,
+            });
         }
-        Err(err) => {
-            let resolved = app.engine.policy().resolve(attrs);
-            let failure_mode = resolved.failure_mode;
-            metrics::record_store_failure(failure_mode);
-            if failure_mode == FailureMode::Closed {
-                tracing::warn!(error = %err, %failure_mode, "rate-limit store failed; refusing");
-                return Err(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    problem::STORE_UNAVAILABLE,
-                    "Rate-limit store unavailable",
-                    format!("the rate-limit store failed and this route fails closed: {err}"),
-                ));
-            }
-            tracing::warn!(error = %err, %failure_mode, "rate-limit store failed; letting through");
-            Ok(Verdict {
-                allowed: true,
-                tier: resolved.tier,
-                route: resolved.route.map(|route| route.name.clone()),
-                failure_mode,
-                cost: resolved.cost,
-                outcomes: Vec::new(),
-            })
+        Err(err) => err,
+    };
+    let policy = app.engine.policy();
+    let resolved = policy.resolve(attrs);
+    let failure_mode = resolved.failure_mode;
+    metrics::record_store_failure(failure_mode);
+    let planned: Vec<Planned> = resolved
+        .limits
+        .iter()
+        .map(|(def, key)| Planned {
+            def: def.clone(),
+            key: key.clone(),
+            cost: resolved.cost,
+        })
+        .collect();
+    let route = resolved.route.as_ref().map(|r| r.name.clone());
+    let fallback = app
+        .failover
+        .fallback(
+            &policy,
+            failure_mode,
+            route.as_deref(),
+            &planned,
+            mode,
+            &err,
+        )
+        .await;
+    let (allowed, outcomes) = match fallback {
+        Fallback::Closed { retry_after } => {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                problem::STORE_UNAVAILABLE,
+                "Rate-limit store unavailable",
+                format!("the rate-limit store failed and this route fails closed: {err}"),
+            )
+            .with_retry_after(retry_after));
         }
-    }
+        Fallback::Open => (true, Vec::new()),
+        Fallback::Degraded { allowed, outcomes } => (allowed, outcomes),
+    };
+    Ok(Decided {
+        verdict: Verdict {
+            allowed,
+            tier: resolved.tier,
+            route,
+            failure_mode,
+            cost: resolved.cost,
+            outcomes,
+        },
+        degraded: Some(failure_mode),
+    })
 }
 
 /// Reads `?peek` / `?dry_run` from a query string. Either flag alone, or set to `true` or `1`,

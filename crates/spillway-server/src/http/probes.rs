@@ -2,13 +2,18 @@
 //!
 //! - `/healthz` says the process is alive and serving HTTP: always 200 `ok`. It deliberately
 //!   checks nothing else, so a slow store never gets a healthy process restarted.
-//! - `/readyz` says whether this instance should receive traffic: 200 when a policy is loaded
-//!   and the store answers a ping within a second, else 503. The JSON body says which policy is
-//!   in force (source, load time in milliseconds since the epoch, limit count) and how the
-//!   store is doing.
+//! - `/readyz` says whether this instance should receive traffic: 200 once a policy is loaded.
+//!   A store that is down does not make it 503: every node shares the store, so taking nodes
+//!   out of rotation would only turn a degraded service into an outage, and each route's
+//!   failure mode already says what to answer without the store. Instead `status` reads
+//!   `degraded` when the store does not answer a ping within a second or the circuit breaker
+//!   is not closed. The JSON body says which policy is in force (source, load time in
+//!   milliseconds since the epoch, limit count) and how the store is doing (ping, breaker
+//!   state, emergency counters held).
 //! - `/metrics` is the Prometheus text exposition (see [`crate::metrics`]).
 
 use crate::app::AppState;
+use crate::failure::breaker::CircuitState;
 use crate::metrics;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -25,6 +30,7 @@ pub const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, Serialize)]
 struct Readiness {
     ready: bool,
+    status: &'static str,
     policy: PolicyReport,
     store: StoreReport,
 }
@@ -42,6 +48,8 @@ struct StoreReport {
     ok: bool,
     status: String,
     keys: u64,
+    circuit: &'static str,
+    emergency_keys: u64,
 }
 
 /// Liveness: the process answers HTTP.
@@ -49,7 +57,7 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: a policy is loaded and the store is reachable.
+/// Readiness: a policy is loaded; the store's health is reported, not required.
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let info = app.policy_info.load();
     let store = match tokio::time::timeout(STORE_PING_TIMEOUT, app.store.ping()).await {
@@ -60,9 +68,12 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
             STORE_PING_TIMEOUT.as_millis()
         )),
     };
-    let ready = store.is_ok();
+    let ok = store.is_ok();
+    let circuit = app.failover.circuit();
+    let healthy = ok && circuit == CircuitState::Closed;
     let body = Readiness {
-        ready,
+        ready: true,
+        status: if healthy { "ok" } else { "degraded" },
         policy: PolicyReport {
             loaded: true,
             source: info.source.clone(),
@@ -70,17 +81,14 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
             limits: info.limits,
         },
         store: StoreReport {
-            ok: ready,
+            ok,
             status: store.err().unwrap_or_else(|| "ok".to_owned()),
             keys: app.store.key_count(),
+            circuit: circuit.as_str(),
+            emergency_keys: app.failover.emergency_keys(),
         },
     };
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
+    (StatusCode::OK, Json(body)).into_response()
 }
 
 /// The Prometheus scrape endpoint. Store gauges are refreshed first so a scrape never shows a

@@ -36,6 +36,9 @@ pub struct Problem {
     field: Option<String>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     verdict: Option<Box<VerdictBody>>,
+    /// Sent as `Retry-After` (whole seconds), not in the body.
+    #[serde(skip)]
+    retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -53,6 +56,7 @@ impl Problem {
             detail: detail.into(),
             field: None,
             verdict: None,
+            retry_after: None,
         }
     }
 
@@ -77,6 +81,14 @@ impl Problem {
     /// Attaches a verdict, so a denial reads like an allowance plus the problem members.
     pub fn with_verdict(mut self, verdict: VerdictBody) -> Self {
         self.verdict = Some(Box::new(verdict));
+        self
+    }
+
+    /// Advises the client to retry after `wait` (rounded up to whole seconds, at least 1),
+    /// sent as `Retry-After`.
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        let secs = wait.as_millis().div_ceil(1_000).max(1);
+        self.retry_after = Some(u64::try_from(secs).unwrap_or(u64::MAX));
         self
     }
 
@@ -111,6 +123,11 @@ impl IntoResponse for Problem {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }

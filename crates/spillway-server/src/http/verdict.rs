@@ -12,8 +12,12 @@
 //!              "shadow": false}]}
 //! ```
 //! `retry_after_ms` appears only when waiting will help; `denial` only on a denying limit.
+//! A decision made without the store adds `"degraded": "store-unavailable"` (and the
+//! `Spillway-Degraded` header); under `degrade` its limits are the emergency quotas.
 
+use crate::failure;
 use crate::http::problem::{self, Problem};
+use crate::http::Decided;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 use spillway_core::algorithm::Denial;
@@ -60,6 +64,8 @@ pub struct VerdictBody {
     route: Option<String>,
     cost: u64,
     limits: Vec<LimitBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<&'static str>,
 }
 
 /// One limit's part in a [`VerdictBody`].
@@ -85,6 +91,7 @@ impl From<&Verdict> for VerdictBody {
             route: verdict.route.as_deref().map(str::to_owned),
             cost: verdict.cost,
             limits: verdict.outcomes.iter().map(LimitBody::from).collect(),
+            degraded: None,
         }
     }
 }
@@ -106,6 +113,21 @@ impl From<&LimitOutcome> for LimitBody {
             shadow: outcome.shadow,
         }
     }
+}
+
+/// The headers and body of a decision: the verdict's, plus the degraded marks when the store
+/// did not take part.
+pub fn decided_parts(decided: &Decided) -> (HeaderMap, VerdictBody) {
+    let mut headers = verdict_headers(&decided.verdict);
+    let mut body = VerdictBody::from(&decided.verdict);
+    if decided.degraded.is_some() {
+        headers.insert(
+            HeaderName::from_static(failure::DEGRADED_HEADER),
+            HeaderValue::from_static(failure::DEGRADED_REASON),
+        );
+        body.degraded = Some(failure::DEGRADED_REASON);
+    }
+    (headers, body)
 }
 
 /// The rate-limit headers for a verdict, as `spillway_core::headers::render` words them.

@@ -2,6 +2,7 @@
 //! per class of validation error. Tests of a single piece (route patterns, number parsing,
 //! path finding) sit next to that piece.
 
+mod failure;
 mod reading;
 mod resolution;
 mod validation;

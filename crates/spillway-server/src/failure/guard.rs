@@ -1,0 +1,199 @@
+//! [`GuardedStore`]: a shared store behind a time budget and a circuit breaker.
+//!
+//! Every `check` either fails at once (breaker open) or is cut off at the budget, whatever the
+//! store is doing: refusing connections, reconnecting, frozen, slow or partitioned. The budget
+//! is a `tokio` timeout around the whole call, so it also bounds the client's own reconnection
+//! (a call made while the connection is being re-established waits for it, but never past
+//! the budget). When the breaker closes again, the emergency state is dropped.
+
+use super::breaker::{Admission, Breaker};
+use super::emergency::EmergencyLimiter;
+use async_trait::async_trait;
+use spillway_core::algorithm::Decision;
+use spillway_core::request::CheckMode;
+use spillway_core::store::{Check, Store, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Gauge of the counters the emergency limiter holds, refreshed by the once-a-second sweep.
+pub const EMERGENCY_KEYS: &str = "spillway_emergency_keys";
+
+/// The message of a call refused by the open breaker.
+pub const CIRCUIT_OPEN: &str = "circuit breaker open; the store is not being called";
+
+/// A [`Store`] wrapper enforcing the budget and the breaker; see the module docs.
+pub struct GuardedStore {
+    inner: Arc<dyn Store>,
+    budget: Duration,
+    breaker: Arc<Breaker>,
+    emergency: Arc<EmergencyLimiter>,
+}
+
+impl GuardedStore {
+    /// Guards `inner`: calls are cut at `budget`, failures feed `breaker`, and `emergency`
+    /// is cleared when the breaker closes.
+    pub fn new(
+        inner: Arc<dyn Store>,
+        budget: Duration,
+        breaker: Arc<Breaker>,
+        emergency: Arc<EmergencyLimiter>,
+    ) -> Self {
+        Self {
+            inner,
+            budget,
+            breaker,
+            emergency,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for GuardedStore {
+    async fn check(
+        &self,
+        checks: &[Check<'_>],
+        mode: CheckMode,
+    ) -> Result<Vec<Decision>, StoreError> {
+        let admission = self.breaker.admit(Instant::now());
+        if admission == Admission::Rejected {
+            return Err(StoreError::Unavailable(CIRCUIT_OPEN.into()));
+        }
+        let outcome = match tokio::time::timeout(self.budget, self.inner.check(checks, mode)).await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                metrics::counter!("spillway_store_errors_total", "kind" => "timeout").increment(1);
+                Err(StoreError::Timeout(self.budget))
+            }
+        };
+        match &outcome {
+            Ok(_) => {
+                if self.breaker.succeeded(admission) {
+                    self.emergency.clear();
+                    tracing::info!("the store answers again; emergency limits dropped");
+                }
+            }
+            Err(_) => {
+                self.breaker.failed(admission, Instant::now());
+            }
+        }
+        outcome
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        // Readiness asks the store directly: a ping is cheap and says more than the breaker.
+        self.inner.ping().await
+    }
+
+    fn key_count(&self) -> u64 {
+        self.inner.key_count()
+    }
+
+    fn evictions(&self) -> u64 {
+        self.inner.evictions()
+    }
+
+    fn sweep(&self) -> u64 {
+        self.emergency.sweep();
+        metrics::gauge!(EMERGENCY_KEYS).set(self.emergency.key_count() as f64);
+        self.inner.sweep()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::breaker::CircuitState;
+    use spillway_core::time::{Clock, ManualClock};
+    use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+    /// A store whose behaviour the test switches: 0 answers, 1 refuses, 2 hangs.
+    #[derive(Default)]
+    struct Switch {
+        mode: AtomicU8,
+        calls: AtomicU64,
+    }
+
+    #[async_trait]
+    impl Store for Switch {
+        async fn check(&self, c: &[Check<'_>], _: CheckMode) -> Result<Vec<Decision>, StoreError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            match self.mode.load(Ordering::SeqCst) {
+                0 => Ok(Vec::with_capacity(c.len())),
+                1 => Err(StoreError::Unavailable("refused".into())),
+                _ => std::future::pending().await,
+            }
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn key_count(&self) -> u64 {
+            0
+        }
+        fn evictions(&self) -> u64 {
+            0
+        }
+        fn sweep(&self) -> u64 {
+            0
+        }
+    }
+
+    fn guarded(inner: Arc<Switch>) -> (GuardedStore, Arc<Breaker>) {
+        let breaker = Arc::new(Breaker::new(3, Duration::from_secs(1)));
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+        let emergency = Arc::new(EmergencyLimiter::new(clock, 3));
+        let store = GuardedStore::new(inner, Duration::from_millis(5), breaker.clone(), emergency);
+        (store, breaker)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_store_costs_one_budget_then_nothing_until_the_probe() {
+        let inner = Arc::new(Switch::default());
+        inner.mode.store(2, Ordering::SeqCst);
+        let (store, breaker) = guarded(inner.clone());
+        for _ in 0..3 {
+            let started = Instant::now();
+            let err = store
+                .check(&[], CheckMode::Consume)
+                .await
+                .expect_err("hung");
+            assert!(matches!(err, StoreError::Timeout(_)));
+            assert_eq!(started.elapsed(), Duration::from_millis(5));
+        }
+        assert_eq!(breaker.state(), CircuitState::Open);
+        let started = Instant::now();
+        store
+            .check(&[], CheckMode::Consume)
+            .await
+            .expect_err("open");
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "an open breaker answers at once"
+        );
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3, "and sends nothing");
+
+        inner.mode.store(0, Ordering::SeqCst);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        store
+            .check(&[], CheckMode::Consume)
+            .await
+            .expect("the probe gets through");
+        assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_open_the_breaker_too() {
+        let inner = Arc::new(Switch::default());
+        inner.mode.store(1, Ordering::SeqCst);
+        let (store, breaker) = guarded(inner);
+        for _ in 0..3 {
+            store
+                .check(&[], CheckMode::Consume)
+                .await
+                .expect_err("refused");
+        }
+        assert_eq!(breaker.state(), CircuitState::Open);
+    }
+}

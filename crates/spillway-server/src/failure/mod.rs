@@ -1,0 +1,224 @@
+//! Designed failure: what a node does when its shared store is slow or down.
+//!
+//! This is the one place both transports (the HTTP API and the Envoy gRPC service) go through
+//! when a store call fails, so a route behaves the same whichever way a request arrives:
+//!
+//! - [`guard`]: the store behind a time budget and a circuit breaker ([`breaker`]), so no
+//!   request waits past the budget and a dead store gets no traffic while the breaker is open;
+//! - [`Failover::fallback`]: applies the request's failure mode: `open` allows (marked
+//!   degraded), `closed` refuses with a short `Retry-After`, `degrade` checks the request
+//!   against per-node emergency quotas ([`emergency`]);
+//! - [`report`]: counts every degraded decision by route and mode, and logs them at a bounded
+//!   rate.
+//!
+//! `docs/FAILURE.md` explains the model and each default.
+
+pub mod breaker;
+pub mod emergency;
+pub mod guard;
+pub mod report;
+
+use breaker::{Breaker, CircuitState};
+use emergency::EmergencyLimiter;
+use guard::GuardedStore;
+use spillway_core::engine::{LimitOutcome, Planned};
+use spillway_core::policy::{FailureMode, Policy, StoreConfig};
+use spillway_core::request::CheckMode;
+use spillway_core::store::{Store, StoreError};
+use spillway_core::time::Clock;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The header (and JSON member) that marks a decision made without the store.
+pub const DEGRADED_HEADER: &str = "spillway-degraded";
+/// The value of [`DEGRADED_HEADER`]: why the decision was degraded.
+pub const DEGRADED_REASON: &str = "store-unavailable";
+
+/// Default budget of one store call: well above a healthy Redis round trip in the same
+/// network (well under a millisecond), small next to the latency of the request it guards.
+pub const DEFAULT_BUDGET: Duration = Duration::from_millis(10);
+/// Default consecutive failures that open the breaker: a single lost packet does not open it,
+/// a dead store opens it within a handful of requests.
+pub const DEFAULT_BREAKER_FAILURES: u64 = 5;
+/// Default time an open breaker waits before probing: recovery is noticed within a second.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+/// Default `Retry-After` of a fail-closed refusal: about when the next probe will have run.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Default number of nodes that split an emergency quota.
+pub const DEFAULT_EXPECTED_NODES: u64 = 3;
+
+/// How a node copes with store failures, from the policy's `store:` section and the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureSettings {
+    /// The most one store call may take.
+    pub budget: Duration,
+    /// Consecutive failures that open the breaker.
+    pub breaker_failures: u64,
+    /// How long the breaker stays open before one probe.
+    pub breaker_cooldown: Duration,
+    /// What a fail-closed refusal's `Retry-After` says (whole seconds, at least 1).
+    pub retry_after: Duration,
+    /// Nodes expected to share the store; emergency quotas default to `ceil(quota / nodes)`.
+    pub expected_nodes: u64,
+}
+
+impl Default for FailureSettings {
+    fn default() -> Self {
+        Self {
+            budget: DEFAULT_BUDGET,
+            breaker_failures: DEFAULT_BREAKER_FAILURES,
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+            retry_after: DEFAULT_RETRY_AFTER,
+            expected_nodes: DEFAULT_EXPECTED_NODES,
+        }
+    }
+}
+
+impl FailureSettings {
+    /// The settings for `store`, with `--store-timeout` (if given) as the budget.
+    pub fn from_store(store: &StoreConfig, budget_override: Option<Duration>) -> Self {
+        let mut out = Self::default();
+        if let StoreConfig::Redis(s) | StoreConfig::RedisCluster(s) = store {
+            let micros =
+                |m: Option<u64>, default: Duration| m.map_or(default, Duration::from_micros);
+            out.budget = micros(s.timeout, out.budget);
+            out.breaker_failures = s.breaker_failures.unwrap_or(out.breaker_failures);
+            out.breaker_cooldown = micros(s.breaker_cooldown, out.breaker_cooldown);
+            out.retry_after = micros(s.retry_after, out.retry_after);
+            out.expected_nodes = s.expected_nodes.unwrap_or(out.expected_nodes);
+        }
+        if let Some(budget) = budget_override {
+            out.budget = budget;
+        }
+        out
+    }
+}
+
+/// What to answer for a request whose store call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fallback {
+    /// Allow it, marked degraded, with no limits reported.
+    Open,
+    /// Refuse it (HTTP 503, gRPC `UNAVAILABLE`), advising a retry after this long.
+    Closed {
+        /// For `Retry-After`.
+        retry_after: Duration,
+    },
+    /// The emergency quotas decided, marked degraded.
+    Degraded {
+        /// Whether every enforced emergency limit admitted the request.
+        allowed: bool,
+        /// Each limit's outcome against its emergency quota, in the order given.
+        outcomes: Vec<LimitOutcome>,
+    },
+}
+
+/// The failure handling one node shares between its transports; see the module docs.
+#[derive(Debug)]
+pub struct Failover {
+    settings: FailureSettings,
+    breaker: Arc<Breaker>,
+    emergency: Arc<EmergencyLimiter>,
+    report: report::Report,
+}
+
+impl Failover {
+    /// Failure handling with `settings`; emergency quotas read time from `clock`.
+    pub fn new(settings: FailureSettings, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            breaker: Arc::new(Breaker::new(
+                settings.breaker_failures,
+                settings.breaker_cooldown,
+            )),
+            emergency: Arc::new(EmergencyLimiter::new(clock, settings.expected_nodes)),
+            report: report::Report::new(),
+            settings,
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &FailureSettings {
+        &self.settings
+    }
+
+    /// Wraps a shared store in the budget and the breaker. The in-memory store is returned
+    /// as it is: it cannot be unreachable, and a budget would only add spurious timeouts.
+    pub fn guard(&self, store: Arc<dyn Store>, shared: bool) -> Arc<dyn Store> {
+        if !shared {
+            return store;
+        }
+        Arc::new(GuardedStore::new(
+            store,
+            self.settings.budget,
+            self.breaker.clone(),
+            self.emergency.clone(),
+        ))
+    }
+
+    /// The breaker's state, for `/readyz`.
+    pub fn circuit(&self) -> CircuitState {
+        self.breaker.state()
+    }
+
+    /// Emergency counters held now, for `/readyz`.
+    pub fn emergency_keys(&self) -> u64 {
+        self.emergency.key_count()
+    }
+
+    /// Decides a request the store could not answer, by its failure `mode`. `route` names
+    /// the route (or Envoy domain) for metrics and logs; it must come from configuration,
+    /// never from the request. `planned` are the request's limits, needed by `degrade`.
+    pub async fn fallback(
+        &self,
+        policy: &Policy,
+        mode: FailureMode,
+        route: Option<&str>,
+        planned: &[Planned],
+        check: CheckMode,
+        err: &StoreError,
+    ) -> Fallback {
+        let route = route.unwrap_or(report::NO_ROUTE);
+        let fallback = match mode {
+            FailureMode::Open => Fallback::Open,
+            FailureMode::Closed => Fallback::Closed {
+                retry_after: self.settings.retry_after,
+            },
+            FailureMode::Degrade => match self.emergency.check(policy, planned, check).await {
+                Ok((allowed, outcomes)) => Fallback::Degraded { allowed, outcomes },
+                // The in-memory store does not fail; if it ever did, letting through is the
+                // answer that keeps the API up.
+                Err(_) => Fallback::Open,
+            },
+        };
+        self.report.record(route, mode, err);
+        fallback
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spillway_core::policy::RedisSettings;
+
+    #[test]
+    fn policy_settings_and_the_cli_override_apply() {
+        let store = StoreConfig::Redis(RedisSettings {
+            urls: vec!["redis://a:1".into()],
+            timeout: Some(5_000),
+            breaker_failures: Some(2),
+            expected_nodes: Some(4),
+            ..RedisSettings::default()
+        });
+        let s = FailureSettings::from_store(&store, None);
+        assert_eq!(s.budget, Duration::from_millis(5));
+        assert_eq!((s.breaker_failures, s.expected_nodes), (2, 4));
+        assert_eq!(s.breaker_cooldown, DEFAULT_BREAKER_COOLDOWN);
+        let s = FailureSettings::from_store(&store, Some(Duration::from_millis(50)));
+        assert_eq!(s.budget, Duration::from_millis(50));
+        let memory = StoreConfig::Memory { max_keys: None };
+        assert_eq!(
+            FailureSettings::from_store(&memory, None),
+            FailureSettings::default()
+        );
+    }
+}
