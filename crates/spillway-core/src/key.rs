@@ -40,7 +40,7 @@ impl StateKey {
     pub fn hash_values_into(&self, hasher: &mut impl Hasher) {
         hasher.write_u32(self.values.len() as u32);
         for v in &self.values {
-            hasher.write(&len32(v));
+            hasher.write_u32(u32::from_le_bytes(len32(v)));
             hasher.write(v.as_bytes());
         }
     }

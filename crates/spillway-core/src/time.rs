@@ -41,14 +41,15 @@ pub struct SystemClock;
 struct Anchor {
     unix: Micros,
     clock: quanta::Clock,
-    start: quanta::Instant,
+    /// The counter's raw reading when `unix` was read.
+    start: u64,
 }
 
 fn anchor() -> &'static Anchor {
     static ANCHOR: std::sync::OnceLock<Anchor> = std::sync::OnceLock::new();
     ANCHOR.get_or_init(|| {
         let clock = quanta::Clock::new();
-        let start = clock.now();
+        let start = clock.raw();
         #[allow(clippy::disallowed_methods)] // the one sanctioned read of the wall clock
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -62,7 +63,9 @@ impl Clock for SystemClock {
     #[inline]
     fn now(&self) -> Micros {
         let a = anchor();
-        a.unix + a.clock.now().duration_since(a.start).as_micros() as Micros
+        // A raw counter reading scaled once to nanoseconds: the cheapest exact reading quanta
+        // offers, and the hot path reads the clock on every check.
+        a.unix + a.clock.delta_as_nanos(a.start, a.clock.raw()) / 1_000
     }
 }
 

@@ -29,7 +29,10 @@ use spillway_core::time::Clock;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The header (and JSON member) that marks a decision made without the store.
+/// The header (and JSON member) that marks a decision made without the store, on both
+/// transports: an HTTP response header, and an Envoy `response_headers_to_add` entry. It is
+/// lower-case because HTTP/2 and gRPC require it on the wire; docs write `Spillway-Degraded`,
+/// the same name, since header names are case-insensitive.
 pub const DEGRADED_HEADER: &str = "spillway-degraded";
 /// The value of [`DEGRADED_HEADER`]: why the decision was degraded.
 pub const DEGRADED_REASON: &str = "store-unavailable";

@@ -156,15 +156,25 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
             }
         }
         let resolved = policy.resolve(&attrs);
-        if resolved.failure_mode == FailureMode::Closed {
-            plan.failure_mode = FailureMode::Closed;
-        }
+        plan.failure_mode = stricter(plan.failure_mode, resolved.failure_mode);
         for (def, key) in resolved.limits {
             let report = (def.params.quota(), exact_unit(def.params.window()));
             plan.add(slot, def, key, resolved.cost, report);
         }
     }
     plan
+}
+
+/// The stricter of two failure modes: `closed` over `degrade` over `open`, so one request
+/// whose descriptors resolve to different routes is never let through more easily than its
+/// strictest route allows.
+fn stricter(a: FailureMode, b: FailureMode) -> FailureMode {
+    use FailureMode::{Closed, Degrade, Open};
+    match (a, b) {
+        (Closed, _) | (_, Closed) => Closed,
+        (Degrade, _) | (_, Degrade) => Degrade,
+        (Open, Open) => Open,
+    }
 }
 
 /// The unit a window is exactly one of, if any.

@@ -21,9 +21,6 @@ use spillway_core::policy::FailureMode;
 use spillway_core::time::SECOND;
 use std::sync::Arc;
 
-/// Added to an answer given without the store, so the degradation is visible downstream.
-pub const DEGRADED_HEADER: &str = "x-spillway-degraded";
-
 /// The verdict over a whole request: admitted or not, with every checked limit's outcome.
 pub fn verdict(domain: &str, plan: &Plan, allowed: bool, outcomes: Vec<LimitOutcome>) -> Verdict {
     Verdict {
@@ -36,17 +33,20 @@ pub fn verdict(domain: &str, plan: &Plan, allowed: bool, outcomes: Vec<LimitOutc
     }
 }
 
-/// The answer for a checked request.
-pub fn checked(plan: &Plan, overall: &Verdict) -> RateLimitResponse {
+/// The answer for a checked request, plus `extra` headers (the degraded marker when the
+/// emergency quotas decided).
+pub fn checked(plan: &Plan, overall: &Verdict, extra: &[(&str, &str)]) -> RateLimitResponse {
     let statuses = plan
         .descriptors
         .iter()
         .map(|limits| descriptor_status(limits, overall))
         .collect();
+    let mut headers = header_values(overall);
+    headers.extend(extra.iter().map(|(k, v)| header(k, v)));
     RateLimitResponse {
         overall_code: code(overall.allowed) as i32,
         statuses,
-        response_headers_to_add: header_values(overall),
+        response_headers_to_add: headers,
         ..RateLimitResponse::default()
     }
 }

@@ -7,18 +7,22 @@
 //! - `hits_addend` 0 means 1; a descriptor's own `hits_addend` wins over the request's.
 //! - Every matched limit of every descriptor goes to the store in one atomic check: either
 //!   the request is charged everywhere, or (on `OVER_LIMIT`) nowhere.
-//! - When the store fails, the domain's failure mode (for the policy domain, the resolved
-//!   routes') decides. `open` (and `degrade`, which has no local fallback yet) answers `OK`
-//!   with an `x-spillway-degraded` header; `closed` answers `UNAVAILABLE`, the gRPC form of the
-//!   HTTP API's 503, which Envoy turns into a refusal with `failure_mode_deny: true`.
+//! - When the store fails, the domain's failure mode (for the policy domain, the strictest of
+//!   the resolved routes') decides through [`Failover::fallback`], as on HTTP. `open` answers
+//!   `OK` with the [`DEGRADED_HEADER`] header; `degrade` answers `OK` or `OVER_LIMIT` per
+//!   descriptor from the node's emergency quotas, with the usual rate-limit headers and the
+//!   same marker; `closed` answers `UNAVAILABLE`, the gRPC form of the HTTP API's 503, which
+//!   Envoy turns into a refusal with `failure_mode_deny: true`.
+//!
+//! [`Failover::fallback`]: crate::failure::Failover::fallback
 
 use super::plan::{self, Plan};
-use super::response::{self, DEGRADED_HEADER};
+use super::response;
 use super::RlsState;
+use crate::failure::{Fallback, DEGRADED_HEADER, DEGRADED_REASON};
 use crate::metrics;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use spillway_core::policy::FailureMode;
 use spillway_core::request::CheckMode;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -81,22 +85,35 @@ impl Rls {
             Ok((allowed, outcomes)) => {
                 let verdict = response::verdict(domain, plan, allowed, outcomes);
                 metrics::record_verdict(&verdict);
-                Ok(response::checked(plan, &verdict))
+                Ok(response::checked(plan, &verdict, &[]))
             }
             Err(err) => {
                 let mode = plan.failure_mode;
                 metrics::record_store_failure(mode);
-                if mode == FailureMode::Closed {
-                    tracing::warn!(error = %err, %mode, domain, "rate-limit store failed; refusing");
-                    return Err(Status::unavailable(format!(
+                let app = &self.0.app;
+                let policy = app.engine.policy();
+                let fallback = app
+                    .failover
+                    .fallback(
+                        &policy,
+                        mode,
+                        Some(domain),
+                        &plan.planned,
+                        CheckMode::Consume,
+                        &err,
+                    )
+                    .await;
+                let marker = [(DEGRADED_HEADER, DEGRADED_REASON)];
+                match fallback {
+                    Fallback::Closed { .. } => Err(Status::unavailable(format!(
                         "the rate-limit store failed and domain `{domain}` fails closed: {err}"
-                    )));
+                    ))),
+                    Fallback::Open => Ok(response::unlimited(descriptors, &marker)),
+                    Fallback::Degraded { allowed, outcomes } => {
+                        let verdict = response::verdict(domain, plan, allowed, outcomes);
+                        Ok(response::checked(plan, &verdict, &marker))
+                    }
                 }
-                tracing::warn!(error = %err, %mode, domain, "rate-limit store failed; letting through");
-                Ok(response::unlimited(
-                    descriptors,
-                    &[(DEGRADED_HEADER, "store-unavailable")],
-                ))
             }
         }
     }

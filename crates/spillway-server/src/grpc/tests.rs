@@ -6,13 +6,14 @@ use crate::app::AppState;
 use crate::cli::{Cli, Command};
 use crate::clock::ServerClock;
 use crate::config::{PolicyInfo, PolicySource, ServerSettings};
+use crate::failure::{DEGRADED_HEADER, DEGRADED_REASON};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
-use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use spillway_core::algorithm::Decision;
 use spillway_core::engine::Engine;
 use spillway_core::envoy_config::EnvoyConfig;
@@ -42,9 +43,10 @@ impl Store for DownStore {
     }
 }
 
-const FILES: [&str; 2] = [
+const FILES: [&str; 3] = [
     "domain: lenient\ndescriptors:\n  - {key: user, rate_limit: {unit: second, requests_per_unit: 1}}\n",
     "domain: strict\nfailure_mode: closed\ndescriptors:\n  - {key: user, rate_limit: {unit: second, requests_per_unit: 1}}\n",
+    "domain: careful\nfailure_mode: degrade\ndescriptors:\n  - {key: user, rate_limit: {unit: second, requests_per_unit: 3}}\n",
 ];
 
 fn service() -> Rls {
@@ -113,7 +115,7 @@ async fn an_open_domain_answers_ok_marked_degraded() {
     let degraded = &answer.response_headers_to_add[0];
     assert_eq!(
         (degraded.key.as_str(), degraded.value.as_str()),
-        ("x-spillway-degraded", "store-unavailable")
+        (DEGRADED_HEADER, DEGRADED_REASON)
     );
 }
 
@@ -125,4 +127,42 @@ async fn a_closed_domain_answers_unavailable() {
         .expect_err("closed fails");
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert!(status.message().contains("fails closed"), "{status:?}");
+}
+
+/// The value of header `name` in `answer`, if it was sent.
+fn header<'a>(answer: &'a RateLimitResponse, name: &str) -> Option<&'a str> {
+    answer
+        .response_headers_to_add
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+#[tokio::test]
+async fn a_degrade_domain_is_held_to_its_emergency_quota() {
+    // 3 per second split over the default 3 expected nodes: 1 per second on this node.
+    let rls = service();
+    let first = rls
+        .should_rate_limit(ask("careful"))
+        .await
+        .expect("an answer, not an error")
+        .into_inner();
+    assert_eq!(first.overall_code, Code::Ok as i32);
+    assert_eq!(first.statuses[0].code, Code::Ok as i32);
+    assert_eq!(first.statuses[0].limit_remaining, 0);
+    assert_eq!(header(&first, DEGRADED_HEADER), Some(DEGRADED_REASON));
+
+    let second = rls
+        .should_rate_limit(ask("careful"))
+        .await
+        .expect("an answer, not an error")
+        .into_inner();
+    assert_eq!(second.overall_code, Code::OverLimit as i32);
+    assert_eq!(second.statuses.len(), 1);
+    assert_eq!(second.statuses[0].code, Code::OverLimit as i32);
+    assert_eq!(header(&second, DEGRADED_HEADER), Some(DEGRADED_REASON));
+    assert!(
+        header(&second, spillway_core::headers::RETRY_AFTER).is_some(),
+        "{second:?}"
+    );
 }
