@@ -66,10 +66,13 @@ fn algorithms() -> Vec<(&'static str, LimitParams)> {
     ]
 }
 
+/// Counter keys for one limit, as the engine builds them: every key shares the limit's name
+/// (one `Arc<str>` per limit definition) and carries its own value.
 fn keys(n: usize) -> Vec<StateKey> {
+    let limit: std::sync::Arc<str> = "per-user".into();
     (0..n)
         .map(|i| StateKey {
-            limit: "per-user".into(),
+            limit: limit.clone(),
             fingerprint: 1,
             values: vec![format!("user-{i}")],
         })

@@ -15,7 +15,8 @@ use std::sync::Arc;
 pub struct StateKey {
     /// The limit's name.
     pub limit: Arc<str>,
-    /// A fingerprint of the limit's parameters (algorithm and numbers).
+    /// The limit definition's fingerprint (a stable hash of its name, algorithm, numbers and
+    /// key dimensions): with the name, what distinguishes one limit's counters from another's.
     pub fingerprint: u64,
     /// The values of the limit's key dimensions, in the order the limit declares them.
     pub values: Vec<String>,

@@ -114,7 +114,7 @@ fn limit_def<'a>(
     let compiled = match (compiled, key) {
         (Some(c), Some(key)) if issues.len() == before => Some(Arc::new(LimitDef {
             name: name.value.as_str().into(),
-            fingerprint: c.fingerprint(&key),
+            fingerprint: c.fingerprint(name.value.as_str(), &key),
             params: c.params,
             key,
             shadow: raw.shadow.unwrap_or(false),

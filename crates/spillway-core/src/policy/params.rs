@@ -275,14 +275,18 @@ fn check<T, V>(
 }
 
 impl Compiled {
-    /// A hash of the algorithm, its numbers and the key, computed with fixed SipHash keys and
-    /// an explicit byte encoding so it is identical on every machine, process and release.
-    pub(crate) fn fingerprint(&self, key: &[Dimension]) -> u64 {
+    /// A hash of the limit's name, its algorithm, its numbers and its key, computed with fixed
+    /// SipHash keys and an explicit byte encoding so it is identical on every machine, process
+    /// and release. It identifies one limit definition: stores use it as the limit's part of
+    /// a counter's identity (the in-memory store seeds its key hash with it instead of hashing
+    /// the name on every check).
+    pub(crate) fn fingerprint(&self, name: &str, key: &[Dimension]) -> u64 {
         let mut hasher = SipHasher13::new_with_keys(0, 0);
         let mut put = |bytes: &[u8]| {
             hasher.write(&(bytes.len() as u64).to_le_bytes());
             hasher.write(bytes);
         };
+        put(name.as_bytes());
         put(self.algorithm.name().as_bytes());
         for n in self.numbers {
             put(&n.to_le_bytes());

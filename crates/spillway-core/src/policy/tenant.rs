@@ -90,7 +90,7 @@ fn overrides(
         };
         let def = LimitDef {
             name: Arc::clone(&original.name),
-            fingerprint: compiled.fingerprint(&original.key),
+            fingerprint: compiled.fingerprint(&original.name, &original.key),
             params: compiled.params,
             key: original.key.clone(),
             shadow: raw.shadow.unwrap_or(original.shadow),

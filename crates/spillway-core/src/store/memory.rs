@@ -6,11 +6,11 @@
 //! with key length and a flood of long, hostile values costs no more than short ones:
 //! - the first word is a keyed hash (foldhash, random per-process seed) of the dimension
 //!   values, seeded by the second word;
-//! - the second word identifies the limit: a keyed hash of its name, seeded by its
-//!   parameters' fingerprint.
+//! - the second word identifies the limit: its fingerprint, which the policy computes from
+//!   the limit's name, algorithm, numbers and key dimensions.
 //!
 //! Different limits therefore never share a slot (short of a 64-bit collision among a
-//! policy's few hundred limit identities), and two values of one limit share one only if their
+//! policy's few hundred limit fingerprints), and two values of one limit share one only if their
 //! 64-bit hashes collide: about 2^-64 per pair by chance, not aimable without the secret seed,
 //! which never leaves the process. Even then the two keys would share one counter, which makes
 //! both stricter and never admits more than the limit. (SipHash-1-3 over the whole key was the
@@ -176,9 +176,7 @@ impl MemoryStore {
 
     #[inline]
     fn hash(&self, check: &Check<'_>) -> KeyHash {
-        let mut limit = FoldHasher::with_seed(check.key.fingerprint, &self.seed);
-        limit.write(check.key.limit.as_bytes());
-        let limit = limit.finish();
+        let limit = check.key.fingerprint;
         let mut values = FoldHasher::with_seed(limit, &self.seed);
         check.key.hash_values_into(&mut values);
         [values.finish(), limit]
@@ -360,10 +358,13 @@ mod tests {
     use crate::rate::Rate;
     use crate::time::{ManualClock, MINUTE, SECOND};
 
+    /// A key of the limit named `limit`; as in a policy, each limit has its own fingerprint.
     fn key(limit: &str, value: &str) -> StateKey {
         StateKey {
             limit: limit.into(),
-            fingerprint: 7,
+            fingerprint: limit
+                .bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))),
             values: vec![value.to_string()],
         }
     }

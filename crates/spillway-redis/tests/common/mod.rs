@@ -35,11 +35,14 @@ pub async fn redis_store(backend: Backend) -> (RedisStore, Arc<ManualClock>) {
     (store.with_injected_time(clock.clone()), clock)
 }
 
-/// A state key for limit `limit` with `values`.
+/// A state key for limit `limit` with `values`. As in a policy, each limit name gets its own
+/// fingerprint (the in-memory store tells limits apart by it).
 pub fn key(limit: &str, values: &[&str]) -> StateKey {
     StateKey {
         limit: limit.into(),
-        fingerprint: 42,
+        fingerprint: limit
+            .bytes()
+            .fold(42u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))),
         values: values.iter().map(|v| v.to_string()).collect(),
     }
 }
