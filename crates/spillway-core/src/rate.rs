@@ -94,7 +94,7 @@ pub fn format_duration(micros: Micros) -> String {
         (SECOND, "s"),
         (1_000, "ms"),
     ] {
-        if micros >= unit && micros % unit == 0 {
+        if micros >= unit && micros.is_multiple_of(unit) {
             return format!("{}{}", micros / unit, name);
         }
     }

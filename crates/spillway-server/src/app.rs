@@ -80,33 +80,10 @@ mod tests {
     use axum::extract::connect_info::MockConnectInfo;
     use axum::http::{Request, StatusCode};
     use serde_json::Value;
-    use spillway_core::algorithm::Decision;
-    use spillway_core::request::CheckMode;
-    use spillway_core::store::{Check, StoreError};
     use std::net::SocketAddr;
     use tower::ServiceExt;
 
-    /// A store that is always down, to drive the failure-mode paths.
-    struct DownStore;
-
-    #[async_trait::async_trait]
-    impl Store for DownStore {
-        async fn check(&self, _: &[Check<'_>], _: CheckMode) -> Result<Vec<Decision>, StoreError> {
-            Err(StoreError::Unavailable("connection refused".into()))
-        }
-        async fn ping(&self) -> Result<(), StoreError> {
-            Err(StoreError::Unavailable("connection refused".into()))
-        }
-        fn key_count(&self) -> u64 {
-            0
-        }
-        fn evictions(&self) -> u64 {
-            0
-        }
-        fn sweep(&self) -> u64 {
-            0
-        }
-    }
+    use crate::test_support::DownStore;
 
     const POLICY: &str = r#"
 default_tier: free

@@ -38,4 +38,6 @@ pub mod serve;
 pub mod shutdown;
 pub mod store;
 pub mod sweeper;
+#[cfg(test)]
+mod test_support;
 pub mod validate;

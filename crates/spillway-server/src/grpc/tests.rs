@@ -14,34 +14,12 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescript
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use spillway_core::algorithm::Decision;
 use spillway_core::engine::Engine;
 use spillway_core::envoy_config::EnvoyConfig;
-use spillway_core::request::CheckMode;
-use spillway_core::store::{Check, Store, StoreError};
+use spillway_core::store::Store;
 use std::sync::Arc;
 
-/// A store that never answers.
-struct DownStore;
-
-#[async_trait::async_trait]
-impl Store for DownStore {
-    async fn check(&self, _: &[Check<'_>], _: CheckMode) -> Result<Vec<Decision>, StoreError> {
-        Err(StoreError::Unavailable("connection refused".into()))
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        Err(StoreError::Unavailable("connection refused".into()))
-    }
-    fn key_count(&self) -> u64 {
-        0
-    }
-    fn evictions(&self) -> u64 {
-        0
-    }
-    fn sweep(&self) -> u64 {
-        0
-    }
-}
+use crate::test_support::DownStore;
 
 const FILES: [&str; 3] = [
     "domain: lenient\ndescriptors:\n  - {key: user, rate_limit: {unit: second, requests_per_unit: 1}}\n",
