@@ -39,8 +39,18 @@ impl StateKey {
     /// hot path free of copies.
     #[inline]
     pub fn hash_values_into(&self, hasher: &mut impl Hasher) {
-        hasher.write_u32(self.values.len() as u32);
-        for v in &self.values {
+        // The count and the first length share one word: one absorb fewer for the usual
+        // single-value key, with the same information.
+        let count = u64::from(self.values.len() as u32) << 32;
+        let mut values = self.values.iter();
+        match values.next() {
+            Some(first) => {
+                hasher.write_u64(count | u64::from(u32::from_le_bytes(len32(first))));
+                hasher.write(first.as_bytes());
+            }
+            None => hasher.write_u64(count),
+        }
+        for v in values {
             hasher.write_u32(u32::from_le_bytes(len32(v)));
             hasher.write(v.as_bytes());
         }

@@ -24,6 +24,12 @@ pub const DAY: Micros = 24 * HOUR;
 pub trait Clock: Send + Sync + 'static {
     /// The current time in microseconds since the Unix epoch.
     fn now(&self) -> Micros;
+
+    /// Whether this is [`SystemClock`]: a store that reads the clock on every check can then
+    /// call it directly (inlined) rather than through the trait object.
+    fn is_system_clock(&self) -> bool {
+        false
+    }
 }
 
 /// The node's real clock: Unix time read once, then advanced by a monotonic counter.
@@ -67,6 +73,10 @@ impl Clock for SystemClock {
         // offers, and the hot path reads the clock on every check.
         a.unix + a.clock.delta_as_nanos(a.start, a.clock.raw()) / 1_000
     }
+
+    fn is_system_clock(&self) -> bool {
+        true
+    }
 }
 
 /// A clock that only moves when told to, for deterministic tests.
@@ -103,6 +113,10 @@ impl Clock for ManualClock {
 impl<C: Clock> Clock for std::sync::Arc<C> {
     fn now(&self) -> Micros {
         (**self).now()
+    }
+
+    fn is_system_clock(&self) -> bool {
+        (**self).is_system_clock()
     }
 }
 

@@ -43,7 +43,7 @@ use crate::algorithm::{
     State, StateRef, TokenBucketState,
 };
 use crate::request::CheckMode;
-use crate::time::{Clock, Micros, SECOND};
+use crate::time::{Clock, Micros, SystemClock, SECOND};
 use async_trait::async_trait;
 use foldhash::quality::FoldHasher;
 use foldhash::SharedSeed;
@@ -123,6 +123,8 @@ pub struct MemoryStore {
     per_shard: usize,
     seed: Box<SharedSeed>,
     clock: Arc<dyn Clock>,
+    /// Whether `clock` is the [`SystemClock`], read directly on the hot path.
+    system_clock: bool,
     /// Expiry seconds count from here, so they fit in 32 bits.
     epoch: Micros,
     evictions: AtomicU64,
@@ -147,6 +149,7 @@ impl MemoryStore {
             per_shard: max_keys.div_ceil(SHARDS).max(1),
             seed: Box::new(SharedSeed::from_u64(seed.hash_one(1u8))),
             epoch: clock.now(),
+            system_clock: clock.is_system_clock(),
             clock,
             evictions: AtomicU64::new(0),
         }
@@ -161,16 +164,25 @@ impl MemoryStore {
     /// multi-limit form. It is what [`MemoryStore::check_blocking`] does for a request with a
     /// single limit, and what benchmarks compare against other keyed limiters.
     pub fn check_key(&self, check: &Check<'_>, mode: CheckMode) -> Decision {
-        self.check_one(check, self.clock.now(), mode)
+        self.check_one(check, self.now(), mode)
     }
 
     /// Synchronous form of [`Store::check`], for callers (benchmarks, embedders) that are not
     /// async. The in-memory store never waits, so both forms are the same work.
     pub fn check_blocking(&self, checks: &[Check<'_>], mode: CheckMode) -> Decisions {
-        let now = self.clock.now();
+        let now = self.now();
         match checks {
             [one] => SmallVec::from_elem(self.check_one(one, now, mode), 1),
             _ => self.check_many(checks, now, mode),
+        }
+    }
+
+    #[inline]
+    fn now(&self) -> Micros {
+        if self.system_clock {
+            SystemClock.now()
+        } else {
+            self.clock.now()
         }
     }
 
