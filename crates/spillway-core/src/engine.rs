@@ -140,29 +140,51 @@ impl Engine {
         planned: &[Planned],
         mode: CheckMode,
     ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
-        if planned.is_empty() {
+        self.decide(planned.iter().map(|p| (&p.def, &p.key, p.cost)), mode)
+            .await
+    }
+
+    /// Evaluates `(limit, key, cost)` triples in one atomic store call and shapes the outcome.
+    async fn decide<'a>(
+        &self,
+        limits: impl Iterator<Item = (&'a Arc<LimitDef>, &'a StateKey, u64)>,
+        mode: CheckMode,
+    ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
+        let limits: Vec<_> = limits.collect();
+        if limits.is_empty() {
             return Ok((true, Vec::new()));
         }
-        let checks: Vec<Check<'_>> = planned
+        let checks: Vec<Check<'_>> = limits
             .iter()
-            .map(|p| Check {
-                key: &p.key,
-                params: &p.def.params,
-                cost: p.cost,
-                enforced: !p.def.shadow,
+            .map(|(def, key, cost)| Check {
+                key,
+                params: &def.params,
+                cost: *cost,
+                enforced: !def.shadow,
             })
             .collect();
         let decisions = self.store.check(&checks, mode).await?;
         let allowed = admits(&checks, &decisions);
-        let outcomes = planned
+        let outcomes = limits
             .iter()
             .zip(decisions)
-            .map(|(p, decision)| LimitOutcome {
-                name: p.def.name.clone(),
-                decision,
-                shadow: p.def.shadow,
-                quota: p.def.params.quota(),
-                window: p.def.params.window(),
+            .map(|((def, _, cost), mut decision)| {
+                // A denied request is charged nothing, but the limits that would have let it
+                // through report what would remain after it. Every algorithm's remaining count
+                // drops by exactly the cost on an admission, so adding it back gives the count
+                // that really remains. (The reset time is left as computed: at most a little
+                // later than the true one.)
+                if !allowed && decision.allowed {
+                    decision.remaining =
+                        decision.remaining.saturating_add(*cost).min(decision.limit);
+                }
+                LimitOutcome {
+                    name: def.name.clone(),
+                    decision,
+                    shadow: def.shadow,
+                    quota: def.params.quota(),
+                    window: def.params.window(),
+                }
             })
             .collect();
         Ok((allowed, outcomes))
@@ -173,34 +195,13 @@ impl Engine {
     pub async fn check(&self, req: &RequestAttrs, mode: CheckMode) -> Result<Verdict, StoreError> {
         let policy = self.policy.load();
         let resolved = policy.resolve(req);
-        let checks: Vec<Check<'_>> = resolved
-            .limits
-            .iter()
-            .map(|(def, key)| Check {
-                key,
-                params: &def.params,
-                cost: resolved.cost,
-                enforced: !def.shadow,
-            })
-            .collect();
-        let decisions = if checks.is_empty() {
-            Vec::new()
-        } else {
-            self.store.check(&checks, mode).await?
-        };
-        let allowed = admits(&checks, &decisions);
-        let outcomes = resolved
-            .limits
-            .iter()
-            .zip(decisions)
-            .map(|((def, _), decision)| LimitOutcome {
-                name: def.name.clone(),
-                decision,
-                shadow: def.shadow,
-                quota: def.params.quota(),
-                window: def.params.window(),
-            })
-            .collect();
+        let cost = resolved.cost;
+        let (allowed, outcomes) = self
+            .decide(
+                resolved.limits.iter().map(|(def, key)| (def, key, cost)),
+                mode,
+            )
+            .await?;
         Ok(Verdict {
             allowed,
             tier: resolved.tier.clone(),
@@ -209,5 +210,54 @@ impl Engine {
             cost: resolved.cost,
             outcomes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::time::ManualClock;
+
+    const POLICY: &str = "default_tier: t
+limits:
+  roomy: {algorithm: token_bucket, rate: 1/h, burst: 10, key: [user]}
+  tight: {algorithm: fixed_window, limit: 2, window: 1h, key: [user]}
+tiers:
+  t: {limits: [roomy, tight]}
+";
+
+    #[tokio::test]
+    async fn a_denied_request_reports_what_really_remains() {
+        let policy = Arc::new(Policy::from_yaml_str(POLICY, "test.yaml").expect("valid"));
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+        let store = Arc::new(MemoryStore::new(100, clock.clone()));
+        let engine = Engine::new(policy, store, clock);
+        let req = RequestAttrs {
+            user: Some("u".into()),
+            cost: Some(1),
+            ..Default::default()
+        };
+        for _ in 0..2 {
+            assert!(
+                engine
+                    .check(&req, CheckMode::Consume)
+                    .await
+                    .expect("store")
+                    .allowed
+            );
+        }
+        let denied = engine.check(&req, CheckMode::Consume).await.expect("store");
+        assert!(!denied.allowed);
+        // `roomy` would have allowed it, but nothing was charged: 8 remain, not 7.
+        let roomy = &denied.outcomes[0];
+        assert!(roomy.decision.allowed);
+        assert_eq!(roomy.decision.remaining, 8);
+        let look = RequestAttrs {
+            cost: Some(0),
+            ..req
+        };
+        let now = engine.check(&look, CheckMode::Peek).await.expect("store");
+        assert_eq!(now.outcomes[0].decision.remaining, 8);
     }
 }
