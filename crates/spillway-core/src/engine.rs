@@ -4,7 +4,7 @@
 //! The policy is published through `arc-swap`, so a reload swaps it without blocking checks
 //! that are in flight; each check works on the one snapshot it loaded.
 
-use crate::algorithm::{Decision, Denial};
+use crate::algorithm::{Decision, Denial, LimitParams};
 use crate::key::StateKey;
 use crate::policy::{FailureMode, LimitDef, Policy};
 use crate::request::{CheckMode, RequestAttrs};
@@ -87,6 +87,72 @@ pub struct Planned {
     pub cost: u64,
 }
 
+/// One limit to judge with [`judge`]: its name, the parameters to apply (a policy's own, or
+/// scaled-down emergency ones), its counter, the cost and whether it only observes.
+#[derive(Debug, Clone, Copy)]
+pub struct Judged<'a> {
+    /// The limit's name, for the outcome.
+    pub name: &'a Arc<str>,
+    /// The algorithm and numbers to apply.
+    pub params: &'a LimitParams,
+    /// The counter.
+    pub key: &'a StateKey,
+    /// What the request costs against it.
+    pub cost: u64,
+    /// Whether the limit is in shadow mode.
+    pub shadow: bool,
+}
+
+/// Evaluates `limits` in one atomic call to `store` and shapes the answer: whether the request
+/// is admitted (no enforced limit denied it) and each limit's outcome, in order. Every path
+/// that decides (the engine, the Envoy service, the local emergency store) goes through here,
+/// so they report alike.
+pub async fn judge(
+    store: &dyn Store,
+    limits: &[Judged<'_>],
+    mode: CheckMode,
+) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
+    if limits.is_empty() {
+        return Ok((true, Vec::new()));
+    }
+    let checks: Vec<Check<'_>> = limits
+        .iter()
+        .map(|l| Check {
+            key: l.key,
+            params: l.params,
+            cost: l.cost,
+            enforced: !l.shadow,
+        })
+        .collect();
+    let decisions = store.check(&checks, mode).await?;
+    let allowed = admits(&checks, &decisions);
+    let outcomes = limits
+        .iter()
+        .zip(decisions)
+        .map(|(l, mut decision)| {
+            // A denied request is charged nothing, but the limits that would have let it
+            // through report what would remain after it. Every algorithm's remaining count
+            // drops by exactly the cost on an admission, so adding it back gives the count that
+            // really remains. (The reset time is left as computed: at most a little later
+            // than the true one.)
+            if !allowed && decision.allowed {
+                decision.remaining = decision
+                    .remaining
+                    .saturating_add(l.cost)
+                    .min(decision.limit);
+            }
+            LimitOutcome {
+                name: l.name.clone(),
+                decision,
+                shadow: l.shadow,
+                quota: l.params.quota(),
+                window: l.params.window(),
+            }
+        })
+        .collect();
+    Ok((allowed, outcomes))
+}
+
 /// Checks requests against the current policy and a store.
 pub struct Engine {
     policy: ArcSwap<Policy>,
@@ -144,50 +210,22 @@ impl Engine {
             .await
     }
 
-    /// Evaluates `(limit, key, cost)` triples in one atomic store call and shapes the outcome.
+    /// Evaluates `(limit, key, cost)` triples in one atomic store call; see [`judge`].
     async fn decide<'a>(
         &self,
         limits: impl Iterator<Item = (&'a Arc<LimitDef>, &'a StateKey, u64)>,
         mode: CheckMode,
     ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
-        let limits: Vec<_> = limits.collect();
-        if limits.is_empty() {
-            return Ok((true, Vec::new()));
-        }
-        let checks: Vec<Check<'_>> = limits
-            .iter()
-            .map(|(def, key, cost)| Check {
-                key,
+        let limits: Vec<Judged<'_>> = limits
+            .map(|(def, key, cost)| Judged {
+                name: &def.name,
                 params: &def.params,
-                cost: *cost,
-                enforced: !def.shadow,
+                key,
+                cost,
+                shadow: def.shadow,
             })
             .collect();
-        let decisions = self.store.check(&checks, mode).await?;
-        let allowed = admits(&checks, &decisions);
-        let outcomes = limits
-            .iter()
-            .zip(decisions)
-            .map(|((def, _, cost), mut decision)| {
-                // A denied request is charged nothing, but the limits that would have let it
-                // through report what would remain after it. Every algorithm's remaining count
-                // drops by exactly the cost on an admission, so adding it back gives the count
-                // that really remains. (The reset time is left as computed: at most a little
-                // later than the true one.)
-                if !allowed && decision.allowed {
-                    decision.remaining =
-                        decision.remaining.saturating_add(*cost).min(decision.limit);
-                }
-                LimitOutcome {
-                    name: def.name.clone(),
-                    decision,
-                    shadow: def.shadow,
-                    quota: def.params.quota(),
-                    window: def.params.window(),
-                }
-            })
-            .collect();
-        Ok((allowed, outcomes))
+        judge(self.store.as_ref(), &limits, mode).await
     }
 
     /// Decides one request. With [`CheckMode::Consume`] an admitted request is charged against

@@ -7,10 +7,10 @@
 //! from full emergency quotas and the shared counters are the only truth again.
 
 use parking_lot::RwLock;
-use spillway_core::engine::{LimitOutcome, Planned};
+use spillway_core::engine::{judge, Judged, LimitOutcome, Planned};
 use spillway_core::policy::{emergency_params, Emergency, Policy};
 use spillway_core::request::CheckMode;
-use spillway_core::store::{Check, MemoryStore, Store, StoreError};
+use spillway_core::store::{MemoryStore, Store, StoreError};
 use spillway_core::time::Clock;
 use std::sync::Arc;
 
@@ -61,34 +61,19 @@ impl EmergencyLimiter {
                 emergency_params(&p.def.params, small)
             })
             .collect();
-        let checks: Vec<Check<'_>> = planned
+        let limits: Vec<Judged<'_>> = planned
             .iter()
             .zip(&params)
-            .map(|(p, params)| Check {
-                key: &p.key,
+            .map(|(p, params)| Judged {
+                name: &p.def.name,
                 params,
+                key: &p.key,
                 cost: p.cost,
-                enforced: !p.def.shadow,
+                shadow: p.def.shadow,
             })
             .collect();
         let store = self.store.read().clone();
-        let decisions = store.check(&checks, mode).await?;
-        let allowed = checks
-            .iter()
-            .zip(&decisions)
-            .all(|(c, d)| d.allowed || !c.enforced);
-        let outcomes = planned
-            .iter()
-            .zip(params.iter().zip(decisions))
-            .map(|(p, (params, decision))| LimitOutcome {
-                name: p.def.name.clone(),
-                decision,
-                shadow: p.def.shadow,
-                quota: params.quota(),
-                window: params.window(),
-            })
-            .collect();
-        Ok((allowed, outcomes))
+        judge(store.as_ref(), &limits, mode).await
     }
 
     /// Forgets every emergency counter (the shared store is back).
