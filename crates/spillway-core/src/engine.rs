@@ -6,7 +6,7 @@
 
 use crate::algorithm::{Decision, Denial, LimitParams};
 use crate::key::StateKey;
-use crate::policy::{FailureMode, LimitDef, Policy};
+use crate::policy::{FailureMode, LimitDef, Policy, Resolved};
 use crate::request::{CheckMode, RequestAttrs};
 use crate::store::{admits, Check, Store, StoreError};
 use crate::time::{Clock, Micros};
@@ -66,13 +66,6 @@ impl Verdict {
                     _ => o.decision.retry_after.unwrap_or(0),
                 })
         }
-    }
-
-    /// Shadow-mode limits that would have denied the request.
-    pub fn shadow_denials(&self) -> impl Iterator<Item = &LimitOutcome> {
-        self.outcomes
-            .iter()
-            .filter(|o| o.shadow && !o.decision.allowed)
     }
 }
 
@@ -231,8 +224,25 @@ impl Engine {
     /// Decides one request. With [`CheckMode::Consume`] an admitted request is charged against
     /// every limit that applies; a denied one is charged nothing anywhere.
     pub async fn check(&self, req: &RequestAttrs, mode: CheckMode) -> Result<Verdict, StoreError> {
-        let policy = self.policy.load();
+        let (_, resolved) = self.resolve(req);
+        self.check_resolved(&resolved, mode).await
+    }
+
+    /// Resolves `req` against the policy in force, returning that policy snapshot with the
+    /// result. Callers that must act on a store failure (the failure modes) resolve once with
+    /// this and then call [`Engine::check_resolved`], so both steps see the same policy.
+    pub fn resolve(&self, req: &RequestAttrs) -> (Arc<Policy>, Resolved) {
+        let policy = self.policy.load_full();
         let resolved = policy.resolve(req);
+        (policy, resolved)
+    }
+
+    /// Decides an already resolved request; see [`Engine::check`].
+    pub async fn check_resolved(
+        &self,
+        resolved: &Resolved,
+        mode: CheckMode,
+    ) -> Result<Verdict, StoreError> {
         let cost = resolved.cost;
         let (allowed, outcomes) = self
             .decide(
@@ -245,7 +255,7 @@ impl Engine {
             tier: resolved.tier.clone(),
             route: resolved.route.as_ref().map(|r| r.name.clone()),
             failure_mode: resolved.failure_mode,
-            cost: resolved.cost,
+            cost,
             outcomes,
         })
     }

@@ -171,6 +171,21 @@ mod tests {
     }
 
     #[test]
+    fn a_cost_that_can_never_fit_gets_no_retry_after() {
+        let mut hopeless = outcome("small", false, 0, 5, None);
+        hopeless.decision.denial = Some(Denial::CostExceedsLimit);
+        let v = verdict(
+            false,
+            vec![
+                outcome("waiting", false, 0, 30 * SECOND, Some(30 * SECOND)),
+                hopeless,
+            ],
+        );
+        assert_eq!(v.governing().map(|o| &*o.name), Some("small"));
+        assert_eq!(get(&render(&v), RETRY_AFTER), None);
+    }
+
+    #[test]
     fn shadow_limits_stay_out_of_the_headers() {
         let mut s = outcome("shadow", false, 0, 5, Some(5));
         s.shadow = true;

@@ -1,9 +1,9 @@
 //! The identity of one limit's counter for one set of dimension values.
 //!
-//! A [`StateKey`] keeps the limit's name, the fingerprint of its parameters and the dimension
-//! values as separate parts, so each store can encode them its own way: the in-memory store
-//! hashes an unambiguous length-prefixed encoding, and the Redis store builds a readable key
-//! with a hash tag. Because the fingerprint is part of the identity, a limit whose numbers
+//! A [`StateKey`] keeps the limit's name, its fingerprint (name, algorithm, numbers and key
+//! dimensions) and the dimension values as separate parts, so each store can encode them its
+//! own way: the in-memory store keys on the fingerprint plus a seeded hash of the values, and
+//! the Redis store builds a readable key with a hash tag. Because the fingerprint is part of the identity, a limit whose numbers
 //! change on reload starts on fresh counters instead of misreading state kept under other
 //! parameters; counters of unchanged limits carry over untouched.
 
@@ -23,15 +23,6 @@ pub struct StateKey {
 }
 
 impl StateKey {
-    /// Feeds an unambiguous encoding of the whole key to `hasher`: the limit's name, the
-    /// fingerprint, then the values (see [`StateKey::hash_values_into`]).
-    pub fn hash_into(&self, hasher: &mut impl Hasher) {
-        hasher.write(&len32(&self.limit));
-        hasher.write(self.limit.as_bytes());
-        hasher.write_u64(self.fingerprint);
-        self.hash_values_into(hasher);
-    }
-
     /// Feeds the dimension values to `hasher` unambiguously: their count, then each value's
     /// length and bytes (32-bit lengths; far longer than any value the edges accept), so no
     /// value, whatever bytes it holds, can make two different lists hash alike. The parts go
@@ -68,9 +59,11 @@ mod tests {
     use super::*;
     use siphasher::sip128::{Hasher128, SipHasher13};
 
+    /// The values' hash as the in-memory store uses it: seeded per limit (here through the
+    /// hasher's keys), over `hash_values_into`.
     fn digest(key: &StateKey) -> u128 {
-        let mut h = SipHasher13::new_with_keys(1, 2);
-        key.hash_into(&mut h);
+        let mut h = SipHasher13::new_with_keys(key.fingerprint, 2);
+        key.hash_values_into(&mut h);
         h.finish128().as_u128()
     }
 

@@ -120,8 +120,17 @@ mod tests {
     async fn forcing_implies_triggered_and_never_goes_back() {
         let shutdown = Shutdown::new();
         shutdown.force();
+        assert!(shutdown.is_triggered(), "forcing triggers too");
         shutdown.trigger();
-        shutdown.triggered().await;
-        shutdown.forced().await;
+        assert!(
+            shutdown.is_triggered(),
+            "a later trigger does not undo anything"
+        );
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            shutdown.triggered().await;
+            shutdown.forced().await;
+        })
+        .await;
+        assert!(waited.is_ok(), "both waits return at once");
     }
 }

@@ -123,14 +123,9 @@ fn key_values(def: &LimitDef, req: &RequestAttrs, route: Option<&Route>) -> Opti
         };
         found.filter(|v| !v.is_empty())
     };
-    // Check before allocating, so a skipped limit costs nothing.
-    if !def.key.iter().all(|d| value(d).is_some()) {
-        return None;
-    }
-    Some(
-        def.key
-            .iter()
-            .filter_map(|d| value(d).map(str::to_owned))
-            .collect(),
-    )
+    // One pass: collecting into `Option` stops at the first missing dimension.
+    def.key
+        .iter()
+        .map(|d| value(d).map(str::to_owned))
+        .collect()
 }

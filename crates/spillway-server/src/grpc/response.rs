@@ -7,7 +7,6 @@
 //! shadow-mode limits, is `OK` with no `current_limit`.
 
 use super::plan::{Plan, Report};
-use crate::http::verdict::{denial_kind, DenialKind};
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     rate_limit::Unit as PbUnit, Code, DescriptorStatus, RateLimit,
@@ -112,12 +111,11 @@ fn code(allowed: bool) -> Code {
     }
 }
 
-/// The HTTP API's headers for `verdict`; `Retry-After` only when waiting can help.
+/// The HTTP API's headers for `verdict` (`Retry-After` only when waiting can help, which
+/// `headers::render` already decides).
 fn header_values(verdict: &Verdict) -> Vec<HeaderValue> {
-    let hopeless = denial_kind(verdict) == Some(DenialKind::CostExceedsLimit);
     headers::render(verdict)
         .into_iter()
-        .filter(|(name, _)| !(hopeless && *name == headers::RETRY_AFTER))
         .map(|(name, value)| header(name, &value))
         .collect()
 }

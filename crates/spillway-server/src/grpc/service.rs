@@ -23,6 +23,7 @@ use crate::failure::{Fallback, DEGRADED_HEADER, DEGRADED_REASON};
 use crate::metrics;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use spillway_core::policy::Policy;
 use spillway_core::request::CheckMode;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -53,8 +54,9 @@ impl Rls {
         let state = &self.0;
         let hits = u64::from(request.hits_addend);
         let domain = request.domain.as_str();
+        // One policy snapshot serves the plan and, if the store fails, the fallback.
+        let policy = state.app.engine.policy();
         let plan = if domain == &*state.policy_domain {
-            let policy = state.app.engine.policy();
             plan::policy(&policy, &request.descriptors, (hits > 0).then_some(hits))
         } else {
             let envoy = state.envoy.load();
@@ -64,11 +66,13 @@ impl Rls {
             plan::envoy(config, &request.descriptors, hits.max(1))
                 .map_err(Status::invalid_argument)?
         };
-        self.check(domain, &plan, request.descriptors.len()).await
+        self.check(&policy, domain, &plan, request.descriptors.len())
+            .await
     }
 
     async fn check(
         &self,
+        policy: &Policy,
         domain: &str,
         plan: &Plan,
         descriptors: usize,
@@ -91,11 +95,10 @@ impl Rls {
                 let mode = plan.failure_mode;
                 metrics::record_store_failure(mode);
                 let app = &self.0.app;
-                let policy = app.engine.policy();
                 let fallback = app
                     .failover
                     .fallback(
-                        &policy,
+                        policy,
                         mode,
                         Some(domain),
                         &plan.planned,

@@ -21,7 +21,7 @@
 use crate::app::AppState;
 use crate::http::client_ip::{client_ip, ForwardingHeaders, TrustedProxies};
 use crate::http::problem::Problem;
-use crate::http::verdict::{decided_parts, denial_problem};
+use crate::http::verdict::{decided_body, decided_headers, denial_problem};
 use crate::http::{check_mode, decide};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
@@ -126,12 +126,12 @@ async fn answer(
         Ok(decided) => decided,
         Err(problem) => return problem.into_response(),
     };
-    let (rate_headers, body) = decided_parts(&decided);
+    let rate_headers = decided_headers(&decided);
     if decided.verdict.allowed {
         (settings.allow_status, rate_headers).into_response()
     } else {
         let problem = denial_problem(&decided.verdict, settings.deny_status);
-        (rate_headers, problem.with_verdict(body)).into_response()
+        (rate_headers, problem.with_verdict(decided_body(&decided))).into_response()
     }
 }
 

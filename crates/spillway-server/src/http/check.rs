@@ -21,7 +21,7 @@
 
 use crate::app::AppState;
 use crate::http::problem::Problem;
-use crate::http::verdict::{decided_parts, denial_problem};
+use crate::http::verdict::{decided_body, decided_headers, denial_problem};
 use crate::http::{check_mode, decide};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -129,7 +129,7 @@ async fn respond(
     let decided = decide(app, &attrs, mode)
         .await
         .map_err(IntoResponse::into_response)?;
-    let (headers, body) = decided_parts(&decided);
+    let (headers, body) = (decided_headers(&decided), decided_body(&decided));
     Ok(if decided.verdict.allowed {
         (StatusCode::OK, headers, Json(body)).into_response()
     } else {

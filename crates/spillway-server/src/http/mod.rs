@@ -55,7 +55,9 @@ pub async fn decide(
     mode: CheckMode,
 ) -> Result<Decided, Problem> {
     let stopwatch = metrics::Stopwatch::start();
-    let result = app.engine.check(attrs, mode).await;
+    // Resolve once: a store failure is handled with the same resolution and policy snapshot.
+    let (policy, resolved) = app.engine.resolve(attrs);
+    let result = app.engine.check_resolved(&resolved, mode).await;
     metrics::record_check_duration(stopwatch.elapsed());
     let err = match result {
         Ok(verdict) => {
@@ -69,8 +71,6 @@ pub async fn decide(
         }
         Err(err) => err,
     };
-    let policy = app.engine.policy();
-    let resolved = policy.resolve(attrs);
     let failure_mode = resolved.failure_mode;
     metrics::record_store_failure(failure_mode);
     let planned: Vec<Planned> = resolved

@@ -115,31 +115,34 @@ impl From<&LimitOutcome> for LimitBody {
     }
 }
 
-/// The headers and body of a decision: the verdict's, plus the degraded marks when the store
-/// did not take part.
-pub fn decided_parts(decided: &Decided) -> (HeaderMap, VerdictBody) {
+/// The headers of a decision: the verdict's, plus the degraded mark when the store did not
+/// take part.
+pub fn decided_headers(decided: &Decided) -> HeaderMap {
     let mut headers = verdict_headers(&decided.verdict);
-    let mut body = VerdictBody::from(&decided.verdict);
     if decided.degraded.is_some() {
         headers.insert(
             HeaderName::from_static(failure::DEGRADED_HEADER),
             HeaderValue::from_static(failure::DEGRADED_REASON),
         );
-        body.degraded = Some(failure::DEGRADED_REASON);
     }
-    (headers, body)
+    headers
 }
 
-/// The rate-limit headers for a verdict, as `spillway_core::headers::render` words them.
-/// `Retry-After` is dropped when the cost can never fit, since it would promise a retry that
-/// cannot succeed.
+/// The JSON body of a decision, with the degraded mark when the store did not take part. Built
+/// only by the responses that send a body (an allowed `/v1/authorize` sends none).
+pub fn decided_body(decided: &Decided) -> VerdictBody {
+    let mut body = VerdictBody::from(&decided.verdict);
+    if decided.degraded.is_some() {
+        body.degraded = Some(failure::DEGRADED_REASON);
+    }
+    body
+}
+
+/// The rate-limit headers for a verdict, as `spillway_core::headers::render` words them (it
+/// already leaves out `Retry-After` when the cost can never fit).
 pub fn verdict_headers(verdict: &Verdict) -> HeaderMap {
-    let cost_too_big = denial_kind(verdict) == Some(DenialKind::CostExceedsLimit);
     let mut headers = HeaderMap::new();
     for (name, value) in spillway_core::headers::render(verdict) {
-        if cost_too_big && name.eq_ignore_ascii_case("retry-after") {
-            continue;
-        }
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
@@ -157,8 +160,9 @@ pub fn verdict_headers(verdict: &Verdict) -> HeaderMap {
 }
 
 /// The problem document for a denial, answered with `status` (429 on `/v1/check`, the
-/// configured deny status on `/v1/authorize`). It carries the verdict's members too, so a
-/// client reads a denial exactly like an allowance.
+/// configured deny status on `/v1/authorize`). The caller attaches the verdict's members with
+/// `Problem::with_verdict(decided_body(..))`, so a client reads a denial exactly like an
+/// allowance.
 pub fn denial_problem(verdict: &Verdict, status: StatusCode) -> Problem {
     let culprit = |wanted: Denial| {
         enforced(verdict)
@@ -202,7 +206,7 @@ pub fn denial_problem(verdict: &Verdict, status: StatusCode) -> Problem {
             Problem::new(status, problem::RATE_LIMITED, "Rate limit exceeded", detail)
         }
     };
-    problem.with_verdict(VerdictBody::from(verdict))
+    problem
 }
 
 #[cfg(test)]
