@@ -69,9 +69,12 @@ impl Gcra {
         };
         let window = self.rate.scale(self.burst);
         // The TAT `debt` scaled units after `now`.
-        let to_state = |d: u64| GcraState {
-            tat: now + d / per,
-            rem: d % per,
+        let to_state = |d: u64| {
+            let (whole, rem) = self.rate.split(d);
+            GcraState {
+                tat: now + whole,
+                rem,
+            }
         };
         let remaining = |d: u64| self.rate.whole(window.saturating_sub(d));
         let fresh_in = |d: u64| self.rate.time_for(d);

@@ -331,10 +331,16 @@ impl ScaledRate {
         elapsed.saturating_mul(self.tokens)
     }
 
+    /// `units` scaled units as whole microseconds of refill and the scaled units left over.
+    #[inline]
+    pub fn split(&self, units: u64) -> (Micros, u64) {
+        StrengthReducedU64::div_rem(units, self.tokens_div)
+    }
+
     /// Microseconds needed to refill `units` scaled units, rounded up.
     #[inline]
     pub fn time_for(&self, units: u64) -> Micros {
-        let (q, r) = StrengthReducedU64::div_rem(units, self.tokens_div);
+        let (q, r) = self.split(units);
         q + u64::from(r != 0)
     }
 

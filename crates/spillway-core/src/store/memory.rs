@@ -1,4 +1,4 @@
-//! The embedded in-memory store: sharded maps behind short mutex sections, safe under many
+//! The embedded in-memory store: sharded maps behind short locked sections, safe under many
 //! tokio tasks and threads.
 //!
 //! # Keys
@@ -39,16 +39,17 @@
 
 use super::{admits, Check, Store, StoreError};
 use crate::algorithm::{
-    Decision, FixedWindowState, GcraState, LeakyBucketState, SlidingLogState, SlidingWindowState,
-    State, StateRef, TokenBucketState,
+    Decision, FixedWindowState, GcraState, LeakyBucketState, LimitParams, SlidingLogState,
+    SlidingWindowState, State, StateRef, TokenBucketState,
 };
 use crate::request::CheckMode;
 use crate::time::{Clock, Micros, SystemClock, SECOND};
 use async_trait::async_trait;
 use foldhash::quality::FoldHasher;
 use foldhash::SharedSeed;
-use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
+use spin::mutex::{SpinMutex, SpinMutexGuard};
+use spin::relax::Yield;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,9 +118,17 @@ impl Slot {
 
 type Shard = HashMap<KeyHash, Slot, BuildHasherDefault<PassThrough>>;
 
+/// A shard's lock. Its sections are a table probe and a few integer operations (tens of
+/// nanoseconds, never an await or a syscall), so a spinning lock fits: taking it is one
+/// compare-and-swap and releasing it a plain store, where a parking mutex pays a second atomic
+/// read-modify-write to release. A thread that finds it taken yields its time slice between
+/// tries, so a holder that was preempted is not starved by spinners.
+type ShardLock = SpinMutex<Shard, Yield>;
+type ShardGuard<'a> = SpinMutexGuard<'a, Shard, Yield>;
+
 /// The embedded default store. See the module docs for the memory, expiry and eviction rules.
 pub struct MemoryStore {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[ShardLock]>,
     per_shard: usize,
     seed: Box<SharedSeed>,
     clock: Arc<dyn Clock>,
@@ -145,7 +154,9 @@ impl MemoryStore {
     pub fn new(max_keys: usize, clock: Arc<dyn Clock>) -> Self {
         let seed = std::collections::hash_map::RandomState::new();
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| ShardLock::new(Shard::default()))
+                .collect(),
             per_shard: max_keys.div_ceil(SHARDS).max(1),
             seed: Box::new(SharedSeed::from_u64(seed.hash_one(1u8))),
             epoch: clock.now(),
@@ -212,11 +223,7 @@ impl MemoryStore {
         let h = self.hash(check);
         let mut map = self.shards[shard_of(&h)].lock();
         if let Some(slot) = map.get_mut(&h) {
-            let e = check.params.evaluate(Some(slot.state()), now, check.cost);
-            if mode == CheckMode::Consume && e.decision.allowed {
-                *slot = Slot::new(e.state, self.expiry_secs(e.expires_at));
-            }
-            return e.decision;
+            return self.update(slot, check, now, mode);
         }
         let e = check.params.evaluate(None, now, check.cost);
         let decision = e.decision;
@@ -226,12 +233,45 @@ impl MemoryStore {
         decision
     }
 
+    /// Evaluates a check against its existing slot and, when it consumes and is allowed,
+    /// writes the new state back. A slot of the limit's own algorithm (the rule, since the key
+    /// names the limit's parameters) is updated in place by that algorithm's own function, which
+    /// inlines; any other slot takes the general path through [`LimitParams::evaluate`].
+    #[inline]
+    fn update(&self, slot: &mut Slot, check: &Check<'_>, now: Micros, mode: CheckMode) -> Decision {
+        let consume = mode == CheckMode::Consume;
+        macro_rules! in_place {
+            ($p:expr, $s:expr, $exp:expr) => {{
+                let e = $p.evaluate(Some(&*$s), now, check.cost);
+                if consume && e.decision.allowed {
+                    *$s = e.state;
+                    *$exp = self.expiry_secs(e.expires_at);
+                }
+                e.decision
+            }};
+        }
+        match (check.params, &mut *slot) {
+            (LimitParams::TokenBucket(p), Slot::TokenBucket(s, exp)) => in_place!(p, s, exp),
+            (LimitParams::Gcra(p), Slot::Gcra(s, exp)) => in_place!(p, s, exp),
+            (LimitParams::FixedWindow(p), Slot::FixedWindow(s, exp)) => in_place!(p, s, exp),
+            (LimitParams::SlidingWindow(p), Slot::SlidingWindow(s, exp)) => in_place!(p, s, exp),
+            (LimitParams::LeakyBucket(p), Slot::LeakyBucket(s, exp)) => in_place!(p, s, exp),
+            _ => {
+                let e = check.params.evaluate(Some(slot.state()), now, check.cost);
+                if consume && e.decision.allowed {
+                    *slot = Slot::new(e.state, self.expiry_secs(e.expires_at));
+                }
+                e.decision
+            }
+        }
+    }
+
     fn check_many(&self, checks: &[Check<'_>], now: Micros, mode: CheckMode) -> Decisions {
         let hashes: SmallVec<[KeyHash; 4]> = checks.iter().map(|c| self.hash(c)).collect();
         let mut order: SmallVec<[usize; 4]> = hashes.iter().map(shard_of).collect();
         order.sort_unstable();
         order.dedup();
-        let mut guards: SmallVec<[(usize, MutexGuard<'_, Shard>); 4]> = order
+        let mut guards: SmallVec<[(usize, ShardGuard<'_>); 4]> = order
             .into_iter()
             .map(|i| (i, self.shards[i].lock()))
             .collect();
