@@ -23,13 +23,16 @@ cargo build --release -q -p spillway-server --bin spillway
 work=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-cat > "$work/bench.yaml" <<'YAML'
+# The server watches its config's directory for edits; h2load's per-call logs go elsewhere so
+# their writes do not wake the watcher during the run.
+mkdir -p "$work/conf" "$work/out"
+cat > "$work/conf/bench.yaml" <<'YAML'
 domain: bench
 descriptors:
   - key: user
     rate_limit: {unit: second, requests_per_unit: 100000000}
 YAML
-cat > "$work/policy.yaml" <<'YAML'
+cat > "$work/conf/policy.yaml" <<'YAML'
 default_tier: free
 tiers:
   free: {}
@@ -58,7 +61,7 @@ for i in range(clients):
 PY
 
 target/release/spillway serve --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 \
-  --config "$work/policy.yaml" --envoy-config "$work/bench.yaml" --log-filter warn,spillway_server=info \
+  --config "$work/conf/policy.yaml" --envoy-config "$work/conf/bench.yaml" --log-filter warn,spillway_server=info \
   > "$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 100); do
@@ -69,22 +72,26 @@ addr=$(grep -o "grpc listening on [0-9.:]*" "$work/server.log" | awk '{print $4}
 [ -n "$addr" ] || { cat "$work/server.log"; exit 1; }
 
 url="http://$addr/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
+ticks0=$(cpu_ticks)
 start=$(date +%s.%N)
 pids=()
 for i in $(seq 0 $((clients - 1))); do
   h2load -n "$requests" -c "$conns" -m "$streams" -t 1 -d "$work/frame-$i.bin" \
     -H 'content-type: application/grpc' -H 'te: trailers' \
-    --log-file "$work/log-$i.txt" "$url" > "$work/h2load-$i.out" &
+    --log-file "$work/out/log-$i.txt" "$url" > "$work/out/h2load-$i.out" &
   pids+=($!)
 done
 wait "${pids[@]}"
 end=$(date +%s.%N)
+ticks1=$(cpu_ticks)
 
-python3 - "$work" "$clients" "$start" "$end" <<'PY'
+python3 - "$work" "$clients" "$start" "$end" "$((ticks1 - ticks0))" "$(getconf CLK_TCK)" <<'PY'
 import glob, sys
 work, clients, start, end = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+server_cpu = int(sys.argv[5]) / int(sys.argv[6])
 latencies, ok = [], 0
-for path in glob.glob(f"{work}/log-*.txt"):
+for path in glob.glob(f"{work}/out/log-*.txt"):
     for line in open(path):
         parts = line.split()
         if len(parts) >= 3:
@@ -96,5 +103,6 @@ secs = end - start
 print(f"calls: {len(latencies)} ({ok} with HTTP 200) in {secs:.2f}s from {clients} h2load clients")
 print(f"throughput: {len(latencies) / secs:,.0f} decisions/s")
 print(f"latency: p50 {p(0.50):.2f} ms, p99 {p(0.99):.2f} ms, max {latencies[-1] / 1000:.2f} ms")
+print(f"server CPU: {server_cpu / secs:.2f} cores ({server_cpu / len(latencies) * 1e6:.1f} us per call); h2load had the rest")
 PY
-grep -h "status codes" "$work"/h2load-*.out | head -"$clients"
+grep -h "status codes" "$work"/out/h2load-*.out | head -"$clients"

@@ -14,7 +14,6 @@
 
 use crate::engine::Verdict;
 use crate::time::ceil_secs;
-use std::fmt::Write;
 
 /// `X-RateLimit-Limit`.
 pub const X_LIMIT: &str = "x-ratelimit-limit";
@@ -31,50 +30,53 @@ pub const RATELIMIT: &str = "ratelimit";
 
 /// The response fields for `verdict`, lower-case names first. Empty when no enforced limit
 /// applied to the request.
+///
+/// This runs once per decision, so it writes digits and names straight into each value with
+/// no intermediate strings.
 pub fn render(verdict: &Verdict) -> Vec<(&'static str, String)> {
     let Some(gov) = verdict.governing() else {
         return Vec::new();
     };
     let d = &gov.decision;
-    let mut out = vec![
-        (X_LIMIT, d.limit.to_string()),
-        (X_REMAINING, d.remaining.to_string()),
-        (X_RESET, ceil_secs(d.reset_after).to_string()),
-    ];
+    let mut out = Vec::with_capacity(6);
+    let number = |n: u64| itoa::Buffer::new().format(n).to_owned();
+    out.push((X_LIMIT, number(d.limit)));
+    out.push((X_REMAINING, number(d.remaining)));
+    out.push((X_RESET, number(ceil_secs(d.reset_after))));
     if !verdict.allowed {
         if let Some(retry) = d.retry_after {
-            out.push((RETRY_AFTER, ceil_secs(retry).max(1).to_string()));
+            out.push((RETRY_AFTER, number(ceil_secs(retry).max(1))));
         }
     }
-    let (mut policy, mut current) = (String::new(), String::new());
+    let room: usize = verdict.outcomes.iter().map(|o| o.name.len() + 32).sum();
+    let (mut policy, mut current) = (String::with_capacity(room), String::with_capacity(room));
     for o in verdict.outcomes.iter().filter(|o| !o.shadow) {
         if !policy.is_empty() {
             policy.push_str(", ");
             current.push_str(", ");
         }
-        let name = sf_string(&o.name);
-        let _ = write!(
-            policy,
-            "{name};q={};w={}",
-            o.quota,
-            ceil_secs(o.window).max(1)
-        );
-        let _ = write!(
-            current,
-            "{name};r={};t={}",
-            o.decision.remaining,
-            ceil_secs(o.decision.reset_after)
-        );
+        push_sf_string(&mut policy, &o.name);
+        push_param(&mut policy, ";q=", o.quota);
+        push_param(&mut policy, ";w=", ceil_secs(o.window).max(1));
+        push_sf_string(&mut current, &o.name);
+        push_param(&mut current, ";r=", o.decision.remaining);
+        push_param(&mut current, ";t=", ceil_secs(o.decision.reset_after));
     }
     out.push((POLICY, policy));
     out.push((RATELIMIT, current));
     out
 }
 
-/// A structured-field String: quoted, with `\` and `"` escaped and anything outside printable
-/// ASCII replaced by `?` (SF strings cannot carry it).
-fn sf_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+/// Appends `;k=` and a decimal integer.
+fn push_param(out: &mut String, key: &str, value: u64) {
+    out.push_str(key);
+    out.push_str(itoa::Buffer::new().format(value));
+}
+
+/// Appends `s` as a structured-field String: quoted, with `"` and `\` escaped. Characters a
+/// String cannot hold (outside printable ASCII) become `?`, so no limit name can break the
+/// field.
+fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -87,7 +89,6 @@ fn sf_string(s: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
 #[cfg(test)]

@@ -5,6 +5,12 @@ use clap::Parser;
 use spillway_server::cli::{Cli, Command};
 use std::process::ExitCode;
 
+// Every decision allocates a few short-lived buffers (keys, headers, the body) on whichever
+// worker thread runs it; mimalloc's thread-local free lists serve those far faster than the
+// system allocator, which spent about a tenth of the server's time under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

@@ -129,16 +129,17 @@ fn describe() {
 /// Counts one consuming verdict.
 pub fn record_verdict(verdict: &Verdict) {
     let outcome = if verdict.allowed { "allowed" } else { "denied" };
-    let limit = verdict
+    // Label values share the policy's `Arc<str>` names: counting allocates nothing.
+    let limit: metrics::SharedString = verdict
         .governing()
-        .map_or_else(|| NO_LIMIT.to_owned(), |o| o.name.to_string());
+        .map_or(NO_LIMIT.into(), |o| o.name.clone().into());
     counter!(DECISIONS, "outcome" => outcome, "limit" => limit).increment(1);
     for o in verdict
         .outcomes
         .iter()
         .filter(|o| o.shadow && !o.decision.allowed)
     {
-        counter!(SHADOW_WOULD_DENY, "limit" => o.name.to_string()).increment(1);
+        counter!(SHADOW_WOULD_DENY, "limit" => o.name.clone()).increment(1);
     }
 }
 

@@ -21,14 +21,13 @@
 
 use crate::app::AppState;
 use crate::http::problem::Problem;
-use crate::http::verdict::{decided_body, decided_headers, denial_problem};
+use crate::http::verdict::{decided_body, decided_headers, denial_problem, json_response};
 use crate::http::{check_mode, decide};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use spillway_core::request::RequestAttrs;
 use std::collections::BTreeMap;
@@ -88,6 +87,11 @@ pub fn parse_body(body: &[u8]) -> Result<CheckRequest, Problem> {
         }
         Some(_) => {}
     }
+    // The common case, a well-formed body, parses once without tracking paths; only a body
+    // that fails is read again to name the field at fault.
+    if let Ok(request) = serde_json::from_slice(body) {
+        return Ok(request);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let request: CheckRequest = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -131,7 +135,7 @@ async fn respond(
         .map_err(IntoResponse::into_response)?;
     let (headers, body) = (decided_headers(&decided), decided_body(&decided));
     Ok(if decided.verdict.allowed {
-        (StatusCode::OK, headers, Json(body)).into_response()
+        json_response(StatusCode::OK, headers, &body)
     } else {
         let problem = denial_problem(&decided.verdict, StatusCode::TOO_MANY_REQUESTS);
         (headers, problem.with_verdict(body)).into_response()

@@ -18,12 +18,15 @@
 use crate::failure;
 use crate::http::problem::{self, Problem};
 use crate::http::Decided;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use spillway_core::algorithm::Denial;
 use spillway_core::engine::{LimitOutcome, Verdict};
 use spillway_core::rate::format_duration;
 use spillway_core::time::Micros;
+use std::sync::Arc;
 
 /// Microseconds as whole milliseconds, rounded up.
 pub fn ceil_ms(micros: Micros) -> u64 {
@@ -57,11 +60,12 @@ fn enforced(verdict: &Verdict) -> impl Iterator<Item = &LimitOutcome> {
 }
 
 /// A verdict as clients see it: the success body, and the extension members of a denial.
+/// Names are shared with the policy (`Arc<str>`), so building one allocates only its list.
 #[derive(Debug, Clone, Serialize)]
 pub struct VerdictBody {
     allowed: bool,
-    tier: String,
-    route: Option<String>,
+    tier: Arc<str>,
+    route: Option<Arc<str>>,
     cost: u64,
     limits: Vec<LimitBody>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,7 +75,7 @@ pub struct VerdictBody {
 /// One limit's part in a [`VerdictBody`].
 #[derive(Debug, Clone, Serialize)]
 pub struct LimitBody {
-    name: String,
+    name: Arc<str>,
     allowed: bool,
     limit: u64,
     remaining: u64,
@@ -87,8 +91,8 @@ impl From<&Verdict> for VerdictBody {
     fn from(verdict: &Verdict) -> Self {
         Self {
             allowed: verdict.allowed,
-            tier: verdict.tier.to_string(),
-            route: verdict.route.as_deref().map(str::to_owned),
+            tier: verdict.tier.clone(),
+            route: verdict.route.clone(),
             cost: verdict.cost,
             limits: verdict.outcomes.iter().map(LimitBody::from).collect(),
             degraded: None,
@@ -100,7 +104,7 @@ impl From<&LimitOutcome> for LimitBody {
     fn from(outcome: &LimitOutcome) -> Self {
         let d = &outcome.decision;
         Self {
-            name: outcome.name.to_string(),
+            name: outcome.name.clone(),
             allowed: d.allowed,
             limit: d.limit,
             remaining: d.remaining,
@@ -113,6 +117,25 @@ impl From<&LimitOutcome> for LimitBody {
             shadow: outcome.shadow,
         }
     }
+}
+
+/// A `200`-style JSON response: `body` serialized into one buffer sized for a typical verdict
+/// (axum's `Json` starts smaller and regrows), with `headers` and the JSON content type.
+pub fn json_response(status: StatusCode, mut headers: HeaderMap, body: &VerdictBody) -> Response {
+    let mut bytes = Vec::with_capacity(128 + 128 * body.limits.len());
+    // A VerdictBody holds only strings, numbers and booleans: serializing it cannot fail.
+    if let Err(err) = serde_json::to_writer(&mut bytes, body) {
+        tracing::error!(%err, "could not serialize a verdict");
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
 }
 
 /// The headers of a decision: the verdict's, plus the degraded mark when the store did not
@@ -139,22 +162,22 @@ pub fn decided_body(decided: &Decided) -> VerdictBody {
 }
 
 /// The rate-limit headers for a verdict, as `spillway_core::headers::render` words them (it
-/// already leaves out `Retry-After` when the cost can never fit).
+/// already leaves out `Retry-After` when the cost can never fit). The names are the module's
+/// lower-case constants and the values printable ASCII, so each value becomes a header without
+/// a copy.
 pub fn verdict_headers(verdict: &Verdict) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for (name, value) in spillway_core::headers::render(verdict) {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) else {
-            tracing::warn!(
+    let rendered = spillway_core::headers::render(verdict);
+    let mut headers = HeaderMap::with_capacity(rendered.len() + 4);
+    for (name, value) in rendered {
+        match HeaderValue::try_from(value) {
+            Ok(value) => {
+                headers.append(HeaderName::from_static(name), value);
+            }
+            Err(_) => tracing::warn!(
                 header = name,
-                value,
-                "skipping a header that is not valid HTTP"
-            );
-            continue;
-        };
-        headers.append(name, value);
+                "skipping a header value that is not valid HTTP"
+            ),
+        }
     }
     headers
 }
