@@ -3,11 +3,9 @@
 
 use super::raw::{RawDescriptor, RawFile, RawRateLimit};
 use super::{Domain, EnvoyLimit, KeyNodes, Level, Node, Rule, Unit};
-use crate::algorithm::{
-    FixedWindow, Gcra, LeakyBucket, LimitParams, SlidingLog, SlidingWindow, TokenBucket,
-};
+use crate::algorithm::{FixedWindow, LimitParams};
 use crate::policy::error::{Issues, PolicyError};
-use crate::policy::{locate, Dimension, FailureMode, LimitDef};
+use crate::policy::{locate, Algorithm, Dimension, FailureMode, LimitDef};
 use crate::rate::{parse_duration, Rate};
 use crate::time::Micros;
 use serde_saphyr::{Location, Spanned};
@@ -349,32 +347,21 @@ impl Walk<'_> {
         }
         let at = raw.algorithm.as_ref().map(|a| a.referenced);
         let (count, period) = (count?, period?);
-        let rate = || Rate::new(count, period);
-        let built = match algorithm {
-            "fixed_window" => {
-                FixedWindow::new(count, period).map(|p| (LimitParams::FixedWindow(p), count))
-            }
-            "sliding_window" => {
-                SlidingWindow::new(count, period).map(|p| (LimitParams::SlidingWindow(p), count))
-            }
-            "sliding_log" => {
-                SlidingLog::new(count, period).map(|p| (LimitParams::SlidingLog(p), count))
-            }
-            "token_bucket" | "gcra" => {
-                let burst = raw.burst.as_ref().map_or(count, |b| b.value);
-                rate().and_then(|r| match algorithm {
-                    "gcra" => Gcra::new(r, burst).map(|p| (LimitParams::Gcra(p), burst)),
-                    _ => TokenBucket::new(r, burst).map(|p| (LimitParams::TokenBucket(p), burst)),
-                })
-            }
-            "leaky_bucket" => {
-                let capacity = raw.capacity.as_ref().map_or(count, |c| c.value);
-                rate()
-                    .and_then(|r| LeakyBucket::new(r, capacity))
-                    .map(|p| (LimitParams::LeakyBucket(p), capacity))
-            }
-            other => Err(format!("unknown algorithm `{other}` (use {ALGORITHMS})")),
-        };
+        let built = Algorithm::parse(algorithm)
+            .map_err(|_| format!("unknown algorithm `{algorithm}` (use {ALGORITHMS})"))
+            .and_then(|algorithm| {
+                if algorithm.is_bucket() {
+                    let amount = match algorithm {
+                        Algorithm::LeakyBucket => raw.capacity.as_ref().map_or(count, |c| c.value),
+                        _ => raw.burst.as_ref().map_or(count, |b| b.value),
+                    };
+                    Rate::new(count, period)
+                        .and_then(|rate| algorithm.bucket(rate, amount))
+                        .map(|p| (p, amount))
+                } else {
+                    algorithm.window(count, period).map(|p| (p, count))
+                }
+            });
         built
             .map_err(|message| {
                 let field = if at.is_some() {

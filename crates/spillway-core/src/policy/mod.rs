@@ -30,6 +30,7 @@ mod tests;
 
 pub use emergency::{scaled as emergency_params, Emergency};
 pub use error::{PolicyError, PolicyIssue};
+pub(crate) use params::Algorithm;
 pub use store::{RedisSettings, StoreConfig};
 
 use crate::algorithm::LimitParams;

@@ -12,6 +12,7 @@ use crate::algorithm::{
     FixedWindow, Gcra, LeakyBucket, LimitParams, ScaledRate, SlidingLog, SlidingWindow, TokenBucket,
 };
 use crate::rate::{parse_duration, Rate};
+use crate::time::Micros;
 use serde_saphyr::{Location, Spanned};
 use siphasher::sip::SipHasher13;
 use std::hash::Hasher;
@@ -43,7 +44,41 @@ impl Algorithm {
         })
     }
 
-    fn name(self) -> &'static str {
+    /// Whether the algorithm is a bucket (a refill or drain rate and an amount: burst or
+    /// capacity) rather than a window (a limit per window).
+    pub(crate) fn is_bucket(self) -> bool {
+        matches!(self, Self::TokenBucket | Self::Gcra | Self::LeakyBucket)
+    }
+
+    /// A bucket algorithm's parameters: `rate`, holding at most `amount`.
+    pub(crate) fn bucket(self, rate: Rate, amount: u64) -> Result<LimitParams, String> {
+        match self {
+            Self::TokenBucket => TokenBucket::new(rate, amount).map(LimitParams::TokenBucket),
+            Self::Gcra => Gcra::new(rate, amount).map(LimitParams::Gcra),
+            Self::LeakyBucket => LeakyBucket::new(rate, amount).map(LimitParams::LeakyBucket),
+            other => Err(format!(
+                "{} takes a limit and a window, not a rate",
+                other.name()
+            )),
+        }
+    }
+
+    /// A window algorithm's parameters: at most `limit` per `window`.
+    pub(crate) fn window(self, limit: u64, window: Micros) -> Result<LimitParams, String> {
+        match self {
+            Self::FixedWindow => FixedWindow::new(limit, window).map(LimitParams::FixedWindow),
+            Self::SlidingWindow => {
+                SlidingWindow::new(limit, window).map(LimitParams::SlidingWindow)
+            }
+            Self::SlidingLog => SlidingLog::new(limit, window).map(LimitParams::SlidingLog),
+            other => Err(format!(
+                "{} takes a rate, not a limit and a window",
+                other.name()
+            )),
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::TokenBucket => "token_bucket",
             Self::Gcra => "gcra",
@@ -206,35 +241,20 @@ pub(crate) fn compile(
     if issues.len() > before {
         return None;
     }
-    let built = match algorithm {
-        Algorithm::TokenBucket | Algorithm::Gcra | Algorithm::LeakyBucket => {
-            let rate = rate?;
-            // A bucket that holds one period's worth is the natural default burst.
-            let amount = amount.unwrap_or(rate.count);
-            let params = match algorithm {
-                Algorithm::TokenBucket => {
-                    TokenBucket::new(rate, amount).map(LimitParams::TokenBucket)
-                }
-                Algorithm::Gcra => Gcra::new(rate, amount).map(LimitParams::Gcra),
-                _ => LeakyBucket::new(rate, amount).map(LimitParams::LeakyBucket),
-            };
-            // Fingerprint the rate in lowest terms: `10/s` and `600/min` behave identically.
-            let reduced = ScaledRate::new(rate);
-            params.map(|p| (p, [reduced.tokens, reduced.micros, amount]))
-        }
-        _ => {
-            let (limit, window) = (amount?, window?);
-            let params = match algorithm {
-                Algorithm::FixedWindow => {
-                    FixedWindow::new(limit, window).map(LimitParams::FixedWindow)
-                }
-                Algorithm::SlidingWindow => {
-                    SlidingWindow::new(limit, window).map(LimitParams::SlidingWindow)
-                }
-                _ => SlidingLog::new(limit, window).map(LimitParams::SlidingLog),
-            };
-            params.map(|p| (p, [limit, window, 0]))
-        }
+    let built = if algorithm.is_bucket() {
+        let rate = rate?;
+        // A bucket that holds one period's worth is the natural default burst.
+        let amount = amount.unwrap_or(rate.count);
+        // Fingerprint the rate in lowest terms: `10/s` and `600/min` behave identically.
+        let reduced = ScaledRate::new(rate);
+        algorithm
+            .bucket(rate, amount)
+            .map(|p| (p, [reduced.tokens, reduced.micros, amount]))
+    } else {
+        let (limit, window) = (amount?, window?);
+        algorithm
+            .window(limit, window)
+            .map(|p| (p, [limit, window, 0]))
     };
     match built {
         Ok((params, numbers)) => Some(Compiled {
