@@ -206,8 +206,13 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// The policy file to check.
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
+    #[arg(value_name = "FILE", required_unless_present = "envoy_config")]
+    pub file: Option<PathBuf>,
+
+    /// envoyproxy/ratelimit config files or directories to check as well (or alone), read
+    /// exactly as `serve --envoy-config` reads them: repeat, or separate with commas.
+    #[arg(long, value_name = "PATH", value_delimiter = ',')]
+    pub envoy_config: Vec<PathBuf>,
 }
 
 /// Arguments of `spillway check`: the attributes of the request to ask about.

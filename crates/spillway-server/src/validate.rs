@@ -1,31 +1,78 @@
-//! `spillway validate FILE`: check a policy without starting anything.
+//! `spillway validate [FILE] [--envoy-config PATH]...`: check a policy and/or an
+//! envoyproxy/ratelimit config without starting anything.
 //!
-//! Meant for CI and pre-commit hooks: exit status 0 and a one-line summary on stdout when the
-//! policy is valid; exit status 1 and every problem on stderr, one per line in the form
-//! `file:line:col: field.path: message`, when it is not.
+//! Meant for CI and pre-commit hooks: exit status 0 and a one-line summary per checked part on
+//! stdout when everything is valid; exit status 1 and every problem on stderr, one per line in
+//! the form `file:line:col: field.path: message`, when anything is not. Both parts are always
+//! checked, so one run reports every problem.
 
 use crate::cli::ValidateArgs;
+use crate::grpc::source::EnvoySource;
 use spillway_core::policy::Policy;
 use std::process::ExitCode;
 
 /// Runs the subcommand.
 pub fn main(args: &ValidateArgs) -> ExitCode {
-    match Policy::from_file(&args.file) {
-        Ok(policy) => {
-            println!(
+    let mut valid = true;
+    if let Some(file) = &args.file {
+        match Policy::from_file(file) {
+            Ok(policy) => println!(
                 "ok: {} is valid ({} limits, {} tiers, {} routes)",
-                args.file.display(),
+                file.display(),
                 policy.limits().count(),
                 policy.tiers().count(),
                 policy.routes().count(),
-            );
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            for line in err.to_string().lines() {
-                eprintln!("{line}");
+            ),
+            Err(err) => {
+                report(&err.to_string());
+                valid = false;
             }
-            ExitCode::FAILURE
         }
+    }
+    if !args.envoy_config.is_empty() {
+        let source = EnvoySource {
+            paths: args.envoy_config.clone(),
+        };
+        match source.load() {
+            // Checking nothing is surely a mistake (a wrong directory, or files not named
+            // `*.yaml` / `*.yml`), even though a server may start on an empty directory.
+            Ok((_, files)) if files.is_empty() => {
+                report(&format!(
+                    "{}: no Envoy config files found (a directory's files must be named *.yaml or *.yml)",
+                    args.envoy_config
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                valid = false;
+            }
+            Ok((config, files)) => println!(
+                "ok: the Envoy config is valid ({} files, domains {}, {} limits)",
+                files.len(),
+                config
+                    .domain_names()
+                    .iter()
+                    .map(|d| format!("`{d}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                config.limit_count(),
+            ),
+            Err(err) => {
+                report(&err.to_string());
+                valid = false;
+            }
+        }
+    }
+    if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn report(problems: &str) {
+    for line in problems.lines() {
+        eprintln!("{line}");
     }
 }

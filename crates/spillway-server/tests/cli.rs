@@ -188,3 +188,60 @@ fn nonsense_flags_exit_2() {
     let out = spillway(&["serve", "--log-filter", "[[["]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+const ENVOY_GOOD: &str = "domain: edge
+descriptors:
+  - key: user
+    rate_limit: {unit: minute, requests_per_unit: 10}
+";
+
+#[test]
+fn validate_checks_envoy_configs_alone_or_beside_a_policy() {
+    let dir = TempDir::new();
+    let envoy = dir.write("edge.yaml", ENVOY_GOOD);
+    let out = spillway(&["validate", "--envoy-config", &envoy.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "ok: the Envoy config is valid (1 files, domains `edge`, 1 limits)"
+    );
+
+    // Both parts are checked in one run, and every problem is reported.
+    let policy = dir.write("good.yaml", GOOD);
+    let bad = dir.write(
+        "bad-envoy.yaml",
+        &ENVOY_GOOD.replace("requests_per_unit: 10", "requests_per_unit: 0"),
+    );
+    let out = spillway(&[
+        "validate",
+        &policy.display().to_string(),
+        "--envoy-config",
+        &bad.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).starts_with("ok: "), "the policy was fine");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}:4:", bad.display()))
+            && stderr.contains("descriptors[0].rate_limit.requests_per_unit"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_refuses_to_check_nothing() {
+    let out = spillway(&["validate"]);
+    assert_eq!(out.status.code(), Some(2), "clap reports the missing FILE");
+    let empty = TempDir::new();
+    let out = spillway(&[
+        "validate",
+        "--envoy-config",
+        &empty.path().display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no Envoy config files found"),
+        "{}",
+        text(&out.stderr)
+    );
+}
