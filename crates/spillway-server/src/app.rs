@@ -62,12 +62,18 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.clock.manual_control().is_some() {
         router = router.route(debug::CLOCK_PATH, post(debug::clock));
     }
-    router
+    let router = router
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
-        .layer(DefaultBodyLimit::max(check::MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(access_log::log))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(check::MAX_BODY_BYTES));
+    // The log filter is fixed at start, so a server that will never write the debug-level
+    // access log skips the layer and its per-request boxing.
+    let router = if access_log::enabled() {
+        router.layer(axum::middleware::from_fn(access_log::log))
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
 #[cfg(test)]

@@ -11,7 +11,13 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 
-/// The middleware; install with `axum::middleware::from_fn(access_log::log)`.
+/// Whether the access log would be written: its events are debug-level.
+pub fn enabled() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG)
+}
+
+/// The middleware; install with `axum::middleware::from_fn(access_log::log)` when
+/// [`enabled`].
 pub async fn log(request: Request, next: Next) -> Response {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return next.run(request).await;
