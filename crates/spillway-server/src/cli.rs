@@ -30,10 +30,11 @@ pub enum Command {
     /// Without --config it serves the example policy built into the binary, with the
     /// in-memory store. SIGTERM or SIGINT shut it down gracefully; SIGHUP reloads the policy.
     Serve(Box<ServeArgs>),
-    /// Check a policy file and report every problem with its file, line and field.
+    /// Check a policy file, envoyproxy/ratelimit config files, or both, and report every
+    /// problem with its file, line and field.
     ///
-    /// Exits 0 and prints a summary when the policy is valid; exits 1 and prints one problem
-    /// per line on stderr when it is not.
+    /// Exits 0 and prints a summary of each part when all is valid; exits 1 and prints one
+    /// problem per line on stderr when anything is not.
     Validate(ValidateArgs),
     /// Ask a running server for a verdict and print it with the rate-limit headers.
     ///
@@ -205,7 +206,7 @@ pub struct ServeArgs {
 /// Arguments of `spillway validate`.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// The policy file to check.
+    /// The policy file to check (optional when --envoy-config is given).
     #[arg(value_name = "FILE", required_unless_present = "envoy_config")]
     pub file: Option<PathBuf>,
 

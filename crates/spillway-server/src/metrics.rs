@@ -129,7 +129,7 @@ fn describe() {
 /// Counts one consuming verdict.
 pub fn record_verdict(verdict: &Verdict) {
     let outcome = if verdict.allowed { "allowed" } else { "denied" };
-    // Label values share the policy's `Arc<str>` names: counting allocates nothing.
+    // Label values share the policy's `Arc<str>` names rather than copying them.
     let limit: metrics::SharedString = verdict
         .governing()
         .map_or(NO_LIMIT.into(), |o| o.name.clone().into());

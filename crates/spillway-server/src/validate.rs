@@ -47,17 +47,22 @@ pub fn main(args: &ValidateArgs) -> ExitCode {
                 ));
                 valid = false;
             }
-            Ok((config, files)) => println!(
-                "ok: the Envoy config is valid ({} files, domains {}, {} limits)",
-                files.len(),
-                config
+            Ok((config, files)) => {
+                let paths: Vec<&str> = files.iter().map(|(path, _)| path.as_str()).collect();
+                let domains: Vec<String> = config
                     .domain_names()
                     .iter()
                     .map(|d| format!("`{d}`"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                config.limit_count(),
-            ),
+                    .collect();
+                println!(
+                    "ok: the Envoy config is valid ({}: {}; {} {}, {})",
+                    count(paths.len(), "file"),
+                    paths.join(", "),
+                    count(domains.len(), "domain"),
+                    domains.join(", "),
+                    count(config.limit_count(), "limit"),
+                );
+            }
             Err(err) => {
                 report(&err.to_string());
                 valid = false;
@@ -68,6 +73,15 @@ pub fn main(args: &ValidateArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `n` things, singular or plural.
+fn count(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
     }
 }
 

@@ -203,7 +203,10 @@ fn validate_checks_envoy_configs_alone_or_beside_a_policy() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout).trim(),
-        "ok: the Envoy config is valid (1 files, domains `edge`, 1 limits)"
+        format!(
+            "ok: the Envoy config is valid (1 file: {}; 1 domain `edge`, 1 limit)",
+            envoy.display()
+        )
     );
 
     // Both parts are checked in one run, and every problem is reported.

@@ -26,10 +26,11 @@
 //! indistinguishable from a fresh key, rounded up; keeping a state that long is harmless
 //! because evaluating it gives exactly what a fresh key would. [`Store::sweep`] drops expired
 //! slots (the server sweeps every second). The number of keys is bounded by `max_keys`, split
-//! evenly over the shards. When a new key arrives at a full shard, expired slots are dropped
-//! first; if the shard is still full, the slot that would expire soonest among a sample of
-//! [`EVICTION_SAMPLE`] is evicted (it holds the least state worth keeping) and counted in
-//! [`Store::evictions`]. An evicted key behaves like a fresh one afterwards, so the bound
+//! evenly over the shards. When a new key arrives at a full shard, a sample of
+//! [`EVICTION_SAMPLE`] slots is examined: expired ones among them are dropped; if none was
+//! expired, the one that would expire soonest is evicted (it holds the least state worth
+//! keeping) and counted in [`Store::evictions`]. Making room never scans a whole shard, so a
+//! flood costs each insert a constant amount of work. An evicted key behaves like a fresh one afterwards, so the bound
 //! trades exactness for memory only under a flood larger than `max_keys`.
 //!
 //! # Atomicity
@@ -118,11 +119,14 @@ impl Slot {
 
 type Shard = HashMap<KeyHash, Slot, BuildHasherDefault<PassThrough>>;
 
-/// A shard's lock. Its sections are a table probe and a few integer operations (tens of
+/// A shard's lock. A check holds it for a table probe and a few integer operations (tens of
 /// nanoseconds, never an await or a syscall), so a spinning lock fits: taking it is one
 /// compare-and-swap and releasing it a plain store, where a parking mutex pays a second atomic
-/// read-modify-write to release. A thread that finds it taken yields its time slice between
-/// tries, so a holder that was preempted is not starved by spinners.
+/// read-modify-write to release. The longer holds are rare and bounded: the sweep of one
+/// shard once a second, a table growing, a sliding log copying its entries (making room for a
+/// new key is constant-time, see [`MemoryStore::make_room`]). A thread that finds the lock
+/// taken yields its time slice between tries, so a preempted or sweeping holder is not
+/// starved by spinners.
 type ShardLock = SpinMutex<Shard, Yield>;
 type ShardGuard<'a> = SpinMutexGuard<'a, Shard, Yield>;
 
@@ -213,7 +217,12 @@ impl MemoryStore {
 
     /// Whether a slot's state is already equivalent to a fresh key at `now`.
     fn expired(&self, slot: &Slot, now: Micros) -> bool {
-        self.epoch + u64::from(slot.expires()) * SECOND <= now
+        self.expired_at(slot.expires(), now)
+    }
+
+    /// Whether an expiry second (see [`MemoryStore::expiry_secs`]) has passed at `now`.
+    fn expired_at(&self, expires: u32, now: Micros) -> bool {
+        self.epoch + u64::from(expires) * SECOND <= now
     }
 
     /// The common case: a request with a single limit takes one lock, one table lookup and no
@@ -322,22 +331,33 @@ impl MemoryStore {
         }
     }
 
-    /// Keeps a shard within its bound before a new key is inserted.
+    /// Keeps a shard within its bound before a new key is inserted, in constant time: it
+    /// looks at a sample of [`EVICTION_SAMPLE`] slots, drops those already expired (that is
+    /// expiry, not eviction), and if none was, evicts the one that would expire soonest. A
+    /// scan of the whole shard here would cost every insert of a flood a full pass under the
+    /// shard's lock; expired slots elsewhere are left to [`Store::sweep`].
     fn make_room(&self, map: &mut Shard, now: Micros) {
         if map.len() < self.per_shard {
             return;
         }
-        map.retain(|_, s| !self.expired(s, now));
-        if map.len() < self.per_shard {
-            return;
-        }
-        let victim = map
+        let mut sample: SmallVec<[(KeyHash, u32); EVICTION_SAMPLE]> = map
             .iter()
             .take(EVICTION_SAMPLE)
-            .min_by_key(|(_, s)| s.expires())
-            .map(|(k, _)| *k);
-        if let Some(victim) = victim {
-            map.remove(&victim);
+            .map(|(k, s)| (*k, s.expires()))
+            .collect();
+        let expired_before = sample.len();
+        sample.retain(|(k, expires)| {
+            let expired = self.expired_at(*expires, now);
+            if expired {
+                map.remove(k);
+            }
+            !expired
+        });
+        if sample.len() < expired_before {
+            return;
+        }
+        if let Some((victim, _)) = sample.iter().min_by_key(|(_, expires)| *expires) {
+            map.remove(victim);
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -601,6 +621,32 @@ mod tests {
             store.key_count()
         );
         assert_eq!(store.evictions(), 10_000 - store.key_count());
+    }
+
+    #[test]
+    fn a_full_shard_drops_an_expired_slot_before_evicting_a_live_one() {
+        let clock = Arc::new(ManualClock::new(0));
+        // One slot per shard.
+        let store = MemoryStore::new(SHARDS, clock.clone());
+        let window = LimitParams::FixedWindow(FixedWindow::new(5, MINUTE).unwrap());
+        let check =
+            |k: &StateKey| store.check_blocking(&one(k, &window, 1), CheckMode::Consume)[0].allowed;
+        let shard = |k: &StateKey| shard_of(&store.hash(&one(k, &window, 1)[0]));
+        let first = key("w", "first");
+        let same_shard: Vec<StateKey> = (0..)
+            .map(|i| key("w", &format!("other-{i}")))
+            .filter(|k| shard(k) == shard(&first))
+            .take(2)
+            .collect();
+
+        assert!(check(&first));
+        clock.set(2 * MINUTE);
+        // `first` has expired: making room for the next key drops it, which is no eviction.
+        assert!(check(&same_shard[0]));
+        assert_eq!((store.key_count(), store.evictions()), (1, 0));
+        // The shard is full of a live key now: the next newcomer evicts it, and is counted.
+        assert!(check(&same_shard[1]));
+        assert_eq!((store.key_count(), store.evictions()), (1, 1));
     }
 
     #[test]
