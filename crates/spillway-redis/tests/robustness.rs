@@ -77,7 +77,10 @@ async fn a_restarted_redis_is_reconnected_and_errors_are_typed_while_down() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(reconnected, "the store answers PING again after the restart");
+    assert!(
+        reconnected,
+        "the store answers PING again after the restart"
+    );
     let d = store
         .check(&[check(&k, &p, 1)], CheckMode::Consume)
         .await

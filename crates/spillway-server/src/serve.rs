@@ -19,6 +19,7 @@ use crate::shutdown::{self, Shutdown};
 use crate::{grpc, logging, metrics, sweeper};
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use axum::serve::ListenerExt;
 use spillway_core::engine::Engine;
 use spillway_core::policy::StoreConfig;
 use spillway_core::store::Store;
@@ -128,6 +129,12 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
 
     let stop = shutdown.clone();
     let service = app::router(app).into_make_service_with_connect_info::<SocketAddr>();
+    // Responses go out in one write each, so Nagle's algorithm could only delay them.
+    let listener = listener.tap_io(|stream| {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     let server = axum::serve(listener, service)
         .with_graceful_shutdown(async move { stop.triggered().await });
     let mut server = tokio::spawn(async move { server.await });
