@@ -6,7 +6,7 @@
 
 use crate::algorithm::{Decision, Denial, LimitParams};
 use crate::key::StateKey;
-use crate::policy::{FailureMode, LimitDef, Policy, Resolved};
+use crate::policy::{FailureMode, Planned, Policy, Resolved};
 use crate::request::{CheckMode, RequestAttrs};
 use crate::store::{admits, Check, Store, StoreError};
 use crate::time::{Clock, Micros};
@@ -46,6 +46,18 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The verdict on a request the policy resolved, given what its limits came to.
+    pub fn of(resolved: &Resolved, allowed: bool, outcomes: Vec<LimitOutcome>) -> Self {
+        Self {
+            allowed,
+            tier: resolved.tier.clone(),
+            route: resolved.route.as_ref().map(|r| r.name.clone()),
+            failure_mode: resolved.failure_mode,
+            cost: resolved.cost,
+            outcomes,
+        }
+    }
+
     /// The outcome that should speak for the request in headers: on a denial, the enforced
     /// limit that makes the client wait longest (a cost that can never fit counts as longest);
     /// otherwise the enforced limit with the least remaining (then the latest reset).
@@ -67,17 +79,6 @@ impl Verdict {
                 })
         }
     }
-}
-
-/// One limit of a request resolved outside the policy, for [`Engine::check_planned`].
-#[derive(Debug, Clone)]
-pub struct Planned {
-    /// The limit.
-    pub def: Arc<LimitDef>,
-    /// Its counter for this request.
-    pub key: StateKey,
-    /// What this request costs against it.
-    pub cost: u64,
 }
 
 /// One limit to judge with [`judge`]: its name, the parameters to apply (a policy's own, or
@@ -190,32 +191,23 @@ impl Engine {
         &self.clock
     }
 
-    /// Decides a request whose limits the caller worked out itself (the Envoy service does,
-    /// from descriptors), each with its own cost. All of them go to the store in one atomic
-    /// call, so the all-or-nothing rule holds across them. Returns whether the request is
-    /// admitted and each limit's outcome, in the order given.
+    /// Decides `planned` in one atomic store call, so the all-or-nothing rule holds across
+    /// them. Returns whether the request is admitted and each limit's outcome, in the order
+    /// given. The policy resolves a request into its limits ([`Engine::resolve`]); the Envoy
+    /// service plans them from descriptors, each with its own cost.
     pub async fn check_planned(
         &self,
         planned: &[Planned],
         mode: CheckMode,
     ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
-        self.decide(planned.iter().map(|p| (&p.def, &p.key, p.cost)), mode)
-            .await
-    }
-
-    /// Evaluates `(limit, key, cost)` triples in one atomic store call; see [`judge`].
-    async fn decide<'a>(
-        &self,
-        limits: impl Iterator<Item = (&'a Arc<LimitDef>, &'a StateKey, u64)>,
-        mode: CheckMode,
-    ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
-        let limits: Vec<Judged<'_>> = limits
-            .map(|(def, key, cost)| Judged {
-                name: &def.name,
-                params: &def.params,
-                key,
-                cost,
-                shadow: def.shadow,
+        let limits: Vec<Judged<'_>> = planned
+            .iter()
+            .map(|p| Judged {
+                name: &p.def.name,
+                params: &p.def.params,
+                key: &p.key,
+                cost: p.cost,
+                shadow: p.def.shadow,
             })
             .collect();
         judge(self.store.as_ref(), &limits, mode).await
@@ -225,39 +217,18 @@ impl Engine {
     /// every limit that applies; a denied one is charged nothing anywhere.
     pub async fn check(&self, req: &RequestAttrs, mode: CheckMode) -> Result<Verdict, StoreError> {
         let (_, resolved) = self.resolve(req);
-        self.check_resolved(&resolved, mode).await
+        let (allowed, outcomes) = self.check_planned(&resolved.limits, mode).await?;
+        Ok(Verdict::of(&resolved, allowed, outcomes))
     }
 
     /// Resolves `req` against the policy in force, returning that policy snapshot with the
     /// result. Callers that must act on a store failure (the failure modes) resolve once with
-    /// this and then call [`Engine::check_resolved`], so both steps see the same policy.
+    /// this and then call [`Engine::check_planned`] with the resolved limits, so both steps
+    /// see the same policy.
     pub fn resolve(&self, req: &RequestAttrs) -> (Arc<Policy>, Resolved) {
         let policy = self.policy.load_full();
         let resolved = policy.resolve(req);
         (policy, resolved)
-    }
-
-    /// Decides an already resolved request; see [`Engine::check`].
-    pub async fn check_resolved(
-        &self,
-        resolved: &Resolved,
-        mode: CheckMode,
-    ) -> Result<Verdict, StoreError> {
-        let cost = resolved.cost;
-        let (allowed, outcomes) = self
-            .decide(
-                resolved.limits.iter().map(|(def, key)| (def, key, cost)),
-                mode,
-            )
-            .await?;
-        Ok(Verdict {
-            allowed,
-            tier: resolved.tier.clone(),
-            route: resolved.route.as_ref().map(|r| r.name.clone()),
-            failure_mode: resolved.failure_mode,
-            cost,
-            outcomes,
-        })
     }
 }
 

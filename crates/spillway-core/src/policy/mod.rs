@@ -189,8 +189,21 @@ pub struct Resolved {
     /// The route's failure mode, else the policy's.
     pub failure_mode: FailureMode,
     /// Global, then tier, then route limits, with the tenant's overrides in place, each once,
-    /// and only those whose every key dimension the request carries.
-    pub limits: Vec<(Arc<LimitDef>, StateKey)>,
+    /// and only those whose every key dimension the request carries; each costs `cost`.
+    pub limits: Vec<Planned>,
+}
+
+/// One limit a request is checked against: the limit, its counter for this request, and what
+/// the request costs against it. The policy resolves a request into these; the Envoy service
+/// builds them from descriptors, each with its own cost.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The limit.
+    pub def: Arc<LimitDef>,
+    /// Its counter for this request.
+    pub key: StateKey,
+    /// What this request costs against it.
+    pub cost: u64,
 }
 
 impl Policy {

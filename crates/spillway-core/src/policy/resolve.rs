@@ -6,7 +6,7 @@
 //! and tier lookup, a first-match scan of the routes, and building the counter keys, whose
 //! dimension values are the only allocations besides the result itself.
 
-use super::{Dimension, LimitDef, Policy, Resolved, Route};
+use super::{Dimension, LimitDef, Planned, Policy, Resolved, Route};
 use crate::key::StateKey;
 use crate::request::RequestAttrs;
 use std::sync::Arc;
@@ -81,6 +81,7 @@ impl Policy {
         let route = route_index.map(|i| Arc::clone(&self.routes[i]));
         let plan = &tier.plans[route_index.map_or(0, |i| i + 1)];
 
+        let cost = req.cost.or(route.as_ref().map(|r| r.cost)).unwrap_or(1);
         let mut limits = Vec::with_capacity(plan.len());
         for def in plan {
             let def = tenant
@@ -92,13 +93,17 @@ impl Policy {
                     fingerprint: def.fingerprint,
                     values,
                 };
-                limits.push((Arc::clone(def), key));
+                limits.push(Planned {
+                    def: Arc::clone(def),
+                    key,
+                    cost,
+                });
             }
         }
 
         Resolved {
             tier: Arc::clone(&tier.name),
-            cost: req.cost.or(route.as_ref().map(|r| r.cost)).unwrap_or(1),
+            cost,
             failure_mode: route
                 .as_ref()
                 .and_then(|r| r.failure_mode)

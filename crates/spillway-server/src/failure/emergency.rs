@@ -7,8 +7,8 @@
 //! from full emergency quotas and the shared counters are the only truth again.
 
 use parking_lot::RwLock;
-use spillway_core::engine::{judge, Judged, LimitOutcome, Planned};
-use spillway_core::policy::{emergency_params, Emergency, Policy};
+use spillway_core::engine::{judge, Judged, LimitOutcome};
+use spillway_core::policy::{emergency_params, Emergency, Planned, Policy};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{MemoryStore, Store, StoreError};
 use spillway_core::time::Clock;
@@ -122,16 +122,8 @@ tiers:
             user: Some(user.into()),
             ..RequestAttrs::default()
         };
-        let resolved = policy.resolve(&attrs);
-        resolved
-            .limits
-            .iter()
-            .map(|(def, key)| Planned {
-                def: def.clone(),
-                key: key.clone(),
-                cost: 1,
-            })
-            .collect()
+        // No cost in the attributes and no route: every limit costs 1.
+        policy.resolve(&attrs).limits
     }
 
     #[tokio::test]

@@ -15,10 +15,9 @@
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
-use spillway_core::engine::Planned;
 use spillway_core::envoy_config::{Domain, EnvoyLimit, Rule, Unit};
 use spillway_core::key::StateKey;
-use spillway_core::policy::{FailureMode, LimitDef, Policy};
+use spillway_core::policy::{FailureMode, LimitDef, Planned, Policy};
 use spillway_core::request::RequestAttrs;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -157,9 +156,9 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
         }
         let resolved = policy.resolve(&attrs);
         plan.failure_mode = stricter(plan.failure_mode, resolved.failure_mode);
-        for (def, key) in resolved.limits {
-            let report = (def.params.quota(), exact_unit(def.params.window()));
-            plan.add(slot, def, key, resolved.cost, report);
+        for p in resolved.limits {
+            let report = (p.def.params.quota(), exact_unit(p.def.params.window()));
+            plan.add(slot, p.def, p.key, p.cost, report);
         }
     }
     plan

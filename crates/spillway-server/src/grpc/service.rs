@@ -8,18 +8,18 @@
 //! - Every matched limit of every descriptor goes to the store in one atomic check: either
 //!   the request is charged everywhere, or (on `OVER_LIMIT`) nowhere.
 //! - When the store fails, the domain's failure mode (for the policy domain, the strictest of
-//!   the resolved routes') decides through [`Failover::fallback`], as on HTTP. `open` answers
+//!   the resolved routes') decides through [`Failover::decide`], as on HTTP. `open` answers
 //!   `OK` with the [`DEGRADED_HEADER`] header; `degrade` answers `OK` or `OVER_LIMIT` per
 //!   descriptor from the node's emergency quotas, with the usual rate-limit headers and the
 //!   same marker; `closed` answers `UNAVAILABLE`, the gRPC form of the HTTP API's 503, which
 //!   Envoy turns into a refusal with `failure_mode_deny: true`.
 //!
-//! [`Failover::fallback`]: crate::failure::Failover::fallback
+//! [`Failover::decide`]: crate::failure::Failover::decide
 
 use super::plan::{self, Plan};
 use super::response;
 use super::RlsState;
-use crate::failure::{Fallback, DEGRADED_HEADER, DEGRADED_REASON};
+use crate::failure::{Failed, Fallback, DEGRADED_HEADER, DEGRADED_REASON};
 use crate::metrics;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
@@ -77,39 +77,29 @@ impl Rls {
         plan: &Plan,
         descriptors: usize,
     ) -> Result<RateLimitResponse, Status> {
-        let stopwatch = metrics::Stopwatch::start();
-        let result = self
-            .0
-            .app
-            .engine
-            .check_planned(&plan.planned, CheckMode::Consume)
+        let app = &self.0.app;
+        let decided = app
+            .failover
+            .decide(
+                &app.engine,
+                policy,
+                &plan.planned,
+                plan.failure_mode,
+                Some(domain),
+                CheckMode::Consume,
+            )
             .await;
-        metrics::record_check_duration(stopwatch.elapsed());
-        match result {
+        match decided {
             Ok((allowed, outcomes)) => {
                 let verdict = response::verdict(domain, plan, allowed, outcomes);
                 metrics::record_verdict(&verdict);
                 Ok(response::checked(plan, &verdict, &[]))
             }
-            Err(err) => {
-                let mode = plan.failure_mode;
-                metrics::record_store_failure(mode);
-                let app = &self.0.app;
-                let fallback = app
-                    .failover
-                    .fallback(
-                        policy,
-                        mode,
-                        Some(domain),
-                        &plan.planned,
-                        CheckMode::Consume,
-                        &err,
-                    )
-                    .await;
+            Err(Failed { fallback, error }) => {
                 let marker = [(DEGRADED_HEADER, DEGRADED_REASON)];
                 match fallback {
                     Fallback::Closed { .. } => Err(Status::unavailable(format!(
-                        "the rate-limit store failed and domain `{domain}` fails closed: {err}"
+                        "the rate-limit store failed and domain `{domain}` fails closed: {error}"
                     ))),
                     Fallback::Open => Ok(response::unlimited(descriptors, &marker)),
                     Fallback::Degraded { allowed, outcomes } => {
@@ -122,7 +112,6 @@ impl Rls {
     }
 }
 
-/// Refuses requests no gateway would send, saying which field is wrong.
 fn check_shape(request: &RateLimitRequest) -> Result<(), String> {
     if request.domain.is_empty() {
         return Err("`domain` must not be empty".into());

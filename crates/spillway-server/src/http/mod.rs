@@ -22,11 +22,11 @@ pub mod problem;
 pub mod verdict;
 
 use crate::app::AppState;
-use crate::failure::Fallback;
+use crate::failure::{Failed, Fallback};
 use crate::metrics;
 use axum::http::StatusCode;
 use problem::Problem;
-use spillway_core::engine::{Planned, Verdict};
+use spillway_core::engine::Verdict;
 use spillway_core::policy::FailureMode;
 use spillway_core::request::{CheckMode, RequestAttrs};
 
@@ -40,84 +40,57 @@ pub struct Decided {
     pub degraded: Option<FailureMode>,
 }
 
-/// Asks the engine, timing the call and counting the outcome.
+/// Asks the engine through [`Failover::decide`], the same path the gRPC service takes, and
+/// counts a consuming verdict.
 ///
 /// When the store fails (or the budget runs out, or the breaker is open), the request's
-/// failure mode (its route's, else the policy's) decides through [`Failover::fallback`], the
-/// same code the gRPC service uses: `closed` answers a 503 problem with `Retry-After`; `open`
-/// lets the request through with an allowing verdict that lists no limits (so no rate-limit
-/// headers are sent); `degrade` answers from the node's emergency quotas.
+/// failure mode (its route's, else the policy's) decides: `closed` answers a 503 problem with
+/// `Retry-After`; `open` lets the request through with an allowing verdict that lists no
+/// limits (so no rate-limit headers are sent); `degrade` answers from the node's emergency
+/// quotas.
 ///
-/// [`Failover::fallback`]: crate::failure::Failover::fallback
+/// [`Failover::decide`]: crate::failure::Failover::decide
 pub async fn decide(
     app: &AppState,
     attrs: &RequestAttrs,
     mode: CheckMode,
 ) -> Result<Decided, Problem> {
-    let stopwatch = metrics::Stopwatch::start();
     // Resolve once: a store failure is handled with the same resolution and policy snapshot.
     let (policy, resolved) = app.engine.resolve(attrs);
-    let result = app.engine.check_resolved(&resolved, mode).await;
-    metrics::record_check_duration(stopwatch.elapsed());
-    let err = match result {
-        Ok(verdict) => {
-            if mode == CheckMode::Consume {
-                metrics::record_verdict(&verdict);
-            }
-            return Ok(Decided {
-                verdict,
-                degraded: None,
-            });
-        }
-        Err(err) => err,
-    };
+    let route = resolved.route.as_ref().map(|r| &*r.name);
     let failure_mode = resolved.failure_mode;
-    metrics::record_store_failure(failure_mode);
-    let planned: Vec<Planned> = resolved
-        .limits
-        .iter()
-        .map(|(def, key)| Planned {
-            def: def.clone(),
-            key: key.clone(),
-            cost: resolved.cost,
-        })
-        .collect();
-    let route = resolved.route.as_ref().map(|r| r.name.clone());
-    let fallback = app
+    let decided = app
         .failover
-        .fallback(
+        .decide(
+            &app.engine,
             &policy,
+            &resolved.limits,
             failure_mode,
-            route.as_deref(),
-            &planned,
+            route,
             mode,
-            &err,
         )
         .await;
-    let (allowed, outcomes) = match fallback {
-        Fallback::Closed { retry_after } => {
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                problem::STORE_UNAVAILABLE,
-                "Rate-limit store unavailable",
-                format!("the rate-limit store failed and this route fails closed: {err}"),
-            )
-            .with_retry_after(retry_after));
-        }
-        Fallback::Open => (true, Vec::new()),
-        Fallback::Degraded { allowed, outcomes } => (allowed, outcomes),
-    };
-    Ok(Decided {
-        verdict: Verdict {
-            allowed,
-            tier: resolved.tier,
-            route,
-            failure_mode,
-            cost: resolved.cost,
-            outcomes,
+    let (allowed, outcomes, degraded) = match decided {
+        Ok((allowed, outcomes)) => (allowed, outcomes, None),
+        Err(Failed { fallback, error }) => match fallback {
+            Fallback::Closed { retry_after } => {
+                return Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    problem::STORE_UNAVAILABLE,
+                    "Rate-limit store unavailable",
+                    format!("the rate-limit store failed and this route fails closed: {error}"),
+                )
+                .with_retry_after(retry_after));
+            }
+            Fallback::Open => (true, Vec::new(), Some(failure_mode)),
+            Fallback::Degraded { allowed, outcomes } => (allowed, outcomes, Some(failure_mode)),
         },
-        degraded: Some(failure_mode),
-    })
+    };
+    let verdict = Verdict::of(&resolved, allowed, outcomes);
+    if degraded.is_none() && mode == CheckMode::Consume {
+        metrics::record_verdict(&verdict);
+    }
+    Ok(Decided { verdict, degraded })
 }
 
 /// Reads `?peek` / `?dry_run` from a query string. Either flag alone, or set to `true` or `1`,

@@ -20,7 +20,7 @@ fn request(tenant: &str, user: &str, method: &str, path: &str) -> RequestAttrs {
 }
 
 fn names(resolved: &Resolved) -> Vec<&str> {
-    resolved.limits.iter().map(|(def, _)| &*def.name).collect()
+    resolved.limits.iter().map(|p| &*p.def.name).collect()
 }
 
 #[test]
@@ -189,7 +189,8 @@ fn applied(policy: &Policy, req: &RequestAttrs, name: &str) -> Option<(Arc<Limit
         .resolve(req)
         .limits
         .into_iter()
-        .find(|(d, _)| &*d.name == name)
+        .find(|p| &*p.def.name == name)
+        .map(|p| (p.def, p.key))
 }
 
 #[test]
@@ -259,7 +260,7 @@ routes:
     let values: Vec<Vec<String>> = resolved
         .limits
         .iter()
-        .map(|(_, k)| k.values.clone())
+        .map(|p| p.key.values.clone())
         .collect();
     let expected: [&[&str]; 2] = [&["ann", "acme"], &["acme", "GET /v1/things/*", "eu"]];
     assert_eq!(values, expected);
