@@ -152,8 +152,8 @@ pub struct ServeArgs {
     pub cost_header: Vec<HeaderName>,
 
     /// Header name prefix for custom descriptors on /v1/authorize: `X-Descriptor-Region: eu`
-    /// sets descriptor `region`; a `-` in the rest of the name also matches `_`
-    /// (`X-Descriptor-Api-Key` reaches `api_key`). Names arrive lowercased.
+    /// sets descriptor `region`. The rest of the name matches a declared descriptor ignoring
+    /// case, `-` and `_` (`X-Descriptor-Api-Key` reaches `api_key`, `api-key` or `apiKey`).
     #[arg(
         long,
         env = "SPILLWAY_DESCRIPTOR_HEADER_PREFIX",

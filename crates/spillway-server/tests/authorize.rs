@@ -130,6 +130,33 @@ async fn descriptor_and_cost_headers_are_read() {
 }
 
 #[tokio::test]
+async fn descriptor_headers_reach_descriptors_declared_in_any_case() {
+    let policy = r#"
+default_tier: free
+descriptors: [apiKey]
+limits:
+  per-key:
+    algorithm: fixed_window
+    limit: 1
+    window: 1m
+    key: [apiKey]
+global: [per-key]
+tiers:
+  free: {}
+"#;
+    let server = Server::with_policy(policy).start();
+    let ask = || {
+        authorize(&server, reqwest::Method::GET, "/v1/authorize")
+            .header("X-Descriptor-Api-Key", "k-1")
+            .send()
+    };
+    let first = ask().await.expect("sent");
+    assert_eq!(first.status(), 200);
+    assert_eq!(header(&first, "x-ratelimit-limit").as_deref(), Some("1"));
+    assert_eq!(ask().await.expect("sent").status(), 429);
+}
+
+#[tokio::test]
 async fn deny_and_allow_statuses_are_configurable_also_from_the_environment() {
     let server = Server::with_policy(POLICY)
         .env("SPILLWAY_DENY_STATUS", "403")

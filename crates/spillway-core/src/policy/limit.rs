@@ -198,7 +198,15 @@ pub(crate) fn descriptors(list: &[Text], issues: &mut Issues) -> Vec<Arc<str>> {
         } else if out.iter().any(|d| **d == name.value) {
             Some(format!("descriptor `{}` is declared twice", name.value))
         } else {
-            None
+            out.iter()
+                .find(|d| header_form(d) == header_form(&name.value))
+                .map(|d| {
+                    format!(
+                        "descriptor `{}` differs from `{d}` only in case, `-` or `_`, which proxy \
+                         headers cannot tell apart",
+                        name.value
+                    )
+                })
         };
         match problem {
             Some(message) => issues.push(name.referenced, format!("descriptors[{i}]"), message),
@@ -206,4 +214,14 @@ pub(crate) fn descriptors(list: &[Text], issues: &mut Issues) -> Vec<Arc<str>> {
         }
     }
     out
+}
+
+/// How a descriptor's name is matched to a proxy header's: header names are case-insensitive,
+/// and `_` is awkward in them, so case, `-` and `_` are ignored (`Api-Key`, `api_key` and
+/// `apiKey` all read `apikey`).
+pub(crate) fn header_form(name: &str) -> String {
+    name.chars()
+        .filter(|c| !matches!(c, '-' | '_'))
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }

@@ -172,6 +172,8 @@ pub struct Policy {
     routes: Vec<Arc<Route>>,
     tenants: HashMap<Box<str>, resolve::Tenant>,
     limits: Vec<Arc<LimitDef>>,
+    /// The declared descriptors, by the form their names take in proxy headers.
+    descriptors: HashMap<String, Arc<str>>,
     store: StoreConfig,
     emergency: HashMap<Arc<str>, Emergency>,
 }
@@ -247,6 +249,14 @@ impl Policy {
     /// survive and metrics can describe each limit once.
     pub fn limits(&self) -> impl Iterator<Item = &Arc<LimitDef>> {
         self.limits.iter()
+    }
+
+    /// The declared descriptor a proxy header names, ignoring case, `-` and `_` (header names
+    /// arrive lower-cased, and `_` is awkward in them): `X-Descriptor-Api-Key` finds a
+    /// descriptor declared as `api_key`, `api-key` or `apiKey`. Validation refuses two
+    /// descriptors that would read the same this way.
+    pub fn descriptor_for_header(&self, name: &str) -> Option<&Arc<str>> {
+        self.descriptors.get(&limit::header_form(name))
     }
 
     /// The emergency quota a limit sets for itself (`emergency:`), if any; see

@@ -73,6 +73,10 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         routes,
         tenants,
         limits,
+        descriptors: descriptors
+            .into_iter()
+            .map(|d| (super::limit::header_form(&d), d))
+            .collect(),
         store,
         emergency,
     })

@@ -26,6 +26,7 @@ use crate::http::{check_mode, decide};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use spillway_core::policy::Policy;
 use spillway_core::request::{CheckMode, RequestAttrs};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,10 +50,11 @@ pub struct HeaderMapping {
     pub tier: Vec<HeaderName>,
     /// An explicit cost.
     pub cost: Vec<HeaderName>,
-    /// Lowercase prefix of descriptor headers: `<prefix><name>: <value>` sets descriptor
-    /// `<name>` (lowercase, as HTTP header names are). Because `_` is awkward in header names,
-    /// a `<name>` with `-` also sets the `_` spelling unless that one is sent explicitly:
-    /// `X-Descriptor-Api-Key` reaches a descriptor declared as `api_key` or `api-key`.
+    /// Lowercase prefix of descriptor headers: `<prefix><name>: <value>` sets the declared
+    /// descriptor that `<name>` matches ignoring case, `-` and `_` (header names are
+    /// case-insensitive, and `_` is awkward in them): `X-Descriptor-Api-Key` reaches a
+    /// descriptor declared as `api_key`, `api-key` or `apiKey`. A name no descriptor is
+    /// declared under is kept as sent (lower-case); no limit can use it.
     pub descriptor_prefix: String,
 }
 
@@ -107,7 +109,7 @@ async fn answer(
     mode: CheckMode,
 ) -> Response {
     let settings = &app.authorize;
-    let mut attrs = match attrs_from_headers(headers, &settings.headers) {
+    let mut attrs = match attrs_from_headers(headers, &settings.headers, &app.engine.policy()) {
         Ok(attrs) => attrs,
         Err(problem) => return problem.into_response(),
     };
@@ -135,10 +137,12 @@ async fn answer(
     }
 }
 
-/// Reads every attribute except the IP from the mapped headers.
+/// Reads every attribute except the IP from the mapped headers; descriptor headers are
+/// matched to `policy`'s declared descriptors.
 pub fn attrs_from_headers(
     headers: &HeaderMap,
     mapping: &HeaderMapping,
+    policy: &Policy,
 ) -> Result<RequestAttrs, Problem> {
     let mut attrs = RequestAttrs {
         method: first(headers, &mapping.method)?,
@@ -165,14 +169,10 @@ pub fn attrs_from_headers(
             continue;
         }
         let value = utf8(name, value.as_bytes())?.trim().to_owned();
-        let underscored = descriptor.replace('-', "_");
-        if underscored != descriptor {
-            attrs
-                .descriptors
-                .entry(underscored)
-                .or_insert_with(|| value.clone());
-        }
-        attrs.descriptors.insert(descriptor.to_owned(), value);
+        let declared = policy
+            .descriptor_for_header(descriptor)
+            .map_or_else(|| descriptor.to_owned(), |d| d.to_string());
+        attrs.descriptors.insert(declared, value);
     }
     Ok(attrs)
 }
@@ -224,6 +224,15 @@ mod tests {
         }
     }
 
+    /// A policy declaring two descriptors, spelled as a policy author might.
+    fn policy() -> Policy {
+        Policy::from_yaml_str(
+            "default_tier: t\ndescriptors: [apiKey, data_center]\ntiers: {t: {}}\n",
+            "test",
+        )
+        .expect("valid policy")
+    }
+
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
@@ -243,40 +252,44 @@ mod tests {
             ("x-tier", "pro"),
             ("x-ratelimit-cost", "3"),
             ("x-descriptor-api-key", "k1"),
+            ("x-descriptor-data-center", "fra"),
             ("x-descriptor-region", "eu"),
         ]);
-        let attrs = attrs_from_headers(&h, &mapping()).expect("valid");
+        let attrs = attrs_from_headers(&h, &mapping(), &policy()).expect("valid");
         assert_eq!(attrs.method.as_deref(), Some("DELETE"));
         assert_eq!(attrs.path.as_deref(), Some("/v1/items/7?x=1"));
         assert_eq!(attrs.tenant.as_deref(), Some("acme"));
         assert_eq!(attrs.user.as_deref(), Some("u1"));
         assert_eq!(attrs.tier.as_deref(), Some("pro"));
         assert_eq!(attrs.cost, Some(3));
+        // Each header reaches the descriptor as declared, whatever its case and dashes.
         assert_eq!(
-            attrs.descriptors.get("api_key").map(String::as_str),
+            attrs.descriptors.get("apiKey").map(String::as_str),
             Some("k1")
         );
         assert_eq!(
-            attrs.descriptors.get("api-key").map(String::as_str),
-            Some("k1")
+            attrs.descriptors.get("data_center").map(String::as_str),
+            Some("fra")
         );
+        // Undeclared names are kept as sent.
         assert_eq!(
             attrs.descriptors.get("region").map(String::as_str),
             Some("eu")
         );
+        assert_eq!(attrs.descriptors.len(), 3);
         assert_eq!(attrs.ip, None);
     }
 
     #[test]
     fn absent_headers_leave_attributes_unset() {
-        let attrs = attrs_from_headers(&HeaderMap::new(), &mapping()).expect("valid");
+        let attrs = attrs_from_headers(&HeaderMap::new(), &mapping(), &policy()).expect("valid");
         assert_eq!(attrs, RequestAttrs::default());
     }
 
     #[test]
     fn bad_costs_name_the_header() {
         let h = headers(&[("x-ratelimit-cost", "many")]);
-        let problem = attrs_from_headers(&h, &mapping()).expect_err("invalid");
+        let problem = attrs_from_headers(&h, &mapping(), &policy()).expect_err("invalid");
         assert_eq!(problem.status(), StatusCode::BAD_REQUEST);
         assert_eq!(problem.field(), Some("x-ratelimit-cost"));
     }
@@ -286,7 +299,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let value = HeaderValue::from_bytes(&[0xff, 0xfe]).expect("opaque bytes are allowed");
         h.insert("x-tenant-id", value);
-        let problem = attrs_from_headers(&h, &mapping()).expect_err("invalid");
+        let problem = attrs_from_headers(&h, &mapping(), &policy()).expect_err("invalid");
         assert_eq!(problem.field(), Some("x-tenant-id"));
     }
 }

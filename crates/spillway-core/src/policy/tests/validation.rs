@@ -224,12 +224,20 @@ descriptors:
   - api_key
   - api_key
   - "api key"
+  - Api-Key
 tiers:
   t: {}
 "#;
     expect(text, 3, "descriptors[0]", "`user` is a built-in dimension");
     expect(text, 5, "descriptors[2]", "declared twice");
     expect(text, 6, "descriptors[3]", "contains ` `");
+    // Proxy headers could not tell these two apart.
+    expect(
+        text,
+        7,
+        "descriptors[4]",
+        "`Api-Key` differs from `api_key` only in case, `-` or `_`",
+    );
 }
 
 #[test]
