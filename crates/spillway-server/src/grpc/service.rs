@@ -112,6 +112,7 @@ impl Rls {
     }
 }
 
+/// Refuses requests no gateway would send, saying which field is wrong.
 fn check_shape(request: &RateLimitRequest) -> Result<(), String> {
     if request.domain.is_empty() {
         return Err("`domain` must not be empty".into());

@@ -54,7 +54,8 @@ pub struct HeaderMapping {
     /// descriptor that `<name>` matches ignoring case, `-` and `_` (header names are
     /// case-insensitive, and `_` is awkward in them): `X-Descriptor-Api-Key` reaches a
     /// descriptor declared as `api_key`, `api-key` or `apiKey`. A name no descriptor is
-    /// declared under is kept as sent (lower-case); no limit can use it.
+    /// declared under is kept as sent (lower-case); no limit can use it. Two headers that set
+    /// one descriptor to different values are refused with a 400.
     pub descriptor_prefix: String,
 }
 
@@ -172,7 +173,24 @@ pub fn attrs_from_headers(
         let declared = policy
             .descriptor_for_header(descriptor)
             .map_or_else(|| descriptor.to_owned(), |d| d.to_string());
-        attrs.descriptors.insert(declared, value);
+        // Several spellings (or repeats) of one descriptor must agree: otherwise a client could
+        // add its own spelling next to the one its proxy sets and pick the key it is counted
+        // under.
+        match attrs.descriptors.get(&declared) {
+            Some(earlier) if *earlier != value => {
+                return Err(Problem::invalid(
+                    format!(
+                        "header `{name}` gives descriptor `{declared}` a second, different value \
+                         (`{value}`, not `{earlier}`)"
+                    ),
+                    Some(name.to_string()),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                attrs.descriptors.insert(declared, value);
+            }
+        }
     }
     Ok(attrs)
 }
@@ -239,6 +257,30 @@ mod tests {
             map.append(*name, HeaderValue::from_static(value));
         }
         map
+    }
+
+    #[test]
+    fn conflicting_spellings_of_one_descriptor_are_refused() {
+        let agree = headers(&[
+            ("x-descriptor-api-key", "k1"),
+            ("x-descriptor-apikey", "k1"),
+        ]);
+        let attrs = attrs_from_headers(&agree, &mapping(), &policy()).expect("they agree");
+        assert_eq!(
+            attrs.descriptors.get("apiKey").map(String::as_str),
+            Some("k1")
+        );
+        let clash = headers(&[
+            ("x-descriptor-api-key", "k1"),
+            ("x-descriptor-api_key", "mine"),
+        ]);
+        let problem = attrs_from_headers(&clash, &mapping(), &policy()).expect_err("conflict");
+        assert_eq!(problem.status(), StatusCode::BAD_REQUEST);
+        let detail = problem.detail();
+        assert!(
+            detail.contains("`apiKey`") && detail.contains("mine"),
+            "{detail}"
+        );
     }
 
     #[test]
