@@ -167,8 +167,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn denies_until_the_earliest_retry_then_forgets() {
+    /// A five-token bucket and a key of it.
+    fn bucket() -> (LimitParams, StateKey) {
         let params =
             LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, 1_000).unwrap(), 5).unwrap());
         let key = StateKey {
@@ -176,6 +176,12 @@ mod tests {
             fingerprint: 1,
             values: vec![],
         };
+        (params, key)
+    }
+
+    #[test]
+    fn denies_until_the_earliest_retry_then_forgets() {
+        let (params, key) = bucket();
         let checks = [Check {
             key: &key,
             params: &params,
@@ -207,13 +213,7 @@ mod tests {
 
     #[test]
     fn shadow_denials_and_impossible_costs_are_not_cached() {
-        let params =
-            LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, 1_000).unwrap(), 5).unwrap());
-        let key = StateKey {
-            limit: "l".into(),
-            fingerprint: 1,
-            values: vec![],
-        };
+        let (params, key) = bucket();
         let shadow = [Check {
             key: &key,
             params: &params,
@@ -238,13 +238,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_keeps_its_bound() {
-        let params =
-            LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, 1_000).unwrap(), 5).unwrap());
-        let key = StateKey {
-            limit: "l".into(),
-            fingerprint: 1,
-            values: vec![],
-        };
+        let (params, key) = bucket();
         let checks = [Check {
             key: &key,
             params: &params,
