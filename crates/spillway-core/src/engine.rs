@@ -193,7 +193,7 @@ impl Engine {
 
     /// Decides `planned` in one atomic store call, so the all-or-nothing rule holds across
     /// them. Returns whether the request is admitted and each limit's outcome, in the order
-    /// given. The policy resolves a request into its limits ([`Engine::resolve`]); the Envoy
+    /// given. The policy resolves a request into its limits ([`Policy::resolve`]); the Envoy
     /// service plans them from descriptors, each with its own cost.
     pub async fn check_planned(
         &self,
@@ -216,19 +216,9 @@ impl Engine {
     /// Decides one request. With [`CheckMode::Consume`] an admitted request is charged against
     /// every limit that applies; a denied one is charged nothing anywhere.
     pub async fn check(&self, req: &RequestAttrs, mode: CheckMode) -> Result<Verdict, StoreError> {
-        let (_, resolved) = self.resolve(req);
+        let resolved = self.policy().resolve(req);
         let (allowed, outcomes) = self.check_planned(&resolved.limits, mode).await?;
         Ok(Verdict::of(&resolved, allowed, outcomes))
-    }
-
-    /// Resolves `req` against the policy in force, returning that policy snapshot with the
-    /// result. Callers that must act on a store failure (the failure modes) resolve once with
-    /// this and then call [`Engine::check_planned`] with the resolved limits, so both steps
-    /// see the same policy.
-    pub fn resolve(&self, req: &RequestAttrs) -> (Arc<Policy>, Resolved) {
-        let policy = self.policy.load_full();
-        let resolved = policy.resolve(req);
-        (policy, resolved)
     }
 }
 

@@ -110,7 +110,9 @@ async fn answer(
     mode: CheckMode,
 ) -> Response {
     let settings = &app.authorize;
-    let mut attrs = match attrs_from_headers(headers, &settings.headers, &app.engine.policy()) {
+    // One policy snapshot maps the descriptor headers and decides.
+    let policy = app.engine.policy();
+    let mut attrs = match attrs_from_headers(headers, &settings.headers, &policy) {
         Ok(attrs) => attrs,
         Err(problem) => return problem.into_response(),
     };
@@ -125,7 +127,7 @@ async fn answer(
         &settings.trusted_proxies,
     );
     attrs.ip = Some(ip.to_string());
-    let decided = match decide(app, &attrs, mode).await {
+    let decided = match decide(app, &policy, &attrs, mode).await {
         Ok(decided) => decided,
         Err(problem) => return problem.into_response(),
     };

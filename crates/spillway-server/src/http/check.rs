@@ -130,7 +130,7 @@ async fn respond(
     let attrs: RequestAttrs = parse_body(&body)
         .map_err(IntoResponse::into_response)?
         .into();
-    let decided = decide(app, &attrs, mode)
+    let decided = decide(app, &app.engine.policy(), &attrs, mode)
         .await
         .map_err(IntoResponse::into_response)?;
     let (headers, body) = (decided_headers(&decided), decided_body(&decided));

@@ -27,7 +27,7 @@ use crate::metrics;
 use axum::http::StatusCode;
 use problem::Problem;
 use spillway_core::engine::Verdict;
-use spillway_core::policy::FailureMode;
+use spillway_core::policy::{FailureMode, Policy};
 use spillway_core::request::{CheckMode, RequestAttrs};
 
 /// A verdict, and whether it was reached without the store.
@@ -49,21 +49,24 @@ pub struct Decided {
 /// limits (so no rate-limit headers are sent); `degrade` answers from the node's emergency
 /// quotas.
 ///
+/// `policy` is the snapshot the caller loaded (`AppState::engine.policy()`), so everything one
+/// request does, from reading its headers to a store failure's fallback, sees one policy.
+///
 /// [`Failover::decide`]: crate::failure::Failover::decide
 pub async fn decide(
     app: &AppState,
+    policy: &Policy,
     attrs: &RequestAttrs,
     mode: CheckMode,
 ) -> Result<Decided, Problem> {
-    // Resolve once: a store failure is handled with the same resolution and policy snapshot.
-    let (policy, resolved) = app.engine.resolve(attrs);
+    let resolved = policy.resolve(attrs);
     let route = resolved.route.as_ref().map(|r| &*r.name);
     let failure_mode = resolved.failure_mode;
     let decided = app
         .failover
         .decide(
             &app.engine,
-            &policy,
+            policy,
             &resolved.limits,
             failure_mode,
             route,
