@@ -5,7 +5,6 @@
 //! that are in flight; each check works on the one snapshot it loaded.
 
 use crate::algorithm::{Decision, Denial, LimitParams};
-use crate::key::StateKey;
 use crate::policy::{FailureMode, Planned, Policy, Resolved};
 use crate::request::{CheckMode, RequestAttrs};
 use crate::store::{admits, Check, Store, StoreError};
@@ -81,49 +80,39 @@ impl Verdict {
     }
 }
 
-/// One limit to judge with [`judge`]: its name, the parameters to apply (a policy's own, or
-/// scaled-down emergency ones), its counter, the cost and whether it only observes.
-#[derive(Debug, Clone, Copy)]
-pub struct Judged<'a> {
-    /// The limit's name, for the outcome.
-    pub name: &'a Arc<str>,
-    /// The algorithm and numbers to apply.
-    pub params: &'a LimitParams,
-    /// The counter.
-    pub key: &'a StateKey,
-    /// What the request costs against it.
-    pub cost: u64,
-    /// Whether the limit is in shadow mode.
-    pub shadow: bool,
-}
-
-/// Evaluates `limits` in one atomic call to `store` and shapes the answer: whether the request
-/// is admitted (no enforced limit denied it) and each limit's outcome, in order. Every path
-/// that decides (the engine, the Envoy service, the local emergency store) goes through here,
-/// so they report alike.
+/// Evaluates `planned` in one atomic call to `store` and shapes the answer: whether the
+/// request is admitted (no enforced limit denied it) and each limit's outcome, in order. Each
+/// limit is judged by its own parameters, or by `scaled[i]` when given (the emergency quotas
+/// replace the numbers, in the same order). Every path that decides (the engine, the Envoy
+/// service, the local emergency store) goes through here, so they report alike.
 pub async fn judge(
     store: &dyn Store,
-    limits: &[Judged<'_>],
+    planned: &[Planned],
+    scaled: Option<&[LimitParams]>,
     mode: CheckMode,
 ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
-    if limits.is_empty() {
+    if planned.is_empty() {
         return Ok((true, Vec::new()));
     }
-    let checks: Vec<Check<'_>> = limits
+    debug_assert!(scaled.is_none_or(|s| s.len() == planned.len()));
+    let params = |i: usize| scaled.map_or(&planned[i].def.params, |s| &s[i]);
+    let checks: Vec<Check<'_>> = planned
         .iter()
-        .map(|l| Check {
-            key: l.key,
-            params: l.params,
-            cost: l.cost,
-            enforced: !l.shadow,
+        .enumerate()
+        .map(|(i, p)| Check {
+            key: &p.key,
+            params: params(i),
+            cost: p.cost,
+            enforced: !p.def.shadow,
         })
         .collect();
     let decisions = store.check(&checks, mode).await?;
     let allowed = admits(&checks, &decisions);
-    let outcomes = limits
+    let outcomes = planned
         .iter()
+        .zip(&checks)
         .zip(decisions)
-        .map(|(l, mut decision)| {
+        .map(|((p, check), mut decision)| {
             // A denied request is charged nothing, but the limits that would have let it
             // through report what would remain after it. Every algorithm's remaining count
             // drops by exactly the cost on an admission, so adding it back gives the count that
@@ -132,15 +121,15 @@ pub async fn judge(
             if !allowed && decision.allowed {
                 decision.remaining = decision
                     .remaining
-                    .saturating_add(l.cost)
+                    .saturating_add(p.cost)
                     .min(decision.limit);
             }
             LimitOutcome {
-                name: l.name.clone(),
+                name: p.def.name.clone(),
                 decision,
-                shadow: l.shadow,
-                quota: l.params.quota(),
-                window: l.params.window(),
+                shadow: p.def.shadow,
+                quota: check.params.quota(),
+                window: check.params.window(),
             }
         })
         .collect();
@@ -200,17 +189,7 @@ impl Engine {
         planned: &[Planned],
         mode: CheckMode,
     ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
-        let limits: Vec<Judged<'_>> = planned
-            .iter()
-            .map(|p| Judged {
-                name: &p.def.name,
-                params: &p.def.params,
-                key: &p.key,
-                cost: p.cost,
-                shadow: p.def.shadow,
-            })
-            .collect();
-        judge(self.store.as_ref(), &limits, mode).await
+        judge(self.store.as_ref(), planned, None, mode).await
     }
 
     /// Decides one request. With [`CheckMode::Consume`] an admitted request is charged against

@@ -48,9 +48,10 @@ pub fn render(verdict: &Verdict) -> Vec<(&'static str, String)> {
             out.push((RETRY_AFTER, number(ceil_secs(retry).max(1))));
         }
     }
-    let room: usize = verdict.outcomes.iter().map(|o| o.name.len() + 32).sum();
+    let enforced = || verdict.outcomes.iter().filter(|o| !o.shadow);
+    let room: usize = enforced().map(|o| o.name.len() + 32).sum();
     let (mut policy, mut current) = (String::with_capacity(room), String::with_capacity(room));
-    for o in verdict.outcomes.iter().filter(|o| !o.shadow) {
+    for o in enforced() {
         if !policy.is_empty() {
             policy.push_str(", ");
             current.push_str(", ");

@@ -7,7 +7,7 @@
 //! from full emergency quotas and the shared counters are the only truth again.
 
 use parking_lot::RwLock;
-use spillway_core::engine::{judge, Judged, LimitOutcome};
+use spillway_core::engine::{judge, LimitOutcome};
 use spillway_core::policy::{emergency_params, Emergency, Planned, Policy};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{MemoryStore, Store, StoreError};
@@ -61,19 +61,8 @@ impl EmergencyLimiter {
                 emergency_params(&p.def.params, small)
             })
             .collect();
-        let limits: Vec<Judged<'_>> = planned
-            .iter()
-            .zip(&params)
-            .map(|(p, params)| Judged {
-                name: &p.def.name,
-                params,
-                key: &p.key,
-                cost: p.cost,
-                shadow: p.def.shadow,
-            })
-            .collect();
         let store = self.store.read().clone();
-        judge(store.as_ref(), &limits, mode).await
+        judge(store.as_ref(), planned, Some(&params), mode).await
     }
 
     /// Forgets every emergency counter (the shared store is back).
