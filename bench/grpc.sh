@@ -2,11 +2,16 @@
 # Envoy RLS throughput: h2load sends pre-encoded ShouldRateLimit calls to a release build of
 # Spillway on the embedded (in-memory) store and reports decisions per second and p99 latency.
 #
-# h2load repeats one request body, so key variety comes from running several h2load processes
-# side by side, each with its own descriptor value (BENCH_CLIENTS of them). Limits are high,
-# so nearly every call is allowed, which is the common case in production.
+# Two load generators, one after the other against the same server:
+# - h2load repeats one request body, so its key variety comes from several h2load processes
+#   side by side, each with its own descriptor value (BENCH_CLIENTS of them);
+# - our own generator (crates/spillway-server/examples/rls_load.rs) cycles through
+#   BENCH_VALUES descriptor values over 4 connections with 32 calls in flight on each. It
+#   costs more CPU per call than h2load, which shares the machine with the server.
+# Limits are high, so nearly every call is allowed, which is the common case in production.
 #
-# Usage: bench/grpc.sh [REQUESTS_PER_CLIENT]   (env: BENCH_CLIENTS, BENCH_CONNS, BENCH_STREAMS)
+# Usage: bench/grpc.sh [REQUESTS_PER_CLIENT]
+#   env: BENCH_CLIENTS, BENCH_CONNS, BENCH_STREAMS (h2load); BENCH_VALUES, BENCH_SECONDS (rls_load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/deps.sh
@@ -19,7 +24,10 @@ clients=${BENCH_CLIENTS:-4}
 conns=${BENCH_CONNS:-4}
 streams=${BENCH_STREAMS:-32}
 
-cargo build --release -q -p spillway-server --bin spillway
+values=${BENCH_VALUES:-100000}
+seconds=${BENCH_SECONDS:-10}
+
+cargo build --release -q -p spillway-server --bin spillway --example rls_load
 work=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -100,9 +108,13 @@ for path in glob.glob(f"{work}/out/log-*.txt"):
 latencies.sort()
 p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1000
 secs = end - start
-print(f"calls: {len(latencies)} ({ok} with HTTP 200) in {secs:.2f}s from {clients} h2load clients")
+print(f"h2load calls: {len(latencies)} ({ok} with HTTP 200) in {secs:.2f}s from {clients} h2load clients")
 print(f"throughput: {len(latencies) / secs:,.0f} decisions/s")
 print(f"latency: p50 {p(0.50):.2f} ms, p99 {p(0.99):.2f} ms, max {latencies[-1] / 1000:.2f} ms")
 print(f"server CPU: {server_cpu / secs:.2f} cores ({server_cpu / len(latencies) * 1e6:.1f} us per call); h2load had the rest")
 PY
 grep -h "status codes" "$work"/out/h2load-*.out | head -"$clients"
+
+echo
+echo "rls_load over $values descriptor values:"
+target/release/examples/rls_load --addr "$addr" --values "$values" --seconds "$seconds" --server-pid "$server"

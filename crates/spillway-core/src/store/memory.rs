@@ -56,8 +56,18 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Number of shards; a power of two so the shard is a mask of the key hash.
-const SHARDS: usize = 64;
+/// The fewest shards a store has, however small its bound; a power of two, as every shard
+/// count is, so the shard is a mask of the key hash.
+const MIN_SHARDS: usize = 64;
+/// The most shards a store has (it caps the fixed cost of the locks and empty tables).
+const MAX_SHARDS: usize = 4096;
+/// Keys per shard the shard count aims at (512 shards at the default bound of a million). A
+/// shard's longest lock holds grow with its size (the sweep's pass, a table growing), and
+/// the more shards, the less often two threads want the same one while its holder is
+/// preempted. Under `bench/http.sh` load, 64 shards of 15,600 keys made waiting threads yield
+/// about 40,000 times a second; 512 shards, about 3,500. More shards than that stop fitting
+/// their locks in the L1 cache and slow every check.
+const KEYS_PER_SHARD: usize = 2048;
 /// How many slots are compared when a full shard must evict one.
 pub const EVICTION_SAMPLE: usize = 8;
 
@@ -133,6 +143,8 @@ type ShardGuard<'a> = SpinMutexGuard<'a, Shard, Yield>;
 /// The embedded default store. See the module docs for the memory, expiry and eviction rules.
 pub struct MemoryStore {
     shards: Box<[ShardLock]>,
+    /// `shards.len() - 1`.
+    shard_mask: usize,
     per_shard: usize,
     seed: Box<SharedSeed>,
     clock: Arc<dyn Clock>,
@@ -157,11 +169,13 @@ impl MemoryStore {
     /// count), reading time from `clock`.
     pub fn new(max_keys: usize, clock: Arc<dyn Clock>) -> Self {
         let seed = std::collections::hash_map::RandomState::new();
+        let shards = shard_count(max_keys);
         Self {
-            shards: (0..SHARDS)
+            shards: (0..shards)
                 .map(|_| ShardLock::new(Shard::default()))
                 .collect(),
-            per_shard: max_keys.div_ceil(SHARDS).max(1),
+            shard_mask: shards - 1,
+            per_shard: max_keys.div_ceil(shards).max(1),
             seed: Box::new(SharedSeed::from_u64(seed.hash_one(1u8))),
             epoch: clock.now(),
             system_clock: clock.is_system_clock(),
@@ -172,7 +186,7 @@ impl MemoryStore {
 
     /// The configured bound on the number of keys.
     pub fn max_keys(&self) -> usize {
-        self.per_shard * SHARDS
+        self.per_shard * self.shards.len()
     }
 
     /// Checks one limit's key: the keyed check, without the per-request bookkeeping of the
@@ -190,6 +204,13 @@ impl MemoryStore {
             [one] => SmallVec::from_elem(self.check_one(one, now, mode), 1),
             _ => self.check_many(checks, now, mode),
         }
+    }
+
+    /// The shard, from bits of the values' hash that the tables themselves do not use (they
+    /// take the low bits for the bucket and the top seven for the control byte).
+    #[inline]
+    fn shard_of(&self, h: &KeyHash) -> usize {
+        ((h[0] >> 32) as usize) & self.shard_mask
     }
 
     #[inline]
@@ -230,7 +251,7 @@ impl MemoryStore {
     #[inline]
     fn check_one(&self, check: &Check<'_>, now: Micros, mode: CheckMode) -> Decision {
         let h = self.hash(check);
-        let mut map = self.shards[shard_of(&h)].lock();
+        let mut map = self.shards[self.shard_of(&h)].lock();
         if let Some(slot) = map.get_mut(&h) {
             return self.update(slot, check, now, mode);
         }
@@ -277,7 +298,7 @@ impl MemoryStore {
 
     fn check_many(&self, checks: &[Check<'_>], now: Micros, mode: CheckMode) -> Decisions {
         let hashes: SmallVec<[KeyHash; 4]> = checks.iter().map(|c| self.hash(c)).collect();
-        let mut order: SmallVec<[usize; 4]> = hashes.iter().map(shard_of).collect();
+        let mut order: SmallVec<[usize; 4]> = hashes.iter().map(|h| self.shard_of(h)).collect();
         order.sort_unstable();
         order.dedup();
         let mut guards: SmallVec<[(usize, ShardGuard<'_>); 4]> = order
@@ -287,7 +308,7 @@ impl MemoryStore {
         let slot_of = |h: &KeyHash| {
             guards
                 .iter()
-                .position(|(s, _)| *s == shard_of(h))
+                .position(|(s, _)| *s == self.shard_of(h))
                 .unwrap_or(0)
         };
         let slots: SmallVec<[usize; 4]> = hashes.iter().map(slot_of).collect();
@@ -363,10 +384,12 @@ impl MemoryStore {
     }
 }
 
-/// The shard, from bits of the values' hash that the tables themselves do not use (they take
-/// the low bits for the bucket and the top seven for the control byte).
-fn shard_of(h: &KeyHash) -> usize {
-    ((h[0] >> 32) as usize) & (SHARDS - 1)
+/// How many shards a store bounded at `max_keys` gets: about [`KEYS_PER_SHARD`] keys each,
+/// within [`MIN_SHARDS`] and [`MAX_SHARDS`].
+fn shard_count(max_keys: usize) -> usize {
+    (max_keys / KEYS_PER_SHARD)
+        .next_power_of_two()
+        .clamp(MIN_SHARDS, MAX_SHARDS)
 }
 
 #[async_trait]
@@ -605,6 +628,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shard_count_follows_the_bound_within_its_limits() {
+        assert_eq!(shard_count(0), MIN_SHARDS);
+        assert_eq!(shard_count(640), MIN_SHARDS);
+        assert_eq!(shard_count(1_000_000), 512);
+        assert_eq!(shard_count(usize::MAX / 2), MAX_SHARDS);
+        let store = MemoryStore::new(1_000_000, Arc::new(ManualClock::new(0)));
+        assert_eq!(store.shards.len(), 512);
+        assert_eq!(store.max_keys(), 512 * 1954);
+    }
+
+    #[test]
     fn a_flood_of_keys_is_bounded_and_evictions_are_counted() {
         let store = MemoryStore::new(640, Arc::new(ManualClock::new(0)));
         let params = bucket(10);
@@ -627,11 +661,11 @@ mod tests {
     fn a_full_shard_drops_an_expired_slot_before_evicting_a_live_one() {
         let clock = Arc::new(ManualClock::new(0));
         // One slot per shard.
-        let store = MemoryStore::new(SHARDS, clock.clone());
+        let store = MemoryStore::new(MIN_SHARDS, clock.clone());
         let window = LimitParams::FixedWindow(FixedWindow::new(5, MINUTE).unwrap());
         let check =
             |k: &StateKey| store.check_blocking(&one(k, &window, 1), CheckMode::Consume)[0].allowed;
-        let shard = |k: &StateKey| shard_of(&store.hash(&one(k, &window, 1)[0]));
+        let shard = |k: &StateKey| store.shard_of(&store.hash(&one(k, &window, 1)[0]));
         let first = key("w", "first");
         let same_shard: Vec<StateKey> = (0..)
             .map(|i| key("w", &format!("other-{i}")))

@@ -38,7 +38,7 @@ pub fn checked(plan: &Plan, overall: &Verdict, extra: &[(&str, &str)]) -> RateLi
     let statuses = plan
         .descriptors
         .iter()
-        .map(|limits| descriptor_status(limits, overall))
+        .map(|limits| descriptor_status(plan, limits, overall))
         .collect();
     let mut headers = header_values(overall);
     headers.extend(extra.iter().map(|(k, v)| header(k, v)));
@@ -64,7 +64,11 @@ pub fn unlimited(descriptors: usize, extra: &[(&str, &str)]) -> RateLimitRespons
     }
 }
 
-fn descriptor_status(limits: &[(usize, Report)], overall: &Verdict) -> DescriptorStatus {
+fn descriptor_status(
+    plan: &Plan,
+    limits: &[(usize, Report)],
+    overall: &Verdict,
+) -> DescriptorStatus {
     let outcomes: Vec<LimitOutcome> = limits
         .iter()
         .map(|(i, _)| overall.outcomes[*i].clone())
@@ -89,7 +93,8 @@ fn descriptor_status(limits: &[(usize, Report)], overall: &Verdict) -> Descripto
         .iter()
         .position(|o| std::ptr::eq(o, gov))
         .unwrap_or(0);
-    let (per_unit, unit) = limits[at].1;
+    let (index, (per_unit, unit)) = limits[at];
+    let per_unit = in_force(per_unit, plan.planned[index].def.params.quota(), gov.quota);
     DescriptorStatus {
         code: code(allowed) as i32,
         current_limit: Some(RateLimit {
@@ -101,6 +106,18 @@ fn descriptor_status(limits: &[(usize, Report)], overall: &Verdict) -> Descripto
         duration_until_reset: Some(duration(gov.decision.reset_after)),
         ..DescriptorStatus::default()
     }
+}
+
+/// The requests per unit actually in force: the configured `per_unit` when the limit was
+/// judged by its own numbers (quota `configured`), or scaled like the quota when an emergency
+/// quota (`judged`) stood in for it while the store was down. The emergency quotas keep a
+/// limit's window and shrink its rate by the quota's ratio, so the unit still holds.
+fn in_force(per_unit: u64, configured: u64, judged: u64) -> u64 {
+    if judged == configured || configured == 0 {
+        return per_unit;
+    }
+    let scaled = (u128::from(per_unit) * u128::from(judged)).div_ceil(u128::from(configured));
+    u64::try_from(scaled).unwrap_or(u64::MAX)
 }
 
 fn code(allowed: bool) -> Code {
@@ -143,5 +160,23 @@ fn duration(micros: u64) -> Duration {
     Duration {
         seconds: i64::try_from(micros / SECOND).unwrap_or(i64::MAX),
         nanos: i32::try_from((micros % SECOND) * 1_000).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_force;
+
+    #[test]
+    fn the_reported_rate_follows_an_emergency_quota() {
+        // Judged by its own numbers: the configured figure stands.
+        assert_eq!(in_force(100, 100, 100), 100);
+        assert_eq!(in_force(60, 10, 10), 60);
+        // An emergency quota of 34 for 100: the window stays, so 34 per unit.
+        assert_eq!(in_force(100, 100, 34), 34);
+        // A bucket of burst 10 refilling 60 per minute, cut to burst 4: 24 per minute.
+        assert_eq!(in_force(60, 10, 4), 24);
+        // Rounded up, like the emergency quotas themselves.
+        assert_eq!(in_force(10, 3, 1), 4);
     }
 }

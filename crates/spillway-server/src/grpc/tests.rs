@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use clap::Parser;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit as RateLimitUnit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
@@ -128,6 +129,10 @@ async fn a_degrade_domain_is_held_to_its_emergency_quota() {
     assert_eq!(first.overall_code, Code::Ok as i32);
     assert_eq!(first.statuses[0].code, Code::Ok as i32);
     assert_eq!(first.statuses[0].limit_remaining, 0);
+    // The status names the quota that decided, not the configured 3 per second.
+    let current = first.statuses[0].current_limit.as_ref().expect("a limit");
+    assert_eq!(current.requests_per_unit, 1);
+    assert_eq!(current.unit, RateLimitUnit::Second as i32);
     assert_eq!(header(&first, DEGRADED_HEADER), Some(DEGRADED_REASON));
 
     let second = rls
