@@ -57,6 +57,14 @@ pub fn parse_duration(text: &str) -> Result<Micros, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
+    if text.starts_with('-') {
+        return Err(format!("duration `{text}` must be longer than zero"));
+    }
+    if unit.starts_with(['.', ',']) {
+        return Err(format!(
+            "duration `{text}` must be a whole number of a unit (write `1.5h` as `90m`)"
+        ));
+    }
     let unit_micros = match unit.trim() {
         "us" | "µs" => 1,
         "ms" => 1_000,
@@ -64,10 +72,14 @@ pub fn parse_duration(text: &str) -> Result<Micros, String> {
         "m" | "min" | "minute" | "minutes" => MINUTE,
         "h" | "hour" | "hours" => HOUR,
         "d" | "day" | "days" => DAY,
-        "" => return Err(format!("duration `{text}` needs a unit (ms, s, m, h or d)")),
+        "" => {
+            return Err(format!(
+                "duration `{text}` needs a unit (us, ms, s, m, h or d)"
+            ))
+        }
         other => {
             return Err(format!(
-                "duration `{text}` has unknown unit `{other}` (use ms, s, m, h or d)"
+                "duration `{text}` has unknown unit `{other}` (use us, ms, s, m, h or d)"
             ))
         }
     };
@@ -119,6 +131,13 @@ mod tests {
         assert!(parse_duration("3 fortnights")
             .unwrap_err()
             .contains("unknown unit"));
+        // Fractions and signs are named for what they are, not as odd units.
+        assert!(parse_duration("1.5h")
+            .unwrap_err()
+            .contains("whole number of a unit"));
+        assert!(parse_duration("-5s")
+            .unwrap_err()
+            .contains("longer than zero"));
     }
 
     #[test]

@@ -188,6 +188,16 @@ impl RedisStore {
     fn now(&self) -> Micros {
         self.clock.now()
     }
+
+    /// The local over-limit cache's answer for these keys at `now`, if it has one.
+    fn cached_denial(
+        &self,
+        keys: &[String],
+        checks: &[Check<'_>],
+        now: Micros,
+    ) -> Option<Vec<Decision>> {
+        self.cache.as_ref()?.deny(keys, checks, now)
+    }
 }
 
 #[async_trait]
@@ -202,10 +212,8 @@ impl Store for RedisStore {
         }
         let keys: Vec<String> = checks.iter().map(|c| self.layout.key(c.key)).collect();
         let sent_at = self.now();
-        if let Some(cache) = &self.cache {
-            if let Some(decisions) = cache.deny(&keys, checks, sent_at) {
-                return Ok(decisions);
-            }
+        if let Some(decisions) = self.cached_denial(&keys, checks, sent_at) {
+            return Ok(decisions);
         }
         let decisions = match &self.conn {
             Conn::Cluster(_) if !same_slot(&keys) => {
@@ -220,6 +228,12 @@ impl Store for RedisStore {
             cache.remember(&keys, checks, &decisions, sent_at);
         }
         Ok(decisions)
+    }
+
+    fn local_answer(&self, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
+        self.cache.as_ref()?;
+        let keys: Vec<String> = checks.iter().map(|c| self.layout.key(c.key)).collect();
+        self.cached_denial(&keys, checks, self.now())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -141,9 +141,10 @@ routes:
             authorize: AuthorizeSettings {
                 allow_status: StatusCode::OK,
                 deny_status: StatusCode::TOO_MANY_REQUESTS,
+                invalid_status: StatusCode::BAD_REQUEST,
                 trusted_proxies: TrustedProxies::default(),
                 forwarding: ForwardingHeaders {
-                    real_ip: axum::http::HeaderName::from_static("x-real-ip"),
+                    real_ip: Some(axum::http::HeaderName::from_static("x-real-ip")),
                     forwarded_for: axum::http::HeaderName::from_static("x-forwarded-for"),
                 },
                 headers: HeaderMapping {

@@ -109,6 +109,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u16).range(400..500))]
     pub deny_status: u16,
 
+    /// Status /v1/authorize answers when the request's headers cannot be read (a cost that is
+    /// not a number, two values for one descriptor, a value that is not UTF-8). Behind nginx
+    /// set 401: nginx treats anything but 2xx/401/403 as its own error, which a fail-open
+    /// `error_page` would let through unlimited; map 401 back to 400 there.
+    #[arg(long, env = "SPILLWAY_INVALID_STATUS", value_name = "STATUS", default_value_t = 400,
+          value_parser = clap::value_parser!(u16).range(400..500))]
+    pub invalid_status: u16,
+
     /// Status /v1/authorize answers on allow: 200 (what Envoy requires) or 204.
     #[arg(long, env = "SPILLWAY_ALLOW_STATUS", value_name = "STATUS", default_value_t = 200,
           value_parser = parse_allow_status)]
@@ -141,14 +149,18 @@ pub struct ServeArgs {
           default_value = "X-User-Id", value_parser = parse_header)]
     pub user_header: Vec<HeaderName>,
 
-    /// Headers carrying an explicit tier on /v1/authorize, tried in order.
+    /// Headers carrying an explicit tier on /v1/authorize, tried in order (e.g. `X-Tier`).
+    /// None by default: proxies pass the client's own headers along, and a client that could
+    /// name its tier would pick the largest. Set it only if your proxy sets or removes it.
     #[arg(long, env = "SPILLWAY_TIER_HEADER", value_name = "NAMES", value_delimiter = ',',
-          default_value = "X-Tier", value_parser = parse_header)]
+          value_parser = parse_header)]
     pub tier_header: Vec<HeaderName>,
 
-    /// Headers carrying an explicit cost on /v1/authorize, tried in order.
+    /// Headers carrying an explicit cost on /v1/authorize, tried in order (e.g.
+    /// `X-RateLimit-Cost`). None by default: a client that could send its own cost would send
+    /// 0 and never be counted. Set it only if your proxy sets or removes it.
     #[arg(long, env = "SPILLWAY_COST_HEADER", value_name = "NAMES", value_delimiter = ',',
-          default_value = "X-RateLimit-Cost", value_parser = parse_header)]
+          value_parser = parse_header)]
     pub cost_header: Vec<HeaderName>,
 
     /// Header name prefix for custom descriptors on /v1/authorize: `X-Descriptor-Region: eu`
@@ -163,9 +175,11 @@ pub struct ServeArgs {
     pub descriptor_header_prefix: String,
 
     /// Header a trusted proxy puts the client IP in; consulted before the forwarded-for chain.
-    #[arg(long, env = "SPILLWAY_REAL_IP_HEADER", value_name = "NAME", default_value = "X-Real-IP",
-          value_parser = parse_header)]
-    pub real_ip_header: HeaderName,
+    /// Only for proxies that overwrite it (nginx with `proxy_set_header X-Real-IP`); `none`
+    /// for those that pass a client's own along and append the chain instead (Envoy, Traefik).
+    #[arg(long, env = "SPILLWAY_REAL_IP_HEADER", value_name = "NAME|none",
+          default_value = "X-Real-IP", value_parser = parse_real_ip_header)]
+    pub real_ip_header: RealIpHeader,
 
     /// Header holding the forwarded-for chain; its rightmost untrusted hop is the client.
     #[arg(long, env = "SPILLWAY_FORWARDED_FOR_HEADER", value_name = "NAME",
@@ -277,6 +291,17 @@ fn parse_header(text: &str) -> Result<HeaderName, String> {
         .map_err(|_| format!("`{text}` is not a valid HTTP header name"))
 }
 
+/// `--real-ip-header`: a header name, or `none` to walk the forwarded-for chain only.
+#[derive(Debug, Clone)]
+pub struct RealIpHeader(pub Option<HeaderName>);
+
+fn parse_real_ip_header(text: &str) -> Result<RealIpHeader, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(RealIpHeader(None));
+    }
+    parse_header(text).map(|name| RealIpHeader(Some(name)))
+}
+
 fn parse_descriptor(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((name, value)) if !name.trim().is_empty() => {
@@ -308,7 +333,21 @@ mod tests {
         assert_eq!(args.shutdown_grace, Duration::from_secs(10));
         assert_eq!(args.method_header.len(), 2);
         assert_eq!(args.method_header[0], "x-original-method");
+        assert_eq!(args.invalid_status, 400);
+        // A client's own tier or cost is never read unless the operator names a header.
+        assert!(args.tier_header.is_empty() && args.cost_header.is_empty());
+        assert_eq!(
+            args.real_ip_header.0.as_ref().map(|h| h.as_str()),
+            Some("x-real-ip")
+        );
         assert!(args.manual_clock.is_none());
+
+        let cli = Cli::try_parse_from(["spillway", "serve", "--real-ip-header", "none"])
+            .expect("none parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert!(args.real_ip_header.0.is_none());
     }
 
     #[test]
@@ -316,6 +355,7 @@ mod tests {
         for argv in [
             &["spillway", "serve", "--deny-status", "200"][..],
             &["spillway", "serve", "--allow-status", "201"],
+            &["spillway", "serve", "--invalid-status", "500"],
             &["spillway", "serve", "--trusted-proxies", "10.0.0.0/33"],
             &["spillway", "serve", "--shutdown-grace", "10"],
             &["spillway", "serve", "--max-keys", "0"],

@@ -68,9 +68,10 @@ impl ServerSettings {
             authorize: AuthorizeSettings {
                 allow_status: status(args.allow_status)?,
                 deny_status: status(args.deny_status)?,
+                invalid_status: status(args.invalid_status)?,
                 trusted_proxies: args.trusted_proxies,
                 forwarding: ForwardingHeaders {
-                    real_ip: args.real_ip_header,
+                    real_ip: args.real_ip_header.0,
                     forwarded_for: args.forwarded_for_header,
                 },
                 headers: HeaderMapping {

@@ -139,11 +139,14 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         .with_graceful_shutdown(async move { stop.triggered().await });
     let mut server = tokio::spawn(async move { server.await });
 
+    // Both listeners drain at once, within one grace period from the signal.
+    let mut drain_deadline = None;
     tokio::select! {
         ended = &mut server => {
             ended.context("the server task failed")?.context("the server failed")?;
         }
         _ = shutdown.triggered() => {
+            drain_deadline = Some(tokio::time::Instant::now() + settings.shutdown_grace);
             tokio::select! {
                 ended = &mut server => {
                     ended.context("the server task failed")?.context("the server failed")?;
@@ -160,7 +163,10 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     }
     shutdown.trigger();
     if let Some(grpc) = grpc {
-        grpc.finish(settings.shutdown_grace, &shutdown).await;
+        let left = drain_deadline.map_or(settings.shutdown_grace, |deadline| {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        });
+        grpc.finish(left, &shutdown).await;
     }
     reload_task.abort();
     sweep_task.abort();

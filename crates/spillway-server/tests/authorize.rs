@@ -94,7 +94,25 @@ async fn headers_map_to_attributes_and_denials_use_429_by_default() {
     assert_eq!(problem["type"], "urn:spillway:problem:rate-limited");
     assert_eq!(problem["status"], 429);
 
-    // The tier header switches limits; POST works as well as GET.
+    // A client cannot name its own tier or cost: those headers are off unless configured.
+    let claims = authorize(&server, reqwest::Method::POST, "/v1/authorize")
+        .header("X-Tenant-Id", "acme")
+        .header("X-User-Id", "alice")
+        .header("X-Tier", "pro")
+        .header("X-RateLimit-Cost", "0")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(claims.status(), 429);
+    assert_eq!(header(&claims, "x-ratelimit-limit").as_deref(), Some("2"));
+}
+
+#[tokio::test]
+async fn a_configured_tier_header_switches_limits() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--tier-header", "X-Tier"])
+        .start();
+    // POST works as well as GET.
     let pro = authorize(&server, reqwest::Method::POST, "/v1/authorize")
         .header("X-Tenant-Id", "acme")
         .header("X-User-Id", "alice")
@@ -107,8 +125,10 @@ async fn headers_map_to_attributes_and_denials_use_429_by_default() {
 }
 
 #[tokio::test]
-async fn descriptor_and_cost_headers_are_read() {
-    let server = Server::with_policy(POLICY).start();
+async fn descriptor_and_configured_cost_headers_are_read() {
+    let server = Server::with_policy(POLICY)
+        .env("SPILLWAY_COST_HEADER", "X-RateLimit-Cost")
+        .start();
     let by_region = |cost: &'static str| {
         authorize(&server, reqwest::Method::GET, "/v1/authorize")
             .header("X-Descriptor-Region", "eu")
@@ -127,6 +147,30 @@ async fn descriptor_and_cost_headers_are_read() {
     assert_eq!(bad.status(), 400);
     let problem: Value = bad.json().await.expect("problem");
     assert_eq!(problem["field"], "x-ratelimit-cost");
+}
+
+#[tokio::test]
+async fn unreadable_headers_can_answer_a_status_nginx_passes_on() {
+    // nginx's auth_request turns a 400 into its own 500, which a fail-open error_page would
+    // let through unlimited; 401 it passes on as a denial.
+    let server = Server::with_policy(POLICY)
+        .args(&["--invalid-status", "401"])
+        .start();
+    let bad = authorize(&server, reqwest::Method::GET, "/v1/authorize")
+        .header("X-Descriptor-Region", "eu")
+        .header("X-Descriptor-region", "us")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(bad.status(), 401);
+    let problem: Value = bad.json().await.expect("problem");
+    assert_eq!(problem["status"], 401);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("second, different value")),
+        "{problem}"
+    );
 }
 
 #[tokio::test]

@@ -95,7 +95,7 @@ async fn the_shipped_nginx_config_turns_denials_into_429_and_shields_the_upstrea
         return;
     };
     let spillway = Server::with_policy(POLICY)
-        .args(&["--deny-status", "403"])
+        .args(&["--deny-status", "403", "--invalid-status", "401"])
         .start();
     let (upstream, hits) = counting_upstream().await;
     let front = free_port();
@@ -179,4 +179,16 @@ async fn the_shipped_nginx_config_turns_denials_into_429_and_shields_the_upstrea
         2,
         "the denied request reached the upstream"
     );
+
+    // Headers Spillway cannot read give the client a 400, never an unlimited pass.
+    let unreadable = spillway
+        .http
+        .get(&url)
+        .header("X-Descriptor-Region", "eu")
+        .header("X-Descriptor-Region", "us")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(unreadable.status(), 400);
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "it reached the upstream");
 }

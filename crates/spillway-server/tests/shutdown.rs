@@ -107,3 +107,53 @@ fn sigint_on_an_idle_server_exits_zero_promptly() {
     assert_eq!(status.code(), Some(0));
     assert!(server.wait_for_log("stopped").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_and_grpc_drain_within_one_grace_period_together() {
+    let grace = Duration::from_secs(2);
+    let rls = common::grpc::start(
+        Server::with_policy(POLICY).args(&[
+            "--log-filter",
+            "spillway_server=debug",
+            "--shutdown-grace",
+            "2s",
+        ]),
+        &[],
+    )
+    .await;
+    let mut server = rls.server;
+    // One call that never completes on each port: an HTTP body and a gRPC message, both cut
+    // short.
+    let _http = start_half_sent_request(&server);
+    let tcp = tokio::net::TcpStream::connect(rls.addr)
+        .await
+        .expect("connect to the gRPC port");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::post(format!(
+        "http://{}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+        rls.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .expect("request");
+    let (_response, mut body) = client.send_request(request, false).expect("sent");
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0]), false)
+        .expect("part of a frame");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    #[allow(clippy::disallowed_methods)] // the drain's wall-clock bound is the point
+    let signalled = std::time::Instant::now();
+    server.signal("TERM");
+    let status = tokio::task::block_in_place(|| server.wait_exit(PATIENCE)).expect("exits");
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0));
+    // Each drain used to get a grace period of its own, one after the other.
+    assert!(
+        took < grace + grace / 2,
+        "took {took:?} to exit with a grace period of {grace:?}"
+    );
+    assert!(server.wait_for_log("grace period over").is_some());
+}

@@ -62,7 +62,10 @@ impl LeakyBucket {
                 (s.level.saturating_sub(drained), now.max(s.last_leak))
             }
         };
-        let space = |l: u64| self.drain.whole(capacity - l);
+        // A level above the capacity is possible only for a state kept from larger numbers
+        // (the emergency store keeps a limit's counters across a reload that shrinks its
+        // emergency quota); it has no space left.
+        let space = |l: u64| self.drain.whole(capacity.saturating_sub(l));
         let empty_in = |l: u64| self.drain.time_for(l);
         let keep = |l: u64| LeakyBucketState {
             level: l,
@@ -93,6 +96,19 @@ impl LeakyBucket {
 mod tests {
     use super::*;
     use crate::algorithm::testkit::{self, Replay};
+
+    #[test]
+    fn a_level_above_a_smaller_capacity_reads_as_full() {
+        let big = LeakyBucket::new(Rate::new(100, SECOND).unwrap(), 70).unwrap();
+        let small = LeakyBucket::new(Rate::new(100, SECOND).unwrap(), 10).unwrap();
+        let mut state = None;
+        for _ in 0..70 {
+            state = Some(big.evaluate(state.as_ref(), 0, 1).state);
+        }
+        let e = small.evaluate(state.as_ref(), 0, 1);
+        assert!(!e.decision.allowed);
+        assert_eq!(e.decision.remaining, 0);
+    }
     use crate::time::SECOND;
     use proptest::prelude::*;
 

@@ -365,9 +365,14 @@ impl ScaledRate {
     }
 }
 
-/// Validates a window limit's numbers: `limit` in `1..=max` and a non-empty window. The
-/// counters are stored as exact integers in every store, so `max` is 2^53 (32 bits for the
-/// sliding window's packed counters).
+/// The longest window a limit may have: ten years. Expiry times are `now` plus up to two
+/// windows, and must stay exact integers below 2^53 in every store (the Lua mirror's doubles);
+/// a longer window would overflow them, and a limit that never expires would never limit.
+pub const MAX_WINDOW: Micros = 3650 * 86_400 * crate::time::SECOND;
+
+/// Validates a window limit's numbers: `limit` in `1..=max` and a window longer than zero and
+/// at most [`MAX_WINDOW`]. The counters are stored as exact integers in every store, so `max`
+/// is 2^53 (32 bits for the sliding window's packed counters).
 pub(crate) fn check_window(limit: u64, window: Micros, max: u64) -> Result<(), String> {
     if limit == 0 {
         return Err("limit must be at least 1".into());
@@ -377,6 +382,12 @@ pub(crate) fn check_window(limit: u64, window: Micros, max: u64) -> Result<(), S
     }
     if window == 0 {
         return Err("window must be longer than zero".into());
+    }
+    if window > MAX_WINDOW {
+        return Err(format!(
+            "window of {}s is too long (at most 3650d, ten years)",
+            window / crate::time::SECOND
+        ));
     }
     Ok(())
 }

@@ -225,9 +225,19 @@ pub(crate) fn compile(
     let rate = (fields.rate)
         .filter(|_| takes("rate"))
         .and_then(|f| check(f, issues, "rate", |t| Rate::parse(t)));
-    let window = (fields.window)
-        .filter(|_| takes("window"))
-        .and_then(|f| check(f, issues, "window", |t| parse_duration(t)));
+    let window = (fields.window).filter(|_| takes("window")).and_then(|f| {
+        check(f, issues, "window", |t| {
+            parse_duration(t).and_then(|w| {
+                if w > crate::algorithm::MAX_WINDOW {
+                    Err(format!(
+                        "window `{t}` is too long (at most 3650d, ten years)"
+                    ))
+                } else {
+                    Ok(w)
+                }
+            })
+        })
+    });
     let amount_field = match algorithm {
         Algorithm::TokenBucket | Algorithm::Gcra => fields.burst.map(|f| ("burst", f)),
         Algorithm::LeakyBucket => fields.capacity.map(|f| ("capacity", f)),

@@ -258,7 +258,7 @@ impl MemoryStore {
         let e = check.params.evaluate(None, now, check.cost);
         let decision = e.decision;
         if mode == CheckMode::Consume {
-            self.commit(&mut map, h, e, now);
+            self.commit(&mut map, h, e, now, &[]);
         }
         decision
     }
@@ -325,20 +325,22 @@ impl MemoryStore {
         let decisions: Decisions = evaluations.iter().map(|e| e.decision).collect();
         if mode == CheckMode::Consume && admits(checks, &decisions) {
             for ((e, h), &slot) in evaluations.into_iter().zip(&hashes).zip(&slots) {
-                self.commit(&mut guards[slot].1, *h, e, now);
+                self.commit(&mut guards[slot].1, *h, e, now, &hashes);
             }
         }
         decisions
     }
 
     /// Stores an allowed evaluation's state. A zero-cost look that leaves a key fresh creates
-    /// no slot, and a denied one changes nothing.
+    /// no slot, and a denied one changes nothing. Making room never evicts a key of
+    /// `request` (the keys the same request is charging), whose charge would be lost.
     fn commit(
         &self,
         map: &mut Shard,
         h: KeyHash,
         e: crate::algorithm::Evaluation<State>,
         now: Micros,
+        request: &[KeyHash],
     ) {
         if !e.decision.allowed || e.expires_at <= now {
             return;
@@ -347,7 +349,7 @@ impl MemoryStore {
         if let Some(existing) = map.get_mut(&h) {
             *existing = slot;
         } else {
-            self.make_room(map, now);
+            self.make_room(map, now, request);
             map.insert(h, slot);
         }
     }
@@ -357,12 +359,13 @@ impl MemoryStore {
     /// expiry, not eviction), and if none was, evicts the one that would expire soonest. A
     /// scan of the whole shard here would cost every insert of a flood a full pass under the
     /// shard's lock; expired slots elsewhere are left to [`Store::sweep`].
-    fn make_room(&self, map: &mut Shard, now: Micros) {
+    fn make_room(&self, map: &mut Shard, now: Micros, request: &[KeyHash]) {
         if map.len() < self.per_shard {
             return;
         }
         let mut sample: SmallVec<[(KeyHash, u32); EVICTION_SAMPLE]> = map
             .iter()
+            .filter(|(k, _)| !request.contains(k))
             .take(EVICTION_SAMPLE)
             .map(|(k, s)| (*k, s.expires()))
             .collect();
@@ -681,6 +684,29 @@ mod tests {
         // The shard is full of a live key now: the next newcomer evicts it, and is counted.
         assert!(check(&same_shard[1]));
         assert_eq!((store.key_count(), store.evictions()), (1, 1));
+    }
+
+    #[test]
+    fn making_room_never_evicts_a_key_the_same_request_charges() {
+        let clock = Arc::new(ManualClock::new(0));
+        // One slot per shard, and two new keys of one request in the same shard.
+        let store = MemoryStore::new(MIN_SHARDS, clock.clone());
+        let window = LimitParams::FixedWindow(FixedWindow::new(1, MINUTE).unwrap());
+        let shard = |k: &StateKey| store.shard_of(&store.hash(&one(k, &window, 1)[0]));
+        let a = key("w", "a");
+        let b = (0..)
+            .map(|i| key("w", &format!("b-{i}")))
+            .find(|k| shard(k) == shard(&a))
+            .expect("a key in a's shard");
+        let both = [one(&a, &window, 1)[0], one(&b, &window, 1)[0]];
+        assert!(store
+            .check_blocking(&both, CheckMode::Consume)
+            .iter()
+            .all(|d| d.allowed));
+        // Both charges stand: neither key has another request left this minute.
+        assert!(!store.check_blocking(&one(&a, &window, 1), CheckMode::Consume)[0].allowed);
+        assert!(!store.check_blocking(&one(&b, &window, 1), CheckMode::Consume)[0].allowed);
+        assert_eq!(store.evictions(), 0);
     }
 
     #[test]

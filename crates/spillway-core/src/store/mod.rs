@@ -55,6 +55,15 @@ pub trait Store: Send + Sync + 'static {
         mode: CheckMode,
     ) -> Result<Vec<Decision>, StoreError>;
 
+    /// Decisions the store can give for `checks` without asking its backend (a remote store's
+    /// cache of keys known to be over their limit), or `None` to ask it. They are what
+    /// [`Store::check`] would return. A caller that tracks the backend's health (the circuit
+    /// breaker) asks here first, so that an answer that never reached the backend is never
+    /// taken as a sign the backend is up.
+    fn local_answer(&self, _checks: &[Check<'_>]) -> Option<Vec<Decision>> {
+        None
+    }
+
     /// Whether the store is reachable, for readiness probes.
     async fn ping(&self) -> Result<(), StoreError>;
 

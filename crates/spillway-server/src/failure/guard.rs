@@ -55,6 +55,12 @@ impl Store for GuardedStore {
         checks: &[Check<'_>],
         mode: CheckMode,
     ) -> Result<Vec<Decision>, StoreError> {
+        // An answer from the store's own cache says nothing about its backend: it must neither
+        // close the breaker (which would drop the emergency counters mid-outage) nor reset
+        // its count of consecutive failures.
+        if let Some(decisions) = self.inner.local_answer(checks) {
+            return Ok(decisions);
+        }
         let admission = self.breaker.admit(Instant::now());
         if admission == Admission::Rejected {
             return Err(StoreError::Unavailable(CIRCUIT_OPEN.into()));
@@ -108,11 +114,14 @@ mod tests {
     use spillway_core::time::{Clock, ManualClock};
     use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
-    /// A store whose behaviour the test switches: 0 answers, 1 refuses, 2 hangs.
+    /// A store whose behaviour the test switches: 0 answers, 1 refuses, 2 hangs. With
+    /// `cached` set it also answers some checks from a local cache, while its backend does
+    /// whatever `mode` says.
     #[derive(Default)]
     struct Switch {
         mode: AtomicU8,
         calls: AtomicU64,
+        cached: std::sync::atomic::AtomicBool,
     }
 
     #[async_trait]
@@ -124,6 +133,11 @@ mod tests {
                 1 => Err(StoreError::Unavailable("refused".into())),
                 _ => std::future::pending().await,
             }
+        }
+        fn local_answer(&self, c: &[Check<'_>]) -> Option<Vec<Decision>> {
+            self.cached
+                .load(Ordering::SeqCst)
+                .then(|| Vec::with_capacity(c.len()))
         }
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
@@ -194,6 +208,47 @@ mod tests {
                 .await
                 .expect_err("refused");
         }
+        assert_eq!(breaker.state(), CircuitState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cached_answers_neither_close_the_breaker_nor_hide_failures() {
+        let inner = Arc::new(Switch::default());
+        inner.mode.store(1, Ordering::SeqCst);
+        let (store, breaker) = guarded(inner.clone());
+        // Failures interleaved with cached answers still open the breaker.
+        for _ in 0..3 {
+            store
+                .check(&[], CheckMode::Consume)
+                .await
+                .expect_err("refused");
+            inner.cached.store(true, Ordering::SeqCst);
+            store
+                .check(&[], CheckMode::Consume)
+                .await
+                .expect("answered from the cache");
+            inner.cached.store(false, Ordering::SeqCst);
+        }
+        assert_eq!(breaker.state(), CircuitState::Open);
+
+        // Once the probe is due, a cached answer is not taken for the backend's recovery.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        inner.cached.store(true, Ordering::SeqCst);
+        store
+            .check(&[], CheckMode::Consume)
+            .await
+            .expect("answered from the cache");
+        assert_eq!(breaker.state(), CircuitState::Open);
+        assert_eq!(
+            inner.calls.load(Ordering::SeqCst),
+            3,
+            "the backend was not asked"
+        );
+        inner.cached.store(false, Ordering::SeqCst);
+        store
+            .check(&[], CheckMode::Consume)
+            .await
+            .expect_err("the real probe fails");
         assert_eq!(breaker.state(), CircuitState::Open);
     }
 }

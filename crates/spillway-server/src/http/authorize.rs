@@ -66,6 +66,8 @@ pub struct AuthorizeSettings {
     pub allow_status: StatusCode,
     /// Status on deny (a 4xx).
     pub deny_status: StatusCode,
+    /// Status for a request whose headers cannot be read (400 unless set).
+    pub invalid_status: StatusCode,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: TrustedProxies,
     /// Names of the forwarding headers.
@@ -114,7 +116,7 @@ async fn answer(
     let policy = app.engine.policy();
     let mut attrs = match attrs_from_headers(headers, &settings.headers, &policy) {
         Ok(attrs) => attrs,
-        Err(problem) => return problem.into_response(),
+        Err(problem) => return problem.with_status(settings.invalid_status).into_response(),
     };
     if let Some((method, path)) = own {
         attrs.method.get_or_insert(method);

@@ -102,7 +102,8 @@ impl FromStr for TrustedProxies {
 #[derive(Debug, Clone)]
 pub struct ForwardingHeaders {
     /// A single address set by the nearest proxy (`X-Real-IP`).
-    pub real_ip: HeaderName,
+    /// `None` when the operator's proxy does not overwrite it (a client could set it).
+    pub real_ip: Option<HeaderName>,
     /// The comma-separated chain of hops (`X-Forwarded-For`).
     pub forwarded_for: HeaderName,
 }
@@ -124,8 +125,10 @@ pub fn client_ip(
     if !trusted.contains(peer) {
         return peer;
     }
-    if let Some(ip) = headers
-        .get(&names.real_ip)
+    if let Some(ip) = names
+        .real_ip
+        .as_ref()
+        .and_then(|name| headers.get(name))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<IpAddr>().ok())
     {
@@ -159,7 +162,7 @@ mod tests {
 
     fn names() -> ForwardingHeaders {
         ForwardingHeaders {
-            real_ip: HeaderName::from_static("x-real-ip"),
+            real_ip: Some(HeaderName::from_static("x-real-ip")),
             forwarded_for: HeaderName::from_static("x-forwarded-for"),
         }
     }
@@ -216,6 +219,21 @@ mod tests {
         assert_eq!(
             client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
             ip("1.1.1.1")
+        );
+    }
+
+    #[test]
+    fn without_a_real_ip_header_only_the_chain_counts() {
+        // A proxy that appends to X-Forwarded-For but passes the client's X-Real-IP along.
+        let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
+        let h = headers(&[("x-real-ip", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
+        let chain_only = ForwardingHeaders {
+            real_ip: None,
+            ..names()
+        };
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &h, &chain_only, &trusted),
+            ip("2.2.2.2")
         );
     }
 

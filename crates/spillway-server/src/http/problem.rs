@@ -92,6 +92,12 @@ impl Problem {
         self
     }
 
+    /// The same problem answered with `status` instead (its type and detail stand).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status.as_u16();
+        self
+    }
+
     /// The HTTP status this problem is answered with.
     pub fn status(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)

@@ -109,6 +109,16 @@ limits:
     algorithm: gcra
     rate: fast
     key: [ip]
+  endless-log:
+    algorithm: sliding_log
+    limit: 10
+    window: 106751992d
+    key: [ip]
+  endless-window:
+    algorithm: sliding_window
+    limit: 10
+    window: 18446744073709551615us
+    key: [ip]
 tiers:
   t: {limits: [zero-limit]}
 "#;
@@ -126,8 +136,21 @@ tiers:
         "whole number (got 2.5)",
     );
     expect(text, 21, "limits.zero-window.window", "longer than zero");
-    let err = expect(text, 25, "limits.bad-rate.rate", "count/period");
-    assert_eq!(err.errors().len(), 5, "{err}");
+    expect(text, 25, "limits.bad-rate.rate", "count/period");
+    // Windows long enough to overflow expiry times would make a limit that never limits.
+    expect(
+        text,
+        30,
+        "limits.endless-log.window",
+        "too long (at most 3650d",
+    );
+    let err = expect(
+        text,
+        35,
+        "limits.endless-window.window",
+        "too long (at most 3650d",
+    );
+    assert_eq!(err.errors().len(), 7, "{err}");
 }
 
 #[test]
