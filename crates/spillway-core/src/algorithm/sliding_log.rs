@@ -14,6 +14,11 @@ pub struct SlidingLog {
     window: Micros,
 }
 
+/// The largest limit a sliding log takes. Its state holds up to `limit` entries, and each
+/// check reads (and, in memory, copies) them all under the key's lock, so a log of a million
+/// entries would stall every key sharing it for milliseconds per request.
+pub const MAX_LOG_LIMIT: u64 = 10_000;
+
 /// A sliding log key's state: admitted `(time, cost)` entries, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SlidingLogState {
@@ -22,9 +27,16 @@ pub struct SlidingLogState {
 }
 
 impl SlidingLog {
-    /// Exactly at most `limit` in any `window`.
+    /// Exactly at most `limit` in any `window`; `limit` is at most [`MAX_LOG_LIMIT`].
     pub fn new(limit: u64, window: Micros) -> Result<Self, String> {
-        super::check_window(limit, window, super::MAX_SCALED as u64)?;
+        if limit > MAX_LOG_LIMIT {
+            return Err(format!(
+                "limit {limit} is too large for sliding_log (at most {MAX_LOG_LIMIT}): it keeps \
+                 an entry per admitted request and reads them all on every check; use \
+                 sliding_window for large limits"
+            ));
+        }
+        super::check_window(limit, window, MAX_LOG_LIMIT)?;
         Ok(Self { limit, window })
     }
 

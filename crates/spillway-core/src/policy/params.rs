@@ -278,6 +278,21 @@ pub(crate) fn compile(
                 Some((name, f)) => (f.value.referenced, format!("{}.{name}", f.owner)),
                 None => (fields.at, fields.owner.to_owned()),
             };
+            let message = match (amount_field, rate) {
+                (None, Some(rate)) if algorithm.is_bucket() => {
+                    let name = if algorithm == Algorithm::LeakyBucket {
+                        "capacity"
+                    } else {
+                        "burst"
+                    };
+                    format!(
+                        "{message}; no `{name}` was written, so it defaulted to the rate's count \
+                         ({}): write a smaller `{name}`",
+                        rate.count
+                    )
+                }
+                _ => message,
+            };
             issues.push(at, path, message);
             None
         }

@@ -6,8 +6,46 @@
 //! segment only, `**` (whatever remains, including nothing). Literal segments compare
 //! exactly; the method compares without regard to ASCII case. A request path's `?query` is
 //! ignored.
+//!
+//! A request path is matched as a server would read it, so that spelling a path differently
+//! cannot slip past a route's cost and limits: empty segments (`//`, a trailing `/`) and `.`
+//! are skipped, `..` removes the segment before it, and percent-escapes are decoded before
+//! comparing (`/v1/%67enerate` is `/v1/generate`).
 
+use smallvec::SmallVec;
 use std::fmt;
+
+/// Whether `raw`, with its percent-escapes decoded, is `want`. A `%` not followed by two hex
+/// digits stands for itself.
+fn decoded_eq(want: &str, raw: &str) -> bool {
+    let (want, raw) = (want.as_bytes(), raw.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while j < raw.len() {
+        let byte = match (raw[j], raw.get(j + 1..j + 3)) {
+            (b'%', Some(&[hi, lo])) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
+                j += 3;
+                (hex(hi) << 4) | hex(lo)
+            }
+            (b, _) => {
+                j += 1;
+                b
+            }
+        };
+        if want.get(i) != Some(&byte) {
+            return false;
+        }
+        i += 1;
+    }
+    i == want.len()
+}
+
+fn hex(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit - b'A' + 10,
+    }
+}
 
 /// A compiled `METHOD PATH` pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,16 +128,27 @@ impl RoutePattern {
         let Some(body) = path.strip_prefix('/') else {
             return false;
         };
-        let mut parts = body.split('/');
-        for segment in &self.segments {
-            match (segment, parts.next()) {
-                (_, None) => return false,
-                (Segment::Any, Some(_)) => {}
-                (Segment::Literal(want), Some(got)) if **want == *got => {}
-                (Segment::Literal(_), Some(_)) => return false,
+        let mut parts: SmallVec<[&str; 8]> = SmallVec::new();
+        for part in body.split('/') {
+            if part.is_empty() || decoded_eq(".", part) {
+                continue;
+            }
+            if decoded_eq("..", part) {
+                parts.pop();
+            } else {
+                parts.push(part);
             }
         }
-        self.rest || parts.next().is_none()
+        if parts.len() < self.segments.len() || (!self.rest && parts.len() > self.segments.len()) {
+            return false;
+        }
+        self.segments
+            .iter()
+            .zip(&parts)
+            .all(|(segment, got)| match segment {
+                Segment::Any => true,
+                Segment::Literal(want) => decoded_eq(want, got),
+            })
     }
 }
 
@@ -132,6 +181,36 @@ mod tests {
             Ok(p) => p,
             Err(e) => panic!("{text}: {e}"),
         }
+    }
+
+    #[test]
+    fn paths_are_read_as_a_server_would() {
+        let p = pattern("POST /v1/generate");
+        for path in [
+            "/v1/generate/",
+            "/v1//generate",
+            "//v1/generate",
+            "/v1/./generate",
+            "/v1/x/../generate",
+            "/v1/%67enerate",
+            "/v1/%2e/generate",
+            "/v1/x/%2E%2E/generate?q=1",
+        ] {
+            assert!(p.matches(Some("POST"), path), "{path}");
+        }
+        for path in [
+            "/v1/generate/more",
+            "/v1/generat",
+            "/v1/generate%2Fx",
+            "/v1/../generate",
+        ] {
+            assert!(!p.matches(Some("POST"), path), "{path}");
+        }
+        // A stray `%` is a character like any other.
+        assert!(pattern("GET /100%").matches(Some("GET"), "/100%"));
+        assert!(pattern("GET /a/*").matches(Some("GET"), "/a/b/"));
+        assert!(!pattern("GET /a/*").matches(Some("GET"), "/a//"));
+        assert!(pattern("GET /a/**").matches(Some("GET"), "/a//"));
     }
 
     #[test]

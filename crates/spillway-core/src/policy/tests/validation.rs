@@ -119,6 +119,11 @@ limits:
     limit: 10
     window: 18446744073709551615us
     key: [ip]
+  long-log:
+    algorithm: sliding_log
+    limit: 1000000
+    window: 1h
+    key: [ip]
 tiers:
   t: {limits: [zero-limit]}
 "#;
@@ -144,13 +149,19 @@ tiers:
         "limits.endless-log.window",
         "too long (at most 3650d",
     );
-    let err = expect(
+    expect(
         text,
         35,
         "limits.endless-window.window",
         "too long (at most 3650d",
     );
-    assert_eq!(err.errors().len(), 7, "{err}");
+    let err = expect(
+        text,
+        39,
+        "limits.long-log.limit",
+        "too large for sliding_log (at most 10000)",
+    );
+    assert_eq!(err.errors().len(), 8, "{err}");
 }
 
 #[test]
@@ -399,5 +410,23 @@ tiers:
     assert!(
         report.lines().all(|l| l.starts_with("test.yaml:")),
         "{report}"
+    );
+}
+
+#[test]
+fn a_defaulted_burst_is_named_as_such() {
+    expect(
+        r#"default_tier: t
+limits:
+  odd:
+    algorithm: token_bucket
+    rate: 999983/d
+    key: [ip]
+tiers:
+  t: {limits: [odd]}
+"#,
+        3,
+        "limits.odd",
+        "no `burst` was written, so it defaulted to the rate's count (999983)",
     );
 }
