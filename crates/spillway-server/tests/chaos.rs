@@ -371,3 +371,70 @@ async fn script_flush_while_serving() {
     );
     assert_recovers(&server, "flush").await;
 }
+
+/// A denial the Redis store answers from its local over-limit cache reaches no Redis, so it
+/// must not pass for the store's recovery: if it did, the breaker would close and drop the
+/// emergency counters in the middle of the outage, and a `degrade` route would hand out its
+/// emergency quota again on every cooldown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_denial_does_not_end_an_outage() {
+    let _one = SERIAL.lock().await;
+    let mut redis = RedisServer::start();
+    let policy = format!(
+        r#"
+default_tier: free
+limits:
+  small:
+    algorithm: fixed_window
+    limit: 2
+    window: 1h
+    key: [user]
+    emergency: {{limit: 2}}
+tiers:
+  free:
+    limits: []
+routes:
+  - match: "POST /degrade"
+    failure_mode: degrade
+    limits: [small]
+store: {{type: redis, url: "{}", timeout: {}ms, breaker_failures: 2, breaker_cooldown: 200ms}}
+"#,
+        redis.url(),
+        BUDGET.as_millis()
+    );
+    let server = Server::with_policy(&policy).start();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", server.addr());
+    let status = |user: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        async move { ask(&http, &base, "/degrade", user).await }
+    };
+
+    // `hot` is over its limit in Redis, and the store caches that denial for the hour.
+    for expected in [200, 200, 429] {
+        assert_eq!(status("hot").await.status, expected);
+    }
+    redis.kill();
+    // Redis is gone: failures open the breaker, and `cold` gets its emergency quota of 2.
+    let mut cold = Vec::new();
+    for _ in 0..4 {
+        let sample = status("cold").await;
+        cold.push((sample.status, sample.degraded));
+    }
+    assert_eq!(
+        cold,
+        [(200, true), (200, true), (429, true), (429, true)],
+        "the emergency quota while Redis is down"
+    );
+
+    // After the cooldown, the cached `hot` denial is the next request: it must not count as
+    // the probe that finds Redis back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status("hot").await.status, 429);
+    let after = status("cold").await;
+    assert_eq!(
+        (after.status, after.degraded),
+        (429, true),
+        "the emergency counters were dropped while Redis was still down"
+    );
+}
