@@ -7,10 +7,12 @@
 //! exactly; the method compares without regard to ASCII case. A request path's `?query` is
 //! ignored.
 //!
-//! A request path is matched as a server would read it, so that spelling a path differently
-//! cannot slip past a route's cost and limits: empty segments (`//`, a trailing `/`) and `.`
-//! are skipped, `..` removes the segment before it, and percent-escapes are decoded before
-//! comparing (`/v1/%67enerate` is `/v1/generate`).
+//! A request path is read the way the most lenient server behind the proxy might read it, so
+//! that spelling a path differently cannot slip past a route's cost and limits: `/`, `\` and
+//! their escapes `%2F` and `%5C` all separate segments; empty segments (`//`, a trailing `/`)
+//! and `.` are skipped; `..` removes the segment before it; other percent-escapes are decoded
+//! before comparing (`/v1/%67enerate` is `/v1/generate`). Patterns are read the same way when
+//! the policy loads (`GET /a/` is `GET /a`), except that `..` is refused in them.
 
 use smallvec::SmallVec;
 use std::fmt;
@@ -37,6 +39,62 @@ fn decoded_eq(want: &str, raw: &str) -> bool {
         i += 1;
     }
     i == want.len()
+}
+
+/// The segments of a path (after its leading `/`): separated by `/`, `\`, `%2F` or `%5C`.
+fn split_segments(body: &str) -> impl Iterator<Item = &str> {
+    let bytes = body.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        if start > bytes.len() {
+            return None;
+        }
+        while i < bytes.len() {
+            let width = match bytes[i] {
+                b'/' | b'\\' => 1,
+                b'%' if matches!(
+                    bytes.get(i + 1..i + 3),
+                    Some([b'2', b'f' | b'F'] | [b'5', b'c' | b'C'])
+                ) =>
+                {
+                    3
+                }
+                _ => 0,
+            };
+            if width > 0 {
+                let segment = &body[start..i];
+                i += width;
+                start = i;
+                return Some(segment);
+            }
+            i += 1;
+        }
+        let segment = &body[start..];
+        start = bytes.len() + 1;
+        Some(segment)
+    })
+}
+
+/// `raw` with its percent-escapes decoded (for patterns, once at load; a `%` not followed by
+/// two hex digits stands for itself). Bytes that do not form UTF-8 are replaced.
+fn decode(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut j = 0;
+    while j < bytes.len() {
+        match (bytes[j], bytes.get(j + 1..j + 3)) {
+            (b'%', Some(&[hi, lo])) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
+                out.push((hex(hi) << 4) | hex(lo));
+                j += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                j += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn hex(digit: u8) -> u8 {
@@ -91,10 +149,17 @@ impl RoutePattern {
                 "path `{path}` must not contain `?` or `#`: queries are ignored when matching"
             ));
         }
-        let parts: Vec<&str> = body.split('/').collect();
+        let parts: Vec<&str> = split_segments(body)
+            .filter(|p| !p.is_empty() && !decoded_eq(".", p))
+            .collect();
         let mut segments = Vec::with_capacity(parts.len());
         let mut rest = false;
         for (i, part) in parts.iter().enumerate() {
+            if decoded_eq("..", part) {
+                return Err(format!(
+                    "in `{path}`, `..` is not allowed: write the path it leads to"
+                ));
+            }
             match *part {
                 "**" if i + 1 == parts.len() => rest = true,
                 "**" => return Err(format!("in `{path}`, `**` may only be the last segment")),
@@ -105,7 +170,7 @@ impl RoutePattern {
                          a wildcard must be a whole segment"
                     ))
                 }
-                p => segments.push(Segment::Literal(p.into())),
+                p => segments.push(Segment::Literal(decode(p).into())),
             }
         }
         Ok(Self {
@@ -129,7 +194,7 @@ impl RoutePattern {
             return false;
         };
         let mut parts: SmallVec<[&str; 8]> = SmallVec::new();
-        for part in body.split('/') {
+        for part in split_segments(body) {
             if part.is_empty() || decoded_eq(".", part) {
                 continue;
             }
@@ -198,16 +263,47 @@ mod tests {
         ] {
             assert!(p.matches(Some("POST"), path), "{path}");
         }
+        // An escaped or backward slash separates segments too (some servers decode them).
+        for path in [
+            "/v1%2Fgenerate",
+            "/v1%2fgenerate",
+            "/v1\\generate",
+            "/v1%5Cgenerate",
+        ] {
+            assert!(p.matches(Some("POST"), path), "{path}");
+        }
         for path in [
             "/v1/generate/more",
             "/v1/generat",
             "/v1/generate%2Fx",
             "/v1/../generate",
+            "/../../v1",
         ] {
             assert!(!p.matches(Some("POST"), path), "{path}");
         }
+        // `..` above the root stays at the root.
+        assert!(p.matches(Some("POST"), "/../../v1/generate"));
         // A stray `%` is a character like any other.
         assert!(pattern("GET /100%").matches(Some("GET"), "/100%"));
+    }
+
+    #[test]
+    fn patterns_are_read_like_paths() {
+        // The root, a trailing slash, doubled slashes and `.` segments in a pattern.
+        assert!(pattern("GET /").matches(Some("GET"), "/"));
+        assert!(pattern("* /").matches(Some("PUT"), "//"));
+        assert!(pattern("POST /v1/generate/").matches(Some("POST"), "/v1/generate"));
+        assert!(pattern("POST /v1//./generate").matches(Some("POST"), "/v1/generate/"));
+        assert_eq!(
+            pattern("POST /v1/generate/").to_string(),
+            "POST /v1/generate"
+        );
+        // Escapes in a pattern are decoded once, like the request's.
+        assert!(pattern("GET /a%20b").matches(Some("GET"), "/a%20b"));
+        assert!(pattern("GET /a%20b").matches(Some("GET"), "/a b"));
+        assert!(RoutePattern::parse("GET /a/../b")
+            .unwrap_err()
+            .contains("`..` is not allowed"));
         assert!(pattern("GET /a/*").matches(Some("GET"), "/a/b/"));
         assert!(!pattern("GET /a/*").matches(Some("GET"), "/a//"));
         assert!(pattern("GET /a/**").matches(Some("GET"), "/a//"));

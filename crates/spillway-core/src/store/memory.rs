@@ -30,7 +30,10 @@
 //! [`EVICTION_SAMPLE`] slots is examined: expired ones among them are dropped; if none was
 //! expired, the one that would expire soonest is evicted (it holds the least state worth
 //! keeping) and counted in [`Store::evictions`]. Making room never scans a whole shard, so a
-//! flood costs each insert a constant amount of work. An evicted key behaves like a fresh one afterwards, so the bound
+//! flood costs each insert a constant amount of work. Room is never made by evicting a key
+//! the same request is charging (its charge would be lost), so a shard whose every slot is
+//! taken by one request's keys grows past its share by the rest of them; that needs a bound
+//! of fewer keys per shard than a request has limits, far below any useful `max_keys`. An evicted key behaves like a fresh one afterwards, so the bound
 //! trades exactness for memory only under a flood larger than `max_keys`.
 //!
 //! # Atomicity
