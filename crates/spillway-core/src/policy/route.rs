@@ -17,28 +17,29 @@
 use smallvec::SmallVec;
 use std::fmt;
 
-/// Whether `raw`, with its percent-escapes decoded, is `want`. A `%` not followed by two hex
+/// The bytes `raw` stands for, its percent-escapes decoded. A `%` not followed by two hex
 /// digits stands for itself.
-fn decoded_eq(want: &str, raw: &str) -> bool {
-    let (want, raw) = (want.as_bytes(), raw.as_bytes());
-    let (mut i, mut j) = (0, 0);
-    while j < raw.len() {
-        let byte = match (raw[j], raw.get(j + 1..j + 3)) {
-            (b'%', Some(&[hi, lo])) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
+fn decoded(raw: &str) -> impl Iterator<Item = u8> + '_ {
+    let bytes = raw.as_bytes();
+    let mut j = 0;
+    std::iter::from_fn(move || {
+        let byte = *bytes.get(j)?;
+        match bytes.get(j + 1..j + 3) {
+            Some(&[hi, lo]) if byte == b'%' && hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
                 j += 3;
-                (hex(hi) << 4) | hex(lo)
+                Some((hex(hi) << 4) | hex(lo))
             }
-            (b, _) => {
+            _ => {
                 j += 1;
-                b
+                Some(byte)
             }
-        };
-        if want.get(i) != Some(&byte) {
-            return false;
         }
-        i += 1;
-    }
-    i == want.len()
+    })
+}
+
+/// Whether `raw`, with its percent-escapes decoded, is `want`.
+fn decoded_eq(want: &str, raw: &str) -> bool {
+    decoded(raw).eq(want.bytes())
 }
 
 /// The segments of a path (after its leading `/`): separated by `/`, `\`, `%2F` or `%5C`.
@@ -76,25 +77,10 @@ fn split_segments(body: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// `raw` with its percent-escapes decoded (for patterns, once at load; a `%` not followed by
-/// two hex digits stands for itself). Bytes that do not form UTF-8 are replaced.
+/// `raw` with its percent-escapes decoded, for patterns (once, at load). Bytes that do not
+/// form UTF-8 are replaced.
 fn decode(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut j = 0;
-    while j < bytes.len() {
-        match (bytes[j], bytes.get(j + 1..j + 3)) {
-            (b'%', Some(&[hi, lo])) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
-                out.push((hex(hi) << 4) | hex(lo));
-                j += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                j += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&decoded(raw).collect::<Vec<u8>>()).into_owned()
 }
 
 fn hex(digit: u8) -> u8 {
