@@ -188,16 +188,6 @@ impl RedisStore {
     fn now(&self) -> Micros {
         self.clock.now()
     }
-
-    /// The local over-limit cache's answer for these keys at `now`, if it has one.
-    fn cached_denial(
-        &self,
-        keys: &[String],
-        checks: &[Check<'_>],
-        now: Micros,
-    ) -> Option<Vec<Decision>> {
-        self.cache.as_ref()?.deny(keys, checks, now)
-    }
 }
 
 #[async_trait]
@@ -212,9 +202,6 @@ impl Store for RedisStore {
         }
         let keys: Vec<String> = checks.iter().map(|c| self.layout.key(c.key)).collect();
         let sent_at = self.now();
-        if let Some(decisions) = self.cached_denial(&keys, checks, sent_at) {
-            return Ok(decisions);
-        }
         let decisions = match &self.conn {
             Conn::Cluster(_) if !same_slot(&keys) => {
                 crate::multi_slot::check(self, &keys, checks, mode).await?
@@ -230,10 +217,12 @@ impl Store for RedisStore {
         Ok(decisions)
     }
 
+    /// The local over-limit cache's answer, if it has one; [`Store::check`] itself always asks
+    /// Redis (and feeds the cache), so a caller that wants the shortcut asks here first.
     fn local_answer(&self, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
-        self.cache.as_ref()?;
+        let cache = self.cache.as_ref()?;
         let keys: Vec<String> = checks.iter().map(|c| self.layout.key(c.key)).collect();
-        self.cached_denial(&keys, checks, self.now())
+        cache.deny(&keys, checks, self.now())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

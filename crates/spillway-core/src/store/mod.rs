@@ -56,10 +56,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Decision>, StoreError>;
 
     /// Decisions the store can give for `checks` without asking its backend (a remote store's
-    /// cache of keys known to be over their limit), or `None` to ask it. They are what
-    /// [`Store::check`] would return. A caller that tracks the backend's health (the circuit
-    /// breaker) asks here first, so that an answer that never reached the backend is never
-    /// taken as a sign the backend is up.
+    /// cache of keys known to be over their limit), or `None`. They agree with what
+    /// [`Store::check`], which always asks the backend, would return. Callers that want the
+    /// shortcut ask here first; the server's guard does, and keeps these answers apart from
+    /// the backend's health, since they never reached it.
     fn local_answer(&self, _checks: &[Check<'_>]) -> Option<Vec<Decision>> {
         None
     }
