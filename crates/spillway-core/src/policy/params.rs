@@ -238,11 +238,12 @@ pub(crate) fn compile(
             })
         })
     });
-    let amount_field = match algorithm {
-        Algorithm::TokenBucket | Algorithm::Gcra => fields.burst.map(|f| ("burst", f)),
-        Algorithm::LeakyBucket => fields.capacity.map(|f| ("capacity", f)),
-        _ => fields.limit.map(|f| ("limit", f)),
+    let (amount_name, amount_written) = match algorithm {
+        Algorithm::TokenBucket | Algorithm::Gcra => ("burst", fields.burst),
+        Algorithm::LeakyBucket => ("capacity", fields.capacity),
+        _ => ("limit", fields.limit),
     };
+    let amount_field = amount_written.map(|f| (amount_name, f));
     let amount = amount_field.and_then(|(name, f)| {
         check(f, issues, name, |n| {
             n.positive().map_err(|m| format!("`{name}` {m}"))
@@ -279,18 +280,11 @@ pub(crate) fn compile(
                 None => (fields.at, fields.owner.to_owned()),
             };
             let message = match (amount_field, rate) {
-                (None, Some(rate)) if algorithm.is_bucket() => {
-                    let name = if algorithm == Algorithm::LeakyBucket {
-                        "capacity"
-                    } else {
-                        "burst"
-                    };
-                    format!(
-                        "{message}; no `{name}` was written, so it defaulted to the rate's count \
-                         ({}): write a smaller `{name}`",
-                        rate.count
-                    )
-                }
+                (None, Some(rate)) if algorithm.is_bucket() => format!(
+                    "{message}; no `{amount_name}` was written, so it defaulted to the rate's \
+                     count ({}): write a smaller `{amount_name}`",
+                    rate.count
+                ),
                 _ => message,
             };
             issues.push(at, path, message);

@@ -6,6 +6,7 @@
 //! and tier lookup, a first-match scan of the routes, and building the counter keys, whose
 //! dimension values are the only allocations besides the result itself.
 
+use super::route::RequestPath;
 use super::{Dimension, LimitDef, Planned, Policy, Resolved, Route};
 use crate::key::StateKey;
 use crate::request::RequestAttrs;
@@ -73,11 +74,16 @@ impl Policy {
             .or_else(|| tenant.and_then(|t| t.tier))
             .unwrap_or(self.default_tier);
         let tier = &self.tiers[tier_index];
-        let route_index = req.path.as_deref().and_then(|path| {
-            self.routes
-                .iter()
-                .position(|r| r.pattern.matches(req.method.as_deref(), path))
-        });
+        // The path is read once; each pattern then compares segments.
+        let route_index = req
+            .path
+            .as_deref()
+            .and_then(RequestPath::read)
+            .and_then(|path| {
+                self.routes
+                    .iter()
+                    .position(|r| r.pattern.matches(req.method.as_deref(), &path))
+            });
         let route = route_index.map(|i| Arc::clone(&self.routes[i]));
         let plan = &tier.plans[route_index.map_or(0, |i| i + 1)];
 

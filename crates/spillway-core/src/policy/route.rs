@@ -1,5 +1,6 @@
-//! Route patterns: `METHOD /path/with/*/and/**`, parsed once at load and matched per request
-//! without allocating or using regular expressions.
+//! Route patterns: `METHOD /path/with/*/and/**`, parsed once at load. A request's path is
+//! read once ([`RequestPath`], no allocation up to eight segments) and compared with each
+//! pattern segment by segment, without regular expressions.
 //!
 //! A pattern is a method (or `*` for any) and a path made of `/`-separated segments. A
 //! segment is literal text, `*` (exactly one segment, whatever it holds) or, as the last
@@ -77,6 +78,39 @@ fn split_segments(body: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// A path's segments after its leading `/`, read as the module docs say: empty and `.`
+/// segments skipped, `..` removing the one before (never above the root). Also says whether
+/// a `..` was seen, which a pattern may not contain.
+fn normalized(body: &str) -> (SmallVec<[&str; 8]>, bool) {
+    let mut segments: SmallVec<[&str; 8]> = SmallVec::new();
+    let mut stepped_back = false;
+    for part in split_segments(body) {
+        if part.is_empty() || decoded_eq(".", part) {
+            continue;
+        }
+        if decoded_eq("..", part) {
+            stepped_back = true;
+            segments.pop();
+        } else {
+            segments.push(part);
+        }
+    }
+    (segments, stepped_back)
+}
+
+/// A request's path, read once per request and then compared with each route's pattern.
+#[derive(Debug)]
+pub(crate) struct RequestPath<'a>(SmallVec<[&'a str; 8]>);
+
+impl<'a> RequestPath<'a> {
+    /// Reads `path` (its `?query` ignored); `None` when it does not start with `/`, which no
+    /// pattern matches.
+    pub(crate) fn read(path: &'a str) -> Option<Self> {
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        Some(Self(normalized(path.strip_prefix('/')?).0))
+    }
+}
+
 /// `raw` with its percent-escapes decoded, for patterns (once, at load). Bytes that do not
 /// form UTF-8 are replaced.
 fn decode(raw: &str) -> String {
@@ -135,17 +169,15 @@ impl RoutePattern {
                 "path `{path}` must not contain `?` or `#`: queries are ignored when matching"
             ));
         }
-        let parts: Vec<&str> = split_segments(body)
-            .filter(|p| !p.is_empty() && !decoded_eq(".", p))
-            .collect();
+        let (parts, stepped_back) = normalized(body);
+        if stepped_back {
+            return Err(format!(
+                "in `{path}`, `..` is not allowed: write the path it leads to"
+            ));
+        }
         let mut segments = Vec::with_capacity(parts.len());
         let mut rest = false;
         for (i, part) in parts.iter().enumerate() {
-            if decoded_eq("..", part) {
-                return Err(format!(
-                    "in `{path}`, `..` is not allowed: write the path it leads to"
-                ));
-            }
             match *part {
                 "**" if i + 1 == parts.len() => rest = true,
                 "**" => return Err(format!("in `{path}`, `**` may only be the last segment")),
@@ -167,35 +199,21 @@ impl RoutePattern {
     }
 
     /// Whether a request with `method` and `path` falls under this pattern. A request with
-    /// no method matches only a `*` pattern; one with no path matches nothing.
-    pub(crate) fn matches(&self, method: Option<&str>, path: &str) -> bool {
+    /// no method matches only a `*` pattern.
+    pub(crate) fn matches(&self, method: Option<&str>, path: &RequestPath<'_>) -> bool {
         if let Some(want) = &self.method {
             match method {
                 Some(m) if m.eq_ignore_ascii_case(want) => {}
                 _ => return false,
             }
         }
-        let path = path.split_once('?').map_or(path, |(p, _)| p);
-        let Some(body) = path.strip_prefix('/') else {
-            return false;
-        };
-        let mut parts: SmallVec<[&str; 8]> = SmallVec::new();
-        for part in split_segments(body) {
-            if part.is_empty() || decoded_eq(".", part) {
-                continue;
-            }
-            if decoded_eq("..", part) {
-                parts.pop();
-            } else {
-                parts.push(part);
-            }
-        }
+        let parts = &path.0;
         if parts.len() < self.segments.len() || (!self.rest && parts.len() > self.segments.len()) {
             return false;
         }
         self.segments
             .iter()
-            .zip(&parts)
+            .zip(parts)
             .all(|(segment, got)| match segment {
                 Segment::Any => true,
                 Segment::Literal(want) => decoded_eq(want, got),
@@ -225,7 +243,12 @@ impl fmt::Display for RoutePattern {
 
 #[cfg(test)]
 mod tests {
-    use super::RoutePattern;
+    use super::{RequestPath, RoutePattern};
+
+    /// Whether `pattern` takes a request with `method` and `path`, read as the resolver reads it.
+    fn at(pattern: &RoutePattern, method: Option<&str>, path: &str) -> bool {
+        RequestPath::read(path).is_some_and(|path| pattern.matches(method, &path))
+    }
 
     fn pattern(text: &str) -> RoutePattern {
         match RoutePattern::parse(text) {
@@ -247,7 +270,7 @@ mod tests {
             "/v1/%2e/generate",
             "/v1/x/%2E%2E/generate?q=1",
         ] {
-            assert!(p.matches(Some("POST"), path), "{path}");
+            assert!(at(&p, Some("POST"), path), "{path}");
         }
         // An escaped or backward slash separates segments too (some servers decode them).
         for path in [
@@ -256,7 +279,7 @@ mod tests {
             "/v1\\generate",
             "/v1%5Cgenerate",
         ] {
-            assert!(p.matches(Some("POST"), path), "{path}");
+            assert!(at(&p, Some("POST"), path), "{path}");
         }
         for path in [
             "/v1/generate/more",
@@ -265,65 +288,73 @@ mod tests {
             "/v1/../generate",
             "/../../v1",
         ] {
-            assert!(!p.matches(Some("POST"), path), "{path}");
+            assert!(!at(&p, Some("POST"), path), "{path}");
         }
         // `..` above the root stays at the root.
-        assert!(p.matches(Some("POST"), "/../../v1/generate"));
+        assert!(at(&p, Some("POST"), "/../../v1/generate"));
         // A stray `%` is a character like any other.
-        assert!(pattern("GET /100%").matches(Some("GET"), "/100%"));
+        assert!(at(&pattern("GET /100%"), Some("GET"), "/100%"));
     }
 
     #[test]
     fn patterns_are_read_like_paths() {
         // The root, a trailing slash, doubled slashes and `.` segments in a pattern.
-        assert!(pattern("GET /").matches(Some("GET"), "/"));
-        assert!(pattern("* /").matches(Some("PUT"), "//"));
-        assert!(pattern("POST /v1/generate/").matches(Some("POST"), "/v1/generate"));
-        assert!(pattern("POST /v1//./generate").matches(Some("POST"), "/v1/generate/"));
+        assert!(at(&pattern("GET /"), Some("GET"), "/"));
+        assert!(at(&pattern("* /"), Some("PUT"), "//"));
+        assert!(at(
+            &pattern("POST /v1/generate/"),
+            Some("POST"),
+            "/v1/generate"
+        ));
+        assert!(at(
+            &pattern("POST /v1//./generate"),
+            Some("POST"),
+            "/v1/generate/"
+        ));
         assert_eq!(
             pattern("POST /v1/generate/").to_string(),
             "POST /v1/generate"
         );
         // Escapes in a pattern are decoded once, like the request's.
-        assert!(pattern("GET /a%20b").matches(Some("GET"), "/a%20b"));
-        assert!(pattern("GET /a%20b").matches(Some("GET"), "/a b"));
+        assert!(at(&pattern("GET /a%20b"), Some("GET"), "/a%20b"));
+        assert!(at(&pattern("GET /a%20b"), Some("GET"), "/a b"));
         assert!(RoutePattern::parse("GET /a/../b")
             .unwrap_err()
             .contains("`..` is not allowed"));
-        assert!(pattern("GET /a/*").matches(Some("GET"), "/a/b/"));
-        assert!(!pattern("GET /a/*").matches(Some("GET"), "/a//"));
-        assert!(pattern("GET /a/**").matches(Some("GET"), "/a//"));
+        assert!(at(&pattern("GET /a/*"), Some("GET"), "/a/b/"));
+        assert!(!at(&pattern("GET /a/*"), Some("GET"), "/a//"));
+        assert!(at(&pattern("GET /a/**"), Some("GET"), "/a//"));
     }
 
     #[test]
     fn literal_paths_match_exactly() {
         let p = pattern("POST /v1/generate");
-        assert!(p.matches(Some("POST"), "/v1/generate"));
-        assert!(p.matches(Some("post"), "/v1/generate?stream=true"));
-        assert!(!p.matches(Some("GET"), "/v1/generate"));
-        assert!(!p.matches(None, "/v1/generate"));
-        assert!(!p.matches(Some("POST"), "/v1/generate/x"));
-        assert!(!p.matches(Some("POST"), "/v1"));
-        assert!(!p.matches(Some("POST"), "v1/generate"));
+        assert!(at(&p, Some("POST"), "/v1/generate"));
+        assert!(at(&p, Some("post"), "/v1/generate?stream=true"));
+        assert!(!at(&p, Some("GET"), "/v1/generate"));
+        assert!(!at(&p, None, "/v1/generate"));
+        assert!(!at(&p, Some("POST"), "/v1/generate/x"));
+        assert!(!at(&p, Some("POST"), "/v1"));
+        assert!(!at(&p, Some("POST"), "v1/generate"));
     }
 
     #[test]
     fn one_star_is_one_segment() {
         let p = pattern("* /v1/users/*/keys");
-        assert!(p.matches(Some("DELETE"), "/v1/users/42/keys"));
-        assert!(p.matches(None, "/v1/users/42/keys"));
-        assert!(!p.matches(Some("GET"), "/v1/users/42/7/keys"));
-        assert!(!p.matches(Some("GET"), "/v1/users/keys"));
+        assert!(at(&p, Some("DELETE"), "/v1/users/42/keys"));
+        assert!(at(&p, None, "/v1/users/42/keys"));
+        assert!(!at(&p, Some("GET"), "/v1/users/42/7/keys"));
+        assert!(!at(&p, Some("GET"), "/v1/users/keys"));
     }
 
     #[test]
     fn double_star_takes_the_rest() {
         let p = pattern("GET /v1/meta/**");
-        assert!(p.matches(Some("GET"), "/v1/meta/models/abc"));
-        assert!(p.matches(Some("GET"), "/v1/meta/"));
-        assert!(p.matches(Some("GET"), "/v1/meta"));
-        assert!(!p.matches(Some("GET"), "/v1/metadata"));
-        assert!(pattern("* /**").matches(Some("GET"), "/anything/at/all"));
+        assert!(at(&p, Some("GET"), "/v1/meta/models/abc"));
+        assert!(at(&p, Some("GET"), "/v1/meta/"));
+        assert!(at(&p, Some("GET"), "/v1/meta"));
+        assert!(!at(&p, Some("GET"), "/v1/metadata"));
+        assert!(at(&pattern("* /**"), Some("GET"), "/anything/at/all"));
     }
 
     #[test]

@@ -30,11 +30,12 @@
 //! [`EVICTION_SAMPLE`] slots is examined: expired ones among them are dropped; if none was
 //! expired, the one that would expire soonest is evicted (it holds the least state worth
 //! keeping) and counted in [`Store::evictions`]. Making room never scans a whole shard, so a
-//! flood costs each insert a constant amount of work. Room is never made by evicting a key
-//! the same request is charging (its charge would be lost), so a shard whose every slot is
-//! taken by one request's keys grows past its share by the rest of them; that needs a bound
-//! of fewer keys per shard than a request has limits, far below any useful `max_keys`. An evicted key behaves like a fresh one afterwards, so the bound
-//! trades exactness for memory only under a flood larger than `max_keys`.
+//! flood costs each insert a constant amount of work. An evicted key behaves like a fresh one
+//! afterwards, so the bound trades exactness for memory only under a flood larger than
+//! `max_keys`. Room is never made by evicting a key the same request is charging (its charge
+//! would be lost), so a shard whose every slot is taken by one request's keys grows past its
+//! share by the rest of them; that needs a bound of fewer keys per shard than a request has
+//! limits, far below any useful `max_keys`.
 //!
 //! # Atomicity
 //! A request's checks lock every shard they touch, in ascending shard order (so concurrent
@@ -366,24 +367,23 @@ impl MemoryStore {
         if map.len() < self.per_shard {
             return;
         }
-        let mut sample: SmallVec<[(KeyHash, u32); EVICTION_SAMPLE]> = map
+        let sample: SmallVec<[(KeyHash, u32); EVICTION_SAMPLE]> = map
             .iter()
             .filter(|(k, _)| !request.contains(k))
             .take(EVICTION_SAMPLE)
             .map(|(k, s)| (*k, s.expires()))
             .collect();
-        let expired_before = sample.len();
-        sample.retain(|(k, expires)| {
-            let expired = self.expired_at(*expires, now);
-            if expired {
+        let (expired, live): (
+            SmallVec<[_; EVICTION_SAMPLE]>,
+            SmallVec<[_; EVICTION_SAMPLE]>,
+        ) = sample
+            .into_iter()
+            .partition(|(_, expires)| self.expired_at(*expires, now));
+        if !expired.is_empty() {
+            for (k, _) in &expired {
                 map.remove(k);
             }
-            !expired
-        });
-        if sample.len() < expired_before {
-            return;
-        }
-        if let Some((victim, _)) = sample.iter().min_by_key(|(_, expires)| *expires) {
+        } else if let Some((victim, _)) = live.iter().min_by_key(|(_, expires)| *expires) {
             map.remove(victim);
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
