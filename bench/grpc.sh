@@ -9,6 +9,8 @@
 #   BENCH_VALUES descriptor values over 4 connections with 32 calls in flight on each. It
 #   costs more CPU per call than h2load, which shares the machine with the server.
 # Limits are high, so nearly every call is allowed, which is the common case in production.
+# Between the two, h2load also calls the server's grpc.health.v1 Check with the same settings:
+# a call that does no rate-limit work, the floor of the gRPC stack on this machine.
 #
 # Usage: bench/grpc.sh [REQUESTS_PER_CLIENT]
 #   env: BENCH_CLIENTS, BENCH_CONNS, BENCH_STREAMS (h2load); BENCH_VALUES, BENCH_SECONDS (rls_load)
@@ -79,22 +81,26 @@ done
 addr=$(grep -o "grpc listening on [0-9.:]*" "$work/server.log" | awk '{print $4}')
 [ -n "$addr" ] || { cat "$work/server.log"; exit 1; }
 
-url="http://$addr/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
-ticks0=$(cpu_ticks)
-start=$(date +%s.%N)
-pids=()
-for i in $(seq 0 $((clients - 1))); do
-  h2load -n "$requests" -c "$conns" -m "$streams" -t 1 -d "$work/frame-$i.bin" \
-    -H 'content-type: application/grpc' -H 'te: trailers' \
-    --log-file "$work/out/log-$i.txt" "$url" > "$work/out/h2load-$i.out" &
-  pids+=($!)
-done
-wait "${pids[@]}"
-end=$(date +%s.%N)
-ticks1=$(cpu_ticks)
 
-python3 - "$work" "$clients" "$start" "$end" "$((ticks1 - ticks0))" "$(getconf CLK_TCK)" <<'PY'
+# h2load_run WHAT METHOD FRAME_OF: BENCH_CLIENTS h2load processes side by side, client i sending
+# the body file `FRAME_OF i` to METHOD; prints throughput, latency and the server's CPU.
+h2load_run() {
+  local what=$1 url="http://$addr/$2" frame_of=$3 pids=() i ticks0 ticks1 start end
+  rm -f "$work"/out/*
+  ticks0=$(cpu_ticks)
+  start=$(date +%s.%N)
+  for i in $(seq 0 $((clients - 1))); do
+    h2load -n "$requests" -c "$conns" -m "$streams" -t 1 -d "$($frame_of "$i")" \
+      -H 'content-type: application/grpc' -H 'te: trailers' \
+      --log-file "$work/out/log-$i.txt" "$url" > "$work/out/h2load-$i.out" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  end=$(date +%s.%N)
+  ticks1=$(cpu_ticks)
+  echo "$what:"
+  python3 - "$work" "$clients" "$start" "$end" "$((ticks1 - ticks0))" "$(getconf CLK_TCK)" <<'PY'
 import glob, sys
 work, clients, start, end = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 server_cpu = int(sys.argv[5]) / int(sys.argv[6])
@@ -108,12 +114,23 @@ for path in glob.glob(f"{work}/out/log-*.txt"):
 latencies.sort()
 p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1000
 secs = end - start
-print(f"h2load calls: {len(latencies)} ({ok} with HTTP 200) in {secs:.2f}s from {clients} h2load clients")
-print(f"throughput: {len(latencies) / secs:,.0f} decisions/s")
-print(f"latency: p50 {p(0.50):.2f} ms, p99 {p(0.99):.2f} ms, max {latencies[-1] / 1000:.2f} ms")
-print(f"server CPU: {server_cpu / secs:.2f} cores ({server_cpu / len(latencies) * 1e6:.1f} us per call); h2load had the rest")
+print(f"  calls: {len(latencies)} ({ok} with HTTP 200) in {secs:.2f}s from {clients} h2load clients")
+print(f"  throughput: {len(latencies) / secs:,.0f} calls/s")
+print(f"  latency: p50 {p(0.50):.2f} ms, p99 {p(0.99):.2f} ms, max {latencies[-1] / 1000:.2f} ms")
+print(f"  server CPU: {server_cpu / secs:.2f} cores ({server_cpu / len(latencies) * 1e6:.1f} us per call); h2load had the rest")
 PY
-grep -h "status codes" "$work"/out/h2load-*.out | head -"$clients"
+  grep -h "status codes" "$work"/out/h2load-*.out | head -"$clients"
+}
+
+rls_frame() { echo "$work/frame-$1.bin"; }
+# An empty HealthCheckRequest: a gRPC frame header with length 0.
+printf '\x00\x00\x00\x00\x00' > "$work/health.bin"
+health_frame() { echo "$work/health.bin"; }
+
+h2load_run "ShouldRateLimit (h2load)" envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit rls_frame
+# The floor: tonic's own health service on the same port and connections settings, which does
+# no rate-limit work. No gRPC server on this stack answers faster on this machine.
+h2load_run "grpc.health.v1 Check, the gRPC stack's floor (h2load, same settings)" grpc.health.v1.Health/Check health_frame
 
 echo
 echo "rls_load over $values descriptor values:"
