@@ -7,6 +7,10 @@
 //! up; the metrics moved; and once the fault ends, decisions come from Redis again within
 //! [`RECOVERY`] and a fresh key admits exactly its limit.
 //!
+//! The server runs on the manual clock, which the breaker's cooldown follows: recovery polls
+//! step the clock one cooldown forward before each probe rather than wait for it. Latency, the
+//! store budget and the faults themselves are real time.
+//!
 //! The scenarios run one at a time (they share two cores with everything else), each in a
 //! few seconds.
 
@@ -27,6 +31,8 @@ const BUDGET: Duration = Duration::from_millis(50);
 const MARGIN: Duration = Duration::from_millis(250);
 /// How soon after a fault ends decisions must come from Redis again.
 const RECOVERY: Duration = Duration::from_secs(5);
+/// The breaker's cooldown in the chaos policy (the default).
+const COOLDOWN_MS: u64 = 1_000;
 /// The `degrade` route's emergency quota per node.
 const EMERGENCY: usize = 5;
 /// The `/exact` route's limit.
@@ -235,6 +241,8 @@ async fn assert_recovers(server: &Server, tag: &str) {
             format!("{tag}-probe-{n}"),
         );
         async move {
+            // The breaker probes once a cooldown has passed on the server's clock.
+            server.advance_ms(COOLDOWN_MS).await;
             let s = ask(&http, &base, "/exact", &user).await;
             (s.status == 200 && !s.degraded).then_some(())
         }
@@ -429,7 +437,7 @@ store: {{type: redis, url: "{}", timeout: {}ms, breaker_failures: 2, breaker_coo
 
     // After the cooldown, the cached `hot` denial is the next request: it must not count as
     // the probe that finds Redis back.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.advance_ms(300).await;
     assert_eq!(status("hot").await.status, 429);
     let after = status("cold").await;
     assert_eq!(

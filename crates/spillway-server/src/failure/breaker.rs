@@ -7,11 +7,13 @@
 //! (its request was cancelled) is replaced after another cooldown, so the breaker cannot
 //! stick half-open.
 //!
-//! Time is passed in, so the state machine is tested without sleeping.
+//! Time is passed in, in microseconds from the process clock (monotonic in production, the
+//! manual test clock under `--manual-clock`), so the state machine is tested without sleeping
+//! and the integration tests move past a cooldown by advancing the clock.
 
 use parking_lot::Mutex;
+use spillway_core::time::Micros;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// Gauge of the breaker's state: 0 closed, 1 half-open, 2 open.
 pub const STATE: &str = "spillway_store_circuit_state";
@@ -65,7 +67,7 @@ struct Inner {
     state: CircuitState,
     failures: u64,
     /// When the breaker last opened, or when the outstanding probe was sent.
-    since: Instant,
+    since: Micros,
 }
 
 /// A consecutive-failure circuit breaker; see the module docs.
@@ -73,7 +75,7 @@ struct Inner {
 pub struct Breaker {
     inner: Mutex<Inner>,
     threshold: u64,
-    cooldown: Duration,
+    cooldown: Micros,
 }
 
 impl Breaker {
@@ -88,10 +90,10 @@ impl Breaker {
             inner: Mutex::new(Inner {
                 state: CircuitState::Closed,
                 failures: 0,
-                since: Instant::now(),
+                since: 0,
             }),
             threshold: threshold.max(1),
-            cooldown,
+            cooldown: Micros::try_from(cooldown.as_micros()).unwrap_or(Micros::MAX),
         }
     }
 
@@ -101,12 +103,12 @@ impl Breaker {
     }
 
     /// Asks whether a call may go to the store at `now`.
-    pub fn admit(&self, now: Instant) -> Admission {
+    pub fn admit(&self, now: Micros) -> Admission {
         let mut inner = self.inner.lock();
         match inner.state {
             CircuitState::Closed => Admission::Call,
             CircuitState::Open | CircuitState::HalfOpen
-                if now.saturating_duration_since(inner.since) >= self.cooldown =>
+                if now.saturating_sub(inner.since) >= self.cooldown =>
             {
                 inner.since = now;
                 Self::enter(&mut inner, CircuitState::HalfOpen);
@@ -130,7 +132,7 @@ impl Breaker {
 
     /// Records a call that failed or timed out at `now`. Returns `true` when this opened the
     /// breaker.
-    pub fn failed(&self, admission: Admission, now: Instant) -> bool {
+    pub fn failed(&self, admission: Admission, now: Micros) -> bool {
         let mut inner = self.inner.lock();
         inner.failures = inner.failures.saturating_add(1);
         let open = match inner.state {
@@ -163,12 +165,19 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    const COOL: Duration = Duration::from_secs(1);
+    /// The cooldown, one second, in the clock's microseconds.
+    const COOL: Micros = 1_000_000;
+    /// Any point in time: the breaker only compares differences.
+    const T0: Micros = 1_800_000_000_000_000;
+
+    fn breaker(threshold: u64) -> Breaker {
+        Breaker::new(threshold, Duration::from_micros(COOL))
+    }
 
     #[test]
     fn opens_after_the_threshold_and_refuses_until_the_cooldown() {
-        let b = Breaker::new(3, COOL);
-        let t0 = Instant::now();
+        let b = breaker(3);
+        let t0 = T0;
         for _ in 0..2 {
             assert_eq!(b.admit(t0), Admission::Call);
             assert!(!b.failed(Admission::Call, t0));
@@ -187,8 +196,8 @@ mod tests {
 
     #[test]
     fn a_success_in_between_resets_the_count() {
-        let b = Breaker::new(2, COOL);
-        let t0 = Instant::now();
+        let b = breaker(2);
+        let t0 = T0;
         b.failed(Admission::Call, t0);
         b.succeeded(Admission::Call);
         assert!(!b.failed(Admission::Call, t0));
@@ -197,8 +206,8 @@ mod tests {
 
     #[test]
     fn the_probe_decides() {
-        let b = Breaker::new(1, COOL);
-        let t0 = Instant::now();
+        let b = breaker(1);
+        let t0 = T0;
         b.failed(Admission::Call, t0);
         let probe = b.admit(t0 + COOL);
         assert!(b.failed(probe, t0 + COOL), "a failed probe reopens");
@@ -212,8 +221,8 @@ mod tests {
 
     #[test]
     fn a_lost_probe_is_replaced_after_a_cooldown() {
-        let b = Breaker::new(1, COOL);
-        let t0 = Instant::now();
+        let b = breaker(1);
+        let t0 = T0;
         b.failed(Admission::Call, t0);
         assert_eq!(b.admit(t0 + COOL), Admission::Probe);
         // The probe's request was cancelled and never reports.
@@ -223,8 +232,8 @@ mod tests {
 
     #[test]
     fn late_answers_from_ordinary_calls_do_not_close_an_open_breaker() {
-        let b = Breaker::new(1, COOL);
-        let t0 = Instant::now();
+        let b = breaker(1);
+        let t0 = T0;
         b.failed(Admission::Call, t0);
         assert!(!b.succeeded(Admission::Call));
         assert_eq!(b.state(), CircuitState::Open);

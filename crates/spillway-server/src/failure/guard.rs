@@ -5,6 +5,10 @@
 //! is a `tokio` timeout around the whole call, so it also bounds the client's own reconnection
 //! (a call made while the connection is being re-established waits for it, but never past
 //! the budget). When the breaker closes again, the emergency state is dropped.
+//!
+//! Two clocks, on purpose: the budget is real elapsed time (`tokio`'s), since it bounds how long
+//! a caller really waits; the breaker's cooldown reads the process clock like every other
+//! time-dependent rule, so the tests step past it instead of sleeping.
 
 use super::breaker::{Admission, Breaker};
 use super::emergency::EmergencyLimiter;
@@ -12,9 +16,9 @@ use async_trait::async_trait;
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, Store, StoreError};
+use spillway_core::time::Clock;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// Gauge of the counters the emergency limiter holds, refreshed by the once-a-second sweep.
 pub const EMERGENCY_KEYS: &str = "spillway_emergency_keys";
@@ -28,22 +32,25 @@ pub struct GuardedStore {
     budget: Duration,
     breaker: Arc<Breaker>,
     emergency: Arc<EmergencyLimiter>,
+    clock: Arc<dyn Clock>,
 }
 
 impl GuardedStore {
-    /// Guards `inner`: calls are cut at `budget`, failures feed `breaker`, and `emergency`
-    /// is cleared when the breaker closes.
+    /// Guards `inner`: calls are cut at `budget`, failures feed `breaker` (which reads time
+    /// from `clock`), and `emergency` is cleared when the breaker closes.
     pub fn new(
         inner: Arc<dyn Store>,
         budget: Duration,
         breaker: Arc<Breaker>,
         emergency: Arc<EmergencyLimiter>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             inner,
             budget,
             breaker,
             emergency,
+            clock,
         }
     }
 }
@@ -61,7 +68,7 @@ impl Store for GuardedStore {
         if let Some(decisions) = self.inner.local_answer(checks) {
             return Ok(decisions);
         }
-        let admission = self.breaker.admit(Instant::now());
+        let admission = self.breaker.admit(self.clock.now());
         if admission == Admission::Rejected {
             return Err(StoreError::Unavailable(CIRCUIT_OPEN.into()));
         }
@@ -81,7 +88,7 @@ impl Store for GuardedStore {
                 }
             }
             Err(_) => {
-                self.breaker.failed(admission, Instant::now());
+                self.breaker.failed(admission, self.clock.now());
             }
         }
         outcome
@@ -111,8 +118,9 @@ impl Store for GuardedStore {
 mod tests {
     use super::*;
     use crate::failure::breaker::CircuitState;
-    use spillway_core::time::{Clock, ManualClock};
+    use spillway_core::time::ManualClock;
     use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+    use tokio::time::Instant;
 
     /// A store whose behaviour the test switches: 0 answers, 1 refuses, 2 hangs. With
     /// `cached` set it also has a local answer, which (as in the Redis store) only
@@ -153,19 +161,30 @@ mod tests {
         }
     }
 
-    fn guarded(inner: Arc<Switch>) -> (GuardedStore, Arc<Breaker>) {
-        let breaker = Arc::new(Breaker::new(3, Duration::from_secs(1)));
-        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
-        let emergency = Arc::new(EmergencyLimiter::new(clock, 3));
-        let store = GuardedStore::new(inner, Duration::from_millis(5), breaker.clone(), emergency);
-        (store, breaker)
+    /// The breaker's cooldown in these tests.
+    const COOLDOWN: Duration = Duration::from_secs(1);
+
+    /// `inner` behind a 5 ms budget and a breaker that opens after 3 failures, on a manual
+    /// clock the test moves (the budget runs on tokio's paused time).
+    fn guarded(inner: Arc<Switch>) -> (GuardedStore, Arc<Breaker>, Arc<ManualClock>) {
+        let breaker = Arc::new(Breaker::new(3, COOLDOWN));
+        let clock = Arc::new(ManualClock::new(1_800_000_000_000_000));
+        let emergency = Arc::new(EmergencyLimiter::new(clock.clone(), 3));
+        let store = GuardedStore::new(
+            inner,
+            Duration::from_millis(5),
+            breaker.clone(),
+            emergency,
+            clock.clone(),
+        );
+        (store, breaker, clock)
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_hung_store_costs_one_budget_then_nothing_until_the_probe() {
         let inner = Arc::new(Switch::default());
         inner.mode.store(2, Ordering::SeqCst);
-        let (store, breaker) = guarded(inner.clone());
+        let (store, breaker, clock) = guarded(inner.clone());
         for _ in 0..3 {
             let started = Instant::now();
             let err = store
@@ -189,7 +208,12 @@ mod tests {
         assert_eq!(inner.calls.load(Ordering::SeqCst), 3, "and sends nothing");
 
         inner.mode.store(0, Ordering::SeqCst);
-        tokio::time::advance(Duration::from_secs(1)).await;
+        clock.advance(COOLDOWN.as_micros() as u64 - 1);
+        store
+            .check(&[], CheckMode::Consume)
+            .await
+            .expect_err("still open just before the cooldown ends");
+        clock.advance(1);
         store
             .check(&[], CheckMode::Consume)
             .await
@@ -201,7 +225,7 @@ mod tests {
     async fn refusals_open_the_breaker_too() {
         let inner = Arc::new(Switch::default());
         inner.mode.store(1, Ordering::SeqCst);
-        let (store, breaker) = guarded(inner);
+        let (store, breaker, _) = guarded(inner);
         for _ in 0..3 {
             store
                 .check(&[], CheckMode::Consume)
@@ -215,7 +239,7 @@ mod tests {
     async fn cached_answers_neither_close_the_breaker_nor_hide_failures() {
         let inner = Arc::new(Switch::default());
         inner.mode.store(1, Ordering::SeqCst);
-        let (store, breaker) = guarded(inner.clone());
+        let (store, breaker, clock) = guarded(inner.clone());
         // Failures interleaved with cached answers still open the breaker.
         for _ in 0..3 {
             store
@@ -232,7 +256,7 @@ mod tests {
         assert_eq!(breaker.state(), CircuitState::Open);
 
         // Once the probe is due, a cached answer is not taken for the backend's recovery.
-        tokio::time::advance(Duration::from_secs(1)).await;
+        clock.advance(COOLDOWN.as_micros() as u64);
         inner.cached.store(true, Ordering::SeqCst);
         store
             .check(&[], CheckMode::Consume)

@@ -128,25 +128,40 @@ pub struct Failed {
 }
 
 /// The failure handling one node shares between its transports; see the module docs.
-#[derive(Debug)]
 pub struct Failover {
     settings: FailureSettings,
     breaker: Arc<Breaker>,
     emergency: Arc<EmergencyLimiter>,
     report: report::Report,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Failover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Failover")
+            .field("settings", &self.settings)
+            .field("breaker", &self.breaker)
+            .field("emergency", &self.emergency)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Failover {
-    /// Failure handling with `settings`; emergency quotas read time from `clock`.
+    /// Failure handling with `settings`; emergency quotas and the breaker's cooldown read time
+    /// from `clock`.
     pub fn new(settings: FailureSettings, clock: Arc<dyn Clock>) -> Self {
         Self {
             breaker: Arc::new(Breaker::new(
                 settings.breaker_failures,
                 settings.breaker_cooldown,
             )),
-            emergency: Arc::new(EmergencyLimiter::new(clock, settings.expected_nodes)),
+            emergency: Arc::new(EmergencyLimiter::new(
+                clock.clone(),
+                settings.expected_nodes,
+            )),
             report: report::Report::new(),
             settings,
+            clock,
         }
     }
 
@@ -166,6 +181,7 @@ impl Failover {
             self.settings.budget,
             self.breaker.clone(),
             self.emergency.clone(),
+            self.clock.clone(),
         ))
     }
 
