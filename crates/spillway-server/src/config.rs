@@ -85,7 +85,12 @@ impl ServerSettings {
                 },
             },
             manual_clock_ms: args.manual_clock,
-            grpc: grpc_settings(args.grpc_listen, args.grpc_policy_domain, args.envoy_config)?,
+            grpc: grpc_settings(
+                args.grpc_listen,
+                args.grpc_policy_domain,
+                args.envoy_config,
+                args.grpc_threads,
+            )?,
         })
     }
 }
@@ -95,6 +100,7 @@ fn grpc_settings(
     listen: Option<SocketAddr>,
     policy_domain: String,
     envoy: Vec<PathBuf>,
+    threads: Option<u16>,
 ) -> Result<GrpcSettings, String> {
     if listen.is_none() && !envoy.is_empty() {
         return Err(
@@ -108,6 +114,10 @@ fn grpc_settings(
         listen,
         policy_domain: policy_domain.trim().to_owned(),
         envoy: EnvoySource { paths: envoy },
+        threads: threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            usize::from,
+        ),
     })
 }
 

@@ -187,6 +187,12 @@ fn nonsense_flags_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let out = spillway(&["serve", "--log-filter", "[[["]);
     assert_eq!(out.status.code(), Some(2));
+    for threads in ["0", "1025", "two"] {
+        let out = spillway(&["serve", "--grpc-threads", threads]);
+        assert_eq!(out.status.code(), Some(2), "--grpc-threads {threads}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("--grpc-threads"), "{stderr}");
+    }
 }
 
 const ENVOY_GOOD: &str = "domain: edge

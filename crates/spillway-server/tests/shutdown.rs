@@ -160,3 +160,85 @@ async fn http_and_grpc_drain_within_one_grace_period_together() {
         .wait_for_log("abandoning gRPC calls in flight")
         .is_some());
 }
+
+/// A `ShouldRateLimit` call that has started when SIGTERM arrives is answered on its serving
+/// thread, the gRPC port closes to new connections, and the process exits 0 without waiting
+/// out the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_in_flight_at_sigterm_is_answered() {
+    use prost::Message;
+    let rls = common::grpc::start(
+        Server::with_policy(POLICY).args(&["--shutdown-grace", "60s", "--grpc-threads", "2"]),
+        &[],
+    )
+    .await;
+    let mut server = rls.server;
+    let message = common::grpc::request(
+        "spillway",
+        vec![common::grpc::descriptor(&[("user", "u")])],
+        0,
+    )
+    .encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&message);
+
+    let tcp = tokio::net::TcpStream::connect(rls.addr)
+        .await
+        .expect("connect to the gRPC port");
+    let (client, mut connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    let mut ping = connection
+        .ping_pong()
+        .expect("the connection's ping handle");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::post(format!(
+        "http://{}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+        rls.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .expect("request");
+    let (response, mut body) = client.send_request(request, false).expect("sent");
+    body.send_data(bytes::Bytes::copy_from_slice(&frame[..3]), false)
+        .expect("part of the frame");
+    // The server answers a ping after the frames sent before it: the call has reached it.
+    ping.ping(h2::Ping::opaque()).await.expect("pong");
+
+    server.signal("TERM");
+    assert!(server.wait_for_log("shutting down").is_some());
+    let addr = rls.addr;
+    let refused = wait_until(PATIENCE, || std::net::TcpStream::connect(addr).err());
+    assert!(refused.is_some(), "the gRPC port stayed open after SIGTERM");
+
+    body.send_data(bytes::Bytes::copy_from_slice(&frame[3..]), true)
+        .expect("the rest of the frame");
+    let response = response.await.expect("a response");
+    assert_eq!(response.status(), 200);
+    let mut answer = response.into_body();
+    let mut received = Vec::new();
+    while let Some(chunk) = answer.data().await {
+        let chunk = chunk.expect("response data");
+        let _ = answer.flow_control().release_capacity(chunk.len());
+        received.extend_from_slice(&chunk);
+    }
+    let trailers = answer.trailers().await.expect("trailers").expect("some");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+    assert!(received.len() > 5, "a RateLimitResponse came back");
+
+    // Well within the 60 s grace period: nothing is left to wait for.
+    let status = tokio::task::block_in_place(|| server.wait_exit(PATIENCE)).expect("exits");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "logs:\n{}",
+        server.logs().join("\n")
+    );
+    let logs = server.logs().join("\n");
+    assert!(logs.contains("stopped"), "{logs}");
+    assert!(!logs.contains("abandoning gRPC calls"), "{logs}");
+}
