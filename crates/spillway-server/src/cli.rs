@@ -98,6 +98,12 @@ pub struct ServeArgs {
     )]
     pub log_filter: String,
 
+    /// Threads serving HTTP, each with its own event loop and its share of the connections;
+    /// one per CPU when unset.
+    #[arg(long, env = "SPILLWAY_HTTP_THREADS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub http_threads: Option<u16>,
+
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
     #[arg(long, env = "SPILLWAY_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s",
           value_parser = parse_grace)]

@@ -34,6 +34,8 @@ pub struct ServerSettings {
     pub store_url: Option<String>,
     /// `--store-timeout`: overrides the policy's `store.timeout`.
     pub store_timeout: Option<Duration>,
+    /// Threads serving HTTP.
+    pub http_threads: usize,
     /// How long in-flight requests get after a shutdown signal.
     pub shutdown_grace: Duration,
     /// The policy's origin.
@@ -61,6 +63,7 @@ impl ServerSettings {
             max_keys: args.max_keys,
             store_url: args.store_url,
             store_timeout: args.store_timeout,
+            http_threads: threads(args.http_threads),
             shutdown_grace: args.shutdown_grace,
             policy: args
                 .config
@@ -114,11 +117,16 @@ fn grpc_settings(
         listen,
         policy_domain: policy_domain.trim().to_owned(),
         envoy: EnvoySource { paths: envoy },
-        threads: threads.map_or_else(
-            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-            usize::from,
-        ),
+        threads: self::threads(threads),
     })
+}
+
+/// A `--*-threads` flag's value: one thread per CPU when unset.
+fn threads(flag: Option<u16>) -> usize {
+    flag.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        usize::from,
+    )
 }
 
 /// Where the policy is read from.

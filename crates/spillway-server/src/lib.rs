@@ -35,6 +35,7 @@ pub mod logging;
 pub mod metrics;
 pub mod reload;
 pub mod serve;
+pub mod serving;
 pub mod shutdown;
 pub mod store;
 pub mod sweeper;

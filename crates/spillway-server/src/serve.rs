@@ -16,13 +16,14 @@ use crate::config::{PolicyInfo, ServerSettings};
 use crate::failure::{Failover, FailureSettings};
 use crate::reload::{self, Reloader};
 use crate::shutdown::{self, Shutdown};
-use crate::{grpc, logging, metrics, sweeper};
+use crate::{grpc, logging, metrics, serving, sweeper};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use axum::serve::ListenerExt;
 use spillway_core::engine::Engine;
 use spillway_core::policy::StoreConfig;
 use spillway_core::store::Store;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -127,45 +128,39 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     tracing::info!(policy = %source, limits, "listening on {addr}");
     let grpc = grpc::start(&settings.grpc, app.clone(), shutdown.clone()).await?;
 
-    let stop = shutdown.clone();
-    let service = app::router(app).into_make_service_with_connect_info::<SocketAddr>();
-    // Responses go out in one write each, so Nagle's algorithm could only delay them.
-    let listener = listener.tap_io(|stream| {
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY on a connection");
-        }
-    });
-    let server = axum::serve(listener, service)
-        .with_graceful_shutdown(async move { stop.triggered().await });
-    let mut server = tokio::spawn(async move { server.await });
+    let router = app::router(app);
+    let mut http = serving::start(
+        "HTTP",
+        "spillway-http",
+        settings.http_threads,
+        listener,
+        shutdown.clone(),
+        move |incoming: serving::Incoming| {
+            // `tap_io` (a no-op here) is what lets axum hand each handler its peer's address.
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            let ended = incoming.ended();
+            axum::serve(incoming.tap_io(|_| {}), service)
+                .with_graceful_shutdown(ended)
+                .into_future()
+        },
+    )?;
 
-    // Both listeners drain at once, within one grace period from the signal.
-    let mut drain_deadline = None;
+    // Both listeners drain at once, within one grace period from the signal. The servers end
+    // only after the signal.
+    shutdown.triggered().await;
+    let drain_deadline = tokio::time::Instant::now() + settings.shutdown_grace;
     tokio::select! {
-        ended = &mut server => {
-            ended.context("the server task failed")?.context("the server failed")?;
+        () = http.finished() => tracing::info!("in-flight requests finished"),
+        () = tokio::time::sleep(settings.shutdown_grace) => {
+            tracing::warn!(grace_ms = settings.shutdown_grace.as_millis() as u64,
+                "grace period over; exiting with requests still in flight");
+            http.abandon();
         }
-        _ = shutdown.triggered() => {
-            drain_deadline = Some(tokio::time::Instant::now() + settings.shutdown_grace);
-            tokio::select! {
-                ended = &mut server => {
-                    ended.context("the server task failed")?.context("the server failed")?;
-                    tracing::info!("in-flight requests finished");
-                }
-                _ = tokio::time::sleep(settings.shutdown_grace) => {
-                    tracing::warn!(grace_ms = settings.shutdown_grace.as_millis() as u64,
-                        "grace period over; exiting with requests still in flight");
-                    server.abort();
-                }
-                _ = shutdown.forced() => server.abort(),
-            }
-        }
+        () = shutdown.forced() => http.abandon(),
     }
     shutdown.trigger();
     if let Some(grpc) = grpc {
-        let left = drain_deadline.map_or(settings.shutdown_grace, |deadline| {
-            deadline.saturating_duration_since(tokio::time::Instant::now())
-        });
+        let left = drain_deadline.saturating_duration_since(tokio::time::Instant::now());
         grpc.finish(left, &shutdown).await;
     }
     reload_task.abort();

@@ -187,11 +187,13 @@ fn nonsense_flags_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let out = spillway(&["serve", "--log-filter", "[[["]);
     assert_eq!(out.status.code(), Some(2));
-    for threads in ["0", "1025", "two"] {
-        let out = spillway(&["serve", "--grpc-threads", threads]);
-        assert_eq!(out.status.code(), Some(2), "--grpc-threads {threads}");
-        let stderr = text(&out.stderr);
-        assert!(stderr.contains("--grpc-threads"), "{stderr}");
+    for flag in ["--http-threads", "--grpc-threads"] {
+        for threads in ["0", "1025", "two"] {
+            let out = spillway(&["serve", flag, threads]);
+            assert_eq!(out.status.code(), Some(2), "{flag} {threads}");
+            let stderr = text(&out.stderr);
+            assert!(stderr.contains(flag), "{stderr}");
+        }
     }
 }
 

@@ -161,11 +161,73 @@ async fn http_and_grpc_drain_within_one_grace_period_together() {
         .is_some());
 }
 
-/// A `ShouldRateLimit` call that has started when SIGTERM arrives is answered on its serving
-/// thread, the gRPC port closes to new connections, and the process exits 0 without waiting
-/// out the grace period.
+/// A `ShouldRateLimit` call held half-sent on its own HTTP/2 connection: the response to
+/// come and the stream to finish the request on.
+struct HalfSentCall {
+    response: h2::client::ResponseFuture,
+    body: h2::SendStream<bytes::Bytes>,
+    rest: bytes::Bytes,
+}
+
+/// Opens a connection to `addr`, sends the headers and the first bytes of `frame`, and returns
+/// once the server has read them (it answers a ping sent after them).
+async fn start_half_sent_call(addr: std::net::SocketAddr, frame: &[u8]) -> HalfSentCall {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the gRPC port");
+    let (client, mut connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    let mut ping = connection
+        .ping_pong()
+        .expect("the connection's ping handle");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::post(format!(
+        "http://{addr}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .expect("request");
+    let (response, mut body) = client.send_request(request, false).expect("sent");
+    body.send_data(bytes::Bytes::copy_from_slice(&frame[..3]), false)
+        .expect("part of the frame");
+    ping.ping(h2::Ping::opaque()).await.expect("pong");
+    HalfSentCall {
+        response,
+        body,
+        rest: bytes::Bytes::copy_from_slice(&frame[3..]),
+    }
+}
+
+impl HalfSentCall {
+    /// Sends the rest of the call; the response's `grpc-status` and message bytes.
+    async fn finish(mut self) -> (Option<String>, usize) {
+        self.body
+            .send_data(self.rest, true)
+            .expect("the rest of the frame");
+        let response = self.response.await.expect("a response");
+        assert_eq!(response.status(), 200);
+        let mut answer = response.into_body();
+        let mut received = 0;
+        while let Some(chunk) = answer.data().await {
+            let chunk = chunk.expect("response data");
+            let _ = answer.flow_control().release_capacity(chunk.len());
+            received += chunk.len();
+        }
+        let trailers = answer.trailers().await.expect("trailers").expect("some");
+        let status = trailers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (status, received)
+    }
+}
+
+/// `ShouldRateLimit` calls that have started when SIGTERM arrives, one per connection and so
+/// spread over both serving threads, are all answered; the gRPC port closes to new
+/// connections, and the process exits 0 without waiting out the grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grpc_call_in_flight_at_sigterm_is_answered() {
+async fn grpc_calls_in_flight_at_sigterm_are_answered_on_every_thread() {
     use prost::Message;
     let rls = common::grpc::start(
         Server::with_policy(POLICY).args(&["--shutdown-grace", "60s", "--grpc-threads", "2"]),
@@ -182,29 +244,10 @@ async fn a_grpc_call_in_flight_at_sigterm_is_answered() {
     let mut frame = vec![0];
     frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
     frame.extend_from_slice(&message);
-
-    let tcp = tokio::net::TcpStream::connect(rls.addr)
-        .await
-        .expect("connect to the gRPC port");
-    let (client, mut connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
-    let mut ping = connection
-        .ping_pong()
-        .expect("the connection's ping handle");
-    tokio::spawn(connection);
-    let mut client = client.ready().await.expect("ready");
-    let request = http::Request::post(format!(
-        "http://{}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
-        rls.addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .expect("request");
-    let (response, mut body) = client.send_request(request, false).expect("sent");
-    body.send_data(bytes::Bytes::copy_from_slice(&frame[..3]), false)
-        .expect("part of the frame");
-    // The server answers a ping after the frames sent before it: the call has reached it.
-    ping.ping(h2::Ping::opaque()).await.expect("pong");
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        calls.push(start_half_sent_call(rls.addr, &frame).await);
+    }
 
     server.signal("TERM");
     assert!(server.wait_for_log("shutting down").is_some());
@@ -212,23 +255,11 @@ async fn a_grpc_call_in_flight_at_sigterm_is_answered() {
     let refused = wait_until(PATIENCE, || std::net::TcpStream::connect(addr).err());
     assert!(refused.is_some(), "the gRPC port stayed open after SIGTERM");
 
-    body.send_data(bytes::Bytes::copy_from_slice(&frame[3..]), true)
-        .expect("the rest of the frame");
-    let response = response.await.expect("a response");
-    assert_eq!(response.status(), 200);
-    let mut answer = response.into_body();
-    let mut received = Vec::new();
-    while let Some(chunk) = answer.data().await {
-        let chunk = chunk.expect("response data");
-        let _ = answer.flow_control().release_capacity(chunk.len());
-        received.extend_from_slice(&chunk);
+    for call in calls {
+        let (status, received) = call.finish().await;
+        assert_eq!(status.as_deref(), Some("0"));
+        assert!(received > 5, "a RateLimitResponse came back");
     }
-    let trailers = answer.trailers().await.expect("trailers").expect("some");
-    assert_eq!(
-        trailers.get("grpc-status").map(|v| v.as_bytes()),
-        Some(&b"0"[..])
-    );
-    assert!(received.len() > 5, "a RateLimitResponse came back");
 
     // Well within the 60 s grace period: nothing is left to wait for.
     let status = tokio::task::block_in_place(|| server.wait_exit(PATIENCE)).expect("exits");

@@ -12,6 +12,7 @@
 
 use super::breaker::{Admission, Breaker};
 use super::emergency::EmergencyLimiter;
+use crate::serving::OnRuntime;
 use async_trait::async_trait;
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
@@ -33,6 +34,8 @@ pub struct GuardedStore {
     breaker: Arc<Breaker>,
     emergency: Arc<EmergencyLimiter>,
     clock: Arc<dyn Clock>,
+    /// The runtime the guard was built on (the main one), where store calls spawn their work.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl GuardedStore {
@@ -51,6 +54,7 @@ impl GuardedStore {
             breaker,
             emergency,
             clock,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 }
@@ -72,8 +76,10 @@ impl Store for GuardedStore {
         if admission == Admission::Rejected {
             return Err(StoreError::Unavailable(CIRCUIT_OPEN.into()));
         }
-        let outcome = match tokio::time::timeout(self.budget, self.inner.check(checks, mode)).await
-        {
+        // On the main runtime: a reconnecting client must not leave its connection's task on
+        // a serving thread (see `crate::serving`).
+        let call = OnRuntime::new(self.runtime.clone(), self.inner.check(checks, mode));
+        let outcome = match tokio::time::timeout(self.budget, call).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 metrics::counter!("spillway_store_errors_total", "kind" => "timeout").increment(1);
@@ -96,7 +102,7 @@ impl Store for GuardedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         // Readiness asks the store directly: a ping is cheap and says more than the breaker.
-        self.inner.ping().await
+        OnRuntime::new(self.runtime.clone(), self.inner.ping()).await
     }
 
     fn key_count(&self) -> u64 {

@@ -9,12 +9,8 @@
 //! Layout: [`service`] answers `ShouldRateLimit`, [`plan`] turns descriptors into limits,
 //! [`response`] words the answer, [`source`] reads and reloads the Envoy config files.
 //!
-//! Threads: one task accepts connections and hands them out in turn to `--grpc-threads`
-//! threads (one per CPU by default), each running its own single-threaded runtime and its own
-//! copy of the tonic server. HTTP/2 keeps a connection's state behind one lock that every
-//! stream of it takes; with all of a connection's streams on one thread that lock is never
-//! contended and no wake-up crosses threads. On two cores this cut the server's CPU per call
-//! by about a third against one shared multi-threaded runtime (see `docs/BENCHMARKS.md`).
+//! Threads: the service runs on `--grpc-threads` serving threads (one per CPU by default),
+//! each with its own runtime and its own copy of the tonic server; see [`crate::serving`].
 
 pub mod plan;
 pub mod response;
@@ -26,6 +22,7 @@ mod tests;
 
 use crate::app::AppState;
 use crate::reload;
+use crate::serving::{self, Threads};
 use crate::shutdown::Shutdown;
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -36,12 +33,8 @@ use spillway_core::envoy_config::EnvoyConfig;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::StreamExt;
-use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::ServingStatus;
 
 /// The full name of the service, as health checks ask for it.
@@ -70,14 +63,9 @@ pub struct RlsState {
     pub policy_domain: Arc<str>,
 }
 
-/// What a serving thread reports when its server ends.
-type Served = Result<(), tonic::transport::Error>;
-
-/// The running gRPC server: its accept task, its serving threads and its reload task.
+/// The running gRPC server: its serving threads and its reload task.
 pub struct GrpcServer {
-    accept: JoinHandle<()>,
-    /// One per serving thread, answered when that thread's server has drained.
-    served: Vec<oneshot::Receiver<Served>>,
+    threads: Threads,
     reload: JoinHandle<()>,
 }
 
@@ -115,119 +103,39 @@ pub async fn start(
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
         .await;
 
-    let threads = settings.threads.max(1);
-    let mut queues = Vec::with_capacity(threads);
-    let mut served = Vec::with_capacity(threads);
-    for n in 0..threads {
-        let (queue, connections) = mpsc::unbounded_channel();
-        let (report, done) = oneshot::channel();
-        let server = ServingThread {
-            connections,
-            health: health_service.clone(),
-            state: state.clone(),
-            shutdown: shutdown.clone(),
-        };
-        std::thread::Builder::new()
-            .name(format!("spillway-grpc-{n}"))
-            .spawn(move || {
-                // The receiver may be gone if start-up failed after this thread began.
-                let _ = report.send(server.run());
-            })
-            .context("cannot start a gRPC thread")?;
-        queues.push(queue);
-        served.push(done);
-    }
-    let accept = tokio::spawn(accept(listener, queues, shutdown, health));
-    let domains = domains.join(",");
-    tracing::info!(domains, limits, threads, "grpc listening on {addr}");
-    Ok(Some(GrpcServer {
-        accept,
-        served,
-        reload,
-    }))
-}
-
-/// Accepts connections and deals them out to the serving threads in turn, until shutdown.
-/// Then it closes the port, marks the health service as not serving, and drops the queues,
-/// which ends each thread's stream of new connections.
-async fn accept(
-    listener: TcpListener,
-    queues: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
-    shutdown: Shutdown,
-    health: tonic_health::server::HealthReporter,
-) {
-    let mut next = 0;
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shutdown.triggered() => break,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                // Out of file descriptors, or a connection reset before it was accepted:
-                // keep serving the connections already open, and try again shortly.
-                tracing::warn!(error = %err, "cannot accept a gRPC connection");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY on a gRPC connection");
+    // Health checks see the drain: NOT_SERVING from the signal on.
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.triggered().await;
+        for service in [SERVICE_NAME, ""] {
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
         }
-        // Leaves this runtime's reactor; the serving thread registers it with its own.
-        match stream.into_std() {
-            Ok(stream) => {
-                let _ = queues[next].send(stream);
-                next = (next + 1) % queues.len();
-            }
-            Err(err) => tracing::warn!(error = %err, "cannot hand a gRPC connection over"),
-        }
-    }
-    drop(listener);
-    for service in [SERVICE_NAME, ""] {
-        health
-            .set_service_status(service, ServingStatus::NotServing)
-            .await;
-    }
-}
-
-/// One serving thread: a single-threaded runtime running tonic over the connections the
-/// accept task sends it.
-struct ServingThread<H: Health> {
-    connections: mpsc::UnboundedReceiver<std::net::TcpStream>,
-    health: HealthServer<H>,
-    state: Arc<RlsState>,
-    shutdown: Shutdown,
-}
-
-impl<H: Health> ServingThread<H> {
-    fn run(self) -> Served {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot start a gRPC thread's runtime");
-                return Ok(());
-            }
-        };
-        let Self {
-            connections,
-            health,
-            state,
-            shutdown,
-        } = self;
-        runtime.block_on(async move {
-            let incoming = UnboundedReceiverStream::new(connections).map(TcpStream::from_std);
+    });
+    let threads = serving::start(
+        "gRPC",
+        "spillway-grpc",
+        settings.threads,
+        listener,
+        shutdown.clone(),
+        move |incoming: serving::Incoming| async move {
             tonic::transport::Server::builder()
-                .add_service(health)
+                .add_service(health_service)
                 .add_service(RateLimitServiceServer::new(Rls(state)))
-                .serve_with_incoming_shutdown(incoming, shutdown.triggered())
+                // Ends, draining gracefully, once the queue of connections ends.
+                .serve_with_incoming_shutdown(incoming.into_stream(), std::future::pending())
                 .await
-        })
-    }
+        },
+    )?;
+    let domains = domains.join(",");
+    tracing::info!(
+        domains,
+        limits,
+        threads = settings.threads.max(1),
+        "grpc listening on {addr}"
+    );
+    Ok(Some(GrpcServer { threads, reload }))
 }
 
 impl GrpcServer {
@@ -235,27 +143,13 @@ impl GrpcServer {
     /// Threads still serving after that are left behind; the process is about to exit.
     pub async fn finish(mut self, grace: Duration, shutdown: &Shutdown) {
         self.reload.abort();
-        let accept = &mut self.accept;
-        let served = std::mem::take(&mut self.served);
-        let drained = async {
-            // The accept task ends at once on the signal, once the port is closed and the
-            // health service says NOT_SERVING.
-            let _ = accept.await;
-            for done in served {
-                match done.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => tracing::warn!(error = %err, "the gRPC server failed"),
-                    Err(_) => tracing::warn!("a gRPC thread ended without reporting"),
-                }
-            }
-        };
         tokio::select! {
-            () = drained => {}
+            () = self.threads.finished() => {}
             () = tokio::time::sleep(grace) => {
                 tracing::warn!("grace period over; abandoning gRPC calls in flight");
+                self.threads.abandon();
             }
-            () = shutdown.forced() => {}
+            () = shutdown.forced() => self.threads.abandon(),
         }
-        self.accept.abort();
     }
 }

@@ -1,0 +1,370 @@
+//! Serving threads: one task accepts connections on a port and deals them out in turn to a
+//! set of threads, each running its own single-threaded tokio runtime and its own server.
+//!
+//! Both transports run this way. A connection then lives on one thread for its whole life: its
+//! tasks are never stolen by another worker, its wake-ups never cross threads, and HTTP/2's
+//! per-connection lock, which every stream of the connection takes, is never contended. On two
+//! cores this cut the CPU per gRPC call by about 40% against one shared multi-threaded runtime
+//! (`docs/BENCHMARKS.md`). The trade-off: one connection is served by one thread, and
+//! connections are dealt out in turn, not by load.
+//!
+//! Shutdown, in this order: when the [`Shutdown`] fires the accept task closes the port and
+//! drops its queues; each thread's server takes every connection still queued, sees its queue
+//! end, and only then drains its connections gracefully; [`Threads::finished`] resolves once
+//! all of them have. (A server told to stop by the signal itself could stop while a connection
+//! was still queued for it, and that client would get no answer at all.)
+//!
+//! Work a request starts on a shared store must not live on a serving thread: a store client
+//! that reconnects spawns its connection's task wherever it is asked, and a serving thread's
+//! runtime only runs while that thread serves. [`OnRuntime`] polls such work with the main
+//! runtime entered, so whatever it spawns lands there.
+
+use crate::shutdown::Shutdown;
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+
+/// A connection as the accept task hands it over: out of the accepting runtime's reactor,
+/// with its peer's address.
+type Accepted = (std::net::TcpStream, SocketAddr);
+
+/// The connections dealt to one thread.
+#[derive(Debug)]
+pub struct Incoming {
+    queue: mpsc::UnboundedReceiver<Accepted>,
+    local: SocketAddr,
+    /// Notified once the queue has ended and every connection in it was taken.
+    ended: Arc<Notify>,
+}
+
+impl Incoming {
+    /// The connections as a stream that ends with the queue, for servers that take one and
+    /// drain once it ends (tonic, given a stop signal that never fires).
+    pub fn into_stream(self) -> impl Stream<Item = std::io::Result<TcpStream>> {
+        UnboundedReceiverStream::new(self.queue).map(|(stream, _)| TcpStream::from_std(stream))
+    }
+
+    /// Resolves once the queue has ended and every connection in it has been taken through
+    /// [`accept`](axum::serve::Listener::accept): the stop signal for axum, whose listener
+    /// cannot report an end of its own.
+    pub fn ended(&self) -> impl Future<Output = ()> + Send + 'static {
+        let ended = self.ended.clone();
+        async move { ended.notified().await }
+    }
+}
+
+/// For axum: `accept` waits for the next connection dealt to this thread. Once the queue has
+/// ended it fires [`Incoming::ended`] and waits forever.
+impl axum::serve::Listener for Incoming {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        while let Some((stream, peer)) = self.queue.recv().await {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => return (stream, peer),
+                Err(err) => tracing::warn!(error = %err, "cannot take over a connection"),
+            }
+        }
+        // A stored permit: the signal fires even if nobody waits on it yet.
+        self.ended.notify_one();
+        std::future::pending().await
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// A running set of serving threads and their accept task.
+pub struct Threads {
+    what: &'static str,
+    accept: Option<JoinHandle<()>>,
+    /// One per thread still serving, answered when its server has ended.
+    serving: Vec<oneshot::Receiver<Result<(), String>>>,
+}
+
+/// Starts `threads` threads (at least one) named `name-N`, each running `serve(incoming)` to
+/// completion on a runtime of its own, and the task that deals `listener`'s connections out to
+/// them until `shutdown` fires. `serve` must end once its [`Incoming`] has ended, draining
+/// gracefully, and should not watch `shutdown` itself (see the module docs). `what` names the
+/// server in logs.
+pub fn start<F, Fut, E>(
+    what: &'static str,
+    name: &str,
+    threads: usize,
+    listener: TcpListener,
+    shutdown: Shutdown,
+    serve: F,
+) -> anyhow::Result<Threads>
+where
+    F: FnOnce(Incoming) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let local = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let threads = threads.max(1);
+    let mut queues = Vec::with_capacity(threads);
+    let mut serving = Vec::with_capacity(threads);
+    for n in 0..threads {
+        // Built here, so a failure stops start-up instead of leaving a thread missing.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .with_context(|| format!("cannot start a {what} thread's runtime"))?;
+        let (queue, connections) = mpsc::unbounded_channel();
+        let (report, done) = oneshot::channel();
+        let incoming = Incoming {
+            queue: connections,
+            local,
+            ended: Arc::new(Notify::new()),
+        };
+        let serve = serve.clone();
+        std::thread::Builder::new()
+            .name(format!("{name}-{n}"))
+            .spawn(move || {
+                let result = runtime
+                    .block_on(serve(incoming))
+                    .map_err(|err| err.to_string());
+                // Nobody may be waiting any more if start-up failed after this thread began.
+                let _ = report.send(result);
+            })
+            .with_context(|| format!("cannot start a {what} thread"))?;
+        queues.push(queue);
+        serving.push(done);
+    }
+    let accept = tokio::spawn(deal_out(what, listener, queues, shutdown));
+    Ok(Threads {
+        what,
+        accept: Some(accept),
+        serving,
+    })
+}
+
+/// Accepts connections and hands them to the threads in turn until `shutdown` fires; then
+/// closes the port and drops the queues. A thread whose queue is gone (it stopped) is skipped
+/// from then on.
+async fn deal_out(
+    what: &'static str,
+    listener: TcpListener,
+    mut queues: Vec<mpsc::UnboundedSender<Accepted>>,
+    shutdown: Shutdown,
+) {
+    let mut next = 0;
+    while !queues.is_empty() {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.triggered() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors, or a connection reset before it was accepted:
+                // the connections already open keep being served; try again shortly.
+                tracing::warn!(error = %err, "cannot accept a {what} connection");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Responses go out in one write each, so Nagle's algorithm could only delay them.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY on a {what} connection");
+        }
+        // Leaves this runtime's reactor; the serving thread registers it with its own.
+        let mut handover = match stream.into_std() {
+            Ok(stream) => (stream, peer),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot hand a {what} connection over");
+                continue;
+            }
+        };
+        while !queues.is_empty() {
+            next %= queues.len();
+            match queues[next].send(handover) {
+                Ok(()) => {
+                    next += 1;
+                    break;
+                }
+                Err(mpsc::error::SendError(back)) => {
+                    tracing::error!("a {what} serving thread has stopped; serving on without it");
+                    queues.remove(next);
+                    handover = back;
+                }
+            }
+        }
+    }
+    if queues.is_empty() {
+        tracing::error!("every {what} serving thread has stopped; closing the port");
+    }
+}
+
+/// A future polled with a given runtime entered, so that whatever it spawns, and the I/O and
+/// timers it creates, belong to that runtime rather than to the thread polling it.
+pub struct OnRuntime<F> {
+    runtime: Option<Handle>,
+    future: Pin<Box<F>>,
+}
+
+impl<F: Future> OnRuntime<F> {
+    /// `future`, entering `runtime` on each poll (or nothing, without one).
+    pub fn new(runtime: Option<Handle>, future: F) -> Self {
+        Self {
+            runtime,
+            future: Box::pin(future),
+        }
+    }
+}
+
+impl<F: Future> Future for OnRuntime<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let _entered = this.runtime.as_ref().map(Handle::enter);
+        this.future.as_mut().poll(cx)
+    }
+}
+
+impl Threads {
+    /// Resolves once the accept task and every thread's server have ended (which they do only
+    /// after the shutdown signal), logging any server that failed. Cancel-safe: a call dropped
+    /// part way resumes where it stopped.
+    pub async fn finished(&mut self) {
+        if let Some(accept) = &mut self.accept {
+            let _ = accept.await;
+            self.accept = None;
+        }
+        while let Some(first) = self.serving.first_mut() {
+            let ended = first.await;
+            self.serving.remove(0);
+            match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "a {} server failed", self.what),
+                Err(_) => tracing::warn!("a {} thread ended without reporting", self.what),
+            }
+        }
+    }
+
+    /// Stops accepting at once; threads still serving are left to the process's exit.
+    pub fn abandon(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
+        self.serving.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn work_polled_on_a_serving_thread_spawns_on_the_given_runtime() {
+        let main = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("the-main-runtime")
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let handle = main.handle().clone();
+        let spawned_on = |runtime: Option<Handle>| {
+            std::thread::spawn(move || {
+                let serving = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                serving.block_on(OnRuntime::new(runtime, async {
+                    tokio::spawn(async { std::thread::current().name().map(str::to_owned) })
+                        .await
+                        .expect("spawned task")
+                }))
+            })
+            .join()
+            .expect("serving thread")
+        };
+        assert_eq!(
+            spawned_on(Some(handle)).as_deref(),
+            Some("the-main-runtime")
+        );
+        // Without a runtime to enter, the task stays on the serving thread (unnamed here).
+        assert_eq!(spawned_on(None), None);
+    }
+
+    /// One GET over a fresh connection; the status line.
+    fn get(addr: SocketAddr) -> String {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_skip_a_thread_that_stopped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = Shutdown::new();
+        let started = Arc::new(AtomicUsize::new(0));
+        let (stopped, has_stopped) = std::sync::mpsc::channel::<()>();
+        let mut threads = start(
+            "test",
+            "spillway-test",
+            2,
+            listener,
+            shutdown.clone(),
+            move |incoming: Incoming| {
+                let first = started.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        drop(incoming);
+                        let _ = stopped.send(());
+                        return Err("this thread stops at once");
+                    }
+                    let ended = incoming.ended();
+                    let router =
+                        axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+                    axum::serve(incoming, router)
+                        .with_graceful_shutdown(ended)
+                        .await
+                        .map_err(|_| "serve failed")
+                }
+            },
+        )
+        .expect("threads start");
+        // Once one thread has stopped, every connection must still be answered.
+        tokio::task::spawn_blocking(move || {
+            has_stopped.recv().expect("a thread stopped");
+            for _ in 0..6 {
+                assert_eq!(get(addr), "HTTP/1.1 200 OK");
+            }
+        })
+        .await
+        .expect("client");
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(10), threads.finished())
+            .await
+            .expect("the threads drain and end");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "the port is closed"
+        );
+    }
+}
