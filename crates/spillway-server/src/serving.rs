@@ -10,9 +10,10 @@
 //!
 //! Shutdown, in this order: when the [`Shutdown`] fires the accept task closes the port and
 //! drops its queues; each thread's server takes every connection still queued, sees its queue
-//! end, and only then drains its connections gracefully; [`Threads::finished`] resolves once
-//! all of them have. (A server told to stop by the signal itself could stop while a connection
-//! was still queued for it, and that client would get no answer at all.)
+//! end, lets the newest of them read their first request, and only then drains its
+//! connections gracefully; [`Threads::finished`] resolves once all of them have. (A server
+//! told to stop by the signal itself could stop while a connection was still queued for it,
+//! and that client would get no answer at all.)
 //!
 //! Work a request starts on a shared store must not live on a serving thread: a store client
 //! that reconnects spawns its connection's task wherever it is asked, and a serving thread's
@@ -37,6 +38,10 @@ use tokio_stream::{Stream, StreamExt};
 /// A connection as the accept task hands it over: out of the accepting runtime's reactor,
 /// with its peer's address.
 type Accepted = (std::net::TcpStream, SocketAddr);
+
+/// How long a thread whose queue has ended lets its newest connections read their first
+/// request before its server starts to drain.
+const FIRST_READ: Duration = Duration::from_millis(50);
 
 /// The connections dealt to one thread.
 #[derive(Debug)]
@@ -76,6 +81,10 @@ impl axum::serve::Listener for Incoming {
                 Err(err) => tracing::warn!(error = %err, "cannot take over a connection"),
             }
         }
+        // The connections just taken have not been read yet, and hyper's protocol-detecting
+        // connection drops one that has read nothing when told to shut down, leaving its
+        // client without an answer. Let them read what has already arrived first.
+        tokio::time::sleep(FIRST_READ).await;
         // A stored permit: the signal fires even if nobody waits on it yet.
         self.ended.notify_one();
         std::future::pending().await
@@ -211,29 +220,27 @@ async fn deal_out(
 }
 
 /// A future polled with a given runtime entered, so that whatever it spawns, and the I/O and
-/// timers it creates, belong to that runtime rather than to the thread polling it.
+/// timers it creates, belong to that runtime rather than to the thread polling it. Store
+/// calls are already boxed futures, hence `Unpin`.
 pub struct OnRuntime<F> {
     runtime: Option<Handle>,
-    future: Pin<Box<F>>,
+    future: F,
 }
 
-impl<F: Future> OnRuntime<F> {
+impl<F: Future + Unpin> OnRuntime<F> {
     /// `future`, entering `runtime` on each poll (or nothing, without one).
     pub fn new(runtime: Option<Handle>, future: F) -> Self {
-        Self {
-            runtime,
-            future: Box::pin(future),
-        }
+        Self { runtime, future }
     }
 }
 
-impl<F: Future> Future for OnRuntime<F> {
+impl<F: Future + Unpin> Future for OnRuntime<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
         let _entered = this.runtime.as_ref().map(Handle::enter);
-        this.future.as_mut().poll(cx)
+        Pin::new(&mut this.future).poll(cx)
     }
 }
 
@@ -286,11 +293,14 @@ mod tests {
                 let serving = tokio::runtime::Builder::new_current_thread()
                     .build()
                     .expect("runtime");
-                serving.block_on(OnRuntime::new(runtime, async {
-                    tokio::spawn(async { std::thread::current().name().map(str::to_owned) })
-                        .await
-                        .expect("spawned task")
-                }))
+                serving.block_on(OnRuntime::new(
+                    runtime,
+                    Box::pin(async {
+                        tokio::spawn(async { std::thread::current().name().map(str::to_owned) })
+                            .await
+                            .expect("spawned task")
+                    }),
+                ))
             })
             .join()
             .expect("serving thread")
@@ -301,6 +311,47 @@ mod tests {
         );
         // Without a runtime to enter, the task stays on the serving thread (unnamed here).
         assert_eq!(spawned_on(None), None);
+    }
+
+    /// A connection whose request has already arrived, queued just as the queue ends (the
+    /// accept task stopping at shutdown), is still answered before the server drains.
+    #[test]
+    fn a_connection_queued_as_the_queue_ends_is_answered() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("send");
+        let (accepted, peer) = listener.accept().expect("accept");
+        accepted.set_nonblocking(true).expect("nonblocking");
+        let (queue, connections) = mpsc::unbounded_channel();
+        queue.send((accepted, peer)).expect("queued");
+        drop(queue);
+        let incoming = Incoming {
+            queue: connections,
+            local: addr,
+            ended: Arc::new(Notify::new()),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(async {
+                let ended = incoming.ended();
+                let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+                axum::serve(incoming, router)
+                    .with_graceful_shutdown(ended)
+                    .await
+            })
+            .expect("served");
+        let mut response = String::new();
+        let _ = client.read_to_string(&mut response);
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response:?}");
     }
 
     /// One GET over a fresh connection; the status line.
