@@ -319,13 +319,7 @@ mod tests {
     fn a_connection_queued_as_the_queue_ends_is_answered() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut client = std::net::TcpStream::connect(addr).expect("connect");
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            .expect("send");
+        let client = send_get(addr);
         let (accepted, peer) = listener.accept().expect("accept");
         accepted.set_nonblocking(true).expect("nonblocking");
         let (queue, connections) = mpsc::unbounded_channel();
@@ -349,13 +343,11 @@ mod tests {
                     .await
             })
             .expect("served");
-        let mut response = String::new();
-        let _ = client.read_to_string(&mut response);
-        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response:?}");
+        assert_eq!(status_line(client), "HTTP/1.1 200 OK");
     }
 
-    /// One GET over a fresh connection; the status line.
-    fn get(addr: SocketAddr) -> String {
+    /// A fresh connection to `addr` with one whole GET sent on it.
+    fn send_get(addr: SocketAddr) -> std::net::TcpStream {
         let mut stream = std::net::TcpStream::connect(addr).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -363,9 +355,19 @@ mod tests {
         stream
             .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             .expect("send");
+        stream
+    }
+
+    /// The status line of the response read to the end of `stream` (empty if none came).
+    fn status_line(mut stream: std::net::TcpStream) -> String {
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response);
         response.lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// One GET over a fresh connection; the status line.
+    fn get(addr: SocketAddr) -> String {
+        status_line(send_get(addr))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
