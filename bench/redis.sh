@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
+source bench/lib.sh
 need redis-server redis-server
 need redis-cli redis-tools
 need redis-benchmark redis-tools
@@ -22,7 +23,6 @@ THREADS=${THREADS:-2}
 
 cargo build --release -q -p spillway-server --bin spillway
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }

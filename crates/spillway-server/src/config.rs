@@ -63,7 +63,7 @@ impl ServerSettings {
             max_keys: args.max_keys,
             store_url: args.store_url,
             store_timeout: args.store_timeout,
-            http_threads: threads(args.http_threads),
+            http_threads: thread_count(args.http_threads),
             shutdown_grace: args.shutdown_grace,
             policy: args
                 .config
@@ -117,12 +117,12 @@ fn grpc_settings(
         listen,
         policy_domain: policy_domain.trim().to_owned(),
         envoy: EnvoySource { paths: envoy },
-        threads: self::threads(threads),
+        threads: thread_count(threads),
     })
 }
 
 /// A `--*-threads` flag's value: one thread per CPU when unset.
-fn threads(flag: Option<u16>) -> usize {
+fn thread_count(flag: Option<u16>) -> usize {
     flag.map_or_else(
         || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         usize::from,

@@ -131,7 +131,6 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let router = app::router(app);
     let mut http = serving::start(
         "HTTP",
-        "spillway-http",
         settings.http_threads,
         listener,
         shutdown.clone(),
@@ -158,7 +157,6 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         }
         () = shutdown.forced() => http.abandon(),
     }
-    shutdown.trigger();
     if let Some(grpc) = grpc {
         let left = drain_deadline.saturating_duration_since(tokio::time::Instant::now());
         grpc.finish(left, &shutdown).await;

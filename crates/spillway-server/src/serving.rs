@@ -103,14 +103,13 @@ pub struct Threads {
     serving: Vec<oneshot::Receiver<Result<(), String>>>,
 }
 
-/// Starts `threads` threads (at least one) named `name-N`, each running `serve(incoming)` to
+/// Starts `threads` threads (at least one) named `spillway-<what>-N`, each running `serve(incoming)` to
 /// completion on a runtime of its own, and the task that deals `listener`'s connections out to
 /// them until `shutdown` fires. `serve` must end once its [`Incoming`] has ended, draining
 /// gracefully, and should not watch `shutdown` itself (see the module docs). `what` names the
 /// server in logs.
 pub fn start<F, Fut, E>(
     what: &'static str,
-    name: &str,
     threads: usize,
     listener: TcpListener,
     shutdown: Shutdown,
@@ -142,7 +141,7 @@ where
         };
         let serve = serve.clone();
         std::thread::Builder::new()
-            .name(format!("{name}-{n}"))
+            .name(format!("spillway-{}-{n}", what.to_ascii_lowercase()))
             .spawn(move || {
                 let result = runtime
                     .block_on(serve(incoming))
@@ -379,7 +378,6 @@ mod tests {
         let (stopped, has_stopped) = std::sync::mpsc::channel::<()>();
         let mut threads = start(
             "test",
-            "spillway-test",
             2,
             listener,
             shutdown.clone(),

@@ -20,6 +20,7 @@
 mod common;
 
 use common::{metric, wait_until_async, Server};
+use spillway_server::failure::DEFAULT_BREAKER_COOLDOWN as COOLDOWN;
 use spillway_testkit::proxy::DelayProxy;
 use spillway_testkit::redis::{command, RedisServer};
 use std::time::{Duration, Instant};
@@ -31,8 +32,6 @@ const BUDGET: Duration = Duration::from_millis(50);
 const MARGIN: Duration = Duration::from_millis(250);
 /// How soon after a fault ends decisions must come from Redis again.
 const RECOVERY: Duration = Duration::from_secs(5);
-/// The breaker's cooldown in the chaos policy (the default).
-const COOLDOWN_MS: u64 = 1_000;
 /// The `degrade` route's emergency quota per node.
 const EMERGENCY: usize = 5;
 /// The `/exact` route's limit.
@@ -242,7 +241,7 @@ async fn assert_recovers(server: &Server, tag: &str) {
         );
         async move {
             // The breaker probes once a cooldown has passed on the server's clock.
-            server.advance_ms(COOLDOWN_MS).await;
+            server.advance_ms(COOLDOWN.as_millis() as u64).await;
             let s = ask(&http, &base, "/exact", &user).await;
             (s.status == 200 && !s.degraded).then_some(())
         }

@@ -125,24 +125,7 @@ async fn http_and_grpc_drain_within_one_grace_period_together() {
     // One call that never completes on each port: an HTTP body and a gRPC message, both cut
     // short.
     let _http = start_half_sent_request(&server);
-    let tcp = tokio::net::TcpStream::connect(rls.addr)
-        .await
-        .expect("connect to the gRPC port");
-    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
-    tokio::spawn(connection);
-    let mut client = client.ready().await.expect("ready");
-    let request = http::Request::post(format!(
-        "http://{}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
-        rls.addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .expect("request");
-    let (_response, mut body) = client.send_request(request, false).expect("sent");
-    body.send_data(bytes::Bytes::from_static(&[0, 0, 0]), false)
-        .expect("part of a frame");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _grpc = start_half_sent_call(rls.addr, &rls_frame()).await;
 
     #[allow(clippy::disallowed_methods)] // the drain's wall-clock bound is the point
     let signalled = std::time::Instant::now();
@@ -159,6 +142,21 @@ async fn http_and_grpc_drain_within_one_grace_period_together() {
     assert!(server
         .wait_for_log("abandoning gRPC calls in flight")
         .is_some());
+}
+
+/// A whole gRPC frame holding a `ShouldRateLimit` request for user `u` of the policy domain.
+fn rls_frame() -> Vec<u8> {
+    use prost::Message;
+    let message = common::grpc::request(
+        "spillway",
+        vec![common::grpc::descriptor(&[("user", "u")])],
+        0,
+    )
+    .encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
 }
 
 /// A `ShouldRateLimit` call held half-sent on its own HTTP/2 connection: the response to
@@ -228,22 +226,13 @@ impl HalfSentCall {
 /// connections, and the process exits 0 without waiting out the grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_in_flight_at_sigterm_are_answered_on_every_thread() {
-    use prost::Message;
     let rls = common::grpc::start(
         Server::with_policy(POLICY).args(&["--shutdown-grace", "60s", "--grpc-threads", "2"]),
         &[],
     )
     .await;
     let mut server = rls.server;
-    let message = common::grpc::request(
-        "spillway",
-        vec![common::grpc::descriptor(&[("user", "u")])],
-        0,
-    )
-    .encode_to_vec();
-    let mut frame = vec![0];
-    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
-    frame.extend_from_slice(&message);
+    let frame = rls_frame();
     let mut calls = Vec::new();
     for _ in 0..3 {
         calls.push(start_half_sent_call(rls.addr, &frame).await);

@@ -115,7 +115,6 @@ pub async fn start(
     });
     let threads = serving::start(
         "gRPC",
-        "spillway-grpc",
         settings.threads,
         listener,
         shutdown.clone(),
