@@ -2,7 +2,8 @@
 //! descriptor values, which h2load cannot do (it repeats one request body per process).
 //!
 //! It pre-encodes one `ShouldRateLimit` call per value, opens `--connections` HTTP/2
-//! connections with `--streams` calls in flight on each, cycles through the values, and prints
+//! connections (spread over `--threads` threads) with `--streams` calls in flight on each,
+//! cycles through the values, and prints
 //! throughput and latency percentiles. `bench/grpc.sh` runs it beside h2load.
 //!
 //!   cargo run --release -p spillway-server --example rls_load -- --addr 127.0.0.1:8081
@@ -41,7 +42,7 @@ struct Args {
     /// Seconds of measured load, after one second of warm-up.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Threads of the generator's runtime.
+    /// Threads, each with its own single-threaded runtime and its share of the connections.
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// The server's process id: its CPU time over the measured seconds is reported per call.
@@ -60,14 +61,10 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    if args.values == 0 || args.connections == 0 || args.streams == 0 {
-        return Err("--values, --connections and --streams must be at least 1".into());
+    if args.values == 0 || args.connections == 0 || args.streams == 0 || args.threads == 0 {
+        return Err("--values, --connections, --streams and --threads must be at least 1".into());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
+    run(args)
 }
 
 /// One gRPC message frame: a zero flag byte, the 4-byte big-endian length, then the
@@ -116,7 +113,7 @@ struct Shared {
     failed: AtomicU64,
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let frames = (0..args.values)
         .map(|i| frame(&args.domain, &args.key, &format!("{}-{i}", args.key)))
         .collect();
@@ -133,39 +130,34 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         failed: AtomicU64::new(0),
     });
 
-    let mut streams = Vec::new();
+    // Each thread runs its own single-threaded runtime with its share of the connections, so a
+    // connection's streams never contend across threads (as in the server).
     let per_stream = args.values.div_ceil(args.connections * args.streams);
-    for c in 0..args.connections {
-        let tcp = tokio::net::TcpStream::connect(args.addr).await?;
-        tcp.set_nodelay(true)?;
-        let (client, connection) = h2::client::handshake(tcp).await?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                eprintln!("rls_load: connection ended: {err}");
-            }
-        });
-        for s in 0..args.streams {
-            let first = (c * args.streams + s) * per_stream;
-            streams.push(tokio::spawn(call_loop(
-                client.clone(),
-                shared.clone(),
-                first,
-            )));
-        }
+    let mut threads = Vec::new();
+    for t in 0..args.threads {
+        let mine: Vec<usize> = (t..args.connections).step_by(args.threads).collect();
+        let (shared, addr, streams) = (shared.clone(), args.addr, args.streams);
+        threads.push(std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|err| err.to_string())?;
+            runtime.block_on(load(addr, mine, streams, per_stream, shared))
+        }));
     }
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::thread::sleep(Duration::from_secs(1));
     let ticks_before = args.server_pid.and_then(cpu_ticks);
     shared.recording.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    std::thread::sleep(Duration::from_secs(args.seconds));
     shared.stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let ticks_after = args.server_pid.and_then(cpu_ticks);
 
     let mut latencies: Vec<u32> = Vec::new();
-    for stream in streams {
-        latencies.extend(stream.await?);
+    for thread in threads {
+        latencies.extend(thread.join().map_err(|_| "a load thread panicked")??);
     }
     if latencies.is_empty() {
         return Err("no call completed; is the gRPC listener up?".into());
@@ -201,6 +193,45 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// Opens `connections` (their indexes) with `streams` call loops each; returns the recorded
+/// latencies once told to stop.
+async fn load(
+    addr: SocketAddr,
+    connections: Vec<usize>,
+    streams: usize,
+    per_stream: usize,
+    shared: Arc<Shared>,
+) -> Result<Vec<u32>, String> {
+    let mut loops = Vec::new();
+    for c in connections {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|err| format!("cannot connect to {addr}: {err}"))?;
+        tcp.set_nodelay(true).map_err(|err| err.to_string())?;
+        let (client, connection) = h2::client::handshake(tcp)
+            .await
+            .map_err(|err| format!("HTTP/2 handshake: {err}"))?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                eprintln!("rls_load: connection ended: {err}");
+            }
+        });
+        for s in 0..streams {
+            let first = (c * streams + s) * per_stream;
+            loops.push(tokio::spawn(call_loop(
+                client.clone(),
+                shared.clone(),
+                first,
+            )));
+        }
+    }
+    let mut latencies = Vec::new();
+    for each in loops {
+        latencies.extend(each.await.map_err(|err| err.to_string())?);
+    }
+    Ok(latencies)
 }
 
 /// Sends calls one after another until told to stop, starting at value `next`; returns the

@@ -10,8 +10,8 @@
 //!
 //! Shutdown, in this order: when the [`Shutdown`] fires the accept task closes the port and
 //! drops its queues; each thread's server takes every connection still queued, sees its queue
-//! end, lets the newest of them read their first request, and only then drains its
-//! connections gracefully; [`Threads::finished`] resolves once all of them have. (A server
+//! end, and only then drains its connections gracefully (for HTTP/1, after letting the newest
+//! of them read their first request); [`Threads::finished`] resolves once all of them have. (A server
 //! told to stop by the signal itself could stop while a connection was still queued for it,
 //! and that client would get no answer at all.)
 //!
@@ -22,6 +22,9 @@
 
 use crate::shutdown::Shutdown;
 use anyhow::Context;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -54,7 +57,7 @@ pub struct Incoming {
 
 impl Incoming {
     /// The connections as a stream that ends with the queue, for servers that take one and
-    /// drain once it ends (tonic, given a stop signal that never fires).
+    /// drain once it ends ([`serve_http2`]).
     pub fn into_stream(self) -> impl Stream<Item = std::io::Result<TcpStream>> {
         UnboundedReceiverStream::new(self.queue).map(|(stream, _)| TcpStream::from_std(stream))
     }
@@ -93,6 +96,47 @@ impl axum::serve::Listener for Incoming {
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         Ok(self.local)
     }
+}
+
+/// Serves every connection dealt to this thread as HTTP/2 with `service`, each on a task of
+/// its own, until the queue ends; then shuts them all down gracefully and waits for them.
+/// (HTTP/2's two-step GOAWAY lets calls already sent be answered, even on a connection not
+/// read yet.) Settings follow tonic's server: no cap on streams per connection.
+pub async fn serve_http2<S, B>(incoming: Incoming, service: S)
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(None);
+    let graceful = GracefulShutdown::new();
+    let mut connections = incoming.into_stream();
+    while let Some(connection) = connections.next().await {
+        let stream = match connection {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot take over a connection");
+                continue;
+            }
+        };
+        let served =
+            graceful.watch(builder.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            if let Err(err) = served.await {
+                tracing::debug!(error = %err, "an HTTP/2 connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
 }
 
 /// A running set of serving threads and their accept task.

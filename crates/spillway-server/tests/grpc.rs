@@ -3,11 +3,14 @@
 
 mod common;
 
-use common::grpc::{code, descriptor, envoy_file, header, limit, overall, request, start};
+use common::grpc::{
+    code, descriptor, envoy_file, frame, header, limit, overall, raw_call, request, start,
+};
 use common::{Server, PATIENCE};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use envoy_types::pb::google::protobuf::UInt64Value;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -305,5 +308,88 @@ async fn envoy_config_changes_are_reloaded_and_bad_ones_rejected() {
     assert_eq!(
         limit(&after.statuses[0]).map(|l| (l.1, l.2)),
         Some((50, 49))
+    );
+}
+
+/// Asserts a gRPC error answer: HTTP 200, `grpc-status` `status`, a message containing `says`.
+fn expect_status(answer: common::grpc::RawAnswer, status: &str, says: &str) {
+    assert_eq!(answer.http, 200, "{answer:?}");
+    assert_eq!(answer.grpc_status.as_deref(), Some(status), "{answer:?}");
+    let message = answer.grpc_message.unwrap_or_default();
+    assert!(message.contains(says), "{message:?} should say {says:?}");
+}
+
+const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
+/// A plain call, spoken raw: a gRPC answer in full, with its content type, one message that
+/// decodes, and `grpc-status: 0` in the trailers.
+#[tokio::test]
+async fn a_raw_call_gets_a_complete_grpc_answer() {
+    use prost::Message;
+    let rls = start(Server::with_policy(POLICY), &[]).await;
+    let message = request("spillway", vec![descriptor(&[("user", "raw")])], 0).encode_to_vec();
+    let answer = raw_call(rls.addr, SHOULD_RATE_LIMIT, &[], frame(&message)).await;
+    assert_eq!(answer.http, 200);
+    assert_eq!(answer.content_type.as_deref(), Some("application/grpc"));
+    assert_eq!(answer.grpc_status.as_deref(), Some("0"), "{answer:?}");
+    assert_eq!(answer.body[0], 0, "not compressed");
+    let length = u32::from_be_bytes(answer.body[1..5].try_into().expect("4 bytes")) as usize;
+    assert_eq!(answer.body.len(), 5 + length);
+    let decoded = RateLimitResponse::decode(&answer.body[5..]).expect("a RateLimitResponse");
+    assert_eq!(overall(&decoded), Code::Ok);
+    assert_eq!(
+        limit(&decoded.statuses[0]),
+        Some(("user-minute".into(), 2, 1))
+    );
+}
+
+/// Bodies that are not one well-formed message get `INVALID_ARGUMENT` saying what is wrong;
+/// an oversized one `RESOURCE_EXHAUSTED`; compressed messages, unknown methods and unknown
+/// services tonic's `UNIMPLEMENTED`. None of them charges anything or harms the server.
+#[tokio::test]
+async fn malformed_calls_get_a_status_that_says_what_is_wrong() {
+    use prost::Message;
+    let mut rls = start(Server::with_policy(POLICY), &[]).await;
+    let good = frame(&request("spillway", vec![descriptor(&[("user", "u")])], 0).encode_to_vec());
+    let mut compressed = good.clone();
+    compressed[0] = 1;
+    let mut oversized = frame(&[]);
+    oversized.resize(4 * 1024 * 1024 + 64, 0);
+    // Answered on the direct path: (body, grpc-status, what the message says).
+    let bodies = [
+        (vec![], "3", "no request message"),
+        (good[..3].to_vec(), "3", "5-byte prefix"),
+        (good[..good.len() - 1].to_vec(), "3", "cut short"),
+        (
+            [good.clone(), good.clone()].concat(),
+            "3",
+            "one request message",
+        ),
+        (frame(&[0xff, 0xff, 0xff]), "3", "does not decode"),
+        (compressed.clone(), "3", "flagged compressed"),
+        (oversized, "8", "larger than 4194304 bytes"),
+    ];
+    for (body, status, says) in bodies {
+        expect_status(
+            raw_call(rls.addr, SHOULD_RATE_LIMIT, &[], body).await,
+            status,
+            says,
+        );
+    }
+    // Handed to tonic: a compression it was not set up for, unknown methods and services.
+    let gzip = [("grpc-encoding", "gzip")];
+    let answer = raw_call(rls.addr, SHOULD_RATE_LIMIT, &gzip, compressed).await;
+    expect_status(answer, "12", "gzip");
+    for path in [
+        "/envoy.service.ratelimit.v3.RateLimitService/NoSuchMethod",
+        "/no.such.Service/Call",
+    ] {
+        expect_status(raw_call(rls.addr, path, &[], good.clone()).await, "12", "");
+    }
+    // Nothing was charged: the first well-formed call still sees its whole limit.
+    let answer = rls.one("spillway", &[("user", "u")]).await;
+    assert_eq!(
+        limit(&answer.statuses[0]),
+        Some(("user-minute".into(), 2, 1))
     );
 }

@@ -151,12 +151,8 @@ fn rls_frame() -> Vec<u8> {
         "spillway",
         vec![common::grpc::descriptor(&[("user", "u")])],
         0,
-    )
-    .encode_to_vec();
-    let mut frame = vec![0];
-    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
-    frame.extend_from_slice(&message);
-    frame
+    );
+    common::grpc::frame(&message.encode_to_vec())
 }
 
 /// A `ShouldRateLimit` call held half-sent on its own HTTP/2 connection: the response to

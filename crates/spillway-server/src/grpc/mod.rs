@@ -7,15 +7,18 @@
 //! style files given with `--envoy-config`, hot-reloaded like the policy.
 //!
 //! Layout: [`service`] answers `ShouldRateLimit`, [`plan`] turns descriptors into limits,
-//! [`response`] words the answer, [`source`] reads and reloads the Envoy config files.
+//! [`response`] words the answer, [`source`] reads and reloads the Envoy config files,
+//! [`unary`] carries `ShouldRateLimit` calls between HTTP/2 and the service without tonic's
+//! router and codec, and hands every other call (health checks included) to tonic.
 //!
 //! Threads: the service runs on `--grpc-threads` serving threads (one per CPU by default),
-//! each with its own runtime and its own copy of the tonic server; see [`crate::serving`].
+//! each with its own runtime and its own HTTP/2 server; see [`crate::serving`].
 
 pub mod plan;
 pub mod response;
 pub mod service;
 pub mod source;
+pub mod unary;
 
 #[cfg(test)]
 mod tests;
@@ -30,12 +33,15 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::R
 use service::Rls;
 use source::{EnvoyReloader, EnvoySource};
 use spillway_core::envoy_config::EnvoyConfig;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
+use unary::GrpcService;
 
 /// The full name of the service, as health checks ask for it.
 pub const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -119,12 +125,13 @@ pub async fn start(
         listener,
         shutdown.clone(),
         move |incoming: serving::Incoming| async move {
-            tonic::transport::Server::builder()
-                .add_service(health_service)
-                .add_service(RateLimitServiceServer::new(Rls(state)))
-                // Ends, draining gracefully, once the queue of connections ends.
-                .serve_with_incoming_shutdown(incoming.into_stream(), std::future::pending())
-                .await
+            let rls = Rls(state);
+            let routes = Routes::new(health_service)
+                .add_service(RateLimitServiceServer::new(rls.clone()))
+                .prepare();
+            // Ends, draining gracefully, once the queue of connections ends.
+            serving::serve_http2(incoming, GrpcService::new(rls, routes)).await;
+            Ok::<(), Infallible>(())
         },
     )?;
     let domains = domains.join(",");

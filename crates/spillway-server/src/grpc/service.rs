@@ -43,13 +43,18 @@ impl RateLimitService for Rls {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let request = request.into_inner();
-        check_shape(&request).map_err(Status::invalid_argument)?;
-        self.decide(&request).await.map(Response::new)
+        self.answer(&request.into_inner()).await.map(Response::new)
     }
 }
 
 impl Rls {
+    /// Checks one request's shape, then decides it: the whole call, for both ways in
+    /// (tonic's generated server and the direct path in [`super::unary`]).
+    pub async fn answer(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
+        check_shape(request).map_err(Status::invalid_argument)?;
+        self.decide(request).await
+    }
+
     async fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
         let state = &self.0;
         let hits = u64::from(request.hits_addend);

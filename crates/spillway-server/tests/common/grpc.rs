@@ -118,3 +118,79 @@ pub fn limit(status: &DescriptorStatus) -> Option<(String, u32, u32)> {
         status.limit_remaining,
     ))
 }
+
+/// `message` as a gRPC body: an uncompressed flag, its 4-byte big-endian length, then it.
+pub fn frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// What a gRPC call sent by [`raw_call`] got back.
+#[derive(Debug)]
+pub struct RawAnswer {
+    /// The HTTP status.
+    pub http: u16,
+    /// The response's `content-type`.
+    pub content_type: Option<String>,
+    /// `grpc-status`, from the trailers or, for a trailers-only answer, the headers.
+    pub grpc_status: Option<String>,
+    /// `grpc-message`, wherever `grpc-status` was, percent-decoded.
+    pub grpc_message: Option<String>,
+    /// The response body's bytes.
+    pub body: Vec<u8>,
+}
+
+/// Sends one call to `path` on a fresh HTTP/2 connection to `addr`, headers as a gRPC client
+/// sends them plus `extra`, and `body` exactly as given: the wire as a client that gets it
+/// wrong would speak it.
+pub async fn raw_call(
+    addr: SocketAddr,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: Vec<u8>,
+) -> RawAnswer {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the gRPC port");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let mut request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(()).expect("request");
+    let (response, mut send) = client.send_request(request, false).expect("sent");
+    send.send_data(body.into(), true).expect("the body");
+    let response = response.await.expect("a response");
+    let http = response.status().as_u16();
+    let text = |map: &http::HeaderMap, name: &str| {
+        map.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = text(response.headers(), "content-type");
+    let mut status_from = response.headers().clone();
+    let mut answer = response.into_body();
+    let mut body = Vec::new();
+    while let Some(chunk) = answer.data().await {
+        let chunk = chunk.expect("response data");
+        let _ = answer.flow_control().release_capacity(chunk.len());
+        body.extend_from_slice(&chunk);
+    }
+    if let Some(trailers) = answer.trailers().await.expect("trailers") {
+        status_from = trailers;
+    }
+    RawAnswer {
+        http,
+        content_type,
+        grpc_status: text(&status_from, "grpc-status"),
+        grpc_message: tonic::Status::from_header_map(&status_from)
+            .map(|status| status.message().to_owned()),
+        body,
+    }
+}

@@ -1,0 +1,268 @@
+//! The direct way in for `ShouldRateLimit`, the call Envoy makes once per request it proxies.
+//!
+//! hyper's HTTP/2 server hands each call to [`GrpcService`]. A plain `ShouldRateLimit` call
+//! (`POST`, uncompressed) is answered here: its one length-prefixed message is read whole,
+//! decoded with prost, decided by [`Rls::answer`] and written back as one data frame followed
+//! by a `grpc-status: 0` trailer. Everything else (health checks, compressed messages,
+//! unknown methods) goes to tonic's routes, which answer as tonic always has.
+//!
+//! Why not tonic for this call too: its router, timeout layer, streaming decoder and encoder
+//! cost more CPU per call than the decision itself. Skipping them is about a fifth of the
+//! server's CPU per call at load (`docs/BENCHMARKS.md`). The codec is the gRPC wire format's
+//! simplest case; a call's `grpc-timeout` is not enforced here, since the store's own time
+//! budget already bounds how long a decision takes.
+//!
+//! Errors are gRPC statuses in a trailers-only answer, built by tonic's [`Status::into_http`]:
+//! a body that is not one complete message, or a message that does not decode, is
+//! `INVALID_ARGUMENT` saying what was wrong; a message over [`MAX_MESSAGE`] bytes is
+//! `RESOURCE_EXHAUSTED`.
+
+use super::service::Rls;
+use bytes::{BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Either, LengthLimitError, Limited};
+use prost::Message;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tonic::service::Routes;
+use tonic::Status;
+use tower::ServiceExt;
+
+/// The path of the call answered directly.
+pub const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+/// The largest request message taken, as tonic's default.
+pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// A gRPC message's prefix: a compression flag, then a 4-byte big-endian length.
+const PREFIX: usize = 5;
+
+/// The answer's body: the direct path's own, or tonic's.
+pub type AnswerBody = Either<UnaryBody, tonic::body::Body>;
+
+/// What each HTTP/2 stream of the gRPC port is handed to.
+#[derive(Clone)]
+pub struct GrpcService {
+    rls: Rls,
+    routes: Routes,
+}
+
+impl GrpcService {
+    /// `rls` answers `ShouldRateLimit` directly; `routes` (which should hold the same service,
+    /// and the health service) answers every other call.
+    pub fn new(rls: Rls, routes: Routes) -> Self {
+        Self { rls, routes }
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for GrpcService
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<AnswerBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<B>) -> Self::Future {
+        if is_direct(&request) {
+            let rls = self.rls.clone();
+            Box::pin(async move { Ok(should_rate_limit(&rls, request.into_body()).await) })
+        } else {
+            let routes = self.routes.clone();
+            Box::pin(async move {
+                let answer = routes.oneshot(request).await?;
+                Ok(answer.map(Either::Right))
+            })
+        }
+    }
+}
+
+/// A `ShouldRateLimit` call this path can take: a `POST` whose message is not compressed.
+fn is_direct<B>(request: &Request<B>) -> bool {
+    request.uri().path() == SHOULD_RATE_LIMIT
+        && request.method() == Method::POST
+        && request
+            .headers()
+            .get("grpc-encoding")
+            .is_none_or(|encoding| encoding == "identity")
+}
+
+/// Reads, decides and answers one call; every failure is a gRPC status.
+async fn should_rate_limit<B>(rls: &Rls, body: B) -> Response<AnswerBody>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let answer = match read_request(body).await {
+        Ok(request) => rls.answer(&request).await,
+        Err(status) => Err(status),
+    };
+    match answer {
+        Ok(answer) => {
+            let mut message = BytesMut::with_capacity(PREFIX + answer.encoded_len());
+            message.put_u8(0);
+            message.put_u32(answer.encoded_len() as u32);
+            answer
+                .encode(&mut message)
+                .expect("the buffer was sized to the message");
+            let mut response = Response::new(Either::Left(UnaryBody::ok(message.freeze())));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            response
+        }
+        Err(status) => status.into_http::<UnaryBody>().map(Either::Left),
+    }
+}
+
+/// The call's one message, decoded.
+async fn read_request<B>(body: B) -> Result<RateLimitRequest, Status>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let body = match Limited::new(body, PREFIX + MAX_MESSAGE).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<LengthLimitError>() => {
+            return Err(Status::resource_exhausted(format!(
+                "the request message is larger than {MAX_MESSAGE} bytes"
+            )))
+        }
+        Err(err) => {
+            return Err(Status::cancelled(format!(
+                "the request body could not be read: {err}"
+            )))
+        }
+    };
+    let message = one_message(&body).map_err(Status::invalid_argument)?;
+    RateLimitRequest::decode(message).map_err(|err| {
+        Status::invalid_argument(format!("the RateLimitRequest does not decode: {err}"))
+    })
+}
+
+/// The message in a unary call's body: exactly one, uncompressed, complete.
+fn one_message(body: &Bytes) -> Result<Bytes, String> {
+    if body.is_empty() {
+        return Err("the call carries no request message".into());
+    }
+    if body.len() < PREFIX {
+        return Err(format!(
+            "the body ends inside a message's {PREFIX}-byte prefix"
+        ));
+    }
+    if body[0] != 0 {
+        return Err("the message is flagged compressed, but no grpc-encoding was given".into());
+    }
+    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    let end = PREFIX.saturating_add(length);
+    match body.len().cmp(&end) {
+        std::cmp::Ordering::Less => Err(format!(
+            "the message is cut short: its prefix says {length} bytes, the body holds {}",
+            body.len() - PREFIX
+        )),
+        std::cmp::Ordering::Greater => {
+            Err("a unary call carries one request message, this one more".into())
+        }
+        std::cmp::Ordering::Equal => Ok(body.slice(PREFIX..end)),
+    }
+}
+
+/// A unary answer's body: one message, then the trailers saying it succeeded. Empty (the
+/// default) when the status went out in the headers instead.
+#[derive(Debug, Default)]
+pub struct UnaryBody {
+    message: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl UnaryBody {
+    fn ok(message: Bytes) -> Self {
+        let mut trailers = HeaderMap::with_capacity(1);
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        Self {
+            message: Some(message),
+            trailers: Some(trailers),
+        }
+    }
+}
+
+impl Body for UnaryBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let frame = match this.message.take() {
+            Some(message) => Some(Frame::data(message)),
+            None => this.trailers.take().map(Frame::trailers),
+        };
+        Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.message.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let length = self.message.as_ref().map_or(0, Bytes::len);
+        SizeHint::with_exact(length as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(flag: u8, message: &[u8]) -> Bytes {
+        let mut body = vec![flag];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+        body.into()
+    }
+
+    #[test]
+    fn one_complete_message_is_taken() {
+        assert_eq!(one_message(&framed(0, b"abc")).unwrap(), &b"abc"[..]);
+        assert_eq!(one_message(&framed(0, b"")).unwrap(), &b""[..]);
+    }
+
+    #[test]
+    fn bodies_that_are_not_one_message_say_why() {
+        let cases: [(Bytes, &str); 5] = [
+            (Bytes::new(), "no request message"),
+            (
+                Bytes::from_static(&[0, 0, 0]),
+                "inside a message's 5-byte prefix",
+            ),
+            (framed(1, b"abc"), "flagged compressed"),
+            (
+                framed(0, b"abc").slice(..6),
+                "prefix says 3 bytes, the body holds 1",
+            ),
+            ([framed(0, b"a"), framed(0, b"b")].concat().into(), "more"),
+        ];
+        for (body, expected) in cases {
+            let err = one_message(&body).expect_err("refused");
+            assert!(err.contains(expected), "{err:?} should say {expected:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_body_is_its_message_then_its_trailers() {
+        let mut body = UnaryBody::ok(Bytes::from_static(b"msg"));
+        assert_eq!(body.size_hint().exact(), Some(3));
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), &b"msg"[..]);
+        let second = body.frame().await.unwrap().unwrap();
+        assert_eq!(second.into_trailers().unwrap()["grpc-status"], "0");
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+    }
+}
