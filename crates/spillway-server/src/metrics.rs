@@ -25,10 +25,13 @@
 //! `outcome` is `allowed` or `denied`, and `limit` is the verdict's governing limit, the one
 //! that denied it or, when allowed, the one closest to denying; `(none)` when no limit applied.
 
-use metrics::{counter, gauge, histogram, Unit};
+use metrics::{counter, gauge, histogram, Counter, Histogram, Unit};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use spillway_core::engine::Verdict;
 use spillway_core::policy::FailureMode;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Verdicts, by outcome and governing limit.
@@ -93,6 +96,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         tracing::debug!("a metrics recorder is already installed; this handle stays empty");
     }
     describe();
+    CHECK_DURATION_HANDLE.get_or_init(|| histogram!(CHECK_DURATION));
     Ok(handle)
 }
 
@@ -128,12 +132,16 @@ fn describe() {
 
 /// Counts one consuming verdict.
 pub fn record_verdict(verdict: &Verdict) {
-    let outcome = if verdict.allowed { "allowed" } else { "denied" };
-    // Label values share the policy's `Arc<str>` names rather than copying them.
-    let limit: metrics::SharedString = verdict
-        .governing()
-        .map_or(NO_LIMIT.into(), |o| o.name.clone().into());
-    counter!(DECISIONS, "outcome" => outcome, "limit" => limit).increment(1);
+    let name = verdict.governing().map_or(NO_LIMIT, |o| &*o.name);
+    DECISION_COUNTERS.with_borrow_mut(|counters| {
+        let pair = match counters.get(name) {
+            Some(pair) => pair,
+            None => counters
+                .entry(Arc::from(name))
+                .or_insert_with_key(|name| decision_counters(name.clone())),
+        };
+        pair[usize::from(!verdict.allowed)].increment(1);
+    });
     for o in verdict
         .outcomes
         .iter()
@@ -141,6 +149,20 @@ pub fn record_verdict(verdict: &Verdict) {
     {
         counter!(SHADOW_WOULD_DENY, "limit" => o.name.clone()).increment(1);
     }
+}
+
+thread_local! {
+    /// Each governing limit's `[allowed, denied]` decision counters, registered on the first
+    /// decision it governs on this thread. The registry's own lookup builds and hashes a
+    /// labelled key on every call, which at load costs more than the decision it counts.
+    /// Grows with the limit names a policy has ever had, which a reload rarely changes.
+    static DECISION_COUNTERS: RefCell<HashMap<Arc<str>, [Counter; 2]>> = RefCell::default();
+}
+
+fn decision_counters(limit: Arc<str>) -> [Counter; 2] {
+    let limit = metrics::SharedString::from(limit);
+    ["allowed", "denied"]
+        .map(|outcome| counter!(DECISIONS, "outcome" => outcome, "limit" => limit.clone()))
 }
 
 /// Counts one reload attempt.
@@ -161,8 +183,15 @@ pub fn record_store(keys: u64, evictions: u64) {
 
 /// Records how long one engine call took.
 pub fn record_check_duration(took: Duration) {
-    histogram!(CHECK_DURATION).record(took.as_secs_f64());
+    match CHECK_DURATION_HANDLE.get() {
+        Some(histogram) => histogram.record(took.as_secs_f64()),
+        None => histogram!(CHECK_DURATION).record(took.as_secs_f64()),
+    }
 }
+
+/// The check-duration histogram, taken from the recorder once it is installed: it is
+/// recorded on every decision, and has no labels to look up.
+static CHECK_DURATION_HANDLE: OnceLock<Histogram> = OnceLock::new();
 
 /// Measures latency on the monotonic clock. This is the one place the server reads real time
 /// directly: latency is about the machine, never about the (possibly manual) policy clock.

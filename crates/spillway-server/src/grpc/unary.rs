@@ -103,9 +103,10 @@ where
     };
     match answer {
         Ok(answer) => {
-            let mut message = BytesMut::with_capacity(PREFIX + answer.encoded_len());
+            let length = answer.encoded_len();
+            let mut message = BytesMut::with_capacity(PREFIX + length);
             message.put_u8(0);
-            message.put_u32(answer.encoded_len() as u32);
+            message.put_u32(u32::try_from(length).expect("an answer is far below 4 GiB"));
             answer
                 .encode(&mut message)
                 .expect("the buffer was sized to the message");
