@@ -96,6 +96,8 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         tracing::debug!("a metrics recorder is already installed; this handle stays empty");
     }
     describe();
+    // Handles kept past this point (this one, and the per-thread decision counters) assume the
+    // recorder never drops a metric: no idle timeout is set.
     CHECK_DURATION_HANDLE.get_or_init(|| histogram!(CHECK_DURATION));
     Ok(handle)
 }
@@ -133,14 +135,18 @@ fn describe() {
 /// Counts one consuming verdict.
 pub fn record_verdict(verdict: &Verdict) {
     let name = verdict.governing().map_or(NO_LIMIT, |o| &*o.name);
+    let outcome = usize::from(!verdict.allowed);
     DECISION_COUNTERS.with_borrow_mut(|counters| {
-        let pair = match counters.get(name) {
-            Some(pair) => pair,
-            None => counters
-                .entry(Arc::from(name))
-                .or_insert_with_key(|name| decision_counters(name.clone())),
-        };
-        pair[usize::from(!verdict.allowed)].increment(1);
+        if !counters.contains_key(name) {
+            counters.insert(Arc::from(name), Default::default());
+        }
+        let pair = counters.get_mut(name).expect("inserted above");
+        pair[outcome]
+            .get_or_insert_with(|| {
+                let limit = metrics::SharedString::from(name.to_owned());
+                counter!(DECISIONS, "outcome" => OUTCOMES[outcome], "limit" => limit)
+            })
+            .increment(1);
     });
     for o in verdict
         .outcomes
@@ -151,18 +157,16 @@ pub fn record_verdict(verdict: &Verdict) {
     }
 }
 
+/// The `outcome` label of [`DECISIONS`], indexed by "was it denied".
+const OUTCOMES: [&str; 2] = ["allowed", "denied"];
+
 thread_local! {
-    /// Each governing limit's `[allowed, denied]` decision counters, registered on the first
-    /// decision it governs on this thread. The registry's own lookup builds and hashes a
+    /// Each governing limit's `[allowed, denied]` decision counters, each registered on the
+    /// first such decision on this thread. The registry's own lookup builds and hashes a
     /// labelled key on every call, which at load costs more than the decision it counts.
     /// Grows with the limit names a policy has ever had, which a reload rarely changes.
-    static DECISION_COUNTERS: RefCell<HashMap<Arc<str>, [Counter; 2]>> = RefCell::default();
-}
-
-fn decision_counters(limit: Arc<str>) -> [Counter; 2] {
-    let limit = metrics::SharedString::from(limit);
-    ["allowed", "denied"]
-        .map(|outcome| counter!(DECISIONS, "outcome" => outcome, "limit" => limit.clone()))
+    static DECISION_COUNTERS: RefCell<HashMap<Arc<str>, [Option<Counter>; 2]>> =
+        RefCell::default();
 }
 
 /// Counts one reload attempt.

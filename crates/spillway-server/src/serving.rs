@@ -101,7 +101,8 @@ impl axum::serve::Listener for Incoming {
 /// Serves every connection dealt to this thread as HTTP/2 with `service`, each on a task of
 /// its own, until the queue ends; then shuts them all down gracefully and waits for them.
 /// (HTTP/2's two-step GOAWAY lets calls already sent be answered, even on a connection not
-/// read yet.) Settings follow tonic's server: no cap on streams per connection.
+/// read yet.) Settings follow tonic's server (no cap on streams per connection), except that
+/// hyper's default limit on streams a client makes the server reset is kept.
 pub async fn serve_http2<S, B>(incoming: Incoming, service: S)
 where
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
@@ -387,6 +388,86 @@ mod tests {
             })
             .expect("served");
         assert_eq!(status_line(client), "HTTP/1.1 200 OK");
+    }
+
+    /// The HTTP/2 server's version: a connection whose request has already arrived, queued
+    /// just as the queue ends, is answered before its server drains.
+    #[test]
+    fn an_http2_connection_queued_as_the_queue_ends_is_answered() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // The client, on a thread of its own: one GET, then it keeps its connection going
+        // (answering the server's pings) until the server closes it.
+        let client = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let tcp = TcpStream::connect(addr).await.expect("connect");
+                let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+                tokio::spawn(connection);
+                let request = http::Request::get(format!("http://{addr}/"))
+                    .body(())
+                    .expect("request");
+                let (response, _) = client
+                    .ready()
+                    .await
+                    .expect("ready")
+                    .send_request(request, true)
+                    .expect("sent");
+                response.await.map(|r| r.status().as_u16())
+            })
+        });
+        let (accepted, peer) = listener.accept().expect("accept");
+        // Queue the connection only once its request is in the socket: a HEADERS frame
+        // after the 24-byte preface.
+        let mut seen = vec![0; 4096];
+        loop {
+            let n = accepted.peek(&mut seen).expect("peek");
+            if has_headers_frame(&seen[..n]) {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        accepted.set_nonblocking(true).expect("nonblocking");
+        let (queue, connections) = mpsc::unbounded_channel();
+        queue.send((accepted, peer)).expect("queued");
+        drop(queue);
+        let incoming = Incoming {
+            queue: connections,
+            local: addr,
+            ended: Arc::new(Notify::new()),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ok = hyper::service::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                bytes::Bytes,
+            >::new()))
+        });
+        runtime.block_on(serve_http2(incoming, ok));
+        // Whatever the server left unserved closes here, so a miss fails instead of hanging.
+        drop(runtime);
+        let status = client.join().expect("client thread");
+        assert_eq!(status.expect("an answer, not a refusal"), 200);
+    }
+
+    /// Whether `bytes` (a client's first bytes) hold an HTTP/2 HEADERS frame.
+    fn has_headers_frame(bytes: &[u8]) -> bool {
+        let mut at = 24; // the connection preface
+        while bytes.len() >= at + 9 {
+            let length = usize::from(bytes[at]) << 16
+                | usize::from(bytes[at + 1]) << 8
+                | usize::from(bytes[at + 2]);
+            if bytes[at + 3] == 0x1 {
+                return true;
+            }
+            at += 9 + length;
+        }
+        false
     }
 
     /// A fresh connection to `addr` with one whole GET sent on it.

@@ -311,12 +311,17 @@ async fn envoy_config_changes_are_reloaded_and_bad_ones_rejected() {
     );
 }
 
-/// Asserts a gRPC error answer: HTTP 200, `grpc-status` `status`, a message containing `says`.
-fn expect_status(answer: common::grpc::RawAnswer, status: &str, says: &str) {
+/// Asserts a gRPC error answer: HTTP 200, trailers-only, `grpc-status` `code`, a message
+/// containing `says`.
+fn expect_status(answer: common::grpc::RawAnswer, code: tonic::Code, says: &str) {
     assert_eq!(answer.http, 200, "{answer:?}");
-    assert_eq!(answer.grpc_status.as_deref(), Some(status), "{answer:?}");
-    let message = answer.grpc_message.unwrap_or_default();
-    assert!(message.contains(says), "{message:?} should say {says:?}");
+    assert!(answer.is_trailers_only(), "{answer:?}");
+    let status = answer.status().expect("a grpc-status");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(says),
+        "{status:?} should say {says:?}"
+    );
 }
 
 const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
@@ -330,8 +335,14 @@ async fn a_raw_call_gets_a_complete_grpc_answer() {
     let message = request("spillway", vec![descriptor(&[("user", "raw")])], 0).encode_to_vec();
     let answer = raw_call(rls.addr, SHOULD_RATE_LIMIT, &[], frame(&message)).await;
     assert_eq!(answer.http, 200);
-    assert_eq!(answer.content_type.as_deref(), Some("application/grpc"));
-    assert_eq!(answer.grpc_status.as_deref(), Some("0"), "{answer:?}");
+    assert_eq!(answer.header("content-type"), Some("application/grpc"));
+    // The status comes after the message, in the trailers, and nowhere else.
+    assert_eq!(answer.header("grpc-status"), None, "{answer:?}");
+    let trailers = answer.trailers.as_ref().expect("trailers");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
     assert_eq!(answer.body[0], 0, "not compressed");
     let length = u32::from_be_bytes(answer.body[1..5].try_into().expect("4 bytes")) as usize;
     assert_eq!(answer.body.len(), 5 + length);
@@ -355,19 +366,26 @@ async fn malformed_calls_get_a_status_that_says_what_is_wrong() {
     compressed[0] = 1;
     let mut oversized = frame(&[]);
     oversized.resize(4 * 1024 * 1024 + 64, 0);
-    // Answered on the direct path: (body, grpc-status, what the message says).
+    use tonic::Code::{InvalidArgument as Invalid, ResourceExhausted as Exhausted, Unimplemented};
+    // Answered on the direct path: (body, status code, what the message says).
     let bodies = [
-        (vec![], "3", "no request message"),
-        (good[..3].to_vec(), "3", "5-byte prefix"),
-        (good[..good.len() - 1].to_vec(), "3", "cut short"),
+        (vec![], Invalid, "no request message"),
+        (good[..3].to_vec(), Invalid, "5-byte prefix"),
+        (good[..good.len() - 1].to_vec(), Invalid, "cut short"),
         (
             [good.clone(), good.clone()].concat(),
-            "3",
+            Invalid,
             "one request message",
         ),
-        (frame(&[0xff, 0xff, 0xff]), "3", "does not decode"),
-        (compressed.clone(), "3", "flagged compressed"),
-        (oversized, "8", "larger than 4194304 bytes"),
+        (frame(&[0xff, 0xff, 0xff]), Invalid, "does not decode"),
+        (compressed.clone(), Invalid, "flagged compressed"),
+        (oversized, Exhausted, "larger than 4194304 bytes"),
+        // A prefix announcing 16 MiB, on a short body.
+        (
+            vec![0, 1, 0, 0, 0, 1, 2],
+            Exhausted,
+            "larger than 4194304 bytes",
+        ),
     ];
     for (body, status, says) in bodies {
         expect_status(
@@ -379,12 +397,16 @@ async fn malformed_calls_get_a_status_that_says_what_is_wrong() {
     // Handed to tonic: a compression it was not set up for, unknown methods and services.
     let gzip = [("grpc-encoding", "gzip")];
     let answer = raw_call(rls.addr, SHOULD_RATE_LIMIT, &gzip, compressed).await;
-    expect_status(answer, "12", "gzip");
+    expect_status(answer, Unimplemented, "gzip");
     for path in [
         "/envoy.service.ratelimit.v3.RateLimitService/NoSuchMethod",
         "/no.such.Service/Call",
     ] {
-        expect_status(raw_call(rls.addr, path, &[], good.clone()).await, "12", "");
+        expect_status(
+            raw_call(rls.addr, path, &[], good.clone()).await,
+            Unimplemented,
+            "",
+        );
     }
     // Nothing was charged: the first well-formed call still sees its whole limit.
     let answer = rls.one("spillway", &[("user", "u")]).await;

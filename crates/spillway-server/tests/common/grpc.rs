@@ -132,14 +132,30 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
 pub struct RawAnswer {
     /// The HTTP status.
     pub http: u16,
-    /// The response's `content-type`.
-    pub content_type: Option<String>,
-    /// `grpc-status`, from the trailers or, for a trailers-only answer, the headers.
-    pub grpc_status: Option<String>,
-    /// `grpc-message`, wherever `grpc-status` was, percent-decoded.
-    pub grpc_message: Option<String>,
+    /// The response's headers.
+    pub headers: http::HeaderMap,
+    /// The response's trailers, if any came.
+    pub trailers: Option<http::HeaderMap>,
     /// The response body's bytes.
     pub body: Vec<u8>,
+}
+
+impl RawAnswer {
+    /// A header's value, if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The gRPC status (code and percent-decoded message), wherever the answer put it.
+    pub fn status(&self) -> Option<tonic::Status> {
+        tonic::Status::from_header_map(self.trailers.as_ref().unwrap_or(&self.headers))
+    }
+
+    /// A trailers-only answer: the status in the headers, no body and no trailers, as gRPC
+    /// sends errors.
+    pub fn is_trailers_only(&self) -> bool {
+        self.headers.contains_key("grpc-status") && self.body.is_empty() && self.trailers.is_none()
+    }
 }
 
 /// Sends one call to `path` on a fresh HTTP/2 connection to `addr`, headers as a gRPC client
@@ -168,13 +184,7 @@ pub async fn raw_call(
     send.send_data(body.into(), true).expect("the body");
     let response = response.await.expect("a response");
     let http = response.status().as_u16();
-    let text = |map: &http::HeaderMap, name: &str| {
-        map.get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let content_type = text(response.headers(), "content-type");
-    let mut status_from = response.headers().clone();
+    let headers = response.headers().clone();
     let mut answer = response.into_body();
     let mut body = Vec::new();
     while let Some(chunk) = answer.data().await {
@@ -182,15 +192,11 @@ pub async fn raw_call(
         let _ = answer.flow_control().release_capacity(chunk.len());
         body.extend_from_slice(&chunk);
     }
-    if let Some(trailers) = answer.trailers().await.expect("trailers") {
-        status_from = trailers;
-    }
+    let trailers = answer.trailers().await.expect("trailers");
     RawAnswer {
         http,
-        content_type,
-        grpc_status: text(&status_from, "grpc-status"),
-        grpc_message: tonic::Status::from_header_map(&status_from)
-            .map(|status| status.message().to_owned()),
+        headers,
+        trailers,
         body,
     }
 }
