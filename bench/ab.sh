@@ -1,20 +1,60 @@
 #!/usr/bin/env bash
-# Two builds of Spillway, alternated under the same wrk load on POST /v1/check (embedded store),
-# each round on a fresh server: requests per second, server CPU per request (from
-# /proc/PID/stat) and p99. For before/after comparisons on a noisy machine.
+# Two builds of Spillway, alternated under the same load, each round on a fresh server, for
+# before/after comparisons on a noisy machine (embedded store). Two loads:
+# - LOAD=http (the default): wrk on POST /v1/check; requests per second, server CPU per
+#   request (from /proc/PID/stat) and p99;
+# - LOAD=grpc: bench/grpc.sh's h2load load on ShouldRateLimit (4 clients x 4 connections x 32
+#   streams, CALLS each); calls per second and server CPU per call.
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY          # e.g. a copy of target/release/spillway
 #   ROUNDS=4 DURATION=8s bench/ab.sh /tmp/old/spillway target/release/spillway
+#   LOAD=grpc ROUNDS=7 bench/ab.sh /tmp/old/spillway target/release/spillway
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 source bench/lib.sh
-need wrk wrk
 [ $# -eq 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY" >&2; exit 2; }
 
+LOAD=${LOAD:-http}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-64}
+CALLS=${CALLS:-200000}
+case "$LOAD" in
+  http) need wrk wrk ;;
+  grpc)
+    need h2load nghttp2-client
+    need python3 python3
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    grpc_fixture "$work" 4
+    ;;
+  *) echo "LOAD must be http or grpc, not $LOAD" >&2; exit 2 ;;
+esac
+
+one_grpc() {
+  local label=$1 binary=$2 port pid t0 t1 start end pids=() i ok
+  port=$(free_port)
+  "$binary" serve --listen 127.0.0.1:0 --grpc-listen "127.0.0.1:$port" --log-filter warn \
+    --config "$work/conf/policy.yaml" --envoy-config "$work/conf/bench.yaml" >/dev/null 2>&1 &
+  pid=$!
+  wait_port "$port" || { echo "$label: the server never listened" >&2; kill "$pid"; return 1; }
+  t0=$(cpu_ticks "$pid")
+  start=$(date +%s.%N)
+  for i in 0 1 2 3; do
+    h2load -n "$CALLS" -c 4 -m 32 -t 1 -d "$work/frame-$i.bin" \
+      -H 'content-type: application/grpc' -H 'te: trailers' \
+      "http://127.0.0.1:$port/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit" \
+      > "$work/out/h2load-$i.out" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  end=$(date +%s.%N)
+  t1=$(cpu_ticks "$pid")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  ok=$(cat "$work"/out/h2load-*.out | awk '/^status codes:/ {n += $3} END {print n}')
+  python3 -c "s = $end - $start; print(f'$label: {$ok / s:,.0f} calls/s ($ok answered 200), {($t1 - $t0) / $(getconf CLK_TCK) / $ok * 1e6:.1f} us CPU per call')"
+}
 
 
 one() {
@@ -34,6 +74,14 @@ one() {
   python3 -c "print(f'$label: {float(\"$rps\"):,.0f} req/s, {($t1 - $t0) / $(getconf CLK_TCK) / $reqs * 1e6:.1f} us CPU per request, p99 $p99')"
 }
 
+if [ "$LOAD" = grpc ]; then
+  echo "h2load, 4 clients x -n $CALLS -c 4 -m 32 on ShouldRateLimit, alternating, $ROUNDS rounds"
+  for r in $(seq "$ROUNDS"); do
+    one_grpc old "$1"
+    one_grpc new "$2"
+  done
+  exit 0
+fi
 echo "wrk -t1 -c$CONNECTIONS -d$DURATION --latency -s bench/check.lua, alternating, $ROUNDS rounds"
 for r in $(seq "$ROUNDS"); do
   one old "$1"

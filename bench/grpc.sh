@@ -6,14 +6,17 @@
 # - h2load repeats one request body, so its key variety comes from several h2load processes
 #   side by side, each with its own descriptor value (BENCH_CLIENTS of them);
 # - our own generator (crates/spillway-server/examples/rls_load.rs) cycles through
-#   BENCH_VALUES descriptor values over 4 connections with 32 calls in flight on each. It
-#   costs more CPU per call than h2load, which shares the machine with the server.
+#   BENCH_VALUES descriptor values over 4 connections with 32 calls in flight on each, the
+#   connections split over BENCH_LOAD_THREADS threads (2: one per core, as h2load's several
+#   processes spread over both). It costs more CPU per call than h2load, which shares the
+#   machine with the server.
 # Limits are high, so nearly every call is allowed, which is the common case in production.
 # Between the two, h2load also calls the server's grpc.health.v1 Check with the same settings:
 # a call that does no rate-limit work, the floor of the gRPC stack on this machine.
 #
 # Usage: bench/grpc.sh [REQUESTS_PER_CLIENT]
-#   env: BENCH_CLIENTS, BENCH_CONNS, BENCH_STREAMS (h2load); BENCH_VALUES, BENCH_SECONDS (rls_load)
+#   env: BENCH_CLIENTS, BENCH_CONNS, BENCH_STREAMS (h2load); BENCH_VALUES, BENCH_SECONDS,
+#        BENCH_LOAD_THREADS (rls_load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/deps.sh
@@ -29,47 +32,13 @@ streams=${BENCH_STREAMS:-32}
 
 values=${BENCH_VALUES:-100000}
 seconds=${BENCH_SECONDS:-10}
+load_threads=${BENCH_LOAD_THREADS:-2}
 
 cargo build --release -q -p spillway-server --bin spillway --example rls_load
 work=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-# The server watches its config's directory for edits; h2load's per-call logs go elsewhere so
-# their writes do not wake the watcher during the run.
-mkdir -p "$work/conf" "$work/out"
-cat > "$work/conf/bench.yaml" <<'YAML'
-domain: bench
-descriptors:
-  - key: user
-    rate_limit: {unit: second, requests_per_unit: 100000000}
-YAML
-cat > "$work/conf/policy.yaml" <<'YAML'
-default_tier: free
-tiers:
-  free: {}
-YAML
-
-# One gRPC frame per client: 0x00, 4-byte big-endian length, then a RateLimitRequest
-# (domain = 1, descriptors = 2 { entries = 1 { key = 1, value = 2 } }, hits_addend = 3).
-python3 - "$work" "$clients" <<'PY'
-import struct, sys
-work, clients = sys.argv[1], int(sys.argv[2])
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-def field(num, payload):
-    return varint(num << 3 | 2) + varint(len(payload)) + payload
-for i in range(clients):
-    entry = field(1, b"user") + field(2, f"user-{i}".encode())
-    message = field(1, b"bench") + field(2, field(1, entry)) + varint(3 << 3) + varint(1)
-    with open(f"{work}/frame-{i}.bin", "wb") as f:
-        f.write(b"\x00" + struct.pack(">I", len(message)) + message)
-PY
+grpc_fixture "$work" "$clients"
 
 target/release/spillway serve --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 \
   --config "$work/conf/policy.yaml" --envoy-config "$work/conf/bench.yaml" --log-filter warn,spillway_server=info \
@@ -134,5 +103,6 @@ h2load_run "ShouldRateLimit (h2load)" envoy.service.ratelimit.v3.RateLimitServic
 h2load_run "grpc.health.v1 Check, the gRPC stack's floor (h2load, same settings)" grpc.health.v1.Health/Check health_frame
 
 echo
-echo "rls_load over $values descriptor values:"
-target/release/examples/rls_load --addr "$addr" --values "$values" --seconds "$seconds" --server-pid "$server"
+echo "rls_load over $values descriptor values, $load_threads threads:"
+target/release/examples/rls_load --addr "$addr" --values "$values" --seconds "$seconds" \
+  --threads "$load_threads" --server-pid "$server"

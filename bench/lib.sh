@@ -15,3 +15,46 @@ wait_port() {
 
 # User plus system CPU ticks process $1 has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# grpc_fixture DIR CLIENTS: what the gRPC benchmarks serve and send. DIR/conf holds the policy
+# and one Envoy domain, `bench`, whose `user` limit is high enough that every call is allowed;
+# DIR/frame-I.bin (I from 0 to CLIENTS - 1) is a whole pre-encoded ShouldRateLimit call for
+# user-I, as h2load sends a body; DIR/out is for the load generators' files.
+grpc_fixture() {
+# The server watches its config's directory for edits; h2load's per-call logs go elsewhere so
+# their writes do not wake the watcher during the run.
+mkdir -p "$1/conf" "$1/out"
+cat > "$1/conf/bench.yaml" <<'YAML'
+domain: bench
+descriptors:
+  - key: user
+    rate_limit: {unit: second, requests_per_unit: 100000000}
+YAML
+cat > "$1/conf/policy.yaml" <<'YAML'
+default_tier: free
+tiers:
+  free: {}
+YAML
+
+# One gRPC frame per client: 0x00, 4-byte big-endian length, then a RateLimitRequest
+# (domain = 1, descriptors = 2 { entries = 1 { key = 1, value = 2 } }, hits_addend = 3).
+python3 - "$1" "$2" <<'PY'
+import struct, sys
+work, clients = sys.argv[1], int(sys.argv[2])
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+def field(num, payload):
+    return varint(num << 3 | 2) + varint(len(payload)) + payload
+for i in range(clients):
+    entry = field(1, b"user") + field(2, f"user-{i}".encode())
+    message = field(1, b"bench") + field(2, field(1, entry)) + varint(3 << 3) + varint(1)
+    with open(f"{work}/frame-{i}.bin", "wb") as f:
+        f.write(b"\x00" + struct.pack(">I", len(message)) + message)
+PY
+}
