@@ -365,19 +365,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let client = send_get(addr);
         let (accepted, peer) = listener.accept().expect("accept");
-        accepted.set_nonblocking(true).expect("nonblocking");
-        let (queue, connections) = mpsc::unbounded_channel();
-        queue.send((accepted, peer)).expect("queued");
-        drop(queue);
-        let incoming = Incoming {
-            queue: connections,
-            local: addr,
-            ended: Arc::new(Notify::new()),
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let (incoming, runtime) = the_last_connection_queued(accepted, peer, addr);
         runtime
             .block_on(async {
                 let ended = incoming.ended();
@@ -430,19 +418,7 @@ mod tests {
             }
             std::thread::yield_now();
         }
-        accepted.set_nonblocking(true).expect("nonblocking");
-        let (queue, connections) = mpsc::unbounded_channel();
-        queue.send((accepted, peer)).expect("queued");
-        drop(queue);
-        let incoming = Incoming {
-            queue: connections,
-            local: addr,
-            ended: Arc::new(Notify::new()),
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let (incoming, runtime) = the_last_connection_queued(accepted, peer, addr);
         let ok = hyper::service::service_fn(|_: http::Request<hyper::body::Incoming>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
                 bytes::Bytes,
@@ -468,6 +444,28 @@ mod tests {
             at += 9 + length;
         }
         false
+    }
+
+    /// A thread's queue holding `accepted` and then ending, as at shutdown, and a runtime of
+    /// the kind a serving thread runs to serve it on.
+    fn the_last_connection_queued(
+        accepted: std::net::TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> (Incoming, tokio::runtime::Runtime) {
+        accepted.set_nonblocking(true).expect("nonblocking");
+        let (queue, connections) = mpsc::unbounded_channel();
+        queue.send((accepted, peer)).expect("queued");
+        let incoming = Incoming {
+            queue: connections,
+            local,
+            ended: Arc::new(Notify::new()),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        (incoming, runtime)
     }
 
     /// A fresh connection to `addr` with one whole GET sent on it.
