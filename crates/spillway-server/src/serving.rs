@@ -11,9 +11,9 @@
 //! Shutdown, in this order: when the [`Shutdown`] fires the accept task closes the port and
 //! drops its queues; each thread's server takes every connection still queued, sees its queue
 //! end, and only then drains its connections gracefully (for HTTP/1, after letting the newest
-//! of them read their first request); [`Threads::finished`] resolves once all of them have. (A server
-//! told to stop by the signal itself could stop while a connection was still queued for it,
-//! and that client would get no answer at all.)
+//! of them read their first request); [`Threads::finished`] resolves once all of them have.
+//! (A server told to stop by the signal itself could stop while a connection was still queued
+//! for it, and that client would get no answer at all.)
 //!
 //! Work a request starts on a shared store must not live on a serving thread: a store client
 //! that reconnects spawns its connection's task wherever it is asked, and a serving thread's
