@@ -148,9 +148,9 @@ pub struct Threads {
     serving: Vec<oneshot::Receiver<Result<(), String>>>,
 }
 
-/// Starts `threads` threads (at least one) named `spillway-<what>-N`, each running `serve(incoming)` to
-/// completion on a runtime of its own, and the task that deals `listener`'s connections out to
-/// them until `shutdown` fires. `serve` must end once its [`Incoming`] has ended, draining
+/// Starts `threads` threads (at least one) named `spillway-<what>-N`, each running
+/// `serve(incoming)` to completion on a runtime of its own, and the task that deals
+/// `listener`'s connections out to them until `shutdown` fires. `serve` must end once its [`Incoming`] has ended, draining
 /// gracefully, and should not watch `shutdown` itself (see the module docs). `what` names the
 /// server in logs.
 pub fn start<F, Fut, E>(
