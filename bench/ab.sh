@@ -21,7 +21,7 @@ DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-64}
 CALLS=${CALLS:-200000}
 case "$LOAD" in
-  http) need wrk wrk ;;
+  http) need wrk wrk; need python3 python3 ;;
   grpc)
     need h2load nghttp2-client
     need python3 python3

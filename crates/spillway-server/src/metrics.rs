@@ -137,10 +137,10 @@ pub fn record_verdict(verdict: &Verdict) {
     let name = verdict.governing().map_or(NO_LIMIT, |o| &*o.name);
     let outcome = usize::from(!verdict.allowed);
     DECISION_COUNTERS.with_borrow_mut(|counters| {
-        if !counters.contains_key(name) {
-            counters.insert(Arc::from(name), Default::default());
-        }
-        let pair = counters.get_mut(name).expect("inserted above");
+        let pair = match counters.get_mut(name) {
+            Some(pair) => pair,
+            None => counters.entry(Arc::from(name)).or_default(),
+        };
         pair[outcome]
             .get_or_insert_with(|| {
                 let limit = metrics::SharedString::from(name.to_owned());

@@ -145,8 +145,14 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     )?;
 
     // Both listeners drain at once, within one grace period from the signal. The servers end
-    // only after the signal.
-    shutdown.triggered().await;
+    // only after the signal, unless every thread of one of them has stopped: then its port is
+    // closed, and the process exits with an error rather than run on half deaf.
+    let mut grpc = grpc;
+    tokio::select! {
+        () = shutdown.triggered() => {}
+        () = http.finished() => anyhow::bail!("every HTTP serving thread has stopped"),
+        () = grpc::stopped(&mut grpc) => anyhow::bail!("every gRPC serving thread has stopped"),
+    }
     let drain_deadline = tokio::time::Instant::now() + settings.shutdown_grace;
     tokio::select! {
         () = http.finished() => tracing::info!("in-flight requests finished"),

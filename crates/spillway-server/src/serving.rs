@@ -10,8 +10,9 @@
 //!
 //! Shutdown, in this order: when the [`Shutdown`] fires the accept task closes the port and
 //! drops its queues; each thread's server takes every connection still queued, sees its queue
-//! end, and only then drains its connections gracefully (for HTTP/1, after letting the newest
-//! of them read their first request); [`Threads::finished`] resolves once all of them have.
+//! end, and only then drains its connections gracefully (for the HTTP API, after giving the
+//! connections just taken [`FIRST_READ`] to read their first request; HTTP/2's two-step
+//! GOAWAY needs no pause); [`Threads::finished`] resolves once all of them have.
 //! (A server told to stop by the signal itself could stop while a connection was still queued
 //! for it, and that client would get no answer at all.)
 //!
@@ -206,9 +207,9 @@ where
     })
 }
 
-/// Accepts connections and hands them to the threads in turn until `shutdown` fires; then
-/// closes the port and drops the queues. A thread whose queue is gone (it stopped) is skipped
-/// from then on.
+/// Accepts connections and hands them to the threads in turn until `shutdown` fires, or until
+/// every thread has stopped; then closes the port and drops the queues. A thread whose queue is
+/// gone (it stopped) is skipped from then on.
 async fn deal_out(
     what: &'static str,
     listener: TcpListener,
@@ -220,6 +221,10 @@ async fn deal_out(
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.triggered() => break,
+            () = every_closed(&queues) => {
+                queues.clear();
+                break;
+            }
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -260,6 +265,13 @@ async fn deal_out(
     }
     if queues.is_empty() {
         tracing::error!("every {what} serving thread has stopped; closing the port");
+    }
+}
+
+/// Resolves once every thread has dropped its queue (they have all stopped).
+async fn every_closed(queues: &[mpsc::UnboundedSender<Accepted>]) {
+    for queue in queues {
+        queue.closed().await;
     }
 }
 
@@ -490,6 +502,32 @@ mod tests {
     /// One GET over a fresh connection; the status line.
     fn get(addr: SocketAddr) -> String {
         status_line(send_get(addr))
+    }
+
+    /// When every thread has stopped, the set ends on its own, with no connection arriving
+    /// and no signal, so the process can exit instead of holding a port nobody serves.
+    #[tokio::test]
+    async fn the_threads_end_once_every_one_has_stopped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut threads = start(
+            "test",
+            2,
+            listener,
+            Shutdown::new(),
+            |incoming: Incoming| {
+                drop(incoming);
+                async { Err("this thread stops at once") }
+            },
+        )
+        .expect("threads start");
+        tokio::time::timeout(Duration::from_secs(10), threads.finished())
+            .await
+            .expect("the set ends without a signal");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "the port is closed"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,6 +144,15 @@ pub async fn start(
     Ok(Some(GrpcServer { threads, reload }))
 }
 
+/// Resolves once every serving thread of `server` has ended; never when gRPC is off. Before
+/// the shutdown signal that means they all stopped. Cancel-safe.
+pub async fn stopped(server: &mut Option<GrpcServer>) {
+    match server {
+        Some(server) => server.threads.finished().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl GrpcServer {
     /// Waits for in-flight calls to finish after the shutdown signal, for at most `grace`.
     /// Threads still serving after that are left behind; the process is about to exit.
