@@ -4,7 +4,8 @@
 mod common;
 
 use common::grpc::{
-    code, descriptor, envoy_file, frame, header, limit, overall, raw_call, request, start,
+    code, descriptor, envoy_file, frame, framed, header, limit, overall, raw_call, request, start,
+    SHOULD_RATE_LIMIT,
 };
 use common::{Server, PATIENCE};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
@@ -324,16 +325,18 @@ fn expect_status(answer: common::grpc::RawAnswer, code: tonic::Code, says: &str)
     );
 }
 
-const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
-
 /// A plain call, spoken raw: a gRPC answer in full, with its content type, one message that
 /// decodes, and `grpc-status: 0` in the trailers.
 #[tokio::test]
 async fn a_raw_call_gets_a_complete_grpc_answer() {
     use prost::Message;
     let rls = start(Server::with_policy(POLICY), &[]).await;
-    let message = request("spillway", vec![descriptor(&[("user", "raw")])], 0).encode_to_vec();
-    let answer = raw_call(rls.addr, SHOULD_RATE_LIMIT, &[], frame(&message)).await;
+    let call = framed(&request(
+        "spillway",
+        vec![descriptor(&[("user", "raw")])],
+        0,
+    ));
+    let answer = raw_call(rls.addr, SHOULD_RATE_LIMIT, &[], call).await;
     assert_eq!(answer.http, 200);
     assert_eq!(answer.header("content-type"), Some("application/grpc"));
     // The status comes after the message, in the trailers, and nowhere else.
@@ -359,9 +362,8 @@ async fn a_raw_call_gets_a_complete_grpc_answer() {
 /// services tonic's `UNIMPLEMENTED`. None of them charges anything or harms the server.
 #[tokio::test]
 async fn malformed_calls_get_a_status_that_says_what_is_wrong() {
-    use prost::Message;
     let mut rls = start(Server::with_policy(POLICY), &[]).await;
-    let good = frame(&request("spillway", vec![descriptor(&[("user", "u")])], 0).encode_to_vec());
+    let good = framed(&request("spillway", vec![descriptor(&[("user", "u")])], 0));
     let mut compressed = good.clone();
     compressed[0] = 1;
     let mut oversized = frame(&[]);

@@ -146,13 +146,8 @@ async fn http_and_grpc_drain_within_one_grace_period_together() {
 
 /// A whole gRPC frame holding a `ShouldRateLimit` request for user `u` of the policy domain.
 fn rls_frame() -> Vec<u8> {
-    use prost::Message;
-    let message = common::grpc::request(
-        "spillway",
-        vec![common::grpc::descriptor(&[("user", "u")])],
-        0,
-    );
-    common::grpc::frame(&message.encode_to_vec())
+    use common::grpc::{descriptor, framed, request};
+    framed(&request("spillway", vec![descriptor(&[("user", "u")])], 0))
 }
 
 /// A `ShouldRateLimit` call held half-sent on its own HTTP/2 connection: the response to
@@ -166,23 +161,8 @@ struct HalfSentCall {
 /// Opens a connection to `addr`, sends the headers and the first bytes of `frame`, and returns
 /// once the server has read them (it answers a ping sent after them).
 async fn start_half_sent_call(addr: std::net::SocketAddr, frame: &[u8]) -> HalfSentCall {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the gRPC port");
-    let (client, mut connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
-    let mut ping = connection
-        .ping_pong()
-        .expect("the connection's ping handle");
-    tokio::spawn(connection);
-    let mut client = client.ready().await.expect("ready");
-    let request = http::Request::post(format!(
-        "http://{addr}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .expect("request");
-    let (response, mut body) = client.send_request(request, false).expect("sent");
+    let (response, mut body, mut ping) =
+        common::grpc::open_call(addr, common::grpc::SHOULD_RATE_LIMIT, &[]).await;
     body.send_data(bytes::Bytes::copy_from_slice(&frame[..3]), false)
         .expect("part of the frame");
     ping.ping(h2::Ping::opaque()).await.expect("pong");
@@ -194,26 +174,21 @@ async fn start_half_sent_call(addr: std::net::SocketAddr, frame: &[u8]) -> HalfS
 }
 
 impl HalfSentCall {
-    /// Sends the rest of the call; the response's `grpc-status` and message bytes.
+    /// Sends the rest of the call; the response's `grpc-status` (from its trailers) and
+    /// message bytes.
     async fn finish(mut self) -> (Option<String>, usize) {
         self.body
             .send_data(self.rest, true)
             .expect("the rest of the frame");
-        let response = self.response.await.expect("a response");
-        assert_eq!(response.status(), 200);
-        let mut answer = response.into_body();
-        let mut received = 0;
-        while let Some(chunk) = answer.data().await {
-            let chunk = chunk.expect("response data");
-            let _ = answer.flow_control().release_capacity(chunk.len());
-            received += chunk.len();
-        }
-        let trailers = answer.trailers().await.expect("trailers").expect("some");
-        let status = trailers
-            .get("grpc-status")
+        let answer = common::grpc::read_answer(self.response).await;
+        assert_eq!(answer.http, 200);
+        let status = answer
+            .trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        (status, received)
+        (status, answer.body.len())
     }
 }
 

@@ -158,19 +158,34 @@ impl RawAnswer {
     }
 }
 
-/// Sends one call to `path` on a fresh HTTP/2 connection to `addr`, headers as a gRPC client
-/// sends them plus `extra`, and `body` exactly as given: the wire as a client that gets it
-/// wrong would speak it.
-pub async fn raw_call(
+/// The path of Envoy's rate-limit call, as clients put it on the wire.
+pub const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
+/// `request` as a whole gRPC body.
+pub fn framed(request: &RateLimitRequest) -> Vec<u8> {
+    use prost::Message;
+    frame(&request.encode_to_vec())
+}
+
+/// A gRPC call opened on a fresh HTTP/2 connection to `addr`: its headers sent (as a gRPC
+/// client sends them, plus `extra`), its body still to send. Also the connection's ping
+/// handle, to learn when the server has read what was sent.
+pub async fn open_call(
     addr: SocketAddr,
     path: &str,
     extra: &[(&str, &str)],
-    body: Vec<u8>,
-) -> RawAnswer {
+) -> (
+    h2::client::ResponseFuture,
+    h2::SendStream<bytes::Bytes>,
+    h2::PingPong,
+) {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to the gRPC port");
-    let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    let (client, mut connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    let ping = connection
+        .ping_pong()
+        .expect("the connection's ping handle");
     tokio::spawn(connection);
     let mut client = client.ready().await.expect("ready");
     let mut request = http::Request::post(format!("http://{addr}{path}"))
@@ -180,8 +195,25 @@ pub async fn raw_call(
         request = request.header(*name, *value);
     }
     let request = request.body(()).expect("request");
-    let (response, mut send) = client.send_request(request, false).expect("sent");
+    let (response, send) = client.send_request(request, false).expect("sent");
+    (response, send, ping)
+}
+
+/// Sends one call to `path` on a fresh HTTP/2 connection to `addr`, with `extra` headers and
+/// `body` exactly as given: the wire as a client that gets it wrong would speak it.
+pub async fn raw_call(
+    addr: SocketAddr,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: Vec<u8>,
+) -> RawAnswer {
+    let (response, mut send, _) = open_call(addr, path, extra).await;
     send.send_data(body.into(), true).expect("the body");
+    read_answer(response).await
+}
+
+/// A call's whole answer: headers, body and trailers.
+pub async fn read_answer(response: h2::client::ResponseFuture) -> RawAnswer {
     let response = response.await.expect("a response");
     let http = response.status().as_u16();
     let headers = response.headers().clone();
