@@ -32,8 +32,10 @@ case "$LOAD" in
   *) echo "LOAD must be http or grpc, not $LOAD" >&2; exit 2 ;;
 esac
 
+frame_of() { echo "$work/frame-$1.bin"; }
+
 one_grpc() {
-  local label=$1 binary=$2 port pid t0 t1 start end pids=() i ok
+  local label=$1 binary=$2 port pid t0 t1 start end ok
   port=$(free_port)
   "$binary" serve --listen 127.0.0.1:0 --grpc-listen "127.0.0.1:$port" --log-filter warn \
     --config "$work/conf/policy.yaml" --envoy-config "$work/conf/bench.yaml" >/dev/null 2>&1 &
@@ -41,14 +43,8 @@ one_grpc() {
   wait_port "$port" || { echo "$label: the server never listened" >&2; kill "$pid"; return 1; }
   t0=$(cpu_ticks "$pid")
   start=$(date +%s.%N)
-  for i in 0 1 2 3; do
-    h2load -n "$CALLS" -c 4 -m 32 -t 1 -d "$work/frame-$i.bin" \
-      -H 'content-type: application/grpc' -H 'te: trailers' \
-      "http://127.0.0.1:$port/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit" \
-      > "$work/out/h2load-$i.out" &
-    pids+=($!)
-  done
-  wait "${pids[@]}"
+  h2load_clients "http://127.0.0.1:$port/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit" \
+    "$work/out" 4 "$CALLS" 4 32 frame_of
   end=$(date +%s.%N)
   t1=$(cpu_ticks "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true

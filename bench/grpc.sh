@@ -54,22 +54,13 @@ addr=$(grep -o "grpc listening on [0-9.:]*" "$work/server.log" | awk '{print $4}
 
 # h2load_run WHAT METHOD FRAME_OF: BENCH_CLIENTS h2load processes side by side, client i sending
 # the body file `FRAME_OF i` to METHOD; prints throughput, latency and the server's CPU.
-# Only client 0 logs each call's latency (its calls are the latency sample): a log line per
-# call from every client costs h2load CPU on the two cores it shares with the server.
 h2load_run() {
-  local what=$1 url="http://$addr/$2" frame_of=$3 pids=() i ticks0 ticks1 start end log
+  local what=$1 url="http://$addr/$2" frame_of=$3 ticks0 ticks1 start end
   rm -f "$work"/out/*
   ticks0=$(cpu_ticks "$server")
   start=$(date +%s.%N)
-  for i in $(seq 0 $((clients - 1))); do
-    log=()
-    [ "$i" -eq 0 ] && log=(--log-file "$work/out/latency.txt")
-    h2load -n "$requests" -c "$conns" -m "$streams" -t 1 -d "$($frame_of "$i")" \
-      -H 'content-type: application/grpc' -H 'te: trailers' \
-      "${log[@]}" "$url" > "$work/out/h2load-$i.out" &
-    pids+=($!)
-  done
-  wait "${pids[@]}"
+  h2load_clients "$url" "$work/out" "$clients" "$requests" "$conns" "$streams" "$frame_of" \
+    "$work/out/latency.txt"
   end=$(date +%s.%N)
   ticks1=$(cpu_ticks "$server")
   echo "$what:"

@@ -58,3 +58,23 @@ for i in range(clients):
         f.write(b"\x00" + struct.pack(">I", len(message)) + message)
 PY
 }
+
+# h2load_clients URL OUT CLIENTS REQUESTS CONNS STREAMS BODY_OF [LOG]: CLIENTS h2load processes
+# side by side, client i sending the gRPC body in the file `BODY_OF i` prints, REQUESTS calls
+# over CONNS connections with STREAMS in flight on each; waits for all. Client i's summary goes
+# to OUT/h2load-i.out. With LOG, client 0 also logs each call's latency there: one client's
+# calls are the sample, since a log line per call from every client costs h2load CPU on the
+# cores it shares with the server.
+h2load_clients() {
+  local url=$1 out=$2 clients=$3 requests=$4 conns=$5 streams=$6 body_of=$7 latency=${8:-}
+  local i log pids=()
+  for i in $(seq 0 $((clients - 1))); do
+    log=()
+    [ "$i" -eq 0 ] && [ -n "$latency" ] && log=(--log-file "$latency")
+    h2load -n "$requests" -c "$conns" -m "$streams" -t 1 -d "$($body_of "$i")" \
+      -H 'content-type: application/grpc' -H 'te: trailers' \
+      "${log[@]}" "$url" > "$out/h2load-$i.out" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+}
