@@ -1,4 +1,4 @@
-//! The state every handler shares, and the router that maps paths to handlers.
+//! The router that maps HTTP paths to handlers (the state they share is `crate::state`).
 //!
 //! Routes:
 //!
@@ -15,37 +15,13 @@
 //! Unknown paths get a 404 problem, known paths asked with the wrong method a 405 problem with
 //! an `Allow` header. Request bodies over 16 KiB are refused with 413.
 
-use crate::clock::ServerClock;
-use crate::config::PolicyInfo;
-use crate::http::authorize::{self, AuthorizeSettings};
+use crate::http::authorize;
 use crate::http::{access_log, check, debug, probes, problem};
-use arc_swap::ArcSwap;
+use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
 use axum::Router;
-use metrics_exporter_prometheus::PrometheusHandle;
-use spillway_core::engine::Engine;
-use spillway_core::store::Store;
 use std::sync::Arc;
-
-/// What the handlers share. Built once at start-up; the policy inside the engine and the
-/// [`PolicyInfo`] are swapped atomically on reload, everything else is fixed.
-pub struct AppState {
-    /// The decision engine (holds the current policy).
-    pub engine: Engine,
-    /// The store behind the engine, for readiness pings, sweeping and size metrics.
-    pub store: Arc<dyn Store>,
-    /// The process clock.
-    pub clock: ServerClock,
-    /// What `/readyz` says about the policy in force.
-    pub policy_info: ArcSwap<PolicyInfo>,
-    /// Renders `/metrics`.
-    pub metrics: PrometheusHandle,
-    /// How `/v1/authorize` reads and answers requests.
-    pub authorize: AuthorizeSettings,
-    /// What to do when the store fails (shared with the gRPC service).
-    pub failover: Arc<crate::failure::Failover>,
-}
 
 /// The HTTP surface of the server, ready for `axum::serve`.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -79,13 +55,18 @@ pub fn router(state: Arc<AppState>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ServerClock;
     use crate::config::PolicySource;
-    use crate::http::authorize::HeaderMapping;
     use crate::http::client_ip::{ForwardingHeaders, TrustedProxies};
+    use crate::http::settings::{AuthorizeSettings, HeaderMapping};
+    use crate::state::PolicyInfo;
+    use arc_swap::ArcSwap;
     use axum::body::Body;
     use axum::extract::connect_info::MockConnectInfo;
     use axum::http::{Request, StatusCode};
     use serde_json::Value;
+    use spillway_core::engine::Engine;
+    use spillway_core::store::Store;
     use std::net::SocketAddr;
     use tower::ServiceExt;
 
@@ -117,9 +98,13 @@ routes:
 "#;
 
     fn app_on(store: Arc<dyn Store>) -> Router {
+        app_with(POLICY, store)
+    }
+
+    fn app_with(policy: &str, store: Arc<dyn Store>) -> Router {
         let clock = ServerClock::manual(1_000);
         let policy = PolicySource::Builtin
-            .parse(POLICY)
+            .parse(policy)
             .expect("test policy is valid");
         let names = |n: &'static str| vec![axum::http::HeaderName::from_static(n)];
         let state = AppState {
@@ -256,6 +241,21 @@ routes:
             }
         }
         assert_eq!(admitted, 2, "the smaller emergency quota governs");
+    }
+
+    #[tokio::test]
+    async fn with_no_failure_mode_a_down_store_degrades_to_emergency_quotas() {
+        let policy = POLICY.replace("failure_mode: open\n", "");
+        let app = app_with(&policy, Arc::new(DownStore));
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let (status, body, headers) =
+                call_with_headers(&app, check(r#"{"user":"u","method":"GET","path":"/x"}"#)).await;
+            assert_eq!(headers["spillway-degraded"], "store-unavailable");
+            assert_eq!(body["limits"][0]["limit"], 2, "ceil(5 / 3), not unlimited");
+            statuses.push(status.as_u16());
+        }
+        assert_eq!(statuses, [200, 200, 429], "the default keeps limiting");
     }
 
     #[tokio::test]

@@ -7,11 +7,10 @@
 use crate::cli::ServeArgs;
 use crate::grpc::source::EnvoySource;
 use crate::grpc::GrpcSettings;
-use crate::http::authorize::{AuthorizeSettings, HeaderMapping};
 use crate::http::client_ip::ForwardingHeaders;
+use crate::http::settings::{AuthorizeSettings, HeaderMapping};
 use axum::http::StatusCode;
 use spillway_core::policy::{Policy, PolicyError};
-use spillway_core::time::Micros;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -190,17 +189,6 @@ impl PolicySource {
     pub fn parse(&self, text: &str) -> Result<Policy, LoadError> {
         Ok(Policy::from_yaml_str(text, &self.describe())?)
     }
-}
-
-/// What `/readyz` reports about the policy in force.
-#[derive(Debug, Clone)]
-pub struct PolicyInfo {
-    /// Where it came from ([`PolicySource::describe`]).
-    pub source: String,
-    /// When it was loaded, by the server's clock.
-    pub loaded_at: Micros,
-    /// How many limits it defines.
-    pub limits: usize,
 }
 
 #[cfg(test)]

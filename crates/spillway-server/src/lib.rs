@@ -8,9 +8,12 @@
 //! - [`config`]: turns `serve` flags into validated [`config::ServerSettings`] and knows where
 //!   the policy comes from ([`config::PolicySource`]).
 //! - [`clock`]: the clock the process runs on (the system clock, or a manual one for tests).
-//! - [`app`]: the shared state every handler sees, and the router that maps paths to handlers.
+//! - [`state`]: what the process shares: engine, store, failure handling, clock, policy info.
+//! - [`decision`]: the step every request takes: planned limits → guarded store → failure
+//!   mode → one [`decision::Outcome`], observed in one place; transports only translate it.
+//! - [`app`]: the router that maps HTTP paths to handlers.
 //! - [`failure`]: store time budget, circuit breaker and the per-route failure modes (open,
-//!   closed, degrade with emergency quotas), shared by both transports.
+//!   closed, degrade with emergency quotas), used by [`decision`].
 //! - [`grpc`]: Envoy's rate-limit service (RLS v3) and gRPC health, on their own port.
 //! - [`http`]: one module per endpoint, plus the shared problem-document and verdict rendering.
 //! - [`metrics`]: the Prometheus recorder and the names of everything it exports.
@@ -28,6 +31,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod decision;
 pub mod failure;
 pub mod grpc;
 pub mod http;
@@ -37,6 +41,7 @@ pub mod reload;
 pub mod serve;
 pub mod serving;
 pub mod shutdown;
+pub mod state;
 pub mod store;
 pub mod sweeper;
 #[cfg(test)]

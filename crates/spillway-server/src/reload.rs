@@ -12,10 +12,11 @@
 //! An invalid one is logged with every problem, counted as `rejected`, and the old policy keeps
 //! serving. All reloads run on one task, so they never race each other.
 
-use crate::app::AppState;
-use crate::config::{PolicyInfo, PolicySource};
+use crate::config::PolicySource;
 use crate::metrics::{self, ReloadOutcome};
 use crate::shutdown::Shutdown;
+use crate::state::AppState;
+use crate::state::PolicyInfo;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -9,13 +9,14 @@
 //! `--shutdown-grace` to finish; the process then exits 0 either way (a warning says when
 //! requests were cut off). A second signal cuts the wait short.
 
-use crate::app::{self, AppState};
+use crate::app;
 use crate::cli::ServeArgs;
 use crate::clock::ServerClock;
-use crate::config::{PolicyInfo, ServerSettings};
+use crate::config::ServerSettings;
 use crate::failure::{Failover, FailureSettings};
 use crate::reload::{self, Reloader};
 use crate::shutdown::{self, Shutdown};
+use crate::state::{AppState, PolicyInfo};
 use crate::{grpc, logging, metrics, serving, sweeper};
 use anyhow::Context;
 use arc_swap::ArcSwap;

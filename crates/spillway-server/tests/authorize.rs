@@ -309,17 +309,30 @@ async fn the_envoy_prefix_form_takes_method_and_path_from_the_request() {
         .collect();
     assert_eq!(names, ["user-minute", "delete-once"]);
 
-    // An explicit header still wins over the request's own method.
-    let overridden = authorize(&server, reqwest::Method::POST, "/v1/authorize/items/9")
+    // In this form the URL is the original request: method and path headers, which a client
+    // could send through a proxy, cannot move it to a cheaper route.
+    let spoofed = authorize(&server, reqwest::Method::DELETE, "/v1/authorize/items/9")
         .header("X-Tenant-Id", "acme")
         .header("X-User-Id", "dave")
         .header("X-Original-Method", "GET")
+        .header("X-Original-URI", "/healthz")
         .send()
         .await
         .expect("sent");
-    assert_eq!(overridden.status(), 200);
+    assert_eq!(spoofed.status(), 200);
+    let again = authorize(&server, reqwest::Method::DELETE, "/v1/authorize/items/10")
+        .header("X-Tenant-Id", "acme")
+        .header("X-User-Id", "dave")
+        .header("X-Original-Method", "GET")
+        .header("X-Original-URI", "/healthz")
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(
-        header(&overridden, "x-ratelimit-limit").as_deref(),
-        Some("2")
+        again.status(),
+        429,
+        "the headers dodged the route's `delete-once` limit"
     );
+    let problem: Value = again.json().await.expect("problem");
+    assert_eq!(problem["route"], "DELETE /items/*");
 }

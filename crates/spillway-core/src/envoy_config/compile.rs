@@ -37,10 +37,10 @@ pub(super) fn compile(
         issues.push(raw.domain.referenced, "domain", message);
     }
     let failure_mode = match &raw.failure_mode {
-        None => FailureMode::Open,
+        None => FailureMode::default(),
         Some(text) => text.value.parse().unwrap_or_else(|message: String| {
             issues.push(text.referenced, "failure_mode", message);
-            FailureMode::Open
+            FailureMode::default()
         }),
     };
     let mut walk = Walk {

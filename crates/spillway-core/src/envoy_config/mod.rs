@@ -37,7 +37,7 @@ pub struct EnvoyConfig {
 pub struct Domain {
     /// The domain name Envoy sends in each request.
     pub name: Arc<str>,
-    /// What to answer when the store fails (`open` unless the file says `failure_mode`).
+    /// What to answer when the store fails (`degrade` unless the file says `failure_mode`).
     pub failure_mode: FailureMode,
     /// Whether a descriptor's own `limit` (set by Envoy's route config) replaces the
     /// configured one. Off by default: it lets the caller choose its own limit.

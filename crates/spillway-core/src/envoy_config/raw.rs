@@ -20,7 +20,8 @@ pub(crate) struct RawFile {
     pub domain: Text,
     #[serde(default, deserialize_with = "or_default")]
     pub descriptors: Vec<Spanned<RawDescriptor>>,
-    /// Spillway: what to answer when the store fails (`open` or `closed`; default `open`).
+    /// Spillway: what to answer when the store fails (`open`, `closed` or `degrade`; default
+    /// `degrade`).
     #[serde(default)]
     pub failure_mode: Option<Text>,
     /// Spillway: whether a request's own `limit` override is honoured (default `false`).

@@ -45,13 +45,15 @@ use std::sync::Arc;
 /// What to do when the store holding a limit's state cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum FailureMode {
-    /// Let the request through: availability over protection. The default, because a rate
-    /// limiter outage should not become an API outage.
-    #[default]
+    /// Let the request through, unlimited: availability over protection, for routes that
+    /// must stay up whatever happens to the limiter.
     Open,
     /// Refuse the request: protection over availability, for costly or abusable routes.
     Closed,
-    /// Fall back to a local, per-node approximation of the limit.
+    /// Fall back to a local, per-node approximation of the limit (emergency quotas). The
+    /// default: a limiter under stress keeps limiting, at a smaller per-node quota, instead of
+    /// admitting everything (a store that is merely slow would otherwise turn into "no limits").
+    #[default]
     Degrade,
 }
 

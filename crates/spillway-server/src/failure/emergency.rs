@@ -3,10 +3,14 @@
 //! While the shared store is unreachable, a `degrade` request is checked against an
 //! in-process [`MemoryStore`] with each limit cut to its emergency quota (see
 //! `spillway_core::policy::Emergency`): same algorithm, same window, same counter keys, a
-//! smaller amount. The state is thrown away when the store recovers, so the next outage starts
-//! from full emergency quotas and the shared counters are the only truth again.
+//! smaller amount.
+//!
+//! The state outlives the outage: when the store answers again the emergency counters are left
+//! to expire with their own windows (swept every second), not dropped. A store that goes down
+//! and up every few seconds would otherwise hand out a fresh emergency quota with every flap;
+//! kept, what a key used in one outage still counts in the next within the same window. While
+//! the store answers, nothing reads these counters.
 
-use parking_lot::RwLock;
 use spillway_core::engine::{judge, LimitOutcome};
 use spillway_core::policy::{emergency_params, Emergency, Planned, Policy};
 use spillway_core::request::CheckMode;
@@ -20,8 +24,7 @@ pub const MAX_KEYS: usize = 100_000;
 
 /// Per-node emergency quotas, in memory; see the module docs.
 pub struct EmergencyLimiter {
-    store: RwLock<Arc<MemoryStore>>,
-    clock: Arc<dyn Clock>,
+    store: MemoryStore,
     expected_nodes: u64,
 }
 
@@ -38,8 +41,7 @@ impl EmergencyLimiter {
     /// reading time from `clock`.
     pub fn new(clock: Arc<dyn Clock>, expected_nodes: u64) -> Self {
         Self {
-            store: RwLock::new(Arc::new(MemoryStore::new(MAX_KEYS, clock.clone()))),
-            clock,
+            store: MemoryStore::new(MAX_KEYS, clock),
             expected_nodes: expected_nodes.max(1),
         }
     }
@@ -61,24 +63,17 @@ impl EmergencyLimiter {
                 emergency_params(&p.def.params, small)
             })
             .collect();
-        let store = self.store.read().clone();
-        judge(store.as_ref(), planned, Some(&params), mode).await
-    }
-
-    /// Forgets every emergency counter (the shared store is back).
-    pub fn clear(&self) {
-        let fresh = Arc::new(MemoryStore::new(MAX_KEYS, self.clock.clone()));
-        *self.store.write() = fresh;
+        judge(&self.store, planned, Some(&params), mode).await
     }
 
     /// Drops expired emergency counters; returns how many.
     pub fn sweep(&self) -> u64 {
-        self.store.read().sweep()
+        self.store.sweep()
     }
 
     /// Emergency counters held now.
     pub fn key_count(&self) -> u64 {
-        self.store.read().key_count()
+        self.store.key_count()
     }
 }
 
@@ -116,10 +111,10 @@ tiers:
     }
 
     #[tokio::test]
-    async fn quotas_shrink_and_reset_on_clear() {
+    async fn quotas_shrink_and_refill_only_with_their_windows() {
         let policy = Policy::from_yaml_str(POLICY, "test").expect("valid");
-        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_000_000));
-        let limiter = EmergencyLimiter::new(clock, 3);
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let limiter = EmergencyLimiter::new(clock.clone(), 3);
         let p = planned(&policy, "u");
         let mut admitted = 0;
         for _ in 0..5 {
@@ -132,11 +127,13 @@ tiers:
             assert_eq!(outcomes[1].quota, 2, "the limit's own emergency quota");
         }
         assert_eq!(admitted, 2);
-        limiter.clear();
-        let (allowed, _) = limiter
-            .check(&policy, &p, CheckMode::Consume)
-            .await
-            .expect("memory");
-        assert!(allowed, "a cleared limiter starts from full quotas");
+        // `own` is cut to a bucket of 2 that refills in the same minute as the real one: one
+        // token every 30 s. Nothing is forgotten before that, however the store behaves.
+        clock.advance(29_999_999);
+        let check = || limiter.check(&policy, &p, CheckMode::Consume);
+        assert!(!check().await.expect("memory").0, "nothing refilled yet");
+        clock.advance(1);
+        assert!(check().await.expect("memory").0, "one token back");
+        assert!(!check().await.expect("memory").0);
     }
 }

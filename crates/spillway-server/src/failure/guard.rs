@@ -4,7 +4,8 @@
 //! store is doing: refusing connections, reconnecting, frozen, slow or partitioned. The budget
 //! is a `tokio` timeout around the whole call, so it also bounds the client's own reconnection
 //! (a call made while the connection is being re-established waits for it, but never past
-//! the budget). When the breaker closes again, the emergency state is dropped.
+//! the budget). When the breaker closes again, the emergency state is kept: its counters
+//! expire with their own windows, so a store that flaps cannot refill emergency quotas.
 //!
 //! Two clocks, on purpose: the budget is real elapsed time (`tokio`'s), since it bounds how long
 //! a caller really waits; the breaker's cooldown reads the process clock like every other
@@ -40,7 +41,7 @@ pub struct GuardedStore {
 
 impl GuardedStore {
     /// Guards `inner`: calls are cut at `budget`, failures feed `breaker` (which reads time
-    /// from `clock`), and `emergency` is cleared when the breaker closes.
+    /// from `clock`), and `emergency` is swept with the store.
     pub fn new(
         inner: Arc<dyn Store>,
         budget: Duration,
@@ -67,7 +68,7 @@ impl Store for GuardedStore {
         mode: CheckMode,
     ) -> Result<Vec<Decision>, StoreError> {
         // An answer from the store's own cache says nothing about its backend: it must neither
-        // close the breaker (which would drop the emergency counters mid-outage) nor reset
+        // close the breaker (ending the outage while the backend is still down) nor reset
         // its count of consecutive failures.
         if let Some(decisions) = self.inner.local_answer(checks) {
             return Ok(decisions);
@@ -89,8 +90,9 @@ impl Store for GuardedStore {
         match &outcome {
             Ok(_) => {
                 if self.breaker.succeeded(admission) {
-                    self.emergency.clear();
-                    tracing::info!("the store answers again; emergency limits dropped");
+                    tracing::info!(
+                        "the store answers again; emergency counters expire with their windows"
+                    );
                 }
             }
             Err(_) => {

@@ -1,12 +1,12 @@
 //! Designed failure: what a node does when its shared store is slow or down.
 //!
-//! This is the one place both transports (the HTTP API and the Envoy gRPC service) go through
-//! when a store call fails, so a route behaves the same whichever way a request arrives:
+//! Both transports (the HTTP API and the Envoy gRPC service) reach it through
+//! `crate::decision`, so a route behaves the same whichever way a request arrives:
 //!
 //! - [`guard`]: the store behind a time budget and a circuit breaker ([`breaker`]), so no
 //!   request waits past the budget and a dead store gets no traffic while the breaker is open;
-//! - [`Failover::decide`]: asks the engine and, when the store fails, applies the request's
-//!   failure mode: `open` allows (marked degraded), `closed` refuses with a short
+//! - [`Failover::fallback`]: when the store fails, applies the request's failure mode (called
+//!   by `crate::decision`, the path every request takes): `open` allows (marked degraded), `closed` refuses with a short
 //!   `Retry-After`, `degrade` checks the request against per-node emergency quotas
 //!   ([`emergency`]);
 //! - [`report`]: counts every degraded decision by route and mode, and logs them at a bounded
@@ -19,11 +19,10 @@ pub mod emergency;
 pub mod guard;
 pub mod report;
 
-use crate::metrics;
 use breaker::{Breaker, CircuitState};
 use emergency::EmergencyLimiter;
 use guard::GuardedStore;
-use spillway_core::engine::{Engine, LimitOutcome};
+use spillway_core::engine::LimitOutcome;
 use spillway_core::policy::{FailureMode, Planned, Policy, StoreConfig};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
@@ -118,15 +117,6 @@ pub enum Fallback {
     },
 }
 
-/// A store call that failed, and what the request's failure mode made of it.
-#[derive(Debug)]
-pub struct Failed {
-    /// What to answer.
-    pub fallback: Fallback,
-    /// Why the store could not answer, for a refusal's message.
-    pub error: StoreError,
-}
-
 /// The failure handling one node shares between its transports; see the module docs.
 pub struct Failover {
     settings: FailureSettings,
@@ -195,38 +185,11 @@ impl Failover {
         self.emergency.key_count()
     }
 
-    /// Decides `planned` through `engine`, timing and counting the call. When the store fails
-    /// (or the budget runs out, or the breaker is open), the request's failure `mode` decides
-    /// instead, and the caller gets the [`Fallback`] to answer with. Both transports decide
-    /// here, with the policy snapshot they resolved against. `route` names the route (or Envoy
-    /// domain) for metrics and logs; it must come from configuration, never from the request.
-    pub async fn decide(
-        &self,
-        engine: &Engine,
-        policy: &Policy,
-        planned: &[Planned],
-        mode: FailureMode,
-        route: Option<&str>,
-        check: CheckMode,
-    ) -> Result<(bool, Vec<LimitOutcome>), Failed> {
-        let stopwatch = metrics::Stopwatch::start();
-        let result = engine.check_planned(planned, check).await;
-        metrics::record_check_duration(stopwatch.elapsed());
-        match result {
-            Ok(decided) => Ok(decided),
-            Err(error) => {
-                metrics::record_store_failure(mode);
-                let fallback = self
-                    .fallback(policy, mode, route, planned, check, &error)
-                    .await;
-                Err(Failed { fallback, error })
-            }
-        }
-    }
-
-    /// Decides a request the store could not answer, by its failure `mode`. `planned` are
-    /// the request's limits, needed by `degrade`.
-    async fn fallback(
+    /// Decides a request the store could not answer, by its failure `mode`, and counts it.
+    /// `planned` are the request's limits, needed by `degrade`; `route` names the route (or
+    /// Envoy domain) for metrics and logs and must come from configuration, never from the
+    /// request. `crate::decision::decide` is the one caller.
+    pub async fn fallback(
         &self,
         policy: &Policy,
         mode: FailureMode,

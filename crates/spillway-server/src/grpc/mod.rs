@@ -23,10 +23,10 @@ pub mod unary;
 #[cfg(test)]
 mod tests;
 
-use crate::app::AppState;
 use crate::reload;
 use crate::serving::{self, Threads};
 use crate::shutdown::Shutdown;
+use crate::state::AppState;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;

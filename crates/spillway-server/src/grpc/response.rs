@@ -18,19 +18,6 @@ use spillway_core::envoy_config::Unit;
 use spillway_core::headers;
 use spillway_core::policy::FailureMode;
 use spillway_core::time::SECOND;
-use std::sync::Arc;
-
-/// The verdict over a whole request: admitted or not, with every checked limit's outcome.
-pub fn verdict(domain: &str, plan: &Plan, allowed: bool, outcomes: Vec<LimitOutcome>) -> Verdict {
-    Verdict {
-        allowed,
-        tier: Arc::from(domain),
-        route: None,
-        failure_mode: plan.failure_mode,
-        cost: plan.planned.iter().map(|p| p.cost).max().unwrap_or(0),
-        outcomes,
-    }
-}
 
 /// The answer for a checked request, plus `extra` headers (the degraded marker when the
 /// emergency quotas decided).

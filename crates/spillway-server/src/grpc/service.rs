@@ -8,19 +8,19 @@
 //! - Every matched limit of every descriptor goes to the store in one atomic check: either
 //!   the request is charged everywhere, or (on `OVER_LIMIT`) nowhere.
 //! - When the store fails, the domain's failure mode (for the policy domain, the strictest of
-//!   the resolved routes') decides through [`Failover::decide`], as on HTTP. `open` answers
+//!   the resolved routes') decides through [`decision::decide`], as on HTTP. `open` answers
 //!   `OK` with the [`DEGRADED_HEADER`] header; `degrade` answers `OK` or `OVER_LIMIT` per
 //!   descriptor from the node's emergency quotas, with the usual rate-limit headers and the
 //!   same marker; `closed` answers `UNAVAILABLE`, the gRPC form of the HTTP API's 503, which
 //!   Envoy turns into a refusal with `failure_mode_deny: true`.
 //!
-//! [`Failover::decide`]: crate::failure::Failover::decide
+//! [`decision::decide`]: crate::decision::decide
 
 use super::plan::{self, Plan};
 use super::response;
 use super::RlsState;
-use crate::failure::{Failed, Fallback, DEGRADED_HEADER, DEGRADED_REASON};
-use crate::metrics;
+use crate::decision::{self, Ask, Decided, Outcome, Refused};
+use crate::failure::{DEGRADED_HEADER, DEGRADED_REASON};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use spillway_core::policy::Policy;
@@ -82,37 +82,30 @@ impl Rls {
         plan: &Plan,
         descriptors: usize,
     ) -> Result<RateLimitResponse, Status> {
-        let app = &self.0.app;
-        let decided = app
-            .failover
-            .decide(
-                &app.engine,
-                policy,
-                &plan.planned,
-                plan.failure_mode,
-                Some(domain),
-                CheckMode::Consume,
-            )
-            .await;
-        match decided {
-            Ok((allowed, outcomes)) => {
-                let verdict = response::verdict(domain, plan, allowed, outcomes);
-                metrics::record_verdict(&verdict);
-                Ok(response::checked(plan, &verdict, &[]))
-            }
-            Err(Failed { fallback, error }) => {
-                let marker = [(DEGRADED_HEADER, DEGRADED_REASON)];
-                match fallback {
-                    Fallback::Closed { .. } => Err(Status::unavailable(format!(
-                        "the rate-limit store failed and domain `{domain}` fails closed: {error}"
-                    ))),
-                    Fallback::Open => Ok(response::unlimited(descriptors, &marker)),
-                    Fallback::Degraded { allowed, outcomes } => {
-                        let verdict = response::verdict(domain, plan, allowed, outcomes);
-                        Ok(response::checked(plan, &verdict, &marker))
-                    }
+        let ask = Ask {
+            planned: &plan.planned,
+            tier: Arc::from(domain),
+            route: None,
+            label: Some(domain),
+            failure_mode: plan.failure_mode,
+            cost: plan.planned.iter().map(|p| p.cost).max().unwrap_or(0),
+            mode: CheckMode::Consume,
+        };
+        match decision::decide(&self.0.app, policy, &ask).await {
+            Outcome::Decided(Decided { verdict, degraded }) => {
+                let marker: &[(&str, &str)] = match degraded {
+                    Some(_) => &[(DEGRADED_HEADER, DEGRADED_REASON)],
+                    None => &[],
+                };
+                // An `open` fallback checked nothing: every descriptor is plainly `OK`.
+                if degraded.is_some() && verdict.outcomes.is_empty() {
+                    return Ok(response::unlimited(descriptors, marker));
                 }
+                Ok(response::checked(plan, &verdict, marker))
             }
+            Outcome::Refused(Refused { error, .. }) => Err(Status::unavailable(format!(
+                "the rate-limit store failed and domain `{domain}` fails closed: {error}"
+            ))),
         }
     }
 }

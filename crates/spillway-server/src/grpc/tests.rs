@@ -2,11 +2,12 @@
 
 use super::service::Rls;
 use super::RlsState;
-use crate::app::AppState;
 use crate::cli::{Cli, Command};
 use crate::clock::ServerClock;
-use crate::config::{PolicyInfo, PolicySource, ServerSettings};
+use crate::config::{PolicySource, ServerSettings};
 use crate::failure::{DEGRADED_HEADER, DEGRADED_REASON};
+use crate::state::AppState;
+use crate::state::PolicyInfo;
 use arc_swap::ArcSwap;
 use clap::Parser;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use crate::test_support::DownStore;
 
 const FILES: [&str; 3] = [
-    "domain: lenient\ndescriptors:\n  - {key: user, rate_limit: {unit: second, requests_per_unit: 1}}\n",
+    "domain: lenient\nfailure_mode: open\ndescriptors:\n  - {key: user, rate_limit: {unit: second, requests_per_unit: 1}}\n",
     "domain: strict\nfailure_mode: closed\ndescriptors:\n  - {key: user, rate_limit: {unit: second, requests_per_unit: 1}}\n",
     "domain: careful\nfailure_mode: degrade\ndescriptors:\n  - {key: user, rate_limit: {unit: second, requests_per_unit: 3}}\n",
 ];

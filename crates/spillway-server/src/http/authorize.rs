@@ -9,22 +9,26 @@
 //! method. Two forms exist:
 //! - `/v1/authorize`: attributes only from headers (nginx, Traefik). `?peek=true` works here,
 //!   since the proxy's configuration, not the client, writes this URL.
-//! - `/v1/authorize/<original path>`: for Envoy's `path_prefix: /v1/authorize`; when the
-//!   method or path headers are absent, the subrequest's own method and the path after the
-//!   prefix are used. The query string belongs to the client here, so it is never read.
+//! - `/v1/authorize/<original path>`: for Envoy's `path_prefix: /v1/authorize`. The
+//!   subrequest's own method and the path after the prefix are the original request's, and
+//!   they win over the method and path headers, which are ignored in this form: those headers
+//!   may come from the client (a proxy that passes them through), and a client that could
+//!   name its own path could pick the cheapest route. The query string belongs to the client
+//!   here too, so it is never read.
 //!
 //! Answers: the allow status (200, or 204) with the rate-limit headers; on deny the deny status
 //! (429 unless configured otherwise: nginx needs 401 or 403, see `NGINX.md`) with the headers
 //! and the same problem document as `/v1/check`. A header that cannot be understood (a cost
 //! that is not a number, bytes that are not UTF-8) is a 400 problem naming the header.
 
-use crate::app::AppState;
-use crate::http::client_ip::{client_ip, ForwardingHeaders, TrustedProxies};
+use crate::http::client_ip::client_ip;
 use crate::http::problem::Problem;
+use crate::http::settings::HeaderMapping;
 use crate::http::verdict::{decided_body, decided_headers, denial_problem};
 use crate::http::{check_mode, decide};
+use crate::state::AppState;
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use spillway_core::policy::Policy;
 use spillway_core::request::{CheckMode, RequestAttrs};
@@ -33,48 +37,6 @@ use std::sync::Arc;
 
 /// The path both forms of the endpoint start with.
 pub const PREFIX: &str = "/v1/authorize";
-
-/// Which headers carry which attribute. Each list is tried in order; the first header present
-/// with a non-empty value wins.
-#[derive(Debug, Clone)]
-pub struct HeaderMapping {
-    /// The original request's method.
-    pub method: Vec<HeaderName>,
-    /// The original request's path (a query string in it is ignored by the engine).
-    pub path: Vec<HeaderName>,
-    /// The tenant.
-    pub tenant: Vec<HeaderName>,
-    /// The user.
-    pub user: Vec<HeaderName>,
-    /// An explicit tier.
-    pub tier: Vec<HeaderName>,
-    /// An explicit cost.
-    pub cost: Vec<HeaderName>,
-    /// Lowercase prefix of descriptor headers: `<prefix><name>: <value>` sets the declared
-    /// descriptor that `<name>` matches ignoring case, `-` and `_` (header names are
-    /// case-insensitive, and `_` is awkward in them): `X-Descriptor-Api-Key` reaches a
-    /// descriptor declared as `api_key`, `api-key` or `apiKey`. A name no descriptor is
-    /// declared under is kept as sent (lower-case); no limit can use it. Two headers that set
-    /// one descriptor to different values are refused with a 400.
-    pub descriptor_prefix: String,
-}
-
-/// How `/v1/authorize` reads requests and answers them.
-#[derive(Debug, Clone)]
-pub struct AuthorizeSettings {
-    /// Status on allow (200 or 204).
-    pub allow_status: StatusCode,
-    /// Status on deny (a 4xx).
-    pub deny_status: StatusCode,
-    /// Status for a request whose headers cannot be read (400 unless set).
-    pub invalid_status: StatusCode,
-    /// Peers whose forwarding headers are believed.
-    pub trusted_proxies: TrustedProxies,
-    /// Names of the forwarding headers.
-    pub forwarding: ForwardingHeaders,
-    /// Names of the attribute headers.
-    pub headers: HeaderMapping,
-}
 
 /// The plain form, `/v1/authorize`.
 pub async fn authorize(
@@ -119,8 +81,8 @@ async fn answer(
         Err(problem) => return problem.with_status(settings.invalid_status).into_response(),
     };
     if let Some((method, path)) = own {
-        attrs.method.get_or_insert(method);
-        attrs.path.get_or_insert(path);
+        attrs.method = Some(method);
+        attrs.path = Some(path);
     }
     let ip = client_ip(
         peer.ip(),
@@ -279,7 +241,7 @@ mod tests {
             ("x-descriptor-api_key", "mine"),
         ]);
         let problem = attrs_from_headers(&clash, &mapping(), &policy()).expect_err("conflict");
-        assert_eq!(problem.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(problem.status(), axum::http::StatusCode::BAD_REQUEST);
         let detail = problem.detail();
         assert!(
             detail.contains("`apiKey`") && detail.contains("mine"),
@@ -336,7 +298,7 @@ mod tests {
     fn bad_costs_name_the_header() {
         let h = headers(&[("x-ratelimit-cost", "many")]);
         let problem = attrs_from_headers(&h, &mapping(), &policy()).expect_err("invalid");
-        assert_eq!(problem.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(problem.status(), axum::http::StatusCode::BAD_REQUEST);
         assert_eq!(problem.field(), Some("x-ratelimit-cost"));
     }
 

@@ -19,10 +19,10 @@
 //!
 //! `?peek=true` (or `?dry_run`) evaluates without consuming anything.
 
-use crate::app::AppState;
 use crate::http::problem::Problem;
 use crate::http::verdict::{decided_body, decided_headers, denial_problem, json_response};
 use crate::http::{check_mode, decide};
+use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};

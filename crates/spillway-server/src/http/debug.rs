@@ -5,8 +5,8 @@
 //! `{"set_ms": N}` to jump to an absolute time (milliseconds since the epoch). Answers 200
 //! `{"now_ms": N}` with the new reading.
 
-use crate::app::AppState;
 use crate::http::problem::Problem;
+use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};

@@ -5,6 +5,7 @@
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`debug`]: `POST /debug/clock`, present only on a manual clock.
 //! - [`problem`]: RFC 9457 error documents, used by every endpoint.
+//! - [`settings`]: the header names and statuses `/v1/authorize` works with.
 //! - [`verdict`]: the JSON body and headers a verdict is shown as.
 //! - [`client_ip`]: which address a proxied request came from.
 //! - [`access_log`]: debug-level request logging.
@@ -19,40 +20,24 @@ pub mod client_ip;
 pub mod debug;
 pub mod probes;
 pub mod problem;
+pub mod settings;
 pub mod verdict;
 
-use crate::app::AppState;
-use crate::failure::{Failed, Fallback};
-use crate::metrics;
+use crate::decision::{self, Ask, Decided, Outcome, Refused};
+use crate::state::AppState;
 use axum::http::StatusCode;
 use problem::Problem;
-use spillway_core::engine::Verdict;
-use spillway_core::policy::{FailureMode, Policy};
+use spillway_core::policy::Policy;
 use spillway_core::request::{CheckMode, RequestAttrs};
 
-/// A verdict, and whether it was reached without the store.
-#[derive(Debug, Clone)]
-pub struct Decided {
-    /// What to answer.
-    pub verdict: Verdict,
-    /// `Some(mode)` when the store failed and the route's failure mode decided; the response
-    /// then carries the `Spillway-Degraded` header and a `degraded` member.
-    pub degraded: Option<FailureMode>,
-}
-
-/// Asks the engine through [`Failover::decide`], the same path the gRPC service takes, and
-/// counts a consuming verdict.
-///
-/// When the store fails (or the budget runs out, or the breaker is open), the request's
-/// failure mode (its route's, else the policy's) decides: `closed` answers a 503 problem with
-/// `Retry-After`; `open` lets the request through with an allowing verdict that lists no
-/// limits (so no rate-limit headers are sent); `degrade` answers from the node's emergency
-/// quotas.
+/// Resolves `attrs` against `policy` and decides through [`crate::decision::decide`], the
+/// path the gRPC service takes too, then translates a refusal: when the store fails and the
+/// request's failure mode (its route's, else the policy's) is `closed`, a 503 problem with
+/// `Retry-After`. An `open` fallback is an allowing verdict that lists no limits (so no
+/// rate-limit headers are sent); `degrade` answers from the node's emergency quotas.
 ///
 /// `policy` is the snapshot the caller loaded (`AppState::engine.policy()`), so everything one
 /// request does, from reading its headers to a store failure's fallback, sees one policy.
-///
-/// [`Failover::decide`]: crate::failure::Failover::decide
 pub async fn decide(
     app: &AppState,
     policy: &Policy,
@@ -60,40 +45,16 @@ pub async fn decide(
     mode: CheckMode,
 ) -> Result<Decided, Problem> {
     let resolved = policy.resolve(attrs);
-    let route = resolved.route.as_ref().map(|r| &*r.name);
-    let failure_mode = resolved.failure_mode;
-    let decided = app
-        .failover
-        .decide(
-            &app.engine,
-            policy,
-            &resolved.limits,
-            failure_mode,
-            route,
-            mode,
+    match decision::decide(app, policy, &Ask::resolved(&resolved, mode)).await {
+        Outcome::Decided(decided) => Ok(decided),
+        Outcome::Refused(Refused { retry_after, error }) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            problem::STORE_UNAVAILABLE,
+            "Rate-limit store unavailable",
+            format!("the rate-limit store failed and this route fails closed: {error}"),
         )
-        .await;
-    let (allowed, outcomes, degraded) = match decided {
-        Ok((allowed, outcomes)) => (allowed, outcomes, None),
-        Err(Failed { fallback, error }) => match fallback {
-            Fallback::Closed { retry_after } => {
-                return Err(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    problem::STORE_UNAVAILABLE,
-                    "Rate-limit store unavailable",
-                    format!("the rate-limit store failed and this route fails closed: {error}"),
-                )
-                .with_retry_after(retry_after));
-            }
-            Fallback::Open => (true, Vec::new(), Some(failure_mode)),
-            Fallback::Degraded { allowed, outcomes } => (allowed, outcomes, Some(failure_mode)),
-        },
-    };
-    let verdict = Verdict::of(&resolved, allowed, outcomes);
-    if degraded.is_none() && mode == CheckMode::Consume {
-        metrics::record_verdict(&verdict);
+        .with_retry_after(retry_after)),
     }
-    Ok(Decided { verdict, degraded })
 }
 
 /// Reads `?peek` / `?dry_run` from a query string. Either flag alone, or set to `true` or `1`,

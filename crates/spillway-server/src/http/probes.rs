@@ -12,9 +12,9 @@
 //!   state, emergency counters held).
 //! - `/metrics` is the Prometheus text exposition (see [`crate::metrics`]).
 
-use crate::app::AppState;
 use crate::failure::breaker::CircuitState;
 use crate::metrics;
+use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};

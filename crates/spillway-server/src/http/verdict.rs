@@ -15,9 +15,9 @@
 //! A decision made without the store adds `"degraded": "store-unavailable"` (and the
 //! `Spillway-Degraded` header); under `degrade` its limits are the emergency quotas.
 
+use crate::decision::Decided;
 use crate::failure;
 use crate::http::problem::{self, Problem};
-use crate::http::Decided;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -27,7 +27,7 @@ fn names(resolved: &Resolved) -> Vec<&str> {
 fn the_example_policy_loads() {
     let policy = load(EXAMPLE);
     assert_eq!(policy.default_tier(), "free");
-    assert_eq!(policy.failure_mode(), FailureMode::Open);
+    assert_eq!(policy.failure_mode(), FailureMode::Degrade);
     assert_eq!(
         policy.tiers().collect::<Vec<_>>(),
         ["free", "paid", "enterprise"]
@@ -97,6 +97,7 @@ fn routes_match_in_file_order_with_wildcards() {
     let policy = load(
         r#"
 default_tier: t
+failure_mode: open
 limits:
   l: {algorithm: gcra, rate: 1/s, key: [ip]}
 tiers:
@@ -329,7 +330,11 @@ fn failure_modes_read_and_print_in_lowercase() {
     for mode in [FailureMode::Open, FailureMode::Closed, FailureMode::Degrade] {
         assert_eq!(mode.to_string().parse::<FailureMode>(), Ok(mode));
     }
-    assert_eq!(FailureMode::default(), FailureMode::Open);
+    assert_eq!(
+        FailureMode::default(),
+        FailureMode::Degrade,
+        "a limiter under stress keeps limiting by default"
+    );
     assert!("OPEN".parse::<FailureMode>().is_err());
 }
 

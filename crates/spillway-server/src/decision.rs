@@ -1,0 +1,159 @@
+//! The decision: the one step every request takes, whichever transport brought it.
+//!
+//! A transport turns its request into an [`Ask`]: the planned limits (each with its counter key
+//! and cost), the labels the verdict carries, and the failure mode that applies. [`decide`]
+//! then runs the same path for all of them:
+//!
+//! ```text
+//! Ask ─► Engine::check_planned ─► store (behind failure::guard: budget, breaker)
+//!              │ Err(StoreError)
+//!              ▼
+//!        Failover::fallback (open / closed / degrade with emergency quotas)
+//!              ▼
+//!        Outcome::Decided { verdict, degraded } | Outcome::Refused { retry_after, .. }
+//!              ▼
+//!        observe (metrics today; the decision log, top-k sketches and trace spans hook in here)
+//! ```
+//!
+//! Transports only translate the [`Outcome`]: the HTTP API into a status, headers and a JSON
+//! body (`http::verdict`), the Envoy service into a `RateLimitResponse` or a gRPC status
+//! (`grpc::response`). Neither matches on store errors or failure modes itself.
+
+use crate::failure::Fallback;
+use crate::metrics;
+use crate::state::AppState;
+use spillway_core::engine::{LimitOutcome, Verdict};
+use spillway_core::policy::{FailureMode, Planned, Policy, Resolved};
+use spillway_core::request::CheckMode;
+use spillway_core::store::StoreError;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One request, as the decision sees it: what to check and how to label the answer.
+#[derive(Debug)]
+pub struct Ask<'a> {
+    /// Every limit to check, with its key and cost, checked as one all-or-nothing step.
+    pub planned: &'a [Planned],
+    /// The verdict's tier (for the Envoy service, the domain).
+    pub tier: Arc<str>,
+    /// The verdict's route (the matched pattern), if any.
+    pub route: Option<Arc<str>>,
+    /// The name degraded decisions are counted and logged under: the route, or the Envoy
+    /// domain. It comes from configuration, never from the request, so it bounds the metric's
+    /// cardinality.
+    pub label: Option<&'a str>,
+    /// What to do if the store cannot answer.
+    pub failure_mode: FailureMode,
+    /// The cost the verdict reports.
+    pub cost: u64,
+    /// Charge the limits, or only look.
+    pub mode: CheckMode,
+}
+
+impl<'a> Ask<'a> {
+    /// The ask for a request the policy resolved.
+    pub fn resolved(resolved: &'a Resolved, mode: CheckMode) -> Self {
+        Self {
+            planned: &resolved.limits,
+            tier: resolved.tier.clone(),
+            route: resolved.route.as_ref().map(|r| r.name.clone()),
+            label: resolved.route.as_ref().map(|r| &*r.name),
+            failure_mode: resolved.failure_mode,
+            cost: resolved.cost,
+            mode,
+        }
+    }
+
+    fn verdict(&self, allowed: bool, outcomes: Vec<LimitOutcome>) -> Verdict {
+        Verdict {
+            allowed,
+            tier: self.tier.clone(),
+            route: self.route.clone(),
+            failure_mode: self.failure_mode,
+            cost: self.cost,
+            outcomes,
+        }
+    }
+}
+
+/// A verdict, and whether it was reached without the store.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    /// What to answer.
+    pub verdict: Verdict,
+    /// `Some(mode)` when the store failed and the failure mode decided: `open` (the verdict
+    /// allows and lists no limits) or `degrade` (the limits are the emergency quotas).
+    /// Answers then carry the `Spillway-Degraded` marker.
+    pub degraded: Option<FailureMode>,
+}
+
+/// A request refused because the store failed and its failure mode is `closed`.
+#[derive(Debug)]
+pub struct Refused {
+    /// How long the client should wait before trying again (about when the breaker probes).
+    pub retry_after: Duration,
+    /// Why the store could not answer, for the refusal's message.
+    pub error: StoreError,
+}
+
+/// How a decision ended; see the module docs.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A verdict was reached, by the store or by the failure mode.
+    Decided(Decided),
+    /// No verdict: the store failed and the request fails closed.
+    Refused(Refused),
+}
+
+/// Decides `ask` against `policy`, the snapshot the caller resolved it with (so the request
+/// and a failure's fallback see one policy), and observes the result.
+pub async fn decide(app: &AppState, policy: &Policy, ask: &Ask<'_>) -> Outcome {
+    let stopwatch = metrics::Stopwatch::start();
+    let result = app.engine.check_planned(ask.planned, ask.mode).await;
+    metrics::record_check_duration(stopwatch.elapsed());
+    let outcome = match result {
+        Ok((allowed, outcomes)) => Outcome::Decided(Decided {
+            verdict: ask.verdict(allowed, outcomes),
+            degraded: None,
+        }),
+        Err(error) => {
+            metrics::record_store_failure(ask.failure_mode);
+            let fallback = app
+                .failover
+                .fallback(
+                    policy,
+                    ask.failure_mode,
+                    ask.label,
+                    ask.planned,
+                    ask.mode,
+                    &error,
+                )
+                .await;
+            match fallback {
+                Fallback::Closed { retry_after } => {
+                    Outcome::Refused(Refused { retry_after, error })
+                }
+                Fallback::Open => Outcome::Decided(Decided {
+                    verdict: ask.verdict(true, Vec::new()),
+                    degraded: Some(ask.failure_mode),
+                }),
+                Fallback::Degraded { allowed, outcomes } => Outcome::Decided(Decided {
+                    verdict: ask.verdict(allowed, outcomes),
+                    degraded: Some(ask.failure_mode),
+                }),
+            }
+        }
+    };
+    observe(ask, &outcome);
+    outcome
+}
+
+/// The one place a finished decision is seen. Today it counts consuming verdicts the store
+/// reached (degraded decisions are counted by `failure::report` as they are made).
+fn observe(ask: &Ask<'_>, outcome: &Outcome) {
+    if let Outcome::Decided(decided) = outcome {
+        if decided.degraded.is_none() && ask.mode == CheckMode::Consume {
+            metrics::record_verdict(&decided.verdict);
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The state the whole process shares: the engine with its policy, the store, the failure
+//! handling, the clock, and what `/readyz` says about the policy in force.
+//!
+//! Both transports hold it (the HTTP router as its state, the Envoy service through
+//! `grpc::RlsState`), `decision` decides with it, and `reload` swaps the policy inside it.
+//! It sits below everything that uses it: it imports no transport and no configuration
+//! code, only the settings type of `/v1/authorize` (a leaf module).
+
+use crate::clock::ServerClock;
+use crate::failure::Failover;
+use crate::http::settings::AuthorizeSettings;
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use spillway_core::engine::Engine;
+use spillway_core::store::Store;
+use spillway_core::time::Micros;
+use std::sync::Arc;
+
+/// What the handlers share. Built once at start-up; the policy inside the engine and the
+/// [`PolicyInfo`] are swapped atomically on reload, everything else is fixed.
+pub struct AppState {
+    /// The decision engine (holds the current policy).
+    pub engine: Engine,
+    /// The store behind the engine, for readiness pings, sweeping and size metrics.
+    pub store: Arc<dyn Store>,
+    /// The process clock.
+    pub clock: ServerClock,
+    /// What `/readyz` says about the policy in force.
+    pub policy_info: ArcSwap<PolicyInfo>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// How `/v1/authorize` reads and answers requests.
+    pub authorize: AuthorizeSettings,
+    /// What to do when the store fails (shared with the gRPC service).
+    pub failover: Arc<Failover>,
+}
+
+/// What `/readyz` reports about the policy in force.
+#[derive(Debug, Clone)]
+pub struct PolicyInfo {
+    /// Where it came from ([`PolicySource::describe`]).
+    pub source: String,
+    /// When it was loaded, by the server's clock.
+    pub loaded_at: Micros,
+    /// How many limits it defines.
+    pub limits: usize,
+}
