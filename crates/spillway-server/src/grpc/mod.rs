@@ -9,11 +9,13 @@
 //! Layout: [`service`] answers `ShouldRateLimit`, [`plan`] turns descriptors into limits,
 //! [`response`] words the answer, [`source`] reads and reloads the Envoy config files,
 //! [`unary`] carries `ShouldRateLimit` calls between HTTP/2 and the service without tonic's
-//! router and codec, and hands every other call (health checks included) to tonic.
+//! router and codec (inflating gzip-compressed ones through [`encoding`]), and hands every
+//! other call (health checks included) to tonic.
 //!
 //! Threads: the service runs on `--grpc-threads` serving threads (one per CPU by default),
 //! each with its own runtime and its own HTTP/2 server; see [`crate::serving`].
 
+pub mod encoding;
 pub mod plan;
 pub mod response;
 pub mod service;
