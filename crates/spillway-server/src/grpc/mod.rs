@@ -13,7 +13,8 @@
 //! other call (health checks included) to tonic.
 //!
 //! Threads: the service runs on `--grpc-threads` serving threads (one per CPU by default),
-//! each with its own runtime and its own HTTP/2 server; see [`crate::serving`].
+//! each with its own runtime and its own HTTP/2 server, under the same connection cap, stream
+//! cap and timeouts as the HTTP port; see [`crate::serving`].
 
 pub mod encoding;
 pub mod plan;
@@ -27,7 +28,7 @@ mod tests;
 
 use crate::app::AppState;
 use crate::reload;
-use crate::serving::{self, Threads};
+use crate::serving::{self, ConnectionLimits, Threads};
 use crate::shutdown::Shutdown;
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -77,10 +78,12 @@ pub struct GrpcServer {
     reload: JoinHandle<()>,
 }
 
-/// Loads the Envoy config, binds the port and starts serving; `None` when gRPC is off. A bad
-/// config or a busy port fails start-up, like a bad policy does.
+/// Loads the Envoy config, binds the port and starts serving under `connections` (the same
+/// connection limits as the HTTP port's); `None` when gRPC is off. A bad config or a busy port
+/// fails start-up, like a bad policy does.
 pub async fn start(
     settings: &GrpcSettings,
+    connections: ConnectionLimits,
     app: Arc<AppState>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Option<GrpcServer>> {
@@ -125,6 +128,7 @@ pub async fn start(
         "gRPC",
         settings.threads,
         listener,
+        connections,
         shutdown.clone(),
         move |incoming: serving::Incoming| async move {
             let rls = Rls(state);

@@ -20,10 +20,12 @@
 //! A body that is not one complete message, or a message that does not inflate or decode, is
 //! `INVALID_ARGUMENT` saying what was wrong (tonic says `INTERNAL`, but the fault is the
 //! caller's); a message over [`MAX_MESSAGE`] bytes, before or after inflating, is
-//! `RESOURCE_EXHAUSTED`.
+//! `RESOURCE_EXHAUSTED`; a message still arriving when the body deadline passes
+//! (`--body-timeout`, [`crate::serving::deadline`]) is `DEADLINE_EXCEEDED`.
 
 use super::encoding::{self, Encoding};
 use super::service::Rls;
+use crate::serving::BodyTimeout;
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use http::header::CONTENT_TYPE;
@@ -141,6 +143,9 @@ where
     let body = match Limited::new(body, PREFIX + MAX_MESSAGE).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<LengthLimitError>() => return Err(too_large()),
+        Err(err) if BodyTimeout::find(err.as_ref()).is_some() => {
+            return Err(Status::deadline_exceeded(err.to_string()))
+        }
         Err(err) => {
             return Err(Status::cancelled(format!(
                 "the request body could not be read: {err}"

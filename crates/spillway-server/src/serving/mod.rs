@@ -11,21 +11,34 @@
 //! Shutdown, in this order: when the [`Shutdown`] fires the accept task closes the port and
 //! drops its queues; each thread's server takes every connection still queued, sees its queue
 //! end, and only then drains its connections gracefully (for the HTTP API, after giving the
-//! connections just taken [`threads::FIRST_READ`] to read their first request; HTTP/2's two-step
+//! connections just taken `FIRST_READ` (50 ms) to read their first request; HTTP/2's two-step
 //! GOAWAY needs no pause); [`Threads::finished`] resolves once all of them have.
 //! (A server told to stop by the signal itself could stop while a connection was still queued
 //! for it, and that client would get no answer at all.)
 //!
+//! Each port has a cap on open connections, and each connection a cap on HTTP/2 streams and
+//! timeouts for headers, idleness and request bodies ([`limits`]), so slow or idle clients
+//! cannot hold the server.
+//!
 //! Work a request starts on a shared store must not live on a serving thread; the failure
 //! guard polls it on the main runtime ([`crate::failure::on_runtime`]).
 //!
-//! Layout: [`threads`] accepts and deals connections out to the per-thread runtimes;
-//! [`http2`] is the HTTP/2 server a gRPC thread runs.
+//! Layout: [`threads`] accepts (under the connection cap) and deals connections out to the
+//! per-thread runtimes; [`connection`] runs each connection on its task, closes idle ones and
+//! drains; [`api`] is the HTTP API's server and [`http2`] the gRPC port's; [`deadline`] cuts
+//! off request bodies that trickle in; [`limits`] holds the settings.
 
+pub mod api;
+pub mod connection;
+pub mod deadline;
 pub mod http2;
+pub mod limits;
 #[cfg(test)]
 mod tests;
 pub mod threads;
 
+pub use api::serve_http;
+pub use deadline::{BodyTimeout, DeadlineBody};
 pub use http2::serve_http2;
+pub use limits::ConnectionLimits;
 pub use threads::{start, Incoming, Threads};

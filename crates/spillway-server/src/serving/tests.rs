@@ -1,5 +1,6 @@
 //! Tests of the serving threads and their servers, on real sockets.
 
+use super::threads::Accepted;
 use super::*;
 use crate::shutdown::Shutdown;
 use std::io::{Read, Write};
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Semaphore};
 
 /// A connection whose request has already arrived, queued just as the queue ends (the
 /// accept task stopping at shutdown), is still answered before the server drains.
@@ -18,16 +19,8 @@ fn a_connection_queued_as_the_queue_ends_is_answered() {
     let addr = listener.local_addr().expect("addr");
     let client = send_get(addr);
     let (accepted, peer) = listener.accept().expect("accept");
-    let (incoming, runtime) = the_last_connection_queued(accepted, peer, addr);
-    runtime
-        .block_on(async {
-            let ended = incoming.ended();
-            let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-            axum::serve(incoming, router)
-                .with_graceful_shutdown(ended)
-                .await
-        })
-        .expect("served");
+    let (incoming, runtime) = the_last_connection_queued(accepted, peer);
+    runtime.block_on(serve_http(incoming, |_| ok_router()));
     assert_eq!(status_line(client), "HTTP/1.1 200 OK");
 }
 
@@ -48,7 +41,7 @@ fn an_http2_connection_queued_as_the_queue_ends_is_answered() {
             let tcp = TcpStream::connect(addr).await.expect("connect");
             let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
             tokio::spawn(connection);
-            let request = http::Request::get(format!("http://{addr}/"))
+            let request = ::http::Request::get(format!("http://{addr}/"))
                 .body(())
                 .expect("request");
             let (response, _) = client
@@ -71,12 +64,14 @@ fn an_http2_connection_queued_as_the_queue_ends_is_answered() {
         }
         std::thread::yield_now();
     }
-    let (incoming, runtime) = the_last_connection_queued(accepted, peer, addr);
-    let ok = hyper::service::service_fn(|_: http::Request<hyper::body::Incoming>| async {
-        Ok::<_, std::convert::Infallible>(http::Response::new(
-            http_body_util::Empty::<bytes::Bytes>::new(),
-        ))
-    });
+    let (incoming, runtime) = the_last_connection_queued(accepted, peer);
+    let ok = hyper::service::service_fn(
+        |_: ::http::Request<DeadlineBody<hyper::body::Incoming>>| async {
+            Ok::<_, std::convert::Infallible>(::http::Response::new(http_body_util::Empty::<
+                bytes::Bytes,
+            >::new()))
+        },
+    );
     runtime.block_on(serve_http2(incoming, ok));
     // Whatever the server left unserved closes here, so a miss fails instead of hanging.
     drop(runtime);
@@ -104,21 +99,33 @@ fn has_headers_frame(bytes: &[u8]) -> bool {
 fn the_last_connection_queued(
     accepted: std::net::TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
 ) -> (Incoming, tokio::runtime::Runtime) {
     accepted.set_nonblocking(true).expect("nonblocking");
     let (queue, connections) = mpsc::unbounded_channel();
-    queue.send((accepted, peer)).expect("queued");
+    let slot = Arc::new(Semaphore::new(1))
+        .try_acquire_owned()
+        .expect("a slot");
+    queue
+        .send(Accepted {
+            stream: accepted,
+            peer,
+            slot,
+        })
+        .expect("queued");
     let incoming = Incoming {
         queue: connections,
-        local,
-        ended: Arc::new(Notify::new()),
+        limits: ConnectionLimits::DEFAULT,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     (incoming, runtime)
+}
+
+/// A router answering `GET /` with `ok`, as the HTTP server would be given.
+fn ok_router() -> axum::Router {
+    axum::Router::new().route("/", axum::routing::get(|| async { "ok" }))
 }
 
 /// A fresh connection to `addr` with one whole GET sent on it.
@@ -155,6 +162,7 @@ async fn the_threads_end_once_every_one_has_stopped() {
         "test",
         2,
         listener,
+        ConnectionLimits::DEFAULT,
         Shutdown::new(),
         |incoming: Incoming| {
             drop(incoming);
@@ -182,6 +190,7 @@ async fn connections_skip_a_thread_that_stopped() {
         "test",
         2,
         listener,
+        ConnectionLimits::DEFAULT,
         shutdown.clone(),
         move |incoming: Incoming| {
             let first = started.fetch_add(1, Ordering::SeqCst) == 0;
@@ -191,12 +200,8 @@ async fn connections_skip_a_thread_that_stopped() {
                     let _ = stopped.send(());
                     return Err("this thread stops at once");
                 }
-                let ended = incoming.ended();
-                let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-                axum::serve(incoming, router)
-                    .with_graceful_shutdown(ended)
-                    .await
-                    .map_err(|_| "serve failed")
+                serve_http(incoming, |_| ok_router()).await;
+                Ok(())
             }
         },
     )

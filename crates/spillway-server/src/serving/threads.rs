@@ -2,76 +2,45 @@
 //! single-threaded tokio runtime; see the [module docs](super) for why and for the shutdown
 //! order.
 
+use super::limits::ConnectionLimits;
 use crate::shutdown::Shutdown;
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tokio_stream::{Stream, StreamExt};
 
 /// A connection as the accept task hands it over: out of the accepting runtime's reactor,
-/// with its peer's address.
-pub(super) type Accepted = (std::net::TcpStream, SocketAddr);
+/// with its peer's address and its slot under the port's connection cap, which it holds until
+/// it closes.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The connection.
+    pub(super) stream: std::net::TcpStream,
+    /// Its peer.
+    pub(super) peer: SocketAddr,
+    /// Its place under `--max-connections`, given back when dropped.
+    pub(super) slot: OwnedSemaphorePermit,
+}
 
 /// How long a thread whose queue has ended lets its newest connections read their first
 /// request before its server starts to drain.
 pub(super) const FIRST_READ: Duration = Duration::from_millis(50);
 
-/// The connections dealt to one thread.
+/// The first wait after a failed accept; it doubles with each failure in a row.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// The longest wait after failed accepts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The connections dealt to one thread, and the limits they are served under.
 #[derive(Debug)]
 pub struct Incoming {
     pub(super) queue: mpsc::UnboundedReceiver<Accepted>,
-    pub(super) local: SocketAddr,
-    /// Notified once the queue has ended and every connection in it was taken.
-    pub(super) ended: Arc<Notify>,
-}
-
-impl Incoming {
-    /// The connections as a stream that ends with the queue, for servers that take one and
-    /// drain once it ends ([`super::serve_http2`]).
-    pub fn into_stream(self) -> impl Stream<Item = std::io::Result<TcpStream>> {
-        UnboundedReceiverStream::new(self.queue).map(|(stream, _)| TcpStream::from_std(stream))
-    }
-
-    /// Resolves once the queue has ended and every connection in it has been taken through
-    /// [`accept`](axum::serve::Listener::accept): the stop signal for axum, whose listener
-    /// cannot report an end of its own.
-    pub fn ended(&self) -> impl Future<Output = ()> + Send + 'static {
-        let ended = self.ended.clone();
-        async move { ended.notified().await }
-    }
-}
-
-/// For axum: `accept` waits for the next connection dealt to this thread. Once the queue has
-/// ended it fires [`Incoming::ended`] and waits forever.
-impl axum::serve::Listener for Incoming {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        while let Some((stream, peer)) = self.queue.recv().await {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => return (stream, peer),
-                Err(err) => tracing::warn!(error = %err, "cannot take over a connection"),
-            }
-        }
-        // The connections just taken have not been read yet, and hyper's protocol-detecting
-        // connection drops one that has read nothing when told to shut down, leaving its
-        // client without an answer. Let them read what has already arrived first.
-        tokio::time::sleep(FIRST_READ).await;
-        // A stored permit: the signal fires even if nobody waits on it yet.
-        self.ended.notify_one();
-        std::future::pending().await
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
+    /// The port's limits.
+    pub limits: ConnectionLimits,
 }
 
 /// A running set of serving threads and their accept task.
@@ -84,13 +53,15 @@ pub struct Threads {
 
 /// Starts `threads` threads (at least one) named `spillway-<what>-N`, each running
 /// `serve(incoming)` to completion on a runtime of its own, and the task that deals
-/// `listener`'s connections out to them until `shutdown` fires. `serve` must end once its [`Incoming`] has ended, draining
-/// gracefully, and should not watch `shutdown` itself (see the module docs). `what` names the
-/// server in logs.
+/// `listener`'s connections out to them until `shutdown` fires, never holding more than
+/// `limits.max_connections` open at once. `serve` must end once its [`Incoming`] has ended,
+/// draining gracefully, and should not watch `shutdown` itself (see the module docs). `what`
+/// names the server in logs.
 pub fn start<F, Fut, E>(
     what: &'static str,
     threads: usize,
     listener: TcpListener,
+    limits: ConnectionLimits,
     shutdown: Shutdown,
     serve: F,
 ) -> anyhow::Result<Threads>
@@ -99,9 +70,6 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let local = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
     let threads = threads.max(1);
     let mut queues = Vec::with_capacity(threads);
     let mut serving = Vec::with_capacity(threads);
@@ -115,8 +83,7 @@ where
         let (report, done) = oneshot::channel();
         let incoming = Incoming {
             queue: connections,
-            local,
-            ended: Arc::new(Notify::new()),
+            limits,
         };
         let serve = serve.clone();
         std::thread::Builder::new()
@@ -132,7 +99,8 @@ where
         queues.push(queue);
         serving.push(done);
     }
-    let accept = tokio::spawn(deal_out(what, listener, queues, shutdown));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let accept = tokio::spawn(deal_out(what, listener, slots, queues, shutdown));
     Ok(Threads {
         what,
         accept: Some(accept),
@@ -141,16 +109,39 @@ where
 }
 
 /// Accepts connections and hands them to the threads in turn until `shutdown` fires, or until
-/// every thread has stopped; then closes the port and drops the queues. A thread whose queue is
-/// gone (it stopped) is skipped from then on.
+/// every thread has stopped; then closes the port and drops the queues. A connection is
+/// accepted only once it has a slot: with every slot taken, accepting waits (clients queue in
+/// the kernel's backlog) until a connection closes. Failed accepts back off, doubling the wait
+/// up to [`ACCEPT_BACKOFF_MAX`]. A thread whose queue is gone (it stopped) is skipped from
+/// then on.
 async fn deal_out(
     what: &'static str,
     listener: TcpListener,
+    slots: Arc<Semaphore>,
     mut queues: Vec<mpsc::UnboundedSender<Accepted>>,
     shutdown: Shutdown,
 ) {
     let mut next = 0;
+    let mut backoff = ACCEPT_BACKOFF;
+    // Logged once each time the port reaches its cap, not once per connection waiting.
+    let mut at_cap = false;
     while !queues.is_empty() {
+        if slots.available_permits() > 0 {
+            at_cap = false;
+        } else if !at_cap {
+            tracing::warn!("every {what} connection slot is taken; new connections wait");
+            at_cap = true;
+        }
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = shutdown.triggered() => break,
+            () = every_closed(&queues) => {
+                queues.clear();
+                break;
+            }
+        };
+        // The semaphore is never closed.
+        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.triggered() => break,
@@ -160,12 +151,21 @@ async fn deal_out(
             }
         };
         let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF;
+                accepted
+            }
             Err(err) => {
                 // Out of file descriptors, or a connection reset before it was accepted:
-                // the connections already open keep being served; try again shortly.
-                tracing::warn!(error = %err, "cannot accept a {what} connection");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // the connections already open keep being served; try again after a wait
+                // that grows while the failures go on, so they cannot spin a core.
+                tracing::warn!(error = %err, retry_ms = backoff.as_millis() as u64,
+                    "cannot accept a {what} connection");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.triggered() => break,
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
@@ -175,7 +175,7 @@ async fn deal_out(
         }
         // Leaves this runtime's reactor; the serving thread registers it with its own.
         let mut handover = match stream.into_std() {
-            Ok(stream) => (stream, peer),
+            Ok(stream) => Accepted { stream, peer, slot },
             Err(err) => {
                 tracing::warn!(error = %err, "cannot hand a {what} connection over");
                 continue;
