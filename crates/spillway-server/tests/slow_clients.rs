@@ -94,14 +94,15 @@ async fn an_idle_http1_connection_is_closed_after_the_idle_timeout() {
     tokio::task::spawn_blocking(move || {
         let mut busy = connect(addr);
         let mut idle = connect(addr);
+        // Timed from before the request: the server's idle period starts after it answered.
+        let asked = now();
         assert_eq!(get_on(&mut idle, "/healthz"), "HTTP/1.1 200 OK");
-        let answered = now();
         // The busy client asks every 100 ms for twice the idle timeout, and stays open.
         for _ in 0..6 {
             assert_eq!(get_on(&mut busy, "/healthz"), "HTTP/1.1 200 OK");
             std::thread::sleep(SHORT / 3);
         }
-        let waited = closed_after(&mut idle, answered);
+        let waited = closed_after(&mut idle, asked);
         assert!(
             waited >= SHORT,
             "closed after {waited:?}, before the timeout"
