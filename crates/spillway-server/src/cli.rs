@@ -104,6 +104,37 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub http_threads: Option<u16>,
 
+    /// Most connections open at once on each port (HTTP, and gRPC when on). With every one
+    /// taken, new clients wait in the kernel's backlog until a connection closes; keep it below
+    /// the process's file-descriptor limit.
+    #[arg(long, env = "SPILLWAY_MAX_CONNECTIONS", value_name = "N", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Most concurrent HTTP/2 streams on one connection, on both ports. Envoy multiplexes many
+    /// calls on a few connections, so keep it generous.
+    #[arg(long, env = "SPILLWAY_MAX_STREAMS", value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
+
+    /// HTTP/1: longest time a client may take to send a request's headers (a slowloris is cut
+    /// off after it). It also bounds the wait for the next request on a keep-alive connection.
+    #[arg(long, env = "SPILLWAY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = parse_grace)]
+    pub header_timeout: Duration,
+
+    /// Longest time a connection (HTTP/1 or HTTP/2, either port) stays open with no request
+    /// in flight; it is then closed gracefully.
+    #[arg(long, env = "SPILLWAY_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s",
+          value_parser = parse_grace)]
+    pub idle_timeout: Duration,
+
+    /// Longest time a request body may take to arrive once the server waits for it; past it
+    /// the request is cut off with HTTP 408 or gRPC DEADLINE_EXCEEDED.
+    #[arg(long, env = "SPILLWAY_BODY_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = parse_grace)]
+    pub body_timeout: Duration,
+
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
     #[arg(long, env = "SPILLWAY_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s",
           value_parser = parse_grace)]
@@ -354,6 +385,12 @@ mod tests {
             Some("x-real-ip")
         );
         assert!(args.manual_clock.is_none());
+        let limits = crate::serving::ConnectionLimits::DEFAULT;
+        assert_eq!(args.max_connections as usize, limits.max_connections);
+        assert_eq!(args.max_streams, limits.max_streams);
+        assert_eq!(args.header_timeout, limits.header_timeout);
+        assert_eq!(args.idle_timeout, limits.idle_timeout);
+        assert_eq!(args.body_timeout, limits.body_timeout);
 
         let cli = Cli::try_parse_from(["spillway", "serve", "--real-ip-header", "none"])
             .expect("none parses");
@@ -372,6 +409,9 @@ mod tests {
             &["spillway", "serve", "--trusted-proxies", "10.0.0.0/33"],
             &["spillway", "serve", "--shutdown-grace", "10"],
             &["spillway", "serve", "--max-keys", "0"],
+            &["spillway", "serve", "--max-connections", "0"],
+            &["spillway", "serve", "--max-streams", "0"],
+            &["spillway", "serve", "--idle-timeout", "soon"],
             &["spillway", "check", "--descriptor", "novalue"],
         ] {
             assert!(Cli::try_parse_from(argv).is_err(), "{argv:?} should fail");

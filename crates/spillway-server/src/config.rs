@@ -45,6 +45,8 @@ pub struct ServerSettings {
     pub manual_clock_ms: Option<u64>,
     /// Envoy's rate-limit service over gRPC.
     pub grpc: GrpcSettings,
+    /// Connection caps and timeouts, the same on both ports.
+    pub connections: crate::serving::ConnectionLimits,
 }
 
 impl ServerSettings {
@@ -93,6 +95,14 @@ impl ServerSettings {
                 args.envoy_config,
                 args.grpc_threads,
             )?,
+            connections: crate::serving::ConnectionLimits {
+                max_connections: args.max_connections as usize,
+                header_timeout: args.header_timeout,
+                idle_timeout: args.idle_timeout,
+                max_streams: args.max_streams,
+                body_timeout: args.body_timeout,
+            }
+            .checked()?,
         })
     }
 }

@@ -20,6 +20,8 @@
 //! - [`reload`]: hot policy reload on file changes and on `SIGHUP`.
 //! - [`store`]: builds the store the policy's `store:` section (or `--store-url`) names.
 //! - [`sweeper`]: the once-a-second task that expires keys and refreshes store gauges.
+//! - [`serving`]: the accept task, the serving threads that run each transport's servers, and
+//!   their connection limits.
 //! - [`shutdown`]: the one shared shutdown signal and the OS signals that fire it.
 //! - [`serve`], [`validate`], [`client`]: the three subcommands.
 //! - [`logging`]: tracing setup (text or JSON).

@@ -20,15 +20,17 @@ use crate::state::{AppState, PolicyInfo};
 use crate::{grpc, logging, metrics, serving, sweeper};
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use axum::serve::ListenerExt;
+use axum::extract::ConnectInfo;
+use axum::Extension;
 use spillway_core::engine::Engine;
 use spillway_core::policy::StoreConfig;
 use spillway_core::store::Store;
-use std::future::IntoFuture;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tower::Layer;
 
 /// Runs the subcommand to completion: exit status 0 after a graceful shutdown, 1 when the
 /// server could not start, 2 for settings that make no sense.
@@ -127,21 +129,23 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         .local_addr()
         .context("cannot read the bound address")?;
     tracing::info!(policy = %source, limits, "listening on {addr}");
-    let grpc = grpc::start(&settings.grpc, app.clone(), shutdown.clone()).await?;
+    let limits = settings.connections;
+    let grpc = grpc::start(&settings.grpc, limits, app.clone(), shutdown.clone()).await?;
 
     let router = app::router(app);
     let mut http = serving::start(
         "HTTP",
         settings.http_threads,
         listener,
+        limits,
         shutdown.clone(),
-        move |incoming: serving::Incoming| {
-            // `tap_io` (a no-op here) is what lets axum hand each handler its peer's address.
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            let ended = incoming.ended();
-            axum::serve(incoming.tap_io(|_| {}), service)
-                .with_graceful_shutdown(ended)
-                .into_future()
+        move |incoming: serving::Incoming| async move {
+            // Each connection's service knows its peer, for handlers that key by client IP.
+            serving::serve_http(incoming, |peer: SocketAddr| {
+                Extension(ConnectInfo(peer)).layer(router.clone())
+            })
+            .await;
+            Ok::<(), Infallible>(())
         },
     )?;
 

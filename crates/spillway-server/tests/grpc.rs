@@ -358,8 +358,9 @@ async fn a_raw_call_gets_a_complete_grpc_answer() {
 }
 
 /// Bodies that are not one well-formed message get `INVALID_ARGUMENT` saying what is wrong;
-/// an oversized one `RESOURCE_EXHAUSTED`; compressed messages, unknown methods and unknown
-/// services tonic's `UNIMPLEMENTED`. None of them charges anything or harms the server.
+/// an oversized one `RESOURCE_EXHAUSTED`; a message flagged gzip that is not gzip
+/// `INVALID_ARGUMENT`; unknown methods and unknown services tonic's `UNIMPLEMENTED`.
+/// (Compression itself: `tests/grpc_compression.rs`.) None of them charges anything or harms the server.
 #[tokio::test]
 async fn malformed_calls_get_a_status_that_says_what_is_wrong() {
     let mut rls = start(Server::with_policy(POLICY), &[]).await;
@@ -381,6 +382,11 @@ async fn malformed_calls_get_a_status_that_says_what_is_wrong() {
         ),
         (frame(&[0xff, 0xff, 0xff]), Invalid, "does not decode"),
         (compressed.clone(), Invalid, "flagged compressed"),
+        (
+            [&[2][..], &good[1..]].concat(),
+            Invalid,
+            "compression flag is 2",
+        ),
         (oversized, Exhausted, "larger than 4194304 bytes"),
         // A prefix announcing 16 MiB, on a short body.
         (
@@ -396,10 +402,11 @@ async fn malformed_calls_get_a_status_that_says_what_is_wrong() {
             says,
         );
     }
-    // Handed to tonic: a compression it was not set up for, unknown methods and services.
+    // Flagged gzip, but not a gzip stream.
     let gzip = [("grpc-encoding", "gzip")];
     let answer = raw_call(rls.addr, SHOULD_RATE_LIMIT, &gzip, compressed).await;
-    expect_status(answer, Unimplemented, "gzip");
+    expect_status(answer, Invalid, "does not inflate");
+    // Handed to tonic: unknown methods and services.
     for path in [
         "/envoy.service.ratelimit.v3.RateLimitService/NoSuchMethod",
         "/no.such.Service/Call",

@@ -13,7 +13,7 @@
 
 use super::breaker::{Admission, Breaker};
 use super::emergency::EmergencyLimiter;
-use crate::serving::OnRuntime;
+use super::on_runtime::OnRuntime;
 use async_trait::async_trait;
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;

@@ -9,6 +9,8 @@
 //!   by `crate::decision`, the path every request takes): `open` allows (marked degraded), `closed` refuses with a short
 //!   `Retry-After`, `degrade` checks the request against per-node emergency quotas
 //!   ([`emergency`]);
+//! - [`on_runtime`]: polls store calls with the main runtime entered, so nothing a store
+//!   client spawns lands on a serving thread;
 //! - [`report`]: counts every degraded decision by route and mode, and logs them at a bounded
 //!   rate.
 //!
@@ -17,6 +19,7 @@
 pub mod breaker;
 pub mod emergency;
 pub mod guard;
+pub mod on_runtime;
 pub mod report;
 
 use breaker::{Breaker, CircuitState};

@@ -9,11 +9,14 @@
 //! Layout: [`service`] answers `ShouldRateLimit`, [`plan`] turns descriptors into limits,
 //! [`response`] words the answer, [`source`] reads and reloads the Envoy config files,
 //! [`unary`] carries `ShouldRateLimit` calls between HTTP/2 and the service without tonic's
-//! router and codec, and hands every other call (health checks included) to tonic.
+//! router and codec (inflating gzip-compressed ones through [`encoding`]), and hands every
+//! other call (health checks included) to tonic.
 //!
 //! Threads: the service runs on `--grpc-threads` serving threads (one per CPU by default),
-//! each with its own runtime and its own HTTP/2 server; see [`crate::serving`].
+//! each with its own runtime and its own HTTP/2 server, under the same connection cap, stream
+//! cap and timeouts as the HTTP port; see [`crate::serving`].
 
+pub mod encoding;
 pub mod plan;
 pub mod response;
 pub mod service;
@@ -24,7 +27,7 @@ pub mod unary;
 mod tests;
 
 use crate::reload;
-use crate::serving::{self, Threads};
+use crate::serving::{self, ConnectionLimits, Threads};
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use anyhow::Context;
@@ -75,10 +78,12 @@ pub struct GrpcServer {
     reload: JoinHandle<()>,
 }
 
-/// Loads the Envoy config, binds the port and starts serving; `None` when gRPC is off. A bad
-/// config or a busy port fails start-up, like a bad policy does.
+/// Loads the Envoy config, binds the port and starts serving under `connections` (the same
+/// connection limits as the HTTP port's); `None` when gRPC is off. A bad config or a busy port
+/// fails start-up, like a bad policy does.
 pub async fn start(
     settings: &GrpcSettings,
+    connections: ConnectionLimits,
     app: Arc<AppState>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Option<GrpcServer>> {
@@ -123,6 +128,7 @@ pub async fn start(
         "gRPC",
         settings.threads,
         listener,
+        connections,
         shutdown.clone(),
         move |incoming: serving::Incoming| async move {
             let rls = Rls(state);

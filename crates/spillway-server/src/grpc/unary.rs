@@ -1,10 +1,12 @@
 //! The direct way in for `ShouldRateLimit`, the call Envoy makes once per request it proxies.
 //!
-//! hyper's HTTP/2 server hands each call to [`GrpcService`]. A plain `ShouldRateLimit` call
-//! (`POST`, uncompressed) is answered here: its one length-prefixed message is read whole,
-//! decoded with prost, decided by [`Rls::answer`] and written back as one data frame followed
-//! by a `grpc-status: 0` trailer. Everything else (health checks, compressed messages,
-//! unknown methods) goes to tonic's routes and generated services.
+//! hyper's HTTP/2 server hands each call to [`GrpcService`]. A `ShouldRateLimit` call (`POST`)
+//! is answered here: its one length-prefixed message is read whole, inflated if it is
+//! gzip-compressed ([`super::encoding`]), decoded with prost, decided by [`Rls::answer`] and
+//! written back uncompressed as one data frame followed by a `grpc-status: 0` trailer. A call
+//! naming an encoding other than `gzip` or `identity` is `UNIMPLEMENTED`, with a
+//! `grpc-accept-encoding` header naming those two. Everything else (health checks, unknown
+//! methods) goes to tonic's routes and generated services.
 //!
 //! Why not tonic for this call too: its transport server's layers, router, streaming decoder
 //! and encoder cost more CPU per call than the decision itself; answering here cut the server's
@@ -15,11 +17,15 @@
 //! drops the call.
 //!
 //! Errors are gRPC statuses in a trailers-only answer, built by tonic's [`Status::into_http`].
-//! A body that is not one complete message, or a message that does not decode, is
+//! A body that is not one complete message, or a message that does not inflate or decode, is
 //! `INVALID_ARGUMENT` saying what was wrong (tonic says `INTERNAL`, but the fault is the
-//! caller's); a message over [`MAX_MESSAGE`] bytes is `RESOURCE_EXHAUSTED`.
+//! caller's); a message over [`MAX_MESSAGE`] bytes, before or after inflating, is
+//! `RESOURCE_EXHAUSTED`; a message still arriving when the body deadline passes
+//! (`--body-timeout`, [`crate::serving::deadline`]) is `DEADLINE_EXCEEDED`.
 
+use super::encoding::{self, Encoding};
 use super::service::Rls;
+use crate::serving::BodyTimeout;
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use http::header::CONTENT_TYPE;
@@ -71,8 +77,14 @@ where
 
     fn call(&self, request: Request<B>) -> Self::Future {
         if is_direct(&request) {
+            let Some(encoding) = Encoding::of(request.headers()) else {
+                let refused = encoding::unsupported(request.headers());
+                return Box::pin(async move { Ok(error_answer(refused)) });
+            };
             let rls = self.rls.clone();
-            Box::pin(async move { Ok(should_rate_limit(&rls, request.into_body()).await) })
+            Box::pin(
+                async move { Ok(should_rate_limit(&rls, encoding, request.into_body()).await) },
+            )
         } else {
             let routes = self.routes.clone();
             Box::pin(async move {
@@ -83,23 +95,18 @@ where
     }
 }
 
-/// A `ShouldRateLimit` call this path can take: a `POST` whose message is not compressed.
+/// A `ShouldRateLimit` call, which this path answers whatever its encoding.
 fn is_direct<B>(request: &Request<B>) -> bool {
-    request.uri().path() == SHOULD_RATE_LIMIT
-        && request.method() == Method::POST
-        && request
-            .headers()
-            .get("grpc-encoding")
-            .is_none_or(|encoding| encoding == "identity")
+    request.uri().path() == SHOULD_RATE_LIMIT && request.method() == Method::POST
 }
 
 /// Reads, decides and answers one call; every failure is a gRPC status.
-async fn should_rate_limit<B>(rls: &Rls, body: B) -> Response<AnswerBody>
+async fn should_rate_limit<B>(rls: &Rls, encoding: Encoding, body: B) -> Response<AnswerBody>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let answer = match read_request(body).await {
+    let answer = match read_request(encoding, body).await {
         Ok(request) => rls.answer(&request).await,
         Err(status) => Err(status),
     };
@@ -118,12 +125,17 @@ where
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
             response
         }
-        Err(status) => status.into_http::<UnaryBody>().map(Either::Left),
+        Err(status) => error_answer(status),
     }
 }
 
-/// The call's one message, decoded.
-async fn read_request<B>(body: B) -> Result<RateLimitRequest, Status>
+/// `status` as a trailers-only answer.
+fn error_answer(status: Status) -> Response<AnswerBody> {
+    status.into_http::<UnaryBody>().map(Either::Left)
+}
+
+/// The call's one message, inflated as `encoding` says and decoded.
+async fn read_request<B>(encoding: Encoding, body: B) -> Result<RateLimitRequest, Status>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -131,20 +143,25 @@ where
     let body = match Limited::new(body, PREFIX + MAX_MESSAGE).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<LengthLimitError>() => return Err(too_large()),
+        Err(err) if BodyTimeout::find(err.as_ref()).is_some() => {
+            return Err(Status::deadline_exceeded(err.to_string()))
+        }
         Err(err) => {
             return Err(Status::cancelled(format!(
                 "the request body could not be read: {err}"
             )))
         }
     };
-    let message = one_message(&body)?;
+    let (compressed, message) = one_message(&body)?;
+    let message = encoding.decode(compressed, message)?;
     RateLimitRequest::decode(message).map_err(|err| {
         Status::invalid_argument(format!("the RateLimitRequest does not decode: {err}"))
     })
 }
 
-/// The message in a unary call's body: exactly one, uncompressed, complete.
-fn one_message(body: &Bytes) -> Result<Bytes, Status> {
+/// The message in a unary call's body, which must hold exactly one, complete; and whether
+/// its prefix flags it compressed.
+fn one_message(body: &Bytes) -> Result<(bool, Bytes), Status> {
     let invalid = |why: String| Err(Status::invalid_argument(why));
     if body.is_empty() {
         return invalid("the call carries no request message".into());
@@ -154,11 +171,15 @@ fn one_message(body: &Bytes) -> Result<Bytes, Status> {
             "the body ends inside a message's {PREFIX}-byte prefix"
         ));
     }
-    if body[0] != 0 {
-        return invalid(
-            "the message is flagged compressed, but the call names no compression".into(),
-        );
-    }
+    let compressed = match body[0] {
+        0 => false,
+        1 => true,
+        flag => {
+            return invalid(format!(
+                "the message's compression flag is {flag}, not 0 or 1"
+            ))
+        }
+    };
     let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
     if length > MAX_MESSAGE {
         return Err(too_large());
@@ -172,7 +193,7 @@ fn one_message(body: &Bytes) -> Result<Bytes, Status> {
         std::cmp::Ordering::Greater => {
             invalid("a unary call carries one request message, this one more".into())
         }
-        std::cmp::Ordering::Equal => Ok(body.slice(PREFIX..end)),
+        std::cmp::Ordering::Equal => Ok((compressed, body.slice(PREFIX..end))),
     }
 }
 
@@ -237,8 +258,10 @@ mod tests {
 
     #[test]
     fn one_complete_message_is_taken() {
-        assert_eq!(one_message(&framed(0, b"abc")).unwrap(), &b"abc"[..]);
-        assert_eq!(one_message(&framed(0, b"")).unwrap(), &b""[..]);
+        let taken = |body: Bytes| one_message(&body).map(|(c, m)| (c, m.to_vec())).unwrap();
+        assert_eq!(taken(framed(0, b"abc")), (false, b"abc".to_vec()));
+        assert_eq!(taken(framed(0, b"")), (false, Vec::new()));
+        assert_eq!(taken(framed(1, b"xyz")), (true, b"xyz".to_vec()));
     }
 
     #[test]
@@ -253,7 +276,7 @@ mod tests {
                 Bytes::from_static(&[0, 0, 0]),
                 "inside a message's 5-byte prefix",
             ),
-            (framed(1, b"abc"), "flagged compressed"),
+            (framed(2, b"abc"), "compression flag is 2"),
             (
                 framed(0, b"abc").slice(..6),
                 "prefix says 3 bytes, the body holds 1",

@@ -14,14 +14,15 @@
 //!   `urn:spillway:problem:cost-exceeds-limit` and it has no `Retry-After`), since what the
 //!   client must do is the same (stop sending this) and the detail says retrying cannot help;
 //! - both with the rate-limit headers;
-//! - 400 naming the offending field for a malformed body, 413 over 16 KiB, 503 when the store
-//!   fails.
+//! - 400 naming the offending field for a malformed body, 413 over 16 KiB, 408 for a body
+//!   still arriving after `--body-timeout`, 503 when the store fails.
 //!
 //! `?peek=true` (or `?dry_run`) evaluates without consuming anything.
 
 use crate::http::problem::Problem;
 use crate::http::verdict::{decided_body, decided_headers, denial_problem, json_response};
 use crate::http::{check_mode, decide};
+use crate::serving::BodyTimeout;
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -142,9 +143,12 @@ async fn respond(
     })
 }
 
-/// The problem for a body axum could not read: 413 when it is too long, else 400.
+/// The problem for a body axum could not read: 413 when it is too long, 408 when it did not
+/// arrive in time (`--body-timeout`), else 400.
 fn body_problem(rejection: &BytesRejection) -> Problem {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    if let Some(late) = BodyTimeout::find(rejection) {
+        Problem::http(StatusCode::REQUEST_TIMEOUT, late.to_string())
+    } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Problem::http(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the body is larger than {MAX_BODY_BYTES} bytes"),

@@ -1,0 +1,50 @@
+//! [`serve_http`]: the HTTP/1-or-2 server an HTTP serving thread runs over its share of the
+//! connections, with hyper's header-read timeout and the connection limits applied.
+//!
+//! Not `axum::serve`: it offers no way to set hyper's timer, header-read timeout or stream
+//! cap, so a client that sent nothing, or its headers a byte at a time, was served forever.
+
+use super::connection::{serve_each, Tracked};
+use super::deadline::DeadlineBody;
+use super::threads::FIRST_READ;
+use super::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+/// Serves every connection dealt to this thread with the service `make(peer)` builds for it
+/// (HTTP/1, or HTTP/2 with prior knowledge), each on a task of its own, until the queue ends.
+/// Then it gives the connections it just took [`FIRST_READ`] to read their first request
+/// (hyper's protocol-detecting connection drops one that has read nothing when told to shut
+/// down, leaving its client without an answer), shuts them all down gracefully and waits for
+/// them.
+pub async fn serve_http<M, S>(incoming: Incoming, mut make: M)
+where
+    M: FnMut(SocketAddr) -> S,
+    S: tower::Service<
+            http::Request<DeadlineBody<hyper::body::Incoming>>,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let limits = incoming.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams);
+    serve_each(incoming, limits, FIRST_READ, |io, peer, activity| {
+        let service = Tracked::new(TowerToHyperService::new(make(peer)), activity, &limits);
+        builder.serve_connection(io, service).into_owned()
+    })
+    .await;
+}

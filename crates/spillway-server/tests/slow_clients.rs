@@ -1,0 +1,299 @@
+//! Slow, idle and greedy clients against the real binary: the connection cap, the header,
+//! idle and body timeouts, and the HTTP/2 stream cap (`--max-connections`, `--header-timeout`,
+//! `--idle-timeout`, `--body-timeout`, `--max-streams`). The timeouts are set short by flag,
+//! and these tests wait for them in real time: they are network timeouts, not rates.
+
+mod common;
+
+use common::grpc::{descriptor, framed, open_call, read_answer, request, start, SHOULD_RATE_LIMIT};
+use common::Server;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+const POLICY: &str = r#"
+default_tier: free
+limits:
+  user-minute:
+    algorithm: fixed_window
+    limit: 100
+    window: 1m
+    key: [user]
+tiers:
+  free:
+    limits: [user-minute]
+"#;
+
+/// The short timeout these tests set.
+const SHORT: Duration = Duration::from_millis(300);
+/// Longer than any short timeout could take to act, however loaded the machine.
+const AT_MOST: Duration = Duration::from_secs(5);
+
+/// The real time now: what these tests measure is how long the server really waited, which
+/// no manual clock can stand in for.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// A connection to `addr` that gives up reading after [`AT_MOST`].
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(AT_MOST)).expect("timeout");
+    stream
+}
+
+/// One whole keep-alive `GET path` on `stream`; the status line of its answer, read in full.
+fn get_on(stream: &mut TcpStream, path: &str) -> String {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    read_response(stream)
+}
+
+/// Reads one response (headers and `content-length` body); its status line.
+fn read_response(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!("the response ended early ({other:?}): {head:?}"),
+        }
+    }
+    let head = String::from_utf8(head).expect("text");
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).expect("the body");
+    head.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Waits for the server to close `stream`; how long that took from `since`.
+fn closed_after(stream: &mut TcpStream, since: Instant) -> Duration {
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => since.elapsed(),
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => since.elapsed(),
+        Err(err) => panic!("the connection was not closed within {AT_MOST:?}: {err}"),
+    }
+}
+
+/// An HTTP/1 keep-alive connection with no request in flight is closed after the idle
+/// timeout, not before; a client that keeps asking is not.
+#[tokio::test]
+async fn an_idle_http1_connection_is_closed_after_the_idle_timeout() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--idle-timeout", "300ms", "--header-timeout", "5s"])
+        .start();
+    let addr = server.addr();
+    tokio::task::spawn_blocking(move || {
+        let mut busy = connect(addr);
+        let mut idle = connect(addr);
+        // Timed from before the request: the server's idle period starts after it answered.
+        let asked = now();
+        assert_eq!(get_on(&mut idle, "/healthz"), "HTTP/1.1 200 OK");
+        // The busy client asks every 100 ms for twice the idle timeout, and stays open.
+        for _ in 0..6 {
+            assert_eq!(get_on(&mut busy, "/healthz"), "HTTP/1.1 200 OK");
+            std::thread::sleep(SHORT / 3);
+        }
+        let waited = closed_after(&mut idle, asked);
+        assert!(
+            waited >= SHORT,
+            "closed after {waited:?}, before the timeout"
+        );
+        assert_eq!(get_on(&mut busy, "/healthz"), "HTTP/1.1 200 OK");
+    })
+    .await
+    .expect("client");
+}
+
+/// An HTTP/2 connection on the gRPC port that never sends a call is closed after the idle
+/// timeout.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let rls = start(
+        Server::with_policy(POLICY).args(&["--idle-timeout", "300ms"]),
+        &[],
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(rls.addr)
+        .await
+        .expect("connect");
+    let opened = now();
+    let (_client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    // Ends (cleanly after the server's GOAWAY, or with an error) once the server closes it.
+    let _ = tokio::time::timeout(AT_MOST, connection)
+        .await
+        .expect("the server closed the idle connection");
+    let waited = opened.elapsed();
+    assert!(
+        waited >= SHORT,
+        "closed after {waited:?}, before the timeout"
+    );
+}
+
+/// A client sending its headers a line at a time (slowloris) is cut off after the header
+/// timeout, while a well-behaved client is answered meanwhile.
+#[tokio::test]
+async fn a_slowloris_is_cut_off_after_the_header_timeout() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
+        .start();
+    let addr = server.addr();
+    let slow = tokio::task::spawn_blocking(move || {
+        let mut slow = connect(addr);
+        let started = now();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\n").expect("send");
+        for n in 0..50 {
+            std::thread::sleep(SHORT / 6);
+            if write!(slow, "X-Slow-{n}: yes\r\n").is_err() {
+                return started.elapsed();
+            }
+            if started.elapsed() > AT_MOST {
+                break;
+            }
+        }
+        closed_after(&mut slow, started)
+    });
+    tokio::time::sleep(SHORT / 3).await;
+    assert_eq!(server.get("/healthz").await.status(), 200);
+    let cut_after = slow.await.expect("slow client");
+    assert!(cut_after >= SHORT, "cut off after {cut_after:?}");
+    assert!(cut_after < AT_MOST, "not cut off: {cut_after:?}");
+}
+
+/// A `ShouldRateLimit` call whose body trickles in is cut off with `DEADLINE_EXCEEDED` after
+/// the body timeout, while a whole call on another connection is answered meanwhile.
+#[tokio::test]
+async fn a_grpc_call_whose_body_trickles_is_cut_off() {
+    let mut rls = start(
+        Server::with_policy(POLICY).args(&["--body-timeout", "300ms", "--idle-timeout", "30s"]),
+        &[],
+    )
+    .await;
+    let body = framed(&request(
+        "spillway",
+        vec![descriptor(&[("user", "slow")])],
+        0,
+    ));
+    let (response, mut send, _ping) = open_call(rls.addr, SHOULD_RATE_LIMIT, &[]).await;
+    let started = now();
+    send.send_data(body[..3].to_vec().into(), false)
+        .expect("the first bytes");
+    let answer = tokio::spawn(read_answer(response));
+    let fine = rls.one("spillway", &[("user", "fine")]).await;
+    assert_eq!(fine.statuses.len(), 1);
+    let answer = tokio::time::timeout(AT_MOST, answer)
+        .await
+        .expect("answered within the timeout")
+        .expect("the answer");
+    let status = answer.status().expect("a grpc-status");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("did not arrive within 300 ms"),
+        "{status:?}"
+    );
+    assert!(started.elapsed() >= SHORT);
+    // Nothing was charged for the cut-off call.
+    let after = rls.one("spillway", &[("user", "slow")]).await;
+    assert_eq!(after.statuses[0].limit_remaining, 99);
+}
+
+/// An HTTP body that trickles in is cut off with a 408 problem after the body timeout.
+#[tokio::test]
+async fn an_http_body_that_trickles_gets_408() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--body-timeout", "300ms", "--idle-timeout", "30s"])
+        .start();
+    let addr = server.addr();
+    let (status, waited) = tokio::task::spawn_blocking(move || {
+        let mut slow = connect(addr);
+        let started = now();
+        slow.write_all(
+            b"POST /v1/check HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n\
+              content-length: 20\r\n\r\n{\"user\"",
+        )
+        .expect("send");
+        (read_response(&mut slow), started.elapsed())
+    })
+    .await
+    .expect("client");
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout");
+    assert!(waited >= SHORT, "answered after {waited:?}");
+}
+
+/// With the cap reached, a new connection waits unanswered; once a connection closes it is
+/// served.
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_and_are_served_once_others_close() {
+    let server = Server::with_policy(POLICY)
+        .args(&[
+            "--max-connections",
+            "2",
+            "--idle-timeout",
+            "30s",
+            "--header-timeout",
+            "30s",
+        ])
+        .start();
+    let addr = server.addr();
+    tokio::task::spawn_blocking(move || {
+        let mut first = connect(addr);
+        let mut second = connect(addr);
+        assert_eq!(get_on(&mut first, "/healthz"), "HTTP/1.1 200 OK");
+        assert_eq!(get_on(&mut second, "/healthz"), "HTTP/1.1 200 OK");
+        // The third connects (the kernel queues it) but is not served while both are open.
+        let mut third = connect(addr);
+        third.set_read_timeout(Some(SHORT * 2)).expect("timeout");
+        third
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("send");
+        let mut byte = [0];
+        let waiting = third.read(&mut byte);
+        assert!(
+            matches!(&waiting, Err(err) if err.kind() == std::io::ErrorKind::WouldBlock
+                || err.kind() == std::io::ErrorKind::TimedOut),
+            "served past the cap: {waiting:?}"
+        );
+        // The ones already in keep being served.
+        assert_eq!(get_on(&mut second, "/healthz"), "HTTP/1.1 200 OK");
+        drop(first);
+        third.set_read_timeout(Some(AT_MOST)).expect("timeout");
+        assert_eq!(read_response(&mut third), "HTTP/1.1 200 OK");
+    })
+    .await
+    .expect("client");
+}
+
+/// The gRPC port tells HTTP/2 clients how many streams a connection may hold.
+#[tokio::test]
+async fn http2_connections_are_told_the_stream_cap() {
+    let rls = start(
+        Server::with_policy(POLICY).args(&["--max-streams", "2"]),
+        &[],
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(rls.addr)
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    // The server's settings have arrived once a call has been answered.
+    let call = http::Request::post(format!("http://{}{SHOULD_RATE_LIMIT}", rls.addr))
+        .header("content-type", "application/grpc")
+        .body(())
+        .expect("request");
+    let (response, mut send) = client.send_request(call, false).expect("sent");
+    let body = framed(&request("spillway", vec![descriptor(&[("user", "s")])], 0));
+    send.send_data(body.into(), true).expect("body");
+    let answer = read_answer(response).await;
+    assert_eq!(answer.http, 200);
+    assert_eq!(client.current_max_send_streams(), 2);
+}
