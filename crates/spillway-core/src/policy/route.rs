@@ -4,16 +4,26 @@
 //!
 //! A pattern is a method (or `*` for any) and a path made of `/`-separated segments. A
 //! segment is literal text, `*` (exactly one segment, whatever it holds) or, as the last
-//! segment only, `**` (whatever remains, including nothing). Literal segments compare
-//! exactly; the method compares without regard to ASCII case. A request path's `?query` is
-//! ignored.
+//! segment only, `**` (whatever remains, including nothing). Literal segments compare without
+//! regard to ASCII case unless the policy sets `route_matching: {case_sensitive: true}`; the
+//! method always compares without regard to ASCII case. A request path's `?query` is ignored.
 //!
 //! A request path is read the way the most lenient server behind the proxy might read it, so
-//! that spelling a path differently cannot slip past a route's cost and limits: `/`, `\` and
-//! their escapes `%2F` and `%5C` all separate segments; empty segments (`//`, a trailing `/`)
-//! and `.` are skipped; `..` removes the segment before it; other percent-escapes are decoded
-//! before comparing (`/v1/%67enerate` is `/v1/generate`). Patterns are read the same way when
-//! the policy loads (`GET /a/` is `GET /a`), except that `..` is refused in them.
+//! that spelling a path differently cannot slip past a route's cost and limits:
+//! - `/`, `\` and their escapes `%2F` and `%5C` all separate segments;
+//! - a segment's path parameters, from its first `;` (or `%3B`) to the next `/` or `\`, are
+//!   dropped, as Tomcat, Jetty and Spring drop them (`/v1;a/generate;x=1` is `/v1/generate`).
+//!   The escaped `%3B` counts too: a proxy in front may decode it into a `;` that the server
+//!   then drops, and reading it as a parameter can only make a path match a route it names
+//!   more plainly, never miss one. Within parameters, `%2F` and `%5C` do not separate;
+//! - empty segments (`//`, a trailing `/`, a segment that was only parameters) and `.` are
+//!   skipped; `..` removes the segment before it (`..;x` is `..`);
+//! - other percent-escapes are decoded before comparing (`/v1/%67enerate` is `/v1/generate`);
+//! - letters compare without regard to ASCII case (`/V1/Generate` is `/v1/generate`), as
+//!   ASP.NET and IIS route, unless the policy declares its API case-sensitive.
+//!
+//! Patterns are read the same way when the policy loads (`GET /a/` is `GET /a`), except that
+//! `..` and `;` are refused in them.
 
 use smallvec::SmallVec;
 use std::fmt;
@@ -38,12 +48,26 @@ fn decoded(raw: &str) -> impl Iterator<Item = u8> + '_ {
     })
 }
 
-/// Whether `raw`, with its percent-escapes decoded, is `want`.
-fn decoded_eq(want: &str, raw: &str) -> bool {
-    decoded(raw).eq(want.bytes())
+/// Whether `raw`, with its percent-escapes decoded, is `want`, comparing ASCII letters
+/// without regard to case unless `case_sensitive`.
+fn decoded_eq(want: &str, raw: &str, case_sensitive: bool) -> bool {
+    if case_sensitive {
+        decoded(raw).eq(want.bytes())
+    } else {
+        decoded(raw)
+            .map(|b| b.to_ascii_lowercase())
+            .eq(want.bytes().map(|b| b.to_ascii_lowercase()))
+    }
 }
 
-/// The segments of a path (after its leading `/`): separated by `/`, `\`, `%2F` or `%5C`.
+/// Whether `bytes` starts with the escape `%` `hi` `lo`, either case of hex letter.
+fn escape_at(bytes: &[u8], hi: u8, lo: u8) -> bool {
+    matches!(bytes, [b'%', h, l, ..] if *h == hi && l.to_ascii_lowercase() == lo)
+}
+
+/// The segments of a path (after its leading `/`), each without its path parameters:
+/// separated by `/`, `\`, `%2F` or `%5C`, parameters running from `;` or `%3B` to the next
+/// `/` or `\` (see the module docs).
 fn split_segments(body: &str) -> impl Iterator<Item = &str> {
     let bytes = body.as_bytes();
     let mut start = 0;
@@ -52,27 +76,36 @@ fn split_segments(body: &str) -> impl Iterator<Item = &str> {
         if start > bytes.len() {
             return None;
         }
+        // Where the current segment's parameters begin, once seen.
+        let mut params: Option<usize> = None;
         while i < bytes.len() {
-            let width = match bytes[i] {
+            let rest = &bytes[i..];
+            let width = match rest[0] {
                 b'/' | b'\\' => 1,
-                b'%' if matches!(
-                    bytes.get(i + 1..i + 3),
-                    Some([b'2', b'f' | b'F'] | [b'5', b'c' | b'C'])
-                ) =>
+                b'%' if params.is_none()
+                    && (escape_at(rest, b'2', b'f') || escape_at(rest, b'5', b'c')) =>
                 {
                     3
+                }
+                b';' => {
+                    params.get_or_insert(i);
+                    0
+                }
+                b'%' if escape_at(rest, b'3', b'b') => {
+                    params.get_or_insert(i);
+                    0
                 }
                 _ => 0,
             };
             if width > 0 {
-                let segment = &body[start..i];
+                let segment = &body[start..params.unwrap_or(i)];
                 i += width;
                 start = i;
                 return Some(segment);
             }
             i += 1;
         }
-        let segment = &body[start..];
+        let segment = &body[start..params.unwrap_or(bytes.len())];
         start = bytes.len() + 1;
         Some(segment)
     })
@@ -85,10 +118,10 @@ fn normalized(body: &str) -> (SmallVec<[&str; 8]>, bool) {
     let mut segments: SmallVec<[&str; 8]> = SmallVec::new();
     let mut stepped_back = false;
     for part in split_segments(body) {
-        if part.is_empty() || decoded_eq(".", part) {
+        if part.is_empty() || decoded_eq(".", part, true) {
             continue;
         }
-        if decoded_eq("..", part) {
+        if decoded_eq("..", part, true) {
             stepped_back = true;
             segments.pop();
         } else {
@@ -134,6 +167,8 @@ pub(crate) struct RoutePattern {
     segments: Vec<Segment>,
     /// Whether the pattern ends in `**`.
     rest: bool,
+    /// Whether literal segments compare case-sensitively.
+    case_sensitive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,8 +178,9 @@ enum Segment {
 }
 
 impl RoutePattern {
-    /// Parses `text`, explaining what is wrong when it is not a valid pattern.
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+    /// Parses `text`, explaining what is wrong when it is not a valid pattern. Its literal
+    /// segments will compare case-sensitively only if `case_sensitive`.
+    pub(crate) fn parse(text: &str, case_sensitive: bool) -> Result<Self, String> {
         let mut words = text.split_whitespace();
         let (Some(method), Some(path), None) = (words.next(), words.next(), words.next()) else {
             return Err(format!(
@@ -167,6 +203,12 @@ impl RoutePattern {
         if path.contains(['?', '#']) {
             return Err(format!(
                 "path `{path}` must not contain `?` or `#`: queries are ignored when matching"
+            ));
+        }
+        if path.contains(';') || path.to_ascii_lowercase().contains("%3b") {
+            return Err(format!(
+                "path `{path}` must not contain `;` (or `%3B`): path parameters are dropped \
+                 from requests before matching, so a pattern cannot name them"
             ));
         }
         let (parts, stepped_back) = normalized(body);
@@ -195,7 +237,20 @@ impl RoutePattern {
             method,
             segments,
             rest,
+            case_sensitive,
         })
+    }
+
+    /// What two patterns share exactly when they match the same requests: the canonical
+    /// form, with letters folded to lower case when matching ignores case. Used to refuse a
+    /// route that an earlier one would always shadow.
+    pub(crate) fn identity(&self) -> String {
+        let canonical = self.to_string();
+        if self.case_sensitive {
+            canonical
+        } else {
+            canonical.to_ascii_lowercase()
+        }
     }
 
     /// Whether a request with `method` and `path` falls under this pattern. A request with
@@ -216,7 +271,7 @@ impl RoutePattern {
             .zip(parts)
             .all(|(segment, got)| match segment {
                 Segment::Any => true,
-                Segment::Literal(want) => decoded_eq(want, got),
+                Segment::Literal(want) => decoded_eq(want, got, self.case_sensitive),
             })
     }
 }
@@ -250,8 +305,17 @@ mod tests {
         RequestPath::read(path).is_some_and(|path| pattern.matches(method, &path))
     }
 
+    /// A pattern as the policy compiles it by default, ignoring case.
     fn pattern(text: &str) -> RoutePattern {
-        match RoutePattern::parse(text) {
+        match RoutePattern::parse(text, false) {
+            Ok(p) => p,
+            Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    /// A pattern of a policy that declares `route_matching: {case_sensitive: true}`.
+    fn sensitive(text: &str) -> RoutePattern {
+        match RoutePattern::parse(text, true) {
             Ok(p) => p,
             Err(e) => panic!("{text}: {e}"),
         }
@@ -297,6 +361,79 @@ mod tests {
     }
 
     #[test]
+    fn path_parameters_are_dropped_from_each_segment() {
+        let p = pattern("POST /v1/generate");
+        for path in [
+            "/v1/generate;x=1",
+            "/v1;a/generate",
+            "/v1;a=1;b=2/generate;jsessionid=abc?q=1",
+            "/v1/generate%3Bx=1",
+            "/v1%3ba/generate",
+            // A segment that is only parameters is an empty one.
+            "/;x/v1/generate",
+            "/v1/;/generate",
+            // `..;` and `.;` are dot segments once their parameters are gone.
+            "/v1/x/..;y/generate",
+            "/v1/.;y/generate",
+            // An escaped slash inside parameters belongs to them, as Tomcat reads it.
+            "/v1;a%2Fb/generate",
+            // A trailing slash and doubled slashes, with or without parameters.
+            "/v1/generate/",
+            "//v1//generate",
+            "//v1;p//generate;q/",
+        ] {
+            assert!(at(&p, Some("POST"), path), "{path}");
+        }
+        for path in ["/v1/gen;erate", "/v1;/x/generate", "/v1/generate/x;y"] {
+            assert!(!at(&p, Some("POST"), path), "{path}");
+        }
+        // `*` still takes exactly one segment, parameters dropped.
+        let p = pattern("* /v1/users/*/keys");
+        assert!(at(&p, Some("GET"), "/v1/users/42;v=2/keys"));
+        assert!(!at(&p, Some("GET"), "/v1/users/;v=2/keys"));
+    }
+
+    #[test]
+    fn letters_compare_without_case_unless_the_policy_says_otherwise() {
+        let p = pattern("POST /v1/generate");
+        for path in [
+            "/V1/Generate",
+            "/v1/GENERATE",
+            "/V1/%47enerate",
+            "/v1/%67ENERATE;X",
+        ] {
+            assert!(at(&p, Some("post"), path), "{path}");
+        }
+        assert!(at(&pattern("GET /Users/*"), Some("GET"), "/users/ME"));
+        let p = sensitive("POST /v1/generate");
+        assert!(at(&p, Some("POST"), "/v1/generate;x=1"));
+        assert!(at(&p, Some("post"), "/v1/%67enerate"));
+        for path in ["/V1/Generate", "/v1/GENERATE", "/v1/%47enerate"] {
+            assert!(!at(&p, Some("POST"), path), "{path}");
+        }
+        // Only ASCII letters fold; other bytes compare as they are.
+        assert!(at(&pattern("GET /caf%C3%A9"), Some("GET"), "/CAF%C3%A9"));
+        assert!(!at(&pattern("GET /caf%C3%A9"), Some("GET"), "/CAF%C3%89"));
+    }
+
+    #[test]
+    fn identities_follow_case_sensitivity() {
+        assert_eq!(
+            pattern("post /V1/Generate").identity(),
+            pattern("POST /v1/generate").identity()
+        );
+        assert_ne!(
+            sensitive("POST /V1/Generate").identity(),
+            sensitive("POST /v1/generate").identity()
+        );
+        // The name keeps the spelling the policy uses.
+        assert_eq!(
+            pattern("post /V1/Generate").to_string(),
+            "POST /V1/Generate"
+        );
+    }
+
+    #[test]
     fn patterns_are_read_like_paths() {
         // The root, a trailing slash, doubled slashes and `.` segments in a pattern.
         assert!(at(&pattern("GET /"), Some("GET"), "/"));
@@ -318,7 +455,7 @@ mod tests {
         // Escapes in a pattern are decoded once, like the request's.
         assert!(at(&pattern("GET /a%20b"), Some("GET"), "/a%20b"));
         assert!(at(&pattern("GET /a%20b"), Some("GET"), "/a b"));
-        assert!(RoutePattern::parse("GET /a/../b")
+        assert!(RoutePattern::parse("GET /a/../b", false)
             .unwrap_err()
             .contains("`..` is not allowed"));
         assert!(at(&pattern("GET /a/*"), Some("GET"), "/a/b/"));
@@ -367,8 +504,10 @@ mod tests {
             ("GET /v1/gen*", "whole segment"),
             ("GET /v1?x=1", "must not contain"),
             ("GET /a /b", "method and a path"),
+            ("GET /a;v=1", "must not contain `;`"),
+            ("GET /a%3bv=1/b", "must not contain `;`"),
         ] {
-            let err = RoutePattern::parse(text).unwrap_err();
+            let err = RoutePattern::parse(text, false).unwrap_err();
             assert!(err.contains(why), "{text}: {err}");
         }
     }

@@ -134,6 +134,38 @@ routes:
 }
 
 #[test]
+fn spellings_a_lenient_server_reads_as_the_route_pay_its_cost_and_limits() {
+    let policy = load(EXAMPLE);
+    for path in [
+        "/V1/Generate",
+        "/v1/generate;x=1",
+        "/v1;a/generate",
+        "/v1/generate%3Bx=1",
+        "/v1/generate/",
+        "//v1//generate",
+    ] {
+        let resolved = policy.resolve(&request("someone", "ann", "post", path));
+        let route = resolved.route.as_ref().map(|r| &*r.name);
+        assert_eq!(route, Some("POST /v1/generate"), "{path}");
+        assert_eq!(resolved.cost, 5, "{path}");
+        assert!(names(&resolved).contains(&"generate-user"), "{path}");
+    }
+}
+
+#[test]
+fn a_case_sensitive_policy_keeps_case_apart() {
+    let text = EXAMPLE.replace(
+        "\nroutes:\n",
+        "\nroute_matching:\n  case_sensitive: true\nroutes:\n",
+    );
+    let policy = load(&text);
+    let upper = policy.resolve(&request("someone", "ann", "POST", "/V1/Generate"));
+    assert!(upper.route.is_none());
+    let params = policy.resolve(&request("someone", "ann", "POST", "/v1/generate;x=1"));
+    assert_eq!(params.cost, 5);
+}
+
+#[test]
 fn cost_comes_from_request_then_route_then_one() {
     let policy = load(EXAMPLE);
     let mut req = request("t", "u", "POST", "/v1/generate");

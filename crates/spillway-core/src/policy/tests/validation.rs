@@ -301,6 +301,50 @@ routes:
 }
 
 #[test]
+fn routes_that_differ_only_in_case_are_duplicates_unless_matching_is_case_sensitive() {
+    let routes = r#"tiers:
+  t: {}
+routes:
+  - match: "POST /v1/generate"
+  - match: "POST /V1/Generate"
+"#;
+    expect(
+        &format!("default_tier: t\n{routes}"),
+        6,
+        "routes[1].match",
+        "already matched by the route on line 5",
+    );
+    let sensitive = format!("default_tier: t\nroute_matching: {{case_sensitive: true}}\n{routes}");
+    assert_eq!(super::load(&sensitive).routes().count(), 2);
+}
+
+#[test]
+fn route_matching_takes_a_boolean() {
+    expect(
+        r#"default_tier: t
+tiers:
+  t: {}
+route_matching:
+  case_sensitive: sometimes
+"#,
+        5,
+        "route_matching.case_sensitive",
+        "bool",
+    );
+    expect(
+        r#"default_tier: t
+tiers:
+  t: {}
+route_matching:
+  case_insensitive: true
+"#,
+        5,
+        "route_matching.case_insensitive",
+        "unknown field `case_insensitive`",
+    );
+}
+
+#[test]
 fn failure_modes_must_be_known() {
     let text = r#"default_tier: t
 failure_mode: fail-open
