@@ -3,7 +3,9 @@
 
 mod common;
 
+use common::grpc::{self, overall};
 use common::{header, Server};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use serde_json::{json, Value};
 
 /// The shipped example policy: `POST /v1/generate` costs 5 and adds `generate-user` (a leaky
@@ -82,4 +84,114 @@ async fn every_spelling_of_the_generate_route_pays_its_cost_on_authorize() {
             "{path}: {entry:?}"
         );
     }
+}
+
+/// Three requests a minute per client network (the default /64 for IPv6, /32 for IPv4).
+const IP_POLICY: &str = r#"
+default_tier: free
+limits:
+  ip-minute:
+    algorithm: fixed_window
+    limit: 3
+    window: 1m
+    key: [ip]
+global: [ip-minute]
+tiers:
+  free: {limits: []}
+"#;
+
+/// Three addresses of `2001:db8:1:2::/64`, spelled three ways, then a fourth of it.
+const ROTATED: [&str; 4] = [
+    "2001:db8:1:2::1",
+    "2001:DB8:1:2:0:0:0:2",
+    "2001:0db8:0001:0002:ffff:0000:0000:0003",
+    "2001:db8:1:2:abcd:ef01:2345:6789",
+];
+
+#[tokio::test]
+async fn addresses_rotated_within_a_64_share_one_counter_on_check() {
+    let server = Server::with_policy(IP_POLICY).start();
+    let ask = |ip: &str| {
+        let body = json!({ "ip": ip }).to_string();
+        let server = &server;
+        async move { server.post("/v1/check", &body).await }
+    };
+    for (ip, remaining) in ROTATED[..3].iter().zip(["2", "1", "0"]) {
+        let response = ask(ip).await;
+        assert_eq!(response.status(), 200, "{ip}");
+        assert_eq!(
+            header(&response, "x-ratelimit-remaining").as_deref(),
+            Some(remaining),
+            "{ip}"
+        );
+    }
+    assert_eq!(ask(ROTATED[3]).await.status(), 429);
+    // The next /64 is someone else.
+    assert_eq!(ask("2001:db8:1:3::1").await.status(), 200);
+    // An IPv4 client is one address, however it is written.
+    for _ in 0..3 {
+        assert_eq!(ask("::ffff:198.51.100.7").await.status(), 200);
+    }
+    assert_eq!(ask("198.51.100.7").await.status(), 429);
+    assert_eq!(ask("198.51.100.8").await.status(), 200);
+
+    // Free text would be a fresh counter per request: it is refused, naming the field.
+    let refused = ask("fresh-counter-42").await;
+    assert_eq!(refused.status(), 400);
+    let problem: Value = refused.json().await.expect("problem");
+    assert_eq!(problem["field"], "ip", "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("`fresh-counter-42` is not an IP address"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn addresses_rotated_within_a_64_share_one_counter_on_authorize() {
+    // The test client connects over loopback, a trusted proxy by default, so `X-Real-IP`
+    // names the client.
+    let server = Server::with_policy(IP_POLICY).start();
+    let ask = |ip: &str| {
+        server
+            .http
+            .get(server.url("/v1/authorize"))
+            .header("X-Real-IP", ip)
+            .send()
+    };
+    for ip in &ROTATED[..3] {
+        assert_eq!(ask(ip).await.expect("sent").status(), 200, "{ip}");
+    }
+    assert_eq!(ask(ROTATED[3]).await.expect("sent").status(), 429);
+    assert_eq!(ask("2001:db8:1:3::1").await.expect("sent").status(), 200);
+}
+
+#[tokio::test]
+async fn addresses_rotated_within_a_64_share_one_counter_over_grpc() {
+    let mut rls = grpc::start(Server::with_policy(IP_POLICY), &[]).await;
+    for ip in &ROTATED[..3] {
+        let answer = rls.one("spillway", &[("remote_address", ip)]).await;
+        assert_eq!(overall(&answer), Code::Ok, "{ip}");
+    }
+    let answer = rls.one("spillway", &[("remote_address", ROTATED[3])]).await;
+    assert_eq!(overall(&answer), Code::OverLimit);
+    let answer = rls.one("spillway", &[("ip", "2001:db8:1:3::1")]).await;
+    assert_eq!(overall(&answer), Code::Ok);
+
+    let refused = rls
+        .client
+        .should_rate_limit(grpc::request(
+            "spillway",
+            vec![grpc::descriptor(&[("remote_address", "fresh-counter-42")])],
+            0,
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains("`remote_address` must be an IP address"),
+        "{refused:?}"
+    );
 }

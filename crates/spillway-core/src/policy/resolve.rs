@@ -10,6 +10,7 @@ use super::route::RequestPath;
 use super::{Dimension, LimitDef, Planned, Policy, Resolved, Route};
 use crate::key::StateKey;
 use crate::request::RequestAttrs;
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 /// A tier with its limit list for each route: `plans[0]` for requests that match no route,
@@ -88,12 +89,19 @@ impl Policy {
         let plan = &tier.plans[route_index.map_or(0, |i| i + 1)];
 
         let cost = req.cost.or(route.as_ref().map(|r| r.cost)).unwrap_or(1);
+        // The client's network, written once and only if a limit counts by it.
+        let network = OnceCell::new();
+        let ip = || -> Option<&str> {
+            network
+                .get_or_init(|| req.ip.map(|addr| self.ip_prefix.key(addr)))
+                .as_deref()
+        };
         let mut limits = Vec::with_capacity(plan.len());
         for def in plan {
             let def = tenant
                 .and_then(|t| t.overrides.iter().find(|o| o.name == def.name))
                 .unwrap_or(def);
-            if let Some(values) = key_values(def, req, route.as_deref()) {
+            if let Some(values) = key_values(def, req, route.as_deref(), &ip) {
                 let key = StateKey {
                     limit: Arc::clone(&def.name),
                     fingerprint: def.fingerprint,
@@ -122,13 +130,19 @@ impl Policy {
 
 /// The request's value for each of `def`'s dimensions, in key order, or `None` when any is
 /// missing. An empty value counts as missing: it identifies no one, and counting every such
-/// request under one key would make strangers share a limit.
-fn key_values(def: &LimitDef, req: &RequestAttrs, route: Option<&Route>) -> Option<Vec<String>> {
+/// request under one key would make strangers share a limit. The `ip` dimension's value is
+/// the client's network, from `ip`.
+fn key_values<'r>(
+    def: &LimitDef,
+    req: &'r RequestAttrs,
+    route: Option<&'r Route>,
+    ip: &dyn Fn() -> Option<&'r str>,
+) -> Option<Vec<String>> {
     let value = |dimension: &Dimension| -> Option<&str> {
         let found = match dimension {
             Dimension::Tenant => req.tenant.as_deref(),
             Dimension::User => req.user.as_deref(),
-            Dimension::Ip => req.ip.as_deref(),
+            Dimension::Ip => ip(),
             Dimension::Route => route.map(|r| &*r.name),
             Dimension::Descriptor(name) => req.descriptors.get(&**name).map(String::as_str),
         };

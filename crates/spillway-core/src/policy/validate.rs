@@ -43,6 +43,7 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         &mut issues,
     );
     let routes = routes(raw, &defs, &mut issues);
+    let ip_prefix = super::ip_prefix::compile(raw.ip_prefix.as_ref(), &mut issues);
     let store = super::store::compile(raw.store.as_ref(), &mut issues);
     let emergency = super::emergency::compile(&raw.limits, &defs, &mut issues);
     let mut limits = defs.valid();
@@ -79,6 +80,7 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
             .collect(),
         store,
         emergency,
+        ip_prefix,
     })
 }
 

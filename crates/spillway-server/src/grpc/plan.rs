@@ -8,7 +8,9 @@
 //! - **Policy domain** (`--grpc-policy-domain`, default `spillway`): each descriptor is one
 //!   request to the main policy; its entries fill the request's attributes (`tenant`, `user`,
 //!   `ip` or `remote_address`, `method`, `path`, `tier`; any other key is a custom
-//!   descriptor).
+//!   descriptor). An `ip` or `remote_address` that is not an IP address is refused (Envoy's
+//!   `remote_address` always is one; free text would let a caller pick fresh per-IP
+//!   counters).
 //!
 //! Either way, a counter reached by several descriptors of one request is checked once (at the
 //! largest of their costs), so a request never counts twice against the same limit.
@@ -127,7 +129,11 @@ pub fn envoy(
 
 /// Plans a request against the main policy, one policy request per descriptor. `hits` is
 /// `None` when the request left `hits_addend` at 0, so a matched route's cost applies.
-pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option<u64>) -> Plan {
+pub fn policy(
+    policy: &Policy,
+    descriptors: &[RateLimitDescriptor],
+    hits: Option<u64>,
+) -> Result<Plan, Invalid> {
     let mut plan = Plan {
         descriptors: vec![Vec::new(); descriptors.len()],
         failure_mode: FailureMode::Open,
@@ -143,7 +149,15 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
             match entry.key.as_str() {
                 "tenant" => attrs.tenant = value,
                 "user" => attrs.user = value,
-                "ip" | "remote_address" => attrs.ip = value,
+                key @ ("ip" | "remote_address") => {
+                    let ip = entry.value.trim().parse().map_err(|_| {
+                        format!(
+                            "descriptors[{slot}]: entry `{key}` must be an IP address (got `{}`)",
+                            entry.value
+                        )
+                    })?;
+                    attrs.ip = Some(ip);
+                }
                 "method" => attrs.method = value,
                 "path" => attrs.path = value,
                 "tier" => attrs.tier = value,
@@ -161,7 +175,7 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
             plan.add(slot, p.def, p.key, p.cost, report);
         }
     }
-    plan
+    Ok(plan)
 }
 
 /// The stricter of two failure modes: `closed` over `degrade` over `open`, so one request

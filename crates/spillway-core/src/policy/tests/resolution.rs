@@ -6,16 +6,24 @@ use crate::key::StateKey;
 use crate::policy::{Dimension, FailureMode, LimitDef, Policy, Resolved};
 use crate::request::RequestAttrs;
 use crate::time::MINUTE;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 fn request(tenant: &str, user: &str, method: &str, path: &str) -> RequestAttrs {
     RequestAttrs {
         tenant: Some(tenant.into()),
         user: Some(user.into()),
-        ip: Some("203.0.113.7".into()),
+        ip: Some(addr("203.0.113.7")),
         method: Some(method.into()),
         path: Some(path.into()),
         ..RequestAttrs::default()
+    }
+}
+
+fn addr(text: &str) -> IpAddr {
+    match text.parse() {
+        Ok(ip) => ip,
+        Err(e) => panic!("{text}: {e}"),
     }
 }
 
@@ -165,6 +173,44 @@ fn a_case_sensitive_policy_keeps_case_apart() {
     assert_eq!(params.cost, 5);
 }
 
+/// The `ip-burst` counter a request from `ip` is kept under.
+fn ip_counter(policy: &Policy, ip: &str) -> Option<Vec<String>> {
+    let req = RequestAttrs {
+        ip: Some(addr(ip)),
+        ..RequestAttrs::default()
+    };
+    applied(policy, &req, "ip-burst").map(|(_, key)| key.values)
+}
+
+#[test]
+fn clients_are_counted_by_network() {
+    let policy = load(EXAMPLE);
+    let one = Some(vec!["2001:db8:a:b::/64".to_owned()]);
+    for ip in [
+        "2001:db8:a:b::1",
+        "2001:DB8:A:B:1:2:3:4",
+        "2001:0db8:000a:000b::ffff",
+    ] {
+        assert_eq!(ip_counter(&policy, ip), one, "{ip}");
+    }
+    assert_ne!(ip_counter(&policy, "2001:db8:a:c::1"), one);
+    assert_eq!(
+        ip_counter(&policy, "::ffff:198.51.100.1"),
+        Some(vec!["198.51.100.1".to_owned()])
+    );
+
+    let wider = load(&format!("ip_prefix: {{v4: 24, v6: 48}}\n{EXAMPLE}"));
+    assert_eq!(wider.ip_prefix().v4, 24);
+    assert_eq!(
+        ip_counter(&wider, "198.51.100.1"),
+        Some(vec!["198.51.100.0/24".to_owned()])
+    );
+    assert_eq!(
+        ip_counter(&wider, "2001:db8:a:b::1"),
+        Some(vec!["2001:db8:a::/48".to_owned()])
+    );
+}
+
 #[test]
 fn cost_comes_from_request_then_route_then_one() {
     let policy = load(EXAMPLE);
@@ -188,7 +234,7 @@ fn cost_comes_from_request_then_route_then_one() {
 fn limits_needing_a_missing_dimension_are_skipped() {
     let policy = load(EXAMPLE);
     let anonymous = RequestAttrs {
-        ip: Some("198.51.100.1".into()),
+        ip: Some(addr("198.51.100.1")),
         ..RequestAttrs::default()
     };
     assert_eq!(

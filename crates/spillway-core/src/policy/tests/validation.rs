@@ -319,6 +319,49 @@ routes:
 }
 
 #[test]
+fn ip_prefixes_must_fit_their_address_family() {
+    let text = r#"default_tier: t
+tiers:
+  t: {}
+ip_prefix:
+  v4: 33
+  v6: 0
+"#;
+    expect(
+        text,
+        5,
+        "ip_prefix.v4",
+        "the IPv4 prefix length must be from 1 to 32 bits (got 33)",
+    );
+    expect(
+        text,
+        6,
+        "ip_prefix.v6",
+        "the IPv6 prefix length must be at least 1 (got 0)",
+    );
+    expect(
+        r#"default_tier: t
+tiers:
+  t: {}
+ip_prefix: {v6: "wide"}
+"#,
+        4,
+        "ip_prefix.v6",
+        "must be a whole number (got `wide`)",
+    );
+    expect(
+        r#"default_tier: t
+tiers:
+  t: {}
+ip_prefix: {v6: 129, v5: 1}
+"#,
+        4,
+        "ip_prefix.v5",
+        "unknown field `v5`",
+    );
+}
+
+#[test]
 fn route_matching_takes_a_boolean() {
     expect(
         r#"default_tier: t
