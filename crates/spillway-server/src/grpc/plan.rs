@@ -153,7 +153,7 @@ pub fn policy(
                     let ip = entry.value.trim().parse().map_err(|_| {
                         format!(
                             "descriptors[{slot}]: entry `{key}` must be an IP address (got `{}`)",
-                            entry.value
+                            shortened(&entry.value)
                         )
                     })?;
                     attrs.ip = Some(ip);
@@ -176,6 +176,20 @@ pub fn policy(
         }
     }
     Ok(plan)
+}
+
+/// `text` cut to at most 64 bytes (on a character boundary) with `...` after a cut, for
+/// quoting a caller's value in a status message, which travels in a trailer.
+fn shortened(text: &str) -> String {
+    const MAX: usize = 64;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let end = (0..=MAX)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}...", &text[..end])
 }
 
 /// The stricter of two failure modes: `closed` over `degrade` over `open`, so one request
@@ -211,5 +225,17 @@ fn unit(raw: i32) -> Option<Unit> {
         RateLimitUnit::Hour => Some(Unit::Hour),
         RateLimitUnit::Day => Some(Unit::Day),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shortened;
+
+    #[test]
+    fn quoted_values_are_cut_short_on_a_character_boundary() {
+        assert_eq!(shortened("10.0.0.x"), "10.0.0.x");
+        let cut = shortened(&"é".repeat(100));
+        assert_eq!(cut, format!("{}...", "é".repeat(32)));
     }
 }
