@@ -10,6 +10,7 @@
 //!
 //! A request path is read the way the most lenient server behind the proxy might read it, so
 //! that spelling a path differently cannot slip past a route's cost and limits:
+//! - a target in absolute form (`http://host/v1/generate`) is read by its path;
 //! - `/`, `\` and their escapes `%2F` and `%5C` all separate segments;
 //! - a segment's path parameters, from its first `;` (or `%3B`) to the next `/` or `\`, are
 //!   dropped, as Tomcat, Jetty and Spring drop them (`/v1;a/generate;x=1` is `/v1/generate`).
@@ -136,12 +137,30 @@ fn normalized(body: &str) -> (SmallVec<[&str; 8]>, bool) {
 pub(crate) struct RequestPath<'a>(SmallVec<[&'a str; 8]>);
 
 impl<'a> RequestPath<'a> {
-    /// Reads `path` (its `?query` ignored); `None` when it does not start with `/`, which no
-    /// pattern matches.
+    /// Reads `path` (its `?query` ignored). A request target in absolute form
+    /// (`http://host/v1/generate`, which servers must accept) is read by its path. `None`
+    /// when there is no path starting with `/`, which no pattern matches.
     pub(crate) fn read(path: &'a str) -> Option<Self> {
         let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let path = without_origin(path);
         Some(Self(normalized(path.strip_prefix('/')?).0))
     }
+}
+
+/// `target` without a leading `scheme://authority` (the absolute form of a request target),
+/// the root if nothing follows the authority; any other text as it is.
+fn without_origin(target: &str) -> &str {
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return target;
+    };
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !is_scheme {
+        return target;
+    }
+    rest.find('/').map_or("/", |at| &rest[at..])
 }
 
 /// `raw` with its percent-escapes decoded, for patterns (once, at load). Bytes that do not

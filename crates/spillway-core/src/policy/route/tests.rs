@@ -89,6 +89,22 @@ fn path_parameters_are_dropped_from_each_segment() {
     for path in ["/v1/gen;erate", "/v1;/x/generate", "/v1/generate/x;y"] {
         assert!(!at(&p, Some("POST"), path), "{path}");
     }
+}
+
+#[test]
+fn absolute_targets_are_read_by_their_path() {
+    let p = pattern("POST /v1/generate");
+    for path in [
+        "http://api.example.com/v1/generate",
+        "HTTPS://api.example.com:8443/V1/generate;x?q=1",
+    ] {
+        assert!(at(&p, Some("POST"), path), "{path}");
+    }
+    assert!(at(&pattern("GET /"), Some("GET"), "http://api.example.com"));
+    // Only a scheme and authority are taken off; a path is never mistaken for one.
+    for path in ["/x/http://h/v1/generate", "1http://h/v1/generate"] {
+        assert!(!at(&p, Some("POST"), path), "{path}");
+    }
     // `*` still takes exactly one segment, parameters dropped.
     let p = pattern("* /v1/users/*/keys");
     assert!(at(&p, Some("GET"), "/v1/users/42;v=2/keys"));
