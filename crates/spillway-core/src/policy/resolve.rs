@@ -75,16 +75,10 @@ impl Policy {
             .or_else(|| tenant.and_then(|t| t.tier))
             .unwrap_or(self.default_tier);
         let tier = &self.tiers[tier_index];
-        // The path is read once; each pattern then compares segments.
         let route_index = req
             .path
             .as_deref()
-            .and_then(RequestPath::read)
-            .and_then(|path| {
-                self.routes
-                    .iter()
-                    .position(|r| r.pattern.matches(req.method.as_deref(), &path))
-            });
+            .and_then(|path| self.route_of(req.method.as_deref(), path));
         let route = route_index.map(|i| Arc::clone(&self.routes[i]));
         let plan = &tier.plans[route_index.map_or(0, |i| i + 1)];
 
@@ -124,6 +118,31 @@ impl Policy {
                 .unwrap_or(self.failure_mode),
             route,
             limits,
+        }
+    }
+}
+
+impl Policy {
+    /// The index of the route a request with `method` and `path` falls under: the first whose
+    /// pattern matches. The path is read once (twice if it has `;` parameters, whose two
+    /// readings may reach different routes: then the one costing more applies, then the one
+    /// with more limits, then the parameter-dropped reading's), and each pattern compares
+    /// segments.
+    fn route_of(&self, method: Option<&str>, path: &str) -> Option<usize> {
+        let first = |path: &RequestPath<'_>| {
+            self.routes
+                .iter()
+                .position(|r| r.pattern.matches(method, path))
+        };
+        let (dropped, kept) = RequestPath::readings(path)?;
+        let chosen = first(&dropped);
+        let Some(other) = kept.as_ref().and_then(first) else {
+            return chosen;
+        };
+        let strictness = |i: usize| (self.routes[i].cost, self.routes[i].limits.len());
+        match chosen {
+            Some(i) if strictness(i) >= strictness(other) => Some(i),
+            _ => Some(other),
         }
     }
 }

@@ -161,6 +161,42 @@ fn spellings_a_lenient_server_reads_as_the_route_pay_its_cost_and_limits() {
 }
 
 #[test]
+fn parameters_cannot_buy_a_cheaper_route_from_a_server_that_keeps_them() {
+    // `/users/me;x` is `GET /users/me` to Tomcat but user `me;x` to a server that keeps
+    // parameters: the costlier reading is charged.
+    let policy = load(
+        r#"default_tier: t
+tiers:
+  t: {}
+routes:
+  - match: "GET /users/me"
+    cost: 1
+  - match: "GET /users/*"
+    cost: 5
+  - match: "GET /files/*/meta"
+    cost: 3
+"#,
+    );
+    let route = |path: &str| {
+        let resolved = policy.resolve(&request("t", "u", "GET", path));
+        (resolved.route.map(|r| r.name.to_string()), resolved.cost)
+    };
+    let users = (Some("GET /users/*".to_owned()), 5);
+    assert_eq!(route("/users/me;x"), users);
+    assert_eq!(route("/users/me%3bx"), users);
+    assert_eq!(route("/users/me"), (Some("GET /users/me".to_owned()), 1));
+    // A segment of parameters alone is a segment to a server that keeps them.
+    assert_eq!(
+        route("/files/;x/meta"),
+        (Some("GET /files/*/meta".to_owned()), 3)
+    );
+    // When both readings reach the same route, or only the dropped one reaches any, it holds.
+    assert_eq!(route("/users/ann;v=2"), users);
+    let generate = load(EXAMPLE).resolve(&request("t", "u", "POST", "/v1/generate;x=1"));
+    assert_eq!(generate.cost, 5);
+}
+
+#[test]
 fn a_case_sensitive_policy_keeps_case_apart() {
     let text = EXAMPLE.replace(
         "\nroutes:\n",
