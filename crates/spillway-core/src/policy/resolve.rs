@@ -124,25 +124,49 @@ impl Policy {
 
 impl Policy {
     /// The index of the route a request with `method` and `path` falls under: the first whose
-    /// pattern matches. The path is read once (twice if it has `;` parameters, whose two
-    /// readings may reach different routes: then the one costing more applies, then the one
-    /// with more limits, then the parameter-dropped reading's), and each pattern compares
-    /// segments.
+    /// pattern matches. Servers read some spellings differently, and each reading may reach a
+    /// different route; the stricter applies (see [`Policy::stricter`]), so no server's reading
+    /// is charged less than it costs. The readings: the path with `;` parameters dropped and,
+    /// if it has any, kept (`RequestPath::readings`); each compared as the policy compares
+    /// letters and, when that ignores case, exactly. The path is read once (twice with
+    /// parameters), and a request spelled like its route costs one extra comparison.
     fn route_of(&self, method: Option<&str>, path: &str) -> Option<usize> {
-        let first = |path: &RequestPath<'_>| {
-            self.routes
-                .iter()
-                .position(|r| r.pattern.matches(method, path))
-        };
         let (dropped, kept) = RequestPath::readings(path)?;
-        let chosen = first(&dropped);
-        let Some(other) = kept.as_ref().and_then(first) else {
-            return chosen;
-        };
+        let chosen = self.first_route(method, &dropped);
+        match kept {
+            Some(kept) => self.stricter(chosen, self.first_route(method, &kept)),
+            None => chosen,
+        }
+    }
+
+    /// The first route `path` matches as the policy compares letters, or the stricter of it
+    /// and the first route a case-sensitive server would serve it under. That route can only
+    /// come later (an exact match is also a match ignoring case), and is looked for only when
+    /// the first route does not match exactly.
+    fn first_route(&self, method: Option<&str>, path: &RequestPath<'_>) -> Option<usize> {
+        let found = self
+            .routes
+            .iter()
+            .position(|r| r.pattern.matches(method, path))?;
+        let pattern = &self.routes[found].pattern;
+        if !pattern.ignores_case() || pattern.matches_exact_case(method, path) {
+            return Some(found);
+        }
+        let exact = self.routes[found + 1..]
+            .iter()
+            .position(|r| r.pattern.matches_exact_case(method, path))
+            .map(|j| found + 1 + j);
+        self.stricter(Some(found), exact)
+    }
+
+    /// Of two routes, the one costing more, then the one with more limits of its own, then
+    /// `a`.
+    fn stricter(&self, a: Option<usize>, b: Option<usize>) -> Option<usize> {
         let strictness = |i: usize| (self.routes[i].cost, self.routes[i].limits.len());
-        match chosen {
-            Some(i) if strictness(i) >= strictness(other) => Some(i),
-            _ => Some(other),
+        match (a, b) {
+            (Some(a), Some(b)) if strictness(b) > strictness(a) => Some(b),
+            (None, b) => b,
+            (a, _) => a,
         }
     }
 }

@@ -25,7 +25,10 @@
 //!   skipped; `..` removes the segment before it (`..;x` is `..`);
 //! - other percent-escapes are decoded before comparing (`/v1/%67enerate` is `/v1/generate`);
 //! - letters compare without regard to ASCII case (`/V1/Generate` is `/v1/generate`), as
-//!   ASP.NET and IIS route, unless the policy declares its API case-sensitive.
+//!   ASP.NET and IIS route, unless the policy declares its API case-sensitive. A
+//!   case-sensitive server may serve an oddly spelled path under a later route instead
+//!   (`/users/ME` as user `ME` under `GET /users/*`, not `GET /users/me`); the resolver then
+//!   charges the stricter of the two routes, as for parameters.
 //!
 //! Patterns are read the same way when the policy loads (`GET /a/` is `GET /a`), except that
 //! `..` and `;` are refused in them.
@@ -305,6 +308,26 @@ impl RoutePattern {
     /// Whether a request with `method` and `path` falls under this pattern. A request with
     /// no method matches only a `*` pattern.
     pub(crate) fn matches(&self, method: Option<&str>, path: &RequestPath<'_>) -> bool {
+        self.matches_with(method, path, self.case_sensitive)
+    }
+
+    /// Whether this pattern ignores the case of letters (the policy's default).
+    pub(crate) fn ignores_case(&self) -> bool {
+        !self.case_sensitive
+    }
+
+    /// Whether a case-sensitive server would serve `path` under this pattern: as
+    /// [`RoutePattern::matches`], letters compared exactly.
+    pub(crate) fn matches_exact_case(&self, method: Option<&str>, path: &RequestPath<'_>) -> bool {
+        self.matches_with(method, path, true)
+    }
+
+    fn matches_with(
+        &self,
+        method: Option<&str>,
+        path: &RequestPath<'_>,
+        case_sensitive: bool,
+    ) -> bool {
         if let Some(want) = &self.method {
             match method {
                 Some(m) if m.eq_ignore_ascii_case(want) => {}
@@ -320,7 +343,7 @@ impl RoutePattern {
             .zip(parts)
             .all(|(segment, got)| match segment {
                 Segment::Any => true,
-                Segment::Literal(want) => decoded_eq(want, got, self.case_sensitive),
+                Segment::Literal(want) => decoded_eq(want, got, case_sensitive),
             })
     }
 }

@@ -160,12 +160,8 @@ fn spellings_a_lenient_server_reads_as_the_route_pay_its_cost_and_limits() {
     }
 }
 
-#[test]
-fn parameters_cannot_buy_a_cheaper_route_from_a_server_that_keeps_them() {
-    // `/users/me;x` is `GET /users/me` to Tomcat but user `me;x` to a server that keeps
-    // parameters: the costlier reading is charged.
-    let policy = load(
-        r#"default_tier: t
+/// A cheap route for one user, before a costly one for any user.
+const USERS: &str = r#"default_tier: t
 tiers:
   t: {}
 routes:
@@ -175,12 +171,20 @@ routes:
     cost: 5
   - match: "GET /files/*/meta"
     cost: 3
-"#,
-    );
-    let route = |path: &str| {
-        let resolved = policy.resolve(&request("t", "u", "GET", path));
-        (resolved.route.map(|r| r.name.to_string()), resolved.cost)
-    };
+"#;
+
+/// The route name and cost a `GET` of `path` resolves to.
+fn route_and_cost(policy: &Policy, path: &str) -> (Option<String>, u64) {
+    let resolved = policy.resolve(&request("t", "u", "GET", path));
+    (resolved.route.map(|r| r.name.to_string()), resolved.cost)
+}
+
+#[test]
+fn parameters_cannot_buy_a_cheaper_route_from_a_server_that_keeps_them() {
+    // `/users/me;x` is `GET /users/me` to Tomcat but user `me;x` to a server that keeps
+    // parameters: the costlier reading is charged.
+    let policy = load(USERS);
+    let route = |path: &str| route_and_cost(&policy, path);
     let users = (Some("GET /users/*".to_owned()), 5);
     assert_eq!(route("/users/me;x"), users);
     assert_eq!(route("/users/me%3bx"), users);
@@ -194,6 +198,34 @@ routes:
     assert_eq!(route("/users/ann;v=2"), users);
     let generate = load(EXAMPLE).resolve(&request("t", "u", "POST", "/v1/generate;x=1"));
     assert_eq!(generate.cost, 5);
+}
+
+#[test]
+fn odd_case_cannot_buy_a_cheaper_route_from_a_case_sensitive_server() {
+    // `/users/ME` is `GET /users/me` to ASP.NET but user `ME` to Spring: the costlier reading
+    // is charged.
+    let policy = load(USERS);
+    let users = (Some("GET /users/*".to_owned()), 5);
+    assert_eq!(route_and_cost(&policy, "/users/ME"), users);
+    // A case-sensitive server serves `/Users/me` under neither: the case-blind match stands.
+    assert_eq!(
+        route_and_cost(&policy, "/Users/me"),
+        (Some("GET /users/me".to_owned()), 1)
+    );
+    assert_eq!(route_and_cost(&policy, "/users/Me;x"), users);
+    assert_eq!(
+        route_and_cost(&policy, "/users/me"),
+        (Some("GET /users/me".to_owned()), 1)
+    );
+    // With no later route that an exact reading reaches, the case-blind match stands.
+    assert_eq!(
+        route_and_cost(&policy, "/FILES/x/META"),
+        (Some("GET /files/*/meta".to_owned()), 3)
+    );
+    // A case-sensitive policy reads letters exactly, once.
+    let exact = load(&USERS.replace("tiers:", "route_matching: {case_sensitive: true}\ntiers:"));
+    assert_eq!(route_and_cost(&exact, "/users/ME"), users);
+    assert_eq!(route_and_cost(&exact, "/FILES/x/META"), (None, 1));
 }
 
 #[test]
