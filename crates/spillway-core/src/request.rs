@@ -1,6 +1,7 @@
 //! The attributes of one request, as a caller (HTTP API, proxy endpoint, Envoy) reports them.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 /// What the engine knows about a request. Every field is optional: a limit whose key needs a
 /// dimension the request does not carry simply does not apply to it.
@@ -10,8 +11,11 @@ pub struct RequestAttrs {
     pub tenant: Option<String>,
     /// The end user within the tenant.
     pub user: Option<String>,
-    /// The client IP address, as the caller determined it.
-    pub ip: Option<String>,
+    /// The client IP address, as the caller determined it. An address, never free text: the
+    /// `ip` dimension counts it by network (see [`crate::policy::IpPrefix`]), and a value a
+    /// client could vary at will would give it a fresh counter for every request. Transports
+    /// refuse a value that is not an address.
+    pub ip: Option<IpAddr>,
     /// The HTTP method, e.g. `POST`.
     pub method: Option<String>,
     /// The request path, e.g. `/v1/generate` (a query string is ignored).

@@ -9,7 +9,7 @@
 use crate::http::client_ip::TrustedProxies;
 use axum::http::HeaderName;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -291,9 +291,10 @@ pub struct CheckArgs {
     /// User of the request.
     #[arg(long)]
     pub user: Option<String>,
-    /// Client IP of the request.
+    /// Client IP address of the request (per-IP limits count it by network, so it must be
+    /// an IPv4 or IPv6 address).
     #[arg(long)]
-    pub ip: Option<String>,
+    pub ip: Option<IpAddr>,
     /// HTTP method of the request.
     #[arg(long)]
     pub method: Option<String>,
@@ -363,6 +364,21 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn check_takes_only_an_address_for_ip() {
+        let cli = Cli::try_parse_from(["spillway", "check", "--ip", "2001:DB8::1"])
+            .expect("an address parses");
+        let Command::Check(args) = cli.command else {
+            panic!("expected check");
+        };
+        assert_eq!(args.ip, "2001:db8::1".parse().ok());
+        let err = Cli::try_parse_from(["spillway", "check", "--ip", "office"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("--ip") && err.contains("office"), "{err}");
     }
 
     #[test]

@@ -45,7 +45,6 @@ pub fn request_body(args: &CheckArgs) -> Value {
     let strings = [
         ("tenant", &args.tenant),
         ("user", &args.user),
-        ("ip", &args.ip),
         ("method", &args.method),
         ("path", &args.path),
         ("tier", &args.tier),
@@ -54,6 +53,9 @@ pub fn request_body(args: &CheckArgs) -> Value {
         if let Some(value) = value {
             body.insert(name.into(), value.clone().into());
         }
+    }
+    if let Some(ip) = args.ip {
+        body.insert("ip".into(), ip.to_string().into());
     }
     if let Some(cost) = args.cost {
         body.insert("cost".into(), cost.into());

@@ -132,8 +132,13 @@ fn bootstrap_descriptors(
                     h["descriptor_key"].as_str().expect("key").to_owned(),
                     value.to_string(),
                 ));
-            } else if action.get("remote_address").is_some() {
-                built.push(("remote_address".to_owned(), ip.to_owned()));
+            } else if let Some(mask) = action.get("masked_remote_address") {
+                // Envoy sends `<network>/<length>`; the test's address is IPv4.
+                let bits = mask["v4_prefix_mask_len"].as_u64().unwrap_or(32);
+                assert_eq!(bits, 32, "the test masks IPv4 addresses only at /32");
+                let v6 = mask["v6_prefix_mask_len"].as_u64();
+                assert_eq!(v6, Some(64), "IPv6 clients are counted by /64");
+                built.push(("masked_remote_address".to_owned(), format!("{ip}/{bits}")));
             } else {
                 panic!("the test does not know action {action}");
             }
@@ -176,7 +181,7 @@ async fn the_shipped_envoy_bootstrap_matches_the_shipped_config() {
         [
             Some("edge.tenant".into()),
             Some("user-burst".into()),
-            Some("edge.remote_address".into())
+            Some("edge.masked_remote_address".into())
         ]
     );
     // Without a user header only the tenant and IP descriptors are sent, and the internal

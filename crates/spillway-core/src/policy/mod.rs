@@ -15,6 +15,7 @@
 
 mod emergency;
 pub(crate) mod error;
+mod ip_prefix;
 mod limit;
 pub(crate) mod locate;
 mod params;
@@ -30,6 +31,7 @@ mod tests;
 
 pub use emergency::{scaled as emergency_params, Emergency};
 pub use error::{PolicyError, PolicyIssue};
+pub use ip_prefix::IpPrefix;
 pub(crate) use params::Algorithm;
 pub use store::{RedisSettings, StoreConfig};
 
@@ -178,6 +180,7 @@ pub struct Policy {
     descriptors: HashMap<String, Arc<str>>,
     store: StoreConfig,
     emergency: HashMap<Arc<str>, Emergency>,
+    ip_prefix: IpPrefix,
 }
 
 /// What applies to one request: its tier, route, cost and failure mode, and each limit it
@@ -265,6 +268,11 @@ impl Policy {
     /// [`Emergency::quota`] for the default.
     pub fn emergency(&self, limit: &str) -> Option<Emergency> {
         self.emergency.get(limit).copied()
+    }
+
+    /// The network sizes the `ip` dimension counts by (`ip_prefix:`).
+    pub fn ip_prefix(&self) -> IpPrefix {
+        self.ip_prefix
     }
 
     /// The routes in match order (file order).

@@ -32,6 +32,10 @@ pub(crate) struct RawPolicy {
     pub tiers: Named<OrDefault<RawTier>>,
     #[serde(default, deserialize_with = "or_default")]
     pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub route_matching: Option<RawRouteMatching>,
+    #[serde(default)]
+    pub ip_prefix: Option<RawIpPrefix>,
     #[serde(default, deserialize_with = "or_default")]
     pub tenants: Named<OrDefault<RawTenant>>,
     #[serde(default)]
@@ -124,6 +128,25 @@ pub(crate) struct RawOverride {
 pub(crate) struct RawTier {
     #[serde(default, deserialize_with = "or_default")]
     pub limits: Vec<Text>,
+}
+
+/// The `route_matching:` section: how request paths are compared with route patterns.
+#[derive(Debug, Default, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouteMatching {
+    #[serde(default)]
+    pub case_sensitive: Option<bool>,
+}
+
+/// The `ip_prefix:` section: the network sizes the `ip` dimension counts by (checked in
+/// `super::ip_prefix`).
+#[derive(Debug, Default, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIpPrefix {
+    #[serde(default)]
+    pub v4: Option<Spanned<Number>>,
+    #[serde(default)]
+    pub v6: Option<Spanned<Number>>,
 }
 
 /// One `routes` entry.

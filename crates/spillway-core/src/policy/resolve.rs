@@ -10,6 +10,7 @@ use super::route::RequestPath;
 use super::{Dimension, LimitDef, Planned, Policy, Resolved, Route};
 use crate::key::StateKey;
 use crate::request::RequestAttrs;
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 /// A tier with its limit list for each route: `plans[0]` for requests that match no route,
@@ -74,26 +75,27 @@ impl Policy {
             .or_else(|| tenant.and_then(|t| t.tier))
             .unwrap_or(self.default_tier);
         let tier = &self.tiers[tier_index];
-        // The path is read once; each pattern then compares segments.
         let route_index = req
             .path
             .as_deref()
-            .and_then(RequestPath::read)
-            .and_then(|path| {
-                self.routes
-                    .iter()
-                    .position(|r| r.pattern.matches(req.method.as_deref(), &path))
-            });
+            .and_then(|path| self.route_of(req.method.as_deref(), path));
         let route = route_index.map(|i| Arc::clone(&self.routes[i]));
         let plan = &tier.plans[route_index.map_or(0, |i| i + 1)];
 
         let cost = req.cost.or(route.as_ref().map(|r| r.cost)).unwrap_or(1);
+        // The client's network, written once and only if a limit counts by it.
+        let network = OnceCell::new();
+        let ip = || -> Option<&str> {
+            network
+                .get_or_init(|| req.ip.map(|addr| self.ip_prefix.key(addr)))
+                .as_deref()
+        };
         let mut limits = Vec::with_capacity(plan.len());
         for def in plan {
             let def = tenant
                 .and_then(|t| t.overrides.iter().find(|o| o.name == def.name))
                 .unwrap_or(def);
-            if let Some(values) = key_values(def, req, route.as_deref()) {
+            if let Some(values) = key_values(def, req, route.as_deref(), &ip) {
                 let key = StateKey {
                     limit: Arc::clone(&def.name),
                     fingerprint: def.fingerprint,
@@ -120,15 +122,70 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The index of the route a request with `method` and `path` falls under: the first whose
+    /// pattern matches. Servers read some spellings differently, and each reading may reach a
+    /// different route; the stricter applies (see [`Policy::stricter`]), so no server's reading
+    /// is charged less than it costs. The readings: the path with `;` parameters dropped and,
+    /// if it has any, kept (`RequestPath::readings`); each compared as the policy compares
+    /// letters and, when that ignores case, exactly. The path is read once (twice with
+    /// parameters), and a request spelled like its route costs one extra comparison.
+    fn route_of(&self, method: Option<&str>, path: &str) -> Option<usize> {
+        let (dropped, kept) = RequestPath::readings(path)?;
+        let chosen = self.first_route(method, &dropped);
+        match kept {
+            Some(kept) => self.stricter(chosen, self.first_route(method, &kept)),
+            None => chosen,
+        }
+    }
+
+    /// The first route `path` matches as the policy compares letters, or the stricter of it
+    /// and the first route a case-sensitive server would serve it under. That route can only
+    /// come later (an exact match is also a match ignoring case), and is looked for only when
+    /// the first route does not match exactly.
+    fn first_route(&self, method: Option<&str>, path: &RequestPath<'_>) -> Option<usize> {
+        let found = self
+            .routes
+            .iter()
+            .position(|r| r.pattern.matches(method, path))?;
+        let pattern = &self.routes[found].pattern;
+        if !pattern.ignores_case() || pattern.matches_exact_case(method, path) {
+            return Some(found);
+        }
+        let exact = self.routes[found + 1..]
+            .iter()
+            .position(|r| r.pattern.matches_exact_case(method, path))
+            .map(|j| found + 1 + j);
+        self.stricter(Some(found), exact)
+    }
+
+    /// Of two routes, the one costing more, then the one with more limits of its own, then
+    /// `a`.
+    fn stricter(&self, a: Option<usize>, b: Option<usize>) -> Option<usize> {
+        let strictness = |i: usize| (self.routes[i].cost, self.routes[i].limits.len());
+        match (a, b) {
+            (Some(a), Some(b)) if strictness(b) > strictness(a) => Some(b),
+            (None, b) => b,
+            (a, _) => a,
+        }
+    }
+}
+
 /// The request's value for each of `def`'s dimensions, in key order, or `None` when any is
 /// missing. An empty value counts as missing: it identifies no one, and counting every such
-/// request under one key would make strangers share a limit.
-fn key_values(def: &LimitDef, req: &RequestAttrs, route: Option<&Route>) -> Option<Vec<String>> {
+/// request under one key would make strangers share a limit. The `ip` dimension's value is
+/// the client's network, from `ip`.
+fn key_values<'r>(
+    def: &LimitDef,
+    req: &'r RequestAttrs,
+    route: Option<&'r Route>,
+    ip: &dyn Fn() -> Option<&'r str>,
+) -> Option<Vec<String>> {
     let value = |dimension: &Dimension| -> Option<&str> {
         let found = match dimension {
             Dimension::Tenant => req.tenant.as_deref(),
             Dimension::User => req.user.as_deref(),
-            Dimension::Ip => req.ip.as_deref(),
+            Dimension::Ip => ip(),
             Dimension::Route => route.map(|r| &*r.name),
             Dimension::Descriptor(name) => req.descriptors.get(&**name).map(String::as_str),
         };

@@ -4,16 +4,34 @@
 //!
 //! A pattern is a method (or `*` for any) and a path made of `/`-separated segments. A
 //! segment is literal text, `*` (exactly one segment, whatever it holds) or, as the last
-//! segment only, `**` (whatever remains, including nothing). Literal segments compare
-//! exactly; the method compares without regard to ASCII case. A request path's `?query` is
-//! ignored.
+//! segment only, `**` (whatever remains, including nothing). Literal segments compare without
+//! regard to ASCII case unless the policy sets `route_matching: {case_sensitive: true}`; the
+//! method always compares without regard to ASCII case. A request path's `?query` is ignored.
 //!
 //! A request path is read the way the most lenient server behind the proxy might read it, so
-//! that spelling a path differently cannot slip past a route's cost and limits: `/`, `\` and
-//! their escapes `%2F` and `%5C` all separate segments; empty segments (`//`, a trailing `/`)
-//! and `.` are skipped; `..` removes the segment before it; other percent-escapes are decoded
-//! before comparing (`/v1/%67enerate` is `/v1/generate`). Patterns are read the same way when
-//! the policy loads (`GET /a/` is `GET /a`), except that `..` is refused in them.
+//! that spelling a path differently cannot slip past a route's cost and limits:
+//! - a target in absolute form (`http://host/v1/generate`) is read by its path;
+//! - `/`, `\` and their escapes `%2F` and `%5C` all separate segments;
+//! - a segment's path parameters, from its first `;` (or `%3B`) to the next `/` or `\`, are
+//!   dropped, as Tomcat, Jetty and Spring drop them (`/v1;a/generate;x=1` is `/v1/generate`).
+//!   The escaped `%3B` counts too: a proxy in front (nginx with a URI in `proxy_pass`) may
+//!   decode it into a `;` that the server then drops. Within parameters, `%2F` and `%5C` do
+//!   not separate. Servers that do not strip parameters read such a path with them, so a path
+//!   that has any is also read that way ([`RequestPath::readings`]), and the resolver charges
+//!   the stricter of the routes the two readings reach: neither kind of server can be reached
+//!   for less than is charged (`/users/me;x` is `GET /users/*`, not a cheaper
+//!   `GET /users/me` listed before it, since Express serves it as user `me;x`);
+//! - empty segments (`//`, a trailing `/`, a segment that was only parameters) and `.` are
+//!   skipped; `..` removes the segment before it (`..;x` is `..`);
+//! - other percent-escapes are decoded before comparing (`/v1/%67enerate` is `/v1/generate`);
+//! - letters compare without regard to ASCII case (`/V1/Generate` is `/v1/generate`), as
+//!   ASP.NET and IIS route, unless the policy declares its API case-sensitive. A
+//!   case-sensitive server may serve an oddly spelled path under a later route instead
+//!   (`/users/ME` as user `ME` under `GET /users/*`, not `GET /users/me`); the resolver then
+//!   charges the stricter of the two routes, as for parameters.
+//!
+//! Patterns are read the same way when the policy loads (`GET /a/` is `GET /a`), except that
+//! `..` and `;` are refused in them.
 
 use smallvec::SmallVec;
 use std::fmt;
@@ -38,13 +56,43 @@ fn decoded(raw: &str) -> impl Iterator<Item = u8> + '_ {
     })
 }
 
-/// Whether `raw`, with its percent-escapes decoded, is `want`.
-fn decoded_eq(want: &str, raw: &str) -> bool {
-    decoded(raw).eq(want.bytes())
+/// Whether `raw`, with its percent-escapes decoded, is `want`, comparing ASCII letters
+/// without regard to case unless `case_sensitive`.
+fn decoded_eq(want: &str, raw: &str, case_sensitive: bool) -> bool {
+    if case_sensitive {
+        decoded(raw).eq(want.bytes())
+    } else {
+        decoded(raw)
+            .map(|b| b.to_ascii_lowercase())
+            .eq(want.bytes().map(|b| b.to_ascii_lowercase()))
+    }
+}
+
+/// Whether `bytes` starts with the escape `%` `hi` `lo`, either case of hex letter.
+fn escape_at(bytes: &[u8], hi: u8, lo: u8) -> bool {
+    matches!(bytes, [b'%', h, l, ..] if *h == hi && l.to_ascii_lowercase() == lo)
+}
+
+/// What to do with a segment's `;` parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Params {
+    /// Drop them, as Tomcat, Jetty and Spring do.
+    Drop,
+    /// Keep them as part of the segment, as servers that do not strip them do.
+    Keep,
+}
+
+/// Whether a path (or anything) holds a parameter mark, `;` or `%3B`.
+fn has_params(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    (0..bytes.len())
+        .any(|i| bytes[i] == b';' || (bytes[i] == b'%' && escape_at(&bytes[i..], b'3', b'b')))
 }
 
 /// The segments of a path (after its leading `/`): separated by `/`, `\`, `%2F` or `%5C`.
-fn split_segments(body: &str) -> impl Iterator<Item = &str> {
+/// With [`Params::Drop`], each loses its path parameters, which run from `;` or `%3B` to the
+/// next `/` or `\` (see the module docs).
+fn split_segments(body: &str, keep: Params) -> impl Iterator<Item = &str> {
     let bytes = body.as_bytes();
     let mut start = 0;
     let mut i = 0;
@@ -52,27 +100,36 @@ fn split_segments(body: &str) -> impl Iterator<Item = &str> {
         if start > bytes.len() {
             return None;
         }
+        // Where the current segment's parameters begin, once seen.
+        let mut params: Option<usize> = None;
         while i < bytes.len() {
-            let width = match bytes[i] {
+            let rest = &bytes[i..];
+            let width = match rest[0] {
                 b'/' | b'\\' => 1,
-                b'%' if matches!(
-                    bytes.get(i + 1..i + 3),
-                    Some([b'2', b'f' | b'F'] | [b'5', b'c' | b'C'])
-                ) =>
+                b'%' if params.is_none()
+                    && (escape_at(rest, b'2', b'f') || escape_at(rest, b'5', b'c')) =>
                 {
                     3
+                }
+                b';' if keep == Params::Drop => {
+                    params.get_or_insert(i);
+                    0
+                }
+                b'%' if keep == Params::Drop && escape_at(rest, b'3', b'b') => {
+                    params.get_or_insert(i);
+                    0
                 }
                 _ => 0,
             };
             if width > 0 {
-                let segment = &body[start..i];
+                let segment = &body[start..params.unwrap_or(i)];
                 i += width;
                 start = i;
                 return Some(segment);
             }
             i += 1;
         }
-        let segment = &body[start..];
+        let segment = &body[start..params.unwrap_or(bytes.len())];
         start = bytes.len() + 1;
         Some(segment)
     })
@@ -81,14 +138,14 @@ fn split_segments(body: &str) -> impl Iterator<Item = &str> {
 /// A path's segments after its leading `/`, read as the module docs say: empty and `.`
 /// segments skipped, `..` removing the one before (never above the root). Also says whether
 /// a `..` was seen, which a pattern may not contain.
-fn normalized(body: &str) -> (SmallVec<[&str; 8]>, bool) {
+fn normalized(body: &str, params: Params) -> (SmallVec<[&str; 8]>, bool) {
     let mut segments: SmallVec<[&str; 8]> = SmallVec::new();
     let mut stepped_back = false;
-    for part in split_segments(body) {
-        if part.is_empty() || decoded_eq(".", part) {
+    for part in split_segments(body, params) {
+        if part.is_empty() || decoded_eq(".", part, true) {
             continue;
         }
-        if decoded_eq("..", part) {
+        if decoded_eq("..", part, true) {
             stepped_back = true;
             segments.pop();
         } else {
@@ -103,12 +160,40 @@ fn normalized(body: &str) -> (SmallVec<[&str; 8]>, bool) {
 pub(crate) struct RequestPath<'a>(SmallVec<[&'a str; 8]>);
 
 impl<'a> RequestPath<'a> {
-    /// Reads `path` (its `?query` ignored); `None` when it does not start with `/`, which no
-    /// pattern matches.
+    /// Reads `path` (its `?query` ignored). A request target in absolute form
+    /// (`http://host/v1/generate`, which servers must accept) is read by its path. `None`
+    /// when there is no path starting with `/`, which no pattern matches.
+    #[cfg(test)]
     pub(crate) fn read(path: &'a str) -> Option<Self> {
-        let path = path.split_once('?').map_or(path, |(p, _)| p);
-        Some(Self(normalized(path.strip_prefix('/')?).0))
+        Self::readings(path).map(|(dropped, _)| dropped)
     }
+
+    /// Reads `path` as [`RequestPath::read`] does, with its `;` parameters dropped, and, only
+    /// when it has any, a second time with them kept, as a server that does not strip them
+    /// reads it.
+    pub(crate) fn readings(path: &'a str) -> Option<(Self, Option<Self>)> {
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let body = without_origin(path).strip_prefix('/')?;
+        let dropped = Self(normalized(body, Params::Drop).0);
+        let kept = has_params(body).then(|| Self(normalized(body, Params::Keep).0));
+        Some((dropped, kept))
+    }
+}
+
+/// `target` without a leading `scheme://authority` (the absolute form of a request target),
+/// the root if nothing follows the authority; any other text as it is.
+fn without_origin(target: &str) -> &str {
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return target;
+    };
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !is_scheme {
+        return target;
+    }
+    rest.find('/').map_or("/", |at| &rest[at..])
 }
 
 /// `raw` with its percent-escapes decoded, for patterns (once, at load). Bytes that do not
@@ -134,6 +219,8 @@ pub(crate) struct RoutePattern {
     segments: Vec<Segment>,
     /// Whether the pattern ends in `**`.
     rest: bool,
+    /// Whether literal segments compare case-sensitively.
+    case_sensitive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,8 +230,9 @@ enum Segment {
 }
 
 impl RoutePattern {
-    /// Parses `text`, explaining what is wrong when it is not a valid pattern.
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+    /// Parses `text`, explaining what is wrong when it is not a valid pattern. Its literal
+    /// segments will compare case-sensitively only if `case_sensitive`.
+    pub(crate) fn parse(text: &str, case_sensitive: bool) -> Result<Self, String> {
         let mut words = text.split_whitespace();
         let (Some(method), Some(path), None) = (words.next(), words.next(), words.next()) else {
             return Err(format!(
@@ -169,7 +257,13 @@ impl RoutePattern {
                 "path `{path}` must not contain `?` or `#`: queries are ignored when matching"
             ));
         }
-        let (parts, stepped_back) = normalized(body);
+        if path.contains(';') || path.to_ascii_lowercase().contains("%3b") {
+            return Err(format!(
+                "path `{path}` must not contain `;` (or `%3B`): path parameters are dropped \
+                 from requests before matching, so a pattern cannot name them"
+            ));
+        }
+        let (parts, stepped_back) = normalized(body, Params::Drop);
         if stepped_back {
             return Err(format!(
                 "in `{path}`, `..` is not allowed: write the path it leads to"
@@ -195,12 +289,45 @@ impl RoutePattern {
             method,
             segments,
             rest,
+            case_sensitive,
         })
+    }
+
+    /// What two patterns share exactly when they match the same requests: the canonical
+    /// form, with letters folded to lower case when matching ignores case. Used to refuse a
+    /// route that an earlier one would always shadow.
+    pub(crate) fn identity(&self) -> String {
+        let canonical = self.to_string();
+        if self.case_sensitive {
+            canonical
+        } else {
+            canonical.to_ascii_lowercase()
+        }
     }
 
     /// Whether a request with `method` and `path` falls under this pattern. A request with
     /// no method matches only a `*` pattern.
     pub(crate) fn matches(&self, method: Option<&str>, path: &RequestPath<'_>) -> bool {
+        self.matches_with(method, path, self.case_sensitive)
+    }
+
+    /// Whether this pattern ignores the case of letters (the policy's default).
+    pub(crate) fn ignores_case(&self) -> bool {
+        !self.case_sensitive
+    }
+
+    /// Whether a case-sensitive server would serve `path` under this pattern: as
+    /// [`RoutePattern::matches`], letters compared exactly.
+    pub(crate) fn matches_exact_case(&self, method: Option<&str>, path: &RequestPath<'_>) -> bool {
+        self.matches_with(method, path, true)
+    }
+
+    fn matches_with(
+        &self,
+        method: Option<&str>,
+        path: &RequestPath<'_>,
+        case_sensitive: bool,
+    ) -> bool {
         if let Some(want) = &self.method {
             match method {
                 Some(m) if m.eq_ignore_ascii_case(want) => {}
@@ -216,7 +343,7 @@ impl RoutePattern {
             .zip(parts)
             .all(|(segment, got)| match segment {
                 Segment::Any => true,
-                Segment::Literal(want) => decoded_eq(want, got),
+                Segment::Literal(want) => decoded_eq(want, got, case_sensitive),
             })
     }
 }
@@ -242,141 +369,4 @@ impl fmt::Display for RoutePattern {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{RequestPath, RoutePattern};
-
-    /// Whether `pattern` takes a request with `method` and `path`, read as the resolver reads it.
-    fn at(pattern: &RoutePattern, method: Option<&str>, path: &str) -> bool {
-        RequestPath::read(path).is_some_and(|path| pattern.matches(method, &path))
-    }
-
-    fn pattern(text: &str) -> RoutePattern {
-        match RoutePattern::parse(text) {
-            Ok(p) => p,
-            Err(e) => panic!("{text}: {e}"),
-        }
-    }
-
-    #[test]
-    fn paths_are_read_as_a_server_would() {
-        let p = pattern("POST /v1/generate");
-        for path in [
-            "/v1/generate/",
-            "/v1//generate",
-            "//v1/generate",
-            "/v1/./generate",
-            "/v1/x/../generate",
-            "/v1/%67enerate",
-            "/v1/%2e/generate",
-            "/v1/x/%2E%2E/generate?q=1",
-        ] {
-            assert!(at(&p, Some("POST"), path), "{path}");
-        }
-        // An escaped or backward slash separates segments too (some servers decode them).
-        for path in [
-            "/v1%2Fgenerate",
-            "/v1%2fgenerate",
-            "/v1\\generate",
-            "/v1%5Cgenerate",
-        ] {
-            assert!(at(&p, Some("POST"), path), "{path}");
-        }
-        for path in [
-            "/v1/generate/more",
-            "/v1/generat",
-            "/v1/generate%2Fx",
-            "/v1/../generate",
-            "/../../v1",
-        ] {
-            assert!(!at(&p, Some("POST"), path), "{path}");
-        }
-        // `..` above the root stays at the root.
-        assert!(at(&p, Some("POST"), "/../../v1/generate"));
-        // A stray `%` is a character like any other.
-        assert!(at(&pattern("GET /100%"), Some("GET"), "/100%"));
-    }
-
-    #[test]
-    fn patterns_are_read_like_paths() {
-        // The root, a trailing slash, doubled slashes and `.` segments in a pattern.
-        assert!(at(&pattern("GET /"), Some("GET"), "/"));
-        assert!(at(&pattern("* /"), Some("PUT"), "//"));
-        assert!(at(
-            &pattern("POST /v1/generate/"),
-            Some("POST"),
-            "/v1/generate"
-        ));
-        assert!(at(
-            &pattern("POST /v1//./generate"),
-            Some("POST"),
-            "/v1/generate/"
-        ));
-        assert_eq!(
-            pattern("POST /v1/generate/").to_string(),
-            "POST /v1/generate"
-        );
-        // Escapes in a pattern are decoded once, like the request's.
-        assert!(at(&pattern("GET /a%20b"), Some("GET"), "/a%20b"));
-        assert!(at(&pattern("GET /a%20b"), Some("GET"), "/a b"));
-        assert!(RoutePattern::parse("GET /a/../b")
-            .unwrap_err()
-            .contains("`..` is not allowed"));
-        assert!(at(&pattern("GET /a/*"), Some("GET"), "/a/b/"));
-        assert!(!at(&pattern("GET /a/*"), Some("GET"), "/a//"));
-        assert!(at(&pattern("GET /a/**"), Some("GET"), "/a//"));
-    }
-
-    #[test]
-    fn literal_paths_match_exactly() {
-        let p = pattern("POST /v1/generate");
-        assert!(at(&p, Some("POST"), "/v1/generate"));
-        assert!(at(&p, Some("post"), "/v1/generate?stream=true"));
-        assert!(!at(&p, Some("GET"), "/v1/generate"));
-        assert!(!at(&p, None, "/v1/generate"));
-        assert!(!at(&p, Some("POST"), "/v1/generate/x"));
-        assert!(!at(&p, Some("POST"), "/v1"));
-        assert!(!at(&p, Some("POST"), "v1/generate"));
-    }
-
-    #[test]
-    fn one_star_is_one_segment() {
-        let p = pattern("* /v1/users/*/keys");
-        assert!(at(&p, Some("DELETE"), "/v1/users/42/keys"));
-        assert!(at(&p, None, "/v1/users/42/keys"));
-        assert!(!at(&p, Some("GET"), "/v1/users/42/7/keys"));
-        assert!(!at(&p, Some("GET"), "/v1/users/keys"));
-    }
-
-    #[test]
-    fn double_star_takes_the_rest() {
-        let p = pattern("GET /v1/meta/**");
-        assert!(at(&p, Some("GET"), "/v1/meta/models/abc"));
-        assert!(at(&p, Some("GET"), "/v1/meta/"));
-        assert!(at(&p, Some("GET"), "/v1/meta"));
-        assert!(!at(&p, Some("GET"), "/v1/metadata"));
-        assert!(at(&pattern("* /**"), Some("GET"), "/anything/at/all"));
-    }
-
-    #[test]
-    fn rejects_malformed_patterns() {
-        for (text, why) in [
-            ("/v1/generate", "method and a path"),
-            ("POST v1/generate", "start with `/`"),
-            ("PO-ST /v1", "not an HTTP method"),
-            ("GET /v1/**/x", "last segment"),
-            ("GET /v1/gen*", "whole segment"),
-            ("GET /v1?x=1", "must not contain"),
-            ("GET /a /b", "method and a path"),
-        ] {
-            let err = RoutePattern::parse(text).unwrap_err();
-            assert!(err.contains(why), "{text}: {err}");
-        }
-    }
-
-    #[test]
-    fn canonical_form_spots_duplicates() {
-        assert_eq!(pattern("post  /v1/x").to_string(), "POST /v1/x");
-        assert_eq!(pattern("* /").to_string(), "* /");
-        assert_eq!(pattern("GET /a/*/**").to_string(), "GET /a/*/**");
-    }
-}
+mod tests;

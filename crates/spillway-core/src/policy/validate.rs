@@ -43,6 +43,7 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         &mut issues,
     );
     let routes = routes(raw, &defs, &mut issues);
+    let ip_prefix = super::ip_prefix::compile(raw.ip_prefix.as_ref(), &mut issues);
     let store = super::store::compile(raw.store.as_ref(), &mut issues);
     let emergency = super::emergency::compile(&raw.limits, &defs, &mut issues);
     let mut limits = defs.valid();
@@ -79,25 +80,33 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
             .collect(),
         store,
         emergency,
+        ip_prefix,
     })
 }
 
-/// Checks the routes: pattern, uniqueness, cost, limits and failure mode.
+/// Checks the routes: pattern, uniqueness, cost, limits and failure mode. Patterns ignore
+/// the case of letters unless `route_matching.case_sensitive` is set.
 fn routes(raw: &RawPolicy, defs: &Defs<'_>, issues: &mut Issues) -> Vec<Arc<Route>> {
+    let case_sensitive = raw
+        .route_matching
+        .as_ref()
+        .and_then(|m| m.case_sensitive)
+        .unwrap_or(false);
     let mut routes = Vec::with_capacity(raw.routes.len());
     let mut seen: HashMap<String, u64> = HashMap::new();
     for (i, entry) in raw.routes.iter().enumerate() {
         let (route, path) = (&entry.value, format!("routes[{i}]"));
-        let pattern = match RoutePattern::parse(&route.pattern.value) {
+        let pattern = match RoutePattern::parse(&route.pattern.value, case_sensitive) {
             Ok(p) => p,
             Err(message) => {
                 issues.push(route.pattern.referenced, format!("{path}.match"), message);
                 continue;
             }
         };
-        // Compare canonical forms, so `post  /x` duplicates `POST /x`.
+        // Compare canonical forms, so `post  /x` duplicates `POST /x` (and `POST /X`, when
+        // routes ignore case).
         let name = pattern.to_string();
-        if let Some(line) = seen.insert(name.clone(), route.pattern.referenced.line()) {
+        if let Some(line) = seen.insert(pattern.identity(), route.pattern.referenced.line()) {
             let message = format!("`{name}` is already matched by the route on line {line}");
             issues.push(route.pattern.referenced, format!("{path}.match"), message);
         }

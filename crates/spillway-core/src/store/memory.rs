@@ -27,10 +27,11 @@
 //! because evaluating it gives exactly what a fresh key would. [`Store::sweep`] drops expired
 //! slots (the server sweeps every second). The number of keys is bounded by `max_keys`, split
 //! evenly over the shards. When a new key arrives at a full shard, a sample of
-//! [`EVICTION_SAMPLE`] slots is examined: expired ones among them are dropped; if none was
-//! expired, the one that would expire soonest is evicted (it holds the least state worth
-//! keeping) and counted in [`Store::evictions`]. Making room never scans a whole shard, so a
-//! flood costs each insert a constant amount of work. An evicted key behaves like a fresh one
+//! [`EVICTION_SAMPLE`] slots at random positions of its table is examined (`eviction`):
+//! expired ones among them are dropped; if none was expired, the one that would expire soonest
+//! is evicted (it holds the least state worth keeping) and counted in [`Store::evictions`].
+//! Making room never scans a whole shard, so a flood costs each insert a constant amount of
+//! work, and no slot is looked at more often than another, whatever its place in the table. An evicted key behaves like a fresh one
 //! afterwards, so the bound trades exactness for memory only under a flood larger than
 //! `max_keys`. Room is never made by evicting a key the same request is charging (its charge
 //! would be lost), so a shard whose every slot is taken by one request's keys grows past its
@@ -52,13 +53,15 @@ use crate::time::{Clock, Micros, SystemClock, SECOND};
 use async_trait::async_trait;
 use foldhash::quality::FoldHasher;
 use foldhash::SharedSeed;
+use hashbrown::HashTable;
 use smallvec::SmallVec;
 use spin::mutex::{SpinMutex, SpinMutexGuard};
 use spin::relax::Yield;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+mod eviction;
 
 /// The fewest shards a store has, however small its bound; a power of two, as every shard
 /// count is, so the shard is a mask of the key hash.
@@ -131,7 +134,23 @@ impl Slot {
     }
 }
 
-type Shard = HashMap<KeyHash, Slot, BuildHasherDefault<PassThrough>>;
+/// One shard's table. The keys are already uniform hash output, so the table is addressed by
+/// their first word as is. A `HashTable` rather than a `HashMap` because its buckets can be
+/// read by index, which is what lets eviction sample random slots (see `eviction`); the
+/// layout is the same (one 40-byte bucket and a control byte per slot).
+type Shard = HashTable<(KeyHash, Slot)>;
+
+/// The slot stored under `h`, if any.
+#[inline]
+fn find<'m>(map: &'m Shard, h: &KeyHash) -> Option<&'m Slot> {
+    map.find(h[0], |(k, _)| k == h).map(|(_, slot)| slot)
+}
+
+/// The slot stored under `h`, if any, for writing.
+#[inline]
+fn find_mut<'m>(map: &'m mut Shard, h: &KeyHash) -> Option<&'m mut Slot> {
+    map.find_mut(h[0], |(k, _)| k == h).map(|(_, slot)| slot)
+}
 
 /// A shard's lock. A check holds it for a table probe and a few integer operations (tens of
 /// nanoseconds, never an await or a syscall), so a spinning lock fits: taking it is one
@@ -175,9 +194,7 @@ impl MemoryStore {
         let seed = std::collections::hash_map::RandomState::new();
         let shards = shard_count(max_keys);
         Self {
-            shards: (0..shards)
-                .map(|_| ShardLock::new(Shard::default()))
-                .collect(),
+            shards: (0..shards).map(|_| ShardLock::new(Shard::new())).collect(),
             shard_mask: shards - 1,
             per_shard: max_keys.div_ceil(shards).max(1),
             seed: Box::new(SharedSeed::from_u64(seed.hash_one(1u8))),
@@ -256,7 +273,7 @@ impl MemoryStore {
     fn check_one(&self, check: &Check<'_>, now: Micros, mode: CheckMode) -> Decision {
         let h = self.hash(check);
         let mut map = self.shards[self.shard_of(&h)].lock();
-        if let Some(slot) = map.get_mut(&h) {
+        if let Some(slot) = find_mut(&mut map, &h) {
             return self.update(slot, check, now, mode);
         }
         let e = check.params.evaluate(None, now, check.cost);
@@ -323,7 +340,7 @@ impl MemoryStore {
             .zip(&slots)
             .map(|((c, h), &slot)| {
                 c.params
-                    .evaluate(guards[slot].1.get(h).map(Slot::state), now, c.cost)
+                    .evaluate(find(&guards[slot].1, h).map(Slot::state), now, c.cost)
             })
             .collect();
         let decisions: Decisions = evaluations.iter().map(|e| e.decision).collect();
@@ -350,42 +367,11 @@ impl MemoryStore {
             return;
         }
         let slot = Slot::new(e.state, self.expiry_secs(e.expires_at));
-        if let Some(existing) = map.get_mut(&h) {
+        if let Some(existing) = find_mut(map, &h) {
             *existing = slot;
         } else {
-            self.make_room(map, now, request);
-            map.insert(h, slot);
-        }
-    }
-
-    /// Keeps a shard within its bound before a new key is inserted, in constant time: it
-    /// looks at a sample of [`EVICTION_SAMPLE`] slots, drops those already expired (that is
-    /// expiry, not eviction), and if none was, evicts the one that would expire soonest. A
-    /// scan of the whole shard here would cost every insert of a flood a full pass under the
-    /// shard's lock; expired slots elsewhere are left to [`Store::sweep`].
-    fn make_room(&self, map: &mut Shard, now: Micros, request: &[KeyHash]) {
-        if map.len() < self.per_shard {
-            return;
-        }
-        let sample: SmallVec<[(KeyHash, u32); EVICTION_SAMPLE]> = map
-            .iter()
-            .filter(|(k, _)| !request.contains(k))
-            .take(EVICTION_SAMPLE)
-            .map(|(k, s)| (*k, s.expires()))
-            .collect();
-        let (expired, live): (
-            SmallVec<[_; EVICTION_SAMPLE]>,
-            SmallVec<[_; EVICTION_SAMPLE]>,
-        ) = sample
-            .into_iter()
-            .partition(|(_, expires)| self.expired_at(*expires, now));
-        if !expired.is_empty() {
-            for (k, _) in &expired {
-                map.remove(k);
-            }
-        } else if let Some((victim, _)) = live.iter().min_by_key(|(_, expires)| *expires) {
-            map.remove(victim);
-            self.evictions.fetch_add(1, Ordering::Relaxed);
+            self.make_room(map, &h, now, request);
+            map.insert_unique(h[0], (h, slot), |(k, _)| k[0]);
         }
     }
 }
@@ -426,29 +412,11 @@ impl Store for MemoryStore {
         for shard in self.shards.iter() {
             let mut map = shard.lock();
             let before = map.len();
-            map.retain(|_, s| !self.expired(s, now));
+            map.retain(|(_, s)| !self.expired(s, now));
             dropped += (before - map.len()) as u64;
         }
         dropped
     }
-}
-
-/// The keys are already uniform hash output, so the map uses their first word as is.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // `[u64; 2]` arrives as its 16 raw bytes; the first word is enough.
-        let mut word = [0u8; 8];
-        let n = bytes.len().min(8);
-        word[..n].copy_from_slice(&bytes[..n]);
-        self.0 ^= u64::from_ne_bytes(word);
-    }
-    fn write_usize(&mut self, _: usize) {}
 }
 
 #[cfg(test)]

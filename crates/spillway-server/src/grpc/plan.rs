@@ -8,7 +8,9 @@
 //! - **Policy domain** (`--grpc-policy-domain`, default `spillway`): each descriptor is one
 //!   request to the main policy; its entries fill the request's attributes (`tenant`, `user`,
 //!   `ip` or `remote_address`, `method`, `path`, `tier`; any other key is a custom
-//!   descriptor).
+//!   descriptor). An `ip` or `remote_address` that is not an IP address is refused (Envoy's
+//!   `remote_address` always is one; free text would let a caller pick fresh per-IP
+//!   counters).
 //!
 //! Either way, a counter reached by several descriptors of one request is checked once (at the
 //! largest of their costs), so a request never counts twice against the same limit.
@@ -127,7 +129,11 @@ pub fn envoy(
 
 /// Plans a request against the main policy, one policy request per descriptor. `hits` is
 /// `None` when the request left `hits_addend` at 0, so a matched route's cost applies.
-pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option<u64>) -> Plan {
+pub fn policy(
+    policy: &Policy,
+    descriptors: &[RateLimitDescriptor],
+    hits: Option<u64>,
+) -> Result<Plan, Invalid> {
     let mut plan = Plan {
         descriptors: vec![Vec::new(); descriptors.len()],
         failure_mode: FailureMode::Open,
@@ -143,7 +149,15 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
             match entry.key.as_str() {
                 "tenant" => attrs.tenant = value,
                 "user" => attrs.user = value,
-                "ip" | "remote_address" => attrs.ip = value,
+                key @ ("ip" | "remote_address") => {
+                    let ip = entry.value.trim().parse().map_err(|_| {
+                        format!(
+                            "descriptors[{slot}]: entry `{key}` must be an IP address (got `{}`)",
+                            shortened(&entry.value)
+                        )
+                    })?;
+                    attrs.ip = Some(ip);
+                }
                 "method" => attrs.method = value,
                 "path" => attrs.path = value,
                 "tier" => attrs.tier = value,
@@ -161,7 +175,21 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
             plan.add(slot, p.def, p.key, p.cost, report);
         }
     }
-    plan
+    Ok(plan)
+}
+
+/// `text` cut to at most 64 bytes (on a character boundary) with `...` after a cut, for
+/// quoting a caller's value in a status message, which travels in a trailer.
+fn shortened(text: &str) -> String {
+    const MAX: usize = 64;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let end = (0..=MAX)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}...", &text[..end])
 }
 
 /// The stricter of two failure modes: `closed` over `degrade` over `open`, so one request
@@ -197,5 +225,17 @@ fn unit(raw: i32) -> Option<Unit> {
         RateLimitUnit::Hour => Some(Unit::Hour),
         RateLimitUnit::Day => Some(Unit::Day),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shortened;
+
+    #[test]
+    fn quoted_values_are_cut_short_on_a_character_boundary() {
+        assert_eq!(shortened("10.0.0.x"), "10.0.0.x");
+        let cut = shortened(&"é".repeat(100));
+        assert_eq!(cut, format!("{}...", "é".repeat(32)));
     }
 }

@@ -63,6 +63,7 @@ impl Rls {
         let policy = state.app.engine.policy();
         let plan = if domain == &*state.policy_domain {
             plan::policy(&policy, &request.descriptors, (hits > 0).then_some(hits))
+                .map_err(Status::invalid_argument)?
         } else {
             let envoy = state.envoy.load();
             let Some(config) = envoy.domain(domain) else {

@@ -90,7 +90,7 @@ async fn answer(
         &settings.forwarding,
         &settings.trusted_proxies,
     );
-    attrs.ip = Some(ip.to_string());
+    attrs.ip = Some(ip);
     let decided = match decide(app, &policy, &attrs, mode).await {
         Ok(decided) => decided,
         Err(problem) => return problem.into_response(),

@@ -14,8 +14,10 @@
 //!   `urn:spillway:problem:cost-exceeds-limit` and it has no `Retry-After`), since what the
 //!   client must do is the same (stop sending this) and the detail says retrying cannot help;
 //! - both with the rate-limit headers;
-//! - 400 naming the offending field for a malformed body, 413 over 16 KiB, 408 for a body
-//!   still arriving after `--body-timeout`, 503 when the store fails.
+//! - 400 naming the offending field for a malformed body (including an `ip` that is not an
+//!   IP address: per-IP limits count by network, and free text would let a client pick a
+//!   fresh counter for every request), 413 over 16 KiB, 408 for a body still arriving after
+//!   `--body-timeout`, 503 when the store fails.
 //!
 //! `?peek=true` (or `?dry_run`) evaluates without consuming anything.
 
@@ -29,9 +31,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use spillway_core::request::RequestAttrs;
 use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The largest body `/v1/check` reads; a request description has no business being bigger.
@@ -45,8 +50,9 @@ pub struct CheckRequest {
     pub tenant: Option<String>,
     /// See [`RequestAttrs::user`].
     pub user: Option<String>,
-    /// See [`RequestAttrs::ip`].
-    pub ip: Option<String>,
+    /// See [`RequestAttrs::ip`]; must be an IPv4 or IPv6 address.
+    #[serde(default, deserialize_with = "ip_address")]
+    pub ip: Option<IpAddr>,
     /// See [`RequestAttrs::method`].
     pub method: Option<String>,
     /// See [`RequestAttrs::path`].
@@ -72,6 +78,44 @@ impl From<CheckRequest> for RequestAttrs {
             descriptors: r.descriptors.unwrap_or_default(),
         }
     }
+}
+
+/// Reads the `ip` field as an address (surrounding spaces ignored), saying what was sent when
+/// it is not one.
+fn ip_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<IpAddr>, D::Error> {
+    struct Address;
+
+    impl<'de> Visitor<'de> for Address {
+        type Value = Option<IpAddr>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an IP address such as 203.0.113.7 or 2001:db8::1")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            match text.trim().parse() {
+                Ok(ip) => Ok(Some(ip)),
+                Err(_) => Err(E::custom(format!(
+                    "`{text}` is not an IP address (per-IP limits count clients by network, \
+                     so `ip` must be an IPv4 or IPv6 address, or be left out)"
+                ))),
+            }
+        }
+    }
+
+    deserializer.deserialize_option(Address)
 }
 
 /// Parses a body, naming the field at fault when it does not fit.
@@ -217,6 +261,30 @@ mod tests {
         let problem = parse_body(br#" ["t", "u"]"#).expect_err("invalid");
         let detail = problem.detail();
         assert!(detail.contains("JSON object"), "{detail}");
+    }
+
+    #[test]
+    fn ips_must_be_addresses() {
+        let attrs: RequestAttrs = parse_body(br#"{"ip":" 2001:DB8::1 "}"#)
+            .expect("valid")
+            .into();
+        assert_eq!(attrs.ip, "2001:db8::1".parse().ok());
+        let attrs: RequestAttrs = parse_body(br#"{"ip":null}"#).expect("valid").into();
+        assert_eq!(attrs.ip, None);
+        for body in [
+            &br#"{"ip":"not-an-ip"}"#[..],
+            br#"{"ip":""}"#,
+            br#"{"ip":"10.0.0.1/8"}"#,
+            br#"{"ip":7}"#,
+        ] {
+            let problem = parse_body(body).expect_err("invalid");
+            assert_eq!(problem.field(), Some("ip"));
+            let detail = problem.detail();
+            assert!(
+                detail.starts_with("field `ip`") && detail.contains("IP address"),
+                "{detail}"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! path finding) sit next to that piece.
 
 mod failure;
+mod matching;
 mod reading;
 mod resolution;
 mod validation;

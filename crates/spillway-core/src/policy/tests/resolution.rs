@@ -6,16 +6,24 @@ use crate::key::StateKey;
 use crate::policy::{Dimension, FailureMode, LimitDef, Policy, Resolved};
 use crate::request::RequestAttrs;
 use crate::time::MINUTE;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 fn request(tenant: &str, user: &str, method: &str, path: &str) -> RequestAttrs {
     RequestAttrs {
         tenant: Some(tenant.into()),
         user: Some(user.into()),
-        ip: Some("203.0.113.7".into()),
+        ip: Some(addr("203.0.113.7")),
         method: Some(method.into()),
         path: Some(path.into()),
         ..RequestAttrs::default()
+    }
+}
+
+fn addr(text: &str) -> IpAddr {
+    match text.parse() {
+        Ok(ip) => ip,
+        Err(e) => panic!("{text}: {e}"),
     }
 }
 
@@ -135,6 +143,144 @@ routes:
 }
 
 #[test]
+fn spellings_a_lenient_server_reads_as_the_route_pay_its_cost_and_limits() {
+    let policy = load(EXAMPLE);
+    for path in [
+        "/V1/Generate",
+        "/v1/generate;x=1",
+        "/v1;a/generate",
+        "/v1/generate%3Bx=1",
+        "/v1/generate/",
+        "//v1//generate",
+    ] {
+        let resolved = policy.resolve(&request("someone", "ann", "post", path));
+        let route = resolved.route.as_ref().map(|r| &*r.name);
+        assert_eq!(route, Some("POST /v1/generate"), "{path}");
+        assert_eq!(resolved.cost, 5, "{path}");
+        assert!(names(&resolved).contains(&"generate-user"), "{path}");
+    }
+}
+
+/// A cheap route for one user, before a costly one for any user.
+const USERS: &str = r#"default_tier: t
+tiers:
+  t: {}
+routes:
+  - match: "GET /users/me"
+    cost: 1
+  - match: "GET /users/*"
+    cost: 5
+  - match: "GET /files/*/meta"
+    cost: 3
+"#;
+
+/// The route name and cost a `GET` of `path` resolves to.
+fn route_and_cost(policy: &Policy, path: &str) -> (Option<String>, u64) {
+    let resolved = policy.resolve(&request("t", "u", "GET", path));
+    (resolved.route.map(|r| r.name.to_string()), resolved.cost)
+}
+
+#[test]
+fn parameters_cannot_buy_a_cheaper_route_from_a_server_that_keeps_them() {
+    // `/users/me;x` is `GET /users/me` to Tomcat but user `me;x` to a server that keeps
+    // parameters: the costlier reading is charged.
+    let policy = load(USERS);
+    let route = |path: &str| route_and_cost(&policy, path);
+    let users = (Some("GET /users/*".to_owned()), 5);
+    assert_eq!(route("/users/me;x"), users);
+    assert_eq!(route("/users/me%3bx"), users);
+    assert_eq!(route("/users/me"), (Some("GET /users/me".to_owned()), 1));
+    // A segment of parameters alone is a segment to a server that keeps them.
+    assert_eq!(
+        route("/files/;x/meta"),
+        (Some("GET /files/*/meta".to_owned()), 3)
+    );
+    // When both readings reach the same route, or only the dropped one reaches any, it holds.
+    assert_eq!(route("/users/ann;v=2"), users);
+    let generate = load(EXAMPLE).resolve(&request("t", "u", "POST", "/v1/generate;x=1"));
+    assert_eq!(generate.cost, 5);
+}
+
+#[test]
+fn odd_case_cannot_buy_a_cheaper_route_from_a_case_sensitive_server() {
+    // `/users/ME` is `GET /users/me` to ASP.NET but user `ME` to Spring: the costlier reading
+    // is charged.
+    let policy = load(USERS);
+    let users = (Some("GET /users/*".to_owned()), 5);
+    assert_eq!(route_and_cost(&policy, "/users/ME"), users);
+    // A case-sensitive server serves `/Users/me` under neither: the case-blind match stands.
+    assert_eq!(
+        route_and_cost(&policy, "/Users/me"),
+        (Some("GET /users/me".to_owned()), 1)
+    );
+    assert_eq!(route_and_cost(&policy, "/users/Me;x"), users);
+    assert_eq!(
+        route_and_cost(&policy, "/users/me"),
+        (Some("GET /users/me".to_owned()), 1)
+    );
+    // With no later route that an exact reading reaches, the case-blind match stands.
+    assert_eq!(
+        route_and_cost(&policy, "/FILES/x/META"),
+        (Some("GET /files/*/meta".to_owned()), 3)
+    );
+    // A case-sensitive policy reads letters exactly, once.
+    let exact = load(&USERS.replace("tiers:", "route_matching: {case_sensitive: true}\ntiers:"));
+    assert_eq!(route_and_cost(&exact, "/users/ME"), users);
+    assert_eq!(route_and_cost(&exact, "/FILES/x/META"), (None, 1));
+}
+
+#[test]
+fn a_case_sensitive_policy_keeps_case_apart() {
+    let text = EXAMPLE.replace(
+        "\nroutes:\n",
+        "\nroute_matching:\n  case_sensitive: true\nroutes:\n",
+    );
+    let policy = load(&text);
+    let upper = policy.resolve(&request("someone", "ann", "POST", "/V1/Generate"));
+    assert!(upper.route.is_none());
+    let params = policy.resolve(&request("someone", "ann", "POST", "/v1/generate;x=1"));
+    assert_eq!(params.cost, 5);
+}
+
+/// The `ip-burst` counter a request from `ip` is kept under.
+fn ip_counter(policy: &Policy, ip: &str) -> Option<Vec<String>> {
+    let req = RequestAttrs {
+        ip: Some(addr(ip)),
+        ..RequestAttrs::default()
+    };
+    applied(policy, &req, "ip-burst").map(|(_, key)| key.values)
+}
+
+#[test]
+fn clients_are_counted_by_network() {
+    let policy = load(EXAMPLE);
+    let one = Some(vec!["2001:db8:a:b::/64".to_owned()]);
+    for ip in [
+        "2001:db8:a:b::1",
+        "2001:DB8:A:B:1:2:3:4",
+        "2001:0db8:000a:000b::ffff",
+    ] {
+        assert_eq!(ip_counter(&policy, ip), one, "{ip}");
+    }
+    assert_ne!(ip_counter(&policy, "2001:db8:a:c::1"), one);
+    assert_eq!(
+        ip_counter(&policy, "::ffff:198.51.100.1"),
+        Some(vec!["198.51.100.1".to_owned()])
+    );
+
+    let wider = load(&format!("ip_prefix: {{v4: 24, v6: 48}}\n{EXAMPLE}"));
+    assert_eq!(wider.ip_prefix().v4, 24);
+    assert_eq!(
+        ip_counter(&wider, "198.51.100.1"),
+        Some(vec!["198.51.100.0/24".to_owned()])
+    );
+    assert_eq!(
+        ip_counter(&wider, "2001:db8:a:b::1"),
+        Some(vec!["2001:db8:a::/48".to_owned()])
+    );
+}
+
+#[test]
 fn cost_comes_from_request_then_route_then_one() {
     let policy = load(EXAMPLE);
     let mut req = request("t", "u", "POST", "/v1/generate");
@@ -157,7 +303,7 @@ fn cost_comes_from_request_then_route_then_one() {
 fn limits_needing_a_missing_dimension_are_skipped() {
     let policy = load(EXAMPLE);
     let anonymous = RequestAttrs {
-        ip: Some("198.51.100.1".into()),
+        ip: Some(addr("198.51.100.1")),
         ..RequestAttrs::default()
     };
     assert_eq!(

@@ -1,0 +1,147 @@
+//! How the `ip` dimension turns a client address into a counter: by network, not by address.
+//!
+//! One IPv6 client is usually handed a whole /64 and can pick a fresh address from it for every
+//! request; counted per address, each would get its own counter, and a flood of such counters
+//! would also push other clients' counters out of a bounded store. So an address is masked to
+//! its network (`ip_prefix`, by default /32 for IPv4, i.e. the address itself, and /64 for IPv6)
+//! and counted under the network's canonical text: the masked address as RFC 5952 writes it
+//! (lower case, longest zero run compressed, no leading zeros), then `/` and the prefix length,
+//! e.g. `2001:db8:1:2::/64`. Every spelling of one network therefore shares one counter. A
+//! full-length prefix is written as the bare address (`203.0.113.7`), as counters were named
+//! before networks were. An IPv4-mapped IPv6 address (`::ffff:203.0.113.7`) counts as the IPv4
+//! address it carries.
+
+use super::error::Issues;
+use super::raw::{Number, RawIpPrefix};
+use serde_saphyr::Spanned;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The network prefix lengths the `ip` dimension counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPrefix {
+    /// Bits of an IPv4 address that name its network, 1 to 32.
+    pub v4: u8,
+    /// Bits of an IPv6 address that name its network, 1 to 128.
+    pub v6: u8,
+}
+
+impl Default for IpPrefix {
+    /// /32 for IPv4 (one address, since IPv4 addresses are scarce and shared behind NAT) and
+    /// /64 for IPv6 (the smallest network one subscriber is normally given).
+    fn default() -> Self {
+        Self { v4: 32, v6: 64 }
+    }
+}
+
+impl IpPrefix {
+    /// The counter value of `ip`: its network's canonical text (see the module docs).
+    pub fn key(&self, ip: IpAddr) -> String {
+        match ip.to_canonical() {
+            IpAddr::V4(addr) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.v4)).unwrap_or(0);
+                let network = Ipv4Addr::from(u32::from(addr) & mask);
+                match self.v4 {
+                    32 => network.to_string(),
+                    bits => format!("{network}/{bits}"),
+                }
+            }
+            IpAddr::V6(addr) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.v6)).unwrap_or(0);
+                let network = Ipv6Addr::from(u128::from(addr) & mask);
+                match self.v6 {
+                    128 => network.to_string(),
+                    bits => format!("{network}/{bits}"),
+                }
+            }
+        }
+    }
+}
+
+/// Reads the `ip_prefix:` section; absent lengths keep their defaults, bad ones are reported.
+pub(crate) fn compile(raw: Option<&RawIpPrefix>, issues: &mut Issues) -> IpPrefix {
+    let mut prefix = IpPrefix::default();
+    if let Some(raw) = raw {
+        if let Some(v4) = bits(raw.v4.as_ref(), "v4", "IPv4", 32, issues) {
+            prefix.v4 = v4;
+        }
+        if let Some(v6) = bits(raw.v6.as_ref(), "v6", "IPv6", 128, issues) {
+            prefix.v6 = v6;
+        }
+    }
+    prefix
+}
+
+/// One prefix length, checked to lie in `1..=max`.
+fn bits(
+    raw: Option<&Spanned<Number>>,
+    field: &str,
+    family: &str,
+    max: u8,
+    issues: &mut Issues,
+) -> Option<u8> {
+    let raw = raw?;
+    let checked = raw
+        .value
+        .positive()
+        .map_err(|why| format!("the {family} prefix length {why}"))
+        .and_then(|n| match u8::try_from(n) {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err(format!(
+                "the {family} prefix length must be from 1 to {max} bits (got {n})"
+            )),
+        });
+    checked
+        .map_err(|message| issues.push(raw.referenced, format!("ip_prefix.{field}"), message))
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IpPrefix;
+    use std::net::IpAddr;
+
+    fn key(prefix: IpPrefix, text: &str) -> String {
+        match text.parse::<IpAddr>() {
+            Ok(ip) => prefix.key(ip),
+            Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    #[test]
+    fn ipv6_counts_by_its_64_bit_network_in_canonical_form() {
+        let p = IpPrefix::default();
+        for spelling in [
+            "2001:db8:1:2::1",
+            "2001:0DB8:0001:0002:0000:0000:0000:0001",
+            "2001:db8:1:2:ffff:ffff:ffff:ffff",
+            "2001:DB8:1:2:a:b:c:d",
+        ] {
+            assert_eq!(key(p, spelling), "2001:db8:1:2::/64", "{spelling}");
+        }
+        assert_eq!(key(p, "2001:db8:1:3::1"), "2001:db8:1:3::/64");
+        assert_eq!(key(p, "::1"), "::/64");
+    }
+
+    #[test]
+    fn ipv4_counts_by_address_unless_told_otherwise() {
+        let p = IpPrefix::default();
+        assert_eq!(key(p, "203.0.113.7"), "203.0.113.7");
+        // An IPv4-mapped IPv6 address is the IPv4 address it carries.
+        assert_eq!(key(p, "::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(key(p, "::FFFF:cb00:7107"), "203.0.113.7");
+        let p = IpPrefix { v4: 24, v6: 48 };
+        assert_eq!(key(p, "203.0.113.7"), "203.0.113.0/24");
+        assert_eq!(key(p, "::ffff:203.0.113.200"), "203.0.113.0/24");
+        assert_eq!(key(p, "2001:db8:1:2::1"), "2001:db8:1::/48");
+    }
+
+    #[test]
+    fn extreme_lengths_mask_everything_or_nothing() {
+        let p = IpPrefix { v4: 1, v6: 128 };
+        assert_eq!(key(p, "203.0.113.7"), "128.0.0.0/1");
+        assert_eq!(key(p, "2001:db8::1"), "2001:db8::1");
+        let p = IpPrefix { v4: 32, v6: 1 };
+        assert_eq!(key(p, "2001:db8::1"), "::/1");
+        assert_eq!(key(p, "fe80::1"), "8000::/1");
+    }
+}

@@ -1,0 +1,263 @@
+//! Route patterns and the reading of request paths, case by case.
+
+use super::{RequestPath, RoutePattern};
+
+/// Whether `pattern` takes a request with `method` and `path`, read as the resolver reads it.
+fn at(pattern: &RoutePattern, method: Option<&str>, path: &str) -> bool {
+    RequestPath::read(path).is_some_and(|path| pattern.matches(method, &path))
+}
+
+/// A pattern as the policy compiles it by default, ignoring case.
+fn pattern(text: &str) -> RoutePattern {
+    match RoutePattern::parse(text, false) {
+        Ok(p) => p,
+        Err(e) => panic!("{text}: {e}"),
+    }
+}
+
+/// A pattern of a policy that declares `route_matching: {case_sensitive: true}`.
+fn sensitive(text: &str) -> RoutePattern {
+    match RoutePattern::parse(text, true) {
+        Ok(p) => p,
+        Err(e) => panic!("{text}: {e}"),
+    }
+}
+
+#[test]
+fn paths_are_read_as_a_server_would() {
+    let p = pattern("POST /v1/generate");
+    for path in [
+        "/v1/generate/",
+        "/v1//generate",
+        "//v1/generate",
+        "/v1/./generate",
+        "/v1/x/../generate",
+        "/v1/%67enerate",
+        "/v1/%2e/generate",
+        "/v1/x/%2E%2E/generate?q=1",
+    ] {
+        assert!(at(&p, Some("POST"), path), "{path}");
+    }
+    // An escaped or backward slash separates segments too (some servers decode them).
+    for path in [
+        "/v1%2Fgenerate",
+        "/v1%2fgenerate",
+        "/v1\\generate",
+        "/v1%5Cgenerate",
+    ] {
+        assert!(at(&p, Some("POST"), path), "{path}");
+    }
+    for path in [
+        "/v1/generate/more",
+        "/v1/generat",
+        "/v1/generate%2Fx",
+        "/v1/../generate",
+        "/../../v1",
+    ] {
+        assert!(!at(&p, Some("POST"), path), "{path}");
+    }
+    // `..` above the root stays at the root.
+    assert!(at(&p, Some("POST"), "/../../v1/generate"));
+    // A stray `%` is a character like any other.
+    assert!(at(&pattern("GET /100%"), Some("GET"), "/100%"));
+}
+
+#[test]
+fn path_parameters_are_dropped_from_each_segment() {
+    let p = pattern("POST /v1/generate");
+    for path in [
+        "/v1/generate;x=1",
+        "/v1;a/generate",
+        "/v1;a=1;b=2/generate;jsessionid=abc?q=1",
+        "/v1/generate%3Bx=1",
+        "/v1%3ba/generate",
+        // A segment that is only parameters is an empty one.
+        "/;x/v1/generate",
+        "/v1/;/generate",
+        // `..;` and `.;` are dot segments once their parameters are gone.
+        "/v1/x/..;y/generate",
+        "/v1/.;y/generate",
+        // An escaped slash inside parameters belongs to them, as Tomcat reads it.
+        "/v1;a%2Fb/generate",
+        // A trailing slash and doubled slashes, with or without parameters.
+        "/v1/generate/",
+        "//v1//generate",
+        "//v1;p//generate;q/",
+    ] {
+        assert!(at(&p, Some("POST"), path), "{path}");
+    }
+    for path in ["/v1/gen;erate", "/v1;/x/generate", "/v1/generate/x;y"] {
+        assert!(!at(&p, Some("POST"), path), "{path}");
+    }
+}
+
+#[test]
+fn a_path_with_parameters_is_also_read_with_them_kept() {
+    let readings = |path| match RequestPath::readings(path) {
+        Some((dropped, kept)) => (dropped, kept),
+        None => panic!("{path} has a path"),
+    };
+    let (me, star) = (pattern("GET /users/me"), pattern("GET /users/*"));
+    for path in ["/users/me;x", "/users/me%3Bx"] {
+        let (dropped, kept) = readings(path);
+        let Some(kept) = kept else {
+            panic!("{path} has parameters");
+        };
+        assert!(me.matches(Some("GET"), &dropped), "{path}");
+        assert!(!me.matches(Some("GET"), &kept), "{path}");
+        assert!(star.matches(Some("GET"), &kept), "{path}");
+    }
+    // A segment that was only parameters is a segment of its own when they are kept.
+    let (dropped, kept) = readings("/a/;x/b");
+    let p = pattern("GET /a/*/b");
+    assert!(!p.matches(Some("GET"), &dropped));
+    assert!(kept.is_some_and(|kept| p.matches(Some("GET"), &kept)));
+    // Without parameters there is one reading.
+    assert!(readings("/users/me?a=1;b").1.is_none());
+}
+
+#[test]
+fn absolute_targets_are_read_by_their_path() {
+    let p = pattern("POST /v1/generate");
+    for path in [
+        "http://api.example.com/v1/generate",
+        "HTTPS://api.example.com:8443/V1/generate;x?q=1",
+    ] {
+        assert!(at(&p, Some("POST"), path), "{path}");
+    }
+    assert!(at(&pattern("GET /"), Some("GET"), "http://api.example.com"));
+    // Only a scheme and authority are taken off; a path is never mistaken for one.
+    for path in ["/x/http://h/v1/generate", "1http://h/v1/generate"] {
+        assert!(!at(&p, Some("POST"), path), "{path}");
+    }
+    // `*` still takes exactly one segment, parameters dropped.
+    let p = pattern("* /v1/users/*/keys");
+    assert!(at(&p, Some("GET"), "/v1/users/42;v=2/keys"));
+    assert!(!at(&p, Some("GET"), "/v1/users/;v=2/keys"));
+}
+
+#[test]
+fn letters_compare_without_case_unless_the_policy_says_otherwise() {
+    let p = pattern("POST /v1/generate");
+    for path in [
+        "/V1/Generate",
+        "/v1/GENERATE",
+        "/V1/%47enerate",
+        "/v1/%67ENERATE;X",
+    ] {
+        assert!(at(&p, Some("post"), path), "{path}");
+    }
+    assert!(at(&pattern("GET /Users/*"), Some("GET"), "/users/ME"));
+    let p = sensitive("POST /v1/generate");
+    assert!(at(&p, Some("POST"), "/v1/generate;x=1"));
+    assert!(at(&p, Some("post"), "/v1/%67enerate"));
+    for path in ["/V1/Generate", "/v1/GENERATE", "/v1/%47enerate"] {
+        assert!(!at(&p, Some("POST"), path), "{path}");
+    }
+    // Only ASCII letters fold; other bytes compare as they are.
+    assert!(at(&pattern("GET /caf%C3%A9"), Some("GET"), "/CAF%C3%A9"));
+    assert!(!at(&pattern("GET /caf%C3%A9"), Some("GET"), "/CAF%C3%89"));
+}
+
+#[test]
+fn identities_follow_case_sensitivity() {
+    assert_eq!(
+        pattern("post /V1/Generate").identity(),
+        pattern("POST /v1/generate").identity()
+    );
+    assert_ne!(
+        sensitive("POST /V1/Generate").identity(),
+        sensitive("POST /v1/generate").identity()
+    );
+    // The name keeps the spelling the policy uses.
+    assert_eq!(
+        pattern("post /V1/Generate").to_string(),
+        "POST /V1/Generate"
+    );
+}
+
+#[test]
+fn patterns_are_read_like_paths() {
+    // The root, a trailing slash, doubled slashes and `.` segments in a pattern.
+    assert!(at(&pattern("GET /"), Some("GET"), "/"));
+    assert!(at(&pattern("* /"), Some("PUT"), "//"));
+    assert!(at(
+        &pattern("POST /v1/generate/"),
+        Some("POST"),
+        "/v1/generate"
+    ));
+    assert!(at(
+        &pattern("POST /v1//./generate"),
+        Some("POST"),
+        "/v1/generate/"
+    ));
+    assert_eq!(
+        pattern("POST /v1/generate/").to_string(),
+        "POST /v1/generate"
+    );
+    // Escapes in a pattern are decoded once, like the request's.
+    assert!(at(&pattern("GET /a%20b"), Some("GET"), "/a%20b"));
+    assert!(at(&pattern("GET /a%20b"), Some("GET"), "/a b"));
+    assert!(RoutePattern::parse("GET /a/../b", false)
+        .unwrap_err()
+        .contains("`..` is not allowed"));
+    assert!(at(&pattern("GET /a/*"), Some("GET"), "/a/b/"));
+    assert!(!at(&pattern("GET /a/*"), Some("GET"), "/a//"));
+    assert!(at(&pattern("GET /a/**"), Some("GET"), "/a//"));
+}
+
+#[test]
+fn literal_paths_match_exactly() {
+    let p = pattern("POST /v1/generate");
+    assert!(at(&p, Some("POST"), "/v1/generate"));
+    assert!(at(&p, Some("post"), "/v1/generate?stream=true"));
+    assert!(!at(&p, Some("GET"), "/v1/generate"));
+    assert!(!at(&p, None, "/v1/generate"));
+    assert!(!at(&p, Some("POST"), "/v1/generate/x"));
+    assert!(!at(&p, Some("POST"), "/v1"));
+    assert!(!at(&p, Some("POST"), "v1/generate"));
+}
+
+#[test]
+fn one_star_is_one_segment() {
+    let p = pattern("* /v1/users/*/keys");
+    assert!(at(&p, Some("DELETE"), "/v1/users/42/keys"));
+    assert!(at(&p, None, "/v1/users/42/keys"));
+    assert!(!at(&p, Some("GET"), "/v1/users/42/7/keys"));
+    assert!(!at(&p, Some("GET"), "/v1/users/keys"));
+}
+
+#[test]
+fn double_star_takes_the_rest() {
+    let p = pattern("GET /v1/meta/**");
+    assert!(at(&p, Some("GET"), "/v1/meta/models/abc"));
+    assert!(at(&p, Some("GET"), "/v1/meta/"));
+    assert!(at(&p, Some("GET"), "/v1/meta"));
+    assert!(!at(&p, Some("GET"), "/v1/metadata"));
+    assert!(at(&pattern("* /**"), Some("GET"), "/anything/at/all"));
+}
+
+#[test]
+fn rejects_malformed_patterns() {
+    for (text, why) in [
+        ("/v1/generate", "method and a path"),
+        ("POST v1/generate", "start with `/`"),
+        ("PO-ST /v1", "not an HTTP method"),
+        ("GET /v1/**/x", "last segment"),
+        ("GET /v1/gen*", "whole segment"),
+        ("GET /v1?x=1", "must not contain"),
+        ("GET /a /b", "method and a path"),
+        ("GET /a;v=1", "must not contain `;`"),
+        ("GET /a%3bv=1/b", "must not contain `;`"),
+    ] {
+        let err = RoutePattern::parse(text, false).unwrap_err();
+        assert!(err.contains(why), "{text}: {err}");
+    }
+}
+
+#[test]
+fn canonical_form_spots_duplicates() {
+    assert_eq!(pattern("post  /v1/x").to_string(), "POST /v1/x");
+    assert_eq!(pattern("* /").to_string(), "* /");
+    assert_eq!(pattern("GET /a/*/**").to_string(), "GET /a/*/**");
+}

@@ -1,0 +1,248 @@
+//! Making room in a full shard: the eviction sample.
+//!
+//! When a new key arrives at a shard holding its share of `max_keys`, the store looks at
+//! [`EVICTION_SAMPLE`] occupied slots picked at random bucket positions, and either drops the
+//! expired ones among them or evicts the one that would expire soonest. The positions must be
+//! random: a sample taken in table order (the first slots an iterator meets) looks at the same
+//! region of the table every time, so a key whose hash lands there is evicted by every new key
+//! of a flood, which resets a client that is over its limit. Drawn at random, every slot is
+//! equally likely to be looked at, and a slot that will expire later than others (a key that is
+//! being held back) is the least likely to go.
+//!
+//! The cost stays constant: the table's buckets are read by index (`HashTable::get_bucket`),
+//! about `EVICTION_SAMPLE / load` reads (16 to 18 at the loads a full shard runs at), never a
+//! scan of the shard. The positions come from the incoming key's hash, which is keyed by the
+//! store's secret seed, so no client can aim them, and a flood of distinct keys draws a fresh
+//! sample for each.
+
+use super::{KeyHash, MemoryStore, Shard, EVICTION_SAMPLE};
+use crate::time::Micros;
+use smallvec::SmallVec;
+use std::sync::atomic::Ordering;
+
+/// How many random bucket positions are tried before the sample is taken as it is. A full
+/// shard's table is at least 7/16 occupied, so 64 tries find [`EVICTION_SAMPLE`] slots all
+/// but always (about 28 are expected to be occupied).
+const MAX_PROBES: usize = 8 * EVICTION_SAMPLE;
+
+/// A sampled slot: its bucket index and its expiry second.
+type Sampled = (usize, u32);
+
+impl MemoryStore {
+    /// Keeps a shard within its bound before `incoming` (a key it does not hold) is inserted:
+    /// drops the expired slots of a random sample (that is expiry, not eviction), and if none
+    /// was expired, evicts the sampled slot that would expire soonest. Never touches a key of
+    /// `request` (the keys the same request is charging), whose charge would be lost. Expired
+    /// slots outside the sample are left to the sweep.
+    pub(super) fn make_room(
+        &self,
+        map: &mut Shard,
+        incoming: &KeyHash,
+        now: Micros,
+        request: &[KeyHash],
+    ) {
+        if map.len() < self.per_shard {
+            return;
+        }
+        let sample = sample(map, incoming, request);
+        let expired: SmallVec<[usize; EVICTION_SAMPLE]> = sample
+            .iter()
+            .filter(|(_, expires)| self.expired_at(*expires, now))
+            .map(|(bucket, _)| *bucket)
+            .collect();
+        if !expired.is_empty() {
+            for bucket in expired {
+                remove(map, bucket);
+            }
+        } else if let Some((victim, _)) = sample.iter().min_by_key(|(_, expires)| *expires) {
+            remove(map, *victim);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Up to [`EVICTION_SAMPLE`] distinct occupied slots, none of them `request`'s, found at
+/// random bucket positions, in the order found (so ties in expiry go to a random one).
+fn sample(
+    map: &Shard,
+    incoming: &KeyHash,
+    request: &[KeyHash],
+) -> SmallVec<[Sampled; EVICTION_SAMPLE]> {
+    let mut found: SmallVec<[Sampled; EVICTION_SAMPLE]> = SmallVec::new();
+    // The bucket count is a power of two; `get_bucket` checks the index anyway.
+    let mask = map.num_buckets().saturating_sub(1);
+    let mut positions = Positions(incoming[0]);
+    for _ in 0..MAX_PROBES {
+        let bucket = (positions.next() as usize) & mask;
+        if let Some((key, slot)) = map.get_bucket(bucket) {
+            if !request.contains(key) && !found.iter().any(|(b, _)| *b == bucket) {
+                found.push((bucket, slot.expires()));
+                if found.len() == EVICTION_SAMPLE {
+                    break;
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        // Only a tiny shard whose slots are nearly all `request`'s gets here; a pass over it
+        // keeps the bound.
+        let first = map
+            .iter()
+            .find(|(key, _)| !request.contains(key))
+            .and_then(|(key, slot)| {
+                let bucket = map.find_bucket_index(key[0], |(k, _)| k == key)?;
+                Some((bucket, slot.expires()))
+            });
+        found.extend(first);
+    }
+    found
+}
+
+/// Drops the slot in `bucket` (an index the sample found occupied).
+fn remove(map: &mut Shard, bucket: usize) {
+    if let Ok(entry) = map.get_bucket_entry(bucket) {
+        entry.remove();
+    }
+}
+
+/// A stream of well-mixed 64-bit numbers from one seed: SplitMix64 (a Weyl sequence through
+/// a bijective mixer), ample for picking table positions.
+struct Positions(u64);
+
+impl Positions {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Check, MemoryStore, MIN_SHARDS};
+    use crate::algorithm::{FixedWindow, LimitParams};
+    use crate::key::StateKey;
+    use crate::request::CheckMode;
+    use crate::store::Store;
+    use crate::time::{ManualClock, MINUTE};
+    use std::sync::Arc;
+
+    fn key(i: usize) -> StateKey {
+        StateKey {
+            limit: "w".into(),
+            fingerprint: 1,
+            values: vec![format!("k{i}")],
+        }
+    }
+
+    /// A flood into a full shard evicts each slot about equally often, wherever it sits in
+    /// the table. Every key here has the same expiry (one fixed window), so the sample alone
+    /// decides; the key first in table order, which a sample taken in table order would
+    /// evict on every insert, goes about once per `PER_SHARD` inserts.
+    #[test]
+    fn a_flood_evicts_a_key_at_the_front_of_the_table_no_more_than_chance() {
+        const PER_SHARD: usize = 32;
+        const FLOOD: usize = 3200;
+        let store = MemoryStore::new(MIN_SHARDS * PER_SHARD, Arc::new(ManualClock::new(0)));
+        let window = match FixedWindow::new(1, MINUTE) {
+            Ok(w) => LimitParams::FixedWindow(w),
+            Err(e) => panic!("{e}"),
+        };
+        let check = |k: &StateKey, mode| {
+            let one = [Check {
+                key: k,
+                params: &window,
+                cost: 1,
+                enforced: true,
+            }];
+            store.check_blocking(&one, mode)[0].allowed
+        };
+        let hash = |k: &StateKey| {
+            store.hash(&Check {
+                key: k,
+                params: &window,
+                cost: 1,
+                enforced: true,
+            })
+        };
+        let mut keys = (0..).map(key).filter(|k| store.shard_of(&hash(k)) == 0);
+        let filled: Vec<StateKey> = keys.by_ref().take(PER_SHARD).collect();
+        for k in &filled {
+            assert!(check(k, CheckMode::Consume));
+        }
+        let front = store.shards[0].lock().iter().next().map(|(h, _)| *h);
+        let Some(hot) = filled.iter().find(|k| Some(hash(k)) == front) else {
+            panic!("the front key is one of those inserted");
+        };
+        // Over its limit: a new charge is refused.
+        assert!(!check(hot, CheckMode::Consume));
+
+        let mut hot_evicted = 0;
+        for k in keys.take(FLOOD) {
+            assert!(check(&k, CheckMode::Consume));
+            if check(hot, CheckMode::Peek) {
+                // Evicted: its counter is fresh. Put it back over its limit.
+                hot_evicted += 1;
+                assert!(check(hot, CheckMode::Consume));
+            }
+        }
+        assert_eq!(store.key_count(), PER_SHARD as u64);
+        let expected = FLOOD / PER_SHARD;
+        assert!(
+            (expected / 2..=expected * 2).contains(&hot_evicted),
+            "the front key was evicted {hot_evicted} times in {FLOOD} inserts; \
+             chance is about {expected}"
+        );
+    }
+
+    /// Any key of a full shard is evicted about as often as chance says, checked over every
+    /// key of the shard at once: no slot is evicted far more often than its share.
+    #[test]
+    fn evictions_spread_over_the_whole_shard() {
+        const PER_SHARD: usize = 16;
+        const FLOOD: usize = 1600;
+        let store = MemoryStore::new(MIN_SHARDS * PER_SHARD, Arc::new(ManualClock::new(0)));
+        let window = match FixedWindow::new(1, MINUTE) {
+            Ok(w) => LimitParams::FixedWindow(w),
+            Err(e) => panic!("{e}"),
+        };
+        let check = |k: &StateKey, mode| {
+            let one = [Check {
+                key: k,
+                params: &window,
+                cost: 1,
+                enforced: true,
+            }];
+            store.check_blocking(&one, mode)[0].allowed
+        };
+        let in_shard = |k: &StateKey| {
+            let h = store.hash(&Check {
+                key: k,
+                params: &window,
+                cost: 1,
+                enforced: true,
+            });
+            store.shard_of(&h) == 0
+        };
+        let keys: Vec<StateKey> = (0..).map(key).filter(in_shard).take(FLOOD).collect();
+        for k in &keys {
+            assert!(check(k, CheckMode::Consume));
+        }
+        // Every insert past the bound evicted one key, and the survivors are spread over the
+        // flood rather than being the keys that happened to sit at the back of the table.
+        assert_eq!(store.evictions(), (FLOOD - PER_SHARD) as u64);
+        assert_eq!(store.key_count(), PER_SHARD as u64);
+        let survivors_from_the_first_half = keys[..FLOOD / 2]
+            .iter()
+            .filter(|k| !check(k, CheckMode::Peek))
+            .count();
+        // A key inserted i inserts before the end survives with probability about
+        // (1 - 1/16)^i, so nearly all survivors are recent; none should be from long ago.
+        assert!(
+            survivors_from_the_first_half <= 1,
+            "{survivors_from_the_first_half} keys from the first half survived"
+        );
+    }
+}

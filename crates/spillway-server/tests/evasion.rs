@@ -1,0 +1,197 @@
+//! Requests spelled to slip past a limit, end to end against the real binary: paths a lenient
+//! backend reads as a costly route, and client addresses rotated within one network.
+
+mod common;
+
+use common::grpc::{self, overall};
+use common::{header, Server};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use serde_json::{json, Value};
+
+/// The shipped example policy: `POST /v1/generate` costs 5 and adds `generate-user` (a leaky
+/// bucket holding 20).
+const EXAMPLE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/spillway.yaml"
+));
+
+/// Paths that Tomcat, Jetty or Spring (which drop `;` parameters) or ASP.NET and IIS (which
+/// route without regard to case) serve as `/v1/generate`.
+const SPELLINGS: [&str; 3] = ["/V1/Generate", "/v1/generate;x=1", "/v1;a/generate"];
+
+/// `generate-user`'s entry in a `RateLimit` header, e.g. `"generate-user";r=15;t=5`.
+fn generate_user_entry(response: &reqwest::Response) -> Option<String> {
+    header(response, "ratelimit")?
+        .split(", ")
+        .find(|entry| entry.starts_with("\"generate-user\""))
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn every_spelling_of_the_generate_route_pays_its_cost_on_check() {
+    let server = Server::with_policy(EXAMPLE).start();
+    for (i, path) in SPELLINGS.iter().enumerate() {
+        let body = json!({"tenant": "t", "user": format!("check-{i}"), "method": "POST",
+                          "path": path});
+        let response = server.post("/v1/check", &body.to_string()).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let verdict: Value = response.json().await.expect("verdict");
+        assert_eq!(verdict["route"], "POST /v1/generate", "{path}");
+        assert_eq!(verdict["cost"], 5, "{path}");
+        let limits = verdict["limits"].as_array().cloned().unwrap_or_default();
+        let generate = limits.iter().find(|l| l["name"] == "generate-user");
+        let remaining = generate.map(|l| l["remaining"].clone());
+        // 20 minus this request's 5.
+        assert_eq!(remaining, Some(json!(15)), "{path}: {verdict}");
+    }
+}
+
+#[tokio::test]
+async fn every_spelling_of_the_generate_route_pays_its_cost_on_authorize() {
+    let server = Server::with_policy(EXAMPLE).start();
+    for (i, path) in SPELLINGS.iter().enumerate() {
+        // The plain form, with the original request in headers (nginx, Traefik).
+        let response = server
+            .http
+            .get(server.url("/v1/authorize"))
+            .header("X-Tenant-Id", "t")
+            .header("X-User-Id", format!("plain-{i}"))
+            .header("X-Original-Method", "POST")
+            .header("X-Original-URI", *path)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200, "{path}");
+        let entry = generate_user_entry(&response);
+        assert!(
+            entry.as_deref().is_some_and(|e| e.contains(";r=15;")),
+            "{path}: {entry:?}"
+        );
+
+        // The prefixed form, with the original path in the URL (Envoy's `path_prefix`).
+        let response = server
+            .http
+            .post(server.url(&format!("/v1/authorize{path}")))
+            .header("X-Tenant-Id", "t")
+            .header("X-User-Id", format!("prefixed-{i}"))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200, "{path}");
+        let entry = generate_user_entry(&response);
+        assert!(
+            entry.as_deref().is_some_and(|e| e.contains(";r=15;")),
+            "{path}: {entry:?}"
+        );
+    }
+}
+
+/// Three requests a minute per client network (the default /64 for IPv6, /32 for IPv4).
+const IP_POLICY: &str = r#"
+default_tier: free
+limits:
+  ip-minute:
+    algorithm: fixed_window
+    limit: 3
+    window: 1m
+    key: [ip]
+global: [ip-minute]
+tiers:
+  free: {limits: []}
+"#;
+
+/// Three addresses of `2001:db8:1:2::/64`, spelled three ways, then a fourth of it.
+const ROTATED: [&str; 4] = [
+    "2001:db8:1:2::1",
+    "2001:DB8:1:2:0:0:0:2",
+    "2001:0db8:0001:0002:ffff:0000:0000:0003",
+    "2001:db8:1:2:abcd:ef01:2345:6789",
+];
+
+#[tokio::test]
+async fn addresses_rotated_within_a_64_share_one_counter_on_check() {
+    let server = Server::with_policy(IP_POLICY).start();
+    let ask = |ip: &str| {
+        let body = json!({ "ip": ip }).to_string();
+        let server = &server;
+        async move { server.post("/v1/check", &body).await }
+    };
+    for (ip, remaining) in ROTATED[..3].iter().zip(["2", "1", "0"]) {
+        let response = ask(ip).await;
+        assert_eq!(response.status(), 200, "{ip}");
+        assert_eq!(
+            header(&response, "x-ratelimit-remaining").as_deref(),
+            Some(remaining),
+            "{ip}"
+        );
+    }
+    assert_eq!(ask(ROTATED[3]).await.status(), 429);
+    // The next /64 is someone else.
+    assert_eq!(ask("2001:db8:1:3::1").await.status(), 200);
+    // An IPv4 client is one address, however it is written.
+    for _ in 0..3 {
+        assert_eq!(ask("::ffff:198.51.100.7").await.status(), 200);
+    }
+    assert_eq!(ask("198.51.100.7").await.status(), 429);
+    assert_eq!(ask("198.51.100.8").await.status(), 200);
+
+    // Free text would be a fresh counter per request: it is refused, naming the field.
+    let refused = ask("fresh-counter-42").await;
+    assert_eq!(refused.status(), 400);
+    let problem: Value = refused.json().await.expect("problem");
+    assert_eq!(problem["field"], "ip", "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("`fresh-counter-42` is not an IP address"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn addresses_rotated_within_a_64_share_one_counter_on_authorize() {
+    // The test client connects over loopback, a trusted proxy by default, so `X-Real-IP`
+    // names the client.
+    let server = Server::with_policy(IP_POLICY).start();
+    let ask = |ip: &str| {
+        server
+            .http
+            .get(server.url("/v1/authorize"))
+            .header("X-Real-IP", ip)
+            .send()
+    };
+    for ip in &ROTATED[..3] {
+        assert_eq!(ask(ip).await.expect("sent").status(), 200, "{ip}");
+    }
+    assert_eq!(ask(ROTATED[3]).await.expect("sent").status(), 429);
+    assert_eq!(ask("2001:db8:1:3::1").await.expect("sent").status(), 200);
+}
+
+#[tokio::test]
+async fn addresses_rotated_within_a_64_share_one_counter_over_grpc() {
+    let mut rls = grpc::start(Server::with_policy(IP_POLICY), &[]).await;
+    for ip in &ROTATED[..3] {
+        let answer = rls.one("spillway", &[("remote_address", ip)]).await;
+        assert_eq!(overall(&answer), Code::Ok, "{ip}");
+    }
+    let answer = rls.one("spillway", &[("remote_address", ROTATED[3])]).await;
+    assert_eq!(overall(&answer), Code::OverLimit);
+    let answer = rls.one("spillway", &[("ip", "2001:db8:1:3::1")]).await;
+    assert_eq!(overall(&answer), Code::Ok);
+
+    let refused = rls
+        .client
+        .should_rate_limit(grpc::request(
+            "spillway",
+            vec![grpc::descriptor(&[("remote_address", "fresh-counter-42")])],
+            0,
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains("`remote_address` must be an IP address"),
+        "{refused:?}"
+    );
+}
