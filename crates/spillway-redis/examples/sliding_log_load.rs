@@ -1,0 +1,141 @@
+//! Latency of one sliding-log check on Redis with a long log: fills one key with `--entries`
+//! admissions (default 10,000, the largest sliding-log limit), then times `--calls` rounds of
+//! three checks each at a full, steady log: an admission (one entry ages out, one comes in), a
+//! denial, and a peek. Prints the median and p99 of each kind.
+//!
+//! ```sh
+//! cargo run -p spillway-redis --release --example sliding_log_load -- --entries 10000 --calls 2000
+//! ```
+//!
+//! It starts its own `redis-server` on a free port (or uses `--url redis://...`). Scripts run
+//! at an injected time, so the log's shape is exact and no call waits for time to pass; each
+//! figure is one whole `RedisStore::check` call, round trip included.
+
+// A latency timer: elapsed real time is what is measured, not limit time.
+#![allow(clippy::disallowed_methods)]
+
+use spillway_core::algorithm::{LimitParams, SlidingLog};
+use spillway_core::key::StateKey;
+use spillway_core::request::CheckMode;
+use spillway_core::store::{Check, Store};
+use spillway_core::time::ManualClock;
+use spillway_redis::{RedisConfig, RedisStore, Target};
+use spillway_testkit::redis::RedisServer;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Args {
+    entries: u64,
+    calls: usize,
+    url: Option<String>,
+}
+
+fn args() -> Result<Args, String> {
+    let mut out = Args {
+        entries: 10_000,
+        calls: 2_000,
+        url: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--entries" => out.entries = value.parse().map_err(|e| format!("--entries: {e}"))?,
+            "--calls" => out.calls = value.parse().map_err(|e| format!("--calls: {e}"))?,
+            "--url" => out.url = Some(value),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if out.entries == 0 || out.calls == 0 {
+        return Err("--entries and --calls must be at least 1".into());
+    }
+    Ok(out)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn report(name: &str, mut times: Vec<Duration>) {
+    times.sort();
+    println!(
+        "{name:>8}: median {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms  ({} calls)",
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        percentile(&times, 0.99).as_secs_f64() * 1e3,
+        times.last().map_or(0.0, |t| t.as_secs_f64() * 1e3),
+        times.len()
+    );
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), String> {
+    let args = args()?;
+    let server = args.url.is_none().then(RedisServer::start);
+    let url = args
+        .url
+        .clone()
+        .or_else(|| server.as_ref().map(RedisServer::url))
+        .ok_or("no redis")?;
+    let mut config = RedisConfig::new(Target::Server(url));
+    config.timeout = Duration::from_secs(10);
+    config.local_cache_keys = 0;
+    let clock = Arc::new(ManualClock::new(0));
+    let store = RedisStore::connect(&config)
+        .await
+        .map_err(|e| e.to_string())?
+        .with_injected_time(clock.clone());
+
+    // One admission per millisecond; the window holds exactly `entries` of them.
+    let n = args.entries;
+    let step = 1_000; // one millisecond, in microseconds
+    let params = LimitParams::SlidingLog(SlidingLog::new(n, n * step)?);
+    let key = StateKey {
+        limit: "load".into(),
+        fingerprint: 7,
+        values: vec![format!("run-{}", std::process::id())],
+    };
+    let check = |cost| Check {
+        key: &key,
+        params: &params,
+        cost,
+        enforced: true,
+    };
+    let start = 1_700_000_000_000_000;
+    for i in 0..n {
+        clock.set(start + i * step);
+        let d = store
+            .check(&[check(1)], CheckMode::Consume)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !d[0].allowed {
+            return Err(format!("fill call {i} was denied"));
+        }
+    }
+    let (mut admit, mut deny, mut peek) = (Vec::new(), Vec::new(), Vec::new());
+    for j in 0..args.calls as u64 {
+        clock.set(start + (n + j) * step);
+        for (mode, times, want) in [
+            (CheckMode::Consume, &mut admit, true),
+            (CheckMode::Consume, &mut deny, false),
+            (CheckMode::Peek, &mut peek, false),
+        ] {
+            let began = Instant::now();
+            let d = store
+                .check(&[check(1)], mode)
+                .await
+                .map_err(|e| e.to_string())?;
+            times.push(began.elapsed());
+            if d[0].allowed != want {
+                return Err(format!("round {j}: expected allowed = {want}, got {:?}", d[0]));
+            }
+        }
+    }
+    println!("sliding log, {n} entries in the window, one Redis on loopback");
+    report("admit", admit);
+    report("deny", deny);
+    report("peek", peek);
+    Ok(())
+}
