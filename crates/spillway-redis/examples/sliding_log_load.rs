@@ -8,8 +8,10 @@
 //! ```
 //!
 //! It starts its own `redis-server` on a free port (or uses `--url redis://...`). Scripts run
-//! at an injected time, so the log's shape is exact and no call waits for time to pass; each
-//! figure is one whole `RedisStore::check` call, round trip included.
+//! at an injected time, so the log's shape is exact and no call waits for time to pass. Two
+//! views of each call: the client's (one whole `RedisStore::check`, round trip included, so it
+//! also carries the client's and the scheduler's delays on a busy machine) and Redis's own
+//! (the script's execution time from `SLOWLOG`, every call logged for the measured phase).
 
 // A latency timer: elapsed real time is what is measured, not limit time.
 #![allow(clippy::disallowed_methods)]
@@ -38,9 +40,7 @@ fn args() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?;
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--entries" => out.entries = value.parse().map_err(|e| format!("--entries: {e}"))?,
             "--calls" => out.calls = value.parse().map_err(|e| format!("--calls: {e}"))?,
@@ -114,7 +114,35 @@ async fn main() -> Result<(), String> {
             return Err(format!("fill call {i} was denied"));
         }
     }
+    let mut admin = redis::Client::open(config_url(&config))
+        .map_err(|e| e.to_string())?
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    // Redis 7 also logs the commands a script runs, so the log is read after every round.
+    let slowlog_len = "4096";
+    for (name, value) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", slowlog_len),
+    ] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async::<()>(&mut admin)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async::<()>(&mut admin)
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut admit, mut deny, mut peek) = (Vec::new(), Vec::new(), Vec::new());
+    let mut log: Vec<u64> = Vec::new();
     for j in 0..args.calls as u64 {
         clock.set(start + (n + j) * step);
         for (mode, times, want) in [
@@ -129,13 +157,78 @@ async fn main() -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             times.push(began.elapsed());
             if d[0].allowed != want {
-                return Err(format!("round {j}: expected allowed = {want}, got {:?}", d[0]));
+                return Err(format!(
+                    "round {j}: expected allowed = {want}, got {:?}",
+                    d[0]
+                ));
             }
         }
+        log.extend(script_micros(&mut admin, slowlog_len).await?);
     }
     println!("sliding log, {n} entries in the window, one Redis on loopback");
+    println!("client (RedisStore::check, round trip included):");
     report("admit", admit);
     report("deny", deny);
     report("peek", peek);
+    println!("redis (script execution, SLOWLOG):");
+    let kind = |k: usize| {
+        log.iter()
+            .skip(k)
+            .step_by(3)
+            .map(|micros| Duration::from_micros(*micros))
+            .collect::<Vec<_>>()
+    };
+    if log.len() == args.calls * 3 {
+        report("admit", kind(0));
+        report("deny", kind(1));
+        report("peek", kind(2));
+    } else {
+        println!(
+            "  (slowlog held {} script calls, not {})",
+            log.len(),
+            args.calls * 3
+        );
+    }
     Ok(())
+}
+
+/// The execution times (µs) of the `EVALSHA` calls in Redis's slow log, oldest first; empties
+/// the log.
+async fn script_micros(
+    admin: &mut redis::aio::MultiplexedConnection,
+    count: &str,
+) -> Result<Vec<u64>, String> {
+    // Each entry: id, time, duration (µs), arguments, client address, client name.
+    let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(count)
+        .query_async(&mut *admin)
+        .await
+        .map_err(|e| e.to_string())?;
+    redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async::<()>(&mut *admin)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(entries
+        .iter()
+        .rev()
+        .filter_map(|e| match (e.get(2), e.get(3)) {
+            (Some(redis::Value::Int(micros)), Some(redis::Value::Array(argv))) => {
+                let script = matches!(
+                    argv.first(),
+                    Some(redis::Value::BulkString(c)) if c.eq_ignore_ascii_case(b"evalsha")
+                );
+                script.then_some(u64::try_from(*micros).unwrap_or(0))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+fn config_url(config: &RedisConfig) -> String {
+    match &config.target {
+        Target::Server(url) => url.clone(),
+        Target::Cluster(urls) => urls.first().cloned().unwrap_or_default(),
+    }
 }
