@@ -212,7 +212,7 @@ impl Store for RedisStore {
             }
         };
         if let Some(cache) = &self.cache {
-            cache.remember(&keys, checks, &decisions, sent_at);
+            cache.remember(checks, &decisions, sent_at);
         }
         Ok(decisions)
     }
@@ -220,9 +220,7 @@ impl Store for RedisStore {
     /// The local over-limit cache's answer, if it has one; [`Store::check`] itself always asks
     /// Redis (and feeds the cache), so a caller that wants the shortcut asks here first.
     fn local_answer(&self, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
-        let cache = self.cache.as_ref()?;
-        let keys: Vec<String> = checks.iter().map(|c| self.layout.key(c.key)).collect();
-        cache.deny(&keys, checks, self.now())
+        self.cache.as_ref()?.deny(checks, self.now())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
