@@ -65,8 +65,15 @@ if consume and admitted then
       local px = nil
       if w[3] > now then px = int(ceil_div(w[3] - now, 1000) + ttl_slack) end
       if w[4] then
-        log_write(KEYS[i], w[2], px)
-        old, new = log_undo(w[2])
+        -- A key listed twice keeps the last evaluation, as a string state's last SET does.
+        local later = false
+        for j = i + 1, #KEYS do
+          if KEYS[j] == KEYS[i] and writes[j][1] then later = true end
+        end
+        if not later then
+          log_write(KEYS[i], w[2], px)
+          old, new = log_undo(w[2])
+        end
       elseif px then
         redis.call('SET', KEYS[i], w[2], 'PX', px)
         new = w[2]

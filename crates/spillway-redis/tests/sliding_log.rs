@@ -8,10 +8,12 @@ use common::{check, key, redis_store, Backend};
 use spillway_core::algorithm::{LimitParams, SlidingLog, TokenBucket};
 use spillway_core::rate::Rate;
 use spillway_core::request::CheckMode;
-use spillway_core::store::Store;
+use spillway_core::store::{MemoryStore, Store};
+use spillway_core::time::ManualClock;
 use spillway_core::time::{HOUR, SECOND};
 use spillway_redis::keys;
 use spillway_testkit::redis::{command, RedisCluster, RedisServer};
+use std::sync::Arc;
 
 fn log(limit: u64) -> LimitParams {
     LimitParams::SlidingLog(SlidingLog::new(limit, 10 * SECOND).unwrap())
@@ -211,5 +213,31 @@ async fn a_refund_across_slots_restores_the_log_exactly() {
             .await
             .unwrap();
         assert_eq!(after, peek);
+    }
+}
+
+#[tokio::test]
+async fn a_key_listed_twice_keeps_the_last_evaluation_as_in_memory() {
+    let server = RedisServer::start();
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    let mem_clock = Arc::new(ManualClock::new(T0));
+    let memory = MemoryStore::new(100, mem_clock.clone());
+    let (k, p) = (key("twice", &["a"]), log(5));
+    for (step, costs) in [(0, [1, 2]), (1, [2, 1]), (1, [1, 1])] {
+        clock.set(T0 + step * SECOND);
+        mem_clock.set(T0 + step * SECOND);
+        let both = [check(&k, &p, costs[0]), check(&k, &p, costs[1])];
+        let got = store.check(&both, CheckMode::Consume).await.unwrap();
+        let want = memory.check(&both, CheckMode::Consume).await.unwrap();
+        assert_eq!(got, want, "step {step} costs {costs:?}");
+        let got = store
+            .check(&[check(&k, &p, 1)], CheckMode::Peek)
+            .await
+            .unwrap();
+        let want = memory
+            .check(&[check(&k, &p, 1)], CheckMode::Peek)
+            .await
+            .unwrap();
+        assert_eq!(got, want, "after step {step} costs {costs:?}");
     }
 }
