@@ -1,7 +1,8 @@
 //! Latency of one sliding-log check on Redis with a long log: fills one key with `--entries`
 //! admissions (default 10,000, the largest sliding-log limit), then times `--calls` rounds of
 //! three checks each at a full, steady log: an admission (one entry ages out, one comes in), a
-//! denial, and a peek. Prints the median and p99 of each kind.
+//! denial, and a peek; plus, as a reference for the machine's noise, one admission by a token
+//! bucket on another key. Prints the median and p99 of each kind.
 //!
 //! ```sh
 //! cargo run -p spillway-redis --release --example sliding_log_load -- --entries 10000 --calls 2000
@@ -16,8 +17,9 @@
 // A latency timer: elapsed real time is what is measured, not limit time.
 #![allow(clippy::disallowed_methods)]
 
-use spillway_core::algorithm::{LimitParams, SlidingLog};
+use spillway_core::algorithm::{LimitParams, SlidingLog, TokenBucket};
 use spillway_core::key::StateKey;
+use spillway_core::rate::Rate;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, Store};
 use spillway_core::time::ManualClock;
@@ -103,6 +105,21 @@ async fn main() -> Result<(), String> {
         cost,
         enforced: true,
     };
+    let bucket = LimitParams::TokenBucket(TokenBucket::new(
+        Rate::new(1, 1).map_err(|e| e.to_string())?,
+        1_000_000,
+    )?);
+    let bucket_key = StateKey {
+        limit: "reference".into(),
+        fingerprint: 8,
+        values: vec![format!("run-{}", std::process::id())],
+    };
+    let reference = [Check {
+        key: &bucket_key,
+        params: &bucket,
+        cost: 1,
+        enforced: true,
+    }];
     let start = 1_700_000_000_000_000;
     for i in 0..n {
         clock.set(start + i * step);
@@ -141,20 +158,20 @@ async fn main() -> Result<(), String> {
         .query_async::<()>(&mut admin)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut admit, mut deny, mut peek) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut admit, mut deny, mut peek, mut other) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut log: Vec<u64> = Vec::new();
     for j in 0..args.calls as u64 {
         clock.set(start + (n + j) * step);
-        for (mode, times, want) in [
-            (CheckMode::Consume, &mut admit, true),
-            (CheckMode::Consume, &mut deny, false),
-            (CheckMode::Peek, &mut peek, false),
+        let one = [check(1)];
+        for (checks, mode, times, want) in [
+            (&one, CheckMode::Consume, &mut admit, true),
+            (&one, CheckMode::Consume, &mut deny, false),
+            (&one, CheckMode::Peek, &mut peek, false),
+            (&reference, CheckMode::Consume, &mut other, true),
         ] {
             let began = Instant::now();
-            let d = store
-                .check(&[check(1)], mode)
-                .await
-                .map_err(|e| e.to_string())?;
+            let d = store.check(checks, mode).await.map_err(|e| e.to_string())?;
             times.push(began.elapsed());
             if d[0].allowed != want {
                 return Err(format!(
@@ -170,23 +187,25 @@ async fn main() -> Result<(), String> {
     report("admit", admit);
     report("deny", deny);
     report("peek", peek);
+    report("bucket", other);
     println!("redis (script execution, SLOWLOG):");
     let kind = |k: usize| {
         log.iter()
             .skip(k)
-            .step_by(3)
+            .step_by(4)
             .map(|micros| Duration::from_micros(*micros))
             .collect::<Vec<_>>()
     };
-    if log.len() == args.calls * 3 {
+    if log.len() == args.calls * 4 {
         report("admit", kind(0));
         report("deny", kind(1));
         report("peek", kind(2));
+        report("bucket", kind(3));
     } else {
         println!(
             "  (slowlog held {} script calls, not {})",
             log.len(),
-            args.calls * 3
+            args.calls * 4
         );
     }
     Ok(())
