@@ -1,7 +1,7 @@
 -- Entry point: evaluates every limit of one request against one time, and writes the new
 -- states only if the request is admitted (all-or-nothing).
 --
--- KEYS: one state key per limit.
+-- KEYS: one state key per limit (a string; a sorted set for the sliding log).
 -- ARGV[1]: "1" to consume, "0" to only look.
 -- ARGV[2]: "" to read the time from Redis TIME (always, in production); a microsecond
 --          timestamp when a test store injects its own clock.
@@ -30,14 +30,20 @@ local writes = {}
 local admitted = true
 for i = 1, #KEYS do
   local b = 3 + (i - 1) * 6
-  local raw = redis.call('GET', KEYS[i])
-  if not raw then raw = nil end
-  local d, state, expires = ALG[tonumber(ARGV[b + 1])](
+  local code = tonumber(ARGV[b + 1])
+  -- The sliding log (code 5) keeps a sorted set and reads it itself; every other algorithm
+  -- gets its string state, or nil (also for a key holding another type: a fresh key).
+  local raw = KEYS[i]
+  if code ~= 5 then
+    raw = redis.pcall('GET', KEYS[i])
+    if type(raw) ~= 'string' then raw = nil end
+  end
+  local d, state, expires = ALG[code](
     tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]),
     raw, now, tonumber(ARGV[b + 5]))
   if d[1] == 0 and ARGV[b + 6] == '1' then admitted = false end
   for j = 1, 6 do reply[#reply + 1] = d[j] end
-  writes[i] = {d[1] == 1, state, expires}
+  writes[i] = {d[1] == 1, state, expires, code == 5}
 end
 if not admitted then reply[1] = 0 end
 
@@ -47,14 +53,29 @@ if consume and admitted then
     local w = writes[i]
     local old, old_ttl, new = '', '0', ''
     if undo then
-      old = redis.call('GET', KEYS[i]) or ''
+      if not w[4] then
+        old = redis.pcall('GET', KEYS[i])
+        if type(old) ~= 'string' then old = '' end
+      end
       old_ttl = tostring(redis.call('PTTL', KEYS[i]))
     end
     if w[1] then
-      if w[3] > now then
-        -- Whole milliseconds, rounded up: the key never disappears before its state would
-        -- be indistinguishable from a fresh one.
-        redis.call('SET', KEYS[i], w[2], 'PX', int(ceil_div(w[3] - now, 1000) + ttl_slack))
+      -- Whole milliseconds, rounded up: the key never disappears before its state would be
+      -- indistinguishable from a fresh one.
+      local px = nil
+      if w[3] > now then px = int(ceil_div(w[3] - now, 1000) + ttl_slack) end
+      if w[4] then
+        -- A key listed twice keeps the last evaluation, as a string state's last SET does.
+        local later = false
+        for j = i + 1, #KEYS do
+          if KEYS[j] == KEYS[i] and writes[j][1] then later = true end
+        end
+        if not later then
+          log_write(KEYS[i], w[2], px)
+          old, new = log_undo(w[2])
+        end
+      elseif px then
+        redis.call('SET', KEYS[i], w[2], 'PX', px)
         new = w[2]
       else
         redis.call('DEL', KEYS[i])

@@ -16,7 +16,9 @@
 //! - [`keys`]: the key layout, value encoding and hash slots.
 //! - [`script`]: the Lua sources (`lua/`), arguments and replies.
 //! - [`store`]: [`RedisStore`], the [`spillway_core::store::Store`] implementation.
-//! - [`multi_slot`]: requests spanning several cluster slots (charge, then refund on deny).
+//! - [`multi_slot`]: requests spanning several cluster slots (all slots at once, refunded
+//!   unless all admit, finished by a task of their own).
+//! - `runner`: script calls on the shared connection, cheap to clone into such a task.
 //! - [`local_cache`]: denying repeated over-limit requests without a round trip.
 //! - [`error`]: typed, counted errors.
 #![forbid(unsafe_code)]
@@ -27,6 +29,7 @@ pub mod error;
 pub mod keys;
 pub mod local_cache;
 pub mod multi_slot;
+mod runner;
 pub mod script;
 pub mod store;
 

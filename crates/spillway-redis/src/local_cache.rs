@@ -15,27 +15,71 @@
 //! cluster does (see [`crate::multi_slot`]).
 //!
 //! # What is cached
-//! Whole requests, not single limits: the entry's key is every check's Redis key, cost and
-//! enforcement, and its value the decisions Redis returned, replayed with their times aged.
-//! A request is cached only when an enforced limit denied it as over-limit, until the
-//! *earliest* of those limits' retry times, so every replayed denial is still true. Limits
-//! whose numbers change get new keys (the fingerprint is in the key), so a reload never
-//! replays stale decisions.
+//! Whole requests, not single limits. An entry is found by the request's *shape*: a 128-bit
+//! keyed hash (SipHash-1-3 with a random per-process key) of every check's state key, its
+//! limit's algorithm and numbers, its cost and its enforcement, computed straight from the
+//! checks without building a string. Its value is the decisions Redis returned, replayed with
+//! their times aged. A request is cached only when an enforced limit denied it as over-limit,
+//! until the *earliest* of those limits' retry times, so every replayed denial is still true.
+//! The numbers are part of the shape because a limit's counter key may outlive a change of
+//! them: a reload that loosens a limit never replays a denial made under the old numbers.
 //!
-//! # Bounds
-//! At most `capacity` entries; expired ones are dropped by [`LocalCache::sweep`] (called
-//! every second by the server) and when the map is full; if it is still full a new denial is
-//! simply not cached. Hits are counted in `spillway_local_cache_hits_total` and the size is
-//! exported as `spillway_local_cache_entries`.
+//! Two different requests share an entry only if their shapes collide: with the key unknown
+//! to clients, about `entries / 2^128` per look-up (below 10^-33 for 100,000 entries), so no
+//! request can be crafted to hit another's entry. Even then the cache only ever answers with
+//! a denial, never an admission.
+//!
+//! # Bounds and cost
+//! The cache is split into shards (up to 64, each its own small lock), each holding at most
+//! its share of `capacity` entries in a slot array indexed by shape. A hit locks one shard,
+//! probes its index and copies the decisions out. A new denial in a full shard replaces one
+//! entry chosen among the next [`PROBE`] slots at the shard's clock hand (the first expired
+//! one, else the slot at the hand, the oldest written), so an insert never scans the shard,
+//! however full. [`LocalCache::sweep`] (called every second by the server) drops expired
+//! entries. Hits are counted in `spillway_local_cache_hits_total` and the size is exported as
+//! `spillway_local_cache_entries`.
 
 use parking_lot::Mutex;
+use siphasher::sip128::{Hasher128, SipHasher13};
 use spillway_core::algorithm::{Decision, Denial};
 use spillway_core::store::Check;
 use spillway_core::time::Micros;
 use std::collections::HashMap;
-use std::fmt::Write;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-struct Entry {
+/// How many slots a full shard looks at to find the one a new entry replaces.
+pub const PROBE: usize = 4;
+
+/// The most shards a cache is split into.
+const MAX_SHARDS: usize = 64;
+
+/// Entries per shard a cache aims for before it adds shards.
+const PER_SHARD: usize = 1024;
+
+/// A shape is already a keyed hash: its index uses the low 64 bits as they are.
+#[derive(Default)]
+struct ShapeHasher(u64);
+
+impl Hasher for ShapeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used; fold anything else so the hasher stays total.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u128(&mut self, shape: u128) {
+        self.0 = shape as u64;
+    }
+}
+
+struct Slot {
+    shape: u128,
     /// Local time at which the request was sent to Redis.
     sent_at: Micros,
     /// Local time until which the request is certainly still denied.
@@ -43,44 +87,143 @@ struct Entry {
     decisions: Vec<Decision>,
 }
 
-/// A bounded map from a request's shape to its last, still-valid denial.
+#[derive(Default)]
+struct Shard {
+    index: HashMap<u128, usize, BuildHasherDefault<ShapeHasher>>,
+    slots: Vec<Slot>,
+    /// Where the next replacement in a full shard starts looking.
+    hand: usize,
+}
+
+impl Shard {
+    /// Writes `decisions` for `shape` into the slot it owns, a free slot, or (when the shard
+    /// holds `cap` entries) a slot among the next [`PROBE`] at the hand. Returns whether the
+    /// shard grew and how many slots were looked at.
+    fn put(
+        &mut self,
+        cap: usize,
+        shape: u128,
+        sent_at: Micros,
+        until: Micros,
+        decisions: &[Decision],
+    ) -> (bool, usize) {
+        let (at, grew, looked) = if let Some(&at) = self.index.get(&shape) {
+            (at, false, 0)
+        } else if self.slots.len() < cap {
+            self.slots.push(Slot {
+                shape,
+                sent_at,
+                until,
+                decisions: Vec::with_capacity(decisions.len()),
+            });
+            (self.slots.len() - 1, true, 0)
+        } else {
+            let len = self.slots.len();
+            let start = self.hand % len;
+            let mut looked = 0;
+            let mut victim = start;
+            for step in 0..PROBE.min(len) {
+                let i = (start + step) % len;
+                looked += 1;
+                if self.slots[i].until <= sent_at {
+                    victim = i;
+                    break;
+                }
+            }
+            self.hand = victim + 1;
+            self.index.remove(&self.slots[victim].shape);
+            (victim, false, looked)
+        };
+        let slot = &mut self.slots[at];
+        slot.shape = shape;
+        slot.sent_at = sent_at;
+        slot.until = until;
+        slot.decisions.clear();
+        slot.decisions.extend_from_slice(decisions);
+        self.index.insert(shape, at);
+        (grew, looked)
+    }
+
+    /// Drops the slots that ran out by `now`; returns how many.
+    fn sweep(&mut self, now: Micros) -> usize {
+        let mut dropped = 0;
+        let mut i = 0;
+        while i < self.slots.len() {
+            if self.slots[i].until > now {
+                i += 1;
+                continue;
+            }
+            let gone = self.slots.swap_remove(i);
+            self.index.remove(&gone.shape);
+            if let Some(moved) = self.slots.get(i) {
+                self.index.insert(moved.shape, i);
+            }
+            dropped += 1;
+        }
+        dropped
+    }
+}
+
+/// A bounded, sharded map from a request's shape to its last, still-valid denial.
 pub struct LocalCache {
-    capacity: usize,
-    entries: Mutex<HashMap<String, Entry>>,
+    shards: Box<[Mutex<Shard>]>,
+    /// Entries per shard.
+    cap: usize,
+    /// The hash key, random per process.
+    keys: (u64, u64),
+    entries: AtomicUsize,
+    /// Slots looked at by replacements in full shards (tests read it).
+    looked: AtomicUsize,
 }
 
 impl LocalCache {
-    /// A cache of at most `capacity` requests.
+    /// A cache of at most `capacity` requests (a little fewer when `capacity` does not divide
+    /// evenly into shards).
     pub fn new(capacity: usize) -> Self {
+        let shards = (capacity / PER_SHARD)
+            .next_power_of_two()
+            .clamp(1, MAX_SHARDS);
+        let random = std::collections::hash_map::RandomState::new();
         Self {
-            capacity,
-            entries: Mutex::new(HashMap::new()),
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            cap: (capacity / shards).max(1),
+            keys: (
+                random.hash_one(0x5350_494c_u64),
+                random.hash_one(0x4c57_4159_u64),
+            ),
+            entries: AtomicUsize::new(0),
+            looked: AtomicUsize::new(0),
         }
     }
 
-    fn shape(keys: &[String], checks: &[Check<'_>]) -> String {
-        let mut out = String::with_capacity(keys.iter().map(|k| k.len() + 8).sum());
-        for (key, check) in keys.iter().zip(checks) {
-            let _ = write!(out, "{key}\n{}{}\n", check.cost, u8::from(check.enforced));
+    /// The request's shape: see the module docs.
+    fn shape(&self, checks: &[Check<'_>]) -> u128 {
+        let mut h = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        h.write_usize(checks.len());
+        for check in checks {
+            check.key.hash(&mut h);
+            check.params.hash(&mut h);
+            h.write_u64(check.cost);
+            h.write_u8(u8::from(check.enforced));
         }
-        out
+        h.finish128().as_u128()
+    }
+
+    fn shard(&self, shape: u128) -> &Mutex<Shard> {
+        // The high bits pick the shard, the low bits the place in its index.
+        &self.shards[(shape >> 64) as usize % self.shards.len()]
     }
 
     /// The decisions for a request that is known to be denied at `now`, if it is.
-    pub fn deny(
-        &self,
-        keys: &[String],
-        checks: &[Check<'_>],
-        now: Micros,
-    ) -> Option<Vec<Decision>> {
-        let shape = Self::shape(keys, checks);
-        let entries = self.entries.lock();
-        let entry = entries.get(&shape)?;
-        if now >= entry.until {
+    pub fn deny(&self, checks: &[Check<'_>], now: Micros) -> Option<Vec<Decision>> {
+        let shape = self.shape(checks);
+        let shard = self.shard(shape).lock();
+        let slot = &shard.slots[*shard.index.get(&shape)?];
+        if now >= slot.until || slot.decisions.len() != checks.len() {
             return None;
         }
-        let aged = now.saturating_sub(entry.sent_at);
-        let decisions = entry
+        let aged = now.saturating_sub(slot.sent_at);
+        let decisions = slot
             .decisions
             .iter()
             .map(|d| Decision {
@@ -89,19 +232,13 @@ impl LocalCache {
                 ..*d
             })
             .collect();
-        drop(entries);
+        drop(shard);
         metrics::counter!("spillway_local_cache_hits_total").increment(1);
         Some(decisions)
     }
 
     /// Remembers a request Redis denied (a call sent at local time `sent_at`).
-    pub fn remember(
-        &self,
-        keys: &[String],
-        checks: &[Check<'_>],
-        decisions: &[Decision],
-        sent_at: Micros,
-    ) {
+    pub fn remember(&self, checks: &[Check<'_>], decisions: &[Decision], sent_at: Micros) {
         let retry = checks
             .iter()
             .zip(decisions)
@@ -109,151 +246,51 @@ impl LocalCache {
             .filter_map(|(_, d)| d.retry_after)
             .min();
         let Some(retry) = retry else { return };
-        let until = sent_at + retry;
-        let shape = Self::shape(keys, checks);
-        let mut entries = self.entries.lock();
-        if entries.len() >= self.capacity && !entries.contains_key(&shape) {
-            entries.retain(|_, e| e.until > sent_at);
-            if entries.len() >= self.capacity {
-                return;
-            }
+        let shape = self.shape(checks);
+        let mut shard = self.shard(shape).lock();
+        let (grew, looked) = shard.put(self.cap, shape, sent_at, sent_at + retry, decisions);
+        // Counted under the shard's lock, so a sweep never subtracts an entry not yet added.
+        let n = if grew {
+            self.entries.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.len()
+        };
+        drop(shard);
+        if looked > 0 {
+            self.looked.fetch_add(looked, Ordering::Relaxed);
         }
-        entries.insert(
-            shape,
-            Entry {
-                sent_at,
-                until,
-                decisions: decisions.to_vec(),
-            },
-        );
-        metrics::gauge!("spillway_local_cache_entries").set(entries.len() as f64);
+        metrics::gauge!("spillway_local_cache_entries").set(n as f64);
     }
 
     /// Drops entries that have run out; returns how many.
     pub fn sweep(&self, now: Micros) -> u64 {
-        let mut entries = self.entries.lock();
-        let before = entries.len();
-        entries.retain(|_, e| e.until > now);
-        metrics::gauge!("spillway_local_cache_entries").set(entries.len() as f64);
-        (before - entries.len()) as u64
+        let mut dropped = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let n = shard.sweep(now);
+            self.entries.fetch_sub(n, Ordering::Relaxed);
+            dropped += n;
+        }
+        metrics::gauge!("spillway_local_cache_entries").set(self.len() as f64);
+        dropped as u64
     }
 
     /// Number of cached requests.
     pub fn len(&self) -> usize {
-        self.entries.lock().len()
+        self.entries.load(Ordering::Relaxed)
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// How many slots replacements in full shards have looked at so far: at most [`PROBE`]
+    /// per replacement, whatever the size.
+    pub fn slots_looked_at(&self) -> usize {
+        self.looked.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use spillway_core::algorithm::{LimitParams, TokenBucket};
-    use spillway_core::key::StateKey;
-    use spillway_core::rate::Rate;
-
-    fn decision(allowed: bool, retry: Option<Micros>) -> Decision {
-        Decision {
-            allowed,
-            limit: 5,
-            remaining: 0,
-            reset_after: 1_000,
-            retry_after: retry,
-            denial: (!allowed).then_some(Denial::OverLimit),
-        }
-    }
-
-    /// A five-token bucket and a key of it.
-    fn bucket() -> (LimitParams, StateKey) {
-        let params =
-            LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, 1_000).unwrap(), 5).unwrap());
-        let key = StateKey {
-            limit: "l".into(),
-            fingerprint: 1,
-            values: vec![],
-        };
-        (params, key)
-    }
-
-    #[test]
-    fn denies_until_the_earliest_retry_then_forgets() {
-        let (params, key) = bucket();
-        let checks = [Check {
-            key: &key,
-            params: &params,
-            cost: 1,
-            enforced: true,
-        }];
-        let keys = vec!["rl:{l}:l".to_owned()];
-        let cache = LocalCache::new(10);
-        cache.remember(&keys, &checks, &[decision(true, None)], 0);
-        assert!(cache.is_empty(), "allowed requests are not cached");
-        cache.remember(&keys, &checks, &[decision(false, Some(500))], 100);
-        let replay = cache
-            .deny(&keys, &checks, 300)
-            .expect("still denied at 300");
-        assert_eq!(replay[0].retry_after, Some(300));
-        assert_eq!(replay[0].reset_after, 800);
-        assert!(
-            cache.deny(&keys, &checks, 600).is_none(),
-            "retry time reached"
-        );
-        // A different cost is a different request.
-        let cheaper = [Check {
-            cost: 2,
-            ..checks[0]
-        }];
-        assert!(cache.deny(&keys, &cheaper, 300).is_none());
-        assert_eq!(cache.sweep(600), 1);
-    }
-
-    #[test]
-    fn shadow_denials_and_impossible_costs_are_not_cached() {
-        let (params, key) = bucket();
-        let shadow = [Check {
-            key: &key,
-            params: &params,
-            cost: 1,
-            enforced: false,
-        }];
-        let keys = vec!["k".to_owned()];
-        let cache = LocalCache::new(10);
-        cache.remember(&keys, &shadow, &[decision(false, Some(500))], 0);
-        let too_big = Decision {
-            denial: Some(Denial::CostExceedsLimit),
-            retry_after: None,
-            ..decision(false, None)
-        };
-        let enforced = [Check {
-            enforced: true,
-            ..shadow[0]
-        }];
-        cache.remember(&keys, &enforced, &[too_big], 0);
-        assert!(cache.is_empty());
-    }
-
-    #[test]
-    fn a_full_cache_keeps_its_bound() {
-        let (params, key) = bucket();
-        let checks = [Check {
-            key: &key,
-            params: &params,
-            cost: 1,
-            enforced: true,
-        }];
-        let cache = LocalCache::new(3);
-        for i in 0..10 {
-            cache.remember(
-                &[format!("k{i}")],
-                &checks,
-                &[decision(false, Some(1_000))],
-                0,
-            );
-        }
-        assert_eq!(cache.len(), 3);
-    }
-}
+mod tests;

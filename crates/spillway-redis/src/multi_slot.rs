@@ -1,26 +1,43 @@
 //! Requests whose limits live in several cluster slots.
 //!
 //! A Lua script may only touch keys of one slot, so such a request cannot be decided in one
-//! atomic step. It is decided slot by slot instead, in the order its limits first appear:
+//! atomic step. It is decided by all its slots at once instead, with compensation:
 //!
-//! 1. Each slot's limits go through the check script, which charges them only if every
-//!    enforced limit of that slot allows, and returns what it overwrote.
-//! 2. If a slot denies, the slots charged before it are refunded (each key restored to its
-//!    previous value, if nobody has written it since), the slots after it are only looked at
-//!    (for their decisions), and the request is denied.
+//! 1. Every slot's limits go through the check script concurrently (one pipelined call per
+//!    slot on the multiplexed cluster connection, so the request costs one round trip, not
+//!    one per slot). Each script charges its limits only if every enforced limit of its slot
+//!    allows, and returns what it overwrote.
+//! 2. If any slot denies (or fails), every slot that charged is refunded (each key restored to
+//!    its previous value by a compare-and-set, if nobody has written it since), and then the
+//!    request is reported denied (or failed).
+//!
+//! Steps 1 and 2 run in a task spawned on the runtime, which the caller awaits. The caller may
+//! give up first (its own timeout, or the server's time budget dropping the call); the task
+//! still hears every slot's answer, since the cluster client waits up to [`SETTLE`] for one, and
+//! refunds whatever it charged when nobody takes the admission. An admission that arrived just
+//! as the caller gave up is refunded by the caller's side. So a request that fails or times
+//! out leaves no charge behind once its refunds land, unless a slot never answers within
+//! [`SETTLE`] (its charge, if it happened, stays: under-admission only).
 //!
 //! Between steps 1 and 2 a concurrent request can see the tokens this one took and be denied
-//! although, in the end, this one charged nothing: the window lasts one round trip per slot.
-//! That can only under-admit. A refund that loses a race with another writer leaves its charge
-//! in place (again only under-admitting); it never restores more than it took.
-//! Look-only requests ([`CheckMode::Peek`]) simply ask every slot.
+//! although, in the end, this one charged nothing: the window lasts about one round trip (more
+//! when the caller gave up on a slow slot). That can only under-admit. A refund that loses a
+//! race with another writer leaves its charge in place (again only under-admitting); it never
+//! restores more than it took. Look-only requests ([`CheckMode::Peek`]) simply ask every slot.
 
 use crate::keys;
-use crate::script::Undo;
-use crate::store::RedisStore;
+use crate::runner::Runner;
+use crate::script::{Encoded, Reply, Undo};
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// How long a spawned request waits for a slot's late answer (and the cluster client keeps
+/// waiting for one) so that it can refund the charge.
+pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// Groups check indexes by slot, slots in order of first appearance.
 fn groups(keys: &[String]) -> Vec<Vec<usize>> {
@@ -35,60 +52,188 @@ fn groups(keys: &[String]) -> Vec<Vec<usize>> {
     out.into_iter().map(|(_, members)| members).collect()
 }
 
-/// Decides `checks` (with their Redis `keys`) slot by slot; see the module docs.
+/// What a request spanning slots needs once the caller's borrows are gone.
+struct Job {
+    runner: Runner,
+    keys: Arc<[String]>,
+    checks: Arc<[Encoded]>,
+    groups: Vec<Vec<usize>>,
+    mode: CheckMode,
+}
+
+/// Keys charged by an admitted request, with what restores each.
+type Charges = Vec<(String, Undo)>;
+
+/// What the spawned task hands back: the decisions and, for an admission, its charges.
+type Settled = Result<(Vec<Decision>, Charges), StoreError>;
+
+impl Job {
+    /// Every slot's script at once; one reply (or error) per group, in group order.
+    async fn run_slots(&self, limit: Duration) -> Vec<Result<Reply, StoreError>> {
+        let undo = self.mode == CheckMode::Consume;
+        let calls: Vec<_> = self
+            .groups
+            .iter()
+            .map(|group| {
+                let (runner, keys, checks) =
+                    (self.runner.clone(), self.keys.clone(), self.checks.clone());
+                let (group, mode) = (group.clone(), self.mode);
+                tokio::spawn(async move {
+                    let pairs = group.iter().map(|&i| (keys[i].as_str(), checks[i]));
+                    runner
+                        .run_script(limit, pairs, group.len(), mode, undo)
+                        .await
+                })
+            })
+            .collect();
+        let mut replies = Vec::with_capacity(calls.len());
+        for call in calls {
+            replies.push(call.await.unwrap_or_else(|e| {
+                Err(StoreError::Protocol(format!(
+                    "a slot's call did not finish: {e}"
+                )))
+            }));
+        }
+        replies
+    }
+
+    /// Charges every slot, refunds them all unless every slot admitted, and settles.
+    async fn settle(self) -> Settled {
+        let replies = self.run_slots(SETTLE.max(self.runner.timeout)).await;
+        let mut decisions: Vec<Option<Decision>> = vec![None; self.checks.len()];
+        let mut charges = Charges::new();
+        let mut failure = None;
+        let mut admitted = true;
+        for (group, reply) in self.groups.iter().zip(replies) {
+            match reply {
+                Ok(reply) => {
+                    admitted &= reply.admitted;
+                    for (&i, d) in group.iter().zip(reply.decisions) {
+                        decisions[i] = Some(d);
+                    }
+                    // The script charged (and reported undo records) only if its slot admitted.
+                    for (&i, undo) in group.iter().zip(reply.undo) {
+                        charges.push((self.keys[i].clone(), undo));
+                    }
+                }
+                Err(err) => {
+                    admitted = false;
+                    failure.get_or_insert(err);
+                }
+            }
+        }
+        if !admitted {
+            refund_all(&self.runner, charges).await;
+            charges = Charges::new();
+        }
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        let decisions = decisions
+            .into_iter()
+            .map(|d| d.ok_or_else(|| StoreError::Protocol("a slot returned no decision".into())))
+            .collect::<Result<_, _>>()?;
+        Ok((decisions, charges))
+    }
+}
+
+/// Refunds `charges` concurrently, logging the ones that lost a race (their charge stays).
+async fn refund_all(runner: &Runner, charges: Charges) {
+    let limit = SETTLE.max(runner.timeout);
+    let calls: Vec<_> = charges
+        .into_iter()
+        .map(|(key, undo)| {
+            let runner = runner.clone();
+            tokio::spawn(async move { runner.refund(limit, &key, &undo).await })
+        })
+        .collect();
+    for call in calls {
+        if !matches!(call.await, Ok(true)) {
+            tracing::debug!("a cross-slot refund lost a race or failed; the charge stays");
+        }
+    }
+}
+
+/// The caller's end of a spawned request. Dropped before it took the answer (the caller gave
+/// up), it refunds an admission that already arrived; one still on its way finds the channel
+/// closed and is refunded by the task.
+struct Pending {
+    answer: oneshot::Receiver<Settled>,
+    runner: Runner,
+    runtime: tokio::runtime::Handle,
+    taken: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        self.answer.close();
+        if let Ok(Ok((_, charges))) = self.answer.try_recv() {
+            if !charges.is_empty() {
+                let runner = self.runner.clone();
+                self.runtime
+                    .spawn(async move { refund_all(&runner, charges).await });
+            }
+        }
+    }
+}
+
+/// Decides `checks` (with their Redis `keys`) across slots; see the module docs.
 pub(crate) async fn check(
-    store: &RedisStore,
-    keys: &[String],
+    runner: &Runner,
+    keys: Vec<String>,
     checks: &[Check<'_>],
     mode: CheckMode,
 ) -> Result<Vec<Decision>, StoreError> {
-    let mut decisions: Vec<Option<Decision>> = vec![None; checks.len()];
-    // (indexes, undo records) of the slots charged so far.
-    let mut charged: Vec<(Vec<usize>, Vec<Undo>)> = Vec::new();
-    let mut denied = mode == CheckMode::Peek;
-    let mut failure = None;
-    for group in groups(keys) {
-        let refs: Vec<&str> = group.iter().map(|&i| keys[i].as_str()).collect();
-        let sub: Vec<Check<'_>> = group.iter().map(|&i| checks[i]).collect();
-        let sub_mode = if denied {
-            CheckMode::Peek
-        } else {
-            CheckMode::Consume
-        };
-        match store.run_script(&refs, &sub, sub_mode, !denied).await {
-            Ok(reply) => {
-                for (&i, d) in group.iter().zip(reply.decisions) {
-                    decisions[i] = Some(d);
-                }
-                if !reply.admitted {
-                    denied = true;
-                } else if sub_mode == CheckMode::Consume {
-                    charged.push((group, reply.undo));
-                }
-            }
-            Err(err) => {
-                failure = Some(err);
-                denied = true;
-                break;
+    let job = Job {
+        runner: runner.clone(),
+        groups: groups(&keys),
+        keys: keys.into(),
+        checks: checks.iter().map(Encoded::new).collect(),
+        mode,
+    };
+    if mode == CheckMode::Peek {
+        // Nothing is charged, so nothing needs finishing if the caller goes away.
+        let mut decisions: Vec<Option<Decision>> = vec![None; checks.len()];
+        for (group, reply) in job.groups.iter().zip(job.run_slots(runner.timeout).await) {
+            for (&i, d) in group.iter().zip(reply?.decisions) {
+                decisions[i] = Some(d);
             }
         }
+        return decisions
+            .into_iter()
+            .map(|d| d.ok_or_else(|| StoreError::Protocol("a slot returned no decision".into())))
+            .collect();
     }
-    if denied && mode == CheckMode::Consume {
-        for (group, undo) in &charged {
-            for (&i, record) in group.iter().zip(undo) {
-                if !store.refund(&keys[i], record).await {
-                    tracing::debug!("a cross-slot refund lost a race; the charge stays");
-                }
-            }
+    let (send, answer) = oneshot::channel();
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+        StoreError::Protocol("a request across slots needs a tokio runtime to finish on".into())
+    })?;
+    let refunder = runner.clone();
+    runtime.spawn(async move {
+        if let Err(Ok((_, charges))) = send.send(job.settle().await) {
+            // The caller gave up before the answer came: nobody was admitted, so refund.
+            refund_all(&refunder, charges).await;
         }
+    });
+    let mut pending = Pending {
+        answer,
+        runner: runner.clone(),
+        runtime,
+        taken: false,
+    };
+    let waited = tokio::time::timeout(runner.timeout, &mut pending.answer).await;
+    // Past the timeout nothing was taken: dropping `pending` refunds a late admission.
+    pending.taken = waited.is_ok();
+    match waited {
+        Ok(Ok(settled)) => settled.map(|(decisions, _)| decisions),
+        Ok(Err(_)) => Err(crate::error::record(StoreError::Protocol(
+            "the task deciding a request across slots stopped".into(),
+        ))),
+        Err(_) => Err(crate::error::record(StoreError::Timeout(runner.timeout))),
     }
-    if let Some(err) = failure {
-        return Err(err);
-    }
-    decisions
-        .into_iter()
-        .map(|d| d.ok_or_else(|| StoreError::Protocol("a slot returned no decision".into())))
-        .collect()
 }
 
 #[cfg(test)]

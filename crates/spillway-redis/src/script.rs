@@ -44,11 +44,34 @@ fn encode_params(params: &LimitParams) -> [u64; 4] {
     }
 }
 
-/// One invocation of the check script over `checks` (which must share a cluster slot).
-pub fn invocation<'a>(
+/// One check as the script's six arguments: algorithm code, three numbers, cost, enforced.
+/// Owned and `Copy`, so a task that outlives the request can carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoded {
+    params: [u64; 4],
+    cost: u64,
+    enforced: bool,
+}
+
+impl Encoded {
+    /// The script arguments for `check`.
+    pub fn new(check: &Check<'_>) -> Self {
+        // Every algorithm refuses a cost above its quota without looking at it further, so a
+        // cost that large is sent as quota + 1: it stays exact in a Lua double.
+        let cost = check.cost.min(check.params.quota().saturating_add(1));
+        Self {
+            params: encode_params(check.params),
+            cost,
+            enforced: check.enforced,
+        }
+    }
+}
+
+/// One invocation of the check script over `(key, check)` pairs (whose keys must share a
+/// cluster slot).
+pub fn invocation<'a, 'k>(
     script: &'a redis::Script,
-    keys: &[&str],
-    checks: &[Check<'_>],
+    checks: impl IntoIterator<Item = (&'k str, Encoded)>,
     mode: CheckMode,
     now: Option<Micros>,
     undo: bool,
@@ -60,13 +83,10 @@ pub fn invocation<'a>(
         None => inv.arg(""),
     };
     inv.arg(if undo { "1" } else { "0" });
-    for (key, check) in keys.iter().zip(checks) {
-        inv.key(*key);
-        let [code, p1, p2, p3] = encode_params(check.params);
-        // Every algorithm refuses a cost above its quota without looking at it further, so a
-        // cost that large is sent as quota + 1: it stays exact in a Lua double.
-        let cost = check.cost.min(check.params.quota().saturating_add(1));
-        inv.arg(code).arg(p1).arg(p2).arg(p3).arg(cost);
+    for (key, check) in checks {
+        inv.key(key);
+        let [code, p1, p2, p3] = check.params;
+        inv.arg(code).arg(p1).arg(p2).arg(p3).arg(check.cost);
         inv.arg(if check.enforced { "1" } else { "0" });
     }
     inv

@@ -12,10 +12,10 @@ use crate::config::{RedisConfig, Target};
 use crate::error::{classify, record};
 use crate::keys::{self, KeyLayout};
 use crate::local_cache::LocalCache;
-use crate::script::{self, Reply, Undo};
+use crate::runner::{Conn, Runner};
+use crate::script::Encoded;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
-use redis::cluster_async::ClusterConnection;
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, Store, StoreError};
@@ -23,31 +23,19 @@ use spillway_core::time::{Clock, Micros, SystemClock};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The shared connection, whichever deployment it talks to.
-#[derive(Clone)]
-pub(crate) enum Conn {
-    Server(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
 /// A store keeping limit state in Redis; see the crate docs.
 pub struct RedisStore {
-    conn: Conn,
+    runner: Runner,
     layout: KeyLayout,
-    check_script: redis::Script,
-    refund_script: redis::Script,
-    timeout: Duration,
     /// The node's clock, for the local cache (Redis keeps the limits' own time).
     clock: Arc<dyn Clock>,
-    /// When set, scripts evaluate at this clock's time instead of Redis `TIME` (tests only).
-    injected: Option<Arc<dyn Clock>>,
     cache: Option<LocalCache>,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("cluster", &matches!(self.conn, Conn::Cluster(_)))
+            .field("cluster", &self.is_cluster())
             .field("layout", &self.layout)
             .finish_non_exhaustive()
     }
@@ -72,9 +60,12 @@ impl RedisStore {
                     Conn::Server(ConnectionManager::new_with_config(client, settings).await?)
                 }
                 Target::Cluster(nodes) => {
+                    // Each call is cut at `timeout` by the store itself; the client waits
+                    // longer, so a request spanning slots still hears a late answer and can
+                    // refund what it charged (see `crate::multi_slot`).
                     let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
                         .connection_timeout(timeout.max(Duration::from_secs(1)))
-                        .response_timeout(timeout)
+                        .response_timeout(timeout.max(crate::multi_slot::SETTLE))
                         .retries(3)
                         .build()?;
                     Conn::Cluster(client.get_async_connection().await?)
@@ -88,13 +79,9 @@ impl RedisStore {
             Err(_) => return Err(StoreError::Timeout(connect_limit)),
         };
         Ok(Self {
-            conn,
+            runner: Runner::new(conn, timeout),
             layout,
-            check_script: redis::Script::new(script::CHECK_SOURCE),
-            refund_script: redis::Script::new(script::REFUND_SOURCE),
-            timeout,
             clock: Arc::new(SystemClock),
-            injected: None,
             cache: (config.local_cache_keys > 0).then(|| LocalCache::new(config.local_cache_keys)),
         })
     }
@@ -108,7 +95,7 @@ impl RedisStore {
     /// TEST ONLY: scripts evaluate at `clock`'s time instead of Redis `TIME`, so test vectors
     /// can use exact times. Production stores never call this.
     pub fn with_injected_time(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.injected = Some(clock.clone());
+        self.runner.injected = Some(clock.clone());
         self.clock = clock;
         self
     }
@@ -120,69 +107,7 @@ impl RedisStore {
 
     /// Whether this store talks to a cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.conn, Conn::Cluster(_))
-    }
-
-    /// Runs `cmd`-like work on the shared connection under the timeout, timing it.
-    pub(crate) async fn call<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(Conn) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        #[allow(clippy::disallowed_methods)] // a latency timer, not a source of limit time
-        let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(self.timeout, work(self.conn.clone())).await;
-        metrics::histogram!("spillway_store_roundtrip_seconds")
-            .record(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(record(classify(err, self.timeout))),
-            Err(_) => Err(record(StoreError::Timeout(self.timeout))),
-        }
-    }
-
-    /// One script call over `checks`, whose `keys` share a slot.
-    pub(crate) async fn run_script(
-        &self,
-        keys: &[&str],
-        checks: &[Check<'_>],
-        mode: CheckMode,
-        undo: bool,
-    ) -> Result<Reply, StoreError> {
-        let now = self.injected.as_ref().map(|c| c.now());
-        let inv = script::invocation(&self.check_script, keys, checks, mode, now, undo);
-        let value: redis::Value = self
-            .call(|conn| async move {
-                match conn {
-                    Conn::Server(mut c) => inv.invoke_async(&mut c).await,
-                    Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
-                }
-            })
-            .await?;
-        script::parse_reply(value, checks.len()).map_err(record)
-    }
-
-    /// Restores one key charged by a request that was then denied in another slot.
-    pub(crate) async fn refund(&self, key: &str, undo: &Undo) -> bool {
-        let Undo {
-            written,
-            before,
-            ttl,
-        } = undo;
-        if written == before {
-            return true;
-        }
-        let mut inv = self.refund_script.prepare_invoke();
-        inv.key(key).arg(written).arg(before).arg(ttl);
-        let restored: Result<i64, _> = self
-            .call(|conn| async move {
-                match conn {
-                    Conn::Server(mut c) => inv.invoke_async(&mut c).await,
-                    Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
-                }
-            })
-            .await;
-        matches!(restored, Ok(1))
+        matches!(self.runner.conn, Conn::Cluster(_))
     }
 
     fn now(&self) -> Micros {
@@ -202,17 +127,21 @@ impl Store for RedisStore {
         }
         let keys: Vec<String> = checks.iter().map(|c| self.layout.key(c.key)).collect();
         let sent_at = self.now();
-        let decisions = match &self.conn {
-            Conn::Cluster(_) if !same_slot(&keys) => {
-                crate::multi_slot::check(self, &keys, checks, mode).await?
-            }
-            _ => {
-                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                self.run_script(&refs, checks, mode, false).await?.decisions
-            }
+        let decisions = if self.is_cluster() && !same_slot(&keys) {
+            crate::multi_slot::check(&self.runner, keys, checks, mode).await?
+        } else {
+            let pairs = keys
+                .iter()
+                .map(String::as_str)
+                .zip(checks.iter().map(Encoded::new));
+            let runner = &self.runner;
+            runner
+                .run_script(runner.timeout, pairs, checks.len(), mode, false)
+                .await?
+                .decisions
         };
         if let Some(cache) = &self.cache {
-            cache.remember(&keys, checks, &decisions, sent_at);
+            cache.remember(checks, &decisions, sent_at);
         }
         Ok(decisions)
     }
@@ -220,13 +149,12 @@ impl Store for RedisStore {
     /// The local over-limit cache's answer, if it has one; [`Store::check`] itself always asks
     /// Redis (and feeds the cache), so a caller that wants the shortcut asks here first.
     fn local_answer(&self, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
-        let cache = self.cache.as_ref()?;
-        let keys: Vec<String> = checks.iter().map(|c| self.layout.key(c.key)).collect();
-        cache.deny(&keys, checks, self.now())
+        self.cache.as_ref()?.deny(checks, self.now())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         let pong: String = self
+            .runner
             .call(|conn| async move {
                 let cmd = redis::cmd("PING");
                 match conn {
