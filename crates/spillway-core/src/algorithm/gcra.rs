@@ -50,6 +50,26 @@ impl Gcra {
         self.rate.time_for(self.rate.scale(self.burst))
     }
 
+    /// Reads a state written under the rate `from` (this limit's numbers before a change) at
+    /// `now`: the debt it held at `now` (measured at the old rate, which the state's TAT is
+    /// written in), rounded up to this limit's units and at most one whole burst, becomes the
+    /// new TAT. See [`super::carry`].
+    pub fn carry_over(&self, state: &GcraState, from: &ScaledRate, now: Micros) -> GcraState {
+        let debt = debt_at(state, now, from.tokens);
+        let carried = if from.micros == self.rate.micros {
+            debt
+        } else {
+            super::clamp_u64(
+                (u128::from(debt) * u128::from(self.rate.micros)).div_ceil(u128::from(from.micros)),
+            )
+        };
+        let (whole, rem) = self.rate.split(carried.min(self.rate.scale(self.burst)));
+        GcraState {
+            tat: now + whole,
+            rem,
+        }
+    }
+
     /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
     #[inline]
     pub fn evaluate(
@@ -61,12 +81,7 @@ impl Gcra {
         // Everything is measured from `now` in scaled units (one token is rate.micros units,
         // one microsecond is rate.tokens units), so no product involves the absolute time and
         // every quantity stays below 2^53 (which the Lua mirror relies on).
-        let per = self.rate.tokens;
-        let debt = match state {
-            Some(s) if s.tat > now => (s.tat - now).saturating_mul(per).saturating_add(s.rem),
-            Some(s) if s.tat == now => s.rem,
-            _ => 0,
-        };
+        let debt = state.map_or(0, |s| debt_at(s, now, self.rate.tokens));
         let window = self.rate.scale(self.burst);
         // The TAT `debt` scaled units after `now`.
         let to_state = |d: u64| {
@@ -100,6 +115,21 @@ impl Gcra {
                 expires_at: now + fresh_in(debt),
             }
         }
+    }
+}
+
+/// How far `state` is in debt at `now`, in scaled units of a rate refilling `per` units a
+/// microsecond (0 once its TAT has passed).
+#[inline]
+fn debt_at(state: &GcraState, now: Micros, per: u64) -> u64 {
+    if state.tat > now {
+        (state.tat - now)
+            .saturating_mul(per)
+            .saturating_add(state.rem)
+    } else if state.tat == now {
+        state.rem
+    } else {
+        0
     }
 }
 

@@ -46,6 +46,26 @@ impl LeakyBucket {
         self.drain.time_for(self.drain.scale(self.capacity))
     }
 
+    /// Reads a state written under the drain rate `from` (this limit's numbers before a
+    /// change) in this bucket's units: the level it held, rounded up, at most the capacity
+    /// (converted amounts stay exact integers). The last leak time is kept, so the drain since
+    /// then runs at the new rate. See [`super::carry`].
+    pub fn carry_over(&self, state: &LeakyBucketState, from: &ScaledRate) -> LeakyBucketState {
+        let capacity = self.drain.scale(self.capacity);
+        let level = if from.micros == self.drain.micros {
+            state.level
+        } else {
+            super::clamp_u64(
+                (u128::from(state.level) * u128::from(self.drain.micros))
+                    .div_ceil(u128::from(from.micros)),
+            )
+        };
+        LeakyBucketState {
+            level: level.min(capacity),
+            last_leak: state.last_leak,
+        }
+    }
+
     /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
     #[inline]
     pub fn evaluate(
@@ -63,8 +83,8 @@ impl LeakyBucket {
             }
         };
         // A level above the capacity is possible only for a state kept from larger numbers
-        // (the emergency store keeps a limit's counters across a reload that shrinks its
-        // emergency quota); it has no space left.
+        // at the same drain rate (a counter survives a change of its limit's numbers); it has
+        // no space left, and drains from where it is.
         let space = |l: u64| self.drain.whole(capacity.saturating_sub(l));
         let empty_in = |l: u64| self.drain.time_for(l);
         let keep = |l: u64| LeakyBucketState {

@@ -8,14 +8,18 @@
 //! stay below 2^53 so the Lua mirror, whose numbers are doubles, never loses precision.
 //!
 //! Layout: one file per algorithm; this module holds what they share ([`Decision`],
-//! [`Denial`], [`State`]) and the dispatch over [`LimitParams`].
+//! [`Denial`], [`State`]) and the dispatch over [`LimitParams`]. [`carry`] reads a state kept
+//! under other numbers of the same limit (a counter survives a change of its limit's numbers),
+//! and [`units`] names the rates bucket states are scaled by.
 
+pub mod carry;
 mod fixed_window;
 mod gcra;
 mod leaky_bucket;
 mod sliding_log;
 mod sliding_window;
 mod token_bucket;
+pub mod units;
 
 pub use fixed_window::{FixedWindow, FixedWindowState};
 pub use gcra::{Gcra, GcraState};
@@ -23,6 +27,7 @@ pub use leaky_bucket::{LeakyBucket, LeakyBucketState};
 pub use sliding_log::{SlidingLog, SlidingLogState};
 pub use sliding_window::{SlidingWindow, SlidingWindowState};
 pub use token_bucket::{TokenBucket, TokenBucketState};
+pub use units::RateId;
 
 use crate::time::Micros;
 use strength_reduce::StrengthReducedU64;
@@ -279,7 +284,8 @@ impl State {
 /// elapsed microsecond refills `tokens` units, so refills are exact integers. Both numbers are
 /// also kept as strength-reduced divisors: every check divides by them (for the remaining
 /// count and the reset time), and a multiply-and-shift is several times cheaper than a
-/// hardware division on the hot path.
+/// hardware division on the hot path. Each distinct reduced rate has a [`RateId`], which the
+/// in-memory store keeps beside a state to know which units it was written in.
 #[derive(Debug, Clone, Copy)]
 pub struct ScaledRate {
     /// Units refilled per elapsed microsecond (the reduced count).
@@ -288,6 +294,7 @@ pub struct ScaledRate {
     pub micros: u64,
     tokens_div: StrengthReducedU64,
     micros_div: StrengthReducedU64,
+    id: RateId,
 }
 
 impl PartialEq for ScaledRate {
@@ -310,12 +317,30 @@ impl ScaledRate {
         let g = gcd(rate.count, rate.period);
         // `Rate` guarantees both are positive, so neither divisor is zero.
         let (tokens, micros) = ((rate.count / g).max(1), (rate.period / g).max(1));
+        Self::with_id(tokens, micros, units::intern(tokens, micros))
+    }
+
+    /// The rate `id` names in the register, for reading a state written under it; `None` for
+    /// [`RateId::OVERFLOW`].
+    pub fn registered(id: RateId) -> Option<Self> {
+        let (tokens, micros) = id.rate()?;
+        Some(Self::with_id(tokens, micros, id))
+    }
+
+    fn with_id(tokens: u64, micros: u64, id: RateId) -> Self {
         Self {
             tokens,
             micros,
             tokens_div: StrengthReducedU64::new(tokens),
             micros_div: StrengthReducedU64::new(micros),
+            id,
         }
+    }
+
+    /// This rate's id in the process's register of rates.
+    #[inline]
+    pub fn id(&self) -> RateId {
+        self.id
     }
 
     /// `n` whole tokens in scaled units (saturating; stored amounts stay below 2^53).

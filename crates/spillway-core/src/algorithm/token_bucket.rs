@@ -44,6 +44,25 @@ impl TokenBucket {
         self.rate.time_for(self.rate.scale(self.burst))
     }
 
+    /// Reads a state written under the rate `from` (this limit's numbers before a change) in
+    /// this bucket's units: the tokens it held, rounded down, at most the burst. The last
+    /// refill time is kept, so the refill since then runs at the new rate. See
+    /// [`super::carry`].
+    pub fn carry_over(&self, state: &TokenBucketState, from: &ScaledRate) -> TokenBucketState {
+        let capacity = self.rate.scale(self.burst);
+        let tokens = if from.micros == self.rate.micros {
+            state.tokens
+        } else {
+            super::clamp_u64(
+                u128::from(state.tokens) * u128::from(self.rate.micros) / u128::from(from.micros),
+            )
+        };
+        TokenBucketState {
+            tokens: tokens.min(capacity),
+            last_refill: state.last_refill,
+        }
+    }
+
     /// Checks `cost` tokens at `now`; see [`super::LimitParams::evaluate`].
     #[inline]
     pub fn evaluate(
