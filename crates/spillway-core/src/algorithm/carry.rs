@@ -6,100 +6,95 @@
 //! state under new numbers" means, per algorithm (each rounds so it never admits more than
 //! the new numbers allow):
 //!
-//! - **Token bucket**: the tokens held, rounded down to the new units and capped at the new
-//!   burst; the refill since the state's last update runs at the new rate. Tokens are what is
-//!   *left*, so a bucket with 50 of 1,000 left has 50 of 900 left after a tightening.
+//! What is kept is what was *used*, so 950 used of 1,000 is over a new limit of 900 and is
+//! denied until enough is refilled, drained or out of the window; and a key that had used
+//! nothing reads as fresh under any numbers (so a store may drop a state as soon as it is
+//! fresh under the numbers that wrote it, as both stores do).
+//!
+//! - **Token bucket**: what was used at the last refill (the old capacity less the tokens),
+//!   rounded up to the new units, is taken from the new capacity; the refill since the last
+//!   update runs at the new rate.
 //! - **GCRA**: the debt at the time of reading (drained at the old rate until then), rounded
-//!   up to the new units and capped at one whole new burst. Debt is what is *used*, so 950 used
-//!   of 1,000 is over a new burst of 900 and is denied until the debt drains.
-//! - **Leaky bucket**: the level (what is used), rounded up to the new units and capped at the
-//!   new capacity; the drain since the last update runs at the new rate.
+//!   up to the new units and capped at one whole new burst.
+//! - **Leaky bucket**: the level, rounded up to the new units (capped at the new capacity);
+//!   the drain since the last update runs at the new rate.
 //! - **Fixed and sliding window, sliding log**: their counts and timestamps do not depend on
 //!   the numbers, so nothing is converted: a count is compared with the new limit as it is.
 //!   When a window's *length* changes, the stored window keeps its start and lasts the new
 //!   length (a fixed window then realigns to the new length; a sliding window's following
 //!   windows continue from that end); a sliding log counts the entries inside the new window.
 //!
-//! The bucket amounts are kept in units scaled by the rate, so converting needs the old rate:
-//! the in-memory store keeps a [`RateId`] with each state, and the Redis scripts write the
-//! units into the state string; both convert exactly as these functions do (the conformance
-//! vectors include changes of numbers). Only a change of the *rate* needs converting: a state
-//! read under its own rate with another burst or capacity is read as is (a level or debt above
-//! a smaller capacity reads as full and drains from where it is). Changing a limit's algorithm
-//! changes its identity, so it starts on fresh counters.
+//! The bucket amounts are kept in units scaled by the rate, so converting needs the old
+//! numbers: the in-memory store keeps a [`ParamsId`] with each state, and the Redis scripts
+//! write the numbers they need into the state string; both convert exactly as these functions
+//! do (the conformance vectors include changes of numbers). A GCRA or leaky-bucket state read
+//! in its own units under a smaller burst or capacity is read as is (a debt or level above it
+//! reads as full and drains from where it is). Changing a limit's algorithm changes its
+//! identity, so it starts on fresh counters.
+//!
+//! A state is dropped once it is fresh under the numbers that wrote it (its expiry), so a key
+//! idle past that point may read as fresh even where the new numbers (a slower refill, a
+//! longer window) would still have counted it: it had fully recovered under the old ones.
 
-use super::{LimitParams, RateId, ScaledRate, State, StateRef};
+use super::{Gcra, LeakyBucket, LimitParams, ParamsId, State, StateRef, TokenBucket};
 use crate::time::Micros;
 
 impl LimitParams {
-    /// The rate this limit's stored states are scaled by ([`RateId::OVERFLOW`] for the window
-    /// algorithms, whose states need no units).
+    /// The id of the numbers this limit's stored states are written under
+    /// ([`ParamsId::OVERFLOW`] for the window algorithms, whose states need no conversion).
     #[inline]
-    pub fn unit(&self) -> RateId {
+    pub fn id(&self) -> ParamsId {
         match self {
-            Self::TokenBucket(p) => p.rate().id(),
-            Self::Gcra(p) => p.rate().id(),
-            Self::LeakyBucket(p) => p.drain().id(),
-            Self::FixedWindow(_) | Self::SlidingWindow(_) | Self::SlidingLog(_) => RateId::OVERFLOW,
+            Self::TokenBucket(p) => p.id(),
+            Self::Gcra(p) => p.id(),
+            Self::LeakyBucket(p) => p.id(),
+            Self::FixedWindow(_) | Self::SlidingWindow(_) | Self::SlidingLog(_) => {
+                ParamsId::OVERFLOW
+            }
         }
     }
 
-    /// `state`, written by the limit with parameters `from`, as these parameters read it at
-    /// `now`; `None` when it reads as it is (same rate, an algorithm without units, or
-    /// another algorithm's state, which [`LimitParams::evaluate`] treats as fresh). See the
-    /// module docs for what each algorithm keeps.
+    /// `state`, written by this limit with the parameters `from` (its numbers before a
+    /// change), as these parameters read it at `now`; `None` when it reads as it is (same
+    /// numbers, an algorithm without units, or another algorithm's state, which
+    /// [`LimitParams::evaluate`] treats as fresh). See the module docs for what each algorithm
+    /// keeps.
     pub fn carry_over(
         &self,
         from: &LimitParams,
         state: StateRef<'_>,
         now: Micros,
     ) -> Option<State> {
-        let rate = match from {
-            Self::TokenBucket(p) => p.rate(),
-            Self::Gcra(p) => p.rate(),
-            Self::LeakyBucket(p) => p.drain(),
+        if self == from {
+            return None;
+        }
+        match (self, from, state) {
+            (Self::TokenBucket(p), Self::TokenBucket(f), StateRef::TokenBucket(s)) => {
+                Some(State::TokenBucket(p.carry_over(s, f)))
+            }
+            (Self::Gcra(p), Self::Gcra(f), StateRef::Gcra(s)) => {
+                Some(State::Gcra(p.carry_over(s, f, now)))
+            }
+            (Self::LeakyBucket(p), Self::LeakyBucket(f), StateRef::LeakyBucket(s)) => {
+                Some(State::LeakyBucket(p.carry_over(s, f)))
+            }
+            _ => None,
+        }
+    }
+
+    /// [`LimitParams::carry_over`] for a state stored with the [`ParamsId`] of the numbers that
+    /// wrote it, as the in-memory store keeps it.
+    pub fn carry_over_from(&self, id: ParamsId, state: StateRef<'_>, now: Micros) -> Option<State> {
+        if id == self.id() {
+            return None;
+        }
+        let from = match self {
+            Self::TokenBucket(_) => Self::TokenBucket(TokenBucket::registered(id)?),
+            Self::Gcra(_) => Self::Gcra(Gcra::registered(id)?),
+            Self::LeakyBucket(_) => Self::LeakyBucket(LeakyBucket::registered(id)?),
             _ => return None,
         };
-        self.carry_from_rate(&rate, state, now)
-    }
-
-    /// [`LimitParams::carry_over`] for a state stored with the id of the rate that wrote it,
-    /// as the in-memory store keeps it.
-    pub fn carry_over_from(&self, unit: RateId, state: StateRef<'_>, now: Micros) -> Option<State> {
-        if unit == self.unit() {
-            return None;
-        }
-        self.carry_from_rate(&ScaledRate::registered(unit)?, state, now)
-    }
-
-    fn carry_from_rate(
-        &self,
-        from: &ScaledRate,
-        state: StateRef<'_>,
-        now: Micros,
-    ) -> Option<State> {
-        if *from == self.rate()? {
-            return None;
-        }
-        match (self, state) {
-            (Self::TokenBucket(p), StateRef::TokenBucket(s)) => {
-                Some(State::TokenBucket(p.carry_over(s, from)))
-            }
-            (Self::Gcra(p), StateRef::Gcra(s)) => Some(State::Gcra(p.carry_over(s, from, now))),
-            (Self::LeakyBucket(p), StateRef::LeakyBucket(s)) => {
-                Some(State::LeakyBucket(p.carry_over(s, from)))
-            }
-            _ => None,
-        }
-    }
-
-    fn rate(&self) -> Option<ScaledRate> {
-        match self {
-            Self::TokenBucket(p) => Some(p.rate()),
-            Self::Gcra(p) => Some(p.rate()),
-            Self::LeakyBucket(p) => Some(p.drain()),
-            _ => None,
-        }
+        self.carry_over(&from, state, now)
     }
 }
 
@@ -160,7 +155,7 @@ mod tests {
         let (state, carried) = spend_then_read(&fixed(1000), &fixed(900), 950, T0);
         assert!(carried.is_none(), "a window's count needs no conversion");
         assert_eq!(remaining_after(&fixed(900), &state, None, T0), (false, 0));
-        for alg in ["gcra", "leaky_bucket"] {
+        for alg in ["token_bucket", "gcra", "leaky_bucket"] {
             let (old, new) = (bucket(alg, 1000, DAY, 1000), bucket(alg, 900, DAY, 900));
             let (state, carried) = spend_then_read(&old, &new, 950, T0);
             assert!(carried.is_some(), "{alg}: another rate converts");
@@ -170,18 +165,16 @@ mod tests {
                 "{alg}"
             );
         }
-        // A token bucket keeps what is left: 50 tokens stay 50 under the tighter numbers.
+        // Loosened, the 950 used stay used: 50 of 1,000 become 1,050 of 2,000.
         let (old, new) = (
             bucket("token_bucket", 1000, DAY, 1000),
-            bucket("token_bucket", 900, DAY, 900),
+            bucket("token_bucket", 2000, DAY, 2000),
         );
         let (state, carried) = spend_then_read(&old, &new, 950, T0);
         assert_eq!(
             remaining_after(&new, &state, carried.as_ref(), T0),
-            (true, 49)
+            (true, 1049)
         );
-        let (state, carried) = spend_then_read(&old, &new, 1000, T0);
-        assert!(!remaining_after(&new, &state, carried.as_ref(), T0).0);
     }
 
     #[test]
@@ -228,13 +221,13 @@ mod tests {
         let new = bucket("gcra", 5, SECOND, 10);
         let (state, carried) = spend_then_read(&old, &new, 12, T0);
         assert_eq!(
-            new.carry_over_from(old.unit(), state.as_ref(), T0 + 1),
+            new.carry_over_from(old.id(), state.as_ref(), T0 + 1),
             new.carry_over(&old, state.as_ref(), T0 + 1)
         );
         assert!(carried.is_some());
-        assert_eq!(new.carry_over_from(new.unit(), state.as_ref(), T0), None);
+        assert_eq!(new.carry_over_from(new.id(), state.as_ref(), T0), None);
         assert_eq!(
-            new.carry_over_from(RateId::OVERFLOW, state.as_ref(), T0),
+            new.carry_over_from(ParamsId::OVERFLOW, state.as_ref(), T0),
             None
         );
     }
@@ -277,17 +270,12 @@ mod tests {
             let read = new.carry_over(&old, state.as_ref(), now);
             let d = new.evaluate(Some(read.as_ref().unwrap_or(&state).as_ref()), now, 0).decision;
             prop_assert!(d.remaining <= new.quota());
-            // Never more left than the old state allows under the new numbers: a token
-            // bucket keeps what was left (at most the new burst), the other two keep what was
-            // used. Plus what either rate refills over the gap (the GCRA drains at the old rate
-            // until it is read, the other two at the new one since their last update), plus
-            // one for the fraction of a token either side may hold.
+            // Never more left than the new quota less what was used under the old numbers,
+            // plus what either rate refills over the gap (the GCRA drains at the old rate until
+            // it is read, the other two at the new one since their last update), plus one for
+            // the fraction of a token either side may hold.
             let before = old.evaluate(Some(state.as_ref()), T0, 0).decision.remaining;
-            let allowed = if alg == "token_bucket" {
-                before.min(new.quota())
-            } else {
-                new.quota().saturating_sub(old.quota() - before)
-            };
+            let allowed = new.quota().saturating_sub(old.quota() - before);
             let refill = (u128::from(gap) * u128::from(a.0) / u128::from(a.1))
                 .max(u128::from(gap) * u128::from(b.0) / u128::from(b.1));
             prop_assert!(

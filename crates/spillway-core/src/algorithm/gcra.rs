@@ -7,7 +7,7 @@
 //! is kept as a whole microsecond plus a remainder in units of `1 / tokens` microsecond; both
 //! parts stay small enough for a Lua double.
 
-use super::{Decision, Evaluation, ScaledRate};
+use super::{Decision, Evaluation, ParamsId, ScaledRate};
 use crate::rate::Rate;
 use crate::time::Micros;
 
@@ -16,6 +16,7 @@ use crate::time::Micros;
 pub struct Gcra {
     rate: ScaledRate,
     burst: u64,
+    id: ParamsId,
 }
 
 /// A GCRA key's state: the theoretical arrival time `tat + rem / rate.tokens` microseconds.
@@ -32,7 +33,23 @@ impl Gcra {
     pub fn new(rate: Rate, burst: u64) -> Result<Self, String> {
         let rate = ScaledRate::new(rate);
         rate.check_capacity(burst, "burst")?;
-        Ok(Self { rate, burst })
+        Ok(Self {
+            id: rate.register(burst),
+            rate,
+            burst,
+        })
+    }
+
+    /// The limiter `id` names in the register of parameters (see [`super::units`]).
+    pub(crate) fn registered(id: ParamsId) -> Option<Self> {
+        let (rate, burst) = ScaledRate::registered(id)?;
+        Some(Self { rate, burst, id })
+    }
+
+    /// The id of this limiter's numbers, which the in-memory store keeps with its states.
+    #[inline]
+    pub fn id(&self) -> ParamsId {
+        self.id
     }
 
     /// The emission rate in scaled form, for stores that mirror this function elsewhere (Redis Lua).
@@ -50,11 +67,16 @@ impl Gcra {
         self.rate.time_for(self.rate.scale(self.burst))
     }
 
-    /// Reads a state written under the rate `from` (this limit's numbers before a change) at
-    /// `now`: the debt it held at `now` (measured at the old rate, which the state's TAT is
-    /// written in), rounded up to this limit's units and at most one whole burst, becomes the
-    /// new TAT. See [`super::carry`].
-    pub fn carry_over(&self, state: &GcraState, from: &ScaledRate, now: Micros) -> GcraState {
+    /// Reads a state written by `from` (this limit with its numbers before a change) at `now`:
+    /// the debt it held at `now` (measured at the old rate, which the state's TAT is written
+    /// in), rounded up to this limit's units and at most one whole burst, becomes the new TAT.
+    /// Under the same rate the state is read as it is (a debt above a smaller burst reads as
+    /// full). See [`super::carry`].
+    pub fn carry_over(&self, state: &GcraState, from: &Gcra, now: Micros) -> GcraState {
+        if from.rate == self.rate {
+            return *state;
+        }
+        let from = &from.rate;
         let debt = debt_at(state, now, from.tokens);
         let carried = if from.micros == self.rate.micros {
             debt

@@ -27,7 +27,7 @@ pub use leaky_bucket::{LeakyBucket, LeakyBucketState};
 pub use sliding_log::{SlidingLog, SlidingLogState};
 pub use sliding_window::{SlidingWindow, SlidingWindowState};
 pub use token_bucket::{TokenBucket, TokenBucketState};
-pub use units::RateId;
+pub use units::ParamsId;
 
 use crate::time::Micros;
 use strength_reduce::StrengthReducedU64;
@@ -284,8 +284,7 @@ impl State {
 /// elapsed microsecond refills `tokens` units, so refills are exact integers. Both numbers are
 /// also kept as strength-reduced divisors: every check divides by them (for the remaining
 /// count and the reset time), and a multiply-and-shift is several times cheaper than a
-/// hardware division on the hot path. Each distinct reduced rate has a [`RateId`], which the
-/// in-memory store keeps beside a state to know which units it was written in.
+/// hardware division on the hot path.
 #[derive(Debug, Clone, Copy)]
 pub struct ScaledRate {
     /// Units refilled per elapsed microsecond (the reduced count).
@@ -294,7 +293,6 @@ pub struct ScaledRate {
     pub micros: u64,
     tokens_div: StrengthReducedU64,
     micros_div: StrengthReducedU64,
-    id: RateId,
 }
 
 impl PartialEq for ScaledRate {
@@ -317,30 +315,30 @@ impl ScaledRate {
         let g = gcd(rate.count, rate.period);
         // `Rate` guarantees both are positive, so neither divisor is zero.
         let (tokens, micros) = ((rate.count / g).max(1), (rate.period / g).max(1));
-        Self::with_id(tokens, micros, units::intern(tokens, micros))
+        Self::reduced(tokens, micros)
     }
 
-    /// The rate `id` names in the register, for reading a state written under it; `None` for
-    /// [`RateId::OVERFLOW`].
-    pub fn registered(id: RateId) -> Option<Self> {
-        let (tokens, micros) = id.rate()?;
-        Some(Self::with_id(tokens, micros, id))
-    }
-
-    fn with_id(tokens: u64, micros: u64, id: RateId) -> Self {
+    /// The rate from numbers already in lowest terms (both positive), as the register of
+    /// parameters keeps them.
+    fn reduced(tokens: u64, micros: u64) -> Self {
         Self {
             tokens,
             micros,
             tokens_div: StrengthReducedU64::new(tokens),
             micros_div: StrengthReducedU64::new(micros),
-            id,
         }
     }
 
-    /// This rate's id in the process's register of rates.
-    #[inline]
-    pub fn id(&self) -> RateId {
-        self.id
+    /// The rate and amount `id` names in the register of parameters, for reading a state
+    /// written under them; `None` for [`ParamsId::OVERFLOW`].
+    pub(crate) fn registered(id: ParamsId) -> Option<(Self, u64)> {
+        let (tokens, micros, amount) = id.numbers()?;
+        Some((Self::reduced(tokens.max(1), micros.max(1)), amount))
+    }
+
+    /// The register's id for this rate with `amount` (a burst or capacity).
+    pub(crate) fn register(&self, amount: u64) -> ParamsId {
+        units::intern(self.tokens, self.micros, amount)
     }
 
     /// `n` whole tokens in scaled units (saturating; stored amounts stay below 2^53).

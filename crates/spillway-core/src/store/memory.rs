@@ -8,7 +8,7 @@
 //!   values, seeded by the second word;
 //! - the second word identifies the limit: its fingerprint, which the policy computes from
 //!   the limit's name, algorithm and key dimensions (not its numbers: a counter survives a
-//!   change of them, and its slot, see [`Slot`], says which rate its state was written in).
+//!   change of them, and its slot, see [`Slot`], says which numbers wrote its state).
 //!
 //! Different limits therefore never share a slot (short of a 64-bit collision among a
 //! policy's few hundred limit fingerprints), and two values of one limit share one only if their
@@ -45,7 +45,7 @@
 
 use super::slot::Slot;
 use super::{admits, Check, Store, StoreError};
-use crate::algorithm::{Decision, LimitParams, RateId, State};
+use crate::algorithm::{Decision, LimitParams, ParamsId, State};
 use crate::request::CheckMode;
 use crate::time::{Clock, Micros, SystemClock, SECOND};
 use async_trait::async_trait;
@@ -211,7 +211,7 @@ impl MemoryStore {
         let e = check.params.evaluate(None, now, check.cost);
         let decision = e.decision;
         if mode == CheckMode::Consume {
-            self.commit(&mut map, h, e, check.params.unit(), now, &[]);
+            self.commit(&mut map, h, e, check.params.id(), now, &[]);
         }
         decision
     }
@@ -236,26 +236,22 @@ impl MemoryStore {
             }};
         }
         match (check.params, &mut *slot) {
-            (LimitParams::TokenBucket(p), Slot::TokenBucket(s, exp, unit))
-                if *unit == p.rate().id() =>
-            {
+            (LimitParams::TokenBucket(p), Slot::TokenBucket(s, exp, id)) if *id == p.id() => {
                 in_place!(p, s, exp)
             }
-            (LimitParams::Gcra(p), Slot::Gcra(s, exp, unit)) if *unit == p.rate().id() => {
+            (LimitParams::Gcra(p), Slot::Gcra(s, exp, id)) if *id == p.id() => {
                 in_place!(p, s, exp)
             }
             (LimitParams::FixedWindow(p), Slot::FixedWindow(s, exp)) => in_place!(p, s, exp),
             (LimitParams::SlidingWindow(p), Slot::SlidingWindow(s, exp)) => in_place!(p, s, exp),
-            (LimitParams::LeakyBucket(p), Slot::LeakyBucket(s, exp, unit))
-                if *unit == p.drain().id() =>
-            {
+            (LimitParams::LeakyBucket(p), Slot::LeakyBucket(s, exp, id)) if *id == p.id() => {
                 in_place!(p, s, exp)
             }
             _ => {
                 let e = slot.evaluate(check.params, now, check.cost);
                 if consume && e.decision.allowed {
                     let expires = self.expiry_secs(e.expires_at);
-                    *slot = Slot::new(e.state, expires, check.params.unit());
+                    *slot = Slot::new(e.state, expires, check.params.id());
                 }
                 e.decision
             }
@@ -292,13 +288,13 @@ impl MemoryStore {
         if mode == CheckMode::Consume && admits(checks, &decisions) {
             let writes = evaluations.into_iter().zip(&hashes).zip(&slots).zip(checks);
             for (((e, h), &slot), c) in writes {
-                self.commit(&mut guards[slot].1, *h, e, c.params.unit(), now, &hashes);
+                self.commit(&mut guards[slot].1, *h, e, c.params.id(), now, &hashes);
             }
         }
         decisions
     }
 
-    /// Stores an allowed evaluation's state, in the units `unit` of the limit that wrote it.
+    /// Stores an allowed evaluation's state, with the id `id` of the numbers that wrote it.
     /// A zero-cost look that leaves a key fresh creates no slot, and a denied one changes
     /// nothing. Making room never evicts a key of `request` (the keys the same request is
     /// charging), whose charge would be lost.
@@ -307,14 +303,14 @@ impl MemoryStore {
         map: &mut Shard,
         h: KeyHash,
         e: crate::algorithm::Evaluation<State>,
-        unit: RateId,
+        id: ParamsId,
         now: Micros,
         request: &[KeyHash],
     ) {
         if !e.decision.allowed || e.expires_at <= now {
             return;
         }
-        let slot = Slot::new(e.state, self.expiry_secs(e.expires_at), unit);
+        let slot = Slot::new(e.state, self.expiry_secs(e.expires_at), id);
         if let Some(existing) = map.get_mut(&h) {
             *existing = slot;
         } else {

@@ -1,43 +1,43 @@
 //! How the in-memory store keeps one key's state: the algorithm's state, the second it
-//! expires, and for the bucket algorithms the rate its amounts are scaled by, in 24 bytes.
+//! expires, and for the bucket algorithms the id of the numbers that wrote it, in 24 bytes.
 //!
 //! A counter keeps its identity when its limit's numbers change (see
-//! `crate::algorithm::carry`), so a slot may be read under a rate other than the one that
-//! wrote it. The bucket variants keep the writer's [`RateId`] in the three bytes the layout
-//! leaves spare beside the variant tag, so telling "same rate" apart is one comparison and the
-//! single-limit path still updates a slot in place.
+//! `crate::algorithm::carry`), so a slot may be read under numbers other than the ones that
+//! wrote it. The bucket variants keep the writer's [`ParamsId`] in the three bytes the layout
+//! leaves spare beside the variant tag, so telling "same numbers" apart is one comparison and
+//! the single-limit path still updates a slot in place.
 
 use crate::algorithm::{
-    FixedWindowState, GcraState, LeakyBucketState, LimitParams, RateId, SlidingLogState,
+    FixedWindowState, GcraState, LeakyBucketState, LimitParams, ParamsId, SlidingLogState,
     SlidingWindowState, State, StateRef, TokenBucketState,
 };
 use crate::time::Micros;
 
-/// A stored state with its expiry second (and, for buckets, its units). Each variant pairs
+/// A stored state with its expiry second (and, for buckets, its writer's numbers). Each variant pairs
 /// the algorithm's 16-byte state (or the sliding log's box) with the expiry so the compiler
-/// packs the expiry and the rate id beside the variant tag: 24 bytes, where `(State, u32)`
+/// packs the expiry and the numbers' id beside the variant tag: 24 bytes, where `(State, u32)`
 /// alone would take 32.
 #[derive(Debug)]
 pub(super) enum Slot {
-    TokenBucket(TokenBucketState, u32, RateId),
-    Gcra(GcraState, u32, RateId),
+    TokenBucket(TokenBucketState, u32, ParamsId),
+    Gcra(GcraState, u32, ParamsId),
     FixedWindow(FixedWindowState, u32),
     SlidingWindow(SlidingWindowState, u32),
     SlidingLog(Box<SlidingLogState>, u32),
-    LeakyBucket(LeakyBucketState, u32, RateId),
+    LeakyBucket(LeakyBucketState, u32, ParamsId),
 }
 
 impl Slot {
-    /// A slot for `state`, written by a limit whose states are in the units `unit`.
+    /// A slot for `state`, written by a limit whose numbers have the id `id`.
     #[inline]
-    pub(super) fn new(state: State, expires: u32, unit: RateId) -> Self {
+    pub(super) fn new(state: State, expires: u32, id: ParamsId) -> Self {
         match state {
-            State::TokenBucket(s) => Self::TokenBucket(s, expires, unit),
-            State::Gcra(s) => Self::Gcra(s, expires, unit),
+            State::TokenBucket(s) => Self::TokenBucket(s, expires, id),
+            State::Gcra(s) => Self::Gcra(s, expires, id),
             State::FixedWindow(s) => Self::FixedWindow(s, expires),
             State::SlidingWindow(s) => Self::SlidingWindow(s, expires),
             State::SlidingLog(s) => Self::SlidingLog(s, expires),
-            State::LeakyBucket(s) => Self::LeakyBucket(s, expires, unit),
+            State::LeakyBucket(s) => Self::LeakyBucket(s, expires, id),
         }
     }
 
@@ -53,14 +53,14 @@ impl Slot {
         }
     }
 
-    /// The state as `params` read it at `now`: converted when it was written in other units
-    /// (see `crate::algorithm::carry`), `None` when it reads as it is.
+    /// The state as `params` read it at `now`: converted when it was written under other
+    /// numbers (see `crate::algorithm::carry`), `None` when it reads as it is.
     #[inline]
     pub(super) fn carried(&self, params: &LimitParams, now: Micros) -> Option<State> {
         match self {
-            Self::TokenBucket(_, _, unit)
-            | Self::Gcra(_, _, unit)
-            | Self::LeakyBucket(_, _, unit) => params.carry_over_from(*unit, self.state(), now),
+            Self::TokenBucket(_, _, id) | Self::Gcra(_, _, id) | Self::LeakyBucket(_, _, id) => {
+                params.carry_over_from(*id, self.state(), now)
+            }
             _ => None,
         }
     }
