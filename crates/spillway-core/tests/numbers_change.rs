@@ -123,3 +123,19 @@ async fn changing_the_algorithm_starts_fresh() {
     let new = policy("sliding_window", "limit: 900\n    window: 1d");
     assert_eq!(used_then_reloaded(old, new, 950).await, (true, 899));
 }
+
+#[test]
+fn emergency_quotas_built_per_request_share_one_id() {
+    // The server derives each limit's emergency parameters on every degraded request; the
+    // same numbers must name the same register entry, so the emergency store's slots stay
+    // on the in-place path and the register does not grow per request.
+    let p = policy("gcra", "rate: 1000/d\n    burst: 1000");
+    let def = p.limits().next().expect("one limit");
+    let (a, b) = (
+        spillway_core::policy::emergency_params(&def.params, 10),
+        spillway_core::policy::emergency_params(&def.params, 10),
+    );
+    assert_eq!(a.quota(), 10);
+    assert_eq!(a.id(), b.id());
+    assert_ne!(a.id(), def.params.id());
+}

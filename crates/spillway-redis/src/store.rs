@@ -20,6 +20,7 @@ use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, Store, StoreError};
 use spillway_core::time::{Clock, Micros, SystemClock};
+use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -212,7 +213,9 @@ impl Store for RedisStore {
             }
         };
         if let Some(cache) = &self.cache {
-            cache.remember(&keys, checks, &decisions, sent_at);
+            if decisions.iter().any(|d| !d.allowed) {
+                cache.remember(&self.cache_keys(checks), checks, &decisions, sent_at);
+            }
         }
         Ok(decisions)
     }
@@ -221,8 +224,7 @@ impl Store for RedisStore {
     /// Redis (and feeds the cache), so a caller that wants the shortcut asks here first.
     fn local_answer(&self, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
         let cache = self.cache.as_ref()?;
-        let keys: Vec<String> = checks.iter().map(|c| self.layout.key(c.key)).collect();
-        cache.deny(&keys, checks, self.now())
+        cache.deny(&self.cache_keys(checks), checks, self.now())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -257,6 +259,25 @@ impl Store for RedisStore {
         // Every key carries a PX expiry; Redis drops them itself. The local cache is swept
         // here because the server calls this once a second.
         self.cache.as_ref().map_or(0, |c| c.sweep(self.now()))
+    }
+}
+
+impl RedisStore {
+    /// The local cache's names for `checks`: each Redis key with the numbers its limit is
+    /// judged by. A counter keeps its key when its limit's numbers change (the state is read
+    /// under the new ones), so a denial remembered under the old numbers must not be replayed
+    /// under new ones: a loosened limit would go on denying until the old retry time.
+    fn cache_keys(&self, checks: &[Check<'_>]) -> Vec<String> {
+        checks
+            .iter()
+            .map(|c| {
+                // A key never holds a space (values are encoded), so this suffix is apart.
+                let mut key = self.layout.key(c.key);
+                let [code, a, b, n] = script::encode_params(c.params);
+                let _ = write!(key, " {code}:{a}:{b}:{n}");
+                key
+            })
+            .collect()
     }
 }
 
