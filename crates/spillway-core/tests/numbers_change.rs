@@ -139,3 +139,46 @@ fn emergency_quotas_built_per_request_share_one_id() {
     assert_eq!(a.id(), b.id());
     assert_ne!(a.id(), def.params.id());
 }
+
+#[tokio::test]
+async fn a_request_with_several_limits_reads_each_under_its_new_numbers() {
+    // Two limits on one request take the store's multi-limit path.
+    let text = |daily: u64| {
+        format!(
+            "default_tier: free\nlimits:\n  daily:\n    algorithm: gcra\n    rate: {daily}/d\n    \
+             burst: {daily}\n    key: [user]\n  hourly:\n    algorithm: fixed_window\n    \
+             limit: 5000\n    window: 1h\n    key: [user]\ntiers:\n  free:\n    \
+             limits: [daily, hourly]\n"
+        )
+    };
+    let load = |daily| Arc::new(Policy::from_yaml_str(&text(daily), "policy.yaml").expect("valid"));
+    let clock = Arc::new(ManualClock::new(1_700_000_000 * SECOND));
+    let store = Arc::new(MemoryStore::new(10_000, clock.clone()));
+    let engine = Engine::new(load(1000), store, clock.clone());
+    let mut abuser = user("abuser");
+    abuser.cost = Some(950);
+    assert!(
+        engine
+            .check(&abuser, CheckMode::Consume)
+            .await
+            .expect("memory")
+            .allowed
+    );
+    engine.replace_policy(load(900));
+    abuser.cost = Some(1);
+    let v = engine
+        .check(&abuser, CheckMode::Consume)
+        .await
+        .expect("memory");
+    assert!(!v.allowed, "950 used of the daily 1000, now 900");
+    let hourly = v
+        .outcomes
+        .iter()
+        .find(|o| &*o.name == "hourly")
+        .expect("hourly");
+    assert_eq!(
+        hourly.decision.remaining,
+        5000 - 950,
+        "the denied request took nothing"
+    );
+}

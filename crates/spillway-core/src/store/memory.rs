@@ -218,7 +218,7 @@ impl MemoryStore {
 
     /// Evaluates a check against its existing slot and, when it consumes and is allowed,
     /// writes the new state back. A slot of the limit's own algorithm, written under the same
-    /// rate (the rule: the key names the limit's algorithm, and its numbers rarely change), is
+    /// numbers (the rule: the key names the limit's algorithm, and its numbers rarely change), is
     /// updated in place by that algorithm's own function, which inlines; any other slot takes
     /// the general path, which converts a state written under other numbers first (see
     /// `crate::algorithm::carry`).
