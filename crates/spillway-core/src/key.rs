@@ -1,11 +1,12 @@
 //! The identity of one limit's counter for one set of dimension values.
 //!
-//! A [`StateKey`] keeps the limit's name, its fingerprint (name, algorithm, numbers and key
+//! A [`StateKey`] keeps the limit's name, its fingerprint (name, algorithm and key
 //! dimensions) and the dimension values as separate parts, so each store can encode them its
 //! own way: the in-memory store keys on the fingerprint plus a seeded hash of the values, and
-//! the Redis store builds a readable key with a hash tag. Because the fingerprint is part of the identity, a limit whose numbers
-//! change on reload starts on fresh counters instead of misreading state kept under other
-//! parameters; counters of unchanged limits carry over untouched.
+//! the Redis store builds a readable key with a hash tag. The limit's numbers are not part of
+//! the identity: when they change (on reload, or in a tenant's override) the counter stays,
+//! and its state is read under the new numbers (`crate::algorithm::carry`), so tightening a
+//! limit never hands every key a fresh quota. A change of algorithm starts fresh counters.
 
 use std::hash::Hasher;
 use std::sync::Arc;
@@ -15,8 +16,9 @@ use std::sync::Arc;
 pub struct StateKey {
     /// The limit's name.
     pub limit: Arc<str>,
-    /// The limit definition's fingerprint (a stable hash of its name, algorithm, numbers and
-    /// key dimensions): with the name, what distinguishes one limit's counters from another's.
+    /// The limit definition's fingerprint (a stable hash of its name, algorithm and key
+    /// dimensions, not its numbers): with the name, what distinguishes one limit's counters
+    /// from another's.
     pub fingerprint: u64,
     /// The values of the limit's key dimensions, in the order the limit declares them.
     pub values: Vec<String>,

@@ -20,13 +20,14 @@ local function ceil_div(a, b)
   return q
 end
 
--- floor(a * b / c) and its remainder, for whole a < 2^32 and b, c < 2^53, without forming
--- a * b (which may reach 2^85). Binary long multiplication keeps x * b = q * c + r with
--- r < c while the bits of a are shifted in one at a time; every step is exact.
-local function muldiv(a, b, c)
+-- floor(a * b / c) and its remainder, for whole a < 2^(top + 1) and b, c < 2^53 whose
+-- result stays below 2^53, without forming a * b (which may reach 2^106). Binary long
+-- multiplication keeps x * b = q * c + r with r < c while the bits of a are shifted in one at
+-- a time; every step is exact.
+local function muldiv_bits(a, b, c, top)
   local bq, br = divmod(b, c)
   local q, r = 0, 0
-  for i = 31, 0, -1 do
+  for i = top, 0, -1 do
     q = q * 2
     if r >= c - r then
       r = r - (c - r)
@@ -47,6 +48,24 @@ local function muldiv(a, b, c)
     end
   end
   return q, r
+end
+
+-- muldiv_bits for a < 2^32 (the sliding window's counts).
+local function muldiv(a, b, c)
+  return muldiv_bits(a, b, c, 31)
+end
+
+-- An amount kept in scaled units of `from` units per token, in units of `to` per token:
+-- floor(x * to / from) (up = false) or its ceiling (up = true), and `cap` whenever that
+-- would reach it. Mirrors the carry_over functions of spillway-core (algorithm/carry.rs):
+-- a state written under other numbers of the same limit. x < 2^53; cap = to * n for whole n.
+local function rescale(x, from, to, cap, up)
+  if floor(x / from) >= cap / to then return cap end
+  -- Here x < (cap / to) * from, so the result stays below cap <= 2^53.
+  local q, r = muldiv_bits(x, to, from, 52)
+  if up and r > 0 then q = q + 1 end
+  if q > cap then return cap end
+  return q
 end
 
 -- Formats a whole number without an exponent (tostring would write 1.7e+15).

@@ -5,8 +5,10 @@ ALG[3] = function(limit, window, _, raw, now, cost)
   local start, count = now - off, 0
   if raw then
     local s, c = string.match(raw, '^F:(%d+):(%d+)$')
-    -- A stored window later than ours means the clock stepped back: keep counting in it.
-    if s and tonumber(s) >= start then
+    -- The stored window lasts one window length from its start: the current aligned window
+    -- (or a later one, if the clock stepped back), or, after the window's length changed,
+    -- the counted window until one new length after its start.
+    if s and tonumber(s) + window > now then
       start, count = tonumber(s), tonumber(c)
     end
   end

@@ -11,12 +11,15 @@ ALG[4] = function(limit, w, _, raw, now, cost)
   local start, prev, curr = aligned, 0, 0
   if raw then
     local s, p, c = string.match(raw, '^W:(%d+):(%d+):(%d+)$')
-    if s then
+    -- A state that counts nothing is a fresh key, wherever it started.
+    if s and (tonumber(p) > 0 or tonumber(c) > 0) then
       s, p, c = tonumber(s), tonumber(p), tonumber(c)
-      if s >= aligned then
+      -- Current while it lasts one window length from its start, then the previous window
+      -- for one more length (after a change of length the windows continue from its end).
+      if s + w > now then
         start, prev, curr = s, p, c
-      elseif s + w == aligned then
-        prev = c
+      elseif s + 2 * w > now then
+        start, prev = s + w, c
       end
     end
   end

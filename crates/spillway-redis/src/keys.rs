@@ -9,8 +9,9 @@
 //!   `{` and the next `}`, so every limit whose key starts with the same dimension value lands
 //!   in the same slot: list the dimension that groups a request's limits (usually `tenant`)
 //!   first in each limit's `key`, and a request's limits share one slot and one atomic script.
-//! - `limit` is the limit's name, `fingerprint` its parameters' fingerprint in hex (a limit
-//!   whose numbers change starts on fresh counters).
+//! - `limit` is the limit's name, `fingerprint` its identity's fingerprint in hex (name,
+//!   algorithm and key dimensions, not its numbers: a limit whose numbers change keeps its
+//!   keys, and the scripts read the state under the new numbers).
 //! - Each value is encoded: bytes outside `[A-Za-z0-9_.-]` become `%XX`, the empty string
 //!   becomes `~`, and a value longer than [`MAX_PLAIN`] bytes becomes `#` plus the hex SHA-1 of
 //!   its bytes. The encoded alphabet has no `:`, `{` or `}`, so no value can end a segment

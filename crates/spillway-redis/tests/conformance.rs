@@ -57,6 +57,31 @@ async fn cluster_reproduces_the_vectors() {
 
 /// Random parameters around the edges the Lua side must get exactly right.
 fn random_vector(rng: &mut Rng, i: usize) -> Vector {
+    let algorithm = ALGORITHMS[rng.below(6) as usize];
+    let numbers = random_numbers(rng, algorithm);
+    let mut v = Vector {
+        name: format!("random-{i}"),
+        algorithm: algorithm.into(),
+        numbers,
+        events: vec![],
+    };
+    let params = v.params();
+    let requests = vectors::random_requests(rng, &params, 80);
+    v.events = vectors::expected(&params, &requests);
+    v
+}
+
+const ALGORITHMS: [&str; 6] = [
+    "token_bucket",
+    "gcra",
+    "leaky_bucket",
+    "fixed_window",
+    "sliding_window",
+    "sliding_log",
+];
+
+/// Random numbers for `algorithm`, within what policy validation accepts.
+fn random_numbers(rng: &mut Rng, algorithm: &str) -> [u64; 3] {
     const PERIODS: [u64; 6] = [
         1_000,
         333_333,
@@ -65,16 +90,8 @@ fn random_vector(rng: &mut Rng, i: usize) -> Vector {
         3_600_000_000,
         86_400_000_000,
     ];
-    let algorithm = [
-        "token_bucket",
-        "gcra",
-        "leaky_bucket",
-        "fixed_window",
-        "sliding_window",
-        "sliding_log",
-    ][rng.below(6) as usize];
     let period = PERIODS[rng.below(6) as usize] + rng.below(3);
-    let numbers = match algorithm {
+    match algorithm {
         "token_bucket" | "gcra" | "leaky_bucket" => {
             let count = 1 + rng.below(1000);
             // Keep burst x period within 2^53, as policy validation requires.
@@ -91,17 +108,22 @@ fn random_vector(rng: &mut Rng, i: usize) -> Vector {
             [1 + rng.below(cap), period, 0]
         }
         _ => [1 + rng.below(20), period, 0],
-    };
-    let mut v = Vector {
-        name: format!("random-{i}"),
+    }
+}
+
+/// A random limit whose numbers change every few requests among a few random sets.
+fn random_renumbered_vector(rng: &mut Rng, i: usize) -> Vector {
+    let algorithm = ALGORITHMS[rng.below(6) as usize];
+    let sets: Vec<[u64; 3]> = (0..2 + rng.below(3))
+        .map(|_| random_numbers(rng, algorithm))
+        .collect();
+    let requests = vectors::renumbered_requests(rng, algorithm, &sets, 80);
+    Vector {
+        name: format!("renumbered-{i}"),
         algorithm: algorithm.into(),
-        numbers,
-        events: vec![],
-    };
-    let params = v.params();
-    let requests = vectors::random_requests(rng, &params, 80);
-    v.events = vectors::expected(&params, &requests);
-    v
+        numbers: sets[0],
+        events: vectors::expected_renumbered(algorithm, sets[0], &requests),
+    }
 }
 
 #[tokio::test]
@@ -116,5 +138,23 @@ async fn lua_agrees_with_rust_on_random_sequences() {
     for i in 0..150 {
         let v = random_vector(&mut rng, i);
         replay(&store, &clock, &v, &format!("d{i}")).await;
+    }
+}
+
+#[tokio::test]
+async fn lua_agrees_with_rust_when_numbers_change() {
+    let server = RedisServer::start();
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    let memory_clock = Arc::new(ManualClock::new(0));
+    let memory = MemoryStore::new(10_000, memory_clock.clone());
+    let seed = std::env::var("SPILLWAY_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_202);
+    let mut rng = Rng::new(seed);
+    for i in 0..150 {
+        let v = random_renumbered_vector(&mut rng, i);
+        replay(&store, &clock, &v, &format!("n{i}")).await;
+        replay(&memory, &memory_clock, &v, &format!("n{i}")).await;
     }
 }

@@ -7,8 +7,10 @@
 //! events becomes one reload); then the file is read, and if its text differs from the last
 //! text seen it is validated. `SIGHUP` reloads unconditionally.
 //!
-//! A valid policy replaces the engine's in one atomic swap; counters of limits whose parameters
-//! did not change carry over, because state keys include each limit's parameter fingerprint.
+//! A valid policy replaces the engine's in one atomic swap; every limit's counters carry over,
+//! since a counter's identity is the limit's name, algorithm and key, not its numbers: a limit
+//! whose numbers changed has its state read under the new ones
+//! (`spillway_core::algorithm::carry`).
 //! An invalid one is logged with every problem, counted as `rejected`, and the old policy keeps
 //! serving. All reloads run on one task, so they never race each other.
 

@@ -1,6 +1,10 @@
 //! The conformance vectors: for each algorithm and a few parameter sets, a sequence of
 //! requests `(time, cost, consume or peek)` on one key and the exact decision each must get.
 //!
+//! Some vectors change the limit's numbers between requests (as a reload or a tenant's
+//! override does): the counter keeps its identity, and every store must read the state the
+//! old numbers left exactly as `LimitParams::carry_over` does.
+//!
 //! The expected decisions were produced once by [`generate`] from the engine's pure Rust
 //! functions and checked in as `vectors/conformance.json`; every store (in-memory, Redis,
 //! Redis Cluster) replays them and must agree field for field. A test in `spillway-redis`
@@ -47,6 +51,10 @@ pub struct Event {
     /// The decision: allowed (0/1), limit, remaining, reset_after, retry_after (-1 = none),
     /// denial (0 none, 1 over limit, 2 cost exceeds limit).
     pub expect: [i64; 6],
+    /// The limit's numbers from this request on, when they changed just before it (same
+    /// algorithm, same counter; the form of [`Vector::numbers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numbers: Option<[u64; 3]>,
 }
 
 /// A decision in the vectors' flat form.
@@ -67,21 +75,31 @@ pub fn flatten(d: &Decision) -> [i64; 6] {
 }
 
 impl Vector {
-    /// The limit this vector exercises.
+    /// The limit this vector exercises, with the numbers it starts with.
     pub fn params(&self) -> LimitParams {
-        let [a, b, c] = self.numbers;
-        let rate = || Rate::new(a, b).expect("vector rate is valid");
-        let made = match self.algorithm.as_str() {
-            "token_bucket" => TokenBucket::new(rate(), c).map(LimitParams::TokenBucket),
-            "gcra" => Gcra::new(rate(), c).map(LimitParams::Gcra),
-            "leaky_bucket" => LeakyBucket::new(rate(), c).map(LimitParams::LeakyBucket),
-            "fixed_window" => FixedWindow::new(a, b).map(LimitParams::FixedWindow),
-            "sliding_window" => SlidingWindow::new(a, b).map(LimitParams::SlidingWindow),
-            "sliding_log" => SlidingLog::new(a, b).map(LimitParams::SlidingLog),
-            other => Err(format!("unknown algorithm {other}")),
-        };
-        made.expect("vector parameters are valid")
+        self.params_with(self.numbers)
     }
+
+    /// The limit this vector exercises, with `numbers` (see [`Event::numbers`]).
+    pub fn params_with(&self, numbers: [u64; 3]) -> LimitParams {
+        params_of(&self.algorithm, numbers)
+    }
+}
+
+/// The limit of `algorithm` with `numbers` in a vector's form.
+pub fn params_of(algorithm: &str, numbers: [u64; 3]) -> LimitParams {
+    let [a, b, c] = numbers;
+    let rate = || Rate::new(a, b).expect("vector rate is valid");
+    let made = match algorithm {
+        "token_bucket" => TokenBucket::new(rate(), c).map(LimitParams::TokenBucket),
+        "gcra" => Gcra::new(rate(), c).map(LimitParams::Gcra),
+        "leaky_bucket" => LeakyBucket::new(rate(), c).map(LimitParams::LeakyBucket),
+        "fixed_window" => FixedWindow::new(a, b).map(LimitParams::FixedWindow),
+        "sliding_window" => SlidingWindow::new(a, b).map(LimitParams::SlidingWindow),
+        "sliding_log" => SlidingLog::new(a, b).map(LimitParams::SlidingLog),
+        other => Err(format!("unknown algorithm {other}")),
+    };
+    made.expect("vector parameters are valid")
 }
 
 /// The checked-in vectors, parsed.
@@ -109,13 +127,52 @@ impl Rng {
 
 /// Replays `(at, cost, peek)` requests through the pure function, the way a store must.
 pub fn expected(params: &LimitParams, requests: &[(Micros, u64, bool)]) -> Vec<Event> {
-    let mut state: Option<State> = None;
+    let requests: Vec<_> = requests
+        .iter()
+        .map(|&(at, cost, peek)| (at, cost, peek, None))
+        .collect();
+    replay_reference(params.clone(), &requests)
+}
+
+/// Like [`expected`] for requests that may change the limit's numbers before they are
+/// evaluated: `(at, cost, peek, new numbers)` for a limit of `algorithm` starting with
+/// `numbers`.
+pub fn expected_renumbered(
+    algorithm: &str,
+    numbers: [u64; 3],
+    requests: &[(Micros, u64, bool, Option<[u64; 3]>)],
+) -> Vec<Event> {
+    let requests: Vec<_> = requests
+        .iter()
+        .map(|&(at, cost, peek, n)| (at, cost, peek, n.map(|n| (n, params_of(algorithm, n)))))
+        .collect();
+    replay_reference(params_of(algorithm, numbers), &requests)
+}
+
+/// A request of the reference replay: time, cost, peek, and the numbers (with their
+/// parameters) the limit changes to just before it.
+type ReferenceRequest = (Micros, u64, bool, Option<([u64; 3], LimitParams)>);
+
+/// The reference replay: the state is kept with the parameters that wrote it, and read under
+/// the current ones through `carry_over`; a state that is fresh-equivalent is dropped, as the
+/// stores drop it.
+fn replay_reference(mut params: LimitParams, requests: &[ReferenceRequest]) -> Vec<Event> {
+    let mut state: Option<(State, LimitParams)> = None;
     requests
         .iter()
-        .map(|&(at, cost, peek)| {
-            let e = params.evaluate(state.as_ref().map(State::as_ref), at, cost);
+        .map(|(at, cost, peek, change)| {
+            let (at, cost, peek) = (*at, *cost, *peek);
+            if let Some((_, p)) = change {
+                params = p.clone();
+            }
+            let read = state.as_ref().map(|(s, writer)| {
+                params
+                    .carry_over(writer, s.as_ref(), at)
+                    .unwrap_or_else(|| s.clone())
+            });
+            let e = params.evaluate(read.as_ref().map(State::as_ref), at, cost);
             if e.decision.allowed && !peek && e.expires_at > at {
-                state = Some(e.state);
+                state = Some((e.state, params.clone()));
             } else if e.decision.allowed && !peek {
                 state = None;
             }
@@ -124,6 +181,7 @@ pub fn expected(params: &LimitParams, requests: &[(Micros, u64, bool)]) -> Vec<E
                 cost,
                 peek,
                 expect: flatten(&e.decision),
+                numbers: change.as_ref().map(|(n, _)| *n),
             }
         })
         .collect()
@@ -176,9 +234,129 @@ pub fn parameter_sets() -> Vec<(&'static str, [u64; 3])> {
     ]
 }
 
+/// Numbers each algorithm's "numbers changed" vectors move between: tighter and looser
+/// amounts, rates whose reduced units differ (so bucket states must be rescaled, up to 2^53),
+/// and longer and shorter windows.
+pub fn renumbering_sets() -> Vec<(&'static str, Vec<[u64; 3]>)> {
+    vec![
+        (
+            "token_bucket",
+            vec![
+                [10, SECOND, 5],
+                [3, SECOND, 1],
+                [7, 3 * SECOND, 20],
+                [1, HOUR, 2_000_000],
+            ],
+        ),
+        (
+            "gcra",
+            vec![
+                [3, SECOND, 2],
+                [7, MINUTE, 20],
+                [10, SECOND, 5],
+                [1, HOUR, 2_000_000],
+            ],
+        ),
+        (
+            "leaky_bucket",
+            vec![
+                [10, SECOND, 5],
+                [7, 3 * SECOND, 4],
+                [3, SECOND, 12],
+                [1, HOUR, 2_000_000],
+            ],
+        ),
+        (
+            "fixed_window",
+            vec![
+                [5, MINUTE, 0],
+                [3, 10 * SECOND, 0],
+                [8, 2 * MINUTE, 0],
+                [1, SECOND, 0],
+            ],
+        ),
+        (
+            "sliding_window",
+            vec![
+                [10, MINUTE, 0],
+                [3, 7 * SECOND, 0],
+                [4_000_000, DAY, 0],
+                [6, 2 * MINUTE, 0],
+            ],
+        ),
+        (
+            "sliding_log",
+            vec![
+                [5, 10 * SECOND, 0],
+                [1, SECOND, 0],
+                [9, MINUTE, 0],
+                [3, 4 * SECOND, 0],
+            ],
+        ),
+    ]
+}
+
+/// The case for every algorithm: 950 used of 1,000 a day, the limit becomes 900 a
+/// day, and the next request is denied; later the limit is loosened to 2,000.
+fn tightened(algorithm: &str) -> Vector {
+    let (old, new, loose) = match algorithm {
+        "token_bucket" | "gcra" | "leaky_bucket" => {
+            ([1000, DAY, 1000], [900, DAY, 900], [2000, DAY, 2000])
+        }
+        _ => ([1000, DAY, 0], [900, DAY, 0], [2000, DAY, 0]),
+    };
+    let t = 1_700_000_000_000_000 + DAY / 3;
+    let requests = [
+        (t, 950, false, None),
+        (t + SECOND, 1, false, Some(new)),
+        (t + SECOND, 0, true, None),
+        (t + MINUTE, 1, false, Some(loose)),
+        (t + MINUTE, 2000, false, None),
+        (t + 2 * MINUTE, 1, false, Some(old)),
+    ];
+    Vector {
+        name: format!("{algorithm}-tightened"),
+        algorithm: algorithm.into(),
+        numbers: old,
+        events: expected_renumbered(algorithm, old, &requests),
+    }
+}
+
+/// Random requests on a limit whose numbers change every few requests, among `sets`.
+pub fn renumbered_requests(
+    rng: &mut Rng,
+    algorithm: &str,
+    sets: &[[u64; 3]],
+    n: usize,
+) -> Vec<(Micros, u64, bool, Option<[u64; 3]>)> {
+    let mut current = 0;
+    let mut out: Vec<(Micros, u64, bool, Option<[u64; 3]>)> = Vec::with_capacity(n);
+    while out.len() < n {
+        let params = params_of(algorithm, sets[current]);
+        let run = 3 + rng.below(12) as usize;
+        let mut requests = random_requests(rng, &params, run);
+        // Continue a little after the last request's time (the change lands within the old
+        // numbers' window, where it matters), keeping each run's own spacing; no gap is
+        // longer than two days, so times stay far below 2^53 however long the windows.
+        let gap = rng.below(params.window().clamp(1, DAY) / 2 + 1);
+        let mut at = out.last().map_or(requests[0].0, |&(last, ..)| last + gap);
+        let mut prev = requests[0].0;
+        for (i, (when, cost, peek)) in requests.drain(..).enumerate() {
+            at += (when - prev).min(2 * DAY);
+            prev = when;
+            let change = (i == 0 && !out.is_empty()).then_some(sets[current]);
+            out.push((at, cost, peek, change));
+        }
+        let next = rng.below(sets.len() as u64 - 1) as usize;
+        current = if next >= current { next + 1 } else { next };
+    }
+    out.truncate(n);
+    out
+}
+
 /// Builds the whole table from the pure functions.
 pub fn generate() -> Vec<Vector> {
-    parameter_sets()
+    let fixed = parameter_sets()
         .into_iter()
         .enumerate()
         .map(|(i, (algorithm, numbers))| {
@@ -193,6 +371,21 @@ pub fn generate() -> Vec<Vector> {
             let requests = random_requests(&mut rng, &params, 120);
             v.events = expected(&params, &requests);
             v
-        })
-        .collect()
+        });
+    let renumbered =
+        renumbering_sets()
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, (algorithm, sets))| {
+                let mut rng = Rng::new(0xC4A1 + i as u64);
+                let requests = renumbered_requests(&mut rng, algorithm, &sets, 160);
+                let random = Vector {
+                    name: format!("{algorithm}-renumbered"),
+                    algorithm: algorithm.into(),
+                    numbers: sets[0],
+                    events: expected_renumbered(algorithm, sets[0], &requests),
+                };
+                [tightened(algorithm), random]
+            });
+    fixed.chain(renumbered).collect()
 }

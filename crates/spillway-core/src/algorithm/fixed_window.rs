@@ -47,9 +47,13 @@ impl FixedWindow {
         cost: u64,
     ) -> Evaluation<FixedWindowState> {
         let aligned = now - now % self.window;
-        // A stored window later than ours means the clock stepped back: keep counting in it.
+        // The stored window lasts one window length from its start. For a state this limit
+        // wrote, that is "it is the current aligned window" (or a later one: the clock stepped
+        // back, so keep counting in it). After the window's length changed, the counted window
+        // keeps its start and count and ends one new length after it; windows align to the
+        // new length from then on (see `super::carry`).
         let (start, count) = match state {
-            Some(s) if s.start >= aligned => (s.start, s.count),
+            Some(s) if s.start + self.window > now => (s.start, s.count),
             _ => (aligned, 0),
         };
         let end = start + self.window;

@@ -7,7 +7,7 @@
 //! is kept as a whole microsecond plus a remainder in units of `1 / tokens` microsecond; both
 //! parts stay small enough for a Lua double.
 
-use super::{Decision, Evaluation, ScaledRate};
+use super::{Decision, Evaluation, ParamsId, ScaledRate};
 use crate::rate::Rate;
 use crate::time::Micros;
 
@@ -16,6 +16,7 @@ use crate::time::Micros;
 pub struct Gcra {
     rate: ScaledRate,
     burst: u64,
+    id: ParamsId,
 }
 
 /// A GCRA key's state: the theoretical arrival time `tat + rem / rate.tokens` microseconds.
@@ -32,7 +33,23 @@ impl Gcra {
     pub fn new(rate: Rate, burst: u64) -> Result<Self, String> {
         let rate = ScaledRate::new(rate);
         rate.check_capacity(burst, "burst")?;
-        Ok(Self { rate, burst })
+        Ok(Self {
+            id: rate.register(burst),
+            rate,
+            burst,
+        })
+    }
+
+    /// The limiter `id` names in the register of parameters (see [`super::units`]).
+    pub(crate) fn registered(id: ParamsId) -> Option<Self> {
+        let (rate, burst) = ScaledRate::registered(id)?;
+        Some(Self { rate, burst, id })
+    }
+
+    /// The id of this limiter's numbers, which the in-memory store keeps with its states.
+    #[inline]
+    pub fn id(&self) -> ParamsId {
+        self.id
     }
 
     /// The emission rate in scaled form, for stores that mirror this function elsewhere (Redis Lua).
@@ -48,6 +65,31 @@ impl Gcra {
     /// Time for a fully used key to become fresh again.
     pub fn refill_time(&self) -> Micros {
         self.rate.time_for(self.rate.scale(self.burst))
+    }
+
+    /// Reads a state written by `from` (this limit with its numbers before a change) at `now`:
+    /// the debt it held at `now` (measured at the old rate, which the state's TAT is written
+    /// in), rounded up to this limit's units and at most one whole burst, becomes the new TAT.
+    /// Under the same rate the state is read as it is (a debt above a smaller burst reads as
+    /// full). See [`super::carry`].
+    pub fn carry_over(&self, state: &GcraState, from: &Gcra, now: Micros) -> GcraState {
+        if from.rate == self.rate {
+            return *state;
+        }
+        let from = &from.rate;
+        let debt = debt_at(state, now, from.tokens);
+        let carried = if from.micros == self.rate.micros {
+            debt
+        } else {
+            super::clamp_u64(
+                (u128::from(debt) * u128::from(self.rate.micros)).div_ceil(u128::from(from.micros)),
+            )
+        };
+        let (whole, rem) = self.rate.split(carried.min(self.rate.scale(self.burst)));
+        GcraState {
+            tat: now + whole,
+            rem,
+        }
     }
 
     /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
@@ -100,6 +142,20 @@ impl Gcra {
                 expires_at: now + fresh_in(debt),
             }
         }
+    }
+}
+
+/// How far `state` is in debt at `now`, in scaled units of a rate refilling `per` units a
+/// microsecond (0 once its TAT has passed); what `Gcra::evaluate` computes inline.
+fn debt_at(state: &GcraState, now: Micros, per: u64) -> u64 {
+    if state.tat > now {
+        (state.tat - now)
+            .saturating_mul(per)
+            .saturating_add(state.rem)
+    } else if state.tat == now {
+        state.rem
+    } else {
+        0
     }
 }
 

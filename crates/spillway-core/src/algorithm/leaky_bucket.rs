@@ -3,7 +3,7 @@
 //! same traffic as a token bucket whose tokens are the bucket's free space, but reads the way
 //! traffic-shaping people think of it (level and drain rather than tokens and refill).
 
-use super::{Decision, Evaluation, ScaledRate};
+use super::{Decision, Evaluation, ParamsId, ScaledRate};
 use crate::rate::Rate;
 use crate::time::Micros;
 
@@ -12,6 +12,7 @@ use crate::time::Micros;
 pub struct LeakyBucket {
     drain: ScaledRate,
     capacity: u64,
+    id: ParamsId,
 }
 
 /// A leaky bucket key's state: the scaled level at the last update, and when that was.
@@ -28,7 +29,27 @@ impl LeakyBucket {
     pub fn new(drain: Rate, capacity: u64) -> Result<Self, String> {
         let drain = ScaledRate::new(drain);
         drain.check_capacity(capacity, "capacity")?;
-        Ok(Self { drain, capacity })
+        Ok(Self {
+            id: drain.register(capacity),
+            drain,
+            capacity,
+        })
+    }
+
+    /// The bucket `id` names in the register of parameters (see [`super::units`]).
+    pub(crate) fn registered(id: ParamsId) -> Option<Self> {
+        let (drain, capacity) = ScaledRate::registered(id)?;
+        Some(Self {
+            drain,
+            capacity,
+            id,
+        })
+    }
+
+    /// The id of this bucket's numbers, which the in-memory store keeps with its states.
+    #[inline]
+    pub fn id(&self) -> ParamsId {
+        self.id
     }
 
     /// The drain rate in scaled form, for stores that mirror this function elsewhere (Redis Lua).
@@ -44,6 +65,25 @@ impl LeakyBucket {
     /// Time for a full bucket to drain completely.
     pub fn drain_time(&self) -> Micros {
         self.drain.time_for(self.drain.scale(self.capacity))
+    }
+
+    /// Reads a state written by `from` (this limit with its numbers before a change) as this
+    /// bucket: the level it held, rounded up to this bucket's units and, when the units
+    /// change, at most the capacity (converted amounts stay exact integers). In the same units
+    /// the level is kept as it is (above a smaller capacity it reads as full). The last leak
+    /// time is kept, so the drain since then runs at the new rate. See [`super::carry`].
+    pub fn carry_over(&self, state: &LeakyBucketState, from: &LeakyBucket) -> LeakyBucketState {
+        let level = if from.drain.micros == self.drain.micros {
+            state.level
+        } else {
+            let scaled = (u128::from(state.level) * u128::from(self.drain.micros))
+                .div_ceil(u128::from(from.drain.micros));
+            super::clamp_u64(scaled).min(self.drain.scale(self.capacity))
+        };
+        LeakyBucketState {
+            level,
+            last_leak: state.last_leak,
+        }
     }
 
     /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
@@ -63,8 +103,8 @@ impl LeakyBucket {
             }
         };
         // A level above the capacity is possible only for a state kept from larger numbers
-        // (the emergency store keeps a limit's counters across a reload that shrinks its
-        // emergency quota); it has no space left.
+        // at the same drain rate (a counter survives a change of its limit's numbers); it has
+        // no space left, and drains from where it is.
         let space = |l: u64| self.drain.whole(capacity.saturating_sub(l));
         let empty_in = |l: u64| self.drain.time_for(l);
         let keep = |l: u64| LeakyBucketState {

@@ -8,14 +8,18 @@
 //! stay below 2^53 so the Lua mirror, whose numbers are doubles, never loses precision.
 //!
 //! Layout: one file per algorithm; this module holds what they share ([`Decision`],
-//! [`Denial`], [`State`]) and the dispatch over [`LimitParams`].
+//! [`Denial`], [`State`]) and the dispatch over [`LimitParams`]. [`carry`] reads a state kept
+//! under other numbers of the same limit (a counter survives a change of its limit's numbers),
+//! and [`units`] names the rates bucket states are scaled by.
 
+pub mod carry;
 mod fixed_window;
 mod gcra;
 mod leaky_bucket;
 mod sliding_log;
 mod sliding_window;
 mod token_bucket;
+pub mod units;
 
 pub use fixed_window::{FixedWindow, FixedWindowState};
 pub use gcra::{Gcra, GcraState};
@@ -23,6 +27,7 @@ pub use leaky_bucket::{LeakyBucket, LeakyBucketState};
 pub use sliding_log::{SlidingLog, SlidingLogState};
 pub use sliding_window::{SlidingWindow, SlidingWindowState};
 pub use token_bucket::{TokenBucket, TokenBucketState};
+pub use units::ParamsId;
 
 use crate::time::Micros;
 use strength_reduce::StrengthReducedU64;
@@ -310,12 +315,30 @@ impl ScaledRate {
         let g = gcd(rate.count, rate.period);
         // `Rate` guarantees both are positive, so neither divisor is zero.
         let (tokens, micros) = ((rate.count / g).max(1), (rate.period / g).max(1));
+        Self::reduced(tokens, micros)
+    }
+
+    /// The rate from numbers already in lowest terms (both positive), as the register of
+    /// parameters keeps them.
+    fn reduced(tokens: u64, micros: u64) -> Self {
         Self {
             tokens,
             micros,
             tokens_div: StrengthReducedU64::new(tokens),
             micros_div: StrengthReducedU64::new(micros),
         }
+    }
+
+    /// The rate and amount `id` names in the register of parameters, for reading a state
+    /// written under them; `None` for [`ParamsId::OVERFLOW`].
+    pub(crate) fn registered(id: ParamsId) -> Option<(Self, u64)> {
+        let (tokens, micros, amount) = id.numbers()?;
+        Some((Self::reduced(tokens.max(1), micros.max(1)), amount))
+    }
+
+    /// The register's id for this rate with `amount` (a burst or capacity).
+    pub(crate) fn register(&self, amount: u64) -> ParamsId {
+        units::intern(self.tokens, self.micros, amount)
     }
 
     /// `n` whole tokens in scaled units (saturating; stored amounts stay below 2^53).

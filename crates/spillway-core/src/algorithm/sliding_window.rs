@@ -55,10 +55,22 @@ impl SlidingWindow {
     ) -> Evaluation<SlidingWindowState> {
         let w = self.window;
         let aligned = now - now % w;
+        // The stored window is current while it lasts one window length from its start, and
+        // becomes the previous window for the length after that. For a state this limit wrote
+        // (aligned starts) that is "it is the current aligned window, or the one before".
+        // After the window's length changed, the stored window keeps its start and lasts the
+        // new length, and the windows that follow it continue from its end (see
+        // `super::carry`). A state that counts nothing is a fresh key wherever it started
+        // (the stores drop it as soon as it is written).
         let s = match state {
-            Some(s) if s.start >= aligned => *s,
-            Some(s) if s.start + w == aligned => SlidingWindowState {
+            Some(s) if s.prev == 0 && s.curr == 0 => SlidingWindowState {
                 start: aligned,
+                prev: 0,
+                curr: 0,
+            },
+            Some(s) if s.start + w > now => *s,
+            Some(s) if s.start + 2 * w > now => SlidingWindowState {
+                start: s.start + w,
                 prev: s.curr,
                 curr: 0,
             },

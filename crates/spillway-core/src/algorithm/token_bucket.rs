@@ -1,7 +1,7 @@
 //! Token bucket: a bucket of `burst` tokens that refills continuously at `rate`; a request
 //! takes `cost` tokens if that many are there. A new key starts full.
 
-use super::{Decision, Evaluation, ScaledRate};
+use super::{Decision, Evaluation, ParamsId, ScaledRate};
 use crate::rate::Rate;
 use crate::time::Micros;
 
@@ -10,6 +10,7 @@ use crate::time::Micros;
 pub struct TokenBucket {
     rate: ScaledRate,
     burst: u64,
+    id: ParamsId,
 }
 
 /// A token bucket key's state: scaled tokens held at the last refill, and when that was.
@@ -26,7 +27,23 @@ impl TokenBucket {
     pub fn new(rate: Rate, burst: u64) -> Result<Self, String> {
         let rate = ScaledRate::new(rate);
         rate.check_capacity(burst, "burst")?;
-        Ok(Self { rate, burst })
+        Ok(Self {
+            id: rate.register(burst),
+            rate,
+            burst,
+        })
+    }
+
+    /// The bucket `id` names in the register of parameters (see [`super::units`]).
+    pub(crate) fn registered(id: ParamsId) -> Option<Self> {
+        let (rate, burst) = ScaledRate::registered(id)?;
+        Some(Self { rate, burst, id })
+    }
+
+    /// The id of this bucket's numbers, which the in-memory store keeps with its states.
+    #[inline]
+    pub fn id(&self) -> ParamsId {
+        self.id
     }
 
     /// The refill rate in scaled form, for stores that mirror this function elsewhere (Redis Lua).
@@ -42,6 +59,27 @@ impl TokenBucket {
     /// Time for an empty bucket to refill completely.
     pub fn refill_time(&self) -> Micros {
         self.rate.time_for(self.rate.scale(self.burst))
+    }
+
+    /// Reads a state written by `from` (this limit with its numbers before a change) as this
+    /// bucket: what it had used at its last refill (the old capacity less its tokens), rounded
+    /// up to this bucket's units, is taken from this bucket's capacity (none left if it used
+    /// at least that). The last refill time is kept, so the refill since then runs at the new
+    /// rate. A full bucket stays full whatever the numbers. See [`super::carry`].
+    pub fn carry_over(&self, state: &TokenBucketState, from: &TokenBucket) -> TokenBucketState {
+        let used = from.rate.scale(from.burst).saturating_sub(state.tokens);
+        let used = if from.rate.micros == self.rate.micros {
+            used
+        } else {
+            super::clamp_u64(
+                (u128::from(used) * u128::from(self.rate.micros))
+                    .div_ceil(u128::from(from.rate.micros)),
+            )
+        };
+        TokenBucketState {
+            tokens: self.rate.scale(self.burst).saturating_sub(used),
+            last_refill: state.last_refill,
+        }
     }
 
     /// Checks `cost` tokens at `now`; see [`super::LimitParams::evaluate`].

@@ -272,7 +272,7 @@ impl Walk<'_> {
             .algorithm
             .as_ref()
             .map_or("fixed_window", |a| a.value.as_str());
-        let (params, amount) = self.params(raw, path, algorithm, count, period, at)?;
+        let (params, _) = self.params(raw, path, algorithm, count, period, at)?;
         let name = match &raw.name {
             Some(n) if n.value.trim().is_empty() => {
                 self.issues.push(
@@ -298,13 +298,8 @@ impl Walk<'_> {
         if self.issues.len() > before {
             return None;
         }
-        let (count, period) = (count?, period?);
-        let fingerprint = fingerprint(
-            self.domain,
-            default_name,
-            algorithm,
-            [count, period, amount],
-        );
+        let (count, _) = (count?, period?);
+        let fingerprint = fingerprint(self.domain, default_name, algorithm);
         self.limits += 1;
         Some(EnvoyLimit {
             def: Arc::new(LimitDef {
@@ -378,16 +373,14 @@ impl Walk<'_> {
 }
 
 /// A stable hash of what identifies one limit's counters: its domain, its place in the tree
-/// and its numbers. Changing any of them starts fresh counters on reload; an unchanged limit
-/// keeps its counters.
-fn fingerprint(domain: &str, place: &str, algorithm: &str, numbers: [u64; 3]) -> u64 {
+/// and its algorithm. Changing its numbers on reload keeps its counters, read under the new
+/// numbers (`crate::algorithm::carry`), as for a policy limit; moving it or changing its
+/// algorithm starts fresh ones.
+fn fingerprint(domain: &str, place: &str, algorithm: &str) -> u64 {
     let mut hasher = SipHasher13::new_with_keys(0, 0);
     for part in ["envoy", domain, place, algorithm] {
         hasher.write(&(part.len() as u64).to_le_bytes());
         hasher.write(part.as_bytes());
-    }
-    for n in numbers {
-        hasher.write(&n.to_le_bytes());
     }
     hasher.finish()
 }
@@ -397,7 +390,10 @@ fn fingerprint(domain: &str, place: &str, algorithm: &str, numbers: [u64; 3]) ->
 pub(super) fn override_limit(domain: &str, count: u64, unit: Unit) -> Result<EnvoyLimit, String> {
     let params = LimitParams::FixedWindow(FixedWindow::new(count, unit.micros())?);
     let name = format!("{domain}.override");
-    let fingerprint = fingerprint(domain, &name, "fixed_window", [count, unit.micros(), count]);
+    // Each unit counts apart (a second's count means nothing to a day's window); the count
+    // is read under whatever limit the descriptor sends, like a policy limit's new numbers.
+    let place = format!("{name}/{}", unit.micros());
+    let fingerprint = fingerprint(domain, &place, "fixed_window");
     Ok(EnvoyLimit {
         def: Arc::new(LimitDef {
             name: name.into(),

@@ -142,9 +142,10 @@ pub struct LimitDef {
     /// Shadow limits are evaluated and counted but never deny, so a new limit can be
     /// observed on real traffic before it is enforced.
     pub shadow: bool,
-    /// A hash of the algorithm, numbers and key, identical in every process and across
-    /// restarts. Part of each counter's identity, so changing a limit's numbers starts fresh
-    /// counters while unchanged limits keep theirs through a reload.
+    /// A hash of the name, algorithm and key, identical in every process and across
+    /// restarts: each counter's identity. The numbers are left out, so a counter keeps its
+    /// state through a change of them (read under the new numbers, `crate::algorithm::carry`);
+    /// a tenant's override shares the limit's identity.
     pub fingerprint: u64,
 }
 

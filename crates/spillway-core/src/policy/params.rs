@@ -1,5 +1,5 @@
 //! A limit's algorithm and numbers: which fields each algorithm takes, their checks, and the
-//! stable fingerprint of the result.
+//! stable fingerprint of the limit's identity (name, algorithm, key; not the numbers).
 //!
 //! A limit and a tenant's override of it share this code: the override lays its fields over
 //! the limit's, and every field remembers which entry wrote it, so a bad number is reported
@@ -9,7 +9,7 @@ use super::error::Issues;
 use super::raw::{Number, RawLimit, RawOverride, Text};
 use super::Dimension;
 use crate::algorithm::{
-    FixedWindow, Gcra, LeakyBucket, LimitParams, ScaledRate, SlidingLog, SlidingWindow, TokenBucket,
+    FixedWindow, Gcra, LeakyBucket, LimitParams, SlidingLog, SlidingWindow, TokenBucket,
 };
 use crate::rate::{parse_duration, Rate};
 use crate::time::Micros;
@@ -166,11 +166,10 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// The validated parameters of a limit with the numbers its fingerprint is made of.
+/// The validated parameters of a limit, with the algorithm its fingerprint names.
 pub(crate) struct Compiled {
     pub params: LimitParams,
     algorithm: Algorithm,
-    numbers: [u64; 3],
 }
 
 /// Checks `fields` against `algorithm`, recording every problem; `None` if there was any.
@@ -256,23 +255,13 @@ pub(crate) fn compile(
         let rate = rate?;
         // A bucket that holds one period's worth is the natural default burst.
         let amount = amount.unwrap_or(rate.count);
-        // Fingerprint the rate in lowest terms: `10/s` and `600/min` behave identically.
-        let reduced = ScaledRate::new(rate);
-        algorithm
-            .bucket(rate, amount)
-            .map(|p| (p, [reduced.tokens, reduced.micros, amount]))
+        algorithm.bucket(rate, amount)
     } else {
         let (limit, window) = (amount?, window?);
-        algorithm
-            .window(limit, window)
-            .map(|p| (p, [limit, window, 0]))
+        algorithm.window(limit, window)
     };
     match built {
-        Ok((params, numbers)) => Some(Compiled {
-            params,
-            algorithm,
-            numbers,
-        }),
+        Ok(params) => Some(Compiled { params, algorithm }),
         Err(message) => {
             // The constructors judge the numbers together; blame the amount if it was written.
             let (at, path) = match amount_field {
@@ -314,11 +303,14 @@ fn check<T, V>(
 }
 
 impl Compiled {
-    /// A hash of the limit's name, its algorithm, its numbers and its key, computed with fixed
-    /// SipHash keys and an explicit byte encoding so it is identical on every machine, process
-    /// and release. It identifies one limit definition: stores use it as the limit's part of
-    /// a counter's identity (the in-memory store seeds its key hash with it instead of hashing
-    /// the name on every check).
+    /// A hash of the limit's name, its algorithm and its key, computed with fixed SipHash keys
+    /// and an explicit byte encoding so it is identical on every machine, process and
+    /// release. It identifies one limit's counters: stores use it as the limit's part of a
+    /// counter's identity (the in-memory store seeds its key hash with it instead of hashing
+    /// the name on every check). The numbers are left out on purpose, so a counter survives
+    /// a change of them (on reload, or in a tenant's override): the state the old numbers
+    /// left is read under the new ones (`crate::algorithm::carry`) instead of every key
+    /// starting on a fresh quota. A change of algorithm starts fresh counters.
     pub(crate) fn fingerprint(&self, name: &str, key: &[Dimension]) -> u64 {
         let mut hasher = SipHasher13::new_with_keys(0, 0);
         let mut put = |bytes: &[u8]| {
@@ -327,9 +319,6 @@ impl Compiled {
         };
         put(name.as_bytes());
         put(self.algorithm.name().as_bytes());
-        for n in self.numbers {
-            put(&n.to_le_bytes());
-        }
         for dimension in key {
             // Tag built-ins apart from descriptors so a descriptor named like one cannot alias.
             let tag: &[u8] = if matches!(dimension, Dimension::Descriptor(_)) {

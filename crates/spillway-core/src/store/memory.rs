@@ -7,7 +7,8 @@
 //! - the first word is a keyed hash (foldhash, random per-process seed) of the dimension
 //!   values, seeded by the second word;
 //! - the second word identifies the limit: its fingerprint, which the policy computes from
-//!   the limit's name, algorithm, numbers and key dimensions.
+//!   the limit's name, algorithm and key dimensions (not its numbers: a counter survives a
+//!   change of them, and its slot, see [`Slot`], says which numbers wrote its state).
 //!
 //! Different limits therefore never share a slot (short of a 64-bit collision among a
 //! policy's few hundred limit fingerprints), and two values of one limit share one only if their
@@ -43,11 +44,9 @@
 //! multi-key requests cannot deadlock), evaluate all limits, and write only if the request is
 //! admitted.
 
+use super::slot::Slot;
 use super::{admits, Check, Store, StoreError};
-use crate::algorithm::{
-    Decision, FixedWindowState, GcraState, LeakyBucketState, LimitParams, SlidingLogState,
-    SlidingWindowState, State, StateRef, TokenBucketState,
-};
+use crate::algorithm::{Decision, LimitParams, ParamsId, State};
 use crate::request::CheckMode;
 use crate::time::{Clock, Micros, SystemClock, SECOND};
 use async_trait::async_trait;
@@ -83,56 +82,6 @@ pub type Decisions = SmallVec<[Decision; 4]>;
 
 /// The stored form of a key: the values' hash, then the limit's identity (see the module docs).
 type KeyHash = [u64; 2];
-
-/// A stored state with its expiry second. Each variant pairs the algorithm's 16-byte state (or
-/// the sliding log's box) with the expiry so the compiler packs the expiry beside the variant
-/// tag: 24 bytes, where `(State, u32)` would take 32.
-#[derive(Debug)]
-enum Slot {
-    TokenBucket(TokenBucketState, u32),
-    Gcra(GcraState, u32),
-    FixedWindow(FixedWindowState, u32),
-    SlidingWindow(SlidingWindowState, u32),
-    SlidingLog(Box<SlidingLogState>, u32),
-    LeakyBucket(LeakyBucketState, u32),
-}
-
-impl Slot {
-    #[inline]
-    fn new(state: State, expires: u32) -> Self {
-        match state {
-            State::TokenBucket(s) => Self::TokenBucket(s, expires),
-            State::Gcra(s) => Self::Gcra(s, expires),
-            State::FixedWindow(s) => Self::FixedWindow(s, expires),
-            State::SlidingWindow(s) => Self::SlidingWindow(s, expires),
-            State::SlidingLog(s) => Self::SlidingLog(s, expires),
-            State::LeakyBucket(s) => Self::LeakyBucket(s, expires),
-        }
-    }
-
-    #[inline]
-    fn state(&self) -> StateRef<'_> {
-        match self {
-            Self::TokenBucket(s, _) => StateRef::TokenBucket(s),
-            Self::Gcra(s, _) => StateRef::Gcra(s),
-            Self::FixedWindow(s, _) => StateRef::FixedWindow(s),
-            Self::SlidingWindow(s, _) => StateRef::SlidingWindow(s),
-            Self::SlidingLog(s, _) => StateRef::SlidingLog(s),
-            Self::LeakyBucket(s, _) => StateRef::LeakyBucket(s),
-        }
-    }
-
-    fn expires(&self) -> u32 {
-        match self {
-            Self::TokenBucket(_, e)
-            | Self::Gcra(_, e)
-            | Self::FixedWindow(_, e)
-            | Self::SlidingWindow(_, e)
-            | Self::SlidingLog(_, e)
-            | Self::LeakyBucket(_, e) => *e,
-        }
-    }
-}
 
 /// One shard's table. The keys are already uniform hash output, so the table is addressed by
 /// their first word as is. A `HashTable` rather than a `HashMap` because its buckets can be
@@ -279,15 +228,17 @@ impl MemoryStore {
         let e = check.params.evaluate(None, now, check.cost);
         let decision = e.decision;
         if mode == CheckMode::Consume {
-            self.commit(&mut map, h, e, now, &[]);
+            self.commit(&mut map, h, e, check.params.id(), now, &[]);
         }
         decision
     }
 
     /// Evaluates a check against its existing slot and, when it consumes and is allowed,
-    /// writes the new state back. A slot of the limit's own algorithm (the rule, since the key
-    /// names the limit's parameters) is updated in place by that algorithm's own function, which
-    /// inlines; any other slot takes the general path through [`LimitParams::evaluate`].
+    /// writes the new state back. A slot of the limit's own algorithm, written under the same
+    /// numbers (the rule: the key names the limit's algorithm, and its numbers rarely change), is
+    /// updated in place by that algorithm's own function, which inlines; any other slot takes
+    /// the general path, which converts a state written under other numbers first (see
+    /// `crate::algorithm::carry`).
     #[inline]
     fn update(&self, slot: &mut Slot, check: &Check<'_>, now: Micros, mode: CheckMode) -> Decision {
         let consume = mode == CheckMode::Consume;
@@ -302,15 +253,22 @@ impl MemoryStore {
             }};
         }
         match (check.params, &mut *slot) {
-            (LimitParams::TokenBucket(p), Slot::TokenBucket(s, exp)) => in_place!(p, s, exp),
-            (LimitParams::Gcra(p), Slot::Gcra(s, exp)) => in_place!(p, s, exp),
+            (LimitParams::TokenBucket(p), Slot::TokenBucket(s, exp, id)) if *id == p.id() => {
+                in_place!(p, s, exp)
+            }
+            (LimitParams::Gcra(p), Slot::Gcra(s, exp, id)) if *id == p.id() => {
+                in_place!(p, s, exp)
+            }
             (LimitParams::FixedWindow(p), Slot::FixedWindow(s, exp)) => in_place!(p, s, exp),
             (LimitParams::SlidingWindow(p), Slot::SlidingWindow(s, exp)) => in_place!(p, s, exp),
-            (LimitParams::LeakyBucket(p), Slot::LeakyBucket(s, exp)) => in_place!(p, s, exp),
+            (LimitParams::LeakyBucket(p), Slot::LeakyBucket(s, exp, id)) if *id == p.id() => {
+                in_place!(p, s, exp)
+            }
             _ => {
-                let e = check.params.evaluate(Some(slot.state()), now, check.cost);
+                let e = slot.evaluate(check.params, now, check.cost);
                 if consume && e.decision.allowed {
-                    *slot = Slot::new(e.state, self.expiry_secs(e.expires_at));
+                    let expires = self.expiry_secs(e.expires_at);
+                    *slot = Slot::new(e.state, expires, check.params.id());
                 }
                 e.decision
             }
@@ -338,35 +296,38 @@ impl MemoryStore {
             .iter()
             .zip(&hashes)
             .zip(&slots)
-            .map(|((c, h), &slot)| {
-                c.params
-                    .evaluate(find(&guards[slot].1, h).map(Slot::state), now, c.cost)
+            .map(|((c, h), &slot)| match find(&guards[slot].1, h) {
+                Some(stored) => stored.evaluate(c.params, now, c.cost),
+                None => c.params.evaluate(None, now, c.cost),
             })
             .collect();
         let decisions: Decisions = evaluations.iter().map(|e| e.decision).collect();
         if mode == CheckMode::Consume && admits(checks, &decisions) {
-            for ((e, h), &slot) in evaluations.into_iter().zip(&hashes).zip(&slots) {
-                self.commit(&mut guards[slot].1, *h, e, now, &hashes);
+            let writes = evaluations.into_iter().zip(&hashes).zip(&slots).zip(checks);
+            for (((e, h), &slot), c) in writes {
+                self.commit(&mut guards[slot].1, *h, e, c.params.id(), now, &hashes);
             }
         }
         decisions
     }
 
-    /// Stores an allowed evaluation's state. A zero-cost look that leaves a key fresh creates
-    /// no slot, and a denied one changes nothing. Making room never evicts a key of
-    /// `request` (the keys the same request is charging), whose charge would be lost.
+    /// Stores an allowed evaluation's state, with the id `id` of the numbers that wrote it.
+    /// A zero-cost look that leaves a key fresh creates no slot, and a denied one changes
+    /// nothing. Making room never evicts a key of `request` (the keys the same request is
+    /// charging), whose charge would be lost.
     fn commit(
         &self,
         map: &mut Shard,
         h: KeyHash,
         e: crate::algorithm::Evaluation<State>,
+        id: ParamsId,
         now: Micros,
         request: &[KeyHash],
     ) {
         if !e.decision.allowed || e.expires_at <= now {
             return;
         }
-        let slot = Slot::new(e.state, self.expiry_secs(e.expires_at));
+        let slot = Slot::new(e.state, self.expiry_secs(e.expires_at), id);
         if let Some(existing) = find_mut(map, &h) {
             *existing = slot;
         } else {

@@ -6,6 +6,7 @@
 //! not a parameter here: each store owns its clock.
 
 mod memory;
+mod slot;
 
 pub use memory::MemoryStore;
 

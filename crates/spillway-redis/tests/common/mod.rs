@@ -57,11 +57,15 @@ pub fn check<'a>(key: &'a StateKey, params: &'a LimitParams, cost: u64) -> Check
     }
 }
 
-/// Replays `v` on a fresh key named after `tag` and asserts every decision.
+/// Replays `v` on a fresh key named after `tag` and asserts every decision. An event that
+/// changes the numbers checks the same key with the new ones, as after a reload.
 pub async fn replay(store: &dyn Store, clock: &ManualClock, v: &Vector, tag: &str) {
-    let params = v.params();
+    let mut params = v.params();
     let k = key(&v.name, &[tag]);
     for (n, e) in v.events.iter().enumerate() {
+        if let Some(numbers) = e.numbers {
+            params = v.params_with(numbers);
+        }
         clock.set(e.at);
         let mode = if e.peek {
             CheckMode::Peek

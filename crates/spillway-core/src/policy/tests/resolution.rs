@@ -354,7 +354,9 @@ fn tenant_overrides_replace_numbers_but_keep_the_name() {
     };
     assert_eq!((ours.params.quota(), theirs.params.quota()), (200, 100));
     assert!(matches!(ours.params, LimitParams::TokenBucket(_)));
-    assert_ne!(ours.fingerprint, theirs.fingerprint);
+    // One counter identity: a tenant whose override is added or removed keeps its counters,
+    // read under the numbers that now apply to it.
+    assert_eq!(ours.fingerprint, theirs.fingerprint);
     assert_eq!(
         (&*our_key.limit, our_key.fingerprint),
         ("paid-user-minute", ours.fingerprint)
@@ -417,7 +419,7 @@ routes:
 }
 
 #[test]
-fn fingerprints_are_stable_and_depend_on_name_numbers_and_key_only() {
+fn fingerprints_are_stable_and_depend_on_name_algorithm_and_key_only() {
     let text =
         "default_tier: t\nlimits:\n  a: {algorithm: gcra, rate: 10/s, burst: 20, key: [ip]}\n\
                 tiers:\n  t: {limits: [a]}\n";
@@ -428,7 +430,9 @@ fn fingerprints_are_stable_and_depend_on_name_numbers_and_key_only() {
         fingerprint(&load(text)),
         "same text, same fingerprint"
     );
-    // Pinned: a change here would reset every counter in every deployment on upgrade.
+    // Pinned: a change here would reset every counter in every deployment on upgrade. (It
+    // changed once, on purpose, when the numbers left the identity; ARCHITECTURE's upgrade
+    // notes say so.)
     assert_eq!(original, Some(PINNED_FINGERPRINT));
     let renamed = text.replace("  a:", "  b:").replace("[a]", "[b]");
     assert_ne!(
@@ -442,15 +446,18 @@ fn fingerprints_are_stable_and_depend_on_name_numbers_and_key_only() {
         fingerprint(&load(&shadowed)),
         "nor is shadow mode"
     );
-    let same_rate = text.replace("10/s", "600/min");
-    assert_eq!(
-        original,
-        fingerprint(&load(&same_rate)),
-        "equal rates, however written"
-    );
-    for changed in [
+    for renumbered in [
+        text.replace("10/s", "600/min"),
         text.replace("burst: 20", "burst: 21"),
         text.replace("10/s", "11/s"),
+    ] {
+        assert_eq!(
+            original,
+            fingerprint(&load(&renumbered)),
+            "numbers are not part of it, so counters survive a change of them: {renumbered}"
+        );
+    }
+    for changed in [
         text.replace("[ip]", "[user]"),
         text.replace("gcra", "token_bucket"),
     ] {
@@ -458,7 +465,7 @@ fn fingerprints_are_stable_and_depend_on_name_numbers_and_key_only() {
     }
 }
 
-const PINNED_FINGERPRINT: u64 = 7382609753889684166;
+const PINNED_FINGERPRINT: u64 = 12415398238121035798;
 
 #[test]
 fn requests_without_method_or_path_match_no_specific_route() {
