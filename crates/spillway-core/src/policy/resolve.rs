@@ -75,10 +75,16 @@ impl Policy {
             .or_else(|| tenant.and_then(|t| t.tier))
             .unwrap_or(self.default_tier);
         let tier = &self.tiers[tier_index];
+        // The path is read once; each pattern then compares segments.
         let route_index = req
             .path
             .as_deref()
-            .and_then(|path| self.route_of(req.method.as_deref(), path));
+            .and_then(RequestPath::read)
+            .and_then(|path| {
+                self.routes
+                    .iter()
+                    .position(|r| r.pattern.matches(req.method.as_deref(), &path))
+            });
         let route = route_index.map(|i| Arc::clone(&self.routes[i]));
         let plan = &tier.plans[route_index.map_or(0, |i| i + 1)];
 
@@ -118,55 +124,6 @@ impl Policy {
                 .unwrap_or(self.failure_mode),
             route,
             limits,
-        }
-    }
-}
-
-impl Policy {
-    /// The index of the route a request with `method` and `path` falls under: the first whose
-    /// pattern matches. Servers read some spellings differently, and each reading may reach a
-    /// different route; the stricter applies (see [`Policy::stricter`]), so no server's reading
-    /// is charged less than it costs. The readings: the path with `;` parameters dropped and,
-    /// if it has any, kept (`RequestPath::readings`); each compared as the policy compares
-    /// letters and, when that ignores case, exactly. The path is read once (twice with
-    /// parameters), and a request spelled like its route costs one extra comparison.
-    fn route_of(&self, method: Option<&str>, path: &str) -> Option<usize> {
-        let (dropped, kept) = RequestPath::readings(path)?;
-        let chosen = self.first_route(method, &dropped);
-        match kept {
-            Some(kept) => self.stricter(chosen, self.first_route(method, &kept)),
-            None => chosen,
-        }
-    }
-
-    /// The first route `path` matches as the policy compares letters, or the stricter of it
-    /// and the first route a case-sensitive server would serve it under. That route can only
-    /// come later (an exact match is also a match ignoring case), and is looked for only when
-    /// the first route does not match exactly.
-    fn first_route(&self, method: Option<&str>, path: &RequestPath<'_>) -> Option<usize> {
-        let found = self
-            .routes
-            .iter()
-            .position(|r| r.pattern.matches(method, path))?;
-        let pattern = &self.routes[found].pattern;
-        if !pattern.ignores_case() || pattern.matches_exact_case(method, path) {
-            return Some(found);
-        }
-        let exact = self.routes[found + 1..]
-            .iter()
-            .position(|r| r.pattern.matches_exact_case(method, path))
-            .map(|j| found + 1 + j);
-        self.stricter(Some(found), exact)
-    }
-
-    /// Of two routes, the one costing more, then the one with more limits of its own, then
-    /// `a`.
-    fn stricter(&self, a: Option<usize>, b: Option<usize>) -> Option<usize> {
-        let strictness = |i: usize| (self.routes[i].cost, self.routes[i].limits.len());
-        match (a, b) {
-            (Some(a), Some(b)) if strictness(b) > strictness(a) => Some(b),
-            (None, b) => b,
-            (a, _) => a,
         }
     }
 }

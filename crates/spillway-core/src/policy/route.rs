@@ -14,21 +14,14 @@
 //! - `/`, `\` and their escapes `%2F` and `%5C` all separate segments;
 //! - a segment's path parameters, from its first `;` (or `%3B`) to the next `/` or `\`, are
 //!   dropped, as Tomcat, Jetty and Spring drop them (`/v1;a/generate;x=1` is `/v1/generate`).
-//!   The escaped `%3B` counts too: a proxy in front (nginx with a URI in `proxy_pass`) may
-//!   decode it into a `;` that the server then drops. Within parameters, `%2F` and `%5C` do
-//!   not separate. Servers that do not strip parameters read such a path with them, so a path
-//!   that has any is also read that way ([`RequestPath::readings`]), and the resolver charges
-//!   the stricter of the routes the two readings reach: neither kind of server can be reached
-//!   for less than is charged (`/users/me;x` is `GET /users/*`, not a cheaper
-//!   `GET /users/me` listed before it, since Express serves it as user `me;x`);
+//!   The escaped `%3B` counts too: a proxy in front may decode it into a `;` that the server
+//!   then drops, and reading it as a parameter can only make a path match a route it names
+//!   more plainly, never miss one. Within parameters, `%2F` and `%5C` do not separate;
 //! - empty segments (`//`, a trailing `/`, a segment that was only parameters) and `.` are
 //!   skipped; `..` removes the segment before it (`..;x` is `..`);
 //! - other percent-escapes are decoded before comparing (`/v1/%67enerate` is `/v1/generate`);
 //! - letters compare without regard to ASCII case (`/V1/Generate` is `/v1/generate`), as
-//!   ASP.NET and IIS route, unless the policy declares its API case-sensitive. A
-//!   case-sensitive server may serve an oddly spelled path under a later route instead
-//!   (`/users/ME` as user `ME` under `GET /users/*`, not `GET /users/me`); the resolver then
-//!   charges the stricter of the two routes, as for parameters.
+//!   ASP.NET and IIS route, unless the policy declares its API case-sensitive.
 //!
 //! Patterns are read the same way when the policy loads (`GET /a/` is `GET /a`), except that
 //! `..` and `;` are refused in them.
@@ -73,26 +66,10 @@ fn escape_at(bytes: &[u8], hi: u8, lo: u8) -> bool {
     matches!(bytes, [b'%', h, l, ..] if *h == hi && l.to_ascii_lowercase() == lo)
 }
 
-/// What to do with a segment's `;` parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Params {
-    /// Drop them, as Tomcat, Jetty and Spring do.
-    Drop,
-    /// Keep them as part of the segment, as servers that do not strip them do.
-    Keep,
-}
-
-/// Whether a path (or anything) holds a parameter mark, `;` or `%3B`.
-fn has_params(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    (0..bytes.len())
-        .any(|i| bytes[i] == b';' || (bytes[i] == b'%' && escape_at(&bytes[i..], b'3', b'b')))
-}
-
-/// The segments of a path (after its leading `/`): separated by `/`, `\`, `%2F` or `%5C`.
-/// With [`Params::Drop`], each loses its path parameters, which run from `;` or `%3B` to the
-/// next `/` or `\` (see the module docs).
-fn split_segments(body: &str, keep: Params) -> impl Iterator<Item = &str> {
+/// The segments of a path (after its leading `/`), each without its path parameters:
+/// separated by `/`, `\`, `%2F` or `%5C`, parameters running from `;` or `%3B` to the next
+/// `/` or `\` (see the module docs).
+fn split_segments(body: &str) -> impl Iterator<Item = &str> {
     let bytes = body.as_bytes();
     let mut start = 0;
     let mut i = 0;
@@ -111,11 +88,11 @@ fn split_segments(body: &str, keep: Params) -> impl Iterator<Item = &str> {
                 {
                     3
                 }
-                b';' if keep == Params::Drop => {
+                b';' => {
                     params.get_or_insert(i);
                     0
                 }
-                b'%' if keep == Params::Drop && escape_at(rest, b'3', b'b') => {
+                b'%' if escape_at(rest, b'3', b'b') => {
                     params.get_or_insert(i);
                     0
                 }
@@ -138,10 +115,10 @@ fn split_segments(body: &str, keep: Params) -> impl Iterator<Item = &str> {
 /// A path's segments after its leading `/`, read as the module docs say: empty and `.`
 /// segments skipped, `..` removing the one before (never above the root). Also says whether
 /// a `..` was seen, which a pattern may not contain.
-fn normalized(body: &str, params: Params) -> (SmallVec<[&str; 8]>, bool) {
+fn normalized(body: &str) -> (SmallVec<[&str; 8]>, bool) {
     let mut segments: SmallVec<[&str; 8]> = SmallVec::new();
     let mut stepped_back = false;
-    for part in split_segments(body, params) {
+    for part in split_segments(body) {
         if part.is_empty() || decoded_eq(".", part, true) {
             continue;
         }
@@ -163,20 +140,10 @@ impl<'a> RequestPath<'a> {
     /// Reads `path` (its `?query` ignored). A request target in absolute form
     /// (`http://host/v1/generate`, which servers must accept) is read by its path. `None`
     /// when there is no path starting with `/`, which no pattern matches.
-    #[cfg(test)]
     pub(crate) fn read(path: &'a str) -> Option<Self> {
-        Self::readings(path).map(|(dropped, _)| dropped)
-    }
-
-    /// Reads `path` as [`RequestPath::read`] does, with its `;` parameters dropped, and, only
-    /// when it has any, a second time with them kept, as a server that does not strip them
-    /// reads it.
-    pub(crate) fn readings(path: &'a str) -> Option<(Self, Option<Self>)> {
         let path = path.split_once('?').map_or(path, |(p, _)| p);
-        let body = without_origin(path).strip_prefix('/')?;
-        let dropped = Self(normalized(body, Params::Drop).0);
-        let kept = has_params(body).then(|| Self(normalized(body, Params::Keep).0));
-        Some((dropped, kept))
+        let path = without_origin(path);
+        Some(Self(normalized(path.strip_prefix('/')?).0))
     }
 }
 
@@ -263,7 +230,7 @@ impl RoutePattern {
                  from requests before matching, so a pattern cannot name them"
             ));
         }
-        let (parts, stepped_back) = normalized(body, Params::Drop);
+        let (parts, stepped_back) = normalized(body);
         if stepped_back {
             return Err(format!(
                 "in `{path}`, `..` is not allowed: write the path it leads to"
@@ -308,26 +275,6 @@ impl RoutePattern {
     /// Whether a request with `method` and `path` falls under this pattern. A request with
     /// no method matches only a `*` pattern.
     pub(crate) fn matches(&self, method: Option<&str>, path: &RequestPath<'_>) -> bool {
-        self.matches_with(method, path, self.case_sensitive)
-    }
-
-    /// Whether this pattern ignores the case of letters (the policy's default).
-    pub(crate) fn ignores_case(&self) -> bool {
-        !self.case_sensitive
-    }
-
-    /// Whether a case-sensitive server would serve `path` under this pattern: as
-    /// [`RoutePattern::matches`], letters compared exactly.
-    pub(crate) fn matches_exact_case(&self, method: Option<&str>, path: &RequestPath<'_>) -> bool {
-        self.matches_with(method, path, true)
-    }
-
-    fn matches_with(
-        &self,
-        method: Option<&str>,
-        path: &RequestPath<'_>,
-        case_sensitive: bool,
-    ) -> bool {
         if let Some(want) = &self.method {
             match method {
                 Some(m) if m.eq_ignore_ascii_case(want) => {}
@@ -343,7 +290,7 @@ impl RoutePattern {
             .zip(parts)
             .all(|(segment, got)| match segment {
                 Segment::Any => true,
-                Segment::Literal(want) => decoded_eq(want, got, case_sensitive),
+                Segment::Literal(want) => decoded_eq(want, got, self.case_sensitive),
             })
     }
 }

@@ -92,31 +92,6 @@ fn path_parameters_are_dropped_from_each_segment() {
 }
 
 #[test]
-fn a_path_with_parameters_is_also_read_with_them_kept() {
-    let readings = |path| match RequestPath::readings(path) {
-        Some((dropped, kept)) => (dropped, kept),
-        None => panic!("{path} has a path"),
-    };
-    let (me, star) = (pattern("GET /users/me"), pattern("GET /users/*"));
-    for path in ["/users/me;x", "/users/me%3Bx"] {
-        let (dropped, kept) = readings(path);
-        let Some(kept) = kept else {
-            panic!("{path} has parameters");
-        };
-        assert!(me.matches(Some("GET"), &dropped), "{path}");
-        assert!(!me.matches(Some("GET"), &kept), "{path}");
-        assert!(star.matches(Some("GET"), &kept), "{path}");
-    }
-    // A segment that was only parameters is a segment of its own when they are kept.
-    let (dropped, kept) = readings("/a/;x/b");
-    let p = pattern("GET /a/*/b");
-    assert!(!p.matches(Some("GET"), &dropped));
-    assert!(kept.is_some_and(|kept| p.matches(Some("GET"), &kept)));
-    // Without parameters there is one reading.
-    assert!(readings("/users/me?a=1;b").1.is_none());
-}
-
-#[test]
 fn absolute_targets_are_read_by_their_path() {
     let p = pattern("POST /v1/generate");
     for path in [
