@@ -6,7 +6,9 @@
 //! the Redis store builds a readable key with a hash tag. The limit's numbers are not part of
 //! the identity: when they change (on reload, or in a tenant's override) the counter stays,
 //! and its state is read under the new numbers (`crate::algorithm::carry`), so tightening a
-//! limit never hands every key a fresh quota. A change of algorithm starts fresh counters.
+//! limit never hands every key a fresh quota. A change of algorithm starts fresh counters,
+//! and a tenant's override of a limit whose key does not hold the tenant counts apart (one
+//! counter must never be read under two tenants' numbers at once).
 
 use std::hash::Hasher;
 use std::sync::Arc;

@@ -182,3 +182,52 @@ async fn a_request_with_several_limits_reads_each_under_its_new_numbers() {
         "the denied request took nothing"
     );
 }
+
+/// A zero-cost check under tightened numbers must not write back the converted state: the
+/// conversion caps what was used at the new numbers, and written back it would erase the rest
+/// once the numbers grow again.
+#[tokio::test]
+async fn a_zero_cost_check_under_other_numbers_erases_nothing() {
+    for (algorithm, big, small) in [
+        (
+            "token_bucket",
+            "rate: 1000/d\n    burst: 1000",
+            "rate: 10/d\n    burst: 10",
+        ),
+        (
+            "gcra",
+            "rate: 1000/d\n    burst: 1000",
+            "rate: 10/d\n    burst: 10",
+        ),
+        (
+            "leaky_bucket",
+            "rate: 1000/d\n    capacity: 1000",
+            "rate: 10/d\n    capacity: 10",
+        ),
+    ] {
+        let clock = Arc::new(ManualClock::new(1_700_000_000 * SECOND + DAY / 3));
+        let store = Arc::new(MemoryStore::new(10_000, clock.clone()));
+        let engine = Engine::new(policy(algorithm, big), store, clock.clone());
+        let abuser = user("abuser");
+        for _ in 0..1000 {
+            let v = engine.check(&abuser, CheckMode::Consume).await;
+            assert!(v.expect("memory").allowed);
+        }
+        engine.replace_policy(policy(algorithm, small));
+        let free = RequestAttrs {
+            cost: Some(0),
+            ..user("abuser")
+        };
+        let v = engine.check(&free, CheckMode::Consume).await;
+        assert!(
+            v.expect("memory").allowed,
+            "{algorithm}: a zero cost passes"
+        );
+        engine.replace_policy(policy(algorithm, big));
+        let v = engine.check(&abuser, CheckMode::Consume).await;
+        assert!(
+            !v.expect("memory").allowed,
+            "{algorithm}: the zero-cost check erased what was used"
+        );
+    }
+}

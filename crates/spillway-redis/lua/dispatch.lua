@@ -38,12 +38,16 @@ for i = 1, #KEYS do
     raw = redis.pcall('GET', KEYS[i])
     if type(raw) ~= 'string' then raw = nil end
   end
+  local cost = tonumber(ARGV[b + 5])
   local d, state, expires = ALG[code](
     tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]),
-    raw, now, tonumber(ARGV[b + 5]))
+    raw, now, cost)
   if d[1] == 0 and ARGV[b + 6] == '1' then admitted = false end
   for j = 1, 6 do reply[#reply + 1] = d[j] end
-  writes[i] = {d[1] == 1, state, expires, code == 5}
+  -- A zero-cost check writes nothing (as the in-memory store): under the same numbers its
+  -- state restates what is stored, and under other numbers writing the conversion back would
+  -- erase what the key used beyond the new numbers.
+  writes[i] = {d[1] == 1 and cost > 0, state, expires, code == 5}
 end
 if not admitted then reply[1] = 0 end
 

@@ -171,9 +171,12 @@ fn replay_reference(mut params: LimitParams, requests: &[ReferenceRequest]) -> V
                     .unwrap_or_else(|| s.clone())
             });
             let e = params.evaluate(read.as_ref().map(State::as_ref), at, cost);
-            if e.decision.allowed && !peek && e.expires_at > at {
+            // Stores write only what charges something: a zero-cost check is a look (under
+            // other numbers, writing its conversion back would erase usage).
+            let writes = e.decision.allowed && !peek && cost > 0;
+            if writes && e.expires_at > at {
                 state = Some((e.state, params.clone()));
-            } else if e.decision.allowed && !peek {
+            } else if writes {
                 state = None;
             }
             Event {

@@ -310,7 +310,8 @@ impl Compiled {
     /// the name on every check). The numbers are left out on purpose, so a counter survives
     /// a change of them (on reload, or in a tenant's override): the state the old numbers
     /// left is read under the new ones (`crate::algorithm::carry`) instead of every key
-    /// starting on a fresh quota. A change of algorithm starts fresh counters.
+    /// starting on a fresh quota. A change of algorithm starts fresh counters. (A tenant's
+    /// override of a limit not keyed by tenant is kept apart: see [`tenant_scoped`].)
     pub(crate) fn fingerprint(&self, name: &str, key: &[Dimension]) -> u64 {
         let mut hasher = SipHasher13::new_with_keys(0, 0);
         let mut put = |bytes: &[u8]| {
@@ -331,6 +332,18 @@ impl Compiled {
         }
         hasher.finish()
     }
+}
+
+/// The fingerprint of a tenant's override of a limit whose key does not hold the tenant: the
+/// limit's own fingerprint mixed with the tenant's name, so the override keeps counters of its
+/// own instead of sharing the base limit's across tenants (see `tenant::overrides`).
+pub(crate) fn tenant_scoped(fingerprint: u64, tenant: &str) -> u64 {
+    let mut hasher = SipHasher13::new_with_keys(0, 0);
+    hasher.write(&fingerprint.to_le_bytes());
+    hasher.write(b"tenant");
+    hasher.write(&(tenant.len() as u64).to_le_bytes());
+    hasher.write(tenant.as_bytes());
+    hasher.finish()
 }
 
 /// Checks a name written in the policy (a limit, tier or descriptor), which ends up in store

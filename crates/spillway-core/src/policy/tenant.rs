@@ -11,7 +11,7 @@ use super::params::{self, Fields};
 use super::raw::{RawPolicy, RawTenant};
 use super::resolve::Tenant;
 use super::validate::tier_ref;
-use super::LimitDef;
+use super::{Dimension, LimitDef};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -37,7 +37,14 @@ pub(crate) fn compile(
             None => None,
         };
         let scope = scope(raw, tier.or(default_tier));
-        let overrides = overrides(tenant, &path, defs, scope.as_ref(), limits, issues);
+        let overrides = overrides(
+            (name.value.as_str(), tenant),
+            &path,
+            defs,
+            scope.as_ref(),
+            limits,
+            issues,
+        );
         tenants.insert(name.value.as_str().into(), Tenant { tier, overrides });
     }
     tenants
@@ -53,7 +60,7 @@ fn scope(raw: &RawPolicy, tier: Option<usize>) -> Option<HashSet<&str>> {
 
 /// Compiles one tenant's overrides, sharing any definition identical to one in `limits`.
 fn overrides(
-    tenant: &RawTenant,
+    (tenant_name, tenant): (&str, &RawTenant),
     path: &str,
     defs: &Defs<'_>,
     scope: Option<&HashSet<&str>>,
@@ -88,9 +95,18 @@ fn overrides(
         let Some(compiled) = params::compile(algorithm, &fields, issues) else {
             continue;
         };
+        let mut fingerprint = compiled.fingerprint(&original.name, &original.key);
+        // A limit keyed by tenant counts each tenant apart already, so its override shares
+        // the tenant's counters with the base limit and they carry over when the override
+        // comes or goes. A limit keyed by something else (an IP, a user, a descriptor) would
+        // have one counter read under two tenants' numbers at once, and a client able to act
+        // as both tenants could shrink or reset the other's usage: its override counts apart.
+        if compiled.params != original.params && !original.key.contains(&Dimension::Tenant) {
+            fingerprint = params::tenant_scoped(fingerprint, tenant_name);
+        }
         let def = LimitDef {
             name: Arc::clone(&original.name),
-            fingerprint: compiled.fingerprint(&original.name, &original.key),
+            fingerprint,
             params: compiled.params,
             key: original.key.clone(),
             shadow: raw.shadow.unwrap_or(original.shadow),

@@ -227,7 +227,7 @@ impl MemoryStore {
         }
         let e = check.params.evaluate(None, now, check.cost);
         let decision = e.decision;
-        if mode == CheckMode::Consume {
+        if writes(check, mode) {
             self.commit(&mut map, h, e, check.params.id(), now, &[]);
         }
         decision
@@ -241,7 +241,11 @@ impl MemoryStore {
     /// `crate::algorithm::carry`).
     #[inline]
     fn update(&self, slot: &mut Slot, check: &Check<'_>, now: Micros, mode: CheckMode) -> Decision {
-        let consume = mode == CheckMode::Consume;
+        // A zero-cost check writes nothing: it would only restate what is stored, except for a
+        // state written under other numbers, where writing the conversion back would lose what
+        // the key used beyond the new numbers (read again under the old ones, it would be
+        // gone). See `writes`.
+        let consume = writes(check, mode);
         macro_rules! in_place {
             ($p:expr, $s:expr, $exp:expr) => {{
                 let e = $p.evaluate(Some(&*$s), now, check.cost);
@@ -305,7 +309,9 @@ impl MemoryStore {
         if mode == CheckMode::Consume && admits(checks, &decisions) {
             let writes = evaluations.into_iter().zip(&hashes).zip(&slots).zip(checks);
             for (((e, h), &slot), c) in writes {
-                self.commit(&mut guards[slot].1, *h, e, c.params.id(), now, &hashes);
+                if c.cost > 0 {
+                    self.commit(&mut guards[slot].1, *h, e, c.params.id(), now, &hashes);
+                }
             }
         }
         decisions
@@ -335,6 +341,15 @@ impl MemoryStore {
             map.insert_unique(h[0], (h, slot), |(k, _)| k[0]);
         }
     }
+}
+
+/// Whether an allowed `check` stores its new state: only a consuming check that charges
+/// something. A zero-cost check is a look: the state it would store says nothing new under the
+/// same numbers, and under other numbers it is a lossy conversion (a use above the new numbers
+/// is capped), so writing it would let a zero-cost request erase usage.
+#[inline]
+fn writes(check: &Check<'_>, mode: CheckMode) -> bool {
+    mode == CheckMode::Consume && check.cost > 0
 }
 
 /// How many shards a store bounded at `max_keys` gets: about [`KEYS_PER_SHARD`] keys each,

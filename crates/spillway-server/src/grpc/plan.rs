@@ -8,9 +8,10 @@
 //! - **Policy domain** (`--grpc-policy-domain`, default `spillway`): each descriptor is one
 //!   request to the main policy; its entries fill the request's attributes (`tenant`, `user`,
 //!   `ip` or `remote_address`, `method`, `path`, `tier`; any other key is a custom
-//!   descriptor). An `ip` or `remote_address` that is not an IP address is refused (Envoy's
-//!   `remote_address` always is one; free text would let a caller pick fresh per-IP
-//!   counters).
+//!   descriptor). An `ip` or `remote_address` that is not an IP address counts under `::`,
+//!   one counter for every such value ([`INVALID_IP`]): free text would let a caller pick
+//!   fresh per-IP counters, and refusing the call would let Envoy admit it unlimited. Envoy's
+//!   `remote_address` always is an address.
 //!
 //! Either way, a counter reached by several descriptors of one request is checked once (at the
 //! largest of their costs), so a request never counts twice against the same limit.
@@ -127,6 +128,12 @@ pub fn envoy(
     Ok(plan)
 }
 
+/// Where an `ip` or `remote_address` entry that is not an address is counted: the unspecified
+/// address, one counter shared by every such value. Refusing the call instead would make
+/// Envoy (by default `failure_mode_deny: false`) let the request through with no limit at all,
+/// and keying the text itself would let a caller pick a fresh counter per request.
+pub const INVALID_IP: std::net::IpAddr = std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
 /// Plans a request against the main policy, one policy request per descriptor. `hits` is
 /// `None` when the request left `hits_addend` at 0, so a matched route's cost applies.
 pub fn policy(
@@ -150,12 +157,14 @@ pub fn policy(
                 "tenant" => attrs.tenant = value,
                 "user" => attrs.user = value,
                 key @ ("ip" | "remote_address") => {
-                    let ip = entry.value.trim().parse().map_err(|_| {
-                        format!(
-                            "descriptors[{slot}]: entry `{key}` must be an IP address (got `{}`)",
+                    let ip = entry.value.trim().parse().unwrap_or_else(|_| {
+                        tracing::debug!(
+                            "descriptors[{slot}]: entry `{key}` is not an IP address (`{}`); \
+                             counted under `::`",
                             shortened(&entry.value)
-                        )
-                    })?;
+                        );
+                        INVALID_IP
+                    });
                     attrs.ip = Some(ip);
                 }
                 "method" => attrs.method = value,

@@ -429,3 +429,40 @@ fn policies_can_be_shared_between_threads() {
     shareable::<Policy>();
     shareable::<Resolved>();
 }
+
+#[test]
+fn an_override_shares_counters_only_where_the_key_holds_the_tenant() {
+    let policy = load(
+        r#"
+default_tier: t
+limits:
+  per-ip: {algorithm: fixed_window, limit: 1000, window: 1d, key: [ip]}
+  per-tenant-user: {algorithm: fixed_window, limit: 100, window: 1d, key: [tenant, user]}
+tiers:
+  t: {limits: [per-ip, per-tenant-user]}
+tenants:
+  small:
+    overrides:
+      per-ip: {limit: 10}
+      per-tenant-user: {limit: 5}
+"#,
+    );
+    let keys = |tenant: &str| {
+        policy
+            .resolve(&request(tenant, "u", "GET", "/"))
+            .limits
+            .iter()
+            .map(|p| p.key.fingerprint)
+            .collect::<Vec<_>>()
+    };
+    let (base, small) = (keys("other"), keys("small"));
+    // One IP used under two tenants must not have one counter read under 1000/day and
+    // 10/day at once: a client acting as both could shrink or reset the larger one's count.
+    assert_ne!(base[0], small[0], "an IP-keyed override counts apart");
+    // Keyed by tenant, counters are apart anyway; the override keeps the tenant's counter,
+    // so adding or changing it carries usage over.
+    assert_eq!(
+        base[1], small[1],
+        "a tenant-keyed override shares the identity"
+    );
+}
