@@ -375,20 +375,17 @@ async fn script_flush_while_serving() {
     assert_recovers(&server, "flush").await;
 }
 
-/// A denial the Redis store answers from its local over-limit cache reaches no Redis, so it
-/// must not pass for the store's recovery: if it did, the breaker would close in the middle of
-/// the outage.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cached_denial_does_not_end_an_outage() {
-    let _one = SERIAL.lock().await;
-    let mut redis = RedisServer::start();
-    let policy = format!(
+/// A policy with one route, `POST /degrade`, under the default failure mode (`degrade`): a
+/// per-user limit of `limit` an hour with an emergency quota of 2, on `redis` with a breaker
+/// that opens after 2 failures and probes every 200 ms.
+fn one_degrade_route(redis: &RedisServer, limit: u64) -> String {
+    format!(
         r#"
 default_tier: free
 limits:
   small:
     algorithm: fixed_window
-    limit: 2
+    limit: {limit}
     window: 1h
     key: [user]
     emergency: {{limit: 2}}
@@ -397,13 +394,22 @@ tiers:
     limits: []
 routes:
   - match: "POST /degrade"
-    failure_mode: degrade
     limits: [small]
 store: {{type: redis, url: "{}", timeout: {}ms, breaker_failures: 2, breaker_cooldown: 200ms}}
 "#,
         redis.url(),
         BUDGET.as_millis()
-    );
+    )
+}
+
+/// A denial the Redis store answers from its local over-limit cache reaches no Redis, so it
+/// must not pass for the store's recovery: if it did, the breaker would close in the middle of
+/// the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_denial_does_not_end_an_outage() {
+    let _one = SERIAL.lock().await;
+    let mut redis = RedisServer::start();
+    let policy = one_degrade_route(&redis, 2);
     let server = Server::with_policy(&policy).start();
     let http = reqwest::Client::new();
     let base = format!("http://{}", server.addr());
@@ -448,27 +454,7 @@ store: {{type: redis, url: "{}", timeout: {}ms, breaker_failures: 2, breaker_coo
 async fn emergency_quotas_survive_a_breaker_flap() {
     let _one = SERIAL.lock().await;
     let mut redis = RedisServer::start();
-    let policy = format!(
-        r#"
-default_tier: free
-limits:
-  small:
-    algorithm: fixed_window
-    limit: 100
-    window: 1h
-    key: [user]
-    emergency: {{limit: 2}}
-tiers:
-  free:
-    limits: []
-routes:
-  - match: "POST /degrade"
-    limits: [small]
-store: {{type: redis, url: "{}", timeout: {}ms, breaker_failures: 2, breaker_cooldown: 200ms}}
-"#,
-        redis.url(),
-        BUDGET.as_millis()
-    );
+    let policy = one_degrade_route(&redis, 100);
     let server = Server::with_policy(&policy).start();
     let base = format!("http://{}", server.addr());
     let ask_as = |user: String| {

@@ -36,7 +36,9 @@ pub enum Encoding {
 impl Encoding {
     /// The encoding `headers` name, or `None` for one this path does not take.
     pub fn of(headers: &HeaderMap) -> Option<Self> {
-        match headers.get(ENCODING_HEADER) {
+        // A `HeaderName` constant: looking up by `&str` would parse the name on every call.
+        const ENCODING: http::HeaderName = http::HeaderName::from_static(ENCODING_HEADER);
+        match headers.get(&ENCODING) {
             None => Some(Self::Identity),
             Some(name) if name == "identity" => Some(Self::Identity),
             Some(name) if name == "gzip" => Some(Self::Gzip),

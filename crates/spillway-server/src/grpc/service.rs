@@ -61,33 +61,37 @@ impl Rls {
         let domain = request.domain.as_str();
         // One policy snapshot serves the plan and, if the store fails, the fallback.
         let policy = state.app.engine.policy();
-        let plan = if domain == &*state.policy_domain {
-            plan::policy(&policy, &request.descriptors, (hits > 0).then_some(hits))
-                .map_err(Status::invalid_argument)?
+        // The domain's name as configuration holds it, so the verdict shares it (no copy of
+        // the request's string per call).
+        let (name, plan) = if domain == &*state.policy_domain {
+            let plan = plan::policy(&policy, &request.descriptors, (hits > 0).then_some(hits))
+                .map_err(Status::invalid_argument)?;
+            (Arc::clone(&state.policy_domain), plan)
         } else {
             let envoy = state.envoy.load();
             let Some(config) = envoy.domain(domain) else {
                 return Ok(response::unlimited(request.descriptors.len(), &[]));
             };
-            plan::envoy(config, &request.descriptors, hits.max(1))
-                .map_err(Status::invalid_argument)?
+            let plan = plan::envoy(config, &request.descriptors, hits.max(1))
+                .map_err(Status::invalid_argument)?;
+            (Arc::clone(&config.name), plan)
         };
-        self.check(&policy, domain, &plan, request.descriptors.len())
+        self.check(&policy, name, &plan, request.descriptors.len())
             .await
     }
 
     async fn check(
         &self,
         policy: &Policy,
-        domain: &str,
+        domain: Arc<str>,
         plan: &Plan,
         descriptors: usize,
     ) -> Result<RateLimitResponse, Status> {
         let ask = Ask {
             planned: &plan.planned,
-            tier: Arc::from(domain),
+            tier: Arc::clone(&domain),
             route: None,
-            label: Some(domain),
+            label: Some(&domain),
             failure_mode: plan.failure_mode,
             cost: plan.planned.iter().map(|p| p.cost).max().unwrap_or(0),
             mode: CheckMode::Consume,
