@@ -1,0 +1,277 @@
+//! The in-memory store's tests: exactness under threads, all-or-nothing, expiry, the size
+//! bound and hostile values.
+
+use super::*;
+use crate::algorithm::{FixedWindow, LimitParams, SlidingLog, TokenBucket};
+use crate::key::StateKey;
+use crate::rate::Rate;
+use crate::time::{ManualClock, MINUTE, SECOND};
+
+/// A key of the limit named `limit`; as in a policy, each limit has its own fingerprint.
+fn key(limit: &str, value: &str) -> StateKey {
+    StateKey {
+        limit: limit.into(),
+        fingerprint: limit
+            .bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))),
+        values: vec![value.to_string()],
+    }
+}
+
+fn bucket(burst: u64) -> LimitParams {
+    LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, 3600 * SECOND).unwrap(), burst).unwrap())
+}
+
+fn one<'a>(key: &'a StateKey, params: &'a LimitParams, cost: u64) -> [Check<'a>; 1] {
+    [Check {
+        key,
+        params,
+        cost,
+        enforced: true,
+    }]
+}
+
+#[test]
+fn many_threads_on_one_key_admit_exactly_the_burst() {
+    let clock = Arc::new(ManualClock::new(1_000 * SECOND));
+    let store = Arc::new(MemoryStore::new(1000, clock));
+    let params = bucket(500);
+    let k = key("hot", "user-1");
+    let admitted = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..200 {
+                    let d = store.check_blocking(&one(&k, &params, 1), CheckMode::Consume);
+                    if d[0].allowed {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(admitted.load(Ordering::Relaxed), 500);
+}
+
+#[test]
+fn many_threads_on_overlapping_multi_key_requests_stay_exact() {
+    // Each request takes one unit from a shared tenant limit and from its own user's limit.
+    let clock = Arc::new(ManualClock::new(0));
+    let store = MemoryStore::new(1000, clock);
+    let tenant = LimitParams::FixedWindow(FixedWindow::new(300, MINUTE).unwrap());
+    let user = LimitParams::SlidingLog(SlidingLog::new(50, MINUTE).unwrap());
+    let tk = key("tenant", "acme");
+    let admitted = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (store, tenant, user, tk, admitted) = (&store, &tenant, &user, &tk, &admitted);
+            s.spawn(move || {
+                let uk = key("user", &format!("u{t}"));
+                for _ in 0..100 {
+                    let checks = [
+                        Check {
+                            key: tk,
+                            params: tenant,
+                            cost: 1,
+                            enforced: true,
+                        },
+                        Check {
+                            key: &uk,
+                            params: user,
+                            cost: 1,
+                            enforced: true,
+                        },
+                    ];
+                    if store
+                        .check_blocking(&checks, CheckMode::Consume)
+                        .iter()
+                        .all(|d| d.allowed)
+                    {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    // 8 users x 50 = 400 user units, but the tenant caps the total at 300.
+    assert_eq!(admitted.load(Ordering::Relaxed), 300);
+}
+
+#[test]
+fn a_denied_request_consumes_nothing_from_any_limit() {
+    let store = MemoryStore::new(1000, Arc::new(ManualClock::new(0)));
+    let roomy = bucket(10);
+    let tight = bucket(1);
+    let (a, b) = (key("roomy", "x"), key("tight", "x"));
+    let both = |cost| {
+        [
+            Check {
+                key: &a,
+                params: &roomy,
+                cost,
+                enforced: true,
+            },
+            Check {
+                key: &b,
+                params: &tight,
+                cost,
+                enforced: true,
+            },
+        ]
+    };
+    assert!(store
+        .check_blocking(&both(1), CheckMode::Consume)
+        .iter()
+        .all(|d| d.allowed));
+    let denied = store.check_blocking(&both(1), CheckMode::Consume);
+    assert!(denied[0].allowed && !denied[1].allowed);
+    // The roomy limit still has 9, not 8.
+    let d = store.check_blocking(&one(&a, &roomy, 0), CheckMode::Peek);
+    assert_eq!(d[0].remaining, 9);
+}
+
+#[test]
+fn shadow_denials_do_not_block_and_peek_does_not_consume() {
+    let store = MemoryStore::new(1000, Arc::new(ManualClock::new(0)));
+    let params = bucket(1);
+    let k = key("shadowed", "x");
+    let shadow = |cost| {
+        [Check {
+            key: &k,
+            params: &params,
+            cost,
+            enforced: false,
+        }]
+    };
+    store.check_blocking(&shadow(1), CheckMode::Consume);
+    let d = store.check_blocking(&shadow(1), CheckMode::Consume);
+    assert!(!d[0].allowed);
+    assert!(super::admits(&shadow(1), &d));
+    let real = key("real", "x");
+    for _ in 0..3 {
+        assert!(store.check_blocking(&one(&real, &params, 1), CheckMode::Peek)[0].allowed);
+    }
+}
+
+#[test]
+fn a_slot_takes_24_bytes() {
+    assert_eq!(std::mem::size_of::<Slot>(), 24);
+    assert_eq!(std::mem::size_of::<(KeyHash, Slot)>(), 40);
+}
+
+#[test]
+fn idle_keys_expire_and_are_swept() {
+    let clock = Arc::new(ManualClock::new(0));
+    let store = MemoryStore::new(1000, clock.clone());
+    let params = LimitParams::FixedWindow(FixedWindow::new(5, MINUTE).unwrap());
+    for i in 0..10 {
+        store.check_blocking(
+            &one(&key("w", &i.to_string()), &params, 1),
+            CheckMode::Consume,
+        );
+    }
+    assert_eq!(store.key_count(), 10);
+    clock.set(MINUTE - 1);
+    assert_eq!(store.sweep(), 0);
+    assert_eq!(store.key_count(), 10);
+    clock.set(MINUTE);
+    assert_eq!(store.sweep(), 10);
+    assert_eq!(store.key_count(), 0);
+}
+
+#[test]
+fn the_shard_count_follows_the_bound_within_its_limits() {
+    assert_eq!(shard_count(0), MIN_SHARDS);
+    assert_eq!(shard_count(640), MIN_SHARDS);
+    assert_eq!(shard_count(1_000_000), 512);
+    assert_eq!(shard_count(usize::MAX / 2), MAX_SHARDS);
+    let store = MemoryStore::new(1_000_000, Arc::new(ManualClock::new(0)));
+    assert_eq!(store.shards.len(), 512);
+    assert_eq!(store.max_keys(), 512 * 1954);
+}
+
+#[test]
+fn a_flood_of_keys_is_bounded_and_evictions_are_counted() {
+    let store = MemoryStore::new(640, Arc::new(ManualClock::new(0)));
+    let params = bucket(10);
+    for i in 0..10_000 {
+        store.check_blocking(
+            &one(&key("ip", &format!("10.0.{i}")), &params, 1),
+            CheckMode::Consume,
+        );
+    }
+    assert!(store.key_count() <= store.max_keys() as u64);
+    assert!(
+        store.key_count() >= 600,
+        "shards should fill up: {}",
+        store.key_count()
+    );
+    assert_eq!(store.evictions(), 10_000 - store.key_count());
+}
+
+#[test]
+fn a_full_shard_drops_an_expired_slot_before_evicting_a_live_one() {
+    let clock = Arc::new(ManualClock::new(0));
+    // One slot per shard.
+    let store = MemoryStore::new(MIN_SHARDS, clock.clone());
+    let window = LimitParams::FixedWindow(FixedWindow::new(5, MINUTE).unwrap());
+    let check =
+        |k: &StateKey| store.check_blocking(&one(k, &window, 1), CheckMode::Consume)[0].allowed;
+    let shard = |k: &StateKey| store.shard_of(&store.hash(&one(k, &window, 1)[0]));
+    let first = key("w", "first");
+    let same_shard: Vec<StateKey> = (0..)
+        .map(|i| key("w", &format!("other-{i}")))
+        .filter(|k| shard(k) == shard(&first))
+        .take(2)
+        .collect();
+
+    assert!(check(&first));
+    clock.set(2 * MINUTE);
+    // `first` has expired: making room for the next key drops it, which is no eviction.
+    assert!(check(&same_shard[0]));
+    assert_eq!((store.key_count(), store.evictions()), (1, 0));
+    // The shard is full of a live key now: the next newcomer evicts it, and is counted.
+    assert!(check(&same_shard[1]));
+    assert_eq!((store.key_count(), store.evictions()), (1, 1));
+}
+
+#[test]
+fn making_room_never_evicts_a_key_the_same_request_charges() {
+    let clock = Arc::new(ManualClock::new(0));
+    // One slot per shard, and two new keys of one request in the same shard.
+    let store = MemoryStore::new(MIN_SHARDS, clock.clone());
+    let window = LimitParams::FixedWindow(FixedWindow::new(1, MINUTE).unwrap());
+    let shard = |k: &StateKey| store.shard_of(&store.hash(&one(k, &window, 1)[0]));
+    let a = key("w", "a");
+    let b = (0..)
+        .map(|i| key("w", &format!("b-{i}")))
+        .find(|k| shard(k) == shard(&a))
+        .expect("a key in a's shard");
+    let both = [one(&a, &window, 1)[0], one(&b, &window, 1)[0]];
+    assert!(store
+        .check_blocking(&both, CheckMode::Consume)
+        .iter()
+        .all(|d| d.allowed));
+    // Both charges stand: neither key has another request left this minute.
+    assert!(!store.check_blocking(&one(&a, &window, 1), CheckMode::Consume)[0].allowed);
+    assert!(!store.check_blocking(&one(&b, &window, 1), CheckMode::Consume)[0].allowed);
+    assert_eq!(store.evictions(), 0);
+}
+
+#[test]
+fn hostile_values_cannot_collide_with_other_keys() {
+    let store = MemoryStore::new(1000, Arc::new(ManualClock::new(0)));
+    let params = bucket(1);
+    let joined = StateKey {
+        limit: "l".into(),
+        fingerprint: 1,
+        values: vec!["a\u{0}b".into()],
+    };
+    let split = StateKey {
+        limit: "l".into(),
+        fingerprint: 1,
+        values: vec!["a".into(), "b".into()],
+    };
+    assert!(store.check_blocking(&one(&joined, &params, 1), CheckMode::Consume)[0].allowed);
+    assert!(store.check_blocking(&one(&split, &params, 1), CheckMode::Consume)[0].allowed);
+}
