@@ -32,9 +32,8 @@ pub const REFUND_SOURCE: &str = include_str!("../lua/refund.lua");
 /// Arguments per check after the three global ones.
 const PER_CHECK: usize = 6;
 
-/// The algorithm code and three numbers the Lua side needs for `params` (which also name
-/// the numbers a local-cache entry was decided under).
-pub(crate) fn encode_params(params: &LimitParams) -> [u64; 4] {
+/// The algorithm code and three numbers the Lua side needs for `params`.
+fn encode_params(params: &LimitParams) -> [u64; 4] {
     match params {
         LimitParams::TokenBucket(p) => [1, p.rate().tokens, p.rate().micros, p.burst()],
         LimitParams::Gcra(p) => [2, p.rate().tokens, p.rate().micros, p.burst()],

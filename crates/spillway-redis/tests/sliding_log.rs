@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{check, key, redis_store, Backend};
+use common::{check, check_one, key, redis_store, Backend};
 use spillway_core::algorithm::{LimitParams, SlidingLog, TokenBucket};
 use spillway_core::rate::Rate;
 use spillway_core::request::CheckMode;
@@ -46,26 +46,14 @@ async fn denials_and_peeks_write_nothing() {
     let (k, p) = (key("quiet", &["a"]), log(3));
     for i in 0..3 {
         clock.set(T0 + i * SECOND);
-        assert!(
-            store
-                .check(&[check(&k, &p, 1)], CheckMode::Consume)
-                .await
-                .unwrap()[0]
-                .allowed
-        );
+        assert!(check_one(&store, &k, &p, 1, CheckMode::Consume).await[0].allowed);
     }
     let before = writes(server.port());
     clock.set(T0 + 5 * SECOND);
-    let denied = store
-        .check(&[check(&k, &p, 1)], CheckMode::Consume)
-        .await
-        .unwrap();
+    let denied = check_one(&store, &k, &p, 1, CheckMode::Consume).await;
     assert!(!denied[0].allowed);
     assert_eq!(denied[0].retry_after, Some(5 * SECOND));
-    let peeked = store
-        .check(&[check(&k, &p, 1)], CheckMode::Peek)
-        .await
-        .unwrap();
+    let peeked = check_one(&store, &k, &p, 1, CheckMode::Peek).await;
     assert_eq!(peeked[0], denied[0]);
     assert_eq!(
         writes(server.port()),
@@ -74,13 +62,7 @@ async fn denials_and_peeks_write_nothing() {
     );
     // An admission does write: the oldest entry has left the window, one more comes in.
     clock.set(T0 + 10 * SECOND);
-    assert!(
-        store
-            .check(&[check(&k, &p, 1)], CheckMode::Consume)
-            .await
-            .unwrap()[0]
-            .allowed
-    );
+    assert!(check_one(&store, &k, &p, 1, CheckMode::Consume).await[0].allowed);
     assert!(writes(server.port()) > before);
     let members = command(server.port(), &format!("ZCARD {}", store.redis_key(&k))).unwrap();
     assert_eq!(members.trim(), ":3", "the expired entry was trimmed");
@@ -130,10 +112,7 @@ async fn a_log_in_the_old_string_form_is_read_and_rewritten_once() {
     let set = command(server.port(), &format!("SET {redis_key} {old} PX 60000")).unwrap();
     assert!(set.starts_with("+OK"), "{set}");
     clock.set(T0 + 2 * SECOND);
-    let d = store
-        .check(&[check(&k, &p, 3)], CheckMode::Consume)
-        .await
-        .unwrap();
+    let d = check_one(&store, &k, &p, 3, CheckMode::Consume).await;
     assert!(!d[0].allowed, "three held, three more is one too many");
     assert_eq!(d[0].remaining, 2);
     assert_eq!(
@@ -143,25 +122,16 @@ async fn a_log_in_the_old_string_form_is_read_and_rewritten_once() {
     );
     let kind = command(server.port(), &format!("TYPE {redis_key}")).unwrap();
     assert_eq!(kind.trim(), "+zset");
-    let d = store
-        .check(&[check(&k, &p, 2)], CheckMode::Consume)
-        .await
-        .unwrap();
+    let d = check_one(&store, &k, &p, 2, CheckMode::Consume).await;
     assert!(d[0].allowed);
     assert_eq!(d[0].remaining, 0);
 
     // A key left holding another algorithm's state reads as fresh both ways round.
     let bucket =
         LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, HOUR).unwrap(), 2).unwrap());
-    let d = store
-        .check(&[check(&k, &bucket, 1)], CheckMode::Consume)
-        .await
-        .unwrap();
+    let d = check_one(&store, &k, &bucket, 1, CheckMode::Consume).await;
     assert_eq!((d[0].allowed, d[0].remaining), (true, 1));
-    let d = store
-        .check(&[check(&k, &p, 1)], CheckMode::Consume)
-        .await
-        .unwrap();
+    let d = check_one(&store, &k, &p, 1, CheckMode::Consume).await;
     assert_eq!((d[0].allowed, d[0].remaining), (true, 4));
 }
 
@@ -180,38 +150,20 @@ async fn a_refund_across_slots_restores_the_log_exactly() {
         keys::slot(&store.redis_key(&bk))
     );
     clock.set(T0);
-    assert!(
-        store
-            .check(&[check(&bk, &spent, 1)], CheckMode::Consume)
-            .await
-            .unwrap()[0]
-            .allowed
-    );
-    assert!(
-        store
-            .check(&[check(&lk, &lp, 2)], CheckMode::Consume)
-            .await
-            .unwrap()[0]
-            .allowed
-    );
+    assert!(check_one(&store, &bk, &spent, 1, CheckMode::Consume).await[0].allowed);
+    assert!(check_one(&store, &lk, &lp, 2, CheckMode::Consume).await[0].allowed);
     let zrange = format!("ZRANGE {} 0 -1 WITHSCORES", store.redis_key(&lk));
     let before = on_owner(&ports, &zrange);
     // At the same time (the log's newest entry grows) and later (a new entry is added), a
     // request the bucket denies leaves the log exactly as it was.
     for at in [T0, T0 + SECOND] {
         clock.set(at);
-        let peek = store
-            .check(&[check(&lk, &lp, 1)], CheckMode::Peek)
-            .await
-            .unwrap();
+        let peek = check_one(&store, &lk, &lp, 1, CheckMode::Peek).await;
         let both = [check(&lk, &lp, 1), check(&bk, &spent, 1)];
         let d = store.check(&both, CheckMode::Consume).await.unwrap();
         assert!(d[0].allowed && !d[1].allowed, "{d:?}");
         assert_eq!(on_owner(&ports, &zrange), before, "at {at}");
-        let after = store
-            .check(&[check(&lk, &lp, 1)], CheckMode::Peek)
-            .await
-            .unwrap();
+        let after = check_one(&store, &lk, &lp, 1, CheckMode::Peek).await;
         assert_eq!(after, peek);
     }
 }
@@ -230,14 +182,8 @@ async fn a_key_listed_twice_keeps_the_last_evaluation_as_in_memory() {
         let got = store.check(&both, CheckMode::Consume).await.unwrap();
         let want = memory.check(&both, CheckMode::Consume).await.unwrap();
         assert_eq!(got, want, "step {step} costs {costs:?}");
-        let got = store
-            .check(&[check(&k, &p, 1)], CheckMode::Peek)
-            .await
-            .unwrap();
-        let want = memory
-            .check(&[check(&k, &p, 1)], CheckMode::Peek)
-            .await
-            .unwrap();
+        let got = check_one(&store, &k, &p, 1, CheckMode::Peek).await;
+        let want = check_one(&memory, &k, &p, 1, CheckMode::Peek).await;
         assert_eq!(got, want, "after step {step} costs {costs:?}");
     }
 }

@@ -81,8 +81,9 @@ impl<'a> Ask<'a> {
 pub struct Decided {
     /// What to answer.
     pub verdict: Verdict,
-    /// `Some(mode)` when the store failed and the failure mode decided: `open` (the verdict
-    /// allows and lists no limits) or `degrade` (the limits are the emergency quotas).
+    /// `Some(mode)` when the store failed and a failure mode decided, naming the one that
+    /// answered: `open` (the verdict allows and lists no limits; also a `degrade` request
+    /// whose emergency store failed) or `degrade` (the limits are the emergency quotas).
     /// Answers then carry the `Spillway-Degraded` marker.
     pub degraded: Option<FailureMode>,
 }
@@ -135,11 +136,11 @@ pub async fn decide(app: &AppState, policy: &Policy, ask: &Ask<'_>) -> Outcome {
                 }
                 Fallback::Open => Outcome::Decided(Decided {
                     verdict: ask.verdict(true, Vec::new()),
-                    degraded: Some(ask.failure_mode),
+                    degraded: Some(FailureMode::Open),
                 }),
                 Fallback::Degraded { allowed, outcomes } => Outcome::Decided(Decided {
                     verdict: ask.verdict(allowed, outcomes),
-                    degraded: Some(ask.failure_mode),
+                    degraded: Some(FailureMode::Degrade),
                 }),
             }
         }

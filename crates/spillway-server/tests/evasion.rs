@@ -8,23 +8,28 @@ use common::{header, Server};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use serde_json::{json, Value};
 
-/// The shipped example policy: `POST /v1/generate` costs 5 and adds `generate-user` (a leaky
-/// bucket holding 20).
-const EXAMPLE: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../examples/spillway.yaml"
-));
+/// The shipped example policy (`examples/spillway.yaml`, built into the binary):
+/// `POST /v1/generate` costs 5 and adds `generate-user` (a leaky bucket holding 20).
+const EXAMPLE: &str = spillway_server::config::BUILTIN_POLICY;
 
 /// Paths that Tomcat, Jetty or Spring (which drop `;` parameters) or ASP.NET and IIS (which
 /// route without regard to case) serve as `/v1/generate`.
 const SPELLINGS: [&str; 3] = ["/V1/Generate", "/v1/generate;x=1", "/v1;a/generate"];
 
-/// `generate-user`'s entry in a `RateLimit` header, e.g. `"generate-user";r=15;t=5`.
-fn generate_user_entry(response: &reqwest::Response) -> Option<String> {
-    header(response, "ratelimit")?
-        .split(", ")
-        .find(|entry| entry.starts_with("\"generate-user\""))
-        .map(str::to_owned)
+/// Asserts that `response` (to a request spelled `path`) was admitted and charged the
+/// generate route: `generate-user`'s entry in the `RateLimit` header reads `r=15` (20 less
+/// this request's cost of 5).
+fn assert_paid_generate(response: &reqwest::Response, path: &str) {
+    assert_eq!(response.status(), 200, "{path}");
+    let entry = header(response, "ratelimit").and_then(|h| {
+        h.split(", ")
+            .find(|entry| entry.starts_with("\"generate-user\""))
+            .map(str::to_owned)
+    });
+    assert!(
+        entry.as_deref().is_some_and(|e| e.contains(";r=15;")),
+        "{path}: {entry:?}"
+    );
 }
 
 #[tokio::test]
@@ -61,12 +66,7 @@ async fn every_spelling_of_the_generate_route_pays_its_cost_on_authorize() {
             .send()
             .await
             .expect("sent");
-        assert_eq!(response.status(), 200, "{path}");
-        let entry = generate_user_entry(&response);
-        assert!(
-            entry.as_deref().is_some_and(|e| e.contains(";r=15;")),
-            "{path}: {entry:?}"
-        );
+        assert_paid_generate(&response, path);
 
         // The prefixed form, with the original path in the URL (Envoy's `path_prefix`).
         let response = server
@@ -77,12 +77,7 @@ async fn every_spelling_of_the_generate_route_pays_its_cost_on_authorize() {
             .send()
             .await
             .expect("sent");
-        assert_eq!(response.status(), 200, "{path}");
-        let entry = generate_user_entry(&response);
-        assert!(
-            entry.as_deref().is_some_and(|e| e.contains(";r=15;")),
-            "{path}: {entry:?}"
-        );
+        assert_paid_generate(&response, path);
     }
 }
 

@@ -10,6 +10,7 @@ use common::Server;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use prost::Message;
+use spillway_server::grpc::unary::MAX_MESSAGE;
 use std::io::Write;
 
 const POLICY: &str = r#"
@@ -24,9 +25,6 @@ tiers:
   free:
     limits: [user-minute]
 "#;
-
-/// The largest message the server takes, compressed or not.
-const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

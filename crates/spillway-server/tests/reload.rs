@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{header, metric, wait_until_async, Server, PATIENCE};
+use common::{metric, wait_until_async, Server, PATIENCE};
 use serde_json::Value;
 
 fn policy(limit: u64) -> String {
@@ -31,24 +31,6 @@ tiers:
     )
 }
 
-/// The `X-RateLimit-Limit` a peek for user `u` reports (the tighter limit governs).
-async fn current_limit(server: &Server) -> Option<String> {
-    let response = server.post("/v1/check?peek=true", r#"{"user":"u"}"#).await;
-    header(&response, "x-ratelimit-limit")
-}
-
-async fn wait_for_limit(server: &Server, wanted: &str) {
-    let reached = wait_until_async(PATIENCE, || async {
-        (current_limit(server).await.as_deref() == Some(wanted)).then_some(())
-    })
-    .await;
-    assert!(
-        reached.is_some(),
-        "limit never became {wanted}; logs:\n{}",
-        server.logs().join("\n")
-    );
-}
-
 async fn reloads(server: &Server, outcome: &str) -> f64 {
     let text = server.metrics().await;
     metric(
@@ -62,12 +44,12 @@ async fn reloads(server: &Server, outcome: &str) -> f64 {
 #[tokio::test]
 async fn an_in_place_write_is_picked_up_and_unchanged_counters_survive() {
     let server = Server::with_policy(&policy(3)).start();
-    assert_eq!(current_limit(&server).await.as_deref(), Some("3"));
+    assert_eq!(server.current_limit("u").await.as_deref(), Some("3"));
     // Use one request of other-minute's 1000 so we can see its counter survive the reload.
     server.post("/v1/check", r#"{"user":"u"}"#).await;
 
     server.rewrite_policy(&policy(5));
-    wait_for_limit(&server, "5").await;
+    server.wait_for_limit("u", 5).await;
     assert_eq!(reloads(&server, "success").await, 1.0);
     assert!(server.wait_for_log("policy reloaded").is_some());
 
@@ -89,7 +71,7 @@ async fn a_temp_file_renamed_over_the_policy_is_picked_up() {
     let config = server.config.clone().expect("policy file");
     let temp = server.dir.write(".spillway.yaml.tmp", &policy(7));
     std::fs::rename(&temp, &config).expect("rename over the policy");
-    wait_for_limit(&server, "7").await;
+    server.wait_for_limit("u", 7).await;
 }
 
 #[tokio::test]
@@ -109,7 +91,7 @@ async fn a_configmap_style_symlink_swap_is_picked_up() {
     std::fs::write(dir.join("..v2/spillway.yaml"), policy(9)).expect("write v2");
     std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).expect("link tmp");
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap");
-    wait_for_limit(&server, "9").await;
+    server.wait_for_limit("u", 9).await;
 }
 
 #[tokio::test]
@@ -122,7 +104,7 @@ async fn a_bad_file_is_rejected_and_the_old_policy_keeps_serving() {
     .await;
     assert!(rejected.is_some(), "logs:\n{}", server.logs().join("\n"));
     assert_eq!(reloads(&server, "success").await, 0.0);
-    assert_eq!(current_limit(&server).await.as_deref(), Some("3"));
+    assert_eq!(server.current_limit("u").await.as_deref(), Some("3"));
     let line = server
         .wait_for_log("policy reload rejected")
         .expect("rejection logged");
@@ -135,7 +117,7 @@ async fn a_bad_file_is_rejected_and_the_old_policy_keeps_serving() {
 
     // Fixing the file recovers.
     server.rewrite_policy(&policy(4));
-    wait_for_limit(&server, "4").await;
+    server.wait_for_limit("u", 4).await;
 }
 
 #[tokio::test]
@@ -150,5 +132,5 @@ async fn sighup_reloads_even_an_unchanged_file() {
     let line = server.wait_for_log("policy reloaded").expect("logged");
     assert!(line.contains("SIGHUP"), "{line}");
     // Still serving.
-    assert_eq!(current_limit(&server).await.as_deref(), Some("3"));
+    assert_eq!(server.current_limit("u").await.as_deref(), Some("3"));
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{header, wait_until_async, Server, PATIENCE};
+use common::Server;
 use serde_json::Value;
 use spillway_testkit::redis::RedisServer;
 
@@ -19,22 +19,6 @@ fn policy(store: &str, algorithm: &str, numbers: &str) -> String {
     )
 }
 
-/// Waits until a peek reports `limit` as the limit's quota (the reload has been applied).
-async fn wait_for_limit(server: &Server, limit: u64) {
-    let reached = wait_until_async(PATIENCE, || async {
-        let response = server
-            .post("/v1/check?peek=true", r#"{"user":"other"}"#)
-            .await;
-        (header(&response, "x-ratelimit-limit") == Some(limit.to_string())).then_some(())
-    })
-    .await;
-    assert!(
-        reached.is_some(),
-        "the limit never became {limit}; logs:\n{}",
-        server.logs().join("\n")
-    );
-}
-
 /// Spends `used` for the abuser under `before`, rewrites the policy to `after` and waits for
 /// it, then sends one more request: its status and the limit's remaining count.
 async fn used_then_reloaded(server: &Server, after: &str, new_limit: u64, used: u64) -> (u16, u64) {
@@ -44,7 +28,7 @@ async fn used_then_reloaded(server: &Server, after: &str, new_limit: u64, used: 
         assert_eq!(response.status(), 200, "{used} fit the old limit");
     }
     server.rewrite_policy(after);
-    wait_for_limit(server, new_limit).await;
+    server.wait_for_limit("other", new_limit).await;
     let response = server.post("/v1/check", r#"{"user":"abuser"}"#).await;
     let status = response.status().as_u16();
     let body: Value = response.json().await.expect("json");

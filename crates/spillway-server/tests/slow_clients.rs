@@ -107,6 +107,12 @@ async fn an_idle_http1_connection_is_closed_after_the_idle_timeout() {
             waited >= SHORT,
             "closed after {waited:?}, before the timeout"
         );
+        // Well before the 5 s header timeout, which also ends a keep-alive wait: the idle
+        // timeout is what closed it.
+        assert!(
+            waited < Duration::from_secs(3),
+            "closed after {waited:?}: not by the idle timeout"
+        );
         assert_eq!(get_on(&mut busy, "/healthz"), "HTTP/1.1 200 OK");
     })
     .await

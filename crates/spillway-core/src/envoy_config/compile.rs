@@ -272,7 +272,7 @@ impl Walk<'_> {
             .algorithm
             .as_ref()
             .map_or("fixed_window", |a| a.value.as_str());
-        let (params, _) = self.params(raw, path, algorithm, count, period, at)?;
+        let params = self.params(raw, path, algorithm, count, period, at)?;
         let name = match &raw.name {
             Some(n) if n.value.trim().is_empty() => {
                 self.issues.push(
@@ -298,7 +298,7 @@ impl Walk<'_> {
         if self.issues.len() > before {
             return None;
         }
-        let (count, _) = (count?, period?);
+        let count = count?;
         let fingerprint = fingerprint(self.domain, default_name, algorithm);
         self.limits += 1;
         Some(EnvoyLimit {
@@ -315,7 +315,7 @@ impl Walk<'_> {
         })
     }
 
-    /// The algorithm's parameters, and the amount (limit, burst or capacity) they use.
+    /// The algorithm's parameters.
     fn params(
         &mut self,
         raw: &RawRateLimit,
@@ -324,7 +324,7 @@ impl Walk<'_> {
         count: Option<u64>,
         period: Option<Micros>,
         limit_at: Location,
-    ) -> Option<(LimitParams, u64)> {
+    ) -> Option<LimitParams> {
         let bucket = matches!(algorithm, "token_bucket" | "gcra");
         let misplaced = [
             ("burst", raw.burst.as_ref().map(|b| b.referenced), bucket),
@@ -350,11 +350,9 @@ impl Walk<'_> {
                         Algorithm::LeakyBucket => raw.capacity.as_ref().map_or(count, |c| c.value),
                         _ => raw.burst.as_ref().map_or(count, |b| b.value),
                     };
-                    Rate::new(count, period)
-                        .and_then(|rate| algorithm.bucket(rate, amount))
-                        .map(|p| (p, amount))
+                    Rate::new(count, period).and_then(|rate| algorithm.bucket(rate, amount))
                 } else {
-                    algorithm.window(count, period).map(|p| (p, count))
+                    algorithm.window(count, period)
                 }
             });
         built

@@ -228,7 +228,10 @@ impl MemoryStore {
         let e = check.params.evaluate(None, now, check.cost);
         let decision = e.decision;
         if writes(check, mode) {
-            self.commit(&mut map, h, e, check.params.id(), now, &[]);
+            // The probe above missed, so the key is new: insert without probing again.
+            if let Some(slot) = self.slot_of(e, check.params.id(), now) {
+                self.insert(&mut map, h, slot, now, &[]);
+            }
         }
         decision
     }
@@ -307,9 +310,9 @@ impl MemoryStore {
             .collect();
         let decisions: Decisions = evaluations.iter().map(|e| e.decision).collect();
         if mode == CheckMode::Consume && admits(checks, &decisions) {
-            let writes = evaluations.into_iter().zip(&hashes).zip(&slots).zip(checks);
-            for (((e, h), &slot), c) in writes {
-                if c.cost > 0 {
+            let results = evaluations.into_iter().zip(&hashes).zip(&slots).zip(checks);
+            for (((e, h), &slot), c) in results {
+                if writes(c, mode) {
                     self.commit(&mut guards[slot].1, *h, e, c.params.id(), now, &hashes);
                 }
             }
@@ -330,16 +333,33 @@ impl MemoryStore {
         now: Micros,
         request: &[KeyHash],
     ) {
-        if !e.decision.allowed || e.expires_at <= now {
+        let Some(slot) = self.slot_of(e, id, now) else {
             return;
-        }
-        let slot = Slot::new(e.state, self.expiry_secs(e.expires_at), id);
+        };
         if let Some(existing) = find_mut(map, &h) {
             *existing = slot;
         } else {
-            self.make_room(map, &h, now, request);
-            map.insert_unique(h[0], (h, slot), |(k, _)| k[0]);
+            self.insert(map, h, slot, now, request);
         }
+    }
+
+    /// The slot an evaluation leaves behind: none when it was denied (nothing changes) or
+    /// leaves the key indistinguishable from a fresh one.
+    #[inline]
+    fn slot_of(
+        &self,
+        e: crate::algorithm::Evaluation<State>,
+        id: ParamsId,
+        now: Micros,
+    ) -> Option<Slot> {
+        (e.decision.allowed && e.expires_at > now)
+            .then(|| Slot::new(e.state, self.expiry_secs(e.expires_at), id))
+    }
+
+    /// Inserts `slot` under `h`, which the shard does not hold, making room first.
+    fn insert(&self, map: &mut Shard, h: KeyHash, slot: Slot, now: Micros, request: &[KeyHash]) {
+        self.make_room(map, &h, now, request);
+        map.insert_unique(h[0], (h, slot), |(k, _)| k[0]);
     }
 }
 

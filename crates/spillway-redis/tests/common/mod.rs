@@ -2,7 +2,7 @@
 //! replaying vectors through any [`Store`].
 #![allow(dead_code)]
 
-use spillway_core::algorithm::LimitParams;
+use spillway_core::algorithm::{Decision, LimitParams};
 use spillway_core::key::StateKey;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, Store};
@@ -55,6 +55,20 @@ pub fn check<'a>(key: &'a StateKey, params: &'a LimitParams, cost: u64) -> Check
         cost,
         enforced: true,
     }
+}
+
+/// The decisions `store` makes on one enforced check of `key` under `params`.
+pub async fn check_one(
+    store: &dyn Store,
+    key: &StateKey,
+    params: &LimitParams,
+    cost: u64,
+    mode: CheckMode,
+) -> Vec<Decision> {
+    store
+        .check(&[check(key, params, cost)], mode)
+        .await
+        .expect("the store answers")
 }
 
 /// Replays `v` on a fresh key named after `tag` and asserts every decision. An event that

@@ -23,7 +23,7 @@ use crate::decision::{self, Ask, Decided, Outcome, Refused};
 use crate::failure::{DEGRADED_HEADER, DEGRADED_REASON};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use spillway_core::policy::Policy;
+use spillway_core::policy::{FailureMode, Policy};
 use spillway_core::request::CheckMode;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -64,8 +64,7 @@ impl Rls {
         // The domain's name as configuration holds it, so the verdict shares it (no copy of
         // the request's string per call).
         let (name, plan) = if domain == &*state.policy_domain {
-            let plan = plan::policy(&policy, &request.descriptors, (hits > 0).then_some(hits))
-                .map_err(Status::invalid_argument)?;
+            let plan = plan::policy(&policy, &request.descriptors, (hits > 0).then_some(hits));
             (Arc::clone(&state.policy_domain), plan)
         } else {
             let envoy = state.envoy.load();
@@ -103,7 +102,7 @@ impl Rls {
                     None => &[],
                 };
                 // An `open` fallback checked nothing: every descriptor is plainly `OK`.
-                if degraded.is_some() && verdict.outcomes.is_empty() {
+                if degraded == Some(FailureMode::Open) {
                     return Ok(response::unlimited(descriptors, marker));
                 }
                 Ok(response::checked(plan, &verdict, marker))

@@ -30,28 +30,30 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-/// What a connection's requests have been doing, as its idle check sees it.
+/// What a connection's requests have been doing, as its idle check sees it: two counters, each
+/// bumped once per event (one atomic add per request start and one per end).
 #[derive(Debug, Default)]
 pub struct Activity {
-    in_flight: AtomicUsize,
-    /// Requests started plus requests ended: unchanged means nothing happened.
-    events: AtomicUsize,
+    started: AtomicUsize,
+    ended: AtomicUsize,
 }
 
 impl Activity {
     fn started(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.events.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
     }
 
     fn ended(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.events.fetch_add(1, Ordering::Relaxed);
+        self.ended.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The event count, if no request is in flight.
+    /// How many requests have started, if none is in flight: unchanged between two looks
+    /// means nothing happened in between. `ended` is read first: it never passes `started`,
+    /// so equal counts mean every request that had started by then has ended.
     fn quiet(&self) -> Option<usize> {
-        (self.in_flight.load(Ordering::Relaxed) == 0).then(|| self.events.load(Ordering::Relaxed))
+        let ended = self.ended.load(Ordering::Relaxed);
+        let started = self.started.load(Ordering::Relaxed);
+        (started == ended).then_some(started)
     }
 }
 

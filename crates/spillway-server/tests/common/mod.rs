@@ -241,6 +241,28 @@ impl Server {
             .expect("request reaches the server")
     }
 
+    /// The `X-RateLimit-Limit` a peek for `user` reports (the tightest limit governs).
+    pub async fn current_limit(&self, user: &str) -> Option<String> {
+        let body = format!(r#"{{"user":"{user}"}}"#);
+        let response = self.post("/v1/check?peek=true", &body).await;
+        header(&response, "x-ratelimit-limit")
+    }
+
+    /// Waits until a peek for `user` reports `limit` (a reload has been applied); fails the
+    /// test, with the server's logs, if that takes longer than [`PATIENCE`].
+    pub async fn wait_for_limit(&self, user: &str, limit: u64) {
+        let wanted = limit.to_string();
+        let reached = wait_until_async(PATIENCE, || async {
+            (self.current_limit(user).await.as_ref() == Some(&wanted)).then_some(())
+        })
+        .await;
+        assert!(
+            reached.is_some(),
+            "the limit never became {limit}; logs:\n{}",
+            self.logs().join("\n")
+        );
+    }
+
     /// Moves the manual clock forward.
     pub async fn advance_ms(&self, ms: u64) {
         let response = self

@@ -137,6 +137,49 @@ mod tests {
         }
     }
 
+    /// A store of `per_shard` keys a shard and one limit of 1 a minute, so every key has the
+    /// same expiry and the eviction sample alone decides which goes.
+    struct Flood {
+        store: MemoryStore,
+        window: LimitParams,
+    }
+
+    impl Flood {
+        fn new(per_shard: usize) -> Self {
+            let window = match FixedWindow::new(1, MINUTE) {
+                Ok(w) => LimitParams::FixedWindow(w),
+                Err(e) => panic!("{e}"),
+            };
+            let store = MemoryStore::new(MIN_SHARDS * per_shard, Arc::new(ManualClock::new(0)));
+            Self { store, window }
+        }
+
+        fn one<'a>(&'a self, k: &'a StateKey) -> Check<'a> {
+            Check {
+                key: k,
+                params: &self.window,
+                cost: 1,
+                enforced: true,
+            }
+        }
+
+        /// Whether a charge (or a look) of `k` passes.
+        fn check(&self, k: &StateKey, mode: CheckMode) -> bool {
+            self.store.check_blocking(&[self.one(k)], mode)[0].allowed
+        }
+
+        fn hash(&self, k: &StateKey) -> [u64; 2] {
+            self.store.hash(&self.one(k))
+        }
+
+        /// Keys `0..` that fall in shard 0.
+        fn keys_of_shard_0(&self) -> impl Iterator<Item = StateKey> + '_ {
+            (0..)
+                .map(key)
+                .filter(|k| self.store.shard_of(&self.hash(k)) == 0)
+        }
+    }
+
     /// A flood into a full shard evicts each slot about equally often, wherever it sits in
     /// the table. Every key here has the same expiry (one fixed window), so the sample alone
     /// decides; the key first in table order, which a sample taken in table order would
@@ -145,47 +188,27 @@ mod tests {
     fn a_flood_evicts_a_key_at_the_front_of_the_table_no_more_than_chance() {
         const PER_SHARD: usize = 32;
         const FLOOD: usize = 3200;
-        let store = MemoryStore::new(MIN_SHARDS * PER_SHARD, Arc::new(ManualClock::new(0)));
-        let window = match FixedWindow::new(1, MINUTE) {
-            Ok(w) => LimitParams::FixedWindow(w),
-            Err(e) => panic!("{e}"),
-        };
-        let check = |k: &StateKey, mode| {
-            let one = [Check {
-                key: k,
-                params: &window,
-                cost: 1,
-                enforced: true,
-            }];
-            store.check_blocking(&one, mode)[0].allowed
-        };
-        let hash = |k: &StateKey| {
-            store.hash(&Check {
-                key: k,
-                params: &window,
-                cost: 1,
-                enforced: true,
-            })
-        };
-        let mut keys = (0..).map(key).filter(|k| store.shard_of(&hash(k)) == 0);
+        let flood = Flood::new(PER_SHARD);
+        let store = &flood.store;
+        let mut keys = flood.keys_of_shard_0();
         let filled: Vec<StateKey> = keys.by_ref().take(PER_SHARD).collect();
         for k in &filled {
-            assert!(check(k, CheckMode::Consume));
+            assert!(flood.check(k, CheckMode::Consume));
         }
         let front = store.shards[0].lock().iter().next().map(|(h, _)| *h);
-        let Some(hot) = filled.iter().find(|k| Some(hash(k)) == front) else {
+        let Some(hot) = filled.iter().find(|k| Some(flood.hash(k)) == front) else {
             panic!("the front key is one of those inserted");
         };
         // Over its limit: a new charge is refused.
-        assert!(!check(hot, CheckMode::Consume));
+        assert!(!flood.check(hot, CheckMode::Consume));
 
         let mut hot_evicted = 0;
         for k in keys.take(FLOOD) {
-            assert!(check(&k, CheckMode::Consume));
-            if check(hot, CheckMode::Peek) {
+            assert!(flood.check(&k, CheckMode::Consume));
+            if flood.check(hot, CheckMode::Peek) {
                 // Evicted: its counter is fresh. Put it back over its limit.
                 hot_evicted += 1;
-                assert!(check(hot, CheckMode::Consume));
+                assert!(flood.check(hot, CheckMode::Consume));
             }
         }
         assert_eq!(store.key_count(), PER_SHARD as u64);
@@ -203,32 +226,11 @@ mod tests {
     fn evictions_spread_over_the_whole_shard() {
         const PER_SHARD: usize = 16;
         const FLOOD: usize = 1600;
-        let store = MemoryStore::new(MIN_SHARDS * PER_SHARD, Arc::new(ManualClock::new(0)));
-        let window = match FixedWindow::new(1, MINUTE) {
-            Ok(w) => LimitParams::FixedWindow(w),
-            Err(e) => panic!("{e}"),
-        };
-        let check = |k: &StateKey, mode| {
-            let one = [Check {
-                key: k,
-                params: &window,
-                cost: 1,
-                enforced: true,
-            }];
-            store.check_blocking(&one, mode)[0].allowed
-        };
-        let in_shard = |k: &StateKey| {
-            let h = store.hash(&Check {
-                key: k,
-                params: &window,
-                cost: 1,
-                enforced: true,
-            });
-            store.shard_of(&h) == 0
-        };
-        let keys: Vec<StateKey> = (0..).map(key).filter(in_shard).take(FLOOD).collect();
+        let flood = Flood::new(PER_SHARD);
+        let store = &flood.store;
+        let keys: Vec<StateKey> = flood.keys_of_shard_0().take(FLOOD).collect();
         for k in &keys {
-            assert!(check(k, CheckMode::Consume));
+            assert!(flood.check(k, CheckMode::Consume));
         }
         // Every insert past the bound evicted one key, and the survivors are spread over the
         // flood rather than being the keys that happened to sit at the back of the table.
@@ -236,7 +238,7 @@ mod tests {
         assert_eq!(store.key_count(), PER_SHARD as u64);
         let survivors_from_the_first_half = keys[..FLOOD / 2]
             .iter()
-            .filter(|k| !check(k, CheckMode::Peek))
+            .filter(|k| !flood.check(k, CheckMode::Peek))
             .count();
         // A key inserted i inserts before the end survives with probability about
         // (1 - 1/16)^i, so nearly all survivors are recent; none should be from long ago.
