@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod algorithm;
+pub mod catalog;
 pub mod engine;
 pub mod envoy_config;
 pub mod headers;
