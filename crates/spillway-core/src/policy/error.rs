@@ -95,6 +95,11 @@ impl fmt::Display for Lines<'_> {
 pub(crate) struct Issues(Vec<PolicyIssue>);
 
 impl Issues {
+    /// The problems recorded, in the order found.
+    pub(crate) fn into_issues(self) -> Vec<PolicyIssue> {
+        self.0
+    }
+
     /// Records a problem at `at` for the field `path`.
     pub(crate) fn push(
         &mut self,

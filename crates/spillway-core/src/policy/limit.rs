@@ -18,8 +18,6 @@ pub(crate) struct Def<'a> {
     pub raw: &'a RawLimit,
     /// Its field path, `limits.<name>`.
     pub path: String,
-    /// Where its name was written.
-    pub at: Location,
     /// Its algorithm, if that much was valid.
     pub algorithm: Option<Algorithm>,
     /// Set only when the whole definition is valid.
@@ -54,6 +52,11 @@ impl<'a> Defs<'a> {
     /// The definition named `name`, valid or not.
     pub(crate) fn get(&self, name: &str) -> Option<&Def<'a>> {
         self.by_name.get(name)
+    }
+
+    /// Every definition, valid or not, in file order.
+    pub(crate) fn each(&self) -> impl Iterator<Item = &Def<'a>> {
+        self.order.iter().filter_map(|n| self.by_name.get(n))
     }
 
     /// The valid definitions, in file order.
@@ -124,7 +127,6 @@ fn limit_def<'a>(
     Def {
         raw,
         path,
-        at: name.referenced,
         algorithm,
         compiled,
     }

@@ -34,8 +34,10 @@ pub use error::{PolicyError, PolicyIssue};
 pub use ip_prefix::IpPrefix;
 pub(crate) use params::Algorithm;
 pub use store::{RedisSettings, StoreConfig};
+pub(crate) use tenant::Owner as OverrideOwner;
 
 use crate::algorithm::LimitParams;
+use crate::catalog::{Catalog, FieldIssue, OverrideRecord};
 use crate::key::StateKey;
 use route::RoutePattern;
 use std::collections::HashMap;
@@ -166,16 +168,23 @@ pub struct Route {
     pattern: RoutePattern,
 }
 
-/// A validated, immutable policy, ready to resolve requests. Built once per load or reload
-/// and shared (e.g. through `arc-swap`) by every request handler.
-#[derive(Debug)]
+/// A validated, immutable policy, ready to resolve requests, with the tenant catalog it
+/// resolves them against. Built once per load or reload (and per catalog change, sharing
+/// everything else) and shared (e.g. through `arc-swap`) by every request handler.
+#[derive(Debug, Clone)]
 pub struct Policy {
+    /// This compilation's identity: a catalog compiled against it carries the same.
+    id: u64,
     default_tier: usize,
     failure_mode: FailureMode,
     tiers: Vec<resolve::Tier>,
     tier_index: HashMap<Box<str>, usize>,
     routes: Vec<Arc<Route>>,
-    tenants: HashMap<Box<str>, resolve::Tenant>,
+    /// Tenants, users and API keys: the `tenants:` section, or the database's catalog.
+    catalog: Arc<Catalog>,
+    /// Each valid limit as written and compiled, for compiling catalog overrides of it.
+    bases: Arc<HashMap<Arc<str>, tenant::OwnedBase>>,
+    has_static_tenants: bool,
     limits: Vec<Arc<LimitDef>>,
     /// The declared descriptors, by the form their names take in proxy headers.
     descriptors: HashMap<String, Arc<str>>,
@@ -284,5 +293,82 @@ impl Policy {
     /// The names of the tiers, in file order.
     pub fn tiers(&self) -> impl Iterator<Item = &str> {
         self.tiers.iter().map(|t| &*t.name)
+    }
+
+    /// The tenant catalog requests are resolved against: built from the `tenants:` section,
+    /// until [`Self::with_catalog`] puts another in its place.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Whether the file has a `tenants:` section with any tenant in it.
+    pub fn has_static_tenants(&self) -> bool {
+        self.has_static_tenants
+    }
+
+    /// This policy resolving against `catalog`, which must have been compiled against it
+    /// ([`Catalog::build`], [`Catalog::apply`] or [`Catalog::recompile`] with this policy).
+    /// Cheap: the rest of the policy is shared or copied shallowly.
+    ///
+    /// # Panics
+    /// If `catalog` was compiled against another policy: its tier indices and overrides
+    /// would be read against the wrong tiers and limits.
+    pub fn with_catalog(&self, catalog: Arc<Catalog>) -> Policy {
+        assert_eq!(
+            catalog.policy_id(),
+            self.id,
+            "a catalog must be compiled against the policy that resolves with it"
+        );
+        Policy {
+            catalog,
+            ..self.clone()
+        }
+    }
+
+    /// This compilation's identity (unique within the process); unchanged by
+    /// [`Self::with_catalog`].
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The index of the tier named `name`.
+    pub(crate) fn tier_position(&self, name: &str) -> Option<usize> {
+        self.tier_index.get(name).copied()
+    }
+
+    /// The index of the default tier.
+    pub(crate) fn default_tier_index(&self) -> usize {
+        self.default_tier
+    }
+
+    /// The name of the tier at `index`.
+    pub(crate) fn tier_name(&self, index: usize) -> &str {
+        &self.tiers[index].name
+    }
+
+    /// Whether a request on tier `tier` can meet limit `limit` (globally, through the tier,
+    /// or on some route).
+    pub(crate) fn tier_meets(&self, tier: usize, limit: &str) -> bool {
+        let plans = &self.tiers[tier].plans;
+        plans.iter().flatten().any(|d| &*d.name == limit)
+    }
+
+    /// A catalog override of limit `limit` compiled as the `tenants:` section would compile
+    /// it; its problems are reported under `overrides.<limit>`.
+    pub(crate) fn compile_override(
+        &self,
+        limit: &str,
+        record: &OverrideRecord,
+        owner: OverrideOwner<'_>,
+    ) -> Result<LimitDef, Vec<FieldIssue>> {
+        let path = format!("overrides.{limit}");
+        let Some(base) = self.bases.get(limit) else {
+            let message = format!("no limit named `{limit}` is defined in the policy");
+            return Err(vec![FieldIssue {
+                field: path,
+                message,
+            }]);
+        };
+        base.overlay(record, &path, owner)
     }
 }

@@ -346,6 +346,19 @@ pub(crate) fn tenant_scoped(fingerprint: u64, tenant: &str) -> u64 {
     hasher.finish()
 }
 
+/// The fingerprint of one user's override of a limit that does not count each user of each
+/// tenant apart: like [`tenant_scoped`], for the pair.
+pub(crate) fn user_scoped(fingerprint: u64, tenant: &str, user: &str) -> u64 {
+    let mut hasher = SipHasher13::new_with_keys(0, 0);
+    hasher.write(&fingerprint.to_le_bytes());
+    hasher.write(b"user");
+    for part in [tenant, user] {
+        hasher.write(&(part.len() as u64).to_le_bytes());
+        hasher.write(part.as_bytes());
+    }
+    hasher.finish()
+}
+
 /// Checks a name written in the policy (a limit, tier or descriptor), which ends up in store
 /// keys and metrics, so it is kept to characters that need no escaping anywhere.
 pub(crate) fn check_name(name: &Text, what: &str) -> Result<(), String> {

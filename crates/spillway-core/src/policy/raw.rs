@@ -71,7 +71,7 @@ pub(crate) struct RawStore {
 }
 
 /// One named limit definition.
-#[derive(Debug, DeriveDeserialize)]
+#[derive(Debug, Clone, DeriveDeserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLimit {
     pub algorithm: Text,
@@ -95,7 +95,7 @@ pub(crate) struct RawLimit {
 
 /// A limit's `emergency` quota, used per node while the shared store is down: either an
 /// absolute `limit` or a `fraction` of the limit's own quota.
-#[derive(Debug, DeriveDeserialize)]
+#[derive(Debug, Clone, DeriveDeserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawEmergency {
     #[serde(default)]
@@ -105,7 +105,7 @@ pub(crate) struct RawEmergency {
 }
 
 /// A tenant's replacement numbers for one limit; absent fields keep the limit's own.
-#[derive(Debug, DeriveDeserialize)]
+#[derive(Debug, Clone, DeriveDeserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawOverride {
     #[serde(default)]

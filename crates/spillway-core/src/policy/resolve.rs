@@ -3,7 +3,7 @@
 //! Everything that does not depend on the request is settled at load time: for every tier
 //! and every route (or no route) the merged, de-duplicated list of limits already exists, and
 //! a tenant's overrides are a short list looked up by name. Per request, the work is a tenant
-//! and tier lookup, a first-match scan of the routes, and building the counter keys, whose
+//! and tier lookup in the catalog, a first-match scan of the routes, and building the counter keys, whose
 //! dimension values are the only allocations besides the result itself.
 
 use super::route::RequestPath;
@@ -15,18 +15,10 @@ use std::sync::Arc;
 
 /// A tier with its limit list for each route: `plans[0]` for requests that match no route,
 /// `plans[i + 1]` for requests on route `i`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Tier {
     pub name: Arc<str>,
     pub plans: Vec<Vec<Arc<LimitDef>>>,
-}
-
-/// A tenant's own tier (an index into the policy's tiers) and overrides.
-#[derive(Debug, Default)]
-pub(crate) struct Tenant {
-    pub tier: Option<usize>,
-    /// Replacement definitions, each carrying the name of the limit it replaces.
-    pub overrides: Vec<Arc<LimitDef>>,
 }
 
 impl Tier {
@@ -67,12 +59,12 @@ impl Policy {
     /// the counter key it keeps for this request. Never fails: an unknown tier falls back,
     /// and a limit whose key needs a dimension the request lacks is skipped.
     pub fn resolve(&self, req: &RequestAttrs) -> Resolved {
-        let tenant = req.tenant.as_deref().and_then(|t| self.tenants.get(t));
+        let standing = (self.catalog).standing(req.tenant.as_deref(), req.user.as_deref());
         let tier_index = req
             .tier
             .as_deref()
             .and_then(|t| self.tier_index.get(t).copied())
-            .or_else(|| tenant.and_then(|t| t.tier))
+            .or(standing.tier)
             .unwrap_or(self.default_tier);
         let tier = &self.tiers[tier_index];
         // The path is read once; each pattern then compares segments.
@@ -98,9 +90,7 @@ impl Policy {
         };
         let mut limits = Vec::with_capacity(plan.len());
         for def in plan {
-            let def = tenant
-                .and_then(|t| t.overrides.iter().find(|o| o.name == def.name))
-                .unwrap_or(def);
+            let def = standing.replacement(def).unwrap_or(def);
             if let Some(values) = key_values(def, req, route.as_deref(), &ip) {
                 let key = StateKey {
                     limit: Arc::clone(&def.name),

@@ -11,7 +11,9 @@ use super::raw::{RawPolicy, Text};
 use super::resolve::Tier;
 use super::route::RoutePattern;
 use super::{tenant, FailureMode, Policy, Route};
+use crate::catalog::Catalog;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Validates `raw` completely; on any problem returns all of them.
@@ -66,13 +68,16 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         .zip(&tier_limits)
         .map(|((name, _), own)| Tier::new(name.value.as_str().into(), &global, own, &routes))
         .collect();
-    Ok(Policy {
+    let mut policy = Policy {
+        id: next_policy_id(),
         default_tier,
         failure_mode,
         tiers,
         tier_index,
         routes,
-        tenants,
+        catalog: Arc::new(Catalog::placeholder()),
+        bases: Arc::new(tenant::bases(&defs)),
+        has_static_tenants: !tenants.is_empty(),
         limits,
         descriptors: descriptors
             .into_iter()
@@ -81,7 +86,19 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         store,
         emergency,
         ip_prefix,
-    })
+    };
+    // The `tenants:` section is the static catalog; it passed the checks above, so the
+    // catalog's own compilation refuses nothing in it.
+    let (catalog, skipped) = Catalog::build(&policy, 0, tenants);
+    debug_assert!(skipped.is_empty(), "{skipped:?}");
+    policy.catalog = Arc::new(catalog);
+    Ok(policy)
+}
+
+/// A fresh policy identity: catalogs name the policy they were compiled against.
+fn next_policy_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Checks the routes: pattern, uniqueness, cost, limits and failure mode. Patterns ignore
