@@ -1,0 +1,510 @@
+//! The admin API's handlers: one entry read, written, patched or deleted, lists, and the
+//! node's catalog version.
+
+use crate::http::problem::Problem;
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use spillway_catalog::Error as DbError;
+use spillway_core::catalog::{
+    ApiKeyRecord, Entry, EntryKey, Kind, TenantRecord, UserRecord,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a write waits for this node to apply it before answering anyway.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
+/// Entries per list page unless `limit` says otherwise, and the most it may say.
+const PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+/// Header carrying the catalog version a write produced.
+const VERSION_HEADER: &str = "spillway-catalog-version";
+
+type Answer = Result<Response, Problem>;
+
+/// `GET /v1/admin/version`: what this node has applied, and how current it is.
+pub async fn version(State(app): State<Arc<AppState>>) -> Response {
+    let status = app.catalog.status();
+    let age = status
+        .contact_at
+        .map(|at| app.clock.now().saturating_sub(at) as f64 / 1e6);
+    let database = match app.catalog.db() {
+        Some(db) => match tokio::time::timeout(Duration::from_secs(1), db.version()).await {
+            Ok(Ok(v)) => json!(v),
+            _ => Value::Null,
+        },
+        None => Value::Null,
+    };
+    let mut body = serde_json::to_value(&status).unwrap_or_default();
+    if let Value::Object(map) = &mut body {
+        map.insert("age_seconds".into(), json!(age));
+        map.insert("database_version".into(), database);
+    }
+    Json(body).into_response()
+}
+
+pub async fn get_tenant(State(app): State<Arc<AppState>>, Path(tenant): Path<String>) -> Answer {
+    read(&app, EntryKey::Tenant { tenant }).await
+}
+
+pub async fn put_tenant(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    let record: TenantRecord = parse(&body)?;
+    put(&app, EntryKey::Tenant { tenant }, Entry::Tenant(record), &headers).await
+}
+
+pub async fn patch_tenant(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    patch(&app, EntryKey::Tenant { tenant }, &headers, &body).await
+}
+
+pub async fn delete_tenant(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    delete(&app, EntryKey::Tenant { tenant }, &headers).await
+}
+
+pub async fn get_user(
+    State(app): State<Arc<AppState>>,
+    Path((tenant, user)): Path<(String, String)>,
+) -> Answer {
+    read(&app, EntryKey::User { tenant, user }).await
+}
+
+pub async fn put_user(
+    State(app): State<Arc<AppState>>,
+    Path((tenant, user)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    let record: UserRecord = parse(&body)?;
+    put(&app, EntryKey::User { tenant, user }, Entry::User(record), &headers).await
+}
+
+pub async fn patch_user(
+    State(app): State<Arc<AppState>>,
+    Path((tenant, user)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    patch(&app, EntryKey::User { tenant, user }, &headers, &body).await
+}
+
+pub async fn delete_user(
+    State(app): State<Arc<AppState>>,
+    Path((tenant, user)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    delete(&app, EntryKey::User { tenant, user }, &headers).await
+}
+
+pub async fn get_key(State(app): State<Arc<AppState>>, Path(digest): Path<String>) -> Answer {
+    read(&app, EntryKey::ApiKey { digest }).await
+}
+
+pub async fn put_key(
+    State(app): State<Arc<AppState>>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    let record: ApiKeyRecord = parse(&body)?;
+    put(&app, EntryKey::ApiKey { digest }, Entry::ApiKey(record), &headers).await
+}
+
+pub async fn patch_key(
+    State(app): State<Arc<AppState>>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    patch(&app, EntryKey::ApiKey { digest }, &headers, &body).await
+}
+
+pub async fn delete_key(
+    State(app): State<Arc<AppState>>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    delete(&app, EntryKey::ApiKey { digest }, &headers).await
+}
+
+/// The body of `POST /v1/admin/api-keys`: the key in clear (hashed here, never stored or
+/// logged) and what it stands for.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    key: String,
+    tenant: String,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    tier: Option<String>,
+}
+
+/// `POST /v1/admin/api-keys`: adds a key; 409 if it exists already.
+pub async fn add_key(State(app): State<Arc<AppState>>, body: Bytes) -> Answer {
+    let new: NewKey = parse(&body)?;
+    if new.key.len() < 16 {
+        let detail = "an API key must be at least 16 characters long";
+        return Err(Problem::invalid(detail, Some("key".into())));
+    }
+    let digest = digest_of(&new.key);
+    let record = ApiKeyRecord {
+        tenant: new.tenant,
+        user: new.user,
+        tier: new.tier,
+    };
+    let key = EntryKey::ApiKey { digest };
+    let response = write(&app, key, Entry::ApiKey(record), Some(0)).await?;
+    Ok((StatusCode::CREATED, response).into_response())
+}
+
+/// The lowercase hex SHA-256 of an API key: how the catalog stores it.
+pub fn digest_of(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Deserialize)]
+pub struct Paging {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+pub async fn list_tenants(State(app): State<Arc<AppState>>, Query(q): Query<Paging>) -> Answer {
+    let after = q.after.clone().map(|tenant| EntryKey::Tenant { tenant });
+    list(&app, Kind::Tenant, None, after, &q).await
+}
+
+pub async fn list_users(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    Query(q): Query<Paging>,
+) -> Answer {
+    let after = q.after.clone().map(|user| EntryKey::User {
+        tenant: tenant.clone(),
+        user,
+    });
+    list(&app, Kind::User, Some(&tenant), after, &q).await
+}
+
+pub async fn list_keys(State(app): State<Arc<AppState>>, Query(q): Query<Paging>) -> Answer {
+    let after = q.after.clone().map(|digest| EntryKey::ApiKey { digest });
+    list(&app, Kind::ApiKey, None, after, &q).await
+}
+
+async fn list(
+    app: &AppState,
+    kind: Kind,
+    tenant: Option<&str>,
+    after: Option<EntryKey>,
+    paging: &Paging,
+) -> Answer {
+    let limit = match paging.limit.as_deref().map(str::parse::<usize>) {
+        None => PAGE,
+        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            let detail = format!("`limit` must be a whole number from 1 to {MAX_PAGE}");
+            return Err(Problem::invalid(detail, Some("limit".into())));
+        }
+    };
+    let rows: Vec<(EntryKey, Entry, u64)> = match app.catalog.db() {
+        Some(db) => db
+            .list(kind, tenant, after.as_ref(), limit)
+            .await
+            .map_err(db_problem)?,
+        None => {
+            // The policy's own catalog: small, sorted here.
+            let (_, catalog) = app.catalog.current();
+            let mut rows: Vec<_> = catalog
+                .entries()
+                .filter(|(k, _)| k.kind() == kind)
+                .filter(|(k, _)| match (k, tenant) {
+                    (EntryKey::User { tenant: t, .. }, Some(want)) => t == want,
+                    _ => true,
+                })
+                .filter(|(k, _)| after.as_ref().is_none_or(|a| k > a))
+                .map(|(k, e)| (k, e, 0))
+                .collect();
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            rows.truncate(limit);
+            rows
+        }
+    };
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|(k, _, _)| id_of(k).to_owned()))
+        .flatten();
+    let items: Vec<Value> = rows.iter().map(|(k, e, v)| document(k, e, *v)).collect();
+    Ok(Json(json!({ "items": items, "next": next })).into_response())
+}
+
+/// The last part of a key: the cursor of a list that ended there.
+fn id_of(key: &EntryKey) -> &str {
+    match key {
+        EntryKey::Tenant { tenant } => tenant,
+        EntryKey::User { user, .. } => user,
+        EntryKey::ApiKey { digest } => digest,
+    }
+}
+
+async fn read(app: &AppState, key: EntryKey) -> Answer {
+    let found = match app.catalog.db() {
+        Some(db) => db.get(&key).await.map_err(db_problem)?,
+        None => app.catalog.current().1.get(&key).map(|e| (e, 0)),
+    };
+    match found {
+        Some((entry, version)) => Ok(with_etag(document(&key, &entry, version), version)),
+        None => Err(not_found(&key)),
+    }
+}
+
+async fn put(app: &AppState, key: EntryKey, entry: Entry, headers: &HeaderMap) -> Answer {
+    let condition = condition(headers)?;
+    write(app, key, entry, condition).await
+}
+
+/// Checks `entry` against this node's policy, writes it, and waits until this node has
+/// applied it.
+async fn write(app: &AppState, key: EntryKey, entry: Entry, condition: Option<u64>) -> Answer {
+    let db = writable(app)?;
+    let (policy, catalog) = app.catalog.current();
+    if let Err(issues) = catalog.check(&policy, &key, &entry) {
+        return Err(refused(issues));
+    }
+    let version = db
+        .put(key.clone(), entry.clone(), condition)
+        .await
+        .map_err(db_problem)?;
+    let applied = applied(app, version).await;
+    let mut body = document(&key, &entry, version);
+    body["applied"] = json!(applied);
+    Ok(written(body, version))
+}
+
+/// A JSON merge patch (RFC 7396) of the entry, which need not exist yet. Retried a few times
+/// if another writer changes the entry between the read and the write.
+async fn patch(app: &AppState, key: EntryKey, headers: &HeaderMap, body: &Bytes) -> Answer {
+    let db = writable(app)?;
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| Problem::invalid(format!("the body is not JSON: {e}"), None))?;
+    if !patch.is_object() {
+        return Err(Problem::invalid(
+            "a merge patch must be a JSON object",
+            None,
+        ));
+    }
+    let condition = condition(headers)?;
+    for _ in 0..3 {
+        let current = db.get(&key).await.map_err(db_problem)?;
+        let (mut doc, version) = match &current {
+            Some((entry, version)) => (record_value(entry), *version),
+            None => (json!({}), 0),
+        };
+        if condition.is_some_and(|want| want != version) {
+            return Err(conflict(Some(version).filter(|v| *v > 0)));
+        }
+        merge(&mut doc, &patch);
+        let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+        let entry = match key.kind() {
+            Kind::Tenant => Entry::Tenant(parse(&bytes)?),
+            Kind::User => Entry::User(parse(&bytes)?),
+            Kind::ApiKey => Entry::ApiKey(parse(&bytes)?),
+        };
+        match write(app, key.clone(), entry, Some(version)).await {
+            Err(problem) if problem.status() == StatusCode::PRECONDITION_FAILED => continue,
+            other => return other,
+        }
+    }
+    Err(Problem::http(
+        StatusCode::CONFLICT,
+        "the entry kept changing under the patch; try again",
+    ))
+}
+
+async fn delete(app: &AppState, key: EntryKey, headers: &HeaderMap) -> Answer {
+    let db = writable(app)?;
+    let condition = condition(headers)?;
+    match db.delete(&key, condition).await.map_err(db_problem)? {
+        Some(version) => {
+            let applied = applied(app, version).await;
+            Ok(written(json!({ "deleted": true, "version": version, "applied": applied }), version))
+        }
+        None => Err(not_found(&key)),
+    }
+}
+
+/// RFC 7396: objects merge member by member, `null` removes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(map) = target {
+        for (name, value) in patch {
+            if value.is_null() {
+                map.remove(name);
+            } else {
+                merge(map.entry(name.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+fn writable(app: &AppState) -> Result<&Arc<dyn spillway_catalog::CatalogDb>, Problem> {
+    app.catalog.db().ok_or_else(|| {
+        Problem::http(
+            StatusCode::CONFLICT,
+            "this node's catalog is the policy file's `tenants:` section; start it with \
+             --catalog <database URL> to change tenants at runtime",
+        )
+    })
+}
+
+/// Nudges the sync task and waits until this node has applied `version`.
+async fn applied(app: &AppState, version: u64) -> bool {
+    app.catalog.nudge();
+    let mut applied = app.catalog.applied();
+    tokio::time::timeout(APPLY_WAIT, applied.wait_for(|v| *v >= version))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// `If-None-Match: *` → must not exist; `If-Match: "<version>"` → must be at that version.
+fn condition(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
+    if let Some(value) = headers.get(header::IF_NONE_MATCH) {
+        return match value.to_str() {
+            Ok("*") => Ok(Some(0)),
+            _ => Err(Problem::invalid(
+                "If-None-Match takes only `*` here (create, never replace)",
+                Some("If-None-Match".into()),
+            )),
+        };
+    }
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    match text.parse::<u64>() {
+        Ok(version) if version > 0 => Ok(Some(version)),
+        _ => Err(Problem::invalid(
+            "If-Match takes the entry's ETag, a version such as \"12\"",
+            Some("If-Match".into()),
+        )),
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != ".").then_some(path);
+        Problem::invalid(format!("the body is not a valid entry: {}", e.inner()), field)
+    })
+}
+
+/// The entry as JSON: its key's fields, its record's fields and its version.
+fn document(key: &EntryKey, entry: &Entry, version: u64) -> Value {
+    let mut doc = record_value(entry);
+    if let Value::Object(map) = &mut doc {
+        match key {
+            EntryKey::Tenant { tenant } => {
+                map.insert("tenant".into(), json!(tenant));
+            }
+            EntryKey::User { tenant, user } => {
+                map.insert("tenant".into(), json!(tenant));
+                map.insert("user".into(), json!(user));
+            }
+            EntryKey::ApiKey { digest } => {
+                map.insert("digest".into(), json!(digest));
+            }
+        }
+        map.insert("version".into(), json!(version));
+    }
+    doc
+}
+
+fn record_value(entry: &Entry) -> Value {
+    let value = match entry {
+        Entry::Tenant(r) => serde_json::to_value(r),
+        Entry::User(r) => serde_json::to_value(r),
+        Entry::ApiKey(r) => serde_json::to_value(r),
+    };
+    value.unwrap_or_default()
+}
+
+fn with_etag(body: Value, version: u64) -> Response {
+    let mut response = Json(body).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+fn written(body: Value, version: u64) -> Response {
+    let mut response = with_etag(body, version);
+    response
+        .headers_mut()
+        .insert(VERSION_HEADER, HeaderValue::from(version));
+    response
+}
+
+fn not_found(key: &EntryKey) -> Problem {
+    Problem::http(StatusCode::NOT_FOUND, format!("no {key} in the catalog"))
+}
+
+fn conflict(current: Option<u64>) -> Problem {
+    let detail = match current {
+        Some(v) => format!("the entry is at version {v}; read it again and retry"),
+        None => "the entry does not exist (or was deleted); read it again and retry".into(),
+    };
+    Problem::http(StatusCode::PRECONDITION_FAILED, detail)
+}
+
+fn refused(issues: Vec<spillway_core::catalog::FieldIssue>) -> Problem {
+    let detail = issues
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let field = issues.first().map(|i| i.field.clone());
+    let errors = issues
+        .into_iter()
+        .map(|i| json!({ "field": i.field, "message": i.message }))
+        .collect();
+    Problem::invalid(detail, field).with_errors(errors)
+}
+
+fn db_problem(err: DbError) -> Problem {
+    match err {
+        DbError::Unavailable(_) => Problem::http(StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+            .with_retry_after(Duration::from_secs(1)),
+        DbError::Conflict { current } => conflict(current),
+        DbError::Invalid(message) => Problem::invalid(message, None),
+        other => {
+            tracing::error!(error = %other, "catalog database error");
+            Problem::http(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
+        }
+    }
+}

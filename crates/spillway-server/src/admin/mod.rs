@@ -1,0 +1,136 @@
+//! The admin API: the tenant catalog read and changed over HTTP, by a billing system, a
+//! script or `curl`.
+//!
+//! Off unless a token is configured (`--admin-token-file` or `SPILLWAY_ADMIN_TOKEN`); every
+//! request must then carry `Authorization: Bearer <token>`, compared in constant time. It is
+//! served on the main listener under `/v1/admin/`, or on its own (`--admin-listen`), e.g. a
+//! private interface. The OpenAPI description is `docs/admin-openapi.yaml`.
+//!
+//! | path | methods |
+//! |------|---------|
+//! | `/v1/admin/version` | GET: the catalog version this node has applied, and how current it is |
+//! | `/v1/admin/tenants` | GET: list (`?after=<id>&limit=<n>`) |
+//! | `/v1/admin/tenants/{tenant}` | GET, PUT, PATCH (JSON merge patch), DELETE |
+//! | `/v1/admin/tenants/{tenant}/users` | GET: list |
+//! | `/v1/admin/tenants/{tenant}/users/{user}` | GET, PUT, PATCH, DELETE |
+//! | `/v1/admin/api-keys` | GET: list; POST: add a key (given in clear, stored as its SHA-256) |
+//! | `/v1/admin/api-keys/{digest}` | GET, PUT, PATCH, DELETE |
+//!
+//! Reads come from the database (the truth); every write is checked against this node's
+//! policy first, answers the new catalog version, and waits (briefly) until this node has
+//! applied it, so a caller that reads back through the same node sees its write. `ETag`
+//! carries an entry's version; `If-Match` makes a write conditional on it and `If-None-Match:
+//! *` makes a PUT a create.
+
+mod entries;
+
+use crate::http::problem::Problem;
+use crate::state::AppState;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// The prefix every admin path starts with.
+pub const PREFIX: &str = "/v1/admin";
+
+/// The shortest token accepted: anything shorter is guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The admin API's secret.
+#[derive(Clone)]
+pub struct AdminToken(Arc<str>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// A token from its text (surrounding whitespace, such as a file's final newline, is
+    /// dropped); refused when shorter than [`MIN_TOKEN_LEN`].
+    pub fn new(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "the admin token is {} characters long; use at least {MIN_TOKEN_LEN} (e.g. \
+                 `openssl rand -hex 32`)",
+                text.len()
+            ));
+        }
+        Ok(Self(text.into()))
+    }
+
+    fn admits(&self, presented: &str) -> bool {
+        bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
+    }
+}
+
+/// The admin routes, behind the token, for merging into a router with [`AppState`].
+pub fn routes(token: AdminToken) -> Router<Arc<AppState>> {
+    Router::new()
+        .route(&format!("{PREFIX}/version"), get(entries::version))
+        .route(&format!("{PREFIX}/tenants"), get(entries::list_tenants))
+        .route(
+            &format!("{PREFIX}/tenants/{{tenant}}"),
+            get(entries::get_tenant)
+                .put(entries::put_tenant)
+                .patch(entries::patch_tenant)
+                .delete(entries::delete_tenant),
+        )
+        .route(
+            &format!("{PREFIX}/tenants/{{tenant}}/users"),
+            get(entries::list_users),
+        )
+        .route(
+            &format!("{PREFIX}/tenants/{{tenant}}/users/{{user}}"),
+            get(entries::get_user)
+                .put(entries::put_user)
+                .patch(entries::patch_user)
+                .delete(entries::delete_user),
+        )
+        .route(
+            &format!("{PREFIX}/api-keys"),
+            get(entries::list_keys).post(entries::add_key),
+        )
+        .route(
+            &format!("{PREFIX}/api-keys/{{digest}}"),
+            get(entries::get_key)
+                .put(entries::put_key)
+                .patch(entries::patch_key)
+                .delete(entries::delete_key),
+        )
+        .layer(axum::middleware::from_fn_with_state(token, authenticate))
+}
+
+/// Refuses a request without the token: 401 with `WWW-Authenticate: Bearer`.
+async fn authenticate(State(token): State<AdminToken>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+    match presented {
+        Some(presented) if token.admits(presented) => next.run(request).await,
+        found => {
+            let detail = match found {
+                None => "the admin API needs `Authorization: Bearer <token>`",
+                Some(_) => "the bearer token is not the admin token",
+            };
+            let mut response = Problem::http(StatusCode::UNAUTHORIZED, detail).into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"spillway-admin\""),
+            );
+            response
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Keeping a node's catalog current: load at start, follow changes, write a local snapshot.
+//!
+//! At start the node loads the whole catalog from the database within a time limit. If the
+//! database does not answer, the node boots from the snapshot it last wrote to its own disk
+//! (and says so, and reports itself stale), or, with no snapshot either, with an empty catalog
+//! (every tenant on the default tier, and `/readyz` not ready) until the database answers.
+//!
+//! Then it follows: it asks for the changes after the version it has applied whenever a
+//! Postgres notification arrives, an admin write on this node nudges it, or the poll interval
+//! passes. Versions are allocated in commit order (see `spillway-catalog`), so "every change
+//! after `n`" never misses one, deletions included; a lost notification only delays a change
+//! by one poll. A database that stops answering leaves the catalog as it is (decisions go on)
+//! and marks it stale; the next successful poll catches up on everything written meanwhile.
+//!
+//! The snapshot is rewritten (atomically, off the async threads) after changes, at most once
+//! per [`SNAPSHOT_EVERY`], and once more at shutdown.
+
+use super::{CatalogNode, Origin};
+use crate::clock::ServerClock;
+use crate::shutdown::Shutdown;
+use crate::state::AppState;
+use spillway_catalog::{snapshot, CatalogDb};
+use spillway_core::catalog::Catalog;
+use spillway_core::engine::Engine;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Most changes asked for at once; more are read page by page.
+const PAGE: usize = 10_000;
+
+/// Least time between two snapshot writes.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
+
+/// How a node follows its catalog database.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// Time between polls when no notification arrives.
+    pub poll: Duration,
+    /// Where the node keeps its snapshot, if anywhere.
+    pub snapshot: Option<PathBuf>,
+    /// How long the first load may take before the node boots from its snapshot.
+    pub boot_timeout: Duration,
+}
+
+/// Loads the catalog before the node serves: from the database, else from the snapshot.
+pub async fn boot(
+    node: &CatalogNode,
+    engine: &Engine,
+    clock: &ServerClock,
+    settings: &SyncSettings,
+) {
+    let Some(db) = node.db().cloned() else { return };
+    let loaded = match tokio::time::timeout(settings.boot_timeout, db.load()).await {
+        Ok(Ok(loaded)) => Ok(loaded),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {} ms",
+            settings.boot_timeout.as_millis()
+        )),
+    };
+    match loaded {
+        Ok((version, entries)) => {
+            let count = entries.len();
+            node.replace(engine, Origin::Database, |policy| {
+                Catalog::build(policy, version, entries)
+            });
+            node.contact(clock.now(), Ok(()));
+            tracing::info!(version, entries = count, backend = db.backend(), "catalog loaded");
+            if let Some(path) = &settings.snapshot {
+                write_snapshot(node, path).await;
+            }
+        }
+        Err(error) => {
+            node.contact(clock.now(), Err(error.clone()));
+            boot_from_snapshot(node, engine, settings.snapshot.as_deref(), &error).await;
+        }
+    }
+}
+
+async fn boot_from_snapshot(
+    node: &CatalogNode,
+    engine: &Engine,
+    path: Option<&Path>,
+    error: &str,
+) {
+    let Some(path) = path else {
+        tracing::error!(%error, "the catalog database is unreachable and no --catalog-snapshot \
+            is configured: serving an empty catalog (every tenant on the default tier) until it \
+            answers");
+        return;
+    };
+    let owned = path.to_path_buf();
+    match tokio::task::spawn_blocking(move || snapshot::load(&owned)).await {
+        Ok(Ok((version, entries))) => {
+            let count = entries.len();
+            node.replace(engine, Origin::Snapshot, |policy| {
+                Catalog::build(policy, version, entries)
+            });
+            tracing::warn!(%error, snapshot = %path.display(), version, entries = count,
+                "the catalog database is unreachable: serving this node's last snapshot until \
+                 it answers");
+        }
+        Ok(Err(err)) => tracing::error!(%error, snapshot = %path.display(), snapshot_error = %err,
+            "the catalog database is unreachable and the snapshot cannot be read: serving an \
+             empty catalog (every tenant on the default tier) until it answers"),
+        Err(err) => tracing::error!(%err, "the snapshot reader failed"),
+    }
+}
+
+/// Follows the database until `shutdown`, then writes a last snapshot.
+pub fn spawn(
+    app: Arc<AppState>,
+    settings: SyncSettings,
+    shutdown: Shutdown,
+) -> Option<JoinHandle<()>> {
+    let db = app.catalog.db().cloned()?;
+    Some(tokio::spawn(async move {
+        let (node, engine, clock) = (&app.catalog, &app.engine, &app.clock);
+        let mut notes = db.notifications();
+        let mut written = node.status().version;
+        let mut last_write = Instant::now();
+        loop {
+            let result = follow(db.as_ref(), node, engine).await;
+            node.contact(clock.now(), result.clone());
+            if let Err(error) = result {
+                tracing::warn!(%error, "catalog database unreachable; keeping the catalog in force");
+            }
+            let version = node.status().version;
+            if let Some(path) = &settings.snapshot {
+                if version != written && last_write.elapsed() >= SNAPSHOT_EVERY {
+                    write_snapshot(node, path).await;
+                    (written, last_write) = (version, Instant::now());
+                }
+            }
+            let wait = if version != written && settings.snapshot.is_some() {
+                settings.poll.min(SNAPSHOT_EVERY.saturating_sub(last_write.elapsed()))
+            } else {
+                settings.poll
+            };
+            tokio::select! {
+                () = shutdown.triggered() => break,
+                () = node.nudged().notified() => {}
+                () = tokio::time::sleep(wait) => {}
+                Some(_) = async {
+                    match notes.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // One read catches up on every announcement waiting.
+                    if let Some(rx) = notes.as_mut() {
+                        while rx.try_recv().is_ok() {}
+                    }
+                }
+            }
+        }
+        if let Some(path) = &settings.snapshot {
+            if node.status().version != written {
+                write_snapshot(node, path).await;
+            }
+        }
+    }))
+}
+
+/// Applies every change after the version in force, page by page.
+async fn follow(db: &dyn CatalogDb, node: &CatalogNode, engine: &Engine) -> Result<(), String> {
+    loop {
+        let applied = node.status().version;
+        let changes = db
+            .changes_since(applied, PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let full = changes.len() == PAGE;
+        node.apply(engine, &changes);
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes the catalog in force to `path`, off the async threads; a failure is logged.
+async fn write_snapshot(node: &CatalogNode, path: &Path) {
+    let (_, catalog) = node.current();
+    let owned = path.to_path_buf();
+    let version = catalog.version();
+    let result = tokio::task::spawn_blocking(move || {
+        snapshot::save(&owned, catalog.version(), catalog.entries())
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => tracing::debug!(version, snapshot = %path.display(), "catalog snapshot written"),
+        Ok(Err(err)) => tracing::warn!(snapshot = %path.display(), error = %err, "cannot write the catalog snapshot"),
+        Err(err) => tracing::warn!(%err, "the snapshot writer failed"),
+    }
+}
