@@ -3,12 +3,16 @@
 //! - [`redis`]: real `redis-server` processes and three-master clusters, started on free
 //!   loopback ports in temporary directories and killed when dropped. Nothing assumes a Redis
 //!   is already running.
+//! - [`postgres`]: real PostgreSQL clusters (`initdb` + `postgres` from Debian's package) on
+//!   free loopback ports in temporary directories, which can be stopped, killed and restarted
+//!   with their data, and whose connections can be terminated.
 //! - [`proxy`]: a loopback TCP proxy that delays replies, to make a server slow on demand.
 //! - [`vectors`]: the one table of conformance vectors (`vectors/conformance.json`) that every
 //!   store must reproduce exactly, and the code that generated it from the engine.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod postgres;
 pub mod proxy;
 pub mod redis;
 pub mod vectors;
