@@ -11,10 +11,12 @@
 //! | `/readyz`                 | GET     | readiness (policy loaded; store health reported) |
 //! | `/metrics`                | GET     | Prometheus text                           |
 //! | `/debug/clock`            | POST    | only with `--manual-clock` (tests)        |
+//! | `/v1/admin/...`           | various | the catalog's admin API, when a token is set and it has no listener of its own (`crate::admin`) |
 //!
 //! Unknown paths get a 404 problem, known paths asked with the wrong method a 405 problem with
 //! an `Allow` header. Request bodies over 16 KiB are refused with 413.
 
+use crate::admin::AdminToken;
 use crate::http::authorize;
 use crate::http::{access_log, check, debug, probes, problem};
 use crate::state::AppState;
@@ -23,8 +25,9 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use std::sync::Arc;
 
-/// The HTTP surface of the server, ready for `axum::serve`.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The HTTP surface of the server, ready for `axum::serve`; with the admin API under
+/// `/v1/admin` when its token is given.
+pub fn router(state: Arc<AppState>, admin: Option<AdminToken>) -> Router {
     let mut router = Router::new()
         .route("/v1/check", post(check::check))
         .route(authorize::PREFIX, any(authorize::authorize))
@@ -37,6 +40,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(probes::metrics));
     if state.clock.manual_control().is_some() {
         router = router.route(debug::CLOCK_PATH, post(debug::clock));
+    }
+    if let Some(token) = admin {
+        router = router.merge(crate::admin::routes(token));
     }
     let router = router
         .fallback(problem::not_found)
@@ -107,8 +113,10 @@ routes:
             .parse(policy)
             .expect("test policy is valid");
         let names = |n: &'static str| vec![axum::http::HeaderName::from_static(n)];
+        let policy = Arc::new(policy);
         let state = AppState {
-            engine: Engine::new(Arc::new(policy), store.clone(), clock.shared()),
+            catalog: Arc::new(crate::catalog::CatalogNode::new(policy.clone(), None)),
+            engine: Engine::new(policy, store.clone(), clock.shared()),
             store,
             failover: Arc::new(crate::failure::Failover::new(
                 crate::failure::FailureSettings::default(),
@@ -143,7 +151,8 @@ routes:
                 },
             },
         };
-        router(Arc::new(state)).layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))))
+        router(Arc::new(state), None)
+            .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))))
     }
 
     async fn call(app: &Router, request: Request<Body>) -> (StatusCode, Value, bool) {

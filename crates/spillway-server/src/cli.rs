@@ -255,6 +255,10 @@ pub struct ServeArgs {
     )]
     pub envoy_config: Vec<PathBuf>,
 
+    /// The tenant catalog's database and the admin API.
+    #[command(flatten)]
+    pub catalog: crate::catalog::settings::CatalogArgs,
+
     /// TEST ONLY: run on a manual clock starting at this many milliseconds since the epoch,
     /// and expose `POST /debug/clock` to move it. Never use in production.
     #[arg(long, value_name = "START_MS", hide = true)]

@@ -47,6 +47,10 @@ pub struct ServerSettings {
     pub grpc: GrpcSettings,
     /// Connection caps and timeouts, the same on both ports.
     pub connections: crate::serving::ConnectionLimits,
+    /// The tenant catalog's database, if any.
+    pub catalog: Option<crate::catalog::settings::CatalogSettings>,
+    /// The admin API, if a token is configured.
+    pub admin: Option<crate::catalog::settings::AdminSettings>,
 }
 
 impl ServerSettings {
@@ -103,6 +107,8 @@ impl ServerSettings {
                 body_timeout: args.body_timeout,
             }
             .checked()?,
+            catalog: args.catalog.catalog(),
+            admin: args.catalog.admin()?,
         })
     }
 }

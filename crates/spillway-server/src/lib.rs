@@ -12,6 +12,9 @@
 //! - [`decision`]: the step every request takes: planned limits → guarded store → failure
 //!   mode → one [`decision::Outcome`], observed in one place; transports only translate it.
 //! - [`app`]: the router that maps HTTP paths to handlers.
+//! - [`catalog`]: the tenant catalog this node resolves against (the policy's `tenants:`, or a
+//!   database followed by a sync task, with a local snapshot to boot from).
+//! - [`admin`]: the admin API that reads and changes the catalog, behind a bearer token.
 //! - [`failure`]: store time budget, circuit breaker and the per-route failure modes (open,
 //!   closed, degrade with emergency quotas), used by [`decision`].
 //! - [`grpc`]: Envoy's rate-limit service (RLS v3) and gRPC health, on their own port.
@@ -28,7 +31,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
+pub mod catalog;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -18,6 +18,8 @@
 //! | `spillway_store_circuit_transitions_total` | counter | `to`               |
 //! | `spillway_emergency_keys`                | gauge     | none               |
 //!
+//! The catalog's own metrics (`spillway_catalog_*`) are listed in [`crate::catalog::metrics`].
+//!
 //! The last four are recorded by [`crate::failure`] (see `docs/FAILURE.md`); `route` is a
 //! route's pattern from the policy (or an Envoy domain), never a raw request path.
 //!
@@ -96,6 +98,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         tracing::debug!("a metrics recorder is already installed; this handle stays empty");
     }
     describe();
+    crate::catalog::metrics::describe();
     // Handles kept past this point (this one, and the per-thread decision counters) assume the
     // recorder never drops a metric: no idle timeout is set.
     CHECK_DURATION_HANDLE.get_or_init(|| histogram!(CHECK_DURATION));

@@ -94,9 +94,18 @@ impl Reloader {
                      keeping the previous policy");
                 ReloadOutcome::Rejected
             }
+            Ok(policy) if policy.has_static_tenants() && self.app.catalog.db().is_some() => {
+                tracing::warn!(%source, trigger = trigger.name(),
+                    "policy reload rejected: it has a `tenants:` section, but tenants come from                      the catalog database (--catalog); keeping the previous policy");
+                ReloadOutcome::Rejected
+            }
             Ok(policy) => {
                 let limits = policy.limits().count();
-                self.app.engine.replace_policy(Arc::new(policy));
+                // The catalog in force is recompiled against the new policy and published with
+                // it, under the catalog's lock, so a catalog change cannot slip in between.
+                self.app
+                    .catalog
+                    .policy_loaded(&self.app.engine, Arc::new(policy));
                 self.app.policy_info.store(Arc::new(PolicyInfo {
                     source: source.clone(),
                     loaded_at: self.app.clock.now(),

@@ -9,7 +9,8 @@
 //! `--shutdown-grace` to finish; the process then exits 0 either way (a warning says when
 //! requests were cut off). A second signal cuts the wait short.
 
-use crate::app;
+use crate::catalog::settings::CatalogSettings;
+use crate::catalog::{sync, CatalogNode};
 use crate::cli::ServeArgs;
 use crate::clock::ServerClock;
 use crate::config::ServerSettings;
@@ -17,6 +18,7 @@ use crate::failure::{Failover, FailureSettings};
 use crate::reload::{self, Reloader};
 use crate::shutdown::{self, Shutdown};
 use crate::state::{AppState, PolicyInfo};
+use crate::{admin, app};
 use crate::{grpc, logging, metrics, serving, sweeper};
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -102,7 +104,13 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let failover = Arc::new(Failover::new(failure, clock.shared()));
     let shared = !matches!(store_config, StoreConfig::Memory { .. });
     let store = failover.guard(store, shared);
-    let engine = Engine::new(Arc::new(policy), store.clone(), clock.shared());
+    let policy = Arc::new(policy);
+    let catalog_db = match &settings.catalog {
+        Some(catalog) => Some(open_catalog(catalog, &policy).await?),
+        None => None,
+    };
+    let catalog = Arc::new(CatalogNode::new(Arc::clone(&policy), catalog_db));
+    let engine = Engine::new(policy, store.clone(), clock.shared());
     let app = Arc::new(AppState {
         engine,
         store: store.clone(),
@@ -115,7 +123,15 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         metrics: recorder.clone(),
         authorize: settings.authorize.clone(),
         failover,
+        catalog,
     });
+    let sync_task = match &settings.catalog {
+        Some(catalog) => {
+            sync::boot(&app.catalog, &app.engine, &app.clock, &catalog.sync).await;
+            sync::spawn(app.clone(), catalog.sync.clone(), shutdown.clone())
+        }
+        None => None,
+    };
 
     let reloader = Reloader::new(app.clone(), settings.policy.clone(), text);
     let reload_task =
@@ -132,7 +148,18 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let limits = settings.connections;
     let grpc = grpc::start(&settings.grpc, limits, app.clone(), shutdown.clone()).await?;
 
-    let router = app::router(app);
+    let admin_on_main = match &settings.admin {
+        Some(admin) if admin.listen.is_none() => Some(admin.token.clone()),
+        _ => None,
+    };
+    let admin_task = match &settings.admin {
+        Some(crate::catalog::settings::AdminSettings {
+            token,
+            listen: Some(listen),
+        }) => Some(admin::serve(*listen, app.clone(), token.clone(), shutdown.clone()).await?),
+        _ => None,
+    };
+    let router = app::router(app, admin_on_main);
     let mut http = serving::start(
         "HTTP",
         settings.http_threads,
@@ -174,6 +201,46 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     }
     reload_task.abort();
     sweep_task.abort();
+    if let Some(task) = admin_task {
+        task.abort();
+    }
+    if let Some(task) = sync_task {
+        // It writes a last snapshot on its way out.
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the catalog database (migrating it when allowed). A database that is merely
+/// unreachable is not fatal: the node boots from its snapshot and catches up later. A
+/// policy with its own `tenants:` section is: it would be silently ignored.
+async fn open_catalog(
+    settings: &CatalogSettings,
+    policy: &spillway_core::policy::Policy,
+) -> anyhow::Result<Arc<dyn spillway_catalog::CatalogDb>> {
+    let shown = spillway_catalog::redacted(&settings.url);
+    if policy.has_static_tenants() {
+        anyhow::bail!(
+            "the policy has a `tenants:` section, but --catalog {shown} names a catalog \
+             database: import the tenants (`spillway catalog import --from-policy <file>`) and \
+             remove the section"
+        );
+    }
+    let db = spillway_catalog::open(&settings.url)
+        .await
+        .with_context(|| format!("cannot open the catalog {shown}"))?;
+    if settings.migrate {
+        match db.migrate().await {
+            Ok(done) if done.from != done.to => {
+                tracing::info!(from = done.from, to = done.to, "catalog schema migrated");
+            }
+            Ok(_) => {}
+            Err(err) if err.is_unavailable() => {
+                tracing::warn!(error = %err, "cannot migrate the catalog now: it is unreachable");
+            }
+            Err(err) => return Err(err).context("cannot migrate the catalog"),
+        }
+    }
+    Ok(db)
 }

@@ -6,6 +6,7 @@
 //! It sits below everything that uses it: it imports no transport and no configuration
 //! code, only the settings type of `/v1/authorize` (a leaf module).
 
+use crate::catalog::CatalogNode;
 use crate::clock::ServerClock;
 use crate::failure::Failover;
 use crate::http::settings::AuthorizeSettings;
@@ -33,6 +34,9 @@ pub struct AppState {
     pub authorize: AuthorizeSettings,
     /// What to do when the store fails (shared with the gRPC service).
     pub failover: Arc<Failover>,
+    /// The tenant catalog the engine's policy resolves against, and how current it is;
+    /// policy reloads go through it.
+    pub catalog: Arc<CatalogNode>,
 }
 
 /// What `/readyz` reports about the policy in force.

@@ -13,9 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use spillway_catalog::Error as DbError;
-use spillway_core::catalog::{
-    ApiKeyRecord, Entry, EntryKey, Kind, TenantRecord, UserRecord,
-};
+use spillway_core::catalog::{ApiKeyRecord, Entry, EntryKey, Kind, TenantRecord, UserRecord};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +59,13 @@ pub async fn put_tenant(
     body: Bytes,
 ) -> Answer {
     let record: TenantRecord = parse(&body)?;
-    put(&app, EntryKey::Tenant { tenant }, Entry::Tenant(record), &headers).await
+    put(
+        &app,
+        EntryKey::Tenant { tenant },
+        Entry::Tenant(record),
+        &headers,
+    )
+    .await
 }
 
 pub async fn patch_tenant(
@@ -95,7 +99,13 @@ pub async fn put_user(
     body: Bytes,
 ) -> Answer {
     let record: UserRecord = parse(&body)?;
-    put(&app, EntryKey::User { tenant, user }, Entry::User(record), &headers).await
+    put(
+        &app,
+        EntryKey::User { tenant, user },
+        Entry::User(record),
+        &headers,
+    )
+    .await
 }
 
 pub async fn patch_user(
@@ -126,7 +136,13 @@ pub async fn put_key(
     body: Bytes,
 ) -> Answer {
     let record: ApiKeyRecord = parse(&body)?;
-    put(&app, EntryKey::ApiKey { digest }, Entry::ApiKey(record), &headers).await
+    put(
+        &app,
+        EntryKey::ApiKey { digest },
+        Entry::ApiKey(record),
+        &headers,
+    )
+    .await
 }
 
 pub async fn patch_key(
@@ -345,7 +361,10 @@ async fn delete(app: &AppState, key: EntryKey, headers: &HeaderMap) -> Answer {
     match db.delete(&key, condition).await.map_err(db_problem)? {
         Some(version) => {
             let applied = applied(app, version).await;
-            Ok(written(json!({ "deleted": true, "version": version, "applied": applied }), version))
+            Ok(written(
+                json!({ "deleted": true, "version": version, "applied": applied }),
+                version,
+            ))
         }
         None => Err(not_found(&key)),
     }
@@ -420,7 +439,10 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
     serde_path_to_error::deserialize(&mut reader).map_err(|e| {
         let path = e.path().to_string();
         let field = (path != ".").then_some(path);
-        Problem::invalid(format!("the body is not a valid entry: {}", e.inner()), field)
+        Problem::invalid(
+            format!("the body is not a valid entry: {}", e.inner()),
+            field,
+        )
     })
 }
 

@@ -134,3 +134,31 @@ async fn authenticate(State(token): State<AdminToken>, request: Request, next: N
         }
     }
 }
+
+/// Serves the admin API alone on `listen` until `shutdown`.
+pub async fn serve(
+    listen: std::net::SocketAddr,
+    app: Arc<AppState>,
+    token: AdminToken,
+    shutdown: crate::shutdown::Shutdown,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for the admin API"))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the admin address")?;
+    tracing::info!("admin API listening on {addr}");
+    let router = routes(token)
+        .fallback(crate::http::problem::not_found)
+        .with_state(app);
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.triggered().await })
+            .await;
+        if let Err(err) = served {
+            tracing::error!(%err, "the admin API stopped");
+        }
+    }))
+}

@@ -12,9 +12,10 @@
 //! The request path never sees any of this: the engine's policy carries its catalog, swapped
 //! atomically, and a request does a hash lookup in it.
 
+pub mod metrics;
+pub mod settings;
 pub mod sync;
 
-use crate::metrics;
 use parking_lot::Mutex;
 use serde::Serialize;
 use spillway_catalog::CatalogDb;
@@ -127,7 +128,10 @@ impl CatalogNode {
     /// The policy as loaded and the catalog in force, compiled against it.
     pub fn current(&self) -> (Arc<Policy>, Arc<Catalog>) {
         let published = self.published.lock();
-        (Arc::clone(&published.policy), Arc::clone(&published.catalog))
+        (
+            Arc::clone(&published.policy),
+            Arc::clone(&published.catalog),
+        )
     }
 
     /// How current the catalog is.
@@ -179,7 +183,9 @@ impl CatalogNode {
         let (catalog, skipped) = build(&published.policy);
         report_skipped("catalog load", &skipped);
         let catalog = Arc::new(catalog);
-        engine.replace_policy(Arc::new(published.policy.with_catalog(Arc::clone(&catalog))));
+        engine.replace_policy(Arc::new(
+            published.policy.with_catalog(Arc::clone(&catalog)),
+        ));
         published.catalog = Arc::clone(&catalog);
         drop(published);
         self.note(&catalog, Some(origin));
@@ -191,7 +197,9 @@ impl CatalogNode {
         let (catalog, skipped) = published.catalog.apply(&published.policy, changes);
         report_skipped("catalog change", &skipped);
         let catalog = Arc::new(catalog);
-        engine.replace_policy(Arc::new(published.policy.with_catalog(Arc::clone(&catalog))));
+        engine.replace_policy(Arc::new(
+            published.policy.with_catalog(Arc::clone(&catalog)),
+        ));
         published.catalog = Arc::clone(&catalog);
         drop(published);
         self.note(&catalog, Some(Origin::Database));
@@ -211,7 +219,7 @@ impl CatalogNode {
                 status.error = Some(error);
             }
         }
-        metrics::catalog_stale(status.stale);
+        metrics::contact(&status);
     }
 
     fn note(&self, catalog: &Catalog, origin: Option<Origin>) {
@@ -222,7 +230,7 @@ impl CatalogNode {
         status.version = catalog.version();
         status.invalid = catalog.invalid();
         (status.tenants, status.users, status.api_keys) = catalog.counts();
-        metrics::catalog_applied(&status);
+        metrics::applied(&status);
         drop(status);
         self.applied.send_replace(catalog.version());
     }
@@ -239,5 +247,5 @@ fn report_skipped(during: &str, skipped: &[Skipped]) {
             skipped.len() - LOGGED_SKIPS
         );
     }
-    metrics::catalog_skipped(skipped.len());
+    metrics::skipped(skipped.len());
 }

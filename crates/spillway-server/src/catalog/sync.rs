@@ -68,7 +68,12 @@ pub async fn boot(
                 Catalog::build(policy, version, entries)
             });
             node.contact(clock.now(), Ok(()));
-            tracing::info!(version, entries = count, backend = db.backend(), "catalog loaded");
+            tracing::info!(
+                version,
+                entries = count,
+                backend = db.backend(),
+                "catalog loaded"
+            );
             if let Some(path) = &settings.snapshot {
                 write_snapshot(node, path).await;
             }
@@ -80,12 +85,7 @@ pub async fn boot(
     }
 }
 
-async fn boot_from_snapshot(
-    node: &CatalogNode,
-    engine: &Engine,
-    path: Option<&Path>,
-    error: &str,
-) {
+async fn boot_from_snapshot(node: &CatalogNode, engine: &Engine, path: Option<&Path>, error: &str) {
     let Some(path) = path else {
         tracing::error!(%error, "the catalog database is unreachable and no --catalog-snapshot \
             is configured: serving an empty catalog (every tenant on the default tier) until it \
@@ -136,7 +136,9 @@ pub fn spawn(
                 }
             }
             let wait = if version != written && settings.snapshot.is_some() {
-                settings.poll.min(SNAPSHOT_EVERY.saturating_sub(last_write.elapsed()))
+                settings
+                    .poll
+                    .min(SNAPSHOT_EVERY.saturating_sub(last_write.elapsed()))
             } else {
                 settings.poll
             };
@@ -190,12 +192,21 @@ async fn write_snapshot(node: &CatalogNode, path: &Path) {
     let owned = path.to_path_buf();
     let version = catalog.version();
     let result = tokio::task::spawn_blocking(move || {
-        snapshot::save(&owned, catalog.version(), catalog.entries())
+        let entries: Vec<_> = catalog.entries().collect();
+        snapshot::save(
+            &owned,
+            catalog.version(),
+            entries.iter().map(|(k, e)| (k, e)),
+        )
     })
     .await;
     match result {
-        Ok(Ok(())) => tracing::debug!(version, snapshot = %path.display(), "catalog snapshot written"),
-        Ok(Err(err)) => tracing::warn!(snapshot = %path.display(), error = %err, "cannot write the catalog snapshot"),
+        Ok(Ok(())) => {
+            tracing::debug!(version, snapshot = %path.display(), "catalog snapshot written")
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(snapshot = %path.display(), error = %err, "cannot write the catalog snapshot")
+        }
         Err(err) => tracing::warn!(%err, "the snapshot writer failed"),
     }
 }

@@ -39,8 +39,10 @@ fn service() -> Rls {
         .parse(crate::config::BUILTIN_POLICY)
         .expect("builtin policy");
     let store: Arc<dyn Store> = Arc::new(DownStore);
+    let policy = Arc::new(policy);
     let app = AppState {
-        engine: Engine::new(Arc::new(policy), store.clone(), clock.shared()),
+        catalog: Arc::new(crate::catalog::CatalogNode::new(policy.clone(), None)),
+        engine: Engine::new(policy, store.clone(), clock.shared()),
         store,
         clock: clock.clone(),
         policy_info: ArcSwap::from_pointee(PolicyInfo {

@@ -9,9 +9,13 @@
 //!   `degraded` when the store does not answer a ping within a second or the circuit breaker
 //!   is not closed. The JSON body says which policy is in force (source, load time in
 //!   milliseconds since the epoch, limit count) and how the store is doing (ping, breaker
-//!   state, emergency counters held).
+//!   state, emergency counters held), and how current the tenant catalog is (where it came
+//!   from, its version, whether it is stale, seconds since the database last answered). The
+//!   one case that is not ready: a catalog database that was unreachable at start with no
+//!   snapshot to boot from (every tenant would be judged by the default tier).
 //! - `/metrics` is the Prometheus text exposition (see [`crate::metrics`]).
 
+use crate::catalog::{CatalogStatus, Origin};
 use crate::failure::breaker::CircuitState;
 use crate::metrics;
 use crate::state::AppState;
@@ -33,6 +37,15 @@ struct Readiness {
     status: &'static str,
     policy: PolicyReport,
     store: StoreReport,
+    catalog: CatalogReport,
+}
+
+#[derive(Debug, Serialize)]
+struct CatalogReport {
+    #[serde(flatten)]
+    status: CatalogStatus,
+    /// Seconds since the database last answered; `null` if it never has (or there is none).
+    age_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,8 +84,15 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let ok = store.is_ok();
     let circuit = app.failover.circuit();
     let healthy = ok && circuit == CircuitState::Closed;
+    let catalog = app.catalog.status();
+    // A node with a catalog database that has neither reached it nor found a snapshot would
+    // judge every tenant by the default tier: keep traffic away until it has a catalog.
+    let ready = catalog.origin != Origin::Empty;
+    let age_seconds = catalog
+        .contact_at
+        .map(|at| app.clock.now().saturating_sub(at) as f64 / 1e6);
     let body = Readiness {
-        ready: true,
+        ready,
         status: if healthy { "ok" } else { "degraded" },
         policy: PolicyReport {
             loaded: true,
@@ -87,8 +107,17 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
             circuit: circuit.as_str(),
             emergency_keys: app.failover.emergency_keys(),
         },
+        catalog: CatalogReport {
+            status: catalog,
+            age_seconds,
+        },
     };
-    (StatusCode::OK, Json(body)).into_response()
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 /// The Prometheus scrape endpoint. Store gauges are refreshed first so a scrape never shows a

@@ -34,6 +34,9 @@ pub struct Problem {
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<String>,
+    /// Every field at fault, when there are several (`[{field, message}]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<Vec<Value>>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     verdict: Option<Box<VerdictBody>>,
     /// Sent as `Retry-After` (whole seconds), not in the body.
@@ -55,6 +58,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             field: None,
+            errors: None,
             verdict: None,
             retry_after: None,
         }
@@ -76,6 +80,12 @@ impl Problem {
         );
         problem.field = field;
         problem
+    }
+
+    /// Lists every field at fault (each `{field, message}`), beside the first one in `field`.
+    pub fn with_errors(mut self, errors: Vec<Value>) -> Self {
+        self.errors = Some(errors);
+        self
     }
 
     /// Attaches a verdict, so a denial reads like an allowance plus the problem members.
