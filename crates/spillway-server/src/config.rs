@@ -9,6 +9,7 @@ use crate::grpc::source::EnvoySource;
 use crate::grpc::GrpcSettings;
 use crate::http::client_ip::ForwardingHeaders;
 use crate::http::settings::{AuthorizeSettings, HeaderMapping};
+use crate::telemetry::decision_log::DecisionLogSettings;
 use axum::http::StatusCode;
 use spillway_core::policy::{Policy, PolicyError};
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ pub struct ServerSettings {
     pub grpc: GrpcSettings,
     /// Connection caps and timeouts, the same on both ports.
     pub connections: crate::serving::ConnectionLimits,
+    /// The decision log; `None` when off.
+    pub decision_log: Option<DecisionLogSettings>,
 }
 
 impl ServerSettings {
@@ -103,6 +106,7 @@ impl ServerSettings {
                 body_timeout: args.body_timeout,
             }
             .checked()?,
+            decision_log: DecisionLogSettings::from_args(args.decision_log)?,
         })
     }
 }

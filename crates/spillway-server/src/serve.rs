@@ -17,6 +17,7 @@ use crate::failure::{Failover, FailureSettings};
 use crate::reload::{self, Reloader};
 use crate::shutdown::{self, Shutdown};
 use crate::state::{AppState, PolicyInfo};
+use crate::telemetry::decision_log::{self, DecisionLog};
 use crate::{grpc, logging, metrics, serving, sweeper};
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -103,6 +104,19 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let shared = !matches!(store_config, StoreConfig::Memory { .. });
     let store = failover.guard(store, shared);
     let engine = Engine::new(Arc::new(policy), store.clone(), clock.shared());
+    let (decision_log, log_writer) = match &settings.decision_log {
+        Some(log) => {
+            let sink = decision_log::Sink::open(log, &store_config, clock.shared())
+                .map_err(anyhow::Error::msg)?;
+            let (handle, writer) = DecisionLog::new(log);
+            let writer = writer
+                .start(sink)
+                .context("cannot start the decision log's writer")?;
+            tracing::info!(sink = ?log.sink, node = %log.node, "decision log on");
+            (Some(handle), Some(writer))
+        }
+        None => (None, None),
+    };
     let app = Arc::new(AppState {
         engine,
         store: store.clone(),
@@ -115,6 +129,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         metrics: recorder.clone(),
         authorize: settings.authorize.clone(),
         failover,
+        decision_log,
     });
 
     let reloader = Reloader::new(app.clone(), settings.policy.clone(), text);
@@ -174,6 +189,9 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     }
     reload_task.abort();
     sweep_task.abort();
+    if let Some(writer) = log_writer {
+        writer.finish(Duration::from_secs(2)).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
