@@ -10,13 +10,14 @@
 //! | `/healthz`                | GET     | liveness                                  |
 //! | `/readyz`                 | GET     | readiness (policy loaded; store health reported) |
 //! | `/metrics`                | GET     | Prometheus text                           |
+//! | `/v1/top`                 | GET     | hot keys, most denied tenants and users   |
 //! | `/debug/clock`            | POST    | only with `--manual-clock` (tests)        |
 //!
 //! Unknown paths get a 404 problem, known paths asked with the wrong method a 405 problem with
 //! an `Allow` header. Request bodies over 16 KiB are refused with 413.
 
 use crate::http::authorize;
-use crate::http::{access_log, check, debug, probes, problem};
+use crate::http::{access_log, check, debug, probes, problem, top};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
@@ -34,7 +35,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz))
-        .route("/metrics", get(probes::metrics));
+        .route("/metrics", get(probes::metrics))
+        .route("/v1/top", get(top::top));
     if state.clock.manual_control().is_some() {
         router = router.route(debug::CLOCK_PATH, post(debug::clock));
     }
@@ -114,6 +116,8 @@ routes:
                 crate::failure::FailureSettings::default(),
                 clock.shared(),
             )),
+            top: Arc::new(crate::telemetry::top::Top::new("test")),
+            top_board: None,
             clock: clock.clone(),
             policy_info: ArcSwap::from_pointee(PolicyInfo {
                 source: "test".into(),

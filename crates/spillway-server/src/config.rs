@@ -47,6 +47,10 @@ pub struct ServerSettings {
     pub grpc: GrpcSettings,
     /// Connection caps and timeouts, the same on both ports.
     pub connections: crate::serving::ConnectionLimits,
+    /// `--node-name`, else the host name.
+    pub node_name: String,
+    /// How often top-k summaries are published to a Redis store.
+    pub top_publish_every: Duration,
 }
 
 impl ServerSettings {
@@ -89,6 +93,12 @@ impl ServerSettings {
                 },
             },
             manual_clock_ms: args.manual_clock,
+            node_name: args
+                .node_name
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(host_name),
+            top_publish_every: args.top_publish_every,
             grpc: grpc_settings(
                 args.grpc_listen,
                 args.grpc_policy_domain,
@@ -199,6 +209,16 @@ impl PolicySource {
     pub fn parse(&self, text: &str) -> Result<Policy, LoadError> {
         Ok(Policy::from_yaml_str(text, &self.describe())?)
     }
+}
+
+/// The machine's host name (Linux), or `spillway` when it cannot be read.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "spillway".to_owned())
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@
 //!              ▼
 //!        Outcome::Decided { verdict, degraded } | Outcome::Refused { retry_after, .. }
 //!              ▼
-//!        observe (metrics today; the decision log, top-k sketches and trace spans hook in here)
+//!        observe (metrics, the top-k sketches of `telemetry::top`; the decision log and trace
+//!        spans hook in here too)
 //! ```
 //!
 //! Transports only translate the [`Outcome`]: the HTTP API into a status, headers and a JSON
@@ -48,6 +49,17 @@ pub struct Ask<'a> {
     pub cost: u64,
     /// Charge the limits, or only look.
     pub mode: CheckMode,
+    /// Who asked, for the most-denied lists of `/v1/top`.
+    pub who: Who<'a>,
+}
+
+/// The tenant and user a request named, as the transport read them (client-given text).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Who<'a> {
+    /// The request's tenant.
+    pub tenant: Option<&'a str>,
+    /// The request's user.
+    pub user: Option<&'a str>,
 }
 
 impl<'a> Ask<'a> {
@@ -61,7 +73,13 @@ impl<'a> Ask<'a> {
             failure_mode: resolved.failure_mode,
             cost: resolved.cost,
             mode,
+            who: Who::default(),
         }
+    }
+
+    /// The same ask, naming who sent it.
+    pub fn by(self, who: Who<'a>) -> Self {
+        Self { who, ..self }
     }
 
     fn verdict(&self, allowed: bool, outcomes: Vec<LimitOutcome>) -> Verdict {
@@ -145,13 +163,16 @@ pub async fn decide(app: &AppState, policy: &Policy, ask: &Ask<'_>) -> Outcome {
             }
         }
     };
-    observe(ask, &outcome);
+    observe(app, ask, &outcome);
     outcome
 }
 
-/// The one place a finished decision is seen. Today it counts consuming verdicts the store
-/// reached (degraded decisions are counted by `failure::report` as they are made).
-fn observe(ask: &Ask<'_>, outcome: &Outcome) {
+/// The one place a finished decision is seen: the top-k sketches, decisions by route, and
+/// consuming verdicts the store reached by limit (degraded decisions are also counted by
+/// `failure::report` as they are made).
+fn observe(app: &AppState, ask: &Ask<'_>, outcome: &Outcome) {
+    app.top.observe(app.clock.now(), ask, outcome);
+    metrics::record_route_decision(ask, outcome);
     if let Outcome::Decided(decided) = outcome {
         if decided.degraded.is_none() && ask.mode == CheckMode::Consume {
             metrics::record_verdict(&decided.verdict);

@@ -17,6 +17,8 @@ use crate::failure::{Failover, FailureSettings};
 use crate::reload::{self, Reloader};
 use crate::shutdown::{self, Shutdown};
 use crate::state::{AppState, PolicyInfo};
+use crate::telemetry::top::redis::{self as top_redis, Board};
+use crate::telemetry::top::Top;
 use crate::{grpc, logging, metrics, serving, sweeper};
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -103,6 +105,10 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let shared = !matches!(store_config, StoreConfig::Memory { .. });
     let store = failover.guard(store, shared);
     let engine = Engine::new(Arc::new(policy), store.clone(), clock.shared());
+    let top = Arc::new(Top::new(&settings.node_name));
+    let top_board = Board::connect(&store_config, settings.top_publish_every)
+        .await
+        .context("cannot connect to Redis for the top-k summaries")?;
     let app = Arc::new(AppState {
         engine,
         store: store.clone(),
@@ -115,12 +121,16 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         metrics: recorder.clone(),
         authorize: settings.authorize.clone(),
         failover,
+        top: top.clone(),
+        top_board: top_board.clone(),
     });
 
     let reloader = Reloader::new(app.clone(), settings.policy.clone(), text);
     let reload_task =
         reload::spawn(reloader, shutdown.clone()).context("cannot listen for SIGHUP")?;
     let sweep_task = sweeper::spawn(store, recorder, shutdown.clone());
+    let publish_task =
+        top_board.map(|board| top_redis::spawn(board, top, clock.shared(), shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -174,6 +184,9 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     }
     reload_task.abort();
     sweep_task.abort();
+    if let Some(task) = publish_task {
+        task.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

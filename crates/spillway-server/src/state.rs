@@ -33,6 +33,10 @@ pub struct AppState {
     pub authorize: AuthorizeSettings,
     /// What to do when the store fails (shared with the gRPC service).
     pub failover: Arc<Failover>,
+    /// This node's hot keys and most denied tenants (`/v1/top`).
+    pub top: Arc<crate::telemetry::top::Top>,
+    /// Where the nodes share their top-k summaries; `None` on the in-memory store.
+    pub top_board: Option<crate::telemetry::top::redis::Board>,
 }
 
 /// What `/readyz` reports about the policy in force.

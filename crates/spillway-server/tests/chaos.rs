@@ -218,12 +218,16 @@ async fn metrics_now(server: &Server) -> (f64, f64, f64) {
             .unwrap_or(0.0)
         })
         .fold(f64::INFINITY, f64::min);
-    let opened = metric(
-        &text,
-        "spillway_store_circuit_transitions_total",
-        &[("to", "open")],
-    )
-    .unwrap_or(0.0);
+    let opened = ["closed", "half_open"]
+        .iter()
+        .filter_map(|from| {
+            metric(
+                &text,
+                "spillway_store_circuit_transitions_total",
+                &[("from", from), ("to", "open")],
+            )
+        })
+        .sum();
     let state = metric(&text, "spillway_store_circuit_state", &[]).unwrap_or(-1.0);
     (degraded, opened, state)
 }

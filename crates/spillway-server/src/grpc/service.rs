@@ -19,8 +19,9 @@
 use super::plan::{self, Plan};
 use super::response;
 use super::RlsState;
-use crate::decision::{self, Ask, Decided, Outcome, Refused};
+use crate::decision::{self, Ask, Decided, Outcome, Refused, Who};
 use crate::failure::{DEGRADED_HEADER, DEGRADED_REASON};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use spillway_core::policy::{FailureMode, Policy};
@@ -75,7 +76,8 @@ impl Rls {
                 .map_err(Status::invalid_argument)?;
             (Arc::clone(&config.name), plan)
         };
-        self.check(&policy, name, &plan, request.descriptors.len())
+        let who = who(&request.descriptors);
+        self.check(&policy, name, &plan, request.descriptors.len(), who)
             .await
     }
 
@@ -85,6 +87,7 @@ impl Rls {
         domain: Arc<str>,
         plan: &Plan,
         descriptors: usize,
+        who: Who<'_>,
     ) -> Result<RateLimitResponse, Status> {
         let ask = Ask {
             planned: &plan.planned,
@@ -94,6 +97,7 @@ impl Rls {
             failure_mode: plan.failure_mode,
             cost: plan.planned.iter().map(|p| p.cost).max().unwrap_or(0),
             mode: CheckMode::Consume,
+            who,
         };
         match decision::decide(&self.0.app, policy, &ask).await {
             Outcome::Decided(Decided { verdict, degraded }) => {
@@ -111,6 +115,16 @@ impl Rls {
                 "the rate-limit store failed and domain `{domain}` fails closed: {error}"
             ))),
         }
+    }
+}
+
+/// The first `tenant` and `user` entries among the descriptors, for the top-k lists.
+fn who(descriptors: &[RateLimitDescriptor]) -> Who<'_> {
+    let entries = || descriptors.iter().flat_map(|d| &d.entries);
+    let first = |key: &str| entries().find(|e| e.key == key).map(|e| e.value.as_str());
+    Who {
+        tenant: first("tenant"),
+        user: first("user"),
     }
 }
 

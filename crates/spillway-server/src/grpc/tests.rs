@@ -56,6 +56,8 @@ fn service() -> Rls {
             crate::failure::FailureSettings::default(),
             clock.shared(),
         )),
+        top: Arc::new(crate::telemetry::top::Top::new("test")),
+        top_board: None,
     };
     let sources: Vec<(String, String)> = FILES
         .iter()

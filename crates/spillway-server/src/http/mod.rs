@@ -3,6 +3,7 @@
 //! - [`check`]: `POST /v1/check`, the JSON decision API.
 //! - [`authorize`]: `/v1/authorize`, the same decision read from a reverse proxy's headers.
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`top`]: `GET /v1/top`, hot keys and the most denied tenants and users.
 //! - [`debug`]: `POST /debug/clock`, present only on a manual clock.
 //! - [`problem`]: RFC 9457 error documents, used by every endpoint.
 //! - [`settings`]: the header names and statuses `/v1/authorize` works with.
@@ -21,9 +22,10 @@ pub mod debug;
 pub mod probes;
 pub mod problem;
 pub mod settings;
+pub mod top;
 pub mod verdict;
 
-use crate::decision::{self, Ask, Decided, Outcome, Refused};
+use crate::decision::{self, Ask, Decided, Outcome, Refused, Who};
 use crate::state::AppState;
 use axum::http::StatusCode;
 use problem::Problem;
@@ -45,7 +47,11 @@ pub async fn decide(
     mode: CheckMode,
 ) -> Result<Decided, Problem> {
     let resolved = policy.resolve(attrs);
-    match decision::decide(app, policy, &Ask::resolved(&resolved, mode)).await {
+    let who = Who {
+        tenant: attrs.tenant.as_deref(),
+        user: attrs.user.as_deref(),
+    };
+    match decision::decide(app, policy, &Ask::resolved(&resolved, mode).by(who)).await {
         Outcome::Decided(decided) => Ok(decided),
         Outcome::Refused(Refused { retry_after, error }) => Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
