@@ -89,10 +89,14 @@ impl<C: ConnectionLike + Send> ConnectionLike for CountNoScript<'_, C> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let reply = self.0.req_packed_command(cmd).await;
-            if let Err(err) = &reply {
-                if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) {
-                    metrics::counter!(SCRIPT_ERRORS, "kind" => "noscript").increment(1);
-                }
+            // The error comes back as a value (or, from some clients, as an error).
+            let noscript = match &reply {
+                Ok(Value::ServerError(err)) => err.kind() == Some(ServerErrorKind::NoScript),
+                Err(err) => err.kind() == ErrorKind::Server(ServerErrorKind::NoScript),
+                Ok(_) => false,
+            };
+            if noscript {
+                metrics::counter!(SCRIPT_ERRORS, "kind" => "noscript").increment(1);
             }
             reply
         })
