@@ -15,7 +15,7 @@
 //! | `spillway_store_failures_total`          | counter   | `failure_mode`     |
 //! | `spillway_degraded_decisions_total`      | counter   | `route`, `mode`    |
 //! | `spillway_store_circuit_state`           | gauge     | none               |
-//! | `spillway_store_circuit_transitions_total` | counter | `to`               |
+//! | `spillway_store_circuit_transitions_total` | counter | `from`, `to`       |
 //! | `spillway_emergency_keys`                | gauge     | none               |
 //! | `spillway_route_decisions_total`         | counter   | `route`, `outcome` |
 //!

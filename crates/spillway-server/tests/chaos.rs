@@ -302,6 +302,20 @@ async fn scenario(server: &Server, tag: &str, mut fault: impl FnMut(bool)) {
     );
     fault(false);
     assert_recovers(server, tag).await;
+    // The breaker's way back is counted by where it came from, and the failed script calls
+    // by kind.
+    let text = server.metrics().await;
+    let recovered = metric(
+        &text,
+        "spillway_store_circuit_transitions_total",
+        &[("from", "half_open"), ("to", "closed")],
+    );
+    assert!(recovered >= Some(1.0), "recoveries: {recovered:?}");
+    let script_errors: f64 = ["timeout", "connection"]
+        .iter()
+        .filter_map(|kind| metric(&text, "spillway_script_errors_total", &[("kind", kind)]))
+        .sum();
+    assert!(script_errors > 0.0, "script errors are counted by kind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
