@@ -104,8 +104,7 @@ impl<L: Clone + Eq + Hash> TopK<L> {
     }
 }
 
-/// The `n` heaviest of `counts`, heaviest first (ties by label order of arrival is not
-/// stable, so ties are broken by the caller's sort if it needs one).
+/// The `n` heaviest of `counts`, heaviest first (the order among equal counts is unspecified).
 pub fn rank<L>(counts: HashMap<L, u64>, n: usize) -> Vec<(L, u64)> {
     let mut all: Vec<(L, u64)> = counts.into_iter().collect();
     let n = n.min(all.len());
@@ -114,7 +113,7 @@ pub fn rank<L>(counts: HashMap<L, u64>, n: usize) -> Vec<(L, u64)> {
     }
     all.select_nth_unstable_by(n - 1, |a, b| b.1.cmp(&a.1));
     all.truncate(n);
-    all.sort_by(|a, b| b.1.cmp(&a.1));
+    all.sort_by_key(|r| std::cmp::Reverse(r.1));
     all
 }
 

@@ -22,7 +22,7 @@ fn zipf_top_ten_is_recovered() {
         .enumerate()
         .map(|(k, &c)| (k as u64, c))
         .collect();
-    real.sort_by(|a, b| b.1.cmp(&a.1));
+    real.sort_by_key(|r| std::cmp::Reverse(r.1));
     let real_top: Vec<u64> = real[..10].iter().map(|r| r.0).collect();
 
     let got = topk.top(T0, 60 * SECOND, 10);
