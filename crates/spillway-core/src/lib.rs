@@ -12,6 +12,7 @@
 //! - [`engine`]: multi-limit, all-or-nothing verdicts over a store.
 //! - [`envoy_config`]: envoyproxy/ratelimit's descriptor YAML, compiled onto the same limits.
 //! - [`headers`]: `X-RateLimit-*`, `Retry-After`, `RateLimit` and `RateLimit-Policy`.
+//! - [`topk`]: heavy-hitter sketches over sliding windows (hot keys, most denied tenants).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -26,3 +27,4 @@ pub mod rate;
 pub mod request;
 pub mod store;
 pub mod time;
+pub mod topk;

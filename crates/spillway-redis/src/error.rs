@@ -3,9 +3,22 @@
 //! Every error the store returns goes through [`record`], which increments
 //! `spillway_store_errors_total{kind}` with `kind` one of `timeout`, `unavailable` or
 //! `protocol` (a bounded label set, never a key).
+//!
+//! Script calls are also counted by what went wrong in `spillway_script_errors_total{kind}`:
+//! `noscript` (Redis had lost the script, after a restart, a failover or `SCRIPT FLUSH`; the
+//! script helper loads it again and retries, so the call itself usually succeeds), `timeout`,
+//! `connection` (refused, dropped, reconnecting, or a server not ready: `LOADING`,
+//! `CLUSTERDOWN`...) and `other` (an error from the script or an unreadable reply).
 
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind, RedisFuture, ServerErrorKind, Value};
 use spillway_core::store::StoreError;
 use std::time::Duration;
+
+/// Counter of failed script calls, by kind.
+pub const SCRIPT_ERRORS: &str = "spillway_script_errors_total";
+/// Every `kind` of [`SCRIPT_ERRORS`].
+pub const SCRIPT_ERROR_KINDS: [&str; 4] = ["noscript", "timeout", "connection", "other"];
 
 /// Maps a `redis` error to the engine's error kinds.
 pub fn classify(err: redis::RedisError, timeout: Duration) -> StoreError {
@@ -54,4 +67,51 @@ pub fn kind(err: &StoreError) -> &'static str {
 pub fn record(err: StoreError) -> StoreError {
     metrics::counter!("spillway_store_errors_total", "kind" => kind(&err)).increment(1);
     err
+}
+
+/// Counts a failed script call under [`SCRIPT_ERRORS`] and hands the error back.
+pub fn record_script(err: StoreError) -> StoreError {
+    let kind = match err {
+        StoreError::Timeout(_) => "timeout",
+        StoreError::Unavailable(_) => "connection",
+        StoreError::Protocol(_) => "other",
+    };
+    metrics::counter!(SCRIPT_ERRORS, "kind" => kind).increment(1);
+    err
+}
+
+/// A connection that counts the `NOSCRIPT` answers the script helper recovers from (it sends
+/// `EVALSHA`, and on `NOSCRIPT` loads the script and sends it again, so the error never
+/// reaches the caller).
+pub(crate) struct CountNoScript<'c, C>(pub(crate) &'c mut C);
+
+impl<C: ConnectionLike + Send> ConnectionLike for CountNoScript<'_, C> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let reply = self.0.req_packed_command(cmd).await;
+            // The error comes back as a value (or, from some clients, as an error).
+            let noscript = match &reply {
+                Ok(Value::ServerError(err)) => err.kind() == Some(ServerErrorKind::NoScript),
+                Err(err) => err.kind() == ErrorKind::Server(ServerErrorKind::NoScript),
+                Ok(_) => false,
+            };
+            if noscript {
+                metrics::counter!(SCRIPT_ERRORS, "kind" => "noscript").increment(1);
+            }
+            reply
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
 }

@@ -4,7 +4,7 @@
 //! the injected clock) and is cheap to clone (a connection handle and three `Arc`s), so a task
 //! spawned to finish a request on its own (see [`crate::multi_slot`]) can own one.
 
-use crate::error::{classify, record};
+use crate::error::{classify, record, record_script, CountNoScript};
 use crate::script::{self, Encoded, Reply, Undo};
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -90,12 +90,15 @@ impl Runner {
         let value: redis::Value = self
             .call_within(limit, |conn| async move {
                 match conn {
-                    Conn::Server(mut c) => inv.invoke_async(&mut c).await,
-                    Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+                    Conn::Server(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
+                    Conn::Cluster(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
                 }
             })
-            .await?;
-        script::parse_reply(value, n).map_err(record)
+            .await
+            .map_err(record_script)?;
+        script::parse_reply(value, n)
+            .map_err(record)
+            .map_err(record_script)
     }
 
     /// Restores one key charged by a request that was then denied (or abandoned); `false` if
@@ -114,11 +117,12 @@ impl Runner {
         let restored: Result<i64, _> = self
             .call_within(limit, |conn| async move {
                 match conn {
-                    Conn::Server(mut c) => inv.invoke_async(&mut c).await,
-                    Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+                    Conn::Server(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
+                    Conn::Cluster(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
                 }
             })
-            .await;
+            .await
+            .map_err(record_script);
         matches!(restored, Ok(1))
     }
 }

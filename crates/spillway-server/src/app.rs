@@ -10,6 +10,7 @@
 //! | `/healthz`                | GET     | liveness                                  |
 //! | `/readyz`                 | GET     | readiness (policy loaded; store health reported) |
 //! | `/metrics`                | GET     | Prometheus text                           |
+//! | `/v1/top`                 | GET     | hot keys, most denied tenants and users   |
 //! | `/debug/clock`            | POST    | only with `--manual-clock` (tests)        |
 //! | `/v1/admin/...`           | various | the catalog's admin API, when a token is set and it has no listener of its own (`crate::admin`) |
 //!
@@ -18,7 +19,7 @@
 
 use crate::admin::AdminToken;
 use crate::http::authorize;
-use crate::http::{access_log, check, debug, probes, problem};
+use crate::http::{access_log, check, debug, probes, problem, top};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
@@ -37,7 +38,8 @@ pub fn router(state: Arc<AppState>, admin: Option<AdminToken>) -> Router {
         )
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz))
-        .route("/metrics", get(probes::metrics));
+        .route("/metrics", get(probes::metrics))
+        .route("/v1/top", get(top::top));
     if state.clock.manual_control().is_some() {
         router = router.route(debug::CLOCK_PATH, post(debug::clock));
     }
@@ -123,6 +125,8 @@ routes:
                 clock.shared(),
             )),
             decision_log: None,
+            top: Arc::new(crate::telemetry::top::Top::new("test")),
+            top_board: None,
             clock: clock.clone(),
             policy_info: ArcSwap::from_pointee(PolicyInfo {
                 source: "test".into(),

@@ -268,6 +268,15 @@ pub struct ServeArgs {
     /// The decision log (off by default).
     #[command(flatten)]
     pub decision_log: DecisionLogArgs,
+    /// This node's name in `/v1/top` answers and in the summaries it shares through Redis
+    /// (default: the host name).
+    #[arg(long, env = "SPILLWAY_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// How often this node publishes its top-k summaries to a Redis store.
+    #[arg(long, env = "SPILLWAY_TOP_PUBLISH_EVERY", value_name = "DURATION",
+          default_value = "5s", value_parser = parse_grace, hide = true)]
+    pub top_publish_every: Duration,
 
     /// TEST ONLY: run on a manual clock starting at this many milliseconds since the epoch,
     /// and expose `POST /debug/clock` to move it. Never use in production.

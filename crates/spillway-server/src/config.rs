@@ -54,6 +54,10 @@ pub struct ServerSettings {
     pub admin: Option<crate::catalog::settings::AdminSettings>,
     /// The decision log; `None` when off.
     pub decision_log: Option<DecisionLogSettings>,
+    /// `--node-name`, else the host name.
+    pub node_name: String,
+    /// How often top-k summaries are published to a Redis store.
+    pub top_publish_every: Duration,
 }
 
 impl ServerSettings {
@@ -66,6 +70,11 @@ impl ServerSettings {
         if prefix.is_empty() {
             return Err("--descriptor-header-prefix must not be empty".into());
         }
+        let node_name = match args.node_name.as_deref().map(str::trim) {
+            Some("") => return Err("--node-name must not be empty".into()),
+            Some(name) => name.to_owned(),
+            None => host_name(),
+        };
         Ok(Self {
             listen: args.listen,
             max_keys: args.max_keys,
@@ -96,6 +105,9 @@ impl ServerSettings {
                 },
             },
             manual_clock_ms: args.manual_clock,
+            node_name: node_name.clone(),
+            decision_log: DecisionLogSettings::from_args(args.decision_log, &node_name)?,
+            top_publish_every: args.top_publish_every,
             grpc: grpc_settings(
                 args.grpc_listen,
                 args.grpc_policy_domain,
@@ -112,7 +124,6 @@ impl ServerSettings {
             .checked()?,
             catalog: args.catalog.catalog(),
             admin: args.catalog.admin()?,
-            decision_log: DecisionLogSettings::from_args(args.decision_log)?,
         })
     }
 }
@@ -209,6 +220,16 @@ impl PolicySource {
     pub fn parse(&self, text: &str) -> Result<Policy, LoadError> {
         Ok(Policy::from_yaml_str(text, &self.describe())?)
     }
+}
+
+/// The machine's host name (Linux), or `spillway` when it cannot be read.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "spillway".to_owned())
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@
 //!              ▼
 //!        Outcome::Decided { verdict, degraded } | Outcome::Refused { retry_after, .. }
 //!              ▼
-//!        observe (metrics, the decision log; top-k sketches and trace spans hook in here)
+//!        observe (metrics, the top-k sketches of `telemetry::top`, the decision log; trace
+//!        spans hook in here too)
 //! ```
 //!
 //! Transports only translate the [`Outcome`]: the HTTP API into a status, headers and a JSON
@@ -51,6 +52,17 @@ pub struct Ask<'a> {
     pub mode: CheckMode,
     /// Who asked, for the decision log.
     pub subject: Subject<'a>,
+    /// Who asked, for the most-denied lists of `/v1/top`.
+    pub who: Who<'a>,
+}
+
+/// The tenant and user a request named, as the transport read them (client-given text).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Who<'a> {
+    /// The request's tenant.
+    pub tenant: Option<&'a str>,
+    /// The request's user.
+    pub user: Option<&'a str>,
 }
 
 impl<'a> Ask<'a> {
@@ -65,7 +77,13 @@ impl<'a> Ask<'a> {
             cost: resolved.cost,
             mode,
             subject: Subject::default(),
+            who: Who::default(),
         }
+    }
+
+    /// The same ask, naming who sent it.
+    pub fn by(self, who: Who<'a>) -> Self {
+        Self { who, ..self }
     }
 
     fn verdict(&self, allowed: bool, outcomes: Vec<LimitOutcome>) -> Verdict {
@@ -153,10 +171,12 @@ pub async fn decide(app: &AppState, policy: &Policy, ask: &Ask<'_>) -> Outcome {
     outcome
 }
 
-/// The one place a finished decision is seen. It counts consuming verdicts the store reached
-/// (degraded decisions are counted by `failure::report` as they are made) and offers the
-/// decision to the decision log.
+/// The one place a finished decision is seen: the top-k sketches, decisions by route,
+/// consuming verdicts the store reached by limit (degraded decisions are also counted by
+/// `failure::report` as they are made), and the decision log.
 fn observe(app: &AppState, ask: &Ask<'_>, outcome: &Outcome) {
+    app.top.observe(app.clock.now(), ask, outcome);
+    metrics::record_route_decision(ask, outcome);
     if let Outcome::Decided(decided) = outcome {
         if decided.degraded.is_none() && ask.mode == CheckMode::Consume {
             metrics::record_verdict(&decided.verdict);

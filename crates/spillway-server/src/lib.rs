@@ -22,6 +22,8 @@
 //! - [`metrics`]: the Prometheus recorder and the names of everything it exports.
 //! - [`reload`]: hot policy reload on file changes and on `SIGHUP`.
 //! - [`store`]: builds the store the policy's `store:` section (or `--store-url`) names.
+//! - [`telemetry`]: what the limiter tells operators: hot keys and most denied tenants
+//!   (`/v1/top`).
 //! - [`sweeper`]: the once-a-second task that expires keys and refreshes store gauges.
 //! - [`serving`]: the accept task, the serving threads that run each transport's servers, and
 //!   their connection limits.

@@ -15,12 +15,13 @@
 //! | `spillway_store_failures_total`          | counter   | `failure_mode`     |
 //! | `spillway_degraded_decisions_total`      | counter   | `route`, `mode`    |
 //! | `spillway_store_circuit_state`           | gauge     | none               |
-//! | `spillway_store_circuit_transitions_total` | counter | `to`               |
+//! | `spillway_store_circuit_transitions_total` | counter | `from`, `to`       |
 //! | `spillway_emergency_keys`                | gauge     | none               |
 //! | `spillway_decision_log_written_total`    | counter   | none               |
 //! | `spillway_decision_log_dropped_total`    | counter   | `reason`           |
 //! | `spillway_decision_log_capped_total`     | counter   | none               |
 //! | `spillway_decision_log_sink_errors_total` | counter  | none               |
+//! | `spillway_route_decisions_total`         | counter   | `route`, `outcome` |
 //!
 //! The catalog's own metrics (`spillway_catalog_*`) are listed in [`crate::catalog::metrics`].
 //!
@@ -32,11 +33,19 @@
 //! `spillway_decisions_total` counts one per consuming check (peeks are not decisions):
 //! `outcome` is `allowed` or `denied`, and `limit` is the verdict's governing limit, the one
 //! that denied it or, when allowed, the one closest to denying; `(none)` when no limit applied.
+//!
+//! `spillway_route_decisions_total` counts every consuming decision, degraded and refused ones
+//! included, by `route` (the matched route's pattern, the Envoy domain, or `(none)`: values
+//! from configuration) and `outcome`: `allowed`, `denied`, `degraded_allowed`,
+//! `degraded_denied` (a failure mode decided) or `refused` (the store failed on a `closed`
+//! route).
 
+use crate::decision::{Ask, Outcome};
 use metrics::{counter, gauge, histogram, Counter, Histogram, Unit};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use spillway_core::engine::Verdict;
 use spillway_core::policy::FailureMode;
+use spillway_core::request::CheckMode;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -56,6 +65,9 @@ pub const STORE_FAILURES: &str = "spillway_store_failures_total";
 pub const STORE_KEYS: &str = "spillway_store_keys";
 /// Keys evicted for room since start.
 pub const STORE_EVICTIONS: &str = "spillway_store_evictions_total";
+
+/// Consuming decisions, by route pattern and outcome.
+pub const ROUTE_DECISIONS: &str = "spillway_route_decisions_total";
 
 /// The `limit` label of a verdict no limit applied to.
 pub const NO_LIMIT: &str = "(none)";
@@ -127,6 +139,10 @@ fn describe() {
     );
     metrics::describe_counter!(CONFIG_RELOADS, "Policy reload attempts, by outcome.");
     metrics::describe_counter!(
+        ROUTE_DECISIONS,
+        "Consuming decisions, by route pattern (or Envoy domain) and outcome."
+    );
+    metrics::describe_counter!(
         STORE_FAILURES,
         "Checks the store could not answer, by the failure mode applied."
     );
@@ -175,6 +191,51 @@ thread_local! {
     /// labelled key on every call, which at load costs more than the decision it counts.
     /// Grows with the limit names a policy has ever had, which a reload rarely changes.
     static DECISION_COUNTERS: RefCell<HashMap<Arc<str>, [Option<Counter>; 2]>> =
+        RefCell::default();
+}
+
+/// Counts one finished consuming decision under its route and outcome (peeks are not counted).
+pub fn record_route_decision(ask: &Ask<'_>, outcome: &Outcome) {
+    if ask.mode != CheckMode::Consume {
+        return;
+    }
+    let index = match outcome {
+        Outcome::Decided(d) => match (d.degraded.is_some(), d.verdict.allowed) {
+            (false, true) => 0,
+            (false, false) => 1,
+            (true, true) => 2,
+            (true, false) => 3,
+        },
+        Outcome::Refused(_) => 4,
+    };
+    let route = ask.label.unwrap_or(NO_LIMIT);
+    ROUTE_COUNTERS.with_borrow_mut(|counters| {
+        let row = match counters.get_mut(route) {
+            Some(row) => row,
+            None => counters.entry(Arc::from(route)).or_default(),
+        };
+        row[index]
+            .get_or_insert_with(|| {
+                let route = metrics::SharedString::from(route.to_owned());
+                counter!(ROUTE_DECISIONS, "route" => route, "outcome" => ROUTE_OUTCOMES[index])
+            })
+            .increment(1);
+    });
+}
+
+/// The `outcome` label of [`ROUTE_DECISIONS`], by index.
+const ROUTE_OUTCOMES: [&str; 5] = [
+    "allowed",
+    "denied",
+    "degraded_allowed",
+    "degraded_denied",
+    "refused",
+];
+
+thread_local! {
+    /// Each route's counters, one per outcome, registered on first use on this thread (as
+    /// [`DECISION_COUNTERS`], for the same reason). Routes come from the policy: bounded.
+    static ROUTE_COUNTERS: RefCell<HashMap<Arc<str>, [Option<Counter>; 5]>> =
         RefCell::default();
 }
 

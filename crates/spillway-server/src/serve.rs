@@ -19,6 +19,8 @@ use crate::reload::{self, Reloader};
 use crate::shutdown::{self, Shutdown};
 use crate::state::{AppState, PolicyInfo};
 use crate::telemetry::decision_log::{self, DecisionLog};
+use crate::telemetry::top::redis::{self as top_redis, Board};
+use crate::telemetry::top::Top;
 use crate::{admin, app};
 use crate::{grpc, logging, metrics, serving, sweeper};
 use anyhow::Context;
@@ -125,6 +127,10 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         }
         None => (None, None),
     };
+    let top = Arc::new(Top::new(&settings.node_name));
+    let top_board = Board::connect(&store_config, settings.top_publish_every)
+        .await
+        .context("cannot connect to Redis for the top-k summaries")?;
     let app = Arc::new(AppState {
         engine,
         store: store.clone(),
@@ -139,6 +145,8 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         failover,
         catalog,
         decision_log,
+        top: top.clone(),
+        top_board: top_board.clone(),
     });
     let sync_task = match &settings.catalog {
         Some(catalog) => {
@@ -152,6 +160,8 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let reload_task =
         reload::spawn(reloader, shutdown.clone()).context("cannot listen for SIGHUP")?;
     let sweep_task = sweeper::spawn(store, recorder, shutdown.clone());
+    let publish_task =
+        top_board.map(|board| top_redis::spawn(board, top, clock.shared(), shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -225,6 +235,9 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     }
     if let Some(writer) = log_writer {
         writer.finish(Duration::from_secs(2)).await;
+    }
+    if let Some(task) = publish_task {
+        task.abort();
     }
     tracing::info!("stopped");
     Ok(())

@@ -41,6 +41,10 @@ pub struct AppState {
     pub catalog: Arc<CatalogNode>,
     /// The decision log's request-path end; `None` when it is off.
     pub decision_log: Option<DecisionLog>,
+    /// This node's hot keys and most denied tenants (`/v1/top`).
+    pub top: Arc<crate::telemetry::top::Top>,
+    /// Where the nodes share their top-k summaries; `None` on the in-memory store.
+    pub top_board: Option<crate::telemetry::top::redis::Board>,
 }
 
 /// What `/readyz` reports about the policy in force.

@@ -17,9 +17,10 @@ use std::time::Duration;
 
 /// Name of the store round-trip histogram, recorded by the Redis store.
 pub const ROUNDTRIP: &str = "spillway_store_roundtrip_seconds";
-/// Buckets for [`ROUNDTRIP`]: 50 us to 250 ms.
+/// Buckets for [`ROUNDTRIP`]: 50 us to 1 s (a call past the budget is cut there, but a
+/// budget raised for a distant Redis should still land in a bucket).
 pub const ROUNDTRIP_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
 /// The store settings in force: the `--store-url` override if given, else the policy's.
@@ -124,6 +125,13 @@ fn describe() {
         metrics::counter!("spillway_store_errors_total", "kind" => kind).increment(0);
     }
     metrics::counter!("spillway_local_cache_hits_total").increment(0);
+    metrics::describe_counter!(
+        spillway_redis::error::SCRIPT_ERRORS,
+        "Failed script calls, by kind (noscript, timeout, connection, other)."
+    );
+    for kind in spillway_redis::error::SCRIPT_ERROR_KINDS {
+        metrics::counter!(spillway_redis::error::SCRIPT_ERRORS, "kind" => kind).increment(0);
+    }
 }
 
 #[cfg(test)]

@@ -218,12 +218,16 @@ async fn metrics_now(server: &Server) -> (f64, f64, f64) {
             .unwrap_or(0.0)
         })
         .fold(f64::INFINITY, f64::min);
-    let opened = metric(
-        &text,
-        "spillway_store_circuit_transitions_total",
-        &[("to", "open")],
-    )
-    .unwrap_or(0.0);
+    let opened = ["closed", "half_open"]
+        .iter()
+        .filter_map(|from| {
+            metric(
+                &text,
+                "spillway_store_circuit_transitions_total",
+                &[("from", from), ("to", "open")],
+            )
+        })
+        .sum();
     let state = metric(&text, "spillway_store_circuit_state", &[]).unwrap_or(-1.0);
     (degraded, opened, state)
 }
@@ -298,6 +302,20 @@ async fn scenario(server: &Server, tag: &str, mut fault: impl FnMut(bool)) {
     );
     fault(false);
     assert_recovers(server, tag).await;
+    // The breaker's way back is counted by where it came from, and the failed script calls
+    // by kind.
+    let text = server.metrics().await;
+    let recovered = metric(
+        &text,
+        "spillway_store_circuit_transitions_total",
+        &[("from", "half_open"), ("to", "closed")],
+    );
+    assert!(recovered >= Some(1.0), "recoveries: {recovered:?}");
+    let script_errors: f64 = ["timeout", "connection"]
+        .iter()
+        .filter_map(|kind| metric(&text, "spillway_script_errors_total", &[("kind", kind)]))
+        .sum();
+    assert!(script_errors > 0.0, "script errors are counted by kind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

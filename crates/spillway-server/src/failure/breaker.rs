@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// Gauge of the breaker's state: 0 closed, 1 half-open, 2 open.
 pub const STATE: &str = "spillway_store_circuit_state";
-/// Counter of state changes, by the state entered (`to`).
+/// Counter of state changes, by the state left (`from`) and the state entered (`to`).
 pub const TRANSITIONS: &str = "spillway_store_circuit_transitions_total";
 
 /// Where the breaker stands.
@@ -83,8 +83,15 @@ impl Breaker {
     /// after opening.
     pub fn new(threshold: u64, cooldown: Duration) -> Self {
         metrics::gauge!(STATE).set(CircuitState::Closed.gauge());
-        for to in ["closed", "half_open", "open"] {
-            metrics::counter!(TRANSITIONS, "to" => to).increment(0);
+        // The four changes the breaker can make, visible at zero from the start.
+        for (from, to) in [
+            (CircuitState::Closed, CircuitState::Open),
+            (CircuitState::Open, CircuitState::HalfOpen),
+            (CircuitState::HalfOpen, CircuitState::Closed),
+            (CircuitState::HalfOpen, CircuitState::Open),
+        ] {
+            metrics::counter!(TRANSITIONS, "from" => from.as_str(), "to" => to.as_str())
+                .increment(0);
         }
         Self {
             inner: Mutex::new(Inner {
@@ -151,9 +158,10 @@ impl Breaker {
         if inner.state == state {
             return;
         }
-        inner.state = state;
+        let from = std::mem::replace(&mut inner.state, state);
         metrics::gauge!(STATE).set(state.gauge());
-        metrics::counter!(TRANSITIONS, "to" => state.as_str()).increment(1);
+        metrics::counter!(TRANSITIONS, "from" => from.as_str(), "to" => state.as_str())
+            .increment(1);
         tracing::warn!(
             circuit = state.as_str(),
             "store circuit breaker changed state"

@@ -19,9 +19,10 @@
 use super::plan::{self, Plan};
 use super::response;
 use super::RlsState;
-use crate::decision::{self, Ask, Decided, Outcome, Refused};
+use crate::decision::{self, Ask, Decided, Outcome, Refused, Who};
 use crate::failure::{DEGRADED_HEADER, DEGRADED_REASON};
 use crate::telemetry::decision_log::{RequestIds, Subject};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use spillway_core::policy::{FailureMode, Policy};
@@ -89,8 +90,16 @@ impl Rls {
             (Arc::clone(&config.name), plan)
         };
         let subject = Subject::envoy(&request.descriptors, ids);
-        self.check(&policy, name, &plan, request.descriptors.len(), subject)
-            .await
+        let who = who(&request.descriptors);
+        self.check(
+            &policy,
+            name,
+            &plan,
+            request.descriptors.len(),
+            subject,
+            who,
+        )
+        .await
     }
 
     async fn check(
@@ -100,6 +109,7 @@ impl Rls {
         plan: &Plan,
         descriptors: usize,
         subject: Subject<'_>,
+        who: Who<'_>,
     ) -> Result<RateLimitResponse, Status> {
         let ask = Ask {
             planned: &plan.planned,
@@ -110,6 +120,7 @@ impl Rls {
             cost: plan.planned.iter().map(|p| p.cost).max().unwrap_or(0),
             mode: CheckMode::Consume,
             subject,
+            who,
         };
         match decision::decide(&self.0.app, policy, &ask).await {
             Outcome::Decided(Decided { verdict, degraded }) => {
@@ -127,6 +138,16 @@ impl Rls {
                 "the rate-limit store failed and domain `{domain}` fails closed: {error}"
             ))),
         }
+    }
+}
+
+/// The first `tenant` and `user` entries among the descriptors, for the top-k lists.
+fn who(descriptors: &[RateLimitDescriptor]) -> Who<'_> {
+    let entries = || descriptors.iter().flat_map(|d| &d.entries);
+    let first = |key: &str| entries().find(|e| e.key == key).map(|e| e.value.as_str());
+    Who {
+        tenant: first("tenant"),
+        user: first("user"),
     }
 }
 

@@ -59,6 +59,8 @@ fn service() -> Rls {
             clock.shared(),
         )),
         decision_log: None,
+        top: Arc::new(crate::telemetry::top::Top::new("test")),
+        top_board: None,
     };
     let sources: Vec<(String, String)> = FILES
         .iter()

@@ -3,6 +3,7 @@
 //! - [`check`]: `POST /v1/check`, the JSON decision API.
 //! - [`authorize`]: `/v1/authorize`, the same decision read from a reverse proxy's headers.
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`top`]: `GET /v1/top`, hot keys and the most denied tenants and users.
 //! - [`debug`]: `POST /debug/clock`, present only on a manual clock.
 //! - [`problem`]: RFC 9457 error documents, used by every endpoint.
 //! - [`settings`]: the header names and statuses `/v1/authorize` works with.
@@ -21,9 +22,10 @@ pub mod debug;
 pub mod probes;
 pub mod problem;
 pub mod settings;
+pub mod top;
 pub mod verdict;
 
-use crate::decision::{self, Ask, Decided, Outcome, Refused};
+use crate::decision::{self, Ask, Decided, Outcome, Refused, Who};
 use crate::state::AppState;
 use crate::telemetry::decision_log::{RequestIds, Subject};
 use axum::http::StatusCode;
@@ -47,9 +49,13 @@ pub async fn decide(
     mode: CheckMode,
 ) -> Result<Decided, Problem> {
     let resolved = policy.resolve(attrs);
+    let who = Who {
+        tenant: attrs.tenant.as_deref(),
+        user: attrs.user.as_deref(),
+    };
     let ask = Ask {
         subject: Subject::http(attrs, ids),
-        ..Ask::resolved(&resolved, mode)
+        ..Ask::resolved(&resolved, mode).by(who)
     };
     match decision::decide(app, policy, &ask).await {
         Outcome::Decided(decided) => Ok(decided),

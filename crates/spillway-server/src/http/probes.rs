@@ -121,12 +121,11 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
 }
 
 /// The Prometheus scrape endpoint. Store gauges are refreshed first so a scrape never shows a
-/// size up to a second old.
+/// size up to a second old; the ten most denied tenants (`spillway_top_blocked`) follow the
+/// recorder's lines.
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     metrics::record_store(app.store.key_count(), app.store.evictions());
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        app.metrics.render(),
-    )
-        .into_response()
+    let mut text = app.metrics.render();
+    text.push_str(&app.top.blocked_exposition(app.clock.now()));
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }

@@ -36,7 +36,7 @@ pub struct Problem {
     field: Option<String>,
     /// Every field at fault, when there are several (`[{field, message}]`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<Vec<Value>>,
+    errors: Option<Box<Value>>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     verdict: Option<Box<VerdictBody>>,
     /// Sent as `Retry-After` (whole seconds), not in the body.
@@ -84,7 +84,7 @@ impl Problem {
 
     /// Lists every field at fault (each `{field, message}`), beside the first one in `field`.
     pub fn with_errors(mut self, errors: Vec<Value>) -> Self {
-        self.errors = Some(errors);
+        self.errors = Some(Box::new(Value::Array(errors)));
         self
     }
 

@@ -93,10 +93,6 @@ pub struct DecisionLogArgs {
           value_name = "N", default_value_t = 1_000_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stream_maxlen: u64,
-
-    /// This node's name in decision records; the host name when unset.
-    #[arg(long = "node-name", env = "SPILLWAY_NODE_NAME", value_name = "NAME")]
-    pub node_name: Option<String>,
 }
 
 /// Where records go, as `--decision-log` names it.
@@ -199,8 +195,9 @@ pub struct DecisionLogSettings {
 }
 
 impl DecisionLogSettings {
-    /// Checks the flags; `None` when the log is off.
-    pub fn from_args(args: DecisionLogArgs) -> Result<Option<Self>, String> {
+    /// Checks the flags; `None` when the log is off. `node` names this node in records
+    /// (`--node-name`, else the host name).
+    pub fn from_args(args: DecisionLogArgs, node: &str) -> Result<Option<Self>, String> {
         if args.sink == SinkSpec::Off {
             return Ok(None);
         }
@@ -208,11 +205,6 @@ impl DecisionLogSettings {
         if args.stream.trim().is_empty() {
             return Err("--decision-log-stream must not be empty".into());
         }
-        let node = match args.node_name.as_deref().map(str::trim) {
-            Some("") => return Err("--node-name must not be empty".into()),
-            Some(name) => name.to_owned(),
-            None => hostname(),
-        };
         Ok(Some(Self {
             sink: args.sink,
             sample_allowed: args.sample_allowed,
@@ -230,17 +222,6 @@ impl DecisionLogSettings {
             node: node.into(),
         }))
     }
-}
-
-/// The machine's host name, for a node with no `--node-name`.
-fn hostname() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
-        .chain(std::env::var("HOSTNAME").ok())
-        .map(|name| name.trim().to_owned())
-        .find(|name| !name.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Reads `--decision-log`.

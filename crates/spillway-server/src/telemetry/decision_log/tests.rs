@@ -88,6 +88,8 @@ fn harness(settings: DecisionLogSettings, store: Arc<dyn Store>) -> Harness {
     let policy = Arc::new(policy);
     let app = Arc::new(AppState {
         catalog: Arc::new(crate::catalog::CatalogNode::new(policy.clone(), None)),
+        top: Arc::new(crate::telemetry::top::Top::new("test")),
+        top_board: None,
         engine: Engine::new(policy, store.clone(), clock.shared()),
         store,
         failover: Arc::new(crate::failure::Failover::new(

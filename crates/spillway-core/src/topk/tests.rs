@@ -1,0 +1,86 @@
+//! The sketch against known truth: accuracy on a Zipf stream, windows, and bounded memory.
+
+use super::testkit::{mix, zipf_stream};
+use super::*;
+use crate::time::SECOND;
+
+const T0: Micros = 1_800_000_000 * SECOND;
+
+/// The acceptance test of issue 15: a Zipf stream over 1,000,000 keys, with its exact counts
+/// kept beside, through the sketch in the server's default shape.
+#[test]
+fn zipf_top_ten_is_recovered() {
+    const KEYS: usize = 1_000_000;
+    let topk: TopK<u64> = TopK::new(Shape::DEFAULT);
+    let mut truth = vec![0u64; KEYS];
+    for item in zipf_stream(KEYS, 1.0, 2_000_000, 42) {
+        truth[item as usize] += 1;
+        topk.add(T0, mix(item), 1, || item);
+    }
+    let mut real: Vec<(u64, u64)> = truth
+        .iter()
+        .enumerate()
+        .map(|(k, &c)| (k as u64, c))
+        .collect();
+    real.sort_by_key(|r| std::cmp::Reverse(r.1));
+    let real_top: Vec<u64> = real[..10].iter().map(|r| r.0).collect();
+
+    let got = topk.top(T0, 60 * SECOND, 10);
+    let hits = got.iter().filter(|(k, _)| real_top.contains(k)).count();
+    assert!(
+        hits >= 9,
+        "precision {hits}/10: {got:?} vs {:?}",
+        &real[..10]
+    );
+    for (item, count) in &got {
+        let exact = truth[*item as usize];
+        let off = count.abs_diff(exact) as f64 / exact as f64;
+        assert!(off <= 0.05, "item {item}: {count} vs {exact} ({off:.3})");
+    }
+}
+
+#[test]
+fn a_flood_of_distinct_items_cannot_grow_the_sketch() {
+    let shape = Shape {
+        slots: 6,
+        capacity: 64,
+        ..Shape::DEFAULT
+    };
+    let topk: TopK<String> = TopK::new(shape);
+    let bound = topk.max_rows();
+    assert!(bound <= 6 * 64 + 6 * 4, "{bound}");
+    // A heavy item among 200,000 one-off ones, over every interval of the ring and beyond.
+    for i in 0..200_000u64 {
+        let now = T0 + i * 100_000 / 200_000 * SECOND / 1_000; // 100 s in all
+        topk.add(now, mix(i + 1_000_000), 1, || format!("random-{i}"));
+        if i % 10 == 0 {
+            topk.add(now, mix(1), 1, || "heavy".to_owned());
+        }
+        assert!(topk.len() <= bound);
+    }
+    let top = topk.top(T0 + 100 * SECOND, 60 * SECOND, 1);
+    assert_eq!(top[0].0, "heavy");
+}
+
+#[test]
+fn windows_slide_with_the_clock() {
+    let topk: TopK<&'static str> = TopK::new(Shape::DEFAULT);
+    topk.add(T0, mix(1), 50, || "old");
+    topk.add(T0 + 5 * 60 * SECOND, mix(2), 10, || "recent");
+    let now = T0 + 5 * 60 * SECOND;
+    assert_eq!(topk.top(now, 60 * SECOND, 5), vec![("recent", 10)]);
+    assert_eq!(
+        topk.top(now, 600 * SECOND, 5),
+        vec![("old", 50), ("recent", 10)]
+    );
+    // Ten minutes after the first event it is gone from every window.
+    let later = T0 + 10 * 60 * SECOND;
+    assert_eq!(topk.top(later, 600 * SECOND, 5), vec![("recent", 10)]);
+}
+
+#[test]
+fn rank_keeps_the_heaviest_in_order() {
+    let counts: HashMap<&str, u64> = [("a", 1), ("b", 9), ("c", 5), ("d", 7)].into();
+    assert_eq!(rank(counts.clone(), 2), vec![("b", 9), ("d", 7)]);
+    assert_eq!(rank(counts, 0), vec![]);
+}

@@ -1,0 +1,318 @@
+//! Hot keys and the most denied tenants and users, per node and for the fleet (`GET /v1/top`).
+//!
+//! Every consuming decision adds one to each of its counters (limit name + key values) in a
+//! heavy-hitter sketch, and a denied one adds one to its tenant and to its tenant's user
+//! ([`spillway_core::topk`]: Space-Saving tables over a ring of 10-second intervals, bounded
+//! memory, a spin lock per shard). Summaries for the last minute and the last ten minutes are
+//! merged on read.
+//!
+//! - [`redis`]: with a Redis store, each node publishes its summaries every few seconds and
+//!   `scope=cluster` merges every live node's.
+//! - [`prometheus`]: the ten most denied tenants of the last minute as
+//!   `spillway_top_blocked{tenant}`, rendered into `/metrics` at each scrape by this module,
+//!   not by the metrics recorder (see there why).
+//!
+//! Labels come from clients: each value is cut to [`MAX_LABEL`] bytes before it is kept, so a
+//! row's size is bounded as well as the number of rows.
+
+pub mod prometheus;
+pub mod redis;
+
+use crate::decision::{Ask, Outcome, Who};
+use serde::{Deserialize, Serialize};
+use spillway_core::policy::Planned;
+use spillway_core::request::CheckMode;
+use spillway_core::time::{Micros, MINUTE};
+use spillway_core::topk::{rank, Shape, TopK};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+/// The longest label value kept, in bytes (cut at a character boundary).
+pub const MAX_LABEL: usize = 128;
+/// The most rows `limit=` may ask for, and what a node publishes per list.
+pub const MAX_ROWS: usize = 100;
+
+/// A window `/v1/top` answers for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Window {
+    /// The last minute.
+    #[serde(rename = "1m")]
+    Minute,
+    /// The last ten minutes.
+    #[serde(rename = "10m")]
+    TenMinutes,
+}
+
+impl Window {
+    /// Both windows.
+    pub const ALL: [Window; 2] = [Window::Minute, Window::TenMinutes];
+
+    /// How the query parameter and the answer spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minute => "1m",
+            Self::TenMinutes => "10m",
+        }
+    }
+
+    /// Reads `1m` or `10m`.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|w| w.as_str() == text)
+    }
+
+    fn span(self) -> Micros {
+        match self {
+            Self::Minute => MINUTE,
+            Self::TenMinutes => 10 * MINUTE,
+        }
+    }
+}
+
+/// One hammered counter: a limit and its key values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HotKey {
+    /// The limit's name.
+    pub limit: Arc<str>,
+    /// The values of the limit's key dimensions, in the limit's order.
+    pub key: Vec<Box<str>>,
+}
+
+/// A hot key's row in an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotKeyRow {
+    /// The limit's name.
+    pub limit: Arc<str>,
+    /// Its key values.
+    pub key: Vec<Box<str>>,
+    /// Decisions that checked it in the window (an estimate, never below the truth).
+    pub count: u64,
+}
+
+/// A denied tenant's row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRow {
+    /// The tenant.
+    pub tenant: Arc<str>,
+    /// Its denied requests in the window.
+    pub denied: u64,
+}
+
+/// A denied user's row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRow {
+    /// The user's tenant (empty when the request named none).
+    pub tenant: Arc<str>,
+    /// The user.
+    pub user: Arc<str>,
+    /// Their denied requests in the window.
+    pub denied: u64,
+}
+
+/// The three lists for one window, heaviest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The most checked counters.
+    pub hot_keys: Vec<HotKeyRow>,
+    /// The most denied tenants.
+    pub blocked_tenants: Vec<TenantRow>,
+    /// The most denied users.
+    pub blocked_users: Vec<UserRow>,
+}
+
+impl Summary {
+    /// Adds several summaries (of nodes) row by row and keeps the `n` heaviest of each list.
+    pub fn merge<'a>(parts: impl IntoIterator<Item = &'a Summary>, n: usize) -> Summary {
+        let mut hot: HashMap<HotKey, u64> = HashMap::new();
+        let mut tenants: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut users: HashMap<(Arc<str>, Arc<str>), u64> = HashMap::new();
+        for part in parts {
+            for r in &part.hot_keys {
+                let key = HotKey {
+                    limit: r.limit.clone(),
+                    key: r.key.clone(),
+                };
+                *hot.entry(key).or_default() += r.count;
+            }
+            for r in &part.blocked_tenants {
+                *tenants.entry(r.tenant.clone()).or_default() += r.denied;
+            }
+            for r in &part.blocked_users {
+                *users.entry((r.tenant.clone(), r.user.clone())).or_default() += r.denied;
+            }
+        }
+        Summary::from_counts(hot, tenants, users, n)
+    }
+
+    fn from_counts(
+        hot: HashMap<HotKey, u64>,
+        tenants: HashMap<Arc<str>, u64>,
+        users: HashMap<(Arc<str>, Arc<str>), u64>,
+        n: usize,
+    ) -> Summary {
+        Summary {
+            hot_keys: rank(hot, n)
+                .into_iter()
+                .map(|(k, count)| HotKeyRow {
+                    limit: k.limit,
+                    key: k.key,
+                    count,
+                })
+                .collect(),
+            blocked_tenants: rank(tenants, n)
+                .into_iter()
+                .map(|(tenant, denied)| TenantRow { tenant, denied })
+                .collect(),
+            blocked_users: rank(users, n)
+                .into_iter()
+                .map(|((tenant, user), denied)| UserRow {
+                    tenant,
+                    user,
+                    denied,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// This node's sketches; see the module docs.
+pub struct Top {
+    node: Arc<str>,
+    hasher: foldhash::fast::RandomState,
+    hot: TopK<HotKey>,
+    tenants: TopK<Arc<str>>,
+    users: TopK<(Arc<str>, Arc<str>)>,
+}
+
+impl Top {
+    /// Empty sketches for the node named `node`: ten minutes in 10-second intervals, 1,024
+    /// counters and 256 tenants and users per interval. At most 92,160 rows in all, each
+    /// label value cut to [`MAX_LABEL`] bytes: about 10 MB with short names, under 40 MB with
+    /// every name at the cap, whatever the traffic.
+    pub fn new(node: &str) -> Self {
+        let denials = Shape {
+            capacity: 256,
+            ..Shape::DEFAULT
+        };
+        Self::with_shapes(node, Shape::DEFAULT, denials)
+    }
+
+    /// Empty sketches of the given shapes: counters, then tenants and users.
+    pub fn with_shapes(node: &str, keys: Shape, denials: Shape) -> Self {
+        Self {
+            node: Arc::from(cut(node)),
+            hasher: foldhash::fast::RandomState::default(),
+            hot: TopK::new(keys),
+            tenants: TopK::new(denials),
+            users: TopK::new(denials),
+        }
+    }
+
+    /// Counts a finished decision (`crate::decision::observe` calls this): consuming
+    /// decisions that reached a verdict, by the store or by a failure mode.
+    pub fn observe(&self, now: Micros, ask: &Ask<'_>, outcome: &Outcome) {
+        if let (Outcome::Decided(decided), CheckMode::Consume) = (outcome, ask.mode) {
+            self.record(now, ask.planned, &ask.who, !decided.verdict.allowed);
+        }
+    }
+
+    /// This node's name, as summaries and `/v1/top` answers carry it.
+    pub fn node(&self) -> &Arc<str> {
+        &self.node
+    }
+
+    /// Counts one consuming decision at `now`: each of its counters, and, when it was
+    /// denied, its tenant and user.
+    pub fn record(&self, now: Micros, planned: &[Planned], who: &Who<'_>, denied: bool) {
+        for p in planned {
+            let mut h = self.hasher.build_hasher();
+            h.write_u64(p.key.fingerprint);
+            p.key.hash_values_into(&mut h);
+            self.hot.add(now, h.finish(), 1, || HotKey {
+                limit: p.key.limit.clone(),
+                key: p.key.values.iter().map(|v| Box::from(cut(v))).collect(),
+            });
+        }
+        if !denied {
+            return;
+        }
+        let tenant = who.tenant.unwrap_or_default();
+        if who.tenant.is_some() {
+            let h = self.hasher.hash_one(tenant);
+            self.tenants.add(now, h, 1, || Arc::from(cut(tenant)));
+        }
+        if let Some(user) = who.user {
+            let h = self.hasher.hash_one((tenant, user));
+            self.users
+                .add(now, h, 1, || (Arc::from(cut(tenant)), Arc::from(cut(user))));
+        }
+    }
+
+    /// This node's `n` heaviest of each list over `window` at `now`.
+    pub fn summary(&self, now: Micros, window: Window, n: usize) -> Summary {
+        let span = window.span();
+        Summary {
+            hot_keys: self
+                .hot
+                .top(now, span, n)
+                .into_iter()
+                .map(|(k, count)| HotKeyRow {
+                    limit: k.limit,
+                    key: k.key,
+                    count,
+                })
+                .collect(),
+            blocked_tenants: self
+                .tenants
+                .top(now, span, n)
+                .into_iter()
+                .map(|(tenant, denied)| TenantRow { tenant, denied })
+                .collect(),
+            blocked_users: self
+                .users
+                .top(now, span, n)
+                .into_iter()
+                .map(|((tenant, user), denied)| UserRow {
+                    tenant,
+                    user,
+                    denied,
+                })
+                .collect(),
+        }
+    }
+
+    /// Rows held now, over the three sketches (bounded by [`Top::max_rows`]).
+    pub fn rows(&self) -> usize {
+        self.hot.len() + self.tenants.len() + self.users.len()
+    }
+
+    /// The most rows the three sketches can hold, whatever traffic they see.
+    pub fn max_rows(&self) -> usize {
+        self.hot.max_rows() + self.tenants.max_rows() + self.users.max_rows()
+    }
+
+    /// The `spillway_top_blocked` lines for the last minute at `now`, rendered at each scrape
+    /// so the list is never older than the scrape.
+    pub fn blocked_exposition(&self, now: Micros) -> String {
+        prometheus::render(
+            &self
+                .tenants
+                .top(now, Window::Minute.span(), prometheus::TOP),
+        )
+    }
+}
+
+/// `text` cut to at most [`MAX_LABEL`] bytes, at a character boundary.
+pub fn cut(text: &str) -> &str {
+    if text.len() <= MAX_LABEL {
+        return text;
+    }
+    let mut end = MAX_LABEL;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,74 @@
+//! `spillway_top_blocked{tenant}`: the ten most denied tenants of the last minute, in
+//! Prometheus text.
+//!
+//! These lines are rendered here and appended to `/metrics`, not registered as gauges with
+//! the metrics recorder: `metrics-exporter-prometheus` cannot delete one series, only let
+//! every series of a kind idle out (`idle_timeout`), which would also drop the server's
+//! other gauges, and the server keeps metric handles that assume nothing is ever dropped.
+//! Rendering the list as it stands at each refresh means a tenant that leaves the top ten
+//! leaves the exposition at once: never more than [`TOP`] series, whatever the clients send.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+/// The metric's name.
+pub const NAME: &str = "spillway_top_blocked";
+/// How many tenants it shows at most.
+pub const TOP: usize = 10;
+/// The longest tenant label, in bytes (cut at a character boundary).
+pub const MAX_TENANT: usize = 64;
+
+/// The metric's lines for `tenants` (heaviest first), with `HELP` and `TYPE`.
+pub fn render(tenants: &[(Arc<str>, u64)]) -> String {
+    let mut out = format!(
+        "# HELP {NAME} Requests denied in the last minute, for the {TOP} most denied tenants on this node.\n\
+         # TYPE {NAME} gauge\n"
+    );
+    for (tenant, denied) in tenants.iter().take(TOP) {
+        let _ = writeln!(out, "{NAME}{{tenant=\"{}\"}} {denied}", escape(tenant));
+    }
+    out
+}
+
+/// A label value as the text format wants it: cut to [`MAX_TENANT`] bytes, with `\`, `"` and
+/// line feeds escaped.
+pub fn escape(value: &str) -> String {
+    let mut end = value.len().min(MAX_TENANT);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(end + 2);
+    for c in value[..end].chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_and_cut() {
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("x\ny"), "x\\ny");
+        let long = "é".repeat(100);
+        assert_eq!(escape(&long).len(), 64);
+    }
+
+    #[test]
+    fn at_most_ten_series() {
+        let tenants: Vec<(Arc<str>, u64)> = (0..15)
+            .map(|i| (Arc::from(format!("t{i}")), 100 - i))
+            .collect();
+        let text = render(&tenants);
+        assert_eq!(text.lines().filter(|l| l.starts_with(NAME)).count(), TOP);
+        assert!(text.contains("spillway_top_blocked{tenant=\"t0\"} 100\n"));
+        assert!(!text.contains("t10"));
+    }
+}

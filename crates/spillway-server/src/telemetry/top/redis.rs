@@ -1,0 +1,193 @@
+//! Sharing the nodes' summaries through the Redis the store already uses, so `/v1/top?
+//! scope=cluster` on any node answers for the fleet.
+//!
+//! Every [`PUBLISH_EVERY`] (`--top-publish-every`) a node writes its summaries of both windows
+//! (the [`MAX_ROWS`](super::MAX_ROWS) heaviest of each list) as one JSON value at
+//! `{<prefix>:top}:node:<name>` with a TTL of three periods, and adds its name to the set
+//! `{<prefix>:top}:nodes`. A reader takes the set, fetches every node's value in one `MGET`
+//! (the hash tag keeps them in one slot of a cluster), drops the names whose value expired
+//! (nodes that stopped), and adds the rest row by row, using its own live summary in place of
+//! what it last published. A node that stops therefore leaves the merge within three periods.
+
+use super::{Summary, Top, Window, MAX_ROWS};
+use crate::shutdown::Shutdown;
+use anyhow::Context;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use serde::{Deserialize, Serialize};
+use spillway_core::policy::StoreConfig;
+use spillway_core::time::Clock;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a node publishes, by default.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
+
+/// What a node publishes: its name and a summary per window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Published {
+    /// The node's name (`--node-name`).
+    pub node: Arc<str>,
+    /// Its summaries, by window.
+    pub windows: HashMap<Window, Summary>,
+}
+
+#[derive(Clone)]
+enum Conn {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The shared board of summaries on Redis; see the module docs.
+#[derive(Clone)]
+pub struct Board {
+    conn: Conn,
+    /// `{<prefix>:top}`: one hash slot for every key of the board.
+    tag: String,
+    period: Duration,
+}
+
+impl Board {
+    /// Connects to the Redis deployment `store` names; `None` for the in-memory store.
+    pub async fn connect(store: &StoreConfig, period: Duration) -> anyhow::Result<Option<Self>> {
+        let (settings, cluster) = match store {
+            StoreConfig::Memory { .. } => return Ok(None),
+            StoreConfig::Redis(s) => (s, false),
+            StoreConfig::RedisCluster(s) => (s, true),
+        };
+        let conn = if cluster {
+            let client = redis::cluster::ClusterClientBuilder::new(settings.urls.clone())
+                .build()
+                .context("top-k board: bad Redis Cluster URLs")?;
+            Conn::Cluster(client.get_async_connection().await?)
+        } else {
+            let url = settings.urls.first().cloned().unwrap_or_default();
+            let client = redis::Client::open(url.as_str()).context("top-k board: bad Redis URL")?;
+            Conn::Server(ConnectionManager::new(client).await?)
+        };
+        let prefix = settings.prefix.as_deref().unwrap_or("rl");
+        Ok(Some(Self {
+            conn,
+            tag: format!("{{{prefix}:top}}"),
+            period: period.max(Duration::from_millis(10)),
+        }))
+    }
+
+    fn node_key(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.tag)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.tag)
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
+        match self.conn.clone() {
+            Conn::Server(mut c) => pipe.query_async(&mut c).await,
+            Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
+        }
+    }
+
+    /// Writes this node's summaries at `now`.
+    pub async fn publish(&self, top: &Top, now: spillway_core::time::Micros) -> anyhow::Result<()> {
+        let published = Published {
+            node: top.node().clone(),
+            windows: Window::ALL
+                .into_iter()
+                .map(|w| (w, top.summary(now, w, MAX_ROWS)))
+                .collect(),
+        };
+        let json = serde_json::to_string(&published)?;
+        let ttl = u64::try_from((self.period * 3).as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.node_key(top.node()))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .cmd("SADD")
+            .arg(self.nodes_key())
+            .arg(&**top.node())
+            .ignore();
+        self.run::<()>(&pipe).await?;
+        Ok(())
+    }
+
+    /// Every live node's summary of `window` merged with this node's own (live) one, the `n`
+    /// heaviest of each list; and the names of the nodes merged, sorted.
+    pub async fn merged(
+        &self,
+        top: &Top,
+        now: spillway_core::time::Micros,
+        window: Window,
+        n: usize,
+    ) -> anyhow::Result<(Vec<Arc<str>>, Summary)> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SMEMBERS").arg(self.nodes_key());
+        let (names,): (Vec<String>,) = self.run(&pipe).await?;
+        let others: Vec<String> = names.into_iter().filter(|n| **n != **top.node()).collect();
+        let mut nodes = vec![top.node().clone()];
+        let mut parts = vec![top.summary(now, window, MAX_ROWS)];
+        if !others.is_empty() {
+            let mut pipe = redis::pipe();
+            let mget = pipe.cmd("MGET");
+            for name in &others {
+                mget.arg(self.node_key(name));
+            }
+            let (values,): (Vec<Option<String>>,) = self.run(&pipe).await?;
+            let mut gone = Vec::new();
+            for (name, value) in others.iter().zip(values) {
+                let Some(value) = value else {
+                    gone.push(name);
+                    continue;
+                };
+                match serde_json::from_str::<Published>(&value) {
+                    Ok(mut p) => {
+                        if let Some(summary) = p.windows.remove(&window) {
+                            nodes.push(p.node);
+                            parts.push(summary);
+                        }
+                    }
+                    Err(err) => tracing::warn!(node = %name, %err, "unreadable top-k summary"),
+                }
+            }
+            if !gone.is_empty() {
+                let mut pipe = redis::pipe();
+                pipe.cmd("SREM").arg(self.nodes_key()).arg(gone).ignore();
+                let _ = self.run::<()>(&pipe).await;
+            }
+        }
+        nodes.sort();
+        Ok((nodes, Summary::merge(&parts, n)))
+    }
+}
+
+/// Publishes `top` every period until `shutdown`; a failed publication is logged (at most
+/// once a minute) and retried at the next period.
+pub fn spawn(
+    board: Board,
+    top: Arc<Top>,
+    clock: Arc<dyn Clock>,
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(board.period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_warning: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.triggered() => return,
+            }
+            if let Err(err) = board.publish(&top, clock.now()).await {
+                let now = tokio::time::Instant::now();
+                if last_warning.is_none_or(|t| now - t >= Duration::from_secs(60)) {
+                    last_warning = Some(now);
+                    tracing::warn!("cannot publish the top-k summary to Redis: {err:#}");
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,211 @@
+//! `GET /v1/top` and `spillway_top_blocked` on real `spillway serve` processes: a burst's
+//! denied tenant shows up, windows expire on the manual clock, the Prometheus list stays at
+//! ten, and three nodes sharing a real `redis-server` each answer for the fleet.
+
+mod common;
+
+use common::{metric, wait_until_async, Server, PATIENCE};
+use serde_json::Value;
+use spillway_testkit::redis::RedisServer;
+
+/// Five requests per tenant and user, then denials; per-tenant hot keys.
+const POLICY: &str = r#"
+default_tier: free
+limits:
+  per-user:
+    algorithm: fixed_window
+    limit: 5
+    window: 1h
+    key: [tenant, user]
+tiers:
+  free:
+    limits: [per-user]
+"#;
+
+async fn burst(server: &Server, tenant: &str, user: &str, n: usize) -> usize {
+    let body = format!(r#"{{"tenant":"{tenant}","user":"{user}"}}"#);
+    let mut denied = 0;
+    for _ in 0..n {
+        if server.post("/v1/check", &body).await.status() == 429 {
+            denied += 1;
+        }
+    }
+    denied
+}
+
+async fn top(server: &Server, query: &str) -> Value {
+    let response = server.get(&format!("/v1/top{query}")).await;
+    assert_eq!(response.status(), 200, "{query}");
+    response.json().await.expect("json")
+}
+
+fn tenants(body: &Value) -> Vec<(String, u64)> {
+    body["blocked_tenants"]
+        .as_array()
+        .expect("blocked_tenants")
+        .iter()
+        .map(|r| {
+            (
+                r["tenant"].as_str().unwrap_or_default().to_owned(),
+                r["denied"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_shows_its_tenant_until_the_window_passes() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--node-name", "edge-1"])
+        .start();
+    assert_eq!(burst(&server, "acme", "alice", 12).await, 7);
+    assert_eq!(burst(&server, "globex", "bob", 3).await, 0);
+
+    let body = top(&server, "?window=1m&limit=20").await;
+    assert_eq!(body["window"], "1m");
+    assert_eq!(body["scope"], "local");
+    assert_eq!(body["nodes"], serde_json::json!(["edge-1"]));
+    assert_eq!(tenants(&body), vec![("acme".to_owned(), 7)]);
+    assert_eq!(body["blocked_users"][0]["user"], "alice");
+    let hot = &body["hot_keys"][0];
+    assert_eq!(
+        (hot["limit"].as_str(), hot["count"].as_u64()),
+        (Some("per-user"), Some(12))
+    );
+    assert_eq!(hot["key"], serde_json::json!(["acme", "alice"]));
+
+    // The memory store has no fleet: cluster scope answers locally and says so.
+    let body = top(&server, "?scope=cluster").await;
+    assert_eq!(body["scope"], "local");
+    assert!(body["note"].is_string());
+
+    // A bad parameter is a 400 problem naming it.
+    let response = server.get("/v1/top?window=2h").await;
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.expect("json");
+    assert_eq!(problem["field"], "window");
+
+    // On the manual clock: after a minute only the ten-minute window remembers.
+    server.advance_ms(61_000).await;
+    assert!(tenants(&top(&server, "?window=1m").await).is_empty());
+    assert_eq!(tenants(&top(&server, "?window=10m").await).len(), 1);
+    server.advance_ms(600_000).await;
+    assert!(tenants(&top(&server, "?window=10m").await).is_empty());
+}
+
+#[tokio::test]
+async fn prometheus_shows_at_most_the_ten_most_denied_and_the_new_metrics() {
+    let server = Server::with_policy(POLICY).start();
+    // Tenant i is denied i + 1 times; 14 tenants, and one with a name to escape.
+    for i in 0..14 {
+        burst(&server, &format!("t{i:02}"), "u", 6 + i).await;
+    }
+    burst(&server, r#"q\"uote"#, "u", 6 + 20).await;
+    let text = server.metrics().await;
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("spillway_top_blocked{"))
+        .collect();
+    assert_eq!(series.len(), 10, "{series:#?}");
+    assert!(
+        text.contains(r#"spillway_top_blocked{tenant="q\"uote"} 21"#),
+        "{series:#?}"
+    );
+    assert_eq!(
+        metric(&text, "spillway_top_blocked", &[("tenant", "t13")]),
+        Some(14.0)
+    );
+    assert_eq!(
+        metric(&text, "spillway_top_blocked", &[("tenant", "t04")]),
+        None
+    );
+
+    // Decisions by route and outcome (no route matched: `(none)`).
+    let allowed = metric(
+        &text,
+        "spillway_route_decisions_total",
+        &[("route", "(none)"), ("outcome", "allowed")],
+    );
+    let denied = metric(
+        &text,
+        "spillway_route_decisions_total",
+        &[("route", "(none)"), ("outcome", "denied")],
+    );
+    assert_eq!(allowed, Some(75.0));
+    assert_eq!(denied, Some((1..=14).sum::<u64>() as f64 + 21.0));
+}
+
+#[tokio::test]
+async fn three_nodes_on_one_redis_each_answer_for_the_fleet() {
+    let redis = RedisServer::start();
+    let policy = format!(
+        "{POLICY}store: {{type: redis, url: \"{}\", prefix: top3, timeout: 5s}}\n",
+        redis.url()
+    );
+    let nodes: Vec<Server> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            Server::with_policy(&policy)
+                .args(&["--node-name", name, "--top-publish-every", "100ms"])
+                .start()
+        })
+        .collect();
+    // Each node sees its own tenant, and all three see `shared` (same counter in Redis).
+    for (i, node) in nodes.iter().enumerate() {
+        burst(node, &format!("only-{i}"), "u", 5 + (i + 1) * 2).await;
+    }
+    for node in &nodes {
+        burst(node, "shared", "u", 4).await; // 12 in all: 7 denied, spread over the nodes
+    }
+    let want = vec![
+        ("shared".to_owned(), 7),
+        ("only-2".to_owned(), 6),
+        ("only-1".to_owned(), 4),
+        ("only-0".to_owned(), 2),
+    ];
+    for (i, node) in nodes.iter().enumerate() {
+        let merged = wait_until_async(PATIENCE, || async {
+            let body = top(node, "?scope=cluster&window=10m").await;
+            (tenants(&body) == want).then_some(body)
+        })
+        .await;
+        let Some(body) = merged else {
+            let body = top(node, "?scope=cluster&window=10m").await;
+            panic!("no merged answer from {}: {body}", node.addr());
+        };
+        assert_eq!(body["scope"], "cluster");
+        assert_eq!(body["nodes"], serde_json::json!(["a", "b", "c"]));
+        // Its local view holds only what it saw itself.
+        let local = tenants(&top(node, "?scope=local").await);
+        assert!(
+            local
+                .iter()
+                .all(|(t, _)| t == "shared" || *t == format!("only-{i}")),
+            "{local:?}"
+        );
+        assert!(
+            local.iter().any(|(t, _)| *t == format!("only-{i}")),
+            "{local:?}"
+        );
+    }
+    // Redis forgets the script: the next call recovers and the NOSCRIPT is counted (one was
+    // already, the process's first call, when this Redis had never seen the script).
+    let noscript = |text: &str| {
+        metric(
+            text,
+            "spillway_script_errors_total",
+            &[("kind", "noscript")],
+        )
+    };
+    let before = noscript(&nodes[0].metrics().await).expect("registered");
+    spillway_testkit::redis::command(redis.port(), "SCRIPT FLUSH").expect("flush");
+    burst(&nodes[0], "after-flush", "u", 1).await;
+    let text = nodes[0].metrics().await;
+    assert_eq!(noscript(&text), Some(before + 1.0));
+    let latencies = metric(&text, "spillway_store_roundtrip_seconds_count", &[]).unwrap_or(0.0);
+    // Node a's 10 admissions all went to Redis (a repeated denial may come from the cache).
+    assert!(
+        latencies >= 10.0,
+        "store latency histogram counts: {latencies}"
+    );
+}
