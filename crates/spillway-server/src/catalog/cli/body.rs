@@ -161,7 +161,20 @@ fn data(data: Option<&str>) -> Result<Value, Failure> {
 pub(crate) fn record<T: DeserializeOwned>(value: &Value, what: &str) -> Result<T, Failure> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { String::new() } else { path };
+        let mut field = if path == "." { String::new() } else { path };
+        // serde names an unknown field only in its message; name it as a field too.
+        let message = e.inner().to_string();
+        if let Some(name) = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name)
+        {
+            field = if field.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{field}.{name}")
+            };
+        }
         let issue = spillway_core::catalog::FieldIssue {
             field: field.clone(),
             message: e.inner().to_string(),

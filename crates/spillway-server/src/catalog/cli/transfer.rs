@@ -18,6 +18,9 @@ use spillway_core::policy::Policy;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 
+/// Entries to import, each with its line number in the file (`None`: from a policy).
+type Numbered = Vec<(Option<usize>, (EntryKey, Entry))>;
+
 /// One line of an export or import.
 #[derive(Serialize)]
 struct LineOut<'a> {
@@ -108,10 +111,7 @@ pub async fn import(ctx: &Context, args: ImportArgs) -> Result<(), Failure> {
 }
 
 /// The entries of a JSON-lines file, each with its line number.
-fn read_lines(
-    reader: impl BufRead,
-    origin: &str,
-) -> Result<Vec<(Option<usize>, (EntryKey, Entry))>, Failure> {
+fn read_lines(reader: impl BufRead, origin: &str) -> Result<Numbered, Failure> {
     let mut out = Vec::new();
     for (index, line) in reader.lines().enumerate() {
         let number = index + 1;
@@ -146,11 +146,7 @@ fn is_snapshot_frame(text: &str) -> bool {
 /// Checks every entry as the admin API would check it written alone, with the tenants
 /// being imported (else those in the database) deciding what their users' overrides may
 /// name. Reports every problem, by line, and writes nothing if there is one.
-async fn check_all(
-    ctx: &Context,
-    origin: &str,
-    entries: &[(Option<usize>, (EntryKey, Entry))],
-) -> Result<(), Failure> {
+async fn check_all(ctx: &Context, origin: &str, entries: &Numbered) -> Result<(), Failure> {
     // The tenants the users refer to: the file's own (last one wins), else the database's.
     let mut tenants: BTreeMap<String, Option<Entry>> = BTreeMap::new();
     for (_, (key, entry)) in entries {
