@@ -10,6 +10,12 @@ need() {
   if command -v "$bin" >/dev/null 2>&1; then
     return 0
   fi
+  install_pkg "$bin" "$pkg"
+}
+
+# install_pkg WHAT PACKAGE: installs PACKAGE (which provides WHAT) with apt-get.
+install_pkg() {
+  local bin=$1 pkg=$2
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "error: '$bin' is missing and apt-get is not available; install package '$pkg'" >&2
     return 1
@@ -22,8 +28,8 @@ need() {
   fi
   echo "installing $pkg (for $bin)" >&2
   # The tests start their own servers on free ports; keep the packages' own services (nginx
-  # on :80, redis on :6379) from starting, which also avoids install failures on machines
-  # without an init system. policy-rc.d is Debian's switch for that.
+  # on :80, redis on :6379, postgresql's cluster on :5432) from starting, which also avoids
+  # install failures on machines without an init system. policy-rc.d is Debian's switch for that.
   local guard=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     guard=/usr/sbin/policy-rc.d
@@ -36,6 +42,17 @@ need() {
   return "$status"
 }
 
+# need_postgres: installs Debian's `postgresql` unless its server binaries are there. Debian
+# keeps initdb/pg_ctl/postgres in /usr/lib/postgresql/<major>/bin, off PATH; the tests find
+# them there (crates/spillway-testkit/src/postgres.rs) and run their own clusters, so the
+# cluster the package creates is never started (policy-rc.d, as for redis and nginx).
+need_postgres() {
+  if compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    return 0
+  fi
+  install_pkg initdb postgresql
+}
+
 # What `scripts/test.sh` needs besides the Rust toolchain.
 ensure_test_deps() {
   command -v cargo >/dev/null 2>&1 || { echo "error: cargo (Rust toolchain) is required" >&2; return 1; }
@@ -44,4 +61,6 @@ ensure_test_deps() {
   # The Redis store's tests start their own redis-server processes and clusters.
   need redis-server redis-server
   need redis-cli redis-tools
+  # The catalog's conformance suite starts its own PostgreSQL servers.
+  need_postgres
 }

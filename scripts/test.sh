@@ -9,4 +9,7 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 ensure_test_deps
 
+# PostgreSQL was just installed if missing: tests that need it must not skip here.
+export SPILLWAY_REQUIRE_POSTGRES=1
+
 cargo test --workspace --all-targets "$@"

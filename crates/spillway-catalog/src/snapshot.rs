@@ -158,8 +158,11 @@ pub fn load(path: &Path) -> Result<(u64, Vec<(EntryKey, Entry)>), SnapshotError>
     let mut number = 0u64;
     let mut next_line = |line: &mut String| -> Result<bool, SnapshotError> {
         line.clear();
-        let n = reader.read_line(line).map_err(io)?;
         number += 1;
+        let n = reader.read_line(line).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => corrupt(number, "not UTF-8 text".into()),
+            _ => io(e),
+        })?;
         if n > 0 && !line.ends_with('\n') {
             return Err(corrupt(
                 number,

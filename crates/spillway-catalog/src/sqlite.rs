@@ -335,15 +335,10 @@ impl CatalogDb for SqliteCatalog {
             .iter()
             .map(|(k, e)| row::encode(k, e))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut tx = self.begin_write().await?;
         if entries.is_empty() {
-            let v: i64 =
-                sqlx::query_scalar("SELECT version FROM spillway_catalog_meta WHERE id = 1")
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(|e| Error::db("reading the catalog version", e))?;
-            return row::from_db(v);
+            return self.version().await;
         }
+        let mut tx = self.begin_write().await?;
         let last = allocate(&mut tx, entries.len() as u64).await?;
         let first = last + 1 - entries.len() as u64;
         let mut sql = String::new();

@@ -122,6 +122,7 @@ routes:
                 crate::failure::FailureSettings::default(),
                 clock.shared(),
             )),
+            decision_log: None,
             clock: clock.clone(),
             policy_info: ArcSwap::from_pointee(PolicyInfo {
                 source: "test".into(),

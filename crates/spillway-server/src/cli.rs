@@ -8,6 +8,8 @@
 //! production.
 
 use crate::http::client_ip::TrustedProxies;
+use crate::telemetry::decision_log::query::DecisionsArgs;
+use crate::telemetry::decision_log::DecisionLogArgs;
 use axum::http::HeaderName;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::{IpAddr, SocketAddr};
@@ -49,6 +51,11 @@ pub enum Command {
     /// API checks them. Exit status: 0 done, 1 refused / not found / version conflict, 2 bad
     /// usage or the database unreachable.
     Catalog(crate::catalog::cli::CatalogCli),
+    /// Read the decision log back (from its file or its Redis stream) and print the
+    /// decisions that match as a table, or as JSON lines.
+    ///
+    /// Exit status: 0 when the log could be read (even if nothing matched), 2 when not.
+    Decisions(DecisionsArgs),
 }
 
 /// How log lines are written.
@@ -266,6 +273,9 @@ pub struct ServeArgs {
     /// The tenant catalog's database and the admin API.
     #[command(flatten)]
     pub catalog: crate::catalog::settings::CatalogArgs,
+    /// The decision log (off by default).
+    #[command(flatten)]
+    pub decision_log: DecisionLogArgs,
 
     /// TEST ONLY: run on a manual clock starting at this many milliseconds since the epoch,
     /// and expose `POST /debug/clock` to move it. Never use in production.

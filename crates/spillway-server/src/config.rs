@@ -9,6 +9,7 @@ use crate::grpc::source::EnvoySource;
 use crate::grpc::GrpcSettings;
 use crate::http::client_ip::ForwardingHeaders;
 use crate::http::settings::{AuthorizeSettings, HeaderMapping};
+use crate::telemetry::decision_log::DecisionLogSettings;
 use axum::http::StatusCode;
 use spillway_core::policy::{Policy, PolicyError};
 use std::net::SocketAddr;
@@ -51,6 +52,8 @@ pub struct ServerSettings {
     pub catalog: Option<crate::catalog::settings::CatalogSettings>,
     /// The admin API, if a token is configured.
     pub admin: Option<crate::catalog::settings::AdminSettings>,
+    /// The decision log; `None` when off.
+    pub decision_log: Option<DecisionLogSettings>,
 }
 
 impl ServerSettings {
@@ -109,6 +112,7 @@ impl ServerSettings {
             .checked()?,
             catalog: args.catalog.catalog(),
             admin: args.catalog.admin()?,
+            decision_log: DecisionLogSettings::from_args(args.decision_log)?,
         })
     }
 }

@@ -12,7 +12,7 @@
 //!              ▼
 //!        Outcome::Decided { verdict, degraded } | Outcome::Refused { retry_after, .. }
 //!              ▼
-//!        observe (metrics today; the decision log, top-k sketches and trace spans hook in here)
+//!        observe (metrics, the decision log; top-k sketches and trace spans hook in here)
 //! ```
 //!
 //! Transports only translate the [`Outcome`]: the HTTP API into a status, headers and a JSON
@@ -22,6 +22,7 @@
 use crate::failure::Fallback;
 use crate::metrics;
 use crate::state::AppState;
+use crate::telemetry::decision_log::{self, Subject};
 use spillway_core::engine::{LimitOutcome, Verdict};
 use spillway_core::policy::{FailureMode, Planned, Policy, Resolved};
 use spillway_core::request::CheckMode;
@@ -48,6 +49,8 @@ pub struct Ask<'a> {
     pub cost: u64,
     /// Charge the limits, or only look.
     pub mode: CheckMode,
+    /// Who asked, for the decision log.
+    pub subject: Subject<'a>,
 }
 
 impl<'a> Ask<'a> {
@@ -61,6 +64,7 @@ impl<'a> Ask<'a> {
             failure_mode: resolved.failure_mode,
             cost: resolved.cost,
             mode,
+            subject: Subject::default(),
         }
     }
 
@@ -145,16 +149,18 @@ pub async fn decide(app: &AppState, policy: &Policy, ask: &Ask<'_>) -> Outcome {
             }
         }
     };
-    observe(ask, &outcome);
+    observe(app, ask, &outcome);
     outcome
 }
 
-/// The one place a finished decision is seen. Today it counts consuming verdicts the store
-/// reached (degraded decisions are counted by `failure::report` as they are made).
-fn observe(ask: &Ask<'_>, outcome: &Outcome) {
+/// The one place a finished decision is seen. It counts consuming verdicts the store reached
+/// (degraded decisions are counted by `failure::report` as they are made) and offers the
+/// decision to the decision log.
+fn observe(app: &AppState, ask: &Ask<'_>, outcome: &Outcome) {
     if let Outcome::Decided(decided) = outcome {
         if decided.degraded.is_none() && ask.mode == CheckMode::Consume {
             metrics::record_verdict(&decided.verdict);
         }
     }
+    decision_log::observe(app, ask, outcome);
 }

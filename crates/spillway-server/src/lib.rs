@@ -28,6 +28,8 @@
 //! - [`shutdown`]: the one shared shutdown signal and the OS signals that fire it.
 //! - [`serve`], [`validate`], [`client`]: the three subcommands.
 //! - [`logging`]: tracing setup (text or JSON).
+//! - [`telemetry`]: what the limiter tells operators: the decision log (and its
+//!   `spillway decisions` reader).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -51,6 +53,7 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod sweeper;
+pub mod telemetry;
 #[cfg(test)]
 mod test_support;
 pub mod validate;

@@ -18,5 +18,6 @@ fn main() -> ExitCode {
         Command::Validate(args) => spillway_server::validate::main(&args),
         Command::Check(args) => spillway_server::client::main(&args),
         Command::Catalog(args) => spillway_server::catalog::cli::main(args),
+        Command::Decisions(args) => spillway_server::telemetry::decision_log::query::main(&args),
     }
 }

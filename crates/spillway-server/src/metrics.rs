@@ -17,11 +17,17 @@
 //! | `spillway_store_circuit_state`           | gauge     | none               |
 //! | `spillway_store_circuit_transitions_total` | counter | `to`               |
 //! | `spillway_emergency_keys`                | gauge     | none               |
+//! | `spillway_decision_log_written_total`    | counter   | none               |
+//! | `spillway_decision_log_dropped_total`    | counter   | `reason`           |
+//! | `spillway_decision_log_capped_total`     | counter   | none               |
+//! | `spillway_decision_log_sink_errors_total` | counter  | none               |
 //!
 //! The catalog's own metrics (`spillway_catalog_*`) are listed in [`crate::catalog::metrics`].
 //!
-//! The last four are recorded by [`crate::failure`] (see `docs/FAILURE.md`); `route` is a
-//! route's pattern from the policy (or an Envoy domain), never a raw request path.
+//! The four before the decision log's are recorded by [`crate::failure`] (see
+//! `docs/FAILURE.md`); `route` is a route's pattern from the policy (or an Envoy domain), never
+//! a raw request path. The decision log's are named and described in
+//! [`crate::telemetry::decision_log`].
 //!
 //! `spillway_decisions_total` counts one per consuming check (peeks are not decisions):
 //! `outcome` is `allowed` or `denied`, and `limit` is the verdict's governing limit, the one

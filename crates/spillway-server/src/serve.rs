@@ -18,6 +18,7 @@ use crate::failure::{Failover, FailureSettings};
 use crate::reload::{self, Reloader};
 use crate::shutdown::{self, Shutdown};
 use crate::state::{AppState, PolicyInfo};
+use crate::telemetry::decision_log::{self, DecisionLog};
 use crate::{admin, app};
 use crate::{grpc, logging, metrics, serving, sweeper};
 use anyhow::Context;
@@ -111,6 +112,19 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     };
     let catalog = Arc::new(CatalogNode::new(Arc::clone(&policy), catalog_db));
     let engine = Engine::new(policy, store.clone(), clock.shared());
+    let (decision_log, log_writer) = match &settings.decision_log {
+        Some(log) => {
+            let sink = decision_log::Sink::open(log, &store_config, clock.shared())
+                .map_err(anyhow::Error::msg)?;
+            let (handle, writer) = DecisionLog::new(log);
+            let writer = writer
+                .start(sink)
+                .context("cannot start the decision log's writer")?;
+            tracing::info!(sink = ?log.sink, node = %log.node, "decision log on");
+            (Some(handle), Some(writer))
+        }
+        None => (None, None),
+    };
     let app = Arc::new(AppState {
         engine,
         store: store.clone(),
@@ -124,6 +138,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         authorize: settings.authorize.clone(),
         failover,
         catalog,
+        decision_log,
     });
     let sync_task = match &settings.catalog {
         Some(catalog) => {
@@ -207,6 +222,9 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     if let Some(task) = sync_task {
         // It writes a last snapshot on its way out.
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    if let Some(writer) = log_writer {
+        writer.finish(Duration::from_secs(2)).await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -4,12 +4,14 @@
 //! Both transports hold it (the HTTP router as its state, the Envoy service through
 //! `grpc::RlsState`), `decision` decides with it, and `reload` swaps the policy inside it.
 //! It sits below everything that uses it: it imports no transport and no configuration
-//! code, only the settings type of `/v1/authorize` (a leaf module).
+//! code, only the settings type of `/v1/authorize` (a leaf module) and the decision log's
+//! request-path handle.
 
 use crate::catalog::CatalogNode;
 use crate::clock::ServerClock;
 use crate::failure::Failover;
 use crate::http::settings::AuthorizeSettings;
+use crate::telemetry::decision_log::DecisionLog;
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use spillway_core::engine::Engine;
@@ -37,6 +39,8 @@ pub struct AppState {
     /// The tenant catalog the engine's policy resolves against, and how current it is;
     /// policy reloads go through it.
     pub catalog: Arc<CatalogNode>,
+    /// The decision log's request-path end; `None` when it is off.
+    pub decision_log: Option<DecisionLog>,
 }
 
 /// What `/readyz` reports about the policy in force.

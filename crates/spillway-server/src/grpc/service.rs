@@ -21,6 +21,7 @@ use super::response;
 use super::RlsState;
 use crate::decision::{self, Ask, Decided, Outcome, Refused};
 use crate::failure::{DEGRADED_HEADER, DEGRADED_REASON};
+use crate::telemetry::decision_log::{RequestIds, Subject};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use spillway_core::policy::{FailureMode, Policy};
@@ -43,19 +44,31 @@ impl RateLimitService for Rls {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        self.answer(&request.into_inner()).await.map(Response::new)
+        let ids = RequestIds::read(&self.0.app, request.metadata().as_ref());
+        self.answer(&request.into_inner(), &ids)
+            .await
+            .map(Response::new)
     }
 }
 
 impl Rls {
     /// Checks one request's shape, then decides it: the whole call, for both ways in
     /// (tonic's generated server and the direct path in [`super::unary`]).
-    pub async fn answer(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
+    /// `ids` are the call's request id and trace headers, for the decision log.
+    pub async fn answer(
+        &self,
+        request: &RateLimitRequest,
+        ids: &RequestIds,
+    ) -> Result<RateLimitResponse, Status> {
         check_shape(request).map_err(Status::invalid_argument)?;
-        self.decide(request).await
+        self.decide(request, ids).await
     }
 
-    async fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
+    async fn decide(
+        &self,
+        request: &RateLimitRequest,
+        ids: &RequestIds,
+    ) -> Result<RateLimitResponse, Status> {
         let state = &self.0;
         let hits = u64::from(request.hits_addend);
         let domain = request.domain.as_str();
@@ -75,7 +88,8 @@ impl Rls {
                 .map_err(Status::invalid_argument)?;
             (Arc::clone(&config.name), plan)
         };
-        self.check(&policy, name, &plan, request.descriptors.len())
+        let subject = Subject::envoy(&request.descriptors, ids);
+        self.check(&policy, name, &plan, request.descriptors.len(), subject)
             .await
     }
 
@@ -85,6 +99,7 @@ impl Rls {
         domain: Arc<str>,
         plan: &Plan,
         descriptors: usize,
+        subject: Subject<'_>,
     ) -> Result<RateLimitResponse, Status> {
         let ask = Ask {
             planned: &plan.planned,
@@ -94,6 +109,7 @@ impl Rls {
             failure_mode: plan.failure_mode,
             cost: plan.planned.iter().map(|p| p.cost).max().unwrap_or(0),
             mode: CheckMode::Consume,
+            subject,
         };
         match decision::decide(&self.0.app, policy, &ask).await {
             Outcome::Decided(Decided { verdict, degraded }) => {

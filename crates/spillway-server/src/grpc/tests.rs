@@ -58,6 +58,7 @@ fn service() -> Rls {
             crate::failure::FailureSettings::default(),
             clock.shared(),
         )),
+        decision_log: None,
     };
     let sources: Vec<(String, String)> = FILES
         .iter()

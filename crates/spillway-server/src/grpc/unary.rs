@@ -26,6 +26,7 @@
 use super::encoding::{self, Encoding};
 use super::service::Rls;
 use crate::serving::BodyTimeout;
+use crate::telemetry::decision_log::RequestIds;
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use http::header::CONTENT_TYPE;
@@ -82,9 +83,10 @@ where
                 return Box::pin(async move { Ok(error_answer(refused)) });
             };
             let rls = self.rls.clone();
-            Box::pin(
-                async move { Ok(should_rate_limit(&rls, encoding, request.into_body()).await) },
-            )
+            let ids = RequestIds::read(&rls.0.app, request.headers());
+            Box::pin(async move {
+                Ok(should_rate_limit(&rls, encoding, &ids, request.into_body()).await)
+            })
         } else {
             let routes = self.routes.clone();
             Box::pin(async move {
@@ -101,13 +103,18 @@ fn is_direct<B>(request: &Request<B>) -> bool {
 }
 
 /// Reads, decides and answers one call; every failure is a gRPC status.
-async fn should_rate_limit<B>(rls: &Rls, encoding: Encoding, body: B) -> Response<AnswerBody>
+async fn should_rate_limit<B>(
+    rls: &Rls,
+    encoding: Encoding,
+    ids: &RequestIds,
+    body: B,
+) -> Response<AnswerBody>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let answer = match read_request(encoding, body).await {
-        Ok(request) => rls.answer(&request).await,
+        Ok(request) => rls.answer(&request, ids).await,
         Err(status) => Err(status),
     };
     match answer {

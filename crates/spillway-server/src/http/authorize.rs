@@ -27,6 +27,7 @@ use crate::http::settings::HeaderMapping;
 use crate::http::verdict::{decided_body, decided_headers, denial_problem};
 use crate::http::{check_mode, decide};
 use crate::state::AppState;
+use crate::telemetry::decision_log::RequestIds;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, Method, Uri};
 use axum::response::{IntoResponse, Response};
@@ -91,7 +92,8 @@ async fn answer(
         &settings.trusted_proxies,
     );
     attrs.ip = Some(ip);
-    let decided = match decide(app, &policy, &attrs, mode).await {
+    let ids = RequestIds::read(app, headers);
+    let decided = match decide(app, &policy, &attrs, &ids, mode).await {
         Ok(decided) => decided,
         Err(problem) => return problem.into_response(),
     };

@@ -26,6 +26,7 @@ use crate::http::verdict::{decided_body, decided_headers, denial_problem, json_r
 use crate::http::{check_mode, decide};
 use crate::serving::BodyTimeout;
 use crate::state::AppState;
+use crate::telemetry::decision_log::RequestIds;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
@@ -158,9 +159,10 @@ pub fn parse_body(body: &[u8]) -> Result<CheckRequest, Problem> {
 pub async fn check(
     State(app): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
+    ids: RequestIds,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match respond(&app, query.as_deref(), body).await {
+    match respond(&app, query.as_deref(), &ids, body).await {
         Ok(response) | Err(response) => response,
     }
 }
@@ -168,6 +170,7 @@ pub async fn check(
 async fn respond(
     app: &AppState,
     query: Option<&str>,
+    ids: &RequestIds,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Response> {
     let mode = check_mode(query).map_err(IntoResponse::into_response)?;
@@ -175,7 +178,7 @@ async fn respond(
     let attrs: RequestAttrs = parse_body(&body)
         .map_err(IntoResponse::into_response)?
         .into();
-    let decided = decide(app, &app.engine.policy(), &attrs, mode)
+    let decided = decide(app, &app.engine.policy(), &attrs, ids, mode)
         .await
         .map_err(IntoResponse::into_response)?;
     let (headers, body) = (decided_headers(&decided), decided_body(&decided));

@@ -25,6 +25,7 @@ pub mod verdict;
 
 use crate::decision::{self, Ask, Decided, Outcome, Refused};
 use crate::state::AppState;
+use crate::telemetry::decision_log::{RequestIds, Subject};
 use axum::http::StatusCode;
 use problem::Problem;
 use spillway_core::policy::Policy;
@@ -42,10 +43,15 @@ pub async fn decide(
     app: &AppState,
     policy: &Policy,
     attrs: &RequestAttrs,
+    ids: &RequestIds,
     mode: CheckMode,
 ) -> Result<Decided, Problem> {
     let resolved = policy.resolve(attrs);
-    match decision::decide(app, policy, &Ask::resolved(&resolved, mode)).await {
+    let ask = Ask {
+        subject: Subject::http(attrs, ids),
+        ..Ask::resolved(&resolved, mode)
+    };
+    match decision::decide(app, policy, &ask).await {
         Outcome::Decided(decided) => Ok(decided),
         Outcome::Refused(Refused { retry_after, error }) => Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,

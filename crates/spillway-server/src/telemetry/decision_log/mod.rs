@@ -1,0 +1,329 @@
+//! The decision log: why a request was limited, written off the request path.
+//!
+//! ```text
+//! decision::observe ─► observe(app, ask, outcome)      request path: one branch when off
+//!                        │ consuming decisions only (peeks are not decisions)
+//!                        │ allowed: kept with probability --decision-log-sample-allowed
+//!                        │ denied / shadow_denied / degraded / refused: kept up to
+//!                        │   --decision-log-max-per-second (the rest counted as capped)
+//!                        ▼
+//!                      Pending (a few Arcs and short strings) ─ try_send ─► bounded queue
+//!                                                        full: dropped and counted, never waits
+//!                        ▼
+//!                      Writer (own thread): batches, formats JSON, writes to the sink:
+//!                        stdout | file (rotated by size and age, old files pruned)
+//!                        | Redis stream (XADD MAXLEN ~ N); a failing sink drops the batch,
+//!                        counts it and is retried later, with backoff
+//! ```
+//!
+//! [`query`] reads the records back for `spillway decisions`. The record's fields are listed
+//! in [`record`]; the flags in [`settings`].
+
+pub mod privacy;
+pub mod query;
+pub mod record;
+pub mod sampling;
+pub mod settings;
+pub mod sink;
+pub mod subject;
+
+pub use settings::{DecisionLogArgs, DecisionLogSettings, SinkSpec};
+pub use sink::Sink;
+pub use subject::{RequestIds, Subject};
+
+use crate::decision::{Ask, Outcome};
+use crate::state::AppState;
+use metrics::{counter, Counter};
+use privacy::{IpMode, IpPrivacy};
+use record::{Kind, Pending};
+use sampling::{RateCap, Sampler};
+use sink::{Formatted, SinkError};
+use spillway_core::policy::IpPrefix;
+use spillway_core::request::CheckMode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Records dropped, by `reason`: `queue_full` (the writer fell behind) or `sink_error`.
+pub const DROPPED: &str = "spillway_decision_log_dropped_total";
+/// Always-logged records (denials, shadow denials, degraded, refused) over the per-second cap.
+pub const CAPPED: &str = "spillway_decision_log_capped_total";
+/// Records the sink accepted.
+pub const WRITTEN: &str = "spillway_decision_log_written_total";
+/// Failed writes to the sink (each losing one batch).
+pub const SINK_ERRORS: &str = "spillway_decision_log_sink_errors_total";
+
+/// Most records the writer formats and writes at once.
+const BATCH: usize = 512;
+
+/// The request path's end of the log, held in [`AppState::decision_log`].
+pub struct DecisionLog {
+    queue: mpsc::Sender<Pending>,
+    sampler: Sampler,
+    sample_rate: f64,
+    cap: RateCap,
+    truncate: bool,
+    counts: Arc<Counts>,
+    dropped: Counter,
+    capped: Counter,
+}
+
+impl std::fmt::Debug for DecisionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionLog")
+            .field("sample_rate", &self.sample_rate)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The log's running counts (also exported as metrics), for tests and diagnostics.
+#[derive(Debug, Default)]
+struct Counts {
+    queued: AtomicU64,
+    dropped_full: AtomicU64,
+    capped: AtomicU64,
+    written: AtomicU64,
+    dropped_sink: AtomicU64,
+    sink_errors: AtomicU64,
+}
+
+/// A snapshot of the log's counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Records handed to the queue.
+    pub queued: u64,
+    /// Records dropped because the queue was full.
+    pub dropped_full: u64,
+    /// Records over the per-second cap.
+    pub capped: u64,
+    /// Records the sink accepted.
+    pub written: u64,
+    /// Records lost to sink failures.
+    pub dropped_sink: u64,
+    /// Failed sink writes.
+    pub sink_errors: u64,
+}
+
+/// Offers a finished decision to the log, if it is on. Called by `decision::observe`.
+#[inline]
+pub fn observe(app: &AppState, ask: &Ask<'_>, outcome: &Outcome) {
+    if let Some(log) = &app.decision_log {
+        log.offer(app, ask, outcome);
+    }
+}
+
+impl DecisionLog {
+    /// The log's two ends: this one for the request path, and the writer that must be
+    /// [started](Writer::start) with a sink.
+    pub fn new(settings: &DecisionLogSettings) -> (Self, Writer) {
+        describe();
+        let (queue, rx) = mpsc::channel(settings.queue.max(1));
+        let counts = Arc::<Counts>::default();
+        let log = Self {
+            queue,
+            sampler: Sampler::new(settings.sample_allowed),
+            sample_rate: settings.sample_allowed,
+            cap: RateCap::new(settings.max_per_second),
+            truncate: settings.ip.mode() == IpMode::Truncate,
+            counts: counts.clone(),
+            dropped: counter!(DROPPED, "reason" => "queue_full"),
+            capped: counter!(CAPPED),
+        };
+        let writer = Writer {
+            rx,
+            node: settings.node.clone(),
+            privacy: settings.ip.clone(),
+            counts,
+            written: counter!(WRITTEN),
+            dropped: counter!(DROPPED, "reason" => "sink_error"),
+            errors: counter!(SINK_ERRORS),
+        };
+        (log, writer)
+    }
+
+    /// Keeps a record of the decision if the sampling or the cap says so, without waiting.
+    pub fn offer(&self, app: &AppState, ask: &Ask<'_>, outcome: &Outcome) {
+        if ask.mode != CheckMode::Consume {
+            return;
+        }
+        let kind = Kind::of(outcome);
+        let now = app.clock.now();
+        let sample_rate = if kind == Kind::Allowed {
+            if !self.sampler.keep() {
+                return;
+            }
+            self.sample_rate
+        } else {
+            if !self.cap.admit(now) {
+                self.counts.capped.fetch_add(1, Ordering::Relaxed);
+                self.capped.increment(1);
+                return;
+            }
+            1.0
+        };
+        let prefix = if self.truncate {
+            app.engine.policy().ip_prefix()
+        } else {
+            IpPrefix::default()
+        };
+        let policy = app.policy_info.load_full();
+        let catalog = app
+            .catalog
+            .db()
+            .map(|_| app.engine.policy().catalog().version());
+        let record = Pending::new(now, kind, sample_rate, ask, outcome, prefix, policy)
+            .with_catalog(catalog);
+        match self.queue.try_send(record) {
+            Ok(()) => {
+                self.counts.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.counts.dropped_full.fetch_add(1, Ordering::Relaxed);
+                self.dropped.increment(1);
+            }
+        }
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.counts;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            queued: get(&c.queued),
+            dropped_full: get(&c.dropped_full),
+            capped: get(&c.capped),
+            written: get(&c.written),
+            dropped_sink: get(&c.dropped_sink),
+            sink_errors: get(&c.sink_errors),
+        }
+    }
+}
+
+/// The background end: formats queued records and writes them to the sink in batches.
+pub struct Writer {
+    rx: mpsc::Receiver<Pending>,
+    node: Arc<str>,
+    privacy: IpPrivacy,
+    counts: Arc<Counts>,
+    written: Counter,
+    dropped: Counter,
+    errors: Counter,
+}
+
+/// The running writer; [`WriterHandle::finish`] flushes it.
+#[derive(Debug)]
+pub struct WriterHandle {
+    stop: Option<oneshot::Sender<()>>,
+    done: oneshot::Receiver<()>,
+}
+
+impl Writer {
+    /// Runs the writer on a thread of its own (with its own event loop), so a slow disk or
+    /// sink never holds up a serving thread.
+    pub fn start(self, sink: Sink) -> std::io::Result<WriterHandle> {
+        let (stop, stopped) = oneshot::channel();
+        let (finished, done) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(self.run(sink, stopped)),
+                    Err(err) => tracing::error!("the decision log cannot start its writer: {err}"),
+                }
+                let _ = finished.send(());
+            })?;
+        Ok(WriterHandle {
+            stop: Some(stop),
+            done,
+        })
+    }
+
+    /// Writes batches until told to stop (or every sender is gone), then drains the queue.
+    pub async fn run(mut self, mut sink: Sink, mut stop: oneshot::Receiver<()>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                n = self.rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.write(&mut sink, &mut batch).await;
+                }
+                _ = &mut stop => {
+                    self.rx.close();
+                    while self.rx.recv_many(&mut batch, BATCH).await > 0 {
+                        self.write(&mut sink, &mut batch).await;
+                    }
+                    break;
+                }
+            }
+        }
+        sink.flush();
+    }
+
+    async fn write(&self, sink: &mut Sink, batch: &mut Vec<Pending>) {
+        let lines: Vec<Formatted> = batch
+            .drain(..)
+            .filter_map(|record| Formatted::new(record.line(&self.node, &self.privacy)))
+            .collect();
+        let n = lines.len() as u64;
+        match sink.write(&lines).await {
+            Ok(()) => {
+                self.counts.written.fetch_add(n, Ordering::Relaxed);
+                self.written.increment(n);
+            }
+            Err(error) => {
+                if let SinkError::Failed(why) = &error {
+                    self.counts.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    self.errors.increment(1);
+                    tracing::warn!(records = n, "decision log: the sink failed: {why}");
+                }
+                self.counts.dropped_sink.fetch_add(n, Ordering::Relaxed);
+                self.dropped.increment(n);
+            }
+        }
+    }
+}
+
+impl WriterHandle {
+    /// Stops taking records, writes what is queued and waits for that, at most `wait`.
+    pub async fn finish(mut self, wait: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(wait, &mut self.done).await.is_err() {
+            tracing::warn!("decision log: records still queued at exit were not written");
+        }
+    }
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        DROPPED,
+        "Decision-log records dropped, by reason (queue_full, sink_error)."
+    );
+    metrics::describe_counter!(
+        CAPPED,
+        "Denied, shadow-denied, degraded and refused decisions not logged: over the per-second cap."
+    );
+    metrics::describe_counter!(WRITTEN, "Decision-log records written to the sink.");
+    metrics::describe_counter!(
+        SINK_ERRORS,
+        "Failed writes to the decision-log sink (each loses one batch)."
+    );
+    for reason in ["queue_full", "sink_error"] {
+        counter!(DROPPED, "reason" => reason).increment(0);
+    }
+    counter!(CAPPED).increment(0);
+    counter!(WRITTEN).increment(0);
+    counter!(SINK_ERRORS).increment(0);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,404 @@
+//! `spillway decisions`: reads the decision log back, from a file (and its rotated files) or
+//! from the Redis stream, filters it and prints a table a support engineer can read, or the
+//! records as JSON lines.
+//!
+//! The newest `--limit` matching records of the last `--since` are shown, oldest first. The
+//! stream is read newest first with `XREVRANGE key + <since in ms>` in pages, so a long
+//! stream is never read whole; files rotated before `--since` are skipped unopened.
+
+use super::record::{parse_rfc3339_ms, Line};
+use super::settings::{parse_sink, RedisTarget, SinkSpec, DEFAULT_STREAM};
+use super::sink::file::rotated;
+use super::sink::redis::Conn;
+use crate::config::PolicySource;
+use clap::Args;
+use spillway_core::policy::StoreConfig;
+use spillway_core::time::{Clock, Micros, SystemClock};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Entries asked for per `XREVRANGE` call.
+const PAGE: usize = 500;
+
+/// Arguments of `spillway decisions`.
+#[derive(Debug, Args)]
+pub struct DecisionsArgs {
+    /// Only this tenant's decisions.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only this user's decisions.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// How far back to look: `15m`, `2h`, `1d`.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub since: Duration,
+    /// Only requests that were not let through (denied, refused, or denied while degraded).
+    #[arg(long)]
+    pub denied: bool,
+    /// Most records shown (the newest ones).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub limit: u32,
+    /// Print the records as JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Read this log file and its rotated files.
+    #[arg(long, value_name = "PATH", conflicts_with = "redis")]
+    pub file: Option<PathBuf>,
+    /// Read the stream on this Redis: `redis://host:port`, or `cluster+redis://a,redis://b`.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// The stream's key.
+    #[arg(long, env = "SPILLWAY_DECISION_LOG_STREAM", value_name = "KEY",
+          default_value = DEFAULT_STREAM)]
+    pub stream: String,
+    /// Without --file or --redis: where `serve` writes (its --decision-log value: `file:PATH`,
+    /// a redis:// URL, or `redis` for the store's Redis).
+    #[arg(long = "decision-log", env = "SPILLWAY_DECISION_LOG", value_name = "SINK",
+          value_parser = parse_sink)]
+    pub sink: Option<SinkSpec>,
+    /// With `--decision-log redis`: the store's URL, as `serve --store-url` takes it.
+    #[arg(long, env = "SPILLWAY_STORE_URL", value_name = "URL")]
+    pub store_url: Option<String>,
+    /// With `--decision-log redis` and no store URL: the policy whose `store:` names the Redis.
+    #[arg(long, env = "SPILLWAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Where records are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A log file and its rotated files.
+    File(PathBuf),
+    /// A stream.
+    Redis(RedisTarget, String),
+}
+
+/// Which records to show.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    /// Earliest time shown.
+    pub since: Micros,
+    /// Only this tenant.
+    pub tenant: Option<String>,
+    /// Only this user.
+    pub user: Option<String>,
+    /// Only requests not let through.
+    pub denied: bool,
+    /// Most records kept (the newest).
+    pub limit: usize,
+}
+
+impl Filter {
+    fn matches(&self, line: &Line) -> bool {
+        parse_rfc3339_ms(&line.time).is_some_and(|t| t >= self.since)
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| line.tenant.as_ref() == Some(t))
+            && self
+                .user
+                .as_ref()
+                .is_none_or(|u| line.user.as_ref() == Some(u))
+            && !(self.denied && line.allowed)
+    }
+}
+
+/// A record read back, with its text as stored.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The record.
+    pub line: Line,
+    /// Its JSON, as stored.
+    pub json: String,
+}
+
+/// Runs the subcommand: 0 when the log could be read (even if nothing matched), 2 when not.
+pub fn main(args: &DecisionsArgs) -> ExitCode {
+    let result = source(args).and_then(|source| {
+        let filter = Filter {
+            since: SystemClock
+                .now()
+                .saturating_sub(u64::try_from(args.since.as_micros()).unwrap_or(u64::MAX)),
+            tenant: args.tenant.clone(),
+            user: args.user.clone(),
+            denied: args.denied,
+            limit: args.limit as usize,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        runtime.block_on(read(&source, &filter))
+    });
+    match result {
+        Ok(found) => {
+            let text = if args.json {
+                found.iter().fold(String::new(), |mut out, f| {
+                    out.push_str(&f.json);
+                    out.push('\n');
+                    out
+                })
+            } else {
+                table(&found)
+            };
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("spillway decisions: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Where to read, from the flags or (as `serve` does) the environment.
+pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
+    let stream = args.stream.clone();
+    if let Some(path) = &args.file {
+        return Ok(Source::File(path.clone()));
+    }
+    if let Some(url) = &args.redis {
+        return Ok(Source::Redis(RedisTarget::parse(url)?, stream));
+    }
+    match &args.sink {
+        Some(SinkSpec::File(path)) => Ok(Source::File(path.clone())),
+        Some(SinkSpec::Redis(target)) => Ok(Source::Redis(target.clone(), stream)),
+        Some(SinkSpec::StoreRedis) => {
+            let store = match (&args.store_url, &args.config) {
+                (Some(url), _) => {
+                    crate::store::effective(&StoreConfig::Memory { max_keys: None }, Some(url))?
+                }
+                (None, Some(path)) => {
+                    let source = PolicySource::File(path.clone());
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| format!("{}: cannot read the policy: {e}", path.display()))?;
+                    source
+                        .parse(&text)
+                        .map_err(|e| e.to_string())?
+                        .store()
+                        .clone()
+                }
+                (None, None) => {
+                    return Err(
+                        "the log is on the store's Redis: give --store-url or --config \
+                                (or --redis URL)"
+                            .into(),
+                    )
+                }
+            };
+            Ok(Source::Redis(RedisTarget::of_store(&store)?, stream))
+        }
+        Some(SinkSpec::Stdout) => Err(
+            "the decision log is written to stdout, which cannot be read back; \
+             use --file PATH or --redis URL"
+                .into(),
+        ),
+        Some(SinkSpec::Off) | None => {
+            Err("say where the decision log is: --file PATH or --redis URL \
+             (or set SPILLWAY_DECISION_LOG as for serve)"
+                .into())
+        }
+    }
+}
+
+/// The newest `filter.limit` matching records of `source`, oldest first.
+pub async fn read(source: &Source, filter: &Filter) -> Result<Vec<Found>, String> {
+    match source {
+        Source::File(path) => read_files(path, filter),
+        Source::Redis(target, key) => read_stream(target, key, filter).await,
+    }
+}
+
+fn read_files(path: &Path, filter: &Filter) -> Result<Vec<Found>, String> {
+    let mut files: Vec<PathBuf> = rotated(path)
+        .into_iter()
+        .filter(|(_, closed)| *closed >= filter.since)
+        .map(|(file, _)| file)
+        .collect();
+    if path.exists() {
+        files.push(path.to_path_buf());
+    } else if files.is_empty() {
+        return Err(format!("{}: no such decision log", path.display()));
+    }
+    let mut kept = VecDeque::with_capacity(filter.limit.min(4096));
+    for file in files {
+        let reader = match std::fs::File::open(&file) {
+            Ok(f) => BufReader::new(f),
+            // Rotated away or pruned while being listed: its records are elsewhere or gone.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("{}: {e}", file.display())),
+        };
+        for json in reader.lines() {
+            let json = json.map_err(|e| format!("{}: {e}", file.display()))?;
+            let Ok(line) = serde_json::from_str::<Line>(&json) else {
+                continue;
+            };
+            if filter.matches(&line) {
+                if kept.len() == filter.limit {
+                    kept.pop_front();
+                }
+                kept.push_back(Found { line, json });
+            }
+        }
+    }
+    Ok(kept.into())
+}
+
+async fn read_stream(
+    target: &RedisTarget,
+    key: &str,
+    filter: &Filter,
+) -> Result<Vec<Found>, String> {
+    let fail = |e: redis::RedisError| format!("Redis stream `{key}` on {target:?}: {e}");
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), Conn::connect(target))
+        .await
+        .map_err(|_| format!("cannot reach {target:?} within 5s"))?
+        .map_err(fail)?;
+    let start = format!("{}-0", filter.since / 1_000);
+    let mut end = "+".to_owned();
+    let mut found = Vec::new();
+    'pages: loop {
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(key).arg(&end).arg(&start).arg("COUNT").arg(PAGE);
+        let page: Vec<(String, Vec<String>)> = conn.query(&cmd).await.map_err(fail)?;
+        for (id, fields) in &page {
+            let json = fields
+                .chunks(2)
+                .find(|pair| pair[0] == "record")
+                .and_then(|pair| pair.get(1));
+            if let Some(json) = json {
+                if let Ok(line) = serde_json::from_str::<Line>(json) {
+                    if filter.matches(&line) {
+                        found.push(Found {
+                            line,
+                            json: json.clone(),
+                        });
+                        if found.len() == filter.limit {
+                            break 'pages;
+                        }
+                    }
+                }
+            }
+            end = match before(id) {
+                Some(id) => id,
+                None => break 'pages,
+            };
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    found.reverse();
+    Ok(found)
+}
+
+/// The stream id just before `id` (`ms-seq`), for paging backwards on any Redis version.
+fn before(id: &str) -> Option<String> {
+    let (ms, seq) = id.split_once('-')?;
+    let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
+    match (ms, seq) {
+        (0, 0) => None,
+        (ms, 0) => Some(format!("{}-{}", ms - 1, u64::MAX)),
+        (ms, seq) => Some(format!("{ms}-{}", seq - 1)),
+    }
+}
+
+/// The records as an aligned table.
+pub fn table(found: &[Found]) -> String {
+    const HEAD: [&str; 9] = [
+        "TIME",
+        "NODE",
+        "TENANT",
+        "USER",
+        "ROUTE",
+        "OUTCOME",
+        "LIMIT",
+        "REMAINING",
+        "RETRY",
+    ];
+    if found.is_empty() {
+        return "no matching decisions\n".to_owned();
+    }
+    let dash = || "-".to_owned();
+    let rows: Vec<[String; 9]> = found
+        .iter()
+        .map(|f| {
+            let l = &f.line;
+            [
+                l.time.clone(),
+                l.node.clone(),
+                l.tenant.clone().unwrap_or_else(dash),
+                l.user.clone().unwrap_or_else(dash),
+                l.route
+                    .clone()
+                    .or_else(|| l.domain.clone())
+                    .unwrap_or_else(dash),
+                match &l.degraded {
+                    Some(mode) if l.outcome.as_str() == "degraded" => {
+                        format!(
+                            "degraded ({mode}, {})",
+                            if l.allowed { "allowed" } else { "denied" }
+                        )
+                    }
+                    _ => l.outcome.as_str().to_owned(),
+                },
+                l.limit.as_ref().map_or_else(dash, |g| g.name.clone()),
+                l.limit
+                    .as_ref()
+                    .map_or_else(dash, |g| format!("{}/{}", g.remaining, g.limit)),
+                l.retry_after_ms.map_or_else(dash, |ms| {
+                    if ms < 1_000 {
+                        format!("{ms}ms")
+                    } else {
+                        format!("{:.1}s", ms as f64 / 1_000.0)
+                    }
+                }),
+            ]
+        })
+        .collect();
+    let mut widths = HEAD.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut HEAD.iter().copied());
+    for row in &rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    spillway_core::rate::parse_duration(text).map(Duration::from_micros)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_step_back() {
+        assert_eq!(before("1700-3").as_deref(), Some("1700-2"));
+        assert_eq!(
+            before("1700-0").as_deref(),
+            Some("1699-18446744073709551615")
+        );
+        assert_eq!(before("0-0"), None);
+        assert_eq!(before("junk"), None);
+    }
+}

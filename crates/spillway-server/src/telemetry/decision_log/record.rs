@@ -1,0 +1,464 @@
+//! A decision record: the few values the request path copies ([`Pending`]), and the JSON line
+//! the writer makes of them ([`Line`], also what `spillway decisions` reads back).
+//!
+//! ```json
+//! {"time":"2027-01-15T08:00:00.123Z","node":"node-a","request_id":"req-42",
+//!  "trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","outcome":"denied","allowed":false,
+//!  "tenant":"acme","user":"alice","ip":"203.0.113.7","route":"POST /v1/generate",
+//!  "tier":"free","cost":1,"limit":{"name":"free-user-minute","limit":10,"quota":10,
+//!  "window_ms":10000,"remaining":0},"retry_after_ms":854,"degraded":null,
+//!  "policy_version":"/etc/spillway.yaml@2027-01-15T07:59:00.000Z","catalog_version":null,
+//!  "sample_rate":1.0}
+//! ```
+//!
+//! `limit` is the governing limit (the one that denied, or when allowed the one closest to
+//! denying); for `shadow_denied` it is the shadow limit that would have denied. Over gRPC,
+//! `tier` is null, `domain` names the Envoy domain and `descriptors` lists each descriptor's
+//! entries (an `ip` or `remote_address` entry written as `ip` is). `degraded` names the
+//! failure mode that answered when the store could not (`open`, `degrade`, or `closed` for a
+//! refusal). `catalog_version` is the catalog database's version the decision used (null when tenants come from the policy file).
+
+use super::privacy::IpPrivacy;
+use super::subject::{trace_id, RequestIds, Subject};
+use crate::decision::{Ask, Outcome};
+use crate::state::PolicyInfo;
+use serde::{Deserialize, Serialize};
+use spillway_core::engine::LimitOutcome;
+use spillway_core::policy::{FailureMode, IpPrefix};
+use spillway_core::time::Micros;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// How a decision ended, as a record says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Allowed by the store (sampled).
+    Allowed,
+    /// Denied by the store.
+    Denied,
+    /// Allowed, but a shadow-mode limit would have denied it.
+    ShadowDenied,
+    /// Decided by a failure mode (`open` or `degrade`) because the store failed.
+    Degraded,
+    /// Refused (`closed` failure mode) because the store failed.
+    Refused,
+}
+
+impl Kind {
+    /// The kind of `outcome`.
+    pub fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Refused(_) => Self::Refused,
+            Outcome::Decided(d) if d.degraded.is_some() => Self::Degraded,
+            Outcome::Decided(d) if !d.verdict.allowed => Self::Denied,
+            Outcome::Decided(d) if d.verdict.outcomes.iter().any(shadow_denial) => {
+                Self::ShadowDenied
+            }
+            Outcome::Decided(_) => Self::Allowed,
+        }
+    }
+
+    /// The word records use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Denied => "denied",
+            Self::ShadowDenied => "shadow_denied",
+            Self::Degraded => "degraded",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+fn shadow_denial(o: &LimitOutcome) -> bool {
+    o.shadow && !o.decision.allowed
+}
+
+/// A client address: parsed (HTTP) or as a descriptor carried it (gRPC).
+#[derive(Debug, Clone)]
+pub enum Ip {
+    /// An address.
+    Addr(IpAddr),
+    /// A descriptor's `ip`/`remote_address` text.
+    Text(String),
+}
+
+/// The governing limit, as copied on the request path.
+#[derive(Debug, Clone)]
+pub struct Governing {
+    name: Arc<str>,
+    limit: u64,
+    quota: u64,
+    window: Micros,
+    remaining: u64,
+}
+
+impl From<&LimitOutcome> for Governing {
+    fn from(o: &LimitOutcome) -> Self {
+        Self {
+            name: o.name.clone(),
+            limit: o.decision.limit,
+            quota: o.quota,
+            window: o.window,
+            remaining: o.decision.remaining,
+        }
+    }
+}
+
+/// What the request path copies for a record it keeps: owned, small, unformatted.
+#[derive(Debug)]
+pub struct Pending {
+    at: Micros,
+    kind: Kind,
+    allowed: bool,
+    sample_rate: f64,
+    tenant: Option<String>,
+    user: Option<String>,
+    ip: Option<Ip>,
+    ip_prefix: IpPrefix,
+    route: Option<Arc<str>>,
+    tier: Arc<str>,
+    envoy: bool,
+    cost: u64,
+    limit: Option<Governing>,
+    retry_after: Option<Micros>,
+    degraded: Option<FailureMode>,
+    ids: RequestIds,
+    descriptors: Vec<Vec<(String, String)>>,
+    policy: Arc<PolicyInfo>,
+    catalog_version: Option<u64>,
+}
+
+impl Pending {
+    /// The record with the version of the catalog database's content the decision used
+    /// (none for a catalog from the policy file).
+    pub fn with_catalog(mut self, version: Option<u64>) -> Self {
+        self.catalog_version = version;
+        self
+    }
+
+    /// Copies what a record needs out of a finished decision.
+    #[allow(clippy::too_many_arguments)] // the request path's values, gathered in one place
+    pub fn new(
+        at: Micros,
+        kind: Kind,
+        sample_rate: f64,
+        ask: &Ask<'_>,
+        outcome: &Outcome,
+        ip_prefix: IpPrefix,
+        policy: Arc<PolicyInfo>,
+    ) -> Self {
+        let subject: Subject<'_> = ask.subject;
+        let envoy = subject.attrs.is_none() && !subject.descriptors.is_empty();
+        let entry = |names: &[&str]| {
+            subject
+                .descriptors
+                .iter()
+                .flat_map(|d| &d.entries)
+                .find(|e| names.contains(&e.key.as_str()))
+                .map(|e| e.value.clone())
+        };
+        let (tenant, user, ip) = match subject.attrs {
+            Some(attrs) => (
+                attrs.tenant.clone(),
+                attrs.user.clone(),
+                attrs.ip.map(Ip::Addr),
+            ),
+            None => (
+                entry(&["tenant"]),
+                entry(&["user"]),
+                entry(&["ip", "remote_address"]).map(Ip::Text),
+            ),
+        };
+        let (allowed, limit, retry_after, degraded) = match outcome {
+            Outcome::Decided(d) => {
+                let shown = match kind {
+                    Kind::ShadowDenied => d.verdict.outcomes.iter().find(|o| shadow_denial(o)),
+                    _ => d.verdict.governing(),
+                };
+                (
+                    d.verdict.allowed,
+                    shown.map(Governing::from),
+                    shown.and_then(|o| o.decision.retry_after),
+                    d.degraded,
+                )
+            }
+            Outcome::Refused(r) => (
+                false,
+                None,
+                Some(u64::try_from(r.retry_after.as_micros()).unwrap_or(u64::MAX)),
+                Some(FailureMode::Closed),
+            ),
+        };
+        let descriptors = subject
+            .descriptors
+            .iter()
+            .map(|d| {
+                d.entries
+                    .iter()
+                    .map(|e| (e.key.clone(), e.value.clone()))
+                    .collect()
+            })
+            .collect();
+        Self {
+            at,
+            kind,
+            allowed,
+            sample_rate,
+            tenant,
+            user,
+            ip,
+            ip_prefix,
+            route: ask.route.clone(),
+            tier: ask.tier.clone(),
+            envoy,
+            cost: ask.cost,
+            limit,
+            retry_after,
+            degraded,
+            ids: subject.ids.cloned().unwrap_or_default(),
+            descriptors,
+            policy,
+            catalog_version: None,
+        }
+    }
+
+    /// The record as a JSON line, written by `node` with addresses shown as `privacy` says.
+    pub fn line(&self, node: &str, privacy: &IpPrivacy) -> Line {
+        let text = |v: &Option<axum::http::HeaderValue>| {
+            v.as_ref().and_then(|v| v.to_str().ok()).map(str::to_owned)
+        };
+        let show_ip = |ip: &Ip| match ip {
+            Ip::Addr(addr) => privacy.show(*addr, self.ip_prefix),
+            Ip::Text(text) => privacy.show_text(text, self.ip_prefix),
+        };
+        let descriptors = self
+            .descriptors
+            .iter()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = match k.as_str() {
+                            "ip" | "remote_address" => privacy.show_text(v, self.ip_prefix),
+                            _ => v.clone(),
+                        };
+                        (k.clone(), v)
+                    })
+                    .collect()
+            })
+            .collect();
+        Line {
+            time: rfc3339_ms(self.at),
+            node: node.to_owned(),
+            request_id: text(&self.ids.request_id),
+            trace_id: self
+                .ids
+                .traceparent
+                .as_ref()
+                .and_then(trace_id)
+                .map(str::to_owned),
+            outcome: self.kind,
+            allowed: self.allowed,
+            tenant: self.tenant.clone(),
+            user: self.user.clone(),
+            ip: self.ip.as_ref().map(show_ip),
+            route: self.route.as_deref().map(str::to_owned),
+            tier: (!self.envoy).then(|| self.tier.to_string()),
+            domain: self.envoy.then(|| self.tier.to_string()),
+            cost: self.cost,
+            limit: self.limit.as_ref().map(|g| LimitLine {
+                name: g.name.to_string(),
+                limit: g.limit,
+                quota: g.quota,
+                window_ms: g.window / 1_000,
+                remaining: g.remaining,
+            }),
+            retry_after_ms: self.retry_after.map(|us| us.div_ceil(1_000)),
+            degraded: self.degraded.map(|m| m.as_str().to_owned()),
+            policy_version: format!(
+                "{}@{}",
+                self.policy.source,
+                rfc3339_ms(self.policy.loaded_at)
+            ),
+            catalog_version: self.catalog_version,
+            sample_rate: self.sample_rate,
+            descriptors,
+        }
+    }
+}
+
+/// One record as written and read back; see the module docs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    /// When the decision finished, by the server's clock (RFC 3339, UTC, milliseconds).
+    pub time: String,
+    /// The node that decided (`--node-name`).
+    pub node: String,
+    /// The request's `x-request-id`.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// The trace id of the request's `traceparent`.
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    /// How the decision ended.
+    pub outcome: Kind,
+    /// Whether the request was let through.
+    pub allowed: bool,
+    /// The tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// The user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The client address, as `--decision-log-ip` shows it.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// The matched route's pattern.
+    #[serde(default)]
+    pub route: Option<String>,
+    /// The tier (HTTP).
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// The Envoy domain (gRPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The request's cost.
+    #[serde(default)]
+    pub cost: u64,
+    /// The governing limit.
+    #[serde(default)]
+    pub limit: Option<LimitLine>,
+    /// How long the client was told to wait, in milliseconds.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
+    /// The failure mode that answered without the store.
+    #[serde(default)]
+    pub degraded: Option<String>,
+    /// The policy in force: its source and load time.
+    #[serde(default)]
+    pub policy_version: String,
+    /// The tenant catalog's version (none yet).
+    #[serde(default)]
+    pub catalog_version: Option<u64>,
+    /// The share of such decisions logged: 1 for all but allowed ones.
+    pub sample_rate: f64,
+    /// The gRPC call's descriptors, each entry's key and value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub descriptors: Vec<BTreeMap<String, String>>,
+}
+
+/// The governing limit in a [`Line`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitLine {
+    /// The limit's name.
+    pub name: String,
+    /// The most it admits at once.
+    pub limit: u64,
+    /// Its quota per window (`RateLimit-Policy`'s `q`).
+    pub quota: u64,
+    /// Its window, in milliseconds.
+    pub window_ms: u64,
+    /// What remains.
+    pub remaining: u64,
+}
+
+/// `micros` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn rfc3339_ms(micros: Micros) -> String {
+    let ms = micros / 1_000;
+    let secs = ms / 1_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(i64::MAX / 2));
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60,
+        ms % 1_000
+    )
+}
+
+/// Reads what [`rfc3339_ms`] writes (and the same without the milliseconds).
+pub fn parse_rfc3339_ms(text: &str) -> Option<Micros> {
+    let b = text.as_bytes();
+    let num = |from: usize, to: usize| -> Option<i64> {
+        let s = text.get(from..to)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !text.ends_with('Z') {
+        return None;
+    }
+    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (h, mi, s) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    let millis = match &text[19..text.len() - 1] {
+        "" => 0,
+        frac if frac.len() == 4 && frac.starts_with('.') => num(20, 23)?,
+        _ => return None,
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let days = days_from_civil(y, mo, d);
+    let secs = days * 86_400 + h * 3_600 + mi * 60 + s;
+    u64::try_from(secs * 1_000 + millis)
+        .ok()
+        .map(|ms| ms * 1_000)
+}
+
+/// Days since 1970-01-01 to a (year, month, day), proleptic Gregorian (H. Hinnant's method).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The inverse of [`civil_from_days`].
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc_with_milliseconds_and_read_back() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_ms(1_800_000_000_123_456),
+            "2027-01-15T08:00:00.123Z"
+        );
+        assert_eq!(rfc3339_ms(951_782_400_000_000), "2000-02-29T00:00:00.000Z");
+        for micros in [
+            0,
+            951_782_400_000_000,
+            1_800_000_000_123_000,
+            4_102_444_799_999_000,
+        ] {
+            assert_eq!(parse_rfc3339_ms(&rfc3339_ms(micros)), Some(micros));
+        }
+        assert_eq!(
+            parse_rfc3339_ms("2027-01-15T08:00:00Z"),
+            Some(1_800_000_000_000_000)
+        );
+        assert_eq!(parse_rfc3339_ms("2027-01-15 08:00:00Z"), None);
+        assert_eq!(parse_rfc3339_ms("2027-13-15T08:00:00.000Z"), None);
+    }
+}

@@ -1,0 +1,357 @@
+//! The decision log's flags on `spillway serve`, and their checked form.
+//!
+//! The log is configured on the command line (and `SPILLWAY_*` variables), not in the policy
+//! file: where a node writes, what it calls itself and how much it may write are facts about
+//! the process and its machine, like `--log-format`, and the policy file is shared by every
+//! node and reloaded while serving, which a sink (an open file, a connection) should not be.
+//! Off by default.
+
+use super::privacy::{IpMode, IpPrivacy};
+use clap::Args;
+use spillway_core::policy::StoreConfig;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The stream key records are added to when none is given.
+pub const DEFAULT_STREAM: &str = "spillway:decisions";
+
+/// Flags of `spillway serve` that set up the decision log.
+#[derive(Debug, Args)]
+pub struct DecisionLogArgs {
+    /// Where to log decisions: `off`, `stdout`, `file:PATH` (JSON lines, rotated), `redis` (a
+    /// stream on the store's Redis) or a `redis://host:port` URL (`cluster+redis://a,redis://b`
+    /// for a cluster).
+    #[arg(long = "decision-log", env = "SPILLWAY_DECISION_LOG", value_name = "SINK",
+          default_value = "off", value_parser = parse_sink)]
+    pub sink: SinkSpec,
+
+    /// Share of allowed decisions logged, 0 to 1 (denials, shadow denials and degraded
+    /// decisions are always logged, up to --decision-log-max-per-second). Each record carries
+    /// the rate, so counts can be scaled back up.
+    #[arg(long = "decision-log-sample-allowed", env = "SPILLWAY_DECISION_LOG_SAMPLE_ALLOWED",
+          value_name = "RATE", default_value = "0.01", value_parser = parse_rate)]
+    pub sample_allowed: f64,
+
+    /// Most denied, shadow-denied, degraded and refused decisions logged per second by this
+    /// node; the rest are counted in spillway_decision_log_capped_total.
+    #[arg(long = "decision-log-max-per-second", env = "SPILLWAY_DECISION_LOG_MAX_PER_SECOND",
+          value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_per_second: u32,
+
+    /// How client addresses are written: `full`, `truncate` (to the policy's `ip_prefix`
+    /// network, never finer than /24 or /64) or `hash` (keyed by --decision-log-ip-key).
+    #[arg(long = "decision-log-ip", env = "SPILLWAY_DECISION_LOG_IP", value_enum,
+          default_value_t = IpMode::Full)]
+    pub ip: IpMode,
+
+    /// Secret key of `--decision-log-ip hash` (at least 16 characters). Use the same one on
+    /// every node so a client hashes alike everywhere; change it to unlink old records.
+    #[arg(
+        long = "decision-log-ip-key",
+        env = "SPILLWAY_DECISION_LOG_IP_KEY",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub ip_key: Option<String>,
+
+    /// Records waiting for the writer, at most; past it new ones are dropped and counted in
+    /// spillway_decision_log_dropped_total (a request never waits for the log).
+    #[arg(long = "decision-log-queue", env = "SPILLWAY_DECISION_LOG_QUEUE", value_name = "N",
+          default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub queue: u32,
+
+    /// File sink: start a new file once the current one would pass this size (`100MiB`,
+    /// `10MB`, `4096`).
+    #[arg(long = "decision-log-max-size", env = "SPILLWAY_DECISION_LOG_MAX_SIZE",
+          value_name = "SIZE", default_value = "100MiB", value_parser = parse_size)]
+    pub max_size: u64,
+
+    /// File sink: start a new file once the current one's first record is this old.
+    #[arg(long = "decision-log-max-age", env = "SPILLWAY_DECISION_LOG_MAX_AGE",
+          value_name = "DURATION", default_value = "1d", value_parser = parse_duration)]
+    pub max_age: Duration,
+
+    /// File sink: rotated files kept; older ones are deleted.
+    #[arg(long = "decision-log-keep", env = "SPILLWAY_DECISION_LOG_KEEP", value_name = "N",
+          default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub keep: u32,
+
+    /// File sink: rotated files older than this are deleted.
+    #[arg(long = "decision-log-retention", env = "SPILLWAY_DECISION_LOG_RETENTION",
+          value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// Redis sink: the stream's key.
+    #[arg(long = "decision-log-stream", env = "SPILLWAY_DECISION_LOG_STREAM", value_name = "KEY",
+          default_value = DEFAULT_STREAM)]
+    pub stream: String,
+
+    /// Redis sink: about how many records the stream keeps (`XADD MAXLEN ~ N`).
+    #[arg(long = "decision-log-stream-maxlen", env = "SPILLWAY_DECISION_LOG_STREAM_MAXLEN",
+          value_name = "N", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_maxlen: u64,
+
+    /// This node's name in decision records; the host name when unset.
+    #[arg(long = "node-name", env = "SPILLWAY_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+}
+
+/// Where records go, as `--decision-log` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkSpec {
+    /// No log (the default).
+    Off,
+    /// One JSON line per record on standard output.
+    Stdout,
+    /// JSON lines in this file, rotated by size and age.
+    File(PathBuf),
+    /// A stream on the Redis (or Redis Cluster) the store uses.
+    StoreRedis,
+    /// A stream on this Redis deployment.
+    Redis(RedisTarget),
+}
+
+/// A Redis deployment to write the stream to (or read it from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server, by URL.
+    Server(String),
+    /// A cluster, by seed node URLs. The stream is one key, so it lives on one node.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// Reads `redis://...`, `rediss://...` or `cluster+redis://a,redis://b`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (cluster, list) = match text.strip_prefix("cluster+") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let urls: Vec<String> = list.split(',').map(|u| u.trim().to_owned()).collect();
+        if urls
+            .iter()
+            .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+        {
+            return Err(format!(
+                "`{text}` is not a redis:// URL (or cluster+redis://a,redis://b)"
+            ));
+        }
+        match (cluster, urls.len()) {
+            (true, _) => Ok(Self::Cluster(urls)),
+            (false, 1) => Ok(Self::Server(urls.into_iter().next().unwrap_or_default())),
+            (false, _) => Err(format!("`{text}`: several URLs need the cluster+ prefix")),
+        }
+    }
+
+    /// The store's Redis, for `--decision-log redis`.
+    pub fn of_store(store: &StoreConfig) -> Result<Self, String> {
+        match store {
+            StoreConfig::Redis(s) => Ok(Self::Server(s.urls.first().cloned().unwrap_or_default())),
+            StoreConfig::RedisCluster(s) => Ok(Self::Cluster(s.urls.clone())),
+            StoreConfig::Memory { .. } => Err(
+                "--decision-log redis writes to the store's Redis, but the store is in memory; \
+                 give a redis:// URL instead"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// When the file sink starts a new file and which old ones it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Largest size of one file, in bytes (a single record larger than this gets a file of
+    /// its own).
+    pub max_size: u64,
+    /// Longest time from a file's first record to its rotation.
+    pub max_age: Duration,
+    /// Rotated files kept.
+    pub keep: usize,
+    /// Rotated files older than this are deleted.
+    pub retention: Duration,
+}
+
+/// The checked decision-log settings.
+#[derive(Debug, Clone)]
+pub struct DecisionLogSettings {
+    /// Where records go (never [`SinkSpec::Off`]).
+    pub sink: SinkSpec,
+    /// Share of allowed decisions logged.
+    pub sample_allowed: f64,
+    /// Most always-logged records per second.
+    pub max_per_second: u32,
+    /// How addresses are written.
+    pub ip: IpPrivacy,
+    /// Capacity of the queue between requests and the writer.
+    pub queue: usize,
+    /// The file sink's rotation.
+    pub rotation: Rotation,
+    /// The Redis sink's stream key.
+    pub stream: String,
+    /// The Redis sink's approximate length cap.
+    pub stream_maxlen: u64,
+    /// This node's name.
+    pub node: Arc<str>,
+}
+
+impl DecisionLogSettings {
+    /// Checks the flags; `None` when the log is off.
+    pub fn from_args(args: DecisionLogArgs) -> Result<Option<Self>, String> {
+        if args.sink == SinkSpec::Off {
+            return Ok(None);
+        }
+        let ip = IpPrivacy::new(args.ip, args.ip_key.as_deref())?;
+        if args.stream.trim().is_empty() {
+            return Err("--decision-log-stream must not be empty".into());
+        }
+        let node = match args.node_name.as_deref().map(str::trim) {
+            Some("") => return Err("--node-name must not be empty".into()),
+            Some(name) => name.to_owned(),
+            None => hostname(),
+        };
+        Ok(Some(Self {
+            sink: args.sink,
+            sample_allowed: args.sample_allowed,
+            max_per_second: args.max_per_second,
+            ip,
+            queue: args.queue as usize,
+            rotation: Rotation {
+                max_size: args.max_size,
+                max_age: args.max_age,
+                keep: args.keep as usize,
+                retention: args.retention,
+            },
+            stream: args.stream.trim().to_owned(),
+            stream_maxlen: args.stream_maxlen,
+            node: node.into(),
+        }))
+    }
+}
+
+/// The machine's host name, for a node with no `--node-name`.
+fn hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .chain(std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .find(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Reads `--decision-log`.
+pub fn parse_sink(text: &str) -> Result<SinkSpec, String> {
+    let text = text.trim();
+    match text {
+        "off" | "" => return Ok(SinkSpec::Off),
+        "stdout" => return Ok(SinkSpec::Stdout),
+        "redis" => return Ok(SinkSpec::StoreRedis),
+        _ => {}
+    }
+    if let Some(path) = text.strip_prefix("file:") {
+        if path.trim().is_empty() {
+            return Err("`file:` needs a path, e.g. file:/var/log/spillway/decisions.jsonl".into());
+        }
+        return Ok(SinkSpec::File(PathBuf::from(path.trim())));
+    }
+    if text.contains("redis://") || text.contains("rediss://") {
+        return RedisTarget::parse(text).map(SinkSpec::Redis);
+    }
+    Err(format!(
+        "`{text}` is not a decision-log sink: use off, stdout, file:PATH, redis or a redis:// URL"
+    ))
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a rate between 0 and 1 (e.g. 0.01)"
+        )),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    spillway_core::rate::parse_duration(text).map(Duration::from_micros)
+}
+
+/// Reads a size: a whole number of bytes, optionally followed by `KB`, `MB`, `GB` (powers of
+/// 1000) or `KiB`, `MiB`, `GiB` (powers of 1024). At least 1 KiB, so a file holds some records.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let unit_size: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit (use B, KB, MB, GB, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    let size = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_size))
+        .ok_or_else(|| format!("`{text}` is not a size such as 100MiB"))?;
+    if size < 1024 {
+        return Err(format!(
+            "`{text}`: a log file must be allowed at least 1KiB"
+        ));
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sinks_parse_and_nonsense_is_named() {
+        assert_eq!(parse_sink("off"), Ok(SinkSpec::Off));
+        assert_eq!(parse_sink("stdout"), Ok(SinkSpec::Stdout));
+        assert_eq!(parse_sink("redis"), Ok(SinkSpec::StoreRedis));
+        assert_eq!(
+            parse_sink("file:/var/log/d.jsonl"),
+            Ok(SinkSpec::File("/var/log/d.jsonl".into()))
+        );
+        assert_eq!(
+            parse_sink("redis://127.0.0.1:6379"),
+            Ok(SinkSpec::Redis(RedisTarget::Server(
+                "redis://127.0.0.1:6379".into()
+            )))
+        );
+        assert!(matches!(
+            parse_sink("cluster+redis://a:1,redis://b:2"),
+            Ok(SinkSpec::Redis(RedisTarget::Cluster(urls))) if urls.len() == 2
+        ));
+        for bad in ["file:", "kafka", "redis://a:1,redis://b:2"] {
+            let err = parse_sink(bad).expect_err(bad);
+            assert!(!err.is_empty());
+        }
+    }
+
+    #[test]
+    fn sizes_and_rates_are_checked() {
+        assert_eq!(parse_size("100MiB"), Ok(100 << 20));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("10").is_err(), "too small");
+        assert!(parse_size("1TB").is_err(), "unknown unit");
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_rate("0.01"), Ok(0.01));
+        assert!(parse_rate("1.5").is_err() && parse_rate("-0.1").is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! Who a decision was about, as the transports know it: borrowed, and copied into a record
+//! only when one is kept.
+//!
+//! The HTTP API knows the request's attributes ([`RequestAttrs`]); the Envoy service knows the
+//! call's descriptors. Either may carry an `x-request-id` and a W3C `traceparent` header
+//! (HTTP headers, gRPC metadata), read by [`RequestIds`] only while the log is on.
+
+use crate::state::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use spillway_core::request::RequestAttrs;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+/// The header a request's id is read from.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The W3C trace-context header.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// What the decision was about; the default knows nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Subject<'a> {
+    /// The HTTP API's request attributes.
+    pub attrs: Option<&'a RequestAttrs>,
+    /// The Envoy service's descriptors (empty over HTTP).
+    pub descriptors: &'a [RateLimitDescriptor],
+    /// The request's id and trace headers.
+    pub ids: Option<&'a RequestIds>,
+}
+
+impl<'a> Subject<'a> {
+    /// A request of the HTTP API.
+    pub fn http(attrs: &'a RequestAttrs, ids: &'a RequestIds) -> Self {
+        Self {
+            attrs: Some(attrs),
+            descriptors: &[],
+            ids: Some(ids),
+        }
+    }
+
+    /// A `ShouldRateLimit` call.
+    pub fn envoy(descriptors: &'a [RateLimitDescriptor], ids: &'a RequestIds) -> Self {
+        Self {
+            attrs: None,
+            descriptors,
+            ids: Some(ids),
+        }
+    }
+}
+
+/// The `x-request-id` and `traceparent` header values, as sent (cheap to clone; parsed only
+/// by the writer).
+#[derive(Debug, Clone, Default)]
+pub struct RequestIds {
+    /// `x-request-id`, when present.
+    pub request_id: Option<HeaderValue>,
+    /// `traceparent`, when present.
+    pub traceparent: Option<HeaderValue>,
+}
+
+impl RequestIds {
+    /// Reads both headers, if the log is on (otherwise nothing, at the cost of one branch).
+    pub fn read(app: &AppState, headers: &HeaderMap) -> Self {
+        if app.decision_log.is_none() {
+            return Self::default();
+        }
+        Self::from_headers(headers)
+    }
+
+    /// Reads both headers.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        Self {
+            request_id: headers.get(REQUEST_ID).cloned(),
+            traceparent: headers.get(TRACEPARENT).cloned(),
+        }
+    }
+}
+
+/// As an extractor, for handlers that do not otherwise take the headers (`/v1/check`).
+impl FromRequestParts<Arc<AppState>> for RequestIds {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self::read(state, &parts.headers))
+    }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<flags>`),
+/// when the header is well formed and the id is not all zeros.
+pub fn trace_id(traceparent: &HeaderValue) -> Option<&str> {
+    let text = traceparent.to_str().ok()?.trim();
+    let mut parts = text.split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && (version != "00" || parts.next().is_none());
+    valid.then_some(trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_come_from_well_formed_traceparents_only() {
+        let header = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(
+            trace_id(&header(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            )),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "nonsense",
+        ] {
+            assert_eq!(trace_id(&header(bad)), None, "{bad}");
+        }
+    }
+}

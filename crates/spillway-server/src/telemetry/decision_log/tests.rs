@@ -1,0 +1,452 @@
+//! The decision log end to end inside one process: requests through the real router (and the
+//! Envoy service), the real queue, the real writer and file sink, on a manual clock.
+
+use super::record::Line;
+use super::settings::{DecisionLogSettings, Rotation, SinkSpec};
+use super::*;
+use crate::cli::{Cli, Command};
+use crate::clock::ServerClock;
+use crate::config::{PolicySource, ServerSettings};
+use crate::state::PolicyInfo;
+use crate::test_support::DownStore;
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use clap::Parser;
+use spillway_core::engine::Engine;
+use spillway_core::store::{MemoryStore, Store};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tower::ServiceExt;
+
+const POLICY: &str = r#"
+default_tier: free
+failure_mode: open
+limits:
+  user-minute: {algorithm: fixed_window, limit: 1, window: 1m, key: [user]}
+  tenant-shadow: {algorithm: fixed_window, limit: 1, window: 1m, key: [tenant], shadow: true}
+tiers:
+  free: {limits: [user-minute, tenant-shadow]}
+routes:
+  - match: "POST /v1/closed"
+    failure_mode: closed
+  - match: "POST /v1/generate"
+    cost: 1
+"#;
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+struct Harness {
+    app: Arc<AppState>,
+    router: Router,
+    writer: Option<Writer>,
+    path: PathBuf,
+    settings: DecisionLogSettings,
+    dir: PathBuf,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn settings(name: &str) -> DecisionLogSettings {
+    let dir = std::env::temp_dir().join(format!(
+        "spillway-decision-log-unit-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    DecisionLogSettings {
+        sink: SinkSpec::File(dir.join("decisions.jsonl")),
+        sample_allowed: 1.0,
+        max_per_second: 1_000,
+        ip: IpPrivacy::new(IpMode::Full, None).expect("full"),
+        queue: 1_024,
+        rotation: Rotation {
+            max_size: 1 << 30,
+            max_age: Duration::from_secs(86_400),
+            keep: 10,
+            retention: Duration::from_secs(86_400),
+        },
+        stream: settings::DEFAULT_STREAM.into(),
+        stream_maxlen: 1_000,
+        node: "node-t".into(),
+    }
+}
+
+fn harness(settings: DecisionLogSettings, store: Arc<dyn Store>) -> Harness {
+    let Command::Serve(args) = Cli::parse_from(["spillway", "serve"]).command else {
+        unreachable!("serve was asked for");
+    };
+    let server = ServerSettings::from_args(*args).expect("default settings");
+    let clock = ServerClock::manual(1_800_000_000_000);
+    let policy = PolicySource::Builtin.parse(POLICY).expect("test policy");
+    let (log, writer) = DecisionLog::new(&settings);
+    let policy = Arc::new(policy);
+    let app = Arc::new(AppState {
+        catalog: Arc::new(crate::catalog::CatalogNode::new(policy.clone(), None)),
+        engine: Engine::new(policy, store.clone(), clock.shared()),
+        store,
+        failover: Arc::new(crate::failure::Failover::new(
+            crate::failure::FailureSettings::default(),
+            clock.shared(),
+        )),
+        clock: clock.clone(),
+        policy_info: ArcSwap::from_pointee(PolicyInfo {
+            source: "test.yaml".into(),
+            loaded_at: clock.now(),
+            limits: 2,
+        }),
+        metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle(),
+        authorize: server.authorize,
+        decision_log: Some(log),
+    });
+    let router = crate::app::router(app.clone(), None)
+        .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
+    let SinkSpec::File(path) = settings.sink.clone() else {
+        unreachable!("file sink")
+    };
+    let dir = path.parent().expect("dir").to_path_buf();
+    Harness {
+        app,
+        router,
+        writer: Some(writer),
+        path,
+        settings,
+        dir,
+    }
+}
+
+fn memory(clock_ms: u64) -> Arc<dyn Store> {
+    Arc::new(MemoryStore::new(
+        10_000,
+        ServerClock::manual(clock_ms).shared(),
+    ))
+}
+
+impl Harness {
+    fn log(&self) -> &DecisionLog {
+        self.app.decision_log.as_ref().expect("on")
+    }
+
+    /// `POST /v1/check` with `body` and extra headers; answered within a second or fails.
+    async fn check(&self, body: &str, headers: &[(&str, &str)]) -> StatusCode {
+        let mut request = Request::post("/v1/check");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Body::from(body.to_owned())).expect("request");
+        let answer =
+            tokio::time::timeout(Duration::from_secs(1), self.router.clone().oneshot(request))
+                .await
+                .expect("answered promptly")
+                .expect("infallible");
+        answer.status()
+    }
+
+    /// Runs the writer over everything queued so far, and reads the file back.
+    async fn flush(&mut self) -> Vec<Line> {
+        if let Some(writer) = self.writer.take() {
+            let store = spillway_core::policy::StoreConfig::Memory { max_keys: None };
+            let sink =
+                Sink::open(&self.settings, &store, self.app.clock.shared()).expect("file sink");
+            let (stop, stopped) = oneshot::channel();
+            let _ = stop.send(());
+            writer.run(sink, stopped).await;
+        }
+        std::fs::read_to_string(&self.path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a record"))
+            .collect()
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_and_never_holds_a_decision() {
+    let mut s = settings("full");
+    s.queue = 4;
+    let mut h = harness(s, memory(1_800_000_000_000));
+    // The writer is not running: nothing leaves the queue.
+    for i in 0..50 {
+        let body = format!(r#"{{"tenant":"t{i}","user":"u{i}"}}"#);
+        assert_eq!(h.check(&body, &[]).await, StatusCode::OK);
+    }
+    let stats = h.log().stats();
+    assert_eq!((stats.queued, stats.dropped_full), (4, 46), "{stats:?}");
+    let lines = h.flush().await;
+    assert_eq!(lines.len(), 4);
+    assert_eq!(h.log().stats().written, 4);
+}
+
+#[tokio::test]
+async fn a_denial_is_logged_with_everything_support_needs() {
+    let mut s = settings("denial");
+    s.sample_allowed = 0.0;
+    let mut h = harness(s, memory(1_800_000_000_000));
+    let body = r#"{"tenant":"acme","user":"alice","ip":"203.0.113.7","method":"POST","path":"/v1/generate"}"#;
+    assert_eq!(h.check(body, &[]).await, StatusCode::OK);
+    let headers = [("x-request-id", "req-42"), ("traceparent", TRACEPARENT)];
+    assert_eq!(h.check(body, &headers).await, StatusCode::TOO_MANY_REQUESTS);
+    let lines = h.flush().await;
+    assert_eq!(lines.len(), 1, "the allowed one is not sampled: {lines:?}");
+    let l = &lines[0];
+    assert_eq!(l.time, "2027-01-15T08:00:00.000Z");
+    assert_eq!(l.node, "node-t");
+    assert_eq!(l.request_id.as_deref(), Some("req-42"));
+    assert_eq!(
+        l.trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!((l.outcome, l.allowed), (record::Kind::Denied, false));
+    assert_eq!(l.tenant.as_deref(), Some("acme"));
+    assert_eq!(l.user.as_deref(), Some("alice"));
+    assert_eq!(l.ip.as_deref(), Some("203.0.113.7"));
+    assert_eq!(l.route.as_deref(), Some("POST /v1/generate"));
+    assert_eq!(l.tier.as_deref(), Some("free"));
+    assert_eq!(l.cost, 1);
+    let limit = l.limit.as_ref().expect("governing limit");
+    assert_eq!(
+        (
+            limit.name.as_str(),
+            limit.remaining,
+            limit.quota,
+            limit.window_ms
+        ),
+        ("user-minute", 0, 1, 60_000)
+    );
+    assert_eq!(l.retry_after_ms, Some(60_000));
+    assert_eq!(l.degraded, None);
+    assert_eq!(l.policy_version, "test.yaml@2027-01-15T08:00:00.000Z");
+    assert_eq!(l.catalog_version, None);
+    assert_eq!(l.sample_rate, 1.0);
+    // Every field is written, null or not, so collectors see one shape.
+    let text = h.text();
+    for field in ["\"catalog_version\":null", "\"degraded\":null"] {
+        assert!(text.contains(field), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn allowed_decisions_follow_the_sample_rate_and_carry_it() {
+    for (rate, expect) in [(0.0, Some(0)), (1.0, Some(40)), (0.5, None)] {
+        let mut s = settings(&format!("sample-{rate}"));
+        s.sample_allowed = rate;
+        let mut h = harness(s, memory(1_800_000_000_000));
+        for i in 0..40 {
+            let body = format!(r#"{{"tenant":"t{i}","user":"u{i}"}}"#);
+            assert_eq!(h.check(&body, &[]).await, StatusCode::OK);
+        }
+        let lines = h.flush().await;
+        match expect {
+            Some(n) => assert_eq!(lines.len(), n, "rate {rate}"),
+            None => assert!(
+                (1..40).contains(&lines.len()),
+                "rate {rate}: {}",
+                lines.len()
+            ),
+        }
+        for l in &lines {
+            assert_eq!((l.outcome, l.sample_rate), (record::Kind::Allowed, rate));
+        }
+    }
+}
+
+#[tokio::test]
+async fn denials_are_capped_per_second_of_the_server_clock() {
+    let mut s = settings("cap");
+    s.max_per_second = 3;
+    s.sample_allowed = 0.0;
+    let mut h = harness(s, memory(1_800_000_000_000));
+    let body = r#"{"tenant":"acme","user":"alice"}"#;
+    assert_eq!(h.check(body, &[]).await, StatusCode::OK);
+    for _ in 0..10 {
+        assert_eq!(h.check(body, &[]).await, StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(h.log().stats().capped, 7);
+    let control = h.app.clock.manual_control().expect("manual");
+    control.advance(999_999);
+    assert_eq!(h.check(body, &[]).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(h.log().stats().capped, 8, "still the same second");
+    control.advance(1);
+    for _ in 0..10 {
+        assert_eq!(h.check(body, &[]).await, StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(h.log().stats().capped, 15);
+    let lines = h.flush().await;
+    assert_eq!(lines.len(), 6);
+    assert!(lines.iter().all(|l| l.outcome == record::Kind::Denied));
+}
+
+#[tokio::test]
+async fn truncate_and_hash_keep_the_address_out_of_the_log() {
+    let secret = "a deployment secret";
+    for mode in [IpMode::Full, IpMode::Truncate, IpMode::Hash] {
+        let mut s = settings(&format!("ip-{mode:?}"));
+        s.ip = IpPrivacy::new(mode, Some(secret)).expect("valid");
+        let mut h = harness(s, memory(1_800_000_000_000));
+        for (tenant, ip) in [
+            ("a", "203.0.113.77"),
+            ("b", "2001:db8:1:2:aaaa:bbbb:cccc:dddd"),
+        ] {
+            let body = format!(r#"{{"tenant":"{tenant}","user":"u{tenant}","ip":"{ip}"}}"#);
+            assert_eq!(h.check(&body, &[]).await, StatusCode::OK);
+        }
+        let request = Request::get("/v1/authorize")
+            .header("x-user-id", "proxied")
+            .body(Body::empty())
+            .expect("request");
+        let answer = h.router.clone().oneshot(request).await.expect("infallible");
+        assert_eq!(answer.status(), StatusCode::OK);
+        let lines = h.flush().await;
+        assert_eq!(lines.len(), 3);
+        let text = h.text();
+        let shown: Vec<&str> = lines.iter().filter_map(|l| l.ip.as_deref()).collect();
+        match mode {
+            IpMode::Full => {
+                assert_eq!(
+                    shown,
+                    [
+                        "203.0.113.77",
+                        "2001:db8:1:2:aaaa:bbbb:cccc:dddd",
+                        "192.0.2.1"
+                    ]
+                );
+            }
+            IpMode::Truncate => {
+                assert_eq!(
+                    shown,
+                    ["203.0.113.0/24", "2001:db8:1:2::/64", "192.0.2.0/24"]
+                );
+            }
+            IpMode::Hash => {
+                assert!(shown.iter().all(|s| s.starts_with("h:") && s.len() == 34));
+            }
+        }
+        if mode != IpMode::Full {
+            for address in ["203.0.113.77", "aaaa:bbbb", "192.0.2.1"] {
+                assert!(!text.contains(address), "{mode:?}: {text}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn shadow_denials_degraded_and_refused_decisions_are_logged() {
+    let mut s = settings("kinds");
+    s.sample_allowed = 0.0;
+    let mut h = harness(s, memory(1_800_000_000_000));
+    assert_eq!(
+        h.check(r#"{"tenant":"acme","user":"a"}"#, &[]).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.check(r#"{"tenant":"acme","user":"b"}"#, &[]).await,
+        StatusCode::OK
+    );
+    let lines = h.flush().await;
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].outcome, record::Kind::ShadowDenied);
+    assert!(lines[0].allowed);
+    assert_eq!(
+        lines[0].limit.as_ref().map(|l| l.name.as_str()),
+        Some("tenant-shadow")
+    );
+
+    let mut s = settings("down");
+    s.sample_allowed = 0.0;
+    let mut h = harness(s, Arc::new(DownStore));
+    assert_eq!(h.check(r#"{"user":"a"}"#, &[]).await, StatusCode::OK);
+    let closed = r#"{"user":"a","method":"POST","path":"/v1/closed"}"#;
+    assert_eq!(h.check(closed, &[]).await, StatusCode::SERVICE_UNAVAILABLE);
+    let lines = h.flush().await;
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (
+            lines[0].outcome,
+            lines[0].degraded.as_deref(),
+            lines[0].allowed
+        ),
+        (record::Kind::Degraded, Some("open"), true)
+    );
+    assert_eq!(
+        (
+            lines[1].outcome,
+            lines[1].degraded.as_deref(),
+            lines[1].allowed
+        ),
+        (record::Kind::Refused, Some("closed"), false)
+    );
+    assert_eq!(lines[1].route.as_deref(), Some("POST /v1/closed"));
+    assert!(lines[1].retry_after_ms.is_some_and(|ms| ms > 0));
+}
+
+#[tokio::test]
+async fn envoy_calls_log_their_domain_and_descriptors() {
+    use crate::grpc::service::Rls;
+    use crate::grpc::RlsState;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+
+    let mut s = settings("envoy");
+    s.sample_allowed = 0.0;
+    s.ip = IpPrivacy::new(IpMode::Truncate, None).expect("truncate");
+    let mut h = harness(s, memory(1_800_000_000_000));
+    let rls = Rls(Arc::new(RlsState {
+        app: h.app.clone(),
+        envoy: ArcSwap::from_pointee(
+            spillway_core::envoy_config::EnvoyConfig::from_sources(&[]).expect("empty"),
+        ),
+        policy_domain: "spillway".into(),
+    }));
+    let entry = |key: &str, value: &str| Entry {
+        key: key.into(),
+        value: value.into(),
+    };
+    let request = RateLimitRequest {
+        domain: "spillway".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![
+                entry("tenant", "acme"),
+                entry("user", "alice"),
+                entry("remote_address", "203.0.113.77"),
+            ],
+            ..Default::default()
+        }],
+        hits_addend: 0,
+    };
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("x-request-id", "envoy-7".parse().expect("value"));
+    let ids = RequestIds::from_headers(&headers);
+    for _ in 0..2 {
+        rls.answer(&request, &ids).await.expect("answered");
+    }
+    let lines = h.flush().await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let l = &lines[0];
+    assert_eq!(l.outcome, record::Kind::Denied);
+    assert_eq!(
+        (l.domain.as_deref(), l.tier.as_deref()),
+        (Some("spillway"), None)
+    );
+    assert_eq!(l.tenant.as_deref(), Some("acme"));
+    assert_eq!(l.user.as_deref(), Some("alice"));
+    assert_eq!(l.ip.as_deref(), Some("203.0.113.0/24"));
+    assert_eq!(l.request_id.as_deref(), Some("envoy-7"));
+    assert_eq!(l.descriptors.len(), 1);
+    assert_eq!(
+        l.descriptors[0].get("remote_address").map(String::as_str),
+        Some("203.0.113.0/24")
+    );
+    assert!(!h.text().contains("203.0.113.77"));
+}

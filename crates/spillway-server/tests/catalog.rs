@@ -1,0 +1,340 @@
+//! The tenant catalog end to end: real `spillway serve` processes on a real SQLite file and a
+//! real PostgreSQL, changed through the admin API.
+//!
+//! - the admin API refuses requests without the token, and is off without one;
+//! - a write the policy refuses is answered 400 naming the field, and nothing is written;
+//! - a tenant upgraded from free to paid gets paid limits on its next request on every node,
+//!   and its counter carries over (same limit, new numbers);
+//! - Postgres stopped under load: decisions go on, the catalog reads stale, and a change made
+//!   after it is back arrives without a restart;
+//! - a node started with the database down boots from its snapshot and says so; with no
+//!   snapshot either it is not ready.
+
+mod common;
+
+use common::{wait_until_async, Server, TempDir};
+use serde_json::{json, Value};
+use spillway_testkit::postgres::PostgresServer;
+use std::time::Duration;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+/// One tenant-keyed limit in both tiers, with different numbers: an upgrade keeps the counter.
+const POLICY: &str = "default_tier: free
+limits:
+  tenant-minute: {algorithm: fixed_window, limit: 5, window: 1m, key: [tenant]}
+  paid-burst: {algorithm: token_bucket, rate: 100/min, key: [tenant, user]}
+tiers:
+  free: {limits: [tenant-minute]}
+  paid: {limits: [tenant-minute, paid-burst]}
+";
+
+fn node(url: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--catalog",
+        url,
+        "--catalog-migrate",
+        "--catalog-poll",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    Server::with_policy(POLICY)
+        .args(&args)
+        .env("SPILLWAY_ADMIN_TOKEN", TOKEN)
+        .start()
+}
+
+async fn admin(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, server.url(path))
+        .bearer_auth(TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("admin API answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The tier and the `tenant-minute` remaining of one request by `tenant`.
+async fn check(server: &Server, tenant: &str) -> (String, u64) {
+    let body = json!({"tenant": tenant, "user": "u"}).to_string();
+    let response = server.post("/v1/check", &body).await;
+    let v: Value = response.json().await.expect("json verdict");
+    let remaining = v["limits"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == "tenant-minute"))
+        .and_then(|l| l["remaining"].as_u64())
+        .unwrap_or_else(|| panic!("no tenant-minute in {v}"));
+    (v["tier"].as_str().unwrap_or_default().to_owned(), remaining)
+}
+
+async fn version(server: &Server) -> Value {
+    admin(server, reqwest::Method::GET, "/v1/admin/version", None)
+        .await
+        .1
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_its_token() {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let server = node(&url, &[]);
+    let client = reqwest::Client::new();
+    let path = server.url("/v1/admin/version");
+    let none = client.get(&path).send().await.expect("answers");
+    assert_eq!(none.status(), 401);
+    assert!(none.headers().contains_key("www-authenticate"));
+    let wrong = client
+        .get(&path)
+        .bearer_auth("test-admin-token-0123456780")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(wrong.status(), 401);
+    let put = client
+        .put(server.url("/v1/admin/tenants/acme"))
+        .json(&json!({"tier": "paid"}))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(put.status(), 401);
+    let (status, body) = admin(&server, reqwest::Method::GET, "/v1/admin/version", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["origin"], "database");
+    // Without a token there is no admin API at all.
+    let plain = Server::with_policy(POLICY).start();
+    assert_eq!(plain.get("/v1/admin/version").await.status(), 404);
+}
+
+#[tokio::test]
+async fn refused_writes_name_the_field_and_write_nothing() {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let server = node(&url, &[]);
+    let put = |body: Value| {
+        admin(
+            &server,
+            reqwest::Method::PUT,
+            "/v1/admin/tenants/acme",
+            Some(body),
+        )
+    };
+    let (status, problem) = put(json!({"tier": "gold"})).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["field"], "tier");
+    let (status, problem) = put(json!({"overrides": {"tenant-minute": {"limit": 0}}})).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["field"], "overrides.tenant-minute.limit");
+    let (status, problem) = put(json!({"overrides": {"nope": {"limit": 3}}})).await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (400, Some("overrides.nope"))
+    );
+    let (status, problem) = put(json!({"tier": "paid", "colour": "red"})).await;
+    assert_eq!(status, 400, "{problem}");
+    let (status, _) = admin(
+        &server,
+        reqwest::Method::GET,
+        "/v1/admin/tenants/acme",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(version(&server).await["version"], 0);
+    // A good write answers the version, and the node has applied it by then.
+    let (status, body) = put(json!({"tier": "paid"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["version"].as_u64(), body["applied"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(check(&server, "acme").await.0, "paid");
+    // A patch merges; a stale If-Match is refused.
+    let (status, body) = admin(
+        &server,
+        reqwest::Method::PATCH,
+        "/v1/admin/tenants/acme",
+        Some(json!({"overrides": {"tenant-minute": {"limit": 9}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tier"], "paid");
+    let stale = reqwest::Client::new()
+        .put(server.url("/v1/admin/tenants/acme"))
+        .bearer_auth(TOKEN)
+        .header("if-match", "\"1\"")
+        .json(&json!({"tier": "free"}))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(stale.status(), 412);
+    assert_eq!(check(&server, "acme").await, ("paid".into(), 7));
+}
+
+#[tokio::test]
+async fn an_upgrade_reaches_every_node_and_keeps_the_counter() {
+    let Some(pg) =
+        PostgresServer::start_or_skip("an_upgrade_reaches_every_node_and_keeps_the_counter")
+    else {
+        return;
+    };
+    let url = pg.url();
+    let nodes: Vec<Server> = (0..3).map(|_| node(&url, &[])).collect();
+    // Two requests of acme on each node under free (each node has its own memory store).
+    for n in &nodes {
+        for expected in [4, 3] {
+            assert_eq!(check(n, "acme").await, ("free".into(), expected));
+        }
+    }
+    let (status, body) = admin(
+        &nodes[0],
+        reqwest::Method::PUT,
+        "/v1/admin/tenants/acme",
+        Some(json!({"tier": "paid", "overrides": {"tenant-minute": {"limit": 50}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let written = body["version"].as_u64().expect("a version");
+    for n in &nodes {
+        let applied = wait_until_async(Duration::from_secs(5), || async {
+            (version(n).await["version"].as_u64() >= Some(written)).then_some(())
+        })
+        .await;
+        assert!(applied.is_some(), "a node did not apply version {written}");
+        // 2 used of free's 5 carry over: 50 - 2 - 1 remain after this request.
+        assert_eq!(check(n, "acme").await, ("paid".into(), 47));
+    }
+    // A deletion propagates too.
+    let (status, body) = admin(
+        &nodes[1],
+        reqwest::Method::DELETE,
+        "/v1/admin/tenants/acme",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for n in &nodes {
+        let back = wait_until_async(Duration::from_secs(5), || async {
+            (check(n, "acme").await.0 == "free").then_some(())
+        })
+        .await;
+        assert!(back.is_some(), "a deletion did not reach a node");
+    }
+}
+
+#[tokio::test]
+async fn decisions_go_on_while_postgres_is_down_and_changes_arrive_after() {
+    let Some(mut pg) = PostgresServer::start_or_skip("decisions_go_on_while_postgres_is_down")
+    else {
+        return;
+    };
+    let url = pg.url();
+    let server = node(&url, &[]);
+    let other = node(&url, &[]);
+    assert_eq!(version(&server).await["stale"], false);
+    // A fast shutdown: every connection dropped at once. (The testkit's servers run without
+    // fsync for speed, so a SIGKILL could lose the schema itself.)
+    pg.stop();
+    for _ in 0..20 {
+        let response = server
+            .post("/v1/check", r#"{"tenant":"acme","user":"u"}"#)
+            .await;
+        assert!(matches!(response.status().as_u16(), 200 | 429));
+    }
+    let stale = wait_until_async(Duration::from_secs(5), || async {
+        (version(&server).await["stale"] == true).then_some(())
+    })
+    .await;
+    assert!(
+        stale.is_some(),
+        "the catalog should read stale with the database down"
+    );
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status(), 200, "a stale catalog still serves");
+    // A write while it is down is refused as unavailable, with a retry hint.
+    let (status, _) = admin(
+        &server,
+        reqwest::Method::PUT,
+        "/v1/admin/tenants/acme",
+        Some(json!({"tier": "paid"})),
+    )
+    .await;
+    assert_eq!(status, 503);
+    pg.restart();
+    // A change written once the database is back reaches the other node without a restart.
+    let written = wait_until_async(Duration::from_secs(10), || async {
+        let (status, body) = admin(
+            &server,
+            reqwest::Method::PUT,
+            "/v1/admin/tenants/acme",
+            Some(json!({"tier": "paid"})),
+        )
+        .await;
+        if status != 200 {
+            eprintln!("write after restart: {status} {body}");
+        }
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert!(
+        written.is_some(),
+        "writes work again once the database is back"
+    );
+    let arrived = wait_until_async(Duration::from_secs(10), || async {
+        (check(&other, "acme").await.0 == "paid").then_some(())
+    })
+    .await;
+    assert!(arrived.is_some(), "the change did not reach the other node");
+    assert_eq!(version(&other).await["stale"], false);
+}
+
+#[tokio::test]
+async fn a_node_started_with_the_database_down_boots_from_its_snapshot() {
+    let Some(mut pg) = PostgresServer::start_or_skip("a_node_started_with_the_database_down")
+    else {
+        return;
+    };
+    let url = pg.url();
+    let dir = TempDir::new();
+    let snapshot = dir.path().join("catalog.snapshot");
+    let snapshot = snapshot.to_str().expect("utf-8 path");
+    let mut first = node(&url, &["--catalog-snapshot", snapshot]);
+    let (status, _) = admin(
+        &first,
+        reqwest::Method::PUT,
+        "/v1/admin/tenants/acme",
+        Some(json!({"tier": "paid"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    first.signal("TERM");
+    assert!(first.wait_exit(Duration::from_secs(10)).is_some());
+    pg.stop();
+
+    let booted = node(
+        &url,
+        &[
+            "--catalog-snapshot",
+            snapshot,
+            "--catalog-boot-timeout",
+            "1s",
+        ],
+    );
+    let status = version(&booted).await;
+    assert_eq!(status["origin"], "snapshot", "{status}");
+    assert_eq!(status["stale"], true);
+    assert_eq!(check(&booted, "acme").await.0, "paid");
+    assert!(booted.logs().iter().any(|l| l.contains("last snapshot")));
+    assert_eq!(booted.get("/readyz").await.status(), 200);
+
+    // No database and no snapshot: decisions on the default tier, and not ready.
+    let empty = node(&url, &["--catalog-boot-timeout", "1s"]);
+    assert_eq!(empty.get("/readyz").await.status(), 503);
+    assert_eq!(check(&empty, "acme").await.0, "free");
+}
