@@ -1,5 +1,5 @@
-//! The command line: `spillway serve`, `spillway validate`, `spillway check` and
-//! `spillway catalog`.
+//! The command line: `spillway serve`, `spillway validate`, `spillway check`,
+//! `spillway decisions` and `spillway catalog`.
 //!
 //! Every `serve` flag can also come from a `SPILLWAY_*` environment variable (named in each
 //! flag's help), so a container can be configured without a wrapper script. A flag on the
