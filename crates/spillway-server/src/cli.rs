@@ -1,4 +1,5 @@
-//! The command line: `spillway serve`, `spillway validate` and `spillway check`.
+//! The command line: `spillway serve`, `spillway validate`, `spillway check`,
+//! `spillway decisions` and `spillway catalog`.
 //!
 //! Every `serve` flag can also come from a `SPILLWAY_*` environment variable (named in each
 //! flag's help), so a container can be configured without a wrapper script. A flag on the
@@ -43,6 +44,13 @@ pub enum Command {
     /// Exit status: 0 when the request is allowed, 1 when it is denied, 2 when no verdict
     /// could be had (server unreachable, bad arguments, unexpected response).
     Check(CheckArgs),
+    /// Read and change the tenant catalog directly in its database (no server needed):
+    /// migrate, get, put, patch, delete, list, add-key, import, export.
+    ///
+    /// Writes are checked against the policy (--config, else the built-in one) as the admin
+    /// API checks them. Exit status: 0 done, 1 refused / not found / version conflict, 2 bad
+    /// usage or the database unreachable.
+    Catalog(crate::catalog::cli::CatalogCli),
     /// Read the decision log back (from its file or its Redis stream) and print the
     /// decisions that match as a table, or as JSON lines.
     ///

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => spillway_server::serve::main(*args),
         Command::Validate(args) => spillway_server::validate::main(&args),
         Command::Check(args) => spillway_server::client::main(&args),
+        Command::Catalog(args) => spillway_server::catalog::cli::main(args),
         Command::Decisions(args) => spillway_server::telemetry::decision_log::query::main(&args),
     }
 }

@@ -273,7 +273,7 @@ async fn list(
 }
 
 /// The last part of a key: the cursor of a list that ended there.
-fn id_of(key: &EntryKey) -> &str {
+pub(crate) fn id_of(key: &EntryKey) -> &str {
     match key {
         EntryKey::Tenant { tenant } => tenant,
         EntryKey::User { user, .. } => user,
@@ -371,7 +371,7 @@ async fn delete(app: &AppState, key: EntryKey, headers: &HeaderMap) -> Answer {
 }
 
 /// RFC 7396: objects merge member by member, `null` removes, anything else replaces.
-fn merge(target: &mut Value, patch: &Value) {
+pub(crate) fn merge(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();
         return;
@@ -447,7 +447,7 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
 }
 
 /// The entry as JSON: its key's fields, its record's fields and its version.
-fn document(key: &EntryKey, entry: &Entry, version: u64) -> Value {
+pub(crate) fn document(key: &EntryKey, entry: &Entry, version: u64) -> Value {
     let mut doc = record_value(entry);
     if let Value::Object(map) = &mut doc {
         match key {
@@ -467,7 +467,8 @@ fn document(key: &EntryKey, entry: &Entry, version: u64) -> Value {
     doc
 }
 
-fn record_value(entry: &Entry) -> Value {
+/// The record alone, as JSON (what a merge patch applies to).
+pub(crate) fn record_value(entry: &Entry) -> Value {
     let value = match entry {
         Entry::Tenant(r) => serde_json::to_value(r),
         Entry::User(r) => serde_json::to_value(r),

@@ -24,6 +24,11 @@
 
 mod entries;
 
+// Shared with `spillway catalog`, so the CLI hashes keys, patches entries and prints them
+// exactly as the API does.
+pub use entries::digest_of;
+pub(crate) use entries::{document, id_of, merge, record_value};
+
 use crate::http::problem::Problem;
 use crate::state::AppState;
 use axum::extract::{Request, State};

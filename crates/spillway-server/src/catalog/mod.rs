@@ -12,6 +12,7 @@
 //! The request path never sees any of this: the engine's policy carries its catalog, swapped
 //! atomically, and a request does a hash lookup in it.
 
+pub mod cli;
 pub mod metrics;
 pub mod settings;
 pub mod sync;

@@ -1,0 +1,193 @@
+//! `import` and `export`: the catalog as JSON lines, one entry a line,
+//!
+//! ```text
+//! {"key":{"kind":"tenant","tenant":"acme"},"entry":{"kind":"tenant","body":{"tier":"paid"}}}
+//! {"key":{"kind":"user","tenant":"acme","user":"u1"},"entry":{"kind":"user","body":{"tier":"free"}}}
+//! {"key":{"kind":"api_key","digest":"<64 hex>"},"entry":{"kind":"api_key","body":{"tenant":"acme"}}}
+//! ```
+//!
+//! the lines of a node's snapshot file (whose header and end lines `import` skips), so an
+//! export, a snapshot, or a file written by hand all import the same way. Empty lines and
+//! lines starting with `#` are skipped too.
+
+use super::{Context, Failure, ImportArgs};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use spillway_core::catalog::{Catalog, Entry, EntryKey, FieldIssue};
+use spillway_core::policy::Policy;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, Write};
+
+/// Entries to import, each with its line number in the file (`None`: from a policy).
+type Numbered = Vec<(Option<usize>, (EntryKey, Entry))>;
+
+/// One line of an export or import.
+#[derive(Serialize)]
+struct LineOut<'a> {
+    key: &'a EntryKey,
+    entry: &'a Entry,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineIn {
+    key: EntryKey,
+    entry: Entry,
+}
+
+/// `spillway catalog export`.
+pub async fn export(ctx: &Context) -> Result<(), Failure> {
+    let (version, mut entries) = ctx.db.load().await.map_err(|e| ctx.db_failure(e))?;
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for (key, entry) in &entries {
+        let line = serde_json::to_string(&LineOut { key, entry }).unwrap_or_default();
+        writeln!(out, "{line}")
+            .map_err(|e| Failure::Usage(format!("cannot write the export: {e}")))?;
+    }
+    out.flush()
+        .map_err(|e| Failure::Usage(format!("cannot write the export: {e}")))?;
+    eprintln!(
+        "exported {} entries at catalog version {version}",
+        entries.len()
+    );
+    Ok(())
+}
+
+/// `spillway catalog import`.
+pub async fn import(ctx: &Context, args: ImportArgs) -> Result<(), Failure> {
+    let (origin, entries) = match (&args.from_policy, &args.file) {
+        (Some(path), _) => {
+            let policy = Policy::from_file(path)
+                .map_err(|e| Failure::Usage(format!("the policy to import does not load: {e}")))?;
+            let mut entries: Vec<_> = policy.catalog().entries().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let origin = path.display().to_string();
+            let numbered = entries.into_iter().map(|e| (None, e)).collect();
+            (origin, numbered)
+        }
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let stdin = std::io::stdin();
+            ("stdin".to_owned(), read_lines(stdin.lock(), "stdin")?)
+        }
+        (None, Some(path)) => {
+            let file = std::fs::File::open(path)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+            let origin = path.display().to_string();
+            let entries = read_lines(std::io::BufReader::new(file), &origin)?;
+            (origin, entries)
+        }
+        (None, None) => {
+            return Err(Failure::Usage(
+                "import what? give a FILE or --from-policy".into(),
+            ))
+        }
+    };
+    check_all(ctx, &origin, &entries).await?;
+    let count = entries.len();
+    if args.dry_run {
+        ctx.print(&json!({ "checked": count, "written": 0 }), || {
+            format!("{count} entries from {origin} are valid; nothing written (--dry-run)")
+        });
+        return Ok(());
+    }
+    if count == 0 {
+        ctx.print(&json!({ "imported": 0, "version": Value::Null }), || {
+            format!("{origin} holds no entries; nothing written")
+        });
+        return Ok(());
+    }
+    let entries: Vec<_> = entries.into_iter().map(|(_, e)| e).collect();
+    let version = ctx
+        .db
+        .put_many(entries)
+        .await
+        .map_err(|e| ctx.db_failure(e))?;
+    ctx.print(&json!({ "imported": count, "version": version }), || {
+        format!("imported {count} entries from {origin}: catalog version {version}")
+    });
+    Ok(())
+}
+
+/// The entries of a JSON-lines file, each with its line number.
+fn read_lines(reader: impl BufRead, origin: &str) -> Result<Numbered, Failure> {
+    let mut out = Vec::new();
+    for (index, line) in reader.lines().enumerate() {
+        let number = index + 1;
+        let line = line.map_err(|e| Failure::Usage(format!("{origin}:{number}: {e}")))?;
+        let text = line.trim();
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        match serde_json::from_str::<LineIn>(text) {
+            Ok(LineIn { key, entry }) => out.push((Some(number), (key, entry))),
+            // A snapshot's header (`{"format":1,"version":n}`) and end (`{"end":n}`) lines.
+            Err(_) if is_snapshot_frame(text) => {}
+            Err(err) => {
+                return Err(Failure::Usage(format!(
+                    "{origin}:{number}: not an entry ({err}); each line must be \
+                     {{\"key\":{{...}},\"entry\":{{...}}}}, as `spillway catalog export` prints"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn is_snapshot_frame(text: &str) -> bool {
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
+        return false;
+    };
+    let keys: BTreeSet<&str> = map.keys().map(String::as_str).collect();
+    keys == BTreeSet::from(["format", "version"]) || keys == BTreeSet::from(["end"])
+}
+
+/// Checks every entry as the admin API would check it written alone, with the tenants
+/// being imported (else those in the database) deciding what their users' overrides may
+/// name. Reports every problem, by line, and writes nothing if there is one.
+async fn check_all(ctx: &Context, origin: &str, entries: &Numbered) -> Result<(), Failure> {
+    // The tenants the users refer to: the file's own (last one wins), else the database's.
+    let mut tenants: BTreeMap<String, Option<Entry>> = BTreeMap::new();
+    for (_, (key, entry)) in entries {
+        if let EntryKey::Tenant { tenant } = key {
+            tenants.insert(tenant.clone(), Some(entry.clone()));
+        }
+    }
+    for (_, (key, _)) in entries {
+        if let EntryKey::User { tenant, .. } = key {
+            if !tenants.contains_key(tenant) {
+                let tenant_key = EntryKey::Tenant {
+                    tenant: tenant.clone(),
+                };
+                let found = ctx
+                    .db
+                    .get(&tenant_key)
+                    .await
+                    .map_err(|e| ctx.db_failure(e))?;
+                tenants.insert(tenant.clone(), found.map(|(entry, _)| entry));
+            }
+        }
+    }
+    let known = tenants
+        .into_iter()
+        .filter_map(|(tenant, entry)| entry.map(|entry| (EntryKey::Tenant { tenant }, entry)));
+    let (catalog, _) = Catalog::build(&ctx.policy, 0, known);
+    let mut issues: Vec<FieldIssue> = Vec::new();
+    for (line, (key, entry)) in entries {
+        if let Err(found) = catalog.check(&ctx.policy, key, entry) {
+            let at = match line {
+                Some(n) => format!("{origin}:{n}: {key}"),
+                None => format!("{origin}: {key}"),
+            };
+            issues.extend(found.into_iter().map(|i| FieldIssue {
+                field: i.field,
+                message: format!("{} ({at})", i.message),
+            }));
+        }
+    }
+    if issues.is_empty() {
+        return Ok(());
+    }
+    Err(ctx.refused(&format!("the import from {origin}"), issues))
+}
