@@ -9,6 +9,8 @@
 #   bench/ab.sh OLD_BINARY NEW_BINARY          # e.g. a copy of target/release/spillway
 #   ROUNDS=4 DURATION=8s bench/ab.sh /tmp/old/spillway target/release/spillway
 #   LOAD=grpc ROUNDS=7 bench/ab.sh /tmp/old/spillway target/release/spillway
+#   NEW_ARGS="--catalog sqlite:///tmp/million.db" bench/ab.sh B B   # same build, one flag apart
+# OLD_ARGS and NEW_ARGS add `serve` flags to each side (HTTP load only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -54,9 +56,11 @@ one_grpc() {
 
 
 one() {
-  local label=$1 binary=$2 port pid t0 t1 out rps reqs p99
+  local label=$1 binary=$2 port pid t0 t1 out rps reqs p99 extra
+  if [ "$label" = old ]; then extra=${OLD_ARGS:-}; else extra=${NEW_ARGS:-}; fi
   port=$(free_port)
-  "$binary" serve --listen "127.0.0.1:$port" --log-filter warn >/dev/null 2>&1 &
+  # shellcheck disable=SC2086 # the extra flags are meant to split into words
+  "$binary" serve --listen "127.0.0.1:$port" --log-filter warn $extra >/dev/null 2>&1 &
   pid=$!
   wait_port "$port" || { echo "$label: the server never listened" >&2; kill "$pid"; return 1; }
   wrk -t1 -c"$CONNECTIONS" -d2s -s bench/check.lua "http://127.0.0.1:$port" >/dev/null
