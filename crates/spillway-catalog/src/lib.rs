@@ -61,41 +61,34 @@ pub async fn open(url: &str) -> Result<Arc<dyn CatalogDb>, Error> {
 /// The URL with any password replaced by `****` (in the user-info part and in a
 /// `password=` query parameter), for logs and error messages.
 pub fn redacted(url: &str) -> String {
-    let (before_query, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return mask_query(url);
     };
-    let mut out = match before_query.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = match rest.find('/') {
-                Some(i) => rest.split_at(i),
-                None => (rest, ""),
-            };
-            let authority = match authority.rsplit_once('@') {
-                Some((userinfo, host)) => match userinfo.split_once(':') {
-                    Some((user, _password)) => format!("{user}:****@{host}"),
-                    None => format!("{userinfo}@{host}"),
-                },
-                None => authority.to_string(),
-            };
-            format!("{scheme}://{authority}{path}")
-        }
-        None => before_query.to_string(),
+    // The user information ends at the last `@`: a password may itself hold `@`, `/`, `?`
+    // or `#`, so nothing before that `@` is read as a path or a query.
+    let rest = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:****@{}", mask_query(host)),
+            None => format!("{userinfo}@{}", mask_query(host)),
+        },
+        None => mask_query(rest),
     };
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some((name, _)) if name.eq_ignore_ascii_case("password") => {
-                    format!("{name}=****")
-                }
-                _ => p.to_string(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&params.join("&"));
-    }
-    out
+    format!("{scheme}://{rest}")
+}
+
+/// `text` with the value of any `password=` query parameter replaced by `****`.
+fn mask_query(text: &str) -> String {
+    let Some((head, query)) = text.split_once('?') else {
+        return text.to_owned();
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=****"),
+            _ => p.to_string(),
+        })
+        .collect();
+    format!("{head}?{}", params.join("&"))
 }
 
 #[cfg(test)]
@@ -104,6 +97,10 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
+        assert_eq!(
+            redacted("postgres://spill:pa/ss?x#y@db/x"),
+            "postgres://spill:****@db/x"
+        );
         assert_eq!(
             redacted("postgres://spill:s3cr3t@db.internal:5432/catalog"),
             "postgres://spill:****@db.internal:5432/catalog"

@@ -119,6 +119,54 @@ pub(crate) fn decode(kind: Kind, body: &str, key: &EntryKey, version: i64) -> Re
     })
 }
 
+/// A stored row as a node reads it to follow the catalog (`load`, `changes_since`): fields
+/// this build does not know (written by a newer Spillway during a rolling upgrade) are
+/// ignored with a warning, and a row that still does not decode is skipped with an error in
+/// the log (`None`), so one bad row never stops every later change from arriving.
+pub(crate) fn decode_stored(kind: Kind, body: &str, key: &EntryKey, version: i64) -> Option<Entry> {
+    let strict = match decode(kind, body, key, version) {
+        Ok(entry) => return Some(entry),
+        Err(err) => err,
+    };
+    let known = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .map(|mut value| {
+            keep_known(kind, &mut value);
+            value.to_string()
+        })
+        .and_then(|trimmed| decode(kind, &trimmed, key, version).ok());
+    match known {
+        Some(entry) => {
+            tracing::warn!(%key, version, "catalog row has fields this build does not know; they are ignored: {strict}");
+            Some(entry)
+        }
+        None => {
+            tracing::error!(%key, version, "catalog row skipped: {strict}");
+            None
+        }
+    }
+}
+
+/// Drops the members of a stored body that this build's record types do not have.
+fn keep_known(kind: Kind, value: &mut serde_json::Value) {
+    const OVERRIDE: &[&str] = &["shadow", "rate", "burst", "limit", "window", "capacity"];
+    let own: &[&str] = match kind {
+        Kind::Tenant | Kind::User => &["tier", "overrides"],
+        Kind::ApiKey => &["tenant", "user", "tier"],
+    };
+    let Some(map) = value.as_object_mut() else {
+        return;
+    };
+    map.retain(|name, _| own.contains(&name.as_str()));
+    if let Some(serde_json::Value::Object(overrides)) = map.get_mut("overrides") {
+        for one in overrides.values_mut() {
+            if let Some(fields) = one.as_object_mut() {
+                fields.retain(|name, _| OVERRIDE.contains(&name.as_str()));
+            }
+        }
+    }
+}
+
 /// A version as the databases store it (`BIGINT`).
 pub(crate) fn to_db(version: u64) -> Result<i64, Error> {
     i64::try_from(version).map_err(|_| Error::Invalid(format!("version {version} is out of range")))
@@ -281,5 +329,29 @@ mod tests {
             (tenant("a"), e("3")),
         ]);
         assert_eq!(out, vec![(tenant("b"), e("2")), (tenant("a"), e("3"))]);
+    }
+}
+
+#[cfg(test)]
+mod stored_tests {
+    use super::*;
+
+    #[test]
+    fn stored_rows_from_a_newer_build_are_read_for_what_is_known() {
+        let key = EntryKey::Tenant {
+            tenant: "acme".into(),
+        };
+        let newer = r#"{"tier":"paid","colour":"red","overrides":{"m":{"limit":5,"jitter":2}}}"#;
+        let Some(Entry::Tenant(record)) = decode_stored(Kind::Tenant, newer, &key, 7) else {
+            panic!("a row with unknown fields is read");
+        };
+        assert_eq!(record.tier.as_deref(), Some("paid"));
+        assert_eq!(record.overrides["m"].limit, Some(5));
+        assert!(
+            decode(Kind::Tenant, newer, &key, 7).is_err(),
+            "input stays strict"
+        );
+        assert_eq!(decode_stored(Kind::Tenant, "not json", &key, 8), None);
+        assert_eq!(decode_stored(Kind::Tenant, r#"{"tier":5}"#, &key, 9), None);
     }
 }

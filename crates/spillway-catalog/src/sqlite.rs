@@ -181,8 +181,9 @@ impl CatalogDb for SqliteCatalog {
                 .map_err(|e| Error::db("loading the catalog", e))?
             {
                 let key = row::key_of(kind, scope, id);
-                let entry = row::decode(kind, &body, &key, v)?;
-                entries.push((key, entry));
+                if let Some(entry) = row::decode_stored(kind, &body, &key, v) {
+                    entries.push((key, entry));
+                }
             }
         }
         tx.commit()
@@ -201,18 +202,26 @@ impl CatalogDb for SqliteCatalog {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::db("reading changes", e))?;
-        rows.into_iter()
-            .map(|(kind, scope, id, body, v)| {
-                let kind = row::kind_of(&kind)?;
-                let key = row::key_of(kind, scope, id);
-                let entry = body.map(|b| row::decode(kind, &b, &key, v)).transpose()?;
-                Ok(Change {
-                    version: row::from_db(v)?,
-                    key,
-                    entry,
-                })
-            })
-            .collect()
+        let mut changes = Vec::with_capacity(rows.len());
+        for (kind, scope, id, body, v) in rows {
+            let kind = row::kind_of(&kind)?;
+            let key = row::key_of(kind, scope, id);
+            // A row that does not decode is skipped (and logged): the changes after it still
+            // arrive.
+            let entry = match body {
+                Some(body) => match row::decode_stored(kind, &body, &key, v) {
+                    Some(entry) => Some(entry),
+                    None => continue,
+                },
+                None => None,
+            };
+            changes.push(Change {
+                version: row::from_db(v)?,
+                key,
+                entry,
+            });
+        }
+        Ok(changes)
     }
 
     async fn get(&self, key: &EntryKey) -> Result<Option<(Entry, u64)>, Error> {

@@ -29,7 +29,13 @@ fn start(binary: &str, catalog: &str) -> Node {
     let port = free_port();
     let child = Command::new(binary)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--catalog", catalog, "--catalog-migrate", "--log-filter", "warn"])
+        .args([
+            "--catalog",
+            catalog,
+            "--catalog-migrate",
+            "--log-filter",
+            "warn",
+        ])
         .env("SPILLWAY_ADMIN_TOKEN", TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

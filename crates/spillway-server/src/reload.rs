@@ -96,7 +96,8 @@ impl Reloader {
             }
             Ok(policy) if policy.has_static_tenants() && self.app.catalog.db().is_some() => {
                 tracing::warn!(%source, trigger = trigger.name(),
-                    "policy reload rejected: it has a `tenants:` section, but tenants come from                      the catalog database (--catalog); keeping the previous policy");
+                    "policy reload rejected: it has a `tenants:` section, but tenants come from \
+                     the catalog database (--catalog); keeping the previous policy");
                 ReloadOutcome::Rejected
             }
             Ok(policy) => {

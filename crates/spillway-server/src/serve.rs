@@ -181,7 +181,16 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         Some(crate::catalog::settings::AdminSettings {
             token,
             listen: Some(listen),
-        }) => Some(admin::serve(*listen, app.clone(), token.clone(), shutdown.clone()).await?),
+        }) => Some(
+            admin::serve(
+                *listen,
+                app.clone(),
+                token.clone(),
+                settings.connections,
+                shutdown.clone(),
+            )
+            .await?,
+        ),
         _ => None,
     };
     let router = app::router(app, admin_on_main);
@@ -226,8 +235,8 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     }
     reload_task.abort();
     sweep_task.abort();
-    if let Some(task) = admin_task {
-        task.abort();
+    if let Some(mut admin) = admin_task {
+        admin.abandon();
     }
     if let Some(task) = sync_task {
         // It writes a last snapshot on its way out.

@@ -145,7 +145,11 @@ async fn metrics_count_decisions_by_limit_never_by_key() {
         "a rate-limit key leaked into the metrics: {leaks:?}"
     );
     assert_eq!(
-        metric(&text, "spillway_top_blocked", &[("tenant", "tenant-secret")]),
+        metric(
+            &text,
+            "spillway_top_blocked",
+            &[("tenant", "tenant-secret")]
+        ),
         Some(1.0),
         "{text}"
     );

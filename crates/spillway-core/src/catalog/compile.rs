@@ -11,7 +11,7 @@
 use super::layered::Layered;
 use super::record::{is_digest, Change, Entry, EntryKey, OverrideRecord};
 use super::{Catalog, Extra, KeySlot, Skipped, Slot, NO_TIER};
-use crate::policy::{OverrideOwner, Policy};
+use crate::policy::{Dimension, OverrideOwner, Policy};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -53,12 +53,28 @@ fn check_id(field: &str, id: &str, out: &mut Vec<FieldIssue>) {
             id.len()
         );
         out.push(issue(field, message));
-    } else if id.chars().any(char::is_control) {
-        out.push(issue(
-            field,
-            format!("the {field} id contains a control character"),
-        ));
+    } else if id.chars().any(|c| c.is_control() || is_format(c)) {
+        let message = format!(
+            "the {field} id contains a control or invisible formatting character (bidi \
+             override, zero-width, byte-order mark, line separator), which could make two ids \
+             look alike in logs"
+        );
+        out.push(issue(field, message));
     }
+}
+
+/// The invisible format characters that could disguise an id: bidirectional overrides and
+/// isolates, zero-width spaces and joiners, the byte-order mark, line and paragraph
+/// separators, the soft hyphen.
+fn is_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{00AD}'
+    )
 }
 
 impl Catalog {
@@ -122,6 +138,7 @@ impl Catalog {
                     let tier = own.or(tenants).unwrap_or(policy.default_tier_index());
                     let owner = OverrideOwner::User { tenant, user };
                     check_overrides(policy, tier, &record.overrides, owner, &mut out);
+                    check_user_keyed(policy, &record.overrides, &mut out);
                 }
             }
             (EntryKey::ApiKey { .. }, Entry::ApiKey(record)) => {
@@ -214,12 +231,21 @@ impl Catalog {
             self.tenants = layered(tenants);
             self.users = layered(users);
             self.api_keys = layered(keys);
+            self.invalid = self.count_invalid();
         } else {
-            self.tenants = self.tenants.with_changes(tenants);
-            self.users = self.users.with_changes(users);
-            self.api_keys = self.api_keys.with_changes(keys);
+            // Kept by difference, so a change costs its own entries, not the whole catalog's.
+            let (before, after) = (self.invalid_among(&tenants, &users, &keys), {
+                let mut next = self.clone();
+                next.tenants = self.tenants.with_changes(tenants.clone());
+                next.users = self.users.with_changes(users.clone());
+                next.api_keys = self.api_keys.with_changes(keys.clone());
+                let after = next.invalid_among(&tenants, &users, &keys);
+                (self.tenants, self.users, self.api_keys) =
+                    (next.tenants, next.users, next.api_keys);
+                after
+            });
+            self.invalid = (self.invalid + after).saturating_sub(before);
         }
-        self.invalid = self.count_invalid();
         skipped
     }
 
@@ -294,6 +320,34 @@ impl Catalog {
         tier != NO_TIER && self.tier_map[tier as usize].is_none()
     }
 
+    /// How many of the entries named in these changes are invalid in this catalog (each
+    /// distinct key counted once).
+    fn invalid_among(
+        &self,
+        tenants: &[(Box<str>, Option<Slot>)],
+        users: &[UserChange],
+        keys: &[(Box<str>, Option<KeySlot>)],
+    ) -> usize {
+        use std::collections::HashSet;
+        let slot =
+            |s: &Slot| self.tier_refused(s.tier) || s.extra.as_ref().is_some_and(|e| e.invalid);
+        let t: HashSet<&str> = tenants.iter().map(|(k, _)| &**k).collect();
+        let u: HashSet<(&str, &str)> = users.iter().map(|((t, u), _)| (&**t, &**u)).collect();
+        let a: HashSet<&str> = keys.iter().map(|(k, _)| &**k).collect();
+        let t = t
+            .into_iter()
+            .filter(|k| self.tenants.get(*k).is_some_and(slot));
+        let u = u
+            .into_iter()
+            .filter(|(t, u)| self.users.get(&super::UserRef(t, u)).is_some_and(slot));
+        let a = a.into_iter().filter(|k| {
+            self.api_keys
+                .get(*k)
+                .is_some_and(|s| self.tier_refused(s.tier))
+        });
+        t.count() + u.count() + a.count()
+    }
+
     fn count_invalid(&self) -> usize {
         let slot =
             |s: &Slot| self.tier_refused(s.tier) || s.extra.as_ref().is_some_and(|e| e.invalid);
@@ -306,6 +360,9 @@ impl Catalog {
         tenants + users + keys.count()
     }
 }
+
+/// One user's change: its (tenant, user) key and its new slot, or `None` when deleted.
+type UserChange = ((Box<str>, Box<str>), Option<Slot>);
 
 fn layered<K: std::hash::Hash + Eq + Clone, V: Clone>(
     entries: Vec<(K, Option<V>)>,
@@ -328,6 +385,31 @@ fn unknown_tier(key: EntryKey, name: Option<&str>) -> Skipped {
             "the policy has no tier named `{}`; the entry is judged as naming none",
             name.unwrap_or_default()
         ),
+    }
+}
+
+/// A user's override must be of a limit that counts each user apart: of any other (a
+/// tenant-wide cap, a per-IP limit) it would give the user a counter of their own, outside
+/// the one the rest of the tenant shares, and so a way around the cap.
+fn check_user_keyed(
+    policy: &Policy,
+    written: &BTreeMap<String, OverrideRecord>,
+    out: &mut Vec<FieldIssue>,
+) {
+    for limit in written.keys() {
+        let Some(key) = policy.limit_key(limit) else {
+            continue;
+        };
+        if !key.contains(&Dimension::User) {
+            let dims: Vec<&str> = key.iter().map(Dimension::as_str).collect();
+            let message = format!(
+                "limit `{limit}` does not count each user apart (its key is [{}]); a user's \
+                 override of it would give the user a counter outside the one the tenant shares: \
+                 override it on the tenant instead",
+                dims.join(", ")
+            );
+            out.push(issue(format!("overrides.{limit}"), message));
+        }
     }
 }
 

@@ -126,7 +126,7 @@ pub struct ApiKey<'a> {
 
 /// A `(tenant, user)` pair of borrowed strings, looked up without building the owned key.
 #[derive(Clone, Copy)]
-struct UserRef<'a>(&'a str, &'a str);
+pub(super) struct UserRef<'a>(pub(super) &'a str, pub(super) &'a str);
 
 impl Hash for UserRef<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {

@@ -230,6 +230,15 @@ fn writes_are_checked_field_by_field() {
         ["tenant"]
     );
     assert_eq!(fields(tenant_key("a\nb"), tenant(None, &[])), ["tenant"]);
+    assert_eq!(
+        fields(tenant_key("ac\u{202E}me"), tenant(None, &[])),
+        ["tenant"]
+    );
+    assert_eq!(
+        fields(tenant_key("ac\u{200B}me"), tenant(None, &[])),
+        ["tenant"]
+    );
+    assert!(fields(tenant_key("café-Zürich"), tenant(None, &[])).is_empty());
     assert_eq!(fields(user_key("acme", "bob"), tenant(None, &[])), ["kind"]);
     let key = Entry::ApiKey(ApiKeyRecord {
         tenant: "acme".into(),
@@ -420,4 +429,60 @@ tiers:
         .expect("memory");
     assert_eq!(v.tier.as_ref(), "paid");
     assert_eq!(v.outcomes[0].decision.remaining, 11);
+}
+
+#[test]
+fn invalid_entries_are_counted_by_difference() {
+    let base = policy(POLICY);
+    let change = |version, tier: &str| Change {
+        version,
+        key: tenant_key("acme"),
+        entry: Some(tenant(Some(tier), &[])),
+    };
+    let (bad, skipped) = Catalog::empty(&base).apply(&base, &[change(1, "gold")]);
+    assert_eq!((bad.invalid(), skipped.len()), (1, 1));
+    // The same key written twice in one batch counts once.
+    let (twice, _) = bad.apply(&base, &[change(2, "gold"), change(3, "silver")]);
+    assert_eq!(twice.invalid(), 1);
+    let (fixed, _) = twice.apply(&base, &[change(4, "paid")]);
+    assert_eq!(fixed.invalid(), 0);
+    let gone = Change {
+        version: 5,
+        key: tenant_key("acme"),
+        entry: None,
+    };
+    let (bad_again, _) = fixed.apply(&base, &[change(5, "gold")]);
+    let (deleted, _) = bad_again.apply(&base, &[Change { version: 6, ..gone }]);
+    assert_eq!((bad_again.invalid(), deleted.invalid()), (1, 0));
+}
+
+#[test]
+fn a_user_may_only_override_limits_that_count_each_user_apart() {
+    let base = policy(POLICY);
+    let catalog = Catalog::empty(&base);
+    let user = |limit: &str| {
+        Entry::User(UserRecord {
+            tier: None,
+            overrides: [(limit.to_owned(), limit_of(limit))].into(),
+        })
+    };
+    fn limit_of(_: &str) -> OverrideRecord {
+        OverrideRecord {
+            limit: Some(3),
+            ..OverrideRecord::default()
+        }
+    }
+    // `tenant-minute` is the tenant's shared cap: a user's own counter would escape it.
+    let issues = catalog
+        .check(&base, &user_key("acme", "bob"), &user("tenant-minute"))
+        .unwrap_err();
+    assert_eq!(issues[0].field, "overrides.tenant-minute");
+    assert!(
+        issues[0].message.contains("override it on the tenant"),
+        "{}",
+        issues[0].message
+    );
+    assert!(catalog
+        .check(&base, &user_key("acme", "bob"), &user("user-minute"))
+        .is_ok());
 }

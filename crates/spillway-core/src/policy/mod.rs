@@ -353,6 +353,11 @@ impl Policy {
         plans.iter().flatten().any(|d| &*d.name == limit)
     }
 
+    /// The dimensions limit `limit` counts by, if the policy defines it (validly).
+    pub(crate) fn limit_key(&self, limit: &str) -> Option<&[Dimension]> {
+        self.bases.get(limit).map(|b| b.key())
+    }
+
     /// A catalog override of limit `limit` compiled as the `tenants:` section would compile
     /// it; its problems are reported under `overrides.<limit>`.
     pub(crate) fn compile_override(

@@ -104,6 +104,11 @@ pub(crate) struct OwnedBase {
 }
 
 impl OwnedBase {
+    /// The dimensions the limit counts by.
+    pub(crate) fn key(&self) -> &[Dimension] {
+        &self.original.key
+    }
+
     /// `record` (an override written at `path`) laid over this limit and compiled.
     pub(crate) fn overlay(
         &self,

@@ -178,8 +178,11 @@ struct NewKey {
 /// `POST /v1/admin/api-keys`: adds a key; 409 if it exists already.
 pub async fn add_key(State(app): State<Arc<AppState>>, body: Bytes) -> Answer {
     let new: NewKey = parse(&body)?;
-    if new.key.len() < 16 {
-        let detail = "an API key must be at least 16 characters long";
+    if new.key.len() < super::MIN_KEY_LEN {
+        let detail = format!(
+            "an API key must be at least {} characters long",
+            super::MIN_KEY_LEN
+        );
         return Err(Problem::invalid(detail, Some("key".into())));
     }
     let digest = digest_of(&new.key);
@@ -189,7 +192,17 @@ pub async fn add_key(State(app): State<Arc<AppState>>, body: Bytes) -> Answer {
         tier: new.tier,
     };
     let key = EntryKey::ApiKey { digest };
-    let response = write(&app, key, Entry::ApiKey(record), Some(0)).await?;
+    // The client sent no condition, so a key that exists already is a clash with the state of
+    // the resource (409), not a failed precondition (412).
+    let response = match write(&app, key, Entry::ApiKey(record), Some(0)).await {
+        Err(p) if p.status() == StatusCode::PRECONDITION_FAILED => {
+            return Err(Problem::http(
+                StatusCode::CONFLICT,
+                "an API key with this digest exists already",
+            ))
+        }
+        other => other?,
+    };
     Ok((StatusCode::CREATED, response).into_response())
 }
 

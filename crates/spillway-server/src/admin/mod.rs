@@ -37,6 +37,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -45,6 +46,9 @@ pub const PREFIX: &str = "/v1/admin";
 
 /// The shortest token accepted: anything shorter is guessable.
 pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The shortest API key the catalog takes (admin API and CLI).
+pub const MIN_KEY_LEN: usize = 16;
 
 /// The admin API's secret.
 #[derive(Clone)]
@@ -61,6 +65,13 @@ impl AdminToken {
     /// dropped); refused when shorter than [`MIN_TOKEN_LEN`].
     pub fn new(text: &str) -> Result<Self, String> {
         let text = text.trim();
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "the admin token must be printable ASCII without spaces (it travels in an \
+                        HTTP header)"
+                    .into(),
+            );
+        }
         if text.len() < MIN_TOKEN_LEN {
             return Err(format!(
                 "the admin token is {} characters long; use at least {MIN_TOKEN_LEN} (e.g. \
@@ -71,8 +82,10 @@ impl AdminToken {
         Ok(Self(text.into()))
     }
 
+    /// Compares digests, so the time taken says nothing of the token, its length included.
     fn admits(&self, presented: &str) -> bool {
-        bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
+        let (want, got) = (Sha256::digest(self.0.as_bytes()), Sha256::digest(presented));
+        bool::from(want.as_slice().ct_eq(got.as_slice()))
     }
 }
 
@@ -140,14 +153,19 @@ async fn authenticate(State(token): State<AdminToken>, request: Request, next: N
     }
 }
 
-/// Serves the admin API alone on `listen` until `shutdown`.
+/// Serves the admin API alone on `listen` until `shutdown`, on one serving thread with the
+/// main port's connection cap and timeouts, body limit and problem documents.
 pub async fn serve(
     listen: std::net::SocketAddr,
     app: Arc<AppState>,
     token: AdminToken,
+    limits: crate::serving::ConnectionLimits,
     shutdown: crate::shutdown::Shutdown,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<crate::serving::Threads> {
     use anyhow::Context;
+    use axum::extract::connect_info::ConnectInfo;
+    use axum::Extension;
+    use tower::Layer;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} for the admin API"))?;
@@ -157,13 +175,23 @@ pub async fn serve(
     tracing::info!("admin API listening on {addr}");
     let router = routes(token)
         .fallback(crate::http::problem::not_found)
+        .method_not_allowed_fallback(crate::http::problem::method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::http::check::MAX_BODY_BYTES,
+        ))
         .with_state(app);
-    Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.triggered().await })
+    crate::serving::start(
+        "admin",
+        1,
+        listener,
+        limits,
+        shutdown,
+        move |incoming| async move {
+            crate::serving::serve_http(incoming, |peer: std::net::SocketAddr| {
+                Extension(ConnectInfo(peer)).layer(router.clone())
+            })
             .await;
-        if let Err(err) = served {
-            tracing::error!(%err, "the admin API stopped");
-        }
-    }))
+            Ok::<(), std::convert::Infallible>(())
+        },
+    )
 }

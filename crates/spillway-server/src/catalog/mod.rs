@@ -169,7 +169,8 @@ impl CatalogNode {
         engine.replace_policy(Arc::new(policy.with_catalog(Arc::clone(&catalog))));
         published.policy = policy;
         published.catalog = Arc::clone(&catalog);
-        drop(published);
+        // Noted under the lock, so a later publication's status is never overwritten by an
+        // earlier one's.
         self.note(&catalog, None);
     }
 
@@ -188,13 +189,16 @@ impl CatalogNode {
             published.policy.with_catalog(Arc::clone(&catalog)),
         ));
         published.catalog = Arc::clone(&catalog);
-        drop(published);
         self.note(&catalog, Some(origin));
     }
 
     /// Changes read from the database, applied to the catalog in force.
     pub(crate) fn apply(&self, engine: &Engine, changes: &[Change]) {
         let mut published = self.published.lock();
+        let applied = published.catalog.version();
+        if changes.iter().all(|c| c.version <= applied) {
+            return; // heard already: nothing to publish
+        }
         let (catalog, skipped) = published.catalog.apply(&published.policy, changes);
         report_skipped("catalog change", &skipped);
         let catalog = Arc::new(catalog);
@@ -202,7 +206,6 @@ impl CatalogNode {
             published.policy.with_catalog(Arc::clone(&catalog)),
         ));
         published.catalog = Arc::clone(&catalog);
-        drop(published);
         self.note(&catalog, Some(Origin::Database));
     }
 

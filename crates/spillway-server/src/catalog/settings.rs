@@ -86,6 +86,7 @@ impl CatalogArgs {
                 poll: self.catalog_poll,
                 snapshot: self.catalog_snapshot.clone(),
                 boot_timeout: self.catalog_boot_timeout,
+                migrate: self.catalog_migrate,
             },
         })
     }

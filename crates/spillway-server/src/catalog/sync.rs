@@ -43,6 +43,8 @@ pub struct SyncSettings {
     pub snapshot: Option<PathBuf>,
     /// How long the first load may take before the node boots from its snapshot.
     pub boot_timeout: Duration,
+    /// Whether to create or upgrade the schema (retried until the database answers).
+    pub migrate: bool,
 }
 
 /// Loads the catalog before the node serves: from the database, else from the snapshot.
@@ -122,7 +124,19 @@ pub fn spawn(
         let mut notes = db.notifications();
         let mut written = node.status().version;
         let mut last_write = Instant::now();
+        // A migration asked for at start but not done (the database was down) is retried.
+        let mut migrate = settings.migrate;
         loop {
+            if migrate {
+                match db.migrate().await {
+                    Ok(_) => migrate = false,
+                    Err(err) if err.is_unavailable() => {}
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot migrate the catalog");
+                        migrate = false;
+                    }
+                }
+            }
             let result = follow(db.as_ref(), node, engine).await;
             node.contact(clock.now(), result.clone());
             if let Err(error) = result {
@@ -167,8 +181,29 @@ pub fn spawn(
     }))
 }
 
-/// Applies every change after the version in force, page by page.
+/// Brings the node up to the database: a whole load when it has not read the database itself
+/// yet (it booted empty or from its snapshot) or when the database is behind what the node
+/// applied (restored from a backup: what it says now is the truth); otherwise every change
+/// after the version in force, page by page.
 async fn follow(db: &dyn CatalogDb, node: &CatalogNode, engine: &Engine) -> Result<(), String> {
+    let current = db.version().await.map_err(|e| e.to_string())?;
+    let status = node.status();
+    if status.origin != Origin::Database || current < status.version {
+        if current < status.version {
+            tracing::error!(applied = status.version, database = current,
+                "the catalog database is behind this node (restored from a backup?): reloading it whole");
+        }
+        let (version, entries) = db.load().await.map_err(|e| e.to_string())?;
+        let count = entries.len();
+        node.replace(engine, Origin::Database, |policy| {
+            Catalog::build(policy, version, entries)
+        });
+        tracing::info!(version, entries = count, "catalog loaded from the database");
+        return Ok(());
+    }
+    if current == status.version {
+        return Ok(());
+    }
     loop {
         let applied = node.status().version;
         let changes = db

@@ -8,7 +8,7 @@ use spillway_core::catalog::{ApiKeyRecord, Catalog, Entry, EntryKey, Kind};
 use std::io::BufRead;
 
 /// The shortest API key accepted (as the admin API).
-const MIN_KEY_LEN: usize = 16;
+use crate::admin::MIN_KEY_LEN;
 /// Random bytes in a generated key.
 const KEY_BYTES: usize = 32;
 /// How often a patch is retried when another writer changes the entry meanwhile.

@@ -188,7 +188,7 @@ pub struct AddKeyArgs {
     /// The user it acts as.
     #[arg(long)]
     pub user: Option<String>,
-    /// A tier its requests get, instead of the tenant's (or user's).
+    /// A tier for the key (stored; decisions do not look keys up yet).
     #[arg(long)]
     pub tier: Option<String>,
     /// Read the key from stdin (its first line) instead of generating one.
