@@ -61,6 +61,7 @@ fn service() -> Rls {
         decision_log: None,
         top: Arc::new(crate::telemetry::top::Top::new("test")),
         top_board: None,
+        tracing: None,
     };
     let sources: Vec<(String, String)> = FILES
         .iter()
