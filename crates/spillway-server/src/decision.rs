@@ -142,6 +142,8 @@ pub async fn decide(app: &AppState, policy: &Policy, ask: &Ask<'_>) -> Outcome {
     }
 }
 
+/// The decision itself, reporting its steps to `trace`: monomorphised once with [`Untraced`]
+/// (whose hooks compile to nothing) and once with a span.
 async fn run(
     app: &AppState,
     policy: &Policy,
