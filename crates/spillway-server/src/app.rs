@@ -127,6 +127,7 @@ routes:
             decision_log: None,
             top: Arc::new(crate::telemetry::top::Top::new("test")),
             top_board: None,
+            tracing: None,
             clock: clock.clone(),
             policy_info: ArcSwap::from_pointee(PolicyInfo {
                 source: "test".into(),

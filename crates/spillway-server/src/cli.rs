@@ -276,8 +276,11 @@ pub struct ServeArgs {
     /// The decision log (off by default).
     #[command(flatten)]
     pub decision_log: DecisionLogArgs,
-    /// This node's name in `/v1/top` answers and in the summaries it shares through Redis
-    /// (default: the host name).
+    /// OpenTelemetry traces (off by default).
+    #[command(flatten)]
+    pub trace: crate::telemetry::trace::TraceArgs,
+    /// This node's name in `/v1/top` answers, in the summaries it shares through Redis, in
+    /// decision-log records and as traces' `service.instance.id` (default: the host name).
     #[arg(long, env = "SPILLWAY_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
 

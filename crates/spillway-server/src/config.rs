@@ -56,6 +56,8 @@ pub struct ServerSettings {
     pub decision_log: Option<DecisionLogSettings>,
     /// `--node-name`, else the host name.
     pub node_name: String,
+    /// OpenTelemetry traces; `None` when off.
+    pub trace: Option<crate::telemetry::trace::TraceSettings>,
     /// How often top-k summaries are published to a Redis store.
     pub top_publish_every: Duration,
 }
@@ -107,6 +109,7 @@ impl ServerSettings {
             manual_clock_ms: args.manual_clock,
             node_name: node_name.clone(),
             decision_log: DecisionLogSettings::from_args(args.decision_log, &node_name)?,
+            trace: crate::telemetry::trace::TraceSettings::from_args(args.trace, &node_name)?,
             top_publish_every: args.top_publish_every,
             grpc: grpc_settings(
                 args.grpc_listen,

@@ -12,9 +12,11 @@
 //!              ▼
 //!        Outcome::Decided { verdict, degraded } | Outcome::Refused { retry_after, .. }
 //!              ▼
-//!        observe (metrics, the top-k sketches of `telemetry::top`, the decision log; trace
-//!        spans hook in here too)
+//!        observe (metrics, the top-k sketches of `telemetry::top`, the decision log)
 //! ```
+//!
+//! With traces on (`telemetry::trace`), the same steps run with a span open: the decision's,
+//! with a child around the store call and another around a failover.
 //!
 //! Transports only translate the [`Outcome`]: the HTTP API into a status, headers and a JSON
 //! body (`http::verdict`), the Envoy service into a `RateLimitResponse` or a gRPC status
@@ -24,6 +26,7 @@ use crate::failure::Fallback;
 use crate::metrics;
 use crate::state::AppState;
 use crate::telemetry::decision_log::{self, Subject};
+use crate::telemetry::trace::{DecisionTrace, Untraced};
 use spillway_core::engine::{LimitOutcome, Verdict};
 use spillway_core::policy::{FailureMode, Planned, Policy, Resolved};
 use spillway_core::request::CheckMode;
@@ -131,8 +134,26 @@ pub enum Outcome {
 /// Decides `ask` against `policy`, the snapshot the caller resolved it with (so the request
 /// and a failure's fallback see one policy), and observes the result.
 pub async fn decide(app: &AppState, policy: &Policy, ask: &Ask<'_>) -> Outcome {
+    match &app.tracing {
+        // Tracing off costs this one branch: `Untraced`'s hooks are empty.
+        None => run(app, policy, ask, Untraced).await,
+        // Boxed, so the span does not enlarge the future of every untraced decision.
+        Some(tracing) => Box::pin(run(app, policy, ask, tracing.decision(ask))).await,
+    }
+}
+
+/// The decision itself, reporting its steps to `trace`: monomorphised once with [`Untraced`]
+/// (whose hooks compile to nothing) and once with a span.
+async fn run(
+    app: &AppState,
+    policy: &Policy,
+    ask: &Ask<'_>,
+    mut trace: impl DecisionTrace,
+) -> Outcome {
     let stopwatch = metrics::Stopwatch::start();
+    trace.store_call(ask.planned.len());
     let result = app.engine.check_planned(ask.planned, ask.mode).await;
+    trace.store_answered(&result);
     metrics::record_check_duration(stopwatch.elapsed());
     let outcome = match result {
         Ok((allowed, outcomes)) => Outcome::Decided(Decided {
@@ -141,6 +162,7 @@ pub async fn decide(app: &AppState, policy: &Policy, ask: &Ask<'_>) -> Outcome {
         }),
         Err(error) => {
             metrics::record_store_failure(ask.failure_mode);
+            trace.failover(ask.failure_mode);
             let fallback = app
                 .failover
                 .fallback(
@@ -152,6 +174,7 @@ pub async fn decide(app: &AppState, policy: &Policy, ask: &Ask<'_>) -> Outcome {
                     &error,
                 )
                 .await;
+            trace.failover_answered(&fallback);
             match fallback {
                 Fallback::Closed { retry_after } => {
                     Outcome::Refused(Refused { retry_after, error })
@@ -168,6 +191,7 @@ pub async fn decide(app: &AppState, policy: &Policy, ask: &Ask<'_>) -> Outcome {
         }
     };
     observe(app, ask, &outcome);
+    trace.finish(ask, &outcome);
     outcome
 }
 

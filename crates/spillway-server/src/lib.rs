@@ -31,7 +31,7 @@
 //! - [`serve`], [`validate`], [`client`]: the three subcommands.
 //! - [`logging`]: tracing setup (text or JSON).
 //! - [`telemetry`]: what the limiter tells operators: the decision log (and its
-//!   `spillway decisions` reader).
+//!   `spillway decisions` reader) and OpenTelemetry traces of decisions.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

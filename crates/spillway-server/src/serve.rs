@@ -21,6 +21,7 @@ use crate::state::{AppState, PolicyInfo};
 use crate::telemetry::decision_log::{self, DecisionLog};
 use crate::telemetry::top::redis::{self as top_redis, Board};
 use crate::telemetry::top::Top;
+use crate::telemetry::trace::Tracing;
 use crate::{admin, app};
 use crate::{grpc, logging, metrics, serving, sweeper};
 use anyhow::Context;
@@ -127,6 +128,15 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         }
         None => (None, None),
     };
+    let (traces, trace_exporter) = match &settings.trace {
+        Some(trace) => {
+            let (traces, exporter) =
+                Tracing::start(trace, store_kind(&store_config)).map_err(anyhow::Error::msg)?;
+            tracing::info!(endpoint = %trace.endpoint, sample = trace.sample, "traces on");
+            (Some(traces), Some(exporter))
+        }
+        None => (None, None),
+    };
     let top = Arc::new(Top::new(&settings.node_name));
     let top_board = Board::connect(&store_config, settings.top_publish_every)
         .await
@@ -147,6 +157,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         decision_log,
         top: top.clone(),
         top_board: top_board.clone(),
+        tracing: traces,
     });
     let sync_task = match &settings.catalog {
         Some(catalog) => {
@@ -248,8 +259,20 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     if let Some(task) = publish_task {
         task.abort();
     }
+    if let Some(exporter) = trace_exporter {
+        exporter.finish(Duration::from_secs(2)).await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The store's kind, as trace spans name it.
+fn store_kind(config: &StoreConfig) -> &'static str {
+    match config {
+        StoreConfig::Memory { .. } => "memory",
+        StoreConfig::Redis(_) => "redis",
+        StoreConfig::RedisCluster(_) => "redis_cluster",
+    }
 }
 
 /// Opens the catalog database (migrating it when allowed). A database that is merely

@@ -4,8 +4,8 @@
 //! Both transports hold it (the HTTP router as its state, the Envoy service through
 //! `grpc::RlsState`), `decision` decides with it, and `reload` swaps the policy inside it.
 //! It sits below everything that uses it: it imports no transport and no configuration
-//! code, only the settings type of `/v1/authorize` (a leaf module) and the decision log's
-//! request-path handle.
+//! code, only the settings type of `/v1/authorize` (a leaf module), the decision log's
+//! request-path handle and the tracer.
 
 use crate::catalog::CatalogNode;
 use crate::clock::ServerClock;
@@ -45,6 +45,8 @@ pub struct AppState {
     pub top: Arc<crate::telemetry::top::Top>,
     /// Where the nodes share their top-k summaries; `None` on the in-memory store.
     pub top_board: Option<crate::telemetry::top::redis::Board>,
+    /// Trace spans of decisions; `None` when traces are off (no `--otlp-endpoint`).
+    pub tracing: Option<crate::telemetry::trace::Tracing>,
 }
 
 /// What `/readyz` reports about the policy in force.

@@ -6,12 +6,15 @@
 //! - [`postgres`]: real PostgreSQL clusters (`initdb` + `postgres` from Debian's package) on
 //!   free loopback ports in temporary directories, which can be stopped, killed and restarted
 //!   with their data, and whose connections can be terminated.
+//! - [`otlp`]: an OpenTelemetry collector speaking OTLP/gRPC on a free loopback port, which
+//!   keeps every span it is sent, for tests of the server's traces.
 //! - [`proxy`]: a loopback TCP proxy that delays replies, to make a server slow on demand.
 //! - [`vectors`]: the one table of conformance vectors (`vectors/conformance.json`) that every
 //!   store must reproduce exactly, and the code that generated it from the engine.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod otlp;
 pub mod postgres;
 pub mod proxy;
 pub mod redis;

@@ -8,6 +8,8 @@ use crate::config::{PolicySource, ServerSettings};
 use crate::failure::{DEGRADED_HEADER, DEGRADED_REASON};
 use crate::state::AppState;
 use crate::state::PolicyInfo;
+use crate::telemetry::decision_log::RequestIds;
+use crate::telemetry::trace::{TraceSettings, Tracing};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
@@ -30,6 +32,10 @@ const FILES: [&str; 3] = [
 ];
 
 fn service() -> Rls {
+    service_with(None)
+}
+
+fn service_with(tracing: Option<Tracing>) -> Rls {
     let Command::Serve(args) = Cli::parse_from(["spillway", "serve"]).command else {
         unreachable!("serve was asked for");
     };
@@ -61,6 +67,7 @@ fn service() -> Rls {
         decision_log: None,
         top: Arc::new(crate::telemetry::top::Top::new("test")),
         top_board: None,
+        tracing,
     };
     let sources: Vec<(String, String)> = FILES
         .iter()
@@ -154,4 +161,93 @@ async fn a_degrade_domain_is_held_to_its_emergency_quota() {
         header(&second, spillway_core::headers::RETRY_AFTER).is_some(),
         "{second:?}"
     );
+}
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// tonic's generated path (`RateLimitService::should_rate_limit`, which the hand-written unary
+/// path bypasses) joins the caller's trace from the call's metadata too; with the store down,
+/// the store-call span carries the error and a failover span shows the emergency quota deciding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tonic_path_joins_the_callers_trace_through_a_failover() {
+    use spillway_testkit::otlp::{any_value::Value, Collector};
+    let collector = Collector::start();
+    let settings = TraceSettings {
+        endpoint: collector.endpoint(),
+        sample: 1.0,
+        node: "test".into(),
+    };
+    let (tracing, exporter) = Tracing::start(&settings, "redis").expect("tracing on");
+    let rls = service_with(Some(tracing));
+    let mut request = ask("careful");
+    request
+        .metadata_mut()
+        .insert("traceparent", TRACEPARENT.parse().expect("metadata"));
+    let answer = rls
+        .should_rate_limit(request)
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(answer.overall_code, Code::Ok as i32);
+    exporter.finish(std::time::Duration::from_secs(5)).await;
+
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let wait = std::time::Duration::from_secs(10);
+    let named = |name: &'static str| {
+        move |s: &spillway_testkit::otlp::Received| s.span.name == name && s.trace_id() == trace
+    };
+    let decision = collector
+        .wait_for_async(wait, named("spillway.decision"))
+        .await
+        .expect("a decision span");
+    assert_eq!(decision.parent_span_id(), "00f067aa0ba902b7");
+    let text = |v: &str| Some(Value::StringValue(v.into()));
+    assert_eq!(
+        decision.attribute("spillway.degraded"),
+        Some(&Value::BoolValue(true))
+    );
+    assert_eq!(
+        decision.attribute("spillway.failure_mode").cloned(),
+        text("degrade")
+    );
+    assert_eq!(
+        decision.attribute("spillway.outcome").cloned(),
+        text("allowed")
+    );
+    assert_eq!(
+        decision.attribute("spillway.remaining"),
+        Some(&Value::IntValue(0))
+    );
+
+    let store = collector
+        .wait_for_async(wait, named("spillway.store.check"))
+        .await
+        .expect("a store span");
+    assert_eq!(store.parent_span_id(), decision.span_id());
+    assert_eq!(store.attribute("error.type").cloned(), text("unavailable"));
+    assert_eq!(store.attribute("spillway.store").cloned(), text("redis"));
+    let status = store.span.status.as_ref().expect("a status");
+    assert_eq!(status.code, 2, "ERROR");
+    assert!(status.message.contains("connection refused"), "{status:?}");
+
+    let failover = collector
+        .wait_for_async(wait, named("spillway.failover"))
+        .await
+        .expect("a failover span");
+    assert_eq!(failover.parent_span_id(), decision.span_id());
+    assert_eq!(
+        failover.attribute("spillway.failure_mode").cloned(),
+        text("degrade")
+    );
+}
+
+/// With neither tracing nor the decision log on, no trace header is even looked at.
+#[test]
+fn with_tracing_and_the_log_off_no_trace_header_is_read() {
+    let rls = service();
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("traceparent", TRACEPARENT.parse().expect("header"));
+    headers.insert("tracestate", "gw=1".parse().expect("header"));
+    let ids = RequestIds::read(&rls.0.app, &headers);
+    assert!(ids.traceparent.is_none() && ids.tracestate.is_none() && ids.request_id.is_none());
 }

@@ -3,7 +3,7 @@
 //!
 //! The HTTP API knows the request's attributes ([`RequestAttrs`]); the Envoy service knows the
 //! call's descriptors. Either may carry an `x-request-id` and a W3C `traceparent` header
-//! (HTTP headers, gRPC metadata), read by [`RequestIds`] only while the log is on.
+//! (HTTP headers, gRPC metadata), read by [`RequestIds`] only while the log or tracing is on.
 
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
@@ -18,6 +18,8 @@ use std::sync::Arc;
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The W3C trace-context header.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The W3C trace-context header carrying vendors' state along the trace.
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// What the decision was about; the default knows nothing.
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,30 +52,41 @@ impl<'a> Subject<'a> {
     }
 }
 
-/// The `x-request-id` and `traceparent` header values, as sent (cheap to clone; parsed only
-/// by the writer).
+/// The `x-request-id`, `traceparent` and `tracestate` header values, as sent (cheap to clone;
+/// parsed only by the log's writer, or by the trace span when tracing is on).
 #[derive(Debug, Clone, Default)]
 pub struct RequestIds {
     /// `x-request-id`, when present.
     pub request_id: Option<HeaderValue>,
     /// `traceparent`, when present.
     pub traceparent: Option<HeaderValue>,
+    /// `tracestate`, when present and tracing is on (the log does not use it).
+    pub tracestate: Option<HeaderValue>,
 }
 
 impl RequestIds {
-    /// Reads both headers, if the log is on (otherwise nothing, at the cost of one branch).
+    /// Reads the headers, if the log or tracing is on (otherwise nothing, at the cost of one
+    /// branch); `tracestate` only when tracing is on.
     pub fn read(app: &AppState, headers: &HeaderMap) -> Self {
-        if app.decision_log.is_none() {
+        if app.decision_log.is_none() && app.tracing.is_none() {
             return Self::default();
         }
-        Self::from_headers(headers)
+        Self {
+            request_id: headers.get(REQUEST_ID).cloned(),
+            traceparent: headers.get(TRACEPARENT).cloned(),
+            tracestate: match app.tracing {
+                Some(_) => headers.get(TRACESTATE).cloned(),
+                None => None,
+            },
+        }
     }
 
-    /// Reads both headers.
+    /// Reads all three headers.
     pub fn from_headers(headers: &HeaderMap) -> Self {
         Self {
             request_id: headers.get(REQUEST_ID).cloned(),
             traceparent: headers.get(TRACEPARENT).cloned(),
+            tracestate: headers.get(TRACESTATE).cloned(),
         }
     }
 }
@@ -90,10 +103,23 @@ impl FromRequestParts<Arc<AppState>> for RequestIds {
     }
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<flags>`),
-/// when the header is well formed and the id is not all zeros.
-pub fn trace_id(traceparent: &HeaderValue) -> Option<&str> {
-    let text = traceparent.to_str().ok()?.trim();
+/// The fields of a W3C `traceparent` (`<version>-<32 hex trace id>-<16 hex parent id>-<flags>`),
+/// borrowed from the header. The decision log takes the trace id; [`crate::telemetry::trace`]
+/// takes all three to parent the decision's span on the caller's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent<'a> {
+    /// The trace id: 32 lower-case hex digits, not all zeros.
+    pub trace_id: &'a str,
+    /// The caller's span id: 16 lower-case hex digits, not all zeros.
+    pub parent_id: &'a str,
+    /// The trace flags: 2 hex digits (bit 0: sampled).
+    pub flags: &'a str,
+}
+
+/// Reads a `traceparent` header, when it is well formed and neither id is all zeros (the
+/// specification's invalid values).
+pub fn traceparent(header: &HeaderValue) -> Option<TraceParent<'_>> {
+    let text = header.to_str().ok()?.trim();
     let mut parts = text.split('-');
     let version = parts.next()?;
     let trace = parts.next()?;
@@ -104,14 +130,25 @@ pub fn trace_id(traceparent: &HeaderValue) -> Option<&str> {
             && s.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
     let valid = hex(version, 2)
         && version != "ff"
         && hex(trace, 32)
         && hex(parent, 16)
         && hex(flags, 2)
-        && trace.bytes().any(|b| b != b'0')
+        && nonzero(trace)
+        && nonzero(parent)
         && (version != "00" || parts.next().is_none());
-    valid.then_some(trace)
+    valid.then_some(TraceParent {
+        trace_id: trace,
+        parent_id: parent,
+        flags,
+    })
+}
+
+/// The trace id of a well-formed `traceparent` ([`traceparent`]).
+pub fn trace_id(header: &HeaderValue) -> Option<&str> {
+    traceparent(header).map(|parent| parent.trace_id)
 }
 
 #[cfg(test)]
@@ -129,6 +166,7 @@ mod tests {
         );
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6-00f067aa0ba902b7-01",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
@@ -137,5 +175,19 @@ mod tests {
         ] {
             assert_eq!(trace_id(&header(bad)), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_traceparent_names_the_callers_span_and_flags() {
+        let header =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(
+            traceparent(&header),
+            Some(TraceParent {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+                parent_id: "00f067aa0ba902b7",
+                flags: "01",
+            })
+        );
     }
 }

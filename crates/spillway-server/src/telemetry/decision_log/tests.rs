@@ -90,6 +90,7 @@ fn harness(settings: DecisionLogSettings, store: Arc<dyn Store>) -> Harness {
         catalog: Arc::new(crate::catalog::CatalogNode::new(policy.clone(), None)),
         top: Arc::new(crate::telemetry::top::Top::new("test")),
         top_board: None,
+        tracing: None,
         engine: Engine::new(policy, store.clone(), clock.shared()),
         store,
         failover: Arc::new(crate::failure::Failover::new(
