@@ -3,8 +3,10 @@
 //! Run: `cargo bench -p spillway-core --bench topk`
 //!
 //! Items are drawn from a Zipf(1.0) stream over 1,000,000 keys (hot keys repeat, the tail
-//! keeps replacing rows), precomputed so only `TopK::add` is timed; the clock advances so the
-//! ring keeps rolling over intervals as it does in a server.
+//! is far larger than the table), precomputed so only `TopK::add` is timed; the clock
+//! advances so the ring keeps rolling over intervals as it does in a server. The label is an
+//! `Arc` clone, except in `zipf_1m_keys_boxed_label`, where each label is a fresh allocation
+//! as the server's are (it copies the client's text).
 
 use criterion::{black_box, Criterion, Throughput};
 use spillway_core::time::SECOND;
@@ -53,6 +55,17 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The same stream with a label that allocates, as the server's do.
+    let topk: TopK<Box<str>> = TopK::new(Shape::DEFAULT);
+    let mut i = 0usize;
+    let mut now = 1_800_000_000 * SECOND;
+    group.bench_function("add/zipf_1m_keys_boxed_label", |b| {
+        b.iter(|| {
+            i = (i + 1) & ((1 << 20) - 1);
+            now += 10;
+            topk.add(now, black_box(stream[i]), 1, || Box::from("tenant-label"));
+        })
+    });
     group.finish();
 }
 

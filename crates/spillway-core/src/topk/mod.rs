@@ -1,17 +1,22 @@
 //! Heavy hitters: which items (counters, tenants, users) took the most weight over the last
 //! minutes, in memory that does not grow with the number of distinct items.
 //!
-//! - [`space_saving`]: the sketch, a fixed-capacity Space-Saving table (why not HeavyKeeper:
-//!   see its docs).
+//! - [`space_saving`]: the sketch, a fixed-capacity Space-Saving table kept as a stream
+//!   summary (why not HeavyKeeper: see its docs).
+//! - [`gate`]: count-min counters in front of each table that turn away tail items without
+//!   weakening its guarantees.
 //! - [`ring`]: one table per 10-second interval, so a summary covers a sliding window.
 //! - [`TopK`] (here): the ring split into shards by item hash, each behind a short spin lock,
 //!   so concurrent decisions rarely touch the same lock; [`TopK::top`] merges the shards'
 //!   tables for a window into a ranked list.
 //!
-//! Memory is bounded by `shards × slots × capacity` rows whatever the stream holds; a
-//! hostile client sending a fresh tenant with every request only churns the smallest rows.
+//! Memory is bounded by `shards × slots × capacity` rows (and 16 to 32 bytes of gate
+//! counters per row) whatever the stream holds; a hostile client sending a fresh tenant with
+//! every request only churns the smallest rows, and mostly not even those: the gate turns
+//! it away.
 //! The caller bounds each label's size (the server truncates client-given text).
 
+pub mod gate;
 pub mod ring;
 pub mod space_saving;
 #[cfg(test)]
@@ -69,8 +74,10 @@ impl<L: Clone + Eq + Hash> TopK<L> {
     /// table. `hash` must be a well-mixed, per-process-seeded hash of the item.
     #[inline]
     pub fn add(&self, now: Micros, hash: u64, weight: u64, label: impl FnOnce() -> L) {
-        // The middle bits pick the shard; the table uses the low bits and the top seven.
-        let shard = ((hash >> 32) as usize) % self.shards.len();
+        // Bits 16..48 pick the shard (scaled by a multiply, not divided); the table uses the
+        // low bits and the top seven.
+        let shard = ((hash >> 16) as u32 as u64 * self.shards.len() as u64) >> 32;
+        let shard = shard as usize;
         self.shards[shard].lock().add(now, hash, weight, label);
     }
 

@@ -21,6 +21,16 @@ struct Slot<L> {
 pub struct Ring<L> {
     slots: Vec<Slot<L>>,
     interval: Micros,
+    /// The span `[from, until)` of the interval slot `slot` counts, the last one an event
+    /// went to, so an event in the same interval skips two divisions.
+    current: Current,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    from: Micros,
+    until: Micros,
+    slot: usize,
 }
 
 impl<L> Ring<L> {
@@ -35,26 +45,49 @@ impl<L> Ring<L> {
                 })
                 .collect(),
             interval: interval.max(1),
+            // Empty: no time is in it.
+            current: Current {
+                from: Micros::MAX,
+                until: 0,
+                slot: 0,
+            },
         }
     }
 
     /// Adds `weight` to the item `hash` at time `now`.
     #[inline]
     pub fn add(&mut self, now: Micros, hash: u64, weight: u64, label: impl FnOnce() -> L) {
+        let Current { from, until, slot } = self.current;
+        let slot = if from <= now && now < until {
+            slot
+        } else {
+            self.find_slot(now)
+        };
+        self.slots[slot].table.add(hash, weight, label);
+    }
+
+    /// The slot for an event at `now`, cleared first if it held an older interval.
+    #[cold]
+    fn find_slot(&mut self, now: Micros) -> usize {
         let interval = now / self.interval;
-        let n = self.slots.len() as u64;
-        let slot = &mut self.slots[(interval % n) as usize];
+        let at = (interval % self.slots.len() as u64) as usize;
+        let slot = &mut self.slots[at];
         if slot.interval != Some(interval) {
             // A slot is only ever reused for a later interval: an event from the past
             // (a clock that stepped back) lands in the current slot's table instead of wiping it.
             if slot.interval.is_some_and(|held| held > interval) {
-                slot.table.add(hash, weight, label);
-                return;
+                return at;
             }
             slot.table.clear();
             slot.interval = Some(interval);
         }
-        slot.table.add(hash, weight, label);
+        let from = interval * self.interval;
+        self.current = Current {
+            from,
+            until: from.saturating_add(self.interval),
+            slot: at,
+        };
+        at
     }
 
     /// The rows of every interval among the `intervals` most recent ones at `now` (the current,
@@ -112,6 +145,26 @@ mod tests {
         ring.add(t0 + 60 * SECOND, 3, 1, || 3);
         assert_eq!(counts(&ring, t0 + 60 * SECOND, 6), vec![(2, 7), (3, 1)]);
         assert_eq!(ring.len(), 2);
+    }
+
+    #[test]
+    fn events_follow_the_clock_back_and_forth_between_intervals() {
+        let mut ring = Ring::new(10 * SECOND, 3, 8);
+        let t0 = 1_000 * SECOND;
+        ring.add(t0 + 19 * SECOND, 1, 1, || 1);
+        ring.add(t0 + 10 * SECOND, 1, 1, || 1); // same interval: the remembered slot
+        ring.add(t0 + 9 * SECOND, 2, 1, || 2); // the interval before
+        ring.add(t0 + 20 * SECOND, 3, 1, || 3); // the next
+        ring.add(t0 + 10 * SECOND, 1, 1, || 1); // back again
+        assert_eq!(counts(&ring, t0 + 10 * SECOND, 1), vec![(1, 3)]);
+        assert_eq!(counts(&ring, t0, 1), vec![(2, 1)]);
+        assert_eq!(counts(&ring, t0 + 20 * SECOND, 1), vec![(3, 1)]);
+        // Three intervals after `t0`'s, its slot is reused: item 2 is gone.
+        ring.add(t0 + 30 * SECOND, 4, 1, || 4);
+        assert_eq!(
+            counts(&ring, t0 + 30 * SECOND, 3),
+            vec![(1, 3), (3, 1), (4, 1)]
+        );
     }
 
     #[test]

@@ -9,17 +9,38 @@
 //! skewed streams a limiter sees (a few hammered keys, a long tail), the heavy items' errors are
 //! zero or tiny: `tests::zipf_top_ten_is_recovered`.
 //!
+//! One departure from the paper, which keeps those guarantees: a [`Gate`] of count-min
+//! counters in front turns away a new item that provably weighs no more than `min` (its
+//! counter, which every event feeds, is at most `min`): such an item may be left out just as
+//! the items Space-Saving evicted are. An item that gets past it enters counted
+//! `min(counter, min + weight)`, with error that count less this event's weight, so the count
+//! is still never below the truth, over it by at most the error, and the error at most `min`,
+//! which is at most `N / capacity` (the rows hold at most the weight seen). On a long tail the
+//! gate spares most events the eviction, the label and the index rewrite
+//! (`tests::a_long_tail_builds_few_labels`).
+//!
 //! Why this and not the `heavykeeper` crate: HeavyKeeper's decay is randomised and its counters
 //! only merge between sketches built with the same seed and shape, whereas `/v1/top` merges
 //! summaries across time intervals and across nodes; a Space-Saving summary is just
 //! `(item, count, error)` rows, which merge by adding. This table also builds an item's label
-//! only when the item enters it, so a repeated key costs no allocation.
+//! only when the item enters it, so a repeated key costs no allocation, and past the gate a
+//! tail key seldom costs one.
 //!
-//! Layout: the rows are a binary min-heap on count (the row to replace is the root), and a
-//! [`HashTable`] maps an item's 64-bit hash to its row. A raised count moves its row down the
-//! heap; a hot item sits near the leaves, so that is usually a step or none.
+//! Layout: the paper's *stream summary*. Rows of equal count share a bucket; the buckets form
+//! a list in ascending count, so the row to replace is in the first bucket, and a row raised
+//! by one moves to the next bucket or, alone in its bucket, raises the bucket in place: both
+//! O(1), however many rows are tied at the minimum (a long tail leaves most rows there). A
+//! bucket's rows form a ring in the order they reached its count, and the oldest is replaced
+//! first: the one that has gone longest without a hit. Rows and buckets live in two vectors
+//! and link by index; a [`HashTable`] maps an item's 64-bit hash to its row.
 
+use super::gate::Gate;
 use hashbrown::HashTable;
+
+/// Gate counters per row of capacity: enough that most counters stay below the smallest
+/// count on a long tail (see `topk::tests`), at 16 bytes a row (up to 32 once the width is
+/// rounded up to a power of two).
+const GATE_WIDTH: usize = 4;
 
 /// One row: an item, its estimated count and the most that estimate may be over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,24 +55,58 @@ pub struct Row<L> {
     pub error: u64,
 }
 
+/// The end of a list.
+const NONE: u32 = u32::MAX;
+
+/// A row and its place in its bucket's ring.
+#[derive(Debug, Clone)]
+struct Entry<L> {
+    row: Row<L>,
+    bucket: u32,
+    prev: u32,
+    next: u32,
+}
+
+/// The rows that share one count. A free bucket is chained to the next free one by `next`.
+#[derive(Debug, Clone)]
+struct Bucket {
+    count: u64,
+    /// The row that reached this count first (the next to be replaced if this is the
+    /// smallest count); `NONE` when free.
+    oldest: u32,
+    /// The buckets of the next smaller and the next larger count.
+    prev: u32,
+    next: u32,
+}
+
 /// A Space-Saving table; see the module docs.
 #[derive(Debug, Clone)]
 pub struct SpaceSaving<L> {
-    /// A min-heap on `count`.
-    rows: Vec<Row<L>>,
-    /// Hash → index into `rows`.
+    entries: Vec<Entry<L>>,
+    buckets: Vec<Bucket>,
+    /// The bucket of the smallest count.
+    lowest: u32,
+    /// The first free bucket.
+    free: u32,
+    /// Hash → index into `entries`.
     index: HashTable<u32>,
+    gate: Gate,
     capacity: usize,
 }
 
 impl<L> SpaceSaving<L> {
     /// An empty table that holds at most `capacity` items (at least 1).
     pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.clamp(1, u32::MAX as usize);
+        // Indices are u32 and `NONE` is reserved.
+        let capacity = capacity.clamp(1, NONE as usize - 1);
         Self {
             // Grown as items arrive: an idle interval costs nothing.
-            rows: Vec::new(),
+            entries: Vec::new(),
+            buckets: Vec::new(),
+            lowest: NONE,
+            free: NONE,
             index: HashTable::new(),
+            gate: Gate::new(capacity.saturating_mul(GATE_WIDTH)),
             capacity,
         }
     }
@@ -63,23 +118,27 @@ impl<L> SpaceSaving<L> {
 
     /// How many items the table holds now.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.entries.len()
     }
 
     /// Whether nothing was added since the table was made or cleared.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.entries.is_empty()
     }
 
     /// Forgets every item, keeping the allocation.
     pub fn clear(&mut self) {
-        self.rows.clear();
+        self.entries.clear();
+        self.buckets.clear();
+        self.lowest = NONE;
+        self.free = NONE;
         self.index.clear();
+        self.gate.clear();
     }
 
     /// The rows, in no particular order.
-    pub fn rows(&self) -> &[Row<L>] {
-        &self.rows
+    pub fn rows(&self) -> impl ExactSizeIterator<Item = &Row<L>> {
+        self.entries.iter().map(|e| &e.row)
     }
 
     /// Adds `weight` to the item whose hash is `hash`; `label` names it if it enters the table.
@@ -88,92 +147,231 @@ impl<L> SpaceSaving<L> {
     /// cannot aim for collisions); two items with one hash count as one.
     #[inline]
     pub fn add(&mut self, hash: u64, weight: u64, label: impl FnOnce() -> L) {
-        let rows = &self.rows;
-        if let Some(&at) = self.index.find(hash, |&i| rows[i as usize].hash == hash) {
-            let at = at as usize;
-            self.rows[at].count = self.rows[at].count.saturating_add(weight);
-            self.sift_down(at);
+        // Every event goes through the gate, so its counters bound every item's weight.
+        let bound = self.gate.add(hash, weight);
+        let entries = &self.entries;
+        if let Some(&at) = self
+            .index
+            .find(hash, |&i| entries[i as usize].row.hash == hash)
+        {
+            self.raise(at, weight);
             return;
         }
-        if self.rows.len() < self.capacity {
-            let at = self.rows.len();
-            self.rows.push(Row {
-                hash,
-                label: label(),
-                count: weight,
-                error: 0,
+        if self.entries.len() < self.capacity {
+            let at = self.entries.len() as u32;
+            self.entries.push(Entry {
+                row: Row {
+                    hash,
+                    label: label(),
+                    count: weight,
+                    error: 0,
+                },
+                bucket: NONE,
+                prev: NONE,
+                next: NONE,
             });
+            let entries = &self.entries;
             self.index
-                .insert_unique(hash, at as u32, |&i| self.rows[i as usize].hash);
-            self.sift_up(at);
+                .insert_unique(hash, at, |&i| entries[i as usize].row.hash);
+            let bucket = self.bucket_for(weight, NONE, self.lowest);
+            self.attach(at, bucket);
             return;
         }
-        // Full: the item with the smallest count gives its row to the new one.
-        let old = self.rows[0].hash;
-        if let Ok(entry) = self.index.find_entry(old, |&i| i == 0) {
+        let lowest = &self.buckets[self.lowest as usize];
+        let min = lowest.count;
+        if bound <= min {
+            // It weighs at most `min`, as any item outside the table may: it stays out.
+            return;
+        }
+        // The row that has held the smallest count longest goes to the new item, counted as
+        // what it may weigh: at most `min` before this event (else it would be held) and at
+        // most `bound`.
+        let at = lowest.oldest;
+        let old = self.entries[at as usize].row.hash;
+        if let Ok(entry) = self.index.find_entry(old, |&i| i == at) {
             entry.remove();
         }
-        let min = self.rows[0].count;
-        self.rows[0] = Row {
-            hash,
-            label: label(),
-            count: min.saturating_add(weight),
-            error: min,
-        };
+        let count = bound.min(min.saturating_add(weight));
+        let row = &mut self.entries[at as usize].row;
+        row.hash = hash;
+        row.label = label();
+        row.error = count - weight.min(count);
+        let entries = &self.entries;
         self.index
-            .insert_unique(hash, 0, |&i| self.rows[i as usize].hash);
-        self.sift_down(0);
+            .insert_unique(hash, at, |&i| entries[i as usize].row.hash);
+        self.raise(at, count - min);
     }
 
-    fn sift_down(&mut self, mut at: usize) {
-        let n = self.rows.len();
-        loop {
-            let left = 2 * at + 1;
-            if left >= n {
-                return;
+    /// Moves row `at` to the bucket of its count plus `weight`.
+    #[inline]
+    fn raise(&mut self, at: u32, weight: u64) {
+        let from = self.entries[at as usize].bucket;
+        let bucket = &self.buckets[from as usize];
+        let count = bucket.count.saturating_add(weight);
+        if count == bucket.count {
+            return; // no weight, or the count saturated
+        }
+        self.entries[at as usize].row.count = count;
+        let next = bucket.next;
+        let alone = self.entries[at as usize].next == at;
+        if alone && (next == NONE || self.buckets[next as usize].count > count) {
+            // Its bucket keeps its place in the list: raise it in place.
+            self.buckets[from as usize].count = count;
+            return;
+        }
+        let to = if alone {
+            // Its bucket goes; searching from its neighbours may reuse it.
+            let prev = bucket.prev;
+            self.detach(at);
+            self.bucket_for(count, prev, next)
+        } else {
+            let to = self.bucket_for(count, from, next);
+            self.detach(at);
+            to
+        };
+        self.attach(at, to);
+    }
+
+    /// The bucket of `count`, searching up from between `before` and `after` (neighbours,
+    /// `before` below `count`); made and linked in if there is none.
+    fn bucket_for(&mut self, count: u64, mut before: u32, mut after: u32) -> u32 {
+        while after != NONE && self.buckets[after as usize].count < count {
+            before = after;
+            after = self.buckets[after as usize].next;
+        }
+        if after != NONE && self.buckets[after as usize].count == count {
+            return after;
+        }
+        let bucket = Bucket {
+            count,
+            oldest: NONE,
+            prev: before,
+            next: after,
+        };
+        let made = if self.free == NONE {
+            self.buckets.push(bucket);
+            (self.buckets.len() - 1) as u32
+        } else {
+            let made = self.free;
+            self.free = self.buckets[made as usize].next;
+            self.buckets[made as usize] = bucket;
+            made
+        };
+        match before {
+            NONE => self.lowest = made,
+            b => self.buckets[b as usize].next = made,
+        }
+        if after != NONE {
+            self.buckets[after as usize].prev = made;
+        }
+        made
+    }
+
+    /// Takes row `at` out of its bucket's ring, freeing the bucket if that empties it.
+    fn detach(&mut self, at: u32) {
+        let Entry {
+            bucket, prev, next, ..
+        } = self.entries[at as usize];
+        if next == at {
+            let Bucket { prev, next, .. } = self.buckets[bucket as usize];
+            match prev {
+                NONE => self.lowest = next,
+                p => self.buckets[p as usize].next = next,
             }
-            let right = left + 1;
-            let child = if right < n && self.rows[right].count < self.rows[left].count {
-                right
-            } else {
-                left
-            };
-            if self.rows[at].count <= self.rows[child].count {
-                return;
+            if next != NONE {
+                self.buckets[next as usize].prev = prev;
             }
-            self.swap(at, child);
-            at = child;
+            let freed = &mut self.buckets[bucket as usize];
+            freed.oldest = NONE;
+            freed.next = self.free;
+            self.free = bucket;
+            return;
+        }
+        self.entries[prev as usize].next = next;
+        self.entries[next as usize].prev = prev;
+        let b = &mut self.buckets[bucket as usize];
+        if b.oldest == at {
+            b.oldest = next;
         }
     }
 
-    fn sift_up(&mut self, mut at: usize) {
-        while at > 0 {
-            let parent = (at - 1) / 2;
-            if self.rows[parent].count <= self.rows[at].count {
-                return;
-            }
-            self.swap(at, parent);
-            at = parent;
-        }
-    }
-
-    /// Swaps two rows and points the index at their new places.
-    fn swap(&mut self, a: usize, b: usize) {
-        self.rows.swap(a, b);
-        for (at, was) in [(a, b), (b, a)] {
-            let hash = self.rows[at].hash;
-            if let Some(slot) = self.index.find_mut(hash, |&i| i as usize == was) {
-                *slot = at as u32;
-            }
-        }
+    /// Puts row `at` last (newest) in bucket `bucket`'s ring.
+    fn attach(&mut self, at: u32, bucket: u32) {
+        let b = &mut self.buckets[bucket as usize];
+        let oldest = b.oldest;
+        let (prev, next) = if oldest == NONE {
+            b.oldest = at;
+            (at, at)
+        } else {
+            let newest = self.entries[oldest as usize].prev;
+            self.entries[newest as usize].next = at;
+            self.entries[oldest as usize].prev = at;
+            (newest, oldest)
+        };
+        let e = &mut self.entries[at as usize];
+        e.bucket = bucket;
+        e.prev = prev;
+        e.next = next;
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::topk::testkit::{mix, zipf_stream};
+    use proptest::prelude::*;
     use std::collections::HashMap;
+
+    impl<L> SpaceSaving<L> {
+        /// Checks the stream summary's links: buckets in strictly ascending count, each
+        /// holding a ring of the rows of its count, every row in exactly one ring, the free
+        /// buckets unreachable from the list, and the index pointing at every row.
+        fn assert_linked(&self) {
+            let mut seen = vec![false; self.entries.len()];
+            let (mut before, mut b, mut last) = (NONE, self.lowest, None);
+            let mut live = 0;
+            while b != NONE {
+                let bucket = &self.buckets[b as usize];
+                assert_eq!(bucket.prev, before, "bucket {b}'s back link");
+                assert!(
+                    last < Some(bucket.count),
+                    "counts must ascend at bucket {b}"
+                );
+                let mut at = bucket.oldest;
+                assert_ne!(at, NONE, "bucket {b} in the list but empty");
+                loop {
+                    let e = &self.entries[at as usize];
+                    assert!(!seen[at as usize], "row {at} twice");
+                    seen[at as usize] = true;
+                    assert_eq!((e.bucket, e.row.count), (b, bucket.count), "row {at}");
+                    assert_eq!(self.entries[e.next as usize].prev, at, "row {at}'s ring");
+                    at = e.next;
+                    if at == bucket.oldest {
+                        break;
+                    }
+                }
+                live += 1;
+                (before, last, b) = (b, Some(bucket.count), bucket.next);
+            }
+            assert!(seen.iter().all(|&s| s), "a row in no bucket");
+            let mut free = 0;
+            let mut f = self.free;
+            while f != NONE {
+                free += 1;
+                f = self.buckets[f as usize].next;
+            }
+            assert_eq!(live + free, self.buckets.len(), "a bucket lost");
+            assert!(self.buckets.len() <= self.capacity);
+            for (i, e) in self.entries.iter().enumerate() {
+                let h = e.row.hash;
+                assert_eq!(
+                    self.index
+                        .find(h, |&j| self.entries[j as usize].row.hash == h),
+                    Some(&(i as u32))
+                );
+            }
+            assert_eq!(self.index.len(), self.entries.len());
+        }
+    }
 
     #[test]
     fn counts_are_exact_until_the_table_is_full() {
@@ -183,32 +381,41 @@ mod tests {
                 t.add(mix(item), 1, || item);
             }
         }
-        let mut rows: Vec<_> = t
-            .rows()
-            .iter()
-            .map(|r| (r.label, r.count, r.error))
-            .collect();
+        assert_eq!(sorted(&t), vec![(1, 5, 0), (2, 3, 0), (3, 1, 0)]);
+    }
+
+    /// Asserts that `items` add to different gate counters in `t`, so an example's outcome
+    /// does not rest on a collision.
+    fn apart(t: &SpaceSaving<u64>, items: &[u64]) {
+        let mut slots: Vec<_> = items.iter().map(|&i| t.gate.slot(mix(i))).collect();
+        slots.sort();
+        slots.dedup();
+        assert_eq!(slots.len(), items.len(), "pick other items");
+    }
+
+    fn sorted(t: &SpaceSaving<u64>) -> Vec<(u64, u64, u64)> {
+        let mut rows: Vec<_> = t.rows().map(|r| (r.label, r.count, r.error)).collect();
         rows.sort();
-        assert_eq!(rows, vec![(1, 5, 0), (2, 3, 0), (3, 1, 0)]);
+        rows
     }
 
     #[test]
-    fn a_new_item_takes_the_smallest_row_and_inherits_its_count_as_error() {
+    fn a_new_item_takes_the_smallest_row_once_it_may_outweigh_it() {
         let mut t = SpaceSaving::new(2);
+        apart(&t, &[1, 2, 4]);
         t.add(mix(1), 10, || 1u64);
         t.add(mix(2), 2, || 2);
-        t.add(mix(3), 1, || 3);
-        let mut rows: Vec<_> = t
-            .rows()
-            .iter()
-            .map(|r| (r.label, r.count, r.error))
-            .collect();
-        rows.sort();
-        assert_eq!(rows, vec![(1, 10, 0), (3, 3, 2)]);
-        // The index follows the rows: item 3 is found again, not inserted twice.
-        t.add(mix(3), 20, || 3);
-        assert_eq!(t.len(), 2);
-        assert!(t.rows().iter().any(|r| r.label == 3 && r.count == 23));
+        // Item 4 has weighed 1, no more than the smallest row (2): it stays out.
+        t.add(mix(4), 1, || 4);
+        assert_eq!(sorted(&t), vec![(1, 10, 0), (2, 2, 0)]);
+        // Now it has weighed 3 and takes that row: counted 3 (its gate counter), of which all
+        // but this event's 2 may be error.
+        t.add(mix(4), 2, || 4);
+        assert_eq!(sorted(&t), vec![(1, 10, 0), (4, 3, 1)]);
+        // The index follows the rows: item 4 is found again, not inserted twice.
+        t.add(mix(4), 20, || 4);
+        assert_eq!(sorted(&t), vec![(1, 10, 0), (4, 23, 1)]);
+        t.assert_linked();
     }
 
     #[test]
@@ -224,5 +431,45 @@ mod tests {
             assert!(row.count >= real, "{row:?} under-estimates {real}");
             assert!(row.count - row.error <= real, "{row:?} vs {real}");
         }
+    }
+
+    proptest! {
+        /// Any mix of weights keeps the links sound and the Space-Saving guarantees: no count
+        /// under its item's true weight, none over by more than its error, and the error at
+        /// most the total weight over the capacity.
+        #[test]
+        fn any_weights_keep_the_summary_sound(
+            capacity in 1usize..12,
+            events in prop::collection::vec((0u64..40, 0u64..6), 0..400),
+        ) {
+            let mut t = SpaceSaving::new(capacity);
+            let mut truth: HashMap<u64, u64> = HashMap::new();
+            let mut total = 0;
+            for (item, weight) in events {
+                t.add(mix(item), weight, || item);
+                *truth.entry(item).or_default() += weight;
+                total += weight;
+                t.assert_linked();
+            }
+            for row in t.rows() {
+                let real = truth[&row.label];
+                prop_assert!(row.count >= real, "{:?} under {}", row, real);
+                prop_assert!(row.count - row.error <= real, "{:?} vs {}", row, real);
+                prop_assert!(row.error <= total / capacity as u64, "{:?} of {}", row, total);
+            }
+        }
+    }
+
+    #[test]
+    fn the_row_longest_at_the_smallest_count_is_replaced_first() {
+        let mut t = SpaceSaving::new(3);
+        apart(&t, &[1, 2, 3, 4]);
+        for item in [1u64, 2, 3] {
+            t.add(mix(item), 1, || item);
+        }
+        t.add(mix(1), 1, || 1); // 1 leaves the tie at 1; 2 has been there longest
+        t.add(mix(4), 2, || 4);
+        assert_eq!(sorted(&t), vec![(1, 2, 0), (3, 1, 0), (4, 2, 0)]);
+        t.assert_linked();
     }
 }

@@ -187,8 +187,9 @@ pub struct Top {
 impl Top {
     /// Empty sketches for the node named `node`: ten minutes in 10-second intervals, 1,024
     /// counters and 256 tenants and users per interval. At most 92,160 rows in all, each
-    /// label value cut to [`MAX_LABEL`] bytes: about 10 MB with short names, under 40 MB with
-    /// every name at the cap, whatever the traffic.
+    /// label value cut to [`MAX_LABEL`] bytes: about 15 MB with short names, under 45 MB with
+    /// every name at the cap, whatever the traffic (each row's bucket links and gate counters
+    /// included).
     pub fn new(node: &str) -> Self {
         let denials = Shape {
             capacity: 256,
