@@ -58,17 +58,23 @@ struct Header {
     version: u64,
 }
 
+/// One entry's line, as written (also the line format of `spillway catalog export`).
 #[derive(Serialize)]
-struct LineOut<'a> {
-    key: &'a EntryKey,
-    entry: &'a Entry,
+pub struct LineOut<'a> {
+    /// Which entry.
+    pub key: &'a EntryKey,
+    /// Its content.
+    pub entry: &'a Entry,
 }
 
+/// One entry's line, as read (also the line format of `spillway catalog import`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LineIn {
-    key: EntryKey,
-    entry: Entry,
+pub struct LineIn {
+    /// Which entry.
+    pub key: EntryKey,
+    /// Its content.
+    pub entry: Entry,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -11,8 +11,8 @@
 //! lines starting with `#` are skipped too.
 
 use super::{Context, Failure, ImportArgs};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use spillway_catalog::snapshot::{LineIn, LineOut};
 use spillway_core::catalog::{Catalog, Entry, EntryKey, FieldIssue};
 use spillway_core::policy::Policy;
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,20 +20,6 @@ use std::io::{BufRead, Write};
 
 /// Entries to import, each with its line number in the file (`None`: from a policy).
 type Numbered = Vec<(Option<usize>, (EntryKey, Entry))>;
-
-/// One line of an export or import.
-#[derive(Serialize)]
-struct LineOut<'a> {
-    key: &'a EntryKey,
-    entry: &'a Entry,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LineIn {
-    key: EntryKey,
-    entry: Entry,
-}
 
 /// `spillway catalog export`.
 pub async fn export(ctx: &Context) -> Result<(), Failure> {
