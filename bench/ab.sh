@@ -10,7 +10,7 @@
 #   ROUNDS=4 DURATION=8s bench/ab.sh /tmp/old/spillway target/release/spillway
 #   LOAD=grpc ROUNDS=7 bench/ab.sh /tmp/old/spillway target/release/spillway
 #   NEW_ARGS="--catalog sqlite:///tmp/million.db" bench/ab.sh B B   # same build, one flag apart
-# OLD_ARGS and NEW_ARGS add `serve` flags to each side (HTTP load only).
+# OLD_ARGS and NEW_ARGS add `serve` flags to each side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -37,10 +37,12 @@ esac
 frame_of() { echo "$work/frame-$1.bin"; }
 
 one_grpc() {
-  local label=$1 binary=$2 port pid t0 t1 start end ok
+  local label=$1 binary=$2 port pid t0 t1 start end ok extra
+  if [ "$label" = old ]; then extra=${OLD_ARGS:-}; else extra=${NEW_ARGS:-}; fi
   port=$(free_port)
+  # shellcheck disable=SC2086 # the extra flags are meant to split into words
   "$binary" serve --listen 127.0.0.1:0 --grpc-listen "127.0.0.1:$port" --log-filter warn \
-    --config "$work/conf/policy.yaml" --envoy-config "$work/conf/bench.yaml" >/dev/null 2>&1 &
+    --config "$work/conf/policy.yaml" --envoy-config "$work/conf/bench.yaml" $extra >/dev/null 2>&1 &
   pid=$!
   wait_port "$port" || { echo "$label: the server never listened" >&2; kill "$pid"; return 1; }
   t0=$(cpu_ticks "$pid")

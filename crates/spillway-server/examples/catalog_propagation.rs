@@ -13,6 +13,15 @@ use std::time::Duration;
 
 const TOKEN: &str = "propagation-bench-token-0123456789";
 
+/// Tenants come from the catalog, so the policy has no `tenants:` section.
+const POLICY: &str = "default_tier: free
+limits:
+  tenant-minute: {algorithm: fixed_window, limit: 600, window: 1m, key: [tenant]}
+tiers:
+  free: {limits: [tenant-minute]}
+  paid: {limits: [tenant-minute]}
+";
+
 struct Node {
     child: Child,
     base: String,
@@ -25,10 +34,12 @@ impl Drop for Node {
     }
 }
 
-fn start(binary: &str, catalog: &str) -> Node {
+fn start(binary: &str, catalog: &str, policy: &std::path::Path) -> Node {
     let port = free_port();
     let child = Command::new(binary)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(policy)
         .args([
             "--catalog",
             catalog,
@@ -71,7 +82,10 @@ async fn main() {
         .next()
         .unwrap_or_else(|| "target/release/spillway".to_owned());
     let pg = PostgresServer::start();
-    let nodes: Vec<Node> = (0..4).map(|_| start(&binary, &pg.url())).collect();
+    let policy =
+        std::env::temp_dir().join(format!("spillway-propagation-{}.yaml", std::process::id()));
+    std::fs::write(&policy, POLICY).expect("write the policy");
+    let nodes: Vec<Node> = (0..4).map(|_| start(&binary, &pg.url(), &policy)).collect();
     let http = reqwest::Client::new();
     for node in &nodes {
         for _ in 0..200 {
@@ -116,6 +130,7 @@ async fn main() {
         // Writes arrive about every 20 ms, not back to back.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let _ = std::fs::remove_file(&policy);
     samples.sort_by(f64::total_cmp);
     println!(
         "{writes} writes on node 1, applied by 3 other nodes ({} samples): p50 {:.1} ms, p90 \

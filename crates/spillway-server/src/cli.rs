@@ -284,6 +284,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SPILLWAY_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
 
+    /// Count nothing for `/v1/top` and `spillway_top_blocked` (the hot-key and most-denied
+    /// sketches cost each decision a few tens of nanoseconds per limit when on).
+    #[arg(long, env = "SPILLWAY_NO_TOP_K")]
+    pub no_top_k: bool,
+
     /// How often this node publishes its top-k summaries to a Redis store.
     #[arg(long, env = "SPILLWAY_TOP_PUBLISH_EVERY", value_name = "DURATION",
           default_value = "5s", value_parser = parse_grace, hide = true)]

@@ -60,6 +60,8 @@ pub struct ServerSettings {
     pub trace: Option<crate::telemetry::trace::TraceSettings>,
     /// How often top-k summaries are published to a Redis store.
     pub top_publish_every: Duration,
+    /// Whether the top-k sketches count decisions (`--no-top-k` turns them off).
+    pub top_k: bool,
 }
 
 impl ServerSettings {
@@ -111,6 +113,7 @@ impl ServerSettings {
             decision_log: DecisionLogSettings::from_args(args.decision_log, &node_name)?,
             trace: crate::telemetry::trace::TraceSettings::from_args(args.trace, &node_name)?,
             top_publish_every: args.top_publish_every,
+            top_k: !args.no_top_k,
             grpc: grpc_settings(
                 args.grpc_listen,
                 args.grpc_policy_domain,

@@ -137,7 +137,11 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         }
         None => (None, None),
     };
-    let top = Arc::new(Top::new(&settings.node_name));
+    let top = Arc::new(if settings.top_k {
+        Top::new(&settings.node_name)
+    } else {
+        Top::off(&settings.node_name)
+    });
     let top_board = Board::connect(&store_config, settings.top_publish_every)
         .await
         .context("cannot connect to Redis for the top-k summaries")?;

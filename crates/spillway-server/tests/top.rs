@@ -209,3 +209,13 @@ async fn three_nodes_on_one_redis_each_answer_for_the_fleet() {
         "store latency histogram counts: {latencies}"
     );
 }
+
+#[tokio::test]
+async fn with_no_top_k_nothing_is_counted_and_the_endpoint_says_so() {
+    let server = Server::with_policy(POLICY).args(&["--no-top-k"]).start();
+    assert!(burst(&server, "noisy", "u1", 30).await > 0);
+    let response = server.get("/v1/top").await;
+    assert_eq!(response.status(), 404);
+    let text = server.metrics().await;
+    assert!(!text.contains("spillway_top_blocked{"), "{text}");
+}

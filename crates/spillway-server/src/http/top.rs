@@ -103,6 +103,10 @@ fn parse(query: Option<&str>) -> Result<Query, Problem> {
 
 /// The handler; see the module docs.
 pub async fn top(State(app): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+    if !app.top.enabled() {
+        let detail = "this node does not count hot keys or denials (started with --no-top-k)";
+        return Problem::http(StatusCode::NOT_FOUND, detail).into_response();
+    }
     let q = match parse(query.as_deref()) {
         Ok(q) => q,
         Err(problem) => return problem.into_response(),

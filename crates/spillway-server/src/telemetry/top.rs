@@ -177,6 +177,8 @@ impl Summary {
 
 /// This node's sketches; see the module docs.
 pub struct Top {
+    /// Off (`--no-top-k`): nothing is counted, and `/v1/top` says so.
+    enabled: bool,
     node: Arc<str>,
     hasher: foldhash::fast::RandomState,
     hot: TopK<HotKey>,
@@ -201,6 +203,7 @@ impl Top {
     /// Empty sketches of the given shapes: counters, then tenants and users.
     pub fn with_shapes(node: &str, keys: Shape, denials: Shape) -> Self {
         Self {
+            enabled: true,
             node: Arc::from(cut(node)),
             hasher: foldhash::fast::RandomState::default(),
             hot: TopK::new(keys),
@@ -212,9 +215,29 @@ impl Top {
     /// Counts a finished decision (`crate::decision::observe` calls this): consuming
     /// decisions that reached a verdict, by the store or by a failure mode.
     pub fn observe(&self, now: Micros, ask: &Ask<'_>, outcome: &Outcome) {
+        if !self.enabled {
+            return;
+        }
         if let (Outcome::Decided(decided), CheckMode::Consume) = (outcome, ask.mode) {
             self.record(now, ask.planned, &ask.who, !decided.verdict.allowed);
         }
+    }
+
+    /// Sketches that count nothing (`--no-top-k`), so a decision pays one branch for them.
+    pub fn off(node: &str) -> Self {
+        let tiny = Shape {
+            capacity: 1,
+            ..Shape::DEFAULT
+        };
+        Self {
+            enabled: false,
+            ..Self::with_shapes(node, tiny, tiny)
+        }
+    }
+
+    /// Whether the sketches count decisions.
+    pub fn enabled(&self) -> bool {
+        self.enabled
     }
 
     /// This node's name, as summaries and `/v1/top` answers carry it.
