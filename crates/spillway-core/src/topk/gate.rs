@@ -62,7 +62,7 @@ impl Gate {
     #[inline]
     pub(crate) fn slot(&self, hash: u64) -> usize {
         // A multiply spreads the hash's bits so the counter is independent of the bits that
-        // pick the shard and the index's bucket.
+        // pick the index's bucket.
         (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
     }
 
