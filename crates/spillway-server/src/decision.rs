@@ -190,7 +190,7 @@ async fn run(
             }
         }
     };
-    observe(app, ask, &outcome);
+    observe(app, policy, ask, &outcome);
     trace.finish(ask, &outcome);
     outcome
 }
@@ -198,13 +198,15 @@ async fn run(
 /// The one place a finished decision is seen: the top-k sketches, decisions by route,
 /// consuming verdicts the store reached by limit (degraded decisions are also counted by
 /// `failure::report` as they are made), and the decision log.
-fn observe(app: &AppState, ask: &Ask<'_>, outcome: &Outcome) {
-    app.top.observe(app.clock.now(), ask, outcome);
+fn observe(app: &AppState, policy: &Policy, ask: &Ask<'_>, outcome: &Outcome) {
+    // One clock read for every observer that needs the time.
+    let now = app.clock.now();
+    app.top.observe(now, ask, outcome);
     metrics::record_route_decision(ask, outcome);
     if let Outcome::Decided(decided) = outcome {
         if decided.degraded.is_none() && ask.mode == CheckMode::Consume {
             metrics::record_verdict(&decided.verdict);
         }
     }
-    decision_log::observe(app, ask, outcome);
+    decision_log::observe(app, policy, now, ask, outcome);
 }

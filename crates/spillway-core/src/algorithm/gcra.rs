@@ -103,12 +103,7 @@ impl Gcra {
         // Everything is measured from `now` in scaled units (one token is rate.micros units,
         // one microsecond is rate.tokens units), so no product involves the absolute time and
         // every quantity stays below 2^53 (which the Lua mirror relies on).
-        let per = self.rate.tokens;
-        let debt = match state {
-            Some(s) if s.tat > now => (s.tat - now).saturating_mul(per).saturating_add(s.rem),
-            Some(s) if s.tat == now => s.rem,
-            _ => 0,
-        };
+        let debt = state.map_or(0, |s| debt_at(s, now, self.rate.tokens));
         let window = self.rate.scale(self.burst);
         // The TAT `debt` scaled units after `now`.
         let to_state = |d: u64| {
@@ -146,7 +141,8 @@ impl Gcra {
 }
 
 /// How far `state` is in debt at `now`, in scaled units of a rate refilling `per` units a
-/// microsecond (0 once its TAT has passed); what `Gcra::evaluate` computes inline.
+/// microsecond (0 once its TAT has passed). Always inlined: `evaluate` is on every check.
+#[inline(always)]
 fn debt_at(state: &GcraState, now: Micros, per: u64) -> u64 {
     if state.tat > now {
         (state.tat - now)

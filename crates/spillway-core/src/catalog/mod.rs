@@ -107,7 +107,9 @@ impl<'a> Standing<'a> {
     #[inline]
     pub(crate) fn replacement(&self, def: &LimitDef) -> Option<&'a Arc<LimitDef>> {
         fn find<'a>(list: &'a [Arc<LimitDef>], def: &LimitDef) -> Option<&'a Arc<LimitDef>> {
-            list.iter().find(|o| o.name == def.name)
+            // An override shares its limit's name `Arc`, so the pointer almost always answers.
+            list.iter()
+                .find(|o| Arc::ptr_eq(&o.name, &def.name) || o.name == def.name)
         }
         find(self.user, def).or_else(|| find(self.tenant, def))
     }

@@ -38,8 +38,9 @@ use privacy::{IpMode, IpPrivacy};
 use record::{Kind, Pending};
 use sampling::{RateCap, Sampler};
 use sink::{Formatted, SinkError};
-use spillway_core::policy::IpPrefix;
+use spillway_core::policy::{IpPrefix, Policy};
 use spillway_core::request::CheckMode;
+use spillway_core::time::Micros;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,9 +109,9 @@ pub struct Stats {
 
 /// Offers a finished decision to the log, if it is on. Called by `decision::observe`.
 #[inline]
-pub fn observe(app: &AppState, ask: &Ask<'_>, outcome: &Outcome) {
+pub fn observe(app: &AppState, policy: &Policy, now: Micros, ask: &Ask<'_>, outcome: &Outcome) {
     if let Some(log) = &app.decision_log {
-        log.offer(app, ask, outcome);
+        log.offer(app, policy, now, ask, outcome);
     }
 }
 
@@ -144,12 +145,20 @@ impl DecisionLog {
     }
 
     /// Keeps a record of the decision if the sampling or the cap says so, without waiting.
-    pub fn offer(&self, app: &AppState, ask: &Ask<'_>, outcome: &Outcome) {
+    /// `policy` is the snapshot the decision was made with, so the record names the very
+    /// catalog version and network prefix that applied.
+    pub fn offer(
+        &self,
+        app: &AppState,
+        policy: &Policy,
+        now: Micros,
+        ask: &Ask<'_>,
+        outcome: &Outcome,
+    ) {
         if ask.mode != CheckMode::Consume {
             return;
         }
         let kind = Kind::of(outcome);
-        let now = app.clock.now();
         let sample_rate = if kind == Kind::Allowed {
             if !self.sampler.keep() {
                 return;
@@ -164,17 +173,14 @@ impl DecisionLog {
             1.0
         };
         let prefix = if self.truncate {
-            app.engine.policy().ip_prefix()
+            policy.ip_prefix()
         } else {
             IpPrefix::default()
         };
-        let policy = app.policy_info.load_full();
-        let catalog = app
-            .catalog
-            .db()
-            .map(|_| app.engine.policy().catalog().version());
-        let record = Pending::new(now, kind, sample_rate, ask, outcome, prefix, policy)
-            .with_catalog(catalog);
+        let catalog = app.catalog.db().map(|_| policy.catalog().version());
+        let info = app.policy_info.load_full();
+        let record =
+            Pending::new(now, kind, sample_rate, ask, outcome, prefix, info).with_catalog(catalog);
         match self.queue.try_send(record) {
             Ok(()) => {
                 self.counts.queued.fetch_add(1, Ordering::Relaxed);
