@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The tenant catalog at a million tenants (issue 14): import it, then time a node's cold load
-# (from `spillway serve` starting to its `catalog loaded` line, which comes before it listens)
-# on SQLite and on PostgreSQL, and the memory the compiled catalog holds.
+# (from `spillway serve` starting until its port accepts: the catalog is loaded before it
+# listens) on SQLite and on PostgreSQL, with the process's resident set. The bytes the compiled
+# catalog itself holds: `cargo run --release -p spillway-core --example catalog_million`.
 #
 #   bench/catalog.sh [BINARY]        # default target/release/spillway
 #   TENANTS=200000 bench/catalog.sh

@@ -109,9 +109,12 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let shared = !matches!(store_config, StoreConfig::Memory { .. });
     let store = failover.guard(store, shared);
     let policy = Arc::new(policy);
-    let catalog_db = match &settings.catalog {
-        Some(catalog) => Some(open_catalog(catalog, &policy).await?),
-        None => None,
+    let (catalog_db, migration_pending) = match &settings.catalog {
+        Some(catalog) => {
+            let (db, pending) = open_catalog(catalog, &policy).await?;
+            (Some(db), pending)
+        }
+        None => (None, false),
     };
     let catalog = Arc::new(CatalogNode::new(Arc::clone(&policy), catalog_db));
     let engine = Engine::new(policy, store.clone(), clock.shared());
@@ -166,7 +169,11 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let sync_task = match &settings.catalog {
         Some(catalog) => {
             sync::boot(&app.catalog, &app.engine, &app.clock, &catalog.sync).await;
-            sync::spawn(app.clone(), catalog.sync.clone(), shutdown.clone())
+            let follow = sync::SyncSettings {
+                migrate: migration_pending,
+                ..catalog.sync.clone()
+            };
+            sync::spawn(app.clone(), follow, shutdown.clone())
         }
         None => None,
     };
@@ -279,13 +286,14 @@ fn store_kind(config: &StoreConfig) -> &'static str {
     }
 }
 
-/// Opens the catalog database (migrating it when allowed). A database that is merely
-/// unreachable is not fatal: the node boots from its snapshot and catches up later. A
-/// policy with its own `tenants:` section is: it would be silently ignored.
+/// Opens the catalog database (migrating it when allowed), and says whether a migration asked
+/// for is still to do. A database that is merely unreachable is not fatal: the node boots from
+/// its snapshot, and the sync task migrates and catches up once it answers. A policy with its
+/// own `tenants:` section is: it would be silently ignored.
 async fn open_catalog(
     settings: &CatalogSettings,
     policy: &spillway_core::policy::Policy,
-) -> anyhow::Result<Arc<dyn spillway_catalog::CatalogDb>> {
+) -> anyhow::Result<(Arc<dyn spillway_catalog::CatalogDb>, bool)> {
     let shown = spillway_catalog::redacted(&settings.url);
     if policy.has_static_tenants() {
         anyhow::bail!(
@@ -297,17 +305,20 @@ async fn open_catalog(
     let db = spillway_catalog::open(&settings.url)
         .await
         .with_context(|| format!("cannot open the catalog {shown}"))?;
-    if settings.migrate {
-        match db.migrate().await {
-            Ok(done) if done.from != done.to => {
+    if !settings.migrate {
+        return Ok((db, false));
+    }
+    match db.migrate().await {
+        Ok(done) => {
+            if done.from != done.to {
                 tracing::info!(from = done.from, to = done.to, "catalog schema migrated");
             }
-            Ok(_) => {}
-            Err(err) if err.is_unavailable() => {
-                tracing::warn!(error = %err, "cannot migrate the catalog now: it is unreachable");
-            }
-            Err(err) => return Err(err).context("cannot migrate the catalog"),
+            Ok((db, false))
         }
+        Err(err) if err.is_unavailable() => {
+            tracing::warn!(error = %err, "cannot migrate the catalog now: it is unreachable");
+            Ok((db, true))
+        }
+        Err(err) => Err(err).context("cannot migrate the catalog"),
     }
-    Ok(db)
 }

@@ -37,10 +37,15 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A `--since` that reaches past the manual clock's records from any real date.
+const WHENEVER: &str = "3650d";
+
 /// `spillway decisions ARGS --json`, once it prints `n` records (or the patience runs out).
+/// The servers stamp records by their manual clock (2027-01-15), while `--since` counts back
+/// from the wall clock: a ten-year window keeps every record in, whatever today's date.
 fn decisions(args: &[&str], n: usize) -> Vec<Value> {
     let mut all = args.to_vec();
-    all.push("--json");
+    all.extend(["--since", WHENEVER, "--json"]);
     let mut last = String::new();
     let found = wait_until(PATIENCE, || {
         let out = spillway(&all);
@@ -128,7 +133,7 @@ async fn three_nodes_share_one_stream_read_back_by_tenant_and_denial() {
         "--tenant",
         "acme",
         "--since",
-        "1h",
+        WHENEVER,
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let table = text(&out.stdout);
@@ -287,7 +292,16 @@ async fn a_redis_outage_costs_records_not_decisions_and_the_stream_comes_back() 
     let back = common::wait_until_async(PATIENCE, || async {
         let status = node.post("/v1/check", &ask("after")).await.status();
         assert!(status == 200 || status == 429, "{status}");
-        let out = spillway(&["decisions", "--redis", &url, "--user", "after", "--json"]);
+        let out = spillway(&[
+            "decisions",
+            "--redis",
+            &url,
+            "--user",
+            "after",
+            "--since",
+            WHENEVER,
+            "--json",
+        ]);
         (out.status.code() == Some(0) && !out.stdout.is_empty()).then_some(())
     })
     .await;

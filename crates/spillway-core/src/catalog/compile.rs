@@ -234,16 +234,11 @@ impl Catalog {
             self.invalid = self.count_invalid();
         } else {
             // Kept by difference, so a change costs its own entries, not the whole catalog's.
-            let (before, after) = (self.invalid_among(&tenants, &users, &keys), {
-                let mut next = self.clone();
-                next.tenants = self.tenants.with_changes(tenants.clone());
-                next.users = self.users.with_changes(users.clone());
-                next.api_keys = self.api_keys.with_changes(keys.clone());
-                let after = next.invalid_among(&tenants, &users, &keys);
-                (self.tenants, self.users, self.api_keys) =
-                    (next.tenants, next.users, next.api_keys);
-                after
-            });
+            let before = self.invalid_among(&tenants, &users, &keys);
+            self.tenants = self.tenants.with_changes(tenants.clone());
+            self.users = self.users.with_changes(users.clone());
+            self.api_keys = self.api_keys.with_changes(keys.clone());
+            let after = self.invalid_among(&tenants, &users, &keys);
             self.invalid = (self.invalid + after).saturating_sub(before);
         }
         skipped

@@ -107,9 +107,8 @@ impl<'a> Standing<'a> {
     #[inline]
     pub(crate) fn replacement(&self, def: &LimitDef) -> Option<&'a Arc<LimitDef>> {
         fn find<'a>(list: &'a [Arc<LimitDef>], def: &LimitDef) -> Option<&'a Arc<LimitDef>> {
-            // An override shares its limit's name `Arc`, so the pointer almost always answers.
-            list.iter()
-                .find(|o| Arc::ptr_eq(&o.name, &def.name) || o.name == def.name)
+            // `Arc<str>`'s `==` tries the pointer first, and an override shares its limit's name.
+            list.iter().find(|o| o.name == def.name)
         }
         find(self.user, def).or_else(|| find(self.tenant, def))
     }
@@ -200,8 +199,7 @@ impl Catalog {
     /// The same entries compiled against another policy (after a reload): tiers looked up
     /// again, overrides recompiled. Entries the new policy refuses in part are returned.
     pub fn recompile(&self, policy: &Policy) -> (Self, Vec<Skipped>) {
-        let (catalog, skipped) = Self::build(policy, self.version, self.entries());
-        (catalog, skipped)
+        Self::build(policy, self.version, self.entries())
     }
 
     /// The version of the last change applied.

@@ -86,7 +86,8 @@ impl CatalogArgs {
                 poll: self.catalog_poll,
                 snapshot: self.catalog_snapshot.clone(),
                 boot_timeout: self.catalog_boot_timeout,
-                migrate: self.catalog_migrate,
+                // Set by `serve` only when the migration at start could not run.
+                migrate: false,
             },
         })
     }

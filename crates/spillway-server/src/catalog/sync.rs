@@ -43,7 +43,8 @@ pub struct SyncSettings {
     pub snapshot: Option<PathBuf>,
     /// How long the first load may take before the node boots from its snapshot.
     pub boot_timeout: Duration,
-    /// Whether to create or upgrade the schema (retried until the database answers).
+    /// A migration asked for at start that could not run then (the database was down): the
+    /// sync task retries it until the database answers.
     pub migrate: bool,
 }
 
@@ -124,7 +125,6 @@ pub fn spawn(
         let mut notes = db.notifications();
         let mut written = node.status().version;
         let mut last_write = Instant::now();
-        // A migration asked for at start but not done (the database was down) is retried.
         let mut migrate = settings.migrate;
         loop {
             if migrate {

@@ -340,7 +340,7 @@ pub struct Line {
     /// The policy in force: its source and load time.
     #[serde(default)]
     pub policy_version: String,
-    /// The tenant catalog's version (none yet).
+    /// The catalog database's version the decision used (none when tenants come from the policy file).
     #[serde(default)]
     pub catalog_version: Option<u64>,
     /// The share of such decisions logged: 1 for all but allowed ones.
