@@ -55,6 +55,10 @@ pub struct Event {
     /// algorithm, same counter; the form of [`Vector::numbers`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub numbers: Option<[u64; 3]>,
+    /// A cost reported after the fact (`Store::charge`): recorded whatever the limit says,
+    /// and `expect` is the key's standing after it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub charge: bool,
 }
 
 /// A decision in the vectors' flat form.
@@ -129,9 +133,73 @@ impl Rng {
 pub fn expected(params: &LimitParams, requests: &[(Micros, u64, bool)]) -> Vec<Event> {
     let requests: Vec<_> = requests
         .iter()
-        .map(|&(at, cost, peek)| (at, cost, peek, None))
+        .map(|&(at, cost, peek)| (at, cost, peek, None, false))
         .collect();
     replay_reference(params.clone(), &requests)
+}
+
+/// Like [`expected`] for a metered limit: `(at, cost, peek, charge)`, where a charge records
+/// its cost after the fact, past the limit if need be.
+pub fn expected_metered(
+    params: &LimitParams,
+    requests: &[(Micros, u64, bool, bool)],
+) -> Vec<Event> {
+    let requests: Vec<_> = requests
+        .iter()
+        .map(|&(at, cost, peek, charge)| (at, cost, peek && !charge, None, charge))
+        .collect();
+    replay_reference(params.clone(), &requests)
+}
+
+/// Random requests for a metered limit of `params`: zero-cost admissions (as a metered
+/// limit is checked), looks, and reported costs from nothing to three times the quota, so
+/// keys go into debt and are repaid by refill or the passing window.
+pub fn random_metered_requests(
+    rng: &mut Rng,
+    params: &LimitParams,
+    n: usize,
+) -> Vec<(Micros, u64, bool, bool)> {
+    let quota = params.quota();
+    random_requests(rng, params, n)
+        .into_iter()
+        .map(|(at, cost, peek)| match rng.below(3) {
+            0 => (at, rng.below(3 * quota.min(1_000_000) + 2), false, true),
+            1 => (at, 0, peek, false),
+            _ => (at, cost, peek, false),
+        })
+        .collect()
+}
+
+/// The scenario on every algorithm that records costs after the fact: a budget of
+/// 1,000 an hour; admitted, 900 reported, admitted, 400 reported (300 in debt), denied, and
+/// admitted again once the debt is repaid; then a report far beyond any limit (capped).
+fn overdrawn(algorithm: &str) -> Vector {
+    let numbers = match algorithm {
+        "token_bucket" | "gcra" | "leaky_bucket" => [1000, HOUR, 1000],
+        _ => [1000, HOUR, 0],
+    };
+    let params = params_of(algorithm, numbers);
+    let t = 1_700_000_000_000_000 + HOUR / 4;
+    let requests = [
+        (t, 0, false, false),
+        (t + SECOND, 900, false, true),
+        (t + 2 * SECOND, 0, false, false),
+        (t + 3 * SECOND, 400, false, true),
+        (t + 4 * SECOND, 0, false, false),
+        (t + 4 * SECOND, 1, true, false),
+        (t + 20 * MINUTE, 0, false, false),
+        (t + HOUR, 0, false, false),
+        (t + 2 * HOUR, 0, false, false),
+        (t + 2 * HOUR, 5, false, true),
+        (t + 2 * HOUR, u64::MAX >> 11, false, true),
+        (t + 3 * HOUR, 0, true, false),
+    ];
+    Vector {
+        name: format!("{algorithm}-overdrawn"),
+        algorithm: algorithm.into(),
+        numbers,
+        events: expected_metered(&params, &requests),
+    }
 }
 
 /// Like [`expected`] for requests that may change the limit's numbers before they are
@@ -144,14 +212,17 @@ pub fn expected_renumbered(
 ) -> Vec<Event> {
     let requests: Vec<_> = requests
         .iter()
-        .map(|&(at, cost, peek, n)| (at, cost, peek, n.map(|n| (n, params_of(algorithm, n)))))
+        .map(|&(at, cost, peek, n)| {
+            let n = n.map(|n| (n, params_of(algorithm, n)));
+            (at, cost, peek, n, false)
+        })
         .collect();
     replay_reference(params_of(algorithm, numbers), &requests)
 }
 
-/// A request of the reference replay: time, cost, peek, and the numbers (with their
-/// parameters) the limit changes to just before it.
-type ReferenceRequest = (Micros, u64, bool, Option<([u64; 3], LimitParams)>);
+/// A request of the reference replay: time, cost, peek, the numbers (with their
+/// parameters) the limit changes to just before it, and whether it is a charge after the fact.
+type ReferenceRequest = (Micros, u64, bool, Option<([u64; 3], LimitParams)>, bool);
 
 /// The reference replay: the state is kept with the parameters that wrote it, and read under
 /// the current ones through `carry_over`; a state that is fresh-equivalent is dropped, as the
@@ -160,7 +231,7 @@ fn replay_reference(mut params: LimitParams, requests: &[ReferenceRequest]) -> V
     let mut state: Option<(State, LimitParams)> = None;
     requests
         .iter()
-        .map(|(at, cost, peek, change)| {
+        .map(|(at, cost, peek, change, charge)| {
             let (at, cost, peek) = (*at, *cost, *peek);
             if let Some((_, p)) = change {
                 params = p.clone();
@@ -170,10 +241,17 @@ fn replay_reference(mut params: LimitParams, requests: &[ReferenceRequest]) -> V
                     .carry_over(writer, s.as_ref(), at)
                     .unwrap_or_else(|| s.clone())
             });
-            let e = params.evaluate(read.as_ref().map(State::as_ref), at, cost);
+            let charge = *charge;
+            let read = read.as_ref().map(State::as_ref);
+            let e = if charge {
+                params.charge(read, at, cost)
+            } else {
+                params.evaluate(read, at, cost)
+            };
             // Stores write only what charges something: a zero-cost check is a look (under
-            // other numbers, writing its conversion back would erase usage).
-            let writes = e.decision.allowed && !peek && cost > 0;
+            // other numbers, writing its conversion back would erase usage). A charge after
+            // the fact is always written.
+            let writes = charge || (e.decision.allowed && !peek && cost > 0);
             if writes && e.expires_at > at {
                 state = Some((e.state, params.clone()));
             } else if writes {
@@ -185,6 +263,7 @@ fn replay_reference(mut params: LimitParams, requests: &[ReferenceRequest]) -> V
                 peek,
                 expect: flatten(&e.decision),
                 numbers: change.as_ref().map(|(n, _)| *n),
+                charge,
             }
         })
         .collect()
@@ -390,5 +469,34 @@ pub fn generate() -> Vec<Vector> {
                 };
                 [tightened(algorithm), random]
             });
-    fixed.chain(renumbered).collect()
+    let metered = parameter_sets()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (algorithm, _))| *algorithm != "sliding_log")
+        .map(|(i, (algorithm, numbers))| {
+            let params = params_of(algorithm, numbers);
+            let mut rng = Rng::new(0xDEB7 + i as u64);
+            let requests = random_metered_requests(&mut rng, &params, 120);
+            Vector {
+                name: format!("{algorithm}-metered-{i}"),
+                algorithm: algorithm.into(),
+                numbers,
+                events: expected_metered(&params, &requests),
+            }
+        });
+    let overdrawn = METERED.iter().map(|a| overdrawn(a));
+    fixed
+        .chain(renumbered)
+        .chain(overdrawn)
+        .chain(metered)
+        .collect()
 }
+
+/// The algorithms that record costs after the fact (all but the sliding log).
+pub const METERED: [&str; 5] = [
+    "token_bucket",
+    "gcra",
+    "leaky_bucket",
+    "fixed_window",
+    "sliding_window",
+];

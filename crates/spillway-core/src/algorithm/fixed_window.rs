@@ -86,6 +86,41 @@ impl FixedWindow {
     }
 }
 
+impl FixedWindow {
+    /// Records `cost` in the current window at `now` whether or not it fits (a cost known only
+    /// after the response): the count may pass the limit (up to 2^53, the Lua mirror's exact
+    /// range), and nothing is admitted until the window ends. The state is always meant to be
+    /// stored; the decision tells the key's standing, as [`super::TokenBucket::charge`] does.
+    pub fn charge(
+        &self,
+        state: Option<&FixedWindowState>,
+        now: Micros,
+        cost: u64,
+    ) -> Evaluation<FixedWindowState> {
+        let (start, count) = match state {
+            Some(s) if s.start + self.window > now => (s.start, s.count),
+            _ => (now - now % self.window, 0),
+        };
+        let count = count.saturating_add(cost).min(super::MAX_SCALED as u64);
+        let end = start + self.window;
+        let reset = if count == 0 {
+            0
+        } else {
+            end.saturating_sub(now)
+        };
+        let decision = if count <= self.limit {
+            Decision::allow(self.limit, self.limit - count, reset)
+        } else {
+            Decision::over_limit(self.limit, 0, reset, reset)
+        };
+        Evaluation {
+            decision,
+            state: FixedWindowState { start, count },
+            expires_at: end,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +174,23 @@ mod tests {
         ) {
             let fw = FixedWindow::new(limit, window_s * SECOND).unwrap();
             testkit::check_retry_exact(|s: Option<&FixedWindowState>, now, cost| fw.evaluate(s, now, cost), &events, cost)?;
+        }
+
+        #[test]
+        fn overdraw_is_recorded_and_repaid_exactly(
+            limit in 1u64..30, window_s in 1u64..120,
+            events in testkit::metered_events(80, 5 * SECOND, 4, 60),
+        ) {
+            let a = FixedWindow::new(limit, window_s * SECOND).unwrap();
+            let w = window_s * SECOND;
+            testkit::check_overdraw(
+                testkit::Metered::new(
+                    |s: Option<&FixedWindowState>, now, cost| a.evaluate(s, now, cost),
+                    |s: Option<&FixedWindowState>, now, cost| a.charge(s, now, cost),
+                ),
+                &events,
+                |t, at| (t >= at - at % w).then_some(limit as u128),
+            )?;
         }
     }
 }

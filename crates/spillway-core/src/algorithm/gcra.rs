@@ -140,6 +140,57 @@ impl Gcra {
     }
 }
 
+impl Gcra {
+    /// The most a key may have used, in scaled units: one burst plus ten years of emission
+    /// ([`super::MAX_WINDOW`]), at most 2^53 (the Lua mirror's exact range). The same bound
+    /// as [`super::TokenBucket::max_debt`] beyond a full burst, so both still agree.
+    #[inline]
+    pub fn max_used(&self) -> u64 {
+        self.rate
+            .scale(self.burst)
+            .saturating_add(self.rate.refill(super::MAX_WINDOW))
+            .min(super::MAX_SCALED as u64)
+    }
+
+    /// Records `cost` used at `now` whether or not the burst has room for it (a cost known
+    /// only after the response): the TAT moves on by the whole cost, past the burst if need
+    /// be (at most [`Gcra::max_used`]), and nothing is admitted until it is back within it.
+    /// The state is always meant to be stored; the decision tells the key's standing, as
+    /// [`super::TokenBucket::charge`] does.
+    pub fn charge(
+        &self,
+        state: Option<&GcraState>,
+        now: Micros,
+        cost: u64,
+    ) -> Evaluation<GcraState> {
+        let debt = state.map_or(0, |s| debt_at(s, now, self.rate.tokens));
+        let window = self.rate.scale(self.burst);
+        let need = self.rate.scale(cost).min(super::MAX_SCALED as u64);
+        let max = self.max_used();
+        let used = if need >= max - debt.min(max) {
+            max
+        } else {
+            debt + need
+        };
+        let (whole, rem) = self.rate.split(used);
+        let fresh_in = self.rate.time_for(used);
+        let remaining = self.rate.whole(window.saturating_sub(used));
+        let decision = if used <= window {
+            Decision::allow(self.burst, remaining, fresh_in)
+        } else {
+            Decision::over_limit(self.burst, 0, fresh_in, self.rate.time_for(used - window))
+        };
+        Evaluation {
+            decision,
+            state: GcraState {
+                tat: now + whole,
+                rem,
+            },
+            expires_at: now + fresh_in,
+        }
+    }
+}
+
 /// How far `state` is in debt at `now`, in scaled units of a rate refilling `per` units a
 /// microsecond (0 once its TAT has passed). Always inlined: `evaluate` is on every check.
 #[inline(always)]
@@ -213,6 +264,48 @@ mod tests {
         ) {
             let g = gcra(count, period_ms * 1000, burst);
             testkit::check_retry_exact(|s: Option<&GcraState>, now, cost| g.evaluate(s, now, cost), &events, cost)?;
+        }
+
+        #[test]
+        fn charges_agree_with_a_token_bucket(
+            count in 1u64..50, period_ms in 1u64..120_000, burst in 1u64..40,
+            events in testkit::metered_events(120, 3 * SECOND, 4, 60),
+        ) {
+            let rate = Rate::new(count, period_ms * 1000).unwrap();
+            let g = Gcra::new(rate, burst).unwrap();
+            let tb = TokenBucket::new(rate, burst).unwrap();
+            let mut mg = testkit::Metered::new(
+                |s: Option<&GcraState>, now, cost| g.evaluate(s, now, cost),
+                |s: Option<&GcraState>, now, cost| g.charge(s, now, cost),
+            );
+            let mut mt = testkit::Metered::new(
+                |s: Option<&TokenBucketState>, now, cost| tb.evaluate(s, now, cost),
+                |s: Option<&TokenBucketState>, now, cost| tb.charge(s, now, cost),
+            );
+            for (at, cost, is_charge) in events {
+                if is_charge {
+                    prop_assert_eq!(mg.charge(at, cost), mt.charge(at, cost));
+                } else {
+                    prop_assert_eq!(mg.step(at, cost), mt.step(at, cost));
+                }
+            }
+        }
+
+        #[test]
+        fn overdraw_is_recorded_and_repaid_exactly(
+            count in 1u64..50, period_s in 1u64..120, burst in 1u64..40,
+            events in testkit::metered_events(80, 5 * SECOND, 4, 60),
+        ) {
+            let g = gcra(count, period_s * SECOND, burst);
+            let period = period_s * SECOND;
+            testkit::check_overdraw(
+                testkit::Metered::new(
+                    |s: Option<&GcraState>, now, cost| g.evaluate(s, now, cost),
+                    |s: Option<&GcraState>, now, cost| g.charge(s, now, cost),
+                ),
+                &events,
+                |t, at| Some(burst as u128 + (at - t) as u128 * count as u128 / period as u128),
+            )?;
         }
     }
 }

@@ -132,6 +132,65 @@ impl LeakyBucket {
     }
 }
 
+impl LeakyBucket {
+    /// The highest level a key may reach, in scaled units: the capacity plus ten years of
+    /// drain ([`super::MAX_WINDOW`]), at most 2^53 (the Lua mirror's exact range).
+    #[inline]
+    pub fn max_level(&self) -> u64 {
+        self.drain
+            .scale(self.capacity)
+            .saturating_add(self.drain.refill(super::MAX_WINDOW))
+            .min(super::MAX_SCALED as u64)
+    }
+
+    /// Pours `cost` in at `now` whether or not it fits (a cost known only after the
+    /// response): the level may rise above the capacity (at most [`LeakyBucket::max_level`]),
+    /// and nothing is admitted until it has drained back to the capacity. The state is always
+    /// meant to be stored; the decision tells the key's standing, as
+    /// [`super::TokenBucket::charge`] does.
+    pub fn charge(
+        &self,
+        state: Option<&LeakyBucketState>,
+        now: Micros,
+        cost: u64,
+    ) -> Evaluation<LeakyBucketState> {
+        let capacity = self.drain.scale(self.capacity);
+        let (level, last) = match state {
+            None => (0, now),
+            Some(s) => {
+                let drained = self.drain.refill(now.saturating_sub(s.last_leak));
+                (s.level.saturating_sub(drained), now.max(s.last_leak))
+            }
+        };
+        let need = self.drain.scale(cost).min(super::MAX_SCALED as u64);
+        let max = self.max_level();
+        let level = if need >= max - level.min(max) {
+            max
+        } else {
+            level + need
+        };
+        let empty_in = self.drain.time_for(level);
+        let decision = if level <= capacity {
+            Decision::allow(self.capacity, self.drain.whole(capacity - level), empty_in)
+        } else {
+            Decision::over_limit(
+                self.capacity,
+                0,
+                empty_in,
+                self.drain.time_for(level - capacity),
+            )
+        };
+        Evaluation {
+            decision,
+            state: LeakyBucketState {
+                level,
+                last_leak: last,
+            },
+            expires_at: last + empty_in,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +243,23 @@ mod tests {
         ) {
             let lb = LeakyBucket::new(Rate::new(count, period_s * SECOND).unwrap(), capacity).unwrap();
             testkit::check_retry_exact(|s: Option<&LeakyBucketState>, now, cost| lb.evaluate(s, now, cost), &events, cost)?;
+        }
+
+        #[test]
+        fn overdraw_is_recorded_and_repaid_exactly(
+            count in 1u64..50, period_s in 1u64..120, capacity in 1u64..40,
+            events in testkit::metered_events(80, 5 * SECOND, 4, 60),
+        ) {
+            let lb = LeakyBucket::new(Rate::new(count, period_s * SECOND).unwrap(), capacity).unwrap();
+            let period = period_s * SECOND;
+            testkit::check_overdraw(
+                testkit::Metered::new(
+                    |s: Option<&LeakyBucketState>, now, cost| lb.evaluate(s, now, cost),
+                    |s: Option<&LeakyBucketState>, now, cost| lb.charge(s, now, cost),
+                ),
+                &events,
+                |t, at| Some(capacity as u128 + (at - t) as u128 * count as u128 / period as u128),
+            )?;
         }
     }
 }

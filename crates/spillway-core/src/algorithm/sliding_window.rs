@@ -122,6 +122,32 @@ impl SlidingWindow {
         }
     }
 
+    /// Records `cost` in the current window at `now` whether or not it fits (a cost known only
+    /// after the response): the window's count may pass the limit (up to 2^32 - 1, the
+    /// state's width), and nothing is admitted until its weight has slid out of the window.
+    /// The state is always meant to be stored; the decision tells the key's standing, as
+    /// [`super::TokenBucket::charge`] does.
+    pub fn charge(
+        &self,
+        state: Option<&SlidingWindowState>,
+        now: Micros,
+        cost: u64,
+    ) -> Evaluation<SlidingWindowState> {
+        // Read the state as a zero-cost check does (rolled into the current window), add the
+        // whole cost, and tell the standing as a zero-cost check then sees it.
+        let s = self.evaluate(state, now, 0).state;
+        let curr = u64::from(s.curr)
+            .saturating_add(cost)
+            .min(u64::from(u32::MAX)) as u32;
+        let next = SlidingWindowState { curr, ..s };
+        let after = self.evaluate(Some(&next), now, 0);
+        Evaluation {
+            decision: after.decision,
+            state: next,
+            expires_at: after.expires_at,
+        }
+    }
+
     /// The earliest time a request of `cost` (at most the limit) passes with no other traffic.
     fn retry_at(&self, s: &SlidingWindowState, cost: u64) -> Micros {
         let w = self.window as u128;
@@ -189,6 +215,23 @@ mod tests {
         ) {
             let sw = SlidingWindow::new(limit, window_s * SECOND).unwrap();
             testkit::check_retry_exact(|s: Option<&SlidingWindowState>, now, cost| sw.evaluate(s, now, cost), &events, cost)?;
+        }
+
+        #[test]
+        fn overdraw_is_recorded_and_repaid_exactly(
+            limit in 1u64..30, window_s in 1u64..120,
+            events in testkit::metered_events(80, 5 * SECOND, 4, 60),
+        ) {
+            let a = SlidingWindow::new(limit, window_s * SECOND).unwrap();
+            let w = window_s * SECOND;
+            testkit::check_overdraw(
+                testkit::Metered::new(
+                    |s: Option<&SlidingWindowState>, now, cost| a.evaluate(s, now, cost),
+                    |s: Option<&SlidingWindowState>, now, cost| a.charge(s, now, cost),
+                ),
+                &events,
+                |t, at| (t >= at - at % w).then_some(limit as u128),
+            )?;
         }
     }
 }

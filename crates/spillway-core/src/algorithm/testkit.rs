@@ -153,3 +153,131 @@ pub fn check_retry_exact<S: Clone>(
     }
     Ok(())
 }
+
+/// Replays a mix of checks and charges after the fact against one key: a check commits its
+/// state only when allowed, a charge always.
+pub struct Metered<S, F, G> {
+    eval: F,
+    charge: G,
+    state: Option<S>,
+}
+
+impl<S, F, G> Metered<S, F, G>
+where
+    S: Clone,
+    F: FnMut(Option<&S>, Micros, u64) -> Evaluation<S>,
+    G: FnMut(Option<&S>, Micros, u64) -> Evaluation<S>,
+{
+    /// A replay of a fresh key.
+    pub fn new(eval: F, charge: G) -> Self {
+        Self {
+            eval,
+            charge,
+            state: None,
+        }
+    }
+
+    /// A check of `cost` at `now`, kept if allowed.
+    pub fn step(&mut self, now: Micros, cost: u64) -> Decision {
+        let e = (self.eval)(self.state.as_ref(), now, cost);
+        if e.decision.allowed {
+            self.state = Some(e.state);
+        }
+        e.decision
+    }
+
+    /// A charge of `cost` at `now`, always kept.
+    pub fn charge(&mut self, now: Micros, cost: u64) -> Decision {
+        let e = (self.charge)(self.state.as_ref(), now, cost);
+        self.state = Some(e.state);
+        e.decision
+    }
+
+    /// A check without committing anything.
+    pub fn peek(&mut self, now: Micros, cost: u64) -> Decision {
+        (self.eval)(self.state.as_ref(), now, cost).decision
+    }
+}
+
+/// Up to `n` events with non-decreasing times: `(time, cost, is_charge)`, charges costing up
+/// to `max_charge` (past the limit, to overdraw), checks up to `max_cost`.
+pub fn metered_events(
+    n: usize,
+    max_gap: Micros,
+    max_cost: u64,
+    max_charge: u64,
+) -> impl Strategy<Value = Vec<(Micros, u64, bool)>> {
+    let start = 1_700_000_000_000_000u64;
+    prop::collection::vec(
+        (
+            prop_oneof![Just(0u64), 0..max_gap],
+            0..=max_cost,
+            0..=max_charge,
+            any::<bool>(),
+        ),
+        1..n,
+    )
+    .prop_map(move |raw| {
+        let mut now = start;
+        raw.into_iter()
+            .map(|(gap, cost, charged, is_charge)| {
+                now += gap;
+                (now, if is_charge { charged } else { cost }, is_charge)
+            })
+            .collect()
+    })
+}
+
+/// The properties every algorithm that records costs after the fact must keep, over a mix
+/// of checks and charges:
+/// - a charge's decision tells the standing a zero-cost check sees at the same time;
+/// - a key in debt is denied, and its `retry_after` is exact: a zero-cost check passes at
+///   `now + retry_after` and not a microsecond before;
+/// - nothing charged is lost: whenever a check is admitted at `t_j`, everything charged or
+///   admitted since any earlier event `t_i` fits in `bound(t_j - t_i)` (the burst plus the
+///   refill for the buckets; the limit, within one aligned window, for the windows, where
+///   `bound` returns `None` when the span leaves the window).
+pub fn check_overdraw<S, F, G>(
+    mut m: Metered<S, F, G>,
+    events: &[(Micros, u64, bool)],
+    bound: impl Fn(Micros, Micros) -> Option<u128>,
+) -> Result<(), TestCaseError>
+where
+    S: Clone,
+    F: FnMut(Option<&S>, Micros, u64) -> Evaluation<S>,
+    G: FnMut(Option<&S>, Micros, u64) -> Evaluation<S>,
+{
+    let mut used: Vec<(Micros, u64)> = Vec::new();
+    for &(at, cost, is_charge) in events {
+        if is_charge {
+            let d = m.charge(at, cost);
+            used.push((at, cost));
+            let look = m.peek(at, 0);
+            prop_assert_eq!(d.allowed, look.allowed, "charge and look disagree");
+            if !d.allowed {
+                prop_assert_eq!(d.retry_after, look.retry_after);
+            }
+        } else if m.step(at, cost).allowed {
+            used.push((at, cost));
+            let mut sum = 0u128;
+            for &(t, c) in used.iter().rev() {
+                sum += u128::from(c);
+                if let Some(b) = bound(t, at) {
+                    prop_assert!(sum <= b, "{} used since {}, bound {}", sum, t, b);
+                }
+            }
+        }
+    }
+    let now = events.last().map_or(0, |e| e.0);
+    let d = m.peek(now, 0);
+    if !d.allowed {
+        let retry = d.retry_after.unwrap_or(0);
+        prop_assert!(retry > 0, "a key in debt must say when to retry");
+        prop_assert!(
+            m.peek(now + retry, 0).allowed,
+            "still denied at now + retry"
+        );
+        prop_assert!(!m.peek(now + retry - 1, 0).allowed, "allowed before retry");
+    }
+    Ok(())
+}

@@ -82,7 +82,67 @@ impl TokenBucket {
         }
     }
 
-    /// Checks `cost` tokens at `now`; see [`super::LimitParams::evaluate`].
+    /// What the bucket holds at `now`: scaled tokens, or (with no tokens) a debt in scaled
+    /// units that a charge after the fact left behind (see [`TokenBucket::charge`]).
+    ///
+    /// A bucket in debt is stored with its last refill in the future: it will hold `tokens`
+    /// at that time, so until then it owes the refill still to come less those tokens. A
+    /// state whose last refill lies ahead because the clock stepped back reads the same way:
+    /// the step costs tokens (never admits more), where it used to refill nothing.
+    #[inline]
+    fn standing(&self, state: Option<&TokenBucketState>, now: Micros) -> (u64, u64) {
+        let capacity = self.rate.scale(self.burst);
+        match state {
+            None => (capacity, 0),
+            Some(s) if s.last_refill > now => {
+                let owed = self.rate.refill(s.last_refill - now);
+                if s.tokens >= owed {
+                    ((s.tokens - owed).min(capacity), 0)
+                } else {
+                    (0, (owed - s.tokens).min(self.max_debt()))
+                }
+            }
+            Some(s) => {
+                let elapsed = now - s.last_refill;
+                let refilled = s
+                    .tokens
+                    .saturating_add(self.rate.refill(elapsed))
+                    .min(capacity);
+                (refilled, 0)
+            }
+        }
+    }
+
+    /// The most a key may owe, in scaled units: ten years of refill ([`super::MAX_WINDOW`]),
+    /// and never so much that the capacity plus the debt passes 2^53 (the Lua mirror's exact
+    /// range).
+    #[inline]
+    pub fn max_debt(&self) -> u64 {
+        let capacity = self.rate.scale(self.burst);
+        (super::MAX_SCALED as u64 - capacity.min(super::MAX_SCALED as u64))
+            .min(self.rate.refill(super::MAX_WINDOW))
+    }
+
+    /// The state holding `tokens` (or owing `debt`) at `now`.
+    #[inline]
+    fn state_of(&self, tokens: u64, debt: u64, now: Micros) -> TokenBucketState {
+        if debt == 0 {
+            return TokenBucketState {
+                tokens,
+                last_refill: now,
+            };
+        }
+        // Repaid `q` microseconds from now, with `q x rate - debt` (less than one
+        // microsecond's refill) already refilled by then.
+        let q = self.rate.time_for(debt);
+        TokenBucketState {
+            tokens: q * self.rate.tokens - debt,
+            last_refill: now + q,
+        }
+    }
+
+    /// Checks `cost` tokens at `now`; see [`super::LimitParams::evaluate`]. A key in debt is
+    /// denied whatever the cost (even zero) until the debt is repaid.
     #[inline]
     pub fn evaluate(
         &self,
@@ -91,52 +151,76 @@ impl TokenBucket {
         cost: u64,
     ) -> Evaluation<TokenBucketState> {
         let capacity = self.rate.scale(self.burst);
-        // A clock that steps backwards refills nothing rather than going negative.
-        let (tokens, last) = match state {
-            None => (capacity, now),
-            Some(s) => {
-                let elapsed = now.saturating_sub(s.last_refill);
-                let refilled = s
-                    .tokens
-                    .saturating_add(self.rate.refill(elapsed))
-                    .min(capacity);
-                (refilled, now.max(s.last_refill))
-            }
-        };
+        let (tokens, debt) = self.standing(state, now);
         let need = self.rate.scale(cost);
-        let full_in = |t: u64| self.rate.time_for(capacity - t);
-        let keep = |t: u64| TokenBucketState {
-            tokens: t,
-            last_refill: last,
-        };
+        // Time until the bucket is full again: its free space plus what it owes.
+        let full_in = |t: u64, d: u64| self.rate.time_for(capacity - t + d);
+        let keep = self.state_of(tokens, debt, now);
         if cost > self.burst {
             let decision =
-                Decision::too_costly(self.burst, self.rate.whole(tokens), full_in(tokens));
+                Decision::too_costly(self.burst, self.rate.whole(tokens), full_in(tokens, debt));
             return Evaluation {
                 decision,
-                state: keep(tokens),
-                expires_at: last + full_in(tokens),
+                state: keep,
+                expires_at: now + full_in(tokens, debt),
             };
         }
-        if tokens >= need {
+        if debt == 0 && tokens >= need {
             let left = tokens - need;
             Evaluation {
-                decision: Decision::allow(self.burst, self.rate.whole(left), full_in(left)),
-                state: keep(left),
-                expires_at: last + full_in(left),
+                decision: Decision::allow(self.burst, self.rate.whole(left), full_in(left, 0)),
+                state: self.state_of(left, 0, now),
+                expires_at: now + full_in(left, 0),
             }
         } else {
-            let retry = self.rate.time_for(need - tokens);
+            // need - tokens + debt, where either tokens or debt is zero.
+            let retry = self.rate.time_for(need - tokens.min(need) + debt);
             Evaluation {
                 decision: Decision::over_limit(
                     self.burst,
                     self.rate.whole(tokens),
-                    full_in(tokens),
+                    full_in(tokens, debt),
                     retry,
                 ),
-                state: keep(tokens),
-                expires_at: last + full_in(tokens),
+                state: keep,
+                expires_at: now + full_in(tokens, debt),
             }
+        }
+    }
+
+    /// Records `cost` tokens used at `now` whether or not the bucket holds them (a cost known
+    /// only after the response): what the bucket lacks becomes a debt, at most
+    /// [`TokenBucket::max_debt`], that the refill repays before anything is admitted again.
+    /// The state is always meant to be stored. The decision tells the key's standing after
+    /// the charge: allowed while it owes nothing, else denied with `retry_after` the time
+    /// until the debt is repaid (when a zero-cost check passes again).
+    pub fn charge(
+        &self,
+        state: Option<&TokenBucketState>,
+        now: Micros,
+        cost: u64,
+    ) -> Evaluation<TokenBucketState> {
+        let capacity = self.rate.scale(self.burst);
+        let (tokens, debt) = self.standing(state, now);
+        let need = self.rate.scale(cost).min(super::MAX_SCALED as u64);
+        let max_debt = self.max_debt();
+        let (tokens, debt) = if debt == 0 && tokens >= need {
+            (tokens - need, 0)
+        } else if need - tokens.min(need) >= max_debt - debt.min(max_debt) {
+            (0, max_debt)
+        } else {
+            (0, debt + need - tokens.min(need))
+        };
+        let full_in = self.rate.time_for(capacity - tokens + debt);
+        let decision = if debt == 0 {
+            Decision::allow(self.burst, self.rate.whole(tokens), full_in)
+        } else {
+            Decision::over_limit(self.burst, 0, full_in, self.rate.time_for(debt))
+        };
+        Evaluation {
+            decision,
+            state: self.state_of(tokens, debt, now),
+            expires_at: now + full_in,
         }
     }
 }
@@ -189,6 +273,37 @@ mod tests {
         assert_eq!((d.limit, d.remaining, d.reset_after), (5, 3, 2 * SECOND));
     }
 
+    #[test]
+    fn overdraw_is_repaid_by_refill() {
+        // 1000 tokens an hour, burst 1000: the generation budget.
+        let tb = bucket(1000, 3600 * SECOND, 1000);
+        let mut m = testkit::Metered::new(
+            |s: Option<&TokenBucketState>, now, cost| tb.evaluate(s, now, cost),
+            |s: Option<&TokenBucketState>, now, cost| tb.charge(s, now, cost),
+        );
+        assert!(m.step(0, 0).allowed);
+        assert_eq!(m.charge(0, 900).remaining, 100);
+        assert!(m.step(0, 0).allowed);
+        let d = m.charge(0, 400);
+        assert!(!d.allowed);
+        // 300 owed at 3.6 s a token.
+        assert_eq!(d.retry_after, Some(300 * 3_600_000));
+        let denied = m.step(0, 0);
+        assert_eq!(denied.retry_after, Some(300 * 3_600_000));
+        assert_eq!(denied.reset_after, 1300 * 3_600_000);
+        assert!(!m.step(300 * 3_600_000 - 1, 0).allowed);
+        assert!(m.step(300 * 3_600_000, 0).allowed);
+        assert_eq!(m.peek(301 * 3_600_000, 1).remaining, 0);
+    }
+
+    #[test]
+    fn a_debt_is_capped_at_ten_years_of_refill() {
+        let tb = bucket(1, SECOND, 5);
+        let e = tb.charge(None, 0, u64::MAX);
+        assert_eq!(e.decision.retry_after, Some(crate::algorithm::MAX_WINDOW));
+        assert!(e.state.last_refill <= crate::algorithm::MAX_WINDOW);
+    }
+
     proptest! {
         #[test]
         fn admits_at_most_burst_plus_rate_times_t(
@@ -227,6 +342,23 @@ mod tests {
                     prop_assert!(s.tokens <= tb.rate.scale(burst));
                 }
             }
+        }
+
+        #[test]
+        fn overdraw_is_recorded_and_repaid_exactly(
+            count in 1u64..50, period_s in 1u64..120, burst in 1u64..40,
+            events in testkit::metered_events(80, 5 * SECOND, 4, 60),
+        ) {
+            let tb = bucket(count, period_s * SECOND, burst);
+            let period = period_s * SECOND;
+            testkit::check_overdraw(
+                testkit::Metered::new(
+                    |s: Option<&TokenBucketState>, now, cost| tb.evaluate(s, now, cost),
+                    |s: Option<&TokenBucketState>, now, cost| tb.charge(s, now, cost),
+                ),
+                &events,
+                |t, at| Some(burst as u128 + (at - t) as u128 * count as u128 / period as u128),
+            )?;
         }
     }
 }

@@ -114,6 +114,7 @@ fn limit_def<'a>(
     let key = key(raw, &path, name.referenced, descriptors, issues);
     let compiled = algorithm
         .and_then(|a| params::compile(a, &Fields::of_limit(raw, &path, name.referenced), issues));
+    let metered = metered(raw, &path, algorithm, issues);
     let compiled = match (compiled, key) {
         (Some(c), Some(key)) if issues.len() == before => Some(Arc::new(LimitDef {
             name: name.value.as_str().into(),
@@ -121,6 +122,7 @@ fn limit_def<'a>(
             params: c.params,
             key,
             shadow: raw.shadow.unwrap_or(false),
+            metered,
         })),
         _ => None,
     };
@@ -129,6 +131,37 @@ fn limit_def<'a>(
         path,
         algorithm,
         compiled,
+    }
+}
+
+/// Checks a limit's `charge`: `before` (the default) or `after`, which the sliding log cannot
+/// do (its state keeps one entry per admitted request, with no room to owe).
+fn metered(raw: &RawLimit, path: &str, algorithm: Option<Algorithm>, issues: &mut Issues) -> bool {
+    let Some(charge) = &raw.charge else {
+        return false;
+    };
+    let at = charge.referenced;
+    match charge.value.as_str() {
+        "before" => false,
+        "after" if algorithm == Some(Algorithm::SlidingLog) => {
+            issues.push(
+                at,
+                format!("{path}.charge"),
+                "`charge: after` is not supported by the sliding_log algorithm (it cannot \
+                 record a debt); use token_bucket, gcra, leaky_bucket, fixed_window or \
+                 sliding_window",
+            );
+            false
+        }
+        "after" => true,
+        other => {
+            issues.push(
+                at,
+                format!("{path}.charge"),
+                format!("unknown charge `{other}`: expected `before` or `after`"),
+            );
+            false
+        }
     }
 }
 

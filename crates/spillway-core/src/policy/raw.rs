@@ -79,6 +79,10 @@ pub(crate) struct RawLimit {
     pub key: Option<Spanned<Vec<Text>>>,
     #[serde(default)]
     pub shadow: Option<bool>,
+    /// `before` (the default: the cost is known up front) or `after` (metered: the cost is
+    /// reported once the response is done).
+    #[serde(default)]
+    pub charge: Option<Text>,
     #[serde(default)]
     pub rate: Option<Text>,
     #[serde(default)]

@@ -97,10 +97,12 @@ impl Policy {
                     fingerprint: def.fingerprint,
                     values,
                 };
+                // A metered limit charges nothing up front: the zero-cost check admits the
+                // request while the key owes nothing, and the real cost is reported afterwards.
                 limits.push(Planned {
                     def: Arc::clone(def),
                     key,
-                    cost,
+                    cost: if def.metered { 0 } else { cost },
                 });
             }
         }

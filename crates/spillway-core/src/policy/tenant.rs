@@ -260,5 +260,6 @@ pub(crate) fn overlay(
         params: compiled.params,
         key: original.key.clone(),
         shadow: raw.shadow.unwrap_or(original.shadow),
+        metered: original.metered,
     })
 }

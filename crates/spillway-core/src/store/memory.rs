@@ -45,7 +45,7 @@
 //! admitted.
 
 use super::slot::Slot;
-use super::{admits, Check, Store, StoreError};
+use super::{admits, Charged, Check, ReportId, Store, StoreError};
 use crate::algorithm::{Decision, LimitParams, ParamsId, State};
 use crate::request::CheckMode;
 use crate::time::{Clock, Micros, SystemClock, SECOND};
@@ -61,6 +61,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 mod eviction;
+mod reports;
+
+pub use reports::MAX_REPORTS;
 
 /// The fewest shards a store has, however small its bound; a power of two, as every shard
 /// count is, so the shard is a mask of the key hash.
@@ -125,6 +128,8 @@ pub struct MemoryStore {
     /// Expiry seconds count from here, so they fit in 32 bits.
     epoch: Micros,
     evictions: AtomicU64,
+    /// Recent report ids (see `reports`); taken before any shard lock when charging.
+    reports: std::sync::Mutex<reports::Reports>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -151,6 +156,7 @@ impl MemoryStore {
             system_clock: clock.is_system_clock(),
             clock,
             evictions: AtomicU64::new(0),
+            reports: std::sync::Mutex::default(),
         }
     }
 
@@ -363,6 +369,73 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Synchronous form of [`Store::charge`]: with the report ids locked (so a report and its
+    /// retry cannot both pass the dedupe), locks every touched shard in ascending order and
+    /// charges each check in turn, writing every new state.
+    pub fn charge_blocking(&self, checks: &[Check<'_>], report: Option<ReportId>) -> Charged {
+        let now = self.now();
+        // A poisoned lock only means another charge panicked; the set is still consistent.
+        let mut reports = self
+            .reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let duplicate = report.is_some_and(|id| reports.seen(&id, now));
+        let hashes: SmallVec<[KeyHash; 4]> = checks.iter().map(|c| self.hash(c)).collect();
+        let mut order: SmallVec<[usize; 4]> = hashes.iter().map(|h| self.shard_of(h)).collect();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: SmallVec<[(usize, ShardGuard<'_>); 4]> = order
+            .into_iter()
+            .map(|i| (i, self.shards[i].lock()))
+            .collect();
+        let mut decisions = Vec::with_capacity(checks.len());
+        for (c, h) in checks.iter().zip(&hashes) {
+            let shard = self.shard_of(h);
+            let Some((_, map)) = guards.iter_mut().find(|(s, _)| *s == shard) else {
+                continue;
+            };
+            if duplicate {
+                // A retry: tell the standing as a zero-cost look sees it, change nothing.
+                let e = match find(map, h) {
+                    Some(stored) => stored.evaluate(c.params, now, 0),
+                    None => c.params.evaluate(None, now, 0),
+                };
+                decisions.push(e.decision);
+                continue;
+            }
+            let e = match find(map, h) {
+                Some(stored) => stored.charge(c.params, now, c.cost),
+                None => c.params.charge(None, now, c.cost),
+            };
+            decisions.push(e.decision);
+            if e.expires_at > now {
+                let slot = Slot::new(e.state, self.expiry_secs(e.expires_at), c.params.id());
+                if let Some(existing) = find_mut(map, h) {
+                    *existing = slot;
+                } else {
+                    self.insert(map, *h, slot, now, &hashes);
+                }
+            }
+        }
+        if let (Some(id), false) = (report, duplicate) {
+            reports.remember(id, now);
+        }
+        Charged {
+            recorded: !duplicate,
+            decisions,
+        }
+    }
+
+    /// How many report ids the store remembers (bounded by [`MAX_REPORTS`]).
+    pub fn report_ids(&self) -> usize {
+        self.reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
 /// Whether an allowed `check` stores its new state: only a consuming check that charges
 /// something. A zero-cost check is a look: the state it would store says nothing new under the
 /// same numbers, and under other numbers it is a lossy conversion (a use above the new numbers
@@ -388,6 +461,14 @@ impl Store for MemoryStore {
         mode: CheckMode,
     ) -> Result<Vec<Decision>, StoreError> {
         Ok(self.check_blocking(checks, mode).into_vec())
+    }
+
+    async fn charge(
+        &self,
+        checks: &[Check<'_>],
+        report: Option<ReportId>,
+    ) -> Result<Charged, StoreError> {
+        Ok(self.charge_blocking(checks, report))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -6,9 +6,11 @@
 //! not a parameter here: each store owns its clock.
 
 mod memory;
+mod report;
 mod slot;
 
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, MAX_REPORTS};
+pub use report::{Charged, ReportId, REPORT_TTL};
 
 use crate::algorithm::{Decision, LimitParams};
 use crate::key::StateKey;
@@ -55,6 +57,25 @@ pub trait Store: Send + Sync + 'static {
         checks: &[Check<'_>],
         mode: CheckMode,
     ) -> Result<Vec<Decision>, StoreError>;
+
+    /// Records costs known only after the response (metered limits): charges every check's
+    /// cost unconditionally, even past its limit (the key then owes the excess; see
+    /// [`crate::algorithm::LimitParams::charge`]), all in one atomic step. Each decision
+    /// tells the key's standing after the charge.
+    ///
+    /// With a `report` id, the charge is recorded at most once per id for
+    /// [`REPORT_TTL`]: a retried report answers `recorded: false` with the keys' current
+    /// standing and charges nothing. Stores that cannot record charges refuse with
+    /// [`StoreError::Protocol`].
+    async fn charge(
+        &self,
+        _checks: &[Check<'_>],
+        _report: Option<ReportId>,
+    ) -> Result<Charged, StoreError> {
+        Err(StoreError::Protocol(
+            "this store cannot record costs after the fact".into(),
+        ))
+    }
 
     /// Decisions the store can give for `checks` without asking its backend (a remote store's
     /// cache of keys known to be over their limit), or `None`. They agree with what

@@ -79,6 +79,21 @@ impl Slot {
         }
     }
 
+    /// Charges `cost` at `now` unconditionally against this slot, reading it under `params`
+    /// (see [`LimitParams::charge`]).
+    #[inline]
+    pub(super) fn charge(
+        &self,
+        params: &LimitParams,
+        now: Micros,
+        cost: u64,
+    ) -> crate::algorithm::Evaluation<State> {
+        match self.carried(params, now) {
+            Some(carried) => params.charge(Some(carried.as_ref()), now, cost),
+            None => params.charge(Some(self.state()), now, cost),
+        }
+    }
+
     pub(super) fn expires(&self) -> u32 {
         match self {
             Self::TokenBucket(_, e, _)

@@ -86,19 +86,29 @@ pub async fn replay(store: &dyn Store, clock: &ManualClock, v: &Vector, tag: &st
         } else {
             CheckMode::Consume
         };
-        let got = store
-            .check(&[check(&k, &params, e.cost)], mode)
-            .await
-            .expect("store answers");
+        let got = if e.charge {
+            let charged = store
+                .charge(&[check(&k, &params, e.cost)], None)
+                .await
+                .expect("store records the charge");
+            assert!(charged.recorded);
+            charged.decisions
+        } else {
+            store
+                .check(&[check(&k, &params, e.cost)], mode)
+                .await
+                .expect("store answers")
+        };
         assert_eq!(
             flatten(&got[0]),
             e.expect,
-            "{} ({:?}) event {n} at {} cost {} peek {}",
+            "{} ({:?}) event {n} at {} cost {} peek {} charge {}",
             v.name,
             v.numbers,
             e.at,
             e.cost,
-            e.peek
+            e.peek,
+            e.charge
         );
     }
 }

@@ -1,0 +1,63 @@
+//! Reports of costs known after the response: what a charge answers, and the identity that
+//! makes a retried report count once.
+
+use super::Check;
+use crate::algorithm::Decision;
+use crate::time::{Micros, SECOND};
+use sha2::{Digest, Sha256};
+
+/// How long a report id is remembered: a report retried within this time is recorded once.
+/// Retries come within seconds; an hour leaves room for a queue that drains late.
+pub const REPORT_TTL: Micros = 3600 * SECOND;
+
+/// What a charge recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charged {
+    /// `false` when the report's id was seen before (a retry): nothing was charged this time.
+    pub recorded: bool,
+    /// One per check, in order: the key's standing after the charge (for a retry, now).
+    pub decisions: Vec<Decision>,
+}
+
+/// A report's identity: a digest of the caller's request id and of every counter the report
+/// charges (limit fingerprint and key values). Scoping the id by the counters means one
+/// tenant's ids can never suppress another tenant's reports; the same digest on every node
+/// (SHA-256, no per-process key) is what lets a Redis store recognise a retry that reaches
+/// another node. 128 bits: a collision needs about 2^64 reports, so a caller cannot make two
+/// different requests share an identity short of reusing an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReportId(pub [u8; 16]);
+
+impl ReportId {
+    /// The identity of a report with the caller's `request_id` charging `checks`.
+    pub fn of(request_id: &str, checks: &[Check<'_>]) -> Self {
+        let mut h = Sha256::new();
+        let part = |h: &mut Sha256, bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        part(&mut h, request_id.as_bytes());
+        h.update((checks.len() as u64).to_le_bytes());
+        for c in checks {
+            h.update(c.key.fingerprint.to_le_bytes());
+            part(&mut h, c.key.limit.as_bytes());
+            h.update((c.key.values.len() as u64).to_le_bytes());
+            for v in &c.key.values {
+                part(&mut h, v.as_bytes());
+            }
+        }
+        let full = h.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&full[..16]);
+        Self(id)
+    }
+
+    /// The id in lowercase hex (32 characters), as the Redis store names its marker key.
+    pub fn hex(&self) -> String {
+        use std::fmt::Write;
+        self.0.iter().fold(String::with_capacity(32), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+}
