@@ -7,7 +7,7 @@
 use crate::algorithm::{Decision, Denial, LimitParams};
 use crate::policy::{FailureMode, Planned, Policy, Resolved};
 use crate::request::{CheckMode, RequestAttrs};
-use crate::store::{admits, Check, Store, StoreError};
+use crate::store::{admits, Check, ReportId, Store, StoreError};
 use crate::time::{Clock, Micros};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -190,6 +190,45 @@ impl Engine {
         mode: CheckMode,
     ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
         judge(self.store.as_ref(), planned, None, mode).await
+    }
+
+    /// Records costs known only after the response: charges each of `planned` (the metered
+    /// limits a report reaches, each with the reported cost) unconditionally, in one atomic
+    /// store call, even past its limit. With a `request_id`, a retried report is recorded
+    /// once ([`ReportId`]). Returns whether this call recorded anything (`false` for a
+    /// retry) and each limit's standing afterwards: allowed while the key owes nothing, else
+    /// denied with the time until its debt is repaid.
+    pub async fn charge_planned(
+        &self,
+        planned: &[Planned],
+        request_id: Option<&str>,
+    ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
+        if planned.is_empty() {
+            return Ok((false, Vec::new()));
+        }
+        let checks: Vec<Check<'_>> = planned
+            .iter()
+            .map(|p| Check {
+                key: &p.key,
+                params: &p.def.params,
+                cost: p.cost,
+                enforced: !p.def.shadow,
+            })
+            .collect();
+        let report = request_id.map(|id| ReportId::of(id, &checks));
+        let charged = self.store.charge(&checks, report).await?;
+        let outcomes = planned
+            .iter()
+            .zip(charged.decisions)
+            .map(|(p, decision)| LimitOutcome {
+                name: p.def.name.clone(),
+                decision,
+                shadow: p.def.shadow,
+                quota: p.def.params.quota(),
+                window: p.def.params.window(),
+            })
+            .collect();
+        Ok((charged.recorded, outcomes))
     }
 
     /// Decides one request. With [`CheckMode::Consume`] an admitted request is charged against

@@ -19,7 +19,7 @@
 
 use crate::admin::AdminToken;
 use crate::http::authorize;
-use crate::http::{access_log, check, debug, probes, problem, top};
+use crate::http::{access_log, check, debug, probes, problem, report, top};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
@@ -31,6 +31,7 @@ use std::sync::Arc;
 pub fn router(state: Arc<AppState>, admin: Option<AdminToken>) -> Router {
     let mut router = Router::new()
         .route("/v1/check", post(check::check))
+        .route("/v1/report", post(report::report))
         .route(authorize::PREFIX, any(authorize::authorize))
         .route(
             &format!("{}/{{*path}}", authorize::PREFIX),

@@ -298,6 +298,11 @@ pub struct ServeArgs {
     /// and expose `POST /debug/clock` to move it. Never use in production.
     #[arg(long, value_name = "START_MS", hide = true)]
     pub manual_clock: Option<u64>,
+
+    /// TEST ONLY: with `--manual-clock`, a Redis store's scripts run at the manual clock's
+    /// time instead of Redis `TIME`, so tests can step a shared store's time too.
+    #[arg(long, hide = true, requires = "manual_clock")]
+    pub manual_clock_in_store: bool,
 }
 
 /// Arguments of `spillway validate`.

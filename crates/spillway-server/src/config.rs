@@ -44,6 +44,8 @@ pub struct ServerSettings {
     pub authorize: AuthorizeSettings,
     /// Start of the manual clock (test only), in milliseconds since the epoch.
     pub manual_clock_ms: Option<u64>,
+    /// Whether a Redis store runs at the manual clock's time (test only).
+    pub manual_clock_in_store: bool,
     /// Envoy's rate-limit service over gRPC.
     pub grpc: GrpcSettings,
     /// Connection caps and timeouts, the same on both ports.
@@ -109,6 +111,7 @@ impl ServerSettings {
                 },
             },
             manual_clock_ms: args.manual_clock,
+            manual_clock_in_store: args.manual_clock_in_store,
             node_name: node_name.clone(),
             decision_log: DecisionLogSettings::from_args(args.decision_log, &node_name)?,
             trace: crate::telemetry::trace::TraceSettings::from_args(args.trace, &node_name)?,

@@ -195,6 +195,83 @@ async fn run(
     outcome
 }
 
+/// A report of a cost known only after the response, for the limits metered after the fact
+/// (`charge: after`); see `POST /v1/report` and the Envoy service's stream-done calls.
+#[derive(Debug)]
+pub struct Report<'a> {
+    /// The metered limits the report reaches, each with the reported cost.
+    pub planned: &'a [Planned],
+    /// The caller's id for the request, so a retried report is recorded once.
+    pub request_id: Option<&'a str>,
+    /// The labels the standing carries, as a verdict's.
+    pub tier: Arc<str>,
+    /// The matched route, if any.
+    pub route: Option<Arc<str>>,
+    /// The reported cost.
+    pub cost: u64,
+    /// How the report came, for the metrics: `http` or `envoy`.
+    pub via: &'static str,
+}
+
+/// What a report came to.
+#[derive(Debug)]
+pub enum Reported {
+    /// The store answered. `recorded` is `false` for a retry of a report already recorded
+    /// (or a report that reached no metered limit); `standing` is a verdict of the keys
+    /// after the charge: allowed while none owes anything, else denied with the time until
+    /// the debt is repaid.
+    Answered {
+        /// Whether this call charged anything.
+        recorded: bool,
+        /// The keys' standing.
+        standing: Verdict,
+    },
+    /// The store could not record it. Reports are best-effort: a failed one is lost unless
+    /// the caller retries it (with the same id, it still counts once).
+    Failed(StoreError),
+}
+
+/// Records `report` through the guarded store (budget and breaker, but no failure mode: a
+/// cost that already happened cannot be denied, only recorded or lost) and observes it.
+pub async fn report(app: &AppState, report: &Report<'_>) -> Reported {
+    let limits: Vec<Arc<str>> = report.planned.iter().map(|p| p.def.name.clone()).collect();
+    let verdict = |allowed, outcomes| Verdict {
+        allowed,
+        tier: report.tier.clone(),
+        route: report.route.clone(),
+        failure_mode: FailureMode::Open,
+        cost: report.cost,
+        outcomes,
+    };
+    if report.planned.is_empty() {
+        metrics::record_report(report.via, "unmetered", &limits, report.cost);
+        return Reported::Answered {
+            recorded: false,
+            standing: verdict(true, Vec::new()),
+        };
+    }
+    match app
+        .engine
+        .charge_planned(report.planned, report.request_id)
+        .await
+    {
+        Ok((recorded, outcomes)) => {
+            let outcome = if recorded { "recorded" } else { "duplicate" };
+            metrics::record_report(report.via, outcome, &limits, report.cost);
+            let allowed = outcomes.iter().all(|o| o.shadow || o.decision.allowed);
+            Reported::Answered {
+                recorded,
+                standing: verdict(allowed, outcomes),
+            }
+        }
+        Err(error) => {
+            metrics::record_report(report.via, "failed", &limits, report.cost);
+            tracing::warn!(%error, "a reported cost could not be recorded and is lost");
+            Reported::Failed(error)
+        }
+    }
+}
+
 /// The one place a finished decision is seen: the top-k sketches, decisions by route,
 /// consuming verdicts the store reached by limit (degraded decisions are also counted by
 /// `failure::report` as they are made), and the decision log.

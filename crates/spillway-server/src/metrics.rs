@@ -22,6 +22,8 @@
 //! | `spillway_decision_log_capped_total`     | counter   | none               |
 //! | `spillway_decision_log_sink_errors_total` | counter  | none               |
 //! | `spillway_route_decisions_total`         | counter   | `route`, `outcome` |
+//! | `spillway_reports_total`                 | counter   | `via`, `outcome`   |
+//! | `spillway_reported_cost_total`           | counter   | `limit`            |
 //!
 //! The catalog's own metrics (`spillway_catalog_*`) are listed in [`crate::catalog::metrics`].
 //!
@@ -68,6 +70,25 @@ pub const STORE_EVICTIONS: &str = "spillway_store_evictions_total";
 
 /// Consuming decisions, by route pattern and outcome.
 pub const ROUTE_DECISIONS: &str = "spillway_route_decisions_total";
+
+/// Reports of costs known after the response, by how they came (`http` for `/v1/report`,
+/// `envoy` for the rate-limit filter's charge when the stream is done) and outcome:
+/// `recorded`, `duplicate` (a retry of a report already recorded), `unmetered` (the request
+/// reached no metered limit) or `failed` (the store could not record it: the report is lost
+/// unless the caller retries it).
+pub const REPORTS: &str = "spillway_reports_total";
+/// Costs recorded after the response, by metered limit (the sum of reported costs).
+pub const REPORTED_COST: &str = "spillway_reported_cost_total";
+
+/// Counts one report and, when recorded, its cost against each limit it charged.
+pub fn record_report(via: &'static str, outcome: &'static str, limits: &[Arc<str>], cost: u64) {
+    counter!(REPORTS, "via" => via, "outcome" => outcome).increment(1);
+    if outcome == "recorded" {
+        for limit in limits {
+            counter!(REPORTED_COST, "limit" => limit.clone()).increment(cost);
+        }
+    }
+}
 
 /// The `limit` label of a verdict no limit applied to.
 pub const NO_LIMIT: &str = "(none)";

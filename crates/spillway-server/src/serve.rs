@@ -103,6 +103,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         settings.max_keys,
         clock.shared(),
         failure.budget,
+        settings.manual_clock_in_store,
     )
     .await?;
     let failover = Arc::new(Failover::new(failure, clock.shared()));

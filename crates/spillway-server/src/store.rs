@@ -70,6 +70,7 @@ pub async fn build(
     default_max_keys: u64,
     clock: Arc<dyn Clock>,
     budget: Duration,
+    injected_time: bool,
 ) -> anyhow::Result<Arc<dyn Store>> {
     let redis = |settings: &RedisSettings, target: Target| {
         let mut c = RedisConfig::new(target);
@@ -99,6 +100,10 @@ pub async fn build(
         .await
         .with_context(|| format!("cannot connect to the Redis store {:?}", config.target))?;
     tracing::info!(target = ?config.target, prefix = %config.prefix, "using the Redis store");
+    // Tests (`--manual-clock-in-store`) run the scripts at the manual clock's time.
+    if injected_time {
+        return Ok(Arc::new(store.with_injected_time(clock)));
+    }
     Ok(Arc::new(store.with_clock(clock)))
 }
 

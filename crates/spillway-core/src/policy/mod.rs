@@ -227,6 +227,18 @@ pub struct Planned {
     pub cost: u64,
 }
 
+impl Resolved {
+    /// The limits a report of `cost` known after the response charges: the request's
+    /// metered limits (`charge: after`), each costing `cost`.
+    pub fn metered(&self, cost: u64) -> Vec<Planned> {
+        self.limits
+            .iter()
+            .filter(|p| p.def.metered)
+            .map(|p| Planned { cost, ..p.clone() })
+            .collect()
+    }
+}
+
 impl Policy {
     /// Reads and validates the policy at `path`; errors name the path as their source.
     pub fn from_file(path: &Path) -> Result<Policy, PolicyError> {

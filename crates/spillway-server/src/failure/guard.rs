@@ -17,7 +17,7 @@ use super::on_runtime::OnRuntime;
 use async_trait::async_trait;
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
-use spillway_core::store::{Check, Store, StoreError};
+use spillway_core::store::{Charged, Check, ReportId, Store, StoreError};
 use spillway_core::time::Clock;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,13 +73,52 @@ impl Store for GuardedStore {
         if let Some(decisions) = self.inner.local_answer(checks) {
             return Ok(decisions);
         }
+        self.guarded(self.inner.check(checks, mode)).await
+    }
+
+    async fn charge(
+        &self,
+        checks: &[Check<'_>],
+        report: Option<ReportId>,
+    ) -> Result<Charged, StoreError> {
+        // A charge is never answered from a cache: it must reach the store to be recorded.
+        self.guarded(self.inner.charge(checks, report)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        // Readiness asks the store directly: a ping is cheap and says more than the breaker.
+        OnRuntime::new(self.runtime.clone(), self.inner.ping()).await
+    }
+
+    fn key_count(&self) -> u64 {
+        self.inner.key_count()
+    }
+
+    fn evictions(&self) -> u64 {
+        self.inner.evictions()
+    }
+
+    fn sweep(&self) -> u64 {
+        self.emergency.sweep();
+        metrics::gauge!(EMERGENCY_KEYS).set(self.emergency.key_count() as f64);
+        self.inner.sweep()
+    }
+}
+
+impl GuardedStore {
+    /// Runs one store call behind the breaker and the budget, and tells the breaker how it
+    /// went.
+    async fn guarded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>> + Send + Unpin,
+    ) -> Result<T, StoreError> {
         let admission = self.breaker.admit(self.clock.now());
         if admission == Admission::Rejected {
             return Err(StoreError::Unavailable(CIRCUIT_OPEN.into()));
         }
         // On the main runtime: a reconnecting client must not leave its connection's task on
         // a serving thread (see `crate::serving`).
-        let call = OnRuntime::new(self.runtime.clone(), self.inner.check(checks, mode));
+        let call = OnRuntime::new(self.runtime.clone(), call);
         let outcome = match tokio::time::timeout(self.budget, call).await {
             Ok(outcome) => outcome,
             Err(_) => {
@@ -100,25 +139,6 @@ impl Store for GuardedStore {
             }
         }
         outcome
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        // Readiness asks the store directly: a ping is cheap and says more than the breaker.
-        OnRuntime::new(self.runtime.clone(), self.inner.ping()).await
-    }
-
-    fn key_count(&self) -> u64 {
-        self.inner.key_count()
-    }
-
-    fn evictions(&self) -> u64 {
-        self.inner.evictions()
-    }
-
-    fn sweep(&self) -> u64 {
-        self.emergency.sweep();
-        metrics::gauge!(EMERGENCY_KEYS).set(self.emergency.key_count() as f64);
-        self.inner.sweep()
     }
 }
 

@@ -83,7 +83,9 @@ impl From<CheckRequest> for RequestAttrs {
 
 /// Reads the `ip` field as an address (surrounding spaces ignored), saying what was sent when
 /// it is not one.
-fn ip_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<IpAddr>, D::Error> {
+pub(crate) fn ip_address<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<IpAddr>, D::Error> {
     struct Address;
 
     impl<'de> Visitor<'de> for Address {

@@ -2,6 +2,7 @@
 //!
 //! - [`check`]: `POST /v1/check`, the JSON decision API.
 //! - [`authorize`]: `/v1/authorize`, the same decision read from a reverse proxy's headers.
+//! - [`report`]: `POST /v1/report`, costs known only after the response.
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`top`]: `GET /v1/top`, hot keys and the most denied tenants and users.
 //! - [`debug`]: `POST /debug/clock`, present only on a manual clock.
@@ -21,6 +22,7 @@ pub mod client_ip;
 pub mod debug;
 pub mod probes;
 pub mod problem;
+pub mod report;
 pub mod settings;
 pub mod top;
 pub mod verdict;

@@ -1,0 +1,255 @@
+//! `POST /v1/report`: the real cost of a request, known only after its response (for example
+//! the tokens a model generated), recorded against the limits metered after the fact
+//! (`charge: after` in the policy).
+//!
+//! Request body: the attributes `/v1/check` takes, plus the cost and the caller's id for the
+//! request (required; unknown fields refused):
+//! ```json
+//! {"tenant": "acme", "user": "u1", "method": "POST", "path": "/v1/generate",
+//!  "cost": 900, "request_id": "9f1c2a..."}
+//! ```
+//! The cost is recorded on every metered limit the request reaches, even past the limit: the
+//! key then owes the excess and its checks are denied, with a `Retry-After` for the debt,
+//! until refill or the window repays it. Limits that are not metered were charged when the
+//! request was checked and are left alone.
+//!
+//! Idempotent: a report is recorded at most once per `request_id` and counters it reaches,
+//! for an hour (`REPORT_TTL`), on every node sharing a Redis store; a retry answers
+//! `"recorded": false` and charges nothing. The id must come from the trusted side (the
+//! gateway's request id, or one the application makes per request): a caller that reused
+//! one id for two requests within the hour would have the second report dropped.
+//!
+//! Answers:
+//! - 200 with `{"recorded": true|false, "request_id": ..., "allowed": ..., "limits": [...]}`:
+//!   the verdict's shape (see [`crate::http::verdict`]) telling each metered limit's standing
+//!   after the charge, and the rate-limit headers for it (`Retry-After` while in debt);
+//!   `"recorded": false` and no limits when the request reaches no metered limit;
+//! - 400 naming the field for a malformed body (a missing or negative `cost`, a missing,
+//!   empty or over-long `request_id`, an `ip` that is not an address), 413 over 16 KiB;
+//! - 503 when the store could not record it (the report is lost unless retried, with the
+//!   same id; see `docs/FAILURE.md`).
+
+use crate::decision::{self, Decided, Report, Reported};
+use crate::http::problem::{self, Problem};
+use crate::http::verdict::{decided_body, decided_headers, VerdictBody};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use spillway_core::request::RequestAttrs;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The longest `request_id` accepted, in bytes (a UUID is 36; a trace id 32 to 55).
+pub const MAX_REQUEST_ID: usize = 200;
+
+/// The JSON a caller sends.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    /// See [`RequestAttrs::tenant`].
+    pub tenant: Option<String>,
+    /// See [`RequestAttrs::user`].
+    pub user: Option<String>,
+    /// See [`RequestAttrs::ip`]; must be an IPv4 or IPv6 address.
+    #[serde(default, deserialize_with = "crate::http::check::ip_address")]
+    pub ip: Option<IpAddr>,
+    /// See [`RequestAttrs::method`].
+    pub method: Option<String>,
+    /// See [`RequestAttrs::path`].
+    pub path: Option<String>,
+    /// See [`RequestAttrs::tier`].
+    pub tier: Option<String>,
+    /// See [`RequestAttrs::descriptors`].
+    pub descriptors: Option<BTreeMap<String, String>>,
+    /// The real cost, recorded on every metered limit the request reaches.
+    pub cost: u64,
+    /// The caller's id for the request: a report is recorded once per id.
+    pub request_id: String,
+}
+
+/// The answer's body: the standing, and whether this call recorded the cost.
+#[derive(Debug, Serialize)]
+struct ReportBody<'a> {
+    recorded: bool,
+    request_id: &'a str,
+    #[serde(flatten)]
+    standing: VerdictBody,
+}
+
+/// Parses a body, naming the field at fault when it does not fit.
+pub fn parse_body(body: &[u8]) -> Result<ReportRequest, Problem> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Problem::invalid(
+            "the body must be a JSON object with at least `cost` and `request_id`",
+            None,
+        ));
+    }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(Problem::invalid(
+            "the body must be a JSON object, not an array",
+            None,
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let request: ReportRequest = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = inner.to_string();
+        if inner.is_syntax() || inner.is_eof() {
+            Problem::invalid(format!("the body is not valid JSON: {inner}"), None)
+        } else if path == "." {
+            // A missing field is reported at the top; name it as the field at fault.
+            let field = ["cost", "request_id"]
+                .into_iter()
+                .find(|f| message.contains(&format!("`{f}`")));
+            Problem::invalid(
+                format!("the body does not fit: {message}"),
+                field.map(str::to_owned),
+            )
+        } else {
+            Problem::invalid(format!("field `{path}`: {message}"), Some(path))
+        }
+    })?;
+    de.end()
+        .map_err(|err| Problem::invalid(format!("the body is not valid JSON: {err}"), None))?;
+    let id = &request.request_id;
+    if id.trim().is_empty() || id.len() > MAX_REQUEST_ID {
+        return Err(Problem::invalid(
+            format!(
+                "field `request_id`: must be 1 to {MAX_REQUEST_ID} bytes and not blank, \
+                 got {} bytes",
+                id.len()
+            ),
+            Some("request_id".into()),
+        ));
+    }
+    Ok(request)
+}
+
+/// The handler.
+pub async fn report(
+    State(app): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match respond(&app, body).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+async fn respond(
+    app: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Response> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::http(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is larger than {} bytes",
+                    crate::http::check::MAX_BODY_BYTES
+                ),
+            )
+        } else {
+            Problem::invalid(
+                format!("the body could not be read: {}", rejection.body_text()),
+                None,
+            )
+        }
+        .into_response()
+    })?;
+    let request = parse_body(&body).map_err(IntoResponse::into_response)?;
+    let attrs = RequestAttrs {
+        tenant: request.tenant,
+        user: request.user,
+        ip: request.ip,
+        method: request.method,
+        path: request.path,
+        tier: request.tier,
+        cost: Some(request.cost),
+        descriptors: request.descriptors.unwrap_or_default(),
+    };
+    let policy = app.engine.policy();
+    let resolved = policy.resolve(&attrs);
+    let planned = resolved.metered(request.cost);
+    let report = Report {
+        planned: &planned,
+        request_id: Some(&request.request_id),
+        tier: resolved.tier.clone(),
+        route: resolved.route.as_ref().map(|r| r.name.clone()),
+        cost: request.cost,
+        via: "http",
+    };
+    match decision::report(app, &report).await {
+        Reported::Answered { recorded, standing } => {
+            let decided = Decided {
+                verdict: standing,
+                degraded: None,
+            };
+            let mut headers = decided_headers(&decided);
+            let body = ReportBody {
+                recorded,
+                request_id: &request.request_id,
+                standing: decided_body(&decided),
+            };
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            Ok((StatusCode::OK, headers, bytes).into_response())
+        }
+        Reported::Failed(error) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            problem::STORE_UNAVAILABLE,
+            "Rate-limit store unavailable",
+            format!(
+                "the rate-limit store could not record the cost; retry the report with the \
+                 same request_id (it is counted once): {error}"
+            ),
+        )
+        .with_retry_after(std::time::Duration::from_secs(1))
+        .into_response()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_needs_a_cost_and_an_id() {
+        let p = parse_body(br#"{"request_id":"r1"}"#).expect_err("no cost");
+        assert_eq!(p.field(), Some("cost"));
+        let p = parse_body(br#"{"cost":3}"#).expect_err("no id");
+        assert_eq!(p.field(), Some("request_id"));
+        let p = parse_body(b"").expect_err("empty");
+        assert!(p.detail().contains("request_id"), "{}", p.detail());
+        let p = parse_body(br#"{"cost":-3,"request_id":"r"}"#).expect_err("negative");
+        assert_eq!(p.field(), Some("cost"));
+        let p = parse_body(br#"{"cost":3,"request_id":"  "}"#).expect_err("blank");
+        assert_eq!(p.field(), Some("request_id"));
+        let long = format!(r#"{{"cost":3,"request_id":"{}"}}"#, "x".repeat(201));
+        let p = parse_body(long.as_bytes()).expect_err("long");
+        assert_eq!(p.field(), Some("request_id"));
+        let p = parse_body(br#"{"cost":3,"request_id":"r","tennant":"t"}"#).expect_err("typo");
+        assert!(p.detail().contains("tennant"), "{}", p.detail());
+        let p = parse_body(br#"{"cost":3,"request_id":"r","ip":"nope"}"#).expect_err("ip");
+        assert_eq!(p.field(), Some("ip"));
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let r = parse_body(
+            br#"{"tenant":"t","user":"u","ip":"1.2.3.4","method":"POST","path":"/g",
+                 "tier":"pro","descriptors":{"m":"x"},"cost":900,"request_id":"abc"}"#,
+        )
+        .expect("valid");
+        assert_eq!((r.cost, r.request_id.as_str()), (900, "abc"));
+        assert_eq!(r.tenant.as_deref(), Some("t"));
+    }
+}

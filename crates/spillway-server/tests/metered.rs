@@ -1,0 +1,229 @@
+//! Costs known after the response: a generation route metered after the fact (`charge:
+//! after`), reported through `POST /v1/report`, on the in-memory store and on a real Redis,
+//! with the manual clock stepped through the refill (no sleeping).
+
+mod common;
+
+use common::{header, metric, Server};
+use serde_json::Value;
+use spillway_testkit::redis::RedisServer;
+
+/// A budget of 1,000 generated tokens an hour per tenant, metered after the fact, beside an
+/// ordinary request limit charged up front.
+const POLICY: &str = r#"
+default_tier: free
+failure_mode: closed
+limits:
+  generation-tokens:
+    algorithm: token_bucket
+    rate: 1000/h
+    burst: 1000
+    key: [tenant]
+    charge: after
+  requests:
+    algorithm: fixed_window
+    limit: 100
+    window: 1d
+    key: [tenant]
+routes:
+  - match: "POST /v1/generate"
+    limits: [generation-tokens]
+tiers:
+  free:
+    limits: [requests]
+"#;
+
+const GENERATE: &str = r#"{"tenant":"acme","method":"POST","path":"/v1/generate"}"#;
+
+fn report(cost: u64, id: &str) -> String {
+    format!(
+        r#"{{"tenant":"acme","method":"POST","path":"/v1/generate","cost":{cost},"request_id":"{id}"}}"#
+    )
+}
+
+async fn json(r: reqwest::Response) -> Value {
+    r.json().await.expect("a JSON body")
+}
+
+fn tokens(body: &Value) -> &Value {
+    body["limits"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == "generation-tokens"))
+        .expect("the metered limit is listed")
+}
+
+/// The issue's scenario: admitted, 900 reported, admitted, 400 reported (300 in debt),
+/// denied with a Retry-After for the debt, admitted again once refill has repaid it; a
+/// replayed report is counted once.
+async fn scenario(server: &Server) {
+    let r = server.post("/v1/check", GENERATE).await;
+    assert_eq!(r.status(), 200);
+    let body = json(r).await;
+    assert_eq!(tokens(&body)["remaining"], 1000, "{body}");
+
+    let r = server.post("/v1/report", &report(900, "gen-1")).await;
+    assert_eq!(r.status(), 200);
+    let body = json(r).await;
+    assert_eq!(body["recorded"], true, "{body}");
+    assert_eq!(body["allowed"], true);
+    assert_eq!(tokens(&body)["remaining"], 100);
+
+    // The same report again (a retry): counted once.
+    let r = server.post("/v1/report", &report(900, "gen-1")).await;
+    let body = json(r).await;
+    assert_eq!(body["recorded"], false, "{body}");
+    assert_eq!(tokens(&body)["remaining"], 100);
+
+    let r = server.post("/v1/check", GENERATE).await;
+    assert_eq!(r.status(), 200, "100 tokens remain: admitted");
+
+    // 400 more: recorded in full, 300 tokens in debt.
+    let r = server.post("/v1/report", &report(400, "gen-2")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("1080"));
+    let body = json(r).await;
+    assert_eq!(body["recorded"], true);
+    assert_eq!(body["allowed"], false, "{body}");
+    assert_eq!(tokens(&body)["remaining"], 0);
+    // 300 tokens at 3.6 s each.
+    assert_eq!(tokens(&body)["retry_after_ms"], 1_080_000);
+
+    let r = server.post("/v1/check", GENERATE).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("1080"));
+    let body = json(r).await;
+    assert_eq!(tokens(&body)["retry_after_ms"], 1_080_000, "{body}");
+
+    // A second before the debt is repaid: still denied; then admitted.
+    server.advance_ms(1_079_000).await;
+    let r = server.post("/v1/check", GENERATE).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("1"));
+    server.advance_ms(1_000).await;
+    let r = server.post("/v1/check", GENERATE).await;
+    assert_eq!(r.status(), 200);
+
+    // A replay of the overdrawing report, even now, is still counted once.
+    let r = server.post("/v1/report", &report(400, "gen-2")).await;
+    let body = json(r).await;
+    assert_eq!(body["recorded"], false);
+    assert_eq!(body["allowed"], true, "{body}");
+
+    // Other tenants were never touched.
+    let r = server
+        .post(
+            "/v1/check",
+            r#"{"tenant":"other","method":"POST","path":"/v1/generate"}"#,
+        )
+        .await;
+    assert_eq!(tokens(&json(r).await)["remaining"], 1000);
+
+    let text = server.metrics().await;
+    let cost = metric(
+        &text,
+        "spillway_reported_cost_total",
+        &[("limit", "generation-tokens")],
+    );
+    assert_eq!(cost, Some(1300.0), "{text}");
+    let dup = metric(
+        &text,
+        "spillway_reports_total",
+        &[("via", "http"), ("outcome", "duplicate")],
+    );
+    assert_eq!(dup, Some(2.0));
+}
+
+#[tokio::test]
+async fn overdraw_and_repayment_in_memory() {
+    let server = Server::with_policy(POLICY).start();
+    scenario(&server).await;
+}
+
+#[tokio::test]
+async fn overdraw_and_repayment_on_redis() {
+    let redis = RedisServer::start();
+    let policy = format!(
+        "{POLICY}store: {{type: redis, url: \"{}\", prefix: m1, timeout: 5s}}\n",
+        redis.url()
+    );
+    let server = Server::with_policy(&policy)
+        .args(&["--manual-clock-in-store"])
+        .start();
+    scenario(&server).await;
+}
+
+#[tokio::test]
+async fn a_report_is_counted_once_across_nodes_sharing_redis() {
+    let redis = RedisServer::start();
+    let policy = format!(
+        "{POLICY}store: {{type: redis, url: \"{}\", prefix: m2, timeout: 5s}}\n",
+        redis.url()
+    );
+    let nodes: Vec<Server> = (0..2)
+        .map(|_| {
+            Server::with_policy(&policy)
+                .args(&["--manual-clock-in-store"])
+                .start()
+        })
+        .collect();
+    let first = json(nodes[0].post("/v1/report", &report(600, "x-1")).await).await;
+    assert_eq!(first["recorded"], true);
+    let retry = json(nodes[1].post("/v1/report", &report(600, "x-1")).await).await;
+    assert_eq!(retry["recorded"], false, "{retry}");
+    assert_eq!(tokens(&retry)["remaining"], 400);
+}
+
+#[tokio::test]
+async fn bad_reports_name_the_field() {
+    let server = Server::with_policy(POLICY).start();
+    for (body, field) in [
+        (r#"{"tenant":"acme","request_id":"r"}"#, "cost"),
+        (r#"{"tenant":"acme","cost":5}"#, "request_id"),
+        (r#"{"tenant":"acme","cost":-5,"request_id":"r"}"#, "cost"),
+        (
+            r#"{"tenant":"acme","cost":5,"request_id":""}"#,
+            "request_id",
+        ),
+        (
+            r#"{"tenant":"acme","cost":"many","request_id":"r"}"#,
+            "cost",
+        ),
+    ] {
+        let r = server.post("/v1/report", body).await;
+        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(
+            header(&r, "content-type").as_deref(),
+            Some("application/problem+json")
+        );
+        let problem = json(r).await;
+        assert_eq!(problem["field"], field, "{problem}");
+    }
+    // A request that reaches no metered limit records nothing and says so.
+    let r = server
+        .post(
+            "/v1/report",
+            r#"{"tenant":"acme","cost":5,"request_id":"r"}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body = json(r).await;
+    assert_eq!(body["recorded"], false, "{body}");
+}
+
+#[test]
+fn a_metered_sliding_log_is_refused_with_its_position() {
+    let dir = common::TempDir::new();
+    let path = dir.write(
+        "bad.yaml",
+        "default_tier: t\nlimits:\n  a:\n    algorithm: sliding_log\n    limit: 5\n    window: 1m\n    key: [user]\n    charge: after\ntiers:\n  t: {limits: [a]}\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:8:13"), "{err}");
+    assert!(err.contains("limits.a.charge"), "{err}");
+}
