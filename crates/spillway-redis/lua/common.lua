@@ -1,22 +1,27 @@
--- Shared helpers for the algorithm functions below. Redis runs Lua 5.1, whose numbers are
--- doubles: a whole number is exact only below 2^53. Every helper here takes and returns whole
--- numbers within that range and never forms a larger intermediate, so the results are the
--- same integers the Rust functions in spillway-core compute.
-
-local floor = math.floor
-local max = math.max
+-- Shared helpers for the algorithm functions below.
+--
+-- This file opens the check library (see script.rs): everything here and in the algorithm
+-- files is defined once, when Redis loads the library (FUNCTION LOAD), and reused by every
+-- call. Redis 7.0 offers only the `redis` table while a library loads, so nothing at the top
+-- level may touch math, string or struct; the functions below look those up when they run.
+-- Nothing defines a function or builds a closure per call.
+--
+-- Redis runs Lua 5.1, whose numbers are doubles: a whole number is exact only below 2^53.
+-- Every helper here takes and returns whole numbers within that range and never forms a
+-- larger intermediate, so the results are the same integers the Rust functions in
+-- spillway-core compute.
 
 -- Quotient and remainder of a / b for whole 0 <= a <= 2^53 and b > 0. A correctly rounded
 -- a / b never crosses an integer boundary while a <= 2^53, so floor() gives the true quotient.
 local function divmod(a, b)
-  local q = floor(a / b)
+  local q = math.floor(a / b)
   return q, a - q * b
 end
 
 -- a / b rounded up (Rust's div_ceil).
 local function ceil_div(a, b)
-  local q, r = divmod(a, b)
-  if r > 0 then q = q + 1 end
+  local q = math.floor(a / b)
+  if a - q * b > 0 then q = q + 1 end
   return q
 end
 
@@ -60,7 +65,7 @@ end
 -- would reach it. Mirrors the carry_over functions of spillway-core (algorithm/carry.rs):
 -- a state written under other numbers of the same limit. x < 2^53; cap = to * n for whole n.
 local function rescale(x, from, to, cap, up)
-  if floor(x / from) >= cap / to then return cap end
+  if math.floor(x / from) >= cap / to then return cap end
   -- Here x < (cap / to) * from, so the result stays below cap <= 2^53.
   local q, r = muldiv_bits(x, to, from, 52)
   if up and r > 0 then q = q + 1 end
@@ -68,26 +73,22 @@ local function rescale(x, from, to, cap, up)
   return q
 end
 
--- Formats a whole number without an exponent (tostring would write 1.7e+15).
+-- Formats a whole number without an exponent (tostring would write 1.7e+15). %d is exact
+-- for every whole double below 2^63.
 local function int(x)
-  return string.format('%.0f', x)
+  return string.format('%d', x)
 end
 
--- The decision fields in the order the Rust side reads them. retry is -1 for "none"; denial
--- is 0 (allowed), 1 (over limit) or 2 (cost exceeds limit).
-local function allow(limit, remaining, reset)
-  return {1, limit, remaining, reset, -1, 0}
-end
-
-local function over_limit(limit, remaining, reset, retry)
-  return {0, limit, remaining, reset, retry, 1}
-end
-
-local function too_costly(limit, remaining, reset)
-  return {0, limit, remaining, reset, -1, 2}
-end
+-- States are stored compactly: one tag byte naming the algorithm, then the state's whole
+-- numbers as little-endian doubles (exact below 2^53), packed and unpacked by Redis's struct
+-- library in one call each. Earlier versions wrote text ("T:<n>:<n>..."); every algorithm
+-- still reads that form, so keys written before an upgrade keep their state. A value of any
+-- other shape (another algorithm's state, a foreign value) reads as a fresh key.
+--
+-- The decision an algorithm returns is eight values: allowed (1/0), limit, remaining, reset
+-- (microseconds), retry (-1 for "none"), denial (0 allowed, 1 over limit, 2 cost exceeds
+-- limit), then the new state and the time it expires (both used only when allowed).
 
 -- Algorithm functions by code. Each takes (p1, p2, p3, raw, now, cost) where raw is the
--- stored string or nil, and returns (decision, new state string, expires_at); the state
--- and expiry matter only when the decision allows.
+-- stored string or nil, and returns the eight values above.
 local ALG = {}

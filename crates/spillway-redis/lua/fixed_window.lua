@@ -1,28 +1,39 @@
 -- Fixed window (code 3), mirroring spillway-core algorithm/fixed_window.rs.
--- p1 = limit, p2 = window (microseconds). State "F:<start>:<count>".
+-- p1 = limit, p2 = window (microseconds). State: the window's start and its count; packed as
+-- 'f' and two doubles (text form "F:<start>:<count>").
+
+local function fw_read(raw)
+  if #raw == 17 and string.byte(raw, 1) == 102 then -- 'f'
+    local _, s, c = struct.unpack('<c1dd', raw)
+    return s, c
+  end
+  local s, c = string.match(raw, '^F:(%d+):(%d+)$')
+  if s then return tonumber(s), tonumber(c) end
+end
+
 ALG[3] = function(limit, window, _, raw, now, cost)
   local _, off = divmod(now, window)
   local start, count = now - off, 0
-  if raw then
-    local s, c = string.match(raw, '^F:(%d+):(%d+)$')
-    -- The stored window lasts one window length from its start: the current aligned window
-    -- (or a later one, if the clock stepped back), or, after the window's length changed,
-    -- the counted window until one new length after its start.
-    if s and tonumber(s) + window > now then
-      start, count = tonumber(s), tonumber(c)
-    end
+  local s, c
+  if raw then s, c = fw_read(raw) end
+  -- The stored window lasts one window length from its start: the current aligned window (or
+  -- a later one, if the clock stepped back), or, after the window's length changed, the
+  -- counted window until one new length after its start.
+  if s and s + window > now then
+    start, count = s, c
   end
   local finish = start + window
-  local reset = max(finish - now, 0)
-  local left = max(limit - count, 0)
+  local reset = math.max(finish - now, 0)
+  local left = math.max(limit - count, 0)
   if cost > limit then
     if count == 0 then reset = 0 end
-    return too_costly(limit, left, reset)
+    return 0, limit, left, reset, -1, 2
   end
   if count + cost <= limit then
     local used = count + cost
     if used == 0 then reset = 0 end
-    return allow(limit, limit - used, reset), 'F:' .. int(start) .. ':' .. int(used), finish
+    return 1, limit, limit - used, reset, -1, 0,
+      struct.pack('<c1dd', 'f', start, used), finish
   end
-  return over_limit(limit, left, reset, reset)
+  return 0, limit, left, reset, reset, 1
 end

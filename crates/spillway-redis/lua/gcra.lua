@@ -1,46 +1,57 @@
 -- GCRA (code 2), mirroring spillway-core algorithm/gcra.rs.
 -- p1 = rate.tokens (units per microsecond), p2 = rate.micros (units per token), p3 = burst.
--- State "G:<tat>:<rem>:<rate.tokens>:<rate.micros>": the theoretical arrival time
--- tat + rem / rate.tokens microseconds, and the rate it was written under.
+-- State: the theoretical arrival time tat + rem / rate.tokens microseconds, and the rate it
+-- was written under; packed as 'g' and four doubles (text form "G:<tat>:<rem>:<p>:<u>").
 -- Everything is measured from now ("debt" in scaled units), never from the epoch, so no
 -- product involves the absolute time.
+
+local function gcra_read(raw)
+  if #raw == 33 and string.byte(raw, 1) == 103 then -- 'g'
+    local _, t, r, p, u = struct.unpack('<c1dddd', raw)
+    return t, r, p, u
+  end
+  local t, r, p, u = string.match(raw, '^G:(%d+):(%d+):(%d+):(%d+)$')
+  if t then return tonumber(t), tonumber(r), tonumber(p), tonumber(u) end
+end
+
+-- Whole tokens left under `debt` in a window of `window` units.
+local function gcra_remaining(window, um, debt)
+  return math.floor(math.max(window - debt, 0) / um)
+end
+
 ALG[2] = function(per, um, burst, raw, now, cost)
   local debt = 0
   local window = um * burst
-  if raw then
-    local t, r, p, u = string.match(raw, '^G:(%d+):(%d+):(%d+):(%d+)$')
-    if t then
-      t, r, p, u = tonumber(t), tonumber(r), tonumber(p), tonumber(u)
-      if t > now then
-        debt = (t - now) * p + r
-      elseif t == now then
-        debt = r
-      end
-      -- Written under another rate of this limit: the debt it held now, in our units,
-      -- rounded up and at most one whole burst (Gcra::carry_over).
-      if p ~= per or u ~= um then
-        if u ~= um then
-          debt = rescale(debt, u, um, window, true)
-        elseif debt > window then
-          debt = window
-        end
+  local t, r, p, u
+  if raw then t, r, p, u = gcra_read(raw) end
+  if t then
+    if t > now then
+      debt = (t - now) * p + r
+    elseif t == now then
+      debt = r
+    end
+    -- Written under another rate of this limit: the debt it held now, in our units, rounded
+    -- up and at most one whole burst (Gcra::carry_over).
+    if p ~= per or u ~= um then
+      if u ~= um then
+        debt = rescale(debt, u, um, window, true)
+      elseif debt > window then
+        debt = window
       end
     end
   end
-  local function remaining(d) return floor(max(window - d, 0) / um) end
-  local function fresh_in(d) return ceil_div(d, per) end
   if cost > burst then
-    return too_costly(burst, remaining(debt), fresh_in(debt))
+    return 0, burst, gcra_remaining(window, um, debt), ceil_div(debt, per), -1, 2
   end
   local need = um * cost
   -- debt + need <= window, written so the sum is formed only when it is small.
   if need <= window - debt then
     local nd = debt + need
-    local q, r = divmod(nd, per)
-    return allow(burst, remaining(nd), fresh_in(nd)),
-      'G:' .. int(now + q) .. ':' .. int(r) .. ':' .. int(per) .. ':' .. int(um),
-      now + fresh_in(nd)
+    local q, rem = divmod(nd, per)
+    local fresh_in = ceil_div(nd, per)
+    return 1, burst, gcra_remaining(window, um, nd), fresh_in, -1, 0,
+      struct.pack('<c1dddd', 'g', now + q, rem, per, um), now + fresh_in
   end
-  return over_limit(burst, remaining(debt), fresh_in(debt),
-    ceil_div(need - (window - debt), per))
+  return 0, burst, gcra_remaining(window, um, debt), ceil_div(debt, per),
+    ceil_div(need - (window - debt), per), 1
 end

@@ -13,7 +13,7 @@
 -- new numbers. Ends restart from 0 whenever the log empties.
 --
 -- Instead of evaluating a stored string, ALG[5] receives the key and reads what it needs; its
--- "state" is a plan that log_write applies (see dispatch.lua).
+-- "state" is a plan that log_write applies (see check.lua).
 
 -- One member and its score as {at, e(nd), n, member}.
 local function log_entry(member, score)
@@ -80,13 +80,11 @@ ALG[5] = function(limit, window, _, key, now, cost)
       used = last.e - (first.e - first.n)
     end
   end
-  local function reset()
-    if not last then return 0 end
-    return max(last.at + window - now, 0)
-  end
-  local left = max(limit - used, 0)
+  local reset = 0
+  if last then reset = math.max(last.at + window - now, 0) end
+  local left = math.max(limit - used, 0)
   if cost > limit then
-    return too_costly(limit, left, reset())
+    return 0, limit, left, reset, -1, 2
   end
   if used + cost > limit then
     -- The oldest live entry through which the live units reach the excess: the first whose
@@ -95,15 +93,15 @@ ALG[5] = function(limit, window, _, key, now, cost)
     local lo = redis.call('ZCOUNT', key, '-inf', int(edge))
     local hi = redis.call('ZCARD', key) - 1
     while lo < hi do
-      local mid = floor((lo + hi) / 2)
+      local mid = math.floor((lo + hi) / 2)
       local m = redis.call('ZRANGE', key, mid, mid)
       if log_entry(m[1], 0).e >= target then hi = mid else lo = mid + 1 end
     end
     local hit = redis.call('ZRANGE', key, lo, lo, 'WITHSCORES')
-    return over_limit(limit, left, reset(), log_entry(hit[1], hit[2]).at + window - now)
+    return 0, limit, left, reset, log_entry(hit[1], hit[2]).at + window - now, 1
   end
   local plan = {edge = edge}
-  local r = reset()
+  local r = reset
   if cost > 0 then
     if last and last.at >= now then
       -- Same timestamp (or the clock stepped back): the newest entry grows.
@@ -115,5 +113,5 @@ ALG[5] = function(limit, window, _, key, now, cost)
     end
     r = plan.at + window - now
   end
-  return allow(limit, limit - used - cost, r), plan, now + r
+  return 1, limit, limit - used - cost, r, -1, 0, plan, now + r
 end

@@ -5,8 +5,9 @@
 //! `protocol` (a bounded label set, never a key).
 //!
 //! Script calls are also counted by what went wrong in `spillway_script_errors_total{kind}`:
-//! `noscript` (Redis had lost the script, after a restart, a failover or `SCRIPT FLUSH`; the
-//! script helper loads it again and retries, so the call itself usually succeeds), `timeout`,
+//! `noscript` (Redis had lost the Functions library or the script, after a restart, a failover,
+//! `FUNCTION FLUSH` or `SCRIPT FLUSH`; the call loads it again and retries, so the call itself
+//! usually succeeds), `timeout`,
 //! `connection` (refused, dropped, reconnecting, or a server not ready: `LOADING`,
 //! `CLUSTERDOWN`...) and `other` (an error from the script or an unreadable reply).
 

@@ -2,8 +2,9 @@
 //! number of stateless `spillway` nodes, which together admit exactly what the policy allows.
 //!
 //! # How a check runs
-//! All of a request's limits go to Redis in one `EVALSHA` of one Lua script (see
-//! [`script`]): it reads every limit's state, evaluates each with a Lua mirror of the engine's
+//! All of a request's limits go to Redis in one call of one Lua function (`FCALL` of a
+//! Functions library loaded once, or `EVALSHA` of a plain script on servers without Functions;
+//! see [`script`]): it reads every limit's state, evaluates each with a Lua mirror of the engine's
 //! pure Rust function, and writes the new states, each with a `PX` expiry at the moment the
 //! state becomes indistinguishable from a fresh key, only if every enforced limit allows.
 //!
@@ -18,6 +19,7 @@
 //! - [`store`]: [`RedisStore`], the [`spillway_core::store::Store`] implementation.
 //! - [`multi_slot`]: requests spanning several cluster slots (all slots at once, refunded
 //!   unless all admit, finished by a task of their own).
+//! - `functions`: calling the library (`FCALL`) or, without Functions, the scripts.
 //! - `runner`: script calls on the shared connection, cheap to clone into such a task.
 //! - [`local_cache`]: denying repeated over-limit requests without a round trip.
 //! - [`error`]: typed, counted errors.
@@ -26,6 +28,7 @@
 
 pub mod config;
 pub mod error;
+mod functions;
 pub mod keys;
 pub mod local_cache;
 pub mod multi_slot;

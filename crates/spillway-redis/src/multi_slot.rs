@@ -80,9 +80,7 @@ impl Job {
                 let (group, mode) = (group.clone(), self.mode);
                 tokio::spawn(async move {
                     let pairs = group.iter().map(|&i| (keys[i].as_str(), checks[i]));
-                    runner
-                        .run_script(limit, pairs, group.len(), mode, undo)
-                        .await
+                    runner.run_script(limit, pairs, mode, undo).await
                 })
             })
             .collect();

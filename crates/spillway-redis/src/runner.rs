@@ -1,11 +1,13 @@
 //! [`Runner`]: script calls on the shared connection, bounded and timed.
 //!
-//! It holds what a call needs (the connection, the two scripts, the time bound and, in tests,
-//! the injected clock) and is cheap to clone (a connection handle and three `Arc`s), so a task
-//! spawned to finish a request on its own (see [`crate::multi_slot`]) can own one.
+//! It holds what a call needs (the connection, which form of the Lua code to call, the time
+//! bound and, in tests, the injected clock) and is cheap to clone (a connection handle and a
+//! few `Arc`s), so a task spawned to finish a request on its own (see [`crate::multi_slot`])
+//! can own one.
 
-use crate::error::{classify, record, record_script, CountNoScript};
-use crate::script::{self, Encoded, Reply, Undo};
+use crate::error::{classify, record, record_script, CountNoScript, SCRIPT_ERRORS};
+use crate::functions::{self, Functions};
+use crate::script::{self, CallArgs, Encoded, Reply, Undo};
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use spillway_core::request::CheckMode;
@@ -25,6 +27,8 @@ pub(crate) enum Conn {
 #[derive(Clone)]
 pub(crate) struct Runner {
     pub(crate) conn: Conn,
+    /// Whether to call the Functions library or the plain scripts.
+    pub(crate) functions: Arc<Functions>,
     check_script: Arc<redis::Script>,
     refund_script: Arc<redis::Script>,
     /// How long one call may take before it fails with `StoreError::Timeout`.
@@ -38,8 +42,9 @@ impl Runner {
     pub(crate) fn new(conn: Conn, timeout: Duration) -> Self {
         Self {
             conn,
-            check_script: Arc::new(redis::Script::new(script::CHECK_SOURCE)),
-            refund_script: Arc::new(redis::Script::new(script::REFUND_SOURCE)),
+            functions: Arc::default(),
+            check_script: Arc::new(redis::Script::new(script::CHECK_SCRIPT)),
+            refund_script: Arc::new(redis::Script::new(script::REFUND_SCRIPT)),
             timeout,
             injected: None,
         }
@@ -76,29 +81,98 @@ impl Runner {
         self.call_within(self.timeout, work).await
     }
 
-    /// One check-script call within `limit` over `(key, check)` pairs sharing a slot.
+    /// Loads the Functions library, or settles on plain scripts if the server refuses
+    /// Functions. Other failures are left for the first call to meet (and recover).
+    pub(crate) async fn prepare(&self) {
+        let mut conn = self.conn.clone();
+        let load = tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), async move {
+            functions::lift(conn.query(&functions::load_cmd()).await)
+        });
+        if let Ok(Err(err)) = load.await {
+            if functions::is_unsupported(&err) {
+                self.functions.disable(&err);
+            } else {
+                tracing::debug!(error = %err, "loading the Functions library failed; the first call retries");
+            }
+        }
+    }
+
+    /// Calls the library's function `name` (or, without Functions, `script`) over `keys` and
+    /// `args` within `limit`.
+    async fn invoke(
+        &self,
+        limit: Duration,
+        name: &'static str,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[&[u8]],
+    ) -> Result<redis::Value, StoreError> {
+        self.call_within(limit, |mut conn| async move {
+            if self.functions.enabled() {
+                let cmd = functions::fcall_cmd(name, keys, args);
+                match functions::lift(conn.query(&cmd).await) {
+                    Err(err) if functions::is_missing(&err) => {
+                        metrics::counter!(SCRIPT_ERRORS, "kind" => "noscript").increment(1);
+                        functions::lift(conn.query(&functions::load_cmd()).await)?;
+                        return functions::lift(conn.query(&cmd).await);
+                    }
+                    Err(err) if functions::is_unsupported(&err) => self.functions.disable(&err),
+                    other => return other,
+                }
+            }
+            let mut inv = script.prepare_invoke();
+            for key in keys {
+                inv.key(key);
+            }
+            for arg in args {
+                inv.arg(*arg);
+            }
+            match conn {
+                Conn::Server(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
+                Conn::Cluster(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
+            }
+        })
+        .await
+    }
+
+    /// One check call within `limit` carrying the requests in `args` (whose keys must share a
+    /// cluster slot): one [`Reply`] per request.
+    pub(crate) async fn run_call(
+        &self,
+        limit: Duration,
+        args: &CallArgs,
+    ) -> Result<Vec<Reply>, StoreError> {
+        let now = CallArgs::now_arg(self.injected.as_ref().map(|c| c.now()));
+        let lib = script::library();
+        let value = self
+            .invoke(
+                limit,
+                lib.check.as_str(),
+                &self.check_script,
+                &args.keys,
+                &[now.as_bytes(), &args.packed],
+            )
+            .await
+            .map_err(record_script)?;
+        script::parse_reply(value, &args.shapes)
+            .map_err(record)
+            .map_err(record_script)
+    }
+
+    /// One check call within `limit` for one request over `(key, check)` pairs sharing a slot.
     pub(crate) async fn run_script<'k>(
         &self,
         limit: Duration,
         checks: impl IntoIterator<Item = (&'k str, Encoded)>,
-        n: usize,
         mode: CheckMode,
         undo: bool,
     ) -> Result<Reply, StoreError> {
-        let now = self.injected.as_ref().map(|c| c.now());
-        let inv = script::invocation(&self.check_script, checks, mode, now, undo);
-        let value: redis::Value = self
-            .call_within(limit, |conn| async move {
-                match conn {
-                    Conn::Server(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
-                    Conn::Cluster(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
-                }
-            })
-            .await
-            .map_err(record_script)?;
-        script::parse_reply(value, n)
-            .map_err(record)
-            .map_err(record_script)
+        let mut args = CallArgs::default();
+        args.push(checks, mode, undo);
+        self.run_call(limit, &args)
+            .await?
+            .pop()
+            .ok_or_else(|| record(StoreError::Protocol("the check returned no request".into())))
     }
 
     /// Restores one key charged by a request that was then denied (or abandoned); `false` if
@@ -112,17 +186,27 @@ impl Runner {
         if written == before {
             return true;
         }
-        let mut inv = self.refund_script.prepare_invoke();
-        inv.key(key).arg(written).arg(before).arg(ttl);
-        let restored: Result<i64, _> = self
-            .call_within(limit, |conn| async move {
-                match conn {
-                    Conn::Server(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
-                    Conn::Cluster(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
-                }
-            })
+        let lib = script::library();
+        let restored = self
+            .invoke(
+                limit,
+                lib.refund.as_str(),
+                &self.refund_script,
+                &[key.to_owned()],
+                &[written, before, ttl.as_bytes()],
+            )
             .await
             .map_err(record_script);
-        matches!(restored, Ok(1))
+        matches!(restored, Ok(redis::Value::Int(1)))
+    }
+}
+
+impl Conn {
+    /// Sends one command and reads its reply.
+    pub(crate) async fn query(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            Conn::Server(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
     }
 }

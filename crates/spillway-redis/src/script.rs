@@ -1,21 +1,30 @@
-//! The Lua scripts, how a request's checks become their arguments, and how their replies
-//! become [`Decision`]s.
+//! The Lua code, how a request's checks become its arguments, and how its replies become
+//! [`Decision`]s.
 //!
 //! `lua/` holds one file per algorithm, each mirroring the Rust function of the same name in
-//! `spillway-core/src/algorithm/`, plus shared helpers and a dispatcher. They are concatenated
-//! at compile time into [`CHECK_SOURCE`], one script that evaluates every limit of a request in
-//! one atomic step. Both scripts run through [`redis::Script`], which sends `EVALSHA` and
-//! reloads the script when Redis answers `NOSCRIPT` (after `SCRIPT FLUSH`, a restart or a
-//! failover), so callers never see that error.
+//! `spillway-core/src/algorithm/`, plus shared helpers, the check entry point (`check.lua`) and
+//! the compensating refund (`refund.lua`). They are concatenated at compile time into one
+//! body, used in two forms:
+//!
+//! - [`library`]: a Redis Functions library (Redis 7+), loaded once with `FUNCTION LOAD` and
+//!   called with `FCALL`. Its functions are defined when it loads, so a call only runs the
+//!   work of its limits. The library and function names carry a digest of the code, so nodes
+//!   of two versions sharing one Redis during a rolling upgrade each call their own.
+//! - [`CHECK_SCRIPT`] and [`REFUND_SCRIPT`]: plain scripts for servers without Functions,
+//!   sent by `EVALSHA` through [`redis::Script`] (which reloads one Redis has lost). Their
+//!   helpers are re-created by every call, which costs a few microseconds of Redis CPU.
+//!
+//! Which form a store uses is settled by `crate::functions`.
 
 use redis::Value;
 use spillway_core::algorithm::{Decision, Denial, LimitParams};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, StoreError};
 use spillway_core::time::Micros;
+use std::sync::LazyLock;
 
-/// The check script: helpers, the six algorithms and the dispatcher, in that order.
-pub const CHECK_SOURCE: &str = concat!(
+/// The helpers, the six algorithms and the check entry point, in that order.
+const CHECK_BODY: &str = concat!(
     include_str!("../lua/common.lua"),
     include_str!("../lua/token_bucket.lua"),
     include_str!("../lua/gcra.lua"),
@@ -23,14 +32,76 @@ pub const CHECK_SOURCE: &str = concat!(
     include_str!("../lua/sliding_window.lua"),
     include_str!("../lua/sliding_log.lua"),
     include_str!("../lua/leaky_bucket.lua"),
-    include_str!("../lua/dispatch.lua"),
+    include_str!("../lua/check.lua"),
 );
 
-/// The compensating refund script for requests spanning several cluster slots.
-pub const REFUND_SOURCE: &str = include_str!("../lua/refund.lua");
+/// The compensating refund (one function, no helpers).
+const REFUND_BODY: &str = include_str!("../lua/refund.lua");
 
-/// Arguments per check after the three global ones.
+/// The check as a plain script (`EVALSHA`), for servers without Functions.
+pub const CHECK_SCRIPT: &str = concat!(
+    include_str!("../lua/common.lua"),
+    include_str!("../lua/token_bucket.lua"),
+    include_str!("../lua/gcra.lua"),
+    include_str!("../lua/fixed_window.lua"),
+    include_str!("../lua/sliding_window.lua"),
+    include_str!("../lua/sliding_log.lua"),
+    include_str!("../lua/leaky_bucket.lua"),
+    include_str!("../lua/check.lua"),
+    "\nreturn check(KEYS, ARGV)\n",
+);
+
+/// The compensating refund as a plain script, for servers without Functions.
+pub const REFUND_SCRIPT: &str = concat!(
+    include_str!("../lua/refund.lua"),
+    "\nreturn refund(KEYS, ARGV)\n"
+);
+
+/// The Functions library: its source and the names of its two functions.
+#[derive(Debug)]
+pub struct Library {
+    /// What `FUNCTION LOAD REPLACE` is given.
+    pub source: String,
+    /// The library's name, `spillway_<digest>`.
+    pub name: String,
+    /// The check function (`FCALL <check> numkeys keys... now requests`).
+    pub check: String,
+    /// The refund function (`FCALL <refund> 1 key written before ttl`).
+    pub refund: String,
+}
+
+/// The library, built once. Its names end in the first 12 hex digits of the code's SHA-1.
+pub fn library() -> &'static Library {
+    static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
+        let mut digest = sha1_smol::Sha1::new();
+        digest.update(CHECK_BODY.as_bytes());
+        digest.update(REFUND_BODY.as_bytes());
+        let version = digest.digest().to_string()[..12].to_owned();
+        let name = format!("spillway_{version}");
+        let check = format!("spillway_check_{version}");
+        let refund = format!("spillway_refund_{version}");
+        let source = format!(
+            "#!lua name={name}\n{CHECK_BODY}\n{REFUND_BODY}\n\
+             redis.register_function('{check}', check)\n\
+             redis.register_function('{refund}', refund)\n"
+        );
+        Library {
+            source,
+            name,
+            check,
+            refund,
+        }
+    });
+    &LIBRARY
+}
+
+/// Numbers per check in the packed requests, after a request's two (flags, count).
 const PER_CHECK: usize = 6;
+
+/// Request flag: charge the limits if admitted (else only look).
+const CONSUME: u64 = 1;
+/// Request flag: also return what a compensating refund needs.
+const UNDO: u64 = 2;
 
 /// The algorithm code and three numbers the Lua side needs for `params`.
 fn encode_params(params: &LimitParams) -> [u64; 4] {
@@ -44,7 +115,7 @@ fn encode_params(params: &LimitParams) -> [u64; 4] {
     }
 }
 
-/// One check as the script's six arguments: algorithm code, three numbers, cost, enforced.
+/// One check as the script's six numbers: algorithm code, three numbers, cost, enforced.
 /// Owned and `Copy`, so a task that outlives the request can carry it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Encoded {
@@ -67,52 +138,78 @@ impl Encoded {
     }
 }
 
-/// One invocation of the check script over `(key, check)` pairs (whose keys must share a
-/// cluster slot).
-pub fn invocation<'a, 'k>(
-    script: &'a redis::Script,
-    checks: impl IntoIterator<Item = (&'k str, Encoded)>,
-    mode: CheckMode,
-    now: Option<Micros>,
-    undo: bool,
-) -> redis::ScriptInvocation<'a> {
-    let mut inv = script.prepare_invoke();
-    inv.arg(if mode == CheckMode::Consume { "1" } else { "0" });
-    match now {
-        Some(now) => inv.arg(now),
-        None => inv.arg(""),
-    };
-    inv.arg(if undo { "1" } else { "0" });
-    for (key, check) in checks {
-        inv.key(key);
-        let [code, p1, p2, p3] = check.params;
-        inv.arg(code).arg(p1).arg(p2).arg(p3).arg(check.cost);
-        inv.arg(if check.enforced { "1" } else { "0" });
+/// The keys and arguments of one call of the check (either form): one or more requests, each
+/// decided all-or-nothing on its own.
+#[derive(Debug, Default, Clone)]
+pub struct CallArgs {
+    /// Every request's keys, request after request.
+    pub keys: Vec<String>,
+    /// The packed requests (argv[2]; see `lua/check.lua`).
+    pub packed: Vec<u8>,
+    /// Per request: its number of checks and whether it asked for undo records of a charge.
+    pub shapes: Vec<(usize, bool)>,
+}
+
+impl CallArgs {
+    /// Appends one request over `(key, check)` pairs.
+    pub fn push<'k>(
+        &mut self,
+        checks: impl IntoIterator<Item = (&'k str, Encoded)>,
+        mode: CheckMode,
+        undo: bool,
+    ) {
+        let consume = mode == CheckMode::Consume;
+        let flags = if consume { CONSUME } else { 0 } | if undo { UNDO } else { 0 };
+        let head = self.packed.len();
+        self.put(flags);
+        self.put(0); // the count, filled in below
+        let mut n = 0;
+        for (key, check) in checks {
+            self.keys.push(key.to_owned());
+            let [code, p1, p2, p3] = check.params;
+            for x in [code, p1, p2, p3, check.cost, u64::from(check.enforced)] {
+                self.put(x);
+            }
+            n += 1;
+        }
+        #[allow(clippy::cast_precision_loss)] // a count of checks, far below 2^53
+        let count = (n as f64).to_le_bytes();
+        self.packed[head + 8..head + 16].copy_from_slice(&count);
+        self.shapes.push((n, consume && undo));
     }
-    inv
+
+    #[allow(clippy::cast_precision_loss)] // the Lua side holds doubles; see `Encoded::new`
+    fn put(&mut self, x: u64) {
+        self.packed.extend_from_slice(&(x as f64).to_le_bytes());
+    }
+
+    /// The first argument: the injected time, or empty for Redis `TIME`.
+    pub fn now_arg(now: Option<Micros>) -> String {
+        now.map(|t| t.to_string()).unwrap_or_default()
+    }
 }
 
 /// What a compensating refund needs to restore one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Undo {
     /// The value the charge wrote (or the old one when nothing was written).
-    pub written: String,
+    pub written: Vec<u8>,
     /// The value before the charge (empty when the key did not exist).
-    pub before: String,
+    pub before: Vec<u8>,
     /// The key's PTTL before the charge, in milliseconds.
     pub ttl: String,
 }
 
-/// What one script call reported.
+/// What the check reported for one request.
 #[derive(Debug)]
 pub struct Reply {
-    /// Whether every enforced limit in the call allowed the request.
+    /// Whether every enforced limit of the request allowed it.
     pub admitted: bool,
-    /// The time the script evaluated at (Redis `TIME` or the injected time).
+    /// The time the call evaluated at (Redis `TIME` or the injected time).
     pub now: Micros,
     /// One decision per check, in order.
     pub decisions: Vec<Decision>,
-    /// With `undo`, per written key: (value written, value before, its PTTL then).
+    /// With undo asked for and an admitted charge, per key: what restores it.
     pub undo: Vec<Undo>,
 }
 
@@ -125,11 +222,11 @@ fn int(v: &Value) -> Result<i64, StoreError> {
     }
 }
 
-fn text(v: &Value) -> Result<String, StoreError> {
+fn bytes(v: &Value) -> Result<Vec<u8>, StoreError> {
     match v {
-        Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Ok(s.clone()),
-        Value::Int(i) => Ok(i.to_string()),
+        Value::BulkString(b) => Ok(b.clone()),
+        Value::SimpleString(s) => Ok(s.clone().into_bytes()),
+        Value::Int(i) => Ok(i.to_string().into_bytes()),
         other => Err(StoreError::Protocol(format!(
             "check script returned {other:?} where a string belongs"
         ))),
@@ -142,50 +239,71 @@ fn unsigned(v: &Value) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Protocol(format!("check script returned negative {i}")))
 }
 
-/// Reads the check script's reply for `n` checks.
-pub fn parse_reply(value: Value, n: usize) -> Result<Reply, StoreError> {
+fn short(n: usize) -> StoreError {
+    StoreError::Protocol(format!(
+        "check script returned too few values for {n} checks"
+    ))
+}
+
+/// Reads the check's reply to a call shaped by `shapes` (see [`CallArgs::shapes`]): one
+/// [`Reply`] per request, in order.
+pub fn parse_reply(value: Value, shapes: &[(usize, bool)]) -> Result<Vec<Reply>, StoreError> {
     let Value::Array(items) = value else {
         return Err(StoreError::Protocol(format!(
             "check script returned {value:?} instead of an array"
         )));
     };
-    let head = 2 + n * PER_CHECK;
-    if items.len() != head && items.len() != head + 3 * n {
+    let total: usize = shapes.iter().map(|s| s.0).sum();
+    let now = unsigned(items.first().ok_or_else(|| short(total))?)?;
+    let mut at = 1;
+    let mut replies = Vec::with_capacity(shapes.len());
+    for &(n, undo) in shapes {
+        let head = items.get(at).ok_or_else(|| short(total))?;
+        let admitted = int(head)? == 1;
+        let block = items
+            .get(at + 1..at + 1 + n * PER_CHECK)
+            .ok_or_else(|| short(total))?;
+        at += 1 + n * PER_CHECK;
+        let mut decisions = Vec::with_capacity(n);
+        for d in block.chunks_exact(PER_CHECK) {
+            let retry = int(&d[4])?;
+            decisions.push(Decision {
+                allowed: int(&d[0])? == 1,
+                limit: unsigned(&d[1])?,
+                remaining: unsigned(&d[2])?,
+                reset_after: unsigned(&d[3])?,
+                retry_after: u64::try_from(retry).ok(),
+                denial: match int(&d[5])? {
+                    0 => None,
+                    1 => Some(Denial::OverLimit),
+                    _ => Some(Denial::CostExceedsLimit),
+                },
+            });
+        }
+        let mut undos = Vec::new();
+        if undo && admitted {
+            let block = items.get(at..at + 3 * n).ok_or_else(|| short(total))?;
+            at += 3 * n;
+            for u in block.chunks_exact(3) {
+                undos.push(Undo {
+                    before: bytes(&u[0])?,
+                    ttl: String::from_utf8_lossy(&bytes(&u[1])?).into_owned(),
+                    written: bytes(&u[2])?,
+                });
+            }
+        }
+        replies.push(Reply {
+            admitted,
+            now,
+            decisions,
+            undo: undos,
+        });
+    }
+    if at != items.len() {
         return Err(StoreError::Protocol(format!(
-            "check script returned {} values for {n} checks",
+            "check script returned {} values for {total} checks",
             items.len()
         )));
     }
-    let mut decisions = Vec::with_capacity(n);
-    for d in items[2..head].chunks_exact(PER_CHECK) {
-        let retry = int(&d[4])?;
-        decisions.push(Decision {
-            allowed: int(&d[0])? == 1,
-            limit: unsigned(&d[1])?,
-            remaining: unsigned(&d[2])?,
-            reset_after: unsigned(&d[3])?,
-            retry_after: u64::try_from(retry).ok(),
-            denial: match int(&d[5])? {
-                0 => None,
-                1 => Some(Denial::OverLimit),
-                _ => Some(Denial::CostExceedsLimit),
-            },
-        });
-    }
-    let undo = items[head..]
-        .chunks_exact(3)
-        .map(|u| {
-            Ok(Undo {
-                written: text(&u[2])?,
-                before: text(&u[0])?,
-                ttl: text(&u[1])?,
-            })
-        })
-        .collect::<Result<_, StoreError>>()?;
-    Ok(Reply {
-        admitted: int(&items[0])? == 1,
-        now: unsigned(&items[1])?,
-        decisions,
-        undo,
-    })
+    Ok(replies)
 }

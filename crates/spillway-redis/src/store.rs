@@ -78,8 +78,10 @@ impl RedisStore {
             Ok(conn) => conn.map_err(|e| classify(e, timeout))?,
             Err(_) => return Err(StoreError::Timeout(connect_limit)),
         };
+        let runner = Runner::new(conn, timeout);
+        runner.prepare().await;
         Ok(Self {
-            runner: Runner::new(conn, timeout),
+            runner,
             layout,
             clock: Arc::new(SystemClock),
             cache: (config.local_cache_keys > 0).then(|| LocalCache::new(config.local_cache_keys)),
@@ -136,7 +138,7 @@ impl Store for RedisStore {
                 .zip(checks.iter().map(Encoded::new));
             let runner = &self.runner;
             runner
-                .run_script(runner.timeout, pairs, checks.len(), mode, false)
+                .run_script(runner.timeout, pairs, mode, false)
                 .await?
                 .decisions
         };

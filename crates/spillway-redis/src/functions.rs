@@ -1,0 +1,77 @@
+//! Which form of the Lua code a store calls: the Functions library (`FCALL`), or, on a server
+//! without Functions, the plain scripts (`EVALSHA`).
+//!
+//! A store starts by loading the library (`FUNCTION LOAD REPLACE`). A server that does not
+//! know the command (Redis before 7.0, or a proxy or ACL that refuses it) switches the store to
+//! scripts for good. A server that lost the library since (a restart without persistence, a
+//! failover to a node that never had it, `FUNCTION FLUSH`) answers a call with "Function not
+//! found": the call loads the library again and retries once, counted as
+//! `spillway_script_errors_total{kind="noscript"}` like a lost script.
+
+use redis::{RedisError, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether the store still calls the library; shared by every clone of a runner.
+#[derive(Debug, Default)]
+pub(crate) struct Functions {
+    unsupported: AtomicBool,
+}
+
+impl Functions {
+    /// Whether calls go through `FCALL`.
+    pub(crate) fn enabled(&self) -> bool {
+        !self.unsupported.load(Ordering::Relaxed)
+    }
+
+    /// Switches the store to plain scripts for good, saying why once.
+    pub(crate) fn disable(&self, why: &RedisError) {
+        if !self.unsupported.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                error = %why,
+                "Redis refuses Functions; using plain scripts (EVALSHA), which cost more Redis CPU per call"
+            );
+        }
+    }
+}
+
+/// Whether `err` says the server lacks the library's function (lost or never loaded).
+pub(crate) fn is_missing(err: &RedisError) -> bool {
+    err.to_string().contains("Function not found")
+}
+
+/// Whether `err` says the server will not run Functions at all.
+pub(crate) fn is_unsupported(err: &RedisError) -> bool {
+    let text = err.to_string();
+    (text.contains("unknown command") || text.contains("NOPERM"))
+        && (text.contains("FCALL")
+            || text.contains("fcall")
+            || text.contains("FUNCTION")
+            || text.contains("function"))
+}
+
+/// The command loading the library, replacing an older copy of the same version.
+pub(crate) fn load_cmd() -> redis::Cmd {
+    let mut cmd = redis::cmd("FUNCTION");
+    cmd.arg("LOAD")
+        .arg("REPLACE")
+        .arg(&crate::script::library().source);
+    cmd
+}
+
+/// `FCALL name` over `keys` and `args`.
+pub(crate) fn fcall_cmd(name: &str, keys: &[String], args: &[&[u8]]) -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(name).arg(keys.len()).arg(keys);
+    for a in args {
+        cmd.arg(*a);
+    }
+    cmd
+}
+
+/// A server error carried as a value, as an error.
+pub(crate) fn lift(reply: redis::RedisResult<Value>) -> redis::RedisResult<Value> {
+    match reply {
+        Ok(Value::ServerError(err)) => Err(err.into()),
+        other => other,
+    }
+}

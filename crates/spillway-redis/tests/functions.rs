@@ -1,0 +1,160 @@
+//! The two forms of the Lua code on real servers: the Functions library is what a store
+//! calls, is loaded again after Redis loses it, and gives way to plain scripts on a server
+//! without Functions; states written in the text form of earlier versions read the same.
+
+mod common;
+
+use common::{check, key, redis_store, replay, Backend};
+use spillway_core::algorithm::{LimitParams, TokenBucket};
+use spillway_core::rate::Rate;
+use spillway_core::request::CheckMode;
+use spillway_core::store::Store;
+use spillway_core::time::HOUR;
+use spillway_testkit::redis::{command, RedisServer};
+use spillway_testkit::vectors::{self, flatten};
+
+fn bucket(burst: u64) -> LimitParams {
+    LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, HOUR).unwrap(), burst).unwrap())
+}
+
+/// How many calls of `command` (e.g. `fcall`, `evalsha`) Redis has served.
+fn calls(port: u16, command_name: &str) -> u64 {
+    let stats = spillway_testkit::redis::command(port, "INFO commandstats").unwrap_or_default();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command_name}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn checks_call_the_library_and_survive_a_function_flush() {
+    let server = RedisServer::start();
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    clock.set(1_700_000_000_000_000);
+    let (k, p) = (key("l", &["flush"]), bucket(3));
+    let first = store.check(&[check(&k, &p, 1)], CheckMode::Consume).await;
+    assert_eq!(first.unwrap()[0].remaining, 2);
+    assert!(calls(server.port(), "fcall") >= 1, "the check ran as FCALL");
+    assert_eq!(calls(server.port(), "evalsha"), 0, "and never as a script");
+
+    let flushed = command(server.port(), "FUNCTION FLUSH").unwrap_or_default();
+    assert!(flushed.starts_with("+OK"), "{flushed}");
+    let list = command(server.port(), "FUNCTION LIST").unwrap_or_default();
+    assert!(!list.contains("spillway_"), "the library is gone: {list}");
+
+    let d = store
+        .check(&[check(&k, &p, 1)], CheckMode::Consume)
+        .await
+        .expect("the library is loaded again and the call retried");
+    assert_eq!(
+        d[0].remaining, 1,
+        "state kept across the flush, charged once"
+    );
+    let list = command(server.port(), "FUNCTION LIST").unwrap_or_default();
+    assert!(list.contains("spillway_"), "the library is back: {list}");
+}
+
+#[tokio::test]
+async fn a_server_without_functions_gets_plain_scripts_and_the_same_answers() {
+    // Renaming the commands away makes the server answer as one from before Redis 7 does.
+    let server = RedisServer::start_with(&[
+        "--rename-command",
+        "FUNCTION",
+        "spw-no-function",
+        "--rename-command",
+        "FCALL",
+        "spw-no-fcall",
+    ]);
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    for (i, v) in vectors::conformance().iter().enumerate() {
+        replay(&store, &clock, v, &format!("s{i}")).await;
+    }
+    assert!(
+        calls(server.port(), "evalsha") > 0,
+        "the checks ran as scripts"
+    );
+    assert_eq!(calls(server.port(), "spw-no-fcall"), 0);
+
+    // A lost script is loaded again as before.
+    assert!(command(server.port(), "SCRIPT FLUSH").is_some_and(|r| r.starts_with("+OK")));
+    clock.set(1_700_000_000_000_000);
+    let (k, p) = (key("l", &["script"]), bucket(2));
+    for remaining in [1, 0] {
+        let d = store.check(&[check(&k, &p, 1)], CheckMode::Consume).await;
+        assert_eq!(d.expect("reloaded")[0].remaining, remaining);
+    }
+}
+
+/// Rewrites the packed state at `key` in the text form earlier versions wrote, keeping its
+/// expiry. Missing keys are left alone.
+async fn to_text(conn: &mut redis::aio::MultiplexedConnection, key: &str) {
+    let raw: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .ok()
+        .flatten();
+    let Some(raw) = raw else { return };
+    let (tag, n) = match raw.first() {
+        Some(b't') => ("T", 4),
+        Some(b'g') => ("G", 4),
+        Some(b'f') => ("F", 2),
+        Some(b'w') => ("W", 3),
+        Some(b'b') => ("B", 3),
+        // Already text: nothing was written since the last rewrite.
+        Some(c) if c.is_ascii_uppercase() => return,
+        _ => panic!("{key} holds {raw:?}, not a packed state"),
+    };
+    assert_eq!(raw.len(), 1 + 8 * n, "{key}: {raw:?}");
+    let mut text = tag.to_owned();
+    for chunk in raw[1..].chunks_exact(8) {
+        let x = f64::from_le_bytes(chunk.try_into().unwrap());
+        text.push_str(&format!(":{x:.0}"));
+    }
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(text)
+        .arg("KEEPTTL")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn states_in_the_text_form_of_earlier_versions_read_the_same() {
+    let server = RedisServer::start();
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut rewritten = 0;
+    for (i, v) in vectors::conformance().iter().enumerate() {
+        if v.algorithm == "sliding_log" {
+            continue;
+        }
+        // Every event reads the state the one before it wrote, turned into text.
+        let k = key(&v.name, &[&format!("t{i}")]);
+        let redis_key = store.redis_key(&k);
+        let mut params = v.params();
+        for (n, e) in v.events.iter().enumerate() {
+            if let Some(numbers) = e.numbers {
+                params = v.params_with(numbers);
+            }
+            clock.set(e.at);
+            let mode = if e.peek {
+                CheckMode::Peek
+            } else {
+                CheckMode::Consume
+            };
+            let got = store
+                .check(&[check(&k, &params, e.cost)], mode)
+                .await
+                .unwrap();
+            assert_eq!(flatten(&got[0]), e.expect, "{} event {n}", v.name);
+            to_text(&mut conn, &redis_key).await;
+            rewritten += 1;
+        }
+    }
+    assert!(rewritten > 50, "the vectors exercised the text form");
+}
