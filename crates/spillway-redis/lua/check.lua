@@ -12,13 +12,19 @@
 --          flags and its number of limits n, then six numbers per limit: algorithm code, p1,
 --          p2, p3, cost, enforced (1/0). Flags: 1 = consume (else only look), 2 = also
 --          return what a compensating refund needs (old value, its PTTL, new value) for
---          every key the request wrote; used when one request spans several cluster slots.
+--          every key the request wrote; used when one request spans several cluster slots;
+--          4 = charge after the fact: record every limit's cost whatever it says (CHG) and
+--          write every state; 8 = the request's keys start with a report marker (not a
+--          limit), set with NX for REPORT_TTL_MS: when it already exists the report is a
+--          retry, nothing is charged and each limit is only looked at.
 --
--- Reply: {now, then per request: admitted (1/0), six integers per limit (allowed, limit,
+-- Reply: {now, then per request: admitted (1/0; for a charge, whether it was recorded), six integers per limit (allowed, limit,
 -- remaining, reset, retry, denial: see common.lua), then, for an admitted consume with flag 2,
 -- three strings per limit}.
 
-local CONSUME, UNDO = 1, 2
+local CONSUME, UNDO, CHARGE, MARKED = 1, 2, 4, 8
+-- How long a report marker lasts (spillway-core's REPORT_TTL), in milliseconds.
+local REPORT_TTL_MS = 3600000
 
 -- Writes what request limits first .. first + n - 1 decided (see check below), appending
 -- undo records to reply when asked.
@@ -89,6 +95,13 @@ local function check(keys, argv)
   while pos <= #blob do
     local flags, n
     flags, n, pos = struct.unpack('<dd', blob, pos)
+    local charge = flags % 8 >= CHARGE
+    -- For a charge: whether it is recorded (not a retry of a report already recorded).
+    local fresh = true
+    if flags % 16 >= MARKED then
+      k = k + 1
+      fresh = redis.call('SET', keys[k], '1', 'NX', 'PX', REPORT_TTL_MS) ~= false
+    end
     local admit_at = #reply + 1
     reply[admit_at] = 1
     local admitted = true
@@ -103,8 +116,14 @@ local function check(keys, argv)
         raw = redis.pcall('GET', raw)
         if type(raw) ~= 'string' then raw = nil end
       end
+      local alg, charged = ALG[code], cost
+      if charge and fresh and CHG[code] then
+        alg = CHG[code]
+      elseif charge and not fresh then
+        charged = 0
+      end
       local allowed, limit, remaining, reset, retry, denial, state, expiry =
-        ALG[code](p1, p2, p3, raw, now, cost)
+        alg(p1, p2, p3, raw, now, charged)
       if allowed == 0 and enforced == 1 then admitted = false end
       local r = #reply
       reply[r + 1], reply[r + 2], reply[r + 3] = allowed, limit, remaining
@@ -112,10 +131,21 @@ local function check(keys, argv)
       -- A zero-cost check writes nothing (as the in-memory store): under the same numbers
       -- its state restates what is stored, and under other numbers writing the conversion
       -- back would erase what the key used beyond the new numbers.
-      ok[i], states[i], expires[i], logs[i] = allowed == 1 and cost > 0, state, expiry, code == 5
+      local writes = allowed == 1 and charged > 0
+      -- A charge writes every state it recorded (the sliding log only what fits).
+      if charge and fresh and CHG[code] then writes = true end
+      ok[i], states[i], expires[i], logs[i] = writes, state, expiry, code == 5
+    end
+    if charge then
+      admitted = fresh
+      if fresh then reply[admit_at] = 1 else reply[admit_at] = 0 end
     end
     if not admitted then reply[admit_at] = 0 end
-    if admitted and flags % 2 == CONSUME then
+    if charge then
+      if fresh then
+        write_request(keys, k + 1, n, ok, states, expires, logs, now, ttl_slack, false, reply)
+      end
+    elseif admitted and flags % 2 == CONSUME then
       write_request(keys, k + 1, n, ok, states, expires, logs, now, ttl_slack,
         flags % 4 >= UNDO, reply)
     end

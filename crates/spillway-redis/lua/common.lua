@@ -92,3 +92,21 @@ end
 -- Algorithm functions by code. Each takes (p1, p2, p3, raw, now, cost) where raw is the
 -- stored string or nil, and returns the eight values above.
 local ALG = {}
+
+-- Charges after the fact by code (all but the sliding log), mirroring each algorithm's
+-- `charge` in spillway-core: the same arguments as ALG, the cost recorded whatever the limit
+-- says (a debt past it, capped), the decision telling the key's standing afterwards, and a
+-- state that is always written.
+local CHG = {}
+
+-- 2^53, the largest amount any state holds, and ten years in microseconds (MAX_WINDOW): the
+-- longest a debt may take to repay.
+local MAX_SCALED = 9007199254740992
+local MAX_WINDOW = 315360000000000
+
+-- The most a bucket key may have used after a charge after the fact (algorithm::max_used):
+-- the capacity, or ten years of refill when that is more, at most 2^53. A product past 2^53
+-- rounds to at least 2^53, so the minimum is exact.
+local function max_used(rt, capacity)
+  return math.min(MAX_SCALED, math.max(capacity, MAX_WINDOW * rt))
+end

@@ -37,3 +37,24 @@ ALG[3] = function(limit, window, _, raw, now, cost)
   end
   return 0, limit, left, reset, reset, 1
 end
+
+-- The fixed window's charge (FixedWindow::charge): the count may pass the limit (up to 2^53),
+-- and nothing is admitted until the window ends.
+CHG[3] = function(limit, window, _, raw, now, cost)
+  local _, off = divmod(now, window)
+  local start, count = now - off, 0
+  local s, c
+  if raw then s, c = fw_read(raw) end
+  if s and s + window > now then
+    start, count = s, c
+  end
+  count = math.min(count + cost, MAX_SCALED)
+  local finish = start + window
+  local reset = 0
+  if count > 0 then reset = math.max(finish - now, 0) end
+  local state = struct.pack('<c1dd', 'f', start, count)
+  if count <= limit then
+    return 1, limit, limit - count, reset, -1, 0, state, finish
+  end
+  return 0, limit, 0, reset, reset, 1, state, finish
+end

@@ -19,9 +19,10 @@ local function gcra_remaining(window, um, debt)
   return math.floor(math.max(window - debt, 0) / um)
 end
 
-ALG[2] = function(per, um, burst, raw, now, cost)
+-- How much the key has used at `now`, in scaled units (its TAT's distance from now); past
+-- the window only after a charge after the fact.
+local function gcra_debt(per, um, window, raw, now)
   local debt = 0
-  local window = um * burst
   local t, r, p, u
   if raw then t, r, p, u = gcra_read(raw) end
   if t then
@@ -40,6 +41,12 @@ ALG[2] = function(per, um, burst, raw, now, cost)
       end
     end
   end
+  return debt
+end
+
+ALG[2] = function(per, um, burst, raw, now, cost)
+  local window = um * burst
+  local debt = gcra_debt(per, um, window, raw, now)
   if cost > burst then
     return 0, burst, gcra_remaining(window, um, debt), ceil_div(debt, per), -1, 2
   end
@@ -54,4 +61,26 @@ ALG[2] = function(per, um, burst, raw, now, cost)
   end
   return 0, burst, gcra_remaining(window, um, debt), ceil_div(debt, per),
     ceil_div(need - (window - debt), per), 1
+end
+
+-- GCRA's charge (Gcra::charge): the TAT moves on by the whole cost, past the burst if need
+-- be, up to one burst plus ten years of emission (at most 2^53).
+CHG[2] = function(per, um, burst, raw, now, cost)
+  local window = um * burst
+  local debt = gcra_debt(per, um, window, raw, now)
+  local need = math.min(um * cost, MAX_SCALED)
+  local most = max_used(per, window)
+  local used
+  if need >= most - math.min(debt, most) then
+    used = most
+  else
+    used = debt + need
+  end
+  local q, rem = divmod(used, per)
+  local fresh_in = ceil_div(used, per)
+  local state = struct.pack('<c1dddd', 'g', now + q, rem, per, um)
+  if used <= window then
+    return 1, burst, gcra_remaining(window, um, used), fresh_in, -1, 0, state, now + fresh_in
+  end
+  return 0, burst, 0, fresh_in, ceil_div(used - window, per), 1, state, now + fresh_in
 end

@@ -18,24 +18,23 @@ local function lb_space(cap, um, level)
   return math.floor(math.max(cap - level, 0) / um)
 end
 
-ALG[6] = function(rt, um, capacity, raw, now, cost)
-  local cap = um * capacity
-  local level, last = 0, now
+-- The level at `now` and the time it is counted from.
+local function lb_level(rt, um, cap, raw, now)
   local l, t, u
   if raw then l, t, u = lb_read(raw) end
-  if l then
-    -- Written under other numbers of this limit: the level it held, in our units, rounded
-    -- up and at most the capacity (LeakyBucket::carry_over).
-    if u ~= um then l = rescale(l, u, um, cap, true) end
-    local elapsed = math.max(now - t, 0)
-    -- Drained empty once elapsed * rate >= level; only the smaller product is formed.
-    if elapsed >= ceil_div(l, rt) then
-      level = 0
-    else
-      level = l - elapsed * rt
-    end
-    last = math.max(now, t)
-  end
+  if not l then return 0, now end
+  -- Written under other numbers of this limit: the level it held, in our units, rounded up
+  -- and at most the capacity (LeakyBucket::carry_over).
+  if u ~= um then l = rescale(l, u, um, cap, true) end
+  local elapsed = math.max(now - t, 0)
+  -- Drained empty once elapsed * rate >= level; only the smaller product is formed.
+  if elapsed >= ceil_div(l, rt) then return 0, math.max(now, t) end
+  return l - elapsed * rt, math.max(now, t)
+end
+
+ALG[6] = function(rt, um, capacity, raw, now, cost)
+  local cap = um * capacity
+  local level, last = lb_level(rt, um, cap, raw, now)
   if cost > capacity then
     return 0, capacity, lb_space(cap, um, level), ceil_div(level, rt), -1, 2
   end
@@ -48,4 +47,24 @@ ALG[6] = function(rt, um, capacity, raw, now, cost)
   end
   return 0, capacity, lb_space(cap, um, level), ceil_div(level, rt),
     ceil_div(need - (cap - level), rt), 1
+end
+
+-- The leaky bucket's charge (LeakyBucket::charge): the level may rise above the capacity,
+-- up to the capacity plus ten years of drain (at most 2^53).
+CHG[6] = function(rt, um, capacity, raw, now, cost)
+  local cap = um * capacity
+  local level, last = lb_level(rt, um, cap, raw, now)
+  local need = math.min(um * cost, MAX_SCALED)
+  local max_level = max_used(rt, cap)
+  if need >= max_level - math.min(level, max_level) then
+    level = max_level
+  else
+    level = level + need
+  end
+  local empty_in = ceil_div(level, rt)
+  local state = struct.pack('<c1ddd', 'b', level, last, um)
+  if level <= cap then
+    return 1, capacity, math.floor((cap - level) / um), empty_in, -1, 0, state, last + empty_in
+  end
+  return 0, capacity, 0, empty_in, ceil_div(level - cap, rt), 1, state, last + empty_in
 end

@@ -73,3 +73,24 @@ ALG[4] = function(limit, w, _, raw, now, cost)
   end
   return 0, limit, left, sw_reset(w, start, prev, curr, now), retry_at - now, 1
 end
+
+-- The sliding window's charge (SlidingWindow::charge): the current window's count may pass
+-- the limit (up to 2^32 - 1, the state's width); the standing is what a zero-cost check then
+-- sees.
+CHG[4] = function(limit, w, _, raw, now, cost)
+  local _, off = divmod(now, w)
+  local start, prev, curr = now - off, 0, 0
+  local s, p, c
+  if raw then s, p, c = sw_read(raw) end
+  if s and (p > 0 or c > 0) then
+    if s + w > now then
+      start, prev, curr = s, p, c
+    elseif s + 2 * w > now then
+      start, prev = s + w, c
+    end
+  end
+  curr = math.min(curr + cost, 4294967295)
+  local state = struct.pack('<c1ddd', 'w', start, prev, curr)
+  local allowed, lim, left, reset, retry, denial = ALG[4](limit, w, 0, state, now, 0)
+  return allowed, lim, left, reset, retry, denial, state, now + sw_reset(w, start, prev, curr, now)
+end

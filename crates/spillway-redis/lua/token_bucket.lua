@@ -12,40 +12,81 @@ local function tb_read(raw)
   if t then return tonumber(t), tonumber(l), tonumber(u), tonumber(b) end
 end
 
-ALG[1] = function(rt, um, burst, raw, now, cost)
+-- The most a key may owe in scaled units (TokenBucket::max_debt).
+local function tb_max_debt(rt, capacity)
+  return max_used(rt, capacity) - capacity
+end
+
+-- The bucket at `now` (TokenBucket::standing): tokens, or no tokens and a debt. A bucket in
+-- debt is stored with its last refill in the future, when it will hold `t` tokens.
+local function tb_standing(rt, um, burst, raw, now)
   local capacity = um * burst
-  local tokens, last = capacity, now
   local t, l, u, b
   if raw then t, l, u, b = tb_read(raw) end
-  if t then
-    -- Written under other numbers of this limit: what it had used (its capacity less its
-    -- tokens), rounded up to our units, is taken from our capacity (TokenBucket::carry_over).
-    if u ~= um or b ~= burst then
-      local used = math.max(u * b - t, 0)
-      if u ~= um then used = rescale(used, u, um, capacity, true) end
-      t = math.max(capacity - used, 0)
-    end
-    local deficit = capacity - t
-    -- Refill without forming elapsed * rate when it could pass 2^53: a bucket idle for at
-    -- least ceil(deficit / rate) is simply full.
-    local elapsed = math.max(now - l, 0)
-    if deficit <= 0 or elapsed >= ceil_div(deficit, rt) then
-      tokens = capacity
-    else
-      tokens = t + elapsed * rt
-    end
-    last = math.max(now, l)
+  if not t then return capacity, 0 end
+  -- Written under other numbers of this limit: what it had used (its capacity less its
+  -- tokens), rounded up to our units, is taken from our capacity (TokenBucket::carry_over).
+  if u ~= um or b ~= burst then
+    local used = math.max(u * b - t, 0)
+    if u ~= um then used = rescale(used, u, um, capacity, true) end
+    t = math.max(capacity - used, 0)
   end
+  if l > now then
+    local owed = (l - now) * rt
+    if t >= owed then return math.min(t - owed, capacity), 0 end
+    return 0, math.min(owed - t, tb_max_debt(rt, capacity))
+  end
+  local deficit = capacity - t
+  -- Refill without forming elapsed * rate when it could pass 2^53: a bucket idle for at
+  -- least ceil(deficit / rate) is simply full.
+  local elapsed = now - l
+  if deficit <= 0 or elapsed >= ceil_div(deficit, rt) then return capacity, 0 end
+  return t + elapsed * rt, 0
+end
+
+-- The packed state holding `tokens`, or owing `debt`, at `now` (TokenBucket::state_of): a
+-- debt is repaid q microseconds from now, with rt - (debt - (q - 1) rt) units refilled by
+-- then (formed without q * rt, which may pass 2^53).
+local function tb_state(um, burst, rt, tokens, debt, now)
+  if debt == 0 then return struct.pack('<c1dddd', 't', tokens, now, um, burst) end
+  local q = ceil_div(debt, rt)
+  return struct.pack('<c1dddd', 't', rt - (debt - (q - 1) * rt), now + q, um, burst)
+end
+
+ALG[1] = function(rt, um, burst, raw, now, cost)
+  local capacity = um * burst
+  local tokens, debt = tb_standing(rt, um, burst, raw, now)
+  local full_in = ceil_div(capacity - tokens + debt, rt)
   if cost > burst then
-    return 0, burst, math.floor(tokens / um), ceil_div(capacity - tokens, rt), -1, 2
+    return 0, burst, math.floor(tokens / um), full_in, -1, 2
   end
   local need = um * cost
-  if tokens >= need then
+  if debt == 0 and tokens >= need then
     local left = tokens - need
-    local full_in = ceil_div(capacity - left, rt)
-    return 1, burst, math.floor(left / um), full_in, -1, 0,
-      struct.pack('<c1dddd', 't', left, last, um, burst), last + full_in
+    local left_full = ceil_div(capacity - left, rt)
+    return 1, burst, math.floor(left / um), left_full, -1, 0,
+      tb_state(um, burst, rt, left, 0, now), now + left_full
   end
-  return 0, burst, math.floor(tokens / um), ceil_div(capacity - tokens, rt),
-    ceil_div(need - tokens, rt), 1
+  return 0, burst, math.floor(tokens / um), full_in,
+    ceil_div(need - math.min(tokens, need) + debt, rt), 1
+end
+
+CHG[1] = function(rt, um, burst, raw, now, cost)
+  local capacity = um * burst
+  local tokens, debt = tb_standing(rt, um, burst, raw, now)
+  local need = math.min(um * cost, MAX_SCALED)
+  local max_debt = tb_max_debt(rt, capacity)
+  if debt == 0 and tokens >= need then
+    tokens = tokens - need
+  elseif need - math.min(tokens, need) >= max_debt - math.min(debt, max_debt) then
+    tokens, debt = 0, max_debt
+  else
+    tokens, debt = 0, debt + need - math.min(tokens, need)
+  end
+  local full_in = ceil_div(capacity - tokens + debt, rt)
+  local state = tb_state(um, burst, rt, tokens, debt, now)
+  if debt == 0 then
+    return 1, burst, math.floor(tokens / um), full_in, -1, 0, state, now + full_in
+  end
+  return 0, burst, 0, full_in, ceil_div(debt, rt), 1, state, now + full_in
 end

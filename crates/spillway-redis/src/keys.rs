@@ -71,6 +71,14 @@ impl KeyLayout {
     }
 }
 
+/// The key marking a report as recorded, in the same slot as `key` (a key this layout built):
+/// `<prefix>:{<tag>}:~report:<id in hex>`. No state key can take this form (`~` stands only
+/// for an empty value, and a limit's name is never empty).
+pub fn report_marker(key: &str, id: &spillway_core::store::ReportId) -> String {
+    let head = key.find('}').map_or(key, |close| &key[..=close]);
+    format!("{head}:~report:{}", id.hex())
+}
+
 fn plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
 }

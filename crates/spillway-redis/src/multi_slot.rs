@@ -40,7 +40,7 @@ use tokio::sync::oneshot;
 pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// Groups check indexes by slot, slots in order of first appearance.
-fn groups(keys: &[String]) -> Vec<Vec<usize>> {
+pub(crate) fn groups(keys: &[String]) -> Vec<Vec<usize>> {
     let mut out: Vec<(u16, Vec<usize>)> = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let slot = keys::slot(key);

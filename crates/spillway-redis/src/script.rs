@@ -102,6 +102,10 @@ const PER_CHECK: usize = 6;
 const CONSUME: u64 = 1;
 /// Request flag: also return what a compensating refund needs.
 const UNDO: u64 = 2;
+/// Request flag: charge after the fact (record every cost whatever the limit says).
+const CHARGE: u64 = 4;
+/// Request flag: the request's keys start with its report marker.
+const MARKED: u64 = 8;
 
 /// The algorithm code and three numbers the Lua side needs for `params`.
 fn encode_params(params: &LimitParams) -> [u64; 4] {
@@ -130,6 +134,25 @@ impl Encoded {
         // Every algorithm refuses a cost above its quota without looking at it further, so a
         // cost that large is sent as quota + 1: it stays exact in a Lua double.
         let cost = check.cost.min(check.params.quota().saturating_add(1));
+        Self {
+            params: encode_params(check.params),
+            cost,
+            enforced: check.enforced,
+        }
+    }
+}
+
+impl Encoded {
+    /// The script arguments for charging `check` after the fact. The cost is recorded whole
+    /// (a debt past the limit), so it is only capped at 2^53, where every charge saturates
+    /// (and a double is still exact); the sliding log, which records only what fits, gets
+    /// the check's cap.
+    pub fn charged(check: &Check<'_>) -> Self {
+        let cost = if check.params.supports_charge() {
+            check.cost.min(spillway_core::algorithm::MAX_SCALED as u64)
+        } else {
+            check.cost.min(check.params.quota().saturating_add(1))
+        };
         Self {
             params: encode_params(check.params),
             cost,
@@ -176,6 +199,35 @@ impl CallArgs {
         let count = (n as f64).to_le_bytes();
         self.packed[head + 8..head + 16].copy_from_slice(&count);
         self.shapes.push((n, consume && undo));
+    }
+
+    /// Appends one charge after the fact over `(key, check)` pairs (see [`Encoded::charged`]),
+    /// with its report marker key first when the report has an id.
+    pub fn push_charge<'k>(
+        &mut self,
+        marker: Option<&str>,
+        checks: impl IntoIterator<Item = (&'k str, Encoded)>,
+    ) {
+        let flags = CHARGE | if marker.is_some() { MARKED } else { 0 };
+        let head = self.packed.len();
+        self.put(flags);
+        self.put(0);
+        if let Some(marker) = marker {
+            self.keys.push(marker.to_owned());
+        }
+        let mut n = 0;
+        for (key, check) in checks {
+            self.keys.push(key.to_owned());
+            let [code, p1, p2, p3] = check.params;
+            for x in [code, p1, p2, p3, check.cost, u64::from(check.enforced)] {
+                self.put(x);
+            }
+            n += 1;
+        }
+        #[allow(clippy::cast_precision_loss)] // a count of checks, far below 2^53
+        let count = (n as f64).to_le_bytes();
+        self.packed[head + 8..head + 16].copy_from_slice(&count);
+        self.shapes.push((n, false));
     }
 
     #[allow(clippy::cast_precision_loss)] // the Lua side holds doubles; see `Encoded::new`

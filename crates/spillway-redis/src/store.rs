@@ -13,12 +13,12 @@ use crate::error::{classify, record};
 use crate::keys::{self, KeyLayout};
 use crate::local_cache::LocalCache;
 use crate::runner::{Conn, Runner};
-use crate::script::Encoded;
+use crate::script::{CallArgs, Encoded};
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
-use spillway_core::store::{Check, Store, StoreError};
+use spillway_core::store::{Charged, Check, ReportId, Store, StoreError};
 use spillway_core::time::{Clock, Micros, SystemClock};
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,6 +150,72 @@ impl Store for RedisStore {
 
     /// The local over-limit cache's answer, if it has one; [`Store::check`] itself always asks
     /// Redis (and feeds the cache), so a caller that wants the shortcut asks here first.
+    async fn charge(
+        &self,
+        checks: &[Check<'_>],
+        report: Option<ReportId>,
+    ) -> Result<Charged, StoreError> {
+        if checks.is_empty() {
+            return Ok(Charged {
+                recorded: false,
+                decisions: Vec::new(),
+            });
+        }
+        let keys: Vec<String> = checks.iter().map(|c| self.layout.key(c.key)).collect();
+        // One call per cluster slot (one for a single server), each atomic and each with its
+        // own marker in its slot: a retry after a partial failure records only the slots
+        // that had not recorded it.
+        let groups = if self.is_cluster() {
+            crate::multi_slot::groups(&keys)
+        } else {
+            vec![(0..keys.len()).collect()]
+        };
+        // Each slot's call runs in its own task, concurrently (one round trip), and finishes
+        // even if the caller stops waiting.
+        let calls: Vec<_> = groups
+            .iter()
+            .map(|group| {
+                let mut args = CallArgs::default();
+                let marker = report.map(|id| keys::report_marker(&keys[group[0]], &id));
+                args.push_charge(
+                    marker.as_deref(),
+                    group
+                        .iter()
+                        .map(|&i| (keys[i].as_str(), Encoded::charged(&checks[i]))),
+                );
+                let runner = self.runner.clone();
+                tokio::spawn(async move { runner.run_call(runner.timeout, &args).await })
+            })
+            .collect();
+        let mut replies = Vec::with_capacity(calls.len());
+        for call in calls {
+            replies.push(call.await.unwrap_or_else(|e| {
+                Err(StoreError::Protocol(format!(
+                    "a slot's charge did not finish: {e}"
+                )))
+            }));
+        }
+        let mut decisions: Vec<Option<Decision>> = vec![None; checks.len()];
+        let mut recorded = false;
+        for (group, reply) in groups.iter().zip(replies) {
+            let reply = reply?
+                .pop()
+                .ok_or_else(|| StoreError::Protocol("the charge returned no request".into()))?;
+            recorded |= reply.admitted;
+            for (&i, d) in group.iter().zip(reply.decisions) {
+                decisions[i] = Some(d);
+            }
+        }
+        let decisions = decisions
+            .into_iter()
+            .map(|d| d.ok_or_else(|| StoreError::Protocol("a charge went unanswered".into())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Charged {
+            recorded,
+            decisions,
+        })
+    }
+
     fn local_answer(&self, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
         self.cache.as_ref()?.deny(checks, self.now())
     }

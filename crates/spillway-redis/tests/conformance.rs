@@ -158,3 +158,30 @@ async fn lua_agrees_with_rust_when_numbers_change() {
         replay(&memory, &memory_clock, &v, &format!("n{i}")).await;
     }
 }
+
+#[tokio::test]
+async fn lua_agrees_with_rust_on_random_charges_after_the_fact() {
+    let server = RedisServer::start();
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    let memory_clock = Arc::new(ManualClock::new(0));
+    let memory = MemoryStore::new(10_000, memory_clock.clone());
+    let seed = std::env::var("SPILLWAY_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_203);
+    let mut rng = Rng::new(seed);
+    for i in 0..150 {
+        let algorithm = vectors::METERED[rng.below(5) as usize];
+        let numbers = random_numbers(&mut rng, algorithm);
+        let params = vectors::params_of(algorithm, numbers);
+        let requests = vectors::random_metered_requests(&mut rng, &params, 60);
+        let v = Vector {
+            name: format!("metered-{i}"),
+            algorithm: algorithm.into(),
+            numbers,
+            events: vectors::expected_metered(&params, &requests),
+        };
+        replay(&store, &clock, &v, &format!("o{i}")).await;
+        replay(&memory, &memory_clock, &v, &format!("o{i}")).await;
+    }
+}

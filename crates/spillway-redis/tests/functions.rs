@@ -147,10 +147,15 @@ async fn states_in_the_text_form_of_earlier_versions_read_the_same() {
             } else {
                 CheckMode::Consume
             };
-            let got = store
-                .check(&[check(&k, &params, e.cost)], mode)
-                .await
-                .unwrap();
+            let got = if e.charge {
+                let charges = [check(&k, &params, e.cost)];
+                store.charge(&charges, None).await.unwrap().decisions
+            } else {
+                store
+                    .check(&[check(&k, &params, e.cost)], mode)
+                    .await
+                    .unwrap()
+            };
             assert_eq!(flatten(&got[0]), e.expect, "{} event {n}", v.name);
             to_text(&mut conn, &redis_key).await;
             rewritten += 1;

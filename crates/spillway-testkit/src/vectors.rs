@@ -160,12 +160,20 @@ pub fn random_metered_requests(
     n: usize,
 ) -> Vec<(Micros, u64, bool, bool)> {
     let quota = params.quota();
-    random_requests(rng, params, n)
+    let requests = random_requests(rng, params, n);
+    // No gap longer than two days, so times stay far below 2^53 however long the window (a
+    // debt on a slow bucket is repaid over years; the clock need not get there).
+    let (mut at, mut prev) = (requests[0].0, requests[0].0);
+    requests
         .into_iter()
-        .map(|(at, cost, peek)| match rng.below(3) {
-            0 => (at, rng.below(3 * quota.min(1_000_000) + 2), false, true),
-            1 => (at, 0, peek, false),
-            _ => (at, cost, peek, false),
+        .map(|(when, cost, peek)| {
+            at += (when - prev).min(2 * DAY);
+            prev = when;
+            match rng.below(3) {
+                0 => (at, rng.below(3 * quota.min(1_000_000) + 2), false, true),
+                1 => (at, 0, peek, false),
+                _ => (at, cost, peek, false),
+            }
         })
         .collect()
 }

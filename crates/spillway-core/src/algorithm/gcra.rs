@@ -141,15 +141,11 @@ impl Gcra {
 }
 
 impl Gcra {
-    /// The most a key may have used, in scaled units: one burst plus ten years of emission
-    /// ([`super::MAX_WINDOW`]), at most 2^53 (the Lua mirror's exact range). The same bound
-    /// as [`super::TokenBucket::max_debt`] beyond a full burst, so both still agree.
+    /// The most a key may have used, in scaled units ([`super::max_used`]); the TAT stays
+    /// within `now` plus the longer of ten years and the refill time.
     #[inline]
     pub fn max_used(&self) -> u64 {
-        self.rate
-            .scale(self.burst)
-            .saturating_add(self.rate.refill(super::MAX_WINDOW))
-            .min(super::MAX_SCALED as u64)
+        super::max_used(&self.rate, self.rate.scale(self.burst))
     }
 
     /// Records `cost` used at `now` whether or not the burst has room for it (a cost known

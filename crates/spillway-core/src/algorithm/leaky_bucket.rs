@@ -133,14 +133,10 @@ impl LeakyBucket {
 }
 
 impl LeakyBucket {
-    /// The highest level a key may reach, in scaled units: the capacity plus ten years of
-    /// drain ([`super::MAX_WINDOW`]), at most 2^53 (the Lua mirror's exact range).
+    /// The highest level a key may reach, in scaled units ([`super::max_used`]).
     #[inline]
     pub fn max_level(&self) -> u64 {
-        self.drain
-            .scale(self.capacity)
-            .saturating_add(self.drain.refill(super::MAX_WINDOW))
-            .min(super::MAX_SCALED as u64)
+        super::max_used(&self.drain, self.drain.scale(self.capacity))
     }
 
     /// Pours `cost` in at `now` whether or not it fits (a cost known only after the

@@ -438,6 +438,17 @@ impl ScaledRate {
     }
 }
 
+/// The most a key of a bucket algorithm may have used after a charge after the fact, in
+/// scaled units: `capacity` plus a debt, all of it repaid within ten years ([`MAX_WINDOW`])
+/// or within the bucket's own refill time when that is longer (a debt never makes a state
+/// outlive what a full bucket already can, so every time stays below 2^53), and at most 2^53
+/// (the Lua mirror's exact range). Token bucket, GCRA and leaky bucket share it, so they
+/// still agree after overdraw.
+#[inline]
+pub(crate) fn max_used(rate: &ScaledRate, capacity: u64) -> u64 {
+    capacity.max(rate.refill(MAX_WINDOW)).min(MAX_SCALED as u64)
+}
+
 /// The longest window a limit may have: ten years. Expiry times are `now` plus up to two
 /// windows, and must stay exact integers below 2^53 in every store (the Lua mirror's doubles);
 /// a longer window would overflow them, and a limit that never expires would never limit.

@@ -113,14 +113,12 @@ impl TokenBucket {
         }
     }
 
-    /// The most a key may owe, in scaled units: ten years of refill ([`super::MAX_WINDOW`]),
-    /// and never so much that the capacity plus the debt passes 2^53 (the Lua mirror's exact
-    /// range).
+    /// The most a key may owe, in scaled units: what [`super::max_used`] leaves beyond the
+    /// capacity.
     #[inline]
     pub fn max_debt(&self) -> u64 {
         let capacity = self.rate.scale(self.burst);
-        (super::MAX_SCALED as u64 - capacity.min(super::MAX_SCALED as u64))
-            .min(self.rate.refill(super::MAX_WINDOW))
+        super::max_used(&self.rate, capacity) - capacity
     }
 
     /// The state holding `tokens` (or owing `debt`) at `now`.
@@ -300,7 +298,12 @@ mod tests {
     fn a_debt_is_capped_at_ten_years_of_refill() {
         let tb = bucket(1, SECOND, 5);
         let e = tb.charge(None, 0, u64::MAX);
-        assert_eq!(e.decision.retry_after, Some(crate::algorithm::MAX_WINDOW));
+        // Repaid, and the bucket full again, within ten years.
+        assert_eq!(
+            e.decision.retry_after,
+            Some(crate::algorithm::MAX_WINDOW - 5 * SECOND)
+        );
+        assert_eq!(e.decision.reset_after, crate::algorithm::MAX_WINDOW);
         assert!(e.state.last_refill <= crate::algorithm::MAX_WINDOW);
     }
 
