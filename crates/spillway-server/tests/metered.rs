@@ -227,3 +227,51 @@ fn a_metered_sliding_log_is_refused_with_its_position() {
     assert!(err.contains("bad.yaml:8:13"), "{err}");
     assert!(err.contains("limits.a.charge"), "{err}");
 }
+
+/// Envoy's charge when the stream is done (`apply_on_stream_done`) arrives as an ordinary
+/// `ShouldRateLimit` call; the `spillway_report` entry marks it: recorded (once per
+/// `spillway_request_id`), never denied, even when it overdraws.
+#[tokio::test]
+async fn envoy_stream_done_calls_are_recorded_and_never_denied() {
+    use common::grpc::{descriptor, header as grpc_header, overall, request, start};
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+
+    let mut rls = start(Server::with_policy(POLICY), &[]).await;
+    let route = [
+        ("tenant", "acme"),
+        ("method", "POST"),
+        ("path", "/v1/generate"),
+    ];
+    let check = || request("spillway", vec![descriptor(&route)], 0);
+    let done = |hits: u32, id: &str| {
+        let mut entries = route.to_vec();
+        entries.extend([("spillway_report", "true"), ("spillway_request_id", id)]);
+        request("spillway", vec![descriptor(&entries)], hits)
+    };
+    assert_eq!(overall(&rls.ask(check()).await), Code::Ok);
+    assert_eq!(overall(&rls.ask(done(900, "e-1")).await), Code::Ok);
+    // Envoy does not retry, but a replay with the same id still counts once.
+    assert_eq!(overall(&rls.ask(done(900, "e-1")).await), Code::Ok);
+    assert_eq!(overall(&rls.ask(check()).await), Code::Ok);
+    // 400 more overdraws by 300: recorded, and still answered OK.
+    assert_eq!(overall(&rls.ask(done(400, "e-2")).await), Code::Ok);
+    let denied = rls.ask(check()).await;
+    assert_eq!(overall(&denied), Code::OverLimit);
+    assert_eq!(grpc_header(&denied, "retry-after"), Some("1080"));
+    // The same debt, seen over HTTP.
+    let r = rls.server.post("/v1/check", GENERATE).await;
+    assert_eq!(r.status(), 429);
+    rls.server.advance_ms(1_080_000).await;
+    assert_eq!(overall(&rls.ask(check()).await), Code::Ok);
+
+    let text = rls.server.metrics().await;
+    let count = |outcome| {
+        metric(
+            &text,
+            "spillway_reports_total",
+            &[("via", "envoy"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(count("recorded"), Some(2.0), "{text}");
+    assert_eq!(count("duplicate"), Some(1.0));
+}

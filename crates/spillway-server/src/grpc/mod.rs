@@ -18,6 +18,7 @@
 
 pub mod encoding;
 pub mod plan;
+pub mod report;
 pub mod response;
 pub mod service;
 pub mod source;

@@ -62,6 +62,10 @@ impl Rls {
         ids: &RequestIds,
     ) -> Result<RateLimitResponse, Status> {
         check_shape(request).map_err(Status::invalid_argument)?;
+        // Envoy's charge when the stream is done: recorded, never denied (see `report`).
+        if super::report::is_report(request) {
+            return Ok(super::report::record(&self.0, request).await);
+        }
         self.decide(request, ids).await
     }
 

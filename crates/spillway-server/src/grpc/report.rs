@@ -1,0 +1,115 @@
+//! Envoy's charge when the stream is done: costs known only after the response, sent by the
+//! rate-limit filter as ordinary `ShouldRateLimit` calls, recorded and never denied.
+//!
+//! Envoy's `envoy.filters.http.ratelimit` can send a rate-limit action again once the
+//! response is done (`apply_on_stream_done: true` on the route's `rate_limits` entry), with a
+//! `hits_addend` taken from the response (for example a header or dynamic metadata holding
+//! the tokens generated). Such a call looks like any other, so the entry carries a marker:
+//! a descriptor entry **`spillway_report`** (a `generic_key` action with
+//! `descriptor_key: spillway_report`, any value). A call with the marker on any descriptor
+//! is a report:
+//!
+//! - In the policy domain, each descriptor resolves like a request; its cost (the
+//!   descriptor's own `hits_addend`, else the request's, where 0 means 1) is recorded on the
+//!   metered limits (`charge: after`) it reaches, past the limit if need be; other limits
+//!   were charged when the request was checked and are left alone.
+//! - In an envoyproxy/ratelimit-style domain (which has no `charge: after`), the cost is
+//!   recorded on every limit the descriptor reaches, past the limit if need be, where
+//!   upstream would only count hits that fit.
+//! - An optional entry **`spillway_request_id`** (for example a `request_headers` action on
+//!   `x-request-id`) makes the report idempotent, as `request_id` does on `POST /v1/report`.
+//! - The answer is always `OK` (Envoy ignores it anyway); a report the store could not
+//!   record is lost and counted (`spillway_reports_total{via="envoy",outcome="failed"}`).
+//!
+//! Both marker entries are removed before the descriptor is resolved or matched.
+
+use super::plan;
+use super::response;
+use super::RlsState;
+use crate::decision::{self, Report};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use std::sync::Arc;
+
+/// The descriptor entry that marks a call as a report.
+pub const MARKER: &str = "spillway_report";
+/// The descriptor entry that carries the report's request id.
+pub const REQUEST_ID: &str = "spillway_request_id";
+
+/// Whether `request` is a report (a descriptor carries [`MARKER`]).
+pub fn is_report(request: &RateLimitRequest) -> bool {
+    request
+        .descriptors
+        .iter()
+        .any(|d| d.entries.iter().any(|e| e.key == MARKER))
+}
+
+/// The descriptors without the marker entries, and the first request id among them.
+fn strip(descriptors: &[RateLimitDescriptor]) -> (Vec<RateLimitDescriptor>, Option<String>) {
+    let mut id = None;
+    let stripped = descriptors
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            d.entries.retain(|e| {
+                if e.key == REQUEST_ID {
+                    id = id.take().or_else(|| Some(e.value.clone()));
+                }
+                e.key != MARKER && e.key != REQUEST_ID
+            });
+            d
+        })
+        .collect();
+    (stripped, id.filter(|id| !id.trim().is_empty()))
+}
+
+/// Records a report call (see the module docs) and answers `OK` for every descriptor.
+pub async fn record(state: &RlsState, request: &RateLimitRequest) -> RateLimitResponse {
+    let n = request.descriptors.len();
+    let (descriptors, request_id) = strip(&request.descriptors);
+    if descriptors.iter().any(|d| d.entries.is_empty()) {
+        // Nothing but markers: nothing to resolve.
+        return response::unlimited(n, &[]);
+    }
+    let request_id = request_id.filter(|id| id.len() <= crate::http::report::MAX_REQUEST_ID);
+    let hits = u64::from(request.hits_addend).max(1);
+    let domain = request.domain.as_str();
+    let (name, planned) = if domain == &*state.policy_domain {
+        let policy = state.app.engine.policy();
+        let plan = plan::policy(&policy, &descriptors, Some(hits));
+        // Resolution charges nothing up front on a metered limit; the report's cost is each
+        // descriptor's own (the largest, for a counter two descriptors reach).
+        let mut planned = plan.planned.clone();
+        for p in &mut planned {
+            p.cost = 0;
+        }
+        for (d, limits) in descriptors.iter().zip(&plan.descriptors) {
+            let cost = d.hits_addend.as_ref().map_or(hits, |h| h.value);
+            for (i, _) in limits {
+                planned[*i].cost = planned[*i].cost.max(cost);
+            }
+        }
+        planned.retain(|p| p.def.metered);
+        (Arc::clone(&state.policy_domain), planned)
+    } else {
+        let envoy = state.envoy.load();
+        let Some(config) = envoy.domain(domain) else {
+            return response::unlimited(n, &[]);
+        };
+        match plan::envoy(config, &descriptors, hits) {
+            Ok(plan) => (Arc::clone(&config.name), plan.planned),
+            Err(_) => return response::unlimited(n, &[]),
+        }
+    };
+    let report = Report {
+        planned: &planned,
+        request_id: request_id.as_deref(),
+        tier: name,
+        route: None,
+        cost: planned.iter().map(|p| p.cost).max().unwrap_or(0),
+        via: "envoy",
+    };
+    // Recorded or lost (and counted either way): Envoy is answered OK regardless.
+    let _ = decision::report(&state.app, &report).await;
+    response::unlimited(n, &[])
+}
