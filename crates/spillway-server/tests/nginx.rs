@@ -192,3 +192,158 @@ async fn the_shipped_nginx_config_turns_denials_into_429_and_shields_the_upstrea
     assert_eq!(unreadable.status(), 400);
     assert_eq!(hits.load(Ordering::SeqCst), 2, "it reached the upstream");
 }
+
+/// A generation API that states its cost afterwards: each response carries the tokens it
+/// "generated" in `X-Tokens-Used` (the test's client picks them with `X-Test-Tokens`).
+async fn generating_upstream() -> std::net::SocketAddr {
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let tokens = headers
+            .get("x-test-tokens")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("0")
+            .to_owned();
+        ([("x-tokens-used", tokens)], "generated\n")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// `deploy/nginx/metered.conf`, run for real: admitted while the budget is not in debt, the
+/// real cost reported after each response (`post_action`), and a request after an overdraw
+/// refused with a 429 and the debt's `Retry-After`.
+#[tokio::test]
+async fn the_metered_nginx_config_reports_costs_after_the_response() {
+    let Some(nginx) = find_nginx() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nginx is not installed (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: nginx is not installed");
+        return;
+    };
+    const METERED: &str = r#"
+default_tier: free
+limits:
+  generation-tokens:
+    algorithm: token_bucket
+    rate: 1000/h
+    burst: 1000
+    key: [tenant]
+    charge: after
+routes:
+  - match: "POST /v1/generate"
+    limits: [generation-tokens]
+tiers:
+  free:
+    limits: []
+"#;
+    let spillway = Server::with_policy(METERED)
+        .args(&["--deny-status", "403", "--invalid-status", "401"])
+        .start();
+    let upstream = generating_upstream().await;
+    let front = free_port();
+    let dir = TempDir::new();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/metered.conf");
+    let site = std::fs::read_to_string(path)
+        .expect("read deploy/nginx/metered.conf")
+        .replace(
+            "server 127.0.0.1:8080;",
+            &format!("server {};", spillway.addr()),
+        )
+        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"))
+        .replace("listen 80;", &format!("listen 127.0.0.1:{front};"));
+    let tmp = dir.path().display();
+    let conf = format!(
+        "worker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log info;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {tmp}/body;\n  \
+         proxy_temp_path {tmp}/proxy;\n  fastcgi_temp_path {tmp}/fastcgi;\n  \
+         uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n{site}\n}}\n"
+    );
+    let conf_path = dir.write("nginx.conf", &conf);
+    let child = Command::new(nginx)
+        .args([
+            "-e",
+            &format!("{tmp}/error.log"),
+            "-p",
+            &tmp.to_string(),
+            "-c",
+        ])
+        .arg(&conf_path)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let _nginx = Nginx(child);
+    let up = wait_until(PATIENCE, || {
+        std::net::TcpStream::connect(("127.0.0.1", front)).ok()
+    });
+    assert!(
+        up.is_some(),
+        "nginx did not start: {}",
+        std::fs::read_to_string(format!("{tmp}/error.log")).unwrap_or_default()
+    );
+    let url = format!("http://127.0.0.1:{front}/v1/generate");
+    let generate = |tokens: &'static str| {
+        spillway
+            .http
+            .post(&url)
+            .header("X-Tenant-Id", "acme")
+            .header("X-Test-Tokens", tokens)
+            .send()
+    };
+    // The standing of acme's budget, straight from Spillway.
+    let remaining = || async {
+        let r = spillway
+            .post(
+                "/v1/check?peek",
+                r#"{"tenant":"acme","method":"POST","path":"/v1/generate"}"#,
+            )
+            .await;
+        let body: serde_json::Value = r.json().await.expect("json");
+        body["limits"][0]["remaining"].as_u64()
+    };
+    let first = generate("900").await.expect("sent");
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        header(&first, "spillway-reported-cost").as_deref(),
+        Some("900")
+    );
+    // post_action runs after the response: wait for the report to land.
+    let landed = common::wait_until_async(PATIENCE, || async {
+        (remaining().await == Some(100)).then_some(())
+    })
+    .await;
+    assert!(landed.is_some(), "the 900 tokens were never reported");
+
+    assert_eq!(generate("400").await.expect("sent").status(), 200);
+    let debt = common::wait_until_async(PATIENCE, || async {
+        let r = spillway
+            .post(
+                "/v1/check?peek",
+                r#"{"tenant":"acme","method":"POST","path":"/v1/generate"}"#,
+            )
+            .await;
+        (r.status() == 429).then_some(())
+    })
+    .await;
+    assert!(debt.is_some(), "the overdraw was never reported");
+    let denied = generate("1").await.expect("sent");
+    assert_eq!(denied.status(), 429);
+    assert_eq!(header(&denied, "retry-after").as_deref(), Some("1080"));
+
+    // A tenant that would need escaping in the report's JSON is refused up front.
+    let odd = spillway
+        .http
+        .post(&url)
+        .header("X-Tenant-Id", "acme\",\"tenant\":\"other")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(odd.status(), 400);
+}
