@@ -64,6 +64,11 @@ impl TokenCache {
         self.entries.len()
     }
 
+    /// Whether no token is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The most tokens it holds.
     pub fn capacity(&self) -> u64 {
         self.entries.capacity()
@@ -93,7 +98,7 @@ mod tests {
             cache.insert(digest(&format!("token-{i}")), verified(None));
         }
         assert!(cache.len() <= 100, "{} entries", cache.len());
-        assert!(cache.len() > 0);
+        assert!(!cache.is_empty());
     }
 
     #[test]

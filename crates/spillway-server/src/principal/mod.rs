@@ -81,6 +81,13 @@ pub enum Reason {
     UnknownHost,
 }
 
+/// Written as its word (a problem document's `reason`).
+impl serde::Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl Reason {
     /// The reason's word.
     pub fn as_str(self) -> &'static str {
@@ -175,9 +182,10 @@ pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Result<Prese
 
 /// The token in a header value: after a `Bearer` scheme (any case), or the whole value.
 fn bearer(value: &str) -> &str {
-    match value.split_once(' ') {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-        _ => value,
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    match scheme.eq_ignore_ascii_case("bearer") {
+        true => rest.trim(),
+        false => value,
     }
 }
 
