@@ -513,3 +513,40 @@ async fn api_keys_are_looked_up_in_the_catalog() {
     let logs = server.logs().join("\n");
     assert!(!logs.contains(key), "an API key was logged");
 }
+
+#[tokio::test]
+async fn envoy_descriptor_entries_carry_the_token_and_the_principal_wins() {
+    use common::grpc::{self, overall};
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    let mut rls = grpc::start(Server::with_policy(&jwt_policy("")), &[]).await;
+    let token = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));
+    let bearer = format!("Bearer {token}");
+    // Envoy's `request_headers` action puts the Authorization header in an entry; the
+    // descriptor also claims tenant B, which is ignored.
+    let entries = [("authorization", bearer.as_str()), ("tenant", "tenant-b")];
+    assert_eq!(overall(&rls.one("spillway", &entries).await), Code::Ok);
+    assert_eq!(overall(&rls.one("spillway", &entries).await), Code::Ok);
+    assert_eq!(
+        overall(&rls.one("spillway", &entries).await),
+        Code::OverLimit
+    );
+    // B's budget is untouched.
+    let b = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-b", "u"));
+    let b = format!("Bearer {b}");
+    let entries = [("authorization", b.as_str())];
+    assert_eq!(overall(&rls.one("spillway", &entries).await), Code::Ok);
+    // No credential, or a bad one: OVER_LIMIT with the reason, never an error.
+    let missing = rls.one("spillway", &[("tenant", "tenant-c")]).await;
+    assert_eq!(overall(&missing), Code::OverLimit);
+    assert_eq!(
+        grpc::header(&missing, "x-spillway-unauthenticated"),
+        Some("missing")
+    );
+    let bad = rls
+        .one("spillway", &[("authorization", "Bearer a.b.c")])
+        .await;
+    assert_eq!(
+        grpc::header(&bad, "x-spillway-unauthenticated"),
+        Some("malformed")
+    );
+}
