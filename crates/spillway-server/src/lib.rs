@@ -20,6 +20,8 @@
 //! - [`grpc`]: Envoy's rate-limit service (RLS v3) and gRPC health, on their own port.
 //! - [`http`]: one module per endpoint, plus the shared problem-document and verdict rendering.
 //! - [`metrics`]: the Prometheus recorder and the names of everything it exports.
+//! - [`principal`]: who is calling: JWTs, API keys and subdomains verified into the tenant,
+//!   user and tier a request is counted under (the policy's `principals:` section).
 //! - [`reload`]: hot policy reload on file changes and on `SIGHUP`.
 //! - [`store`]: builds the store the policy's `store:` section (or `--store-url`) names.
 //! - [`telemetry`]: what the limiter tells operators: hot keys and most denied tenants
@@ -48,6 +50,7 @@ pub mod grpc;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod principal;
 pub mod reload;
 pub mod serve;
 pub mod serving;

@@ -112,6 +112,9 @@ impl Reloader {
                     loaded_at: self.app.clock.now(),
                     limits,
                 }));
+                (self.app.principals)
+                    .prepare(&self.app.engine.policy(), self.app.clock.now())
+                    .await;
                 tracing::info!(%source, trigger = trigger.name(), limits, "policy reloaded");
                 ReloadOutcome::Success
             }

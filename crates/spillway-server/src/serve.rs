@@ -166,7 +166,11 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         top: top.clone(),
         top_board: top_board.clone(),
         tracing: traces,
+        principals: Default::default(),
     });
+    app.principals
+        .prepare(&app.engine.policy(), app.clock.now())
+        .await;
     let sync_task = match &settings.catalog {
         Some(catalog) => {
             sync::boot(&app.catalog, &app.engine, &app.clock, &catalog.sync).await;

@@ -47,6 +47,9 @@ pub struct AppState {
     pub top_board: Option<crate::telemetry::top::redis::Board>,
     /// Trace spans of decisions; `None` when traces are off (no `--otlp-endpoint`).
     pub tracing: Option<crate::telemetry::trace::Tracing>,
+    /// Verifies who is calling when the policy has a `principals:` section (keys, token
+    /// cache).
+    pub principals: crate::principal::PrincipalState,
 }
 
 /// What `/readyz` reports about the policy in force.

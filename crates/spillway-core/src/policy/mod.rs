@@ -10,7 +10,8 @@
 //! Layout, in the order a load goes through them: `raw` (serde structs mirroring the file),
 //! `locate` (field paths for YAML reader errors), `validate` (raw to compiled, driving
 //! `limit` for definitions, `params` for per-algorithm fields and fingerprints, `route` for
-//! path patterns and `tenant` for overrides), `error` (what a rejected file reports) and
+//! path patterns, `tenant` for overrides and `principal` for who is calling), `error` (what
+//! a rejected file reports) and
 //! `resolve` (the per-request hot path).
 
 mod emergency;
@@ -19,6 +20,7 @@ mod ip_prefix;
 mod limit;
 pub(crate) mod locate;
 mod params;
+pub mod principal;
 mod raw;
 mod resolve;
 mod route;
@@ -195,6 +197,8 @@ pub struct Policy {
     store: StoreConfig,
     emergency: HashMap<Arc<str>, Emergency>,
     ip_prefix: IpPrefix,
+    /// Who is calling (`principals:`); `None` believes what requests say about themselves.
+    principals: Option<Arc<principal::Principals>>,
 }
 
 /// What applies to one request: its tier, route, cost and failure mode, and each limit it
@@ -299,6 +303,13 @@ impl Policy {
     /// The network sizes the `ip` dimension counts by (`ip_prefix:`).
     pub fn ip_prefix(&self) -> IpPrefix {
         self.ip_prefix
+    }
+
+    /// How callers are identified (`principals:`), if the policy says; shared by pointer
+    /// across [`Self::with_catalog`], so the server can tell a reload that changed nothing
+    /// here from one that did.
+    pub fn principals(&self) -> Option<&Arc<principal::Principals>> {
+        self.principals.as_ref()
     }
 
     /// The routes in match order (file order).

@@ -40,6 +40,8 @@ pub(crate) struct RawPolicy {
     pub tenants: Named<OrDefault<RawTenant>>,
     #[serde(default)]
     pub store: Option<Spanned<RawStore>>,
+    #[serde(default)]
+    pub principals: Option<Spanned<super::principal::RawPrincipals>>,
 }
 
 /// The `store:` section; which fields apply depends on `type` (checked in `super::store`).

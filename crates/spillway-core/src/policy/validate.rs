@@ -48,6 +48,16 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
     let ip_prefix = super::ip_prefix::compile(raw.ip_prefix.as_ref(), &mut issues);
     let store = super::store::compile(raw.store.as_ref(), &mut issues);
     let emergency = super::emergency::compile(&raw.limits, &defs, &mut issues);
+    let principals = super::principal::compile(
+        raw.principals.as_ref(),
+        &super::principal::Context {
+            tiers: &tier_index,
+            tier_limits: &tier_limits,
+            global: &global,
+        },
+        &mut issues,
+    )
+    .map(Arc::new);
     let mut limits = defs.valid();
     let tenants = tenant::compile(
         raw,
@@ -86,6 +96,7 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         store,
         emergency,
         ip_prefix,
+        principals,
     };
     // The `tenants:` section is the static catalog; it passed the checks above, so the
     // catalog's own compilation refuses nothing in it.

@@ -37,6 +37,25 @@ pub fn checked(plan: &Plan, overall: &Verdict, extra: &[(&str, &str)]) -> RateLi
     }
 }
 
+/// The header that says why a call was refused for its credential.
+pub const UNAUTHENTICATED_HEADER: &str = "x-spillway-unauthenticated";
+
+/// The answer for a call whose credential is missing or refused: `OVER_LIMIT` everywhere
+/// (never an error, which Envoy may treat as "admit"), with the reason in
+/// [`UNAUTHENTICATED_HEADER`].
+pub fn unauthenticated(descriptors: usize, reason: &str) -> RateLimitResponse {
+    let over = DescriptorStatus {
+        code: Code::OverLimit as i32,
+        ..DescriptorStatus::default()
+    };
+    RateLimitResponse {
+        overall_code: Code::OverLimit as i32,
+        statuses: vec![over; descriptors],
+        response_headers_to_add: vec![header(UNAUTHENTICATED_HEADER, reason)],
+        ..RateLimitResponse::default()
+    }
+}
+
 /// The answer when no limit applies: one plain `OK` per descriptor, plus `extra` headers.
 pub fn unlimited(descriptors: usize, extra: &[(&str, &str)]) -> RateLimitResponse {
     let ok = DescriptorStatus {

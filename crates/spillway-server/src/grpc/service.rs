@@ -13,6 +13,12 @@
 //!   descriptor from the node's emergency quotas, with the usual rate-limit headers and the
 //!   same marker; `closed` answers `UNAVAILABLE`, the gRPC form of the HTTP API's 503, which
 //!   Envoy turns into a refusal with `failure_mode_deny: true`.
+//! - With a `principals:` section, the policy domain's caller is identified from descriptor
+//!   entries named like the configured headers (Envoy's `request_headers` action with
+//!   `descriptor_key: authorization`); the verified principal replaces every descriptor's
+//!   `tenant`, `user` and `tier`. A missing or refused credential is `OVER_LIMIT` for every
+//!   descriptor with an `x-spillway-unauthenticated: <reason>` header: an error would let
+//!   Envoy admit the request (`failure_mode_deny: false`), and the RLS protocol has no 401.
 //!
 //! [`decision::decide`]: crate::decision::decide
 
@@ -21,6 +27,7 @@ use super::response;
 use super::RlsState;
 use crate::decision::{self, Ask, Decided, Outcome, Refused, Who};
 use crate::failure::{DEGRADED_HEADER, DEGRADED_REASON};
+use crate::principal::{self, Identity, Lookup, Reason};
 use crate::telemetry::decision_log::{RequestIds, Subject};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
@@ -82,7 +89,18 @@ impl Rls {
         // The domain's name as configuration holds it, so the verdict shares it (no copy of
         // the request's string per call).
         let (name, plan) = if domain == &*state.policy_domain {
-            let plan = plan::policy(&policy, &request.descriptors, (hits > 0).then_some(hits));
+            let identity = match self.identify(&policy, &request.descriptors).await {
+                Ok(identity) => identity,
+                Err(reason) => {
+                    return Ok(response::unauthenticated(
+                        request.descriptors.len(),
+                        reason.as_str(),
+                    ))
+                }
+            };
+            let principal = identity.as_ref().zip(policy.principals().map(|p| &**p));
+            let hits = (hits > 0).then_some(hits);
+            let plan = plan::policy(&policy, &request.descriptors, hits, principal);
             (Arc::clone(&state.policy_domain), plan)
         } else {
             let envoy = state.envoy.load();
@@ -104,6 +122,33 @@ impl Rls {
             who,
         )
         .await
+    }
+
+    /// Who is calling, by the policy's `principals:` section, from the credentials Envoy puts
+    /// in descriptor entries (keyed by the configured header names: `authorization`,
+    /// `x-api-key`, the host header); `None` without the section.
+    async fn identify(
+        &self,
+        policy: &Policy,
+        descriptors: &[RateLimitDescriptor],
+    ) -> Result<Option<Identity>, Reason> {
+        let Some(config) = policy.principals() else {
+            return Ok(None);
+        };
+        let entries = Entries(descriptors);
+        let presented = principal::presented(&entries, config)
+            .inspect_err(|reason| principal::metrics::record_rejected(*reason))?;
+        let now = self.0.app.clock.now();
+        match self
+            .0
+            .app
+            .principals
+            .identify(policy, &presented, now)
+            .await
+        {
+            None => Ok(None),
+            Some(result) => result.map(Some),
+        }
     }
 
     async fn check(
@@ -142,6 +187,16 @@ impl Rls {
                 "the rate-limit store failed and domain `{domain}` fails closed: {error}"
             ))),
         }
+    }
+}
+
+/// A request's descriptor entries read as named values: the first entry with the name.
+struct Entries<'a>(&'a [RateLimitDescriptor]);
+
+impl Lookup for Entries<'_> {
+    fn value(&self, name: &str) -> Option<&[u8]> {
+        let mut entries = self.0.iter().flat_map(|d| &d.entries);
+        entries.find(|e| e.key == name).map(|e| e.value.as_bytes())
     }
 }
 

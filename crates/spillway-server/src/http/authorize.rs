@@ -19,17 +19,21 @@
 //! Answers: the allow status (200, or 204) with the rate-limit headers; on deny the deny status
 //! (429 unless configured otherwise: nginx needs 401 or 403, see `NGINX.md`) with the headers
 //! and the same problem document as `/v1/check`. A header that cannot be understood (a cost
-//! that is not a number, bytes that are not UTF-8) is a 400 problem naming the header.
+//! that is not a number, bytes that are not UTF-8) is a 400 problem naming the header. With a
+//! `principals:` section, a missing or refused credential is answered with the policy's
+//! `invalid_status` (401 by default, which nginx passes on) and a problem naming the reason.
 
 use crate::http::client_ip::client_ip;
+use crate::http::principal;
 use crate::http::problem::Problem;
 use crate::http::settings::HeaderMapping;
 use crate::http::verdict::{decided_body, decided_headers, denial_problem};
 use crate::http::{check_mode, decide};
+use crate::principal::Presented;
 use crate::state::AppState;
 use crate::telemetry::decision_log::RequestIds;
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{HeaderMap, HeaderName, Method, Uri};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use spillway_core::policy::Policy;
 use spillway_core::request::{CheckMode, RequestAttrs};
@@ -84,6 +88,14 @@ async fn answer(
     if let Some((method, path)) = own {
         attrs.method = Some(method);
         attrs.path = Some(path);
+    }
+    let nobody = Presented::default();
+    if let Err(problem) = principal::identify(app, &policy, headers, nobody, &mut attrs).await {
+        let status = policy
+            .principals()
+            .and_then(|p| StatusCode::from_u16(p.invalid_status).ok())
+            .unwrap_or(StatusCode::UNAUTHORIZED);
+        return problem.with_status(status).into_response();
     }
     let ip = client_ip(
         peer.ip(),

@@ -20,17 +20,23 @@
 //!   `--body-timeout`, 503 when the store fails.
 //!
 //! `?peek=true` (or `?dry_run`) evaluates without consuming anything.
+//!
+//! With a `principals:` section in the policy, the caller is identified first (the body's
+//! `token`, `api_key` and `host`, else the configured headers; see [`crate::http::principal`]):
+//! a refused or missing credential is a 401 problem naming the `reason`.
 
+use crate::http::principal;
 use crate::http::problem::Problem;
 use crate::http::verdict::{decided_body, decided_headers, denial_problem, json_response};
 use crate::http::{check_mode, decide};
+use crate::principal::Presented;
 use crate::serving::BodyTimeout;
 use crate::state::AppState;
 use crate::telemetry::decision_log::RequestIds;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -64,6 +70,13 @@ pub struct CheckRequest {
     pub cost: Option<u64>,
     /// See [`RequestAttrs::descriptors`].
     pub descriptors: Option<BTreeMap<String, String>>,
+    /// A bearer token, when the policy identifies callers (`principals:`); wins over the
+    /// configured header.
+    pub token: Option<String>,
+    /// An API key, likewise.
+    pub api_key: Option<String>,
+    /// The host name the caller used, for `principals.subdomain`.
+    pub host: Option<String>,
 }
 
 impl From<CheckRequest> for RequestAttrs {
@@ -162,9 +175,10 @@ pub async fn check(
     State(app): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
     ids: RequestIds,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match respond(&app, query.as_deref(), &ids, body).await {
+    match respond(&app, query.as_deref(), &ids, &headers, body).await {
         Ok(response) | Err(response) => response,
     }
 }
@@ -173,14 +187,28 @@ async fn respond(
     app: &AppState,
     query: Option<&str>,
     ids: &RequestIds,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Response> {
     let mode = check_mode(query).map_err(IntoResponse::into_response)?;
     let body = body.map_err(|rejection| body_problem(&rejection).into_response())?;
-    let attrs: RequestAttrs = parse_body(&body)
-        .map_err(IntoResponse::into_response)?
-        .into();
-    let decided = decide(app, &app.engine.policy(), &attrs, ids, mode)
+    let mut request = parse_body(&body).map_err(IntoResponse::into_response)?;
+    let (token, api_key, host) = (
+        request.token.take(),
+        request.api_key.take(),
+        request.host.take(),
+    );
+    let mut attrs: RequestAttrs = request.into();
+    let policy = app.engine.policy();
+    let own = Presented {
+        token: token.as_deref(),
+        api_key: api_key.as_deref(),
+        host: host.as_deref(),
+    };
+    principal::identify(app, &policy, headers, own, &mut attrs)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let decided = decide(app, &policy, &attrs, ids, mode)
         .await
         .map_err(IntoResponse::into_response)?;
     let (headers, body) = (decided_headers(&decided), decided_body(&decided));

@@ -10,6 +10,7 @@
 //! - [`settings`]: the header names and statuses `/v1/authorize` works with.
 //! - [`verdict`]: the JSON body and headers a verdict is shown as.
 //! - [`client_ip`]: which address a proxied request came from.
+//! - [`principal`]: who is calling (JWT, API key, subdomain), before a request is resolved.
 //! - [`access_log`]: debug-level request logging.
 //!
 //! Both decision endpoints end in [`decide`], so timing, metrics and store-failure handling are
@@ -20,6 +21,7 @@ pub mod authorize;
 pub mod check;
 pub mod client_ip;
 pub mod debug;
+pub mod principal;
 pub mod probes;
 pub mod problem;
 pub mod report;

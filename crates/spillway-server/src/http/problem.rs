@@ -20,6 +20,8 @@ pub const RATE_LIMITED: &str = "urn:spillway:problem:rate-limited";
 pub const COST_EXCEEDS_LIMIT: &str = "urn:spillway:problem:cost-exceeds-limit";
 /// Problem type of a request whose body or headers could not be understood.
 pub const INVALID_REQUEST: &str = "urn:spillway:problem:invalid-request";
+/// Problem type of a request whose credential is missing or was refused (`reason` says which).
+pub const UNAUTHENTICATED: &str = "urn:spillway:problem:unauthenticated";
 /// Problem type of a verdict that could not be reached because the store failed.
 pub const STORE_UNAVAILABLE: &str = "urn:spillway:problem:store-unavailable";
 
@@ -34,6 +36,9 @@ pub struct Problem {
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<String>,
+    /// Why a credential was refused (`expired`, `bad_signature`, ...), on a 401.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<crate::principal::Reason>,
     /// Every field at fault, when there are several (`[{field, message}]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     errors: Option<Box<Value>>,
@@ -58,6 +63,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             field: None,
+            reason: None,
             errors: None,
             verdict: None,
             retry_after: None,
@@ -85,6 +91,12 @@ impl Problem {
     /// Lists every field at fault (each `{field, message}`), beside the first one in `field`.
     pub fn with_errors(mut self, errors: Vec<Value>) -> Self {
         self.errors = Some(Box::new(Value::Array(errors)));
+        self
+    }
+
+    /// Names why a credential was refused (the `reason` member).
+    pub fn with_reason(mut self, reason: crate::principal::Reason) -> Self {
+        self.reason = Some(reason);
         self
     }
 

@@ -4,6 +4,7 @@
 
 mod failure;
 mod matching;
+mod principals;
 mod reading;
 mod resolution;
 mod validation;

@@ -1,0 +1,58 @@
+//! The HTTP side of principals: read the credentials a request presents (headers, and on
+//! `/v1/check` the body's `token`, `api_key` and `host`), identify the caller, and lay the
+//! verified principal over the request's attributes; or refuse it with a 401 problem whose
+//! `reason` names what was wrong (`/v1/authorize` answers the policy's `invalid_status`).
+
+use crate::http::problem::{Problem, UNAUTHENTICATED};
+use crate::principal::{self, Lookup, Presented, Reason};
+use crate::state::AppState;
+use axum::http::StatusCode;
+use spillway_core::policy::Policy;
+use spillway_core::request::RequestAttrs;
+
+/// Identifies the caller of a request with `policy`'s `principals:` section and applies the
+/// result to `attrs`. `own` are credentials from the request body, which win over headers.
+/// Nothing happens without the section.
+pub async fn identify(
+    app: &AppState,
+    policy: &Policy,
+    headers: &impl Lookup,
+    own: Presented<'_>,
+    attrs: &mut RequestAttrs,
+) -> Result<(), Problem> {
+    let Some(config) = policy.principals() else {
+        return Ok(());
+    };
+    let presented = match principal::presented(headers, config) {
+        Ok(found) => Presented {
+            token: own.token.or(found.token),
+            api_key: own.api_key.or(found.api_key),
+            host: own.host.or(found.host),
+        },
+        Err(reason) => {
+            principal::metrics::record_rejected(reason);
+            return Err(refusal(reason));
+        }
+    };
+    let now = app.clock.now();
+    match app.principals.identify(policy, &presented, now).await {
+        None => Ok(()),
+        Some(Ok(identity)) => {
+            principal::apply(&identity, config, attrs);
+            Ok(())
+        }
+        Some(Err(reason)) => Err(refusal(reason)),
+    }
+}
+
+/// The 401 problem for `reason` (`/v1/authorize` answers it with the policy's
+/// `invalid_status`).
+fn refusal(reason: Reason) -> Problem {
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        UNAUTHENTICATED,
+        "Unauthenticated",
+        reason.describe(),
+    )
+    .with_reason(reason)
+}

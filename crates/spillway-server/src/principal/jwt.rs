@@ -1,0 +1,273 @@
+//! Verifying one JSON Web Token and reading the principal out of its claims.
+//!
+//! The header is read first, by hand: its `alg` must be one of the four this server knows
+//! (`none` and everything else is `disallowed_algorithm`) and equal to the algorithm of the key
+//! its `kid` picks. Only then does `jsonwebtoken` check the signature, with that one algorithm
+//! and key. Time claims are checked here against the server's clock (which tests move), not
+//! the library's wall clock: `exp` and `nbf` with the policy's leeway, then `iss` and `aud`.
+
+use super::jwks::Keys;
+use super::{Principal, Reason};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+use spillway_core::policy::principal::{ClaimPath, JwtAlgorithm, JwtSettings};
+use spillway_core::time::Micros;
+use std::sync::Arc;
+
+/// The longest token read; real ones are a few hundred bytes to a few kilobytes.
+pub const MAX_TOKEN: usize = 16 * 1024;
+
+/// A verified token: who it names and until when it may be believed.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The principal its claims map to.
+    pub principal: Principal,
+    /// Its `exp` plus the leeway, in server-clock microseconds; `None` if it has no `exp`.
+    pub until: Option<Micros>,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+/// Reads the header segment: the algorithm (one this server knows) and the key id.
+pub fn header(token: &str) -> Result<(JwtAlgorithm, Option<String>), Reason> {
+    let mut parts = token.split('.');
+    let (Some(head), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Reason::Malformed);
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(head)
+        .map_err(|_| Reason::Malformed)?;
+    let header: Header = serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)?;
+    let alg = JwtAlgorithm::from_name(&header.alg).ok_or(Reason::DisallowedAlgorithm)?;
+    Ok((alg, header.kid))
+}
+
+fn library(alg: JwtAlgorithm) -> Algorithm {
+    match alg {
+        JwtAlgorithm::HS256 => Algorithm::HS256,
+        JwtAlgorithm::RS256 => Algorithm::RS256,
+        JwtAlgorithm::ES256 => Algorithm::ES256,
+        JwtAlgorithm::EdDSA => Algorithm::EdDSA,
+    }
+}
+
+/// Verifies `token` with `keys` under `settings` at `now`. A key id the set does not know
+/// triggers one refetch of a JWKS URL (at most once per refresh interval).
+pub async fn verify(
+    token: &str,
+    settings: &JwtSettings,
+    keys: &Keys,
+    now: Micros,
+) -> Result<Verified, Reason> {
+    if token.len() > MAX_TOKEN {
+        return Err(Reason::Malformed);
+    }
+    let (alg, kid) = header(token)?;
+    if !settings.algorithms.contains(&alg) {
+        return Err(Reason::DisallowedAlgorithm);
+    }
+    let mut set = keys.current();
+    if let Some(kid) = kid.as_deref() {
+        if !set.has_kid(kid) && keys.refetch(now).await {
+            set = keys.current();
+        }
+    }
+    let key = set.find(kid.as_deref(), alg).ok_or(Reason::UnknownKey)?;
+    if key.alg != alg {
+        // The token asks for another algorithm than its key is pinned to: an RSA public key
+        // offered as an HMAC secret, for instance.
+        return Err(Reason::DisallowedAlgorithm);
+    }
+    let mut validation = Validation::new(library(alg));
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let data = jsonwebtoken::decode::<Value>(token, &key.decoding, &validation).map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind;
+        match e.kind() {
+            ErrorKind::InvalidSignature => Reason::BadSignature,
+            ErrorKind::InvalidAlgorithm => Reason::DisallowedAlgorithm,
+            _ => Reason::Malformed,
+        }
+    })?;
+    check_claims(&data.claims, settings, now)
+}
+
+/// Checks time, issuer and audience, then maps the claims to a principal.
+pub fn check_claims(
+    claims: &Value,
+    settings: &JwtSettings,
+    now: Micros,
+) -> Result<Verified, Reason> {
+    let Value::Object(map) = claims else {
+        return Err(Reason::Malformed);
+    };
+    let seconds = |name: &str| -> Result<Option<Micros>, Reason> {
+        match map.get(name) {
+            None => Ok(None),
+            Some(v) => {
+                let s = v
+                    .as_f64()
+                    .filter(|s| s.is_finite())
+                    .ok_or(Reason::Malformed)?;
+                // Whole microseconds; far futures and pasts saturate.
+                Ok(Some((s.max(0.0) * 1e6).min(u64::MAX as f64) as Micros))
+            }
+        }
+    };
+    let leeway = settings.leeway;
+    let until = seconds("exp")?.map(|exp| exp.saturating_add(leeway));
+    if until.is_some_and(|until| now >= until) {
+        return Err(Reason::Expired);
+    }
+    if seconds("nbf")?.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
+        return Err(Reason::NotYetValid);
+    }
+    if let Some(issuer) = &settings.issuer {
+        if map.get("iss").and_then(Value::as_str) != Some(issuer.as_str()) {
+            return Err(Reason::WrongIssuer);
+        }
+    }
+    if !settings.audience.is_empty() {
+        let accepted = |a: &Value| {
+            a.as_str()
+                .is_some_and(|a| settings.audience.iter().any(|w| w == a))
+        };
+        let ok = match map.get("aud") {
+            Some(Value::Array(list)) => list.iter().any(accepted),
+            Some(one) => accepted(one),
+            None => false,
+        };
+        if !ok {
+            return Err(Reason::WrongAudience);
+        }
+    }
+    let text = |path: &Option<ClaimPath>| path.as_ref().and_then(|p| claim(claims, p));
+    let tier = text(&settings.tier_claim)
+        .and_then(|value| settings.tiers.get(&*value).cloned().or(Some(value)));
+    let principal = Principal {
+        tenant: text(&settings.tenant_claim),
+        user: text(&settings.user_claim),
+        tier,
+    };
+    if principal.tenant.is_none() && settings.tenant_claim.is_some() {
+        // A token that names no tenant would be counted with no tenant at all.
+        return Err(Reason::MissingClaim);
+    }
+    Ok(Verified { principal, until })
+}
+
+/// The claim at a dotted path as text: strings as they are, numbers and booleans written out;
+/// objects, arrays, null and empty strings count as absent.
+fn claim(claims: &Value, path: &ClaimPath) -> Option<Arc<str>> {
+    let mut at = claims;
+    for step in path {
+        at = at.as_object()?.get(step)?;
+    }
+    let text = match at {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    Some(text.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use spillway_core::policy::principal::{KeySource, TokenPlace};
+    use std::collections::HashMap;
+
+    fn settings() -> JwtSettings {
+        JwtSettings {
+            place: TokenPlace::Header("authorization".into()),
+            keys: KeySource::File(String::new()),
+            algorithms: vec![JwtAlgorithm::RS256],
+            leeway: 5_000_000,
+            issuer: Some("https://issuer".into()),
+            audience: vec!["api".into()],
+            tenant_claim: Some(vec!["org".into(), "id".into()]),
+            user_claim: Some(vec!["sub".into()]),
+            tier_claim: Some(vec!["plan".into()]),
+            tiers: HashMap::from([("pro".into(), "paid".into())]),
+            cache_size: 10,
+        }
+    }
+
+    const NOW: Micros = 1_000_000_000_000;
+
+    fn claims(extra: Value) -> Value {
+        let mut base = json!({"iss": "https://issuer", "aud": ["x", "api"], "sub": 42,
+                              "org": {"id": "acme"}, "plan": "pro", "exp": 1_000_100});
+        if let (Value::Object(b), Value::Object(e)) = (&mut base, extra) {
+            b.extend(e);
+        }
+        base
+    }
+
+    #[test]
+    fn claims_map_to_a_principal_through_dotted_paths_and_the_tier_table() {
+        let v = check_claims(&claims(json!({})), &settings(), NOW).expect("valid");
+        assert_eq!(v.principal.tenant.as_deref(), Some("acme"));
+        assert_eq!(v.principal.user.as_deref(), Some("42"));
+        assert_eq!(v.principal.tier.as_deref(), Some("paid"));
+        assert_eq!(v.until, Some(1_000_105_000_000));
+        let v = check_claims(&claims(json!({"plan": "free"})), &settings(), NOW).expect("valid");
+        assert_eq!(v.principal.tier.as_deref(), Some("free"));
+    }
+
+    #[test]
+    fn time_issuer_and_audience_are_checked_with_leeway() {
+        let s = settings();
+        let reason = |extra| check_claims(&claims(extra), &s, NOW).err();
+        assert_eq!(reason(json!({"exp": 999_990})), Some(Reason::Expired));
+        assert_eq!(reason(json!({"exp": 999_996})), None, "within the leeway");
+        assert_eq!(reason(json!({"nbf": 1_000_010})), Some(Reason::NotYetValid));
+        assert_eq!(reason(json!({"nbf": 1_000_004})), None, "within the leeway");
+        assert_eq!(
+            reason(json!({"iss": "https://other"})),
+            Some(Reason::WrongIssuer)
+        );
+        assert_eq!(reason(json!({"aud": "web"})), Some(Reason::WrongAudience));
+        assert_eq!(reason(json!({"aud": "api"})), None);
+        assert_eq!(reason(json!({"exp": "soon"})), Some(Reason::Malformed));
+        assert_eq!(
+            reason(json!({"org": {"id": ""}})),
+            Some(Reason::MissingClaim)
+        );
+        assert_eq!(reason(json!({"org": "acme"})), Some(Reason::MissingClaim));
+    }
+
+    #[test]
+    fn headers_name_known_algorithms_only() {
+        let enc = |h: &str| format!("{}.e30.sig", URL_SAFE_NO_PAD.encode(h));
+        assert_eq!(
+            header(&enc(r#"{"alg":"none"}"#)),
+            Err(Reason::DisallowedAlgorithm)
+        );
+        assert_eq!(
+            header(&enc(r#"{"alg":"HS512"}"#)),
+            Err(Reason::DisallowedAlgorithm)
+        );
+        assert_eq!(
+            header(&enc(r#"{"alg":"ES256","kid":"k"}"#)),
+            Ok((JwtAlgorithm::ES256, Some("k".into())))
+        );
+        for bad in ["", "a.b", "a.b.c.d", "!!.e30.x", "e30.e30.x"] {
+            assert_eq!(header(bad), Err(Reason::Malformed), "{bad}");
+        }
+    }
+}

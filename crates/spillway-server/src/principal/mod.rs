@@ -1,0 +1,382 @@
+//! Who is calling: the credential a request presents (a JWT, an API key, a host name under the
+//! base domain), verified, turned into the tenant, user and tier that govern its counters.
+//!
+//! With a `principals:` section in the policy, a transport reads what the request presents
+//! ([`Presented`], from headers, the `/v1/check` body or Envoy descriptor entries), asks
+//! [`PrincipalState::identify`] for an [`Identity`] (or a [`Reason`] to refuse it), and lays
+//! that over the request's own attributes with [`apply`] before the policy resolves it. The
+//! secure default: a verified principal's tenant, user and tier replace whatever the request
+//! says, and the request may fill in only what `request_may_name` lists and the principal
+//! leaves open. Without the section, nothing here runs.
+//!
+//! Layout: [`jwt`] (header, signature, claims), [`jwks`] (keys from a file or URL),
+//! [`cache`] (verified tokens by digest, bounded), [`api_key`] (catalog lookup by SHA-256),
+//! [`subdomain`] (tenant from the host), [`metrics`].
+
+pub mod api_key;
+pub mod cache;
+pub mod jwks;
+pub mod jwt;
+pub mod metrics;
+pub mod subdomain;
+
+use arc_swap::ArcSwapOption;
+use cache::{Cached, TokenCache};
+use jwks::Keys;
+use spillway_core::policy::principal::{KeySource, Missing, Principals, Source, TokenPlace};
+use spillway_core::policy::Policy;
+use spillway_core::request::RequestAttrs;
+use spillway_core::time::Micros;
+use std::sync::Arc;
+
+/// Who a verified credential says is calling. Each field is `None` when the credential does
+/// not say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The tenant.
+    pub tenant: Option<Arc<str>>,
+    /// The user.
+    pub user: Option<Arc<str>>,
+    /// The tier (a name the policy may or may not define; an unknown one falls back as a
+    /// request's own unknown tier does).
+    pub tier: Option<Arc<str>>,
+}
+
+/// The outcome of identifying a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// A credential was verified, by this source.
+    Verified(Principal, Source),
+    /// No credential; counted in this tier, by IP.
+    Anonymous(Arc<str>),
+}
+
+/// Why a request's credential was refused; the word is the problem's `reason` and the
+/// metric's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No credential at all, and anonymous requests are refused.
+    Missing,
+    /// Not a token (or key, or header value) at all.
+    Malformed,
+    /// Past its `exp` (beyond the leeway).
+    Expired,
+    /// Before its `nbf` (beyond the leeway).
+    NotYetValid,
+    /// The signature does not verify.
+    BadSignature,
+    /// No key with its `kid` (or, without one, no single key for its algorithm).
+    UnknownKey,
+    /// `none`, an algorithm not allowed, or one its key is not pinned to.
+    DisallowedAlgorithm,
+    /// `iss` is not the configured issuer.
+    WrongIssuer,
+    /// `aud` names none of the configured audiences.
+    WrongAudience,
+    /// The claim that gives the tenant is absent or not a plain value.
+    MissingClaim,
+    /// An API key the catalog does not hold.
+    UnknownApiKey,
+    /// A host name that is not a tenant's under the base domain.
+    UnknownHost,
+}
+
+/// Written as its word (a problem document's `reason`).
+impl serde::Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Reason {
+    /// The reason's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::BadSignature => "bad_signature",
+            Self::UnknownKey => "unknown_key",
+            Self::DisallowedAlgorithm => "disallowed_algorithm",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::MissingClaim => "missing_claim",
+            Self::UnknownApiKey => "unknown_api_key",
+            Self::UnknownHost => "unknown_host",
+        }
+    }
+
+    /// A sentence for the problem's `detail` (never quoting the credential).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Missing => "no credential was presented",
+            Self::Malformed => "the credential is malformed",
+            Self::Expired => "the token has expired",
+            Self::NotYetValid => "the token is not valid yet",
+            Self::BadSignature => "the token's signature does not verify",
+            Self::UnknownKey => "the token names a key this server does not know",
+            Self::DisallowedAlgorithm => "the token's algorithm is not allowed for its key",
+            Self::WrongIssuer => "the token was issued by an issuer this server does not accept",
+            Self::WrongAudience => "the token is not meant for this audience",
+            Self::MissingClaim => "the token does not name a tenant",
+            Self::UnknownApiKey => "the API key is not known",
+            Self::UnknownHost => "the host name does not name a tenant",
+        }
+    }
+}
+
+/// The credentials a request presents, as text (each `None` when absent).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Presented<'a> {
+    /// A bearer token (its `Bearer ` scheme already taken off).
+    pub token: Option<&'a str>,
+    /// An API key.
+    pub api_key: Option<&'a str>,
+    /// The host name.
+    pub host: Option<&'a str>,
+}
+
+/// Where a transport finds named values (headers, gRPC metadata, descriptor entries).
+pub trait Lookup {
+    /// The value under `name` (lower-case), as bytes.
+    fn value(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl Lookup for http::HeaderMap {
+    fn value(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(http::HeaderValue::as_bytes)
+    }
+}
+
+/// Reads the credentials `config` looks for from `from`. A value that is not UTF-8 is
+/// `malformed`; an empty one counts as absent.
+pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Result<Presented<'a>, Reason> {
+    let text = |name: &str| -> Result<Option<&'a str>, Reason> {
+        match from.value(name) {
+            None => Ok(None),
+            Some(bytes) => {
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|_| Reason::Malformed)?
+                    .trim();
+                Ok((!text.is_empty()).then_some(text))
+            }
+        }
+    };
+    let mut out = Presented::default();
+    if let Some(jwt) = &config.jwt {
+        out.token = match &jwt.place {
+            TokenPlace::Header(name) => text(name)?.map(bearer),
+            TokenPlace::Cookie(name) => text("cookie")?.and_then(|c| cookie(c, name)),
+        }
+        .filter(|t| !t.is_empty());
+    }
+    if let Some(key) = &config.api_key {
+        out.api_key = text(&key.header)?;
+    }
+    if let Some(sub) = &config.subdomain {
+        out.host = text(&sub.header)?;
+    }
+    Ok(out)
+}
+
+/// The token in a header value: after a `Bearer` scheme (any case), or the whole value.
+fn bearer(value: &str) -> &str {
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    match scheme.eq_ignore_ascii_case("bearer") {
+        true => rest.trim(),
+        false => value,
+    }
+}
+
+/// The value of cookie `name` in a `Cookie` header.
+fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (n, v) = pair.trim().split_once('=')?;
+        (n == name).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// What one `principals:` configuration needs at run time: its JWKS and its token cache.
+struct Verifier {
+    config: Arc<Principals>,
+    keys: Option<Arc<Keys>>,
+    cache: Option<Arc<TokenCache>>,
+}
+
+/// The server's side of principals: the verifier for the policy in force, rebuilt when a
+/// reload changes the `principals:` section.
+#[derive(Default)]
+pub struct PrincipalState {
+    current: ArcSwapOption<Verifier>,
+    building: tokio::sync::Mutex<()>,
+}
+
+impl PrincipalState {
+    /// An empty state; the verifier is built for the first policy that needs one.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The verifier for `config`, built (keys read or fetched) if the one in place was built
+    /// for another configuration. A reload that leaves a URL-keyed `jwt` section as it was
+    /// keeps its keys and cache; a file is read again.
+    async fn verifier(&self, config: &Arc<Principals>, now: Micros) -> Arc<Verifier> {
+        if let Some(v) = self
+            .current
+            .load_full()
+            .filter(|v| Arc::ptr_eq(&v.config, config))
+        {
+            return v;
+        }
+        let _one_at_a_time = self.building.lock().await;
+        let old = self.current.load_full();
+        if let Some(v) = old.as_ref().filter(|v| Arc::ptr_eq(&v.config, config)) {
+            return Arc::clone(v);
+        }
+        let reusable = old.as_ref().filter(|v| {
+            *v.config == **config
+                && matches!(
+                    config.jwt.as_deref().map(|j| &j.keys),
+                    Some(KeySource::Url { .. })
+                )
+        });
+        let verifier = match reusable {
+            Some(v) => Verifier {
+                config: Arc::clone(config),
+                keys: v.keys.clone(),
+                cache: v.cache.clone(),
+            },
+            None => {
+                let (keys, cache) = match &config.jwt {
+                    Some(jwt) => (
+                        Some(Arc::new(Keys::load(&jwt.keys, &jwt.algorithms, now).await)),
+                        Some(Arc::new(TokenCache::new(jwt.cache_size))),
+                    ),
+                    None => (None, None),
+                };
+                Verifier {
+                    config: Arc::clone(config),
+                    keys,
+                    cache,
+                }
+            }
+        };
+        let verifier = Arc::new(verifier);
+        self.current.store(Some(Arc::clone(&verifier)));
+        verifier
+    }
+
+    /// Prepares the verifier for `policy` ahead of the first request (reads or fetches its
+    /// keys), so a JWKS problem is logged at start or reload.
+    pub async fn prepare(&self, policy: &Policy, now: Micros) {
+        if let Some(config) = policy.principals() {
+            self.verifier(config, now).await;
+        }
+    }
+
+    /// Who `presented` says is calling under `policy`'s `principals:` section; `None` when
+    /// the policy has none (the request's own attributes stand). A refusal is counted.
+    pub async fn identify(
+        &self,
+        policy: &Policy,
+        presented: &Presented<'_>,
+        now: Micros,
+    ) -> Option<Result<Identity, Reason>> {
+        let config = policy.principals()?;
+        let result = self.identify_with(config, policy, presented, now).await;
+        if let Err(reason) = result {
+            metrics::record_rejected(reason);
+        }
+        Some(result)
+    }
+
+    async fn identify_with(
+        &self,
+        config: &Arc<Principals>,
+        policy: &Policy,
+        presented: &Presented<'_>,
+        now: Micros,
+    ) -> Result<Identity, Reason> {
+        for &source in &config.sources {
+            let principal = match source {
+                Source::Jwt => match presented.token {
+                    None => continue,
+                    Some(token) => self.token(config, token, now).await?,
+                },
+                Source::ApiKey => match presented.api_key {
+                    None => continue,
+                    Some(key) => api_key::identify(key, policy.catalog())?,
+                },
+                Source::Subdomain => match (presented.host, &config.subdomain) {
+                    (Some(host), Some(settings)) => subdomain::identify(host, settings)?,
+                    _ => continue,
+                },
+            };
+            return Ok(Identity::Verified(principal, source));
+        }
+        match &config.missing {
+            Missing::Reject => Err(Reason::Missing),
+            Missing::Anonymous(tier) => Ok(Identity::Anonymous(Arc::clone(tier))),
+        }
+    }
+
+    async fn token(
+        &self,
+        config: &Arc<Principals>,
+        token: &str,
+        now: Micros,
+    ) -> Result<Principal, Reason> {
+        let verifier = self.verifier(config, now).await;
+        let (Some(settings), Some(keys), Some(cache)) =
+            (&config.jwt, &verifier.keys, &verifier.cache)
+        else {
+            return Err(Reason::UnknownKey);
+        };
+        if token.len() > jwt::MAX_TOKEN {
+            return Err(Reason::Malformed);
+        }
+        let digest = cache::digest(token);
+        match cache.get(&digest, now) {
+            Cached::Fresh(v) => return Ok(v.principal),
+            Cached::Expired => return Err(Reason::Expired),
+            Cached::Unknown => {}
+        }
+        metrics::record_verification();
+        let verified = jwt::verify(token, settings, keys, now).await?;
+        let principal = verified.principal.clone();
+        cache.insert(digest, verified);
+        metrics::record_cache_entries(cache.len());
+        Ok(principal)
+    }
+}
+
+/// Lays `identity` over the request's own attributes: a verified principal's values win;
+/// where it says nothing, the request keeps its own value only for a field
+/// `request_may_name` lists. An anonymous request keeps no tenant or user and gets the
+/// anonymous tier.
+pub fn apply(identity: &Identity, config: &Principals, attrs: &mut RequestAttrs) {
+    match identity {
+        Identity::Verified(p, _) => {
+            let may = config.request_may_name;
+            let pick = |own: &mut Option<String>, verified: &Option<Arc<str>>, may: bool| {
+                *own = match verified {
+                    Some(v) => Some(v.to_string()),
+                    None if may => own.take(),
+                    None => None,
+                };
+            };
+            pick(&mut attrs.tenant, &p.tenant, may.tenant);
+            pick(&mut attrs.user, &p.user, may.user);
+            pick(&mut attrs.tier, &p.tier, may.tier);
+        }
+        Identity::Anonymous(tier) => {
+            attrs.tenant = None;
+            attrs.user = None;
+            attrs.tier = Some(tier.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,552 @@
+//! Who is calling, end to end through the real `spillway` binary: JWTs of every algorithm
+//! (keys from `tests/fixtures/principal`, made with openssl), API keys from the catalog,
+//! subdomains and the anonymous tier, on `/v1/check` and `/v1/authorize`. The attacks: naming
+//! another tenant beside a token, algorithm confusion, `none`, tokens out of their time, and
+//! floods of unknown key ids against a JWKS URL.
+
+mod common;
+
+use common::{metric, Server, START_MS};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+const NOW: u64 = START_MS / 1000;
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/tests/fixtures/principal/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn read(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).expect("fixture")
+}
+
+/// A token signed with `alg` by the fixture key `kid` names (`None` for no `kid` header).
+fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+    let key = match alg {
+        Algorithm::RS256 => {
+            let file = if kid == Some("rsa-2") {
+                "rsa2.pem"
+            } else {
+                "rsa1.pem"
+            };
+            EncodingKey::from_rsa_pem(&read(file)).expect("rsa key")
+        }
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&read("ec1.pem")).expect("ec key"),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&read("ed1.pem")).expect("ed key"),
+        Algorithm::HS256 => {
+            let secret = std::fs::read_to_string(fixture("hs1.secret")).expect("secret");
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(secret.trim())
+                .expect("base64url secret");
+            EncodingKey::from_secret(&bytes)
+        }
+        other => panic!("no fixture for {other:?}"),
+    };
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    encode(&header, claims, &key).expect("sign")
+}
+
+/// Claims for tenant `org`, user `sub`, plan `pro`, valid for an hour from the test clock.
+fn claims(org: &str, sub: &str) -> Value {
+    json!({"iss": "https://auth.test", "aud": "api", "sub": sub, "org": {"id": org},
+           "plan": "pro", "iat": NOW, "exp": NOW + 3600})
+}
+
+fn policy(principals: &str) -> String {
+    format!(
+        "default_tier: free
+limits:
+  tenant-minute: {{algorithm: fixed_window, limit: 2, window: 1m, key: [tenant]}}
+  ip-minute: {{algorithm: fixed_window, limit: 2, window: 1m, key: [ip]}}
+tiers:
+  free: {{limits: [tenant-minute]}}
+  paid: {{limits: [tenant-minute]}}
+  anonymous: {{limits: [ip-minute]}}
+principals:
+{principals}"
+    )
+}
+
+fn jwt_policy(extra: &str) -> String {
+    policy(&format!(
+        "  jwt:
+    jwks_file: {}
+    algorithms: [RS256, ES256, EdDSA, HS256]
+    issuer: https://auth.test
+    audience: [api]
+    leeway: 30s
+    claims: {{tenant: org.id, user: sub, tier: plan}}
+    tiers: {{pro: paid}}
+{extra}",
+        fixture("jwks.json")
+    ))
+}
+
+/// POSTs `body` to `/v1/check` with `Authorization: Bearer token`.
+async fn check(server: &Server, token: &str, body: Value) -> (u16, Value) {
+    let response = server
+        .http
+        .post(server.url("/v1/check"))
+        .bearer_auth(token)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The remaining count of `tenant-minute` in a verdict.
+fn remaining(v: &Value) -> Option<u64> {
+    v["limits"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == "tenant-minute")?["remaining"]
+        .as_u64()
+}
+
+#[tokio::test]
+async fn a_valid_token_of_each_algorithm_governs_the_counters() {
+    let server = Server::with_policy(&jwt_policy("")).start();
+    let cases = [
+        (Algorithm::RS256, Some("rsa-1")),
+        (Algorithm::ES256, Some("ec-1")),
+        (Algorithm::EdDSA, Some("ed-1")),
+        (Algorithm::HS256, Some("hs-1")),
+        (Algorithm::ES256, None),
+    ];
+    for (i, (alg, kid)) in cases.into_iter().enumerate() {
+        let token = sign(alg, kid, &claims(&format!("org-{i}"), "u1"));
+        let (status, v) = check(&server, &token, json!({})).await;
+        assert_eq!((status, remaining(&v)), (200, Some(1)), "{alg:?}: {v}");
+        assert_eq!(v["tier"], "paid", "plan pro maps to tier paid");
+        let (status, _) = check(&server, &token, json!({})).await;
+        assert_eq!(status, 200);
+        let (status, v) = check(&server, &token, json!({})).await;
+        assert_eq!(status, 429, "{alg:?}: the third in a minute is denied: {v}");
+    }
+    let text = server.metrics().await;
+    // Each token's signature was checked once; the repeats came from the cache.
+    assert_eq!(
+        metric(&text, "spillway_principal_token_verifications_total", &[]),
+        Some(5.0)
+    );
+}
+
+#[tokio::test]
+async fn naming_another_tenant_beside_a_token_counts_as_the_tokens_tenant() {
+    let server = Server::with_policy(&jwt_policy("")).start();
+    let a = sign(
+        Algorithm::RS256,
+        Some("rsa-1"),
+        &claims("tenant-a", "mallory"),
+    );
+    for _ in 0..3 {
+        // Mallory holds a token for A and asks to be counted as B, on B's tier.
+        let body = json!({"tenant": "tenant-b", "user": "bob", "tier": "free"});
+        check(&server, &a, body).await;
+    }
+    let (status, v) = check(&server, &a, json!({"tenant": "tenant-b"})).await;
+    assert_eq!(status, 429, "A's budget is spent: {v}");
+    assert_eq!(v["tier"], "paid", "the token's tier, not the body's");
+    // B's budget is untouched.
+    let b = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-b", "bob"));
+    let (status, v) = check(&server, &b, json!({})).await;
+    assert_eq!((status, remaining(&v)), (200, Some(1)), "{v}");
+    // The same through /v1/authorize's headers.
+    let response = server
+        .http
+        .get(server.url("/v1/authorize"))
+        .bearer_auth(&a)
+        .header("x-tenant-id", "tenant-c")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 429, "still A's spent budget");
+}
+
+/// The reason a refused `/v1/check` names, with its status.
+async fn refused(server: &Server, token: &str) -> (u16, String) {
+    let (status, v) = check(server, token, json!({})).await;
+    (status, v["reason"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn forged_unsigned_and_confused_tokens_are_refused_by_reason() {
+    let server = Server::with_policy(&jwt_policy("")).start();
+    let c = claims("acme", "u1");
+    // HS256 "signed" with the RSA public key as the secret, naming the RSA key.
+    let public = EncodingKey::from_secret(&read("rsa1.pub.pem"));
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("rsa-1".into());
+    let confused = encode(&header, &c, &public).expect("sign");
+    assert_eq!(
+        refused(&server, &confused).await,
+        (401, "disallowed_algorithm".into())
+    );
+    // Without a kid it meets the real HS256 key, and its signature is wrong.
+    let confused = encode(&Header::new(Algorithm::HS256), &c, &public).expect("sign");
+    assert_eq!(
+        refused(&server, &confused).await,
+        (401, "bad_signature".into())
+    );
+    // `none`.
+    let b64 = |v: &Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let none = format!("{}.{}.", b64(&json!({"alg": "none"})), b64(&c));
+    assert_eq!(
+        refused(&server, &none).await,
+        (401, "disallowed_algorithm".into())
+    );
+    // A signature from another key.
+    let good = sign(Algorithm::RS256, Some("rsa-1"), &c);
+    let other = sign(Algorithm::RS256, Some("rsa-2"), &c);
+    let spliced = format!(
+        "{}.{}",
+        &good[..good.rfind('.').expect("dot")],
+        &other[other.rfind('.').expect("dot") + 1..]
+    );
+    assert_eq!(
+        refused(&server, &spliced).await,
+        (401, "bad_signature".into())
+    );
+    assert_eq!(refused(&server, &other).await, (401, "unknown_key".into()));
+    assert_eq!(
+        refused(&server, "not-a-token").await,
+        (401, "malformed".into())
+    );
+    let (status, v) = check(&server, "", json!({})).await;
+    assert_eq!(
+        (status, v["reason"].as_str()),
+        (401, Some("missing")),
+        "{v}"
+    );
+    assert_eq!(v["type"], "urn:spillway:problem:unauthenticated");
+
+    let text = server.metrics().await;
+    let rejected = |reason| {
+        metric(
+            &text,
+            "spillway_principal_rejected_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(rejected("disallowed_algorithm"), Some(2.0));
+    assert_eq!(rejected("bad_signature"), Some(2.0));
+    assert_eq!(rejected("missing"), Some(1.0));
+    // Never a token in the logs.
+    let logs = server.logs().join("\n");
+    assert!(!logs.contains(&good[..40]), "a token was logged");
+}
+
+#[tokio::test]
+async fn time_issuer_and_audience_are_checked() {
+    let server = Server::with_policy(&jwt_policy("")).start();
+    let with = |extra: Value| {
+        let mut c = claims("acme", "u1");
+        if let (Value::Object(c), Value::Object(e)) = (&mut c, extra) {
+            c.extend(e);
+        }
+        sign(Algorithm::EdDSA, Some("ed-1"), &c)
+    };
+    assert_eq!(
+        refused(&server, &with(json!({"exp": NOW - 31}))).await.1,
+        "expired"
+    );
+    assert_eq!(
+        refused(&server, &with(json!({"nbf": NOW + 31}))).await.1,
+        "not_yet_valid"
+    );
+    assert_eq!(
+        refused(&server, &with(json!({"iss": "https://evil"})))
+            .await
+            .1,
+        "wrong_issuer"
+    );
+    assert_eq!(
+        refused(&server, &with(json!({"aud": ["web"]}))).await.1,
+        "wrong_audience"
+    );
+    assert_eq!(
+        refused(&server, &with(json!({"org": {}}))).await.1,
+        "missing_claim"
+    );
+    // Within the leeway both ways.
+    let late = with(json!({"exp": NOW - 29, "nbf": NOW + 29}));
+    assert_eq!(check(&server, &late, json!({})).await.0, 200);
+    // A cached token stops working when its time is up, by the server's clock.
+    let short = with(json!({"user": "x", "exp": NOW + 60}));
+    assert_eq!(check(&server, &short, json!({})).await.0, 200);
+    server.advance_ms(91_000).await;
+    assert_eq!(refused(&server, &short).await, (401, "expired".into()));
+}
+
+/// A JWKS endpoint on a free port that counts its fetches and serves whatever `doc` holds.
+struct Jwks {
+    url: String,
+    fetches: Arc<AtomicUsize>,
+    doc: Arc<Mutex<String>>,
+}
+
+async fn jwks_server(doc: String) -> Jwks {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/jwks.json", listener.local_addr().expect("addr"));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let doc = Arc::new(Mutex::new(doc));
+    let (count, served) = (fetches.clone(), doc.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (count, served) = (count.clone(), served.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let body = served.lock().expect("doc").clone();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    Jwks { url, fetches, doc }
+}
+
+// Two threads: the JWKS endpoint must answer while `Server::start` blocks one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_kid_refetches_the_jwks_once_per_interval_not_per_request() {
+    let first = String::from_utf8(read("jwks.json")).expect("utf-8");
+    let jwks = jwks_server(first.clone()).await;
+    let text = policy(&format!(
+        "  jwt:
+    jwks_url: {}
+    refresh: 5m
+    claims: {{tenant: org.id}}
+",
+        jwks.url
+    ));
+    let server = Server::with_policy(&text).start();
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1, "fetched at start");
+    let known = sign(Algorithm::RS256, Some("rsa-1"), &claims("acme", "u"));
+    assert_eq!(check(&server, &known, json!({})).await.0, 200);
+    // A key the set does not hold: within the interval of the fetch at start, no refetch.
+    let rotated = sign(Algorithm::RS256, Some("rsa-2"), &claims("acme", "u"));
+    assert_eq!(refused(&server, &rotated).await.1, "unknown_key");
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1);
+    // Once the interval has passed: one refetch, then none for the rest of the interval,
+    // however many requests (and made-up kids) arrive.
+    server.advance_ms(300_000).await;
+    for i in 0..20 {
+        assert_eq!(refused(&server, &rotated).await.1, "unknown_key");
+        let made_up = sign(
+            Algorithm::RS256,
+            Some(&format!("kid-{i}")),
+            &claims("a", "u"),
+        );
+        assert_eq!(refused(&server, &made_up).await.1, "unknown_key");
+    }
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 2);
+    // The issuer publishes the new key; after the interval the next unknown kid fetches it.
+    let both: Value = {
+        let mut a: Value = serde_json::from_str(&first).expect("json");
+        let b: Value = serde_json::from_slice(&read("jwks-rsa2.json")).expect("json");
+        let extra = b["keys"][0].clone();
+        a["keys"].as_array_mut().expect("keys").push(extra);
+        a
+    };
+    *jwks.doc.lock().expect("doc") = both.to_string();
+    assert_eq!(refused(&server, &rotated).await.1, "unknown_key", "not yet");
+    server.advance_ms(300_000).await;
+    let rotated = sign(Algorithm::RS256, Some("rsa-2"), &{
+        let mut c = claims("acme", "u");
+        c["exp"] = json!(NOW + 3600 + 600);
+        c
+    });
+    assert_eq!(check(&server, &rotated, json!({})).await.0, 200);
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 3);
+    let text = server.metrics().await;
+    assert_eq!(
+        metric(&text, "spillway_principal_jwks_fetches_total", &[]),
+        Some(3.0)
+    );
+}
+
+#[tokio::test]
+async fn authorize_reads_the_bearer_header_and_answers_the_invalid_status() {
+    let server = Server::with_policy(&jwt_policy("  invalid_status: 403\n")).start();
+    let token = sign(Algorithm::ES256, Some("ec-1"), &claims("acme", "u"));
+    let get = |token: Option<String>| {
+        let mut request = server.http.get(server.url("/v1/authorize"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.expect("answer") }
+    };
+    let ok = get(Some(token.clone())).await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        common::header(&ok, "x-ratelimit-remaining").as_deref(),
+        Some("1")
+    );
+    let missing = get(None).await;
+    assert_eq!(missing.status(), 403);
+    let v: Value = missing.json().await.expect("problem");
+    assert_eq!(v["reason"], "missing");
+    let bad = get(Some(format!("{token}x"))).await;
+    assert_eq!(bad.status(), 403);
+}
+
+#[tokio::test]
+async fn anonymous_requests_are_counted_per_ip_in_the_anonymous_tier() {
+    let text = jwt_policy("  missing: anonymous\n");
+    let server = Server::with_policy(&text).start();
+    // Without a token, naming a tenant changes nothing: the anonymous tier, by IP.
+    for expected in [200, 200, 429] {
+        let body = json!({"ip": "198.51.100.7", "tenant": "acme"}).to_string();
+        let response = server.post("/v1/check", &body).await;
+        assert_eq!(response.status(), expected);
+        let v: Value = response.json().await.expect("json");
+        assert_eq!(v["tier"], "anonymous");
+    }
+    let other = server.post("/v1/check", r#"{"ip":"198.51.100.8"}"#).await;
+    assert_eq!(other.status(), 200, "another address has its own budget");
+    // A presented but bad token is still refused, not anonymous.
+    assert_eq!(refused(&server, "x.y.z").await, (401, "malformed".into()));
+}
+
+#[tokio::test]
+async fn subdomains_name_the_tenant_and_the_body_may_carry_the_host() {
+    let text = policy("  subdomain: {base: example.com, header: x-original-host}\n");
+    let server = Server::with_policy(&text).start();
+    let ask = |host: &'static str| {
+        server
+            .http
+            .get(server.url("/v1/authorize"))
+            .header("x-original-host", host)
+            .header("x-tenant-id", "someone-else")
+            .send()
+    };
+    for expected in [200, 200, 429] {
+        assert_eq!(
+            ask("acme.example.com").await.expect("answer").status(),
+            expected
+        );
+    }
+    assert_eq!(
+        ask("globex.example.com").await.expect("answer").status(),
+        200
+    );
+    assert_eq!(ask("example.org").await.expect("answer").status(), 401);
+    let body = r#"{"host":"initech.example.com"}"#;
+    let response = server.post("/v1/check", body).await;
+    let v: Value = response.json().await.expect("json");
+    assert_eq!(remaining(&v), Some(1), "{v}");
+}
+
+#[tokio::test]
+async fn api_keys_are_looked_up_in_the_catalog() {
+    const ADMIN: &str = "test-admin-token-0123456789";
+    let dir = common::TempDir::new();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let text = policy("  api_key: {header: x-api-key}\n  request_may_name: [user]\n");
+    let server = Server::with_policy(&text)
+        .args(&[
+            "--catalog",
+            &url,
+            "--catalog-migrate",
+            "--catalog-poll",
+            "200ms",
+        ])
+        .env("SPILLWAY_ADMIN_TOKEN", ADMIN)
+        .start();
+    let key = "sk_test_0123456789abcdef0123456789";
+    let added = server
+        .http
+        .post(server.url("/v1/admin/api-keys"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"key": key, "tenant": "acme", "tier": "paid"}))
+        .send()
+        .await
+        .expect("admin answers");
+    assert_eq!(added.status(), 201, "{:?}", added.text().await);
+    let with_key = |key: &'static str, body: Value| {
+        server
+            .http
+            .post(server.url("/v1/check"))
+            .header("x-api-key", key)
+            .body(body.to_string())
+            .send()
+    };
+    for expected in [200, 200, 429] {
+        let response = with_key(key, json!({"tenant": "globex", "user": "u"}))
+            .await
+            .expect("answer");
+        assert_eq!(response.status(), expected);
+        let v: Value = response.json().await.expect("json");
+        assert_eq!(v["tier"], "paid");
+    }
+    let unknown = with_key("sk_test_not_a_key_at_all_000000", json!({}))
+        .await
+        .expect("answer");
+    assert_eq!(unknown.status(), 401);
+    let v: Value = unknown.json().await.expect("json");
+    assert_eq!(v["reason"], "unknown_api_key");
+    let logs = server.logs().join("\n");
+    assert!(!logs.contains(key), "an API key was logged");
+}
+
+#[tokio::test]
+async fn envoy_descriptor_entries_carry_the_token_and_the_principal_wins() {
+    use common::grpc::{self, overall};
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    let mut rls = grpc::start(Server::with_policy(&jwt_policy("")), &[]).await;
+    let token = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));
+    let bearer = format!("Bearer {token}");
+    // Envoy's `request_headers` action puts the Authorization header in an entry; the
+    // descriptor also claims tenant B, which is ignored.
+    let entries = [("authorization", bearer.as_str()), ("tenant", "tenant-b")];
+    assert_eq!(overall(&rls.one("spillway", &entries).await), Code::Ok);
+    assert_eq!(overall(&rls.one("spillway", &entries).await), Code::Ok);
+    assert_eq!(
+        overall(&rls.one("spillway", &entries).await),
+        Code::OverLimit
+    );
+    // B's budget is untouched.
+    let b = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-b", "u"));
+    let b = format!("Bearer {b}");
+    let entries = [("authorization", b.as_str())];
+    assert_eq!(overall(&rls.one("spillway", &entries).await), Code::Ok);
+    // No credential, or a bad one: OVER_LIMIT with the reason, never an error.
+    let missing = rls.one("spillway", &[("tenant", "tenant-c")]).await;
+    assert_eq!(overall(&missing), Code::OverLimit);
+    assert_eq!(
+        grpc::header(&missing, "x-spillway-unauthenticated"),
+        Some("missing")
+    );
+    let bad = rls
+        .one("spillway", &[("authorization", "Bearer a.b.c")])
+        .await;
+    assert_eq!(
+        grpc::header(&bad, "x-spillway-unauthenticated"),
+        Some("malformed")
+    );
+}
