@@ -47,6 +47,9 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
     let routes = routes(raw, &defs, &mut issues);
     let ip_prefix = super::ip_prefix::compile(raw.ip_prefix.as_ref(), &mut issues);
     let store = super::store::compile(raw.store.as_ref(), &mut issues);
+    let regions = super::region::compile(raw.store.as_ref(), &store, &mut issues);
+    let scopes = super::region::scopes(&defs, &mut issues);
+    super::region::check_homes(raw, regions.as_deref(), &mut issues);
     let emergency = super::emergency::compile(&raw.limits, &defs, &mut issues);
     let mut limits = defs.valid();
     let tenants = tenant::compile(
@@ -86,6 +89,8 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         store,
         emergency,
         ip_prefix,
+        regions,
+        scopes: Arc::new(scopes),
     };
     // The `tenants:` section is the static catalog; it passed the checks above, so the
     // catalog's own compilation refuses nothing in it.

@@ -5,6 +5,7 @@
 mod failure;
 mod matching;
 mod reading;
+mod regions;
 mod resolution;
 mod validation;
 
