@@ -48,6 +48,7 @@ pub mod grpc;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod region;
 pub mod reload;
 pub mod serve;
 pub mod serving;

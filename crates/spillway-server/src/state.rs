@@ -47,6 +47,8 @@ pub struct AppState {
     pub top_board: Option<crate::telemetry::top::redis::Board>,
     /// Trace spans of decisions; `None` when traces are off (no `--otlp-endpoint`).
     pub tracing: Option<crate::telemetry::trace::Tracing>,
+    /// The node's region and the others' stores and counts; `None` without `store.regions`.
+    pub regions: Option<Arc<crate::region::RegionNode>>,
 }
 
 /// What `/readyz` reports about the policy in force.
