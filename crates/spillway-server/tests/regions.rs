@@ -148,11 +148,13 @@ fn median(mut v: Vec<Duration>) -> Duration {
 const HOME_BODY: &str = r#"limits:
   exact: {algorithm: token_bucket, rate: 30/h, burst: 30, key: [tenant], scope: home}
   plain: {algorithm: token_bucket, rate: 1000/s, burst: 1000, key: [tenant]}
+  soft: {algorithm: fixed_window, limit: 100000, window: 1d, key: [tenant], scope: aggregate}
 tiers:
   t: {}
 routes:
   - {match: "POST /home", limits: [exact]}
   - {match: "POST /plain", limits: [plain]}
+  - {match: "POST /agg", limits: [soft]}
 tenants:
   acme: {home_region: eu}
   lat: {home_region: eu}
@@ -198,17 +200,23 @@ async fn home_admits_exactly_the_limit_across_regions() {
     let us = &world.nodes[0];
     let mut remote = Vec::new();
     let mut local = Vec::new();
+    let mut aggregate = Vec::new();
     for i in 0..30 {
+        aggregate.push(ask(us, "/agg", &format!("t{i}")).await.2);
         // A fresh tenant: a denial could come from the store's local over-limit cache.
         let (status, _, took) = ask(us, "/home", "lat").await;
         assert_eq!(status, 200);
         remote.push(took);
         local.push(ask(us, "/plain", &format!("t{i}")).await.2);
     }
-    let (remote, local) = (median(remote), median(local));
+    let (remote, local, aggregate) = (median(remote), median(local), median(aggregate));
     println!(
-        "home: remote-home decision median {remote:?}, regional {local:?}, added {:?} (reply delay us->eu 40 ms)",
+        "home: remote-home decision median {remote:?}, regional {local:?}, added {:?} (reply delay us->eu 40 ms); aggregate {aggregate:?}",
         remote.saturating_sub(local)
+    );
+    assert!(
+        aggregate < Duration::from_millis(40),
+        "no cross-region call: {aggregate:?}"
     );
     assert!(remote >= Duration::from_millis(40), "{remote:?}");
     assert!(
@@ -443,4 +451,82 @@ tenants:
         &[("region", "ap"), ("outcome", "failed")],
     );
     assert!(failed.is_some_and(|n| n > 0.0), "{failed:?}");
+}
+
+/// A tenant's home region set through the admin API, stored in the catalog database (SQLite),
+/// checked against the policy's regions, and named by the answers once the node has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_sets_a_tenants_home_region() {
+    const TOKEN: &str = "test-admin-token-0123456789";
+    let us = RedisServer::start();
+    let dir = common::TempDir::new();
+    let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    // The other region is never called here: its store connects on first use.
+    let policy = format!(
+        r#"default_tier: t
+store:
+  type: redis
+  regions:
+    us: {{url: "{}"}}
+    eu: {{url: "redis://127.0.0.1:1"}}
+limits:
+  plain: {{algorithm: token_bucket, rate: 10/s, burst: 10, key: [tenant]}}
+tiers:
+  t: {{limits: [plain]}}
+"#,
+        us.url()
+    );
+    let node = Server::with_policy(&policy)
+        .system_clock()
+        .args(&[
+            "--region",
+            "us",
+            "--catalog",
+            &catalog,
+            "--catalog-migrate",
+            "--catalog-poll",
+            "200ms",
+        ])
+        .env("SPILLWAY_ADMIN_TOKEN", TOKEN)
+        .start();
+    let put = |body: &'static str| {
+        let url = node.url("/v1/admin/tenants/acme");
+        async move {
+            let response = reqwest::Client::new()
+                .put(url)
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("admin API answers");
+            (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (status, body) = put(r#"{"home_region":"mars"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("home_region") && body.contains("no region named `mars`"),
+        "{body}"
+    );
+    let (status, body) = put(r#"{"home_region":"eu"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let named = wait_until_async(Duration::from_secs(10), || async {
+        (ask(&node, "/x", "acme").await.1.as_deref() == Some("eu")).then_some(())
+    })
+    .await;
+    assert!(named.is_some(), "answers name the catalog's home region");
+    let got = reqwest::Client::new()
+        .get(node.url("/v1/admin/tenants/acme"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("admin API answers")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(got.contains(r#""home_region":"eu""#), "{got}");
 }
