@@ -28,6 +28,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The most counters a node holds the other regions' counts of (about 100 MB at the limit;
+/// what clients can make grow, by sending fresh key values, must have a bound).
+pub const MAX_KNOWN: usize = 1_000_000;
+
 #[derive(Clone)]
 enum Conn {
     Server(ConnectionManager),
@@ -254,6 +258,12 @@ impl Exchange {
         let mut known = Known::default();
         for (r, counts) in self.last.iter().enumerate() {
             for (place, n) in counts {
+                if known.counts.len() >= MAX_KNOWN && !known.counts.contains_key(place) {
+                    // A counter past the bound reads as unused elsewhere: that counter alone
+                    // can over-admit (at most the others' whole limit), memory cannot grow.
+                    metrics::counter!(m::KNOWN_OVERFLOW).increment(1);
+                    continue;
+                }
                 let slot = known
                     .counts
                     .entry(place.clone())

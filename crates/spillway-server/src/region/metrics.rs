@@ -21,6 +21,8 @@ pub const PARTITIONED: &str = "spillway_region_partitioned";
 pub const ISOLATED: &str = "spillway_region_isolated";
 /// Gauge: counters whose other regions' counts this node holds.
 pub const KNOWN: &str = "spillway_region_known_counters";
+/// Counter: other regions' counters not held because the known map was full.
+pub const KNOWN_OVERFLOW: &str = "spillway_region_known_overflow_total";
 /// Counter: admissions not tallied because the pending map was full.
 pub const TALLY_OVERFLOW: &str = "spillway_region_tally_overflow_total";
 /// Counter, by region and outcome (`ok`, `failed`): calls to another region's store for a

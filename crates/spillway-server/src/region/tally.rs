@@ -19,9 +19,10 @@ use std::sync::Arc;
 /// One counter in one window: the window's length and start, and the counter's field.
 pub type Place = (Micros, Micros, Box<str>);
 
-/// The most counters a node holds unpublished; past it an admission is counted in the
-/// metric `spillway_region_tally_overflow_total` and published late (never dropped: it stays
-/// in the region's own store, and the next flush carries what the map held).
+/// The most counters a node holds unpublished between two ticks. Past it, an admission on a
+/// counter not already pending is left out of the publication (and counted in
+/// `spillway_region_tally_overflow_total`): the region's own store still counts it, but the
+/// other regions do not see it, so that counter alone can over-admit by what was left out.
 pub const MAX_PENDING: usize = 200_000;
 
 /// The counts of the other regions, as last read: by place, one count per region.
