@@ -102,6 +102,8 @@ async fn put_get_delete(f: &mut Fixture) {
                 ..Default::default()
             },
         )]),
+        // Stored in the entry's body: the field round-trips through both databases.
+        home_region: Some("eu-west".into()),
     });
     assert_eq!(
         db.put(tenant("acme"), with_override.clone(), None)

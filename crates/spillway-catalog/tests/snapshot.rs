@@ -22,6 +22,7 @@ fn sample() -> Vec<(EntryKey, Entry)> {
                         ..Default::default()
                     },
                 )]),
+                home_region: Some("us-east".into()),
             }),
         ),
         (user("acme", "bob \"quoted\"\nnewline"), a_user("gold")),

@@ -57,6 +57,7 @@ fn main() {
             let record = TenantRecord {
                 tier: Some(tiers[i % 3].to_owned()),
                 overrides: Default::default(),
+                home_region: None,
             };
             (key, Entry::Tenant(record))
         })

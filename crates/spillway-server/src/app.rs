@@ -130,6 +130,7 @@ routes:
             top_board: None,
             tracing: None,
             principals: Default::default(),
+            regions: None,
             clock: clock.clone(),
             policy_info: ArcSwap::from_pointee(PolicyInfo {
                 source: "test".into(),

@@ -94,6 +94,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SPILLWAY_STORE_URL", value_name = "URL")]
     pub store_url: Option<String>,
 
+    /// This node's region, one of the policy's `store.regions`: its store is the node's own,
+    /// and `home` and `aggregate` limits count across the others (docs/GLOBAL.md).
+    #[arg(long, env = "SPILLWAY_REGION", value_name = "NAME")]
+    pub region: Option<String>,
+
     /// Time budget of one call to a shared (Redis) store, e.g. `10ms`; past it the route's
     /// failure mode decides. Wins over the policy's `store.timeout` (default 10ms).
     #[arg(long, env = "SPILLWAY_STORE_TIMEOUT", value_name = "DURATION",

@@ -32,6 +32,8 @@ pub struct ServerSettings {
     pub max_keys: u64,
     /// `--store-url`: overrides the policy's `store:` section.
     pub store_url: Option<String>,
+    /// `--region`: this node's region among the policy's `store.regions`.
+    pub region: Option<String>,
     /// `--store-timeout`: overrides the policy's `store.timeout`.
     pub store_timeout: Option<Duration>,
     /// Threads serving HTTP.
@@ -85,6 +87,7 @@ impl ServerSettings {
             listen: args.listen,
             max_keys: args.max_keys,
             store_url: args.store_url,
+            region: args.region,
             store_timeout: args.store_timeout,
             http_threads: thread_count(args.http_threads),
             shutdown_grace: args.shutdown_grace,

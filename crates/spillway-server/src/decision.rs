@@ -111,6 +111,9 @@ pub struct Decided {
     /// whose emergency store failed) or `degrade` (the limits are the emergency quotas).
     /// Answers then carry the `Spillway-Degraded` marker.
     pub degraded: Option<FailureMode>,
+    /// With `store.regions`, the home region of the request's tenant (`crate::region`),
+    /// which answers name so a gateway can route the tenant there.
+    pub home_region: Option<Arc<str>>,
 }
 
 /// A request refused because the store failed and its failure mode is `closed`.
@@ -152,13 +155,24 @@ async fn run(
 ) -> Outcome {
     let stopwatch = metrics::Stopwatch::start();
     trace.store_call(ask.planned.len());
-    let result = app.engine.check_planned(ask.planned, ask.mode).await;
+    let result = match &app.regions {
+        // Only `home` and `aggregate` limits need more than the region's own store.
+        Some(regions) if policy.has_global_limits() => {
+            let own = app.engine.store().as_ref();
+            regions.check(policy, own, ask.planned, ask.mode).await
+        }
+        _ => app.engine.check_planned(ask.planned, ask.mode).await,
+    };
+    let home_region = (app.regions.as_ref())
+        .zip(ask.who.tenant)
+        .map(|(regions, tenant)| regions.home_name(policy, tenant));
     trace.store_answered(&result);
     metrics::record_check_duration(stopwatch.elapsed());
     let outcome = match result {
         Ok((allowed, outcomes)) => Outcome::Decided(Decided {
             verdict: ask.verdict(allowed, outcomes),
             degraded: None,
+            home_region,
         }),
         Err(error) => {
             metrics::record_store_failure(ask.failure_mode);
@@ -182,10 +196,12 @@ async fn run(
                 Fallback::Open => Outcome::Decided(Decided {
                     verdict: ask.verdict(true, Vec::new()),
                     degraded: Some(FailureMode::Open),
+                    home_region,
                 }),
                 Fallback::Degraded { allowed, outcomes } => Outcome::Decided(Decided {
                     verdict: ask.verdict(allowed, outcomes),
                     degraded: Some(FailureMode::Degrade),
+                    home_region,
                 }),
             }
         }

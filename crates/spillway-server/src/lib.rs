@@ -51,6 +51,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod principal;
+pub mod region;
 pub mod reload;
 pub mod serve;
 pub mod serving;

@@ -88,7 +88,10 @@ impl Reloader {
         let parsed = self.source.parse(&text);
         self.last_text = text;
         let outcome = match parsed {
-            Ok(policy) if policy.store() != self.app.engine.policy().store() => {
+            Ok(policy)
+                if policy.store() != self.app.engine.policy().store()
+                    || policy.regions() != self.app.engine.policy().regions() =>
+            {
                 tracing::warn!(%source, trigger = trigger.name(),
                     "policy reload rejected: the store: section changed, which needs a restart; \
                      keeping the previous policy");

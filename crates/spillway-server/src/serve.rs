@@ -15,6 +15,7 @@ use crate::cli::ServeArgs;
 use crate::clock::ServerClock;
 use crate::config::ServerSettings;
 use crate::failure::{Failover, FailureSettings};
+use crate::region::RegionNode;
 use crate::reload::{self, Reloader};
 use crate::shutdown::{self, Shutdown};
 use crate::state::{AppState, PolicyInfo};
@@ -95,7 +96,8 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     // Installed before the store is built, so the store's and the breaker's start-up values
     // are recorded.
     let recorder = metrics::install().context("cannot set up metrics")?;
-    let store_config = crate::store::effective(policy.store(), settings.store_url.as_deref())
+    let region = settings.region.as_deref();
+    let store_config = crate::region::own_store(&policy, region, settings.store_url.as_deref())
         .map_err(anyhow::Error::msg)?;
     let failure = FailureSettings::from_store(&store_config, settings.store_timeout);
     let store: Arc<dyn Store> = crate::store::build(
@@ -109,6 +111,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let failover = Arc::new(Failover::new(failure, clock.shared()));
     let shared = !matches!(store_config, StoreConfig::Memory { .. });
     let store = failover.guard(store, shared);
+    let regions = RegionNode::new(&policy, region, &failure, clock.shared())?;
     let policy = Arc::new(policy);
     let (catalog_db, migration_pending) = match &settings.catalog {
         Some(catalog) => {
@@ -167,6 +170,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         top_board: top_board.clone(),
         tracing: traces,
         principals: Default::default(),
+        regions,
     });
     app.principals
         .prepare(&app.engine.policy(), app.clock.now())
@@ -187,6 +191,10 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let reload_task =
         reload::spawn(reloader, shutdown.clone()).context("cannot listen for SIGHUP")?;
     let sweep_task = sweeper::spawn(store, recorder, shutdown.clone());
+    let exchange_task = app.regions.as_ref().map(|regions| {
+        let app = app.clone();
+        regions.spawn_exchange(move || app.engine.policy(), shutdown.clone())
+    });
     let publish_task =
         top_board.map(|board| top_redis::spawn(board, top, clock.shared(), shutdown.clone()));
 
@@ -262,6 +270,9 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     }
     reload_task.abort();
     sweep_task.abort();
+    if let Some(task) = exchange_task {
+        task.abort();
+    }
     if let Some(mut admin) = admin_task {
         admin.abandon();
     }

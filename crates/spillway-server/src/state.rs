@@ -50,6 +50,8 @@ pub struct AppState {
     /// Verifies who is calling when the policy has a `principals:` section (keys, token
     /// cache).
     pub principals: crate::principal::PrincipalState,
+    /// The node's region and the others' stores and counts; `None` without `store.regions`.
+    pub regions: Option<Arc<crate::region::RegionNode>>,
 }
 
 /// What `/readyz` reports about the policy in force.

@@ -5,6 +5,9 @@
 //! Each connection gets two threads (one per direction); replies are held for the current
 //! delay before being forwarded, so setting the delay to zero ends the fault for connections
 //! that are already open.
+//!
+//! [`DelayProxy::cut`] stands for a network partition: every open connection is closed and
+//! new ones are closed as soon as they are accepted, until [`DelayProxy::heal`].
 
 // The delay is real time on purpose: it is the fault being injected.
 #![allow(clippy::disallowed_methods)]
@@ -12,7 +15,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A running proxy to one upstream port; it stops accepting when dropped.
@@ -20,6 +23,9 @@ pub struct DelayProxy {
     port: u16,
     delay_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
+    /// A handle on each connection's client side, for closing it on a cut.
+    open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl DelayProxy {
@@ -31,12 +37,22 @@ impl DelayProxy {
         listener.set_nonblocking(true).expect("non-blocking accept");
         let delay_ms = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (delay, stopping) = (delay_ms.clone(), stop.clone());
+        let cut = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (delay, stopping, cutting, opened) =
+            (delay_ms.clone(), stop.clone(), cut.clone(), open.clone());
         std::thread::spawn(move || {
             while !stopping.load(Ordering::Relaxed) {
                 match listener.accept() {
+                    Ok((client, _)) if cutting.load(Ordering::Relaxed) => {
+                        let _ = client.shutdown(Shutdown::Both);
+                    }
                     Ok((client, _)) => {
                         let _ = client.set_nonblocking(false);
+                        if let (Ok(handle), Ok(mut list)) = (client.try_clone(), opened.lock()) {
+                            list.retain(|s: &TcpStream| s.peer_addr().is_ok());
+                            list.push(handle);
+                        }
                         if let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) {
                             let _ = client.set_nodelay(true);
                             let _ = server.set_nodelay(true);
@@ -51,7 +67,24 @@ impl DelayProxy {
             port,
             delay_ms,
             stop,
+            cut,
+            open,
         }
+    }
+
+    /// Cuts the link: closes every open connection and refuses new ones until [`Self::heal`].
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+        if let Ok(mut list) = self.open.lock() {
+            for stream in list.drain(..) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    /// Ends a [`Self::cut`]: new connections are forwarded again.
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::Relaxed);
     }
 
     /// The port clients should connect to.

@@ -63,6 +63,39 @@ fn check_id(field: &str, id: &str, out: &mut Vec<FieldIssue>) {
     }
 }
 
+/// Checks a tenant's `home_region`: a region the policy's `store.regions` names (any
+/// well-formed name when it names none).
+fn check_home(policy: &Policy, home: &str, out: &mut Vec<FieldIssue>) {
+    match policy.regions() {
+        Some(regions) if regions.index(home).is_none() => {
+            out.push(issue("home_region", unknown_region(policy, home)));
+        }
+        Some(_) => {}
+        None => {
+            let bad = home.is_empty()
+                || home.len() > 64
+                || !home
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if bad {
+                let message = "a region name is 1 to 64 letters, digits, `-`, `_` or `.`";
+                out.push(issue("home_region", message));
+            }
+        }
+    }
+}
+
+/// Why `home` is refused as a home region.
+fn unknown_region(policy: &Policy, home: &str) -> String {
+    let names: Vec<&str> = (policy.regions().into_iter())
+        .flat_map(|r| r.names().iter().map(|n| &**n))
+        .collect();
+    format!(
+        "no region named `{home}` (the policy's store names {})",
+        names.join(", ")
+    )
+}
+
 /// The invisible format characters that could disguise an id: bidirectional overrides and
 /// isolates, zero-width spaces and joiners, the byte-order mark, line and paragraph
 /// separators, the soft hyphen.
@@ -126,6 +159,9 @@ impl Catalog {
         };
         match (key, entry) {
             (EntryKey::Tenant { tenant }, Entry::Tenant(record)) => {
+                if let Some(home) = &record.home_region {
+                    check_home(policy, home, &mut out);
+                }
                 if let Some(own) = tier(&record.tier, &mut out) {
                     let tier = own.unwrap_or(policy.default_tier_index());
                     let owner = OverrideOwner::Tenant(tenant);
@@ -180,7 +216,17 @@ impl Catalog {
                             let key = || EntryKey::Tenant {
                                 tenant: tenant.clone(),
                             };
-                            Some(self.slot(policy, &r.tier, r.overrides, owner, key, &mut skipped))
+                            let home = r.home_region.map(Arc::from);
+                            let slot = self.slot(
+                                policy,
+                                &r.tier,
+                                r.overrides,
+                                home,
+                                owner,
+                                key,
+                                &mut skipped,
+                            );
+                            Some(slot)
                         }
                         _ => None,
                     };
@@ -197,7 +243,16 @@ impl Catalog {
                                 tenant: tenant.clone(),
                                 user: user.clone(),
                             };
-                            Some(self.slot(policy, &r.tier, r.overrides, owner, key, &mut skipped))
+                            let slot = self.slot(
+                                policy,
+                                &r.tier,
+                                r.overrides,
+                                None,
+                                owner,
+                                key,
+                                &mut skipped,
+                            );
+                            Some(slot)
                         }
                         _ => None,
                     };
@@ -246,11 +301,13 @@ impl Catalog {
 
     /// A tenant's or user's slot: its tier interned, its overrides compiled; every part the
     /// policy refuses is left out and recorded in `skipped`.
+    #[allow(clippy::too_many_arguments)]
     fn slot(
         &mut self,
         policy: &Policy,
         tier: &Option<String>,
         written: BTreeMap<String, OverrideRecord>,
+        home: Option<Arc<str>>,
         owner: OverrideOwner<'_>,
         key: impl Fn() -> EntryKey,
         skipped: &mut Vec<Skipped>,
@@ -260,9 +317,25 @@ impl Catalog {
         if self.tier_refused(tier) {
             skipped.push(unknown_tier(key(), Some(&self.tiers.names[tier as usize])));
         }
-        if written.is_empty() {
+        if written.is_empty() && home.is_none() {
             return Slot { tier, extra: None };
         }
+        let home_known = match (&home, policy.regions()) {
+            (Some(name), Some(regions)) => {
+                let known = regions.index(name).is_some();
+                if !known {
+                    invalid = true;
+                    skipped.push(Skipped {
+                        key: key(),
+                        field: "home_region".into(),
+                        message: unknown_region(policy, name),
+                    });
+                }
+                known
+            }
+            // Without regions there is one world, and every home is in it.
+            _ => home.is_some(),
+        };
         let mut compiled = Vec::with_capacity(written.len());
         for (limit, record) in &written {
             match policy.compile_override(limit, record, owner) {
@@ -281,6 +354,8 @@ impl Catalog {
             written,
             compiled: compiled.into_boxed_slice(),
             invalid,
+            home,
+            home_known,
         };
         Slot {
             tier,

@@ -31,6 +31,11 @@ use std::sync::Arc;
 /// The tier id of an entry that names none.
 const NO_TIER: u16 = u16::MAX;
 
+/// A slot's home region as written, for records.
+fn home(slot: &Slot) -> Option<String> {
+    slot.extra.as_ref()?.home.as_deref().map(str::to_owned)
+}
+
 /// The catalog, compiled against one policy. Cheap to clone (a handful of `Arc`s).
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -64,6 +69,10 @@ struct Extra {
     compiled: Box<[Arc<LimitDef>]>,
     /// Whether a part was refused by the policy that compiled it.
     invalid: bool,
+    /// A tenant's home region as written (kept even when the policy does not know it).
+    home: Option<Arc<str>>,
+    /// Whether the policy's regions hold `home`.
+    home_known: bool,
 }
 
 /// What an API key stands for.
@@ -233,6 +242,7 @@ impl Catalog {
             let record = TenantRecord {
                 tier: tier(slot.tier),
                 overrides: overrides(slot),
+                home_region: home(slot),
             };
             (key, Entry::Tenant(record))
         });
@@ -275,6 +285,7 @@ impl Catalog {
                 Entry::Tenant(TenantRecord {
                     tier: tier(slot.tier),
                     overrides: overrides(slot),
+                    home_region: home(slot),
                 })
             }),
             EntryKey::User { tenant, user } => self.users.get(&UserRef(tenant, user)).map(|s| {
@@ -291,6 +302,16 @@ impl Catalog {
                 })
             }),
         }
+    }
+
+    /// The home region the catalog gives `tenant`, if it gives one the policy's regions hold.
+    #[inline]
+    pub fn home_region(&self, tenant: &str) -> Option<&str> {
+        if self.tenants.is_empty() {
+            return None;
+        }
+        let extra = self.tenants.get(tenant)?.extra.as_deref()?;
+        extra.home.as_deref().filter(|_| extra.home_known)
     }
 
     /// What an API key (by its digest, 64 lowercase hex digits) stands for.

@@ -17,6 +17,10 @@ pub struct TenantRecord {
     /// Replacement numbers, by the name of the limit they replace.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub overrides: BTreeMap<String, OverrideRecord>,
+    /// The region whose store counts the tenant's `home`-scoped limits; `None` leaves it to a
+    /// stable hash of the tenant over the policy's regions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_region: Option<String>,
 }
 
 /// One user of one tenant: an optional tier of their own and overrides that win over the

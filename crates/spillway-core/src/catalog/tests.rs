@@ -43,6 +43,7 @@ fn tenant(tier: Option<&str>, overrides: &[(&str, OverrideRecord)]) -> Entry {
             .iter()
             .map(|(n, o)| ((*n).to_owned(), o.clone()))
             .collect(),
+        home_region: None,
     })
 }
 

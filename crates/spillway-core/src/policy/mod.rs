@@ -22,6 +22,7 @@ pub(crate) mod locate;
 mod params;
 pub mod principal;
 mod raw;
+mod region;
 mod resolve;
 mod route;
 mod store;
@@ -35,6 +36,7 @@ pub use emergency::{scaled as emergency_params, Emergency};
 pub use error::{PolicyError, PolicyIssue};
 pub use ip_prefix::IpPrefix;
 pub(crate) use params::Algorithm;
+pub use region::{Regions, Scope};
 pub use store::{RedisSettings, StoreConfig};
 pub(crate) use tenant::Owner as OverrideOwner;
 
@@ -199,6 +201,10 @@ pub struct Policy {
     ip_prefix: IpPrefix,
     /// Who is calling (`principals:`); `None` believes what requests say about themselves.
     principals: Option<Arc<principal::Principals>>,
+    /// The regions of `store.regions`, if any (`region`).
+    regions: Option<Arc<Regions>>,
+    /// The limits whose scope is not `regional`, by name.
+    scopes: Arc<HashMap<Arc<str>, Scope>>,
 }
 
 /// What applies to one request: its tier, route, cost and failure mode, and each limit it
@@ -273,6 +279,26 @@ impl Policy {
     /// start: the server does not switch stores on reload.
     pub fn store(&self) -> &StoreConfig {
         &self.store
+    }
+
+    /// The regions the deployment spans (`store.regions`), if it names any. Like the store,
+    /// read once at start.
+    pub fn regions(&self) -> Option<&Arc<Regions>> {
+        self.regions.as_ref()
+    }
+
+    /// Where limit `limit` is counted across regions (a tenant's override keeps its limit's).
+    #[inline]
+    pub fn scope(&self, limit: &str) -> Scope {
+        if self.scopes.is_empty() {
+            return Scope::Regional;
+        }
+        self.scopes.get(limit).copied().unwrap_or_default()
+    }
+
+    /// Whether any limit counts beyond its region (`home` or `aggregate`).
+    pub fn has_global_limits(&self) -> bool {
+        !self.scopes.is_empty()
     }
 
     /// The failure mode of routes that do not set their own.

@@ -70,6 +70,10 @@ pub(crate) struct RawStore {
     pub breaker_cooldown: Option<Text>,
     #[serde(default)]
     pub retry_after: Option<Text>,
+    #[serde(default)]
+    pub regions: Option<Spanned<super::region::RawRegions>>,
+    #[serde(default)]
+    pub exchange: Option<Spanned<super::region::RawExchange>>,
 }
 
 /// One named limit definition.
@@ -97,6 +101,8 @@ pub(crate) struct RawLimit {
     pub capacity: Option<Spanned<Number>>,
     #[serde(default)]
     pub emergency: Option<Spanned<RawEmergency>>,
+    #[serde(default)]
+    pub scope: Option<Text>,
 }
 
 /// A limit's `emergency` quota, used per node while the shared store is down: either an
@@ -177,6 +183,8 @@ pub(crate) struct RawTenant {
     pub tier: Option<Text>,
     #[serde(default, deserialize_with = "or_default")]
     pub overrides: Named<RawOverride>,
+    #[serde(default)]
+    pub home_region: Option<Text>,
 }
 
 /// A mapping from names to values that keeps file order and each name's position, which a

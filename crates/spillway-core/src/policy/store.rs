@@ -116,6 +116,8 @@ pub(crate) fn compile(raw: Option<&Spanned<RawStore>>, issues: &mut Issues) -> S
                 misplaced("nodes", s.nodes.is_some(), issues);
                 match &s.url {
                     Some(url) => vec![url.value.clone()],
+                    // With `regions`, each region names its own (`super::region`).
+                    None if s.regions.is_some() => vec![],
                     None => {
                         issues.push(raw.referenced, "store.url", "a `redis` store needs a `url`");
                         vec![]
@@ -125,7 +127,7 @@ pub(crate) fn compile(raw: Option<&Spanned<RawStore>>, issues: &mut Issues) -> S
                 misplaced("url", s.url.is_some(), issues);
                 let nodes: Vec<String> =
                     s.nodes.iter().flatten().map(|n| n.value.clone()).collect();
-                if nodes.is_empty() {
+                if nodes.is_empty() && s.regions.is_none() {
                     issues.push(
                         raw.referenced,
                         "store.nodes",

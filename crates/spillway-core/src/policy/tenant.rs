@@ -54,6 +54,7 @@ pub(crate) fn compile(
             overrides: (tenant.overrides.0.iter())
                 .map(|(limit, raw)| (limit.value.clone(), record_of(raw)))
                 .collect(),
+            home_region: tenant.home_region.as_ref().map(|h| h.value.clone()),
         };
         let key = EntryKey::Tenant {
             tenant: name.value.clone(),

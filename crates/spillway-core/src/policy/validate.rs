@@ -47,6 +47,9 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
     let routes = routes(raw, &defs, &mut issues);
     let ip_prefix = super::ip_prefix::compile(raw.ip_prefix.as_ref(), &mut issues);
     let store = super::store::compile(raw.store.as_ref(), &mut issues);
+    let regions = super::region::compile(raw.store.as_ref(), &store, &mut issues);
+    let scopes = super::region::scopes(&defs, &mut issues);
+    super::region::check_homes(raw, regions.as_deref(), &mut issues);
     let emergency = super::emergency::compile(&raw.limits, &defs, &mut issues);
     let principals = super::principal::compile(
         raw.principals.as_ref(),
@@ -97,6 +100,8 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         emergency,
         ip_prefix,
         principals,
+        regions,
+        scopes: Arc::new(scopes),
     };
     // The `tenants:` section is the static catalog; it passed the checks above, so the
     // catalog's own compilation refuses nothing in it.

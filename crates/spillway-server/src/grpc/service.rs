@@ -172,11 +172,19 @@ impl Rls {
             who,
         };
         match decision::decide(&self.0.app, policy, &ask).await {
-            Outcome::Decided(Decided { verdict, degraded }) => {
-                let marker: &[(&str, &str)] = match degraded {
-                    Some(_) => &[(DEGRADED_HEADER, DEGRADED_REASON)],
-                    None => &[],
-                };
+            Outcome::Decided(Decided {
+                verdict,
+                degraded,
+                home_region,
+            }) => {
+                let mut marker: Vec<(&str, &str)> = Vec::new();
+                if degraded.is_some() {
+                    marker.push((DEGRADED_HEADER, DEGRADED_REASON));
+                }
+                if let Some(home) = &home_region {
+                    marker.push((crate::region::HOME_HEADER, home));
+                }
+                let marker = marker.as_slice();
                 // An `open` fallback checked nothing: every descriptor is plainly `OK`.
                 if degraded == Some(FailureMode::Open) {
                     return Ok(response::unlimited(descriptors, marker));

@@ -69,6 +69,7 @@ fn service_with(tracing: Option<Tracing>) -> Rls {
         top_board: None,
         tracing,
         principals: Default::default(),
+        regions: None,
     };
     let sources: Vec<(String, String)> = FILES
         .iter()
@@ -251,4 +252,86 @@ fn with_tracing_and_the_log_off_no_trace_header_is_read() {
     headers.insert("tracestate", "gw=1".parse().expect("header"));
     let ids = RequestIds::read(&rls.0.app, &headers);
     assert!(ids.traceparent.is_none() && ids.tracestate.is_none() && ids.request_id.is_none());
+}
+
+/// With regions, an answer on the policy's domain names the tenant's home region as a header
+/// for Envoy to add, next to the verdict.
+#[tokio::test]
+async fn answers_name_the_tenants_home_region() {
+    let policy = PolicySource::Builtin
+        .parse(
+            "default_tier: t
+store:
+  type: redis
+  regions:
+    us: {url: \"redis://127.0.0.1:1\"}
+    eu: {url: \"redis://127.0.0.1:2\"}
+limits:
+  plain: {algorithm: token_bucket, rate: 10/s, burst: 10, key: [tenant]}
+tiers:
+  t: {limits: [plain]}
+tenants:
+  acme: {home_region: eu}
+",
+        )
+        .expect("valid policy");
+    let clock = ServerClock::manual(1_000);
+    let store: Arc<dyn Store> =
+        Arc::new(spillway_core::store::MemoryStore::new(100, clock.shared()));
+    let failure = crate::failure::FailureSettings::default();
+    let regions = crate::region::RegionNode::new(&policy, Some("us"), &failure, clock.shared())
+        .expect("regions");
+    let rls = service();
+    let base = &rls.0.app;
+    let policy = Arc::new(policy);
+    let app = AppState {
+        catalog: Arc::new(crate::catalog::CatalogNode::new(policy.clone(), None)),
+        engine: Engine::new(policy, store.clone(), clock.shared()),
+        store,
+        clock: clock.clone(),
+        policy_info: ArcSwap::from_pointee(PolicyInfo {
+            source: "test".into(),
+            loaded_at: clock.now(),
+            limits: 1,
+        }),
+        metrics: base.metrics.clone(),
+        authorize: base.authorize.clone(),
+        failover: Arc::new(crate::failure::Failover::new(failure, clock.shared())),
+        decision_log: None,
+        top: Arc::new(crate::telemetry::top::Top::new("test")),
+        top_board: None,
+        tracing: None,
+        regions,
+    };
+    let rls = Rls(Arc::new(RlsState {
+        app: Arc::new(app),
+        envoy: ArcSwap::from_pointee(EnvoyConfig::from_sources(&[]).expect("valid")),
+        policy_domain: "spillway".into(),
+    }));
+    let request = tonic::Request::new(RateLimitRequest {
+        domain: "spillway".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "tenant".into(),
+                value: "acme".into(),
+            }],
+            ..RateLimitDescriptor::default()
+        }],
+        hits_addend: 1,
+    });
+    let answer = rls
+        .should_rate_limit(request)
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(answer.overall_code, Code::Ok as i32);
+    let home: Vec<(&str, &str)> = answer
+        .response_headers_to_add
+        .iter()
+        .map(|h| (h.key.as_str(), h.value.as_str()))
+        .collect();
+    assert!(
+        home.contains(&(crate::region::HOME_HEADER, "eu")),
+        "{home:?}"
+    );
 }

@@ -148,6 +148,12 @@ pub fn decided_headers(decided: &Decided) -> HeaderMap {
             HeaderValue::from_static(failure::DEGRADED_REASON),
         );
     }
+    if let Some(home) = &decided.home_region {
+        // A region name is letters, digits, `-`, `_` and `.` (policy validation).
+        if let Ok(value) = HeaderValue::from_str(home) {
+            headers.insert(HeaderName::from_static(crate::region::HOME_HEADER), value);
+        }
+    }
     headers
 }
 

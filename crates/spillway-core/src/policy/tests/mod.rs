@@ -6,6 +6,7 @@ mod failure;
 mod matching;
 mod principals;
 mod reading;
+mod regions;
 mod resolution;
 mod validation;
 

@@ -92,6 +92,7 @@ fn harness(settings: DecisionLogSettings, store: Arc<dyn Store>) -> Harness {
         top_board: None,
         tracing: None,
         principals: Default::default(),
+        regions: None,
         engine: Engine::new(policy, store.clone(), clock.shared()),
         store,
         failover: Arc::new(crate::failure::Failover::new(

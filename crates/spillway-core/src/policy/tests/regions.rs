@@ -1,0 +1,238 @@
+//! The `store.regions` section, limit scopes, and tenants' home regions: what loads, and one
+//! test per refusal (each with its `file:line:col`).
+
+use super::{expect, load};
+use crate::policy::Scope;
+
+const REGIONS: &str = r#"default_tier: t
+store:
+  type: redis
+  timeout: 300ms
+  regions:
+    us: {url: "redis://127.0.0.1:7001"}
+    eu: {url: "redis://127.0.0.1:7002"}
+    ap: {url: "redis://127.0.0.1:7003"}
+  exchange: {interval: 100ms, partition_after: 600ms, partition_share: 0.5, home_timeout: 400ms}
+limits:
+  exact: {algorithm: token_bucket, rate: 10/s, burst: 10, key: [tenant], scope: home}
+  soft: {algorithm: fixed_window, limit: 100, window: 1m, key: [ip], scope: aggregate}
+  smooth: {algorithm: sliding_window, limit: 100, window: 1m, key: [tenant, ip], scope: aggregate}
+  local: {algorithm: gcra, rate: 5/s, burst: 5, key: [ip]}
+tiers:
+  t: {limits: [exact, soft, smooth, local]}
+tenants:
+  acme: {home_region: eu}
+"#;
+
+#[test]
+fn regions_and_scopes_load() {
+    let policy = load(REGIONS);
+    let regions = policy.regions().expect("regions");
+    let names: Vec<&str> = regions.names().iter().map(|n| &**n).collect();
+    assert_eq!(names, ["us", "eu", "ap"]);
+    assert_eq!(
+        (
+            regions.interval,
+            regions.partition_after,
+            regions.home_timeout
+        ),
+        (100_000, 600_000, 400_000)
+    );
+    assert_eq!(regions.partition_share, 0.5);
+    // Each region's store shares the section's settings with its own URL.
+    let crate::policy::StoreConfig::Redis(eu) = regions.store(1) else {
+        panic!("{:?}", regions.store(1))
+    };
+    assert_eq!(eu.urls, ["redis://127.0.0.1:7002"]);
+    assert_eq!(eu.timeout, Some(300_000));
+    assert_eq!(policy.scope("exact"), Scope::Home);
+    assert_eq!(policy.scope("soft"), Scope::Aggregate);
+    assert_eq!(policy.scope("smooth"), Scope::Aggregate);
+    assert_eq!(policy.scope("local"), Scope::Regional);
+    assert!(policy.has_global_limits());
+    assert_eq!(policy.catalog().home_region("acme"), Some("eu"));
+    assert_eq!(policy.catalog().home_region("other"), None);
+}
+
+#[test]
+fn defaults_split_the_limit_evenly() {
+    let text = REGIONS.replace(
+        "  exchange: {interval: 100ms, partition_after: 600ms, partition_share: 0.5, home_timeout: 400ms}\n",
+        "",
+    );
+    let policy = load(&text);
+    let regions = policy.regions().expect("regions");
+    assert_eq!(regions.interval, 250_000);
+    assert_eq!(regions.partition_after, 1_000_000);
+    assert!((regions.partition_share - 1.0 / 3.0).abs() < 1e-9);
+}
+
+#[test]
+fn without_regions_every_policy_is_what_it_was() {
+    let policy = load(
+        "default_tier: t\nlimits:\n  a: {algorithm: fixed_window, limit: 5, window: 1m, key: [ip]}\ntiers:\n  t: {limits: [a]}\n",
+    );
+    assert!(policy.regions().is_none());
+    assert!(!policy.has_global_limits());
+    assert_eq!(policy.scope("a"), Scope::Regional);
+}
+
+#[test]
+fn aggregate_takes_window_counters_only() {
+    expect(
+        &REGIONS.replace(
+            "local: {algorithm: gcra, rate: 5/s, burst: 5, key: [ip]}",
+            "local: {algorithm: gcra, rate: 5/s, burst: 5, key: [ip], scope: aggregate}",
+        ),
+        14,
+        "limits.local.scope",
+        "takes fixed_window or sliding_window, not gcra",
+    );
+}
+
+#[test]
+fn home_needs_the_tenant_in_the_key() {
+    expect(
+        &REGIONS.replace("key: [tenant], scope: home", "key: [ip], scope: home"),
+        11,
+        "limits.exact.scope",
+        "must hold `tenant`",
+    );
+}
+
+#[test]
+fn unknown_scopes_are_refused() {
+    expect(
+        &REGIONS.replace("scope: home", "scope: global"),
+        11,
+        "limits.exact.scope",
+        "unknown scope `global` (use regional, home or aggregate)",
+    );
+}
+
+#[test]
+fn a_home_region_must_be_a_region() {
+    expect(
+        &REGIONS.replace("home_region: eu", "home_region: mars"),
+        18,
+        "tenants.acme.home_region",
+        "no region named `mars` (store.regions names us, eu, ap)",
+    );
+}
+
+#[test]
+fn regions_need_a_shared_store() {
+    expect(
+        r#"default_tier: t
+store:
+  type: memory
+  regions:
+    us: {url: "redis://a:1"}
+tiers:
+  t: {}
+"#,
+        5,
+        "store.regions",
+        "regions need a shared store",
+    );
+}
+
+#[test]
+fn each_region_names_its_own_url() {
+    let err = expect(
+        r#"default_tier: t
+store:
+  type: redis
+  url: "redis://a:1"
+  regions:
+    us: {url: "redis://a:1"}
+    eu: {}
+    ap: {url: "http://x"}
+tiers:
+  t: {}
+"#,
+        4,
+        "store.url",
+        "each region names its own `url`",
+    );
+    let report = err.to_string();
+    assert!(
+        report.contains("test.yaml:7:5: store.regions.eu.url: region `eu` needs its `url`"),
+        "{report}"
+    );
+    assert!(
+        report.contains("store.regions.ap: `http://x` is not a redis:// URL"),
+        "{report}"
+    );
+}
+
+#[test]
+fn exchange_numbers_are_checked() {
+    expect(
+        &REGIONS.replace("partition_share: 0.5", "partition_share: 1.5"),
+        9,
+        "store.exchange.partition_share",
+        "above 0 and at most 1",
+    );
+    expect(
+        &REGIONS.replace("partition_after: 600ms", "partition_after: 50ms"),
+        9,
+        "store.exchange.partition_after",
+        "must be longer than `interval`",
+    );
+    expect(
+        r#"default_tier: t
+store:
+  type: redis
+  url: "redis://a:1"
+  exchange: {interval: 1s}
+tiers:
+  t: {}
+"#,
+        5,
+        "store.exchange",
+        "applies only to a store with `regions`",
+    );
+}
+
+#[test]
+fn the_catalog_keeps_home_regions_and_checks_them() {
+    use crate::catalog::{Catalog, Entry, EntryKey, TenantRecord};
+    let policy = load(REGIONS);
+    let key = |t: &str| EntryKey::Tenant { tenant: t.into() };
+    let record = |home: &str| {
+        Entry::Tenant(TenantRecord {
+            home_region: Some(home.into()),
+            ..Default::default()
+        })
+    };
+    let catalog = policy.catalog();
+    assert!(catalog
+        .check(&policy, &key("globex"), &record("ap"))
+        .is_ok());
+    let issues = catalog
+        .check(&policy, &key("globex"), &record("mars"))
+        .unwrap_err();
+    assert_eq!(issues[0].field, "home_region");
+    assert!(
+        issues[0].message.contains("no region named `mars`"),
+        "{issues:?}"
+    );
+    // A row written before a region was removed is kept and exported as written, but its home
+    // falls back to the hash until fixed.
+    let (built, skipped) = Catalog::build(
+        &policy,
+        3,
+        [
+            (key("globex"), record("ap")),
+            (key("initech"), record("mars")),
+        ],
+    );
+    assert_eq!(built.home_region("globex"), Some("ap"));
+    assert_eq!(built.home_region("initech"), None);
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].field, "home_region");
+    assert_eq!(built.get(&key("initech")), Some(record("mars")));
+    let exported: Vec<_> = built.entries().collect();
+    assert!(exported.contains(&(key("globex"), record("ap"))));
+}

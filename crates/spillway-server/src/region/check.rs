@@ -1,0 +1,219 @@
+//! One request's limits when the policy has `home` or `aggregate` limits: each limit sent to
+//! the store that counts it, all-or-nothing kept as far as two stores allow.
+//!
+//! - `regional` limits, and `home` limits of tenants at home here, go to the region's own
+//!   store, as always.
+//! - `home` limits of a tenant at home elsewhere go to that region's store (one round trip,
+//!   under `store.exchange.home_timeout` and that region's own breaker; a failure is the
+//!   route's failure mode).
+//! - `aggregate` limits go to the own store with their limit cut by what the other regions
+//!   are known to have used (`Tally::others`), so the store admits while own + others + cost
+//!   stay within the limit; their answers report the whole limit again. With no room left
+//!   at all, the request is denied without charging anything.
+//!
+//! A request whose limits span two stores is checked in this order: the own store looks
+//! (no charge); if it would deny, the other store looks too and the request is denied; else the
+//! other store charges, and if it admitted, the own store charges. The only gap: a request the
+//! own store denies in that last step, after the other charged, has used its home budget
+//! without being admitted (under-admission, never over-admission).
+
+use super::tally::{field, window_of, Place};
+use super::RegionNode;
+use spillway_core::algorithm::{Denial, LimitParams};
+use spillway_core::engine::{judge, LimitOutcome};
+use spillway_core::policy::{emergency_params, Dimension, Planned, Policy, Scope};
+use spillway_core::request::CheckMode;
+use spillway_core::store::{Store, StoreError};
+use std::collections::BTreeMap;
+
+/// What `check` found out about a request's limits before calling any store.
+struct Routing {
+    /// The region whose store counts each limit.
+    target: Vec<usize>,
+    /// Each limit's numbers as sent (an `aggregate` limit's cut to its room).
+    params: Vec<LimitParams>,
+    /// For `aggregate` limits, the counter's place in the exchange.
+    places: Vec<Option<Place>>,
+    /// Whether an enforced `aggregate` limit has no room left at all.
+    exhausted: Vec<bool>,
+}
+
+impl RegionNode {
+    /// Decides `planned` across the regions' stores; see the module docs. `own` is the region's
+    /// own store (the engine's, behind its guard).
+    pub async fn check(
+        &self,
+        policy: &Policy,
+        own: &dyn Store,
+        planned: &[Planned],
+        mode: CheckMode,
+    ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
+        let routing = self.route(policy, planned);
+        let any_exhausted = routing.exhausted.iter().any(|&e| e);
+        let mode = if any_exhausted { CheckMode::Peek } else { mode };
+        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, &r) in routing.target.iter().enumerate() {
+            groups.entry(r).or_default().push(i);
+        }
+        let local = groups.remove(&self.own).unwrap_or_default();
+        let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; planned.len()];
+        let mut allowed = true;
+        if groups.is_empty() || local.is_empty() && groups.len() == 1 {
+            // One store decides alone: one atomic call, as without regions.
+            let (region, idx) = match groups.pop_first() {
+                Some((r, idx)) => (r, idx),
+                None => (self.own, local),
+            };
+            allowed &= self
+                .call(region, own, planned, &routing, &idx, mode, &mut outcomes)
+                .await?;
+        } else {
+            // Look first where it is cheap, charge the far store, then the near one.
+            if !local.is_empty() {
+                allowed &= self
+                    .call(
+                        self.own,
+                        own,
+                        planned,
+                        &routing,
+                        &local,
+                        CheckMode::Peek,
+                        &mut outcomes,
+                    )
+                    .await?;
+            }
+            for (region, idx) in &groups {
+                let step = if allowed { mode } else { CheckMode::Peek };
+                allowed &= self
+                    .call(*region, own, planned, &routing, idx, step, &mut outcomes)
+                    .await?;
+            }
+            if allowed && mode == CheckMode::Consume && !local.is_empty() {
+                allowed &= self
+                    .call(
+                        self.own,
+                        own,
+                        planned,
+                        &routing,
+                        &local,
+                        mode,
+                        &mut outcomes,
+                    )
+                    .await?;
+            }
+        }
+        let mut outcomes: Vec<LimitOutcome> = outcomes.into_iter().flatten().collect();
+        debug_assert_eq!(outcomes.len(), planned.len());
+        for (i, outcome) in outcomes.iter_mut().enumerate() {
+            let p = &planned[i];
+            if routing.places[i].is_some() {
+                restore_numbers(outcome, &p.def.params, p.cost);
+            }
+            if routing.exhausted[i] {
+                let d = &mut outcome.decision;
+                d.allowed = false;
+                d.remaining = 0;
+                d.denial = Some(Denial::OverLimit);
+                d.retry_after = Some(d.reset_after.max(1));
+            }
+        }
+        if any_exhausted {
+            allowed = false;
+        }
+        if allowed && mode == CheckMode::Consume {
+            for (i, place) in routing.places.into_iter().enumerate() {
+                if let Some(place) = place.filter(|_| outcomes[i].decision.allowed) {
+                    self.tally.add(place, planned[i].cost);
+                }
+            }
+        }
+        Ok((allowed, outcomes))
+    }
+
+    /// Where each limit is counted and with what numbers.
+    fn route(&self, policy: &Policy, planned: &[Planned]) -> Routing {
+        let now = self.clock.now();
+        let mut routing = Routing {
+            target: vec![self.own; planned.len()],
+            params: planned.iter().map(|p| p.def.params.clone()).collect(),
+            places: vec![None; planned.len()],
+            exhausted: vec![false; planned.len()],
+        };
+        for (i, p) in planned.iter().enumerate() {
+            match policy.scope(&p.def.name) {
+                Scope::Regional => {}
+                Scope::Home => {
+                    if let Some(tenant) = tenant_of(p) {
+                        routing.target[i] = self.home_of(policy, tenant);
+                    }
+                }
+                Scope::Aggregate => {
+                    let Some((len, start)) = window_of(&p.def.params, now) else {
+                        continue;
+                    };
+                    let place = field(&p.key);
+                    let limit = p.def.params.quota();
+                    let room = limit.saturating_sub(self.tally.others(&p.def.params, &place, now));
+                    if room < limit {
+                        routing.params[i] = emergency_params(&p.def.params, room.max(1));
+                    }
+                    routing.exhausted[i] = room == 0 && !p.def.shadow;
+                    routing.places[i] = Some((len, start, place));
+                }
+            }
+        }
+        routing
+    }
+
+    /// Checks the limits `idx` in region `region`'s store, filling their outcomes; returns
+    /// whether they admit the request.
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        &self,
+        region: usize,
+        own: &dyn Store,
+        planned: &[Planned],
+        routing: &Routing,
+        idx: &[usize],
+        mode: CheckMode,
+        outcomes: &mut [Option<LimitOutcome>],
+    ) -> Result<bool, StoreError> {
+        let sub: Vec<Planned> = idx.iter().map(|&i| planned[i].clone()).collect();
+        let params: Vec<LimitParams> = idx.iter().map(|&i| routing.params[i].clone()).collect();
+        let store: &dyn Store = match &self.stores[region] {
+            Some(remote) if region != self.own => remote.as_ref(),
+            _ => own,
+        };
+        let result = judge(store, &sub, Some(&params), mode).await;
+        if region != self.own {
+            let outcome = if result.is_ok() { "ok" } else { "failed" };
+            let name = self.regions.names()[region].to_string();
+            metrics::counter!(super::metrics::HOME_CALLS, "region" => name, "outcome" => outcome)
+                .increment(1);
+        }
+        let (allowed, got) = result?;
+        for (&i, outcome) in idx.iter().zip(got) {
+            outcomes[i] = Some(outcome);
+        }
+        Ok(allowed)
+    }
+}
+
+/// The request's tenant, from a limit keyed by it.
+fn tenant_of(p: &Planned) -> Option<&str> {
+    let at = p.def.key.iter().position(|d| *d == Dimension::Tenant)?;
+    p.key.values.get(at).map(String::as_str)
+}
+
+/// An `aggregate` limit's answer in the limit's own numbers: the store judged it against the
+/// room the other regions left, so its `remaining` is already the worldwide one; the quota
+/// and limit are the policy's, and a cost refused as larger than the room is over the limit
+/// for now, not forever.
+fn restore_numbers(outcome: &mut LimitOutcome, params: &LimitParams, cost: u64) {
+    outcome.quota = params.quota();
+    outcome.decision.limit = params.quota();
+    if outcome.decision.denial == Some(Denial::CostExceedsLimit) && cost <= params.quota() {
+        outcome.decision.denial = Some(Denial::OverLimit);
+        outcome.decision.retry_after = Some(outcome.decision.reset_after.max(1));
+    }
+}

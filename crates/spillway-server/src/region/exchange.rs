@@ -1,0 +1,358 @@
+//! The exchange of `aggregate` counts between regions, through the regions' own Redis: off
+//! the request path, once every `store.exchange.interval`.
+//!
+//! Each tick a node
+//! 1. adds what it admitted since the last tick to its region's counts: `HINCRBY` into the
+//!    hash `{<prefix>:agg:<region>}:<window length>:<window start>` (one field per counter,
+//!    see `super::tally::field`), which expires two windows after its start, and stamps
+//!    `{<prefix>:agg:<region>}:stamp` with the time;
+//! 2. reads, from every other region's Redis at once, the hashes of the current and the
+//!    previous window of each window length the policy's `aggregate` limits use, and that
+//!    region's stamp;
+//! 3. swaps the counts into the [`Tally`], marking each region it could read as fresh.
+//!
+//! A region that cannot be read keeps its last counts until `partition_after`, after which
+//! it is taken as cut off (`Tally::others` then counts it at its share). Nothing needs to
+//! rejoin: the next successful read brings it back. What a node could not publish stays
+//! pending and goes with the next tick. Every key of a region carries one hash tag, so a
+//! region on a Redis Cluster answers the whole pipeline from one slot.
+
+use super::metrics as m;
+use super::tally::{Known, Place, Tally};
+use crate::shutdown::Shutdown;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use spillway_core::policy::{Policy, Regions, Scope, StoreConfig};
+use spillway_core::time::{Clock, Micros};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The most counters a node holds the other regions' counts of (about 100 MB at the limit;
+/// what clients can make grow, by sending fresh key values, must have a bound).
+pub const MAX_KNOWN: usize = 1_000_000;
+
+#[derive(Clone)]
+enum Conn {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// One region's Redis as the exchange sees it: connected on first use, and again after a
+/// failure.
+struct Link {
+    name: Arc<str>,
+    config: StoreConfig,
+    conn: Option<Conn>,
+    /// `{<prefix>:agg:<region>}`.
+    tag: String,
+}
+
+impl Link {
+    fn new(name: &Arc<str>, config: &StoreConfig) -> Self {
+        let prefix = match config {
+            StoreConfig::Redis(s) | StoreConfig::RedisCluster(s) => s.prefix.as_deref(),
+            StoreConfig::Memory { .. } => None,
+        }
+        .unwrap_or("rl");
+        Self {
+            name: name.clone(),
+            config: config.clone(),
+            conn: None,
+            tag: format!("{{{prefix}:agg:{name}}}"),
+        }
+    }
+
+    fn hash(&self, len: Micros, start: Micros) -> String {
+        format!("{}:{len}:{start}", self.tag)
+    }
+
+    fn stamp(&self) -> String {
+        format!("{}:stamp", self.tag)
+    }
+
+    async fn connect(&mut self, budget: Duration) -> redis::RedisResult<Conn> {
+        if let Some(conn) = &self.conn {
+            return Ok(conn.clone());
+        }
+        let connecting = async {
+            Ok::<_, redis::RedisError>(match &self.config {
+                StoreConfig::RedisCluster(s) => {
+                    let client = redis::cluster::ClusterClientBuilder::new(s.urls.clone())
+                        .connection_timeout(budget)
+                        .response_timeout(budget)
+                        .retries(0)
+                        .build()?;
+                    Conn::Cluster(client.get_async_connection().await?)
+                }
+                StoreConfig::Redis(s) => {
+                    let url = s.urls.first().cloned().unwrap_or_default();
+                    let client = redis::Client::open(url.as_str())?;
+                    let settings = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(budget))
+                        .set_response_timeout(Some(budget))
+                        .set_number_of_retries(0);
+                    Conn::Server(ConnectionManager::new_with_config(client, settings).await?)
+                }
+                StoreConfig::Memory { .. } => {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "a region needs a Redis store",
+                    )))
+                }
+            })
+        };
+        let conn = match tokio::time::timeout(budget, connecting).await {
+            Ok(conn) => conn?,
+            Err(_) => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "connection timed out",
+                )))
+            }
+        };
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs `pipe` within `budget`; a failure drops the connection, so the next call
+    /// connects afresh.
+    async fn run<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+        budget: Duration,
+    ) -> Result<T, String> {
+        let conn = self.connect(budget).await.map_err(|e| e.to_string())?;
+        let call = async move {
+            match conn {
+                Conn::Server(mut c) => pipe.query_async(&mut c).await,
+                Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
+            }
+        };
+        match tokio::time::timeout(budget, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(e.to_string())
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(format!("no answer within {budget:?}"))
+            }
+        }
+    }
+}
+
+/// The window lengths of the policy's `aggregate` limits (tenant overrides included).
+fn window_lengths(policy: &Policy) -> BTreeSet<Micros> {
+    policy
+        .limits()
+        .filter(|d| policy.scope(&d.name) == Scope::Aggregate)
+        .map(|d| d.params.window().max(1))
+        .collect()
+}
+
+/// The exchange task of one node; see the module docs.
+pub struct Exchange {
+    tally: Arc<Tally>,
+    links: Vec<Link>,
+    interval: Duration,
+    /// The budget of one call to a region's Redis.
+    budget: Duration,
+    clock: Arc<dyn Clock>,
+    /// The counts last read from each region (kept while it cannot be read).
+    last: Vec<HashMap<Place, u64>>,
+}
+
+impl Exchange {
+    /// The exchange of `tally`'s region with the others of `regions`.
+    pub fn new(regions: &Regions, tally: Arc<Tally>, clock: Arc<dyn Clock>) -> Self {
+        let links = (regions.names().iter().enumerate())
+            .map(|(i, name)| Link::new(name, regions.store(i)))
+            .collect();
+        Self {
+            tally,
+            links,
+            interval: Duration::from_micros(regions.interval),
+            budget: Duration::from_micros(regions.partition_after / 2)
+                .max(Duration::from_millis(50)),
+            clock,
+            last: vec![HashMap::new(); regions.names().len()],
+        }
+    }
+
+    /// Runs ticks until `shutdown`, reading the policy in force from `policy` on each.
+    pub fn spawn(
+        mut self,
+        policy: impl Fn() -> Arc<Policy> + Send + 'static,
+        shutdown: Shutdown,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(self.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = shutdown.triggered() => return,
+                }
+                let lengths = window_lengths(&policy());
+                self.tick(&lengths).await;
+            }
+        })
+    }
+
+    /// One exchange: publish, read the others, swap the counts in.
+    pub async fn tick(&mut self, lengths: &BTreeSet<Micros>) {
+        // Reads of every region run at once, each cut well before the region would be taken
+        // as cut off; a tick lasts at least the slowest round trip.
+        let budget = self.budget;
+        let own = self.tally.own();
+        let now = self.clock.now();
+        self.publish(own, now, budget).await;
+        let reads = self
+            .links
+            .iter_mut()
+            .enumerate()
+            .map(|(r, link)| async move {
+                if r == own {
+                    return None;
+                }
+                let stopwatch = crate::metrics::Stopwatch::start();
+                let read = read_region(link, lengths, now, budget).await;
+                let took = stopwatch.elapsed().as_secs_f64();
+                metrics::histogram!(m::READ_SECONDS, "region" => link.name.to_string())
+                    .record(took);
+                Some(read)
+            });
+        let results = futures_util::future::join_all(reads).await;
+        let mut read_ok = Vec::new();
+        for (r, read) in results.into_iter().enumerate() {
+            let name = self.links[r].name.to_string();
+            match read {
+                Some(Ok((counts, stamp))) => {
+                    read_ok.push(r);
+                    let total: u64 = counts
+                        .iter()
+                        .filter(|((len, start, _), _)| *start == now - now % len)
+                        .map(|(_, n)| n)
+                        .sum();
+                    metrics::gauge!(m::COUNTS, "region" => name.clone()).set(total as f64);
+                    if let Some(stamp) = stamp {
+                        // From the region's publication to this node having its counts.
+                        let lag = self.clock.now().saturating_sub(stamp) as f64 / 1e6;
+                        metrics::gauge!(m::LAG, "region" => name.clone()).set(lag);
+                    }
+                    metrics::counter!(m::EXCHANGES, "region" => name, "outcome" => "ok")
+                        .increment(1);
+                    self.last[r] = counts;
+                }
+                Some(Err(err)) => {
+                    tracing::debug!(region = %name, %err, "cannot read the region's counts");
+                    metrics::counter!(m::EXCHANGES, "region" => name, "outcome" => "failed")
+                        .increment(1);
+                }
+                None => {}
+            }
+        }
+        let regions = self.tally.regions();
+        let mut known = Known::default();
+        for (r, counts) in self.last.iter().enumerate() {
+            for (place, n) in counts {
+                if known.counts.len() >= MAX_KNOWN && !known.counts.contains_key(place) {
+                    // A counter past the bound reads as unused elsewhere: that counter alone
+                    // can over-admit (at most the others' whole limit), memory cannot grow.
+                    metrics::counter!(m::KNOWN_OVERFLOW).increment(1);
+                    continue;
+                }
+                let slot = known
+                    .counts
+                    .entry(place.clone())
+                    .or_insert_with(|| vec![0; regions].into_boxed_slice());
+                slot[r] = *n;
+            }
+        }
+        self.tally.publish_known(known, &read_ok, now);
+        metrics::gauge!(m::KNOWN).set(self.tally.known_len() as f64);
+        for r in 0..regions {
+            let name = self.links[r].name.to_string();
+            let cut = self.tally.cut_off(r, now);
+            metrics::gauge!(m::PARTITIONED, "region" => name.clone()).set(f64::from(u8::from(cut)));
+            if r != own {
+                let age = now.saturating_sub(self.tally.fresh_at(r)) as f64 / 1e6;
+                metrics::gauge!(m::READ_AGE, "region" => name).set(age);
+            }
+        }
+        metrics::gauge!(m::ISOLATED).set(f64::from(u8::from(self.tally.isolated(now))));
+    }
+
+    /// Adds this node's admissions to its region's counts; kept for the next tick on failure.
+    async fn publish(&mut self, own: usize, now: Micros, budget: Duration) {
+        let pending = self.tally.take_pending();
+        let link = &mut self.links[own];
+        let mut pipe = redis::pipe();
+        for ((len, start, field), n) in &pending {
+            let hash = link.hash(*len, *start);
+            // Kept until the window has served as a sliding window's previous one.
+            let expire_at_ms = (start + 2 * len) / 1_000 + 1_000;
+            pipe.cmd("HINCRBY")
+                .arg(&hash)
+                .arg(&**field)
+                .arg(*n)
+                .ignore();
+            pipe.cmd("PEXPIREAT").arg(&hash).arg(expire_at_ms).ignore();
+        }
+        pipe.cmd("SET")
+            .arg(link.stamp())
+            .arg(now)
+            .arg("PX")
+            .arg(60_000)
+            .ignore();
+        let name = link.name.to_string();
+        match link.run::<()>(&pipe, budget).await {
+            Ok(()) => {
+                metrics::counter!(m::PUBLISHED, "region" => name).increment(pending.len() as u64);
+            }
+            Err(err) => {
+                tracing::debug!(region = %name, %err, "cannot publish the region's counts");
+                self.tally.restore_pending(pending);
+            }
+        }
+    }
+}
+
+/// Reads one region's hashes for `lengths` (current and previous windows) and its stamp.
+async fn read_region(
+    link: &mut Link,
+    lengths: &BTreeSet<Micros>,
+    now: Micros,
+    budget: Duration,
+) -> Result<(HashMap<Place, u64>, Option<Micros>), String> {
+    let mut pipe = redis::pipe();
+    let mut places = Vec::new();
+    for &len in lengths {
+        let start = now - now % len;
+        for s in [start, start.saturating_sub(len)] {
+            pipe.cmd("HGETALL").arg(link.hash(len, s));
+            places.push((len, s));
+        }
+    }
+    pipe.cmd("GET").arg(link.stamp());
+    let (hashes, stamp): (Vec<HashMap<String, u64>>, Option<u64>) = {
+        let mut all: Vec<redis::Value> = link.run(&pipe, budget).await?;
+        let stamp_value = all.pop();
+        let stamp =
+            stamp_value.and_then(|v| redis::from_redis_value::<Option<u64>>(v).ok().flatten());
+        let hashes = all
+            .into_iter()
+            .map(|v| redis::from_redis_value::<HashMap<String, u64>>(v).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        (hashes, stamp)
+    };
+    let mut counts = HashMap::new();
+    for ((len, start), hash) in places.into_iter().zip(hashes) {
+        for (field, n) in hash {
+            counts.insert((len, start, field.into_boxed_str()), n);
+        }
+    }
+    Ok((counts, stamp))
+}

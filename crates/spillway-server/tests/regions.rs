@@ -1,0 +1,532 @@
+//! Global limits across regions, with real processes: three `redis-server`s as three regions
+//! (`us`, `eu`, `ap`), one `spillway serve` per region, and between regions the test kit's
+//! delaying proxy (40, 60 or 80 ms a reply, by pair). Each node reaches its own region's Redis
+//! directly and the others' through its own proxies, so cutting those proxies partitions a
+//! region.
+//!
+//! - `home`: a tenant's limit admits exactly its limit worldwide under concurrent load from
+//!   every region, and every answer names the home region.
+//! - `aggregate`: the total admitted stays within the documented bound (docs/GLOBAL.md) under
+//!   uniform and skewed load, at two exchange intervals; the test prints what it saw.
+//! - partition: a cut-off region keeps serving within its share, the others assume it uses
+//!   its share, a `home` call into it takes the route's failure mode, and after the cut heals
+//!   every region converges on the same counts; the metrics say so throughout.
+//!
+//! Redis keeps the limits' time (`TIME`), so the nodes run on the real clock here; the limits
+//! use one-day windows (and a bucket refilling once an hour) so that no window ends mid-test.
+//! Run with `--nocapture` to see the measurements docs/GLOBAL.md quotes.
+
+// Latency and pacing are wall-clock time by nature.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::{header, metric, wait_until_async, Server};
+use spillway_testkit::proxy::DelayProxy;
+use spillway_testkit::redis::RedisServer;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NAMES: [&str; 3] = ["us", "eu", "ap"];
+
+/// One scenario at a time: they share two cores, and the aggregate ones measure rates.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The reply delay between regions `a` and `b`, in milliseconds.
+fn delay_ms(a: usize, b: usize) -> u64 {
+    match (a.min(b), a.max(b)) {
+        (0, 1) => 40,
+        (1, 2) => 60,
+        _ => 80,
+    }
+}
+
+struct World {
+    _redis: Vec<RedisServer>,
+    /// `proxies[i][j]`: node `i`'s link to region `j`'s Redis (`None` for `i == j`).
+    proxies: Vec<Vec<Option<DelayProxy>>>,
+    nodes: Vec<Arc<Server>>,
+}
+
+impl World {
+    /// Three regions whose nodes run `body` (limits, tiers, routes, tenants) under a store
+    /// section with `exchange`.
+    fn start(exchange: &str, body: &str) -> Self {
+        let redis: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+        let proxies: Vec<Vec<Option<DelayProxy>>> = (0..3)
+            .map(|i| {
+                (0..3)
+                    .map(|j| {
+                        (i != j).then(|| {
+                            let proxy = DelayProxy::start(redis[j].port());
+                            proxy.set_delay(Duration::from_millis(delay_ms(i, j)));
+                            proxy
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let nodes = (0..3)
+            .map(|i| {
+                let url = |j: usize| match &proxies[i][j] {
+                    Some(proxy) => proxy.url(),
+                    None => redis[j].url(),
+                };
+                let policy = format!(
+                    r#"default_tier: t
+failure_mode: closed
+store:
+  type: redis
+  timeout: 200ms
+  breaker_cooldown: 300ms
+  regions:
+    us: {{url: "{}"}}
+    eu: {{url: "{}"}}
+    ap: {{url: "{}"}}
+  exchange: {exchange}
+{body}"#,
+                    url(0),
+                    url(1),
+                    url(2)
+                );
+                Arc::new(
+                    Server::with_policy(&policy)
+                        .system_clock()
+                        .args(&["--region", NAMES[i], "--node-name", NAMES[i]])
+                        .start(),
+                )
+            })
+            .collect();
+        Self {
+            _redis: redis,
+            proxies,
+            nodes,
+        }
+    }
+
+    /// Cuts every link between region `r` and the others.
+    fn cut(&self, r: usize) {
+        for i in 0..3 {
+            for j in 0..3 {
+                if (i == r) != (j == r) {
+                    if let Some(p) = &self.proxies[i][j] {
+                        p.cut();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends every cut.
+    fn heal(&self) {
+        for row in &self.proxies {
+            for p in row.iter().flatten() {
+                p.heal();
+            }
+        }
+    }
+}
+
+/// One check of `path` for `tenant` on `node`: its status, home-region header and latency.
+async fn ask(node: &Server, path: &str, tenant: &str) -> (u16, Option<String>, Duration) {
+    let body = format!(r#"{{"tenant":"{tenant}","method":"POST","path":"{path}"}}"#);
+    let started = Instant::now();
+    let response = node.post("/v1/check", &body).await;
+    let took = started.elapsed();
+    (
+        response.status().as_u16(),
+        header(&response, "spillway-home-region"),
+        took,
+    )
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+const HOME_BODY: &str = r#"limits:
+  exact: {algorithm: token_bucket, rate: 30/h, burst: 30, key: [tenant], scope: home}
+  plain: {algorithm: token_bucket, rate: 1000/s, burst: 1000, key: [tenant]}
+  soft: {algorithm: fixed_window, limit: 100000, window: 1d, key: [tenant], scope: aggregate}
+tiers:
+  t: {}
+routes:
+  - {match: "POST /home", limits: [exact]}
+  - {match: "POST /plain", limits: [plain]}
+  - {match: "POST /agg", limits: [soft]}
+tenants:
+  acme: {home_region: eu}
+  lat: {home_region: eu}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn home_admits_exactly_the_limit_across_regions() {
+    let _serial = SERIAL.lock().await;
+    let world = World::start("{interval: 250ms}", HOME_BODY);
+    // 3 regions x 6 tasks x 8 requests = 144 requests for a limit of 30.
+    let mut tasks = Vec::new();
+    for node in &world.nodes {
+        for _ in 0..6 {
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for _ in 0..8 {
+                    out.push(ask(&node, "/home", "acme").await);
+                }
+                out
+            }));
+        }
+    }
+    let mut admitted = 0;
+    for task in tasks {
+        for (status, home, _) in task.await.expect("task") {
+            assert!(status == 200 || status == 429, "status {status}");
+            admitted += usize::from(status == 200);
+            assert_eq!(home.as_deref(), Some("eu"), "the catalog's home region");
+        }
+    }
+    assert_eq!(admitted, 30, "exactly the limit, worldwide");
+
+    // A tenant the catalog gives no home: every region names the same one (the hash).
+    let mut homes = Vec::new();
+    for node in &world.nodes {
+        homes.push(ask(node, "/home", "globex").await.1.expect("home header"));
+    }
+    assert!(homes.iter().all(|h| h == &homes[0]) && NAMES.contains(&&*homes[0]));
+
+    // Added latency: a remote-home decision costs one round trip to the home region (us to
+    // eu: 40 ms of delay), a regional one none.
+    let us = &world.nodes[0];
+    let mut remote = Vec::new();
+    let mut local = Vec::new();
+    let mut aggregate = Vec::new();
+    for i in 0..30 {
+        aggregate.push(ask(us, "/agg", &format!("t{i}")).await.2);
+        // A fresh tenant: a denial could come from the store's local over-limit cache.
+        let (status, _, took) = ask(us, "/home", "lat").await;
+        assert_eq!(status, 200);
+        remote.push(took);
+        local.push(ask(us, "/plain", &format!("t{i}")).await.2);
+    }
+    let (remote, local, aggregate) = (median(remote), median(local), median(aggregate));
+    println!(
+        "home: remote-home decision median {remote:?}, regional {local:?}, added {:?} (reply delay us->eu 40 ms); aggregate {aggregate:?}",
+        remote.saturating_sub(local)
+    );
+    assert!(
+        aggregate < Duration::from_millis(40),
+        "no cross-region call: {aggregate:?}"
+    );
+    assert!(remote >= Duration::from_millis(40), "{remote:?}");
+    assert!(
+        remote < Duration::from_millis(40) * 2 + Duration::from_millis(60),
+        "one round trip, not two: {remote:?}"
+    );
+    let text = us.metrics().await;
+    let calls = metric(
+        &text,
+        "spillway_region_home_calls_total",
+        &[("region", "eu"), ("outcome", "ok")],
+    );
+    assert!(calls.is_some_and(|n| n >= 40.0), "{calls:?}");
+}
+
+/// The aggregate scenario: each region sends `rates[r]` requests a second for `seconds`
+/// against a limit of `limit`; returns what was admitted in total and by region, and the
+/// largest exchange lag a node reported.
+async fn aggregate_load(
+    world: &World,
+    tenant: &str,
+    rates: [u64; 3],
+    seconds: f64,
+) -> (u64, [u64; 3]) {
+    let mut tasks = Vec::new();
+    for (r, node) in world.nodes.iter().enumerate() {
+        let node = node.clone();
+        let tenant = tenant.to_owned();
+        let rate = rates[r];
+        tasks.push(tokio::spawn(async move {
+            let n = (rate as f64 * seconds) as u64;
+            let every = Duration::from_secs_f64(1.0 / rate as f64);
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut inflight = Vec::new();
+            for _ in 0..n {
+                ticks.tick().await;
+                let node = node.clone();
+                let tenant = tenant.clone();
+                inflight.push(tokio::spawn(
+                    async move { ask(&node, "/agg", &tenant).await.0 },
+                ));
+            }
+            let mut admitted = 0;
+            for f in inflight {
+                admitted += u64::from(f.await.expect("request") == 200);
+            }
+            admitted
+        }));
+    }
+    let mut by_region = [0; 3];
+    for (r, t) in tasks.into_iter().enumerate() {
+        by_region[r] = t.await.expect("task");
+    }
+    (by_region.iter().sum(), by_region)
+}
+
+const AGG_LIMIT: u64 = 200;
+
+/// Late ticks and requests on a loaded two-core machine, added to the staleness the
+/// assertion allows.
+const SCHEDULING_SLACK: Duration = Duration::from_millis(60);
+
+fn agg_body() -> String {
+    format!(
+        r#"limits:
+  soft: {{algorithm: fixed_window, limit: {AGG_LIMIT}, window: 1d, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{}}
+routes:
+  - {{match: "POST /agg", limits: [soft]}}
+"#
+    )
+}
+
+/// The documented bound: what the other regions can admit while a region's view of them is
+/// stale, `sum of the others' admission rates x (2 x period + the slowest round trip)`, where
+/// the period is the interval or, when longer, the slowest round trip (a tick waits for its
+/// reads), for the region that sees the most.
+fn bound(rates: [u64; 3], interval: Duration, slack: Duration) -> u64 {
+    let rtt = 0.080;
+    let period = interval.as_secs_f64().max(rtt);
+    let staleness = 2.0 * period + rtt + slack.as_secs_f64();
+    let total: u64 = rates.iter().sum();
+    let worst_others = (0..3).map(|r| total - rates[r]).max().unwrap_or(0);
+    (worst_others as f64 * staleness).ceil() as u64
+}
+
+async fn aggregate_at(interval_ms: u64) {
+    let interval = Duration::from_millis(interval_ms);
+    let world = World::start(&format!("{{interval: {interval_ms}ms}}"), &agg_body());
+    for (case, rates) in [("uniform", [100, 100, 100]), ("skewed", [240, 30, 30])] {
+        let tenant = format!("{case}-{interval_ms}");
+        // Long enough to pass the limit and let every region hear the final counts.
+        let (admitted, by_region) = aggregate_load(&world, &tenant, rates, 1.5).await;
+        let documented = bound(rates, interval, Duration::ZERO);
+        // The machine is shared and noisy: a tick or a request can run late by some tens of
+        // milliseconds, which the assertion allows for (the printed bound does not).
+        let allowed = bound(rates, interval, SCHEDULING_SLACK);
+        println!(
+            "aggregate: interval {interval_ms} ms, {case} load {rates:?}/s, limit {AGG_LIMIT}: admitted {admitted} {by_region:?}, over {} (bound {documented})",
+            admitted.saturating_sub(AGG_LIMIT)
+        );
+        assert!(
+            admitted >= AGG_LIMIT,
+            "{admitted} < {AGG_LIMIT}: a region saw phantom counts"
+        );
+        assert!(
+            admitted <= AGG_LIMIT + allowed,
+            "{admitted} over {AGG_LIMIT} + {allowed}"
+        );
+    }
+    let text = world.nodes[0].metrics().await;
+    let lag = metric(
+        &text,
+        "spillway_region_exchange_lag_seconds",
+        &[("region", "eu")],
+    );
+    println!("aggregate: interval {interval_ms} ms, exchange lag us<-eu {lag:?} s");
+    assert!(
+        lag.is_some_and(|l| l < 2.0 * interval.as_secs_f64() + 0.5),
+        "{lag:?}"
+    );
+    let counts = metric(&text, "spillway_region_counts", &[("region", "eu")]);
+    assert!(counts.is_some_and(|c| c > 0.0), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aggregate_stays_within_its_bound_at_two_intervals() {
+    let _serial = SERIAL.lock().await;
+    aggregate_at(250).await;
+    aggregate_at(50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_region_keeps_its_share_and_rejoins() {
+    let _serial = SERIAL.lock().await;
+    let body = r#"limits:
+  soft: {algorithm: fixed_window, limit: 90, window: 1d, key: [tenant], scope: aggregate}
+  exact: {algorithm: token_bucket, rate: 5/h, burst: 5, key: [tenant], scope: home}
+tiers:
+  t: {}
+routes:
+  - {match: "POST /agg", limits: [soft]}
+  - {match: "POST /home", limits: [exact]}
+tenants:
+  initech: {home_region: ap}
+"#;
+    let world = World::start("{interval: 100ms, partition_after: 500ms}", body);
+    let (us, ap) = (&world.nodes[0], &world.nodes[2]);
+    // Every region hears every other before the cut.
+    let heard = wait_until_async(Duration::from_secs(10), || async {
+        let t = us.metrics().await;
+        (metric(
+            &t,
+            "spillway_region_exchanges_total",
+            &[("region", "ap"), ("outcome", "ok")],
+        )? > 0.0)
+            .then_some(())
+    })
+    .await;
+    assert!(heard.is_some());
+
+    world.cut(2);
+    let gauge =
+        |node: &Server, name: &'static str, labels: &'static [(&'static str, &'static str)]| {
+            let node = node.url("/metrics");
+            async move {
+                let text = reqwest::get(node).await.ok()?.text().await.ok()?;
+                metric(&text, name, labels)
+            }
+        };
+    let isolated = wait_until_async(Duration::from_secs(10), || async {
+        (gauge(ap, "spillway_region_isolated", &[]).await? == 1.0).then_some(())
+    })
+    .await;
+    assert!(isolated.is_some(), "ap knows it is cut off");
+    let seen = wait_until_async(Duration::from_secs(10), || async {
+        (gauge(us, "spillway_region_partitioned", &[("region", "ap")]).await? == 1.0).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "us knows ap is cut off");
+
+    // ap decides alone, on its share: 90 / 3 = 30.
+    let mut ap_admitted = 0;
+    for _ in 0..45 {
+        ap_admitted += u32::from(ask(ap, "/agg", "hooli").await.0 == 200);
+    }
+    assert_eq!(ap_admitted, 30, "a cut-off region keeps to its share");
+    // us counts ap at its share: 90 - 30 = 60 for the regions still in touch.
+    let mut us_admitted = 0;
+    for _ in 0..75 {
+        us_admitted += u32::from(ask(us, "/agg", "hooli").await.0 == 200);
+    }
+    assert_eq!(
+        us_admitted, 60,
+        "the others leave the cut-off region its share"
+    );
+    // A home limit whose home is cut off: the route's failure mode (closed: 503), quickly.
+    let (status, _, took) = ask(us, "/home", "initech").await;
+    assert_eq!(status, 503);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    world.heal();
+    let rejoined = wait_until_async(Duration::from_secs(10), || async {
+        let cut_seen = gauge(us, "spillway_region_partitioned", &[("region", "ap")]).await?;
+        let alone = gauge(ap, "spillway_region_isolated", &[]).await?;
+        (cut_seen == 0.0 && alone == 0.0).then_some(())
+    })
+    .await;
+    assert!(rejoined.is_some(), "the partition heals without a restart");
+    // Converged: ap hears us's 60 and us hears ap's 30; the limit is spent everywhere.
+    let converged = wait_until_async(Duration::from_secs(10), || async {
+        let at_ap = gauge(ap, "spillway_region_counts", &[("region", "us")]).await?;
+        let at_us = gauge(us, "spillway_region_counts", &[("region", "ap")]).await?;
+        (at_ap == 60.0 && at_us == 30.0).then_some(())
+    })
+    .await;
+    assert!(converged.is_some(), "the regions converge after the heal");
+    for node in &world.nodes {
+        assert_eq!(ask(node, "/agg", "hooli").await.0, 429);
+    }
+    // And the home region answers again once the breaker lets a call through.
+    let back = wait_until_async(Duration::from_secs(10), || async {
+        (ask(us, "/home", "initech").await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "home calls resume after the heal");
+    let failed = metric(
+        &us.metrics().await,
+        "spillway_region_exchanges_total",
+        &[("region", "ap"), ("outcome", "failed")],
+    );
+    assert!(failed.is_some_and(|n| n > 0.0), "{failed:?}");
+}
+
+/// A tenant's home region set through the admin API, stored in the catalog database (SQLite),
+/// checked against the policy's regions, and named by the answers once the node has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_sets_a_tenants_home_region() {
+    const TOKEN: &str = "test-admin-token-0123456789";
+    let us = RedisServer::start();
+    let dir = common::TempDir::new();
+    let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    // The other region is never called here: its store connects on first use.
+    let policy = format!(
+        r#"default_tier: t
+store:
+  type: redis
+  regions:
+    us: {{url: "{}"}}
+    eu: {{url: "redis://127.0.0.1:1"}}
+limits:
+  plain: {{algorithm: token_bucket, rate: 10/s, burst: 10, key: [tenant]}}
+tiers:
+  t: {{limits: [plain]}}
+"#,
+        us.url()
+    );
+    let node = Server::with_policy(&policy)
+        .system_clock()
+        .args(&[
+            "--region",
+            "us",
+            "--catalog",
+            &catalog,
+            "--catalog-migrate",
+            "--catalog-poll",
+            "200ms",
+        ])
+        .env("SPILLWAY_ADMIN_TOKEN", TOKEN)
+        .start();
+    let put = |body: &'static str| {
+        let url = node.url("/v1/admin/tenants/acme");
+        async move {
+            let response = reqwest::Client::new()
+                .put(url)
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("admin API answers");
+            (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (status, body) = put(r#"{"home_region":"mars"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("home_region") && body.contains("no region named `mars`"),
+        "{body}"
+    );
+    let (status, body) = put(r#"{"home_region":"eu"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let named = wait_until_async(Duration::from_secs(10), || async {
+        (ask(&node, "/x", "acme").await.1.as_deref() == Some("eu")).then_some(())
+    })
+    .await;
+    assert!(named.is_some(), "answers name the catalog's home region");
+    let got = reqwest::Client::new()
+        .get(node.url("/v1/admin/tenants/acme"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("admin API answers")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(got.contains(r#""home_region":"eu""#), "{got}");
+}
