@@ -128,6 +128,7 @@ routes:
             top: Arc::new(crate::telemetry::top::Top::new("test")),
             top_board: None,
             tracing: None,
+            live: Default::default(),
             clock: clock.clone(),
             policy_info: ArcSwap::from_pointee(PolicyInfo {
                 source: "test".into(),

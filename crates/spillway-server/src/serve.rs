@@ -165,6 +165,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         top: top.clone(),
         top_board: top_board.clone(),
         tracing: traces,
+        live: crate::telemetry::live::Live::new(store_kind(&store_config)),
     });
     let sync_task = match &settings.catalog {
         Some(catalog) => {
@@ -182,6 +183,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let reload_task =
         reload::spawn(reloader, shutdown.clone()).context("cannot listen for SIGHUP")?;
     let sweep_task = sweeper::spawn(store, recorder, shutdown.clone());
+    let catalog_task = crate::telemetry::live::follow_catalog(app.clone(), shutdown.clone());
     let publish_task =
         top_board.map(|board| top_redis::spawn(board, top, clock.shared(), shutdown.clone()));
 
@@ -215,7 +217,13 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         ),
         _ => None,
     };
-    let router = app::router(app, admin_on_main);
+    // The dashboard goes where the admin API is: its own listener, else this one.
+    let ui_on_main = !matches!(&settings.admin, Some(a) if a.listen.is_some());
+    let ui = ui_on_main.then(|| crate::ui::router(app.clone(), admin_on_main.clone()));
+    let mut router = app::router(app, admin_on_main);
+    if let Some(ui) = ui {
+        router = router.merge(ui);
+    }
     let mut http = serving::start(
         "HTTP",
         settings.http_threads,
@@ -257,6 +265,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     }
     reload_task.abort();
     sweep_task.abort();
+    catalog_task.abort();
     if let Some(mut admin) = admin_task {
         admin.abandon();
     }

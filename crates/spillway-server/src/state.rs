@@ -47,6 +47,8 @@ pub struct AppState {
     pub top_board: Option<crate::telemetry::top::redis::Board>,
     /// Trace spans of decisions; `None` when traces are off (no `--otlp-endpoint`).
     pub tracing: Option<crate::telemetry::trace::Tracing>,
+    /// What the dashboard shows live: decisions per second, shadow denials, reloads.
+    pub live: crate::telemetry::live::Live,
 }
 
 /// What `/readyz` reports about the policy in force.

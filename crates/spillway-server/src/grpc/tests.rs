@@ -68,6 +68,7 @@ fn service_with(tracing: Option<Tracing>) -> Rls {
         top: Arc::new(crate::telemetry::top::Top::new("test")),
         top_board: None,
         tracing,
+        live: Default::default(),
     };
     let sources: Vec<(String, String)> = FILES
         .iter()

@@ -91,6 +91,7 @@ fn harness(settings: DecisionLogSettings, store: Arc<dyn Store>) -> Harness {
         top: Arc::new(crate::telemetry::top::Top::new("test")),
         top_board: None,
         tracing: None,
+        live: Default::default(),
         engine: Engine::new(policy, store.clone(), clock.shared()),
         store,
         failover: Arc::new(crate::failure::Failover::new(
