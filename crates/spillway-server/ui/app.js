@@ -59,11 +59,12 @@
   function duration(ms) {
     if (ms === null || ms === undefined) return '–';
     if (ms < 1000) return ms + ' ms';
+    const round = (n) => String(Math.round(n * 10) / 10);
     const s = ms / 1000;
-    if (s < 120) return (Math.round(s * 10) / 10) + ' s';
-    if (s < 7200) return Math.round(s / 60) + ' min';
-    if (s < 172800) return Math.round(s / 3600) + ' h';
-    return Math.round(s / 86400) + ' d';
+    if (s < 60) return round(s) + ' s';
+    if (s < 3600) return round(s / 60) + ' min';
+    if (s < 86400) return round(s / 3600) + ' h';
+    return round(s / 86400) + ' d';
   }
   const micros = (us) => (us < 1000 ? us + ' µs' : (Math.round(us / 100) / 10) + ' ms');
 
@@ -126,6 +127,13 @@
 
   async function start() {
     try {
+      // Ask first whether a token is needed, so a fresh tab shows the form instead of
+      // collecting a refusal.
+      const auth = (await api('/ui/api/auth')).body;
+      if (auth.token_required && !sessionStorage.getItem(TOKEN_KEY)) {
+        showLogin('');
+        return;
+      }
       state.info = (await api('/ui/api/info')).body;
     } catch (error) {
       if (error instanceof Unauthorized) {

@@ -29,6 +29,14 @@ pub struct Placement {
     pub admin_api: bool,
 }
 
+/// `GET /ui/api/auth`: open to all, so the page knows whether to ask for the token before its
+/// first call (rather than learn it from a refusal).
+#[derive(Debug, Serialize)]
+pub struct Auth {
+    /// Whether every other endpoint needs `Authorization: Bearer <admin token>`.
+    pub token_required: bool,
+}
+
 /// `GET /ui/api/info`.
 #[derive(Debug, Serialize)]
 pub struct Info {

@@ -6,6 +6,7 @@
 //! |------|------|
 //! | `/ui`, `/ui/` | the page (`ui/index.html`) |
 //! | `/ui/assets/{file}` | its script, style sheet and the vendored chart library (uPlot) |
+//! | `/ui/api/auth` | whether the endpoints need the admin token (the one open endpoint) |
 //! | `/ui/api/info` | node name, version, whether the admin API can be used from the page |
 //! | `/ui/api/series` | decisions per second, last 15 minutes (`telemetry::live::rates`) |
 //! | `/ui/api/store` | the store: kind, ping, breaker, degraded now, recent store-call times |
@@ -55,8 +56,9 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 /// The page's routes, for merging into a router with [`AppState`]: the page and its assets
 /// open, the JSON endpoints behind `token` when one is set.
 pub fn routes(token: Option<AdminToken>) -> Router<Arc<AppState>> {
+    let token_required = token.is_some();
     let placement = api::Placement {
-        admin_api: token.is_some(),
+        admin_api: token_required,
     };
     let mut api = Router::new()
         .route("/ui/api/info", get(api::info))
@@ -72,8 +74,11 @@ pub fn routes(token: Option<AdminToken>) -> Router<Arc<AppState>> {
             crate::admin::authenticate,
         ));
     }
-    api.layer(axum::middleware::from_fn(no_store))
-        .layer(axum::Extension(placement))
+    api.layer(axum::Extension(placement))
+        .route(
+            "/ui/api/auth",
+            get(move || async move { axum::Json(api::Auth { token_required }) }),
+        )
         .route(PREFIX, get(assets::page))
         .route("/ui/", get(assets::page))
         .route("/ui/assets/{file}", get(assets::file))
@@ -86,10 +91,15 @@ pub fn router(app: Arc<AppState>, token: Option<AdminToken>) -> Router {
     routes(token).with_state(app)
 }
 
-/// Adds the security headers of the module docs to every answer.
+/// Adds the security headers of the module docs to every answer, and keeps live figures out
+/// of every cache.
 async fn guard(request: Request, next: Next) -> Response {
+    let live = request.uri().path().starts_with("/ui/api/");
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    if live {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
@@ -103,15 +113,6 @@ async fn guard(request: Request, next: Next) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    response
-}
-
-/// Live figures are never cached (by the browser or anything between).
-async fn no_store(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

@@ -166,6 +166,12 @@ async fn with_a_token_every_endpoint_needs_it_and_the_page_does_not() {
         let (status, _) = h.get(path, Some(TOKEN)).await;
         assert_eq!(status, StatusCode::OK, "{path} with the token");
     }
+    // The one open endpoint says whether the token is needed, and nothing else.
+    let (status, auth) = h.get("/ui/api/auth", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(auth, serde_json::json!({ "token_required": true }));
+    let (_, auth) = harness(None).get("/ui/api/auth", None).await;
+    assert_eq!(auth["token_required"], false);
     // A token in the query string is not a token.
     let (status, _) = h.get(&format!("/ui/api/info?token={TOKEN}"), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
