@@ -53,6 +53,21 @@ need_postgres() {
   install_pkg initdb postgresql
 }
 
+# need_browser_test: what the dashboard's browser test (crates/spillway-server/tests/ui.rs)
+# needs: Debian's Chromium, and playwright-core from npm (e2e/package-lock.json) to drive it.
+# Playwright is never allowed to download a browser of its own.
+need_browser_test() {
+  if [ ! -x /usr/bin/chromium ]; then
+    install_pkg chromium chromium
+  fi
+  need node nodejs
+  need npm npm
+  if [ ! -d e2e/node_modules/playwright-core ]; then
+    echo "installing the browser test's npm packages (e2e/)" >&2
+    (cd e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+
 # What `scripts/test.sh` needs besides the Rust toolchain.
 ensure_test_deps() {
   command -v cargo >/dev/null 2>&1 || { echo "error: cargo (Rust toolchain) is required" >&2; return 1; }
@@ -63,4 +78,6 @@ ensure_test_deps() {
   need redis-cli redis-tools
   # The catalog's conformance suite starts its own PostgreSQL servers.
   need_postgres
+  # The dashboard's test runs in a real headless Chromium.
+  need_browser_test
 }

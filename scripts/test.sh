@@ -11,5 +11,7 @@ ensure_test_deps
 
 # PostgreSQL was just installed if missing: tests that need it must not skip here.
 export SPILLWAY_REQUIRE_POSTGRES=1
+# Likewise Chromium and the e2e packages: the dashboard's browser test must run, not skip.
+export SPILLWAY_REQUIRE_BROWSER=1
 
 cargo test --workspace --all-targets "$@"

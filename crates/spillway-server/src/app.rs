@@ -131,6 +131,7 @@ routes:
             tracing: None,
             principals: Default::default(),
             regions: None,
+            live: Default::default(),
             clock: clock.clone(),
             policy_info: ArcSwap::from_pointee(PolicyInfo {
                 source: "test".into(),

@@ -12,7 +12,8 @@
 //!              ▼
 //!        Outcome::Decided { verdict, degraded } | Outcome::Refused { retry_after, .. }
 //!              ▼
-//!        observe (metrics, the top-k sketches of `telemetry::top`, the decision log)
+//!        observe (metrics, the top-k sketches of `telemetry::top`, the dashboard's
+//!                 `telemetry::live`, the decision log)
 //! ```
 //!
 //! With traces on (`telemetry::trace`), the same steps run with a span open: the decision's,
@@ -167,7 +168,8 @@ async fn run(
         .zip(ask.who.tenant)
         .map(|(regions, tenant)| regions.home_name(policy, tenant));
     trace.store_answered(&result);
-    metrics::record_check_duration(stopwatch.elapsed());
+    let elapsed = stopwatch.elapsed();
+    metrics::record_check_duration(elapsed);
     let outcome = match result {
         Ok((allowed, outcomes)) => Outcome::Decided(Decided {
             verdict: ask.verdict(allowed, outcomes),
@@ -206,7 +208,7 @@ async fn run(
             }
         }
     };
-    observe(app, policy, ask, &outcome);
+    observe(app, policy, ask, &outcome, elapsed);
     trace.finish(ask, &outcome);
     outcome
 }
@@ -288,13 +290,16 @@ pub async fn report(app: &AppState, report: &Report<'_>) -> Reported {
     }
 }
 
-/// The one place a finished decision is seen: the top-k sketches, decisions by route,
-/// consuming verdicts the store reached by limit (degraded decisions are also counted by
-/// `failure::report` as they are made), and the decision log.
-fn observe(app: &AppState, policy: &Policy, ask: &Ask<'_>, outcome: &Outcome) {
+/// The one place a finished decision is seen: the top-k sketches, the dashboard's decisions
+/// per second (with the store call's time `elapsed`), decisions by route, consuming verdicts
+/// the store reached by limit (degraded decisions are also counted by `failure::report` as
+/// they are made), and the decision log.
+fn observe(app: &AppState, policy: &Policy, ask: &Ask<'_>, outcome: &Outcome, elapsed: Duration) {
     // One clock read for every observer that needs the time.
     let now = app.clock.now();
     app.top.observe(now, ask, outcome);
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    app.live.observe(now, ask, outcome, micros);
     metrics::record_route_decision(ask, outcome);
     if let Outcome::Decided(decided) = outcome {
         if decided.degraded.is_none() && ask.mode == CheckMode::Consume {

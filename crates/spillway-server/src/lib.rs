@@ -15,6 +15,8 @@
 //! - [`catalog`]: the tenant catalog this node resolves against (the policy's `tenants:`, or a
 //!   database followed by a sync task, with a local snapshot to boot from).
 //! - [`admin`]: the admin API that reads and changes the catalog, behind a bearer token.
+//! - [`ui`]: the dashboard at `/ui` and the JSON endpoints behind it (with the admin API when
+//!   it has its own listener).
 //! - [`failure`]: store time budget, circuit breaker and the per-route failure modes (open,
 //!   closed, degrade with emergency quotas), used by [`decision`].
 //! - [`grpc`]: Envoy's rate-limit service (RLS v3) and gRPC health, on their own port.
@@ -62,4 +64,5 @@ pub mod sweeper;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;
+pub mod ui;
 pub mod validate;

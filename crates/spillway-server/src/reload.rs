@@ -19,6 +19,7 @@ use crate::metrics::{self, ReloadOutcome};
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use crate::state::PolicyInfo;
+use crate::telemetry::live::ReloadEvent;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,6 +79,7 @@ impl Reloader {
                 tracing::warn!(%source, trigger = trigger.name(), error = %err,
                     "policy reload rejected; keeping the previous policy");
                 metrics::record_reload(ReloadOutcome::Rejected);
+                self.remember(trigger, Some(err.to_string()));
                 return Some(ReloadOutcome::Rejected);
             }
         };
@@ -87,7 +89,7 @@ impl Reloader {
         }
         let parsed = self.source.parse(&text);
         self.last_text = text;
-        let outcome = match parsed {
+        let (outcome, error) = match parsed {
             Ok(policy)
                 if policy.store() != self.app.engine.policy().store()
                     || policy.regions() != self.app.engine.policy().regions() =>
@@ -95,13 +97,16 @@ impl Reloader {
                 tracing::warn!(%source, trigger = trigger.name(),
                     "policy reload rejected: the store: section changed, which needs a restart; \
                      keeping the previous policy");
-                ReloadOutcome::Rejected
+                let why = "the store: section changed, which needs a restart";
+                (ReloadOutcome::Rejected, Some(why.to_owned()))
             }
             Ok(policy) if policy.has_static_tenants() && self.app.catalog.db().is_some() => {
                 tracing::warn!(%source, trigger = trigger.name(),
                     "policy reload rejected: it has a `tenants:` section, but tenants come from \
                      the catalog database (--catalog); keeping the previous policy");
-                ReloadOutcome::Rejected
+                let why = "it has a `tenants:` section, but tenants come from the catalog \
+                           database (--catalog)";
+                (ReloadOutcome::Rejected, Some(why.to_owned()))
             }
             Ok(policy) => {
                 let limits = policy.limits().count();
@@ -119,16 +124,31 @@ impl Reloader {
                     .prepare(&self.app.engine.policy(), self.app.clock.now())
                     .await;
                 tracing::info!(%source, trigger = trigger.name(), limits, "policy reloaded");
-                ReloadOutcome::Success
+                (ReloadOutcome::Success, None)
             }
             Err(err) => {
                 tracing::warn!(%source, trigger = trigger.name(), error = %err,
                     "policy reload rejected; keeping the previous policy");
-                ReloadOutcome::Rejected
+                (ReloadOutcome::Rejected, Some(err.to_string()))
             }
         };
         metrics::record_reload(outcome);
+        self.remember(trigger, error);
         Some(outcome)
+    }
+
+    /// Tells the dashboard how a reload went (`error`: why it was rejected).
+    fn remember(&self, trigger: Trigger, error: Option<String>) {
+        self.app.live.reloaded(ReloadEvent {
+            at_ms: self.app.clock.now() / 1_000,
+            trigger: trigger.name(),
+            outcome: if error.is_none() {
+                "success"
+            } else {
+                "rejected"
+            },
+            error,
+        });
     }
 }
 

@@ -171,6 +171,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         tracing: traces,
         principals: Default::default(),
         regions,
+        live: crate::telemetry::live::Live::new(store_kind(&store_config)),
     });
     app.principals
         .prepare(&app.engine.policy(), app.clock.now())
@@ -195,6 +196,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         let app = app.clone();
         regions.spawn_exchange(move || app.engine.policy(), shutdown.clone())
     });
+    let catalog_task = crate::telemetry::live::follow_catalog(app.clone(), shutdown.clone());
     let publish_task =
         top_board.map(|board| top_redis::spawn(board, top, clock.shared(), shutdown.clone()));
 
@@ -228,7 +230,13 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         ),
         _ => None,
     };
-    let router = app::router(app, admin_on_main);
+    // The dashboard goes where the admin API is: its own listener, else this one.
+    let ui_on_main = !matches!(&settings.admin, Some(a) if a.listen.is_some());
+    let ui = ui_on_main.then(|| crate::ui::router(app.clone(), admin_on_main.clone()));
+    let mut router = app::router(app, admin_on_main);
+    if let Some(ui) = ui {
+        router = router.merge(ui);
+    }
     let mut http = serving::start(
         "HTTP",
         settings.http_threads,
@@ -273,6 +281,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     if let Some(task) = exchange_task {
         task.abort();
     }
+    catalog_task.abort();
     if let Some(mut admin) = admin_task {
         admin.abandon();
     }

@@ -52,6 +52,8 @@ pub struct AppState {
     pub principals: crate::principal::PrincipalState,
     /// The node's region and the others' stores and counts; `None` without `store.regions`.
     pub regions: Option<Arc<crate::region::RegionNode>>,
+    /// What the dashboard shows live: decisions per second, shadow denials, reloads.
+    pub live: crate::telemetry::live::Live,
 }
 
 /// What `/readyz` reports about the policy in force.

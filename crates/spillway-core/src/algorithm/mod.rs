@@ -151,6 +151,18 @@ pub enum State {
 }
 
 impl LimitParams {
+    /// The algorithm's name as a policy writes it (`token_bucket`, `fixed_window`, ...).
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            Self::TokenBucket(_) => "token_bucket",
+            Self::Gcra(_) => "gcra",
+            Self::FixedWindow(_) => "fixed_window",
+            Self::SlidingWindow(_) => "sliding_window",
+            Self::SlidingLog(_) => "sliding_log",
+            Self::LeakyBucket(_) => "leaky_bucket",
+        }
+    }
+
     /// The most the limit admits at once: the `q` of `RateLimit-Policy`.
     pub fn quota(&self) -> u64 {
         match self {

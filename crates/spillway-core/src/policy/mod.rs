@@ -348,6 +348,13 @@ impl Policy {
         self.tiers.iter().map(|t| &*t.name)
     }
 
+    /// The limits every request of tier `name` passes off any route (the policy's global
+    /// limits, then the tier's own), before overrides; `None` for a tier the policy lacks.
+    pub fn tier_limits(&self, name: &str) -> Option<&[Arc<LimitDef>]> {
+        let tier = &self.tiers[*self.tier_index.get(name)?];
+        tier.plans.first().map(Vec::as_slice)
+    }
+
     /// The tenant catalog requests are resolved against: built from the `tenants:` section,
     /// until [`Self::with_catalog`] puts another in its place.
     pub fn catalog(&self) -> &Arc<Catalog> {

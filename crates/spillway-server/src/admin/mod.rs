@@ -127,7 +127,11 @@ pub fn routes(token: AdminToken) -> Router<Arc<AppState>> {
 }
 
 /// Refuses a request without the token: 401 with `WWW-Authenticate: Bearer`.
-async fn authenticate(State(token): State<AdminToken>, request: Request, next: Next) -> Response {
+pub(crate) async fn authenticate(
+    State(token): State<AdminToken>,
+    request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -153,7 +157,7 @@ async fn authenticate(State(token): State<AdminToken>, request: Request, next: N
     }
 }
 
-/// Serves the admin API alone on `listen` until `shutdown`, on one serving thread with the
+/// Serves the admin API (and the dashboard, `crate::ui`) on `listen` until `shutdown`, on one serving thread with the
 /// main port's connection cap and timeouts, body limit and problem documents.
 pub async fn serve(
     listen: std::net::SocketAddr,
@@ -173,7 +177,9 @@ pub async fn serve(
         .local_addr()
         .context("cannot read the admin address")?;
     tracing::info!("admin API listening on {addr}");
-    let router = routes(token)
+    // The dashboard is served beside the admin API, behind the same token.
+    let router = routes(token.clone())
+        .merge(crate::ui::routes(Some(token)))
         .fallback(crate::http::problem::not_found)
         .method_not_allowed_fallback(crate::http::problem::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(

@@ -70,6 +70,7 @@ fn service_with(tracing: Option<Tracing>) -> Rls {
         tracing,
         principals: Default::default(),
         regions: None,
+        live: Default::default(),
     };
     let sources: Vec<(String, String)> = FILES
         .iter()

@@ -466,3 +466,36 @@ tenants:
         "a tenant-keyed override shares the identity"
     );
 }
+
+#[test]
+fn a_tier_lists_the_global_limits_then_its_own_and_each_names_its_algorithm() {
+    let policy = load(
+        r#"default_tier: free
+limits:
+  everyone: {algorithm: gcra, rate: 100/s, key: [ip]}
+  small: {algorithm: fixed_window, limit: 10, window: 1m, key: [tenant]}
+  big: {algorithm: leaky_bucket, rate: 10/s, capacity: 50, key: [tenant]}
+global: [everyone]
+tiers:
+  free: {limits: [small]}
+  paid: {limits: [big]}
+"#,
+    );
+    let names = |tier: &str| -> Vec<(String, &'static str)> {
+        policy
+            .tier_limits(tier)
+            .expect("tier")
+            .iter()
+            .map(|d| (d.name.to_string(), d.params.algorithm()))
+            .collect()
+    };
+    assert_eq!(
+        names("free"),
+        [
+            ("everyone".to_owned(), "gcra"),
+            ("small".to_owned(), "fixed_window")
+        ]
+    );
+    assert_eq!(names("paid")[1], ("big".to_owned(), "leaky_bucket"));
+    assert!(policy.tier_limits("gold").is_none());
+}

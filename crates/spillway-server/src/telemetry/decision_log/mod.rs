@@ -16,11 +16,13 @@
 //!                        counts it and is retried later, with backoff
 //! ```
 //!
-//! [`query`] reads the records back for `spillway decisions`. The record's fields are listed
+//! [`query`] reads the records back for `spillway decisions`; [`recent`] keeps the newest in
+//! memory for the dashboard's lookup. The record's fields are listed
 //! in [`record`]; the flags in [`settings`].
 
 pub mod privacy;
 pub mod query;
+pub mod recent;
 pub mod record;
 pub mod sampling;
 pub mod settings;
@@ -35,7 +37,7 @@ use crate::decision::{Ask, Outcome};
 use crate::state::AppState;
 use metrics::{counter, Counter};
 use privacy::{IpMode, IpPrivacy};
-use record::{Kind, Pending};
+use record::{Kind, Line, Pending};
 use sampling::{RateCap, Sampler};
 use sink::{Formatted, SinkError};
 use spillway_core::policy::{IpPrefix, Policy};
@@ -68,6 +70,7 @@ pub struct DecisionLog {
     counts: Arc<Counts>,
     dropped: Counter,
     capped: Counter,
+    recent: Arc<recent::Recent>,
 }
 
 impl std::fmt::Debug for DecisionLog {
@@ -122,6 +125,7 @@ impl DecisionLog {
         describe();
         let (queue, rx) = mpsc::channel(settings.queue.max(1));
         let counts = Arc::<Counts>::default();
+        let recent = Arc::<recent::Recent>::default();
         let log = Self {
             queue,
             sampler: Sampler::new(settings.sample_allowed),
@@ -131,6 +135,7 @@ impl DecisionLog {
             counts: counts.clone(),
             dropped: counter!(DROPPED, "reason" => "queue_full"),
             capped: counter!(CAPPED),
+            recent: recent.clone(),
         };
         let writer = Writer {
             rx,
@@ -140,6 +145,7 @@ impl DecisionLog {
             written: counter!(WRITTEN),
             dropped: counter!(DROPPED, "reason" => "sink_error"),
             errors: counter!(SINK_ERRORS),
+            recent,
         };
         (log, writer)
     }
@@ -192,6 +198,11 @@ impl DecisionLog {
         }
     }
 
+    /// The newest records written (whatever the sink), for the dashboard.
+    pub fn recent(&self) -> &recent::Recent {
+        &self.recent
+    }
+
     /// The counts so far.
     pub fn stats(&self) -> Stats {
         let c = &self.counts;
@@ -216,6 +227,7 @@ pub struct Writer {
     written: Counter,
     dropped: Counter,
     errors: Counter,
+    recent: Arc<recent::Recent>,
 }
 
 /// The running writer; [`WriterHandle::finish`] flushes it.
@@ -274,10 +286,12 @@ impl Writer {
     }
 
     async fn write(&self, sink: &mut Sink, batch: &mut Vec<Pending>) {
-        let lines: Vec<Formatted> = batch
+        let lines: Vec<Line> = batch
             .drain(..)
-            .filter_map(|record| Formatted::new(record.line(&self.node, &self.privacy)))
+            .map(|record| record.line(&self.node, &self.privacy))
             .collect();
+        self.recent.extend(lines.iter().cloned());
+        let lines: Vec<Formatted> = lines.into_iter().filter_map(Formatted::new).collect();
         let n = lines.len() as u64;
         match sink.write(&lines).await {
             Ok(()) => {

@@ -93,6 +93,7 @@ fn harness(settings: DecisionLogSettings, store: Arc<dyn Store>) -> Harness {
         tracing: None,
         principals: Default::default(),
         regions: None,
+        live: Default::default(),
         engine: Engine::new(policy, store.clone(), clock.shared()),
         store,
         failover: Arc::new(crate::failure::Failover::new(
