@@ -122,7 +122,8 @@ impl RegionNode {
         }
         if allowed && mode == CheckMode::Consume {
             for (i, place) in routing.places.into_iter().enumerate() {
-                if let Some(place) = place.filter(|_| outcomes[i].decision.allowed) {
+                let charged = outcomes[i].decision.allowed && planned[i].cost > 0;
+                if let Some(place) = place.filter(|_| charged) {
                     self.tally.add(place, planned[i].cost);
                 }
             }
