@@ -195,3 +195,56 @@ async fn the_dashboard_shows_who_is_limited_and_why_in_a_real_browser() {
     assert_eq!(body["tier"], "pro", "{body}");
     assert_eq!(body["overrides"]["tenant-hourly"]["burst"], 100, "{body}");
 }
+
+/// The lookup on a real Redis: a peek of cost 0 through the same Lua scripts, which reports the
+/// counters and writes nothing (the key count in Redis does not move, nor does the budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_the_lookup_reads_counters_and_writes_nothing() {
+    use spillway_testkit::redis::{command, RedisServer};
+    let redis = RedisServer::start();
+    let store = format!(
+        "store: {{type: redis, url: \"{}\", prefix: ui, timeout: 5s}}\n",
+        redis.url()
+    );
+    let server = Server::with_policy(&format!("{POLICY}{store}"))
+        .system_clock()
+        .start();
+    let keys = || {
+        command(redis.port(), "DBSIZE")
+            .and_then(|r| r.trim().trim_start_matches(':').parse::<u64>().ok())
+            .expect("DBSIZE")
+    };
+    for _ in 0..3 {
+        assert_eq!(check(&server, TENANT, "alice").await, 200);
+    }
+    let before = keys();
+    let lookup = |tenant: &str| {
+        let url = server.url(&format!("/ui/api/lookup?tenant={tenant}&user=alice"));
+        let http = server.http.clone();
+        async move {
+            let answer = http.get(url).send().await.expect("lookup");
+            assert_eq!(answer.status(), 200);
+            answer.json::<serde_json::Value>().await.expect("json")
+        }
+    };
+    for _ in 0..10 {
+        let body = lookup(TENANT).await;
+        assert_eq!(body["store_error"], serde_json::Value::Null, "{body}");
+        let hourly = &body["limits"][0];
+        assert_eq!(hourly["name"], "tenant-hourly");
+        assert_eq!(hourly["usage"]["remaining"], 2, "{body}");
+        assert_eq!(hourly["usage"]["next_allowed"], true);
+    }
+    for i in 0..10 {
+        let body = lookup(&format!("nobody-{i}")).await;
+        assert_eq!(body["limits"][0]["usage"]["remaining"], 5, "{body}");
+    }
+    assert_eq!(keys(), before, "a peek writes no key to Redis");
+    // The budget is whole: two more pass, the next is denied.
+    assert_eq!(check(&server, TENANT, "alice").await, 200);
+    assert_eq!(check(&server, TENANT, "alice").await, 200);
+    assert_eq!(check(&server, TENANT, "alice").await, 429);
+    let body = lookup(TENANT).await;
+    assert_eq!(body["limits"][0]["usage"]["remaining"], 0, "{body}");
+    assert_eq!(body["limits"][0]["usage"]["next_allowed"], false);
+}

@@ -492,3 +492,42 @@ async fn the_store_panel_reports_kind_breaker_and_recent_times() {
     assert!(store["ping_ms"].as_f64().is_some());
     assert!(store["keys"].as_u64().unwrap_or(0) > 0);
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_endpoint_and_nothing_else() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/dashboard-openapi.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("docs/dashboard-openapi.yaml");
+    let doc: Value = serde_saphyr::from_str(&text).expect("valid YAML");
+    let documented: std::collections::BTreeSet<String> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .cloned()
+        .collect();
+    // Every `/ui/api/...` path the router registers, read from its source.
+    let served: std::collections::BTreeSet<String> = include_str!("mod.rs")
+        .split("\"/ui/api/")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('"'))
+        .filter(|(name, _)| !name.contains(' ') && !name.is_empty())
+        .map(|(name, _)| format!("/ui/api/{name}"))
+        .collect();
+    assert_eq!(documented, served);
+    let h = harness(Some(TOKEN));
+    for path in &documented {
+        let query = if path.ends_with("lookup") {
+            "?tenant=a"
+        } else {
+            ""
+        };
+        let (status, _) = h.get(&format!("{path}{query}"), Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let item = &doc["paths"][path.as_str()]["get"];
+        if path != "/ui/api/auth" {
+            assert!(item["responses"].get("401").is_some(), "{path} answers 401");
+        }
+    }
+}

@@ -1,12 +1,13 @@
 //! What the dashboard (`crate::ui`) shows that no other part keeps: decisions per second
-//! ([`rates`]), what shadow limits would have denied ([`shadow`]), the last policy reloads and
-//! when the catalog version in force was applied.
+//! ([`rates`], the lock-free ring of `spillway_core::rates`), what shadow limits would have
+//! denied ([`shadow`]), the last policy reloads and when the catalog version in force was
+//! applied.
 //!
 //! The first two are fed by `decision::observe` on every consuming decision (atomics only, no
 //! lock: see each module); the rest change a few times a day.
 
-pub mod rates;
 pub mod shadow;
+pub use spillway_core::rates;
 
 use crate::decision::{Ask, Outcome};
 use parking_lot::Mutex;

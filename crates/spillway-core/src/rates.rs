@@ -1,6 +1,6 @@
 //! Decisions per second for the last fifteen minutes: allowed, denied and degraded counts and
-//! the time the store call took, one cell per second, for the dashboard's chart
-//! (`GET /ui/api/series`).
+//! the time the store call took, one cell per second, for the server's dashboard
+//! (`GET /ui/api/series`, fed once per decision).
 //!
 //! The request path adds to the cell of the current second without a lock: every counter is
 //! an `AtomicU64` holding the *lap* it counts for in its top 24 bits (the second divided by
@@ -10,11 +10,11 @@
 //! counts a cell only when its lap is the one it expects, so a cell left over from a quiet
 //! earlier lap reads as zero, and nothing ever sweeps the ring.
 //!
-//! Cells are split by thread, like the top-k sketches (`spillway_core::topk`): each serving
+//! Cells are split by thread, like the top-k sketches ([`crate::topk`]): each serving
 //! thread adds to its own shard of the ring, so threads do not bounce one cache line between
 //! cores on every decision; a read adds up the shards.
 
-use spillway_core::time::Micros;
+use crate::time::Micros;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Seconds the ring holds: fifteen minutes.
@@ -119,8 +119,11 @@ impl Rates {
         add(counter, lap, 1);
         let micros = micros.min(COUNT_MASK);
         add(&cell.micros, lap, micros);
-        cell.max_micros
-            .fetch_max((lap << COUNT_BITS) | micros, Ordering::Relaxed);
+        // Most calls are not the second's longest: a load spares them the read-modify-write.
+        let tagged = (lap << COUNT_BITS) | micros;
+        if cell.max_micros.load(Ordering::Relaxed) < tagged {
+            cell.max_micros.fetch_max(tagged, Ordering::Relaxed);
+        }
     }
 
     /// The last `seconds` whole seconds before `now`'s (at most [`SECONDS`] - 1, so the
