@@ -275,3 +275,40 @@ async fn envoy_stream_done_calls_are_recorded_and_never_denied() {
     assert_eq!(count("recorded"), Some(2.0), "{text}");
     assert_eq!(count("duplicate"), Some(1.0));
 }
+
+/// A report while the store is down is answered 503 with `Retry-After`, counted as failed,
+/// and (being idempotent) can simply be sent again once the store is back: counted once.
+#[tokio::test]
+async fn a_report_during_an_outage_fails_visibly_and_can_be_retried() {
+    let mut redis = RedisServer::start();
+    let policy = format!(
+        "{POLICY}store: {{type: redis, url: \"{}\", prefix: m3, timeout: 1s}}\n",
+        redis.url()
+    );
+    let server = Server::with_policy(&policy)
+        .args(&["--manual-clock-in-store"])
+        .start();
+    redis.kill();
+    let r = server.post("/v1/report", &report(300, "down-1")).await;
+    assert_eq!(r.status(), 503);
+    assert!(header(&r, "retry-after").is_some());
+    let text = server.metrics().await;
+    let failed = metric(
+        &text,
+        "spillway_reports_total",
+        &[("via", "http"), ("outcome", "failed")],
+    );
+    assert_eq!(failed, Some(1.0), "{text}");
+    redis.restart();
+    // The breaker lets a probe through once its cooldown has passed on the manual clock.
+    let recorded = common::wait_until_async(common::PATIENCE, || async {
+        server.advance_ms(1_000).await;
+        let r = server.post("/v1/report", &report(300, "down-1")).await;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert!(recorded.is_some(), "the store never came back");
+    let again = json(server.post("/v1/report", &report(300, "down-1")).await).await;
+    assert_eq!(again["recorded"], false);
+    assert_eq!(tokens(&again)["remaining"], 700, "{again}");
+}
