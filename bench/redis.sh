@@ -9,6 +9,7 @@
 # - four: examples/spillway.yaml, whose free tier gives a request four limits (ip-burst,
 #         ip-daily-candidate in shadow, free-user-minute, free-user-daily), with
 #         bench/check.lua's 200,000 users over 500 tenants, every request allowed.
+# The store budget is 1 s (--store-timeout), so no decision is made without Redis.
 # Prints every run and the medians (Redis µs per decision, requests per second, p99).
 #
 # Usage: bench/redis.sh                    builds target/release/spillway and measures it
@@ -83,7 +84,7 @@ one_run() {
   sport=$(free_port)
   # shellcheck disable=SC2086
   "$bin" serve --config "$tmp/$policy.yaml" --store-url "redis://127.0.0.1:$rport" \
-    --listen "127.0.0.1:$sport" --log-filter warn $extra >/dev/null 2>&1 &
+    --store-timeout 1s --listen "127.0.0.1:$sport" --log-filter warn $extra >/dev/null 2>&1 &
   pids+=($!)
   until curl -fs "http://127.0.0.1:$sport/healthz" >/dev/null; do sleep 0.1; done
   wrk -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" -s "$tmp/$policy.lua" "http://127.0.0.1:$sport" >/dev/null
