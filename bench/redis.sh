@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Redis store benchmark: the raw ceiling of one Redis running Spillway's check script by
-# EVALSHA (redis-benchmark, random keys), beside Spillway's /v1/check over HTTP (wrk, many user
-# keys, mostly allowed) on the same Redis. Prints both throughputs, their ratio and Spillway's
-# p99, as medians of RUNS runs. Everything runs on loopback on free ports.
+# Redis store benchmark: Redis's own CPU time per decision, over a load run through Spillway.
 #
-# Usage: bench/redis.sh            (DURATION=10 RUNS=3 CONNS=50 THREADS=2 to change)
+# For each policy below, wrk sends POST /v1/check to a Spillway on a fresh Redis, and the run
+# reads Redis's `INFO cpu` (used_cpu_sys + used_cpu_user) before and after: the difference
+# divided by the requests wrk completed is the Redis CPU one decision costs. Unlike
+# throughput, that figure holds steady on a shared, noisy machine. Two policies:
+# - one:  one token-bucket limit over 100,000 users, every request allowed;
+# - four: examples/spillway.yaml, whose free tier gives a request four limits (ip-burst,
+#         ip-daily-candidate in shadow, free-user-minute, free-user-daily), with
+#         bench/check.lua's 200,000 users over 500 tenants, every request allowed.
+# The store budget is 1 s (--store-timeout), so no decision is made without Redis.
+# Prints every run and the medians (Redis µs per decision, requests per second, p99).
+#
+# Usage: bench/redis.sh                    builds target/release/spillway and measures it
+#        bench/redis.sh OLD NEW            alternates two builds, run by run (before/after)
+#        DURATION=8 RUNS=5 CONNS=50 THREADS=1 POLICIES="one four" to change
+#        NEW_ARGS="..." / OLD_ARGS="..."   extra `serve` flags for the second / first build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/deps.sh
@@ -12,36 +23,29 @@ source scripts/deps.sh
 source bench/lib.sh
 need redis-server redis-server
 need redis-cli redis-tools
-need redis-benchmark redis-tools
 need wrk wrk
 need curl curl
 
-DURATION=${DURATION:-10}
-RUNS=${RUNS:-3}
+DURATION=${DURATION:-8}
+RUNS=${RUNS:-5}
 CONNS=${CONNS:-50}
-THREADS=${THREADS:-2}
+THREADS=${THREADS:-1}
+WARMUP=${WARMUP:-2}
+POLICIES=${POLICIES:-one four}
 
-cargo build --release -q -p spillway-server --bin spillway
+if [ $# -eq 0 ]; then
+  cargo build --release -q -p spillway-server --bin spillway
+  set -- target/release/spillway
+fi
+binaries=("$@")
 
 tmp=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; pids=(); }
+cleanup() { stop_all; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" >/dev/null &
-pids+=($!)
-until redis-cli -p "$rport" ping >/dev/null 2>&1; do sleep 0.1; done
-
-# The same script the store runs: helpers, algorithms, dispatcher (order as in script.rs).
-lua=crates/spillway-redis/lua
-src=$(cat "$lua"/common.lua "$lua"/token_bucket.lua "$lua"/gcra.lua "$lua"/fixed_window.lua \
-  "$lua"/sliding_window.lua "$lua"/sliding_log.lua "$lua"/leaky_bucket.lua "$lua"/dispatch.lua)
-sha=$(redis-cli -p "$rport" SCRIPT LOAD "$src")
-
-# 1000/s with a burst of a million: tokens = 1, micros = 1000 per token in scaled form.
-policy="$tmp/policy.yaml"
-cat >"$policy" <<YAML
+cat >"$tmp/one.yaml" <<'YAML'
 default_tier: free
 limits:
   per-user:
@@ -52,38 +56,69 @@ limits:
 tiers:
   free:
     limits: [per-user]
-store: {type: redis, url: "redis://127.0.0.1:$rport", prefix: bench, timeout: 1s}
 YAML
-sport=$(free_port)
-target/release/spillway serve --config "$policy" --listen "127.0.0.1:$sport" --log-filter warn >/dev/null 2>&1 &
-pids+=($!)
-until curl -fs "http://127.0.0.1:$sport/healthz" >/dev/null; do sleep 0.1; done
+cp examples/spillway.yaml "$tmp/four.yaml"
 
-cat >"$tmp/check.lua" <<'LUA'
+cat >"$tmp/one.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 request = function()
   return wrk.format(nil, "/v1/check", nil, '{"user":"u' .. math.random(1, 100000) .. '"}')
 end
 LUA
+cp bench/check.lua "$tmp/four.lua"
 
+redis_cpu() { redis-cli -p "$1" INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%.6f", s}'; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-raw=(); http=(); p99=()
-for run in $(seq "$RUNS"); do
-  r=$(redis-benchmark -p "$rport" -c "$CONNS" -n $((DURATION * 40000)) -r 100000 --csv \
-      EVALSHA "$sha" 1 'bench:{__rand_int__}:raw' 1 "" 0 1 1 1000 1000000 1 1 \
-      | tail -1 | cut -d, -f2 | tr -d '"')
-  out=$(wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" --latency -s "$tmp/check.lua" \
+
+# one_run BINARY_INDEX POLICY: prints "µs_per_decision rps p99_ms non2xx".
+one_run() {
+  local i=$1 policy=$2 bin=${binaries[$1]} extra="" rport sport out before after n rps p99 non2xx
+  if [ "${#binaries[@]}" -eq 2 ]; then
+    if [ "$i" -eq 0 ]; then extra=${OLD_ARGS:-}; else extra=${NEW_ARGS:-}; fi
+  fi
+  rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" >/dev/null &
+  pids+=($!)
+  until redis-cli -p "$rport" ping >/dev/null 2>&1; do sleep 0.1; done
+  sport=$(free_port)
+  # shellcheck disable=SC2086
+  "$bin" serve --config "$tmp/$policy.yaml" --store-url "redis://127.0.0.1:$rport" \
+    --store-timeout 1s --listen "127.0.0.1:$sport" --log-filter warn $extra >/dev/null 2>&1 &
+  pids+=($!)
+  until curl -fs "http://127.0.0.1:$sport/healthz" >/dev/null; do sleep 0.1; done
+  wrk -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" -s "$tmp/$policy.lua" "http://127.0.0.1:$sport" >/dev/null
+  before=$(redis_cpu "$rport")
+  out=$(wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" --latency -s "$tmp/$policy.lua" \
       "http://127.0.0.1:$sport")
-  h=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  after=$(redis_cpu "$rport")
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  # wrk prints 850.00us, 1.20ms or 1.05s; in milliseconds:
+  p99=$(awk '$1 == "99%" {v = $2; if (v ~ /us$/) v = v / 1000; else if (v ~ /ms$/) v = v + 0;
+      else v = v * 1000; print v}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  echo "run $run: EVALSHA $r/s, spillway $h/s, p99 $p${non2xx:+, non-2xx $non2xx}"
-  raw+=("$r"); http+=("$h"); p99+=("$p")
+  stop_all
+  awk -v b="$before" -v a="$after" -v n="$n" -v r="$rps" -v p="$p99" -v x="${non2xx:-0}" \
+    'BEGIN {printf "%.2f %s %s %s\n", (a - b) * 1e6 / n, r, p, x}'
+}
+
+echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
+echo "redis: $(redis-server --version | awk '{print $3}'), wrk -t$THREADS -c$CONNS -d${DURATION}s, $RUNS runs"
+for policy in $POLICIES; do
+  declare -A us=() rps=() p99=()
+  for run in $(seq "$RUNS"); do
+    for i in "${!binaries[@]}"; do
+      read -r u r p x < <(one_run "$i" "$policy")
+      echo "$policy run $run ${binaries[$i]}: redis ${u} µs/decision, ${r} req/s, p99 ${p}ms, non-2xx ${x}"
+      us[$i]+="$u "; rps[$i]+="$r "; p99[$i]+="$p "
+    done
+  done
+  for i in "${!binaries[@]}"; do
+    mu=$(tr ' ' '\n' <<<"${us[$i]}" | grep . | median)
+    mr=$(tr ' ' '\n' <<<"${rps[$i]}" | grep . | median)
+    mp=$(tr ' ' '\n' <<<"${p99[$i]}" | grep . | median)
+    echo "median $policy ${binaries[$i]}: redis $mu µs/decision, $mr req/s, p99 ${mp}ms"
+  done
+  unset us rps p99
 done
-mr=$(printf '%s\n' "${raw[@]}" | median)
-mh=$(printf '%s\n' "${http[@]}" | median)
-mp=$(printf '%s\n' "${p99[@]}" | sed 's/ms$//' | median)
-echo "median EVALSHA (redis-benchmark): $mr req/s"
-echo "median spillway /v1/check (wrk):  $mh req/s"
-echo "ratio: $(awk -v h="$mh" -v r="$mr" 'BEGIN {printf "%.2f", h / r}')x   spillway p99 (median): ${mp}ms"

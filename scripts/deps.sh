@@ -76,6 +76,8 @@ ensure_test_deps() {
   # The Redis store's tests start their own redis-server processes and clusters.
   need redis-server redis-server
   need redis-cli redis-tools
+  # The Sentinel store's tests start a master, a replica and three redis-sentinel processes.
+  need redis-sentinel redis-sentinel
   # The catalog's conformance suite starts its own PostgreSQL servers.
   need_postgres
   # The dashboard's test runs in a real headless Chromium.

@@ -211,8 +211,8 @@ async fn main() -> Result<(), String> {
     Ok(())
 }
 
-/// The execution times (µs) of the `EVALSHA` calls in Redis's slow log, oldest first; empties
-/// the log.
+/// The execution times (µs) of the check calls (`FCALL`, or `EVALSHA` on a server without
+/// Functions) in Redis's slow log, oldest first; empties the log.
 async fn script_micros(
     admin: &mut redis::aio::MultiplexedConnection,
     count: &str,
@@ -236,7 +236,8 @@ async fn script_micros(
             (Some(redis::Value::Int(micros)), Some(redis::Value::Array(argv))) => {
                 let script = matches!(
                     argv.first(),
-                    Some(redis::Value::BulkString(c)) if c.eq_ignore_ascii_case(b"evalsha")
+                    Some(redis::Value::BulkString(c))
+                        if c.eq_ignore_ascii_case(b"fcall") || c.eq_ignore_ascii_case(b"evalsha")
                 );
                 script.then_some(u64::try_from(*micros).unwrap_or(0))
             }
@@ -249,5 +250,7 @@ fn config_url(config: &RedisConfig) -> String {
     match &config.target {
         Target::Server(url) => url.clone(),
         Target::Cluster(urls) => urls.first().cloned().unwrap_or_default(),
+        // The example starts its own server; it never builds a Sentinel target.
+        Target::Sentinel { .. } => String::new(),
     }
 }

@@ -9,6 +9,14 @@ pub enum Target {
     Server(String),
     /// A Redis Cluster, given by one or more seed nodes; the rest is discovered.
     Cluster(Vec<String>),
+    /// One master found through Redis Sentinel and followed across failovers (see
+    /// [`crate::sentinel`]).
+    Sentinel {
+        /// The sentinels (`redis://host:port`), asked in this order.
+        sentinels: Vec<String>,
+        /// The name the sentinels know the master by.
+        master: String,
+    },
 }
 
 /// Connection and layout settings for the Redis store.

@@ -36,11 +36,19 @@ pub fn classify(err: redis::RedisError, timeout: Duration) -> StoreError {
         match err.kind() {
             redis::ErrorKind::Server(_) | redis::ErrorKind::Extension => {
                 // LOADING, MASTERDOWN, TRYAGAIN, CLUSTERDOWN: the store is there but cannot
-                // serve yet; a script error is a bug or a foreign value under our prefix.
+                // serve yet; READONLY: the server was demoted to a replica by a failover. A
+                // script error is a bug or a foreign value under our prefix.
                 let text = err.to_string();
-                if ["LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY"]
-                    .iter()
-                    .any(|code| text.contains(code))
+                if [
+                    "LOADING",
+                    "MASTERDOWN",
+                    "TRYAGAIN",
+                    "CLUSTERDOWN",
+                    "BUSY",
+                    "READONLY",
+                ]
+                .iter()
+                .any(|code| text.contains(code))
                 {
                     StoreError::Unavailable(text)
                 } else {

@@ -1,4 +1,5 @@
-//! Spillway's Redis store: limit state in a Redis server or a Redis Cluster, shared by any
+//! Spillway's Redis store: limit state in a Redis server (found directly or through Sentinel)
+//! or a Redis Cluster, shared by any
 //! number of stateless `spillway` nodes, which together admit exactly what the policy allows.
 //!
 //! # How a check runs
@@ -14,6 +15,7 @@
 //!
 //! # Layout
 //! - [`config`]: where to connect and the key prefix.
+//! - [`sentinel`]: a master found through Sentinel and followed across failovers.
 //! - [`keys`]: the key layout, value encoding and hash slots.
 //! - [`script`]: the Lua sources (`lua/`), arguments and replies.
 //! - [`store`]: [`RedisStore`], the [`spillway_core::store::Store`] implementation.
@@ -21,11 +23,14 @@
 //!   unless all admit, finished by a task of their own).
 //! - `functions`: calling the library (`FCALL`) or, without Functions, the scripts.
 //! - `runner`: script calls on the shared connection, cheap to clone into such a task.
+//! - [`batch`]: concurrent requests to one server coalesced into one call, each still
+//!   all-or-nothing on its own.
 //! - [`local_cache`]: denying repeated over-limit requests without a round trip.
 //! - [`error`]: typed, counted errors.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod config;
 pub mod error;
 mod functions;
@@ -34,6 +39,7 @@ pub mod local_cache;
 pub mod multi_slot;
 mod runner;
 pub mod script;
+pub mod sentinel;
 pub mod store;
 
 pub use config::{RedisConfig, Target};

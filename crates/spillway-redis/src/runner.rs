@@ -8,6 +8,7 @@
 use crate::error::{classify, record, record_script, CountNoScript, SCRIPT_ERRORS};
 use crate::functions::{self, Functions};
 use crate::script::{self, CallArgs, Encoded, Reply, Undo};
+use crate::sentinel::SentinelConn;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use spillway_core::request::CheckMode;
@@ -21,6 +22,7 @@ use std::time::Duration;
 pub(crate) enum Conn {
     Server(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(SentinelConn),
 }
 
 /// Script calls on the shared connection; see the module docs.
@@ -130,6 +132,7 @@ impl Runner {
             match conn {
                 Conn::Server(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
                 Conn::Cluster(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
+                Conn::Sentinel(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
             }
         })
         .await
@@ -207,6 +210,7 @@ impl Conn {
         match self {
             Conn::Server(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => cmd.query_async(c).await,
+            Conn::Sentinel(c) => cmd.query_async(c).await,
         }
     }
 }

@@ -1,13 +1,17 @@
-//! [`RedisStore`]: the [`Store`] backed by a Redis server or a Redis Cluster.
+//! [`RedisStore`]: the [`Store`] backed by a Redis server, a master found through Sentinel, or
+//! a Redis Cluster.
 //!
-//! One multiplexed connection (a `ConnectionManager` for a server, the cluster client's async
+//! One multiplexed connection (a `ConnectionManager` for a server, the one
+//! [`crate::sentinel::SentinelConn`] keeps to the current master, the cluster client's async
 //! connection for a cluster) is shared by every request: concurrent checks are pipelined on
 //! it, and a dropped connection is re-established by the client on the next call. Each call
 //! is bounded by the configured timeout and timed into `spillway_store_roundtrip_seconds`.
 //!
-//! A request's checks are evaluated by one script call when their keys share a hash slot
-//! (always, on a single server); see [`crate::multi_slot`] for requests that span slots.
+//! A request's checks are evaluated by one call of the check function when their keys share
+//! a hash slot (always, on a single server); see [`crate::multi_slot`] for requests that span
+//! slots. On a single server, concurrent requests share calls (see [`crate::batch`]).
 
+use crate::batch::Batcher;
 use crate::config::{RedisConfig, Target};
 use crate::error::{classify, record};
 use crate::keys::{self, KeyLayout};
@@ -26,6 +30,8 @@ use std::time::Duration;
 /// A store keeping limit state in Redis; see the crate docs.
 pub struct RedisStore {
     runner: Runner,
+    /// Coalesces concurrent requests into one call (single servers only).
+    batcher: Option<Batcher>,
     layout: KeyLayout,
     /// The node's clock, for the local cache (Redis keeps the limits' own time).
     clock: Arc<dyn Clock>,
@@ -70,6 +76,9 @@ impl RedisStore {
                         .build()?;
                     Conn::Cluster(client.get_async_connection().await?)
                 }
+                Target::Sentinel { sentinels, master } => Conn::Sentinel(
+                    crate::sentinel::SentinelConn::connect(sentinels, master, timeout).await?,
+                ),
             };
             Ok::<_, redis::RedisError>(conn)
         };
@@ -80,8 +89,13 @@ impl RedisStore {
         };
         let runner = Runner::new(conn, timeout);
         runner.prepare().await;
+        let batcher = match runner.conn {
+            Conn::Cluster(_) => None,
+            _ => Some(Batcher::start(runner.clone())),
+        };
         Ok(Self {
             runner,
+            batcher,
             layout,
             clock: Arc::new(SystemClock),
             cache: (config.local_cache_keys > 0).then(|| LocalCache::new(config.local_cache_keys)),
@@ -99,12 +113,25 @@ impl RedisStore {
     pub fn with_injected_time(mut self, clock: Arc<dyn Clock>) -> Self {
         self.runner.injected = Some(clock.clone());
         self.clock = clock;
+        // The batcher holds its own runner: start it again with the injected clock (the old
+        // dispatcher ends with its queue).
+        if self.batcher.is_some() {
+            self.batcher = Some(Batcher::start(self.runner.clone()));
+        }
         self
     }
 
     /// The Redis key a state key is stored under.
     pub fn redis_key(&self, key: &spillway_core::key::StateKey) -> String {
         self.layout.key(key)
+    }
+
+    /// The `host:port` of the master in use, for a store that found it through Sentinel.
+    pub fn sentinel_master(&self) -> Option<String> {
+        match &self.runner.conn {
+            Conn::Sentinel(c) => Some(c.master_addr()),
+            _ => None,
+        }
     }
 
     /// Whether this store talks to a cluster.
@@ -131,6 +158,9 @@ impl Store for RedisStore {
         let sent_at = self.now();
         let decisions = if self.is_cluster() && !same_slot(&keys) {
             crate::multi_slot::check(&self.runner, keys, checks, mode).await?
+        } else if let Some(batcher) = &self.batcher {
+            let encoded = checks.iter().map(Encoded::new).collect();
+            batcher.check(keys, encoded, mode).await?.decisions
         } else {
             let pairs = keys
                 .iter()
@@ -228,6 +258,7 @@ impl Store for RedisStore {
                 match conn {
                     Conn::Server(mut c) => cmd.query_async(&mut c).await,
                     Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+                    Conn::Sentinel(mut c) => cmd.query_async(&mut c).await,
                 }
             })
             .await?;

@@ -89,7 +89,8 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_keys: u64,
 
-    /// Store override: `memory`, `redis://host:port`, or `cluster+redis://a:6379,redis://b:6379`
+    /// Store override: `memory`, `redis://host:port`, `cluster+redis://a:6379,redis://b:6379`,
+    /// or `sentinel:<master>@redis://a:26379,redis://b:26379`
     /// for a Redis Cluster's seed nodes. Wins over the policy's `store:` section.
     #[arg(long, env = "SPILLWAY_STORE_URL", value_name = "URL")]
     pub store_url: Option<String>,

@@ -304,11 +304,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
 
 /// The store's kind, as trace spans name it.
 fn store_kind(config: &StoreConfig) -> &'static str {
-    match config {
-        StoreConfig::Memory { .. } => "memory",
-        StoreConfig::Redis(_) => "redis",
-        StoreConfig::RedisCluster(_) => "redis_cluster",
-    }
+    config.kind()
 }
 
 /// Opens the catalog database (migrating it when allowed), and says whether a migration asked

@@ -4,8 +4,10 @@
 //! the server started with is rejected (the old policy stays), because moving counters between
 //! stores while serving would silently reset every limit; restart the nodes to switch.
 //! `--store-url` / `SPILLWAY_STORE_URL` overrides the file: `memory` for the in-memory store,
-//! `redis://host:port` for one server, or a comma-separated list of `redis://` seed nodes
-//! prefixed with `cluster+` (e.g. `cluster+redis://a:6379,redis://b:6379`) for a cluster.
+//! `redis://host:port` for one server, a comma-separated list of `redis://` seed nodes
+//! prefixed with `cluster+` (e.g. `cluster+redis://a:6379,redis://b:6379`) for a cluster, or
+//! `sentinel:<master>@` and a comma-separated list of sentinels (e.g.
+//! `sentinel:mymaster@redis://a:26379,redis://b:26379`) for a master found through Sentinel.
 
 use anyhow::Context;
 use spillway_core::policy::{RedisSettings, StoreConfig};
@@ -28,12 +30,27 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
     let Some(url) = url_override.map(str::trim).filter(|u| !u.is_empty()) else {
         return Ok(policy.clone());
     };
-    let base = match policy {
-        StoreConfig::Redis(s) | StoreConfig::RedisCluster(s) => s.clone(),
-        StoreConfig::Memory { .. } => RedisSettings::default(),
-    };
+    let base = policy.redis().cloned().unwrap_or_default();
     if url == "memory" {
         return Ok(StoreConfig::Memory { max_keys: None });
+    }
+    if let Some(rest) = url.strip_prefix("sentinel:") {
+        let Some((master, list)) = rest.split_once('@').filter(|(m, _)| !m.is_empty()) else {
+            return Err(format!(
+                "--store-url `{url}` must name the master: sentinel:<master>@redis://host:port,..."
+            ));
+        };
+        let urls: Vec<String> = list.split(',').map(|u| u.trim().to_owned()).collect();
+        if urls.iter().any(|u| !u.starts_with("redis://")) {
+            return Err(format!(
+                "--store-url `{url}`: each sentinel must be a redis:// URL"
+            ));
+        }
+        return Ok(StoreConfig::RedisSentinel(RedisSettings {
+            urls,
+            master: Some(master.to_owned()),
+            ..base
+        }));
     }
     let (cluster, list) = match url.strip_prefix("cluster+") {
         Some(rest) => (true, rest),
@@ -45,7 +62,8 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
         .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
     {
         return Err(format!(
-            "--store-url `{url}` must be `memory`, a redis:// URL or cluster+redis://..."
+            "--store-url `{url}` must be `memory`, a redis:// URL, cluster+redis://... or \
+             sentinel:<master>@redis://..."
         ));
     }
     if !cluster && urls.len() != 1 {
@@ -53,7 +71,11 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
             "--store-url `{url}`: several URLs need the cluster+ prefix"
         ));
     }
-    let settings = RedisSettings { urls, ..base };
+    let settings = RedisSettings {
+        urls,
+        master: None,
+        ..base
+    };
     Ok(if cluster {
         StoreConfig::RedisCluster(settings)
     } else {
@@ -94,8 +116,22 @@ pub async fn build(
             Target::Server(s.urls.first().cloned().unwrap_or_default()),
         ),
         StoreConfig::RedisCluster(s) => redis(s, Target::Cluster(s.urls.clone())),
+        StoreConfig::RedisSentinel(s) => redis(
+            s,
+            Target::Sentinel {
+                sentinels: s.urls.clone(),
+                master: s.master.clone().unwrap_or_default(),
+            },
+        ),
     };
     describe();
+    if matches!(config.target, Target::Sentinel { .. }) {
+        metrics::describe_counter!(
+            spillway_redis::sentinel::MASTER_CHANGES,
+            "Times this node switched to a new Redis master named by Sentinel."
+        );
+        metrics::counter!(spillway_redis::sentinel::MASTER_CHANGES).increment(0);
+    }
     let store = RedisStore::connect(&config)
         .await
         .with_context(|| format!("cannot connect to the Redis store {:?}", config.target))?;
@@ -166,5 +202,35 @@ mod tests {
         assert_eq!(effective(&policy, None).unwrap(), policy);
         assert!(effective(&policy, Some("http://x")).is_err());
         assert!(effective(&policy, Some("redis://a:1,redis://b:2")).is_err());
+    }
+
+    #[test]
+    fn a_sentinel_override_names_the_master_and_its_sentinels() {
+        let policy = StoreConfig::Redis(RedisSettings {
+            urls: vec!["redis://a:1".into()],
+            prefix: Some("p".into()),
+            ..RedisSettings::default()
+        });
+        let got = effective(
+            &policy,
+            Some("sentinel:mymaster@redis://s1:26379,redis://s2:26379"),
+        );
+        let Ok(StoreConfig::RedisSentinel(s)) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(s.master.as_deref(), Some("mymaster"));
+        assert_eq!(s.urls, ["redis://s1:26379", "redis://s2:26379"]);
+        assert_eq!(
+            s.prefix.as_deref(),
+            Some("p"),
+            "the file's settings still apply"
+        );
+        for bad in [
+            "sentinel:redis://s1:26379",
+            "sentinel:@redis://s1",
+            "sentinel:m@s1:26379",
+        ] {
+            assert!(effective(&policy, Some(bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Chaos: a real `spillway serve` on a real Redis, under steady concurrent load, while Redis
-//! is killed, frozen, slowed down by a proxy, or has its scripts flushed.
+//! is killed, frozen, slowed down by a proxy, or has its scripts flushed, and while a master
+//! found through Sentinel is killed and the sentinels fail over to its replica.
 //!
 //! Every scenario checks the same things: no request took longer than the store budget plus
 //! [`MARGIN`]; `open` routes were let through marked degraded; `closed` routes got 503 with
@@ -23,6 +24,7 @@ use common::{metric, wait_until_async, Server};
 use spillway_server::failure::DEFAULT_BREAKER_COOLDOWN as COOLDOWN;
 use spillway_testkit::proxy::DelayProxy;
 use spillway_testkit::redis::{command, RedisServer};
+use spillway_testkit::sentinel::{SentinelGroup, MASTER_NAME};
 use std::time::{Duration, Instant};
 
 /// The store budget the chaos policy sets.
@@ -43,6 +45,14 @@ const TASKS: usize = 8;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn policy(url: &str) -> String {
+    with_store(&format!(
+        r#"{{type: redis, url: "{url}", timeout: {}ms}}"#,
+        BUDGET.as_millis()
+    ))
+}
+
+/// The chaos policy on the store section `store`.
+fn with_store(store: &str) -> String {
     format!(
         r#"
 default_tier: free
@@ -80,9 +90,8 @@ routes:
   - match: "POST /exact"
     failure_mode: closed
     limits: [exact]
-store: {{type: redis, url: "{url}", timeout: {}ms}}
-"#,
-        BUDGET.as_millis()
+store: {store}
+"#
     )
 }
 
@@ -331,6 +340,51 @@ async fn redis_killed_then_restarted_empty() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_master_killed_then_failed_over() {
+    let _one = SERIAL.lock().await;
+    let mut group = SentinelGroup::start();
+    let sentinels: Vec<String> = group
+        .sentinel_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect();
+    let store = format!(
+        "{{type: redis_sentinel, sentinels: [{}], master: {MASTER_NAME}, timeout: {}ms}}",
+        sentinels.join(", "),
+        BUDGET.as_millis()
+    );
+    let server = Server::with_policy(&with_store(&store)).start();
+    let (old, new) = (group.first_master_port(), group.replica_port());
+    // While the master is dead and until the sentinels promote the replica and the node
+    // follows, requests get their routes' failure modes; then decisions are Redis's again.
+    scenario(&server, "sentinel", |on| {
+        if on {
+            group.kill_master();
+        } else {
+            group.wait_for_failover();
+            assert!(
+                server.wait_for_log("Redis master changed").is_some(),
+                "the node never followed the failover"
+            );
+        }
+    })
+    .await;
+    let line = server
+        .wait_for_log("Redis master changed")
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!("127.0.0.1:{old}")) && line.contains(&format!("127.0.0.1:{new}")),
+        "the log names the old and the new master: {line}"
+    );
+    let text = server.metrics().await;
+    assert_eq!(
+        metric(&text, "spillway_redis_master_changes_total", &[]),
+        Some(1.0),
+        "the switch is counted once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

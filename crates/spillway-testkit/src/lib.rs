@@ -3,6 +3,8 @@
 //! - [`redis`]: real `redis-server` processes and three-master clusters, started on free
 //!   loopback ports in temporary directories and killed when dropped. Nothing assumes a Redis
 //!   is already running.
+//! - [`sentinel`]: a Redis Sentinel deployment (a master, a replica, three `redis-sentinel`
+//!   processes tuned to fail over within a few seconds) whose master a test can kill.
 //! - [`postgres`]: real PostgreSQL clusters (`initdb` + `postgres` from Debian's package) on
 //!   free loopback ports in temporary directories, which can be stopped, killed and restarted
 //!   with their data, and whose connections can be terminated.
@@ -18,4 +20,5 @@ pub mod otlp;
 pub mod postgres;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 pub mod vectors;

@@ -57,6 +57,10 @@ pub(crate) struct RawStore {
     #[serde(default)]
     pub nodes: Option<Vec<Text>>,
     #[serde(default)]
+    pub sentinels: Option<Vec<Text>>,
+    #[serde(default)]
+    pub master: Option<Text>,
+    #[serde(default)]
     pub prefix: Option<Text>,
     #[serde(default)]
     pub timeout: Option<Text>,

@@ -5,6 +5,7 @@
 //! store: {type: memory, max_keys: 1000000}          # the default
 //! store: {type: redis, url: "redis://127.0.0.1:6379", prefix: rl, timeout: 100ms}
 //! store: {type: redis_cluster, nodes: ["redis://10.0.0.1:6379"], prefix: rl}
+//! store: {type: redis_sentinel, sentinels: ["redis://10.0.0.1:26379"], master: mymaster}
 //! ```
 //!
 //! A shared store can fail, so the Redis forms also say how a node copes (see
@@ -30,13 +31,19 @@ pub enum StoreConfig {
     Redis(RedisSettings),
     /// A Redis Cluster shared by every node; `urls` are seed nodes.
     RedisCluster(RedisSettings),
+    /// One Redis master found through Sentinel and followed across failovers; `urls` are the
+    /// sentinels and `master` the name they know it by.
+    RedisSentinel(RedisSettings),
 }
 
-/// The settings the two Redis forms share.
+/// The settings the Redis forms share.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RedisSettings {
-    /// The server URL (`redis`) or the seed nodes (`redis_cluster`).
+    /// The server URL (`redis`), the seed nodes (`redis_cluster`) or the sentinels
+    /// (`redis_sentinel`).
     pub urls: Vec<String>,
+    /// The name the sentinels know the master by (`redis_sentinel` only).
+    pub master: Option<String>,
     /// First segment of every key; `None` for the store's default (`rl`).
     pub prefix: Option<String>,
     /// Deadline of one store call; `None` for the store's default.
@@ -66,6 +73,15 @@ impl StoreConfig {
             Self::Memory { .. } => "memory",
             Self::Redis(_) => "redis",
             Self::RedisCluster(_) => "redis_cluster",
+            Self::RedisSentinel(_) => "redis_sentinel",
+        }
+    }
+
+    /// The Redis settings, for any of the Redis forms.
+    pub fn redis(&self) -> Option<&RedisSettings> {
+        match self {
+            Self::Memory { .. } => None,
+            Self::Redis(s) | Self::RedisCluster(s) | Self::RedisSentinel(s) => Some(s),
         }
     }
 }
@@ -99,6 +115,8 @@ pub(crate) fn compile(raw: Option<&Spanned<RawStore>>, issues: &mut Issues) -> S
         "memory" => {
             misplaced("url", s.url.is_some(), issues);
             misplaced("nodes", s.nodes.is_some(), issues);
+            misplaced("sentinels", s.sentinels.is_some(), issues);
+            misplaced("master", s.master.is_some(), issues);
             misplaced("prefix", s.prefix.is_some(), issues);
             misplaced("timeout", s.timeout.is_some(), issues);
             misplaced("local_cache", s.local_cache.is_some(), issues);
@@ -110,38 +128,84 @@ pub(crate) fn compile(raw: Option<&Spanned<RawStore>>, issues: &mut Issues) -> S
                 max_keys: number(&s.max_keys, "max_keys", issues),
             }
         }
-        "redis" | "redis_cluster" => {
+        "redis" | "redis_cluster" | "redis_sentinel" => {
             misplaced("max_keys", s.max_keys.is_some(), issues);
-            let urls = if kind == "redis" {
-                misplaced("nodes", s.nodes.is_some(), issues);
-                match &s.url {
-                    Some(url) => vec![url.value.clone()],
-                    // With `regions`, each region names its own (`super::region`).
-                    None if s.regions.is_some() => vec![],
-                    None => {
-                        issues.push(raw.referenced, "store.url", "a `redis` store needs a `url`");
-                        vec![]
+            if kind != "redis_sentinel" {
+                misplaced("sentinels", s.sentinels.is_some(), issues);
+                misplaced("master", s.master.is_some(), issues);
+            }
+            // Where each URL came from, for error paths.
+            let (urls, field) = match kind {
+                "redis" => {
+                    misplaced("nodes", s.nodes.is_some(), issues);
+                    let urls = match &s.url {
+                        Some(url) => vec![url.value.clone()],
+                        // With `regions`, each region names its own (`super::region`).
+                        None if s.regions.is_some() => vec![],
+                        None => {
+                            issues.push(
+                                raw.referenced,
+                                "store.url",
+                                "a `redis` store needs a `url`",
+                            );
+                            vec![]
+                        }
+                    };
+                    (urls, "url")
+                }
+                "redis_cluster" => {
+                    misplaced("url", s.url.is_some(), issues);
+                    let nodes: Vec<String> =
+                        s.nodes.iter().flatten().map(|n| n.value.clone()).collect();
+                    if nodes.is_empty() && s.regions.is_none() {
+                        issues.push(
+                            raw.referenced,
+                            "store.nodes",
+                            "a `redis_cluster` store needs at least one seed node in `nodes`",
+                        );
                     }
+                    (nodes, "nodes")
                 }
-            } else {
-                misplaced("url", s.url.is_some(), issues);
-                let nodes: Vec<String> =
-                    s.nodes.iter().flatten().map(|n| n.value.clone()).collect();
-                if nodes.is_empty() && s.regions.is_none() {
-                    issues.push(
-                        raw.referenced,
-                        "store.nodes",
-                        "a `redis_cluster` store needs at least one seed node in `nodes`",
-                    );
+                _ => {
+                    misplaced("url", s.url.is_some(), issues);
+                    misplaced("nodes", s.nodes.is_some(), issues);
+                    let sentinels: Vec<String> = s
+                        .sentinels
+                        .iter()
+                        .flatten()
+                        .map(|n| n.value.clone())
+                        .collect();
+                    if sentinels.is_empty() {
+                        issues.push(
+                            raw.referenced,
+                            "store.sentinels",
+                            "a `redis_sentinel` store needs at least one sentinel in `sentinels`",
+                        );
+                    }
+                    match &s.master {
+                        Some(m) if m.value.is_empty() || m.value.contains(char::is_whitespace) => {
+                            issues.push(
+                                m.referenced,
+                                "store.master",
+                                "the master name must be non-empty without spaces",
+                            );
+                        }
+                        Some(_) => {}
+                        None => issues.push(
+                            raw.referenced,
+                            "store.master",
+                            "a `redis_sentinel` store needs `master`, the name the sentinels know it by",
+                        ),
+                    }
+                    (sentinels, "sentinels")
                 }
-                nodes
             };
             for (i, url) in urls.iter().enumerate() {
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                     let path = if kind == "redis" {
                         "store.url".into()
                     } else {
-                        format!("store.nodes[{i}]")
+                        format!("store.{field}[{i}]")
                     };
                     issues.push(
                         raw.referenced,
@@ -177,6 +241,7 @@ pub(crate) fn compile(raw: Option<&Spanned<RawStore>>, issues: &mut Issues) -> S
             let timeout = duration(&s.timeout, "timeout", issues);
             let settings = RedisSettings {
                 urls,
+                master: s.master.as_ref().map(|m| m.value.clone()),
                 prefix: s.prefix.as_ref().map(|p| p.value.clone()),
                 timeout,
                 local_cache: s.local_cache.as_ref().and_then(|n| match n.value {
@@ -188,17 +253,19 @@ pub(crate) fn compile(raw: Option<&Spanned<RawStore>>, issues: &mut Issues) -> S
                 breaker_cooldown: duration(&s.breaker_cooldown, "breaker_cooldown", issues),
                 retry_after: duration(&s.retry_after, "retry_after", issues),
             };
-            if kind == "redis" {
-                StoreConfig::Redis(settings)
-            } else {
-                StoreConfig::RedisCluster(settings)
+            match kind {
+                "redis" => StoreConfig::Redis(settings),
+                "redis_cluster" => StoreConfig::RedisCluster(settings),
+                _ => StoreConfig::RedisSentinel(settings),
             }
         }
         other => {
             issues.push(
                 s.kind.referenced,
                 "store.type",
-                format!("unknown store type `{other}` (use memory, redis or redis_cluster)"),
+                format!(
+                    "unknown store type `{other}` (use memory, redis, redis_cluster or redis_sentinel)"
+                ),
             );
             StoreConfig::default()
         }

@@ -85,7 +85,7 @@ impl FailureSettings {
     /// The settings for `store`, with `--store-timeout` (if given) as the budget.
     pub fn from_store(store: &StoreConfig, budget_override: Option<Duration>) -> Self {
         let mut out = Self::default();
-        if let StoreConfig::Redis(s) | StoreConfig::RedisCluster(s) = store {
+        if let Some(s) = store.redis() {
             let micros =
                 |m: Option<u64>, default: Duration| m.map_or(default, Duration::from_micros);
             out.budget = micros(s.timeout, out.budget);

@@ -136,3 +136,68 @@ store:
         "at least 1",
     );
 }
+
+#[test]
+fn a_sentinel_store_names_its_sentinels_and_master() {
+    let policy = load(&format!(
+        r#"{HEAD}limits:
+  a: {{algorithm: fixed_window, limit: 1, window: 1m, key: [ip]}}
+store:
+  type: redis_sentinel
+  sentinels: ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]
+  master: mymaster
+  timeout: 20ms
+"#
+    ));
+    let StoreConfig::RedisSentinel(s) = policy.store() else {
+        panic!("{:?}", policy.store())
+    };
+    assert_eq!(s.urls.len(), 2);
+    assert_eq!(s.master.as_deref(), Some("mymaster"));
+    assert_eq!(s.timeout, Some(20 * MILLISECOND));
+    assert_eq!(policy.store().kind(), "redis_sentinel");
+}
+
+#[test]
+fn a_sentinel_store_needs_a_master_name() {
+    expect(
+        r#"default_tier: t
+limits:
+  a: {algorithm: fixed_window, limit: 1, window: 1m, key: [ip]}
+tiers:
+  t: {limits: [a]}
+store: {type: redis_sentinel, sentinels: ["redis://127.0.0.1:26379"]}
+"#,
+        6,
+        "store.master",
+        "needs `master`",
+    );
+}
+
+#[test]
+fn sentinel_urls_are_checked_and_fields_of_other_kinds_refused() {
+    expect(
+        r#"default_tier: t
+limits:
+  a: {algorithm: fixed_window, limit: 1, window: 1m, key: [ip]}
+tiers:
+  t: {limits: [a]}
+store: {type: redis_sentinel, sentinels: ["10.0.0.1:26379"], master: m}
+"#,
+        6,
+        "store.sentinels[0]",
+        "not a redis:// URL",
+    );
+    expect(
+        r#"default_tier: t
+limits:
+  a: {algorithm: fixed_window, limit: 1, window: 1m, key: [ip]}
+tiers:
+  t: {limits: [a]}
+store: {type: redis, url: "redis://127.0.0.1:6379", master: m}
+"#,
+        6,
+        "store.master",
+        "does not apply to a store of type `redis`",
+    );
+}

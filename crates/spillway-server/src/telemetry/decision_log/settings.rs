@@ -148,6 +148,10 @@ impl RedisTarget {
         match store {
             StoreConfig::Redis(s) => Ok(Self::Server(s.urls.first().cloned().unwrap_or_default())),
             StoreConfig::RedisCluster(s) => Ok(Self::Cluster(s.urls.clone())),
+            StoreConfig::RedisSentinel(_) => Err(
+                "--decision-log redis does not follow Sentinel yet; give the master's redis:// URL"
+                    .into(),
+            ),
             StoreConfig::Memory { .. } => Err(
                 "--decision-log redis writes to the store's Redis, but the store is in memory; \
                  give a redis:// URL instead"

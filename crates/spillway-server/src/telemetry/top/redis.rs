@@ -15,7 +15,7 @@ use anyhow::Context;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use serde::{Deserialize, Serialize};
-use spillway_core::policy::StoreConfig;
+use spillway_core::policy::{RedisSettings, StoreConfig};
 use spillway_core::time::Clock;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +37,7 @@ pub struct Published {
 enum Conn {
     Server(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(spillway_redis::sentinel::SentinelConn),
 }
 
 /// The shared board of summaries on Redis; see the module docs.
@@ -55,6 +56,15 @@ impl Board {
             StoreConfig::Memory { .. } => return Ok(None),
             StoreConfig::Redis(s) => (s, false),
             StoreConfig::RedisCluster(s) => (s, true),
+            StoreConfig::RedisSentinel(s) => {
+                let master = s.master.as_deref().unwrap_or_default();
+                let timeout = Duration::from_secs(1);
+                let conn =
+                    spillway_redis::sentinel::SentinelConn::connect_quiet(&s.urls, master, timeout)
+                        .await
+                        .context("top-k board: no master through Sentinel")?;
+                return Ok(Some(Self::new(Conn::Sentinel(conn), s, period)));
+            }
         };
         let conn = if cluster {
             let client = redis::cluster::ClusterClientBuilder::new(settings.urls.clone())
@@ -66,12 +76,16 @@ impl Board {
             let client = redis::Client::open(url.as_str()).context("top-k board: bad Redis URL")?;
             Conn::Server(ConnectionManager::new(client).await?)
         };
+        Ok(Some(Self::new(conn, settings, period)))
+    }
+
+    fn new(conn: Conn, settings: &RedisSettings, period: Duration) -> Self {
         let prefix = settings.prefix.as_deref().unwrap_or("rl");
-        Ok(Some(Self {
+        Self {
             conn,
             tag: format!("{{{prefix}:top}}"),
             period: period.max(Duration::from_millis(10)),
-        }))
+        }
     }
 
     fn node_key(&self, node: &str) -> String {
@@ -86,6 +100,7 @@ impl Board {
         match self.conn.clone() {
             Conn::Server(mut c) => pipe.query_async(&mut c).await,
             Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
+            Conn::Sentinel(mut c) => pipe.query_async(&mut c).await,
         }
     }
 

@@ -1,0 +1,337 @@
+//! A Redis master found through Sentinel by name, and followed across failovers.
+//!
+//! [`SentinelConn`] asks the sentinels, in the order given, for the address of the master they
+//! know by name (`SENTINEL GET-MASTER-ADDR-BY-NAME`), connects to it and checks that it really
+//! acts as master (`ROLE`): a sentinel that has not yet heard of a failover can name a server
+//! that was demoted. Every store call goes to that master over one multiplexed connection.
+//!
+//! A background task keeps the address true. It asks again
+//! - at once when a sentinel announces a failover (`+switch-master`, subscribed to on one
+//!   sentinel at a time);
+//! - when a call fails in a way a failover explains: the connection refused or dropped, no
+//!   answer in time, or the server saying it is a replica now (`READONLY`) or has lost its
+//!   master (`MASTERDOWN`); at most every [`NUDGE_GAP`];
+//! - and every [`POLL`] regardless, in case an announcement was missed.
+//!
+//! When the answer names another server that acts as master, the task connects to it and
+//! swaps the connection: calls already sent finish (or fail) on the old one, later calls go
+//! to the new one. Each switch increments `spillway_redis_master_changes_total` and logs the
+//! old and the new address. Until the switch, calls fail as they would against any dead
+//! server, and the server's failure handling (time budget, breaker, failure mode) decides
+//! what those requests get.
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::{Cmd, RedisError, RedisFuture, RedisResult, Value};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Counter of master switches this node followed.
+pub const MASTER_CHANGES: &str = "spillway_redis_master_changes_total";
+
+/// How often the task asks the sentinels even when nothing happened.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// The least time between two lookups prompted by failed calls.
+pub const NUDGE_GAP: Duration = Duration::from_millis(100);
+
+/// The master's connection and where it goes.
+#[derive(Clone)]
+struct Current {
+    addr: String,
+    conn: ConnectionManager,
+}
+
+struct Inner {
+    sentinels: Vec<redis::Client>,
+    master: String,
+    timeout: Duration,
+    current: parking_lot::RwLock<Current>,
+    /// Woken by calls that failed in a way a failover explains.
+    nudge: Notify,
+    /// Whether switches are counted and logged as warnings (the store's connection), or only
+    /// logged at debug level (a helper connection following the same master).
+    reported: bool,
+}
+
+/// The connection to the master the sentinels name; see the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct SentinelConn {
+    inner: Arc<Inner>,
+}
+
+/// Whether `err` is what a client of a failed or demoted master sees.
+fn failover_sign(err: &RedisError) -> bool {
+    if err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+    {
+        return true;
+    }
+    let text = err.to_string();
+    text.contains("READONLY") || text.contains("MASTERDOWN")
+}
+
+impl SentinelConn {
+    /// Finds the master named `master` through `sentinels` (redis:// URLs) and connects to it;
+    /// `timeout` bounds each call on the master. Fails if no sentinel names a master that
+    /// answers as one.
+    pub async fn connect(
+        sentinels: &[String],
+        master: &str,
+        timeout: Duration,
+    ) -> RedisResult<Self> {
+        Self::open(sentinels, master, timeout, true).await
+    }
+
+    /// As [`SentinelConn::connect`], for a second connection of the same process (such as the
+    /// shared top-k board) following the same master: its switches are logged at debug level
+    /// and not counted, so the store's connection alone reports each failover.
+    pub async fn connect_quiet(
+        sentinels: &[String],
+        master: &str,
+        timeout: Duration,
+    ) -> RedisResult<Self> {
+        Self::open(sentinels, master, timeout, false).await
+    }
+
+    async fn open(
+        sentinels: &[String],
+        master: &str,
+        timeout: Duration,
+        reported: bool,
+    ) -> RedisResult<Self> {
+        let sentinels = sentinels
+            .iter()
+            .map(|url| redis::Client::open(url.as_str()))
+            .collect::<RedisResult<Vec<_>>>()?;
+        let (addr, conn) = locate(&sentinels, master, timeout).await?;
+        let inner = Arc::new(Inner {
+            sentinels,
+            master: master.to_owned(),
+            timeout,
+            current: parking_lot::RwLock::new(Current { addr, conn }),
+            nudge: Notify::new(),
+            reported,
+        });
+        tokio::spawn(watch(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// The `host:port` of the master in use.
+    pub fn master_addr(&self) -> String {
+        self.inner.current.read().addr.clone()
+    }
+}
+
+/// Asks one sentinel where the master named `master` is.
+async fn ask(sentinel: &redis::Client, master: &str, limit: Duration) -> RedisResult<String> {
+    let asking = async {
+        let mut conn = sentinel.get_multiplexed_async_connection().await?;
+        let reply: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(master)
+            .query_async(&mut conn)
+            .await?;
+        reply
+            .map(|(host, port)| format!("{host}:{port}"))
+            .ok_or_else(|| {
+                RedisError::from((
+                    redis::ErrorKind::Client,
+                    "sentinel does not know the master",
+                    master.to_owned(),
+                ))
+            })
+    };
+    match tokio::time::timeout(limit, asking).await {
+        Ok(answer) => answer,
+        Err(_) => Err(RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the sentinel did not answer in time",
+        ))),
+    }
+}
+
+/// Connects to `addr` and checks that it acts as master.
+async fn open_master(addr: &str, timeout: Duration) -> RedisResult<ConnectionManager> {
+    let client = redis::Client::open(format!("redis://{addr}"))?;
+    let settings = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    let mut conn = ConnectionManager::new_with_config(client, settings).await?;
+    let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+    match role.first() {
+        Some(Value::BulkString(r)) if r == b"master" => Ok(conn),
+        _ => Err(RedisError::from((
+            redis::ErrorKind::Client,
+            "the server the sentinels name is not a master (yet)",
+            addr.to_owned(),
+        ))),
+    }
+}
+
+/// The master's address and a connection to it, from the first sentinel that names one that
+/// acts as master.
+async fn locate(
+    sentinels: &[redis::Client],
+    master: &str,
+    timeout: Duration,
+) -> RedisResult<(String, ConnectionManager)> {
+    let limit = timeout.max(Duration::from_secs(1));
+    let mut last = None;
+    for sentinel in sentinels {
+        match ask(sentinel, master, limit).await {
+            Ok(addr) => match open_master(&addr, timeout).await {
+                Ok(conn) => return Ok((addr, conn)),
+                Err(err) => last = Some(err),
+            },
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| RedisError::from((redis::ErrorKind::Client, "no sentinels configured"))))
+}
+
+impl Inner {
+    /// Asks the sentinels where the master is and switches to it if it moved.
+    async fn refresh(&self) {
+        let limit = self.timeout.max(Duration::from_secs(1));
+        let mut named = None;
+        for sentinel in &self.sentinels {
+            if let Ok(addr) = ask(sentinel, &self.master, limit).await {
+                named = Some(addr);
+                break;
+            }
+        }
+        let Some(addr) = named else {
+            tracing::debug!(master = %self.master, "no sentinel answered");
+            return;
+        };
+        let old = self.current.read().addr.clone();
+        if addr == old {
+            return;
+        }
+        match open_master(&addr, self.timeout).await {
+            Ok(conn) => {
+                *self.current.write() = Current {
+                    addr: addr.clone(),
+                    conn,
+                };
+                if self.reported {
+                    metrics::counter!(MASTER_CHANGES).increment(1);
+                    tracing::warn!(
+                        master = %self.master,
+                        old = %old,
+                        new = %addr,
+                        "Redis master changed (Sentinel); store calls now go to the new master"
+                    );
+                } else {
+                    tracing::debug!(master = %self.master, old = %old, new = %addr, "followed the master");
+                }
+            }
+            Err(err) => tracing::debug!(
+                master = %self.master,
+                addr = %addr,
+                error = %err,
+                "the sentinels name a new master that does not act as one yet"
+            ),
+        }
+    }
+}
+
+/// Subscribes to `+switch-master` on the first sentinel that accepts.
+async fn subscribe(inner: &Inner) -> Option<redis::aio::PubSubStream> {
+    for sentinel in &inner.sentinels {
+        let subscribing = async {
+            let mut pubsub = sentinel.get_async_pubsub().await?;
+            pubsub.subscribe("+switch-master").await?;
+            Ok::<_, RedisError>(pubsub.into_on_message())
+        };
+        let limit = inner.timeout.max(Duration::from_secs(1));
+        if let Ok(Ok(stream)) = tokio::time::timeout(limit, subscribing).await {
+            return Some(stream);
+        }
+    }
+    None
+}
+
+/// The background task of the module docs; ends once the connection is dropped.
+async fn watch(inner: Weak<Inner>) {
+    use futures_util::StreamExt;
+    let mut announcements = None;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if announcements.is_none() {
+            announcements = subscribe(&strong).await;
+        }
+        let switched = async {
+            match announcements.as_mut() {
+                Some(stream) => stream.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            message = switched => match message {
+                // "<name> <old ip> <old port> <new ip> <new port>"
+                Some(m) => {
+                    let payload: String = m.get_payload().unwrap_or_default();
+                    if payload.split(' ').next() == Some(strong.master.as_str()) {
+                        strong.refresh().await;
+                    }
+                }
+                // The sentinel went away: subscribe to another one next time round.
+                None => announcements = None,
+            },
+            () = strong.nudge.notified() => {
+                strong.refresh().await;
+                tokio::time::sleep(NUDGE_GAP).await;
+            }
+            () = tokio::time::sleep(POLL) => strong.refresh().await,
+        }
+    }
+}
+
+impl ConnectionLike for SentinelConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let mut conn = self.inner.current.read().conn.clone();
+        Box::pin(async move {
+            let reply = conn.req_packed_command(cmd).await;
+            let sign = match &reply {
+                Err(err) => failover_sign(err),
+                Ok(Value::ServerError(err)) => {
+                    matches!(err.code(), "READONLY" | "MASTERDOWN")
+                }
+                Ok(_) => false,
+            };
+            if sign {
+                self.inner.nudge.notify_one();
+            }
+            reply
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let mut conn = self.inner.current.read().conn.clone();
+        Box::pin(async move {
+            let reply = conn.req_packed_commands(pipeline, offset, count).await;
+            if reply.as_ref().is_err_and(failover_sign) {
+                self.inner.nudge.notify_one();
+            }
+            reply
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}

@@ -1,0 +1,197 @@
+//! A Redis Sentinel deployment for tests: a master, one replica and three `redis-sentinel`
+//! processes watching it under the name [`MASTER_NAME`], all on free loopback ports.
+//!
+//! The sentinels are tuned to fail over fast: the master counts as down after
+//! [`DOWN_AFTER_MS`] without an answer, two sentinels must agree, and a failover attempt
+//! times out after three seconds. [`SentinelGroup::start`] returns only once the replica
+//! is in sync and every sentinel knows the replica and the two other sentinels, so a
+//! failover can start as soon as the master goes.
+
+// Deadlines here bound process start-up and failover, not limit time.
+#![allow(clippy::disallowed_methods)]
+
+use crate::redis::{command, free_port, RedisServer};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The name the sentinels know the master by.
+pub const MASTER_NAME: &str = "spillway-test";
+
+/// How long the master may stay silent before a sentinel calls it down.
+pub const DOWN_AFTER_MS: u64 = 600;
+
+/// How long the group may take to come up, or to fail over, on a loaded machine.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// One `redis-sentinel` process, killed on drop.
+struct Sentinel {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Sentinel {
+    /// Starts a sentinel watching the master on `master_port`; `None` if its port was taken.
+    fn start(master_port: u16) -> Option<Self> {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("spillway-sentinel-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        // Sentinel rewrites its configuration file as it learns, so each has its own.
+        let conf = dir.join("sentinel.conf");
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+             sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+             sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
+             sentinel failover-timeout {MASTER_NAME} 3000\n\
+             sentinel parallel-syncs {MASTER_NAME} 1\n",
+            dir = dir.display()
+        );
+        std::fs::write(&conf, text).ok()?;
+        let child = Command::new("redis-sentinel")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .or_else(|_| {
+                // Without Debian's redis-sentinel, the server binary runs in sentinel mode.
+                Command::new("redis-server")
+                    .arg(&conf)
+                    .arg("--sentinel")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+            })
+            .ok()?;
+        let mut sentinel = Self { child, port, dir };
+        let deadline = Instant::now() + DEADLINE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = sentinel.child.try_wait() {
+                return None; // exited: most likely the port was taken
+            }
+            if command(port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+                return Some(sentinel);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = sentinel.child.kill();
+        None
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A master, a replica and three sentinels; see the module docs. Everything is killed on drop.
+pub struct SentinelGroup {
+    servers: Vec<RedisServer>,
+    sentinels: Vec<Sentinel>,
+}
+
+/// The value after `field` in a reply that lists fields and values as bulk strings.
+fn field(reply: &str, field: &str) -> Option<String> {
+    let lines: Vec<&str> = reply.split("\r\n").collect();
+    let at = lines.iter().position(|l| *l == field)?;
+    lines.get(at + 2).map(|v| (*v).to_owned())
+}
+
+impl SentinelGroup {
+    /// Starts the group and waits until it could fail over (see the module docs).
+    pub fn start() -> Self {
+        let master = RedisServer::start();
+        let master_port = master.port().to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port]);
+        let mut sentinels = Vec::new();
+        for _ in 0..30 {
+            if sentinels.len() == 3 {
+                break;
+            }
+            if let Some(s) = Sentinel::start(master.port()) {
+                sentinels.push(s);
+            }
+        }
+        assert_eq!(
+            sentinels.len(),
+            3,
+            "could not start three redis-sentinel processes"
+        );
+        let group = Self {
+            servers: vec![master, replica],
+            sentinels,
+        };
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let synced = command(group.servers[1].port(), "INFO replication")
+                .is_some_and(|r| r.contains("master_link_status:up"));
+            let ready = group.sentinels.iter().all(|s| {
+                command(s.port, &format!("SENTINEL MASTER {MASTER_NAME}")).is_some_and(|r| {
+                    field(&r, "num-slaves").as_deref() == Some("1")
+                        && field(&r, "num-other-sentinels").as_deref() == Some("2")
+                })
+            });
+            if synced && ready {
+                return group;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels never saw the replica and each other"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>` of each sentinel.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| format!("redis://127.0.0.1:{}", s.port))
+            .collect()
+    }
+
+    /// The port of the server the sentinels call master now (asking the first that answers).
+    pub fn master_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            let reply = command(
+                s.port,
+                &format!("SENTINEL GET-MASTER-ADDR-BY-NAME {MASTER_NAME}"),
+            )?;
+            reply.split("\r\n").nth(4)?.parse().ok()
+        })
+    }
+
+    /// The port the first master was started on.
+    pub fn first_master_port(&self) -> u16 {
+        self.servers[0].port()
+    }
+
+    /// The port of the replica (the master after a failover).
+    pub fn replica_port(&self) -> u16 {
+        self.servers[1].port()
+    }
+
+    /// Kills the first master, as a crash would.
+    pub fn kill_master(&mut self) {
+        self.servers[0].kill();
+    }
+
+    /// Waits until the sentinels name the replica as master and it acts as one; panics after
+    /// the deadline.
+    pub fn wait_for_failover(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let promoted = self.master_port() == Some(self.replica_port())
+                && command(self.replica_port(), "ROLE").is_some_and(|r| r.contains("master"));
+            if promoted {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the sentinels never failed over");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
