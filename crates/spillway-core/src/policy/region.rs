@@ -188,6 +188,14 @@ pub(crate) fn compile(
                 "regions need a shared store: use `type: redis` or `type: redis_cluster`",
             );
             return None;
+        }        StoreConfig::RedisSentinel(_) => {
+            issues.push(
+                regions.referenced,
+                "store.regions",
+                "regions are not supported on `type: redis_sentinel` yet: use `type: redis` or \
+                 `type: redis_cluster` for each region",
+            );
+            return None;
         }
     };
     let cluster = matches!(store, StoreConfig::RedisCluster(_));
