@@ -98,6 +98,10 @@ impl RegionNode {
         let (Some(regions), Some(region)) = (policy.regions(), region) else {
             return Ok(None);
         };
+        if regions.names().len() < 2 {
+            // One region: nothing to exchange or call elsewhere; decide as without regions.
+            return Ok(None);
+        }
         let own = regions
             .index(region)
             .with_context(|| format!("no region named {region}"))?;
@@ -123,7 +127,6 @@ impl RegionNode {
             regions.names().len(),
             regions.partition_after,
             regions.partition_share,
-            clock.now(),
         ));
         Ok(Some(Arc::new(Self {
             regions: regions.clone(),
@@ -135,13 +138,15 @@ impl RegionNode {
     }
 
     /// Starts the exchange of `aggregate` counts; it reads the policy in force on each tick.
+    /// It stops, after a last publication, once `stop` is notified.
     pub fn spawn_exchange(
         &self,
         policy: impl Fn() -> Arc<Policy> + Send + 'static,
         shutdown: Shutdown,
+        stop: Arc<tokio::sync::Notify>,
     ) -> tokio::task::JoinHandle<()> {
         exchange::Exchange::new(&self.regions, self.tally.clone(), self.clock.clone())
-            .spawn(policy, shutdown)
+            .spawn(policy, shutdown, stop)
     }
 
     /// This node's region.
