@@ -414,7 +414,10 @@ tenants:
         for _ in 0..45 {
             admitted += u32::from(ask(node, "/agg", "hooli").await.0 == 200);
         }
-        assert_eq!(admitted, 30, "{name} keeps to its share while ap is cut off");
+        assert_eq!(
+            admitted, 30,
+            "{name} keeps to its share while ap is cut off"
+        );
     }
     // A home limit whose home is cut off: the route's failure mode (closed: 503), quickly.
     let (status, _, took) = ask(us, "/home", "initech").await;

@@ -487,7 +487,11 @@ mod tests {
         let mut r2 = HashMap::new();
         r2.insert(p("mid"), 10);
         let known = gather(&[HashMap::new(), r1, r2], 3, 3);
-        assert_eq!(known.counts.len(), 3, "the catch-all first, then the largest");
+        assert_eq!(
+            known.counts.len(),
+            3,
+            "the catch-all first, then the largest"
+        );
         assert_eq!(known.counts[&p("big")][1], 50);
         assert_eq!(known.counts[&p("mid")][2], 10);
         assert!(!known.counts.contains_key(&p("small")));
