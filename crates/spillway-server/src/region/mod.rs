@@ -225,3 +225,41 @@ impl Store for Remote {
         self.store.get().map_or(0, |s| s.sweep())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ServerClock;
+    use crate::config::PolicySource;
+
+    fn policy(regions: &str) -> Policy {
+        PolicySource::Builtin
+            .parse(&format!(
+                "default_tier: t
+store:
+  type: redis
+  regions:
+{regions}
+limits:
+  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [soft]}}
+"
+            ))
+            .expect("valid policy")
+    }
+
+    #[test]
+    fn one_region_decides_as_without_regions() {
+        let clock = ServerClock::manual(1_000);
+        let failure = FailureSettings::default();
+        let one = policy("    us: {url: \"redis://127.0.0.1:1\"}");
+        let node = RegionNode::new(&one, Some("us"), &failure, clock.shared()).expect("ok");
+        assert!(node.is_none(), "one region: no region node, no exchange");
+        let two = policy(
+            "    us: {url: \"redis://127.0.0.1:1\"}\n    eu: {url: \"redis://127.0.0.1:2\"}",
+        );
+        let node = RegionNode::new(&two, Some("us"), &failure, clock.shared()).expect("ok");
+        assert!(node.is_some());
+    }
+}
