@@ -180,6 +180,8 @@ pub struct Exchange {
     /// Window lengths seen beyond the policy's own (tenant overrides set at run time, here or
     /// announced by another region), with when they were last seen.
     seen: HashMap<Micros, Micros>,
+    /// Whether each region's last read left counters out (a hash over its cap).
+    cut_reads: Vec<bool>,
     /// How long a region's stamp may be old before the region is taken as cut off.
     partition_after: Micros,
 }
@@ -199,6 +201,7 @@ impl Exchange {
             clock,
             last: vec![HashMap::new(); regions.names().len()],
             seen: HashMap::new(),
+            cut_reads: vec![false; regions.names().len()],
             partition_after: regions.partition_after,
         }
     }
@@ -266,7 +269,8 @@ impl Exchange {
         for (r, read) in results.into_iter().enumerate() {
             let name = self.links[r].name.to_string();
             match read {
-                Some(Ok((counts, stamp, announced))) => {
+                Some(Ok((counts, stamp, announced, cut))) => {
+                    self.cut_reads[r] = cut;
                     for len in announced {
                         if self.seen.len() < MAX_LENGTHS || self.seen.contains_key(&len) {
                             self.seen.insert(len, now);
@@ -302,7 +306,10 @@ impl Exchange {
             }
         }
         let regions = self.tally.regions();
-        let known = gather(&self.last, regions, MAX_KNOWN);
+        let mut known = gather(&self.last, regions, MAX_KNOWN);
+        for (t, &cut) in known.truncated.iter_mut().zip(&self.cut_reads) {
+            *t |= cut;
+        }
         if known.truncated.iter().any(|&t| t) {
             metrics::counter!(m::KNOWN_OVERFLOW).increment(1);
         }
@@ -424,8 +431,9 @@ fn gather(last: &[HashMap<Place, u64>], regions: usize, max: usize) -> Known {
     known
 }
 
-/// What one read of a region brings: its counts, its stamp and the window lengths it counts.
-type Read = (HashMap<Place, u64>, Option<Micros>, Vec<Micros>);
+/// What one read of a region brings: its counts, its stamp, the window lengths it counts,
+/// and whether some of its counters were left out.
+type Read = (HashMap<Place, u64>, Option<Micros>, Vec<Micros>, bool);
 
 /// Reads one region's hashes for `lengths` (current and previous windows) and its stamp.
 async fn read_region(
@@ -436,42 +444,74 @@ async fn read_region(
 ) -> Result<Read, String> {
     let mut pipe = redis::pipe();
     let mut places = Vec::new();
+    // Each hash is read whole up to a cap, so one read's memory is bounded too; a hash over
+    // it is read in part and the region marked truncated (its other counters read as its share).
+    let hashes_read = (2 * lengths.len()).max(1);
+    let cap = (MAX_KNOWN / hashes_read).max(1_000);
     for &len in lengths {
         let start = now - now % len;
         for s in [start, start.saturating_sub(len)] {
-            pipe.cmd("HGETALL").arg(link.hash(len, s));
+            pipe.cmd("EVAL")
+                .arg(READ_CAPPED)
+                .arg(1)
+                .arg(link.hash(len, s))
+                .arg(cap);
             places.push((len, s));
         }
     }
     pipe.cmd("GET").arg(link.stamp());
     pipe.cmd("SMEMBERS").arg(link.lengths());
-    let (hashes, stamp, announced): (Vec<HashMap<String, u64>>, Option<u64>, Vec<Micros>) = {
-        let mut all: Vec<redis::Value> = link.run(&pipe, budget).await?;
-        let announced = all
-            .pop()
-            .and_then(|v| redis::from_redis_value::<Vec<u64>>(v).ok())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|&len| len > 0)
-            .take(MAX_LENGTHS)
-            .collect();
-        let stamp_value = all.pop();
-        let stamp =
-            stamp_value.and_then(|v| redis::from_redis_value::<Option<u64>>(v).ok().flatten());
-        let hashes = all
-            .into_iter()
-            .map(|v| redis::from_redis_value::<HashMap<String, u64>>(v).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        (hashes, stamp, announced)
-    };
+    let mut all: Vec<redis::Value> = link.run(&pipe, budget).await?;
+    let announced = all
+        .pop()
+        .and_then(|v| redis::from_redis_value::<Vec<u64>>(v).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&len| len > 0)
+        .take(MAX_LENGTHS)
+        .collect();
+    let stamp = all
+        .pop()
+        .and_then(|v| redis::from_redis_value::<Option<u64>>(v).ok().flatten());
+    let mut truncated = false;
+    let mut hashes = Vec::with_capacity(all.len());
+    for v in all {
+        let (cut, flat): (u8, Vec<String>) =
+            redis::from_redis_value(v).map_err(|e| e.to_string())?;
+        truncated |= cut != 0;
+        let mut pairs = HashMap::with_capacity(flat.len() / 2);
+        for pair in flat.chunks_exact(2) {
+            let n: u64 = pair[1]
+                .parse()
+                .map_err(|_| format!("not a count: {}", pair[1]))?;
+            pairs.insert(pair[0].clone(), n);
+        }
+        hashes.push(pairs);
+    }
     let mut counts = HashMap::new();
     for ((len, start), hash) in places.into_iter().zip(hashes) {
         for (field, n) in hash {
             counts.insert((len, start, field.into_boxed_str()), n);
         }
     }
-    Ok((counts, stamp, announced))
+    Ok((counts, stamp, announced, truncated))
 }
+
+/// Returns `{0, HGETALL}` for a hash of at most `ARGV[1]` fields, else `{1, fields}` with about
+/// that many of them (by `HSCAN`).
+const READ_CAPPED: &str = r"
+local cap = tonumber(ARGV[1])
+if redis.call('HLEN', KEYS[1]) <= cap then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+local got, cursor = {}, '0'
+repeat
+  local r = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', 1000)
+  cursor = r[1]
+  for i = 1, #r[2] do got[#got + 1] = r[2][i] end
+until cursor == '0' or #got >= 2 * cap
+return {1, got}
+";
 
 #[cfg(test)]
 mod tests {
