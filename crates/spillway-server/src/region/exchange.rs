@@ -516,6 +516,58 @@ return {1, got}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use spillway_core::algorithm::{FixedWindow, LimitParams};
+    use spillway_testkit::redis::RedisServer;
+
+    /// A window length no policy limit has (a tenant override set at run time) is published,
+    /// announced and read by the other region; a region whose stamp stops moving is cut off.
+    #[tokio::test]
+    async fn override_windows_travel_and_a_frozen_publisher_is_cut_off() {
+        let (a, b) = (RedisServer::start(), RedisServer::start());
+        let text = format!(
+            "default_tier: t
+store:
+  type: redis
+  regions:
+    us: {{url: \"{}\"}}
+    eu: {{url: \"{}\"}}
+  exchange: {{interval: 100ms, partition_after: 1s}}
+limits:
+  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [soft]}}
+",
+            a.url(),
+            b.url()
+        );
+        let policy = crate::config::PolicySource::Builtin
+            .parse(&text)
+            .expect("policy");
+        let regions = policy.regions().expect("regions");
+        // Hashes expire at an absolute time: the clock must read a date to come (2030).
+        let clock = crate::clock::ServerClock::manual(1_900_000_000_000);
+        let manual = clock.manual_control().expect("manual");
+        let ta = Arc::new(Tally::new(0, 2, regions.partition_after, 0.5));
+        let tb = Arc::new(Tally::new(1, 2, regions.partition_after, 0.5));
+        let mut xa = Exchange::new(regions, ta.clone(), clock.shared());
+        let mut xb = Exchange::new(regions, tb.clone(), clock.shared());
+        let len: Micros = 7 * 60_000_000;
+        let now = clock.now();
+        let start = now - now % len;
+        ta.add((len, start, "k".into()), 3);
+        let none = BTreeSet::new();
+        xa.tick(&none).await;
+        xb.tick(&none).await; // learns the length
+        xb.tick(&none).await; // reads it
+        let params = LimitParams::FixedWindow(FixedWindow::new(10, len).unwrap());
+        let now = clock.now();
+        assert!(!tb.cut_off(0, now), "us was read and its stamp is fresh");
+        assert_eq!(tb.others(&params, "k", now), 3);
+        // us stops publishing (frozen), its store still answers: after partition_after, cut off.
+        manual.advance(2_000_000);
+        xb.tick(&none).await;
+        assert!(tb.cut_off(0, clock.now()));
+    }
 
     #[test]
     fn past_the_bound_the_largest_counts_are_kept_and_the_region_is_marked() {
