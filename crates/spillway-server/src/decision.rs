@@ -157,8 +157,14 @@ async fn run(
     let stopwatch = metrics::Stopwatch::start();
     trace.store_call(ask.planned.len());
     let result = match &app.regions {
-        // Only `home` and `aggregate` limits need more than the region's own store.
-        Some(regions) if policy.has_global_limits() => {
+        // Only `home` and `aggregate` limits need more than the region's own store; a request
+        // whose planned limits are all `regional` takes the plain path.
+        Some(regions)
+            if policy.has_global_limits()
+                && (ask.planned.iter()).any(|p| {
+                    policy.scope(&p.def.name) != spillway_core::policy::Scope::Regional
+                }) =>
+        {
             let own = app.engine.store().as_ref();
             regions.check(policy, own, ask.planned, ask.mode).await
         }

@@ -192,9 +192,11 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let reload_task =
         reload::spawn(reloader, shutdown.clone()).context("cannot listen for SIGHUP")?;
     let sweep_task = sweeper::spawn(store, recorder, shutdown.clone());
+    let exchange_stop = Arc::new(tokio::sync::Notify::new());
     let exchange_task = app.regions.as_ref().map(|regions| {
         let app = app.clone();
-        regions.spawn_exchange(move || app.engine.policy(), shutdown.clone())
+        let stop = exchange_stop.clone();
+        regions.spawn_exchange(move || app.engine.policy(), shutdown.clone(), stop)
     });
     let catalog_task = crate::telemetry::live::follow_catalog(app.clone(), shutdown.clone());
     let publish_task =
@@ -279,7 +281,9 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     reload_task.abort();
     sweep_task.abort();
     if let Some(task) = exchange_task {
-        task.abort();
+        // The drain is over: a last publication of what this node admitted, within a budget.
+        exchange_stop.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     catalog_task.abort();
     if let Some(mut admin) = admin_task {

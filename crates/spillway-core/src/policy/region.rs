@@ -8,7 +8,7 @@
 //!   regions:
 //!     us: {url: "redis://10.0.0.1:6379"}
 //!     eu: {url: "redis://10.1.0.1:6379"}
-//!   exchange: {interval: 250ms, partition_after: 1s, partition_share: 0.5}
+//!   exchange: {interval: 250ms, partition_after: 1s, partition_share: 0.3}
 //! limits:
 //!   api:    {algorithm: token_bucket, rate: 100/s, burst: 100, key: [tenant], scope: home}
 //!   abuse:  {algorithm: fixed_window, limit: 10000, window: 1m, key: [ip], scope: aggregate}
@@ -325,7 +325,20 @@ pub(crate) fn compile(
     let partition_share = match share {
         None => 1.0 / count as f64,
         Some(n) => match n.value.fraction() {
-            Some(f) if f > 0.0 && f <= 1.0 => f,
+            Some(f) if f > 0.0 && f <= 1.0 / count as f64 + 1e-9 => f,
+            Some(f) if f > 0.0 && f <= 1.0 => {
+                issues.push(
+                    n.referenced,
+                    "store.exchange.partition_share",
+                    format!(
+                        "must be at most 1 / regions ({:.4} with {count} regions): regions cut off \
+                         from each other each keep to their share, and together must stay within \
+                         the limit",
+                        1.0 / count as f64
+                    ),
+                );
+                1.0 / count as f64
+            }
             _ => {
                 issues.push(
                     n.referenced,

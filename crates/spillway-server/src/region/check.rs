@@ -12,7 +12,7 @@
 //!   at all, the request is denied without charging anything.
 //!
 //! A request whose limits span two stores is checked in this order: the own store looks
-//! (no charge); if it would deny, the other store looks too and the request is denied; else the
+//! (no charge); if it would deny, the request is denied without asking the other store; else the
 //! other store charges, and if it admitted, the own store charges. The only gap: a request the
 //! own store denies in that last step, after the other charged, has used its home budget
 //! without being admitted (under-admission, never over-admission).
@@ -83,9 +83,16 @@ impl RegionNode {
                     .await?;
             }
             for (region, idx) in &groups {
-                let step = if allowed { mode } else { CheckMode::Peek };
+                if !allowed {
+                    // Denied already: the far store is not asked (no round trip, and its
+                    // failure cannot turn this denial into a failure-mode admission).
+                    for &i in idx {
+                        outcomes[i] = Some(not_asked(&planned[i]));
+                    }
+                    continue;
+                }
                 allowed &= self
-                    .call(*region, own, planned, &routing, idx, step, &mut outcomes)
+                    .call(*region, own, planned, &routing, idx, mode, &mut outcomes)
                     .await?;
             }
             if allowed && mode == CheckMode::Consume && !local.is_empty() {
@@ -197,6 +204,27 @@ impl RegionNode {
             outcomes[i] = Some(outcome);
         }
         Ok(allowed)
+    }
+}
+
+/// The outcome of a limit whose store was not asked because another limit denied the request
+/// first: not charged, reported as allowing with its whole quota (the denying limit is the one
+/// the answer names).
+fn not_asked(p: &Planned) -> LimitOutcome {
+    let quota = p.def.params.quota();
+    LimitOutcome {
+        name: p.def.name.clone(),
+        decision: spillway_core::algorithm::Decision {
+            allowed: true,
+            limit: quota,
+            remaining: quota,
+            reset_after: 0,
+            retry_after: None,
+            denial: None,
+        },
+        shadow: p.def.shadow,
+        quota,
+        window: p.def.params.window(),
     }
 }
 

@@ -18,7 +18,7 @@
 //! region on a Redis Cluster answers the whole pipeline from one slot.
 
 use super::metrics as m;
-use super::tally::{Known, Place, Tally};
+use super::tally::{Known, Place, Tally, CATCH_ALL};
 use crate::shutdown::Shutdown;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -29,8 +29,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The most counters a node holds the other regions' counts of (about 100 MB at the limit;
-/// what clients can make grow, by sending fresh key values, must have a bound).
+/// what clients can make grow, by sending fresh key values, must have a bound). Past it the
+/// largest counts are kept, and a counter not held reads as its region's share of the limit
+/// (see `Known::truncated`): fail closed, not open.
 pub const MAX_KNOWN: usize = 1_000_000;
+
+/// The most counters one publication pipeline carries; a larger publication is sent in
+/// several pipelines.
+pub const PUBLISH_CHUNK: usize = 5_000;
+
+/// The most window lengths a node exchanges (policy, catalog overrides, and what other
+/// regions announce).
+pub const MAX_LENGTHS: usize = 64;
 
 #[derive(Clone)]
 enum Conn {
@@ -69,6 +79,11 @@ impl Link {
 
     fn stamp(&self) -> String {
         format!("{}:stamp", self.tag)
+    }
+
+    /// The set of window lengths the region's nodes count `aggregate` limits in.
+    fn lengths(&self) -> String {
+        format!("{}:lengths", self.tag)
     }
 
     async fn connect(&mut self, budget: Duration) -> redis::RedisResult<Conn> {
@@ -162,6 +177,13 @@ pub struct Exchange {
     clock: Arc<dyn Clock>,
     /// The counts last read from each region (kept while it cannot be read).
     last: Vec<HashMap<Place, u64>>,
+    /// Window lengths seen beyond the policy's own (tenant overrides set at run time, here or
+    /// announced by another region), with when they were last seen.
+    seen: HashMap<Micros, Micros>,
+    /// Whether each region's last read left counters out (a hash over its cap).
+    cut_reads: Vec<bool>,
+    /// How long a region's stamp may be old before the region is taken as cut off.
+    partition_after: Micros,
 }
 
 impl Exchange {
@@ -178,26 +200,37 @@ impl Exchange {
                 .max(Duration::from_millis(50)),
             clock,
             last: vec![HashMap::new(); regions.names().len()],
+            seen: HashMap::new(),
+            cut_reads: vec![false; regions.names().len()],
+            partition_after: regions.partition_after,
         }
     }
 
-    /// Runs ticks until `shutdown`, reading the policy in force from `policy` on each.
+    /// Runs ticks, reading the policy in force from `policy` on each, until `stop` is notified
+    /// (after the drain: requests still admit while draining) or `shutdown` is forced; then
+    /// publishes once more, so what the node admitted last is not lost to the others.
     pub fn spawn(
         mut self,
         policy: impl Fn() -> Arc<Policy> + Send + 'static,
         shutdown: Shutdown,
+        stop: Arc<tokio::sync::Notify>,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(self.interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Ticks go on while requests drain (they still admit); a last publication follows.
             loop {
                 tokio::select! {
                     _ = ticks.tick() => {}
-                    () = shutdown.triggered() => return,
+                    () = stop.notified() => break,
+                    () = shutdown.forced() => break,
                 }
                 let lengths = window_lengths(&policy());
                 self.tick(&lengths).await;
             }
+            let own = self.tally.own();
+            let now = self.clock.now();
+            self.publish(own, now, self.budget).await;
         })
     }
 
@@ -209,6 +242,13 @@ impl Exchange {
         let own = self.tally.own();
         let now = self.clock.now();
         self.publish(own, now, budget).await;
+        // Lengths a tenant override brought (seen here or announced by another region) are
+        // read for two windows after they were last seen.
+        self.seen
+            .retain(|&len, &mut at| now.saturating_sub(at) <= 2 * len);
+        let mut all: BTreeSet<Micros> = lengths.clone();
+        all.extend(self.seen.keys().copied());
+        let lengths = &all;
         let reads = self
             .links
             .iter_mut()
@@ -229,8 +269,19 @@ impl Exchange {
         for (r, read) in results.into_iter().enumerate() {
             let name = self.links[r].name.to_string();
             match read {
-                Some(Ok((counts, stamp))) => {
-                    read_ok.push(r);
+                Some(Ok((counts, stamp, announced, cut))) => {
+                    self.cut_reads[r] = cut;
+                    for len in announced {
+                        if self.seen.len() < MAX_LENGTHS || self.seen.contains_key(&len) {
+                            self.seen.insert(len, now);
+                        }
+                    }
+                    // A region whose nodes have not published within `partition_after` (none
+                    // running, or frozen) is cut off, however readable its store.
+                    let live = stamp.is_some_and(|s| now.saturating_sub(s) <= self.partition_after);
+                    if live {
+                        read_ok.push(r);
+                    }
                     let total: u64 = counts
                         .iter()
                         .filter(|((len, start, _), _)| *start == now - now % len)
@@ -255,21 +306,12 @@ impl Exchange {
             }
         }
         let regions = self.tally.regions();
-        let mut known = Known::default();
-        for (r, counts) in self.last.iter().enumerate() {
-            for (place, n) in counts {
-                if known.counts.len() >= MAX_KNOWN && !known.counts.contains_key(place) {
-                    // A counter past the bound reads as unused elsewhere: that counter alone
-                    // can over-admit (at most the others' whole limit), memory cannot grow.
-                    metrics::counter!(m::KNOWN_OVERFLOW).increment(1);
-                    continue;
-                }
-                let slot = known
-                    .counts
-                    .entry(place.clone())
-                    .or_insert_with(|| vec![0; regions].into_boxed_slice());
-                slot[r] = *n;
-            }
+        let mut known = gather(&self.last, regions, MAX_KNOWN);
+        for (t, &cut) in known.truncated.iter_mut().zip(&self.cut_reads) {
+            *t |= cut;
+        }
+        if known.truncated.iter().any(|&t| t) {
+            metrics::counter!(m::KNOWN_OVERFLOW).increment(1);
         }
         self.tally.publish_known(known, &read_ok, now);
         metrics::gauge!(m::KNOWN).set(self.tally.known_len() as f64);
@@ -285,40 +327,113 @@ impl Exchange {
         metrics::gauge!(m::ISOLATED).set(f64::from(u8::from(self.tally.isolated(now))));
     }
 
-    /// Adds this node's admissions to its region's counts; kept for the next tick on failure.
+    /// Adds this node's admissions to its region's counts, in pipelines of at most
+    /// [`PUBLISH_CHUNK`] counters; what a failed pipeline carried is kept for the next tick.
+    /// `HINCRBY` is not idempotent: a pipeline that timed out after Redis applied it is sent
+    /// again and counted twice (the others then over-count: under-admission, never over).
     async fn publish(&mut self, own: usize, now: Micros, budget: Duration) {
         let pending = self.tally.take_pending();
-        let link = &mut self.links[own];
-        let mut pipe = redis::pipe();
-        for ((len, start, field), n) in &pending {
-            let hash = link.hash(*len, *start);
-            // Kept until the window has served as a sliding window's previous one.
-            let expire_at_ms = (start + 2 * len) / 1_000 + 1_000;
-            pipe.cmd("HINCRBY")
-                .arg(&hash)
-                .arg(&**field)
-                .arg(*n)
-                .ignore();
-            pipe.cmd("PEXPIREAT").arg(&hash).arg(expire_at_ms).ignore();
+        for &(len, _, _) in pending.keys() {
+            if self.seen.len() < MAX_LENGTHS || self.seen.contains_key(&len) {
+                self.seen.insert(len, now);
+            }
         }
-        pipe.cmd("SET")
-            .arg(link.stamp())
-            .arg(now)
-            .arg("PX")
-            .arg(60_000)
-            .ignore();
+        let link = &mut self.links[own];
         let name = link.name.to_string();
-        match link.run::<()>(&pipe, budget).await {
-            Ok(()) => {
-                metrics::counter!(m::PUBLISHED, "region" => name).increment(pending.len() as u64);
+        let mut entries: Vec<(Place, u64)> = pending.into_iter().collect();
+        let mut failed: HashMap<Place, u64> = HashMap::new();
+        let lengths: BTreeSet<Micros> = entries.iter().map(|((len, _, _), _)| *len).collect();
+        let mut first = true;
+        while first || !entries.is_empty() {
+            first = false;
+            let cut = entries.len().saturating_sub(PUBLISH_CHUNK);
+            let chunk = entries.split_off(cut);
+            let mut pipe = redis::pipe();
+            for ((len, start, field), n) in &chunk {
+                let hash = link.hash(*len, *start);
+                // Kept until the window has served as a sliding window's previous one.
+                let expire_at_ms = (start + 2 * len) / 1_000 + 1_000;
+                pipe.cmd("HINCRBY")
+                    .arg(&hash)
+                    .arg(&**field)
+                    .arg(*n)
+                    .ignore();
+                pipe.cmd("PEXPIREAT").arg(&hash).arg(expire_at_ms).ignore();
             }
-            Err(err) => {
-                tracing::debug!(region = %name, %err, "cannot publish the region's counts");
-                self.tally.restore_pending(pending);
+            if entries.is_empty() {
+                // The last pipeline stamps the time and announces the window lengths.
+                pipe.cmd("SET")
+                    .arg(link.stamp())
+                    .arg(now)
+                    .arg("PX")
+                    .arg(60_000)
+                    .ignore();
+                if let Some(&longest) = lengths.iter().next_back() {
+                    let lens = link.lengths();
+                    pipe.cmd("SADD")
+                        .arg(&lens)
+                        .arg(lengths.iter().collect::<Vec<_>>())
+                        .ignore();
+                    pipe.cmd("PEXPIRE")
+                        .arg(&lens)
+                        .arg((2 * longest / 1_000).max(60_000))
+                        .ignore();
+                }
             }
+            match link.run::<()>(&pipe, budget).await {
+                Ok(()) => {
+                    metrics::counter!(m::PUBLISHED, "region" => name.clone())
+                        .increment(chunk.len() as u64);
+                }
+                Err(err) => {
+                    tracing::debug!(region = %name, %err, "cannot publish the region's counts");
+                    failed.extend(chunk);
+                    // The region's store is failing: keep the rest for the next tick.
+                    failed.extend(entries.drain(..));
+                }
+            }
+        }
+        if !failed.is_empty() {
+            self.tally.restore_pending(failed);
         }
     }
 }
+
+/// The known counts of the regions' last reads, at most `max` counters: the catch-all fields
+/// first, then the largest counts; a region some of whose counters were left out is marked
+/// truncated.
+fn gather(last: &[HashMap<Place, u64>], regions: usize, max: usize) -> Known {
+    let mut truncated = vec![false; regions];
+    let mut known = Known::default();
+    let total: usize = last.iter().map(HashMap::len).sum();
+    let mut entries: Vec<(&Place, usize, u64)> = Vec::with_capacity(total);
+    for (r, counts) in last.iter().enumerate() {
+        entries.extend(counts.iter().map(|(p, &n)| (p, r, n)));
+    }
+    if total > max {
+        entries.sort_unstable_by_key(|(p, _, n)| {
+            (std::cmp::Reverse(&*p.2 == CATCH_ALL), std::cmp::Reverse(*n))
+        });
+    }
+    for (place, r, n) in entries {
+        if known.counts.len() >= max && !known.counts.contains_key(place) && &*place.2 != CATCH_ALL
+        {
+            truncated[r] = true;
+            continue;
+        }
+        let slot = known
+            .counts
+            .entry(place.clone())
+            .or_insert_with(|| vec![0; regions].into_boxed_slice());
+        slot[r] = n;
+    }
+    known.truncated = truncated.into_boxed_slice();
+    known
+}
+
+/// What one read of a region brings: its counts, its stamp, the window lengths it counts,
+/// and whether some of its counters were left out.
+type Read = (HashMap<Place, u64>, Option<Micros>, Vec<Micros>, bool);
 
 /// Reads one region's hashes for `lengths` (current and previous windows) and its stamp.
 async fn read_region(
@@ -326,33 +441,154 @@ async fn read_region(
     lengths: &BTreeSet<Micros>,
     now: Micros,
     budget: Duration,
-) -> Result<(HashMap<Place, u64>, Option<Micros>), String> {
+) -> Result<Read, String> {
     let mut pipe = redis::pipe();
     let mut places = Vec::new();
+    // Each hash is read whole up to a cap, so one read's memory is bounded too; a hash over
+    // it is read in part and the region marked truncated (its other counters read as its share).
+    let hashes_read = (2 * lengths.len()).max(1);
+    let cap = (MAX_KNOWN / hashes_read).max(1_000);
     for &len in lengths {
         let start = now - now % len;
         for s in [start, start.saturating_sub(len)] {
-            pipe.cmd("HGETALL").arg(link.hash(len, s));
+            pipe.cmd("EVAL")
+                .arg(READ_CAPPED)
+                .arg(1)
+                .arg(link.hash(len, s))
+                .arg(cap);
             places.push((len, s));
         }
     }
     pipe.cmd("GET").arg(link.stamp());
-    let (hashes, stamp): (Vec<HashMap<String, u64>>, Option<u64>) = {
-        let mut all: Vec<redis::Value> = link.run(&pipe, budget).await?;
-        let stamp_value = all.pop();
-        let stamp =
-            stamp_value.and_then(|v| redis::from_redis_value::<Option<u64>>(v).ok().flatten());
-        let hashes = all
-            .into_iter()
-            .map(|v| redis::from_redis_value::<HashMap<String, u64>>(v).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        (hashes, stamp)
-    };
+    pipe.cmd("SMEMBERS").arg(link.lengths());
+    let mut all: Vec<redis::Value> = link.run(&pipe, budget).await?;
+    let announced = all
+        .pop()
+        .and_then(|v| redis::from_redis_value::<Vec<u64>>(v).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&len| len > 0)
+        .take(MAX_LENGTHS)
+        .collect();
+    let stamp = all
+        .pop()
+        .and_then(|v| redis::from_redis_value::<Option<u64>>(v).ok().flatten());
+    let mut truncated = false;
+    let mut hashes = Vec::with_capacity(all.len());
+    for v in all {
+        let (cut, flat): (u8, Vec<String>) =
+            redis::from_redis_value(v).map_err(|e| e.to_string())?;
+        truncated |= cut != 0;
+        let mut pairs = HashMap::with_capacity(flat.len() / 2);
+        for pair in flat.chunks_exact(2) {
+            let n: u64 = pair[1]
+                .parse()
+                .map_err(|_| format!("not a count: {}", pair[1]))?;
+            pairs.insert(pair[0].clone(), n);
+        }
+        hashes.push(pairs);
+    }
     let mut counts = HashMap::new();
     for ((len, start), hash) in places.into_iter().zip(hashes) {
         for (field, n) in hash {
             counts.insert((len, start, field.into_boxed_str()), n);
         }
     }
-    Ok((counts, stamp))
+    Ok((counts, stamp, announced, truncated))
+}
+
+/// Returns `{0, HGETALL}` for a hash of at most `ARGV[1]` fields, else `{1, fields}` with about
+/// that many of them (by `HSCAN`).
+const READ_CAPPED: &str = r"
+local cap = tonumber(ARGV[1])
+if redis.call('HLEN', KEYS[1]) <= cap then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+local got, cursor = {}, '0'
+repeat
+  local r = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', 1000)
+  cursor = r[1]
+  for i = 1, #r[2] do got[#got + 1] = r[2][i] end
+until cursor == '0' or #got >= 2 * cap
+return {1, got}
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spillway_core::algorithm::{FixedWindow, LimitParams};
+    use spillway_testkit::redis::RedisServer;
+
+    /// A window length no policy limit has (a tenant override set at run time) is published,
+    /// announced and read by the other region; a region whose stamp stops moving is cut off.
+    #[tokio::test]
+    async fn override_windows_travel_and_a_frozen_publisher_is_cut_off() {
+        let (a, b) = (RedisServer::start(), RedisServer::start());
+        let text = format!(
+            "default_tier: t
+store:
+  type: redis
+  regions:
+    us: {{url: \"{}\"}}
+    eu: {{url: \"{}\"}}
+  exchange: {{interval: 100ms, partition_after: 1s}}
+limits:
+  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [soft]}}
+",
+            a.url(),
+            b.url()
+        );
+        let policy = crate::config::PolicySource::Builtin
+            .parse(&text)
+            .expect("policy");
+        let regions = policy.regions().expect("regions");
+        // Hashes expire at an absolute time: the clock must read a date to come (2030).
+        let clock = crate::clock::ServerClock::manual(1_900_000_000_000);
+        let manual = clock.manual_control().expect("manual");
+        let ta = Arc::new(Tally::new(0, 2, regions.partition_after, 0.5));
+        let tb = Arc::new(Tally::new(1, 2, regions.partition_after, 0.5));
+        let mut xa = Exchange::new(regions, ta.clone(), clock.shared());
+        let mut xb = Exchange::new(regions, tb.clone(), clock.shared());
+        let len: Micros = 7 * 60_000_000;
+        let now = clock.now();
+        let start = now - now % len;
+        ta.add((len, start, "k".into()), 3);
+        let none = BTreeSet::new();
+        xa.tick(&none).await;
+        xb.tick(&none).await; // learns the length
+        xb.tick(&none).await; // reads it
+        let params = LimitParams::FixedWindow(FixedWindow::new(10, len).unwrap());
+        let now = clock.now();
+        assert!(!tb.cut_off(0, now), "us was read and its stamp is fresh");
+        assert_eq!(tb.others(&params, "k", now), 3);
+        // us stops publishing (frozen), its store still answers: after partition_after, cut off.
+        manual.advance(2_000_000);
+        xb.tick(&none).await;
+        assert!(tb.cut_off(0, clock.now()));
+    }
+
+    #[test]
+    fn past_the_bound_the_largest_counts_are_kept_and_the_region_is_marked() {
+        let p = |f: &str| (60_000_000u64, 0u64, Box::<str>::from(f));
+        let mut r1 = HashMap::new();
+        r1.insert(p("small"), 1);
+        r1.insert(p("big"), 50);
+        r1.insert(p(CATCH_ALL), 2);
+        let mut r2 = HashMap::new();
+        r2.insert(p("mid"), 10);
+        let known = gather(&[HashMap::new(), r1, r2], 3, 3);
+        assert_eq!(
+            known.counts.len(),
+            3,
+            "the catch-all first, then the largest"
+        );
+        assert_eq!(known.counts[&p("big")][1], 50);
+        assert_eq!(known.counts[&p("mid")][2], 10);
+        assert!(!known.counts.contains_key(&p("small")));
+        assert_eq!(&*known.truncated, &[false, true, false]);
+        let all = gather(&[HashMap::new(), HashMap::new(), HashMap::new()], 3, 2);
+        assert!(all.truncated.iter().all(|&t| !t));
+    }
 }

@@ -98,6 +98,10 @@ impl RegionNode {
         let (Some(regions), Some(region)) = (policy.regions(), region) else {
             return Ok(None);
         };
+        if regions.names().len() < 2 {
+            // One region: nothing to exchange or call elsewhere; decide as without regions.
+            return Ok(None);
+        }
         let own = regions
             .index(region)
             .with_context(|| format!("no region named {region}"))?;
@@ -123,7 +127,6 @@ impl RegionNode {
             regions.names().len(),
             regions.partition_after,
             regions.partition_share,
-            clock.now(),
         ));
         Ok(Some(Arc::new(Self {
             regions: regions.clone(),
@@ -135,13 +138,15 @@ impl RegionNode {
     }
 
     /// Starts the exchange of `aggregate` counts; it reads the policy in force on each tick.
+    /// It stops, after a last publication, once `stop` is notified.
     pub fn spawn_exchange(
         &self,
         policy: impl Fn() -> Arc<Policy> + Send + 'static,
         shutdown: Shutdown,
+        stop: Arc<tokio::sync::Notify>,
     ) -> tokio::task::JoinHandle<()> {
         exchange::Exchange::new(&self.regions, self.tally.clone(), self.clock.clone())
-            .spawn(policy, shutdown)
+            .spawn(policy, shutdown, stop)
     }
 
     /// This node's region.
@@ -218,5 +223,43 @@ impl Store for Remote {
 
     fn sweep(&self) -> u64 {
         self.store.get().map_or(0, |s| s.sweep())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ServerClock;
+    use crate::config::PolicySource;
+
+    fn policy(regions: &str) -> Policy {
+        PolicySource::Builtin
+            .parse(&format!(
+                "default_tier: t
+store:
+  type: redis
+  regions:
+{regions}
+limits:
+  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [soft]}}
+"
+            ))
+            .expect("valid policy")
+    }
+
+    #[test]
+    fn one_region_decides_as_without_regions() {
+        let clock = ServerClock::manual(1_000);
+        let failure = FailureSettings::default();
+        let one = policy("    us: {url: \"redis://127.0.0.1:1\"}");
+        let node = RegionNode::new(&one, Some("us"), &failure, clock.shared()).expect("ok");
+        assert!(node.is_none(), "one region: no region node, no exchange");
+        let two = policy(
+            "    us: {url: \"redis://127.0.0.1:1\"}\n    eu: {url: \"redis://127.0.0.1:2\"}",
+        );
+        let node = RegionNode::new(&two, Some("us"), &failure, clock.shared()).expect("ok");
+        assert!(node.is_some());
     }
 }

@@ -20,16 +20,27 @@ use std::sync::Arc;
 pub type Place = (Micros, Micros, Box<str>);
 
 /// The most counters a node holds unpublished between two ticks. Past it, an admission on a
-/// counter not already pending is left out of the publication (and counted in
-/// `spillway_region_tally_overflow_total`): the region's own store still counts it, but the
-/// other regions do not see it, so that counter alone can over-admit by what was left out.
+/// counter not already pending is counted under its window's catch-all field ([`CATCH_ALL`],
+/// and in `spillway_region_tally_overflow_total`): the other regions add a catch-all count to
+/// every counter of that window, so nothing admitted goes unseen (the other regions err
+/// towards denying, never towards admitting).
 pub const MAX_PENDING: usize = 200_000;
+
+/// The field that stands for every counter of a window: what a region admitted on counters
+/// it could not hold one by one. Never a real field (those start with 16 hex digits).
+pub const CATCH_ALL: &str = "*";
+
+/// `fresh_at` of a region never read since this node started.
+const NEVER: u64 = u64::MAX;
 
 /// The counts of the other regions, as last read: by place, one count per region.
 #[derive(Debug, Default)]
 pub struct Known {
     /// Counts by place; each slice has one entry per region (the node's own is unused).
     pub counts: HashMap<Place, Box<[u64]>>,
+    /// Regions some of whose counters were left out (past `MAX_KNOWN`): a counter not held
+    /// is taken to have used that region's share there, not nothing. Empty: none.
+    pub truncated: Box<[bool]>,
 }
 
 /// See the module docs.
@@ -74,20 +85,15 @@ pub fn window_of(params: &LimitParams, now: Micros) -> Option<(Micros, Micros)> 
 }
 
 impl Tally {
-    /// A tally for region `own` of `regions`, every region taken as fresh at `now`.
-    pub fn new(
-        own: usize,
-        regions: usize,
-        partition_after: Micros,
-        share: f64,
-        now: Micros,
-    ) -> Self {
+    /// A tally for region `own` of `regions`; every other region is taken as cut off until
+    /// its first successful read.
+    pub fn new(own: usize, regions: usize, partition_after: Micros, share: f64) -> Self {
         Self {
             own,
             regions,
             pending: Mutex::new(HashMap::new()),
             known: ArcSwap::from_pointee(Known::default()),
-            fresh_at: (0..regions).map(|_| AtomicU64::new(now)).collect(),
+            fresh_at: (0..regions).map(|_| AtomicU64::new(NEVER)).collect(),
             partition_after,
             share,
             overflow: AtomicU64::new(0),
@@ -101,8 +107,11 @@ impl Tally {
 
     /// Whether region `r`'s counts are too old to trust at `now` (never the node's own).
     pub fn cut_off(&self, r: usize, now: Micros) -> bool {
-        r != self.own
-            && now.saturating_sub(self.fresh_at[r].load(Ordering::Relaxed)) > self.partition_after
+        if r == self.own {
+            return false;
+        }
+        let at = self.fresh_at[r].load(Ordering::Relaxed);
+        at == NEVER || now.saturating_sub(at) > self.partition_after
     }
 
     /// Whether every other region is cut off: this region decides on its share alone.
@@ -112,34 +121,50 @@ impl Tally {
 
     /// What the other regions are taken to have used of `params`'s limit for the counter at
     /// `field`, at `now`: their last read counts (a sliding window's previous window weighted
-    /// as the algorithm weighs it, rounded up); a region cut off is taken to use at least its
-    /// share of the limit.
+    /// as the algorithm weighs it, rounded up), plus what each counted under its window's
+    /// catch-all. A region cut off is taken to use at least its share of the limit, and while
+    /// any is cut off this region keeps to its own share: the result is at least
+    /// `limit - ceil(share x limit)`; isolated from all, exactly that.
     pub fn others(&self, params: &LimitParams, field: &str, now: Micros) -> u64 {
         let Some((len, start)) = window_of(params, now) else {
             return 0;
         };
         let limit = params.quota();
         let share = ((limit as f64) * self.share).ceil() as u64;
+        let floor = limit.saturating_sub(share);
+        if self.isolated(now) {
+            return floor;
+        }
         let known = self.known.load();
-        // One probe per window; the key is rebuilt for each (a short copy of the field).
-        let probe = |start: Micros| known.counts.get(&(len, start, Box::from(field)));
-        let current = probe(start);
-        let previous = match params {
-            LimitParams::SlidingWindow(_) => start.checked_sub(len).and_then(probe),
-            _ => None,
-        };
+        let probe = |start: Micros, f: &str| known.counts.get(&(len, start, Box::from(f)));
+        let sliding = matches!(params, LimitParams::SlidingWindow(_));
+        let previous_start = start.checked_sub(len).filter(|_| sliding);
+        let current = probe(start, field);
+        let previous = previous_start.and_then(|s| probe(s, field));
+        let current_all = probe(start, CATCH_ALL);
+        let previous_all = previous_start.and_then(|s| probe(s, CATCH_ALL));
         let elapsed = now - start;
         let mut used = 0u64;
+        let mut any_cut = false;
         for r in (0..self.regions).filter(|&r| r != self.own) {
-            let cur = current.map_or(0, |c| c[r]);
-            let prev = previous.map_or(0, |c| c[r]);
+            let at = |c: Option<&Box<[u64]>>| c.map_or(0, |c| c[r]);
+            let cur = at(current).saturating_add(at(current_all));
+            let prev = at(previous).saturating_add(at(previous_all));
             // prev x (len - elapsed) / len, rounded up, as the sliding window weighs it.
             let weighted = (u128::from(prev) * u128::from(len - elapsed)).div_ceil(u128::from(len));
             let mut count = cur.saturating_add(u64::try_from(weighted).unwrap_or(u64::MAX));
+            let unheld = current.is_none() && known.truncated.get(r).copied().unwrap_or(false);
+            if unheld {
+                count = count.max(share);
+            }
             if self.cut_off(r, now) {
+                any_cut = true;
                 count = count.max(share);
             }
             used = used.saturating_add(count);
+        }
+        if any_cut {
+            used = used.max(floor);
         }
         used
     }
@@ -150,6 +175,11 @@ impl Tally {
         if pending.len() >= MAX_PENDING && !pending.contains_key(&place) {
             self.overflow.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(super::metrics::TALLY_OVERFLOW).increment(1);
+            // One catch-all per window: the map grows past the bound by a few entries only.
+            let (len, start, _) = place;
+            *pending
+                .entry((len, start, Box::from(CATCH_ALL)))
+                .or_insert(0) += cost;
             return;
         }
         *pending.entry(place).or_insert(0) += cost;
@@ -206,13 +236,14 @@ mod tests {
                 .iter()
                 .map(|(start, f, c)| ((MIN, *start, Box::from(*f)), Box::from(c.as_slice())))
                 .collect(),
+            truncated: Box::new([]),
         }
     }
 
     #[test]
     fn fixed_windows_add_the_others_of_the_current_window() {
         let t0 = 100 * MIN;
-        let tally = Tally::new(0, 3, 10 * MIN, 1.0 / 3.0, t0);
+        let tally = Tally::new(0, 3, 10 * MIN, 1.0 / 3.0);
         let params = LimitParams::FixedWindow(FixedWindow::new(90, MIN).unwrap());
         tally.publish_known(
             known(&[(t0, "k", [99, 10, 20]), (t0 - MIN, "k", [0, 50, 50])]),
@@ -229,7 +260,7 @@ mod tests {
     #[test]
     fn sliding_windows_weigh_the_previous_window() {
         let t0 = 100 * MIN;
-        let tally = Tally::new(1, 3, 10 * MIN, 0.25, t0);
+        let tally = Tally::new(1, 3, 10 * MIN, 0.25);
         let params = LimitParams::SlidingWindow(SlidingWindow::new(100, MIN).unwrap());
         tally.publish_known(
             known(&[(t0, "k", [4, 0, 6]), (t0 - MIN, "k", [40, 0, 21])]),
@@ -244,7 +275,7 @@ mod tests {
     #[test]
     fn a_region_unread_for_too_long_is_taken_to_use_its_share() {
         let t0 = 100 * MIN;
-        let tally = Tally::new(0, 3, 1_000_000, 1.0 / 3.0, t0);
+        let tally = Tally::new(0, 3, 1_000_000, 1.0 / 3.0);
         let params = LimitParams::FixedWindow(FixedWindow::new(90, MIN).unwrap());
         tally.publish_known(known(&[(t0, "k", [0, 5, 40])]), &[1, 2], t0);
         assert_eq!(tally.others(&params, "k", t0 + 1_000_000), 45);
@@ -253,7 +284,8 @@ mod tests {
         tally.publish_known(known(&[(t0, "k", [0, 7, 40])]), &[1], t0 + 1_500_000);
         let later = t0 + 1_500_001;
         assert!(tally.cut_off(2, later) && !tally.cut_off(1, later));
-        assert_eq!(tally.others(&params, "k", later), 7 + 40);
+        // One region cut off: this region keeps to its share (30 of 90), so at least 60.
+        assert_eq!(tally.others(&params, "k", later), 60);
         // In a new window nothing is known of region 2: its share stands in.
         let next = t0 + MIN;
         assert_eq!(tally.others(&params, "k", next), 30 + 30);
@@ -261,8 +293,97 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_starts_takes_every_other_region_as_cut_off() {
+        let tally = Tally::new(0, 3, 1_000_000, 1.0 / 3.0);
+        let params = LimitParams::FixedWindow(FixedWindow::new(90, MIN).unwrap());
+        let t0 = 100 * MIN;
+        assert!(tally.cut_off(1, t0) && tally.cut_off(2, t0) && tally.isolated(t0));
+        assert_eq!(tally.others(&params, "k", t0), 60);
+        tally.publish_known(known(&[]), &[1], t0);
+        assert!(!tally.cut_off(1, t0) && tally.cut_off(2, t0));
+        tally.publish_known(known(&[]), &[1, 2], t0);
+        assert_eq!(tally.others(&params, "k", t0), 0);
+    }
+
+    #[test]
+    fn two_regions_that_cannot_see_each_other_keep_to_their_shares() {
+        // A (0) and B (1) cannot read each other, both read C (2), which is idle.
+        let t0 = 100 * MIN;
+        let params = LimitParams::FixedWindow(FixedWindow::new(90, MIN).unwrap());
+        let a = Tally::new(0, 3, 1_000_000, 1.0 / 3.0);
+        let b = Tally::new(1, 3, 1_000_000, 1.0 / 3.0);
+        let c = Tally::new(2, 3, 1_000_000, 1.0 / 3.0);
+        a.publish_known(known(&[]), &[2], t0);
+        b.publish_known(known(&[]), &[2], t0);
+        c.publish_known(known(&[]), &[0, 1], t0);
+        let room = |t: &Tally| 90 - t.others(&params, "k", t0 + 1);
+        // Before the fix each took 90 - 30 = 60 (120 together).
+        assert_eq!((room(&a), room(&b)), (30, 30));
+        // C, reading both at their 30, leaves 30 for itself: 90 in all.
+        c.publish_known(known(&[(t0, "k", [30, 30, 0])]), &[0, 1], t0);
+        assert_eq!(room(&c), 30);
+        // A one-way cut: A cannot read B, B reads A. A keeps to its share; B counts A as read.
+        b.publish_known(known(&[(t0, "k", [10, 0, 0])]), &[0, 2], t0);
+        assert_eq!(room(&a), 30);
+        assert_eq!(room(&b), 80);
+    }
+
+    #[test]
+    fn an_isolated_region_gets_exactly_its_share() {
+        let t0 = 100 * MIN;
+        let params = LimitParams::FixedWindow(FixedWindow::new(95, MIN).unwrap());
+        let tally = Tally::new(0, 2, 1_000_000, 0.1);
+        // Stale counts do not matter: isolated, the room is ceil(0.1 x 95) = 10.
+        tally.publish_known(known(&[(t0, "k", [0, 3, 0])]), &[1], t0);
+        let later = t0 + 2_000_000;
+        assert!(tally.isolated(later));
+        assert_eq!(95 - tally.others(&params, "k", later), 10);
+    }
+
+    #[test]
+    fn counters_left_out_of_the_known_counts_read_as_the_share() {
+        let t0 = 100 * MIN;
+        let params = LimitParams::FixedWindow(FixedWindow::new(90, MIN).unwrap());
+        let tally = Tally::new(0, 3, 10 * MIN, 1.0 / 3.0);
+        let mut k = known(&[(t0, "held", [0, 5, 5])]);
+        k.truncated = Box::new([false, true, false]);
+        tally.publish_known(k, &[1, 2], t0);
+        assert_eq!(tally.others(&params, "held", t0), 10);
+        // Not held: region 1 left some out, so it is taken at its share; region 2 at 0.
+        assert_eq!(tally.others(&params, "unheld", t0), 30);
+    }
+
+    #[test]
+    fn admissions_past_the_pending_bound_go_to_the_catch_all() {
+        let tally = Tally::new(0, 2, 1, 0.5);
+        for i in 0..MAX_PENDING {
+            tally.add((MIN, 0, format!("f{i}").into()), 1);
+        }
+        tally.add((MIN, 0, "late".into()), 4);
+        tally.add((MIN, 0, "later".into()), 3);
+        let taken = tally.take_pending();
+        assert_eq!(taken.len(), MAX_PENDING + 1);
+        assert_eq!(taken.get(&(MIN, 0, CATCH_ALL.into())), Some(&7));
+        assert!(!taken.contains_key(&(MIN, 0, "late".into())));
+    }
+
+    #[test]
+    fn a_catch_all_count_adds_to_every_counter_of_its_window() {
+        let t0 = 100 * MIN;
+        let params = LimitParams::FixedWindow(FixedWindow::new(90, MIN).unwrap());
+        let tally = Tally::new(0, 2, 10 * MIN, 0.5);
+        tally.publish_known(
+            known(&[(t0, "k", [0, 5, 0]), (t0, CATCH_ALL, [0, 7, 0])]),
+            &[1],
+            t0,
+        );
+        assert_eq!(tally.others(&params, "k", t0), 12);
+        assert_eq!(tally.others(&params, "x", t0), 7);
+    }
+
+    #[test]
     fn pending_counts_survive_a_failed_publication() {
-        let tally = Tally::new(0, 2, 1, 0.5, 0);
+        let tally = Tally::new(0, 2, 1, 0.5);
         tally.add((MIN, 0, "a".into()), 2);
         tally.add((MIN, 0, "a".into()), 3);
         let taken = tally.take_pending();

@@ -12,7 +12,7 @@ store:
     us: {url: "redis://127.0.0.1:7001"}
     eu: {url: "redis://127.0.0.1:7002"}
     ap: {url: "redis://127.0.0.1:7003"}
-  exchange: {interval: 100ms, partition_after: 600ms, partition_share: 0.5, home_timeout: 400ms}
+  exchange: {interval: 100ms, partition_after: 600ms, partition_share: 0.25, home_timeout: 400ms}
 limits:
   exact: {algorithm: token_bucket, rate: 10/s, burst: 10, key: [tenant], scope: home}
   soft: {algorithm: fixed_window, limit: 100, window: 1m, key: [ip], scope: aggregate}
@@ -38,7 +38,7 @@ fn regions_and_scopes_load() {
         ),
         (100_000, 600_000, 400_000)
     );
-    assert_eq!(regions.partition_share, 0.5);
+    assert_eq!(regions.partition_share, 0.25);
     // Each region's store shares the section's settings with its own URL.
     let crate::policy::StoreConfig::Redis(eu) = regions.store(1) else {
         panic!("{:?}", regions.store(1))
@@ -57,7 +57,7 @@ fn regions_and_scopes_load() {
 #[test]
 fn defaults_split_the_limit_evenly() {
     let text = REGIONS.replace(
-        "  exchange: {interval: 100ms, partition_after: 600ms, partition_share: 0.5, home_timeout: 400ms}\n",
+        "  exchange: {interval: 100ms, partition_after: 600ms, partition_share: 0.25, home_timeout: 400ms}\n",
         "",
     );
     let policy = load(&text);
@@ -169,10 +169,17 @@ tiers:
 #[test]
 fn exchange_numbers_are_checked() {
     expect(
-        &REGIONS.replace("partition_share: 0.5", "partition_share: 1.5"),
+        &REGIONS.replace("partition_share: 0.25", "partition_share: 1.5"),
         9,
         "store.exchange.partition_share",
         "above 0 and at most 1",
+    );
+    // Three regions cut off from each other at 0.5 each would admit 1.5 limits.
+    expect(
+        &REGIONS.replace("partition_share: 0.25", "partition_share: 0.5"),
+        9,
+        "store.exchange.partition_share",
+        "must be at most 1 / regions (0.3333 with 3 regions)",
     );
     expect(
         &REGIONS.replace("partition_after: 600ms", "partition_after: 50ms"),
