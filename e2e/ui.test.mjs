@@ -33,7 +33,7 @@ const SCREENSHOT = process.env.SPILLWAY_UI_SCREENSHOT;
 const PATIENCE = 20000;
 // The whole run's limit: past it the browser is closed and the script fails, whatever it was
 // waiting for (tests/ui.rs kills the process a little later still).
-const DEADLINE = 150000;
+const DEADLINE = 100000;
 
 const step = (what) => console.log(`ui.test: ${what}`);
 
