@@ -62,10 +62,34 @@ need_browser_test() {
   fi
   need node nodejs
   need npm npm
-  if [ ! -d e2e/node_modules/playwright-core ]; then
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "${major:-0}" -lt 20 ]; then
+    echo "error: the browser test needs Node.js 20 or newer (playwright-core); found $(node --version 2>/dev/null || echo none)" >&2
+    return 1
+  fi
+  if [ ! -d e2e/node_modules/playwright-core ] || e2e_modules_stale; then
     echo "installing the browser test's npm packages (e2e/)" >&2
     (cd e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
   fi
+}
+
+# e2e_modules_stale: true when e2e/node_modules was installed from another lock file than
+# e2e/package-lock.json (npm records what it installed in node_modules/.package-lock.json).
+e2e_modules_stale() {
+  [ -f e2e/node_modules/.package-lock.json ] || return 0
+  ! node -e '
+    const fs = require("fs");
+    const pick = (file) => {
+      const packages = JSON.parse(fs.readFileSync(file, "utf8")).packages || {};
+      const out = {};
+      for (const [path, p] of Object.entries(packages)) {
+        if (path !== "") out[path] = [p.version, p.integrity || p.resolved || ""];
+      }
+      return JSON.stringify(Object.keys(out).sort().map((k) => [k, out[k]]));
+    };
+    process.exit(pick("e2e/package-lock.json") === pick("e2e/node_modules/.package-lock.json") ? 0 : 1);
+  '
 }
 
 # What `scripts/test.sh` needs besides the Rust toolchain.

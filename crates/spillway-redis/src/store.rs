@@ -172,14 +172,14 @@ impl Store for RedisStore {
                 .await?
                 .decisions
         };
-        if let Some(cache) = &self.cache {
+        // A peek (the dashboard's lookup, `/v1/check?peek`) must not change later decisions,
+        // so only a consuming check feeds the over-limit cache.
+        if let (Some(cache), CheckMode::Consume) = (&self.cache, mode) {
             cache.remember(checks, &decisions, sent_at);
         }
         Ok(decisions)
     }
 
-    /// The local over-limit cache's answer, if it has one; [`Store::check`] itself always asks
-    /// Redis (and feeds the cache), so a caller that wants the shortcut asks here first.
     async fn charge(
         &self,
         checks: &[Check<'_>],
@@ -246,6 +246,9 @@ impl Store for RedisStore {
         })
     }
 
+    /// The local over-limit cache's answer, if it has one; [`Store::check`] itself always asks
+    /// Redis (and a consuming check feeds the cache), so a caller that wants the shortcut asks
+    /// here first.
     fn local_answer(&self, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
         self.cache.as_ref()?.deny(checks, self.now())
     }

@@ -13,6 +13,7 @@ use spillway_core::time::{HOUR, MINUTE};
 use spillway_redis::keys;
 use spillway_redis::{RedisConfig, RedisStore, Target};
 use spillway_testkit::redis::{command, RedisCluster, RedisServer};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn bucket(burst: u64) -> LimitParams {
@@ -160,4 +161,29 @@ async fn a_denial_by_one_limit_charges_none_on_a_server_and_across_cluster_slots
             .unwrap();
         assert_eq!(after[0].remaining, 8, "the denied request was refunded");
     }
+}
+
+#[tokio::test]
+async fn a_peek_does_not_feed_the_local_over_limit_cache() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(Target::Server(server.url()));
+    config.timeout = Duration::from_secs(5);
+    config.local_cache_keys = 64;
+    let clock = Arc::new(spillway_core::time::ManualClock::new(1_700_000_000_000_000));
+    let store = RedisStore::connect(&config)
+        .await
+        .expect("connects")
+        .with_injected_time(clock.clone());
+    let (k, p) = (key("l", &["peeked"]), bucket(1));
+    let one = [check(&k, &p, 1)];
+    assert!(store.check(&one, CheckMode::Consume).await.unwrap()[0].allowed);
+    let peek = store.check(&one, CheckMode::Peek).await.unwrap();
+    assert!(!peek[0].allowed, "the bucket is empty");
+    assert!(
+        store.local_answer(&one).is_none(),
+        "a peek's denial must not be cached for later decisions"
+    );
+    // A consuming denial still is.
+    assert!(!store.check(&one, CheckMode::Consume).await.unwrap()[0].allowed);
+    assert!(store.local_answer(&one).is_some());
 }

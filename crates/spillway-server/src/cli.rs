@@ -295,6 +295,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SPILLWAY_NO_TOP_K")]
     pub no_top_k: bool,
 
+    /// Serve the dashboard's data (`/ui/api/*`) to every peer when no admin token is set
+    /// (by default it answers only loopback peers that name a loopback `Host`).
+    #[arg(long, env = "SPILLWAY_UI_OPEN")]
+    pub ui_open: bool,
+
     /// How often this node publishes its top-k summaries to a Redis store.
     #[arg(long, env = "SPILLWAY_TOP_PUBLISH_EVERY", value_name = "DURATION",
           default_value = "5s", value_parser = parse_grace, hide = true)]

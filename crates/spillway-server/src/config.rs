@@ -66,6 +66,8 @@ pub struct ServerSettings {
     pub top_publish_every: Duration,
     /// Whether the top-k sketches count decisions (`--no-top-k` turns them off).
     pub top_k: bool,
+    /// `--ui-open`: the dashboard's data for every peer when no admin token is set.
+    pub ui_open: bool,
 }
 
 impl ServerSettings {
@@ -120,6 +122,7 @@ impl ServerSettings {
             trace: crate::telemetry::trace::TraceSettings::from_args(args.trace, &node_name)?,
             top_publish_every: args.top_publish_every,
             top_k: !args.no_top_k,
+            ui_open: args.ui_open,
             grpc: grpc_settings(
                 args.grpc_listen,
                 args.grpc_policy_domain,

@@ -234,7 +234,8 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     };
     // The dashboard goes where the admin API is: its own listener, else this one.
     let ui_on_main = !matches!(&settings.admin, Some(a) if a.listen.is_some());
-    let ui = ui_on_main.then(|| crate::ui::router(app.clone(), admin_on_main.clone()));
+    let ui =
+        ui_on_main.then(|| crate::ui::router(app.clone(), admin_on_main.clone(), settings.ui_open));
     let mut router = app::router(app, admin_on_main);
     if let Some(ui) = ui {
         router = router.merge(ui);

@@ -59,20 +59,41 @@ fn browser_missing(root: &Path) -> Option<String> {
     None
 }
 
-/// Runs `command` to completion with its output captured, killing it after `limit`.
+/// Runs `command` to completion with its output captured (drained by threads while it runs,
+/// so a chatty child never blocks on a full pipe), killing it and everything it started
+/// (its own process group: node and the browser) after `limit`.
 fn run_for(mut command: Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .expect("node starts");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
     let finished = common::wait_until(limit, || child.try_wait().ok().flatten());
     if finished.is_none() {
+        let group = format!("-{}", child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = child.kill();
     }
-    child.wait_with_output().expect("node's output")
+    let status = child.wait().expect("node's status");
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
 }
 
 async fn check(server: &Server, tenant: &str, user: &str) -> u16 {

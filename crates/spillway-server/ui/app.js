@@ -170,6 +170,8 @@
       height: 220,
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true } },
+      // The time axis in UTC, like every other time on the page.
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), 'Etc/UTC'),
       axes: [
         { stroke: '#667', grid: { stroke: '#e4e7ee' } },
         { stroke: '#667', grid: { stroke: '#e4e7ee' }, size: 50 },

@@ -179,7 +179,7 @@ pub async fn serve(
     tracing::info!("admin API listening on {addr}");
     // The dashboard is served beside the admin API, behind the same token.
     let router = routes(token.clone())
-        .merge(crate::ui::routes(Some(token)))
+        .merge(crate::ui::routes(Some(token), false))
         .fallback(crate::http::problem::not_found)
         .method_not_allowed_fallback(crate::http::problem::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(

@@ -27,6 +27,8 @@ use super::plan;
 use super::response;
 use super::RlsState;
 use crate::decision::{self, Report};
+use crate::principal::Identity;
+use spillway_core::policy::Policy;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use std::sync::Arc;
@@ -64,7 +66,12 @@ fn strip(descriptors: &[RateLimitDescriptor]) -> (Vec<RateLimitDescriptor>, Opti
 }
 
 /// Records a report call (see the module docs) and answers `OK` for every descriptor.
-pub async fn record(state: &RlsState, request: &RateLimitRequest) -> RateLimitResponse {
+pub async fn record(
+    state: &RlsState,
+    request: &RateLimitRequest,
+    policy: &Policy,
+    identity: Option<&Identity>,
+) -> RateLimitResponse {
     let n = request.descriptors.len();
     let (descriptors, request_id) = strip(&request.descriptors);
     if descriptors.iter().any(|d| d.entries.is_empty()) {
@@ -75,8 +82,8 @@ pub async fn record(state: &RlsState, request: &RateLimitRequest) -> RateLimitRe
     let hits = u64::from(request.hits_addend).max(1);
     let domain = request.domain.as_str();
     let (name, planned) = if domain == &*state.policy_domain {
-        let policy = state.app.engine.policy();
-        let plan = plan::policy(&policy, &descriptors, Some(hits));
+        let principal = identity.zip(policy.principals().map(|p| &**p));
+        let plan = plan::policy(policy, &descriptors, Some(hits), principal);
         // Resolution charges nothing up front on a metered limit; the report's cost is each
         // descriptor's own (the largest, for a counter two descriptors reach).
         let mut planned = plan.planned.clone();

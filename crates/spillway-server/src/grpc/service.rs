@@ -71,7 +71,19 @@ impl Rls {
         check_shape(request).map_err(Status::invalid_argument)?;
         // Envoy's charge when the stream is done: recorded, never denied (see `report`).
         if super::report::is_report(request) {
-            return Ok(super::report::record(&self.0, request).await);
+            // A report is charged to the caller the `principals:` section verifies, like a
+            // check; one without a valid credential is not recorded (and counted as refused).
+            let policy = self.0.app.engine.policy();
+            let identity = if request.domain == *self.0.policy_domain {
+                match self.identify(&policy, &request.descriptors).await {
+                    Ok(identity) => identity,
+                    Err(_) => return Ok(response::unlimited(request.descriptors.len(), &[])),
+                }
+            } else {
+                None
+            };
+            let report = super::report::record(&self.0, request, &policy, identity.as_ref());
+            return Ok(report.await);
         }
         self.decide(request, ids).await
     }

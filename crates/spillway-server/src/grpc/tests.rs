@@ -302,6 +302,8 @@ tenants:
         top: Arc::new(crate::telemetry::top::Top::new("test")),
         top_board: None,
         tracing: None,
+        principals: Default::default(),
+        live: Default::default(),
         regions,
     };
     let rls = Rls(Arc::new(RlsState {

@@ -189,6 +189,7 @@ async fn respond(
             let decided = Decided {
                 verdict: standing,
                 degraded: None,
+                home_region: None,
             };
             let mut headers = decided_headers(&decided);
             let body = ReportBody {

@@ -61,7 +61,9 @@ struct Link {
 impl Link {
     fn new(name: &Arc<str>, config: &StoreConfig) -> Self {
         let prefix = match config {
-            StoreConfig::Redis(s) | StoreConfig::RedisCluster(s) => s.prefix.as_deref(),
+            StoreConfig::Redis(s) | StoreConfig::RedisCluster(s) | StoreConfig::RedisSentinel(s) => {
+                s.prefix.as_deref()
+            }
             StoreConfig::Memory { .. } => None,
         }
         .unwrap_or("rl");
@@ -109,10 +111,11 @@ impl Link {
                         .set_number_of_retries(0);
                     Conn::Server(ConnectionManager::new_with_config(client, settings).await?)
                 }
-                StoreConfig::Memory { .. } => {
+                // Validation gives regions only `redis` and `redis_cluster` stores.
+                StoreConfig::Memory { .. } | StoreConfig::RedisSentinel(_) => {
                     return Err(redis::RedisError::from((
                         redis::ErrorKind::InvalidClientConfig,
-                        "a region needs a Redis store",
+                        "a region needs a `redis` or `redis_cluster` store",
                     )))
                 }
             })

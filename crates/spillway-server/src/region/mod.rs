@@ -187,7 +187,7 @@ impl Remote {
     async fn store(&self) -> Result<&Arc<dyn Store>, StoreError> {
         self.store
             .get_or_try_init(|| async {
-                crate::store::build(&self.config, 1, self.clock.clone(), self.budget)
+                crate::store::build(&self.config, 1, self.clock.clone(), self.budget, false)
                     .await
                     .map_err(|e| StoreError::Unavailable(format!("{e:#}")))
             })

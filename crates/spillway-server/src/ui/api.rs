@@ -1,6 +1,6 @@
 //! The dashboard's read-only JSON endpoints, except the lookup (`super::lookup`): each reads
 //! what the node already keeps and shapes it for the page (and for scripts). Fields are
-//! described in `docs/admin-openapi.yaml`.
+//! described in `docs/dashboard-openapi.yaml`.
 
 use crate::failure::breaker::CircuitState;
 use crate::http::probes::STORE_PING_TIMEOUT;

@@ -1,6 +1,6 @@
 //! The dashboard: a page at `/ui` that answers what operators ask a rate limiter (is it
 //! protecting us right now, who is being limited, why was this customer limited), and the
-//! JSON endpoints behind it, which scripts can use as well (`docs/admin-openapi.yaml`).
+//! JSON endpoints behind it, which scripts can use as well (`docs/dashboard-openapi.yaml`).
 //!
 //! | path | what |
 //! |------|------|
@@ -17,7 +17,9 @@
 //!
 //! Where: on the admin listener when there is one (`--admin-listen`), else on the main one.
 //! Who: when an admin token is set, every `/ui/api/` call needs it as `Authorization: Bearer`,
-//! exactly like the admin API; the page asks for the token once, keeps it in the tab's
+//! exactly like the admin API. With no token, the endpoints answer only loopback peers whose
+//! `Host` names a loopback address or `localhost` (so a page on another site cannot reach
+//! them through DNS rebinding); `--ui-open` serves them to every peer instead. With a token, the page asks for the token once, keeps it in the tab's
 //! `sessionStorage` and sends it on its own fetches (never in a URL). The page and its assets
 //! are public: they hold no data, and a browser cannot send a header when it navigates. With
 //! a token the page can also change a tenant's tier or overrides through the admin API.
@@ -36,12 +38,13 @@ pub mod lookup;
 
 use crate::admin::AdminToken;
 use crate::state::AppState;
-use axum::extract::Request;
-use axum::http::{header, HeaderValue};
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Where the page lives.
@@ -54,8 +57,8 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The page's routes, for merging into a router with [`AppState`]: the page and its assets
-/// open, the JSON endpoints behind `token` when one is set.
-pub fn routes(token: Option<AdminToken>) -> Router<Arc<AppState>> {
+/// open, the JSON endpoints behind `token` when one is set, else loopback-only unless `open`.
+pub fn routes(token: Option<AdminToken>, open: bool) -> Router<Arc<AppState>> {
     let token_required = token.is_some();
     let placement = api::Placement {
         admin_api: token_required,
@@ -73,6 +76,8 @@ pub fn routes(token: Option<AdminToken>) -> Router<Arc<AppState>> {
             token,
             crate::admin::authenticate,
         ));
+    } else if !open {
+        api = api.layer(axum::middleware::from_fn(loopback_only));
     }
     api.layer(axum::Extension(placement))
         .route(
@@ -87,8 +92,71 @@ pub fn routes(token: Option<AdminToken>) -> Router<Arc<AppState>> {
 
 /// The dashboard alone, with its state, for serving beside the main router (see
 /// `crate::serve`).
-pub fn router(app: Arc<AppState>, token: Option<AdminToken>) -> Router {
-    routes(token).with_state(app)
+pub fn router(app: Arc<AppState>, token: Option<AdminToken>, open: bool) -> Router {
+    routes(token, open).with_state(app)
+}
+
+/// Whether a call with no admin token configured may read the endpoints: the peer must be a
+/// loopback address, and the `Host` (when sent) must name one or `localhost`, so that a
+/// browser tricked by DNS rebinding (a foreign name resolving to 127.0.0.1) is refused.
+pub fn local_call_allowed(peer: Option<SocketAddr>, host: Option<&str>) -> bool {
+    let Some(peer) = peer else { return false };
+    if !peer.ip().to_canonical().is_loopback() {
+        return false;
+    }
+    match host {
+        None => true,
+        Some(host) => host_is_loopback(host),
+    }
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn host_is_loopback(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((inside, after)) if after.is_empty() || after.starts_with(':') => inside,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    name.parse::<IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// Refuses (403) a call that [`local_call_allowed`] does not allow.
+async fn loopback_only(request: Request, next: Next) -> Response {
+    let extensions = request.extensions();
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .or_else(|| {
+            extensions
+                .get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>()
+                .map(|c| c.0)
+        });
+    let host = match request.headers().get(header::HOST) {
+        Some(value) => Some(value.to_str().unwrap_or("\u{0}").to_owned()),
+        None => request.uri().authority().map(|a| a.as_str().to_owned()),
+    };
+    if local_call_allowed(peer, host.as_deref()) {
+        return next.run(request).await;
+    }
+    crate::http::problem::Problem::http(
+        StatusCode::FORBIDDEN,
+        "no admin token is set, so the dashboard's data is served only to loopback \
+         (127.0.0.1, ::1, localhost); set an admin token or start with --ui-open",
+    )
+    .into_response()
 }
 
 /// Adds the security headers of the module docs to every answer, and keeps live figures out

@@ -51,6 +51,10 @@ struct Harness {
 }
 
 fn harness(token: Option<&str>) -> Harness {
+    harness_at(token, SocketAddr::from(([127, 0, 0, 1], 4000)), false)
+}
+
+fn harness_at(token: Option<&str>, peer: SocketAddr, open: bool) -> Harness {
     let Command::Serve(args) = Cli::parse_from(["spillway", "serve"]).command else {
         unreachable!("serve was asked for");
     };
@@ -64,6 +68,8 @@ fn harness(token: Option<&str>) -> Harness {
         top_board: None,
         tracing: None,
         live: crate::telemetry::live::Live::new("memory"),
+        principals: Default::default(),
+        regions: None,
         engine: Engine::new(policy, store.clone(), clock.shared()),
         store,
         failover: Arc::new(crate::failure::Failover::new(
@@ -84,8 +90,8 @@ fn harness(token: Option<&str>) -> Harness {
     });
     let token = token.map(|t| AdminToken::new(t).expect("token"));
     let router = crate::app::router(app.clone(), token.clone())
-        .merge(router(app.clone(), token))
-        .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
+        .merge(router(app.clone(), token, open))
+        .layer(MockConnectInfo(peer));
     Harness { app, router }
 }
 
@@ -193,6 +199,75 @@ async fn with_a_token_every_endpoint_needs_it_and_the_page_does_not() {
     }
     let (_, info) = harness(None).get("/ui/api/info", None).await;
     assert_eq!(info["admin_api"], false, "no token: open, and no admin API");
+}
+
+#[test]
+fn without_a_token_only_loopback_peers_naming_a_loopback_host_are_served() {
+    let local = SocketAddr::from(([127, 0, 0, 1], 5000));
+    let local6: SocketAddr = "[::1]:5000".parse().expect("addr");
+    let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().expect("addr");
+    let remote = SocketAddr::from(([192, 0, 2, 1], 5000));
+    for host in [
+        None,
+        Some("localhost"),
+        Some("localhost:8080"),
+        Some("LOCALHOST."),
+        Some("127.0.0.1:8080"),
+        Some("127.1.2.3"),
+        Some("[::1]:8080"),
+        Some("[::1]"),
+    ] {
+        assert!(local_call_allowed(Some(local), host), "{host:?}");
+        assert!(local_call_allowed(Some(local6), host), "{host:?}");
+        assert!(local_call_allowed(Some(mapped), host), "{host:?}");
+        assert!(!local_call_allowed(Some(remote), host), "{host:?}");
+    }
+    for host in [
+        "evil.example",
+        "evil.example:8080",
+        "localhost.evil.example",
+        "127.0.0.1.evil.example",
+        "10.0.0.1:8080",
+        "[::2]:80",
+        "[::1]x",
+        "localhost:80x",
+        "",
+    ] {
+        assert!(!local_call_allowed(Some(local), Some(host)), "{host}");
+    }
+    assert!(!local_call_allowed(None, Some("localhost")));
+}
+
+#[tokio::test]
+async fn without_a_token_a_foreign_host_or_peer_gets_403_unless_open() {
+    let h = harness(None);
+    let request = |host: &str| {
+        Request::get("/ui/api/series")
+            .header("host", host)
+            .body(Body::empty())
+            .expect("request")
+    };
+    let (status, _, _) = h.send(request("evil.example")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = h.send(request("localhost:8080")).await;
+    assert_eq!(status, StatusCode::OK);
+    let remote = SocketAddr::from(([192, 0, 2, 1], 4000));
+    let h = harness_at(None, remote, false);
+    for path in [
+        "/ui/api/lookup?tenant=acme",
+        "/ui/api/policy",
+        "/ui/api/top",
+    ] {
+        assert_eq!(h.get(path, None).await.0, StatusCode::FORBIDDEN, "{path}");
+    }
+    assert_eq!(h.get("/ui/api/auth", None).await.0, StatusCode::OK);
+    let page = Request::get("/ui").body(Body::empty()).expect("request");
+    assert_eq!(h.send(page).await.0, StatusCode::OK);
+    let h = harness_at(None, remote, true);
+    assert_eq!(h.get("/ui/api/policy", None).await.0, StatusCode::OK);
+    // With a token, the token decides, wherever the peer is.
+    let h = harness_at(Some(TOKEN), remote, false);
+    assert_eq!(h.get("/ui/api/policy", Some(TOKEN)).await.0, StatusCode::OK);
 }
 
 #[tokio::test]

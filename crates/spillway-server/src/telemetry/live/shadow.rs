@@ -1,20 +1,24 @@
 //! How many requests each shadow-mode limit would have denied: since the node started and in
 //! the last fifteen minutes, to decide whether to enforce it (`GET /ui/api/shadow`).
 //!
-//! Limit names come from the policy, never from requests, so the map is bounded by the
+//! Limit names come from the policy, never from requests, so the table is bounded by the
 //! policies this node has loaded; it is capped at [`MAX_LIMITS`] all the same. The request
-//! path takes a read lock only for a decision in which a shadow limit said no, and a write
-//! lock only the first time a limit does.
+//! path does work only for a decision in which a shadow limit said no: it loads the current
+//! table (an `ArcSwap` snapshot, no lock), finds the limit's slot by comparing the name's
+//! pointer (the policy's own `Arc<str>`, so usually the first comparison that matches), else
+//! its text, with no hashing, and bumps the slot's counters. Only the first denial of a limit
+//! takes a mutex, to publish a table with a slot for it.
 
-use parking_lot::RwLock;
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use spillway_core::engine::LimitOutcome;
 use spillway_core::time::{Micros, MINUTE};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Most limits counted; a policy with more shadow limits than this is not one a person reads.
-pub const MAX_LIMITS: usize = 1024;
+/// Most limits counted; a policy with more shadow limits than this is not one a person reads
+/// (and the slot search is linear).
+pub const MAX_LIMITS: usize = 256;
 /// Minutes kept per limit for the recent count (one more than shown, the current one).
 const MINUTES: usize = 16;
 
@@ -30,7 +34,19 @@ struct Counts {
 /// The counts of every shadow limit that has said no; see the module docs.
 #[derive(Debug, Default)]
 pub struct ShadowDenials {
-    limits: RwLock<HashMap<Arc<str>, Arc<Counts>>>,
+    /// Every limit counted so far, with its slot; replaced whole when one is added.
+    limits: ArcSwap<Vec<(Arc<str>, Arc<Counts>)>>,
+    /// Held while a table with a new slot is made, so two first denials do not race.
+    adding: Mutex<()>,
+}
+
+/// The slot of `limit` in `table`: by pointer first, then by text.
+fn find<'t>(table: &'t [(Arc<str>, Arc<Counts>)], limit: &Arc<str>) -> Option<&'t Arc<Counts>> {
+    table
+        .iter()
+        .find(|(name, _)| Arc::ptr_eq(name, limit))
+        .or_else(|| table.iter().find(|(name, _)| **name == **limit))
+        .map(|(_, counts)| counts)
 }
 
 /// One limit's row.
@@ -58,19 +74,44 @@ impl ShadowDenials {
     }
 
     fn count(&self, now: Micros, limit: &Arc<str>) {
-        let found = self.limits.read().get(limit).cloned();
-        let counts = match found {
-            Some(counts) => counts,
+        let table = self.limits.load();
+        match find(&table, limit) {
+            Some(counts) => Self::bump(counts, now),
             None => {
-                let mut limits = self.limits.write();
-                if limits.len() >= MAX_LIMITS && !limits.contains_key(limit) {
-                    return;
+                drop(table);
+                if let Some(counts) = self.add(limit) {
+                    Self::bump(&counts, now);
                 }
-                limits.entry(limit.clone()).or_default().clone()
             }
-        };
+        }
+    }
+
+    /// Publishes a table with a slot for `limit` (cold: once per limit), unless full.
+    #[cold]
+    fn add(&self, limit: &Arc<str>) -> Option<Arc<Counts>> {
+        let _adding = self.adding.lock();
+        let table = self.limits.load_full();
+        if let Some(counts) = find(&table, limit) {
+            return Some(counts.clone());
+        }
+        if table.len() >= MAX_LIMITS {
+            return None;
+        }
+        let counts = Arc::new(Counts::default());
+        let mut next = Vec::with_capacity(table.len() + 1);
+        next.extend(table.iter().cloned());
+        next.push((limit.clone(), counts.clone()));
+        self.limits.store(Arc::new(next));
+        Some(counts)
+    }
+
+    #[inline]
+    fn bump(counts: &Counts, now: Micros) {
         counts.total.fetch_add(1, Ordering::Relaxed);
-        counts.last.fetch_max(now, Ordering::Relaxed);
+        // A read first: the line is written only when time has moved on.
+        if counts.last.load(Ordering::Relaxed) < now {
+            counts.last.fetch_max(now, Ordering::Relaxed);
+        }
         let minute = now / MINUTE;
         let cell = &counts.minutes[(minute % MINUTES as u64) as usize];
         let tag = (minute & 0xFF_FFFF) << 40;
@@ -95,10 +136,10 @@ impl ShadowDenials {
         now: Micros,
         limits: impl IntoIterator<Item = &'a Arc<str>>,
     ) -> Vec<ShadowRow> {
-        let map = self.limits.read();
+        let table = self.limits.load_full();
         let minute = now / MINUTE;
         let row = |limit: &Arc<str>| {
-            let Some(c) = map.get(limit) else {
+            let Some(c) = find(&table, limit) else {
                 return ShadowRow {
                     limit: limit.clone(),
                     would_deny_total: 0,
@@ -131,8 +172,9 @@ impl ShadowDenials {
                 rows.push(row(limit));
             }
         }
-        let mut others: Vec<&Arc<str>> = map
-            .keys()
+        let mut others: Vec<&Arc<str>> = table
+            .iter()
+            .map(|(name, _)| name)
             .filter(|k| !rows.iter().any(|r| r.limit == **k))
             .collect();
         others.sort();
@@ -196,5 +238,16 @@ mod tests {
             counts.record(1, &[outcome(&format!("l{i}"), true, false)]);
         }
         assert_eq!(counts.rows(1, &[]).len(), MAX_LIMITS);
+    }
+
+    #[test]
+    fn a_name_equal_in_text_but_not_in_pointer_shares_the_slot() {
+        let counts = ShadowDenials::default();
+        counts.record(5, &[outcome("same", true, false)]);
+        counts.record(6, &[outcome("same", true, false)]);
+        let names: Vec<Arc<str>> = vec!["same".into()];
+        let rows = counts.rows(6, &names);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].would_deny_total, 2);
     }
 }
