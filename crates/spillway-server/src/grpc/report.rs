@@ -22,7 +22,7 @@
 //!   record is lost and counted (`spillway_reports_total{via="envoy",outcome="failed"}`).
 //!
 //! - A call that names nothing to record (only marker-only descriptors, an unknown domain,
-//!   descriptors no limit matches) is counted as `outcome="invalid"`; a marker-only
+//!   descriptors the domain's plan refuses) is counted as `outcome="invalid"`; a marker-only
 //!   descriptor beside real ones is skipped and the others recorded.
 //!
 //! Both marker entries are removed before the descriptor is resolved or matched.
