@@ -265,6 +265,26 @@ pub fn expected_renumbered(
     replay_reference(params_of(algorithm, numbers), &requests)
 }
 
+/// A request that may change the numbers and may be a charge.
+pub type MeteredChange = (Micros, u64, bool, Option<[u64; 3]>, bool);
+
+/// Like [`expected_renumbered`] where a request may also be a charge after the fact:
+/// `(at, cost, peek, new numbers, charge)`.
+pub fn expected_renumbered_metered(
+    algorithm: &str,
+    numbers: [u64; 3],
+    requests: &[MeteredChange],
+) -> Vec<Event> {
+    let requests: Vec<_> = requests
+        .iter()
+        .map(|&(at, cost, peek, n, charge)| {
+            let n = n.map(|n| (n, params_of(algorithm, n)));
+            (at, cost, peek && !charge, n, charge)
+        })
+        .collect();
+    replay_reference(params_of(algorithm, numbers), &requests)
+}
+
 /// A request of the reference replay: time, cost, peek, the numbers (with their
 /// parameters) the limit changes to just before it, and whether it is a charge after the fact.
 type ReferenceRequest = (Micros, u64, bool, Option<([u64; 3], LimitParams)>, bool);
