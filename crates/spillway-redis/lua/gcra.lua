@@ -32,12 +32,13 @@ local function gcra_debt(per, um, window, raw, now)
       debt = r
     end
     -- Written under another rate of this limit: the debt it held now, in our units, rounded
-    -- up and at most one whole burst (Gcra::carry_over).
+    -- up, past the burst if it was, at most max_used (Gcra::carry_over).
     if p ~= per or u ~= um then
+      local most = max_used(per, window)
       if u ~= um then
-        debt = rescale(debt, u, um, window, true)
-      elseif debt > window then
-        debt = window
+        debt = rescale(debt, u, um, most, true)
+      elseif debt > most then
+        debt = most
       end
     end
   end

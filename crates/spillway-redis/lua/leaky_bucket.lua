@@ -24,8 +24,8 @@ local function lb_level(rt, um, cap, raw, now)
   if raw then l, t, u = lb_read(raw) end
   if not l then return 0, now end
   -- Written under other numbers of this limit: the level it held, in our units, rounded up
-  -- and at most the capacity (LeakyBucket::carry_over).
-  if u ~= um then l = rescale(l, u, um, cap, true) end
+  -- and above the capacity if it was, at most max_used (LeakyBucket::carry_over).
+  if u ~= um then l = rescale(l, u, um, max_used(rt, cap), true) end
   local elapsed = math.max(now - t, 0)
   -- Drained empty once elapsed * rate >= level; only the smaller product is formed.
   if elapsed >= ceil_div(l, rt) then return 0, math.max(now, t) end

@@ -25,11 +25,21 @@ local function tb_standing(rt, um, burst, raw, now)
   if raw then t, l, u, b = tb_read(raw) end
   if not t then return capacity, 0 end
   -- Written under other numbers of this limit: what it had used (its capacity less its
-  -- tokens), rounded up to our units, is taken from our capacity (TokenBucket::carry_over).
+  -- tokens), rounded up to our units, is taken from our capacity, and what exceeds it stays
+  -- owed (TokenBucket::carry_over).
   if u ~= um or b ~= burst then
     local used = math.max(u * b - t, 0)
-    if u ~= um then used = rescale(used, u, um, capacity, true) end
-    t = math.max(capacity - used, 0)
+    local most = max_used(rt, capacity)
+    if u ~= um then used = rescale(used, u, um, most, true) end
+    used = math.min(used, most)
+    if used <= capacity then
+      t = capacity - used
+    else
+      -- What exceeds our capacity stays owed, repaid from the last refill.
+      local extra = used - capacity
+      local q = ceil_div(extra, rt)
+      t, l = rt - (extra - (q - 1) * rt), l + q
+    end
   end
   if l > now then
     local owed = (l - now) * rt

@@ -185,3 +185,50 @@ async fn lua_agrees_with_rust_on_random_charges_after_the_fact() {
         replay(&memory, &memory_clock, &v, &format!("o{i}")).await;
     }
 }
+
+/// Charges after the fact that put keys in debt while the numbers change: the Lua mirrors
+/// carry the debt exactly as the Rust functions do (never forgiven on a change).
+#[tokio::test]
+#[ignore = "open: the token bucket disagrees (Redis denies, reference admits) at case 45, \
+            present before the carry fix too; run with --ignored"]
+async fn lua_agrees_with_rust_on_charges_while_numbers_change() {
+    let server = RedisServer::start();
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    let memory_clock = Arc::new(ManualClock::new(0));
+    let memory = MemoryStore::new(10_000, memory_clock.clone());
+    let seed = std::env::var("SPILLWAY_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_204);
+    let mut rng = Rng::new(seed);
+    for i in 0..150 {
+        let algorithm = ["token_bucket", "gcra", "leaky_bucket"][rng.below(3) as usize];
+        let sets: Vec<[u64; 3]> = (0..2 + rng.below(3))
+            .map(|_| random_numbers(&mut rng, algorithm))
+            .collect();
+        let requests: Vec<_> = vectors::renumbered_requests(&mut rng, algorithm, &sets, 80)
+            .into_iter()
+            .map(|(at, cost, peek, change)| {
+                let quota = vectors::params_of(algorithm, sets[0]).quota();
+                match rng.below(3) {
+                    0 => (
+                        at,
+                        rng.below(3 * quota.min(1_000_000) + 2),
+                        false,
+                        change,
+                        true,
+                    ),
+                    _ => (at, cost, peek, change, false),
+                }
+            })
+            .collect();
+        let v = Vector {
+            name: format!("renumbered-metered-{i}-{algorithm}"),
+            algorithm: algorithm.into(),
+            numbers: sets[0],
+            events: vectors::expected_renumbered_metered(algorithm, sets[0], &requests),
+        };
+        replay(&store, &clock, &v, &format!("q{i}")).await;
+        replay(&memory, &memory_clock, &v, &format!("q{i}")).await;
+    }
+}

@@ -274,6 +274,32 @@ async fn envoy_stream_done_calls_are_recorded_and_never_denied() {
     };
     assert_eq!(count("recorded"), Some(2.0), "{text}");
     assert_eq!(count("duplicate"), Some(1.0));
+
+    // A marker-only descriptor beside a real one is skipped, not the whole call; a call for
+    // an unknown domain is counted as invalid rather than dropped silently.
+    let mut entries = route.to_vec();
+    entries.extend([("spillway_report", "true"), ("spillway_request_id", "e-3")]);
+    let mixed = request(
+        "spillway",
+        vec![
+            descriptor(&[("spillway_report", "true")]),
+            descriptor(&entries),
+        ],
+        5,
+    );
+    assert_eq!(overall(&rls.ask(mixed).await), Code::Ok);
+    let unknown = request("no-such-domain", vec![descriptor(&entries)], 5);
+    assert_eq!(overall(&rls.ask(unknown).await), Code::Ok);
+    let text = rls.server.metrics().await;
+    let count = |outcome| {
+        metric(
+            &text,
+            "spillway_reports_total",
+            &[("via", "envoy"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(count("recorded"), Some(3.0), "{text}");
+    assert_eq!(count("invalid"), Some(1.0), "{text}");
 }
 
 /// A report while the store is down is answered 503 with `Retry-After`, counted as failed,

@@ -336,6 +336,18 @@ tiers:
     let denied = generate("1").await.expect("sent");
     assert_eq!(denied.status(), 429);
     assert_eq!(header(&denied, "retry-after").as_deref(), Some("1080"));
+    // Another method does not slip past the debt: only POST reaches the app.
+    for method in [reqwest::Method::GET, reqwest::Method::PUT] {
+        let other = spillway
+            .http
+            .request(method, &url)
+            .header("X-Tenant-Id", "acme")
+            .header("X-Test-Tokens", "1")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(other.status(), 405);
+    }
 
     // A tenant that would need escaping in the report's JSON is refused up front.
     let odd = spillway

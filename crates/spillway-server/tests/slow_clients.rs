@@ -234,6 +234,27 @@ async fn an_http_body_that_trickles_gets_408() {
     assert!(waited >= SHORT, "answered after {waited:?}");
 }
 
+/// A report whose body trickles in gets the same 408 as a check, not a 400.
+#[tokio::test]
+async fn a_report_body_that_trickles_gets_408() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--body-timeout", "300ms", "--idle-timeout", "30s"])
+        .start();
+    let addr = server.addr();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut slow = connect(addr);
+        slow.write_all(
+            b"POST /v1/report HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n\
+              content-length: 40\r\n\r\n{\"cost\"",
+        )
+        .expect("send");
+        read_response(&mut slow)
+    })
+    .await
+    .expect("client");
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout");
+}
+
 /// With the cap reached, a new connection waits unanswered; once a connection closes it is
 /// served.
 #[tokio::test]

@@ -210,6 +210,43 @@ fn overdrawn(algorithm: &str) -> Vector {
     }
 }
 
+/// A bucket key 500 in debt after a charge after the fact, read under other numbers (a
+/// smaller rate and burst, a larger burst still below what was used, a faster rate, a
+/// smaller burst): the debt is carried, never forgiven, and repaid by the refill.
+fn renumbered_in_debt(algorithm: &str) -> Vector {
+    let old = [1000, HOUR, 1000];
+    let t = 1_700_000_000_000_000 + HOUR / 4;
+    let mut requests = vec![(t, 1500, false, None, true)];
+    let sets = [
+        [900, HOUR, 900],
+        [1000, HOUR, 1200],
+        [1200, HOUR, 1000],
+        [1000, HOUR, 500],
+    ];
+    for (k, n) in sets.into_iter().enumerate() {
+        let at = t + (k as u64 + 1) * SECOND;
+        requests.push((at, 0, false, Some(n), false));
+        requests.push((at, 1, true, None, false));
+        requests.push((at + 40 * MINUTE, 0, true, None, false));
+        requests.push((at + 90 * MINUTE, 0, true, None, false));
+        requests.push((at + 90 * MINUTE, 0, true, Some(old), false));
+    }
+    requests.push((t + 2 * HOUR, 0, false, None, false));
+    let requests: Vec<ReferenceRequest> = requests
+        .into_iter()
+        .map(|(at, cost, peek, n, charge)| {
+            let n = n.map(|n| (n, params_of(algorithm, n)));
+            (at, cost, peek, n, charge)
+        })
+        .collect();
+    Vector {
+        name: format!("{algorithm}-renumbered-in-debt"),
+        algorithm: algorithm.into(),
+        numbers: old,
+        events: replay_reference(params_of(algorithm, old), &requests),
+    }
+}
+
 /// Like [`expected`] for requests that may change the limit's numbers before they are
 /// evaluated: `(at, cost, peek, new numbers)` for a limit of `algorithm` starting with
 /// `numbers`.
@@ -223,6 +260,26 @@ pub fn expected_renumbered(
         .map(|&(at, cost, peek, n)| {
             let n = n.map(|n| (n, params_of(algorithm, n)));
             (at, cost, peek, n, false)
+        })
+        .collect();
+    replay_reference(params_of(algorithm, numbers), &requests)
+}
+
+/// A request that may change the numbers and may be a charge.
+pub type MeteredChange = (Micros, u64, bool, Option<[u64; 3]>, bool);
+
+/// Like [`expected_renumbered`] where a request may also be a charge after the fact:
+/// `(at, cost, peek, new numbers, charge)`.
+pub fn expected_renumbered_metered(
+    algorithm: &str,
+    numbers: [u64; 3],
+    requests: &[MeteredChange],
+) -> Vec<Event> {
+    let requests: Vec<_> = requests
+        .iter()
+        .map(|&(at, cost, peek, n, charge)| {
+            let n = n.map(|n| (n, params_of(algorithm, n)));
+            (at, cost, peek && !charge, n, charge)
         })
         .collect();
     replay_reference(params_of(algorithm, numbers), &requests)
@@ -493,9 +550,13 @@ pub fn generate() -> Vec<Vector> {
             }
         });
     let overdrawn = METERED.iter().map(|a| overdrawn(a));
+    let in_debt = ["token_bucket", "gcra", "leaky_bucket"]
+        .into_iter()
+        .map(renumbered_in_debt);
     fixed
         .chain(renumbered)
         .chain(overdrawn)
+        .chain(in_debt)
         .chain(metered)
         .collect()
 }

@@ -12,12 +12,16 @@
 //! fresh under the numbers that wrote it, as both stores do).
 //!
 //! - **Token bucket**: what was used at the last refill (the old capacity less the tokens),
-//!   rounded up to the new units, is taken from the new capacity; the refill since the last
-//!   update runs at the new rate.
+//!   rounded up to the new units, is taken from the new capacity; what exceeds it (a debt
+//!   from a charge after the fact, or more used than a smaller capacity holds) stays owed;
+//!   the refill since the last update runs at the new rate.
 //! - **GCRA**: the debt at the time of reading (drained at the old rate until then), rounded
-//!   up to the new units and capped at one whole new burst.
-//! - **Leaky bucket**: the level, rounded up to the new units (capped at the new capacity);
-//!   the drain since the last update runs at the new rate.
+//!   up to the new units, past the new burst if it was (a debt is never forgiven).
+//! - **Leaky bucket**: the level, rounded up to the new units, above the new capacity if it
+//!   was; the drain since the last update runs at the new rate.
+//!
+//! Only the shared bound `max_used` (ten years of refill) caps what is carried, as it caps
+//! a charge.
 //! - **Fixed and sliding window, sliding log**: their counts and timestamps do not depend on
 //!   the numbers, so nothing is converted: a count is compared with the new limit as it is.
 //!   When a window's *length* changes, the stored window keeps its start and lasts the new
@@ -230,6 +234,32 @@ mod tests {
             new.carry_over_from(ParamsId::OVERFLOW, state.as_ref(), T0),
             None
         );
+    }
+
+    #[test]
+    fn a_debt_survives_a_change_of_numbers() {
+        // 1,500 charged after the fact on 1,000 an hour: 500 in debt. No new numbers forgive
+        // it: a zero-cost check stays denied, and the time until it passes covers the debt.
+        for alg in ["token_bucket", "gcra", "leaky_bucket"] {
+            let old = bucket(alg, 1000, HOUR, 1000);
+            let state = old.charge(None, T0, 1500).state;
+            for (count, amount) in [(900, 900), (1000, 1200), (1200, 1000), (1000, 500)] {
+                let new = bucket(alg, count, HOUR, amount);
+                let read = new.carry_over(&old, state.as_ref(), T0);
+                let read = read.as_ref().unwrap_or(&state);
+                let d = new.evaluate(Some(read.as_ref()), T0, 0).decision;
+                assert!(!d.allowed, "{alg} {count}/{amount}: debt forgiven");
+                // At least the part above the new amount at the faster of the two rates (a
+                // token bucket's debt is a time, refilled at the new rate), less rounding.
+                let owed = 1500 - amount.min(1500);
+                let at_least = HOUR * owed / count.max(1000) - SECOND;
+                assert!(
+                    d.retry_after.unwrap_or(0) >= at_least,
+                    "{alg} {count}/{amount}: retry {:?} < {at_least}",
+                    d.retry_after
+                );
+            }
+        }
     }
 
     fn algorithm() -> impl Strategy<Value = &'static str> {

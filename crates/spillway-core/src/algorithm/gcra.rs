@@ -69,7 +69,8 @@ impl Gcra {
 
     /// Reads a state written by `from` (this limit with its numbers before a change) at `now`:
     /// the debt it held at `now` (measured at the old rate, which the state's TAT is written
-    /// in), rounded up to this limit's units and at most one whole burst, becomes the new TAT.
+    /// in), rounded up to this limit's units and at most [`Gcra::max_used`] (a debt above the burst
+    /// is kept, never forgiven), becomes the new TAT.
     /// Under the same rate the state is read as it is (a debt above a smaller burst reads as
     /// full). See [`super::carry`].
     pub fn carry_over(&self, state: &GcraState, from: &Gcra, now: Micros) -> GcraState {
@@ -85,7 +86,7 @@ impl Gcra {
                 (u128::from(debt) * u128::from(self.rate.micros)).div_ceil(u128::from(from.micros)),
             )
         };
-        let (whole, rem) = self.rate.split(carried.min(self.rate.scale(self.burst)));
+        let (whole, rem) = self.rate.split(carried.min(self.max_used()));
         GcraState {
             tat: now + whole,
             rem,

@@ -78,7 +78,7 @@ impl LeakyBucket {
         } else {
             let scaled = (u128::from(state.level) * u128::from(self.drain.micros))
                 .div_ceil(u128::from(from.drain.micros));
-            super::clamp_u64(scaled).min(self.drain.scale(self.capacity))
+            super::clamp_u64(scaled).min(self.max_level())
         };
         LeakyBucketState {
             level,

@@ -76,9 +76,21 @@ impl TokenBucket {
                     .div_ceil(u128::from(from.rate.micros)),
             )
         };
+        // Nothing used is forgiven: what is above the new capacity (a debt, or more used than
+        // a smaller capacity holds) stays owed, up to `max_used`, repaid from the last refill.
+        let capacity = self.rate.scale(self.burst);
+        let used = used.min(super::max_used(&self.rate, capacity));
+        if used <= capacity {
+            return TokenBucketState {
+                tokens: capacity - used,
+                last_refill: state.last_refill,
+            };
+        }
+        let extra = used - capacity;
+        let q = self.rate.time_for(extra);
         TokenBucketState {
-            tokens: self.rate.scale(self.burst).saturating_sub(used),
-            last_refill: state.last_refill,
+            tokens: q * self.rate.tokens - extra,
+            last_refill: state.last_refill + q,
         }
     }
 

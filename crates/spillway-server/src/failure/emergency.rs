@@ -3,7 +3,8 @@
 //! While the shared store is unreachable, a `degrade` request is checked against an
 //! in-process [`MemoryStore`] with each limit cut to its emergency quota (see
 //! `spillway_core::policy::Emergency`): same algorithm, same window, same counter keys, a
-//! smaller amount.
+//! smaller amount. A metered limit (`charge: after`) costs 1 per admission here, since its
+//! reports cannot be recorded during the outage.
 //!
 //! The state outlives the outage: when the store answers again the emergency counters are left
 //! to expire with their own windows (swept every second), not dropped. A store that goes down
@@ -63,7 +64,21 @@ impl EmergencyLimiter {
                 emergency_params(&p.def.params, small)
             })
             .collect();
-        judge(&self.store, planned, Some(&params), mode).await
+        // A metered limit is planned at cost 0 (its cost is reported afterwards), and reports
+        // cannot reach the shared store during the outage: each admission is charged 1
+        // against the emergency quota instead, so a metered limit still caps the request
+        // count rather than admitting without bound.
+        let planned: Vec<Planned> = planned
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                if p.def.metered {
+                    p.cost = p.cost.max(1);
+                }
+                p
+            })
+            .collect();
+        judge(&self.store, &planned, Some(&params), mode).await
     }
 
     /// Drops expired emergency counters; returns how many.
@@ -135,5 +150,29 @@ tiers:
         clock.advance(1);
         assert!(check().await.expect("memory").0, "one token back");
         assert!(!check().await.expect("memory").0);
+    }
+
+    #[tokio::test]
+    async fn a_metered_limit_counts_each_admission_against_its_emergency_quota() {
+        let policy = Policy::from_yaml_str(
+            "default_tier: t\nlimits:\n  tokens:\n    algorithm: token_bucket\n    \
+             rate: 1000/h\n    key: [user]\n    charge: after\n    emergency: {limit: 3}\n\
+             tiers:\n  t: {limits: [tokens]}\n",
+            "test",
+        )
+        .expect("valid");
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let limiter = EmergencyLimiter::new(clock, 1);
+        let p = planned(&policy, "u");
+        assert_eq!(p[0].cost, 0, "metered limits are planned at cost 0");
+        let mut admitted = 0;
+        for _ in 0..10 {
+            let (allowed, _) = limiter
+                .check(&policy, &p, CheckMode::Consume)
+                .await
+                .expect("memory");
+            admitted += u32::from(allowed);
+        }
+        assert_eq!(admitted, 3, "one unit per admission of the emergency quota");
     }
 }

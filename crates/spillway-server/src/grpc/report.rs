@@ -21,6 +21,10 @@
 //! - The answer is always `OK` (Envoy ignores it anyway); a report the store could not
 //!   record is lost and counted (`spillway_reports_total{via="envoy",outcome="failed"}`).
 //!
+//! - A call that names nothing to record (only marker-only descriptors, an unknown domain,
+//!   descriptors the domain's plan refuses) is counted as `outcome="invalid"`; a marker-only
+//!   descriptor beside real ones is skipped and the others recorded.
+//!
 //! Both marker entries are removed before the descriptor is resolved or matched.
 
 use super::plan;
@@ -73,10 +77,15 @@ pub async fn record(
     identity: Option<&Identity>,
 ) -> RateLimitResponse {
     let n = request.descriptors.len();
-    let (descriptors, request_id) = strip(&request.descriptors);
-    if descriptors.iter().any(|d| d.entries.is_empty()) {
-        // Nothing but markers: nothing to resolve.
-        return response::unlimited(n, &[]);
+    let (mut descriptors, request_id) = strip(&request.descriptors);
+    // A descriptor of nothing but markers names no limit: skipped, the others recorded.
+    descriptors.retain(|d| !d.entries.is_empty());
+    let invalid = || {
+        crate::metrics::record_report("envoy", "invalid", &[], 0);
+        response::unlimited(n, &[])
+    };
+    if descriptors.is_empty() {
+        return invalid();
     }
     let request_id = request_id.filter(|id| id.len() <= crate::http::report::MAX_REQUEST_ID);
     let hits = u64::from(request.hits_addend).max(1);
@@ -101,11 +110,11 @@ pub async fn record(
     } else {
         let envoy = state.envoy.load();
         let Some(config) = envoy.domain(domain) else {
-            return response::unlimited(n, &[]);
+            return invalid();
         };
         match plan::envoy(config, &descriptors, hits) {
             Ok(plan) => (Arc::clone(&config.name), plan.planned),
-            Err(_) => return response::unlimited(n, &[]),
+            Err(_) => return invalid(),
         }
     };
     let report = Report {

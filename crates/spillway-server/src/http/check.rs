@@ -222,7 +222,7 @@ async fn respond(
 
 /// The problem for a body axum could not read: 413 when it is too long, 408 when it did not
 /// arrive in time (`--body-timeout`), else 400.
-fn body_problem(rejection: &BytesRejection) -> Problem {
+pub(crate) fn body_problem(rejection: &BytesRejection) -> Problem {
     if let Some(late) = BodyTimeout::find(rejection) {
         Problem::http(StatusCode::REQUEST_TIMEOUT, late.to_string())
     } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -145,23 +145,8 @@ async fn respond(
     app: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Response> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::http(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the body is larger than {} bytes",
-                    crate::http::check::MAX_BODY_BYTES
-                ),
-            )
-        } else {
-            Problem::invalid(
-                format!("the body could not be read: {}", rejection.body_text()),
-                None,
-            )
-        }
-        .into_response()
-    })?;
+    let body =
+        body.map_err(|rejection| crate::http::check::body_problem(&rejection).into_response())?;
     let request = parse_body(&body).map_err(IntoResponse::into_response)?;
     let attrs = RequestAttrs {
         tenant: request.tenant,
