@@ -23,7 +23,8 @@
 //! | `spillway_decision_log_sink_errors_total` | counter  | none               |
 //! | `spillway_route_decisions_total`         | counter   | `route`, `outcome` |
 //!
-//! The catalog's own metrics (`spillway_catalog_*`) are listed in [`crate::catalog::metrics`].
+//! The catalog's own metrics (`spillway_catalog_*`) are listed in [`crate::catalog::metrics`],
+//! the principal checks' (`spillway_principal_*`) in [`crate::principal::metrics`].
 //!
 //! The four before the decision log's are recorded by [`crate::failure`] (see
 //! `docs/FAILURE.md`); `route` is a route's pattern from the policy (or an Envoy domain), never

@@ -95,7 +95,10 @@ async fn answer(
             .principals()
             .and_then(|p| StatusCode::from_u16(p.invalid_status).ok())
             .unwrap_or(StatusCode::UNAUTHORIZED);
-        return problem.with_status(status).into_response();
+        // The reason in a header too: nginx's `auth_request_set` can read headers, not bodies.
+        let reason = problem.reason().map_or("", |r| r.as_str());
+        let named = [(principal::REASON_HEADER, reason)];
+        return (named, problem.with_status(status)).into_response();
     }
     let ip = client_ip(
         peer.ip(),

@@ -10,6 +10,10 @@ use axum::http::StatusCode;
 use spillway_core::policy::Policy;
 use spillway_core::request::RequestAttrs;
 
+/// The header a refusal names its reason in (as the problem's `reason` does), for proxies
+/// that read headers only; the gRPC service sends the same.
+pub const REASON_HEADER: &str = "x-spillway-unauthenticated";
+
 /// Identifies the caller of a request with `policy`'s `principals:` section and applies the
 /// result to `attrs`. `own` are credentials from the request body, which win over headers.
 /// Nothing happens without the section.

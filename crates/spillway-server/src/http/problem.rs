@@ -125,6 +125,11 @@ impl Problem {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
+    /// Why a credential was refused, on a 401 from the principal check.
+    pub fn reason(&self) -> Option<crate::principal::Reason> {
+        self.reason
+    }
+
     /// The human-readable explanation.
     pub fn detail(&self) -> &str {
         &self.detail

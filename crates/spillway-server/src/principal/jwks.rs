@@ -9,7 +9,8 @@
 //!
 //! A URL is fetched when the verifier is built and again when a token names a key id the set
 //! does not hold, at most once per `refresh`: a flood of tokens with made-up key ids costs one
-//! fetch per interval, not one per request.
+//! fetch per interval, not one per request. A set older than `refresh` is also fetched again
+//! in the background when a token has to be verified, so withdrawn keys do not linger.
 
 use super::metrics;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -199,6 +200,19 @@ impl Keys {
     /// The keys now.
     pub fn current(&self) -> Arc<KeySet> {
         self.current.load_full()
+    }
+
+    /// Whether a URL's keys are older than the refresh interval (and no fetch is under way):
+    /// time to fetch them again in the background, so a key the issuer withdrew stops
+    /// verifying within about one interval.
+    pub fn stale(&self, now: Micros) -> bool {
+        let KeySource::Url { refresh, .. } = &self.source else {
+            return false;
+        };
+        match self.fetched.try_lock() {
+            Ok(last) => last.is_none_or(|at| now.saturating_sub(at) >= *refresh),
+            Err(_) => false,
+        }
     }
 
     /// Fetches the URL again if the last fetch is at least one refresh interval old (or

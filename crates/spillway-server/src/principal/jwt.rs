@@ -25,7 +25,8 @@ pub const MAX_TOKEN: usize = 16 * 1024;
 pub struct Verified {
     /// The principal its claims map to.
     pub principal: Principal,
-    /// Its `exp` plus the leeway, in server-clock microseconds; `None` if it has no `exp`.
+    /// Its `exp` plus the leeway, in server-clock microseconds (tokens without `exp` are
+    /// refused; `None` is for principals that never expire, such as tests').
     pub until: Option<Micros>,
 }
 
@@ -78,7 +79,10 @@ pub async fn verify(
     }
     let mut set = keys.current();
     if let Some(kid) = kid.as_deref() {
-        if !set.has_kid(kid) && keys.refetch(now).await {
+        if !set.has_kid(kid) {
+            // Another request's fetch may have brought the key in meanwhile; read the set
+            // again whether or not this one fetched.
+            keys.refetch(now).await;
             set = keys.current();
         }
     }
@@ -127,8 +131,11 @@ pub fn check_claims(
         }
     };
     let leeway = settings.leeway;
-    let until = seconds("exp")?.map(|exp| exp.saturating_add(leeway));
-    if until.is_some_and(|until| now >= until) {
+    // A token without `exp` would be good forever (and cached until evicted): refused.
+    let until = seconds("exp")?
+        .ok_or(Reason::MissingClaim)?
+        .saturating_add(leeway);
+    if now >= until {
         return Err(Reason::Expired);
     }
     if seconds("nbf")?.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
@@ -165,7 +172,10 @@ pub fn check_claims(
         // A token that names no tenant would be counted with no tenant at all.
         return Err(Reason::MissingClaim);
     }
-    Ok(Verified { principal, until })
+    Ok(Verified {
+        principal,
+        until: Some(until),
+    })
 }
 
 /// The claim at a dotted path as text: strings as they are, numbers and booleans written out;
@@ -249,6 +259,13 @@ mod tests {
             Some(Reason::MissingClaim)
         );
         assert_eq!(reason(json!({"org": "acme"})), Some(Reason::MissingClaim));
+        assert_eq!(reason(json!({"exp": null})), Some(Reason::Malformed));
+        let mut no_exp = claims(json!({}));
+        no_exp.as_object_mut().map(|c| c.remove("exp"));
+        assert_eq!(
+            check_claims(&no_exp, &s, NOW).err(),
+            Some(Reason::MissingClaim)
+        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub enum Reason {
     WrongIssuer,
     /// `aud` names none of the configured audiences.
     WrongAudience,
-    /// The claim that gives the tenant is absent or not a plain value.
+    /// No `exp`, or the claim that gives the tenant is absent or not a plain value.
     MissingClaim,
     /// An API key the catalog does not hold.
     UnknownApiKey,
@@ -119,7 +119,7 @@ impl Reason {
             Self::DisallowedAlgorithm => "the token's algorithm is not allowed for its key",
             Self::WrongIssuer => "the token was issued by an issuer this server does not accept",
             Self::WrongAudience => "the token is not meant for this audience",
-            Self::MissingClaim => "the token does not name a tenant",
+            Self::MissingClaim => "the token lacks `exp` or the claim naming its tenant",
             Self::UnknownApiKey => "the API key is not known",
             Self::UnknownHost => "the host name does not name a tenant",
         }
@@ -341,6 +341,10 @@ impl PrincipalState {
             Cached::Fresh(v) => return Ok(v.principal),
             Cached::Expired => return Err(Reason::Expired),
             Cached::Unknown => {}
+        }
+        if keys.stale(now) {
+            let keys = Arc::clone(keys);
+            tokio::spawn(async move { keys.refetch(now).await });
         }
         metrics::record_verification();
         let verified = jwt::verify(token, settings, keys, now).await?;
