@@ -473,6 +473,24 @@ fn anonymous(
         );
         issues.push(name.referenced, path, message);
     }
+    // An anonymous request has no tenant, user or verified descriptor: a limit of the tier
+    // keyed by any of them would count (or skip) on what the caller chooses to send.
+    for def in own {
+        let other = def
+            .key
+            .iter()
+            .find(|d| !matches!(d, Dimension::Ip | Dimension::Route));
+        if let Some(dimension) = other {
+            let message = format!(
+                "tier `{}` has limit `{}` keyed by `{}`; an anonymous tier's limits may be \
+                 keyed only by `ip` and `route`",
+                name.value,
+                def.name,
+                dimension.as_str()
+            );
+            issues.push(name.referenced, path, message);
+        }
+    }
     Missing::Anonymous(name.value.as_str().into())
 }
 

@@ -90,7 +90,8 @@ async fn answer(
         attrs.path = Some(path);
     }
     let nobody = Presented::default();
-    if let Err(problem) = principal::identify(app, &policy, headers, nobody, &mut attrs).await {
+    if let Err(problem) = principal::identify(app, &policy, headers, nobody, true, &mut attrs).await
+    {
         let status = policy
             .principals()
             .and_then(|p| StatusCode::from_u16(p.invalid_status).ok())

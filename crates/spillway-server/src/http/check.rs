@@ -203,7 +203,7 @@ async fn respond(
         api_key: api_key.as_deref(),
         host: host.as_deref(),
     };
-    principal::identify(app, &policy, headers, own, &mut attrs)
+    principal::identify(app, &policy, headers, own, false, &mut attrs)
         .await
         .map_err(IntoResponse::into_response)?;
     let decided = decide(app, &policy, &attrs, ids, mode)

@@ -308,8 +308,17 @@ impl PrincipalState {
                     None => continue,
                     Some(key) => api_key::identify(key, policy.catalog())?,
                 },
+                // A host name is no secret: it stands alone only when no real credential is
+                // configured, and then only for a tenant the catalog holds. With a JWT or API
+                // key configured it is ignored, so `Host: victim...` can never be a tenant.
+                Source::Subdomain if config.jwt.is_some() || config.api_key.is_some() => continue,
                 Source::Subdomain => match (presented.host, &config.subdomain) {
-                    (Some(host), Some(settings)) => subdomain::identify(host, settings)?,
+                    (Some(host), Some(settings)) => {
+                        match subdomain::identify(host, settings, policy.catalog()) {
+                            Some(principal) => principal,
+                            None => continue,
+                        }
+                    }
                     _ => continue,
                 },
             };

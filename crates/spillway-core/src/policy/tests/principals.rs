@@ -189,6 +189,17 @@ fn the_anonymous_tier_must_exist_and_count_by_ip() {
         "principals.anonymous_tier",
         "no limit keyed by `ip`",
     );
+    let keyed_by_tenant = HEAD.replace(
+        "anonymous: {limits: [per-ip]}",
+        "anonymous: {limits: [per-ip, per-tenant]}",
+    );
+    let text = format!("{keyed_by_tenant}principals:\n  missing: anonymous\n  api_key: {{}}\n");
+    expect(
+        &text,
+        10,
+        "principals.anonymous_tier",
+        "keyed only by `ip` and `route`",
+    );
     let text = with("  missing: anonymous\n  anonymous_tier: guests\n  api_key: {}\n");
     expect(
         &text,
