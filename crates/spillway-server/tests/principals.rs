@@ -651,3 +651,56 @@ async fn envoy_credentials_never_reach_the_decision_log_which_names_the_verified
         serde_json::from_str(written.lines().next().expect("a line")).expect("json");
     assert_eq!(record["tenant"], "tenant-a", "{record}");
 }
+
+#[tokio::test]
+async fn repeated_credential_headers_are_malformed_and_sources_are_read_in_order() {
+    let text = jwt_policy("  api_key: {header: x-api-key}\n");
+    let server = Server::with_policy(&text).start();
+    let a = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));
+    let b = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-b", "u"));
+    let send = |headers: Vec<(&'static str, reqwest::header::HeaderValue)>| {
+        let mut request = server.http.post(server.url("/v1/check")).body("{}");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let bearer = |t: &str| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).unwrap();
+    // Two Authorization headers: which one is meant? Neither.
+    let two = send(vec![
+        ("authorization", bearer(&a)),
+        ("authorization", bearer(&b)),
+    ])
+    .await
+    .expect("answer");
+    assert_eq!(two.status(), 401);
+    let v: Value = two.json().await.expect("json");
+    assert_eq!(v["reason"], "malformed", "{v}");
+    // A non-UTF-8 API key (lower precedence) does not refuse a valid token.
+    let junk = reqwest::header::HeaderValue::from_bytes(b"k\xff").expect("opaque bytes");
+    let fine = send(vec![("authorization", bearer(&a)), ("x-api-key", junk)])
+        .await
+        .expect("answer");
+    assert_eq!(fine.status(), 200);
+}
+
+#[tokio::test]
+async fn a_cookie_token_is_found_across_several_cookie_headers() {
+    let text = policy(&format!(
+        "  jwt:\n    cookie: session\n    jwks_file: {}\n    algorithms: [RS256]\n    \
+         issuer: https://auth.test\n    audience: [api]\n    claims: {{tenant: org.id}}\n",
+        fixture("jwks.json")
+    ));
+    let server = Server::with_policy(&text).start();
+    let a = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));
+    let response = server
+        .http
+        .post(server.url("/v1/check"))
+        .header("cookie", "theme=dark")
+        .header("cookie", format!("session={a}"))
+        .body("{}")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+}

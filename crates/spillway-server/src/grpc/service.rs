@@ -187,8 +187,7 @@ impl Rls {
             return Ok(None);
         };
         let entries = Entries(descriptors);
-        let presented = principal::presented(&entries, config)
-            .inspect_err(|reason| principal::metrics::record_rejected(*reason))?;
+        let presented = principal::presented(&entries, config);
         let now = self.0.app.clock.now();
         match self
             .0
@@ -300,13 +299,24 @@ fn as_identified(
     out
 }
 
-/// A request's descriptor entries read as named values: the first entry with the name.
+/// A request's descriptor entries read as named values. Envoy repeats a header's entry in
+/// every descriptor whose actions read it, so equal values count once: the second value is
+/// the first that differs from the first (two different tokens are malformed).
 struct Entries<'a>(&'a [RateLimitDescriptor]);
 
 impl Lookup for Entries<'_> {
-    fn value(&self, name: &str) -> Option<&[u8]> {
-        let mut entries = self.0.iter().flat_map(|d| &d.entries);
-        entries.find(|e| e.key == name).map(|e| e.value.as_bytes())
+    fn nth(&self, name: &str, n: usize) -> Option<&[u8]> {
+        let mut values = self
+            .0
+            .iter()
+            .flat_map(|d| &d.entries)
+            .filter(|e| e.key == name)
+            .map(|e| e.value.as_str());
+        let first = values.next()?;
+        match n {
+            0 => Some(first.as_bytes()),
+            _ => values.filter(|v| *v != first).nth(n - 1).map(str::as_bytes),
+        }
     }
 }
 

@@ -202,6 +202,7 @@ async fn respond(
         token: token.as_deref(),
         api_key: api_key.as_deref(),
         host: host.as_deref(),
+        ..Presented::default()
     };
     principal::identify(app, &policy, headers, own, false, &mut attrs)
         .await

@@ -30,16 +30,15 @@ pub async fn identify(
     let Some(config) = policy.principals() else {
         return Ok(());
     };
-    let presented = match principal::presented(headers, config) {
-        Ok(found) => Presented {
-            token: own.token.or(found.token),
-            api_key: own.api_key.or(found.api_key),
-            host: own.host.or(found.host.filter(|_| host_from_headers)),
+    let found = principal::presented(headers, config);
+    let presented = Presented {
+        token: own.token.or(found.token),
+        api_key: own.api_key.or(found.api_key),
+        host: own.host.or(found.host.filter(|_| host_from_headers)),
+        malformed: principal::Malformed {
+            token: own.token.is_none() && found.malformed.token,
+            api_key: own.api_key.is_none() && found.malformed.api_key,
         },
-        Err(reason) => {
-            principal::metrics::record_rejected(reason);
-            return Err(refusal(reason));
-        }
     };
     let now = app.clock.now();
     match app.principals.identify(policy, &presented, now).await {

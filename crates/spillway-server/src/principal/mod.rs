@@ -135,49 +135,92 @@ pub struct Presented<'a> {
     pub api_key: Option<&'a str>,
     /// The host name.
     pub host: Option<&'a str>,
+    /// Which credentials were there but unreadable (not UTF-8, or sent more than once). Such
+    /// a credential is refused as `malformed` only when its source's turn comes, so junk in a
+    /// lower-precedence place never refuses a valid higher-precedence credential.
+    pub malformed: Malformed,
+}
+
+/// Which presented credentials were unreadable.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed {
+    /// The token.
+    pub token: bool,
+    /// The API key.
+    pub api_key: bool,
 }
 
 /// Where a transport finds named values (headers, gRPC metadata, descriptor entries).
 pub trait Lookup {
-    /// The value under `name` (lower-case), as bytes.
-    fn value(&self, name: &str) -> Option<&[u8]>;
+    /// The `n`th value under `name` (lower-case), as bytes.
+    fn nth(&self, name: &str, n: usize) -> Option<&[u8]>;
 }
 
 impl Lookup for http::HeaderMap {
-    fn value(&self, name: &str) -> Option<&[u8]> {
-        self.get(name).map(http::HeaderValue::as_bytes)
+    fn nth(&self, name: &str, n: usize) -> Option<&[u8]> {
+        self.get_all(name)
+            .iter()
+            .nth(n)
+            .map(http::HeaderValue::as_bytes)
     }
 }
 
-/// Reads the credentials `config` looks for from `from`. A value that is not UTF-8 is
-/// `malformed`; an empty one counts as absent.
-pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Result<Presented<'a>, Reason> {
-    let text = |name: &str| -> Result<Option<&'a str>, Reason> {
-        match from.value(name) {
-            None => Ok(None),
-            Some(bytes) => {
-                let text = std::str::from_utf8(bytes)
-                    .map_err(|_| Reason::Malformed)?
-                    .trim();
-                Ok((!text.is_empty()).then_some(text))
-            }
+/// Reads the credentials `config` looks for from `from`. A value that is not UTF-8, or a
+/// credential header sent more than once (which of two tokens would be meant?), is marked
+/// malformed; an empty one counts as absent. Several `Cookie` headers are read as one.
+pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Presented<'a> {
+    let utf8 = |bytes: &'a [u8]| -> Result<Option<&'a str>, ()> {
+        let text = std::str::from_utf8(bytes).map_err(|_| ())?.trim();
+        Ok((!text.is_empty()).then_some(text))
+    };
+    let text = |name: &str| -> Result<Option<&'a str>, ()> {
+        match (from.nth(name, 0), from.nth(name, 1)) {
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(()),
+            (Some(bytes), None) => utf8(bytes),
         }
     };
     let mut out = Presented::default();
     if let Some(jwt) = &config.jwt {
-        out.token = match &jwt.place {
-            TokenPlace::Header(name) => text(name)?.map(bearer),
-            TokenPlace::Cookie(name) => text("cookie")?.and_then(|c| cookie(c, name)),
+        let found = match &jwt.place {
+            TokenPlace::Header(name) => text(name).map(|t| t.map(bearer)),
+            TokenPlace::Cookie(name) => {
+                // Cookies may come in several headers; the first with the name wins, as in
+                // the single header they stand for.
+                let mut found = Ok(None);
+                for n in 0.. {
+                    let Some(bytes) = from.nth("cookie", n) else {
+                        break;
+                    };
+                    match utf8(bytes) {
+                        Ok(header) => {
+                            if let Some(v) = header.and_then(|c| cookie(c, name)) {
+                                found = Ok(Some(v));
+                                break;
+                            }
+                        }
+                        Err(()) => found = Err(()),
+                    }
+                }
+                found
+            }
+        };
+        match found {
+            Ok(token) => out.token = token.filter(|t| !t.is_empty()),
+            Err(()) => out.malformed.token = true,
         }
-        .filter(|t| !t.is_empty());
     }
     if let Some(key) = &config.api_key {
-        out.api_key = text(&key.header)?;
+        match text(&key.header) {
+            Ok(found) => out.api_key = found,
+            Err(()) => out.malformed.api_key = true,
+        }
     }
     if let Some(sub) = &config.subdomain {
-        out.host = text(&sub.header)?;
+        // A host that cannot be read names no tenant: absent, like any host outside the base.
+        out.host = text(&sub.header).ok().flatten();
     }
-    Ok(out)
+    out
 }
 
 /// The token in a header value: after a `Bearer` scheme (any case), or the whole value.
@@ -301,10 +344,12 @@ impl PrincipalState {
         for &source in &config.sources {
             let principal = match source {
                 Source::Jwt => match presented.token {
+                    None if presented.malformed.token => return Err(Reason::Malformed),
                     None => continue,
                     Some(token) => self.token(config, token, now).await?,
                 },
                 Source::ApiKey => match presented.api_key {
+                    None if presented.malformed.api_key => return Err(Reason::Malformed),
                     None => continue,
                     Some(key) => api_key::identify(key, policy.catalog())?,
                 },
