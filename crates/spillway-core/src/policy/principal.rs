@@ -303,6 +303,10 @@ pub const DEFAULT_CACHE_SIZE: u64 = 100_000;
 pub const DEFAULT_REFRESH: Micros = 300_000_000;
 /// The default slack on `exp` and `nbf`.
 pub const DEFAULT_LEEWAY: Micros = 30_000_000;
+/// The most leeway a policy may give `exp` and `nbf` (five minutes).
+pub const MAX_LEEWAY: Micros = 300_000_000;
+/// The shortest JWKS `refresh`: a key server is not asked more often than this.
+pub const MIN_REFRESH: Micros = 10_000_000;
 
 /// What validation needs from the rest of the policy.
 pub(crate) struct Context<'a> {
@@ -421,9 +425,10 @@ pub(crate) fn compile(
     let invalid_status = match &p.invalid_status {
         None => 401,
         Some(n) => match n.value.positive() {
-            Ok(code @ 400..=499) => code as u16,
+            Ok(code @ (401 | 403)) => code as u16,
             Ok(code) => {
-                let message = format!("must be a 4xx status (got {code})");
+                // nginx's auth_request turns any other status into a 500.
+                let message = format!("must be 401 or 403 (got {code})");
                 issues.push(n.referenced, "principals.invalid_status", message);
                 401
             }
@@ -515,9 +520,30 @@ fn jwt(raw: &Spanned<RawJwt>, cx: &Context<'_>, issues: &mut Issues) -> Option<J
             issues,
         )),
     };
-    let duration = |text: &Option<Text>, field: &str, default: Micros, issues: &mut Issues| {
+    // A duration within `min..=max` (`0` allowed when `min` is 0).
+    let duration = |text: &Option<Text>,
+                    field: &str,
+                    default: Micros,
+                    (min, max): (Micros, Micros),
+                    issues: &mut Issues| {
         text.as_ref().map_or(default, |t| {
-            parse_duration(&t.value).unwrap_or_else(|message| {
+            let value = t.value.trim();
+            let parsed = match value {
+                "0" | "0s" if min == 0 => Ok(0),
+                _ => parse_duration(value),
+            };
+            let checked = parsed.and_then(|d| match (min..=max).contains(&d) {
+                true => Ok(d),
+                false if d < min => Err(format!(
+                    "must be at least {}s (got `{value}`)",
+                    min / 1_000_000
+                )),
+                false => Err(format!(
+                    "must be at most {}s (got `{value}`)",
+                    max / 1_000_000
+                )),
+            });
+            checked.unwrap_or_else(|message| {
                 issues.push(t.referenced, format!("principals.jwt.{field}"), message);
                 default
             })
@@ -547,7 +573,13 @@ fn jwt(raw: &Spanned<RawJwt>, cx: &Context<'_>, issues: &mut Issues) -> Option<J
                 let message = format!("`{url}` is not an http:// or https:// URL");
                 issues.push(u.referenced, "principals.jwt.jwks_url", message);
             }
-            let refresh = duration(&j.refresh, "refresh", DEFAULT_REFRESH, issues);
+            let refresh = duration(
+                &j.refresh,
+                "refresh",
+                DEFAULT_REFRESH,
+                (MIN_REFRESH, Micros::MAX),
+                issues,
+            );
             Some(KeySource::Url {
                 url: url.to_owned(),
                 refresh,
@@ -591,7 +623,7 @@ fn jwt(raw: &Spanned<RawJwt>, cx: &Context<'_>, issues: &mut Issues) -> Option<J
             }
         }
     }
-    let leeway = duration(&j.leeway, "leeway", DEFAULT_LEEWAY, issues);
+    let leeway = duration(&j.leeway, "leeway", DEFAULT_LEEWAY, (0, MAX_LEEWAY), issues);
     let audience = match &j.audience {
         None => Vec::new(),
         Some(OneOrMany::One(a)) => vec![a.value.clone()],

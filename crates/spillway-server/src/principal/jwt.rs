@@ -35,6 +35,10 @@ struct Header {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    /// Extensions the issuer says must be understood; this server understands none, so a
+    /// token that lists any is refused.
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
 }
 
 /// Reads the header segment: the algorithm (one this server knows) and the key id.
@@ -49,6 +53,9 @@ pub fn header(token: &str) -> Result<(JwtAlgorithm, Option<String>), Reason> {
         .decode(head)
         .map_err(|_| Reason::Malformed)?;
     let header: Header = serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)?;
+    if header.crit.is_some() {
+        return Err(Reason::Malformed);
+    }
     let alg = JwtAlgorithm::from_name(&header.alg).ok_or(Reason::DisallowedAlgorithm)?;
     Ok((alg, header.kid))
 }
@@ -254,6 +261,9 @@ mod tests {
         assert_eq!(reason(json!({"aud": "web"})), Some(Reason::WrongAudience));
         assert_eq!(reason(json!({"aud": "api"})), None);
         assert_eq!(reason(json!({"exp": "soon"})), Some(Reason::Malformed));
+        // GHSA-h395-gr6q-cpjc: a time claim of the wrong type must not be skipped.
+        assert_eq!(reason(json!({"nbf": "1000000"})), Some(Reason::Malformed));
+        assert_eq!(reason(json!({"nbf": "later"})), Some(Reason::Malformed));
         assert_eq!(
             reason(json!({"org": {"id": ""}})),
             Some(Reason::MissingClaim)
@@ -282,6 +292,11 @@ mod tests {
         assert_eq!(
             header(&enc(r#"{"alg":"ES256","kid":"k"}"#)),
             Ok((JwtAlgorithm::ES256, Some("k".into())))
+        );
+        assert_eq!(
+            header(&enc(r#"{"alg":"ES256","kid":"k","crit":["b64"]}"#)),
+            Err(Reason::Malformed),
+            "no critical extension is understood"
         );
         for bad in ["", "a.b", "a.b.c.d", "!!.e30.x", "e30.e30.x"] {
             assert_eq!(header(bad), Err(Reason::Malformed), "{bad}");

@@ -221,12 +221,7 @@ fn the_anonymous_tier_must_exist_and_count_by_ip() {
 #[test]
 fn other_fields_are_checked_where_they_are() {
     let text = with("  invalid_status: 500\n  api_key: {}\n");
-    expect(
-        &text,
-        10,
-        "principals.invalid_status",
-        "must be a 4xx status",
-    );
+    expect(&text, 10, "principals.invalid_status", "must be 401 or 403");
     let text = with("  request_may_name: [tenant, route]\n  api_key: {}\n");
     expect(
         &text,
@@ -245,4 +240,34 @@ fn other_fields_are_checked_where_they_are() {
     expect(&text, 12, "principals.jwt.leeway", "soon");
     let text = with("  api_key: {headr: x}\n");
     expect(&text, 10, "principals.api_key.headr", "unknown field");
+}
+
+#[test]
+fn leeway_refresh_and_invalid_status_are_bounded() {
+    let jwt = |extra: &str| {
+        with(&format!(
+            "  jwt:\n    jwks_url: https://auth.example.com/k\n    claims: {{tenant: org}}\n{extra}"
+        ))
+    };
+    let p = load(&jwt("    leeway: 0\n"));
+    assert_eq!(
+        p.principals()
+            .and_then(|p| p.jwt.as_deref())
+            .map(|j| j.leeway),
+        Some(0)
+    );
+    expect(
+        &jwt("    leeway: 6m\n"),
+        13,
+        "principals.jwt.leeway",
+        "at most 300s",
+    );
+    expect(
+        &jwt("    refresh: 1s\n"),
+        13,
+        "principals.jwt.refresh",
+        "at least 10s",
+    );
+    let text = with("  invalid_status: 429\n  api_key: {}\n");
+    expect(&text, 10, "principals.invalid_status", "must be 401 or 403");
 }
