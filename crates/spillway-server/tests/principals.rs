@@ -429,8 +429,28 @@ async fn anonymous_requests_are_counted_per_ip_in_the_anonymous_tier() {
     }
     let other = server.post("/v1/check", r#"{"ip":"198.51.100.8"}"#).await;
     assert_eq!(other.status(), 200, "another address has its own budget");
-    // A presented but bad token is still refused, not anonymous.
+    // A presented but bad token is still refused, not anonymous, and names the scheme.
     assert_eq!(refused(&server, "x.y.z").await, (401, "malformed".into()));
+    let bad = server
+        .http
+        .post(server.url("/v1/check"))
+        .bearer_auth("x.y.z")
+        .body("{}")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        common::header(&bad, "www-authenticate").as_deref(),
+        Some(r#"Bearer error="invalid_token""#)
+    );
+    // /v1/authorize knows the peer's address, so an anonymous caller there is counted.
+    let authorize = server
+        .http
+        .get(server.url("/v1/authorize"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(authorize.status(), 200);
 }
 
 /// A server whose catalog (SQLite, migrated) holds tenants `acme` and `initech`.
@@ -527,6 +547,10 @@ async fn an_anonymous_request_without_an_ip_is_refused() {
     let server = Server::with_policy(&text).start();
     let response = server.post("/v1/check", r#"{"tenant":"acme"}"#).await;
     assert_eq!(response.status(), 401);
+    assert_eq!(
+        common::header(&response, "www-authenticate").as_deref(),
+        Some("Bearer")
+    );
     let v: Value = response.json().await.expect("json");
     assert_eq!(v["reason"], "missing", "{v}");
 }

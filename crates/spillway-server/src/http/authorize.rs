@@ -89,6 +89,14 @@ async fn answer(
         attrs.method = Some(method);
         attrs.path = Some(path);
     }
+    // The client's address first: an anonymous caller is counted (and only admitted) by it.
+    let ip = client_ip(
+        peer.ip(),
+        headers,
+        &settings.forwarding,
+        &settings.trusted_proxies,
+    );
+    attrs.ip = Some(ip);
     let nobody = Presented::default();
     if let Err(problem) = principal::identify(app, &policy, headers, nobody, true, &mut attrs).await
     {
@@ -101,13 +109,6 @@ async fn answer(
         let named = [(principal::REASON_HEADER, reason)];
         return (named, problem.with_status(status)).into_response();
     }
-    let ip = client_ip(
-        peer.ip(),
-        headers,
-        &settings.forwarding,
-        &settings.trusted_proxies,
-    );
-    attrs.ip = Some(ip);
     let ids = RequestIds::read(app, headers);
     let decided = match decide(app, &policy, &attrs, &ids, mode).await {
         Ok(decided) => decided,

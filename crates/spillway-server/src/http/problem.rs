@@ -161,6 +161,16 @@ impl IntoResponse for Problem {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        // A refused credential answered 401 names the scheme, as RFC 6750 asks.
+        if let (Some(reason), StatusCode::UNAUTHORIZED) = (self.reason, self.status()) {
+            let value = match reason {
+                crate::principal::Reason::Missing => "Bearer",
+                _ => r#"Bearer error="invalid_token""#,
+            };
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
+        }
         response
     }
 }
