@@ -569,8 +569,11 @@ fn jwt(raw: &Spanned<RawJwt>, cx: &Context<'_>, issues: &mut Issues) -> Option<J
         }
         (None, Some(u)) => {
             let url = u.value.trim();
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                let message = format!("`{url}` is not an http:// or https:// URL");
+            if !(url.starts_with("https://") || loopback_http(url)) {
+                let message = format!(
+                    "`{url}` is not an https:// URL (http:// only for localhost and loopback \
+                     addresses)"
+                );
                 issues.push(u.referenced, "principals.jwt.jwks_url", message);
             }
             let refresh = duration(
@@ -731,4 +734,24 @@ fn header_name(text: Option<&Text>, default: &str, path: &str, issues: &mut Issu
         issues.push(text.referenced, path, message);
     }
     name
+}
+
+/// Whether `url` is `http://` to a loopback host (`localhost`, `127.x.x.x`, `[::1]`), where
+/// plain HTTP cannot be intercepted on the way.
+fn loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

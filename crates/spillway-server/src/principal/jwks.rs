@@ -164,8 +164,12 @@ pub struct Keys {
     current: arc_swap::ArcSwap<KeySet>,
     /// When the URL was last fetched (server clock); `None` before the first fetch.
     fetched: tokio::sync::Mutex<Option<Micros>>,
-    client: reqwest::Client,
+    /// The HTTP client (no redirects, a timeout); an error when it could not be built.
+    client: Result<reqwest::Client, String>,
 }
+
+/// How soon a failed fetch is tried again (not a whole refresh interval later).
+pub const RETRY_AFTER: Micros = 5_000_000;
 
 impl Keys {
     /// Reads the keys once (a file, or a first fetch of the URL). A source that cannot be
@@ -179,8 +183,9 @@ impl Keys {
             fetched: tokio::sync::Mutex::new(None),
             client: reqwest::Client::builder()
                 .timeout(FETCH_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
-                .unwrap_or_default(),
+                .map_err(|e| format!("cannot build the HTTP client: {e}")),
         };
         match source {
             KeySource::File(path) => match std::fs::read(path) {
@@ -235,24 +240,26 @@ impl Keys {
             }
             Err(why) => {
                 tracing::warn!("JWKS URL {url}: {why}");
+                // Try again soon rather than a whole interval later.
+                *last = Some(now.saturating_sub(refresh.saturating_sub(RETRY_AFTER)));
                 false
             }
         }
     }
 
     async fn fetch(&self, url: &str) -> Result<KeySet, String> {
-        let response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = self.client.as_ref().map_err(Clone::clone)?;
+        let mut response = client.get(url).send().await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }
-        let body = response.bytes().await.map_err(|e| e.to_string())?;
-        if body.len() > MAX_DOCUMENT {
-            return Err(format!("the document is larger than {MAX_DOCUMENT} bytes"));
+        // Read in chunks and stop at the cap, so a huge answer is never held whole.
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > MAX_DOCUMENT {
+                return Err(format!("the document is larger than {MAX_DOCUMENT} bytes"));
+            }
+            body.extend_from_slice(&chunk);
         }
         parse(&body, &self.allowed)
     }

@@ -271,3 +271,32 @@ fn leeway_refresh_and_invalid_status_are_bounded() {
     let text = with("  invalid_status: 429\n  api_key: {}\n");
     expect(&text, 10, "principals.invalid_status", "must be 401 or 403");
 }
+
+#[test]
+fn a_jwks_url_is_https_unless_it_is_loopback() {
+    let jwt = |url: &str| {
+        with(&format!(
+            "  jwt:\n    jwks_url: {url}\n    claims: {{tenant: org}}\n"
+        ))
+    };
+    for ok in [
+        "https://auth.example.com/k",
+        "http://127.0.0.1:8080/k",
+        "http://[::1]/k",
+        "http://localhost/k",
+    ] {
+        load(&jwt(ok));
+    }
+    for bad in [
+        "http://auth.example.com/k",
+        "http://127.0.0.1.evil.com/k",
+        "http://127.0.0.1@evil.com/k",
+    ] {
+        expect(
+            &jwt(bad),
+            11,
+            "principals.jwt.jwks_url",
+            "not an https:// URL",
+        );
+    }
+}
