@@ -28,6 +28,9 @@ pub struct Verified {
     /// Its `exp` plus the leeway, in server-clock microseconds (tokens without `exp` are
     /// refused; `None` is for principals that never expire, such as tests').
     pub until: Option<Micros>,
+    /// When the cached verdict must be verified again (keys from a URL: one refresh
+    /// interval on), so a token whose key was withdrawn stops being honoured from the cache.
+    pub recheck: Option<Micros>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +185,7 @@ pub fn check_claims(
     Ok(Verified {
         principal,
         until: Some(until),
+        recheck: None,
     })
 }
 

@@ -401,7 +401,11 @@ impl PrincipalState {
             tokio::spawn(async move { keys.refetch(now).await });
         }
         metrics::record_verification();
-        let verified = jwt::verify(token, settings, keys, now).await?;
+        let mut verified = jwt::verify(token, settings, keys, now).await?;
+        if let KeySource::Url { refresh, .. } = &settings.keys {
+            // Keys from a URL may be withdrawn: verify again after one refresh interval.
+            verified.recheck = Some(now.saturating_add(*refresh));
+        }
         let principal = verified.principal.clone();
         cache.insert(digest, verified);
         metrics::record_cache_entries(cache.len());
