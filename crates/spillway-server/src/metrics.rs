@@ -25,7 +25,8 @@
 //! | `spillway_reports_total`                 | counter   | `via`, `outcome`   |
 //! | `spillway_reported_cost_total`           | counter   | `limit`            |
 //!
-//! The catalog's own metrics (`spillway_catalog_*`) are listed in [`crate::catalog::metrics`].
+//! The catalog's own metrics (`spillway_catalog_*`) are listed in [`crate::catalog::metrics`],
+//! the principal checks' (`spillway_principal_*`) in [`crate::principal::metrics`].
 //!
 //! The four before the decision log's are recorded by [`crate::failure`] (see
 //! `docs/FAILURE.md`); `route` is a route's pattern from the policy (or an Envoy domain), never

@@ -1,4 +1,5 @@
-//! The shipped nginx config (`deploy/nginx/spillway.conf`), run for real: only its addresses
+//! The shipped nginx configs (`deploy/nginx/spillway.conf`, and `spillway-principals.conf`
+//! where Spillway identifies the caller), run for real: only their addresses
 //! are changed, so the file cannot drift from what is tested. A small upstream on loopback
 //! counts the requests that reach it, so the test can tell that a denied request never did.
 //!
@@ -84,29 +85,12 @@ impl Drop for Nginx {
     }
 }
 
-#[tokio::test]
-async fn the_shipped_nginx_config_turns_denials_into_429_and_shields_the_upstream() {
-    let Some(nginx) = find_nginx() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nginx is not installed (scripts/test.sh installs it)"
-        );
-        eprintln!("skipping: nginx is not installed");
-        return;
-    };
-    let spillway = Server::with_policy(POLICY)
-        .args(&["--deny-status", "403", "--invalid-status", "401"])
-        .start();
-    let (upstream, hits) = counting_upstream().await;
+/// Runs nginx on `site` (a server block listening on `listen 80;`, moved to a free port);
+/// returns it with its port and scratch directory.
+fn start_nginx(nginx: &Path, site: &str) -> (Nginx, u16, TempDir) {
     let front = free_port();
     let dir = TempDir::new();
-    let site = shipped_config()
-        .replace(
-            "server 127.0.0.1:8080;",
-            &format!("server {};", spillway.addr()),
-        )
-        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"))
-        .replace("listen 80;", &format!("listen 127.0.0.1:{front};"));
+    let site = site.replace("listen 80;", &format!("listen 127.0.0.1:{front};"));
     let tmp = dir.path().display();
     let conf = format!(
         "worker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log info;\n\
@@ -130,7 +114,7 @@ async fn the_shipped_nginx_config_turns_denials_into_429_and_shields_the_upstrea
         .stderr(Stdio::null())
         .spawn()
         .expect("start nginx");
-    let _nginx = Nginx(child);
+    let nginx = Nginx(child);
     let up = wait_until(PATIENCE, || {
         std::net::TcpStream::connect(("127.0.0.1", front)).ok()
     });
@@ -139,6 +123,30 @@ async fn the_shipped_nginx_config_turns_denials_into_429_and_shields_the_upstrea
         "nginx did not start: {}",
         std::fs::read_to_string(format!("{tmp}/error.log")).unwrap_or_default()
     );
+    (nginx, front, dir)
+}
+
+#[tokio::test]
+async fn the_shipped_nginx_config_turns_denials_into_429_and_shields_the_upstream() {
+    let Some(nginx) = find_nginx() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nginx is not installed (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: nginx is not installed");
+        return;
+    };
+    let spillway = Server::with_policy(POLICY)
+        .args(&["--deny-status", "403", "--invalid-status", "401"])
+        .start();
+    let (upstream, hits) = counting_upstream().await;
+    let site = shipped_config()
+        .replace(
+            "server 127.0.0.1:8080;",
+            &format!("server {};", spillway.addr()),
+        )
+        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"));
+    let (_nginx, front, _dir) = start_nginx(&nginx, &site);
 
     let url = format!("http://127.0.0.1:{front}/some/page");
     for remaining in ["1", "0"] {
@@ -191,6 +199,119 @@ async fn the_shipped_nginx_config_turns_denials_into_429_and_shields_the_upstrea
         .expect("sent");
     assert_eq!(unreadable.status(), 400);
     assert_eq!(hits.load(Ordering::SeqCst), 2, "it reached the upstream");
+}
+
+/// A policy that identifies callers by their JWT (HS256 from the test fixtures).
+fn principals_policy() -> String {
+    let jwks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/principal/jwks.json");
+    format!(
+        "default_tier: free
+limits:
+  tenant-minute: {{algorithm: fixed_window, limit: 2, window: 1m, key: [tenant]}}
+tiers:
+  free: {{limits: [tenant-minute]}}
+principals:
+  jwt:
+    jwks_file: {}
+    algorithms: [HS256]
+    claims: {{tenant: org}}
+",
+        jwks.display()
+    )
+}
+
+/// An HS256 token for tenant `org`, signed with the fixture secret, valid around the test
+/// clock.
+fn token(org: &str) -> String {
+    signed(org, None)
+}
+
+/// `token`, or one signed with `secret` instead of the fixture's.
+fn signed(org: &str, other: Option<&[u8]>) -> String {
+    use base64::Engine as _;
+    let secret = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/principal/hs1.secret"),
+    )
+    .expect("secret");
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(secret.trim())
+        .expect("base64url");
+    let secret = other.map_or(secret, <[u8]>::to_vec);
+    let now = common::START_MS / 1000;
+    let claims = serde_json::json!({"org": org, "exp": now + 3600});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("hs-1".into());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&secret),
+    )
+    .expect("sign")
+}
+
+#[tokio::test]
+async fn the_principals_nginx_config_counts_by_the_verified_tenant() {
+    let Some(nginx) = find_nginx() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nginx is not installed (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: nginx is not installed");
+        return;
+    };
+    let spillway = Server::with_policy(&principals_policy())
+        .args(&["--deny-status", "403"])
+        .start();
+    let (upstream, hits) = counting_upstream().await;
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/spillway-principals.conf");
+    let site = std::fs::read_to_string(path)
+        .expect("read deploy/nginx/spillway-principals.conf")
+        .replace(
+            "server 127.0.0.1:8080;",
+            &format!("server {};", spillway.addr()),
+        )
+        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"));
+    let (_nginx, front, _dir) = start_nginx(&nginx, &site);
+    let url = format!("http://127.0.0.1:{front}/some/page");
+    let send = |token: Option<String>, tenant: &'static str| {
+        let mut request = spillway.http.get(&url).header("x-tenant-id", tenant);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.expect("sent") }
+    };
+    // Tenant A's token, while the client claims to be B: counted as A.
+    let a = token("tenant-a");
+    for remaining in ["1", "0"] {
+        let response = send(Some(a.clone()), "tenant-b").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            header(&response, "x-ratelimit-remaining").as_deref(),
+            Some(remaining)
+        );
+    }
+    let denied = send(Some(a.clone()), "tenant-b").await;
+    assert_eq!(denied.status(), 429);
+    // B's own budget is whole.
+    assert_eq!(
+        send(Some(token("tenant-b")), "tenant-b").await.status(),
+        200
+    );
+    // No token, or a forged one: 401 naming the reason, and the upstream never sees it.
+    let missing = send(None, "tenant-b").await;
+    assert_eq!(missing.status(), 401);
+    let body: serde_json::Value = missing.json().await.expect("problem");
+    assert_eq!(body["reason"], "missing");
+    let forged = send(Some(signed("tenant-a", Some(&[7; 48]))), "tenant-b").await;
+    assert_eq!(forged.status(), 401);
+    let body: serde_json::Value = forged.json().await.expect("problem");
+    assert_eq!(body["reason"], "bad_signature");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        3,
+        "only allowed requests reach the app"
+    );
 }
 
 /// A generation API that states its cost afterwards: each response carries the tokens it

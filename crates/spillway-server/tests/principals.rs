@@ -429,14 +429,57 @@ async fn anonymous_requests_are_counted_per_ip_in_the_anonymous_tier() {
     }
     let other = server.post("/v1/check", r#"{"ip":"198.51.100.8"}"#).await;
     assert_eq!(other.status(), 200, "another address has its own budget");
-    // A presented but bad token is still refused, not anonymous.
+    // A presented but bad token is still refused, not anonymous, and names the scheme.
     assert_eq!(refused(&server, "x.y.z").await, (401, "malformed".into()));
+    let bad = server
+        .http
+        .post(server.url("/v1/check"))
+        .bearer_auth("x.y.z")
+        .body("{}")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        common::header(&bad, "www-authenticate").as_deref(),
+        Some(r#"Bearer error="invalid_token""#)
+    );
+    // /v1/authorize knows the peer's address, so an anonymous caller there is counted.
+    let authorize = server
+        .http
+        .get(server.url("/v1/authorize"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(authorize.status(), 200);
+}
+
+/// A server whose catalog (SQLite, migrated) holds tenants `acme` and `initech`.
+async fn with_tenants(text: &str, dir: &common::TempDir) -> Server {
+    const ADMIN: &str = "test-admin-token-0123456789";
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let server = Server::with_policy(text)
+        .args(&["--catalog", &url, "--catalog-migrate"])
+        .env("SPILLWAY_ADMIN_TOKEN", ADMIN)
+        .start();
+    for tenant in ["acme", "initech"] {
+        let put = server
+            .http
+            .put(server.url(&format!("/v1/admin/tenants/{tenant}")))
+            .bearer_auth(ADMIN)
+            .json(&json!({"tier": "free"}))
+            .send()
+            .await
+            .expect("admin answers");
+        assert!(put.status().is_success(), "{:?}", put.text().await);
+    }
+    server
 }
 
 #[tokio::test]
-async fn subdomains_name_the_tenant_and_the_body_may_carry_the_host() {
+async fn subdomains_name_only_catalog_tenants_and_check_reads_the_body_host() {
+    let dir = common::TempDir::new();
     let text = policy("  subdomain: {base: example.com, header: x-original-host}\n");
-    let server = Server::with_policy(&text).start();
+    let server = with_tenants(&text, &dir).await;
     let ask = |host: &'static str| {
         server
             .http
@@ -451,15 +494,65 @@ async fn subdomains_name_the_tenant_and_the_body_may_carry_the_host() {
             expected
         );
     }
-    assert_eq!(
-        ask("globex.example.com").await.expect("answer").status(),
-        200
-    );
-    assert_eq!(ask("example.org").await.expect("answer").status(), 401);
+    // A label the catalog does not hold is no principal: no fresh counter per random name.
+    for host in ["globex.example.com", "x1.example.com", "example.org"] {
+        let answer = ask(host).await.expect("answer");
+        assert_eq!(answer.status(), 401, "{host}");
+        assert_eq!(
+            answer.headers()["x-spillway-unauthenticated"],
+            "missing",
+            "{host}"
+        );
+    }
     let body = r#"{"host":"initech.example.com"}"#;
     let response = server.post("/v1/check", body).await;
     let v: Value = response.json().await.expect("json");
     assert_eq!(remaining(&v), Some(1), "{v}");
+    // On /v1/check the host comes from the body only, never from a header.
+    let from_header = server
+        .http
+        .post(server.url("/v1/check"))
+        .header("x-original-host", "acme.example.com")
+        .body("{}")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(from_header.status(), 401);
+    let v: Value = from_header.json().await.expect("json");
+    assert_eq!(v["reason"], "missing", "{v}");
+}
+
+#[tokio::test]
+async fn a_subdomain_never_stands_in_for_a_configured_credential() {
+    let dir = common::TempDir::new();
+    let text = policy(
+        "  sources: [subdomain, api_key]\n  api_key: {header: x-api-key}\n  \
+         subdomain: {base: example.com, header: x-original-host}\n",
+    );
+    let server = with_tenants(&text, &dir).await;
+    let response = server
+        .http
+        .get(server.url("/v1/authorize"))
+        .header("x-original-host", "acme.example.com")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["x-spillway-unauthenticated"], "missing");
+}
+
+#[tokio::test]
+async fn an_anonymous_request_without_an_ip_is_refused() {
+    let text = jwt_policy("  missing: anonymous\n");
+    let server = Server::with_policy(&text).start();
+    let response = server.post("/v1/check", r#"{"tenant":"acme"}"#).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        common::header(&response, "www-authenticate").as_deref(),
+        Some("Bearer")
+    );
+    let v: Value = response.json().await.expect("json");
+    assert_eq!(v["reason"], "missing", "{v}");
 }
 
 #[tokio::test]
@@ -549,4 +642,89 @@ async fn envoy_descriptor_entries_carry_the_token_and_the_principal_wins() {
         grpc::header(&bad, "x-spillway-unauthenticated"),
         Some("malformed")
     );
+}
+
+#[tokio::test]
+async fn envoy_credentials_never_reach_the_decision_log_which_names_the_verified_tenant() {
+    use common::grpc::{self, overall};
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    let dir = common::TempDir::new();
+    let path = dir.path().join("decisions.jsonl");
+    let sink = format!("file:{}", path.display());
+    let builder = Server::with_policy(&jwt_policy("")).args(&[
+        "--decision-log",
+        &sink,
+        "--decision-log-sample-allowed",
+        "1",
+    ]);
+    let mut rls = grpc::start(builder, &[]).await;
+    let token = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));
+    let bearer = format!("Bearer {token}");
+    let entries = [("authorization", bearer.as_str()), ("tenant", "tenant-b")];
+    assert_eq!(overall(&rls.one("spillway", &entries).await), Code::Ok);
+    let written = common::wait_until(common::PATIENCE, || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .filter(|t| t.lines().count() >= 1)
+    })
+    .expect("a decision record is written");
+    let signature = token.rsplit('.').next().expect("three parts");
+    assert!(!written.contains(signature), "{written}");
+    assert!(!written.contains("authorization"), "{written}");
+    let record: Value =
+        serde_json::from_str(written.lines().next().expect("a line")).expect("json");
+    assert_eq!(record["tenant"], "tenant-a", "{record}");
+}
+
+#[tokio::test]
+async fn repeated_credential_headers_are_malformed_and_sources_are_read_in_order() {
+    let text = jwt_policy("  api_key: {header: x-api-key}\n");
+    let server = Server::with_policy(&text).start();
+    let a = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));
+    let b = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-b", "u"));
+    let send = |headers: Vec<(&'static str, reqwest::header::HeaderValue)>| {
+        let mut request = server.http.post(server.url("/v1/check")).body("{}");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let bearer = |t: &str| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).unwrap();
+    // Two Authorization headers: which one is meant? Neither.
+    let two = send(vec![
+        ("authorization", bearer(&a)),
+        ("authorization", bearer(&b)),
+    ])
+    .await
+    .expect("answer");
+    assert_eq!(two.status(), 401);
+    let v: Value = two.json().await.expect("json");
+    assert_eq!(v["reason"], "malformed", "{v}");
+    // A non-UTF-8 API key (lower precedence) does not refuse a valid token.
+    let junk = reqwest::header::HeaderValue::from_bytes(b"k\xff").expect("opaque bytes");
+    let fine = send(vec![("authorization", bearer(&a)), ("x-api-key", junk)])
+        .await
+        .expect("answer");
+    assert_eq!(fine.status(), 200);
+}
+
+#[tokio::test]
+async fn a_cookie_token_is_found_across_several_cookie_headers() {
+    let text = policy(&format!(
+        "  jwt:\n    cookie: session\n    jwks_file: {}\n    algorithms: [RS256]\n    \
+         issuer: https://auth.test\n    audience: [api]\n    claims: {{tenant: org.id}}\n",
+        fixture("jwks.json")
+    ));
+    let server = Server::with_policy(&text).start();
+    let a = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));
+    let response = server
+        .http
+        .post(server.url("/v1/check"))
+        .header("cookie", "theme=dark")
+        .header("cookie", format!("session={a}"))
+        .body("{}")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
 }

@@ -314,6 +314,11 @@ impl Catalog {
         extra.home.as_deref().filter(|_| extra.home_known)
     }
 
+    /// Whether the catalog holds tenant `tenant` (by its exact id).
+    pub fn has_tenant(&self, tenant: &str) -> bool {
+        self.tenants.get(tenant).is_some()
+    }
+
     /// What an API key (by its digest, 64 lowercase hex digits) stands for.
     pub fn api_key(&self, digest: &str) -> Option<ApiKey<'_>> {
         if self.api_keys.is_empty() {

@@ -303,6 +303,10 @@ pub const DEFAULT_CACHE_SIZE: u64 = 100_000;
 pub const DEFAULT_REFRESH: Micros = 300_000_000;
 /// The default slack on `exp` and `nbf`.
 pub const DEFAULT_LEEWAY: Micros = 30_000_000;
+/// The most leeway a policy may give `exp` and `nbf` (five minutes).
+pub const MAX_LEEWAY: Micros = 300_000_000;
+/// The shortest JWKS `refresh`: a key server is not asked more often than this.
+pub const MIN_REFRESH: Micros = 10_000_000;
 
 /// What validation needs from the rest of the policy.
 pub(crate) struct Context<'a> {
@@ -421,9 +425,10 @@ pub(crate) fn compile(
     let invalid_status = match &p.invalid_status {
         None => 401,
         Some(n) => match n.value.positive() {
-            Ok(code @ 400..=499) => code as u16,
+            Ok(code @ (401 | 403)) => code as u16,
             Ok(code) => {
-                let message = format!("must be a 4xx status (got {code})");
+                // nginx's auth_request turns any other status into a 500.
+                let message = format!("must be 401 or 403 (got {code})");
                 issues.push(n.referenced, "principals.invalid_status", message);
                 401
             }
@@ -473,6 +478,24 @@ fn anonymous(
         );
         issues.push(name.referenced, path, message);
     }
+    // An anonymous request has no tenant, user or verified descriptor: a limit of the tier
+    // keyed by any of them would count (or skip) on what the caller chooses to send.
+    for def in own {
+        let other = def
+            .key
+            .iter()
+            .find(|d| !matches!(d, Dimension::Ip | Dimension::Route));
+        if let Some(dimension) = other {
+            let message = format!(
+                "tier `{}` has limit `{}` keyed by `{}`; an anonymous tier's limits may be \
+                 keyed only by `ip` and `route`",
+                name.value,
+                def.name,
+                dimension.as_str()
+            );
+            issues.push(name.referenced, path, message);
+        }
+    }
     Missing::Anonymous(name.value.as_str().into())
 }
 
@@ -497,9 +520,30 @@ fn jwt(raw: &Spanned<RawJwt>, cx: &Context<'_>, issues: &mut Issues) -> Option<J
             issues,
         )),
     };
-    let duration = |text: &Option<Text>, field: &str, default: Micros, issues: &mut Issues| {
+    // A duration within `min..=max` (`0` allowed when `min` is 0).
+    let duration = |text: &Option<Text>,
+                    field: &str,
+                    default: Micros,
+                    (min, max): (Micros, Micros),
+                    issues: &mut Issues| {
         text.as_ref().map_or(default, |t| {
-            parse_duration(&t.value).unwrap_or_else(|message| {
+            let value = t.value.trim();
+            let parsed = match value {
+                "0" | "0s" if min == 0 => Ok(0),
+                _ => parse_duration(value),
+            };
+            let checked = parsed.and_then(|d| match (min..=max).contains(&d) {
+                true => Ok(d),
+                false if d < min => Err(format!(
+                    "must be at least {}s (got `{value}`)",
+                    min / 1_000_000
+                )),
+                false => Err(format!(
+                    "must be at most {}s (got `{value}`)",
+                    max / 1_000_000
+                )),
+            });
+            checked.unwrap_or_else(|message| {
                 issues.push(t.referenced, format!("principals.jwt.{field}"), message);
                 default
             })
@@ -525,11 +569,20 @@ fn jwt(raw: &Spanned<RawJwt>, cx: &Context<'_>, issues: &mut Issues) -> Option<J
         }
         (None, Some(u)) => {
             let url = u.value.trim();
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                let message = format!("`{url}` is not an http:// or https:// URL");
+            if !(url.starts_with("https://") || loopback_http(url)) {
+                let message = format!(
+                    "`{url}` is not an https:// URL (http:// only for localhost and loopback \
+                     addresses)"
+                );
                 issues.push(u.referenced, "principals.jwt.jwks_url", message);
             }
-            let refresh = duration(&j.refresh, "refresh", DEFAULT_REFRESH, issues);
+            let refresh = duration(
+                &j.refresh,
+                "refresh",
+                DEFAULT_REFRESH,
+                (MIN_REFRESH, Micros::MAX),
+                issues,
+            );
             Some(KeySource::Url {
                 url: url.to_owned(),
                 refresh,
@@ -573,7 +626,7 @@ fn jwt(raw: &Spanned<RawJwt>, cx: &Context<'_>, issues: &mut Issues) -> Option<J
             }
         }
     }
-    let leeway = duration(&j.leeway, "leeway", DEFAULT_LEEWAY, issues);
+    let leeway = duration(&j.leeway, "leeway", DEFAULT_LEEWAY, (0, MAX_LEEWAY), issues);
     let audience = match &j.audience {
         None => Vec::new(),
         Some(OneOrMany::One(a)) => vec![a.value.clone()],
@@ -681,4 +734,24 @@ fn header_name(text: Option<&Text>, default: &str, path: &str, issues: &mut Issu
         issues.push(text.referenced, path, message);
     }
     name
+}
+
+/// Whether `url` is `http://` to a loopback host (`localhost`, `127.x.x.x`, `[::1]`), where
+/// plain HTTP cannot be intercepted on the way.
+fn loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

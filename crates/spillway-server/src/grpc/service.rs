@@ -29,9 +29,11 @@ use crate::decision::{self, Ask, Decided, Outcome, Refused, Who};
 use crate::failure::{DEGRADED_HEADER, DEGRADED_REASON};
 use crate::principal::{self, Identity, Lookup, Reason};
 use crate::telemetry::decision_log::{RequestIds, Subject};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use spillway_core::policy::principal::{Principals, TokenPlace};
 use spillway_core::policy::{FailureMode, Policy};
 use spillway_core::request::CheckMode;
 use std::sync::Arc;
@@ -98,21 +100,16 @@ impl Rls {
         let domain = request.domain.as_str();
         // One policy snapshot serves the plan and, if the store fails, the fallback.
         let policy = state.app.engine.policy();
+        if domain == &*state.policy_domain {
+            if let Some(config) = policy.principals() {
+                return self.decide_identified(request, ids, &policy, config).await;
+            }
+        }
         // The domain's name as configuration holds it, so the verdict shares it (no copy of
         // the request's string per call).
         let (name, plan) = if domain == &*state.policy_domain {
-            let identity = match self.identify(&policy, &request.descriptors).await {
-                Ok(identity) => identity,
-                Err(reason) => {
-                    return Ok(response::unauthenticated(
-                        request.descriptors.len(),
-                        reason.as_str(),
-                    ))
-                }
-            };
-            let principal = identity.as_ref().zip(policy.principals().map(|p| &**p));
             let hits = (hits > 0).then_some(hits);
-            let plan = plan::policy(&policy, &request.descriptors, hits, principal);
+            let plan = plan::policy(&policy, &request.descriptors, hits, None);
             (Arc::clone(&state.policy_domain), plan)
         } else {
             let envoy = state.envoy.load();
@@ -136,6 +133,64 @@ impl Rls {
         .await
     }
 
+    /// The policy domain when the policy identifies callers: the credential entries are
+    /// taken out of the descriptors before anything plans, logs or ranks them (a token must
+    /// never reach the decision log), and the decision log and top-k lists name the verified
+    /// principal's tenant and user, not what the descriptors claim.
+    async fn decide_identified(
+        &self,
+        request: &RateLimitRequest,
+        ids: &RequestIds,
+        policy: &Policy,
+        config: &Principals,
+    ) -> Result<RateLimitResponse, Status> {
+        let count = request.descriptors.len();
+        let identity = match self.identify(policy, &request.descriptors).await {
+            Ok(Some(identity)) => identity,
+            Ok(None) => return Ok(response::unauthenticated(count, Reason::Missing.as_str())),
+            Err(reason) => return Ok(response::unauthenticated(count, reason.as_str())),
+        };
+        let credentials = credential_names(config);
+        let descriptors: Vec<RateLimitDescriptor> = request
+            .descriptors
+            .iter()
+            .map(|d| RateLimitDescriptor {
+                entries: as_identified(&d.entries, &credentials, &identity, config),
+                limit: d.limit,
+                hits_addend: d.hits_addend,
+                is_negative_hits: d.is_negative_hits,
+            })
+            .collect();
+        // An anonymous caller is counted by IP: every descriptor must carry one, or its
+        // request would escape the anonymous tier's per-IP limits.
+        if matches!(identity, Identity::Anonymous(_))
+            && !descriptors.iter().all(|d| {
+                d.entries
+                    .iter()
+                    .any(|e| e.key == "ip" || e.key == "remote_address")
+            })
+        {
+            principal::metrics::record_rejected(Reason::Missing);
+            return Ok(response::unauthenticated(count, Reason::Missing.as_str()));
+        }
+        let hits = u64::from(request.hits_addend);
+        let hits = (hits > 0).then_some(hits);
+        let plan = plan::policy(policy, &descriptors, hits, Some((&identity, config)));
+        let subject = Subject::envoy(&descriptors, ids);
+        let who = match &identity {
+            Identity::Verified(p, _) => Who {
+                tenant: p.tenant.as_deref(),
+                user: p.user.as_deref(),
+            },
+            Identity::Anonymous(_) => Who {
+                tenant: None,
+                user: None,
+            },
+        };
+        let name = Arc::clone(&self.0.policy_domain);
+        self.check(policy, name, &plan, count, subject, who).await
+    }
+
     /// Who is calling, by the policy's `principals:` section, from the credentials Envoy puts
     /// in descriptor entries (keyed by the configured header names: `authorization`,
     /// `x-api-key`, the host header); `None` without the section.
@@ -148,8 +203,7 @@ impl Rls {
             return Ok(None);
         };
         let entries = Entries(descriptors);
-        let presented = principal::presented(&entries, config)
-            .inspect_err(|reason| principal::metrics::record_rejected(*reason))?;
+        let presented = principal::presented(&entries, config);
         let now = self.0.app.clock.now();
         match self
             .0
@@ -210,13 +264,83 @@ impl Rls {
     }
 }
 
-/// A request's descriptor entries read as named values: the first entry with the name.
+/// The descriptor entry names that carry credentials under `config` (the token's header or
+/// `cookie`, the API key's header, the host header), which are never planned or logged.
+fn credential_names(config: &Principals) -> Vec<&str> {
+    let mut names = Vec::with_capacity(3);
+    if let Some(jwt) = &config.jwt {
+        names.push(match &jwt.place {
+            TokenPlace::Header(name) => name.as_str(),
+            TokenPlace::Cookie(_) => "cookie",
+        });
+    }
+    if let Some(key) = &config.api_key {
+        names.push(key.header.as_str());
+    }
+    if let Some(sub) = &config.subdomain {
+        names.push(sub.header.as_str());
+    }
+    names
+}
+
+/// A descriptor's entries as the decision log and the plan should see them: without the
+/// credential entries, and with `tenant`, `user` and `tier` as the identity sets them
+/// ([`principal::apply`]'s rules), so the log never records a claimed tenant as the caller.
+fn as_identified(
+    entries: &[Entry],
+    credentials: &[&str],
+    identity: &Identity,
+    config: &Principals,
+) -> Vec<Entry> {
+    let may = config.request_may_name;
+    let (tenant, user, tier): (Option<&str>, Option<&str>, Option<&str>) = match identity {
+        Identity::Verified(p, _) => (p.tenant.as_deref(), p.user.as_deref(), p.tier.as_deref()),
+        Identity::Anonymous(tier) => (None, None, Some(tier)),
+    };
+    let anonymous = matches!(identity, Identity::Anonymous(_));
+    let set = [
+        ("tenant", tenant, may.tenant && !anonymous),
+        ("user", user, may.user && !anonymous),
+        ("tier", tier, may.tier && !anonymous),
+    ];
+    let mut out: Vec<Entry> = entries
+        .iter()
+        .filter(|e| !credentials.contains(&e.key.as_str()))
+        .filter(|e| {
+            set.iter()
+                .all(|(key, value, may)| e.key != *key || (value.is_none() && *may))
+        })
+        .cloned()
+        .collect();
+    for (key, value, _) in set {
+        if let Some(value) = value {
+            out.push(Entry {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            });
+        }
+    }
+    out
+}
+
+/// A request's descriptor entries read as named values. Envoy repeats a header's entry in
+/// every descriptor whose actions read it, so equal values count once: the second value is
+/// the first that differs from the first (two different tokens are malformed).
 struct Entries<'a>(&'a [RateLimitDescriptor]);
 
 impl Lookup for Entries<'_> {
-    fn value(&self, name: &str) -> Option<&[u8]> {
-        let mut entries = self.0.iter().flat_map(|d| &d.entries);
-        entries.find(|e| e.key == name).map(|e| e.value.as_bytes())
+    fn nth(&self, name: &str, n: usize) -> Option<&[u8]> {
+        let mut values = self
+            .0
+            .iter()
+            .flat_map(|d| &d.entries)
+            .filter(|e| e.key == name)
+            .map(|e| e.value.as_str());
+        let first = values.next()?;
+        match n {
+            0 => Some(first.as_bytes()),
+            _ => values.filter(|v| *v != first).nth(n - 1).map(str::as_bytes),
+        }
     }
 }
 

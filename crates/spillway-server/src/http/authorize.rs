@@ -89,14 +89,7 @@ async fn answer(
         attrs.method = Some(method);
         attrs.path = Some(path);
     }
-    let nobody = Presented::default();
-    if let Err(problem) = principal::identify(app, &policy, headers, nobody, &mut attrs).await {
-        let status = policy
-            .principals()
-            .and_then(|p| StatusCode::from_u16(p.invalid_status).ok())
-            .unwrap_or(StatusCode::UNAUTHORIZED);
-        return problem.with_status(status).into_response();
-    }
+    // The client's address first: an anonymous caller is counted (and only admitted) by it.
     let ip = client_ip(
         peer.ip(),
         headers,
@@ -104,6 +97,18 @@ async fn answer(
         &settings.trusted_proxies,
     );
     attrs.ip = Some(ip);
+    let nobody = Presented::default();
+    if let Err(problem) = principal::identify(app, &policy, headers, nobody, true, &mut attrs).await
+    {
+        let status = policy
+            .principals()
+            .and_then(|p| StatusCode::from_u16(p.invalid_status).ok())
+            .unwrap_or(StatusCode::UNAUTHORIZED);
+        // The reason in a header too: nginx's `auth_request_set` can read headers, not bodies.
+        let reason = problem.reason().map_or("", |r| r.as_str());
+        let named = [(principal::REASON_HEADER, reason)];
+        return (named, problem.with_status(status)).into_response();
+    }
     let ids = RequestIds::read(app, headers);
     let decided = match decide(app, &policy, &attrs, &ids, mode).await {
         Ok(decided) => decided,

@@ -204,8 +204,9 @@ async fn respond(
         token: token.as_deref(),
         api_key: api_key.as_deref(),
         host: host.as_deref(),
+        ..Presented::default()
     };
-    principal::identify(app, &policy, headers, own, &mut attrs)
+    principal::identify(app, &policy, headers, own, false, &mut attrs)
         .await
         .map_err(IntoResponse::into_response)?;
     let decided = decide(app, &policy, &attrs, ids, mode)

@@ -10,33 +10,45 @@ use axum::http::StatusCode;
 use spillway_core::policy::Policy;
 use spillway_core::request::RequestAttrs;
 
+/// The header a refusal names its reason in (as the problem's `reason` does), for proxies
+/// that read headers only; the gRPC service sends the same.
+pub const REASON_HEADER: &str = "x-spillway-unauthenticated";
+
 /// Identifies the caller of a request with `policy`'s `principals:` section and applies the
 /// result to `attrs`. `own` are credentials from the request body, which win over headers.
-/// Nothing happens without the section.
+/// `host_from_headers` is false on `/v1/check`, whose own `Host` header names Spillway, not
+/// the site the caller used: there the host comes from the body only. Nothing happens
+/// without the section.
 pub async fn identify(
     app: &AppState,
     policy: &Policy,
     headers: &impl Lookup,
     own: Presented<'_>,
+    host_from_headers: bool,
     attrs: &mut RequestAttrs,
 ) -> Result<(), Problem> {
     let Some(config) = policy.principals() else {
         return Ok(());
     };
-    let presented = match principal::presented(headers, config) {
-        Ok(found) => Presented {
-            token: own.token.or(found.token),
-            api_key: own.api_key.or(found.api_key),
-            host: own.host.or(found.host),
+    let found = principal::presented(headers, config);
+    let presented = Presented {
+        token: own.token.or(found.token),
+        api_key: own.api_key.or(found.api_key),
+        host: own.host.or(found.host.filter(|_| host_from_headers)),
+        malformed: principal::Malformed {
+            token: own.token.is_none() && found.malformed.token,
+            api_key: own.api_key.is_none() && found.malformed.api_key,
         },
-        Err(reason) => {
-            principal::metrics::record_rejected(reason);
-            return Err(refusal(reason));
-        }
     };
     let now = app.clock.now();
     match app.principals.identify(policy, &presented, now).await {
         None => Ok(()),
+        // An anonymous caller is counted by IP; without one it would escape every limit of
+        // the anonymous tier, so it is refused as presenting nothing.
+        Some(Ok(principal::Identity::Anonymous(_))) if attrs.ip.is_none() => {
+            principal::metrics::record_rejected(Reason::Missing);
+            Err(refusal(Reason::Missing))
+        }
         Some(Ok(identity)) => {
             principal::apply(&identity, config, attrs);
             Ok(())

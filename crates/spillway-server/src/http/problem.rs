@@ -125,6 +125,11 @@ impl Problem {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
+    /// Why a credential was refused, on a 401 from the principal check.
+    pub fn reason(&self) -> Option<crate::principal::Reason> {
+        self.reason
+    }
+
     /// The human-readable explanation.
     pub fn detail(&self) -> &str {
         &self.detail
@@ -155,6 +160,16 @@ impl IntoResponse for Problem {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        // A refused credential answered 401 names the scheme, as RFC 6750 asks.
+        if let (Some(reason), StatusCode::UNAUTHORIZED) = (self.reason, self.status()) {
+            let value = match reason {
+                crate::principal::Reason::Missing => "Bearer",
+                _ => r#"Bearer error="invalid_token""#,
+            };
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
         }
         response
     }

@@ -50,6 +50,10 @@ impl TokenCache {
                 self.entries.remove(digest);
                 Cached::Expired
             }
+            Some(v) if v.recheck.is_some_and(|at| now >= at) => {
+                self.entries.remove(digest);
+                Cached::Unknown
+            }
             Some(v) => Cached::Fresh(v),
         }
     }
@@ -88,6 +92,7 @@ mod tests {
                 tier: None,
             },
             until,
+            recheck: None,
         }
     }
 
@@ -109,5 +114,16 @@ mod tests {
         assert!(matches!(cache.get(&d, 999), Cached::Fresh(_)));
         assert!(matches!(cache.get(&d, 1_000), Cached::Expired));
         assert!(matches!(cache.get(&d, 1_000), Cached::Unknown));
+    }
+
+    #[test]
+    fn entries_are_verified_again_after_a_key_refresh_interval() {
+        let cache = TokenCache::new(10);
+        let d = digest("a.b.c");
+        let mut v = verified(Some(10_000));
+        v.recheck = Some(500);
+        cache.insert(d, v);
+        assert!(matches!(cache.get(&d, 499), Cached::Fresh(_)));
+        assert!(matches!(cache.get(&d, 500), Cached::Unknown));
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! A URL is fetched when the verifier is built and again when a token names a key id the set
 //! does not hold, at most once per `refresh`: a flood of tokens with made-up key ids costs one
-//! fetch per interval, not one per request.
+//! fetch per interval, not one per request. A set older than `refresh` is also fetched again
+//! in the background when a token has to be verified, so withdrawn keys do not linger.
 
 use super::metrics;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -163,8 +164,12 @@ pub struct Keys {
     current: arc_swap::ArcSwap<KeySet>,
     /// When the URL was last fetched (server clock); `None` before the first fetch.
     fetched: tokio::sync::Mutex<Option<Micros>>,
-    client: reqwest::Client,
+    /// The HTTP client (no redirects, a timeout); an error when it could not be built.
+    client: Result<reqwest::Client, String>,
 }
+
+/// How soon a failed fetch is tried again (not a whole refresh interval later).
+pub const RETRY_AFTER: Micros = 5_000_000;
 
 impl Keys {
     /// Reads the keys once (a file, or a first fetch of the URL). A source that cannot be
@@ -178,8 +183,9 @@ impl Keys {
             fetched: tokio::sync::Mutex::new(None),
             client: reqwest::Client::builder()
                 .timeout(FETCH_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
-                .unwrap_or_default(),
+                .map_err(|e| format!("cannot build the HTTP client: {e}")),
         };
         match source {
             KeySource::File(path) => match std::fs::read(path) {
@@ -199,6 +205,19 @@ impl Keys {
     /// The keys now.
     pub fn current(&self) -> Arc<KeySet> {
         self.current.load_full()
+    }
+
+    /// Whether a URL's keys are older than the refresh interval (and no fetch is under way):
+    /// time to fetch them again in the background, so a key the issuer withdrew stops
+    /// verifying within about one interval.
+    pub fn stale(&self, now: Micros) -> bool {
+        let KeySource::Url { refresh, .. } = &self.source else {
+            return false;
+        };
+        match self.fetched.try_lock() {
+            Ok(last) => last.is_none_or(|at| now.saturating_sub(at) >= *refresh),
+            Err(_) => false,
+        }
     }
 
     /// Fetches the URL again if the last fetch is at least one refresh interval old (or
@@ -221,24 +240,26 @@ impl Keys {
             }
             Err(why) => {
                 tracing::warn!("JWKS URL {url}: {why}");
+                // Try again soon rather than a whole interval later.
+                *last = Some(now.saturating_sub(refresh.saturating_sub(RETRY_AFTER)));
                 false
             }
         }
     }
 
     async fn fetch(&self, url: &str) -> Result<KeySet, String> {
-        let response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = self.client.as_ref().map_err(Clone::clone)?;
+        let mut response = client.get(url).send().await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }
-        let body = response.bytes().await.map_err(|e| e.to_string())?;
-        if body.len() > MAX_DOCUMENT {
-            return Err(format!("the document is larger than {MAX_DOCUMENT} bytes"));
+        // Read in chunks and stop at the cap, so a huge answer is never held whole.
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > MAX_DOCUMENT {
+                return Err(format!("the document is larger than {MAX_DOCUMENT} bytes"));
+            }
+            body.extend_from_slice(&chunk);
         }
         parse(&body, &self.allowed)
     }

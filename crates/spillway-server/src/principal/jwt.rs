@@ -25,8 +25,12 @@ pub const MAX_TOKEN: usize = 16 * 1024;
 pub struct Verified {
     /// The principal its claims map to.
     pub principal: Principal,
-    /// Its `exp` plus the leeway, in server-clock microseconds; `None` if it has no `exp`.
+    /// Its `exp` plus the leeway, in server-clock microseconds (tokens without `exp` are
+    /// refused; `None` is for principals that never expire, such as tests').
     pub until: Option<Micros>,
+    /// When the cached verdict must be verified again (keys from a URL: one refresh
+    /// interval on), so a token whose key was withdrawn stops being honoured from the cache.
+    pub recheck: Option<Micros>,
 }
 
 #[derive(Deserialize)]
@@ -34,6 +38,10 @@ struct Header {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    /// Extensions the issuer says must be understood; this server understands none, so a
+    /// token that lists any is refused.
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
 }
 
 /// Reads the header segment: the algorithm (one this server knows) and the key id.
@@ -48,6 +56,9 @@ pub fn header(token: &str) -> Result<(JwtAlgorithm, Option<String>), Reason> {
         .decode(head)
         .map_err(|_| Reason::Malformed)?;
     let header: Header = serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)?;
+    if header.crit.is_some() {
+        return Err(Reason::Malformed);
+    }
     let alg = JwtAlgorithm::from_name(&header.alg).ok_or(Reason::DisallowedAlgorithm)?;
     Ok((alg, header.kid))
 }
@@ -78,7 +89,10 @@ pub async fn verify(
     }
     let mut set = keys.current();
     if let Some(kid) = kid.as_deref() {
-        if !set.has_kid(kid) && keys.refetch(now).await {
+        if !set.has_kid(kid) {
+            // Another request's fetch may have brought the key in meanwhile; read the set
+            // again whether or not this one fetched.
+            keys.refetch(now).await;
             set = keys.current();
         }
     }
@@ -127,8 +141,11 @@ pub fn check_claims(
         }
     };
     let leeway = settings.leeway;
-    let until = seconds("exp")?.map(|exp| exp.saturating_add(leeway));
-    if until.is_some_and(|until| now >= until) {
+    // A token without `exp` would be good forever (and cached until evicted): refused.
+    let until = seconds("exp")?
+        .ok_or(Reason::MissingClaim)?
+        .saturating_add(leeway);
+    if now >= until {
         return Err(Reason::Expired);
     }
     if seconds("nbf")?.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
@@ -165,7 +182,11 @@ pub fn check_claims(
         // A token that names no tenant would be counted with no tenant at all.
         return Err(Reason::MissingClaim);
     }
-    Ok(Verified { principal, until })
+    Ok(Verified {
+        principal,
+        until: Some(until),
+        recheck: None,
+    })
 }
 
 /// The claim at a dotted path as text: strings as they are, numbers and booleans written out;
@@ -244,11 +265,21 @@ mod tests {
         assert_eq!(reason(json!({"aud": "web"})), Some(Reason::WrongAudience));
         assert_eq!(reason(json!({"aud": "api"})), None);
         assert_eq!(reason(json!({"exp": "soon"})), Some(Reason::Malformed));
+        // GHSA-h395-gr6q-cpjc: a time claim of the wrong type must not be skipped.
+        assert_eq!(reason(json!({"nbf": "1000000"})), Some(Reason::Malformed));
+        assert_eq!(reason(json!({"nbf": "later"})), Some(Reason::Malformed));
         assert_eq!(
             reason(json!({"org": {"id": ""}})),
             Some(Reason::MissingClaim)
         );
         assert_eq!(reason(json!({"org": "acme"})), Some(Reason::MissingClaim));
+        assert_eq!(reason(json!({"exp": null})), Some(Reason::Malformed));
+        let mut no_exp = claims(json!({}));
+        no_exp.as_object_mut().map(|c| c.remove("exp"));
+        assert_eq!(
+            check_claims(&no_exp, &s, NOW).err(),
+            Some(Reason::MissingClaim)
+        );
     }
 
     #[test]
@@ -265,6 +296,11 @@ mod tests {
         assert_eq!(
             header(&enc(r#"{"alg":"ES256","kid":"k"}"#)),
             Ok((JwtAlgorithm::ES256, Some("k".into())))
+        );
+        assert_eq!(
+            header(&enc(r#"{"alg":"ES256","kid":"k","crit":["b64"]}"#)),
+            Err(Reason::Malformed),
+            "no critical extension is understood"
         );
         for bad in ["", "a.b", "a.b.c.d", "!!.e30.x", "e30.e30.x"] {
             assert_eq!(header(bad), Err(Reason::Malformed), "{bad}");

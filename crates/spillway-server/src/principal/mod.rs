@@ -73,7 +73,7 @@ pub enum Reason {
     WrongIssuer,
     /// `aud` names none of the configured audiences.
     WrongAudience,
-    /// The claim that gives the tenant is absent or not a plain value.
+    /// No `exp`, or the claim that gives the tenant is absent or not a plain value.
     MissingClaim,
     /// An API key the catalog does not hold.
     UnknownApiKey,
@@ -119,7 +119,7 @@ impl Reason {
             Self::DisallowedAlgorithm => "the token's algorithm is not allowed for its key",
             Self::WrongIssuer => "the token was issued by an issuer this server does not accept",
             Self::WrongAudience => "the token is not meant for this audience",
-            Self::MissingClaim => "the token does not name a tenant",
+            Self::MissingClaim => "the token lacks `exp` or the claim naming its tenant",
             Self::UnknownApiKey => "the API key is not known",
             Self::UnknownHost => "the host name does not name a tenant",
         }
@@ -135,49 +135,92 @@ pub struct Presented<'a> {
     pub api_key: Option<&'a str>,
     /// The host name.
     pub host: Option<&'a str>,
+    /// Which credentials were there but unreadable (not UTF-8, or sent more than once). Such
+    /// a credential is refused as `malformed` only when its source's turn comes, so junk in a
+    /// lower-precedence place never refuses a valid higher-precedence credential.
+    pub malformed: Malformed,
+}
+
+/// Which presented credentials were unreadable.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed {
+    /// The token.
+    pub token: bool,
+    /// The API key.
+    pub api_key: bool,
 }
 
 /// Where a transport finds named values (headers, gRPC metadata, descriptor entries).
 pub trait Lookup {
-    /// The value under `name` (lower-case), as bytes.
-    fn value(&self, name: &str) -> Option<&[u8]>;
+    /// The `n`th value under `name` (lower-case), as bytes.
+    fn nth(&self, name: &str, n: usize) -> Option<&[u8]>;
 }
 
 impl Lookup for http::HeaderMap {
-    fn value(&self, name: &str) -> Option<&[u8]> {
-        self.get(name).map(http::HeaderValue::as_bytes)
+    fn nth(&self, name: &str, n: usize) -> Option<&[u8]> {
+        self.get_all(name)
+            .iter()
+            .nth(n)
+            .map(http::HeaderValue::as_bytes)
     }
 }
 
-/// Reads the credentials `config` looks for from `from`. A value that is not UTF-8 is
-/// `malformed`; an empty one counts as absent.
-pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Result<Presented<'a>, Reason> {
-    let text = |name: &str| -> Result<Option<&'a str>, Reason> {
-        match from.value(name) {
-            None => Ok(None),
-            Some(bytes) => {
-                let text = std::str::from_utf8(bytes)
-                    .map_err(|_| Reason::Malformed)?
-                    .trim();
-                Ok((!text.is_empty()).then_some(text))
-            }
+/// Reads the credentials `config` looks for from `from`. A value that is not UTF-8, or a
+/// credential header sent more than once (which of two tokens would be meant?), is marked
+/// malformed; an empty one counts as absent. Several `Cookie` headers are read as one.
+pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Presented<'a> {
+    let utf8 = |bytes: &'a [u8]| -> Result<Option<&'a str>, ()> {
+        let text = std::str::from_utf8(bytes).map_err(|_| ())?.trim();
+        Ok((!text.is_empty()).then_some(text))
+    };
+    let text = |name: &str| -> Result<Option<&'a str>, ()> {
+        match (from.nth(name, 0), from.nth(name, 1)) {
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(()),
+            (Some(bytes), None) => utf8(bytes),
         }
     };
     let mut out = Presented::default();
     if let Some(jwt) = &config.jwt {
-        out.token = match &jwt.place {
-            TokenPlace::Header(name) => text(name)?.map(bearer),
-            TokenPlace::Cookie(name) => text("cookie")?.and_then(|c| cookie(c, name)),
+        let found = match &jwt.place {
+            TokenPlace::Header(name) => text(name).map(|t| t.map(bearer)),
+            TokenPlace::Cookie(name) => {
+                // Cookies may come in several headers; the first with the name wins, as in
+                // the single header they stand for.
+                let mut found = Ok(None);
+                for n in 0.. {
+                    let Some(bytes) = from.nth("cookie", n) else {
+                        break;
+                    };
+                    match utf8(bytes) {
+                        Ok(header) => {
+                            if let Some(v) = header.and_then(|c| cookie(c, name)) {
+                                found = Ok(Some(v));
+                                break;
+                            }
+                        }
+                        Err(()) => found = Err(()),
+                    }
+                }
+                found
+            }
+        };
+        match found {
+            Ok(token) => out.token = token.filter(|t| !t.is_empty()),
+            Err(()) => out.malformed.token = true,
         }
-        .filter(|t| !t.is_empty());
     }
     if let Some(key) = &config.api_key {
-        out.api_key = text(&key.header)?;
+        match text(&key.header) {
+            Ok(found) => out.api_key = found,
+            Err(()) => out.malformed.api_key = true,
+        }
     }
     if let Some(sub) = &config.subdomain {
-        out.host = text(&sub.header)?;
+        // A host that cannot be read names no tenant: absent, like any host outside the base.
+        out.host = text(&sub.header).ok().flatten();
     }
-    Ok(out)
+    out
 }
 
 /// The token in a header value: after a `Bearer` scheme (any case), or the whole value.
@@ -301,15 +344,26 @@ impl PrincipalState {
         for &source in &config.sources {
             let principal = match source {
                 Source::Jwt => match presented.token {
+                    None if presented.malformed.token => return Err(Reason::Malformed),
                     None => continue,
                     Some(token) => self.token(config, token, now).await?,
                 },
                 Source::ApiKey => match presented.api_key {
+                    None if presented.malformed.api_key => return Err(Reason::Malformed),
                     None => continue,
                     Some(key) => api_key::identify(key, policy.catalog())?,
                 },
+                // A host name is no secret: it stands alone only when no real credential is
+                // configured, and then only for a tenant the catalog holds. With a JWT or API
+                // key configured it is ignored, so `Host: victim...` can never be a tenant.
+                Source::Subdomain if config.jwt.is_some() || config.api_key.is_some() => continue,
                 Source::Subdomain => match (presented.host, &config.subdomain) {
-                    (Some(host), Some(settings)) => subdomain::identify(host, settings)?,
+                    (Some(host), Some(settings)) => {
+                        match subdomain::identify(host, settings, policy.catalog()) {
+                            Some(principal) => principal,
+                            None => continue,
+                        }
+                    }
                     _ => continue,
                 },
             };
@@ -342,8 +396,16 @@ impl PrincipalState {
             Cached::Expired => return Err(Reason::Expired),
             Cached::Unknown => {}
         }
+        if keys.stale(now) {
+            let keys = Arc::clone(keys);
+            tokio::spawn(async move { keys.refetch(now).await });
+        }
         metrics::record_verification();
-        let verified = jwt::verify(token, settings, keys, now).await?;
+        let mut verified = jwt::verify(token, settings, keys, now).await?;
+        if let KeySource::Url { refresh, .. } = &settings.keys {
+            // Keys from a URL may be withdrawn: verify again after one refresh interval.
+            verified.recheck = Some(now.saturating_add(*refresh));
+        }
         let principal = verified.principal.clone();
         cache.insert(digest, verified);
         metrics::record_cache_entries(cache.len());

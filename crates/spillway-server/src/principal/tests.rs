@@ -1,1 +1,175 @@
+//! The extraction path under hostile input: arbitrary bytes in every credential header and
+//! arbitrary JSON-ish tokens must give a principal or a reason, never a panic; and how a
+//! principal is laid over what a request says about itself.
 
+use super::*;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use spillway_core::policy::Policy;
+
+fn policy() -> Policy {
+    let jwks = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/principal/jwks.json"
+    );
+    let text = format!(
+        "default_tier: free
+limits:
+  per-ip: {{algorithm: fixed_window, limit: 5, window: 1m, key: [ip]}}
+tiers:
+  free: {{}}
+  anonymous: {{limits: [per-ip]}}
+principals:
+  request_may_name: [user]
+  jwt:
+    cookie: session
+    jwks_file: {jwks}
+    algorithms: [HS256, RS256, ES256, EdDSA]
+    issuer: https://issuer
+    claims: {{tenant: org.id, user: sub, tier: plan}}
+  api_key: {{}}
+  subdomain: {{base: example.com}}
+"
+    );
+    Policy::from_yaml_str(&text, "test").expect("valid policy")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+}
+
+/// A token built from arbitrary header and claims JSON and an arbitrary signature.
+fn tokenish() -> impl Strategy<Value = String> {
+    let scalar = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| json!(f)),
+        ".{0,12}".prop_map(Value::from),
+    ];
+    let json = scalar.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("alg".to_owned()),
+                    Just("kid".to_owned()),
+                    Just("exp".to_owned()),
+                    Just("org".to_owned()),
+                    "[a-z]{1,4}"
+                ],
+                inner,
+                0..5
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    let alg = prop_oneof![
+        Just("none"),
+        Just("HS256"),
+        Just("RS256"),
+        Just("ES256"),
+        Just("EdDSA"),
+        Just("HS512")
+    ];
+    let kid = prop_oneof![Just("rsa-1"), Just("hs-1"), Just("ed-1"), Just("zzz")];
+    (
+        alg,
+        kid,
+        json.clone(),
+        json,
+        prop::collection::vec(any::<u8>(), 0..96),
+    )
+        .prop_map(|(alg, kid, extra, claims, sig)| {
+            let header = json!({"alg": alg, "kid": kid, "x": extra});
+            format!(
+                "{}.{}.{}",
+                URL_SAFE_NO_PAD.encode(header.to_string()),
+                URL_SAFE_NO_PAD.encode(claims.to_string()),
+                URL_SAFE_NO_PAD.encode(sig)
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn arbitrary_header_bytes_never_panic(
+        cookie in prop::collection::vec(any::<u8>(), 0..200),
+        key in prop::collection::vec(any::<u8>(), 0..200),
+        host in prop::collection::vec(any::<u8>(), 0..100),
+    ) {
+        let policy = policy();
+        let config = policy.principals().expect("configured");
+        let mut headers = http::HeaderMap::new();
+        for (name, bytes) in [("cookie", cookie), ("x-api-key", key), ("host", host)] {
+            if let Ok(value) = http::HeaderValue::from_bytes(&bytes) {
+                headers.insert(name, value);
+            }
+        }
+        let state = PrincipalState::new();
+        let rt = runtime();
+        let presented = presented(&headers, config);
+        let outcome = rt.block_on(state.identify(&policy, &presented, 0));
+        prop_assert!(outcome.is_some());
+    }
+
+    #[test]
+    fn arbitrary_tokens_never_panic_and_never_verify(
+        token in prop_oneof![tokenish(), ".{0,300}"],
+    ) {
+        let policy = policy();
+        let state = PrincipalState::new();
+        let presented = Presented { token: Some(&token), ..Presented::default() };
+        let outcome = runtime().block_on(state.identify(&policy, &presented, 0));
+        // Nothing unsigned or forged gets through.
+        prop_assert!(matches!(outcome, Some(Err(_))), "{outcome:?}");
+    }
+}
+
+#[test]
+fn a_principal_overrides_the_request_except_where_it_may_name() {
+    let policy = policy();
+    let config = policy.principals().expect("configured");
+    let mut attrs = RequestAttrs {
+        tenant: Some("b".into()),
+        user: Some("u-own".into()),
+        tier: Some("enterprise".into()),
+        ..RequestAttrs::default()
+    };
+    let principal = Principal {
+        tenant: Some("a".into()),
+        user: None,
+        tier: None,
+    };
+    apply(
+        &Identity::Verified(principal, Source::Jwt),
+        config,
+        &mut attrs,
+    );
+    assert_eq!(attrs.tenant.as_deref(), Some("a"));
+    // `request_may_name: [user]`: the principal names no user, so the request's stands.
+    assert_eq!(attrs.user.as_deref(), Some("u-own"));
+    assert_eq!(attrs.tier, None, "a request may not pick its tier");
+    apply(&Identity::Anonymous("anonymous".into()), config, &mut attrs);
+    assert_eq!(
+        (attrs.tenant, attrs.user, attrs.tier.as_deref()),
+        (None, None, Some("anonymous"))
+    );
+}
+
+#[test]
+fn credentials_are_read_from_bearer_headers_and_cookies() {
+    assert_eq!(bearer("Bearer abc"), "abc");
+    assert_eq!(bearer("bearer  abc "), "abc");
+    assert_eq!(bearer("Bearer"), "");
+    assert_eq!(bearer("abc"), "abc");
+    assert_eq!(cookie("a=1; session=tok; b=2", "session"), Some("tok"));
+    assert_eq!(cookie("a=1", "session"), None);
+    assert_eq!(cookie("sessionx=1", "session"), None);
+}

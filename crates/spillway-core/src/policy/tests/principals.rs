@@ -189,6 +189,17 @@ fn the_anonymous_tier_must_exist_and_count_by_ip() {
         "principals.anonymous_tier",
         "no limit keyed by `ip`",
     );
+    let keyed_by_tenant = HEAD.replace(
+        "anonymous: {limits: [per-ip]}",
+        "anonymous: {limits: [per-ip, per-tenant]}",
+    );
+    let text = format!("{keyed_by_tenant}principals:\n  missing: anonymous\n  api_key: {{}}\n");
+    expect(
+        &text,
+        10,
+        "principals.anonymous_tier",
+        "keyed only by `ip` and `route`",
+    );
     let text = with("  missing: anonymous\n  anonymous_tier: guests\n  api_key: {}\n");
     expect(
         &text,
@@ -210,12 +221,7 @@ fn the_anonymous_tier_must_exist_and_count_by_ip() {
 #[test]
 fn other_fields_are_checked_where_they_are() {
     let text = with("  invalid_status: 500\n  api_key: {}\n");
-    expect(
-        &text,
-        10,
-        "principals.invalid_status",
-        "must be a 4xx status",
-    );
+    expect(&text, 10, "principals.invalid_status", "must be 401 or 403");
     let text = with("  request_may_name: [tenant, route]\n  api_key: {}\n");
     expect(
         &text,
@@ -234,4 +240,63 @@ fn other_fields_are_checked_where_they_are() {
     expect(&text, 12, "principals.jwt.leeway", "soon");
     let text = with("  api_key: {headr: x}\n");
     expect(&text, 10, "principals.api_key.headr", "unknown field");
+}
+
+#[test]
+fn leeway_refresh_and_invalid_status_are_bounded() {
+    let jwt = |extra: &str| {
+        with(&format!(
+            "  jwt:\n    jwks_url: https://auth.example.com/k\n    claims: {{tenant: org}}\n{extra}"
+        ))
+    };
+    let p = load(&jwt("    leeway: 0\n"));
+    assert_eq!(
+        p.principals()
+            .and_then(|p| p.jwt.as_deref())
+            .map(|j| j.leeway),
+        Some(0)
+    );
+    expect(
+        &jwt("    leeway: 6m\n"),
+        13,
+        "principals.jwt.leeway",
+        "at most 300s",
+    );
+    expect(
+        &jwt("    refresh: 1s\n"),
+        13,
+        "principals.jwt.refresh",
+        "at least 10s",
+    );
+    let text = with("  invalid_status: 429\n  api_key: {}\n");
+    expect(&text, 10, "principals.invalid_status", "must be 401 or 403");
+}
+
+#[test]
+fn a_jwks_url_is_https_unless_it_is_loopback() {
+    let jwt = |url: &str| {
+        with(&format!(
+            "  jwt:\n    jwks_url: {url}\n    claims: {{tenant: org}}\n"
+        ))
+    };
+    for ok in [
+        "https://auth.example.com/k",
+        "http://127.0.0.1:8080/k",
+        "http://[::1]/k",
+        "http://localhost/k",
+    ] {
+        load(&jwt(ok));
+    }
+    for bad in [
+        "http://auth.example.com/k",
+        "http://127.0.0.1.evil.com/k",
+        "http://127.0.0.1@evil.com/k",
+    ] {
+        expect(
+            &jwt(bad),
+            11,
+            "principals.jwt.jwks_url",
+            "not an https:// URL",
+        );
+    }
 }
