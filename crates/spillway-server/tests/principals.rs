@@ -728,3 +728,52 @@ async fn a_cookie_token_is_found_across_several_cookie_headers() {
         .expect("answer");
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
 }
+
+#[tokio::test]
+async fn a_report_is_charged_to_the_verified_caller_not_the_tenant_it_names() {
+    let text = format!(
+        "default_tier: free
+limits:
+  tokens: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], charge: after}}
+tiers:
+  free: {{limits: [tokens]}}
+principals:
+  jwt:
+    jwks_file: {}
+    algorithms: [RS256]
+    issuer: https://auth.test
+    audience: [api]
+    claims: {{tenant: org.id, user: sub}}
+",
+        fixture("jwks.json")
+    );
+    let server = Server::with_policy(&text).start();
+    let a = sign(
+        Algorithm::RS256,
+        Some("rsa-1"),
+        &claims("tenant-a", "mallory"),
+    );
+    let b = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-b", "bob"));
+    let report = |token: Option<&str>, id: &str| {
+        let mut request = server
+            .http
+            .post(server.url("/v1/report"))
+            .body(json!({"tenant": "tenant-b", "cost": 100, "request_id": id}).to_string());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    // Mallory, holding A's token, reports a huge cost naming B: it lands on A.
+    let response = report(Some(&a), "r-1").await.expect("answer");
+    assert_eq!(response.status(), 200);
+    let (status, _) = check(&server, &a, json!({})).await;
+    assert_eq!(status, 429, "A owes the reported cost");
+    let (status, v) = check(&server, &b, json!({})).await;
+    assert_eq!(status, 200, "B owes nothing: {v}");
+    // Without a credential, nothing is recorded.
+    let response = report(None, "r-2").await.expect("answer");
+    assert_eq!(response.status(), 401);
+    let (status, v) = check(&server, &b, json!({})).await;
+    assert_eq!(status, 200, "B still owes nothing: {v}");
+}

@@ -188,7 +188,8 @@ pub(crate) fn compile(
                 "regions need a shared store: use `type: redis` or `type: redis_cluster`",
             );
             return None;
-        }        StoreConfig::RedisSentinel(_) => {
+        }
+        StoreConfig::RedisSentinel(_) => {
             issues.push(
                 regions.referenced,
                 "store.regions",

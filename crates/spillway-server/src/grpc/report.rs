@@ -32,9 +32,9 @@ use super::response;
 use super::RlsState;
 use crate::decision::{self, Report};
 use crate::principal::Identity;
-use spillway_core::policy::Policy;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use spillway_core::policy::Policy;
 use std::sync::Arc;
 
 /// The descriptor entry that marks a call as a report.

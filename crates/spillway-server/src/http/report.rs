@@ -19,6 +19,11 @@
 //! gateway's request id, or one the application makes per request): a caller that reused
 //! one id for two requests within the hour would have the second report dropped.
 //!
+//! With a `principals:` section the report is charged to the caller it verifies, exactly as
+//! `/v1/check` identifies one (the body's `token`, `api_key` and `host`, else the configured
+//! headers): a caller cannot report costs against another tenant, and a report without a
+//! valid credential is refused with the same 401.
+//!
 //! Answers:
 //! - 200 with `{"recorded": true|false, "request_id": ..., "allowed": ..., "limits": [...]}`:
 //!   the verdict's shape (see [`crate::http::verdict`]) telling each metered limit's standing
@@ -32,11 +37,12 @@
 use crate::decision::{self, Decided, Report, Reported};
 use crate::http::problem::{self, Problem};
 use crate::http::verdict::{decided_body, decided_headers, VerdictBody};
+use crate::principal::Presented;
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use spillway_core::request::RequestAttrs;
@@ -70,6 +76,12 @@ pub struct ReportRequest {
     pub cost: u64,
     /// The caller's id for the request: a report is recorded once per id.
     pub request_id: String,
+    /// A bearer token, when the policy identifies callers (`principals:`).
+    pub token: Option<String>,
+    /// An API key, when the policy identifies callers by key.
+    pub api_key: Option<String>,
+    /// The host name the caller used, for `principals.subdomain`.
+    pub host: Option<String>,
 }
 
 /// The answer's body: the standing, and whether this call recorded the cost.
@@ -134,21 +146,23 @@ pub fn parse_body(body: &[u8]) -> Result<ReportRequest, Problem> {
 /// The handler.
 pub async fn report(
     State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match respond(&app, body).await {
+    match respond(&app, &headers, body).await {
         Ok(response) | Err(response) => response,
     }
 }
 
 async fn respond(
     app: &AppState,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Response> {
     let body =
         body.map_err(|rejection| crate::http::check::body_problem(&rejection).into_response())?;
     let request = parse_body(&body).map_err(IntoResponse::into_response)?;
-    let attrs = RequestAttrs {
+    let mut attrs = RequestAttrs {
         tenant: request.tenant,
         user: request.user,
         ip: request.ip,
@@ -159,6 +173,15 @@ async fn respond(
         descriptors: request.descriptors.unwrap_or_default(),
     };
     let policy = app.engine.policy();
+    let own = Presented {
+        token: request.token.as_deref(),
+        api_key: request.api_key.as_deref(),
+        host: request.host.as_deref(),
+        ..Presented::default()
+    };
+    crate::http::principal::identify(app, &policy, headers, own, false, &mut attrs)
+        .await
+        .map_err(IntoResponse::into_response)?;
     let resolved = policy.resolve(&attrs);
     let planned = resolved.metered(request.cost);
     let report = Report {

@@ -61,9 +61,9 @@ struct Link {
 impl Link {
     fn new(name: &Arc<str>, config: &StoreConfig) -> Self {
         let prefix = match config {
-            StoreConfig::Redis(s) | StoreConfig::RedisCluster(s) | StoreConfig::RedisSentinel(s) => {
-                s.prefix.as_deref()
-            }
+            StoreConfig::Redis(s)
+            | StoreConfig::RedisCluster(s)
+            | StoreConfig::RedisSentinel(s) => s.prefix.as_deref(),
             StoreConfig::Memory { .. } => None,
         }
         .unwrap_or("rl");
