@@ -366,8 +366,6 @@ tiers:
         .args(&["--deny-status", "403", "--invalid-status", "401"])
         .start();
     let upstream = generating_upstream().await;
-    let front = free_port();
-    let dir = TempDir::new();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/metered.conf");
     let site = std::fs::read_to_string(path)
         .expect("read deploy/nginx/metered.conf")
@@ -375,40 +373,8 @@ tiers:
             "server 127.0.0.1:8080;",
             &format!("server {};", spillway.addr()),
         )
-        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"))
-        .replace("listen 80;", &format!("listen 127.0.0.1:{front};"));
-    let tmp = dir.path().display();
-    let conf = format!(
-        "worker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log info;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {tmp}/body;\n  \
-         proxy_temp_path {tmp}/proxy;\n  fastcgi_temp_path {tmp}/fastcgi;\n  \
-         uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n{site}\n}}\n"
-    );
-    let conf_path = dir.write("nginx.conf", &conf);
-    let child = Command::new(nginx)
-        .args([
-            "-e",
-            &format!("{tmp}/error.log"),
-            "-p",
-            &tmp.to_string(),
-            "-c",
-        ])
-        .arg(&conf_path)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let _nginx = Nginx(child);
-    let up = wait_until(PATIENCE, || {
-        std::net::TcpStream::connect(("127.0.0.1", front)).ok()
-    });
-    assert!(
-        up.is_some(),
-        "nginx did not start: {}",
-        std::fs::read_to_string(format!("{tmp}/error.log")).unwrap_or_default()
-    );
+        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"));
+    let (_nginx, front, _dir) = start_nginx(&nginx, &site);
     let url = format!("http://127.0.0.1:{front}/v1/generate");
     let generate = |tokens: &'static str| {
         spillway

@@ -42,14 +42,6 @@ pub const MARKER: &str = "spillway_report";
 /// The descriptor entry that carries the report's request id.
 pub const REQUEST_ID: &str = "spillway_request_id";
 
-/// Whether `request` is a report (a descriptor carries [`MARKER`]).
-pub fn is_report(request: &RateLimitRequest) -> bool {
-    request
-        .descriptors
-        .iter()
-        .any(|d| d.entries.iter().any(|e| e.key == MARKER))
-}
-
 /// The descriptors without the marker entries, and the first request id among them.
 fn strip(descriptors: &[RateLimitDescriptor]) -> (Vec<RateLimitDescriptor>, Option<String>) {
     let mut id = None;

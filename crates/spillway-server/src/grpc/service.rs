@@ -70,9 +70,9 @@ impl Rls {
         request: &RateLimitRequest,
         ids: &RequestIds,
     ) -> Result<RateLimitResponse, Status> {
-        check_shape(request).map_err(Status::invalid_argument)?;
+        let is_report = check_shape(request).map_err(Status::invalid_argument)?;
         // Envoy's charge when the stream is done: recorded, never denied (see `report`).
-        if super::report::is_report(request) {
+        if is_report {
             // A report is charged to the caller the `principals:` section verifies, like a
             // check; one without a valid credential is not recorded (and counted as refused).
             let policy = self.0.app.engine.policy();
@@ -354,8 +354,10 @@ fn who(descriptors: &[RateLimitDescriptor]) -> Who<'_> {
     }
 }
 
-/// Refuses requests no gateway would send, saying which field is wrong.
-fn check_shape(request: &RateLimitRequest) -> Result<(), String> {
+/// Refuses requests no gateway would send, saying which field is wrong; else tells whether the
+/// call is a report (a descriptor carries [`super::report::MARKER`]), from the same walk over
+/// the entries.
+fn check_shape(request: &RateLimitRequest) -> Result<bool, String> {
     if request.domain.is_empty() {
         return Err("`domain` must not be empty".into());
     }
@@ -365,6 +367,7 @@ fn check_shape(request: &RateLimitRequest) -> Result<(), String> {
     if request.descriptors.len() > MAX_DESCRIPTORS {
         return Err(format!("at most {MAX_DESCRIPTORS} descriptors per request"));
     }
+    let mut report = false;
     for (i, d) in request.descriptors.iter().enumerate() {
         if d.entries.is_empty() {
             return Err(format!("descriptors[{i}] has no entries"));
@@ -374,11 +377,14 @@ fn check_shape(request: &RateLimitRequest) -> Result<(), String> {
                 "descriptors[{i}] has more than {MAX_ENTRIES} entries"
             ));
         }
-        if let Some(j) = d.entries.iter().position(|e| e.key.is_empty()) {
-            return Err(format!(
-                "descriptors[{i}].entries[{j}].key must not be empty"
-            ));
+        for (j, e) in d.entries.iter().enumerate() {
+            if e.key.is_empty() {
+                return Err(format!(
+                    "descriptors[{i}].entries[{j}].key must not be empty"
+                ));
+            }
+            report |= e.key == super::report::MARKER;
         }
     }
-    Ok(())
+    Ok(report)
 }

@@ -26,6 +26,7 @@
 //! a refused or missing credential is a 401 problem naming the `reason`.
 
 use crate::http::principal;
+use crate::http::principal::CredentialHeaders;
 use crate::http::problem::Problem;
 use crate::http::verdict::{decided_body, decided_headers, denial_problem, json_response};
 use crate::http::{check_mode, decide};
@@ -175,7 +176,7 @@ pub async fn check(
     State(app): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
     ids: RequestIds,
-    headers: HeaderMap,
+    CredentialHeaders(headers): CredentialHeaders,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match respond(&app, query.as_deref(), &ids, &headers, body).await {

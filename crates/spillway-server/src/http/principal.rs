@@ -6,13 +6,40 @@
 use crate::http::problem::{Problem, UNAUTHENTICATED};
 use crate::principal::{self, Lookup, Presented, Reason};
 use crate::state::AppState;
-use axum::http::StatusCode;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use spillway_core::policy::Policy;
 use spillway_core::request::RequestAttrs;
+use std::convert::Infallible;
+use std::sync::Arc;
 
 /// The header a refusal names its reason in (as the problem's `reason` does), for proxies
 /// that read headers only; the gRPC service sends the same.
 pub const REASON_HEADER: &str = "x-spillway-unauthenticated";
+
+/// A request's headers for [`identify`], copied out of the request only when the policy in
+/// force has a `principals:` section (axum's own `HeaderMap` extractor copies them on every
+/// request). Empty otherwise, which `identify` never reads: it returns at once without the
+/// section.
+#[derive(Debug, Default)]
+pub struct CredentialHeaders(pub HeaderMap);
+
+impl FromRequestParts<Arc<AppState>> for CredentialHeaders {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let wanted = state.engine.policy().principals().is_some();
+        Ok(Self(if wanted {
+            parts.headers.clone()
+        } else {
+            HeaderMap::new()
+        }))
+    }
+}
 
 /// Identifies the caller of a request with `policy`'s `principals:` section and applies the
 /// result to `attrs`. `own` are credentials from the request body, which win over headers.

@@ -35,6 +35,7 @@
 //!   same id; see `docs/FAILURE.md`).
 
 use crate::decision::{self, Decided, Report, Reported};
+use crate::http::principal::CredentialHeaders;
 use crate::http::problem::{self, Problem};
 use crate::http::verdict::{decided_body, decided_headers, VerdictBody};
 use crate::principal::Presented;
@@ -146,7 +147,7 @@ pub fn parse_body(body: &[u8]) -> Result<ReportRequest, Problem> {
 /// The handler.
 pub async fn report(
     State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
+    CredentialHeaders(headers): CredentialHeaders,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match respond(&app, &headers, body).await {

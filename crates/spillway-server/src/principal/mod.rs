@@ -77,8 +77,6 @@ pub enum Reason {
     MissingClaim,
     /// An API key the catalog does not hold.
     UnknownApiKey,
-    /// A host name that is not a tenant's under the base domain.
-    UnknownHost,
 }
 
 /// Written as its word (a problem document's `reason`).
@@ -103,7 +101,6 @@ impl Reason {
             Self::WrongAudience => "wrong_audience",
             Self::MissingClaim => "missing_claim",
             Self::UnknownApiKey => "unknown_api_key",
-            Self::UnknownHost => "unknown_host",
         }
     }
 
@@ -121,7 +118,6 @@ impl Reason {
             Self::WrongAudience => "the token is not meant for this audience",
             Self::MissingClaim => "the token lacks `exp` or the claim naming its tenant",
             Self::UnknownApiKey => "the API key is not known",
-            Self::UnknownHost => "the host name does not name a tenant",
         }
     }
 }
