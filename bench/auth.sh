@@ -8,6 +8,7 @@
 #
 #   bench/auth.sh                 # 3 rounds of 10 s each
 #   ROUNDS=5 DURATION=20s CONNECTIONS=64 bench/auth.sh
+#   bench/auth.sh path/to/spillway   # measure that build instead of building target/release
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -21,7 +22,11 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 keys=crates/spillway-server/tests/fixtures/principal
 
-cargo build --release -q -p spillway-server
+if [ $# -eq 0 ]; then
+  cargo build --release -q -p spillway-server --bin spillway
+  set -- target/release/spillway
+fi
+bin=$1
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -65,9 +70,9 @@ YAML
 
 plain_port=$(free_port)
 jwt_port=$(free_port)
-target/release/spillway serve --listen "127.0.0.1:$plain_port" --config "$work/plain.yaml" --log-filter warn >"$work/plain.log" 2>&1 &
+"$bin" serve --listen "127.0.0.1:$plain_port" --config "$work/plain.yaml" --log-filter warn >"$work/plain.log" 2>&1 &
 pids+=($!)
-target/release/spillway serve --listen "127.0.0.1:$jwt_port" --config "$work/jwt.yaml" --log-filter warn >"$work/jwt.log" 2>&1 &
+"$bin" serve --listen "127.0.0.1:$jwt_port" --config "$work/jwt.yaml" --log-filter warn >"$work/jwt.log" 2>&1 &
 pids+=($!)
 wait_port "$plain_port"
 wait_port "$jwt_port"
