@@ -31,6 +31,8 @@ routes:
     cost: 1
 "#;
 
+mod reports;
+
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 struct Harness {
@@ -73,9 +75,13 @@ fn settings(name: &str) -> DecisionLogSettings {
 }
 
 fn harness(settings: DecisionLogSettings, store: Arc<dyn Store>) -> Harness {
+    harness_with(POLICY, settings, store)
+}
+
+fn harness_with(policy: &str, settings: DecisionLogSettings, store: Arc<dyn Store>) -> Harness {
     let (log, writer) = DecisionLog::new(&settings);
     let app = Arc::new(
-        AppState::for_test(POLICY)
+        AppState::for_test(policy)
             .store(store)
             .decision_log(log)
             .build(),
