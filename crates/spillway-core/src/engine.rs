@@ -195,13 +195,19 @@ impl Engine {
     /// Records costs known only after the response: charges each of `planned` (the metered
     /// limits a report reaches, each with the reported cost) unconditionally, in one atomic
     /// store call, even past its limit. With a `request_id`, a retried report is recorded
-    /// once ([`ReportId`]). Returns whether this call recorded anything (`false` for a
-    /// retry) and each limit's standing afterwards: allowed while the key owes nothing, else
-    /// denied with the time until its debt is repaid.
+    /// once ([`ReportId`], scoped to `tenant`, the tenant the report is charged to). Returns
+    /// whether this call recorded anything (`false` for a retry) and each limit's standing
+    /// afterwards: allowed while the key owes nothing, else denied with the time until its
+    /// debt is repaid.
+    ///
+    /// A report whose every cost is 0 changes nothing: it is only looked at (no state written,
+    /// no id remembered, no Redis marker), so zero-cost reports cannot fill a store's memory
+    /// for free. It counts as recorded: there is nothing left that a retry could add.
     pub async fn charge_planned(
         &self,
         planned: &[Planned],
         request_id: Option<&str>,
+        tenant: Option<&str>,
     ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
         if planned.is_empty() {
             return Ok((false, Vec::new()));
@@ -215,8 +221,16 @@ impl Engine {
                 enforced: !p.def.shadow,
             })
             .collect();
-        let report = request_id.map(|id| ReportId::of(id, &checks));
-        let charged = self.store.charge(&checks, report).await?;
+        let charged = if checks.iter().all(|c| c.cost == 0) {
+            let decisions = self.store.check(&checks, CheckMode::Peek).await?;
+            crate::store::Charged {
+                recorded: true,
+                decisions,
+            }
+        } else {
+            let report = request_id.map(|id| ReportId::of(tenant, id, &checks));
+            self.store.charge(&checks, report).await?
+        };
         let outcomes = planned
             .iter()
             .zip(charged.decisions)
@@ -286,5 +300,75 @@ tiers:
         };
         let now = engine.check(&look, CheckMode::Peek).await.expect("store");
         assert_eq!(now.outcomes[0].decision.remaining, 8);
+    }
+
+    const METERED: &str = "default_tier: t
+limits:
+  tokens: {algorithm: token_bucket, rate: 1000/h, burst: 1000, key: [tenant], charge: after}
+tiers:
+  t: {limits: [tokens]}
+";
+
+    fn metered() -> (Engine, Arc<MemoryStore>) {
+        let policy = Arc::new(Policy::from_yaml_str(METERED, "test.yaml").expect("valid"));
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+        let store = Arc::new(MemoryStore::new(1_000, clock.clone()));
+        (Engine::new(policy, store.clone(), clock), store)
+    }
+
+    fn metered_for(engine: &Engine, tenant: &str, cost: u64) -> Vec<Planned> {
+        let attrs = RequestAttrs {
+            tenant: Some(tenant.into()),
+            ..Default::default()
+        };
+        engine.policy().resolve(&attrs).metered(cost)
+    }
+
+    /// Issue 17's fairness case: tenant A sends 200,000 reports with fresh ids; tenant B's
+    /// earlier report, retried afterwards, is still recognised (not charged twice, so A cannot
+    /// spend B's budget), and the ids' memory stays bounded.
+    #[tokio::test]
+    async fn a_tenants_flood_of_fresh_ids_cannot_make_anothers_retry_count_twice() {
+        let (engine, store) = metered();
+        let b = metered_for(&engine, "b", 10);
+        let (recorded, _) = engine
+            .charge_planned(&b, Some("b-1"), Some("b"))
+            .await
+            .expect("store");
+        assert!(recorded);
+        let a = metered_for(&engine, "a", 1);
+        for n in 0..200_000 {
+            let id = format!("a-{n}");
+            let (recorded, _) = engine
+                .charge_planned(&a, Some(&id), Some("a"))
+                .await
+                .expect("store");
+            assert!(recorded);
+        }
+        assert!(store.report_ids() <= crate::store::MAX_REPORTS);
+        let (recorded, outcomes) = engine
+            .charge_planned(&b, Some("b-1"), Some("b"))
+            .await
+            .expect("store");
+        assert!(!recorded, "B's retry was charged again");
+        assert_eq!(outcomes[0].decision.remaining, 990);
+    }
+
+    /// A report of cost 0 records nothing: no id remembered, no key written.
+    #[tokio::test]
+    async fn a_zero_cost_report_leaves_nothing_behind() {
+        let (engine, store) = metered();
+        let zero = metered_for(&engine, "z", 0);
+        for n in 0..100 {
+            let id = format!("z-{n}");
+            let (recorded, outcomes) = engine
+                .charge_planned(&zero, Some(&id), Some("z"))
+                .await
+                .expect("store");
+            assert!(recorded);
+            assert_eq!(outcomes[0].decision.remaining, 1000);
+        }
+        assert_eq!(store.report_ids(), 0);
+        assert_eq!(store.key_count(), 0);
     }
 }

@@ -65,16 +65,10 @@ pub fn router(state: Arc<AppState>, admin: Option<AdminToken>) -> Router {
 mod tests {
     use super::*;
     use crate::clock::ServerClock;
-    use crate::config::PolicySource;
-    use crate::http::client_ip::{ForwardingHeaders, TrustedProxies};
-    use crate::http::settings::{AuthorizeSettings, HeaderMapping};
-    use crate::state::PolicyInfo;
-    use arc_swap::ArcSwap;
     use axum::body::Body;
     use axum::extract::connect_info::MockConnectInfo;
     use axum::http::{Request, StatusCode};
     use serde_json::Value;
-    use spillway_core::engine::Engine;
     use spillway_core::store::Store;
     use std::net::SocketAddr;
     use tower::ServiceExt;
@@ -111,56 +105,18 @@ routes:
     }
 
     fn app_with(policy: &str, store: Arc<dyn Store>) -> Router {
-        let clock = ServerClock::manual(1_000);
-        let policy = PolicySource::Builtin
-            .parse(policy)
-            .expect("test policy is valid");
-        let names = |n: &'static str| vec![axum::http::HeaderName::from_static(n)];
-        let policy = Arc::new(policy);
-        let state = AppState {
-            catalog: Arc::new(crate::catalog::CatalogNode::new(policy.clone(), None)),
-            engine: Engine::new(policy, store.clone(), clock.shared()),
-            store,
-            failover: Arc::new(crate::failure::Failover::new(
-                crate::failure::FailureSettings::default(),
-                clock.shared(),
-            )),
-            decision_log: None,
-            top: Arc::new(crate::telemetry::top::Top::new("test")),
-            top_board: None,
-            tracing: None,
-            principals: Default::default(),
-            regions: None,
-            live: Default::default(),
-            clock: clock.clone(),
-            policy_info: ArcSwap::from_pointee(PolicyInfo {
-                source: "test".into(),
-                loaded_at: clock.now(),
-                limits: 1,
-            }),
-            metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
-                .build_recorder()
-                .handle(),
-            authorize: AuthorizeSettings {
-                allow_status: StatusCode::OK,
-                deny_status: StatusCode::TOO_MANY_REQUESTS,
-                invalid_status: StatusCode::BAD_REQUEST,
-                trusted_proxies: TrustedProxies::default(),
-                forwarding: ForwardingHeaders {
-                    real_ip: Some(axum::http::HeaderName::from_static("x-real-ip")),
-                    forwarded_for: axum::http::HeaderName::from_static("x-forwarded-for"),
-                },
-                headers: HeaderMapping {
-                    method: names("x-original-method"),
-                    path: names("x-original-uri"),
-                    tenant: names("x-tenant-id"),
-                    user: names("x-user-id"),
-                    tier: names("x-tier"),
-                    cost: names("x-ratelimit-cost"),
-                    descriptor_prefix: "x-descriptor-".into(),
-                },
-            },
-        };
+        let state = AppState::for_test(policy)
+            .clock(ServerClock::manual(1_000))
+            .store(store)
+            .serve_args(&[
+                "--method-header",
+                "X-Original-Method",
+                "--tier-header",
+                "X-Tier",
+                "--cost-header",
+                "X-RateLimit-Cost",
+            ])
+            .build();
         router(Arc::new(state), None)
             .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))))
     }

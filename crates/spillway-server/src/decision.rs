@@ -235,6 +235,11 @@ pub struct Report<'a> {
     pub cost: u64,
     /// How the report came, for the metrics: `http` or `envoy`.
     pub via: &'static str,
+    /// The tenant the report is charged to (the verified one under `principals:`), which
+    /// scopes its request id and shares the stores' memory of ids fairly between tenants.
+    pub tenant: Option<&'a str>,
+    /// Who reported, for the decision log (never a credential).
+    pub subject: Subject<'a>,
 }
 
 /// What a report came to.
@@ -256,8 +261,10 @@ pub enum Reported {
 }
 
 /// Records `report` through the guarded store (budget and breaker, but no failure mode: a
-/// cost that already happened cannot be denied, only recorded or lost) and observes it.
-pub async fn report(app: &AppState, report: &Report<'_>) -> Reported {
+/// cost that already happened cannot be denied, only recorded or lost) and observes it
+/// (metrics, and the decision log: a recorded or failed report is logged, a retry is not).
+/// `policy` is the snapshot the report was resolved with.
+pub async fn report(app: &AppState, policy: &Policy, report: &Report<'_>) -> Reported {
     let limits: Vec<Arc<str>> = report.planned.iter().map(|p| p.def.name.clone()).collect();
     let verdict = |allowed, outcomes| Verdict {
         allowed,
@@ -274,9 +281,9 @@ pub async fn report(app: &AppState, report: &Report<'_>) -> Reported {
             standing: verdict(true, Vec::new()),
         };
     }
-    match app
+    let reported = match app
         .engine
-        .charge_planned(report.planned, report.request_id)
+        .charge_planned(report.planned, report.request_id, report.tenant)
         .await
     {
         Ok((recorded, outcomes)) => {
@@ -293,7 +300,9 @@ pub async fn report(app: &AppState, report: &Report<'_>) -> Reported {
             tracing::warn!(%error, "a reported cost could not be recorded and is lost");
             Reported::Failed(error)
         }
-    }
+    };
+    decision_log::observe_report(app, policy, report, &reported);
+    reported
 }
 
 /// The one place a finished decision is seen: the top-k sketches, the dashboard's decisions

@@ -1,8 +1,25 @@
 //! Helpers shared by the server's unit tests.
 
+use crate::catalog::CatalogNode;
+use crate::cli::{Cli, Command};
+use crate::clock::ServerClock;
+use crate::config::{PolicySource, ServerSettings};
+use crate::failure::{Failover, FailureSettings};
+use crate::http::settings::AuthorizeSettings;
+use crate::region::RegionNode;
+use crate::state::{AppState, PolicyInfo};
+use crate::telemetry::decision_log::DecisionLog;
+use crate::telemetry::live::Live;
+use crate::telemetry::top::Top;
+use crate::telemetry::trace::Tracing;
+use arc_swap::ArcSwap;
+use clap::Parser;
 use spillway_core::algorithm::Decision;
+use spillway_core::engine::Engine;
+use spillway_core::policy::Policy;
 use spillway_core::request::CheckMode;
-use spillway_core::store::{Check, Store, StoreError};
+use spillway_core::store::{Check, MemoryStore, Store, StoreError};
+use std::sync::Arc;
 
 /// A store that is always down (connection refused), to drive the failure-mode paths without
 /// a real outage. Integration tests use a real Redis that is killed, frozen or slowed instead.
@@ -24,5 +41,147 @@ impl Store for DownStore {
     }
     fn sweep(&self) -> u64 {
         0
+    }
+}
+
+/// The default `AppState::for_test` clock start, in milliseconds since the epoch.
+pub(crate) const TEST_START_MS: u64 = 1_800_000_000_000;
+
+/// Builds the [`AppState`] a unit test runs against, with the defaults of a plain `spillway
+/// serve` (in-memory store, `serve`'s default `/v1/authorize` headers and statuses, no decision
+/// log, traces, regions or catalog database) on a manual clock. Each setter overrides one part;
+/// [`TestState::build`] assembles it. One place, so a new field of [`AppState`] gets its test
+/// default here and nowhere else.
+pub(crate) struct TestState {
+    policy: Arc<Policy>,
+    clock: ServerClock,
+    store: Option<Arc<dyn Store>>,
+    authorize: AuthorizeSettings,
+    failure: FailureSettings,
+    decision_log: Option<DecisionLog>,
+    tracing: Option<Tracing>,
+    regions: Option<Arc<RegionNode>>,
+    node: String,
+    source: String,
+}
+
+impl AppState {
+    /// A test state for the policy in `policy` (YAML; a test policy that does not parse fails
+    /// the test with the error).
+    pub(crate) fn for_test(policy: &str) -> TestState {
+        let policy = PolicySource::Builtin
+            .parse(policy)
+            .unwrap_or_else(|e| panic!("the test policy is invalid: {e}"));
+        TestState {
+            policy: Arc::new(policy),
+            clock: ServerClock::manual(TEST_START_MS),
+            store: None,
+            authorize: authorize_settings(&[]),
+            failure: FailureSettings::default(),
+            decision_log: None,
+            tracing: None,
+            regions: None,
+            node: "test".into(),
+            source: "test.yaml".into(),
+        }
+    }
+}
+
+/// `/v1/authorize`'s settings as `spillway serve <args>` would make them.
+pub(crate) fn authorize_settings(args: &[&str]) -> AuthorizeSettings {
+    let argv = ["spillway", "serve"].iter().chain(args);
+    let Command::Serve(args) = Cli::parse_from(argv).command else {
+        unreachable!("serve was asked for");
+    };
+    ServerSettings::from_args(*args)
+        .unwrap_or_else(|e| panic!("test serve flags: {e}"))
+        .authorize
+}
+
+impl TestState {
+    /// The process clock (default: manual, at [`TEST_START_MS`]). The default store and the
+    /// failure handling run on it.
+    pub(crate) fn clock(mut self, clock: ServerClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The store (default: an in-memory store of 10,000 keys on the state's clock).
+    pub(crate) fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// `/v1/authorize` reads headers as `spillway serve <args>` would set them up, e.g.
+    /// `["--tier-header", "X-Tier"]`.
+    pub(crate) fn serve_args(mut self, args: &[&str]) -> Self {
+        self.authorize = authorize_settings(args);
+        self
+    }
+
+    /// What to do when the store fails (default: [`FailureSettings::default`]).
+    pub(crate) fn failure(mut self, failure: FailureSettings) -> Self {
+        self.failure = failure;
+        self
+    }
+
+    /// Turns the decision log on with this request-path end.
+    pub(crate) fn decision_log(mut self, log: DecisionLog) -> Self {
+        self.decision_log = Some(log);
+        self
+    }
+
+    /// Trace spans of decisions (default: off).
+    pub(crate) fn tracing(mut self, tracing: Option<Tracing>) -> Self {
+        self.tracing = tracing;
+        self
+    }
+
+    /// The node's regions (default: none).
+    pub(crate) fn regions(mut self, regions: Option<Arc<RegionNode>>) -> Self {
+        self.regions = regions;
+        self
+    }
+
+    /// The node's name in the top-k summaries (default: `test`).
+    pub(crate) fn node(mut self, node: &str) -> Self {
+        self.node = node.into();
+        self
+    }
+
+    /// The policy, as parsed, for tests that need it before [`TestState::build`] (regions).
+    pub(crate) fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Assembles the state.
+    pub(crate) fn build(self) -> AppState {
+        let clock = self.clock;
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::new(10_000, clock.shared())));
+        AppState {
+            catalog: Arc::new(CatalogNode::new(self.policy.clone(), None)),
+            policy_info: ArcSwap::from_pointee(PolicyInfo {
+                source: self.source,
+                loaded_at: clock.now(),
+                limits: self.policy.limits().count(),
+            }),
+            engine: Engine::new(self.policy, store.clone(), clock.shared()),
+            store,
+            failover: Arc::new(Failover::new(self.failure, clock.shared())),
+            clock,
+            metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+                .build_recorder()
+                .handle(),
+            authorize: self.authorize,
+            decision_log: self.decision_log,
+            top: Arc::new(Top::new(&self.node)),
+            top_board: None,
+            tracing: self.tracing,
+            principals: Default::default(),
+            regions: self.regions,
+            live: Live::new("memory"),
+        }
     }
 }

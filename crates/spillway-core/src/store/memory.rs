@@ -63,7 +63,7 @@ use std::sync::Arc;
 mod eviction;
 mod reports;
 
-pub use reports::MAX_REPORTS;
+pub use reports::{MAX_REPORTS, MAX_REPORTS_PER_HOLDER};
 
 /// The fewest shards a store has, however small its bound; a power of two, as every shard
 /// count is, so the shard is a mask of the key hash.
@@ -485,6 +485,11 @@ impl Store for MemoryStore {
 
     fn sweep(&self) -> u64 {
         let now = self.clock.now();
+        // Expired report ids go too (not counted: they are not keys).
+        self.reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sweep(now);
         let mut dropped = 0;
         for shard in self.shards.iter() {
             let mut map = shard.lock();

@@ -9,7 +9,7 @@ mod memory;
 mod report;
 mod slot;
 
-pub use memory::{MemoryStore, MAX_REPORTS};
+pub use memory::{MemoryStore, MAX_REPORTS, MAX_REPORTS_PER_HOLDER};
 pub use report::{Charged, ReportId, REPORT_TTL};
 
 use crate::algorithm::{Decision, LimitParams};

@@ -19,24 +19,44 @@ pub struct Charged {
     pub decisions: Vec<Decision>,
 }
 
-/// A report's identity: a digest of the caller's request id and of every counter the report
-/// charges (limit fingerprint and key values). Scoping the id by the counters means one
-/// tenant's ids can never suppress another tenant's reports; the same digest on every node
-/// (SHA-256, no per-process key) is what lets a Redis store recognise a retry that reaches
-/// another node. 128 bits: a collision needs about 2^64 reports, so a caller cannot make two
-/// different requests share an identity short of reusing an id.
+/// A report's identity: a digest of the caller's request id, of the tenant it is charged to
+/// and of every counter the report charges (limit fingerprint and key values). Scoping the id
+/// by tenant and counters means one tenant's ids can never suppress another tenant's reports;
+/// the same digest on every node (SHA-256, no per-process key) is what lets a Redis store
+/// recognise a retry that reaches another node. 128 bits: a collision needs about 2^64
+/// reports, so a caller cannot make two different requests share an identity short of
+/// reusing an id.
+///
+/// It also names its holder (a digest of the tenant), so a store that remembers ids in bounded
+/// memory can share that memory fairly between tenants (the in-memory store evicts from the
+/// tenant holding the most ids first; see `memory::reports`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ReportId(pub [u8; 16]);
+pub struct ReportId {
+    id: [u8; 16],
+    holder: u64,
+}
 
 impl ReportId {
-    /// The identity of a report with the caller's `request_id` charging `checks`.
-    pub fn of(request_id: &str, checks: &[Check<'_>]) -> Self {
-        let mut h = Sha256::new();
+    /// The identity of a report with the caller's `request_id` charging `checks` to `tenant`
+    /// (`None` for a report that names none; all of those share one holder).
+    pub fn of(tenant: Option<&str>, request_id: &str, checks: &[Check<'_>]) -> Self {
         let part = |h: &mut Sha256, bytes: &[u8]| {
             h.update((bytes.len() as u64).to_le_bytes());
             h.update(bytes);
         };
+        let mut t = Sha256::new();
+        // `None` and `Some("")` differ: a tag byte before the name.
+        match tenant {
+            Some(name) => {
+                t.update([1]);
+                part(&mut t, name.as_bytes());
+            }
+            None => t.update([0]),
+        }
+        let tenant_digest = t.finalize();
+        let mut h = Sha256::new();
         part(&mut h, request_id.as_bytes());
+        h.update(tenant_digest);
         h.update((checks.len() as u64).to_le_bytes());
         for c in checks {
             h.update(c.key.fingerprint.to_le_bytes());
@@ -49,13 +69,28 @@ impl ReportId {
         let full = h.finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&full[..16]);
-        Self(id)
+        let mut holder = [0u8; 8];
+        holder.copy_from_slice(&tenant_digest[..8]);
+        Self {
+            id,
+            holder: u64::from_le_bytes(holder),
+        }
+    }
+
+    /// An identity from its parts, for tests of the stores.
+    pub fn from_parts(id: [u8; 16], holder: u64) -> Self {
+        Self { id, holder }
+    }
+
+    /// Whose id it is: the same for every report charged to one tenant.
+    pub fn holder(&self) -> u64 {
+        self.holder
     }
 
     /// The id in lowercase hex (32 characters), as the Redis store names its marker key.
     pub fn hex(&self) -> String {
         use std::fmt::Write;
-        self.0.iter().fold(String::with_capacity(32), |mut s, b| {
+        self.id.iter().fold(String::with_capacity(32), |mut s, b| {
             let _ = write!(s, "{b:02x}");
             s
         })

@@ -29,9 +29,11 @@
 
 use super::plan;
 use super::response;
+use super::service;
 use super::RlsState;
 use crate::decision::{self, Report};
 use crate::principal::Identity;
+use crate::telemetry::decision_log::{RequestIds, Subject};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use spillway_core::policy::Policy;
@@ -62,11 +64,13 @@ fn strip(descriptors: &[RateLimitDescriptor]) -> (Vec<RateLimitDescriptor>, Opti
 }
 
 /// Records a report call (see the module docs) and answers `OK` for every descriptor.
+/// `ids` are the call's request id and trace headers, for the decision log.
 pub async fn record(
     state: &RlsState,
     request: &RateLimitRequest,
     policy: &Policy,
     identity: Option<&Identity>,
+    ids: &RequestIds,
 ) -> RateLimitResponse {
     let n = request.descriptors.len();
     let (mut descriptors, request_id) = strip(&request.descriptors);
@@ -109,6 +113,7 @@ pub async fn record(
             Err(_) => return invalid(),
         }
     };
+    let logged = logged(&descriptors, policy, identity);
     let report = Report {
         planned: &planned,
         request_id: request_id.as_deref(),
@@ -116,8 +121,55 @@ pub async fn record(
         route: None,
         cost: planned.iter().map(|p| p.cost).max().unwrap_or(0),
         via: "envoy",
+        tenant: tenant(&descriptors, identity),
+        subject: Subject::envoy(&logged, ids),
     };
     // Recorded or lost (and counted either way): Envoy is answered OK regardless.
-    let _ = decision::report(&state.app, &report).await;
+    let _ = decision::report(&state.app, policy, &report).await;
     response::unlimited(n, &[])
+}
+
+/// The tenant a report is charged to: the verified principal's under `principals:` (none for
+/// an anonymous caller), else the first `tenant` entry.
+fn tenant<'a>(
+    descriptors: &'a [RateLimitDescriptor],
+    identity: Option<&'a Identity>,
+) -> Option<&'a str> {
+    match identity {
+        Some(Identity::Verified(p, _)) => p.tenant.as_deref(),
+        Some(Identity::Anonymous(_)) => None,
+        None => descriptors
+            .iter()
+            .flat_map(|d| &d.entries)
+            .find(|e| e.key == "tenant")
+            .map(|e| e.value.as_str()),
+    }
+}
+
+/// The descriptors as the decision log may see them: never a credential entry, and under
+/// `principals:` with the verified tenant, user and tier (as a check's record has them).
+fn logged(
+    descriptors: &[RateLimitDescriptor],
+    policy: &Policy,
+    identity: Option<&Identity>,
+) -> Vec<RateLimitDescriptor> {
+    let Some(config) = policy.principals() else {
+        return descriptors.to_vec();
+    };
+    let credentials = service::credential_names(config);
+    descriptors
+        .iter()
+        .map(|d| RateLimitDescriptor {
+            entries: match identity {
+                Some(identity) => {
+                    service::as_identified(&d.entries, &credentials, identity, config)
+                }
+                None => (d.entries.iter())
+                    .filter(|e| !credentials.contains(&e.key.as_str()))
+                    .cloned()
+                    .collect(),
+            },
+            ..d.clone()
+        })
+        .collect()
 }

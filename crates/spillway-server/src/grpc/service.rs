@@ -84,7 +84,7 @@ impl Rls {
             } else {
                 None
             };
-            let report = super::report::record(&self.0, request, &policy, identity.as_ref());
+            let report = super::report::record(&self.0, request, &policy, identity.as_ref(), ids);
             return Ok(report.await);
         }
         self.decide(request, ids).await
@@ -266,7 +266,7 @@ impl Rls {
 
 /// The descriptor entry names that carry credentials under `config` (the token's header or
 /// `cookie`, the API key's header, the host header), which are never planned or logged.
-fn credential_names(config: &Principals) -> Vec<&str> {
+pub(super) fn credential_names(config: &Principals) -> Vec<&str> {
     let mut names = Vec::with_capacity(3);
     if let Some(jwt) = &config.jwt {
         names.push(match &jwt.place {
@@ -286,7 +286,7 @@ fn credential_names(config: &Principals) -> Vec<&str> {
 /// A descriptor's entries as the decision log and the plan should see them: without the
 /// credential entries, and with `tenant`, `user` and `tier` as the identity sets them
 /// ([`principal::apply`]'s rules), so the log never records a claimed tenant as the caller.
-fn as_identified(
+pub(super) fn as_identified(
     entries: &[Entry],
     credentials: &[&str],
     identity: &Identity,

@@ -2,25 +2,19 @@
 
 use super::service::Rls;
 use super::RlsState;
-use crate::cli::{Cli, Command};
 use crate::clock::ServerClock;
-use crate::config::{PolicySource, ServerSettings};
 use crate::failure::{DEGRADED_HEADER, DEGRADED_REASON};
 use crate::state::AppState;
-use crate::state::PolicyInfo;
 use crate::telemetry::decision_log::RequestIds;
 use crate::telemetry::trace::{TraceSettings, Tracing};
 use arc_swap::ArcSwap;
-use clap::Parser;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit as RateLimitUnit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use spillway_core::engine::Engine;
 use spillway_core::envoy_config::EnvoyConfig;
-use spillway_core::store::Store;
 use std::sync::Arc;
 
 use crate::test_support::DownStore;
@@ -36,42 +30,11 @@ fn service() -> Rls {
 }
 
 fn service_with(tracing: Option<Tracing>) -> Rls {
-    let Command::Serve(args) = Cli::parse_from(["spillway", "serve"]).command else {
-        unreachable!("serve was asked for");
-    };
-    let settings = ServerSettings::from_args(*args).expect("default settings");
-    let clock = ServerClock::manual(1_000);
-    let policy = PolicySource::Builtin
-        .parse(crate::config::BUILTIN_POLICY)
-        .expect("builtin policy");
-    let store: Arc<dyn Store> = Arc::new(DownStore);
-    let policy = Arc::new(policy);
-    let app = AppState {
-        catalog: Arc::new(crate::catalog::CatalogNode::new(policy.clone(), None)),
-        engine: Engine::new(policy, store.clone(), clock.shared()),
-        store,
-        clock: clock.clone(),
-        policy_info: ArcSwap::from_pointee(PolicyInfo {
-            source: "test".into(),
-            loaded_at: clock.now(),
-            limits: 0,
-        }),
-        metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
-            .build_recorder()
-            .handle(),
-        authorize: settings.authorize,
-        failover: Arc::new(crate::failure::Failover::new(
-            crate::failure::FailureSettings::default(),
-            clock.shared(),
-        )),
-        decision_log: None,
-        top: Arc::new(crate::telemetry::top::Top::new("test")),
-        top_board: None,
-        tracing,
-        principals: Default::default(),
-        regions: None,
-        live: Default::default(),
-    };
+    let app = AppState::for_test(crate::config::BUILTIN_POLICY)
+        .clock(ServerClock::manual(1_000))
+        .store(Arc::new(DownStore))
+        .tracing(tracing)
+        .build();
     let sources: Vec<(String, String)> = FILES
         .iter()
         .enumerate()
@@ -259,9 +222,9 @@ fn with_tracing_and_the_log_off_no_trace_header_is_read() {
 /// for Envoy to add, next to the verdict.
 #[tokio::test]
 async fn answers_name_the_tenants_home_region() {
-    let policy = PolicySource::Builtin
-        .parse(
-            "default_tier: t
+    let clock = ServerClock::manual(1_000);
+    let state = AppState::for_test(
+        "default_tier: t
 store:
   type: redis
   regions:
@@ -274,38 +237,13 @@ tiers:
 tenants:
   acme: {home_region: eu}
 ",
-        )
-        .expect("valid policy");
-    let clock = ServerClock::manual(1_000);
-    let store: Arc<dyn Store> =
-        Arc::new(spillway_core::store::MemoryStore::new(100, clock.shared()));
+    )
+    .clock(clock.clone());
     let failure = crate::failure::FailureSettings::default();
-    let regions = crate::region::RegionNode::new(&policy, Some("us"), &failure, clock.shared())
-        .expect("regions");
-    let rls = service();
-    let base = &rls.0.app;
-    let policy = Arc::new(policy);
-    let app = AppState {
-        catalog: Arc::new(crate::catalog::CatalogNode::new(policy.clone(), None)),
-        engine: Engine::new(policy, store.clone(), clock.shared()),
-        store,
-        clock: clock.clone(),
-        policy_info: ArcSwap::from_pointee(PolicyInfo {
-            source: "test".into(),
-            loaded_at: clock.now(),
-            limits: 1,
-        }),
-        metrics: base.metrics.clone(),
-        authorize: base.authorize.clone(),
-        failover: Arc::new(crate::failure::Failover::new(failure, clock.shared())),
-        decision_log: None,
-        top: Arc::new(crate::telemetry::top::Top::new("test")),
-        top_board: None,
-        tracing: None,
-        principals: Default::default(),
-        live: Default::default(),
-        regions,
-    };
+    let regions =
+        crate::region::RegionNode::new(state.policy(), Some("us"), &failure, clock.shared())
+            .expect("regions");
+    let app = state.failure(failure).regions(regions).build();
     let rls = Rls(Arc::new(RlsState {
         app: Arc::new(app),
         envoy: ArcSwap::from_pointee(EnvoyConfig::from_sources(&[]).expect("valid")),

@@ -40,6 +40,7 @@ use crate::http::problem::{self, Problem};
 use crate::http::verdict::{decided_body, decided_headers, VerdictBody};
 use crate::principal::Presented;
 use crate::state::AppState;
+use crate::telemetry::decision_log::{RequestIds, Subject};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -185,6 +186,8 @@ async fn respond(
         .map_err(IntoResponse::into_response)?;
     let resolved = policy.resolve(&attrs);
     let planned = resolved.metered(request.cost);
+    // The request id is the body's; the log writes it in place of `x-request-id`.
+    let ids = RequestIds::default();
     let report = Report {
         planned: &planned,
         request_id: Some(&request.request_id),
@@ -192,8 +195,10 @@ async fn respond(
         route: resolved.route.as_ref().map(|r| r.name.clone()),
         cost: request.cost,
         via: "http",
+        tenant: attrs.tenant.as_deref(),
+        subject: Subject::http(&attrs, &ids),
     };
-    match decision::report(app, &report).await {
+    match decision::report(app, &policy, &report).await {
         Reported::Answered { recorded, standing } => {
             let decided = Decided {
                 verdict: standing,

@@ -3,19 +3,12 @@
 //! `tests/ui.rs`.
 
 use super::*;
-use crate::cli::{Cli, Command};
 use crate::clock::ServerClock;
-use crate::config::{PolicySource, ServerSettings};
-use crate::state::PolicyInfo;
 use crate::telemetry::live::ReloadEvent;
-use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode};
-use clap::Parser;
 use serde_json::Value;
-use spillway_core::engine::Engine;
-use spillway_core::store::{MemoryStore, Store};
 use spillway_core::time::SECOND;
 use std::net::SocketAddr;
 use tower::ServiceExt;
@@ -55,39 +48,12 @@ fn harness(token: Option<&str>) -> Harness {
 }
 
 fn harness_at(token: Option<&str>, peer: SocketAddr, open: bool) -> Harness {
-    let Command::Serve(args) = Cli::parse_from(["spillway", "serve"]).command else {
-        unreachable!("serve was asked for");
-    };
-    let server = ServerSettings::from_args(*args).expect("default settings");
-    let clock = ServerClock::manual(T0_MS);
-    let policy = Arc::new(PolicySource::Builtin.parse(POLICY).expect("test policy"));
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(10_000, clock.shared()));
-    let app = Arc::new(AppState {
-        catalog: Arc::new(crate::catalog::CatalogNode::new(policy.clone(), None)),
-        top: Arc::new(crate::telemetry::top::Top::new("node-ui")),
-        top_board: None,
-        tracing: None,
-        live: crate::telemetry::live::Live::new("memory"),
-        principals: Default::default(),
-        regions: None,
-        engine: Engine::new(policy, store.clone(), clock.shared()),
-        store,
-        failover: Arc::new(crate::failure::Failover::new(
-            crate::failure::FailureSettings::default(),
-            clock.shared(),
-        )),
-        clock: clock.clone(),
-        policy_info: ArcSwap::from_pointee(PolicyInfo {
-            source: "test.yaml".into(),
-            loaded_at: clock.now(),
-            limits: 4,
-        }),
-        metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
-            .build_recorder()
-            .handle(),
-        authorize: server.authorize,
-        decision_log: None,
-    });
+    let app = Arc::new(
+        AppState::for_test(POLICY)
+            .clock(ServerClock::manual(T0_MS))
+            .node("node-ui")
+            .build(),
+    );
     let token = token.map(|t| AdminToken::new(t).expect("token"));
     let router = crate::app::router(app.clone(), token.clone())
         .merge(router(app.clone(), token, open))

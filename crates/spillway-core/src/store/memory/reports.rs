@@ -1,61 +1,161 @@
 //! The in-memory store's memory of recent report ids, so a retried report counts once.
 //!
-//! Bounded and expiring: ids are kept in arrival order for [`REPORT_TTL`], and at most
-//! [`MAX_REPORTS`] of them. When a new id finds the set full, the oldest is forgotten first,
-//! so a client sending a flood of fresh ids costs a fixed amount of memory (about 50 bytes an
-//! id) and can at worst make a retry of an old report count twice, never make a report count
-//! less.
+//! Bounded, expiring and shared fairly between tenants. Ids are kept per holder (the tenant
+//! a report is charged to, [`ReportId::holder`]), each holder's in arrival order, for
+//! [`REPORT_TTL`]. Two bounds keep memory fixed (about 60 bytes an id, whatever the callers
+//! send):
+//!
+//! - a holder keeps at most [`MAX_REPORTS_PER_HOLDER`] ids; a newer id of its own makes it
+//!   forget its oldest;
+//! - all holders together keep at most [`MAX_REPORTS`]; when a new id finds the set full, the
+//!   holder with the most ids (ties: any of them) forgets its oldest.
+//!
+//! The guarantee: an id is forgotten before its hour is up only for a newer id of its own
+//! tenant, or while its tenant holds at least as many ids as any other tenant. With `n`
+//! tenants holding ids, a tenant holding fewer than `MAX_REPORTS / n` never loses one to
+//! another tenant's traffic, however many fresh ids that tenant sends; in particular a
+//! tenant flooding fresh ids only ever evicts its own, so it cannot make another tenant's
+//! retried report count twice (and spend that tenant's budget). Under `principals:` the
+//! tenant is the verified one, so a caller gets one holder per credential it owns.
+//!
+//! All of it sits behind the store's one report mutex, taken only by reports (never on the
+//! check path); each step costs O(log holders).
 
 use crate::store::{ReportId, REPORT_TTL};
 use crate::time::Micros;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
-/// The most report ids remembered at once.
+/// The most report ids remembered at once, over all tenants.
 pub const MAX_REPORTS: usize = 100_000;
 
-/// Report ids seen recently, with when each was seen.
+/// The most report ids one tenant keeps: a quarter of the set, so one tenant's flood never
+/// fills it alone.
+pub const MAX_REPORTS_PER_HOLDER: usize = MAX_REPORTS / 4;
+
+/// One holder's ids.
 #[derive(Debug, Default)]
-pub(crate) struct Reports {
+struct Held {
     seen: HashSet<ReportId>,
     /// The same ids in the order they arrived (times never decrease: the store's clock is
     /// monotonic), so the expired and the oldest are at the front.
     order: VecDeque<(Micros, ReportId)>,
 }
 
-impl Reports {
+impl Held {
+    /// Forgets the oldest id; whether there was one.
+    fn pop_oldest(&mut self) -> bool {
+        match self.order.pop_front() {
+            Some((_, id)) => {
+                self.seen.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Forgets ids older than [`REPORT_TTL`] at `now`.
     fn expire(&mut self, now: Micros) {
-        while let Some(&(at, id)) = self.order.front() {
+        while let Some(&(at, _)) = self.order.front() {
             if at + REPORT_TTL > now {
                 break;
             }
-            self.order.pop_front();
-            self.seen.remove(&id);
+            self.pop_oldest();
         }
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+}
+
+/// Report ids seen recently, per holder, with when each was seen.
+#[derive(Debug, Default)]
+pub(crate) struct Reports {
+    holders: HashMap<u64, Held>,
+    /// Every holder as `(ids held, holder)`, so the largest is the last.
+    by_size: BTreeSet<(usize, u64)>,
+    /// Ids held over all holders.
+    total: usize,
+}
+
+impl Reports {
+    /// Runs `change` on `holder`'s ids, keeping the size index and the total in step, and
+    /// drops the holder once it holds nothing.
+    fn update<T>(&mut self, holder: u64, change: impl FnOnce(&mut Held) -> T) -> T {
+        let held = self.holders.entry(holder).or_default();
+        let before = held.len();
+        let out = change(held);
+        let after = held.len();
+        if before != after {
+            self.by_size.remove(&(before, holder));
+            if after > 0 {
+                self.by_size.insert((after, holder));
+            }
+            self.total = self.total + after - before;
+        }
+        if after == 0 {
+            self.holders.remove(&holder);
+        }
+        out
     }
 
     /// Whether `id` was seen within [`REPORT_TTL`] of `now`.
     pub(crate) fn seen(&mut self, id: &ReportId, now: Micros) -> bool {
-        self.expire(now);
-        self.seen.contains(id)
+        if !self.holders.contains_key(&id.holder()) {
+            return false;
+        }
+        self.update(id.holder(), |held| {
+            held.expire(now);
+            held.seen.contains(id)
+        })
     }
 
-    /// Remembers `id` as seen at `now`, forgetting the oldest id when full.
+    /// Remembers `id` as seen at `now`, making room first as the module docs say.
     pub(crate) fn remember(&mut self, id: ReportId, now: Micros) {
-        self.expire(now);
-        while self.order.len() >= MAX_REPORTS {
-            if let Some((_, old)) = self.order.pop_front() {
-                self.seen.remove(&old);
+        let holder = id.holder();
+        let known = self.update(holder, |held| {
+            held.expire(now);
+            if held.seen.contains(&id) {
+                return true;
             }
+            if held.len() >= MAX_REPORTS_PER_HOLDER {
+                held.pop_oldest();
+            }
+            false
+        });
+        if known {
+            return;
         }
-        if self.seen.insert(id) {
-            self.order.push_back((now, id));
+        while self.total >= MAX_REPORTS {
+            let Some(&(_, largest)) = self.by_size.last() else {
+                break;
+            };
+            self.update(largest, Held::pop_oldest);
+        }
+        self.update(holder, |held| {
+            held.seen.insert(id);
+            held.order.push_back((now, id));
+        });
+    }
+
+    /// Forgets every expired id (the store's sweep calls this; `seen` and `remember` only
+    /// expire the holder they touch).
+    pub(crate) fn sweep(&mut self, now: Micros) {
+        let holders: Vec<u64> = self.holders.keys().copied().collect();
+        for holder in holders {
+            self.update(holder, |held| held.expire(now));
         }
     }
 
     /// How many ids are remembered.
     pub(crate) fn len(&self) -> usize {
-        self.seen.len()
+        self.total
+    }
+
+    /// How many ids `holder` keeps.
+    #[cfg(test)]
+    fn held_by(&self, holder: u64) -> usize {
+        self.holders.get(&holder).map_or(0, Held::len)
     }
 }
 
@@ -64,31 +164,121 @@ mod tests {
     use super::*;
     use crate::time::SECOND;
 
-    fn id(n: u32) -> ReportId {
+    fn id(holder: u64, n: u32) -> ReportId {
         let mut b = [0u8; 16];
         b[..4].copy_from_slice(&n.to_le_bytes());
-        ReportId(b)
+        b[8..].copy_from_slice(&holder.to_le_bytes());
+        ReportId::from_parts(b, holder)
+    }
+
+    /// Checks the indexes agree with the ids held.
+    fn consistent(r: &Reports) {
+        let held: usize = r.holders.values().map(Held::len).sum();
+        assert_eq!(held, r.total);
+        assert_eq!(r.by_size.len(), r.holders.len());
+        for (holder, h) in &r.holders {
+            assert!(h.len() > 0);
+            assert_eq!(h.seen.len(), h.len());
+            assert!(r.by_size.contains(&(h.len(), *holder)));
+        }
     }
 
     #[test]
     fn an_id_is_remembered_for_the_ttl() {
         let mut r = Reports::default();
-        r.remember(id(1), 0);
-        assert!(r.seen(&id(1), REPORT_TTL - 1));
-        assert!(!r.seen(&id(1), REPORT_TTL));
+        r.remember(id(1, 1), 0);
+        assert!(r.seen(&id(1, 1), REPORT_TTL - 1));
+        assert!(!r.seen(&id(2, 1), REPORT_TTL - 1), "another holder's id");
+        assert!(!r.seen(&id(1, 1), REPORT_TTL));
         assert_eq!(r.len(), 0);
+        consistent(&r);
     }
 
     #[test]
-    fn a_flood_of_ids_stays_within_the_bound() {
+    fn one_holders_flood_stays_within_its_own_bound() {
         let mut r = Reports::default();
-        for n in 0..(MAX_REPORTS as u32 + 5000) {
-            r.remember(id(n), u64::from(n) * SECOND / 1000);
+        for n in 0..(MAX_REPORTS_PER_HOLDER as u32 + 5000) {
+            r.remember(id(7, n), u64::from(n) * SECOND / 1000);
+        }
+        assert_eq!(r.len(), MAX_REPORTS_PER_HOLDER);
+        // The oldest were forgotten, the newest kept.
+        assert!(!r.seen(&id(7, 0), 200 * SECOND));
+        assert!(r.seen(&id(7, MAX_REPORTS_PER_HOLDER as u32 + 4999), 200 * SECOND));
+        consistent(&r);
+    }
+
+    /// The attack: tenant A floods 200,000 fresh ids (from as many as four
+    /// credentials, four holders, enough to fill the whole set); tenant B's earlier ids are
+    /// all still known afterwards.
+    #[test]
+    fn a_flood_from_other_tenants_never_evicts_a_small_holders_ids() {
+        let mut r = Reports::default();
+        let b = 2;
+        for n in 0..100 {
+            r.remember(id(b, n), 0);
+        }
+        let attackers = [10, 11, 12, 13, 14];
+        for n in 0..200_000u32 {
+            let holder = attackers[n as usize % attackers.len()];
+            r.remember(id(holder, n), SECOND + u64::from(n));
+        }
+        assert_eq!(r.len(), MAX_REPORTS, "memory stays bounded");
+        for n in 0..100 {
+            assert!(r.seen(&id(b, n), 10 * SECOND), "B's id {n} was evicted");
+        }
+        assert_eq!(r.held_by(b), 100);
+        consistent(&r);
+    }
+
+    /// When the set is full, the largest holder gives way; a holder at or above its fair
+    /// share can lose ids, one below it cannot.
+    #[test]
+    fn the_largest_holder_is_evicted_first() {
+        let mut r = Reports::default();
+        // Four holders at their bound: the set is full.
+        for holder in 0..4u64 {
+            for n in 0..MAX_REPORTS_PER_HOLDER as u32 {
+                r.remember(id(holder, n), 0);
+            }
         }
         assert_eq!(r.len(), MAX_REPORTS);
-        assert_eq!(r.order.len(), MAX_REPORTS);
-        // The oldest were forgotten, the newest kept.
-        assert!(!r.seen(&id(0), 200 * SECOND));
-        assert!(r.seen(&id(MAX_REPORTS as u32 + 4999), 200 * SECOND));
+        // A fifth holder's ids each evict from a largest holder.
+        for n in 0..1000 {
+            r.remember(id(9, n), 1);
+        }
+        assert_eq!(r.len(), MAX_REPORTS);
+        assert_eq!(r.held_by(9), 1000);
+        let sizes: Vec<usize> = (0..4).map(|h| r.held_by(h)).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), MAX_REPORTS - 1000);
+        let (min, max) = (sizes.iter().min(), sizes.iter().max());
+        assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{sizes:?}");
+        // Each lost its oldest.
+        for holder in 0..4 {
+            assert!(!r.seen(&id(holder, 0), 2));
+            assert!(r.seen(&id(holder, MAX_REPORTS_PER_HOLDER as u32 - 1), 2));
+        }
+        consistent(&r);
+    }
+
+    #[test]
+    fn a_sweep_forgets_expired_ids_of_every_holder() {
+        let mut r = Reports::default();
+        for holder in 0..50 {
+            r.remember(id(holder, 1), 0);
+        }
+        r.remember(id(99, 1), REPORT_TTL);
+        r.sweep(REPORT_TTL);
+        assert_eq!(r.len(), 1);
+        assert!(r.seen(&id(99, 1), REPORT_TTL));
+        consistent(&r);
+    }
+
+    #[test]
+    fn remembering_a_known_id_again_changes_nothing() {
+        let mut r = Reports::default();
+        r.remember(id(1, 1), 0);
+        r.remember(id(1, 1), 5);
+        assert_eq!(r.len(), 1);
+        consistent(&r);
     }
 }

@@ -6,6 +6,9 @@
 //!                        │ allowed: kept with probability --decision-log-sample-allowed
 //!                        │ denied / shadow_denied / degraded / refused: kept up to
 //!                        │   --decision-log-max-per-second (the rest counted as capped)
+//!                        │
+//! decision::report ─► observe_report(app, report, …)   costs known afterwards: reported /
+//!                        │ report_failed kept up to the same cap; retries not logged
 //!                        ▼
 //!                      Pending (a few Arcs and short strings) ─ try_send ─► bounded queue
 //!                                                        full: dropped and counted, never waits
@@ -33,7 +36,7 @@ pub use settings::{DecisionLogArgs, DecisionLogSettings, SinkSpec};
 pub use sink::Sink;
 pub use subject::{RequestIds, Subject};
 
-use crate::decision::{Ask, Outcome};
+use crate::decision::{Ask, Outcome, Report, Reported};
 use crate::state::AppState;
 use metrics::{counter, Counter};
 use privacy::{IpMode, IpPrivacy};
@@ -50,7 +53,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Records dropped, by `reason`: `queue_full` (the writer fell behind) or `sink_error`.
 pub const DROPPED: &str = "spillway_decision_log_dropped_total";
-/// Always-logged records (denials, shadow denials, degraded, refused) over the per-second cap.
+/// Always-logged records (denials, shadow denials, degraded, refused, reports) over the
+/// per-second cap.
 pub const CAPPED: &str = "spillway_decision_log_capped_total";
 /// Records the sink accepted.
 pub const WRITTEN: &str = "spillway_decision_log_written_total";
@@ -108,6 +112,17 @@ pub struct Stats {
     pub dropped_sink: u64,
     /// Failed sink writes.
     pub sink_errors: u64,
+}
+
+/// Offers a finished report (a cost known after the response) to the log, if it is on. Called
+/// by `decision::report`. A recorded report is logged as `reported`, one the store could not
+/// record as `report_failed`; a retry of a report already recorded (`recorded: false`) and a
+/// report that reaches no metered limit change nothing and are not logged. Reports are not
+/// sampled, but share the per-second cap of denials.
+pub fn observe_report(app: &AppState, policy: &Policy, report: &Report<'_>, reported: &Reported) {
+    if let Some(log) = &app.decision_log {
+        log.offer_report(app, policy, report, reported);
+    }
 }
 
 /// Offers a finished decision to the log, if it is on. Called by `decision::observe`.
@@ -187,6 +202,45 @@ impl DecisionLog {
         let info = app.policy_info.load_full();
         let record =
             Pending::new(now, kind, sample_rate, ask, outcome, prefix, info).with_catalog(catalog);
+        self.enqueue(record);
+    }
+
+    /// Keeps a record of a report (see [`observe_report`]) unless over the cap, without
+    /// waiting.
+    pub fn offer_report(
+        &self,
+        app: &AppState,
+        policy: &Policy,
+        report: &Report<'_>,
+        reported: &Reported,
+    ) {
+        let (kind, standing) = match reported {
+            Reported::Answered {
+                recorded: true,
+                standing,
+            } if !report.planned.is_empty() => (Kind::Reported, Some(standing)),
+            Reported::Answered { .. } => return,
+            Reported::Failed(_) => (Kind::ReportFailed, None),
+        };
+        let now = app.clock.now();
+        if !self.cap.admit(now) {
+            self.counts.capped.fetch_add(1, Ordering::Relaxed);
+            self.capped.increment(1);
+            return;
+        }
+        let prefix = if self.truncate {
+            policy.ip_prefix()
+        } else {
+            IpPrefix::default()
+        };
+        let catalog = app.catalog.db().map(|_| policy.catalog().version());
+        let info = app.policy_info.load_full();
+        let record =
+            Pending::report(now, kind, report, standing, prefix, info).with_catalog(catalog);
+        self.enqueue(record);
+    }
+
+    fn enqueue(&self, record: Pending) {
         match self.queue.try_send(record) {
             Ok(()) => {
                 self.counts.queued.fetch_add(1, Ordering::Relaxed);
@@ -330,7 +384,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         CAPPED,
-        "Denied, shadow-denied, degraded and refused decisions not logged: over the per-second cap."
+        "Denied, shadow-denied, degraded and refused decisions and reports not logged: over the per-second cap."
     );
     metrics::describe_counter!(WRITTEN, "Decision-log records written to the sink.");
     metrics::describe_counter!(

@@ -36,7 +36,8 @@ pub struct DecisionsArgs {
     /// How far back to look: `15m`, `2h`, `1d`.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub since: Duration,
-    /// Only requests that were not let through (denied, refused, or denied while degraded).
+    /// Only requests that were not let through (denied, refused, or denied while degraded);
+    /// reports of costs are not requests and are left out.
     #[arg(long)]
     pub denied: bool,
     /// Most records shown (the newest ones).
@@ -94,7 +95,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, line: &Line) -> bool {
+    pub(crate) fn matches(&self, line: &Line) -> bool {
         parse_rfc3339_ms(&line.time).is_some_and(|t| t >= self.since)
             && self
                 .tenant
@@ -104,7 +105,7 @@ impl Filter {
                 .user
                 .as_ref()
                 .is_none_or(|u| line.user.as_ref() == Some(u))
-            && !(self.denied && line.allowed)
+            && !(self.denied && (line.allowed || line.outcome.is_report()))
     }
 }
 
@@ -344,6 +345,10 @@ pub fn table(found: &[Found]) -> String {
                             "degraded ({mode}, {})",
                             if l.allowed { "allowed" } else { "denied" }
                         )
+                    }
+                    // A report's cost is what a reader looks for.
+                    _ if l.outcome.is_report() => {
+                        format!("{} (cost {})", l.outcome.as_str(), l.cost)
                     }
                     _ => l.outcome.as_str().to_owned(),
                 },

@@ -73,6 +73,9 @@ fn shrink(line: &mut Line) -> usize {
     if let Some(limit) = &mut line.limit {
         cut(&mut limit.name);
     }
+    for limit in &mut line.limits {
+        cut(&mut limit.name);
+    }
     line.descriptors.truncate(DESCRIPTORS);
     let mut bytes = std::mem::size_of::<Line>();
     for entry in &mut line.descriptors {
@@ -106,6 +109,9 @@ fn shrink(line: &mut Line) -> usize {
         + opt(&line.domain)
         + opt(&line.degraded)
         + line.limit.as_ref().map_or(0, |l| l.name.len())
+        + (line.limits.iter())
+            .map(|l| l.name.len() + std::mem::size_of::<super::record::LimitLine>())
+            .sum::<usize>()
 }
 
 impl Recent {
@@ -189,6 +195,7 @@ mod tests {
             domain: None,
             cost: 1,
             limit: None,
+            limits: Vec::new(),
             retry_after_ms: None,
             degraded: None,
             policy_version: String::new(),

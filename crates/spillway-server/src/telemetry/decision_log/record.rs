@@ -17,14 +17,22 @@
 //! entries (an `ip` or `remote_address` entry written as `ip` is). `degraded` names the
 //! failure mode that answered when the store could not (`open`, `degrade`, or `closed` for a
 //! refusal). `catalog_version` is the catalog database's version the decision used (null when tenants come from the policy file).
+//!
+//! Reports of costs known after the response are records too: `outcome` is `reported` (the
+//! cost was recorded) or `report_failed` (the store could not record it); a retry that
+//! recorded nothing is not logged. `cost` is the reported cost, `request_id` the report's
+//! own id, `limits` lists every metered limit's standing after the charge (`limit` is the one
+//! most in debt, with `retry_after_ms` until it is repaid), and `allowed` says whether the
+//! keys owe nothing afterwards (`true` for `report_failed`, whose standing is unknown).
 
 use super::privacy::IpPrivacy;
 use super::subject::{trace_id, RequestIds, Subject};
-use crate::decision::{Ask, Outcome};
+use crate::decision::{Ask, Decided, Outcome, Report, Who};
 use crate::state::PolicyInfo;
 use serde::{Deserialize, Serialize};
-use spillway_core::engine::LimitOutcome;
+use spillway_core::engine::{LimitOutcome, Verdict};
 use spillway_core::policy::{FailureMode, IpPrefix};
+use spillway_core::request::CheckMode;
 use spillway_core::time::Micros;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -44,6 +52,12 @@ pub enum Kind {
     Degraded,
     /// Refused (`closed` failure mode) because the store failed.
     Refused,
+    /// A cost known after the response, recorded (`POST /v1/report`, Envoy's stream-done
+    /// call). Not a decision: nothing was let through or held back.
+    Reported,
+    /// A cost known after the response that the store could not record (lost unless the
+    /// caller retries it).
+    ReportFailed,
 }
 
 impl Kind {
@@ -60,6 +74,11 @@ impl Kind {
         }
     }
 
+    /// Whether the record is of a report (a cost known after the response), not a decision.
+    pub fn is_report(self) -> bool {
+        matches!(self, Self::Reported | Self::ReportFailed)
+    }
+
     /// The word records use.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -68,6 +87,8 @@ impl Kind {
             Self::ShadowDenied => "shadow_denied",
             Self::Degraded => "degraded",
             Self::Refused => "refused",
+            Self::Reported => "reported",
+            Self::ReportFailed => "report_failed",
         }
     }
 }
@@ -107,6 +128,18 @@ impl From<&LimitOutcome> for Governing {
     }
 }
 
+impl Governing {
+    fn line(&self) -> LimitLine {
+        LimitLine {
+            name: self.name.to_string(),
+            limit: self.limit,
+            quota: self.quota,
+            window_ms: self.window / 1_000,
+            remaining: self.remaining,
+        }
+    }
+}
+
 /// What the request path copies for a record it keeps: owned, small, unformatted.
 #[derive(Debug)]
 pub struct Pending {
@@ -129,6 +162,11 @@ pub struct Pending {
     descriptors: Vec<Vec<(String, String)>>,
     policy: Arc<PolicyInfo>,
     catalog_version: Option<u64>,
+    /// A report's own request id (its body's `request_id`, Envoy's `spillway_request_id`),
+    /// written in place of the `x-request-id` header.
+    report_id: Option<String>,
+    /// A report's every metered limit, standing after the charge.
+    limits: Vec<Governing>,
 }
 
 impl Pending {
@@ -222,6 +260,53 @@ impl Pending {
             descriptors,
             policy,
             catalog_version: None,
+            report_id: None,
+            limits: Vec::new(),
+        }
+    }
+
+    /// Copies what a record needs out of a report: `standing` is the metered limits' standing
+    /// after a recorded charge (`None` when it failed).
+    pub fn report(
+        at: Micros,
+        kind: Kind,
+        report: &Report<'_>,
+        standing: Option<&Verdict>,
+        ip_prefix: IpPrefix,
+        policy: Arc<PolicyInfo>,
+    ) -> Self {
+        let verdict = standing.map_or_else(
+            || Verdict {
+                allowed: true,
+                tier: report.tier.clone(),
+                route: report.route.clone(),
+                failure_mode: FailureMode::Open,
+                cost: report.cost,
+                outcomes: Vec::new(),
+            },
+            Verdict::clone,
+        );
+        let ask = Ask {
+            planned: report.planned,
+            tier: report.tier.clone(),
+            route: report.route.clone(),
+            label: None,
+            failure_mode: FailureMode::Open,
+            cost: report.cost,
+            mode: CheckMode::Consume,
+            subject: report.subject,
+            who: Who::default(),
+        };
+        let limits = verdict.outcomes.iter().map(Governing::from).collect();
+        let outcome = Outcome::Decided(Decided {
+            verdict,
+            degraded: None,
+            home_region: None,
+        });
+        Self {
+            report_id: report.request_id.map(str::to_owned),
+            limits,
+            ..Self::new(at, kind, 1.0, &ask, &outcome, ip_prefix, policy)
         }
     }
 
@@ -253,7 +338,10 @@ impl Pending {
         Line {
             time: rfc3339_ms(self.at),
             node: node.to_owned(),
-            request_id: text(&self.ids.request_id),
+            request_id: self
+                .report_id
+                .clone()
+                .or_else(|| text(&self.ids.request_id)),
             trace_id: self
                 .ids
                 .traceparent
@@ -269,13 +357,8 @@ impl Pending {
             tier: (!self.envoy).then(|| self.tier.to_string()),
             domain: self.envoy.then(|| self.tier.to_string()),
             cost: self.cost,
-            limit: self.limit.as_ref().map(|g| LimitLine {
-                name: g.name.to_string(),
-                limit: g.limit,
-                quota: g.quota,
-                window_ms: g.window / 1_000,
-                remaining: g.remaining,
-            }),
+            limit: self.limit.as_ref().map(Governing::line),
+            limits: self.limits.iter().map(Governing::line).collect(),
             retry_after_ms: self.retry_after.map(|us| us.div_ceil(1_000)),
             degraded: self.degraded.map(|m| m.as_str().to_owned()),
             policy_version: format!(
@@ -331,6 +414,9 @@ pub struct Line {
     /// The governing limit.
     #[serde(default)]
     pub limit: Option<LimitLine>,
+    /// A report's every metered limit, standing after the charge (only on `reported`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitLine>,
     /// How long the client was told to wait, in milliseconds.
     #[serde(default)]
     pub retry_after_ms: Option<u64>,

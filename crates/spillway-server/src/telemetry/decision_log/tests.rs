@@ -4,18 +4,13 @@
 use super::record::Line;
 use super::settings::{DecisionLogSettings, Rotation, SinkSpec};
 use super::*;
-use crate::cli::{Cli, Command};
 use crate::clock::ServerClock;
-use crate::config::{PolicySource, ServerSettings};
-use crate::state::PolicyInfo;
 use crate::test_support::DownStore;
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use clap::Parser;
-use spillway_core::engine::Engine;
 use spillway_core::store::{MemoryStore, Store};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +30,8 @@ routes:
   - match: "POST /v1/generate"
     cost: 1
 "#;
+
+mod reports;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -78,40 +75,17 @@ fn settings(name: &str) -> DecisionLogSettings {
 }
 
 fn harness(settings: DecisionLogSettings, store: Arc<dyn Store>) -> Harness {
-    let Command::Serve(args) = Cli::parse_from(["spillway", "serve"]).command else {
-        unreachable!("serve was asked for");
-    };
-    let server = ServerSettings::from_args(*args).expect("default settings");
-    let clock = ServerClock::manual(1_800_000_000_000);
-    let policy = PolicySource::Builtin.parse(POLICY).expect("test policy");
+    harness_with(POLICY, settings, store)
+}
+
+fn harness_with(policy: &str, settings: DecisionLogSettings, store: Arc<dyn Store>) -> Harness {
     let (log, writer) = DecisionLog::new(&settings);
-    let policy = Arc::new(policy);
-    let app = Arc::new(AppState {
-        catalog: Arc::new(crate::catalog::CatalogNode::new(policy.clone(), None)),
-        top: Arc::new(crate::telemetry::top::Top::new("test")),
-        top_board: None,
-        tracing: None,
-        principals: Default::default(),
-        regions: None,
-        live: Default::default(),
-        engine: Engine::new(policy, store.clone(), clock.shared()),
-        store,
-        failover: Arc::new(crate::failure::Failover::new(
-            crate::failure::FailureSettings::default(),
-            clock.shared(),
-        )),
-        clock: clock.clone(),
-        policy_info: ArcSwap::from_pointee(PolicyInfo {
-            source: "test.yaml".into(),
-            loaded_at: clock.now(),
-            limits: 2,
-        }),
-        metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
-            .build_recorder()
-            .handle(),
-        authorize: server.authorize,
-        decision_log: Some(log),
-    });
+    let app = Arc::new(
+        AppState::for_test(policy)
+            .store(store)
+            .decision_log(log)
+            .build(),
+    );
     let router = crate::app::router(app.clone(), None)
         .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
     let SinkSpec::File(path) = settings.sink.clone() else {
