@@ -247,6 +247,64 @@ fn renumbered_in_debt(algorithm: &str) -> Vector {
     }
 }
 
+/// A charge of 0 on a full bucket leaves the key fresh, and every store drops it (Redis
+/// deletes the key). Found by the differential test: the in-memory store kept the state from
+/// before the charge, which the limit's earlier, slower numbers then read as a debt. 8 of 10
+/// used at 10/s, full again 2 s later and charged 0, then read under 1 an hour with a burst
+/// of 4: a fresh key, so 4 pass.
+fn charged_nothing_then_renumbered(algorithm: &str) -> Vector {
+    let (fast, slow) = ([10, SECOND, 10], [1, HOUR, 4]);
+    let t = 1_700_000_000_000_000 + HOUR / 4;
+    let requests: Vec<ReferenceRequest> = [
+        (t, 8, false, None, false),
+        (t + 2 * SECOND, 0, false, None, true),
+        (t + 2 * SECOND, 4, false, Some(slow), false),
+        (t + 2 * SECOND, 1, true, None, false),
+        (t + 3 * SECOND, 0, false, Some(fast), true),
+        (t + 3 * SECOND, 10, false, None, false),
+    ]
+    .into_iter()
+    .map(|(at, cost, peek, n, charge)| {
+        let n = n.map(|n| (n, params_of(algorithm, n)));
+        (at, cost, peek, n, charge)
+    })
+    .collect();
+    Vector {
+        name: format!("{algorithm}-charged-nothing-then-renumbered"),
+        algorithm: algorithm.into(),
+        numbers: fast,
+        events: replay_reference(params_of(algorithm, fast), &requests),
+    }
+}
+
+/// A bucket charged to the most it may owe (exactly 2^53 scaled units) and read at once
+/// under numbers of other units. Found by the differential test: the Lua rescaling read its
+/// bits from 2^52 down, so 2^53 came out as 2^53 - 1 and the converted level or debt one unit
+/// low; the charges of 3 and then 51 make that unit show in the reset and then the retry time.
+fn saturated_then_renumbered(algorithm: &str) -> Vector {
+    let (from, to) = ([118, 86_400_000_002, 30_139], [472, 86_400_000_000, 42_944]);
+    let t = 1_700_000_000_000_000 + HOUR / 4;
+    let requests: Vec<ReferenceRequest> = [
+        (t, u64::MAX >> 11, false, None, true),
+        (t, 3, false, Some(to), true),
+        (t, 0, true, None, false),
+        (t, 51, false, None, true),
+        (t + DAY, 1, true, None, false),
+    ]
+    .into_iter()
+    .map(|(at, cost, peek, n, charge)| {
+        let n = n.map(|n| (n, params_of(algorithm, n)));
+        (at, cost, peek, n, charge)
+    })
+    .collect();
+    Vector {
+        name: format!("{algorithm}-saturated-then-renumbered"),
+        algorithm: algorithm.into(),
+        numbers: from,
+        events: replay_reference(params_of(algorithm, from), &requests),
+    }
+}
+
 /// Like [`expected`] for requests that may change the limit's numbers before they are
 /// evaluated: `(at, cost, peek, new numbers)` for a limit of `algorithm` starting with
 /// `numbers`.
@@ -342,12 +400,15 @@ pub fn random_requests(rng: &mut Rng, params: &LimitParams, n: usize) -> Vec<(Mi
     let mut at = 1_700_000_000_000_000 + rng.below(DAY);
     (0..n)
         .map(|_| {
+            // No gap longer than a year: a bucket's window can be decades, and times must
+            // stay below 2^53 (every store keeps them exact there; the clock is years from it).
             at += match rng.below(10) {
                 0..=3 => 0,
                 4..=6 => rng.below(window / (quota.min(1000) + 1) + 2),
                 7 | 8 => rng.below(window + 1),
                 _ => rng.below(3 * window + 1),
-            };
+            }
+            .min(365 * DAY);
             let cost = match rng.below(12) {
                 0 => 0,
                 1 => quota + 1 + rng.below(3),
@@ -553,10 +614,18 @@ pub fn generate() -> Vec<Vector> {
     let in_debt = ["token_bucket", "gcra", "leaky_bucket"]
         .into_iter()
         .map(renumbered_in_debt);
+    let charged_nothing = ["token_bucket", "gcra", "leaky_bucket"]
+        .into_iter()
+        .map(charged_nothing_then_renumbered);
+    let saturated = ["token_bucket", "gcra", "leaky_bucket"]
+        .into_iter()
+        .map(saturated_then_renumbered);
     fixed
         .chain(renumbered)
         .chain(overdrawn)
         .chain(in_debt)
+        .chain(charged_nothing)
+        .chain(saturated)
         .chain(metered)
         .collect()
 }

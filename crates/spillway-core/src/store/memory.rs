@@ -104,6 +104,13 @@ fn find_mut<'m>(map: &'m mut Shard, h: &KeyHash) -> Option<&'m mut Slot> {
     map.find_mut(h[0], |(k, _)| k == h).map(|(_, slot)| slot)
 }
 
+/// Drops the slot stored under `h`, if any.
+fn forget(map: &mut Shard, h: &KeyHash) {
+    if let Ok(entry) = map.find_entry(h[0], |(k, _)| k == h) {
+        entry.remove();
+    }
+}
+
 /// A shard's lock. A check holds it for a table probe and a few integer operations (tens of
 /// nanoseconds, never an await or a syscall), so a spinning lock fits: taking it is one
 /// compare-and-swap and releasing it a plain store, where a parking mutex pays a second atomic
@@ -327,9 +334,10 @@ impl MemoryStore {
     }
 
     /// Stores an allowed evaluation's state, with the id `id` of the numbers that wrote it.
-    /// A zero-cost look that leaves a key fresh creates no slot, and a denied one changes
-    /// nothing. Making room never evicts a key of `request` (the keys the same request is
-    /// charging), whose charge would be lost.
+    /// A denied evaluation changes nothing; one that leaves the key fresh drops its slot (a
+    /// state left behind would be read again, and under other numbers it is not fresh).
+    /// Making room never evicts a key of `request` (the keys the same request is charging),
+    /// whose charge would be lost.
     fn commit(
         &self,
         map: &mut Shard,
@@ -339,7 +347,11 @@ impl MemoryStore {
         now: Micros,
         request: &[KeyHash],
     ) {
+        if !e.decision.allowed {
+            return;
+        }
         let Some(slot) = self.slot_of(e, id, now) else {
+            forget(map, &h);
             return;
         };
         if let Some(existing) = find_mut(map, &h) {
@@ -416,6 +428,11 @@ impl MemoryStore {
                 } else {
                     self.insert(map, *h, slot, now, &hashes);
                 }
+            } else {
+                // The charge left the key fresh (a cost of 0 on a full bucket): the slot goes,
+                // as the Redis script deletes the key. Kept, the state it held before would
+                // be read again, and under other numbers it need not read as fresh.
+                forget(map, h);
             }
         }
         if let (Some(id), false) = (report, duplicate) {

@@ -102,7 +102,7 @@ pub async fn replay(store: &dyn Store, clock: &ManualClock, v: &Vector, tag: &st
         assert_eq!(
             flatten(&got[0]),
             e.expect,
-            "{} ({:?}) event {n} at {} cost {} peek {} charge {}",
+            "{} [{tag}] ({:?}) event {n} at {} cost {} peek {} charge {}",
             v.name,
             v.numbers,
             e.at,
