@@ -104,6 +104,9 @@ pub async fn judge(
             params: params(i),
             cost: p.cost,
             enforced: !p.def.shadow,
+            // A metered limit is planned at cost 0 and admits only with room for one unit.
+            // (The emergency quotas plan it at cost 1 instead, which consumes as usual.)
+            metered: p.def.metered && p.cost == 0,
         })
         .collect();
     let decisions = store.check(&checks, mode).await?;
@@ -213,6 +216,7 @@ impl Engine {
                 params: &p.def.params,
                 cost: p.cost,
                 enforced: !p.def.shadow,
+                metered: false,
             })
             .collect();
         let report = request_id.map(|id| ReportId::of(id, &checks));
