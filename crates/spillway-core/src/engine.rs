@@ -199,8 +199,9 @@ impl Engine {
     /// limits a report reaches, each with the reported cost) unconditionally, in one atomic
     /// store call, even past its limit. With a `request_id`, a retried report is recorded
     /// once ([`ReportId`]). Returns whether this call recorded anything (`false` for a
-    /// retry) and each limit's standing afterwards: allowed while the key owes nothing, else
-    /// denied with the time until its debt is repaid.
+    /// retry) and each limit's standing afterwards, as the next admission sees it: allowed
+    /// while at least one unit is free, else denied with the time until one is (any debt
+    /// repaid first).
     pub async fn charge_planned(
         &self,
         planned: &[Planned],

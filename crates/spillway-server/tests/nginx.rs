@@ -333,7 +333,7 @@ async fn generating_upstream() -> std::net::SocketAddr {
     addr
 }
 
-/// `deploy/nginx/metered.conf`, run for real: admitted while the budget is not in debt, the
+/// `deploy/nginx/metered.conf`, run for real: admitted while the budget has room, the
 /// real cost reported after each response (`post_action`), and a request after an overdraw
 /// refused with a 429 and the debt's `Retry-After`.
 #[tokio::test]

@@ -9,8 +9,9 @@
 //!  "cost": 900, "request_id": "9f1c2a..."}
 //! ```
 //! The cost is recorded on every metered limit the request reaches, even past the limit: the
-//! key then owes the excess and its checks are denied, with a `Retry-After` for the debt,
-//! until refill or the window repays it. Limits that are not metered were charged when the
+//! key then owes the excess and its checks are denied, with a `Retry-After` for the debt and
+//! one unit more, until refill or the window has repaid it and freed a unit (a metered
+//! request is admitted only with room for one). Limits that are not metered were charged when the
 //! request was checked and are left alone.
 //!
 //! Idempotent: a report is recorded at most once per `request_id` and counters it reaches,
