@@ -110,6 +110,7 @@ fn bench_checks(c: &mut Criterion) {
                         params: &params,
                         cost: 1,
                         enforced: true,
+                        metered: false,
                     };
                     black_box(store.check_key(&check, CheckMode::Consume).allowed)
                 })
@@ -135,6 +136,7 @@ fn memory_report() {
                     params: &params,
                     cost: 1,
                     enforced: true,
+                    metered: false,
                 }];
                 store.check_blocking(&check, CheckMode::Consume);
             }

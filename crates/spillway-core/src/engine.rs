@@ -104,6 +104,9 @@ pub async fn judge(
             params: params(i),
             cost: p.cost,
             enforced: !p.def.shadow,
+            // A metered limit is planned at cost 0 and admits only with room for one unit.
+            // (The emergency quotas plan it at cost 1 instead, which consumes as usual.)
+            metered: p.def.metered && p.cost == 0,
         })
         .collect();
     let decisions = store.check(&checks, mode).await?;
@@ -197,8 +200,8 @@ impl Engine {
     /// store call, even past its limit. With a `request_id`, a retried report is recorded
     /// once ([`ReportId`], scoped to `tenant`, the tenant the report is charged to). Returns
     /// whether this call recorded anything (`false` for a retry) and each limit's standing
-    /// afterwards: allowed while the key owes nothing, else denied with the time until its
-    /// debt is repaid.
+    /// afterwards, as the next admission sees it: allowed while at least one unit is free,
+    /// else denied with the time until one is (any debt repaid first).
     ///
     /// A report whose every cost is 0 changes nothing: it is only looked at (no state written,
     /// no id remembered, no Redis marker), so zero-cost reports cannot fill a store's memory
@@ -219,10 +222,19 @@ impl Engine {
                 params: &p.def.params,
                 cost: p.cost,
                 enforced: !p.def.shadow,
+                metered: false,
             })
             .collect();
         let charged = if checks.iter().all(|c| c.cost == 0) {
-            let decisions = self.store.check(&checks, CheckMode::Peek).await?;
+            // Looked at as the next admission will be: room for one unit.
+            let looks: Vec<Check<'_>> = checks
+                .iter()
+                .map(|c| Check {
+                    metered: true,
+                    ..*c
+                })
+                .collect();
+            let decisions = self.store.check(&looks, CheckMode::Peek).await?;
             crate::store::Charged {
                 recorded: true,
                 decisions,

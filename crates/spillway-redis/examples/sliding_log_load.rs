@@ -104,6 +104,7 @@ async fn main() -> Result<(), String> {
         params: &params,
         cost,
         enforced: true,
+        metered: false,
     };
     let bucket = LimitParams::TokenBucket(TokenBucket::new(
         Rate::new(1, 1).map_err(|e| e.to_string())?,
@@ -119,6 +120,7 @@ async fn main() -> Result<(), String> {
         params: &bucket,
         cost: 1,
         enforced: true,
+        metered: false,
     }];
     let start = 1_700_000_000_000_000;
     for i in 0..n {

@@ -10,7 +10,9 @@
 --          timestamp when a test store injects its own clock.
 -- argv[2]: the requests, packed as little-endian doubles (whole numbers): per request its
 --          flags and its number of limits n, then six numbers per limit: algorithm code, p1,
---          p2, p3, cost, enforced (1/0). Flags: 1 = consume (else only look), 2 = also
+--          p2, p3, cost, and the limit's flags: 1 = enforced (a denial blocks the request),
+--          2 = a metered limit's admission (passes only with room for one unit, consumes
+--          nothing; see admit below). Request flags: 1 = consume (else only look), 2 = also
 --          return what a compensating refund needs (old value, its PTTL, new value) for
 --          every key the request wrote; used when one request spans several cluster slots;
 --          4 = charge after the fact: record every limit's cost whatever it says (CHG) and
@@ -23,6 +25,8 @@
 -- three strings per limit}.
 
 local CONSUME, UNDO, CHARGE, MARKED = 1, 2, 4, 8
+-- A limit's flags.
+local ENFORCED, ADMIT = 1, 2
 -- How long a report marker lasts (spillway-core's REPORT_TTL), in milliseconds.
 local REPORT_TTL_MS = 3600000
 
@@ -72,6 +76,17 @@ local function write_request(keys, first, n, ok, states, expires, logs, now, ttl
   end
 end
 
+-- A metered limit's admission (LimitParams::admit): only with room for one unit, as a
+-- request of cost 1 would pass, consuming nothing. Admitted, the decision is the zero-cost
+-- look's; denied, the cost-1 denial's (retry: until one unit is free). Six values, no state.
+local function admit(alg, p1, p2, p3, raw, now)
+  local a, l, r, reset, retry, denial = alg(p1, p2, p3, raw, now, 1)
+  if a == 1 then
+    a, l, r, reset, retry, denial = alg(p1, p2, p3, raw, now, 0)
+  end
+  return a, l, r, reset, retry, denial
+end
+
 local function check(keys, argv)
   local now
   -- With an injected time, Redis still expires keys by its own clock, so the TTL gets an
@@ -106,8 +121,8 @@ local function check(keys, argv)
     reply[admit_at] = 1
     local admitted = true
     for i = k + 1, k + n do
-      local code, p1, p2, p3, cost, enforced
-      code, p1, p2, p3, cost, enforced, pos = struct.unpack('<dddddd', blob, pos)
+      local code, p1, p2, p3, cost, lflags
+      code, p1, p2, p3, cost, lflags, pos = struct.unpack('<dddddd', blob, pos)
       -- The sliding log (code 5) keeps a sorted set and reads it itself; every other
       -- algorithm gets its string state, or nil (also for a key holding another type: a
       -- fresh key).
@@ -116,15 +131,25 @@ local function check(keys, argv)
         raw = redis.pcall('GET', raw)
         if type(raw) ~= 'string' then raw = nil end
       end
-      local alg, charged = ALG[code], cost
+      local allowed, limit, remaining, reset, retry, denial, state, expiry
+      local charged = cost
       if charge and fresh and CHG[code] then
-        alg = CHG[code]
-      elseif charge and not fresh then
+        -- Recorded whatever the limit says; the standing told is what an admission sees on
+        -- the new state (LimitParams::charge).
+        allowed, limit, remaining, reset, retry, denial, state, expiry =
+          CHG[code](p1, p2, p3, raw, now, cost)
+        allowed, limit, remaining, reset, retry, denial =
+          admit(ALG[code], p1, p2, p3, state, now)
+      elseif (charge and not fresh) or lflags >= ADMIT then
+        -- A retried report tells the standing and charges nothing; a metered limit's
+        -- admission consumes nothing.
         charged = 0
+        allowed, limit, remaining, reset, retry, denial = admit(ALG[code], p1, p2, p3, raw, now)
+      else
+        allowed, limit, remaining, reset, retry, denial, state, expiry =
+          ALG[code](p1, p2, p3, raw, now, cost)
       end
-      local allowed, limit, remaining, reset, retry, denial, state, expiry =
-        alg(p1, p2, p3, raw, now, charged)
-      if allowed == 0 and enforced == 1 then admitted = false end
+      if allowed == 0 and lflags % 2 == ENFORCED then admitted = false end
       local r = #reply
       reply[r + 1], reply[r + 2], reply[r + 3] = allowed, limit, remaining
       reply[r + 4], reply[r + 5], reply[r + 6] = reset, retry, denial

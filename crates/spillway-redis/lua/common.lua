@@ -63,11 +63,13 @@ end
 -- An amount kept in scaled units of `from` units per token, in units of `to` per token:
 -- floor(x * to / from) (up = false) or its ceiling (up = true), and `cap` whenever that
 -- would reach it. Mirrors the carry_over functions of spillway-core (algorithm/carry.rs):
--- a state written under other numbers of the same limit. x < 2^53; cap = to * n for whole n.
+-- a state written under other numbers of the same limit. x <= 2^53 (a saturated debt or
+-- level is exactly 2^53, so the bits go up to 2^53: with 2^52 as the top bit, 2^53 would be
+-- read as 2^53 - 1 and the result rounded one unit low); cap <= 2^53.
 local function rescale(x, from, to, cap, up)
   if math.floor(x / from) >= cap / to then return cap end
-  -- Here x < (cap / to) * from, so the result stays below cap <= 2^53.
-  local q, r = muldiv_bits(x, to, from, 52)
+  -- Here x < (cap / to) * from, so the result stays below cap + to.
+  local q, r = muldiv_bits(x, to, from, 53)
   if up and r > 0 then q = q + 1 end
   if q > cap then return cap end
   return q

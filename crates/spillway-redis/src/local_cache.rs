@@ -204,7 +204,7 @@ impl LocalCache {
             check.key.hash(&mut h);
             check.params.hash(&mut h);
             h.write_u64(check.cost);
-            h.write_u8(u8::from(check.enforced));
+            h.write_u8(u8::from(check.enforced) | u8::from(check.metered) << 1);
         }
         h.finish128().as_u128()
     }

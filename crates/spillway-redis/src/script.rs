@@ -119,13 +119,19 @@ fn encode_params(params: &LimitParams) -> [u64; 4] {
     }
 }
 
-/// One check as the script's six numbers: algorithm code, three numbers, cost, enforced.
-/// Owned and `Copy`, so a task that outlives the request can carry it.
+/// A limit's flag: a denial by it blocks the request.
+const ENFORCED: u64 = 1;
+/// A limit's flag: a metered limit's admission (room for one unit, consumes nothing).
+const ADMIT: u64 = 2;
+
+/// One check as the script's six numbers: algorithm code, three numbers, cost, and the
+/// limit's flags ([`ENFORCED`], [`ADMIT`]). Owned and `Copy`, so a task that outlives the
+/// request can carry it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Encoded {
     params: [u64; 4],
     cost: u64,
-    enforced: bool,
+    flags: u64,
 }
 
 impl Encoded {
@@ -137,8 +143,16 @@ impl Encoded {
         Self {
             params: encode_params(check.params),
             cost,
-            enforced: check.enforced,
+            flags: flag(check.enforced, ENFORCED) | flag(check.metered, ADMIT),
         }
+    }
+}
+
+fn flag(set: bool, bit: u64) -> u64 {
+    if set {
+        bit
+    } else {
+        0
     }
 }
 
@@ -156,7 +170,7 @@ impl Encoded {
         Self {
             params: encode_params(check.params),
             cost,
-            enforced: check.enforced,
+            flags: flag(check.enforced, ENFORCED),
         }
     }
 }
@@ -190,7 +204,7 @@ impl CallArgs {
         for (key, check) in checks {
             self.keys.push(key.to_owned());
             let [code, p1, p2, p3] = check.params;
-            for x in [code, p1, p2, p3, check.cost, u64::from(check.enforced)] {
+            for x in [code, p1, p2, p3, check.cost, check.flags] {
                 self.put(x);
             }
             n += 1;
@@ -219,7 +233,7 @@ impl CallArgs {
         for (key, check) in checks {
             self.keys.push(key.to_owned());
             let [code, p1, p2, p3] = check.params;
-            for x in [code, p1, p2, p3, check.cost, u64::from(check.enforced)] {
+            for x in [code, p1, p2, p3, check.cost, check.flags] {
                 self.put(x);
             }
             n += 1;

@@ -53,8 +53,8 @@ fn tokens(body: &Value) -> &Value {
 }
 
 /// The issue's scenario: admitted, 900 reported, admitted, 400 reported (300 in debt),
-/// denied with a Retry-After for the debt, admitted again once refill has repaid it; a
-/// replayed report is counted once.
+/// denied with a Retry-After for the debt and one token more, admitted again once refill has
+/// repaid it and freed a token; a replayed report is counted once.
 async fn scenario(server: &Server) {
     let r = server.post("/v1/check", GENERATE).await;
     assert_eq!(r.status(), 200);
@@ -80,22 +80,27 @@ async fn scenario(server: &Server) {
     // 400 more: recorded in full, 300 tokens in debt.
     let r = server.post("/v1/report", &report(400, "gen-2")).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(header(&r, "retry-after").as_deref(), Some("1080"));
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("1084"));
     let body = json(r).await;
     assert_eq!(body["recorded"], true);
     assert_eq!(body["allowed"], false, "{body}");
     assert_eq!(tokens(&body)["remaining"], 0);
-    // 300 tokens at 3.6 s each.
-    assert_eq!(tokens(&body)["retry_after_ms"], 1_080_000);
+    // 300 tokens owed and one more to admit a request, at 3.6 s each.
+    assert_eq!(tokens(&body)["retry_after_ms"], 1_083_600);
 
     let r = server.post("/v1/check", GENERATE).await;
     assert_eq!(r.status(), 429);
-    assert_eq!(header(&r, "retry-after").as_deref(), Some("1080"));
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("1084"));
     let body = json(r).await;
-    assert_eq!(tokens(&body)["retry_after_ms"], 1_080_000, "{body}");
+    assert_eq!(tokens(&body)["retry_after_ms"], 1_083_600, "{body}");
 
-    // A second before the debt is repaid: still denied; then admitted.
-    server.advance_ms(1_079_000).await;
+    // Once the debt is repaid nothing is left yet: still denied.
+    server.advance_ms(1_080_000).await;
+    let r = server.post("/v1/check", GENERATE).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("4"));
+    // A second before one token is free: still denied; then admitted.
+    server.advance_ms(2_600).await;
     let r = server.post("/v1/check", GENERATE).await;
     assert_eq!(r.status(), 429);
     assert_eq!(header(&r, "retry-after").as_deref(), Some("1"));
@@ -118,19 +123,62 @@ async fn scenario(server: &Server) {
         .await;
     assert_eq!(tokens(&json(r).await)["remaining"], 1000);
 
+    exact_budget(server).await;
+
     let text = server.metrics().await;
     let cost = metric(
         &text,
         "spillway_reported_cost_total",
         &[("limit", "generation-tokens")],
     );
-    assert_eq!(cost, Some(1300.0), "{text}");
+    assert_eq!(cost, Some(2300.0), "{text}");
     let dup = metric(
         &text,
         "spillway_reports_total",
         &[("via", "http"), ("outcome", "duplicate")],
     );
     assert_eq!(dup, Some(2.0));
+}
+
+/// A tenant that reports exactly its budget owes nothing but has nothing left: its next
+/// request is denied until one token is free (3.6 s), then admitted. A report of 0 changes
+/// nothing.
+async fn exact_budget(server: &Server) {
+    let check = r#"{"tenant":"exact","method":"POST","path":"/v1/generate"}"#;
+    let report = |cost: u64, id: &str| {
+        format!(
+            r#"{{"tenant":"exact","method":"POST","path":"/v1/generate","cost":{cost},"request_id":"{id}"}}"#
+        )
+    };
+    assert_eq!(server.post("/v1/check", check).await.status(), 200);
+    let r = server.post("/v1/report", &report(1000, "ex-1")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("4"));
+    let body = json(r).await;
+    assert_eq!(body["allowed"], false, "{body}");
+    assert_eq!(tokens(&body)["remaining"], 0);
+    assert_eq!(tokens(&body)["retry_after_ms"], 3_600, "{body}");
+
+    let r = server.post("/v1/report", &report(0, "ex-2")).await;
+    let body = json(r).await;
+    assert_eq!(body["recorded"], true, "{body}");
+    assert_eq!(tokens(&body)["retry_after_ms"], 3_600, "{body}");
+
+    let r = server.post("/v1/check", check).await;
+    assert_eq!(r.status(), 429, "0 of 1,000 left: no room");
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("4"));
+    let body = json(r).await;
+    assert_eq!(tokens(&body)["retry_after_ms"], 3_600, "{body}");
+    server.advance_ms(3_599).await;
+    assert_eq!(server.post("/v1/check", check).await.status(), 429);
+    server.advance_ms(1).await;
+    let r = server.post("/v1/check", check).await;
+    assert_eq!(r.status(), 200, "one token refilled");
+    assert_eq!(
+        tokens(&json(r).await)["remaining"],
+        1,
+        "and nothing consumed"
+    );
 }
 
 #[tokio::test]
@@ -188,6 +236,19 @@ async fn bad_reports_name_the_field() {
             r#"{"tenant":"acme","cost":"many","request_id":"r"}"#,
             "cost",
         ),
+        // Above 2^53 no store could record the cost exactly.
+        (
+            r#"{"tenant":"acme","method":"POST","path":"/v1/generate","cost":9007199254740993,"request_id":"r"}"#,
+            "cost",
+        ),
+        (
+            r#"{"tenant":"acme","method":"POST","path":"/v1/generate","cost":18446744073709551615,"request_id":"r"}"#,
+            "cost",
+        ),
+        (
+            r#"{"tenant":"acme","method":"POST","path":"/v1/generate","cost":18446744073709551616,"request_id":"r"}"#,
+            "cost",
+        ),
     ] {
         let r = server.post("/v1/report", body).await;
         assert_eq!(r.status(), 400, "{body}");
@@ -197,7 +258,17 @@ async fn bad_reports_name_the_field() {
         );
         let problem = json(r).await;
         assert_eq!(problem["field"], field, "{problem}");
+        if body.contains("9007") || body.contains("1844") {
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(
+                detail.contains("9007199254740992"),
+                "names the bound: {problem}"
+            );
+        }
     }
+    // Refused, so nothing was recorded: acme's budget is whole.
+    let r = server.post("/v1/check?peek", GENERATE).await;
+    assert_eq!(tokens(&json(r).await)["remaining"], 1000);
     // A request that reaches no metered limit records nothing and says so.
     let r = server
         .post(
@@ -257,11 +328,12 @@ async fn envoy_stream_done_calls_are_recorded_and_never_denied() {
     assert_eq!(overall(&rls.ask(done(400, "e-2")).await), Code::Ok);
     let denied = rls.ask(check()).await;
     assert_eq!(overall(&denied), Code::OverLimit);
-    assert_eq!(grpc_header(&denied, "retry-after"), Some("1080"));
+    // 300 tokens owed and one to free, at 3.6 s each.
+    assert_eq!(grpc_header(&denied, "retry-after"), Some("1084"));
     // The same debt, seen over HTTP.
     let r = rls.server.post("/v1/check", GENERATE).await;
     assert_eq!(r.status(), 429);
-    rls.server.advance_ms(1_080_000).await;
+    rls.server.advance_ms(1_083_600).await;
     assert_eq!(overall(&rls.ask(check()).await), Code::Ok);
 
     let text = rls.server.metrics().await;
@@ -300,6 +372,41 @@ async fn envoy_stream_done_calls_are_recorded_and_never_denied() {
     };
     assert_eq!(count("recorded"), Some(3.0), "{text}");
     assert_eq!(count("invalid"), Some(1.0), "{text}");
+
+    // A descriptor's cost above 2^53 cannot be recorded exactly: the call records nothing
+    // and counts as invalid (still answered OK); at 2^53 it is recorded, a debt capped at
+    // ten years of refill, never wrapped into credit.
+    let costly = |hits: u64, id: &str| {
+        let mut entries = route.to_vec();
+        entries.extend([("spillway_report", "true"), ("spillway_request_id", id)]);
+        let mut d = descriptor(&entries);
+        d.hits_addend = Some(envoy_types::pb::google::protobuf::UInt64Value { value: hits });
+        request("spillway", vec![d], 0)
+    };
+    let before = json(rls.server.post("/v1/check?peek", GENERATE).await).await;
+    for hits in [u64::MAX, (1 << 53) + 1] {
+        assert_eq!(overall(&rls.ask(costly(hits, "e-huge")).await), Code::Ok);
+    }
+    let after = json(rls.server.post("/v1/check?peek", GENERATE).await).await;
+    assert_eq!(tokens(&after), tokens(&before), "nothing recorded");
+    let text = rls.server.metrics().await;
+    let invalid = metric(
+        &text,
+        "spillway_reports_total",
+        &[("via", "envoy"), ("outcome", "invalid")],
+    );
+    assert_eq!(invalid, Some(3.0), "{text}");
+    assert_eq!(overall(&rls.ask(costly(1 << 53, "e-max")).await), Code::Ok);
+    let r = rls.server.post("/v1/check", GENERATE).await;
+    assert_eq!(r.status(), 429);
+    let body = json(r).await;
+    assert_eq!(tokens(&body)["remaining"], 0, "{body}");
+    // Ten years of refill at most, never past it.
+    let retry = tokens(&body)["retry_after_ms"].as_u64().expect("a retry");
+    assert!(
+        retry > 3_000 * 86_400_000 && retry <= 3_650 * 86_400_000,
+        "{body}"
+    );
 }
 
 /// A report while the store is down is answered 503 with `Retry-After`, counted as failed,

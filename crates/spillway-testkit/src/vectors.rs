@@ -59,6 +59,10 @@ pub struct Event {
     /// and `expect` is the key's standing after it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub charge: bool,
+    /// A metered limit's admission (`Check::metered`, cost 0): admitted only with room for
+    /// one unit, consuming nothing (`LimitParams::admit`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metered: bool,
 }
 
 /// A decision in the vectors' flat form.
@@ -135,11 +139,12 @@ pub fn expected(params: &LimitParams, requests: &[(Micros, u64, bool)]) -> Vec<E
         .iter()
         .map(|&(at, cost, peek)| (at, cost, peek, None, false))
         .collect();
-    replay_reference(params.clone(), &requests)
+    replay_reference(params.clone(), &requests, false)
 }
 
 /// Like [`expected`] for a metered limit: `(at, cost, peek, charge)`, where a charge records
-/// its cost after the fact, past the limit if need be.
+/// its cost after the fact, past the limit if need be, and a check of cost 0 is the metered
+/// limit's admission (room for one unit, nothing consumed).
 pub fn expected_metered(
     params: &LimitParams,
     requests: &[(Micros, u64, bool, bool)],
@@ -148,7 +153,7 @@ pub fn expected_metered(
         .iter()
         .map(|&(at, cost, peek, charge)| (at, cost, peek && !charge, None, charge))
         .collect();
-    replay_reference(params.clone(), &requests)
+    replay_reference(params.clone(), &requests, true)
 }
 
 /// Random requests for a metered limit of `params`: zero-cost admissions (as a metered
@@ -180,7 +185,8 @@ pub fn random_metered_requests(
 
 /// The scenario on every algorithm that records costs after the fact: a budget of
 /// 1,000 an hour; admitted, 900 reported, admitted, 400 reported (300 in debt), denied, and
-/// admitted again once the debt is repaid; then a report far beyond any limit (capped).
+/// admitted again once the debt is repaid; then reports far beyond any limit, up to
+/// `u64::MAX` (capped, never wrapped).
 fn overdrawn(algorithm: &str) -> Vector {
     let numbers = match algorithm {
         "token_bucket" | "gcra" | "leaky_bucket" => [1000, HOUR, 1000],
@@ -200,10 +206,45 @@ fn overdrawn(algorithm: &str) -> Vector {
         (t + 2 * HOUR, 0, false, false),
         (t + 2 * HOUR, 5, false, true),
         (t + 2 * HOUR, u64::MAX >> 11, false, true),
+        (t + 2 * HOUR, u64::MAX, false, true),
         (t + 3 * HOUR, 0, true, false),
     ];
     Vector {
         name: format!("{algorithm}-overdrawn"),
+        algorithm: algorithm.into(),
+        numbers,
+        events: expected_metered(&params, &requests),
+    }
+}
+
+/// A metered limit of 1,000 an hour reported at exactly its budget: nothing is owed, but
+/// nothing is left either, so the next admission is denied until one unit is free again
+/// (3.6 s for the buckets; the next window for the windows), and admitted then; a report of 0
+/// changes nothing.
+fn exact_budget(algorithm: &str) -> Vector {
+    let numbers = match algorithm {
+        "token_bucket" | "gcra" | "leaky_bucket" => [1000, HOUR, 1000],
+        _ => [1000, HOUR, 0],
+    };
+    let params = params_of(algorithm, numbers);
+    // Ten minutes into an aligned hour, so the windows' next unit comes with the next hour.
+    let t = 1_700_002_800_000_000 + 10 * MINUTE;
+    let unit = 3_600_000;
+    let requests = [
+        (t, 0, false, false),
+        (t + SECOND, 1000, false, true),
+        (t + SECOND, 0, false, false),
+        (t + SECOND, 0, true, false),
+        (t + SECOND, 0, false, true),
+        (t + SECOND + unit - 1, 0, false, false),
+        (t + SECOND + unit, 0, false, false),
+        (t + 50 * MINUTE - 1, 0, false, false),
+        (t + 50 * MINUTE, 0, false, false),
+        (t + 50 * MINUTE, 1000, false, true),
+        (t + 50 * MINUTE + unit, 0, false, false),
+    ];
+    Vector {
+        name: format!("{algorithm}-exact-budget"),
         algorithm: algorithm.into(),
         numbers,
         events: expected_metered(&params, &requests),
@@ -243,7 +284,65 @@ fn renumbered_in_debt(algorithm: &str) -> Vector {
         name: format!("{algorithm}-renumbered-in-debt"),
         algorithm: algorithm.into(),
         numbers: old,
-        events: replay_reference(params_of(algorithm, old), &requests),
+        events: replay_reference(params_of(algorithm, old), &requests, true),
+    }
+}
+
+/// A charge of 0 on a full bucket leaves the key fresh, and every store drops it (Redis
+/// deletes the key). Found by the differential test: the in-memory store kept the state from
+/// before the charge, which the limit's earlier, slower numbers then read as a debt. 8 of 10
+/// used at 10/s, full again 2 s later and charged 0, then read under 1 an hour with a burst
+/// of 4: a fresh key, so 4 pass.
+fn charged_nothing_then_renumbered(algorithm: &str) -> Vector {
+    let (fast, slow) = ([10, SECOND, 10], [1, HOUR, 4]);
+    let t = 1_700_000_000_000_000 + HOUR / 4;
+    let requests: Vec<ReferenceRequest> = [
+        (t, 8, false, None, false),
+        (t + 2 * SECOND, 0, false, None, true),
+        (t + 2 * SECOND, 4, false, Some(slow), false),
+        (t + 2 * SECOND, 1, true, None, false),
+        (t + 3 * SECOND, 0, false, Some(fast), true),
+        (t + 3 * SECOND, 10, false, None, false),
+    ]
+    .into_iter()
+    .map(|(at, cost, peek, n, charge)| {
+        let n = n.map(|n| (n, params_of(algorithm, n)));
+        (at, cost, peek, n, charge)
+    })
+    .collect();
+    Vector {
+        name: format!("{algorithm}-charged-nothing-then-renumbered"),
+        algorithm: algorithm.into(),
+        numbers: fast,
+        events: replay_reference(params_of(algorithm, fast), &requests, true),
+    }
+}
+
+/// A bucket charged to the most it may owe (exactly 2^53 scaled units) and read at once
+/// under numbers of other units. Found by the differential test: the Lua rescaling read its
+/// bits from 2^52 down, so 2^53 came out as 2^53 - 1 and the converted level or debt one unit
+/// low; the charges of 3 and then 51 make that unit show in the reset and then the retry time.
+fn saturated_then_renumbered(algorithm: &str) -> Vector {
+    let (from, to) = ([118, 86_400_000_002, 30_139], [472, 86_400_000_000, 42_944]);
+    let t = 1_700_000_000_000_000 + HOUR / 4;
+    let requests: Vec<ReferenceRequest> = [
+        (t, u64::MAX >> 11, false, None, true),
+        (t, 3, false, Some(to), true),
+        (t, 0, true, None, false),
+        (t, 51, false, None, true),
+        (t + DAY, 1, true, None, false),
+    ]
+    .into_iter()
+    .map(|(at, cost, peek, n, charge)| {
+        let n = n.map(|n| (n, params_of(algorithm, n)));
+        (at, cost, peek, n, charge)
+    })
+    .collect();
+    Vector {
+        name: format!("{algorithm}-saturated-then-renumbered"),
+        algorithm: algorithm.into(),
+        numbers: from,
+        events: replay_reference(params_of(algorithm, from), &requests, true),
     }
 }
 
@@ -262,14 +361,15 @@ pub fn expected_renumbered(
             (at, cost, peek, n, false)
         })
         .collect();
-    replay_reference(params_of(algorithm, numbers), &requests)
+    replay_reference(params_of(algorithm, numbers), &requests, false)
 }
 
 /// A request that may change the numbers and may be a charge.
 pub type MeteredChange = (Micros, u64, bool, Option<[u64; 3]>, bool);
 
 /// Like [`expected_renumbered`] where a request may also be a charge after the fact:
-/// `(at, cost, peek, new numbers, charge)`.
+/// `(at, cost, peek, new numbers, charge)`; a check of cost 0 is the metered limit's
+/// admission, as in [`expected_metered`].
 pub fn expected_renumbered_metered(
     algorithm: &str,
     numbers: [u64; 3],
@@ -282,7 +382,7 @@ pub fn expected_renumbered_metered(
             (at, cost, peek && !charge, n, charge)
         })
         .collect();
-    replay_reference(params_of(algorithm, numbers), &requests)
+    replay_reference(params_of(algorithm, numbers), &requests, true)
 }
 
 /// A request of the reference replay: time, cost, peek, the numbers (with their
@@ -291,8 +391,12 @@ type ReferenceRequest = (Micros, u64, bool, Option<([u64; 3], LimitParams)>, boo
 
 /// The reference replay: the state is kept with the parameters that wrote it, and read under
 /// the current ones through `carry_over`; a state that is fresh-equivalent is dropped, as the
-/// stores drop it.
-fn replay_reference(mut params: LimitParams, requests: &[ReferenceRequest]) -> Vec<Event> {
+/// stores drop it. With `admissions`, a check of cost 0 is a metered limit's admission.
+fn replay_reference(
+    mut params: LimitParams,
+    requests: &[ReferenceRequest],
+    admissions: bool,
+) -> Vec<Event> {
     let mut state: Option<(State, LimitParams)> = None;
     requests
         .iter()
@@ -307,9 +411,12 @@ fn replay_reference(mut params: LimitParams, requests: &[ReferenceRequest]) -> V
                     .unwrap_or_else(|| s.clone())
             });
             let charge = *charge;
+            let metered = admissions && !charge && cost == 0;
             let read = read.as_ref().map(State::as_ref);
             let e = if charge {
                 params.charge(read, at, cost)
+            } else if metered {
+                params.admit(read, at)
             } else {
                 params.evaluate(read, at, cost)
             };
@@ -329,6 +436,7 @@ fn replay_reference(mut params: LimitParams, requests: &[ReferenceRequest]) -> V
                 expect: flatten(&e.decision),
                 numbers: change.as_ref().map(|(n, _)| *n),
                 charge,
+                metered,
             }
         })
         .collect()
@@ -342,12 +450,15 @@ pub fn random_requests(rng: &mut Rng, params: &LimitParams, n: usize) -> Vec<(Mi
     let mut at = 1_700_000_000_000_000 + rng.below(DAY);
     (0..n)
         .map(|_| {
+            // No gap longer than a year: a bucket's window can be decades, and times must
+            // stay below 2^53 (every store keeps them exact there; the clock is years from it).
             at += match rng.below(10) {
                 0..=3 => 0,
                 4..=6 => rng.below(window / (quota.min(1000) + 1) + 2),
                 7 | 8 => rng.below(window + 1),
                 _ => rng.below(3 * window + 1),
-            };
+            }
+            .min(365 * DAY);
             let cost = match rng.below(12) {
                 0 => 0,
                 1 => quota + 1 + rng.below(3),
@@ -550,13 +661,23 @@ pub fn generate() -> Vec<Vector> {
             }
         });
     let overdrawn = METERED.iter().map(|a| overdrawn(a));
+    let exact = METERED.iter().map(|a| exact_budget(a));
     let in_debt = ["token_bucket", "gcra", "leaky_bucket"]
         .into_iter()
         .map(renumbered_in_debt);
+    let charged_nothing = ["token_bucket", "gcra", "leaky_bucket"]
+        .into_iter()
+        .map(charged_nothing_then_renumbered);
+    let saturated = ["token_bucket", "gcra", "leaky_bucket"]
+        .into_iter()
+        .map(saturated_then_renumbered);
     fixed
         .chain(renumbered)
         .chain(overdrawn)
+        .chain(exact)
         .chain(in_debt)
+        .chain(charged_nothing)
+        .chain(saturated)
         .chain(metered)
         .collect()
 }

@@ -10,12 +10,14 @@
 //! Layout: one file per algorithm; this module holds what they share ([`Decision`],
 //! [`Denial`], [`State`]) and the dispatch over [`LimitParams`]. [`carry`] reads a state kept
 //! under other numbers of the same limit (a counter survives a change of its limit's numbers),
-//! and [`units`] names the rates bucket states are scaled by.
+//! and [`units`] names the rates bucket states are scaled by. `metered` holds what limits
+//! metered after the fact (`charge: after`) need: the admission and the charge.
 
 pub mod carry;
 mod fixed_window;
 mod gcra;
 mod leaky_bucket;
+mod metered;
 mod sliding_log;
 mod sliding_window;
 mod token_bucket;
@@ -254,56 +256,6 @@ impl LimitParams {
                 };
                 wrap(p.evaluate(s, now, cost), State::LeakyBucket)
             }
-        }
-    }
-}
-
-impl LimitParams {
-    /// Whether the algorithm can record a cost after the fact beyond its limit
-    /// ([`LimitParams::charge`]): every one but the sliding log, whose state is one entry per
-    /// admitted request and has no room for a debt.
-    pub fn supports_charge(&self) -> bool {
-        !matches!(self, Self::SlidingLog(_))
-    }
-
-    /// Records `cost` against `state` at `now` unconditionally, even past the limit (a cost
-    /// known only after the response); the key then owes the excess, and is denied (whatever
-    /// the cost, zero included) until refill or the passing window has repaid it. The new
-    /// state is always meant to be stored. The decision tells the key's standing after the
-    /// charge: allowed while it owes nothing; else denied ([`Denial::OverLimit`]) with
-    /// `retry_after` the time until a zero-cost check passes again.
-    ///
-    /// The sliding log ([`LimitParams::supports_charge`] is false) records the cost only if it
-    /// fits, as [`LimitParams::evaluate`] does; policies refuse metered sliding-log limits.
-    pub fn charge(&self, state: Option<StateRef<'_>>, now: Micros, cost: u64) -> Evaluation<State> {
-        fn wrap<S>(e: Evaluation<S>, f: impl FnOnce(S) -> State) -> Evaluation<State> {
-            Evaluation {
-                decision: e.decision,
-                state: f(e.state),
-                expires_at: e.expires_at,
-            }
-        }
-        use StateRef as R;
-        match (self, state) {
-            (Self::TokenBucket(p), Some(R::TokenBucket(s))) => {
-                wrap(p.charge(Some(s), now, cost), State::TokenBucket)
-            }
-            (Self::TokenBucket(p), _) => wrap(p.charge(None, now, cost), State::TokenBucket),
-            (Self::Gcra(p), Some(R::Gcra(s))) => wrap(p.charge(Some(s), now, cost), State::Gcra),
-            (Self::Gcra(p), _) => wrap(p.charge(None, now, cost), State::Gcra),
-            (Self::FixedWindow(p), Some(R::FixedWindow(s))) => {
-                wrap(p.charge(Some(s), now, cost), State::FixedWindow)
-            }
-            (Self::FixedWindow(p), _) => wrap(p.charge(None, now, cost), State::FixedWindow),
-            (Self::SlidingWindow(p), Some(R::SlidingWindow(s))) => {
-                wrap(p.charge(Some(s), now, cost), State::SlidingWindow)
-            }
-            (Self::SlidingWindow(p), _) => wrap(p.charge(None, now, cost), State::SlidingWindow),
-            (Self::LeakyBucket(p), Some(R::LeakyBucket(s))) => {
-                wrap(p.charge(Some(s), now, cost), State::LeakyBucket)
-            }
-            (Self::LeakyBucket(p), _) => wrap(p.charge(None, now, cost), State::LeakyBucket),
-            (Self::SlidingLog(_), _) => self.evaluate(state, now, cost),
         }
     }
 }

@@ -148,9 +148,10 @@ pub struct LimitDef {
     /// Shadow limits are evaluated and counted but never deny, so a new limit can be
     /// observed on real traffic before it is enforced.
     pub shadow: bool,
-    /// Metered after the fact (`charge: after`): a request is admitted while the key owes
-    /// nothing, is charged nothing up front, and its real cost is recorded afterwards
-    /// (`/v1/report`, or Envoy's charge when the stream is done), even past the limit.
+    /// Metered after the fact (`charge: after`): a request is admitted while the limit has
+    /// room for at least one unit, is charged nothing up front, and its real cost is recorded
+    /// afterwards (`/v1/report`, or Envoy's charge when the stream is done), even past the
+    /// limit.
     pub metered: bool,
     /// A hash of the name, algorithm and key, identical in every process and across
     /// restarts: each counter's identity. The numbers are left out, so a counter keeps its

@@ -97,8 +97,9 @@ impl Policy {
                     fingerprint: def.fingerprint,
                     values,
                 };
-                // A metered limit charges nothing up front: the zero-cost check admits the
-                // request while the key owes nothing, and the real cost is reported afterwards.
+                // A metered limit charges nothing up front: planned at cost 0, it admits the
+                // request while the limit has room for one unit (`Check::metered`), and the
+                // real cost is reported afterwards.
                 limits.push(Planned {
                     def: Arc::clone(def),
                     key,

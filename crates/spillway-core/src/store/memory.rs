@@ -104,6 +104,13 @@ fn find_mut<'m>(map: &'m mut Shard, h: &KeyHash) -> Option<&'m mut Slot> {
     map.find_mut(h[0], |(k, _)| k == h).map(|(_, slot)| slot)
 }
 
+/// Drops the slot stored under `h`, if any.
+fn forget(map: &mut Shard, h: &KeyHash) {
+    if let Ok(entry) = map.find_entry(h[0], |(k, _)| k == h) {
+        entry.remove();
+    }
+}
+
 /// A shard's lock. A check holds it for a table probe and a few integer operations (tens of
 /// nanoseconds, never an await or a syscall), so a spinning lock fits: taking it is one
 /// compare-and-swap and releasing it a plain store, where a parking mutex pays a second atomic
@@ -231,7 +238,7 @@ impl MemoryStore {
         if let Some(slot) = find_mut(&mut map, &h) {
             return self.update(slot, check, now, mode);
         }
-        let e = check.params.evaluate(None, now, check.cost);
+        let e = evaluate_fresh(check, now);
         let decision = e.decision;
         if writes(check, mode) {
             // The probe above missed, so the key is new: insert without probing again.
@@ -254,6 +261,9 @@ impl MemoryStore {
         // state written under other numbers, where writing the conversion back would lose what
         // the key used beyond the new numbers (read again under the old ones, it would be
         // gone). See `writes`.
+        if check.metered {
+            return slot.admit(check.params, now).decision;
+        }
         let consume = writes(check, mode);
         macro_rules! in_place {
             ($p:expr, $s:expr, $exp:expr) => {{
@@ -310,8 +320,9 @@ impl MemoryStore {
             .zip(&hashes)
             .zip(&slots)
             .map(|((c, h), &slot)| match find(&guards[slot].1, h) {
+                Some(stored) if c.metered => stored.admit(c.params, now),
                 Some(stored) => stored.evaluate(c.params, now, c.cost),
-                None => c.params.evaluate(None, now, c.cost),
+                None => evaluate_fresh(c, now),
             })
             .collect();
         let decisions: Decisions = evaluations.iter().map(|e| e.decision).collect();
@@ -327,9 +338,10 @@ impl MemoryStore {
     }
 
     /// Stores an allowed evaluation's state, with the id `id` of the numbers that wrote it.
-    /// A zero-cost look that leaves a key fresh creates no slot, and a denied one changes
-    /// nothing. Making room never evicts a key of `request` (the keys the same request is
-    /// charging), whose charge would be lost.
+    /// A denied evaluation changes nothing; one that leaves the key fresh drops its slot (a
+    /// state left behind would be read again, and under other numbers it is not fresh).
+    /// Making room never evicts a key of `request` (the keys the same request is charging),
+    /// whose charge would be lost.
     fn commit(
         &self,
         map: &mut Shard,
@@ -339,7 +351,11 @@ impl MemoryStore {
         now: Micros,
         request: &[KeyHash],
     ) {
+        if !e.decision.allowed {
+            return;
+        }
         let Some(slot) = self.slot_of(e, id, now) else {
+            forget(map, &h);
             return;
         };
         if let Some(existing) = find_mut(map, &h) {
@@ -396,10 +412,10 @@ impl MemoryStore {
                 continue;
             };
             if duplicate {
-                // A retry: tell the standing as a zero-cost look sees it, change nothing.
+                // A retry: tell the standing as an admission sees it, change nothing.
                 let e = match find(map, h) {
-                    Some(stored) => stored.evaluate(c.params, now, 0),
-                    None => c.params.evaluate(None, now, 0),
+                    Some(stored) => stored.admit(c.params, now),
+                    None => c.params.admit(None, now),
                 };
                 decisions.push(e.decision);
                 continue;
@@ -416,6 +432,11 @@ impl MemoryStore {
                 } else {
                     self.insert(map, *h, slot, now, &hashes);
                 }
+            } else {
+                // The charge left the key fresh (a cost of 0 on a full bucket): the slot goes,
+                // as the Redis script deletes the key. Kept, the state it held before would
+                // be read again, and under other numbers it need not read as fresh.
+                forget(map, h);
             }
         }
         if let (Some(id), false) = (report, duplicate) {
@@ -440,9 +461,21 @@ impl MemoryStore {
 /// something. A zero-cost check is a look: the state it would store says nothing new under the
 /// same numbers, and under other numbers it is a lossy conversion (a use above the new numbers
 /// is capped), so writing it would let a zero-cost request erase usage.
+///
+/// A metered limit's admission never writes: it consumes nothing.
 #[inline]
 fn writes(check: &Check<'_>, mode: CheckMode) -> bool {
-    mode == CheckMode::Consume && check.cost > 0
+    mode == CheckMode::Consume && check.cost > 0 && !check.metered
+}
+
+/// `check` against a key the store does not hold.
+#[inline]
+fn evaluate_fresh(check: &Check<'_>, now: Micros) -> crate::algorithm::Evaluation<State> {
+    if check.metered {
+        check.params.admit(None, now)
+    } else {
+        check.params.evaluate(None, now, check.cost)
+    }
 }
 
 /// How many shards a store bounded at `max_keys` gets: about [`KEYS_PER_SHARD`] keys each,

@@ -10,7 +10,7 @@ mod report;
 mod slot;
 
 pub use memory::{MemoryStore, MAX_REPORTS, MAX_REPORTS_PER_HOLDER};
-pub use report::{Charged, ReportId, REPORT_TTL};
+pub use report::{Charged, ReportId, MAX_REPORTED_COST, REPORT_TTL};
 
 use crate::algorithm::{Decision, LimitParams};
 use crate::key::StateKey;
@@ -28,6 +28,11 @@ pub struct Check<'a> {
     pub cost: u64,
     /// Whether a denial by this limit blocks the request (`false` for shadow-mode limits).
     pub enforced: bool,
+    /// A metered limit's admission (`charge: after`): the check passes only while the limit
+    /// has room for at least one unit, and consumes nothing whatever the mode; `cost` is not
+    /// used ([`crate::algorithm::LimitParams::admit`]). The real cost is charged afterwards
+    /// with [`Store::charge`].
+    pub metered: bool,
 }
 
 /// A store could not answer. Typed so the server can count and map each kind.

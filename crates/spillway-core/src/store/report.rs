@@ -10,6 +10,13 @@ use sha2::{Digest, Sha256};
 /// Retries come within seconds; an hour leaves room for a queue that drains late.
 pub const REPORT_TTL: Micros = 3600 * SECOND;
 
+/// The largest cost a report may carry: 2^53. The Redis store's script computes in doubles,
+/// which hold every whole number up to 2^53 exactly and no longer all of them above it, so a
+/// larger cost could not be recorded as sent; the servers refuse it rather than round it.
+/// (Every algorithm caps what a key may owe far below any such cost anyway, at ten years of
+/// refill or a window's count of 2^53, and both stores saturate there, never wrap.)
+pub const MAX_REPORTED_COST: u64 = 1 << 53;
+
 /// What a charge recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charged {

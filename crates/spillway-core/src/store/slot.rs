@@ -79,6 +79,20 @@ impl Slot {
         }
     }
 
+    /// Admits a metered limit's request at `now` against this slot, reading it under
+    /// `params` (see [`LimitParams::admit`]).
+    #[inline]
+    pub(super) fn admit(
+        &self,
+        params: &LimitParams,
+        now: Micros,
+    ) -> crate::algorithm::Evaluation<State> {
+        match self.carried(params, now) {
+            Some(carried) => params.admit(Some(carried.as_ref()), now),
+            None => params.admit(Some(self.state()), now),
+        }
+    }
+
     /// Charges `cost` at `now` unconditionally against this slot, reading it under `params`
     /// (see [`LimitParams::charge`]).
     #[inline]

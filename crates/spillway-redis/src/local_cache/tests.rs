@@ -36,6 +36,7 @@ fn check<'a>(key: &'a StateKey, params: &'a LimitParams) -> Check<'a> {
         params,
         cost: 1,
         enforced: true,
+        metered: false,
     }
 }
 
@@ -59,6 +60,7 @@ fn denies_until_the_earliest_retry_then_forgets() {
     assert!(cache.deny(&cheaper, 300).is_none());
     let shadow = [Check {
         enforced: false,
+        metered: false,
         ..checks[0]
     }];
     assert!(cache.deny(&shadow, 300).is_none());
@@ -88,6 +90,7 @@ fn shadow_denials_and_impossible_costs_are_not_cached() {
     let (params, key) = (bucket(5), key("a"));
     let shadow = [Check {
         enforced: false,
+        metered: false,
         ..check(&key, &params)
     }];
     let cache = LocalCache::new(10);

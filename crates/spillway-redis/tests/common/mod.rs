@@ -54,6 +54,7 @@ pub fn check<'a>(key: &'a StateKey, params: &'a LimitParams, cost: u64) -> Check
         params,
         cost,
         enforced: true,
+        metered: false,
     }
 }
 
@@ -94,21 +95,23 @@ pub async fn replay(store: &dyn Store, clock: &ManualClock, v: &Vector, tag: &st
             assert!(charged.recorded);
             charged.decisions
         } else {
-            store
-                .check(&[check(&k, &params, e.cost)], mode)
-                .await
-                .expect("store answers")
+            let c = Check {
+                metered: e.metered,
+                ..check(&k, &params, e.cost)
+            };
+            store.check(&[c], mode).await.expect("store answers")
         };
         assert_eq!(
             flatten(&got[0]),
             e.expect,
-            "{} ({:?}) event {n} at {} cost {} peek {} charge {}",
+            "{} [{tag}] ({:?}) event {n} at {} cost {} peek {} charge {} metered {}",
             v.name,
             v.numbers,
             e.at,
             e.cost,
             e.peek,
-            e.charge
+            e.charge,
+            e.metered
         );
     }
 }

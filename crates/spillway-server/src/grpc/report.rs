@@ -22,7 +22,9 @@
 //!   record is lost and counted (`spillway_reports_total{via="envoy",outcome="failed"}`).
 //!
 //! - A call that names nothing to record (only marker-only descriptors, an unknown domain,
-//!   descriptors the domain's plan refuses) is counted as `outcome="invalid"`; a marker-only
+//!   descriptors the domain's plan refuses), or a descriptor's `hits_addend` above
+//!   [`MAX_REPORTED_COST`] (2^53: no store could record it exactly, so nothing of the call is
+//!   recorded rather than a rounded cost), is counted as `outcome="invalid"`; a marker-only
 //!   descriptor beside real ones is skipped and the others recorded.
 //!
 //! Both marker entries are removed before the descriptor is resolved or matched.
@@ -37,6 +39,7 @@ use crate::telemetry::decision_log::{RequestIds, Subject};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use spillway_core::policy::Policy;
+use spillway_core::store::MAX_REPORTED_COST;
 use std::sync::Arc;
 
 /// The descriptor entry that marks a call as a report.
@@ -81,6 +84,14 @@ pub async fn record(
         response::unlimited(n, &[])
     };
     if descriptors.is_empty() {
+        return invalid();
+    }
+    let unrecordable = |d: &RateLimitDescriptor| {
+        d.hits_addend
+            .as_ref()
+            .is_some_and(|h| h.value > MAX_REPORTED_COST)
+    };
+    if descriptors.iter().any(unrecordable) {
         return invalid();
     }
     let request_id = request_id.filter(|id| id.len() <= crate::http::report::MAX_REQUEST_ID);

@@ -9,8 +9,9 @@
 //!  "cost": 900, "request_id": "9f1c2a..."}
 //! ```
 //! The cost is recorded on every metered limit the request reaches, even past the limit: the
-//! key then owes the excess and its checks are denied, with a `Retry-After` for the debt,
-//! until refill or the window repays it. Limits that are not metered were charged when the
+//! key then owes the excess and its checks are denied, with a `Retry-After` for the debt and
+//! one unit more, until refill or the window has repaid it and freed a unit (a metered
+//! request is admitted only with room for one). Limits that are not metered were charged when the
 //! request was checked and are left alone.
 //!
 //! Idempotent: a report is recorded at most once per `request_id` and counters it reaches,
@@ -29,8 +30,10 @@
 //!   the verdict's shape (see [`crate::http::verdict`]) telling each metered limit's standing
 //!   after the charge, and the rate-limit headers for it (`Retry-After` while in debt);
 //!   `"recorded": false` and no limits when the request reaches no metered limit;
-//! - 400 naming the field for a malformed body (a missing or negative `cost`, a missing,
-//!   empty or over-long `request_id`, an `ip` that is not an address), 413 over 16 KiB;
+//! - 400 naming the field for a malformed body (a missing or negative `cost`, or one above
+//!   [`MAX_REPORTED_COST`] (2^53, beyond which a cost could not be recorded exactly), a
+//!   missing, empty or over-long `request_id`, an `ip` that is not an address), 413 over
+//!   16 KiB;
 //! - 503 when the store could not record it (the report is lost unless retried, with the
 //!   same id; see `docs/FAILURE.md`).
 
@@ -48,6 +51,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use spillway_core::request::RequestAttrs;
+use spillway_core::store::MAX_REPORTED_COST;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -125,6 +129,11 @@ pub fn parse_body(body: &[u8]) -> Result<ReportRequest, Problem> {
                 format!("the body does not fit: {message}"),
                 field.map(str::to_owned),
             )
+        } else if path == "cost" {
+            Problem::invalid(
+                format!("field `cost`: must be a whole number from 0 to {MAX_REPORTED_COST} (2^53): {message}"),
+                Some(path),
+            )
         } else {
             Problem::invalid(format!("field `{path}`: {message}"), Some(path))
         }
@@ -140,6 +149,17 @@ pub fn parse_body(body: &[u8]) -> Result<ReportRequest, Problem> {
                 id.len()
             ),
             Some("request_id".into()),
+        ));
+    }
+    if request.cost > MAX_REPORTED_COST {
+        // Above 2^53 the Redis store could not record the cost exactly: refused, not rounded.
+        return Err(Problem::invalid(
+            format!(
+                "field `cost`: must be at most {MAX_REPORTED_COST} (2^53, the largest cost \
+                 every store records exactly), got {}",
+                request.cost
+            ),
+            Some("cost".into()),
         ));
     }
     Ok(request)
@@ -255,6 +275,34 @@ mod tests {
         assert!(p.detail().contains("tennant"), "{}", p.detail());
         let p = parse_body(br#"{"cost":3,"request_id":"r","ip":"nope"}"#).expect_err("ip");
         assert_eq!(p.field(), Some("ip"));
+    }
+
+    #[test]
+    fn a_cost_no_store_records_exactly_is_refused_with_the_bound() {
+        let ok = parse_body(br#"{"cost":9007199254740992,"request_id":"r"}"#).expect("2^53");
+        assert_eq!(ok.cost, MAX_REPORTED_COST);
+        assert_eq!(
+            parse_body(br#"{"cost":0,"request_id":"r"}"#)
+                .expect("0")
+                .cost,
+            0
+        );
+        for cost in [
+            "9007199254740993",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1e30",
+            "3.5",
+        ] {
+            let body = format!(r#"{{"cost":{cost},"request_id":"r"}}"#);
+            let p = parse_body(body.as_bytes()).expect_err(cost);
+            assert_eq!(p.field(), Some("cost"), "{cost}");
+            assert!(
+                p.detail().contains("9007199254740992"),
+                "{cost}: {}",
+                p.detail()
+            );
+        }
     }
 
     #[test]

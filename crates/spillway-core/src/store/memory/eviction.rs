@@ -160,6 +160,7 @@ mod tests {
                 params: &self.window,
                 cost: 1,
                 enforced: true,
+                metered: false,
             }
         }
 

@@ -28,6 +28,7 @@ fn one<'a>(key: &'a StateKey, params: &'a LimitParams, cost: u64) -> [Check<'a>;
         params,
         cost,
         enforced: true,
+        metered: false,
     }]
 }
 
@@ -74,12 +75,14 @@ fn many_threads_on_overlapping_multi_key_requests_stay_exact() {
                             params: tenant,
                             cost: 1,
                             enforced: true,
+                            metered: false,
                         },
                         Check {
                             key: &uk,
                             params: user,
                             cost: 1,
                             enforced: true,
+                            metered: false,
                         },
                     ];
                     if store
@@ -110,12 +113,14 @@ fn a_denied_request_consumes_nothing_from_any_limit() {
                 params: &roomy,
                 cost,
                 enforced: true,
+                metered: false,
             },
             Check {
                 key: &b,
                 params: &tight,
                 cost,
                 enforced: true,
+                metered: false,
             },
         ]
     };
@@ -141,6 +146,7 @@ fn shadow_denials_do_not_block_and_peek_does_not_consume() {
             params: &params,
             cost,
             enforced: false,
+            metered: false,
         }]
     };
     store.check_blocking(&shadow(1), CheckMode::Consume);
