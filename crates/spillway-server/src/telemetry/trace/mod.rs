@@ -12,8 +12,16 @@
 //!                  ▼
 //!            DecisionTrace::finish: outcome, limits, remaining, degraded ─► span ends
 //!                  ▼
-//!            the SDK's batch processor (own thread, bounded queue) ─► OTLP/gRPC collector
+//!            export::Bounded ─ queue full (--otlp-queue) ─► dropped, counted
+//!                  ▼
+//!            the SDK's batch processor (own thread, bounded queue)
+//!                  ▼
+//!            export::Counted ─ export failed ─► dropped, counted ─► OTLP/gRPC collector
+//!                                                                (http:// or https://)
 //! ```
+//!
+//! Over `https://` the collector's certificate is checked by rustls (on `ring`, the crypto
+//! backend the tree already builds) against the webpki roots and `--otlp-ca-file`.
 //!
 //! Spans are made with the `opentelemetry` API directly, not through `tracing` and
 //! `tracing-opentelemetry`: the decision path has no `tracing` spans to bridge, a bridge would
@@ -28,9 +36,10 @@
 //! future is boxed so its span does not enlarge the untraced one. `RequestIds::read` reads
 //! headers only when the decision log or tracing is on, as before.
 
+pub mod export;
 pub mod settings;
 
-pub use settings::{TraceArgs, TraceSettings};
+pub use settings::{TlsSettings, TraceArgs, TraceSettings};
 
 use crate::decision::{Ask, Outcome};
 use crate::failure::Fallback;
@@ -42,7 +51,10 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
+use opentelemetry_otlp::WithTonicConfig as _;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, Span,
+};
 use opentelemetry_sdk::Resource;
 use spillway_core::engine::LimitOutcome;
 use spillway_core::policy::FailureMode;
@@ -80,18 +92,31 @@ impl Tracing {
     /// Starts exporting to `settings.endpoint`. `store` names the store kind for the store-call
     /// spans (`memory`, `redis`, `redis_cluster`). Must run inside the main tokio runtime: the
     /// gRPC channel's task lives there (the batch thread only waits on it). The channel
-    /// connects lazily, so a collector that is down does not stop the server; its batches are
-    /// dropped.
+    /// connects lazily, so a collector that is down (or whose certificate is not trusted)
+    /// does not stop the server; its batches are dropped and counted ([`export`]).
     pub fn start(
         settings: &TraceSettings,
         store: &'static str,
     ) -> Result<(Self, Exporter), String> {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+        let mut builder = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(settings.endpoint.as_str())
-            .with_timeout(EXPORT_TIMEOUT)
+            .with_timeout(EXPORT_TIMEOUT);
+        if let Some(tls) = &settings.tls {
+            builder = builder.with_tls_config(client_tls(tls));
+        }
+        let exporter = builder
             .build()
             .map_err(|err| format!("--otlp-endpoint {}: {err}", settings.endpoint))?;
+        let in_flight = export::InFlight::new(settings.queue);
+        let exporter = export::Counted::new(exporter, in_flight.clone(), &settings.endpoint);
+        // The OTEL_BSP_* variables still tune the batches; the queue is --otlp-queue.
+        let config = BatchConfigBuilder::default()
+            .with_max_queue_size(settings.queue)
+            .build();
+        let processor = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(config)
+            .build();
         let resource = Resource::builder()
             .with_service_name(SERVICE_NAME)
             .with_attribute(KeyValue::new("service.instance.id", settings.node.clone()))
@@ -99,7 +124,7 @@ impl Tracing {
         // The caller's sampling decision wins; roots are sampled at --trace-sample.
         let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample)));
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .with_span_processor(export::Bounded::new(processor, in_flight))
             .with_sampler(sampler)
             .with_resource(resource)
             .build();
@@ -135,6 +160,15 @@ impl Exporter {
             Ok(Err(err)) => tracing::warn!(error = %err, "could not export the last spans"),
             Err(err) => tracing::warn!(error = %err, "the span exporter's shutdown failed"),
         }
+    }
+}
+
+/// TLS for an `https://` collector: the webpki roots, and the private CA if one was given.
+fn client_tls(tls: &TlsSettings) -> tonic::transport::ClientTlsConfig {
+    let config = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+    match &tls.ca_pem {
+        Some(pem) => config.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        None => config,
     }
 }
 
