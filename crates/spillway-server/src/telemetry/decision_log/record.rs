@@ -218,7 +218,7 @@ impl Pending {
             limit,
             retry_after,
             degraded,
-            ids: subject.ids.cloned().unwrap_or_default(),
+            ids: subject.ids.for_record(),
             descriptors,
             policy,
             catalog_version: None,

@@ -2,7 +2,8 @@
 //! per store call, exported over OTLP/gRPC.
 //!
 //! ```text
-//! transport: RequestIds::read ── traceparent, tracestate (read only when the log or tracing is on)
+//! transport: subject::Ids ── traceparent, tracestate (HTTP: copied only when the log or tracing
+//!                  │          is on; gRPC: the call's metadata, looked up here)
 //!                  ▼
 //! decision::decide ── app.tracing: None ─► the decision, with `Untraced` (empty hooks)
 //!                  │              Some ─► Tracing::decision: span `spillway.decision`
@@ -33,8 +34,8 @@
 //! **Off costs one branch.** [`crate::decision::decide`] matches on `AppState::tracing` once and
 //! runs the decision generic over [`DecisionTrace`]; the untraced instance's hooks are empty and
 //! inline to nothing, so no span object, attribute or parent context is made, and the traced
-//! future is boxed so its span does not enlarge the untraced one. `RequestIds::read` reads
-//! headers only when the decision log or tracing is on, as before.
+//! future is boxed so its span does not enlarge the untraced one. Nor is a header read for it:
+//! HTTP copies the ids only while the log or tracing is on, gRPC lends the call's metadata.
 
 pub mod export;
 pub mod settings;
@@ -43,7 +44,7 @@ pub use settings::{TlsSettings, TraceArgs, TraceSettings};
 
 use crate::decision::{Ask, Outcome};
 use crate::failure::Fallback;
-use crate::telemetry::decision_log::subject::{self, RequestIds};
+use crate::telemetry::decision_log::subject::{self, Ids};
 use opentelemetry::trace::SpanId;
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
@@ -174,11 +175,8 @@ fn client_tls(tls: &TlsSettings) -> tonic::transport::ClientTlsConfig {
 
 /// The caller's span, from `traceparent` (and `tracestate`), as the remote parent of the
 /// decision's span; an empty context when there is none or it is malformed.
-fn parent_context(ids: Option<&RequestIds>) -> Context {
-    let Some(ids) = ids else {
-        return Context::new();
-    };
-    let Some(parent) = ids.traceparent.as_ref().and_then(subject::traceparent) else {
+fn parent_context(ids: Ids<'_>) -> Context {
+    let Some(parent) = ids.traceparent().and_then(subject::traceparent) else {
         return Context::new();
     };
     // `traceparent` has already checked the digits; these cannot fail on its output.
@@ -190,8 +188,7 @@ fn parent_context(ids: Option<&RequestIds>) -> Context {
         return Context::new();
     };
     let state = ids
-        .tracestate
-        .as_ref()
+        .tracestate()
         .and_then(|value| value.to_str().ok())
         .and_then(|text| TraceState::from_str(text).ok())
         .unwrap_or_default();
