@@ -1,12 +1,13 @@
 //! `GET /v1/top` and `spillway_top_blocked` on real `spillway serve` processes: a burst's
 //! denied tenant shows up, windows expire on the manual clock, the Prometheus list stays at
-//! ten, and three nodes sharing a real `redis-server` each answer for the fleet.
+//! ten, and three nodes sharing a real `redis-server`, or a real Redis Cluster, each answer
+//! for the fleet.
 
 mod common;
 
 use common::{metric, wait_until_async, Server, PATIENCE};
 use serde_json::Value;
-use spillway_testkit::redis::RedisServer;
+use spillway_testkit::redis::{RedisCluster, RedisServer};
 
 /// Five requests per tenant and user, then denials; per-tenant hot keys.
 const POLICY: &str = r#"
@@ -135,26 +136,28 @@ async fn prometheus_shows_at_most_the_ten_most_denied_and_the_new_metrics() {
     assert_eq!(denied, Some((1..=14).sum::<u64>() as f64 + 21.0));
 }
 
-#[tokio::test]
-async fn three_nodes_on_one_redis_each_answer_for_the_fleet() {
-    let redis = RedisServer::start();
-    let policy = format!(
-        "{POLICY}store: {{type: redis, url: \"{}\", prefix: top3, timeout: 5s}}\n",
-        redis.url()
-    );
-    let nodes: Vec<Server> = ["a", "b", "c"]
+/// Three nodes, node `i` on the store section `store(i)`, publishing every 100 ms.
+fn fleet(store: impl Fn(usize) -> String) -> Vec<Server> {
+    ["a", "b", "c"]
         .iter()
-        .map(|name| {
-            Server::with_policy(&policy)
+        .enumerate()
+        .map(|(i, name)| {
+            Server::with_policy(&format!("{POLICY}{}", store(i)))
                 .args(&["--node-name", name, "--top-publish-every", "100ms"])
                 .start()
         })
-        .collect();
+        .collect()
+}
+
+/// Each node of `nodes` denies its own tenant and a shared one; every node's cluster-scope
+/// answer then holds all four, merged from the three nodes, while its local view holds only
+/// its own.
+async fn each_node_answers_for_the_fleet(nodes: &[Server]) {
     // Each node sees its own tenant, and all three see `shared` (same counter in Redis).
     for (i, node) in nodes.iter().enumerate() {
         burst(node, &format!("only-{i}"), "u", 5 + (i + 1) * 2).await;
     }
-    for node in &nodes {
+    for node in nodes {
         burst(node, "shared", "u", 4).await; // 12 in all: 7 denied, spread over the nodes
     }
     let want = vec![
@@ -188,6 +191,18 @@ async fn three_nodes_on_one_redis_each_answer_for_the_fleet() {
             "{local:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn three_nodes_on_one_redis_each_answer_for_the_fleet() {
+    let redis = RedisServer::start();
+    let nodes = fleet(|_| {
+        format!(
+            "store: {{type: redis, url: \"{}\", prefix: top3, timeout: 5s}}\n",
+            redis.url()
+        )
+    });
+    each_node_answers_for_the_fleet(&nodes).await;
     // Redis forgets the Functions library: the next call loads it again, recovers, and the
     // lost library is counted as a NOSCRIPT.
     let noscript = |text: &str| {
@@ -208,6 +223,37 @@ async fn three_nodes_on_one_redis_each_answer_for_the_fleet() {
         latencies >= 10.0,
         "store latency histogram counts: {latencies}"
     );
+}
+
+/// The same on a real three-master Redis Cluster: the board's keys share one hash tag, so
+/// publishing and the merge's `SMEMBERS` and `MGET` go to the one node owning that slot,
+/// whichever seed node a server was given first (each is given a different one first).
+#[tokio::test]
+async fn three_nodes_on_a_redis_cluster_each_answer_for_the_fleet() {
+    let cluster = RedisCluster::start();
+    let seeds: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let nodes = fleet(|i| {
+        let mut seeds = seeds.clone();
+        let n = seeds.len();
+        seeds.rotate_left(i % n);
+        format!(
+            "store: {{type: redis_cluster, nodes: [{}], prefix: top3c, timeout: 5s}}\n",
+            seeds.join(", ")
+        )
+    });
+    each_node_answers_for_the_fleet(&nodes).await;
+    // A node that stops leaves the merge once its summary expires (three periods).
+    let mut nodes = nodes;
+    let mut stopped = nodes.pop().expect("node c");
+    stopped.signal("TERM");
+    assert!(stopped.wait_exit(PATIENCE).is_some());
+    let merged = wait_until_async(PATIENCE, || async {
+        let body = top(&nodes[0], "?scope=cluster&window=10m").await;
+        (body["nodes"] == serde_json::json!(["a", "b"])).then_some(body)
+    })
+    .await;
+    let body = merged.expect("node c leaves the merge");
+    assert!(!tenants(&body).iter().any(|(t, _)| t == "only-2"), "{body}");
 }
 
 #[tokio::test]

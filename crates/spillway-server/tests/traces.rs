@@ -3,14 +3,18 @@
 //! (same trace id, the caller's span as parent) whether the request came over HTTP
 //! (`/v1/check`, `/v1/authorize`) or over Envoy's gRPC service, with a child span for the store
 //! call. Without the flag nothing is exported, even with the SDK's own variables set.
+//!
+//! Over TLS: a collector whose certificate comes from the CA of `--otlp-ca-file` receives the
+//! spans; one with a certificate nobody trusts receives nothing, and the lost spans are
+//! logged and counted. A full queue (`--otlp-queue`) in front of a collector that never
+//! answers drops spans and counts them too. The TLS fixtures are in `fixtures/otlp-tls/`.
 
 mod common;
 
-use common::{Server, PATIENCE};
+use common::{metric, wait_until_async, Server, PATIENCE};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use spillway_testkit::otlp::{any_value::Value, Collector, Received};
-use std::time::Duration;
 
 /// Two requests per tenant and user a minute.
 const POLICY: &str = r#"
@@ -251,9 +255,119 @@ async fn without_an_endpoint_nothing_is_exported() {
             .await
             .expect("check");
     }
-    // Ten export periods of the traced servers above.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A traced server exports what is queued when it shuts down, so once this one has exited
+    // cleanly, nothing can arrive any more.
+    let mut server = server;
+    server.signal("TERM");
+    let status = tokio::task::block_in_place(|| server.wait_exit(PATIENCE)).expect("exits");
+    assert!(status.success(), "{status:?}");
     assert_eq!(collector.exports(), 0);
     assert!(collector.spans().is_empty());
     assert!(!server.logs().iter().any(|l| l.contains("traces on")));
+}
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/tests/fixtures/otlp-tls/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn read_fixture(name: &str) -> String {
+    std::fs::read_to_string(fixture(name)).unwrap_or_else(|err| panic!("{name}: {err}"))
+}
+
+/// The dropped-span counter for `reason`, once it is at least `at_least`.
+async fn dropped_at_least(server: &Server, reason: &str, at_least: f64) -> Option<f64> {
+    wait_until_async(PATIENCE, || async {
+        let text = server.metrics().await;
+        metric(
+            &text,
+            "spillway_trace_spans_dropped_total",
+            &[("reason", reason)],
+        )
+        .filter(|n| *n >= at_least)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_collector_signed_by_the_ca_file_receives_the_spans() {
+    let collector = Collector::start_tls(
+        &read_fixture("collector.pem"),
+        &read_fixture("collector.key"),
+    );
+    assert!(collector.endpoint().starts_with("https://"));
+    let server = traced(&collector)
+        .args(&["--otlp-ca-file", &fixture("ca.pem")])
+        .start();
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let answer = server
+        .http
+        .post(server.url("/v1/check"))
+        .header("traceparent", traceparent(trace))
+        .body(r#"{"tenant":"acme","user":"tls"}"#)
+        .send()
+        .await
+        .expect("check");
+    assert_eq!(answer.status(), 200);
+    let (decision, store) = decision_and_store(&collector, trace);
+    assert_joined(&decision, &store, trace);
+    let text = server.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "spillway_trace_spans_dropped_total",
+            &[("reason", "export_failed")]
+        ),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_collector_gets_nothing_and_the_loss_is_logged_and_counted() {
+    // Signed by a CA that is neither in the webpki roots nor in --otlp-ca-file.
+    let collector = Collector::start_tls(&read_fixture("rogue.pem"), &read_fixture("rogue.key"));
+    let server = traced(&collector)
+        .args(&["--otlp-ca-file", &fixture("ca.pem")])
+        .start();
+    for user in ["u1", "u2", "u3"] {
+        let body = format!(r#"{{"tenant":"acme","user":"{user}"}}"#);
+        assert_eq!(server.post("/v1/check", &body).await.status(), 200);
+    }
+    // Three decisions, each with its store-call child.
+    let dropped = dropped_at_least(&server, "export_failed", 6.0).await;
+    assert!(dropped.is_some(), "{}", server.metrics().await);
+    let text = server.metrics().await;
+    assert!(metric(&text, "spillway_trace_export_errors_total", &[]).unwrap_or(0.0) >= 1.0);
+    assert!(
+        server.wait_for_log("trace export failed").is_some(),
+        "{:#?}",
+        server.logs()
+    );
+    assert_eq!(collector.exports(), 0);
+    assert!(collector.spans().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_and_counts_spans_a_silent_collector_cannot_take() {
+    // A port that completes TCP handshakes (the listen backlog) but never answers: each export
+    // waits for its timeout, and meanwhile the queue of four fills up.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", silent.local_addr().expect("address"));
+    let server = Server::with_policy(POLICY)
+        .args(&["--otlp-endpoint", &endpoint, "--otlp-queue", "4"])
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .start();
+    for i in 0..20 {
+        let body = format!(r#"{{"tenant":"acme","user":"q{i}"}}"#);
+        assert_eq!(server.post("/v1/check", &body).await.status(), 200);
+    }
+    // 40 spans: at most 4 queued plus one batch (at most 4) being exported.
+    let full = dropped_at_least(&server, "queue_full", 32.0).await;
+    assert!(full.is_some(), "{}", server.metrics().await);
+    // The batch stuck in the silent export is lost when its timeout passes.
+    let failed = dropped_at_least(&server, "export_failed", 1.0).await;
+    assert!(failed.is_some(), "{}", server.metrics().await);
+    drop(silent);
 }

@@ -3,7 +3,9 @@
 //!
 //! It runs on a thread of its own with its own runtime, so a test may wait for spans in any
 //! way (async or blocking) without starving it. The server under test exports to
-//! [`Collector::endpoint`] exactly as it would to a real collector.
+//! [`Collector::endpoint`] exactly as it would to a real collector: plain (`http://`) from
+//! [`Collector::start`], or over TLS (`https://`) from [`Collector::start_tls`] with a
+//! certificate and key the test provides.
 
 // Waiting for spans is real time on purpose: the exporter sends them on its own schedule.
 #![allow(clippy::disallowed_methods)]
@@ -107,6 +109,7 @@ impl TraceService for Sink {
 /// A running collector; it stops when dropped.
 pub struct Collector {
     addr: SocketAddr,
+    secure: bool,
     sink: Sink,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -115,6 +118,20 @@ pub struct Collector {
 impl Collector {
     /// Starts a collector on a free loopback port.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a collector on a free loopback port serving TLS with this PEM certificate
+    /// (chain) and PEM private key; its [`endpoint`](Self::endpoint) is `https://`.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        let identity = tonic::transport::Identity::from_pem(cert_pem, key_pem);
+        Self::start_with(Some(
+            tonic::transport::ServerTlsConfig::new().identity(identity),
+        ))
+    }
+
+    fn start_with(tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
+        let secure = tls.is_some();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the collector");
         let addr = listener.local_addr().expect("collector address");
         listener
@@ -132,7 +149,13 @@ impl Collector {
                 let listener =
                     tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                let _ = tonic::transport::Server::builder()
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(tls) = tls {
+                    builder = builder
+                        .tls_config(tls)
+                        .expect("the collector's TLS identity");
+                }
+                let _ = builder
                     .add_service(service)
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = stopped.await;
@@ -142,15 +165,18 @@ impl Collector {
         });
         Self {
             addr,
+            secure,
             sink,
             stop: Some(stop),
             thread: Some(thread),
         }
     }
 
-    /// The endpoint to give an OTLP/gRPC exporter: `http://127.0.0.1:<port>`.
+    /// The endpoint to give an OTLP/gRPC exporter: `http://127.0.0.1:<port>`, or `https://`
+    /// when it serves TLS.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.secure { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Every span received so far.

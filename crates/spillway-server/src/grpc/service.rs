@@ -28,7 +28,7 @@ use super::RlsState;
 use crate::decision::{self, Ask, Decided, Outcome, Refused, Who};
 use crate::failure::{DEGRADED_HEADER, DEGRADED_REASON};
 use crate::principal::{self, Identity, Lookup, Reason};
-use crate::telemetry::decision_log::{RequestIds, Subject};
+use crate::telemetry::decision_log::{Ids, Subject};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
@@ -54,8 +54,8 @@ impl RateLimitService for Rls {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let ids = RequestIds::read(&self.0.app, request.metadata().as_ref());
-        self.answer(&request.into_inner(), &ids)
+        let (metadata, _, message) = request.into_parts();
+        self.answer(&message, Ids::Headers(metadata.as_ref()))
             .await
             .map(Response::new)
     }
@@ -68,7 +68,7 @@ impl Rls {
     pub async fn answer(
         &self,
         request: &RateLimitRequest,
-        ids: &RequestIds,
+        ids: Ids<'_>,
     ) -> Result<RateLimitResponse, Status> {
         let is_report = check_shape(request).map_err(Status::invalid_argument)?;
         // Envoy's charge when the stream is done: recorded, never denied (see `report`).
@@ -93,7 +93,7 @@ impl Rls {
     async fn decide(
         &self,
         request: &RateLimitRequest,
-        ids: &RequestIds,
+        ids: Ids<'_>,
     ) -> Result<RateLimitResponse, Status> {
         let state = &self.0;
         let hits = u64::from(request.hits_addend);
@@ -140,7 +140,7 @@ impl Rls {
     async fn decide_identified(
         &self,
         request: &RateLimitRequest,
-        ids: &RequestIds,
+        ids: Ids<'_>,
         policy: &Policy,
         config: &Principals,
     ) -> Result<RateLimitResponse, Status> {

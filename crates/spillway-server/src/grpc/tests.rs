@@ -140,6 +140,8 @@ async fn the_tonic_path_joins_the_callers_trace_through_a_failover() {
     let collector = Collector::start();
     let settings = TraceSettings {
         endpoint: collector.endpoint(),
+        tls: None,
+        queue: crate::telemetry::trace::settings::DEFAULT_QUEUE,
         sample: 1.0,
         node: "test".into(),
     };

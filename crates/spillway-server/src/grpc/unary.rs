@@ -26,7 +26,7 @@
 use super::encoding::{self, Encoding};
 use super::service::Rls;
 use crate::serving::BodyTimeout;
-use crate::telemetry::decision_log::RequestIds;
+use crate::telemetry::decision_log::Ids;
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use http::header::CONTENT_TYPE;
@@ -83,9 +83,12 @@ where
                 return Box::pin(async move { Ok(error_answer(refused)) });
             };
             let rls = self.rls.clone();
-            let ids = RequestIds::read(&rls.0.app, request.headers());
+            // The metadata stays with the call, lent to the decision: its request id and
+            // trace headers are looked up only if a record is kept or a span made.
+            let (parts, body) = request.into_parts();
             Box::pin(async move {
-                Ok(should_rate_limit(&rls, encoding, &ids, request.into_body()).await)
+                let ids = Ids::Headers(&parts.headers);
+                Ok(should_rate_limit(&rls, encoding, ids, body).await)
             })
         } else {
             let routes = self.routes.clone();
@@ -106,7 +109,7 @@ fn is_direct<B>(request: &Request<B>) -> bool {
 async fn should_rate_limit<B>(
     rls: &Rls,
     encoding: Encoding,
-    ids: &RequestIds,
+    ids: Ids<'_>,
     body: B,
 ) -> Response<AnswerBody>
 where

@@ -13,7 +13,8 @@
 //!                      Pending (a few Arcs and short strings) ─ try_send ─► bounded queue
 //!                                                        full: dropped and counted, never waits
 //!                        ▼
-//!                      Writer (own thread): batches, formats JSON, writes to the sink:
+//!                      Writer (own thread): every 50 ms takes what is queued (a send
+//!                        never wakes it), formats JSON in batches, writes to the sink:
 //!                        stdout | file (rotated by size and age, old files pruned)
 //!                        | Redis stream (XADD MAXLEN ~ N); a failing sink drops the batch,
 //!                        counts it and is retried later, with backoff
@@ -34,7 +35,7 @@ pub mod subject;
 
 pub use settings::{DecisionLogArgs, DecisionLogSettings, SinkSpec};
 pub use sink::Sink;
-pub use subject::{RequestIds, Subject};
+pub use subject::{Ids, RequestIds, Subject};
 
 use crate::decision::{Ask, Outcome, Report, Reported};
 use crate::state::AppState;
@@ -63,6 +64,8 @@ pub const SINK_ERRORS: &str = "spillway_decision_log_sink_errors_total";
 
 /// Most records the writer formats and writes at once.
 const BATCH: usize = 512;
+/// How often the writer takes what is queued (see [`Writer::run`]).
+pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// The request path's end of the log, held in [`AppState::decision_log`].
 pub struct DecisionLog {
@@ -316,17 +319,18 @@ impl Writer {
     }
 
     /// Writes batches until told to stop (or every sender is gone), then drains the queue.
+    ///
+    /// The queue is drained every [`DRAIN_EVERY`] rather than waited on: a writer parked on
+    /// the channel would be woken by every record sent, which costs the serving thread that
+    /// sends it a system call (and the machine a context switch) per kept record. On a
+    /// timer, a send only enqueues, and the records of each period go out in one batch.
     pub async fn run(mut self, mut sink: Sink, mut stop: oneshot::Receiver<()>) {
         let mut batch = Vec::with_capacity(BATCH);
+        let mut tick = tokio::time::interval(DRAIN_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                n = self.rx.recv_many(&mut batch, BATCH) => {
-                    if n == 0 {
-                        break;
-                    }
-                    self.write(&mut sink, &mut batch).await;
-                }
                 _ = &mut stop => {
                     self.rx.close();
                     while self.rx.recv_many(&mut batch, BATCH).await > 0 {
@@ -334,9 +338,35 @@ impl Writer {
                     }
                     break;
                 }
+                _ = tick.tick() => {
+                    if !self.drain(&mut sink, &mut batch).await {
+                        break;
+                    }
+                }
             }
         }
         sink.flush();
+    }
+
+    /// Writes everything queued now, in batches; `false` once every sender is gone.
+    async fn drain(&mut self, sink: &mut Sink, batch: &mut Vec<Pending>) -> bool {
+        loop {
+            let mut open = true;
+            while batch.len() < BATCH {
+                match self.rx.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                return open;
+            }
+            self.write(sink, batch).await;
+        }
     }
 
     async fn write(&self, sink: &mut Sink, batch: &mut Vec<Pending>) {

@@ -256,7 +256,7 @@ impl Pending {
             limit,
             retry_after,
             degraded,
-            ids: subject.ids.cloned().unwrap_or_default(),
+            ids: subject.ids.for_record(),
             descriptors,
             policy,
             catalog_version: None,

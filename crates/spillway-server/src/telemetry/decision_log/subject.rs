@@ -3,7 +3,9 @@
 //!
 //! The HTTP API knows the request's attributes ([`RequestAttrs`]); the Envoy service knows the
 //! call's descriptors. Either may carry an `x-request-id` and a W3C `traceparent` header
-//! (HTTP headers, gRPC metadata), read by [`RequestIds`] only while the log or tracing is on.
+//! (HTTP headers, gRPC metadata), reached through [`Ids`]: the HTTP handlers copy them into
+//! [`RequestIds`] only while the log or tracing is on; the gRPC service lends the call's
+//! metadata itself, so a header is looked up only when a record is kept or a span is made.
 
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
@@ -29,7 +31,7 @@ pub struct Subject<'a> {
     /// The Envoy service's descriptors (empty over HTTP).
     pub descriptors: &'a [RateLimitDescriptor],
     /// The request's id and trace headers.
-    pub ids: Option<&'a RequestIds>,
+    pub ids: Ids<'a>,
 }
 
 impl<'a> Subject<'a> {
@@ -38,16 +40,68 @@ impl<'a> Subject<'a> {
         Self {
             attrs: Some(attrs),
             descriptors: &[],
-            ids: Some(ids),
+            ids: Ids::Read(ids),
         }
     }
 
     /// A `ShouldRateLimit` call.
-    pub fn envoy(descriptors: &'a [RateLimitDescriptor], ids: &'a RequestIds) -> Self {
+    pub fn envoy(descriptors: &'a [RateLimitDescriptor], ids: Ids<'a>) -> Self {
         Self {
             attrs: None,
             descriptors,
-            ids: Some(ids),
+            ids,
+        }
+    }
+}
+
+/// Where a request's id and trace headers are: nowhere, copied out ([`RequestIds`], by the
+/// HTTP handlers), or still in the request's headers (the gRPC call's metadata, borrowed for
+/// the call). Reading costs nothing until a header is asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Ids<'a> {
+    /// None known.
+    #[default]
+    None,
+    /// Copied out of the headers.
+    Read(&'a RequestIds),
+    /// The headers themselves, looked up on demand.
+    Headers(&'a HeaderMap),
+}
+
+impl<'a> Ids<'a> {
+    /// `x-request-id`, when present.
+    pub fn request_id(self) -> Option<&'a HeaderValue> {
+        match self {
+            Self::None => None,
+            Self::Read(ids) => ids.request_id.as_ref(),
+            Self::Headers(headers) => headers.get(REQUEST_ID),
+        }
+    }
+
+    /// `traceparent`, when present.
+    pub fn traceparent(self) -> Option<&'a HeaderValue> {
+        match self {
+            Self::None => None,
+            Self::Read(ids) => ids.traceparent.as_ref(),
+            Self::Headers(headers) => headers.get(TRACEPARENT),
+        }
+    }
+
+    /// `tracestate`, when present (copied out only while tracing is on).
+    pub fn tracestate(self) -> Option<&'a HeaderValue> {
+        match self {
+            Self::None => None,
+            Self::Read(ids) => ids.tracestate.as_ref(),
+            Self::Headers(headers) => headers.get(TRACESTATE),
+        }
+    }
+
+    /// What the decision log keeps of them: the request id and `traceparent`.
+    pub fn for_record(self) -> RequestIds {
+        RequestIds {
+            request_id: self.request_id().cloned(),
+            traceparent: self.traceparent().cloned(),
+            tracestate: None,
         }
     }
 }

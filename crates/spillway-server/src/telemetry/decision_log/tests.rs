@@ -407,9 +407,10 @@ async fn envoy_calls_log_their_domain_and_descriptors() {
     };
     let mut headers = axum::http::HeaderMap::new();
     headers.insert("x-request-id", "envoy-7".parse().expect("value"));
-    let ids = RequestIds::from_headers(&headers);
     for _ in 0..2 {
-        rls.answer(&request, &ids).await.expect("answered");
+        rls.answer(&request, Ids::Headers(&headers))
+            .await
+            .expect("answered");
     }
     let lines = h.flush().await;
     assert_eq!(lines.len(), 1, "{lines:?}");

@@ -2,7 +2,8 @@
 //! per store call, exported over OTLP/gRPC.
 //!
 //! ```text
-//! transport: RequestIds::read ── traceparent, tracestate (read only when the log or tracing is on)
+//! transport: subject::Ids ── traceparent, tracestate (HTTP: copied only when the log or tracing
+//!                  │          is on; gRPC: the call's metadata, looked up here)
 //!                  ▼
 //! decision::decide ── app.tracing: None ─► the decision, with `Untraced` (empty hooks)
 //!                  │              Some ─► Tracing::decision: span `spillway.decision`
@@ -12,8 +13,16 @@
 //!                  ▼
 //!            DecisionTrace::finish: outcome, limits, remaining, degraded ─► span ends
 //!                  ▼
-//!            the SDK's batch processor (own thread, bounded queue) ─► OTLP/gRPC collector
+//!            export::Bounded ─ queue full (--otlp-queue) ─► dropped, counted
+//!                  ▼
+//!            the SDK's batch processor (own thread, bounded queue)
+//!                  ▼
+//!            export::Counted ─ export failed ─► dropped, counted ─► OTLP/gRPC collector
+//!                                                                (http:// or https://)
 //! ```
+//!
+//! Over `https://` the collector's certificate is checked by rustls (on `ring`, the crypto
+//! backend the tree already builds) against the webpki roots and `--otlp-ca-file`.
 //!
 //! Spans are made with the `opentelemetry` API directly, not through `tracing` and
 //! `tracing-opentelemetry`: the decision path has no `tracing` spans to bridge, a bridge would
@@ -25,16 +34,17 @@
 //! **Off costs one branch.** [`crate::decision::decide`] matches on `AppState::tracing` once and
 //! runs the decision generic over [`DecisionTrace`]; the untraced instance's hooks are empty and
 //! inline to nothing, so no span object, attribute or parent context is made, and the traced
-//! future is boxed so its span does not enlarge the untraced one. `RequestIds::read` reads
-//! headers only when the decision log or tracing is on, as before.
+//! future is boxed so its span does not enlarge the untraced one. Nor is a header read for it:
+//! HTTP copies the ids only while the log or tracing is on, gRPC lends the call's metadata.
 
+pub mod export;
 pub mod settings;
 
-pub use settings::{TraceArgs, TraceSettings};
+pub use settings::{TlsSettings, TraceArgs, TraceSettings};
 
 use crate::decision::{Ask, Outcome};
 use crate::failure::Fallback;
-use crate::telemetry::decision_log::subject::{self, RequestIds};
+use crate::telemetry::decision_log::subject::{self, Ids};
 use opentelemetry::trace::SpanId;
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
@@ -42,7 +52,10 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
+use opentelemetry_otlp::WithTonicConfig as _;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, Span,
+};
 use opentelemetry_sdk::Resource;
 use spillway_core::engine::LimitOutcome;
 use spillway_core::policy::FailureMode;
@@ -80,18 +93,31 @@ impl Tracing {
     /// Starts exporting to `settings.endpoint`. `store` names the store kind for the store-call
     /// spans (`memory`, `redis`, `redis_cluster`). Must run inside the main tokio runtime: the
     /// gRPC channel's task lives there (the batch thread only waits on it). The channel
-    /// connects lazily, so a collector that is down does not stop the server; its batches are
-    /// dropped.
+    /// connects lazily, so a collector that is down (or whose certificate is not trusted)
+    /// does not stop the server; its batches are dropped and counted ([`export`]).
     pub fn start(
         settings: &TraceSettings,
         store: &'static str,
     ) -> Result<(Self, Exporter), String> {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+        let mut builder = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(settings.endpoint.as_str())
-            .with_timeout(EXPORT_TIMEOUT)
+            .with_timeout(EXPORT_TIMEOUT);
+        if let Some(tls) = &settings.tls {
+            builder = builder.with_tls_config(client_tls(tls));
+        }
+        let exporter = builder
             .build()
             .map_err(|err| format!("--otlp-endpoint {}: {err}", settings.endpoint))?;
+        let in_flight = export::InFlight::new(settings.queue);
+        let exporter = export::Counted::new(exporter, in_flight.clone(), &settings.endpoint);
+        // The OTEL_BSP_* variables still tune the batches; the queue is --otlp-queue.
+        let config = BatchConfigBuilder::default()
+            .with_max_queue_size(settings.queue)
+            .build();
+        let processor = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(config)
+            .build();
         let resource = Resource::builder()
             .with_service_name(SERVICE_NAME)
             .with_attribute(KeyValue::new("service.instance.id", settings.node.clone()))
@@ -99,7 +125,7 @@ impl Tracing {
         // The caller's sampling decision wins; roots are sampled at --trace-sample.
         let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample)));
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .with_span_processor(export::Bounded::new(processor, in_flight))
             .with_sampler(sampler)
             .with_resource(resource)
             .build();
@@ -138,13 +164,19 @@ impl Exporter {
     }
 }
 
+/// TLS for an `https://` collector: the webpki roots, and the private CA if one was given.
+fn client_tls(tls: &TlsSettings) -> tonic::transport::ClientTlsConfig {
+    let config = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+    match &tls.ca_pem {
+        Some(pem) => config.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        None => config,
+    }
+}
+
 /// The caller's span, from `traceparent` (and `tracestate`), as the remote parent of the
 /// decision's span; an empty context when there is none or it is malformed.
-fn parent_context(ids: Option<&RequestIds>) -> Context {
-    let Some(ids) = ids else {
-        return Context::new();
-    };
-    let Some(parent) = ids.traceparent.as_ref().and_then(subject::traceparent) else {
+fn parent_context(ids: Ids<'_>) -> Context {
+    let Some(parent) = ids.traceparent().and_then(subject::traceparent) else {
         return Context::new();
     };
     // `traceparent` has already checked the digits; these cannot fail on its output.
@@ -156,8 +188,7 @@ fn parent_context(ids: Option<&RequestIds>) -> Context {
         return Context::new();
     };
     let state = ids
-        .tracestate
-        .as_ref()
+        .tracestate()
         .and_then(|value| value.to_str().ok())
         .and_then(|text| TraceState::from_str(text).ok())
         .unwrap_or_default();

@@ -1,4 +1,5 @@
 use super::*;
+use crate::telemetry::decision_log::RequestIds;
 use axum::http::HeaderValue;
 
 fn ids(traceparent: &'static str, tracestate: Option<&'static str>) -> RequestIds {
@@ -15,7 +16,7 @@ fn the_callers_span_becomes_the_remote_parent() {
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         Some("vendor=abc,other=1"),
     );
-    let parent = parent_context(Some(&ids));
+    let parent = parent_context(Ids::Read(&ids));
     let context = parent.span().span_context().clone();
     assert_eq!(
         context.trace_id(),
@@ -36,7 +37,7 @@ fn an_unsampled_caller_stays_unsampled_and_unknown_flags_are_dropped() {
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-fe",
         Some("not a valid state"),
     );
-    let parent = parent_context(Some(&ids));
+    let parent = parent_context(Ids::Read(&ids));
     let context = parent.span().span_context().clone();
     assert!(context.is_valid());
     assert!(!context.is_sampled());
@@ -46,11 +47,11 @@ fn an_unsampled_caller_stays_unsampled_and_unknown_flags_are_dropped() {
 
 #[test]
 fn no_or_malformed_traceparent_makes_a_root() {
-    assert!(!parent_context(None).has_active_span());
-    assert!(!parent_context(Some(&RequestIds::default())).has_active_span());
+    assert!(!parent_context(Ids::None).has_active_span());
+    assert!(!parent_context(Ids::Read(&RequestIds::default())).has_active_span());
     let bad = ids(
         "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
         None,
     );
-    assert!(!parent_context(Some(&bad)).has_active_span());
+    assert!(!parent_context(Ids::Read(&bad)).has_active_span());
 }
