@@ -148,7 +148,7 @@ impl RegionNode {
             exhausted: vec![false; planned.len()],
         };
         for (i, p) in planned.iter().enumerate() {
-            match policy.scope(&p.def.name) {
+            match p.def.scope {
                 Scope::Regional => {}
                 Scope::Home => {
                     if let Some(tenant) = tenant_of(p) {
