@@ -29,7 +29,7 @@ use crate::state::AppState;
 use crate::telemetry::decision_log::{self, Subject};
 use crate::telemetry::trace::{DecisionTrace, Untraced};
 use spillway_core::engine::{LimitOutcome, Verdict};
-use spillway_core::policy::{FailureMode, Planned, Policy, Resolved};
+use spillway_core::policy::{FailureMode, Planned, Policy, Resolved, Scope};
 use spillway_core::request::CheckMode;
 use spillway_core::store::StoreError;
 use std::sync::Arc;
@@ -161,9 +161,7 @@ async fn run(
         // whose planned limits are all `regional` takes the plain path.
         Some(regions)
             if policy.has_global_limits()
-                && (ask.planned.iter()).any(|p| {
-                    policy.scope(&p.def.name) != spillway_core::policy::Scope::Regional
-                }) =>
+                && (ask.planned.iter()).any(|p| p.def.scope != Scope::Regional) =>
         {
             let own = app.engine.store().as_ref();
             regions.check(policy, own, ask.planned, ask.mode).await

@@ -12,18 +12,24 @@
 //!   its share, a `home` call into it takes the route's failure mode, and after the cut heals
 //!   every region converges on the same counts; the metrics say so throughout.
 //!
-//! Redis keeps the limits' time (`TIME`), so the nodes run on the real clock here; the limits
-//! use one-day windows (and a bucket refilling once an hour) so that no window ends mid-test.
-//! Run with `--nocapture` to see the measurements docs/GLOBAL.md quotes.
+//! - remote calls only when needed: a request a regional limit denied, or an exhausted
+//!   `aggregate` limit, never calls the home region; a request whose limits are all
+//!   `regional` answers at once while every link out of its region hangs.
+//! - a node that stops gracefully publishes its last counts, which the other regions read.
+//!
+//! Redis keeps the limits' time (`TIME`), so the nodes run on the real clock here. No test
+//! waits for a window to roll over: each picks a window length (about an hour, see
+//! [`roomy_window`]) whose current window has at least ten minutes left, and buckets refill
+//! once an hour or slower. Run with `--nocapture` to see the measurements docs/GLOBAL.md quotes.
 
 // Latency and pacing are wall-clock time by nature.
 #![allow(clippy::disallowed_methods)]
 
 mod common;
 
-use common::{header, metric, wait_until_async, Server};
+use common::{header, metric, wait_until_async, Server, PATIENCE};
 use spillway_testkit::proxy::DelayProxy;
-use spillway_testkit::redis::RedisServer;
+use spillway_testkit::redis::{command, RedisServer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,7 +48,7 @@ fn delay_ms(a: usize, b: usize) -> u64 {
 }
 
 struct World {
-    _redis: Vec<RedisServer>,
+    redis: Vec<RedisServer>,
     /// `proxies[i][j]`: node `i`'s link to region `j`'s Redis (`None` for `i == j`).
     proxies: Vec<Vec<Option<DelayProxy>>>,
     nodes: Vec<Arc<Server>>,
@@ -52,6 +58,11 @@ impl World {
     /// Three regions whose nodes run `body` (limits, tiers, routes, tenants) under a store
     /// section with `exchange`.
     fn start(exchange: &str, body: &str) -> Self {
+        Self::start_each([exchange; 3], body)
+    }
+
+    /// Three regions whose node `i` runs `body` with the exchange settings `exchanges[i]`.
+    fn start_each(exchanges: [&str; 3], body: &str) -> Self {
         let redis: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
         let proxies: Vec<Vec<Option<DelayProxy>>> = (0..3)
             .map(|i| {
@@ -72,6 +83,7 @@ impl World {
                     Some(proxy) => proxy.url(),
                     None => redis[j].url(),
                 };
+                let exchange = exchanges[i];
                 let policy = format!(
                     r#"default_tier: t
 failure_mode: closed
@@ -98,7 +110,7 @@ store:
             })
             .collect();
         Self {
-            _redis: redis,
+            redis,
             proxies,
             nodes,
         }
@@ -127,23 +139,24 @@ store:
     }
 }
 
-/// One check of `path` for `tenant` on `node`: its status, home-region header and latency.
-/// The `aggregate` limits here use 1-day windows, which roll over at midnight UTC: a test that
-/// starts within two minutes of it waits until the new day has begun, so no window rolls over
-/// mid-test.
-async fn clear_of_day_rollover() {
-    const DAY: u64 = 86_400;
+/// A fixed window length, written for a policy, whose current window (aligned on the Unix
+/// epoch, as every node and Redis align it) has at least ten minutes left, with its length in
+/// microseconds. Lengths of an hour and a few seconds end at unrelated moments, so one of the
+/// first few always has room: no test waits for a window to roll over, and none rolls over
+/// while a test runs (each takes well under a minute).
+fn roomy_window() -> (String, u64) {
     #[allow(clippy::disallowed_methods)] // the wall clock is what the nodes' windows follow
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
         .as_secs();
-    let left = DAY - now % DAY;
-    if left < 120 {
-        tokio::time::sleep(Duration::from_secs(left + 1)).await;
-    }
+    (3_600..3_700)
+        .find(|len| len - now % len >= 600)
+        .map(|len| (format!("{len}s"), len * 1_000_000))
+        .expect("an hour-long window with ten minutes left")
 }
 
+/// One check of `path` for `tenant` on `node`: its status, home-region header and latency.
 async fn ask(node: &Server, path: &str, tenant: &str) -> (u16, Option<String>, Duration) {
     let body = format!(r#"{{"tenant":"{tenant}","method":"POST","path":"{path}"}}"#);
     let started = Instant::now();
@@ -161,28 +174,32 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-const HOME_BODY: &str = r#"limits:
-  exact: {algorithm: token_bucket, rate: 30/h, burst: 30, key: [tenant], scope: home}
-  plain: {algorithm: token_bucket, rate: 1000/s, burst: 1000, key: [tenant]}
-  soft: {algorithm: fixed_window, limit: 100000, window: 1d, key: [tenant], scope: aggregate}
+fn home_body() -> String {
+    let (window, _) = roomy_window();
+    format!(
+        r#"limits:
+  exact: {{algorithm: token_bucket, rate: 30/h, burst: 30, key: [tenant], scope: home}}
+  plain: {{algorithm: token_bucket, rate: 1000/s, burst: 1000, key: [tenant]}}
+  soft: {{algorithm: fixed_window, limit: 100000, window: {window}, key: [tenant], scope: aggregate}}
 tiers:
-  t: {}
+  t: {{}}
 routes:
-  - {match: "POST /home", limits: [exact]}
-  - {match: "POST /plain", limits: [plain]}
-  - {match: "POST /agg", limits: [soft]}
+  - {{match: "POST /home", limits: [exact]}}
+  - {{match: "POST /plain", limits: [plain]}}
+  - {{match: "POST /agg", limits: [soft]}}
 tenants:
-  acme: {home_region: eu}
-  lat: {home_region: eu}
-"#;
+  acme: {{home_region: eu}}
+  lat: {{home_region: eu}}
+"#
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn home_admits_exactly_the_limit_across_regions() {
     let _serial = SERIAL.lock().await;
-    clear_of_day_rollover().await;
     // A generous home budget: on a loaded 2-core machine a 250 ms budget over a 40-80 ms
     // link times out now and then, and the route's failure mode (503) is not what this tests.
-    let world = World::start("{interval: 250ms, home_timeout: 2s}", HOME_BODY);
+    let world = World::start("{interval: 250ms, home_timeout: 2s}", &home_body());
     // 3 regions x 6 tasks x 8 requests = 144 requests for a limit of 30.
     let mut tasks = Vec::new();
     for node in &world.nodes {
@@ -298,9 +315,10 @@ const AGG_LIMIT: u64 = 200;
 const SCHEDULING_SLACK: Duration = Duration::from_millis(60);
 
 fn agg_body() -> String {
+    let (window, _) = roomy_window();
     format!(
         r#"limits:
-  soft: {{algorithm: fixed_window, limit: {AGG_LIMIT}, window: 1d, key: [tenant], scope: aggregate}}
+  soft: {{algorithm: fixed_window, limit: {AGG_LIMIT}, window: {window}, key: [tenant], scope: aggregate}}
 tiers:
   t: {{}}
 routes:
@@ -364,7 +382,6 @@ async fn aggregate_at(interval_ms: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn aggregate_stays_within_its_bound_at_two_intervals() {
     let _serial = SERIAL.lock().await;
-    clear_of_day_rollover().await;
     aggregate_at(250).await;
     aggregate_at(50).await;
 }
@@ -372,19 +389,21 @@ async fn aggregate_stays_within_its_bound_at_two_intervals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cut_off_region_keeps_its_share_and_rejoins() {
     let _serial = SERIAL.lock().await;
-    clear_of_day_rollover().await;
-    let body = r#"limits:
-  soft: {algorithm: fixed_window, limit: 90, window: 1d, key: [tenant], scope: aggregate}
-  exact: {algorithm: token_bucket, rate: 5/h, burst: 5, key: [tenant], scope: home}
+    let (window, _) = roomy_window();
+    let body = format!(
+        r#"limits:
+  soft: {{algorithm: fixed_window, limit: 90, window: {window}, key: [tenant], scope: aggregate}}
+  exact: {{algorithm: token_bucket, rate: 5/h, burst: 5, key: [tenant], scope: home}}
 tiers:
-  t: {}
+  t: {{}}
 routes:
-  - {match: "POST /agg", limits: [soft]}
-  - {match: "POST /home", limits: [exact]}
+  - {{match: "POST /agg", limits: [soft]}}
+  - {{match: "POST /home", limits: [exact]}}
 tenants:
-  initech: {home_region: ap}
-"#;
-    let world = World::start("{interval: 100ms, partition_after: 500ms}", body);
+  initech: {{home_region: ap}}
+"#
+    );
+    let world = World::start("{interval: 100ms, partition_after: 500ms}", &body);
     let (us, ap) = (&world.nodes[0], &world.nodes[2]);
     // Every region hears every other before the cut.
     let heard = wait_until_async(Duration::from_secs(10), || async {
@@ -474,6 +493,192 @@ tenants:
         &[("region", "ap"), ("outcome", "failed")],
     );
     assert!(failed.is_some_and(|n| n > 0.0), "{failed:?}");
+}
+
+/// Node `node`'s reading of metric `name` with `labels`, if it has one.
+async fn read_metric(node: &Server, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metric(&node.metrics().await, name, labels)
+}
+
+/// Waits until every node has read every other region (none takes another as cut off).
+async fn everyone_heard(world: &World) {
+    for (i, node) in world.nodes.iter().enumerate() {
+        for (j, other) in NAMES.iter().enumerate().filter(|&(j, _)| j != i) {
+            let heard = wait_until_async(Duration::from_secs(10), || async {
+                let labels = [("region", *other)];
+                let cut = read_metric(node, "spillway_region_partitioned", &labels).await;
+                (cut? == 0.0).then_some(())
+            })
+            .await;
+            assert!(heard.is_some(), "{} never read {other} ({j})", NAMES[i]);
+        }
+    }
+}
+
+/// The calls node `node` made to region `region`'s store for `home` limits, by outcome.
+async fn home_calls(node: &Server, region: &str) -> (f64, f64) {
+    let text = node.metrics().await;
+    let calls = |outcome| {
+        let labels = [("region", region), ("outcome", outcome)];
+        metric(&text, "spillway_region_home_calls_total", &labels).unwrap_or(0.0)
+    };
+    (calls("ok"), calls("failed"))
+}
+
+/// Another region is called only when a request needs it. Here every link out of `us` hangs
+/// (3 s, past the 250 ms home budget; the routes fail closed, so a call that was made shows as
+/// a 503): a request a regional limit already denied, and one whose `aggregate` limit has no
+/// room left, are denied (429) without calling the tenant's home region; a request whose
+/// limits are all `regional` is answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn other_regions_are_called_only_when_needed() {
+    let _serial = SERIAL.lock().await;
+    let (window, _) = roomy_window();
+    let body = format!(
+        r#"limits:
+  once: {{algorithm: fixed_window, limit: 1, window: {window}, key: [tenant]}}
+  soft: {{algorithm: fixed_window, limit: 3, window: {window}, key: [tenant], scope: aggregate}}
+  exact: {{algorithm: token_bucket, rate: 100/h, burst: 100, key: [tenant], scope: home}}
+  plain: {{algorithm: token_bucket, rate: 1000/s, burst: 1000, key: [tenant]}}
+tiers:
+  t: {{}}
+routes:
+  - {{match: "POST /both", limits: [once, exact]}}
+  - {{match: "POST /agg", limits: [soft]}}
+  - {{match: "POST /agg-home", limits: [soft, exact]}}
+  - {{match: "POST /home", limits: [exact]}}
+  - {{match: "POST /plain", limits: [plain]}}
+tenants:
+  acme: {{home_region: eu}}
+  umbrella: {{home_region: eu}}
+"#
+    );
+    let world = World::start("{interval: 100ms, partition_after: 1s}", &body);
+    let (us, eu) = (&world.nodes[0], &world.nodes[1]);
+    everyone_heard(&world).await;
+    // umbrella spends its `aggregate` limit in eu, and us hears of it. (On a loaded machine
+    // eu may take a peer as cut off for a moment and keep to its share: it is asked again.)
+    let mut admitted = 0;
+    for _ in 0..200 {
+        admitted += u32::from(ask(eu, "/agg", "umbrella").await.0 == 200);
+        if admitted == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(admitted, 3, "eu spends umbrella's limit");
+    let spent = wait_until_async(Duration::from_secs(10), || async {
+        let seen = read_metric(us, "spillway_region_counts", &[("region", "eu")]).await?;
+        (seen >= 3.0).then_some(())
+    })
+    .await;
+    assert!(spent.is_some(), "us reads eu's counts");
+    // acme's first request on /both passes `once` here and `exact` in eu.
+    assert_eq!(ask(us, "/both", "acme").await.0, 200);
+
+    for j in [1, 2] {
+        let proxy = world.proxies[0][j].as_ref().expect("a link");
+        proxy.set_delay(Duration::from_secs(3));
+    }
+    let before = home_calls(us, "eu").await;
+    let (status, _, took) = ask(us, "/both", "acme").await;
+    assert_eq!(
+        status, 429,
+        "`once` denies here; eu is not asked ({took:?})"
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let (status, _, took) = ask(us, "/agg-home", "umbrella").await;
+    assert_eq!(
+        status, 429,
+        "`soft` has no room; eu is not asked ({took:?})"
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let mut plain = Vec::new();
+    for _ in 0..20 {
+        let (status, _, took) = ask(us, "/plain", "acme").await;
+        assert_eq!(status, 200);
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        plain.push(took);
+    }
+    println!(
+        "plain path while every link out of us hangs: median {:?}",
+        median(plain)
+    );
+    assert_eq!(home_calls(us, "eu").await, before, "no call to eu was made");
+    // Whereas a request that does need eu fails closed.
+    assert_eq!(ask(us, "/home", "acme").await.0, 503);
+    let after = home_calls(us, "eu").await;
+    assert_eq!((after.0, after.1), (before.0, before.1 + 1.0));
+}
+
+/// A node that stops gracefully publishes what it admitted since its last exchange. Here us
+/// exchanges once a minute, so only its start-up tick has run (nothing to publish yet); what it
+/// admits afterwards reaches its region's Redis, and eu, when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_node_publishes_its_last_counts() {
+    let _serial = SERIAL.lock().await;
+    let (window, len) = roomy_window();
+    let body = format!(
+        r#"limits:
+  soft: {{algorithm: fixed_window, limit: 900, window: {window}, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{}}
+routes:
+  - {{match: "POST /agg", limits: [soft]}}
+"#
+    );
+    let mut world = World::start_each(
+        ["{interval: 60s}", "{interval: 100ms}", "{interval: 100ms}"],
+        &body,
+    );
+    let eu = world.nodes[1].clone();
+    let read = wait_until_async(Duration::from_secs(10), || async {
+        let labels = [("region", "us"), ("outcome", "ok")];
+        let n = read_metric(&eu, "spillway_region_exchanges_total", &labels).await?;
+        (n > 0.0).then_some(())
+    })
+    .await;
+    assert!(read.is_some(), "eu reads us");
+    for _ in 0..5 {
+        assert_eq!(ask(&world.nodes[0], "/agg", "acme").await.0, 200);
+    }
+    #[allow(clippy::disallowed_methods)] // the windows follow the wall clock
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_micros(),
+    )
+    .expect("micros fit");
+    let hash = format!("{{rl:agg:us}}:{len}:{}", now - now % len);
+    let port = world.redis[0].port();
+    assert_eq!(
+        command(port, &format!("HLEN {hash}")).as_deref(),
+        Some(":0\r\n"),
+        "nothing published before the stop"
+    );
+    let seen = read_metric(&eu, "spillway_region_counts", &[("region", "us")]).await;
+    assert_eq!(seen.unwrap_or(0.0), 0.0);
+
+    let us = Arc::get_mut(&mut world.nodes[0]).expect("only the world holds us");
+    us.signal("TERM");
+    let status = us.wait_exit(PATIENCE).expect("us exits");
+    assert!(status.success(), "{status:?}");
+    let values = command(port, &format!("HVALS {hash}")).unwrap_or_default();
+    let published: u64 = (values.lines())
+        .filter(|l| !l.starts_with(['*', '$']))
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .sum();
+    assert_eq!(
+        published, 5,
+        "the last publication carries what us admitted: {values:?}"
+    );
+    let heard = wait_until_async(Duration::from_secs(10), || async {
+        let seen = read_metric(&eu, "spillway_region_counts", &[("region", "us")]).await?;
+        (seen == 5.0).then_some(())
+    })
+    .await;
+    assert!(heard.is_some(), "eu reads the stopped node's last counts");
 }
 
 /// A tenant's home region set through the admin API, stored in the catalog database (SQLite),

@@ -5,7 +5,7 @@ use super::raw::{RawDescriptor, RawFile, RawRateLimit};
 use super::{Domain, EnvoyLimit, KeyNodes, Level, Node, Rule, Unit};
 use crate::algorithm::{FixedWindow, LimitParams};
 use crate::policy::error::{Issues, PolicyError};
-use crate::policy::{locate, Algorithm, Dimension, FailureMode, LimitDef};
+use crate::policy::{locate, Algorithm, Dimension, FailureMode, LimitDef, Scope};
 use crate::rate::{parse_duration, Rate};
 use crate::time::Micros;
 use serde_saphyr::{Location, Spanned};
@@ -308,6 +308,7 @@ impl Walk<'_> {
                 key: keys.to_vec(),
                 shadow,
                 metered: false,
+                scope: Scope::Regional,
                 fingerprint,
             }),
             replaces,
@@ -400,6 +401,7 @@ pub(super) fn override_limit(domain: &str, count: u64, unit: Unit) -> Result<Env
             key: Vec::new(),
             shadow: false,
             metered: false,
+            scope: Scope::Regional,
             fingerprint,
         }),
         replaces: Vec::new(),

@@ -115,6 +115,7 @@ fn limit_def<'a>(
     let compiled = algorithm
         .and_then(|a| params::compile(a, &Fields::of_limit(raw, &path, name.referenced), issues));
     let metered = metered(raw, &path, algorithm, issues);
+    let scope = super::region::scope(raw, &path, algorithm, issues);
     let compiled = match (compiled, key) {
         (Some(c), Some(key)) if issues.len() == before => Some(Arc::new(LimitDef {
             name: name.value.as_str().into(),
@@ -123,6 +124,7 @@ fn limit_def<'a>(
             key,
             shadow: raw.shadow.unwrap_or(false),
             metered,
+            scope,
         })),
         _ => None,
     };

@@ -153,6 +153,10 @@ pub struct LimitDef {
     /// afterwards (`/v1/report`, or Envoy's charge when the stream is done), even past the
     /// limit.
     pub metered: bool,
+    /// Where it is counted when the deployment spans regions (`store.regions`): decided once
+    /// here, so a decision reads it from the limit instead of looking it up by name. A tenant's
+    /// override keeps its limit's scope. Without regions every scope counts as `regional`.
+    pub scope: Scope,
     /// A hash of the name, algorithm and key, identical in every process and across
     /// restarts: each counter's identity. The numbers are left out, so a counter keeps its
     /// state through a change of them (read under the new numbers, `crate::algorithm::carry`);
@@ -204,8 +208,8 @@ pub struct Policy {
     principals: Option<Arc<principal::Principals>>,
     /// The regions of `store.regions`, if any (`region`).
     regions: Option<Arc<Regions>>,
-    /// The limits whose scope is not `regional`, by name.
-    scopes: Arc<HashMap<Arc<str>, Scope>>,
+    /// Whether any limit's scope is not `regional`.
+    has_global_limits: bool,
 }
 
 /// What applies to one request: its tier, route, cost and failure mode, and each limit it
@@ -288,18 +292,9 @@ impl Policy {
         self.regions.as_ref()
     }
 
-    /// Where limit `limit` is counted across regions (a tenant's override keeps its limit's).
-    #[inline]
-    pub fn scope(&self, limit: &str) -> Scope {
-        if self.scopes.is_empty() {
-            return Scope::Regional;
-        }
-        self.scopes.get(limit).copied().unwrap_or_default()
-    }
-
     /// Whether any limit counts beyond its region (`home` or `aggregate`).
     pub fn has_global_limits(&self) -> bool {
-        !self.scopes.is_empty()
+        self.has_global_limits
     }
 
     /// The failure mode of routes that do not set their own.

@@ -27,15 +27,13 @@
 //! Without `regions` (or with one) every scope counts like `regional`: one region is the world.
 
 use super::error::Issues;
-use super::limit::Defs;
 use super::params::{check_name, Algorithm};
-use super::raw::{Named, Number, RawPolicy, RawStore, Text};
+use super::raw::{Named, Number, RawLimit, RawPolicy, RawStore, Text};
 use super::store::{RedisSettings, StoreConfig};
 use crate::rate::parse_duration;
 use crate::time::Micros;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
-use std::collections::HashMap;
 use std::hash::Hasher;
 use std::sync::Arc;
 
@@ -360,60 +358,56 @@ pub(crate) fn compile(
     }))
 }
 
-/// Checks every limit's `scope` against its algorithm and key; returns the limits that are
-/// not `regional`, by name.
-pub(crate) fn scopes(defs: &Defs<'_>, issues: &mut Issues) -> HashMap<Arc<str>, Scope> {
-    let mut out = HashMap::new();
-    for def in defs.each() {
-        let Some(written) = &def.raw.scope else {
-            continue;
-        };
-        let path = format!("{}.scope", def.path);
-        let scope = match Scope::parse(&written.value) {
-            Ok(scope) => scope,
-            Err(message) => {
-                issues.push(written.referenced, path, message);
-                continue;
-            }
-        };
-        match (scope, def.algorithm) {
-            (Scope::Aggregate, Some(a))
-                if !matches!(a, Algorithm::FixedWindow | Algorithm::SlidingWindow) =>
-            {
-                let message = format!(
-                    "scope `aggregate` adds up window counts across regions, so it takes \
-                     fixed_window or sliding_window, not {} (use scope `home` for an exact \
-                     global {0})",
-                    a.name()
-                );
-                issues.push(written.referenced, path, message);
-                continue;
-            }
-            (Scope::Home, _) => {
-                let keyed_by_tenant = def
-                    .raw
-                    .key
-                    .as_ref()
-                    .is_some_and(|k| k.value.iter().any(|d| d.value == "tenant"));
-                if !keyed_by_tenant {
-                    issues.push(
-                        written.referenced,
-                        path,
-                        "scope `home` counts in the tenant's home region, so the limit's `key` \
-                         must hold `tenant`",
-                    );
-                    continue;
-                }
-            }
-            _ => {}
+/// Checks a limit's `scope` against its algorithm and key; `regional` when none is written or
+/// it is refused (the refusal is recorded in `issues`).
+pub(crate) fn scope(
+    raw: &RawLimit,
+    path: &str,
+    algorithm: Option<Algorithm>,
+    issues: &mut Issues,
+) -> Scope {
+    let Some(written) = &raw.scope else {
+        return Scope::Regional;
+    };
+    let path = format!("{path}.scope");
+    let scope = match Scope::parse(&written.value) {
+        Ok(scope) => scope,
+        Err(message) => {
+            issues.push(written.referenced, path, message);
+            return Scope::Regional;
         }
-        if scope != Scope::Regional {
-            if let Some(compiled) = &def.compiled {
-                out.insert(compiled.name.clone(), scope);
-            }
+    };
+    match (scope, algorithm) {
+        (Scope::Aggregate, Some(a))
+            if !matches!(a, Algorithm::FixedWindow | Algorithm::SlidingWindow) =>
+        {
+            let message = format!(
+                "scope `aggregate` adds up window counts across regions, so it takes \
+                 fixed_window or sliding_window, not {} (use scope `home` for an exact \
+                 global {0})",
+                a.name()
+            );
+            issues.push(written.referenced, path, message);
+            Scope::Regional
         }
+        (Scope::Home, _) => {
+            let keyed_by_tenant = raw
+                .key
+                .as_ref()
+                .is_some_and(|k| k.value.iter().any(|d| d.value == "tenant"));
+            if keyed_by_tenant {
+                return scope;
+            }
+            issues.push(
+                written.referenced,
+                path,
+                "scope `home` counts in the tenant's home region, so the limit's `key` \
+                 must hold `tenant`",
+            );
+            Scope::Regional
+        }
+        _ => scope,
     }
-    out
 }
 
 /// Checks the `home_region` of each tenant in the `tenants:` section: a region `store.regions`

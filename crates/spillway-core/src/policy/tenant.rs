@@ -262,5 +262,6 @@ pub(crate) fn overlay(
         key: original.key.clone(),
         shadow: raw.shadow.unwrap_or(original.shadow),
         metered: original.metered,
+        scope: original.scope,
     })
 }

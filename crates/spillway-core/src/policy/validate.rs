@@ -48,7 +48,6 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
     let ip_prefix = super::ip_prefix::compile(raw.ip_prefix.as_ref(), &mut issues);
     let store = super::store::compile(raw.store.as_ref(), &mut issues);
     let regions = super::region::compile(raw.store.as_ref(), &store, &mut issues);
-    let scopes = super::region::scopes(&defs, &mut issues);
     super::region::check_homes(raw, regions.as_deref(), &mut issues);
     let emergency = super::emergency::compile(&raw.limits, &defs, &mut issues);
     let principals = super::principal::compile(
@@ -62,6 +61,7 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
     )
     .map(Arc::new);
     let mut limits = defs.valid();
+    let has_global_limits = limits.iter().any(|d| d.scope != super::Scope::Regional);
     let tenants = tenant::compile(
         raw,
         &defs,
@@ -101,7 +101,7 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         ip_prefix,
         principals,
         regions,
-        scopes: Arc::new(scopes),
+        has_global_limits,
     };
     // The `tenants:` section is the static catalog; it passed the checks above, so the
     // catalog's own compilation refuses nothing in it.

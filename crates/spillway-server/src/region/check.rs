@@ -9,7 +9,7 @@
 //! - `aggregate` limits go to the own store with their limit cut by what the other regions
 //!   are known to have used (`Tally::others`), so the store admits while own + others + cost
 //!   stay within the limit; their answers report the whole limit again. With no room left
-//!   at all, the request is denied without charging anything.
+//!   at all, the request is denied without charging anything or asking another region.
 //!
 //! A request whose limits span two stores is checked in this order: the own store looks
 //! (no charge); if it would deny, the request is denied without asking the other store; else the
@@ -57,7 +57,9 @@ impl RegionNode {
         }
         let local = groups.remove(&self.own).unwrap_or_default();
         let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; planned.len()];
-        let mut allowed = true;
+        // An `aggregate` limit with no room left has denied the request already: the own store
+        // only looks (for the answer's numbers), and no other region's store is asked.
+        let mut allowed = !any_exhausted;
         if groups.is_empty() || local.is_empty() && groups.len() == 1 {
             // One store decides alone: one atomic call, as without regions.
             let (region, idx) = match groups.pop_first() {
@@ -148,7 +150,7 @@ impl RegionNode {
             exhausted: vec![false; planned.len()],
         };
         for (i, p) in planned.iter().enumerate() {
-            match policy.scope(&p.def.name) {
+            match p.def.scope {
                 Scope::Regional => {}
                 Scope::Home => {
                     if let Some(tenant) = tenant_of(p) {

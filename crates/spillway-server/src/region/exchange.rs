@@ -165,7 +165,7 @@ impl Link {
 fn window_lengths(policy: &Policy) -> BTreeSet<Micros> {
     policy
         .limits()
-        .filter(|d| policy.scope(&d.name) == Scope::Aggregate)
+        .filter(|d| d.scope == Scope::Aggregate)
         .map(|d| d.params.window().max(1))
         .collect()
 }

@@ -2,7 +2,15 @@
 //! test per refusal (each with its `file:line:col`).
 
 use super::{expect, load};
-use crate::policy::Scope;
+use crate::policy::{Policy, Scope};
+
+/// The scope compiled onto limit `name` (and onto every tenant override of it).
+fn scope(policy: &Policy, name: &str) -> Scope {
+    let mut defs = policy.limits().filter(|d| &*d.name == name);
+    let first = defs.next().expect("the limit").scope;
+    assert!(defs.all(|d| d.scope == first), "overrides keep the scope");
+    first
+}
 
 const REGIONS: &str = r#"default_tier: t
 store:
@@ -45,13 +53,26 @@ fn regions_and_scopes_load() {
     };
     assert_eq!(eu.urls, ["redis://127.0.0.1:7002"]);
     assert_eq!(eu.timeout, Some(300_000));
-    assert_eq!(policy.scope("exact"), Scope::Home);
-    assert_eq!(policy.scope("soft"), Scope::Aggregate);
-    assert_eq!(policy.scope("smooth"), Scope::Aggregate);
-    assert_eq!(policy.scope("local"), Scope::Regional);
+    assert_eq!(scope(&policy, "exact"), Scope::Home);
+    assert_eq!(scope(&policy, "soft"), Scope::Aggregate);
+    assert_eq!(scope(&policy, "smooth"), Scope::Aggregate);
+    assert_eq!(scope(&policy, "local"), Scope::Regional);
     assert!(policy.has_global_limits());
     assert_eq!(policy.catalog().home_region("acme"), Some("eu"));
     assert_eq!(policy.catalog().home_region("other"), None);
+}
+
+#[test]
+fn a_tenant_override_keeps_its_limits_scope() {
+    let text = REGIONS.replace(
+        "  acme: {home_region: eu}\n",
+        "  acme:\n    home_region: eu\n    overrides:\n      soft: {limit: 40}\n      exact: {rate: 20/s, burst: 20}\n",
+    );
+    let policy = load(&text);
+    // `scope` asserts every compilation of a name (the base and acme's) has one scope.
+    assert_eq!(policy.limits().filter(|d| &*d.name == "soft").count(), 2);
+    assert_eq!(scope(&policy, "soft"), Scope::Aggregate);
+    assert_eq!(scope(&policy, "exact"), Scope::Home);
 }
 
 #[test]
@@ -74,7 +95,7 @@ fn without_regions_every_policy_is_what_it_was() {
     );
     assert!(policy.regions().is_none());
     assert!(!policy.has_global_limits());
-    assert_eq!(policy.scope("a"), Scope::Regional);
+    assert_eq!(scope(&policy, "a"), Scope::Regional);
 }
 
 #[test]
