@@ -8,7 +8,7 @@ use common::{check, key, redis_store, replay, Backend};
 use spillway_core::algorithm::{LimitParams, TokenBucket};
 use spillway_core::rate::Rate;
 use spillway_core::request::CheckMode;
-use spillway_core::store::Store;
+use spillway_core::store::{Check, Store};
 use spillway_core::time::HOUR;
 use spillway_testkit::redis::{command, RedisServer};
 use spillway_testkit::vectors::{self, flatten};
@@ -151,10 +151,11 @@ async fn states_in_the_text_form_of_earlier_versions_read_the_same() {
                 let charges = [check(&k, &params, e.cost)];
                 store.charge(&charges, None).await.unwrap().decisions
             } else {
-                store
-                    .check(&[check(&k, &params, e.cost)], mode)
-                    .await
-                    .unwrap()
+                let c = Check {
+                    metered: e.metered,
+                    ..check(&k, &params, e.cost)
+                };
+                store.check(&[c], mode).await.unwrap()
             };
             assert_eq!(flatten(&got[0]), e.expect, "{} event {n}", v.name);
             to_text(&mut conn, &redis_key).await;

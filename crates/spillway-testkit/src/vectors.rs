@@ -273,18 +273,11 @@ fn renumbered_in_debt(algorithm: &str) -> Vector {
         requests.push((at + 90 * MINUTE, 0, true, Some(old), false));
     }
     requests.push((t + 2 * HOUR, 0, false, None, false));
-    let requests: Vec<ReferenceRequest> = requests
-        .into_iter()
-        .map(|(at, cost, peek, n, charge)| {
-            let n = n.map(|n| (n, params_of(algorithm, n)));
-            (at, cost, peek, n, charge)
-        })
-        .collect();
     Vector {
         name: format!("{algorithm}-renumbered-in-debt"),
         algorithm: algorithm.into(),
         numbers: old,
-        events: replay_reference(params_of(algorithm, old), &requests, true),
+        events: expected_renumbered_metered(algorithm, old, &requests),
     }
 }
 
@@ -296,25 +289,19 @@ fn renumbered_in_debt(algorithm: &str) -> Vector {
 fn charged_nothing_then_renumbered(algorithm: &str) -> Vector {
     let (fast, slow) = ([10, SECOND, 10], [1, HOUR, 4]);
     let t = 1_700_000_000_000_000 + HOUR / 4;
-    let requests: Vec<ReferenceRequest> = [
+    let requests = [
         (t, 8, false, None, false),
         (t + 2 * SECOND, 0, false, None, true),
         (t + 2 * SECOND, 4, false, Some(slow), false),
         (t + 2 * SECOND, 1, true, None, false),
         (t + 3 * SECOND, 0, false, Some(fast), true),
         (t + 3 * SECOND, 10, false, None, false),
-    ]
-    .into_iter()
-    .map(|(at, cost, peek, n, charge)| {
-        let n = n.map(|n| (n, params_of(algorithm, n)));
-        (at, cost, peek, n, charge)
-    })
-    .collect();
+    ];
     Vector {
         name: format!("{algorithm}-charged-nothing-then-renumbered"),
         algorithm: algorithm.into(),
         numbers: fast,
-        events: replay_reference(params_of(algorithm, fast), &requests, true),
+        events: expected_renumbered_metered(algorithm, fast, &requests),
     }
 }
 
@@ -325,24 +312,18 @@ fn charged_nothing_then_renumbered(algorithm: &str) -> Vector {
 fn saturated_then_renumbered(algorithm: &str) -> Vector {
     let (from, to) = ([118, 86_400_000_002, 30_139], [472, 86_400_000_000, 42_944]);
     let t = 1_700_000_000_000_000 + HOUR / 4;
-    let requests: Vec<ReferenceRequest> = [
+    let requests = [
         (t, u64::MAX >> 11, false, None, true),
         (t, 3, false, Some(to), true),
         (t, 0, true, None, false),
         (t, 51, false, None, true),
         (t + DAY, 1, true, None, false),
-    ]
-    .into_iter()
-    .map(|(at, cost, peek, n, charge)| {
-        let n = n.map(|n| (n, params_of(algorithm, n)));
-        (at, cost, peek, n, charge)
-    })
-    .collect();
+    ];
     Vector {
         name: format!("{algorithm}-saturated-then-renumbered"),
         algorithm: algorithm.into(),
         numbers: from,
-        events: replay_reference(params_of(algorithm, from), &requests, true),
+        events: expected_renumbered_metered(algorithm, from, &requests),
     }
 }
 

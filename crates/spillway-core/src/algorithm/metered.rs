@@ -6,7 +6,7 @@
 //! [`LimitParams::charge`] tells the standing as the next admission will see it, which is what
 //! the stores answer. The Redis script mirrors both (`lua/check.lua`, `admit`).
 
-use super::{Evaluation, LimitParams, State, StateRef};
+use super::{wrap, Evaluation, LimitParams, State, StateRef};
 use crate::time::Micros;
 
 impl LimitParams {
@@ -59,13 +59,6 @@ impl LimitParams {
 
     /// Each algorithm's own charge (see [`LimitParams::charge`]).
     fn record(&self, state: Option<StateRef<'_>>, now: Micros, cost: u64) -> Evaluation<State> {
-        fn wrap<S>(e: Evaluation<S>, f: impl FnOnce(S) -> State) -> Evaluation<State> {
-            Evaluation {
-                decision: e.decision,
-                state: f(e.state),
-                expires_at: e.expires_at,
-            }
-        }
         use StateRef as R;
         match (self, state) {
             (Self::TokenBucket(p), Some(R::TokenBucket(s))) => {

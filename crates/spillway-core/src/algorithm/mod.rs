@@ -117,6 +117,16 @@ pub struct Evaluation<S> {
     pub expires_at: Micros,
 }
 
+/// One algorithm's evaluation as the shared [`State`] (`f` names the variant).
+#[inline]
+fn wrap<S>(e: Evaluation<S>, f: impl FnOnce(S) -> State) -> Evaluation<State> {
+    Evaluation {
+        decision: e.decision,
+        state: f(e.state),
+        expires_at: e.expires_at,
+    }
+}
+
 /// A limit's algorithm with its validated, precomputed parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LimitParams {
@@ -199,13 +209,6 @@ impl LimitParams {
         now: Micros,
         cost: u64,
     ) -> Evaluation<State> {
-        fn wrap<S>(e: Evaluation<S>, f: impl FnOnce(S) -> State) -> Evaluation<State> {
-            Evaluation {
-                decision: e.decision,
-                state: f(e.state),
-                expires_at: e.expires_at,
-            }
-        }
         use StateRef as R;
         match (self, state) {
             (Self::TokenBucket(p), s) => {

@@ -281,3 +281,47 @@ fn hostile_values_cannot_collide_with_other_keys() {
     assert!(store.check_blocking(&one(&joined, &params, 1), CheckMode::Consume)[0].allowed);
     assert!(store.check_blocking(&one(&split, &params, 1), CheckMode::Consume)[0].allowed);
 }
+
+#[test]
+fn a_charge_that_leaves_a_key_fresh_drops_its_slot() {
+    // 10 a second, burst 10: 8 used, full again 2 s later, then charged 0. The slot goes (as
+    // Redis deletes the key), so slower numbers later read a fresh key, not the 8 used.
+    let clock = Arc::new(ManualClock::new(1_000 * SECOND));
+    let store = MemoryStore::new(1000, clock.clone());
+    let fast =
+        LimitParams::TokenBucket(TokenBucket::new(Rate::new(10, SECOND).unwrap(), 10).unwrap());
+    let k = key("metered", "acme");
+    assert!(store.check_blocking(&one(&k, &fast, 8), CheckMode::Consume)[0].allowed);
+    assert_eq!(store.key_count(), 1);
+    clock.advance(2 * SECOND);
+    let charged = store.charge_blocking(&one(&k, &fast, 0), None);
+    assert!(charged.decisions[0].allowed);
+    assert_eq!(store.key_count(), 0);
+    let slow = bucket(4);
+    assert!(store.check_blocking(&one(&k, &slow, 4), CheckMode::Consume)[0].allowed);
+}
+
+#[test]
+fn a_metered_admission_needs_room_for_one_unit_and_writes_nothing() {
+    let clock = Arc::new(ManualClock::new(1_000 * SECOND));
+    let store = MemoryStore::new(1000, clock.clone());
+    let params = bucket(3);
+    let k = key("metered", "acme");
+    let admit = |store: &MemoryStore| {
+        let [c] = one(&k, &params, 0);
+        store.check_blocking(&[Check { metered: true, ..c }], CheckMode::Consume)[0]
+    };
+    let d = admit(&store);
+    assert!(d.allowed && d.remaining == 3);
+    assert_eq!(store.key_count(), 0, "an admission writes nothing");
+    store.charge_blocking(&one(&k, &params, 2), None);
+    assert_eq!(admit(&store).remaining, 1);
+    assert_eq!(admit(&store).remaining, 1, "and consumes nothing");
+    store.charge_blocking(&one(&k, &params, 1), None);
+    let d = admit(&store);
+    assert!(!d.allowed, "0 left: no room");
+    // One token an hour.
+    assert_eq!(d.retry_after, Some(3600 * SECOND));
+    clock.advance(3600 * SECOND);
+    assert!(admit(&store).allowed);
+}
