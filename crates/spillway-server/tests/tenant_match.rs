@@ -139,6 +139,40 @@ async fn without_must_match_the_host_is_ignored_beside_a_credential() {
     assert_eq!(verdict["limits"][0]["remaining"], 17, "{verdict}");
 }
 
+/// Envoy carries the host in a descriptor entry named like the configured header: the same
+/// refusal, as `OVER_LIMIT` naming the reason.
+#[tokio::test]
+async fn envoy_calls_are_refused_the_same_way() {
+    use common::grpc::{self, overall};
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    let mut rls = grpc::start(Server::with_policy(&policy(true)), &[]).await;
+    let bearer = format!("Bearer {}", token("acme"));
+    let refused = rls
+        .one(
+            "spillway",
+            &[
+                ("authorization", bearer.as_str()),
+                ("x-original-host", "initech.example.com"),
+            ],
+        )
+        .await;
+    assert_eq!(overall(&refused), Code::OverLimit);
+    assert_eq!(
+        grpc::header(&refused, "x-spillway-unauthenticated"),
+        Some("tenant_mismatch")
+    );
+    let own = rls
+        .one(
+            "spillway",
+            &[
+                ("authorization", bearer.as_str()),
+                ("x-original-host", "acme.example.com"),
+            ],
+        )
+        .await;
+    assert_eq!(overall(&own), Code::Ok);
+}
+
 /// The option needs a credential to compare with: alone it is refused at load time with its
 /// position.
 #[test]
