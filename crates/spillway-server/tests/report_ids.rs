@@ -1,6 +1,7 @@
-//! What report ids cost the store: a report of cost 0 leaves nothing behind on Redis (no
-//! marker, no state), so a caller cannot fill Redis with markers for free; a report that
-//! charges something leaves one marker.
+//! Reports against the store and the log: a report of cost 0 leaves nothing behind on Redis
+//! (no marker, no state), so a caller cannot fill Redis with markers for free, while a report
+//! that charges something leaves one marker; and an Envoy report's decision-log record names
+//! the verified tenant and never holds the credential.
 
 mod common;
 
@@ -73,4 +74,74 @@ async fn a_zero_cost_report_leaves_no_marker_on_redis() {
         .expect("json");
     assert_eq!(again["recorded"], false, "{again}");
     assert_eq!(again["limits"][0]["remaining"], 995, "{again}");
+}
+
+#[tokio::test]
+async fn an_envoy_reports_log_record_names_the_verified_tenant_and_holds_no_credential() {
+    use common::grpc::{self, descriptor, overall, request};
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+
+    let fixture = |name: &str| {
+        format!(
+            "{}/tests/fixtures/principal/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
+    let policy = format!(
+        "{POLICY}principals:\n  jwt:\n    jwks_file: {}\n    algorithms: [ES256]\n    \
+         claims: {{tenant: org}}\n",
+        fixture("jwks.json")
+    );
+    let dir = common::TempDir::new();
+    let path = dir.path().join("decisions.jsonl");
+    let sink = format!("file:{}", path.display());
+    let builder = Server::with_policy(&policy).args(&[
+        "--decision-log",
+        &sink,
+        "--decision-log-sample-allowed",
+        "0",
+    ]);
+    let mut rls = grpc::start(builder, &[]).await;
+    let pem = std::fs::read(fixture("ec1.pem")).expect("fixture");
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("ec-1".into());
+    let now = common::START_MS / 1000;
+    let claims = serde_json::json!({"org": "tenant-a", "iat": now, "exp": now + 3600});
+    let token = encode(
+        &header,
+        &claims,
+        &EncodingKey::from_ec_pem(&pem).expect("key"),
+    )
+    .expect("sign");
+    let bearer = format!("Bearer {token}");
+    let entries = [
+        ("authorization", bearer.as_str()),
+        ("tenant", "tenant-b"),
+        ("method", "POST"),
+        ("path", "/v1/generate"),
+        ("spillway_report", "true"),
+        ("spillway_request_id", "env-1"),
+    ];
+    let answer = rls
+        .ask(request("spillway", vec![descriptor(&entries)], 300))
+        .await;
+    assert_eq!(overall(&answer), Code::Ok);
+    let written = common::wait_until(common::PATIENCE, || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .filter(|t| t.lines().count() >= 1)
+    })
+    .expect("a report record is written");
+    let signature = token.rsplit('.').next().expect("three parts");
+    assert!(!written.contains(signature), "{written}");
+    assert!(!written.contains("authorization"), "{written}");
+    assert!(!written.contains("spillway_report"), "{written}");
+    let record: Value =
+        serde_json::from_str(written.lines().next().expect("a line")).expect("json");
+    assert_eq!(record["outcome"], "reported", "{record}");
+    assert_eq!(record["tenant"], "tenant-a", "{record}");
+    assert_eq!(record["request_id"], "env-1", "{record}");
+    assert_eq!(record["cost"], 300, "{record}");
+    assert_eq!(record["limits"][0]["remaining"], 700, "{record}");
 }

@@ -17,7 +17,9 @@
 //!     claims: {tenant: org.id, user: sub, tier: plan}
 //!     tiers: {pro: paid}
 //!   api_key: {header: x-api-key}         # SHA-256 looked up in the tenant catalog
-//!   subdomain: {base: example.com}       # acme.example.com is tenant `acme`
+//!   subdomain: {base: example.com}       # acme.example.com is tenant `acme`; with jwt or
+//!                                        # api_key, `must_match: true` refuses a credential
+//!                                        # used on another catalog tenant's host
 //! ```
 //!
 //! Only the settings live here (spillway-core does no I/O and no cryptography); the server
@@ -121,6 +123,8 @@ struct RawSubdomain {
     base: Text,
     #[serde(default)]
     header: Option<Text>,
+    #[serde(default)]
+    must_match: Option<Spanned<bool>>,
 }
 
 /// Who is calling, and how the server finds out: the compiled `principals:` section.
@@ -295,6 +299,11 @@ pub struct SubdomainSettings {
     /// The header carrying the host name (lower-case; `host` unless set, e.g.
     /// `x-original-host` behind nginx, whose subrequest rewrites `Host`).
     pub header: String,
+    /// With a JWT or API key configured: refuse a request whose host names a catalog tenant
+    /// other than the one its verified credential belongs to (`tenant_mismatch`), so a
+    /// credential of one tenant cannot be used on another tenant's host name. Validation
+    /// refuses it without `jwt` or `api_key` (the host alone would have nothing to match).
+    pub must_match: bool,
 }
 
 /// The default bound of the verified-token cache.
@@ -339,6 +348,17 @@ pub(crate) fn compile(
         ),
     });
     let subdomain = p.subdomain.as_ref().map(|s| subdomain(&s.value, issues));
+    if let Some(flag) = p
+        .subdomain
+        .as_ref()
+        .and_then(|s| s.value.must_match.as_ref())
+    {
+        if flag.value && p.jwt.is_none() && p.api_key.is_none() {
+            let message = "`must_match` compares the host with a verified credential's tenant; \
+                           configure `principals.jwt` or `principals.api_key` too";
+            issues.push(flag.referenced, "principals.subdomain.must_match", message);
+        }
+    }
 
     let configured = |source: Source| match source {
         Source::Jwt => p.jwt.is_some(),
@@ -719,6 +739,7 @@ fn subdomain(raw: &RawSubdomain, issues: &mut Issues) -> SubdomainSettings {
             "principals.subdomain.header",
             issues,
         ),
+        must_match: raw.must_match.as_ref().is_some_and(|m| m.value),
     }
 }
 

@@ -1,9 +1,10 @@
 //! The HTTP side of principals: read the credentials a request presents (headers, and on
 //! `/v1/check` the body's `token`, `api_key` and `host`), identify the caller, and lay the
 //! verified principal over the request's attributes; or refuse it with a 401 problem whose
-//! `reason` names what was wrong (`/v1/authorize` answers the policy's `invalid_status`).
+//! `reason` names what was wrong (a 403 `tenant_mismatch` for a credential used on another
+//! tenant's host; `/v1/authorize` answers the policy's `invalid_status`).
 
-use crate::http::problem::{Problem, UNAUTHENTICATED};
+use crate::http::problem::{Problem, FORBIDDEN, UNAUTHENTICATED};
 use crate::principal::{self, Lookup, Presented, Reason};
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
@@ -84,14 +85,22 @@ pub async fn identify(
     }
 }
 
-/// The 401 problem for `reason` (`/v1/authorize` answers it with the policy's
-/// `invalid_status`).
+/// The problem for `reason`: 401, or 403 for a valid credential used on another tenant's host
+/// (`tenant_mismatch`). `/v1/authorize` answers either with the policy's `invalid_status`.
 fn refusal(reason: Reason) -> Problem {
-    Problem::new(
-        StatusCode::UNAUTHORIZED,
-        UNAUTHENTICATED,
-        "Unauthenticated",
-        reason.describe(),
-    )
-    .with_reason(reason)
+    let problem = match reason {
+        Reason::TenantMismatch => Problem::new(
+            StatusCode::FORBIDDEN,
+            FORBIDDEN,
+            "Forbidden",
+            reason.describe(),
+        ),
+        _ => Problem::new(
+            StatusCode::UNAUTHORIZED,
+            UNAUTHENTICATED,
+            "Unauthenticated",
+            reason.describe(),
+        ),
+    };
+    problem.with_reason(reason)
 }

@@ -22,6 +22,9 @@ pub const COST_EXCEEDS_LIMIT: &str = "urn:spillway:problem:cost-exceeds-limit";
 pub const INVALID_REQUEST: &str = "urn:spillway:problem:invalid-request";
 /// Problem type of a request whose credential is missing or was refused (`reason` says which).
 pub const UNAUTHENTICATED: &str = "urn:spillway:problem:unauthenticated";
+/// Problem type of a valid credential used where it does not belong: a host naming another
+/// tenant (`reason: tenant_mismatch`).
+pub const FORBIDDEN: &str = "urn:spillway:problem:forbidden";
 /// Problem type of a verdict that could not be reached because the store failed.
 pub const STORE_UNAVAILABLE: &str = "urn:spillway:problem:store-unavailable";
 

@@ -77,6 +77,9 @@ pub enum Reason {
     MissingClaim,
     /// An API key the catalog does not hold.
     UnknownApiKey,
+    /// The host names a catalog tenant other than the verified credential's
+    /// (`principals.subdomain.must_match`).
+    TenantMismatch,
 }
 
 /// Written as its word (a problem document's `reason`).
@@ -101,6 +104,7 @@ impl Reason {
             Self::WrongAudience => "wrong_audience",
             Self::MissingClaim => "missing_claim",
             Self::UnknownApiKey => "unknown_api_key",
+            Self::TenantMismatch => "tenant_mismatch",
         }
     }
 
@@ -118,6 +122,9 @@ impl Reason {
             Self::WrongAudience => "the token is not meant for this audience",
             Self::MissingClaim => "the token lacks `exp` or the claim naming its tenant",
             Self::UnknownApiKey => "the API key is not known",
+            Self::TenantMismatch => {
+                "the host names another tenant than the one the credential belongs to"
+            }
         }
     }
 }
@@ -363,6 +370,9 @@ impl PrincipalState {
                     _ => continue,
                 },
             };
+            if source != Source::Subdomain {
+                must_match(config, policy, presented, &principal)?;
+            }
             return Ok(Identity::Verified(principal, source));
         }
         match &config.missing {
@@ -406,6 +416,27 @@ impl PrincipalState {
         cache.insert(digest, verified);
         metrics::record_cache_entries(cache.len());
         Ok(principal)
+    }
+}
+
+/// With `principals.subdomain.must_match`, refuses a credential's `principal` when the
+/// presented host names a catalog tenant other than its own (a host naming no catalog tenant,
+/// or none at all, is not checked).
+fn must_match(
+    config: &Principals,
+    policy: &Policy,
+    presented: &Presented<'_>,
+    principal: &Principal,
+) -> Result<(), Reason> {
+    let (Some(settings), Some(host)) = (
+        config.subdomain.as_ref().filter(|s| s.must_match),
+        presented.host,
+    ) else {
+        return Ok(());
+    };
+    match subdomain::identify(host, settings, policy.catalog()) {
+        Some(named) if named.tenant != principal.tenant => Err(Reason::TenantMismatch),
+        _ => Ok(()),
     }
 }
 

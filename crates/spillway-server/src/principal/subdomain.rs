@@ -49,6 +49,7 @@ mod tests {
         let s = SubdomainSettings {
             base: "example.com".into(),
             header: "host".into(),
+            must_match: false,
         };
         let tenant = |host| label(host, &s);
         assert_eq!(tenant("acme.example.com").as_deref(), Some("acme"));

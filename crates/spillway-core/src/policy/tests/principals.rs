@@ -233,6 +233,15 @@ fn other_fields_are_checked_where_they_are() {
     expect(&text, 10, "principals.api_key.header", "not a header name");
     let text = with("  subdomain: {base: \"exa mple.com\"}\n");
     expect(&text, 10, "principals.subdomain.base", "not a domain name");
+    let text = with("  subdomain:\n    base: example.com\n    must_match: true\n");
+    let err = expect(
+        &text,
+        12,
+        "principals.subdomain.must_match",
+        "configure `principals.jwt` or `principals.api_key`",
+    );
+    assert!(err.to_string().contains("test.yaml:12:17: "), "{err}");
+
     let text =
         with("  jwt:\n    jwks_file: a\n    header: h\n    cookie: c\n    claims: {user: sub}\n");
     expect(&text, 13, "principals.jwt.cookie", "not both");

@@ -1,0 +1,197 @@
+//! `principals.subdomain.must_match`: a verified credential used on a host that names another
+//! catalog tenant is refused (`tenant_mismatch`, 403 on `/v1/check`, the policy's
+//! `invalid_status` on `/v1/authorize`), through the real `spillway` binary. Without the
+//! option the host is ignored and the credential's tenant is counted.
+
+mod common;
+
+use common::{metric, Server, START_MS};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+const NOW: u64 = START_MS / 1000;
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/tests/fixtures/principal/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// An ES256 token (fixture key `ec-1`) for tenant `org`, valid for an hour.
+fn token(org: &str) -> String {
+    let pem = std::fs::read(fixture("ec1.pem")).expect("fixture");
+    let key = EncodingKey::from_ec_pem(&pem).expect("ec key");
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("ec-1".into());
+    let claims = json!({"sub": "u", "org": org, "iat": NOW, "exp": NOW + 3600});
+    encode(&header, &claims, &key).expect("sign")
+}
+
+/// Tenants `acme` and `initech` in the catalog; a JWT gives the tenant; the host is read
+/// from `x-original-host` under `example.com`.
+fn policy(must_match: bool) -> String {
+    format!(
+        "default_tier: free
+limits:
+  tenant-minute: {{algorithm: fixed_window, limit: 20, window: 1m, key: [tenant]}}
+tiers:
+  free: {{limits: [tenant-minute]}}
+tenants:
+  acme: {{tier: free}}
+  initech: {{tier: free}}
+principals:
+  jwt:
+    jwks_file: {}
+    algorithms: [ES256]
+    claims: {{tenant: org, user: sub}}
+  subdomain: {{base: example.com, header: x-original-host, must_match: {must_match}}}
+",
+        fixture("jwks.json")
+    )
+}
+
+async fn check(server: &Server, token: &str, host: Option<&str>) -> (u16, Value) {
+    let body = match host {
+        Some(host) => json!({"host": host}),
+        None => json!({}),
+    };
+    let response = server
+        .http
+        .post(server.url("/v1/check"))
+        .bearer_auth(token)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn authorize(server: &Server, token: &str, host: &str) -> reqwest::Response {
+    server
+        .http
+        .get(server.url("/v1/authorize"))
+        .bearer_auth(token)
+        .header("x-original-host", host)
+        .send()
+        .await
+        .expect("answer")
+}
+
+#[tokio::test]
+async fn a_credential_on_another_tenants_host_is_refused_as_tenant_mismatch() {
+    let server = Server::with_policy(&policy(true)).start();
+    let acme = token("acme");
+
+    // /v1/check: the host comes from the body.
+    let (status, problem) = check(&server, &acme, Some("initech.example.com")).await;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["reason"], "tenant_mismatch");
+    assert_eq!(problem["type"], "urn:spillway:problem:forbidden");
+    // Its own host, a host naming no catalog tenant, the base itself, or no host: checked as
+    // the credential's tenant.
+    for host in [
+        Some("acme.example.com"),
+        Some("ACME.example.com:443"),
+        Some("globex.example.com"),
+        Some("example.com"),
+        None,
+    ] {
+        let (status, verdict) = check(&server, &acme, host).await;
+        assert_eq!(status, 200, "{host:?}: {verdict}");
+    }
+
+    // /v1/authorize: the host header, answered with the invalid status (401 by default) and
+    // the reason in a header for nginx.
+    let refused = authorize(&server, &acme, "initech.example.com").await;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(
+        refused.headers()["x-spillway-unauthenticated"],
+        "tenant_mismatch"
+    );
+    let ok = authorize(&server, &acme, "acme.example.com").await;
+    assert_eq!(ok.status(), 200);
+
+    // Nothing was charged to initech by the refused requests.
+    let (_, verdict) = check(&server, &token("initech"), Some("initech.example.com")).await;
+    assert_eq!(verdict["limits"][0]["remaining"], 19, "{verdict}");
+
+    let text = server.metrics().await;
+    let refusals = metric(
+        &text,
+        "spillway_principal_rejected_total",
+        &[("reason", "tenant_mismatch")],
+    );
+    assert_eq!(refusals, Some(2.0), "{text}");
+}
+
+#[tokio::test]
+async fn without_must_match_the_host_is_ignored_beside_a_credential() {
+    let server = Server::with_policy(&policy(false)).start();
+    let acme = token("acme");
+    let (status, verdict) = check(&server, &acme, Some("initech.example.com")).await;
+    assert_eq!(status, 200, "{verdict}");
+    let ok = authorize(&server, &acme, "initech.example.com").await;
+    assert_eq!(ok.status(), 200);
+    // Both were counted as acme.
+    let (_, verdict) = check(&server, &acme, None).await;
+    assert_eq!(verdict["limits"][0]["remaining"], 17, "{verdict}");
+}
+
+/// Envoy carries the host in a descriptor entry named like the configured header: the same
+/// refusal, as `OVER_LIMIT` naming the reason.
+#[tokio::test]
+async fn envoy_calls_are_refused_the_same_way() {
+    use common::grpc::{self, overall};
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    let mut rls = grpc::start(Server::with_policy(&policy(true)), &[]).await;
+    let bearer = format!("Bearer {}", token("acme"));
+    let refused = rls
+        .one(
+            "spillway",
+            &[
+                ("authorization", bearer.as_str()),
+                ("x-original-host", "initech.example.com"),
+            ],
+        )
+        .await;
+    assert_eq!(overall(&refused), Code::OverLimit);
+    assert_eq!(
+        grpc::header(&refused, "x-spillway-unauthenticated"),
+        Some("tenant_mismatch")
+    );
+    let own = rls
+        .one(
+            "spillway",
+            &[
+                ("authorization", bearer.as_str()),
+                ("x-original-host", "acme.example.com"),
+            ],
+        )
+        .await;
+    assert_eq!(overall(&own), Code::Ok);
+}
+
+/// The option needs a credential to compare with: alone it is refused at load time with its
+/// position.
+#[test]
+fn must_match_without_jwt_or_api_key_is_refused_with_its_position() {
+    let text = "default_tier: free
+limits:
+  tenant-minute: {algorithm: fixed_window, limit: 5, window: 1m, key: [tenant]}
+tiers:
+  free: {limits: [tenant-minute]}
+principals:
+  subdomain:
+    base: example.com
+    must_match: true
+";
+    let err =
+        spillway_core::policy::Policy::from_yaml_str(text, "policy.yaml").expect_err("refused");
+    let report = err.to_string();
+    assert!(
+        report.contains("policy.yaml:9:17: principals.subdomain.must_match: "),
+        "{report}"
+    );
+}
