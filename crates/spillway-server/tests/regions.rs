@@ -7,7 +7,8 @@
 //! - `home`: a tenant's limit admits exactly its limit worldwide under concurrent load from
 //!   every region, and every answer names the home region.
 //! - `aggregate`: the total admitted stays within the documented bound (docs/GLOBAL.md) under
-//!   uniform and skewed load, at two exchange intervals; the test prints what it saw.
+//!   uniform and skewed load, at two exchange intervals, without and with leases
+//!   (`lease_above`); the test prints what it saw.
 //! - partition: a cut-off region keeps serving within its share, the others assume it uses
 //!   its share, a `home` call into it takes the route's failure mode, and after the cut heals
 //!   every region converges on the same counts; the metrics say so throughout.

@@ -9,8 +9,9 @@
 //! - `aggregate` limits go to the own store with their limit cut by what the other regions
 //!   are known to have used (`Tally::others`), so the store admits while own + others + cost
 //!   stay within the limit (with leases on and the counter past their threshold, also within
-//!   the region's lease, `Tally::lease`); their answers report the whole limit again. With no room left
-//!   at all, the request is denied without charging anything or asking another region.
+//!   the region's lease, `Tally::lease`); their answers report the whole limit again. With no
+//!   room left at all, the request is denied without charging anything or asking another
+//!   region.
 //!
 //! A request whose limits span two stores is checked in this order: the own store looks
 //! (no charge); if it would deny, the request is denied without asking the other store; else the
