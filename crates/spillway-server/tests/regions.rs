@@ -7,7 +7,8 @@
 //! - `home`: a tenant's limit admits exactly its limit worldwide under concurrent load from
 //!   every region, and every answer names the home region.
 //! - `aggregate`: the total admitted stays within the documented bound (docs/GLOBAL.md) under
-//!   uniform and skewed load, at two exchange intervals; the test prints what it saw.
+//!   uniform and skewed load, at two exchange intervals, without and with leases
+//!   (`lease_above`); the test prints what it saw.
 //! - partition: a cut-off region keeps serving within its share, the others assume it uses
 //!   its share, a `home` call into it takes the route's failure mode, and after the cut heals
 //!   every region converges on the same counts; the metrics say so throughout.
@@ -340,19 +341,32 @@ fn bound(rates: [u64; 3], interval: Duration, slack: Duration) -> u64 {
     (worst_others as f64 * staleness).ceil() as u64
 }
 
-async fn aggregate_at(interval_ms: u64) {
+/// The `aggregate` scenarios at exchange interval `interval_ms`, with leases past
+/// `lease_above` of the limit or without (`None`).
+async fn aggregate_at(interval_ms: u64, lease_above: Option<f64>) {
     let interval = Duration::from_millis(interval_ms);
-    let world = World::start(&format!("{{interval: {interval_ms}ms}}"), &agg_body());
+    let (exchange, leases) = match lease_above {
+        Some(above) => (
+            format!("{{interval: {interval_ms}ms, lease_above: {above}}}"),
+            format!(", leases past {above}"),
+        ),
+        None => (format!("{{interval: {interval_ms}ms}}"), String::new()),
+    };
+    let world = World::start(&exchange, &agg_body());
     for (case, rates) in [("uniform", [100, 100, 100]), ("skewed", [240, 30, 30])] {
         let tenant = format!("{case}-{interval_ms}");
-        // Long enough to pass the limit and let every region hear the final counts.
-        let (admitted, by_region) = aggregate_load(&world, &tenant, rates, 1.5).await;
+        // Long enough to pass the limit and let every region hear the final counts (leases
+        // hand out the last part of the limit in steps, one per exchange); the same with and
+        // without leases, so the two compare.
+        let started = Instant::now();
+        let (admitted, by_region) = aggregate_load(&world, &tenant, rates, 3.0).await;
+        let took = started.elapsed();
         let documented = bound(rates, interval, Duration::ZERO);
         // The machine is shared and noisy: a tick or a request can run late by some tens of
         // milliseconds, which the assertion allows for (the printed bound does not).
         let allowed = bound(rates, interval, SCHEDULING_SLACK);
         println!(
-            "aggregate: interval {interval_ms} ms, {case} load {rates:?}/s, limit {AGG_LIMIT}: admitted {admitted} {by_region:?}, over {} (bound {documented})",
+            "aggregate: interval {interval_ms} ms{leases}, {case} load {rates:?}/s for {took:.1?}, limit {AGG_LIMIT}: admitted {admitted} {by_region:?}, over {} (bound {documented})",
             admitted.saturating_sub(AGG_LIMIT)
         );
         assert!(
@@ -370,7 +384,7 @@ async fn aggregate_at(interval_ms: u64) {
         "spillway_region_exchange_lag_seconds",
         &[("region", "eu")],
     );
-    println!("aggregate: interval {interval_ms} ms, exchange lag us<-eu {lag:?} s");
+    println!("aggregate: interval {interval_ms} ms{leases}, exchange lag us<-eu {lag:?} s");
     assert!(
         lag.is_some_and(|l| l < 2.0 * interval.as_secs_f64() + 0.5),
         "{lag:?}"
@@ -382,8 +396,17 @@ async fn aggregate_at(interval_ms: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn aggregate_stays_within_its_bound_at_two_intervals() {
     let _serial = SERIAL.lock().await;
-    aggregate_at(250).await;
-    aggregate_at(50).await;
+    aggregate_at(250, None).await;
+    aggregate_at(50, None).await;
+}
+
+/// The same scenarios with leases past half the limit: what they save, measured beside the
+/// runs without (docs/GLOBAL.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_stay_within_the_bound_at_two_intervals() {
+    let _serial = SERIAL.lock().await;
+    aggregate_at(250, Some(0.5)).await;
+    aggregate_at(50, Some(0.5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

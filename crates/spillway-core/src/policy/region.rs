@@ -24,6 +24,10 @@
 //!   every `exchange.interval`. Window counters only (`fixed_window`, `sliding_window`): their
 //!   counts are sums per aligned window, which regions can add up; a bucket's level cannot be.
 //!
+//! `exchange.lease_above` (off unless set) turns on leases for `aggregate` limits: past that
+//! fraction of a limit used worldwide, a region may add at most `1 / regions` of what remains
+//! until its next exchange.
+//!
 //! Without `regions` (or with one) every scope counts like `regional`: one region is the world.
 
 use super::error::Issues;
@@ -94,6 +98,8 @@ pub(crate) struct RawExchange {
     pub partition_share: Option<Spanned<Number>>,
     #[serde(default)]
     pub home_timeout: Option<Text>,
+    #[serde(default)]
+    pub lease_above: Option<Spanned<Number>>,
 }
 
 /// The regions a deployment spans, each with its store, and how they exchange counts.
@@ -110,6 +116,10 @@ pub struct Regions {
     pub partition_share: f64,
     /// The time budget of a call to another region's store (a `home` limit counted there).
     pub home_timeout: Micros,
+    /// Leases (`store.exchange.lease_above`, off when `None`): once an `aggregate` counter's
+    /// worldwide count, as a region last read it, reaches this fraction of the limit, the region
+    /// may add at most `1 / regions` of what remains to its own count until its next exchange.
+    pub lease_above: Option<f64>,
 }
 
 /// The exchange interval when none is written.
@@ -348,6 +358,21 @@ pub(crate) fn compile(
             }
         },
     };
+    let lease_above =
+        exchange
+            .and_then(|e| e.lease_above.as_ref())
+            .and_then(|n| match n.value.fraction() {
+                Some(f) if (0.0..1.0).contains(&f) => Some(f),
+                _ => {
+                    issues.push(
+                    n.referenced,
+                    "store.exchange.lease_above",
+                    "must be a fraction of the limit from 0 up to but not including 1 (e.g. 0.5): \
+                     past it, each region leases a share of what remains",
+                );
+                    None
+                }
+            });
     Some(Arc::new(Regions {
         names,
         stores,
@@ -355,6 +380,7 @@ pub(crate) fn compile(
         partition_after,
         partition_share,
         home_timeout,
+        lease_above,
     }))
 }
 
@@ -448,6 +474,7 @@ pub(crate) fn for_test(names: &[&str]) -> Regions {
         partition_after: 1_000_000,
         partition_share: 1.0 / names.len() as f64,
         home_timeout: DEFAULT_HOME_TIMEOUT,
+        lease_above: None,
     }
 }
 

@@ -8,8 +8,10 @@
 //!   route's failure mode).
 //! - `aggregate` limits go to the own store with their limit cut by what the other regions
 //!   are known to have used (`Tally::others`), so the store admits while own + others + cost
-//!   stay within the limit; their answers report the whole limit again. With no room left
-//!   at all, the request is denied without charging anything or asking another region.
+//!   stay within the limit (with leases on and the counter past their threshold, also within
+//!   the region's lease, `Tally::lease`); their answers report the whole limit again. With no
+//!   room left at all, the request is denied without charging anything or asking another
+//!   region.
 //!
 //! A request whose limits span two stores is checked in this order: the own store looks
 //! (no charge); if it would deny, the request is denied without asking the other store; else the
@@ -163,7 +165,11 @@ impl RegionNode {
                     };
                     let place = field(&p.key);
                     let limit = p.def.params.quota();
-                    let room = limit.saturating_sub(self.tally.others(&p.def.params, &place, now));
+                    let others = self.tally.others(&p.def.params, &place, now);
+                    let mut room = limit.saturating_sub(others);
+                    if let Some(lease) = self.tally.lease(&p.def.params, &place, now, others) {
+                        room = room.min(lease);
+                    }
                     if room < limit {
                         routing.params[i] = emergency_params(&p.def.params, room.max(1));
                     }

@@ -11,6 +11,9 @@
 //!    region's stamp;
 //! 3. swaps the counts into the [`Tally`], marking each region it could read as fresh.
 //!
+//! With leases on (`store.exchange.lease_above`), step 2 reads the node's own region too: a
+//! lease is counted from the region's own published count (`Tally::lease`).
+//!
 //! A region that cannot be read keeps its last counts until `partition_after`, after which
 //! it is taken as cut off (`Tally::others` then counts it at its share). Nothing needs to
 //! rejoin: the next successful read brings it back. What a node could not publish stays
@@ -252,12 +255,14 @@ impl Exchange {
         let mut all: BTreeSet<Micros> = lengths.clone();
         all.extend(self.seen.keys().copied());
         let lengths = &all;
+        let read_own = self.tally.leases();
         let reads = self
             .links
             .iter_mut()
             .enumerate()
             .map(|(r, link)| async move {
-                if r == own {
+                // The own region is read only for leases (its published count).
+                if r == own && !read_own {
                     return None;
                 }
                 let stopwatch = crate::metrics::Stopwatch::start();

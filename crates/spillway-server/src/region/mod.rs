@@ -122,12 +122,15 @@ impl RegionNode {
             })
             .collect();
         metrics::describe(regions.names());
-        let tally = Arc::new(Tally::new(
-            own,
-            regions.names().len(),
-            regions.partition_after,
-            regions.partition_share,
-        ));
+        let tally = Arc::new(
+            Tally::new(
+                own,
+                regions.names().len(),
+                regions.partition_after,
+                regions.partition_share,
+            )
+            .with_leases(regions.lease_above),
+        );
         Ok(Some(Arc::new(Self {
             regions: regions.clone(),
             own,

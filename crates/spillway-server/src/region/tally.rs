@@ -58,6 +58,8 @@ pub struct Tally {
     partition_after: Micros,
     /// The share of a limit a cut-off region is assumed to use.
     share: f64,
+    /// `store.exchange.lease_above`: leases are on (see [`Tally::lease`]).
+    lease_above: Option<f64>,
     overflow: AtomicU64,
 }
 
@@ -96,8 +98,22 @@ impl Tally {
             fresh_at: (0..regions).map(|_| AtomicU64::new(NEVER)).collect(),
             partition_after,
             share,
+            lease_above: None,
             overflow: AtomicU64::new(0),
         }
+    }
+
+    /// The same tally with leases past `lease_above` of a limit (`None`: off).
+    pub fn with_leases(self, lease_above: Option<f64>) -> Self {
+        Self {
+            lease_above,
+            ..self
+        }
+    }
+
+    /// Whether leases are on: the exchange then reads the node's own region too.
+    pub fn leases(&self) -> bool {
+        self.lease_above.is_some()
     }
 
     /// The node's own region.
@@ -136,24 +152,12 @@ impl Tally {
             return floor;
         }
         let known = self.known.load();
-        let probe = |start: Micros, f: &str| known.counts.get(&(len, start, Box::from(f)));
-        let sliding = matches!(params, LimitParams::SlidingWindow(_));
-        let previous_start = start.checked_sub(len).filter(|_| sliding);
-        let current = probe(start, field);
-        let previous = previous_start.and_then(|s| probe(s, field));
-        let current_all = probe(start, CATCH_ALL);
-        let previous_all = previous_start.and_then(|s| probe(s, CATCH_ALL));
-        let elapsed = now - start;
+        let counts = Counts::of(&known, params, field, now, (len, start));
         let mut used = 0u64;
         let mut any_cut = false;
         for r in (0..self.regions).filter(|&r| r != self.own) {
-            let at = |c: Option<&Box<[u64]>>| c.map_or(0, |c| c[r]);
-            let cur = at(current).saturating_add(at(current_all));
-            let prev = at(previous).saturating_add(at(previous_all));
-            // prev x (len - elapsed) / len, rounded up, as the sliding window weighs it.
-            let weighted = (u128::from(prev) * u128::from(len - elapsed)).div_ceil(u128::from(len));
-            let mut count = cur.saturating_add(u64::try_from(weighted).unwrap_or(u64::MAX));
-            let unheld = current.is_none() && known.truncated.get(r).copied().unwrap_or(false);
+            let mut count = counts.of_region(r);
+            let unheld = counts.unheld() && known.truncated.get(r).copied().unwrap_or(false);
             if unheld {
                 count = count.max(share);
             }
@@ -167,6 +171,38 @@ impl Tally {
             used = used.max(floor);
         }
         used
+    }
+
+    /// With leases on, the most this region's own count of the counter at `field` may reach
+    /// until the next exchange, given `others` (what [`Tally::others`] answered): once the
+    /// worldwide count as last read (the region's own published count plus `others`) has
+    /// reached `lease_above x limit`, the own published count plus `1 / regions` of what
+    /// remains, rounded up. Every region leasing the same share, the regions together add at
+    /// most what remained (as each last read it) between two exchanges, however fast their
+    /// traffic. `None`: leases off, below the threshold, or the own region not read lately
+    /// (the plain rule applies alone).
+    pub fn lease(
+        &self,
+        params: &LimitParams,
+        field: &str,
+        now: Micros,
+        others: u64,
+    ) -> Option<u64> {
+        let above = self.lease_above?;
+        let at = self.fresh_at[self.own].load(Ordering::Relaxed);
+        if at == NEVER || now.saturating_sub(at) > self.partition_after {
+            return None;
+        }
+        let window = window_of(params, now)?;
+        let known = self.known.load();
+        let own = Counts::of(&known, params, field, now, window).of_region(self.own);
+        let limit = params.quota();
+        let used = own.saturating_add(others);
+        if (used as f64) < above * limit as f64 {
+            return None;
+        }
+        let left = limit.saturating_sub(used);
+        Some(own.saturating_add(left.div_ceil(self.regions.max(1) as u64)))
     }
 
     /// Records that this node admitted `cost` on the counter at `place`.
@@ -220,6 +256,57 @@ impl Tally {
     /// The number of regions.
     pub fn regions(&self) -> usize {
         self.regions
+    }
+}
+
+/// One counter's known counts at a moment: its current and (for a sliding window) previous
+/// window, each with the window's catch-all.
+struct Counts<'a> {
+    current: Option<&'a [u64]>,
+    previous: Option<&'a [u64]>,
+    current_all: Option<&'a [u64]>,
+    previous_all: Option<&'a [u64]>,
+    /// How far into the current window `now` is, and the window's length.
+    elapsed: Micros,
+    len: Micros,
+}
+
+impl<'a> Counts<'a> {
+    fn of(
+        known: &'a Known,
+        params: &LimitParams,
+        field: &str,
+        now: Micros,
+        (len, start): (Micros, Micros),
+    ) -> Self {
+        let probe =
+            |start: Micros, f: &str| (known.counts.get(&(len, start, Box::from(f)))).map(|c| &**c);
+        let sliding = matches!(params, LimitParams::SlidingWindow(_));
+        let previous_start = start.checked_sub(len).filter(|_| sliding);
+        Self {
+            current: probe(start, field),
+            previous: previous_start.and_then(|s| probe(s, field)),
+            current_all: probe(start, CATCH_ALL),
+            previous_all: previous_start.and_then(|s| probe(s, CATCH_ALL)),
+            elapsed: now - start,
+            len,
+        }
+    }
+
+    /// Region `r`'s count: the current window's, plus the previous window's weighted as the
+    /// sliding window weighs it (`prev x (len - elapsed) / len`, rounded up).
+    fn of_region(&self, r: usize) -> u64 {
+        let at = |c: Option<&[u64]>| c.and_then(|c| c.get(r).copied()).unwrap_or(0);
+        let cur = at(self.current).saturating_add(at(self.current_all));
+        let prev = at(self.previous).saturating_add(at(self.previous_all));
+        let weighted =
+            (u128::from(prev) * u128::from(self.len - self.elapsed)).div_ceil(u128::from(self.len));
+        cur.saturating_add(u64::try_from(weighted).unwrap_or(u64::MAX))
+    }
+
+    /// Whether the counter is not among the known counts of its current window.
+    fn unheld(&self) -> bool {
+        self.current.is_none()
     }
 }
 
@@ -351,6 +438,40 @@ mod tests {
         assert_eq!(tally.others(&params, "held", t0), 10);
         // Not held: region 1 left some out, so it is taken at its share; region 2 at 0.
         assert_eq!(tally.others(&params, "unheld", t0), 30);
+    }
+
+    #[test]
+    fn past_the_threshold_a_region_leases_its_share_of_what_remains() {
+        let t0 = 100 * MIN;
+        let params = LimitParams::FixedWindow(FixedWindow::new(90, MIN).unwrap());
+        let tally = Tally::new(0, 3, 10 * MIN, 1.0 / 3.0).with_leases(Some(0.5));
+        // Before the own region is read, no lease: the plain rule alone.
+        tally.publish_known(known(&[(t0, "k", [20, 10, 10])]), &[1, 2], t0);
+        assert_eq!(tally.lease(&params, "k", t0, 20), None);
+        tally.publish_known(known(&[(t0, "k", [20, 10, 10])]), &[0, 1, 2], t0);
+        // 40 of 90 used: below half, no lease.
+        let others = tally.others(&params, "k", t0);
+        assert_eq!(others, 20);
+        assert_eq!(tally.lease(&params, "k", t0, others), None);
+        // 60 used: a third of the 30 left on top of the own 30, where the plain rule allows 60.
+        tally.publish_known(known(&[(t0, "k", [30, 20, 10])]), &[0, 1, 2], t0);
+        let others = tally.others(&params, "k", t0);
+        assert_eq!(
+            (others, tally.lease(&params, "k", t0, others)),
+            (30, Some(40))
+        );
+        // Rounded up: 2 left, each region may take 1.
+        tally.publish_known(known(&[(t0, "k", [40, 28, 20])]), &[0, 1, 2], t0);
+        let others = tally.others(&params, "k", t0);
+        assert_eq!(tally.lease(&params, "k", t0, others), Some(41));
+        // Nothing left: the own published count is the ceiling.
+        tally.publish_known(known(&[(t0, "k", [40, 30, 25])]), &[0, 1, 2], t0);
+        let others = tally.others(&params, "k", t0);
+        assert_eq!(tally.lease(&params, "k", t0, others), Some(40));
+        // Off: never a lease.
+        let off = Tally::new(0, 3, 10 * MIN, 1.0 / 3.0);
+        off.publish_known(known(&[(t0, "k", [40, 30, 25])]), &[0, 1, 2], t0);
+        assert_eq!(off.lease(&params, "k", t0, 55), None);
     }
 
     #[test]

@@ -86,6 +86,31 @@ fn defaults_split_the_limit_evenly() {
     assert_eq!(regions.interval, 250_000);
     assert_eq!(regions.partition_after, 1_000_000);
     assert!((regions.partition_share - 1.0 / 3.0).abs() < 1e-9);
+    assert_eq!(regions.lease_above, None, "leases are off unless asked for");
+}
+
+#[test]
+fn leases_take_a_fraction_below_one() {
+    let with = |value: &str| {
+        REGIONS.replace(
+            "home_timeout: 400ms}",
+            &format!("home_timeout: 400ms, lease_above: {value}}}"),
+        )
+    };
+    let policy = load(&with("0.5"));
+    assert_eq!(policy.regions().expect("regions").lease_above, Some(0.5));
+    assert_eq!(
+        load(&with("0")).regions().expect("regions").lease_above,
+        Some(0.0)
+    );
+    for bad in ["1", "1.5", "-0.1", "half"] {
+        expect(
+            &with(bad),
+            9,
+            "store.exchange.lease_above",
+            "from 0 up to but not including 1",
+        );
+    }
 }
 
 #[test]
