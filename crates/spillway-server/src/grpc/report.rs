@@ -35,7 +35,7 @@ use super::service;
 use super::RlsState;
 use crate::decision::{self, Report};
 use crate::principal::Identity;
-use crate::telemetry::decision_log::{RequestIds, Subject};
+use crate::telemetry::decision_log::{Ids, Subject};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use spillway_core::policy::Policy;
@@ -73,7 +73,7 @@ pub async fn record(
     request: &RateLimitRequest,
     policy: &Policy,
     identity: Option<&Identity>,
-    ids: &RequestIds,
+    ids: Ids<'_>,
 ) -> RateLimitResponse {
     let n = request.descriptors.len();
     let (mut descriptors, request_id) = strip(&request.descriptors);

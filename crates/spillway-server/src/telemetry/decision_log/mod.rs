@@ -28,6 +28,7 @@ pub mod privacy;
 pub mod query;
 pub mod recent;
 pub mod record;
+pub mod rfc3339;
 pub mod sampling;
 pub mod settings;
 pub mod sink;
