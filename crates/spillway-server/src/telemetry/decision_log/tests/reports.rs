@@ -160,7 +160,9 @@ async fn envoy_stream_done_reports_are_logged_without_their_markers() {
     };
     let ids = RequestIds::default();
     for (hits, id) in [(700, "e-1"), (700, "e-1"), (500, "e-2")] {
-        rls.answer(&done(hits, id), Ids::Read(&ids)).await.expect("answered");
+        rls.answer(&done(hits, id), Ids::Read(&ids))
+            .await
+            .expect("answered");
     }
     let lines = h.flush().await;
     assert_eq!(lines.len(), 2, "the retry of e-1 is not logged: {lines:?}");
