@@ -90,8 +90,8 @@ async fn http_reports_are_logged_with_cost_id_and_standing_and_retries_are_not()
         second.limit.as_ref().map(|l| l.name.as_str()),
         Some("generation-tokens")
     );
-    // 300 tokens at 3.6 s each.
-    assert_eq!(second.retry_after_ms, Some(1_080_000));
+    // 300 tokens owed and one to be free, at 3.6 s each.
+    assert_eq!(second.retry_after_ms, Some(1_083_600));
 
     // `spillway decisions` shows them with their cost; `--denied` leaves reports out.
     let found: Vec<query::Found> = lines
@@ -174,8 +174,8 @@ async fn envoy_stream_done_reports_are_logged_without_their_markers() {
         (Some("spillway"), None)
     );
     assert_eq!(l.tenant.as_deref(), Some("acme"));
-    assert!(!l.allowed, "200 tokens owed");
-    assert_eq!(l.retry_after_ms, Some(720_000));
+    assert!(!l.allowed, "200 tokens owed, one more to be free");
+    assert_eq!(l.retry_after_ms, Some(723_600));
     assert_eq!(l.descriptors.len(), 1);
     let keys: Vec<&str> = l.descriptors[0].keys().map(String::as_str).collect();
     assert_eq!(keys, ["method", "path", "tenant"]);
