@@ -16,17 +16,15 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use spillway_core::engine::Engine;
 use spillway_core::envoy_config::EnvoyConfig;
 use spillway_core::store::{MemoryStore, Store};
-use spillway_server::clock::ServerClock;
 use spillway_server::cli::{Cli, Command};
+use spillway_server::clock::ServerClock;
 use spillway_server::config::{PolicySource, ServerSettings};
 use spillway_server::grpc::service::Rls;
 use spillway_server::grpc::RlsState;
 use spillway_server::state::{AppState, PolicyInfo};
 use spillway_server::telemetry::decision_log::privacy::{IpMode, IpPrivacy};
 use spillway_server::telemetry::decision_log::settings::{Rotation, DEFAULT_STREAM};
-use spillway_server::telemetry::decision_log::{
-    DecisionLog, DecisionLogSettings, Ids, SinkSpec,
-};
+use spillway_server::telemetry::decision_log::{DecisionLog, DecisionLogSettings, Ids, SinkSpec};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
