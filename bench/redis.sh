@@ -10,7 +10,8 @@
 #         ip-daily-candidate in shadow, free-user-minute, free-user-daily), with
 #         bench/check.lua's 200,000 users over 500 tenants, every request allowed.
 # The store budget is 1 s (--store-timeout), so no decision is made without Redis.
-# Prints every run and the medians (Redis µs per decision, requests per second, p99).
+# Prints every run and the medians (Redis µs per decision, requests per second, p99), and per
+# run the mean requests per Redis call (spillway_redis_batch_requests, counted from warm-up on).
 #
 # Usage: bench/redis.sh                    builds target/release/spillway and measures it
 #        bench/redis.sh OLD NEW            alternates two builds, run by run (before/after)
@@ -68,12 +69,15 @@ end
 LUA
 cp bench/check.lua "$tmp/four.lua"
 
-redis_cpu() { redis-cli -p "$1" INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%.6f", s}'; }
+# Redis's CPU seconds so far: "user sys".
+redis_cpu() { redis-cli -p "$1" INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_user:/ {u = $2} /^used_cpu_sys:/ {s = $2} END {printf "%.6f %.6f\n", u, s}'; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# one_run BINARY_INDEX POLICY: prints "µs_per_decision rps p99_ms non2xx".
+# one_run BINARY_INDEX POLICY: prints "µs_per_decision rps p99_ms non2xx batch sys" (batch: mean
+# requests per Redis call from spillway_redis_batch_requests, "-" for a build without it; sys:
+# the part of µs_per_decision Redis spent in the kernel).
 one_run() {
-  local i=$1 policy=$2 bin=${binaries[$1]} extra="" rport sport out before after n rps p99 non2xx
+  local i=$1 policy=$2 bin=${binaries[$1]} extra="" rport sport out ub sb ua sa n rps p99 non2xx batch
   if [ "${#binaries[@]}" -eq 2 ]; then
     if [ "$i" -eq 0 ]; then extra=${OLD_ARGS:-}; else extra=${NEW_ARGS:-}; fi
   fi
@@ -88,19 +92,22 @@ one_run() {
   pids+=($!)
   until curl -fs "http://127.0.0.1:$sport/healthz" >/dev/null; do sleep 0.1; done
   wrk -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" -s "$tmp/$policy.lua" "http://127.0.0.1:$sport" >/dev/null
-  before=$(redis_cpu "$rport")
+  read -r ub sb < <(redis_cpu "$rport")
   out=$(wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" --latency -s "$tmp/$policy.lua" \
       "http://127.0.0.1:$sport")
-  after=$(redis_cpu "$rport")
+  read -r ua sa < <(redis_cpu "$rport")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   # wrk prints 850.00us, 1.20ms or 1.05s; in milliseconds:
   p99=$(awk '$1 == "99%" {v = $2; if (v ~ /us$/) v = v / 1000; else if (v ~ /ms$/) v = v + 0;
       else v = v * 1000; print v}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  batch=$(curl -fs "http://127.0.0.1:$sport/metrics" | awk '/^spillway_redis_batch_requests_sum/ {s = $2}
+      /^spillway_redis_batch_requests_count/ {c = $2} END {if (c > 0) printf "%.2f", s / c; else print "-"}')
   stop_all
-  awk -v b="$before" -v a="$after" -v n="$n" -v r="$rps" -v p="$p99" -v x="${non2xx:-0}" \
-    'BEGIN {printf "%.2f %s %s %s\n", (a - b) * 1e6 / n, r, p, x}'
+  awk -v ub="$ub" -v sb="$sb" -v ua="$ua" -v sa="$sa" -v n="$n" -v r="$rps" -v p="$p99" \
+    -v x="${non2xx:-0}" -v m="$batch" \
+    'BEGIN {printf "%.2f %s %s %s %s %.2f\n", (ua - ub + sa - sb) * 1e6 / n, r, p, x, m, (sa - sb) * 1e6 / n}'
 }
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
@@ -109,8 +116,8 @@ for policy in $POLICIES; do
   declare -A us=() rps=() p99=()
   for run in $(seq "$RUNS"); do
     for i in "${!binaries[@]}"; do
-      read -r u r p x < <(one_run "$i" "$policy")
-      echo "$policy run $run ${binaries[$i]}: redis ${u} µs/decision, ${r} req/s, p99 ${p}ms, non-2xx ${x}"
+      read -r u r p x m k < <(one_run "$i" "$policy")
+      echo "$policy run $run ${binaries[$i]}: redis ${u} µs/decision (${k} in the kernel), ${r} req/s, p99 ${p}ms, non-2xx ${x}, requests/call ${m}"
       us[$i]+="$u "; rps[$i]+="$r "; p99[$i]+="$p "
     done
   done

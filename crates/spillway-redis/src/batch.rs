@@ -13,6 +13,8 @@
 //! Up to [`IN_FLIGHT`] calls are outstanding at a time; requests that arrive meanwhile queue,
 //! and the next free slot takes them all (at most [`MAX_REQUESTS`] requests and [`MAX_CHECKS`]
 //! limits per call). So batches grow only when Redis is busy, which is when they help.
+//! `spillway_redis_batch_requests` records each call's size (about 10 under `bench/redis.sh`;
+//! see docs/BENCHMARKS.md).
 //!
 //! A request whose caller gave up before its batch was sent is dropped from the batch and
 //! never charged. Each caller still waits at most the store's timeout, queueing included.
@@ -35,6 +37,12 @@ pub const MAX_REQUESTS: usize = 64;
 pub const MAX_CHECKS: usize = 256;
 /// Requests that may wait for a call slot before callers wait to queue.
 const QUEUE: usize = 4096;
+
+/// Histogram of requests per call sent by a batcher: how much coalescing happens under the
+/// load at hand (1 everywhere means Redis pays each call's fixed cost per request).
+pub const BATCH_REQUESTS: &str = "spillway_redis_batch_requests";
+/// Buckets for [`BATCH_REQUESTS`]: powers of two up to [`MAX_REQUESTS`].
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
 /// One queued request.
 struct Job {
@@ -124,6 +132,8 @@ async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
 
 /// Sends one batch and hands each request its reply (or the call's error).
 async fn send(runner: &Runner, batch: Vec<Job>) {
+    #[allow(clippy::cast_precision_loss)] // at most MAX_REQUESTS
+    metrics::histogram!(BATCH_REQUESTS).record(batch.len() as f64);
     let mut args = CallArgs::default();
     for job in &batch {
         let pairs = job

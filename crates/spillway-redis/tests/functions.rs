@@ -164,3 +164,24 @@ async fn states_in_the_text_form_of_earlier_versions_read_the_same() {
     }
     assert!(rewritten > 50, "the vectors exercised the text form");
 }
+
+#[tokio::test]
+async fn states_written_at_redis_time_expire_when_they_would_read_as_fresh() {
+    // Production stores take the time from Redis TIME, and expiries follow it.
+    let server = RedisServer::start();
+    let mut config = spillway_redis::RedisConfig::new(spillway_redis::Target::Server(server.url()));
+    config.local_cache_keys = 0;
+    let store = spillway_redis::RedisStore::connect(&config).await.unwrap();
+    let (k, p) = (key("l", &["expiry"]), bucket(3));
+    // One token of three at one per hour: full again one hour after the charge.
+    let d = store.check(&[check(&k, &p, 1)], CheckMode::Consume).await;
+    assert_eq!(d.unwrap()[0].remaining, 2);
+    let pttl = command(server.port(), &format!("PTTL {}", store.redis_key(&k))).unwrap_or_default();
+    let ms: i64 = pttl.trim_start_matches(':').trim().parse().unwrap();
+    assert!(
+        (HOUR as i64 / 1000 - 5_000..=HOUR as i64 / 1000 + 1).contains(&ms),
+        "expires in about an hour, never sooner: {ms} ms"
+    );
+    let again = store.check(&[check(&k, &p, 1)], CheckMode::Consume).await;
+    assert_eq!(again.unwrap()[0].remaining, 1, "and reads back as written");
+}

@@ -132,6 +132,10 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
             Matcher::Full(crate::store::ROUNDTRIP.to_owned()),
             crate::store::ROUNDTRIP_BUCKETS,
         )?
+        .set_buckets_for_metric(
+            Matcher::Full(spillway_redis::batch::BATCH_REQUESTS.to_owned()),
+            spillway_redis::batch::BATCH_BUCKETS,
+        )?
         .build_recorder();
     let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_err() {

@@ -173,6 +173,11 @@ fn describe() {
     for kind in spillway_redis::error::SCRIPT_ERROR_KINDS {
         metrics::counter!(spillway_redis::error::SCRIPT_ERRORS, "kind" => kind).increment(0);
     }
+    metrics::describe_histogram!(
+        spillway_redis::batch::BATCH_REQUESTS,
+        Unit::Count,
+        "Requests carried by one Redis call (concurrent requests to one server share a call)."
+    );
 }
 
 #[cfg(test)]

@@ -1,0 +1,130 @@
+//! Concurrent requests to one server share calls (see `spillway_redis::batch`) and stay
+//! exact: each request is all-or-nothing on its own, and a request later in a call sees what
+//! the ones before it wrote, including keys listed by several requests of the same call.
+
+mod common;
+
+use common::{check, key, redis_store, Backend};
+use spillway_core::algorithm::{FixedWindow, LimitParams, TokenBucket};
+use spillway_core::key::StateKey;
+use spillway_core::rate::Rate;
+use spillway_core::request::CheckMode;
+use spillway_core::store::Store;
+use spillway_core::time::{HOUR, MINUTE};
+use spillway_redis::RedisStore;
+use spillway_testkit::redis::RedisServer;
+use std::sync::Arc;
+
+const T0: u64 = 1_700_000_000_000_000;
+
+fn window(limit: u64) -> LimitParams {
+    LimitParams::FixedWindow(FixedWindow::new(limit, MINUTE).unwrap())
+}
+
+/// How many `fcall` calls Redis has served.
+fn fcalls(port: u16) -> u64 {
+    let stats = spillway_testkit::redis::command(port, "INFO commandstats").unwrap_or_default();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What `k` has used of `params` (a peek of cost 1 reports `remaining` after it).
+async fn used(store: &RedisStore, k: &StateKey, params: &LimitParams, limit: u64) -> u64 {
+    let d = store
+        .check(&[check(k, params, 1)], CheckMode::Peek)
+        .await
+        .unwrap();
+    limit - (d[0].remaining + u64::from(d[0].allowed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hot_key_admits_exactly_its_burst_across_shared_calls() {
+    let server = RedisServer::start();
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    clock.set(T0);
+    let store = Arc::new(store);
+    let hot = key("hot", &["everyone"]);
+    let bucket =
+        LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, HOUR).unwrap(), 100).unwrap());
+    let before = fcalls(server.port());
+    let calls: Vec<_> = (0..300)
+        .map(|_| {
+            let (store, hot, bucket) = (store.clone(), hot.clone(), bucket.clone());
+            tokio::spawn(async move {
+                let d = store
+                    .check(&[check(&hot, &bucket, 1)], CheckMode::Consume)
+                    .await
+                    .expect("answers");
+                d[0].allowed
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for call in calls {
+        admitted += u64::from(call.await.expect("no task panicked"));
+    }
+    let sent = fcalls(server.port()) - before;
+    assert_eq!(admitted, 100, "exactly the burst");
+    assert!(
+        sent < 300,
+        "300 concurrent requests went out in fewer calls ({sent})"
+    );
+    assert_eq!(used(&store, &hot, &bucket, 100).await, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sharing_keys_in_one_call_are_each_all_or_nothing() {
+    let server = RedisServer::start();
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    clock.set(T0);
+    let store = Arc::new(store);
+    // Every request: a tenant limit of 40 shared by all, and a per-user limit of 2 shared by
+    // the four requests of each of 50 users. Whatever the order, exactly 40 are admitted, and
+    // a denied request charges neither limit.
+    let (tenant, tenant_limit) = (key("tenant", &["acme"]), window(40));
+    let user_limit = window(2);
+    let users: Vec<StateKey> = (0..50)
+        .map(|u| key("per-user", &[&format!("u{u}")]))
+        .collect();
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            let (store, tenant, tl, ul) = (
+                store.clone(),
+                tenant.clone(),
+                tenant_limit.clone(),
+                user_limit.clone(),
+            );
+            let user = users[i % 50].clone();
+            tokio::spawn(async move {
+                // Half list the tenant first, half the user first.
+                let (a, b) = (check(&tenant, &tl, 1), check(&user, &ul, 1));
+                let checks = if i % 2 == 0 { [a, b] } else { [b, a] };
+                let d = store
+                    .check(&checks, CheckMode::Consume)
+                    .await
+                    .expect("answers");
+                (i % 50, d.iter().all(|d| d.allowed))
+            })
+        })
+        .collect();
+    let mut per_user = [0u64; 50];
+    for call in calls {
+        let (u, ok) = call.await.expect("no task panicked");
+        per_user[u] += u64::from(ok);
+    }
+    let admitted: u64 = per_user.iter().sum();
+    assert_eq!(admitted, 40, "exactly the tenant's limit");
+    assert_eq!(used(&store, &tenant, &tenant_limit, 40).await, 40);
+    for (u, user) in users.iter().enumerate() {
+        assert!(per_user[u] <= 2, "user {u} admitted {}", per_user[u]);
+        assert_eq!(
+            used(&store, user, &user_limit, 2).await,
+            per_user[u],
+            "user {u}: charged exactly for its admitted requests"
+        );
+    }
+}
