@@ -7,7 +7,7 @@
 use super::error::Issues;
 use super::params::{self, check_name, Algorithm, Fields};
 use super::raw::{Named, RawLimit, Text};
-use super::{Dimension, LimitDef};
+use super::{Dimension, LimitDef, Scope};
 use serde_saphyr::Location;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -116,6 +116,23 @@ fn limit_def<'a>(
         .and_then(|a| params::compile(a, &Fields::of_limit(raw, &path, name.referenced), issues));
     let metered = metered(raw, &path, algorithm, issues);
     let scope = super::region::scope(raw, &path, algorithm, issues);
+    if metered && scope != Scope::Regional {
+        // A report is recorded in this region's store only: a home or aggregate count would
+        // never see it, and the limit would over-admit worldwide.
+        let at = raw
+            .charge
+            .as_ref()
+            .map_or(name.referenced, |c| c.referenced);
+        issues.push(
+            at,
+            format!("{path}.charge"),
+            format!(
+                "`charge: after` is counted in each region's own store and cannot be combined \
+                 with scope `{}`; use scope `regional` (the default) for a metered limit",
+                scope.as_str()
+            ),
+        );
+    }
     let compiled = match (compiled, key) {
         (Some(c), Some(key)) if issues.len() == before => Some(Arc::new(LimitDef {
             name: name.value.as_str().into(),

@@ -91,7 +91,12 @@ pub async fn record(
             .as_ref()
             .is_some_and(|h| h.value > MAX_REPORTED_COST)
     };
-    if descriptors.iter().any(unrecordable) {
+    if let Some(d) = descriptors.iter().find(|d| unrecordable(d)) {
+        tracing::debug!(
+            hits_addend = d.hits_addend.as_ref().map_or(0, |h| h.value),
+            bound = MAX_REPORTED_COST,
+            "report not recorded: a descriptor's hits_addend is above the largest recordable cost"
+        );
         return invalid();
     }
     let request_id = request_id.filter(|id| id.len() <= crate::http::report::MAX_REQUEST_ID);
@@ -132,7 +137,7 @@ pub async fn record(
         route: None,
         cost: planned.iter().map(|p| p.cost).max().unwrap_or(0),
         via: "envoy",
-        tenant: tenant(&descriptors, identity),
+        tenant: tenant(&descriptors, identity, policy.principals().is_none()),
         subject: Subject::envoy(&logged, ids),
     };
     // Recorded or lost (and counted either way): Envoy is answered OK regardless.
@@ -145,10 +150,15 @@ pub async fn record(
 fn tenant<'a>(
     descriptors: &'a [RateLimitDescriptor],
     identity: Option<&'a Identity>,
+    claims_trusted: bool,
 ) -> Option<&'a str> {
     match identity {
         Some(Identity::Verified(p, _)) => p.tenant.as_deref(),
         Some(Identity::Anonymous(_)) => None,
+        // Under `principals:` a tenant the call merely names (an Envoy-style domain, which is
+        // not identified) is not believed: its reports are filed under no tenant, so they
+        // cannot crowd a verified tenant's remembered report ids out.
+        None if !claims_trusted => None,
         None => descriptors
             .iter()
             .flat_map(|d| &d.entries)
@@ -183,4 +193,24 @@ fn logged(
             ..d.clone()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tenant;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+
+    #[test]
+    fn a_named_tenant_is_believed_only_without_principals() {
+        let named = [RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "tenant".into(),
+                value: "victim".into(),
+            }],
+            ..Default::default()
+        }];
+        assert_eq!(tenant(&named, None, true), Some("victim"));
+        assert_eq!(tenant(&named, None, false), None);
+    }
 }

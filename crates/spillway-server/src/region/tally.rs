@@ -157,7 +157,9 @@ impl Tally {
         let mut any_cut = false;
         for r in (0..self.regions).filter(|&r| r != self.own) {
             let mut count = counts.of_region(r);
-            let unheld = counts.unheld() && known.truncated.get(r).copied().unwrap_or(false);
+            // A region read in part may have left this counter out: unless it supplied a count
+            // for it, it is taken at its share (whatever other regions, this one included, hold).
+            let unheld = !counts.held_by(r) && known.truncated.get(r).copied().unwrap_or(false);
             if unheld {
                 count = count.max(share);
             }
@@ -304,9 +306,11 @@ impl<'a> Counts<'a> {
         cur.saturating_add(u64::try_from(weighted).unwrap_or(u64::MAX))
     }
 
-    /// Whether the counter is not among the known counts of its current window.
-    fn unheld(&self) -> bool {
-        self.current.is_none()
+    /// Whether region `r` supplied a count for the counter's current window.
+    fn held_by(&self, r: usize) -> bool {
+        self.current
+            .and_then(|c| c.get(r).copied())
+            .is_some_and(|n| n > 0)
     }
 }
 
@@ -438,6 +442,12 @@ mod tests {
         assert_eq!(tally.others(&params, "held", t0), 10);
         // Not held: region 1 left some out, so it is taken at its share; region 2 at 0.
         assert_eq!(tally.others(&params, "unheld", t0), 30);
+        // Held by others (this region among them, as when leases read it) but not by region 1:
+        // region 1 may still have left it out, so it counts at its share, not at 0.
+        let mut k = known(&[(t0, "mine", [20, 0, 5])]);
+        k.truncated = Box::new([false, true, false]);
+        tally.publish_known(k, &[1, 2], t0);
+        assert_eq!(tally.others(&params, "mine", t0), 35);
     }
 
     #[test]

@@ -147,6 +147,29 @@ fn home_needs_the_tenant_in_the_key() {
 }
 
 #[test]
+fn metered_limits_stay_regional() {
+    for scope in ["home", "aggregate"] {
+        let limit = if scope == "home" { "exact" } else { "soft" };
+        let text = REGIONS
+            .replace(
+                "key: [tenant], scope: home",
+                "key: [tenant], scope: home, charge: after",
+            )
+            .replace(
+                "key: [ip], scope: aggregate",
+                "key: [ip], scope: aggregate, charge: after",
+            );
+        let line = if scope == "home" { 11 } else { 12 };
+        expect(
+            &text,
+            line,
+            &format!("limits.{limit}.charge"),
+            &format!("cannot be combined with scope `{scope}`"),
+        );
+    }
+}
+
+#[test]
 fn unknown_scopes_are_refused() {
     expect(
         &REGIONS.replace("scope: home", "scope: global"),

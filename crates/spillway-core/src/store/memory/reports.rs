@@ -2,8 +2,8 @@
 //!
 //! Bounded, expiring and shared fairly between tenants. Ids are kept per holder (the tenant
 //! a report is charged to, [`ReportId::holder`]), each holder's in arrival order, for
-//! [`REPORT_TTL`]. Two bounds keep memory fixed (about 60 bytes an id, whatever the callers
-//! send):
+//! [`REPORT_TTL`]. Two bounds keep memory bounded (about 60 bytes an id while few tenants
+//! hold many ids; a few hundred bytes an id when each of very many tenants holds one):
 //!
 //! - a holder keeps at most [`MAX_REPORTS_PER_HOLDER`] ids; a newer id of its own makes it
 //!   forget its oldest;
@@ -13,9 +13,9 @@
 //! The guarantee: an id is forgotten before its hour is up only for a newer id of its own
 //! tenant, or while its tenant holds at least as many ids as any other tenant. With `n`
 //! tenants holding ids, a tenant holding fewer than `MAX_REPORTS / n` never loses one to
-//! another tenant's traffic, however many fresh ids that tenant sends; in particular a
-//! tenant flooding fresh ids only ever evicts its own, so it cannot make another tenant's
-//! retried report count twice (and spend that tenant's budget). Under `principals:` the
+//! another tenant's traffic, however many fresh ids that tenant sends: a flooding tenant soon
+//! holds the most and evicts its own, so it cannot make a smaller holder's retried report
+//! count twice (and spend that tenant's budget). Under `principals:` the
 //! tenant is the verified one, so a caller gets one holder per credential it owns.
 //!
 //! All of it sits behind the store's one report mutex, taken only by reports (never on the
@@ -60,6 +60,12 @@ impl Held {
                 break;
             }
             self.pop_oldest();
+        }
+        // A holder that once held many ids gives the room back once most have expired.
+        if self.order.capacity() > 64 && self.order.len() < self.order.capacity() / 4 {
+            let keep = self.order.len() * 2;
+            self.order.shrink_to(keep);
+            self.seen.shrink_to(keep);
         }
     }
 

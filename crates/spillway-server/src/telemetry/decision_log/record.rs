@@ -22,8 +22,9 @@
 //! cost was recorded) or `report_failed` (the store could not record it); a retry that
 //! recorded nothing is not logged. `cost` is the reported cost, `request_id` the report's
 //! own id, `limits` lists every metered limit's standing after the charge (`limit` is the one
-//! most in debt, with `retry_after_ms` until it is repaid), and `allowed` says whether the
-//! keys owe nothing afterwards (`true` for `report_failed`, whose standing is unknown).
+//! furthest from having a unit free, with `retry_after_ms` until one is), and `allowed` says
+//! whether every one has room for one unit afterwards, as the next check sees it (`true` for
+//! `report_failed`, whose standing is unknown).
 
 use super::privacy::IpPrivacy;
 pub use super::rfc3339::{parse_rfc3339_ms, rfc3339_ms};
