@@ -14,9 +14,10 @@
 # run the mean requests per Redis call (spillway_redis_batch_requests, counted from warm-up on).
 #
 # Usage: bench/redis.sh                    builds target/release/spillway and measures it
-#        bench/redis.sh OLD NEW            alternates two builds, run by run (before/after)
-#        DURATION=8 RUNS=5 CONNS=50 THREADS=1 POLICIES="one four" to change
+#        bench/redis.sh BIN...             alternates the builds given, run by run (e.g. OLD NEW)
+#        DURATION=8 RUNS=5 WARMUP=2 CONNS=50 THREADS=1 POLICIES="one four" to change
 #        NEW_ARGS="..." / OLD_ARGS="..."   extra `serve` flags for the second / first build
+#                                          (only with exactly two builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/deps.sh

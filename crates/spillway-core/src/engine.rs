@@ -215,6 +215,9 @@ impl Engine {
         if planned.is_empty() {
             return Ok((false, Vec::new()));
         }
+        // A report of nothing is only looked at, as the next admission will look: room for
+        // one unit (a metered look).
+        let nothing = planned.iter().all(|p| p.cost == 0);
         let checks: Vec<Check<'_>> = planned
             .iter()
             .map(|p| Check {
@@ -222,19 +225,11 @@ impl Engine {
                 params: &p.def.params,
                 cost: p.cost,
                 enforced: !p.def.shadow,
-                metered: false,
+                metered: nothing,
             })
             .collect();
-        let charged = if checks.iter().all(|c| c.cost == 0) {
-            // Looked at as the next admission will be: room for one unit.
-            let looks: Vec<Check<'_>> = checks
-                .iter()
-                .map(|c| Check {
-                    metered: true,
-                    ..*c
-                })
-                .collect();
-            let decisions = self.store.check(&looks, CheckMode::Peek).await?;
+        let charged = if nothing {
+            let decisions = self.store.check(&checks, CheckMode::Peek).await?;
             crate::store::Charged {
                 recorded: true,
                 decisions,

@@ -15,7 +15,7 @@
 //! cores on every decision; a read adds up the shards.
 
 use crate::time::Micros;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Seconds the ring holds: fifteen minutes.
 pub const SECONDS: usize = 900;
@@ -70,14 +70,6 @@ impl Default for Rates {
     }
 }
 
-/// The next thread number to give out.
-static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// This thread's shard, given out round-robin the first time it counts a decision.
-    static SHARD: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed) % SHARDS;
-}
-
 /// What a slice of the ring holds, oldest second first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Series {
@@ -109,7 +101,7 @@ impl Rates {
     pub fn record(&self, now: Micros, tally: Tally, micros: u64) {
         let second = now / 1_000_000;
         let (index, lap) = place(second);
-        let shard = SHARD.with(|s| *s);
+        let shard = crate::topk::thread_number() % SHARDS;
         let cell = &self.shards[shard].0[index];
         let counter = match tally {
             Tally::Allowed => &cell.allowed,

@@ -161,17 +161,8 @@ async fn send(runner: &Runner, batch: Vec<Job>) {
         }
         Err(err) => {
             for job in batch {
-                let _ = job.answer.send(Err(copy(&err)));
+                let _ = job.answer.send(Err(err.clone()));
             }
         }
-    }
-}
-
-/// The same error again, for every request of a failed call (counted once, by the call).
-fn copy(err: &StoreError) -> StoreError {
-    match err {
-        StoreError::Timeout(d) => StoreError::Timeout(*d),
-        StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
-        StoreError::Protocol(s) => StoreError::Protocol(s.clone()),
     }
 }

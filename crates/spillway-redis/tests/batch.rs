@@ -70,8 +70,8 @@ async fn one_hot_key_admits_exactly_its_burst_across_shared_calls() {
     let sent = fcalls(server.port()) - before;
     assert_eq!(admitted, 100, "exactly the burst");
     assert!(
-        sent < 300,
-        "300 concurrent requests went out in fewer calls ({sent})"
+        (1..300).contains(&sent),
+        "300 concurrent requests went out in fewer calls, through FCALL ({sent})"
     );
     assert_eq!(used(&store, &hot, &bucket, 100).await, 100);
 }

@@ -6,6 +6,7 @@ mod common;
 use common::{redis_store, replay, Backend};
 use spillway_core::store::MemoryStore;
 use spillway_core::time::ManualClock;
+use spillway_redis::RedisStore;
 use spillway_testkit::redis::{RedisCluster, RedisServer};
 use spillway_testkit::vectors::{self, Rng, Vector};
 use std::sync::Arc;
@@ -126,15 +127,55 @@ fn random_renumbered_vector(rng: &mut Rng, i: usize) -> Vector {
     }
 }
 
+/// The random source of a differential test: `SPILLWAY_DIFF_SEED` when set, else `default`.
+fn seeded(default: u64) -> Rng {
+    let seed = std::env::var("SPILLWAY_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    Rng::new(seed)
+}
+
+/// A Redis store and an in-memory store, each on its own manual clock: a differential test
+/// replays every vector on both, so the Lua and the Rust are held to the same expectations.
+struct Both {
+    store: RedisStore,
+    clock: Arc<ManualClock>,
+    memory: MemoryStore,
+    memory_clock: Arc<ManualClock>,
+}
+
+impl Both {
+    async fn start(server: &RedisServer) -> Self {
+        let (store, clock) = redis_store(Backend::Server(server.url())).await;
+        let memory_clock = Arc::new(ManualClock::new(0));
+        let memory = MemoryStore::new(10_000, memory_clock.clone());
+        Self {
+            store,
+            clock,
+            memory,
+            memory_clock,
+        }
+    }
+
+    /// Replays `v` on Redis, then in memory; failures name the store (`[redis-TAG]`).
+    async fn replay(&self, v: &Vector, tag: &str) {
+        replay(&self.store, &self.clock, v, &format!("redis-{tag}")).await;
+        replay(
+            &self.memory,
+            &self.memory_clock,
+            v,
+            &format!("memory-{tag}"),
+        )
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn lua_agrees_with_rust_on_random_sequences() {
     let server = RedisServer::start();
     let (store, clock) = redis_store(Backend::Server(server.url())).await;
-    let seed = std::env::var("SPILLWAY_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_240_601);
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded(20_240_601);
     for i in 0..150 {
         let v = random_vector(&mut rng, i);
         replay(&store, &clock, &v, &format!("d{i}")).await;
@@ -144,32 +185,19 @@ async fn lua_agrees_with_rust_on_random_sequences() {
 #[tokio::test]
 async fn lua_agrees_with_rust_when_numbers_change() {
     let server = RedisServer::start();
-    let (store, clock) = redis_store(Backend::Server(server.url())).await;
-    let memory_clock = Arc::new(ManualClock::new(0));
-    let memory = MemoryStore::new(10_000, memory_clock.clone());
-    let seed = std::env::var("SPILLWAY_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_202);
-    let mut rng = Rng::new(seed);
+    let both = Both::start(&server).await;
+    let mut rng = seeded(20_261_202);
     for i in 0..150 {
         let v = random_renumbered_vector(&mut rng, i);
-        replay(&store, &clock, &v, &format!("redis-n{i}")).await;
-        replay(&memory, &memory_clock, &v, &format!("memory-n{i}")).await;
+        both.replay(&v, &format!("n{i}")).await;
     }
 }
 
 #[tokio::test]
 async fn lua_agrees_with_rust_on_random_charges_after_the_fact() {
     let server = RedisServer::start();
-    let (store, clock) = redis_store(Backend::Server(server.url())).await;
-    let memory_clock = Arc::new(ManualClock::new(0));
-    let memory = MemoryStore::new(10_000, memory_clock.clone());
-    let seed = std::env::var("SPILLWAY_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_203);
-    let mut rng = Rng::new(seed);
+    let both = Both::start(&server).await;
+    let mut rng = seeded(20_261_203);
     for i in 0..150 {
         let algorithm = vectors::METERED[rng.below(5) as usize];
         let numbers = random_numbers(&mut rng, algorithm);
@@ -181,8 +209,7 @@ async fn lua_agrees_with_rust_on_random_charges_after_the_fact() {
             numbers,
             events: vectors::expected_metered(&params, &requests),
         };
-        replay(&store, &clock, &v, &format!("redis-o{i}")).await;
-        replay(&memory, &memory_clock, &v, &format!("memory-o{i}")).await;
+        both.replay(&v, &format!("o{i}")).await;
     }
 }
 
@@ -197,14 +224,8 @@ async fn lua_agrees_with_rust_on_random_charges_after_the_fact() {
 #[tokio::test]
 async fn lua_agrees_with_rust_on_charges_while_numbers_change() {
     let server = RedisServer::start();
-    let (store, clock) = redis_store(Backend::Server(server.url())).await;
-    let memory_clock = Arc::new(ManualClock::new(0));
-    let memory = MemoryStore::new(10_000, memory_clock.clone());
-    let seed = std::env::var("SPILLWAY_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_204);
-    let mut rng = Rng::new(seed);
+    let both = Both::start(&server).await;
+    let mut rng = seeded(20_261_204);
     for i in 0..150 {
         let algorithm = ["token_bucket", "gcra", "leaky_bucket"][rng.below(3) as usize];
         let sets: Vec<[u64; 3]> = (0..2 + rng.below(3))
@@ -232,7 +253,6 @@ async fn lua_agrees_with_rust_on_charges_while_numbers_change() {
             numbers: sets[0],
             events: vectors::expected_renumbered_metered(algorithm, sets[0], &requests),
         };
-        replay(&store, &clock, &v, &format!("redis-q{i}")).await;
-        replay(&memory, &memory_clock, &v, &format!("memory-q{i}")).await;
+        both.replay(&v, &format!("q{i}")).await;
     }
 }

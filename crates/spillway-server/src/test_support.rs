@@ -88,7 +88,7 @@ impl AppState {
 }
 
 /// `/v1/authorize`'s settings as `spillway serve <args>` would make them.
-pub(crate) fn authorize_settings(args: &[&str]) -> AuthorizeSettings {
+fn authorize_settings(args: &[&str]) -> AuthorizeSettings {
     let argv = ["spillway", "serve"].iter().chain(args);
     let Command::Serve(args) = Cli::parse_from(argv).command else {
         unreachable!("serve was asked for");

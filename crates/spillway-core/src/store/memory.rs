@@ -63,7 +63,7 @@ use std::sync::Arc;
 mod eviction;
 mod reports;
 
-pub use reports::{MAX_REPORTS, MAX_REPORTS_PER_HOLDER};
+pub use reports::MAX_REPORTS;
 
 /// The fewest shards a store has, however small its bound; a power of two, as every shard
 /// count is, so the shard is a mask of the key hash.

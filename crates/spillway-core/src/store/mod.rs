@@ -9,7 +9,7 @@ mod memory;
 mod report;
 mod slot;
 
-pub use memory::{MemoryStore, MAX_REPORTS, MAX_REPORTS_PER_HOLDER};
+pub use memory::{MemoryStore, MAX_REPORTS};
 pub use report::{Charged, ReportId, MAX_REPORTED_COST, REPORT_TTL};
 
 use crate::algorithm::{Decision, LimitParams};
@@ -36,7 +36,7 @@ pub struct Check<'a> {
 }
 
 /// A store could not answer. Typed so the server can count and map each kind.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store did not answer in time.
     #[error("store timed out after {0:?}")]

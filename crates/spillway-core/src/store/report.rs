@@ -85,7 +85,8 @@ impl ReportId {
     }
 
     /// An identity from its parts, for tests of the stores.
-    pub fn from_parts(id: [u8; 16], holder: u64) -> Self {
+    #[cfg(test)]
+    pub(crate) fn from_parts(id: [u8; 16], holder: u64) -> Self {
         Self { id, holder }
     }
 

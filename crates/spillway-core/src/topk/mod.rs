@@ -97,6 +97,12 @@ thread_local! {
     static THREAD: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
 }
 
+/// This thread's number (see `THREAD`): the sketches' and the dashboard's rate ring
+/// (`crate::rates`) pick their per-thread shards by it.
+pub(crate) fn thread_number() -> usize {
+    THREAD.with(|t| *t)
+}
+
 impl<L: Clone + Eq + Hash> TopK<L> {
     /// An empty sketch of the given shape.
     pub fn new(shape: Shape) -> Self {
@@ -162,7 +168,7 @@ impl<L: Clone + Eq + Hash> TopK<L> {
 /// The calling thread's shard among `shards`.
 #[inline]
 fn thread_shard(shards: usize) -> usize {
-    THREAD.with(|t| *t) % shards
+    thread_number() % shards
 }
 
 /// The `n` heaviest of `counts`, heaviest first (the order among equal counts is unspecified).

@@ -199,15 +199,11 @@ pub fn policy(
 /// `text` cut to at most 64 bytes (on a character boundary) with `...` after a cut, for
 /// quoting a caller's value in a log line without letting it fill the line.
 fn shortened(text: &str) -> String {
-    const MAX: usize = 64;
-    if text.len() <= MAX {
+    let cut = crate::telemetry::cut_to(text, 64);
+    if cut.len() == text.len() {
         return text.to_owned();
     }
-    let end = (0..=MAX)
-        .rev()
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(0);
-    format!("{}...", &text[..end])
+    format!("{cut}...")
 }
 
 /// The stricter of two failure modes: `closed` over `degrade` over `open`, so one request

@@ -186,7 +186,7 @@ fn logged(
                     service::as_identified(&d.entries, &credentials, identity, config)
                 }
                 None => (d.entries.iter())
-                    .filter(|e| !credentials.contains(&e.key.as_str()))
+                    .filter(|e| !credentials.contains(&e.key))
                     .cloned()
                     .collect(),
             },

@@ -37,8 +37,8 @@ pub fn checked(plan: &Plan, overall: &Verdict, extra: &[(&str, &str)]) -> RateLi
     }
 }
 
-/// The header that says why a call was refused for its credential.
-pub const UNAUTHENTICATED_HEADER: &str = "x-spillway-unauthenticated";
+/// The header that says why a call was refused for its credential (the HTTP API's too).
+pub use crate::http::principal::REASON_HEADER as UNAUTHENTICATED_HEADER;
 
 /// The answer for a call whose credential is missing or refused: `OVER_LIMIT` everywhere
 /// (never an error, which Envoy may treat as "admit"), with the reason in

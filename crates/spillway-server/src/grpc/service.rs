@@ -175,7 +175,9 @@ impl Rls {
         }
         let hits = u64::from(request.hits_addend);
         let hits = (hits > 0).then_some(hits);
-        let plan = plan::policy(policy, &descriptors, hits, Some((&identity, config)));
+        // The entries already name the caller as the policy says (`as_identified`, the same
+        // rules as `principal::apply`): planned as they are.
+        let plan = plan::policy(policy, &descriptors, hits, None);
         let subject = Subject::envoy(&descriptors, ids);
         let who = match &identity {
             Identity::Verified(p, _) => Who {
@@ -266,21 +268,26 @@ impl Rls {
 
 /// The descriptor entry names that carry credentials under `config` (the token's header or
 /// `cookie`, the API key's header, the host header), which are never planned or logged.
-pub(super) fn credential_names(config: &Principals) -> Vec<&str> {
-    let mut names = Vec::with_capacity(3);
-    if let Some(jwt) = &config.jwt {
-        names.push(match &jwt.place {
+pub(super) fn credential_names(config: &Principals) -> Credentials<'_> {
+    Credentials([
+        config.jwt.as_ref().map(|jwt| match &jwt.place {
             TokenPlace::Header(name) => name.as_str(),
             TokenPlace::Cookie(_) => "cookie",
-        });
+        }),
+        config.api_key.as_ref().map(|key| key.header.as_str()),
+        config.subdomain.as_ref().map(|sub| sub.header.as_str()),
+    ])
+}
+
+/// The entry names [`credential_names`] gives: the token's, the API key's, the host's, each
+/// when configured (no allocation per call).
+pub(super) struct Credentials<'a>([Option<&'a str>; 3]);
+
+impl Credentials<'_> {
+    /// Whether an entry named `key` carries a credential.
+    pub(super) fn contains(&self, key: &str) -> bool {
+        self.0.contains(&Some(key))
     }
-    if let Some(key) = &config.api_key {
-        names.push(key.header.as_str());
-    }
-    if let Some(sub) = &config.subdomain {
-        names.push(sub.header.as_str());
-    }
-    names
 }
 
 /// A descriptor's entries as the decision log and the plan should see them: without the
@@ -288,7 +295,7 @@ pub(super) fn credential_names(config: &Principals) -> Vec<&str> {
 /// ([`principal::apply`]'s rules), so the log never records a claimed tenant as the caller.
 pub(super) fn as_identified(
     entries: &[Entry],
-    credentials: &[&str],
+    credentials: &Credentials<'_>,
     identity: &Identity,
     config: &Principals,
 ) -> Vec<Entry> {
@@ -305,7 +312,7 @@ pub(super) fn as_identified(
     ];
     let mut out: Vec<Entry> = entries
         .iter()
-        .filter(|e| !credentials.contains(&e.key.as_str()))
+        .filter(|e| !credentials.contains(&e.key))
         .filter(|e| {
             set.iter()
                 .all(|(key, value, may)| e.key != *key || (value.is_none() && *may))

@@ -41,6 +41,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use spillway_core::policy::Policy;
 use spillway_core::request::RequestAttrs;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -176,16 +177,17 @@ pub async fn check(
     State(app): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
     ids: RequestIds,
-    CredentialHeaders(headers): CredentialHeaders,
+    CredentialHeaders { policy, headers }: CredentialHeaders,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match respond(&app, query.as_deref(), &ids, &headers, body).await {
+    match respond(&app, policy, query.as_deref(), &ids, &headers, body).await {
         Ok(response) | Err(response) => response,
     }
 }
 
 async fn respond(
     app: &AppState,
+    policy: Arc<Policy>,
     query: Option<&str>,
     ids: &RequestIds,
     headers: &HeaderMap,
@@ -200,7 +202,6 @@ async fn respond(
         request.host.take(),
     );
     let mut attrs: RequestAttrs = request.into();
-    let policy = app.engine.policy();
     let own = Presented {
         token: token.as_deref(),
         api_key: api_key.as_deref(),

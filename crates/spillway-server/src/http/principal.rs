@@ -19,12 +19,19 @@ use std::sync::Arc;
 /// that read headers only; the gRPC service sends the same.
 pub const REASON_HEADER: &str = "x-spillway-unauthenticated";
 
-/// A request's headers for [`identify`], copied out of the request only when the policy in
-/// force has a `principals:` section (axum's own `HeaderMap` extractor copies them on every
-/// request). Empty otherwise, which `identify` never reads: it returns at once without the
-/// section.
-#[derive(Debug, Default)]
-pub struct CredentialHeaders(pub HeaderMap);
+/// The policy in force when the request arrived, and the request's headers for [`identify`]:
+/// copied out of the request only when that policy has a `principals:` section (axum's own
+/// `HeaderMap` extractor copies them on every request). Empty otherwise, which `identify`
+/// never reads: it returns at once without the section. The handler decides with this very
+/// policy, so a reload between extraction and decision cannot judge a request by a section
+/// its headers were not copied for.
+#[derive(Debug)]
+pub struct CredentialHeaders {
+    /// The policy the request is decided with.
+    pub policy: Arc<Policy>,
+    /// The request's headers, when `policy` identifies callers.
+    pub headers: HeaderMap,
+}
 
 impl FromRequestParts<Arc<AppState>> for CredentialHeaders {
     type Rejection = Infallible;
@@ -33,12 +40,13 @@ impl FromRequestParts<Arc<AppState>> for CredentialHeaders {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let wanted = state.engine.policy().principals().is_some();
-        Ok(Self(if wanted {
+        let policy = state.engine.policy();
+        let headers = if policy.principals().is_some() {
             parts.headers.clone()
         } else {
             HeaderMap::new()
-        }))
+        };
+        Ok(Self { policy, headers })
     }
 }
 

@@ -50,6 +50,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use spillway_core::policy::Policy;
 use spillway_core::request::RequestAttrs;
 use spillway_core::store::MAX_REPORTED_COST;
 use std::collections::BTreeMap;
@@ -168,16 +169,17 @@ pub fn parse_body(body: &[u8]) -> Result<ReportRequest, Problem> {
 /// The handler.
 pub async fn report(
     State(app): State<Arc<AppState>>,
-    CredentialHeaders(headers): CredentialHeaders,
+    CredentialHeaders { policy, headers }: CredentialHeaders,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match respond(&app, &headers, body).await {
+    match respond(&app, policy, &headers, body).await {
         Ok(response) | Err(response) => response,
     }
 }
 
 async fn respond(
     app: &AppState,
+    policy: Arc<Policy>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Response> {
@@ -194,7 +196,6 @@ async fn respond(
         cost: Some(request.cost),
         descriptors: request.descriptors.unwrap_or_default(),
     };
-    let policy = app.engine.policy();
     let own = Presented {
         token: request.token.as_deref(),
         api_key: request.api_key.as_deref(),

@@ -12,3 +12,16 @@ pub mod decision_log;
 pub mod live;
 pub mod top;
 pub mod trace;
+
+/// `text` cut to at most `max` bytes, on a character boundary: how a caller's value is kept
+/// short in a label, a log line or a kept record.
+pub fn cut_to(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

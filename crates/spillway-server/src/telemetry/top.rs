@@ -328,14 +328,7 @@ impl Top {
 
 /// `text` cut to at most [`MAX_LABEL`] bytes, at a character boundary.
 pub fn cut(text: &str) -> &str {
-    if text.len() <= MAX_LABEL {
-        return text;
-    }
-    let mut end = MAX_LABEL;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    super::cut_to(text, MAX_LABEL)
 }
 
 #[cfg(test)]

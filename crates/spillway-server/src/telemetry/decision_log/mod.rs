@@ -39,7 +39,7 @@ pub use sink::Sink;
 pub use subject::{Ids, RequestIds, Subject};
 
 use crate::decision::{Ask, Outcome, Report, Reported};
-use crate::state::AppState;
+use crate::state::{AppState, PolicyInfo};
 use metrics::{counter, Counter};
 use privacy::{IpMode, IpPrivacy};
 use record::{Kind, Line, Pending};
@@ -190,20 +190,12 @@ impl DecisionLog {
             }
             self.sample_rate
         } else {
-            if !self.cap.admit(now) {
-                self.counts.capped.fetch_add(1, Ordering::Relaxed);
-                self.capped.increment(1);
+            if !self.under_cap(now) {
                 return;
             }
             1.0
         };
-        let prefix = if self.truncate {
-            policy.ip_prefix()
-        } else {
-            IpPrefix::default()
-        };
-        let catalog = app.catalog.db().map(|_| policy.catalog().version());
-        let info = app.policy_info.load_full();
+        let (prefix, catalog, info) = self.context(app, policy);
         let record =
             Pending::new(now, kind, sample_rate, ask, outcome, prefix, info).with_catalog(catalog);
         self.enqueue(record);
@@ -227,21 +219,37 @@ impl DecisionLog {
             Reported::Failed(_) => (Kind::ReportFailed, None),
         };
         let now = app.clock.now();
-        if !self.cap.admit(now) {
-            self.counts.capped.fetch_add(1, Ordering::Relaxed);
-            self.capped.increment(1);
+        if !self.under_cap(now) {
             return;
         }
+        let (prefix, catalog, info) = self.context(app, policy);
+        let record =
+            Pending::report(now, kind, report, standing, prefix, info).with_catalog(catalog);
+        self.enqueue(record);
+    }
+
+    /// Whether the per-second cap lets one more record through at `now`; one it holds back is
+    /// counted.
+    fn under_cap(&self, now: Micros) -> bool {
+        if self.cap.admit(now) {
+            return true;
+        }
+        self.counts.capped.fetch_add(1, Ordering::Relaxed);
+        self.capped.increment(1);
+        false
+    }
+
+    /// What a kept record takes from the policy it was decided under: the network prefix
+    /// (when IPs are truncated), the catalog version (with a catalog database) and the
+    /// policy's description.
+    fn context(&self, app: &AppState, policy: &Policy) -> (IpPrefix, Option<u64>, Arc<PolicyInfo>) {
         let prefix = if self.truncate {
             policy.ip_prefix()
         } else {
             IpPrefix::default()
         };
         let catalog = app.catalog.db().map(|_| policy.catalog().version());
-        let info = app.policy_info.load_full();
-        let record =
-            Pending::report(now, kind, report, standing, prefix, info).with_catalog(catalog);
-        self.enqueue(record);
+        (prefix, catalog, app.policy_info.load_full())
     }
 
     fn enqueue(&self, record: Pending) {

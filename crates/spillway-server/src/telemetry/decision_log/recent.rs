@@ -37,13 +37,8 @@ struct Held {
 
 /// `text` cut to at most [`FIELD_BYTES`], at a character boundary.
 fn cut(text: &mut String) {
-    if text.len() > FIELD_BYTES {
-        let mut end = FIELD_BYTES;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
+    let end = crate::telemetry::cut_to(text, FIELD_BYTES).len();
+    text.truncate(end);
 }
 
 fn cut_opt(text: &mut Option<String>) {

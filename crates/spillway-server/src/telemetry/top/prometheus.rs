@@ -33,12 +33,9 @@ pub fn render(tenants: &[(Arc<str>, u64)]) -> String {
 /// A label value as the text format wants it: cut to [`MAX_TENANT`] bytes, with `\`, `"` and
 /// line feeds escaped.
 pub fn escape(value: &str) -> String {
-    let mut end = value.len().min(MAX_TENANT);
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out = String::with_capacity(end + 2);
-    for c in value[..end].chars() {
+    let value = crate::telemetry::cut_to(value, MAX_TENANT);
+    let mut out = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
