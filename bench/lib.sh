@@ -3,9 +3,10 @@
 # A free loopback TCP port.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# Waits up to 10 s for something to listen on loopback port $1.
+# Waits for something to listen on loopback port $1: up to 10 s, or $2 tenths of a second.
 wait_port() {
-  for _ in $(seq 100); do
+  # $2: how many tenths of a second to wait (10 s by default).
+  for _ in $(seq "${2:-100}"); do
     (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
     sleep 0.1
   done

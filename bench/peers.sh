@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Spillway beside its peers in one run, alternating round by round: Limitador (built beside the
+# project, never vendored) and, for HTTP on the embedded store, nginx answering `return 200`.
+# The same limit on both limiters: one fixed window of 100,000,000 per second per user, so every
+# request is allowed (the common case) and each user is its own counter.
+#
+# Loads (LOADS, all four by default):
+# - http-memory: wrk -t1 -cCONNS on each server's check endpoint (Spillway POST /v1/check
+#   {"user": ...}, Limitador POST /check_and_report), 100,000 users picked at random; nginx's
+#   `return 200` with the same client and requests as the ceiling;
+# - http-redis:  the same over a fresh redis-server per run; also Redis's own CPU per decision
+#   (INFO cpu, user + system), which a busy machine barely moves;
+# - grpc-memory, grpc-redis: Envoy RLS ShouldRateLimit from bench/grpc.sh's h2load clients
+#   (4 clients x 4 connections x 32 streams, CALLS each, one user per client), domain/namespace
+#   `bench`.
+# Prints every run, then per load the medians and Spillway's ratio to each peer.
+#
+#   LIMITADOR=/work/peers/limitador/target/release/limitador-server bench/peers.sh [SPILLWAY_BINARY]
+#   ROUNDS=5 DURATION=8 LOADS="http-memory grpc-redis" LIMITADOR=... bench/peers.sh
+#
+# Building Limitador here (outside this repository; ~25 minutes on 2 cores): fetch
+# Kuadrant/limitador, keep only limitador/, limitador-server/, Cargo.toml and Cargo.lock,
+# `apt-get install protobuf-compiler libclang-dev`, then
+# `cargo build --release -p limitador-server`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+source bench/lib.sh
+need redis-server redis-server
+need redis-cli redis-tools
+need wrk wrk
+need h2load nghttp2-client
+need nginx nginx
+need curl curl
+need python3 python3
+
+: "${LIMITADOR:?set LIMITADOR to a limitador-server binary (see the header)}"
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-50}
+CALLS=${CALLS:-100000}
+LOADS=${LOADS:-http-memory http-redis grpc-memory grpc-redis}
+if [ $# -ge 1 ]; then
+  spillway=$1
+else
+  cargo build --release -q -p spillway-server --bin spillway
+  spillway=target/release/spillway
+fi
+
+tmp=$(mktemp -d)
+pids=()
+stop_all() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+trap 'stop_all; rm -rf "$tmp"' EXIT
+
+grpc_fixture "$tmp" 4
+frame_of() { echo "$tmp/frame-$1.bin"; }
+cat >"$tmp/policy.yaml" <<'YAML'
+default_tier: free
+limits:
+  per-user:
+    algorithm: fixed_window
+    limit: 100000000
+    window: 1s
+    key: [user]
+tiers:
+  free:
+    limits: [per-user]
+YAML
+# bench/grpc.sh's Envoy domain gives each `user` value 100,000,000 per second as well.
+cat >"$tmp/limits.yaml" <<'YAML'
+- namespace: bench
+  max_value: 100000000
+  seconds: 1
+  conditions: []
+  variables:
+    - descriptors[0]['user']
+YAML
+cat >"$tmp/spillway.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  return wrk.format(nil, "/v1/check", nil, '{"user":"u' .. math.random(1, 100000) .. '"}')
+end
+LUA
+cat >"$tmp/limitador.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  return wrk.format(nil, "/check_and_report", nil,
+    '{"namespace":"bench","values":{"user":"u' .. math.random(1, 100000) .. '"},"delta":1}')
+end
+LUA
+cp "$tmp/spillway.lua" "$tmp/nginx.lua"
+mkdir -p "$tmp/nginx"
+nginx_conf() {
+  cat >"$tmp/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $tmp/nginx/nginx.pid;
+error_log $tmp/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $tmp/nginx;
+  server { listen 127.0.0.1:$1; location / { return 200; } }
+}
+CONF
+}
+
+redis_cpu() { redis-cli -p "$1" INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_user:/ {u = $2} /^used_cpu_sys:/ {s = $2} END {printf "%.6f\n", u + s}'; }
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# start_server WHO STORE: starts WHO (spillway, limitador or nginx) on free ports, with a fresh
+# redis-server when STORE is redis; sets http, grpc and rport (empty without Redis).
+start_server() {
+  local who=$1 store=$2 url=""
+  http=$(free_port); grpc=$(free_port); rport=""
+  if [ "$store" = redis ]; then
+    rport=$(free_port)
+    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" >/dev/null &
+    pids+=($!)
+    until redis-cli -p "$rport" ping >/dev/null 2>&1; do sleep 0.1; done
+    url="redis://127.0.0.1:$rport"
+  fi
+  case "$who" in
+    spillway)
+      local store_flags=()
+      [ -n "$url" ] && store_flags=(--store-url "$url" --store-timeout 1s)
+      "$spillway" serve --config "$tmp/policy.yaml" --envoy-config "$tmp/conf/bench.yaml" \
+        "${store_flags[@]}" --listen "127.0.0.1:$http" --grpc-listen "127.0.0.1:$grpc" \
+        --log-filter warn >/dev/null 2>&1 &
+      ;;
+    limitador)
+      local storage=(memory)
+      [ -n "$url" ] && storage=(redis "$url")
+      "$LIMITADOR" --rls-ip 127.0.0.1 --rls-port "$grpc" --http-ip 127.0.0.1 --http-port "$http" \
+        "$tmp/limits.yaml" "${storage[@]}" >"$tmp/limitador.log" 2>&1 &
+      ;;
+    nginx)
+      nginx_conf "$http"
+      nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" >/dev/null 2>&1 &
+      ;;
+  esac
+  pids+=($!)
+  wait_port "$http" 300 || { echo "$who never listened" >&2; cat "$tmp/limitador.log" >&2 || true; exit 1; }
+  [ "$who" = nginx ] || wait_port "$grpc" 300
+}
+
+# one_http WHO STORE: prints "requests_per_second redis_us_per_decision non2xx".
+one_http() {
+  local who=$1 store=$2 out n rps non2xx c0=0 c1=0
+  start_server "$who" "$store"
+  wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$tmp/$who.lua" "http://127.0.0.1:$http" >/dev/null
+  [ -n "$rport" ] && c0=$(redis_cpu "$rport")
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$tmp/$who.lua" "http://127.0.0.1:$http")
+  [ -n "$rport" ] && c1=$(redis_cpu "$rport")
+  stop_all
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  awk -v r="$rps" -v n="$n" -v a="$c0" -v b="$c1" -v x="${non2xx:-0}" \
+    'BEGIN {printf "%s %.2f %s\n", r, (b - a) * 1e6 / n, x}'
+}
+
+# one_grpc WHO STORE: prints "calls_per_second redis_us_per_decision non_ok".
+one_grpc() {
+  local who=$1 store=$2 start end ok c0=0 c1=0 url
+  start_server "$who" "$store"
+  url="http://127.0.0.1:$grpc/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+  h2load_clients "$url" "$tmp/out" 4 $((CALLS / 10)) 4 32 frame_of
+  [ -n "$rport" ] && c0=$(redis_cpu "$rport")
+  start=$(date +%s.%N)
+  h2load_clients "$url" "$tmp/out" 4 "$CALLS" 4 32 frame_of
+  end=$(date +%s.%N)
+  [ -n "$rport" ] && c1=$(redis_cpu "$rport")
+  stop_all
+  # h2load counts HTTP statuses; a gRPC answer is 200 with grpc-status in the trailers, and a
+  # limiter answering OVER_LIMIT still answers 200, so the calls must all be allowed: the
+  # limit is far above the load.
+  ok=$(cat "$tmp"/out/h2load-*.out | awk '/^status codes:/ {n += $3} END {print n}')
+  awk -v s="$start" -v e="$end" -v ok="$ok" -v a="$c0" -v b="$c1" -v total=$((CALLS * 4)) \
+    'BEGIN {printf "%.0f %.2f %d\n", ok / (e - s), (b - a) * 1e6 / ok, total - ok}'
+}
+
+echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
+echo "spillway: $spillway; limitador: $LIMITADOR ($("$LIMITADOR" --version 2>/dev/null | head -1))"
+echo "redis $(redis-server --version | awk '{print $3}'); wrk -t1 -c$CONNS -d${DURATION}s; h2load 4 x -n $CALLS -c 4 -m 32; $ROUNDS rounds"
+for load in $LOADS; do
+  kind=${load%-*} store=${load#*-}
+  whos="spillway limitador"
+  [ "$load" = http-memory ] && whos="spillway limitador nginx"
+  declare -A rates=() redis=() m=()
+  for round in $(seq "$ROUNDS"); do
+    for who in $whos; do
+      read -r r u x < <("one_$kind" "$who" "$store")
+      echo "$load round $round $who: $r per second, redis $u µs/decision, failed $x"
+      rates[$who]+="$r "; redis[$who]+="$u "
+    done
+  done
+  for who in $whos; do
+    m[$who]=$(tr ' ' '\n' <<<"${rates[$who]}" | grep . | median)
+    mu=$(tr ' ' '\n' <<<"${redis[$who]}" | grep . | median)
+    echo "median $load $who: ${m[$who]} per second, redis $mu µs/decision"
+  done
+  for who in $whos; do
+    [ "$who" = spillway ] && continue
+    python3 -c "print(f'ratio $load spillway/$who: {${m[spillway]} / ${m[$who]}:.2f}x')"
+  done
+  unset rates redis m
+done
