@@ -129,7 +129,7 @@ impl RegionNode {
                 regions.partition_after,
                 regions.partition_share,
             )
-            .with_leases(regions.lease_above),
+            .with_leases(regions.lease_above, regions.interval),
         );
         Ok(Some(Arc::new(Self {
             regions: regions.clone(),
