@@ -11,6 +11,8 @@
 mod check;
 pub mod exchange;
 pub mod metrics;
+#[cfg(test)]
+mod simulation;
 pub mod tally;
 
 use crate::failure::{Failover, FailureSettings};
