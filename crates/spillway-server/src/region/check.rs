@@ -30,6 +30,7 @@ use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
 use spillway_core::time::Micros;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// What `check` found out about a request's limits before calling any store.
 struct Routing {
@@ -135,6 +136,43 @@ impl RegionNode {
             }
         }
         Ok((allowed, outcomes))
+    }
+
+    /// What a decision here would see of each of `planned`'s limits, read without consuming
+    /// anything (the dashboard's lookup): each limit in the store that counts it (a `home`
+    /// limit in its tenant's home region, one call there), an `aggregate` limit against the
+    /// room the other regions leave (and its lease), answered in the limit's own numbers with
+    /// the worldwide remainder. Unlike [`RegionNode::check`], every store is read even when
+    /// one limit would deny.
+    pub async fn standing(
+        &self,
+        policy: &Policy,
+        own: &dyn Store,
+        planned: &[Planned],
+    ) -> Result<Vec<LimitOutcome>, StoreError> {
+        let routing = self.route(policy, planned);
+        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, &r) in routing.target.iter().enumerate() {
+            groups.entry(r).or_default().push(i);
+        }
+        let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; planned.len()];
+        for (region, idx) in &groups {
+            let peek = CheckMode::Peek;
+            self.call(*region, own, planned, &routing, idx, peek, &mut outcomes)
+                .await?;
+        }
+        Ok(self.settle(&routing, planned, outcomes))
+    }
+
+    /// The region whose store counts `p` for a request of this node: the tenant's home for a
+    /// `home` limit, else this node's own (an `aggregate` limit is counted in every region,
+    /// each its own traffic).
+    pub fn counted_in(&self, policy: &Policy, p: &Planned) -> &Arc<str> {
+        let region = match (p.def.scope, tenant_of(p)) {
+            (Scope::Home, Some(tenant)) => self.home_of(policy, tenant),
+            _ => self.own,
+        };
+        &self.regions.names()[region]
     }
 
     /// Each limit's outcome as answered: an `aggregate` limit's in its own numbers, denied
