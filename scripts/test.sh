@@ -13,5 +13,7 @@ ensure_test_deps
 export SPILLWAY_REQUIRE_POSTGRES=1
 # Likewise Chromium and the e2e packages: the dashboard's browser test must run, not skip.
 export SPILLWAY_REQUIRE_BROWSER=1
+# And nginx (tests/nginx.rs runs the shipped configs for real).
+export SPILLWAY_REQUIRE_NGINX=1
 
 cargo test --workspace --all-targets "$@"

@@ -4,8 +4,11 @@
 //! counts the requests that reach it, so the test can tell that a denied request never did.
 //!
 //! Needs an `nginx` binary with the auth_request module (Debian's `nginx` package has it;
-//! `scripts/test.sh` installs it). Without one the test is skipped, except under CI
-//! (`CI=true`), where a missing nginx is a failure.
+//! `scripts/test.sh` installs it). The tests run whenever one is installed (in `/usr/sbin`,
+//! `/usr/local/sbin`, or on `PATH`). Without one they are skipped with a loud note, except when
+//! the run requires nginx: `SPILLWAY_REQUIRE_NGINX` set (`scripts/test.sh` sets it, as it does
+//! `SPILLWAY_REQUIRE_POSTGRES` and `SPILLWAY_REQUIRE_BROWSER`) or `CI=true`; then a missing
+//! nginx, or one without the module, is a failure.
 
 mod common;
 
@@ -30,11 +33,92 @@ tiers:
     limits: []
 "#;
 
-fn find_nginx() -> Option<PathBuf> {
-    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+/// The environment variable that turns a missing nginx from a skip into a failure.
+const REQUIRE_ENV: &str = "SPILLWAY_REQUIRE_NGINX";
+
+/// Whether this run must run the nginx tests: [`REQUIRE_ENV`] set to anything but empty, or
+/// `CI=true`.
+fn nginx_required(require: Option<&str>, ci: Option<&str>) -> bool {
+    require.is_some_and(|v| !v.is_empty()) || ci == Some("true")
+}
+
+/// The first `nginx` in the usual sbin directories (Debian's is in `/usr/sbin`, often off a
+/// user's `PATH`), then in the directories of `path` (a `PATH` value).
+fn find_nginx_in(path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    let sbin = ["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from);
+    let on_path = path.map(|p| std::env::split_paths(p).collect::<Vec<_>>());
+    sbin.into_iter()
+        .chain(on_path.into_iter().flatten())
+        .map(|dir| dir.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+/// Why `nginx` cannot run these tests, if it cannot: the configs need `auth_request`.
+fn unusable(nginx: &Path) -> Option<String> {
+    let output = match Command::new(nginx).arg("-V").output() {
+        Ok(output) => output,
+        Err(err) => return Some(format!("{} -V failed: {err}", nginx.display())),
+    };
+    // `nginx -V` writes its build options to stderr.
+    let options = String::from_utf8_lossy(&output.stderr);
+    (!options.contains("http_auth_request_module")).then(|| {
+        format!(
+            "{} was built without the auth_request module",
+            nginx.display()
+        )
+    })
+}
+
+/// nginx for test `test`: `None` after a loud note when it is not installed (or lacks the
+/// auth_request module), unless the run requires it (see the module docs): then a failure.
+fn nginx_or_skip(test: &str) -> Option<PathBuf> {
+    let why = match find_nginx_in(std::env::var_os("PATH").as_deref()) {
+        Some(nginx) => match unusable(&nginx) {
+            None => return Some(nginx),
+            Some(why) => why,
+        },
+        None => "nginx is not installed (scripts/test.sh installs it)".to_owned(),
+    };
+    let required = nginx_required(
+        std::env::var(REQUIRE_ENV).ok().as_deref(),
+        std::env::var("CI").ok().as_deref(),
+    );
+    assert!(
+        !required,
+        "{test}: nginx is required ({REQUIRE_ENV} or CI=true) but cannot run: {why}"
+    );
+    eprintln!("\n*** SKIPPED {test}: {why}; set {REQUIRE_ENV}=1 to make this a failure ***\n");
+    None
+}
+
+#[test]
+fn a_run_that_requires_nginx_says_so() {
+    assert!(nginx_required(Some("1"), None));
+    assert!(nginx_required(None, Some("true")));
+    assert!(!nginx_required(Some(""), None));
+    assert!(!nginx_required(None, Some("false")));
+    assert!(!nginx_required(None, None));
+}
+
+#[test]
+fn nginx_is_found_on_path_too_and_needs_auth_request() {
+    let dir = TempDir::new();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin dir");
+    std::fs::write(bin.join("nginx"), "").expect("a stand-in nginx");
+    let path = std::env::join_paths([Path::new("/nonexistent"), &bin]).expect("a PATH");
+    let found = find_nginx_in(Some(&path)).expect("found");
+    // An nginx installed in sbin comes first; else the one on PATH.
+    let in_sbin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
         .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+        .find(|p| Path::new(p).is_file());
+    match in_sbin {
+        Some(sbin) => assert_eq!(found, Path::new(sbin)),
+        None => assert_eq!(found, bin.join("nginx")),
+    }
+    // A binary whose `-V` does not list the module is refused, saying why.
+    let why = unusable(Path::new("/bin/true")).expect("no auth_request module");
+    assert!(why.contains("auth_request"), "{why}");
 }
 
 fn free_port() -> u16 {
@@ -128,12 +212,7 @@ fn start_nginx(nginx: &Path, site: &str) -> (Nginx, u16, TempDir) {
 
 #[tokio::test]
 async fn the_shipped_nginx_config_turns_denials_into_429_and_shields_the_upstream() {
-    let Some(nginx) = find_nginx() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nginx is not installed (scripts/test.sh installs it)"
-        );
-        eprintln!("skipping: nginx is not installed");
+    let Some(nginx) = nginx_or_skip("the_shipped_nginx_config") else {
         return;
     };
     let spillway = Server::with_policy(POLICY)
@@ -251,12 +330,7 @@ fn signed(org: &str, other: Option<&[u8]>) -> String {
 
 #[tokio::test]
 async fn the_principals_nginx_config_counts_by_the_verified_tenant() {
-    let Some(nginx) = find_nginx() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nginx is not installed (scripts/test.sh installs it)"
-        );
-        eprintln!("skipping: nginx is not installed");
+    let Some(nginx) = nginx_or_skip("the_principals_nginx_config") else {
         return;
     };
     let spillway = Server::with_policy(&principals_policy())
@@ -338,12 +412,7 @@ async fn generating_upstream() -> std::net::SocketAddr {
 /// refused with a 429 and the debt's `Retry-After`.
 #[tokio::test]
 async fn the_metered_nginx_config_reports_costs_after_the_response() {
-    let Some(nginx) = find_nginx() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nginx is not installed (scripts/test.sh installs it)"
-        );
-        eprintln!("skipping: nginx is not installed");
+    let Some(nginx) = nginx_or_skip("the_metered_nginx_config") else {
         return;
     };
     const METERED: &str = r#"

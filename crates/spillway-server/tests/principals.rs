@@ -555,6 +555,81 @@ async fn an_anonymous_request_without_an_ip_is_refused() {
     assert_eq!(v["reason"], "missing", "{v}");
 }
 
+/// An anonymous caller is counted by IP on every path and transport (one rule,
+/// `principal::PrincipalState::identify`): over gRPC, a check and an Envoy stream-done report
+/// that name no address are refused as `missing`, and the report records nothing; with an
+/// address the report is recorded.
+#[tokio::test]
+async fn an_anonymous_envoy_call_without_an_ip_is_refused_on_checks_and_reports() {
+    use common::grpc::{self, descriptor, overall, request};
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    let text = format!(
+        "default_tier: free
+limits:
+  tenant-minute: {{algorithm: fixed_window, limit: 2, window: 1m, key: [tenant]}}
+  ip-minute: {{algorithm: fixed_window, limit: 2, window: 1m, key: [ip]}}
+  generation: {{algorithm: fixed_window, limit: 1000, window: 1h, key: [route], charge: after}}
+routes:
+  - {{match: \"POST /v1/generate\", limits: [generation]}}
+tiers:
+  free: {{limits: [tenant-minute]}}
+  anonymous: {{limits: [ip-minute]}}
+principals:
+  jwt:
+    jwks_file: {}
+    algorithms: [RS256]
+    claims: {{tenant: org.id}}
+  missing: anonymous
+",
+        fixture("jwks.json")
+    );
+    let mut rls = grpc::start(Server::with_policy(&text), &[]).await;
+    let route = [("method", "POST"), ("path", "/v1/generate")];
+    let report = |ip: Option<&'static str>, id: &'static str| {
+        let mut entries = route.to_vec();
+        entries.extend(ip.map(|ip| ("remote_address", ip)));
+        entries.extend([("spillway_report", "true"), ("spillway_request_id", id)]);
+        request("spillway", vec![descriptor(&entries)], 600)
+    };
+    let rejected = |text: &str| {
+        metric(
+            text,
+            "spillway_principal_rejected_total",
+            &[("reason", "missing")],
+        )
+        .unwrap_or(0.0)
+    };
+    let reported = |text: &str| {
+        metric(
+            text,
+            "spillway_reported_cost_total",
+            &[("limit", "generation")],
+        )
+        .unwrap_or(0.0)
+    };
+
+    let check = rls.one("spillway", &route).await;
+    assert_eq!(overall(&check), Code::OverLimit);
+    assert_eq!(
+        grpc::header(&check, "x-spillway-unauthenticated"),
+        Some("missing")
+    );
+    // Envoy is answered OK whatever happens to a report; nothing is recorded.
+    assert_eq!(overall(&rls.ask(report(None, "r-1")).await), Code::Ok);
+    let text = rls.server.metrics().await;
+    assert_eq!((rejected(&text), reported(&text)), (2.0, 0.0), "{text}");
+
+    let mut with_ip = route.to_vec();
+    with_ip.push(("remote_address", "192.0.2.7"));
+    assert_eq!(overall(&rls.one("spillway", &with_ip).await), Code::Ok);
+    assert_eq!(
+        overall(&rls.ask(report(Some("192.0.2.7"), "r-2")).await),
+        Code::Ok
+    );
+    let text = rls.server.metrics().await;
+    assert_eq!((rejected(&text), reported(&text)), (2.0, 600.0), "{text}");
+}
+
 #[tokio::test]
 async fn api_keys_are_looked_up_in_the_catalog() {
     const ADMIN: &str = "test-admin-token-0123456789";

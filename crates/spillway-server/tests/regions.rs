@@ -175,7 +175,38 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn home_body() -> String {
+/// The region that would be `tenant`'s home by the hash alone (no catalog entry), as every node
+/// computes it.
+fn hashed_home(tenant: &str) -> &'static str {
+    let text = "default_tier: t
+store:
+  type: redis
+  regions:
+    us: {url: \"redis://127.0.0.1:1\"}
+    eu: {url: \"redis://127.0.0.1:2\"}
+    ap: {url: \"redis://127.0.0.1:3\"}
+limits:
+  plain: {algorithm: token_bucket, rate: 10/s, burst: 10, key: [tenant]}
+tiers:
+  t: {limits: [plain]}
+";
+    let policy =
+        spillway_core::policy::Policy::from_yaml_str(text, "regions.yaml").expect("a valid policy");
+    NAMES[policy.regions().expect("regions").hashed_home(tenant)]
+}
+
+/// A tenant name starting with `prefix` whose hashed home is neither `home` nor `us` (where
+/// the remote-home requests are sent): a test giving it `home` in the catalog then passes only
+/// if the catalog's home is used, and its requests from `us` must call another region.
+fn tenant_off_hash(prefix: &str, home: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|t| ![home, "us"].contains(&hashed_home(t)))
+        .expect("some name hashes elsewhere")
+}
+
+/// The `home` scenario's policy body; `acme` and `lat` live in eu by the catalog.
+fn home_body(acme: &str, lat: &str) -> String {
     let (window, _) = roomy_window();
     format!(
         r#"limits:
@@ -189,8 +220,8 @@ routes:
   - {{match: "POST /plain", limits: [plain]}}
   - {{match: "POST /agg", limits: [soft]}}
 tenants:
-  acme: {{home_region: eu}}
-  lat: {{home_region: eu}}
+  {acme}: {{home_region: eu}}
+  {lat}: {{home_region: eu}}
 "#
     )
 }
@@ -200,16 +231,24 @@ async fn home_admits_exactly_the_limit_across_regions() {
     let _serial = SERIAL.lock().await;
     // A generous home budget: on a loaded 2-core machine a 250 ms budget over a 40-80 ms
     // link times out now and then, and the route's failure mode (503) is not what this tests.
-    let world = World::start("{interval: 250ms, home_timeout: 2s}", &home_body());
+    // Tenants whose hash would put them in ap: the answers name eu, and us calls eu, only
+    // because the catalog says so.
+    let (acme, lat) = (tenant_off_hash("acme", "eu"), tenant_off_hash("lat", "eu"));
+    assert_eq!((hashed_home(&acme), hashed_home(&lat)), ("ap", "ap"));
+    let world = World::start(
+        "{interval: 250ms, home_timeout: 2s}",
+        &home_body(&acme, &lat),
+    );
     // 3 regions x 6 tasks x 8 requests = 144 requests for a limit of 30.
     let mut tasks = Vec::new();
     for node in &world.nodes {
         for _ in 0..6 {
             let node = node.clone();
+            let acme = acme.clone();
             tasks.push(tokio::spawn(async move {
                 let mut out = Vec::new();
                 for _ in 0..8 {
-                    out.push(ask(&node, "/home", "acme").await);
+                    out.push(ask(&node, "/home", &acme).await);
                 }
                 out
             }));
@@ -241,7 +280,7 @@ async fn home_admits_exactly_the_limit_across_regions() {
     for i in 0..30 {
         aggregate.push(ask(us, "/agg", &format!("t{i}")).await.2);
         // A fresh tenant: a denial could come from the store's local over-limit cache.
-        let (status, _, took) = ask(us, "/home", "lat").await;
+        let (status, _, took) = ask(us, "/home", &lat).await;
         assert_eq!(status, 200);
         remote.push(took);
         local.push(ask(us, "/plain", &format!("t{i}")).await.2);
@@ -262,7 +301,14 @@ async fn home_admits_exactly_the_limit_across_regions() {
         "spillway_region_home_calls_total",
         &[("region", "eu"), ("outcome", "ok")],
     );
+    // us asked eu for the 30 timed requests of `lat` and its share of the 144 of `acme`.
     assert!(calls.is_some_and(|n| n >= 40.0), "{calls:?}");
+    let to_ap = metric(
+        &text,
+        "spillway_region_home_calls_total",
+        &[("region", "ap"), ("outcome", "ok")],
+    );
+    assert_eq!(to_ap.unwrap_or(0.0), 0.0, "no call went to the hashed home");
 }
 
 /// The aggregate scenario: each region sends `rates[r]` requests a second for `seconds`
@@ -401,7 +447,10 @@ async fn aggregate_stays_within_its_bound_at_two_intervals() {
 }
 
 /// The same scenarios with leases past half the limit: what they save, measured beside the
-/// runs without (docs/GLOBAL.md).
+/// runs without (docs/GLOBAL.md). Here both are only held to the plain bound: on a shared,
+/// loaded machine the gain varies from run to run. That leases really cut the over-admission
+/// (to their rounding, strictly below the plain rule's) is asserted deterministically, on a
+/// manual clock, in `src/region/simulation.rs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leases_stay_within_the_bound_at_two_intervals() {
     let _serial = SERIAL.lock().await;

@@ -365,7 +365,13 @@
         overrides(l.catalog.user) && 'user: ' + overrides(l.catalog.user)].filter(Boolean).join('; ') || 'none'],
     ]);
     if (l.store_error) $('lookup-error').textContent = 'The store could not be read: ' + l.store_error;
-    table($('lookup-limits'), ['Limit', 'Key', 'Numbers', 'Now', 'Resets in', 'Next request', 'Set by'],
+    // With regions, say whose count each figure is (a home limit's home, or the worldwide one).
+    const regions = l.limits.some((x) => x.counted_in);
+    const where = (x) => x.scope === 'aggregate'
+      ? 'all regions (worldwide, as this node sees it)'
+      : x.counted_in + (x.scope === 'home' ? ' (the tenant\u2019s home)' : ' (this region)');
+    const columns = ['Limit', 'Key', 'Numbers', 'Now', 'Resets in', 'Next request', 'Set by'];
+    table($('lookup-limits'), regions ? columns.concat(['Counted in']) : columns,
       l.limits.map((x) => {
         const row = [
           x.name + (x.shadow ? ' (shadow)' : ''),
@@ -376,6 +382,7 @@
           x.usage ? (x.usage.next_allowed ? 'allowed' : (x.shadow ? 'would be denied' : 'denied')) : '–',
           x.override ? x.override + ' override' : 'tier',
         ];
+        if (regions) row.push(x.counted_in ? where(x) : '–');
         return row;
       }), 'no limit applies to such a request');
     for (const row of $('lookup-limits').querySelectorAll('tbody tr')) {

@@ -161,18 +161,6 @@ impl Rls {
                 is_negative_hits: d.is_negative_hits,
             })
             .collect();
-        // An anonymous caller is counted by IP: every descriptor must carry one, or its
-        // request would escape the anonymous tier's per-IP limits.
-        if matches!(identity, Identity::Anonymous(_))
-            && !descriptors.iter().all(|d| {
-                d.entries
-                    .iter()
-                    .any(|e| e.key == "ip" || e.key == "remote_address")
-            })
-        {
-            principal::metrics::record_rejected(Reason::Missing);
-            return Ok(response::unauthenticated(count, Reason::Missing.as_str()));
-        }
         let hits = u64::from(request.hits_addend);
         let hits = (hits > 0).then_some(hits);
         // The entries already name the caller as the policy says (`as_identified`, the same
@@ -205,7 +193,8 @@ impl Rls {
             return Ok(None);
         };
         let entries = Entries(descriptors);
-        let presented = principal::presented(&entries, config);
+        let mut presented = principal::presented(&entries, config);
+        presented.ip = carries_ip(descriptors);
         let now = self.0.app.clock.now();
         match self
             .0
@@ -349,6 +338,21 @@ impl Lookup for Entries<'_> {
             _ => values.filter(|v| *v != first).nth(n - 1).map(str::as_bytes),
         }
     }
+}
+
+/// Whether every descriptor names the client's address (an `ip` or `remote_address` entry),
+/// by which an anonymous caller is counted; a report's marker-only descriptors, which name no
+/// limit, need none.
+fn carries_ip(descriptors: &[RateLimitDescriptor]) -> bool {
+    let marker = |key: &str| key == super::report::MARKER || key == super::report::REQUEST_ID;
+    descriptors
+        .iter()
+        .filter(|d| d.entries.iter().any(|e| !marker(&e.key)))
+        .all(|d| {
+            d.entries
+                .iter()
+                .any(|e| e.key == "ip" || e.key == "remote_address")
+        })
 }
 
 /// The first `tenant` and `user` entries among the descriptors, for the top-k lists.

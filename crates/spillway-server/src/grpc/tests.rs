@@ -221,60 +221,85 @@ fn with_tracing_and_the_log_off_no_trace_header_is_read() {
 }
 
 /// With regions, an answer on the policy's domain names the tenant's home region as a header
-/// for Envoy to add, next to the verdict.
+/// for Envoy to add, next to the verdict, and the tenant's `home` limit is counted there. The
+/// home is the catalog's and the tenant is one the hash would keep in `us`, this node's own
+/// region: only the catalog sends it to eu, whose store (a real Redis) must hold its counter
+/// while the own store holds nothing.
 #[tokio::test]
-async fn answers_name_the_tenants_home_region() {
-    let clock = ServerClock::manual(1_000);
-    let state = AppState::for_test(
-        "default_tier: t
+async fn answers_name_the_tenants_home_region_and_it_is_asked() {
+    let eu = spillway_testkit::redis::RedisServer::start();
+    let policy = |tenants: &str| {
+        format!(
+            "default_tier: t
 store:
   type: redis
   regions:
-    us: {url: \"redis://127.0.0.1:1\"}
-    eu: {url: \"redis://127.0.0.1:2\"}
+    us: {{url: \"redis://127.0.0.1:1\"}}
+    eu: {{url: \"{}\"}}
 limits:
-  plain: {algorithm: token_bucket, rate: 10/s, burst: 10, key: [tenant]}
+  exact: {{algorithm: token_bucket, rate: 10/h, burst: 10, key: [tenant], scope: home}}
 tiers:
-  t: {limits: [plain]}
-tenants:
-  acme: {home_region: eu}
-",
-    )
+  t: {{limits: [exact]}}
+{tenants}",
+            eu.url()
+        )
+    };
+    let hashed = AppState::for_test(&policy(""));
+    let regions = hashed.policy().regions().expect("regions").clone();
+    let tenant = (0..)
+        .map(|i| format!("acme{i}"))
+        .find(|t| regions.hashed_home(t) == regions.index("us").expect("us"))
+        .expect("a tenant the hash keeps in us");
+    let clock = ServerClock::manual(1_000);
+    let state = AppState::for_test(&policy(&format!(
+        "tenants:\n  {tenant}: {{home_region: eu}}\n"
+    )))
     .clock(clock.clone());
     let failure = crate::failure::FailureSettings::default();
-    let regions =
-        crate::region::RegionNode::new(state.policy(), Some("us"), &failure, clock.shared())
-            .expect("regions");
-    let app = state.failure(failure).regions(regions).build();
+    let node = crate::region::RegionNode::new(state.policy(), Some("us"), &failure, clock.shared())
+        .expect("regions");
+    let app = Arc::new(state.failure(failure).regions(node).build());
     let rls = Rls(Arc::new(RlsState {
-        app: Arc::new(app),
+        app: Arc::clone(&app),
         envoy: ArcSwap::from_pointee(EnvoyConfig::from_sources(&[]).expect("valid")),
         policy_domain: "spillway".into(),
     }));
-    let request = tonic::Request::new(RateLimitRequest {
-        domain: "spillway".into(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![Entry {
-                key: "tenant".into(),
-                value: "acme".into(),
+    let request = || {
+        tonic::Request::new(RateLimitRequest {
+            domain: "spillway".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "tenant".into(),
+                    value: tenant.clone(),
+                }],
+                ..RateLimitDescriptor::default()
             }],
-            ..RateLimitDescriptor::default()
-        }],
-        hits_addend: 1,
-    });
-    let answer = rls
-        .should_rate_limit(request)
-        .await
-        .expect("an answer")
-        .into_inner();
-    assert_eq!(answer.overall_code, Code::Ok as i32);
-    let home: Vec<(&str, &str)> = answer
-        .response_headers_to_add
-        .iter()
-        .map(|h| (h.key.as_str(), h.value.as_str()))
-        .collect();
+            hits_addend: 1,
+        })
+    };
+    for remaining in [9, 8] {
+        let answer = rls
+            .should_rate_limit(request())
+            .await
+            .expect("an answer")
+            .into_inner();
+        assert_eq!(answer.overall_code, Code::Ok as i32);
+        assert_eq!(answer.statuses[0].limit_remaining, remaining);
+        let home: Vec<(&str, &str)> = answer
+            .response_headers_to_add
+            .iter()
+            .map(|h| (h.key.as_str(), h.value.as_str()))
+            .collect();
+        assert!(
+            home.contains(&(crate::region::HOME_HEADER, "eu")),
+            "{home:?}"
+        );
+    }
+    // Counted in eu's Redis, not in this node's own store.
+    let keys = spillway_testkit::redis::command(eu.port(), "DBSIZE");
     assert!(
-        home.contains(&(crate::region::HOME_HEADER, "eu")),
-        "{home:?}"
+        keys.as_deref().is_some_and(|k| k != ":0\r\n"),
+        "eu holds no counter: {keys:?}"
     );
+    assert_eq!(app.store.key_count(), 0, "the own store counted it");
 }

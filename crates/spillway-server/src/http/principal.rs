@@ -75,16 +75,11 @@ pub async fn identify(
             token: own.token.is_none() && found.malformed.token,
             api_key: own.api_key.is_none() && found.malformed.api_key,
         },
+        ip: attrs.ip.is_some(),
     };
     let now = app.clock.now();
     match app.principals.identify(policy, &presented, now).await {
         None => Ok(()),
-        // An anonymous caller is counted by IP; without one it would escape every limit of
-        // the anonymous tier, so it is refused as presenting nothing.
-        Some(Ok(principal::Identity::Anonymous(_))) if attrs.ip.is_none() => {
-            principal::metrics::record_rejected(Reason::Missing);
-            Err(refusal(Reason::Missing))
-        }
         Some(Ok(identity)) => {
             principal::apply(&identity, config, attrs);
             Ok(())

@@ -142,6 +142,11 @@ pub struct Presented<'a> {
     /// a credential is refused as `malformed` only when its source's turn comes, so junk in a
     /// lower-precedence place never refuses a valid higher-precedence credential.
     pub malformed: Malformed,
+    /// Whether the request carries the client's address, by which an anonymous caller is
+    /// counted: without one, a request that would be anonymous is refused as `missing` (it
+    /// would escape every per-IP limit of the anonymous tier). Set by the transport (HTTP:
+    /// the request's `ip`; Envoy: an `ip` or `remote_address` entry in every descriptor).
+    pub ip: bool,
 }
 
 /// Which presented credentials were unreadable.
@@ -322,7 +327,8 @@ impl PrincipalState {
     }
 
     /// Who `presented` says is calling under `policy`'s `principals:` section; `None` when
-    /// the policy has none (the request's own attributes stand). A refusal is counted.
+    /// the policy has none (the request's own attributes stand). A refusal is counted. An
+    /// anonymous caller needs an address ([`Presented::ip`]).
     pub async fn identify(
         &self,
         policy: &Policy,
@@ -377,6 +383,8 @@ impl PrincipalState {
         }
         match &config.missing {
             Missing::Reject => Err(Reason::Missing),
+            // The one place this rule lives, for checks and reports on every transport.
+            Missing::Anonymous(_) if !presented.ip => Err(Reason::Missing),
             Missing::Anonymous(tier) => Ok(Identity::Anonymous(Arc::clone(tier))),
         }
     }

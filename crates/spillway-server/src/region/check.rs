@@ -11,7 +11,9 @@
 //!   stay within the limit (with leases on and the counter past their threshold, also within
 //!   the region's lease, `Tally::lease`); their answers report the whole limit again. With no
 //!   room left at all, the request is denied without charging anything or asking another
-//!   region.
+//!   region. A denial that only the lease made (the worldwide remainder as last read still
+//!   held the cost) carries a `Retry-After` of the time to the node's next exchange, which
+//!   renews the lease, not the window's.
 //!
 //! A request whose limits span two stores is checked in this order: the own store looks
 //! (no charge); if it would deny, the request is denied without asking the other store; else the
@@ -26,7 +28,9 @@ use spillway_core::engine::{judge, LimitOutcome};
 use spillway_core::policy::{emergency_params, Dimension, Planned, Policy, Scope};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
+use spillway_core::time::Micros;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// What `check` found out about a request's limits before calling any store.
 struct Routing {
@@ -38,6 +42,12 @@ struct Routing {
     places: Vec<Option<Place>>,
     /// Whether an enforced `aggregate` limit has no room left at all.
     exhausted: Vec<bool>,
+    /// Whether an `aggregate` limit's room is its lease's, smaller than what the limit leaves,
+    /// with the remainder as last read still holding the cost: a denial is then the lease's,
+    /// and room can return at the next exchange.
+    leased: Vec<bool>,
+    /// When the routing was worked out.
+    now: Micros,
 }
 
 impl RegionNode {
@@ -113,21 +123,7 @@ impl RegionNode {
                     .await?;
             }
         }
-        let mut outcomes: Vec<LimitOutcome> = outcomes.into_iter().flatten().collect();
-        debug_assert_eq!(outcomes.len(), planned.len());
-        for (i, outcome) in outcomes.iter_mut().enumerate() {
-            let p = &planned[i];
-            if routing.places[i].is_some() {
-                restore_numbers(outcome, &p.def.params, p.cost);
-            }
-            if routing.exhausted[i] {
-                let d = &mut outcome.decision;
-                d.allowed = false;
-                d.remaining = 0;
-                d.denial = Some(Denial::OverLimit);
-                d.retry_after = Some(d.reset_after.max(1));
-            }
-        }
+        let outcomes = self.settle(&routing, planned, outcomes);
         if any_exhausted {
             allowed = false;
         }
@@ -142,6 +138,75 @@ impl RegionNode {
         Ok((allowed, outcomes))
     }
 
+    /// What a decision here would see of each of `planned`'s limits, read without consuming
+    /// anything (the dashboard's lookup): each limit in the store that counts it (a `home`
+    /// limit in its tenant's home region, one call there), an `aggregate` limit against the
+    /// room the other regions leave (and its lease), answered in the limit's own numbers with
+    /// the worldwide remainder. Unlike [`RegionNode::check`], every store is read even when
+    /// one limit would deny.
+    pub async fn standing(
+        &self,
+        policy: &Policy,
+        own: &dyn Store,
+        planned: &[Planned],
+    ) -> Result<Vec<LimitOutcome>, StoreError> {
+        let routing = self.route(policy, planned);
+        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, &r) in routing.target.iter().enumerate() {
+            groups.entry(r).or_default().push(i);
+        }
+        let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; planned.len()];
+        for (region, idx) in &groups {
+            let peek = CheckMode::Peek;
+            self.call(*region, own, planned, &routing, idx, peek, &mut outcomes)
+                .await?;
+        }
+        Ok(self.settle(&routing, planned, outcomes))
+    }
+
+    /// The region whose store counts `p` for a request of this node: the tenant's home for a
+    /// `home` limit, else this node's own (an `aggregate` limit is counted in every region,
+    /// each its own traffic).
+    pub fn counted_in(&self, policy: &Policy, p: &Planned) -> &Arc<str> {
+        let region = match (p.def.scope, tenant_of(p)) {
+            (Scope::Home, Some(tenant)) => self.home_of(policy, tenant),
+            _ => self.own,
+        };
+        &self.regions.names()[region]
+    }
+
+    /// Each limit's outcome as answered: an `aggregate` limit's in its own numbers, denied
+    /// when it had no room at all, and a lease's denial told to come back at the next
+    /// exchange.
+    fn settle(
+        &self,
+        routing: &Routing,
+        planned: &[Planned],
+        outcomes: Vec<Option<LimitOutcome>>,
+    ) -> Vec<LimitOutcome> {
+        let mut outcomes: Vec<LimitOutcome> = outcomes.into_iter().flatten().collect();
+        debug_assert_eq!(outcomes.len(), planned.len());
+        for (i, outcome) in outcomes.iter_mut().enumerate() {
+            let p = &planned[i];
+            if routing.places[i].is_some() {
+                restore_numbers(outcome, &p.def.params, p.cost, routing.now);
+            }
+            if routing.exhausted[i] {
+                let d = &mut outcome.decision;
+                d.allowed = false;
+                d.remaining = 0;
+                d.denial = Some(Denial::OverLimit);
+                d.retry_after = Some(d.reset_after.max(1));
+            } else if routing.leased[i] && outcome.decision.denial == Some(Denial::OverLimit) {
+                // The lease denied, not the limit: the next exchange renews it.
+                let renewal = self.tally.lease_renewal_in(routing.now);
+                let d = &mut outcome.decision;
+                d.retry_after = d.retry_after.map(|r| r.min(renewal));
+            }
+        }
+        outcomes
+    }
+
     /// Where each limit is counted and with what numbers.
     fn route(&self, policy: &Policy, planned: &[Planned]) -> Routing {
         let now = self.clock.now();
@@ -150,6 +215,8 @@ impl RegionNode {
             params: planned.iter().map(|p| p.def.params.clone()).collect(),
             places: vec![None; planned.len()],
             exhausted: vec![false; planned.len()],
+            leased: vec![false; planned.len()],
+            now,
         };
         for (i, p) in planned.iter().enumerate() {
             match p.def.scope {
@@ -168,7 +235,8 @@ impl RegionNode {
                     let others = self.tally.others(&p.def.params, &place, now);
                     let mut room = limit.saturating_sub(others);
                     if let Some(lease) = self.tally.lease(&p.def.params, &place, now, others) {
-                        room = room.min(lease);
+                        routing.leased[i] = lease.ceiling < room && lease.left >= p.cost;
+                        room = room.min(lease.ceiling);
                     }
                     if room < limit {
                         routing.params[i] = emergency_params(&p.def.params, room.max(1));
@@ -245,12 +313,159 @@ fn tenant_of(p: &Planned) -> Option<&str> {
 /// An `aggregate` limit's answer in the limit's own numbers: the store judged it against the
 /// room the other regions left, so its `remaining` is already the worldwide one; the quota
 /// and limit are the policy's, and a cost refused as larger than the room is over the limit
-/// for now, not forever.
-fn restore_numbers(outcome: &mut LimitOutcome, params: &LimitParams, cost: u64) {
+/// for now, not forever: until the window ends (an untouched own counter has no reset of
+/// its own, while the others' counts last the window).
+fn restore_numbers(outcome: &mut LimitOutcome, params: &LimitParams, cost: u64, now: Micros) {
     outcome.quota = params.quota();
     outcome.decision.limit = params.quota();
     if outcome.decision.denial == Some(Denial::CostExceedsLimit) && cost <= params.quota() {
-        outcome.decision.denial = Some(Denial::OverLimit);
-        outcome.decision.retry_after = Some(outcome.decision.reset_after.max(1));
+        let d = &mut outcome.decision;
+        let window_end = window_of(params, now).map_or(0, |(len, start)| start + len - now);
+        d.denial = Some(Denial::OverLimit);
+        d.retry_after = Some(d.reset_after.max(window_end).max(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tally::Known;
+    use super::*;
+    use crate::clock::ServerClock;
+    use crate::config::PolicySource;
+    use crate::failure::FailureSettings;
+    use spillway_core::request::RequestAttrs;
+    use spillway_core::store::MemoryStore;
+    use std::sync::Arc;
+
+    /// A minute into an hour: the hour-long window has 59 minutes left.
+    const START_MS: u64 = 1_728_000_060_000;
+    /// The policy's exchange interval.
+    const INTERVAL: Micros = 250_000;
+
+    /// Region `us` of three, whose `aggregate` limit `soft` (90 an hour per tenant) leases past
+    /// half of it; the other regions' stores are never called. Returns the policy, the node,
+    /// its clock, its own (in-memory) store and tenant `acme`'s planned limit.
+    fn world() -> (Policy, Arc<RegionNode>, ServerClock, MemoryStore, Planned) {
+        let policy = PolicySource::Builtin
+            .parse(
+                "default_tier: t
+store:
+  type: redis
+  regions:
+    us: {url: \"redis://127.0.0.1:1\"}
+    eu: {url: \"redis://127.0.0.1:2\"}
+    ap: {url: \"redis://127.0.0.1:3\"}
+  exchange: {interval: 250ms, lease_above: 0.5}
+limits:
+  soft: {algorithm: fixed_window, limit: 90, window: 1h, key: [tenant], scope: aggregate}
+tiers:
+  t: {limits: [soft]}
+",
+            )
+            .expect("valid policy");
+        let clock = ServerClock::manual(START_MS);
+        let failure = FailureSettings::default();
+        let node = RegionNode::new(&policy, Some("us"), &failure, clock.shared())
+            .expect("a node")
+            .expect("three regions");
+        let own = MemoryStore::new(1_000, clock.shared());
+        let attrs = RequestAttrs {
+            tenant: Some("acme".into()),
+            ..RequestAttrs::default()
+        };
+        let mut planned = policy.resolve(&attrs).limits;
+        assert_eq!(planned.len(), 1);
+        let planned = planned.remove(0);
+        (policy, node, clock, own, planned)
+    }
+
+    /// An exchange of this node at the clock's time that read `[us, eu, ap]` for `planned`'s
+    /// counter.
+    fn exchange(node: &RegionNode, clock: &ServerClock, planned: &Planned, counts: [u64; 3]) {
+        let now = clock.now();
+        let (len, start) = window_of(&planned.def.params, now).expect("a window counter");
+        let known = Known {
+            counts: [(
+                (len, start, field(&planned.key)),
+                Box::from(counts.as_slice()),
+            )]
+            .into_iter()
+            .collect(),
+            truncated: Box::new([]),
+        };
+        node.tally.publish_known(known, &[0, 1, 2], now);
+    }
+
+    /// Checks `planned` once, charging; returns whether it was admitted and its decision.
+    async fn ask(
+        node: &RegionNode,
+        policy: &Policy,
+        own: &MemoryStore,
+        planned: &Planned,
+    ) -> (bool, spillway_core::algorithm::Decision) {
+        let (allowed, outcomes) = node
+            .check(
+                policy,
+                own,
+                std::slice::from_ref(planned),
+                CheckMode::Consume,
+            )
+            .await
+            .expect("the own store answers");
+        (allowed, outcomes[0].decision)
+    }
+
+    #[tokio::test]
+    async fn a_lease_denial_is_told_to_come_back_at_the_next_exchange() {
+        let (policy, node, clock, own, planned) = world();
+        // 60 of 90 used worldwide as last read, none of it here: the lease is
+        // 0 + ceil(30 / 3) = 10, where the limit would leave 30.
+        exchange(&node, &clock, &planned, [0, 30, 30]);
+        for _ in 0..10 {
+            assert!(ask(&node, &policy, &own, &planned).await.0);
+        }
+        let manual = clock.manual_control().expect("a manual clock");
+        manual.advance(100_000);
+        let (allowed, d) = ask(&node, &policy, &own, &planned).await;
+        assert!(!allowed, "the lease is used up");
+        assert_eq!(d.denial, Some(Denial::OverLimit));
+        // The window still has about 59 minutes; the lease is renewed in 150 ms.
+        assert!(d.reset_after > 3_000_000_000, "{d:?}");
+        assert_eq!(d.retry_after, Some(INTERVAL - 100_000), "{d:?}");
+        // And it is: the next exchange brings this region's 10 back published, 20 remain,
+        // and the new lease (10 + 7) admits again.
+        manual.advance(150_000);
+        exchange(&node, &clock, &planned, [10, 30, 30]);
+        assert!(ask(&node, &policy, &own, &planned).await.0);
+    }
+
+    #[tokio::test]
+    async fn a_denial_by_the_limit_itself_keeps_the_windows_retry_after() {
+        // The others alone fill the limit: no room at all.
+        let (policy, node, clock, own, planned) = world();
+        exchange(&node, &clock, &planned, [0, 50, 40]);
+        let (allowed, d) = ask(&node, &policy, &own, &planned).await;
+        assert!(!allowed);
+        assert_eq!(d.retry_after, Some(d.reset_after), "{d:?}");
+        assert!(d.reset_after > 3_000_000_000, "{d:?}");
+
+        // One unit left worldwide: the lease (1) is no smaller than what the limit leaves, so
+        // the denial after it is the limit's.
+        let (policy, node, clock, own, planned) = world();
+        exchange(&node, &clock, &planned, [0, 45, 44]);
+        assert!(ask(&node, &policy, &own, &planned).await.0);
+        let (allowed, d) = ask(&node, &policy, &own, &planned).await;
+        assert!(!allowed);
+        assert_eq!(d.retry_after, Some(d.reset_after), "{d:?}");
+
+        // The lease (2) is smaller than what the limit leaves (4), but a cost of 5 does not
+        // fit in the remainder: no exchange this window can admit it.
+        let (policy, node, clock, own, planned) = world();
+        exchange(&node, &clock, &planned, [0, 43, 43]);
+        let costly = Planned { cost: 5, ..planned };
+        let (allowed, d) = ask(&node, &policy, &own, &costly).await;
+        assert!(!allowed);
+        assert_eq!(d.denial, Some(Denial::OverLimit));
+        assert!(d.retry_after.is_some_and(|r| r > 3_000_000_000), "{d:?}");
     }
 }

@@ -11,6 +11,8 @@
 mod check;
 pub mod exchange;
 pub mod metrics;
+#[cfg(test)]
+mod simulation;
 pub mod tally;
 
 use crate::failure::{Failover, FailureSettings};
@@ -129,7 +131,7 @@ impl RegionNode {
                 regions.partition_after,
                 regions.partition_share,
             )
-            .with_leases(regions.lease_above),
+            .with_leases(regions.lease_above, regions.interval),
         );
         Ok(Some(Arc::new(Self {
             regions: regions.clone(),

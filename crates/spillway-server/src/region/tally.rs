@@ -33,6 +33,16 @@ pub const CATCH_ALL: &str = "*";
 /// `fresh_at` of a region never read since this node started.
 const NEVER: u64 = u64::MAX;
 
+/// A region's lease on one counter (see [`Tally::lease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The most the region's own count may reach until its next exchange.
+    pub ceiling: u64,
+    /// What remained of the limit worldwide as last read (the own published count and the
+    /// others' counts taken off).
+    pub left: u64,
+}
+
 /// The counts of the other regions, as last read: by place, one count per region.
 #[derive(Debug, Default)]
 pub struct Known {
@@ -60,6 +70,8 @@ pub struct Tally {
     share: f64,
     /// `store.exchange.lease_above`: leases are on (see [`Tally::lease`]).
     lease_above: Option<f64>,
+    /// `store.exchange.interval`: how often this node renews its leases.
+    interval: Micros,
     overflow: AtomicU64,
 }
 
@@ -99,14 +111,17 @@ impl Tally {
             partition_after,
             share,
             lease_above: None,
+            interval: 0,
             overflow: AtomicU64::new(0),
         }
     }
 
-    /// The same tally with leases past `lease_above` of a limit (`None`: off).
-    pub fn with_leases(self, lease_above: Option<f64>) -> Self {
+    /// The same tally with leases past `lease_above` of a limit (`None`: off), renewed by an
+    /// exchange every `interval`.
+    pub fn with_leases(self, lease_above: Option<f64>, interval: Micros) -> Self {
         Self {
             lease_above,
+            interval,
             ..self
         }
     }
@@ -175,12 +190,12 @@ impl Tally {
         used
     }
 
-    /// With leases on, the most this region's own count of the counter at `field` may reach
-    /// until the next exchange, given `others` (what [`Tally::others`] answered): once the
-    /// worldwide count as last read (the region's own published count plus `others`) has
-    /// reached `lease_above x limit`, the own published count plus `1 / regions` of what
-    /// remains, rounded up. Every region leasing the same share, the regions together add at
-    /// most what remained (as each last read it) between two exchanges, however fast their
+    /// With leases on, the lease of the counter at `field`, given `others` (what
+    /// [`Tally::others`] answered): once the worldwide count as last read (the region's own
+    /// published count plus `others`) has reached `lease_above x limit`, this region's own count
+    /// may reach its published count plus `1 / regions` of what remains, rounded up, until the
+    /// next exchange. Every region leasing the same share, the regions together add at most
+    /// what remained (as each last read it) between two exchanges, however fast their
     /// traffic. `None`: leases off, below the threshold, or the own region not read lately
     /// (the plain rule applies alone).
     pub fn lease(
@@ -189,7 +204,7 @@ impl Tally {
         field: &str,
         now: Micros,
         others: u64,
-    ) -> Option<u64> {
+    ) -> Option<Lease> {
         let above = self.lease_above?;
         let at = self.fresh_at[self.own].load(Ordering::Relaxed);
         if at == NEVER || now.saturating_sub(at) > self.partition_after {
@@ -204,7 +219,24 @@ impl Tally {
             return None;
         }
         let left = limit.saturating_sub(used);
-        Some(own.saturating_add(left.div_ceil(self.regions.max(1) as u64)))
+        Some(Lease {
+            ceiling: own.saturating_add(left.div_ceil(self.regions.max(1) as u64)),
+            left,
+        })
+    }
+
+    /// How long until this node next renews its leases: the time to its next exchange, as
+    /// far as the last one that read the own region tells (an exchange that is late is
+    /// about to come: then the interval). A request denied by a lease alone may have room
+    /// again by then.
+    pub fn lease_renewal_in(&self, now: Micros) -> Micros {
+        let at = self.fresh_at[self.own].load(Ordering::Relaxed);
+        let next = at.saturating_add(self.interval);
+        if at == NEVER || next <= now {
+            self.interval.max(1)
+        } else {
+            next - now
+        }
     }
 
     /// Records that this node admitted `cost` on the counter at `place`.
@@ -450,11 +482,15 @@ mod tests {
         assert_eq!(tally.others(&params, "mine", t0), 35);
     }
 
+    fn ceiling(lease: Option<Lease>) -> Option<u64> {
+        lease.map(|l| l.ceiling)
+    }
+
     #[test]
     fn past_the_threshold_a_region_leases_its_share_of_what_remains() {
         let t0 = 100 * MIN;
         let params = LimitParams::FixedWindow(FixedWindow::new(90, MIN).unwrap());
-        let tally = Tally::new(0, 3, 10 * MIN, 1.0 / 3.0).with_leases(Some(0.5));
+        let tally = Tally::new(0, 3, 10 * MIN, 1.0 / 3.0).with_leases(Some(0.5), 250_000);
         // Before the own region is read, no lease: the plain rule alone.
         tally.publish_known(known(&[(t0, "k", [20, 10, 10])]), &[1, 2], t0);
         assert_eq!(tally.lease(&params, "k", t0, 20), None);
@@ -468,20 +504,37 @@ mod tests {
         let others = tally.others(&params, "k", t0);
         assert_eq!(
             (others, tally.lease(&params, "k", t0, others)),
-            (30, Some(40))
+            (
+                30,
+                Some(Lease {
+                    ceiling: 40,
+                    left: 30
+                })
+            )
         );
         // Rounded up: 2 left, each region may take 1.
         tally.publish_known(known(&[(t0, "k", [40, 28, 20])]), &[0, 1, 2], t0);
         let others = tally.others(&params, "k", t0);
-        assert_eq!(tally.lease(&params, "k", t0, others), Some(41));
+        assert_eq!(ceiling(tally.lease(&params, "k", t0, others)), Some(41));
         // Nothing left: the own published count is the ceiling.
         tally.publish_known(known(&[(t0, "k", [40, 30, 25])]), &[0, 1, 2], t0);
         let others = tally.others(&params, "k", t0);
-        assert_eq!(tally.lease(&params, "k", t0, others), Some(40));
+        assert_eq!(ceiling(tally.lease(&params, "k", t0, others)), Some(40));
         // Off: never a lease.
         let off = Tally::new(0, 3, 10 * MIN, 1.0 / 3.0);
         off.publish_known(known(&[(t0, "k", [40, 30, 25])]), &[0, 1, 2], t0);
         assert_eq!(off.lease(&params, "k", t0, 55), None);
+    }
+
+    #[test]
+    fn a_lease_is_renewed_at_the_next_exchange() {
+        let t0 = 100 * MIN;
+        let tally = Tally::new(0, 3, 10 * MIN, 1.0 / 3.0).with_leases(Some(0.5), 250_000);
+        tally.publish_known(known(&[]), &[0, 1, 2], t0);
+        assert_eq!(tally.lease_renewal_in(t0), 250_000);
+        assert_eq!(tally.lease_renewal_in(t0 + 100_000), 150_000);
+        // The exchange is late (its reads are slow): it is due, one interval at most.
+        assert_eq!(tally.lease_renewal_in(t0 + 400_000), 250_000);
     }
 
     #[test]

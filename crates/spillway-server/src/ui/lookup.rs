@@ -7,6 +7,11 @@
 //! decision. The answer adds the catalog entries that set the tier and overrides, and the
 //! tenant's newest records from the decision log (`decision_log::recent`).
 //!
+//! With regions (`store.regions`) the counters are read as a decision on this node sees them
+//! (`RegionNode::standing`): a `home` limit in the tenant's home region's store (one call
+//! there), an `aggregate` limit as the worldwide figure (this region's count plus the others'
+//! as last exchanged, within its lease); each limit says where it is counted (`counted_in`).
+//!
 //! Values are client-controlled text like any request's; they only name counters to read, are
 //! capped at [`MAX_VALUE`] bytes, and `ip` must be an address (a limit counts it by network).
 
@@ -20,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use spillway_core::catalog::{Entry, EntryKey};
-use spillway_core::policy::Planned;
+use spillway_core::policy::{Planned, Scope};
 use spillway_core::request::{CheckMode, RequestAttrs};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -59,6 +64,13 @@ pub struct LimitState {
     pub overridden_by: Option<&'static str>,
     /// The counter now; `null` when the store could not be read.
     pub usage: Option<Usage>,
+    /// The limit's scope: `regional`, `home` or `aggregate` (see `docs/GLOBAL.md`).
+    pub scope: &'static str,
+    /// With regions, where the counter shown is kept: a region's name (this node's for a
+    /// `regional` limit, the tenant's home for a `home` one), or `all regions` for an
+    /// `aggregate` limit, whose usage is the worldwide figure a decision here sees. `null`
+    /// without regions.
+    pub counted_in: Option<Arc<str>>,
 }
 
 /// A counter's state, read without consuming.
@@ -205,9 +217,26 @@ pub async fn lookup(
             ..p.clone()
         })
         .collect();
-    let (usage, store_error) = match app.engine.check_planned(&looks, CheckMode::Peek).await {
-        Ok((_, outcomes)) => (outcomes.into_iter().map(Some).collect(), None),
+    // With regions and a `home` or `aggregate` limit, read each where a decision would.
+    let regions = app.regions.as_ref().filter(|_| policy.has_global_limits());
+    let read = match regions {
+        Some(regions) => {
+            let own = app.engine.store().as_ref();
+            regions.standing(&policy, own, &looks).await
+        }
+        None => (app.engine.check_planned(&looks, CheckMode::Peek).await).map(|(_, o)| o),
+    };
+    let (usage, store_error) = match read {
+        Ok(outcomes) => (outcomes.into_iter().map(Some).collect(), None),
         Err(err) => (vec![None; looks.len()], Some(err.to_string())),
+    };
+    let all_regions: Arc<str> = Arc::from("all regions");
+    let counted_in = |p: &Planned| {
+        let regions = app.regions.as_ref()?;
+        Some(match p.def.scope {
+            Scope::Aggregate => Arc::clone(&all_regions),
+            _ => Arc::clone(regions.counted_in(&policy, p)),
+        })
     };
     let limits = resolved
         .limits
@@ -229,6 +258,8 @@ pub async fn lookup(
                 reset_after_ms: o.decision.reset_after.div_ceil(1_000),
                 next_allowed: o.decision.remaining >= resolved.cost,
             }),
+            scope: p.def.scope.as_str(),
+            counted_in: counted_in(p),
         })
         .collect();
     let records = app

@@ -185,4 +185,6 @@ async fn guard(request: Request, next: Next) -> Response {
 }
 
 #[cfg(test)]
+mod region_tests;
+#[cfg(test)]
 mod tests;

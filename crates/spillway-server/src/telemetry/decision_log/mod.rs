@@ -195,10 +195,9 @@ impl DecisionLog {
             }
             1.0
         };
-        let (prefix, catalog, info) = self.context(app, policy);
-        let record =
-            Pending::new(now, kind, sample_rate, ask, outcome, prefix, info).with_catalog(catalog);
-        self.enqueue(record);
+        self.keep(app, policy, |prefix, info| {
+            Pending::new(now, kind, sample_rate, ask, outcome, prefix, info)
+        });
     }
 
     /// Keeps a record of a report (see [`observe_report`]) unless over the cap, without
@@ -222,10 +221,9 @@ impl DecisionLog {
         if !self.under_cap(now) {
             return;
         }
-        let (prefix, catalog, info) = self.context(app, policy);
-        let record =
-            Pending::report(now, kind, report, standing, prefix, info).with_catalog(catalog);
-        self.enqueue(record);
+        self.keep(app, policy, |prefix, info| {
+            Pending::report(now, kind, report, standing, prefix, info)
+        });
     }
 
     /// Whether the per-second cap lets one more record through at `now`; one it holds back is
@@ -239,17 +237,24 @@ impl DecisionLog {
         false
     }
 
-    /// What a kept record takes from the policy it was decided under: the network prefix
-    /// (when IPs are truncated), the catalog version (with a catalog database) and the
-    /// policy's description.
-    fn context(&self, app: &AppState, policy: &Policy) -> (IpPrefix, Option<u64>, Arc<PolicyInfo>) {
+    /// Queues the record `build` makes (of a decision or a report) with what every kept record
+    /// takes from the policy it was decided under: the network prefix (when IPs are
+    /// truncated) and the policy's description, handed to `build`, and the catalog version
+    /// (with a catalog database).
+    fn keep(
+        &self,
+        app: &AppState,
+        policy: &Policy,
+        build: impl FnOnce(IpPrefix, Arc<PolicyInfo>) -> Pending,
+    ) {
         let prefix = if self.truncate {
             policy.ip_prefix()
         } else {
             IpPrefix::default()
         };
         let catalog = app.catalog.db().map(|_| policy.catalog().version());
-        (prefix, catalog, app.policy_info.load_full())
+        let record = build(prefix, app.policy_info.load_full()).with_catalog(catalog);
+        self.enqueue(record);
     }
 
     fn enqueue(&self, record: Pending) {

@@ -1,0 +1,159 @@
+//! Three regions' nodes deciding one `aggregate` limit on a manual clock, with the exchange
+//! played by hand: deterministic, single-threaded, no Redis. Each period every region sends its
+//! requests to its node (an in-memory own store), then every node publishes what it admitted
+//! and reads every region's published counts, so each node's view of the others is one period
+//! old. What leases add shows exactly here, where `tests/regions.rs` (real processes on a
+//! shared machine) can only check both against the plain bound.
+
+use super::tally::{Known, Place};
+use super::RegionNode;
+use crate::clock::ServerClock;
+use crate::config::PolicySource;
+use crate::failure::FailureSettings;
+use spillway_core::policy::{Planned, Policy};
+use spillway_core::request::{CheckMode, RequestAttrs};
+use spillway_core::store::MemoryStore;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const NAMES: [&str; 3] = ["us", "eu", "ap"];
+const LIMIT: u64 = 90;
+const START_MS: u64 = 1_728_000_060_000;
+const PERIOD_MS: u64 = 250;
+
+/// The world: the policy, and per region its node and own store.
+struct World {
+    policy: Policy,
+    nodes: Vec<(Arc<RegionNode>, MemoryStore)>,
+    clock: ServerClock,
+    /// What each region has published, by counter.
+    published: HashMap<Place, [u64; 3]>,
+}
+
+impl World {
+    fn new(lease_above: Option<f64>) -> Self {
+        let leases = lease_above.map_or(String::new(), |l| format!(", lease_above: {l}"));
+        let policy = PolicySource::Builtin
+            .parse(&format!(
+                "default_tier: t
+store:
+  type: redis
+  regions:
+    us: {{url: \"redis://127.0.0.1:1\"}}
+    eu: {{url: \"redis://127.0.0.1:2\"}}
+    ap: {{url: \"redis://127.0.0.1:3\"}}
+  exchange: {{interval: {PERIOD_MS}ms{leases}}}
+limits:
+  soft: {{algorithm: fixed_window, limit: {LIMIT}, window: 1h, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [soft]}}
+"
+            ))
+            .expect("valid policy");
+        let clock = ServerClock::manual(START_MS);
+        let nodes = NAMES
+            .iter()
+            .map(|name| {
+                let failure = FailureSettings::default();
+                let node = RegionNode::new(&policy, Some(name), &failure, clock.shared())
+                    .expect("a node")
+                    .expect("three regions");
+                (node, MemoryStore::new(1_000, clock.shared()))
+            })
+            .collect();
+        let mut world = Self {
+            policy,
+            nodes,
+            clock,
+            published: HashMap::new(),
+        };
+        // Every node has read every region once: none is taken as cut off.
+        world.exchange();
+        world
+    }
+
+    fn planned(&self) -> Planned {
+        let attrs = RequestAttrs {
+            tenant: Some("acme".into()),
+            ..RequestAttrs::default()
+        };
+        let mut planned = self.policy.resolve(&attrs).limits;
+        planned.remove(0)
+    }
+
+    /// Every node publishes what it admitted, then reads every region's published counts.
+    fn exchange(&mut self) {
+        let now = self.clock.now();
+        for (r, (node, _)) in self.nodes.iter().enumerate() {
+            for (place, n) in node.tally.take_pending() {
+                self.published.entry(place).or_default()[r] += n;
+            }
+        }
+        for (node, _) in &self.nodes {
+            let known = Known {
+                counts: (self.published.iter())
+                    .map(|(place, counts)| (place.clone(), Box::from(counts.as_slice())))
+                    .collect(),
+                truncated: Box::new([]),
+            };
+            node.tally.publish_known(known, &[0, 1, 2], now);
+        }
+    }
+
+    /// Sends `rates[r]` requests to region `r` each period, exchanging after each, until no
+    /// region admits anything for two periods; returns what each region admitted.
+    async fn run(&mut self, rates: [u64; 3]) -> [u64; 3] {
+        let planned = self.planned();
+        let mut admitted = [0u64; 3];
+        let mut idle = 0;
+        while idle < 2 {
+            let mut any = false;
+            for (r, (node, own)) in self.nodes.iter().enumerate() {
+                for _ in 0..rates[r] {
+                    let one = std::slice::from_ref(&planned);
+                    let (allowed, _) = node
+                        .check(&self.policy, own, one, CheckMode::Consume)
+                        .await
+                        .expect("an in-memory store answers");
+                    admitted[r] += u64::from(allowed);
+                    any |= allowed;
+                }
+            }
+            idle = if any { 0 } else { idle + 1 };
+            let manual = self.clock.manual_control().expect("a manual clock");
+            manual.advance(PERIOD_MS * 1_000);
+            self.exchange();
+        }
+        admitted
+    }
+}
+
+/// What the others admit in one period at most, for the region that sees the most: the plain
+/// rule's bound in this model (views one period old).
+fn plain_bound(rates: [u64; 3]) -> u64 {
+    let total: u64 = rates.iter().sum();
+    (0..3).map(|r| total - rates[r]).max().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn leases_cut_the_over_admission_to_their_rounding() {
+    // Uniform and skewed, each starting below the threshold (half of 90) and staying within
+    // the limit in the period that crosses it, so what the period past it admits is the
+    // leases' doing alone.
+    for rates in [[20, 20, 20], [40, 10, 10]] {
+        let plain: u64 = World::new(None).run(rates).await.iter().sum();
+        let leased: u64 = World::new(Some(0.5)).run(rates).await.iter().sum();
+        let (plain_over, leased_over) = (plain.saturating_sub(LIMIT), leased.saturating_sub(LIMIT));
+        println!("rates {rates:?} a period, limit {LIMIT}: over by {plain_over} plain, {leased_over} with leases");
+        // Both fill the limit (no phantom counts).
+        assert!(plain >= LIMIT && leased >= LIMIT, "{plain} {leased}");
+        assert!(plain_over <= plain_bound(rates), "{plain_over} {rates:?}");
+        // Past the threshold every region reads the same counts and leases a third of what
+        // remains, rounded up: together at most the remainder plus one per region but one.
+        assert!(leased_over < 3, "{leased_over} {rates:?}");
+        assert!(
+            leased_over < plain_over,
+            "leases add nothing: {leased_over} vs {plain_over} ({rates:?})"
+        );
+    }
+}
