@@ -132,7 +132,11 @@ struct Lanes {
 impl Lanes {
     fn queue(&mut self, job: Job) {
         self.waiting += 1;
-        self.lanes.entry(job.lane).or_default().waiting.push_back(job);
+        self.lanes
+            .entry(job.lane)
+            .or_default()
+            .waiting
+            .push_back(job);
     }
 
     /// Sends what `lane` has queued, as far as its free call slots go; drops the lane once it

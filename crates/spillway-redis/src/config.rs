@@ -102,10 +102,7 @@ pub fn mask_url(url: &str) -> String {
     // The user information ends at the last `@` of the authority (a password may hold `@`
     // only percent-encoded, but be safe about a raw one).
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end]
-        .rfind('@')
-        .or_else(|| rest.rfind('@'))
-    else {
+    let Some(at) = rest[..authority_end].rfind('@').or_else(|| rest.rfind('@')) else {
         return url.to_owned();
     };
     let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
@@ -172,7 +169,10 @@ mod tests {
         };
         for target in [
             Target::Server(format!("redis://:{SECRET}@h:1")),
-            Target::Cluster(vec![format!("redis://u:{SECRET}@h:1"), "redis://h:2".into()]),
+            Target::Cluster(vec![
+                format!("redis://u:{SECRET}@h:1"),
+                "redis://h:2".into(),
+            ]),
             Target::Sentinel {
                 sentinels: vec![format!("redis://:{SECRET}@s:26379")],
                 master: "m".into(),
@@ -187,7 +187,10 @@ mod tests {
             assert!(text.contains("****"), "{text}");
         }
         let shown = format!("{login:?}");
-        assert!(shown.contains("spillway") && !shown.contains(SECRET), "{shown}");
+        assert!(
+            shown.contains("spillway") && !shown.contains(SECRET),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -291,5 +291,8 @@ impl Store for RedisStore {
 /// The slot every one of `keys` hashes to, if they share one.
 fn same_slot(keys: &[String]) -> Option<u16> {
     let first = keys::slot(keys.first()?);
-    keys[1..].iter().all(|k| keys::slot(k) == first).then_some(first)
+    keys[1..]
+        .iter()
+        .all(|k| keys::slot(k) == first)
+        .then_some(first)
 }

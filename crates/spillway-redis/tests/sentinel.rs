@@ -118,7 +118,8 @@ async fn a_refused_login_says_which_side_refused_it_and_never_the_password() {
             .expect_err("a refused login fails the start");
         let text = format!("{err} {err:?} {config:?}");
         assert!(
-            text.contains(&format!("the {side} at 127.0.0.1:")) && text.contains("refused the login"),
+            text.contains(&format!("the {side} at 127.0.0.1:"))
+                && text.contains("refused the login"),
             "{auth:?}: {text}"
         );
         for secret in [DATA_PASSWORD, SENTINEL_PASSWORD, wrong] {
@@ -128,7 +129,8 @@ async fn a_refused_login_says_which_side_refused_it_and_never_the_password() {
     let store = RedisStore::connect(&config_as(&group, MASTER_NAME, right_logins()))
         .await
         .expect("the right logins connect");
-    let params = LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, SECOND).unwrap(), 2).unwrap());
+    let params =
+        LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, SECOND).unwrap(), 2).unwrap());
     let k = key("auth", &["one"]);
     let mut got = Vec::new();
     for _ in 0..3 {
@@ -138,18 +140,18 @@ async fn a_refused_login_says_which_side_refused_it_and_never_the_password() {
             .expect("decides");
         got.push(d[0].allowed);
     }
-    assert_eq!(got, [true, true, false], "decisions work behind the passwords");
+    assert_eq!(
+        got,
+        [true, true, false],
+        "decisions work behind the passwords"
+    );
 }
 
 /// Runs a steady load on a store built from `config`, kills the master, and checks that the
 /// store follows the failover: every call before the kill and after the switch answered, and
 /// the calls in between failed as typed outages within the timeout.
 async fn follow_a_failover_under_load(mut group: SentinelGroup, config: &RedisConfig) {
-    let store = Arc::new(
-        RedisStore::connect(config)
-            .await
-            .expect("connects"),
-    );
+    let store = Arc::new(RedisStore::connect(config).await.expect("connects"));
     let first = format!("127.0.0.1:{}", group.first_master_port());
     assert_eq!(store.sentinel_master().as_deref(), Some(first.as_str()));
 

@@ -93,7 +93,9 @@ impl ServerSettings {
             store_url: args.store_url,
             region: args.region,
             store_timeout: args.store_timeout,
-            sentinel_auth: args.sentinel_login.logins(|name| std::env::var(name).ok())?,
+            sentinel_auth: args
+                .sentinel_login
+                .logins(|name| std::env::var(name).ok())?,
             http_threads: thread_count(args.http_threads),
             shutdown_grace: args.shutdown_grace,
             policy: args

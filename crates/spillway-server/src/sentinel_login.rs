@@ -46,10 +46,7 @@ pub struct SentinelLoginArgs {
 
 impl SentinelLoginArgs {
     /// The logins, reading password files and the password variables through `env`.
-    pub fn logins(
-        &self,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<SentinelAuth, String> {
+    pub fn logins(&self, env: impl Fn(&str) -> Option<String>) -> Result<SentinelAuth, String> {
         Ok(SentinelAuth {
             master: Credentials {
                 username: username(self.master_username.as_deref(), "--master-username")?,
@@ -158,7 +155,10 @@ mod tests {
         );
         assert!(auth.sentinels.username.is_none());
         let shown = format!("{auth:?} {auth:#?}");
-        assert!(!shown.contains(SECRET) && !shown.contains("from-the-variable"), "{shown}");
+        assert!(
+            !shown.contains(SECRET) && !shown.contains("from-the-variable"),
+            "{shown}"
+        );
         assert!(is_set(&auth));
         assert!(!is_set(
             &SentinelLoginArgs::default().logins(env_with(&[])).unwrap()
@@ -166,10 +166,16 @@ mod tests {
 
         std::fs::write(&file, "\n").unwrap();
         let err = args.logins(env_with(&[])).unwrap_err();
-        assert!(err.contains("--master-password-file") && err.contains("empty"), "{err}");
+        assert!(
+            err.contains("--master-password-file") && err.contains("empty"),
+            "{err}"
+        );
         std::fs::write(&file, format!("{SECRET}\nsecond line\n")).unwrap();
         let err = args.logins(env_with(&[])).unwrap_err();
-        assert!(err.contains("more than one line") && !err.contains(SECRET), "{err}");
+        assert!(
+            err.contains("more than one line") && !err.contains(SECRET),
+            "{err}"
+        );
         let err = SentinelLoginArgs::default()
             .logins(env_with(&[(SENTINEL_PASSWORD_ENV, "")]))
             .unwrap_err();
@@ -178,7 +184,10 @@ mod tests {
             sentinel_password_file: Some(dir.join("absent")),
             ..SentinelLoginArgs::default()
         };
-        assert!(missing.logins(env_with(&[])).unwrap_err().contains("cannot read"));
+        assert!(missing
+            .logins(env_with(&[]))
+            .unwrap_err()
+            .contains("cannot read"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -165,8 +165,8 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         &settings.sentinel_auth,
         settings.top_publish_every,
     )
-        .await
-        .context("cannot connect to Redis for the top-k summaries")?;
+    .await
+    .context("cannot connect to Redis for the top-k summaries")?;
     let app = Arc::new(AppState {
         engine,
         store: store.clone(),

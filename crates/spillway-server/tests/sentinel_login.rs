@@ -115,7 +115,10 @@ fn a_refused_login_stops_the_start_and_says_which_side() {
             "{envs:?}: {stderr}"
         );
         for secret in [DATA_PASSWORD, SENTINEL_PASSWORD, WRONG] {
-            assert!(!stderr.contains(secret), "{envs:?} shows a password: {stderr}");
+            assert!(
+                !stderr.contains(secret),
+                "{envs:?} shows a password: {stderr}"
+            );
         }
     }
 }
@@ -123,11 +126,12 @@ fn a_refused_login_stops_the_start_and_says_which_side() {
 #[test]
 fn logins_are_refused_with_a_store_that_is_not_sentinel() {
     let stderr = refused_start(
-        "store: {type: memory}\n",
+        "default_tier: free\ntiers:\n  free: {}\nstore: {type: memory}\n",
         &[("SPILLWAY_MASTER_PASSWORD", DATA_PASSWORD)],
     );
     assert!(
-        stderr.contains("apply to a `redis_sentinel` store only") && !stderr.contains(DATA_PASSWORD),
+        stderr.contains("apply to a `redis_sentinel` store only")
+            && !stderr.contains(DATA_PASSWORD),
         "{stderr}"
     );
 }

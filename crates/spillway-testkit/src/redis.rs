@@ -49,7 +49,8 @@ pub fn command_as(port: u16, password: Option<&str>, cmd: &str) -> Option<String
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let mut buf = vec![0u8; 64 * 1024];
     if let Some(password) = password {
-        s.write_all(format!("AUTH {password}\r\n").as_bytes()).ok()?;
+        s.write_all(format!("AUTH {password}\r\n").as_bytes())
+            .ok()?;
         let n = s.read(&mut buf).ok()?;
         if !buf[..n].starts_with(b"+OK") {
             return None;

@@ -67,7 +67,9 @@ impl Sentinel {
             text.push_str(&format!("sentinel auth-pass {MASTER_NAME} {data}\n"));
         }
         if let Some(own) = &passwords.sentinels {
-            text.push_str(&format!("requirepass {own}\nsentinel sentinel-pass {own}\n"));
+            text.push_str(&format!(
+                "requirepass {own}\nsentinel sentinel-pass {own}\n"
+            ));
         }
         std::fs::write(&conf, text).ok()?;
         let child = Command::new("redis-sentinel")
@@ -174,7 +176,8 @@ impl SentinelGroup {
                 .data_command(group.servers[1].port(), "INFO replication")
                 .is_some_and(|r| r.contains("master_link_status:up"));
             let ready = group.sentinels.iter().all(|s| {
-                let master = group.sentinel_command(s.port, &format!("SENTINEL MASTER {MASTER_NAME}"));
+                let master =
+                    group.sentinel_command(s.port, &format!("SENTINEL MASTER {MASTER_NAME}"));
                 master.is_some_and(|r| {
                     field(&r, "num-slaves").as_deref() == Some("1")
                         && field(&r, "num-other-sentinels").as_deref() == Some("2")
