@@ -103,18 +103,34 @@ cluster_cpu() {
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# start_cluster: starts three cluster-enabled servers, joins them, prints their ports.
-start_cluster() {
-  local ports=() port dir
-  for _ in 1 2 3; do
+# start_node: starts one cluster-enabled server on a free port (another port if someone took
+# that one meanwhile) and leaves its port in $node_port.
+start_node() {
+  local port dir pid
+  for _ in 1 2 3 4 5; do
     port=$(free_port)
     dir="$tmp/node-$port"
     mkdir -p "$dir"
     redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
       --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" >/dev/null &
-    pids+=($!)
-    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
-    ports+=("$port")
+    pid=$!
+    pids+=("$pid")
+    for _ in $(seq 100); do
+      if redis-cli -p "$port" ping >/dev/null 2>&1; then node_port=$port; return 0; fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+  done
+  echo "could not start a cluster node" >&2
+  exit 1
+}
+
+# start_cluster: starts three cluster-enabled servers, joins them, prints their ports.
+start_cluster() {
+  local ports=() node_port
+  for _ in 1 2 3; do
+    start_node
+    ports+=("$node_port")
   done
   redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >/dev/null
   for port in "${ports[@]}"; do
@@ -134,7 +150,10 @@ one_run() {
   "$bin" serve --config "$tmp/$load.yaml" --store-url "cluster+${urls%,}" \
     --store-timeout 1s --listen "127.0.0.1:$sport" --log-filter warn >/dev/null 2>&1 &
   pids+=($!)
-  until curl -fs "http://127.0.0.1:$sport/healthz" >/dev/null; do sleep 0.1; done
+  until curl -fs "http://127.0.0.1:$sport/healthz" >/dev/null; do
+    kill -0 "${pids[-1]}" 2>/dev/null || { echo "spillway did not start" >&2; exit 1; }
+    sleep 0.1
+  done
   wrk -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" -s "$tmp/$load.lua" "http://127.0.0.1:$sport" >/dev/null
   read -r ub sb < <(cluster_cpu "${ports[@]}")
   out=$(wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" --latency -s "$tmp/$load.lua" \
