@@ -1,42 +1,51 @@
-//! Coalescing concurrent requests bound for one Redis server into one call.
+//! Coalescing concurrent requests bound for one Redis server, or one cluster slot, into one
+//! call.
 //!
 //! Every call costs Redis a fixed part (reading the command, starting the function, `TIME`,
 //! writing the reply, the system calls around them) on top of its limits' work; at one limit
-//! per request that fixed part is most of the cost. So on a single server (directly or through
-//! Sentinel) requests are not sent one call each: a [`Batcher`] queues them, and a dispatcher
-//! task sends whatever has queued as one call of the check function, which decides the requests
-//! one after another inside that one atomic call, each all-or-nothing on its own and each
-//! seeing what the ones before it wrote (see `lua/check.lua`). The result is the same as
-//! separate calls arriving back to back.
+//! per request that fixed part is most of the cost. So requests are not sent one call each: a
+//! [`Batcher`] queues them, and a dispatcher task sends whatever has queued for the same
+//! *lane* as one call of the check function, which decides the requests one after another
+//! inside that one atomic call, each all-or-nothing on its own and each seeing what the ones
+//! before it wrote (see `lua/check.lua`). The result is the same as separate calls arriving
+//! back to back.
 //!
-//! Nothing waits to fill a batch: a request that finds a call slot free goes at once, alone.
-//! Up to [`IN_FLIGHT`] calls are outstanding at a time; requests that arrive meanwhile queue,
-//! and the next free slot takes them all (at most [`MAX_REQUESTS`] requests and [`MAX_CHECKS`]
-//! limits per call). So batches grow only when Redis is busy, which is when they help.
+//! A lane is what one call may cover: the whole server on a single server (directly or through
+//! Sentinel), one hash slot on a cluster (a call may touch keys of one slot only). Requests
+//! whose keys span slots never come here; they go through [`crate::multi_slot`]. On a cluster
+//! only requests of the same slot share a call: those of one tenant when the tenant is the
+//! first dimension of every key (see [`crate::keys`]), and above all one hot key, which is
+//! where a node's CPU goes when one tenant floods.
+//!
+//! Nothing waits to fill a batch: a request that finds a call slot of its lane free goes at
+//! once, alone. Up to [`IN_FLIGHT`] calls per lane are outstanding at a time; requests that
+//! arrive meanwhile queue in their lane, and the lane's next free slot takes them all (at most
+//! [`MAX_REQUESTS`] requests and [`MAX_CHECKS`] limits per call). So batches grow only when a
+//! lane is busy, which is when they help. At most [`QUEUE`] requests wait in lanes (and as
+//! many in the channel in front of them); a lane with nothing queued or in flight is dropped.
 //! `spillway_redis_batch_requests` records each call's size (about 10 under `bench/redis.sh`;
 //! see docs/BENCHMARKS.md).
 //!
 //! A request whose caller gave up before its batch was sent is dropped from the batch and
 //! never charged. Each caller still waits at most the store's timeout, queueing included.
-//! Clusters are not coalesced (a call may touch only one slot); requests spanning slots go
-//! through [`crate::multi_slot`] as before.
 
 use crate::error::record;
 use crate::runner::Runner;
 use crate::script::{CallArgs, Encoded, Reply};
 use spillway_core::request::CheckMode;
 use spillway_core::store::StoreError;
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use std::collections::{HashMap, VecDeque};
+use tokio::sync::{mpsc, oneshot};
 
-/// Calls outstanding at once.
+/// Calls outstanding at once per lane.
 pub const IN_FLIGHT: usize = 4;
 /// Most requests in one call.
 pub const MAX_REQUESTS: usize = 64;
 /// Most limits in one call (a batch stops growing once it has this many).
 pub const MAX_CHECKS: usize = 256;
-/// Requests that may wait for a call slot before callers wait to queue.
-const QUEUE: usize = 4096;
+/// Most requests waiting in lanes; past it the channel in front fills, then callers wait to
+/// queue (within their timeout).
+pub const QUEUE: usize = 4096;
 
 /// Histogram of requests per call sent by a batcher: how much coalescing happens under the
 /// load at hand (1 everywhere means Redis pays each call's fixed cost per request).
@@ -46,13 +55,15 @@ pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
 /// One queued request.
 struct Job {
+    /// Its lane: the hash slot of its keys on a cluster, 0 on a single server.
+    lane: u16,
     keys: Vec<String>,
     checks: Vec<Encoded>,
     mode: CheckMode,
     answer: oneshot::Sender<Result<Reply, StoreError>>,
 }
 
-/// The queue in front of one server's connection; see the module docs.
+/// The queue in front of the shared connection; see the module docs.
 pub(crate) struct Batcher {
     jobs: mpsc::Sender<Job>,
     runner: Runner,
@@ -66,9 +77,11 @@ impl Batcher {
         Self { jobs, runner }
     }
 
-    /// Decides one request (keys and checks in the same order) within the store's timeout.
+    /// Decides one request (keys and checks in the same order, every key in `lane`) within
+    /// the store's timeout.
     pub(crate) async fn check(
         &self,
+        lane: u16,
         keys: Vec<String>,
         checks: Vec<Encoded>,
         mode: CheckMode,
@@ -76,6 +89,7 @@ impl Batcher {
         let limit = self.runner.timeout;
         let (answer, reply) = oneshot::channel();
         let job = Job {
+            lane,
             keys,
             checks,
             mode,
@@ -98,35 +112,106 @@ impl Batcher {
     }
 }
 
-/// Takes queued requests into calls; see the module docs.
-async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
-        // Wait for a call slot first: whatever queues meanwhile joins this batch.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+/// One lane's requests waiting for a call, and its calls outstanding.
+#[derive(Default)]
+struct Lane {
+    waiting: VecDeque<Job>,
+    in_flight: usize,
+}
+
+/// The dispatcher's state: every lane with something queued or in flight.
+struct Lanes {
+    runner: Runner,
+    lanes: HashMap<u16, Lane>,
+    /// Requests waiting over all lanes.
+    waiting: usize,
+    /// Where a finished call reports its lane.
+    done: mpsc::UnboundedSender<u16>,
+}
+
+impl Lanes {
+    fn queue(&mut self, job: Job) {
+        self.waiting += 1;
+        self.lanes
+            .entry(job.lane)
+            .or_default()
+            .waiting
+            .push_back(job);
+    }
+
+    /// Sends what `lane` has queued, as far as its free call slots go; drops the lane once it
+    /// is idle.
+    fn launch(&mut self, lane: u16) {
+        let Some(state) = self.lanes.get_mut(&lane) else {
             return;
         };
-        let mut checks = first.checks.len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_REQUESTS && checks < MAX_CHECKS {
-            match queue.try_recv() {
-                Ok(job) => {
-                    checks += job.checks.len();
-                    batch.push(job);
+        while state.in_flight < IN_FLIGHT && !state.waiting.is_empty() {
+            let mut batch = Vec::new();
+            let mut checks = 0;
+            while batch.len() < MAX_REQUESTS && checks < MAX_CHECKS {
+                let Some(job) = state.waiting.pop_front() else {
+                    break;
+                };
+                self.waiting -= 1;
+                // A caller that gave up is not charged.
+                if job.answer.is_closed() {
+                    continue;
                 }
-                Err(_) => break,
+                checks += job.checks.len();
+                batch.push(job);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            state.in_flight += 1;
+            let (runner, done) = (self.runner.clone(), self.done.clone());
+            tokio::spawn(async move {
+                send(&runner, batch).await;
+                let _ = done.send(lane);
+            });
+        }
+        if state.in_flight == 0 && state.waiting.is_empty() {
+            self.lanes.remove(&lane);
+        }
+    }
+
+    fn finished(&mut self, lane: u16) {
+        if let Some(state) = self.lanes.get_mut(&lane) {
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
+        self.launch(lane);
+    }
+}
+
+/// Takes queued requests into calls, lane by lane; see the module docs.
+async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
+    let (done, mut finished) = mpsc::unbounded_channel();
+    let mut lanes = Lanes {
+        runner,
+        lanes: HashMap::new(),
+        waiting: 0,
+        done,
+    };
+    let mut touched = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some(lane) = finished.recv() => lanes.finished(lane),
+            job = queue.recv(), if lanes.waiting < QUEUE => {
+                let Some(job) = job else { return };
+                // Take everything queued meanwhile, then send lane by lane.
+                touched.push(job.lane);
+                lanes.queue(job);
+                while lanes.waiting < QUEUE {
+                    let Ok(job) = queue.try_recv() else { break };
+                    touched.push(job.lane);
+                    lanes.queue(job);
+                }
+                for lane in touched.drain(..) {
+                    lanes.launch(lane);
+                }
             }
         }
-        // A caller that gave up is not charged.
-        batch.retain(|job| !job.answer.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let runner = runner.clone();
-        tokio::spawn(async move {
-            send(&runner, batch).await;
-            drop(slot);
-        });
     }
 }
 

@@ -1,9 +1,14 @@
 //! What a [`crate::RedisStore`] needs to know to connect.
+//!
+//! Passwords never show: the `Debug` forms of [`Target`], [`Credentials`] and [`RedisConfig`]
+//! print `****` for a password, whether it came as a [`Credentials`] field or inside a URL
+//! (`redis://user:password@host`), so a config can be logged or put in an error message.
 
+use std::fmt;
 use std::time::Duration;
 
 /// Where the Redis deployment is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Target {
     /// One server (or a proxy in front of several), e.g. `redis://127.0.0.1:6379`.
     Server(String),
@@ -16,7 +21,95 @@ pub enum Target {
         sentinels: Vec<String>,
         /// The name the sentinels know the master by.
         master: String,
+        /// How to log in on the sentinels and on the master (the sentinels name the master
+        /// by address only, so its password cannot ride in a URL).
+        auth: SentinelAuth,
     },
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let masked = |urls: &[String]| urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>();
+        match self {
+            Self::Server(url) => f.debug_tuple("Server").field(&mask_url(url)).finish(),
+            Self::Cluster(urls) => f.debug_tuple("Cluster").field(&masked(urls)).finish(),
+            Self::Sentinel {
+                sentinels,
+                master,
+                auth,
+            } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", &masked(sentinels))
+                .field("master", master)
+                .field("auth", auth)
+                .finish(),
+        }
+    }
+}
+
+/// A login (`AUTH [username] password`) on one kind of server. The `Debug` form hides the
+/// password.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// The ACL user (Redis 6 and later); `None` logs in as the default user, the one
+    /// `requirepass` sets the password of.
+    pub username: Option<String>,
+    /// The password; `None` sends no `AUTH` (unless a URL carries a password of its own).
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "****"))
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// `info` with this login filled in where `info` (from a URL) names none: a URL's own
+    /// username or password wins.
+    pub(crate) fn apply(&self, info: redis::ConnectionInfo) -> redis::ConnectionInfo {
+        let mut redis = info.redis_settings().clone();
+        if let (None, Some(user)) = (redis.username(), &self.username) {
+            redis = redis.set_username(user);
+        }
+        if let (None, Some(password)) = (redis.password(), &self.password) {
+            redis = redis.set_password(password);
+        }
+        info.set_redis_settings(redis)
+    }
+}
+
+/// The logins of a Sentinel deployment: the data nodes' (the master and the replicas that may
+/// replace it, usually `requirepass`/`masterauth`) and the sentinels' own (their
+/// `requirepass`), which are often different.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SentinelAuth {
+    /// The login on the master the sentinels name.
+    pub master: Credentials,
+    /// The login on each sentinel (a sentinel URL's own `user:password@` wins).
+    pub sentinels: Credentials,
+}
+
+/// `url` with the password of its user information replaced by `****`
+/// (`redis://user:****@host:6379`); a URL without one is returned as it is.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The user information ends at the last `@` of the authority (a password may hold `@`
+    // only percent-encoded, but be safe about a raw one).
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@').or_else(|| rest.rfind('@')) else {
+        return url.to_owned();
+    };
+    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:****@{host}"),
+        None => url.to_owned(),
+    }
 }
 
 /// Connection and layout settings for the Redis store.
@@ -43,5 +136,85 @@ impl RedisConfig {
             timeout: Duration::from_millis(100),
             local_cache_keys: 100_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "s3cr3t-hunter2";
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        assert_eq!(
+            mask_url("redis://:s3cr3t@10.0.0.1:6379/0"),
+            "redis://:****@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            mask_url("rediss://app:p@ss@h:1"),
+            "rediss://app:****@h:1",
+            "a raw `@` in the password"
+        );
+        assert_eq!(mask_url("redis://app@h:1"), "redis://app@h:1");
+        assert_eq!(mask_url("redis://h:1"), "redis://h:1");
+        assert_eq!(mask_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn no_password_shows_in_a_configs_debug_form() {
+        let login = Credentials {
+            username: Some("spillway".into()),
+            password: Some(SECRET.into()),
+        };
+        for target in [
+            Target::Server(format!("redis://:{SECRET}@h:1")),
+            Target::Cluster(vec![
+                format!("redis://u:{SECRET}@h:1"),
+                "redis://h:2".into(),
+            ]),
+            Target::Sentinel {
+                sentinels: vec![format!("redis://:{SECRET}@s:26379")],
+                master: "m".into(),
+                auth: SentinelAuth {
+                    master: login.clone(),
+                    sentinels: login.clone(),
+                },
+            },
+        ] {
+            let text = format!("{:?} {:#?}", RedisConfig::new(target.clone()), target);
+            assert!(!text.contains(SECRET), "{text}");
+            assert!(text.contains("****"), "{text}");
+        }
+        let shown = format!("{login:?}");
+        assert!(
+            shown.contains("spillway") && !shown.contains(SECRET),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_urls_own_login_wins_and_the_rest_is_filled_in() {
+        let login = Credentials {
+            username: Some("app".into()),
+            password: Some("given".into()),
+        };
+        let info = |url: &str| {
+            let info = redis::IntoConnectionInfo::into_connection_info(url).unwrap();
+            let info = login.apply(info);
+            let r = info.redis_settings();
+            (
+                r.username().map(str::to_owned),
+                r.password().map(str::to_owned),
+            )
+        };
+        assert_eq!(
+            info("redis://h:1"),
+            (Some("app".into()), Some("given".into()))
+        );
+        assert_eq!(
+            info("redis://:own@h:1"),
+            (Some("app".into()), Some("own".into()))
+        );
     }
 }

@@ -14,7 +14,7 @@
 //! against the same clock whatever its own clock says. Only tests inject a time.
 //!
 //! # Layout
-//! - [`config`]: where to connect and the key prefix.
+//! - [`config`]: where to connect, how to log in, and the key prefix.
 //! - [`sentinel`]: a master found through Sentinel and followed across failovers.
 //! - [`keys`]: the key layout, value encoding and hash slots.
 //! - [`script`]: the Lua sources (`lua/`), arguments and replies.
@@ -42,5 +42,5 @@ pub mod script;
 pub mod sentinel;
 pub mod store;
 
-pub use config::{RedisConfig, Target};
+pub use config::{Credentials, RedisConfig, SentinelAuth, Target};
 pub use store::RedisStore;

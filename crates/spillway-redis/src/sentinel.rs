@@ -19,9 +19,18 @@
 //! old and the new address. Until the switch, calls fail as they would against any dead
 //! server, and the server's failure handling (time budget, breaker, failure mode) decides
 //! what those requests get.
+//!
+//! # Passwords
+//! Sentinels and data nodes each may require a login ([`SentinelAuth`]): the sentinels' is
+//! used for every question and for the subscription, the master's for the connection to
+//! whichever server the sentinels name (it is reapplied on every reconnect and after every
+//! switch). A refused login at start fails [`SentinelConn::connect`] with an error that says
+//! which side refused (a sentinel or the master) and where, never the password; after start,
+//! a new master that refuses the login is logged as a warning and the old address stays.
 
+use crate::config::{mask_url, Credentials, SentinelAuth};
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::{Cmd, RedisError, RedisFuture, RedisResult, Value};
+use redis::{Cmd, IntoConnectionInfo, RedisError, RedisFuture, RedisResult, Value};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -45,6 +54,8 @@ struct Current {
 struct Inner {
     sentinels: Vec<redis::Client>,
     master: String,
+    /// The login on the master (and on whichever server replaces it).
+    master_login: Credentials,
     timeout: Duration,
     current: parking_lot::RwLock<Current>,
     /// Woken by calls that failed in a way a failover explains.
@@ -80,9 +91,10 @@ impl SentinelConn {
     pub async fn connect(
         sentinels: &[String],
         master: &str,
+        auth: &SentinelAuth,
         timeout: Duration,
     ) -> RedisResult<Self> {
-        Self::open(sentinels, master, timeout, true).await
+        Self::open(sentinels, master, auth, timeout, true).await
     }
 
     /// As [`SentinelConn::connect`], for a second connection of the same process (such as the
@@ -91,25 +103,37 @@ impl SentinelConn {
     pub async fn connect_quiet(
         sentinels: &[String],
         master: &str,
+        auth: &SentinelAuth,
         timeout: Duration,
     ) -> RedisResult<Self> {
-        Self::open(sentinels, master, timeout, false).await
+        Self::open(sentinels, master, auth, timeout, false).await
     }
 
     async fn open(
         sentinels: &[String],
         master: &str,
+        auth: &SentinelAuth,
         timeout: Duration,
         reported: bool,
     ) -> RedisResult<Self> {
         let sentinels = sentinels
             .iter()
-            .map(|url| redis::Client::open(url.as_str()))
+            .map(|url| {
+                let info = url.as_str().into_connection_info().map_err(|err| {
+                    RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "bad sentinel URL",
+                        format!("{}: {err}", mask_url(url)),
+                    ))
+                })?;
+                redis::Client::open(auth.sentinels.apply(info))
+            })
             .collect::<RedisResult<Vec<_>>>()?;
-        let (addr, conn) = locate(&sentinels, master, timeout).await?;
+        let (addr, conn) = locate(&sentinels, master, &auth.master, timeout).await?;
         let inner = Arc::new(Inner {
             sentinels,
             master: master.to_owned(),
+            master_login: auth.master.clone(),
             timeout,
             current: parking_lot::RwLock::new(Current { addr, conn }),
             nudge: Notify::new(),
@@ -125,8 +149,45 @@ impl SentinelConn {
     }
 }
 
+/// Whether `err` is a refused or missing login (`WRONGPASS`, `NOAUTH`, a failed `AUTH`).
+fn login_refused(err: &RedisError) -> bool {
+    err.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
+        || err.to_string().contains("NOAUTH")
+        || err.to_string().contains("WRONGPASS")
+}
+
+/// `err` retold as a refused login on `side` (`"sentinel"` or `"master"`) at `addr`, naming
+/// the setting to check; other errors pass unchanged. The password is never part of it.
+fn explain_login(err: RedisError, side: &str, addr: &str) -> RedisError {
+    if !login_refused(&err) {
+        return err;
+    }
+    let which = if side == "sentinel" {
+        "the sentinels' username/password"
+    } else {
+        "the master's username/password"
+    };
+    RedisError::from((
+        redis::ErrorKind::AuthenticationFailed,
+        "login refused",
+        format!("the {side} at {addr} refused the login ({err}); check {which}"),
+    ))
+}
+
 /// Asks one sentinel where the master named `master` is.
 async fn ask(sentinel: &redis::Client, master: &str, limit: Duration) -> RedisResult<String> {
+    let addr = sentinel.get_connection_info().addr().to_string();
+    ask_unexplained(sentinel, master, limit)
+        .await
+        .map_err(|err| explain_login(err, "sentinel", &addr))
+}
+
+async fn ask_unexplained(
+    sentinel: &redis::Client,
+    master: &str,
+    limit: Duration,
+) -> RedisResult<String> {
     let asking = async {
         let mut conn = sentinel.get_multiplexed_async_connection().await?;
         let reply: Option<(String, u16)> = redis::cmd("SENTINEL")
@@ -153,9 +214,24 @@ async fn ask(sentinel: &redis::Client, master: &str, limit: Duration) -> RedisRe
     }
 }
 
-/// Connects to `addr` and checks that it acts as master.
-async fn open_master(addr: &str, timeout: Duration) -> RedisResult<ConnectionManager> {
-    let client = redis::Client::open(format!("redis://{addr}"))?;
+/// Connects to `addr` with `login` and checks that it acts as master.
+async fn open_master(
+    addr: &str,
+    login: &Credentials,
+    timeout: Duration,
+) -> RedisResult<ConnectionManager> {
+    open_master_unexplained(addr, login, timeout)
+        .await
+        .map_err(|err| explain_login(err, "master", addr))
+}
+
+async fn open_master_unexplained(
+    addr: &str,
+    login: &Credentials,
+    timeout: Duration,
+) -> RedisResult<ConnectionManager> {
+    let info = format!("redis://{addr}").into_connection_info()?;
+    let client = redis::Client::open(login.apply(info))?;
     let settings = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
         .set_response_timeout(Some(timeout))
@@ -174,21 +250,31 @@ async fn open_master(addr: &str, timeout: Duration) -> RedisResult<ConnectionMan
 }
 
 /// The master's address and a connection to it, from the first sentinel that names one that
-/// acts as master.
+/// acts as master. When none does, the error is a refused login if there was one (a setting
+/// to fix, not an outage to wait out), else the last sentinel's. A master that refuses the
+/// login ends the search at once.
 async fn locate(
     sentinels: &[redis::Client],
     master: &str,
+    login: &Credentials,
     timeout: Duration,
 ) -> RedisResult<(String, ConnectionManager)> {
     let limit = timeout.max(Duration::from_secs(1));
-    let mut last = None;
+    let mut last: Option<RedisError> = None;
+    let mut keep = |err: RedisError| {
+        if !last.as_ref().is_some_and(login_refused) {
+            last = Some(err);
+        }
+    };
     for sentinel in sentinels {
         match ask(sentinel, master, limit).await {
-            Ok(addr) => match open_master(&addr, timeout).await {
+            Ok(addr) => match open_master(&addr, login, timeout).await {
                 Ok(conn) => return Ok((addr, conn)),
-                Err(err) => last = Some(err),
+                // Another sentinel would name the same master: asking on cannot help.
+                Err(err) if login_refused(&err) => return Err(err),
+                Err(err) => keep(err),
             },
-            Err(err) => last = Some(err),
+            Err(err) => keep(err),
         }
     }
     Err(last
@@ -214,7 +300,7 @@ impl Inner {
         if addr == old {
             return;
         }
-        match open_master(&addr, self.timeout).await {
+        match open_master(&addr, &self.master_login, self.timeout).await {
             Ok(conn) => {
                 *self.current.write() = Current {
                     addr: addr.clone(),
@@ -232,6 +318,12 @@ impl Inner {
                     tracing::debug!(master = %self.master, old = %old, new = %addr, "followed the master");
                 }
             }
+            Err(err) if login_refused(&err) => tracing::warn!(
+                master = %self.master,
+                addr = %addr,
+                error = %err,
+                "the new master the sentinels name refused the login; staying on the old one"
+            ),
             Err(err) => tracing::debug!(
                 master = %self.master,
                 addr = %addr,

@@ -9,7 +9,8 @@
 //!
 //! A request's checks are evaluated by one call of the check function when their keys share
 //! a hash slot (always, on a single server); see [`crate::multi_slot`] for requests that span
-//! slots. On a single server, concurrent requests share calls (see [`crate::batch`]).
+//! slots. Concurrent requests share calls: all of them on a single server, those of one slot
+//! on a cluster (see [`crate::batch`]).
 
 use crate::batch::Batcher;
 use crate::config::{RedisConfig, Target};
@@ -30,8 +31,8 @@ use std::time::Duration;
 /// A store keeping limit state in Redis; see the crate docs.
 pub struct RedisStore {
     runner: Runner,
-    /// Coalesces concurrent requests into one call (single servers only).
-    batcher: Option<Batcher>,
+    /// Coalesces concurrent requests into shared calls (per slot on a cluster).
+    batcher: Batcher,
     layout: KeyLayout,
     /// The node's clock, for the local cache (Redis keeps the limits' own time).
     clock: Arc<dyn Clock>,
@@ -76,8 +77,13 @@ impl RedisStore {
                         .build()?;
                     Conn::Cluster(client.get_async_connection().await?)
                 }
-                Target::Sentinel { sentinels, master } => Conn::Sentinel(
-                    crate::sentinel::SentinelConn::connect(sentinels, master, timeout).await?,
+                Target::Sentinel {
+                    sentinels,
+                    master,
+                    auth,
+                } => Conn::Sentinel(
+                    crate::sentinel::SentinelConn::connect(sentinels, master, auth, timeout)
+                        .await?,
                 ),
             };
             Ok::<_, redis::RedisError>(conn)
@@ -89,10 +95,7 @@ impl RedisStore {
         };
         let runner = Runner::new(conn, timeout);
         runner.prepare().await;
-        let batcher = match runner.conn {
-            Conn::Cluster(_) => None,
-            _ => Some(Batcher::start(runner.clone())),
-        };
+        let batcher = Batcher::start(runner.clone());
         Ok(Self {
             runner,
             batcher,
@@ -115,9 +118,7 @@ impl RedisStore {
         self.clock = clock;
         // The batcher holds its own runner: start it again with the injected clock (the old
         // dispatcher ends with its queue).
-        if self.batcher.is_some() {
-            self.batcher = Some(Batcher::start(self.runner.clone()));
-        }
+        self.batcher = Batcher::start(self.runner.clone());
         self
     }
 
@@ -156,21 +157,18 @@ impl Store for RedisStore {
         }
         let keys: Vec<String> = checks.iter().map(|c| self.layout.key(c.key)).collect();
         let sent_at = self.now();
-        let decisions = if self.is_cluster() && !same_slot(&keys) {
-            crate::multi_slot::check(&self.runner, keys, checks, mode).await?
-        } else if let Some(batcher) = &self.batcher {
-            let encoded = checks.iter().map(Encoded::new).collect();
-            batcher.check(keys, encoded, mode).await?.decisions
+        let lane = if self.is_cluster() {
+            same_slot(&keys)
         } else {
-            let pairs = keys
-                .iter()
-                .map(String::as_str)
-                .zip(checks.iter().map(Encoded::new));
-            let runner = &self.runner;
-            runner
-                .run_script(runner.timeout, pairs, mode, false)
-                .await?
-                .decisions
+            Some(0)
+        };
+        let decisions = match lane {
+            Some(lane) => {
+                let encoded = checks.iter().map(Encoded::new).collect();
+                let reply = self.batcher.check(lane, keys, encoded, mode).await?;
+                reply.decisions
+            }
+            None => crate::multi_slot::check(&self.runner, keys, checks, mode).await?,
         };
         // A peek (the dashboard's lookup, `/v1/check?peek`) must not change later decisions,
         // so only a consuming check feeds the over-limit cache.
@@ -290,7 +288,11 @@ impl Store for RedisStore {
     }
 }
 
-fn same_slot(keys: &[String]) -> bool {
-    let first = keys::slot(&keys[0]);
-    keys[1..].iter().all(|k| keys::slot(k) == first)
+/// The slot every one of `keys` hashes to, if they share one.
+fn same_slot(keys: &[String]) -> Option<u16> {
+    let first = keys::slot(keys.first()?);
+    keys[1..]
+        .iter()
+        .all(|k| keys::slot(k) == first)
+        .then_some(first)
 }

@@ -1,6 +1,7 @@
-//! Concurrent requests to one server share calls (see `spillway_redis::batch`) and stay
-//! exact: each request is all-or-nothing on its own, and a request later in a call sees what
-//! the ones before it wrote, including keys listed by several requests of the same call.
+//! Concurrent requests to one server, or to one slot of a cluster, share calls (see
+//! `spillway_redis::batch`) and stay exact: each request is all-or-nothing on its own, and a
+//! request later in a call sees what the ones before it wrote, including keys listed by
+//! several requests of the same call.
 
 mod common;
 
@@ -12,7 +13,7 @@ use spillway_core::request::CheckMode;
 use spillway_core::store::Store;
 use spillway_core::time::{HOUR, MINUTE};
 use spillway_redis::RedisStore;
-use spillway_testkit::redis::RedisServer;
+use spillway_testkit::redis::{RedisCluster, RedisServer};
 use std::sync::Arc;
 
 const T0: u64 = 1_700_000_000_000_000;
@@ -21,15 +22,21 @@ fn window(limit: u64) -> LimitParams {
     LimitParams::FixedWindow(FixedWindow::new(limit, MINUTE).unwrap())
 }
 
-/// How many `fcall` calls Redis has served.
-fn fcalls(port: u16) -> u64 {
-    let stats = spillway_testkit::redis::command(port, "INFO commandstats").unwrap_or_default();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+/// How many `fcall` calls the Redis servers on `ports` have served, together.
+fn fcalls(ports: &[u16]) -> u64 {
+    ports
+        .iter()
+        .map(|&port| {
+            let stats =
+                spillway_testkit::redis::command(port, "INFO commandstats").unwrap_or_default();
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 /// What `k` has used of `params` (a peek of cost 1 reports `remaining` after it).
@@ -46,11 +53,41 @@ async fn one_hot_key_admits_exactly_its_burst_across_shared_calls() {
     let server = RedisServer::start();
     let (store, clock) = redis_store(Backend::Server(server.url())).await;
     clock.set(T0);
+    one_hot_key(store, &[server.port()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hot_key_on_a_cluster_admits_exactly_its_burst_across_shared_calls() {
+    let cluster = RedisCluster::start();
+    let (store, clock) = redis_store(Backend::Cluster(cluster.urls())).await;
+    clock.set(T0);
+    one_hot_key(store, &cluster.ports()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sharing_keys_in_one_call_are_each_all_or_nothing() {
+    let server = RedisServer::start();
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    clock.set(T0);
+    shared_keys(store, &[server.port()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_one_cluster_slot_in_one_call_are_each_all_or_nothing() {
+    let cluster = RedisCluster::start();
+    let (store, clock) = redis_store(Backend::Cluster(cluster.urls())).await;
+    clock.set(T0);
+    shared_keys(store, &cluster.ports()).await;
+}
+
+/// 300 concurrent requests on one token bucket of burst 100 (on the servers at `ports`):
+/// exactly 100 admitted, in fewer calls than requests.
+async fn one_hot_key(store: RedisStore, ports: &[u16]) {
     let store = Arc::new(store);
     let hot = key("hot", &["everyone"]);
     let bucket =
         LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, HOUR).unwrap(), 100).unwrap());
-    let before = fcalls(server.port());
+    let before = fcalls(ports);
     let calls: Vec<_> = (0..300)
         .map(|_| {
             let (store, hot, bucket) = (store.clone(), hot.clone(), bucket.clone());
@@ -67,7 +104,7 @@ async fn one_hot_key_admits_exactly_its_burst_across_shared_calls() {
     for call in calls {
         admitted += u64::from(call.await.expect("no task panicked"));
     }
-    let sent = fcalls(server.port()) - before;
+    let sent = fcalls(ports) - before;
     assert_eq!(admitted, 100, "exactly the burst");
     assert!(
         (1..300).contains(&sent),
@@ -76,20 +113,18 @@ async fn one_hot_key_admits_exactly_its_burst_across_shared_calls() {
     assert_eq!(used(&store, &hot, &bucket, 100).await, 100);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_sharing_keys_in_one_call_are_each_all_or_nothing() {
-    let server = RedisServer::start();
-    let (store, clock) = redis_store(Backend::Server(server.url())).await;
-    clock.set(T0);
+/// Every request: a tenant limit of 40 shared by all, and a per-user limit of 2 shared by the
+/// four requests of each of 50 users. Whatever the order, exactly 40 are admitted, and a
+/// denied request charges neither limit. Every key starts with the tenant, so on a cluster
+/// they all share one slot, and the requests share calls (fewer calls than requests).
+async fn shared_keys(store: RedisStore, ports: &[u16]) {
     let store = Arc::new(store);
-    // Every request: a tenant limit of 40 shared by all, and a per-user limit of 2 shared by
-    // the four requests of each of 50 users. Whatever the order, exactly 40 are admitted, and
-    // a denied request charges neither limit.
     let (tenant, tenant_limit) = (key("tenant", &["acme"]), window(40));
     let user_limit = window(2);
     let users: Vec<StateKey> = (0..50)
-        .map(|u| key("per-user", &[&format!("u{u}")]))
+        .map(|u| key("per-user", &["acme", &format!("u{u}")]))
         .collect();
+    let before = fcalls(ports);
     let calls: Vec<_> = (0..200)
         .map(|i| {
             let (store, tenant, tl, ul) = (
@@ -116,8 +151,13 @@ async fn requests_sharing_keys_in_one_call_are_each_all_or_nothing() {
         let (u, ok) = call.await.expect("no task panicked");
         per_user[u] += u64::from(ok);
     }
+    let sent = fcalls(ports) - before;
     let admitted: u64 = per_user.iter().sum();
     assert_eq!(admitted, 40, "exactly the tenant's limit");
+    assert!(
+        (1..200).contains(&sent),
+        "200 concurrent requests of one slot went out in fewer calls ({sent})"
+    );
     assert_eq!(used(&store, &tenant, &tenant_limit, 40).await, 40);
     for (u, user) in users.iter().enumerate() {
         assert!(per_user[u] <= 2, "user {u} admitted {}", per_user[u]);

@@ -1,5 +1,7 @@
 //! A store that finds its master through real `redis-sentinel` processes: it follows a
-//! failover without a restart, and the calls that fail meanwhile fail as typed store errors.
+//! failover without a restart (also with passwords on the data nodes and on the sentinels),
+//! the calls that fail meanwhile fail as typed store errors, and a refused login says which
+//! side refused it without showing the password.
 
 // A failover takes real time (the sentinels' own timers); the test measures it on the wall.
 #![allow(clippy::disallowed_methods)]
@@ -12,28 +14,55 @@ use spillway_core::rate::Rate;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
 use spillway_core::time::SECOND;
-use spillway_redis::{RedisConfig, RedisStore, Target};
-use spillway_testkit::sentinel::{SentinelGroup, MASTER_NAME};
+use spillway_redis::{Credentials, RedisConfig, RedisStore, SentinelAuth, Target};
+use spillway_testkit::sentinel::{Passwords, SentinelGroup, MASTER_NAME};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn config(group: &SentinelGroup) -> RedisConfig {
+/// The data nodes' password in the tests that set one.
+const DATA_PASSWORD: &str = "data-pw-7Hq2";
+/// The sentinels' password in the tests that set one.
+const SENTINEL_PASSWORD: &str = "sentinel-pw-K9x4";
+
+fn login(password: &str) -> Credentials {
+    Credentials {
+        username: None,
+        password: Some(password.into()),
+    }
+}
+
+fn config_as(group: &SentinelGroup, master: &str, auth: SentinelAuth) -> RedisConfig {
     let mut config = RedisConfig::new(Target::Sentinel {
         sentinels: group.sentinel_urls(),
-        master: MASTER_NAME.into(),
+        master: master.into(),
+        auth,
     });
     config.timeout = Duration::from_millis(200);
     config
 }
 
+fn config(group: &SentinelGroup) -> RedisConfig {
+    config_as(group, MASTER_NAME, SentinelAuth::default())
+}
+
+fn with_passwords() -> SentinelGroup {
+    SentinelGroup::start_with(Passwords {
+        data: Some(DATA_PASSWORD.into()),
+        sentinels: Some(SENTINEL_PASSWORD.into()),
+    })
+}
+
+fn right_logins() -> SentinelAuth {
+    SentinelAuth {
+        master: login(DATA_PASSWORD),
+        sentinels: login(SENTINEL_PASSWORD),
+    }
+}
+
 #[tokio::test]
 async fn a_failover_is_followed_without_a_restart() {
-    let mut group = SentinelGroup::start();
-    let mut unknown = config(&group);
-    unknown.target = Target::Sentinel {
-        sentinels: group.sentinel_urls(),
-        master: "no-such-master".into(),
-    };
+    let group = SentinelGroup::start();
+    let unknown = config_as(&group, "no-such-master", SentinelAuth::default());
     let err = RedisStore::connect(&unknown)
         .await
         .expect_err("no such master");
@@ -41,12 +70,88 @@ async fn a_failover_is_followed_without_a_restart() {
         matches!(err, StoreError::Unavailable(_) | StoreError::Protocol(_)),
         "{err:?}"
     );
+    let config = config(&group);
+    follow_a_failover_under_load(group, &config).await;
+}
 
-    let store = Arc::new(
-        RedisStore::connect(&config(&group))
+#[tokio::test]
+async fn a_failover_is_followed_with_passwords_on() {
+    let group = with_passwords();
+    let config = config_as(&group, MASTER_NAME, right_logins());
+    follow_a_failover_under_load(group, &config).await;
+}
+
+#[tokio::test]
+async fn a_refused_login_says_which_side_refused_it_and_never_the_password() {
+    let group = with_passwords();
+    let wrong = "wrong-pw-Zz81";
+    let cases = [
+        // No login at all on password-protected sentinels.
+        (SentinelAuth::default(), "sentinel"),
+        (
+            SentinelAuth {
+                master: login(DATA_PASSWORD),
+                sentinels: login(wrong),
+            },
+            "sentinel",
+        ),
+        // The sentinels let us in; the master they name does not.
+        (
+            SentinelAuth {
+                master: Credentials::default(),
+                sentinels: login(SENTINEL_PASSWORD),
+            },
+            "master",
+        ),
+        (
+            SentinelAuth {
+                master: login(wrong),
+                sentinels: login(SENTINEL_PASSWORD),
+            },
+            "master",
+        ),
+    ];
+    for (auth, side) in cases {
+        let config = config_as(&group, MASTER_NAME, auth.clone());
+        let err = RedisStore::connect(&config)
             .await
-            .expect("connects"),
+            .expect_err("a refused login fails the start");
+        let text = format!("{err} {err:?} {config:?}");
+        assert!(
+            text.contains(&format!("the {side} at 127.0.0.1:"))
+                && text.contains("refused the login"),
+            "{auth:?}: {text}"
+        );
+        for secret in [DATA_PASSWORD, SENTINEL_PASSWORD, wrong] {
+            assert!(!text.contains(secret), "{auth:?}: {text}");
+        }
+    }
+    let store = RedisStore::connect(&config_as(&group, MASTER_NAME, right_logins()))
+        .await
+        .expect("the right logins connect");
+    let params =
+        LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, SECOND).unwrap(), 2).unwrap());
+    let k = key("auth", &["one"]);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = store
+            .check(&[check(&k, &params, 1)], CheckMode::Consume)
+            .await
+            .expect("decides");
+        got.push(d[0].allowed);
+    }
+    assert_eq!(
+        got,
+        [true, true, false],
+        "decisions work behind the passwords"
     );
+}
+
+/// Runs a steady load on a store built from `config`, kills the master, and checks that the
+/// store follows the failover: every call before the kill and after the switch answered, and
+/// the calls in between failed as typed outages within the timeout.
+async fn follow_a_failover_under_load(mut group: SentinelGroup, config: &RedisConfig) {
+    let store = Arc::new(RedisStore::connect(config).await.expect("connects"));
     let first = format!("127.0.0.1:{}", group.first_master_port());
     assert_eq!(store.sentinel_master().as_deref(), Some(first.as_str()));
 

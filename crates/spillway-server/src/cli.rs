@@ -276,6 +276,9 @@ pub struct ServeArgs {
     )]
     pub envoy_config: Vec<PathBuf>,
 
+    /// The logins of a `redis_sentinel` store.
+    #[command(flatten)]
+    pub sentinel_login: crate::sentinel_login::SentinelLoginArgs,
     /// The tenant catalog's database and the admin API.
     #[command(flatten)]
     pub catalog: crate::catalog::settings::CatalogArgs,

@@ -36,6 +36,8 @@ pub struct ServerSettings {
     pub region: Option<String>,
     /// `--store-timeout`: overrides the policy's `store.timeout`.
     pub store_timeout: Option<Duration>,
+    /// The logins of a `redis_sentinel` store (its `Debug` form hides the passwords).
+    pub sentinel_auth: spillway_redis::SentinelAuth,
     /// Threads serving HTTP.
     pub http_threads: usize,
     /// How long in-flight requests get after a shutdown signal.
@@ -91,6 +93,9 @@ impl ServerSettings {
             store_url: args.store_url,
             region: args.region,
             store_timeout: args.store_timeout,
+            sentinel_auth: args
+                .sentinel_login
+                .logins(|name| std::env::var(name).ok())?,
             http_threads: thread_count(args.http_threads),
             shutdown_grace: args.shutdown_grace,
             policy: args

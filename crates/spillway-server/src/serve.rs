@@ -99,9 +99,20 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let region = settings.region.as_deref();
     let store_config = crate::region::own_store(&policy, region, settings.store_url.as_deref())
         .map_err(anyhow::Error::msg)?;
+    if crate::sentinel_login::is_set(&settings.sentinel_auth)
+        && !matches!(store_config, StoreConfig::RedisSentinel(_))
+    {
+        anyhow::bail!(
+            "--master-*/--sentinel-* logins (or SPILLWAY_MASTER_PASSWORD / \
+             SPILLWAY_SENTINEL_PASSWORD) apply to a `redis_sentinel` store only, and this \
+             store is `{}`: give a redis:// URL its own login (redis://user:password@host)",
+            store_config.kind()
+        );
+    }
     let failure = FailureSettings::from_store(&store_config, settings.store_timeout);
     let store: Arc<dyn Store> = crate::store::build(
         &store_config,
+        &settings.sentinel_auth,
         settings.max_keys,
         clock.shared(),
         failure.budget,
@@ -149,9 +160,13 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     } else {
         Top::off(&settings.node_name)
     });
-    let top_board = Board::connect(&store_config, settings.top_publish_every)
-        .await
-        .context("cannot connect to Redis for the top-k summaries")?;
+    let top_board = Board::connect(
+        &store_config,
+        &settings.sentinel_auth,
+        settings.top_publish_every,
+    )
+    .await
+    .context("cannot connect to Redis for the top-k summaries")?;
     let app = Arc::new(AppState {
         engine,
         store: store.clone(),

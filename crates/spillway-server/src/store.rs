@@ -86,9 +86,11 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
 /// Builds the store for `config`; Redis stores connect before this returns.
 ///
 /// `budget` (the failure settings' time budget) bounds each Redis call, so the client's own
-/// timeouts agree with the guard around it (see [`crate::failure`]).
+/// timeouts agree with the guard around it (see [`crate::failure`]). `sentinel_auth` is used
+/// by a `redis_sentinel` store only (see [`crate::sentinel_login`]).
 pub async fn build(
     config: &StoreConfig,
+    sentinel_auth: &spillway_redis::SentinelAuth,
     default_max_keys: u64,
     clock: Arc<dyn Clock>,
     budget: Duration,
@@ -121,6 +123,7 @@ pub async fn build(
             Target::Sentinel {
                 sentinels: s.urls.clone(),
                 master: s.master.clone().unwrap_or_default(),
+                auth: sentinel_auth.clone(),
             },
         ),
     };
@@ -176,7 +179,8 @@ fn describe() {
     metrics::describe_histogram!(
         spillway_redis::batch::BATCH_REQUESTS,
         Unit::Count,
-        "Requests carried by one Redis call (concurrent requests to one server share a call)."
+        "Requests carried by one Redis call (concurrent requests to one server, or to one \
+         cluster slot, share a call)."
     );
 }
 

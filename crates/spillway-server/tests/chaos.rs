@@ -1,6 +1,7 @@
 //! Chaos: a real `spillway serve` on a real Redis, under steady concurrent load, while Redis
 //! is killed, frozen, slowed down by a proxy, or has its scripts flushed, and while a master
-//! found through Sentinel is killed and the sentinels fail over to its replica.
+//! found through Sentinel is killed and the sentinels fail over to its replica (with
+//! passwords on the data nodes and on the sentinels, as in production).
 //!
 //! Every scenario checks the same things: no request took longer than the store budget plus
 //! [`MARGIN`]; `open` routes were let through marked degraded; `closed` routes got 503 with
@@ -24,7 +25,7 @@ use common::{metric, wait_until_async, Server};
 use spillway_server::failure::DEFAULT_BREAKER_COOLDOWN as COOLDOWN;
 use spillway_testkit::proxy::DelayProxy;
 use spillway_testkit::redis::{command, RedisServer};
-use spillway_testkit::sentinel::{SentinelGroup, MASTER_NAME};
+use spillway_testkit::sentinel::{Passwords, SentinelGroup, MASTER_NAME};
 use std::time::{Duration, Instant};
 
 /// The store budget the chaos policy sets.
@@ -345,7 +346,11 @@ async fn redis_killed_then_restarted_empty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_master_killed_then_failed_over() {
     let _one = SERIAL.lock().await;
-    let mut group = SentinelGroup::start();
+    let (data_password, sentinel_password) = ("chaos-data-pw", "chaos-sentinel-pw");
+    let mut group = SentinelGroup::start_with(Passwords {
+        data: Some(data_password.into()),
+        sentinels: Some(sentinel_password.into()),
+    });
     let sentinels: Vec<String> = group
         .sentinel_urls()
         .iter()
@@ -356,7 +361,10 @@ async fn sentinel_master_killed_then_failed_over() {
         sentinels.join(", "),
         BUDGET.as_millis()
     );
-    let server = Server::with_policy(&with_store(&store)).start();
+    let server = Server::with_policy(&with_store(&store))
+        .env("SPILLWAY_MASTER_PASSWORD", data_password)
+        .env("SPILLWAY_SENTINEL_PASSWORD", sentinel_password)
+        .start();
     let (old, new) = (group.first_master_port(), group.replica_port());
     // While the master is dead and until the sentinels promote the replica and the node
     // follows, requests get their routes' failure modes; then decisions are Redis's again.
@@ -384,6 +392,15 @@ async fn sentinel_master_killed_then_failed_over() {
         metric(&text, "spillway_redis_master_changes_total", &[]),
         Some(1.0),
         "the switch is counted once"
+    );
+    let logs = server.logs().join("\n");
+    assert!(
+        !logs.contains(data_password) && !logs.contains(sentinel_password),
+        "no password in the logs"
+    );
+    assert!(
+        !text.contains(data_password) && !text.contains(sentinel_password),
+        "no password in the metrics"
     );
 }
 

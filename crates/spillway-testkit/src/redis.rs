@@ -39,10 +39,24 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 /// Sends one inline command and returns the first reply line, if the server answers.
 pub fn command(port: u16, cmd: &str) -> Option<String> {
+    command_as(port, None, cmd)
+}
+
+/// As [`command`], after `AUTH <password>` when a password is given (it must hold no
+/// spaces); `None` if the server refuses the password.
+pub fn command_as(port: u16, password: Option<&str>, cmd: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
     let mut buf = vec![0u8; 64 * 1024];
+    if let Some(password) = password {
+        s.write_all(format!("AUTH {password}\r\n").as_bytes())
+            .ok()?;
+        let n = s.read(&mut buf).ok()?;
+        if !buf[..n].starts_with(b"+OK") {
+            return None;
+        }
+    }
+    s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
     let n = s.read(&mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
@@ -53,6 +67,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    /// The `--requirepass` among `extra`, for the start-up `PING`.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -64,12 +80,17 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments, on a free port.
     pub fn start_with(extra: &[&str]) -> Self {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let password = extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| extra.get(i + 1).cloned());
         for _ in 0..10 {
             let mut server = Self {
                 child: None,
                 port: free_port(),
                 dir: temp_dir("redis"),
                 extra: extra.clone(),
+                password: password.clone(),
             };
             if server.spawn() {
                 return server;
@@ -94,7 +115,9 @@ impl RedisServer {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return false; // exited: most likely the port was taken
             }
-            if command(self.port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+            if command_as(self.port, self.password.as_deref(), "PING")
+                .is_some_and(|r| r.starts_with("+PONG"))
+            {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));

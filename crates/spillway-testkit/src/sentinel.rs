@@ -6,11 +6,16 @@
 //! times out after three seconds. [`SentinelGroup::start`] returns only once the replica
 //! is in sync and every sentinel knows the replica and the two other sentinels, so a
 //! failover can start as soon as the master goes.
+//!
+//! [`SentinelGroup::start_with`] runs the group with [`Passwords`], as production deployments
+//! do: `requirepass` on the data nodes (with `masterauth` for replication and `sentinel
+//! auth-pass` for the sentinels), and the sentinels' own `requirepass` (with `sentinel
+//! sentinel-pass` so they still talk to each other).
 
 // Deadlines here bound process start-up and failover, not limit time.
 #![allow(clippy::disallowed_methods)]
 
-use crate::redis::{command, free_port, RedisServer};
+use crate::redis::{command_as, free_port, RedisServer};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,6 +29,15 @@ pub const DOWN_AFTER_MS: u64 = 600;
 /// How long the group may take to come up, or to fail over, on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The passwords a group runs with (each without spaces); `None` leaves that side open.
+#[derive(Debug, Clone, Default)]
+pub struct Passwords {
+    /// The data nodes' `requirepass` (the master's and the replica's).
+    pub data: Option<String>,
+    /// The sentinels' own `requirepass`.
+    pub sentinels: Option<String>,
+}
+
 /// One `redis-sentinel` process, killed on drop.
 struct Sentinel {
     child: Child,
@@ -33,7 +47,7 @@ struct Sentinel {
 
 impl Sentinel {
     /// Starts a sentinel watching the master on `master_port`; `None` if its port was taken.
-    fn start(master_port: u16) -> Option<Self> {
+    fn start(master_port: u16, passwords: &Passwords) -> Option<Self> {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("spillway-sentinel-{}-{port}", std::process::id()));
@@ -48,6 +62,15 @@ impl Sentinel {
              sentinel parallel-syncs {MASTER_NAME} 1\n",
             dir = dir.display()
         );
+        let mut text = text;
+        if let Some(data) = &passwords.data {
+            text.push_str(&format!("sentinel auth-pass {MASTER_NAME} {data}\n"));
+        }
+        if let Some(own) = &passwords.sentinels {
+            text.push_str(&format!(
+                "requirepass {own}\nsentinel sentinel-pass {own}\n"
+            ));
+        }
         std::fs::write(&conf, text).ok()?;
         let child = Command::new("redis-sentinel")
             .arg(&conf)
@@ -70,7 +93,9 @@ impl Sentinel {
             if let Ok(Some(_)) = sentinel.child.try_wait() {
                 return None; // exited: most likely the port was taken
             }
-            if command(port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+            if command_as(port, passwords.sentinels.as_deref(), "PING")
+                .is_some_and(|r| r.starts_with("+PONG"))
+            {
                 return Some(sentinel);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -92,6 +117,7 @@ impl Drop for Sentinel {
 pub struct SentinelGroup {
     servers: Vec<RedisServer>,
     sentinels: Vec<Sentinel>,
+    passwords: Passwords,
 }
 
 /// The value after `field` in a reply that lists fields and values as bulk strings.
@@ -104,15 +130,33 @@ fn field(reply: &str, field: &str) -> Option<String> {
 impl SentinelGroup {
     /// Starts the group and waits until it could fail over (see the module docs).
     pub fn start() -> Self {
-        let master = RedisServer::start();
+        Self::start_with(Passwords::default())
+    }
+
+    /// Starts the group with `passwords` (see the module docs) and waits until it could fail
+    /// over.
+    pub fn start_with(passwords: Passwords) -> Self {
+        let auth: Vec<String> = match &passwords.data {
+            Some(p) => vec![
+                "--requirepass".into(),
+                p.clone(),
+                "--masterauth".into(),
+                p.clone(),
+            ],
+            None => vec![],
+        };
+        let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
+        let master = RedisServer::start_with(&auth);
         let master_port = master.port().to_string();
-        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port]);
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", &master_port];
+        replica_args.extend(&auth);
+        let replica = RedisServer::start_with(&replica_args);
         let mut sentinels = Vec::new();
         for _ in 0..30 {
             if sentinels.len() == 3 {
                 break;
             }
-            if let Some(s) = Sentinel::start(master.port()) {
+            if let Some(s) = Sentinel::start(master.port(), &passwords) {
                 sentinels.push(s);
             }
         }
@@ -124,13 +168,17 @@ impl SentinelGroup {
         let group = Self {
             servers: vec![master, replica],
             sentinels,
+            passwords,
         };
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let synced = command(group.servers[1].port(), "INFO replication")
+            let synced = group
+                .data_command(group.servers[1].port(), "INFO replication")
                 .is_some_and(|r| r.contains("master_link_status:up"));
             let ready = group.sentinels.iter().all(|s| {
-                command(s.port, &format!("SENTINEL MASTER {MASTER_NAME}")).is_some_and(|r| {
+                let master =
+                    group.sentinel_command(s.port, &format!("SENTINEL MASTER {MASTER_NAME}"));
+                master.is_some_and(|r| {
                     field(&r, "num-slaves").as_deref() == Some("1")
                         && field(&r, "num-other-sentinels").as_deref() == Some("2")
                 })
@@ -146,6 +194,16 @@ impl SentinelGroup {
         }
     }
 
+    /// One command on a data node, logged in if the group has a data password.
+    fn data_command(&self, port: u16, cmd: &str) -> Option<String> {
+        command_as(port, self.passwords.data.as_deref(), cmd)
+    }
+
+    /// One command on a sentinel, logged in if the sentinels have a password.
+    fn sentinel_command(&self, port: u16, cmd: &str) -> Option<String> {
+        command_as(port, self.passwords.sentinels.as_deref(), cmd)
+    }
+
     /// `redis://127.0.0.1:<port>` of each sentinel.
     pub fn sentinel_urls(&self) -> Vec<String> {
         self.sentinels
@@ -157,7 +215,7 @@ impl SentinelGroup {
     /// The port of the server the sentinels call master now (asking the first that answers).
     pub fn master_port(&self) -> Option<u16> {
         self.sentinels.iter().find_map(|s| {
-            let reply = command(
+            let reply = self.sentinel_command(
                 s.port,
                 &format!("SENTINEL GET-MASTER-ADDR-BY-NAME {MASTER_NAME}"),
             )?;
@@ -186,7 +244,9 @@ impl SentinelGroup {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let promoted = self.master_port() == Some(self.replica_port())
-                && command(self.replica_port(), "ROLE").is_some_and(|r| r.contains("master"));
+                && self
+                    .data_command(self.replica_port(), "ROLE")
+                    .is_some_and(|r| r.contains("master"));
             if promoted {
                 return;
             }

@@ -192,7 +192,10 @@ impl Remote {
     async fn store(&self) -> Result<&Arc<dyn Store>, StoreError> {
         self.store
             .get_or_try_init(|| async {
-                crate::store::build(&self.config, 1, self.clock.clone(), self.budget, false)
+                // Regions run on `redis` and `redis_cluster` stores, whose URLs carry logins.
+                let no_sentinel = spillway_redis::SentinelAuth::default();
+                let (config, clock) = (&self.config, self.clock.clone());
+                crate::store::build(config, &no_sentinel, 1, clock, self.budget, false)
                     .await
                     .map_err(|e| StoreError::Unavailable(format!("{e:#}")))
             })

@@ -51,7 +51,11 @@ pub struct Board {
 
 impl Board {
     /// Connects to the Redis deployment `store` names; `None` for the in-memory store.
-    pub async fn connect(store: &StoreConfig, period: Duration) -> anyhow::Result<Option<Self>> {
+    pub async fn connect(
+        store: &StoreConfig,
+        sentinel_auth: &spillway_redis::SentinelAuth,
+        period: Duration,
+    ) -> anyhow::Result<Option<Self>> {
         let (settings, cluster) = match store {
             StoreConfig::Memory { .. } => return Ok(None),
             StoreConfig::Redis(s) => (s, false),
@@ -59,10 +63,14 @@ impl Board {
             StoreConfig::RedisSentinel(s) => {
                 let master = s.master.as_deref().unwrap_or_default();
                 let timeout = Duration::from_secs(1);
-                let conn =
-                    spillway_redis::sentinel::SentinelConn::connect_quiet(&s.urls, master, timeout)
-                        .await
-                        .context("top-k board: no master through Sentinel")?;
+                let conn = spillway_redis::sentinel::SentinelConn::connect_quiet(
+                    &s.urls,
+                    master,
+                    sentinel_auth,
+                    timeout,
+                )
+                .await
+                .context("top-k board: no master through Sentinel")?;
                 return Ok(Some(Self::new(Conn::Sentinel(conn), s, period)));
             }
         };
