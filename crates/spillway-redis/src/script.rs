@@ -325,8 +325,9 @@ impl Packed<'_> {
             .ok_or_else(|| short(self.checks))?;
         self.rest = rest;
         let x = f64::from_le_bytes(*head);
-        // 2^63: every whole double below it fits an i64 exactly.
-        if x.fract() != 0.0 || !(-1.0..9.223_372_036_854_775_808e18).contains(&x) {
+        // Every whole double below 2^63 fits an i64 exactly.
+        const TWO_TO_63: f64 = 9_223_372_036_854_775_808.0;
+        if x.fract() != 0.0 || !(-1.0..TWO_TO_63).contains(&x) {
             return Err(StoreError::Protocol(format!(
                 "check script returned {x} where a whole number belongs"
             )));
