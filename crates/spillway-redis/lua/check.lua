@@ -46,13 +46,6 @@ local REPORT_TTL_MS = 3600000
 local TAG = {116, 103, 102, 119, nil, 98}
 local HELD_LEN = {41, 41, 25, 33, nil, 33}
 
--- The deadline stored after the state `raw` of algorithm `code`, or nil.
-local function deadline_of(code, raw)
-  if raw and #raw == HELD_LEN[code] and byte(raw, 1) == TAG[code] then
-    return (unpack('<d', raw, #raw - 7))
-  end
-end
-
 -- Writes `state` (a packed state ending in its deadline) at `key`, whose state reads like a
 -- fresh key from `need` (microseconds) on; `held` is the deadline the key was read with, or
 -- nil. Returns the bytes written ('' for a delete). `ttl_slack` (milliseconds) is added to
@@ -63,9 +56,12 @@ local function put(key, state, need, held, now, ttl_slack)
     redis.call('DEL', key)
     return ''
   end
-  -- The deadline the state was packed with (common.lua).
+  -- Covered by the deadline read (the state carries it on, see `deadline` in common.lua).
+  if held and need <= held and redis.call('SET', key, state, 'XX', 'KEEPTTL') then
+    return state
+  end
+  -- The deadline the state was packed with.
   local d = deadline(need, held, now)
-  if d == held and redis.call('SET', key, state, 'XX', 'KEEPTTL') then return state end
   -- Whole milliseconds, rounded up: the key never disappears before its deadline.
   redis.call('SET', key, state, 'PX', int(ceil_div(d - now, 1000) + ttl_slack))
   return state
@@ -104,8 +100,8 @@ local function check(keys, argv)
   local ONE, ZERO = pack('<d', 1), pack('<d', 0)
   local undos = {now, ''}
   -- Per limit of the request at hand: its key, whether it writes, its new state, when that
-  -- expires and the deadline its key was read with.
-  local wkey, ok, states, expires, hd = {}, {}, {}, {}, {}
+  -- expires, the deadline its key was read with and whether it is a sliding log.
+  local wkey, ok, states, expires, hd, logs = {}, {}, {}, {}, {}, {}
   local k = 0
   while pos <= size do
     local flags, n
@@ -131,8 +127,12 @@ local function check(keys, argv)
       local raw, held = key, nil
       if code ~= 5 then
         raw = redis.pcall('GET', key)
-        if type(raw) ~= 'string' then raw = nil end
-        held = deadline_of(code, raw)
+        if type(raw) ~= 'string' then
+          raw = nil
+        elseif #raw == HELD_LEN[code] and byte(raw, 1) == TAG[code] then
+          -- The deadline stored after the state.
+          held = unpack('<d', raw, #raw - 7)
+        end
       end
       local allowed, limit, remaining, reset, retry, denial, state, expiry
       local charged = cost
@@ -159,9 +159,9 @@ local function check(keys, argv)
       -- its state restates what is stored, and under other numbers writing the conversion
       -- back would erase what the key used beyond the new numbers. A charge writes every
       -- state it recorded (the sliding log only what fits).
-      wkey[j], ok[j], states[j], expires[j], hd[j] =
+      wkey[j], ok[j], states[j], expires[j], hd[j], logs[j] =
         key, (allowed == 1 and charged > 0) or (charge and fresh and CHG[code] ~= nil),
-        state, expiry, held
+        state, expiry, held, code == 5
     end
     if charge then admitted = fresh end
     if admitted then parts[admit_at] = ONE else parts[admit_at] = ZERO end
@@ -172,7 +172,7 @@ local function check(keys, argv)
         local old, old_ttl, new = '', '0', ''
         if undo then
           -- What a compensating refund needs: the key as it is in Redis now.
-          if type(states[j]) ~= 'table' then
+          if not logs[j] then
             old = redis.pcall('GET', key)
             if type(old) ~= 'string' then old = '' end
           end
@@ -180,7 +180,7 @@ local function check(keys, argv)
         end
         if not ok[j] then
           new = old
-        elseif type(states[j]) == 'table' then
+        elseif logs[j] then
           -- The sliding log's plan (px: whole milliseconds, rounded up). A key listed twice
           -- keeps the last evaluation, as a string state's last write does.
           local later = false
