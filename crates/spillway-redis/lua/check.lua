@@ -20,60 +20,51 @@
 --          limit), set with NX for REPORT_TTL_MS: when it already exists the report is a
 --          retry, nothing is charged and each limit is only looked at.
 --
--- Reply: {now, then per request: admitted (1/0; for a charge, whether it was recorded), six integers per limit (allowed, limit,
--- remaining, reset, retry, denial: see common.lua), then, for an admitted consume with flag 2,
--- three strings per limit}.
+-- Reply: {now, the decisions packed as little-endian doubles (whole numbers): per request
+-- admitted (1/0; for a charge, whether it was recorded), then six per limit (allowed, limit,
+-- remaining, reset, retry, denial: see common.lua); then, for every admitted consume with
+-- flag 2 in order, three strings per limit (old value, its PTTL, value written)}. One string
+-- costs Redis far less to send than six integer replies per limit.
+--
+-- Expiry: a string state is stored with one more double after it, the deadline (script
+-- microseconds) its key is known to live until. A write whose state needs the key to live
+-- no longer than the stored deadline keeps the key's expiry (SET ... KEEPTTL, which costs
+-- Redis much less than SET ... PX); otherwise the key gets a new deadline with slack, a
+-- quarter of the time it must live or one second, whichever is more (so a key lives at most
+-- that much longer than its state needs). A state without the deadline (written by an
+-- earlier version) always gets SET ... PX. Every key holding a deadline lives at least until
+-- it: SET ... PX sets it, KEEPTTL keeps it (XX: only on a key that still exists), and a
+-- refund (refund.lua) restores a value with at least the expiry it had.
 
 local CONSUME, UNDO, CHARGE, MARKED = 1, 2, 4, 8
 -- A limit's flags.
 local ENFORCED, ADMIT = 1, 2
 -- How long a report marker lasts (spillway-core's REPORT_TTL), in milliseconds.
 local REPORT_TTL_MS = 3600000
+-- Per algorithm code: the tag byte of its packed state and the length of that state with
+-- its deadline (the sliding log keeps none).
+local TAG = {116, 103, 102, 119, nil, 98}
+local HELD_LEN = {41, 41, 25, 33, nil, 33}
 
--- Writes what request limits first .. first + n - 1 decided (see check below), appending
--- undo records to reply when asked.
-local function write_request(keys, first, n, ok, states, expires, logs, now, ttl_slack,
-                             undo, reply)
-  for i = first, first + n - 1 do
-    local key = keys[i]
-    local old, old_ttl, new = '', '0', ''
-    if undo then
-      if not logs[i] then
-        old = redis.pcall('GET', key)
-        if type(old) ~= 'string' then old = '' end
-      end
-      old_ttl = int(redis.call('PTTL', key))
-    end
-    if ok[i] then
-      -- Whole milliseconds, rounded up: the key never disappears before its state would be
-      -- indistinguishable from a fresh one.
-      local px = nil
-      if expires[i] > now then px = ceil_div(expires[i] - now, 1000) + ttl_slack end
-      if logs[i] then
-        -- A key listed twice keeps the last evaluation, as a string state's last SET does.
-        local later = false
-        for j = i + 1, first + n - 1 do
-          if keys[j] == key and ok[j] then later = true end
-        end
-        if not later then
-          log_write(key, states[i], px)
-          old, new = log_undo(states[i])
-        end
-      elseif px then
-        redis.call('SET', key, states[i], 'PX', int(px))
-        new = states[i]
-      else
-        redis.call('DEL', key)
-      end
-    else
-      new = old
-    end
-    if undo then
-      reply[#reply + 1] = old
-      reply[#reply + 1] = old_ttl
-      reply[#reply + 1] = new
-    end
+-- Writes `state` (a packed state ending in its deadline) at `key`, whose state reads like a
+-- fresh key from `need` (microseconds) on; `held` is the deadline the key was read with, or
+-- nil. Returns the bytes written ('' for a delete). `ttl_slack` (milliseconds) is added to
+-- every new expiry when the time is injected.
+local function put(key, state, need, held, now, ttl_slack)
+  -- A state that is fresh by now is the same as no key.
+  if need <= now then
+    redis.call('DEL', key)
+    return ''
   end
+  -- Covered by the deadline read (the state carries it on, see `deadline` in common.lua).
+  if held and need <= held and redis.call('SET', key, state, 'XX', 'KEEPTTL') then
+    return state
+  end
+  -- The deadline the state was packed with.
+  local d = deadline(need, held, now)
+  -- Whole milliseconds, rounded up: the key never disappears before its deadline.
+  redis.call('SET', key, state, 'PX', int(ceil_div(d - now, 1000) + ttl_slack))
+  return state
 end
 
 -- A metered limit's admission (LimitParams::admit): only with room for one unit, as a
@@ -88,6 +79,7 @@ local function admit(alg, p1, p2, p3, raw, now)
 end
 
 local function check(keys, argv)
+  if not pack then bind() end
   local now
   -- With an injected time, Redis still expires keys by its own clock, so the TTL gets an
   -- hour of slack: keeping a state past its expiry is harmless (it evaluates like a fresh
@@ -101,15 +93,19 @@ local function check(keys, argv)
     now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   end
   local blob = argv[2]
+  local size = #blob
   local pos = 1
-  local reply = {now}
-  -- Per limit (indexed like keys): whether it writes, its new state, when that expires, and
-  -- whether it is a sliding log.
-  local ok, states, expires, logs = {}, {}, {}, {}
+  -- The reply: the time, the packed decisions (parts, joined at the end) and undo records.
+  local parts, np = {}, 0
+  local ONE, ZERO = pack('<d', 1), pack('<d', 0)
+  local undos = {now, ''}
+  -- Per limit of the request at hand: its key, whether it writes, its new state, when that
+  -- expires, the deadline its key was read with and whether it is a sliding log.
+  local wkey, ok, states, expires, hd, logs = {}, {}, {}, {}, {}, {}
   local k = 0
-  while pos <= #blob do
+  while pos <= size do
     local flags, n
-    flags, n, pos = struct.unpack('<dd', blob, pos)
+    flags, n, pos = unpack('<dd', blob, pos)
     local charge = flags % 8 >= CHARGE
     -- For a charge: whether it is recorded (not a retry of a report already recorded).
     local fresh = true
@@ -117,64 +113,98 @@ local function check(keys, argv)
       k = k + 1
       fresh = redis.call('SET', keys[k], '1', 'NX', 'PX', REPORT_TTL_MS) ~= false
     end
-    local admit_at = #reply + 1
-    reply[admit_at] = 1
+    np = np + 1
+    local admit_at = np
     local admitted = true
-    for i = k + 1, k + n do
+    for j = 1, n do
+      local i = k + j
       local code, p1, p2, p3, cost, lflags
-      code, p1, p2, p3, cost, lflags, pos = struct.unpack('<dddddd', blob, pos)
+      code, p1, p2, p3, cost, lflags, pos = unpack('<dddddd', blob, pos)
+      local key = keys[i]
       -- The sliding log (code 5) keeps a sorted set and reads it itself; every other
       -- algorithm gets its string state, or nil (also for a key holding another type: a
       -- fresh key).
-      local raw = keys[i]
+      local raw, held = key, nil
       if code ~= 5 then
-        raw = redis.pcall('GET', raw)
-        if type(raw) ~= 'string' then raw = nil end
+        raw = redis.pcall('GET', key)
+        if type(raw) ~= 'string' then
+          raw = nil
+        elseif #raw == HELD_LEN[code] and byte(raw, 1) == TAG[code] then
+          -- The deadline stored after the state.
+          held = unpack('<d', raw, #raw - 7)
+        end
       end
       local allowed, limit, remaining, reset, retry, denial, state, expiry
       local charged = cost
+      local alg = ALG[code]
       if charge and fresh and CHG[code] then
         -- Recorded whatever the limit says; the standing told is what an admission sees on
         -- the new state (LimitParams::charge).
         allowed, limit, remaining, reset, retry, denial, state, expiry =
-          CHG[code](p1, p2, p3, raw, now, cost)
-        allowed, limit, remaining, reset, retry, denial =
-          admit(ALG[code], p1, p2, p3, state, now)
+          CHG[code](p1, p2, p3, raw, now, cost, held)
+        allowed, limit, remaining, reset, retry, denial = admit(alg, p1, p2, p3, state, now)
       elseif (charge and not fresh) or lflags >= ADMIT then
         -- A retried report tells the standing and charges nothing; a metered limit's
         -- admission consumes nothing.
         charged = 0
-        allowed, limit, remaining, reset, retry, denial = admit(ALG[code], p1, p2, p3, raw, now)
+        allowed, limit, remaining, reset, retry, denial = admit(alg, p1, p2, p3, raw, now)
       else
         allowed, limit, remaining, reset, retry, denial, state, expiry =
-          ALG[code](p1, p2, p3, raw, now, cost)
+          alg(p1, p2, p3, raw, now, cost, held)
       end
       if allowed == 0 and lflags % 2 == ENFORCED then admitted = false end
-      local r = #reply
-      reply[r + 1], reply[r + 2], reply[r + 3] = allowed, limit, remaining
-      reply[r + 4], reply[r + 5], reply[r + 6] = reset, retry, denial
+      np = np + 1
+      parts[np] = pack('<dddddd', allowed, limit, remaining, reset, retry, denial)
       -- A zero-cost check writes nothing (as the in-memory store): under the same numbers
       -- its state restates what is stored, and under other numbers writing the conversion
-      -- back would erase what the key used beyond the new numbers.
-      local writes = allowed == 1 and charged > 0
-      -- A charge writes every state it recorded (the sliding log only what fits).
-      if charge and fresh and CHG[code] then writes = true end
-      ok[i], states[i], expires[i], logs[i] = writes, state, expiry, code == 5
+      -- back would erase what the key used beyond the new numbers. A charge writes every
+      -- state it recorded (the sliding log only what fits).
+      wkey[j], ok[j], states[j], expires[j], hd[j], logs[j] =
+        key, (allowed == 1 and charged > 0) or (charge and fresh and CHG[code] ~= nil),
+        state, expiry, held, code == 5
     end
-    if charge then
-      admitted = fresh
-      if fresh then reply[admit_at] = 1 else reply[admit_at] = 0 end
-    end
-    if not admitted then reply[admit_at] = 0 end
-    if charge then
-      if fresh then
-        write_request(keys, k + 1, n, ok, states, expires, logs, now, ttl_slack, false, reply)
+    if charge then admitted = fresh end
+    if admitted then parts[admit_at] = ONE else parts[admit_at] = ZERO end
+    local undo = not charge and flags % 4 >= UNDO
+    if admitted and (charge or flags % 2 == CONSUME) then
+      for j = 1, n do
+        local key = wkey[j]
+        local old, old_ttl, new = '', '0', ''
+        if undo then
+          -- What a compensating refund needs: the key as it is in Redis now.
+          if not logs[j] then
+            old = redis.pcall('GET', key)
+            if type(old) ~= 'string' then old = '' end
+          end
+          old_ttl = int(redis.call('PTTL', key))
+        end
+        if not ok[j] then
+          new = old
+        elseif logs[j] then
+          -- The sliding log's plan (px: whole milliseconds, rounded up). A key listed twice
+          -- keeps the last evaluation, as a string state's last write does.
+          local later = false
+          for jj = j + 1, n do
+            if wkey[jj] == key and ok[jj] then later = true end
+          end
+          if not later then
+            local px = nil
+            if expires[j] > now then px = ceil_div(expires[j] - now, 1000) + ttl_slack end
+            log_write(key, states[j], px)
+            old, new = log_undo(states[j])
+          end
+        else
+          new = put(key, states[j], expires[j], hd[j], now, ttl_slack)
+        end
+        if undo then
+          undos[#undos + 1] = old
+          undos[#undos + 1] = old_ttl
+          undos[#undos + 1] = new
+        end
       end
-    elseif admitted and flags % 2 == CONSUME then
-      write_request(keys, k + 1, n, ok, states, expires, logs, now, ttl_slack,
-        flags % 4 >= UNDO, reply)
     end
     k = k + n
   end
-  return reply
+  undos[2] = concat(parts)
+  return undos
 end

@@ -6,6 +6,18 @@
 -- level may touch math, string or struct; the functions below look those up when they run.
 -- Nothing defines a function or builds a closure per call.
 --
+-- The library functions the hot path uses are kept as upvalues, bound by the first call
+-- (`bind`, from check.lua): an upvalue costs one instruction where `math.floor` costs two
+-- table lookups. Floors of quotients are taken as `q - q % 1` (exact for every double: the
+-- fractional part x % 1 = x - floor(x) is exact, and so is the subtraction) rather than by
+-- calling math.floor, and min/max of two numbers as a comparison: a C function call costs
+-- more than the arithmetic it does.
+local pack, unpack, format, byte, concat
+local function bind()
+  pack, unpack = struct.pack, struct.unpack
+  format, byte, concat = string.format, string.byte, table.concat
+end
+
 -- Redis runs Lua 5.1, whose numbers are doubles: a whole number is exact only below 2^53.
 -- Every helper here takes and returns whole numbers within that range and never forms a
 -- larger intermediate, so the results are the same integers the Rust functions in
@@ -14,15 +26,33 @@
 -- Quotient and remainder of a / b for whole 0 <= a <= 2^53 and b > 0. A correctly rounded
 -- a / b never crosses an integer boundary while a <= 2^53, so floor() gives the true quotient.
 local function divmod(a, b)
-  local q = math.floor(a / b)
+  local q = a / b
+  q = q - q % 1
   return q, a - q * b
 end
 
 -- a / b rounded up (Rust's div_ceil).
 local function ceil_div(a, b)
-  local q = math.floor(a / b)
+  local q = a / b
+  q = q - q % 1
   if a - q * b > 0 then q = q + 1 end
   return q
+end
+
+-- floor(a / b) for whole a >= 0, b > 0.
+local function div(a, b)
+  local q = a / b
+  return q - q % 1
+end
+
+local function min(a, b)
+  if a < b then return a end
+  return b
+end
+
+local function max(a, b)
+  if a > b then return a end
+  return b
 end
 
 -- floor(a * b / c) and its remainder, for whole a < 2^(top + 1) and b, c < 2^53 whose
@@ -67,7 +97,7 @@ end
 -- level is exactly 2^53, so the bits go up to 2^53: with 2^52 as the top bit, 2^53 would be
 -- read as 2^53 - 1 and the result rounded one unit low); cap <= 2^53.
 local function rescale(x, from, to, cap, up)
-  if math.floor(x / from) >= cap / to then return cap end
+  if div(x, from) >= cap / to then return cap end
   -- Here x < (cap / to) * from, so the result stays below cap + to.
   local q, r = muldiv_bits(x, to, from, 53)
   if up and r > 0 then q = q + 1 end
@@ -78,7 +108,7 @@ end
 -- Formats a whole number without an exponent (tostring would write 1.7e+15). %d is exact
 -- for every whole double below 2^63.
 local function int(x)
-  return string.format('%d', x)
+  return format('%d', x)
 end
 
 -- States are stored compactly: one tag byte naming the algorithm, then the state's whole
@@ -91,8 +121,9 @@ end
 -- (microseconds), retry (-1 for "none"), denial (0 allowed, 1 over limit, 2 cost exceeds
 -- limit), then the new state and the time it expires (both used only when allowed).
 
--- Algorithm functions by code. Each takes (p1, p2, p3, raw, now, cost) where raw is the
--- stored string or nil, and returns the eight values above.
+-- Algorithm functions by code. Each takes (p1, p2, p3, raw, now, cost, held) where raw is the
+-- stored string or nil and held the deadline it was stored with (or nil), and returns the
+-- eight values above; the new state carries its deadline (see `deadline`).
 local ALG = {}
 
 -- Charges after the fact by code (all but the sliding log), mirroring each algorithm's
@@ -110,5 +141,21 @@ local MAX_WINDOW = 315360000000000
 -- the capacity, or ten years of refill when that is more, at most 2^53. A product past 2^53
 -- rounds to at least 2^53, so the minimum is exact.
 local function max_used(rt, capacity)
-  return math.min(MAX_SCALED, math.max(capacity, MAX_WINDOW * rt))
+  return min(MAX_SCALED, max(capacity, MAX_WINDOW * rt))
+end
+
+-- The least slack a new deadline gets, in microseconds: one second.
+local MIN_SLACK = 1000000
+
+-- Every string state is stored with one more number after it: the deadline (microseconds)
+-- its key lives until (see check.lua). For a state written at `now` that reads like a fresh
+-- key from `need` on, on a key known to live until `held` (nil: unknown): `held` when that
+-- covers `need` (the write keeps the key's expiry), else `need` plus a quarter of the time
+-- until then or one second, whichever is more (the write sets a new expiry, with slack so
+-- that later writes can keep it).
+local function deadline(need, held, now)
+  if held and need <= held then return held end
+  local slack = (need - now) / 4
+  if slack < MIN_SLACK then slack = MIN_SLACK end
+  return need + slack - slack % 1
 end

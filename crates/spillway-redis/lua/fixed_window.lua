@@ -3,15 +3,15 @@
 -- 'f' and two doubles (text form "F:<start>:<count>").
 
 local function fw_read(raw)
-  if #raw == 17 and string.byte(raw, 1) == 102 then -- 'f'
-    local _, s, c = struct.unpack('<c1dd', raw)
+  if (#raw == 17 or #raw == 25) and byte(raw, 1) == 102 then -- 'f'
+    local _, s, c = unpack('<c1dd', raw)
     return s, c
   end
   local s, c = string.match(raw, '^F:(%d+):(%d+)$')
   if s then return tonumber(s), tonumber(c) end
 end
 
-ALG[3] = function(limit, window, _, raw, now, cost)
+ALG[3] = function(limit, window, _, raw, now, cost, held)
   local _, off = divmod(now, window)
   local start, count = now - off, 0
   local s, c
@@ -23,8 +23,8 @@ ALG[3] = function(limit, window, _, raw, now, cost)
     start, count = s, c
   end
   local finish = start + window
-  local reset = math.max(finish - now, 0)
-  local left = math.max(limit - count, 0)
+  local reset = max(finish - now, 0)
+  local left = max(limit - count, 0)
   if cost > limit then
     if count == 0 then reset = 0 end
     return 0, limit, left, reset, -1, 2
@@ -33,14 +33,14 @@ ALG[3] = function(limit, window, _, raw, now, cost)
     local used = count + cost
     if used == 0 then reset = 0 end
     return 1, limit, limit - used, reset, -1, 0,
-      struct.pack('<c1dd', 'f', start, used), finish
+      pack('<c1ddd', 'f', start, used, deadline(finish, held, now)), finish
   end
   return 0, limit, left, reset, reset, 1
 end
 
 -- The fixed window's charge (FixedWindow::charge): the count may pass the limit (up to 2^53),
 -- and nothing is admitted until the window ends.
-CHG[3] = function(limit, window, _, raw, now, cost)
+CHG[3] = function(limit, window, _, raw, now, cost, held)
   local _, off = divmod(now, window)
   local start, count = now - off, 0
   local s, c
@@ -48,11 +48,11 @@ CHG[3] = function(limit, window, _, raw, now, cost)
   if s and s + window > now then
     start, count = s, c
   end
-  count = math.min(count + cost, MAX_SCALED)
+  count = min(count + cost, MAX_SCALED)
   local finish = start + window
   local reset = 0
-  if count > 0 then reset = math.max(finish - now, 0) end
-  local state = struct.pack('<c1dd', 'f', start, count)
+  if count > 0 then reset = max(finish - now, 0) end
+  local state = pack('<c1ddd', 'f', start, count, deadline(finish, held, now))
   if count <= limit then
     return 1, limit, limit - count, reset, -1, 0, state, finish
   end

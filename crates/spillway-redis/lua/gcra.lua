@@ -6,8 +6,8 @@
 -- product involves the absolute time.
 
 local function gcra_read(raw)
-  if #raw == 33 and string.byte(raw, 1) == 103 then -- 'g'
-    local _, t, r, p, u = struct.unpack('<c1dddd', raw)
+  if (#raw == 33 or #raw == 41) and byte(raw, 1) == 103 then -- 'g'
+    local _, t, r, p, u = unpack('<c1dddd', raw)
     return t, r, p, u
   end
   local t, r, p, u = string.match(raw, '^G:(%d+):(%d+):(%d+):(%d+)$')
@@ -16,7 +16,7 @@ end
 
 -- Whole tokens left under `debt` in a window of `window` units.
 local function gcra_remaining(window, um, debt)
-  return math.floor(math.max(window - debt, 0) / um)
+  return div(max(window - debt, 0), um)
 end
 
 -- How much the key has used at `now`, in scaled units (its TAT's distance from now); past
@@ -45,7 +45,7 @@ local function gcra_debt(per, um, window, raw, now)
   return debt
 end
 
-ALG[2] = function(per, um, burst, raw, now, cost)
+ALG[2] = function(per, um, burst, raw, now, cost, held)
   local window = um * burst
   local debt = gcra_debt(per, um, window, raw, now)
   if cost > burst then
@@ -58,7 +58,8 @@ ALG[2] = function(per, um, burst, raw, now, cost)
     local q, rem = divmod(nd, per)
     local fresh_in = ceil_div(nd, per)
     return 1, burst, gcra_remaining(window, um, nd), fresh_in, -1, 0,
-      struct.pack('<c1dddd', 'g', now + q, rem, per, um), now + fresh_in
+      pack('<c1ddddd', 'g', now + q, rem, per, um, deadline(now + fresh_in, held, now)),
+      now + fresh_in
   end
   return 0, burst, gcra_remaining(window, um, debt), ceil_div(debt, per),
     ceil_div(need - (window - debt), per), 1
@@ -66,20 +67,20 @@ end
 
 -- GCRA's charge (Gcra::charge): the TAT moves on by the whole cost, past the burst if need
 -- be, up to one burst plus ten years of emission (at most 2^53).
-CHG[2] = function(per, um, burst, raw, now, cost)
+CHG[2] = function(per, um, burst, raw, now, cost, held)
   local window = um * burst
   local debt = gcra_debt(per, um, window, raw, now)
-  local need = math.min(um * cost, MAX_SCALED)
+  local need = min(um * cost, MAX_SCALED)
   local most = max_used(per, window)
   local used
-  if need >= most - math.min(debt, most) then
+  if need >= most - min(debt, most) then
     used = most
   else
     used = debt + need
   end
   local q, rem = divmod(used, per)
   local fresh_in = ceil_div(used, per)
-  local state = struct.pack('<c1dddd', 'g', now + q, rem, per, um)
+  local state = pack('<c1ddddd', 'g', now + q, rem, per, um, deadline(now + fresh_in, held, now))
   if used <= window then
     return 1, burst, gcra_remaining(window, um, used), fresh_in, -1, 0, state, now + fresh_in
   end

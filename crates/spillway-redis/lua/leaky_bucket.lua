@@ -4,8 +4,8 @@
 -- was written in; packed as 'b' and three doubles (text form "B:<level>:<last>:<u>").
 
 local function lb_read(raw)
-  if #raw == 25 and string.byte(raw, 1) == 98 then -- 'b'
-    local _, l, t, u = struct.unpack('<c1ddd', raw)
+  if (#raw == 25 or #raw == 33) and byte(raw, 1) == 98 then -- 'b'
+    local _, l, t, u = unpack('<c1ddd', raw)
     return l, t, u
   end
   local l, t, u = string.match(raw, '^B:(%d+):(%d+):(%d+)$')
@@ -15,7 +15,7 @@ end
 -- Whole request units of space above `level`; a level above a smaller capacity (kept from
 -- larger numbers) has none.
 local function lb_space(cap, um, level)
-  return math.floor(math.max(cap - level, 0) / um)
+  return div(max(cap - level, 0), um)
 end
 
 -- The level at `now` and the time it is counted from.
@@ -26,13 +26,13 @@ local function lb_level(rt, um, cap, raw, now)
   -- Written under other numbers of this limit: the level it held, in our units, rounded up
   -- and above the capacity if it was, at most max_used (LeakyBucket::carry_over).
   if u ~= um then l = rescale(l, u, um, max_used(rt, cap), true) end
-  local elapsed = math.max(now - t, 0)
+  local elapsed = max(now - t, 0)
   -- Drained empty once elapsed * rate >= level; only the smaller product is formed.
-  if elapsed >= ceil_div(l, rt) then return 0, math.max(now, t) end
-  return l - elapsed * rt, math.max(now, t)
+  if elapsed >= ceil_div(l, rt) then return 0, max(now, t) end
+  return l - elapsed * rt, max(now, t)
 end
 
-ALG[6] = function(rt, um, capacity, raw, now, cost)
+ALG[6] = function(rt, um, capacity, raw, now, cost, held)
   local cap = um * capacity
   local level, last = lb_level(rt, um, cap, raw, now)
   if cost > capacity then
@@ -43,7 +43,8 @@ ALG[6] = function(rt, um, capacity, raw, now, cost)
     local poured = level + need
     local empty_in = ceil_div(poured, rt)
     return 1, capacity, lb_space(cap, um, poured), empty_in, -1, 0,
-      struct.pack('<c1ddd', 'b', poured, last, um), last + empty_in
+      pack('<c1dddd', 'b', poured, last, um, deadline(last + empty_in, held, now)),
+      last + empty_in
   end
   return 0, capacity, lb_space(cap, um, level), ceil_div(level, rt),
     ceil_div(need - (cap - level), rt), 1
@@ -51,20 +52,20 @@ end
 
 -- The leaky bucket's charge (LeakyBucket::charge): the level may rise above the capacity,
 -- up to the capacity plus ten years of drain (at most 2^53).
-CHG[6] = function(rt, um, capacity, raw, now, cost)
+CHG[6] = function(rt, um, capacity, raw, now, cost, held)
   local cap = um * capacity
   local level, last = lb_level(rt, um, cap, raw, now)
-  local need = math.min(um * cost, MAX_SCALED)
+  local need = min(um * cost, MAX_SCALED)
   local max_level = max_used(rt, cap)
-  if need >= max_level - math.min(level, max_level) then
+  if need >= max_level - min(level, max_level) then
     level = max_level
   else
     level = level + need
   end
   local empty_in = ceil_div(level, rt)
-  local state = struct.pack('<c1ddd', 'b', level, last, um)
+  local state = pack('<c1dddd', 'b', level, last, um, deadline(last + empty_in, held, now))
   if level <= cap then
-    return 1, capacity, math.floor((cap - level) / um), empty_in, -1, 0, state, last + empty_in
+    return 1, capacity, div((cap - level), um), empty_in, -1, 0, state, last + empty_in
   end
   return 0, capacity, 0, empty_in, ceil_div(level - cap, rt), 1, state, last + empty_in
 end

@@ -81,8 +81,8 @@ ALG[5] = function(limit, window, _, key, now, cost)
     end
   end
   local reset = 0
-  if last then reset = math.max(last.at + window - now, 0) end
-  local left = math.max(limit - used, 0)
+  if last then reset = max(last.at + window - now, 0) end
+  local left = max(limit - used, 0)
   if cost > limit then
     return 0, limit, left, reset, -1, 2
   end
@@ -93,7 +93,7 @@ ALG[5] = function(limit, window, _, key, now, cost)
     local lo = redis.call('ZCOUNT', key, '-inf', int(edge))
     local hi = redis.call('ZCARD', key) - 1
     while lo < hi do
-      local mid = math.floor((lo + hi) / 2)
+      local mid = div((lo + hi), 2)
       local m = redis.call('ZRANGE', key, mid, mid)
       if log_entry(m[1], 0).e >= target then hi = mid else lo = mid + 1 end
     end

@@ -8,8 +8,8 @@
 -- ceil(prev * (w - elapsed) / w), which muldiv computes exactly.
 
 local function sw_read(raw)
-  if #raw == 25 and string.byte(raw, 1) == 119 then -- 'w'
-    local _, s, p, c = struct.unpack('<c1ddd', raw)
+  if (#raw == 25 or #raw == 33) and byte(raw, 1) == 119 then -- 'w'
+    local _, s, p, c = unpack('<c1ddd', raw)
     return s, p, c
   end
   local s, p, c = string.match(raw, '^W:(%d+):(%d+):(%d+)$')
@@ -35,7 +35,7 @@ local function sw_free_from(w, old, room)
   return w - q
 end
 
-ALG[4] = function(limit, w, _, raw, now, cost)
+ALG[4] = function(limit, w, _, raw, now, cost, held)
   local _, off = divmod(now, w)
   local start, prev, curr = now - off, 0, 0
   local s, p, c
@@ -50,18 +50,18 @@ ALG[4] = function(limit, w, _, raw, now, cost)
       start, prev = s + w, c
     end
   end
-  local elapsed = math.max(now - start, 0)
+  local elapsed = max(now - start, 0)
   local pq, pr = muldiv(prev, w - elapsed, w)
   if pr > 0 then pq = pq + 1 end -- the previous window's weight, rounded up
-  local left = math.max(limit - curr - pq, 0)
+  local left = max(limit - curr - pq, 0)
   if cost > limit then
     return 0, limit, left, sw_reset(w, start, prev, curr, now), -1, 2
   end
   if pq <= limit - curr - cost then
     local next_curr = curr + cost
     local reset = sw_reset(w, start, prev, next_curr, now)
-    return 1, limit, math.max(limit - next_curr - pq, 0), reset, -1, 0,
-      struct.pack('<c1ddd', 'w', start, prev, next_curr), now + reset
+    return 1, limit, max(limit - next_curr - pq, 0), reset, -1, 0,
+      pack('<c1dddd', 'w', start, prev, next_curr, deadline(now + reset, held, now)), now + reset
   end
   local retry_at
   if curr + cost <= limit then
@@ -77,7 +77,7 @@ end
 -- The sliding window's charge (SlidingWindow::charge): the current window's count may pass
 -- the limit (up to 2^32 - 1, the state's width); the standing is what a zero-cost check then
 -- sees.
-CHG[4] = function(limit, w, _, raw, now, cost)
+CHG[4] = function(limit, w, _, raw, now, cost, held)
   local _, off = divmod(now, w)
   local start, prev, curr = now - off, 0, 0
   local s, p, c
@@ -89,8 +89,9 @@ CHG[4] = function(limit, w, _, raw, now, cost)
       start, prev = s + w, c
     end
   end
-  curr = math.min(curr + cost, 4294967295)
-  local state = struct.pack('<c1ddd', 'w', start, prev, curr)
+  curr = min(curr + cost, 4294967295)
+  local need = now + sw_reset(w, start, prev, curr, now)
+  local state = pack('<c1dddd', 'w', start, prev, curr, deadline(need, held, now))
   local allowed, lim, left, reset, retry, denial = ALG[4](limit, w, 0, state, now, 0)
-  return allowed, lim, left, reset, retry, denial, state, now + sw_reset(w, start, prev, curr, now)
+  return allowed, lim, left, reset, retry, denial, state, need
 end

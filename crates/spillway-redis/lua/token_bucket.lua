@@ -4,8 +4,8 @@
 -- written under; packed as 't' and four doubles (text form "T:<t>:<l>:<u>:<b>").
 
 local function tb_read(raw)
-  if #raw == 33 and string.byte(raw, 1) == 116 then -- 't'
-    local _, t, l, u, b = struct.unpack('<c1dddd', raw)
+  if (#raw == 33 or #raw == 41) and byte(raw, 1) == 116 then -- 't'
+    local _, t, l, u, b = unpack('<c1dddd', raw)
     return t, l, u, b
   end
   local t, l, u, b = string.match(raw, '^T:(%d+):(%d+):(%d+):(%d+)$')
@@ -28,10 +28,10 @@ local function tb_standing(rt, um, burst, raw, now)
   -- tokens), rounded up to our units, is taken from our capacity, and what exceeds it stays
   -- owed (TokenBucket::carry_over).
   if u ~= um or b ~= burst then
-    local used = math.max(u * b - t, 0)
+    local used = max(u * b - t, 0)
     local most = max_used(rt, capacity)
     if u ~= um then used = rescale(used, u, um, most, true) end
-    used = math.min(used, most)
+    used = min(used, most)
     if used <= capacity then
       t = capacity - used
     else
@@ -43,8 +43,8 @@ local function tb_standing(rt, um, burst, raw, now)
   end
   if l > now then
     local owed = (l - now) * rt
-    if t >= owed then return math.min(t - owed, capacity), 0 end
-    return 0, math.min(owed - t, tb_max_debt(rt, capacity))
+    if t >= owed then return min(t - owed, capacity), 0 end
+    return 0, min(owed - t, tb_max_debt(rt, capacity))
   end
   local deficit = capacity - t
   -- Refill without forming elapsed * rate when it could pass 2^53: a bucket idle for at
@@ -54,49 +54,51 @@ local function tb_standing(rt, um, burst, raw, now)
   return t + elapsed * rt, 0
 end
 
--- The packed state holding `tokens`, or owing `debt`, at `now` (TokenBucket::state_of): a
--- debt is repaid q microseconds from now, with rt - (debt - (q - 1) rt) units refilled by
--- then (formed without q * rt, which may pass 2^53).
-local function tb_state(um, burst, rt, tokens, debt, now)
-  if debt == 0 then return struct.pack('<c1dddd', 't', tokens, now, um, burst) end
+-- The packed state holding `tokens`, or owing `debt`, at `now` (TokenBucket::state_of), with
+-- its deadline (full again at `need`): a debt is repaid q microseconds from now, with
+-- rt - (debt - (q - 1) rt) units refilled by then (formed without q * rt, which may pass
+-- 2^53).
+local function tb_state(um, burst, rt, tokens, debt, now, need, held)
+  local d = deadline(need, held, now)
+  if debt == 0 then return pack('<c1ddddd', 't', tokens, now, um, burst, d) end
   local q = ceil_div(debt, rt)
-  return struct.pack('<c1dddd', 't', rt - (debt - (q - 1) * rt), now + q, um, burst)
+  return pack('<c1ddddd', 't', rt - (debt - (q - 1) * rt), now + q, um, burst, d)
 end
 
-ALG[1] = function(rt, um, burst, raw, now, cost)
+ALG[1] = function(rt, um, burst, raw, now, cost, held)
   local capacity = um * burst
   local tokens, debt = tb_standing(rt, um, burst, raw, now)
   local full_in = ceil_div(capacity - tokens + debt, rt)
   if cost > burst then
-    return 0, burst, math.floor(tokens / um), full_in, -1, 2
+    return 0, burst, div(tokens, um), full_in, -1, 2
   end
   local need = um * cost
   if debt == 0 and tokens >= need then
     local left = tokens - need
     local left_full = ceil_div(capacity - left, rt)
-    return 1, burst, math.floor(left / um), left_full, -1, 0,
-      tb_state(um, burst, rt, left, 0, now), now + left_full
+    return 1, burst, div(left, um), left_full, -1, 0,
+      tb_state(um, burst, rt, left, 0, now, now + left_full, held), now + left_full
   end
-  return 0, burst, math.floor(tokens / um), full_in,
-    ceil_div(need - math.min(tokens, need) + debt, rt), 1
+  return 0, burst, div(tokens, um), full_in,
+    ceil_div(need - min(tokens, need) + debt, rt), 1
 end
 
-CHG[1] = function(rt, um, burst, raw, now, cost)
+CHG[1] = function(rt, um, burst, raw, now, cost, held)
   local capacity = um * burst
   local tokens, debt = tb_standing(rt, um, burst, raw, now)
-  local need = math.min(um * cost, MAX_SCALED)
+  local need = min(um * cost, MAX_SCALED)
   local max_debt = tb_max_debt(rt, capacity)
   if debt == 0 and tokens >= need then
     tokens = tokens - need
-  elseif need - math.min(tokens, need) >= max_debt - math.min(debt, max_debt) then
+  elseif need - min(tokens, need) >= max_debt - min(debt, max_debt) then
     tokens, debt = 0, max_debt
   else
-    tokens, debt = 0, debt + need - math.min(tokens, need)
+    tokens, debt = 0, debt + need - min(tokens, need)
   end
   local full_in = ceil_div(capacity - tokens + debt, rt)
-  local state = tb_state(um, burst, rt, tokens, debt, now)
+  local state = tb_state(um, burst, rt, tokens, debt, now, now + full_in, held)
   if debt == 0 then
-    return 1, burst, math.floor(tokens / um), full_in, -1, 0, state, now + full_in
+    return 1, burst, div(tokens, um), full_in, -1, 0, state, now + full_in
   end
   return 0, burst, 0, full_in, ceil_div(debt, rt), 1, state, now + full_in
 end

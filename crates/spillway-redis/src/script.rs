@@ -95,9 +95,6 @@ pub fn library() -> &'static Library {
     &LIBRARY
 }
 
-/// Numbers per check in the packed requests, after a request's two (flags, count).
-const PER_CHECK: usize = 6;
-
 /// Request flag: charge the limits if admitted (else only look).
 const CONSUME: u64 = 1;
 /// Request flag: also return what a compensating refund needs.
@@ -311,6 +308,41 @@ fn short(n: usize) -> StoreError {
     ))
 }
 
+/// The packed decisions of a reply (little-endian doubles holding whole numbers), read in
+/// order.
+struct Packed<'a> {
+    rest: &'a [u8],
+    checks: usize,
+}
+
+impl Packed<'_> {
+    /// The next whole number; an error when the script sent fewer, or something that is not
+    /// a whole number from -1 up to 2^63.
+    fn next(&mut self) -> Result<i64, StoreError> {
+        let (head, rest) = self
+            .rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| short(self.checks))?;
+        self.rest = rest;
+        let x = f64::from_le_bytes(*head);
+        // Every whole double below 2^63 fits an i64 exactly.
+        const TWO_TO_63: f64 = 9_223_372_036_854_775_808.0;
+        if x.fract() != 0.0 || !(-1.0..TWO_TO_63).contains(&x) {
+            return Err(StoreError::Protocol(format!(
+                "check script returned {x} where a whole number belongs"
+            )));
+        }
+        #[allow(clippy::cast_possible_truncation)] // whole and within range: exact
+        Ok(x as i64)
+    }
+
+    fn unsigned(&mut self) -> Result<u64, StoreError> {
+        let i = self.next()?;
+        u64::try_from(i)
+            .map_err(|_| StoreError::Protocol(format!("check script returned negative {i}")))
+    }
+}
+
 /// Reads the check's reply to a call shaped by `shapes` (see [`CallArgs::shapes`]): one
 /// [`Reply`] per request, in order.
 pub fn parse_reply(value: Value, shapes: &[(usize, bool)]) -> Result<Vec<Reply>, StoreError> {
@@ -321,25 +353,36 @@ pub fn parse_reply(value: Value, shapes: &[(usize, bool)]) -> Result<Vec<Reply>,
     };
     let total: usize = shapes.iter().map(|s| s.0).sum();
     let now = unsigned(items.first().ok_or_else(|| short(total))?)?;
-    let mut at = 1;
+    let Some(Value::BulkString(packed)) = items.get(1) else {
+        return Err(StoreError::Protocol(format!(
+            "check script returned {:?} where the packed decisions belong",
+            items.get(1)
+        )));
+    };
+    let mut packed = Packed {
+        rest: packed,
+        checks: total,
+    };
+    // Undo records follow the packed decisions, three strings per key of every admitted
+    // request that asked for them.
+    let mut at = 2;
     let mut replies = Vec::with_capacity(shapes.len());
     for &(n, undo) in shapes {
-        let head = items.get(at).ok_or_else(|| short(total))?;
-        let admitted = int(head)? == 1;
-        let block = items
-            .get(at + 1..at + 1 + n * PER_CHECK)
-            .ok_or_else(|| short(total))?;
-        at += 1 + n * PER_CHECK;
+        let admitted = packed.next()? == 1;
         let mut decisions = Vec::with_capacity(n);
-        for d in block.chunks_exact(PER_CHECK) {
-            let retry = int(&d[4])?;
+        for _ in 0..n {
+            let allowed = packed.next()? == 1;
+            let limit = packed.unsigned()?;
+            let remaining = packed.unsigned()?;
+            let reset_after = packed.unsigned()?;
+            let retry = packed.next()?;
             decisions.push(Decision {
-                allowed: int(&d[0])? == 1,
-                limit: unsigned(&d[1])?,
-                remaining: unsigned(&d[2])?,
-                reset_after: unsigned(&d[3])?,
+                allowed,
+                limit,
+                remaining,
+                reset_after,
                 retry_after: u64::try_from(retry).ok(),
-                denial: match int(&d[5])? {
+                denial: match packed.next()? {
                     0 => None,
                     1 => Some(Denial::OverLimit),
                     _ => Some(Denial::CostExceedsLimit),
@@ -365,11 +408,69 @@ pub fn parse_reply(value: Value, shapes: &[(usize, bool)]) -> Result<Vec<Reply>,
             undo: undos,
         });
     }
-    if at != items.len() {
+    if at != items.len() || !packed.rest.is_empty() {
         return Err(StoreError::Protocol(format!(
-            "check script returned {} values for {total} checks",
-            items.len()
+            "check script returned {} values and {} bytes of decisions too many for {total} checks",
+            items.len().saturating_sub(at),
+            packed.rest.len()
         )));
     }
     Ok(replies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packed(xs: &[f64]) -> Value {
+        Value::BulkString(xs.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+
+    #[test]
+    fn packed_decisions_and_undo_records_are_read_per_request() {
+        let reply = Value::Array(vec![
+            Value::Int(7),
+            packed(&[
+                1.0, 1.0, 10.0, 9.0, 100.0, -1.0, 0.0, // admitted, one allowed limit
+                0.0, 0.0, 10.0, 0.0, 50.0, 50.0, 1.0, // denied over limit
+            ]),
+            Value::BulkString(b"old".to_vec()),
+            Value::BulkString(b"5000".to_vec()),
+            Value::BulkString(b"new".to_vec()),
+        ]);
+        let replies = parse_reply(reply, &[(1, true), (1, true)]).unwrap();
+        assert_eq!(replies.len(), 2);
+        assert!(replies[0].admitted && !replies[1].admitted);
+        assert_eq!(replies[0].now, 7);
+        let d = &replies[0].decisions[0];
+        assert_eq!((d.limit, d.remaining, d.reset_after), (10, 9, 100));
+        assert_eq!((d.retry_after, d.denial), (None, None));
+        let d = &replies[1].decisions[0];
+        assert_eq!(
+            (d.retry_after, d.denial),
+            (Some(50), Some(Denial::OverLimit))
+        );
+        assert_eq!(replies[0].undo.len(), 1);
+        assert_eq!(replies[0].undo[0].written, b"new");
+        assert!(replies[1].undo.is_empty(), "a denied request wrote nothing");
+    }
+
+    #[test]
+    fn a_malformed_packed_reply_is_a_protocol_error() {
+        let shapes = [(1, false)];
+        let cases = [
+            packed(&[1.0, 1.0, 10.0, 9.0, 100.0, -1.0]), // one number short
+            packed(&[1.0, 1.0, 10.0, 9.0, 100.0, -1.0, 0.0, 0.0]), // one too many
+            packed(&[1.0, 1.0, 10.0, 9.5, 100.0, -1.0, 0.0]), // not whole
+            packed(&[1.0, 1.0, 10.0, -2.0, 100.0, -1.0, 0.0]), // negative
+            Value::Int(1),
+        ];
+        for case in cases {
+            let reply = Value::Array(vec![Value::Int(7), case.clone()]);
+            assert!(
+                matches!(parse_reply(reply, &shapes), Err(StoreError::Protocol(_))),
+                "{case:?}"
+            );
+        }
+    }
 }
