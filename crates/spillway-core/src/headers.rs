@@ -75,7 +75,10 @@ impl Fields {
         impl Iterator<Item = (&'static str, std::ops::Range<usize>)>,
     ) {
         let spans = self.spans.into_iter().take(self.len);
-        (self.text, spans.map(|(name, start, end)| (name, start..end)))
+        (
+            self.text,
+            spans.map(|(name, start, end)| (name, start..end)),
+        )
     }
 
     /// Starts a field called `name`, whose value is what is written to `text` until the next
@@ -163,7 +166,9 @@ fn push_param(out: &mut String, key: &str, value: u64) {
 fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
     // The usual name needs no escape: copied whole.
-    if s.bytes().all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\') {
+    if s.bytes()
+        .all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\')
+    {
         out.push_str(s);
     } else {
         for c in s.chars() {

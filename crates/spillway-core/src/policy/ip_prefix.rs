@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn ipv4_text_is_display_s() {
         let p = IpPrefix::default();
-        for n in (0..=u32::MAX).step_by(99_991).chain([0, 1, 255, 256, u32::MAX]) {
+        for n in (0..=u32::MAX)
+            .step_by(99_991)
+            .chain([0, 1, 255, 256, u32::MAX])
+        {
             let addr = std::net::Ipv4Addr::from(n);
             assert_eq!(p.key(IpAddr::V4(addr)), addr.to_string());
         }

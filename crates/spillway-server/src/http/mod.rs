@@ -21,9 +21,9 @@
 pub mod access_log;
 pub mod authorize;
 pub mod check;
-pub mod entry;
 pub mod client_ip;
 pub mod debug;
+pub mod entry;
 pub mod principal;
 pub mod probes;
 pub mod problem;
