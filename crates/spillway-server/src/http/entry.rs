@@ -26,7 +26,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tower::Service as _;
 
 /// The path the shortcut serves (with `POST` only).
 pub const CHECK_PATH: &str = "/v1/check";
