@@ -28,50 +28,136 @@ pub const POLICY: &str = "ratelimit-policy";
 /// The IETF `RateLimit` field.
 pub const RATELIMIT: &str = "ratelimit";
 
+/// The most fields one verdict renders to.
+pub const MAX_FIELDS: usize = 6;
+
 /// The response fields for `verdict`, lower-case names first. Empty when no enforced limit
-/// applied to the request.
-///
-/// This runs once per decision, so it writes digits and names straight into each value with
-/// no intermediate strings.
+/// applied to the request. A copy of [`fields`] with a string per value, for callers that
+/// want owned pairs.
 pub fn render(verdict: &Verdict) -> Vec<(&'static str, String)> {
+    let fields = fields(verdict);
+    fields.iter().map(|(n, v)| (n, v.to_owned())).collect()
+}
+
+/// A verdict's response fields, every value written into one string: what an HTTP answer
+/// needs without an allocation per value. [`Fields::into_parts`] hands the string over with
+/// each value's range, so a transport can share it between headers without copies.
+#[derive(Debug, Clone, Default)]
+pub struct Fields {
+    text: String,
+    spans: [(&'static str, usize, usize); MAX_FIELDS],
+    len: usize,
+}
+
+impl Fields {
+    /// Each field's name and value, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        self.spans[..self.len]
+            .iter()
+            .map(|&(name, start, end)| (name, &self.text[start..end]))
+    }
+
+    /// How many fields there are.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none (no enforced limit applied).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The string holding every value, and each field's name with the byte range of its value.
+    pub fn into_parts(
+        self,
+    ) -> (
+        String,
+        impl Iterator<Item = (&'static str, std::ops::Range<usize>)>,
+    ) {
+        let spans = self.spans.into_iter().take(self.len);
+        (
+            self.text,
+            spans.map(|(name, start, end)| (name, start..end)),
+        )
+    }
+
+    /// Starts a field called `name`, whose value is what is written to `text` until the next
+    /// call or [`Fields::done`].
+    fn open(&mut self, name: &'static str) {
+        self.close();
+        let at = self.text.len();
+        self.spans[self.len] = (name, at, at);
+        self.len += 1;
+    }
+
+    fn close(&mut self) {
+        if let Some(last) = self.len.checked_sub(1) {
+            self.spans[last].2 = self.text.len();
+        }
+    }
+
+    fn done(mut self) -> Self {
+        self.close();
+        self
+    }
+}
+
+/// The response fields for `verdict` (see [`Fields`]); none when no enforced limit applied
+/// to the request.
+///
+/// This runs once per decision, so it writes digits and names straight into one buffer with
+/// no intermediate strings.
+pub fn fields(verdict: &Verdict) -> Fields {
+    let mut out = Fields::default();
     let Some(gov) = verdict.governing() else {
-        return Vec::new();
+        return out;
     };
     let d = &gov.decision;
-    let mut out = Vec::with_capacity(6);
-    let number = |n: u64| itoa::Buffer::new().format(n).to_owned();
-    out.push((X_LIMIT, number(d.limit)));
-    out.push((X_REMAINING, number(d.remaining)));
-    out.push((X_RESET, number(ceil_secs(d.reset_after))));
+    let enforced = || verdict.outcomes.iter().filter(|o| !o.shadow);
+    let room: usize = enforced().map(|o| 2 * o.name.len() + 64).sum();
+    out.text.reserve(64 + room);
+    out.open(X_LIMIT);
+    push_number(&mut out.text, d.limit);
+    out.open(X_REMAINING);
+    push_number(&mut out.text, d.remaining);
+    out.open(X_RESET);
+    push_number(&mut out.text, ceil_secs(d.reset_after));
     if !verdict.allowed {
         if let Some(retry) = d.retry_after {
-            out.push((RETRY_AFTER, number(ceil_secs(retry).max(1))));
+            out.open(RETRY_AFTER);
+            push_number(&mut out.text, ceil_secs(retry).max(1));
         }
     }
-    let enforced = || verdict.outcomes.iter().filter(|o| !o.shadow);
-    let room: usize = enforced().map(|o| o.name.len() + 32).sum();
-    let (mut policy, mut current) = (String::with_capacity(room), String::with_capacity(room));
-    for o in enforced() {
-        if !policy.is_empty() {
-            policy.push_str(", ");
-            current.push_str(", ");
+    out.open(POLICY);
+    for (i, o) in enforced().enumerate() {
+        if i > 0 {
+            out.text.push_str(", ");
         }
-        push_sf_string(&mut policy, &o.name);
-        push_param(&mut policy, ";q=", o.quota);
-        push_param(&mut policy, ";w=", ceil_secs(o.window).max(1));
-        push_sf_string(&mut current, &o.name);
-        push_param(&mut current, ";r=", o.decision.remaining);
-        push_param(&mut current, ";t=", ceil_secs(o.decision.reset_after));
+        push_sf_string(&mut out.text, &o.name);
+        push_param(&mut out.text, ";q=", o.quota);
+        push_param(&mut out.text, ";w=", ceil_secs(o.window).max(1));
     }
-    out.push((POLICY, policy));
-    out.push((RATELIMIT, current));
-    out
+    out.open(RATELIMIT);
+    for (i, o) in enforced().enumerate() {
+        if i > 0 {
+            out.text.push_str(", ");
+        }
+        push_sf_string(&mut out.text, &o.name);
+        push_param(&mut out.text, ";r=", o.decision.remaining);
+        push_param(&mut out.text, ";t=", ceil_secs(o.decision.reset_after));
+    }
+    out.done()
+}
+
+/// Appends a decimal integer.
+fn push_number(out: &mut String, value: u64) {
+    out.push_str(itoa::Buffer::new().format(value));
 }
 
 /// Appends `;k=` and a decimal integer.
 fn push_param(out: &mut String, key: &str, value: u64) {
     out.push_str(key);
-    out.push_str(itoa::Buffer::new().format(value));
+    push_number(out, value);
 }
 
 /// Appends `s` as a structured-field String: quoted, with `"` and `\` escaped. Characters a
@@ -79,14 +165,21 @@ fn push_param(out: &mut String, key: &str, value: u64) {
 /// field.
 fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
+    // The usual name needs no escape: copied whole.
+    if s.bytes()
+        .all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\')
+    {
+        out.push_str(s);
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' | '\\' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                ' '..='~' => out.push(c),
+                _ => out.push('?'),
             }
-            ' '..='~' => out.push(c),
-            _ => out.push('?'),
         }
     }
     out.push('"');
@@ -195,5 +288,32 @@ mod tests {
         let h = render(&v);
         assert_eq!(get(&h, POLICY), Some(r#""real";q=100;w=60"#));
         assert_eq!(get(&h, X_REMAINING), Some("3"));
+    }
+
+    #[test]
+    fn fields_share_one_string_in_render_order() {
+        let mut odd = outcome("caf\u{e9} \\", false, 0, 2 * SECOND, Some(SECOND));
+        odd.decision.limit = 7;
+        let v = verdict(false, vec![outcome("a", true, 42, 18 * SECOND, None), odd]);
+        let fields = fields(&v);
+        assert_eq!(fields.len(), 6);
+        let pairs: Vec<(&str, &str)> = fields.iter().collect();
+        assert_eq!(
+            pairs,
+            [
+                (X_LIMIT, "7"),
+                (X_REMAINING, "0"),
+                (X_RESET, "2"),
+                (RETRY_AFTER, "1"),
+                (POLICY, r#""a";q=100;w=60, "caf? \\";q=100;w=60"#),
+                (RATELIMIT, r#""a";r=42;t=18, "caf? \\";r=0;t=2"#),
+            ]
+        );
+        let owned: Vec<(&str, String)> = pairs.iter().map(|&(n, v)| (n, v.to_owned())).collect();
+        assert_eq!(render(&v), owned);
+        let (text, spans) = fields.clone().into_parts();
+        let joined: Vec<(&str, &str)> = spans.map(|(n, r)| (n, &text[r])).collect();
+        assert_eq!(joined, pairs);
+        assert!(super::fields(&verdict(true, Vec::new())).is_empty());
     }
 }

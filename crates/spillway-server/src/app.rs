@@ -16,6 +16,10 @@
 //!
 //! Unknown paths get a 404 problem, known paths asked with the wrong method a 405 problem with
 //! an `Allow` header. Request bodies over 16 KiB are refused with 413.
+//!
+//! A served connection hands `POST /v1/check` to its handler before this router sees it
+//! (`crate::http::entry`); the route here answers it when the access log is on, and in
+//! in-process tests.
 
 use crate::admin::AdminToken;
 use crate::http::authorize;

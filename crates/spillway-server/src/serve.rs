@@ -15,6 +15,7 @@ use crate::cli::ServeArgs;
 use crate::clock::ServerClock;
 use crate::config::ServerSettings;
 use crate::failure::{Failover, FailureSettings};
+use crate::http::entry::Entry;
 use crate::region::RegionNode;
 use crate::reload::{self, Reloader};
 use crate::shutdown::{self, Shutdown};
@@ -27,8 +28,6 @@ use crate::{admin, app};
 use crate::{grpc, logging, metrics, serving, sweeper};
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use axum::extract::ConnectInfo;
-use axum::Extension;
 use spillway_core::engine::Engine;
 use spillway_core::policy::StoreConfig;
 use spillway_core::store::Store;
@@ -37,7 +36,6 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tower::Layer;
 
 /// Runs the subcommand to completion: exit status 0 after a graceful shutdown, 1 when the
 /// server could not start, 2 for settings that make no sense.
@@ -251,7 +249,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let ui_on_main = !matches!(&settings.admin, Some(a) if a.listen.is_some());
     let ui =
         ui_on_main.then(|| crate::ui::router(app.clone(), admin_on_main.clone(), settings.ui_open));
-    let mut router = app::router(app, admin_on_main);
+    let mut router = app::router(app.clone(), admin_on_main);
     if let Some(ui) = ui {
         router = router.merge(ui);
     }
@@ -262,9 +260,10 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         limits,
         shutdown.clone(),
         move |incoming: serving::Incoming| async move {
-            // Each connection's service knows its peer, for handlers that key by client IP.
+            // Each connection's service knows its peer, for handlers that key by client IP,
+            // and answers `/v1/check` without the router.
             serving::serve_http(incoming, |peer: SocketAddr| {
-                Extension(ConnectInfo(peer)).layer(router.clone())
+                Entry::new(router.clone(), &app, peer)
             })
             .await;
             Ok::<(), Infallible>(())

@@ -14,7 +14,7 @@
 use super::error::Issues;
 use super::raw::{Number, RawIpPrefix};
 use serde_saphyr::Spanned;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 /// The network prefix lengths the `ip` dimension counts by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +39,13 @@ impl IpPrefix {
         match ip.to_canonical() {
             IpAddr::V4(addr) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.v4)).unwrap_or(0);
-                let network = Ipv4Addr::from(u32::from(addr) & mask);
-                match self.v4 {
-                    32 => network.to_string(),
-                    bits => format!("{network}/{bits}"),
+                let mut text = String::with_capacity(18);
+                push_v4(&mut text, u32::from(addr) & mask);
+                if self.v4 != 32 {
+                    text.push('/');
+                    text.push_str(itoa::Buffer::new().format(self.v4));
                 }
+                text
             }
             IpAddr::V6(addr) => {
                 let mask = u128::MAX.checked_shl(128 - u32::from(self.v6)).unwrap_or(0);
@@ -54,6 +56,17 @@ impl IpPrefix {
                 }
             }
         }
+    }
+}
+
+/// Appends an IPv4 address as `Ipv4Addr`'s `Display` writes it (dotted decimal), without
+/// the formatting machinery: this runs for every request a per-IP limit counts.
+fn push_v4(out: &mut String, addr: u32) {
+    for (i, octet) in addr.to_be_bytes().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(itoa::Buffer::new().format(octet));
     }
 }
 
@@ -104,6 +117,18 @@ mod tests {
         match text.parse::<IpAddr>() {
             Ok(ip) => prefix.key(ip),
             Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    #[test]
+    fn ipv4_text_is_display_s() {
+        let p = IpPrefix::default();
+        for n in (0..=u32::MAX)
+            .step_by(99_991)
+            .chain([0, 1, 255, 256, u32::MAX])
+        {
+            let addr = std::net::Ipv4Addr::from(n);
+            assert_eq!(p.key(IpAddr::V4(addr)), addr.to_string());
         }
     }
 

@@ -26,9 +26,8 @@
 //! a refused or missing credential is a 401 problem naming the `reason`.
 
 use crate::http::principal;
-use crate::http::principal::CredentialHeaders;
 use crate::http::problem::Problem;
-use crate::http::verdict::{decided_body, decided_headers, denial_problem, json_response};
+use crate::http::verdict::{decided_body, decided_headers, decided_response, denial_problem};
 use crate::http::{check_mode, decide};
 use crate::principal::Presented;
 use crate::serving::BodyTimeout;
@@ -36,9 +35,12 @@ use crate::state::AppState;
 use crate::telemetry::decision_log::RequestIds;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::BoxError;
+use http_body::Body as HttpBody;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use spillway_core::policy::Policy;
@@ -172,16 +174,58 @@ pub fn parse_body(body: &[u8]) -> Result<CheckRequest, Problem> {
     Ok(request)
 }
 
-/// The handler.
-pub async fn check(
-    State(app): State<Arc<AppState>>,
-    RawQuery(query): RawQuery,
-    ids: RequestIds,
-    CredentialHeaders { policy, headers }: CredentialHeaders,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match respond(&app, policy, query.as_deref(), &ids, &headers, body).await {
+/// The handler, as the router calls it: see [`answer`].
+pub async fn check(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    answer(&app, request).await
+}
+
+/// Answers one `/v1/check` request. The router's handler ends here, and so does the serving
+/// thread's shortcut (`crate::http::entry`), which hands a request over before the router
+/// sees it; either way the request is read and answered alike.
+///
+/// The policy is loaded once, before the body is read, and the request is decided with it
+/// from its headers' credentials to a store failure's fallback, so a reload part way cannot
+/// judge it by two policies.
+pub async fn answer<B>(app: &AppState, request: http::Request<B>) -> Response
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    let ids = RequestIds::read(app, &parts.headers);
+    let policy = app.engine.policy();
+    let body = read_body(body).await;
+    let query = parts.uri.query();
+    match respond(app, policy, query, &ids, &parts.headers, body).await {
         Ok(response) | Err(response) => response,
+    }
+}
+
+/// Reads a whole body of at most [`MAX_BODY_BYTES`], or the problem that stopped it.
+async fn read_body<B>(body: B) -> Result<Bytes, Problem>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => Err(read_problem(&*err)),
+    }
+}
+
+/// The problem for a body that could not be read: 413 when it is too long, 408 when it did
+/// not arrive in time (`--body-timeout`), else 400, worded as [`body_problem`] words axum's
+/// rejections.
+fn read_problem(err: &(dyn std::error::Error + 'static)) -> Problem {
+    if let Some(late) = BodyTimeout::find(err) {
+        Problem::http(StatusCode::REQUEST_TIMEOUT, late.to_string())
+    } else if err.is::<LengthLimitError>() {
+        too_large()
+    } else {
+        Problem::invalid(
+            format!("the body could not be read: Failed to buffer the request body: {err}"),
+            None,
+        )
     }
 }
 
@@ -191,10 +235,10 @@ async fn respond(
     query: Option<&str>,
     ids: &RequestIds,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, Problem>,
 ) -> Result<Response, Response> {
     let mode = check_mode(query).map_err(IntoResponse::into_response)?;
-    let body = body.map_err(|rejection| body_problem(&rejection).into_response())?;
+    let body = body.map_err(IntoResponse::into_response)?;
     let mut request = parse_body(&body).map_err(IntoResponse::into_response)?;
     let (token, api_key, host) = (
         request.token.take(),
@@ -214,12 +258,12 @@ async fn respond(
     let decided = decide(app, &policy, &attrs, ids, mode)
         .await
         .map_err(IntoResponse::into_response)?;
-    let (headers, body) = (decided_headers(&decided), decided_body(&decided));
+    let headers = decided_headers(&decided);
     Ok(if decided.verdict.allowed {
-        json_response(StatusCode::OK, headers, &body)
+        decided_response(StatusCode::OK, headers, &decided)
     } else {
         let problem = denial_problem(&decided.verdict, StatusCode::TOO_MANY_REQUESTS);
-        (headers, problem.with_verdict(body)).into_response()
+        (headers, problem.with_verdict(decided_body(&decided))).into_response()
     })
 }
 
@@ -229,16 +273,20 @@ pub(crate) fn body_problem(rejection: &BytesRejection) -> Problem {
     if let Some(late) = BodyTimeout::find(rejection) {
         Problem::http(StatusCode::REQUEST_TIMEOUT, late.to_string())
     } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Problem::http(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-        )
+        too_large()
     } else {
         Problem::invalid(
             format!("the body could not be read: {}", rejection.body_text()),
             None,
         )
     }
+}
+
+fn too_large() -> Problem {
+    Problem::http(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+    )
 }
 
 #[cfg(test)]

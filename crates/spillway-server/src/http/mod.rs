@@ -1,6 +1,8 @@
 //! The HTTP endpoints, one module each, and the steps they share.
 //!
 //! - [`check`]: `POST /v1/check`, the JSON decision API.
+//! - [`entry`]: each connection's service, which hands `/v1/check` to [`check`] before the
+//!   router.
 //! - [`authorize`]: `/v1/authorize`, the same decision read from a reverse proxy's headers.
 //! - [`report`]: `POST /v1/report`, costs known only after the response.
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics`.
@@ -21,6 +23,7 @@ pub mod authorize;
 pub mod check;
 pub mod client_ip;
 pub mod debug;
+pub mod entry;
 pub mod principal;
 pub mod probes;
 pub mod problem;

@@ -19,11 +19,13 @@ use crate::decision::Decided;
 use crate::failure;
 use crate::http::problem::{self, Problem};
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Serialize;
 use spillway_core::algorithm::Denial;
 use spillway_core::engine::{LimitOutcome, Verdict};
+use spillway_core::headers;
 use spillway_core::rate::format_duration;
 use spillway_core::time::Micros;
 use std::sync::Arc;
@@ -110,32 +112,112 @@ impl From<&LimitOutcome> for LimitBody {
             remaining: d.remaining,
             reset_ms: ceil_ms(d.reset_after),
             retry_after_ms: d.retry_after.map(ceil_ms),
-            denial: d.denial.map(|denial| match denial {
-                Denial::OverLimit => "over_limit",
-                Denial::CostExceedsLimit => "cost_exceeds_limit",
-            }),
+            denial: d.denial.map(denial_word),
             shadow: outcome.shadow,
         }
     }
 }
 
-/// A `200`-style JSON response: `body` serialized into one buffer sized for a typical verdict
-/// (axum's `Json` starts smaller and regrows), with `headers` and the JSON content type.
-pub fn json_response(status: StatusCode, mut headers: HeaderMap, body: &VerdictBody) -> Response {
-    let mut bytes = Vec::with_capacity(128 + 128 * body.limits.len());
-    // A VerdictBody holds only strings, numbers and booleans: serializing it cannot fail.
-    if let Err(err) = serde_json::to_writer(&mut bytes, body) {
-        tracing::error!(%err, "could not serialize a verdict");
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+/// The `200` answer to a decision: the rate-limit `headers`, the JSON content type, and the
+/// body [`decided_body`] describes, written by [`write_decided_json`] into one buffer.
+pub fn decided_response(status: StatusCode, mut headers: HeaderMap, decided: &Decided) -> Response {
+    let mut bytes = Vec::with_capacity(128 + 160 * decided.verdict.outcomes.len());
+    write_decided_json(decided, &mut bytes);
+    headers.insert(header::CONTENT_TYPE, APPLICATION_JSON);
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// `application/json`, built at compile time. (A `HeaderValue` holds `Bytes`, whose shared form
+/// has interior mutability; a static one has none, and each use is a fresh copy anyway.)
+#[allow(clippy::declare_interior_mutable_const)]
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Writes the JSON of [`decided_body`]`(decided)` to `out`, byte for byte what serde_json
+/// writes for it (a test holds the two together), without building the body first: member
+/// names are literals and only names from the policy are escaped, when they need it. A
+/// decision answers every request, and serde's writer spent as much on this as the decision
+/// itself.
+pub fn write_decided_json(decided: &Decided, out: &mut Vec<u8>) {
+    let verdict = &decided.verdict;
+    out.extend_from_slice(b"{\"allowed\":");
+    push_bool(out, verdict.allowed);
+    out.extend_from_slice(b",\"tier\":");
+    push_json_str(out, &verdict.tier);
+    out.extend_from_slice(b",\"route\":");
+    match &verdict.route {
+        Some(route) => push_json_str(out, route),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"cost\":");
+    push_u64(out, verdict.cost);
+    out.extend_from_slice(b",\"limits\":[");
+    for (i, outcome) in verdict.outcomes.iter().enumerate() {
+        let d = &outcome.decision;
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"name\":");
+        push_json_str(out, &outcome.name);
+        out.extend_from_slice(b",\"allowed\":");
+        push_bool(out, d.allowed);
+        out.extend_from_slice(b",\"limit\":");
+        push_u64(out, d.limit);
+        out.extend_from_slice(b",\"remaining\":");
+        push_u64(out, d.remaining);
+        out.extend_from_slice(b",\"reset_ms\":");
+        push_u64(out, ceil_ms(d.reset_after));
+        if let Some(retry) = d.retry_after {
+            out.extend_from_slice(b",\"retry_after_ms\":");
+            push_u64(out, ceil_ms(retry));
+        }
+        if let Some(denial) = d.denial {
+            out.extend_from_slice(b",\"denial\":\"");
+            out.extend_from_slice(denial_word(denial).as_bytes());
+            out.push(b'"');
+        }
+        out.extend_from_slice(b",\"shadow\":");
+        push_bool(out, outcome.shadow);
+        out.push(b'}');
+    }
+    out.push(b']');
+    if decided.degraded.is_some() {
+        out.extend_from_slice(b",\"degraded\":");
+        push_json_str(out, failure::DEGRADED_REASON);
+    }
+    out.push(b'}');
+}
+
+fn push_bool(out: &mut Vec<u8>, value: bool) {
+    out.extend_from_slice(if value { b"true" } else { b"false" });
+}
+
+fn push_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Appends `s` as a JSON string. A string with nothing to escape (no `"`, `\\` or control
+/// character: every name a policy is likely to hold) is copied whole; any other goes through
+/// serde_json's own string writer, so escapes are exactly serde_json's.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if let Err(err) = serde_json::to_writer(&mut *out, s) {
+        // Writing a string to a Vec cannot fail.
+        tracing::error!(%err, "could not write a JSON string");
+    }
+}
+
+/// The `denial` member's word for a denial.
+fn denial_word(denial: Denial) -> &'static str {
+    match denial {
+        Denial::OverLimit => "over_limit",
+        Denial::CostExceedsLimit => "cost_exceeds_limit",
+    }
 }
 
 /// The headers of a decision: the verdict's, plus the degraded mark when the store did not
@@ -167,17 +249,18 @@ pub fn decided_body(decided: &Decided) -> VerdictBody {
     body
 }
 
-/// The rate-limit headers for a verdict, as `spillway_core::headers::render` words them (it
-/// already leaves out `Retry-After` when the cost can never fit). The names are the module's
-/// lower-case constants and the values printable ASCII, so each value becomes a header without
-/// a copy.
+/// The rate-limit headers for a verdict, as `spillway_core::headers::fields` words them (it
+/// already leaves out `Retry-After` when the cost can never fit). Every value is written into
+/// one buffer, which the header values then share: one allocation for all of them.
 pub fn verdict_headers(verdict: &Verdict) -> HeaderMap {
-    let rendered = spillway_core::headers::render(verdict);
-    let mut headers = HeaderMap::with_capacity(rendered.len() + 4);
-    for (name, value) in rendered {
-        match HeaderValue::try_from(value) {
+    let fields = headers::fields(verdict);
+    let mut map = HeaderMap::with_capacity(fields.len() + 4);
+    let (text, spans) = fields.into_parts();
+    let text = Bytes::from(text);
+    for (name, span) in spans {
+        match HeaderValue::from_maybe_shared(text.slice(span)) {
             Ok(value) => {
-                headers.append(HeaderName::from_static(name), value);
+                map.append(header_name(name), value);
             }
             Err(_) => tracing::warn!(
                 header = name,
@@ -185,7 +268,27 @@ pub fn verdict_headers(verdict: &Verdict) -> HeaderMap {
             ),
         }
     }
-    headers
+    map
+}
+
+/// The header called `name`, one of `spillway_core::headers`' lower-case constants; the
+/// usual ones are built at compile time rather than checked again on every answer.
+#[allow(clippy::declare_interior_mutable_const)]
+fn header_name(name: &'static str) -> HeaderName {
+    const X_LIMIT: HeaderName = HeaderName::from_static(headers::X_LIMIT);
+    const X_REMAINING: HeaderName = HeaderName::from_static(headers::X_REMAINING);
+    const X_RESET: HeaderName = HeaderName::from_static(headers::X_RESET);
+    const POLICY: HeaderName = HeaderName::from_static(headers::POLICY);
+    const RATELIMIT: HeaderName = HeaderName::from_static(headers::RATELIMIT);
+    match name {
+        headers::X_LIMIT => X_LIMIT,
+        headers::X_REMAINING => X_REMAINING,
+        headers::X_RESET => X_RESET,
+        headers::RETRY_AFTER => header::RETRY_AFTER,
+        headers::POLICY => POLICY,
+        headers::RATELIMIT => RATELIMIT,
+        other => HeaderName::from_static(other),
+    }
 }
 
 /// The problem document for a denial, answered with `status` (429 on `/v1/check`, the
@@ -360,5 +463,148 @@ mod tests {
             detail.contains("`real` (10 per 1m)") && detail.contains("1000 ms"),
             "{detail}"
         );
+    }
+
+    fn decided(verdict: Verdict, degraded: Option<FailureMode>) -> Decided {
+        Decided {
+            verdict,
+            degraded,
+            home_region: None,
+        }
+    }
+
+    /// What serde_json writes for the body: the wire form the fast writer must match.
+    fn serde_bytes(decided: &Decided) -> Vec<u8> {
+        serde_json::to_vec(&decided_body(decided)).expect("serializes")
+    }
+
+    #[test]
+    fn the_fast_writer_matches_serde_on_the_usual_answers() {
+        let cases = [
+            decided(verdict(true, vec![outcome("a", None, None, false)]), None),
+            decided(
+                verdict(
+                    false,
+                    vec![
+                        outcome("a", None, None, false),
+                        outcome("b", Some(Denial::OverLimit), Some(2 * SECOND), false),
+                        outcome("c", Some(Denial::CostExceedsLimit), None, false),
+                        outcome("s", Some(Denial::OverLimit), Some(1), true),
+                    ],
+                ),
+                None,
+            ),
+            decided(verdict(true, Vec::new()), Some(FailureMode::Open)),
+            decided(
+                Verdict {
+                    route: None,
+                    ..verdict(true, vec![outcome("x", None, None, false)])
+                },
+                Some(FailureMode::Degrade),
+            ),
+        ];
+        for case in &cases {
+            let mut fast = Vec::new();
+            write_decided_json(case, &mut fast);
+            assert_eq!(
+                String::from_utf8_lossy(&fast),
+                String::from_utf8_lossy(&serde_bytes(case))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_answer_carries_the_body_and_the_json_type() {
+        let case = decided(verdict(true, vec![outcome("a", None, None, false)]), None);
+        let headers = decided_headers(&case);
+        let response = decided_response(StatusCode::OK, headers, &case);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["x-ratelimit-remaining"], "4");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        assert_eq!(body, serde_bytes(&case));
+    }
+
+    #[test]
+    fn headers_share_one_buffer_and_keep_core_s_words() {
+        let v = verdict(
+            false,
+            vec![
+                outcome("a", None, None, false),
+                outcome("b", Some(Denial::OverLimit), Some(2 * SECOND), false),
+            ],
+        );
+        let map = verdict_headers(&v);
+        let got: Vec<(String, String)> = map
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_owned()))
+            .collect();
+        let want: Vec<(String, String)> = spillway_core::headers::render(&v)
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Any names (quotes, backslashes, control characters, any Unicode), numbers and
+        /// optional members: the fast writer's bytes are serde_json's.
+        #[test]
+        fn the_fast_writer_matches_serde_on_any_verdict(
+            tier in "\\PC{0,12}|[\"\\\\\u{0}-\u{1f}\u{7f}a\u{e9}\u{2028}]{0,6}",
+            route in proptest::option::of("\\PC{0,12}|[\"\\\\\u{0}-\u{1f}a]{0,6}"),
+            cost in proptest::num::u64::ANY,
+            limits in proptest::collection::vec(
+                (
+                    "\\PC{0,10}|[\"\\\\\u{0}-\u{1f}a]{0,6}",
+                    proptest::num::u64::ANY,
+                    proptest::num::u64::ANY,
+                    proptest::num::u64::ANY,
+                    proptest::option::of(proptest::num::u64::ANY),
+                    0..3u8,
+                    proptest::bool::ANY,
+                ),
+                0..5,
+            ),
+            allowed in proptest::bool::ANY,
+            degraded in proptest::option::of(proptest::bool::ANY),
+        ) {
+            let outcomes = limits
+                .into_iter()
+                .map(|(name, limit, remaining, reset, retry, denial, shadow)| LimitOutcome {
+                    name: name.as_str().into(),
+                    decision: Decision {
+                        allowed: denial == 0,
+                        limit,
+                        remaining,
+                        reset_after: reset,
+                        retry_after: retry,
+                        denial: [None, Some(Denial::OverLimit), Some(Denial::CostExceedsLimit)]
+                            [usize::from(denial)],
+                    },
+                    shadow,
+                    quota: limit,
+                    window: SECOND,
+                })
+                .collect();
+            let case = decided(
+                Verdict {
+                    allowed,
+                    tier: tier.as_str().into(),
+                    route: route.map(|r| r.as_str().into()),
+                    failure_mode: FailureMode::Open,
+                    cost,
+                    outcomes,
+                },
+                degraded.map(|open| if open { FailureMode::Open } else { FailureMode::Degrade }),
+            );
+            let mut fast = Vec::new();
+            write_decided_json(&case, &mut fast);
+            proptest::prop_assert_eq!(fast, serde_bytes(&case));
+        }
     }
 }

@@ -1,0 +1,208 @@
+//! The exact bytes of `POST /v1/check` answers on a manual clock: status line, every header in
+//! order, and the body. The other `/v1/check` tests read fields; this one pins the wire form,
+//! so a change to how answers are built (a faster writer, pre-rendered parts) cannot alter
+//! what clients receive. Only the `date` line, which hyper takes from the real clock, is
+//! left out.
+
+mod common;
+
+use common::Server;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Several limits on one request: a shadow one, a route's own, algorithms whose resets fall
+/// on fractions of a second (rounded up in headers and bodies alike).
+const POLICY: &str = r#"
+default_tier: free
+limits:
+  ip-burst:
+    algorithm: token_bucket
+    rate: 20/s
+    burst: 100
+    key: [ip]
+  ip-shadow:
+    algorithm: fixed_window
+    limit: 1
+    window: 1d
+    key: [ip]
+    shadow: true
+  user-minute:
+    algorithm: fixed_window
+    limit: 2
+    window: 1m
+    key: [tenant, user]
+  user_daily:
+    algorithm: gcra
+    rate: 1000/d
+    burst: 50
+    key: [tenant, user]
+  gen:
+    algorithm: leaky_bucket
+    rate: 1/s
+    capacity: 3
+    key: [tenant, user]
+global: [ip-burst, ip-shadow]
+tiers:
+  free:
+    limits: [user-minute, user_daily]
+routes:
+  - match: "POST /v1/generate"
+    limits: [gen]
+"#;
+
+/// Sends `body` to `/v1/check{query}` on a connection of its own and returns the whole answer
+/// without its `date` line.
+fn exchange(server: &Server, query: &str, body: &str) -> String {
+    let mut stream = TcpStream::connect(server.addr()).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let request = format!(
+        "POST /v1/check{query} HTTP/1.1\r\nHost: spillway\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read");
+    let answer = String::from_utf8(answer).expect("an answer in UTF-8");
+    answer
+        .split_inclusive("\r\n")
+        .filter(|line| !line.starts_with("date: "))
+        .collect()
+}
+
+/// Compares line by line first, so a failure names the first line that differs.
+fn assert_wire(got: &str, want: &str) {
+    for (n, (g, w)) in got.split("\r\n").zip(want.split("\r\n")).enumerate() {
+        assert_eq!(g, w, "line {n} differs; whole answer:\n{got}");
+    }
+    assert_eq!(got, want, "whole answer:\n{got}");
+}
+
+/// Joins header lines and a body into an HTTP/1.1 answer.
+fn answer(lines: &[&str], body: &str) -> String {
+    let mut out = String::new();
+    for line in lines {
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    out
+}
+
+#[tokio::test]
+async fn check_answers_are_pinned_byte_for_byte() {
+    let server = Server::with_policy(POLICY).start();
+    // 15 s into the minute; the token buckets' and GCRA's resets fall on fractions of a
+    // second and round up.
+    server.advance_ms(15_000).await;
+    let server = tokio::task::spawn_blocking(move || {
+        let generate = r#"{"tenant":"acme","user":"alice","ip":"203.0.113.7","method":"POST","path":"/v1/generate"}"#;
+
+        let first = exchange(&server, "", generate);
+        assert_wire(
+            &first,
+            &answer(
+                &[
+                    r#"HTTP/1.1 200 OK"#,
+                    r#"x-ratelimit-limit: 2"#,
+                    r#"x-ratelimit-remaining: 1"#,
+                    r#"x-ratelimit-reset: 45"#,
+                    r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "gen";q=3;w=3"#,
+                    r#"ratelimit: "ip-burst";r=99;t=1, "user-minute";r=1;t=45, "user_daily";r=49;t=87, "gen";r=2;t=1"#,
+                    r#"content-type: application/json"#,
+                    r#"content-length: 537"#,
+                    r#"connection: close"#,
+                ],
+                r#"{"allowed":true,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":99,"reset_ms":50,"shadow":false},{"name":"ip-shadow","allowed":true,"limit":1,"remaining":0,"reset_ms":57585000,"shadow":true},{"name":"user-minute","allowed":true,"limit":2,"remaining":1,"reset_ms":45000,"shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":49,"reset_ms":86400,"shadow":false},{"name":"gen","allowed":true,"limit":3,"remaining":2,"reset_ms":1000,"shadow":false}]}"#,
+            ),
+        );
+
+        // A peek consumes nothing: the next check answers exactly as it did.
+        let peek = exchange(&server, "?peek=true", generate);
+        let third = exchange(&server, "", generate);
+        assert_wire(&peek, &third);
+        assert_wire(
+            &third,
+            &answer(
+                &[
+                    r#"HTTP/1.1 200 OK"#,
+                    r#"x-ratelimit-limit: 2"#,
+                    r#"x-ratelimit-remaining: 0"#,
+                    r#"x-ratelimit-reset: 45"#,
+                    r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "gen";q=3;w=3"#,
+                    r#"ratelimit: "ip-burst";r=98;t=1, "user-minute";r=0;t=45, "user_daily";r=48;t=173, "gen";r=1;t=2"#,
+                    r#"content-type: application/json"#,
+                    r#"content-length: 588"#,
+                    r#"connection: close"#,
+                ],
+                r#"{"allowed":true,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":98,"reset_ms":100,"shadow":false},{"name":"ip-shadow","allowed":false,"limit":1,"remaining":0,"reset_ms":57585000,"retry_after_ms":57585000,"denial":"over_limit","shadow":true},{"name":"user-minute","allowed":true,"limit":2,"remaining":0,"reset_ms":45000,"shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":48,"reset_ms":172800,"shadow":false},{"name":"gen","allowed":true,"limit":3,"remaining":1,"reset_ms":2000,"shadow":false}]}"#,
+            ),
+        );
+
+        let denied = exchange(&server, "", generate);
+        assert_wire(
+            &denied,
+            &answer(
+                &[
+                    r#"HTTP/1.1 429 Too Many Requests"#,
+                    r#"content-type: application/problem+json"#,
+                    r#"x-ratelimit-limit: 2"#,
+                    r#"x-ratelimit-remaining: 0"#,
+                    r#"x-ratelimit-reset: 45"#,
+                    r#"retry-after: 45"#,
+                    r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "gen";q=3;w=3"#,
+                    r#"ratelimit: "ip-burst";r=98;t=1, "user-minute";r=0;t=45, "user_daily";r=48;t=260, "gen";r=1;t=3"#,
+                    r#"content-length: 793"#,
+                    r#"connection: close"#,
+                ],
+                r#"{"type":"urn:spillway:problem:rate-limited","title":"Rate limit exceeded","status":429,"detail":"limit `user-minute` (2 per 1m) is used up; retry in 45000 ms","allowed":false,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":98,"reset_ms":150,"shadow":false},{"name":"ip-shadow","allowed":false,"limit":1,"remaining":0,"reset_ms":57585000,"retry_after_ms":57585000,"denial":"over_limit","shadow":true},{"name":"user-minute","allowed":false,"limit":2,"remaining":0,"reset_ms":45000,"retry_after_ms":45000,"denial":"over_limit","shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":48,"reset_ms":259200,"shadow":false},{"name":"gen","allowed":true,"limit":3,"remaining":1,"reset_ms":3000,"shadow":false}]}"#,
+            ),
+        );
+
+        let too_big = exchange(
+            &server,
+            "",
+            r#"{"tenant":"acme","user":"bob","ip":"203.0.113.8","cost":7}"#,
+        );
+        assert_wire(
+            &too_big,
+            &answer(
+                &[
+                    r#"HTTP/1.1 429 Too Many Requests"#,
+                    r#"content-type: application/problem+json"#,
+                    r#"x-ratelimit-limit: 2"#,
+                    r#"x-ratelimit-remaining: 2"#,
+                    r#"x-ratelimit-reset: 0"#,
+                    r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320"#,
+                    r#"ratelimit: "ip-burst";r=100;t=1, "user-minute";r=2;t=0, "user_daily";r=50;t=605"#,
+                    r#"content-length: 696"#,
+                    r#"connection: close"#,
+                ],
+                r#"{"type":"urn:spillway:problem:cost-exceeds-limit","title":"Cost exceeds limit","status":429,"detail":"a cost of 7 can never fit limit `user-minute`, which admits at most 2 at once; retrying will not help","allowed":false,"tier":"free","route":null,"cost":7,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":100,"reset_ms":350,"shadow":false},{"name":"ip-shadow","allowed":false,"limit":1,"remaining":1,"reset_ms":0,"denial":"cost_exceeds_limit","shadow":true},{"name":"user-minute","allowed":false,"limit":2,"remaining":2,"reset_ms":0,"denial":"cost_exceeds_limit","shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":50,"reset_ms":604800,"shadow":false}]}"#,
+            ),
+        );
+
+        // No limit applies: no rate-limit headers, an empty list.
+        let nothing = exchange(&server, "", "");
+        assert_wire(
+            &nothing,
+            &answer(
+                &[
+                    r#"HTTP/1.1 200 OK"#,
+                    r#"content-type: application/json"#,
+                    r#"content-length: 64"#,
+                    r#"connection: close"#,
+                ],
+                r#"{"allowed":true,"tier":"free","route":null,"cost":1,"limits":[]}"#,
+            ),
+        );
+        server
+    })
+    .await
+    .expect("the exchanges");
+    drop(server);
+}
