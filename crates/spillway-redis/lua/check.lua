@@ -56,12 +56,15 @@ local function put(key, state, need, held, now, ttl_slack)
     redis.call('DEL', key)
     return ''
   end
-  -- Covered by the deadline read (the state carries it on, see `deadline` in common.lua).
-  if held and need <= held and redis.call('SET', key, state, 'XX', 'KEEPTTL') then
-    return state
+  -- The deadline the state was packed with (its last double, see `deadline` in common.lua):
+  -- read back from the state itself, so the expiry set below is always the one it carries.
+  local d = unpack('<d', state, #state - 7)
+  -- Covered by the deadline read, the key keeps its expiry. pcall: a server without KEEPTTL
+  -- (before Redis 6.0) answers with an error, and the write then sets the expiry as below.
+  if held and d <= held then
+    local r = redis.pcall('SET', key, state, 'XX', 'KEEPTTL')
+    if type(r) == 'table' and r.ok then return state end
   end
-  -- The deadline the state was packed with.
-  local d = deadline(need, held, now)
   -- Whole milliseconds, rounded up: the key never disappears before its deadline.
   redis.call('SET', key, state, 'PX', int(ceil_div(d - now, 1000) + ttl_slack))
   return state

@@ -135,12 +135,37 @@ impl Encoded {
     /// The script arguments for `check`.
     pub fn new(check: &Check<'_>) -> Self {
         // Every algorithm refuses a cost above its quota without looking at it further, so a
-        // cost that large is sent as quota + 1: it stays exact in a Lua double.
-        let cost = check.cost.min(check.params.quota().saturating_add(1));
+        // cost that large is sent as the least whole number above the quota that a Lua
+        // double holds exactly (see `over_quota`).
+        let cost = check.cost.min(over_quota(check.params.quota()));
         Self {
             params: encode_params(check.params),
             cost,
             flags: flag(check.enforced, ENFORCED) | flag(check.metered, ADMIT),
+        }
+    }
+}
+
+/// The least whole number above `quota` that a double holds exactly: quota + 1 below 2^53,
+/// where doubles hold every whole number; from 2^53 on the next double (2^53 + 2 for a quota
+/// of 2^53, which quota + 1 would round back down to, so a cost past the limit would read as
+/// exactly the limit and be admitted).
+fn over_quota(quota: u64) -> u64 {
+    if quota < 1 << 53 {
+        return quota + 1;
+    }
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    {
+        let q = quota as f64;
+        let next = f64::from_bits(q.to_bits() + 1);
+        if q as u64 > quota {
+            q as u64
+        } else {
+            next as u64
         }
     }
 }
@@ -162,7 +187,7 @@ impl Encoded {
         let cost = if check.params.supports_charge() {
             check.cost.min(spillway_core::algorithm::MAX_SCALED as u64)
         } else {
-            check.cost.min(check.params.quota().saturating_add(1))
+            check.cost.min(over_quota(check.params.quota()))
         };
         Self {
             params: encode_params(check.params),
@@ -424,6 +449,25 @@ mod tests {
 
     fn packed(xs: &[f64]) -> Value {
         Value::BulkString(xs.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+
+    #[test]
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    fn a_cost_past_the_quota_stays_past_it_as_a_double() {
+        for quota in [0, 1, 1000, (1 << 53) - 1, 1 << 53, (1 << 53) + 2, 1 << 60] {
+            let over = over_quota(quota);
+            assert!(over > quota, "{quota}");
+            assert_eq!(over as f64 as u64, over, "{quota}: {over} is exact");
+            assert!(
+                over as f64 > quota as f64,
+                "{quota}: still above as doubles"
+            );
+        }
+        assert_eq!(over_quota(1 << 53), (1 << 53) + 2);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 mod common;
 
 use common::{check, key};
-use spillway_core::algorithm::{FixedWindow, Gcra, LimitParams, SlidingWindow, TokenBucket};
+use spillway_core::algorithm::{
+    FixedWindow, Gcra, LeakyBucket, LimitParams, SlidingWindow, TokenBucket,
+};
 use spillway_core::key::StateKey;
 use spillway_core::rate::Rate;
 use spillway_core::request::CheckMode;
@@ -111,6 +113,24 @@ async fn no_key_expires_before_its_state_reads_fresh() {
         (
             "gcra",
             LimitParams::Gcra(Gcra::new(Rate::new(100, SECOND).unwrap(), 1000).unwrap()),
+        ),
+        // Each admission adds 100 ms: the need outgrows the first deadline (100 ms + 1 s of
+        // slack) after about ten writes, so later writes cross it and set a new one.
+        (
+            "bucket-crossing",
+            LimitParams::TokenBucket(
+                TokenBucket::new(Rate::new(10, SECOND).unwrap(), 1000).unwrap(),
+            ),
+        ),
+        (
+            "gcra-crossing",
+            LimitParams::Gcra(Gcra::new(Rate::new(10, SECOND).unwrap(), 1000).unwrap()),
+        ),
+        (
+            "leaky-crossing",
+            LimitParams::LeakyBucket(
+                LeakyBucket::new(Rate::new(10, SECOND).unwrap(), 1000).unwrap(),
+            ),
         ),
         (
             "window",

@@ -187,3 +187,40 @@ async fn a_peek_does_not_feed_the_local_over_limit_cache() {
     assert!(!store.check(&one, CheckMode::Consume).await.unwrap()[0].allowed);
     assert!(store.local_answer(&one).is_some());
 }
+
+/// A cost past a limit of 2^53 (the largest a limit may be) is refused as too large, as the
+/// in-memory store refuses it: sent as 2^53 + 1 it would round to 2^53 in a Lua double, read
+/// as exactly the limit and be admitted on an empty window.
+#[tokio::test]
+async fn a_cost_past_the_largest_limit_is_refused_not_rounded_down() {
+    use spillway_core::algorithm::Denial;
+    let server = RedisServer::start();
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    clock.set(1_700_000_000_000_000);
+    let p = LimitParams::FixedWindow(FixedWindow::new(1 << 53, MINUTE).unwrap());
+    let memory = spillway_core::store::MemoryStore::new(100, clock.clone());
+    for (i, cost) in [(1u64 << 53) + 1, (1 << 53) + 2, u64::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let k = key("huge", &[&format!("k{i}")]);
+        let d = store
+            .check(&[check(&k, &p, cost)], CheckMode::Consume)
+            .await
+            .unwrap();
+        assert!(!d[0].allowed, "cost {cost} over a limit of 2^53");
+        assert_eq!(d[0].denial, Some(Denial::CostExceedsLimit), "cost {cost}");
+        let m = memory.check_blocking(&[check(&k, &p, cost)], CheckMode::Consume);
+        assert_eq!(m[0].allowed, d[0].allowed, "memory agrees for cost {cost}");
+    }
+    // The limit itself still fits.
+    let k = key("huge", &["whole"]);
+    let d = store
+        .check(&[check(&k, &p, 1 << 53)], CheckMode::Consume)
+        .await
+        .unwrap();
+    assert!(
+        d[0].allowed,
+        "a cost of exactly the limit on an empty window"
+    );
+}

@@ -341,18 +341,20 @@ impl Lookup for Entries<'_> {
 }
 
 /// Whether every descriptor names the client's address (an `ip` or `remote_address` entry),
-/// by which an anonymous caller is counted; a report's marker-only descriptors, which name no
-/// limit, need none.
+/// by which an anonymous caller is counted; a report's marker descriptor (the report marker,
+/// perhaps with its request id, and nothing else), which names no limit, needs none. A
+/// descriptor holding only a request id is not a marker and needs an address like any other.
 fn carries_ip(descriptors: &[RateLimitDescriptor]) -> bool {
     let marker = |key: &str| key == super::report::MARKER || key == super::report::REQUEST_ID;
-    descriptors
-        .iter()
-        .filter(|d| d.entries.iter().any(|e| !marker(&e.key)))
-        .all(|d| {
-            d.entries
-                .iter()
-                .any(|e| e.key == "ip" || e.key == "remote_address")
-        })
+    let is_marker = |d: &RateLimitDescriptor| {
+        d.entries.iter().any(|e| e.key == super::report::MARKER)
+            && d.entries.iter().all(|e| marker(&e.key))
+    };
+    descriptors.iter().filter(|d| !is_marker(d)).all(|d| {
+        d.entries
+            .iter()
+            .any(|e| e.key == "ip" || e.key == "remote_address")
+    })
 }
 
 /// The first `tenant` and `user` entries among the descriptors, for the top-k lists.

@@ -235,7 +235,11 @@ impl RegionNode {
                     let others = self.tally.others(&p.def.params, &place, now);
                     let mut room = limit.saturating_sub(others);
                     if let Some(lease) = self.tally.lease(&p.def.params, &place, now, others) {
-                        routing.leased[i] = lease.ceiling < room && lease.left >= p.cost;
+                        // A denial is the lease's alone (and a renewal may admit it) only
+                        // where the limit has room for the cost and one lease's share could
+                        // hold it; a larger cost waits for the window like any denial.
+                        routing.leased[i] =
+                            lease.ceiling < room && lease.left >= p.cost && p.cost <= lease.share;
                         room = room.min(lease.ceiling);
                     }
                     if room < limit {
@@ -463,6 +467,20 @@ tiers:
         let (policy, node, clock, own, planned) = world();
         exchange(&node, &clock, &planned, [0, 43, 43]);
         let costly = Planned { cost: 5, ..planned };
+        let (allowed, d) = ask(&node, &policy, &own, &costly).await;
+        assert!(!allowed);
+        assert_eq!(d.denial, Some(Denial::OverLimit));
+        assert!(d.retry_after.is_some_and(|r| r > 3_000_000_000), "{d:?}");
+
+        // 30 left, a lease of 10 per region: a cost of 15 fits the limit but no lease, so no
+        // renewal admits it while the counts stand; told to wait for the window, not to poll
+        // every exchange.
+        let (policy, node, clock, own, planned) = world();
+        exchange(&node, &clock, &planned, [0, 30, 30]);
+        let costly = Planned {
+            cost: 15,
+            ..planned
+        };
         let (allowed, d) = ask(&node, &policy, &own, &costly).await;
         assert!(!allowed);
         assert_eq!(d.denial, Some(Denial::OverLimit));

@@ -41,6 +41,9 @@ pub struct Lease {
     /// What remained of the limit worldwide as last read (the own published count and the
     /// others' counts taken off).
     pub left: u64,
+    /// The most one lease gives above the own published count (`left` split between the
+    /// regions, rounded up): a cost above it fits no lease, however often renewed.
+    pub share: u64,
 }
 
 /// The counts of the other regions, as last read: by place, one count per region.
@@ -219,9 +222,11 @@ impl Tally {
             return None;
         }
         let left = limit.saturating_sub(used);
+        let share = left.div_ceil(self.regions.max(1) as u64);
         Some(Lease {
-            ceiling: own.saturating_add(left.div_ceil(self.regions.max(1) as u64)),
+            ceiling: own.saturating_add(share),
             left,
+            share,
         })
     }
 
@@ -508,7 +513,8 @@ mod tests {
                 30,
                 Some(Lease {
                     ceiling: 40,
-                    left: 30
+                    left: 30,
+                    share: 10
                 })
             )
         );

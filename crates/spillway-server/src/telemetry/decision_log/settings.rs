@@ -110,13 +110,35 @@ pub enum SinkSpec {
     Redis(RedisTarget),
 }
 
-/// A Redis deployment to write the stream to (or read it from).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A Redis deployment to write the stream to (or read it from). Its Debug form, which the
+/// startup log prints, shows a URL's password as `****`.
+#[derive(Clone, PartialEq, Eq)]
 pub enum RedisTarget {
     /// One server, by URL.
     Server(String),
     /// A cluster, by seed node URLs. The stream is one key, so it lives on one node.
     Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use spillway_redis::config::mask_url;
+        match self {
+            Self::Server(url) => f.debug_tuple("Server").field(&mask_url(url)).finish(),
+            Self::Cluster(urls) => f
+                .debug_tuple("Cluster")
+                .field(&urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+/// URLs as an error may show them: passwords as `****`.
+fn shown(urls: &[String]) -> String {
+    urls.iter()
+        .map(|u| spillway_redis::config::mask_url(u))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl RedisTarget {
@@ -133,13 +155,17 @@ impl RedisTarget {
             .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
         {
             return Err(format!(
-                "`{text}` is not a redis:// URL (or cluster+redis://a,redis://b)"
+                "`{}` is not a redis:// URL (or cluster+redis://a,redis://b)",
+                shown(&urls)
             ));
         }
         match (cluster, urls.len()) {
             (true, _) => Ok(Self::Cluster(urls)),
             (false, 1) => Ok(Self::Server(urls.into_iter().next().unwrap_or_default())),
-            (false, _) => Err(format!("`{text}`: several URLs need the cluster+ prefix")),
+            (false, _) => Err(format!(
+                "`{}`: several URLs need the cluster+ prefix",
+                shown(&urls)
+            )),
         }
     }
 
@@ -338,5 +364,26 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert_eq!(parse_rate("0.01"), Ok(0.01));
         assert!(parse_rate("1.5").is_err() && parse_rate("-0.1").is_err());
+    }
+
+    #[test]
+    fn a_redis_sink_password_is_never_shown() {
+        for text in [
+            "redis://:s3cret@127.0.0.1:6379",
+            "cluster+redis://user:s3cret@a:1,redis://user:s3cret@b:2",
+        ] {
+            let spec = parse_sink(text).unwrap();
+            let shown = format!("{spec:?}");
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("****"), "{shown}");
+        }
+        // Nor in the errors of a mistyped one.
+        for text in [
+            "redis://:s3cret@a:1,redis://:s3cret@b:2",
+            "redis://:s3cret@a:1,http://b",
+        ] {
+            let err = parse_sink(text).expect_err(text);
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 }
