@@ -137,12 +137,23 @@ impl Encoded {
         // Every algorithm refuses a cost above its quota without looking at it further, so a
         // cost that large is sent as the least whole number above the quota that a Lua
         // double holds exactly (see `over_quota`).
-        let cost = check.cost.min(over_quota(check.params.quota()));
+        let cost = past_quota_as_one(check.cost, check.params.quota());
         Self {
             params: encode_params(check.params),
             cost,
             flags: flag(check.enforced, ENFORCED) | flag(check.metered, ADMIT),
         }
+    }
+}
+
+/// `cost` as sent: itself up to the quota (exact, quotas being at most 2^53), and any cost
+/// above it as [`over_quota`]. (Capping with `min` would send a cost of 2^53 + 1 over a quota
+/// of 2^53 as itself, which a double rounds down to the quota.)
+fn past_quota_as_one(cost: u64, quota: u64) -> u64 {
+    if cost > quota {
+        over_quota(quota)
+    } else {
+        cost
     }
 }
 
@@ -187,7 +198,7 @@ impl Encoded {
         let cost = if check.params.supports_charge() {
             check.cost.min(spillway_core::algorithm::MAX_SCALED as u64)
         } else {
-            check.cost.min(over_quota(check.params.quota()))
+            past_quota_as_one(check.cost, check.params.quota())
         };
         Self {
             params: encode_params(check.params),
@@ -468,6 +479,15 @@ mod tests {
             );
         }
         assert_eq!(over_quota(1 << 53), (1 << 53) + 2);
+        for cost in [(1 << 53) + 1, (1 << 53) + 3, u64::MAX] {
+            let sent = past_quota_as_one(cost, 1 << 53);
+            assert!(
+                sent as f64 > (1u64 << 53) as f64,
+                "{cost} is sent as {sent}"
+            );
+        }
+        assert_eq!(past_quota_as_one(1 << 53, 1 << 53), 1 << 53);
+        assert_eq!(past_quota_as_one(7, 10), 7);
     }
 
     #[test]

@@ -208,7 +208,11 @@ async fn a_cost_past_the_largest_limit_is_refused_not_rounded_down() {
             .check(&[check(&k, &p, cost)], CheckMode::Consume)
             .await
             .unwrap();
-        assert!(!d[0].allowed, "cost {cost} over a limit of 2^53");
+        assert!(
+            !d[0].allowed,
+            "cost {cost} over a limit of 2^53: {:?}",
+            d[0]
+        );
         assert_eq!(d[0].denial, Some(Denial::CostExceedsLimit), "cost {cost}");
         let m = memory.check_blocking(&[check(&k, &p, cost)], CheckMode::Consume);
         assert_eq!(m[0].allowed, d[0].allowed, "memory agrees for cost {cost}");

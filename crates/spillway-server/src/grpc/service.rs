@@ -401,3 +401,42 @@ fn check_shape(request: &RateLimitRequest) -> Result<bool, String> {
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod carries_ip_tests {
+    use super::carries_ip;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+
+    fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: entries
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: (*k).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            ..RateLimitDescriptor::default()
+        }
+    }
+
+    #[test]
+    fn only_a_report_marker_is_excused_from_naming_an_address() {
+        let limited = descriptor(&[("ip", "192.0.2.1"), ("user", "u")]);
+        let marker = descriptor(&[
+            (super::super::report::MARKER, "1"),
+            (super::super::report::REQUEST_ID, "r-1"),
+        ]);
+        assert!(carries_ip(&[limited.clone(), marker]), "a report's marker");
+        // A descriptor holding only a request id names no limit either, but it is not a
+        // report's marker: an anonymous check must not pass on it without an address.
+        let request_id_only = descriptor(&[(super::super::report::REQUEST_ID, "r-1")]);
+        assert!(!carries_ip(&[limited.clone(), request_id_only]));
+        assert!(!carries_ip(&[descriptor(&[("user", "u")])]));
+        assert!(carries_ip(&[descriptor(&[(
+            "remote_address",
+            "192.0.2.1"
+        )])]));
+    }
+}
