@@ -135,12 +135,13 @@ fn code(allowed: bool) -> Code {
 }
 
 /// The HTTP API's headers for `verdict` (`Retry-After` only when waiting can help, which
-/// `headers::render` already decides).
+/// `headers::fields` already decides), each value copied once, from the one string the
+/// fields share into its protobuf message.
 fn header_values(verdict: &Verdict) -> Vec<HeaderValue> {
-    headers::render(verdict)
-        .into_iter()
-        .map(|(name, value)| header(name, &value))
-        .collect()
+    let fields = headers::fields(verdict);
+    let mut values = Vec::with_capacity(fields.len());
+    values.extend(fields.iter().map(|(name, value)| header(name, value)));
+    values
 }
 
 fn header(key: &str, value: &str) -> HeaderValue {
