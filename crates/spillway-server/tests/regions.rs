@@ -504,11 +504,17 @@ tenants:
     })
     .await;
     assert!(isolated.is_some(), "ap knows it is cut off");
-    let seen = wait_until_async(Duration::from_secs(10), || async {
-        (gauge(us, "spillway_region_partitioned", &[("region", "ap")]).await? == 1.0).then_some(())
-    })
-    .await;
-    assert!(seen.is_some(), "us knows ap is cut off");
+    // Both other regions must have noticed before their shares are checked: each learns it
+    // from its own failed exchanges with ap, on its own tick.
+    let eu = &world.nodes[1];
+    for (node, name) in [(us, "us"), (eu, "eu")] {
+        let seen = wait_until_async(Duration::from_secs(10), || async {
+            (gauge(node, "spillway_region_partitioned", &[("region", "ap")]).await? == 1.0)
+                .then_some(())
+        })
+        .await;
+        assert!(seen.is_some(), "{name} knows ap is cut off");
+    }
 
     // ap decides alone, on its share: 90 / 3 = 30.
     let mut ap_admitted = 0;
@@ -518,7 +524,6 @@ tenants:
     assert_eq!(ap_admitted, 30, "a cut-off region keeps to its share");
     // While any peer is cut off, every region keeps to its share too (us and eu cannot
     // know what ap sees of them): 30 each, 90 in all.
-    let eu = &world.nodes[1];
     for (node, name) in [(us, "us"), (eu, "eu")] {
         let mut admitted = 0;
         for _ in 0..45 {
