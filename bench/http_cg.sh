@@ -27,8 +27,8 @@ valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
   "$bin" serve --listen "127.0.0.1:$port" --log-filter warn --http-threads 1 >/dev/null 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
-# Start-up under valgrind takes longer than wait_port's 10 s.
-for _ in $(seq 600); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+# Start-up under valgrind takes longer than wait_port's default 10 s.
+wait_port "$port" 600 || exit 1
 wrk -t1 -c16 -d5s -s bench/check.lua "http://127.0.0.1:$port" -- "$@" >/dev/null
 callgrind_control -i on $pid >/dev/null 2>&1
 res=$(wrk -t1 -c16 -d"${DURATION:-10s}" -s bench/check.lua "http://127.0.0.1:$port" -- "$@")

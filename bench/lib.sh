@@ -1,5 +1,9 @@
 # Helpers the benchmark scripts share; sourced from the repository root.
 
+# The median of the numbers on stdin, one per line (the middle one; the lower middle of an
+# even count).
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
 # A free loopback TCP port.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 

@@ -113,7 +113,6 @@ CONF
 }
 
 redis_cpu() { redis-cli -p "$1" INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_user:/ {u = $2} /^used_cpu_sys:/ {s = $2} END {printf "%.6f\n", u + s}'; }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # start_server WHO STORE: starts WHO (spillway, limitador or nginx) on free ports, with a fresh
 # redis-server when STORE is redis; sets http, grpc and rport (empty without Redis).

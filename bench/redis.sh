@@ -72,7 +72,6 @@ cp bench/check.lua "$tmp/four.lua"
 
 # Redis's CPU seconds so far: "user sys".
 redis_cpu() { redis-cli -p "$1" INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_user:/ {u = $2} /^used_cpu_sys:/ {s = $2} END {printf "%.6f %.6f\n", u, s}'; }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # one_run BINARY_INDEX POLICY: prints "µs_per_decision rps p99_ms non2xx batch sys" (batch: mean
 # requests per Redis call from spillway_redis_batch_requests, "-" for a build without it; sys:

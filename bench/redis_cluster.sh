@@ -101,7 +101,6 @@ cluster_cpu() {
   for port in "$@"; do redis-cli -p "$port" INFO cpu; done | tr -d '\r' |
     awk -F: '/^used_cpu_user:/ {u += $2} /^used_cpu_sys:/ {s += $2} END {printf "%.6f %.6f\n", u, s}'
 }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # start_node: starts one cluster-enabled server on a free port (another port if someone took
 # that one meanwhile) and leaves its port in $node_port.

@@ -74,9 +74,11 @@ end
 -- request of cost 1 would pass, consuming nothing. Admitted, the decision is the zero-cost
 -- look's; denied, the cost-1 denial's (retry: until one unit is free). Six values, no state.
 local function admit(alg, p1, p2, p3, raw, now)
-  local a, l, r, reset, retry, denial = alg(p1, p2, p3, raw, now, 1)
-  if a == 1 then
-    a, l, r, reset, retry, denial = alg(p1, p2, p3, raw, now, 0)
+  -- One evaluation when there is room: a cost of 1 passes exactly when the zero-cost look
+  -- leaves at least one unit (LimitParams::admit does the same).
+  local a, l, r, reset, retry, denial = alg(p1, p2, p3, raw, now, 0)
+  if a ~= 1 or r < 1 then
+    a, l, r, reset, retry, denial = alg(p1, p2, p3, raw, now, 1)
   end
   return a, l, r, reset, retry, denial
 end

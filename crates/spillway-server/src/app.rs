@@ -34,7 +34,7 @@ use std::sync::Arc;
 /// `/v1/admin` when its token is given.
 pub fn router(state: Arc<AppState>, admin: Option<AdminToken>) -> Router {
     let mut router = Router::new()
-        .route("/v1/check", post(check::check))
+        .route(crate::http::entry::CHECK_PATH, post(check::check))
         .route("/v1/report", post(report::report))
         .route(authorize::PREFIX, any(authorize::authorize))
         .route(

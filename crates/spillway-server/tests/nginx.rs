@@ -42,12 +42,15 @@ fn nginx_required(require: Option<&str>, ci: Option<&str>) -> bool {
     require.is_some_and(|v| !v.is_empty()) || ci == Some("true")
 }
 
-/// The first `nginx` in the usual sbin directories (Debian's is in `/usr/sbin`, often off a
-/// user's `PATH`), then in the directories of `path` (a `PATH` value).
-fn find_nginx_in(path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
-    let sbin = ["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from);
+/// Where nginx is looked for before `PATH`: Debian's is in `/usr/sbin`, often off a user's
+/// `PATH`.
+const SBIN: [&str; 2] = ["/usr/sbin", "/usr/local/sbin"];
+
+/// The first `nginx` in the directories `sbin`, then in those of `path` (a `PATH` value).
+fn find_nginx_in(sbin: &[&str], path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     let on_path = path.map(|p| std::env::split_paths(p).collect::<Vec<_>>());
-    sbin.into_iter()
+    sbin.iter()
+        .map(PathBuf::from)
         .chain(on_path.into_iter().flatten())
         .map(|dir| dir.join("nginx"))
         .find(|p| p.is_file())
@@ -72,7 +75,7 @@ fn unusable(nginx: &Path) -> Option<String> {
 /// nginx for test `test`: `None` after a loud note when it is not installed (or lacks the
 /// auth_request module), unless the run requires it (see the module docs): then a failure.
 fn nginx_or_skip(test: &str) -> Option<PathBuf> {
-    let why = match find_nginx_in(std::env::var_os("PATH").as_deref()) {
+    let why = match find_nginx_in(&SBIN, std::env::var_os("PATH").as_deref()) {
         Some(nginx) => match unusable(&nginx) {
             None => return Some(nginx),
             Some(why) => why,
@@ -107,15 +110,20 @@ fn nginx_is_found_on_path_too_and_needs_auth_request() {
     std::fs::create_dir(&bin).expect("bin dir");
     std::fs::write(bin.join("nginx"), "").expect("a stand-in nginx");
     let path = std::env::join_paths([Path::new("/nonexistent"), &bin]).expect("a PATH");
-    let found = find_nginx_in(Some(&path)).expect("found");
-    // An nginx installed in sbin comes first; else the one on PATH.
-    let in_sbin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
-        .iter()
-        .find(|p| Path::new(p).is_file());
-    match in_sbin {
-        Some(sbin) => assert_eq!(found, Path::new(sbin)),
-        None => assert_eq!(found, bin.join("nginx")),
-    }
+    // With no nginx in the sbin directories, the one on PATH (whatever this machine has
+    // installed in its real sbin).
+    let empty_sbin = dir.path().join("sbin");
+    std::fs::create_dir(&empty_sbin).expect("sbin dir");
+    let empty_sbin = empty_sbin.to_str().expect("a UTF-8 temp path");
+    let found = find_nginx_in(&[empty_sbin], Some(&path)).expect("found");
+    assert_eq!(found, bin.join("nginx"));
+    // An nginx in an sbin directory comes first.
+    let sbin = dir.path().join("usr-sbin");
+    std::fs::create_dir(&sbin).expect("sbin dir");
+    std::fs::write(sbin.join("nginx"), "").expect("a stand-in nginx");
+    let sbin = sbin.to_str().expect("a UTF-8 temp path");
+    let first = find_nginx_in(&[empty_sbin, sbin], Some(&path)).expect("found");
+    assert_eq!(first, Path::new(sbin).join("nginx"));
     // A binary whose `-V` does not list the module is refused, saying why.
     let why = unusable(Path::new("/bin/true")).expect("no auth_request module");
     assert!(why.contains("auth_request"), "{why}");

@@ -52,11 +52,15 @@ fn refused_start(policy: &str, envs: &[(&str, &str)]) -> String {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    // Every login setting, so none inherited from the caller's environment changes the
+    // outcome.
     for var in [
-        "SPILLWAY_MASTER_PASSWORD",
-        "SPILLWAY_SENTINEL_PASSWORD",
+        spillway_server::sentinel_login::MASTER_PASSWORD_ENV,
+        spillway_server::sentinel_login::SENTINEL_PASSWORD_ENV,
         "SPILLWAY_MASTER_PASSWORD_FILE",
         "SPILLWAY_SENTINEL_PASSWORD_FILE",
+        "SPILLWAY_MASTER_USERNAME",
+        "SPILLWAY_SENTINEL_USERNAME",
     ] {
         cmd.env_remove(var);
     }

@@ -27,11 +27,14 @@ impl LimitParams {
     /// denied, it is the cost-1 denial, whose `retry_after` is the time until one unit is free
     /// (any debt repaid, and one unit refilled or out of the window).
     pub fn admit(&self, state: Option<StateRef<'_>>, now: Micros) -> Evaluation<State> {
-        let one = self.evaluate(state, now, 1);
-        if !one.decision.allowed {
-            return one;
+        // One evaluation when there is room: a cost of 1 passes exactly when the zero-cost
+        // look leaves at least one unit (every algorithm), so only a key without that room is
+        // evaluated again, for the cost-1 denial and its retry time.
+        let look = self.evaluate(state, now, 0);
+        if look.decision.allowed && look.decision.remaining >= 1 {
+            return look;
         }
-        self.evaluate(state, now, 0)
+        self.evaluate(state, now, 1)
     }
 
     /// Records `cost` against `state` at `now` unconditionally, even past the limit (a cost
@@ -242,7 +245,9 @@ mod tests {
                     let after = Some(e.state.as_ref());
                     let one = p.evaluate(after, at, 1).decision;
                     prop_assert_eq!(e.decision.allowed, one.allowed);
-                    if !one.allowed {
+                    if one.allowed {
+                        prop_assert_eq!(e.decision, p.evaluate(after, at, 0).decision);
+                    } else {
                         prop_assert_eq!(e.decision, one);
                     }
                     state = Some(e.state);

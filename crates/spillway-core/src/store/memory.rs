@@ -396,7 +396,9 @@ impl MemoryStore {
             .reports
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let duplicate = report.is_some_and(|id| reports.seen(&id, now));
+        // Remembered at once: the lock is held until every check is charged, and charging
+        // cannot fail partway, so a concurrent retry still finds the id only after this charge.
+        let duplicate = report.is_some_and(|id| reports.remember(id, now));
         let hashes: SmallVec<[KeyHash; 4]> = checks.iter().map(|c| self.hash(c)).collect();
         let mut order: SmallVec<[usize; 4]> = hashes.iter().map(|h| self.shard_of(h)).collect();
         order.sort_unstable();
@@ -438,9 +440,6 @@ impl MemoryStore {
                 // be read again, and under other numbers it need not read as fresh.
                 forget(map, h);
             }
-        }
-        if let (Some(id), false) = (report, duplicate) {
-            reports.remember(id, now);
         }
         Charged {
             recorded: !duplicate,

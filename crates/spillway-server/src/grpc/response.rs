@@ -27,8 +27,7 @@ pub fn checked(plan: &Plan, overall: &Verdict, extra: &[(&str, &str)]) -> RateLi
         .iter()
         .map(|limits| descriptor_status(plan, limits, overall))
         .collect();
-    let mut headers = header_values(overall);
-    headers.extend(extra.iter().map(|(k, v)| header(k, v)));
+    let headers = header_values(overall, extra);
     RateLimitResponse {
         overall_code: code(overall.allowed) as i32,
         statuses,
@@ -136,11 +135,12 @@ fn code(allowed: bool) -> Code {
 
 /// The HTTP API's headers for `verdict` (`Retry-After` only when waiting can help, which
 /// `headers::fields` already decides), each value copied once, from the one string the
-/// fields share into its protobuf message.
-fn header_values(verdict: &Verdict) -> Vec<HeaderValue> {
+/// fields share into its protobuf message; then `extra`.
+fn header_values(verdict: &Verdict, extra: &[(&str, &str)]) -> Vec<HeaderValue> {
     let fields = headers::fields(verdict);
-    let mut values = Vec::with_capacity(fields.len());
+    let mut values = Vec::with_capacity(fields.len() + extra.len());
     values.extend(fields.iter().map(|(name, value)| header(name, value)));
+    values.extend(extra.iter().map(|(k, v)| header(k, v)));
     values
 }
 

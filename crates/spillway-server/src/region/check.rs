@@ -43,11 +43,22 @@ struct Routing {
     /// Whether an enforced `aggregate` limit has no room left at all.
     exhausted: Vec<bool>,
     /// Whether an `aggregate` limit's room is its lease's, smaller than what the limit leaves,
-    /// with the remainder as last read still holding the cost: a denial is then the lease's,
-    /// and room can return at the next exchange.
+    /// with one lease's share holding the cost: a denial is then the lease's, and room can
+    /// return at the next exchange.
     leased: Vec<bool>,
     /// When the routing was worked out.
     now: Micros,
+}
+
+impl Routing {
+    /// The limits' indices by the region whose store counts them.
+    fn by_region(&self) -> BTreeMap<usize, Vec<usize>> {
+        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, &r) in self.target.iter().enumerate() {
+            groups.entry(r).or_default().push(i);
+        }
+        groups
+    }
 }
 
 impl RegionNode {
@@ -61,12 +72,9 @@ impl RegionNode {
         mode: CheckMode,
     ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
         let routing = self.route(policy, planned);
+        let mut groups = routing.by_region();
         let any_exhausted = routing.exhausted.iter().any(|&e| e);
         let mode = if any_exhausted { CheckMode::Peek } else { mode };
-        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, &r) in routing.target.iter().enumerate() {
-            groups.entry(r).or_default().push(i);
-        }
         let local = groups.remove(&self.own).unwrap_or_default();
         let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; planned.len()];
         // An `aggregate` limit with no room left has denied the request already: the own store
@@ -151,10 +159,7 @@ impl RegionNode {
         planned: &[Planned],
     ) -> Result<Vec<LimitOutcome>, StoreError> {
         let routing = self.route(policy, planned);
-        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, &r) in routing.target.iter().enumerate() {
-            groups.entry(r).or_default().push(i);
-        }
+        let groups = routing.by_region();
         let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; planned.len()];
         for (region, idx) in &groups {
             let peek = CheckMode::Peek;
@@ -236,10 +241,10 @@ impl RegionNode {
                     let mut room = limit.saturating_sub(others);
                     if let Some(lease) = self.tally.lease(&p.def.params, &place, now, others) {
                         // A denial is the lease's alone (and a renewal may admit it) only
-                        // where the limit has room for the cost and one lease's share could
-                        // hold it; a larger cost waits for the window like any denial.
-                        routing.leased[i] =
-                            lease.ceiling < room && lease.left >= p.cost && p.cost <= lease.share;
+                        // where one lease's share could hold the cost (the share never
+                        // exceeds the limit's remainder); a larger cost waits for the window
+                        // like any denial.
+                        routing.leased[i] = lease.ceiling < room && p.cost <= lease.share;
                         room = room.min(lease.ceiling);
                     }
                     if room < limit {

@@ -38,11 +38,9 @@ const NEVER: u64 = u64::MAX;
 pub struct Lease {
     /// The most the region's own count may reach until its next exchange.
     pub ceiling: u64,
-    /// What remained of the limit worldwide as last read (the own published count and the
-    /// others' counts taken off).
-    pub left: u64,
-    /// The most one lease gives above the own published count (`left` split between the
-    /// regions, rounded up): a cost above it fits no lease, however often renewed.
+    /// The most one lease gives above the own published count (what remained of the limit
+    /// worldwide as last read, split between the regions, rounded up, so never more than
+    /// that remainder): a cost above it fits no lease, however often renewed.
     pub share: u64,
 }
 
@@ -225,7 +223,6 @@ impl Tally {
         let share = left.div_ceil(self.regions.max(1) as u64);
         Some(Lease {
             ceiling: own.saturating_add(share),
-            left,
             share,
         })
     }
@@ -513,7 +510,6 @@ mod tests {
                 30,
                 Some(Lease {
                     ceiling: 40,
-                    left: 30,
                     share: 10
                 })
             )

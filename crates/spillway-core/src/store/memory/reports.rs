@@ -106,6 +106,7 @@ impl Reports {
     }
 
     /// Whether `id` was seen within [`REPORT_TTL`] of `now`.
+    #[cfg(test)]
     pub(crate) fn seen(&mut self, id: &ReportId, now: Micros) -> bool {
         if !self.holders.contains_key(&id.holder()) {
             return false;
@@ -116,8 +117,9 @@ impl Reports {
         })
     }
 
-    /// Remembers `id` as seen at `now`, making room first as the module docs say.
-    pub(crate) fn remember(&mut self, id: ReportId, now: Micros) {
+    /// Remembers `id` as seen at `now`, making room first as the module docs say; returns
+    /// whether it was already known (a retry), in which case nothing changes.
+    pub(crate) fn remember(&mut self, id: ReportId, now: Micros) -> bool {
         let holder = id.holder();
         let known = self.update(holder, |held| {
             held.expire(now);
@@ -130,7 +132,7 @@ impl Reports {
             false
         });
         if known {
-            return;
+            return true;
         }
         while self.total >= MAX_REPORTS {
             let Some(&(_, largest)) = self.by_size.last() else {
@@ -142,10 +144,11 @@ impl Reports {
             held.seen.insert(id);
             held.order.push_back((now, id));
         });
+        false
     }
 
-    /// Forgets every expired id (the store's sweep calls this; `seen` and `remember` only
-    /// expire the holder they touch).
+    /// Forgets every expired id (the store's sweep calls this; `remember` only expires
+    /// the holder it touches).
     pub(crate) fn sweep(&mut self, now: Micros) {
         let holders: Vec<u64> = self.holders.keys().copied().collect();
         for holder in holders {
