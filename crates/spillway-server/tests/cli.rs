@@ -197,6 +197,39 @@ fn nonsense_flags_exit_2() {
     }
 }
 
+#[test]
+fn a_mistyped_decision_log_url_is_refused_without_showing_its_password() {
+    // A missing `/` (or a wrong scheme) makes the value no URL at all; the refusal must still
+    // keep the password out of the terminal and the service's logs.
+    for (args, value) in [
+        (&["serve"][..], "redis:/:s3cret@127.0.0.1:6379"),
+        (&["serve"][..], "redis//admin:s3cret@127.0.0.1:6379"),
+        (
+            &["serve"][..],
+            "cluster+redis://:s3cret@a:1,http://:s3cret@b:2",
+        ),
+        (&["decisions"][..], "redis:/:s3cret@127.0.0.1:6379"),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--decision-log", value]);
+        let out = spillway(&all);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{value}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "{value}: {stderr}");
+        assert!(stderr.contains("--decision-log"), "{stderr}");
+        assert!(stderr.contains("****"), "{stderr}");
+    }
+    // The same through the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("SPILLWAY_DECISION_LOG", "redis:/:s3cret@127.0.0.1:6379")
+        .output()
+        .expect("run spillway");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}
+
 const ENVOY_GOOD: &str = "domain: edge
 descriptors:
   - key: user

@@ -7,7 +7,7 @@
 //! stream is never read whole; files rotated before `--since` are skipped unopened.
 
 use super::record::{parse_rfc3339_ms, Line};
-use super::settings::{parse_sink, RedisTarget, SinkSpec, DEFAULT_STREAM};
+use super::settings::{RedisTarget, SinkParser, SinkSpec, DEFAULT_STREAM};
 use super::sink::file::rotated;
 use super::sink::redis::Conn;
 use crate::config::PolicySource;
@@ -60,7 +60,7 @@ pub struct DecisionsArgs {
     /// Without --file or --redis: where `serve` writes (its --decision-log value: `file:PATH`,
     /// a redis:// URL, or `redis` for the store's Redis).
     #[arg(long = "decision-log", env = "SPILLWAY_DECISION_LOG", value_name = "SINK",
-          value_parser = parse_sink)]
+          value_parser = SinkParser)]
     pub sink: Option<SinkSpec>,
     /// With `--decision-log redis`: the store's URL, as `serve --store-url` takes it.
     #[arg(long, env = "SPILLWAY_STORE_URL", value_name = "URL")]

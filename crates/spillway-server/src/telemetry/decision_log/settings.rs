@@ -23,7 +23,7 @@ pub struct DecisionLogArgs {
     /// stream on the store's Redis) or a `redis://host:port` URL (`cluster+redis://a,redis://b`
     /// for a cluster).
     #[arg(long = "decision-log", env = "SPILLWAY_DECISION_LOG", value_name = "SINK",
-          default_value = "off", value_parser = parse_sink)]
+          default_value = "off", value_parser = SinkParser)]
     pub sink: SinkSpec,
 
     /// Share of allowed decisions logged, 0 to 1 (denials, shadow denials and degraded
@@ -135,10 +135,73 @@ impl std::fmt::Debug for RedisTarget {
 
 /// URLs as an error may show them: passwords as `****`.
 fn shown(urls: &[String]) -> String {
-    urls.iter()
-        .map(|u| spillway_redis::config::mask_url(u))
+    urls.iter().map(|u| masked(u)).collect::<Vec<_>>().join(",")
+}
+
+/// A `--decision-log` value as an error may show it, each comma-separated part with its
+/// password hidden. A well-formed URL keeps its user name; in a mistyped one (`redis:/`,
+/// `redis//`, no scheme) the password cannot be told from the user name, so everything
+/// between the scheme-like start and the last `@` becomes `****`.
+pub fn masked(text: &str) -> String {
+    text.split(',')
+        .map(masked_part)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+fn masked_part(part: &str) -> String {
+    if part.contains("://") {
+        let shown = spillway_redis::config::mask_url(part);
+        if shown != part {
+            return shown;
+        }
+    }
+    let Some(at) = part.rfind('@') else {
+        return part.to_owned();
+    };
+    // The scheme-like start: letters, digits and `+.-`, then any `:` and `/` after them.
+    let word = part
+        .find(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
+        .unwrap_or(part.len());
+    let start = part[word..]
+        .find(|c: char| c != ':' && c != '/')
+        .map_or(part.len(), |i| word + i);
+    let start = if start >= at || start == word {
+        0
+    } else {
+        start
+    };
+    format!("{}****{}", &part[..start], &part[at..])
+}
+
+/// The value parser of `--decision-log`: [`parse_sink`], with an error that shows the value
+/// masked. (clap's own "invalid value" message repeats the raw text, which for a mistyped
+/// URL would print its password to the terminal and the service's logs.)
+#[derive(Debug, Clone, Copy)]
+pub struct SinkParser;
+
+impl clap::builder::TypedValueParser for SinkParser {
+    type Value = SinkSpec;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<SinkSpec, clap::Error> {
+        let flag = arg.map_or_else(|| "--decision-log".to_owned(), ToString::to_string);
+        let invalid = |reason: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("invalid value for '{flag}': {reason}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid("the value is not UTF-8".into()))?;
+        parse_sink(text).map_err(invalid)
+    }
 }
 
 impl RedisTarget {
@@ -273,7 +336,8 @@ pub fn parse_sink(text: &str) -> Result<SinkSpec, String> {
         return RedisTarget::parse(text).map(SinkSpec::Redis);
     }
     Err(format!(
-        "`{text}` is not a decision-log sink: use off, stdout, file:PATH, redis or a redis:// URL"
+        "`{}` is not a decision-log sink: use off, stdout, file:PATH, redis or a redis:// URL",
+        masked(text)
     ))
 }
 
@@ -384,6 +448,32 @@ mod tests {
         ] {
             let err = parse_sink(text).expect_err(text);
             assert!(!err.contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_mistyped_url_is_shown_without_its_password() {
+        for (text, shown) in [
+            ("redis:/:s3cret@h:1", "redis:/:****@h:1"),
+            ("redis//user:s3cret@h:1", "redis//****@h:1"),
+            ("redis:s3cret@h", "redis:****@h"),
+            ("http://u:s3cret@h", "http://u:****@h"),
+            ("s3cret@h", "****@h"),
+            (
+                "redis://u:s3cret@a,redis:/u:s3cret@b",
+                "redis://u:****@a,redis:/****@b",
+            ),
+            ("stdout", "stdout"),
+        ] {
+            assert_eq!(masked(text), shown, "{text}");
+        }
+        for text in [
+            "redis:/:s3cret@h:1",
+            "http://:s3cret@h",
+            "redis//u:s3cret@h",
+        ] {
+            let err = parse_sink(text).expect_err(text);
+            assert!(!err.contains("s3cret") && err.contains("****"), "{err}");
         }
     }
 }
