@@ -157,6 +157,15 @@ fn login_refused(err: &RedisError) -> bool {
         || err.to_string().contains("WRONGPASS")
 }
 
+/// What every refused login's message says, after the side and its address.
+const REFUSED: &str = "refused the login";
+
+/// Whether `err`, from connecting a store, is a refused login (as [`explain_login`] retells
+/// one): the settings are wrong, and trying again will not help.
+pub fn is_refused_login(err: &spillway_core::store::StoreError) -> bool {
+    err.to_string().contains(REFUSED)
+}
+
 /// `err` retold as a refused login on `side` (`"sentinel"` or `"master"`) at `addr`, naming
 /// the setting to check; other errors pass unchanged. The password is never part of it.
 fn explain_login(err: RedisError, side: &str, addr: &str) -> RedisError {
@@ -171,7 +180,7 @@ fn explain_login(err: RedisError, side: &str, addr: &str) -> RedisError {
     RedisError::from((
         redis::ErrorKind::AuthenticationFailed,
         "login refused",
-        format!("the {side} at {addr} refused the login ({err}); check {which}"),
+        format!("the {side} at {addr} {REFUSED} ({err}); check {which}"),
     ))
 }
 

@@ -278,7 +278,7 @@ pub struct ServeArgs {
 
     /// The logins of a `redis_sentinel` store.
     #[command(flatten)]
-    pub sentinel_login: crate::sentinel_login::SentinelLoginArgs,
+    pub sentinel_login: crate::store::sentinel_login::SentinelLoginArgs,
     /// The tenant catalog's database and the admin API.
     #[command(flatten)]
     pub catalog: crate::catalog::settings::CatalogArgs,

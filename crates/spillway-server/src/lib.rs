@@ -25,8 +25,9 @@
 //! - [`principal`]: who is calling: JWTs, API keys and subdomains verified into the tenant,
 //!   user and tier a request is counted under (the policy's `principals:` section).
 //! - [`reload`]: hot policy reload on file changes and on `SIGHUP`.
-//! - [`store`]: builds the store the policy's `store:` section (or `--store-url`) names;
-//!   [`sentinel_login`]: the master's and the sentinels' logins of a `redis_sentinel` store.
+//! - [`store`]: builds the store the policy's `store:` section (or `--store-url`) names, and
+//!   ([`store::sentinel_login`]) the master's and the sentinels' logins of a `redis_sentinel`
+//!   store.
 //! - [`telemetry`]: what the limiter tells operators: hot keys and most denied tenants
 //!   (`/v1/top`).
 //! - [`sweeper`]: the once-a-second task that expires keys and refreshes store gauges.
@@ -56,7 +57,6 @@ pub mod metrics;
 pub mod principal;
 pub mod region;
 pub mod reload;
-pub mod sentinel_login;
 pub mod serve;
 pub mod serving;
 pub mod shutdown;

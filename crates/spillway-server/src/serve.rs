@@ -13,7 +13,7 @@ use crate::catalog::settings::CatalogSettings;
 use crate::catalog::{sync, CatalogNode};
 use crate::cli::ServeArgs;
 use crate::clock::ServerClock;
-use crate::config::ServerSettings;
+use crate::config::{ServerSettings, SettingsError};
 use crate::failure::{Failover, FailureSettings};
 use crate::http::entry::Entry;
 use crate::region::RegionNode;
@@ -38,7 +38,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs the subcommand to completion: exit status 0 after a graceful shutdown, 1 when the
-/// server could not start, 2 for settings that make no sense.
+/// server could not start, 2 for settings that make no sense (among them a store that
+/// refuses the login, and store logins the store cannot use: see [`SettingsError`]).
 pub fn main(args: ServeArgs) -> ExitCode {
     if let Err(err) = logging::init(args.log_format, &args.log_filter) {
         eprintln!("spillway serve: {err}");
@@ -72,7 +73,11 @@ pub fn main(args: ServeArgs) -> ExitCode {
         Err(err) => {
             tracing::error!("{err:#}");
             eprintln!("spillway serve: {err:#}");
-            ExitCode::FAILURE
+            if err.chain().any(|cause| cause.is::<SettingsError>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -97,15 +102,16 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let region = settings.region.as_deref();
     let store_config = crate::region::own_store(&policy, region, settings.store_url.as_deref())
         .map_err(anyhow::Error::msg)?;
-    if crate::sentinel_login::is_set(&settings.sentinel_auth)
+    if crate::store::sentinel_login::is_set(&settings.sentinel_auth)
         && !matches!(store_config, StoreConfig::RedisSentinel(_))
     {
-        anyhow::bail!(
+        return Err(SettingsError(format!(
             "--master-*/--sentinel-* logins (or SPILLWAY_MASTER_PASSWORD / \
              SPILLWAY_SENTINEL_PASSWORD) apply to a `redis_sentinel` store only, and this \
              store is `{}`: give a redis:// URL its own login (redis://user:password@host)",
             store_config.kind()
-        );
+        ))
+        .into());
     }
     let failure = FailureSettings::from_store(&store_config, settings.store_timeout);
     let store: Arc<dyn Store> = crate::store::build(

@@ -1,7 +1,7 @@
 //! A `redis_sentinel` store behind passwords, through the real binary: the logins come from
 //! the environment or from files, decisions work with the right ones, and a refused login
-//! stops the start with a message naming the side that refused it (a sentinel or the master)
-//! and never the password. (The failover with passwords on runs in `chaos.rs`.)
+//! stops the start with exit status 2 (a setting that makes no sense, like a bad flag) and a
+//! message naming the side that refused it (a sentinel or the master) and never the password. (The failover with passwords on runs in `chaos.rs`.)
 
 // Waiting for a process to exit is wall-clock time by nature.
 #![allow(clippy::disallowed_methods)]
@@ -41,8 +41,8 @@ store: {{type: redis_sentinel, sentinels: [{}], master: {MASTER_NAME}, timeout: 
     )
 }
 
-/// Runs `spillway serve` on `policy` with `envs` and expects it to refuse to start; returns
-/// what it wrote to stderr.
+/// Runs `spillway serve` on `policy` with `envs` and expects it to refuse to start with exit
+/// status 2, the status of settings that make no sense; returns what it wrote to stderr.
 fn refused_start(policy: &str, envs: &[(&str, &str)]) -> String {
     let dir = TempDir::new();
     let path = dir.write("spillway.yaml", policy);
@@ -55,8 +55,8 @@ fn refused_start(policy: &str, envs: &[(&str, &str)]) -> String {
     // Every login setting, so none inherited from the caller's environment changes the
     // outcome.
     for var in [
-        spillway_server::sentinel_login::MASTER_PASSWORD_ENV,
-        spillway_server::sentinel_login::SENTINEL_PASSWORD_ENV,
+        spillway_server::store::sentinel_login::MASTER_PASSWORD_ENV,
+        spillway_server::store::sentinel_login::SENTINEL_PASSWORD_ENV,
         "SPILLWAY_MASTER_PASSWORD_FILE",
         "SPILLWAY_SENTINEL_PASSWORD_FILE",
         "SPILLWAY_MASTER_USERNAME",
@@ -71,7 +71,11 @@ fn refused_start(policy: &str, envs: &[(&str, &str)]) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
-            assert!(!status.success(), "a refused login must fail the start");
+            assert_eq!(
+                status.code(),
+                Some(2),
+                "a refused login is a settings error"
+            );
             break;
         }
         if Instant::now() > deadline {

@@ -8,8 +8,12 @@
 //! prefixed with `cluster+` (e.g. `cluster+redis://a:6379,redis://b:6379`) for a cluster, or
 //! `sentinel:<master>@` and a comma-separated list of sentinels (e.g.
 //! `sentinel:mymaster@redis://a:26379,redis://b:26379`) for a master found through Sentinel.
+//!
+//! [`sentinel_login`] holds the logins such a store uses.
 
-use anyhow::Context;
+pub mod sentinel_login;
+
+use crate::config::SettingsError;
 use spillway_core::policy::{RedisSettings, StoreConfig};
 use spillway_core::store::{MemoryStore, Store};
 use spillway_core::time::Clock;
@@ -87,7 +91,7 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
 ///
 /// `budget` (the failure settings' time budget) bounds each Redis call, so the client's own
 /// timeouts agree with the guard around it (see [`crate::failure`]). `sentinel_auth` is used
-/// by a `redis_sentinel` store only (see [`crate::sentinel_login`]).
+/// by a `redis_sentinel` store only (see [`crate::store::sentinel_login`]).
 pub async fn build(
     config: &StoreConfig,
     sentinel_auth: &spillway_redis::SentinelAuth,
@@ -135,9 +139,14 @@ pub async fn build(
         );
         metrics::counter!(spillway_redis::sentinel::MASTER_CHANGES).increment(0);
     }
-    let store = RedisStore::connect(&config)
-        .await
-        .with_context(|| format!("cannot connect to the Redis store {:?}", config.target))?;
+    let store = RedisStore::connect(&config).await.map_err(|err| {
+        let what = format!("cannot connect to the Redis store {:?}", config.target);
+        if spillway_redis::sentinel::is_refused_login(&err) {
+            anyhow::Error::new(SettingsError(format!("{what}: {err}")))
+        } else {
+            anyhow::Error::new(err).context(what)
+        }
+    })?;
     tracing::info!(target = ?config.target, prefix = %config.prefix, "using the Redis store");
     // Tests (`--manual-clock-in-store`) run the scripts at the manual clock's time.
     if injected_time {
