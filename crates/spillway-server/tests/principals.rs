@@ -852,3 +852,49 @@ principals:
     let (status, v) = check(&server, &b, json!({})).await;
     assert_eq!(status, 200, "B still owes nothing: {v}");
 }
+
+/// An Envoy report plans on the descriptors the matching check plans on: the credential entry
+/// Envoy passes along is taken out of both, so a limit keyed by a descriptor of that name
+/// counts on neither. (Reports once planned on the raw entries, and charged a counter keyed
+/// by the caller's token that no check ever consults.)
+#[tokio::test]
+async fn an_envoy_report_counts_exactly_the_counters_its_check_counts() {
+    use common::grpc::{self, descriptor, overall, request};
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    let text = format!(
+        "default_tier: free
+descriptors: [authorization]
+limits:
+  tokens: {{algorithm: fixed_window, limit: 1000, window: 1m, key: [tenant], charge: after}}
+  per-credential: {{algorithm: fixed_window, limit: 1000, window: 1m, key: [authorization], charge: after}}
+tiers:
+  free: {{limits: [tokens, per-credential]}}
+principals:
+  jwt:
+    jwks_file: {}
+    algorithms: [RS256]
+    issuer: https://auth.test
+    audience: [api]
+    claims: {{tenant: org.id, user: sub}}
+",
+        fixture("jwks.json")
+    );
+    let mut rls = grpc::start(Server::with_policy(&text), &[]).await;
+    let token = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));
+    let bearer = format!("Bearer {token}");
+    let entries = [("authorization", bearer.as_str())];
+    assert_eq!(overall(&rls.one("spillway", &entries).await), Code::Ok);
+    let mut marked = entries.to_vec();
+    marked.push(("spillway_report", "true"));
+    let report = request("spillway", vec![descriptor(&marked)], 7);
+    assert_eq!(overall(&rls.ask(report).await), Code::Ok);
+    let text = rls.server.metrics().await;
+    let reported = |limit: &str| {
+        metric(&text, "spillway_reported_cost_total", &[("limit", limit)]).unwrap_or(0.0)
+    };
+    assert_eq!(
+        (reported("tokens"), reported("per-credential")),
+        (7.0, 0.0),
+        "{text}"
+    );
+}

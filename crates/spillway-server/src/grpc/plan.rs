@@ -16,12 +16,10 @@
 //! Either way, a counter reached by several descriptors of one request is checked once (at the
 //! largest of their costs), so a request never counts twice against the same limit.
 
-use crate::principal::{self, Identity};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 use spillway_core::envoy_config::{Domain, EnvoyLimit, Rule, Unit};
 use spillway_core::key::StateKey;
-use spillway_core::policy::principal::Principals;
 use spillway_core::policy::{FailureMode, LimitDef, Planned, Policy};
 use spillway_core::request::RequestAttrs;
 use std::collections::HashSet;
@@ -139,14 +137,9 @@ pub const INVALID_IP: std::net::IpAddr = std::net::IpAddr::V6(std::net::Ipv6Addr
 /// Plans a request against the main policy, one policy request per descriptor. `hits` is
 /// `None` when the request left `hits_addend` at 0, so a matched route's cost applies.
 ///
-/// `principal`, when the policy identifies callers, is laid over each descriptor's attributes
-/// ([`principal::apply`]).
-pub fn policy(
-    policy: &Policy,
-    descriptors: &[RateLimitDescriptor],
-    hits: Option<u64>,
-    principal: Option<(&Identity, &Principals)>,
-) -> Plan {
+/// When the policy identifies callers, `descriptors` must already name the caller as it
+/// says ([`super::service::identified`]): entries are read as they are.
+pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option<u64>) -> Plan {
     let mut plan = Plan {
         descriptors: vec![Vec::new(); descriptors.len()],
         failure_mode: FailureMode::Open,
@@ -182,9 +175,6 @@ pub fn policy(
                         .insert(other.to_owned(), entry.value.clone());
                 }
             }
-        }
-        if let Some((identity, config)) = principal {
-            principal::apply(identity, config, &mut attrs);
         }
         let resolved = policy.resolve(&attrs);
         plan.failure_mode = stricter(plan.failure_mode, resolved.failure_mode);

@@ -102,9 +102,13 @@ pub async fn record(
     let request_id = request_id.filter(|id| id.len() <= crate::http::report::MAX_REQUEST_ID);
     let hits = u64::from(request.hits_addend).max(1);
     let domain = request.domain.as_str();
+    // Under `principals:`, the descriptors name the caller as a check's do (credential
+    // entries out, the verified tenant, user and tier in): planned, logged and ranked alike.
+    if let Some((identity, config)) = identity.zip(policy.principals()) {
+        descriptors = service::identified(&descriptors, identity, config);
+    }
     let (name, planned) = if domain == &*state.policy_domain {
-        let principal = identity.zip(policy.principals().map(|p| &**p));
-        let plan = plan::policy(policy, &descriptors, Some(hits), principal);
+        let plan = plan::policy(policy, &descriptors, Some(hits));
         // Resolution charges nothing up front on a metered limit; the report's cost is each
         // descriptor's own (the largest, for a counter two descriptors reach).
         let mut planned = plan.planned.clone();
@@ -129,7 +133,7 @@ pub async fn record(
             Err(_) => return invalid(),
         }
     };
-    let logged = logged(&descriptors, policy, identity);
+    let logged = logged(&descriptors, policy, identity.is_some());
     let report = Report {
         planned: &planned,
         request_id: request_id.as_deref(),
@@ -167,29 +171,25 @@ fn tenant<'a>(
     }
 }
 
-/// The descriptors as the decision log may see them: never a credential entry, and under
-/// `principals:` with the verified tenant, user and tier (as a check's record has them).
+/// The descriptors as the decision log may see them: never a credential entry. An
+/// identified call's are already [`service::identified`] (and name the verified tenant, user
+/// and tier, as a check's record does); others under `principals:` lose their credentials.
 fn logged(
     descriptors: &[RateLimitDescriptor],
     policy: &Policy,
-    identity: Option<&Identity>,
+    identified: bool,
 ) -> Vec<RateLimitDescriptor> {
-    let Some(config) = policy.principals() else {
+    let Some(config) = policy.principals().filter(|_| !identified) else {
         return descriptors.to_vec();
     };
     let credentials = service::credential_names(config);
     descriptors
         .iter()
         .map(|d| RateLimitDescriptor {
-            entries: match identity {
-                Some(identity) => {
-                    service::as_identified(&d.entries, &credentials, identity, config)
-                }
-                None => (d.entries.iter())
-                    .filter(|e| !credentials.contains(&e.key))
-                    .cloned()
-                    .collect(),
-            },
+            entries: (d.entries.iter())
+                .filter(|e| !credentials.contains(&e.key))
+                .cloned()
+                .collect(),
             ..d.clone()
         })
         .collect()

@@ -109,7 +109,7 @@ impl Rls {
         // the request's string per call).
         let (name, plan) = if domain == &*state.policy_domain {
             let hits = (hits > 0).then_some(hits);
-            let plan = plan::policy(&policy, &request.descriptors, hits, None);
+            let plan = plan::policy(&policy, &request.descriptors, hits);
             (Arc::clone(&state.policy_domain), plan)
         } else {
             let envoy = state.envoy.load();
@@ -150,22 +150,10 @@ impl Rls {
             Ok(None) => return Ok(response::unauthenticated(count, Reason::Missing.as_str())),
             Err(reason) => return Ok(response::unauthenticated(count, reason.as_str())),
         };
-        let credentials = credential_names(config);
-        let descriptors: Vec<RateLimitDescriptor> = request
-            .descriptors
-            .iter()
-            .map(|d| RateLimitDescriptor {
-                entries: as_identified(&d.entries, &credentials, &identity, config),
-                limit: d.limit,
-                hits_addend: d.hits_addend,
-                is_negative_hits: d.is_negative_hits,
-            })
-            .collect();
+        let descriptors = identified(&request.descriptors, &identity, config);
         let hits = u64::from(request.hits_addend);
         let hits = (hits > 0).then_some(hits);
-        // The entries already name the caller as the policy says (`as_identified`, the same
-        // rules as `principal::apply`): planned as they are.
-        let plan = plan::policy(policy, &descriptors, hits, None);
+        let plan = plan::policy(policy, &descriptors, hits);
         let subject = Subject::envoy(&descriptors, ids);
         let who = match &identity {
             Identity::Verified(p, _) => Who {
@@ -253,6 +241,25 @@ impl Rls {
             ))),
         }
     }
+}
+
+/// The descriptors a call in the policy domain is planned and logged by when the policy
+/// identifies callers: each one's entries [`as_identified`]. Checks and reports both plan
+/// on these, so a report counts exactly the counters the matching check counts (never one
+/// keyed by a credential the check does not see).
+pub(super) fn identified(
+    descriptors: &[RateLimitDescriptor],
+    identity: &Identity,
+    config: &Principals,
+) -> Vec<RateLimitDescriptor> {
+    let credentials = credential_names(config);
+    descriptors
+        .iter()
+        .map(|d| RateLimitDescriptor {
+            entries: as_identified(&d.entries, &credentials, identity, config),
+            ..d.clone()
+        })
+        .collect()
 }
 
 /// The descriptor entry names that carry credentials under `config` (the token's header or
