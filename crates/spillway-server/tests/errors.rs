@@ -98,6 +98,15 @@ async fn bodies_over_16_kib_are_413() {
     // Just under the bound is fine.
     let fits = format!(r#"{{"user":"{}"}}"#, "x".repeat(16 * 1024 - 20));
     assert_eq!(server.post("/v1/check", &fits).await.status(), 200);
+
+    // A report's body is read by another reader and refused alike.
+    let big = format!(
+        r#"{{"request_id":"r","cost":1,"user":"{}"}}"#,
+        "x".repeat(17 * 1024)
+    );
+    let body = problem(server.post("/v1/report", &big).await, 413).await;
+    assert_eq!(body["title"], "Payload Too Large");
+    assert_eq!(body["detail"], "the body is larger than 16384 bytes");
 }
 
 #[tokio::test]

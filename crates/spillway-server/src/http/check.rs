@@ -209,23 +209,7 @@ where
 {
     match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) => Err(read_problem(&*err)),
-    }
-}
-
-/// The problem for a body that could not be read: 413 when it is too long, 408 when it did
-/// not arrive in time (`--body-timeout`), else 400, worded as [`body_problem`] words axum's
-/// rejections.
-fn read_problem(err: &(dyn std::error::Error + 'static)) -> Problem {
-    if let Some(late) = BodyTimeout::find(err) {
-        Problem::http(StatusCode::REQUEST_TIMEOUT, late.to_string())
-    } else if err.is::<LengthLimitError>() {
-        too_large()
-    } else {
-        Problem::invalid(
-            format!("the body could not be read: Failed to buffer the request body: {err}"),
-            None,
-        )
+        Err(err) => Err(body_problem(&*err)),
     }
 }
 
@@ -267,19 +251,28 @@ async fn respond(
     })
 }
 
-/// The problem for a body axum could not read: 413 when it is too long, 408 when it did not
-/// arrive in time (`--body-timeout`), else 400.
-pub(crate) fn body_problem(rejection: &BytesRejection) -> Problem {
-    if let Some(late) = BodyTimeout::find(rejection) {
-        Problem::http(StatusCode::REQUEST_TIMEOUT, late.to_string())
-    } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        too_large()
-    } else {
-        Problem::invalid(
-            format!("the body could not be read: {}", rejection.body_text()),
-            None,
-        )
+/// The problem for a body that could not be read, whichever reader failed (this endpoint's
+/// own limited read, or axum's `Bytes` extractor on `/v1/report`, whose rejection is passed
+/// whole): 413 when it is too long, 408 when it did not arrive in time (`--body-timeout`),
+/// else 400.
+pub(crate) fn body_problem(err: &(dyn std::error::Error + 'static)) -> Problem {
+    if let Some(late) = BodyTimeout::find(err) {
+        return Problem::http(StatusCode::REQUEST_TIMEOUT, late.to_string());
     }
+    // axum's rejection says so in its status (its chain need not hold the length error).
+    let too_long = |e: &(dyn std::error::Error + 'static)| {
+        e.is::<LengthLimitError>()
+            || e.downcast_ref::<BytesRejection>()
+                .is_some_and(|r| r.status() == StatusCode::PAYLOAD_TOO_LARGE)
+    };
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if too_long(e) {
+            return too_large();
+        }
+        cause = e.source();
+    }
+    Problem::invalid(format!("the body could not be read: {err}"), None)
 }
 
 fn too_large() -> Problem {
