@@ -157,27 +157,18 @@ fn past_quota_as_one(cost: u64, quota: u64) -> u64 {
     }
 }
 
-/// The least whole number above `quota` that a double holds exactly: quota + 1 below 2^53,
-/// where doubles hold every whole number; from 2^53 on the next double (2^53 + 2 for a quota
-/// of 2^53, which quota + 1 would round back down to, so a cost past the limit would read as
-/// exactly the limit and be admitted).
+/// The least whole number above `quota` that a double holds exactly. Validation keeps every
+/// quota at or below 2^53 (`spillway_core::algorithm::MAX_SCALED`: `check_window`,
+/// `check_capacity`), and doubles hold every whole number below it: quota + 1. At 2^53 the
+/// next double is 2^53 + 2 (quota + 1 would round back down to the quota, so a cost past the
+/// limit would read as exactly the limit and be admitted).
 fn over_quota(quota: u64) -> u64 {
-    if quota < 1 << 53 {
-        return quota + 1;
-    }
-    #[allow(
-        clippy::cast_precision_loss,
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss
-    )]
-    {
-        let q = quota as f64;
-        let next = f64::from_bits(q.to_bits() + 1);
-        if q as u64 > quota {
-            q as u64
-        } else {
-            next as u64
-        }
+    const EXACT: u64 = 1 << 53;
+    match quota {
+        q if q < EXACT => q + 1,
+        EXACT => EXACT + 2,
+        // No valid limit gets here; were one to, the largest cost still reads as past it.
+        _ => u64::MAX,
     }
 }
 

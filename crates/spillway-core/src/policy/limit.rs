@@ -116,13 +116,9 @@ fn limit_def<'a>(
         .and_then(|a| params::compile(a, &Fields::of_limit(raw, &path, name.referenced), issues));
     let metered = metered(raw, &path, algorithm, issues);
     let scope = super::region::scope(raw, &path, algorithm, issues);
-    if metered && scope != Scope::Regional {
+    if let Some(at) = metered.filter(|_| scope != Scope::Regional) {
         // A report is recorded in this region's store only: a home or aggregate count would
         // never see it, and the limit would over-admit worldwide.
-        let at = raw
-            .charge
-            .as_ref()
-            .map_or(name.referenced, |c| c.referenced);
         issues.push(
             at,
             format!("{path}.charge"),
@@ -140,7 +136,7 @@ fn limit_def<'a>(
             params: c.params,
             key,
             shadow: raw.shadow.unwrap_or(false),
-            metered,
+            metered: metered.is_some(),
             scope,
         })),
         _ => None,
@@ -154,14 +150,18 @@ fn limit_def<'a>(
 }
 
 /// Checks a limit's `charge`: `before` (the default) or `after`, which the sliding log cannot
-/// do (its state keeps one entry per admitted request, with no room to owe).
-fn metered(raw: &RawLimit, path: &str, algorithm: Option<Algorithm>, issues: &mut Issues) -> bool {
-    let Some(charge) = &raw.charge else {
-        return false;
-    };
+/// do (its state keeps one entry per admitted request, with no room to owe). Where a valid
+/// `charge: after` is written when the limit is metered, for later checks to point at.
+fn metered(
+    raw: &RawLimit,
+    path: &str,
+    algorithm: Option<Algorithm>,
+    issues: &mut Issues,
+) -> Option<Location> {
+    let charge = raw.charge.as_ref()?;
     let at = charge.referenced;
     match charge.value.as_str() {
-        "before" => false,
+        "before" => None,
         "after" if algorithm == Some(Algorithm::SlidingLog) => {
             issues.push(
                 at,
@@ -170,16 +170,16 @@ fn metered(raw: &RawLimit, path: &str, algorithm: Option<Algorithm>, issues: &mu
                  record a debt); use token_bucket, gcra, leaky_bucket, fixed_window or \
                  sliding_window",
             );
-            false
+            None
         }
-        "after" => true,
+        "after" => Some(at),
         other => {
             issues.push(
                 at,
                 format!("{path}.charge"),
                 format!("unknown charge `{other}`: expected `before` or `after`"),
             );
-            false
+            None
         }
     }
 }
