@@ -13,9 +13,10 @@ use spillway_core::key::StateKey;
 use spillway_core::rate::Rate;
 use spillway_core::request::CheckMode;
 use spillway_core::store::Store;
-use spillway_core::time::{HOUR, MINUTE, SECOND};
+use spillway_core::time::{ManualClock, HOUR, MINUTE, SECOND};
 use spillway_redis::{RedisConfig, RedisStore, Target};
 use spillway_testkit::redis::{command, RedisServer};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A store on `server` that evaluates at Redis `TIME`, as in production.
@@ -227,21 +228,30 @@ async fn a_state_without_a_deadline_gets_a_new_expiry() {
 
 #[tokio::test]
 async fn a_key_listed_twice_in_a_request_keeps_an_expiry() {
-    // Both limits read the same deadline before either writes; the second write keeps the
-    // expiry the first one set (KEEPTTL only on a key that exists, see lua/check.lua).
+    // Both limits read the same deadline before either writes. Here the first write deletes
+    // the key (its state reads fresh by now, inside the deadline's slack), and the second is
+    // covered by the deadline read, so it is written `SET ... XX KEEPTTL`: XX refuses the
+    // missing key and the write sets an expiry of its own. Without XX, KEEPTTL would create
+    // the key with no expiry at all (see `put` in lua/check.lua).
     let server = RedisServer::start();
-    let store = store(&server).await;
-    let params = LimitParams::FixedWindow(FixedWindow::new(1000, HOUR).unwrap());
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000));
+    let store = store(&server).await.with_injected_time(clock.clone());
+    let params =
+        LimitParams::TokenBucket(TokenBucket::new(Rate::new(10, SECOND).unwrap(), 10).unwrap());
     let k = key("twice", &["a"]);
     let redis_key = store.redis_key(&k);
-    for _ in 0..3 {
-        store
-            .check(
-                &[check(&k, &params, 1), check(&k, &params, 1)],
-                CheckMode::Consume,
-            )
-            .await
-            .unwrap();
-        assert!(pttl(&server, &redis_key) > 0, "the key has an expiry");
-    }
+    // One token used: full again 100 ms later; the key's deadline adds a second of slack.
+    let one = [check(&k, &params, 1)];
+    assert!(store.check(&one, CheckMode::Consume).await.unwrap()[0].allowed);
+    clock.advance(SECOND / 2);
+    assert!(pttl(&server, &redis_key) > 0, "the key is still there");
+    // A charge of 0 writes the full bucket (a delete), then a charge of 1 writes a state that
+    // is full again before the deadline read.
+    let twice = [check(&k, &params, 0), check(&k, &params, 1)];
+    store.charge(&twice, None).await.unwrap();
+    assert!(
+        pttl(&server, &redis_key) > 0,
+        "the key written after the delete has an expiry (PTTL {})",
+        pttl(&server, &redis_key)
+    );
 }
