@@ -74,6 +74,22 @@ principals:
     )
 }
 
+/// A `principals:` section believing RS256 tokens of the test issuer, tenant and user from
+/// their claims (the last part of a policy).
+fn rs256_principals() -> String {
+    format!(
+        "principals:
+  jwt:
+    jwks_file: {}
+    algorithms: [RS256]
+    issuer: https://auth.test
+    audience: [api]
+    claims: {{tenant: org.id, user: sub}}
+",
+        fixture("jwks.json")
+    )
+}
+
 fn jwt_policy(extra: &str) -> String {
     policy(&format!(
         "  jwt:
@@ -812,15 +828,8 @@ limits:
   tokens: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], charge: after}}
 tiers:
   free: {{limits: [tokens]}}
-principals:
-  jwt:
-    jwks_file: {}
-    algorithms: [RS256]
-    issuer: https://auth.test
-    audience: [api]
-    claims: {{tenant: org.id, user: sub}}
-",
-        fixture("jwks.json")
+{}",
+        rs256_principals()
     );
     let server = Server::with_policy(&text).start();
     let a = sign(
@@ -869,15 +878,8 @@ limits:
   per-credential: {{algorithm: fixed_window, limit: 1000, window: 1m, key: [authorization], charge: after}}
 tiers:
   free: {{limits: [tokens, per-credential]}}
-principals:
-  jwt:
-    jwks_file: {}
-    algorithms: [RS256]
-    issuer: https://auth.test
-    audience: [api]
-    claims: {{tenant: org.id, user: sub}}
-",
-        fixture("jwks.json")
+{}",
+        rs256_principals()
     );
     let mut rls = grpc::start(Server::with_policy(&text), &[]).await;
     let token = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));

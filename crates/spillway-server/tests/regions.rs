@@ -29,6 +29,7 @@
 mod common;
 
 use common::{header, metric, wait_until_async, Server, PATIENCE};
+use spillway_testkit::policy::{regions_store, unreachable_regions};
 use spillway_testkit::proxy::DelayProxy;
 use spillway_testkit::redis::{command, RedisServer};
 use std::sync::Arc;
@@ -84,24 +85,18 @@ impl World {
                     Some(proxy) => proxy.url(),
                     None => redis[j].url(),
                 };
-                let exchange = exchanges[i];
-                let policy = format!(
-                    r#"default_tier: t
-failure_mode: closed
-store:
-  type: redis
-  timeout: 200ms
-  breaker_cooldown: 300ms
-  regions:
-    us: {{url: "{}"}}
-    eu: {{url: "{}"}}
-    ap: {{url: "{}"}}
-  exchange: {exchange}
-{body}"#,
-                    url(0),
-                    url(1),
-                    url(2)
+                let urls = [url(0), url(1), url(2)];
+                let regions: Vec<(&str, &str)> = NAMES
+                    .iter()
+                    .copied()
+                    .zip(urls.iter().map(String::as_str))
+                    .collect();
+                let exchange = format!("exchange: {}", exchanges[i]);
+                let store = regions_store(
+                    &regions,
+                    &["timeout: 200ms", "breaker_cooldown: 300ms", &exchange],
                 );
+                let policy = format!("default_tier: t\nfailure_mode: closed\n{store}{body}");
                 Arc::new(
                     Server::with_policy(&policy)
                         .system_clock()
@@ -178,20 +173,17 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// The region that would be `tenant`'s home by the hash alone (no catalog entry), as every node
 /// computes it.
 fn hashed_home(tenant: &str) -> &'static str {
-    let text = "default_tier: t
-store:
-  type: redis
-  regions:
-    us: {url: \"redis://127.0.0.1:1\"}
-    eu: {url: \"redis://127.0.0.1:2\"}
-    ap: {url: \"redis://127.0.0.1:3\"}
-limits:
-  plain: {algorithm: token_bucket, rate: 10/s, burst: 10, key: [tenant]}
+    let text = format!(
+        "default_tier: t
+{}limits:
+  plain: {{algorithm: token_bucket, rate: 10/s, burst: 10, key: [tenant]}}
 tiers:
-  t: {limits: [plain]}
-";
-    let policy =
-        spillway_core::policy::Policy::from_yaml_str(text, "regions.yaml").expect("a valid policy");
+  t: {{limits: [plain]}}
+",
+        unreachable_regions(&NAMES, &[])
+    );
+    let policy = spillway_core::policy::Policy::from_yaml_str(&text, "regions.yaml")
+        .expect("a valid policy");
     NAMES[policy.regions().expect("regions").hashed_home(tenant)]
 }
 

@@ -11,12 +11,14 @@
 //! - [`otlp`]: an OpenTelemetry collector speaking OTLP/gRPC on a free loopback port, which
 //!   keeps every span it is sent, for tests of the server's traces.
 //! - [`proxy`]: a loopback TCP proxy that delays replies, to make a server slow on demand.
+//! - [`policy`]: pieces of test policies several suites share (a regions `store:` section).
 //! - [`vectors`]: the one table of conformance vectors (`vectors/conformance.json`) that every
 //!   store must reproduce exactly, and the code that generated it from the engine.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod otlp;
+pub mod policy;
 pub mod postgres;
 pub mod proxy;
 pub mod redis;

@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use spillway_core::envoy_config::EnvoyConfig;
+use spillway_testkit::policy::{regions_store, unreachable};
 use std::sync::Arc;
 
 use crate::test_support::DownStore;
@@ -231,17 +232,12 @@ async fn answers_name_the_tenants_home_region_and_it_is_asked() {
     let policy = |tenants: &str| {
         format!(
             "default_tier: t
-store:
-  type: redis
-  regions:
-    us: {{url: \"redis://127.0.0.1:1\"}}
-    eu: {{url: \"{}\"}}
-limits:
+{}limits:
   exact: {{algorithm: token_bucket, rate: 10/h, burst: 10, key: [tenant], scope: home}}
 tiers:
   t: {{limits: [exact]}}
 {tenants}",
-            eu.url()
+            regions_store(&[("us", &unreachable(1)), ("eu", &eu.url())], &[])
         )
     };
     let hashed = AppState::for_test(&policy(""));

@@ -337,54 +337,25 @@ fn restore_numbers(outcome: &mut LimitOutcome, params: &LimitParams, cost: u64, 
 
 #[cfg(test)]
 mod tests {
+    use super::super::simulation;
     use super::super::tally::Known;
     use super::*;
     use crate::clock::ServerClock;
-    use crate::config::PolicySource;
-    use crate::failure::FailureSettings;
-    use spillway_core::request::RequestAttrs;
     use spillway_core::store::MemoryStore;
     use std::sync::Arc;
 
-    /// A minute into an hour: the hour-long window has 59 minutes left.
-    const START_MS: u64 = 1_728_000_060_000;
-    /// The policy's exchange interval.
+    /// The policy's exchange interval (`simulation::policy`'s).
     const INTERVAL: Micros = 250_000;
 
     /// Region `us` of three, whose `aggregate` limit `soft` (90 an hour per tenant) leases past
     /// half of it; the other regions' stores are never called. Returns the policy, the node,
-    /// its clock, its own (in-memory) store and tenant `acme`'s planned limit.
+    /// its clock (a minute into the hour), its own (in-memory) store and tenant `acme`'s
+    /// planned limit.
     fn world() -> (Policy, Arc<RegionNode>, ServerClock, MemoryStore, Planned) {
-        let policy = PolicySource::Builtin
-            .parse(
-                "default_tier: t
-store:
-  type: redis
-  regions:
-    us: {url: \"redis://127.0.0.1:1\"}
-    eu: {url: \"redis://127.0.0.1:2\"}
-    ap: {url: \"redis://127.0.0.1:3\"}
-  exchange: {interval: 250ms, lease_above: 0.5}
-limits:
-  soft: {algorithm: fixed_window, limit: 90, window: 1h, key: [tenant], scope: aggregate}
-tiers:
-  t: {limits: [soft]}
-",
-            )
-            .expect("valid policy");
-        let clock = ServerClock::manual(START_MS);
-        let failure = FailureSettings::default();
-        let node = RegionNode::new(&policy, Some("us"), &failure, clock.shared())
-            .expect("a node")
-            .expect("three regions");
-        let own = MemoryStore::new(1_000, clock.shared());
-        let attrs = RequestAttrs {
-            tenant: Some("acme".into()),
-            ..RequestAttrs::default()
-        };
-        let mut planned = policy.resolve(&attrs).limits;
-        assert_eq!(planned.len(), 1);
-        let planned = planned.remove(0);
+        let policy = simulation::policy(Some(0.5));
+        let clock = simulation::clock();
+        let (node, own) = simulation::node(&policy, "us", &clock);
+        let planned = simulation::planned(&policy);
         (policy, node, clock, own, planned)
     }
 
@@ -392,16 +363,7 @@ tiers:
     /// counter.
     fn exchange(node: &RegionNode, clock: &ServerClock, planned: &Planned, counts: [u64; 3]) {
         let now = clock.now();
-        let (len, start) = window_of(&planned.def.params, now).expect("a window counter");
-        let known = Known {
-            counts: [(
-                (len, start, field(&planned.key)),
-                Box::from(counts.as_slice()),
-            )]
-            .into_iter()
-            .collect(),
-            truncated: Box::new([]),
-        };
+        let known = Known::one(planned, now, &counts);
         node.tally.publish_known(known, &[0, 1, 2], now);
     }
 

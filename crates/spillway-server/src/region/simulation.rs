@@ -13,6 +13,7 @@ use crate::failure::FailureSettings;
 use spillway_core::policy::{Planned, Policy};
 use spillway_core::request::{CheckMode, RequestAttrs};
 use spillway_core::store::MemoryStore;
+use spillway_testkit::policy::unreachable_regions;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -30,36 +31,61 @@ struct World {
     published: HashMap<Place, [u64; 3]>,
 }
 
-impl World {
-    fn new(lease_above: Option<f64>) -> Self {
-        let leases = lease_above.map_or(String::new(), |l| format!(", lease_above: {l}"));
-        let policy = PolicySource::Builtin
-            .parse(&format!(
-                "default_tier: t
-store:
-  type: redis
-  regions:
-    us: {{url: \"redis://127.0.0.1:1\"}}
-    eu: {{url: \"redis://127.0.0.1:2\"}}
-    ap: {{url: \"redis://127.0.0.1:3\"}}
-  exchange: {{interval: {PERIOD_MS}ms{leases}}}
-limits:
+/// Three regions (`us`, `eu`, `ap`, whose stores are never called) and one `aggregate`
+/// limit, `soft` (LIMIT an hour per tenant), exchanged every PERIOD_MS, with leases past
+/// `lease_above` if given. `region/check.rs`'s tests run on it too.
+pub(super) fn policy(lease_above: Option<f64>) -> Policy {
+    let leases = lease_above.map_or(String::new(), |l| format!(", lease_above: {l}"));
+    let exchange = format!("exchange: {{interval: {PERIOD_MS}ms{leases}}}");
+    let store = unreachable_regions(&NAMES, &[&exchange]);
+    PolicySource::Builtin
+        .parse(&format!(
+            "default_tier: t
+{store}limits:
   soft: {{algorithm: fixed_window, limit: {LIMIT}, window: 1h, key: [tenant], scope: aggregate}}
 tiers:
   t: {{limits: [soft]}}
 "
-            ))
-            .expect("valid policy");
-        let clock = ServerClock::manual(START_MS);
+        ))
+        .expect("valid policy")
+}
+
+/// The clock every node of a test shares: a minute into an hour.
+pub(super) fn clock() -> ServerClock {
+    ServerClock::manual(START_MS)
+}
+
+/// Region `name`'s node under `policy`, and its own (in-memory) store.
+pub(super) fn node(
+    policy: &Policy,
+    name: &str,
+    clock: &ServerClock,
+) -> (Arc<RegionNode>, MemoryStore) {
+    let failure = FailureSettings::default();
+    let node = RegionNode::new(policy, Some(name), &failure, clock.shared())
+        .expect("a node")
+        .expect("three regions");
+    (node, MemoryStore::new(1_000, clock.shared()))
+}
+
+/// Tenant `acme`'s one planned limit, `soft`.
+pub(super) fn planned(policy: &Policy) -> Planned {
+    let attrs = RequestAttrs {
+        tenant: Some("acme".into()),
+        ..RequestAttrs::default()
+    };
+    let mut planned = policy.resolve(&attrs).limits;
+    assert_eq!(planned.len(), 1);
+    planned.remove(0)
+}
+
+impl World {
+    fn new(lease_above: Option<f64>) -> Self {
+        let policy = policy(lease_above);
+        let clock = clock();
         let nodes = NAMES
             .iter()
-            .map(|name| {
-                let failure = FailureSettings::default();
-                let node = RegionNode::new(&policy, Some(name), &failure, clock.shared())
-                    .expect("a node")
-                    .expect("three regions");
-                (node, MemoryStore::new(1_000, clock.shared()))
-            })
+            .map(|name| node(&policy, name, &clock))
             .collect();
         let mut world = Self {
             policy,
@@ -70,15 +96,6 @@ tiers:
         // Every node has read every region once: none is taken as cut off.
         world.exchange();
         world
-    }
-
-    fn planned(&self) -> Planned {
-        let attrs = RequestAttrs {
-            tenant: Some("acme".into()),
-            ..RequestAttrs::default()
-        };
-        let mut planned = self.policy.resolve(&attrs).limits;
-        planned.remove(0)
     }
 
     /// Every node publishes what it admitted, then reads every region's published counts.
@@ -103,7 +120,7 @@ tiers:
     /// Sends `rates[r]` requests to region `r` each period, exchanging after each, until no
     /// region admits anything for two periods; returns what each region admitted.
     async fn run(&mut self, rates: [u64; 3]) -> [u64; 3] {
-        let planned = self.planned();
+        let planned = planned(&self.policy);
         let mut admitted = [0u64; 3];
         let mut idle = 0;
         while idle < 2 {

@@ -54,6 +54,25 @@ pub struct Known {
     pub truncated: Box<[bool]>,
 }
 
+#[cfg(test)]
+impl Known {
+    /// What an exchange read for one counter, `planned`'s in the window open at `now`:
+    /// `counts`, one per region.
+    pub(crate) fn one(
+        planned: &spillway_core::policy::Planned,
+        now: Micros,
+        counts: &[u64],
+    ) -> Self {
+        let (len, start) = window_of(&planned.def.params, now).expect("a window counter");
+        Self {
+            counts: [((len, start, field(&planned.key)), Box::from(counts))]
+                .into_iter()
+                .collect(),
+            truncated: Box::new([]),
+        }
+    }
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct Tally {

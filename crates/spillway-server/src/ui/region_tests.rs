@@ -6,7 +6,7 @@
 use crate::app;
 use crate::clock::ServerClock;
 use crate::failure::FailureSettings;
-use crate::region::tally::{field, window_of, Known};
+use crate::region::tally::Known;
 use crate::region::RegionNode;
 use crate::state::AppState;
 use axum::body::Body;
@@ -14,6 +14,7 @@ use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode};
 use serde_json::Value;
 use spillway_core::request::RequestAttrs;
+use spillway_testkit::policy::{regions_store, unreachable};
 use spillway_testkit::redis::{command, RedisServer};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,12 +28,7 @@ async fn the_lookup_shows_what_the_decision_path_sees_in_each_scope() {
     let eu = RedisServer::start();
     let state = AppState::for_test(&format!(
         "default_tier: t
-store:
-  type: redis
-  regions:
-    us: {{url: \"redis://127.0.0.1:1\"}}
-    eu: {{url: \"{}\"}}
-limits:
+{}limits:
   plain: {{algorithm: fixed_window, limit: 20, window: 1h, key: [tenant]}}
   soft: {{algorithm: fixed_window, limit: 90, window: 1h, key: [tenant], scope: aggregate}}
   exact: {{algorithm: token_bucket, rate: 10/h, burst: 10, key: [tenant], scope: home}}
@@ -41,7 +37,7 @@ tiers:
 tenants:
   acme: {{home_region: eu}}
 ",
-        eu.url()
+        regions_store(&[("us", &unreachable(1)), ("eu", &eu.url())], &[])
     ));
     let clock = ServerClock::manual(START_MS);
     let state = state.clock(clock.clone());
@@ -57,16 +53,7 @@ tenants:
     let soft = (state.policy().resolve(&attrs).limits.into_iter())
         .find(|p| &*p.def.name == "soft")
         .expect("soft applies");
-    let (len, start) = window_of(&soft.def.params, clock.now()).expect("a window counter");
-    let known = Known {
-        counts: [(
-            (len, start, field(&soft.key)),
-            Box::from([0u64, 50].as_slice()),
-        )]
-        .into_iter()
-        .collect(),
-        truncated: Box::new([]),
-    };
+    let known = Known::one(&soft, clock.now(), &[0, 50]);
     node.tally().publish_known(known, &[1], clock.now());
     let app = Arc::new(state.failure(failure).regions(Some(node)).build());
     let router = app::router(app.clone(), None)
