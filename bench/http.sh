@@ -32,22 +32,7 @@ ng_port=$(free_port)
 target/release/spillway serve --listen "127.0.0.1:$sp_port" --log-filter warn >"$work/spillway.log" 2>&1 &
 pids+=($!)
 
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx;
-    server {
-        listen 127.0.0.1:$ng_port;
-        location / { return 200; }
-    }
-}
-CONF
+nginx_return_200 "$work/nginx" "$ng_port"
 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
 pids+=($!)
 

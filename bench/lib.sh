@@ -83,3 +83,125 @@ h2load_clients() {
   done
   wait "${pids[@]}"
 }
+
+# Processes a benchmark started and stops between runs; stop_all kills and reaps them.
+pids=()
+stop_all() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+
+# start_redis PORT DIR [ARGS...]: a redis-server on loopback PORT without persistence, its
+# files in DIR, ARGS added; returns once it answers PING. Fails with a message if it exits
+# first (a port taken meanwhile, a bad argument) or does not answer within 10 s, rather than
+# wait for it forever.
+start_redis() {
+  local port=$1 dir=$2 pid
+  shift 2
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" "$@" \
+    >/dev/null &
+  pid=$!
+  pids+=("$pid")
+  for _ in $(seq 100); do
+    redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "redis-server on port $port exited before answering" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "redis-server on port $port did not answer PING within 10 s" >&2
+  return 1
+}
+
+# wait_healthy PORT PID: waits for Spillway's /healthz on loopback PORT (up to 30 s); fails
+# with a message if process PID exits first.
+wait_healthy() {
+  for _ in $(seq 300); do
+    curl -fs "http://127.0.0.1:$1/healthz" >/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || { echo "spillway (port $1) exited before it was healthy" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "spillway (port $1) was not healthy within 30 s" >&2
+  return 1
+}
+
+# redis_cpu PORT...: the CPU seconds the Redis servers on these ports have used so far, summed:
+# "user sys".
+redis_cpu() {
+  local port
+  for port in "$@"; do redis-cli -p "$port" INFO cpu; done | tr -d '\r' |
+    awk -F: '/^used_cpu_user:/ {u += $2} /^used_cpu_sys:/ {s += $2} END {printf "%.6f %.6f\n", u, s}'
+}
+
+# users_load FILE: a wrk script posting {"user": ...} to /v1/check, one of 100,000 users picked
+# at random per request.
+users_load() {
+  cat >"$1" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  return wrk.format(nil, "/v1/check", nil, '{"user":"u' .. math.random(1, 100000) .. '"}')
+end
+LUA
+}
+
+# users_bucket FILE: a policy of one token bucket per user (1,000/s, burst 1,000,000), which
+# users_load's requests never exhaust.
+users_bucket() {
+  cat >"$1" <<'YAML'
+default_tier: free
+limits:
+  per-user:
+    algorithm: token_bucket
+    rate: 1000/s
+    burst: 1000000
+    key: [user]
+tiers:
+  free:
+    limits: [per-user]
+YAML
+}
+
+# redis_load_run PORT LUA CPU_PORT...: warms Spillway on loopback PORT up with wrk (WARMUP s),
+# then measures DURATION s (THREADS threads, CONNS connections, script LUA), reading the CPU
+# of the Redis servers on CPU_PORT... before and after. Prints "us_per_decision rps p99_ms
+# non2xx batch sys_us": Redis CPU per completed request, the part of it in the kernel, and
+# the mean requests per Redis call (spillway_redis_batch_requests; "-" for a build without it).
+redis_load_run() {
+  local port=$1 lua=$2 out ub sb ua sa n rps p99 non2xx batch
+  shift 2
+  wrk -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" -s "$lua" "http://127.0.0.1:$port" >/dev/null
+  read -r ub sb < <(redis_cpu "$@")
+  out=$(wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" --latency -s "$lua" "http://127.0.0.1:$port")
+  read -r ua sa < <(redis_cpu "$@")
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  # wrk prints 850.00us, 1.20ms or 1.05s; in milliseconds:
+  p99=$(awk '$1 == "99%" {v = $2; if (v ~ /us$/) v = v / 1000; else if (v ~ /ms$/) v = v + 0;
+      else v = v * 1000; print v}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  batch=$(curl -fs "http://127.0.0.1:$port/metrics" | awk '/^spillway_redis_batch_requests_sum/ {s = $2}
+      /^spillway_redis_batch_requests_count/ {c = $2} END {if (c > 0) printf "%.2f", s / c; else print "-"}')
+  awk -v ub="$ub" -v sb="$sb" -v ua="$ua" -v sa="$sa" -v n="$n" -v r="$rps" -v p="$p99" \
+    -v x="${non2xx:-0}" -v m="$batch" \
+    'BEGIN {printf "%.2f %s %s %s %s %.2f\n", (ua - ub + sa - sb) * 1e6 / n, r, p, x, m, (sa - sb) * 1e6 / n}'
+}
+
+# nginx_return_200 DIR PORT: DIR/nginx.conf for the ceiling the HTTP benchmarks compare with:
+# one nginx worker answering `return 200` on loopback PORT, no access log, its files in DIR.
+# Run it with `nginx -c DIR/nginx.conf -p DIR` (it stays in the foreground).
+nginx_return_200() {
+  mkdir -p "$1"
+  cat >"$1/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $1;
+  server { listen 127.0.0.1:$2; location / { return 200; } }
+}
+CONF
+}

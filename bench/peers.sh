@@ -49,12 +49,6 @@ else
 fi
 
 tmp=$(mktemp -d)
-pids=()
-stop_all() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
 trap 'stop_all; rm -rf "$tmp"' EXIT
 
 grpc_fixture "$tmp" 4
@@ -80,13 +74,7 @@ cat >"$tmp/limits.yaml" <<'YAML'
   variables:
     - descriptors[0]['user']
 YAML
-cat >"$tmp/spillway.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  return wrk.format(nil, "/v1/check", nil, '{"user":"u' .. math.random(1, 100000) .. '"}')
-end
-LUA
+users_load "$tmp/spillway.lua"
 cat >"$tmp/limitador.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -96,23 +84,8 @@ request = function()
 end
 LUA
 cp "$tmp/spillway.lua" "$tmp/nginx.lua"
-mkdir -p "$tmp/nginx"
-nginx_conf() {
-  cat >"$tmp/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $tmp/nginx;
-  server { listen 127.0.0.1:$1; location / { return 200; } }
-}
-CONF
-}
-
-redis_cpu() { redis-cli -p "$1" INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_user:/ {u = $2} /^used_cpu_sys:/ {s = $2} END {printf "%.6f\n", u + s}'; }
+# Redis's CPU seconds so far, user and system together.
+redis_total() { redis_cpu "$1" | awk '{printf "%.6f\n", $1 + $2}'; }
 
 # start_server WHO STORE: starts WHO (spillway, limitador or nginx) on free ports, with a fresh
 # redis-server when STORE is redis; sets http, grpc and rport (empty without Redis).
@@ -121,9 +94,7 @@ start_server() {
   http=$(free_port); grpc=$(free_port); rport=""
   if [ "$store" = redis ]; then
     rport=$(free_port)
-    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" >/dev/null &
-    pids+=($!)
-    until redis-cli -p "$rport" ping >/dev/null 2>&1; do sleep 0.1; done
+    start_redis "$rport" "$tmp"
     url="redis://127.0.0.1:$rport"
   fi
   case "$who" in
@@ -141,7 +112,7 @@ start_server() {
         "$tmp/limits.yaml" "${storage[@]}" >"$tmp/limitador.log" 2>&1 &
       ;;
     nginx)
-      nginx_conf "$http"
+      nginx_return_200 "$tmp/nginx" "$http"
       nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" >/dev/null 2>&1 &
       ;;
   esac
@@ -155,9 +126,9 @@ one_http() {
   local who=$1 store=$2 out n rps non2xx c0=0 c1=0
   start_server "$who" "$store"
   wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$tmp/$who.lua" "http://127.0.0.1:$http" >/dev/null
-  [ -n "$rport" ] && c0=$(redis_cpu "$rport")
+  [ -n "$rport" ] && c0=$(redis_total "$rport")
   out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$tmp/$who.lua" "http://127.0.0.1:$http")
-  [ -n "$rport" ] && c1=$(redis_cpu "$rport")
+  [ -n "$rport" ] && c1=$(redis_total "$rport")
   stop_all
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
@@ -172,11 +143,11 @@ one_grpc() {
   start_server "$who" "$store"
   url="http://127.0.0.1:$grpc/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
   h2load_clients "$url" "$tmp/out" 4 $((CALLS / 10)) 4 32 frame_of
-  [ -n "$rport" ] && c0=$(redis_cpu "$rport")
+  [ -n "$rport" ] && c0=$(redis_total "$rport")
   start=$(date +%s.%N)
   h2load_clients "$url" "$tmp/out" 4 "$CALLS" 4 32 frame_of
   end=$(date +%s.%N)
-  [ -n "$rport" ] && c1=$(redis_cpu "$rport")
+  [ -n "$rport" ] && c1=$(redis_total "$rport")
   stop_all
   # h2load counts HTTP statuses; a gRPC answer is 200 with grpc-status in the trailers, and a
   # limiter answering OVER_LIMIT still answers 200, so the calls must all be allowed: the

@@ -42,72 +42,31 @@ fi
 binaries=("$@")
 
 tmp=$(mktemp -d)
-pids=()
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; pids=(); }
-cleanup() { stop_all; rm -rf "$tmp"; }
-trap cleanup EXIT
+trap 'stop_all; rm -rf "$tmp"' EXIT
 
-cat >"$tmp/one.yaml" <<'YAML'
-default_tier: free
-limits:
-  per-user:
-    algorithm: token_bucket
-    rate: 1000/s
-    burst: 1000000
-    key: [user]
-tiers:
-  free:
-    limits: [per-user]
-YAML
+users_bucket "$tmp/one.yaml"
 cp examples/spillway.yaml "$tmp/four.yaml"
 
-cat >"$tmp/one.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  return wrk.format(nil, "/v1/check", nil, '{"user":"u' .. math.random(1, 100000) .. '"}')
-end
-LUA
+users_load "$tmp/one.lua"
 cp bench/check.lua "$tmp/four.lua"
 
-# Redis's CPU seconds so far: "user sys".
-redis_cpu() { redis-cli -p "$1" INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_user:/ {u = $2} /^used_cpu_sys:/ {s = $2} END {printf "%.6f %.6f\n", u, s}'; }
-
-# one_run BINARY_INDEX POLICY: prints "µs_per_decision rps p99_ms non2xx batch sys" (batch: mean
-# requests per Redis call from spillway_redis_batch_requests, "-" for a build without it; sys:
-# the part of µs_per_decision Redis spent in the kernel).
+# one_run BINARY_INDEX POLICY: prints "µs_per_decision rps p99_ms non2xx batch sys" (see
+# redis_load_run in bench/lib.sh; sys: the part of µs_per_decision Redis spent in the kernel).
 one_run() {
-  local i=$1 policy=$2 bin=${binaries[$1]} extra="" rport sport out ub sb ua sa n rps p99 non2xx batch
+  local i=$1 policy=$2 bin=${binaries[$1]} extra="" rport sport
   if [ "${#binaries[@]}" -eq 2 ]; then
     if [ "$i" -eq 0 ]; then extra=${OLD_ARGS:-}; else extra=${NEW_ARGS:-}; fi
   fi
   rport=$(free_port)
-  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" >/dev/null &
-  pids+=($!)
-  until redis-cli -p "$rport" ping >/dev/null 2>&1; do sleep 0.1; done
+  start_redis "$rport" "$tmp"
   sport=$(free_port)
   # shellcheck disable=SC2086
   "$bin" serve --config "$tmp/$policy.yaml" --store-url "redis://127.0.0.1:$rport" \
     --store-timeout 1s --listen "127.0.0.1:$sport" --log-filter warn $extra >/dev/null 2>&1 &
   pids+=($!)
-  until curl -fs "http://127.0.0.1:$sport/healthz" >/dev/null; do sleep 0.1; done
-  wrk -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" -s "$tmp/$policy.lua" "http://127.0.0.1:$sport" >/dev/null
-  read -r ub sb < <(redis_cpu "$rport")
-  out=$(wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" --latency -s "$tmp/$policy.lua" \
-      "http://127.0.0.1:$sport")
-  read -r ua sa < <(redis_cpu "$rport")
-  n=$(awk '/requests in/ {print $1}' <<<"$out")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  # wrk prints 850.00us, 1.20ms or 1.05s; in milliseconds:
-  p99=$(awk '$1 == "99%" {v = $2; if (v ~ /us$/) v = v / 1000; else if (v ~ /ms$/) v = v + 0;
-      else v = v * 1000; print v}' <<<"$out")
-  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  batch=$(curl -fs "http://127.0.0.1:$sport/metrics" | awk '/^spillway_redis_batch_requests_sum/ {s = $2}
-      /^spillway_redis_batch_requests_count/ {c = $2} END {if (c > 0) printf "%.2f", s / c; else print "-"}')
+  wait_healthy "$sport" "${pids[-1]}"
+  redis_load_run "$sport" "$tmp/$policy.lua" "$rport"
   stop_all
-  awk -v ub="$ub" -v sb="$sb" -v ua="$ua" -v sa="$sa" -v n="$n" -v r="$rps" -v p="$p99" \
-    -v x="${non2xx:-0}" -v m="$batch" \
-    'BEGIN {printf "%.2f %s %s %s %s %.2f\n", (ua - ub + sa - sb) * 1e6 / n, r, p, x, m, (sa - sb) * 1e6 / n}'
 }
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"

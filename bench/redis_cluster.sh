@@ -44,23 +44,9 @@ fi
 binaries=("$@")
 
 tmp=$(mktemp -d)
-pids=()
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; pids=(); }
-cleanup() { stop_all; rm -rf "$tmp"; }
-trap cleanup EXIT
+trap 'stop_all; rm -rf "$tmp"' EXIT
 
-cat >"$tmp/spread.yaml" <<'YAML'
-default_tier: free
-limits:
-  per-user:
-    algorithm: token_bucket
-    rate: 1000/s
-    burst: 1000000
-    key: [user]
-tiers:
-  free:
-    limits: [per-user]
-YAML
+users_bucket "$tmp/spread.yaml"
 cat >"$tmp/tenants.yaml" <<'YAML'
 default_tier: free
 limits:
@@ -79,13 +65,7 @@ tiers:
     limits: [per-tenant, per-user]
 YAML
 
-cat >"$tmp/spread.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  return wrk.format(nil, "/v1/check", nil, '{"user":"u' .. math.random(1, 100000) .. '"}')
-end
-LUA
+users_load "$tmp/spread.lua"
 cat >"$tmp/tenants.lua" <<'LUA'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -96,29 +76,18 @@ request = function()
 end
 LUA
 
-# The cluster's CPU seconds so far, summed over the masters on the ports given: "user sys".
-cluster_cpu() {
-  for port in "$@"; do redis-cli -p "$port" INFO cpu; done | tr -d '\r' |
-    awk -F: '/^used_cpu_user:/ {u += $2} /^used_cpu_sys:/ {s += $2} END {printf "%.6f %.6f\n", u, s}'
-}
-
 # start_node: starts one cluster-enabled server on a free port (another port if someone took
 # that one meanwhile) and leaves its port in $node_port.
 start_node() {
-  local port dir pid
+  local port dir
   for _ in 1 2 3 4 5; do
     port=$(free_port)
     dir="$tmp/node-$port"
     mkdir -p "$dir"
-    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
-      --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" >/dev/null &
-    pid=$!
-    pids+=("$pid")
-    for _ in $(seq 100); do
-      if redis-cli -p "$port" ping >/dev/null 2>&1; then node_port=$port; return 0; fi
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
+    if start_redis "$port" "$dir" --cluster-enabled yes --cluster-config-file "$dir/nodes.conf"; then
+      node_port=$port
+      return 0
+    fi
   done
   echo "could not start a cluster node" >&2
   exit 1
@@ -138,9 +107,10 @@ start_cluster() {
   echo "${ports[@]}"
 }
 
-# one_run BINARY_INDEX LOAD: prints "µs_per_decision rps p99_ms non2xx batch".
+# one_run BINARY_INDEX LOAD: prints "µs_per_decision rps p99_ms non2xx batch sys" (see
+# redis_load_run in bench/lib.sh), the CPU summed over the masters.
 one_run() {
-  local i=$1 load=$2 bin=${binaries[$1]} ports sport out ub sb ua sa n rps p99 non2xx batch urls
+  local i=$1 load=$2 bin=${binaries[$1]} ports sport urls
   # The cluster's processes must be in `pids` of this shell, so start it here, not in $(...).
   start_cluster >"$tmp/ports"
   read -r -a ports <"$tmp/ports"
@@ -149,26 +119,9 @@ one_run() {
   "$bin" serve --config "$tmp/$load.yaml" --store-url "cluster+${urls%,}" \
     --store-timeout 1s --listen "127.0.0.1:$sport" --log-filter warn >/dev/null 2>&1 &
   pids+=($!)
-  until curl -fs "http://127.0.0.1:$sport/healthz" >/dev/null; do
-    kill -0 "${pids[-1]}" 2>/dev/null || { echo "spillway did not start" >&2; exit 1; }
-    sleep 0.1
-  done
-  wrk -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" -s "$tmp/$load.lua" "http://127.0.0.1:$sport" >/dev/null
-  read -r ub sb < <(cluster_cpu "${ports[@]}")
-  out=$(wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" --latency -s "$tmp/$load.lua" \
-      "http://127.0.0.1:$sport")
-  read -r ua sa < <(cluster_cpu "${ports[@]}")
-  n=$(awk '/requests in/ {print $1}' <<<"$out")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {v = $2; if (v ~ /us$/) v = v / 1000; else if (v ~ /ms$/) v = v + 0;
-      else v = v * 1000; print v}' <<<"$out")
-  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  batch=$(curl -fs "http://127.0.0.1:$sport/metrics" | awk '/^spillway_redis_batch_requests_sum/ {s = $2}
-      /^spillway_redis_batch_requests_count/ {c = $2} END {if (c > 0) printf "%.2f", s / c; else print "-"}')
+  wait_healthy "$sport" "${pids[-1]}"
+  redis_load_run "$sport" "$tmp/$load.lua" "${ports[@]}"
   stop_all
-  awk -v ub="$ub" -v sb="$sb" -v ua="$ua" -v sa="$sa" -v n="$n" -v r="$rps" -v p="$p99" \
-    -v x="${non2xx:-0}" -v m="$batch" \
-    'BEGIN {printf "%.2f %s %s %s %s\n", (ua - ub + sa - sb) * 1e6 / n, r, p, x, m}'
 }
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
@@ -177,7 +130,7 @@ for load in $LOADS; do
   declare -A us=() rps=() p99=()
   for run in $(seq "$RUNS"); do
     for i in "${!binaries[@]}"; do
-      read -r u r p x m < <(one_run "$i" "$load")
+      read -r u r p x m _ < <(one_run "$i" "$load")
       echo "$load run $run ${binaries[$i]}: cluster ${u} µs/decision, ${r} req/s, p99 ${p}ms, non-2xx ${x}, requests/call ${m}"
       us[$i]+="$u "; rps[$i]+="$r "; p99[$i]+="$p "
     done
