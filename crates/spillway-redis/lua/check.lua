@@ -41,10 +41,6 @@ local CONSUME, UNDO, CHARGE, MARKED = 1, 2, 4, 8
 local ENFORCED, ADMIT = 1, 2
 -- How long a report marker lasts (spillway-core's REPORT_TTL), in milliseconds.
 local REPORT_TTL_MS = 3600000
--- Per algorithm code: the tag byte of its packed state and the length of that state with
--- its deadline (the sliding log keeps none).
-local TAG = {116, 103, 102, 119, nil, 98}
-local HELD_LEN = {41, 41, 25, 33, nil, 33}
 
 -- Writes `state` (a packed state ending in its deadline) at `key`, whose state reads like a
 -- fresh key from `need` (microseconds) on; `held` is the deadline the key was read with, or
@@ -134,9 +130,8 @@ local function check(keys, argv)
         raw = redis.pcall('GET', key)
         if type(raw) ~= 'string' then
           raw = nil
-        elseif #raw == HELD_LEN[code] and byte(raw, 1) == TAG[code] then
-          -- The deadline stored after the state.
-          held = unpack('<d', raw, #raw - 7)
+        else
+          held = stored_deadline(code, raw)
         end
       end
       local allowed, limit, remaining, reset, retry, denial, state, expiry
@@ -145,8 +140,7 @@ local function check(keys, argv)
       if charge and fresh and CHG[code] then
         -- Recorded whatever the limit says; the standing told is what an admission sees on
         -- the new state (LimitParams::charge).
-        allowed, limit, remaining, reset, retry, denial, state, expiry =
-          CHG[code](p1, p2, p3, raw, now, cost, held)
+        state, expiry = CHG[code](p1, p2, p3, raw, now, cost, held)
         allowed, limit, remaining, reset, retry, denial = admit(alg, p1, p2, p3, state, now)
       elseif (charge and not fresh) or lflags >= ADMIT then
         -- A retried report tells the standing and charges nothing; a metered limit's

@@ -128,9 +128,31 @@ local ALG = {}
 
 -- Charges after the fact by code (all but the sliding log), mirroring each algorithm's
 -- `charge` in spillway-core: the same arguments as ALG, the cost recorded whatever the limit
--- says (a debt past it, capped), the decision telling the key's standing afterwards, and a
--- state that is always written.
+-- says (a debt past it, capped). Returns the new state, which is always written, and when it
+-- reads like a fresh key; the standing a charge answers is the admission's on that state
+-- (`admit` in check.lua), so no decision is computed here.
 local CHG = {}
+
+-- Per algorithm code: the tag byte its packed state starts with and that state's length
+-- without the deadline stored after it (the sliding log keeps a sorted set: none). Each
+-- algorithm's file sets its own.
+local SHAPE = {}
+
+-- Whether `raw` is algorithm `code`'s packed state, with its deadline or without one (as
+-- written before deadlines were stored).
+local function packed(code, raw)
+  local s = SHAPE[code]
+  return (#raw == s[2] or #raw == s[2] + 8) and byte(raw, 1) == s[1]
+end
+
+-- The deadline stored after `raw` when it is algorithm `code`'s packed state with one; nil
+-- otherwise (another shape, the text form, an older state, the sliding log).
+local function stored_deadline(code, raw)
+  local s = SHAPE[code]
+  if s and #raw == s[2] + 8 and byte(raw, 1) == s[1] then
+    return unpack('<d', raw, #raw - 7)
+  end
+end
 
 -- 2^53, the largest amount any state holds, and ten years in microseconds (MAX_WINDOW): the
 -- longest a debt may take to repay.

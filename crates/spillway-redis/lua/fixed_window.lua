@@ -2,8 +2,10 @@
 -- p1 = limit, p2 = window (microseconds). State: the window's start and its count; packed as
 -- 'f' and two doubles (text form "F:<start>:<count>").
 
+SHAPE[3] = {102, 17} -- 'f' and 2 doubles, then the deadline
+
 local function fw_read(raw)
-  if (#raw == 17 or #raw == 25) and byte(raw, 1) == 102 then -- 'f'
+  if packed(3, raw) then
     local _, s, c = unpack('<c1dd', raw)
     return s, c
   end
@@ -50,11 +52,5 @@ CHG[3] = function(limit, window, _, raw, now, cost, held)
   end
   count = min(count + cost, MAX_SCALED)
   local finish = start + window
-  local reset = 0
-  if count > 0 then reset = max(finish - now, 0) end
-  local state = pack('<c1ddd', 'f', start, count, deadline(finish, held, now))
-  if count <= limit then
-    return 1, limit, limit - count, reset, -1, 0, state, finish
-  end
-  return 0, limit, 0, reset, reset, 1, state, finish
+  return pack('<c1ddd', 'f', start, count, deadline(finish, held, now)), finish
 end

@@ -5,8 +5,10 @@
 -- Everything is measured from now ("debt" in scaled units), never from the epoch, so no
 -- product involves the absolute time.
 
+SHAPE[2] = {103, 33} -- 'g' and 4 doubles, then the deadline
+
 local function gcra_read(raw)
-  if (#raw == 33 or #raw == 41) and byte(raw, 1) == 103 then -- 'g'
+  if packed(2, raw) then
     local _, t, r, p, u = unpack('<c1dddd', raw)
     return t, r, p, u
   end
@@ -81,8 +83,5 @@ CHG[2] = function(per, um, burst, raw, now, cost, held)
   local q, rem = divmod(used, per)
   local fresh_in = ceil_div(used, per)
   local state = pack('<c1ddddd', 'g', now + q, rem, per, um, deadline(now + fresh_in, held, now))
-  if used <= window then
-    return 1, burst, gcra_remaining(window, um, used), fresh_in, -1, 0, state, now + fresh_in
-  end
-  return 0, burst, 0, fresh_in, ceil_div(used - window, per), 1, state, now + fresh_in
+  return state, now + fresh_in
 end

@@ -3,8 +3,10 @@
 -- unit), p3 = capacity. State: the level, the last leak, and the units per request unit it
 -- was written in; packed as 'b' and three doubles (text form "B:<level>:<last>:<u>").
 
+SHAPE[6] = {98, 25} -- 'b' and 3 doubles, then the deadline
+
 local function lb_read(raw)
-  if (#raw == 25 or #raw == 33) and byte(raw, 1) == 98 then -- 'b'
+  if packed(6, raw) then
     local _, l, t, u = unpack('<c1ddd', raw)
     return l, t, u
   end
@@ -63,9 +65,5 @@ CHG[6] = function(rt, um, capacity, raw, now, cost, held)
     level = level + need
   end
   local empty_in = ceil_div(level, rt)
-  local state = pack('<c1dddd', 'b', level, last, um, deadline(last + empty_in, held, now))
-  if level <= cap then
-    return 1, capacity, div((cap - level), um), empty_in, -1, 0, state, last + empty_in
-  end
-  return 0, capacity, 0, empty_in, ceil_div(level - cap, rt), 1, state, last + empty_in
+  return pack('<c1dddd', 'b', level, last, um, deadline(last + empty_in, held, now)), last + empty_in
 end

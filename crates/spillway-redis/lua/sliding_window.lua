@@ -7,8 +7,10 @@
 -- products can pass 2^53 here. Dividing through by w turns every comparison into one against
 -- ceil(prev * (w - elapsed) / w), which muldiv computes exactly.
 
+SHAPE[4] = {119, 25} -- 'w' and 3 doubles, then the deadline
+
 local function sw_read(raw)
-  if (#raw == 25 or #raw == 33) and byte(raw, 1) == 119 then -- 'w'
+  if packed(4, raw) then
     local _, s, p, c = unpack('<c1ddd', raw)
     return s, p, c
   end
@@ -75,8 +77,7 @@ ALG[4] = function(limit, w, _, raw, now, cost, held)
 end
 
 -- The sliding window's charge (SlidingWindow::charge): the current window's count may pass
--- the limit (up to 2^32 - 1, the state's width); the standing is what a zero-cost check then
--- sees.
+-- the limit (up to 2^32 - 1, the state's width).
 CHG[4] = function(limit, w, _, raw, now, cost, held)
   local _, off = divmod(now, w)
   local start, prev, curr = now - off, 0, 0
@@ -91,7 +92,5 @@ CHG[4] = function(limit, w, _, raw, now, cost, held)
   end
   curr = min(curr + cost, 4294967295)
   local need = now + sw_reset(w, start, prev, curr, now)
-  local state = pack('<c1dddd', 'w', start, prev, curr, deadline(need, held, now))
-  local allowed, lim, left, reset, retry, denial = ALG[4](limit, w, 0, state, now, 0)
-  return allowed, lim, left, reset, retry, denial, state, need
+  return pack('<c1dddd', 'w', start, prev, curr, deadline(need, held, now)), need
 end

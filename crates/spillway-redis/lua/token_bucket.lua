@@ -3,8 +3,10 @@
 -- token), p3 = burst. State: tokens, last refill, and the rate.micros and burst it was
 -- written under; packed as 't' and four doubles (text form "T:<t>:<l>:<u>:<b>").
 
+SHAPE[1] = {116, 33} -- 't' and 4 doubles, then the deadline
+
 local function tb_read(raw)
-  if (#raw == 33 or #raw == 41) and byte(raw, 1) == 116 then -- 't'
+  if packed(1, raw) then
     local _, t, l, u, b = unpack('<c1dddd', raw)
     return t, l, u, b
   end
@@ -96,9 +98,5 @@ CHG[1] = function(rt, um, burst, raw, now, cost, held)
     tokens, debt = 0, debt + need - min(tokens, need)
   end
   local full_in = ceil_div(capacity - tokens + debt, rt)
-  local state = tb_state(um, burst, rt, tokens, debt, now, now + full_in, held)
-  if debt == 0 then
-    return 1, burst, div(tokens, um), full_in, -1, 0, state, now + full_in
-  end
-  return 0, burst, 0, full_in, ceil_div(debt, rt), 1, state, now + full_in
+  return tb_state(um, burst, rt, tokens, debt, now, now + full_in, held), now + full_in
 end
