@@ -28,8 +28,22 @@ pub const POLICY: &str = "ratelimit-policy";
 /// The IETF `RateLimit` field.
 pub const RATELIMIT: &str = "ratelimit";
 
+/// Every field a verdict can render to, in the order they are sent. [`Fields`] has one slot
+/// per entry and a field is written only through its slot (`Fields::open::<SLOT>`, checked
+/// when compiled), so a new field must be listed here, which makes room for it: rendering can
+/// never run out of slots at run time.
+pub const ORDER: [&str; 6] = [X_LIMIT, X_REMAINING, X_RESET, RETRY_AFTER, POLICY, RATELIMIT];
+
 /// The most fields one verdict renders to.
-pub const MAX_FIELDS: usize = 6;
+pub const MAX_FIELDS: usize = ORDER.len();
+
+/// Slots in [`ORDER`], for `Fields::open`.
+const SLOT_LIMIT: usize = 0;
+const SLOT_REMAINING: usize = 1;
+const SLOT_RESET: usize = 2;
+const SLOT_RETRY_AFTER: usize = 3;
+const SLOT_POLICY: usize = 4;
+const SLOT_RATELIMIT: usize = 5;
 
 /// A verdict's response fields, every value written into one string: what an HTTP answer
 /// needs without an allocation per value. [`Fields::into_parts`] hands the string over with
@@ -37,16 +51,20 @@ pub const MAX_FIELDS: usize = 6;
 #[derive(Debug, Clone, Default)]
 pub struct Fields {
     text: String,
-    spans: [(&'static str, usize, usize); MAX_FIELDS],
+    /// Each [`ORDER`] slot's value range in `text`, when that field is sent.
+    spans: [Option<(usize, usize)>; MAX_FIELDS],
+    /// The slot being written, whose range ends where `text` does.
+    writing: Option<usize>,
     len: usize,
 }
 
 impl Fields {
     /// Each field's name and value, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
-        self.spans[..self.len]
+        ORDER
             .iter()
-            .map(|&(name, start, end)| (name, &self.text[start..end]))
+            .zip(&self.spans)
+            .filter_map(|(&name, span)| span.map(|(start, end)| (name, &self.text[start..end])))
     }
 
     /// How many fields there are.
@@ -66,25 +84,29 @@ impl Fields {
         String,
         impl Iterator<Item = (&'static str, std::ops::Range<usize>)>,
     ) {
-        let spans = self.spans.into_iter().take(self.len);
+        let spans = ORDER.into_iter().zip(self.spans);
         (
             self.text,
-            spans.map(|(name, start, end)| (name, start..end)),
+            spans.filter_map(|(name, span)| span.map(|(start, end)| (name, start..end))),
         )
     }
 
-    /// Starts a field called `name`, whose value is what is written to `text` until the next
-    /// call or [`Fields::done`].
-    fn open(&mut self, name: &'static str) {
+    /// Starts the field in slot `SLOT` of [`ORDER`], whose value is what is written to `text`
+    /// until the next call or [`Fields::done`]. A slot past the list does not compile.
+    fn open<const SLOT: usize>(&mut self) {
+        const { assert!(SLOT < MAX_FIELDS, "a field must have its slot in ORDER") };
         self.close();
         let at = self.text.len();
-        self.spans[self.len] = (name, at, at);
+        self.spans[SLOT] = Some((at, at));
+        self.writing = Some(SLOT);
         self.len += 1;
     }
 
     fn close(&mut self) {
-        if let Some(last) = self.len.checked_sub(1) {
-            self.spans[last].2 = self.text.len();
+        if let Some(slot) = self.writing.take() {
+            if let Some(span) = &mut self.spans[slot] {
+                span.1 = self.text.len();
+            }
         }
     }
 
@@ -108,19 +130,19 @@ pub fn fields(verdict: &Verdict) -> Fields {
     let enforced = || verdict.outcomes.iter().filter(|o| !o.shadow);
     let room: usize = enforced().map(|o| 2 * o.name.len() + 64).sum();
     out.text.reserve(64 + room);
-    out.open(X_LIMIT);
+    out.open::<SLOT_LIMIT>();
     push_number(&mut out.text, d.limit);
-    out.open(X_REMAINING);
+    out.open::<SLOT_REMAINING>();
     push_number(&mut out.text, d.remaining);
-    out.open(X_RESET);
+    out.open::<SLOT_RESET>();
     push_number(&mut out.text, ceil_secs(d.reset_after));
     if !verdict.allowed {
         if let Some(retry) = d.retry_after {
-            out.open(RETRY_AFTER);
+            out.open::<SLOT_RETRY_AFTER>();
             push_number(&mut out.text, ceil_secs(retry).max(1));
         }
     }
-    out.open(POLICY);
+    out.open::<SLOT_POLICY>();
     for (i, o) in enforced().enumerate() {
         if i > 0 {
             out.text.push_str(", ");
@@ -129,7 +151,7 @@ pub fn fields(verdict: &Verdict) -> Fields {
         push_param(&mut out.text, ";q=", o.quota);
         push_param(&mut out.text, ";w=", ceil_secs(o.window).max(1));
     }
-    out.open(RATELIMIT);
+    out.open::<SLOT_RATELIMIT>();
     for (i, o) in enforced().enumerate() {
         if i > 0 {
             out.text.push_str(", ");
@@ -310,5 +332,21 @@ mod tests {
         let joined: Vec<(&str, &str)> = spans.map(|(n, r)| (n, &text[r])).collect();
         assert_eq!(joined, pairs);
         assert!(super::fields(&verdict(true, Vec::new())).is_empty());
+    }
+
+    #[test]
+    fn slots_name_their_fields() {
+        let slots = [
+            (SLOT_LIMIT, X_LIMIT),
+            (SLOT_REMAINING, X_REMAINING),
+            (SLOT_RESET, X_RESET),
+            (SLOT_RETRY_AFTER, RETRY_AFTER),
+            (SLOT_POLICY, POLICY),
+            (SLOT_RATELIMIT, RATELIMIT),
+        ];
+        for (slot, name) in slots {
+            assert_eq!(ORDER[slot], name);
+        }
+        assert_eq!(slots.len(), MAX_FIELDS);
     }
 }
