@@ -32,7 +32,14 @@ pub const RATELIMIT: &str = "ratelimit";
 /// per entry and a field is written only through its slot (`Fields::open::<SLOT>`, checked
 /// when compiled), so a new field must be listed here, which makes room for it: rendering can
 /// never run out of slots at run time.
-pub const ORDER: [&str; 6] = [X_LIMIT, X_REMAINING, X_RESET, RETRY_AFTER, POLICY, RATELIMIT];
+pub const ORDER: [&str; 6] = [
+    X_LIMIT,
+    X_REMAINING,
+    X_RESET,
+    RETRY_AFTER,
+    POLICY,
+    RATELIMIT,
+];
 
 /// The most fields one verdict renders to.
 pub const MAX_FIELDS: usize = ORDER.len();
