@@ -27,7 +27,7 @@
 
 use crate::http::principal;
 use crate::http::problem::Problem;
-use crate::http::verdict::{decided_body, decided_headers, decided_response, denial_problem};
+use crate::http::verdict::{decided_headers, decided_response, denial_problem, denied_response};
 use crate::http::{check_mode, decide};
 use crate::principal::Presented;
 use crate::serving::BodyTimeout;
@@ -263,7 +263,7 @@ async fn respond(
         decided_response(StatusCode::OK, headers, &decided)
     } else {
         let problem = denial_problem(&decided.verdict, StatusCode::TOO_MANY_REQUESTS);
-        (headers, problem.with_verdict(decided_body(&decided))).into_response()
+        denied_response(problem, headers, &decided)
     })
 }
 
