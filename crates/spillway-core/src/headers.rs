@@ -28,10 +28,10 @@ pub const POLICY: &str = "ratelimit-policy";
 /// The IETF `RateLimit` field.
 pub const RATELIMIT: &str = "ratelimit";
 
-/// Every field a verdict can render to, in the order they are sent. [`Fields`] has one slot
-/// per entry and a field is written only through its slot (`Fields::open::<SLOT>`, checked
-/// when compiled), so a new field must be listed here, which makes room for it: rendering can
-/// never run out of slots at run time.
+/// Every field a verdict can render to, in the order they are sent. [`Fields`] has room for
+/// each entry and a field is opened only through its slot here (`Fields::open::<SLOT>`,
+/// checked when compiled), so a new field must be listed, which makes room for it: rendering
+/// can never run out of room at run time.
 pub const ORDER: [&str; 6] = [
     X_LIMIT,
     X_REMAINING,
@@ -58,20 +58,16 @@ const SLOT_RATELIMIT: usize = 5;
 #[derive(Debug, Clone, Default)]
 pub struct Fields {
     text: String,
-    /// Each [`ORDER`] slot's value range in `text`, when that field is sent.
-    spans: [Option<(usize, usize)>; MAX_FIELDS],
-    /// The slot being written, whose range ends where `text` does.
-    writing: Option<usize>,
+    spans: [(&'static str, usize, usize); MAX_FIELDS],
     len: usize,
 }
 
 impl Fields {
     /// Each field's name and value, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
-        ORDER
+        self.spans[..self.len]
             .iter()
-            .zip(&self.spans)
-            .filter_map(|(&name, span)| span.map(|(start, end)| (name, &self.text[start..end])))
+            .map(|&(name, start, end)| (name, &self.text[start..end]))
     }
 
     /// How many fields there are.
@@ -91,29 +87,31 @@ impl Fields {
         String,
         impl Iterator<Item = (&'static str, std::ops::Range<usize>)>,
     ) {
-        let spans = ORDER.into_iter().zip(self.spans);
+        let spans = self.spans.into_iter().take(self.len);
         (
             self.text,
-            spans.filter_map(|(name, span)| span.map(|(start, end)| (name, start..end))),
+            spans.map(|(name, start, end)| (name, start..end)),
         )
     }
 
     /// Starts the field in slot `SLOT` of [`ORDER`], whose value is what is written to `text`
-    /// until the next call or [`Fields::done`]. A slot past the list does not compile.
+    /// until the next call or [`Fields::done`]. A slot past the list does not compile, and
+    /// since slots are opened in increasing order (a test checks the result's order), the
+    /// fields before this one number at most `SLOT`: the array has room for it.
     fn open<const SLOT: usize>(&mut self) {
         const { assert!(SLOT < MAX_FIELDS, "a field must have its slot in ORDER") };
         self.close();
         let at = self.text.len();
-        self.spans[SLOT] = Some((at, at));
-        self.writing = Some(SLOT);
-        self.len += 1;
+        // `len <= SLOT` when slots come in order; `min` makes that a bound the compiler and
+        // a reader can see, so no order of calls can index past the array.
+        let i = self.len.min(SLOT);
+        self.spans[i] = (ORDER[SLOT], at, at);
+        self.len = i + 1;
     }
 
     fn close(&mut self) {
-        if let Some(slot) = self.writing.take() {
-            if let Some(span) = &mut self.spans[slot] {
-                span.1 = self.text.len();
-            }
+        if let Some(last) = self.len.checked_sub(1) {
+            self.spans[last].2 = self.text.len();
         }
     }
 
@@ -355,5 +353,13 @@ mod tests {
             assert_eq!(ORDER[slot], name);
         }
         assert_eq!(slots.len(), MAX_FIELDS);
+        // Every field a verdict can send, in ORDER's order (what `open` relies on).
+        let mut odd = outcome("x", false, 0, 2 * SECOND, Some(SECOND));
+        odd.decision.limit = 7;
+        let names: Vec<&str> = fields(&verdict(false, vec![odd]))
+            .iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ORDER);
     }
 }
