@@ -7,7 +7,9 @@
 # Loads (LOADS, all four by default):
 # - http-memory: wrk -t1 -cCONNS on each server's check endpoint (Spillway POST /v1/check
 #   {"user": ...}, Limitador POST /check_and_report), 100,000 users picked at random; nginx's
-#   `return 200` with the same client and requests as the ceiling;
+#   `return 200` with the same client and requests as the ceiling, and the same Spillway server's
+#   `GET /healthz` with the same client and bodies (`spillway-healthz`) as its own HTTP floor:
+#   how close a check can get to it is the work left above the HTTP stack;
 # - http-redis:  the same over a fresh redis-server per run; also Redis's own CPU per decision
 #   (INFO cpu, user + system), which a busy machine barely moves;
 # - grpc-memory, grpc-redis: Envoy RLS ShouldRateLimit from bench/grpc.sh's h2load clients
@@ -86,8 +88,11 @@ LUA
 cp "$tmp/spillway.lua" "$tmp/nginx.lua"
 # Redis's CPU seconds so far, user and system together.
 redis_total() { redis_cpu "$1" | awk '{printf "%.6f\n", $1 + $2}'; }
+# The floor: the same requests, bodies included, to the same server's `GET /healthz`.
+sed 's/wrk.method = "POST"/wrk.method = "GET"/; s#"/v1/check"#"/healthz"#' "$tmp/spillway.lua" \
+  >"$tmp/spillway-healthz.lua"
 
-# start_server WHO STORE: starts WHO (spillway, limitador or nginx) on free ports, with a fresh
+# start_server WHO STORE: starts WHO (spillway, spillway-healthz, limitador or nginx) on free ports, with a fresh
 # redis-server when STORE is redis; sets http, grpc and rport (empty without Redis).
 start_server() {
   local who=$1 store=$2 url=""
@@ -98,7 +103,7 @@ start_server() {
     url="redis://127.0.0.1:$rport"
   fi
   case "$who" in
-    spillway)
+    spillway | spillway-healthz)
       local store_flags=()
       [ -n "$url" ] && store_flags=(--store-url "$url" --store-timeout 1s)
       "$spillway" serve --config "$tmp/policy.yaml" --envoy-config "$tmp/conf/bench.yaml" \
@@ -163,7 +168,7 @@ echo "redis $(redis-server --version | awk '{print $3}'); wrk -t1 -c$CONNS -d${D
 for load in $LOADS; do
   kind=${load%-*} store=${load#*-}
   whos="spillway limitador"
-  [ "$load" = http-memory ] && whos="spillway limitador nginx"
+  [ "$load" = http-memory ] && whos="spillway limitador nginx spillway-healthz"
   declare -A rates=() redis=() m=()
   for round in $(seq "$ROUNDS"); do
     for who in $whos; do
@@ -181,5 +186,11 @@ for load in $LOADS; do
     [ "$who" = spillway ] && continue
     python3 -c "print(f'ratio $load spillway/$who: {${m[spillway]} / ${m[$who]}:.2f}x')"
   done
+  # The floor beside both peers: where /v1/check could reach if deciding cost nothing.
+  if [ -n "${m[spillway-healthz]:-}" ]; then
+    for who in nginx limitador; do
+      python3 -c "print(f'ratio $load spillway-healthz/$who: {${m[spillway-healthz]} / ${m[$who]}:.2f}x')"
+    done
+  fi
   unset rates redis m
 done

@@ -28,8 +28,29 @@ pub const POLICY: &str = "ratelimit-policy";
 /// The IETF `RateLimit` field.
 pub const RATELIMIT: &str = "ratelimit";
 
+/// Every field a verdict can render to, in the order they are sent. [`Fields`] has room for
+/// each entry and a field is opened only through its slot here (`Fields::open::<SLOT>`,
+/// checked when compiled), so a new field must be listed, which makes room for it: rendering
+/// can never run out of room at run time.
+pub const ORDER: [&str; 6] = [
+    X_LIMIT,
+    X_REMAINING,
+    X_RESET,
+    RETRY_AFTER,
+    POLICY,
+    RATELIMIT,
+];
+
 /// The most fields one verdict renders to.
-pub const MAX_FIELDS: usize = 6;
+pub const MAX_FIELDS: usize = ORDER.len();
+
+/// Slots in [`ORDER`], for `Fields::open`.
+const SLOT_LIMIT: usize = 0;
+const SLOT_REMAINING: usize = 1;
+const SLOT_RESET: usize = 2;
+const SLOT_RETRY_AFTER: usize = 3;
+const SLOT_POLICY: usize = 4;
+const SLOT_RATELIMIT: usize = 5;
 
 /// A verdict's response fields, every value written into one string: what an HTTP answer
 /// needs without an allocation per value. [`Fields::into_parts`] hands the string over with
@@ -73,13 +94,19 @@ impl Fields {
         )
     }
 
-    /// Starts a field called `name`, whose value is what is written to `text` until the next
-    /// call or [`Fields::done`].
-    fn open(&mut self, name: &'static str) {
+    /// Starts the field in slot `SLOT` of [`ORDER`], whose value is what is written to `text`
+    /// until the next call or [`Fields::done`]. A slot past the list does not compile, and
+    /// since slots are opened in increasing order (a test checks the result's order), the
+    /// fields before this one number at most `SLOT`: the array has room for it.
+    fn open<const SLOT: usize>(&mut self) {
+        const { assert!(SLOT < MAX_FIELDS, "a field must have its slot in ORDER") };
         self.close();
         let at = self.text.len();
-        self.spans[self.len] = (name, at, at);
-        self.len += 1;
+        // `len <= SLOT` when slots come in order; `min` makes that a bound the compiler and
+        // a reader can see, so no order of calls can index past the array.
+        let i = self.len.min(SLOT);
+        self.spans[i] = (ORDER[SLOT], at, at);
+        self.len = i + 1;
     }
 
     fn close(&mut self) {
@@ -108,19 +135,19 @@ pub fn fields(verdict: &Verdict) -> Fields {
     let enforced = || verdict.outcomes.iter().filter(|o| !o.shadow);
     let room: usize = enforced().map(|o| 2 * o.name.len() + 64).sum();
     out.text.reserve(64 + room);
-    out.open(X_LIMIT);
+    out.open::<SLOT_LIMIT>();
     push_number(&mut out.text, d.limit);
-    out.open(X_REMAINING);
+    out.open::<SLOT_REMAINING>();
     push_number(&mut out.text, d.remaining);
-    out.open(X_RESET);
+    out.open::<SLOT_RESET>();
     push_number(&mut out.text, ceil_secs(d.reset_after));
     if !verdict.allowed {
         if let Some(retry) = d.retry_after {
-            out.open(RETRY_AFTER);
+            out.open::<SLOT_RETRY_AFTER>();
             push_number(&mut out.text, ceil_secs(retry).max(1));
         }
     }
-    out.open(POLICY);
+    out.open::<SLOT_POLICY>();
     for (i, o) in enforced().enumerate() {
         if i > 0 {
             out.text.push_str(", ");
@@ -129,7 +156,7 @@ pub fn fields(verdict: &Verdict) -> Fields {
         push_param(&mut out.text, ";q=", o.quota);
         push_param(&mut out.text, ";w=", ceil_secs(o.window).max(1));
     }
-    out.open(RATELIMIT);
+    out.open::<SLOT_RATELIMIT>();
     for (i, o) in enforced().enumerate() {
         if i > 0 {
             out.text.push_str(", ");
@@ -310,5 +337,29 @@ mod tests {
         let joined: Vec<(&str, &str)> = spans.map(|(n, r)| (n, &text[r])).collect();
         assert_eq!(joined, pairs);
         assert!(super::fields(&verdict(true, Vec::new())).is_empty());
+    }
+
+    #[test]
+    fn slots_name_their_fields() {
+        let slots = [
+            (SLOT_LIMIT, X_LIMIT),
+            (SLOT_REMAINING, X_REMAINING),
+            (SLOT_RESET, X_RESET),
+            (SLOT_RETRY_AFTER, RETRY_AFTER),
+            (SLOT_POLICY, POLICY),
+            (SLOT_RATELIMIT, RATELIMIT),
+        ];
+        for (slot, name) in slots {
+            assert_eq!(ORDER[slot], name);
+        }
+        assert_eq!(slots.len(), MAX_FIELDS);
+        // Every field a verdict can send, in ORDER's order (what `open` relies on).
+        let mut odd = outcome("x", false, 0, 2 * SECOND, Some(SECOND));
+        odd.decision.limit = 7;
+        let names: Vec<&str> = fields(&verdict(false, vec![odd]))
+            .iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ORDER);
     }
 }

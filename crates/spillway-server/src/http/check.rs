@@ -27,7 +27,7 @@
 
 use crate::http::principal;
 use crate::http::problem::Problem;
-use crate::http::verdict::{decided_body, decided_headers, decided_response, denial_problem};
+use crate::http::verdict::{decided_headers, decided_response, denial_problem, denied_response};
 use crate::http::{check_mode, decide};
 use crate::principal::Presented;
 use crate::serving::BodyTimeout;
@@ -153,9 +153,14 @@ pub fn parse_body(body: &[u8]) -> Result<CheckRequest, Problem> {
         Some(_) => {}
     }
     // The common case, a well-formed body, parses once without tracking paths; only a body
-    // that fails is read again to name the field at fault.
-    if let Ok(request) = serde_json::from_slice(body) {
-        return Ok(request);
+    // that fails is read again to name the field at fault. Its UTF-8 is checked once for the
+    // whole body, which lets serde_json skip checking each string again (from bytes it checks
+    // every key and value on its own, a sixth of the parse). A body that is not UTF-8 cannot
+    // be valid and goes straight to the path that words the error, as before.
+    if let Ok(text) = std::str::from_utf8(body) {
+        if let Ok(request) = serde_json::from_str(text) {
+            return Ok(request);
+        }
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let request: CheckRequest = serde_path_to_error::deserialize(&mut de).map_err(|err| {
@@ -247,7 +252,7 @@ async fn respond(
         decided_response(StatusCode::OK, headers, &decided)
     } else {
         let problem = denial_problem(&decided.verdict, StatusCode::TOO_MANY_REQUESTS);
-        (headers, problem.with_verdict(decided_body(&decided))).into_response()
+        denied_response(problem, headers, &decided)
     })
 }
 
@@ -361,6 +366,83 @@ mod tests {
                 detail.starts_with("field `ip`") && detail.contains("IP address"),
                 "{detail}"
             );
+        }
+    }
+
+    #[test]
+    fn escapes_decode_to_the_plain_strings() {
+        let plain = parse_body(br#"{"tenant":"acme","user":"al/ice","path":"/v1/x"}"#);
+        let escaped = parse_body(br#"{"tenant":"ac\u006de","user":"al\/ice","path":"\/v1\/x"}"#);
+        assert_eq!(plain.ok(), escaped.ok());
+        let request = parse_body(br#"{"user":"caf\u00e9 \ud83d\ude00 \"q\""}"#).expect("valid");
+        assert_eq!(request.user.as_deref(), Some("caf\u{e9} \u{1f600} \"q\""));
+    }
+
+    #[test]
+    fn bodies_that_are_not_utf8_are_refused_as_before() {
+        // Raw bytes that are not UTF-8, inside a string and outside one, and an escape that
+        // names half of a surrogate pair: each a 400 saying the JSON is not valid.
+        for body in [
+            &b"{\"user\":\"u\xff1\"}"[..],
+            b"{\"user\":\"\xc3\x28\"}",
+            b"{\xff}",
+            br#"{"user":"\ud800"}"#,
+        ] {
+            let problem = parse_body(body).expect_err("invalid");
+            assert_eq!(problem.status(), StatusCode::BAD_REQUEST);
+            let detail = problem.detail();
+            assert!(detail.contains("not valid JSON"), "{detail}");
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_by_name() {
+        let problem = parse_body(br#"{"user":"a","user":"b"}"#).expect_err("invalid");
+        let detail = problem.detail();
+        assert!(detail.contains("duplicate field `user`"), "{detail}");
+        let request =
+            parse_body(br#"{"descriptors":{"region":"eu","region":"us"}}"#).expect("valid");
+        // A map keeps serde's last value, as it always has; only struct fields are checked.
+        assert_eq!(
+            request.descriptors.and_then(|d| d.get("region").cloned()),
+            Some("us".to_owned())
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// The checked-once fast path reads every body as serde_json reads it from bytes:
+        /// the same request when it parses, a refusal when it does not (whose wording comes
+        /// from the byte path in both cases).
+        #[test]
+        fn the_fast_path_reads_what_the_byte_path_reads(
+            fields in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "tenant", "user", "ip", "method", "path", "tier", "cost", "token",
+                        "descriptors", "api_key", "host", "nope",
+                    ]),
+                    proptest::string::bytes_regex(
+                        "(\"([a-z0-9/. ]|\\\\[nt\"/\\\\]|\\\\u00[0-7][0-9a-f]|\\\\ud83d\\\\ude00|\\\\ud800|[\\x80-\\xff]){0,8}\"|[0-9]{1,3}|-1|null|\\{\\}|\\{\"r\":\"x\"\\})",
+                    )
+                    .expect("regex"),
+                ),
+                0..5,
+            ),
+        ) {
+            let mut body = b"{".to_vec();
+            for (i, (name, value)) in fields.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(format!("\"{name}\":").as_bytes());
+                body.extend_from_slice(value);
+            }
+            body.push(b'}');
+            let reference = serde_json::from_slice::<CheckRequest>(&body).ok();
+            let got = parse_body(&body).ok();
+            proptest::prop_assert_eq!(got, reference);
         }
     }
 

@@ -5,6 +5,7 @@
 //! status phrase as title, as the RFC recommends; failures specific to Spillway get their own
 //! `urn:spillway:problem:*` type so clients can branch on it without parsing prose.
 
+use crate::http::verdict::push_json_str;
 use crate::http::verdict::VerdictBody;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -141,6 +142,30 @@ impl Problem {
     /// The field or header at fault, when there is one.
     pub fn field(&self) -> Option<&str> {
         self.field.as_deref()
+    }
+
+    /// Writes `{` and the standard members (`type`, `title`, `status`, `detail`) as serde_json
+    /// would, for a writer that appends extension members and the closing `}` itself. Writes
+    /// nothing and says `false` when the problem has any member or header beyond those, which
+    /// only the serde path knows how to place.
+    pub(crate) fn write_standard_members(&self, out: &mut Vec<u8>) -> bool {
+        if self.field.is_some()
+            || self.reason.is_some()
+            || self.errors.is_some()
+            || self.verdict.is_some()
+            || self.retry_after.is_some()
+        {
+            return false;
+        }
+        out.extend_from_slice(b"{\"type\":");
+        push_json_str(out, self.kind);
+        out.extend_from_slice(b",\"title\":");
+        push_json_str(out, self.title);
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        out.extend_from_slice(b",\"detail\":");
+        push_json_str(out, &self.detail);
+        true
     }
 
     /// The document as JSON.

@@ -21,7 +21,7 @@ use crate::http::problem::{self, Problem};
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use spillway_core::algorithm::Denial;
 use spillway_core::engine::{LimitOutcome, Verdict};
@@ -141,8 +141,16 @@ const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json
 /// decision answers every request, and serde's writer spent as much on this as the decision
 /// itself.
 pub fn write_decided_json(decided: &Decided, out: &mut Vec<u8>) {
+    out.push(b'{');
+    write_decided_members(decided, out);
+    out.push(b'}');
+}
+
+/// The members of [`write_decided_json`]'s object, without its braces: a denial's problem
+/// document carries the same members after its own.
+fn write_decided_members(decided: &Decided, out: &mut Vec<u8>) {
     let verdict = &decided.verdict;
-    out.extend_from_slice(b"{\"allowed\":");
+    out.extend_from_slice(b"\"allowed\":");
     push_bool(out, verdict.allowed);
     out.extend_from_slice(b",\"tier\":");
     push_json_str(out, &verdict.tier);
@@ -156,14 +164,15 @@ pub fn write_decided_json(decided: &Decided, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"limits\":[");
     for (i, outcome) in verdict.outcomes.iter().enumerate() {
         let d = &outcome.decision;
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"name\":");
+        // Each literal carries its neighbours' punctuation and the booleans, so a limit is a
+        // dozen appends rather than twenty.
+        out.extend_from_slice(if i > 0 { b",{\"name\":" } else { b"{\"name\":" });
         push_json_str(out, &outcome.name);
-        out.extend_from_slice(b",\"allowed\":");
-        push_bool(out, d.allowed);
-        out.extend_from_slice(b",\"limit\":");
+        out.extend_from_slice(if d.allowed {
+            b",\"allowed\":true,\"limit\":"
+        } else {
+            b",\"allowed\":false,\"limit\":"
+        });
         push_u64(out, d.limit);
         out.extend_from_slice(b",\"remaining\":");
         push_u64(out, d.remaining);
@@ -173,22 +182,49 @@ pub fn write_decided_json(decided: &Decided, out: &mut Vec<u8>) {
             out.extend_from_slice(b",\"retry_after_ms\":");
             push_u64(out, ceil_ms(retry));
         }
-        if let Some(denial) = d.denial {
-            out.extend_from_slice(b",\"denial\":\"");
-            out.extend_from_slice(denial_word(denial).as_bytes());
-            out.push(b'"');
-        }
-        out.extend_from_slice(b",\"shadow\":");
-        push_bool(out, outcome.shadow);
-        out.push(b'}');
+        out.extend_from_slice(match d.denial {
+            None => b"",
+            Some(Denial::OverLimit) => b",\"denial\":\"over_limit\"",
+            Some(Denial::CostExceedsLimit) => b",\"denial\":\"cost_exceeds_limit\"",
+        });
+        out.extend_from_slice(if outcome.shadow {
+            b",\"shadow\":true}"
+        } else {
+            b",\"shadow\":false}"
+        });
     }
     out.push(b']');
     if decided.degraded.is_some() {
         out.extend_from_slice(b",\"degraded\":");
         push_json_str(out, failure::DEGRADED_REASON);
     }
-    out.push(b'}');
 }
+
+/// The answer to a denial: `problem`'s document with the verdict's members after its own,
+/// byte for byte what serde_json writes for `problem.with_verdict(decided_body(decided))` (a
+/// test holds the two together), under the problem media type and then the rate-limit
+/// `headers`, the order the serde path's answer has them in. A problem carrying anything
+/// more than the standard members (never one from [`denial_problem`]) goes through serde.
+pub fn denied_response(problem: Problem, headers: HeaderMap, decided: &Decided) -> Response {
+    let mut bytes = Vec::with_capacity(256 + 160 * decided.verdict.outcomes.len());
+    if !problem.write_standard_members(&mut bytes) {
+        return (headers, problem.with_verdict(decided_body(decided))).into_response();
+    }
+    bytes.push(b',');
+    write_decided_members(decided, &mut bytes);
+    bytes.push(b'}');
+    let mut map = HeaderMap::with_capacity(headers.len() + 3);
+    map.insert(header::CONTENT_TYPE, PROBLEM_JSON);
+    map.extend(headers);
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = problem.status();
+    *response.headers_mut() = map;
+    response
+}
+
+/// `application/problem+json`, built at compile time (see [`APPLICATION_JSON`]).
+#[allow(clippy::declare_interior_mutable_const)]
+const PROBLEM_JSON: HeaderValue = HeaderValue::from_static(problem::PROBLEM_JSON);
 
 fn push_bool(out: &mut Vec<u8>, value: bool) {
     out.extend_from_slice(if value { b"true" } else { b"false" });
@@ -201,7 +237,7 @@ fn push_u64(out: &mut Vec<u8>, value: u64) {
 /// Appends `s` as a JSON string. A string with nothing to escape (no `"`, `\\` or control
 /// character: every name a policy is likely to hold) is copied whole; any other goes through
 /// serde_json's own string writer, so escapes are exactly serde_json's.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -527,6 +563,43 @@ mod tests {
         assert_eq!(body, serde_bytes(&case));
     }
 
+    #[tokio::test]
+    async fn a_denial_answers_as_the_serde_path_does() {
+        let case = decided(
+            verdict(
+                false,
+                vec![
+                    outcome("a\"q", None, None, false),
+                    outcome("b", Some(Denial::OverLimit), Some(2 * SECOND), false),
+                ],
+            ),
+            Some(FailureMode::Open),
+        );
+        let problem = denial_problem(&case.verdict, StatusCode::TOO_MANY_REQUESTS);
+        let old = (
+            decided_headers(&case),
+            problem.clone().with_verdict(decided_body(&case)),
+        )
+            .into_response();
+        let new = denied_response(problem, decided_headers(&case), &case);
+        assert_eq!(new.status(), old.status());
+        let names = |r: &Response| -> Vec<(String, String)> {
+            r.headers()
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_owned()))
+                .collect()
+        };
+        assert_eq!(names(&new), names(&old));
+        assert_eq!(new.headers()["content-type"], problem::PROBLEM_JSON);
+        let old = axum::body::to_bytes(old.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let new = axum::body::to_bytes(new.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        assert_eq!(new, old);
+    }
+
     #[test]
     fn headers_keep_core_s_words_in_core_s_order() {
         let v = verdict(
@@ -605,6 +678,23 @@ mod tests {
             let mut fast = Vec::new();
             write_decided_json(&case, &mut fast);
             proptest::prop_assert_eq!(fast, serde_bytes(&case));
+
+            // A denial's document: the problem's members (its detail names the limit, so the
+            // odd names reach it too), then the verdict's.
+            let problem = denial_problem(&case.verdict, StatusCode::TOO_MANY_REQUESTS);
+            let want = serde_json::to_vec(&problem.clone().with_verdict(decided_body(&case)))
+                .expect("serializes");
+            let response = denied_response(problem, decided_headers(&case), &case);
+            let got = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
+                response.into_body(),
+                1 << 20,
+            ))
+            .expect("a body in memory is ready")
+            .expect("body");
+            proptest::prop_assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want)
+            );
         }
     }
 }
