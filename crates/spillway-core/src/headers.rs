@@ -104,6 +104,7 @@ impl Fields {
         let at = self.text.len();
         // `len <= SLOT` when slots come in order; `min` makes that a bound the compiler and
         // a reader can see, so no order of calls can index past the array.
+        debug_assert!(self.len <= SLOT, "field slots must be opened in ORDER");
         let i = self.len.min(SLOT);
         self.spans[i] = (ORDER[SLOT], at, at);
         self.len = i + 1;

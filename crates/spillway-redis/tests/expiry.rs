@@ -227,6 +227,27 @@ async fn a_state_without_a_deadline_gets_a_new_expiry() {
 }
 
 #[tokio::test]
+async fn a_key_consumed_twice_in_one_request_keeps_an_expiry() {
+    // Both limits read the same deadline before either writes; the second write keeps the
+    // expiry the first one set (KEEPTTL only on a key that exists, see lua/check.lua).
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    let params = LimitParams::FixedWindow(FixedWindow::new(1000, HOUR).unwrap());
+    let k = key("consumed-twice", &["a"]);
+    let redis_key = store.redis_key(&k);
+    for _ in 0..3 {
+        store
+            .check(
+                &[check(&k, &params, 1), check(&k, &params, 1)],
+                CheckMode::Consume,
+            )
+            .await
+            .unwrap();
+        assert!(pttl(&server, &redis_key) > 0, "the key has an expiry");
+    }
+}
+
+#[tokio::test]
 async fn a_key_listed_twice_in_a_request_keeps_an_expiry() {
     // Both limits read the same deadline before either writes. Here the first write deletes
     // the key (its state reads fresh by now, inside the deadline's slack), and the second is

@@ -1,7 +1,8 @@
 //! A `redis_sentinel` store behind passwords, through the real binary: the logins come from
 //! the environment or from files, decisions work with the right ones, and a refused login
 //! stops the start with exit status 2 (a setting that makes no sense, like a bad flag) and a
-//! message naming the side that refused it (a sentinel or the master) and never the password. (The failover with passwords on runs in `chaos.rs`.)
+//! message naming the side that refused it (a sentinel or the master) and never the
+//! password. (The failover with passwords on runs in `chaos.rs`.)
 
 // Waiting for a process to exit is wall-clock time by nature.
 #![allow(clippy::disallowed_methods)]

@@ -27,7 +27,7 @@ use crate::http::client_ip::client_ip;
 use crate::http::principal;
 use crate::http::problem::Problem;
 use crate::http::settings::HeaderMapping;
-use crate::http::verdict::{decided_body, decided_headers, denial_problem};
+use crate::http::verdict::{decided_headers, denial_problem, denied_response};
 use crate::http::{check_mode, decide};
 use crate::principal::Presented;
 use crate::state::AppState;
@@ -119,7 +119,7 @@ async fn answer(
         (settings.allow_status, rate_headers).into_response()
     } else {
         let problem = denial_problem(&decided.verdict, settings.deny_status);
-        (rate_headers, problem.with_verdict(decided_body(&decided))).into_response()
+        denied_response(problem, rate_headers, &decided)
     }
 }
 

@@ -277,7 +277,15 @@ pub(crate) fn body_problem(err: &(dyn std::error::Error + 'static)) -> Problem {
         }
         cause = e.source();
     }
-    Problem::invalid(format!("the body could not be read: {err}"), None)
+    // Both endpoints word it alike: axum's rejection names the buffering itself.
+    if err.is::<BytesRejection>() {
+        Problem::invalid(format!("the body could not be read: {err}"), None)
+    } else {
+        Problem::invalid(
+            format!("the body could not be read: Failed to buffer the request body: {err}"),
+            None,
+        )
+    }
 }
 
 fn too_large() -> Problem {

@@ -345,7 +345,7 @@ mod tests {
     use std::sync::Arc;
 
     /// The policy's exchange interval (`simulation::policy`'s).
-    const INTERVAL: Micros = 250_000;
+    const INTERVAL: Micros = simulation::PERIOD_MS * 1000;
 
     /// Region `us` of three, whose `aggregate` limit `soft` (90 an hour per tenant) leases past
     /// half of it; the other regions' stores are never called. Returns the policy, the node,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 const NAMES: [&str; 3] = ["us", "eu", "ap"];
 const LIMIT: u64 = 90;
 const START_MS: u64 = 1_728_000_060_000;
-const PERIOD_MS: u64 = 250;
+pub(super) const PERIOD_MS: u64 = 250;
 
 /// The world: the policy, and per region its node and own store.
 struct World {

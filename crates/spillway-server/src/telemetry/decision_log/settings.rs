@@ -142,11 +142,33 @@ fn shown(urls: &[String]) -> String {
 /// password hidden. A well-formed URL keeps its user name; in a mistyped one (`redis:/`,
 /// `redis//`, no scheme) the password cannot be told from the user name, so everything
 /// between the scheme-like start and the last `@` becomes `****`.
+///
+/// A comma starts a new part only where a URL could start (a scheme-like word, then `:/` or
+/// `//`): a password may hold commas, and `pa,ss@host` must not show `pa`.
 pub fn masked(text: &str) -> String {
-    text.split(',')
+    let mut parts: Vec<&str> = Vec::new();
+    let mut start = 0;
+    for (i, _) in text.match_indices(',') {
+        if starts_url(&text[i + 1..]) {
+            parts.push(&text[start..i]);
+            start = i + 1;
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+        .into_iter()
         .map(masked_part)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Whether `text` begins like a URL, even a mistyped one: a scheme-like word, then `:/` or `//`.
+fn starts_url(text: &str) -> bool {
+    let word = text
+        .find(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
+        .unwrap_or(text.len());
+    let rest = &text[word..];
+    word > 0 && (rest.starts_with(":/") || rest.starts_with("//"))
 }
 
 fn masked_part(part: &str) -> String {
@@ -467,8 +489,21 @@ mod tests {
         ] {
             assert_eq!(masked(text), shown, "{text}");
         }
+        // A password holding commas (legal in a URL's user part) is hidden whole.
+        for text in [
+            "redis://u:s3c,ret@h:1",
+            "redis:/u:s3c,ret@h:1",
+            "cluster+redis://u:s3c,ret@a,redis://u:s3c,x:ret@b",
+        ] {
+            let shown = masked(text);
+            assert!(
+                !shown.contains("s3c") && !shown.contains("ret@") && shown.contains("****@"),
+                "{text} shown as {shown}"
+            );
+        }
         for text in [
             "redis:/:s3cret@h:1",
+            "redis://u:s3c,ret@h:1",
             "http://:s3cret@h",
             "redis//u:s3cret@h",
         ] {
