@@ -50,13 +50,14 @@
 //! load costs no allocation per request here beyond the call itself.
 
 use crate::error::record;
-use crate::runner::Runner;
+use crate::runner::{only_reply, Conn, Failed, Runner};
 use crate::script::{CallArgs, Encoded, Reply};
 use spillway_core::request::CheckMode;
 use spillway_core::store::StoreError;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// Calls outstanding at once per lane.
 pub const IN_FLIGHT: usize = 4;
@@ -64,11 +65,18 @@ pub const IN_FLIGHT: usize = 4;
 pub const MAX_REQUESTS: usize = 64;
 /// Most limits in one call (a batch stops growing once it has this many).
 pub const MAX_CHECKS: usize = 256;
-/// Most requests waiting in one lane whose calls are all outstanding (four calls' worth of
-/// full batches); past it the lane's new requests are refused at once.
+/// Most requests waiting in one cluster slot's lane beyond what its free call slots take at
+/// once; past it the lane's new requests are refused at once. (A single server's one lane is
+/// bounded by [`QUEUE`] alone.)
 pub const LANE_QUEUE: usize = 4 * IN_FLIGHT * MAX_REQUESTS;
-/// Most requests waiting in all lanes together (and as many in the channel in front of them).
-pub const QUEUE: usize = 4096;
+/// Most requests waiting in all lanes together, after each lane has sent what its free call
+/// slots take. A waiting request holds a [`Job`] (about 80 bytes) plus its key names and
+/// encoded checks on the heap: a few hundred bytes for a one-limit request, so a full queue
+/// is a few MB.
+pub const QUEUE: usize = 16_384;
+/// Requests in the channel in front of the dispatcher (senders wait for room, within their
+/// timeout), and the most it takes from the channel before sending.
+const CHANNEL: usize = 4096;
 
 /// Histogram of requests per call sent by a batcher: how much coalescing happens under the
 /// load at hand (1 everywhere means Redis pays each call's fixed cost per request).
@@ -99,6 +107,8 @@ struct Job {
     keys: Vec<String>,
     checks: Vec<Encoded>,
     kind: Kind,
+    /// When its caller gives up (it queued at `deadline - timeout`).
+    deadline: Instant,
     answer: oneshot::Sender<Result<Reply, StoreError>>,
 }
 
@@ -127,7 +137,7 @@ pub(crate) struct Batcher {
 impl Batcher {
     /// A batcher sending through `runner`; its dispatcher runs on the current tokio runtime.
     pub(crate) fn start(runner: Runner) -> Self {
-        let (jobs, queue) = mpsc::channel(QUEUE);
+        let (jobs, queue) = mpsc::channel(CHANNEL);
         tokio::spawn(dispatch(runner.clone(), queue));
         Self { jobs, runner }
     }
@@ -170,6 +180,7 @@ impl Batcher {
             keys,
             checks,
             kind,
+            deadline: Instant::now() + limit,
             answer,
         };
         let waited = tokio::time::timeout(limit, async {
@@ -177,11 +188,7 @@ impl Batcher {
                 // The dispatcher is gone (its runtime shut down): call directly.
                 let mut args = CallArgs::default();
                 job.push_to(&mut args);
-                return self.runner.run_call(limit, &args).await.and_then(|mut r| {
-                    r.pop().ok_or_else(|| {
-                        record(StoreError::Protocol("the check returned no request".into()))
-                    })
-                });
+                return only_reply(self.runner.run_call(limit, &args).await);
             }
             reply.await.unwrap_or_else(|_| {
                 Err(record(StoreError::Protocol(
@@ -201,14 +208,28 @@ struct Lane {
     in_flight: usize,
 }
 
+impl Lane {
+    /// How many waiting requests the lane's free call slots take at once.
+    fn goes_now(&self) -> usize {
+        (IN_FLIGHT - self.in_flight) * MAX_REQUESTS
+    }
+}
+
+/// Starts one call carrying a lane's batch (in the server, a task sending it; in unit tests,
+/// a recorder).
+type Start = Box<dyn FnMut(u16, Vec<Job>) + Send>;
+
 /// The dispatcher's state: every lane with something queued or in flight.
 struct Lanes {
-    runner: Runner,
+    /// Most requests one lane keeps waiting beyond what its free call slots take:
+    /// [`LANE_QUEUE`] on a cluster, [`QUEUE`] on a single server (one lane takes everything).
+    lane_cap: usize,
+    start: Start,
     lanes: HashMap<u16, Lane>,
     /// Requests waiting over all lanes.
     waiting: usize,
-    /// Where a finished call reports its lane and hands back its (emptied) batch vector.
-    done: mpsc::UnboundedSender<(u16, Vec<Job>)>,
+    /// Lanes that took requests since they last sent (they may have free call slots).
+    touched: Vec<u16>,
     /// Empty queues of lanes that went idle, for the next new lane.
     spare_queues: Vec<VecDeque<Job>>,
     /// Empty batch vectors of finished calls, for the next call.
@@ -216,51 +237,89 @@ struct Lanes {
 }
 
 impl Lanes {
-    /// Queues `job` in its lane, or refuses it if the lane must wait and is full.
+    fn new(lane_cap: usize, start: Start) -> Self {
+        Self {
+            lane_cap,
+            start,
+            lanes: HashMap::new(),
+            waiting: 0,
+            touched: Vec::new(),
+            spare_queues: Vec::new(),
+            spare_batches: Vec::new(),
+        }
+    }
+
+    /// The state of lane `id`, created (from a pooled queue) if it had none.
+    fn lane(&mut self, id: u16) -> &mut Lane {
+        let spare = &mut self.spare_queues;
+        self.lanes.entry(id).or_insert_with(|| Lane {
+            waiting: spare.pop().unwrap_or_default(),
+            in_flight: 0,
+        })
+    }
+
+    /// Queues `job` in its lane, or refuses it if it cannot go now and its lane (or all
+    /// lanes) is full.
     fn queue(&mut self, job: Job) {
         if job.answer.is_closed() {
             return;
         }
-        let spare = &mut self.spare_queues;
-        let lane = self.lanes.entry(job.lane).or_insert_with(|| Lane {
-            waiting: spare.pop().unwrap_or_default(),
-            in_flight: 0,
-        });
-        // What the lane's free call slots take at once never waits, so never counts as full.
-        let goes_now = (IN_FLIGHT - lane.in_flight) * MAX_REQUESTS;
-        if lane.waiting.len() >= goes_now
-            && (lane.waiting.len() >= LANE_QUEUE || self.waiting >= QUEUE)
-        {
-            // Make room by forgetting requests whose callers gave up: first in this lane, then,
-            // if all lanes together are full, everywhere.
-            self.waiting -= prune(&mut lane.waiting);
-            if lane.waiting.len() < LANE_QUEUE && self.waiting >= QUEUE {
-                let mut pruned = 0;
-                for other in self.lanes.values_mut() {
-                    pruned += prune(&mut other.waiting);
-                }
-                self.waiting -= pruned;
-            }
-            let Some(lane) = self.lanes.get_mut(&job.lane) else {
-                return;
+        let id = job.lane;
+        let (cap, total) = (self.lane_cap, self.waiting);
+        let lane = self.lane(id);
+        // What the lane's free call slots take at once never counts against a bound.
+        if lane.waiting.len() >= lane.goes_now() + cap || total >= QUEUE {
+            self.make_room(id);
+            let lane = self.lane(id);
+            let why = if lane.waiting.len() >= lane.goes_now() + cap {
+                Some("the queue for this key's slot is full (its node is slow or unreachable)")
+            } else if self.waiting >= QUEUE {
+                Some("the queue for the store is full")
+            } else {
+                None
             };
-            if lane.waiting.len() >= LANE_QUEUE || self.waiting >= QUEUE {
+            if let Some(why) = why {
                 metrics::counter!(BATCH_REFUSED).increment(1);
-                let why = if lane.waiting.len() >= LANE_QUEUE {
-                    "the queue for this key's slot is full (its node is slow or unreachable)"
-                } else {
-                    "the queue for the store is full"
-                };
                 let _ = job
                     .answer
                     .send(Err(record(StoreError::Unavailable(why.into()))));
+                self.launch(id); // drops the lane if it is idle
                 return;
             }
-            lane.waiting.push_back(job);
-        } else {
-            lane.waiting.push_back(job);
         }
+        self.lane(id).waiting.push_back(job);
         self.waiting += 1;
+        self.touched.push(id);
+    }
+
+    /// Before refusing a request for lane `id`: sends what free call slots take (the lane's,
+    /// and every lane's if all together are full), then forgets requests whose callers gave
+    /// up from the front of the queues (callers share one timeout, so they give up in about
+    /// the order they queued).
+    fn make_room(&mut self, id: u16) {
+        self.launch(id);
+        if let Some(lane) = self.lanes.get_mut(&id) {
+            self.waiting -= prune_front(&mut lane.waiting);
+        }
+        if self.waiting >= QUEUE {
+            self.launch_touched();
+            let mut pruned = 0;
+            for lane in self.lanes.values_mut() {
+                pruned += prune_front(&mut lane.waiting);
+            }
+            self.waiting -= pruned;
+        }
+    }
+
+    /// Sends what every lane that took requests has queued, as far as free call slots go.
+    fn launch_touched(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        for id in touched.drain(..) {
+            self.launch(id);
+        }
+        if self.touched.is_empty() {
+            self.touched = touched; // keep the allocation
+        }
     }
 
     /// Sends what `lane` has queued, as far as its free call slots go; drops the lane once it
@@ -289,11 +348,7 @@ impl Lanes {
                 continue;
             }
             state.in_flight += 1;
-            let (runner, done) = (self.runner.clone(), self.done.clone());
-            tokio::spawn(async move {
-                send(&runner, &mut batch).await;
-                let _ = done.send((lane, batch));
-            });
+            (self.start)(lane, batch);
         }
         if state.in_flight == 0 && state.waiting.is_empty() {
             if let Some(idle) = self.lanes.remove(&lane) {
@@ -316,59 +371,48 @@ impl Lanes {
     }
 }
 
-/// Drops the requests in `queue` whose callers gave up; how many it dropped.
-fn prune(queue: &mut VecDeque<Job>) -> usize {
-    let before = queue.len();
-    queue.retain(|job| !job.answer.is_closed());
-    before - queue.len()
+/// Drops the requests at the front of `queue` whose callers gave up; how many it dropped.
+fn prune_front(queue: &mut VecDeque<Job>) -> usize {
+    let mut dropped = 0;
+    while queue.front().is_some_and(|job| job.answer.is_closed()) {
+        queue.pop_front();
+        dropped += 1;
+    }
+    dropped
 }
 
 /// Takes queued requests into calls, lane by lane; see the module docs.
 async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
     let (done, mut finished) = mpsc::unbounded_channel();
-    let mut lanes = Lanes {
-        runner,
-        lanes: HashMap::new(),
-        waiting: 0,
-        done,
-        spare_queues: Vec::new(),
-        spare_batches: Vec::new(),
+    // On a single server (directly or through Sentinel) every request is in lane 0, so that
+    // lane may use the whole store-wide bound.
+    let lane_cap = match runner.conn {
+        Conn::Cluster(_) => LANE_QUEUE,
+        Conn::Server(_) | Conn::Sentinel(_) => QUEUE,
     };
-    let mut touched = Vec::new();
+    let start: Start = Box::new(move |lane, mut batch| {
+        let (runner, done) = (runner.clone(), done.clone());
+        tokio::spawn(async move {
+            send(&runner, &mut batch).await;
+            let _ = done.send((lane, batch));
+        });
+    });
+    let mut lanes = Lanes::new(lane_cap, start);
     loop {
         tokio::select! {
             biased;
             Some((lane, batch)) = finished.recv() => lanes.finished(lane, batch),
             job = queue.recv() => {
                 let Some(job) = job else { return };
-                // Take everything queued meanwhile (a bounded helping), then send lane by lane.
-                touched.push(job.lane);
+                // Take what queued meanwhile (a bounded helping), then send lane by lane.
                 lanes.queue(job);
-                while touched.len() < QUEUE {
+                for _ in 1..CHANNEL {
                     let Ok(job) = queue.try_recv() else { break };
-                    touched.push(job.lane);
                     lanes.queue(job);
                 }
-                for lane in touched.drain(..) {
-                    lanes.launch(lane);
-                }
+                lanes.launch_touched();
             }
         }
-    }
-}
-
-/// Whether `err` is Redis refusing a call because its slot is migrating: `TRYAGAIN` (some of
-/// the call's keys moved, some not), or an `ASK`/`MOVED` redirect the client gave up on.
-fn resharding(err: &StoreError) -> bool {
-    match err {
-        // The client spells the codes either way (`TryAgain: Multiple keys request during
-        // rehashing of slot`).
-        StoreError::Unavailable(text) | StoreError::Protocol(text) => {
-            ["TRYAGAIN", "TryAgain", "ASK ", "Ask:", "MOVED ", "Moved:"]
-                .iter()
-                .any(|code| text.contains(code))
-        }
-        StoreError::Timeout(_) => false,
     }
 }
 
@@ -377,30 +421,29 @@ fn resharding(err: &StoreError) -> bool {
 async fn send(runner: &Runner, batch: &mut Vec<Job>) {
     #[allow(clippy::cast_precision_loss)] // at most MAX_REQUESTS
     metrics::histogram!(BATCH_REQUESTS).record(batch.len() as f64);
-    let started = tokio::time::Instant::now();
     match call(runner, runner.timeout, batch).await {
-        Err(err) if batch.len() > 1 && resharding(&err) => {
-            // Each request alone, once, within what is left of the timeout. One after another:
-            // a request for a key not yet on the target is redirected (`ASK`), and the client
-            // sends `ASKING` and the call as two commands on the shared connection, so
-            // redirected calls sent together can take each other's `ASKING` and bounce.
-            let deadline = started + runner.timeout;
+        Err(Failed {
+            resharding: true, ..
+        }) if batch.len() > 1 => {
+            // Each request alone, once, within what is left of its own caller's time. One
+            // after another: a request for a key not yet on the target is redirected (`ASK`),
+            // and the client sends `ASKING` and the call as two commands on the shared
+            // connection, so redirected calls sent together can take each other's `ASKING`
+            // and bounce.
             for job in batch.drain(..) {
                 if job.answer.is_closed() {
                     continue;
                 }
-                metrics::counter!(BATCH_RETRIED).increment(1);
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let left = job.deadline.saturating_duration_since(Instant::now());
                 let reply = if left.is_zero() {
-                    Err(StoreError::Timeout(runner.timeout))
+                    Err(record(StoreError::Timeout(runner.timeout)))
                 } else {
-                    call(runner, left, std::slice::from_ref(&job))
-                        .await
-                        .and_then(|mut replies| {
-                            replies.pop().ok_or_else(|| {
-                                StoreError::Protocol("the check returned no request".into())
-                            })
-                        })
+                    metrics::counter!(BATCH_RETRIED).increment(1);
+                    only_reply(
+                        call(runner, left, std::slice::from_ref(&job))
+                            .await
+                            .map_err(|failed| failed.err),
+                    )
                 };
                 let _ = job.answer.send(reply);
             }
@@ -410,7 +453,7 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>) {
                 let _ = job.answer.send(Ok(reply));
             }
         }
-        Err(err) => {
+        Err(Failed { err, .. }) => {
             for job in batch.drain(..) {
                 let _ = job.answer.send(Err(err.clone()));
             }
@@ -418,20 +461,144 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>) {
     }
 }
 
-/// One call carrying `batch`, within `limit`: one reply per request, or the call's error.
-async fn call(runner: &Runner, limit: Duration, batch: &[Job]) -> Result<Vec<Reply>, StoreError> {
+/// One call carrying `batch`, within `limit`: one reply per request, or the call's error
+/// (counted).
+async fn call(runner: &Runner, limit: Duration, batch: &[Job]) -> Result<Vec<Reply>, Failed> {
     let mut args = CallArgs::default();
     for job in batch {
         job.push_to(&mut args);
     }
-    let replies = runner.run_call(limit, &args).await?;
+    let replies = runner.run_call_typed(limit, &args).await?;
     if replies.len() == batch.len() {
         Ok(replies)
     } else {
-        Err(StoreError::Protocol(format!(
-            "the check answered {} requests of {}",
-            replies.len(),
-            batch.len()
-        )))
+        Err(Failed {
+            err: record(StoreError::Protocol(format!(
+                "the check answered {} requests of {}",
+                replies.len(),
+                batch.len()
+            ))),
+            resharding: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    type Sent = Arc<Mutex<Vec<(u16, Vec<Job>)>>>;
+
+    /// Lanes whose calls are recorded instead of sent (they stay outstanding until
+    /// `finished`).
+    fn lanes(lane_cap: usize) -> (Lanes, Sent) {
+        let sent = Sent::default();
+        let record = sent.clone();
+        let start: Start = Box::new(move |lane, batch| record.lock().unwrap().push((lane, batch)));
+        (Lanes::new(lane_cap, start), sent)
+    }
+
+    type Answer = oneshot::Receiver<Result<Reply, StoreError>>;
+
+    fn job(lane: u16) -> (Job, Answer) {
+        let (answer, reply) = oneshot::channel();
+        let job = Job {
+            lane,
+            keys: vec![format!("k{lane}")],
+            checks: Vec::new(),
+            kind: Kind::Check(CheckMode::Consume),
+            deadline: Instant::now() + Duration::from_secs(1),
+            answer,
+        };
+        (job, reply)
+    }
+
+    fn refused(answers: &mut [Answer]) -> usize {
+        answers
+            .iter_mut()
+            .map(oneshot::Receiver::try_recv)
+            .filter(|r| matches!(r, Ok(Err(StoreError::Unavailable(_)))))
+            .count()
+    }
+
+    /// `n` requests for `lane` as the dispatcher takes them from the channel in one go.
+    fn burst(lanes: &mut Lanes, lane: u16, n: usize) -> Vec<Answer> {
+        let answers = (0..n)
+            .map(|_| {
+                let (job, answer) = job(lane);
+                lanes.queue(job);
+                answer
+            })
+            .collect();
+        lanes.launch_touched();
+        answers
+    }
+
+    #[test]
+    fn a_burst_to_an_idle_single_server_lane_is_not_refused() {
+        let (mut lanes, sent) = lanes(QUEUE);
+        let mut answers = burst(&mut lanes, 0, 2000);
+        assert_eq!(refused(&mut answers), 0);
+        // Its four calls went out full; the rest waits for them.
+        assert_eq!(sent.lock().unwrap().len(), IN_FLIGHT);
+        assert_eq!(lanes.waiting, 2000 - IN_FLIGHT * MAX_REQUESTS);
+        // As much as the channel holds, again and again while nothing returns (main kept
+        // 4,096 waiting plus 4,096 in the channel): still nothing refused.
+        for _ in 0..3 {
+            assert_eq!(refused(&mut burst(&mut lanes, 0, CHANNEL)), 0);
+        }
+    }
+
+    #[test]
+    fn a_cluster_lane_counts_its_bound_past_what_goes_now() {
+        let (mut lanes, sent) = lanes(LANE_QUEUE);
+        let fits = IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE;
+        let mut answers = burst(&mut lanes, 7, fits);
+        assert_eq!(refused(&mut answers), 0);
+        assert_eq!(sent.lock().unwrap().len(), IN_FLIGHT);
+        // The lane is full: the next is refused at once; another slot's lane is not.
+        assert_eq!(refused(&mut burst(&mut lanes, 7, 1)), 1);
+        assert_eq!(refused(&mut burst(&mut lanes, 8, 100)), 0);
+        // Callers that gave up at the front make room again.
+        for answer in answers.iter_mut().skip(IN_FLIGHT * MAX_REQUESTS).take(10) {
+            answer.close();
+        }
+        assert_eq!(refused(&mut burst(&mut lanes, 7, 10)), 0);
+        assert_eq!(refused(&mut burst(&mut lanes, 7, 1)), 1);
+    }
+
+    #[test]
+    fn hung_cluster_lanes_leave_room_for_busy_healthy_ones() {
+        let (mut lanes, sent) = lanes(LANE_QUEUE);
+        // Eight hung hot slots, each with full calls out and a full queue (8 x 1,024 waiting).
+        for slot in 0..8 {
+            let mut answers = burst(&mut lanes, slot, IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE);
+            assert_eq!(refused(&mut answers), 0);
+            std::mem::forget(answers); // their callers are still waiting
+        }
+        // A busy healthy slot: its calls come back and it keeps taking bursts.
+        for _ in 0..10 {
+            let mut answers = burst(&mut lanes, 100, 500);
+            assert_eq!(refused(&mut answers), 0);
+            let done: Vec<_> = std::mem::take(&mut *sent.lock().unwrap())
+                .into_iter()
+                .filter(|(lane, _)| *lane == 100)
+                .collect();
+            for (lane, batch) in done {
+                lanes.finished(lane, batch);
+            }
+            drop(answers);
+        }
+    }
+
+    #[test]
+    fn a_job_stays_small() {
+        // What QUEUE's memory estimate assumes (its heap parts come on top).
+        assert!(
+            std::mem::size_of::<Job>() <= 112,
+            "{}",
+            std::mem::size_of::<Job>()
+        );
     }
 }
