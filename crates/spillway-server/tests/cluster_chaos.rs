@@ -20,8 +20,11 @@ use std::time::{Duration, Instant};
 
 /// The store budget.
 const BUDGET: Duration = Duration::from_millis(200);
-/// Allowance on top of the budget for a loaded two-core machine.
-const MARGIN: Duration = Duration::from_millis(250);
+/// Allowance on top of the budget for a loaded two-core machine (generous: hundreds of
+/// client tasks share it with the server and other builds).
+const MARGIN: Duration = Duration::from_millis(500);
+/// Concurrent clients of the frozen master's user.
+const HUNG_TASKS: usize = 200;
 /// The emergency quota of the `degrade` route, per node.
 const EMERGENCY: usize = 5;
 
@@ -109,9 +112,10 @@ async fn a_frozen_master_degrades_only_its_own_users() {
     cluster.node(0).freeze();
     let until = Instant::now() + Duration::from_secs(3);
     let mut tasks = Vec::new();
-    // Two tasks for the frozen master's user, four for users on the healthy masters.
-    let loads = [&hung_user, &hung_user]
-        .into_iter()
+    // HUNG_TASKS concurrent clients for the frozen master's user (hundreds of its requests in
+    // flight at once, filling its slot's calls and queue), four for users on the healthy
+    // masters at the same time.
+    let loads = std::iter::repeat_n(&hung_user, HUNG_TASKS)
         .map(|u| (true, u.clone()))
         .chain(healthy[..4].iter().map(|u| (false, u.clone())));
     for (hung, user) in loads {
@@ -144,7 +148,10 @@ async fn a_frozen_master_degrades_only_its_own_users() {
     }
     assert!(decided >= 20, "only {decided} healthy decisions in 3 s");
     assert_eq!(degraded_admitted, EMERGENCY, "the emergency quota, exactly");
-    assert!(degraded_denied > 0);
+    assert!(
+        degraded_denied >= HUNG_TASKS,
+        "only {degraded_denied} degraded denials: the frozen master saw little load"
+    );
     let text = server.metrics().await;
     let counted = metric(
         &text,
