@@ -26,12 +26,15 @@
 //! size (about 10 under `bench/redis.sh`; see docs/BENCHMARKS.md).
 //!
 //! # Bounds, and a hung node
-//! A lane whose calls are all outstanding keeps at most [`LANE_QUEUE`] requests waiting, and
-//! all lanes together at most [`QUEUE`]. A request that finds its lane (or all lanes) full is
-//! refused at once (`StoreError::Unavailable`, counted in [`BATCH_REFUSED`]) after the
-//! requests whose callers already gave up are dropped from the queue; a request whose lane has
-//! a free call slot is never refused. So when one cluster master hangs, only its own slots'
-//! lanes fill: their callers time out at the store's timeout (or are refused at once), while
+//! Beyond what its free call slots take at once, a cluster slot's lane keeps at most
+//! [`LANE_QUEUE`] requests waiting, and all lanes together at most [`QUEUE`] (plus, for a
+//! moment, what free call slots are about to take). A single server's one lane is bounded by
+//! [`QUEUE`] alone. A request that finds its lane (or all lanes) full is refused at once
+//! (`StoreError::Unavailable`, counted in [`BATCH_REFUSED`]), but only after its lane has sent
+//! what its free call slots take and the requests whose callers already gave up are dropped
+//! from the front of the queues; a request its lane's free call slots can take is never
+//! refused. Requests whose keys span slots do not come here, so these bounds do not cover
+//! them. So when one cluster master hangs, only its own slots' lanes fill: their callers time out at the store's timeout (or are refused at once), while
 //! lanes of slots on healthy masters keep sending at their normal latency. The dispatcher
 //! never stops reading new requests to wait for a lane (the queue used to be shared, and one
 //! hung master could fill it for everyone).
@@ -40,8 +43,11 @@
 //! While a slot migrates, a call over several keys of that slot, some already moved, is
 //! refused with `TRYAGAIN` (nothing is applied). Requests that merely shared such a call
 //! should not fail for it: a batch of several requests refused that way (or with a redirect
-//! the client could not follow) is sent again once, each request alone in its own call, within
-//! what is left of the timeout (counted in [`BATCH_RETRIED`]). A request alone holds one
+//! the client could not follow; judged on the client's typed error kind, never on text) is
+//! sent again once, each request alone in its own call, while its own caller still has time
+//! (counted in [`BATCH_RETRIED`]). If an earlier attempt of the call by the client ran on
+//! Redis and only its reply was lost, the retry charges its requests a second time: extra
+//! denials, never an extra admission. A request alone holds one
 //! key, or keys it needs together, so a refusal of it is its own answer.
 //!
 //! A request whose caller gave up before its batch was sent is dropped from the batch and
@@ -69,8 +75,7 @@ pub const MAX_CHECKS: usize = 256;
 /// once; past it the lane's new requests are refused at once. (A single server's one lane is
 /// bounded by [`QUEUE`] alone.)
 pub const LANE_QUEUE: usize = 4 * IN_FLIGHT * MAX_REQUESTS;
-/// Most requests waiting in all lanes together, after each lane has sent what its free call
-/// slots take. A waiting request holds a [`Job`] (about 80 bytes) plus its key names and
+/// Most requests waiting in all lanes together beyond what free call slots take at once. A waiting request holds a [`Job`] (about 80 bytes) plus its key names and
 /// encoded checks on the heap: a few hundred bytes for a one-limit request, so a full queue
 /// is a few MB.
 pub const QUEUE: usize = 16_384;
@@ -267,11 +272,17 @@ impl Lanes {
         let id = job.lane;
         let (cap, total) = (self.lane_cap, self.waiting);
         let lane = self.lane(id);
-        // What the lane's free call slots take at once never counts against a bound.
-        if lane.waiting.len() >= lane.goes_now() + cap || total >= QUEUE {
+        // What the lane's free call slots take at once is never refused.
+        let goes_now = lane.goes_now();
+        if lane.waiting.len() >= goes_now
+            && (lane.waiting.len() >= goes_now + cap || total >= QUEUE)
+        {
             self.make_room(id);
             let lane = self.lane(id);
-            let why = if lane.waiting.len() >= lane.goes_now() + cap {
+            let goes_now = lane.goes_now();
+            let why = if lane.waiting.len() < goes_now {
+                None
+            } else if lane.waiting.len() >= goes_now + cap {
                 Some("the queue for this key's slot is full (its node is slow or unreachable)")
             } else if self.waiting >= QUEUE {
                 Some("the queue for the store is full")
@@ -590,6 +601,22 @@ mod tests {
             }
             drop(answers);
         }
+    }
+
+    #[test]
+    fn with_all_lanes_full_what_free_call_slots_take_still_goes() {
+        let (mut lanes, sent) = lanes(LANE_QUEUE);
+        let per_lane = IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE;
+        for slot in 0..16 {
+            let answers = burst(&mut lanes, slot, per_lane);
+            std::mem::forget(answers); // hung: their callers are still waiting
+        }
+        assert_eq!(lanes.waiting, QUEUE);
+        // A new slot's lane sends four full calls; only what would wait is refused.
+        let before = sent.lock().unwrap().len();
+        let mut answers = burst(&mut lanes, 500, IN_FLIGHT * MAX_REQUESTS + 44);
+        assert_eq!(refused(&mut answers), 44);
+        assert_eq!(sent.lock().unwrap().len() - before, IN_FLIGHT);
     }
 
     #[test]
