@@ -8,7 +8,8 @@
 //! *lane* as one call of the check function, which decides the requests one after another
 //! inside that one atomic call, each all-or-nothing on its own and each seeing what the ones
 //! before it wrote (see `lua/check.lua`). The result is the same as separate calls arriving
-//! back to back.
+//! back to back. Reports (charges after the fact) queue the same way, one job per slot of the
+//! report, and may share a call with checks.
 //!
 //! A lane is what one call may cover: the whole server on a single server (directly or through
 //! Sentinel), one hash slot on a cluster (a call may touch keys of one slot only). Requests
@@ -21,21 +22,48 @@
 //! once, alone. Up to [`IN_FLIGHT`] calls per lane are outstanding at a time; requests that
 //! arrive meanwhile queue in their lane, and the lane's next free slot takes them all (at most
 //! [`MAX_REQUESTS`] requests and [`MAX_CHECKS`] limits per call). So batches grow only when a
-//! lane is busy, which is when they help. At most [`QUEUE`] requests wait in lanes (and as
-//! many in the channel in front of them); a lane with nothing queued or in flight is dropped.
-//! `spillway_redis_batch_requests` records each call's size (about 10 under `bench/redis.sh`;
-//! see docs/BENCHMARKS.md).
+//! lane is busy, which is when they help. `spillway_redis_batch_requests` records each call's
+//! size (about 10 under `bench/redis.sh`; see docs/BENCHMARKS.md).
+//!
+//! # Bounds, and a hung node
+//! Beyond what its free call slots take at once, a cluster slot's lane keeps at most
+//! [`LANE_QUEUE`] requests waiting, and all lanes together at most [`QUEUE`] (plus, for a
+//! moment, what free call slots are about to take). A single server's one lane is bounded by
+//! [`QUEUE`] alone. A request that finds its lane (or all lanes) full is refused at once
+//! (`StoreError::Unavailable`, counted in [`BATCH_REFUSED`]), but only after its lane has sent
+//! what its free call slots take and the requests whose callers already gave up are dropped
+//! from the front of the queues; a request its lane's free call slots can take is never
+//! refused. Requests whose keys span slots do not come here, so these bounds do not cover
+//! them. So when one cluster master hangs, only its own slots' lanes fill: their callers time out at the store's timeout (or are refused at once), while
+//! lanes of slots on healthy masters keep sending at their normal latency. The dispatcher
+//! never stops reading new requests to wait for a lane (the queue used to be shared, and one
+//! hung master could fill it for everyone).
+//!
+//! # Resharding
+//! While a slot migrates, a call over several keys of that slot, some already moved, is
+//! refused with `TRYAGAIN` (nothing is applied). Requests that merely shared such a call
+//! should not fail for it: a batch of several requests refused that way (or with a redirect
+//! the client could not follow; judged on the client's typed error kind, never on text) is
+//! sent again once, each request alone in its own call, while its own caller still has time
+//! (counted in [`BATCH_RETRIED`]). If an earlier attempt of the call by the client ran on
+//! Redis and only its reply was lost, the retry charges its requests a second time: extra
+//! denials, never an extra admission. A request alone holds one
+//! key, or keys it needs together, so a refusal of it is its own answer.
 //!
 //! A request whose caller gave up before its batch was sent is dropped from the batch and
 //! never charged. Each caller still waits at most the store's timeout, queueing included.
+//! A request alone in an idle lane takes a queue and a batch vector from small pools, so low
+//! load costs no allocation per request here beyond the call itself.
 
 use crate::error::record;
-use crate::runner::Runner;
+use crate::runner::{only_reply, Conn, Failed, Runner};
 use crate::script::{CallArgs, Encoded, Reply};
 use spillway_core::request::CheckMode;
 use spillway_core::store::StoreError;
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// Calls outstanding at once per lane.
 pub const IN_FLIGHT: usize = 4;
@@ -43,15 +71,39 @@ pub const IN_FLIGHT: usize = 4;
 pub const MAX_REQUESTS: usize = 64;
 /// Most limits in one call (a batch stops growing once it has this many).
 pub const MAX_CHECKS: usize = 256;
-/// Most requests waiting in lanes; past it the channel in front fills, then callers wait to
-/// queue (within their timeout).
-pub const QUEUE: usize = 4096;
+/// Most requests waiting in one cluster slot's lane beyond what its free call slots take at
+/// once; past it the lane's new requests are refused at once. (A single server's one lane is
+/// bounded by [`QUEUE`] alone.)
+pub const LANE_QUEUE: usize = 4 * IN_FLIGHT * MAX_REQUESTS;
+/// Most requests waiting in all lanes together beyond what free call slots take at once. A waiting request holds a [`Job`] (about 80 bytes) plus its key names and
+/// encoded checks on the heap: a few hundred bytes for a one-limit request, so a full queue
+/// is a few MB.
+pub const QUEUE: usize = 16_384;
+/// Requests in the channel in front of the dispatcher (senders wait for room, within their
+/// timeout), and the most it takes from the channel before sending.
+const CHANNEL: usize = 4096;
 
 /// Histogram of requests per call sent by a batcher: how much coalescing happens under the
 /// load at hand (1 everywhere means Redis pays each call's fixed cost per request).
 pub const BATCH_REQUESTS: &str = "spillway_redis_batch_requests";
 /// Buckets for [`BATCH_REQUESTS`]: powers of two up to [`MAX_REQUESTS`].
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+/// Counter of requests refused at once because their lane (or every lane) was full.
+pub const BATCH_REFUSED: &str = "spillway_redis_batch_refused_total";
+/// Counter of requests sent again alone after the call they shared was refused during
+/// resharding (`TRYAGAIN`, or a redirect the client could not follow).
+pub const BATCH_RETRIED: &str = "spillway_redis_batch_retried_total";
+
+/// Pooled queues and batch vectors kept for reuse (each at most this many).
+const SPARES: usize = 16;
+
+/// What a queued request asks of its slot.
+enum Kind {
+    /// A check, consuming or only looking.
+    Check(CheckMode),
+    /// A charge after the fact, with its report marker key when the report has an id.
+    Charge(Option<String>),
+}
 
 /// One queued request.
 struct Job {
@@ -59,11 +111,29 @@ struct Job {
     lane: u16,
     keys: Vec<String>,
     checks: Vec<Encoded>,
-    mode: CheckMode,
+    kind: Kind,
+    /// When its caller gives up (it queued at `deadline - timeout`).
+    deadline: Instant,
     answer: oneshot::Sender<Result<Reply, StoreError>>,
 }
 
+impl Job {
+    /// Appends this request to a call's arguments.
+    fn push_to(&self, args: &mut CallArgs) {
+        let pairs = self
+            .keys
+            .iter()
+            .map(String::as_str)
+            .zip(self.checks.iter().copied());
+        match &self.kind {
+            Kind::Check(mode) => args.push(pairs, *mode, false),
+            Kind::Charge(marker) => args.push_charge(marker.as_deref(), pairs),
+        }
+    }
+}
+
 /// The queue in front of the shared connection; see the module docs.
+#[derive(Clone)]
 pub(crate) struct Batcher {
     jobs: mpsc::Sender<Job>,
     runner: Runner,
@@ -72,7 +142,7 @@ pub(crate) struct Batcher {
 impl Batcher {
     /// A batcher sending through `runner`; its dispatcher runs on the current tokio runtime.
     pub(crate) fn start(runner: Runner) -> Self {
-        let (jobs, queue) = mpsc::channel(QUEUE);
+        let (jobs, queue) = mpsc::channel(CHANNEL);
         tokio::spawn(dispatch(runner.clone(), queue));
         Self { jobs, runner }
     }
@@ -86,20 +156,44 @@ impl Batcher {
         checks: Vec<Encoded>,
         mode: CheckMode,
     ) -> Result<Reply, StoreError> {
+        self.submit(lane, keys, checks, Kind::Check(mode)).await
+    }
+
+    /// Charges one slot's part of a report (every key in `lane`, the marker too) within the
+    /// store's timeout.
+    pub(crate) async fn charge(
+        &self,
+        lane: u16,
+        marker: Option<String>,
+        keys: Vec<String>,
+        checks: Vec<Encoded>,
+    ) -> Result<Reply, StoreError> {
+        self.submit(lane, keys, checks, Kind::Charge(marker)).await
+    }
+
+    async fn submit(
+        &self,
+        lane: u16,
+        keys: Vec<String>,
+        checks: Vec<Encoded>,
+        kind: Kind,
+    ) -> Result<Reply, StoreError> {
         let limit = self.runner.timeout;
         let (answer, reply) = oneshot::channel();
         let job = Job {
             lane,
             keys,
             checks,
-            mode,
+            kind,
+            deadline: Instant::now() + limit,
             answer,
         };
         let waited = tokio::time::timeout(limit, async {
             if let Err(mpsc::error::SendError(job)) = self.jobs.send(job).await {
                 // The dispatcher is gone (its runtime shut down): call directly.
-                let pairs = job.keys.iter().map(String::as_str).zip(job.checks);
-                return self.runner.run_script(limit, pairs, job.mode, false).await;
+                let mut args = CallArgs::default();
+                job.push_to(&mut args);
+                return only_reply(self.runner.run_call(limit, &args).await);
             }
             reply.await.unwrap_or_else(|_| {
                 Err(record(StoreError::Protocol(
@@ -119,24 +213,124 @@ struct Lane {
     in_flight: usize,
 }
 
+impl Lane {
+    /// How many waiting requests the lane's free call slots take at once.
+    fn goes_now(&self) -> usize {
+        (IN_FLIGHT - self.in_flight) * MAX_REQUESTS
+    }
+}
+
+/// Starts one call carrying a lane's batch (in the server, a task sending it; in unit tests,
+/// a recorder).
+type Start = Box<dyn FnMut(u16, Vec<Job>) + Send>;
+
 /// The dispatcher's state: every lane with something queued or in flight.
 struct Lanes {
-    runner: Runner,
+    /// Most requests one lane keeps waiting beyond what its free call slots take:
+    /// [`LANE_QUEUE`] on a cluster, [`QUEUE`] on a single server (one lane takes everything).
+    lane_cap: usize,
+    start: Start,
     lanes: HashMap<u16, Lane>,
     /// Requests waiting over all lanes.
     waiting: usize,
-    /// Where a finished call reports its lane.
-    done: mpsc::UnboundedSender<u16>,
+    /// Lanes that took requests since they last sent (they may have free call slots).
+    touched: Vec<u16>,
+    /// Empty queues of lanes that went idle, for the next new lane.
+    spare_queues: Vec<VecDeque<Job>>,
+    /// Empty batch vectors of finished calls, for the next call.
+    spare_batches: Vec<Vec<Job>>,
 }
 
 impl Lanes {
+    fn new(lane_cap: usize, start: Start) -> Self {
+        Self {
+            lane_cap,
+            start,
+            lanes: HashMap::new(),
+            waiting: 0,
+            touched: Vec::new(),
+            spare_queues: Vec::new(),
+            spare_batches: Vec::new(),
+        }
+    }
+
+    /// The state of lane `id`, created (from a pooled queue) if it had none.
+    fn lane(&mut self, id: u16) -> &mut Lane {
+        let spare = &mut self.spare_queues;
+        self.lanes.entry(id).or_insert_with(|| Lane {
+            waiting: spare.pop().unwrap_or_default(),
+            in_flight: 0,
+        })
+    }
+
+    /// Queues `job` in its lane, or refuses it if it cannot go now and its lane (or all
+    /// lanes) is full.
     fn queue(&mut self, job: Job) {
+        if job.answer.is_closed() {
+            return;
+        }
+        let id = job.lane;
+        let (cap, total) = (self.lane_cap, self.waiting);
+        let lane = self.lane(id);
+        // What the lane's free call slots take at once is never refused.
+        let goes_now = lane.goes_now();
+        if lane.waiting.len() >= goes_now
+            && (lane.waiting.len() >= goes_now + cap || total >= QUEUE)
+        {
+            self.make_room(id);
+            let lane = self.lane(id);
+            let goes_now = lane.goes_now();
+            let why = if lane.waiting.len() < goes_now {
+                None
+            } else if lane.waiting.len() >= goes_now + cap {
+                Some("the queue for this key's slot is full (its node is slow or unreachable)")
+            } else if self.waiting >= QUEUE {
+                Some("the queue for the store is full")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                metrics::counter!(BATCH_REFUSED).increment(1);
+                let _ = job
+                    .answer
+                    .send(Err(record(StoreError::Unavailable(why.into()))));
+                self.launch(id); // drops the lane if it is idle
+                return;
+            }
+        }
+        self.lane(id).waiting.push_back(job);
         self.waiting += 1;
-        self.lanes
-            .entry(job.lane)
-            .or_default()
-            .waiting
-            .push_back(job);
+        self.touched.push(id);
+    }
+
+    /// Before refusing a request for lane `id`: sends what free call slots take (the lane's,
+    /// and every lane's if all together are full), then forgets requests whose callers gave
+    /// up from the front of the queues (callers share one timeout, so they give up in about
+    /// the order they queued).
+    fn make_room(&mut self, id: u16) {
+        self.launch(id);
+        if let Some(lane) = self.lanes.get_mut(&id) {
+            self.waiting -= prune_front(&mut lane.waiting);
+        }
+        if self.waiting >= QUEUE {
+            self.launch_touched();
+            let mut pruned = 0;
+            for lane in self.lanes.values_mut() {
+                pruned += prune_front(&mut lane.waiting);
+            }
+            self.waiting -= pruned;
+        }
+    }
+
+    /// Sends what every lane that took requests has queued, as far as free call slots go.
+    fn launch_touched(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        for id in touched.drain(..) {
+            self.launch(id);
+        }
+        if self.touched.is_empty() {
+            self.touched = touched; // keep the allocation
+        }
     }
 
     /// Sends what `lane` has queued, as far as its free call slots go; drops the lane once it
@@ -146,7 +340,7 @@ impl Lanes {
             return;
         };
         while state.in_flight < IN_FLIGHT && !state.waiting.is_empty() {
-            let mut batch = Vec::new();
+            let mut batch = self.spare_batches.pop().unwrap_or_default();
             let mut checks = 0;
             while batch.len() < MAX_REQUESTS && checks < MAX_CHECKS {
                 let Some(job) = state.waiting.pop_front() else {
@@ -161,93 +355,277 @@ impl Lanes {
                 batch.push(job);
             }
             if batch.is_empty() {
+                self.spare_batches.push(batch);
                 continue;
             }
             state.in_flight += 1;
-            let (runner, done) = (self.runner.clone(), self.done.clone());
-            tokio::spawn(async move {
-                send(&runner, batch).await;
-                let _ = done.send(lane);
-            });
+            (self.start)(lane, batch);
         }
         if state.in_flight == 0 && state.waiting.is_empty() {
-            self.lanes.remove(&lane);
+            if let Some(idle) = self.lanes.remove(&lane) {
+                if self.spare_queues.len() < SPARES && idle.waiting.capacity() <= MAX_REQUESTS {
+                    self.spare_queues.push(idle.waiting);
+                }
+            }
         }
     }
 
-    fn finished(&mut self, lane: u16) {
+    fn finished(&mut self, lane: u16, mut batch: Vec<Job>) {
         if let Some(state) = self.lanes.get_mut(&lane) {
             state.in_flight = state.in_flight.saturating_sub(1);
+        }
+        batch.clear();
+        if self.spare_batches.len() < SPARES {
+            self.spare_batches.push(batch);
         }
         self.launch(lane);
     }
 }
 
+/// Drops the requests at the front of `queue` whose callers gave up; how many it dropped.
+fn prune_front(queue: &mut VecDeque<Job>) -> usize {
+    let mut dropped = 0;
+    while queue.front().is_some_and(|job| job.answer.is_closed()) {
+        queue.pop_front();
+        dropped += 1;
+    }
+    dropped
+}
+
 /// Takes queued requests into calls, lane by lane; see the module docs.
 async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
     let (done, mut finished) = mpsc::unbounded_channel();
-    let mut lanes = Lanes {
-        runner,
-        lanes: HashMap::new(),
-        waiting: 0,
-        done,
+    // On a single server (directly or through Sentinel) every request is in lane 0, so that
+    // lane may use the whole store-wide bound.
+    let lane_cap = match runner.conn {
+        Conn::Cluster(_) => LANE_QUEUE,
+        Conn::Server(_) | Conn::Sentinel(_) => QUEUE,
     };
-    let mut touched = Vec::new();
+    let start: Start = Box::new(move |lane, mut batch| {
+        let (runner, done) = (runner.clone(), done.clone());
+        tokio::spawn(async move {
+            send(&runner, &mut batch).await;
+            let _ = done.send((lane, batch));
+        });
+    });
+    let mut lanes = Lanes::new(lane_cap, start);
     loop {
         tokio::select! {
             biased;
-            Some(lane) = finished.recv() => lanes.finished(lane),
-            job = queue.recv(), if lanes.waiting < QUEUE => {
+            Some((lane, batch)) = finished.recv() => lanes.finished(lane, batch),
+            job = queue.recv() => {
                 let Some(job) = job else { return };
-                // Take everything queued meanwhile, then send lane by lane.
-                touched.push(job.lane);
+                // Take what queued meanwhile (a bounded helping), then send lane by lane.
                 lanes.queue(job);
-                while lanes.waiting < QUEUE {
+                for _ in 1..CHANNEL {
                     let Ok(job) = queue.try_recv() else { break };
-                    touched.push(job.lane);
                     lanes.queue(job);
                 }
-                for lane in touched.drain(..) {
-                    lanes.launch(lane);
-                }
+                lanes.launch_touched();
             }
         }
     }
 }
 
-/// Sends one batch and hands each request its reply (or the call's error).
-async fn send(runner: &Runner, batch: Vec<Job>) {
+/// Sends one batch and hands each request its reply (or the call's error), leaving `batch`
+/// empty.
+async fn send(runner: &Runner, batch: &mut Vec<Job>) {
     #[allow(clippy::cast_precision_loss)] // at most MAX_REQUESTS
     metrics::histogram!(BATCH_REQUESTS).record(batch.len() as f64);
-    let mut args = CallArgs::default();
-    for job in &batch {
-        let pairs = job
-            .keys
-            .iter()
-            .map(String::as_str)
-            .zip(job.checks.iter().copied());
-        args.push(pairs, job.mode, false);
-    }
-    match runner.run_call(runner.timeout, &args).await {
-        Ok(replies) if replies.len() == batch.len() => {
-            for (job, reply) in batch.into_iter().zip(replies) {
-                let _ = job.answer.send(Ok(reply));
+    match call(runner, runner.timeout, batch).await {
+        Err(Failed {
+            resharding: true, ..
+        }) if batch.len() > 1 => {
+            // Each request alone, once, within what is left of its own caller's time. One
+            // after another: a request for a key not yet on the target is redirected (`ASK`),
+            // and the client sends `ASKING` and the call as two commands on the shared
+            // connection, so redirected calls sent together can take each other's `ASKING`
+            // and bounce.
+            for job in batch.drain(..) {
+                if job.answer.is_closed() {
+                    continue;
+                }
+                let left = job.deadline.saturating_duration_since(Instant::now());
+                let reply = if left.is_zero() {
+                    Err(record(StoreError::Timeout(runner.timeout)))
+                } else {
+                    metrics::counter!(BATCH_RETRIED).increment(1);
+                    only_reply(
+                        call(runner, left, std::slice::from_ref(&job))
+                            .await
+                            .map_err(|failed| failed.err),
+                    )
+                };
+                let _ = job.answer.send(reply);
             }
         }
         Ok(replies) => {
-            let err = format!(
-                "the check answered {} requests of {}",
-                replies.len(),
-                batch.len()
-            );
-            for job in batch {
-                let _ = job.answer.send(Err(StoreError::Protocol(err.clone())));
+            for (job, reply) in batch.drain(..).zip(replies) {
+                let _ = job.answer.send(Ok(reply));
             }
         }
-        Err(err) => {
-            for job in batch {
+        Err(Failed { err, .. }) => {
+            for job in batch.drain(..) {
                 let _ = job.answer.send(Err(err.clone()));
             }
         }
+    }
+}
+
+/// One call carrying `batch`, within `limit`: one reply per request, or the call's error
+/// (counted).
+async fn call(runner: &Runner, limit: Duration, batch: &[Job]) -> Result<Vec<Reply>, Failed> {
+    let mut args = CallArgs::default();
+    for job in batch {
+        job.push_to(&mut args);
+    }
+    let replies = runner.run_call_typed(limit, &args).await?;
+    if replies.len() == batch.len() {
+        Ok(replies)
+    } else {
+        Err(Failed {
+            err: record(StoreError::Protocol(format!(
+                "the check answered {} requests of {}",
+                replies.len(),
+                batch.len()
+            ))),
+            resharding: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    type Sent = Arc<Mutex<Vec<(u16, Vec<Job>)>>>;
+
+    /// Lanes whose calls are recorded instead of sent (they stay outstanding until
+    /// `finished`).
+    fn lanes(lane_cap: usize) -> (Lanes, Sent) {
+        let sent = Sent::default();
+        let record = sent.clone();
+        let start: Start = Box::new(move |lane, batch| record.lock().unwrap().push((lane, batch)));
+        (Lanes::new(lane_cap, start), sent)
+    }
+
+    type Answer = oneshot::Receiver<Result<Reply, StoreError>>;
+
+    fn job(lane: u16) -> (Job, Answer) {
+        let (answer, reply) = oneshot::channel();
+        let job = Job {
+            lane,
+            keys: vec![format!("k{lane}")],
+            checks: Vec::new(),
+            kind: Kind::Check(CheckMode::Consume),
+            deadline: Instant::now() + Duration::from_secs(1),
+            answer,
+        };
+        (job, reply)
+    }
+
+    fn refused(answers: &mut [Answer]) -> usize {
+        answers
+            .iter_mut()
+            .map(oneshot::Receiver::try_recv)
+            .filter(|r| matches!(r, Ok(Err(StoreError::Unavailable(_)))))
+            .count()
+    }
+
+    /// `n` requests for `lane` as the dispatcher takes them from the channel in one go.
+    fn burst(lanes: &mut Lanes, lane: u16, n: usize) -> Vec<Answer> {
+        let answers = (0..n)
+            .map(|_| {
+                let (job, answer) = job(lane);
+                lanes.queue(job);
+                answer
+            })
+            .collect();
+        lanes.launch_touched();
+        answers
+    }
+
+    #[test]
+    fn a_burst_to_an_idle_single_server_lane_is_not_refused() {
+        let (mut lanes, sent) = lanes(QUEUE);
+        let mut answers = burst(&mut lanes, 0, 2000);
+        assert_eq!(refused(&mut answers), 0);
+        // Its four calls went out full; the rest waits for them.
+        assert_eq!(sent.lock().unwrap().len(), IN_FLIGHT);
+        assert_eq!(lanes.waiting, 2000 - IN_FLIGHT * MAX_REQUESTS);
+        // As much as the channel holds, again and again while nothing returns (main kept
+        // 4,096 waiting plus 4,096 in the channel): still nothing refused.
+        for _ in 0..3 {
+            assert_eq!(refused(&mut burst(&mut lanes, 0, CHANNEL)), 0);
+        }
+    }
+
+    #[test]
+    fn a_cluster_lane_counts_its_bound_past_what_goes_now() {
+        let (mut lanes, sent) = lanes(LANE_QUEUE);
+        let fits = IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE;
+        let mut answers = burst(&mut lanes, 7, fits);
+        assert_eq!(refused(&mut answers), 0);
+        assert_eq!(sent.lock().unwrap().len(), IN_FLIGHT);
+        // The lane is full: the next is refused at once; another slot's lane is not.
+        assert_eq!(refused(&mut burst(&mut lanes, 7, 1)), 1);
+        assert_eq!(refused(&mut burst(&mut lanes, 8, 100)), 0);
+        // Callers that gave up at the front make room again.
+        for answer in answers.iter_mut().skip(IN_FLIGHT * MAX_REQUESTS).take(10) {
+            answer.close();
+        }
+        assert_eq!(refused(&mut burst(&mut lanes, 7, 10)), 0);
+        assert_eq!(refused(&mut burst(&mut lanes, 7, 1)), 1);
+    }
+
+    #[test]
+    fn hung_cluster_lanes_leave_room_for_busy_healthy_ones() {
+        let (mut lanes, sent) = lanes(LANE_QUEUE);
+        // Eight hung hot slots, each with full calls out and a full queue (8 x 1,024 waiting).
+        for slot in 0..8 {
+            let mut answers = burst(&mut lanes, slot, IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE);
+            assert_eq!(refused(&mut answers), 0);
+            std::mem::forget(answers); // their callers are still waiting
+        }
+        // A busy healthy slot: its calls come back and it keeps taking bursts.
+        for _ in 0..10 {
+            let mut answers = burst(&mut lanes, 100, 500);
+            assert_eq!(refused(&mut answers), 0);
+            let done: Vec<_> = std::mem::take(&mut *sent.lock().unwrap())
+                .into_iter()
+                .filter(|(lane, _)| *lane == 100)
+                .collect();
+            for (lane, batch) in done {
+                lanes.finished(lane, batch);
+            }
+            drop(answers);
+        }
+    }
+
+    #[test]
+    fn with_all_lanes_full_what_free_call_slots_take_still_goes() {
+        let (mut lanes, sent) = lanes(LANE_QUEUE);
+        let per_lane = IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE;
+        for slot in 0..16 {
+            let answers = burst(&mut lanes, slot, per_lane);
+            std::mem::forget(answers); // hung: their callers are still waiting
+        }
+        assert_eq!(lanes.waiting, QUEUE);
+        // A new slot's lane sends four full calls; only what would wait is refused.
+        let before = sent.lock().unwrap().len();
+        let mut answers = burst(&mut lanes, 500, IN_FLIGHT * MAX_REQUESTS + 44);
+        assert_eq!(refused(&mut answers), 44);
+        assert_eq!(sent.lock().unwrap().len() - before, IN_FLIGHT);
+    }
+
+    #[test]
+    fn a_job_stays_small() {
+        // What QUEUE's memory estimate assumes (its heap parts come on top).
+        assert!(
+            std::mem::size_of::<Job>() <= 112,
+            "{}",
+            std::mem::size_of::<Job>()
+        );
     }
 }

@@ -23,8 +23,9 @@
 //!   unless all admit, finished by a task of their own).
 //! - `functions`: calling the library (`FCALL`) or, without Functions, the scripts.
 //! - `runner`: script calls on the shared connection, cheap to clone into such a task.
-//! - [`batch`]: concurrent requests to one server coalesced into one call, each still
-//!   all-or-nothing on its own.
+//! - [`batch`]: concurrent requests (checks and reports) to one server, or one cluster slot,
+//!   coalesced into one call, each still all-or-nothing on its own; each slot's queue bounded
+//!   on its own, and a call refused during resharding retried request by request.
 //! - [`local_cache`]: denying repeated over-limit requests without a round trip.
 //! - [`error`]: typed, counted errors.
 #![forbid(unsafe_code)]

@@ -17,6 +17,35 @@ use spillway_core::time::Clock;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A failed call: the engine's error (already counted), and whether the client's own error
+/// was a typed resharding refusal of the call (`TRYAGAIN`, or an `ASK`/`MOVED` redirect it did
+/// not follow), which [`crate::batch`] may answer by sending the call's requests again alone.
+pub(crate) struct Failed {
+    pub(crate) err: StoreError,
+    pub(crate) resharding: bool,
+}
+
+/// Whether `err` is Redis refusing a call because its slot is migrating, judged on the
+/// client's typed error kind only (never on free text: a script's own error message could
+/// contain anything, and may come after the script ran).
+fn resharding(err: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        err.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::TryAgain | ServerErrorKind::Ask | ServerErrorKind::Moved
+        )
+    )
+}
+
+/// The one reply of a call that carried one request, or a counted protocol error if the
+/// call answered none.
+pub(crate) fn only_reply(replies: Result<Vec<Reply>, StoreError>) -> Result<Reply, StoreError> {
+    replies?
+        .pop()
+        .ok_or_else(|| record(StoreError::Protocol("the check returned no request".into())))
+}
+
 /// The shared connection, whichever deployment it talks to.
 #[derive(Clone)]
 pub(crate) enum Conn {
@@ -62,6 +91,18 @@ impl Runner {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        self.call_typed(limit, work)
+            .await
+            .map_err(|failed| failed.err)
+    }
+
+    /// [`Runner::call_within`], also saying whether the client's error was a typed resharding
+    /// refusal (see [`Failed`]).
+    async fn call_typed<T, F, Fut>(&self, limit: Duration, work: F) -> Result<T, Failed>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         #[allow(clippy::disallowed_methods)] // a latency timer, not a source of limit time
         let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(limit, work(self.conn.clone())).await;
@@ -69,8 +110,17 @@ impl Runner {
             .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(record(classify(err, limit))),
-            Err(_) => Err(record(StoreError::Timeout(limit))),
+            Ok(Err(err)) => {
+                let resharding = resharding(&err);
+                Err(Failed {
+                    err: record(classify(err, limit)),
+                    resharding,
+                })
+            }
+            Err(_) => Err(Failed {
+                err: record(StoreError::Timeout(limit)),
+                resharding: false,
+            }),
         }
     }
 
@@ -108,8 +158,8 @@ impl Runner {
         script: &redis::Script,
         keys: &[String],
         args: &[&[u8]],
-    ) -> Result<redis::Value, StoreError> {
-        self.call_within(limit, |mut conn| async move {
+    ) -> Result<redis::Value, Failed> {
+        self.call_typed(limit, |mut conn| async move {
             if self.functions.enabled() {
                 let cmd = functions::fcall_cmd(name, keys, args);
                 match functions::lift(conn.query(&cmd).await) {
@@ -145,6 +195,17 @@ impl Runner {
         limit: Duration,
         args: &CallArgs,
     ) -> Result<Vec<Reply>, StoreError> {
+        self.run_call_typed(limit, args)
+            .await
+            .map_err(|failed| failed.err)
+    }
+
+    /// [`Runner::run_call`], also saying whether the call was refused for resharding.
+    pub(crate) async fn run_call_typed(
+        &self,
+        limit: Duration,
+        args: &CallArgs,
+    ) -> Result<Vec<Reply>, Failed> {
         let now = CallArgs::now_arg(self.injected.as_ref().map(|c| c.now()));
         let lib = script::library();
         let value = self
@@ -156,10 +217,17 @@ impl Runner {
                 &[now.as_bytes(), &args.packed],
             )
             .await
-            .map_err(record_script)?;
+            .map_err(|failed| Failed {
+                err: record_script(failed.err),
+                ..failed
+            })?;
         script::parse_reply(value, &args.shapes)
             .map_err(record)
             .map_err(record_script)
+            .map_err(|err| Failed {
+                err,
+                resharding: false,
+            })
     }
 
     /// One check call within `limit` for one request over `(key, check)` pairs sharing a slot.
@@ -172,10 +240,7 @@ impl Runner {
     ) -> Result<Reply, StoreError> {
         let mut args = CallArgs::default();
         args.push(checks, mode, undo);
-        self.run_call(limit, &args)
-            .await?
-            .pop()
-            .ok_or_else(|| record(StoreError::Protocol("the check returned no request".into())))
+        only_reply(self.run_call(limit, &args).await)
     }
 
     /// Restores one key charged by a request that was then denied (or abandoned); `false` if
@@ -199,7 +264,7 @@ impl Runner {
                 &[written, before, ttl.as_bytes()],
             )
             .await
-            .map_err(record_script);
+            .map_err(|failed| record_script(failed.err));
         matches!(restored, Ok(redis::Value::Int(1)))
     }
 }

@@ -18,7 +18,7 @@ use crate::error::{classify, record};
 use crate::keys::{self, KeyLayout};
 use crate::local_cache::LocalCache;
 use crate::runner::{Conn, Runner};
-use crate::script::{CallArgs, Encoded};
+use crate::script::Encoded;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use spillway_core::algorithm::Decision;
@@ -70,10 +70,19 @@ impl RedisStore {
                     // Each call is cut at `timeout` by the store itself; the client waits
                     // longer, so a request spanning slots still hears a late answer and can
                     // refund what it charged (see `crate::multi_slot`).
+                    //
+                    // The client's waits between retries (of `TRYAGAIN` while a slot migrates,
+                    // `CLUSTERDOWN`, a reconnect) start at 1.28 s by default, past any time
+                    // budget: they are kept short so that a retry, and the batcher's own
+                    // retry of requests that only shared a refused call (see
+                    // `crate::batch`), fit within the timeout.
+                    let wait = u64::try_from(timeout.as_millis() / 8).unwrap_or(u64::MAX);
                     let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
                         .connection_timeout(timeout.max(Duration::from_secs(1)))
                         .response_timeout(timeout.max(crate::multi_slot::SETTLE))
                         .retries(3)
+                        .min_retry_wait(1)
+                        .max_retry_wait(wait.clamp(2, 100))
                         .build()?;
                     Conn::Cluster(client.get_async_connection().await?)
                 }
@@ -198,21 +207,26 @@ impl Store for RedisStore {
         } else {
             vec![(0..keys.len()).collect()]
         };
-        // Each slot's call runs in its own task, concurrently (one round trip), and finishes
-        // even if the caller stops waiting.
+        // Each slot's part goes through the batcher as a job of its own (sharing a call with
+        // other requests of its slot), concurrently (one round trip), each awaited by its own
+        // task so that it finishes even if the caller stops waiting.
+        let cluster = self.is_cluster();
         let calls: Vec<_> = groups
             .iter()
             .map(|group| {
-                let mut args = CallArgs::default();
                 let marker = report.map(|id| keys::report_marker(&keys[group[0]], &id));
-                args.push_charge(
-                    marker.as_deref(),
-                    group
-                        .iter()
-                        .map(|&i| (keys[i].as_str(), Encoded::charged(&checks[i]))),
-                );
-                let runner = self.runner.clone();
-                tokio::spawn(async move { runner.run_call(runner.timeout, &args).await })
+                let lane = if cluster {
+                    keys::slot(&keys[group[0]])
+                } else {
+                    0
+                };
+                let slot_keys = group.iter().map(|&i| keys[i].clone()).collect();
+                let encoded = group
+                    .iter()
+                    .map(|&i| Encoded::charged(&checks[i]))
+                    .collect();
+                let batcher = self.batcher.clone();
+                tokio::spawn(async move { batcher.charge(lane, marker, slot_keys, encoded).await })
             })
             .collect();
         let mut replies = Vec::with_capacity(calls.len());
@@ -226,9 +240,7 @@ impl Store for RedisStore {
         let mut decisions: Vec<Option<Decision>> = vec![None; checks.len()];
         let mut recorded = false;
         for (group, reply) in groups.iter().zip(replies) {
-            let reply = reply?
-                .pop()
-                .ok_or_else(|| StoreError::Protocol("the charge returned no request".into()))?;
+            let reply = reply?;
             recorded |= reply.admitted;
             for (&i, d) in group.iter().zip(reply.decisions) {
                 decisions[i] = Some(d);

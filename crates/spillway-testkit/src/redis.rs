@@ -247,4 +247,31 @@ impl RedisCluster {
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(RedisServer::port).collect()
     }
+
+    /// Master `i` (0 to 2), to freeze or resume.
+    pub fn node(&self, i: usize) -> &RedisServer {
+        &self.nodes[i]
+    }
+
+    /// The port of the master serving hash slot `slot`, as `CLUSTER NODES` tells it.
+    pub fn owner(&self, slot: u16) -> Option<u16> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.nodes[0].port().to_string(), "CLUSTER", "NODES"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = fields.get(1)?.split('@').next()?.rsplit(':').next()?;
+            let serves = fields.iter().skip(8).any(|range| {
+                let mut ends = range.splitn(2, '-').map(str::parse::<u16>);
+                match (ends.next(), ends.next()) {
+                    (Some(Ok(a)), Some(Ok(b))) => (a..=b).contains(&slot),
+                    (Some(Ok(a)), None) => a == slot,
+                    _ => false,
+                }
+            });
+            serves.then(|| port.parse().ok()).flatten()
+        })
+    }
 }

@@ -191,6 +191,16 @@ fn describe() {
         "Requests carried by one Redis call (concurrent requests to one server, or to one \
          cluster slot, share a call)."
     );
+    metrics::describe_counter!(
+        spillway_redis::batch::BATCH_REFUSED,
+        "Requests refused at once because their Redis slot's queue (or the store's) was full."
+    );
+    metrics::counter!(spillway_redis::batch::BATCH_REFUSED).increment(0);
+    metrics::describe_counter!(
+        spillway_redis::batch::BATCH_RETRIED,
+        "Requests sent again alone after a call they shared was refused during resharding."
+    );
+    metrics::counter!(spillway_redis::batch::BATCH_RETRIED).increment(0);
 }
 
 #[cfg(test)]

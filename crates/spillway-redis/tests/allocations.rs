@@ -1,0 +1,63 @@
+//! A measurement, not a check (run it by hand): heap allocations per check at low load (one
+//! request at a time, so each is alone in its lane) on a single Redis server, counted by a
+//! global allocator over the whole process (the test, the store, the batcher and the Redis
+//! client). `cargo test -p spillway-redis --test allocations -- --ignored --nocapture`
+
+mod common;
+
+use common::{check, key, redis_store, Backend};
+use spillway_core::algorithm::{FixedWindow, LimitParams};
+use spillway_core::request::CheckMode;
+use spillway_core::store::Store;
+use spillway_core::time::MINUTE;
+use spillway_testkit::redis::RedisServer;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// `GlobalAlloc` is an unsafe trait; this one only forwards to the system allocator, with the
+// caller's layout and pointer unchanged, and counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand with --ignored --nocapture"]
+async fn allocations_per_check_at_low_load() {
+    let server = RedisServer::start();
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    clock.set(1_700_000_000_000_000);
+    let params = LimitParams::FixedWindow(FixedWindow::new(1_000_000, MINUTE).unwrap());
+    let keys: Vec<_> = (0..100).map(|i| key("api", &[&format!("u{i}")])).collect();
+    for k in &keys {
+        store
+            .check(&[check(k, &params, 1)], CheckMode::Consume)
+            .await
+            .unwrap();
+    }
+    let rounds = 20;
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..rounds {
+        for k in &keys {
+            store
+                .check(&[check(k, &params, 1)], CheckMode::Consume)
+                .await
+                .unwrap();
+        }
+    }
+    let per_check = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / (rounds * 100) as f64;
+    println!("allocations per check, one at a time: {per_check:.2}");
+}

@@ -1,0 +1,186 @@
+//! Chaos on a Redis Cluster: a real `spillway serve` on a real three-master cluster, one
+//! master frozen (`SIGSTOP`) under load. Requests for users whose keys live on the two healthy
+//! masters are still decided by Redis (not degraded) within the budget; requests for a user on
+//! the frozen master get their route's failure mode (`degrade`: the emergency quota, marked
+//! degraded), counted in the metrics; after `SIGCONT` Redis decides them again.
+//!
+//! The node's circuit breaker is one per store (docs/FAILURE.md): a run of failures for the
+//! frozen master would open it for every slot. This test sets `breaker_failures` out of reach
+//! to show what the store itself does per slot; the breaker is tested by `tests/chaos.rs`.
+
+// Client-side latency is wall-clock time by nature.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::{metric, wait_until_async, Server};
+use spillway_redis::keys;
+use spillway_testkit::redis::RedisCluster;
+use std::time::{Duration, Instant};
+
+/// The store budget.
+const BUDGET: Duration = Duration::from_millis(200);
+/// Allowance on top of the budget for a loaded two-core machine (generous: hundreds of
+/// client tasks share it with the server and other builds).
+const MARGIN: Duration = Duration::from_millis(500);
+/// Concurrent clients of the frozen master's user.
+const HUNG_TASKS: usize = 200;
+/// The emergency quota of the `degrade` route, per node.
+const EMERGENCY: usize = 5;
+
+fn policy(cluster: &RedisCluster) -> String {
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        r#"
+default_tier: free
+failure_mode: degrade
+limits:
+  api:
+    algorithm: fixed_window
+    limit: 1000000
+    window: 1h
+    key: [user]
+    emergency: {{limit: {EMERGENCY}}}
+tiers:
+  free:
+    limits: []
+routes:
+  - match: "POST /api"
+    limits: [api]
+store: {{type: redis_cluster, nodes: [{}], timeout: {}ms, breaker_failures: 1000000000}}
+"#,
+        nodes.join(", "),
+        BUDGET.as_millis()
+    )
+}
+
+#[derive(Debug)]
+struct Sample {
+    status: u16,
+    degraded: bool,
+    took: Duration,
+}
+
+async fn ask(http: &reqwest::Client, base: &str, user: &str) -> Sample {
+    let body = format!(r#"{{"user":"{user}","method":"POST","path":"/api"}}"#);
+    let started = Instant::now();
+    let response = http
+        .post(format!("{base}/v1/check"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the server answers");
+    Sample {
+        status: response.status().as_u16(),
+        degraded: response.headers().contains_key("spillway-degraded"),
+        took: started.elapsed(),
+    }
+}
+
+/// Users whose keys (tagged by the user, the limit's first key dimension) live on the master
+/// on `port`, and on the others.
+fn users(cluster: &RedisCluster, port: u16) -> (String, Vec<String>) {
+    let mut on_port = None;
+    let mut elsewhere = Vec::new();
+    for i in 0.. {
+        let user = format!("user{i}");
+        let slot = keys::slot(&format!("rl:{{{user}}}:api"));
+        if cluster.owner(slot) == Some(port) {
+            on_port.get_or_insert(user);
+        } else if elsewhere.len() < 6 {
+            elsewhere.push(user);
+        }
+        if on_port.is_some() && elsewhere.len() == 6 {
+            break;
+        }
+    }
+    (on_port.unwrap(), elsewhere)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_master_degrades_only_its_own_users() {
+    let cluster = RedisCluster::start();
+    let server = Server::with_policy(&policy(&cluster)).start();
+    let base = format!("http://{}", server.addr());
+    let (hung_user, healthy) = users(&cluster, cluster.ports()[0]);
+    for user in healthy.iter().chain([&hung_user]) {
+        let s = ask(&server.http, &base, user).await;
+        assert!(s.status == 200 && !s.degraded, "before the freeze: {s:?}");
+    }
+
+    cluster.node(0).freeze();
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    // HUNG_TASKS concurrent clients for the frozen master's user (hundreds of its requests in
+    // flight at once, filling its slot's calls and queue), four for users on the healthy
+    // masters at the same time.
+    let loads = std::iter::repeat_n(&hung_user, HUNG_TASKS)
+        .map(|u| (true, u.clone()))
+        .chain(healthy[..4].iter().map(|u| (false, u.clone())));
+    for (hung, user) in loads {
+        let (http, base) = (server.http.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while Instant::now() < until {
+                samples.push(ask(&http, &base, &user).await);
+            }
+            (hung, samples)
+        }));
+    }
+    let (mut decided, mut degraded_admitted, mut degraded_denied) = (0, 0, 0);
+    for task in tasks {
+        let (hung, samples) = task.await.expect("load task");
+        for s in samples {
+            assert!(s.took <= BUDGET + MARGIN, "a request took {:?}", s.took);
+            if hung {
+                assert!(s.degraded, "the frozen master's user: {s:?}");
+                match s.status {
+                    200 => degraded_admitted += 1,
+                    429 => degraded_denied += 1,
+                    _ => panic!("the frozen master's user: {s:?}"),
+                }
+            } else {
+                assert!(s.status == 200 && !s.degraded, "a healthy user: {s:?}");
+                decided += 1;
+            }
+        }
+    }
+    assert!(decided >= 20, "only {decided} healthy decisions in 3 s");
+    assert_eq!(degraded_admitted, EMERGENCY, "the emergency quota, exactly");
+    assert!(
+        degraded_denied >= HUNG_TASKS,
+        "only {degraded_denied} degraded denials: the frozen master saw little load"
+    );
+    let text = server.metrics().await;
+    let counted = metric(
+        &text,
+        "spillway_degraded_decisions_total",
+        &[("route", "POST /api"), ("mode", "degrade")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        counted >= (EMERGENCY + 1) as f64,
+        "degraded decisions counted: {counted}"
+    );
+    let errors: f64 = ["timeout", "unavailable"]
+        .iter()
+        .filter_map(|kind| metric(&text, "spillway_store_errors_total", &[("kind", kind)]))
+        .sum();
+    assert!(errors > 0.0, "store errors counted");
+
+    cluster.node(0).resume();
+    // Waiting for the master to answer again, not for a limit to refill.
+    let back = wait_until_async(Duration::from_secs(15), || {
+        let (http, base, user) = (server.http.clone(), base.clone(), hung_user.clone());
+        async move {
+            let s = ask(&http, &base, &user).await;
+            (s.status == 200 && !s.degraded).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "the frozen master's user was never decided by Redis again"
+    );
+}
