@@ -26,7 +26,8 @@
 //! size (about 10 under `bench/redis.sh`; see docs/BENCHMARKS.md).
 //!
 //! # Bounds, and a hung node
-//! Beyond what its free call slots take at once, a cluster slot's lane keeps at most
+//! Beyond what its free call slots take at once, a cluster slot's lane whose calls have not
+//! finished for a quarter of the store timeout (a stalled lane, not a busy one) keeps at most
 //! [`LANE_QUEUE`] requests waiting, and all lanes together at most [`QUEUE`] (plus, for a
 //! moment, what free call slots are about to take). A single server's one lane is bounded by
 //! [`QUEUE`] alone. A request that finds its lane (or all lanes) full is refused at once
@@ -93,6 +94,9 @@ pub const BATCH_REFUSED: &str = "spillway_redis_batch_refused_total";
 /// Counter of requests sent again alone after the call they shared was refused during
 /// resharding (`TRYAGAIN`, or a redirect the client could not follow).
 pub const BATCH_RETRIED: &str = "spillway_redis_batch_retried_total";
+
+/// How often, at most, a full store sweeps every lane for callers that gave up.
+const SWEEP_EVERY: Duration = Duration::from_millis(5);
 
 /// Pooled queues and batch vectors kept for reuse (each at most this many).
 const SPARES: usize = 16;
@@ -207,10 +211,12 @@ impl Batcher {
 }
 
 /// One lane's requests waiting for a call, and its calls outstanding.
-#[derive(Default)]
 struct Lane {
     waiting: VecDeque<Job>,
     in_flight: usize,
+    /// When a call of this lane last finished (or the lane was made): a lane whose calls
+    /// keep finishing is busy, not stalled, and its own bound does not apply.
+    progress: Instant,
 }
 
 impl Lane {
@@ -229,6 +235,13 @@ struct Lanes {
     /// Most requests one lane keeps waiting beyond what its free call slots take:
     /// [`LANE_QUEUE`] on a cluster, [`QUEUE`] on a single server (one lane takes everything).
     lane_cap: usize,
+    /// How long a lane may go without a call finishing before its own bound applies (a
+    /// quarter of the store's timeout): a hot slot on a healthy master keeps queueing up to
+    /// the store-wide bound, a hung master's slot is bounded by `lane_cap`.
+    stall: Duration,
+    /// When the queues of every lane may next be swept for callers that gave up (at most
+    /// every [`SWEEP_EVERY`], so a flood does not make each refusal walk every lane).
+    next_sweep: Instant,
     start: Start,
     lanes: HashMap<u16, Lane>,
     /// Requests waiting over all lanes.
@@ -242,9 +255,11 @@ struct Lanes {
 }
 
 impl Lanes {
-    fn new(lane_cap: usize, start: Start) -> Self {
+    fn new(lane_cap: usize, stall: Duration, start: Start) -> Self {
         Self {
             lane_cap,
+            stall,
+            next_sweep: Instant::now(),
             start,
             lanes: HashMap::new(),
             waiting: 0,
@@ -260,6 +275,7 @@ impl Lanes {
         self.lanes.entry(id).or_insert_with(|| Lane {
             waiting: spare.pop().unwrap_or_default(),
             in_flight: 0,
+            progress: Instant::now(),
         })
     }
 
@@ -270,19 +286,20 @@ impl Lanes {
             return;
         }
         let id = job.lane;
-        let (cap, total) = (self.lane_cap, self.waiting);
+        let (cap, total, stall) = (self.lane_cap, self.waiting, self.stall);
         let lane = self.lane(id);
         // What the lane's free call slots take at once is never refused.
         let goes_now = lane.goes_now();
-        if lane.waiting.len() >= goes_now
-            && (lane.waiting.len() >= goes_now + cap || total >= QUEUE)
-        {
+        let over = |lane: &Lane, goes_now: usize| {
+            lane.waiting.len() >= goes_now + cap && lane.progress.elapsed() >= stall
+        };
+        if lane.waiting.len() >= goes_now && (over(lane, goes_now) || total >= QUEUE) {
             self.make_room(id);
             let lane = self.lane(id);
             let goes_now = lane.goes_now();
             let why = if lane.waiting.len() < goes_now {
                 None
-            } else if lane.waiting.len() >= goes_now + cap {
+            } else if over(lane, goes_now) {
                 Some("the queue for this key's slot is full (its node is slow or unreachable)")
             } else if self.waiting >= QUEUE {
                 Some("the queue for the store is full")
@@ -314,6 +331,10 @@ impl Lanes {
         }
         if self.waiting >= QUEUE {
             self.launch_touched();
+        }
+        let now = Instant::now();
+        if self.waiting >= QUEUE && now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_EVERY;
             let mut pruned = 0;
             for lane in self.lanes.values_mut() {
                 pruned += prune_front(&mut lane.waiting);
@@ -373,6 +394,7 @@ impl Lanes {
     fn finished(&mut self, lane: u16, mut batch: Vec<Job>) {
         if let Some(state) = self.lanes.get_mut(&lane) {
             state.in_flight = state.in_flight.saturating_sub(1);
+            state.progress = Instant::now();
         }
         batch.clear();
         if self.spare_batches.len() < SPARES {
@@ -401,6 +423,7 @@ async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
         Conn::Cluster(_) => LANE_QUEUE,
         Conn::Server(_) | Conn::Sentinel(_) => QUEUE,
     };
+    let stall = runner.timeout / 4;
     let start: Start = Box::new(move |lane, mut batch| {
         let (runner, done) = (runner.clone(), done.clone());
         tokio::spawn(async move {
@@ -408,7 +431,7 @@ async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
             let _ = done.send((lane, batch));
         });
     });
-    let mut lanes = Lanes::new(lane_cap, start);
+    let mut lanes = Lanes::new(lane_cap, stall, start);
     loop {
         tokio::select! {
             biased;
@@ -502,12 +525,16 @@ mod tests {
     type Sent = Arc<Mutex<Vec<(u16, Vec<Job>)>>>;
 
     /// Lanes whose calls are recorded instead of sent (they stay outstanding until
-    /// `finished`).
+    /// `finished`), every lane counting as stalled at once (its own bound applies).
     fn lanes(lane_cap: usize) -> (Lanes, Sent) {
+        lanes_stalled_after(lane_cap, Duration::ZERO)
+    }
+
+    fn lanes_stalled_after(lane_cap: usize, stall: Duration) -> (Lanes, Sent) {
         let sent = Sent::default();
         let record = sent.clone();
         let start: Start = Box::new(move |lane, batch| record.lock().unwrap().push((lane, batch)));
-        (Lanes::new(lane_cap, start), sent)
+        (Lanes::new(lane_cap, stall, start), sent)
     }
 
     type Answer = oneshot::Receiver<Result<Reply, StoreError>>;
@@ -577,6 +604,20 @@ mod tests {
         }
         assert_eq!(refused(&mut burst(&mut lanes, 7, 10)), 0);
         assert_eq!(refused(&mut burst(&mut lanes, 7, 1)), 1);
+    }
+
+    #[test]
+    fn a_hot_slot_whose_calls_keep_finishing_is_not_held_to_its_own_bound() {
+        // Its calls finished a moment ago (well within the stall time): a burst of three
+        // lanes' worth waits, bounded only by the store-wide bound.
+        let (mut lanes, sent) = lanes_stalled_after(LANE_QUEUE, Duration::from_secs(3600));
+        let mut answers = burst(&mut lanes, 9, 3 * (IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE));
+        assert_eq!(refused(&mut answers), 0);
+        assert_eq!(sent.lock().unwrap().len(), IN_FLIGHT);
+        // The store-wide bound still holds.
+        let mut more = burst(&mut lanes, 9, QUEUE);
+        assert!(refused(&mut more) > 0);
+        assert!(lanes.waiting <= QUEUE);
     }
 
     #[test]
