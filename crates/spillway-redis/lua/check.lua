@@ -61,8 +61,10 @@ local function put(key, state, need, held, now, ttl_slack)
     local r = redis.pcall('SET', key, state, 'XX', 'KEEPTTL')
     if type(r) == 'table' and r.ok then return state end
   end
-  -- Whole milliseconds, rounded up: the key never disappears before its deadline.
-  redis.call('SET', key, state, 'PX', int(ceil_div(d - now, 1000) + ttl_slack))
+  -- Whole milliseconds, rounded up, plus one: Redis counts PX from its command time in whole
+  -- milliseconds (truncated), up to a millisecond before `now`, so without it a key could
+  -- disappear up to a millisecond before its deadline (seen in tests/expiry.rs).
+  redis.call('SET', key, state, 'PX', int(ceil_div(d - now, 1000) + 1 + ttl_slack))
   return state
 end
 
@@ -188,7 +190,8 @@ local function check(keys, argv)
           end
           if not later then
             local px = nil
-            if expires[j] > now then px = ceil_div(expires[j] - now, 1000) + ttl_slack end
+            -- Plus one millisecond, as in `put`.
+            if expires[j] > now then px = ceil_div(expires[j] - now, 1000) + 1 + ttl_slack end
             log_write(key, states[j], px)
             old, new = log_undo(states[j])
           end
