@@ -217,7 +217,8 @@ async fn a_state_without_a_deadline_gets_a_new_expiry() {
     let ttl = pttl(&server, &redis_key);
     let need = i64::try_from(d[0].reset_after / 1000).unwrap();
     assert!(
-        ttl >= need - 5_000 && ttl <= need + need / 4 + 2,
+        // +3: the need and its quarter each rounded, and the millisecond `put` adds.
+        ttl >= need - 5_000 && ttl <= need + need / 4 + 3,
         "a new expiry for two hours of refill: {ttl} ms for {need} ms"
     );
     assert_eq!(
