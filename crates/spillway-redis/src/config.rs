@@ -112,6 +112,57 @@ pub fn mask_url(url: &str) -> String {
     }
 }
 
+/// Text a user gave for one or more Redis URLs (comma-separated, possibly mistyped), as an
+/// error may show it: every password as `****`. A well-formed URL keeps its user name (see
+/// [`mask_url`]); in a mistyped one (`redis:/`, `redis//`, no scheme) the password cannot be
+/// told from the user name, so everything between the scheme-like start and the last `@`
+/// becomes `****`. A comma starts a new URL only where one could start (a scheme-like word,
+/// then `:/` or `//`): a password may hold commas, and `pa,ss@host` must not show `pa`.
+pub fn mask_text(text: &str) -> String {
+    let mut masked = String::with_capacity(text.len());
+    let mut start = 0;
+    for (i, _) in text.match_indices(',') {
+        let next = &text[i + 1..];
+        let word = scheme_len(next);
+        if word > 0 && (next[word..].starts_with(":/") || next[word..].starts_with("//")) {
+            masked.push_str(&mask_part(&text[start..i]));
+            masked.push(',');
+            start = i + 1;
+        }
+    }
+    masked.push_str(&mask_part(&text[start..]));
+    masked
+}
+
+/// The length of `text`'s scheme-like start: letters, digits and `+.-`.
+fn scheme_len(text: &str) -> usize {
+    text.find(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
+        .unwrap_or(text.len())
+}
+
+fn mask_part(part: &str) -> String {
+    if part.contains("://") {
+        let shown = mask_url(part);
+        if shown != part {
+            return shown;
+        }
+    }
+    let Some(at) = part.rfind('@') else {
+        return part.to_owned();
+    };
+    // After the scheme-like word, any `:` and `/` belong to the start that stays shown.
+    let word = scheme_len(part);
+    let start = part[word..]
+        .find(|c: char| c != ':' && c != '/')
+        .map_or(part.len(), |i| word + i);
+    let start = if start >= at || start == word {
+        0
+    } else {
+        start
+    };
+    format!("{}****{}", &part[..start], &part[at..])
+}
+
 /// Connection and layout settings for the Redis store.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -144,6 +195,40 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "s3cr3t-hunter2";
+
+    #[test]
+    fn mistyped_urls_are_shown_without_their_passwords() {
+        for (text, shown) in [
+            ("redis:/:s3cret@h:1", "redis:/:****@h:1"),
+            ("redis//user:s3cret@h:1", "redis//****@h:1"),
+            ("redis:s3cret@h", "redis:****@h"),
+            ("http://u:s3cret@h", "http://u:****@h"),
+            ("s3cret@h", "****@h"),
+            (
+                "redis://u:s3cret@a,redis:/u:s3cret@b",
+                "redis://u:****@a,redis:/****@b",
+            ),
+            (
+                "sentinel:m@redis://u:s3cret@a",
+                "sentinel:m@redis://u:****@a",
+            ),
+            ("stdout", "stdout"),
+        ] {
+            assert_eq!(mask_text(text), shown, "{text}");
+        }
+        // A password holding commas (legal in a URL's user part) is hidden whole.
+        for text in [
+            "redis://u:s3c,ret@h:1",
+            "redis:/u:s3c,ret@h:1",
+            "cluster+redis://u:s3c,ret@a,redis://u:s3c,x:ret@b",
+        ] {
+            let shown = mask_text(text);
+            assert!(
+                !shown.contains("s3c") && !shown.contains("ret@") && shown.contains("****@"),
+                "{text} shown as {shown}"
+            );
+        }
+    }
 
     #[test]
     fn passwords_in_urls_are_masked() {

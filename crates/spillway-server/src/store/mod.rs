@@ -38,16 +38,18 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
     if url == "memory" {
         return Ok(StoreConfig::Memory { max_keys: None });
     }
+    // Errors show the value with its passwords masked (it may be mistyped anywhere).
+    let shown = spillway_redis::config::mask_text(url);
     if let Some(rest) = url.strip_prefix("sentinel:") {
         let Some((master, list)) = rest.split_once('@').filter(|(m, _)| !m.is_empty()) else {
             return Err(format!(
-                "--store-url `{url}` must name the master: sentinel:<master>@redis://host:port,..."
+                "--store-url `{shown}` must name the master: sentinel:<master>@redis://host:port,..."
             ));
         };
         let urls: Vec<String> = list.split(',').map(|u| u.trim().to_owned()).collect();
         if urls.iter().any(|u| !u.starts_with("redis://")) {
             return Err(format!(
-                "--store-url `{url}`: each sentinel must be a redis:// URL"
+                "--store-url `{shown}`: each sentinel must be a redis:// URL"
             ));
         }
         return Ok(StoreConfig::RedisSentinel(RedisSettings {
@@ -66,13 +68,13 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
         .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
     {
         return Err(format!(
-            "--store-url `{url}` must be `memory`, a redis:// URL, cluster+redis://... or \
+            "--store-url `{shown}` must be `memory`, a redis:// URL, cluster+redis://... or \
              sentinel:<master>@redis://..."
         ));
     }
     if !cluster && urls.len() != 1 {
         return Err(format!(
-            "--store-url `{url}`: several URLs need the cluster+ prefix"
+            "--store-url `{shown}`: several URLs need the cluster+ prefix"
         ));
     }
     let settings = RedisSettings {
@@ -230,6 +232,15 @@ mod tests {
         assert_eq!(effective(&policy, None).unwrap(), policy);
         assert!(effective(&policy, Some("http://x")).is_err());
         assert!(effective(&policy, Some("redis://a:1,redis://b:2")).is_err());
+        // Refused values are shown with their passwords masked.
+        for bad in [
+            "redis://u:s3cret@a:1,redis://u:s3cret@b:2",
+            "sentinel:m@http://u:s3cret@a",
+            "redis:/u:s3cret@a",
+        ] {
+            let err = effective(&policy, Some(bad)).expect_err(bad);
+            assert!(!err.contains("s3cret") && err.contains("****"), "{err}");
+        }
     }
 
     #[test]
