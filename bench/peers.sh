@@ -128,6 +128,8 @@ start_server() {
 
 # one_http WHO STORE: prints "requests_per_second redis_us_per_decision non2xx".
 one_http() {
+  # Runs in a subshell (`< <(...)`): stop what it started even when a start fails.
+  trap stop_all EXIT
   local who=$1 store=$2 out n rps non2xx c0=0 c1=0
   start_server "$who" "$store"
   wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$tmp/$who.lua" "http://127.0.0.1:$http" >/dev/null
@@ -144,6 +146,8 @@ one_http() {
 
 # one_grpc WHO STORE: prints "calls_per_second redis_us_per_decision non_ok".
 one_grpc() {
+  # Runs in a subshell (`< <(...)`): stop what it started even when a start fails.
+  trap stop_all EXIT
   local who=$1 store=$2 start end ok c0=0 c1=0 url
   start_server "$who" "$store"
   url="http://127.0.0.1:$grpc/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"

@@ -53,6 +53,8 @@ cp bench/check.lua "$tmp/four.lua"
 # one_run BINARY_INDEX POLICY: prints "µs_per_decision rps p99_ms non2xx batch sys" (see
 # redis_load_run in bench/lib.sh; sys: the part of µs_per_decision Redis spent in the kernel).
 one_run() {
+  # Runs in a subshell (`< <(...)`): stop what it started even when a start fails.
+  trap stop_all EXIT
   local i=$1 policy=$2 bin=${binaries[$1]} extra="" rport sport
   if [ "${#binaries[@]}" -eq 2 ]; then
     if [ "$i" -eq 0 ]; then extra=${OLD_ARGS:-}; else extra=${NEW_ARGS:-}; fi

@@ -110,6 +110,8 @@ start_cluster() {
 # one_run BINARY_INDEX LOAD: prints "µs_per_decision rps p99_ms non2xx batch sys" (see
 # redis_load_run in bench/lib.sh), the CPU summed over the masters.
 one_run() {
+  # Runs in a subshell (`< <(...)`): stop what it started even when a start fails.
+  trap stop_all EXIT
   local i=$1 load=$2 bin=${binaries[$1]} ports sport urls
   # The cluster's processes must be in `pids` of this shell, so start it here, not in $(...).
   start_cluster >"$tmp/ports"

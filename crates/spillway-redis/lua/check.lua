@@ -61,10 +61,7 @@ local function put(key, state, need, held, now, ttl_slack)
     local r = redis.pcall('SET', key, state, 'XX', 'KEEPTTL')
     if type(r) == 'table' and r.ok then return state end
   end
-  -- Whole milliseconds, rounded up, plus one: Redis counts PX from its command time in whole
-  -- milliseconds (truncated), up to a millisecond before `now`, so without it a key could
-  -- disappear up to a millisecond before its deadline (seen in tests/expiry.rs).
-  redis.call('SET', key, state, 'PX', int(ceil_div(d - now, 1000) + 1 + ttl_slack))
+  redis.call('SET', key, state, 'PX', int(px_until(d, now, ttl_slack)))
   return state
 end
 
@@ -190,8 +187,7 @@ local function check(keys, argv)
           end
           if not later then
             local px = nil
-            -- Plus one millisecond, as in `put`.
-            if expires[j] > now then px = ceil_div(expires[j] - now, 1000) + 1 + ttl_slack end
+            if expires[j] > now then px = px_until(expires[j], now, ttl_slack) end
             log_write(key, states[j], px)
             old, new = log_undo(states[j])
           end

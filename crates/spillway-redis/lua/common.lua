@@ -39,6 +39,14 @@ local function ceil_div(a, b)
   return q
 end
 
+-- The PX (milliseconds) of a key that must live until `deadline` (microseconds) from `now`,
+-- plus `slack` milliseconds: rounded up, plus one, because Redis counts PX from its command
+-- time truncated to the millisecond, up to a millisecond before `now` (without it a key could
+-- vanish up to a millisecond before its deadline; tests/expiry.rs saw it).
+local function px_until(deadline, now, slack)
+  return ceil_div(deadline - now, 1000) + 1 + slack
+end
+
 -- floor(a / b) for whole a >= 0, b > 0.
 local function div(a, b)
   local q = a / b

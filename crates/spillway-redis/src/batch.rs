@@ -53,8 +53,8 @@
 //!
 //! A request whose caller gave up before its batch was sent is dropped from the batch and
 //! never charged. Each caller still waits at most the store's timeout, queueing included.
-//! A request alone in an idle lane takes a queue and a batch vector from small pools, so low
-//! load costs no allocation per request here beyond the call itself.
+//! A request alone in an idle lane takes a queue and a batch vector from small pools, so at
+//! low load a request allocates here only its answer channel and what the call needs.
 
 use crate::error::record;
 use crate::runner::{only_reply, Conn, Failed, Runner};
@@ -76,7 +76,7 @@ pub const MAX_CHECKS: usize = 256;
 /// once; past it the lane's new requests are refused at once. (A single server's one lane is
 /// bounded by [`QUEUE`] alone.)
 pub const LANE_QUEUE: usize = 4 * IN_FLIGHT * MAX_REQUESTS;
-/// Most requests waiting in all lanes together beyond what free call slots take at once. A waiting request holds a [`Job`] (about 80 bytes) plus its key names and
+/// Most requests waiting in all lanes together beyond what free call slots take at once. A waiting request holds a [`Job`] (about 100 bytes) plus its key names and
 /// encoded checks on the heap: a few hundred bytes for a one-limit request, so a full queue
 /// is a few MB.
 pub const QUEUE: usize = 16_384;
@@ -232,9 +232,10 @@ type Start = Box<dyn FnMut(u16, Vec<Job>) + Send>;
 
 /// The dispatcher's state: every lane with something queued or in flight.
 struct Lanes {
-    /// Most requests one lane keeps waiting beyond what its free call slots take:
-    /// [`LANE_QUEUE`] on a cluster, [`QUEUE`] on a single server (one lane takes everything).
-    lane_cap: usize,
+    /// Most requests a stalled lane keeps waiting beyond what its free call slots take:
+    /// [`LANE_QUEUE`] on a cluster, none on a single server (its one lane has the whole
+    /// store-wide bound).
+    lane_cap: Option<usize>,
     /// How long a lane may go without a call finishing before its own bound applies (a
     /// quarter of the store's timeout): a hot slot on a healthy master keeps queueing up to
     /// the store-wide bound, a hung master's slot is bounded by `lane_cap`.
@@ -255,7 +256,7 @@ struct Lanes {
 }
 
 impl Lanes {
-    fn new(lane_cap: usize, stall: Duration, start: Start) -> Self {
+    fn new(lane_cap: Option<usize>, stall: Duration, start: Start) -> Self {
         Self {
             lane_cap,
             stall,
@@ -286,27 +287,9 @@ impl Lanes {
             return;
         }
         let id = job.lane;
-        let (cap, total, stall) = (self.lane_cap, self.waiting, self.stall);
-        let lane = self.lane(id);
-        // What the lane's free call slots take at once is never refused.
-        let goes_now = lane.goes_now();
-        let over = |lane: &Lane, goes_now: usize| {
-            lane.waiting.len() >= goes_now + cap && lane.progress.elapsed() >= stall
-        };
-        if lane.waiting.len() >= goes_now && (over(lane, goes_now) || total >= QUEUE) {
+        if self.full(id).is_some() {
             self.make_room(id);
-            let lane = self.lane(id);
-            let goes_now = lane.goes_now();
-            let why = if lane.waiting.len() < goes_now {
-                None
-            } else if over(lane, goes_now) {
-                Some("the queue for this key's slot is full (its node is slow or unreachable)")
-            } else if self.waiting >= QUEUE {
-                Some("the queue for the store is full")
-            } else {
-                None
-            };
-            if let Some(why) = why {
+            if let Some(why) = self.full(id) {
                 metrics::counter!(BATCH_REFUSED).increment(1);
                 let _ = job
                     .answer
@@ -315,9 +298,31 @@ impl Lanes {
                 return;
             }
         }
-        self.lane(id).waiting.push_back(job);
+        let waiting = &mut self.lane(id).waiting;
+        waiting.push_back(job);
+        let first = waiting.len() == 1;
         self.waiting += 1;
-        self.touched.push(id);
+        // A lane that already had requests waiting is marked already, or has every call out
+        // (and `finished` sends from it).
+        if first {
+            self.touched.push(id);
+        }
+    }
+
+    /// Why a new request for lane `id` cannot queue, if it cannot: what the lane's free call
+    /// slots take at once never counts; beyond that, a stalled cluster lane is held to its
+    /// own bound and every lane to the store-wide one.
+    fn full(&mut self, id: u16) -> Option<&'static str> {
+        let (cap, stall, total) = (self.lane_cap, self.stall, self.waiting);
+        let lane = self.lane(id);
+        let beyond = lane.waiting.len().checked_sub(lane.goes_now())?;
+        if cap.is_some_and(|cap| beyond >= cap) && lane.progress.elapsed() >= stall {
+            Some("the queue for this key's slot is full (its node is slow or unreachable)")
+        } else if total >= QUEUE {
+            Some("the queue for the store is full")
+        } else {
+            None
+        }
     }
 
     /// Before refusing a request for lane `id`: sends what free call slots take (the lane's,
@@ -349,9 +354,7 @@ impl Lanes {
         for id in touched.drain(..) {
             self.launch(id);
         }
-        if self.touched.is_empty() {
-            self.touched = touched; // keep the allocation
-        }
+        self.touched = touched; // keep the allocation (`launch` marks nothing)
     }
 
     /// Sends what `lane` has queued, as far as its free call slots go; drops the lane once it
@@ -391,10 +394,14 @@ impl Lanes {
         }
     }
 
-    fn finished(&mut self, lane: u16, mut batch: Vec<Job>) {
+    /// A call of `lane` came back; `answered`: Redis answered it (a timed-out call is no
+    /// sign of life, so a hung master's lane stays stalled).
+    fn finished(&mut self, lane: u16, mut batch: Vec<Job>, answered: bool) {
         if let Some(state) = self.lanes.get_mut(&lane) {
             state.in_flight = state.in_flight.saturating_sub(1);
-            state.progress = Instant::now();
+            if answered {
+                state.progress = Instant::now();
+            }
         }
         batch.clear();
         if self.spare_batches.len() < SPARES {
@@ -418,24 +425,24 @@ fn prune_front(queue: &mut VecDeque<Job>) -> usize {
 async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
     let (done, mut finished) = mpsc::unbounded_channel();
     // On a single server (directly or through Sentinel) every request is in lane 0, so that
-    // lane may use the whole store-wide bound.
+    // lane has the whole store-wide bound.
     let lane_cap = match runner.conn {
-        Conn::Cluster(_) => LANE_QUEUE,
-        Conn::Server(_) | Conn::Sentinel(_) => QUEUE,
+        Conn::Cluster(_) => Some(LANE_QUEUE),
+        Conn::Server(_) | Conn::Sentinel(_) => None,
     };
     let stall = runner.timeout / 4;
     let start: Start = Box::new(move |lane, mut batch| {
         let (runner, done) = (runner.clone(), done.clone());
         tokio::spawn(async move {
-            send(&runner, &mut batch).await;
-            let _ = done.send((lane, batch));
+            let answered = send(&runner, &mut batch).await;
+            let _ = done.send((lane, batch, answered));
         });
     });
     let mut lanes = Lanes::new(lane_cap, stall, start);
     loop {
         tokio::select! {
             biased;
-            Some((lane, batch)) = finished.recv() => lanes.finished(lane, batch),
+            Some((lane, batch, answered)) = finished.recv() => lanes.finished(lane, batch, answered),
             job = queue.recv() => {
                 let Some(job) = job else { return };
                 // Take what queued meanwhile (a bounded helping), then send lane by lane.
@@ -451,11 +458,21 @@ async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
 }
 
 /// Sends one batch and hands each request its reply (or the call's error), leaving `batch`
-/// empty.
-async fn send(runner: &Runner, batch: &mut Vec<Job>) {
+/// empty; whether Redis answered the call (with replies, or refusing it while its slot
+/// moves), as opposed to timing out or failing to reach it.
+async fn send(runner: &Runner, batch: &mut Vec<Job>) -> bool {
     #[allow(clippy::cast_precision_loss)] // at most MAX_REQUESTS
     metrics::histogram!(BATCH_REQUESTS).record(batch.len() as f64);
-    match call(runner, runner.timeout, batch).await {
+    let outcome = call(runner, runner.timeout, batch).await;
+    let answered = matches!(
+        outcome,
+        Ok(_)
+            | Err(Failed {
+                resharding: true,
+                ..
+            })
+    );
+    match outcome {
         Err(Failed {
             resharding: true, ..
         }) if batch.len() > 1 => {
@@ -493,6 +510,7 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>) {
             }
         }
     }
+    answered
 }
 
 /// One call carrying `batch`, within `limit`: one reply per request, or the call's error
@@ -526,11 +544,11 @@ mod tests {
 
     /// Lanes whose calls are recorded instead of sent (they stay outstanding until
     /// `finished`), every lane counting as stalled at once (its own bound applies).
-    fn lanes(lane_cap: usize) -> (Lanes, Sent) {
+    fn lanes(lane_cap: Option<usize>) -> (Lanes, Sent) {
         lanes_stalled_after(lane_cap, Duration::ZERO)
     }
 
-    fn lanes_stalled_after(lane_cap: usize, stall: Duration) -> (Lanes, Sent) {
+    fn lanes_stalled_after(lane_cap: Option<usize>, stall: Duration) -> (Lanes, Sent) {
         let sent = Sent::default();
         let record = sent.clone();
         let start: Start = Box::new(move |lane, batch| record.lock().unwrap().push((lane, batch)));
@@ -575,7 +593,7 @@ mod tests {
 
     #[test]
     fn a_burst_to_an_idle_single_server_lane_is_not_refused() {
-        let (mut lanes, sent) = lanes(QUEUE);
+        let (mut lanes, sent) = lanes(None);
         let mut answers = burst(&mut lanes, 0, 2000);
         assert_eq!(refused(&mut answers), 0);
         // Its four calls went out full; the rest waits for them.
@@ -590,7 +608,7 @@ mod tests {
 
     #[test]
     fn a_cluster_lane_counts_its_bound_past_what_goes_now() {
-        let (mut lanes, sent) = lanes(LANE_QUEUE);
+        let (mut lanes, sent) = lanes(Some(LANE_QUEUE));
         let fits = IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE;
         let mut answers = burst(&mut lanes, 7, fits);
         assert_eq!(refused(&mut answers), 0);
@@ -606,23 +624,34 @@ mod tests {
         assert_eq!(refused(&mut burst(&mut lanes, 7, 1)), 1);
     }
 
-    #[test]
-    fn a_hot_slot_whose_calls_keep_finishing_is_not_held_to_its_own_bound() {
-        // Its calls finished a moment ago (well within the stall time): a burst of three
-        // lanes' worth waits, bounded only by the store-wide bound.
-        let (mut lanes, sent) = lanes_stalled_after(LANE_QUEUE, Duration::from_secs(3600));
-        let mut answers = burst(&mut lanes, 9, 3 * (IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE));
+    #[tokio::test(start_paused = true)]
+    async fn a_lane_is_held_to_its_own_bound_only_while_no_call_comes_back() {
+        let stall = Duration::from_millis(25);
+        let (mut lanes, sent) = lanes_stalled_after(Some(LANE_QUEUE), stall);
+        let fits = IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE;
+        // A new lane is not stalled: a burst past its own bound waits (store-wide bound only).
+        let mut answers = burst(&mut lanes, 9, 2 * fits);
         assert_eq!(refused(&mut answers), 0);
-        assert_eq!(sent.lock().unwrap().len(), IN_FLIGHT);
-        // The store-wide bound still holds.
+        // No call back for the stall time: its own bound applies.
+        tokio::time::advance(stall).await;
+        assert_eq!(refused(&mut burst(&mut lanes, 9, 1)), 1);
+        // A call that timed out is no sign of life; one Redis answered is.
+        let (lane, batch) = sent.lock().unwrap().remove(0);
+        lanes.finished(lane, batch, false);
+        assert_eq!(refused(&mut burst(&mut lanes, 9, 1)), 1);
+        let (lane, batch) = sent.lock().unwrap().remove(0);
+        lanes.finished(lane, batch, true);
+        assert_eq!(refused(&mut burst(&mut lanes, 9, 100)), 0);
+        // The store-wide bound holds whatever the lane's state.
         let mut more = burst(&mut lanes, 9, QUEUE);
         assert!(refused(&mut more) > 0);
         assert!(lanes.waiting <= QUEUE);
+        drop(answers);
     }
 
     #[test]
     fn hung_cluster_lanes_leave_room_for_busy_healthy_ones() {
-        let (mut lanes, sent) = lanes(LANE_QUEUE);
+        let (mut lanes, sent) = lanes(Some(LANE_QUEUE));
         // Eight hung hot slots, each with full calls out and a full queue (8 x 1,024 waiting).
         for slot in 0..8 {
             let mut answers = burst(&mut lanes, slot, IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE);
@@ -638,7 +667,7 @@ mod tests {
                 .filter(|(lane, _)| *lane == 100)
                 .collect();
             for (lane, batch) in done {
-                lanes.finished(lane, batch);
+                lanes.finished(lane, batch, true);
             }
             drop(answers);
         }
@@ -646,7 +675,7 @@ mod tests {
 
     #[test]
     fn with_all_lanes_full_what_free_call_slots_take_still_goes() {
-        let (mut lanes, sent) = lanes(LANE_QUEUE);
+        let (mut lanes, sent) = lanes(Some(LANE_QUEUE));
         let per_lane = IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE;
         for slot in 0..16 {
             let answers = burst(&mut lanes, slot, per_lane);

@@ -118,27 +118,17 @@ async fn a_hung_master_delays_only_the_requests_for_its_own_slots() {
     );
     // Every request for the hung master failed, none later than the budget (plus scheduling
     // slack on a loaded machine): refused at once (its slot's queue full) or timed out.
-    let (mut refused, mut timed_out) = (0, 0);
+    // (The flood arrives at once, before the lane counts as stalled, so its own bound need
+    // not refuse any; that bound is unit-tested in batch.rs.)
     for call in flood {
         let (outcome, took) = call.await.expect("no task panicked");
         match outcome {
-            Err(StoreError::Unavailable(why)) => {
-                assert!(why.contains("queue"), "{why}");
-                refused += 1;
-            }
-            Err(StoreError::Timeout(_)) => timed_out += 1,
+            Err(StoreError::Unavailable(why)) => assert!(why.contains("queue"), "{why}"),
+            Err(StoreError::Timeout(_)) => {}
             other => panic!("a request for the hung master answered {other:?}"),
         }
         assert!(took < budget + Duration::from_millis(700), "{took:?}");
     }
-    // The flood arrives at once, before the lane has gone a quarter of the timeout without
-    // a call coming back, so its own bound (unit-tested in batch.rs) need not refuse any:
-    // they wait and time out within the budget.
-    assert_eq!(
-        refused + timed_out,
-        6000,
-        "{refused} refused, {timed_out} timed out"
-    );
 
     cluster.node(0).resume();
     // The hung master's slots are decided again once it answers (waiting for it to come back,
