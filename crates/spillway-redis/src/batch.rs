@@ -43,13 +43,14 @@
 //! # Resharding
 //! While a slot migrates, a call over several keys of that slot, some already moved, is
 //! refused with `TRYAGAIN` (nothing is applied). Requests that merely shared such a call
-//! should not fail for it: a batch of several requests refused that way (or with a redirect
-//! the client could not follow; judged on the client's typed error kind, never on text) is
-//! sent again once, each request alone in its own call, while its own caller still has time
-//! (counted in [`BATCH_RETRIED`]). If an earlier attempt of the call by the client ran on
-//! Redis and only its reply was lost, the retry charges its requests a second time: extra
-//! denials, never an extra admission. A request alone holds one
-//! key, or keys it needs together, so a refusal of it is its own answer.
+//! should not fail for it: a call refused that way (or with a redirect the client could not
+//! follow, as concurrent redirects to one node can be; judged on the client's typed error
+//! kind, never on text) is sent again once, each request alone in its own call, while its
+//! own caller still has time, one retry at a time over the store (counted in
+//! [`BATCH_RETRIED`]). If an earlier attempt of the call by the client ran on Redis and only
+//! its reply was lost, the retry charges its requests a second time: extra denials, never an
+//! extra admission. A request that itself holds keys on both sides keeps the refusal, which
+//! is its own answer.
 //!
 //! A request whose caller gave up before its batch was sent is dropped from the batch and
 //! never charged. Each caller still waits at most the store's timeout, queueing included.
@@ -431,10 +432,12 @@ async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
         Conn::Server(_) | Conn::Sentinel(_) => None,
     };
     let stall = runner.timeout / 4;
+    // Resharding retries go one at a time over the whole store (see `send`).
+    let retries = std::sync::Arc::new(tokio::sync::Mutex::new(()));
     let start: Start = Box::new(move |lane, mut batch| {
-        let (runner, done) = (runner.clone(), done.clone());
+        let (runner, done, retries) = (runner.clone(), done.clone(), retries.clone());
         tokio::spawn(async move {
-            let answered = send(&runner, &mut batch).await;
+            let answered = send(&runner, &mut batch, &retries).await;
             let _ = done.send((lane, batch, answered));
         });
     });
@@ -459,8 +462,9 @@ async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
 
 /// Sends one batch and hands each request its reply (or the call's error), leaving `batch`
 /// empty; whether Redis answered the call (with replies, or refusing it while its slot
-/// moves), as opposed to timing out or failing to reach it.
-async fn send(runner: &Runner, batch: &mut Vec<Job>) -> bool {
+/// moves), as opposed to timing out or failing to reach it. `retries` is held while the
+/// requests of a call refused during resharding go again.
+async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mutex<()>) -> bool {
     #[allow(clippy::cast_precision_loss)] // at most MAX_REQUESTS
     metrics::histogram!(BATCH_REQUESTS).record(batch.len() as f64);
     let outcome = call(runner, runner.timeout, batch).await;
@@ -475,12 +479,15 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>) -> bool {
     match outcome {
         Err(Failed {
             resharding: true, ..
-        }) if batch.len() > 1 => {
+        }) => {
             // Each request alone, once, within what is left of its own caller's time. One
-            // after another: a request for a key not yet on the target is redirected (`ASK`),
-            // and the client sends `ASKING` and the call as two commands on the shared
-            // connection, so redirected calls sent together can take each other's `ASKING`
-            // and bounce.
+            // after another, over the whole store (the lock): a request for a key not yet on
+            // the target is redirected (`ASK`), and the client sends `ASKING` and the call as
+            // two commands on the shared connection, so redirected calls sent together (by
+            // this loop, or by retries of other calls of the same slot) can take each other's
+            // `ASKING` and bounce with `MOVED`. A call of one request goes again too: it may
+            // have bounced that way.
+            let _one_at_a_time = retries.lock().await;
             for job in batch.drain(..) {
                 if job.answer.is_closed() {
                     continue;
