@@ -163,6 +163,79 @@ fn mask_part(part: &str) -> String {
     format!("{}****{}", &part[..start], &part[at..])
 }
 
+/// Why text naming Redis by URL was refused. The `Display` form shows the text with its
+/// passwords masked ([`mask_text`]); callers put the flag or field name in front.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// A part of the list is not a `redis://` or `rediss://` URL.
+    #[error("`{0}` is not a redis:// URL (or cluster+redis://a,redis://b)")]
+    NotRedis(String),
+    /// Several URLs without `cluster+`: a server is one URL.
+    #[error("`{0}`: several URLs need the cluster+ prefix")]
+    SeveralWithoutCluster(String),
+}
+
+/// A Redis deployment named by URLs alone, as [`parse_target`] reads it: one server or a
+/// cluster's seed nodes. Its `Debug` form masks passwords, like [`Target`]'s.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UrlTarget {
+    /// One server, by URL.
+    Server(String),
+    /// A cluster, by seed node URLs.
+    Cluster(Vec<String>),
+}
+
+impl fmt::Debug for UrlTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let masked = |urls: &[String]| urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>();
+        match self {
+            Self::Server(url) => f.debug_tuple("Server").field(&mask_url(url)).finish(),
+            Self::Cluster(urls) => f.debug_tuple("Cluster").field(&masked(urls)).finish(),
+        }
+    }
+}
+
+impl From<UrlTarget> for Target {
+    fn from(target: UrlTarget) -> Self {
+        match target {
+            UrlTarget::Server(url) => Self::Server(url),
+            UrlTarget::Cluster(urls) => Self::Cluster(urls),
+        }
+    }
+}
+
+/// Reads text naming Redis by URL, the one reading every flag that takes such text shares:
+/// one `redis://` or `rediss://` URL for a server, or `cluster+` and a comma-separated list of
+/// seed nodes for a cluster. Spaces around each URL are dropped.
+pub fn parse_target(text: &str) -> Result<UrlTarget, UrlError> {
+    let text = text.trim();
+    let (cluster, list) = match text.strip_prefix("cluster+") {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let urls = parse_url_list(list).map_err(|_| UrlError::NotRedis(mask_text(text)))?;
+    if cluster {
+        return Ok(UrlTarget::Cluster(urls));
+    }
+    match <[String; 1]>::try_from(urls) {
+        Ok([url]) => Ok(UrlTarget::Server(url)),
+        Err(_) => Err(UrlError::SeveralWithoutCluster(mask_text(text))),
+    }
+}
+
+/// The comma-separated URLs of `list`, each `redis://` or `rediss://` (a Sentinel
+/// deployment's sentinels are written this way too).
+pub fn parse_url_list(list: &str) -> Result<Vec<String>, UrlError> {
+    let urls: Vec<String> = list.split(',').map(|u| u.trim().to_owned()).collect();
+    if urls
+        .iter()
+        .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+    {
+        return Err(UrlError::NotRedis(mask_text(list.trim())));
+    }
+    Ok(urls)
+}
+
 /// Connection and layout settings for the Redis store.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -228,6 +301,39 @@ mod tests {
                 "{text} shown as {shown}"
             );
         }
+    }
+
+    #[test]
+    fn a_url_list_is_read_once_for_every_flag() {
+        assert_eq!(
+            parse_target(" redis://h:1 "),
+            Ok(UrlTarget::Server("redis://h:1".into()))
+        );
+        assert_eq!(
+            parse_target("cluster+redis://a:1, rediss://b:2"),
+            Ok(UrlTarget::Cluster(vec![
+                "redis://a:1".into(),
+                "rediss://b:2".into()
+            ]))
+        );
+        assert_eq!(
+            parse_target("cluster+redis://a:1"),
+            Ok(UrlTarget::Cluster(vec!["redis://a:1".into()]))
+        );
+        for (text, want) in [
+            (
+                "redis://u:s3cret@a,redis://b",
+                UrlError::SeveralWithoutCluster("redis://u:****@a,redis://b".into()),
+            ),
+            (
+                "cluster+redis://a,http://u:s3cret@b",
+                UrlError::NotRedis("cluster+redis://a,http://u:****@b".into()),
+            ),
+            ("", UrlError::NotRedis(String::new())),
+        ] {
+            assert_eq!(parse_target(text), Err(want), "{text}");
+        }
+        assert!(parse_url_list("redis://a,b").is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::config::SettingsError;
 use spillway_core::policy::{RedisSettings, StoreConfig};
 use spillway_core::store::{MemoryStore, Store};
 use spillway_core::time::Clock;
+use spillway_redis::config::{parse_target, parse_url_list, UrlError, UrlTarget};
 use spillway_redis::{RedisConfig, RedisStore, Target};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,45 +39,32 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
     if url == "memory" {
         return Ok(StoreConfig::Memory { max_keys: None });
     }
-    // Errors show the value with its passwords masked (it may be mistyped anywhere).
-    let shown = spillway_redis::config::mask_text(url);
+    // Errors show the value with its passwords masked (it may be mistyped anywhere); the
+    // URL list itself is read by spillway_redis, as for every flag that names Redis.
     if let Some(rest) = url.strip_prefix("sentinel:") {
         let Some((master, list)) = rest.split_once('@').filter(|(m, _)| !m.is_empty()) else {
             return Err(format!(
-                "--store-url `{shown}` must name the master: sentinel:<master>@redis://host:port,..."
+                "--store-url `{}` must name the master: sentinel:<master>@redis://host:port,...",
+                spillway_redis::config::mask_text(url)
             ));
         };
-        let urls: Vec<String> = list.split(',').map(|u| u.trim().to_owned()).collect();
-        if urls.iter().any(|u| !u.starts_with("redis://")) {
-            return Err(format!(
-                "--store-url `{shown}`: each sentinel must be a redis:// URL"
-            ));
-        }
+        let urls = parse_url_list(list).map_err(|err| format!("--store-url sentinels: {err}"))?;
         return Ok(StoreConfig::RedisSentinel(RedisSettings {
             urls,
             master: Some(master.to_owned()),
             ..base
         }));
     }
-    let (cluster, list) = match url.strip_prefix("cluster+") {
-        Some(rest) => (true, rest),
-        None => (false, url),
+    let target = parse_target(url).map_err(|err| match err {
+        UrlError::NotRedis(_) => format!(
+            "--store-url {err}; the store may also be `memory` or sentinel:<master>@redis://..."
+        ),
+        UrlError::SeveralWithoutCluster(_) => format!("--store-url {err}"),
+    })?;
+    let (cluster, urls) = match target {
+        UrlTarget::Server(url) => (false, vec![url]),
+        UrlTarget::Cluster(urls) => (true, urls),
     };
-    let urls: Vec<String> = list.split(',').map(|u| u.trim().to_owned()).collect();
-    if urls
-        .iter()
-        .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
-    {
-        return Err(format!(
-            "--store-url `{shown}` must be `memory`, a redis:// URL, cluster+redis://... or \
-             sentinel:<master>@redis://..."
-        ));
-    }
-    if !cluster && urls.len() != 1 {
-        return Err(format!(
-            "--store-url `{shown}`: several URLs need the cluster+ prefix"
-        ));
-    }
     let settings = RedisSettings {
         urls,
         master: None,

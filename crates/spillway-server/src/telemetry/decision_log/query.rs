@@ -7,7 +7,7 @@
 //! stream is never read whole; files rotated before `--since` are skipped unopened.
 
 use super::record::{parse_rfc3339_ms, Line};
-use super::settings::{RedisTarget, SinkParser, SinkSpec, DEFAULT_STREAM};
+use super::settings::{store_target, RedisTarget, SinkParser, SinkSpec, DEFAULT_STREAM};
 use super::sink::file::rotated;
 use super::sink::redis::Conn;
 use crate::config::PolicySource;
@@ -164,7 +164,9 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
         return Ok(Source::File(path.clone()));
     }
     if let Some(url) = &args.redis {
-        return Ok(Source::Redis(RedisTarget::parse(url)?, stream));
+        let target =
+            spillway_redis::config::parse_target(url).map_err(|e| format!("--redis {e}"))?;
+        return Ok(Source::Redis(target, stream));
     }
     match &args.sink {
         Some(SinkSpec::File(path)) => Ok(Source::File(path.clone())),
@@ -192,7 +194,7 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
                     )
                 }
             };
-            Ok(Source::Redis(RedisTarget::of_store(&store)?, stream))
+            Ok(Source::Redis(store_target(&store)?, stream))
         }
         Some(SinkSpec::Stdout) => Err(
             "the decision log is written to stdout, which cannot be read back; \

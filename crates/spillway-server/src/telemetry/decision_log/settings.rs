@@ -111,28 +111,10 @@ pub enum SinkSpec {
     Redis(RedisTarget),
 }
 
-/// A Redis deployment to write the stream to (or read it from). Its Debug form, which the
-/// startup log prints, shows a URL's password as `****`.
-#[derive(Clone, PartialEq, Eq)]
-pub enum RedisTarget {
-    /// One server, by URL.
-    Server(String),
-    /// A cluster, by seed node URLs. The stream is one key, so it lives on one node.
-    Cluster(Vec<String>),
-}
-
-impl std::fmt::Debug for RedisTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use spillway_redis::config::mask_url;
-        match self {
-            Self::Server(url) => f.debug_tuple("Server").field(&mask_url(url)).finish(),
-            Self::Cluster(urls) => f
-                .debug_tuple("Cluster")
-                .field(&urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>())
-                .finish(),
-        }
-    }
-}
+/// A Redis deployment to write the stream to (or read it from): a server or a cluster, read by
+/// [`spillway_redis::config::parse_target`] (its Debug form masks passwords). In a cluster the
+/// stream is one key, so it lives on one node.
+pub use spillway_redis::config::UrlTarget as RedisTarget;
 
 /// The value parser of `--decision-log`: [`parse_sink`], with an error that shows the value
 /// masked. (clap's own "invalid value" message repeats the raw text, which for a mistyped
@@ -164,49 +146,22 @@ impl clap::builder::TypedValueParser for SinkParser {
     }
 }
 
-impl RedisTarget {
-    /// Reads `redis://...`, `rediss://...` or `cluster+redis://a,redis://b`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let (cluster, list) = match text.strip_prefix("cluster+") {
-            Some(rest) => (true, rest),
-            None => (false, text),
-        };
-        let urls: Vec<String> = list.split(',').map(|u| u.trim().to_owned()).collect();
-        if urls
-            .iter()
-            .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
-        {
-            return Err(format!(
-                "`{}` is not a redis:// URL (or cluster+redis://a,redis://b)",
-                mask_text(text)
-            ));
-        }
-        match (cluster, urls.len()) {
-            (true, _) => Ok(Self::Cluster(urls)),
-            (false, 1) => Ok(Self::Server(urls.into_iter().next().unwrap_or_default())),
-            (false, _) => Err(format!(
-                "`{}`: several URLs need the cluster+ prefix",
-                mask_text(text)
-            )),
-        }
-    }
-
-    /// The store's Redis, for `--decision-log redis`.
-    pub fn of_store(store: &StoreConfig) -> Result<Self, String> {
-        match store {
-            StoreConfig::Redis(s) => Ok(Self::Server(s.urls.first().cloned().unwrap_or_default())),
-            StoreConfig::RedisCluster(s) => Ok(Self::Cluster(s.urls.clone())),
-            StoreConfig::RedisSentinel(_) => Err(
-                "--decision-log redis does not follow Sentinel yet; give the master's redis:// URL"
-                    .into(),
-            ),
-            StoreConfig::Memory { .. } => Err(
-                "--decision-log redis writes to the store's Redis, but the store is in memory; \
-                 give a redis:// URL instead"
-                    .into(),
-            ),
-        }
+/// The store's Redis, for `--decision-log redis`.
+pub fn store_target(store: &StoreConfig) -> Result<RedisTarget, String> {
+    match store {
+        StoreConfig::Redis(s) => Ok(RedisTarget::Server(
+            s.urls.first().cloned().unwrap_or_default(),
+        )),
+        StoreConfig::RedisCluster(s) => Ok(RedisTarget::Cluster(s.urls.clone())),
+        StoreConfig::RedisSentinel(_) => Err(
+            "--decision-log redis does not follow Sentinel yet; give the master's redis:// URL"
+                .into(),
+        ),
+        StoreConfig::Memory { .. } => Err(
+            "--decision-log redis writes to the store's Redis, but the store is in memory; \
+             give a redis:// URL instead"
+                .into(),
+        ),
     }
 }
 
@@ -293,7 +248,9 @@ pub fn parse_sink(text: &str) -> Result<SinkSpec, String> {
         return Ok(SinkSpec::File(PathBuf::from(path.trim())));
     }
     if text.contains("redis://") || text.contains("rediss://") {
-        return RedisTarget::parse(text).map(SinkSpec::Redis);
+        return spillway_redis::config::parse_target(text)
+            .map(SinkSpec::Redis)
+            .map_err(|err| err.to_string());
     }
     Err(format!(
         "`{}` is not a decision-log sink: use off, stdout, file:PATH, redis or a redis:// URL",

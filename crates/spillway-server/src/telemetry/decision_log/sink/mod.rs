@@ -8,7 +8,7 @@ pub mod file;
 pub mod redis;
 
 use super::record::{Kind, Line};
-use super::settings::{DecisionLogSettings, RedisTarget, SinkSpec};
+use super::settings::{store_target, DecisionLogSettings, SinkSpec};
 use spillway_core::policy::StoreConfig;
 use spillway_core::time::Clock;
 use std::io::Write;
@@ -75,7 +75,7 @@ impl Sink {
                 clock,
             )?),
             SinkSpec::StoreRedis => Self::Redis(redis::RedisSink::new(
-                RedisTarget::of_store(store)?,
+                store_target(store)?,
                 settings.stream.clone(),
                 settings.stream_maxlen,
             )),
