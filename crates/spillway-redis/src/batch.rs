@@ -47,7 +47,7 @@
 //! follow, as concurrent redirects to one node can be; judged on the client's typed error
 //! kind, never on text) is sent again once, each request alone in its own call, while its
 //! own caller still has time, one retry at a time over the store (counted in
-//! [`BATCH_RETRIED`]). If an earlier attempt of the call by the client ran on Redis and only
+//! [`BATCH_RETRIED`]; the refusal itself is no store error, only a retry that fails is). If an earlier attempt of the call by the client ran on Redis and only
 //! its reply was lost, the retry charges its requests a second time: extra denials, never an
 //! extra admission. A request that itself holds keys on both sides keeps the refusal, which
 //! is its own answer.
@@ -500,7 +500,7 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
                     only_reply(
                         call(runner, left, std::slice::from_ref(&job))
                             .await
-                            .map_err(|failed| failed.err),
+                            .map_err(Failed::settled),
                     )
                 };
                 let _ = job.answer.send(reply);

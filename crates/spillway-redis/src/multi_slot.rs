@@ -39,17 +39,49 @@ use tokio::sync::oneshot;
 /// waiting for one) so that it can refund the charge.
 pub const SETTLE: Duration = Duration::from_secs(2);
 
-/// Groups check indexes by slot, slots in order of first appearance.
-pub(crate) fn groups(keys: &[String]) -> Vec<Vec<usize>> {
-    let mut out: Vec<(u16, Vec<usize>)> = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
+/// A request's keys by cluster slot, each key's slot computed once.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Slots {
+    /// Every key hashes to this slot (the common case, found without allocating).
+    One(u16),
+    /// Check indexes by slot, slots in order of first appearance (no keys: none).
+    Many(Vec<(u16, Vec<usize>)>),
+}
+
+impl Slots {
+    /// Check indexes by slot, for `len` keys (`One` is every index in its slot).
+    pub(crate) fn groups(self, len: usize) -> Vec<(u16, Vec<usize>)> {
+        match self {
+            Self::One(slot) => vec![(slot, (0..len).collect())],
+            Self::Many(groups) => groups,
+        }
+    }
+}
+
+/// The slots of `keys`, hashing each key once.
+pub(crate) fn slots(keys: &[String]) -> Slots {
+    let Some(first) = keys.first().map(|k| keys::slot(k)) else {
+        return Slots::Many(Vec::new());
+    };
+    let Some((split, other)) = keys
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, k)| (i, keys::slot(k)))
+        .find(|&(_, slot)| slot != first)
+    else {
+        return Slots::One(first);
+    };
+    // Keys before `split` share the first slot; group the rest as they come.
+    let mut out = vec![(first, (0..split).collect()), (other, vec![split])];
+    for (i, key) in keys.iter().enumerate().skip(split + 1) {
         let slot = keys::slot(key);
         match out.iter_mut().find(|(s, _)| *s == slot) {
             Some((_, members)) => members.push(i),
             None => out.push((slot, vec![i])),
         }
     }
-    out.into_iter().map(|(_, members)| members).collect()
+    Slots::Many(out)
 }
 
 /// What a request spanning slots needs once the caller's borrows are gone.
@@ -57,7 +89,8 @@ struct Job {
     runner: Runner,
     keys: Arc<[String]>,
     checks: Arc<[Encoded]>,
-    groups: Vec<Vec<usize>>,
+    /// Check indexes by slot.
+    groups: Vec<(u16, Vec<usize>)>,
     mode: CheckMode,
 }
 
@@ -74,7 +107,7 @@ impl Job {
         let calls: Vec<_> = self
             .groups
             .iter()
-            .map(|group| {
+            .map(|(_, group)| {
                 let (runner, keys, checks) =
                     (self.runner.clone(), self.keys.clone(), self.checks.clone());
                 let (group, mode) = (group.clone(), self.mode);
@@ -102,7 +135,7 @@ impl Job {
         let mut charges = Charges::new();
         let mut failure = None;
         let mut admitted = true;
-        for (group, reply) in self.groups.iter().zip(replies) {
+        for ((_, group), reply) in self.groups.iter().zip(replies) {
             match reply {
                 Ok(reply) => {
                     admitted &= reply.admitted;
@@ -178,16 +211,18 @@ impl Drop for Pending {
     }
 }
 
-/// Decides `checks` (with their Redis `keys`) across slots; see the module docs.
+/// Decides `checks` (with their Redis `keys`, grouped by slot in `groups`, see [`slots`])
+/// across slots; see the module docs.
 pub(crate) async fn check(
     runner: &Runner,
     keys: Vec<String>,
+    groups: Vec<(u16, Vec<usize>)>,
     checks: &[Check<'_>],
     mode: CheckMode,
 ) -> Result<Vec<Decision>, StoreError> {
     let job = Job {
         runner: runner.clone(),
-        groups: groups(&keys),
+        groups,
         keys: keys.into(),
         checks: checks.iter().map(Encoded::new).collect(),
         mode,
@@ -195,7 +230,7 @@ pub(crate) async fn check(
     if mode == CheckMode::Peek {
         // Nothing is charged, so nothing needs finishing if the caller goes away.
         let mut decisions: Vec<Option<Decision>> = vec![None; checks.len()];
-        for (group, reply) in job.groups.iter().zip(job.run_slots(runner.timeout).await) {
+        for ((_, group), reply) in job.groups.iter().zip(job.run_slots(runner.timeout).await) {
             for (&i, d) in group.iter().zip(reply?.decisions) {
                 decisions[i] = Some(d);
             }
@@ -240,7 +275,18 @@ mod tests {
 
     #[test]
     fn groups_keep_first_appearance_order() {
-        let keys: Vec<String> = ["a:{x}:1", "a:{y}:1", "a:{x}:2"].map(String::from).into();
-        assert_eq!(groups(&keys), vec![vec![0, 2], vec![1]]);
+        let keys: Vec<String> = [
+            "a:{x}:1", "a:{x}:3", "a:{y}:1", "a:{x}:2", "a:{z}:1", "a:{y}:2",
+        ]
+        .map(String::from)
+        .into();
+        let (x, y, z) = (keys::slot("{x}"), keys::slot("{y}"), keys::slot("{z}"));
+        assert_eq!(
+            slots(&keys),
+            Slots::Many(vec![(x, vec![0, 1, 3]), (y, vec![2, 5]), (z, vec![4])])
+        );
+        assert_eq!(slots(&keys[..2]), Slots::One(x));
+        assert_eq!(slots(&keys[..2]).groups(2), vec![(x, vec![0, 1])]);
+        assert_eq!(slots(&[]), Slots::Many(Vec::new()));
     }
 }

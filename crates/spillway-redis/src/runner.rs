@@ -17,12 +17,27 @@ use spillway_core::time::Clock;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A failed call: the engine's error (already counted), and whether the client's own error
-/// was a typed resharding refusal of the call (`TRYAGAIN`, or an `ASK`/`MOVED` redirect it did
-/// not follow), which [`crate::batch`] may answer by sending the call's requests again alone.
+/// A failed call: the engine's error, and whether the client's own error was a typed
+/// resharding refusal of the call (`TRYAGAIN`, or an `ASK`/`MOVED` redirect it did not
+/// follow), which [`crate::batch`] may answer by sending the call's requests again alone.
+/// Any other error is already counted (`spillway_store_errors_total`, and for a script call
+/// [`SCRIPT_ERRORS`]); a resharding refusal is counted only once nobody sends the call again
+/// ([`Failed::settled`]): a refusal answered by a retry is counted as a retry, not an error.
 pub(crate) struct Failed {
     pub(crate) err: StoreError,
     pub(crate) resharding: bool,
+}
+
+impl Failed {
+    /// The error of a script call that will not go again, counted: a resharding refusal now,
+    /// any other error was counted where it happened.
+    pub(crate) fn settled(self) -> StoreError {
+        if self.resharding {
+            record_script(record(self.err))
+        } else {
+            self.err
+        }
+    }
 }
 
 /// Whether `err` is Redis refusing a call because its slot is migrating, judged on the
@@ -91,9 +106,13 @@ impl Runner {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        self.call_typed(limit, work)
-            .await
-            .map_err(|failed| failed.err)
+        self.call_typed(limit, work).await.map_err(|failed| {
+            if failed.resharding {
+                record(failed.err)
+            } else {
+                failed.err
+            }
+        })
     }
 
     /// [`Runner::call_within`], also saying whether the client's error was a typed resharding
@@ -112,8 +131,10 @@ impl Runner {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => {
                 let resharding = resharding(&err);
+                let err = classify(err, limit);
                 Err(Failed {
-                    err: record(classify(err, limit)),
+                    // A resharding refusal is counted by whoever gives up on it (see `Failed`).
+                    err: if resharding { err } else { record(err) },
                     resharding,
                 })
             }
@@ -197,10 +218,11 @@ impl Runner {
     ) -> Result<Vec<Reply>, StoreError> {
         self.run_call_typed(limit, args)
             .await
-            .map_err(|failed| failed.err)
+            .map_err(Failed::settled)
     }
 
-    /// [`Runner::run_call`], also saying whether the call was refused for resharding.
+    /// [`Runner::run_call`], also saying whether the call was refused for resharding (such a
+    /// refusal is not counted yet: see [`Failed`]).
     pub(crate) async fn run_call_typed(
         &self,
         limit: Duration,
@@ -217,9 +239,12 @@ impl Runner {
                 &[now.as_bytes(), &args.packed],
             )
             .await
-            .map_err(|failed| Failed {
-                err: record_script(failed.err),
-                ..failed
+            .map_err(|failed| match failed.resharding {
+                true => failed,
+                false => Failed {
+                    err: record_script(failed.err),
+                    ..failed
+                },
             })?;
         script::parse_reply(value, &args.shapes)
             .map_err(record)
@@ -264,7 +289,10 @@ impl Runner {
                 &[written, before, ttl.as_bytes()],
             )
             .await
-            .map_err(|failed| record_script(failed.err));
+            .map_err(|failed| match failed.resharding {
+                true => failed.settled(),
+                false => record_script(failed.err),
+            });
         matches!(restored, Ok(redis::Value::Int(1)))
     }
 }

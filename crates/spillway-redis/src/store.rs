@@ -17,6 +17,7 @@ use crate::config::{RedisConfig, Target};
 use crate::error::{classify, record};
 use crate::keys::{self, KeyLayout};
 use crate::local_cache::LocalCache;
+use crate::multi_slot::{slots, Slots};
 use crate::runner::{Conn, Runner};
 use crate::script::Encoded;
 use async_trait::async_trait;
@@ -166,18 +167,20 @@ impl Store for RedisStore {
         }
         let keys: Vec<String> = checks.iter().map(|c| self.layout.key(c.key)).collect();
         let sent_at = self.now();
-        let lane = if self.is_cluster() {
-            same_slot(&keys)
+        let slots = if self.is_cluster() {
+            slots(&keys)
         } else {
-            Some(0)
+            Slots::One(0)
         };
-        let decisions = match lane {
-            Some(lane) => {
+        let decisions = match slots {
+            Slots::One(lane) => {
                 let encoded = checks.iter().map(Encoded::new).collect();
                 let reply = self.batcher.check(lane, keys, encoded, mode).await?;
                 reply.decisions
             }
-            None => crate::multi_slot::check(&self.runner, keys, checks, mode).await?,
+            Slots::Many(groups) => {
+                crate::multi_slot::check(&self.runner, keys, groups, checks, mode).await?
+            }
         };
         // A peek (the dashboard's lookup, `/v1/check?peek`) must not change later decisions,
         // so only a consuming check feeds the over-limit cache.
@@ -203,23 +206,18 @@ impl Store for RedisStore {
         // own marker in its slot: a retry after a partial failure records only the slots
         // that had not recorded it.
         let groups = if self.is_cluster() {
-            crate::multi_slot::groups(&keys)
+            slots(&keys)
         } else {
-            vec![(0..keys.len()).collect()]
-        };
+            Slots::One(0)
+        }
+        .groups(keys.len());
         // Each slot's part goes through the batcher as a job of its own (sharing a call with
         // other requests of its slot), concurrently (one round trip), each awaited by its own
         // task so that it finishes even if the caller stops waiting.
-        let cluster = self.is_cluster();
         let calls: Vec<_> = groups
             .iter()
-            .map(|group| {
+            .map(|&(lane, ref group)| {
                 let marker = report.map(|id| keys::report_marker(&keys[group[0]], &id));
-                let lane = if cluster {
-                    keys::slot(&keys[group[0]])
-                } else {
-                    0
-                };
                 let slot_keys = group.iter().map(|&i| keys[i].clone()).collect();
                 let encoded = group
                     .iter()
@@ -239,7 +237,7 @@ impl Store for RedisStore {
         }
         let mut decisions: Vec<Option<Decision>> = vec![None; checks.len()];
         let mut recorded = false;
-        for (group, reply) in groups.iter().zip(replies) {
+        for ((_, group), reply) in groups.iter().zip(replies) {
             let reply = reply?;
             recorded |= reply.admitted;
             for (&i, d) in group.iter().zip(reply.decisions) {
@@ -298,13 +296,4 @@ impl Store for RedisStore {
         // here because the server calls this once a second.
         self.cache.as_ref().map_or(0, |c| c.sweep(self.now()))
     }
-}
-
-/// The slot every one of `keys` hashes to, if they share one.
-fn same_slot(keys: &[String]) -> Option<u16> {
-    let first = keys::slot(keys.first()?);
-    keys[1..]
-        .iter()
-        .all(|k| keys::slot(k) == first)
-        .then_some(first)
 }

@@ -165,8 +165,21 @@ fn node_id(port: u16) -> String {
         .to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The sum of the samples of `metric` in a Prometheus rendering.
+fn sample(rendered: &str, metric: &str) -> u64 {
+    rendered
+        .lines()
+        .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+// One thread, so the test's own metrics recorder (thread-local) hears every task's counts.
+#[tokio::test(flavor = "current_thread")]
 async fn requests_sharing_a_call_refused_during_resharding_are_retried_alone() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let counts = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
     let cluster = RedisCluster::start();
     let (store, clock) = redis_store(Backend::Cluster(cluster.urls())).await;
     clock.set(T0);
@@ -222,6 +235,17 @@ async fn requests_sharing_a_call_refused_during_resharding_are_retried_alone() {
         refused > 0,
         "no call mixed the two keys: the test proved nothing"
     );
+    // Each refused call was answered by retries, counted as such and not as store errors.
+    let rendered = counts.render();
+    assert!(
+        sample(&rendered, spillway_redis::batch::BATCH_RETRIED) > 0,
+        "{rendered}"
+    );
+    assert_eq!(
+        sample(&rendered, "spillway_store_errors_total"),
+        0,
+        "{rendered}"
+    );
     // Exactly one charge each, whichever node holds the key.
     for (k, used) in [(&moved, 33), (&fresh, 32)] {
         let d = store
@@ -241,6 +265,8 @@ async fn requests_sharing_a_call_refused_during_resharding_are_retried_alone() {
         matches!(&both, Err(StoreError::Unavailable(why)) if why.to_uppercase().contains("TRYAGAIN")),
         "{both:?}"
     );
+    // That refusal is an error, counted once.
+    assert_eq!(sample(&counts.render(), "spillway_store_errors_total"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
