@@ -58,26 +58,30 @@ const SLOT_RATELIMIT: usize = 5;
 #[derive(Debug, Clone, Default)]
 pub struct Fields {
     text: String,
-    spans: [(&'static str, usize, usize); MAX_FIELDS],
-    len: usize,
+    /// Each slot of [`ORDER`]'s value range in `text`, if that field is rendered: a field
+    /// has its own place, so no order of opening can put it anywhere else.
+    spans: [Option<(usize, usize)>; MAX_FIELDS],
+    /// The slot whose value is being written.
+    writing: Option<usize>,
 }
 
 impl Fields {
     /// Each field's name and value, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
-        self.spans[..self.len]
+        ORDER
             .iter()
-            .map(|&(name, start, end)| (name, &self.text[start..end]))
+            .zip(&self.spans)
+            .filter_map(|(&name, span)| span.map(|(start, end)| (name, &self.text[start..end])))
     }
 
     /// How many fields there are.
     pub fn len(&self) -> usize {
-        self.len
+        self.spans.iter().flatten().count()
     }
 
     /// Whether there are none (no enforced limit applied).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.spans.iter().all(Option::is_none)
     }
 
     /// The string holding every value, and each field's name with the byte range of its value.
@@ -87,32 +91,32 @@ impl Fields {
         String,
         impl Iterator<Item = (&'static str, std::ops::Range<usize>)>,
     ) {
-        let spans = self.spans.into_iter().take(self.len);
-        (
-            self.text,
-            spans.map(|(name, start, end)| (name, start..end)),
-        )
+        let spans = ORDER
+            .into_iter()
+            .zip(self.spans)
+            .filter_map(|(name, span)| span.map(|(start, end)| (name, start..end)));
+        (self.text, spans)
     }
 
     /// Starts the field in slot `SLOT` of [`ORDER`], whose value is what is written to `text`
-    /// until the next call or [`Fields::done`]. A slot past the list does not compile, and
-    /// since slots are opened in increasing order (a test checks the result's order), the
-    /// fields before this one number at most `SLOT`: the array has room for it.
+    /// until the next call or [`Fields::done`]. A slot past the list does not compile, and the
+    /// field goes to its own slot whatever was opened before. A slot opened twice keeps only
+    /// its second value (each slot is opened once, in [`fields`]).
     fn open<const SLOT: usize>(&mut self) {
         const { assert!(SLOT < MAX_FIELDS, "a field must have its slot in ORDER") };
         self.close();
         let at = self.text.len();
-        // `len <= SLOT` when slots come in order; `min` makes that a bound the compiler and
-        // a reader can see, so no order of calls can index past the array.
-        debug_assert!(self.len <= SLOT, "field slots must be opened in ORDER");
-        let i = self.len.min(SLOT);
-        self.spans[i] = (ORDER[SLOT], at, at);
-        self.len = i + 1;
+        self.spans[SLOT] = Some((at, at));
+        self.writing = Some(SLOT);
     }
 
     fn close(&mut self) {
-        if let Some(last) = self.len.checked_sub(1) {
-            self.spans[last].2 = self.text.len();
+        if let Some((_, end)) = self
+            .writing
+            .take()
+            .and_then(|slot| self.spans[slot].as_mut())
+        {
+            *end = self.text.len();
         }
     }
 
@@ -341,6 +345,19 @@ mod tests {
     }
 
     #[test]
+    fn a_field_opened_out_of_order_keeps_its_own_place() {
+        let mut f = Fields::default();
+        f.open::<SLOT_RATELIMIT>();
+        f.text.push('r');
+        f.open::<SLOT_LIMIT>();
+        f.text.push('7');
+        let f = f.done();
+        let pairs: Vec<(&str, &str)> = f.iter().collect();
+        assert_eq!(pairs, [(X_LIMIT, "7"), (RATELIMIT, "r")]);
+        assert_eq!(f.len(), 2);
+    }
+
+    #[test]
     fn slots_name_their_fields() {
         let slots = [
             (SLOT_LIMIT, X_LIMIT),
@@ -354,7 +371,7 @@ mod tests {
             assert_eq!(ORDER[slot], name);
         }
         assert_eq!(slots.len(), MAX_FIELDS);
-        // Every field a verdict can send, in ORDER's order (what `open` relies on).
+        // Every field a verdict can send, in ORDER's order.
         let mut odd = outcome("x", false, 0, 2 * SECOND, Some(SECOND));
         odd.decision.limit = 7;
         let names: Vec<&str> = fields(&verdict(false, vec![odd]))

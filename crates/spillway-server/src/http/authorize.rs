@@ -27,7 +27,7 @@ use crate::http::client_ip::client_ip;
 use crate::http::principal;
 use crate::http::problem::Problem;
 use crate::http::settings::HeaderMapping;
-use crate::http::verdict::{decided_headers, denial_problem, denied_response};
+use crate::http::verdict::{decided_headers, denied_response};
 use crate::http::{check_mode, decide};
 use crate::principal::Presented;
 use crate::state::AppState;
@@ -118,8 +118,7 @@ async fn answer(
     if decided.verdict.allowed {
         (settings.allow_status, rate_headers).into_response()
     } else {
-        let problem = denial_problem(&decided.verdict, settings.deny_status);
-        denied_response(problem, rate_headers, &decided)
+        denied_response(settings.deny_status, rate_headers, &decided)
     }
 }
 

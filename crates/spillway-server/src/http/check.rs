@@ -27,7 +27,7 @@
 
 use crate::http::principal;
 use crate::http::problem::Problem;
-use crate::http::verdict::{decided_headers, decided_response, denial_problem, denied_response};
+use crate::http::verdict::{decided_headers, decided_response, denied_response};
 use crate::http::{check_mode, decide};
 use crate::principal::Presented;
 use crate::serving::BodyTimeout;
@@ -251,8 +251,7 @@ async fn respond(
     Ok(if decided.verdict.allowed {
         decided_response(StatusCode::OK, headers, &decided)
     } else {
-        let problem = denial_problem(&decided.verdict, StatusCode::TOO_MANY_REQUESTS);
-        denied_response(problem, headers, &decided)
+        denied_response(StatusCode::TOO_MANY_REQUESTS, headers, &decided)
     })
 }
 

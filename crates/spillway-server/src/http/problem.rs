@@ -145,18 +145,18 @@ impl Problem {
     }
 
     /// Writes `{` and the standard members (`type`, `title`, `status`, `detail`) as serde_json
-    /// would, for a writer that appends extension members and the closing `}` itself. Writes
-    /// nothing and says `false` when the problem has any member or header beyond those, which
-    /// only the serde path knows how to place.
-    pub(crate) fn write_standard_members(&self, out: &mut Vec<u8>) -> bool {
-        if self.field.is_some()
-            || self.reason.is_some()
-            || self.errors.is_some()
-            || self.verdict.is_some()
-            || self.retry_after.is_some()
-        {
-            return false;
-        }
+    /// would, for a writer that appends extension members and the closing `}` itself. Only for
+    /// a problem made by [`Problem::new`] alone (a denial's, see
+    /// `verdict::denied_response`): anything more is for the serde path to place.
+    pub(crate) fn write_standard_members(&self, out: &mut Vec<u8>) {
+        debug_assert!(
+            self.field.is_none()
+                && self.reason.is_none()
+                && self.errors.is_none()
+                && self.verdict.is_none()
+                && self.retry_after.is_none(),
+            "a problem with more than the standard members"
+        );
         out.extend_from_slice(b"{\"type\":");
         push_json_str(out, self.kind);
         out.extend_from_slice(b",\"title\":");
@@ -165,7 +165,6 @@ impl Problem {
         out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
         out.extend_from_slice(b",\"detail\":");
         push_json_str(out, &self.detail);
-        true
     }
 
     /// The document as JSON.

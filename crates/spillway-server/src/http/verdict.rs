@@ -21,7 +21,7 @@ use crate::http::problem::{self, Problem};
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Serialize;
 use spillway_core::algorithm::Denial;
 use spillway_core::engine::{LimitOutcome, Verdict};
@@ -200,16 +200,16 @@ fn write_decided_members(decided: &Decided, out: &mut Vec<u8>) {
     }
 }
 
-/// The answer to a denial: `problem`'s document with the verdict's members after its own,
-/// byte for byte what serde_json writes for `problem.with_verdict(decided_body(decided))` (a
-/// test holds the two together), under the problem media type and then the rate-limit
-/// `headers`, the order the serde path's answer has them in. A problem carrying anything
-/// more than the standard members (never one from [`denial_problem`]) goes through serde.
-pub fn denied_response(problem: Problem, headers: HeaderMap, decided: &Decided) -> Response {
+/// The answer to a denial, with `status`: [`denial_problem`]'s document with the verdict's
+/// members after its own, byte for byte what serde_json writes for
+/// `denial_problem(..).with_verdict(decided_body(decided))` (a test holds the two together),
+/// under the problem media type and then the rate-limit `headers`, the order the serde path's
+/// answer has them in. The problem is built here, so it never carries more than the standard
+/// members this writer knows how to place.
+pub fn denied_response(status: StatusCode, headers: HeaderMap, decided: &Decided) -> Response {
+    let problem = denial_problem(&decided.verdict, status);
     let mut bytes = Vec::with_capacity(256 + 160 * decided.verdict.outcomes.len());
-    if !problem.write_standard_members(&mut bytes) {
-        return (headers, problem.with_verdict(decided_body(decided))).into_response();
-    }
+    problem.write_standard_members(&mut bytes);
     bytes.push(b',');
     write_decided_members(decided, &mut bytes);
     bytes.push(b'}');
@@ -328,8 +328,8 @@ fn header_name(name: &'static str) -> HeaderName {
 }
 
 /// The problem document for a denial, answered with `status` (429 on `/v1/check`, the
-/// configured deny status on `/v1/authorize`). The caller attaches the verdict's members with
-/// `Problem::with_verdict(decided_body(..))`, so a client reads a denial exactly like an
+/// configured deny status on `/v1/authorize`): only the standard members. [`denied_response`]
+/// writes the verdict's members after them, so a client reads a denial exactly like an
 /// allowance.
 pub fn denial_problem(verdict: &Verdict, status: StatusCode) -> Problem {
     let culprit = |wanted: Denial| {
@@ -380,6 +380,7 @@ pub fn denial_problem(verdict: &Verdict, status: StatusCode) -> Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::IntoResponse;
     use spillway_core::algorithm::Decision;
     use spillway_core::policy::FailureMode;
     use spillway_core::time::SECOND;
@@ -581,7 +582,7 @@ mod tests {
             problem.clone().with_verdict(decided_body(&case)),
         )
             .into_response();
-        let new = denied_response(problem, decided_headers(&case), &case);
+        let new = denied_response(StatusCode::TOO_MANY_REQUESTS, decided_headers(&case), &case);
         assert_eq!(new.status(), old.status());
         let names = |r: &Response| -> Vec<(String, String)> {
             r.headers()
@@ -684,7 +685,8 @@ mod tests {
             let problem = denial_problem(&case.verdict, StatusCode::TOO_MANY_REQUESTS);
             let want = serde_json::to_vec(&problem.clone().with_verdict(decided_body(&case)))
                 .expect("serializes");
-            let response = denied_response(problem, decided_headers(&case), &case);
+            let response =
+                denied_response(StatusCode::TOO_MANY_REQUESTS, decided_headers(&case), &case);
             let got = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
                 response.into_body(),
                 1 << 20,
