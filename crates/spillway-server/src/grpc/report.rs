@@ -47,7 +47,8 @@ pub const MARKER: &str = "spillway_report";
 /// The descriptor entry that carries the report's request id.
 pub const REQUEST_ID: &str = "spillway_request_id";
 
-/// The descriptors without the marker entries, and the first request id among them.
+/// The descriptors without the marker entries, and the first request id among them: the one
+/// copy of the call's descriptors a report makes (identified, planned and logged in place).
 fn strip(descriptors: &[RateLimitDescriptor]) -> (Vec<RateLimitDescriptor>, Option<String>) {
     let mut id = None;
     let stripped = descriptors
@@ -105,17 +106,20 @@ pub async fn record(
     // Under `principals:`, the descriptors name the caller as a check's do (credential
     // entries out, the verified tenant, user and tier in): planned, logged and ranked alike.
     if let Some((identity, config)) = identity.zip(policy.principals()) {
-        descriptors = service::identified(&descriptors, identity, config);
+        service::identify(&mut descriptors, identity, config);
     }
     let (name, planned) = if domain == &*state.policy_domain {
-        let plan = plan::policy(policy, &descriptors, Some(hits));
+        let plan::Plan {
+            mut planned,
+            descriptors: reached,
+            ..
+        } = plan::policy(policy, &descriptors, Some(hits));
         // Resolution charges nothing up front on a metered limit; the report's cost is each
         // descriptor's own (the largest, for a counter two descriptors reach).
-        let mut planned = plan.planned.clone();
         for p in &mut planned {
             p.cost = 0;
         }
-        for (d, limits) in descriptors.iter().zip(&plan.descriptors) {
+        for (d, limits) in descriptors.iter().zip(&reached) {
             let cost = d.hits_addend.as_ref().map_or(hits, |h| h.value);
             for (i, _) in limits {
                 planned[*i].cost = planned[*i].cost.max(cost);
@@ -133,7 +137,10 @@ pub async fn record(
             Err(_) => return invalid(),
         }
     };
-    let logged = logged(&descriptors, policy, identity.is_some());
+    // Planned: from here on the descriptors are what the decision log sees.
+    if identity.is_none() {
+        drop_credentials(&mut descriptors, policy);
+    }
     let report = Report {
         planned: &planned,
         request_id: request_id.as_deref(),
@@ -142,7 +149,7 @@ pub async fn record(
         cost: planned.iter().map(|p| p.cost).max().unwrap_or(0),
         via: "envoy",
         tenant: tenant(&descriptors, identity, policy.principals().is_none()),
-        subject: Subject::envoy(&logged, ids),
+        subject: Subject::envoy(&descriptors, ids),
     };
     // Recorded or lost (and counted either way): Envoy is answered OK regardless.
     let _ = decision::report(&state.app, policy, &report).await;
@@ -171,28 +178,18 @@ fn tenant<'a>(
     }
 }
 
-/// The descriptors as the decision log may see them: never a credential entry. An
-/// identified call's are already [`service::identified`] (and name the verified tenant, user
-/// and tier, as a check's record does); others under `principals:` lose their credentials.
-fn logged(
-    descriptors: &[RateLimitDescriptor],
-    policy: &Policy,
-    identified: bool,
-) -> Vec<RateLimitDescriptor> {
-    let Some(config) = policy.principals().filter(|_| !identified) else {
-        return descriptors.to_vec();
+/// Takes the credential entries out of descriptors the caller was not identified by (an
+/// Envoy-style domain under `principals:`), so the decision log never sees one. An identified
+/// call's descriptors are already [`service::identify`]d (and name the verified tenant, user
+/// and tier, as a check's record does).
+fn drop_credentials(descriptors: &mut [RateLimitDescriptor], policy: &Policy) {
+    let Some(config) = policy.principals() else {
+        return;
     };
     let credentials = service::credential_names(config);
-    descriptors
-        .iter()
-        .map(|d| RateLimitDescriptor {
-            entries: (d.entries.iter())
-                .filter(|e| !credentials.contains(&e.key))
-                .cloned()
-                .collect(),
-            ..d.clone()
-        })
-        .collect()
+    for d in descriptors {
+        d.entries.retain(|e| !credentials.contains(&e.key));
+    }
 }
 
 #[cfg(test)]

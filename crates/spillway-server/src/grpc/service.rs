@@ -252,14 +252,21 @@ pub(super) fn identified(
     identity: &Identity,
     config: &Principals,
 ) -> Vec<RateLimitDescriptor> {
+    let mut copy = descriptors.to_vec();
+    identify(&mut copy, identity, config);
+    copy
+}
+
+/// [`identified`] in place, for descriptors the caller already owns (a report's).
+pub(super) fn identify(
+    descriptors: &mut [RateLimitDescriptor],
+    identity: &Identity,
+    config: &Principals,
+) {
     let credentials = credential_names(config);
-    descriptors
-        .iter()
-        .map(|d| RateLimitDescriptor {
-            entries: as_identified(&d.entries, &credentials, identity, config),
-            ..d.clone()
-        })
-        .collect()
+    for d in descriptors {
+        as_identified(&mut d.entries, &credentials, identity, config);
+    }
 }
 
 /// The descriptor entry names that carry credentials under `config` (the token's header or
@@ -286,15 +293,15 @@ impl Credentials<'_> {
     }
 }
 
-/// A descriptor's entries as the decision log and the plan should see them: without the
+/// Makes a descriptor's entries what the decision log and the plan should see: without the
 /// credential entries, and with `tenant`, `user` and `tier` as the identity sets them
 /// ([`principal::apply`]'s rules), so the log never records a claimed tenant as the caller.
 pub(super) fn as_identified(
-    entries: &[Entry],
+    entries: &mut Vec<Entry>,
     credentials: &Credentials<'_>,
     identity: &Identity,
     config: &Principals,
-) -> Vec<Entry> {
+) {
     let may = config.request_may_name;
     let (tenant, user, tier): (Option<&str>, Option<&str>, Option<&str>) = match identity {
         Identity::Verified(p, _) => (p.tenant.as_deref(), p.user.as_deref(), p.tier.as_deref()),
@@ -306,24 +313,20 @@ pub(super) fn as_identified(
         ("user", user, may.user && !anonymous),
         ("tier", tier, may.tier && !anonymous),
     ];
-    let mut out: Vec<Entry> = entries
-        .iter()
-        .filter(|e| !credentials.contains(&e.key))
-        .filter(|e| {
-            set.iter()
+    entries.retain(|e| {
+        !credentials.contains(&e.key)
+            && set
+                .iter()
                 .all(|(key, value, may)| e.key != *key || (value.is_none() && *may))
-        })
-        .cloned()
-        .collect();
+    });
     for (key, value, _) in set {
         if let Some(value) = value {
-            out.push(Entry {
+            entries.push(Entry {
                 key: key.to_owned(),
                 value: value.to_owned(),
             });
         }
     }
-    out
 }
 
 /// A request's descriptor entries read as named values. Envoy repeats a header's entry in
