@@ -16,6 +16,28 @@ use redis::{Cmd, ErrorKind, RedisFuture, ServerErrorKind, Value};
 use spillway_core::store::StoreError;
 use std::time::Duration;
 
+/// Why [`crate::RedisStore::connect`] failed. A refused login is told apart by the client's
+/// typed error (`AuthenticationFailed`, or the server's `NOAUTH`/`WRONGPASS` code), so a caller
+/// can treat it as a wrong setting (trying again will not help) without reading messages.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A server (or a sentinel) refused the login; the message names the side, never the
+    /// password.
+    #[error("{0}")]
+    LoginRefused(StoreError),
+    /// Anything else: unreachable, timed out, an invalid prefix...
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ConnectError> for StoreError {
+    fn from(err: ConnectError) -> Self {
+        match err {
+            ConnectError::LoginRefused(err) | ConnectError::Store(err) => err,
+        }
+    }
+}
+
 /// Counter of failed script calls, by kind.
 pub const SCRIPT_ERRORS: &str = "spillway_script_errors_total";
 /// Every `kind` of [`SCRIPT_ERRORS`].

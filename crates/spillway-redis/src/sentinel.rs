@@ -150,7 +150,7 @@ impl SentinelConn {
 }
 
 /// Whether `err` is a refused or missing login (`WRONGPASS`, `NOAUTH`, a failed `AUTH`).
-fn login_refused(err: &RedisError) -> bool {
+pub(crate) fn login_refused(err: &RedisError) -> bool {
     err.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
         || err.to_string().contains("NOAUTH")
@@ -159,12 +159,6 @@ fn login_refused(err: &RedisError) -> bool {
 
 /// What every refused login's message says, after the side and its address.
 const REFUSED: &str = "refused the login";
-
-/// Whether `err`, from connecting a store, is a refused login (as [`explain_login`] retells
-/// one): the settings are wrong, and trying again will not help.
-pub fn is_refused_login(err: &spillway_core::store::StoreError) -> bool {
-    err.to_string().contains(REFUSED)
-}
 
 /// `err` retold as a refused login on `side` (`"sentinel"` or `"master"`) at `addr`, naming
 /// the setting to check; other errors pass unchanged. The password is never part of it.

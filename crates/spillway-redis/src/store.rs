@@ -14,7 +14,7 @@
 
 use crate::batch::Batcher;
 use crate::config::{RedisConfig, Target};
-use crate::error::{classify, record};
+use crate::error::{classify, record, ConnectError};
 use crate::keys::{self, KeyLayout};
 use crate::local_cache::LocalCache;
 use crate::multi_slot::{slots, Slots};
@@ -50,9 +50,10 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to the deployment in `config`. Fails if the prefix is invalid or no
-    /// connection can be made within the timeout; later outages are survived.
-    pub async fn connect(config: &RedisConfig) -> Result<Self, StoreError> {
+    /// Connects to the deployment in `config`. Fails if the prefix is invalid, a server
+    /// refuses the login ([`ConnectError::LoginRefused`]) or no connection can be made within
+    /// the timeout; later outages are survived.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
         let layout =
             KeyLayout::new(&config.prefix).map_err(|e| StoreError::Protocol(e.to_string()))?;
         let timeout = config.timeout;
@@ -100,8 +101,12 @@ impl RedisStore {
         };
         let connect_limit = timeout.max(Duration::from_secs(5));
         let conn = match tokio::time::timeout(connect_limit, connecting).await {
-            Ok(conn) => conn.map_err(|e| classify(e, timeout))?,
-            Err(_) => return Err(StoreError::Timeout(connect_limit)),
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) if crate::sentinel::login_refused(&e) => {
+                return Err(ConnectError::LoginRefused(classify(e, timeout)))
+            }
+            Ok(Err(e)) => return Err(classify(e, timeout).into()),
+            Err(_) => return Err(StoreError::Timeout(connect_limit).into()),
         };
         let runner = Runner::new(conn, timeout);
         runner.prepare().await;

@@ -14,6 +14,7 @@ use spillway_core::rate::Rate;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
 use spillway_core::time::SECOND;
+use spillway_redis::error::ConnectError;
 use spillway_redis::{Credentials, RedisConfig, RedisStore, SentinelAuth, Target};
 use spillway_testkit::sentinel::{Passwords, SentinelGroup, MASTER_NAME};
 use std::sync::Arc;
@@ -67,7 +68,10 @@ async fn a_failover_is_followed_without_a_restart() {
         .await
         .expect_err("no such master");
     assert!(
-        matches!(err, StoreError::Unavailable(_) | StoreError::Protocol(_)),
+        matches!(
+            err,
+            ConnectError::Store(StoreError::Unavailable(_) | StoreError::Protocol(_))
+        ),
         "{err:?}"
     );
     let config = config(&group);
@@ -116,6 +120,7 @@ async fn a_refused_login_says_which_side_refused_it_and_never_the_password() {
         let err = RedisStore::connect(&config)
             .await
             .expect_err("a refused login fails the start");
+        assert!(matches!(err, ConnectError::LoginRefused(_)), "{err:?}");
         let text = format!("{err} {err:?} {config:?}");
         assert!(
             text.contains(&format!("the {side} at 127.0.0.1:"))

@@ -23,9 +23,10 @@ pub const BUILTIN_POLICY: &str = include_str!("../../../examples/spillway.yaml")
 /// The name the built-in policy goes by in logs, errors and `/readyz`.
 pub const BUILTIN_POLICY_NAME: &str = "builtin:examples/spillway.yaml";
 
-/// A setting found wrong only once the server tries it (a store that refuses the login):
-/// `serve` exits 2 for it, as for the settings [`ServerSettings::from_args`] refuses, and not
-/// 1 (a start that failed and might succeed if tried again).
+/// A setting found wrong only once the server reads or tries it (an invalid policy, a store
+/// URL or region the policy cannot use, a store that refuses the login): `serve` exits 2 for
+/// it, as for the settings [`ServerSettings::from_args`] refuses, and not 1 (a start that
+/// failed and might succeed if tried again).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct SettingsError(pub String);

@@ -38,8 +38,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs the subcommand to completion: exit status 0 after a graceful shutdown, 1 when the
-/// server could not start, 2 for settings that make no sense (among them a store that
-/// refuses the login, and store logins the store cannot use: see [`SettingsError`]).
+/// server could not start for a reason trying again may cure (a port taken, the store
+/// unreachable, the policy file unreadable), 2 for settings that make no sense (flags and
+/// variables, an invalid policy, a mistyped `--store-url` or `--region`, a store that
+/// refuses the login, store logins the store cannot use: see [`SettingsError`]).
 pub fn main(args: ServeArgs) -> ExitCode {
     if let Err(err) = logging::init(args.log_format, &args.log_filter) {
         eprintln!("spillway serve: {err}");
@@ -93,7 +95,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let policy = settings
         .policy
         .parse(&text)
-        .with_context(|| format!("the policy {source} is invalid"))?;
+        .map_err(|err| SettingsError(format!("the policy {source} is invalid: {err}")))?;
     let limits = policy.limits().count();
 
     // Installed before the store is built, so the store's and the breaker's start-up values
@@ -101,7 +103,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let recorder = metrics::install().context("cannot set up metrics")?;
     let region = settings.region.as_deref();
     let store_config = crate::region::own_store(&policy, region, settings.store_url.as_deref())
-        .map_err(anyhow::Error::msg)?;
+        .map_err(SettingsError)?;
     if crate::store::sentinel_login::is_set(&settings.sentinel_auth)
         && !matches!(store_config, StoreConfig::RedisSentinel(_))
     {

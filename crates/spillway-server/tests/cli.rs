@@ -167,7 +167,7 @@ fn json_logs_still_announce_the_address() {
 }
 
 #[test]
-fn an_invalid_policy_stops_start_up_with_status_1() {
+fn an_invalid_policy_stops_start_up_with_status_2_like_any_bad_setting() {
     let dir = TempDir::new();
     let file = dir.write("bad.yaml", "default_tier: [");
     let out = spillway(&[
@@ -177,8 +177,41 @@ fn an_invalid_policy_stops_start_up_with_status_1() {
         "--config",
         &file.display().to_string(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains(&file.display().to_string()));
+    // A mistyped store URL and a region the policy does not name are settings too.
+    for args in [
+        &["--store-url", "redis:/:s3cret@127.0.0.1:1"][..],
+        &["--region", "mars"][..],
+    ] {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend(args);
+        let out = spillway(&all);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(args[0]) && !stderr.contains("s3cret"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_redis_refusing_the_login_stops_start_up_with_status_2() {
+    let redis = spillway_testkit::redis::RedisServer::start_with(&["--requirepass", "right-pw"]);
+    let url = format!("redis://:wrong-pw@127.0.0.1:{}", redis.port());
+    let out = spillway(&["serve", "--listen", "127.0.0.1:0", "--store-url", &url]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        !stderr.contains("wrong-pw") && stderr.contains("****"),
+        "{stderr}"
+    );
+    // An unreachable store is a start that failed, and may work if tried again: 1.
+    let port = spillway_testkit::redis::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let out = spillway(&["serve", "--listen", "127.0.0.1:0", "--store-url", &url]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -18,6 +18,7 @@ use spillway_core::policy::{RedisSettings, StoreConfig};
 use spillway_core::store::{MemoryStore, Store};
 use spillway_core::time::Clock;
 use spillway_redis::config::{parse_target, parse_url_list, UrlError, UrlTarget};
+use spillway_redis::error::ConnectError;
 use spillway_redis::{RedisConfig, RedisStore, Target};
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,10 +132,11 @@ pub async fn build(
     }
     let store = RedisStore::connect(&config).await.map_err(|err| {
         let what = format!("cannot connect to the Redis store {:?}", config.target);
-        if spillway_redis::sentinel::is_refused_login(&err) {
-            anyhow::Error::new(SettingsError(format!("{what}: {err}")))
-        } else {
-            anyhow::Error::new(err).context(what)
+        match err {
+            ConnectError::LoginRefused(err) => {
+                anyhow::Error::new(SettingsError(format!("{what}: {err}")))
+            }
+            ConnectError::Store(err) => anyhow::Error::new(err).context(what),
         }
     })?;
     tracing::info!(target = ?config.target, prefix = %config.prefix, "using the Redis store");
