@@ -14,26 +14,11 @@ use spillway_core::rate::Rate;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, MemoryStore, Store};
 use spillway_core::time::{SystemClock, SECOND};
-use std::alloc::{GlobalAlloc, Layout, System};
+use spillway_testkit::alloc::{live_bytes, Counting};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Counts live heap bytes so the memory report can attribute them to keys.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        System.dealloc(ptr, layout)
-    }
-}
-
+// Counts live heap bytes so the memory report can attribute them to keys.
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
@@ -128,7 +113,7 @@ fn memory_report() {
         let names: Vec<String> = ks.iter().map(|k| k.values[0].clone()).collect();
         let mut row = vec![n.to_string()];
         for (_, params) in algorithms().into_iter().take(2) {
-            let before = LIVE.load(Ordering::Relaxed);
+            let before = live_bytes();
             let store = MemoryStore::new(2_000_000, Arc::new(SystemClock));
             for k in &ks {
                 let check = [Check {
@@ -141,21 +126,18 @@ fn memory_report() {
                 store.check_blocking(&check, CheckMode::Consume);
             }
             assert_eq!(store.key_count(), n as u64);
-            row.push(format!(
-                "{:.1}",
-                (LIVE.load(Ordering::Relaxed) - before) as f64 / n as f64
-            ));
+            row.push(format!("{:.1}", (live_bytes() - before) as f64 / n as f64));
             drop(store);
         }
         // governor stores its keys (the strings) in the map too; subtract their heap part so
         // both sides count only the limiter's own memory.
         let key_heap: usize = names.iter().map(|s| s.capacity()).sum();
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = live_bytes();
         let gov = RateLimiter::keyed(governor_quota());
         for name in &names {
             let _ = gov.check_key(name);
         }
-        let used = LIVE.load(Ordering::Relaxed) - before;
+        let used = live_bytes() - before;
         row.push(format!(
             "{:.1}",
             used.saturating_sub(key_heap) as f64 / n as f64

@@ -6,38 +6,15 @@
 
 use spillway_core::catalog::{Catalog, Entry, EntryKey, TenantRecord};
 use spillway_core::policy::Policy;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use spillway_testkit::alloc::{live_bytes, Counting};
 use std::time::Instant;
 
-/// The system allocator, keeping count of the bytes allocated and not yet freed.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is passed straight to `System`, which upholds the contract; the counter
-// only observes sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
+// Keeps count of the bytes allocated and not yet freed.
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
 fn live() -> usize {
-    LIVE.load(Ordering::Relaxed)
+    live_bytes()
 }
 
 fn main() {

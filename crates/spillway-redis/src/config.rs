@@ -29,10 +29,9 @@ pub enum Target {
 
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let masked = |urls: &[String]| urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>();
         match self {
-            Self::Server(url) => f.debug_tuple("Server").field(&mask_url(url)).finish(),
-            Self::Cluster(urls) => f.debug_tuple("Cluster").field(&masked(urls)).finish(),
+            Self::Server(url) => debug_server(f, url),
+            Self::Cluster(urls) => debug_cluster(f, urls),
             Self::Sentinel {
                 sentinels,
                 master,
@@ -187,12 +186,26 @@ pub enum UrlTarget {
 
 impl fmt::Debug for UrlTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let masked = |urls: &[String]| urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>();
         match self {
-            Self::Server(url) => f.debug_tuple("Server").field(&mask_url(url)).finish(),
-            Self::Cluster(urls) => f.debug_tuple("Cluster").field(&masked(urls)).finish(),
+            Self::Server(url) => debug_server(f, url),
+            Self::Cluster(urls) => debug_cluster(f, urls),
         }
     }
+}
+
+/// `urls`, each with its password masked.
+fn masked(urls: &[String]) -> Vec<String> {
+    urls.iter().map(|u| mask_url(u)).collect()
+}
+
+/// The `Debug` form of a server target, password masked ([`Target`] and [`UrlTarget`] alike).
+fn debug_server(f: &mut fmt::Formatter<'_>, url: &str) -> fmt::Result {
+    f.debug_tuple("Server").field(&mask_url(url)).finish()
+}
+
+/// The `Debug` form of a cluster target, passwords masked.
+fn debug_cluster(f: &mut fmt::Formatter<'_>, urls: &[String]) -> fmt::Result {
+    f.debug_tuple("Cluster").field(&masked(urls)).finish()
 }
 
 impl From<UrlTarget> for Target {

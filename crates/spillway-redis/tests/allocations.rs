@@ -10,26 +10,8 @@ use spillway_core::algorithm::{FixedWindow, LimitParams};
 use spillway_core::request::CheckMode;
 use spillway_core::store::Store;
 use spillway_core::time::MINUTE;
+use spillway_testkit::alloc::{allocations, Counting};
 use spillway_testkit::redis::RedisServer;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// `GlobalAlloc` is an unsafe trait; this one only forwards to the system allocator, with the
-// caller's layout and pointer unchanged, and counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -49,7 +31,7 @@ async fn allocations_per_check_at_low_load() {
             .unwrap();
     }
     let rounds = 20;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     for _ in 0..rounds {
         for k in &keys {
             store
@@ -58,6 +40,6 @@ async fn allocations_per_check_at_low_load() {
                 .unwrap();
         }
     }
-    let per_check = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / (rounds * 100) as f64;
+    let per_check = (allocations() - before) as f64 / (rounds * 100) as f64;
     println!("allocations per check, one at a time: {per_check:.2}");
 }

@@ -5,22 +5,16 @@
 
 mod common;
 
-use common::{check, key, redis_store, Backend};
-use spillway_core::algorithm::{FixedWindow, LimitParams, TokenBucket};
+use common::{check, key, redis_store, window, Backend, T0};
+use spillway_core::algorithm::{LimitParams, TokenBucket};
 use spillway_core::key::StateKey;
 use spillway_core::rate::Rate;
 use spillway_core::request::CheckMode;
 use spillway_core::store::Store;
-use spillway_core::time::{HOUR, MINUTE};
+use spillway_core::time::HOUR;
 use spillway_redis::RedisStore;
 use spillway_testkit::redis::{RedisCluster, RedisServer};
 use std::sync::Arc;
-
-const T0: u64 = 1_700_000_000_000_000;
-
-fn window(limit: u64) -> LimitParams {
-    LimitParams::FixedWindow(FixedWindow::new(limit, MINUTE).unwrap())
-}
 
 /// How many `fcall` calls the Redis servers on `ports` have served, together.
 fn fcalls(ports: &[u16]) -> u64 {

@@ -6,22 +6,14 @@
 
 mod common;
 
-use common::{check, key, redis_store, Backend};
-use spillway_core::algorithm::{FixedWindow, LimitParams};
+use common::{check, key, redis_store, window, Backend, T0};
 use spillway_core::key::StateKey;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
-use spillway_core::time::MINUTE;
 use spillway_redis::{keys, RedisConfig, RedisStore, Target};
 use spillway_testkit::redis::{command, RedisCluster};
 use std::sync::Arc;
 use std::time::Duration;
-
-const T0: u64 = 1_700_000_000_000_000;
-
-fn window(limit: u64) -> LimitParams {
-    LimitParams::FixedWindow(FixedWindow::new(limit, MINUTE).unwrap())
-}
 
 /// The hash slot `k` lives in.
 fn slot_of(store: &RedisStore, k: &StateKey) -> u16 {

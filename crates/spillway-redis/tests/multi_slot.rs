@@ -4,23 +4,16 @@
 
 mod common;
 
-use common::{check, key, redis_store, Backend};
-use spillway_core::algorithm::{FixedWindow, LimitParams};
+use common::{check, key, redis_store, window, Backend, T0};
+use spillway_core::algorithm::LimitParams;
 use spillway_core::key::StateKey;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
-use spillway_core::time::MINUTE;
 use spillway_redis::keys;
 use spillway_redis::{RedisConfig, RedisStore, Target};
 use spillway_testkit::redis::{command, RedisCluster};
 use std::sync::Arc;
 use std::time::Duration;
-
-const T0: u64 = 1_700_000_000_000_000;
-
-fn window(limit: u64) -> LimitParams {
-    LimitParams::FixedWindow(FixedWindow::new(limit, MINUTE).unwrap())
-}
 
 /// How much of `params` is left on `k` (a peek of cost 1 reports `remaining` after it).
 async fn left(store: &RedisStore, k: &StateKey, params: &LimitParams) -> u64 {
@@ -175,14 +168,6 @@ async fn a_request_whose_caller_gave_up_leaves_no_charge_behind() {
     }
 }
 
-/// The port of the cluster node that owns `key`.
-fn owner(ports: &[u16], key: &str) -> u16 {
-    *ports
-        .iter()
-        .find(|&&p| command(p, &format!("EXISTS {key}")).is_some_and(|r| !r.starts_with("-MOVED")))
-        .expect("some node owns the key")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_are_asked_at_once_not_one_after_another() {
     let cluster = RedisCluster::start();
@@ -194,10 +179,11 @@ async fn slots_are_asked_at_once_not_one_after_another() {
     let store = Arc::new(store);
     let p = window(10);
     let first = key("first", &["a"]);
-    let first_node = owner(&ports, &store.redis_key(&first));
+    let owner = |k: &StateKey| cluster.owner(keys::slot(&store.redis_key(k)));
+    let first_node = owner(&first);
     let second = (0..)
         .map(|i| key("second", &[&format!("b{i}")]))
-        .find(|k| owner(&ports, &store.redis_key(k)) != first_node)
+        .find(|k| owner(k) != first_node)
         .expect("some value lands on another node");
     // Both connections know every node (and each node the script) before the stall.
     let both = [check(&first, &p, 3), check(&second, &p, 3)];

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{check, check_one, key, redis_store, Backend};
+use common::{check, check_one, key, redis_store, Backend, T0};
 use spillway_core::algorithm::{LimitParams, SlidingLog, TokenBucket};
 use spillway_core::rate::Rate;
 use spillway_core::request::CheckMode;
@@ -18,8 +18,6 @@ use std::sync::Arc;
 fn log(limit: u64) -> LimitParams {
     LimitParams::SlidingLog(SlidingLog::new(limit, 10 * SECOND).unwrap())
 }
-
-const T0: u64 = 1_700_000_000_000_000;
 
 /// Redis's count of writes since start (nothing is saved, so it only grows).
 fn writes(port: u16) -> u64 {

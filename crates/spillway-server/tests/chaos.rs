@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::{metric, wait_until_async, Server};
+use common::{metric, timed_check, wait_until_async, Sample, Server};
 use spillway_server::failure::DEFAULT_BREAKER_COOLDOWN as COOLDOWN;
 use spillway_testkit::proxy::DelayProxy;
 use spillway_testkit::redis::{command, RedisServer};
@@ -113,43 +113,6 @@ impl Route {
     }
 }
 
-#[derive(Debug)]
-struct Sample {
-    route: Route,
-    status: u16,
-    degraded: bool,
-    retry_after: Option<String>,
-    took: Duration,
-}
-
-/// One decision request; returns its status, whether it was degraded, and `Retry-After`.
-async fn ask(http: &reqwest::Client, base: &str, path: &str, user: &str) -> Sample {
-    let body = format!(r#"{{"user":"{user}","method":"POST","path":"{path}"}}"#);
-    let started = Instant::now();
-    let response = http
-        .post(format!("{base}/v1/check"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("the server answers (it must not crash)");
-    let took = started.elapsed();
-    let text = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    Sample {
-        route: Route::Open,
-        status: response.status().as_u16(),
-        degraded: text("spillway-degraded").is_some(),
-        retry_after: text("retry-after"),
-        took,
-    }
-}
-
 /// Runs [`TASKS`] tasks against the three failure-mode routes for `span`, all as `user`.
 async fn load(server: &Server, user: &str, span: Duration) -> Vec<Sample> {
     let base = format!("http://{}", server.addr());
@@ -161,9 +124,7 @@ async fn load(server: &Server, user: &str, span: Duration) -> Vec<Sample> {
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             while Instant::now() < until {
-                let mut sample = ask(&http, &base, route.path(), &user).await;
-                sample.route = route;
-                samples.push(sample);
+                samples.push(timed_check(&http, &base, route.path(), &user).await);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             samples
@@ -180,7 +141,11 @@ async fn load(server: &Server, user: &str, span: Duration) -> Vec<Sample> {
 fn assert_degraded_as_designed(samples: &[Sample]) {
     let slowest = samples.iter().map(|s| s.took).max().unwrap_or_default();
     assert!(slowest <= BUDGET + MARGIN, "a request took {slowest:?}");
-    let of = |route| samples.iter().filter(move |s: &&Sample| s.route == route);
+    let of = |route: Route| {
+        samples
+            .iter()
+            .filter(move |s: &&Sample| s.path == route.path())
+    };
     assert!(of(Route::Open).count() > 0 && of(Route::Closed).count() > 0);
     for s in of(Route::Open) {
         assert!(s.status == 200 && s.degraded, "open route: {s:?}");
@@ -256,7 +221,7 @@ async fn assert_recovers(server: &Server, tag: &str) {
         async move {
             // The breaker probes once a cooldown has passed on the server's clock.
             server.advance_ms(COOLDOWN.as_millis() as u64).await;
-            let s = ask(&http, &base, "/exact", &user).await;
+            let s = timed_check(&http, &base, "/exact", &user).await;
             (s.status == 200 && !s.degraded).then_some(())
         }
     })
@@ -268,7 +233,7 @@ async fn assert_recovers(server: &Server, tag: &str) {
     let user = format!("{tag}-exact");
     let mut admitted = 0;
     for _ in 0..EXACT + 3 {
-        let s = ask(&server.http, &base, "/exact", &user).await;
+        let s = timed_check(&server.http, &base, "/exact", &user).await;
         assert!(!s.degraded && (s.status == 200 || s.status == 429), "{s:?}");
         admitted += usize::from(s.status == 200);
     }
@@ -510,7 +475,7 @@ async fn a_cached_denial_does_not_end_an_outage() {
     let base = format!("http://{}", server.addr());
     let status = |user: &'static str| {
         let (http, base) = (http.clone(), base.clone());
-        async move { ask(&http, &base, "/degrade", user).await }
+        async move { timed_check(&http, &base, "/degrade", user).await }
     };
 
     // `hot` is over its limit in Redis, and the store caches that denial for the hour.
@@ -554,7 +519,7 @@ async fn emergency_quotas_survive_a_breaker_flap() {
     let base = format!("http://{}", server.addr());
     let ask_as = |user: String| {
         let (http, base) = (server.http.clone(), base.clone());
-        async move { ask(&http, &base, "/degrade", &user).await }
+        async move { timed_check(&http, &base, "/degrade", &user).await }
     };
 
     // First outage: the default failure mode, `degrade`, admits the emergency quota of 2.

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{metric, wait_until_async, Server};
+use common::{metric, timed_check, wait_until_async, Server};
 use spillway_redis::keys;
 use spillway_testkit::redis::RedisCluster;
 use std::time::{Duration, Instant};
@@ -54,30 +54,6 @@ store: {{type: redis_cluster, nodes: [{}], timeout: {}ms, breaker_failures: 1000
     )
 }
 
-#[derive(Debug)]
-struct Sample {
-    status: u16,
-    degraded: bool,
-    took: Duration,
-}
-
-async fn ask(http: &reqwest::Client, base: &str, user: &str) -> Sample {
-    let body = format!(r#"{{"user":"{user}","method":"POST","path":"/api"}}"#);
-    let started = Instant::now();
-    let response = http
-        .post(format!("{base}/v1/check"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("the server answers");
-    Sample {
-        status: response.status().as_u16(),
-        degraded: response.headers().contains_key("spillway-degraded"),
-        took: started.elapsed(),
-    }
-}
-
 /// Users whose keys (tagged by the user, the limit's first key dimension) live on the master
 /// on `port`, and on the others.
 fn users(cluster: &RedisCluster, port: u16) -> (String, Vec<String>) {
@@ -106,7 +82,7 @@ async fn a_frozen_master_degrades_only_its_own_users() {
     let base = format!("http://{}", server.addr());
     let (hung_user, healthy) = users(&cluster, cluster.ports()[0]);
     for user in healthy.iter().chain([&hung_user]) {
-        let s = ask(&server.http, &base, user).await;
+        let s = timed_check(&server.http, &base, "/api", user).await;
         assert!(s.status == 200 && !s.degraded, "before the freeze: {s:?}");
     }
 
@@ -124,7 +100,7 @@ async fn a_frozen_master_degrades_only_its_own_users() {
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             while Instant::now() < until {
-                samples.push(ask(&http, &base, &user).await);
+                samples.push(timed_check(&http, &base, "/api", &user).await);
             }
             (hung, samples)
         }));
@@ -193,7 +169,7 @@ async fn a_frozen_master_degrades_only_its_own_users() {
     let back = wait_until_async(Duration::from_secs(15), || {
         let (http, base, user) = (server.http.clone(), base.clone(), hung_user.clone());
         async move {
-            let s = ask(&http, &base, &user).await;
+            let s = timed_check(&http, &base, "/api", &user).await;
             (s.status == 200 && !s.degraded).then_some(())
         }
     })

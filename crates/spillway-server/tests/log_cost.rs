@@ -25,54 +25,16 @@ use spillway_server::state::{AppState, PolicyInfo};
 use spillway_server::telemetry::decision_log::privacy::{IpMode, IpPrivacy};
 use spillway_server::telemetry::decision_log::settings::{Rotation, DEFAULT_STREAM};
 use spillway_server::telemetry::decision_log::{DecisionLog, DecisionLogSettings, Ids, SinkSpec};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use spillway_testkit::alloc::{thread_allocations, Counting};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The system allocator, counting this thread's allocations.
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count_one() {
-    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-}
-
-// SAFETY: every call is passed unchanged to the system allocator; counting touches only a
-// const-initialised thread-local `Cell` (no allocation, no destructor).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_one();
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+// Counts this thread's allocations (see `allocations`).
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
 fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
+    thread_allocations()
 }
 
 const ENVOY: &str = "domain: bench\ndescriptors:\n  - key: user\n    rate_limit: {unit: second, requests_per_unit: 100000000}\n";

@@ -29,7 +29,7 @@
 mod common;
 
 use common::{header, metric, wait_until_async, Server, PATIENCE};
-use spillway_testkit::policy::{regions_store, unreachable_regions};
+use spillway_testkit::policy::{regions_store, unreachable, unreachable_regions};
 use spillway_testkit::proxy::DelayProxy;
 use spillway_testkit::redis::{command, RedisServer};
 use std::sync::Arc;
@@ -759,19 +759,14 @@ async fn the_admin_api_sets_a_tenants_home_region() {
     let dir = common::TempDir::new();
     let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
     // The other region is never called here: its store connects on first use.
+    let store = regions_store(&[("us", &us.url()), ("eu", &unreachable(1))], &[]);
     let policy = format!(
         r#"default_tier: t
-store:
-  type: redis
-  regions:
-    us: {{url: "{}"}}
-    eu: {{url: "redis://127.0.0.1:1"}}
-limits:
+{store}limits:
   plain: {{algorithm: token_bucket, rate: 10/s, burst: 10, key: [tenant]}}
 tiers:
   t: {{limits: [plain]}}
-"#,
-        us.url()
+"#
     );
     let node = Server::with_policy(&policy)
         .system_clock()

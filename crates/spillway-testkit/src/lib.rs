@@ -12,11 +12,14 @@
 //!   keeps every span it is sent, for tests of the server's traces.
 //! - [`proxy`]: a loopback TCP proxy that delays replies, to make a server slow on demand.
 //! - [`policy`]: pieces of test policies several suites share (a regions `store:` section).
+//! - [`alloc`]: a counting global allocator for tests and measurements of allocations.
 //! - [`vectors`]: the one table of conformance vectors (`vectors/conformance.json`) that every
 //!   store must reproduce exactly, and the code that generated it from the engine.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[allow(unsafe_code)] // `GlobalAlloc` is an unsafe trait; see the module.
+pub mod alloc;
 pub mod otlp;
 pub mod policy;
 pub mod postgres;

@@ -6,11 +6,19 @@ use spillway_core::algorithm::{Decision, LimitParams};
 use spillway_core::key::StateKey;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, Store};
-use spillway_core::time::ManualClock;
+use spillway_core::time::{ManualClock, MINUTE};
 use spillway_redis::{RedisConfig, RedisStore, Target};
 use spillway_testkit::vectors::{flatten, Vector};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The time tests start their manual clock at (late 2023, in microseconds).
+pub const T0: u64 = 1_700_000_000_000_000;
+
+/// A fixed window of `limit` per minute, the plain limit most tests count on.
+pub fn window(limit: u64) -> LimitParams {
+    LimitParams::FixedWindow(spillway_core::algorithm::FixedWindow::new(limit, MINUTE).unwrap())
+}
 
 /// Which deployment a test store talks to.
 pub enum Backend {

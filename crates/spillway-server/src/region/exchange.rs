@@ -525,6 +525,7 @@ return {1, got}
 mod tests {
     use super::*;
     use spillway_core::algorithm::{FixedWindow, LimitParams};
+    use spillway_testkit::policy::regions_store;
     use spillway_testkit::redis::RedisServer;
 
     /// A window length no policy limit has (a tenant override set at run time) is published,
@@ -532,21 +533,17 @@ mod tests {
     #[tokio::test]
     async fn override_windows_travel_and_a_frozen_publisher_is_cut_off() {
         let (a, b) = (RedisServer::start(), RedisServer::start());
+        let store = regions_store(
+            &[("us", &a.url()), ("eu", &b.url())],
+            &["exchange: {interval: 100ms, partition_after: 1s}"],
+        );
         let text = format!(
             "default_tier: t
-store:
-  type: redis
-  regions:
-    us: {{url: \"{}\"}}
-    eu: {{url: \"{}\"}}
-  exchange: {{interval: 100ms, partition_after: 1s}}
-limits:
+{store}limits:
   soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
 tiers:
   t: {{limits: [soft]}}
-",
-            a.url(),
-            b.url()
+"
         );
         let policy = crate::config::PolicySource::Builtin
             .parse(&text)

@@ -369,3 +369,36 @@ pub fn header(response: &reqwest::Response, name: &str) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }
+
+/// One `/v1/check` answer as the chaos tests judge it: its status, the degraded mark,
+/// `Retry-After`, how long it took, and the path it asked for.
+#[derive(Debug)]
+pub struct Sample {
+    pub path: String,
+    pub status: u16,
+    pub degraded: bool,
+    pub retry_after: Option<String>,
+    pub took: std::time::Duration,
+}
+
+/// One decision for `user` on `POST path`, sent to the server at `base` and timed (wall
+/// clock: what a client waits).
+#[allow(clippy::disallowed_methods)]
+pub async fn timed_check(http: &reqwest::Client, base: &str, path: &str, user: &str) -> Sample {
+    let body = format!(r#"{{"user":"{user}","method":"POST","path":"{path}"}}"#);
+    let started = std::time::Instant::now();
+    let response = http
+        .post(format!("{base}/v1/check"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the server answers (it must not crash)");
+    Sample {
+        path: path.to_owned(),
+        status: response.status().as_u16(),
+        degraded: header(&response, "spillway-degraded").is_some(),
+        retry_after: header(&response, "retry-after"),
+        took: started.elapsed(),
+    }
+}
