@@ -865,7 +865,9 @@ tiers:
 /// An Envoy report plans on the descriptors the matching check plans on: the credential entry
 /// Envoy passes along is taken out of both, so a limit keyed by a descriptor of that name
 /// counts on neither. (Reports once planned on the raw entries, and charged a counter keyed
-/// by the caller's token that no check ever consults.)
+/// by the caller's token that no check ever consults.) The cost lands on the verified
+/// caller's tenant, not on one the descriptors name: each tenant's next check tells its own
+/// standing.
 #[tokio::test]
 async fn an_envoy_report_counts_exactly_the_counters_its_check_counts() {
     use common::grpc::{self, descriptor, overall, request};
@@ -874,7 +876,7 @@ async fn an_envoy_report_counts_exactly_the_counters_its_check_counts() {
         "default_tier: free
 descriptors: [authorization]
 limits:
-  tokens: {{algorithm: fixed_window, limit: 1000, window: 1m, key: [tenant], charge: after}}
+  tokens: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], charge: after}}
   per-credential: {{algorithm: fixed_window, limit: 1000, window: 1m, key: [authorization], charge: after}}
 tiers:
   free: {{limits: [tokens, per-credential]}}
@@ -887,7 +889,8 @@ tiers:
     let entries = [("authorization", bearer.as_str())];
     assert_eq!(overall(&rls.one("spillway", &entries).await), Code::Ok);
     let mut marked = entries.to_vec();
-    marked.push(("spillway_report", "true"));
+    // The report names another tenant too; only the verified one may be charged.
+    marked.extend([("spillway_report", "true"), ("tenant", "tenant-b")]);
     let report = request("spillway", vec![descriptor(&marked)], 7);
     assert_eq!(overall(&rls.ask(report).await), Code::Ok);
     let text = rls.server.metrics().await;
@@ -899,4 +902,15 @@ tiers:
         (7.0, 0.0),
         "{text}"
     );
+    // Which counter took the 7: tenant-a's (10 - 7 left), not tenant-b's (untouched).
+    let b_token = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-b", "bob"));
+    for (token, left) in [(&token, 3), (&b_token, 10)] {
+        let bearer = format!("Bearer {token}");
+        let answer = rls.one("spillway", &[("authorization", &bearer)]).await;
+        let standing = grpc::header(&answer, "ratelimit").unwrap_or_default();
+        assert!(
+            standing.contains(&format!("\"tokens\";r={left};")),
+            "{standing}"
+        );
+    }
 }
