@@ -17,6 +17,10 @@ source scripts/deps.sh
 source bench/lib.sh
 [ $# -eq 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY" >&2; exit 2; }
 
+# Each round's server is stopped by stop_all; this trap stops one a failed run left behind.
+work=""
+trap 'stop_all; [ -z "$work" ] || rm -rf "$work"' EXIT
+
 LOAD=${LOAD:-http}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8s}
@@ -28,7 +32,6 @@ case "$LOAD" in
     need h2load nghttp2-client
     need python3 python3
     work=$(mktemp -d)
-    trap 'rm -rf "$work"' EXIT
     grpc_fixture "$work" 4
     ;;
   *) echo "LOAD must be http or grpc, not $LOAD" >&2; exit 2 ;;
@@ -44,14 +47,15 @@ one_grpc() {
   "$binary" serve --listen 127.0.0.1:0 --grpc-listen "127.0.0.1:$port" --log-filter warn \
     --config "$work/conf/policy.yaml" --envoy-config "$work/conf/bench.yaml" $extra >/dev/null 2>&1 &
   pid=$!
-  wait_port "$port" || { echo "$label: the server never listened" >&2; kill "$pid"; return 1; }
+  pids+=("$pid")
+  wait_port "$port" || { echo "$label: the server never listened" >&2; stop_all; return 1; }
   t0=$(cpu_ticks "$pid")
   start=$(date +%s.%N)
   h2load_clients "http://127.0.0.1:$port/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit" \
     "$work/out" 4 "$CALLS" 4 32 frame_of
   end=$(date +%s.%N)
   t1=$(cpu_ticks "$pid")
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  stop_all
   ok=$(cat "$work"/out/h2load-*.out | awk '/^status codes:/ {n += $3} END {print n}')
   python3 -c "s = $end - $start; print(f'$label: {$ok / s:,.0f} calls/s ($ok answered 200), {($t1 - $t0) / $(getconf CLK_TCK) / $ok * 1e6:.1f} us CPU per call')"
 }
@@ -64,12 +68,13 @@ one() {
   # shellcheck disable=SC2086 # the extra flags are meant to split into words
   "$binary" serve --listen "127.0.0.1:$port" --log-filter warn $extra >/dev/null 2>&1 &
   pid=$!
-  wait_port "$port" || { echo "$label: the server never listened" >&2; kill "$pid"; return 1; }
+  pids+=("$pid")
+  wait_port "$port" || { echo "$label: the server never listened" >&2; stop_all; return 1; }
   wrk -t1 -c"$CONNECTIONS" -d2s -s bench/check.lua "http://127.0.0.1:$port" >/dev/null
   t0=$(cpu_ticks "$pid")
   out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/check.lua "http://127.0.0.1:$port")
   t1=$(cpu_ticks "$pid")
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  stop_all
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out" | tr -d ,)
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")

@@ -28,9 +28,7 @@ if [ $# -eq 0 ]; then
 fi
 bin=$1
 work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+trap 'stop_all; rm -rf "$work"' EXIT
 
 # 1,000 RS256 tokens signed with the test key rsa-1, valid for a day.
 python3 - "$keys/rsa1.pem" "$work/tokens.txt" <<'PY'

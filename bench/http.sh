@@ -22,9 +22,7 @@ THREADS=${THREADS:-1}
 
 cargo build --release -q -p spillway-server
 work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+trap 'stop_all; rm -rf "$work"' EXIT
 
 sp_port=$(free_port)
 ng_port=$(free_port)

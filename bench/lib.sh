@@ -7,16 +7,29 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # A free loopback TCP port.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# Waits for something to listen on loopback port $1: up to 10 s, or $2 tenths of a second.
-wait_port() {
-  # $2: how many tenths of a second to wait (10 s by default).
-  for _ in $(seq "${2:-100}"); do
-    (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+# poll TENTHS WHAT PID CMD...: runs CMD (its output dropped) every tenth of a second until it
+# succeeds, for up to TENTHS tenths of a second. Fails with a message naming WHAT if it never
+# does, or at once if PID (when not empty) exits first. The one waiting loop of the scripts.
+poll() {
+  local tenths=$1 what=$2 pid=$3
+  shift 3
+  for _ in $(seq "$tenths"); do
+    "$@" >/dev/null 2>&1 && return 0
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      echo "$what exited before it was ready" >&2
+      return 1
+    fi
     sleep 0.1
   done
-  echo "port $1 never opened" >&2
+  echo "$what was not ready within $((tenths / 10)).$((tenths % 10)) s" >&2
   return 1
 }
+
+# Whether something listens on loopback port $1.
+port_open() { (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+
+# Waits for something to listen on loopback port $1: up to 10 s, or $2 tenths of a second.
+wait_port() { poll "${2:-100}" "port $1" "" port_open "$1"; }
 
 # User plus system CPU ticks process $1 has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -84,7 +97,9 @@ h2load_clients() {
   wait "${pids[@]}"
 }
 
-# Processes a benchmark started and stops between runs; stop_all kills and reaps them.
+# Processes a benchmark started and stops between runs; stop_all kills and reaps them. A
+# script traps EXIT to call it (with its own temporary files: trap 'stop_all; rm -rf "$tmp"'
+# EXIT), so a failed start leaves nothing running.
 pids=()
 stop_all() {
   local p
@@ -104,26 +119,12 @@ start_redis() {
     >/dev/null &
   pid=$!
   pids+=("$pid")
-  for _ in $(seq 100); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
-    kill -0 "$pid" 2>/dev/null || { echo "redis-server on port $port exited before answering" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "redis-server on port $port did not answer PING within 10 s" >&2
-  return 1
+  poll 100 "redis-server on port $port" "$pid" redis-cli -p "$port" ping
 }
 
 # wait_healthy PORT PID: waits for Spillway's /healthz on loopback PORT (up to 30 s); fails
 # with a message if process PID exits first.
-wait_healthy() {
-  for _ in $(seq 300); do
-    curl -fs "http://127.0.0.1:$1/healthz" >/dev/null && return 0
-    kill -0 "$2" 2>/dev/null || { echo "spillway (port $1) exited before it was healthy" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "spillway (port $1) was not healthy within 30 s" >&2
-  return 1
-}
+wait_healthy() { poll 300 "spillway (port $1)" "$2" curl -fs "http://127.0.0.1:$1/healthz"; }
 
 # redis_cpu PORT...: the CPU seconds the Redis servers on these ports have used so far, summed:
 # "user sys".
@@ -133,14 +134,15 @@ redis_cpu() {
     awk -F: '/^used_cpu_user:/ {u += $2} /^used_cpu_sys:/ {s += $2} END {printf "%.6f %.6f\n", u, s}'
 }
 
-# users_load FILE: a wrk script posting {"user": ...} to /v1/check, one of 100,000 users picked
-# at random per request.
+# users_load FILE [METHOD PATH]: a wrk script sending {"user": ...} (one of 100,000 users
+# picked at random per request) as `POST /v1/check`, or as METHOD PATH (`GET /healthz`: the
+# same bytes to an endpoint that does no rate-limit work).
 users_load() {
-  cat >"$1" <<'LUA'
-wrk.method = "POST"
+  cat >"$1" <<LUA
+wrk.method = "${2:-POST}"
 wrk.headers["Content-Type"] = "application/json"
 request = function()
-  return wrk.format(nil, "/v1/check", nil, '{"user":"u' .. math.random(1, 100000) .. '"}')
+  return wrk.format(nil, "${3:-/v1/check}", nil, '{"user":"u' .. math.random(1, 100000) .. '"}')
 end
 LUA
 }

@@ -89,8 +89,7 @@ cp "$tmp/spillway.lua" "$tmp/nginx.lua"
 # Redis's CPU seconds so far, user and system together.
 redis_total() { redis_cpu "$1" | awk '{printf "%.6f\n", $1 + $2}'; }
 # The floor: the same requests, bodies included, to the same server's `GET /healthz`.
-sed 's/wrk.method = "POST"/wrk.method = "GET"/; s#"/v1/check"#"/healthz"#' "$tmp/spillway.lua" \
-  >"$tmp/spillway-healthz.lua"
+users_load "$tmp/spillway-healthz.lua" GET /healthz
 
 # start_server WHO STORE: starts WHO (spillway, spillway-healthz, limitador or nginx) on free ports, with a fresh
 # redis-server when STORE is redis; sets http, grpc and rport (empty without Redis).
