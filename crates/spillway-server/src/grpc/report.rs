@@ -106,7 +106,7 @@ pub async fn record(
     // Under `principals:`, the descriptors name the caller as a check's do (credential
     // entries out, the verified tenant, user and tier in): planned, logged and ranked alike.
     if let Some((identity, config)) = identity.zip(policy.principals()) {
-        service::identify(&mut descriptors, identity, config);
+        service::identify_in_place(&mut descriptors, identity, config);
     }
     let (name, planned) = if domain == &*state.policy_domain {
         let plan::Plan {
@@ -180,7 +180,7 @@ fn tenant<'a>(
 
 /// Takes the credential entries out of descriptors the caller was not identified by (an
 /// Envoy-style domain under `principals:`), so the decision log never sees one. An identified
-/// call's descriptors are already [`service::identify`]d (and name the verified tenant, user
+/// call's descriptors are already [`service::identify_in_place`]d (and name the verified tenant, user
 /// and tier, as a check's record does).
 fn drop_credentials(descriptors: &mut [RateLimitDescriptor], policy: &Policy) {
     let Some(config) = policy.principals() else {

@@ -253,12 +253,12 @@ pub(super) fn identified(
     config: &Principals,
 ) -> Vec<RateLimitDescriptor> {
     let mut copy = descriptors.to_vec();
-    identify(&mut copy, identity, config);
+    identify_in_place(&mut copy, identity, config);
     copy
 }
 
 /// [`identified`] in place, for descriptors the caller already owns (a report's).
-pub(super) fn identify(
+pub(super) fn identify_in_place(
     descriptors: &mut [RateLimitDescriptor],
     identity: &Identity,
     config: &Principals,
