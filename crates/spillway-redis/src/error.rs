@@ -35,21 +35,19 @@ pub fn classify(err: redis::RedisError, timeout: Duration) -> StoreError {
     } else {
         match err.kind() {
             redis::ErrorKind::Server(_) | redis::ErrorKind::Extension => {
-                // LOADING, MASTERDOWN, TRYAGAIN, CLUSTERDOWN: the store is there but cannot
-                // serve yet; READONLY: the server was demoted to a replica by a failover. A
-                // script error is a bug or a foreign value under our prefix.
+                // LOADING, MASTERDOWN, TRYAGAIN, CLUSTERDOWN, BUSY: the store is there but
+                // cannot serve yet; READONLY: the server was demoted to a replica by a
+                // failover. A script error is a bug or a foreign value under our prefix.
+                // Judged by the reply's error code: the client's text for a known code is
+                // its own name for it (`ReadOnly: ...`), not the code Redis sent.
+                let unavailable = matches!(
+                    err.code(),
+                    Some(
+                        "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "BUSY" | "READONLY"
+                    )
+                );
                 let text = err.to_string();
-                if [
-                    "LOADING",
-                    "MASTERDOWN",
-                    "TRYAGAIN",
-                    "CLUSTERDOWN",
-                    "BUSY",
-                    "READONLY",
-                ]
-                .iter()
-                .any(|code| text.contains(code))
-                {
+                if unavailable {
                     StoreError::Unavailable(text)
                 } else {
                     StoreError::Protocol(text)
