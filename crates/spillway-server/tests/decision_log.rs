@@ -6,7 +6,7 @@ mod common;
 
 use common::{metric, wait_until, Server, TempDir, PATIENCE};
 use serde_json::Value;
-use spillway_testkit::redis::RedisServer;
+use spillway_testkit::redis::{command, RedisServer};
 use std::process::{Command, Output};
 
 /// One request per tenant and user a minute: the second is denied.
@@ -44,8 +44,13 @@ const WHENEVER: &str = "3650d";
 /// The servers stamp records by their manual clock (2027-01-15), while `--since` counts back
 /// from the wall clock: a ten-year window keeps every record in, whatever today's date.
 fn decisions(args: &[&str], n: usize) -> Vec<Value> {
+    decisions_since(args, WHENEVER, n)
+}
+
+/// [`decisions`] with `--since since`.
+fn decisions_since(args: &[&str], since: &str, n: usize) -> Vec<Value> {
     let mut all = args.to_vec();
-    all.extend(["--since", WHENEVER, "--json"]);
+    all.extend(["--since", since, "--json"]);
     let mut last = String::new();
     let found = wait_until(PATIENCE, || {
         let out = spillway(&all);
@@ -309,4 +314,68 @@ async fn a_redis_outage_costs_records_not_decisions_and_the_stream_comes_back() 
         back.is_some(),
         "records reach the stream again after the outage"
     );
+}
+
+/// `XLEN key` on the server at `port`.
+fn xlen(port: u16, key: &str) -> u64 {
+    let reply = command(port, &format!("XLEN {key}")).unwrap_or_default();
+    reply
+        .strip_prefix(':')
+        .and_then(|n| n.trim_end().parse().ok())
+        .unwrap_or_else(|| panic!("XLEN {key}: {reply:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_is_trimmed_to_about_its_maxlen() {
+    // `MAXLEN ~ N` trims whole macro nodes only, never below N: with nodes of at most 10
+    // entries the stream holds N to N + 9 entries once more than N were written.
+    const NODE: u64 = 10;
+    const MAXLEN: u64 = 50;
+    const WRITES: u64 = 400;
+    let redis = RedisServer::start_with(&["--stream-node-max-entries", &NODE.to_string()]);
+    let url = redis.url();
+    let node = Server::with_policy(POLICY)
+        .args(&[
+            "--decision-log",
+            &url,
+            "--decision-log-sample-allowed",
+            "1",
+            "--decision-log-stream",
+            "trimmed",
+            "--decision-log-stream-maxlen",
+            &MAXLEN.to_string(),
+        ])
+        .start();
+    let mut most = 0;
+    for i in 0..WRITES {
+        let body = format!(r#"{{"tenant":"acme","user":"u{i}"}}"#);
+        assert_eq!(node.post("/v1/check", &body).await.status(), 200);
+        if i % 50 == 49 {
+            most = most.max(xlen(redis.port(), "trimmed"));
+        }
+    }
+    let written = common::wait_until_async(PATIENCE, || async {
+        let m = node.metrics().await;
+        let n = metric(&m, "spillway_decision_log_written_total", &[])?;
+        (n >= WRITES as f64).then_some(n)
+    })
+    .await;
+    assert_eq!(written, Some(WRITES as f64), "every record was written");
+    let len = xlen(redis.port(), "trimmed");
+    assert!(
+        (MAXLEN..MAXLEN + NODE).contains(&len),
+        "XLEN {len} after {WRITES} records with MAXLEN ~ {MAXLEN}"
+    );
+    assert!(most < MAXLEN + NODE, "the stream reached {most} entries");
+    // The newest records are the ones kept.
+    let stream = ["decisions", "--redis", &url, "--stream", "trimmed"];
+    let newest = format!("u{}", WRITES - 1);
+    let mut args = stream.to_vec();
+    args.extend(["--user", &newest]);
+    assert_eq!(decisions(&args, 1).len(), 1);
+    let mut args = stream.to_vec();
+    args.extend(["--user", "u0", "--since", WHENEVER, "--json"]);
+    let out = spillway(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "the oldest record was trimmed");
 }
