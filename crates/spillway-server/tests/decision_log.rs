@@ -8,6 +8,7 @@ use common::{metric, wait_until, Server, TempDir, PATIENCE};
 use serde_json::Value;
 use spillway_testkit::redis::{command, RedisServer};
 use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One request per tenant and user a minute: the second is denied.
 const POLICY: &str = r#"
@@ -378,4 +379,68 @@ async fn the_stream_is_trimmed_to_about_its_maxlen() {
     let out = spillway(&args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty(), "the oldest record was trimmed");
+}
+
+/// `--since` counts back from the wall clock, so these servers run on a manual clock set to
+/// two hours ago: one record is stamped then, the clock is moved on 110 minutes, and one more
+/// is stamped ten minutes ago. `--since 30m` shows only the second, from a stream and from a
+/// file alike, and `--since 3h` both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_leaves_out_older_records_in_a_stream_and_in_a_file() {
+    #[allow(clippy::disallowed_methods)] // the reader's --since is wall-clock time
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970");
+    let two_hours_ago = (now - Duration::from_secs(2 * 3600))
+        .as_millis()
+        .to_string();
+    let redis = RedisServer::start();
+    let dir = TempDir::new();
+    let file = dir.path().join("since.jsonl").display().to_string();
+    let redis_url = redis.url();
+    let sinks = [
+        (
+            redis_url.clone(),
+            ["decisions", "--redis", redis_url.as_str()],
+        ),
+        (
+            format!("file:{file}"),
+            ["decisions", "--file", file.as_str()],
+        ),
+    ];
+    for (sink, source) in sinks {
+        let node = Server::with_policy(POLICY)
+            .system_clock()
+            .args(&[
+                "--manual-clock",
+                &two_hours_ago,
+                "--decision-log",
+                &sink,
+                "--decision-log-sample-allowed",
+                "1",
+            ])
+            .start();
+        let ask = |user: &str| format!(r#"{{"tenant":"acme","user":"{user}"}}"#);
+        assert_eq!(node.post("/v1/check", &ask("early")).await.status(), 200);
+        node.advance_ms(110 * 60 * 1000).await;
+        assert_eq!(node.post("/v1/check", &ask("recent")).await.status(), 200);
+
+        let both = decisions_since(&source, "3h", 2);
+        let users: Vec<&str> = both.iter().filter_map(|r| r["user"].as_str()).collect();
+        assert_eq!(users, ["early", "recent"], "{sink}");
+        let recent = decisions_since(&source, "30m", 1);
+        let users: Vec<&str> = recent.iter().filter_map(|r| r["user"].as_str()).collect();
+        assert_eq!(
+            users,
+            ["recent"],
+            "{sink}: the record from two hours ago is cut"
+        );
+        let mut args = source.to_vec();
+        args.extend(["--since", "30m"]);
+        let table = text(&spillway(&args).stdout);
+        assert!(
+            table.contains("recent") && !table.contains("early"),
+            "{sink}:\n{table}"
+        );
+    }
 }
