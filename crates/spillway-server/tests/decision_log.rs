@@ -444,3 +444,44 @@ async fn since_leaves_out_older_records_in_a_stream_and_in_a_file() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_stdout_sink_prints_one_json_line_per_record() {
+    let node = Server::with_policy(POLICY)
+        .args(&[
+            "--decision-log",
+            "stdout",
+            "--decision-log-sample-allowed",
+            "0",
+            "--node-name",
+            "stdout-node",
+        ])
+        .start();
+    let body = r#"{"tenant":"acme","user":"alice","method":"POST","path":"/v1/generate"}"#;
+    assert_eq!(node.post("/v1/check", body).await.status(), 200);
+    assert_eq!(node.post("/v1/check", body).await.status(), 429);
+    // The harness keeps stdout lines as they are and tags stderr's.
+    let records = || -> Vec<Value> {
+        node.logs()
+            .iter()
+            .filter(|l| !l.starts_with("[stderr] "))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("outcome").is_some())
+            .collect()
+    };
+    let found = wait_until(PATIENCE, || {
+        let r = records();
+        (!r.is_empty()).then_some(r)
+    });
+    let found = found.unwrap_or_else(|| panic!("no record on stdout:\n{:?}", node.logs()));
+    // Allowed decisions are not sampled: the denial is the one record.
+    assert_eq!(found.len(), 1, "{found:?}");
+    let record = &found[0];
+    assert_eq!(record["node"], "stdout-node");
+    assert_eq!(record["outcome"], "denied");
+    assert_eq!(record["tenant"], "acme");
+    assert_eq!(record["user"], "alice");
+    assert_eq!(record["route"], "POST /v1/generate");
+    assert_eq!(record["limit"]["name"], "user-minute");
+    assert_eq!(record["time"], "2027-01-15T08:00:00.000Z");
+}
