@@ -122,3 +122,39 @@ impl<C: ConnectionLike + Send> ConnectionLike for CountNoScript<'_, C> {
         self.0.get_db()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The client's error for the reply line `resp`, as a call would meet it.
+    fn reply_error(resp: &str) -> redis::RedisError {
+        let value = redis::parse_redis_value(resp.as_bytes()).expect("a reply");
+        value.extract_error().expect_err("an error reply")
+    }
+
+    #[test]
+    fn refusals_of_a_server_not_ready_are_unavailable_by_their_code() {
+        let timeout = Duration::from_millis(50);
+        for code in [
+            "LOADING",
+            "MASTERDOWN",
+            "TRYAGAIN",
+            "CLUSTERDOWN",
+            "BUSY",
+            "READONLY",
+        ] {
+            let err = classify(reply_error(&format!("-{code} not now\r\n")), timeout);
+            assert!(matches!(err, StoreError::Unavailable(_)), "{code}: {err:?}");
+        }
+        // A script's own failure, or a foreign value under the prefix, is not an outage; nor
+        // is a code merely mentioned in the message.
+        for line in [
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            "-ERR user_script:1: READONLY in a message\r\n",
+        ] {
+            let err = classify(reply_error(line), timeout);
+            assert!(matches!(err, StoreError::Protocol(_)), "{line}: {err:?}");
+        }
+    }
+}
