@@ -92,7 +92,8 @@ async fn decisions_count_under_the_route_pattern_never_the_raw_path() {
     }
 }
 
-/// Three routes, one per failure mode, on `redis` with a short budget; the breaker opens
+/// Three routes, one per failure mode, on `redis` with a 1 s budget (long enough that a
+/// loaded machine does not turn a healthy call into a failure); the breaker opens
 /// after two failures and, on the manual clock, stays open for the rest of the test.
 fn three_modes(redis: &RedisServer, prefix: &str) -> String {
     format!(
@@ -118,7 +119,7 @@ routes:
   - match: "POST /degrade"
     failure_mode: degrade
     limits: [roomy]
-store: {{type: redis, url: "{}", prefix: {prefix}, timeout: 200ms, breaker_failures: 2, breaker_cooldown: 1h}}
+store: {{type: redis, url: "{}", prefix: {prefix}, timeout: 1s, breaker_failures: 2, breaker_cooldown: 1h}}
 "#,
         redis.url()
     )
