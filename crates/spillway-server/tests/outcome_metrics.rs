@@ -1,7 +1,8 @@
 //! Decisions by route and outcome (`spillway_route_decisions_total`) and failed script calls by
-//! kind (`spillway_script_errors_total`) through the real binary, on the in-memory store and
-//! on a real `redis-server` that is killed, frozen, or holds a value of the wrong type where a
-//! counter should be.
+//! kind (`spillway_script_errors_total`) through the real binary: over HTTP and Envoy's gRPC
+//! on the in-memory store (labels only from configuration, whatever paths or domains clients
+//! send), and on a real `redis-server` that is killed, frozen, demoted to a replica, or holds a
+//! value of the wrong type where a counter should be.
 //!
 //! Each kind is asserted on its own, against the fault that causes it, so a label swapped for
 //! another fails here.
@@ -90,6 +91,37 @@ async fn decisions_count_under_the_route_pattern_never_the_raw_path() {
             "a raw path reached /metrics ({raw}):\n{text}"
         );
     }
+}
+
+/// An Envoy domain with one descriptor: a user may send one request a minute.
+const SHOP: &str = r#"
+domain: shop
+descriptors:
+  - key: user
+    rate_limit: {unit: minute, requests_per_unit: 1}
+"#;
+
+#[tokio::test]
+async fn envoy_decisions_count_under_configured_domains_only() {
+    use common::grpc::{envoy_file, overall, start};
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    let (_dir, shop) = envoy_file("shop.yaml", SHOP);
+    let mut rls = start(Server::with_policy(ONE_PATTERN), &[&shop]).await;
+    assert_eq!(overall(&rls.one("shop", &[("user", "u1")]).await), Code::Ok);
+    assert_eq!(
+        overall(&rls.one("shop", &[("user", "u1")]).await),
+        Code::OverLimit
+    );
+    // A domain no configuration names is not limited, and names no series.
+    for i in 0..3 {
+        let answer = rls.one(&format!("minted-{i}"), &[("user", "u1")]).await;
+        assert_eq!(overall(&answer), Code::Ok);
+    }
+    let text = rls.server.metrics().await;
+    assert_eq!(route_count(&text, "shop", "allowed"), 1.0, "{text}");
+    assert_eq!(route_count(&text, "shop", "denied"), 1.0, "{text}");
+    assert_eq!(route_labels(&text), ["shop"], "{text}");
+    assert!(!text.contains("minted-"), "{text}");
 }
 
 /// Three routes, one per failure mode, on `redis` with a 1 s budget (long enough that a
