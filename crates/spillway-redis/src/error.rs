@@ -57,21 +57,19 @@ pub fn classify(err: redis::RedisError, timeout: Duration) -> StoreError {
     } else {
         match err.kind() {
             redis::ErrorKind::Server(_) | redis::ErrorKind::Extension => {
-                // LOADING, MASTERDOWN, TRYAGAIN, CLUSTERDOWN: the store is there but cannot
-                // serve yet; READONLY: the server was demoted to a replica by a failover. A
-                // script error is a bug or a foreign value under our prefix.
+                // LOADING, MASTERDOWN, TRYAGAIN, CLUSTERDOWN, BUSY: the store is there but
+                // cannot serve yet; READONLY: the server was demoted to a replica by a
+                // failover. A script error is a bug or a foreign value under our prefix.
+                // Judged by the reply's error code: the client's text for a known code is
+                // its own name for it (`ReadOnly: ...`), not the code Redis sent.
+                let unavailable = matches!(
+                    err.code(),
+                    Some(
+                        "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "BUSY" | "READONLY"
+                    )
+                );
                 let text = err.to_string();
-                if [
-                    "LOADING",
-                    "MASTERDOWN",
-                    "TRYAGAIN",
-                    "CLUSTERDOWN",
-                    "BUSY",
-                    "READONLY",
-                ]
-                .iter()
-                .any(|code| text.contains(code))
-                {
+                if unavailable {
                     StoreError::Unavailable(text)
                 } else {
                     StoreError::Protocol(text)
@@ -144,5 +142,41 @@ impl<C: ConnectionLike + Send> ConnectionLike for CountNoScript<'_, C> {
 
     fn get_db(&self) -> i64 {
         self.0.get_db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The client's error for the reply line `resp`, as a call would meet it.
+    fn reply_error(resp: &str) -> redis::RedisError {
+        let value = redis::parse_redis_value(resp.as_bytes()).expect("a reply");
+        value.extract_error().expect_err("an error reply")
+    }
+
+    #[test]
+    fn refusals_of_a_server_not_ready_are_unavailable_by_their_code() {
+        let timeout = Duration::from_millis(50);
+        for code in [
+            "LOADING",
+            "MASTERDOWN",
+            "TRYAGAIN",
+            "CLUSTERDOWN",
+            "BUSY",
+            "READONLY",
+        ] {
+            let err = classify(reply_error(&format!("-{code} not now\r\n")), timeout);
+            assert!(matches!(err, StoreError::Unavailable(_)), "{code}: {err:?}");
+        }
+        // A script's own failure, or a foreign value under the prefix, is not an outage; nor
+        // is a code merely mentioned in the message.
+        for line in [
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            "-ERR user_script:1: READONLY in a message\r\n",
+        ] {
+            let err = classify(reply_error(line), timeout);
+            assert!(matches!(err, StoreError::Protocol(_)), "{line}: {err:?}");
+        }
     }
 }

@@ -248,11 +248,17 @@ async fn assert_recovers(server: &Server, tag: &str) {
 }
 
 /// Runs one fault scenario: warm up, start the fault (`fault(true)`), load, check, end it
-/// (`fault(false)`), check recovery.
-async fn scenario(server: &Server, tag: &str, mut fault: impl FnMut(bool)) {
+/// (`fault(false)`), check recovery. `kinds`: the `spillway_script_errors_total` kinds the
+/// fault must raise (each on its own).
+async fn scenario(server: &Server, tag: &str, kinds: &[&str], mut fault: impl FnMut(bool)) {
     load(server, &format!("{tag}-warm"), Duration::from_millis(300)).await;
     let (degraded_before, opened_before, _) = metrics_now(server).await;
     let errors_before = store_errors(server).await;
+    let script_errors = |text: &str, kind: &str| {
+        metric(text, "spillway_script_errors_total", &[("kind", kind)]).unwrap_or(0.0)
+    };
+    let text = server.metrics().await;
+    let kinds_before: Vec<f64> = kinds.iter().map(|k| script_errors(&text, k)).collect();
     fault(true);
     let samples = load(server, &format!("{tag}-fault"), Duration::from_secs(2)).await;
     assert_degraded_as_designed(&samples);
@@ -286,11 +292,13 @@ async fn scenario(server: &Server, tag: &str, mut fault: impl FnMut(bool)) {
         &[("from", "half_open"), ("to", "closed")],
     );
     assert!(recovered >= Some(1.0), "recoveries: {recovered:?}");
-    let script_errors: f64 = ["timeout", "connection"]
-        .iter()
-        .filter_map(|kind| metric(&text, "spillway_script_errors_total", &[("kind", kind)]))
-        .sum();
-    assert!(script_errors > 0.0, "script errors are counted by kind");
+    for (kind, before) in kinds.iter().zip(kinds_before) {
+        let now = script_errors(&text, kind);
+        assert!(
+            now > before,
+            "script errors of kind {kind}: {before} -> {now}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,7 +306,7 @@ async fn redis_killed_then_restarted_empty() {
     let _one = SERIAL.lock().await;
     let mut redis = RedisServer::start();
     let server = Server::with_policy(&policy(&redis.url())).start();
-    scenario(&server, "kill", |on| {
+    scenario(&server, "kill", &["connection"], |on| {
         if on {
             redis.kill();
         } else {
@@ -333,7 +341,7 @@ async fn sentinel_master_killed_then_failed_over() {
     let (old, new) = (group.first_master_port(), group.replica_port());
     // While the master is dead and until the sentinels promote the replica and the node
     // follows, requests get their routes' failure modes; then decisions are Redis's again.
-    scenario(&server, "sentinel", |on| {
+    scenario(&server, "sentinel", &["connection"], |on| {
         if on {
             group.kill_master();
         } else {
@@ -374,7 +382,7 @@ async fn redis_frozen_then_resumed() {
     let _one = SERIAL.lock().await;
     let redis = RedisServer::start();
     let server = Server::with_policy(&policy(&redis.url())).start();
-    scenario(&server, "stop", |on| {
+    scenario(&server, "stop", &["timeout"], |on| {
         if on {
             redis.freeze();
         } else {
@@ -390,7 +398,7 @@ async fn redis_slower_than_the_budget_through_a_proxy() {
     let redis = RedisServer::start();
     let proxy = DelayProxy::start(redis.port());
     let server = Server::with_policy(&policy(&proxy.url())).start();
-    scenario(&server, "slow", |on| {
+    scenario(&server, "slow", &["timeout"], |on| {
         proxy.set_delay(if on { BUDGET * 4 } else { Duration::ZERO });
     })
     .await;

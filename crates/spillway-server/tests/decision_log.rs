@@ -6,8 +6,9 @@ mod common;
 
 use common::{metric, wait_until, Server, TempDir, PATIENCE};
 use serde_json::Value;
-use spillway_testkit::redis::RedisServer;
+use spillway_testkit::redis::{command, RedisServer};
 use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One request per tenant and user a minute: the second is denied.
 const POLICY: &str = r#"
@@ -44,8 +45,13 @@ const WHENEVER: &str = "3650d";
 /// The servers stamp records by their manual clock (2027-01-15), while `--since` counts back
 /// from the wall clock: a ten-year window keeps every record in, whatever today's date.
 fn decisions(args: &[&str], n: usize) -> Vec<Value> {
+    decisions_since(args, WHENEVER, n)
+}
+
+/// [`decisions`] with `--since since`.
+fn decisions_since(args: &[&str], since: &str, n: usize) -> Vec<Value> {
     let mut all = args.to_vec();
-    all.extend(["--since", WHENEVER, "--json"]);
+    all.extend(["--since", since, "--json"]);
     let mut last = String::new();
     let found = wait_until(PATIENCE, || {
         let out = spillway(&all);
@@ -309,4 +315,173 @@ async fn a_redis_outage_costs_records_not_decisions_and_the_stream_comes_back() 
         back.is_some(),
         "records reach the stream again after the outage"
     );
+}
+
+/// `XLEN key` on the server at `port`.
+fn xlen(port: u16, key: &str) -> u64 {
+    let reply = command(port, &format!("XLEN {key}")).unwrap_or_default();
+    reply
+        .strip_prefix(':')
+        .and_then(|n| n.trim_end().parse().ok())
+        .unwrap_or_else(|| panic!("XLEN {key}: {reply:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_is_trimmed_to_about_its_maxlen() {
+    // `MAXLEN ~ N` trims whole macro nodes only, never below N: with nodes of at most 10
+    // entries the stream holds N to N + 9 entries once more than N were written.
+    const NODE: u64 = 10;
+    const MAXLEN: u64 = 50;
+    const WRITES: u64 = 400;
+    let redis = RedisServer::start_with(&["--stream-node-max-entries", &NODE.to_string()]);
+    let url = redis.url();
+    let node = Server::with_policy(POLICY)
+        .args(&[
+            "--decision-log",
+            &url,
+            "--decision-log-sample-allowed",
+            "1",
+            "--decision-log-stream",
+            "trimmed",
+            "--decision-log-stream-maxlen",
+            &MAXLEN.to_string(),
+        ])
+        .start();
+    let mut most = 0;
+    for i in 0..WRITES {
+        let body = format!(r#"{{"tenant":"acme","user":"u{i}"}}"#);
+        assert_eq!(node.post("/v1/check", &body).await.status(), 200);
+        if i % 50 == 49 {
+            most = most.max(xlen(redis.port(), "trimmed"));
+        }
+    }
+    let written = common::wait_until_async(PATIENCE, || async {
+        let m = node.metrics().await;
+        let n = metric(&m, "spillway_decision_log_written_total", &[])?;
+        (n >= WRITES as f64).then_some(n)
+    })
+    .await;
+    assert_eq!(written, Some(WRITES as f64), "every record was written");
+    let len = xlen(redis.port(), "trimmed");
+    assert!(
+        (MAXLEN..MAXLEN + NODE).contains(&len),
+        "XLEN {len} after {WRITES} records with MAXLEN ~ {MAXLEN}"
+    );
+    assert!(most < MAXLEN + NODE, "the stream reached {most} entries");
+    // The newest records are the ones kept.
+    let stream = ["decisions", "--redis", &url, "--stream", "trimmed"];
+    let newest = format!("u{}", WRITES - 1);
+    let mut args = stream.to_vec();
+    args.extend(["--user", &newest]);
+    assert_eq!(decisions(&args, 1).len(), 1);
+    let mut args = stream.to_vec();
+    args.extend(["--user", "u0", "--since", WHENEVER, "--json"]);
+    let out = spillway(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "the oldest record was trimmed");
+}
+
+/// `--since` counts back from the wall clock, so these servers run on a manual clock set to
+/// two hours ago: one record is stamped then, the clock is moved on 110 minutes, and one more
+/// is stamped ten minutes ago. `--since 30m` shows only the second, from a stream and from a
+/// file alike, and `--since 3h` both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_leaves_out_older_records_in_a_stream_and_in_a_file() {
+    #[allow(clippy::disallowed_methods)] // the reader's --since is wall-clock time
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970");
+    let two_hours_ago = (now - Duration::from_secs(2 * 3600))
+        .as_millis()
+        .to_string();
+    let redis = RedisServer::start();
+    let dir = TempDir::new();
+    let file = dir.path().join("since.jsonl").display().to_string();
+    let redis_url = redis.url();
+    let sinks = [
+        (
+            redis_url.clone(),
+            ["decisions", "--redis", redis_url.as_str()],
+        ),
+        (
+            format!("file:{file}"),
+            ["decisions", "--file", file.as_str()],
+        ),
+    ];
+    for (sink, source) in sinks {
+        let node = Server::with_policy(POLICY)
+            .system_clock()
+            .args(&[
+                "--manual-clock",
+                &two_hours_ago,
+                "--decision-log",
+                &sink,
+                "--decision-log-sample-allowed",
+                "1",
+            ])
+            .start();
+        let ask = |user: &str| format!(r#"{{"tenant":"acme","user":"{user}"}}"#);
+        assert_eq!(node.post("/v1/check", &ask("early")).await.status(), 200);
+        node.advance_ms(110 * 60 * 1000).await;
+        assert_eq!(node.post("/v1/check", &ask("recent")).await.status(), 200);
+
+        let both = decisions_since(&source, "3h", 2);
+        let users: Vec<&str> = both.iter().filter_map(|r| r["user"].as_str()).collect();
+        assert_eq!(users, ["early", "recent"], "{sink}");
+        let recent = decisions_since(&source, "30m", 1);
+        let users: Vec<&str> = recent.iter().filter_map(|r| r["user"].as_str()).collect();
+        assert_eq!(
+            users,
+            ["recent"],
+            "{sink}: the record from two hours ago is cut"
+        );
+        let mut args = source.to_vec();
+        args.extend(["--since", "30m"]);
+        let table = text(&spillway(&args).stdout);
+        assert!(
+            table.contains("recent") && !table.contains("early"),
+            "{sink}:\n{table}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_stdout_sink_prints_one_json_line_per_record() {
+    let node = Server::with_policy(POLICY)
+        .args(&[
+            "--decision-log",
+            "stdout",
+            "--decision-log-sample-allowed",
+            "0",
+            "--node-name",
+            "stdout-node",
+        ])
+        .start();
+    let body = r#"{"tenant":"acme","user":"alice","method":"POST","path":"/v1/generate"}"#;
+    assert_eq!(node.post("/v1/check", body).await.status(), 200);
+    assert_eq!(node.post("/v1/check", body).await.status(), 429);
+    // The harness keeps stdout lines as they are and tags stderr's.
+    let records = || -> Vec<Value> {
+        node.logs()
+            .iter()
+            .filter(|l| !l.starts_with("[stderr] "))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("outcome").is_some())
+            .collect()
+    };
+    let found = wait_until(PATIENCE, || {
+        let r = records();
+        (!r.is_empty()).then_some(r)
+    });
+    let found = found.unwrap_or_else(|| panic!("no record on stdout:\n{:?}", node.logs()));
+    // Allowed decisions are not sampled: the denial is the one record.
+    assert_eq!(found.len(), 1, "{found:?}");
+    let record = &found[0];
+    assert_eq!(record["node"], "stdout-node");
+    assert_eq!(record["outcome"], "denied");
+    assert_eq!(record["tenant"], "acme");
+    assert_eq!(record["user"], "alice");
+    assert_eq!(record["route"], "POST /v1/generate");
+    assert_eq!(record["limit"]["name"], "user-minute");
+    assert_eq!(record["time"], "2027-01-15T08:00:00.000Z");
 }

@@ -132,10 +132,40 @@ async fn three_nodes_on_one_redis_admit_exactly_the_limit() {
     let ready = servers[0].get("/readyz").await;
     assert_eq!(ready.status(), 200);
     let metrics = servers[0].metrics().await;
-    assert!(
-        metrics.contains("spillway_store_roundtrip_seconds_bucket"),
+    assert_roundtrip_buckets(&metrics);
+}
+
+/// The store call latency histogram is exported with its explicit buckets (not the
+/// exporter's default summary or buckets): one `le` per boundary of
+/// `spillway_server::store::ROUNDTRIP_BUCKETS`, in order, then `+Inf`; the counts are
+/// cumulative and `+Inf` holds every call.
+fn assert_roundtrip_buckets(metrics: &str) {
+    let prefix = "spillway_store_roundtrip_seconds_bucket{le=\"";
+    let buckets: Vec<(String, f64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((le.to_owned(), count.parse().ok()?))
+        })
+        .collect();
+    let bounds: Vec<&str> = buckets.iter().map(|(le, _)| le.as_str()).collect();
+    let (last, finite) = bounds.split_last().expect("bucket lines");
+    assert_eq!(*last, "+Inf", "{metrics}");
+    let finite: Vec<f64> = finite
+        .iter()
+        .map(|le| le.parse().expect("a numeric bound"))
+        .collect();
+    assert_eq!(
+        finite,
+        spillway_server::store::ROUNDTRIP_BUCKETS,
         "{metrics}"
     );
+    let counts: Vec<f64> = buckets.iter().map(|(_, c)| *c).collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    let total = common::metric(metrics, "spillway_store_roundtrip_seconds_count", &[]);
+    assert_eq!(counts.last().copied(), total, "{metrics}");
+    assert!(total >= Some(1.0), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

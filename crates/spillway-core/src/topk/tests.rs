@@ -39,6 +39,70 @@ fn zipf_top_ten_is_recovered() {
     }
 }
 
+/// The same acceptance test as the server feeds the sketch: several serving threads (so
+/// several shards, whose rows for one item are added up) over five 10-second intervals (so
+/// the ring rolls over and the window adds up intervals), answered for the last minute.
+#[test]
+fn zipf_top_ten_is_recovered_across_threads_and_intervals() {
+    const KEYS: usize = 1_000_000;
+    const EVENTS: usize = 2_000_000;
+    const THREADS: usize = 4;
+    const SPAN: Micros = 50 * SECOND;
+    let topk: TopK<u64> = TopK::new(Shape::DEFAULT);
+    let stream: Vec<u64> = zipf_stream(KEYS, 1.0, EVENTS, 7).collect();
+    let mut truth = vec![0u64; KEYS];
+    for &item in &stream {
+        truth[item as usize] += 1;
+    }
+    // Thread t takes events t, t + THREADS, ...; event i happens at T0 + i * SPAN / EVENTS,
+    // so every thread's clock moves forward through the same five intervals.
+    let shards: Vec<usize> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (topk, stream) = (&topk, &stream);
+                s.spawn(move || {
+                    for i in (t..EVENTS).step_by(THREADS) {
+                        let now = T0 + i as Micros * SPAN / EVENTS as Micros;
+                        let item = stream[i];
+                        topk.add(now, mix(item), 1, || item);
+                    }
+                    thread_shard(Shape::DEFAULT.shards)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut distinct = shards.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(
+        distinct.len() >= 2,
+        "the threads shared one shard: {shards:?}"
+    );
+
+    let mut real: Vec<(u64, u64)> = truth
+        .iter()
+        .enumerate()
+        .map(|(k, &c)| (k as u64, c))
+        .collect();
+    real.sort_by_key(|r| std::cmp::Reverse(r.1));
+    let real_top: Vec<u64> = real[..10].iter().map(|r| r.0).collect();
+
+    let got = topk.top(T0 + SPAN - 1, 60 * SECOND, 10);
+    assert_eq!(got.len(), 10);
+    let hits = got.iter().filter(|(k, _)| real_top.contains(k)).count();
+    assert!(
+        hits >= 9,
+        "precision {hits}/10: {got:?} vs {:?}",
+        &real[..10]
+    );
+    for (item, count) in &got {
+        let exact = truth[*item as usize];
+        let off = count.abs_diff(exact) as f64 / exact as f64;
+        assert!(off <= 0.05, "item {item}: {count} vs {exact} ({off:.3})");
+    }
+}
+
 #[test]
 fn a_flood_of_distinct_items_cannot_grow_the_sketch() {
     let shape = Shape {

@@ -1,0 +1,120 @@
+//! The sketch work of one whole decision: `Top::record`, what `/v1/top` adds to every
+//! consuming decision (issue 15's target: under 50 ns per decision).
+//!
+//! Run: `cargo bench -p spillway-server --bench top`
+//!
+//! The plans are the example policy's (`examples/spillway.yaml`, the server's built-in policy)
+//! for a free-tier `POST /v1/generate` with tenant, user and IP: five counters (`ip-burst`,
+//! `ip-daily-candidate`, `free-user-minute`, `free-user-daily`, `generate-user`), so an
+//! allowed decision is five sketch updates and a denied one seven (its tenant and its user
+//! too). Requests are drawn from a Zipf(1.0) stream over 1,000,000 users in 1,000 tenants
+//! (hot users repeat, the tail is far larger than the tables) and resolved beforehand, so only
+//! `Top::record` is timed: hashing each counter's key, the updates, and building a label
+//! whenever an item enters a table (a copy of the client's text, as in the server). The clock
+//! advances 10 µs per decision, so the ring rolls over to a new 10-second interval every
+//! million decisions. One thread, the server's default shapes (`Top::new`).
+
+use criterion::{black_box, Criterion, Throughput};
+use spillway_core::policy::{Planned, Policy};
+use spillway_core::request::RequestAttrs;
+use spillway_core::time::SECOND;
+use spillway_server::decision::Who;
+use spillway_server::telemetry::top::Top;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Distinct requests resolved ahead (a power of two).
+const REQUESTS: usize = 1 << 15;
+/// Users drawn from, in [`TENANTS`] tenants.
+const USERS: usize = 1_000_000;
+const TENANTS: usize = 1_000;
+
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// `len` draws from Zipf(1.0) over `0..keys`, reproducibly.
+fn zipf(keys: usize, len: usize) -> Vec<usize> {
+    let mut cdf = Vec::with_capacity(keys);
+    let mut total = 0.0;
+    for k in 1..=keys {
+        total += 1.0 / k as f64;
+        cdf.push(total);
+    }
+    (0..len as u64)
+        .map(|i| {
+            let u = (mix(i) >> 11) as f64 / (1u64 << 53) as f64 * total;
+            cdf.partition_point(|&c| c < u).min(keys - 1)
+        })
+        .collect()
+}
+
+/// One decision's inputs, resolved: its counters and who asked.
+struct Request {
+    planned: Vec<Planned>,
+    tenant: String,
+    user: String,
+}
+
+fn requests(policy: &Policy) -> Vec<Request> {
+    zipf(USERS, REQUESTS)
+        .into_iter()
+        .map(|k| {
+            // Scatter ranks over the tenants and the address space.
+            let id = mix(k as u64);
+            let attrs = RequestAttrs {
+                tenant: Some(format!("tenant-{}", id % TENANTS as u64)),
+                user: Some(format!("user-{k}")),
+                ip: Some(IpAddr::V4(Ipv4Addr::from((id >> 32) as u32))),
+                method: Some("POST".into()),
+                path: Some("/v1/generate".into()),
+                ..RequestAttrs::default()
+            };
+            let planned = policy.resolve(&attrs).limits;
+            Request {
+                planned,
+                tenant: attrs.tenant.unwrap_or_default(),
+                user: attrs.user.unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let policy = Policy::from_yaml_str(
+        include_str!("../../../examples/spillway.yaml"),
+        "examples/spillway.yaml",
+    )
+    .expect("the example policy loads");
+    let requests = requests(&policy);
+    let counters = requests[0].planned.len();
+    assert_eq!(counters, 5, "the plan this bench describes");
+    let mut group = c.benchmark_group("top");
+    group.throughput(Throughput::Elements(1));
+    for (name, denied) in [("record/allowed", false), ("record/denied", true)] {
+        let top = Top::new("bench");
+        let mut i = 0usize;
+        let mut now = 1_800_000_000 * SECOND;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) & (REQUESTS - 1);
+                now += 10;
+                let r = &requests[i];
+                let who = Who {
+                    tenant: Some(&r.tenant),
+                    user: Some(&r.user),
+                };
+                top.record(now, black_box(&r.planned), &who, denied);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}
