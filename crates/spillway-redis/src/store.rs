@@ -19,11 +19,12 @@ use crate::keys::{self, KeyLayout};
 use crate::local_cache::LocalCache;
 use crate::runner::{Conn, Runner};
 use crate::script::Encoded;
+use crate::topology::Topology;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
-use spillway_core::store::{Charged, Check, ReportId, Store, StoreError};
+use spillway_core::store::{Charged, Check, Domains, ReportId, Store, StoreError};
 use spillway_core::time::{Clock, Micros, SystemClock};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,8 @@ pub struct RedisStore {
     /// The node's clock, for the local cache (Redis keeps the limits' own time).
     clock: Arc<dyn Clock>,
     cache: Option<LocalCache>,
+    /// On a cluster, which master serves each slot (the failure domains).
+    topology: Option<Arc<Topology>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -102,6 +105,16 @@ impl RedisStore {
             Ok(conn) => conn.map_err(|e| classify(e, timeout))?,
             Err(_) => return Err(StoreError::Timeout(connect_limit)),
         };
+        let topology = match &conn {
+            Conn::Cluster(cluster) => {
+                let topology = Arc::new(Topology::new());
+                let mut asking = cluster.clone();
+                crate::topology::refresh(&topology, &mut asking, timeout).await;
+                crate::topology::keep_fresh(Arc::downgrade(&topology), asking, timeout);
+                Some(topology)
+            }
+            _ => None,
+        };
         let runner = Runner::new(conn, timeout);
         runner.prepare().await;
         let batcher = Batcher::start(runner.clone());
@@ -111,6 +124,7 @@ impl RedisStore {
             layout,
             clock: Arc::new(SystemClock),
             cache: (config.local_cache_keys > 0).then(|| LocalCache::new(config.local_cache_keys)),
+            topology,
         })
     }
 
@@ -261,6 +275,24 @@ impl Store for RedisStore {
     /// here first.
     fn local_answer(&self, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
         self.cache.as_ref()?.deny(checks, self.now())
+    }
+
+    /// One domain on a single server; on a cluster, the masters serving the checks' slots.
+    fn domains(&self, checks: &[Check<'_>]) -> Domains {
+        match &self.topology {
+            None => Domains::WHOLE,
+            Some(t) => checks.iter().fold(Domains::default(), |set, c| {
+                set.with(t.domain_of_slot(keys::state_slot(c.key)))
+            }),
+        }
+    }
+
+    fn domain_generation(&self) -> u64 {
+        self.topology.as_ref().map_or(0, |t| t.generation())
+    }
+
+    fn domain_name(&self, index: usize) -> Option<String> {
+        self.topology.as_ref()?.name(index)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
