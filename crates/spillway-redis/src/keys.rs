@@ -119,8 +119,7 @@ pub fn slot(key: &str) -> u16 {
 /// The cluster slot of the Redis key [`KeyLayout::key`] builds for `key`, under any prefix,
 /// without building it: the CRC16 of the hash tag, fed the encoded tag's bytes as they come.
 /// The server asks it for every request to find the request's masters (see
-/// [`crate::topology`]), so it does not allocate (except for a value past [`MAX_PLAIN`]
-/// bytes, whose tag is a digest).
+/// [`crate::topology`]), so it does not allocate.
 pub fn state_slot(key: &StateKey) -> u16 {
     let tag = match key.values.first() {
         Some(first) => first.as_bytes(),
@@ -129,8 +128,14 @@ pub fn state_slot(key: &StateKey) -> u16 {
     let crc = if tag.is_empty() {
         crc16_more(0, b"~")
     } else if tag.len() > MAX_PLAIN {
-        let digest = sha1_smol::Sha1::from(tag).digest().to_string();
-        crc16_more(crc16_more(0, b"#"), digest.as_bytes())
+        const LOWER: &[u8; 16] = b"0123456789abcdef";
+        let digest = sha1_smol::Sha1::from(tag).digest().bytes();
+        digest.iter().fold(crc16_more(0, b"#"), |crc, &b| {
+            crc16_more(
+                crc,
+                &[LOWER[usize::from(b >> 4)], LOWER[usize::from(b & 15)]],
+            )
+        })
     } else {
         tag.iter().fold(0, |crc, &b| {
             if plain(b) {

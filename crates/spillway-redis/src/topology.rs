@@ -5,7 +5,8 @@
 //! client routes calls by its own slot map but does not show it, so the store keeps a view of
 //! its own: `CLUSTER SLOTS`, asked of any node once at connect and then every
 //! [`REFRESH_EVERY`] by a task that ends with the store. A node that does not answer within
-//! the store's timeout leaves the last view in place until the next round.
+//! the store's timeout, or names no master, leaves the last view in place until the next
+//! round.
 //!
 //! Each master address gets a domain index and keeps it while it serves slots; an address
 //! that serves none any more (a failed master replaced by its replica, a removed node) gives
@@ -176,6 +177,11 @@ pub(crate) async fn refresh(
     let asked = cmd.query_async::<Value>(conn);
     match tokio::time::timeout(timeout, asked).await {
         Ok(Ok(reply)) => match parse_cluster_slots(&reply) {
+            // A node that serves no slots (just restarted, not yet joined) knows less than
+            // the last map.
+            Some(ranges) if ranges.is_empty() => {
+                tracing::debug!("CLUSTER SLOTS named no master; the last slot map stays");
+            }
             Some(ranges) => {
                 topology.apply(&ranges);
             }

@@ -181,7 +181,12 @@ impl Breaker {
         let mut inner = self.inner.lock();
         let from = std::mem::replace(&mut inner.state, CircuitState::Closed);
         inner.failures = 0;
-        inner.domain = domain;
+        // The series of a master that left stays exported: it reads closed, since nothing is
+        // refused on its account any more.
+        if let Some(old) = std::mem::replace(&mut inner.domain, domain) {
+            metrics::gauge!(DOMAIN_STATE, "domain" => old.to_string())
+                .set(CircuitState::Closed.gauge());
+        }
         if from != CircuitState::Closed {
             self.tally.moved(from, CircuitState::Closed);
         }
