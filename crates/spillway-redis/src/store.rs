@@ -10,7 +10,9 @@
 //! A request's checks are evaluated by one call of the check function when their keys share
 //! a hash slot (always, on a single server); see [`crate::multi_slot`] for requests that span
 //! slots. Concurrent requests share calls: all of them on a single server, those of one slot
-//! on a cluster (see [`crate::batch`]).
+//! on a cluster (see [`crate::batch`]). On a cluster the store also keeps its own view of
+//! which master serves each slot ([`crate::topology`]) and tells the server a request's
+//! masters ([`Store::domains`]), which keeps a circuit breaker per master.
 
 use crate::batch::Batcher;
 use crate::config::{RedisConfig, Target};

@@ -2,12 +2,12 @@
 //! domain (see [`super::domains`]: the whole store, or each Redis Cluster master).
 //!
 //! Every `check` either fails at once (the breaker of a domain it touches is open) or is cut
-//! off at the budget, whatever the
-//! store is doing: refusing connections, reconnecting, frozen, slow or partitioned. The budget
-//! is a `tokio` timeout around the whole call, so it also bounds the client's own reconnection
-//! (a call made while the connection is being re-established waits for it, but never past
-//! the budget). When the breaker closes again, the emergency state is kept: its counters
-//! expire with their own windows, so a store that flaps cannot refill emergency quotas.
+//! off at the budget, whatever the store is doing: refusing connections, reconnecting, frozen,
+//! slow or partitioned. The budget is a `tokio` timeout around the whole call, so it also
+//! bounds the client's own reconnection (a call made while the connection is being
+//! re-established waits for it, but never past the budget). When a breaker closes again, the
+//! emergency state is kept: its counters expire with their own windows, so a store that flaps
+//! cannot refill emergency quotas.
 //!
 //! Two clocks, on purpose: the budget is real elapsed time (`tokio`'s), since it bounds how long
 //! a caller really waits; the breaker's cooldown reads the process clock like every other
