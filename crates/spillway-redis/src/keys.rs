@@ -116,8 +116,46 @@ pub fn slot(key: &str) -> u16 {
     crc16(hashed) % SLOTS
 }
 
+/// The cluster slot of the Redis key [`KeyLayout::key`] builds for `key`, under any prefix,
+/// without building it: the CRC16 of the hash tag, fed the encoded tag's bytes as they come.
+/// The server asks it for every request to find the request's masters (see
+/// [`crate::topology`]), so it does not allocate.
+pub fn state_slot(key: &StateKey) -> u16 {
+    let tag = match key.values.first() {
+        Some(first) => first.as_bytes(),
+        None => key.limit.as_bytes(),
+    };
+    let crc = if tag.is_empty() {
+        crc16_more(0, b"~")
+    } else if tag.len() > MAX_PLAIN {
+        const LOWER: &[u8; 16] = b"0123456789abcdef";
+        let digest = sha1_smol::Sha1::from(tag).digest().bytes();
+        digest.iter().fold(crc16_more(0, b"#"), |crc, &b| {
+            crc16_more(
+                crc,
+                &[LOWER[usize::from(b >> 4)], LOWER[usize::from(b & 15)]],
+            )
+        })
+    } else {
+        tag.iter().fold(0, |crc, &b| {
+            if plain(b) {
+                crc16_more(crc, &[b])
+            } else {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                let escaped = [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
+                crc16_more(crc, &escaped)
+            }
+        })
+    };
+    crc % SLOTS
+}
+
 fn crc16(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
+    crc16_more(0, bytes)
+}
+
+/// The CRC16 so far `crc`, continued over `bytes`.
+fn crc16_more(mut crc: u16, bytes: &[u8]) -> u16 {
     for &b in bytes {
         crc ^= u16::from(b) << 8;
         for _ in 0..8 {
@@ -186,6 +224,18 @@ mod tests {
             l.key(&key("l", &["a:b", "c"])),
             l.key(&key("l", &["a", "b:c"]))
         );
+    }
+
+    #[test]
+    fn the_state_slot_is_the_built_keys_slot() {
+        let l = KeyLayout::new("rl").unwrap();
+        let long = "z".repeat(300);
+        for v in ["acme", "u 1", "", "{a}", "%3A", "é", "~", "#", &long] {
+            let k = key("l", &[v, "x"]);
+            assert_eq!(state_slot(&k), slot(&l.key(&k)), "{v:?}");
+        }
+        let global = key("global limit", &[]);
+        assert_eq!(state_slot(&global), slot(&l.key(&global)));
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! A request's checks are evaluated by one call of the check function when their keys share
 //! a hash slot (always, on a single server); see [`crate::multi_slot`] for requests that span
 //! slots. Concurrent requests share calls: all of them on a single server, those of one slot
-//! on a cluster (see [`crate::batch`]).
+//! on a cluster (see [`crate::batch`]). On a cluster the store also keeps its own view of
+//! which master serves each slot ([`crate::topology`]) and tells the server a request's
+//! masters ([`Store::domains`]), which keeps a circuit breaker per master.
 
 use crate::batch::Batcher;
 use crate::config::{RedisConfig, Target};
@@ -20,11 +22,12 @@ use crate::local_cache::LocalCache;
 use crate::multi_slot::{slots, Slots};
 use crate::runner::{Conn, Runner};
 use crate::script::Encoded;
+use crate::topology::Topology;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
-use spillway_core::store::{Charged, Check, ReportId, Store, StoreError};
+use spillway_core::store::{Charged, Check, Domains, ReportId, Store, StoreError};
 use spillway_core::time::{Clock, Micros, SystemClock};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +41,8 @@ pub struct RedisStore {
     /// The node's clock, for the local cache (Redis keeps the limits' own time).
     clock: Arc<dyn Clock>,
     cache: Option<LocalCache>,
+    /// On a cluster, which master serves each slot (the failure domains).
+    topology: Option<Arc<Topology>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -108,6 +113,16 @@ impl RedisStore {
             Ok(Err(e)) => return Err(classify(e, timeout).into()),
             Err(_) => return Err(StoreError::Timeout(connect_limit).into()),
         };
+        let topology = match &conn {
+            Conn::Cluster(cluster) => {
+                let topology = Arc::new(Topology::new());
+                let mut asking = cluster.clone();
+                crate::topology::refresh(&topology, &mut asking, timeout).await;
+                crate::topology::keep_fresh(Arc::downgrade(&topology), asking, timeout);
+                Some(topology)
+            }
+            _ => None,
+        };
         let runner = Runner::new(conn, timeout);
         runner.prepare().await;
         let batcher = Batcher::start(runner.clone());
@@ -117,6 +132,7 @@ impl RedisStore {
             layout,
             clock: Arc::new(SystemClock),
             cache: (config.local_cache_keys > 0).then(|| LocalCache::new(config.local_cache_keys)),
+            topology,
         })
     }
 
@@ -264,6 +280,24 @@ impl Store for RedisStore {
     /// here first.
     fn local_answer(&self, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
         self.cache.as_ref()?.deny(checks, self.now())
+    }
+
+    /// One domain on a single server; on a cluster, the masters serving the checks' slots.
+    fn domains(&self, checks: &[Check<'_>]) -> Domains {
+        match &self.topology {
+            None => Domains::WHOLE,
+            Some(t) => checks.iter().fold(Domains::default(), |set, c| {
+                set.with(t.domain_of_slot(keys::state_slot(c.key)))
+            }),
+        }
+    }
+
+    fn domain_generation(&self) -> u64 {
+        self.topology.as_ref().map_or(0, |t| t.generation())
+    }
+
+    fn domain_name(&self, index: usize) -> Option<String> {
+        self.topology.as_ref()?.name(index)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

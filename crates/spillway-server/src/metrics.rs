@@ -15,6 +15,7 @@
 //! | `spillway_store_failures_total`          | counter   | `failure_mode`     |
 //! | `spillway_degraded_decisions_total`      | counter   | `route`, `mode`    |
 //! | `spillway_store_circuit_state`           | gauge     | none               |
+//! | `spillway_store_domain_circuit_state`    | gauge     | `domain`           |
 //! | `spillway_store_circuit_transitions_total` | counter | `from`, `to`       |
 //! | `spillway_emergency_keys`                | gauge     | none               |
 //! | `spillway_decision_log_written_total`    | counter   | none               |
@@ -28,9 +29,10 @@
 //! The catalog's own metrics (`spillway_catalog_*`) are listed in [`crate::catalog::metrics`],
 //! the principal checks' (`spillway_principal_*`) in [`crate::principal::metrics`].
 //!
-//! The four before the decision log's are recorded by [`crate::failure`] (see
+//! The five before the decision log's are recorded by [`crate::failure`] (see
 //! `docs/FAILURE.md`); `route` is a route's pattern from the policy (or an Envoy domain), never
-//! a raw request path. The decision log's are named and described in
+//! a raw request path; `domain` is a Redis Cluster master's `host:port` as Redis reports it
+//! (at most 64 at a time), never client input. The decision log's are named and described in
 //! [`crate::telemetry::decision_log`].
 //!
 //! `spillway_decisions_total` counts one per consuming check (peeks are not decisions):

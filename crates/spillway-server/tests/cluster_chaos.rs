@@ -4,9 +4,9 @@
 //! the frozen master get their route's failure mode (`degrade`: the emergency quota, marked
 //! degraded), counted in the metrics; after `SIGCONT` Redis decides them again.
 //!
-//! The node's circuit breaker is one per store (docs/FAILURE.md): a run of failures for the
-//! frozen master would open it for every slot. This test sets `breaker_failures` out of reach
-//! to show what the store itself does per slot; the breaker is tested by `tests/chaos.rs`.
+//! The node keeps a circuit breaker per master (docs/FAILURE.md; `tests/cluster_breaker.rs`
+//! tests it); this test sets `breaker_failures` out of reach to show what the store itself does
+//! per slot, below the breakers.
 
 // Client-side latency is wall-clock time by nature.
 #![allow(clippy::disallowed_methods)]

@@ -5,10 +5,12 @@
 //! implement the same trait and take time from the server they talk to, which is why `now` is
 //! not a parameter here: each store owns its clock.
 
+mod domain;
 mod memory;
 mod report;
 mod slot;
 
+pub use domain::{Domains, MAX_DOMAINS};
 pub use memory::{MemoryStore, MAX_REPORTS};
 pub use report::{Charged, ReportId, MAX_REPORTED_COST, REPORT_TTL};
 
@@ -88,6 +90,28 @@ pub trait Store: Send + Sync + 'static {
     /// shortcut ask here first; the server's guard does, and keeps these answers apart from
     /// the backend's health, since they never reached it.
     fn local_answer(&self, _checks: &[Check<'_>]) -> Option<Vec<Decision>> {
+        None
+    }
+
+    /// The failure domains `checks` touch (see [`Domains`]): the parts of the store whose
+    /// failure fails this request. A store that fails as a whole (the default) has one,
+    /// [`Domains::WHOLE`]; a Redis Cluster answers with its masters, from its own view of the
+    /// slots. Called on every request: it must be cheap and must not allocate.
+    fn domains(&self, _checks: &[Check<'_>]) -> Domains {
+        Domains::WHOLE
+    }
+
+    /// A number that changes whenever some domain index is given to another part of the store
+    /// (a master replaced by a failover, or gone): the server then asks
+    /// [`Store::domain_name`] again and starts the breaker of each renamed index afresh.
+    fn domain_generation(&self) -> u64 {
+        0
+    }
+
+    /// What domain `index` is now, for metric labels and logs: a name from the store's own
+    /// topology (a master's `host:port`), never from a client. `None` for a store that fails
+    /// as a whole, or an index in no use.
+    fn domain_name(&self, _index: usize) -> Option<String> {
         None
     }
 

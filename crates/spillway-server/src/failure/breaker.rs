@@ -7,17 +7,28 @@
 //! (its request was cancelled) is replaced after another cooldown, so the breaker cannot
 //! stick half-open.
 //!
+//! A breaker guards one failure domain (see [`super::domains`]): the whole store, or one Redis
+//! Cluster master. Breakers of one table share a [`Tally`], which keeps the store-wide
+//! [`STATE`] gauge at the worst state of any of them; a named domain (a master's address) also
+//! has its own [`DOMAIN_STATE`] gauge.
+//!
 //! Time is passed in, in microseconds from the process clock (monotonic in production, the
 //! manual test clock under `--manual-clock`), so the state machine is tested without sleeping
 //! and the integration tests move past a cooldown by advancing the clock.
 
 use parking_lot::Mutex;
 use spillway_core::time::Micros;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Gauge of the breaker's state: 0 closed, 1 half-open, 2 open.
+/// Gauge of the store's breakers taken together: the worst state of any of them, 0 all
+/// closed, 1 some half-open (none open), 2 some open.
 pub const STATE: &str = "spillway_store_circuit_state";
-/// Counter of state changes, by the state left (`from`) and the state entered (`to`).
+/// Gauge of one named domain's breaker (label `domain`: a cluster master's `host:port`, as
+/// Redis reports it): 0 closed, 1 half-open, 2 open.
+pub const DOMAIN_STATE: &str = "spillway_store_domain_circuit_state";
+/// Counter of state changes of any of the store's breakers, by the state left (`from`) and
+/// the state entered (`to`).
 pub const TRANSITIONS: &str = "spillway_store_circuit_transitions_total";
 
 /// Where the breaker stands.
@@ -62,12 +73,53 @@ pub enum Admission {
     Rejected,
 }
 
+/// How many breakers of one table are in each state, behind the [`STATE`] gauge.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Breakers half-open and open (the rest are closed).
+    counts: Mutex<[usize; 2]>,
+}
+
+impl Tally {
+    /// Records one breaker moving from `from` to `to`, and sets [`STATE`] to the worst state.
+    fn moved(&self, from: CircuitState, to: CircuitState) {
+        let mut counts = self.counts.lock();
+        let slot = |s: CircuitState| match s {
+            CircuitState::Closed => None,
+            CircuitState::HalfOpen => Some(0),
+            CircuitState::Open => Some(1),
+        };
+        if let Some(i) = slot(from) {
+            counts[i] = counts[i].saturating_sub(1);
+        }
+        if let Some(i) = slot(to) {
+            counts[i] += 1;
+        }
+        metrics::gauge!(STATE).set(Self::worst_of(*counts).gauge());
+    }
+
+    fn worst_of(counts: [usize; 2]) -> CircuitState {
+        match counts {
+            [_, open] if open > 0 => CircuitState::Open,
+            [half, _] if half > 0 => CircuitState::HalfOpen,
+            _ => CircuitState::Closed,
+        }
+    }
+
+    /// The worst state of any breaker of the table.
+    pub fn worst(&self) -> CircuitState {
+        Self::worst_of(*self.counts.lock())
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     state: CircuitState,
     failures: u64,
     /// When the breaker last opened, or when the outstanding probe was sent.
     since: Micros,
+    /// The domain's name for metrics and logs (`None`: the store as a whole).
+    domain: Option<Arc<str>>,
 }
 
 /// A consecutive-failure circuit breaker; see the module docs.
@@ -76,13 +128,19 @@ pub struct Breaker {
     inner: Mutex<Inner>,
     threshold: u64,
     cooldown: Micros,
+    tally: Arc<Tally>,
 }
 
 impl Breaker {
     /// A closed breaker that opens after `threshold` failures in a row and probes `cooldown`
-    /// after opening.
+    /// after opening, guarding a store as a whole (the only breaker behind its gauge).
     pub fn new(threshold: u64, cooldown: Duration) -> Self {
-        metrics::gauge!(STATE).set(CircuitState::Closed.gauge());
+        Self::in_table(threshold, cooldown, Arc::default())
+    }
+
+    /// A closed, unnamed breaker of a table whose breakers share `tally`.
+    pub fn in_table(threshold: u64, cooldown: Duration, tally: Arc<Tally>) -> Self {
+        metrics::gauge!(STATE).set(tally.worst().gauge());
         // The four changes the breaker can make, visible at zero from the start.
         for (from, to) in [
             (CircuitState::Closed, CircuitState::Open),
@@ -98,15 +156,61 @@ impl Breaker {
                 state: CircuitState::Closed,
                 failures: 0,
                 since: 0,
+                domain: None,
             }),
             threshold: threshold.max(1),
             cooldown: Micros::try_from(cooldown.as_micros()).unwrap_or(Micros::MAX),
+            tally,
         }
     }
 
     /// The current state.
     pub fn state(&self) -> CircuitState {
         self.inner.lock().state
+    }
+
+    /// The name of the domain it guards.
+    pub fn domain(&self) -> Option<Arc<str>> {
+        self.inner.lock().domain.clone()
+    }
+
+    /// Starts the breaker afresh, closed and with no failures, for the domain now named
+    /// `domain` (its index was given to another master): whatever the old domain did says
+    /// nothing about the new one. Not counted as a transition; the gauges follow.
+    pub fn rename(&self, domain: Option<Arc<str>>) {
+        let mut inner = self.inner.lock();
+        let from = std::mem::replace(&mut inner.state, CircuitState::Closed);
+        inner.failures = 0;
+        // The series of a master that left stays exported: it reads closed, since nothing is
+        // refused on its account any more.
+        if let Some(old) = std::mem::replace(&mut inner.domain, domain) {
+            metrics::gauge!(DOMAIN_STATE, "domain" => old.to_string())
+                .set(CircuitState::Closed.gauge());
+        }
+        if from != CircuitState::Closed {
+            self.tally.moved(from, CircuitState::Closed);
+        }
+        if let Some(name) = &inner.domain {
+            metrics::gauge!(DOMAIN_STATE, "domain" => name.to_string())
+                .set(CircuitState::Closed.gauge());
+        }
+    }
+
+    /// Whether [`Breaker::admit`] at `now` would let a call through, changing nothing.
+    pub fn would_admit(&self, now: Micros) -> bool {
+        let inner = self.inner.lock();
+        inner.state == CircuitState::Closed || now.saturating_sub(inner.since) >= self.cooldown
+    }
+
+    /// Takes back an admission whose call was never sent (another domain of the same request
+    /// refused it): a probe's turn goes to the next request at once.
+    pub fn give_back(&self, admission: Admission) {
+        if admission == Admission::Probe {
+            let mut inner = self.inner.lock();
+            if inner.state == CircuitState::HalfOpen {
+                inner.since = inner.since.saturating_sub(self.cooldown);
+            }
+        }
     }
 
     /// Asks whether a call may go to the store at `now`.
@@ -118,7 +222,7 @@ impl Breaker {
                 if now.saturating_sub(inner.since) >= self.cooldown =>
             {
                 inner.since = now;
-                Self::enter(&mut inner, CircuitState::HalfOpen);
+                self.enter(&mut inner, CircuitState::HalfOpen);
                 Admission::Probe
             }
             _ => Admission::Rejected,
@@ -131,7 +235,7 @@ impl Breaker {
         let mut inner = self.inner.lock();
         inner.failures = 0;
         if admission == Admission::Probe && inner.state != CircuitState::Closed {
-            Self::enter(&mut inner, CircuitState::Closed);
+            self.enter(&mut inner, CircuitState::Closed);
             return true;
         }
         false
@@ -149,23 +253,33 @@ impl Breaker {
         };
         if open {
             inner.since = now;
-            Self::enter(&mut inner, CircuitState::Open);
+            self.enter(&mut inner, CircuitState::Open);
         }
         open
     }
 
-    fn enter(inner: &mut Inner, state: CircuitState) {
+    fn enter(&self, inner: &mut Inner, state: CircuitState) {
         if inner.state == state {
             return;
         }
         let from = std::mem::replace(&mut inner.state, state);
-        metrics::gauge!(STATE).set(state.gauge());
+        self.tally.moved(from, state);
         metrics::counter!(TRANSITIONS, "from" => from.as_str(), "to" => state.as_str())
             .increment(1);
-        tracing::warn!(
-            circuit = state.as_str(),
-            "store circuit breaker changed state"
-        );
+        match &inner.domain {
+            Some(name) => {
+                metrics::gauge!(DOMAIN_STATE, "domain" => name.to_string()).set(state.gauge());
+                tracing::warn!(
+                    circuit = state.as_str(),
+                    domain = &**name,
+                    "store circuit breaker changed state"
+                );
+            }
+            None => tracing::warn!(
+                circuit = state.as_str(),
+                "store circuit breaker changed state"
+            ),
+        }
     }
 }
 

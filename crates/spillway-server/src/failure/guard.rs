@@ -1,23 +1,25 @@
-//! [`GuardedStore`]: a shared store behind a time budget and a circuit breaker.
+//! [`GuardedStore`]: a shared store behind a time budget and circuit breakers, one per failure
+//! domain (see [`super::domains`]: the whole store, or each Redis Cluster master).
 //!
-//! Every `check` either fails at once (breaker open) or is cut off at the budget, whatever the
-//! store is doing: refusing connections, reconnecting, frozen, slow or partitioned. The budget
-//! is a `tokio` timeout around the whole call, so it also bounds the client's own reconnection
-//! (a call made while the connection is being re-established waits for it, but never past
-//! the budget). When the breaker closes again, the emergency state is kept: its counters
-//! expire with their own windows, so a store that flaps cannot refill emergency quotas.
+//! Every `check` either fails at once (the breaker of a domain it touches is open) or is cut
+//! off at the budget, whatever the store is doing: refusing connections, reconnecting, frozen,
+//! slow or partitioned. The budget is a `tokio` timeout around the whole call, so it also
+//! bounds the client's own reconnection (a call made while the connection is being
+//! re-established waits for it, but never past the budget). When a breaker closes again, the
+//! emergency state is kept: its counters expire with their own windows, so a store that flaps
+//! cannot refill emergency quotas.
 //!
 //! Two clocks, on purpose: the budget is real elapsed time (`tokio`'s), since it bounds how long
 //! a caller really waits; the breaker's cooldown reads the process clock like every other
 //! time-dependent rule, so the tests step past it instead of sleeping.
 
-use super::breaker::{Admission, Breaker};
+use super::domains::DomainBreakers;
 use super::emergency::EmergencyLimiter;
 use super::on_runtime::OnRuntime;
 use async_trait::async_trait;
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
-use spillway_core::store::{Charged, Check, ReportId, Store, StoreError};
+use spillway_core::store::{Charged, Check, Domains, ReportId, Store, StoreError};
 use spillway_core::time::Clock;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,14 +27,14 @@ use std::time::Duration;
 /// Gauge of the counters the emergency limiter holds, refreshed by the once-a-second sweep.
 pub const EMERGENCY_KEYS: &str = "spillway_emergency_keys";
 
-/// The message of a call refused by the open breaker.
+/// The message of a call refused by an open breaker.
 pub const CIRCUIT_OPEN: &str = "circuit breaker open; the store is not being called";
 
-/// A [`Store`] wrapper enforcing the budget and the breaker; see the module docs.
+/// A [`Store`] wrapper enforcing the budget and the breakers; see the module docs.
 pub struct GuardedStore {
     inner: Arc<dyn Store>,
     budget: Duration,
-    breaker: Arc<Breaker>,
+    breakers: Arc<DomainBreakers>,
     emergency: Arc<EmergencyLimiter>,
     clock: Arc<dyn Clock>,
     /// The runtime the guard was built on (the main one), where store calls spawn their work.
@@ -40,19 +42,19 @@ pub struct GuardedStore {
 }
 
 impl GuardedStore {
-    /// Guards `inner`: calls are cut at `budget`, failures feed `breaker` (which reads time
-    /// from `clock`), and `emergency` is swept with the store.
+    /// Guards `inner`: calls are cut at `budget`, failures feed the breakers of the domains
+    /// they touch (which read time from `clock`), and `emergency` is swept with the store.
     pub fn new(
         inner: Arc<dyn Store>,
         budget: Duration,
-        breaker: Arc<Breaker>,
+        breakers: Arc<DomainBreakers>,
         emergency: Arc<EmergencyLimiter>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             inner,
             budget,
-            breaker,
+            breakers,
             emergency,
             clock,
             runtime: tokio::runtime::Handle::try_current().ok(),
@@ -73,7 +75,8 @@ impl Store for GuardedStore {
         if let Some(decisions) = self.inner.local_answer(checks) {
             return Ok(decisions);
         }
-        self.guarded(self.inner.check(checks, mode)).await
+        let domains = self.inner.domains(checks);
+        self.guarded(domains, self.inner.check(checks, mode)).await
     }
 
     async fn charge(
@@ -82,7 +85,21 @@ impl Store for GuardedStore {
         report: Option<ReportId>,
     ) -> Result<Charged, StoreError> {
         // A charge is never answered from a cache: it must reach the store to be recorded.
-        self.guarded(self.inner.charge(checks, report)).await
+        let domains = self.inner.domains(checks);
+        self.guarded(domains, self.inner.charge(checks, report))
+            .await
+    }
+
+    fn domains(&self, checks: &[Check<'_>]) -> Domains {
+        self.inner.domains(checks)
+    }
+
+    fn domain_generation(&self) -> u64 {
+        self.inner.domain_generation()
+    }
+
+    fn domain_name(&self, index: usize) -> Option<String> {
+        self.inner.domain_name(index)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -106,16 +123,17 @@ impl Store for GuardedStore {
 }
 
 impl GuardedStore {
-    /// Runs one store call behind the breaker and the budget, and tells the breaker how it
-    /// went.
+    /// Runs one store call touching `domains` behind their breakers and the budget, and tells
+    /// the breakers how it went.
     async fn guarded<T>(
         &self,
+        domains: Domains,
         call: impl std::future::Future<Output = Result<T, StoreError>> + Send + Unpin,
     ) -> Result<T, StoreError> {
-        let admission = self.breaker.admit(self.clock.now());
-        if admission == Admission::Rejected {
+        self.breakers.sync(&*self.inner);
+        let Some(admitted) = self.breakers.admit(domains, self.clock.now()) else {
             return Err(StoreError::Unavailable(CIRCUIT_OPEN.into()));
-        }
+        };
         // On the main runtime: a reconnecting client must not leave its connection's task on
         // a serving thread (see `crate::serving`).
         let call = OnRuntime::new(self.runtime.clone(), call);
@@ -128,14 +146,14 @@ impl GuardedStore {
         };
         match &outcome {
             Ok(_) => {
-                if self.breaker.succeeded(admission) {
+                if self.breakers.succeeded(admitted) {
                     tracing::info!(
                         "the store answers again; emergency counters expire with their windows"
                     );
                 }
             }
             Err(_) => {
-                self.breaker.failed(admission, self.clock.now());
+                self.breakers.failed(admitted, self.clock.now());
             }
         }
         outcome
@@ -194,8 +212,8 @@ mod tests {
 
     /// `inner` behind a 5 ms budget and a breaker that opens after 3 failures, on a manual
     /// clock the test moves (the budget runs on tokio's paused time).
-    fn guarded(inner: Arc<Switch>) -> (GuardedStore, Arc<Breaker>, Arc<ManualClock>) {
-        let breaker = Arc::new(Breaker::new(3, COOLDOWN));
+    fn guarded(inner: Arc<Switch>) -> (GuardedStore, Arc<DomainBreakers>, Arc<ManualClock>) {
+        let breaker = Arc::new(DomainBreakers::new(3, COOLDOWN));
         let clock = Arc::new(ManualClock::new(1_800_000_000_000_000));
         let emergency = Arc::new(EmergencyLimiter::new(clock.clone(), 3));
         let store = GuardedStore::new(

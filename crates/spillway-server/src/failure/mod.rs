@@ -3,8 +3,9 @@
 //! Both transports (the HTTP API and the Envoy gRPC service) reach it through
 //! `crate::decision`, so a route behaves the same whichever way a request arrives:
 //!
-//! - [`guard`]: the store behind a time budget and a circuit breaker ([`breaker`]), so no
-//!   request waits past the budget and a dead store gets no traffic while the breaker is open;
+//! - [`guard`]: the store behind a time budget and circuit breakers ([`breaker`]), one per
+//!   failure domain ([`domains`]: the store, or each cluster master), so no request waits past
+//!   the budget and a dead store (or master) gets no traffic while its breaker is open;
 //! - [`Failover::fallback`]: when the store fails, applies the request's failure mode (called
 //!   by `crate::decision`, the path every request takes): `open` allows (marked degraded), `closed` refuses with a short
 //!   `Retry-After`, `degrade` checks the request against per-node emergency quotas
@@ -17,12 +18,14 @@
 //! `docs/FAILURE.md` explains the model and each default.
 
 pub mod breaker;
+pub mod domains;
 pub mod emergency;
 pub mod guard;
 pub mod on_runtime;
 pub mod report;
 
-use breaker::{Breaker, CircuitState};
+use breaker::CircuitState;
+use domains::DomainBreakers;
 use emergency::EmergencyLimiter;
 use guard::GuardedStore;
 use spillway_core::engine::LimitOutcome;
@@ -123,7 +126,7 @@ pub enum Fallback {
 /// The failure handling one node shares between its transports; see the module docs.
 pub struct Failover {
     settings: FailureSettings,
-    breaker: Arc<Breaker>,
+    breakers: Arc<DomainBreakers>,
     emergency: Arc<EmergencyLimiter>,
     report: report::Report,
     clock: Arc<dyn Clock>,
@@ -133,7 +136,7 @@ impl std::fmt::Debug for Failover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Failover")
             .field("settings", &self.settings)
-            .field("breaker", &self.breaker)
+            .field("breakers", &self.breakers)
             .field("emergency", &self.emergency)
             .finish_non_exhaustive()
     }
@@ -144,7 +147,7 @@ impl Failover {
     /// from `clock`.
     pub fn new(settings: FailureSettings, clock: Arc<dyn Clock>) -> Self {
         Self {
-            breaker: Arc::new(Breaker::new(
+            breakers: Arc::new(DomainBreakers::new(
                 settings.breaker_failures,
                 settings.breaker_cooldown,
             )),
@@ -172,15 +175,21 @@ impl Failover {
         Arc::new(GuardedStore::new(
             store,
             self.settings.budget,
-            self.breaker.clone(),
+            self.breakers.clone(),
             self.emergency.clone(),
             self.clock.clone(),
         ))
     }
 
-    /// The breaker's state, for `/readyz`.
+    /// The worst state of the store's breakers (`open` if any domain's is), for `/readyz`.
     pub fn circuit(&self) -> CircuitState {
-        self.breaker.state()
+        self.breakers.state()
+    }
+
+    /// Each named failure domain (a cluster master) whose breaker is not closed, for
+    /// `/readyz`.
+    pub fn open_domains(&self) -> Vec<(String, CircuitState)> {
+        self.breakers.not_closed()
     }
 
     /// Emergency counters held now, for `/readyz`.

@@ -6,10 +6,12 @@
 //!   A store that is down does not make it 503: every node shares the store, so taking nodes
 //!   out of rotation would only turn a degraded service into an outage, and each route's
 //!   failure mode already says what to answer without the store. Instead `status` reads
-//!   `degraded` when the store does not answer a ping within a second or the circuit breaker
-//!   is not closed. The JSON body says which policy is in force (source, load time in
-//!   milliseconds since the epoch, limit count) and how the store is doing (ping, breaker
-//!   state, emergency counters held), and how current the tenant catalog is (where it came
+//!   `degraded` when the store does not answer a ping within a second or any of its circuit
+//!   breakers is not closed (on a Redis Cluster, one per master: one master's open breaker
+//!   degrades that master's keys only, but the node is not fully healthy). The JSON body says
+//!   which policy is in force (source, load time in milliseconds since the epoch, limit count)
+//!   and how the store is doing (ping, the worst breaker state as `circuit`, each master whose
+//!   breaker is not closed under `domains`, emergency counters held), and how current the tenant catalog is (where it came
 //!   from, its version, whether it is stale, seconds since the database last answered). The
 //!   one case that is not ready: a catalog database that was unreachable at start with no
 //!   snapshot to boot from (every tenant would be judged by the default tier).
@@ -62,6 +64,10 @@ struct StoreReport {
     status: String,
     keys: u64,
     circuit: &'static str,
+    /// Each failure domain (a cluster master's `host:port`) whose breaker is not closed, with
+    /// its state; absent when every one is closed.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    domains: std::collections::BTreeMap<String, &'static str>,
     emergency_keys: u64,
 }
 
@@ -105,6 +111,12 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
             status: store.err().unwrap_or_else(|| "ok".to_owned()),
             keys: app.store.key_count(),
             circuit: circuit.as_str(),
+            domains: app
+                .failover
+                .open_domains()
+                .into_iter()
+                .map(|(name, state)| (name, state.as_str()))
+                .collect(),
             emergency_keys: app.failover.emergency_keys(),
         },
         catalog: CatalogReport {

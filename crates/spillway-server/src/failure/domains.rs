@@ -1,0 +1,338 @@
+//! [`DomainBreakers`]: one circuit breaker per failure domain of the store.
+//!
+//! A domain is what fails together (see [`spillway_core::store::Domains`]): the whole store
+//! for a single Redis server, Sentinel's master or a far region; each master for a Redis
+//! Cluster. The table has [`MAX_DOMAINS`] breakers, made at start, indexed as the store
+//! numbers its domains, so memory is fixed whatever the topology does.
+//!
+//! A request is admitted only if the breaker of every domain it touches admits it: one open
+//! breaker refuses it at once (and a probe already granted by another of its domains is given
+//! back, not wasted). Its outcome is recorded against **every** domain it touched: a success
+//! resets each one's failure count, a failure or timeout counts against each. The store
+//! cannot tell which master of a multi-master request failed (a timeout says nothing about
+//! who was slow), so a request spanning a hung master and a healthy one counts against both;
+//! the healthy master's own single-master requests keep resetting its count, so it opens only
+//! if most of its traffic spans the hung master too, and then those requests were failing
+//! anyway. Keys tagged by the tenant (the layout's advice) keep requests on one master.
+//!
+//! When the store gives a domain index to another part of itself (a master replaced by a
+//! failover, or gone), [`DomainBreakers::sync`] notices the changed generation, asks the
+//! names again and starts each renamed breaker afresh, closed: a new master's slots never
+//! inherit the old master's open breaker.
+
+use super::breaker::{Admission, Breaker, CircuitState, Tally};
+use parking_lot::Mutex;
+use spillway_core::store::{Domains, Store, MAX_DOMAINS};
+use spillway_core::time::Micros;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a request's domains admitted it: which as ordinary calls, which as probes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Admitted {
+    calls: Domains,
+    probes: Domains,
+}
+
+/// The breakers of every domain; see the module docs.
+#[derive(Debug)]
+pub struct DomainBreakers {
+    breakers: Box<[Breaker]>,
+    tally: Arc<Tally>,
+    /// The store's domain generation the names were last taken at (`u64::MAX`: never).
+    seen: AtomicU64,
+    syncing: Mutex<()>,
+}
+
+impl DomainBreakers {
+    /// Closed breakers that each open after `threshold` failures in a row and probe
+    /// `cooldown` after opening.
+    pub fn new(threshold: u64, cooldown: Duration) -> Self {
+        let tally = Arc::new(Tally::default());
+        Self {
+            breakers: (0..MAX_DOMAINS)
+                .map(|_| Breaker::in_table(threshold, cooldown, tally.clone()))
+                .collect(),
+            tally,
+            seen: AtomicU64::new(u64::MAX),
+            syncing: Mutex::new(()),
+        }
+    }
+
+    /// Takes the store's domain names again if its generation moved since the last look
+    /// (cheap otherwise: one comparison).
+    pub fn sync(&self, store: &dyn Store) {
+        let generation = store.domain_generation();
+        if self.seen.load(Ordering::Acquire) == generation {
+            return;
+        }
+        let _one_at_a_time = self.syncing.lock();
+        if self.seen.load(Ordering::Acquire) == generation {
+            return;
+        }
+        for (index, breaker) in self.breakers.iter().enumerate() {
+            let name = store.domain_name(index);
+            if breaker.domain().as_deref() != name.as_deref() {
+                if let Some(old) = breaker.domain() {
+                    tracing::info!(
+                        domain = &*old,
+                        now = name.as_deref().unwrap_or("unused"),
+                        "a store failure domain changed hands; its breaker starts closed"
+                    );
+                }
+                breaker.rename(name.map(Arc::from));
+            }
+        }
+        self.seen.store(generation, Ordering::Release);
+    }
+
+    /// Asks every domain in `domains` whether a call may go at `now`; `None` if any refuses.
+    /// A request with no domain (no checks) is admitted.
+    pub fn admit(&self, domains: Domains, now: Micros) -> Option<Admitted> {
+        // A request of several domains looks before it takes: a probe granted and then given
+        // back because another domain refused would be churn.
+        if domains.len() > 1 && !domains.iter().all(|i| self.breakers[i].would_admit(now)) {
+            return None;
+        }
+        let mut admitted = Admitted::default();
+        for index in domains.iter() {
+            match self.breakers[index].admit(now) {
+                Admission::Call => admitted.calls = admitted.calls.with(index),
+                Admission::Probe => admitted.probes = admitted.probes.with(index),
+                Admission::Rejected => {
+                    for probe in admitted.probes.iter() {
+                        self.breakers[probe].give_back(Admission::Probe);
+                    }
+                    return None;
+                }
+            }
+        }
+        Some(admitted)
+    }
+
+    /// Records a call that succeeded. Returns `true` when this closed a breaker.
+    pub fn succeeded(&self, admitted: Admitted) -> bool {
+        let mut closed = false;
+        for (set, admission) in Self::parts(admitted) {
+            for index in set.iter() {
+                closed |= self.breakers[index].succeeded(admission);
+            }
+        }
+        closed
+    }
+
+    /// Records a call that failed or timed out at `now`, against each of its domains.
+    pub fn failed(&self, admitted: Admitted, now: Micros) {
+        for (set, admission) in Self::parts(admitted) {
+            for index in set.iter() {
+                self.breakers[index].failed(admission, now);
+            }
+        }
+    }
+
+    fn parts(admitted: Admitted) -> [(Domains, Admission); 2] {
+        [
+            (admitted.calls, Admission::Call),
+            (admitted.probes, Admission::Probe),
+        ]
+    }
+
+    /// The worst state of any breaker: `open` if any domain's breaker is open.
+    pub fn state(&self) -> CircuitState {
+        self.tally.worst()
+    }
+
+    /// The state of domain `index`'s breaker.
+    pub fn domain_state(&self, index: usize) -> CircuitState {
+        self.breakers
+            .get(index)
+            .map_or(CircuitState::Closed, Breaker::state)
+    }
+
+    /// Each named domain whose breaker is not closed, with its state (at most
+    /// [`MAX_DOMAINS`]), for `/readyz`.
+    pub fn not_closed(&self) -> Vec<(String, CircuitState)> {
+        self.breakers
+            .iter()
+            .filter_map(|b| {
+                let state = b.state();
+                (state != CircuitState::Closed)
+                    .then(|| b.domain().map(|name| (name.to_string(), state)))
+                    .flatten()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use spillway_core::algorithm::Decision;
+    use spillway_core::request::CheckMode;
+    use spillway_core::store::{Check, StoreError};
+    use std::sync::atomic::AtomicU64;
+
+    /// The cooldown, one second, in the clock's microseconds.
+    const COOL: Micros = 1_000_000;
+    /// Any point in time: breakers only compare differences.
+    const T0: Micros = 1_800_000_000_000_000;
+
+    fn table() -> DomainBreakers {
+        DomainBreakers::new(2, Duration::from_micros(COOL))
+    }
+
+    fn set(indices: &[usize]) -> Domains {
+        indices.iter().fold(Domains::default(), |s, &i| s.with(i))
+    }
+
+    /// Fails calls to `domains` until their breakers open.
+    fn open(t: &DomainBreakers, domains: Domains, now: Micros) {
+        for _ in 0..2 {
+            let a = t.admit(domains, now).expect("closed");
+            t.failed(a, now);
+        }
+    }
+
+    #[test]
+    fn one_open_domain_leaves_the_others_deciding() {
+        let t = table();
+        open(&t, set(&[1]), T0);
+        assert_eq!(t.domain_state(1), CircuitState::Open);
+        assert_eq!(t.state(), CircuitState::Open, "the aggregate tells");
+        assert!(
+            t.admit(set(&[1]), T0).is_none(),
+            "the failed master: at once"
+        );
+        let a = t.admit(set(&[2]), T0).expect("a healthy master still goes");
+        assert!(!t.succeeded(a));
+        assert!(t.admit(set(&[1, 2]), T0).is_none(), "spanning the open one");
+        assert_eq!(t.domain_state(2), CircuitState::Closed);
+    }
+
+    #[test]
+    fn a_multi_domain_failure_counts_against_each_and_a_success_resets_each() {
+        let t = table();
+        let both = set(&[1, 2]);
+        let a = t.admit(both, T0).unwrap();
+        t.failed(a, T0);
+        let a = t.admit(set(&[2]), T0).unwrap();
+        t.succeeded(a);
+        let a = t.admit(both, T0).unwrap();
+        t.failed(a, T0);
+        assert_eq!(t.domain_state(1), CircuitState::Open, "two in a row");
+        assert_eq!(t.domain_state(2), CircuitState::Closed, "reset in between");
+    }
+
+    #[test]
+    fn the_cooldown_and_probe_work_per_domain_on_the_clock() {
+        let t = table();
+        open(&t, set(&[1]), T0);
+        open(&t, set(&[2]), T0 + COOL / 2);
+        assert!(t.admit(set(&[1]), T0 + COOL - 1).is_none());
+        let probe = t.admit(set(&[1]), T0 + COOL).expect("domain 1's probe");
+        assert!(
+            t.admit(set(&[2]), T0 + COOL).is_none(),
+            "domain 2 opened later"
+        );
+        assert!(t.succeeded(probe), "the probe closes domain 1");
+        assert_eq!(t.domain_state(1), CircuitState::Closed);
+        assert_eq!(t.state(), CircuitState::Open, "domain 2 still open");
+        let probe = t.admit(set(&[2]), T0 + COOL + COOL / 2).unwrap();
+        t.succeeded(probe);
+        assert_eq!(t.state(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn a_probe_is_given_back_when_another_domain_refuses() {
+        let t = table();
+        open(&t, set(&[1]), T0);
+        open(&t, set(&[2]), T0 + COOL / 2);
+        // Domain 1 may probe, domain 2 may not: the request is refused, domain 1 unprobed.
+        assert!(t.admit(set(&[1, 2]), T0 + COOL).is_none());
+        assert_eq!(
+            t.domain_state(1),
+            CircuitState::Open,
+            "looked, did not take"
+        );
+        assert!(
+            t.admit(set(&[1]), T0 + COOL).is_some(),
+            "the probe is still free"
+        );
+        // A probe taken and then refused elsewhere is handed to the next request.
+        let t = table();
+        open(&t, set(&[1]), T0);
+        open(&t, set(&[2]), T0);
+        let probe = t.breakers[1].admit(T0 + COOL);
+        assert_eq!(probe, Admission::Probe);
+        t.breakers[1].give_back(probe);
+        assert_eq!(t.breakers[1].admit(T0 + COOL), Admission::Probe);
+    }
+
+    #[test]
+    fn no_domain_is_admitted_without_touching_a_breaker() {
+        let t = table();
+        open(&t, set(&[0]), T0);
+        assert_eq!(t.admit(Domains::default(), T0), Some(Admitted::default()));
+    }
+
+    /// A store whose domain names and generation a test sets.
+    #[derive(Default)]
+    struct Named {
+        names: Mutex<Vec<Option<String>>>,
+        generation: AtomicU64,
+    }
+
+    #[async_trait]
+    impl Store for Named {
+        async fn check(&self, _: &[Check<'_>], _: CheckMode) -> Result<Vec<Decision>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn key_count(&self) -> u64 {
+            0
+        }
+        fn evictions(&self) -> u64 {
+            0
+        }
+        fn sweep(&self) -> u64 {
+            0
+        }
+        fn domain_generation(&self) -> u64 {
+            self.generation.load(Ordering::SeqCst)
+        }
+        fn domain_name(&self, index: usize) -> Option<String> {
+            self.names.lock().get(index).cloned().flatten()
+        }
+    }
+
+    #[test]
+    fn a_domain_that_changes_hands_starts_closed() {
+        let t = table();
+        let store = Named::default();
+        *store.names.lock() = vec![None, Some("10.0.0.1:6379".into())];
+        store.generation.store(1, Ordering::SeqCst);
+        t.sync(&store);
+        open(&t, set(&[1]), T0);
+        assert_eq!(
+            t.not_closed(),
+            vec![("10.0.0.1:6379".into(), CircuitState::Open)]
+        );
+
+        // The same generation: nothing is looked at again, the breaker stays open.
+        t.sync(&store);
+        assert_eq!(t.domain_state(1), CircuitState::Open);
+
+        // A failover: index 1 now names the promoted replica.
+        *store.names.lock() = vec![None, Some("10.0.0.2:6379".into())];
+        store.generation.store(2, Ordering::SeqCst);
+        t.sync(&store);
+        assert_eq!(t.domain_state(1), CircuitState::Closed);
+        assert_eq!(t.state(), CircuitState::Closed, "the aggregate follows");
+        assert!(t.admit(set(&[1]), T0).is_some(), "no cooldown to wait out");
+        assert_eq!(t.breakers[1].domain().as_deref(), Some("10.0.0.2:6379"));
+    }
+}
