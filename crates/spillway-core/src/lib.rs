@@ -13,6 +13,7 @@
 //! - [`envoy_config`]: envoyproxy/ratelimit's descriptor YAML, compiled onto the same limits.
 //! - [`headers`]: `X-RateLimit-*`, `Retry-After`, `RateLimit` and `RateLimit-Policy`.
 //! - [`topk`]: heavy-hitter sketches over sliding windows (hot keys, most denied tenants).
+//! - [`redact`]: passwords in connection URLs masked before any text shows them.
 //! - [`rates`]: decisions per second over the last fifteen minutes, counted without a lock.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,6 +27,7 @@ pub mod key;
 pub mod policy;
 pub mod rate;
 pub mod rates;
+pub mod redact;
 pub mod request;
 pub mod store;
 pub mod time;

@@ -4,6 +4,7 @@
 //! print `****` for a password, whether it came as a [`Credentials`] field or inside a URL
 //! (`redis://user:password@host`), so a config can be logged or put in an error message.
 
+pub use spillway_core::redact::{mask_text, mask_url};
 use std::fmt;
 use std::time::Duration;
 
@@ -92,83 +93,20 @@ pub struct SentinelAuth {
     pub sentinels: Credentials,
 }
 
-/// `url` with the password of its user information replaced by `****`
-/// (`redis://user:****@host:6379`); a URL without one is returned as it is.
-pub fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    // The user information ends at the last `@` of the authority (a password may hold `@`
-    // only percent-encoded, but be safe about a raw one).
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@').or_else(|| rest.rfind('@')) else {
-        return url.to_owned();
-    };
-    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:****@{host}"),
-        None => url.to_owned(),
-    }
-}
-
-/// Text a user gave for one or more Redis URLs (comma-separated, possibly mistyped), as an
-/// error may show it: every password as `****`. A well-formed URL keeps its user name (see
-/// [`mask_url`]); in a mistyped one (`redis:/`, `redis//`, no scheme) the password cannot be
-/// told from the user name, so everything between the scheme-like start and the last `@`
-/// becomes `****`. A comma starts a new URL only where one could start (a scheme-like word,
-/// then `:/` or `//`): a password may hold commas, and `pa,ss@host` must not show `pa`.
-pub fn mask_text(text: &str) -> String {
-    let mut masked = String::with_capacity(text.len());
-    let mut start = 0;
-    for (i, _) in text.match_indices(',') {
-        let next = &text[i + 1..];
-        let word = scheme_len(next);
-        if word > 0 && (next[word..].starts_with(":/") || next[word..].starts_with("//")) {
-            masked.push_str(&mask_part(&text[start..i]));
-            masked.push(',');
-            start = i + 1;
-        }
-    }
-    masked.push_str(&mask_part(&text[start..]));
-    masked
-}
-
-/// The length of `text`'s scheme-like start: letters, digits and `+.-`.
-fn scheme_len(text: &str) -> usize {
-    text.find(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
-        .unwrap_or(text.len())
-}
-
-fn mask_part(part: &str) -> String {
-    if part.contains("://") {
-        let shown = mask_url(part);
-        if shown != part {
-            return shown;
-        }
-    }
-    let Some(at) = part.rfind('@') else {
-        return part.to_owned();
-    };
-    // After the scheme-like word, any `:` and `/` belong to the start that stays shown.
-    let word = scheme_len(part);
-    let start = part[word..]
-        .find(|c: char| c != ':' && c != '/')
-        .map_or(part.len(), |i| word + i);
-    let start = if start >= at || start == word {
-        0
-    } else {
-        start
-    };
-    format!("{}****{}", &part[..start], &part[at..])
-}
-
 /// Why text naming Redis by URL was refused. The `Display` form shows the text with its
 /// passwords masked ([`mask_text`]); callers put the flag or field name in front.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    /// A part of the list is not a `redis://` or `rediss://` URL.
+    /// A part of a server or cluster's text is not a `redis://` URL.
     #[error("`{0}` is not a redis:// URL (or cluster+redis://a,redis://b)")]
     NotRedis(String),
+    /// A part of a list (a Sentinel deployment's sentinels) is not a `redis://` URL.
+    #[error("`{0}` is not a comma-separated list of redis:// URLs")]
+    NotRedisList(String),
+    /// A `rediss://` URL: this build's Redis client has no TLS, so it could only fail later,
+    /// at connection, as if the server were down.
+    #[error("`{0}`: rediss:// (TLS) is not supported by this build; use redis://")]
+    Tls(String),
     /// Several URLs without `cluster+`: a server is one URL.
     #[error("`{0}`: several URLs need the cluster+ prefix")]
     SeveralWithoutCluster(String),
@@ -218,15 +156,18 @@ impl From<UrlTarget> for Target {
 }
 
 /// Reads text naming Redis by URL, the one reading every flag that takes such text shares:
-/// one `redis://` or `rediss://` URL for a server, or `cluster+` and a comma-separated list of
-/// seed nodes for a cluster. Spaces around each URL are dropped.
+/// one `redis://` URL for a server, or `cluster+` and a comma-separated list of seed nodes for
+/// a cluster. Spaces around each URL are dropped.
 pub fn parse_target(text: &str) -> Result<UrlTarget, UrlError> {
     let text = text.trim();
     let (cluster, list) = match text.strip_prefix("cluster+") {
         Some(rest) => (true, rest),
         None => (false, text),
     };
-    let urls = parse_url_list(list).map_err(|_| UrlError::NotRedis(mask_text(text)))?;
+    let urls = parse_url_list(list).map_err(|error| match error {
+        UrlError::Tls(_) => UrlError::Tls(mask_text(text)),
+        _ => UrlError::NotRedis(mask_text(text)),
+    })?;
     if cluster {
         return Ok(UrlTarget::Cluster(urls));
     }
@@ -236,15 +177,15 @@ pub fn parse_target(text: &str) -> Result<UrlTarget, UrlError> {
     }
 }
 
-/// The comma-separated URLs of `list`, each `redis://` or `rediss://` (a Sentinel
-/// deployment's sentinels are written this way too).
+/// The comma-separated URLs of `list`, each `redis://` (a Sentinel deployment's sentinels are
+/// written this way too).
 pub fn parse_url_list(list: &str) -> Result<Vec<String>, UrlError> {
     let urls: Vec<String> = list.split(',').map(|u| u.trim().to_owned()).collect();
-    if urls
-        .iter()
-        .any(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
-    {
-        return Err(UrlError::NotRedis(mask_text(list.trim())));
+    if urls.iter().any(|u| u.starts_with("rediss://")) {
+        return Err(UrlError::Tls(mask_text(list.trim())));
+    }
+    if urls.iter().any(|u| !u.starts_with("redis://")) {
+        return Err(UrlError::NotRedisList(mask_text(list.trim())));
     }
     Ok(urls)
 }
@@ -283,50 +224,16 @@ mod tests {
     const SECRET: &str = "s3cr3t-hunter2";
 
     #[test]
-    fn mistyped_urls_are_shown_without_their_passwords() {
-        for (text, shown) in [
-            ("redis:/:s3cret@h:1", "redis:/:****@h:1"),
-            ("redis//user:s3cret@h:1", "redis//****@h:1"),
-            ("redis:s3cret@h", "redis:****@h"),
-            ("http://u:s3cret@h", "http://u:****@h"),
-            ("s3cret@h", "****@h"),
-            (
-                "redis://u:s3cret@a,redis:/u:s3cret@b",
-                "redis://u:****@a,redis:/****@b",
-            ),
-            (
-                "sentinel:m@redis://u:s3cret@a",
-                "sentinel:m@redis://u:****@a",
-            ),
-            ("stdout", "stdout"),
-        ] {
-            assert_eq!(mask_text(text), shown, "{text}");
-        }
-        // A password holding commas (legal in a URL's user part) is hidden whole.
-        for text in [
-            "redis://u:s3c,ret@h:1",
-            "redis:/u:s3c,ret@h:1",
-            "cluster+redis://u:s3c,ret@a,redis://u:s3c,x:ret@b",
-        ] {
-            let shown = mask_text(text);
-            assert!(
-                !shown.contains("s3c") && !shown.contains("ret@") && shown.contains("****@"),
-                "{text} shown as {shown}"
-            );
-        }
-    }
-
-    #[test]
     fn a_url_list_is_read_once_for_every_flag() {
         assert_eq!(
             parse_target(" redis://h:1 "),
             Ok(UrlTarget::Server("redis://h:1".into()))
         );
         assert_eq!(
-            parse_target("cluster+redis://a:1, rediss://b:2"),
+            parse_target("cluster+redis://a:1, redis://b:2"),
             Ok(UrlTarget::Cluster(vec![
                 "redis://a:1".into(),
-                "rediss://b:2".into()
+                "redis://b:2".into()
             ]))
         );
         assert_eq!(
@@ -343,26 +250,21 @@ mod tests {
                 UrlError::NotRedis("cluster+redis://a,http://u:****@b".into()),
             ),
             ("", UrlError::NotRedis(String::new())),
+            (
+                "cluster+redis://a,rediss://u:s3cret@b",
+                UrlError::Tls("cluster+redis://a,rediss://u:****@b".into()),
+            ),
         ] {
             assert_eq!(parse_target(text), Err(want), "{text}");
         }
-        assert!(parse_url_list("redis://a,b").is_err());
-    }
-
-    #[test]
-    fn passwords_in_urls_are_masked() {
         assert_eq!(
-            mask_url("redis://:s3cr3t@10.0.0.1:6379/0"),
-            "redis://:****@10.0.0.1:6379/0"
+            parse_url_list("redis://a,b"),
+            Err(UrlError::NotRedisList("redis://a,b".into()))
         );
         assert_eq!(
-            mask_url("rediss://app:p@ss@h:1"),
-            "rediss://app:****@h:1",
-            "a raw `@` in the password"
+            parse_url_list("rediss://a"),
+            Err(UrlError::Tls("rediss://a".into()))
         );
-        assert_eq!(mask_url("redis://app@h:1"), "redis://app@h:1");
-        assert_eq!(mask_url("redis://h:1"), "redis://h:1");
-        assert_eq!(mask_url("not a url"), "not a url");
     }
 
     #[test]

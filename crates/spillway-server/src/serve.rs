@@ -115,6 +115,12 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         ))
         .into());
     }
+    if let Some(log) = &settings.decision_log {
+        // Checked here, not when the sink opens, so it stops start-up as the bad setting it is.
+        if matches!(log.sink, decision_log::settings::SinkSpec::StoreRedis) {
+            decision_log::settings::store_target(&store_config).map_err(SettingsError)?;
+        }
+    }
     let failure = FailureSettings::from_store(&store_config, settings.store_timeout);
     let store: Arc<dyn Store> = crate::store::build(
         &store_config,

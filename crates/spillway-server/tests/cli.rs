@@ -179,10 +179,13 @@ fn an_invalid_policy_stops_start_up_with_status_2_like_any_bad_setting() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains(&file.display().to_string()));
-    // A mistyped store URL and a region the policy does not name are settings too.
+    // A mistyped store URL, a TLS one (this build has no TLS), a region the policy does not
+    // name and a decision log on the Redis of a store that has none are settings too.
     for args in [
         &["--store-url", "redis:/:s3cret@127.0.0.1:1"][..],
+        &["--store-url", "rediss://u:s3cret@127.0.0.1:1"][..],
         &["--region", "mars"][..],
+        &["--decision-log", "redis"][..],
     ] {
         let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
         all.extend(args);

@@ -48,25 +48,37 @@ pub fn live_bytes() -> usize {
 
 // SAFETY: every call is passed to the system allocator with the caller's layout, pointer and
 // size unchanged, so `System` upholds the contract; the counts only observe sizes, in atomics
-// and a const-initialised thread-local `Cell` (no allocation, no destructor).
+// and a const-initialised thread-local `Cell` (no allocation, no destructor; this relies on
+// the target's native thread-locals, as on Linux, where a first access does not allocate).
+// Only calls that succeed are counted, so a refused one leaves the live bytes true.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
         // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc(layout) }
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            count(layout.size());
+        }
+        ptr
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
         // SAFETY: the caller's contract, passed on.
-        unsafe { System.alloc_zeroed(layout) }
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            count(layout.size());
+        }
+        ptr
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         // SAFETY: the caller's contract, passed on.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        let moved = unsafe { System.realloc(ptr, layout, new_size) };
+        // A refused realloc leaves the old block live and allocates nothing.
+        if !moved.is_null() {
+            count(new_size);
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        moved
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

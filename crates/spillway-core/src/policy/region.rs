@@ -265,12 +265,8 @@ pub(crate) fn compile(
             );
         }
         for url in &urls {
-            if !(url.value.starts_with("redis://") || url.value.starts_with("rediss://")) {
-                issues.push(
-                    url.referenced,
-                    path.clone(),
-                    format!("`{}` is not a redis:// URL", url.value),
-                );
+            if let Some(why) = crate::redact::not_redis_url(&url.value) {
+                issues.push(url.referenced, path.clone(), why);
             }
         }
         let own = RedisSettings {

@@ -201,17 +201,13 @@ pub(crate) fn compile(raw: Option<&Spanned<RawStore>>, issues: &mut Issues) -> S
                 }
             };
             for (i, url) in urls.iter().enumerate() {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                if let Some(why) = crate::redact::not_redis_url(url) {
                     let path = if kind == "redis" {
                         "store.url".into()
                     } else {
                         format!("store.{field}[{i}]")
                     };
-                    issues.push(
-                        raw.referenced,
-                        path,
-                        format!("`{url}` is not a redis:// URL"),
-                    );
+                    issues.push(raw.referenced, path, why);
                 }
             }
             if let Some(prefix) = &s.prefix {

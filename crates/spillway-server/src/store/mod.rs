@@ -60,7 +60,7 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
         UrlError::NotRedis(_) => format!(
             "--store-url {err}; the store may also be `memory` or sentinel:<master>@redis://..."
         ),
-        UrlError::SeveralWithoutCluster(_) => format!("--store-url {err}"),
+        _ => format!("--store-url {err}"),
     })?;
     let (cluster, urls) = match target {
         UrlTarget::Server(url) => (false, vec![url]),

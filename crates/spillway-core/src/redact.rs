@@ -1,0 +1,158 @@
+//! Passwords in connection URLs, hidden before any text reaches a log or an error message.
+//!
+//! Every place that shows a URL a user gave (the policy's store and regions, the Redis store's
+//! settings, the decision log's sink, `spillway decisions`) masks it with [`mask_url`] or, for
+//! text that may be mistyped or hold several URLs, [`mask_text`].
+
+/// `url` with the password of its user information replaced by `****`
+/// (`redis://user:****@host:6379`); a URL without one is returned as it is.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The user information ends at the last `@` of the authority (a password may hold `@`
+    // only percent-encoded, but be safe about a raw one).
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@').or_else(|| rest.rfind('@')) else {
+        return url.to_owned();
+    };
+    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:****@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Text a user gave for one or more Redis URLs (comma-separated, possibly mistyped), as an
+/// error may show it: every password as `****`. A well-formed URL keeps its user name (see
+/// [`mask_url`]); in a mistyped one (`redis:/`, `redis//`, no scheme) the password cannot be
+/// told from the user name, so everything between the scheme-like start and the last `@`
+/// becomes `****`. A comma starts a new URL only where one could start (a scheme-like word,
+/// then `:/` or `//`): a password may hold commas, and `pa,ss@host` must not show `pa`.
+pub fn mask_text(text: &str) -> String {
+    let mut masked = String::with_capacity(text.len());
+    let mut start = 0;
+    for (i, _) in text.match_indices(',') {
+        let next = &text[i + 1..];
+        let word = scheme_len(next);
+        if word > 0 && (next[word..].starts_with(":/") || next[word..].starts_with("//")) {
+            masked.push_str(&mask_part(&text[start..i]));
+            masked.push(',');
+            start = i + 1;
+        }
+    }
+    masked.push_str(&mask_part(&text[start..]));
+    masked
+}
+
+/// The length of `text`'s scheme-like start: letters, digits and `+.-`.
+fn scheme_len(text: &str) -> usize {
+    text.find(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
+        .unwrap_or(text.len())
+}
+
+fn mask_part(part: &str) -> String {
+    if part.contains("://") {
+        let shown = mask_url(part);
+        if shown != part {
+            return shown;
+        }
+    }
+    let Some(at) = part.rfind('@') else {
+        return part.to_owned();
+    };
+    // After the scheme-like word, any `:` and `/` belong to the start that stays shown.
+    let word = scheme_len(part);
+    let start = part[word..]
+        .find(|c: char| c != ':' && c != '/')
+        .map_or(part.len(), |i| word + i);
+    let start = if start >= at || start == word {
+        0
+    } else {
+        start
+    };
+    format!("{}****{}", &part[..start], &part[at..])
+}
+
+/// Why `url` cannot name a Redis server, its password masked; `None` for a `redis://` URL.
+/// `rediss://` (TLS) is refused by name: this build's Redis client has no TLS, so such a URL
+/// would only fail later, at connection, as if the server were down.
+pub fn not_redis_url(url: &str) -> Option<String> {
+    if url.starts_with("redis://") {
+        None
+    } else if url.starts_with("rediss://") {
+        Some(format!(
+            "`{}`: rediss:// (TLS) is not supported by this build; use redis://",
+            mask_url(url)
+        ))
+    } else {
+        Some(format!("`{}` is not a redis:// URL", mask_url(url)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mistyped_urls_are_shown_without_their_passwords() {
+        for (text, shown) in [
+            ("redis:/:s3cret@h:1", "redis:/:****@h:1"),
+            ("redis//user:s3cret@h:1", "redis//****@h:1"),
+            ("redis:s3cret@h", "redis:****@h"),
+            ("http://u:s3cret@h", "http://u:****@h"),
+            ("s3cret@h", "****@h"),
+            (
+                "redis://u:s3cret@a,redis:/u:s3cret@b",
+                "redis://u:****@a,redis:/****@b",
+            ),
+            (
+                "sentinel:m@redis://u:s3cret@a",
+                "sentinel:m@redis://u:****@a",
+            ),
+            ("stdout", "stdout"),
+        ] {
+            assert_eq!(mask_text(text), shown, "{text}");
+        }
+        // A password holding commas (legal in a URL's user part) is hidden whole.
+        for text in [
+            "redis://u:s3c,ret@h:1",
+            "redis:/u:s3c,ret@h:1",
+            "cluster+redis://u:s3c,ret@a,redis://u:s3c,x:ret@b",
+        ] {
+            let shown = mask_text(text);
+            assert!(
+                !shown.contains("s3c") && !shown.contains("ret@") && shown.contains("****@"),
+                "{text} shown as {shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        assert_eq!(
+            mask_url("redis://:s3cr3t@10.0.0.1:6379/0"),
+            "redis://:****@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            mask_url("rediss://app:p@ss@h:1"),
+            "rediss://app:****@h:1",
+            "a raw `@` in the password"
+        );
+        assert_eq!(mask_url("redis://app@h:1"), "redis://app@h:1");
+        assert_eq!(mask_url("redis://h:1"), "redis://h:1");
+        assert_eq!(mask_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn only_plain_redis_urls_are_taken_and_refusals_hide_passwords() {
+        assert_eq!(not_redis_url("redis://u:s3cret@h:1"), None);
+        let tls = not_redis_url("rediss://u:s3cret@h:1").unwrap();
+        assert!(tls.contains("TLS") && tls.contains("u:****@h:1"), "{tls}");
+        let other = not_redis_url("http://u:s3cret@h").unwrap();
+        assert!(
+            other.contains("not a redis:// URL") && !other.contains("s3cret"),
+            "{other}"
+        );
+    }
+}
