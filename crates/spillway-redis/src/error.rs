@@ -9,7 +9,7 @@
 //! `FUNCTION FLUSH` or `SCRIPT FLUSH`; the call loads it again and retries, so the call itself
 //! usually succeeds), `timeout`,
 //! `connection` (refused, dropped, reconnecting, or a server not ready: `LOADING`,
-//! `CLUSTERDOWN`...) and `other` (an error from the script or an unreadable reply).
+//! `CLUSTERDOWN`...) and `other` (an error from the script or a reply of the wrong shape).
 
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, RedisFuture, ServerErrorKind, Value};
@@ -62,13 +62,16 @@ pub fn classify(err: redis::RedisError, timeout: Duration) -> StoreError {
                 // failover. A script error is a bug or a foreign value under our prefix.
                 // Judged by the reply's error code: the client's text for a known code is
                 // its own name for it (`ReadOnly: ...`), not the code Redis sent.
+                // Redis 6 (plain scripts) wraps a write refused by a demoted server in the
+                // script's own error: `ERR Error running script ...: -READONLY You can't ...`.
+                let text = err.to_string();
                 let unavailable = matches!(
                     err.code(),
                     Some(
                         "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "BUSY" | "READONLY"
                     )
-                );
-                let text = err.to_string();
+                ) || (err.code() == Some("ERR")
+                    && (text.contains(": -READONLY ") || text.contains(": -MASTERDOWN ")));
                 if unavailable {
                     StoreError::Unavailable(text)
                 } else {
@@ -169,6 +172,11 @@ mod tests {
             let err = classify(reply_error(&format!("-{code} not now\r\n")), timeout);
             assert!(matches!(err, StoreError::Unavailable(_)), "{code}: {err:?}");
         }
+        // Redis 6 running a plain script on a server a failover demoted.
+        let wrapped = "-ERR Error running script (call to f_0123): @user_script:12: \
+                       @user_script: 12: -READONLY You can't write against a read only replica.\r\n";
+        let err = classify(reply_error(wrapped), timeout);
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         // A script's own failure, or a foreign value under the prefix, is not an outage; nor
         // is a code merely mentioned in the message.
         for line in [

@@ -42,7 +42,9 @@ pub(crate) fn is_missing(err: &RedisError) -> bool {
 /// Whether `err` says the server will not run Functions at all.
 pub(crate) fn is_unsupported(err: &RedisError) -> bool {
     let text = err.to_string();
-    (text.contains("unknown command") || text.contains("NOPERM"))
+    // An ACL refusal's code is NOPERM; the client shows it as `NoPerm: ...`, so the code is
+    // what is compared, not the text.
+    (text.contains("unknown command") || err.code() == Some("NOPERM"))
         && (text.contains("FCALL")
             || text.contains("fcall")
             || text.contains("FUNCTION")

@@ -80,8 +80,7 @@ fn failover_sign(err: &RedisError) -> bool {
     {
         return true;
     }
-    let text = err.to_string();
-    text.contains("READONLY") || text.contains("MASTERDOWN")
+    matches!(err.code(), Some("READONLY" | "MASTERDOWN"))
 }
 
 impl SentinelConn {

@@ -87,6 +87,32 @@ async fn a_server_without_functions_gets_plain_scripts_and_the_same_answers() {
     }
 }
 
+#[tokio::test]
+async fn an_acl_refusing_functions_gets_plain_scripts() {
+    // A user who may run scripts but not Functions, as some managed Redis offerings set up.
+    let server = RedisServer::start();
+    let acl = command(
+        server.port(),
+        "ACL SETUSER default on nopass ~* &* +@all -function -fcall -fcall_ro",
+    )
+    .unwrap_or_default();
+    assert!(acl.starts_with("+OK"), "{acl}");
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    clock.set(1_700_000_000_000_000);
+    let (k, p) = (key("l", &["acl"]), bucket(2));
+    for remaining in [1, 0] {
+        let d = store.check(&[check(&k, &p, 1)], CheckMode::Consume).await;
+        assert_eq!(
+            d.expect("answered by a plain script")[0].remaining,
+            remaining
+        );
+    }
+    assert!(
+        calls(server.port(), "evalsha") > 0,
+        "the checks ran as scripts"
+    );
+}
+
 /// Rewrites the packed state at `key` in the text form earlier versions wrote (without the
 /// deadline the packed form carries after the state), keeping its expiry. Missing keys are
 /// left alone.
