@@ -12,14 +12,16 @@
 //! `Top::record` is timed: hashing each counter's key, the updates, and building a label
 //! whenever an item enters a table (a copy of the client's text, as in the server). The clock
 //! advances 10 µs per decision, so the ring rolls over to a new 10-second interval every
-//! million decisions. One thread, the server's default shapes (`Top::new`).
+//! million decisions. One thread, the server's default shapes (`Top::new`), counting every
+//! decision (`exact/...`, `--top-k-sample 1`) and one in [`DEFAULT_SAMPLE`] (`sampled/...`,
+//! the server's default), whose figure is the expected cost per decision.
 
 use criterion::{black_box, Criterion, Throughput};
 use spillway_core::policy::{Planned, Policy};
 use spillway_core::request::RequestAttrs;
 use spillway_core::time::SECOND;
 use spillway_server::decision::Who;
-use spillway_server::telemetry::top::Top;
+use spillway_server::telemetry::top::{Top, DEFAULT_SAMPLE};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Distinct requests resolved ahead (a power of two).
@@ -93,8 +95,13 @@ fn bench(c: &mut Criterion) {
     assert_eq!(counters, 5, "the plan this bench describes");
     let mut group = c.benchmark_group("top");
     group.throughput(Throughput::Elements(1));
-    for (name, denied) in [("record/allowed", false), ("record/denied", true)] {
-        let top = Top::new("bench");
+    for (name, sample, denied) in [
+        ("exact/allowed", 1, false),
+        ("exact/denied", 1, true),
+        ("sampled/allowed", DEFAULT_SAMPLE, false),
+        ("sampled/denied", DEFAULT_SAMPLE, true),
+    ] {
+        let top = Top::new("bench").sampled(sample);
         let mut i = 0usize;
         let mut now = 1_800_000_000 * SECOND;
         group.bench_function(name, |b| {
