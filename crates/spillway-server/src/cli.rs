@@ -298,6 +298,14 @@ pub struct ServeArgs {
     #[arg(long, env = "SPILLWAY_NO_TOP_K")]
     pub no_top_k: bool,
 
+    /// Count one consuming decision in N for `/v1/top` and `spillway_top_blocked`, each with
+    /// weight N: a power of two from 1 (every decision, exact) to 1024. Sampling keeps the
+    /// sketches' cost per decision low; counts become estimates (a heavy key's within a few
+    /// percent, either way).
+    #[arg(long, env = "SPILLWAY_TOP_K_SAMPLE", value_name = "N",
+          default_value_t = crate::telemetry::top::DEFAULT_SAMPLE, value_parser = parse_top_k_sample)]
+    pub top_k_sample: u32,
+
     /// Serve the dashboard's data (`/ui/api/*`) to every peer when no admin token is set
     /// (by default it answers only loopback peers that name a loopback `Host`).
     #[arg(long, env = "SPILLWAY_UI_OPEN")]
@@ -375,6 +383,16 @@ pub struct CheckArgs {
 
 fn parse_grace(text: &str) -> Result<Duration, String> {
     spillway_core::rate::parse_duration(text).map(Duration::from_micros)
+}
+
+fn parse_top_k_sample(text: &str) -> Result<u32, String> {
+    let max = crate::telemetry::top::MAX_SAMPLE;
+    match text.trim().parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n <= max => Ok(n),
+        _ => Err(format!(
+            "`{text}` is not a power of two from 1 to {max} (one decision in N is counted)"
+        )),
+    }
 }
 
 fn parse_allow_status(text: &str) -> Result<u16, String> {
@@ -459,6 +477,7 @@ mod tests {
             Some("x-real-ip")
         );
         assert!(args.manual_clock.is_none());
+        assert_eq!(args.top_k_sample, crate::telemetry::top::DEFAULT_SAMPLE);
         let limits = crate::serving::ConnectionLimits::DEFAULT;
         assert_eq!(args.max_connections as usize, limits.max_connections);
         assert_eq!(args.max_streams, limits.max_streams);
@@ -486,6 +505,10 @@ mod tests {
             &["spillway", "serve", "--max-connections", "0"],
             &["spillway", "serve", "--max-streams", "0"],
             &["spillway", "serve", "--idle-timeout", "soon"],
+            &["spillway", "serve", "--top-k-sample", "0"],
+            &["spillway", "serve", "--top-k-sample", "6"],
+            &["spillway", "serve", "--top-k-sample", "2048"],
+            &["spillway", "serve", "--top-k-sample", "1/8"],
             &["spillway", "check", "--descriptor", "novalue"],
         ] {
             assert!(Cli::try_parse_from(argv).is_err(), "{argv:?} should fail");

@@ -76,6 +76,8 @@ pub struct ServerSettings {
     pub top_publish_every: Duration,
     /// Whether the top-k sketches count decisions (`--no-top-k` turns them off).
     pub top_k: bool,
+    /// `--top-k-sample`: one consuming decision in this many is counted.
+    pub top_k_sample: u32,
     /// `--ui-open`: the dashboard's data for every peer when no admin token is set.
     pub ui_open: bool,
 }
@@ -135,6 +137,7 @@ impl ServerSettings {
             trace: crate::telemetry::trace::TraceSettings::from_args(args.trace, &node_name)?,
             top_publish_every: args.top_publish_every,
             top_k: !args.no_top_k,
+            top_k_sample: args.top_k_sample,
             ui_open: args.ui_open,
             grpc: grpc_settings(
                 args.grpc_listen,

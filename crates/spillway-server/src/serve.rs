@@ -168,7 +168,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         None => (None, None),
     };
     let top = Arc::new(if settings.top_k {
-        Top::new(&settings.node_name)
+        Top::new(&settings.node_name).sampled(settings.top_k_sample)
     } else {
         Top::off(&settings.node_name)
     });

@@ -234,6 +234,19 @@ fn nonsense_flags_exit_2() {
 }
 
 #[test]
+fn a_top_k_sample_that_is_not_a_power_of_two_is_refused_with_the_reason() {
+    for bad in ["0", "6", "2048", "1/8", "1.5"] {
+        let out = spillway(&["serve", "--top-k-sample", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("--top-k-sample") && stderr.contains("power of two from 1 to 1024"),
+            "{bad}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn a_mistyped_decision_log_url_is_refused_without_showing_its_password() {
     // A missing `/` (or a wrong scheme) makes the value no URL at all; the refusal must still
     // keep the password out of the terminal and the service's logs.

@@ -57,7 +57,7 @@ fn tenants(body: &Value) -> Vec<(String, u64)> {
 #[tokio::test]
 async fn a_burst_shows_its_tenant_until_the_window_passes() {
     let server = Server::with_policy(POLICY)
-        .args(&["--node-name", "edge-1"])
+        .args(&["--node-name", "edge-1", "--top-k-sample", "1"])
         .start();
     assert_eq!(burst(&server, "acme", "alice", 12).await, 7);
     assert_eq!(burst(&server, "globex", "bob", 3).await, 0);
@@ -96,7 +96,9 @@ async fn a_burst_shows_its_tenant_until_the_window_passes() {
 
 #[tokio::test]
 async fn prometheus_shows_at_most_the_ten_most_denied_and_the_new_metrics() {
-    let server = Server::with_policy(POLICY).start();
+    let server = Server::with_policy(POLICY)
+        .args(&["--top-k-sample", "1"])
+        .start();
     // Tenant i is denied i + 1 times; 14 tenants, and one with a name to escape.
     for i in 0..14 {
         burst(&server, &format!("t{i:02}"), "u", 6 + i).await;
@@ -143,7 +145,14 @@ fn fleet(store: impl Fn(usize) -> String) -> Vec<Server> {
         .enumerate()
         .map(|(i, name)| {
             Server::with_policy(&format!("{POLICY}{}", store(i)))
-                .args(&["--node-name", name, "--top-publish-every", "100ms"])
+                .args(&[
+                    "--node-name",
+                    name,
+                    "--top-publish-every",
+                    "100ms",
+                    "--top-k-sample",
+                    "1",
+                ])
                 .start()
         })
         .collect()

@@ -122,6 +122,10 @@ async fn the_dashboard_shows_who_is_limited_and_why_in_a_real_browser() {
             &log,
             "--node-name",
             "e2e-node",
+            // Every decision counted: the page's top-blocked table is checked for a small
+            // burst's exact denials.
+            "--top-k-sample",
+            "1",
         ])
         .start();
     let admin = server

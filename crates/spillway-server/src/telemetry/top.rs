@@ -1,10 +1,16 @@
 //! Hot keys and the most denied tenants and users, per node and for the fleet (`GET /v1/top`).
 //!
-//! Every consuming decision adds one to each of its counters (limit name + key values) in a
-//! heavy-hitter sketch, and a denied one adds one to its tenant and to its tenant's user
-//! ([`spillway_core::topk`]: Space-Saving tables over a ring of 10-second intervals, bounded
-//! memory, a spin lock per shard). Summaries for the last minute and the last ten minutes are
-//! merged on read.
+//! Consuming decisions are sampled, one in N (`--top-k-sample`, a power of two, default
+//! [`DEFAULT_SAMPLE`]; a thread-local draw, no lock): a kept decision adds N to each of its
+//! counters (limit name + key values) in a heavy-hitter sketch, and, when denied, N to its
+//! tenant and to its tenant's user ([`spillway_core::topk`]: Space-Saving tables over a ring
+//! of 10-second intervals, bounded memory, a spin lock per shard). Summaries for the last
+//! minute and the last ten minutes are merged on read. Sampling is what keeps the sketches
+//! under 50 ns per decision (each update is a few cache misses; see docs/BENCHMARKS.md): the
+//! counts are then estimates that may fall below or above the truth, with a standard
+//! deviation of about `sqrt((N - 1) / count)` of the count (2.2% for 14,000 at N = 8), so
+//! heavy hitters stay accurate and rare items are noisy; N = 1 counts every decision, and then
+//! a count is never below the truth.
 //!
 //! - [`redis`]: with a Redis store, each node publishes its summaries every few seconds and
 //!   `scope=cluster` merges every live node's.
@@ -19,6 +25,7 @@ pub mod prometheus;
 pub mod redis;
 
 use crate::decision::{Ask, Outcome, Who};
+use crate::telemetry::decision_log::sampling::next_random;
 use serde::{Deserialize, Serialize};
 use spillway_core::policy::Planned;
 use spillway_core::request::CheckMode;
@@ -32,6 +39,10 @@ use std::sync::Arc;
 pub const MAX_LABEL: usize = 128;
 /// The most rows `limit=` may ask for, and what a node publishes per list.
 pub const MAX_ROWS: usize = 100;
+/// One consuming decision in this many is counted, by default (`--top-k-sample`).
+pub const DEFAULT_SAMPLE: u32 = 8;
+/// The sparsest sample `--top-k-sample` accepts.
+pub const MAX_SAMPLE: u32 = 1024;
 
 /// A window `/v1/top` answers for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -85,7 +96,9 @@ pub struct HotKeyRow {
     pub limit: Arc<str>,
     /// Its key values.
     pub key: Vec<Box<str>>,
-    /// Decisions that checked it in the window (an estimate, never below the truth).
+    /// Decisions that checked it in the window: an estimate, never below the truth when
+    /// every decision is counted (`--top-k-sample 1`), and within a few percent either way
+    /// for heavy keys when one in N is (see the module docs).
     pub count: u64,
 }
 
@@ -94,7 +107,7 @@ pub struct HotKeyRow {
 pub struct TenantRow {
     /// The tenant.
     pub tenant: Arc<str>,
-    /// Its denied requests in the window.
+    /// Its denied requests in the window (an estimate when decisions are sampled).
     pub denied: u64,
 }
 
@@ -105,7 +118,7 @@ pub struct UserRow {
     pub tenant: Arc<str>,
     /// The user.
     pub user: Arc<str>,
-    /// Their denied requests in the window.
+    /// Their denied requests in the window (an estimate when decisions are sampled).
     pub denied: u64,
 }
 
@@ -180,6 +193,8 @@ pub struct Top {
     /// Off (`--no-top-k`): nothing is counted, and `/v1/top` says so.
     enabled: bool,
     node: Arc<str>,
+    /// One decision in `2^sample_shift` is counted, with that weight.
+    sample_shift: u32,
     hasher: foldhash::fast::RandomState,
     hot: TopK<HotKey>,
     tenants: TopK<Arc<str>>,
@@ -187,7 +202,8 @@ pub struct Top {
 }
 
 impl Top {
-    /// Empty sketches for the node named `node`: ten minutes in 10-second intervals, 1,024
+    /// Empty sketches for the node named `node`, counting every decision (see
+    /// [`Top::sampled`]): ten minutes in 10-second intervals, 1,024
     /// counters and 256 tenants and users per interval. At most 92,160 rows in all, each
     /// label value cut to [`MAX_LABEL`] bytes: about 15 MB with short names, under 45 MB with
     /// every name at the cap, whatever the traffic (each row's bucket links and gate counters
@@ -205,11 +221,33 @@ impl Top {
         Self {
             enabled: true,
             node: Arc::from(cut(node)),
+            sample_shift: 0,
             hasher: foldhash::fast::RandomState::default(),
             hot: TopK::new(keys),
             tenants: TopK::new(denials),
             users: TopK::new(denials),
         }
+    }
+
+    /// Counts one consuming decision in `one_in` (a power of two from 1 to [`MAX_SAMPLE`],
+    /// as `--top-k-sample` checks), each with weight `one_in`.
+    ///
+    /// # Panics
+    /// When `one_in` is not such a power of two.
+    pub fn sampled(self, one_in: u32) -> Self {
+        assert!(
+            one_in.is_power_of_two() && one_in <= MAX_SAMPLE,
+            "sample one in {one_in}: not a power of two from 1 to {MAX_SAMPLE}"
+        );
+        Self {
+            sample_shift: one_in.trailing_zeros(),
+            ..self
+        }
+    }
+
+    /// One in how many consuming decisions is counted.
+    pub fn sample(&self) -> u32 {
+        1 << self.sample_shift
     }
 
     /// Counts a finished decision (`crate::decision::observe` calls this): consuming
@@ -245,14 +283,20 @@ impl Top {
         &self.node
     }
 
-    /// Counts one consuming decision at `now`: each of its counters, and, when it was
-    /// denied, its tenant and user.
+    /// Counts one consuming decision at `now`, if the sample keeps it: each of its counters,
+    /// and, when it was denied, its tenant and user, with the sample's weight.
     pub fn record(&self, now: Micros, planned: &[Planned], who: &Who<'_>, denied: bool) {
+        let shift = self.sample_shift;
+        // Kept when the draw's top `shift` bits are all zero: probability 2^-shift.
+        if shift != 0 && next_random() >> (64 - shift) != 0 {
+            return;
+        }
+        let weight = 1u64 << shift;
         for p in planned {
             let mut h = self.hasher.build_hasher();
             h.write_u64(p.key.fingerprint);
             p.key.hash_values_into(&mut h);
-            self.hot.add(now, h.finish(), 1, || HotKey {
+            self.hot.add(now, h.finish(), weight, || HotKey {
                 limit: p.key.limit.clone(),
                 key: p.key.values.iter().map(|v| Box::from(cut(v))).collect(),
             });
@@ -263,12 +307,13 @@ impl Top {
         let tenant = who.tenant.unwrap_or_default();
         if who.tenant.is_some() {
             let h = self.hasher.hash_one(tenant);
-            self.tenants.add(now, h, 1, || Arc::from(cut(tenant)));
+            self.tenants.add(now, h, weight, || Arc::from(cut(tenant)));
         }
         if let Some(user) = who.user {
             let h = self.hasher.hash_one((tenant, user));
-            self.users
-                .add(now, h, 1, || (Arc::from(cut(tenant)), Arc::from(cut(user))));
+            self.users.add(now, h, weight, || {
+                (Arc::from(cut(tenant)), Arc::from(cut(user)))
+            });
         }
     }
 

@@ -42,9 +42,16 @@ fn seed() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id()) | 1
 }
 
-/// xorshift64*: a few nanoseconds, and uniform enough for sampling.
+/// Restarts this thread's draws from `seed` (tests that need a reproducible sample).
+#[cfg(test)]
+pub(crate) fn seed_this_thread(seed: u64) {
+    RNG.with(|state| state.set(seed | 1));
+}
+
+/// xorshift64*: a few nanoseconds, and uniform enough for sampling (the top-k sketches draw
+/// from it too; use the high bits, the best mixed).
 #[inline]
-fn next_random() -> u64 {
+pub(crate) fn next_random() -> u64 {
     RNG.with(|state| {
         let mut x = state.get();
         x ^= x >> 12;
