@@ -62,6 +62,7 @@ impl Topology {
     /// A view that knows no master yet: every slot is in [`OTHER`].
     pub fn new() -> Self {
         let mut names = vec![None; MAX_DOMAINS];
+        // Every slot is in `OTHER` until the first map arrives.
         names[OTHER] = Some(OTHER_NAME.to_owned());
         Self {
             slots: (0..crate::keys::SLOTS).map(|_| AtomicU8::new(0)).collect(),
@@ -77,7 +78,9 @@ impl Topology {
             .map_or(OTHER, |d| usize::from(d.load(Ordering::Relaxed)))
     }
 
-    /// The master address of domain `index`, if it is in use.
+    /// The master address of domain `index`, if it is in use. [`OTHER`] is named
+    /// [`OTHER_NAME`] only while some slot is in it: once every slot has its own master,
+    /// nothing can be refused on its account, and the server's breaker for it starts afresh.
     pub fn name(&self, index: usize) -> Option<String> {
         self.names.lock().get(index).cloned().flatten()
     }
@@ -124,6 +127,16 @@ impl Topology {
         }
         for (entry, &index) in self.slots.iter().zip(&table) {
             entry.store(index, Ordering::Relaxed);
+        }
+        // `OTHER` is named while some slot is in it; its name coming or going bumps the
+        // generation, so an `OTHER` breaker opened before the first map (or for uncovered
+        // slots) is started afresh rather than left open with nothing to probe it.
+        let other = table
+            .contains(&(OTHER as u8))
+            .then(|| OTHER_NAME.to_owned());
+        if names[OTHER] != other {
+            names[OTHER] = other;
+            changed = true;
         }
         if changed {
             self.generation.fetch_add(1, Ordering::Release);
@@ -238,7 +251,7 @@ mod tests {
         assert!(a != b && b != c && a != c && ![a, b, c].contains(&OTHER));
         assert_eq!(t.domain_of_slot(5460), a);
         assert_eq!(t.name(b).as_deref(), Some("h:2"));
-        assert_eq!(t.name(OTHER).as_deref(), Some(OTHER_NAME));
+        assert_eq!(t.name(OTHER), None, "no slot is left in other");
         let g = t.generation();
         assert!(
             !t.apply(&three("h:1", "h:2", "h:3")),
@@ -259,6 +272,29 @@ mod tests {
         let new = t.domain_of_slot(0);
         assert_eq!(t.name(new).as_deref(), Some("h:4"));
         assert_ne!(t.name(old).as_deref(), Some("h:1"), "h:1 no longer named");
+    }
+
+    #[test]
+    fn other_is_named_only_while_some_slot_is_in_it() {
+        let t = Topology::new();
+        assert_eq!(
+            t.name(OTHER).as_deref(),
+            Some(OTHER_NAME),
+            "before the first map"
+        );
+        let g = t.generation();
+        assert!(t.apply(&three("h:1", "h:2", "h:3")));
+        assert_eq!(t.name(OTHER), None, "every slot has a master");
+        assert!(
+            t.generation() > g,
+            "so the server renames (closes) its breaker"
+        );
+        // A map leaving slots uncovered names it again.
+        let g = t.generation();
+        assert!(t.apply(&[(0, 5460, "h:1".into()), (5461, 10922, "h:2".into())]));
+        assert_eq!(t.domain_of_slot(16383), OTHER);
+        assert_eq!(t.name(OTHER).as_deref(), Some(OTHER_NAME));
+        assert!(t.generation() > g);
     }
 
     #[test]

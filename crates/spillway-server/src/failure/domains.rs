@@ -335,4 +335,26 @@ mod tests {
         assert!(t.admit(set(&[1]), T0).is_some(), "no cooldown to wait out");
         assert_eq!(t.breakers[1].domain().as_deref(), Some("10.0.0.2:6379"));
     }
+
+    #[test]
+    fn other_opened_before_the_first_map_closes_when_it_is_unnamed() {
+        let t = table();
+        let store = Named::default();
+        *store.names.lock() = vec![Some("other".into())];
+        store.generation.store(1, Ordering::SeqCst);
+        t.sync(&store);
+        open(&t, set(&[0]), T0);
+        assert_eq!(t.not_closed(), vec![("other".into(), CircuitState::Open)]);
+        // The map arrives: no slot is left in index 0, so the store unnames it.
+        *store.names.lock() = vec![None, Some("10.0.0.1:6379".into())];
+        store.generation.store(2, Ordering::SeqCst);
+        t.sync(&store);
+        assert_eq!(t.domain_state(0), CircuitState::Closed);
+        assert_eq!(
+            t.state(),
+            CircuitState::Closed,
+            "the aggregate gauge follows"
+        );
+        assert!(t.not_closed().is_empty(), "/readyz no longer lists other");
+    }
 }
