@@ -120,6 +120,9 @@ struct Inner {
     since: Micros,
     /// The domain's name for metrics and logs (`None`: the store as a whole).
     domain: Option<Arc<str>>,
+    /// The table's epoch at the last [`Breaker::rename`]: outcomes of calls admitted at an
+    /// earlier epoch belong to the old domain and are ignored.
+    renamed_at: u64,
 }
 
 /// A consecutive-failure circuit breaker; see the module docs.
@@ -157,6 +160,7 @@ impl Breaker {
                 failures: 0,
                 since: 0,
                 domain: None,
+                renamed_at: 0,
             }),
             threshold: threshold.max(1),
             cooldown: Micros::try_from(cooldown.as_micros()).unwrap_or(Micros::MAX),
@@ -176,9 +180,12 @@ impl Breaker {
 
     /// Starts the breaker afresh, closed and with no failures, for the domain now named
     /// `domain` (its index was given to another master): whatever the old domain did says
-    /// nothing about the new one. Not counted as a transition; the gauges follow.
-    pub fn rename(&self, domain: Option<Arc<str>>) {
+    /// nothing about the new one. Not counted as a transition; the gauges follow. `epoch` is
+    /// the table's epoch from now on (greater than any an earlier admission carries), so the
+    /// outcomes of calls admitted before the rename do not count for the new domain.
+    pub fn rename(&self, domain: Option<Arc<str>>, epoch: u64) {
         let mut inner = self.inner.lock();
+        inner.renamed_at = epoch;
         let from = std::mem::replace(&mut inner.state, CircuitState::Closed);
         inner.failures = 0;
         // The series of a master that left stays exported: it reads closed, since nothing is
@@ -232,7 +239,16 @@ impl Breaker {
     /// Records a call that succeeded. Returns `true` when this closed the breaker (the store
     /// has recovered).
     pub fn succeeded(&self, admission: Admission) -> bool {
+        self.succeeded_in(admission, u64::MAX)
+    }
+
+    /// [`Breaker::succeeded`] for a call admitted at the table's epoch `epoch`: ignored if the
+    /// breaker was renamed since.
+    pub fn succeeded_in(&self, admission: Admission, epoch: u64) -> bool {
         let mut inner = self.inner.lock();
+        if epoch < inner.renamed_at {
+            return false;
+        }
         inner.failures = 0;
         if admission == Admission::Probe && inner.state != CircuitState::Closed {
             self.enter(&mut inner, CircuitState::Closed);
@@ -244,7 +260,16 @@ impl Breaker {
     /// Records a call that failed or timed out at `now`. Returns `true` when this opened the
     /// breaker.
     pub fn failed(&self, admission: Admission, now: Micros) -> bool {
+        self.failed_in(admission, now, u64::MAX)
+    }
+
+    /// [`Breaker::failed`] for a call admitted at the table's epoch `epoch`: ignored if the
+    /// breaker was renamed since.
+    pub fn failed_in(&self, admission: Admission, now: Micros, epoch: u64) -> bool {
         let mut inner = self.inner.lock();
+        if epoch < inner.renamed_at {
+            return false;
+        }
         inner.failures = inner.failures.saturating_add(1);
         let open = match inner.state {
             CircuitState::Closed => inner.failures >= self.threshold,
@@ -359,5 +384,53 @@ mod tests {
         b.failed(Admission::Call, t0);
         assert!(!b.succeeded(Admission::Call));
         assert_eq!(b.state(), CircuitState::Open);
+    }
+
+    #[test]
+    fn a_rename_starts_closed_and_ignores_outcomes_admitted_before_it() {
+        let b = breaker(2);
+        let before = b.admit(T0);
+        b.failed(Admission::Call, T0);
+        b.failed(Admission::Call, T0);
+        assert_eq!(b.state(), CircuitState::Open);
+        b.rename(Some("new".into()), 1);
+        assert_eq!(
+            b.state(),
+            CircuitState::Closed,
+            "the new domain starts closed"
+        );
+        assert_eq!(b.domain().as_deref(), Some("new"));
+        // Two failures admitted before the rename (epoch 0) would open it again.
+        assert!(!b.failed_in(before, T0, 0));
+        assert!(!b.failed_in(before, T0, 0));
+        assert_eq!(
+            b.state(),
+            CircuitState::Closed,
+            "the old domain's outcomes are ignored"
+        );
+        assert!(!b.failed_in(Admission::Call, T0, 1));
+        assert!(
+            b.failed_in(Admission::Call, T0, 1),
+            "the new domain's own count"
+        );
+    }
+
+    #[test]
+    fn a_probe_given_back_goes_to_the_next_request_at_once() {
+        let b = breaker(1);
+        b.failed(Admission::Call, T0);
+        let probe = b.admit(T0 + COOL);
+        assert_eq!(probe, Admission::Probe);
+        assert_eq!(b.admit(T0 + COOL), Admission::Rejected, "one probe out");
+        b.give_back(probe);
+        assert_eq!(
+            b.admit(T0 + COOL),
+            Admission::Probe,
+            "handed on, no cooldown"
+        );
+        // An ordinary call given back changes nothing.
+        let b = breaker(1);
+        b.give_back(Admission::Call);
+        assert_eq!(b.admit(T0), Admission::Call);
     }
 }
