@@ -74,13 +74,30 @@ pub enum Admission {
 }
 
 /// How many breakers of one table are in each state, behind the [`STATE`] gauge.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tally {
     /// Breakers half-open and open (the rest are closed).
     counts: Mutex<[usize; 2]>,
+    /// Whether the table writes the [`STATE`] and [`DOMAIN_STATE`] gauges: only the node's
+    /// own store's does (a far region's table would overwrite them with its own states).
+    gauges: bool,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self::new(true)
+    }
 }
 
 impl Tally {
+    /// An empty tally; `gauges`: whether its breakers write the store's gauges.
+    pub fn new(gauges: bool) -> Self {
+        Self {
+            counts: Mutex::default(),
+            gauges,
+        }
+    }
+
     /// Records one breaker moving from `from` to `to`, and sets [`STATE`] to the worst state.
     fn moved(&self, from: CircuitState, to: CircuitState) {
         let mut counts = self.counts.lock();
@@ -95,7 +112,9 @@ impl Tally {
         if let Some(i) = slot(to) {
             counts[i] += 1;
         }
-        metrics::gauge!(STATE).set(Self::worst_of(*counts).gauge());
+        if self.gauges {
+            metrics::gauge!(STATE).set(Self::worst_of(*counts).gauge());
+        }
     }
 
     fn worst_of(counts: [usize; 2]) -> CircuitState {
@@ -143,7 +162,9 @@ impl Breaker {
 
     /// A closed, unnamed breaker of a table whose breakers share `tally`.
     pub fn in_table(threshold: u64, cooldown: Duration, tally: Arc<Tally>) -> Self {
-        metrics::gauge!(STATE).set(tally.worst().gauge());
+        if tally.gauges {
+            metrics::gauge!(STATE).set(tally.worst().gauge());
+        }
         // The four changes the breaker can make, visible at zero from the start.
         for (from, to) in [
             (CircuitState::Closed, CircuitState::Open),
@@ -191,15 +212,20 @@ impl Breaker {
         // The series of a master that left stays exported: it reads closed, since nothing is
         // refused on its account any more.
         if let Some(old) = std::mem::replace(&mut inner.domain, domain) {
-            metrics::gauge!(DOMAIN_STATE, "domain" => old.to_string())
-                .set(CircuitState::Closed.gauge());
+            self.domain_gauge(&old, CircuitState::Closed);
         }
         if from != CircuitState::Closed {
             self.tally.moved(from, CircuitState::Closed);
         }
         if let Some(name) = &inner.domain {
-            metrics::gauge!(DOMAIN_STATE, "domain" => name.to_string())
-                .set(CircuitState::Closed.gauge());
+            self.domain_gauge(name, CircuitState::Closed);
+        }
+    }
+
+    /// Sets the [`DOMAIN_STATE`] gauge of the domain named `name`, if the table writes gauges.
+    fn domain_gauge(&self, name: &str, state: CircuitState) {
+        if self.tally.gauges {
+            metrics::gauge!(DOMAIN_STATE, "domain" => name.to_owned()).set(state.gauge());
         }
     }
 
@@ -293,7 +319,7 @@ impl Breaker {
             .increment(1);
         match &inner.domain {
             Some(name) => {
-                metrics::gauge!(DOMAIN_STATE, "domain" => name.to_string()).set(state.gauge());
+                self.domain_gauge(name, state);
                 tracing::warn!(
                     circuit = state.as_str(),
                     domain = &**name,
@@ -432,5 +458,28 @@ mod tests {
         let b = breaker(1);
         b.give_back(Admission::Call);
         assert_eq!(b.admit(T0), Admission::Call);
+    }
+
+    #[test]
+    fn a_table_without_gauges_leaves_the_store_gauges_alone() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let b = Breaker::in_table(1, Duration::from_micros(COOL), Arc::new(Tally::new(false)));
+            b.rename(Some("10.0.0.1:6379".into()), 1);
+            b.failed(Admission::Call, T0);
+            assert_eq!(b.state(), CircuitState::Open);
+        });
+        let text = handle.render();
+        assert!(!text.contains(STATE), "{text}");
+        assert!(!text.contains(DOMAIN_STATE), "{text}");
+        // The node's own table does write them.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let b = breaker(1);
+            b.failed(Admission::Call, T0);
+        });
+        assert!(handle.render().contains(&format!("{STATE} 2")));
     }
 }

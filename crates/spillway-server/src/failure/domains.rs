@@ -53,7 +53,13 @@ impl DomainBreakers {
     /// Closed breakers that each open after `threshold` failures in a row and probe
     /// `cooldown` after opening.
     pub fn new(threshold: u64, cooldown: Duration) -> Self {
-        let tally = Arc::new(Tally::default());
+        Self::with_gauges(threshold, cooldown, true)
+    }
+
+    /// [`DomainBreakers::new`]; `gauges`: whether the table writes the store's circuit gauges
+    /// (only the node's own store's table does, not a far region's).
+    pub fn with_gauges(threshold: u64, cooldown: Duration, gauges: bool) -> Self {
+        let tally = Arc::new(Tally::new(gauges));
         Self {
             breakers: (0..MAX_DOMAINS)
                 .map(|_| Breaker::in_table(threshold, cooldown, tally.clone()))
