@@ -85,18 +85,31 @@ fn plain(b: u8) -> bool {
 
 /// Appends the encoded form of one value (see the module docs).
 pub fn encode_into(value: &str, out: &mut String) {
+    encode_with(value, |piece| {
+        // Every piece is ASCII: plain bytes, `~`, `#`, `%` and hex digits.
+        out.push_str(std::str::from_utf8(piece).unwrap_or_default());
+    });
+}
+
+/// Hands the encoded form of one value (see the module docs) to `emit`, piece by piece,
+/// without allocating: each piece is ASCII.
+pub fn encode_with(value: &str, mut emit: impl FnMut(&[u8])) {
+    const LOWER: &[u8; 16] = b"0123456789abcdef";
+    const UPPER: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = value.as_bytes();
     if bytes.is_empty() {
-        out.push('~');
+        emit(b"~");
     } else if bytes.len() > MAX_PLAIN {
-        out.push('#');
-        out.push_str(&sha1_smol::Sha1::from(bytes).digest().to_string());
+        emit(b"#");
+        for b in sha1_smol::Sha1::from(bytes).digest().bytes() {
+            emit(&[LOWER[usize::from(b >> 4)], LOWER[usize::from(b & 15)]]);
+        }
     } else {
         for &b in bytes {
             if plain(b) {
-                out.push(b as char);
+                emit(&[b]);
             } else {
-                let _ = write!(out, "%{b:02X}");
+                emit(&[b'%', UPPER[usize::from(b >> 4)], UPPER[usize::from(b & 15)]]);
             }
         }
     }
@@ -122,31 +135,11 @@ pub fn slot(key: &str) -> u16 {
 /// [`crate::topology`]), so it does not allocate.
 pub fn state_slot(key: &StateKey) -> u16 {
     let tag = match key.values.first() {
-        Some(first) => first.as_bytes(),
-        None => key.limit.as_bytes(),
+        Some(first) => first.as_str(),
+        None => &*key.limit,
     };
-    let crc = if tag.is_empty() {
-        crc16_more(0, b"~")
-    } else if tag.len() > MAX_PLAIN {
-        const LOWER: &[u8; 16] = b"0123456789abcdef";
-        let digest = sha1_smol::Sha1::from(tag).digest().bytes();
-        digest.iter().fold(crc16_more(0, b"#"), |crc, &b| {
-            crc16_more(
-                crc,
-                &[LOWER[usize::from(b >> 4)], LOWER[usize::from(b & 15)]],
-            )
-        })
-    } else {
-        tag.iter().fold(0, |crc, &b| {
-            if plain(b) {
-                crc16_more(crc, &[b])
-            } else {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                let escaped = [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
-                crc16_more(crc, &escaped)
-            }
-        })
-    };
+    let mut crc = 0;
+    encode_with(tag, |piece| crc = crc16_more(crc, piece));
     crc % SLOTS
 }
 

@@ -8,14 +8,17 @@
 //! the store's timeout, or names no master, leaves the last view in place until the next
 //! round.
 //!
-//! Each master address gets a domain index and keeps it while it serves slots; an address
-//! that serves none any more (a failed master replaced by its replica, a removed node) gives
-//! its index back, and an index given to another address bumps the generation, so the server
-//! starts that index's breaker afresh: the slots of a failed-over master are never left
-//! behind the old master's open breaker. Indices are bounded: index 0 ([`OTHER`]) holds the
-//! slots no master is known for (before the first answer, or uncovered) and every master past
-//! the first 63; the others hold one master each. The names are `host:port` as Redis reports
-//! them, never anything a client sent.
+//! Each master gets a domain index, keyed by its node ID (the same whichever node answers,
+//! unlike its address, which each node reports as it knows it), and keeps it while it serves
+//! slots; a master that serves none any more (a failed master replaced by its replica, a
+//! removed node) gives its index back, and an index given to another master bumps the
+//! generation, so the server starts that index's breaker afresh: the slots of a failed-over
+//! master are never left behind the old master's open breaker. Indices are bounded: index 0
+//! ([`OTHER`]) holds the slots no master is known for (before the first answer, uncovered,
+//! or in an entry of the reply that cannot be read) and every master past the first 63; the
+//! others hold one master each. A domain's name (its label in metrics, logs and `/readyz`) is
+//! the master's `host:port` as first reported (its node ID if no address was readable), never
+//! anything a client sent.
 
 use parking_lot::Mutex;
 use redis::Value;
@@ -31,22 +34,31 @@ pub const OTHER: usize = 0;
 /// The name of [`OTHER`].
 pub const OTHER_NAME: &str = "other";
 
-/// One range of slots and the address of the master serving it.
-pub type SlotRange = (u16, u16, String);
+/// One range of slots: first slot, last slot, the node ID of the master serving it, and
+/// that master's label (`host:port`, or the node ID if no address was readable).
+pub type SlotRange = (u16, u16, String, String);
+
+/// Who holds each domain index.
+#[derive(Debug)]
+struct Names {
+    /// The node ID of each index's master (`None` for [`OTHER`] and free indices).
+    ids: Vec<Option<String>>,
+    /// The name of each index in use (index 0 is [`OTHER_NAME`] while some slot is in it).
+    labels: Vec<Option<String>>,
+}
 
 /// The slot-to-domain view; see the module docs.
 pub struct Topology {
     /// The domain index of each slot.
     slots: Box<[AtomicU8]>,
-    /// The master address of each domain index (index 0 is [`OTHER_NAME`]).
-    names: Mutex<Vec<Option<String>>>,
+    names: Mutex<Names>,
     generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Topology {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Topology")
-            .field("names", &*self.names.lock())
+            .field("names", &self.names.lock().labels)
             .field("generation", &self.generation())
             .finish_non_exhaustive()
     }
@@ -61,11 +73,15 @@ impl Default for Topology {
 impl Topology {
     /// A view that knows no master yet: every slot is in [`OTHER`].
     pub fn new() -> Self {
-        let mut names = vec![None; MAX_DOMAINS];
-        names[OTHER] = Some(OTHER_NAME.to_owned());
+        let mut labels = vec![None; MAX_DOMAINS];
+        // Every slot is in `OTHER` until the first map arrives.
+        labels[OTHER] = Some(OTHER_NAME.to_owned());
         Self {
             slots: (0..crate::keys::SLOTS).map(|_| AtomicU8::new(0)).collect(),
-            names: Mutex::new(names),
+            names: Mutex::new(Names {
+                ids: vec![None; MAX_DOMAINS],
+                labels,
+            }),
             generation: AtomicU64::new(0),
         }
     }
@@ -77,12 +93,14 @@ impl Topology {
             .map_or(OTHER, |d| usize::from(d.load(Ordering::Relaxed)))
     }
 
-    /// The master address of domain `index`, if it is in use.
+    /// The name of domain `index` (its master's label), if it is in use. [`OTHER`] is named
+    /// [`OTHER_NAME`] only while some slot is in it: once every slot has its own master,
+    /// nothing can be refused on its account, and the server's breaker for it starts afresh.
     pub fn name(&self, index: usize) -> Option<String> {
-        self.names.lock().get(index).cloned().flatten()
+        self.names.lock().labels.get(index).cloned().flatten()
     }
 
-    /// Changes whenever an index is given to another address.
+    /// Changes whenever an index is given to another master, or [`OTHER`] is named or unnamed.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -90,26 +108,31 @@ impl Topology {
     /// Takes in a slot map (as `CLUSTER SLOTS` gives it). Returns whether any index changed
     /// hands.
     pub fn apply(&self, ranges: &[SlotRange]) -> bool {
-        let mut names = self.names.lock();
-        let serving = |name: &str| ranges.iter().any(|(_, _, addr)| addr == name);
+        let mut guard = self.names.lock();
+        let Names { ids, labels } = &mut *guard;
+        let serving = |id: &str| ranges.iter().any(|(_, _, node, _)| node == id);
         let mut changed = false;
-        for name in names.iter_mut().skip(OTHER + 1) {
-            if name.as_deref().is_some_and(|n| !serving(n)) {
-                *name = None;
+        for (id, label) in ids.iter_mut().zip(labels.iter_mut()).skip(OTHER + 1) {
+            if id.as_deref().is_some_and(|n| !serving(n)) {
+                *id = None;
+                *label = None;
                 changed = true;
             }
         }
         let mut table = vec![OTHER as u8; usize::from(crate::keys::SLOTS)];
-        for (start, end, addr) in ranges {
-            let index = match names
+        for (start, end, node, label) in ranges {
+            let index = match ids
                 .iter()
                 .skip(OTHER + 1)
-                .position(|n| n.as_ref() == Some(addr))
+                .position(|n| n.as_ref() == Some(node))
             {
+                // The label stays as first given: another node may report the same master's
+                // address differently, and a name that flips would reset its breaker.
                 Some(i) => i + OTHER + 1,
-                None => match names.iter().skip(OTHER + 1).position(Option::is_none) {
+                None => match ids.iter().skip(OTHER + 1).position(Option::is_none) {
                     Some(i) => {
-                        names[i + OTHER + 1] = Some(addr.clone());
+                        ids[i + OTHER + 1] = Some(node.clone());
+                        labels[i + OTHER + 1] = Some(label.clone());
                         changed = true;
                         i + OTHER + 1
                     }
@@ -125,17 +148,33 @@ impl Topology {
         for (entry, &index) in self.slots.iter().zip(&table) {
             entry.store(index, Ordering::Relaxed);
         }
+        // `OTHER` is named while some slot is in it; its name coming or going bumps the
+        // generation, so an `OTHER` breaker opened before the first map (or for uncovered
+        // slots) is started afresh rather than left open with nothing to probe it.
+        let other = table
+            .contains(&(OTHER as u8))
+            .then(|| OTHER_NAME.to_owned());
+        if labels[OTHER] != other {
+            labels[OTHER] = other;
+            changed = true;
+        }
         if changed {
             self.generation.fetch_add(1, Ordering::Release);
-            let masters: Vec<&str> = names.iter().skip(1).flatten().map(String::as_str).collect();
+            let masters: Vec<&str> = labels
+                .iter()
+                .skip(OTHER + 1)
+                .flatten()
+                .map(String::as_str)
+                .collect();
             tracing::info!(?masters, "cluster masters (failure domains) changed");
         }
         changed
     }
 }
 
-/// Reads a `CLUSTER SLOTS` reply: each range's first and last slot and its master's
-/// `host:port`. `None` if the reply does not have that shape.
+/// Reads a `CLUSTER SLOTS` reply: each range's first and last slot, its master's node ID and
+/// label. `None` if the reply is not a list; an entry that cannot be read (no slot numbers, no
+/// node ID) is left out, its slots staying in [`OTHER`], rather than losing the whole map.
 pub fn parse_cluster_slots(reply: &Value) -> Option<Vec<SlotRange>> {
     let Value::Array(entries) = reply else {
         return None;
@@ -144,26 +183,40 @@ pub fn parse_cluster_slots(reply: &Value) -> Option<Vec<SlotRange>> {
         Value::Int(i) => u16::try_from(*i).ok(),
         _ => None,
     };
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
+    let text = |v: &Value| {
+        match v {
+            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        }
+        .filter(|t| !t.is_empty())
     };
-    entries
-        .iter()
-        .map(|entry| {
-            let Value::Array(fields) = entry else {
-                return None;
-            };
-            let (start, end) = (int(fields.first()?)?, int(fields.get(1)?)?);
-            let Value::Array(master) = fields.get(2)? else {
-                return None;
-            };
-            let host = text(master.first()?)?;
-            let port = int(master.get(1)?)?;
-            Some((start, end, format!("{host}:{port}")))
-        })
-        .collect()
+    let read = |entry: &Value| {
+        let Value::Array(fields) = entry else {
+            return None;
+        };
+        let (start, end) = (int(fields.first()?)?, int(fields.get(1)?)?);
+        let Value::Array(master) = fields.get(2)? else {
+            return None;
+        };
+        let id = text(master.get(2)?)?;
+        // The address is only a label: a node that does not know it (a Nil or `?` host)
+        // still names the master by its ID.
+        let address = match (master.first().and_then(text), master.get(1).and_then(int)) {
+            (Some(host), Some(port)) if host != "?" => Some(format!("{host}:{port}")),
+            _ => None,
+        };
+        let label = address.unwrap_or_else(|| id.clone());
+        Some((start, end, id, label))
+    };
+    let ranges: Vec<SlotRange> = entries.iter().filter_map(read).collect();
+    if ranges.len() < entries.len() {
+        tracing::debug!(
+            skipped = entries.len() - ranges.len(),
+            "CLUSTER SLOTS entries without slots or a node ID left out"
+        );
+    }
+    Some(ranges)
 }
 
 /// Asks `conn` for the slot map once, within `timeout`, and applies it.
@@ -217,11 +270,16 @@ pub(crate) fn keep_fresh(
 mod tests {
     use super::*;
 
+    /// A range served by the master labelled `name`, whose node ID is derived from it.
+    fn range(start: u16, end: u16, name: &str) -> SlotRange {
+        (start, end, format!("id-{name}"), name.into())
+    }
+
     fn three(a: &str, b: &str, c: &str) -> Vec<SlotRange> {
         vec![
-            (0, 5460, a.into()),
-            (5461, 10922, b.into()),
-            (10923, 16383, c.into()),
+            range(0, 5460, a),
+            range(5461, 10922, b),
+            range(10923, 16383, c),
         ]
     }
 
@@ -238,7 +296,7 @@ mod tests {
         assert!(a != b && b != c && a != c && ![a, b, c].contains(&OTHER));
         assert_eq!(t.domain_of_slot(5460), a);
         assert_eq!(t.name(b).as_deref(), Some("h:2"));
-        assert_eq!(t.name(OTHER).as_deref(), Some(OTHER_NAME));
+        assert_eq!(t.name(OTHER), None, "no slot is left in other");
         let g = t.generation();
         assert!(
             !t.apply(&three("h:1", "h:2", "h:3")),
@@ -248,24 +306,64 @@ mod tests {
     }
 
     #[test]
-    fn a_failover_gives_the_slots_a_new_domain_and_frees_the_old_one() {
+    fn a_failover_renames_the_freed_index_and_moves_the_generation() {
         let t = Topology::new();
         t.apply(&three("h:1", "h:2", "h:3"));
         let old = t.domain_of_slot(0);
         let g = t.generation();
-        // h:1's replica h:4 took over its slots.
+        // h:1's replica h:4 took over its slots: h:1's index is freed and given to h:4.
         assert!(t.apply(&three("h:4", "h:2", "h:3")));
-        assert!(t.generation() > g, "the server must look again");
         let new = t.domain_of_slot(0);
+        assert_eq!(old, new, "the freed index is reused");
         assert_eq!(t.name(new).as_deref(), Some("h:4"));
-        assert_ne!(t.name(old).as_deref(), Some("h:1"), "h:1 no longer named");
+        assert!(
+            t.generation() > g,
+            "so the server renames (restarts) its breaker"
+        );
+    }
+
+    #[test]
+    fn masters_are_keyed_by_node_id_not_by_the_address_a_node_reports() {
+        let t = Topology::new();
+        t.apply(&three("h:1", "h:2", "h:3"));
+        let (a, g) = (t.domain_of_slot(0), t.generation());
+        // Another node reports the same master (same ID) under another address.
+        let mut other_view = three("h:1", "h:2", "h:3");
+        other_view[0].3 = "10.0.0.9:7000".into();
+        assert!(!t.apply(&other_view), "the same masters: nothing changes");
+        assert_eq!(t.generation(), g, "no breaker is reset");
+        assert_eq!(t.domain_of_slot(0), a);
+        assert_eq!(t.name(a).as_deref(), Some("h:1"), "the first label stays");
+    }
+
+    #[test]
+    fn other_is_named_only_while_some_slot_is_in_it() {
+        let t = Topology::new();
+        assert_eq!(
+            t.name(OTHER).as_deref(),
+            Some(OTHER_NAME),
+            "before the first map"
+        );
+        let g = t.generation();
+        assert!(t.apply(&three("h:1", "h:2", "h:3")));
+        assert_eq!(t.name(OTHER), None, "every slot has a master");
+        assert!(
+            t.generation() > g,
+            "so the server renames (closes) its breaker"
+        );
+        // A map leaving slots uncovered names it again.
+        let g = t.generation();
+        assert!(t.apply(&[range(0, 5460, "h:1"), range(5461, 10922, "h:2")]));
+        assert_eq!(t.domain_of_slot(16383), OTHER);
+        assert_eq!(t.name(OTHER).as_deref(), Some(OTHER_NAME));
+        assert!(t.generation() > g);
     }
 
     #[test]
     fn indices_are_bounded_and_extra_masters_share_other() {
         let t = Topology::new();
         let ranges: Vec<SlotRange> = (0..100u16)
-            .map(|i| (i * 100, i * 100 + 99, format!("h:{i}")))
+            .map(|i| range(i * 100, i * 100 + 99, &format!("h:{i}")))
             .collect();
         t.apply(&ranges);
         let named = (0..MAX_DOMAINS).filter(|&i| t.name(i).is_some()).count();
@@ -276,25 +374,50 @@ mod tests {
 
     #[test]
     fn cluster_slots_replies_are_read() {
-        let node = |host: &str, port: i64| {
+        let node = |host: Value, port: i64, id: &str| {
             Value::Array(vec![
-                Value::BulkString(host.as_bytes().to_vec()),
+                host,
                 Value::Int(port),
-                Value::BulkString(b"id".to_vec()),
+                Value::BulkString(id.as_bytes().to_vec()),
             ])
         };
-        let reply = Value::Array(vec![Value::Array(vec![
-            Value::Int(0),
-            Value::Int(5460),
-            node("127.0.0.1", 7000),
-            node("127.0.0.1", 7003),
-        ])]);
+        let ip = |h: &str| Value::BulkString(h.as_bytes().to_vec());
+        let entry = |start, end, master| {
+            Value::Array(vec![
+                Value::Int(start),
+                Value::Int(end),
+                master,
+                node(ip("127.0.0.1"), 7003, "replica"),
+            ])
+        };
+        let reply = Value::Array(vec![entry(0, 5460, node(ip("127.0.0.1"), 7000, "a1"))]);
         assert_eq!(
             parse_cluster_slots(&reply),
-            Some(vec![(0, 5460, "127.0.0.1:7000".to_owned())])
+            Some(vec![(0, 5460, "a1".into(), "127.0.0.1:7000".into())])
         );
         assert_eq!(parse_cluster_slots(&Value::Okay), None);
-        let bad = Value::Array(vec![Value::Array(vec![Value::Int(0)])]);
-        assert_eq!(parse_cluster_slots(&bad), None);
+    }
+
+    #[test]
+    fn unreadable_cluster_slots_entries_are_left_out_not_the_whole_reply() {
+        let node = |host: Value, id: Value| Value::Array(vec![host, Value::Int(7000), id]);
+        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let entry =
+            |start, end, master| Value::Array(vec![Value::Int(start), Value::Int(end), master]);
+        let reply = Value::Array(vec![
+            // A Nil host (a node that does not know the address): labelled by its ID.
+            entry(0, 5460, node(Value::Nil, text("b2"))),
+            // No node ID: left out, its slots stay in `other`.
+            entry(5461, 10922, node(text("10.0.0.2"), Value::Nil)),
+            Value::Array(vec![Value::Int(0)]),
+            entry(10923, 16383, node(text("10.0.0.3"), text("c3"))),
+        ]);
+        assert_eq!(
+            parse_cluster_slots(&reply),
+            Some(vec![
+                (0, 5460, "b2".into(), "b2".into()),
+                (10923, 16383, "c3".into(), "10.0.0.3:7000".into()),
+            ])
+        );
     }
 }

@@ -121,6 +121,18 @@ async fn a_frozen_masters_breaker_opens_alone() {
     let server = Server::with_policy(&policy(&cluster)).start();
     let users = users(&cluster);
     let (hung, healthy) = (&users[0], &users[1..]);
+    // The first CLUSTER SLOTS is cut at the store timeout and the map is asked again every
+    // second: wait until the store names every master (the guard takes the names on a
+    // request, so each round sends one per master).
+    let named = wait_until_async(Duration::from_secs(10), || async {
+        for user in &users {
+            ask(&server, user).await;
+        }
+        let (each, _) = gauges(&server, &cluster).await;
+        each.iter().all(Option::is_some).then_some(())
+    })
+    .await;
+    assert!(named.is_some(), "the masters were never named");
     for user in &users {
         let s = ask(&server, user).await;
         assert!(s.decided(), "before the freeze: {s:?}");

@@ -74,13 +74,30 @@ pub enum Admission {
 }
 
 /// How many breakers of one table are in each state, behind the [`STATE`] gauge.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tally {
     /// Breakers half-open and open (the rest are closed).
     counts: Mutex<[usize; 2]>,
+    /// Whether the table writes the [`STATE`] and [`DOMAIN_STATE`] gauges: only the node's
+    /// own store's does (a far region's table would overwrite them with its own states).
+    gauges: bool,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self::new(true)
+    }
 }
 
 impl Tally {
+    /// An empty tally; `gauges`: whether its breakers write the store's gauges.
+    pub fn new(gauges: bool) -> Self {
+        Self {
+            counts: Mutex::default(),
+            gauges,
+        }
+    }
+
     /// Records one breaker moving from `from` to `to`, and sets [`STATE`] to the worst state.
     fn moved(&self, from: CircuitState, to: CircuitState) {
         let mut counts = self.counts.lock();
@@ -95,7 +112,9 @@ impl Tally {
         if let Some(i) = slot(to) {
             counts[i] += 1;
         }
-        metrics::gauge!(STATE).set(Self::worst_of(*counts).gauge());
+        if self.gauges {
+            metrics::gauge!(STATE).set(Self::worst_of(*counts).gauge());
+        }
     }
 
     fn worst_of(counts: [usize; 2]) -> CircuitState {
@@ -120,6 +139,9 @@ struct Inner {
     since: Micros,
     /// The domain's name for metrics and logs (`None`: the store as a whole).
     domain: Option<Arc<str>>,
+    /// The table's epoch at the last [`Breaker::rename`]: outcomes of calls admitted at an
+    /// earlier epoch belong to the old domain and are ignored.
+    renamed_at: u64,
 }
 
 /// A consecutive-failure circuit breaker; see the module docs.
@@ -140,7 +162,9 @@ impl Breaker {
 
     /// A closed, unnamed breaker of a table whose breakers share `tally`.
     pub fn in_table(threshold: u64, cooldown: Duration, tally: Arc<Tally>) -> Self {
-        metrics::gauge!(STATE).set(tally.worst().gauge());
+        if tally.gauges {
+            metrics::gauge!(STATE).set(tally.worst().gauge());
+        }
         // The four changes the breaker can make, visible at zero from the start.
         for (from, to) in [
             (CircuitState::Closed, CircuitState::Open),
@@ -157,6 +181,7 @@ impl Breaker {
                 failures: 0,
                 since: 0,
                 domain: None,
+                renamed_at: 0,
             }),
             threshold: threshold.max(1),
             cooldown: Micros::try_from(cooldown.as_micros()).unwrap_or(Micros::MAX),
@@ -176,23 +201,31 @@ impl Breaker {
 
     /// Starts the breaker afresh, closed and with no failures, for the domain now named
     /// `domain` (its index was given to another master): whatever the old domain did says
-    /// nothing about the new one. Not counted as a transition; the gauges follow.
-    pub fn rename(&self, domain: Option<Arc<str>>) {
+    /// nothing about the new one. Not counted as a transition; the gauges follow. `epoch` is
+    /// the table's epoch from now on (greater than any an earlier admission carries), so the
+    /// outcomes of calls admitted before the rename do not count for the new domain.
+    pub fn rename(&self, domain: Option<Arc<str>>, epoch: u64) {
         let mut inner = self.inner.lock();
+        inner.renamed_at = epoch;
         let from = std::mem::replace(&mut inner.state, CircuitState::Closed);
         inner.failures = 0;
         // The series of a master that left stays exported: it reads closed, since nothing is
         // refused on its account any more.
         if let Some(old) = std::mem::replace(&mut inner.domain, domain) {
-            metrics::gauge!(DOMAIN_STATE, "domain" => old.to_string())
-                .set(CircuitState::Closed.gauge());
+            self.domain_gauge(&old, CircuitState::Closed);
         }
         if from != CircuitState::Closed {
             self.tally.moved(from, CircuitState::Closed);
         }
         if let Some(name) = &inner.domain {
-            metrics::gauge!(DOMAIN_STATE, "domain" => name.to_string())
-                .set(CircuitState::Closed.gauge());
+            self.domain_gauge(name, CircuitState::Closed);
+        }
+    }
+
+    /// Sets the [`DOMAIN_STATE`] gauge of the domain named `name`, if the table writes gauges.
+    fn domain_gauge(&self, name: &str, state: CircuitState) {
+        if self.tally.gauges {
+            metrics::gauge!(DOMAIN_STATE, "domain" => name.to_owned()).set(state.gauge());
         }
     }
 
@@ -232,7 +265,16 @@ impl Breaker {
     /// Records a call that succeeded. Returns `true` when this closed the breaker (the store
     /// has recovered).
     pub fn succeeded(&self, admission: Admission) -> bool {
+        self.succeeded_in(admission, u64::MAX)
+    }
+
+    /// [`Breaker::succeeded`] for a call admitted at the table's epoch `epoch`: ignored if the
+    /// breaker was renamed since.
+    pub fn succeeded_in(&self, admission: Admission, epoch: u64) -> bool {
         let mut inner = self.inner.lock();
+        if epoch < inner.renamed_at {
+            return false;
+        }
         inner.failures = 0;
         if admission == Admission::Probe && inner.state != CircuitState::Closed {
             self.enter(&mut inner, CircuitState::Closed);
@@ -244,7 +286,16 @@ impl Breaker {
     /// Records a call that failed or timed out at `now`. Returns `true` when this opened the
     /// breaker.
     pub fn failed(&self, admission: Admission, now: Micros) -> bool {
+        self.failed_in(admission, now, u64::MAX)
+    }
+
+    /// [`Breaker::failed`] for a call admitted at the table's epoch `epoch`: ignored if the
+    /// breaker was renamed since.
+    pub fn failed_in(&self, admission: Admission, now: Micros, epoch: u64) -> bool {
         let mut inner = self.inner.lock();
+        if epoch < inner.renamed_at {
+            return false;
+        }
         inner.failures = inner.failures.saturating_add(1);
         let open = match inner.state {
             CircuitState::Closed => inner.failures >= self.threshold,
@@ -268,7 +319,7 @@ impl Breaker {
             .increment(1);
         match &inner.domain {
             Some(name) => {
-                metrics::gauge!(DOMAIN_STATE, "domain" => name.to_string()).set(state.gauge());
+                self.domain_gauge(name, state);
                 tracing::warn!(
                     circuit = state.as_str(),
                     domain = &**name,
@@ -359,5 +410,76 @@ mod tests {
         b.failed(Admission::Call, t0);
         assert!(!b.succeeded(Admission::Call));
         assert_eq!(b.state(), CircuitState::Open);
+    }
+
+    #[test]
+    fn a_rename_starts_closed_and_ignores_outcomes_admitted_before_it() {
+        let b = breaker(2);
+        let before = b.admit(T0);
+        b.failed(Admission::Call, T0);
+        b.failed(Admission::Call, T0);
+        assert_eq!(b.state(), CircuitState::Open);
+        b.rename(Some("new".into()), 1);
+        assert_eq!(
+            b.state(),
+            CircuitState::Closed,
+            "the new domain starts closed"
+        );
+        assert_eq!(b.domain().as_deref(), Some("new"));
+        // Two failures admitted before the rename (epoch 0) would open it again.
+        assert!(!b.failed_in(before, T0, 0));
+        assert!(!b.failed_in(before, T0, 0));
+        assert_eq!(
+            b.state(),
+            CircuitState::Closed,
+            "the old domain's outcomes are ignored"
+        );
+        assert!(!b.failed_in(Admission::Call, T0, 1));
+        assert!(
+            b.failed_in(Admission::Call, T0, 1),
+            "the new domain's own count"
+        );
+    }
+
+    #[test]
+    fn a_probe_given_back_goes_to_the_next_request_at_once() {
+        let b = breaker(1);
+        b.failed(Admission::Call, T0);
+        let probe = b.admit(T0 + COOL);
+        assert_eq!(probe, Admission::Probe);
+        assert_eq!(b.admit(T0 + COOL), Admission::Rejected, "one probe out");
+        b.give_back(probe);
+        assert_eq!(
+            b.admit(T0 + COOL),
+            Admission::Probe,
+            "handed on, no cooldown"
+        );
+        // An ordinary call given back changes nothing.
+        let b = breaker(1);
+        b.give_back(Admission::Call);
+        assert_eq!(b.admit(T0), Admission::Call);
+    }
+
+    #[test]
+    fn a_table_without_gauges_leaves_the_store_gauges_alone() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let b = Breaker::in_table(1, Duration::from_micros(COOL), Arc::new(Tally::new(false)));
+            b.rename(Some("10.0.0.1:6379".into()), 1);
+            b.failed(Admission::Call, T0);
+            assert_eq!(b.state(), CircuitState::Open);
+        });
+        let text = handle.render();
+        assert!(!text.contains(STATE), "{text}");
+        assert!(!text.contains(DOMAIN_STATE), "{text}");
+        // The node's own table does write them.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let b = breaker(1);
+            b.failed(Admission::Call, T0);
+        });
+        assert!(handle.render().contains(&format!("{STATE} 2")));
     }
 }

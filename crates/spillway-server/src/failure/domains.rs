@@ -33,6 +33,8 @@ use std::time::Duration;
 pub struct Admitted {
     calls: Domains,
     probes: Domains,
+    /// The table's epoch when admitted: a breaker renamed since ignores the outcome.
+    epoch: u64,
 }
 
 /// The breakers of every domain; see the module docs.
@@ -42,6 +44,8 @@ pub struct DomainBreakers {
     tally: Arc<Tally>,
     /// The store's domain generation the names were last taken at (`u64::MAX`: never).
     seen: AtomicU64,
+    /// Bumped by each [`DomainBreakers::sync`] that renames a breaker; carried by admissions.
+    epoch: AtomicU64,
     syncing: Mutex<()>,
 }
 
@@ -49,13 +53,20 @@ impl DomainBreakers {
     /// Closed breakers that each open after `threshold` failures in a row and probe
     /// `cooldown` after opening.
     pub fn new(threshold: u64, cooldown: Duration) -> Self {
-        let tally = Arc::new(Tally::default());
+        Self::with_gauges(threshold, cooldown, true)
+    }
+
+    /// [`DomainBreakers::new`]; `gauges`: whether the table writes the store's circuit gauges
+    /// (only the node's own store's table does, not a far region's).
+    pub fn with_gauges(threshold: u64, cooldown: Duration, gauges: bool) -> Self {
+        let tally = Arc::new(Tally::new(gauges));
         Self {
             breakers: (0..MAX_DOMAINS)
                 .map(|_| Breaker::in_table(threshold, cooldown, tally.clone()))
                 .collect(),
             tally,
             seen: AtomicU64::new(u64::MAX),
+            epoch: AtomicU64::new(0),
             syncing: Mutex::new(()),
         }
     }
@@ -71,6 +82,11 @@ impl DomainBreakers {
         if self.seen.load(Ordering::Acquire) == generation {
             return;
         }
+        // Renamed breakers take the next epoch before it is published: an admission that
+        // read the old epoch, whether it reached the breaker before or after the rename, has
+        // its outcome ignored (at worst one sent just after is ignored too).
+        let next = self.epoch.load(Ordering::Acquire) + 1;
+        let mut renamed = false;
         for (index, breaker) in self.breakers.iter().enumerate() {
             let name = store.domain_name(index);
             if breaker.domain().as_deref() != name.as_deref() {
@@ -81,8 +97,12 @@ impl DomainBreakers {
                         "a store failure domain changed hands; its breaker starts closed"
                     );
                 }
-                breaker.rename(name.map(Arc::from));
+                breaker.rename(name.map(Arc::from), next);
+                renamed = true;
             }
+        }
+        if renamed {
+            self.epoch.store(next, Ordering::Release);
         }
         self.seen.store(generation, Ordering::Release);
     }
@@ -95,7 +115,10 @@ impl DomainBreakers {
         if domains.len() > 1 && !domains.iter().all(|i| self.breakers[i].would_admit(now)) {
             return None;
         }
-        let mut admitted = Admitted::default();
+        let mut admitted = Admitted {
+            epoch: self.epoch.load(Ordering::Acquire),
+            ..Admitted::default()
+        };
         for index in domains.iter() {
             match self.breakers[index].admit(now) {
                 Admission::Call => admitted.calls = admitted.calls.with(index),
@@ -116,7 +139,7 @@ impl DomainBreakers {
         let mut closed = false;
         for (set, admission) in Self::parts(admitted) {
             for index in set.iter() {
-                closed |= self.breakers[index].succeeded(admission);
+                closed |= self.breakers[index].succeeded_in(admission, admitted.epoch);
             }
         }
         closed
@@ -126,7 +149,7 @@ impl DomainBreakers {
     pub fn failed(&self, admitted: Admitted, now: Micros) {
         for (set, admission) in Self::parts(admitted) {
             for index in set.iter() {
-                self.breakers[index].failed(admission, now);
+                self.breakers[index].failed_in(admission, now, admitted.epoch);
             }
         }
     }
@@ -334,5 +357,60 @@ mod tests {
         assert_eq!(t.state(), CircuitState::Closed, "the aggregate follows");
         assert!(t.admit(set(&[1]), T0).is_some(), "no cooldown to wait out");
         assert_eq!(t.breakers[1].domain().as_deref(), Some("10.0.0.2:6379"));
+    }
+
+    #[test]
+    fn outcomes_admitted_before_a_rename_do_not_count_for_the_new_domain() {
+        let t = table();
+        let store = Named::default();
+        *store.names.lock() = vec![None, Some("10.0.0.1:6379".into())];
+        store.generation.store(1, Ordering::SeqCst);
+        t.sync(&store);
+        // Two calls to the old master are in flight when it fails over.
+        let (a, b) = (
+            t.admit(set(&[1]), T0).unwrap(),
+            t.admit(set(&[1]), T0).unwrap(),
+        );
+        *store.names.lock() = vec![None, Some("10.0.0.2:6379".into())];
+        store.generation.store(2, Ordering::SeqCst);
+        t.sync(&store);
+        t.failed(a, T0);
+        t.failed(b, T0);
+        assert_eq!(
+            t.domain_state(1),
+            CircuitState::Closed,
+            "the old master's timeouts"
+        );
+        let c = t.admit(set(&[1]), T0).unwrap();
+        t.failed(c, T0);
+        let c = t.admit(set(&[1]), T0).unwrap();
+        t.failed(c, T0);
+        assert_eq!(
+            t.domain_state(1),
+            CircuitState::Open,
+            "the new master's own count"
+        );
+    }
+
+    #[test]
+    fn other_opened_before_the_first_map_closes_when_it_is_unnamed() {
+        let t = table();
+        let store = Named::default();
+        *store.names.lock() = vec![Some("other".into())];
+        store.generation.store(1, Ordering::SeqCst);
+        t.sync(&store);
+        open(&t, set(&[0]), T0);
+        assert_eq!(t.not_closed(), vec![("other".into(), CircuitState::Open)]);
+        // The map arrives: no slot is left in index 0, so the store unnames it.
+        *store.names.lock() = vec![None, Some("10.0.0.1:6379".into())];
+        store.generation.store(2, Ordering::SeqCst);
+        t.sync(&store);
+        assert_eq!(t.domain_state(0), CircuitState::Closed);
+        assert_eq!(
+            t.state(),
+            CircuitState::Closed,
+            "the aggregate gauge follows"
+        );
+        assert!(t.not_closed().is_empty(), "/readyz no longer lists other");
     }
 }

@@ -75,8 +75,7 @@ impl Store for GuardedStore {
         if let Some(decisions) = self.inner.local_answer(checks) {
             return Ok(decisions);
         }
-        let domains = self.inner.domains(checks);
-        self.guarded(domains, self.inner.check(checks, mode)).await
+        self.guarded(checks, self.inner.check(checks, mode)).await
     }
 
     async fn charge(
@@ -85,8 +84,7 @@ impl Store for GuardedStore {
         report: Option<ReportId>,
     ) -> Result<Charged, StoreError> {
         // A charge is never answered from a cache: it must reach the store to be recorded.
-        let domains = self.inner.domains(checks);
-        self.guarded(domains, self.inner.charge(checks, report))
+        self.guarded(checks, self.inner.charge(checks, report))
             .await
     }
 
@@ -123,13 +121,14 @@ impl Store for GuardedStore {
 }
 
 impl GuardedStore {
-    /// Runs one store call touching `domains` behind their breakers and the budget, and tells
-    /// the breakers how it went.
+    /// Runs one store call for `checks` behind the breakers of the domains they touch and the
+    /// budget, and tells the breakers how it went.
     async fn guarded<T>(
         &self,
-        domains: Domains,
+        checks: &[Check<'_>],
         call: impl std::future::Future<Output = Result<T, StoreError>> + Send + Unpin,
     ) -> Result<T, StoreError> {
+        let domains = self.inner.domains(checks);
         self.breakers.sync(&*self.inner);
         let Some(admitted) = self.breakers.admit(domains, self.clock.now()) else {
             return Err(StoreError::Unavailable(CIRCUIT_OPEN.into()));

@@ -146,10 +146,21 @@ impl Failover {
     /// Failure handling with `settings`; emergency quotas and the breaker's cooldown read time
     /// from `clock`.
     pub fn new(settings: FailureSettings, clock: Arc<dyn Clock>) -> Self {
+        Self::with_gauges(settings, clock, true)
+    }
+
+    /// [`Failover::new`] for a store other than the node's own (a far region's): its
+    /// breakers do not write the store's circuit gauges.
+    pub fn for_region(settings: FailureSettings, clock: Arc<dyn Clock>) -> Self {
+        Self::with_gauges(settings, clock, false)
+    }
+
+    fn with_gauges(settings: FailureSettings, clock: Arc<dyn Clock>, gauges: bool) -> Self {
         Self {
-            breakers: Arc::new(DomainBreakers::new(
+            breakers: Arc::new(DomainBreakers::with_gauges(
                 settings.breaker_failures,
                 settings.breaker_cooldown,
+                gauges,
             )),
             emergency: Arc::new(EmergencyLimiter::new(
                 clock.clone(),

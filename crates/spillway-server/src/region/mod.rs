@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use spillway_core::algorithm::Decision;
 use spillway_core::policy::{Policy, Regions, StoreConfig};
 use spillway_core::request::CheckMode;
-use spillway_core::store::{Check, Store, StoreError};
+use spillway_core::store::{Check, Domains, Store, StoreError};
 use spillway_core::time::Clock;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,7 +119,7 @@ impl RegionNode {
                     });
                     // Its own breaker: a far region that fails must not stop the near one.
                     let settings = FailureSettings { budget, ..*failure };
-                    Failover::new(settings, clock.clone()).guard(lazy, true)
+                    Failover::for_region(settings, clock.clone()).guard(lazy, true)
                 })
             })
             .collect();
@@ -215,6 +215,21 @@ impl Store for Remote {
 
     fn local_answer(&self, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
         self.store.get()?.local_answer(checks)
+    }
+
+    // A far region's cluster gets a breaker per master too (before it connects: one).
+    fn domains(&self, checks: &[Check<'_>]) -> Domains {
+        self.store
+            .get()
+            .map_or(Domains::WHOLE, |s| s.domains(checks))
+    }
+
+    fn domain_generation(&self) -> u64 {
+        self.store.get().map_or(0, |s| s.domain_generation())
+    }
+
+    fn domain_name(&self, index: usize) -> Option<String> {
+        self.store.get()?.domain_name(index)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -312,23 +312,23 @@ pub fn wait_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) ->
     }
 }
 
-/// The async twin of [`wait_until`], for probes that talk to the server.
+/// The async twin of [`wait_until`], for probes that talk to the server. `timeout` bounds
+/// the time elapsed, the probes' own time included (a probe may wait out a budget).
 pub async fn wait_until_async<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
     let step = Duration::from_millis(50);
-    let mut waited = Duration::ZERO;
+    let started = tokio::time::Instant::now();
     loop {
         if let Some(found) = probe().await {
             return Some(found);
         }
-        if waited >= timeout {
+        if started.elapsed() >= timeout {
             return None;
         }
         tokio::time::sleep(step).await;
-        waited += step;
     }
 }
 
