@@ -312,23 +312,25 @@ pub fn wait_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) ->
     }
 }
 
-/// The async twin of [`wait_until`], for probes that talk to the server. `timeout` bounds
-/// the time elapsed, the probes' own time included (a probe may wait out a budget).
+/// The async twin of [`wait_until`], for probes that talk to the server. `timeout` counts
+/// the waits between probes, not the probes' own time: on a loaded machine a probe may take
+/// long, and a slow probe must not use up the patience meant for the server to change.
 pub async fn wait_until_async<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
     let step = Duration::from_millis(50);
-    let started = tokio::time::Instant::now();
+    let mut waited = Duration::ZERO;
     loop {
         if let Some(found) = probe().await {
             return Some(found);
         }
-        if started.elapsed() >= timeout {
+        if waited >= timeout {
             return None;
         }
         tokio::time::sleep(step).await;
+        waited += step;
     }
 }
 
