@@ -11,32 +11,11 @@
 use criterion::{black_box, Criterion, Throughput};
 use spillway_core::time::SECOND;
 use spillway_core::topk::{Shape, TopK};
+use spillway_testkit::zipf::{mix, zipf_stream};
 use std::sync::Arc;
 
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-fn zipf(keys: usize, len: usize) -> Vec<u64> {
-    let mut cdf = Vec::with_capacity(keys);
-    let mut total = 0.0;
-    for k in 1..=keys {
-        total += 1.0 / k as f64;
-        cdf.push(total);
-    }
-    (0..len as u64)
-        .map(|i| {
-            let u = (mix(i) >> 11) as f64 / (1u64 << 53) as f64 * total;
-            cdf.partition_point(|&c| c < u).min(keys - 1) as u64
-        })
-        .collect()
-}
-
 fn bench(c: &mut Criterion) {
-    let stream: Vec<u64> = zipf(1_000_000, 1 << 20).into_iter().map(mix).collect();
+    let stream: Vec<u64> = zipf_stream(1_000_000, 1.0, 1 << 20, 0).map(mix).collect();
     let mut group = c.benchmark_group("topk");
     group.throughput(Throughput::Elements(1));
     let label: Arc<str> = Arc::from("tenant-label");

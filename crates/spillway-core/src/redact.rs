@@ -1,8 +1,9 @@
 //! Passwords in connection URLs, hidden before any text reaches a log or an error message.
 //!
-//! Every place that shows a URL a user gave (the policy's store and regions, the Redis store's
-//! settings, the decision log's sink, `spillway decisions`) masks it with [`mask_url`] or, for
-//! text that may be mistyped or hold several URLs, [`mask_text`].
+//! The places that show a URL a user gave mask it with [`mask_url`] or, for text that may be
+//! mistyped or hold several URLs, [`mask_text`]: the policy's store and region errors and the
+//! `Debug` form of its Redis settings, the Redis store's settings, the decision log's sink and
+//! `spillway decisions`.
 
 /// `url` with the password of its user information replaced by `****`
 /// (`redis://user:****@host:6379`); a URL without one is returned as it is.
@@ -153,6 +154,19 @@ mod tests {
         assert!(
             other.contains("not a redis:// URL") && !other.contains("s3cret"),
             "{other}"
+        );
+    }
+
+    #[test]
+    fn the_policys_redis_settings_debug_without_passwords() {
+        let settings = crate::policy::RedisSettings {
+            urls: vec!["redis://app:s3cret@h:1".into()],
+            ..Default::default()
+        };
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("redis://app:****@h:1"),
+            "{shown}"
         );
     }
 }

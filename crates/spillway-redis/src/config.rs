@@ -146,15 +146,6 @@ fn debug_cluster(f: &mut fmt::Formatter<'_>, urls: &[String]) -> fmt::Result {
     f.debug_tuple("Cluster").field(&masked(urls)).finish()
 }
 
-impl From<UrlTarget> for Target {
-    fn from(target: UrlTarget) -> Self {
-        match target {
-            UrlTarget::Server(url) => Self::Server(url),
-            UrlTarget::Cluster(urls) => Self::Cluster(urls),
-        }
-    }
-}
-
 /// Reads text naming Redis by URL, the one reading every flag that takes such text shares:
 /// one `redis://` URL for a server, or `cluster+` and a comma-separated list of seed nodes for
 /// a cluster. Spaces around each URL are dropped.

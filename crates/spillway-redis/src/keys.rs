@@ -85,9 +85,9 @@ fn plain(b: u8) -> bool {
 
 /// Appends the encoded form of one value (see the module docs).
 pub fn encode_into(value: &str, out: &mut String) {
+    // Every piece is ASCII (plain bytes, `~`, `#`, `%` and hex digits): each byte is its char.
     encode_with(value, |piece| {
-        // Every piece is ASCII: plain bytes, `~`, `#`, `%` and hex digits.
-        out.push_str(std::str::from_utf8(piece).unwrap_or_default());
+        out.extend(piece.iter().copied().map(char::from))
     });
 }
 

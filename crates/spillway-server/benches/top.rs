@@ -26,6 +26,7 @@ use spillway_core::request::RequestAttrs;
 use spillway_core::time::SECOND;
 use spillway_server::decision::Who;
 use spillway_server::telemetry::top::{Top, DEFAULT_SAMPLE};
+use spillway_testkit::zipf::{mix, zipf_stream};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Distinct requests resolved ahead (a power of two).
@@ -33,29 +34,6 @@ const REQUESTS: usize = 1 << 15;
 /// Users drawn from, in [`TENANTS`] tenants.
 const USERS: usize = 1_000_000;
 const TENANTS: usize = 1_000;
-
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// `len` draws from Zipf(1.0) over `0..keys`, reproducibly.
-fn zipf(keys: usize, len: usize) -> Vec<usize> {
-    let mut cdf = Vec::with_capacity(keys);
-    let mut total = 0.0;
-    for k in 1..=keys {
-        total += 1.0 / k as f64;
-        cdf.push(total);
-    }
-    (0..len as u64)
-        .map(|i| {
-            let u = (mix(i) >> 11) as f64 / (1u64 << 53) as f64 * total;
-            cdf.partition_point(|&c| c < u).min(keys - 1)
-        })
-        .collect()
-}
 
 /// One decision's inputs, resolved: its counters and who asked.
 struct Request {
@@ -65,11 +43,10 @@ struct Request {
 }
 
 fn requests(policy: &Policy) -> Vec<Request> {
-    zipf(USERS, REQUESTS)
-        .into_iter()
+    zipf_stream(USERS, 1.0, REQUESTS, 0)
         .map(|k| {
             // Scatter ranks over the tenants and the address space.
-            let id = mix(k as u64);
+            let id = mix(k);
             let attrs = RequestAttrs {
                 tenant: Some(format!("tenant-{}", id % TENANTS as u64)),
                 user: Some(format!("user-{k}")),

@@ -222,7 +222,7 @@ async fn assert_recovers(server: &Server, tag: &str) {
             // The breaker probes once a cooldown has passed on the server's clock.
             server.advance_ms(COOLDOWN.as_millis() as u64).await;
             let s = timed_check(&http, &base, "/exact", &user).await;
-            (s.status == 200 && !s.degraded).then_some(())
+            s.decided().then_some(())
         }
     })
     .await;
@@ -549,7 +549,7 @@ async fn emergency_quotas_survive_a_breaker_flap() {
         async move {
             advance.await;
             let s = probe.await;
-            (s.status == 200 && !s.degraded).then_some(())
+            s.decided().then_some(())
         }
     })
     .await;

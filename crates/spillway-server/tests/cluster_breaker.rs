@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{metric, wait_until_async, Server};
+use common::{metric, timed_check, wait_until_async, Sample, Server};
 use spillway_redis::keys;
 use spillway_server::failure::DEFAULT_BREAKER_COOLDOWN as COOLDOWN;
 use spillway_testkit::redis::RedisCluster;
@@ -49,29 +49,15 @@ store: {{type: redis_cluster, nodes: [{}], timeout: {}ms, breaker_failures: {FAI
     )
 }
 
-#[derive(Debug)]
-struct Sample {
-    status: u16,
-    degraded: bool,
-    took: Duration,
-}
-
-impl Sample {
-    /// Decided by Redis: answered, not degraded.
-    fn decided(&self) -> bool {
-        self.status == 200 && !self.degraded
-    }
-}
-
+/// One decision for `user` on `POST /api`, timed.
 async fn ask(server: &Server, user: &str) -> Sample {
-    let body = format!(r#"{{"user":"{user}","method":"POST","path":"/api"}}"#);
-    let started = Instant::now();
-    let response = server.post("/v1/check", &body).await;
-    Sample {
-        status: response.status().as_u16(),
-        degraded: response.headers().contains_key("spillway-degraded"),
-        took: started.elapsed(),
-    }
+    timed_check(
+        &server.http,
+        &format!("http://{}", server.addr()),
+        "/api",
+        user,
+    )
+    .await
 }
 
 /// A user whose keys (tagged by the user) live on the master on each port, in port order.

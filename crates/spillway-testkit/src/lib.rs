@@ -27,3 +27,4 @@ pub mod proxy;
 pub mod redis;
 pub mod sentinel;
 pub mod vectors;
+pub mod zipf;

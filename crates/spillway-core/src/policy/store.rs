@@ -36,8 +36,8 @@ pub enum StoreConfig {
     RedisSentinel(RedisSettings),
 }
 
-/// The settings the Redis forms share.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// The settings the Redis forms share. Its `Debug` form masks the URLs' passwords.
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct RedisSettings {
     /// The server URL (`redis`), the seed nodes (`redis_cluster`) or the sentinels
     /// (`redis_sentinel`).
@@ -58,6 +58,27 @@ pub struct RedisSettings {
     pub breaker_cooldown: Option<Micros>,
     /// The `Retry-After` of a fail-closed refusal; `None` for the default.
     pub retry_after: Option<Micros>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self
+            .urls
+            .iter()
+            .map(|u| crate::redact::mask_url(u))
+            .collect();
+        f.debug_struct("RedisSettings")
+            .field("urls", &urls)
+            .field("master", &self.master)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("local_cache", &self.local_cache)
+            .field("expected_nodes", &self.expected_nodes)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("retry_after", &self.retry_after)
+            .finish()
+    }
 }
 
 impl Default for StoreConfig {

@@ -80,7 +80,7 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topk::testkit::mix;
+    use spillway_testkit::zipf::mix;
 
     #[test]
     fn a_counter_is_never_below_the_weight_of_an_item_hashed_to_it() {

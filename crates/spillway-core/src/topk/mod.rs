@@ -41,8 +41,6 @@
 pub mod gate;
 pub mod ring;
 pub mod space_saving;
-#[cfg(test)]
-pub(crate) mod testkit;
 
 use crate::time::Micros;
 use ring::Ring;

@@ -317,8 +317,8 @@ impl<L> SpaceSaving<L> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topk::testkit::{mix, zipf_stream};
     use proptest::prelude::*;
+    use spillway_testkit::zipf::{mix, zipf_stream};
     use std::collections::HashMap;
 
     impl<L> SpaceSaving<L> {

@@ -1,8 +1,8 @@
 //! The sketch against known truth: accuracy on a Zipf stream, windows, and bounded memory.
 
-use super::testkit::{mix, zipf_stream};
 use super::*;
 use crate::time::SECOND;
+use spillway_testkit::zipf::{assert_top_ten, heaviest, mix, zipf_stream};
 
 const T0: Micros = 1_800_000_000 * SECOND;
 
@@ -17,26 +17,9 @@ fn zipf_top_ten_is_recovered() {
         truth[item as usize] += 1;
         topk.add(T0, mix(item), 1, || item);
     }
-    let mut real: Vec<(u64, u64)> = truth
-        .iter()
-        .enumerate()
-        .map(|(k, &c)| (k as u64, c))
-        .collect();
-    real.sort_by_key(|r| std::cmp::Reverse(r.1));
-    let real_top: Vec<u64> = real[..10].iter().map(|r| r.0).collect();
-
     let got = topk.top(T0, 60 * SECOND, 10);
-    let hits = got.iter().filter(|(k, _)| real_top.contains(k)).count();
-    assert!(
-        hits >= 9,
-        "precision {hits}/10: {got:?} vs {:?}",
-        &real[..10]
-    );
-    for (item, count) in &got {
-        let exact = truth[*item as usize];
-        let off = count.abs_diff(exact) as f64 / exact as f64;
-        assert!(off <= 0.05, "item {item}: {count} vs {exact} ({off:.3})");
-    }
+    let real = heaviest(truth.iter().enumerate().map(|(k, &c)| (k as u64, c)), 10);
+    assert_top_ten("item", &got, &real, |item| truth[*item as usize]);
 }
 
 /// The same acceptance test as the server feeds the sketch: several serving threads (so
@@ -80,27 +63,10 @@ fn zipf_top_ten_is_recovered_across_threads_and_intervals() {
         "the threads shared one shard: {shards:?}"
     );
 
-    let mut real: Vec<(u64, u64)> = truth
-        .iter()
-        .enumerate()
-        .map(|(k, &c)| (k as u64, c))
-        .collect();
-    real.sort_by_key(|r| std::cmp::Reverse(r.1));
-    let real_top: Vec<u64> = real[..10].iter().map(|r| r.0).collect();
-
     let got = topk.top(T0 + SPAN - 1, 60 * SECOND, 10);
     assert_eq!(got.len(), 10);
-    let hits = got.iter().filter(|(k, _)| real_top.contains(k)).count();
-    assert!(
-        hits >= 9,
-        "precision {hits}/10: {got:?} vs {:?}",
-        &real[..10]
-    );
-    for (item, count) in &got {
-        let exact = truth[*item as usize];
-        let off = count.abs_diff(exact) as f64 / exact as f64;
-        assert!(off <= 0.05, "item {item}: {count} vs {exact} ({off:.3})");
-    }
+    let real = heaviest(truth.iter().enumerate().map(|(k, &c)| (k as u64, c)), 10);
+    assert_top_ten("item", &got, &real, |item| truth[*item as usize]);
 }
 
 #[test]

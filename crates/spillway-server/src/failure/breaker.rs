@@ -317,20 +317,14 @@ impl Breaker {
         self.tally.moved(from, state);
         metrics::counter!(TRANSITIONS, "from" => from.as_str(), "to" => state.as_str())
             .increment(1);
-        match &inner.domain {
-            Some(name) => {
-                self.domain_gauge(name, state);
-                tracing::warn!(
-                    circuit = state.as_str(),
-                    domain = &**name,
-                    "store circuit breaker changed state"
-                );
-            }
-            None => tracing::warn!(
-                circuit = state.as_str(),
-                "store circuit breaker changed state"
-            ),
+        if let Some(name) = &inner.domain {
+            self.domain_gauge(name, state);
         }
+        tracing::warn!(
+            circuit = state.as_str(),
+            domain = inner.domain.as_deref(),
+            "store circuit breaker changed state"
+        );
     }
 }
 

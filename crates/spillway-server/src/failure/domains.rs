@@ -307,6 +307,14 @@ mod tests {
         generation: AtomicU64,
     }
 
+    impl Named {
+        /// The store's view changes: these names per index, under `generation`.
+        fn name(&self, names: Vec<Option<String>>, generation: u64) {
+            *self.names.lock() = names;
+            self.generation.store(generation, Ordering::SeqCst);
+        }
+    }
+
     #[async_trait]
     impl Store for Named {
         async fn check(&self, _: &[Check<'_>], _: CheckMode) -> Result<Vec<Decision>, StoreError> {
@@ -336,8 +344,7 @@ mod tests {
     fn a_domain_that_changes_hands_starts_closed() {
         let t = table();
         let store = Named::default();
-        *store.names.lock() = vec![None, Some("10.0.0.1:6379".into())];
-        store.generation.store(1, Ordering::SeqCst);
+        store.name(vec![None, Some("10.0.0.1:6379".into())], 1);
         t.sync(&store);
         open(&t, set(&[1]), T0);
         assert_eq!(
@@ -350,8 +357,7 @@ mod tests {
         assert_eq!(t.domain_state(1), CircuitState::Open);
 
         // A failover: index 1 now names the promoted replica.
-        *store.names.lock() = vec![None, Some("10.0.0.2:6379".into())];
-        store.generation.store(2, Ordering::SeqCst);
+        store.name(vec![None, Some("10.0.0.2:6379".into())], 2);
         t.sync(&store);
         assert_eq!(t.domain_state(1), CircuitState::Closed);
         assert_eq!(t.state(), CircuitState::Closed, "the aggregate follows");
@@ -363,16 +369,14 @@ mod tests {
     fn outcomes_admitted_before_a_rename_do_not_count_for_the_new_domain() {
         let t = table();
         let store = Named::default();
-        *store.names.lock() = vec![None, Some("10.0.0.1:6379".into())];
-        store.generation.store(1, Ordering::SeqCst);
+        store.name(vec![None, Some("10.0.0.1:6379".into())], 1);
         t.sync(&store);
         // Two calls to the old master are in flight when it fails over.
         let (a, b) = (
             t.admit(set(&[1]), T0).unwrap(),
             t.admit(set(&[1]), T0).unwrap(),
         );
-        *store.names.lock() = vec![None, Some("10.0.0.2:6379".into())];
-        store.generation.store(2, Ordering::SeqCst);
+        store.name(vec![None, Some("10.0.0.2:6379".into())], 2);
         t.sync(&store);
         t.failed(a, T0);
         t.failed(b, T0);
@@ -396,14 +400,12 @@ mod tests {
     fn other_opened_before_the_first_map_closes_when_it_is_unnamed() {
         let t = table();
         let store = Named::default();
-        *store.names.lock() = vec![Some("other".into())];
-        store.generation.store(1, Ordering::SeqCst);
+        store.name(vec![Some("other".into())], 1);
         t.sync(&store);
         open(&t, set(&[0]), T0);
         assert_eq!(t.not_closed(), vec![("other".into(), CircuitState::Open)]);
         // The map arrives: no slot is left in index 0, so the store unnames it.
-        *store.names.lock() = vec![None, Some("10.0.0.1:6379".into())];
-        store.generation.store(2, Ordering::SeqCst);
+        store.name(vec![None, Some("10.0.0.1:6379".into())], 2);
         t.sync(&store);
         assert_eq!(t.domain_state(0), CircuitState::Closed);
         assert_eq!(

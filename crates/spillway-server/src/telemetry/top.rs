@@ -25,7 +25,7 @@ pub mod prometheus;
 pub mod redis;
 
 use crate::decision::{Ask, Outcome, Who};
-use crate::telemetry::decision_log::sampling::next_random;
+use crate::telemetry::decision_log::sampling::Sampler;
 use serde::{Deserialize, Serialize};
 use spillway_core::policy::Planned;
 use spillway_core::request::CheckMode;
@@ -193,8 +193,10 @@ pub struct Top {
     /// Off (`--no-top-k`): nothing is counted, and `/v1/top` says so.
     enabled: bool,
     node: Arc<str>,
-    /// One decision in `2^sample_shift` is counted, with that weight.
-    sample_shift: u32,
+    /// Which decisions are counted: one in [`Top::sample`] (the decision log's sampler).
+    sampler: Sampler,
+    /// The weight of a counted decision: one in how many is counted.
+    weight: u32,
     hasher: foldhash::fast::RandomState,
     hot: TopK<HotKey>,
     tenants: TopK<Arc<str>>,
@@ -221,7 +223,8 @@ impl Top {
         Self {
             enabled: true,
             node: Arc::from(cut(node)),
-            sample_shift: 0,
+            sampler: Sampler::new(1.0),
+            weight: 1,
             hasher: foldhash::fast::RandomState::default(),
             hot: TopK::new(keys),
             tenants: TopK::new(denials),
@@ -240,14 +243,15 @@ impl Top {
             "sample one in {one_in}: not a power of two from 1 to {MAX_SAMPLE}"
         );
         Self {
-            sample_shift: one_in.trailing_zeros(),
+            sampler: Sampler::new(1.0 / f64::from(one_in)),
+            weight: one_in,
             ..self
         }
     }
 
     /// One in how many consuming decisions is counted.
     pub fn sample(&self) -> u32 {
-        1 << self.sample_shift
+        self.weight
     }
 
     /// Counts a finished decision (`crate::decision::observe` calls this): consuming
@@ -286,12 +290,10 @@ impl Top {
     /// Counts one consuming decision at `now`, if the sample keeps it: each of its counters,
     /// and, when it was denied, its tenant and user, with the sample's weight.
     pub fn record(&self, now: Micros, planned: &[Planned], who: &Who<'_>, denied: bool) {
-        let shift = self.sample_shift;
-        // Kept when the draw's top `shift` bits are all zero: probability 2^-shift.
-        if shift != 0 && next_random() >> (64 - shift) != 0 {
+        if !self.sampler.keep() {
             return;
         }
-        let weight = 1u64 << shift;
+        let weight = u64::from(self.weight);
         for p in planned {
             let mut h = self.hasher.build_hasher();
             h.write_u64(p.key.fingerprint);

@@ -383,6 +383,13 @@ pub struct Sample {
     pub took: std::time::Duration,
 }
 
+impl Sample {
+    /// Decided by the store: answered 200 and not marked degraded.
+    pub fn decided(&self) -> bool {
+        self.status == 200 && !self.degraded
+    }
+}
+
 /// One decision for `user` on `POST path`, sent to the server at `base` and timed (wall
 /// clock: what a client waits).
 #[allow(clippy::disallowed_methods)]

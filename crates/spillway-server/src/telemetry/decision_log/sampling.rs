@@ -1,6 +1,6 @@
 //! Which decisions are written: a sample of the allowed ones, and every other one up to a
 //! per-second cap. Both run on the request path, so neither takes a lock: the sample is a
-//! thread-local xorshift draw, the cap one atomic word.
+//! thread-local xorshift draw, the cap one atomic word. The top-k sketches sample decisions with the same [`Sampler`].
 
 use spillway_core::time::Micros;
 use std::cell::Cell;
@@ -48,10 +48,9 @@ pub(crate) fn seed_this_thread(seed: u64) {
     RNG.with(|state| state.set(seed | 1));
 }
 
-/// xorshift64*: a few nanoseconds, and uniform enough for sampling (the top-k sketches draw
-/// from it too; use the high bits, the best mixed).
+/// xorshift64*: a few nanoseconds, and uniform enough for sampling.
 #[inline]
-pub(crate) fn next_random() -> u64 {
+fn next_random() -> u64 {
     RNG.with(|state| {
         let mut x = state.get();
         x ^= x >> 12;

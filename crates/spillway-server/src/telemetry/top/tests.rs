@@ -6,6 +6,7 @@ use spillway_core::policy::Policy;
 use spillway_core::request::RequestAttrs;
 use spillway_core::time::Clock;
 use spillway_core::time::{ManualClock, SECOND};
+use spillway_testkit::zipf::{assert_top_ten, heaviest, zipf_stream};
 
 const POLICY: &str = r#"
 default_tier: free
@@ -175,24 +176,10 @@ fn at_the_default_sample_the_zipf_top_ten_and_most_denied_are_recovered() {
     assert_eq!(top.sample(), 8);
     let now = 1_800_000_000 * SECOND;
 
-    let mut cdf = Vec::with_capacity(USERS as usize);
-    let mut total = 0.0;
-    for k in 1..=USERS {
-        total += 1.0 / k as f64;
-        cdf.push(total);
-    }
     let mut keys: HashMap<(u64, u64), u64> = HashMap::new();
     let mut tenants: HashMap<u64, u64> = HashMap::new();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
     seed_this_thread(20261203);
-    for _ in 0..DECISIONS {
-        // xorshift64*, for the stream (the sampler has its own).
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        let draw = state.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        let u = (draw >> 11) as f64 / (1u64 << 53) as f64 * total;
-        let user = cdf.partition_point(|&c| c < u).min(USERS as usize - 1) as u64;
+    for user in zipf_stream(USERS as usize, 1.0, DECISIONS as usize, 20261203) {
         let tenant = user;
         *keys.entry((tenant, user)).or_default() += 1;
         let denied = user < OVER;
@@ -209,20 +196,8 @@ fn at_the_default_sample_the_zipf_top_ten_and_most_denied_are_recovered() {
     }
 
     fn check(what: &str, got: &[(String, u64)], truth: &HashMap<String, u64>) {
-        let mut real: Vec<(&String, &u64)> = truth.iter().collect();
-        real.sort_by_key(|(_, &c)| std::cmp::Reverse(c));
-        real.truncate(12);
-        let real_top: Vec<&String> = real[..10].iter().map(|r| r.0).collect();
-        let hits = got.iter().filter(|(k, _)| real_top.contains(&k)).count();
-        assert!(
-            hits >= 9,
-            "{what}: precision {hits}/10: {got:?} vs {real:?}"
-        );
-        for (item, count) in got {
-            let exact = truth[item];
-            let off = count.abs_diff(exact) as f64 / exact as f64;
-            assert!(off <= 0.05, "{what} {item}: {count} vs {exact} ({off:.3})");
-        }
+        let real = heaviest(truth.iter().map(|(k, &c)| (k.clone(), c)), 10);
+        assert_top_ten(what, got, &real, |item| truth[item]);
     }
     let s = top.summary(now, Window::Minute, 10);
     let got: Vec<(String, u64)> = s
