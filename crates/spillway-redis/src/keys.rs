@@ -131,8 +131,10 @@ pub fn slot(key: &str) -> u16 {
 
 /// The cluster slot of the Redis key [`KeyLayout::key`] builds for `key`, under any prefix,
 /// without building it: the CRC16 of the hash tag, fed the encoded tag's bytes as they come.
-/// The server asks it for every request to find the request's masters (see
-/// [`crate::topology`]), so it does not allocate.
+/// It is the one slot function for state keys: the store groups a request's keys by it
+/// (`multi_slot::slots`) and the server's guard finds the request's masters by it
+/// (see [`crate::topology`]), so both always agree; it runs for every request and does not
+/// allocate.
 pub fn state_slot(key: &StateKey) -> u16 {
     let tag = match key.values.first() {
         Some(first) => first.as_str(),

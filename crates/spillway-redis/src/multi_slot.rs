@@ -58,24 +58,26 @@ impl Slots {
     }
 }
 
-/// The slots of `keys`, hashing each key once.
-pub(crate) fn slots(keys: &[String]) -> Slots {
-    let Some(first) = keys.first().map(|k| keys::slot(k)) else {
+/// The slots of `checks`' keys, hashing each key's tag once: [`keys::state_slot`], the same
+/// slot the guard's failure domains come from (see [`crate::topology`]), and the slot of the
+/// Redis key [`keys::KeyLayout::key`] builds, without reading the built key again.
+pub(crate) fn slots(checks: &[Check<'_>]) -> Slots {
+    let Some(first) = checks.first().map(|c| keys::state_slot(c.key)) else {
         return Slots::Many(Vec::new());
     };
-    let Some((split, other)) = keys
+    let Some((split, other)) = checks
         .iter()
         .enumerate()
         .skip(1)
-        .map(|(i, k)| (i, keys::slot(k)))
+        .map(|(i, c)| (i, keys::state_slot(c.key)))
         .find(|&(_, slot)| slot != first)
     else {
         return Slots::One(first);
     };
     // Keys before `split` share the first slot; group the rest as they come.
     let mut out = vec![(first, (0..split).collect()), (other, vec![split])];
-    for (i, key) in keys.iter().enumerate().skip(split + 1) {
-        let slot = keys::slot(key);
+    for (i, check) in checks.iter().enumerate().skip(split + 1) {
+        let slot = keys::state_slot(check.key);
         match out.iter_mut().find(|(s, _)| *s == slot) {
             Some((_, members)) => members.push(i),
             None => out.push((slot, vec![i])),
@@ -273,20 +275,85 @@ pub(crate) async fn check(
 mod tests {
     use super::*;
 
+    use spillway_core::algorithm::{FixedWindow, LimitParams};
+    use spillway_core::key::StateKey;
+
+    fn state_key(values: &[&str]) -> StateKey {
+        StateKey {
+            limit: "l".into(),
+            fingerprint: 7,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    fn params() -> LimitParams {
+        LimitParams::FixedWindow(FixedWindow::new(10, 1_000_000).unwrap())
+    }
+
+    fn checks<'a>(keys: &'a [StateKey], params: &'a LimitParams) -> Vec<Check<'a>> {
+        keys.iter()
+            .map(|key| Check {
+                key,
+                params,
+                cost: 1,
+                enforced: true,
+                metered: false,
+            })
+            .collect()
+    }
+
     #[test]
     fn groups_keep_first_appearance_order() {
-        let keys: Vec<String> = [
-            "a:{x}:1", "a:{x}:3", "a:{y}:1", "a:{x}:2", "a:{z}:1", "a:{y}:2",
+        let keys = [
+            ["x", "1"],
+            ["x", "3"],
+            ["y", "1"],
+            ["x", "2"],
+            ["z", "1"],
+            ["y", "2"],
         ]
-        .map(String::from)
-        .into();
+        .map(|v| state_key(&v));
+        let params = params();
+        let checks = checks(&keys, &params);
         let (x, y, z) = (keys::slot("{x}"), keys::slot("{y}"), keys::slot("{z}"));
         assert_eq!(
-            slots(&keys),
+            slots(&checks),
             Slots::Many(vec![(x, vec![0, 1, 3]), (y, vec![2, 5]), (z, vec![4])])
         );
-        assert_eq!(slots(&keys[..2]), Slots::One(x));
-        assert_eq!(slots(&keys[..2]).groups(2), vec![(x, vec![0, 1])]);
+        assert_eq!(slots(&checks[..2]), Slots::One(x));
+        assert_eq!(slots(&checks[..2]).groups(2), vec![(x, vec![0, 1])]);
         assert_eq!(slots(&[]), Slots::Many(Vec::new()));
+    }
+
+    #[test]
+    fn every_key_is_grouped_in_the_slot_of_the_key_redis_gets() {
+        // Tags that only look like tags, or would end one, once encoded; a long value stands
+        // for its digest; a limit without dimensions is tagged by its name.
+        let long = "t".repeat(200);
+        let tags = ["acme", "{b}", "}", "a}b{", "", "%7D", "é", &long, "acme"];
+        let mut keys: Vec<StateKey> = tags.iter().map(|t| state_key(&[t, "u"])).collect();
+        keys.push(StateKey {
+            limit: "global {x}".into(),
+            fingerprint: 7,
+            values: Vec::new(),
+        });
+        let params = params();
+        let checks = checks(&keys, &params);
+        for prefix in ["rl", "spillway.prod-1"] {
+            let layout = keys::KeyLayout::new(prefix).unwrap();
+            let mut seen = vec![None; keys.len()];
+            for (slot, group) in slots(&checks).groups(keys.len()) {
+                for i in group {
+                    seen[i] = Some(slot);
+                }
+            }
+            for (i, key) in keys.iter().enumerate() {
+                assert_eq!(
+                    seen[i],
+                    Some(keys::slot(&layout.key(key))),
+                    "{prefix} {key:?}"
+                );
+            }
+        }
     }
 }

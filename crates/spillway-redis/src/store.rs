@@ -189,7 +189,7 @@ impl Store for RedisStore {
         let keys: Vec<String> = checks.iter().map(|c| self.layout.key(c.key)).collect();
         let sent_at = self.now();
         let slots = if self.is_cluster() {
-            slots(&keys)
+            slots(checks)
         } else {
             Slots::One(0)
         };
@@ -227,7 +227,7 @@ impl Store for RedisStore {
         // own marker in its slot: a retry after a partial failure records only the slots
         // that had not recorded it.
         let groups = if self.is_cluster() {
-            slots(&keys)
+            slots(checks)
         } else {
             Slots::One(0)
         }
