@@ -16,7 +16,7 @@
 //! manual test clock under `--manual-clock`), so the state machine is tested without sleeping
 //! and the integration tests move past a cooldown by advancing the clock.
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use spillway_core::time::Micros;
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,36 +229,20 @@ impl Breaker {
         }
     }
 
-    /// Whether [`Breaker::admit`] at `now` would let a call through, changing nothing.
-    pub fn would_admit(&self, now: Micros) -> bool {
-        let inner = self.inner.lock();
-        inner.state == CircuitState::Closed || now.saturating_sub(inner.since) >= self.cooldown
-    }
-
-    /// Takes back an admission whose call was never sent (another domain of the same request
-    /// refused it): a probe's turn goes to the next request at once.
-    pub fn give_back(&self, admission: Admission) {
-        if admission == Admission::Probe {
-            let mut inner = self.inner.lock();
-            if inner.state == CircuitState::HalfOpen {
-                inner.since = inner.since.saturating_sub(self.cooldown);
-            }
-        }
-    }
-
     /// Asks whether a call may go to the store at `now`.
     pub fn admit(&self, now: Micros) -> Admission {
-        let mut inner = self.inner.lock();
-        match inner.state {
-            CircuitState::Closed => Admission::Call,
-            CircuitState::Open | CircuitState::HalfOpen
-                if now.saturating_sub(inner.since) >= self.cooldown =>
-            {
-                inner.since = now;
-                self.enter(&mut inner, CircuitState::HalfOpen);
-                Admission::Probe
-            }
-            _ => Admission::Rejected,
+        let mut held = self.hold();
+        let admission = held.admission(now);
+        held.take(admission, now);
+        admission
+    }
+
+    /// The breaker locked, so that a request of several domains can look at all of its
+    /// breakers before it takes from any (see [`super::domains::DomainBreakers::admit`]).
+    pub fn hold(&self) -> Held<'_> {
+        Held {
+            breaker: self,
+            inner: self.inner.lock(),
         }
     }
 
@@ -325,6 +309,36 @@ impl Breaker {
             domain = inner.domain.as_deref(),
             "store circuit breaker changed state"
         );
+    }
+}
+
+/// A [`Breaker`] held locked: what it would admit, and taking that admission, under one lock.
+pub struct Held<'a> {
+    breaker: &'a Breaker,
+    inner: MutexGuard<'a, Inner>,
+}
+
+impl Held<'_> {
+    /// What the breaker admits at `now`, changing nothing.
+    pub fn admission(&self, now: Micros) -> Admission {
+        match self.inner.state {
+            CircuitState::Closed => Admission::Call,
+            CircuitState::Open | CircuitState::HalfOpen
+                if now.saturating_sub(self.inner.since) >= self.breaker.cooldown =>
+            {
+                Admission::Probe
+            }
+            _ => Admission::Rejected,
+        }
+    }
+
+    /// Takes `admission`, as [`Held::admission`] gave it at `now`: a probe's turn is taken
+    /// (the breaker goes half-open); anything else changes nothing.
+    pub fn take(&mut self, admission: Admission, now: Micros) {
+        if admission == Admission::Probe {
+            self.inner.since = now;
+            self.breaker.enter(&mut self.inner, CircuitState::HalfOpen);
+        }
     }
 }
 
@@ -433,25 +447,6 @@ mod tests {
             b.failed_in(Admission::Call, T0, 1),
             "the new domain's own count"
         );
-    }
-
-    #[test]
-    fn a_probe_given_back_goes_to_the_next_request_at_once() {
-        let b = breaker(1);
-        b.failed(Admission::Call, T0);
-        let probe = b.admit(T0 + COOL);
-        assert_eq!(probe, Admission::Probe);
-        assert_eq!(b.admit(T0 + COOL), Admission::Rejected, "one probe out");
-        b.give_back(probe);
-        assert_eq!(
-            b.admit(T0 + COOL),
-            Admission::Probe,
-            "handed on, no cooldown"
-        );
-        // An ordinary call given back changes nothing.
-        let b = breaker(1);
-        b.give_back(Admission::Call);
-        assert_eq!(b.admit(T0), Admission::Call);
     }
 
     #[test]

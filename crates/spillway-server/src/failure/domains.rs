@@ -6,8 +6,8 @@
 //! numbers its domains, so memory is fixed whatever the topology does.
 //!
 //! A request is admitted only if the breaker of every domain it touches admits it: one open
-//! breaker refuses it at once (and a probe already granted by another of its domains is given
-//! back, not wasted). Its outcome is recorded against **every** domain it touched: a success
+//! breaker refuses it at once, and takes no probe from its other domains (all of them are
+//! looked at, under their locks, before any admission is taken). Its outcome is recorded against **every** domain it touched: a success
 //! resets each one's failure count, a failure or timeout counts against each. The store
 //! cannot tell which master of a multi-master request failed (a timeout says nothing about
 //! who was slow), so a request spanning a hung master and a healthy one counts against both;
@@ -110,28 +110,39 @@ impl DomainBreakers {
     /// Asks every domain in `domains` whether a call may go at `now`; `None` if any refuses.
     /// A request with no domain (no checks) is admitted.
     pub fn admit(&self, domains: Domains, now: Micros) -> Option<Admitted> {
-        // A request of several domains looks before it takes: a probe granted and then given
-        // back because another domain refused would be churn.
-        if domains.len() > 1 && !domains.iter().all(|i| self.breakers[i].would_admit(now)) {
-            return None;
-        }
         let mut admitted = Admitted {
             epoch: self.epoch.load(Ordering::Acquire),
             ..Admitted::default()
         };
-        for index in domains.iter() {
-            match self.breakers[index].admit(now) {
-                Admission::Call => admitted.calls = admitted.calls.with(index),
-                Admission::Probe => admitted.probes = admitted.probes.with(index),
-                Admission::Rejected => {
-                    for probe in admitted.probes.iter() {
-                        self.breakers[probe].give_back(Admission::Probe);
-                    }
-                    return None;
-                }
-            }
+        self.admit_all(domains.iter(), now, &mut admitted)
+            .then_some(admitted)
+    }
+
+    /// Locks the breaker of each domain in `rest` in turn, stopping at the first that would
+    /// refuse; once every one is held and would admit, takes each admission on the way back.
+    /// So each breaker is locked once, and a request refused by one domain takes no probe
+    /// from another. Domains come in increasing order, so two requests never wait for each
+    /// other's locks.
+    fn admit_all(
+        &self,
+        mut rest: impl Iterator<Item = usize>,
+        now: Micros,
+        admitted: &mut Admitted,
+    ) -> bool {
+        let Some(index) = rest.next() else {
+            return true;
+        };
+        let mut held = self.breakers[index].hold();
+        let admission = held.admission(now);
+        if admission == Admission::Rejected || !self.admit_all(rest, now, admitted) {
+            return false;
         }
-        Some(admitted)
+        held.take(admission, now);
+        match admission {
+            Admission::Probe => admitted.probes = admitted.probes.with(index),
+            _ => admitted.calls = admitted.calls.with(index),
+        }
+        true
     }
 
     /// Records a call that succeeded. Returns `true` when this closed a breaker.
@@ -268,29 +279,41 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_is_given_back_when_another_domain_refuses() {
+    fn a_request_refused_by_one_domain_takes_no_probe_from_another() {
+        // Domain 1 may probe, domain 2 may not; then the other way round (the refusing domain
+        // looked at first).
+        for (probing, refusing) in [(1, 2), (2, 1)] {
+            let t = table();
+            open(&t, set(&[probing]), T0);
+            open(&t, set(&[refusing]), T0 + COOL / 2);
+            assert!(t.admit(set(&[1, 2]), T0 + COOL).is_none());
+            assert_eq!(
+                t.domain_state(probing),
+                CircuitState::Open,
+                "looked, did not take"
+            );
+            let probe = t.admit(set(&[probing]), T0 + COOL);
+            assert_eq!(
+                probe.map(|a| a.probes),
+                Some(set(&[probing])),
+                "the probe is still free"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_over_several_domains_takes_each_admission_once() {
         let t = table();
         open(&t, set(&[1]), T0);
-        open(&t, set(&[2]), T0 + COOL / 2);
-        // Domain 1 may probe, domain 2 may not: the request is refused, domain 1 unprobed.
-        assert!(t.admit(set(&[1, 2]), T0 + COOL).is_none());
-        assert_eq!(
-            t.domain_state(1),
-            CircuitState::Open,
-            "looked, did not take"
-        );
+        let a = t.admit(set(&[1, 2, 3]), T0 + COOL).expect("all admit");
+        assert_eq!((a.probes, a.calls), (set(&[1]), set(&[2, 3])));
+        assert_eq!(t.domain_state(1), CircuitState::HalfOpen);
         assert!(
-            t.admit(set(&[1]), T0 + COOL).is_some(),
-            "the probe is still free"
+            t.admit(set(&[1, 3]), T0 + COOL).is_none(),
+            "one probe at a time"
         );
-        // A probe taken and then refused elsewhere is handed to the next request.
-        let t = table();
-        open(&t, set(&[1]), T0);
-        open(&t, set(&[2]), T0);
-        let probe = t.breakers[1].admit(T0 + COOL);
-        assert_eq!(probe, Admission::Probe);
-        t.breakers[1].give_back(probe);
-        assert_eq!(t.breakers[1].admit(T0 + COOL), Admission::Probe);
+        assert!(t.succeeded(a));
+        assert_eq!(t.state(), CircuitState::Closed);
     }
 
     #[test]
