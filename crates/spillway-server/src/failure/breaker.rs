@@ -78,8 +78,9 @@ pub enum Admission {
 pub struct Tally {
     /// Breakers half-open and open (the rest are closed).
     counts: Mutex<[usize; 2]>,
-    /// Whether the table writes the [`STATE`] and [`DOMAIN_STATE`] gauges: only the node's
-    /// own store's does (a far region's table would overwrite them with its own states).
+    /// Whether the table writes the store's circuit metrics ([`STATE`], [`DOMAIN_STATE`] and
+    /// [`TRANSITIONS`]): only the node's own store's does (a far region's table would
+    /// overwrite the gauges with its own states, and count its changes as the store's).
     gauges: bool,
 }
 
@@ -90,7 +91,7 @@ impl Default for Tally {
 }
 
 impl Tally {
-    /// An empty tally; `gauges`: whether its breakers write the store's gauges.
+    /// An empty tally; `gauges`: whether its breakers write the store's circuit metrics.
     pub fn new(gauges: bool) -> Self {
         Self {
             counts: Mutex::default(),
@@ -164,16 +165,16 @@ impl Breaker {
     pub fn in_table(threshold: u64, cooldown: Duration, tally: Arc<Tally>) -> Self {
         if tally.gauges {
             metrics::gauge!(STATE).set(tally.worst().gauge());
-        }
-        // The four changes the breaker can make, visible at zero from the start.
-        for (from, to) in [
-            (CircuitState::Closed, CircuitState::Open),
-            (CircuitState::Open, CircuitState::HalfOpen),
-            (CircuitState::HalfOpen, CircuitState::Closed),
-            (CircuitState::HalfOpen, CircuitState::Open),
-        ] {
-            metrics::counter!(TRANSITIONS, "from" => from.as_str(), "to" => to.as_str())
-                .increment(0);
+            // The four changes the breaker can make, visible at zero from the start.
+            for (from, to) in [
+                (CircuitState::Closed, CircuitState::Open),
+                (CircuitState::Open, CircuitState::HalfOpen),
+                (CircuitState::HalfOpen, CircuitState::Closed),
+                (CircuitState::HalfOpen, CircuitState::Open),
+            ] {
+                metrics::counter!(TRANSITIONS, "from" => from.as_str(), "to" => to.as_str())
+                    .increment(0);
+            }
         }
         Self {
             inner: Mutex::new(Inner {
@@ -299,8 +300,10 @@ impl Breaker {
         }
         let from = std::mem::replace(&mut inner.state, state);
         self.tally.moved(from, state);
-        metrics::counter!(TRANSITIONS, "from" => from.as_str(), "to" => state.as_str())
-            .increment(1);
+        if self.tally.gauges {
+            metrics::counter!(TRANSITIONS, "from" => from.as_str(), "to" => state.as_str())
+                .increment(1);
+        }
         if let Some(name) = &inner.domain {
             self.domain_gauge(name, state);
         }
@@ -462,6 +465,7 @@ mod tests {
         let text = handle.render();
         assert!(!text.contains(STATE), "{text}");
         assert!(!text.contains(DOMAIN_STATE), "{text}");
+        assert!(!text.contains(TRANSITIONS), "{text}");
         // The node's own table does write them.
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();

@@ -244,6 +244,48 @@ mod tests {
     use super::*;
     use spillway_core::policy::RedisSettings;
 
+    /// What `/metrics` shows after one of `failover`'s breakers opens, probes and closes.
+    fn circuit_metrics(failover: impl FnOnce() -> Failover) -> String {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let t = &failover().breakers;
+            let one = spillway_core::store::Domains::WHOLE;
+            let now = 1_800_000_000_000_000;
+            let a = t.admit(one, now).expect("closed");
+            t.failed(a, now);
+            let probe = t.admit(one, now + 1_000_000).expect("the probe");
+            assert!(t.succeeded(probe));
+        });
+        handle.render()
+    }
+
+    #[test]
+    fn only_the_nodes_own_store_writes_the_circuit_metrics() {
+        let settings = FailureSettings {
+            breaker_failures: 1,
+            ..FailureSettings::default()
+        };
+        let clock = || -> Arc<dyn Clock> { Arc::new(spillway_core::time::ManualClock::new(0)) };
+        let own = circuit_metrics(|| Failover::new(settings, clock()));
+        for (from, to, n) in [
+            ("closed", "open", 1),
+            ("open", "half_open", 1),
+            ("half_open", "closed", 1),
+            ("half_open", "open", 0),
+        ] {
+            let line = format!(
+                "{}{{from=\"{from}\",to=\"{to}\"}} {n}\n",
+                breaker::TRANSITIONS
+            );
+            assert!(own.contains(&line), "{line} in {own}");
+        }
+        assert!(own.contains(&format!("{} 0\n", breaker::STATE)), "{own}");
+        // A far region's breakers went through the same changes, unseen.
+        let far = circuit_metrics(|| Failover::for_region(settings, clock()));
+        assert!(!far.contains("spillway_store_"), "{far}");
+    }
+
     #[test]
     fn policy_settings_and_the_cli_override_apply() {
         let store = StoreConfig::Redis(RedisSettings {
