@@ -91,8 +91,22 @@ impl Default for Tally {
 }
 
 impl Tally {
-    /// An empty tally; `gauges`: whether its breakers write the store's circuit metrics.
+    /// An empty tally; `gauges`: whether its breakers write the store's circuit metrics
+    /// (which then show, at start, every breaker closed and each change at zero).
     pub fn new(gauges: bool) -> Self {
+        if gauges {
+            metrics::gauge!(STATE).set(CircuitState::Closed.gauge());
+            // The four changes a breaker can make, visible at zero from the start.
+            for (from, to) in [
+                (CircuitState::Closed, CircuitState::Open),
+                (CircuitState::Open, CircuitState::HalfOpen),
+                (CircuitState::HalfOpen, CircuitState::Closed),
+                (CircuitState::HalfOpen, CircuitState::Open),
+            ] {
+                metrics::counter!(TRANSITIONS, "from" => from.as_str(), "to" => to.as_str())
+                    .increment(0);
+            }
+        }
         Self {
             counts: Mutex::default(),
             gauges,
@@ -161,21 +175,9 @@ impl Breaker {
         Self::in_table(threshold, cooldown, Arc::default())
     }
 
-    /// A closed, unnamed breaker of a table whose breakers share `tally`.
+    /// A closed, unnamed breaker of a table whose breakers share `tally` (which registered
+    /// the table's metrics).
     pub fn in_table(threshold: u64, cooldown: Duration, tally: Arc<Tally>) -> Self {
-        if tally.gauges {
-            metrics::gauge!(STATE).set(tally.worst().gauge());
-            // The four changes the breaker can make, visible at zero from the start.
-            for (from, to) in [
-                (CircuitState::Closed, CircuitState::Open),
-                (CircuitState::Open, CircuitState::HalfOpen),
-                (CircuitState::HalfOpen, CircuitState::Closed),
-                (CircuitState::HalfOpen, CircuitState::Open),
-            ] {
-                metrics::counter!(TRANSITIONS, "from" => from.as_str(), "to" => to.as_str())
-                    .increment(0);
-            }
-        }
         Self {
             inner: Mutex::new(Inner {
                 state: CircuitState::Closed,
