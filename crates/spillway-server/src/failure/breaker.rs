@@ -84,6 +84,7 @@ pub struct Tally {
     gauges: bool,
 }
 
+#[cfg(test)]
 impl Default for Tally {
     fn default() -> Self {
         Self::new(true)
@@ -171,6 +172,7 @@ pub struct Breaker {
 impl Breaker {
     /// A closed breaker that opens after `threshold` failures in a row and probes `cooldown`
     /// after opening, guarding a store as a whole (the only breaker behind its gauge).
+    #[cfg(test)]
     pub fn new(threshold: u64, cooldown: Duration) -> Self {
         Self::in_table(threshold, cooldown, Arc::default())
     }
@@ -249,14 +251,15 @@ impl Breaker {
         }
     }
 
-    /// Records a call that succeeded. Returns `true` when this closed the breaker (the store
-    /// has recovered).
+    /// [`Breaker::succeeded_in`] for a breaker outside any table (tests).
+    #[cfg(test)]
     pub fn succeeded(&self, admission: Admission) -> bool {
         self.succeeded_in(admission, u64::MAX)
     }
 
-    /// [`Breaker::succeeded`] for a call admitted at the table's epoch `epoch`: ignored if the
-    /// breaker was renamed since.
+    /// Records a call, admitted at the table's epoch `epoch`, that succeeded (ignored if the
+    /// breaker was renamed since). Returns `true` when this closed the breaker (the store has
+    /// recovered).
     pub fn succeeded_in(&self, admission: Admission, epoch: u64) -> bool {
         let mut inner = self.inner.lock();
         if epoch < inner.renamed_at {
@@ -270,14 +273,15 @@ impl Breaker {
         false
     }
 
-    /// Records a call that failed or timed out at `now`. Returns `true` when this opened the
-    /// breaker.
+    /// [`Breaker::failed_in`] for a breaker outside any table (tests).
+    #[cfg(test)]
     pub fn failed(&self, admission: Admission, now: Micros) -> bool {
         self.failed_in(admission, now, u64::MAX)
     }
 
-    /// [`Breaker::failed`] for a call admitted at the table's epoch `epoch`: ignored if the
-    /// breaker was renamed since.
+    /// Records a call, admitted at the table's epoch `epoch`, that failed or timed out at `now`
+    /// (ignored if the breaker was renamed since). Returns `true` when this opened the
+    /// breaker.
     pub fn failed_in(&self, admission: Admission, now: Micros, epoch: u64) -> bool {
         let mut inner = self.inner.lock();
         if epoch < inner.renamed_at {

@@ -50,14 +50,15 @@ pub struct DomainBreakers {
 }
 
 impl DomainBreakers {
-    /// Closed breakers that each open after `threshold` failures in a row and probe
-    /// `cooldown` after opening.
+    /// [`DomainBreakers::with_gauges`] writing the gauges (tests).
+    #[cfg(test)]
     pub fn new(threshold: u64, cooldown: Duration) -> Self {
         Self::with_gauges(threshold, cooldown, true)
     }
 
-    /// [`DomainBreakers::new`]; `gauges`: whether the table writes the store's circuit gauges
-    /// (only the node's own store's table does, not a far region's).
+    /// Closed breakers that each open after `threshold` failures in a row and probe
+    /// `cooldown` after opening; `gauges`: whether the table writes the store's circuit
+    /// metrics (only the node's own store's table does, not a far region's).
     pub fn with_gauges(threshold: u64, cooldown: Duration, gauges: bool) -> Self {
         let tally = Arc::new(Tally::new(gauges));
         Self {
@@ -178,6 +179,7 @@ impl DomainBreakers {
     }
 
     /// The state of domain `index`'s breaker.
+    #[cfg(test)]
     pub fn domain_state(&self, index: usize) -> CircuitState {
         self.breakers
             .get(index)

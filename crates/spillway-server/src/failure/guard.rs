@@ -19,7 +19,7 @@ use super::on_runtime::OnRuntime;
 use async_trait::async_trait;
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
-use spillway_core::store::{Charged, Check, Domains, ReportId, Store, StoreError};
+use spillway_core::store::{Charged, Check, ReportId, Store, StoreError};
 use spillway_core::time::Clock;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,9 @@ pub const EMERGENCY_KEYS: &str = "spillway_emergency_keys";
 /// The message of a call refused by an open breaker.
 pub const CIRCUIT_OPEN: &str = "circuit breaker open; the store is not being called";
 
-/// A [`Store`] wrapper enforcing the budget and the breakers; see the module docs.
+/// A [`Store`] wrapper enforcing the budget and the breakers; see the module docs. It asks
+/// its store for the failure domains of each call and keeps them to itself: to a caller it is
+/// one store (nothing wraps a guard, so nothing would use them).
 pub struct GuardedStore {
     inner: Arc<dyn Store>,
     budget: Duration,
@@ -86,18 +88,6 @@ impl Store for GuardedStore {
         // A charge is never answered from a cache: it must reach the store to be recorded.
         self.guarded(checks, self.inner.charge(checks, report))
             .await
-    }
-
-    fn domains(&self, checks: &[Check<'_>]) -> Domains {
-        self.inner.domains(checks)
-    }
-
-    fn domain_generation(&self) -> u64 {
-        self.inner.domain_generation()
-    }
-
-    fn domain_name(&self, index: usize) -> Option<String> {
-        self.inner.domain_name(index)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
