@@ -115,12 +115,14 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         ))
         .into());
     }
-    if let Some(log) = &settings.decision_log {
-        // Checked here, not when the sink opens, so it stops start-up as the bad setting it is.
-        if matches!(log.sink, decision_log::settings::SinkSpec::StoreRedis) {
-            decision_log::settings::store_target(&store_config).map_err(SettingsError)?;
+    // `--decision-log redis` names the store's Redis: found here, once, so a store it cannot
+    // name stops start-up as the bad setting it is, before the store connects.
+    let log_redis = match &settings.decision_log {
+        Some(log) if log.sink == decision_log::settings::SinkSpec::StoreRedis => {
+            Some(decision_log::settings::store_target(&store_config).map_err(SettingsError)?)
         }
-    }
+        _ => None,
+    };
     let failure = FailureSettings::from_store(&store_config, settings.store_timeout);
     let store: Arc<dyn Store> = crate::store::build(
         &store_config,
@@ -147,7 +149,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let engine = Engine::new(policy, store.clone(), clock.shared());
     let (decision_log, log_writer) = match &settings.decision_log {
         Some(log) => {
-            let sink = decision_log::Sink::open(log, &store_config, clock.shared())
+            let sink = decision_log::Sink::open(log, log_redis, clock.shared())
                 .map_err(anyhow::Error::msg)?;
             let (handle, writer) = DecisionLog::new(log);
             let writer = writer

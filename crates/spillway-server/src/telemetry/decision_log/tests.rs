@@ -132,9 +132,8 @@ impl Harness {
     /// Runs the writer over everything queued so far, and reads the file back.
     async fn flush(&mut self) -> Vec<Line> {
         if let Some(writer) = self.writer.take() {
-            let store = spillway_core::policy::StoreConfig::Memory { max_keys: None };
             let sink =
-                Sink::open(&self.settings, &store, self.app.clock.shared()).expect("file sink");
+                Sink::open(&self.settings, None, self.app.clock.shared()).expect("file sink");
             let (stop, stopped) = oneshot::channel();
             let _ = stop.send(());
             writer.run(sink, stopped).await;

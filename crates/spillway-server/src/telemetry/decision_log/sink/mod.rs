@@ -8,8 +8,7 @@ pub mod file;
 pub mod redis;
 
 use super::record::{Kind, Line};
-use super::settings::{store_target, DecisionLogSettings, SinkSpec};
-use spillway_core::policy::StoreConfig;
+use super::settings::{DecisionLogSettings, RedisTarget, SinkSpec};
 use spillway_core::time::Clock;
 use std::io::Write;
 use std::sync::Arc;
@@ -58,13 +57,15 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// The sink `settings` name; `store` is the store in force (for `--decision-log redis`).
+    /// The sink `settings` name; `store_redis` is the store's Redis, for `--decision-log
+    /// redis` (the caller names it once, with
+    /// [`store_target`](super::settings::store_target), when it checks its settings).
     /// A file sink opens its file (and creates its directory) here, so a path that cannot be
     /// written fails start-up; a Redis sink connects on its first batch, so a Redis outage
     /// never keeps the server from starting.
     pub fn open(
         settings: &DecisionLogSettings,
-        store: &StoreConfig,
+        store_redis: Option<RedisTarget>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
         Ok(match &settings.sink {
@@ -75,7 +76,7 @@ impl Sink {
                 clock,
             )?),
             SinkSpec::StoreRedis => Self::Redis(redis::RedisSink::new(
-                store_target(store)?,
+                store_redis.ok_or("--decision-log redis was given no store Redis to write to")?,
                 settings.stream.clone(),
                 settings.stream_maxlen,
             )),
