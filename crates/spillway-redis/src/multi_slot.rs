@@ -91,8 +91,8 @@ struct Job {
     runner: Runner,
     keys: Arc<[String]>,
     checks: Arc<[Encoded]>,
-    /// Check indexes by slot.
-    groups: Vec<(u16, Vec<usize>)>,
+    /// Check indexes, one group per slot.
+    groups: Vec<Vec<usize>>,
     mode: CheckMode,
 }
 
@@ -109,7 +109,7 @@ impl Job {
         let calls: Vec<_> = self
             .groups
             .iter()
-            .map(|(_, group)| {
+            .map(|group| {
                 let (runner, keys, checks) =
                     (self.runner.clone(), self.keys.clone(), self.checks.clone());
                 let (group, mode) = (group.clone(), self.mode);
@@ -137,7 +137,7 @@ impl Job {
         let mut charges = Charges::new();
         let mut failure = None;
         let mut admitted = true;
-        for ((_, group), reply) in self.groups.iter().zip(replies) {
+        for (group, reply) in self.groups.iter().zip(replies) {
             match reply {
                 Ok(reply) => {
                     admitted &= reply.admitted;
@@ -224,7 +224,7 @@ pub(crate) async fn check(
 ) -> Result<Vec<Decision>, StoreError> {
     let job = Job {
         runner: runner.clone(),
-        groups,
+        groups: groups.into_iter().map(|(_, group)| group).collect(),
         keys: keys.into(),
         checks: checks.iter().map(Encoded::new).collect(),
         mode,
@@ -232,7 +232,7 @@ pub(crate) async fn check(
     if mode == CheckMode::Peek {
         // Nothing is charged, so nothing needs finishing if the caller goes away.
         let mut decisions: Vec<Option<Decision>> = vec![None; checks.len()];
-        for ((_, group), reply) in job.groups.iter().zip(job.run_slots(runner.timeout).await) {
+        for (group, reply) in job.groups.iter().zip(job.run_slots(runner.timeout).await) {
             for (&i, d) in group.iter().zip(reply?.decisions) {
                 decisions[i] = Some(d);
             }

@@ -20,9 +20,10 @@ use std::time::Duration;
 /// A failed call: the engine's error, and whether the client's own error was a typed
 /// resharding refusal of the call (`TRYAGAIN`, or an `ASK`/`MOVED` redirect it did not
 /// follow), which [`crate::batch`] may answer by sending the call's requests again alone.
-/// Any other error is already counted (`spillway_store_errors_total`, and for a script call
-/// [`SCRIPT_ERRORS`]); a resharding refusal is counted only once nobody sends the call again
-/// ([`Failed::settled`]): a refusal answered by a retry is counted as a retry, not an error.
+/// Any other error is already counted (`spillway_store_errors_total` and [`SCRIPT_ERRORS`]);
+/// a resharding refusal is counted only once nobody sends the call again
+/// ([`Failed::settled`], the one place that counts it): a refusal answered by a retry is
+/// counted as a retry, not an error.
 pub(crate) struct Failed {
     pub(crate) err: StoreError,
     pub(crate) resharding: bool,
@@ -96,7 +97,7 @@ impl Runner {
         }
     }
 
-    /// Runs `work` on the shared connection within `limit`, timing it.
+    /// Runs `work` on the shared connection within `limit`, timing it; any error is counted.
     pub(crate) async fn call_within<T, F, Fut>(
         &self,
         limit: Duration,
@@ -106,18 +107,19 @@ impl Runner {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        self.call_typed(limit, work).await.map_err(|failed| {
-            if failed.resharding {
-                record(failed.err)
-            } else {
-                failed.err
-            }
+        self.timed(limit, work).await.map_err(|err| {
+            record(err.map_or(StoreError::Timeout(limit), |err| classify(err, limit)))
         })
     }
 
-    /// [`Runner::call_within`], also saying whether the client's error was a typed resharding
-    /// refusal (see [`Failed`]).
-    async fn call_typed<T, F, Fut>(&self, limit: Duration, work: F) -> Result<T, Failed>
+    /// Runs `work` on the shared connection within `limit`, timing it into
+    /// `spillway_store_roundtrip_seconds`: the client's error, or `None` past `limit`.
+    /// Counts nothing: its two callers count their own way.
+    async fn timed<T, F, Fut>(
+        &self,
+        limit: Duration,
+        work: F,
+    ) -> Result<T, Option<redis::RedisError>>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -129,19 +131,8 @@ impl Runner {
             .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => {
-                let resharding = resharding(&err);
-                let err = classify(err, limit);
-                Err(Failed {
-                    // A resharding refusal is counted by whoever gives up on it (see `Failed`).
-                    err: if resharding { err } else { record(err) },
-                    resharding,
-                })
-            }
-            Err(_) => Err(Failed {
-                err: record(StoreError::Timeout(limit)),
-                resharding: false,
-            }),
+            Ok(Err(err)) => Err(Some(err)),
+            Err(_) => Err(None),
         }
     }
 
@@ -171,7 +162,9 @@ impl Runner {
     }
 
     /// Calls the library's function `name` (or, without Functions, `script`) over `keys` and
-    /// `args` within `limit`.
+    /// `args` within `limit`: the one way a script is called, and so where its errors are
+    /// counted (as a store error and a script error), except a resharding refusal, which is
+    /// counted by [`Failed::settled`] once nobody sends the call again.
     async fn invoke(
         &self,
         limit: Duration,
@@ -180,7 +173,7 @@ impl Runner {
         keys: &[String],
         args: &[&[u8]],
     ) -> Result<redis::Value, Failed> {
-        self.call_typed(limit, |mut conn| async move {
+        let called = self.timed(limit, |mut conn| async move {
             if self.functions.enabled() {
                 let cmd = functions::fcall_cmd(name, keys, args);
                 match functions::lift(conn.query(&cmd).await) {
@@ -205,8 +198,19 @@ impl Runner {
                 Conn::Cluster(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
                 Conn::Sentinel(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
             }
+        });
+        called.await.map_err(|err| {
+            let resharding = err.as_ref().is_some_and(resharding);
+            let err = err.map_or(StoreError::Timeout(limit), |err| classify(err, limit));
+            Failed {
+                err: if resharding {
+                    err
+                } else {
+                    record_script(record(err))
+                },
+                resharding,
+            }
         })
-        .await
     }
 
     /// One check call within `limit` carrying the requests in `args` (whose keys must share a
@@ -238,14 +242,7 @@ impl Runner {
                 &args.keys,
                 &[now.as_bytes(), &args.packed],
             )
-            .await
-            .map_err(|failed| match failed.resharding {
-                true => failed,
-                false => Failed {
-                    err: record_script(failed.err),
-                    ..failed
-                },
-            })?;
+            .await?;
         script::parse_reply(value, &args.shapes)
             .map_err(record)
             .map_err(record_script)
@@ -289,10 +286,7 @@ impl Runner {
                 &[written, before, ttl.as_bytes()],
             )
             .await
-            .map_err(|failed| match failed.resharding {
-                true => failed.settled(),
-                false => record_script(failed.err),
-            });
+            .map_err(Failed::settled);
         matches!(restored, Ok(redis::Value::Int(1)))
     }
 }

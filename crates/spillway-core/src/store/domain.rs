@@ -36,11 +36,6 @@ impl Domains {
         self.0.count_ones() as usize
     }
 
-    /// Whether the set holds domain `index`.
-    pub fn contains(self, index: usize) -> bool {
-        index < MAX_DOMAINS && self.0 & (1 << index) != 0
-    }
-
     /// The domain indices, in increasing order.
     pub fn iter(self) -> impl Iterator<Item = usize> {
         let mut rest = self.0;
@@ -64,7 +59,6 @@ mod tests {
         let set = Domains::default().with(5).with(0).with(63).with(5);
         assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 5, 63]);
         assert_eq!(set.len(), 3);
-        assert!(set.contains(63) && !set.contains(1) && !set.contains(64));
         assert!(Domains::default().is_empty());
         assert_eq!(Domains::WHOLE.iter().collect::<Vec<_>>(), vec![0]);
         assert_eq!(
