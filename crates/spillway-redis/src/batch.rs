@@ -478,7 +478,8 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
     );
     match outcome {
         Err(Failed {
-            resharding: true, ..
+            err,
+            resharding: true,
         }) => {
             // Each request alone, once, within what is left of its own caller's time. One
             // after another, over the whole store (the lock): a request for a key not yet on
@@ -493,16 +494,25 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
                     continue;
                 }
                 let left = job.deadline.saturating_duration_since(Instant::now());
-                let reply = if left.is_zero() {
-                    Err(record(StoreError::Timeout(runner.timeout)))
-                } else {
-                    metrics::counter!(BATCH_RETRIED).increment(1);
-                    only_reply(
-                        call(runner, left, std::slice::from_ref(&job))
-                            .await
-                            .map_err(Failed::settled),
-                    )
-                };
+                if left.is_zero() {
+                    // No time left to send it again: the refusal is its answer, and is counted
+                    // if its caller takes it (a caller whose own timeout fired first counted
+                    // that instead).
+                    if job.answer.send(Err(err.clone())).is_ok() {
+                        let _counted = Failed {
+                            err: err.clone(),
+                            resharding: true,
+                        }
+                        .settled();
+                    }
+                    continue;
+                }
+                metrics::counter!(BATCH_RETRIED).increment(1);
+                let reply = only_reply(
+                    call(runner, left, std::slice::from_ref(&job))
+                        .await
+                        .map_err(Failed::settled),
+                );
                 let _ = job.answer.send(reply);
             }
         }
@@ -541,6 +551,9 @@ async fn call(runner: &Runner, limit: Duration, batch: &[Job]) -> Result<Vec<Rep
         })
     }
 }
+
+#[cfg(test)]
+mod resharding_tests;
 
 #[cfg(test)]
 mod tests {

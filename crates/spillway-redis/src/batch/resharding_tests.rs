@@ -1,0 +1,120 @@
+//! [`send`] against a real three-master cluster with a slot migrating: what a request of a
+//! refused call answers, and how it is counted, when no time is left to send it again.
+
+use super::*;
+use crate::error::SCRIPT_ERRORS;
+use crate::keys::{self, KeyLayout};
+use spillway_core::algorithm::{FixedWindow, LimitParams};
+use spillway_core::key::StateKey;
+use spillway_core::store::Check;
+use spillway_testkit::redis::{command, RedisCluster};
+
+fn node_id(port: u16) -> String {
+    let reply = command(port, "CLUSTER MYID").expect("answers");
+    reply
+        .lines()
+        .nth(1)
+        .expect("a bulk reply")
+        .trim()
+        .to_owned()
+}
+
+/// The sum of the samples of `metric` with `label` in a Prometheus rendering.
+fn sample(rendered: &str, metric: &str, label: &str) -> u64 {
+    rendered
+        .lines()
+        .filter(|l| l.starts_with(metric) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+// One thread, so the test's metrics recorder (thread-local) hears every count.
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_request_out_of_time_answers_and_counts_the_refusal() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let counts = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let cluster = RedisCluster::start();
+    let client = redis::cluster::ClusterClientBuilder::new(cluster.urls())
+        .retries(1)
+        .min_retry_wait(1)
+        .max_retry_wait(2)
+        .build()
+        .expect("a client");
+    let conn = client.get_async_connection().await.expect("connects");
+    let runner = Runner::new(Conn::Cluster(conn), Duration::from_millis(500));
+    runner.prepare().await;
+
+    // Two users of one tenant: one slot. `moved` exists on the source; `fresh` nowhere.
+    let layout = KeyLayout::new("rl").unwrap();
+    let state = |user: &str| StateKey {
+        limit: "user".into(),
+        fingerprint: 7,
+        values: vec!["tenant7".into(), user.into()],
+    };
+    let (moved, fresh) = (state("a"), state("b"));
+    let params = LimitParams::FixedWindow(FixedWindow::new(10, 60_000_000).unwrap());
+    let check = |key| Check {
+        key,
+        params: &params,
+        cost: 1,
+        enforced: true,
+        metered: false,
+    };
+    let slot = keys::state_slot(&moved);
+    assert_eq!(slot, keys::state_slot(&fresh));
+    let moved_key = layout.key(&moved);
+    runner
+        .run_script(
+            runner.timeout,
+            [(moved_key.as_str(), Encoded::new(&check(&moved)))],
+            CheckMode::Consume,
+            false,
+        )
+        .await
+        .expect("written on the source");
+    let source = cluster.owner(slot).unwrap();
+    let target = *cluster.ports().iter().find(|&&p| p != source).unwrap();
+    let (source_id, target_id) = (node_id(source), node_id(target));
+    let importing = command(
+        target,
+        &format!("CLUSTER SETSLOT {slot} IMPORTING {source_id}"),
+    );
+    assert!(importing.unwrap().starts_with("+OK"));
+    let migrating = command(
+        source,
+        &format!("CLUSTER SETSLOT {slot} MIGRATING {target_id}"),
+    );
+    assert!(migrating.unwrap().starts_with("+OK"));
+    let before = counts.render();
+
+    // One request needing both keys: the source refuses it (`TRYAGAIN`), and its caller's
+    // time is already up, so it is not sent again.
+    let (answer, reply) = oneshot::channel();
+    let mut batch = vec![Job {
+        lane: slot,
+        keys: vec![moved_key, layout.key(&fresh)],
+        checks: vec![Encoded::new(&check(&moved)), Encoded::new(&check(&fresh))],
+        kind: Kind::Check(CheckMode::Consume),
+        deadline: Instant::now(),
+        answer,
+    }];
+    let answered = send(&runner, &mut batch, &tokio::sync::Mutex::new(())).await;
+    assert!(answered, "Redis answered the call, refusing it");
+    let reply = reply.await.expect("an answer");
+    assert!(
+        matches!(&reply, Err(StoreError::Unavailable(why)) if why.to_uppercase().contains("TRYAGAIN")),
+        "the refusal, not a timeout: {reply:?}"
+    );
+    let after = counts.render();
+    let errors = "spillway_store_errors_total";
+    assert_eq!(sample(&before, errors, ""), 0, "{before}");
+    assert_eq!(sample(&after, errors, "kind=\"unavailable\""), 1, "{after}");
+    assert_eq!(sample(&after, errors, "kind=\"timeout\""), 0, "{after}");
+    assert_eq!(
+        sample(&after, SCRIPT_ERRORS, "kind=\"connection\""),
+        1,
+        "{after}"
+    );
+    assert_eq!(sample(&after, BATCH_RETRIED, ""), 0, "{after}");
+}
