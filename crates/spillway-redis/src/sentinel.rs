@@ -149,6 +149,13 @@ impl SentinelConn {
 }
 
 /// Whether `err` is a refused or missing login (`WRONGPASS`, `NOAUTH`, a failed `AUTH`).
+///
+/// Judged first by the client's typed error: its `AuthenticationFailed` kind (a refused
+/// `AUTH`) and the server's error code (`NOAUTH`, `WRONGPASS` on a command). The text is read
+/// too, because the client does not keep the type on every path: the cluster client's first
+/// connection folds a node's error into an `Io` error that carries it only as text (redis
+/// 1.8), so a cluster that wants a password and was given none is told apart by `NOAUTH` in
+/// that text.
 pub(crate) fn login_refused(err: &RedisError) -> bool {
     err.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
