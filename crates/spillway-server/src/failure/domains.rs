@@ -146,12 +146,26 @@ impl DomainBreakers {
         true
     }
 
-    /// Records a call that succeeded. Returns `true` when this closed a breaker.
-    pub fn succeeded(&self, admitted: Admitted) -> bool {
-        let mut closed = false;
+    /// Records a call that succeeded, against each of its domains. Returns the domains whose
+    /// breaker this closed, and logs them: each by name, and "the store answers again" once no
+    /// breaker is left open or half-open.
+    pub fn succeeded(&self, admitted: Admitted) -> Domains {
+        let mut closed = Domains::default();
         for (set, admission) in Self::parts(admitted) {
             for index in set.iter() {
-                closed |= self.breakers[index].succeeded_in(admission, admitted.epoch);
+                if self.breakers[index].succeeded_in(admission, admitted.epoch) {
+                    closed = closed.with(index);
+                }
+            }
+        }
+        if !closed.is_empty() {
+            for name in closed.iter().filter_map(|i| self.breakers[i].domain()) {
+                tracing::info!(domain = &*name, "a store failure domain answers again");
+            }
+            if self.state() == CircuitState::Closed {
+                tracing::info!(
+                    "the store answers again; emergency counters expire with their windows"
+                );
             }
         }
         closed
@@ -242,7 +256,7 @@ mod tests {
             "the failed master: at once"
         );
         let a = t.admit(set(&[2]), T0).expect("a healthy master still goes");
-        assert!(!t.succeeded(a));
+        assert!(t.succeeded(a).is_empty());
         assert!(t.admit(set(&[1, 2]), T0).is_none(), "spanning the open one");
         assert_eq!(t.domain_state(2), CircuitState::Closed);
     }
@@ -272,7 +286,7 @@ mod tests {
             t.admit(set(&[2]), T0 + COOL).is_none(),
             "domain 2 opened later"
         );
-        assert!(t.succeeded(probe), "the probe closes domain 1");
+        assert_eq!(t.succeeded(probe), set(&[1]), "the probe closes domain 1");
         assert_eq!(t.domain_state(1), CircuitState::Closed);
         assert_eq!(t.state(), CircuitState::Open, "domain 2 still open");
         let probe = t.admit(set(&[2]), T0 + COOL + COOL / 2).unwrap();
@@ -314,7 +328,7 @@ mod tests {
             t.admit(set(&[1, 3]), T0 + COOL).is_none(),
             "one probe at a time"
         );
-        assert!(t.succeeded(a));
+        assert_eq!(t.succeeded(a), set(&[1]));
         assert_eq!(t.state(), CircuitState::Closed);
     }
 
@@ -439,5 +453,65 @@ mod tests {
             "the aggregate gauge follows"
         );
         assert!(t.not_closed().is_empty(), "/readyz no longer lists other");
+    }
+
+    /// What `tracing` logged while `f` ran, as text.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&buffer.0.lock()).into_owned();
+        text
+    }
+
+    #[test]
+    fn a_closed_breaker_logs_its_domain_and_the_store_is_back_only_when_all_are() {
+        let t = table();
+        let store = Named::default();
+        store.name(
+            vec![
+                None,
+                Some("10.0.0.1:6379".into()),
+                Some("10.0.0.2:6379".into()),
+            ],
+            1,
+        );
+        t.sync(&store);
+        open(&t, set(&[1, 2]), T0);
+        let first = logged(|| {
+            let probe = t.admit(set(&[1]), T0 + COOL).unwrap();
+            t.succeeded(probe);
+        });
+        assert!(
+            first.contains("a store failure domain answers again")
+                && first.contains("domain=\"10.0.0.1:6379\""),
+            "{first}"
+        );
+        assert!(!first.contains("10.0.0.2:6379"), "{first}");
+        assert!(
+            !first.contains("the store answers again"),
+            "domain 2 is still open: {first}"
+        );
+        let last = logged(|| {
+            let probe = t.admit(set(&[2]), T0 + COOL).unwrap();
+            t.succeeded(probe);
+        });
+        assert!(last.contains("domain=\"10.0.0.2:6379\""), "{last}");
+        assert!(last.contains("the store answers again"), "{last}");
     }
 }

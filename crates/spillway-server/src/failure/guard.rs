@@ -135,11 +135,7 @@ impl GuardedStore {
         };
         match &outcome {
             Ok(_) => {
-                if self.breakers.succeeded(admitted) {
-                    tracing::info!(
-                        "the store answers again; emergency counters expire with their windows"
-                    );
-                }
+                self.breakers.succeeded(admitted);
             }
             Err(_) => {
                 self.breakers.failed(admitted, self.clock.now());
