@@ -15,6 +15,11 @@
 //! - the dead master's user's budget after the failover is at least what it was before (a
 //!   write the replica had not received is lost, never one made up) and never reset or
 //!   negative.
+//!
+//! That needs `cluster-require-full-coverage no` on the cluster. The second test keeps Redis's
+//! default (`yes`), under which every master refuses every key from the moment the dead
+//! master is marked failed until the promotion, and checks that the healthy masters are
+//! refused only then and decided again on their breakers' next probes.
 
 // Client-side latency and the failover's timings are wall-clock time by nature.
 #![allow(clippy::disallowed_methods)]
@@ -229,6 +234,7 @@ fn after<T>(log: &Log, since: Duration, probe: impl Fn(&[&Sample]) -> T) -> T {
 /// two-core machine, so that neither slows the other's failover.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// See the module docs: the failover with `cluster-require-full-coverage no`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_is_replaced_by_its_replica_as_a_new_domain() {
     let _serial = SERIAL.lock().await;

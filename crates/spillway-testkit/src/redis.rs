@@ -264,7 +264,7 @@ fn cli(port: u16, args: &[&str]) -> Option<String> {
 /// A Redis Cluster torn down on drop: three masters and no replicas ([`RedisCluster::start`]),
 /// or any number of masters each with its replicas ([`RedisCluster::with_replicas`]).
 ///
-/// Nodes are numbered masters first, in port order of creation: master `m` is node `m`, and
+/// Nodes are numbered masters first, in order of creation: master `m` is node `m`, and
 /// replica `r` of master `m` is node `masters + m * replicas + r`.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
