@@ -32,8 +32,10 @@
 //! The five before the decision log's are recorded by [`crate::failure`] (see
 //! `docs/FAILURE.md`); `route` is a route's pattern from the policy (or an Envoy domain), never
 //! a raw request path; `domain` is a Redis Cluster master's `host:port` as Redis reports it, or
-//! `other` for the slots no master is known for (at most 64 at a time), never client input. The decision log's are named and described in
-//! [`crate::telemetry::decision_log`].
+//! `other` for the slots no master is known for (at most 64 at a time), never client input; that
+//! gauge is not in the recorder but rendered from the breakers at each scrape
+//! (`Failover::domain_exposition`), so a master that is gone leaves it. The decision log's are
+//! named and described in [`crate::telemetry::decision_log`].
 //!
 //! `spillway_decisions_total` counts one per consuming check (peeks are not decisions):
 //! `outcome` is `allowed` or `denied`, and `limit` is the verdict's governing limit, the one

@@ -11,8 +11,8 @@
 
 mod common;
 
-use common::{metric, timed_check, wait_until_async, Sample, Server};
-use spillway_redis::keys;
+use common::cluster::{ask, gauges, policy, user_per_master};
+use common::{metric, wait_until_async, Server};
 use spillway_server::failure::DEFAULT_BREAKER_COOLDOWN as COOLDOWN;
 use spillway_testkit::redis::RedisCluster;
 use std::time::{Duration, Instant};
@@ -20,92 +20,16 @@ use std::time::{Duration, Instant};
 /// The store budget.
 const BUDGET: Duration = Duration::from_millis(200);
 /// Consecutive failures that open a breaker.
-const FAILURES: usize = 3;
+const FAILURES: u64 = 3;
 /// Healthy-master requests per user while the frozen master's breaker is open.
 const ROUNDS: usize = 40;
-
-fn policy(cluster: &RedisCluster) -> String {
-    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
-    format!(
-        r#"
-default_tier: free
-failure_mode: closed
-limits:
-  api:
-    algorithm: fixed_window
-    limit: 1000000
-    window: 1h
-    key: [user]
-tiers:
-  free:
-    limits: []
-routes:
-  - match: "POST /api"
-    limits: [api]
-store: {{type: redis_cluster, nodes: [{}], timeout: {}ms, breaker_failures: {FAILURES}}}
-"#,
-        nodes.join(", "),
-        BUDGET.as_millis()
-    )
-}
-
-/// One decision for `user` on `POST /api`, timed.
-async fn ask(server: &Server, user: &str) -> Sample {
-    timed_check(
-        &server.http,
-        &format!("http://{}", server.addr()),
-        "/api",
-        user,
-    )
-    .await
-}
-
-/// A user whose keys (tagged by the user) live on the master on each port, in port order.
-fn users(cluster: &RedisCluster) -> Vec<String> {
-    let ports = cluster.ports();
-    let mut found: Vec<Option<String>> = vec![None; ports.len()];
-    for i in 0..10_000 {
-        let user = format!("user{i}");
-        let slot = keys::slot(&format!("rl:{{{user}}}:api"));
-        if let Some(at) = cluster
-            .owner(slot)
-            .and_then(|p| ports.iter().position(|&q| q == p))
-        {
-            found[at].get_or_insert(user);
-        }
-        if found.iter().all(Option::is_some) {
-            break;
-        }
-    }
-    found
-        .into_iter()
-        .map(|u| u.expect("a user on every master"))
-        .collect()
-}
-
-/// Each master's breaker gauge (`host:port` as Redis names it) and the store-wide one.
-async fn gauges(server: &Server, cluster: &RedisCluster) -> (Vec<Option<f64>>, Option<f64>) {
-    let text = server.metrics().await;
-    let each = cluster
-        .ports()
-        .iter()
-        .map(|p| {
-            let name = format!("127.0.0.1:{p}");
-            metric(
-                &text,
-                "spillway_store_domain_circuit_state",
-                &[("domain", &name)],
-            )
-        })
-        .collect();
-    (each, metric(&text, "spillway_store_circuit_state", &[]))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_masters_breaker_opens_alone() {
     let cluster = RedisCluster::start();
-    let server = Server::with_policy(&policy(&cluster)).start();
-    let users = users(&cluster);
+    let server = Server::with_policy(&policy(&cluster, "closed", BUDGET, FAILURES, None)).start();
+    let users = user_per_master(&cluster);
+    let ports = cluster.ports();
     let (hung, healthy) = (&users[0], &users[1..]);
     // The first CLUSTER SLOTS is cut at the store timeout and the map is asked again every
     // second: wait until the store names every master (the guard takes the names on a
@@ -114,7 +38,7 @@ async fn a_frozen_masters_breaker_opens_alone() {
         for user in &users {
             ask(&server, user).await;
         }
-        let (each, _) = gauges(&server, &cluster).await;
+        let (each, _) = gauges(&server, &ports).await;
         each.iter().all(Option::is_some).then_some(())
     })
     .await;
@@ -123,7 +47,7 @@ async fn a_frozen_masters_breaker_opens_alone() {
         let s = ask(&server, user).await;
         assert!(s.decided(), "before the freeze: {s:?}");
     }
-    let (each, all) = gauges(&server, &cluster).await;
+    let (each, all) = gauges(&server, &ports).await;
     assert_eq!(each, vec![Some(0.0); 3], "one closed breaker per master");
     assert_eq!(all, Some(0.0));
 
@@ -175,7 +99,7 @@ async fn a_frozen_masters_breaker_opens_alone() {
         late * 50 <= decided + late,
         "{late} healthy requests late, {decided} decided"
     );
-    let (each, all) = gauges(&server, &cluster).await;
+    let (each, all) = gauges(&server, &ports).await;
     assert_eq!(
         each,
         vec![Some(2.0), Some(0.0), Some(0.0)],
@@ -210,7 +134,7 @@ async fn a_frozen_masters_breaker_opens_alone() {
         back.is_some(),
         "the frozen master's key was never decided again"
     );
-    let (each, all) = gauges(&server, &cluster).await;
+    let (each, all) = gauges(&server, &ports).await;
     assert_eq!(each, vec![Some(0.0); 3], "closed again");
     assert_eq!(all, Some(0.0));
     let text = server.metrics().await;

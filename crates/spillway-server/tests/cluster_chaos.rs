@@ -13,8 +13,8 @@
 
 mod common;
 
+use common::cluster::{policy, users_by_master};
 use common::{metric, timed_check, wait_until_async, Server};
-use spillway_redis::keys;
 use spillway_testkit::redis::RedisCluster;
 use std::time::{Duration, Instant};
 
@@ -28,59 +28,23 @@ const HUNG_TASKS: usize = 200;
 /// The emergency quota of the `degrade` route, per node.
 const EMERGENCY: usize = 5;
 
-fn policy(cluster: &RedisCluster) -> String {
-    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
-    format!(
-        r#"
-default_tier: free
-failure_mode: degrade
-limits:
-  api:
-    algorithm: fixed_window
-    limit: 1000000
-    window: 1h
-    key: [user]
-    emergency: {{limit: {EMERGENCY}}}
-tiers:
-  free:
-    limits: []
-routes:
-  - match: "POST /api"
-    limits: [api]
-store: {{type: redis_cluster, nodes: [{}], timeout: {}ms, breaker_failures: 1000000000}}
-"#,
-        nodes.join(", "),
-        BUDGET.as_millis()
-    )
-}
-
-/// Users whose keys (tagged by the user, the limit's first key dimension) live on the master
-/// on `port`, and on the others.
-fn users(cluster: &RedisCluster, port: u16) -> (String, Vec<String>) {
-    let mut on_port = None;
-    let mut elsewhere = Vec::new();
-    for i in 0..10_000 {
-        let user = format!("user{i}");
-        let slot = keys::slot(&format!("rl:{{{user}}}:api"));
-        if cluster.owner(slot) == Some(port) {
-            on_port.get_or_insert(user);
-        } else if elsewhere.len() < 6 {
-            elsewhere.push(user);
-        }
-        if on_port.is_some() && elsewhere.len() == 6 {
-            break;
-        }
-    }
-    assert_eq!(elsewhere.len(), 6, "users on the other masters");
-    (on_port.expect("a user on the master"), elsewhere)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_master_degrades_only_its_own_users() {
     let cluster = RedisCluster::start();
-    let server = Server::with_policy(&policy(&cluster)).start();
+    // Breakers out of reach: what the store does below them.
+    let policy = policy(
+        &cluster,
+        "degrade",
+        BUDGET,
+        1_000_000_000,
+        Some(EMERGENCY as u64),
+    );
+    let server = Server::with_policy(&policy).start();
     let base = format!("http://{}", server.addr());
-    let (hung_user, healthy) = users(&cluster, cluster.ports()[0]);
+    // One user on the master to freeze (the first), three on each of the others.
+    let mut by_master = users_by_master(&cluster, 3).into_iter();
+    let hung_user = by_master.next().expect("a master to freeze").remove(0);
+    let healthy: Vec<String> = by_master.flatten().collect();
     for user in healthy.iter().chain([&hung_user]) {
         let s = timed_check(&server.http, &base, "/api", user).await;
         assert!(s.decided(), "before the freeze: {s:?}");

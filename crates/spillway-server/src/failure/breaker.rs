@@ -10,7 +10,8 @@
 //! A breaker guards one failure domain (see [`super::domains`]): the whole store, or one Redis
 //! Cluster master. Breakers of one table share a [`Tally`], which keeps the store-wide
 //! [`STATE`] gauge at the worst state of any of them; a named domain (a master's address) also
-//! has its own [`DOMAIN_STATE`] gauge.
+//! has its own [`DOMAIN_STATE`] gauge, rendered from the breakers at each scrape (see
+//! `Failover::domain_exposition`), so that a domain that is gone leaves the exposition.
 //!
 //! Time is passed in, in microseconds from the process clock (monotonic in production, the
 //! manual test clock under `--manual-clock`), so the state machine is tested without sleeping
@@ -25,7 +26,8 @@ use std::time::Duration;
 /// closed, 1 some half-open (none open), 2 some open.
 pub const STATE: &str = "spillway_store_circuit_state";
 /// Gauge of one named domain's breaker (label `domain`: a cluster master's `host:port`, as
-/// Redis reports it): 0 closed, 1 half-open, 2 open.
+/// Redis reports it): 0 closed, 1 half-open, 2 open. Not kept in the metrics recorder, which
+/// cannot drop one series: `/metrics` renders it from the breakers each time.
 pub const DOMAIN_STATE: &str = "spillway_store_domain_circuit_state";
 /// Counter of state changes of any of the store's breakers, by the state left (`from`) and
 /// the state entered (`to`).
@@ -78,9 +80,10 @@ pub enum Admission {
 pub struct Tally {
     /// Breakers half-open and open (the rest are closed).
     counts: Mutex<[usize; 2]>,
-    /// Whether the table writes the store's circuit metrics ([`STATE`], [`DOMAIN_STATE`] and
-    /// [`TRANSITIONS`]): only the node's own store's does (a far region's table would
-    /// overwrite the gauges with its own states, and count its changes as the store's).
+    /// Whether the table writes the store's circuit metrics ([`STATE`] and [`TRANSITIONS`]):
+    /// only the node's own store's does (a far region's table would overwrite the gauge with
+    /// its own states, and count its changes as the store's). [`DOMAIN_STATE`] is rendered
+    /// from the breakers at each scrape, by the node's own store's `Failover` only.
     gauges: bool,
 }
 
@@ -214,23 +217,9 @@ impl Breaker {
         inner.renamed_at = epoch;
         let from = std::mem::replace(&mut inner.state, CircuitState::Closed);
         inner.failures = 0;
-        // The series of a master that left stays exported: it reads closed, since nothing is
-        // refused on its account any more.
-        if let Some(old) = std::mem::replace(&mut inner.domain, domain) {
-            self.domain_gauge(&old, CircuitState::Closed);
-        }
+        inner.domain = domain;
         if from != CircuitState::Closed {
             self.tally.moved(from, CircuitState::Closed);
-        }
-        if let Some(name) = &inner.domain {
-            self.domain_gauge(name, CircuitState::Closed);
-        }
-    }
-
-    /// Sets the [`DOMAIN_STATE`] gauge of the domain named `name`, if the table writes gauges.
-    fn domain_gauge(&self, name: &str, state: CircuitState) {
-        if self.tally.gauges {
-            metrics::gauge!(DOMAIN_STATE, "domain" => name.to_owned()).set(state.gauge());
         }
     }
 
@@ -309,9 +298,6 @@ impl Breaker {
         if self.tally.gauges {
             metrics::counter!(TRANSITIONS, "from" => from.as_str(), "to" => state.as_str())
                 .increment(1);
-        }
-        if let Some(name) = &inner.domain {
-            self.domain_gauge(name, state);
         }
         tracing::warn!(
             circuit = state.as_str(),

@@ -200,6 +200,16 @@ impl DomainBreakers {
             .map_or(CircuitState::Closed, Breaker::state)
     }
 
+    /// Each named domain with its breaker's state (at most [`MAX_DOMAINS`]), for the
+    /// per-domain gauge. A domain the store no longer names (a master no slot maps to) is not
+    /// among them.
+    pub fn named(&self) -> Vec<(Arc<str>, CircuitState)> {
+        self.breakers
+            .iter()
+            .filter_map(|b| b.domain().map(|name| (name, b.state())))
+            .collect()
+    }
+
     /// Each named domain whose breaker is not closed, with its state (at most
     /// [`MAX_DOMAINS`]), for `/readyz`.
     pub fn not_closed(&self) -> Vec<(String, CircuitState)> {
@@ -402,6 +412,11 @@ mod tests {
         assert_eq!(t.state(), CircuitState::Closed, "the aggregate follows");
         assert!(t.admit(set(&[1]), T0).is_some(), "no cooldown to wait out");
         assert_eq!(t.breakers[1].domain().as_deref(), Some("10.0.0.2:6379"));
+        assert_eq!(
+            t.named(),
+            vec![(Arc::from("10.0.0.2:6379"), CircuitState::Closed)],
+            "the old master is no longer reported"
+        );
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub enum Fallback {
 /// The failure handling one node shares between its transports; see the module docs.
 pub struct Failover {
     settings: FailureSettings,
+    /// Whether this is the node's own store's (its breakers are the store's gauges).
+    gauges: bool,
     breakers: Arc<DomainBreakers>,
     emergency: Arc<EmergencyLimiter>,
     report: report::Report,
@@ -168,6 +170,7 @@ impl Failover {
             )),
             report: report::Report::new(),
             settings,
+            gauges,
             clock,
         }
     }
@@ -201,6 +204,30 @@ impl Failover {
     /// `/readyz`.
     pub fn open_domains(&self) -> Vec<(String, CircuitState)> {
         self.breakers.not_closed()
+    }
+
+    /// The [`breaker::DOMAIN_STATE`] gauge in Prometheus text, one line per failure domain
+    /// the store names now (empty for a far region's store, and for a store that is one
+    /// domain). Rendered at each scrape rather than kept in the metrics recorder, which
+    /// cannot drop one series: a master replaced by its replica, or removed, leaves the
+    /// exposition once no slot maps to it, instead of reading 0 for the life of the process
+    /// (at most [`spillway_core::store::MAX_DOMAINS`] lines).
+    pub fn domain_exposition(&self) -> String {
+        let named = self.breakers.named();
+        if !self.gauges || named.is_empty() {
+            return String::new();
+        }
+        let name = breaker::DOMAIN_STATE;
+        let mut out = format!(
+            "# HELP {name} Circuit breaker state of one failure domain of the store (a Redis \
+             Cluster master): 0 closed, 1 half-open, 2 open.\n# TYPE {name} gauge\n"
+        );
+        for (domain, state) in named {
+            // Names come from the store's topology, never from a client; escaped all the same.
+            let label = crate::telemetry::top::prometheus::escape(&domain);
+            out.push_str(&format!("{name}{{domain=\"{label}\"}} {}\n", state.gauge()));
+        }
+        out
     }
 
     /// Emergency counters held now, for `/readyz`.

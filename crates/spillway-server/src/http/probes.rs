@@ -133,11 +133,13 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
 }
 
 /// The Prometheus scrape endpoint. Store gauges are refreshed first so a scrape never shows a
-/// size up to a second old; the ten most denied tenants (`spillway_top_blocked`) follow the
-/// recorder's lines.
+/// size up to a second old; the store's per-domain breaker gauge
+/// (`spillway_store_domain_circuit_state`) and the ten most denied tenants
+/// (`spillway_top_blocked`) follow the recorder's lines, rendered as they stand now.
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     metrics::record_store(app.store.key_count(), app.store.evictions());
     let mut text = app.metrics.render();
+    text.push_str(&app.failover.domain_exposition());
     text.push_str(&app.top.blocked_exposition(app.clock.now()));
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }

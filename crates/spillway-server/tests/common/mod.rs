@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod cluster;
 pub mod grpc;
 
 use std::io::{BufRead, BufReader};
@@ -380,6 +381,8 @@ pub struct Sample {
     pub status: u16,
     pub degraded: bool,
     pub retry_after: Option<String>,
+    /// `X-RateLimit-Remaining`, if the answer has it.
+    pub remaining: Option<u64>,
     pub took: std::time::Duration,
 }
 
@@ -408,6 +411,7 @@ pub async fn timed_check(http: &reqwest::Client, base: &str, path: &str, user: &
         status: response.status().as_u16(),
         degraded: header(&response, "spillway-degraded").is_some(),
         retry_after: header(&response, "retry-after"),
+        remaining: header(&response, "x-ratelimit-remaining").and_then(|r| r.parse().ok()),
         took: started.elapsed(),
     }
 }
