@@ -152,7 +152,7 @@ impl Failover {
     }
 
     /// [`Failover::new`] for a store other than the node's own (a far region's): its
-    /// breakers do not write the store's circuit gauges.
+    /// breakers do not write the store's circuit metrics.
     pub fn for_region(settings: FailureSettings, clock: Arc<dyn Clock>) -> Self {
         Self::with_gauges(settings, clock, false)
     }
