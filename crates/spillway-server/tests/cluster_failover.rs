@@ -239,7 +239,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn a_killed_master_is_replaced_by_its_replica_as_a_new_domain() {
     let _serial = SERIAL.lock().await;
     let Failover {
-        cluster: _cluster,
+        cluster,
         server,
         users,
         ports,
@@ -315,7 +315,9 @@ async fn a_killed_master_is_replaced_by_its_replica_as_a_new_domain() {
             "every decision has its headers"
         );
         for pair in remaining.windows(2) {
-            let charged = pair[0] - pair[1];
+            let charged = pair[0]
+                .checked_sub(pair[1])
+                .unwrap_or_else(|| panic!("{user}: remaining rose {} -> {}", pair[0], pair[1]));
             assert!(
                 charged >= 1 && charged <= 1 + late.len() as u64,
                 "{user}: remaining went {} -> {}",
@@ -334,16 +336,25 @@ async fn a_killed_master_is_replaced_by_its_replica_as_a_new_domain() {
         .filter(|(at, _)| *at < killed)
         .map(|(_, s)| s)
         .collect();
-    let outage: Vec<&Sample> = log
-        .iter()
-        .filter(|(at, s)| *at >= killed && (*at < promoted || !s.decided()))
-        .map(|(_, s)| s)
-        .collect();
+    // The outage runs from the kill to the first decided answer. That answer may come a
+    // little before the test saw the promotion (its poll lags; Spillway refreshes its map on
+    // its own), but never before the cluster can have failed over: no sooner than half a node
+    // timeout after the kill.
     let first_after = log
         .iter()
-        .find(|(at, s)| *at >= promoted && s.decided())
+        .find(|(at, s)| *at >= killed && s.decided())
         .map(|(at, s)| (*at, s))
         .expect("decided after the promotion");
+    assert!(
+        first_after.0 >= killed + cluster.node_timeout() / 2,
+        "the dead master's user was decided {:?} after the kill, before any failover",
+        first_after.0 - killed
+    );
+    let outage: Vec<&Sample> = log
+        .iter()
+        .filter(|(at, _)| *at >= killed && *at < first_after.0)
+        .map(|(_, s)| s)
+        .collect();
     for s in &outage {
         assert_eq!(
             s.status, 503,
@@ -453,20 +464,33 @@ async fn with_full_coverage_every_master_refuses_until_the_promotion() {
     });
     stop_load(&stop, tasks).await;
 
-    let mut refused = 0;
+    // Refused at once (the breaker open) only while the cluster was down; a loaded two-core
+    // machine may stall a rare request past the budget at any time (at most 2%).
+    let (mut refused, mut stalled, mut asked) = (0, 0, 0);
     for (log, user) in logs[1..].iter().zip(&users[1..]) {
         let log = log.lock().expect("log");
+        asked += log.len();
         for (at, s) in log.iter().filter(|(_, s)| !s.decided()) {
             assert_eq!(s.status, 503, "{user} takes `closed`: {s:?}");
-            assert!(
-                *at >= killed + cluster.node_timeout() / 2 && *at <= back,
-                "{user} refused at {at:?}, before the cluster declared the failure ({killed:?} \
-                 + half of {:?}) or after the recovery ({back:?}): {s:?}",
-                cluster.node_timeout()
-            );
-            refused += 1;
+            let down = *at >= killed + cluster.node_timeout() / 2 && *at <= back;
+            if s.took < BUDGET / 2 {
+                assert!(
+                    down,
+                    "{user} refused at once at {at:?}, before the cluster declared the failure \
+                     ({killed:?} + half of {:?}) or after the recovery ({back:?}): {s:?}",
+                    cluster.node_timeout()
+                );
+                refused += 1;
+            } else if !down {
+                stalled += 1;
+            }
         }
     }
+    assert!(
+        refused > 0,
+        "no healthy master's user was refused while the cluster was down"
+    );
+    assert!(stalled * 50 <= asked, "{stalled} of {asked} stalled");
     // The stepped clock may have let the dead master's breaker probe, through the client's
     // own slot map, the new master before the store's map named it: it is named within a
     // refresh or two (the breakers take the names on a request).

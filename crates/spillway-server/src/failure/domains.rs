@@ -227,7 +227,7 @@ impl DomainBreakers {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use async_trait::async_trait;
     use spillway_core::algorithm::Decision;
@@ -352,14 +352,14 @@ mod tests {
 
     /// A store whose domain names and generation a test sets.
     #[derive(Default)]
-    struct Named {
+    pub(crate) struct Named {
         names: Mutex<Vec<Option<String>>>,
         generation: AtomicU64,
     }
 
     impl Named {
         /// The store's view changes: these names per index, under `generation`.
-        fn name(&self, names: Vec<Option<String>>, generation: u64) {
+        pub(crate) fn name(&self, names: Vec<Option<String>>, generation: u64) {
             *self.names.lock() = names;
             self.generation.store(generation, Ordering::SeqCst);
         }

@@ -222,10 +222,18 @@ impl Failover {
             "# HELP {name} Circuit breaker state of one failure domain of the store (a Redis \
              Cluster master): 0 closed, 1 half-open, 2 open.\n# TYPE {name} gauge\n"
         );
+        // Two domains may carry one name (a new master at an old master's address while the
+        // old one is still mapped): one series each name, at the worse state.
+        let mut worst: std::collections::BTreeMap<Arc<str>, f64> = Default::default();
         for (domain, state) in named {
-            // Names come from the store's topology, never from a client; escaped all the same.
-            let label = crate::telemetry::top::prometheus::escape(&domain);
-            out.push_str(&format!("{name}{{domain=\"{label}\"}} {}\n", state.gauge()));
+            let g = worst.entry(domain).or_insert(0.0);
+            *g = g.max(state.gauge());
+        }
+        for (domain, gauge) in worst {
+            // Names come from the store's topology, never from a client; escaped all the same,
+            // and whole (a long host name keeps its port).
+            let label = crate::telemetry::top::prometheus::escape_whole(&domain);
+            out.push_str(&format!("{name}{{domain=\"{label}\"}} {gauge}\n"));
         }
         out
     }
@@ -311,6 +319,44 @@ mod tests {
         // A far region's breakers went through the same changes, unseen.
         let far = circuit_metrics(|| Failover::for_region(settings, clock()));
         assert!(!far.contains("spillway_store_"), "{far}");
+    }
+
+    #[test]
+    fn the_domain_gauge_names_each_master_once_whole_and_only_for_the_own_store() {
+        let clock = || -> Arc<dyn Clock> { Arc::new(spillway_core::time::ManualClock::new(0)) };
+        let long = "redis-cluster-0.redis-cluster-headless.prod.svc.cluster.local:6379";
+        let store = domains::tests::Named::default();
+        store.name(
+            vec![
+                None,
+                Some(long.into()),
+                Some("10.0.0.2:6379".into()),
+                Some("10.0.0.2:6379".into()),
+            ],
+            1,
+        );
+        let own = Failover::new(FailureSettings::default(), clock());
+        assert_eq!(own.domain_exposition(), "", "nothing named yet");
+        own.breakers.sync(&store);
+        let text = own.domain_exposition();
+        let name = breaker::DOMAIN_STATE;
+        assert_eq!(text.matches("# TYPE ").count(), 1, "{text}");
+        assert!(
+            text.contains(&format!("{name}{{domain=\"{long}\"}} 0\n")),
+            "the long name keeps its port: {text}"
+        );
+        assert_eq!(
+            text.matches("10.0.0.2:6379").count(),
+            1,
+            "one series per name: {text}"
+        );
+        let far = Failover::for_region(FailureSettings::default(), clock());
+        far.breakers.sync(&store);
+        assert_eq!(
+            far.domain_exposition(),
+            "",
+            "a far region's store has no gauge"
+        );
     }
 
     #[test]

@@ -33,7 +33,12 @@ pub fn render(tenants: &[(Arc<str>, u64)]) -> String {
 /// A label value as the text format wants it: cut to [`MAX_TENANT`] bytes, with `\`, `"` and
 /// line feeds escaped.
 pub fn escape(value: &str) -> String {
-    let value = crate::telemetry::cut_to(value, MAX_TENANT);
+    escape_whole(crate::telemetry::cut_to(value, MAX_TENANT))
+}
+
+/// `value` escaped as a Prometheus label value, not cut: for names the process chose (a
+/// store's master address), never a client's.
+pub fn escape_whole(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     for c in value.chars() {
         match c {
