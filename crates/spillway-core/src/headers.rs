@@ -190,9 +190,7 @@ fn push_param(out: &mut String, key: &str, value: u64) {
 fn push_sf_string(out: &mut String, s: &str) {
     out.push('"');
     // The usual name needs no escape: copied whole.
-    if s.bytes()
-        .all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\')
-    {
+    if sf_plain(s) {
         out.push_str(s);
     } else {
         for c in s.chars() {
@@ -207,6 +205,16 @@ fn push_sf_string(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+/// Whether `s` is printable ASCII without `"` or `\`, so a structured-field String holds it
+/// as it is. Every byte is looked at, without stopping at the first bad one: a loop with no
+/// branch the compiler can run over many bytes at once, where `all` tested them one by one
+/// (this runs for each enforced limit, twice, on every answer).
+fn sf_plain(s: &str) -> bool {
+    s.bytes().fold(true, |plain, b| {
+        plain & matches!(b, b' '..=b'~') & (b != b'"') & (b != b'\\')
+    })
 }
 
 #[cfg(test)]
@@ -379,5 +387,15 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         assert_eq!(names, ORDER);
+    }
+
+    proptest::proptest! {
+        /// The whole-string test takes exactly the names the byte-by-byte rule did, including
+        /// ones with a bad byte anywhere (first, last, beyond a vector's width) or none.
+        #[test]
+        fn a_plain_name_is_what_the_byte_rule_says(s in "[ -~]{0,40}[\"\\\\\u{0}-\u{1f}\u{7f}-\u{10ffff}]?[ -~]{0,40}") {
+            let by_byte = s.bytes().all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\');
+            proptest::prop_assert_eq!(sf_plain(&s), by_byte);
+        }
     }
 }
