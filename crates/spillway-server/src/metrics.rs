@@ -212,6 +212,12 @@ pub fn record_verdict(verdict: &Verdict) {
     }
 }
 
+/// A thread's counters by a name from the policy (a limit or a route). Looked up on every
+/// decision, so it hashes with foldhash rather than the standard SipHash, which cost about 300
+/// instructions per decision for the two lookups (`docs/BENCHMARKS.md`); the names come from
+/// the policy, never from a client, so nothing here needs SipHash's resistance to chosen keys.
+type NameMap<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
+
 /// The `outcome` label of [`DECISIONS`], indexed by "was it denied".
 const OUTCOMES: [&str; 2] = ["allowed", "denied"];
 
@@ -220,8 +226,7 @@ thread_local! {
     /// first such decision on this thread. The registry's own lookup builds and hashes a
     /// labelled key on every call, which at load costs more than the decision it counts.
     /// Grows with the limit names a policy has ever had, which a reload rarely changes.
-    static DECISION_COUNTERS: RefCell<HashMap<Arc<str>, [Option<Counter>; 2]>> =
-        RefCell::default();
+    static DECISION_COUNTERS: RefCell<NameMap<[Option<Counter>; 2]>> = RefCell::default();
 }
 
 /// Counts one finished consuming decision under its route and outcome (peeks are not counted).
@@ -265,8 +270,7 @@ const ROUTE_OUTCOMES: [&str; 5] = [
 thread_local! {
     /// Each route's counters, one per outcome, registered on first use on this thread (as
     /// [`DECISION_COUNTERS`], for the same reason). Routes come from the policy: bounded.
-    static ROUTE_COUNTERS: RefCell<HashMap<Arc<str>, [Option<Counter>; 5]>> =
-        RefCell::default();
+    static ROUTE_COUNTERS: RefCell<NameMap<[Option<Counter>; 5]>> = RefCell::default();
 }
 
 /// Counts one reload attempt.
