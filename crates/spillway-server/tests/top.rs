@@ -66,6 +66,9 @@ async fn a_burst_shows_its_tenant_until_the_window_passes() {
     assert_eq!(body["window"], "1m");
     assert_eq!(body["scope"], "local");
     assert_eq!(body["nodes"], serde_json::json!(["edge-1"]));
+    // Every decision counted: the counts are exact, and the answer says so.
+    assert_eq!(body["sample"], 1);
+    assert_eq!(body["samples"], serde_json::json!({"edge-1": 1}));
     assert_eq!(tenants(&body), vec![("acme".to_owned(), 7)]);
     assert_eq!(body["blocked_users"][0]["user"], "alice");
     let hot = &body["hot_keys"][0];
@@ -187,6 +190,26 @@ async fn each_node_answers_for_the_fleet(nodes: &[Server]) {
         };
         assert_eq!(body["scope"], "cluster");
         assert_eq!(body["nodes"], serde_json::json!(["a", "b", "c"]));
+        assert_eq!(body["samples"], serde_json::json!({"a": 1, "b": 1, "c": 1}));
+        assert_eq!(body["sample"], 1);
+        // One limit's keys, picked from every node's summary before ranking: `shared/u` was
+        // checked 4 times on each node, 12 in all, more than any node's own tenant. (Waited
+        // for too: the denials above being complete does not make a node that denied nothing
+        // of `shared` have published its checks of it yet.)
+        let query = "?scope=cluster&window=10m&limit_name=per-user&limit=1";
+        let want_hot =
+            serde_json::json!([{"limit": "per-user", "key": ["shared", "u"], "count": 12}]);
+        let one = wait_until_async(PATIENCE, || async {
+            let body = top(node, query).await;
+            (body["hot_keys"] == want_hot).then_some(body)
+        })
+        .await;
+        if one.is_none() {
+            panic!("{query} on {}: {}", node.addr(), top(node, query).await);
+        }
+        let none = top(node, "?scope=cluster&window=10m&limit_name=per-ip").await;
+        assert_eq!(none["hot_keys"], serde_json::json!([]), "{none}");
+        assert_eq!(tenants(&none), want, "the denial lists ignore limit_name");
         // Its local view holds only what it saw itself.
         let local = tenants(&top(node, "?scope=local").await);
         assert!(
@@ -263,6 +286,119 @@ async fn three_nodes_on_a_redis_cluster_each_answer_for_the_fleet() {
     .await;
     let body = merged.expect("node c leaves the merge");
     assert!(!tenants(&body).iter().any(|(t, _)| t == "only-2"), "{body}");
+}
+
+/// Two limits whose keys rank apart: each tenant's per-tenant key counts every request of
+/// its users, each per-user key only that user's.
+const TWO_LIMITS: &str = r#"
+default_tier: free
+limits:
+  per-user:
+    algorithm: fixed_window
+    limit: 5
+    window: 1h
+    key: [tenant, user]
+  per-tenant:
+    algorithm: fixed_window
+    limit: 1000
+    window: 1h
+    key: [tenant]
+tiers:
+  free:
+    limits: [per-user, per-tenant]
+"#;
+
+#[tokio::test]
+async fn limit_name_ranks_one_limits_hot_keys() {
+    let server = Server::with_policy(TWO_LIMITS)
+        .args(&["--node-name", "edge-1", "--top-k-sample", "1"])
+        .start();
+    // acme: alice 4 requests, bob 2; globex: carol 3, dave 2. No two keys tie.
+    for (tenant, user, n) in [
+        ("acme", "alice", 4),
+        ("acme", "bob", 2),
+        ("globex", "carol", 3),
+        ("globex", "dave", 2),
+    ] {
+        burst(&server, tenant, user, n).await;
+    }
+    let hot = |body: &Value| -> Vec<(String, String, u64)> {
+        body["hot_keys"]
+            .as_array()
+            .expect("hot_keys")
+            .iter()
+            .map(|r| {
+                let key: Vec<&str> = r["key"]
+                    .as_array()
+                    .expect("key")
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                (
+                    r["limit"].as_str().unwrap_or_default().to_owned(),
+                    key.join("/"),
+                    r["count"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let row = |limit: &str, key: &str, count| (limit.to_owned(), key.to_owned(), count);
+
+    // Unfiltered, the two heaviest are both per-tenant keys.
+    let all = top(&server, "?limit=2").await;
+    assert_eq!(
+        hot(&all),
+        [row("per-tenant", "acme", 6), row("per-tenant", "globex", 5)]
+    );
+    assert!(all.get("limit_name").is_none(), "{all}");
+    // Filtered before ranking: per-user's two heaviest, though they rank below per-tenant's.
+    let users = top(&server, "?limit=2&limit_name=per-user").await;
+    assert_eq!(
+        hot(&users),
+        [
+            row("per-user", "acme/alice", 4),
+            row("per-user", "globex/carol", 3)
+        ]
+    );
+    assert_eq!(users["limit_name"], "per-user");
+    // Percent-encoded names are decoded.
+    let encoded = top(&server, "?limit_name=per%2Duser").await;
+    assert_eq!(hot(&encoded).len(), 4);
+    // A name no limit has: an empty list, not an error.
+    let unknown = top(&server, "?limit_name=no-such-limit").await;
+    assert_eq!(unknown["hot_keys"], serde_json::json!([]));
+
+    // An empty, over-long or malformed name is a 400 problem naming the parameter.
+    let long = "x".repeat(1025);
+    for query in [
+        "limit_name=".to_owned(),
+        format!("limit_name={long}"),
+        "limit_name=a%00b".to_owned(),
+        "limit_name=%C3".to_owned(),
+    ] {
+        let response = server.get(&format!("/v1/top?{query}")).await;
+        assert_eq!(response.status(), 400, "{query}");
+        let problem: Value = response.json().await.expect("json");
+        assert_eq!(problem["field"], "limit_name", "{query}");
+    }
+}
+
+#[tokio::test]
+async fn the_answer_says_the_nodes_sample() {
+    // No `--top-k-sample`: the default, one decision in 8.
+    let server = Server::with_policy(POLICY)
+        .args(&["--node-name", "n"])
+        .start();
+    let body = top(&server, "").await;
+    assert_eq!(body["sample"], 8);
+    assert_eq!(body["samples"], serde_json::json!({"n": 8}));
+    let server = Server::with_policy(POLICY)
+        .args(&["--node-name", "m", "--top-k-sample", "64"])
+        .start();
+    assert_eq!(
+        top(&server, "?scope=cluster").await["samples"],
+        serde_json::json!({"m": 64})
+    );
 }
 
 #[tokio::test]

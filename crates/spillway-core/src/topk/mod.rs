@@ -135,6 +135,13 @@ impl<L: Clone + Eq + Hash> TopK<L> {
     /// the current one included), heaviest first, with their estimated counts: an item's
     /// rows are added up over every interval and every shard.
     pub fn top(&self, now: Micros, window: Micros, n: usize) -> Vec<(L, u64)> {
+        rank(self.counts(now, window), n)
+    }
+
+    /// Every item held over the last `window` at `now`, with its estimated count, unranked:
+    /// what [`TopK::top`] ranks, for a caller that filters or groups the items before ranking
+    /// (at most [`TopK::max_rows`] of them).
+    pub fn counts(&self, now: Micros, window: Micros) -> HashMap<L, u64> {
         let intervals = window.div_ceil(self.interval).max(1);
         let mut merged: HashMap<L, u64> = HashMap::new();
         for shard in self.shards.iter() {
@@ -143,7 +150,7 @@ impl<L: Clone + Eq + Hash> TopK<L> {
                 *merged.entry(row.label.clone()).or_default() += row.count;
             }
         }
-        rank(merged, n)
+        merged
     }
 
     /// Rows held now, over every shard and interval (an item several threads fed has a row

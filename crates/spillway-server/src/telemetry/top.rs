@@ -134,6 +134,11 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Drops the hot keys of every limit but `limit` (the other lists are kept).
+    pub fn keep_limit(&mut self, limit: &str) {
+        self.hot_keys.retain(|r| &*r.limit == limit);
+    }
+
     /// Adds several summaries (of nodes) row by row and keeps the `n` heaviest of each list.
     pub fn merge<'a>(parts: impl IntoIterator<Item = &'a Summary>, n: usize) -> Summary {
         let mut hot: HashMap<HotKey, u64> = HashMap::new();
@@ -188,6 +193,19 @@ impl Summary {
     }
 }
 
+/// Which hot keys a summary ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HotKeys<'a> {
+    /// Every limit's, ranked together.
+    All,
+    /// Only the keys of the limit with this name, ranked among themselves (none when no
+    /// limit has that name or none of its keys is held).
+    Of(&'a str),
+    /// The `n` heaviest of each limit, heaviest first overall: what a node publishes, so that
+    /// a reader can pick one limit's keys and still find that limit's `n` heaviest.
+    EachLimit,
+}
+
 /// This node's sketches; see the module docs.
 pub struct Top {
     /// Off (`--no-top-k`): nothing is counted, and `/v1/top` says so.
@@ -205,17 +223,18 @@ pub struct Top {
 
 impl Top {
     /// Empty sketches for the node named `node`, counting every decision (see
-    /// [`Top::sampled`]): ten minutes in 10-second intervals, 1,024
-    /// counters and 256 tenants and users per interval. At most 92,160 rows in all, each
-    /// label value cut to [`MAX_LABEL`] bytes: about 15 MB with short names, under 45 MB with
-    /// every name at the cap, whatever the traffic (each row's bucket links and gate counters
-    /// included).
+    /// [`Top::sampled`]): ten minutes in 10-second intervals, 1,024 counters, 1,024 tenants
+    /// and 1,024 users per interval ([`Shape::DEFAULT`] for all three). At most 184,320 rows
+    /// in all, each label value cut to [`MAX_LABEL`] bytes, whatever the traffic: about 26 MB
+    /// with short names and about 62 MB with every name at the cap, counted by the allocator
+    /// with every row filled (`examples/top_memory.rs`; docs/BENCHMARKS.md).
+    ///
+    /// The tenants and users get as many rows as the counters: when the denials spread over a
+    /// long tail (every tenant of a Zipf stream over 1,000,000 denied), 256 rows per interval
+    /// (32 per shard) missed the heaviest ten even counting every decision
+    /// (`tests::at_the_default_sample_a_long_tail_of_denials_keeps_the_most_denied`).
     pub fn new(node: &str) -> Self {
-        let denials = Shape {
-            capacity: 256,
-            ..Shape::DEFAULT
-        };
-        Self::with_shapes(node, Shape::DEFAULT, denials)
+        Self::with_shapes(node, Shape::DEFAULT, Shape::DEFAULT)
     }
 
     /// Empty sketches of the given shapes: counters, then tenants and users.
@@ -321,11 +340,35 @@ impl Top {
 
     /// This node's `n` heaviest of each list over `window` at `now`.
     pub fn summary(&self, now: Micros, window: Window, n: usize) -> Summary {
+        self.summary_with(now, window, n, HotKeys::All)
+    }
+
+    /// Like [`Top::summary`], with the hot keys chosen by `hot` before they are ranked.
+    pub fn summary_with(&self, now: Micros, window: Window, n: usize, hot: HotKeys<'_>) -> Summary {
         let span = window.span();
+        let mut counts = self.hot.counts(now, span);
+        let ranked = match hot {
+            HotKeys::All => rank(counts, n),
+            HotKeys::Of(limit) => {
+                counts.retain(|k, _| &*k.limit == limit);
+                rank(counts, n)
+            }
+            HotKeys::EachLimit => {
+                let mut by_limit: HashMap<Arc<str>, HashMap<HotKey, u64>> = HashMap::new();
+                for (k, count) in counts {
+                    by_limit
+                        .entry(k.limit.clone())
+                        .or_default()
+                        .insert(k, count);
+                }
+                let mut all: Vec<(HotKey, u64)> =
+                    by_limit.into_values().flat_map(|c| rank(c, n)).collect();
+                all.sort_by_key(|r| std::cmp::Reverse(r.1));
+                all
+            }
+        };
         Summary {
-            hot_keys: self
-                .hot
-                .top(now, span, n)
+            hot_keys: ranked
                 .into_iter()
                 .map(|(k, count)| HotKeyRow {
                     limit: k.limit,

@@ -2,14 +2,16 @@
 //! scope=cluster` on any node answers for the fleet.
 //!
 //! Every [`PUBLISH_EVERY`] (`--top-publish-every`) a node writes its summaries of both windows
-//! (the [`MAX_ROWS`](super::MAX_ROWS) heaviest of each list) as one JSON value at
+//! (the [`MAX_ROWS`](super::MAX_ROWS) heaviest tenants and users, and the `MAX_ROWS` heaviest
+//! hot keys *of each limit*, so a reader asking for one limit's keys finds that limit's
+//! heaviest; the policy bounds the number of limits) and its sample as one JSON value at
 //! `{<prefix>:top}:node:<name>` with a TTL of three periods, and adds its name to the set
 //! `{<prefix>:top}:nodes`. A reader takes the set, fetches every node's value in one `MGET`
 //! (the hash tag keeps them in one slot of a cluster), drops the names whose value expired
 //! (nodes that stopped), and adds the rest row by row, using its own live summary in place of
 //! what it last published. A node that stops therefore leaves the merge within three periods.
 
-use super::{Summary, Top, Window, MAX_ROWS};
+use super::{HotKeys, Summary, Top, Window, MAX_ROWS};
 use crate::shutdown::Shutdown;
 use anyhow::Context;
 use redis::aio::ConnectionManager;
@@ -24,13 +26,31 @@ use std::time::Duration;
 /// How often a node publishes, by default.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
 
-/// What a node publishes: its name and a summary per window.
+/// What a node publishes: its name, its sample and a summary per window.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Published {
     /// The node's name (`--node-name`).
     pub node: Arc<str>,
+    /// One consuming decision in how many the node counts (`--top-k-sample`), so a reader
+    /// knows its counts are estimates. Summaries published before nodes said it read as 1:
+    /// those nodes counted every decision.
+    #[serde(default = "every_decision")]
+    pub sample: u32,
     /// Its summaries, by window.
     pub windows: HashMap<Window, Summary>,
+}
+
+fn every_decision() -> u32 {
+    1
+}
+
+/// A node whose summary went into a merged answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merged {
+    /// Its name.
+    pub node: Arc<str>,
+    /// Its sample (see [`Published::sample`]).
+    pub sample: u32,
 }
 
 #[derive(Clone)]
@@ -116,9 +136,10 @@ impl Board {
     pub async fn publish(&self, top: &Top, now: spillway_core::time::Micros) -> anyhow::Result<()> {
         let published = Published {
             node: top.node().clone(),
+            sample: top.sample(),
             windows: Window::ALL
                 .into_iter()
-                .map(|w| (w, top.summary(now, w, MAX_ROWS)))
+                .map(|w| (w, top.summary_with(now, w, MAX_ROWS, HotKeys::EachLimit)))
                 .collect(),
         };
         let json = serde_json::to_string(&published)?;
@@ -139,20 +160,26 @@ impl Board {
     }
 
     /// Every live node's summary of `window` merged with this node's own (live) one, the `n`
-    /// heaviest of each list; and the names of the nodes merged, sorted.
+    /// heaviest of each list, the hot keys only of the limit named `limit` when one is; and
+    /// the nodes merged, sorted by name.
     pub async fn merged(
         &self,
         top: &Top,
         now: spillway_core::time::Micros,
         window: Window,
         n: usize,
-    ) -> anyhow::Result<(Vec<Arc<str>>, Summary)> {
+        limit: Option<&str>,
+    ) -> anyhow::Result<(Vec<Merged>, Summary)> {
         let mut pipe = redis::pipe();
         pipe.cmd("SMEMBERS").arg(self.nodes_key());
         let (names,): (Vec<String>,) = self.run(&pipe).await?;
         let others: Vec<String> = names.into_iter().filter(|n| **n != **top.node()).collect();
-        let mut nodes = vec![top.node().clone()];
-        let mut parts = vec![top.summary(now, window, MAX_ROWS)];
+        let mut nodes = vec![Merged {
+            node: top.node().clone(),
+            sample: top.sample(),
+        }];
+        let hot = limit.map_or(HotKeys::All, HotKeys::Of);
+        let mut parts = vec![top.summary_with(now, window, MAX_ROWS, hot)];
         if !others.is_empty() {
             let mut pipe = redis::pipe();
             let mget = pipe.cmd("MGET");
@@ -168,8 +195,14 @@ impl Board {
                 };
                 match serde_json::from_str::<Published>(&value) {
                     Ok(mut p) => {
-                        if let Some(summary) = p.windows.remove(&window) {
-                            nodes.push(p.node);
+                        if let Some(mut summary) = p.windows.remove(&window) {
+                            if let Some(limit) = limit {
+                                summary.keep_limit(limit);
+                            }
+                            nodes.push(Merged {
+                                node: p.node,
+                                sample: p.sample,
+                            });
                             parts.push(summary);
                         }
                     }
@@ -182,7 +215,7 @@ impl Board {
                 let _ = self.run::<()>(&pipe).await;
             }
         }
-        nodes.sort();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
         Ok((nodes, Summary::merge(&parts, n)))
     }
 }

@@ -162,8 +162,8 @@ fn the_prometheus_lines_show_at_most_ten_and_drop_those_who_leave() {
 /// at one in 8 has a standard deviation of about 2.2%, so 5% is 2.2 of them. Run with 20
 /// other seeds, every one passed, the worst row of each off by 2.4% to 4.3%.
 ///
-/// (With every tenant of a 1,000,000-long tail denied, the 256-row tenant tables miss the bar
-/// even counting every decision: a limit of their size, not of sampling.)
+/// With every tenant of a 1,000,000-long tail denied, the denial tables need as many rows as
+/// the counters': see `at_the_default_sample_a_long_tail_of_denials_keeps_the_most_denied`.
 #[test]
 fn at_the_default_sample_the_zipf_top_ten_and_most_denied_are_recovered() {
     use crate::telemetry::decision_log::sampling::seed_this_thread;
@@ -220,4 +220,173 @@ fn at_the_default_sample_the_zipf_top_ten_and_most_denied_are_recovered() {
         .map(|(t, c)| (format!("t{t}"), c))
         .collect();
     check("tenant", &got, &truth);
+}
+
+/// A list as `/v1/top` ranks it: names and counts, heaviest first.
+type Ranked = Vec<(String, u64)>;
+
+/// Every decision of a Zipf(1.0) stream over `USERS` users (each its own tenant) denied,
+/// through `top`'s `record` on this thread, its sample's draws seeded with `seed`; returns the
+/// ten most denied tenants, then users, each with the exact counts beside them.
+fn every_decision_denied(top: &Top, seed: u64) -> [(Ranked, HashMap<String, u64>); 2] {
+    use crate::telemetry::decision_log::sampling::seed_this_thread;
+    const USERS: usize = 1_000_000;
+    const DECISIONS: usize = 2_000_000;
+    let now = 1_800_000_000 * SECOND;
+    let mut exact: HashMap<u64, u64> = HashMap::new();
+    seed_this_thread(seed);
+    for user in zipf_stream(USERS, 1.0, DECISIONS, seed) {
+        *exact.entry(user).or_default() += 1;
+        let (t, u) = (format!("t{user}"), format!("u{user}"));
+        // The counters play no part in the denial tables: none are passed.
+        top.record(now, &[], &who(&t, &u), true);
+    }
+    let s = top.summary(now, Window::Minute, 10);
+    let tenants = s
+        .blocked_tenants
+        .iter()
+        .map(|r| (r.tenant.to_string(), r.denied))
+        .collect();
+    let users = s
+        .blocked_users
+        .iter()
+        .map(|r| (format!("{}/{}", r.tenant, r.user), r.denied))
+        .collect();
+    let by = |name: fn(u64) -> String| exact.iter().map(|(&k, &c)| (name(k), c)).collect();
+    [
+        (tenants, by(|k| format!("t{k}"))),
+        (users, by(|k| format!("t{k}/u{k}"))),
+    ]
+}
+
+/// Issue 15's accuracy bar for the denial tables on a long tail: 2,000,000 decisions, EVERY
+/// one denied, whose users follow Zipf(1.0) over 1,000,000 users (each its own tenant), at the
+/// default sample (one in [`DEFAULT_SAMPLE`], weighted). The true ten most denied tenants and
+/// users are recovered with precision >= 0.9, each reported count within 5%.
+///
+/// One thread feeds one shard: 128 rows per interval with the 1,024 rows of `Top::new`. With
+/// the 256 rows the tables had before (32 a shard) this fails even counting every decision.
+/// The margin is statistical (the tenth count is about 14,000; see the test above), so the
+/// thread's draws are seeded; run by hand with other seeds, see the README (`/v1/top`).
+#[test]
+fn at_the_default_sample_a_long_tail_of_denials_keeps_the_most_denied() {
+    let top = Top::new("n1").sampled(DEFAULT_SAMPLE);
+    for ((got, exact), what) in every_decision_denied(&top, 20261203)
+        .into_iter()
+        .zip(["tenant", "user"])
+    {
+        let real = heaviest(exact.iter().map(|(k, &c)| (k.clone(), c)), 10);
+        assert_top_ten(what, &got, &real, |item| exact[item]);
+    }
+}
+
+#[test]
+fn hot_keys_are_picked_by_limit_before_they_are_ranked() {
+    const TWO: &str = r#"
+default_tier: free
+limits:
+  per-user:
+    algorithm: token_bucket
+    rate: 10/min
+    burst: 10
+    key: [tenant, user]
+  per-tenant:
+    algorithm: token_bucket
+    rate: 100/min
+    burst: 100
+    key: [tenant]
+tiers:
+  free:
+    limits: [per-user, per-tenant]
+"#;
+    let policy = Policy::from_yaml_str(TWO, "test").expect("valid");
+    let top = Top::new("n1");
+    let now = 1_800_000_000 * SECOND;
+    // Tenant i has i + 1 users, one decision each: per-tenant's key for i counts i + 1,
+    // every per-user key counts 1, so per-user's keys rank below all of per-tenant's.
+    for t in 0..5 {
+        for u in 0..=t {
+            let (tenant, user) = (format!("t{t}"), format!("u{u}"));
+            let attrs = RequestAttrs {
+                tenant: Some(tenant.clone()),
+                user: Some(user.clone()),
+                ..RequestAttrs::default()
+            };
+            top.record(
+                now,
+                &policy.resolve(&attrs).limits,
+                &who(&tenant, &user),
+                false,
+            );
+        }
+    }
+    let limits =
+        |s: &Summary| -> Vec<String> { s.hot_keys.iter().map(|r| r.limit.to_string()).collect() };
+    let all = top.summary(now, Window::Minute, 3);
+    assert_eq!(limits(&all), ["per-tenant"; 3]);
+    let user_keys = top.summary_with(now, Window::Minute, 3, HotKeys::Of("per-user"));
+    assert_eq!(limits(&user_keys), ["per-user"; 3]);
+    assert!(user_keys.hot_keys.iter().all(|r| r.count == 1));
+    let none = top.summary_with(now, Window::Minute, 3, HotKeys::Of("no-such-limit"));
+    assert!(none.hot_keys.is_empty());
+    // The denial lists do not depend on the filter.
+    assert_eq!(none.blocked_tenants, all.blocked_tenants);
+    // What a node publishes: each limit's heaviest, heaviest first overall.
+    let each = top.summary_with(now, Window::Minute, 3, HotKeys::EachLimit);
+    assert_eq!(each.hot_keys.len(), 6);
+    assert_eq!(limits(&each)[..3], ["per-tenant"; 3]);
+    let mut merged = Summary::merge([&each], 100);
+    merged.keep_limit("per-user");
+    assert_eq!(merged.hot_keys.len(), 3);
+}
+
+#[test]
+fn a_published_summary_says_its_sample_and_old_ones_read_as_every_decision() {
+    use super::redis::Published;
+    let old =
+        r#"{"node":"a","windows":{"1m":{"hot_keys":[],"blocked_tenants":[],"blocked_users":[]}}}"#;
+    let p: Published = serde_json::from_str(old).expect("an old summary reads");
+    assert_eq!((&*p.node, p.sample), ("a", 1));
+    let new = Published {
+        node: "b".into(),
+        sample: 8,
+        windows: HashMap::new(),
+    };
+    let text = serde_json::to_string(&new).expect("json");
+    let back: Published = serde_json::from_str(&text).expect("reads back");
+    assert_eq!(back.sample, 8);
+}
+
+/// The test above with other seeds, run by hand, printing each seed's precision and worst
+/// count for tenants and users (what the README quotes):
+/// `cargo test -p spillway-server --lib telemetry::top::tests::long_tail_seeds -- --ignored --nocapture`
+#[test]
+#[ignore = "a sweep over seeds, run by hand"]
+fn long_tail_seeds() {
+    let mut passed = 0;
+    const SEEDS: u64 = 20;
+    for seed in 1..=SEEDS {
+        let top = Top::new("n1").sampled(DEFAULT_SAMPLE);
+        let mut ok = true;
+        let mut line = format!("seed {seed}:");
+        for ((got, exact), what) in every_decision_denied(&top, seed)
+            .into_iter()
+            .zip(["tenants", "users"])
+        {
+            let real = heaviest(exact.iter().map(|(k, &c)| (k.clone(), c)), 10);
+            let hits = got
+                .iter()
+                .filter(|(k, _)| real.iter().any(|(t, _)| t == k))
+                .count();
+            let worst = got
+                .iter()
+                .map(|(k, c)| c.abs_diff(exact[k]) as f64 / exact[k] as f64)
+                .fold(0.0, f64::max);
+            ok &= hits >= 9 && worst <= 0.05;
+            line += &format!(" {what} {hits}/10 worst {:.1}%;", worst * 100.0);
+        }
+        passed += usize::from(ok);
+        println!("{line} {}", if ok { "pass" } else { "FAIL" });
+    }
+    println!("{passed} of {SEEDS} seeds passed");
 }
