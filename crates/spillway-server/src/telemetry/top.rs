@@ -39,6 +39,9 @@ use std::sync::Arc;
 pub const MAX_LABEL: usize = 128;
 /// The most rows `limit=` may ask for, and what a node publishes per list.
 pub const MAX_ROWS: usize = 100;
+/// The most hot keys a node publishes for `scope=cluster` (each limit's [`MAX_ROWS`]
+/// heaviest, the heaviest of them overall when the policy's limits hold more).
+pub const MAX_PUBLISHED_HOT_KEYS: usize = 2_000;
 /// One consuming decision in this many is counted, by default (`--top-k-sample`).
 pub const DEFAULT_SAMPLE: u32 = 8;
 /// The sparsest sample `--top-k-sample` accepts.
@@ -201,9 +204,14 @@ pub enum HotKeys<'a> {
     /// Only the keys of the limit with this name, ranked among themselves (none when no
     /// limit has that name or none of its keys is held).
     Of(&'a str),
-    /// The `n` heaviest of each limit, heaviest first overall: what a node publishes, so that
-    /// a reader can pick one limit's keys and still find that limit's `n` heaviest.
-    EachLimit,
+    /// The `n` heaviest of each limit, heaviest first overall, at most `total` rows in all:
+    /// what a node publishes ([`MAX_PUBLISHED_HOT_KEYS`]), so that a reader can pick one
+    /// limit's keys and still find that limit's `n` heaviest, while a policy of many limits
+    /// does not make every publication large.
+    EachLimit {
+        /// The most rows kept over every limit (the heaviest).
+        total: usize,
+    },
 }
 
 /// This node's sketches; see the module docs.
@@ -353,7 +361,7 @@ impl Top {
                 counts.retain(|k, _| &*k.limit == limit);
                 rank(counts, n)
             }
-            HotKeys::EachLimit => {
+            HotKeys::EachLimit { total } => {
                 let mut by_limit: HashMap<Arc<str>, HashMap<HotKey, u64>> = HashMap::new();
                 for (k, count) in counts {
                     by_limit
@@ -364,6 +372,7 @@ impl Top {
                 let mut all: Vec<(HotKey, u64)> =
                     by_limit.into_values().flat_map(|c| rank(c, n)).collect();
                 all.sort_by_key(|r| std::cmp::Reverse(r.1));
+                all.truncate(total);
                 all
             }
         };

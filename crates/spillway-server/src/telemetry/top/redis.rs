@@ -4,14 +4,14 @@
 //! Every [`PUBLISH_EVERY`] (`--top-publish-every`) a node writes its summaries of both windows
 //! (the [`MAX_ROWS`](super::MAX_ROWS) heaviest tenants and users, and the `MAX_ROWS` heaviest
 //! hot keys *of each limit*, so a reader asking for one limit's keys finds that limit's
-//! heaviest; the policy bounds the number of limits) and its sample as one JSON value at
+//! heaviest; at most [`MAX_PUBLISHED_HOT_KEYS`] hot keys in all, the heaviest) and its sample as one JSON value at
 //! `{<prefix>:top}:node:<name>` with a TTL of three periods, and adds its name to the set
 //! `{<prefix>:top}:nodes`. A reader takes the set, fetches every node's value in one `MGET`
 //! (the hash tag keeps them in one slot of a cluster), drops the names whose value expired
 //! (nodes that stopped), and adds the rest row by row, using its own live summary in place of
 //! what it last published. A node that stops therefore leaves the merge within three periods.
 
-use super::{HotKeys, Summary, Top, Window, MAX_ROWS};
+use super::{HotKeys, Summary, Top, Window, MAX_PUBLISHED_HOT_KEYS, MAX_ROWS};
 use crate::shutdown::Shutdown;
 use anyhow::Context;
 use redis::aio::ConnectionManager;
@@ -139,7 +139,19 @@ impl Board {
             sample: top.sample(),
             windows: Window::ALL
                 .into_iter()
-                .map(|w| (w, top.summary_with(now, w, MAX_ROWS, HotKeys::EachLimit)))
+                .map(|w| {
+                    (
+                        w,
+                        top.summary_with(
+                            now,
+                            w,
+                            MAX_ROWS,
+                            HotKeys::EachLimit {
+                                total: MAX_PUBLISHED_HOT_KEYS,
+                            },
+                        ),
+                    )
+                })
                 .collect(),
         };
         let json = serde_json::to_string(&published)?;

@@ -332,9 +332,15 @@ tiers:
     // The denial lists do not depend on the filter.
     assert_eq!(none.blocked_tenants, all.blocked_tenants);
     // What a node publishes: each limit's heaviest, heaviest first overall.
-    let each = top.summary_with(now, Window::Minute, 3, HotKeys::EachLimit);
+    let each = top.summary_with(now, Window::Minute, 3, HotKeys::EachLimit { total: 100 });
     assert_eq!(each.hot_keys.len(), 6);
     assert_eq!(limits(&each)[..3], ["per-tenant"; 3]);
+    // With fewer rows allowed in all than the limits' heaviest, the heaviest overall stay.
+    let capped = top.summary_with(now, Window::Minute, 3, HotKeys::EachLimit { total: 4 });
+    assert_eq!(
+        limits(&capped),
+        ["per-tenant", "per-tenant", "per-tenant", "per-user"]
+    );
     let mut merged = Summary::merge([&each], 100);
     merged.keep_limit("per-user");
     assert_eq!(merged.hot_keys.len(), 3);
