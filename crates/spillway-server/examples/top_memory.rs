@@ -2,7 +2,7 @@
 //! row is filled: the bytes allocated and not yet freed, counted by a wrapper around the
 //! system allocator (exact, unlike the resident set, which is printed beside as a check).
 //!
-//! `cargo run -p spillway-server --example top_memory [-- cap]`
+//! `cargo run -p spillway-server --example top_memory [-- [cap] [old]]`
 //!
 //! Eight threads (one per shard, as eight serving threads would be) each feed 200 fresh
 //! denied decisions into each of the ring's 60 intervals, more than a shard's 128 rows, so
@@ -11,11 +11,13 @@
 //! short names (`t3-41-77`), or with `cap` every name past [`MAX_LABEL`], so each value is
 //! kept at the cap. The figure is the allocator's bytes for the sketches, labels, bucket
 //! links and gate counters included; the allocator's own rounding and bookkeeping is not in
-//! it (the resident set's growth is, for the system allocator).
+//! it (the resident set's growth is, for the system allocator). With `old`, the tenant and
+//! user tables have the 256 rows per interval they had before issue 15's last change.
 
 use spillway_core::policy::Policy;
 use spillway_core::request::RequestAttrs;
 use spillway_core::time::SECOND;
+use spillway_core::topk::Shape;
 use spillway_server::decision::Who;
 use spillway_server::telemetry::top::{Top, MAX_LABEL};
 use spillway_testkit::alloc::{live_bytes, Counting};
@@ -56,10 +58,10 @@ fn resident() -> usize {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Fills a fresh `Top::new` with names `pad` long or more and prints what it holds.
-fn fill(policy: &Policy, what: &str, pad: usize) {
+/// Fills `make()`'s fresh sketches with names `pad` long or more and prints what they hold.
+fn fill(policy: &Policy, what: &str, pad: usize, make: impl Fn() -> Top) {
     let (base, base_rss) = (live_bytes(), resident());
-    let top = Top::new("memory");
+    let top = make();
     let empty = live_bytes() - base;
     let start = 1_800_000_000 * SECOND;
     std::thread::scope(|s| {
@@ -106,8 +108,22 @@ fn fill(policy: &Policy, what: &str, pad: usize) {
 fn main() {
     let policy = Policy::from_yaml_str(POLICY, "top_memory").expect("the policy");
     // One case per process, so the resident set starts from the same place.
-    match std::env::args().nth(1).as_deref() {
-        Some("cap") => fill(&policy, "names at the cap", MAX_LABEL),
-        _ => fill(&policy, "short names", 0),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |word: &str| args.iter().any(|a| a == word);
+    let make = || {
+        if has("old") {
+            let denials = Shape {
+                capacity: 256,
+                ..Shape::DEFAULT
+            };
+            Top::with_shapes("memory", Shape::DEFAULT, denials)
+        } else {
+            Top::new("memory")
+        }
+    };
+    if has("cap") {
+        fill(&policy, "names at the cap", MAX_LABEL, make);
+    } else {
+        fill(&policy, "short names", 0, make);
     }
 }

@@ -40,7 +40,7 @@ pub const MAX_LABEL: usize = 128;
 /// The most rows `limit=` may ask for, and what a node publishes per list.
 pub const MAX_ROWS: usize = 100;
 /// The most hot keys a node publishes for `scope=cluster` (each limit's [`MAX_ROWS`]
-/// heaviest, the heaviest of them overall when the policy's limits hold more).
+/// heaviest; an equal share of this per limit when the policy's limits hold more).
 pub const MAX_PUBLISHED_HOT_KEYS: usize = 2_000;
 /// One consuming decision in this many is counted, by default (`--top-k-sample`).
 pub const DEFAULT_SAMPLE: u32 = 8;
@@ -207,7 +207,9 @@ pub enum HotKeys<'a> {
     /// The `n` heaviest of each limit, heaviest first overall, at most `total` rows in all:
     /// what a node publishes ([`MAX_PUBLISHED_HOT_KEYS`]), so that a reader can pick one
     /// limit's keys and still find that limit's `n` heaviest, while a policy of many limits
-    /// does not make every publication large.
+    /// does not make every publication large. When the limits' heaviest are more than
+    /// `total`, each limit keeps an equal share (`total / limits`, at least one row) and the
+    /// rest of the room goes to the heaviest of the others.
     EachLimit {
         /// The most rows kept over every limit (the heaviest).
         total: usize,
@@ -369,11 +371,22 @@ impl Top {
                         .or_default()
                         .insert(k, count);
                 }
-                let mut all: Vec<(HotKey, u64)> =
-                    by_limit.into_values().flat_map(|c| rank(c, n)).collect();
-                all.sort_by_key(|r| std::cmp::Reverse(r.1));
-                all.truncate(total);
-                all
+                // Each limit keeps an equal share of `total` (at most `n`, at least one row),
+                // so a hot limit cannot push a cold one out; the room left goes to the
+                // heaviest of the rest.
+                let share = n.min((total / by_limit.len().max(1)).max(1));
+                let (mut kept, mut rest) = (Vec::new(), Vec::new());
+                for counts in by_limit.into_values() {
+                    let mut ranked = rank(counts, n);
+                    rest.extend(ranked.split_off(share.min(ranked.len())));
+                    kept.extend(ranked);
+                }
+                rest.sort_by_key(|r| std::cmp::Reverse(r.1));
+                let room = total.saturating_sub(kept.len());
+                kept.extend(rest.into_iter().take(room));
+                kept.sort_by_key(|r| std::cmp::Reverse(r.1));
+                kept.truncate(total);
+                kept
             }
         };
         Summary {

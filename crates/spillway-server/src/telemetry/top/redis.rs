@@ -32,8 +32,8 @@ pub struct Published {
     /// The node's name (`--node-name`).
     pub node: Arc<str>,
     /// One consuming decision in how many the node counts (`--top-k-sample`), so a reader
-    /// knows its counts are estimates. Summaries published before nodes said it read as 1:
-    /// those nodes counted every decision.
+    /// knows its counts are estimates. Summaries published before nodes said it read as 1
+    /// (builds between sampling's arrival and this field sampled without saying so).
     #[serde(default = "every_decision")]
     pub sample: u32,
     /// Its summaries, by window.
@@ -190,8 +190,20 @@ impl Board {
             node: top.node().clone(),
             sample: top.sample(),
         }];
-        let hot = limit.map_or(HotKeys::All, HotKeys::Of);
-        let mut parts = vec![top.summary_with(now, window, MAX_ROWS, hot)];
+        // This node's own part is cut as it publishes (each limit's heaviest), then filtered
+        // like every other node's, so the answer does not depend on which node is asked.
+        let mut own = top.summary_with(
+            now,
+            window,
+            MAX_ROWS,
+            HotKeys::EachLimit {
+                total: MAX_PUBLISHED_HOT_KEYS,
+            },
+        );
+        if let Some(limit) = limit {
+            own.keep_limit(limit);
+        }
+        let mut parts = vec![own];
         if !others.is_empty() {
             let mut pipe = redis::pipe();
             let mget = pipe.cmd("MGET");

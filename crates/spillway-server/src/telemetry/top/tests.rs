@@ -335,11 +335,25 @@ tiers:
     let each = top.summary_with(now, Window::Minute, 3, HotKeys::EachLimit { total: 100 });
     assert_eq!(each.hot_keys.len(), 6);
     assert_eq!(limits(&each)[..3], ["per-tenant"; 3]);
-    // With fewer rows allowed in all than the limits' heaviest, the heaviest overall stay.
+    // With fewer rows allowed in all than the limits' heaviest, each limit keeps its share
+    // (two each of four), so the colder limit is not pushed out by the hotter one.
     let capped = top.summary_with(now, Window::Minute, 3, HotKeys::EachLimit { total: 4 });
     assert_eq!(
         limits(&capped),
-        ["per-tenant", "per-tenant", "per-tenant", "per-user"]
+        ["per-tenant", "per-tenant", "per-user", "per-user"]
+    );
+    // Room a limit's share leaves goes to the heaviest of the rest: of five, two each, then
+    // per-tenant's third.
+    let five = top.summary_with(now, Window::Minute, 3, HotKeys::EachLimit { total: 5 });
+    assert_eq!(
+        limits(&five),
+        [
+            "per-tenant",
+            "per-tenant",
+            "per-tenant",
+            "per-user",
+            "per-user"
+        ]
     );
     let mut merged = Summary::merge([&each], 100);
     merged.keep_limit("per-user");
