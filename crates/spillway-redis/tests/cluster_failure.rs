@@ -146,17 +146,6 @@ async fn a_hung_master_delays_only_the_requests_for_its_own_slots() {
     }
 }
 
-/// The node id of the server on `port`.
-fn node_id(port: u16) -> String {
-    let reply = command(port, "CLUSTER MYID").expect("answers");
-    reply
-        .lines()
-        .nth(1)
-        .expect("a bulk reply")
-        .trim()
-        .to_owned()
-}
-
 /// The sum of the samples of `metric` in a Prometheus rendering.
 fn sample(rendered: &str, metric: &str) -> u64 {
     rendered
@@ -186,19 +175,7 @@ async fn requests_sharing_a_call_refused_during_resharding_are_retried_alone() {
         .check(&[check(&moved, &params, 1)], CheckMode::Consume)
         .await
         .unwrap();
-    let source = cluster.owner(slot).unwrap();
-    let target = *cluster.ports().iter().find(|&&p| p != source).unwrap();
-    let (source_id, target_id) = (node_id(source), node_id(target));
-    let importing = command(
-        target,
-        &format!("CLUSTER SETSLOT {slot} IMPORTING {source_id}"),
-    );
-    assert!(importing.unwrap().starts_with("+OK"));
-    let migrating = command(
-        source,
-        &format!("CLUSTER SETSLOT {slot} MIGRATING {target_id}"),
-    );
-    assert!(migrating.unwrap().starts_with("+OK"));
+    let (source, _) = cluster.start_migrating(slot);
     let refused_before = stat(source, "errorstats", "errorstat_TRYAGAIN:");
 
     // Concurrent single-limit requests for both keys share calls; a call holding both is

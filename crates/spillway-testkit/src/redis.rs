@@ -488,6 +488,38 @@ impl RedisCluster {
         cli(port, &["CLUSTER", "MYID"]).map(|id| id.trim().to_owned())
     }
 
+    /// Starts moving hash slot `slot` from its master to another (`CLUSTER SETSLOT ...
+    /// IMPORTING` on the target, then `MIGRATING` on the source) and leaves it half-moved,
+    /// so the source answers `ASK`/`TRYAGAIN` for keys it no longer holds. Returns the
+    /// source's and the target's ports.
+    pub fn start_migrating(&self, slot: u16) -> (u16, u16) {
+        let source = self.owner(slot).expect("the slot's master");
+        let target = *self
+            .ports()
+            .iter()
+            .find(|&&p| p != source)
+            .expect("another master");
+        let id = |port| self.node_id(port).expect("CLUSTER MYID");
+        let (source_id, target_id) = (id(source), id(target));
+        let importing = command(
+            target,
+            &format!("CLUSTER SETSLOT {slot} IMPORTING {source_id}"),
+        );
+        assert!(
+            importing.unwrap_or_default().starts_with("+OK"),
+            "IMPORTING"
+        );
+        let migrating = command(
+            source,
+            &format!("CLUSTER SETSLOT {slot} MIGRATING {target_id}"),
+        );
+        assert!(
+            migrating.unwrap_or_default().starts_with("+OK"),
+            "MIGRATING"
+        );
+        (source, target)
+    }
+
     /// The port of the master serving hash slot `slot`, as `CLUSTER NODES` on the first node
     /// still running tells it.
     pub fn owner(&self, slot: u16) -> Option<u16> {

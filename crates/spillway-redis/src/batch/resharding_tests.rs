@@ -7,17 +7,7 @@ use crate::keys::{self, KeyLayout};
 use spillway_core::algorithm::{FixedWindow, LimitParams};
 use spillway_core::key::StateKey;
 use spillway_core::store::Check;
-use spillway_testkit::redis::{command, RedisCluster};
-
-fn node_id(port: u16) -> String {
-    let reply = command(port, "CLUSTER MYID").expect("answers");
-    reply
-        .lines()
-        .nth(1)
-        .expect("a bulk reply")
-        .trim()
-        .to_owned()
-}
+use spillway_testkit::redis::RedisCluster;
 
 /// The sum of the samples of `metric` with `label` in a Prometheus rendering.
 fn sample(rendered: &str, metric: &str, label: &str) -> u64 {
@@ -73,19 +63,7 @@ async fn a_refused_request_out_of_time_answers_and_counts_the_refusal() {
         )
         .await
         .expect("written on the source");
-    let source = cluster.owner(slot).unwrap();
-    let target = *cluster.ports().iter().find(|&&p| p != source).unwrap();
-    let (source_id, target_id) = (node_id(source), node_id(target));
-    let importing = command(
-        target,
-        &format!("CLUSTER SETSLOT {slot} IMPORTING {source_id}"),
-    );
-    assert!(importing.unwrap().starts_with("+OK"));
-    let migrating = command(
-        source,
-        &format!("CLUSTER SETSLOT {slot} MIGRATING {target_id}"),
-    );
-    assert!(migrating.unwrap().starts_with("+OK"));
+    cluster.start_migrating(slot);
     let before = counts.render();
 
     // One request needing both keys: the source refuses it (`TRYAGAIN`), and its caller's
