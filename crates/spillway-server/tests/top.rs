@@ -141,13 +141,34 @@ async fn prometheus_shows_at_most_the_ten_most_denied_and_the_new_metrics() {
     assert_eq!(denied, Some((1..=14).sum::<u64>() as f64 + 21.0));
 }
 
+/// [`POLICY`] plus a limit keyed by the user's name alone, never denying: every request of
+/// the fleet tests names user `u`, so its one key is the hottest of all (39 checks in all),
+/// and `limit_name=per-user` must pick `per-user`'s rows from every node to answer.
+const FLEET: &str = r#"
+default_tier: free
+limits:
+  per-user:
+    algorithm: fixed_window
+    limit: 5
+    window: 1h
+    key: [tenant, user]
+  per-name:
+    algorithm: fixed_window
+    limit: 1000
+    window: 1h
+    key: [user]
+tiers:
+  free:
+    limits: [per-user, per-name]
+"#;
+
 /// Three nodes, node `i` on the store section `store(i)`, publishing every 100 ms.
 fn fleet(store: impl Fn(usize) -> String) -> Vec<Server> {
     ["a", "b", "c"]
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            Server::with_policy(&format!("{POLICY}{}", store(i)))
+            Server::with_policy(&format!("{FLEET}{}", store(i)))
                 .args(&[
                     "--node-name",
                     name,
@@ -206,6 +227,16 @@ async fn each_node_answers_for_the_fleet(nodes: &[Server]) {
         .await;
         if one.is_none() {
             panic!("{query} on {}: {}", node.addr(), top(node, query).await);
+        }
+        // Unfiltered, the name-keyed counter leads: 39 checks of user `u` over the fleet.
+        let hottest = serde_json::json!([{"limit": "per-name", "key": ["u"], "count": 39}]);
+        let all = wait_until_async(PATIENCE, || async {
+            let body = top(node, "?scope=cluster&window=10m&limit=1").await;
+            (body["hot_keys"] == hottest).then_some(body)
+        })
+        .await;
+        if all.is_none() {
+            panic!("no fleet-wide hottest key on {}", node.addr());
         }
         let none = top(node, "?scope=cluster&window=10m&limit_name=per-ip").await;
         assert_eq!(none["hot_keys"], serde_json::json!([]), "{none}");
