@@ -10,6 +10,8 @@
 //! (the hash tag keeps them in one slot of a cluster), drops the names whose value expired
 //! (nodes that stopped), and adds the rest row by row, using its own live summary in place of
 //! what it last published. A node that stops therefore leaves the merge within three periods.
+//! What a reader fetched is reused by its answers for a period (at most a second), so many
+//! readers cost Redis, and the node's parsing, one fetch each interval.
 
 use super::{HotKeys, Summary, Top, Window, MAX_PUBLISHED_HOT_KEYS, MAX_ROWS};
 use crate::shutdown::Shutdown;
@@ -44,6 +46,9 @@ fn every_decision() -> u32 {
     1
 }
 
+/// The other nodes' summaries as fetched, with the real time of the fetch.
+type Fetched = (std::time::Instant, Arc<Vec<Published>>);
+
 /// A node whose summary went into a merged answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Merged {
@@ -67,6 +72,11 @@ pub struct Board {
     /// `{<prefix>:top}`: one hash slot for every key of the board.
     tag: String,
     period: Duration,
+    /// The other nodes' summaries as last fetched, and when: a `scope=cluster` answer within
+    /// [`Board::fresh_for`] of the last fetch reuses them instead of fetching and parsing
+    /// every node's value again (they change once a period), so many readers cost Redis
+    /// and this node one fetch per interval.
+    others: Arc<std::sync::Mutex<Option<Fetched>>>,
 }
 
 impl Board {
@@ -113,7 +123,13 @@ impl Board {
             conn,
             tag: format!("{{{prefix}:top}}"),
             period: period.max(Duration::from_millis(10)),
+            others: Arc::new(std::sync::Mutex::new(None)),
         }
+    }
+
+    /// How long fetched summaries are reused: a period, at most a second.
+    fn fresh_for(&self) -> Duration {
+        self.period.min(Duration::from_secs(1))
     }
 
     fn node_key(&self, node: &str) -> String {
@@ -171,6 +187,52 @@ impl Board {
         Ok(())
     }
 
+    /// Every other live node's published summaries (not `own`'s), fetched at most once per
+    /// [`Board::fresh_for`]; the names whose value expired are dropped from the set.
+    async fn others(&self, own: &str) -> anyhow::Result<Arc<Vec<Published>>> {
+        if let Some((at, cached)) = &*self.others.lock().expect("top board cache") {
+            if at.elapsed() < self.fresh_for() {
+                return Ok(cached.clone());
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("SMEMBERS").arg(self.nodes_key());
+        let (names,): (Vec<String>,) = self.run(&pipe).await?;
+        let others: Vec<String> = names.into_iter().filter(|n| **n != *own).collect();
+        let mut published = Vec::new();
+        if !others.is_empty() {
+            let mut pipe = redis::pipe();
+            let mget = pipe.cmd("MGET");
+            for name in &others {
+                mget.arg(self.node_key(name));
+            }
+            let (values,): (Vec<Option<String>>,) = self.run(&pipe).await?;
+            let mut gone = Vec::new();
+            for (name, value) in others.iter().zip(values) {
+                let Some(value) = value else {
+                    gone.push(name);
+                    continue;
+                };
+                match serde_json::from_str::<Published>(&value) {
+                    Ok(p) => published.push(p),
+                    Err(err) => tracing::warn!(node = %name, %err, "unreadable top-k summary"),
+                }
+            }
+            if !gone.is_empty() {
+                let mut pipe = redis::pipe();
+                pipe.cmd("SREM").arg(self.nodes_key()).arg(gone).ignore();
+                let _ = self.run::<()>(&pipe).await;
+            }
+        }
+        let published = Arc::new(published);
+        // Real time, not the decision clock: this only bounds how often Redis is asked, and a
+        // manual clock that never moves would freeze the fleet's view.
+        #[allow(clippy::disallowed_methods)]
+        let at = std::time::Instant::now();
+        *self.others.lock().expect("top board cache") = Some((at, published.clone()));
+        Ok(published)
+    }
+
     /// Every live node's summary of `window` merged with this node's own (live) one, the `n`
     /// heaviest of each list, the hot keys only of the limit named `limit` when one is; and
     /// the nodes merged, sorted by name.
@@ -182,10 +244,6 @@ impl Board {
         n: usize,
         limit: Option<&str>,
     ) -> anyhow::Result<(Vec<Merged>, Summary)> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SMEMBERS").arg(self.nodes_key());
-        let (names,): (Vec<String>,) = self.run(&pipe).await?;
-        let others: Vec<String> = names.into_iter().filter(|n| **n != **top.node()).collect();
         let mut nodes = vec![Merged {
             node: top.node().clone(),
             sample: top.sample(),
@@ -204,39 +262,17 @@ impl Board {
             own.keep_limit(limit);
         }
         let mut parts = vec![own];
-        if !others.is_empty() {
-            let mut pipe = redis::pipe();
-            let mget = pipe.cmd("MGET");
-            for name in &others {
-                mget.arg(self.node_key(name));
-            }
-            let (values,): (Vec<Option<String>>,) = self.run(&pipe).await?;
-            let mut gone = Vec::new();
-            for (name, value) in others.iter().zip(values) {
-                let Some(value) = value else {
-                    gone.push(name);
-                    continue;
-                };
-                match serde_json::from_str::<Published>(&value) {
-                    Ok(mut p) => {
-                        if let Some(mut summary) = p.windows.remove(&window) {
-                            if let Some(limit) = limit {
-                                summary.keep_limit(limit);
-                            }
-                            nodes.push(Merged {
-                                node: p.node,
-                                sample: p.sample,
-                            });
-                            parts.push(summary);
-                        }
-                    }
-                    Err(err) => tracing::warn!(node = %name, %err, "unreadable top-k summary"),
+        for p in self.others(top.node()).await?.iter() {
+            if let Some(summary) = p.windows.get(&window) {
+                let mut summary = summary.clone();
+                if let Some(limit) = limit {
+                    summary.keep_limit(limit);
                 }
-            }
-            if !gone.is_empty() {
-                let mut pipe = redis::pipe();
-                pipe.cmd("SREM").arg(self.nodes_key()).arg(gone).ignore();
-                let _ = self.run::<()>(&pipe).await;
+                nodes.push(Merged {
+                    node: p.node.clone(),
+                    sample: p.sample,
+                });
+                parts.push(summary);
             }
         }
         nodes.sort_by(|a, b| a.node.cmp(&b.node));

@@ -410,3 +410,53 @@ fn long_tail_seeds() {
     }
     println!("{passed} of {SEEDS} seeds passed");
 }
+
+/// A cluster-scope answer reuses the other nodes' summaries it fetched within a period (at
+/// most a second), so many readers cost one fetch: a node that publishes after the first
+/// answer shows in a fresh board's answer, not yet in the reused one. Real redis-server.
+#[tokio::test]
+async fn cluster_answers_reuse_the_summaries_fetched_within_a_period() {
+    use super::redis::Board;
+    use spillway_core::policy::{RedisSettings, StoreConfig};
+    let redis = spillway_testkit::redis::RedisServer::start();
+    let store = StoreConfig::Redis(RedisSettings {
+        urls: vec![redis.url()],
+        ..RedisSettings::default()
+    });
+    let auth = spillway_redis::SentinelAuth::default();
+    let period = std::time::Duration::from_secs(5);
+    let connect = || async {
+        Board::connect(&store, &auth, period)
+            .await
+            .expect("connects")
+            .expect("a Redis store has a board")
+    };
+    let board = connect().await;
+    let now = 1_800_000_000 * SECOND;
+    let names = |merged: &[super::redis::Merged]| -> Vec<String> {
+        merged.iter().map(|m| m.node.to_string()).collect()
+    };
+    let (a, b, c) = (Top::new("a"), Top::new("b"), Top::new("c"));
+    board.publish(&b, now).await.expect("b publishes");
+    let (first, _) = board
+        .merged(&a, now, Window::Minute, 10, None)
+        .await
+        .expect("merged");
+    assert_eq!(names(&first), ["a", "b"]);
+    board.publish(&c, now).await.expect("c publishes");
+    let (again, _) = board
+        .merged(&a, now, Window::Minute, 10, None)
+        .await
+        .expect("merged");
+    assert_eq!(
+        names(&again),
+        ["a", "b"],
+        "the fetch of a moment ago is reused"
+    );
+    let (fresh, _) = connect()
+        .await
+        .merged(&a, now, Window::Minute, 10, None)
+        .await
+        .expect("merged");
+    assert_eq!(names(&fresh), ["a", "b", "c"], "a new board fetches");
+}
