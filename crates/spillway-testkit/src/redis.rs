@@ -248,10 +248,12 @@ impl NodeLine {
     }
 }
 
-/// `redis-cli -p <port> <args>`'s output, if it ran and the server answered.
+/// `redis-cli -p <port> <args>`'s output, if it ran and the server answered within 5 s.
 fn cli(port: u16, args: &[&str]) -> Option<String> {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
+    // Bounded by coreutils' `timeout`: a frozen (SIGSTOPped) node accepts the connection
+    // and never answers, and a caller's poll cannot interrupt a child it waits on.
+    let out = Command::new("timeout")
+        .args(["5", "redis-cli", "-p", &port.to_string()])
         .args(args)
         .stderr(Stdio::null())
         .output()
