@@ -499,11 +499,7 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
                     // if its caller takes it (a caller whose own timeout fired first counted
                     // that instead).
                     if job.answer.send(Err(err.clone())).is_ok() {
-                        let _counted = Failed {
-                            err: err.clone(),
-                            resharding: true,
-                        }
-                        .settled();
+                        Failed::count_refusal(err.clone());
                     }
                     continue;
                 }

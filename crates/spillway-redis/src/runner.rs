@@ -34,10 +34,15 @@ impl Failed {
     /// any other error was counted where it happened.
     pub(crate) fn settled(self) -> StoreError {
         if self.resharding {
-            record_script(record(self.err))
+            Self::count_refusal(self.err)
         } else {
             self.err
         }
+    }
+
+    /// Counts `err`, a resharding refusal nobody sends again, as a store and a script error.
+    pub(crate) fn count_refusal(err: StoreError) -> StoreError {
+        record_script(record(err))
     }
 }
 

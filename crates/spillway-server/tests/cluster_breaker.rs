@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::cluster::{ask, gauges, policy, user_per_master};
+use common::cluster::{ask, gauges, policy, user_per_master, wait_named};
 use common::{metric, wait_until_async, Server};
 use spillway_server::failure::DEFAULT_BREAKER_COOLDOWN as COOLDOWN;
 use spillway_testkit::redis::RedisCluster;
@@ -31,18 +31,7 @@ async fn a_frozen_masters_breaker_opens_alone() {
     let users = user_per_master(&cluster);
     let ports = cluster.ports();
     let (hung, healthy) = (&users[0], &users[1..]);
-    // The first CLUSTER SLOTS is cut at the store timeout and the map is asked again every
-    // second: wait until the store names every master (the guard takes the names on a
-    // request, so each round sends one per master).
-    let named = wait_until_async(Duration::from_secs(10), || async {
-        for user in &users {
-            ask(&server, user).await;
-        }
-        let (each, _) = gauges(&server, &ports).await;
-        each.iter().all(Option::is_some).then_some(())
-    })
-    .await;
-    assert!(named.is_some(), "the masters were never named");
+    wait_named(&server, &users, &ports).await;
     for user in &users {
         let s = ask(&server, user).await;
         assert!(s.decided(), "before the freeze: {s:?}");

@@ -26,7 +26,7 @@
 
 mod common;
 
-use common::cluster::{ask, gauges, policy, slot_of, user_per_master, LIMIT};
+use common::cluster::{ask, gauges, policy, slot_of, user_per_master, wait_named, LIMIT};
 use common::{timed_check, wait_until_async, Sample, Server};
 use spillway_redis::topology::REFRESH_EVERY;
 use spillway_server::failure::DEFAULT_BREAKER_COOLDOWN as COOLDOWN;
@@ -117,18 +117,7 @@ impl Failover {
         let dead_id = cluster.node_id(dead_port).expect("the master's ID");
         let slot = slot_of(&users[0]);
 
-        // The first CLUSTER SLOTS is cut at the store timeout and the map is asked again every
-        // second: wait until the store names every master (the guard takes the names on a
-        // request, so each round sends one per master).
-        let named = wait_until_async(Duration::from_secs(10), || async {
-            for user in &users {
-                ask(&server, user).await;
-            }
-            let (each, _) = gauges(&server, &ports).await;
-            each.iter().all(Option::is_some).then_some(())
-        })
-        .await;
-        assert!(named.is_some(), "the masters were never named");
+        wait_named(&server, &users, &ports).await;
 
         let start = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));

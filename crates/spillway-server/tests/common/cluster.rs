@@ -107,3 +107,18 @@ pub async fn gauges(server: &Server, ports: &[u16]) -> (Vec<Option<f64>>, Option
         .collect();
     (each, metric(&text, "spillway_store_circuit_state", &[]))
 }
+
+/// Waits until the server names every master of `ports` in its per-domain gauge. The first
+/// `CLUSTER SLOTS` is cut at the store timeout and the map is asked again every second; the
+/// guard takes the names on a request, so each round sends one request per user in `users`.
+pub async fn wait_named(server: &Server, users: &[String], ports: &[u16]) {
+    let named = super::wait_until_async(Duration::from_secs(10), || async {
+        for user in users {
+            ask(server, user).await;
+        }
+        let (each, _) = gauges(server, ports).await;
+        each.iter().all(Option::is_some).then_some(())
+    })
+    .await;
+    assert!(named.is_some(), "the masters were never named");
+}
