@@ -52,9 +52,10 @@ local function put(key, state, need, held, now, ttl_slack)
     redis.call('DEL', key)
     return ''
   end
-  -- The deadline the state was packed with (its last double, see `deadline` in common.lua):
-  -- read back from the state itself, so the expiry set below is always the one it carries.
-  local d = unpack('<d', state, #state - 7)
+  -- The deadline the state was packed with (its last double): every algorithm packs
+  -- deadline(need, held, now), so computing it again here gives those same bits, without
+  -- unpacking them.
+  local d = deadline(need, held, now)
   -- Covered by the deadline read, the key keeps its expiry. pcall: a server without KEEPTTL
   -- (before Redis 6.0) answers with an error, and the write then sets the expiry as below.
   if held and d <= held then
@@ -97,7 +98,6 @@ local function check(keys, argv)
   local pos = 1
   -- The reply: the time, the packed decisions (parts, joined at the end) and undo records.
   local parts, np = {}, 0
-  local ONE, ZERO = pack('<d', 1), pack('<d', 0)
   local undos = {now, ''}
   -- Per limit of the request at hand: its key, whether it writes, its new state, when that
   -- expires, the deadline its key was read with and whether it is a sliding log.
@@ -123,23 +123,19 @@ local function check(keys, argv)
       local key = keys[i]
       -- The sliding log (code 5) keeps a sorted set and reads it itself; every other
       -- algorithm gets its string state, or nil (also for a key holding another type: a
-      -- fresh key).
-      local raw, held = key, nil
+      -- fresh key), and hands back the deadline it was stored with (`held`).
+      local raw = key
       if code ~= 5 then
         raw = redis.pcall('GET', key)
-        if type(raw) ~= 'string' then
-          raw = nil
-        else
-          held = stored_deadline(code, raw)
-        end
+        if type(raw) ~= 'string' then raw = nil end
       end
-      local allowed, limit, remaining, reset, retry, denial, state, expiry
+      local allowed, limit, remaining, reset, retry, denial, state, expiry, held
       local charged = cost
       local alg = ALG[code]
       if charge and fresh and CHG[code] then
         -- Recorded whatever the limit says; the standing told is what an admission sees on
         -- the new state (LimitParams::charge).
-        state, expiry = CHG[code](p1, p2, p3, raw, now, cost, held)
+        state, expiry, held = CHG[code](p1, p2, p3, raw, now, cost)
         allowed, limit, remaining, reset, retry, denial = admit(alg, p1, p2, p3, state, now)
       elseif (charge and not fresh) or lflags >= ADMIT then
         -- A retried report tells the standing and charges nothing; a metered limit's
@@ -147,8 +143,8 @@ local function check(keys, argv)
         charged = 0
         allowed, limit, remaining, reset, retry, denial = admit(alg, p1, p2, p3, raw, now)
       else
-        allowed, limit, remaining, reset, retry, denial, state, expiry =
-          alg(p1, p2, p3, raw, now, cost, held)
+        allowed, limit, remaining, reset, retry, denial, state, expiry, held =
+          alg(p1, p2, p3, raw, now, cost)
       end
       if allowed == 0 and lflags % 2 == ENFORCED then admitted = false end
       np = np + 1

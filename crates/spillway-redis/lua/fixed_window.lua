@@ -4,8 +4,13 @@
 
 SHAPE[3] = {102, 17} -- 'f' and 2 doubles, then the deadline
 
+-- The state's numbers and the deadline stored after them (nil without one).
 local function fw_read(raw)
-  if packed(3, raw) then
+  local form = packed(3, raw)
+  if form == 2 then
+    local _, s, c, d = unpack('<c1ddd', raw)
+    return s, c, d
+  elseif form == 1 then
     local _, s, c = unpack('<c1dd', raw)
     return s, c
   end
@@ -13,11 +18,11 @@ local function fw_read(raw)
   if s then return tonumber(s), tonumber(c) end
 end
 
-ALG[3] = function(limit, window, _, raw, now, cost, held)
+ALG[3] = function(limit, window, _, raw, now, cost)
   local _, off = divmod(now, window)
   local start, count = now - off, 0
-  local s, c
-  if raw then s, c = fw_read(raw) end
+  local s, c, held
+  if raw then s, c, held = fw_read(raw) end
   -- The stored window lasts one window length from its start: the current aligned window (or
   -- a later one, if the clock stepped back), or, after the window's length changed, the
   -- counted window until one new length after its start.
@@ -35,22 +40,22 @@ ALG[3] = function(limit, window, _, raw, now, cost, held)
     local used = count + cost
     if used == 0 then reset = 0 end
     return 1, limit, limit - used, reset, -1, 0,
-      pack('<c1ddd', 'f', start, used, deadline(finish, held, now)), finish
+      pack('<c1ddd', 'f', start, used, deadline(finish, held, now)), finish, held
   end
   return 0, limit, left, reset, reset, 1
 end
 
 -- The fixed window's charge (FixedWindow::charge): the count may pass the limit (up to 2^53),
 -- and nothing is admitted until the window ends.
-CHG[3] = function(limit, window, _, raw, now, cost, held)
+CHG[3] = function(limit, window, _, raw, now, cost)
   local _, off = divmod(now, window)
   local start, count = now - off, 0
-  local s, c
-  if raw then s, c = fw_read(raw) end
+  local s, c, held
+  if raw then s, c, held = fw_read(raw) end
   if s and s + window > now then
     start, count = s, c
   end
   count = min(count + cost, MAX_SCALED)
   local finish = start + window
-  return pack('<c1ddd', 'f', start, count, deadline(finish, held, now)), finish
+  return pack('<c1ddd', 'f', start, count, deadline(finish, held, now)), finish, held
 end

@@ -7,8 +7,13 @@
 
 SHAPE[2] = {103, 33} -- 'g' and 4 doubles, then the deadline
 
+-- The state's numbers and the deadline stored after them (nil without one).
 local function gcra_read(raw)
-  if packed(2, raw) then
+  local form = packed(2, raw)
+  if form == 2 then
+    local _, t, r, p, u, d = unpack('<c1ddddd', raw)
+    return t, r, p, u, d
+  elseif form == 1 then
     local _, t, r, p, u = unpack('<c1dddd', raw)
     return t, r, p, u
   end
@@ -21,12 +26,12 @@ local function gcra_remaining(window, um, debt)
   return div(max(window - debt, 0), um)
 end
 
--- How much the key has used at `now`, in scaled units (its TAT's distance from now); past
--- the window only after a charge after the fact.
+-- How much the key has used at `now`, in scaled units (its TAT's distance from now; past
+-- the window only after a charge after the fact), and the deadline the state was stored with.
 local function gcra_debt(per, um, window, raw, now)
   local debt = 0
-  local t, r, p, u
-  if raw then t, r, p, u = gcra_read(raw) end
+  local t, r, p, u, held
+  if raw then t, r, p, u, held = gcra_read(raw) end
   if t then
     if t > now then
       debt = (t - now) * p + r
@@ -44,12 +49,12 @@ local function gcra_debt(per, um, window, raw, now)
       end
     end
   end
-  return debt
+  return debt, held
 end
 
-ALG[2] = function(per, um, burst, raw, now, cost, held)
+ALG[2] = function(per, um, burst, raw, now, cost)
   local window = um * burst
-  local debt = gcra_debt(per, um, window, raw, now)
+  local debt, held = gcra_debt(per, um, window, raw, now)
   if cost > burst then
     return 0, burst, gcra_remaining(window, um, debt), ceil_div(debt, per), -1, 2
   end
@@ -61,7 +66,7 @@ ALG[2] = function(per, um, burst, raw, now, cost, held)
     local fresh_in = ceil_div(nd, per)
     return 1, burst, gcra_remaining(window, um, nd), fresh_in, -1, 0,
       pack('<c1ddddd', 'g', now + q, rem, per, um, deadline(now + fresh_in, held, now)),
-      now + fresh_in
+      now + fresh_in, held
   end
   return 0, burst, gcra_remaining(window, um, debt), ceil_div(debt, per),
     ceil_div(need - (window - debt), per), 1
@@ -69,9 +74,9 @@ end
 
 -- GCRA's charge (Gcra::charge): the TAT moves on by the whole cost, past the burst if need
 -- be, up to one burst plus ten years of emission (at most 2^53).
-CHG[2] = function(per, um, burst, raw, now, cost, held)
+CHG[2] = function(per, um, burst, raw, now, cost)
   local window = um * burst
-  local debt = gcra_debt(per, um, window, raw, now)
+  local debt, held = gcra_debt(per, um, window, raw, now)
   local need = min(um * cost, MAX_SCALED)
   local most = max_used(per, window)
   local used
@@ -83,5 +88,5 @@ CHG[2] = function(per, um, burst, raw, now, cost, held)
   local q, rem = divmod(used, per)
   local fresh_in = ceil_div(used, per)
   local state = pack('<c1ddddd', 'g', now + q, rem, per, um, deadline(now + fresh_in, held, now))
-  return state, now + fresh_in
+  return state, now + fresh_in, held
 end

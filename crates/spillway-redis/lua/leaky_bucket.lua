@@ -5,8 +5,13 @@
 
 SHAPE[6] = {98, 25} -- 'b' and 3 doubles, then the deadline
 
+-- The state's numbers and the deadline stored after them (nil without one).
 local function lb_read(raw)
-  if packed(6, raw) then
+  local form = packed(6, raw)
+  if form == 2 then
+    local _, l, t, u, d = unpack('<c1dddd', raw)
+    return l, t, u, d
+  elseif form == 1 then
     local _, l, t, u = unpack('<c1ddd', raw)
     return l, t, u
   end
@@ -20,23 +25,24 @@ local function lb_space(cap, um, level)
   return div(max(cap - level, 0), um)
 end
 
--- The level at `now` and the time it is counted from.
+-- The level at `now`, the time it is counted from, and the deadline the state was stored
+-- with.
 local function lb_level(rt, um, cap, raw, now)
-  local l, t, u
-  if raw then l, t, u = lb_read(raw) end
+  local l, t, u, held
+  if raw then l, t, u, held = lb_read(raw) end
   if not l then return 0, now end
   -- Written under other numbers of this limit: the level it held, in our units, rounded up
   -- and above the capacity if it was, at most max_used (LeakyBucket::carry_over).
   if u ~= um then l = rescale(l, u, um, max_used(rt, cap), true) end
   local elapsed = max(now - t, 0)
   -- Drained empty once elapsed * rate >= level; only the smaller product is formed.
-  if elapsed >= ceil_div(l, rt) then return 0, max(now, t) end
-  return l - elapsed * rt, max(now, t)
+  if elapsed >= ceil_div(l, rt) then return 0, max(now, t), held end
+  return l - elapsed * rt, max(now, t), held
 end
 
-ALG[6] = function(rt, um, capacity, raw, now, cost, held)
+ALG[6] = function(rt, um, capacity, raw, now, cost)
   local cap = um * capacity
-  local level, last = lb_level(rt, um, cap, raw, now)
+  local level, last, held = lb_level(rt, um, cap, raw, now)
   if cost > capacity then
     return 0, capacity, lb_space(cap, um, level), ceil_div(level, rt), -1, 2
   end
@@ -46,7 +52,7 @@ ALG[6] = function(rt, um, capacity, raw, now, cost, held)
     local empty_in = ceil_div(poured, rt)
     return 1, capacity, lb_space(cap, um, poured), empty_in, -1, 0,
       pack('<c1dddd', 'b', poured, last, um, deadline(last + empty_in, held, now)),
-      last + empty_in
+      last + empty_in, held
   end
   return 0, capacity, lb_space(cap, um, level), ceil_div(level, rt),
     ceil_div(need - (cap - level), rt), 1
@@ -54,9 +60,9 @@ end
 
 -- The leaky bucket's charge (LeakyBucket::charge): the level may rise above the capacity,
 -- up to the capacity plus ten years of drain (at most 2^53).
-CHG[6] = function(rt, um, capacity, raw, now, cost, held)
+CHG[6] = function(rt, um, capacity, raw, now, cost)
   local cap = um * capacity
-  local level, last = lb_level(rt, um, cap, raw, now)
+  local level, last, held = lb_level(rt, um, cap, raw, now)
   local need = min(um * cost, MAX_SCALED)
   local max_level = max_used(rt, cap)
   if need >= max_level - min(level, max_level) then
@@ -65,5 +71,6 @@ CHG[6] = function(rt, um, capacity, raw, now, cost, held)
     level = level + need
   end
   local empty_in = ceil_div(level, rt)
-  return pack('<c1dddd', 'b', level, last, um, deadline(last + empty_in, held, now)), last + empty_in
+  return pack('<c1dddd', 'b', level, last, um, deadline(last + empty_in, held, now)),
+    last + empty_in, held
 end

@@ -9,8 +9,13 @@
 
 SHAPE[4] = {119, 25} -- 'w' and 3 doubles, then the deadline
 
+-- The state's numbers and the deadline stored after them (nil without one).
 local function sw_read(raw)
-  if packed(4, raw) then
+  local form = packed(4, raw)
+  if form == 2 then
+    local _, s, p, c, d = unpack('<c1dddd', raw)
+    return s, p, c, d
+  elseif form == 1 then
     local _, s, p, c = unpack('<c1ddd', raw)
     return s, p, c
   end
@@ -37,11 +42,11 @@ local function sw_free_from(w, old, room)
   return w - q
 end
 
-ALG[4] = function(limit, w, _, raw, now, cost, held)
+ALG[4] = function(limit, w, _, raw, now, cost)
   local _, off = divmod(now, w)
   local start, prev, curr = now - off, 0, 0
-  local s, p, c
-  if raw then s, p, c = sw_read(raw) end
+  local s, p, c, held
+  if raw then s, p, c, held = sw_read(raw) end
   -- A state that counts nothing is a fresh key, wherever it started.
   if s and (p > 0 or c > 0) then
     -- Current while it lasts one window length from its start, then the previous window for
@@ -63,7 +68,8 @@ ALG[4] = function(limit, w, _, raw, now, cost, held)
     local next_curr = curr + cost
     local reset = sw_reset(w, start, prev, next_curr, now)
     return 1, limit, max(limit - next_curr - pq, 0), reset, -1, 0,
-      pack('<c1dddd', 'w', start, prev, next_curr, deadline(now + reset, held, now)), now + reset
+      pack('<c1dddd', 'w', start, prev, next_curr, deadline(now + reset, held, now)), now + reset,
+      held
   end
   local retry_at
   if curr + cost <= limit then
@@ -78,11 +84,11 @@ end
 
 -- The sliding window's charge (SlidingWindow::charge): the current window's count may pass
 -- the limit (up to 2^32 - 1, the state's width).
-CHG[4] = function(limit, w, _, raw, now, cost, held)
+CHG[4] = function(limit, w, _, raw, now, cost)
   local _, off = divmod(now, w)
   local start, prev, curr = now - off, 0, 0
-  local s, p, c
-  if raw then s, p, c = sw_read(raw) end
+  local s, p, c, held
+  if raw then s, p, c, held = sw_read(raw) end
   if s and (p > 0 or c > 0) then
     if s + w > now then
       start, prev, curr = s, p, c
@@ -92,5 +98,5 @@ CHG[4] = function(limit, w, _, raw, now, cost, held)
   end
   curr = min(curr + cost, 4294967295)
   local need = now + sw_reset(w, start, prev, curr, now)
-  return pack('<c1dddd', 'w', start, prev, curr, deadline(need, held, now)), need
+  return pack('<c1dddd', 'w', start, prev, curr, deadline(need, held, now)), need, held
 end

@@ -5,8 +5,13 @@
 
 SHAPE[1] = {116, 33} -- 't' and 4 doubles, then the deadline
 
+-- The state's numbers and the deadline stored after them (nil without one).
 local function tb_read(raw)
-  if packed(1, raw) then
+  local form = packed(1, raw)
+  if form == 2 then
+    local _, t, l, u, b, d = unpack('<c1ddddd', raw)
+    return t, l, u, b, d
+  elseif form == 1 then
     local _, t, l, u, b = unpack('<c1dddd', raw)
     return t, l, u, b
   end
@@ -19,12 +24,13 @@ local function tb_max_debt(rt, capacity)
   return max_used(rt, capacity) - capacity
 end
 
--- The bucket at `now` (TokenBucket::standing): tokens, or no tokens and a debt. A bucket in
--- debt is stored with its last refill in the future, when it will hold `t` tokens.
+-- The bucket at `now` (TokenBucket::standing): tokens, or no tokens and a debt, and the
+-- deadline the state was stored with. A bucket in debt is stored with its last refill in the
+-- future, when it will hold `t` tokens.
 local function tb_standing(rt, um, burst, raw, now)
   local capacity = um * burst
-  local t, l, u, b
-  if raw then t, l, u, b = tb_read(raw) end
+  local t, l, u, b, held
+  if raw then t, l, u, b, held = tb_read(raw) end
   if not t then return capacity, 0 end
   -- Written under other numbers of this limit: what it had used (its capacity less its
   -- tokens), rounded up to our units, is taken from our capacity, and what exceeds it stays
@@ -45,15 +51,15 @@ local function tb_standing(rt, um, burst, raw, now)
   end
   if l > now then
     local owed = (l - now) * rt
-    if t >= owed then return min(t - owed, capacity), 0 end
-    return 0, min(owed - t, tb_max_debt(rt, capacity))
+    if t >= owed then return min(t - owed, capacity), 0, held end
+    return 0, min(owed - t, tb_max_debt(rt, capacity)), held
   end
   local deficit = capacity - t
   -- Refill without forming elapsed * rate when it could pass 2^53: a bucket idle for at
   -- least ceil(deficit / rate) is simply full.
   local elapsed = now - l
-  if deficit <= 0 or elapsed >= ceil_div(deficit, rt) then return capacity, 0 end
-  return t + elapsed * rt, 0
+  if deficit <= 0 or elapsed >= ceil_div(deficit, rt) then return capacity, 0, held end
+  return t + elapsed * rt, 0, held
 end
 
 -- The packed state holding `tokens`, or owing `debt`, at `now` (TokenBucket::state_of), with
@@ -67,9 +73,9 @@ local function tb_state(um, burst, rt, tokens, debt, now, need, held)
   return pack('<c1ddddd', 't', rt - (debt - (q - 1) * rt), now + q, um, burst, d)
 end
 
-ALG[1] = function(rt, um, burst, raw, now, cost, held)
+ALG[1] = function(rt, um, burst, raw, now, cost)
   local capacity = um * burst
-  local tokens, debt = tb_standing(rt, um, burst, raw, now)
+  local tokens, debt, held = tb_standing(rt, um, burst, raw, now)
   local full_in = ceil_div(capacity - tokens + debt, rt)
   if cost > burst then
     return 0, burst, div(tokens, um), full_in, -1, 2
@@ -79,15 +85,15 @@ ALG[1] = function(rt, um, burst, raw, now, cost, held)
     local left = tokens - need
     local left_full = ceil_div(capacity - left, rt)
     return 1, burst, div(left, um), left_full, -1, 0,
-      tb_state(um, burst, rt, left, 0, now, now + left_full, held), now + left_full
+      tb_state(um, burst, rt, left, 0, now, now + left_full, held), now + left_full, held
   end
   return 0, burst, div(tokens, um), full_in,
     ceil_div(need - min(tokens, need) + debt, rt), 1
 end
 
-CHG[1] = function(rt, um, burst, raw, now, cost, held)
+CHG[1] = function(rt, um, burst, raw, now, cost)
   local capacity = um * burst
-  local tokens, debt = tb_standing(rt, um, burst, raw, now)
+  local tokens, debt, held = tb_standing(rt, um, burst, raw, now)
   local need = min(um * cost, MAX_SCALED)
   local max_debt = tb_max_debt(rt, capacity)
   if debt == 0 and tokens >= need then
@@ -98,5 +104,5 @@ CHG[1] = function(rt, um, burst, raw, now, cost, held)
     tokens, debt = 0, debt + need - min(tokens, need)
   end
   local full_in = ceil_div(capacity - tokens + debt, rt)
-  return tb_state(um, burst, rt, tokens, debt, now, now + full_in, held), now + full_in
+  return tb_state(um, burst, rt, tokens, debt, now, now + full_in, held), now + full_in, held
 end
