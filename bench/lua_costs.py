@@ -3,13 +3,15 @@
 
 usage: bench/lua_costs.py [ITERATIONS]
 
-Starts its own redis-server under valgrind's callgrind (instrumented only while each
-function runs), loads one function per operation below, each repeating its operation
-ITERATIONS times (default 20,000) in a loop, calls each once and prints the instructions per
-repetition less the empty loop's. Deterministic, so it holds on a busy machine; it is the
-cost model behind the choices in lua/check.lua (a C function call such as string.sub or
-struct.unpack costs hundreds of instructions, a redis.call thousands, a table access about a
-hundred). Needs redis-server, redis-cli and valgrind.
+Starts its own redis-server (7.0 or later: Functions) under valgrind's callgrind, counting
+only inside FCALL (--toggle-collect=fcallCommand, so neither the client's connection nor
+Redis's timers are counted), loads one function per operation below, each repeating its
+operation ITERATIONS times (default 20,000) in a loop, calls each once and prints the
+instructions per repetition less the empty loop's. The count does not depend on time or
+load, so it holds on a busy machine; it is the cost model behind the choices in
+lua/check.lua (a C function call such as string.sub or struct.unpack costs hundreds of
+instructions, a redis.call thousands, a table access about a hundred). Needs redis-server,
+redis-cli and valgrind.
 """
 import glob, os, socket, subprocess, sys, tempfile, time
 
@@ -62,7 +64,7 @@ with socket.socket() as s:
     port = s.getsockname()[1]
 out_dir = tempfile.mkdtemp(prefix="lua-costs-")
 server = subprocess.Popen(
-    ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+    ["valgrind", "--tool=callgrind", "--toggle-collect=fcallCommand",
      f"--callgrind-out-file={out_dir}/out.%p",
      "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
      "--appendonly", "no"],
@@ -87,7 +89,6 @@ try:
     loaded = cli("FUNCTION", "LOAD", "REPLACE", library)
     assert loaded == "costs", loaded
     cli("SET", "haskey", "x" * 60)
-    control("-i", "on")
     per_op = {}
     for name, fn in names.items():
         control("-z")  # zero the counters

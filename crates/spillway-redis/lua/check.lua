@@ -42,23 +42,19 @@ local ENFORCED, ADMIT = 1, 2
 -- How long a report marker lasts (spillway-core's REPORT_TTL), in milliseconds.
 local REPORT_TTL_MS = 3600000
 
--- Writes `state` (a packed state ending in its deadline) at `key`, whose state reads like a
--- fresh key from `need` (microseconds) on; `held` is the deadline the key was read with, or
--- nil. Returns the bytes written ('' for a delete). `ttl_slack` (milliseconds) is added to
--- every new expiry when the time is injected.
-local function put(key, state, need, held, now, ttl_slack)
+-- Writes `state` (a packed state ending in its deadline `d`) at `key`, whose state reads like
+-- a fresh key from `need` (microseconds) on; `keep`: the deadline the key was read with
+-- covers `d`. Returns the bytes written ('' for a delete). `ttl_slack` (milliseconds) is
+-- added to every new expiry when the time is injected.
+local function put(key, state, need, d, keep, now, ttl_slack)
   -- A state that is fresh by now is the same as no key.
   if need <= now then
     redis.call('DEL', key)
     return ''
   end
-  -- The deadline the state was packed with (its last double): every algorithm packs
-  -- deadline(need, held, now), so computing it again here gives those same bits, without
-  -- unpacking them.
-  local d = deadline(need, held, now)
   -- Covered by the deadline read, the key keeps its expiry. pcall: a server without KEEPTTL
   -- (before Redis 6.0) answers with an error, and the write then sets the expiry as below.
-  if held and d <= held then
+  if keep then
     local r = redis.pcall('SET', key, state, 'XX', 'KEEPTTL')
     if type(r) == 'table' and r.ok then return state end
   end
@@ -100,8 +96,9 @@ local function check(keys, argv)
   local parts, np = {}, 0
   local undos = {now, ''}
   -- Per limit of the request at hand: its key, whether it writes, its new state, when that
-  -- expires, the deadline its key was read with and whether it is a sliding log.
-  local wkey, ok, states, expires, hd, logs = {}, {}, {}, {}, {}, {}
+  -- expires, the deadline packed in it, whether the key keeps its expiry (the deadline read
+  -- covers the new one) and whether it is a sliding log.
+  local wkey, ok, states, expires, dls, keep, logs = {}, {}, {}, {}, {}, {}, {}
   local k = 0
   while pos <= size do
     local flags, n
@@ -129,13 +126,13 @@ local function check(keys, argv)
         raw = redis.pcall('GET', key)
         if type(raw) ~= 'string' then raw = nil end
       end
-      local allowed, limit, remaining, reset, retry, denial, state, expiry, held
+      local allowed, limit, remaining, reset, retry, denial, state, expiry, d, held
       local charged = cost
       local alg = ALG[code]
       if charge and fresh and CHG[code] then
         -- Recorded whatever the limit says; the standing told is what an admission sees on
         -- the new state (LimitParams::charge).
-        state, expiry, held = CHG[code](p1, p2, p3, raw, now, cost)
+        state, expiry, d, held = CHG[code](p1, p2, p3, raw, now, cost)
         allowed, limit, remaining, reset, retry, denial = admit(alg, p1, p2, p3, state, now)
       elseif (charge and not fresh) or lflags >= ADMIT then
         -- A retried report tells the standing and charges nothing; a metered limit's
@@ -143,7 +140,7 @@ local function check(keys, argv)
         charged = 0
         allowed, limit, remaining, reset, retry, denial = admit(alg, p1, p2, p3, raw, now)
       else
-        allowed, limit, remaining, reset, retry, denial, state, expiry, held =
+        allowed, limit, remaining, reset, retry, denial, state, expiry, d, held =
           alg(p1, p2, p3, raw, now, cost)
       end
       if allowed == 0 and lflags % 2 == ENFORCED then admitted = false end
@@ -153,9 +150,9 @@ local function check(keys, argv)
       -- its state restates what is stored, and under other numbers writing the conversion
       -- back would erase what the key used beyond the new numbers. A charge writes every
       -- state it recorded (the sliding log only what fits).
-      wkey[j], ok[j], states[j], expires[j], hd[j], logs[j] =
+      wkey[j], ok[j], states[j], expires[j], dls[j], keep[j], logs[j] =
         key, (allowed == 1 and charged > 0) or (charge and fresh and CHG[code] ~= nil),
-        state, expiry, held, code == 5
+        state, expiry, d, held ~= nil and d <= held, code == 5
     end
     if charge then admitted = fresh end
     if admitted then parts[admit_at] = ONE else parts[admit_at] = ZERO end
@@ -188,7 +185,7 @@ local function check(keys, argv)
             old, new = log_undo(states[j])
           end
         else
-          new = put(key, states[j], expires[j], hd[j], now, ttl_slack)
+          new = put(key, states[j], expires[j], dls[j], keep[j], now, ttl_slack)
         end
         if undo then
           undos[#undos + 1] = old

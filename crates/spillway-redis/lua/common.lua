@@ -12,12 +12,12 @@
 -- fractional part x % 1 = x - floor(x) is exact, and so is the subtraction) rather than by
 -- calling math.floor, and min/max of two numbers as a comparison: a C function call costs
 -- more than the arithmetic it does.
-local pack, unpack, format, byte, concat
+local pack, unpack, format, concat
 -- 1 and 0 packed as a reply's doubles (a request admitted or not), made once.
 local ONE, ZERO
 local function bind()
   pack, unpack = struct.pack, struct.unpack
-  format, byte, concat = string.format, string.byte, table.concat
+  format, concat = string.format, table.concat
   ONE, ZERO = pack('<d', 1), pack('<d', 0)
 end
 
@@ -128,42 +128,25 @@ end
 -- still reads that form, so keys written before an upgrade keep their state. A value of any
 -- other shape (another algorithm's state, a foreign value) reads as a fresh key.
 --
--- The decision an algorithm returns is nine values: allowed (1/0), limit, remaining, reset
+-- The decision an algorithm returns is ten values: allowed (1/0), limit, remaining, reset
 -- (microseconds), retry (-1 for "none"), denial (0 allowed, 1 over limit, 2 cost exceeds
--- limit), then the new state, the time it reads like a fresh key from (`need`) and the
--- deadline the state it read was stored with (`held`, nil for none); the last three are
--- used only when allowed. The new state carries its deadline, deadline(need, held, now) (see
--- `deadline`), which check.lua computes again rather than unpacking it.
+-- limit), then the new state, the time it reads like a fresh key from (`need`), the deadline
+-- packed at its end (deadline(need, held, now), see `deadline`) and the deadline the state it
+-- read was stored with (`held`, nil for none); the last four are used only when allowed. Each
+-- algorithm's read unpacks that stored deadline with the state, in the same call. (The
+-- sliding log returns its plan and need only; see sliding_log.lua.)
 
 -- Algorithm functions by code. Each takes (p1, p2, p3, raw, now, cost) where raw is the
--- stored string or nil, and returns the nine values above.
+-- stored string or nil, and returns the ten values above.
 local ALG = {}
 
 -- Charges after the fact by code (all but the sliding log), mirroring each algorithm's
 -- `charge` in spillway-core: the same arguments as ALG, the cost recorded whatever the limit
 -- says (a debt past it, capped). Returns the new state, which is always written, when it
--- reads like a fresh key, and the deadline the state read was stored with (as ALG); the
--- standing a charge answers is the admission's on that state (`admit` in check.lua), so no
--- decision is computed here.
+-- reads like a fresh key, its deadline and the deadline the state read was stored with (the
+-- last four values of ALG); the standing a charge answers is the admission's on that state
+-- (`admit` in check.lua), so no decision is computed here.
 local CHG = {}
-
--- Per algorithm code: the tag byte its packed state starts with and that state's length
--- without the deadline stored after it (the sliding log keeps a sorted set: none). Each
--- algorithm's file sets its own.
-local SHAPE = {}
-
--- How `raw` holds algorithm `code`'s packed state: 2 with the deadline stored after it (as
--- this version writes it), 1 without one (as written before deadlines were stored), 0 not
--- at all (another shape, the text form). Each algorithm's read unpacks the deadline with the
--- state, in one call, and hands it up as `held` (see check.lua).
-local function packed(code, raw)
-  local s = SHAPE[code]
-  if byte(raw, 1) ~= s[1] then return 0 end
-  local size = #raw
-  if size == s[2] + 8 then return 2 end
-  if size == s[2] then return 1 end
-  return 0
-end
 
 -- 2^53, the largest amount any state holds, and ten years in microseconds (MAX_WINDOW): the
 -- longest a debt may take to repay.

@@ -2,17 +2,17 @@
 -- p1 = limit, p2 = window (microseconds). State: the window's start and its count; packed as
 -- 'f' and two doubles (text form "F:<start>:<count>").
 
-SHAPE[3] = {102, 17} -- 'f' and 2 doubles, then the deadline
-
--- The state's numbers and the deadline stored after them (nil without one).
+-- The state's numbers and the deadline stored after them (nil without one). The packed form
+-- is 25 bytes with its deadline, 17 without (as written before deadlines were stored); the
+-- tag unpacked with the numbers tells this algorithm's state from another of the same length.
 local function fw_read(raw)
-  local form = packed(3, raw)
-  if form == 2 then
-    local _, s, c, d = unpack('<c1ddd', raw)
-    return s, c, d
-  elseif form == 1 then
-    local _, s, c = unpack('<c1dd', raw)
-    return s, c
+  local size = #raw
+  if size == 25 then
+    local tag, s, c, d = unpack('<c1ddd', raw)
+    if tag == 'f' then return s, c, d end
+  elseif size == 17 then
+    local tag, s, c = unpack('<c1dd', raw)
+    if tag == 'f' then return s, c end
   end
   local s, c = string.match(raw, '^F:(%d+):(%d+)$')
   if s then return tonumber(s), tonumber(c) end
@@ -39,8 +39,9 @@ ALG[3] = function(limit, window, _, raw, now, cost)
   if count + cost <= limit then
     local used = count + cost
     if used == 0 then reset = 0 end
+    local d = deadline(finish, held, now)
     return 1, limit, limit - used, reset, -1, 0,
-      pack('<c1ddd', 'f', start, used, deadline(finish, held, now)), finish, held
+      pack('<c1ddd', 'f', start, used, d), finish, d, held
   end
   return 0, limit, left, reset, reset, 1
 end
@@ -57,5 +58,6 @@ CHG[3] = function(limit, window, _, raw, now, cost)
   end
   count = min(count + cost, MAX_SCALED)
   local finish = start + window
-  return pack('<c1ddd', 'f', start, count, deadline(finish, held, now)), finish, held
+  local d = deadline(finish, held, now)
+  return pack('<c1ddd', 'f', start, count, d), finish, d, held
 end

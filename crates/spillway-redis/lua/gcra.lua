@@ -5,17 +5,17 @@
 -- Everything is measured from now ("debt" in scaled units), never from the epoch, so no
 -- product involves the absolute time.
 
-SHAPE[2] = {103, 33} -- 'g' and 4 doubles, then the deadline
-
--- The state's numbers and the deadline stored after them (nil without one).
+-- The state's numbers and the deadline stored after them (nil without one). The packed form
+-- is 41 bytes with its deadline, 33 without (as written before deadlines were stored); the
+-- tag unpacked with the numbers tells this algorithm's state from another of the same length.
 local function gcra_read(raw)
-  local form = packed(2, raw)
-  if form == 2 then
-    local _, t, r, p, u, d = unpack('<c1ddddd', raw)
-    return t, r, p, u, d
-  elseif form == 1 then
-    local _, t, r, p, u = unpack('<c1dddd', raw)
-    return t, r, p, u
+  local size = #raw
+  if size == 41 then
+    local tag, t, r, p, u, d = unpack('<c1ddddd', raw)
+    if tag == 'g' then return t, r, p, u, d end
+  elseif size == 33 then
+    local tag, t, r, p, u = unpack('<c1dddd', raw)
+    if tag == 'g' then return t, r, p, u end
   end
   local t, r, p, u = string.match(raw, '^G:(%d+):(%d+):(%d+):(%d+)$')
   if t then return tonumber(t), tonumber(r), tonumber(p), tonumber(u) end
@@ -64,9 +64,9 @@ ALG[2] = function(per, um, burst, raw, now, cost)
     local nd = debt + need
     local q, rem = divmod(nd, per)
     local fresh_in = ceil_div(nd, per)
+    local d = deadline(now + fresh_in, held, now)
     return 1, burst, gcra_remaining(window, um, nd), fresh_in, -1, 0,
-      pack('<c1ddddd', 'g', now + q, rem, per, um, deadline(now + fresh_in, held, now)),
-      now + fresh_in, held
+      pack('<c1ddddd', 'g', now + q, rem, per, um, d), now + fresh_in, d, held
   end
   return 0, burst, gcra_remaining(window, um, debt), ceil_div(debt, per),
     ceil_div(need - (window - debt), per), 1
@@ -87,6 +87,6 @@ CHG[2] = function(per, um, burst, raw, now, cost)
   end
   local q, rem = divmod(used, per)
   local fresh_in = ceil_div(used, per)
-  local state = pack('<c1ddddd', 'g', now + q, rem, per, um, deadline(now + fresh_in, held, now))
-  return state, now + fresh_in, held
+  local d = deadline(now + fresh_in, held, now)
+  return pack('<c1ddddd', 'g', now + q, rem, per, um, d), now + fresh_in, d, held
 end

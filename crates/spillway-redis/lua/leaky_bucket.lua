@@ -3,17 +3,17 @@
 -- unit), p3 = capacity. State: the level, the last leak, and the units per request unit it
 -- was written in; packed as 'b' and three doubles (text form "B:<level>:<last>:<u>").
 
-SHAPE[6] = {98, 25} -- 'b' and 3 doubles, then the deadline
-
--- The state's numbers and the deadline stored after them (nil without one).
+-- The state's numbers and the deadline stored after them (nil without one). The packed form
+-- is 33 bytes with its deadline, 25 without (as written before deadlines were stored); the
+-- tag unpacked with the numbers tells this algorithm's state from another of the same length.
 local function lb_read(raw)
-  local form = packed(6, raw)
-  if form == 2 then
-    local _, l, t, u, d = unpack('<c1dddd', raw)
-    return l, t, u, d
-  elseif form == 1 then
-    local _, l, t, u = unpack('<c1ddd', raw)
-    return l, t, u
+  local size = #raw
+  if size == 33 then
+    local tag, l, t, u, d = unpack('<c1dddd', raw)
+    if tag == 'b' then return l, t, u, d end
+  elseif size == 25 then
+    local tag, l, t, u = unpack('<c1ddd', raw)
+    if tag == 'b' then return l, t, u end
   end
   local l, t, u = string.match(raw, '^B:(%d+):(%d+):(%d+)$')
   if l then return tonumber(l), tonumber(t), tonumber(u) end
@@ -50,9 +50,9 @@ ALG[6] = function(rt, um, capacity, raw, now, cost)
   if need <= cap - level then
     local poured = level + need
     local empty_in = ceil_div(poured, rt)
+    local d = deadline(last + empty_in, held, now)
     return 1, capacity, lb_space(cap, um, poured), empty_in, -1, 0,
-      pack('<c1dddd', 'b', poured, last, um, deadline(last + empty_in, held, now)),
-      last + empty_in, held
+      pack('<c1dddd', 'b', poured, last, um, d), last + empty_in, d, held
   end
   return 0, capacity, lb_space(cap, um, level), ceil_div(level, rt),
     ceil_div(need - (cap - level), rt), 1
@@ -71,6 +71,6 @@ CHG[6] = function(rt, um, capacity, raw, now, cost)
     level = level + need
   end
   local empty_in = ceil_div(level, rt)
-  return pack('<c1dddd', 'b', level, last, um, deadline(last + empty_in, held, now)),
-    last + empty_in, held
+  local d = deadline(last + empty_in, held, now)
+  return pack('<c1dddd', 'b', level, last, um, d), last + empty_in, d, held
 end

@@ -7,17 +7,17 @@
 -- products can pass 2^53 here. Dividing through by w turns every comparison into one against
 -- ceil(prev * (w - elapsed) / w), which muldiv computes exactly.
 
-SHAPE[4] = {119, 25} -- 'w' and 3 doubles, then the deadline
-
--- The state's numbers and the deadline stored after them (nil without one).
+-- The state's numbers and the deadline stored after them (nil without one). The packed form
+-- is 33 bytes with its deadline, 25 without (as written before deadlines were stored); the
+-- tag unpacked with the numbers tells this algorithm's state from another of the same length.
 local function sw_read(raw)
-  local form = packed(4, raw)
-  if form == 2 then
-    local _, s, p, c, d = unpack('<c1dddd', raw)
-    return s, p, c, d
-  elseif form == 1 then
-    local _, s, p, c = unpack('<c1ddd', raw)
-    return s, p, c
+  local size = #raw
+  if size == 33 then
+    local tag, s, p, c, d = unpack('<c1dddd', raw)
+    if tag == 'w' then return s, p, c, d end
+  elseif size == 25 then
+    local tag, s, p, c = unpack('<c1ddd', raw)
+    if tag == 'w' then return s, p, c end
   end
   local s, p, c = string.match(raw, '^W:(%d+):(%d+):(%d+)$')
   if s then return tonumber(s), tonumber(p), tonumber(c) end
@@ -67,9 +67,9 @@ ALG[4] = function(limit, w, _, raw, now, cost)
   if pq <= limit - curr - cost then
     local next_curr = curr + cost
     local reset = sw_reset(w, start, prev, next_curr, now)
+    local d = deadline(now + reset, held, now)
     return 1, limit, max(limit - next_curr - pq, 0), reset, -1, 0,
-      pack('<c1dddd', 'w', start, prev, next_curr, deadline(now + reset, held, now)), now + reset,
-      held
+      pack('<c1dddd', 'w', start, prev, next_curr, d), now + reset, d, held
   end
   local retry_at
   if curr + cost <= limit then
@@ -98,5 +98,6 @@ CHG[4] = function(limit, w, _, raw, now, cost)
   end
   curr = min(curr + cost, 4294967295)
   local need = now + sw_reset(w, start, prev, curr, now)
-  return pack('<c1dddd', 'w', start, prev, curr, deadline(need, held, now)), need, held
+  local d = deadline(need, held, now)
+  return pack('<c1dddd', 'w', start, prev, curr, d), need, d, held
 end

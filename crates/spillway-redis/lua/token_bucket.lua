@@ -3,17 +3,17 @@
 -- token), p3 = burst. State: tokens, last refill, and the rate.micros and burst it was
 -- written under; packed as 't' and four doubles (text form "T:<t>:<l>:<u>:<b>").
 
-SHAPE[1] = {116, 33} -- 't' and 4 doubles, then the deadline
-
--- The state's numbers and the deadline stored after them (nil without one).
+-- The state's numbers and the deadline stored after them (nil without one). The packed form
+-- is 41 bytes with its deadline, 33 without (as written before deadlines were stored); the
+-- tag unpacked with the numbers tells this algorithm's state from another of the same length.
 local function tb_read(raw)
-  local form = packed(1, raw)
-  if form == 2 then
-    local _, t, l, u, b, d = unpack('<c1ddddd', raw)
-    return t, l, u, b, d
-  elseif form == 1 then
-    local _, t, l, u, b = unpack('<c1dddd', raw)
-    return t, l, u, b
+  local size = #raw
+  if size == 41 then
+    local tag, t, l, u, b, d = unpack('<c1ddddd', raw)
+    if tag == 't' then return t, l, u, b, d end
+  elseif size == 33 then
+    local tag, t, l, u, b = unpack('<c1dddd', raw)
+    if tag == 't' then return t, l, u, b end
   end
   local t, l, u, b = string.match(raw, '^T:(%d+):(%d+):(%d+):(%d+)$')
   if t then return tonumber(t), tonumber(l), tonumber(u), tonumber(b) end
@@ -62,15 +62,15 @@ local function tb_standing(rt, um, burst, raw, now)
   return t + elapsed * rt, 0, held
 end
 
--- The packed state holding `tokens`, or owing `debt`, at `now` (TokenBucket::state_of), with
+-- The packed state holding `tokens`, or owing `debt`, at `now` (TokenBucket::state_of), and
 -- its deadline (full again at `need`): a debt is repaid q microseconds from now, with
 -- rt - (debt - (q - 1) rt) units refilled by then (formed without q * rt, which may pass
 -- 2^53).
 local function tb_state(um, burst, rt, tokens, debt, now, need, held)
   local d = deadline(need, held, now)
-  if debt == 0 then return pack('<c1ddddd', 't', tokens, now, um, burst, d) end
+  if debt == 0 then return pack('<c1ddddd', 't', tokens, now, um, burst, d), d end
   local q = ceil_div(debt, rt)
-  return pack('<c1ddddd', 't', rt - (debt - (q - 1) * rt), now + q, um, burst, d)
+  return pack('<c1ddddd', 't', rt - (debt - (q - 1) * rt), now + q, um, burst, d), d
 end
 
 ALG[1] = function(rt, um, burst, raw, now, cost)
@@ -84,8 +84,8 @@ ALG[1] = function(rt, um, burst, raw, now, cost)
   if debt == 0 and tokens >= need then
     local left = tokens - need
     local left_full = ceil_div(capacity - left, rt)
-    return 1, burst, div(left, um), left_full, -1, 0,
-      tb_state(um, burst, rt, left, 0, now, now + left_full, held), now + left_full, held
+    local state, d = tb_state(um, burst, rt, left, 0, now, now + left_full, held)
+    return 1, burst, div(left, um), left_full, -1, 0, state, now + left_full, d, held
   end
   return 0, burst, div(tokens, um), full_in,
     ceil_div(need - min(tokens, need) + debt, rt), 1
@@ -104,5 +104,6 @@ CHG[1] = function(rt, um, burst, raw, now, cost)
     tokens, debt = 0, debt + need - min(tokens, need)
   end
   local full_in = ceil_div(capacity - tokens + debt, rt)
-  return tb_state(um, burst, rt, tokens, debt, now, now + full_in, held), now + full_in, held
+  local state, d = tb_state(um, burst, rt, tokens, debt, now, now + full_in, held)
+  return state, now + full_in, d, held
 end

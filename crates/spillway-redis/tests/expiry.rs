@@ -57,9 +57,16 @@ async fn connection(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     client.get_multiplexed_async_connection().await.unwrap()
 }
 
+/// Redis's clock in microseconds (`TIME`).
+async fn redis_now(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.unwrap();
+    secs * 1_000_000 + micros
+}
+
 /// Consumes `k` `times` times and, after each admission, checks that the key lives at least
-/// until the decision's reset (when the state reads fresh) and, on the first write, at most a
-/// quarter or one second longer.
+/// until the decision's reset (when the state reads fresh) and until the deadline stored with
+/// the state (which a later write trusts to keep the expiry), and, on the first write, at most
+/// a quarter or one second longer than the reset.
 async fn consume_and_check_expiry(
     server: &RedisServer,
     store: &RedisStore,
@@ -68,6 +75,7 @@ async fn consume_and_check_expiry(
     times: usize,
 ) {
     let redis_key = store.redis_key(k);
+    let mut conn = connection(server).await;
     for n in 0..times {
         // Only to bound how long the call and the PTTL read took (Redis keeps the time).
         #[allow(clippy::disallowed_methods)]
@@ -83,6 +91,16 @@ async fn consume_and_check_expiry(
         assert!(
             ttl + elapsed >= need,
             "{redis_key}: consume {n}: the key lives {ttl} ms, its state needs {need} ms"
+        );
+        // Read after the PTTL: Redis's clock can only have moved on, so the key lives at
+        // least until `now + ttl` (whole milliseconds, truncated: one more covers it).
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // whole, in range
+        let stored = deadline(&raw(&mut conn, &redis_key).await) as u64;
+        let now = redis_now(&mut conn).await;
+        let lives_until = now + u64::try_from(ttl).unwrap() * 1000 + 1000;
+        assert!(
+            stored <= lives_until,
+            "{redis_key}: consume {n}: the stored deadline {stored} is past the key's expiry {lives_until}"
         );
         if n == 0 {
             // The slack, its rounding up, and the millisecond `put` adds for Redis's clock.
