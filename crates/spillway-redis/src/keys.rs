@@ -20,7 +20,6 @@
 //!   the fingerprint, which covers the limit's key dimensions.
 
 use spillway_core::key::StateKey;
-use std::fmt::Write;
 
 /// Values longer than this many bytes are replaced by their digest.
 pub const MAX_PLAIN: usize = 128;
@@ -62,7 +61,8 @@ impl KeyLayout {
         }
         out.push_str("}:");
         encode_into(&key.limit, &mut out);
-        let _ = write!(out, ":{:016x}", key.fingerprint);
+        out.push(':');
+        push_hex(key.fingerprint, &mut out);
         for value in &key.values {
             out.push(':');
             encode_into(value, &mut out);
@@ -83,12 +83,44 @@ fn plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
 }
 
-/// Appends the encoded form of one value (see the module docs).
+/// Appends the encoded form of one value (see the module docs), the same bytes as
+/// [`encode_with`] hands over, but each run of plain bytes copied at once: a key is built
+/// for every limit of every request.
 pub fn encode_into(value: &str, out: &mut String) {
-    // Every piece is ASCII (plain bytes, `~`, `#`, `%` and hex digits): each byte is its char.
-    encode_with(value, |piece| {
-        out.extend(piece.iter().copied().map(char::from))
-    });
+    const UPPER: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_PLAIN {
+        // `~` or the digest: every piece is ASCII, so each byte is its char.
+        encode_with(value, |piece| {
+            out.extend(piece.iter().copied().map(char::from));
+        });
+        return;
+    }
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if plain(b) {
+            continue;
+        }
+        // Plain bytes are ASCII, so a run of them starts and ends on char boundaries.
+        if run < i {
+            out.push_str(&value[run..i]);
+        }
+        out.push('%');
+        out.push(char::from(UPPER[usize::from(b >> 4)]));
+        out.push(char::from(UPPER[usize::from(b & 15)]));
+        run = i + 1;
+    }
+    if run < bytes.len() {
+        out.push_str(&value[run..]);
+    }
+}
+
+/// Appends `x` as 16 lowercase hex digits.
+fn push_hex(x: u64, out: &mut String) {
+    const LOWER: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(char::from(LOWER[((x >> (shift * 4)) & 15) as usize]));
+    }
 }
 
 /// Hands the encoded form of one value (see the module docs) to `emit`, piece by piece,
@@ -231,6 +263,40 @@ mod tests {
         }
         let global = key("global limit", &[]);
         assert_eq!(state_slot(&global), slot(&l.key(&global)));
+    }
+
+    #[test]
+    fn encode_into_writes_what_encode_with_hands_over() {
+        let long = "z".repeat(MAX_PLAIN + 1);
+        let edge = "y".repeat(MAX_PLAIN);
+        for v in [
+            "",
+            "acme",
+            "a b",
+            "%3A",
+            "é",
+            "aé",
+            "éa",
+            "a:b:c",
+            "{x}",
+            "~",
+            "#",
+            "\n",
+            "10.0.0.1",
+            "日本語",
+            "a\u{0}b",
+            &long,
+            &edge,
+        ] {
+            let mut fast = String::new();
+            encode_into(v, &mut fast);
+            let mut bytes = Vec::new();
+            encode_with(v, |piece| bytes.extend_from_slice(piece));
+            assert_eq!(fast.as_bytes(), bytes, "{v:?}");
+        }
+        let mut hex = String::new();
+        push_hex(0x0123_4567_89ab_cdef, &mut hex);
+        assert_eq!(hex, format!("{:016x}", 0x0123_4567_89ab_cdef_u64));
     }
 
     #[test]
