@@ -2,7 +2,7 @@
 //!
 //! Ports: the OS hands out a free port for `127.0.0.1:0`, the listener is closed and Redis is
 //! started on it; if another process takes the port in between, Redis fails to start and a
-//! new port is tried. Persistence is off (`--save "" --appendonly no`) and each server runs in
+//! new port is tried (with a new cluster bus port too, for a cluster node). Persistence is off (`--save "" --appendonly no`) and each server runs in
 //! its own temporary directory, removed on drop along with the process.
 
 // Deadlines here bound process start-up, not limit time, so the wall clock is fine.
@@ -65,6 +65,9 @@ pub fn command_as(port: u16, password: Option<&str>, cmd: &str) -> Option<String
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// The cluster bus port of a cluster node (`--cluster-port`), picked with the client port
+    /// on each start attempt.
+    bus: Option<u16>,
     dir: PathBuf,
     extra: Vec<String>,
     /// The `--requirepass` among `extra`, for the start-up `PING`.
@@ -79,15 +82,30 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments, on a free port.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(extra, false, &mut free_port)
+    }
+
+    /// Starts a server with extra arguments on ports drawn from `pick`: the client port, and,
+    /// for a cluster node (`bus`), the cluster bus port. Both are drawn again on every attempt,
+    /// since either may be taken by another process between the draw and Redis binding it.
+    fn start_on(extra: &[&str], bus: bool, pick: &mut dyn FnMut() -> u16) -> Self {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let password = extra
             .iter()
             .position(|a| a == "--requirepass")
             .and_then(|i| extra.get(i + 1).cloned());
         for _ in 0..10 {
+            let port = pick();
+            let bus = bus.then(|| loop {
+                let bus = pick();
+                if bus != port {
+                    break bus;
+                }
+            });
             let mut server = Self {
                 child: None,
-                port: free_port(),
+                port,
+                bus,
                 dir: temp_dir("redis"),
                 extra: extra.clone(),
                 password: password.clone(),
@@ -106,6 +124,11 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args(&self.extra)
+            .args(
+                self.bus
+                    .iter()
+                    .flat_map(|bus| ["--cluster-port".to_owned(), bus.to_string()]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let Ok(child) = cmd.spawn() else { return false };
@@ -248,12 +271,14 @@ impl NodeLine {
     }
 }
 
-/// `redis-cli -p <port> <args>`'s output, if it ran and the server answered within 5 s.
-fn cli(port: u16, args: &[&str]) -> Option<String> {
+/// `redis-cli -p <port> <args>`'s output, logged in with `password` if one is given, if it ran
+/// and the server answered within 5 s.
+fn cli(port: u16, password: Option<&str>, args: &[&str]) -> Option<String> {
     // Bounded by coreutils' `timeout`: a frozen (SIGSTOPped) node accepts the connection
     // and never answers, and a caller's poll cannot interrupt a child it waits on.
     let out = Command::new("timeout")
         .args(["5", "redis-cli", "-p", &port.to_string()])
+        .args(login_args(password))
         .args(args)
         .stderr(Stdio::null())
         .output()
@@ -263,8 +288,14 @@ fn cli(port: u16, args: &[&str]) -> Option<String> {
         .then_some(text)
 }
 
+/// `redis-cli`'s arguments to log in with `password` (none without one).
+fn login_args(password: Option<&str>) -> Vec<&str> {
+    password.map_or_else(Vec::new, |p| vec!["-a", p, "--no-auth-warning"])
+}
+
 /// A Redis Cluster torn down on drop: three masters and no replicas ([`RedisCluster::start`]),
-/// or any number of masters each with its replicas ([`RedisCluster::with_replicas`]).
+/// three masters behind a password ([`RedisCluster::with_password`]), or any number of
+/// masters each with its replicas ([`RedisCluster::with_replicas`]).
 ///
 /// Nodes are numbered masters first, in order of creation: master `m` is node `m`, and
 /// replica `r` of master `m` is node `masters + m * replicas + r`.
@@ -273,12 +304,21 @@ pub struct RedisCluster {
     masters: usize,
     replicas: usize,
     node_timeout: Duration,
+    /// Every node's `requirepass` (and `masterauth`), if the cluster has one.
+    password: Option<String>,
 }
 
 impl RedisCluster {
     /// Starts three cluster-enabled servers and joins them with `redis-cli --cluster create`.
     pub fn start() -> Self {
-        Self::build(3, 0, NODE_TIMEOUT)
+        Self::build(3, 0, NODE_TIMEOUT, None)
+    }
+
+    /// As [`RedisCluster::start`], with every node requiring `password` (`requirepass`, and
+    /// `masterauth` for the nodes among themselves), as a production cluster would. It must
+    /// hold no spaces.
+    pub fn with_password(password: &str) -> Self {
+        Self::build(3, 0, NODE_TIMEOUT, Some(password))
     }
 
     /// Starts `masters` masters (at least three, so that a majority outlives one) with
@@ -288,23 +328,27 @@ impl RedisCluster {
     /// whom.
     pub fn with_replicas(masters: usize, replicas: usize) -> Self {
         assert!(masters >= 3, "a failover needs a majority of masters alive");
-        Self::build(masters, replicas, REPLICATED_NODE_TIMEOUT)
+        Self::build(masters, replicas, REPLICATED_NODE_TIMEOUT, None)
     }
 
-    fn build(masters: usize, replicas: usize, node_timeout: Duration) -> Self {
+    fn build(
+        masters: usize,
+        replicas: usize,
+        node_timeout: Duration,
+        password: Option<&str>,
+    ) -> Self {
         let timeout = node_timeout.as_millis().to_string();
-        let mut buses = Vec::new();
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| {
-                let bus = free_port().to_string();
                 let mut args = vec![
                     "--cluster-enabled",
                     "yes",
-                    "--cluster-port",
-                    &bus,
                     "--cluster-node-timeout",
                     &timeout,
                 ];
+                if let Some(password) = password {
+                    args.extend(["--requirepass", password, "--masterauth", password]);
+                }
                 if replicas > 0 {
                     args.extend([
                         // A replica takes over however long its link was down: the test
@@ -316,9 +360,7 @@ impl RedisCluster {
                         "0",
                     ]);
                 }
-                let server = RedisServer::start_with(&args);
-                buses.push(bus);
-                server
+                RedisServer::start_on(&args, true, &mut free_port)
             })
             .collect();
         let addrs: Vec<String> = nodes[..masters]
@@ -329,6 +371,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
+            .args(login_args(password))
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -340,33 +383,45 @@ impl RedisCluster {
             masters,
             replicas,
             node_timeout,
+            password: password.map(str::to_owned),
         };
         let ids: Vec<String> = (0..masters)
             .map(|m| {
-                cli(cluster.nodes[m].port(), &["CLUSTER", "MYID"])
+                cluster
+                    .cli(cluster.nodes[m].port(), &["CLUSTER", "MYID"])
                     .map(|id| id.trim().to_owned())
                     .expect("a master names its ID")
             })
             .collect();
         // Each replica meets its master, then, once it has heard of the master's ID through
         // the cluster bus, replicates it.
-        for m in 0..masters {
-            let (port, bus) = (cluster.nodes[m].port().to_string(), &buses[m]);
+        for (m, (master, id)) in cluster.nodes[..masters].iter().zip(&ids).enumerate() {
+            let port = master.port().to_string();
+            let bus = master
+                .bus
+                .expect("a cluster node has a bus port")
+                .to_string();
             for r in 0..replicas {
                 let replica = cluster.nodes[masters + m * replicas + r].port();
-                let met = cli(replica, &["CLUSTER", "MEET", "127.0.0.1", &port, bus]);
+                let met = cluster.cli(replica, &["CLUSTER", "MEET", "127.0.0.1", &port, &bus]);
                 assert!(
                     met.is_some_and(|r| r.starts_with("OK")),
                     "CLUSTER MEET failed"
                 );
                 cluster.poll("a replica to attach to its master", || {
-                    cli(replica, &["CLUSTER", "REPLICATE", &ids[m]])
+                    cluster
+                        .cli(replica, &["CLUSTER", "REPLICATE", id])
                         .is_some_and(|r| r.starts_with("OK"))
                 });
             }
         }
         cluster.poll("the cluster to be ready", || cluster.ready(&ids));
         cluster
+    }
+
+    /// `redis-cli` on the node on `port`, logged in if the cluster has a password.
+    fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        cli(port, self.password.as_deref(), args)
     }
 
     /// Calls `done` every 50 ms until it holds, or panics naming `what` after
@@ -387,7 +442,7 @@ impl RedisCluster {
     fn ready(&self, ids: &[String]) -> bool {
         let all = self.nodes.len();
         let info_ok = self.nodes.iter().all(|n| {
-            cli(n.port(), &["CLUSTER", "INFO"]).is_some_and(|r| {
+            self.cli(n.port(), &["CLUSTER", "INFO"]).is_some_and(|r| {
                 r.contains("cluster_state:ok")
                     && r.contains("cluster_slots_ok:16384")
                     && r.contains(&format!("cluster_known_nodes:{all}"))
@@ -397,12 +452,13 @@ impl RedisCluster {
             return info_ok;
         }
         let synced = (0..self.masters).all(|m| {
-            cli(self.nodes[m].port(), &["INFO", "replication"]).is_some_and(|r| {
-                r.contains(&format!("connected_slaves:{}", self.replicas))
-                    && r.lines()
-                        .filter(|l| l.starts_with("slave"))
-                        .all(|l| l.contains("state=online"))
-            })
+            self.cli(self.nodes[m].port(), &["INFO", "replication"])
+                .is_some_and(|r| {
+                    r.contains(&format!("connected_slaves:{}", self.replicas))
+                        && r.lines()
+                            .filter(|l| l.starts_with("slave"))
+                            .all(|l| l.contains("state=online"))
+                })
         });
         let agreed = self.nodes.iter().all(|n| {
             let Some(view) = self.view_from(n.port()) else {
@@ -421,7 +477,7 @@ impl RedisCluster {
 
     /// `CLUSTER NODES` as the node on `port` sees it.
     fn view_from(&self, port: u16) -> Option<Vec<NodeLine>> {
-        let text = cli(port, &["CLUSTER", "NODES"])?;
+        let text = self.cli(port, &["CLUSTER", "NODES"])?;
         Some(text.lines().filter_map(NodeLine::parse).collect())
     }
 
@@ -476,7 +532,7 @@ impl RedisCluster {
     /// while another master's slots have none).
     pub fn config_set(&self, name: &str, value: &str) {
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let done = cli(node.port(), &["CONFIG", "SET", name, value]);
+            let done = self.cli(node.port(), &["CONFIG", "SET", name, value]);
             assert!(
                 done.is_some_and(|r| r.starts_with("OK")),
                 "CONFIG SET {name} {value} on {}",
@@ -487,7 +543,8 @@ impl RedisCluster {
 
     /// The node ID of the node on `port`, if it answers.
     pub fn node_id(&self, port: u16) -> Option<String> {
-        cli(port, &["CLUSTER", "MYID"]).map(|id| id.trim().to_owned())
+        self.cli(port, &["CLUSTER", "MYID"])
+            .map(|id| id.trim().to_owned())
     }
 
     /// Starts moving hash slot `slot` from its master to another (`CLUSTER SETSLOT ...
@@ -503,16 +560,19 @@ impl RedisCluster {
             .expect("another master");
         let id = |port| self.node_id(port).expect("CLUSTER MYID");
         let (source_id, target_id) = (id(source), id(target));
-        let importing = command(
+        let password = self.password.as_deref();
+        let importing = command_as(
             target,
+            password,
             &format!("CLUSTER SETSLOT {slot} IMPORTING {source_id}"),
         );
         assert!(
             importing.unwrap_or_default().starts_with("+OK"),
             "IMPORTING"
         );
-        let migrating = command(
+        let migrating = command_as(
             source,
+            password,
             &format!("CLUSTER SETSLOT {slot} MIGRATING {target_id}"),
         );
         assert!(
@@ -529,5 +589,33 @@ impl RedisCluster {
             .into_iter()
             .find(|l| l.has("master") && !l.has("fail") && l.serves(slot))
             .map(|l| l.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster node whose first bus port is taken when Redis binds it starts on the next
+    /// attempt with ports drawn anew (a bus port drawn once, before the attempts, would fail
+    /// them all).
+    #[test]
+    fn a_taken_bus_port_is_drawn_again() {
+        let taken = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let taken_port = taken.local_addr().expect("its address").port();
+        let mut draws = 0;
+        // The first attempt's client port is free and its bus port is the taken one.
+        let mut pick = || {
+            draws += 1;
+            if draws == 2 {
+                taken_port
+            } else {
+                free_port()
+            }
+        };
+        let node = RedisServer::start_on(&["--cluster-enabled", "yes"], true, &mut pick);
+        assert!(draws >= 4, "started on the first attempt: {draws} draws");
+        assert!(node.bus.is_some_and(|bus| bus != taken_port));
+        assert!(command(node.port(), "PING").is_some_and(|r| r.starts_with("+PONG")));
     }
 }
