@@ -17,8 +17,10 @@ const REFUSED: &str = "refused the login";
 /// `AUTH`) and the server's error code (`NOAUTH`, `WRONGPASS` on a command). The text is read
 /// too, because the client does not keep the type on every path: the cluster client's first
 /// connection folds the seed nodes' last error into an `Io` error that carries it only as
-/// text (redis 1.8), so a cluster refusing the password given shows there as the client's
-/// rendering of that kind, and one that wants a password and was given none as `NOAUTH`.
+/// text (redis 1.8), so a cluster refusing the password given shows only the client's
+/// rendering of that kind there ("Failed to create initial connections - Io: Password
+/// authentication failed - AuthenticationFailed"). A cluster that wants a password and was
+/// given none answers the client's `CLUSTER SLOTS` with a typed `NOAUTH`.
 pub(crate) fn refused(err: &RedisError) -> bool {
     if err.kind() == ErrorKind::AuthenticationFailed
         || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
