@@ -21,8 +21,8 @@ use std::time::Duration;
 /// can treat it as a wrong setting (trying again will not help) without reading messages.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// A server (or a sentinel) refused the login; the message names the side, never the
-    /// password.
+    /// A server refused the login; the message names it (the server, the cluster node, the
+    /// sentinel or the master it names) and never the password.
     #[error("{0}")]
     LoginRefused(StoreError),
     /// Anything else: unreachable, timed out, an invalid prefix...

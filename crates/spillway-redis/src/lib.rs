@@ -30,6 +30,7 @@
 //!   per-master circuit breakers.
 //! - [`local_cache`]: denying repeated over-limit requests without a round trip.
 //! - [`error`]: typed, counted errors.
+//! - `login`: a refused login told apart from an outage, naming the server that refused it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -39,6 +40,7 @@ pub mod error;
 mod functions;
 pub mod keys;
 pub mod local_cache;
+mod login;
 pub mod multi_slot;
 mod runner;
 pub mod script;

@@ -29,6 +29,7 @@
 //! a new master that refuses the login is logged as a warning and the old address stays.
 
 use crate::config::{mask_url, Credentials, SentinelAuth};
+use crate::login;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, IntoConnectionInfo, RedisError, RedisFuture, RedisResult, Value};
 use std::sync::{Arc, Weak};
@@ -148,48 +149,15 @@ impl SentinelConn {
     }
 }
 
-/// Whether `err` is a refused or missing login (`WRONGPASS`, `NOAUTH`, a failed `AUTH`).
-///
-/// Judged first by the client's typed error: its `AuthenticationFailed` kind (a refused
-/// `AUTH`) and the server's error code (`NOAUTH`, `WRONGPASS` on a command). The text is read
-/// too, because the client does not keep the type on every path: the cluster client's first
-/// connection folds a node's error into an `Io` error that carries it only as text (redis
-/// 1.8), so a cluster that wants a password and was given none is told apart by `NOAUTH` in
-/// that text.
-pub(crate) fn login_refused(err: &RedisError) -> bool {
-    err.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
-        || err.to_string().contains("NOAUTH")
-        || err.to_string().contains("WRONGPASS")
-}
-
-/// What every refused login's message says, after the side and its address.
-const REFUSED: &str = "refused the login";
-
-/// `err` retold as a refused login on `side` (`"sentinel"` or `"master"`) at `addr`, naming
-/// the setting to check; other errors pass unchanged. The password is never part of it.
-fn explain_login(err: RedisError, side: &str, addr: &str) -> RedisError {
-    if !login_refused(&err) {
-        return err;
-    }
-    let which = if side == "sentinel" {
-        "the sentinels' username/password"
-    } else {
-        "the master's username/password"
-    };
-    RedisError::from((
-        redis::ErrorKind::AuthenticationFailed,
-        "login refused",
-        format!("the {side} at {addr} {REFUSED} ({err}); check {which}"),
-    ))
-}
-
 /// Asks one sentinel where the master named `master` is.
 async fn ask(sentinel: &redis::Client, master: &str, limit: Duration) -> RedisResult<String> {
     let addr = sentinel.get_connection_info().addr().to_string();
     ask_unexplained(sentinel, master, limit)
         .await
-        .map_err(|err| explain_login(err, "sentinel", &addr))
+        .map_err(|err| {
+            let who = format!("the sentinel at {addr}");
+            login::explain(err, &who, "the sentinels' username/password")
+        })
 }
 
 async fn ask_unexplained(
@@ -231,7 +199,10 @@ async fn open_master(
 ) -> RedisResult<ConnectionManager> {
     open_master_unexplained(addr, login, timeout)
         .await
-        .map_err(|err| explain_login(err, "master", addr))
+        .map_err(|err| {
+            let who = format!("the master at {addr}");
+            login::explain(err, &who, "the master's username/password")
+        })
 }
 
 async fn open_master_unexplained(
@@ -271,7 +242,7 @@ async fn locate(
     let limit = timeout.max(Duration::from_secs(1));
     let mut last: Option<RedisError> = None;
     let mut keep = |err: RedisError| {
-        if !last.as_ref().is_some_and(login_refused) {
+        if !last.as_ref().is_some_and(login::refused) {
             last = Some(err);
         }
     };
@@ -280,7 +251,7 @@ async fn locate(
             Ok(addr) => match open_master(&addr, login, timeout).await {
                 Ok(conn) => return Ok((addr, conn)),
                 // Another sentinel would name the same master: asking on cannot help.
-                Err(err) if login_refused(&err) => return Err(err),
+                Err(err) if login::refused(&err) => return Err(err),
                 Err(err) => keep(err),
             },
             Err(err) => keep(err),
@@ -327,7 +298,7 @@ impl Inner {
                     tracing::debug!(master = %self.master, old = %old, new = %addr, "followed the master");
                 }
             }
-            Err(err) if login_refused(&err) => tracing::warn!(
+            Err(err) if login::refused(&err) => tracing::warn!(
                 master = %self.master,
                 addr = %addr,
                 error = %err,

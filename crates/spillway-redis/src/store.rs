@@ -19,6 +19,7 @@ use crate::config::{RedisConfig, Target};
 use crate::error::{classify, record, ConnectError};
 use crate::keys::{self, KeyLayout};
 use crate::local_cache::LocalCache;
+use crate::login;
 use crate::multi_slot::{slots, Slots};
 use crate::runner::{Conn, Runner};
 use crate::script::Encoded;
@@ -66,12 +67,16 @@ impl RedisStore {
             let conn = match &config.target {
                 Target::Server(url) => {
                     let client = redis::Client::open(url.as_str())?;
+                    let who = format!("the Redis server at {}", login::address(url));
                     let settings = redis::aio::ConnectionManagerConfig::new()
                         .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
                         .set_response_timeout(Some(timeout))
                         .set_number_of_retries(2)
                         .set_max_delay(Duration::from_millis(500));
-                    Conn::Server(ConnectionManager::new_with_config(client, settings).await?)
+                    let conn = ConnectionManager::new_with_config(client, settings)
+                        .await
+                        .map_err(|e| login::explain(e, &who, "the username/password in its URL"))?;
+                    Conn::Server(conn)
                 }
                 Target::Cluster(nodes) => {
                     // Each call is cut at `timeout` by the store itself; the client waits
@@ -91,7 +96,14 @@ impl RedisStore {
                         .min_retry_wait(1)
                         .max_retry_wait(wait.clamp(2, 100))
                         .build()?;
-                    Conn::Cluster(client.get_async_connection().await?)
+                    match client.get_async_connection().await {
+                        Ok(conn) => Conn::Cluster(conn),
+                        Err(e) if login::refused(&e) => {
+                            let limit = timeout.max(Duration::from_secs(1));
+                            return Err(login::explain_cluster(e, nodes, limit).await);
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Target::Sentinel {
                     sentinels,
@@ -107,7 +119,7 @@ impl RedisStore {
         let connect_limit = timeout.max(Duration::from_secs(5));
         let conn = match tokio::time::timeout(connect_limit, connecting).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) if crate::sentinel::login_refused(&e) => {
+            Ok(Err(e)) if login::refused(&e) => {
                 return Err(ConnectError::LoginRefused(classify(e, timeout)))
             }
             Ok(Err(e)) => return Err(classify(e, timeout).into()),

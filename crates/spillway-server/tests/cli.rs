@@ -210,11 +210,74 @@ fn a_redis_refusing_the_login_stops_start_up_with_status_2() {
         !stderr.contains("wrong-pw") && stderr.contains("****"),
         "{stderr}"
     );
+    let refused = format!(
+        "the Redis server at 127.0.0.1:{} refused the login",
+        redis.port()
+    );
+    assert!(stderr.contains(&refused), "{stderr}");
     // An unreachable store is a start that failed, and may work if tried again: 1.
     let port = spillway_testkit::redis::free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let out = spillway(&["serve", "--listen", "127.0.0.1:0", "--store-url", &url]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
+/// A Redis Cluster behind a password, given a wrong one or none: the cluster client folds the
+/// nodes' refusal into a connection error of its own, yet the start stops with status 2 naming
+/// the node that refused and never a password; the right one decides.
+#[tokio::test]
+async fn a_redis_cluster_refusing_the_login_stops_start_up_with_status_2() {
+    const RIGHT: &str = "cluster-pw-Hk42";
+    const WRONG: &str = "wrong-pw-Zt19";
+    let cluster = spillway_testkit::redis::RedisCluster::with_password(RIGHT);
+    let store_url = |login: &str| {
+        let seeds: Vec<String> = cluster
+            .ports()
+            .iter()
+            .map(|port| format!("redis://{login}127.0.0.1:{port}"))
+            .collect();
+        format!("cluster+{}", seeds.join(","))
+    };
+    for (login, case) in [
+        (format!(":{WRONG}@"), "a wrong password"),
+        (String::new(), "none"),
+    ] {
+        let url = store_url(&login);
+        let out = spillway(&["serve", "--listen", "127.0.0.1:0", "--store-url", &url]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{case}: {stderr}");
+        assert!(
+            stderr.contains("the cluster node at 127.0.0.1:")
+                && stderr.contains("refused the login"),
+            "{case}: {stderr}"
+        );
+        assert!(
+            !stderr.contains(WRONG) && !stderr.contains(RIGHT),
+            "{case} shows a password: {stderr}"
+        );
+    }
+    // One request per user an hour (no window edge to cross), and time enough for a loaded
+    // machine: the second request is denied by the cluster, not by a failure mode.
+    let seeds: Vec<String> = cluster
+        .ports()
+        .iter()
+        .map(|port| format!("\"redis://:{RIGHT}@127.0.0.1:{port}\""))
+        .collect();
+    let policy = format!(
+        "default_tier: free\nlimits:\n  once: {{algorithm: token_bucket, rate: 1/h, burst: 1, \
+         key: [user]}}\ntiers:\n  free:\n    limits: [once]\n\
+         store: {{type: redis_cluster, nodes: [{}], timeout: 5s}}\n",
+        seeds.join(", ")
+    );
+    let server = Server::with_policy(&policy).start();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let response = server.post("/v1/check", r#"{"user":"alice"}"#).await;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 429]);
+    let logs = server.logs().join("\n");
+    assert!(!logs.contains(RIGHT), "the logs show the password: {logs}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! `GET /v1/top` and `spillway_top_blocked` on real `spillway serve` processes: a burst's
 //! denied tenant shows up, windows expire on the manual clock, the Prometheus list stays at
-//! ten, and three nodes sharing a real `redis-server`, or a real Redis Cluster, each answer
-//! for the fleet.
+//! ten, three nodes sharing a real `redis-server`, or a real Redis Cluster, each answer for
+//! the fleet, and a node's publication carries a cold limit's keys beside more than 100
+//! hotter keys of another limit.
 
 mod common;
 
@@ -162,13 +163,20 @@ tiers:
     limits: [per-user, per-name]
 "#;
 
-/// Three nodes, node `i` on the store section `store(i)`, publishing every 100 ms.
+/// Three nodes on [`FLEET`], node `i` on the store section `store(i)`, publishing every
+/// 100 ms.
 fn fleet(store: impl Fn(usize) -> String) -> Vec<Server> {
-    ["a", "b", "c"]
+    fleet_of(FLEET, &["a", "b", "c"], store)
+}
+
+/// Nodes named `names` on `policy`, node `i` on the store section `store(i)`, publishing
+/// every 100 ms and counting every decision.
+fn fleet_of(policy: &str, names: &[&str], store: impl Fn(usize) -> String) -> Vec<Server> {
+    names
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            Server::with_policy(&format!("{FLEET}{}", store(i)))
+            Server::with_policy(&format!("{policy}{}", store(i)))
                 .args(&[
                     "--node-name",
                     name,
@@ -317,6 +325,79 @@ async fn three_nodes_on_a_redis_cluster_each_answer_for_the_fleet() {
     .await;
     let body = merged.expect("node c leaves the merge");
     assert!(!tenants(&body).iter().any(|(t, _)| t == "only-2"), "{body}");
+}
+
+/// A limit with many hot keys beside one whose keys are all colder: a request naming a user
+/// checks `busy`'s key, one naming a tenant `quiet`'s.
+const BUSY_AND_QUIET: &str = r#"
+default_tier: free
+limits:
+  busy:
+    algorithm: fixed_window
+    limit: 1000
+    window: 1h
+    key: [user]
+  quiet:
+    algorithm: fixed_window
+    limit: 1000
+    window: 1h
+    key: [tenant]
+tiers:
+  free:
+    limits: [busy, quiet]
+"#;
+
+/// How many of `busy`'s keys the hot node sees: more than a node publishes of one limit.
+const BUSY_KEYS: usize = 105;
+
+/// A node publishes each limit's heaviest, not the heaviest overall: node `hot` sees 105 keys
+/// of `busy` (3 checks each), then only colder keys of `quiet` (tenant `rare` twice, three
+/// others once), so from then on its 100 heaviest keys overall are all `busy`'s. Node
+/// `reader` sees no traffic and still finds `rare` for `limit_name=quiet`, which it can only
+/// have read from `hot`'s publication on Redis. (109 keys in all: within one sketch shard's
+/// 128 rows, so the counts are exact.)
+#[tokio::test]
+async fn a_cold_limits_keys_reach_the_fleet_beside_a_limit_of_many_hot_keys() {
+    let redis = RedisServer::start();
+    let nodes = fleet_of(BUSY_AND_QUIET, &["hot", "reader"], |_| {
+        format!(
+            "store: {{type: redis, url: \"{}\", prefix: topq, timeout: 5s}}\n",
+            redis.url()
+        )
+    });
+    let (hot, reader) = (&nodes[0], &nodes[1]);
+    // `busy`'s keys first, so that any publication holding `rare`'s two checks was made
+    // once `busy`'s 105 keys had outranked it.
+    let users = (0..BUSY_KEYS * 3).map(|i| format!(r#"{{"user":"u{:03}"}}"#, i / 3));
+    let tenants = ["rare", "rare", "t1", "t2", "t3"].map(|t| format!(r#"{{"tenant":"{t}"}}"#));
+    for body in users.chain(tenants) {
+        assert_eq!(hot.post("/v1/check", &body).await.status(), 200, "{body}");
+    }
+    let query = "?scope=cluster&window=10m&limit_name=quiet&limit=1";
+    let want = serde_json::json!([{"limit": "quiet", "key": ["rare"], "count": 2}]);
+    let found = wait_until_async(PATIENCE, || async {
+        let body = top(reader, query).await;
+        (body["hot_keys"] == want).then_some(body)
+    })
+    .await;
+    if found.is_none() {
+        panic!("{query} on the reader: {}", top(reader, query).await);
+    }
+    assert_eq!(
+        found.expect("found")["nodes"],
+        serde_json::json!(["hot", "reader"])
+    );
+    // What a plain top 100 would have published: `busy`'s keys only.
+    let overall = top(reader, "?scope=cluster&window=10m&limit=100").await;
+    let rows = overall["hot_keys"].as_array().expect("hot_keys");
+    assert_eq!(rows.len(), 100, "{overall}");
+    assert!(
+        rows.iter().all(|r| r["limit"] == "busy" && r["count"] == 3),
+        "{overall}"
+    );
+    // The reader saw nothing itself.
+    let local = top(reader, "?scope=local&window=10m").await;
+    assert_eq!(local["hot_keys"], serde_json::json!([]), "{local}");
 }
 
 /// Two limits whose keys rank apart: each tenant's per-tenant key counts every request of

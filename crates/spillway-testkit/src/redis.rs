@@ -1,9 +1,11 @@
-//! Real Redis processes for tests.
+//! Real Redis processes for tests: one server ([`RedisServer`]) here, a cluster of them
+//! ([`RedisCluster`]) in `cluster`.
 //!
 //! Ports: the OS hands out a free port for `127.0.0.1:0`, the listener is closed and Redis is
 //! started on it; if another process takes the port in between, Redis fails to start and a
-//! new port is tried. Persistence is off (`--save "" --appendonly no`) and each server runs in
-//! its own temporary directory, removed on drop along with the process.
+//! new port is tried (with a new cluster bus port too, for a cluster node). Persistence is off
+//! (`--save "" --appendonly no`) and each server runs in its own temporary directory, removed
+//! on drop along with the process.
 
 // Deadlines here bound process start-up, not limit time, so the wall clock is fine.
 #![allow(clippy::disallowed_methods)]
@@ -14,6 +16,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+mod cluster;
+
+pub use cluster::{NodeLine, RedisCluster, NODE_TIMEOUT, REPLICATED_NODE_TIMEOUT};
 
 /// How long a server or cluster may take to come up on a loaded machine.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -65,6 +71,9 @@ pub fn command_as(port: u16, password: Option<&str>, cmd: &str) -> Option<String
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// The cluster bus port of a cluster node (`--cluster-port`), picked with the client port
+    /// on each start attempt.
+    bus: Option<u16>,
     dir: PathBuf,
     extra: Vec<String>,
     /// The `--requirepass` among `extra`, for the start-up `PING`.
@@ -79,15 +88,30 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments, on a free port.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(extra, false, &mut free_port)
+    }
+
+    /// Starts a server with extra arguments on ports drawn from `pick`: the client port, and,
+    /// for a cluster node (`bus`), the cluster bus port. Both are drawn again on every attempt,
+    /// since either may be taken by another process between the draw and Redis binding it.
+    fn start_on(extra: &[&str], bus: bool, pick: &mut dyn FnMut() -> u16) -> Self {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let password = extra
             .iter()
             .position(|a| a == "--requirepass")
             .and_then(|i| extra.get(i + 1).cloned());
         for _ in 0..10 {
+            let port = pick();
+            let bus = bus.then(|| loop {
+                let bus = pick();
+                if bus != port {
+                    break bus;
+                }
+            });
             let mut server = Self {
                 child: None,
-                port: free_port(),
+                port,
+                bus,
                 dir: temp_dir("redis"),
                 extra: extra.clone(),
                 password: password.clone(),
@@ -106,6 +130,11 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args(&self.extra)
+            .args(
+                self.bus
+                    .iter()
+                    .flat_map(|bus| ["--cluster-port".to_owned(), bus.to_string()]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let Ok(child) = cmd.spawn() else { return false };
@@ -186,348 +215,30 @@ impl Drop for RedisServer {
     }
 }
 
-/// The cluster node timeout of [`RedisCluster::start`]: long enough that a frozen master
-/// (the breaker and chaos tests) is never failed over by the cluster itself.
-pub const NODE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The cluster node timeout of [`RedisCluster::with_replicas`]: short, so that a failover
-/// takes a few seconds, yet twice what a loaded two-core machine may stall a healthy node
-/// for, so that no healthy master is failed over by mistake.
-pub const REPLICATED_NODE_TIMEOUT: Duration = Duration::from_millis(2000);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// One line of `CLUSTER NODES`, as far as the tests need it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeLine {
-    /// The node ID.
-    pub id: String,
-    /// The client port.
-    pub port: u16,
-    /// The flags (`myself`, `master`, `slave`, `fail?`, `fail`, ...).
-    pub flags: Vec<String>,
-    /// The ID of the master it replicates (`None` for a master).
-    pub master: Option<String>,
-    /// The slot ranges it serves, first and last slot.
-    pub slots: Vec<(u16, u16)>,
-}
-
-impl NodeLine {
-    /// Reads one line of `CLUSTER NODES`; `None` if it has not the expected shape.
-    pub fn parse(line: &str) -> Option<Self> {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let port = fields.get(1)?.split('@').next()?.rsplit(':').next()?;
-        let master = fields.get(3)?;
-        let slots = fields
-            .iter()
-            .skip(8)
-            .filter_map(|range| {
-                // `[slot->-id]` entries (a slot importing or migrating) are not served.
-                let mut ends = range.splitn(2, '-').map(str::parse::<u16>);
-                match (ends.next(), ends.next()) {
-                    (Some(Ok(a)), Some(Ok(b))) => Some((a, b)),
-                    (Some(Ok(a)), None) => Some((a, a)),
-                    _ => None,
-                }
-            })
-            .collect();
-        Some(Self {
-            id: (*fields.first()?).to_owned(),
-            port: port.parse().ok()?,
-            flags: fields.get(2)?.split(',').map(str::to_owned).collect(),
-            master: (*master != "-").then(|| (*master).to_owned()),
-            slots,
-        })
-    }
-
-    /// Whether it serves `slot`.
-    pub fn serves(&self, slot: u16) -> bool {
-        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
-    }
-
-    /// Whether it carries `flag`.
-    pub fn has(&self, flag: &str) -> bool {
-        self.flags.iter().any(|f| f == flag)
-    }
-}
-
-/// `redis-cli -p <port> <args>`'s output, if it ran and the server answered within 5 s.
-fn cli(port: u16, args: &[&str]) -> Option<String> {
-    // Bounded by coreutils' `timeout`: a frozen (SIGSTOPped) node accepts the connection
-    // and never answers, and a caller's poll cannot interrupt a child it waits on.
-    let out = Command::new("timeout")
-        .args(["5", "redis-cli", "-p", &port.to_string()])
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (out.status.success() && !text.trim().is_empty() && !text.starts_with("Could not connect"))
-        .then_some(text)
-}
-
-/// A Redis Cluster torn down on drop: three masters and no replicas ([`RedisCluster::start`]),
-/// or any number of masters each with its replicas ([`RedisCluster::with_replicas`]).
-///
-/// Nodes are numbered masters first, in order of creation: master `m` is node `m`, and
-/// replica `r` of master `m` is node `masters + m * replicas + r`.
-pub struct RedisCluster {
-    nodes: Vec<RedisServer>,
-    masters: usize,
-    replicas: usize,
-    node_timeout: Duration,
-}
-
-impl RedisCluster {
-    /// Starts three cluster-enabled servers and joins them with `redis-cli --cluster create`.
-    pub fn start() -> Self {
-        Self::build(3, 0, NODE_TIMEOUT)
-    }
-
-    /// Starts `masters` masters (at least three, so that a majority outlives one) with
-    /// `replicas` replicas each and [`REPLICATED_NODE_TIMEOUT`], so that a master killed or
-    /// frozen is replaced by its replica within a few seconds. Returns once every slot is
-    /// served, every replica is attached and in sync, and every node agrees on who replicates
-    /// whom.
-    pub fn with_replicas(masters: usize, replicas: usize) -> Self {
-        assert!(masters >= 3, "a failover needs a majority of masters alive");
-        Self::build(masters, replicas, REPLICATED_NODE_TIMEOUT)
-    }
-
-    fn build(masters: usize, replicas: usize, node_timeout: Duration) -> Self {
-        let timeout = node_timeout.as_millis().to_string();
-        let mut buses = Vec::new();
-        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
-            .map(|_| {
-                let bus = free_port().to_string();
-                let mut args = vec![
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus,
-                    "--cluster-node-timeout",
-                    &timeout,
-                ];
-                if replicas > 0 {
-                    args.extend([
-                        // A replica takes over however long its link was down: the test
-                        // decides when a master fails, not the replica's idea of its data.
-                        "--cluster-replica-validity-factor",
-                        "0",
-                        // The first sync starts at once, not after the default 5 s wait.
-                        "--repl-diskless-sync-delay",
-                        "0",
-                    ]);
-                }
-                let server = RedisServer::start_with(&args);
-                buses.push(bus);
-                server
-            })
-            .collect();
-        let addrs: Vec<String> = nodes[..masters]
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port()))
-            .collect();
-        let status = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("redis-cli is installed");
-        assert!(status.success(), "redis-cli --cluster create failed");
-        let cluster = Self {
-            nodes,
-            masters,
-            replicas,
-            node_timeout,
-        };
-        let ids: Vec<String> = (0..masters)
-            .map(|m| {
-                cli(cluster.nodes[m].port(), &["CLUSTER", "MYID"])
-                    .map(|id| id.trim().to_owned())
-                    .expect("a master names its ID")
-            })
-            .collect();
-        // Each replica meets its master, then, once it has heard of the master's ID through
-        // the cluster bus, replicates it.
-        for m in 0..masters {
-            let (port, bus) = (cluster.nodes[m].port().to_string(), &buses[m]);
-            for r in 0..replicas {
-                let replica = cluster.nodes[masters + m * replicas + r].port();
-                let met = cli(replica, &["CLUSTER", "MEET", "127.0.0.1", &port, bus]);
-                assert!(
-                    met.is_some_and(|r| r.starts_with("OK")),
-                    "CLUSTER MEET failed"
-                );
-                cluster.poll("a replica to attach to its master", || {
-                    cli(replica, &["CLUSTER", "REPLICATE", &ids[m]])
-                        .is_some_and(|r| r.starts_with("OK"))
-                });
+    /// A cluster node whose first bus port is taken when Redis binds it starts on the next
+    /// attempt with ports drawn anew (a bus port drawn once, before the attempts, would fail
+    /// them all).
+    #[test]
+    fn a_taken_bus_port_is_drawn_again() {
+        let taken = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let taken_port = taken.local_addr().expect("its address").port();
+        let mut draws = 0;
+        // The first attempt's client port is free and its bus port is the taken one.
+        let mut pick = || {
+            draws += 1;
+            if draws == 2 {
+                taken_port
+            } else {
+                free_port()
             }
-        }
-        cluster.poll("the cluster to be ready", || cluster.ready(&ids));
-        cluster
-    }
-
-    /// Calls `done` every 50 ms until it holds, or panics naming `what` after
-    /// `START_DEADLINE`.
-    fn poll(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = std::time::Instant::now() + START_DEADLINE;
-        while !done() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Every node says `cluster_state:ok` with every slot served and every node known; every
-    /// master has its replicas in sync; every node sees each replica under its own master.
-    fn ready(&self, ids: &[String]) -> bool {
-        let all = self.nodes.len();
-        let info_ok = self.nodes.iter().all(|n| {
-            cli(n.port(), &["CLUSTER", "INFO"]).is_some_and(|r| {
-                r.contains("cluster_state:ok")
-                    && r.contains("cluster_slots_ok:16384")
-                    && r.contains(&format!("cluster_known_nodes:{all}"))
-            })
-        });
-        if !info_ok || self.replicas == 0 {
-            return info_ok;
-        }
-        let synced = (0..self.masters).all(|m| {
-            cli(self.nodes[m].port(), &["INFO", "replication"]).is_some_and(|r| {
-                r.contains(&format!("connected_slaves:{}", self.replicas))
-                    && r.lines()
-                        .filter(|l| l.starts_with("slave"))
-                        .all(|l| l.contains("state=online"))
-            })
-        });
-        let agreed = self.nodes.iter().all(|n| {
-            let Some(view) = self.view_from(n.port()) else {
-                return false;
-            };
-            (0..self.masters).all(|m| {
-                (0..self.replicas).all(|r| {
-                    let port = self.nodes[self.masters + m * self.replicas + r].port();
-                    view.iter()
-                        .any(|l| l.port == port && l.master.as_deref() == Some(&*ids[m]))
-                })
-            })
-        });
-        synced && agreed
-    }
-
-    /// `CLUSTER NODES` as the node on `port` sees it.
-    fn view_from(&self, port: u16) -> Option<Vec<NodeLine>> {
-        let text = cli(port, &["CLUSTER", "NODES"])?;
-        Some(text.lines().filter_map(NodeLine::parse).collect())
-    }
-
-    /// `CLUSTER NODES` as the first node still running sees it.
-    pub fn view(&self) -> Option<Vec<NodeLine>> {
-        self.nodes
-            .iter()
-            .filter(|n| n.child.is_some())
-            .find_map(|n| self.view_from(n.port()))
-    }
-
-    /// The seed node URLs: the masters as started.
-    pub fn urls(&self) -> Vec<String> {
-        self.nodes[..self.masters]
-            .iter()
-            .map(RedisServer::url)
-            .collect()
-    }
-
-    /// The ports of the masters as started, in order.
-    pub fn ports(&self) -> Vec<u16> {
-        self.nodes[..self.masters]
-            .iter()
-            .map(RedisServer::port)
-            .collect()
-    }
-
-    /// Master `i` as started, to freeze or resume.
-    pub fn node(&self, i: usize) -> &RedisServer {
-        &self.nodes[i]
-    }
-
-    /// Master `i` as started, to kill.
-    pub fn node_mut(&mut self, i: usize) -> &mut RedisServer {
-        &mut self.nodes[i]
-    }
-
-    /// Replica `r` of master `m` (as started).
-    pub fn replica(&self, m: usize, r: usize) -> &RedisServer {
-        assert!(m < self.masters && r < self.replicas, "no such replica");
-        &self.nodes[self.masters + m * self.replicas + r]
-    }
-
-    /// The node timeout the cluster runs with: how long a master may be silent before the
-    /// others count it as failing.
-    pub fn node_timeout(&self) -> Duration {
-        self.node_timeout
-    }
-
-    /// `CONFIG SET name value` on every node still running (for example
-    /// `cluster-require-full-coverage no`, so that the masters keep serving their own slots
-    /// while another master's slots have none).
-    pub fn config_set(&self, name: &str, value: &str) {
-        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let done = cli(node.port(), &["CONFIG", "SET", name, value]);
-            assert!(
-                done.is_some_and(|r| r.starts_with("OK")),
-                "CONFIG SET {name} {value} on {}",
-                node.port()
-            );
-        }
-    }
-
-    /// The node ID of the node on `port`, if it answers.
-    pub fn node_id(&self, port: u16) -> Option<String> {
-        cli(port, &["CLUSTER", "MYID"]).map(|id| id.trim().to_owned())
-    }
-
-    /// Starts moving hash slot `slot` from its master to another (`CLUSTER SETSLOT ...
-    /// IMPORTING` on the target, then `MIGRATING` on the source) and leaves it half-moved,
-    /// so the source answers `ASK`/`TRYAGAIN` for keys it no longer holds. Returns the
-    /// source's and the target's ports.
-    pub fn start_migrating(&self, slot: u16) -> (u16, u16) {
-        let source = self.owner(slot).expect("the slot's master");
-        let target = *self
-            .ports()
-            .iter()
-            .find(|&&p| p != source)
-            .expect("another master");
-        let id = |port| self.node_id(port).expect("CLUSTER MYID");
-        let (source_id, target_id) = (id(source), id(target));
-        let importing = command(
-            target,
-            &format!("CLUSTER SETSLOT {slot} IMPORTING {source_id}"),
-        );
-        assert!(
-            importing.unwrap_or_default().starts_with("+OK"),
-            "IMPORTING"
-        );
-        let migrating = command(
-            source,
-            &format!("CLUSTER SETSLOT {slot} MIGRATING {target_id}"),
-        );
-        assert!(
-            migrating.unwrap_or_default().starts_with("+OK"),
-            "MIGRATING"
-        );
-        (source, target)
-    }
-
-    /// The port of the master serving hash slot `slot`, as `CLUSTER NODES` on the first node
-    /// still running tells it.
-    pub fn owner(&self, slot: u16) -> Option<u16> {
-        self.view()?
-            .into_iter()
-            .find(|l| l.has("master") && !l.has("fail") && l.serves(slot))
-            .map(|l| l.port)
+        };
+        let node = RedisServer::start_on(&["--cluster-enabled", "yes"], true, &mut pick);
+        assert!(draws >= 4, "started on the first attempt: {draws} draws");
+        assert!(node.bus.is_some_and(|bus| bus != taken_port));
+        assert!(command(node.port(), "PING").is_some_and(|r| r.starts_with("+PONG")));
     }
 }
