@@ -21,6 +21,11 @@ const REFUSED: &str = "refused the login";
 /// rendering of that kind there ("Failed to create initial connections - Io: Password
 /// authentication failed - AuthenticationFailed"). A cluster that wants a password and was
 /// given none answers the client's `CLUSTER SLOTS` with a typed `NOAUTH`.
+///
+/// A limit of the client: it types *any* error answer to `AUTH` as `AuthenticationFailed`
+/// and drops the server's text, so a server answering `AUTH` with another error (too many
+/// clients, protected mode) also reads as a refused login here. Such a start stops with the
+/// refusal's status and message; the server's own log says the rest.
 pub(crate) fn refused(err: &RedisError) -> bool {
     if err.kind() == ErrorKind::AuthenticationFailed
         || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
@@ -56,34 +61,46 @@ pub(crate) fn address(url: &str) -> String {
     )
 }
 
-/// `err`, a refused login met while connecting to a cluster, retold naming the node: the
-/// cluster client does not say which seed node refused, so each is asked alone, in order, with
-/// its own URL's login, and the first that refuses is named (the seed list when none does
-/// now). Each question is bounded by `limit`.
+/// `err`, met while the cluster client made its first connections, retold as a refused login
+/// naming the node when a seed node refuses its URL's login. The client keeps only the error
+/// it heard last (a seed that timed out after another refused hides the refusal) and does not
+/// say which node refused, so every seed is asked alone, all at once, each question bounded by
+/// `limit`; the first refusing seed in the list is named. When none answers with a refusal in
+/// time, a refusal the client reported is still told as one, naming the seed list; any other
+/// error passes unchanged.
 pub(crate) async fn explain_cluster(
     err: RedisError,
     seeds: &[String],
     limit: Duration,
 ) -> RedisError {
     let check = "the username/password in the cluster's URLs";
-    for url in seeds {
-        if refuses(url, limit).await {
-            let who = format!("the cluster node at {}", address(url));
-            return explain(err, &who, check);
-        }
+    let answers = futures_util::future::join_all(seeds.iter().map(|url| refuses(url, limit))).await;
+    if let Some((url, _)) = seeds.iter().zip(answers).find(|(_, refused)| *refused) {
+        let refusal = RedisError::from((ErrorKind::AuthenticationFailed, "login refused"));
+        let err = if refused(&err) { err } else { refusal };
+        return explain(err, &format!("the cluster node at {}", address(url)), check);
     }
     let all: Vec<String> = seeds.iter().map(|u| address(u)).collect();
-    let who = format!("the cluster (seed nodes {})", all.join(", "));
-    explain(err, &who, check)
+    explain(
+        err,
+        &format!("the cluster (seed nodes {})", all.join(", ")),
+        check,
+    )
 }
 
-/// Whether the server at `url` refuses the URL's login (or wants one and the URL has none).
+/// Whether the server at `url` refuses the URL's login (or wants one and the URL has none),
+/// asked within `limit` (connecting and the answer each).
 async fn refuses(url: &str, limit: Duration) -> bool {
     let Ok(client) = redis::Client::open(url) else {
         return false;
     };
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(limit))
+        .set_response_timeout(Some(limit));
     let asking = async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         redis::cmd("PING").query_async::<()>(&mut conn).await
     };
     matches!(tokio::time::timeout(limit, asking).await, Ok(Err(err)) if refused(&err))

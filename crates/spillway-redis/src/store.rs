@@ -63,6 +63,8 @@ impl RedisStore {
         let layout =
             KeyLayout::new(&config.prefix).map_err(|e| StoreError::Protocol(e.to_string()))?;
         let timeout = config.timeout;
+        let connect_limit = timeout.max(Duration::from_secs(5));
+        let started = tokio::time::Instant::now();
         let connecting = async {
             let conn = match &config.target {
                 Target::Server(url) => {
@@ -73,9 +75,18 @@ impl RedisStore {
                         .set_response_timeout(Some(timeout))
                         .set_number_of_retries(2)
                         .set_max_delay(Duration::from_millis(500));
-                    let conn = ConnectionManager::new_with_config(client, settings)
+                    let check = "the username/password in its URL";
+                    let mut conn = ConnectionManager::new_with_config(client, settings)
                         .await
-                        .map_err(|e| login::explain(e, &who, "the username/password in its URL"))?;
+                        .map_err(|e| login::explain(e, &who, check))?;
+                    // The client logs in only when the URL has a password: a server that
+                    // wants one and was given none refuses the first command instead. Other
+                    // errors here are an outage the store survives, as before.
+                    if let Err(e) = redis::cmd("PING").query_async::<()>(&mut conn).await {
+                        if login::refused(&e) {
+                            return Err(login::explain(e, &who, check));
+                        }
+                    }
                     Conn::Server(conn)
                 }
                 Target::Cluster(nodes) => {
@@ -98,11 +109,16 @@ impl RedisStore {
                         .build()?;
                     match client.get_async_connection().await {
                         Ok(conn) => Conn::Cluster(conn),
-                        Err(e) if login::refused(&e) => {
-                            let limit = timeout.max(Duration::from_secs(1));
+                        Err(e) => {
+                            // Whatever the client reports, a seed refusing its login is a
+                            // setting to fix (see `login::explain_cluster`); the questions
+                            // end before the start's own limit does.
+                            let left = connect_limit
+                                .saturating_sub(started.elapsed())
+                                .saturating_sub(Duration::from_millis(200));
+                            let limit = timeout.max(Duration::from_secs(1)).min(left);
                             return Err(login::explain_cluster(e, nodes, limit).await);
                         }
-                        Err(e) => return Err(e),
                     }
                 }
                 Target::Sentinel {
@@ -116,7 +132,6 @@ impl RedisStore {
             };
             Ok::<_, redis::RedisError>(conn)
         };
-        let connect_limit = timeout.max(Duration::from_secs(5));
         let conn = match tokio::time::timeout(connect_limit, connecting).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) if login::refused(&e) => {

@@ -38,6 +38,29 @@ fn spillway(args: &[&str]) -> Output {
         .expect("run spillway")
 }
 
+/// `spillway` with `args`, which must exit within `limit`: a start that ought to fail but
+/// serves instead fails the test rather than hanging it.
+fn spillway_within(args: &[&str], limit: std::time::Duration) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run spillway");
+    let pid = child.id().to_string();
+    let (send, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = send.send(child.wait_with_output());
+    });
+    match answer.recv_timeout(limit) {
+        Ok(out) => out.expect("spillway's output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            panic!("spillway {args:?} still ran after {limit:?}");
+        }
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -215,6 +238,14 @@ fn a_redis_refusing_the_login_stops_start_up_with_status_2() {
         redis.port()
     );
     assert!(stderr.contains(&refused), "{stderr}");
+    // No password for a server that wants one: the client logs in only when given one, so
+    // the refusal comes at the first command, and still stops the start.
+    let url = format!("redis://127.0.0.1:{}", redis.port());
+    let args = ["serve", "--listen", "127.0.0.1:0", "--store-url", &url];
+    let out = spillway_within(&args, std::time::Duration::from_secs(30));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "none given: {stderr}");
+    assert!(stderr.contains(&refused), "none given: {stderr}");
     // An unreachable store is a start that failed, and may work if tried again: 1.
     let port = spillway_testkit::redis::free_port();
     let url = format!("redis://127.0.0.1:{port}");
@@ -238,23 +269,41 @@ async fn a_redis_cluster_refusing_the_login_stops_start_up_with_status_2() {
             .collect();
         format!("cluster+{}", seeds.join(","))
     };
+    let start = |url: &str| {
+        let args = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store-timeout",
+            "1s",
+            "--store-url",
+            url,
+        ];
+        spillway_within(&args, std::time::Duration::from_secs(60))
+    };
+    let check_refused = |out: &Output, case: &str, node: Option<u16>| {
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{case}: {stderr}");
+        let named = match node {
+            Some(port) => format!("the cluster node at 127.0.0.1:{port} refused the login"),
+            None => "refused the login".to_owned(),
+        };
+        assert!(
+            stderr.contains("the cluster node at 127.0.0.1:") && stderr.contains(&named),
+            "{case}: {stderr}"
+        );
+        for shown in [&stdout, &stderr] {
+            assert!(
+                !shown.contains(WRONG) && !shown.contains(RIGHT),
+                "{case} shows a password: {shown}"
+            );
+        }
+    };
     for (login, case) in [
         (format!(":{WRONG}@"), "a wrong password"),
         (String::new(), "none"),
     ] {
-        let url = store_url(&login);
-        let out = spillway(&["serve", "--listen", "127.0.0.1:0", "--store-url", &url]);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{case}: {stderr}");
-        assert!(
-            stderr.contains("the cluster node at 127.0.0.1:")
-                && stderr.contains("refused the login"),
-            "{case}: {stderr}"
-        );
-        assert!(
-            !stderr.contains(WRONG) && !stderr.contains(RIGHT),
-            "{case} shows a password: {stderr}"
-        );
+        check_refused(&start(&store_url(&login)), case, None);
     }
     // One request per user an hour (no window edge to cross), and time enough for a loaded
     // machine: the second request is denied by the cluster, not by a failure mode.
@@ -278,6 +327,19 @@ async fn a_redis_cluster_refusing_the_login_stops_start_up_with_status_2() {
     assert_eq!(statuses, [200, 429]);
     let logs = server.logs().join("\n");
     assert!(!logs.contains(RIGHT), "the logs show the password: {logs}");
+    drop(server);
+    // Last, as it may upset the cluster for a while: a frozen first seed answers nothing, so
+    // the client's last word is its timeout, not the other seeds' refusal; the refusal is
+    // still found, and a seed that answers is named.
+    let ports = cluster.ports();
+    cluster.node(0).freeze();
+    let out = start(&store_url(&format!(":{WRONG}@")));
+    cluster.node(0).resume();
+    check_refused(
+        &out,
+        "a wrong password, the first seed frozen",
+        Some(ports[1]),
+    );
 }
 
 #[test]
