@@ -59,7 +59,7 @@ fn keys(n: usize) -> Vec<StateKey> {
         .map(|i| StateKey {
             limit: limit.clone(),
             fingerprint: 1,
-            values: vec![format!("user-{i}")],
+            values: vec![format!("user-{i}")].into(),
         })
         .collect()
 }
@@ -73,7 +73,7 @@ fn bench_checks(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("keyed_check/{n}_keys"));
         group.throughput(Throughput::Elements(1));
         let ks = keys(n);
-        let names: Vec<String> = ks.iter().map(|k| k.values[0].clone()).collect();
+        let names: Vec<String> = ks.iter().map(|k| k.values[0].to_string()).collect();
 
         let gov = RateLimiter::keyed(governor_quota());
         let mut i = 0;
@@ -110,7 +110,7 @@ fn memory_report() {
     println!("bytes of heap per idle key (keys, spillway token_bucket, spillway gcra, governor keyed gcra)");
     for n in [10_000usize, 100_000, 1_000_000] {
         let ks = keys(n);
-        let names: Vec<String> = ks.iter().map(|k| k.values[0].clone()).collect();
+        let names: Vec<String> = ks.iter().map(|k| k.values[0].to_string()).collect();
         let mut row = vec![n.to_string()];
         for (_, params) in algorithms().into_iter().take(2) {
             let before = live_bytes();

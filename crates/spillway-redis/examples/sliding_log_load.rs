@@ -97,7 +97,7 @@ async fn main() -> Result<(), String> {
     let key = StateKey {
         limit: "load".into(),
         fingerprint: 7,
-        values: vec![format!("run-{}", std::process::id())],
+        values: vec![format!("run-{}", std::process::id())].into(),
     };
     let check = |cost| Check {
         key: &key,
@@ -113,7 +113,7 @@ async fn main() -> Result<(), String> {
     let bucket_key = StateKey {
         limit: "reference".into(),
         fingerprint: 8,
-        values: vec![format!("run-{}", std::process::id())],
+        values: vec![format!("run-{}", std::process::id())].into(),
     };
     let reference = [Check {
         key: &bucket_key,

@@ -335,7 +335,7 @@ mod tests {
         keys.push(StateKey {
             limit: "global {x}".into(),
             fingerprint: 7,
-            values: Vec::new(),
+            values: Default::default(),
         });
         let params = params();
         let checks = checks(&keys, &params);

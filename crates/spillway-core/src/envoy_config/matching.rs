@@ -26,7 +26,7 @@ impl Found<'_> {
         StateKey {
             limit: Arc::clone(&def.name),
             fingerprint: def.fingerprint,
-            values: self.values.clone(),
+            values: self.values.iter().collect(),
         }
     }
 }

@@ -40,7 +40,7 @@ async fn a_refused_request_out_of_time_answers_and_counts_the_refusal() {
     let state = |user: &str| StateKey {
         limit: "user".into(),
         fingerprint: 7,
-        values: vec!["tenant7".into(), user.into()],
+        values: vec!["tenant7", user].into(),
     };
     let (moved, fresh) = (state("a"), state("b"));
     let params = LimitParams::FixedWindow(FixedWindow::new(10, 60_000_000).unwrap());

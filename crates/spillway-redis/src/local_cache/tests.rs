@@ -26,7 +26,7 @@ fn key(value: &str) -> StateKey {
     StateKey {
         limit: "l".into(),
         fingerprint: 1,
-        values: vec![value.to_owned()],
+        values: vec![value].into(),
     }
 }
 

@@ -119,7 +119,7 @@ pub fn envoy(
             let key = StateKey {
                 limit: Arc::clone(&limit.def.name),
                 fingerprint: limit.def.fingerprint,
-                values: values.clone(),
+                values: values.iter().collect(),
             };
             let report = (limit.requests_per_unit, limit.unit);
             plan.add(slot, Arc::clone(&limit.def), key, cost(d, hits), report);

@@ -81,7 +81,11 @@ pub async fn decide(
 /// parameters are ignored.
 pub fn check_mode(query: Option<&str>) -> Result<CheckMode, Problem> {
     let mut mode = CheckMode::Consume;
-    for pair in query.unwrap_or_default().split('&') {
+    // Nearly every check has no query at all: nothing to split.
+    let Some(query) = query else {
+        return Ok(mode);
+    };
+    for pair in query.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if name != "peek" && name != "dry_run" {
             continue;

@@ -316,7 +316,7 @@ fn not_asked(p: &Planned) -> LimitOutcome {
 /// The request's tenant, from a limit keyed by it.
 fn tenant_of(p: &Planned) -> Option<&str> {
     let at = p.def.key.iter().position(|d| *d == Dimension::Tenant)?;
-    p.key.values.get(at).map(String::as_str)
+    p.key.values.get(at).map(|v| v.as_str())
 }
 
 /// An `aggregate` limit's answer in the limit's own numbers: the store judged it against the

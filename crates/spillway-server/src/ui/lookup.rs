@@ -244,7 +244,7 @@ pub async fn lookup(
         .zip(usage)
         .map(|(p, outcome)| LimitState {
             def: LimitRow::of(&p.def),
-            values: p.key.values.clone(),
+            values: p.key.values.iter().map(|v| v.to_string()).collect(),
             overridden_by: if user_overrides.contains(&&*p.def.name) {
                 Some("user")
             } else if tenant_overrides.contains(&&*p.def.name) {

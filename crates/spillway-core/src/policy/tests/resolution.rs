@@ -180,7 +180,8 @@ fn ip_counter(policy: &Policy, ip: &str) -> Option<Vec<String>> {
         ip: Some(addr(ip)),
         ..RequestAttrs::default()
     };
-    applied(policy, &req, "ip-burst").map(|(_, key)| key.values)
+    applied(policy, &req, "ip-burst")
+        .map(|(_, key)| key.values.iter().map(|v| v.to_string()).collect())
 }
 
 #[test]
@@ -259,7 +260,7 @@ fn limits_needing_a_missing_dimension_are_skipped() {
     assert!(!names(&policy.resolve(&paid)).contains(&"api-key-minute"));
     paid.descriptors.insert("api_key".into(), "k-123".into());
     let key = applied(&policy, &paid, "api-key-minute").map(|(_, k)| k.values);
-    assert_eq!(key, Some(vec!["acme".into(), "k-123".into()]));
+    assert_eq!(key, Some(["acme", "k-123"].into_iter().collect()));
 }
 
 /// The definition and key of limit `name` as it applies to `req`, if it does.
@@ -341,7 +342,7 @@ routes:
     let values: Vec<Vec<String>> = resolved
         .limits
         .iter()
-        .map(|p| p.key.values.clone())
+        .map(|p| p.key.values.iter().map(|v| v.to_string()).collect())
         .collect();
     let expected: [&[&str]; 2] = [&["ann", "acme"], &["acme", "GET /v1/things/*", "eu"]];
     assert_eq!(values, expected);

@@ -133,7 +133,7 @@ mod tests {
         StateKey {
             limit: "w".into(),
             fingerprint: 1,
-            values: vec![format!("k{i}")],
+            values: vec![format!("k{i}")].into(),
         }
     }
 

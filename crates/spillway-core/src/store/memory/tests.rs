@@ -14,7 +14,7 @@ fn key(limit: &str, value: &str) -> StateKey {
         fingerprint: limit
             .bytes()
             .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))),
-        values: vec![value.to_string()],
+        values: vec![value].into(),
     }
 }
 
@@ -271,12 +271,12 @@ fn hostile_values_cannot_collide_with_other_keys() {
     let joined = StateKey {
         limit: "l".into(),
         fingerprint: 1,
-        values: vec!["a\u{0}b".into()],
+        values: vec!["a\u{0}b"].into(),
     };
     let split = StateKey {
         limit: "l".into(),
         fingerprint: 1,
-        values: vec!["a".into(), "b".into()],
+        values: vec!["a", "b"].into(),
     };
     assert!(store.check_blocking(&one(&joined, &params, 1), CheckMode::Consume)[0].allowed);
     assert!(store.check_blocking(&one(&split, &params, 1), CheckMode::Consume)[0].allowed);
