@@ -158,9 +158,8 @@ impl KeyValue {
             // Always UTF-8 (see `Repr::Inline`): a copy of a whole `str`. Checked rather than
             // assumed, which costs a pass over a short value; the hot path (hashing) reads the
             // bytes instead.
-            Repr::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
+            Repr::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)])
+                .expect("an inline value is a copy of a whole str"),
             Repr::Heap(text) => text,
         }
     }

@@ -2,7 +2,7 @@
 //! the hot path of every decision: under the example policy a usual request (a tenant, a user
 //! and an IPv4 address on no route) plans four limits over two keys' values, and allocates the
 //! list of planned limits and the client's network only. With a `Vec<String>` per key it made
-//! eleven (a list per key and a copy per value); short values are now kept in place.
+//! twelve (a list per key and a copy per value, with the plan and the network); short values are now kept in place.
 //!
 //! Counted on this thread only (see `spillway_testkit::alloc`), so nothing the test harness
 //! does meanwhile on other threads is counted.
