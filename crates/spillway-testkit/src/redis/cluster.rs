@@ -360,25 +360,13 @@ impl RedisCluster {
             .expect("another master");
         let id = |port| self.node_id(port).expect("CLUSTER MYID");
         let (source_id, target_id) = (id(source), id(target));
-        let password = self.password.as_deref();
-        let importing = command_as(
-            target,
-            password,
-            &format!("CLUSTER SETSLOT {slot} IMPORTING {source_id}"),
-        );
-        assert!(
-            importing.unwrap_or_default().starts_with("+OK"),
-            "IMPORTING"
-        );
-        let migrating = command_as(
-            source,
-            password,
-            &format!("CLUSTER SETSLOT {slot} MIGRATING {target_id}"),
-        );
-        assert!(
-            migrating.unwrap_or_default().starts_with("+OK"),
-            "MIGRATING"
-        );
+        let set_slot = |port, state: &str, node: &str| {
+            let command = format!("CLUSTER SETSLOT {slot} {state} {node}");
+            let answer = command_as(port, self.password.as_deref(), &command);
+            assert!(answer.unwrap_or_default().starts_with("+OK"), "{state}");
+        };
+        set_slot(target, "IMPORTING", &source_id);
+        set_slot(source, "MIGRATING", &target_id);
         (source, target)
     }
 
