@@ -20,11 +20,13 @@
 --          limit), set with NX for REPORT_TTL_MS: when it already exists the report is a
 --          retry, nothing is charged and each limit is only looked at.
 --
--- Reply: {now, the decisions packed as little-endian doubles (whole numbers): per request
--- admitted (1/0; for a charge, whether it was recorded), then six per limit (allowed, limit,
--- remaining, reset, retry, denial: see common.lua); then, for every admitted consume with
--- flag 2 in order, three strings per limit (old value, its PTTL, value written)}. One string
--- costs Redis far less to send than six integer replies per limit.
+-- Reply: one string of little-endian doubles (whole numbers): the time (microseconds, below
+-- 2^53, so exact), then per request admitted (1/0; for a charge, whether it was recorded),
+-- then six per limit (allowed, limit, remaining, reset, retry, denial: see common.lua). When
+-- an admitted consume with flag 2 wrote keys, the reply is instead an array: that string,
+-- then, for every such request in order, three strings per limit (old value, its PTTL, value
+-- written). One string costs Redis far less to send than six integer replies per limit, and
+-- the client far less to read than an array.
 --
 -- Expiry: a string state is stored with one more double after it, the deadline (script
 -- microseconds) its key is known to live until. A write whose state needs the key to live
@@ -92,9 +94,10 @@ local function check(keys, argv)
   local blob = argv[2]
   local size = #blob
   local pos = 1
-  -- The reply: the time, the packed decisions (parts, joined at the end) and undo records.
-  local parts, np = {}, 0
-  local undos = {now, ''}
+  -- The reply: the time and the packed decisions (parts, joined at the end), then any undo
+  -- records.
+  local parts, np = {pack('<d', now)}, 1
+  local undos = {''}
   -- Per limit of the request at hand: its key, whether it writes, its new state, when that
   -- expires, the deadline packed in it, whether the key keeps its expiry (the deadline read
   -- covers the new one) and whether it is a sliding log.
@@ -196,6 +199,7 @@ local function check(keys, argv)
     end
     k = k + n
   end
-  undos[2] = concat(parts)
+  if #undos == 1 then return concat(parts) end
+  undos[1] = concat(parts)
   return undos
 end

@@ -60,6 +60,7 @@
 use crate::error::record;
 use crate::runner::{only_reply, Conn, Failed, Runner};
 use crate::script::{CallArgs, Encoded, Reply};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use spillway_core::request::CheckMode;
 use spillway_core::store::StoreError;
 use std::collections::{HashMap, VecDeque};
@@ -124,7 +125,7 @@ struct Job {
 
 impl Job {
     /// Appends this request to a call's arguments.
-    fn push_to(&self, args: &mut CallArgs) {
+    fn push_to<'a>(&'a self, args: &mut CallArgs<'a>) {
         let pairs = self
             .keys
             .iter()
@@ -185,15 +186,16 @@ impl Batcher {
     ) -> Result<Reply, StoreError> {
         let limit = self.runner.timeout;
         let (answer, reply) = oneshot::channel();
+        let deadline = Instant::now() + limit;
         let job = Job {
             lane,
             keys,
             checks,
             kind,
-            deadline: Instant::now() + limit,
+            deadline,
             answer,
         };
-        let waited = tokio::time::timeout(limit, async {
+        let waited = tokio::time::timeout_at(deadline, async {
             if let Err(mpsc::error::SendError(job)) = self.jobs.send(job).await {
                 // The dispatcher is gone (its runtime shut down): call directly.
                 let mut args = CallArgs::default();
@@ -227,10 +229,6 @@ impl Lane {
     }
 }
 
-/// Starts one call carrying a lane's batch (in the server, a task sending it; in unit tests,
-/// a recorder).
-type Start = Box<dyn FnMut(u16, Vec<Job>) + Send>;
-
 /// The dispatcher's state: every lane with something queued or in flight.
 struct Lanes {
     /// Most requests a stalled lane keeps waiting beyond what its free call slots take:
@@ -244,7 +242,9 @@ struct Lanes {
     /// When the queues of every lane may next be swept for callers that gave up (at most
     /// every [`SWEEP_EVERY`], so a flood does not make each refusal walk every lane).
     next_sweep: Instant,
-    start: Start,
+    /// Calls started (a lane and its batch) that the dispatcher has not sent yet; unit tests
+    /// read them here instead.
+    started: Vec<(u16, Vec<Job>)>,
     lanes: HashMap<u16, Lane>,
     /// Requests waiting over all lanes.
     waiting: usize,
@@ -257,12 +257,12 @@ struct Lanes {
 }
 
 impl Lanes {
-    fn new(lane_cap: Option<usize>, stall: Duration, start: Start) -> Self {
+    fn new(lane_cap: Option<usize>, stall: Duration) -> Self {
         Self {
             lane_cap,
             stall,
             next_sweep: Instant::now(),
-            start,
+            started: Vec::new(),
             lanes: HashMap::new(),
             waiting: 0,
             touched: Vec::new(),
@@ -384,7 +384,7 @@ impl Lanes {
                 continue;
             }
             state.in_flight += 1;
-            (self.start)(lane, batch);
+            self.started.push((lane, batch));
         }
         if state.in_flight == 0 && state.waiting.is_empty() {
             if let Some(idle) = self.lanes.remove(&lane) {
@@ -422,9 +422,10 @@ fn prune_front(queue: &mut VecDeque<Job>) -> usize {
     dropped
 }
 
-/// Takes queued requests into calls, lane by lane; see the module docs.
+/// Takes queued requests into calls, lane by lane; see the module docs. The calls are driven
+/// by this task itself, not a task each: spawning one per call cost more work than the rest
+/// of the dispatch (see docs/BENCHMARKS.md, session 15), and the calls only wait on Redis.
 async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
-    let (done, mut finished) = mpsc::unbounded_channel();
     // On a single server (directly or through Sentinel) every request is in lane 0, so that
     // lane has the whole store-wide bound.
     let lane_cap = match runner.conn {
@@ -433,19 +434,20 @@ async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
     };
     let stall = runner.timeout / 4;
     // Resharding retries go one at a time over the whole store (see `send`).
-    let retries = std::sync::Arc::new(tokio::sync::Mutex::new(()));
-    let start: Start = Box::new(move |lane, mut batch| {
-        let (runner, done, retries) = (runner.clone(), done.clone(), retries.clone());
-        tokio::spawn(async move {
-            let answered = send(&runner, &mut batch, &retries).await;
-            let _ = done.send((lane, batch, answered));
-        });
-    });
-    let mut lanes = Lanes::new(lane_cap, stall, start);
+    let retries = tokio::sync::Mutex::new(());
+    let (runner, retries) = (&runner, &retries);
+    let mut calls = FuturesUnordered::new();
+    let mut lanes = Lanes::new(lane_cap, stall);
     loop {
+        for (lane, mut batch) in lanes.started.drain(..) {
+            calls.push(async move {
+                let answered = send(runner, &mut batch, retries).await;
+                (lane, batch, answered)
+            });
+        }
         tokio::select! {
             biased;
-            Some((lane, batch, answered)) = finished.recv() => lanes.finished(lane, batch, answered),
+            Some((lane, batch, answered)) = calls.next() => lanes.finished(lane, batch, answered),
             job = queue.recv() => {
                 let Some(job) = job else { return };
                 // Take what queued meanwhile (a bounded helping), then send lane by lane.
@@ -529,7 +531,11 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
 /// One call carrying `batch`, within `limit`: one reply per request, or the call's error
 /// (counted).
 async fn call(runner: &Runner, limit: Duration, batch: &[Job]) -> Result<Vec<Reply>, Failed> {
-    let mut args = CallArgs::default();
+    let (keys, checks) = batch.iter().fold((0, 0), |(k, c), job| {
+        let marker = usize::from(matches!(job.kind, Kind::Charge(Some(_))));
+        (k + job.keys.len() + marker, c + job.checks.len())
+    });
+    let mut args = CallArgs::with_capacity(batch.len(), keys, checks);
     for job in batch {
         job.push_to(&mut args);
     }
@@ -554,21 +560,11 @@ mod resharding_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
-    type Sent = Arc<Mutex<Vec<(u16, Vec<Job>)>>>;
-
-    /// Lanes whose calls are recorded instead of sent (they stay outstanding until
-    /// `finished`), every lane counting as stalled at once (its own bound applies).
-    fn lanes(lane_cap: Option<usize>) -> (Lanes, Sent) {
-        lanes_stalled_after(lane_cap, Duration::ZERO)
-    }
-
-    fn lanes_stalled_after(lane_cap: Option<usize>, stall: Duration) -> (Lanes, Sent) {
-        let sent = Sent::default();
-        let record = sent.clone();
-        let start: Start = Box::new(move |lane, batch| record.lock().unwrap().push((lane, batch)));
-        (Lanes::new(lane_cap, stall, start), sent)
+    /// Lanes whose started calls stay in `started` (outstanding until `finished`), every
+    /// lane counting as stalled at once (its own bound applies).
+    fn lanes(lane_cap: Option<usize>) -> Lanes {
+        Lanes::new(lane_cap, Duration::ZERO)
     }
 
     type Answer = oneshot::Receiver<Result<Reply, StoreError>>;
@@ -609,11 +605,11 @@ mod tests {
 
     #[test]
     fn a_burst_to_an_idle_single_server_lane_is_not_refused() {
-        let (mut lanes, sent) = lanes(None);
+        let mut lanes = lanes(None);
         let mut answers = burst(&mut lanes, 0, 2000);
         assert_eq!(refused(&mut answers), 0);
         // Its four calls went out full; the rest waits for them.
-        assert_eq!(sent.lock().unwrap().len(), IN_FLIGHT);
+        assert_eq!(lanes.started.len(), IN_FLIGHT);
         assert_eq!(lanes.waiting, 2000 - IN_FLIGHT * MAX_REQUESTS);
         // As much as the channel holds, again and again while nothing returns (main kept
         // 4,096 waiting plus 4,096 in the channel): still nothing refused.
@@ -624,11 +620,11 @@ mod tests {
 
     #[test]
     fn a_cluster_lane_counts_its_bound_past_what_goes_now() {
-        let (mut lanes, sent) = lanes(Some(LANE_QUEUE));
+        let mut lanes = lanes(Some(LANE_QUEUE));
         let fits = IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE;
         let mut answers = burst(&mut lanes, 7, fits);
         assert_eq!(refused(&mut answers), 0);
-        assert_eq!(sent.lock().unwrap().len(), IN_FLIGHT);
+        assert_eq!(lanes.started.len(), IN_FLIGHT);
         // The lane is full: the next is refused at once; another slot's lane is not.
         assert_eq!(refused(&mut burst(&mut lanes, 7, 1)), 1);
         assert_eq!(refused(&mut burst(&mut lanes, 8, 100)), 0);
@@ -643,7 +639,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lane_is_held_to_its_own_bound_only_while_no_call_comes_back() {
         let stall = Duration::from_millis(25);
-        let (mut lanes, sent) = lanes_stalled_after(Some(LANE_QUEUE), stall);
+        let mut lanes = Lanes::new(Some(LANE_QUEUE), stall);
         let fits = IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE;
         // A new lane is not stalled: a burst past its own bound waits (store-wide bound only).
         let mut answers = burst(&mut lanes, 9, 2 * fits);
@@ -652,10 +648,10 @@ mod tests {
         tokio::time::advance(stall).await;
         assert_eq!(refused(&mut burst(&mut lanes, 9, 1)), 1);
         // A call that timed out is no sign of life; one Redis answered is.
-        let (lane, batch) = sent.lock().unwrap().remove(0);
+        let (lane, batch) = lanes.started.remove(0);
         lanes.finished(lane, batch, false);
         assert_eq!(refused(&mut burst(&mut lanes, 9, 1)), 1);
-        let (lane, batch) = sent.lock().unwrap().remove(0);
+        let (lane, batch) = lanes.started.remove(0);
         lanes.finished(lane, batch, true);
         assert_eq!(refused(&mut burst(&mut lanes, 9, 100)), 0);
         // The store-wide bound holds whatever the lane's state.
@@ -667,7 +663,7 @@ mod tests {
 
     #[test]
     fn hung_cluster_lanes_leave_room_for_busy_healthy_ones() {
-        let (mut lanes, sent) = lanes(Some(LANE_QUEUE));
+        let mut lanes = lanes(Some(LANE_QUEUE));
         // Eight hung hot slots, each with full calls out and a full queue (8 x 1,024 waiting).
         for slot in 0..8 {
             let mut answers = burst(&mut lanes, slot, IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE);
@@ -678,7 +674,7 @@ mod tests {
         for _ in 0..10 {
             let mut answers = burst(&mut lanes, 100, 500);
             assert_eq!(refused(&mut answers), 0);
-            let done: Vec<_> = std::mem::take(&mut *sent.lock().unwrap())
+            let done: Vec<_> = std::mem::take(&mut lanes.started)
                 .into_iter()
                 .filter(|(lane, _)| *lane == 100)
                 .collect();
@@ -691,7 +687,7 @@ mod tests {
 
     #[test]
     fn with_all_lanes_full_what_free_call_slots_take_still_goes() {
-        let (mut lanes, sent) = lanes(Some(LANE_QUEUE));
+        let mut lanes = lanes(Some(LANE_QUEUE));
         let per_lane = IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE;
         for slot in 0..16 {
             let answers = burst(&mut lanes, slot, per_lane);
@@ -699,10 +695,10 @@ mod tests {
         }
         assert_eq!(lanes.waiting, QUEUE);
         // A new slot's lane sends four full calls; only what would wait is refused.
-        let before = sent.lock().unwrap().len();
+        let before = lanes.started.len();
         let mut answers = burst(&mut lanes, 500, IN_FLIGHT * MAX_REQUESTS + 44);
         assert_eq!(refused(&mut answers), 44);
-        assert_eq!(sent.lock().unwrap().len() - before, IN_FLIGHT);
+        assert_eq!(lanes.started.len() - before, IN_FLIGHT);
     }
 
     #[test]

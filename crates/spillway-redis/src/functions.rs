@@ -61,9 +61,16 @@ pub(crate) fn load_cmd() -> redis::Cmd {
 }
 
 /// `FCALL name` over `keys` and `args`.
-pub(crate) fn fcall_cmd(name: &str, keys: &[String], args: &[&[u8]]) -> redis::Cmd {
-    let mut cmd = redis::cmd("FCALL");
-    cmd.arg(name).arg(keys.len()).arg(keys);
+pub(crate) fn fcall_cmd(name: &str, keys: &[&str], args: &[&[u8]]) -> redis::Cmd {
+    // Sized up front: the command is built for every call, and growing it piece by piece
+    // cost more than writing it.
+    let data = "FCALL".len()
+        + name.len()
+        + 20
+        + keys.iter().map(|k| k.len()).sum::<usize>()
+        + args.iter().map(|a| a.len()).sum::<usize>();
+    let mut cmd = redis::Cmd::with_capacity(3 + keys.len() + args.len(), data);
+    cmd.arg("FCALL").arg(name).arg(keys.len()).arg(keys);
     for a in args {
         cmd.arg(*a);
     }

@@ -51,23 +51,34 @@ impl KeyLayout {
     }
 
     /// The Redis key holding `key`'s state.
+    ///
+    /// Built as bytes and checked as UTF-8 once at the end (every byte written is ASCII: the
+    /// prefix is plain and the encoding writes only plain bytes, `%`, `~`, `#` and hex), so
+    /// the pieces need no check of their own; the first value, which is both the hash tag and
+    /// the first value segment, is encoded once and copied.
     pub fn key(&self, key: &StateKey) -> String {
-        let mut out = String::with_capacity(self.prefix.len() + 48 + key.values.len() * 16);
-        out.push_str(&self.prefix);
-        out.push_str(":{");
+        let mut out = Vec::with_capacity(self.prefix.len() + 48 + key.values.len() * 16);
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.extend_from_slice(b":{");
+        let tag_start = out.len();
         match key.values.first() {
-            Some(first) => encode_into(first, &mut out),
-            None => encode_into(&key.limit, &mut out),
+            Some(first) => encode_into(first.as_bytes(), &mut out),
+            None => encode_into(key.limit.as_bytes(), &mut out),
         }
-        out.push_str("}:");
-        encode_into(&key.limit, &mut out);
-        out.push(':');
+        let tag = tag_start..out.len();
+        out.extend_from_slice(b"}:");
+        encode_into(key.limit.as_bytes(), &mut out);
+        out.push(b':');
         push_hex(key.fingerprint, &mut out);
-        for value in &key.values {
-            out.push(':');
-            encode_into(value, &mut out);
+        if let Some((_, rest)) = key.values.split_first() {
+            out.push(b':');
+            out.extend_from_within(tag);
+            for value in rest {
+                out.push(b':');
+                encode_into(value.as_bytes(), &mut out);
+            }
         }
-        out
+        String::from_utf8(out).expect("a key layout writes ASCII only")
     }
 }
 
@@ -84,63 +95,51 @@ fn plain(b: u8) -> bool {
 }
 
 /// Appends the encoded form of one value (see the module docs).
-pub fn encode_into(value: &str, out: &mut String) {
-    encode_with(value, |piece| out.push_str(piece));
+pub fn encode_into(value: &[u8], out: &mut Vec<u8>) {
+    encode_with(value, |piece| out.extend_from_slice(piece));
 }
 
 /// Appends `x` as 16 lowercase hex digits.
-fn push_hex(x: u64, out: &mut String) {
+fn push_hex(x: u64, out: &mut Vec<u8>) {
     for b in x.to_be_bytes() {
-        out.push_str(&hex_pair(b, LOWER));
+        out.extend_from_slice(&hex_pair(b, LOWER));
     }
 }
 
 const LOWER: &[u8; 16] = b"0123456789abcdef";
 const UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
-/// `b` as two hex digits from `digits`, on the stack.
-fn hex_pair(b: u8, digits: &[u8; 16]) -> HexPair {
-    HexPair([digits[usize::from(b >> 4)], digits[usize::from(b & 15)]])
-}
-
-/// Two hex digits, readable as a `str`.
-struct HexPair([u8; 2]);
-
-impl std::ops::Deref for HexPair {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
-    }
+/// `b` as two hex digits from `digits`.
+fn hex_pair(b: u8, digits: &[u8; 16]) -> [u8; 2] {
+    [digits[usize::from(b >> 4)], digits[usize::from(b & 15)]]
 }
 
 /// Hands the encoded form of one value (see the module docs) to `emit`, piece by piece,
 /// without allocating: a run of plain bytes is one piece, a slice of `value` itself (a key is
 /// built for every limit of every request, so the usual all-plain value costs one call).
-pub fn encode_with(value: &str, mut emit: impl FnMut(&str)) {
-    let bytes = value.as_bytes();
-    if bytes.is_empty() {
-        emit("~");
-    } else if bytes.len() > MAX_PLAIN {
-        emit("#");
-        for b in sha1_smol::Sha1::from(bytes).digest().bytes() {
+/// Every piece is ASCII. It works on bytes, so a value is never checked as UTF-8 on the way.
+pub fn encode_with(value: &[u8], mut emit: impl FnMut(&[u8])) {
+    if value.is_empty() {
+        emit(b"~");
+    } else if value.len() > MAX_PLAIN {
+        emit(b"#");
+        for b in sha1_smol::Sha1::from(value).digest().bytes() {
             emit(&hex_pair(b, LOWER));
         }
     } else {
         let mut run = 0;
-        for (i, &b) in bytes.iter().enumerate() {
+        for (i, &b) in value.iter().enumerate() {
             if plain(b) {
                 continue;
             }
-            // Plain bytes are ASCII, so a run of them starts and ends on char boundaries.
             if run < i {
                 emit(&value[run..i]);
             }
-            emit("%");
+            emit(b"%");
             emit(&hex_pair(b, UPPER));
             run = i + 1;
         }
-        if run < bytes.len() {
+        if run < value.len() {
             emit(&value[run..]);
         }
     }
@@ -168,11 +167,11 @@ pub fn slot(key: &str) -> u16 {
 /// allocate.
 pub fn state_slot(key: &StateKey) -> u16 {
     let tag = match key.values.first() {
-        Some(first) => first.as_str(),
-        None => &*key.limit,
+        Some(first) => first.as_bytes(),
+        None => key.limit.as_bytes(),
     };
     let mut crc = 0;
-    encode_with(tag, |piece| crc = crc16_more(crc, piece.as_bytes()));
+    encode_with(tag, |piece| crc = crc16_more(crc, piece));
     crc % SLOTS
 }
 
@@ -228,6 +227,11 @@ mod tests {
             "rl:{global}:global:0000000000000abc"
         );
         assert_eq!(l.key(&key("x", &[""])), "rl:{~}:x:0000000000000abc:~");
+        // The first value is encoded once, for the tag and its own segment alike.
+        assert_eq!(
+            l.key(&key("per-user", &["a b", "u:1", "é"])),
+            "rl:{a%20b}:per-user:0000000000000abc:a%20b:u%3A1:%C3%A9"
+        );
     }
 
     #[test]
@@ -308,13 +312,16 @@ mod tests {
             &long,
             &edge,
         ] {
-            let mut fast = String::new();
-            encode_into(v, &mut fast);
-            assert_eq!(fast, reference(v), "{v:?}");
+            let mut fast = Vec::new();
+            encode_into(v.as_bytes(), &mut fast);
+            assert_eq!(fast, reference(v).as_bytes(), "{v:?}");
         }
-        let mut hex = String::new();
+        let mut hex = Vec::new();
         push_hex(0x0123_4567_89ab_cdef, &mut hex);
-        assert_eq!(hex, format!("{:016x}", 0x0123_4567_89ab_cdef_u64));
+        assert_eq!(
+            hex,
+            format!("{:016x}", 0x0123_4567_89ab_cdef_u64).as_bytes()
+        );
     }
 
     #[test]

@@ -216,6 +216,13 @@ impl LocalCache {
 
     /// The decisions for a request that is known to be denied at `now`, if it is.
     pub fn deny(&self, checks: &[Check<'_>], now: Micros) -> Option<Vec<Decision>> {
+        // With nothing cached (the usual state while nothing is denied) there is nothing to
+        // find, and the shape, a keyed hash over every check, is not worth computing. An entry
+        // being added meanwhile may be missed: the request then goes to Redis, as it would
+        // have a moment earlier.
+        if self.is_empty() {
+            return None;
+        }
         let shape = self.shape(checks);
         let shard = self.shard(shape).lock();
         let slot = &shard.slots[*shard.index.get(&shape)?];

@@ -175,7 +175,7 @@ impl Runner {
         limit: Duration,
         name: &'static str,
         script: &redis::Script,
-        keys: &[String],
+        keys: &[&str],
         args: &[&[u8]],
     ) -> Result<redis::Value, Failed> {
         let called = self.timed(limit, |mut conn| async move {
@@ -193,7 +193,7 @@ impl Runner {
             }
             let mut inv = script.prepare_invoke();
             for key in keys {
-                inv.key(key);
+                inv.key(*key);
             }
             for arg in args {
                 inv.arg(*arg);
@@ -223,7 +223,7 @@ impl Runner {
     pub(crate) async fn run_call(
         &self,
         limit: Duration,
-        args: &CallArgs,
+        args: &CallArgs<'_>,
     ) -> Result<Vec<Reply>, StoreError> {
         self.run_call_typed(limit, args)
             .await
@@ -235,7 +235,7 @@ impl Runner {
     pub(crate) async fn run_call_typed(
         &self,
         limit: Duration,
-        args: &CallArgs,
+        args: &CallArgs<'_>,
     ) -> Result<Vec<Reply>, Failed> {
         let now = CallArgs::now_arg(self.injected.as_ref().map(|c| c.now()));
         let lib = script::library();
@@ -287,7 +287,7 @@ impl Runner {
                 limit,
                 lib.refund.as_str(),
                 &self.refund_script,
-                &[key.to_owned()],
+                &[key],
                 &[written, before, ttl.as_bytes()],
             )
             .await

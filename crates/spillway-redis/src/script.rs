@@ -200,20 +200,31 @@ impl Encoded {
 }
 
 /// The keys and arguments of one call of the check (either form): one or more requests, each
-/// decided all-or-nothing on its own.
+/// decided all-or-nothing on its own. The keys are borrowed from the requests (they are
+/// copied once, into the command).
 #[derive(Debug, Default, Clone)]
-pub struct CallArgs {
+pub struct CallArgs<'k> {
     /// Every request's keys, request after request.
-    pub keys: Vec<String>,
+    pub keys: Vec<&'k str>,
     /// The packed requests (argv[2]; see `lua/check.lua`).
     pub packed: Vec<u8>,
     /// Per request: its number of checks and whether it asked for undo records of a charge.
     pub shapes: Vec<(usize, bool)>,
 }
 
-impl CallArgs {
+impl<'k> CallArgs<'k> {
+    /// Empty arguments with room for `requests` requests over `checks` checks in all (plus
+    /// their report markers, if any: `keys` is the number of keys).
+    pub fn with_capacity(requests: usize, keys: usize, checks: usize) -> Self {
+        Self {
+            keys: Vec::with_capacity(keys),
+            packed: Vec::with_capacity(8 * (2 * requests + 6 * checks)),
+            shapes: Vec::with_capacity(requests),
+        }
+    }
+
     /// Appends one request over `(key, check)` pairs.
-    pub fn push<'k>(
+    pub fn push(
         &mut self,
         checks: impl IntoIterator<Item = (&'k str, Encoded)>,
         mode: CheckMode,
@@ -226,7 +237,7 @@ impl CallArgs {
         self.put(0); // the count, filled in below
         let mut n = 0;
         for (key, check) in checks {
-            self.keys.push(key.to_owned());
+            self.keys.push(key);
             let [code, p1, p2, p3] = check.params;
             for x in [code, p1, p2, p3, check.cost, check.flags] {
                 self.put(x);
@@ -241,9 +252,9 @@ impl CallArgs {
 
     /// Appends one charge after the fact over `(key, check)` pairs (see [`Encoded::charged`]),
     /// with its report marker key first when the report has an id.
-    pub fn push_charge<'k>(
+    pub fn push_charge(
         &mut self,
-        marker: Option<&str>,
+        marker: Option<&'k str>,
         checks: impl IntoIterator<Item = (&'k str, Encoded)>,
     ) {
         let flags = CHARGE | if marker.is_some() { MARKED } else { 0 };
@@ -251,11 +262,11 @@ impl CallArgs {
         self.put(flags);
         self.put(0);
         if let Some(marker) = marker {
-            self.keys.push(marker.to_owned());
+            self.keys.push(marker);
         }
         let mut n = 0;
         for (key, check) in checks {
-            self.keys.push(key.to_owned());
+            self.keys.push(key);
             let [code, p1, p2, p3] = check.params;
             for x in [code, p1, p2, p3, check.cost, check.flags] {
                 self.put(x);
@@ -303,15 +314,6 @@ pub struct Reply {
     pub undo: Vec<Undo>,
 }
 
-fn int(v: &Value) -> Result<i64, StoreError> {
-    match v {
-        Value::Int(i) => Ok(*i),
-        other => Err(StoreError::Protocol(format!(
-            "check script returned {other:?} where an integer belongs"
-        ))),
-    }
-}
-
 fn bytes(v: &Value) -> Result<Vec<u8>, StoreError> {
     match v {
         Value::BulkString(b) => Ok(b.clone()),
@@ -321,12 +323,6 @@ fn bytes(v: &Value) -> Result<Vec<u8>, StoreError> {
             "check script returned {other:?} where a string belongs"
         ))),
     }
-}
-
-fn unsigned(v: &Value) -> Result<u64, StoreError> {
-    let i = int(v)?;
-    u64::try_from(i)
-        .map_err(|_| StoreError::Protocol(format!("check script returned negative {i}")))
 }
 
 fn short(n: usize) -> StoreError {
@@ -371,28 +367,36 @@ impl Packed<'_> {
 }
 
 /// Reads the check's reply to a call shaped by `shapes` (see [`CallArgs::shapes`]): one
-/// [`Reply`] per request, in order.
+/// [`Reply`] per request, in order. The reply is the packed string (the time, then the
+/// decisions), or, when requests asked for undo records and wrote keys, an array of that
+/// string and the records (see `lua/check.lua`).
 pub fn parse_reply(value: Value, shapes: &[(usize, bool)]) -> Result<Vec<Reply>, StoreError> {
-    let Value::Array(items) = value else {
-        return Err(StoreError::Protocol(format!(
-            "check script returned {value:?} instead of an array"
-        )));
-    };
     let total: usize = shapes.iter().map(|s| s.0).sum();
-    let now = unsigned(items.first().ok_or_else(|| short(total))?)?;
-    let Some(Value::BulkString(packed)) = items.get(1) else {
-        return Err(StoreError::Protocol(format!(
-            "check script returned {:?} where the packed decisions belong",
-            items.get(1)
-        )));
+    let (packed, items) = match &value {
+        Value::BulkString(packed) => (packed, &[][..]),
+        Value::Array(items) => match items.split_first() {
+            Some((Value::BulkString(packed), items)) => (packed, items),
+            _ => {
+                return Err(StoreError::Protocol(format!(
+                    "check script returned {:?} where the packed decisions belong",
+                    items.first()
+                )))
+            }
+        },
+        other => {
+            return Err(StoreError::Protocol(format!(
+                "check script returned {other:?} instead of the packed decisions"
+            )))
+        }
     };
     let mut packed = Packed {
         rest: packed,
         checks: total,
     };
+    let now = packed.unsigned()?;
     // Undo records follow the packed decisions, three strings per key of every admitted
     // request that asked for them.
-    let mut at = 2;
+    let mut at = 0;
     let mut replies = Vec::with_capacity(shapes.len());
     for &(n, undo) in shapes {
         let admitted = packed.next()? == 1;
@@ -489,8 +493,8 @@ mod tests {
     #[test]
     fn packed_decisions_and_undo_records_are_read_per_request() {
         let reply = Value::Array(vec![
-            Value::Int(7),
             packed(&[
+                7.0, // the time
                 1.0, 1.0, 10.0, 9.0, 100.0, -1.0, 0.0, // admitted, one allowed limit
                 0.0, 0.0, 10.0, 0.0, 50.0, 50.0, 1.0, // denied over limit
             ]),
@@ -513,22 +517,41 @@ mod tests {
         assert_eq!(replies[0].undo.len(), 1);
         assert_eq!(replies[0].undo[0].written, b"new");
         assert!(replies[1].undo.is_empty(), "a denied request wrote nothing");
+
+        // Without undo records the reply is the packed string alone.
+        let reply = packed(&[9.0, 1.0, 1.0, 10.0, 9.0, 100.0, -1.0, 0.0]);
+        let replies = parse_reply(reply, &[(1, false)]).unwrap();
+        assert_eq!((replies[0].now, replies[0].decisions[0].remaining), (9, 9));
     }
 
     #[test]
     fn a_malformed_packed_reply_is_a_protocol_error() {
         let shapes = [(1, false)];
         let cases = [
-            packed(&[1.0, 1.0, 10.0, 9.0, 100.0, -1.0]), // one number short
-            packed(&[1.0, 1.0, 10.0, 9.0, 100.0, -1.0, 0.0, 0.0]), // one too many
-            packed(&[1.0, 1.0, 10.0, 9.5, 100.0, -1.0, 0.0]), // not whole
-            packed(&[1.0, 1.0, 10.0, -2.0, 100.0, -1.0, 0.0]), // negative
+            packed(&[7.0, 1.0, 1.0, 10.0, 9.0, 100.0, -1.0]), // one number short
+            packed(&[7.0, 1.0, 1.0, 10.0, 9.0, 100.0, -1.0, 0.0, 0.0]), // one too many
+            packed(&[7.0, 1.0, 1.0, 10.0, 9.5, 100.0, -1.0, 0.0]), // not whole
+            packed(&[7.0, 1.0, 1.0, 10.0, -2.0, 100.0, -1.0, 0.0]), // negative
+            packed(&[-1.0, 1.0, 1.0, 10.0, 9.0, 100.0, -1.0, 0.0]), // a negative time
+            packed(&[]),                                      // not even the time
             Value::Int(1),
+            // The shape before session 15: the time as an integer beside the string.
+            Value::Array(vec![
+                Value::Int(7),
+                packed(&[1.0, 1.0, 10.0, 9.0, 100.0, -1.0, 0.0]),
+            ]),
+            // Undo records nobody asked for.
+            Value::Array(vec![
+                packed(&[7.0, 1.0, 1.0, 10.0, 9.0, 100.0, -1.0, 0.0]),
+                Value::BulkString(b"old".to_vec()),
+            ]),
         ];
         for case in cases {
-            let reply = Value::Array(vec![Value::Int(7), case.clone()]);
             assert!(
-                matches!(parse_reply(reply, &shapes), Err(StoreError::Protocol(_))),
+                matches!(
+                    parse_reply(case.clone(), &shapes),
+                    Err(StoreError::Protocol(_))
+                ),
                 "{case:?}"
             );
         }
