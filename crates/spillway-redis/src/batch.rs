@@ -61,9 +61,11 @@ use crate::error::record;
 use crate::runner::{only_reply, Conn, Failed, Runner};
 use crate::script::{CallArgs, Encoded, Reply};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use spillway_core::request::CheckMode;
 use spillway_core::store::StoreError;
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -424,7 +426,9 @@ fn prune_front(queue: &mut VecDeque<Job>) -> usize {
 
 /// Takes queued requests into calls, lane by lane; see the module docs. The calls are driven
 /// by this task itself, not a task each: spawning one per call cost more work than the rest
-/// of the dispatch (see docs/BENCHMARKS.md, session 15), and the calls only wait on Redis.
+/// of the dispatch (see docs/BENCHMARKS.md, session 15). What a call does on this task is
+/// small (its arguments, splitting the reply, answering its callers); the client's connection
+/// task writes and parses on its own, so the one task is not what bounds throughput.
 async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
     // On a single server (directly or through Sentinel) every request is in lane 0, so that
     // lane has the whole store-wide bound.
@@ -440,10 +444,17 @@ async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
     let mut lanes = Lanes::new(lane_cap, stall);
     loop {
         for (lane, mut batch) in lanes.started.drain(..) {
-            calls.push(async move {
+            let call = async move {
                 let answered = send(runner, &mut batch, retries).await;
                 (lane, batch, answered)
-            });
+            };
+            // A call that panicked gives its slot back and leaves the others running; its
+            // callers' answer channels went with it, so they hear at once that it failed.
+            calls.push(
+                AssertUnwindSafe(call)
+                    .catch_unwind()
+                    .map(move |ended| ended.unwrap_or((lane, Vec::new(), false))),
+            );
         }
         tokio::select! {
             biased;

@@ -232,6 +232,32 @@ impl<'k> CallArgs<'k> {
     ) {
         let consume = mode == CheckMode::Consume;
         let flags = if consume { CONSUME } else { 0 } | if undo { UNDO } else { 0 };
+        let n = self.push_checks(flags, checks);
+        self.shapes.push((n, consume && undo));
+    }
+
+    /// Appends one charge after the fact over `(key, check)` pairs (see [`Encoded::charged`]),
+    /// with its report marker key first when the report has an id.
+    pub fn push_charge(
+        &mut self,
+        marker: Option<&'k str>,
+        checks: impl IntoIterator<Item = (&'k str, Encoded)>,
+    ) {
+        let flags = CHARGE | if marker.is_some() { MARKED } else { 0 };
+        if let Some(marker) = marker {
+            self.keys.push(marker);
+        }
+        let n = self.push_checks(flags, checks);
+        self.shapes.push((n, false));
+    }
+
+    /// Appends a request's head (its flags and its count of checks) and its checks, each key
+    /// to the keys and six numbers to the packed arguments; returns the count.
+    fn push_checks(
+        &mut self,
+        flags: u64,
+        checks: impl IntoIterator<Item = (&'k str, Encoded)>,
+    ) -> usize {
         let head = self.packed.len();
         self.put(flags);
         self.put(0); // the count, filled in below
@@ -247,36 +273,7 @@ impl<'k> CallArgs<'k> {
         #[allow(clippy::cast_precision_loss)] // a count of checks, far below 2^53
         let count = (n as f64).to_le_bytes();
         self.packed[head + 8..head + 16].copy_from_slice(&count);
-        self.shapes.push((n, consume && undo));
-    }
-
-    /// Appends one charge after the fact over `(key, check)` pairs (see [`Encoded::charged`]),
-    /// with its report marker key first when the report has an id.
-    pub fn push_charge(
-        &mut self,
-        marker: Option<&'k str>,
-        checks: impl IntoIterator<Item = (&'k str, Encoded)>,
-    ) {
-        let flags = CHARGE | if marker.is_some() { MARKED } else { 0 };
-        let head = self.packed.len();
-        self.put(flags);
-        self.put(0);
-        if let Some(marker) = marker {
-            self.keys.push(marker);
-        }
-        let mut n = 0;
-        for (key, check) in checks {
-            self.keys.push(key);
-            let [code, p1, p2, p3] = check.params;
-            for x in [code, p1, p2, p3, check.cost, check.flags] {
-                self.put(x);
-            }
-            n += 1;
-        }
-        #[allow(clippy::cast_precision_loss)] // a count of checks, far below 2^53
-        let count = (n as f64).to_le_bytes();
-        self.packed[head + 8..head + 16].copy_from_slice(&count);
-        self.shapes.push((n, false));
+        n
     }
 
     #[allow(clippy::cast_precision_loss)] // the Lua side holds doubles; see `Encoded::new`
@@ -368,8 +365,8 @@ impl Packed<'_> {
 
 /// Reads the check's reply to a call shaped by `shapes` (see [`CallArgs::shapes`]): one
 /// [`Reply`] per request, in order. The reply is the packed string (the time, then the
-/// decisions), or, when requests asked for undo records and wrote keys, an array of that
-/// string and the records (see `lua/check.lua`).
+/// decisions), or, when a request that asked for undo records was admitted as a consume over
+/// at least one limit, an array of that string and the records (see `lua/check.lua`).
 pub fn parse_reply(value: Value, shapes: &[(usize, bool)]) -> Result<Vec<Reply>, StoreError> {
     let total: usize = shapes.iter().map(|s| s.0).sum();
     let (packed, items) = match &value {

@@ -223,3 +223,31 @@ fn threads_share_the_cache_and_each_sees_its_own_denials() {
     assert_eq!(small.sweep(u64::MAX), held as u64);
     assert!(small.is_empty());
 }
+
+/// The entry count decides whether a look-up happens at all (an empty cache answers at once),
+/// so it must match what is cached through replacements in full shards and sweeps: a count
+/// that fell to zero with entries left would silently stop replaying denials.
+#[test]
+fn the_entry_count_matches_what_is_cached() {
+    let params = bucket(5);
+    let cache = LocalCache::new(64);
+    let keys: Vec<StateKey> = (0..1_000).map(|i| key(&format!("k{i}"))).collect();
+    let cached = |now| {
+        keys.iter()
+            .filter(|k| cache.deny(&[check(k, &params)], now).is_some())
+            .count()
+    };
+    // Far more denials than room: most inserts replace a live entry. Odd ones run out at 500.
+    for (i, k) in keys.iter().enumerate() {
+        let retry = if i % 2 == 1 { 500 } else { 1 << 40 };
+        cache.remember(&[check(k, &params)], &[decision(false, Some(retry))], 0);
+    }
+    assert!(cache.len() > 0);
+    assert_eq!(cached(0), cache.len());
+    cache.sweep(500);
+    assert!(cache.len() > 0, "the even entries are still cached");
+    assert_eq!(cached(500), cache.len());
+    cache.sweep(1 << 41);
+    assert!(cache.is_empty());
+    assert_eq!(cached(1 << 41), 0);
+}
