@@ -3,9 +3,12 @@
 //! A wrong or missing password is a setting to fix, not an outage to wait out: the store's
 //! [`crate::RedisStore::connect`] reports it as [`crate::error::ConnectError::LoginRefused`]
 //! with a message naming the server that refused (a single server, a cluster node, a sentinel
-//! or the master it names), never the password.
+//! or the master it names), never the password. The server's other Redis users (the decision
+//! log's stream, the top-k board, the exchange between regions) name theirs the same way
+//! through a [`Refusal`] of their own: "the decision log's Redis server at 10.0.0.1:6379
+//! refused the login (...); check ...".
 
-use redis::{ErrorKind, RedisError};
+use redis::{ErrorKind, RedisError, RedisResult};
 use std::time::Duration;
 
 /// What every refused login's message says after the server's name.
@@ -26,7 +29,7 @@ const REFUSED: &str = "refused the login";
 /// and drops the server's text, so a server answering `AUTH` with another error (too many
 /// clients, protected mode) also reads as a refused login here. Such a start stops with the
 /// refusal's status and message; the server's own log says the rest.
-pub(crate) fn refused(err: &RedisError) -> bool {
+pub fn refused(err: &RedisError) -> bool {
     if err.kind() == ErrorKind::AuthenticationFailed
         || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
     {
@@ -38,22 +41,65 @@ pub(crate) fn refused(err: &RedisError) -> bool {
     text.contains("NOAUTH") || text.contains("WRONGPASS") || text.contains(&folded)
 }
 
-/// `err` retold as a refusal by `who` (such as `the sentinel at 10.0.0.1:26379`), naming the
-/// setting to check; other errors pass unchanged. The password is never part of it.
-pub(crate) fn explain(err: RedisError, who: &str, check: &str) -> RedisError {
-    if !refused(&err) {
-        return err;
+/// Whose Redis a refusal names and which setting it asks to check: the one wording of a
+/// refusal, "the <whose><role> at <host:port> refused the login (<the client's error>); check
+/// <check>". The password is never part of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal<'a> {
+    /// Put before the server's role: empty for the store's own servers, or the user of the
+    /// connection with a trailing space, such as `decision log's `.
+    pub whose: &'a str,
+    /// The setting to check, such as `the username/password in its URL`.
+    pub check: &'a str,
+}
+
+impl Refusal<'_> {
+    /// `err` retold as a refusal by the `role` (such as `Redis server`, `sentinel`) at
+    /// `addr` (`host:port`) when it is one ([`refused`]); other errors pass unchanged.
+    pub fn explain(&self, err: RedisError, role: &str, addr: &str) -> RedisError {
+        self.retell(err, &format!("{role} at {addr}"))
     }
-    RedisError::from((
-        ErrorKind::AuthenticationFailed,
-        "login refused",
-        format!("{who} {REFUSED} ({err}); check {check}"),
-    ))
+
+    /// `err`, met while a cluster client made its first connections, retold as a refused
+    /// login naming the node when a seed node refuses its URL's login. The client keeps only
+    /// the error it heard last (a seed that timed out after another refused hides the
+    /// refusal) and does not say which node refused, so every seed is asked alone, all at
+    /// once, each question bounded by `limit`; the first refusing seed in the list is named.
+    /// When none answers with a refusal in time, a refusal the client reported is still told
+    /// as one, naming the seed list; any other error passes unchanged.
+    pub async fn explain_cluster(
+        &self,
+        err: RedisError,
+        seeds: &[String],
+        limit: Duration,
+    ) -> RedisError {
+        let answers =
+            futures_util::future::join_all(seeds.iter().map(|url| refuses(url, limit))).await;
+        if let Some((url, _)) = seeds.iter().zip(answers).find(|(_, refused)| *refused) {
+            let refusal = RedisError::from((ErrorKind::AuthenticationFailed, "login refused"));
+            let err = if refused(&err) { err } else { refusal };
+            return self.explain(err, "cluster node", &address(url));
+        }
+        let all: Vec<String> = seeds.iter().map(|u| address(u)).collect();
+        self.retell(err, &format!("cluster (seed nodes {})", all.join(", ")))
+    }
+
+    fn retell(&self, err: RedisError, who: &str) -> RedisError {
+        if !refused(&err) {
+            return err;
+        }
+        let Self { whose, check } = self;
+        RedisError::from((
+            ErrorKind::AuthenticationFailed,
+            "login refused",
+            format!("the {whose}{who} {REFUSED} ({err}); check {check}"),
+        ))
+    }
 }
 
 /// `host:port` of a `redis://` URL (no login), or the URL with its password masked if it does
 /// not parse.
-pub(crate) fn address(url: &str) -> String {
+pub fn address(url: &str) -> String {
     use redis::IntoConnectionInfo;
     url.into_connection_info().map_or_else(
         |_| crate::config::mask_text(url),
@@ -61,31 +107,18 @@ pub(crate) fn address(url: &str) -> String {
     )
 }
 
-/// `err`, met while the cluster client made its first connections, retold as a refused login
-/// naming the node when a seed node refuses its URL's login. The client keeps only the error
-/// it heard last (a seed that timed out after another refused hides the refusal) and does not
-/// say which node refused, so every seed is asked alone, all at once, each question bounded by
-/// `limit`; the first refusing seed in the list is named. When none answers with a refusal in
-/// time, a refusal the client reported is still told as one, naming the seed list; any other
-/// error passes unchanged.
-pub(crate) async fn explain_cluster(
-    err: RedisError,
-    seeds: &[String],
-    limit: Duration,
-) -> RedisError {
-    let check = "the username/password in the cluster's URLs";
-    let answers = futures_util::future::join_all(seeds.iter().map(|url| refuses(url, limit))).await;
-    if let Some((url, _)) = seeds.iter().zip(answers).find(|(_, refused)| *refused) {
-        let refusal = RedisError::from((ErrorKind::AuthenticationFailed, "login refused"));
-        let err = if refused(&err) { err } else { refusal };
-        return explain(err, &format!("the cluster node at {}", address(url)), check);
+/// The first command on a server connection the client opened without a login check: the
+/// client logs in only when the URL has a password, so a server that wants one and was given
+/// none refuses the first command instead. Only such a refusal is an error here, told by
+/// `refusal`; other errors are an outage the caller meets again on its own commands.
+pub async fn first_command<C>(conn: &mut C, refusal: Refusal<'_>, addr: &str) -> RedisResult<()>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    match redis::cmd("PING").query_async::<()>(conn).await {
+        Err(err) if refused(&err) => Err(refusal.explain(err, "Redis server", addr)),
+        _ => Ok(()),
     }
-    let all: Vec<String> = seeds.iter().map(|u| address(u)).collect();
-    explain(
-        err,
-        &format!("the cluster (seed nodes {})", all.join(", ")),
-        check,
-    )
 }
 
 /// Whether the server at `url` refuses the URL's login (or wants one and the URL has none),
@@ -136,13 +169,33 @@ mod tests {
             "Connection refused (os error 111)".to_owned(),
         ));
         assert!(!refused(&down), "{down}");
-        let told = explain(folded, "the cluster node at 10.0.0.1:6379", "the URLs");
+        let store = Refusal {
+            whose: "",
+            check: "the URLs",
+        };
+        let told = store.explain(folded, "cluster node", "10.0.0.1:6379");
         let text = told.to_string();
         assert!(
-            refused(&told) && text.contains("the cluster node at 10.0.0.1:6379 refused the login"),
+            refused(&told)
+                && text.contains("the cluster node at 10.0.0.1:6379 refused the login")
+                && text.ends_with("; check the URLs"),
             "{text}"
         );
-        assert_eq!(explain(down, "x", "y").kind(), ErrorKind::Io);
+        let log = Refusal {
+            whose: "decision log's ",
+            check: "its URL",
+        };
+        let told = log.explain(
+            RedisError::from((ErrorKind::AuthenticationFailed, "no")),
+            "Redis server",
+            "10.0.0.2:6379",
+        );
+        assert!(
+            told.to_string()
+                .contains("the decision log's Redis server at 10.0.0.2:6379 refused the login"),
+            "{told}"
+        );
+        assert_eq!(store.explain(down, "x", "y").kind(), ErrorKind::Io);
     }
 
     #[test]

@@ -29,7 +29,7 @@
 //! a new master that refuses the login is logged as a warning and the old address stays.
 
 use crate::config::{mask_url, Credentials, SentinelAuth};
-use crate::login;
+use crate::login::{self, Refusal};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, IntoConnectionInfo, RedisError, RedisFuture, RedisResult, Value};
 use std::sync::{Arc, Weak};
@@ -38,6 +38,16 @@ use tokio::sync::Notify;
 
 /// Counter of master switches this node followed.
 pub const MASTER_CHANGES: &str = "spillway_redis_master_changes_total";
+/// How a sentinel's refusal is told.
+const SENTINELS: Refusal<'static> = Refusal {
+    whose: "",
+    check: "the sentinels' username/password",
+};
+/// How the master's refusal is told.
+const MASTER: Refusal<'static> = Refusal {
+    whose: "",
+    check: "the master's username/password",
+};
 
 /// How often the task asks the sentinels even when nothing happened.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -154,10 +164,7 @@ async fn ask(sentinel: &redis::Client, master: &str, limit: Duration) -> RedisRe
     let addr = sentinel.get_connection_info().addr().to_string();
     ask_unexplained(sentinel, master, limit)
         .await
-        .map_err(|err| {
-            let who = format!("the sentinel at {addr}");
-            login::explain(err, &who, "the sentinels' username/password")
-        })
+        .map_err(|err| SENTINELS.explain(err, "sentinel", &addr))
 }
 
 async fn ask_unexplained(
@@ -199,10 +206,7 @@ async fn open_master(
 ) -> RedisResult<ConnectionManager> {
     open_master_unexplained(addr, login, timeout)
         .await
-        .map_err(|err| {
-            let who = format!("the master at {addr}");
-            login::explain(err, &who, "the master's username/password")
-        })
+        .map_err(|err| MASTER.explain(err, "master", addr))
 }
 
 async fn open_master_unexplained(

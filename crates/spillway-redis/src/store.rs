@@ -19,7 +19,7 @@ use crate::config::{RedisConfig, Target};
 use crate::error::{classify, record, ConnectError};
 use crate::keys::{self, KeyLayout};
 use crate::local_cache::LocalCache;
-use crate::login;
+use crate::login::{self, Refusal};
 use crate::multi_slot::{slots, Slots};
 use crate::runner::{Conn, Runner};
 use crate::script::Encoded;
@@ -56,12 +56,16 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to the deployment in `config`. Fails if the prefix is invalid, a server
-    /// refuses the login ([`ConnectError::LoginRefused`]) or no connection can be made within
+    /// Connects to the deployment in `config`. Fails if the prefix is invalid, a cluster's
+    /// seed nodes disagree on the login ([`ConnectError::Setting`]), a server refuses the
+    /// login ([`ConnectError::LoginRefused`]) or no connection can be made within
     /// the timeout; later outages are survived.
     pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
         let layout =
             KeyLayout::new(&config.prefix).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        if let Target::Cluster(nodes) = &config.target {
+            crate::config::seeds_agree(nodes)?;
+        }
         let timeout = config.timeout;
         let connect_limit = timeout.max(Duration::from_secs(5));
         let started = tokio::time::Instant::now();
@@ -69,24 +73,20 @@ impl RedisStore {
             let conn = match &config.target {
                 Target::Server(url) => {
                     let client = redis::Client::open(url.as_str())?;
-                    let who = format!("the Redis server at {}", login::address(url));
+                    let addr = login::address(url);
+                    let refusal = Refusal {
+                        whose: "",
+                        check: "the username/password in its URL",
+                    };
                     let settings = redis::aio::ConnectionManagerConfig::new()
                         .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
                         .set_response_timeout(Some(timeout))
                         .set_number_of_retries(2)
                         .set_max_delay(Duration::from_millis(500));
-                    let check = "the username/password in its URL";
                     let mut conn = ConnectionManager::new_with_config(client, settings)
                         .await
-                        .map_err(|e| login::explain(e, &who, check))?;
-                    // The client logs in only when the URL has a password: a server that
-                    // wants one and was given none refuses the first command instead. Other
-                    // errors here are an outage the store survives, as before.
-                    if let Err(e) = redis::cmd("PING").query_async::<()>(&mut conn).await {
-                        if login::refused(&e) {
-                            return Err(login::explain(e, &who, check));
-                        }
-                    }
+                        .map_err(|e| refusal.explain(e, "Redis server", &addr))?;
+                    login::first_command(&mut conn, refusal, &addr).await?;
                     Conn::Server(conn)
                 }
                 Target::Cluster(nodes) => {
@@ -111,13 +111,17 @@ impl RedisStore {
                         Ok(conn) => Conn::Cluster(conn),
                         Err(e) => {
                             // Whatever the client reports, a seed refusing its login is a
-                            // setting to fix (see `login::explain_cluster`); the questions
+                            // setting to fix (see `Refusal::explain_cluster`); the questions
                             // end before the start's own limit does.
                             let left = connect_limit
                                 .saturating_sub(started.elapsed())
                                 .saturating_sub(Duration::from_millis(200));
                             let limit = timeout.max(Duration::from_secs(1)).min(left);
-                            return Err(login::explain_cluster(e, nodes, limit).await);
+                            let refusal = Refusal {
+                                whose: "",
+                                check: "the username/password in the cluster's URLs",
+                            };
+                            return Err(refusal.explain_cluster(e, nodes, limit).await);
                         }
                     }
                 }

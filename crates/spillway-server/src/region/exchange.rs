@@ -27,6 +27,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use spillway_core::policy::{Policy, Regions, Scope, StoreConfig};
 use spillway_core::time::{Clock, Micros};
+use spillway_redis::login::{self, Refusal};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,9 @@ struct Link {
     conn: Option<Conn>,
     /// `{<prefix>:agg:<region>}`.
     tag: String,
+    /// Whether a refused login was logged since the last call that succeeded: a refusal is
+    /// logged once as an error (each failed call stays counted and logged at debug).
+    refusal_told: bool,
 }
 
 impl Link {
@@ -75,6 +79,7 @@ impl Link {
             config: config.clone(),
             conn: None,
             tag: format!("{{{prefix}:agg:{name}}}"),
+            refusal_told: false,
         }
     }
 
@@ -95,6 +100,11 @@ impl Link {
         if let Some(conn) = &self.conn {
             return Ok(conn.clone());
         }
+        let whose = format!("region {}'s ", self.name);
+        let refusal = Refusal {
+            whose: &whose,
+            check: "the username/password in its URL (store.regions)",
+        };
         let connecting = async {
             Ok::<_, redis::RedisError>(match &self.config {
                 StoreConfig::RedisCluster(s) => {
@@ -103,7 +113,13 @@ impl Link {
                         .response_timeout(budget)
                         .retries(0)
                         .build()?;
-                    Conn::Cluster(client.get_async_connection().await?)
+                    match client.get_async_connection().await {
+                        Ok(conn) => Conn::Cluster(conn),
+                        // The seeds are asked within what is left of the budget.
+                        Err(e) => {
+                            return Err(refusal.explain_cluster(e, &s.urls, budget / 4).await)
+                        }
+                    }
                 }
                 StoreConfig::Redis(s) => {
                     let url = s.urls.first().cloned().unwrap_or_default();
@@ -112,7 +128,12 @@ impl Link {
                         .set_connection_timeout(Some(budget))
                         .set_response_timeout(Some(budget))
                         .set_number_of_retries(0);
-                    Conn::Server(ConnectionManager::new_with_config(client, settings).await?)
+                    let addr = login::address(&url);
+                    let mut conn = ConnectionManager::new_with_config(client, settings)
+                        .await
+                        .map_err(|e| refusal.explain(e, "Redis server", &addr))?;
+                    login::first_command(&mut conn, refusal, &addr).await?;
+                    Conn::Server(conn)
                 }
                 // Validation gives regions only `redis` and `redis_cluster` stores.
                 StoreConfig::Memory { .. } | StoreConfig::RedisSentinel(_) => {
@@ -137,30 +158,42 @@ impl Link {
     }
 
     /// Runs `pipe` within `budget`; a failure drops the connection, so the next call
-    /// connects afresh.
+    /// connects afresh. A refused login is logged here, once until a call succeeds.
     async fn run<T: redis::FromRedisValue>(
         &mut self,
         pipe: &redis::Pipeline,
         budget: Duration,
     ) -> Result<T, String> {
-        let conn = self.connect(budget).await.map_err(|e| e.to_string())?;
-        let call = async move {
-            match conn {
-                Conn::Server(mut c) => pipe.query_async(&mut c).await,
-                Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
-            }
+        let called = async {
+            let conn = self.connect(budget).await?;
+            let call = async move {
+                match conn {
+                    Conn::Server(mut c) => pipe.query_async(&mut c).await,
+                    Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
+                }
+            };
+            Ok(tokio::time::timeout(budget, call).await)
         };
-        match tokio::time::timeout(budget, call).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.conn = None;
-                Err(e.to_string())
+        let err = match called.await {
+            Ok(Ok(Ok(v))) => {
+                self.refusal_told = false;
+                return Ok(v);
             }
-            Err(_) => {
+            Ok(Err(_)) => {
                 self.conn = None;
-                Err(format!("no answer within {budget:?}"))
+                return Err(format!("no answer within {budget:?}"));
             }
+            Ok(Ok(Err(e))) | Err(e) => e,
+        };
+        self.conn = None;
+        if login::refused(&err) && !std::mem::replace(&mut self.refusal_told, true) {
+            tracing::error!(
+                region = %self.name,
+                "{err}; this region's counts are neither published nor read until it accepts \
+                 the login (told once)"
+            );
         }
+        Err(err.to_string())
     }
 }
 
@@ -572,6 +605,76 @@ tiers:
         manual.advance(2_000_000);
         xb.tick(&none).await;
         assert!(tb.cut_off(0, clock.now()));
+    }
+
+    /// A far region's Redis refusing the login (the exchange connects on first use, so the
+    /// start goes on): the refusal is logged once as an error naming the region and the
+    /// server, never the password, however many ticks it lasts; once a call succeeds, a new
+    /// refusal is logged again. Real redis-server, its password changed under the exchange.
+    #[tokio::test]
+    async fn a_far_region_refusing_the_login_is_told_once_while_it_lasts() {
+        const GIVEN: &str = "given-pw-Q7x";
+        const OTHER: &str = "other-pw-K3m";
+        let us = RedisServer::start();
+        let eu = RedisServer::start_with(&["--requirepass", OTHER]);
+        let eu_url = format!("redis://:{GIVEN}@127.0.0.1:{}", eu.port());
+        let store = regions_store(
+            &[("us", &us.url()), ("eu", &eu_url)],
+            &["exchange: {interval: 100ms, partition_after: 2s}"],
+        );
+        let text = format!(
+            "default_tier: t
+{store}limits:
+  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [soft]}}
+"
+        );
+        let policy = crate::config::PolicySource::Builtin
+            .parse(&text)
+            .expect("policy");
+        let regions = policy.regions().expect("regions");
+        let clock = crate::clock::ServerClock::manual(1_900_000_000_000);
+        let tally = Arc::new(Tally::new(0, 2, regions.partition_after, 0.5));
+        let mut exchange = Exchange::new(regions, tally, clock.shared());
+        let lengths = window_lengths(&policy);
+        let logs = crate::test_support::Logs::capture();
+        let told = |logs: &crate::test_support::Logs| {
+            let text = logs.text();
+            assert!(
+                !text.contains(GIVEN) && !text.contains(OTHER),
+                "the logs show a password: {text}"
+            );
+            let named = format!(
+                "region eu's Redis server at 127.0.0.1:{} refused the login",
+                eu.port()
+            );
+            text.lines()
+                .filter(|l| l.contains("ERROR") && l.contains(&named))
+                .count()
+        };
+        for _ in 0..3 {
+            exchange.tick(&lengths).await;
+        }
+        assert_eq!(told(&logs), 1, "{}", logs.text());
+        // The server takes the given password: the read succeeds, and the next refusal (its
+        // password changed again, its clients dropped) is told anew.
+        let set = |now: &str, to: &str| {
+            spillway_testkit::redis::command_as(
+                eu.port(),
+                Some(now),
+                &format!("CONFIG SET requirepass {to}"),
+            )
+        };
+        assert!(set(OTHER, GIVEN).is_some_and(|r| r.starts_with("+OK")));
+        exchange.tick(&lengths).await;
+        assert!(!exchange.links[1].refusal_told, "{}", logs.text());
+        assert!(set(GIVEN, OTHER).is_some_and(|r| r.starts_with("+OK")));
+        spillway_testkit::redis::command_as(eu.port(), Some(OTHER), "CLIENT KILL TYPE normal");
+        for _ in 0..3 {
+            exchange.tick(&lengths).await;
+        }
+        assert_eq!(told(&logs), 2, "{}", logs.text());
     }
 
     #[test]

@@ -133,10 +133,9 @@ pub async fn build(
     let store = RedisStore::connect(&config).await.map_err(|err| {
         let what = format!("cannot connect to the Redis store {:?}", config.target);
         match err {
-            ConnectError::LoginRefused(err) => {
-                anyhow::Error::new(SettingsError(format!("{what}: {err}")))
-            }
             ConnectError::Store(err) => anyhow::Error::new(err).context(what),
+            // A refused login, seeds that disagree: a setting to fix, not an outage.
+            err => anyhow::Error::new(SettingsError(format!("{what}: {err}"))),
         }
     })?;
     tracing::info!(target = ?config.target, prefix = %config.prefix, "using the Redis store");

@@ -258,7 +258,12 @@ async fn read_stream(
     filter: &Filter,
 ) -> Result<Vec<Found>, String> {
     let fail = |e: redis::RedisError| format!("Redis stream `{key}` on {target:?}: {e}");
-    let mut conn = tokio::time::timeout(Duration::from_secs(5), Conn::connect(target))
+    let refusal = spillway_redis::login::Refusal {
+        whose: "",
+        check: "the username/password in the URL given",
+    };
+    let connecting = Conn::connect(target, refusal);
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
         .map_err(|_| format!("cannot reach {target:?} within 5s"))?
         .map_err(fail)?;

@@ -14,13 +14,14 @@
 //! readers cost Redis, and the node's parsing, one fetch each interval.
 
 use super::{HotKeys, Summary, Top, Window, MAX_PUBLISHED_HOT_KEYS, MAX_ROWS};
+use crate::config::SettingsError;
 use crate::shutdown::Shutdown;
-use anyhow::Context;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use serde::{Deserialize, Serialize};
 use spillway_core::policy::{RedisSettings, StoreConfig};
 use spillway_core::time::Clock;
+use spillway_redis::login::{self, Refusal};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,7 +82,28 @@ pub struct Board {
 
 impl Board {
     /// Connects to the Redis deployment `store` names; `None` for the in-memory store.
+    ///
+    /// It uses the store's URLs and logins, and connects after the store, so a login the
+    /// store's servers refuse stops the start there first; a refusal met here all the same
+    /// (a password changed in between) is a [`SettingsError`] too, naming the board and the
+    /// server, never the password.
     pub async fn connect(
+        store: &StoreConfig,
+        sentinel_auth: &spillway_redis::SentinelAuth,
+        period: Duration,
+    ) -> anyhow::Result<Option<Self>> {
+        Self::connect_unexplained(store, sentinel_auth, period)
+            .await
+            .map_err(|err| match err.downcast_ref::<redis::RedisError>() {
+                Some(redis) if login::refused(redis) => {
+                    let told = format!("cannot connect to Redis for the top-k summaries: {err:#}");
+                    anyhow::Error::new(SettingsError(told))
+                }
+                _ => err.context("cannot connect to Redis for the top-k summaries"),
+            })
+    }
+
+    async fn connect_unexplained(
         store: &StoreConfig,
         sentinel_auth: &spillway_redis::SentinelAuth,
         period: Duration,
@@ -99,20 +121,37 @@ impl Board {
                     sentinel_auth,
                     timeout,
                 )
-                .await
-                .context("top-k board: no master through Sentinel")?;
+                .await?;
                 return Ok(Some(Self::new(Conn::Sentinel(conn), s, period)));
             }
         };
+        let refusal = Refusal {
+            whose: "top-k board's ",
+            check: "the username/password in the store's URL",
+        };
         let conn = if cluster {
-            let client = redis::cluster::ClusterClientBuilder::new(settings.urls.clone())
-                .build()
-                .context("top-k board: bad Redis Cluster URLs")?;
-            Conn::Cluster(client.get_async_connection().await?)
+            let client =
+                redis::cluster::ClusterClientBuilder::new(settings.urls.clone()).build()?;
+            match client.get_async_connection().await {
+                Ok(conn) => Conn::Cluster(conn),
+                Err(e) => {
+                    let ask = Duration::from_secs(1);
+                    return Err(refusal.explain_cluster(e, &settings.urls, ask).await.into());
+                }
+            }
         } else {
             let url = settings.urls.first().cloned().unwrap_or_default();
-            let client = redis::Client::open(url.as_str()).context("top-k board: bad Redis URL")?;
-            Conn::Server(ConnectionManager::new(client).await?)
+            let client = redis::Client::open(url.as_str())?;
+            let addr = login::address(&url);
+            // Few, short waits between attempts: a refusal is told in about a second.
+            let settings = redis::aio::ConnectionManagerConfig::new()
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            let mut conn = ConnectionManager::new_with_config(client, settings)
+                .await
+                .map_err(|e| refusal.explain(e, "Redis server", &addr))?;
+            login::first_command(&mut conn, refusal, &addr).await?;
+            Conn::Server(conn)
         };
         Ok(Some(Self::new(conn, settings, period)))
     }

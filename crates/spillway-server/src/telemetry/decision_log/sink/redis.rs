@@ -6,12 +6,18 @@
 //! is written in batches and read rarely. A failed or slow write (2 s budget) drops its batch;
 //! the sink then waits before trying again (1 s, doubling to 30 s), dropping batches in
 //! between, so an outage costs records, never memory or a waiting request.
+//!
+//! The sink connects on its first batch, so a Redis that refuses its login does not stop the
+//! start either: the refusal is told once, as an error naming the server that refused (see
+//! [`spillway_redis::login`]), and the batches it costs are counted like any failed write,
+//! without telling it again until a write succeeds.
 
 use super::super::settings::RedisTarget;
 use super::{Formatted, SinkError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, RedisResult};
+use spillway_redis::login::{self, Refusal};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -21,6 +27,9 @@ const BUDGET: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long each seed node of a cluster that failed to connect is asked whether it refuses
+/// the login (within the batch's budget).
+const ASK_SEEDS: Duration = Duration::from_millis(500);
 
 /// A connection to a server or a cluster.
 pub enum Conn {
@@ -31,8 +40,8 @@ pub enum Conn {
 }
 
 impl Conn {
-    /// Connects to `target`.
-    pub async fn connect(target: &RedisTarget) -> RedisResult<Self> {
+    /// Connects to `target`; a refused login is told by `refusal`, naming the server.
+    pub async fn connect(target: &RedisTarget, refusal: Refusal<'_>) -> RedisResult<Self> {
         Ok(match target {
             RedisTarget::Server(url) => {
                 let client = redis::Client::open(url.as_str())?;
@@ -40,7 +49,12 @@ impl Conn {
                     .set_connection_timeout(Some(BUDGET))
                     .set_response_timeout(Some(BUDGET))
                     .set_number_of_retries(1);
-                Self::Server(ConnectionManager::new_with_config(client, config).await?)
+                let addr = login::address(url);
+                let mut conn = ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map_err(|e| refusal.explain(e, "Redis server", &addr))?;
+                login::first_command(&mut conn, refusal, &addr).await?;
+                Self::Server(conn)
             }
             RedisTarget::Cluster(nodes) => {
                 let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
@@ -48,7 +62,10 @@ impl Conn {
                     .response_timeout(BUDGET)
                     .retries(1)
                     .build()?;
-                Self::Cluster(client.get_async_connection().await?)
+                match client.get_async_connection().await {
+                    Ok(conn) => Self::Cluster(conn),
+                    Err(e) => return Err(refusal.explain_cluster(e, nodes, ASK_SEEDS).await),
+                }
             }
         })
     }
@@ -72,11 +89,15 @@ impl Conn {
 /// The stream writer.
 pub struct RedisSink {
     target: RedisTarget,
+    /// Which setting a refusal asks to check: the store's URL or the sink's own.
+    check: &'static str,
     key: String,
     maxlen: u64,
     conn: Option<Conn>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Whether a refused login was told since the last write that succeeded.
+    refusal_told: bool,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -90,15 +111,18 @@ impl std::fmt::Debug for RedisSink {
 }
 
 impl RedisSink {
-    /// A sink appending to `key` on `target`; it connects on its first batch.
-    pub fn new(target: RedisTarget, key: String, maxlen: u64) -> Self {
+    /// A sink appending to `key` on `target`; it connects on its first batch. `check` names
+    /// the setting a refused login asks to check (where `target`'s URL came from).
+    pub fn new(target: RedisTarget, check: &'static str, key: String, maxlen: u64) -> Self {
         Self {
             target,
+            check,
             key,
             maxlen,
             conn: None,
             retry_at: None,
             backoff: FIRST_BACKOFF,
+            refusal_told: false,
         }
     }
 
@@ -107,22 +131,26 @@ impl RedisSink {
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
             return Err(SinkError::BackingOff);
         }
-        let why = match tokio::time::timeout(BUDGET, self.append(batch)).await {
+        let (why, refused) = match tokio::time::timeout(BUDGET, self.append(batch)).await {
             Ok(Ok(())) => {
                 self.retry_at = None;
                 self.backoff = FIRST_BACKOFF;
+                self.refusal_told = false;
                 return Ok(());
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {BUDGET:?}"),
+            Ok(Err(e)) => (e.to_string(), login::refused(&e)),
+            Err(_) => (format!("no answer within {BUDGET:?}"), false),
         };
         self.conn = None;
         self.retry_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        Err(SinkError::Failed(format!(
-            "Redis stream `{}` on {:?}: {why}",
-            self.key, self.target
-        )))
+        let why = format!("Redis stream `{}` on {:?}: {why}", self.key, self.target);
+        if !refused {
+            return Err(SinkError::Failed(why));
+        }
+        // Trying again will not help until the setting (or the server's) changes: told once.
+        let first = !std::mem::replace(&mut self.refusal_told, true);
+        Err(SinkError::Refused(first.then_some(why)))
     }
 
     async fn append(&mut self, batch: &[Formatted]) -> RedisResult<()> {
@@ -144,8 +172,87 @@ impl RedisSink {
         }
         let conn = match &mut self.conn {
             Some(conn) => conn,
-            None => self.conn.insert(Conn::connect(&self.target).await?),
+            None => {
+                let refusal = Refusal {
+                    whose: "decision log's ",
+                    check: self.check,
+                };
+                self.conn
+                    .insert(Conn::connect(&self.target, refusal).await?)
+            }
         };
         conn.pipeline(&pipe).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::decision_log::record::Kind;
+    use spillway_testkit::redis::{command_as, RedisServer};
+
+    /// Writes one record at once (no backoff wait: the attempts are what is tested).
+    async fn write(sink: &mut RedisSink) -> Result<(), SinkError> {
+        let batch = [Formatted {
+            json: "{}".into(),
+            tenant: None,
+            outcome: Kind::Allowed,
+        }];
+        sink.retry_at = None;
+        sink.write(&batch).await
+    }
+
+    /// A Redis refusing the sink's login, given a wrong password or none: the first failed
+    /// batch tells the refusal (naming the decision log's server, never the password), the
+    /// next ones only fail; a write that succeeds ends it, and a later refusal is told anew.
+    #[tokio::test]
+    async fn a_refused_login_is_told_once_until_a_write_succeeds() {
+        const GIVEN: &str = "given-pw-Wq2";
+        const OTHER: &str = "other-pw-Jv8";
+        let redis = RedisServer::start_with(&["--requirepass", OTHER]);
+        let port = redis.port();
+        let named =
+            format!("the decision log's Redis server at 127.0.0.1:{port} refused the login");
+        for url in [
+            format!("redis://:{GIVEN}@127.0.0.1:{port}"),
+            format!("redis://127.0.0.1:{port}"),
+        ] {
+            let target = RedisTarget::Server(url.clone());
+            let mut sink = RedisSink::new(target, "its URL", "log".into(), 100);
+            match write(&mut sink).await {
+                Err(SinkError::Refused(Some(why))) => assert!(
+                    why.contains(&named) && why.contains("check its URL") && !why.contains(GIVEN),
+                    "{url}: {why}"
+                ),
+                other => panic!("{url}: {other:?}"),
+            }
+            let again = write(&mut sink).await;
+            assert!(
+                matches!(again, Err(SinkError::Refused(None))),
+                "{url}: {again:?}"
+            );
+        }
+        let url = format!("redis://:{GIVEN}@127.0.0.1:{port}");
+        let mut sink = RedisSink::new(RedisTarget::Server(url), "its URL", "log".into(), 100);
+        assert!(matches!(
+            write(&mut sink).await,
+            Err(SinkError::Refused(Some(_)))
+        ));
+        let set = |now: &str, to: &str| {
+            command_as(port, Some(now), &format!("CONFIG SET requirepass {to}"))
+        };
+        assert!(set(OTHER, GIVEN).is_some_and(|r| r.starts_with("+OK")));
+        assert!(write(&mut sink).await.is_ok());
+        assert!(set(GIVEN, OTHER).is_some_and(|r| r.starts_with("+OK")));
+        command_as(port, Some(OTHER), "CLIENT KILL TYPE normal");
+        let mut told = 0;
+        for _ in 0..3 {
+            match write(&mut sink).await {
+                Err(SinkError::Refused(Some(_))) => told += 1,
+                Err(SinkError::Refused(None) | SinkError::Failed(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(told, 1, "told anew once");
     }
 }
