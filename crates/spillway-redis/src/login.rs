@@ -26,9 +26,14 @@ const REFUSED: &str = "refused the login";
 /// given none answers the client's `CLUSTER SLOTS` with a typed `NOAUTH`.
 ///
 /// A limit of the client: it types *any* error answer to `AUTH` as `AuthenticationFailed`
-/// and drops the server's text, so a server answering `AUTH` with another error (too many
-/// clients, protected mode) also reads as a refused login here. Such a start stops with the
-/// refusal's status and message; the server's own log says the rest.
+/// and drops the server's text and code (`WRONGPASS`, `ERR invalid password`, `NOPERM`
+/// alike), so the kind cannot tell an auth refusal from another error answer to `AUTH`. In
+/// practice the servers' other refusals come before any command: a server with no room for
+/// another client (`ERR max number of clients reached`) or in protected mode (`DENIED`)
+/// writes its error and closes, and the client, still sending its set-up commands, meets the
+/// closed socket: an `Io` error, read here as an outage (tested against a real server at
+/// `maxclients`). A password given to a server that has none (`ERR AUTH <password> called
+/// without any password configured`) reads as a refused login, which it is as a setting.
 pub fn refused(err: &RedisError) -> bool {
     if err.kind() == ErrorKind::AuthenticationFailed
         || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
@@ -202,5 +207,44 @@ mod tests {
     fn addresses_carry_no_login() {
         assert_eq!(address("redis://u:s3cret@10.0.0.1:7000"), "10.0.0.1:7000");
         assert!(!address("redis:/u:s3cret@x").contains("s3cret"));
+    }
+
+    /// A server with no room for another client (`maxclients` reached) answers `ERR max
+    /// number of clients reached` and closes before reading a command: the client meets the
+    /// closed socket while it sets the connection up (with its `AUTH` or without), an `Io`
+    /// error, so the store's start reads it as an outage (status 1, may work if tried again)
+    /// and not as a wrong password, whether the password given is right, wrong or missing.
+    /// Real redis-server.
+    #[tokio::test]
+    async fn a_server_full_of_clients_is_an_outage_not_a_refused_login() {
+        use crate::error::ConnectError;
+        let redis = spillway_testkit::redis::RedisServer::start_with(&[
+            "--requirepass",
+            "right-pw-Gm3",
+            "--maxclients",
+            "1",
+        ]);
+        let port = redis.port();
+        let _only_client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        // The server takes the connection in before the store's attempts.
+        let full = || spillway_testkit::redis::command_as(port, None, "PING");
+        for _ in 0..50 {
+            if full().is_some_and(|r| r.contains("max number of clients")) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        for login in [":right-pw-Gm3@", ":wrong-pw@", ""] {
+            for _ in 0..2 {
+                let url = format!("redis://{login}127.0.0.1:{port}");
+                let mut config = crate::RedisConfig::new(crate::Target::Server(url));
+                config.timeout = Duration::from_millis(500);
+                match crate::RedisStore::connect(&config).await {
+                    Err(ConnectError::Store(_)) => {}
+                    Err(other) => panic!("{login}: {other}"),
+                    Ok(_) => panic!("{login}: connected past maxclients"),
+                }
+            }
+        }
     }
 }
