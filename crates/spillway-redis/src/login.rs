@@ -26,8 +26,9 @@ const REFUSED: &str = "refused the login";
 /// given none answers the client's `CLUSTER SLOTS` with a typed `NOAUTH`.
 ///
 /// A limit of the client: it types *any* error answer to `AUTH` as `AuthenticationFailed`
-/// and drops the server's text and code (`WRONGPASS`, `ERR invalid password`, `NOPERM`
-/// alike), so the kind cannot tell an auth refusal from another error answer to `AUTH`. In
+/// and drops the server's text and code (`WRONGPASS`, or `ERR invalid password` before
+/// Redis 6, alike), so the kind cannot tell an auth refusal from another error answer to
+/// `AUTH`; `NOPERM` answers a command the user may not run, after a login, and is no refusal. In
 /// practice the servers' other refusals come before any command: a server with no room for
 /// another client (`ERR max number of clients reached`) or in protected mode (`DENIED`)
 /// writes its error and closes, and the client, still sending its set-up commands, meets the
