@@ -196,8 +196,12 @@ pub fn seeds_agree(urls: &[String]) -> Result<(), UrlError> {
         .filter_map(|url| url.as_str().into_connection_info().ok())
         .map(|info| {
             let redis = info.redis_settings();
-            let login = |s: Option<&str>| s.map(str::to_owned);
-            let (user, password) = (login(redis.username()), login(redis.password()));
+            // The client logs in only with a password, and then as `default` when the URL
+            // names no user: `redis://:pw@a` and `redis://default:pw@b` give one login.
+            let password = redis.password().map(str::to_owned);
+            let user = password
+                .as_ref()
+                .map(|_| redis.username().unwrap_or("default").to_owned());
             (info.addr().to_string(), user, password)
         })
         .collect();
@@ -205,10 +209,10 @@ pub fn seeds_agree(urls: &[String]) -> Result<(), UrlError> {
         return Ok(());
     };
     for (other, u, p) in &logins[1..] {
-        let what = if u != user {
-            "username"
-        } else if p != password {
+        let what = if p != password {
             "password"
+        } else if u != user {
+            "username"
         } else {
             continue;
         };
@@ -314,8 +318,18 @@ mod tests {
 
     #[test]
     fn seeds_of_one_cluster_must_give_one_login() {
-        let agree = format!("cluster+redis://u:{SECRET}@a:1,redis://u:{SECRET}@b:2");
-        assert!(matches!(parse_target(&agree), Ok(UrlTarget::Cluster(_))));
+        for agree in [
+            format!("cluster+redis://u:{SECRET}@a:1,redis://u:{SECRET}@b:2"),
+            // No user named is the `default` user.
+            format!("cluster+redis://:{SECRET}@a:1,redis://default:{SECRET}@b:2"),
+            // Without a password the client does not log in: a user alone changes nothing.
+            "cluster+redis://a:1,redis://default@b:2".to_owned(),
+        ] {
+            assert!(
+                matches!(parse_target(&agree), Ok(UrlTarget::Cluster(_))),
+                "{agree}"
+            );
+        }
         for (text, other, what) in [
             (
                 format!("cluster+redis://:{SECRET}@a:1,redis://:other@b:2"),
