@@ -48,22 +48,81 @@ pub fn refused(err: &RedisError) -> bool {
 }
 
 /// Whose Redis a refusal names and which setting it asks to check: the one wording of a
-/// refusal, "the <whose><role> at <host:port> refused the login (<the client's error>); check
-/// <check>". The password is never part of it.
+/// refusal, "the [<owner>'s ]<role> at <host:port> refused the login (<the client's error>);
+/// check <check>". The password is never part of it.
 #[derive(Debug, Clone, Copy)]
 pub struct Refusal<'a> {
-    /// Put before the server's role: empty for the store's own servers, or the user of the
-    /// connection with a trailing space, such as `decision log's `.
-    pub whose: &'a str,
+    /// Who uses the connection, such as `decision log`; empty for the store's own servers.
+    owner: &'a str,
     /// The setting to check, such as `the username/password in its URL`.
-    pub check: &'a str,
+    check: &'a str,
 }
 
-impl Refusal<'_> {
+impl<'a> Refusal<'a> {
+    /// A refusal of `owner`'s Redis (`decision log`, `region eu`) asking to check `check`.
+    pub const fn of(owner: &'a str, check: &'a str) -> Self {
+        Self { owner, check }
+    }
+
+    /// A refusal of the store's own servers, asking to check `check`.
+    pub const fn store(check: &'a str) -> Self {
+        Self::of("", check)
+    }
+
     /// `err` retold as a refusal by the `role` (such as `Redis server`, `sentinel`) at
     /// `addr` (`host:port`) when it is one ([`refused`]); other errors pass unchanged.
     pub fn explain(&self, err: RedisError, role: &str, addr: &str) -> RedisError {
         self.retell(err, &format!("{role} at {addr}"))
+    }
+
+    /// A connection to the server at `url` made with `config`, its login checked
+    /// ([`check_login`]): a refused login is told naming the server, other errors pass
+    /// unchanged.
+    pub async fn connect_server(
+        &self,
+        url: &str,
+        config: redis::aio::ConnectionManagerConfig,
+    ) -> RedisResult<redis::aio::ConnectionManager> {
+        let client = redis::Client::open(url)?;
+        let addr = address(url);
+        let mut conn = redis::aio::ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| self.explain(e, "Redis server", &addr))?;
+        check_login(&mut conn, *self, &addr).await?;
+        Ok(conn)
+    }
+
+    /// A connection to the cluster `client` was built for from `seeds`, made by `deadline`.
+    /// When it fails, the seeds are asked which one refused the login
+    /// ([`Self::explain_cluster`], at most [`ASK_LIMIT`] and ending before the deadline), so
+    /// that a refusal is told in time whatever the seeds do; when is set by `ask`. Not
+    /// reaching the cluster by the deadline is an `Io` error.
+    pub async fn connect_cluster(
+        &self,
+        client: &redis::cluster::ClusterClient,
+        seeds: &[String],
+        deadline: tokio::time::Instant,
+        ask: AskSeeds,
+    ) -> RedisResult<redis::cluster_async::ClusterConnection> {
+        let err = match tokio::time::timeout_at(deadline, client.get_async_connection()).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(err)) => err,
+            Err(_) => {
+                return Err(RedisError::from((
+                    ErrorKind::Io,
+                    "no cluster connection before the deadline",
+                )))
+            }
+        };
+        if ask == AskSeeds::OnRefusal && !refused(&err) {
+            return Err(err);
+        }
+        // Ends a little before the deadline, so that a caller cutting at it hears the answer.
+        let limit = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .saturating_sub(ASK_MARGIN)
+            .min(ASK_LIMIT);
+        Err(self.explain_cluster(err, seeds, limit).await)
     }
 
     /// `err`, met while a cluster client made its first connections, retold as a refused
@@ -94,12 +153,57 @@ impl Refusal<'_> {
         if !refused(&err) {
             return err;
         }
-        let Self { whose, check } = self;
+        let Self { owner, check } = self;
+        let whose = if owner.is_empty() {
+            String::new()
+        } else {
+            format!("{owner}'s ")
+        };
         RedisError::from((
             ErrorKind::AuthenticationFailed,
             "login refused",
             format!("the {whose}{who} {REFUSED} ({err}); check {check}"),
         ))
+    }
+}
+
+/// How much before a caller's deadline the seeds' questions end.
+const ASK_MARGIN: Duration = Duration::from_millis(50);
+/// The longest the seeds of a cluster are asked whether they refuse the login.
+pub const ASK_LIMIT: Duration = Duration::from_secs(1);
+
+/// When [`Refusal::connect_cluster`] asks the seeds which one refused the login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AskSeeds {
+    /// On any failure: the client reports only the error its last seed gave, so a seed
+    /// that refuses is hidden by a later one that timed out. For a connection made once
+    /// (at start), where a few more connections cost nothing.
+    Always,
+    /// Only when the client's own error is a refusal, so that an outage costs no extra
+    /// connections: for connections retried all along (each batch, each tick). A refusal
+    /// hidden behind a slow seed reads as an outage there until that seed answers.
+    OnRefusal,
+}
+
+/// Whether a refused login was told since the last success: a refusal is told once, as an
+/// error, until a call succeeds again.
+#[derive(Debug, Default)]
+pub struct TellOnce(std::sync::atomic::AtomicBool);
+
+impl TellOnce {
+    /// Whether this refusal is the first since the last success (and so is to be told).
+    pub fn first(&self) -> bool {
+        !self.0.swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A call succeeded: the next refusal is told anew.
+    pub fn reset(&self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a refusal was told since the last success.
+    pub fn told(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -113,11 +217,11 @@ pub fn address(url: &str) -> String {
     )
 }
 
-/// The first command on a server connection the client opened without a login check: the
-/// client logs in only when the URL has a password, so a server that wants one and was given
-/// none refuses the first command instead. Only such a refusal is an error here, told by
+/// Checks the login of a server connection with a first command (`PING`): the client logs
+/// in only when the URL has a password, so a server that wants one and was given none
+/// refuses the first command instead. Only such a refusal is an error here, told by
 /// `refusal`; other errors are an outage the caller meets again on its own commands.
-pub async fn first_command<C>(conn: &mut C, refusal: Refusal<'_>, addr: &str) -> RedisResult<()>
+pub async fn check_login<C>(conn: &mut C, refusal: Refusal<'_>, addr: &str) -> RedisResult<()>
 where
     C: redis::aio::ConnectionLike + Send,
 {
@@ -175,10 +279,7 @@ mod tests {
             "Connection refused (os error 111)".to_owned(),
         ));
         assert!(!refused(&down), "{down}");
-        let store = Refusal {
-            whose: "",
-            check: "the URLs",
-        };
+        let store = Refusal::store("the URLs");
         let told = store.explain(folded, "cluster node", "10.0.0.1:6379");
         let text = told.to_string();
         assert!(
@@ -187,10 +288,7 @@ mod tests {
                 && text.ends_with("; check the URLs"),
             "{text}"
         );
-        let log = Refusal {
-            whose: "decision log's ",
-            check: "its URL",
-        };
+        let log = Refusal::of("decision log", "its URL");
         let told = log.explain(
             RedisError::from((ErrorKind::AuthenticationFailed, "no")),
             "Redis server",

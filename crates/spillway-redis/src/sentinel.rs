@@ -39,15 +39,9 @@ use tokio::sync::Notify;
 /// Counter of master switches this node followed.
 pub const MASTER_CHANGES: &str = "spillway_redis_master_changes_total";
 /// How a sentinel's refusal is told.
-const SENTINELS: Refusal<'static> = Refusal {
-    whose: "",
-    check: "the sentinels' username/password",
-};
+const SENTINELS: Refusal<'static> = Refusal::store("the sentinels' username/password");
 /// How the master's refusal is told.
-const MASTER: Refusal<'static> = Refusal {
-    whose: "",
-    check: "the master's username/password",
-};
+const MASTER: Refusal<'static> = Refusal::store("the master's username/password");
 
 /// How often the task asks the sentinels even when nothing happened.
 pub const POLL: Duration = Duration::from_secs(1);

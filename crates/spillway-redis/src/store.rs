@@ -25,7 +25,6 @@ use crate::runner::{Conn, Runner};
 use crate::script::Encoded;
 use crate::topology::Topology;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Charged, Check, Domains, ReportId, Store, StoreError};
@@ -72,21 +71,13 @@ impl RedisStore {
         let connecting = async {
             let conn = match &config.target {
                 Target::Server(url) => {
-                    let client = redis::Client::open(url.as_str())?;
-                    let addr = login::address(url);
-                    let refusal = Refusal {
-                        whose: "",
-                        check: "the username/password in its URL",
-                    };
+                    let refusal = Refusal::store("the username/password in its URL");
                     let settings = redis::aio::ConnectionManagerConfig::new()
                         .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
                         .set_response_timeout(Some(timeout))
                         .set_number_of_retries(2)
                         .set_max_delay(Duration::from_millis(500));
-                    let mut conn = ConnectionManager::new_with_config(client, settings)
-                        .await
-                        .map_err(|e| refusal.explain(e, "Redis server", &addr))?;
-                    login::first_command(&mut conn, refusal, &addr).await?;
+                    let conn = refusal.connect_server(url, settings).await?;
                     Conn::Server(conn)
                 }
                 Target::Cluster(nodes) => {
@@ -107,23 +98,16 @@ impl RedisStore {
                         .min_retry_wait(1)
                         .max_retry_wait(wait.clamp(2, 100))
                         .build()?;
-                    match client.get_async_connection().await {
-                        Ok(conn) => Conn::Cluster(conn),
-                        Err(e) => {
-                            // Whatever the client reports, a seed refusing its login is a
-                            // setting to fix (see `Refusal::explain_cluster`); the questions
-                            // end before the start's own limit does.
-                            let left = connect_limit
-                                .saturating_sub(started.elapsed())
-                                .saturating_sub(Duration::from_millis(200));
-                            let limit = timeout.max(Duration::from_secs(1)).min(left);
-                            let refusal = Refusal {
-                                whose: "",
-                                check: "the username/password in the cluster's URLs",
-                            };
-                            return Err(refusal.explain_cluster(e, nodes, limit).await);
-                        }
-                    }
+                    // A seed refusing its login is a setting to fix, told (naming the seed)
+                    // before the start's own limit cuts (see `Refusal::connect_cluster`).
+                    let deadline =
+                        started + connect_limit.saturating_sub(Duration::from_millis(200));
+                    let refusal = Refusal::store("the username/password in the cluster's URLs");
+                    Conn::Cluster(
+                        refusal
+                            .connect_cluster(&client, nodes, deadline, login::AskSeeds::Always)
+                            .await?,
+                    )
                 }
                 Target::Sentinel {
                     sentinels,

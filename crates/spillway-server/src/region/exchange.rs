@@ -27,7 +27,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use spillway_core::policy::{Policy, Regions, Scope, StoreConfig};
 use spillway_core::time::{Clock, Micros};
-use spillway_redis::login::{self, Refusal};
+use spillway_redis::login::{self, Refusal, TellOnce};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +62,7 @@ struct Link {
     tag: String,
     /// Whether a refused login was logged since the last call that succeeded: a refusal is
     /// logged once as an error (each failed call stays counted and logged at debug).
-    refusal_told: bool,
+    refusal: TellOnce,
 }
 
 impl Link {
@@ -79,7 +79,7 @@ impl Link {
             config: config.clone(),
             conn: None,
             tag: format!("{{{prefix}:agg:{name}}}"),
-            refusal_told: false,
+            refusal: TellOnce::default(),
         }
     }
 
@@ -96,44 +96,40 @@ impl Link {
         format!("{}:lengths", self.tag)
     }
 
+    /// Connects within `budget`: the client's own waits take at most half of it, so that a
+    /// cluster's refusal leaves time to ask which seed refused (`Refusal::connect_cluster`).
     async fn connect(&mut self, budget: Duration) -> redis::RedisResult<Conn> {
         if let Some(conn) = &self.conn {
             return Ok(conn.clone());
         }
-        let whose = format!("region {}'s ", self.name);
-        let refusal = Refusal {
-            whose: &whose,
-            check: "the username/password in its URL (store.regions)",
-        };
+        let deadline = tokio::time::Instant::now() + budget;
+        let wait = budget / 2;
+        let owner = format!("region {}", self.name);
+        let refusal = Refusal::of(
+            &owner,
+            "the username/password in its URL (store.regions.<name>)",
+        );
         let connecting = async {
             Ok::<_, redis::RedisError>(match &self.config {
                 StoreConfig::RedisCluster(s) => {
                     let client = redis::cluster::ClusterClientBuilder::new(s.urls.clone())
-                        .connection_timeout(budget)
-                        .response_timeout(budget)
+                        .connection_timeout(wait)
+                        .response_timeout(wait)
                         .retries(0)
                         .build()?;
-                    match client.get_async_connection().await {
-                        Ok(conn) => Conn::Cluster(conn),
-                        // The seeds are asked within what is left of the budget.
-                        Err(e) => {
-                            return Err(refusal.explain_cluster(e, &s.urls, budget / 4).await)
-                        }
-                    }
+                    Conn::Cluster(
+                        refusal
+                            .connect_cluster(&client, &s.urls, deadline, login::AskSeeds::OnRefusal)
+                            .await?,
+                    )
                 }
                 StoreConfig::Redis(s) => {
                     let url = s.urls.first().cloned().unwrap_or_default();
-                    let client = redis::Client::open(url.as_str())?;
                     let settings = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(budget))
-                        .set_response_timeout(Some(budget))
+                        .set_connection_timeout(Some(wait))
+                        .set_response_timeout(Some(wait))
                         .set_number_of_retries(0);
-                    let addr = login::address(&url);
-                    let mut conn = ConnectionManager::new_with_config(client, settings)
-                        .await
-                        .map_err(|e| refusal.explain(e, "Redis server", &addr))?;
-                    login::first_command(&mut conn, refusal, &addr).await?;
-                    Conn::Server(conn)
+                    Conn::Server(refusal.connect_server(&url, settings).await?)
                 }
                 // Validation gives regions only `redis` and `redis_cluster` stores.
                 StoreConfig::Memory { .. } | StoreConfig::RedisSentinel(_) => {
@@ -144,7 +140,7 @@ impl Link {
                 }
             })
         };
-        let conn = match tokio::time::timeout(budget, connecting).await {
+        let conn = match tokio::time::timeout_at(deadline, connecting).await {
             Ok(conn) => conn?,
             Err(_) => {
                 return Err(redis::RedisError::from((
@@ -176,7 +172,7 @@ impl Link {
         };
         let err = match called.await {
             Ok(Ok(Ok(v))) => {
-                self.refusal_told = false;
+                self.refusal.reset();
                 return Ok(v);
             }
             Ok(Err(_)) => {
@@ -186,7 +182,7 @@ impl Link {
             Ok(Ok(Err(e))) | Err(e) => e,
         };
         self.conn = None;
-        if login::refused(&err) && !std::mem::replace(&mut self.refusal_told, true) {
+        if login::refused(&err) && self.refusal.first() {
             tracing::error!(
                 region = %self.name,
                 "{err}; this region's counts are neither published nor read until it accepts \
@@ -668,7 +664,7 @@ tiers:
         };
         assert!(set(OTHER, GIVEN).is_some_and(|r| r.starts_with("+OK")));
         exchange.tick(&lengths).await;
-        assert!(!exchange.links[1].refusal_told, "{}", logs.text());
+        assert!(!exchange.links[1].refusal.told(), "{}", logs.text());
         assert!(set(GIVEN, OTHER).is_some_and(|r| r.starts_with("+OK")));
         spillway_testkit::redis::command_as(eu.port(), Some(OTHER), "CLIENT KILL TYPE normal");
         for _ in 0..3 {

@@ -26,6 +26,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long the board's start waits for a cluster (asking its seeds which refused a login
+/// included).
+const CONNECT_LIMIT: Duration = Duration::from_secs(5);
+
 /// How often a node publishes, by default.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
 
@@ -121,37 +125,38 @@ impl Board {
                     sentinel_auth,
                     timeout,
                 )
-                .await?;
+                .await
+                .map_err(|e| {
+                    // A refusal names the sentinel or master itself; any other error is an
+                    // outage of the board's Sentinel.
+                    let refused = login::refused(&e);
+                    let e = anyhow::Error::new(e);
+                    if refused {
+                        e
+                    } else {
+                        e.context("top-k board: no master through Sentinel")
+                    }
+                })?;
                 return Ok(Some(Self::new(Conn::Sentinel(conn), s, period)));
             }
         };
-        let refusal = Refusal {
-            whose: "top-k board's ",
-            check: "the username/password in the store's URL",
-        };
+        let refusal = Refusal::of("top-k board", "the username/password in the store's URL");
         let conn = if cluster {
             let client =
                 redis::cluster::ClusterClientBuilder::new(settings.urls.clone()).build()?;
-            match client.get_async_connection().await {
-                Ok(conn) => Conn::Cluster(conn),
-                Err(e) => {
-                    let ask = Duration::from_secs(1);
-                    return Err(refusal.explain_cluster(e, &settings.urls, ask).await.into());
-                }
-            }
+            let deadline = tokio::time::Instant::now() + CONNECT_LIMIT;
+            Conn::Cluster(
+                refusal
+                    .connect_cluster(&client, &settings.urls, deadline, login::AskSeeds::Always)
+                    .await?,
+            )
         } else {
             let url = settings.urls.first().cloned().unwrap_or_default();
-            let client = redis::Client::open(url.as_str())?;
-            let addr = login::address(&url);
             // Few, short waits between attempts: a refusal is told in about a second.
-            let settings = redis::aio::ConnectionManagerConfig::new()
+            let config = redis::aio::ConnectionManagerConfig::new()
                 .set_number_of_retries(2)
                 .set_max_delay(Duration::from_millis(500));
-            let mut conn = ConnectionManager::new_with_config(client, settings)
-                .await
-                .map_err(|e| refusal.explain(e, "Redis server", &addr))?;
-            login::first_command(&mut conn, refusal, &addr).await?;
-            Conn::Server(conn)
+            Conn::Server(refusal.connect_server(&url, config).await?)
         };
         Ok(Some(Self::new(conn, settings, period)))
     }

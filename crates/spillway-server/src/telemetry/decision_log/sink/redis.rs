@@ -17,7 +17,7 @@ use super::{Formatted, SinkError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, RedisResult};
-use spillway_redis::login::{self, Refusal};
+use spillway_redis::login::{self, AskSeeds, Refusal, TellOnce};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -27,10 +27,6 @@ const BUDGET: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long each seed node of a cluster that failed to connect is asked whether it refuses
-/// the login (within the batch's budget).
-const ASK_SEEDS: Duration = Duration::from_millis(500);
-
 /// A connection to a server or a cluster.
 pub enum Conn {
     /// One server (reconnects by itself).
@@ -40,32 +36,36 @@ pub enum Conn {
 }
 
 impl Conn {
-    /// Connects to `target`; a refused login is told by `refusal`, naming the server.
-    pub async fn connect(target: &RedisTarget, refusal: Refusal<'_>) -> RedisResult<Self> {
+    /// Connects to `target` by `deadline`; a refused login is told by `refusal`, naming the
+    /// server (on a cluster, asking the seeds as `ask` says).
+    pub async fn connect(
+        target: &RedisTarget,
+        refusal: Refusal<'_>,
+        deadline: Instant,
+        ask: AskSeeds,
+    ) -> RedisResult<Self> {
+        // The client's own waits end well before the deadline, so that a cluster's refusal
+        // leaves time to ask which seed refused (see `Refusal::connect_cluster`).
+        let wait = deadline.saturating_duration_since(Instant::now()) / 2;
         Ok(match target {
             RedisTarget::Server(url) => {
-                let client = redis::Client::open(url.as_str())?;
                 let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(BUDGET))
-                    .set_response_timeout(Some(BUDGET))
+                    .set_connection_timeout(Some(wait))
+                    .set_response_timeout(Some(wait))
                     .set_number_of_retries(1);
-                let addr = login::address(url);
-                let mut conn = ConnectionManager::new_with_config(client, config)
-                    .await
-                    .map_err(|e| refusal.explain(e, "Redis server", &addr))?;
-                login::first_command(&mut conn, refusal, &addr).await?;
-                Self::Server(conn)
+                Self::Server(refusal.connect_server(url, config).await?)
             }
             RedisTarget::Cluster(nodes) => {
                 let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
-                    .connection_timeout(BUDGET)
-                    .response_timeout(BUDGET)
+                    .connection_timeout(wait)
+                    .response_timeout(wait)
                     .retries(1)
                     .build()?;
-                match client.get_async_connection().await {
-                    Ok(conn) => Self::Cluster(conn),
-                    Err(e) => return Err(refusal.explain_cluster(e, nodes, ASK_SEEDS).await),
-                }
+                Self::Cluster(
+                    refusal
+                        .connect_cluster(&client, nodes, deadline, ask)
+                        .await?,
+                )
             }
         })
     }
@@ -97,7 +97,7 @@ pub struct RedisSink {
     retry_at: Option<Instant>,
     backoff: Duration,
     /// Whether a refused login was told since the last write that succeeded.
-    refusal_told: bool,
+    refusal: TellOnce,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -122,7 +122,7 @@ impl RedisSink {
             conn: None,
             retry_at: None,
             backoff: FIRST_BACKOFF,
-            refusal_told: false,
+            refusal: TellOnce::default(),
         }
     }
 
@@ -131,11 +131,13 @@ impl RedisSink {
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
             return Err(SinkError::BackingOff);
         }
-        let (why, refused) = match tokio::time::timeout(BUDGET, self.append(batch)).await {
+        let deadline = Instant::now() + BUDGET;
+        let appending = self.append(batch, deadline);
+        let (why, refused) = match tokio::time::timeout_at(deadline, appending).await {
             Ok(Ok(())) => {
                 self.retry_at = None;
                 self.backoff = FIRST_BACKOFF;
-                self.refusal_told = false;
+                self.refusal.reset();
                 return Ok(());
             }
             Ok(Err(e)) => (e.to_string(), login::refused(&e)),
@@ -149,11 +151,10 @@ impl RedisSink {
             return Err(SinkError::Failed(why));
         }
         // Trying again will not help until the setting (or the server's) changes: told once.
-        let first = !std::mem::replace(&mut self.refusal_told, true);
-        Err(SinkError::Refused(first.then_some(why)))
+        Err(SinkError::Refused(self.refusal.first().then_some(why)))
     }
 
-    async fn append(&mut self, batch: &[Formatted]) -> RedisResult<()> {
+    async fn append(&mut self, batch: &[Formatted], deadline: Instant) -> RedisResult<()> {
         let mut pipe = redis::pipe();
         for record in batch {
             pipe.cmd("XADD")
@@ -173,12 +174,10 @@ impl RedisSink {
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {
-                let refusal = Refusal {
-                    whose: "decision log's ",
-                    check: self.check,
-                };
-                self.conn
-                    .insert(Conn::connect(&self.target, refusal).await?)
+                let refusal = Refusal::of("decision log", self.check);
+                self.conn.insert(
+                    Conn::connect(&self.target, refusal, deadline, AskSeeds::OnRefusal).await?,
+                )
             }
         };
         conn.pipeline(&pipe).await
@@ -245,14 +244,53 @@ mod tests {
         assert!(write(&mut sink).await.is_ok());
         assert!(set(GIVEN, OTHER).is_some_and(|r| r.starts_with("+OK")));
         command_as(port, Some(OTHER), "CLIENT KILL TYPE normal");
-        let mut told = 0;
+        // The killed connection may fail one write as an outage; then the refusal is told
+        // anew, once: a refusal read as an outage would fail (and warn) on every write.
+        let mut seen = String::new();
         for _ in 0..3 {
-            match write(&mut sink).await {
-                Err(SinkError::Refused(Some(_))) => told += 1,
-                Err(SinkError::Refused(None) | SinkError::Failed(_)) => {}
+            seen.push(match write(&mut sink).await {
+                Err(SinkError::Refused(Some(_))) => 'T',
+                Err(SinkError::Refused(None)) => 'r',
+                Err(SinkError::Failed(_)) => 'F',
                 other => panic!("{other:?}"),
-            }
+            });
         }
-        assert_eq!(told, 1, "told anew once");
+        assert!(matches!(seen.as_str(), "Trr" | "FTr"), "{seen}");
+    }
+
+    /// A Redis Cluster refusing the sink's login (a wrong password, or none): the refusal is
+    /// told on the first batch, naming a seed node, within the batch's budget (asking the
+    /// seeds included), and not again; the right password writes. Real cluster.
+    #[tokio::test]
+    async fn a_cluster_refusing_the_login_is_told_once_naming_a_node() {
+        const RIGHT: &str = "right-pw-Lc5";
+        const WRONG: &str = "wrong-pw-Px3";
+        let cluster = spillway_testkit::redis::RedisCluster::with_password(RIGHT);
+        let seeds = |login: &str| {
+            let urls = cluster.ports().into_iter();
+            urls.map(|port| format!("redis://{login}127.0.0.1:{port}"))
+                .collect::<Vec<_>>()
+        };
+        for login in [format!(":{WRONG}@"), String::new()] {
+            let target = RedisTarget::Cluster(seeds(&login));
+            let mut sink = RedisSink::new(target, "its URL", "log".into(), 100);
+            match write(&mut sink).await {
+                Err(SinkError::Refused(Some(why))) => assert!(
+                    why.contains("the decision log's cluster node at 127.0.0.1:")
+                        && why.contains("check its URL")
+                        && !why.contains(WRONG),
+                    "{login}: {why}"
+                ),
+                other => panic!("{login}: {other:?}"),
+            }
+            let again = write(&mut sink).await;
+            assert!(
+                matches!(again, Err(SinkError::Refused(None))),
+                "{login}: {again:?}"
+            );
+        }
+        let target = RedisTarget::Cluster(seeds(&format!(":{RIGHT}@")));
+        let mut sink = RedisSink::new(target, "its URL", "log".into(), 100);
+        assert!(write(&mut sink).await.is_ok());
     }
 }
