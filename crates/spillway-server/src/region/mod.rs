@@ -25,7 +25,6 @@ use spillway_core::policy::{Policy, Regions, StoreConfig};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, Domains, Store, StoreError};
 use spillway_core::time::Clock;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tally::Tally;
@@ -124,7 +123,7 @@ impl RegionNode {
                     let lazy: Arc<dyn Store> = Arc::new(Remote {
                         name: regions.names()[r].clone(),
                         config: regions.store(r).clone(),
-                        refusal_told: AtomicBool::new(false),
+                        refusal: Default::default(),
                         budget,
                         clock: clock.clone(),
                         store: tokio::sync::OnceCell::new(),
@@ -199,7 +198,7 @@ struct Remote {
     name: Arc<str>,
     config: StoreConfig,
     /// Whether a refused login was logged.
-    refusal_told: AtomicBool,
+    refusal: spillway_redis::login::TellOnce,
     budget: Duration,
     clock: Arc<dyn Clock>,
     store: tokio::sync::OnceCell<Arc<dyn Store>>,
@@ -217,10 +216,10 @@ impl Remote {
                 built.map_err(|e| {
                     // `build` tells a refused login as a setting error.
                     let refused = e.chain().any(|cause| cause.is::<SettingsError>());
-                    if refused && !self.refusal_told.swap(true, Ordering::Relaxed) {
+                    if refused && self.refusal.first() {
                         tracing::error!(
                             region = %self.name,
-                            "calls to region {}'s store: {e:#}; they fail until it accepts the \
+                            "region {}'s store: {e:#}; calls to it fail until it accepts the \
                              login (told once)",
                             self.name
                         );
@@ -363,7 +362,7 @@ tiers:
         let remote = Remote {
             name: "eu".into(),
             config,
-            refusal_told: AtomicBool::new(false),
+            refusal: Default::default(),
             budget: Duration::from_secs(1),
             clock: ServerClock::manual(1_000).shared(),
             store: tokio::sync::OnceCell::new(),
@@ -381,7 +380,7 @@ tiers:
         assert_eq!(told.len(), 1, "{text}");
         assert!(
             told[0].contains("ERROR")
-                && told[0].contains("region eu")
+                && told[0].contains("region eu's store: ")
                 && !text.contains("wrong-pw"),
             "{text}"
         );
