@@ -373,6 +373,14 @@ fn cluster_seeds_that_disagree_on_the_login_exit_2() {
             ) && !stderr.contains("s3cret"),
             "{args:?}: {stderr}"
         );
+        // The policy's list: named by its field, and nothing was connected.
+        if args[0] == "--config" {
+            assert!(
+                stderr.contains("the policy's seed nodes (store.nodes")
+                    && !stderr.contains("cannot connect"),
+                "{stderr}"
+            );
+        }
     }
 }
 
