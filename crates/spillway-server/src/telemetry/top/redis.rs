@@ -124,6 +124,7 @@ impl Board {
                     master,
                     sentinel_auth,
                     timeout,
+                    "top-k board",
                 )
                 .await
                 .map_err(|e| {
