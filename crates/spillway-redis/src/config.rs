@@ -110,6 +110,21 @@ pub enum UrlError {
     /// Several URLs without `cluster+`: a server is one URL.
     #[error("`{0}`: several URLs need the cluster+ prefix")]
     SeveralWithoutCluster(String),
+    /// Seed nodes of one cluster with different logins (see [`seeds_agree`]).
+    #[error(
+        "`{urls}`: the cluster's seed nodes disagree on the login: {first} and {other} give \
+         different {what}s; one cluster has one login, give every seed node the same"
+    )]
+    SeedsDisagree {
+        /// The seed list, passwords masked.
+        urls: String,
+        /// The first seed's `host:port`.
+        first: String,
+        /// The `host:port` of the first seed whose login differs from the first's.
+        other: String,
+        /// `username` or `password`.
+        what: &'static str,
+    },
 }
 
 /// A Redis deployment named by URLs alone, as [`parse_target`] reads it: one server or a
@@ -160,12 +175,55 @@ pub fn parse_target(text: &str) -> Result<UrlTarget, UrlError> {
         _ => UrlError::NotRedis(mask_text(text)),
     })?;
     if cluster {
+        seeds_agree(&urls)?;
         return Ok(UrlTarget::Cluster(urls));
     }
     match <[String; 1]>::try_from(urls) {
         Ok([url]) => Ok(UrlTarget::Server(url)),
         Err(_) => Err(UrlError::SeveralWithoutCluster(mask_text(text))),
     }
+}
+
+/// Whether the seed node URLs of one cluster give one login. The cluster client logs in on
+/// every node with one username and password and refuses seeds that differ, with an error
+/// that reads like a failed connection; the difference is a setting to fix, said here before
+/// any connection, naming the first two seeds that differ and never a password. URLs that do
+/// not parse are left to the client's own error.
+pub fn seeds_agree(urls: &[String]) -> Result<(), UrlError> {
+    use redis::IntoConnectionInfo;
+    let logins: Vec<(String, Option<String>, Option<String>)> = urls
+        .iter()
+        .filter_map(|url| url.as_str().into_connection_info().ok())
+        .map(|info| {
+            let redis = info.redis_settings();
+            // The client logs in only with a password, and then as `default` when the URL
+            // names no user: `redis://:pw@a` and `redis://default:pw@b` give one login.
+            let password = redis.password().map(str::to_owned);
+            let user = password
+                .as_ref()
+                .map(|_| redis.username().unwrap_or("default").to_owned());
+            (info.addr().to_string(), user, password)
+        })
+        .collect();
+    let Some((first, user, password)) = logins.first() else {
+        return Ok(());
+    };
+    for (other, u, p) in &logins[1..] {
+        let what = if p != password {
+            "password"
+        } else if u != user {
+            "username"
+        } else {
+            continue;
+        };
+        return Err(UrlError::SeedsDisagree {
+            urls: mask_text(&urls.join(",")),
+            first: first.clone(),
+            other: other.clone(),
+            what,
+        });
+    }
+    Ok(())
 }
 
 /// The comma-separated URLs of `list`, each `redis://` (a Sentinel deployment's sentinels are
@@ -256,6 +314,53 @@ mod tests {
             parse_url_list("rediss://a"),
             Err(UrlError::Tls("rediss://a".into()))
         );
+    }
+
+    #[test]
+    fn seeds_of_one_cluster_must_give_one_login() {
+        for agree in [
+            format!("cluster+redis://u:{SECRET}@a:1,redis://u:{SECRET}@b:2"),
+            // No user named is the `default` user.
+            format!("cluster+redis://:{SECRET}@a:1,redis://default:{SECRET}@b:2"),
+            // Without a password the client does not log in: a user alone changes nothing.
+            "cluster+redis://a:1,redis://default@b:2".to_owned(),
+        ] {
+            assert!(
+                matches!(parse_target(&agree), Ok(UrlTarget::Cluster(_))),
+                "{agree}"
+            );
+        }
+        for (text, other, what) in [
+            (
+                format!("cluster+redis://:{SECRET}@a:1,redis://:other@b:2"),
+                "b:2",
+                "password",
+            ),
+            (
+                format!("cluster+redis://:{SECRET}@a:1,redis://b:2"),
+                "b:2",
+                "password",
+            ),
+            (
+                format!(
+                    "cluster+redis://u:{SECRET}@a:1,redis://u:{SECRET}@b:2,redis://v:{SECRET}@c:3"
+                ),
+                "c:3",
+                "username",
+            ),
+        ] {
+            let err = parse_target(&text).expect_err(&text);
+            assert!(
+                matches!(&err, UrlError::SeedsDisagree { first, other: o, what: w, .. }
+                    if first == "a:1" && o == other && *w == what),
+                "{err:?}"
+            );
+            let told = err.to_string();
+            assert!(
+                !told.contains(SECRET) && !told.contains("other@") && told.contains("disagree"),
+                "{told}"
+            );
+        }
     }
 
     #[test]

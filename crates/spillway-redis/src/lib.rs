@@ -30,7 +30,8 @@
 //!   per-master circuit breakers.
 //! - [`local_cache`]: denying repeated over-limit requests without a round trip.
 //! - [`error`]: typed, counted errors.
-//! - `login`: a refused login told apart from an outage, naming the server that refused it.
+//! - [`login`]: a refused login told apart from an outage, naming the server that refused it
+//!   (the store's and the other Redis users' alike).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -40,7 +41,7 @@ pub mod error;
 mod functions;
 pub mod keys;
 pub mod local_cache;
-mod login;
+pub mod login;
 pub mod multi_slot;
 mod runner;
 pub mod script;

@@ -3,9 +3,12 @@
 //! A wrong or missing password is a setting to fix, not an outage to wait out: the store's
 //! [`crate::RedisStore::connect`] reports it as [`crate::error::ConnectError::LoginRefused`]
 //! with a message naming the server that refused (a single server, a cluster node, a sentinel
-//! or the master it names), never the password.
+//! or the master it names), never the password. The server's other Redis users (the decision
+//! log's stream, the top-k board, the exchange between regions) name theirs the same way
+//! through a [`Refusal`] of their own: "the decision log's Redis server at 10.0.0.1:6379
+//! refused the login (...); check ...".
 
-use redis::{ErrorKind, RedisError};
+use redis::{ErrorKind, RedisError, RedisResult};
 use std::time::Duration;
 
 /// What every refused login's message says after the server's name.
@@ -23,10 +26,16 @@ const REFUSED: &str = "refused the login";
 /// given none answers the client's `CLUSTER SLOTS` with a typed `NOAUTH`.
 ///
 /// A limit of the client: it types *any* error answer to `AUTH` as `AuthenticationFailed`
-/// and drops the server's text, so a server answering `AUTH` with another error (too many
-/// clients, protected mode) also reads as a refused login here. Such a start stops with the
-/// refusal's status and message; the server's own log says the rest.
-pub(crate) fn refused(err: &RedisError) -> bool {
+/// and drops the server's text and code (`WRONGPASS`, or `ERR invalid password` before
+/// Redis 6, alike), so the kind cannot tell an auth refusal from another error answer to
+/// `AUTH`; `NOPERM` answers a command the user may not run, after a login, and is no refusal. In
+/// practice the servers' other refusals come before any command: a server with no room for
+/// another client (`ERR max number of clients reached`) or in protected mode (`DENIED`)
+/// writes its error and closes, and the client, still sending its set-up commands, meets the
+/// closed socket: an `Io` error, read here as an outage (tested against a real server at
+/// `maxclients`). A password given to a server that has none (`ERR AUTH <password> called
+/// without any password configured`) reads as a refused login, which it is as a setting.
+pub fn refused(err: &RedisError) -> bool {
     if err.kind() == ErrorKind::AuthenticationFailed
         || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
     {
@@ -38,22 +47,169 @@ pub(crate) fn refused(err: &RedisError) -> bool {
     text.contains("NOAUTH") || text.contains("WRONGPASS") || text.contains(&folded)
 }
 
-/// `err` retold as a refusal by `who` (such as `the sentinel at 10.0.0.1:26379`), naming the
-/// setting to check; other errors pass unchanged. The password is never part of it.
-pub(crate) fn explain(err: RedisError, who: &str, check: &str) -> RedisError {
-    if !refused(&err) {
-        return err;
+/// Whose Redis a refusal names and which setting it asks to check: the one wording of a
+/// refusal, "the [<owner>'s ]<role> at <host:port> refused the login (<the client's error>);
+/// check <check>". The password is never part of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal<'a> {
+    /// Who uses the connection, such as `decision log`; empty for the store's own servers.
+    owner: &'a str,
+    /// The setting to check, such as `the username/password in its URL`.
+    check: &'a str,
+}
+
+impl<'a> Refusal<'a> {
+    /// A refusal of `owner`'s Redis (`decision log`, `region eu`) asking to check `check`.
+    pub const fn of(owner: &'a str, check: &'a str) -> Self {
+        Self { owner, check }
     }
-    RedisError::from((
-        ErrorKind::AuthenticationFailed,
-        "login refused",
-        format!("{who} {REFUSED} ({err}); check {check}"),
-    ))
+
+    /// A refusal of the store's own servers, asking to check `check`.
+    pub const fn store(check: &'a str) -> Self {
+        Self::of("", check)
+    }
+
+    /// `err` retold as a refusal by the `role` (such as `Redis server`, `sentinel`) at
+    /// `addr` (`host:port`) when it is one ([`refused`]); other errors pass unchanged.
+    pub fn explain(&self, err: RedisError, role: &str, addr: &str) -> RedisError {
+        self.retell(err, &format!("{role} at {addr}"))
+    }
+
+    /// A connection to the server at `url` made with `config`, its login checked
+    /// ([`check_login`]): a refused login is told naming the server, other errors pass
+    /// unchanged.
+    pub async fn connect_server(
+        &self,
+        url: &str,
+        config: redis::aio::ConnectionManagerConfig,
+    ) -> RedisResult<redis::aio::ConnectionManager> {
+        let client = redis::Client::open(url)?;
+        let addr = address(url);
+        let mut conn = redis::aio::ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| self.explain(e, "Redis server", &addr))?;
+        check_login(&mut conn, *self, &addr).await?;
+        Ok(conn)
+    }
+
+    /// A connection to the cluster `client` was built for from `seeds`, made by `deadline`.
+    /// When it fails, the seeds are asked which one refused the login
+    /// ([`Self::explain_cluster`], at most [`ASK_LIMIT`] and ending before the deadline), so
+    /// that a refusal is told in time whatever the seeds do; when is set by `ask`. Not
+    /// reaching the cluster by the deadline is an `Io` error.
+    pub async fn connect_cluster(
+        &self,
+        client: &redis::cluster::ClusterClient,
+        seeds: &[String],
+        deadline: tokio::time::Instant,
+        ask: AskSeeds,
+    ) -> RedisResult<redis::cluster_async::ClusterConnection> {
+        let err = match tokio::time::timeout_at(deadline, client.get_async_connection()).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(err)) => err,
+            Err(_) => {
+                return Err(RedisError::from((
+                    ErrorKind::Io,
+                    "no cluster connection before the deadline",
+                )))
+            }
+        };
+        if ask == AskSeeds::OnRefusal && !refused(&err) {
+            return Err(err);
+        }
+        // Ends a little before the deadline, so that a caller cutting at it hears the answer.
+        let limit = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .saturating_sub(ASK_MARGIN)
+            .min(ASK_LIMIT);
+        Err(self.explain_cluster(err, seeds, limit).await)
+    }
+
+    /// `err`, met while a cluster client made its first connections, retold as a refused
+    /// login naming the node when a seed node refuses its URL's login. The client keeps only
+    /// the error it heard last (a seed that timed out after another refused hides the
+    /// refusal) and does not say which node refused, so every seed is asked alone, all at
+    /// once, each question bounded by `limit`; the first refusing seed in the list is named.
+    /// When none answers with a refusal in time, a refusal the client reported is still told
+    /// as one, naming the seed list; any other error passes unchanged.
+    pub async fn explain_cluster(
+        &self,
+        err: RedisError,
+        seeds: &[String],
+        limit: Duration,
+    ) -> RedisError {
+        let answers =
+            futures_util::future::join_all(seeds.iter().map(|url| refuses(url, limit))).await;
+        if let Some((url, _)) = seeds.iter().zip(answers).find(|(_, refused)| *refused) {
+            let refusal = RedisError::from((ErrorKind::AuthenticationFailed, "login refused"));
+            let err = if refused(&err) { err } else { refusal };
+            return self.explain(err, "cluster node", &address(url));
+        }
+        let all: Vec<String> = seeds.iter().map(|u| address(u)).collect();
+        self.retell(err, &format!("cluster (seed nodes {})", all.join(", ")))
+    }
+
+    fn retell(&self, err: RedisError, who: &str) -> RedisError {
+        if !refused(&err) {
+            return err;
+        }
+        let Self { owner, check } = self;
+        let whose = if owner.is_empty() {
+            String::new()
+        } else {
+            format!("{owner}'s ")
+        };
+        RedisError::from((
+            ErrorKind::AuthenticationFailed,
+            "login refused",
+            format!("the {whose}{who} {REFUSED} ({err}); check {check}"),
+        ))
+    }
+}
+
+/// How much before a caller's deadline the seeds' questions end.
+const ASK_MARGIN: Duration = Duration::from_millis(50);
+/// The longest the seeds of a cluster are asked whether they refuse the login.
+pub const ASK_LIMIT: Duration = Duration::from_secs(1);
+
+/// When [`Refusal::connect_cluster`] asks the seeds which one refused the login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AskSeeds {
+    /// On any failure: the client reports only the error its last seed gave, so a seed
+    /// that refuses is hidden by a later one that timed out. For a connection made once
+    /// (at start), where a few more connections cost nothing.
+    Always,
+    /// Only when the client's own error is a refusal, so that an outage costs no extra
+    /// connections: for connections retried all along (each batch, each tick). A refusal
+    /// hidden behind a slow seed reads as an outage there until that seed answers.
+    OnRefusal,
+}
+
+/// Whether a refused login was told since the last success: a refusal is told once, as an
+/// error, until a call succeeds again.
+#[derive(Debug, Default)]
+pub struct TellOnce(std::sync::atomic::AtomicBool);
+
+impl TellOnce {
+    /// Whether this refusal is the first since the last success (and so is to be told).
+    pub fn first(&self) -> bool {
+        !self.0.swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A call succeeded: the next refusal is told anew.
+    pub fn reset(&self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a refusal was told since the last success.
+    pub fn told(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// `host:port` of a `redis://` URL (no login), or the URL with its password masked if it does
 /// not parse.
-pub(crate) fn address(url: &str) -> String {
+pub fn address(url: &str) -> String {
     use redis::IntoConnectionInfo;
     url.into_connection_info().map_or_else(
         |_| crate::config::mask_text(url),
@@ -61,31 +217,18 @@ pub(crate) fn address(url: &str) -> String {
     )
 }
 
-/// `err`, met while the cluster client made its first connections, retold as a refused login
-/// naming the node when a seed node refuses its URL's login. The client keeps only the error
-/// it heard last (a seed that timed out after another refused hides the refusal) and does not
-/// say which node refused, so every seed is asked alone, all at once, each question bounded by
-/// `limit`; the first refusing seed in the list is named. When none answers with a refusal in
-/// time, a refusal the client reported is still told as one, naming the seed list; any other
-/// error passes unchanged.
-pub(crate) async fn explain_cluster(
-    err: RedisError,
-    seeds: &[String],
-    limit: Duration,
-) -> RedisError {
-    let check = "the username/password in the cluster's URLs";
-    let answers = futures_util::future::join_all(seeds.iter().map(|url| refuses(url, limit))).await;
-    if let Some((url, _)) = seeds.iter().zip(answers).find(|(_, refused)| *refused) {
-        let refusal = RedisError::from((ErrorKind::AuthenticationFailed, "login refused"));
-        let err = if refused(&err) { err } else { refusal };
-        return explain(err, &format!("the cluster node at {}", address(url)), check);
+/// Checks the login of a server connection with a first command (`PING`): the client logs
+/// in only when the URL has a password, so a server that wants one and was given none
+/// refuses the first command instead. Only such a refusal is an error here, told by
+/// `refusal`; other errors are an outage the caller meets again on its own commands.
+pub async fn check_login<C>(conn: &mut C, refusal: Refusal<'_>, addr: &str) -> RedisResult<()>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    match redis::cmd("PING").query_async::<()>(conn).await {
+        Err(err) if refused(&err) => Err(refusal.explain(err, "Redis server", addr)),
+        _ => Ok(()),
     }
-    let all: Vec<String> = seeds.iter().map(|u| address(u)).collect();
-    explain(
-        err,
-        &format!("the cluster (seed nodes {})", all.join(", ")),
-        check,
-    )
 }
 
 /// Whether the server at `url` refuses the URL's login (or wants one and the URL has none),
@@ -136,18 +279,71 @@ mod tests {
             "Connection refused (os error 111)".to_owned(),
         ));
         assert!(!refused(&down), "{down}");
-        let told = explain(folded, "the cluster node at 10.0.0.1:6379", "the URLs");
+        let store = Refusal::store("the URLs");
+        let told = store.explain(folded, "cluster node", "10.0.0.1:6379");
         let text = told.to_string();
         assert!(
-            refused(&told) && text.contains("the cluster node at 10.0.0.1:6379 refused the login"),
+            refused(&told)
+                && text.contains("the cluster node at 10.0.0.1:6379 refused the login")
+                && text.ends_with("; check the URLs"),
             "{text}"
         );
-        assert_eq!(explain(down, "x", "y").kind(), ErrorKind::Io);
+        let log = Refusal::of("decision log", "its URL");
+        let told = log.explain(
+            RedisError::from((ErrorKind::AuthenticationFailed, "no")),
+            "Redis server",
+            "10.0.0.2:6379",
+        );
+        assert!(
+            told.to_string()
+                .contains("the decision log's Redis server at 10.0.0.2:6379 refused the login"),
+            "{told}"
+        );
+        assert_eq!(store.explain(down, "x", "y").kind(), ErrorKind::Io);
     }
 
     #[test]
     fn addresses_carry_no_login() {
         assert_eq!(address("redis://u:s3cret@10.0.0.1:7000"), "10.0.0.1:7000");
         assert!(!address("redis:/u:s3cret@x").contains("s3cret"));
+    }
+
+    /// A server with no room for another client (`maxclients` reached) answers `ERR max
+    /// number of clients reached` and closes before reading a command: the client meets the
+    /// closed socket while it sets the connection up (with its `AUTH` or without), an `Io`
+    /// error, so the store's start reads it as an outage (status 1, may work if tried again)
+    /// and not as a wrong password, whether the password given is right, wrong or missing.
+    /// Real redis-server.
+    #[tokio::test]
+    async fn a_server_full_of_clients_is_an_outage_not_a_refused_login() {
+        use crate::error::ConnectError;
+        let redis = spillway_testkit::redis::RedisServer::start_with(&[
+            "--requirepass",
+            "right-pw-Gm3",
+            "--maxclients",
+            "1",
+        ]);
+        let port = redis.port();
+        let _only_client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        // The server takes the connection in before the store's attempts.
+        let full = || spillway_testkit::redis::command_as(port, None, "PING");
+        for _ in 0..50 {
+            if full().is_some_and(|r| r.contains("max number of clients")) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        for login in [":right-pw-Gm3@", ":wrong-pw@", ""] {
+            for _ in 0..2 {
+                let url = format!("redis://{login}127.0.0.1:{port}");
+                let mut config = crate::RedisConfig::new(crate::Target::Server(url));
+                config.timeout = Duration::from_millis(500);
+                match crate::RedisStore::connect(&config).await {
+                    Err(ConnectError::Store(_)) => {}
+                    Err(other) => panic!("{login}: {other}"),
+                    Ok(_) => panic!("{login}: connected past maxclients"),
+                }
+            }
+        }
     }
 }

@@ -29,7 +29,7 @@
 //! a new master that refuses the login is logged as a warning and the old address stays.
 
 use crate::config::{mask_url, Credentials, SentinelAuth};
-use crate::login;
+use crate::login::{self, Refusal};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, IntoConnectionInfo, RedisError, RedisFuture, RedisResult, Value};
 use std::sync::{Arc, Weak};
@@ -38,6 +38,10 @@ use tokio::sync::Notify;
 
 /// Counter of master switches this node followed.
 pub const MASTER_CHANGES: &str = "spillway_redis_master_changes_total";
+/// What a sentinel's refusal asks to check.
+const SENTINELS: &str = "the sentinels' username/password";
+/// What the master's refusal asks to check.
+const MASTER: &str = "the master's username/password";
 
 /// How often the task asks the sentinels even when nothing happened.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -64,6 +68,8 @@ struct Inner {
     /// Whether switches are counted and logged as warnings (the store's connection), or only
     /// logged at debug level (a helper connection following the same master).
     reported: bool,
+    /// Who uses the connection, as a refusal names it (empty for the store's own).
+    owner: &'static str,
 }
 
 /// The connection to the master the sentinels name; see the module docs. Cheap to clone.
@@ -94,19 +100,21 @@ impl SentinelConn {
         auth: &SentinelAuth,
         timeout: Duration,
     ) -> RedisResult<Self> {
-        Self::open(sentinels, master, auth, timeout, true).await
+        Self::open(sentinels, master, auth, timeout, true, "").await
     }
 
     /// As [`SentinelConn::connect`], for a second connection of the same process (such as the
     /// shared top-k board) following the same master: its switches are logged at debug level
-    /// and not counted, so the store's connection alone reports each failover.
+    /// and not counted, so the store's connection alone reports each failover. A refused
+    /// login names `owner` (such as `top-k board`) as the connection's user.
     pub async fn connect_quiet(
         sentinels: &[String],
         master: &str,
         auth: &SentinelAuth,
         timeout: Duration,
+        owner: &'static str,
     ) -> RedisResult<Self> {
-        Self::open(sentinels, master, auth, timeout, false).await
+        Self::open(sentinels, master, auth, timeout, false, owner).await
     }
 
     async fn open(
@@ -115,6 +123,7 @@ impl SentinelConn {
         auth: &SentinelAuth,
         timeout: Duration,
         reported: bool,
+        owner: &'static str,
     ) -> RedisResult<Self> {
         let sentinels = sentinels
             .iter()
@@ -129,7 +138,7 @@ impl SentinelConn {
                 redis::Client::open(auth.sentinels.apply(info))
             })
             .collect::<RedisResult<Vec<_>>>()?;
-        let (addr, conn) = locate(&sentinels, master, &auth.master, timeout).await?;
+        let (addr, conn) = locate(&sentinels, master, &auth.master, timeout, owner).await?;
         let inner = Arc::new(Inner {
             sentinels,
             master: master.to_owned(),
@@ -138,6 +147,7 @@ impl SentinelConn {
             current: parking_lot::RwLock::new(Current { addr, conn }),
             nudge: Notify::new(),
             reported,
+            owner,
         });
         tokio::spawn(watch(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -150,14 +160,16 @@ impl SentinelConn {
 }
 
 /// Asks one sentinel where the master named `master` is.
-async fn ask(sentinel: &redis::Client, master: &str, limit: Duration) -> RedisResult<String> {
+async fn ask(
+    sentinel: &redis::Client,
+    master: &str,
+    limit: Duration,
+    owner: &str,
+) -> RedisResult<String> {
     let addr = sentinel.get_connection_info().addr().to_string();
     ask_unexplained(sentinel, master, limit)
         .await
-        .map_err(|err| {
-            let who = format!("the sentinel at {addr}");
-            login::explain(err, &who, "the sentinels' username/password")
-        })
+        .map_err(|err| Refusal::of(owner, SENTINELS).explain(err, "sentinel", &addr))
 }
 
 async fn ask_unexplained(
@@ -196,13 +208,11 @@ async fn open_master(
     addr: &str,
     login: &Credentials,
     timeout: Duration,
+    owner: &str,
 ) -> RedisResult<ConnectionManager> {
     open_master_unexplained(addr, login, timeout)
         .await
-        .map_err(|err| {
-            let who = format!("the master at {addr}");
-            login::explain(err, &who, "the master's username/password")
-        })
+        .map_err(|err| Refusal::of(owner, MASTER).explain(err, "master", addr))
 }
 
 async fn open_master_unexplained(
@@ -238,6 +248,7 @@ async fn locate(
     master: &str,
     login: &Credentials,
     timeout: Duration,
+    owner: &str,
 ) -> RedisResult<(String, ConnectionManager)> {
     let limit = timeout.max(Duration::from_secs(1));
     let mut last: Option<RedisError> = None;
@@ -247,8 +258,8 @@ async fn locate(
         }
     };
     for sentinel in sentinels {
-        match ask(sentinel, master, limit).await {
-            Ok(addr) => match open_master(&addr, login, timeout).await {
+        match ask(sentinel, master, limit, owner).await {
+            Ok(addr) => match open_master(&addr, login, timeout, owner).await {
                 Ok(conn) => return Ok((addr, conn)),
                 // Another sentinel would name the same master: asking on cannot help.
                 Err(err) if login::refused(&err) => return Err(err),
@@ -267,7 +278,7 @@ impl Inner {
         let limit = self.timeout.max(Duration::from_secs(1));
         let mut named = None;
         for sentinel in &self.sentinels {
-            if let Ok(addr) = ask(sentinel, &self.master, limit).await {
+            if let Ok(addr) = ask(sentinel, &self.master, limit, self.owner).await {
                 named = Some(addr);
                 break;
             }
@@ -280,7 +291,7 @@ impl Inner {
         if addr == old {
             return;
         }
-        match open_master(&addr, &self.master_login, self.timeout).await {
+        match open_master(&addr, &self.master_login, self.timeout, self.owner).await {
             Ok(conn) => {
                 *self.current.write() = Current {
                     addr: addr.clone(),

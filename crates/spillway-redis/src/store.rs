@@ -19,13 +19,12 @@ use crate::config::{RedisConfig, Target};
 use crate::error::{classify, record, ConnectError};
 use crate::keys::{self, KeyLayout};
 use crate::local_cache::LocalCache;
-use crate::login;
+use crate::login::{self, Refusal};
 use crate::multi_slot::{slots, Slots};
 use crate::runner::{Conn, Runner};
 use crate::script::Encoded;
 use crate::topology::Topology;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Charged, Check, Domains, ReportId, Store, StoreError};
@@ -56,37 +55,29 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to the deployment in `config`. Fails if the prefix is invalid, a server
-    /// refuses the login ([`ConnectError::LoginRefused`]) or no connection can be made within
+    /// Connects to the deployment in `config`. Fails if the prefix is invalid, a cluster's
+    /// seed nodes disagree on the login ([`ConnectError::Setting`]), a server refuses the
+    /// login ([`ConnectError::LoginRefused`]) or no connection can be made within
     /// the timeout; later outages are survived.
     pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
         let layout =
             KeyLayout::new(&config.prefix).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        if let Target::Cluster(nodes) = &config.target {
+            crate::config::seeds_agree(nodes)?;
+        }
         let timeout = config.timeout;
         let connect_limit = timeout.max(Duration::from_secs(5));
         let started = tokio::time::Instant::now();
         let connecting = async {
             let conn = match &config.target {
                 Target::Server(url) => {
-                    let client = redis::Client::open(url.as_str())?;
-                    let who = format!("the Redis server at {}", login::address(url));
+                    let refusal = Refusal::store("the username/password in its URL");
                     let settings = redis::aio::ConnectionManagerConfig::new()
                         .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
                         .set_response_timeout(Some(timeout))
                         .set_number_of_retries(2)
                         .set_max_delay(Duration::from_millis(500));
-                    let check = "the username/password in its URL";
-                    let mut conn = ConnectionManager::new_with_config(client, settings)
-                        .await
-                        .map_err(|e| login::explain(e, &who, check))?;
-                    // The client logs in only when the URL has a password: a server that
-                    // wants one and was given none refuses the first command instead. Other
-                    // errors here are an outage the store survives, as before.
-                    if let Err(e) = redis::cmd("PING").query_async::<()>(&mut conn).await {
-                        if login::refused(&e) {
-                            return Err(login::explain(e, &who, check));
-                        }
-                    }
+                    let conn = refusal.connect_server(url, settings).await?;
                     Conn::Server(conn)
                 }
                 Target::Cluster(nodes) => {
@@ -107,19 +98,16 @@ impl RedisStore {
                         .min_retry_wait(1)
                         .max_retry_wait(wait.clamp(2, 100))
                         .build()?;
-                    match client.get_async_connection().await {
-                        Ok(conn) => Conn::Cluster(conn),
-                        Err(e) => {
-                            // Whatever the client reports, a seed refusing its login is a
-                            // setting to fix (see `login::explain_cluster`); the questions
-                            // end before the start's own limit does.
-                            let left = connect_limit
-                                .saturating_sub(started.elapsed())
-                                .saturating_sub(Duration::from_millis(200));
-                            let limit = timeout.max(Duration::from_secs(1)).min(left);
-                            return Err(login::explain_cluster(e, nodes, limit).await);
-                        }
-                    }
+                    // A seed refusing its login is a setting to fix, told (naming the seed)
+                    // before the start's own limit cuts (see `Refusal::connect_cluster`).
+                    let deadline =
+                        started + connect_limit.saturating_sub(Duration::from_millis(200));
+                    let refusal = Refusal::store("the username/password in the cluster's URLs");
+                    Conn::Cluster(
+                        refusal
+                            .connect_cluster(&client, nodes, deadline, login::AskSeeds::Always)
+                            .await?,
+                    )
                 }
                 Target::Sentinel {
                     sentinels,

@@ -179,8 +179,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         &settings.sentinel_auth,
         settings.top_publish_every,
     )
-    .await
-    .context("cannot connect to Redis for the top-k summaries")?;
+    .await?;
     let app = Arc::new(AppState {
         engine,
         store: store.clone(),

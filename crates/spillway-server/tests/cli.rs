@@ -342,6 +342,48 @@ async fn a_redis_cluster_refusing_the_login_stops_start_up_with_status_2() {
     );
 }
 
+/// Seed nodes of one cluster with different passwords (or one with none): the cluster
+/// client would refuse them with an error that reads like a failed connection (status 1);
+/// it is a setting, so status 2 with a message saying the seeds disagree, before anything
+/// connects, whichever flag or file names them, and never a password.
+#[test]
+fn cluster_seeds_that_disagree_on_the_login_exit_2() {
+    let seeds = "redis://:s3cret-a@127.0.0.1:1,redis://:s3cret-b@127.0.0.1:2";
+    let dir = TempDir::new();
+    let policy = format!(
+        "{GOOD}store:\n  type: redis_cluster\n  nodes: [\"redis://:s3cret-a@127.0.0.1:1\", \
+         \"redis://127.0.0.1:2\"]\n"
+    );
+    let file = dir.write("cluster.yaml", &policy);
+    let file = file.display().to_string();
+    for args in [
+        vec!["--store-url".to_owned(), format!("cluster+{seeds}")],
+        vec!["--decision-log".to_owned(), format!("cluster+{seeds}")],
+        vec!["--config".to_owned(), file],
+    ] {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend(args.iter().map(String::as_str));
+        let out = spillway_within(&all, std::time::Duration::from_secs(30));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(
+                "the cluster's seed nodes disagree on the login: 127.0.0.1:1 and 127.0.0.1:2 \
+                 give different passwords"
+            ) && !stderr.contains("s3cret"),
+            "{args:?}: {stderr}"
+        );
+        // The policy's list: named by its field, and nothing was connected.
+        if args[0] == "--config" {
+            assert!(
+                stderr.contains("the policy's seed nodes (store.nodes")
+                    && !stderr.contains("cannot connect"),
+                "{stderr}"
+            );
+        }
+    }
+}
+
 #[test]
 fn nonsense_flags_exit_2() {
     let out = spillway(&["serve", "--deny-status", "200"]);

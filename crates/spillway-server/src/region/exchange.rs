@@ -27,6 +27,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use spillway_core::policy::{Policy, Regions, Scope, StoreConfig};
 use spillway_core::time::{Clock, Micros};
+use spillway_redis::login::{self, Refusal, TellOnce};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,9 @@ struct Link {
     conn: Option<Conn>,
     /// `{<prefix>:agg:<region>}`.
     tag: String,
+    /// Whether a refused login was logged since the last call that succeeded: a refusal is
+    /// logged once as an error (each failed call stays counted and logged at debug).
+    refusal: TellOnce,
 }
 
 impl Link {
@@ -75,6 +79,7 @@ impl Link {
             config: config.clone(),
             conn: None,
             tag: format!("{{{prefix}:agg:{name}}}"),
+            refusal: TellOnce::default(),
         }
     }
 
@@ -91,28 +96,40 @@ impl Link {
         format!("{}:lengths", self.tag)
     }
 
+    /// Connects within `budget`: the client's own waits take at most half of it, so that a
+    /// cluster's refusal leaves time to ask which seed refused (`Refusal::connect_cluster`).
     async fn connect(&mut self, budget: Duration) -> redis::RedisResult<Conn> {
         if let Some(conn) = &self.conn {
             return Ok(conn.clone());
         }
+        let deadline = tokio::time::Instant::now() + budget;
+        let wait = budget / 2;
+        let owner = format!("region {}", self.name);
+        let refusal = Refusal::of(
+            &owner,
+            "the username/password in its URL (store.regions.<name>)",
+        );
         let connecting = async {
             Ok::<_, redis::RedisError>(match &self.config {
                 StoreConfig::RedisCluster(s) => {
                     let client = redis::cluster::ClusterClientBuilder::new(s.urls.clone())
-                        .connection_timeout(budget)
-                        .response_timeout(budget)
+                        .connection_timeout(wait)
+                        .response_timeout(wait)
                         .retries(0)
                         .build()?;
-                    Conn::Cluster(client.get_async_connection().await?)
+                    Conn::Cluster(
+                        refusal
+                            .connect_cluster(&client, &s.urls, deadline, login::AskSeeds::OnRefusal)
+                            .await?,
+                    )
                 }
                 StoreConfig::Redis(s) => {
                     let url = s.urls.first().cloned().unwrap_or_default();
-                    let client = redis::Client::open(url.as_str())?;
                     let settings = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(budget))
-                        .set_response_timeout(Some(budget))
+                        .set_connection_timeout(Some(wait))
+                        .set_response_timeout(Some(wait))
                         .set_number_of_retries(0);
-                    Conn::Server(ConnectionManager::new_with_config(client, settings).await?)
+                    Conn::Server(refusal.connect_server(&url, settings).await?)
                 }
                 // Validation gives regions only `redis` and `redis_cluster` stores.
                 StoreConfig::Memory { .. } | StoreConfig::RedisSentinel(_) => {
@@ -123,7 +140,7 @@ impl Link {
                 }
             })
         };
-        let conn = match tokio::time::timeout(budget, connecting).await {
+        let conn = match tokio::time::timeout_at(deadline, connecting).await {
             Ok(conn) => conn?,
             Err(_) => {
                 return Err(redis::RedisError::from((
@@ -137,30 +154,42 @@ impl Link {
     }
 
     /// Runs `pipe` within `budget`; a failure drops the connection, so the next call
-    /// connects afresh.
+    /// connects afresh. A refused login is logged here, once until a call succeeds.
     async fn run<T: redis::FromRedisValue>(
         &mut self,
         pipe: &redis::Pipeline,
         budget: Duration,
     ) -> Result<T, String> {
-        let conn = self.connect(budget).await.map_err(|e| e.to_string())?;
-        let call = async move {
-            match conn {
-                Conn::Server(mut c) => pipe.query_async(&mut c).await,
-                Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
-            }
+        let called = async {
+            let conn = self.connect(budget).await?;
+            let call = async move {
+                match conn {
+                    Conn::Server(mut c) => pipe.query_async(&mut c).await,
+                    Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
+                }
+            };
+            Ok(tokio::time::timeout(budget, call).await)
         };
-        match tokio::time::timeout(budget, call).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.conn = None;
-                Err(e.to_string())
+        let err = match called.await {
+            Ok(Ok(Ok(v))) => {
+                self.refusal.reset();
+                return Ok(v);
             }
-            Err(_) => {
+            Ok(Err(_)) => {
                 self.conn = None;
-                Err(format!("no answer within {budget:?}"))
+                return Err(format!("no answer within {budget:?}"));
             }
+            Ok(Ok(Err(e))) | Err(e) => e,
+        };
+        self.conn = None;
+        if login::refused(&err) && self.refusal.first() {
+            tracing::error!(
+                region = %self.name,
+                "{err}; this region's counts are neither published nor read until it accepts \
+                 the login (told once)"
+            );
         }
+        Err(err.to_string())
     }
 }
 
@@ -522,78 +551,4 @@ return {1, got}
 ";
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use spillway_core::algorithm::{FixedWindow, LimitParams};
-    use spillway_testkit::policy::regions_store;
-    use spillway_testkit::redis::RedisServer;
-
-    /// A window length no policy limit has (a tenant override set at run time) is published,
-    /// announced and read by the other region; a region whose stamp stops moving is cut off.
-    #[tokio::test]
-    async fn override_windows_travel_and_a_frozen_publisher_is_cut_off() {
-        let (a, b) = (RedisServer::start(), RedisServer::start());
-        let store = regions_store(
-            &[("us", &a.url()), ("eu", &b.url())],
-            &["exchange: {interval: 100ms, partition_after: 1s}"],
-        );
-        let text = format!(
-            "default_tier: t
-{store}limits:
-  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
-tiers:
-  t: {{limits: [soft]}}
-"
-        );
-        let policy = crate::config::PolicySource::Builtin
-            .parse(&text)
-            .expect("policy");
-        let regions = policy.regions().expect("regions");
-        // Hashes expire at an absolute time: the clock must read a date to come (2030).
-        let clock = crate::clock::ServerClock::manual(1_900_000_000_000);
-        let manual = clock.manual_control().expect("manual");
-        let ta = Arc::new(Tally::new(0, 2, regions.partition_after, 0.5));
-        let tb = Arc::new(Tally::new(1, 2, regions.partition_after, 0.5));
-        let mut xa = Exchange::new(regions, ta.clone(), clock.shared());
-        let mut xb = Exchange::new(regions, tb.clone(), clock.shared());
-        let len: Micros = 7 * 60_000_000;
-        let now = clock.now();
-        let start = now - now % len;
-        ta.add((len, start, "k".into()), 3);
-        let none = BTreeSet::new();
-        xa.tick(&none).await;
-        xb.tick(&none).await; // learns the length
-        xb.tick(&none).await; // reads it
-        let params = LimitParams::FixedWindow(FixedWindow::new(10, len).unwrap());
-        let now = clock.now();
-        assert!(!tb.cut_off(0, now), "us was read and its stamp is fresh");
-        assert_eq!(tb.others(&params, "k", now), 3);
-        // us stops publishing (frozen), its store still answers: after partition_after, cut off.
-        manual.advance(2_000_000);
-        xb.tick(&none).await;
-        assert!(tb.cut_off(0, clock.now()));
-    }
-
-    #[test]
-    fn past_the_bound_the_largest_counts_are_kept_and_the_region_is_marked() {
-        let p = |f: &str| (60_000_000u64, 0u64, Box::<str>::from(f));
-        let mut r1 = HashMap::new();
-        r1.insert(p("small"), 1);
-        r1.insert(p("big"), 50);
-        r1.insert(p(CATCH_ALL), 2);
-        let mut r2 = HashMap::new();
-        r2.insert(p("mid"), 10);
-        let known = gather(&[HashMap::new(), r1, r2], 3, 3);
-        assert_eq!(
-            known.counts.len(),
-            3,
-            "the catch-all first, then the largest"
-        );
-        assert_eq!(known.counts[&p("big")][1], 50);
-        assert_eq!(known.counts[&p("mid")][2], 10);
-        assert!(!known.counts.contains_key(&p("small")));
-        assert_eq!(&*known.truncated, &[false, true, false]);
-        let all = gather(&[HashMap::new(), HashMap::new(), HashMap::new()], 3, 2);
-        assert!(all.truncated.iter().all(|&t| !t));
-    }
-}
+mod tests;

@@ -15,6 +15,7 @@ pub mod metrics;
 mod simulation;
 pub mod tally;
 
+use crate::config::SettingsError;
 use crate::failure::{Failover, FailureSettings};
 use crate::shutdown::Shutdown;
 use anyhow::Context;
@@ -107,12 +108,22 @@ impl RegionNode {
         let own = regions
             .index(region)
             .with_context(|| format!("no region named {region}"))?;
+        // A far region's cluster is connected on first use; seeds that disagree on the login
+        // are a setting to fix, said at start (the own region's store says it when it connects).
+        for (r, name) in regions.names().iter().enumerate() {
+            if let StoreConfig::RedisCluster(s) = regions.store(r) {
+                spillway_redis::config::seeds_agree(&s.urls)
+                    .map_err(|err| SettingsError(format!("region {name}'s store: {err}")))?;
+            }
+        }
         let budget = Duration::from_micros(regions.home_timeout);
         let stores = (0..regions.names().len())
             .map(|r| {
                 (r != own).then(|| {
                     let lazy: Arc<dyn Store> = Arc::new(Remote {
+                        name: regions.names()[r].clone(),
                         config: regions.store(r).clone(),
+                        refusal: Default::default(),
                         budget,
                         clock: clock.clone(),
                         store: tokio::sync::OnceCell::new(),
@@ -180,9 +191,14 @@ impl RegionNode {
 }
 
 /// Another region's store, connected on first use (and retried on each call until it
-/// connects). The guard around it cuts every call at the home budget.
+/// connects). The guard around it cuts every call at the home budget. A store that refuses
+/// the login (a setting to fix) is logged as an error once; every call it fails stays
+/// counted (`spillway_region_home_calls_total`, outcome `failed`).
 struct Remote {
+    name: Arc<str>,
     config: StoreConfig,
+    /// Whether a refused login was logged.
+    refusal: spillway_redis::login::TellOnce,
     budget: Duration,
     clock: Arc<dyn Clock>,
     store: tokio::sync::OnceCell<Arc<dyn Store>>,
@@ -195,9 +211,21 @@ impl Remote {
                 // Regions run on `redis` and `redis_cluster` stores, whose URLs carry logins.
                 let no_sentinel = spillway_redis::SentinelAuth::default();
                 let (config, clock) = (&self.config, self.clock.clone());
-                crate::store::build(config, &no_sentinel, 1, clock, self.budget, false)
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("{e:#}")))
+                let built =
+                    crate::store::build(config, &no_sentinel, 1, clock, self.budget, false).await;
+                built.map_err(|e| {
+                    // `build` tells a refused login as a setting error.
+                    let refused = e.chain().any(|cause| cause.is::<SettingsError>());
+                    if refused && self.refusal.first() {
+                        tracing::error!(
+                            region = %self.name,
+                            "region {}'s store: {e:#}; calls to it fail until it accepts the \
+                             login (told once)",
+                            self.name
+                        );
+                    }
+                    StoreError::Unavailable(format!("{e:#}"))
+                })
             })
             .await
     }
@@ -284,5 +312,77 @@ tiers:
         );
         let node = RegionNode::new(&two, Some("us"), &failure, clock.shared()).expect("ok");
         assert!(node.is_some());
+    }
+
+    /// A far region's cluster is connected on first use, yet seed nodes that disagree on the
+    /// login stop the start as the setting error they are, naming the region, not a password.
+    #[test]
+    fn a_far_cluster_whose_seeds_disagree_on_the_login_is_a_setting_error() {
+        let clock = ServerClock::manual(1_000);
+        let failure = FailureSettings::default();
+        let regions = "  type: redis_cluster
+  regions:
+    us: {nodes: [\"redis://:pw@127.0.0.1:1\", \"redis://:pw@127.0.0.1:2\"]}
+    eu: {nodes: [\"redis://:s3cret@127.0.0.1:3\", \"redis://:typo@127.0.0.1:4\"]}";
+        let text = format!(
+            "default_tier: t
+store:
+{regions}
+limits:
+  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [soft]}}
+"
+        );
+        let clusters = PolicySource::Builtin.parse(&text).expect("valid policy");
+        let err = RegionNode::new(&clusters, Some("us"), &failure, clock.shared())
+            .expect_err("seeds disagree");
+        let told = format!("{err:#}");
+        assert!(
+            err.is::<SettingsError>()
+                && told.contains("region eu's store")
+                && told.contains("127.0.0.1:3 and 127.0.0.1:4 give different passwords")
+                && !told.contains("s3cret")
+                && !told.contains("typo"),
+            "{told}"
+        );
+    }
+
+    /// Calls to a far region whose store refuses the login fail (and are counted) each time;
+    /// the refusal is logged once, naming the region and the server. Real redis-server.
+    #[tokio::test]
+    async fn home_calls_to_a_far_region_refusing_the_login_log_it_once() {
+        let eu =
+            spillway_testkit::redis::RedisServer::start_with(&["--requirepass", "right-pw-Tz1"]);
+        let config =
+            spillway_core::policy::StoreConfig::Redis(spillway_core::policy::RedisSettings {
+                urls: vec![format!("redis://:wrong-pw-Ub6@127.0.0.1:{}", eu.port())],
+                ..Default::default()
+            });
+        let remote = Remote {
+            name: "eu".into(),
+            config,
+            refusal: Default::default(),
+            budget: Duration::from_secs(1),
+            clock: ServerClock::manual(1_000).shared(),
+            store: tokio::sync::OnceCell::new(),
+        };
+        let logs = crate::test_support::Logs::capture();
+        for _ in 0..3 {
+            assert!(remote.ping().await.is_err());
+        }
+        let text = logs.text();
+        let named = format!(
+            "the Redis server at 127.0.0.1:{} refused the login",
+            eu.port()
+        );
+        let told: Vec<&str> = text.lines().filter(|l| l.contains(&named)).collect();
+        assert_eq!(told.len(), 1, "{text}");
+        assert!(
+            told[0].contains("ERROR")
+                && told[0].contains("region eu's store: ")
+                && !text.contains("wrong-pw"),
+            "{text}"
+        );
     }
 }

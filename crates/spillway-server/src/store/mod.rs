@@ -131,12 +131,18 @@ pub async fn build(
         metrics::counter!(spillway_redis::sentinel::MASTER_CHANGES).increment(0);
     }
     let store = RedisStore::connect(&config).await.map_err(|err| {
-        let what = format!("cannot connect to the Redis store {:?}", config.target);
+        let what = || format!("cannot connect to the Redis store {:?}", config.target);
         match err {
+            ConnectError::Store(err) => anyhow::Error::new(err).context(what()),
+            // A refused login: a setting to fix, not an outage.
             ConnectError::LoginRefused(err) => {
-                anyhow::Error::new(SettingsError(format!("{what}: {err}")))
+                anyhow::Error::new(SettingsError(format!("{}: {err}", what())))
             }
-            ConnectError::Store(err) => anyhow::Error::new(err).context(what),
+            // Found before connecting; `--store-url` is checked when read, so these come
+            // from the policy.
+            ConnectError::Setting(err) => anyhow::Error::new(SettingsError(format!(
+                "the policy's seed nodes (store.nodes, or store.regions.<name>.nodes): {err}"
+            ))),
         }
     })?;
     tracing::info!(target = ?config.target, prefix = %config.prefix, "using the Redis store");

@@ -397,10 +397,20 @@ impl Writer {
                 self.written.increment(n);
             }
             Err(error) => {
-                if let SinkError::Failed(why) = &error {
+                if !matches!(error, SinkError::BackingOff) {
                     self.counts.sink_errors.fetch_add(1, Ordering::Relaxed);
                     self.errors.increment(1);
-                    tracing::warn!(records = n, "decision log: the sink failed: {why}");
+                }
+                match &error {
+                    SinkError::Failed(why) => {
+                        tracing::warn!(records = n, "decision log: the sink failed: {why}");
+                    }
+                    SinkError::Refused(Some(why)) => tracing::error!(
+                        records = n,
+                        "decision log: {why}; records are dropped until the login is accepted \
+                         (told once, counted in {SINK_ERRORS})"
+                    ),
+                    SinkError::Refused(None) | SinkError::BackingOff => {}
                 }
                 self.counts.dropped_sink.fetch_add(n, Ordering::Relaxed);
                 self.dropped.increment(n);

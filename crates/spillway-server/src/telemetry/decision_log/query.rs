@@ -75,8 +75,9 @@ pub struct DecisionsArgs {
 pub enum Source {
     /// A log file and its rotated files.
     File(PathBuf),
-    /// A stream.
-    Redis(RedisTarget, String),
+    /// A stream: where, its key, and which setting gave the URL (what a refused login asks
+    /// to check).
+    Redis(RedisTarget, String, &'static str),
 }
 
 /// Which records to show.
@@ -166,11 +167,19 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
     if let Some(url) = &args.redis {
         let target =
             spillway_redis::config::parse_target(url).map_err(|e| format!("--redis {e}"))?;
-        return Ok(Source::Redis(target, stream));
+        return Ok(Source::Redis(
+            target,
+            stream,
+            "the username/password in --redis's URL",
+        ));
     }
     match &args.sink {
         Some(SinkSpec::File(path)) => Ok(Source::File(path.clone())),
-        Some(SinkSpec::Redis(target)) => Ok(Source::Redis(target.clone(), stream)),
+        Some(SinkSpec::Redis(target)) => Ok(Source::Redis(
+            target.clone(),
+            stream,
+            "the username/password in the URL of --decision-log (SPILLWAY_DECISION_LOG)",
+        )),
         Some(SinkSpec::StoreRedis) => {
             let store = match (&args.store_url, &args.config) {
                 (Some(url), _) => {
@@ -194,7 +203,11 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
                     )
                 }
             };
-            Ok(Source::Redis(store_target(&store)?, stream))
+            Ok(Source::Redis(
+                store_target(&store)?,
+                stream,
+                "the username/password in the store's URL",
+            ))
         }
         Some(SinkSpec::Stdout) => Err(
             "the decision log is written to stdout, which cannot be read back; \
@@ -213,7 +226,7 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
 pub async fn read(source: &Source, filter: &Filter) -> Result<Vec<Found>, String> {
     match source {
         Source::File(path) => read_files(path, filter),
-        Source::Redis(target, key) => read_stream(target, key, filter).await,
+        Source::Redis(target, key, check) => read_stream(target, key, check, filter).await,
     }
 }
 
@@ -255,10 +268,16 @@ fn read_files(path: &Path, filter: &Filter) -> Result<Vec<Found>, String> {
 async fn read_stream(
     target: &RedisTarget,
     key: &str,
+    check: &str,
     filter: &Filter,
 ) -> Result<Vec<Found>, String> {
     let fail = |e: redis::RedisError| format!("Redis stream `{key}` on {target:?}: {e}");
-    let mut conn = tokio::time::timeout(Duration::from_secs(5), Conn::connect(target))
+    let refusal = spillway_redis::login::Refusal::of("decision log", check);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // Read once: any failure is worth asking the seeds whether one refused the login.
+    let ask = spillway_redis::login::AskSeeds::Always;
+    let connecting = Conn::connect(target, refusal, deadline, ask);
+    let mut conn = tokio::time::timeout_at(deadline, connecting)
         .await
         .map_err(|_| format!("cannot reach {target:?} within 5s"))?
         .map_err(fail)?;

@@ -14,16 +14,21 @@
 //! readers cost Redis, and the node's parsing, one fetch each interval.
 
 use super::{HotKeys, Summary, Top, Window, MAX_PUBLISHED_HOT_KEYS, MAX_ROWS};
+use crate::config::SettingsError;
 use crate::shutdown::Shutdown;
-use anyhow::Context;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use serde::{Deserialize, Serialize};
 use spillway_core::policy::{RedisSettings, StoreConfig};
 use spillway_core::time::Clock;
+use spillway_redis::login::{self, Refusal};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long the board's start waits for a cluster (asking its seeds which refused a login
+/// included).
+const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 
 /// How often a node publishes, by default.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
@@ -81,7 +86,28 @@ pub struct Board {
 
 impl Board {
     /// Connects to the Redis deployment `store` names; `None` for the in-memory store.
+    ///
+    /// It uses the store's URLs and logins, and connects after the store, so a login the
+    /// store's servers refuse stops the start there first; a refusal met here all the same
+    /// (a password changed in between) is a [`SettingsError`] too, naming the board and the
+    /// server, never the password.
     pub async fn connect(
+        store: &StoreConfig,
+        sentinel_auth: &spillway_redis::SentinelAuth,
+        period: Duration,
+    ) -> anyhow::Result<Option<Self>> {
+        Self::connect_unexplained(store, sentinel_auth, period)
+            .await
+            .map_err(|err| match err.downcast_ref::<redis::RedisError>() {
+                Some(redis) if login::refused(redis) => {
+                    let told = format!("cannot connect to Redis for the top-k summaries: {err:#}");
+                    anyhow::Error::new(SettingsError(told))
+                }
+                _ => err.context("cannot connect to Redis for the top-k summaries"),
+            })
+    }
+
+    async fn connect_unexplained(
         store: &StoreConfig,
         sentinel_auth: &spillway_redis::SentinelAuth,
         period: Duration,
@@ -98,21 +124,40 @@ impl Board {
                     master,
                     sentinel_auth,
                     timeout,
+                    "top-k board",
                 )
                 .await
-                .context("top-k board: no master through Sentinel")?;
+                .map_err(|e| {
+                    // A refusal names the sentinel or master itself; any other error is an
+                    // outage of the board's Sentinel.
+                    let refused = login::refused(&e);
+                    let e = anyhow::Error::new(e);
+                    if refused {
+                        e
+                    } else {
+                        e.context("top-k board: no master through Sentinel")
+                    }
+                })?;
                 return Ok(Some(Self::new(Conn::Sentinel(conn), s, period)));
             }
         };
+        let refusal = Refusal::of("top-k board", "the username/password in the store's URL");
         let conn = if cluster {
-            let client = redis::cluster::ClusterClientBuilder::new(settings.urls.clone())
-                .build()
-                .context("top-k board: bad Redis Cluster URLs")?;
-            Conn::Cluster(client.get_async_connection().await?)
+            let client =
+                redis::cluster::ClusterClientBuilder::new(settings.urls.clone()).build()?;
+            let deadline = tokio::time::Instant::now() + CONNECT_LIMIT;
+            Conn::Cluster(
+                refusal
+                    .connect_cluster(&client, &settings.urls, deadline, login::AskSeeds::Always)
+                    .await?,
+            )
         } else {
             let url = settings.urls.first().cloned().unwrap_or_default();
-            let client = redis::Client::open(url.as_str()).context("top-k board: bad Redis URL")?;
-            Conn::Server(ConnectionManager::new(client).await?)
+            // Few, short waits between attempts: a refusal is told in about a second.
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            Conn::Server(refusal.connect_server(&url, config).await?)
         };
         Ok(Some(Self::new(conn, settings, period)))
     }

@@ -475,3 +475,40 @@ async fn cluster_answers_reuse_the_summaries_fetched_within_a_period() {
         .expect("merged");
     assert_eq!(names(&fresh), ["a", "b", "c"], "a new board fetches");
 }
+
+/// The board uses the store's URL and connects after it, so the store meets a refused login
+/// first; the board still tells one of its own (a password changed in between) as a setting
+/// error naming the board's server and never the password. Without a password the client
+/// sends no `AUTH`, so the board's first command is what hears the refusal. Real redis-server.
+#[tokio::test]
+async fn a_board_refused_the_login_is_a_setting_error_naming_its_server() {
+    use super::redis::Board;
+    use spillway_core::policy::{RedisSettings, StoreConfig};
+    const WRONG: &str = "wrong-pw-Hb5";
+    let redis =
+        spillway_testkit::redis::RedisServer::start_with(&["--requirepass", "right-pw-Nc4"]);
+    let port = redis.port();
+    let auth = spillway_redis::SentinelAuth::default();
+    for url in [
+        format!("redis://:{WRONG}@127.0.0.1:{port}"),
+        format!("redis://127.0.0.1:{port}"),
+    ] {
+        let store = StoreConfig::Redis(RedisSettings {
+            urls: vec![url.clone()],
+            ..RedisSettings::default()
+        });
+        let err = match Board::connect(&store, &auth, std::time::Duration::from_secs(5)).await {
+            Ok(_) => panic!("{url}: connected"),
+            Err(err) => err,
+        };
+        let told = format!("{err:#}");
+        assert!(
+            err.chain().any(|c| c.is::<crate::config::SettingsError>())
+                && told.contains(&format!(
+                    "the top-k board's Redis server at 127.0.0.1:{port} refused the login"
+                ))
+                && !told.contains(WRONG),
+            "{url}: {told}"
+        );
+    }
+}

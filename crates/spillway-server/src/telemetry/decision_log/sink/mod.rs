@@ -41,6 +41,10 @@ impl Formatted {
 pub enum SinkError {
     /// The sink failed now.
     Failed(String),
+    /// A server refused the sink's login: trying again will not help until a setting
+    /// changes. The reason comes the first time in a row (to be logged as an error), `None`
+    /// after (counted like a failure, not logged again).
+    Refused(Option<String>),
     /// The sink failed recently and is not tried again yet.
     BackingOff,
 }
@@ -77,11 +81,13 @@ impl Sink {
             )?),
             SinkSpec::StoreRedis => Self::Redis(redis::RedisSink::new(
                 store_redis.ok_or("--decision-log redis was given no store Redis to write to")?,
+                "the username/password in the store's URL",
                 settings.stream.clone(),
                 settings.stream_maxlen,
             )),
             SinkSpec::Redis(target) => Self::Redis(redis::RedisSink::new(
                 target.clone(),
+                "the username/password in --decision-log's URL",
                 settings.stream.clone(),
                 settings.stream_maxlen,
             )),

@@ -1,0 +1,143 @@
+use super::*;
+use spillway_core::algorithm::{FixedWindow, LimitParams};
+use spillway_testkit::policy::regions_store;
+use spillway_testkit::redis::RedisServer;
+
+/// A window length no policy limit has (a tenant override set at run time) is published,
+/// announced and read by the other region; a region whose stamp stops moving is cut off.
+#[tokio::test]
+async fn override_windows_travel_and_a_frozen_publisher_is_cut_off() {
+    let (a, b) = (RedisServer::start(), RedisServer::start());
+    let store = regions_store(
+        &[("us", &a.url()), ("eu", &b.url())],
+        &["exchange: {interval: 100ms, partition_after: 1s}"],
+    );
+    let text = format!(
+        "default_tier: t
+{store}limits:
+  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [soft]}}
+"
+    );
+    let policy = crate::config::PolicySource::Builtin
+        .parse(&text)
+        .expect("policy");
+    let regions = policy.regions().expect("regions");
+    // Hashes expire at an absolute time: the clock must read a date to come (2030).
+    let clock = crate::clock::ServerClock::manual(1_900_000_000_000);
+    let manual = clock.manual_control().expect("manual");
+    let ta = Arc::new(Tally::new(0, 2, regions.partition_after, 0.5));
+    let tb = Arc::new(Tally::new(1, 2, regions.partition_after, 0.5));
+    let mut xa = Exchange::new(regions, ta.clone(), clock.shared());
+    let mut xb = Exchange::new(regions, tb.clone(), clock.shared());
+    let len: Micros = 7 * 60_000_000;
+    let now = clock.now();
+    let start = now - now % len;
+    ta.add((len, start, "k".into()), 3);
+    let none = BTreeSet::new();
+    xa.tick(&none).await;
+    xb.tick(&none).await; // learns the length
+    xb.tick(&none).await; // reads it
+    let params = LimitParams::FixedWindow(FixedWindow::new(10, len).unwrap());
+    let now = clock.now();
+    assert!(!tb.cut_off(0, now), "us was read and its stamp is fresh");
+    assert_eq!(tb.others(&params, "k", now), 3);
+    // us stops publishing (frozen), its store still answers: after partition_after, cut off.
+    manual.advance(2_000_000);
+    xb.tick(&none).await;
+    assert!(tb.cut_off(0, clock.now()));
+}
+
+/// A far region's Redis refusing the login (the exchange connects on first use, so the
+/// start goes on): the refusal is logged once as an error naming the region and the
+/// server, never the password, however many ticks it lasts; once a call succeeds, a new
+/// refusal is logged again. Real redis-server, its password changed under the exchange.
+#[tokio::test]
+async fn a_far_region_refusing_the_login_is_told_once_while_it_lasts() {
+    const GIVEN: &str = "given-pw-Q7x";
+    const OTHER: &str = "other-pw-K3m";
+    let us = RedisServer::start();
+    let eu = RedisServer::start_with(&["--requirepass", OTHER]);
+    let eu_url = format!("redis://:{GIVEN}@127.0.0.1:{}", eu.port());
+    let store = regions_store(
+        &[("us", &us.url()), ("eu", &eu_url)],
+        &["exchange: {interval: 100ms, partition_after: 2s}"],
+    );
+    let text = format!(
+        "default_tier: t
+{store}limits:
+  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [soft]}}
+"
+    );
+    let policy = crate::config::PolicySource::Builtin
+        .parse(&text)
+        .expect("policy");
+    let regions = policy.regions().expect("regions");
+    let clock = crate::clock::ServerClock::manual(1_900_000_000_000);
+    let tally = Arc::new(Tally::new(0, 2, regions.partition_after, 0.5));
+    let mut exchange = Exchange::new(regions, tally, clock.shared());
+    let lengths = window_lengths(&policy);
+    let logs = crate::test_support::Logs::capture();
+    let told = |logs: &crate::test_support::Logs| {
+        let text = logs.text();
+        assert!(
+            !text.contains(GIVEN) && !text.contains(OTHER),
+            "the logs show a password: {text}"
+        );
+        let named = format!(
+            "region eu's Redis server at 127.0.0.1:{} refused the login",
+            eu.port()
+        );
+        text.lines()
+            .filter(|l| l.contains("ERROR") && l.contains(&named))
+            .count()
+    };
+    for _ in 0..3 {
+        exchange.tick(&lengths).await;
+    }
+    assert_eq!(told(&logs), 1, "{}", logs.text());
+    // The server takes the given password: the read succeeds, and the next refusal (its
+    // password changed again, its clients dropped) is told anew.
+    let set = |now: &str, to: &str| {
+        spillway_testkit::redis::command_as(
+            eu.port(),
+            Some(now),
+            &format!("CONFIG SET requirepass {to}"),
+        )
+    };
+    assert!(set(OTHER, GIVEN).is_some_and(|r| r.starts_with("+OK")));
+    exchange.tick(&lengths).await;
+    assert!(!exchange.links[1].refusal.told(), "{}", logs.text());
+    assert!(set(GIVEN, OTHER).is_some_and(|r| r.starts_with("+OK")));
+    spillway_testkit::redis::command_as(eu.port(), Some(OTHER), "CLIENT KILL TYPE normal");
+    for _ in 0..3 {
+        exchange.tick(&lengths).await;
+    }
+    assert_eq!(told(&logs), 2, "{}", logs.text());
+}
+
+#[test]
+fn past_the_bound_the_largest_counts_are_kept_and_the_region_is_marked() {
+    let p = |f: &str| (60_000_000u64, 0u64, Box::<str>::from(f));
+    let mut r1 = HashMap::new();
+    r1.insert(p("small"), 1);
+    r1.insert(p("big"), 50);
+    r1.insert(p(CATCH_ALL), 2);
+    let mut r2 = HashMap::new();
+    r2.insert(p("mid"), 10);
+    let known = gather(&[HashMap::new(), r1, r2], 3, 3);
+    assert_eq!(
+        known.counts.len(),
+        3,
+        "the catch-all first, then the largest"
+    );
+    assert_eq!(known.counts[&p("big")][1], 50);
+    assert_eq!(known.counts[&p("mid")][2], 10);
+    assert!(!known.counts.contains_key(&p("small")));
+    assert_eq!(&*known.truncated, &[false, true, false]);
+    let all = gather(&[HashMap::new(), HashMap::new(), HashMap::new()], 3, 2);
+    assert!(all.truncated.iter().all(|&t| !t));
+}
