@@ -242,10 +242,10 @@ fn the_entry_count_matches_what_is_cached() {
         let retry = if i % 2 == 1 { 500 } else { 1 << 40 };
         cache.remember(&[check(k, &params)], &[decision(false, Some(retry))], 0);
     }
-    assert!(cache.len() > 0);
+    assert!(!cache.is_empty());
     assert_eq!(cached(0), cache.len());
     cache.sweep(500);
-    assert!(cache.len() > 0, "the even entries are still cached");
+    assert!(!cache.is_empty(), "the even entries are still cached");
     assert_eq!(cached(500), cache.len());
     cache.sweep(1 << 41);
     assert!(cache.is_empty());
