@@ -119,17 +119,12 @@ impl From<&LimitOutcome> for LimitBody {
     }
 }
 
-/// The `200` answer to a decision: the rate-limit headers, the JSON content type, the
-/// body [`decided_body`] describes, written by [`write_decided_json`] into one buffer, and
-/// its `Content-Length`.
+/// The `200` answer to a decision: the rate-limit headers, the JSON content type, and the
+/// body [`decided_body`] describes, written by [`write_decided_json`] into one buffer.
 pub fn decided_response(status: StatusCode, decided: &Decided) -> Response {
     let mut bytes = Vec::with_capacity(128 + 160 * decided.verdict.outcomes.len());
     write_decided_json(decided, &mut bytes);
-    let headers = answer_headers(
-        decided,
-        Some(ContentType::Last(APPLICATION_JSON)),
-        bytes.len(),
-    );
+    let headers = answer_headers(decided, Some(ContentType::Last(APPLICATION_JSON)));
     respond(status, headers, bytes)
 }
 
@@ -227,7 +222,7 @@ fn write_decided_members(decided: &Decided, out: &mut Vec<u8>) {
 /// members after its own, byte for byte what serde_json writes for
 /// `denial_problem(..).with_verdict(decided_body(decided))` (a test holds the two together),
 /// under the problem media type and then the rate-limit headers, the order the serde path's
-/// answer has them in, and the body's `Content-Length`. The problem is built here, so it never carries more than the standard
+/// answer has them in. The problem is built here, so it never carries more than the standard
 /// members this writer knows how to place.
 pub fn denied_response(status: StatusCode, decided: &Decided) -> Response {
     let problem = denial_problem(&decided.verdict, status);
@@ -236,7 +231,7 @@ pub fn denied_response(status: StatusCode, decided: &Decided) -> Response {
     bytes.push(b',');
     write_decided_members(decided, &mut bytes);
     bytes.push(b'}');
-    let headers = answer_headers(decided, Some(ContentType::First(PROBLEM_JSON)), bytes.len());
+    let headers = answer_headers(decided, Some(ContentType::First(PROBLEM_JSON)));
     respond(problem.status(), headers, bytes)
 }
 
@@ -281,27 +276,21 @@ fn denial_word(denial: Denial) -> &'static str {
 /// The headers of a decision: the verdict's, plus the degraded mark when the store did not
 /// take part.
 pub fn decided_headers(decided: &Decided) -> HeaderMap {
-    answer_headers(decided, None, None)
+    answer_headers(decided, None)
 }
 
-/// [`decided_headers`], with `content_type` where it goes and, given a body's `length`, a
-/// `Content-Length` last (where the router would add it, so the bytes on the wire are the same
-/// either way). Every value the verdict renders and the length's digits are written into one
-/// buffer, which the header values then share: one allocation for all of them. (A length
-/// from `HeaderValue::from(u64)` costs an allocation of its own.)
-fn answer_headers(
-    decided: &Decided,
-    content_type: Option<ContentType>,
-    length: impl Into<Option<usize>>,
-) -> HeaderMap {
+/// [`decided_headers`], with `content_type` where it goes, in one map (the `Content-Length`
+/// is added after them, by the router or the shortcut's `with_length`). Every value the
+/// verdict renders is written into one buffer, which the header values then share: one
+/// allocation for all of them.
+///
+/// Writing the `Content-Length` into that buffer too, instead of the allocation
+/// `HeaderValue::from(u64)` makes, was measured and cost about 150 instructions more per check
+/// (`docs/BENCHMARKS.md`, session 15).
+fn answer_headers(decided: &Decided, content_type: Option<ContentType>) -> HeaderMap {
     let fields = headers::fields(&decided.verdict);
-    let mut map = HeaderMap::with_capacity(fields.len() + 5);
-    let (mut text, spans) = fields.into_parts();
-    let length = length.into().map(|length| {
-        let start = text.len();
-        text.push_str(itoa::Buffer::new().format(length));
-        start..text.len()
-    });
+    let mut map = HeaderMap::with_capacity(fields.len() + 4);
+    let (text, spans) = fields.into_parts();
     let text = Bytes::from(text);
     let last = match content_type {
         Some(ContentType::First(value)) => {
@@ -336,12 +325,6 @@ fn answer_headers(
     }
     if let Some(value) = last {
         map.insert(header::CONTENT_TYPE, value);
-    }
-    if let Some(span) = length {
-        // Decimal digits: always a valid value.
-        if let Ok(value) = HeaderValue::from_maybe_shared(text.slice(span)) {
-            map.insert(header::CONTENT_LENGTH, value);
-        }
     }
     map
 }
@@ -606,12 +589,10 @@ mod tests {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "application/json");
         assert_eq!(response.headers()["x-ratelimit-remaining"], "4");
-        let length = response.headers()["content-length"].clone();
         let body = axum::body::to_bytes(response.into_body(), 1 << 16)
             .await
             .expect("body");
         assert_eq!(body, serde_bytes(&case));
-        assert_eq!(length, body.len().to_string().as_str());
     }
 
     #[tokio::test]
@@ -627,17 +608,11 @@ mod tests {
             Some(FailureMode::Open),
         );
         let problem = denial_problem(&case.verdict, StatusCode::TOO_MANY_REQUESTS);
-        let mut old = (
+        let old = (
             decided_headers(&case),
             problem.clone().with_verdict(decided_body(&case)),
         )
             .into_response();
-        // The length the router adds last to an answer without one.
-        let size = http_body::Body::size_hint(old.body())
-            .exact()
-            .expect("a sized body");
-        old.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
         let new = denied_response(StatusCode::TOO_MANY_REQUESTS, &case);
         assert_eq!(new.status(), old.status());
         let names = |r: &Response| -> Vec<(String, String)> {
