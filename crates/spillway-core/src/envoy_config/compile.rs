@@ -5,7 +5,7 @@ use super::raw::{RawDescriptor, RawFile, RawRateLimit};
 use super::{Domain, EnvoyLimit, KeyNodes, Level, Node, Rule, Unit};
 use crate::algorithm::{FixedWindow, LimitParams};
 use crate::policy::error::{Issues, PolicyError};
-use crate::policy::{locate, Algorithm, Dimension, FailureMode, LimitDef, Scope};
+use crate::policy::{locate, Algorithm, Dimension, FailureMode, LimitDef, LimitName, Scope};
 use crate::rate::{parse_duration, Rate};
 use crate::time::Micros;
 use serde_saphyr::{Location, Spanned};
@@ -55,6 +55,7 @@ pub(super) fn compile(
     }
     Ok(Domain {
         name: name.into(),
+        override_name: format!("{name}.override").into(),
         failure_mode,
         allow_limit_override: raw.allow_limit_override.unwrap_or(false),
         source: origin.into(),
@@ -386,17 +387,23 @@ fn fingerprint(domain: &str, place: &str, algorithm: &str) -> u64 {
 }
 
 /// The limit a descriptor's own `limit` field asks for: a fixed window of one `unit`, counted
-/// per descriptor values like any other, apart from the configured limits.
-pub(super) fn override_limit(domain: &str, count: u64, unit: Unit) -> Result<EnvoyLimit, String> {
+/// per descriptor values like any other, apart from the configured limits. `name` is the
+/// domain's `{domain}.override`, made once when the domain is compiled and shared by every
+/// override.
+pub(super) fn override_limit(
+    domain: &str,
+    name: &LimitName,
+    count: u64,
+    unit: Unit,
+) -> Result<EnvoyLimit, String> {
     let params = LimitParams::FixedWindow(FixedWindow::new(count, unit.micros())?);
-    let name = format!("{domain}.override");
     // Each unit counts apart (a second's count means nothing to a day's window); the count
     // is read under whatever limit the descriptor sends, like a policy limit's new numbers.
     let place = format!("{name}/{}", unit.micros());
     let fingerprint = fingerprint(domain, &place, "fixed_window");
     Ok(EnvoyLimit {
         def: Arc::new(LimitDef {
-            name: name.into(),
+            name: name.clone(),
             params,
             key: Vec::new(),
             shadow: false,

@@ -20,7 +20,7 @@ mod tests;
 
 pub use matching::Found;
 
-use crate::policy::{FailureMode, LimitDef, PolicyError};
+use crate::policy::{FailureMode, LimitDef, LimitName, PolicyError};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -37,6 +37,9 @@ pub struct EnvoyConfig {
 pub struct Domain {
     /// The domain name Envoy sends in each request.
     pub name: Arc<str>,
+    /// The name of every limit a descriptor's own `limit` asks for, `{name}.override`: made
+    /// once with its quoted forms, cloned into each override.
+    override_name: LimitName,
     /// What to answer when the store fails (`degrade` unless the file says `failure_mode`).
     pub failure_mode: FailureMode,
     /// Whether a descriptor's own `limit` (set by Envoy's route config) replaces the
@@ -203,7 +206,7 @@ impl Domain {
     /// The limit a descriptor's own `limit` field asks for (when the domain allows it): a
     /// fixed window of `count` per `unit`.
     pub fn override_limit(&self, count: u64, unit: Unit) -> Result<EnvoyLimit, String> {
-        compile::override_limit(&self.name, count, unit)
+        compile::override_limit(&self.name, &self.override_name, count, unit)
     }
 
     /// How many limits the domain defines.
