@@ -237,4 +237,40 @@ mod tests {
         let set: std::collections::HashSet<LimitName> = [name.clone()].into();
         assert!(set.contains("a\"b"));
     }
+
+    /// Reads a structured-field String (RFC 8941, section 4.2.5) back to its characters:
+    /// quotes around, `\"` and `\\` the only escapes, printable ASCII only inside.
+    fn unquote_sf(text: &str) -> Option<String> {
+        let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next()? {
+                    e @ ('"' | '\\') => out.push(e),
+                    _ => return None,
+                },
+                '"' => return None,
+                ' '..='~' => out.push(c),
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    proptest::proptest! {
+        /// Any name's structured-field form is a header value `http` accepts as it is, and
+        /// reads back as the name with each character a String cannot hold turned to `?`.
+        #[test]
+        fn every_structured_field_form_is_a_header_value_that_reads_back(name in r#"(\PC|[\x00-\x1f\x7f"\\])*"#) {
+            let limit = LimitName::from(name.as_str());
+            let value = http::HeaderValue::from_str(limit.sf());
+            proptest::prop_assert!(value.is_ok(), "{:?}", limit.sf());
+            let expected: String = name
+                .chars()
+                .map(|c| if matches!(c, ' '..='~') { c } else { '?' })
+                .collect();
+            proptest::prop_assert_eq!(unquote_sf(limit.sf()), Some(expected));
+        }
+    }
 }
