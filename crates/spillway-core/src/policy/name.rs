@@ -24,7 +24,8 @@ struct Forms {
     /// character such a String cannot hold (outside printable ASCII) replaced by `?`, so no
     /// name can break a header.
     sf: Box<str>,
-    /// A JSON string, quotes included, escaped exactly as serde_json escapes it.
+    /// A JSON string, quotes included, escaped exactly as serde_json escapes it
+    /// ([`crate::json`]).
     json: Box<str>,
 }
 
@@ -32,7 +33,7 @@ impl LimitName {
     /// The name `plain` with its quoted forms.
     pub fn new(plain: Arc<str>) -> Self {
         let sf = sf_string(&plain).into_boxed_str();
-        let json = json_string(&plain).into_boxed_str();
+        let json = crate::json::to_string(&plain).into_boxed_str();
         Self(Arc::new(Forms { plain, sf, json }))
     }
 
@@ -163,32 +164,6 @@ fn sf_string(s: &str) -> String {
             }
             ' '..='~' => out.push(c),
             _ => out.push('?'),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// `s` as a JSON string, with serde_json's escapes: the short ones where JSON has them,
-/// `\u00XX` in lower-case hex for the other control characters, everything else as it is.
-fn json_string(s: &str) -> String {
-    use fmt::Write;
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c < ' ' => {
-                // Writing to a String cannot fail.
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
         }
     }
     out.push('"');
