@@ -47,6 +47,12 @@ impl LimitName {
         self.0.plain.clone()
     }
 
+    /// The shared string itself, for code that reads it where an `Arc<str>` is asked for
+    /// (and clones it only if it keeps it).
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.0.plain
+    }
+
     /// The name as a structured-field String, quotes included.
     pub fn sf(&self) -> &str {
         &self.0.sf
