@@ -129,15 +129,6 @@ pub fn decided_response(status: StatusCode, decided: &Decided) -> Response {
     respond(status, headers, bytes)
 }
 
-/// Where an answer's `Content-Type` goes among its headers (the order the serde answers had
-/// them in, which the wire tests pin).
-enum ContentType {
-    /// Before the rate-limit headers.
-    First(HeaderValue),
-    /// After them.
-    Last(HeaderValue),
-}
-
 /// A response of `status` with `headers` and `body`.
 fn respond(status: StatusCode, headers: HeaderMap, body: Vec<u8>) -> Response {
     let mut response = Response::new(Body::from(body));
@@ -155,9 +146,8 @@ const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json
 /// writes for it (a test holds the two together), without building the body first: member
 /// names are literals, limit names come already quoted from the policy
 /// ([`spillway_core::policy::LimitName`]), and the tier and route are escaped when they need
-/// it. A
-/// decision answers every request, and serde's writer spent as much on this as the decision
-/// itself.
+/// it ([`spillway_core::json`]). A decision answers every request, and serde's writer spent
+/// as much on this as the decision itself.
 pub fn write_decided_json(decided: &Decided, out: &mut Vec<u8>) {
     out.push(b'{');
     write_decided_members(decided, out);
@@ -262,6 +252,15 @@ pub fn decided_headers(decided: &Decided) -> HeaderMap {
     answer_headers(decided, None)
 }
 
+/// Where an answer's `Content-Type` goes among its headers (the order the serde answers had
+/// them in, which the wire tests pin).
+enum ContentType {
+    /// Before the rate-limit headers.
+    First(HeaderValue),
+    /// After them.
+    Last(HeaderValue),
+}
+
 /// [`decided_headers`], with `content_type` where it goes, in one map (the `Content-Length`
 /// is added after them, by the router or the shortcut's `with_length`). Every value the
 /// verdict renders is written into one buffer, which the header values then share: one
@@ -269,7 +268,7 @@ pub fn decided_headers(decided: &Decided) -> HeaderMap {
 ///
 /// Writing the `Content-Length` into that buffer too, instead of the allocation
 /// `HeaderValue::from(u64)` makes, was measured and cost about 150 instructions more per check
-/// (`docs/BENCHMARKS.md`, session 15).
+/// (`docs/BENCHMARKS.md`, "Fewer instructions per `/v1/check` (issue 16, session 15)").
 fn answer_headers(decided: &Decided, content_type: Option<ContentType>) -> HeaderMap {
     let fields = headers::fields(&decided.verdict);
     let mut map = HeaderMap::with_capacity(fields.len() + 4);
@@ -322,24 +321,22 @@ pub fn decided_body(decided: &Decided) -> VerdictBody {
     body
 }
 
-/// The header in `slot` of `spillway_core::headers::ORDER`, built at compile time rather than
-/// checked again on every answer, and picked by its slot rather than by comparing names.
-#[allow(clippy::declare_interior_mutable_const)]
+/// The header names of `spillway_core::headers::ORDER`, slot by slot, built at compile time
+/// rather than checked again on every answer; an answer picks each by its slot rather than by
+/// comparing names.
+static HEADER_NAMES: [HeaderName; headers::MAX_FIELDS] = [
+    HeaderName::from_static(headers::ORDER[0]),
+    HeaderName::from_static(headers::ORDER[1]),
+    HeaderName::from_static(headers::ORDER[2]),
+    HeaderName::from_static(headers::ORDER[3]),
+    HeaderName::from_static(headers::ORDER[4]),
+    HeaderName::from_static(headers::ORDER[5]),
+];
+
+/// The header in `slot` of `spillway_core::headers::ORDER` (every slot `Fields` hands out is
+/// one of them).
 fn header_name(slot: usize) -> HeaderName {
-    const X_LIMIT: HeaderName = HeaderName::from_static(headers::X_LIMIT);
-    const X_REMAINING: HeaderName = HeaderName::from_static(headers::X_REMAINING);
-    const X_RESET: HeaderName = HeaderName::from_static(headers::X_RESET);
-    const POLICY: HeaderName = HeaderName::from_static(headers::POLICY);
-    const RATELIMIT: HeaderName = HeaderName::from_static(headers::RATELIMIT);
-    match slot {
-        headers::SLOT_LIMIT => X_LIMIT,
-        headers::SLOT_REMAINING => X_REMAINING,
-        headers::SLOT_RESET => X_RESET,
-        headers::SLOT_RETRY_AFTER => header::RETRY_AFTER,
-        headers::SLOT_POLICY => POLICY,
-        headers::SLOT_RATELIMIT => RATELIMIT,
-        other => HeaderName::from_static(headers::ORDER[other]),
-    }
+    HEADER_NAMES[slot].clone()
 }
 
 /// The problem document for a denial, answered with `status` (429 on `/v1/check`, the
