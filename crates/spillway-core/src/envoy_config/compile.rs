@@ -2,10 +2,10 @@
 //! column and field path, the same way the main policy reports them.
 
 use super::raw::{RawDescriptor, RawFile, RawRateLimit};
-use super::{Domain, EnvoyLimit, KeyNodes, Level, Node, Rule, Unit};
+use super::{Domain, EnvoyLimit, KeyNodes, Level, Node, Overrides, Rule, Unit};
 use crate::algorithm::{FixedWindow, LimitParams};
 use crate::policy::error::{Issues, PolicyError};
-use crate::policy::{locate, Algorithm, Dimension, FailureMode, LimitDef, LimitName, Scope};
+use crate::policy::{locate, Algorithm, Dimension, FailureMode, LimitDef, Scope};
 use crate::rate::{parse_duration, Rate};
 use crate::time::Micros;
 use serde_saphyr::{Location, Spanned};
@@ -55,7 +55,7 @@ pub(super) fn compile(
     }
     Ok(Domain {
         name: name.into(),
-        override_name: format!("{name}.override").into(),
+        overrides: Overrides::new(name),
         failure_mode,
         allow_limit_override: raw.allow_limit_override.unwrap_or(false),
         source: origin.into(),
@@ -386,24 +386,38 @@ fn fingerprint(domain: &str, place: &str, algorithm: &str) -> u64 {
     hasher.finish()
 }
 
+impl Overrides {
+    /// What every override on domain `domain` shares: its name, `{domain}.override`, and each
+    /// unit's fingerprint. Each unit counts apart (a second's count means nothing to a day's
+    /// window); the count is read under whatever limit the descriptor sends, like a policy
+    /// limit's new numbers.
+    fn new(domain: &str) -> Self {
+        let name = format!("{domain}.override");
+        let fingerprint = |unit: Unit| {
+            let place = format!("{name}/{}", unit.micros());
+            fingerprint(domain, &place, "fixed_window")
+        };
+        let fingerprints = Unit::ALL.map(fingerprint);
+        Self {
+            name: name.into(),
+            fingerprints,
+        }
+    }
+}
+
 /// The limit a descriptor's own `limit` field asks for: a fixed window of one `unit`, counted
-/// per descriptor values like any other, apart from the configured limits. `name` is the
-/// domain's `{domain}.override`, made once when the domain is compiled and shared by every
-/// override.
+/// per descriptor values like any other, apart from the configured limits. Its name and
+/// fingerprint were made when the domain was compiled (`overrides`).
 pub(super) fn override_limit(
-    domain: &str,
-    name: &LimitName,
+    overrides: &Overrides,
     count: u64,
     unit: Unit,
 ) -> Result<EnvoyLimit, String> {
     let params = LimitParams::FixedWindow(FixedWindow::new(count, unit.micros())?);
-    // Each unit counts apart (a second's count means nothing to a day's window); the count
-    // is read under whatever limit the descriptor sends, like a policy limit's new numbers.
-    let place = format!("{name}/{}", unit.micros());
-    let fingerprint = fingerprint(domain, &place, "fixed_window");
+    let fingerprint = overrides.fingerprints[unit as usize];
     Ok(EnvoyLimit {
         def: Arc::new(LimitDef {
-            name: name.clone(),
+            name: overrides.name.clone(),
             params,
             key: Vec::new(),
             shadow: false,
