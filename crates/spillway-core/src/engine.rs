@@ -5,7 +5,7 @@
 //! that are in flight; each check works on the one snapshot it loaded.
 
 use crate::algorithm::{Decision, Denial, LimitParams};
-use crate::policy::{FailureMode, Planned, Policy, Resolved};
+use crate::policy::{FailureMode, LimitName, Planned, Policy, Resolved};
 use crate::request::{CheckMode, RequestAttrs};
 use crate::store::{admits, Check, ReportId, Store, StoreError};
 use crate::time::{Clock, Micros};
@@ -15,8 +15,8 @@ use std::sync::Arc;
 /// One limit's part in a verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitOutcome {
-    /// The limit's name, as written in the policy.
-    pub name: Arc<str>,
+    /// The limit's name, as written in the policy (with its quoted forms, shared with it).
+    pub name: LimitName,
     /// What the limit decided.
     pub decision: Decision,
     /// Whether the limit is in shadow mode (evaluated and counted, never denying).

@@ -263,7 +263,7 @@ pub enum Reported {
 /// (metrics, and the decision log: a recorded or failed report is logged, a retry is not).
 /// `policy` is the snapshot the report was resolved with.
 pub async fn report(app: &AppState, policy: &Policy, report: &Report<'_>) -> Reported {
-    let limits: Vec<Arc<str>> = report.planned.iter().map(|p| p.def.name.clone()).collect();
+    let limits: Vec<Arc<str>> = report.planned.iter().map(|p| p.def.name.to_arc()).collect();
     let verdict = |allowed, outcomes| Verdict {
         allowed,
         tier: report.tier.clone(),

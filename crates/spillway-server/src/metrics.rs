@@ -208,7 +208,7 @@ pub fn record_verdict(verdict: &Verdict) {
         .iter()
         .filter(|o| o.shadow && !o.decision.allowed)
     {
-        counter!(SHADOW_WOULD_DENY, "limit" => o.name.clone()).increment(1);
+        counter!(SHADOW_WOULD_DENY, "limit" => o.name.to_arc()).increment(1);
     }
 }
 

@@ -12,7 +12,10 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 /// Several limits on one request: a shadow one, a route's own, algorithms whose resets fall
-/// on fractions of a second (rounded up in headers and bodies alike).
+/// on fractions of a second (rounded up in headers and bodies alike). The route's limit has
+/// the richest name the policy accepts (letters of both cases, a digit, `.`, `_`, `-`); it
+/// refuses any character a structured-field or JSON string would escape (`check_name`), so
+/// those escapes are pinned by `LimitName`'s own tests instead.
 const POLICY: &str = r#"
 default_tier: free
 limits:
@@ -37,7 +40,7 @@ limits:
     rate: 1000/d
     burst: 50
     key: [tenant, user]
-  gen:
+  Gen.v2_b-3:
     algorithm: leaky_bucket
     rate: 1/s
     capacity: 3
@@ -48,7 +51,7 @@ tiers:
     limits: [user-minute, user_daily]
 routes:
   - match: "POST /v1/generate"
-    limits: [gen]
+    limits: [Gen.v2_b-3]
 "#;
 
 /// Sends `body` to `/v1/check{query}` on a connection of its own and returns the whole answer
@@ -133,13 +136,13 @@ async fn pinned_exchanges(server: Server) -> Server {
                     r#"x-ratelimit-limit: 2"#,
                     r#"x-ratelimit-remaining: 1"#,
                     r#"x-ratelimit-reset: 45"#,
-                    r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "gen";q=3;w=3"#,
-                    r#"ratelimit: "ip-burst";r=99;t=1, "user-minute";r=1;t=45, "user_daily";r=49;t=87, "gen";r=2;t=1"#,
+                    r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "Gen.v2_b-3";q=3;w=3"#,
+                    r#"ratelimit: "ip-burst";r=99;t=1, "user-minute";r=1;t=45, "user_daily";r=49;t=87, "Gen.v2_b-3";r=2;t=1"#,
                     r#"content-type: application/json"#,
-                    r#"content-length: 537"#,
+                    r#"content-length: 544"#,
                     r#"connection: close"#,
                 ],
-                r#"{"allowed":true,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":99,"reset_ms":50,"shadow":false},{"name":"ip-shadow","allowed":true,"limit":1,"remaining":0,"reset_ms":57585000,"shadow":true},{"name":"user-minute","allowed":true,"limit":2,"remaining":1,"reset_ms":45000,"shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":49,"reset_ms":86400,"shadow":false},{"name":"gen","allowed":true,"limit":3,"remaining":2,"reset_ms":1000,"shadow":false}]}"#,
+                r#"{"allowed":true,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":99,"reset_ms":50,"shadow":false},{"name":"ip-shadow","allowed":true,"limit":1,"remaining":0,"reset_ms":57585000,"shadow":true},{"name":"user-minute","allowed":true,"limit":2,"remaining":1,"reset_ms":45000,"shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":49,"reset_ms":86400,"shadow":false},{"name":"Gen.v2_b-3","allowed":true,"limit":3,"remaining":2,"reset_ms":1000,"shadow":false}]}"#,
             ),
         );
 
@@ -158,13 +161,13 @@ async fn pinned_exchanges(server: Server) -> Server {
                     r#"x-ratelimit-limit: 2"#,
                     r#"x-ratelimit-remaining: 0"#,
                     r#"x-ratelimit-reset: 45"#,
-                    r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "gen";q=3;w=3"#,
-                    r#"ratelimit: "ip-burst";r=98;t=1, "user-minute";r=0;t=45, "user_daily";r=48;t=173, "gen";r=1;t=2"#,
+                    r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "Gen.v2_b-3";q=3;w=3"#,
+                    r#"ratelimit: "ip-burst";r=98;t=1, "user-minute";r=0;t=45, "user_daily";r=48;t=173, "Gen.v2_b-3";r=1;t=2"#,
                     r#"content-type: application/json"#,
-                    r#"content-length: 588"#,
+                    r#"content-length: 595"#,
                     r#"connection: close"#,
                 ],
-                r#"{"allowed":true,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":98,"reset_ms":100,"shadow":false},{"name":"ip-shadow","allowed":false,"limit":1,"remaining":0,"reset_ms":57585000,"retry_after_ms":57585000,"denial":"over_limit","shadow":true},{"name":"user-minute","allowed":true,"limit":2,"remaining":0,"reset_ms":45000,"shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":48,"reset_ms":172800,"shadow":false},{"name":"gen","allowed":true,"limit":3,"remaining":1,"reset_ms":2000,"shadow":false}]}"#,
+                r#"{"allowed":true,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":98,"reset_ms":100,"shadow":false},{"name":"ip-shadow","allowed":false,"limit":1,"remaining":0,"reset_ms":57585000,"retry_after_ms":57585000,"denial":"over_limit","shadow":true},{"name":"user-minute","allowed":true,"limit":2,"remaining":0,"reset_ms":45000,"shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":48,"reset_ms":172800,"shadow":false},{"name":"Gen.v2_b-3","allowed":true,"limit":3,"remaining":1,"reset_ms":2000,"shadow":false}]}"#,
             ),
         );
 
@@ -179,12 +182,12 @@ async fn pinned_exchanges(server: Server) -> Server {
                     r#"x-ratelimit-remaining: 0"#,
                     r#"x-ratelimit-reset: 45"#,
                     r#"retry-after: 45"#,
-                    r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "gen";q=3;w=3"#,
-                    r#"ratelimit: "ip-burst";r=98;t=1, "user-minute";r=0;t=45, "user_daily";r=48;t=260, "gen";r=1;t=3"#,
-                    r#"content-length: 793"#,
+                    r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "Gen.v2_b-3";q=3;w=3"#,
+                    r#"ratelimit: "ip-burst";r=98;t=1, "user-minute";r=0;t=45, "user_daily";r=48;t=260, "Gen.v2_b-3";r=1;t=3"#,
+                    r#"content-length: 800"#,
                     r#"connection: close"#,
                 ],
-                r#"{"type":"urn:spillway:problem:rate-limited","title":"Rate limit exceeded","status":429,"detail":"limit `user-minute` (2 per 1m) is used up; retry in 45000 ms","allowed":false,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":98,"reset_ms":150,"shadow":false},{"name":"ip-shadow","allowed":false,"limit":1,"remaining":0,"reset_ms":57585000,"retry_after_ms":57585000,"denial":"over_limit","shadow":true},{"name":"user-minute","allowed":false,"limit":2,"remaining":0,"reset_ms":45000,"retry_after_ms":45000,"denial":"over_limit","shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":48,"reset_ms":259200,"shadow":false},{"name":"gen","allowed":true,"limit":3,"remaining":1,"reset_ms":3000,"shadow":false}]}"#,
+                r#"{"type":"urn:spillway:problem:rate-limited","title":"Rate limit exceeded","status":429,"detail":"limit `user-minute` (2 per 1m) is used up; retry in 45000 ms","allowed":false,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":98,"reset_ms":150,"shadow":false},{"name":"ip-shadow","allowed":false,"limit":1,"remaining":0,"reset_ms":57585000,"retry_after_ms":57585000,"denial":"over_limit","shadow":true},{"name":"user-minute","allowed":false,"limit":2,"remaining":0,"reset_ms":45000,"retry_after_ms":45000,"denial":"over_limit","shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":48,"reset_ms":259200,"shadow":false},{"name":"Gen.v2_b-3","allowed":true,"limit":3,"remaining":1,"reset_ms":3000,"shadow":false}]}"#,
             ),
         );
 

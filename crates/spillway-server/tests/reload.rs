@@ -134,3 +134,32 @@ async fn sighup_reloads_even_an_unchanged_file() {
     // Still serving.
     assert_eq!(server.current_limit("u").await.as_deref(), Some("3"));
 }
+
+/// A limit's quoted forms are made with the policy (`LimitName`), so a reload that renames a
+/// limit is answered under the new name everywhere a name is written: both structured-field
+/// headers and the JSON body, none left over from the old policy.
+#[tokio::test]
+async fn a_renamed_limit_is_named_anew_in_headers_and_body() {
+    let server = Server::with_policy(&policy(3)).start();
+    let response = server.post("/v1/check", r#"{"user":"u"}"#).await;
+    assert_eq!(
+        common::header(&response, "ratelimit-policy").as_deref(),
+        Some(r#""user-minute";q=3;w=60, "other-minute";q=1000;w=60"#)
+    );
+
+    server.rewrite_policy(&policy(4).replace("user-minute", "user.minute"));
+    server.wait_for_limit("u", 4).await;
+    let response = server.post("/v1/check", r#"{"user":"u"}"#).await;
+    assert_eq!(
+        common::header(&response, "ratelimit-policy").as_deref(),
+        Some(r#""user.minute";q=4;w=60, "other-minute";q=1000;w=60"#)
+    );
+    let ratelimit = common::header(&response, "ratelimit").expect("a RateLimit header");
+    assert!(
+        ratelimit.starts_with(r#""user.minute";r=3;"#),
+        "{ratelimit}"
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["limits"][0]["name"], "user.minute", "{body}");
+    assert_eq!(body["limits"][1]["name"], "other-minute", "{body}");
+}

@@ -2,7 +2,7 @@
 //! column and field path, the same way the main policy reports them.
 
 use super::raw::{RawDescriptor, RawFile, RawRateLimit};
-use super::{Domain, EnvoyLimit, KeyNodes, Level, Node, Rule, Unit};
+use super::{Domain, EnvoyLimit, KeyNodes, Level, Node, Overrides, Rule, Unit};
 use crate::algorithm::{FixedWindow, LimitParams};
 use crate::policy::error::{Issues, PolicyError};
 use crate::policy::{locate, Algorithm, Dimension, FailureMode, LimitDef, Scope};
@@ -55,6 +55,7 @@ pub(super) fn compile(
     }
     Ok(Domain {
         name: name.into(),
+        overrides: Overrides::new(name),
         failure_mode,
         allow_limit_override: raw.allow_limit_override.unwrap_or(false),
         source: origin.into(),
@@ -385,18 +386,38 @@ fn fingerprint(domain: &str, place: &str, algorithm: &str) -> u64 {
     hasher.finish()
 }
 
+impl Overrides {
+    /// What every override on domain `domain` shares: its name, `{domain}.override`, and each
+    /// unit's fingerprint. Each unit counts apart (a second's count means nothing to a day's
+    /// window); the count is read under whatever limit the descriptor sends, like a policy
+    /// limit's new numbers.
+    fn new(domain: &str) -> Self {
+        let name = format!("{domain}.override");
+        let fingerprint = |unit: Unit| {
+            let place = format!("{name}/{}", unit.micros());
+            fingerprint(domain, &place, "fixed_window")
+        };
+        let fingerprints = Unit::ALL.map(fingerprint);
+        Self {
+            name: name.into(),
+            fingerprints,
+        }
+    }
+}
+
 /// The limit a descriptor's own `limit` field asks for: a fixed window of one `unit`, counted
-/// per descriptor values like any other, apart from the configured limits.
-pub(super) fn override_limit(domain: &str, count: u64, unit: Unit) -> Result<EnvoyLimit, String> {
+/// per descriptor values like any other, apart from the configured limits. Its name and
+/// fingerprint were made when the domain was compiled (`overrides`).
+pub(super) fn override_limit(
+    overrides: &Overrides,
+    count: u64,
+    unit: Unit,
+) -> Result<EnvoyLimit, String> {
     let params = LimitParams::FixedWindow(FixedWindow::new(count, unit.micros())?);
-    let name = format!("{domain}.override");
-    // Each unit counts apart (a second's count means nothing to a day's window); the count
-    // is read under whatever limit the descriptor sends, like a policy limit's new numbers.
-    let place = format!("{name}/{}", unit.micros());
-    let fingerprint = fingerprint(domain, &place, "fixed_window");
+    let fingerprint = overrides.fingerprints[unit as usize];
     Ok(EnvoyLimit {
         def: Arc::new(LimitDef {
-            name: name.into(),
+            name: overrides.name.clone(),
             params,
             key: Vec::new(),
             shadow: false,

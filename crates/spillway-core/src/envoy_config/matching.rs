@@ -8,7 +8,6 @@
 
 use super::{Domain, KeyNodes, Level, Node, Rule};
 use crate::key::StateKey;
-use std::sync::Arc;
 
 /// A descriptor that landed on a configured node.
 #[derive(Debug)]
@@ -24,7 +23,7 @@ impl Found<'_> {
     /// The counter key of `limit` for this descriptor.
     pub fn key_for(&self, def: &crate::policy::LimitDef) -> StateKey {
         StateKey {
-            limit: Arc::clone(&def.name),
+            limit: def.name.to_arc(),
             fingerprint: def.fingerprint,
             values: self.values.iter().collect(),
         }

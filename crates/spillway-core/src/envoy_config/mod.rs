@@ -20,7 +20,7 @@ mod tests;
 
 pub use matching::Found;
 
-use crate::policy::{FailureMode, LimitDef, PolicyError};
+use crate::policy::{FailureMode, LimitDef, LimitName, PolicyError};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -37,6 +37,8 @@ pub struct EnvoyConfig {
 pub struct Domain {
     /// The domain name Envoy sends in each request.
     pub name: Arc<str>,
+    /// What every limit a descriptor's own `limit` asks for shares, made once.
+    overrides: Overrides,
     /// What to answer when the store fails (`degrade` unless the file says `failure_mode`).
     pub failure_mode: FailureMode,
     /// Whether a descriptor's own `limit` (set by Envoy's route config) replaces the
@@ -46,6 +48,16 @@ pub struct Domain {
     pub source: Arc<str>,
     root: Level,
     limits: usize,
+}
+
+/// The name and fingerprints of a domain's overrides, which never change: made when the
+/// domain is compiled rather than on every gRPC call that sends its own limit.
+#[derive(Debug)]
+struct Overrides {
+    /// `{domain}.override`, with its quoted forms; cloned into each override.
+    name: LimitName,
+    /// Each unit's fingerprint, by `Unit as usize` (the order of [`Unit::ALL`]).
+    fingerprints: [u64; Unit::ALL.len()],
 }
 
 /// The time units of upstream's `rate_limit.unit`, also what a status reports.
@@ -64,6 +76,15 @@ pub enum Unit {
 }
 
 impl Unit {
+    /// Every unit, in declaration order (so `unit as usize` is its index here).
+    pub const ALL: [Self; 5] = [
+        Self::Second,
+        Self::Minute,
+        Self::Hour,
+        Self::Day,
+        Self::Week,
+    ];
+
     /// The unit's length in microseconds.
     pub fn micros(self) -> u64 {
         use crate::time::{DAY, HOUR, MINUTE, SECOND};
@@ -203,7 +224,7 @@ impl Domain {
     /// The limit a descriptor's own `limit` field asks for (when the domain allows it): a
     /// fixed window of `count` per `unit`.
     pub fn override_limit(&self, count: u64, unit: Unit) -> Result<EnvoyLimit, String> {
-        compile::override_limit(&self.name, count, unit)
+        compile::override_limit(&self.overrides, count, unit)
     }
 
     /// How many limits the domain defines.

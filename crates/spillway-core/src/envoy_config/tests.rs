@@ -182,4 +182,17 @@ fn overrides_are_fixed_windows_of_one_unit() {
     assert_eq!(limit.def.params.quota(), 7);
     assert_eq!(limit.def.params.window(), 60 * SECOND);
     assert!(d.override_limit(0, Unit::Second).is_err());
+    // The name is the domain's, made once: every override shares its quoted forms.
+    let other = d.override_limit(9, Unit::Hour).expect("valid");
+    assert_eq!(limit.def.name, format!("{}.override", d.name).as_str());
+    assert!(std::ptr::eq(limit.def.name.sf(), other.def.name.sf()));
+    // Fingerprints are made once per unit too: each unit counts apart, each call on one unit
+    // counts together.
+    for (i, unit) in Unit::ALL.into_iter().enumerate() {
+        assert_eq!(unit as usize, i, "{unit:?}");
+    }
+    let print = |unit| d.override_limit(5, unit).expect("valid").def.fingerprint;
+    let prints: std::collections::HashSet<u64> = Unit::ALL.into_iter().map(print).collect();
+    assert_eq!(prints.len(), Unit::ALL.len());
+    assert_eq!(print(Unit::Hour), other.def.fingerprint);
 }

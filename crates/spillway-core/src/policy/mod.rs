@@ -19,6 +19,7 @@ pub(crate) mod error;
 mod ip_prefix;
 mod limit;
 pub(crate) mod locate;
+mod name;
 mod params;
 pub mod principal;
 mod raw;
@@ -35,6 +36,7 @@ mod tests;
 pub use emergency::{scaled as emergency_params, Emergency};
 pub use error::{PolicyError, PolicyIssue};
 pub use ip_prefix::IpPrefix;
+pub use name::LimitName;
 pub(crate) use params::Algorithm;
 pub use region::{Regions, Scope};
 pub use store::{RedisSettings, StoreConfig};
@@ -139,8 +141,9 @@ impl fmt::Display for Dimension {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LimitDef {
     /// The limit's name in the policy; a tenant override keeps the name of the limit it
-    /// replaces, so headers and metrics stay comparable across tenants.
-    pub name: Arc<str>,
+    /// replaces, so headers and metrics stay comparable across tenants. Its quoted forms
+    /// are made here, once per compiled policy.
+    pub name: LimitName,
     /// The algorithm and its validated numbers.
     pub params: LimitParams,
     /// The dimensions that identify one counter, in the order the policy lists them.

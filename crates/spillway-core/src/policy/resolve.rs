@@ -94,7 +94,7 @@ impl Policy {
             let def = standing.replacement(def).unwrap_or(def);
             if let Some(values) = key_values(def, req, route.as_deref(), &ip) {
                 let key = StateKey {
-                    limit: Arc::clone(&def.name),
+                    limit: def.name.to_arc(),
                     fingerprint: def.fingerprint,
                     values,
                 };

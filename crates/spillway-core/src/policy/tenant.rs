@@ -90,7 +90,7 @@ pub(crate) fn bases(defs: &Defs<'_>) -> HashMap<Arc<str>, OwnedBase> {
                 algorithm,
                 original,
             };
-            Some((Arc::clone(&base.original.name), base))
+            Some((base.original.name.to_arc(), base))
         })
         .collect()
 }
@@ -256,7 +256,7 @@ pub(crate) fn overlay(
         };
     }
     Some(LimitDef {
-        name: Arc::clone(&original.name),
+        name: original.name.clone(),
         fingerprint,
         params: compiled.params,
         key: original.key.clone(),

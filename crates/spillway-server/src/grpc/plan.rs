@@ -117,7 +117,7 @@ pub fn envoy(
                 continue;
             }
             let key = StateKey {
-                limit: Arc::clone(&limit.def.name),
+                limit: limit.def.name.to_arc(),
                 fingerprint: limit.def.fingerprint,
                 values: values.iter().collect(),
             };

@@ -114,11 +114,10 @@ async fn answer(
         Ok(decided) => decided,
         Err(problem) => return problem.into_response(),
     };
-    let rate_headers = decided_headers(&decided);
     if decided.verdict.allowed {
-        (settings.allow_status, rate_headers).into_response()
+        (settings.allow_status, decided_headers(&decided)).into_response()
     } else {
-        denied_response(settings.deny_status, rate_headers, &decided)
+        denied_response(settings.deny_status, &decided)
     }
 }
 

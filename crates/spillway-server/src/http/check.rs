@@ -27,7 +27,7 @@
 
 use crate::http::principal;
 use crate::http::problem::Problem;
-use crate::http::verdict::{decided_headers, decided_response, denied_response};
+use crate::http::verdict::{decided_response, denied_response};
 use crate::http::{check_mode, decide};
 use crate::principal::Presented;
 use crate::serving::BodyTimeout;
@@ -247,11 +247,10 @@ async fn respond(
     let decided = decide(app, &policy, &attrs, ids, mode)
         .await
         .map_err(IntoResponse::into_response)?;
-    let headers = decided_headers(&decided);
     Ok(if decided.verdict.allowed {
-        decided_response(StatusCode::OK, headers, &decided)
+        decided_response(StatusCode::OK, &decided)
     } else {
-        denied_response(StatusCode::TOO_MANY_REQUESTS, headers, &decided)
+        denied_response(StatusCode::TOO_MANY_REQUESTS, &decided)
     })
 }
 

@@ -5,12 +5,12 @@
 //! status phrase as title, as the RFC recommends; failures specific to Spillway get their own
 //! `urn:spillway:problem:*` type so clients can branch on it without parsing prose.
 
-use crate::http::verdict::push_json_str;
 use crate::http::verdict::VerdictBody;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
+use spillway_core::json;
 
 /// The media type of a problem document.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -158,13 +158,13 @@ impl Problem {
             "a problem with more than the standard members"
         );
         out.extend_from_slice(b"{\"type\":");
-        push_json_str(out, self.kind);
+        json::push_str(out, self.kind);
         out.extend_from_slice(b",\"title\":");
-        push_json_str(out, self.title);
+        json::push_str(out, self.title);
         out.extend_from_slice(b",\"status\":");
         out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
         out.extend_from_slice(b",\"detail\":");
-        push_json_str(out, &self.detail);
+        json::push_str(out, &self.detail);
     }
 
     /// The document as JSON.

@@ -26,6 +26,8 @@ use serde::Serialize;
 use spillway_core::algorithm::Denial;
 use spillway_core::engine::{LimitOutcome, Verdict};
 use spillway_core::headers;
+use spillway_core::json;
+use spillway_core::policy::LimitName;
 use spillway_core::rate::format_duration;
 use spillway_core::time::Micros;
 use std::sync::Arc;
@@ -77,7 +79,7 @@ pub struct VerdictBody {
 /// One limit's part in a [`VerdictBody`].
 #[derive(Debug, Clone, Serialize)]
 pub struct LimitBody {
-    name: Arc<str>,
+    name: LimitName,
     allowed: bool,
     limit: u64,
     remaining: u64,
@@ -118,13 +120,18 @@ impl From<&LimitOutcome> for LimitBody {
     }
 }
 
-/// The `200` answer to a decision: the rate-limit `headers`, the JSON content type, and the
+/// The `200` answer to a decision: the rate-limit headers, the JSON content type, and the
 /// body [`decided_body`] describes, written by [`write_decided_json`] into one buffer.
-pub fn decided_response(status: StatusCode, mut headers: HeaderMap, decided: &Decided) -> Response {
+pub fn decided_response(status: StatusCode, decided: &Decided) -> Response {
     let mut bytes = Vec::with_capacity(128 + 160 * decided.verdict.outcomes.len());
     write_decided_json(decided, &mut bytes);
-    headers.insert(header::CONTENT_TYPE, APPLICATION_JSON);
-    let mut response = Response::new(Body::from(bytes));
+    let headers = answer_headers(decided, Some(ContentType::Last(APPLICATION_JSON)));
+    respond(status, headers, bytes)
+}
+
+/// A response of `status` with `headers` and `body`.
+fn respond(status: StatusCode, headers: HeaderMap, body: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
@@ -137,9 +144,10 @@ const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json
 
 /// Writes the JSON of [`decided_body`]`(decided)` to `out`, byte for byte what serde_json
 /// writes for it (a test holds the two together), without building the body first: member
-/// names are literals and only names from the policy are escaped, when they need it. A
-/// decision answers every request, and serde's writer spent as much on this as the decision
-/// itself.
+/// names are literals, limit names come already quoted from the policy
+/// ([`spillway_core::policy::LimitName`]), and the tier and route are escaped when they need
+/// it ([`spillway_core::json`]). A decision answers every request, and serde's writer spent
+/// as much on this as the decision itself.
 pub fn write_decided_json(decided: &Decided, out: &mut Vec<u8>) {
     out.push(b'{');
     write_decided_members(decided, out);
@@ -153,10 +161,10 @@ fn write_decided_members(decided: &Decided, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\"allowed\":");
     push_bool(out, verdict.allowed);
     out.extend_from_slice(b",\"tier\":");
-    push_json_str(out, &verdict.tier);
+    json::push_str(out, &verdict.tier);
     out.extend_from_slice(b",\"route\":");
     match &verdict.route {
-        Some(route) => push_json_str(out, route),
+        Some(route) => json::push_str(out, route),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"cost\":");
@@ -167,7 +175,8 @@ fn write_decided_members(decided: &Decided, out: &mut Vec<u8>) {
         // Each literal carries its neighbours' punctuation and the booleans, so a limit is a
         // dozen appends rather than twenty.
         out.extend_from_slice(if i > 0 { b",{\"name\":" } else { b"{\"name\":" });
-        push_json_str(out, &outcome.name);
+        // Quoted and escaped when the policy was compiled.
+        out.extend_from_slice(outcome.name.json().as_bytes());
         out.extend_from_slice(if d.allowed {
             b",\"allowed\":true,\"limit\":"
         } else {
@@ -196,30 +205,25 @@ fn write_decided_members(decided: &Decided, out: &mut Vec<u8>) {
     out.push(b']');
     if decided.degraded.is_some() {
         out.extend_from_slice(b",\"degraded\":");
-        push_json_str(out, failure::DEGRADED_REASON);
+        json::push_str(out, failure::DEGRADED_REASON);
     }
 }
 
 /// The answer to a denial, with `status`: [`denial_problem`]'s document with the verdict's
 /// members after its own, byte for byte what serde_json writes for
 /// `denial_problem(..).with_verdict(decided_body(decided))` (a test holds the two together),
-/// under the problem media type and then the rate-limit `headers`, the order the serde path's
+/// under the problem media type and then the rate-limit headers, the order the serde path's
 /// answer has them in. The problem is built here, so it never carries more than the standard
 /// members this writer knows how to place.
-pub fn denied_response(status: StatusCode, headers: HeaderMap, decided: &Decided) -> Response {
+pub fn denied_response(status: StatusCode, decided: &Decided) -> Response {
     let problem = denial_problem(&decided.verdict, status);
     let mut bytes = Vec::with_capacity(256 + 160 * decided.verdict.outcomes.len());
     problem.write_standard_members(&mut bytes);
     bytes.push(b',');
     write_decided_members(decided, &mut bytes);
     bytes.push(b'}');
-    let mut map = HeaderMap::with_capacity(headers.len() + 3);
-    map.insert(header::CONTENT_TYPE, PROBLEM_JSON);
-    map.extend(headers);
-    let mut response = Response::new(Body::from(bytes));
-    *response.status_mut() = problem.status();
-    *response.headers_mut() = map;
-    response
+    let headers = answer_headers(decided, Some(ContentType::First(PROBLEM_JSON)));
+    respond(problem.status(), headers, bytes)
 }
 
 /// `application/problem+json`, built at compile time (see [`APPLICATION_JSON`]).
@@ -234,24 +238,6 @@ fn push_u64(out: &mut Vec<u8>, value: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
-/// Appends `s` as a JSON string. A string with nothing to escape (no `"`, `\\` or control
-/// character: every name a policy is likely to hold) is copied whole; any other goes through
-/// serde_json's own string writer, so escapes are exactly serde_json's.
-pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    // Every byte is looked at (no early exit), so the test runs over many bytes at once.
-    let plain = s.bytes().fold(true, |plain, b| {
-        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
-    });
-    if plain {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else if let Err(err) = serde_json::to_writer(&mut *out, s) {
-        // Writing a string to a Vec cannot fail.
-        tracing::error!(%err, "could not write a JSON string");
-    }
-}
-
 /// The `denial` member's word for a denial.
 fn denial_word(denial: Denial) -> &'static str {
     match denial {
@@ -263,9 +249,52 @@ fn denial_word(denial: Denial) -> &'static str {
 /// The headers of a decision: the verdict's, plus the degraded mark when the store did not
 /// take part.
 pub fn decided_headers(decided: &Decided) -> HeaderMap {
-    let mut headers = verdict_headers(&decided.verdict);
+    answer_headers(decided, None)
+}
+
+/// Where an answer's `Content-Type` goes among its headers (the order the serde answers had
+/// them in, which the wire tests pin).
+enum ContentType {
+    /// Before the rate-limit headers.
+    First(HeaderValue),
+    /// After them.
+    Last(HeaderValue),
+}
+
+/// [`decided_headers`], with `content_type` where it goes, in one map (the `Content-Length`
+/// is added after them, by the router or the shortcut's `with_length`). Every value the
+/// verdict renders is written into one buffer, which the header values then share: one
+/// allocation for all of them.
+///
+/// Writing the `Content-Length` into that buffer too, instead of the allocation
+/// `HeaderValue::from(u64)` makes, was measured and cost about 150 instructions more per check
+/// (`docs/BENCHMARKS.md`, "Fewer instructions per `/v1/check` (issue 16, session 15)").
+fn answer_headers(decided: &Decided, content_type: Option<ContentType>) -> HeaderMap {
+    let fields = headers::fields(&decided.verdict);
+    let mut map = HeaderMap::with_capacity(fields.len() + 4);
+    let (text, spans) = fields.into_parts();
+    let text = Bytes::from(text);
+    let last = match content_type {
+        Some(ContentType::First(value)) => {
+            map.insert(header::CONTENT_TYPE, value);
+            None
+        }
+        Some(ContentType::Last(value)) => Some(value),
+        None => None,
+    };
+    for (slot, span) in spans {
+        match HeaderValue::from_maybe_shared(text.slice(span)) {
+            Ok(value) => {
+                map.append(header_name(slot), value);
+            }
+            Err(_) => tracing::warn!(
+                header = headers::ORDER[slot],
+                "skipping a header value that is not valid HTTP"
+            ),
+        }
+    }
     if decided.degraded.is_some() {
-        headers.insert(
+        map.insert(
             HeaderName::from_static(failure::DEGRADED_HEADER),
             HeaderValue::from_static(failure::DEGRADED_REASON),
         );
@@ -273,10 +302,13 @@ pub fn decided_headers(decided: &Decided) -> HeaderMap {
     if let Some(home) = &decided.home_region {
         // A region name is letters, digits, `-`, `_` and `.` (policy validation).
         if let Ok(value) = HeaderValue::from_str(home) {
-            headers.insert(HeaderName::from_static(crate::region::HOME_HEADER), value);
+            map.insert(HeaderName::from_static(crate::region::HOME_HEADER), value);
         }
     }
-    headers
+    if let Some(value) = last {
+        map.insert(header::CONTENT_TYPE, value);
+    }
+    map
 }
 
 /// The JSON body of a decision, with the degraded mark when the store did not take part. Built
@@ -289,46 +321,22 @@ pub fn decided_body(decided: &Decided) -> VerdictBody {
     body
 }
 
-/// The rate-limit headers for a verdict, as `spillway_core::headers::fields` words them (it
-/// already leaves out `Retry-After` when the cost can never fit). Every value is written into
-/// one buffer, which the header values then share: one allocation for all of them.
-pub fn verdict_headers(verdict: &Verdict) -> HeaderMap {
-    let fields = headers::fields(verdict);
-    let mut map = HeaderMap::with_capacity(fields.len() + 4);
-    let (text, spans) = fields.into_parts();
-    let text = Bytes::from(text);
-    for (name, span) in spans {
-        match HeaderValue::from_maybe_shared(text.slice(span)) {
-            Ok(value) => {
-                map.append(header_name(name), value);
-            }
-            Err(_) => tracing::warn!(
-                header = name,
-                "skipping a header value that is not valid HTTP"
-            ),
-        }
-    }
-    map
-}
+/// The header names of `spillway_core::headers::ORDER`, slot by slot, built at compile time
+/// rather than checked again on every answer; an answer picks each by its slot rather than by
+/// comparing names.
+static HEADER_NAMES: [HeaderName; headers::MAX_FIELDS] = [
+    HeaderName::from_static(headers::ORDER[0]),
+    HeaderName::from_static(headers::ORDER[1]),
+    HeaderName::from_static(headers::ORDER[2]),
+    HeaderName::from_static(headers::ORDER[3]),
+    HeaderName::from_static(headers::ORDER[4]),
+    HeaderName::from_static(headers::ORDER[5]),
+];
 
-/// The header called `name`, one of `spillway_core::headers`' lower-case constants; the
-/// usual ones are built at compile time rather than checked again on every answer.
-#[allow(clippy::declare_interior_mutable_const)]
-fn header_name(name: &'static str) -> HeaderName {
-    const X_LIMIT: HeaderName = HeaderName::from_static(headers::X_LIMIT);
-    const X_REMAINING: HeaderName = HeaderName::from_static(headers::X_REMAINING);
-    const X_RESET: HeaderName = HeaderName::from_static(headers::X_RESET);
-    const POLICY: HeaderName = HeaderName::from_static(headers::POLICY);
-    const RATELIMIT: HeaderName = HeaderName::from_static(headers::RATELIMIT);
-    match name {
-        headers::X_LIMIT => X_LIMIT,
-        headers::X_REMAINING => X_REMAINING,
-        headers::X_RESET => X_RESET,
-        headers::RETRY_AFTER => header::RETRY_AFTER,
-        headers::POLICY => POLICY,
-        headers::RATELIMIT => RATELIMIT,
-        other => HeaderName::from_static(other),
-    }
+/// The header in `slot` of `spillway_core::headers::ORDER` (every slot `Fields` hands out is
+/// one of them).
+fn header_name(slot: usize) -> HeaderName {
+    HEADER_NAMES[slot].clone()
 }
 
 /// The problem document for a denial, answered with `status` (429 on `/v1/check`, the
@@ -471,7 +479,7 @@ mod tests {
             ],
         );
         assert_eq!(denial_kind(&v), Some(DenialKind::CostExceedsLimit));
-        assert!(!verdict_headers(&v).contains_key("retry-after"));
+        assert!(!decided_headers(&decided(v.clone(), None)).contains_key("retry-after"));
         let problem = denial_problem(&v, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(problem.to_json()["type"], problem::COST_EXCEEDS_LIMIT);
         let detail = problem.detail();
@@ -557,8 +565,7 @@ mod tests {
     #[tokio::test]
     async fn the_answer_carries_the_body_and_the_json_type() {
         let case = decided(verdict(true, vec![outcome("a", None, None, false)]), None);
-        let headers = decided_headers(&case);
-        let response = decided_response(StatusCode::OK, headers, &case);
+        let response = decided_response(StatusCode::OK, &case);
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "application/json");
         assert_eq!(response.headers()["x-ratelimit-remaining"], "4");
@@ -586,7 +593,7 @@ mod tests {
             problem.clone().with_verdict(decided_body(&case)),
         )
             .into_response();
-        let new = denied_response(StatusCode::TOO_MANY_REQUESTS, decided_headers(&case), &case);
+        let new = denied_response(StatusCode::TOO_MANY_REQUESTS, &case);
         assert_eq!(new.status(), old.status());
         let names = |r: &Response| -> Vec<(String, String)> {
             r.headers()
@@ -614,7 +621,7 @@ mod tests {
                 outcome("b", Some(Denial::OverLimit), Some(2 * SECOND), false),
             ],
         );
-        let map = verdict_headers(&v);
+        let map = decided_headers(&decided(v.clone(), None));
         let got: Vec<(String, String)> = map
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_owned()))
@@ -638,8 +645,9 @@ mod tests {
             cost in proptest::num::u64::ANY,
             limits in proptest::collection::vec(
                 (
-                    // Also a bad byte after a long plain run (the escape test looks at
-                    // every byte of a name at once).
+                    // Also a bad byte after a long plain run: names are quoted when they
+                    // are made (`LimitName`, by `spillway_core::json`, whose plain test looks
+                    // at every byte at once), not by the writer under test.
                     "\\PC{0,10}|[\"\\\\\u{0}-\u{1f}a]{0,6}|[ -~]{0,40}[\"\\\\\u{0}-\u{1f}]?[ -~]{0,40}",
                     proptest::num::u64::ANY,
                     proptest::num::u64::ANY,
@@ -691,8 +699,7 @@ mod tests {
             let problem = denial_problem(&case.verdict, StatusCode::TOO_MANY_REQUESTS);
             let want = serde_json::to_vec(&problem.clone().with_verdict(decided_body(&case)))
                 .expect("serializes");
-            let response =
-                denied_response(StatusCode::TOO_MANY_REQUESTS, decided_headers(&case), &case);
+            let response = denied_response(StatusCode::TOO_MANY_REQUESTS, &case);
             let got = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
                 response.into_body(),
                 1 << 20,

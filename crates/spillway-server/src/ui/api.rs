@@ -221,7 +221,7 @@ impl LimitRow {
     /// The row of `def`.
     pub fn of(def: &LimitDef) -> Self {
         Self {
-            name: def.name.clone(),
+            name: def.name.to_arc(),
             algorithm: def.params.algorithm(),
             key: def.key.iter().map(|d| d.as_str().to_owned()).collect(),
             quota: def.params.quota(),
@@ -307,7 +307,7 @@ fn limit_rows(policy: &Policy) -> Vec<LimitRow> {
 pub async fn policy(State(app): State<Arc<AppState>>) -> Json<PolicyBody> {
     let policy = app.engine.policy();
     let info = app.policy_info.load_full();
-    let names = |defs: &[Arc<LimitDef>]| defs.iter().map(|d| d.name.clone()).collect();
+    let names = |defs: &[Arc<LimitDef>]| defs.iter().map(|d| d.name.to_arc()).collect();
     let mut catalog = serde_json::to_value(app.catalog.status()).unwrap_or_default();
     if let serde_json::Value::Object(map) = &mut catalog {
         let applied: Option<CatalogApplied> = app.live.catalog();

@@ -121,7 +121,7 @@ pub struct Governing {
 impl From<&LimitOutcome> for Governing {
     fn from(o: &LimitOutcome) -> Self {
         Self {
-            name: o.name.clone(),
+            name: o.name.to_arc(),
             limit: o.decision.limit,
             quota: o.quota,
             window: o.window,

@@ -68,7 +68,7 @@ impl ShadowDenials {
     pub fn record(&self, now: Micros, outcomes: &[LimitOutcome]) {
         for o in outcomes {
             if o.shadow && !o.decision.allowed {
-                self.count(now, &o.name);
+                self.count(now, o.name.as_arc());
             }
         }
     }

@@ -319,7 +319,7 @@ fn attributes(ask: &Ask<'_>, outcome: &Outcome) -> Vec<KeyValue> {
     let names: Vec<StringValue> = ask
         .planned
         .iter()
-        .map(|planned| StringValue::from(planned.def.name.clone()))
+        .map(|planned| StringValue::from(planned.def.name.to_arc()))
         .collect();
     attributes.push(KeyValue::new(
         "spillway.limits",
@@ -366,7 +366,7 @@ fn attributes(ask: &Ask<'_>, outcome: &Outcome) -> Vec<KeyValue> {
                 attributes.push(KeyValue::new("spillway.failure_mode", mode_name(mode)));
             }
             if let Some(governing) = verdict.governing() {
-                attributes.push(KeyValue::new("spillway.limit", governing.name.clone()));
+                attributes.push(KeyValue::new("spillway.limit", governing.name.to_arc()));
                 let decision = &governing.decision;
                 attributes.push(KeyValue::new(
                     "spillway.remaining",
