@@ -45,20 +45,14 @@ pub const ORDER: [&str; 6] = [
 /// The most fields one verdict renders to.
 pub const MAX_FIELDS: usize = ORDER.len();
 
-/// Slots in [`ORDER`], for `Fields::open` and for a transport that names each field by its
-/// slot ([`Fields::into_parts`]): a number to match on, where a name would be compared byte
-/// by byte.
-pub const SLOT_LIMIT: usize = 0;
-/// `X-RateLimit-Remaining`'s slot.
-pub const SLOT_REMAINING: usize = 1;
-/// `X-RateLimit-Reset`'s slot.
-pub const SLOT_RESET: usize = 2;
-/// `Retry-After`'s slot.
-pub const SLOT_RETRY_AFTER: usize = 3;
-/// `RateLimit-Policy`'s slot.
-pub const SLOT_POLICY: usize = 4;
-/// `RateLimit`'s slot.
-pub const SLOT_RATELIMIT: usize = 5;
+/// Slots in [`ORDER`], for `Fields::open` (a transport names each field by its slot through
+/// [`Fields::into_parts`], indexing its own table of names in this order).
+const SLOT_LIMIT: usize = 0;
+const SLOT_REMAINING: usize = 1;
+const SLOT_RESET: usize = 2;
+const SLOT_RETRY_AFTER: usize = 3;
+const SLOT_POLICY: usize = 4;
+const SLOT_RATELIMIT: usize = 5;
 
 /// A verdict's response fields, every value written into one string: what an HTTP answer
 /// needs without an allocation per value. [`Fields::into_parts`] hands the string over with

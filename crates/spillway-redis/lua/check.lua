@@ -25,8 +25,9 @@
 -- then six per limit (allowed, limit, remaining, reset, retry, denial: see common.lua). When
 -- a request with flag 2 is admitted as a consume over at least one limit (whether or not a
 -- write changed a value), the reply is instead an array: that string, then, for every such
--- request in order, three strings per limit (old value, its PTTL, value written). One string costs Redis far less to send than six integer replies per limit, and
--- the client far less to read than an array.
+-- request in order, three strings per limit (old value, its PTTL, value written). One
+-- string costs Redis far less to send than six integer replies per limit, and the client
+-- far less to read than an array.
 --
 -- Expiry: a string state is stored with one more double after it, the deadline (script
 -- microseconds) its key is known to live until. A write whose state needs the key to live

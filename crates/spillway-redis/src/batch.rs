@@ -126,6 +126,11 @@ struct Job {
 }
 
 impl Job {
+    /// How many keys [`Self::push_to`] gives a call: its limits' and its report marker.
+    fn key_count(&self) -> usize {
+        self.keys.len() + usize::from(matches!(self.kind, Kind::Charge(Some(_))))
+    }
+
     /// Appends this request to a call's arguments.
     fn push_to<'a>(&'a self, args: &mut CallArgs<'a>) {
         let pairs = self
@@ -244,8 +249,8 @@ struct Lanes {
     /// When the queues of every lane may next be swept for callers that gave up (at most
     /// every [`SWEEP_EVERY`], so a flood does not make each refusal walk every lane).
     next_sweep: Instant,
-    /// Calls started (a lane and its batch) that the dispatcher has not sent yet; unit tests
-    /// read them here instead.
+    /// Calls started (a lane and its batch) that the dispatcher has not sent yet: it drains
+    /// them into its calls; unit tests read them here instead.
     started: Vec<(u16, Vec<Job>)>,
     lanes: HashMap<u16, Lane>,
     /// Requests waiting over all lanes.
@@ -543,8 +548,7 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
 /// (counted).
 async fn call(runner: &Runner, limit: Duration, batch: &[Job]) -> Result<Vec<Reply>, Failed> {
     let (keys, checks) = batch.iter().fold((0, 0), |(k, c), job| {
-        let marker = usize::from(matches!(job.kind, Kind::Charge(Some(_))));
-        (k + job.keys.len() + marker, c + job.checks.len())
+        (k + job.key_count(), c + job.checks.len())
     });
     let mut args = CallArgs::with_capacity(batch.len(), keys, checks);
     for job in batch {

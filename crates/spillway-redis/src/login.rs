@@ -114,7 +114,7 @@ impl<'a> Refusal<'a> {
                 )))
             }
         };
-        if ask == AskSeeds::OnRefusal && !refused(&err) {
+        if ask == AskSeeds::Never || (ask == AskSeeds::OnRefusal && !refused(&err)) {
             return Err(err);
         }
         // Ends a little before the deadline, so that a caller cutting at it hears the answer.
@@ -132,7 +132,7 @@ impl<'a> Refusal<'a> {
     /// once, each question bounded by `limit`; the first refusing seed in the list is named.
     /// When none answers with a refusal in time, a refusal the client reported is still told
     /// as one, naming the seed list; any other error passes unchanged.
-    pub async fn explain_cluster(
+    async fn explain_cluster(
         &self,
         err: RedisError,
         seeds: &[String],
@@ -170,7 +170,7 @@ impl<'a> Refusal<'a> {
 /// How much before a caller's deadline the seeds' questions end.
 const ASK_MARGIN: Duration = Duration::from_millis(50);
 /// The longest the seeds of a cluster are asked whether they refuse the login.
-pub const ASK_LIMIT: Duration = Duration::from_secs(1);
+const ASK_LIMIT: Duration = Duration::from_secs(1);
 
 /// When [`Refusal::connect_cluster`] asks the seeds which one refused the login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +183,9 @@ pub enum AskSeeds {
     /// connections: for connections retried all along (each batch, each tick). A refusal
     /// hidden behind a slow seed reads as an outage there until that seed answers.
     OnRefusal,
+    /// Never: the refusal was already told (see [`TellOnce`]), and the client's own error
+    /// is enough to count the failure.
+    Never,
 }
 
 /// Whether a refused login was told since the last success: a refusal is told once, as an
@@ -209,7 +212,7 @@ impl TellOnce {
 
 /// `host:port` of a `redis://` URL (no login), or the URL with its password masked if it does
 /// not parse.
-pub fn address(url: &str) -> String {
+fn address(url: &str) -> String {
     use redis::IntoConnectionInfo;
     url.into_connection_info().map_or_else(
         |_| crate::config::mask_text(url),
@@ -221,7 +224,7 @@ pub fn address(url: &str) -> String {
 /// in only when the URL has a password, so a server that wants one and was given none
 /// refuses the first command instead. Only such a refusal is an error here, told by
 /// `refusal`; other errors are an outage the caller meets again on its own commands.
-pub async fn check_login<C>(conn: &mut C, refusal: Refusal<'_>, addr: &str) -> RedisResult<()>
+async fn check_login<C>(conn: &mut C, refusal: Refusal<'_>, addr: &str) -> RedisResult<()>
 where
     C: redis::aio::ConnectionLike + Send,
 {

@@ -227,3 +227,19 @@ impl Logs {
         String::from_utf8_lossy(&self.buffer.0.lock()).into_owned()
     }
 }
+
+/// A policy with `store` (its whole `store:` block, ending in a newline) and one limit,
+/// counted across regions (`scope: aggregate`) per tenant: what the regions' tests run on.
+pub(crate) fn aggregate_policy(store: &str) -> spillway_core::policy::Policy {
+    let text = format!(
+        "default_tier: t
+{store}limits:
+  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [soft]}}
+"
+    );
+    crate::config::PolicySource::Builtin
+        .parse(&text)
+        .expect("valid policy")
+}

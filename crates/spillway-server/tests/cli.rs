@@ -262,11 +262,7 @@ async fn a_redis_cluster_refusing_the_login_stops_start_up_with_status_2() {
     const WRONG: &str = "wrong-pw-Zt19";
     let cluster = spillway_testkit::redis::RedisCluster::with_password(RIGHT);
     let store_url = |login: &str| {
-        let seeds: Vec<String> = cluster
-            .ports()
-            .iter()
-            .map(|port| format!("redis://{login}127.0.0.1:{port}"))
-            .collect();
+        let seeds = cluster.urls_with_login(login);
         format!("cluster+{}", seeds.join(","))
     };
     let start = |url: &str| {

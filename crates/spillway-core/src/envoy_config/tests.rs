@@ -195,4 +195,15 @@ fn overrides_are_fixed_windows_of_one_unit() {
     let prints: std::collections::HashSet<u64> = Unit::ALL.into_iter().map(print).collect();
     assert_eq!(prints.len(), Unit::ALL.len());
     assert_eq!(print(Unit::Hour), other.def.fingerprint);
+    // The counters' identity is older than the table: each unit's fingerprint is still the
+    // hash each call used to compute, so an upgrade keeps every override's counters.
+    for unit in Unit::ALL {
+        let place = format!("{}.override/{}", d.name, unit.micros());
+        let mut hasher = siphasher::sip::SipHasher13::new_with_keys(0, 0);
+        for part in ["envoy", &*d.name, place.as_str(), "fixed_window"] {
+            std::hash::Hasher::write(&mut hasher, &(part.len() as u64).to_le_bytes());
+            std::hash::Hasher::write(&mut hasher, part.as_bytes());
+        }
+        assert_eq!(print(unit), std::hash::Hasher::finish(&hasher), "{unit:?}");
+    }
 }

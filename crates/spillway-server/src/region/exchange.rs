@@ -109,6 +109,12 @@ impl Link {
             &owner,
             "the username/password in its URL (store.regions.<name>)",
         );
+        // Once a refusal is told, the seeds are not asked again on every tick.
+        let ask = if self.refusal.told() {
+            login::AskSeeds::Never
+        } else {
+            login::AskSeeds::OnRefusal
+        };
         let connecting = async {
             Ok::<_, redis::RedisError>(match &self.config {
                 StoreConfig::RedisCluster(s) => {
@@ -119,7 +125,7 @@ impl Link {
                         .build()?;
                     Conn::Cluster(
                         refusal
-                            .connect_cluster(&client, &s.urls, deadline, login::AskSeeds::OnRefusal)
+                            .connect_cluster(&client, &s.urls, deadline, ask)
                             .await?,
                     )
                 }
@@ -168,18 +174,19 @@ impl Link {
                     Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
                 }
             };
-            Ok(tokio::time::timeout(budget, call).await)
+            tokio::time::timeout(budget, call)
+                .await
+                .unwrap_or_else(|_| {
+                    let within = format!("within {budget:?}");
+                    Err((redis::ErrorKind::Io, "no answer", within).into())
+                })
         };
         let err = match called.await {
-            Ok(Ok(Ok(v))) => {
+            Ok(v) => {
                 self.refusal.reset();
                 return Ok(v);
             }
-            Ok(Err(_)) => {
-                self.conn = None;
-                return Err(format!("no answer within {budget:?}"));
-            }
-            Ok(Ok(Err(e))) | Err(e) => e,
+            Err(e) => e,
         };
         self.conn = None;
         if login::refused(&err) && self.refusal.first() {

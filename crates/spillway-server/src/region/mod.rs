@@ -281,23 +281,10 @@ impl Store for Remote {
 mod tests {
     use super::*;
     use crate::clock::ServerClock;
-    use crate::config::PolicySource;
+    use crate::test_support::aggregate_policy;
 
     fn policy(regions: &str) -> Policy {
-        PolicySource::Builtin
-            .parse(&format!(
-                "default_tier: t
-store:
-  type: redis
-  regions:
-{regions}
-limits:
-  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
-tiers:
-  t: {{limits: [soft]}}
-"
-            ))
-            .expect("valid policy")
+        aggregate_policy(&format!("store:\n  type: redis\n  regions:\n{regions}\n"))
     }
 
     #[test]
@@ -324,17 +311,7 @@ tiers:
   regions:
     us: {nodes: [\"redis://:pw@127.0.0.1:1\", \"redis://:pw@127.0.0.1:2\"]}
     eu: {nodes: [\"redis://:s3cret@127.0.0.1:3\", \"redis://:typo@127.0.0.1:4\"]}";
-        let text = format!(
-            "default_tier: t
-store:
-{regions}
-limits:
-  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
-tiers:
-  t: {{limits: [soft]}}
-"
-        );
-        let clusters = PolicySource::Builtin.parse(&text).expect("valid policy");
+        let clusters = aggregate_policy(&format!("store:\n{regions}\n"));
         let err = RegionNode::new(&clusters, Some("us"), &failure, clock.shared())
             .expect_err("seeds disagree");
         let told = format!("{err:#}");

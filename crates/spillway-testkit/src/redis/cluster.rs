@@ -297,6 +297,16 @@ impl RedisCluster {
             .collect()
     }
 
+    /// The masters' URLs logging in as `login` says (`":password@"`, `"user:password@"`, or
+    /// `""` for none), in order: for a cluster started [`Self::with_password`], given the
+    /// right login, a wrong one or none.
+    pub fn urls_with_login(&self, login: &str) -> Vec<String> {
+        let ports = self.ports().into_iter();
+        ports
+            .map(|port| format!("redis://{login}127.0.0.1:{port}"))
+            .collect()
+    }
+
     /// The ports of the masters as started, in order.
     pub fn ports(&self) -> Vec<u16> {
         self.nodes[..self.masters]

@@ -3,21 +3,6 @@ use spillway_core::algorithm::{FixedWindow, LimitParams};
 use spillway_testkit::policy::regions_store;
 use spillway_testkit::redis::RedisServer;
 
-/// A policy over `store` (its `store:` block) with one aggregate limit per tenant.
-fn one_aggregate_limit(store: &str) -> Policy {
-    let text = format!(
-        "default_tier: t
-{store}limits:
-  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
-tiers:
-  t: {{limits: [soft]}}
-"
-    );
-    crate::config::PolicySource::Builtin
-        .parse(&text)
-        .expect("policy")
-}
-
 /// A window length no policy limit has (a tenant override set at run time) is published,
 /// announced and read by the other region; a region whose stamp stops moving is cut off.
 #[tokio::test]
@@ -27,7 +12,7 @@ async fn override_windows_travel_and_a_frozen_publisher_is_cut_off() {
         &[("us", &a.url()), ("eu", &b.url())],
         &["exchange: {interval: 100ms, partition_after: 1s}"],
     );
-    let policy = one_aggregate_limit(&store);
+    let policy = crate::test_support::aggregate_policy(&store);
     let regions = policy.regions().expect("regions");
     // Hashes expire at an absolute time: the clock must read a date to come (2030).
     let clock = crate::clock::ServerClock::manual(1_900_000_000_000);
@@ -69,7 +54,7 @@ async fn a_far_region_refusing_the_login_is_told_once_while_it_lasts() {
         &[("us", &us.url()), ("eu", &eu_url)],
         &["exchange: {interval: 100ms, partition_after: 2s}"],
     );
-    let policy = one_aggregate_limit(&store);
+    let policy = crate::test_support::aggregate_policy(&store);
     let regions = policy.regions().expect("regions");
     let clock = crate::clock::ServerClock::manual(1_900_000_000_000);
     let tally = Arc::new(Tally::new(0, 2, regions.partition_after, 0.5));

@@ -175,9 +175,14 @@ impl RedisSink {
             Some(conn) => conn,
             None => {
                 let refusal = Refusal::of("decision log", self.check);
-                self.conn.insert(
-                    Conn::connect(&self.target, refusal, deadline, AskSeeds::OnRefusal).await?,
-                )
+                // Once a refusal is told, the seeds are not asked again on every batch.
+                let ask = if self.refusal.told() {
+                    AskSeeds::Never
+                } else {
+                    AskSeeds::OnRefusal
+                };
+                self.conn
+                    .insert(Conn::connect(&self.target, refusal, deadline, ask).await?)
             }
         };
         conn.pipeline(&pipe).await
@@ -266,13 +271,8 @@ mod tests {
         const RIGHT: &str = "right-pw-Lc5";
         const WRONG: &str = "wrong-pw-Px3";
         let cluster = spillway_testkit::redis::RedisCluster::with_password(RIGHT);
-        let seeds = |login: &str| {
-            let urls = cluster.ports().into_iter();
-            urls.map(|port| format!("redis://{login}127.0.0.1:{port}"))
-                .collect::<Vec<_>>()
-        };
         for login in [format!(":{WRONG}@"), String::new()] {
-            let target = RedisTarget::Cluster(seeds(&login));
+            let target = RedisTarget::Cluster(cluster.urls_with_login(&login));
             let mut sink = RedisSink::new(target, "its URL", "log".into(), 100);
             match write(&mut sink).await {
                 Err(SinkError::Refused(Some(why))) => assert!(
@@ -289,7 +289,7 @@ mod tests {
                 "{login}: {again:?}"
             );
         }
-        let target = RedisTarget::Cluster(seeds(&format!(":{RIGHT}@")));
+        let target = RedisTarget::Cluster(cluster.urls_with_login(&format!(":{RIGHT}@")));
         let mut sink = RedisSink::new(target, "its URL", "log".into(), 100);
         assert!(write(&mut sink).await.is_ok());
     }
