@@ -51,7 +51,9 @@ const SLOT_LIMIT: usize = 0;
 const SLOT_REMAINING: usize = 1;
 const SLOT_RESET: usize = 2;
 const SLOT_RETRY_AFTER: usize = 3;
-const SLOT_POLICY: usize = 4;
+/// `RateLimit-Policy`'s slot: a transport that keeps that value prepared
+/// ([`fields_but_policy`]) puts it back here.
+pub const SLOT_POLICY: usize = 4;
 const SLOT_RATELIMIT: usize = 5;
 
 /// A verdict's response fields, every value written into one string: what an HTTP answer
@@ -97,6 +99,11 @@ impl Fields {
     /// Whether there are none (no enforced limit applied).
     pub fn is_empty(&self) -> bool {
         self.present == 0
+    }
+
+    /// Which fields are rendered: bit `i` is set when the field in slot `i` of [`ORDER`] is.
+    pub fn present(&self) -> u8 {
+        self.present
     }
 
     /// The string holding every value, and each field's slot in [`ORDER`] (`SLOT_*`) with the
@@ -145,6 +152,26 @@ impl Fields {
 /// This runs once per decision, so it writes digits and the names' prepared forms straight
 /// into one buffer with no intermediate strings.
 pub fn fields(verdict: &Verdict) -> Fields {
+    render_fields(verdict, true)
+}
+
+/// [`fields`] without `RateLimit-Policy` (its slot, [`SLOT_POLICY`], left out), for a
+/// transport that keeps that value prepared: it is the same on every answer that applies the
+/// same limits with the same numbers ([`policy_value`] renders it). The field belongs in the
+/// answer exactly when any field does (`!is_empty()`).
+pub fn fields_but_policy(verdict: &Verdict) -> Fields {
+    render_fields(verdict, false)
+}
+
+/// `RateLimit-Policy`'s value for `verdict`, as [`fields`] renders it: a function of its
+/// enforced limits' names, quotas and windows alone, in order.
+pub fn policy_value(verdict: &Verdict) -> String {
+    let mut out = String::new();
+    push_policy(&mut out, verdict);
+    out
+}
+
+fn render_fields(verdict: &Verdict, with_policy: bool) -> Fields {
     let mut out = Fields::default();
     let Some(gov) = verdict.governing() else {
         return out;
@@ -165,14 +192,9 @@ pub fn fields(verdict: &Verdict) -> Fields {
             push_number(&mut out.text, ceil_secs(retry).max(1));
         }
     }
-    out.open::<SLOT_POLICY>();
-    for (i, o) in enforced().enumerate() {
-        if i > 0 {
-            out.text.push_str(", ");
-        }
-        out.text.push_str(o.name.sf());
-        push_param(&mut out.text, ";q=", o.quota);
-        push_param(&mut out.text, ";w=", ceil_secs(o.window).max(1));
+    if with_policy {
+        out.open::<SLOT_POLICY>();
+        push_policy(&mut out.text, verdict);
     }
     out.open::<SLOT_RATELIMIT>();
     for (i, o) in enforced().enumerate() {
@@ -184,6 +206,19 @@ pub fn fields(verdict: &Verdict) -> Fields {
         push_param(&mut out.text, ";t=", ceil_secs(o.decision.reset_after));
     }
     out.done()
+}
+
+/// Appends `RateLimit-Policy`'s value: each enforced limit's name, quota and window.
+fn push_policy(out: &mut String, verdict: &Verdict) {
+    let enforced = verdict.outcomes.iter().filter(|o| !o.shadow);
+    for (i, o) in enforced.enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(o.name.sf());
+        push_param(out, ";q=", o.quota);
+        push_param(out, ";w=", ceil_secs(o.window).max(1));
+    }
 }
 
 /// Appends a decimal integer.
@@ -330,6 +365,32 @@ mod tests {
         let joined: Vec<(&str, &str)> = spans.map(|(n, r)| (ORDER[n], &text[r])).collect();
         assert_eq!(joined, pairs);
         assert!(super::fields(&verdict(true, Vec::new())).is_empty());
+    }
+
+    #[test]
+    fn the_policy_value_apart_is_the_field_left_out() {
+        let mut shadow = outcome("s", false, 0, 5, Some(5));
+        shadow.shadow = true;
+        let odd = outcome("caf\u{e9} \"", false, 0, 2 * SECOND, Some(SECOND));
+        let v = verdict(
+            false,
+            vec![outcome("a", true, 42, 18 * SECOND, None), shadow, odd],
+        );
+        let whole = render(&v);
+        let apart = fields_but_policy(&v);
+        assert_eq!(apart.present(), fields(&v).present() & !(1 << SLOT_POLICY));
+        let mut rebuilt: Vec<(&str, String)> =
+            apart.iter().map(|(n, v)| (n, v.to_owned())).collect();
+        rebuilt.insert(
+            rebuilt
+                .iter()
+                .position(|(n, _)| *n == RATELIMIT)
+                .expect("ratelimit"),
+            (POLICY, policy_value(&v)),
+        );
+        assert_eq!(rebuilt, whole);
+        assert_eq!(ORDER[SLOT_POLICY], POLICY);
+        assert!(fields_but_policy(&verdict(true, Vec::new())).is_empty());
     }
 
     #[test]

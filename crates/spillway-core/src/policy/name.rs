@@ -62,6 +62,13 @@ impl LimitName {
     pub fn json(&self) -> &str {
         &self.0.json
     }
+
+    /// Whether `self` and `other` are the same compiled name (one policy's, shared by
+    /// cloning), not merely equal text: a cheap test that the forms are those of one
+    /// compilation, for caches of what was rendered from them.
+    pub fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Deref for LimitName {
@@ -205,6 +212,15 @@ mod tests {
         assert_eq!(name, LimitName::from(String::from("a\"b")));
         let set: std::collections::HashSet<LimitName> = [name.clone()].into();
         assert!(set.contains("a\"b"));
+    }
+
+    #[test]
+    fn same_is_one_compilation_not_equal_text() {
+        let name = LimitName::from("a");
+        assert!(name.same(&name.clone()));
+        let again = LimitName::from("a");
+        assert_eq!(name, again);
+        assert!(!name.same(&again));
     }
 
     /// Reads a structured-field String (RFC 8941, section 4.2.5) back to its characters:

@@ -18,10 +18,11 @@
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
-use spillway_core::envoy_config::{Domain, EnvoyLimit, Rule, Unit};
+use spillway_core::envoy_config::{Domain, EnvoyLimit, Found, Rule, Unit};
 use spillway_core::key::StateKey;
 use spillway_core::policy::{FailureMode, LimitDef, Planned, Policy};
 use spillway_core::request::RequestAttrs;
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -72,7 +73,10 @@ pub fn envoy(
     descriptors: &[RateLimitDescriptor],
     hits: u64,
 ) -> Result<Plan, Invalid> {
-    let mut matched: Vec<Vec<(EnvoyLimit, Vec<String>)>> = Vec::with_capacity(descriptors.len());
+    // Per descriptor, the limits it matched (the domain's own, borrowed, or an override's)
+    // and its counter key's values, once for all of them.
+    let mut matched: Vec<(Cow<'_, [EnvoyLimit]>, Vec<String>)> =
+        Vec::with_capacity(descriptors.len());
     for (i, d) in descriptors.iter().enumerate() {
         let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
         let found = match &d.limit {
@@ -86,33 +90,34 @@ pub fn envoy(
                 let values = entries
                     .flat_map(|(k, v)| [k.to_owned(), v.to_owned()])
                     .collect();
-                vec![(limit, values)]
+                (Cow::Owned(vec![limit]), values)
             }
             _ => match domain.find(entries) {
-                Some(found) => match found.rule {
-                    Rule::Unlimited => Vec::new(),
-                    Rule::Limits(list) => list
-                        .iter()
-                        .map(|l| (l.clone(), found.values.clone()))
-                        .collect(),
-                },
-                None => Vec::new(),
+                Some(Found {
+                    rule: Rule::Limits(list),
+                    values,
+                }) => (Cow::Borrowed(list.as_slice()), values),
+                Some(Found {
+                    rule: Rule::Unlimited,
+                    ..
+                })
+                | None => (Cow::Borrowed(&[][..]), Vec::new()),
             },
         };
         matched.push(found);
     }
     let replaced: HashSet<&str> = matched
         .iter()
-        .flatten()
-        .flat_map(|(l, _)| l.replaces.iter().map(|r| &**r))
+        .flat_map(|(list, _)| list.iter())
+        .flat_map(|l| l.replaces.iter().map(|r| &**r))
         .collect();
     let mut plan = Plan {
         descriptors: vec![Vec::new(); descriptors.len()],
         failure_mode: domain.failure_mode,
         ..Plan::default()
     };
-    for (slot, (d, list)) in descriptors.iter().zip(&matched).enumerate() {
-        for (limit, values) in list {
+    for (slot, (d, (list, values))) in descriptors.iter().zip(&matched).enumerate() {
+        for limit in list.iter() {
             if replaced.contains(&*limit.def.name) {
                 continue;
             }

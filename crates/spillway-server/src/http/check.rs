@@ -36,7 +36,8 @@ use crate::telemetry::decision_log::RequestIds;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::CONTENT_LENGTH;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::BoxError;
 use http_body::Body as HttpBody;
@@ -184,9 +185,9 @@ pub async fn check(State(app): State<Arc<AppState>>, request: Request) -> Respon
     answer(&app, request).await
 }
 
-/// Answers one `/v1/check` request. The router's handler ends here, and so does the serving
-/// thread's shortcut (`crate::http::entry`), which hands a request over before the router
-/// sees it; either way the request is read and answered alike.
+/// Answers one `/v1/check` request, `Content-Length` included. The router's handler ends
+/// here, and so does the serving thread's shortcut (`crate::http::entry`), which hands a
+/// request over before the router sees it; either way the request is read and answered alike.
 ///
 /// The policy is loaded once, before the body is read, and the request is decided with it
 /// from its headers' credentials to a store failure's fallback, so a reload part way cannot
@@ -202,8 +203,24 @@ where
     let body = read_body(body).await;
     let query = parts.uri.query();
     match respond(app, policy, query, &ids, &parts.headers, body).await {
-        Ok(response) | Err(response) => response,
+        // A decided answer carries its own length.
+        Ok(response) => response,
+        Err(response) => with_length(response),
     }
+}
+
+/// `response` with a `Content-Length` when its body's size is known: what the router adds to
+/// each answer, added here to the problem answers too (the decided ones add their own), so
+/// headers come out in the same order whichever way the request went (hyper writes
+/// `Connection` between the handler's headers and the length it adds itself).
+fn with_length(mut response: Response) -> Response {
+    if !response.headers().contains_key(CONTENT_LENGTH) {
+        if let Some(size) = HttpBody::size_hint(response.body()).exact() {
+            let value = HeaderValue::from(size);
+            response.headers_mut().insert(CONTENT_LENGTH, value);
+        }
+    }
+    response
 }
 
 /// Reads a whole body of at most [`MAX_BODY_BYTES`], or the problem that stopped it.

@@ -20,8 +20,7 @@ use axum::routing::future::RouteFuture;
 use axum::{BoxError, Router};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either};
-use http::header::CONTENT_LENGTH;
-use http::{HeaderValue, Method, Request};
+use http::{Method, Request};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,26 +66,12 @@ where
         if let Some(app) = &self.check {
             if request.method() == Method::POST && request.uri().path() == CHECK_PATH {
                 let app = app.clone();
-                return Either::Left(Box::pin(async move {
-                    Ok(with_length(check::answer(&app, request).await))
-                }));
+                return Either::Left(Box::pin(
+                    async move { Ok(check::answer(&app, request).await) },
+                ));
             }
         }
         request.extensions_mut().insert(ConnectInfo(self.peer));
         Either::Right(self.router.call(request))
     }
-}
-
-/// `response` with a `Content-Length` when its body's size is known and none is set: what the
-/// router adds to each answer, added here too so headers come out in the same order whichever
-/// way the request went (hyper writes `Connection` between the handler's headers and the
-/// length it adds itself).
-fn with_length(mut response: Response) -> Response {
-    if !response.headers().contains_key(CONTENT_LENGTH) {
-        if let Some(size) = http_body::Body::size_hint(response.body()).exact() {
-            let value = HeaderValue::from(size);
-            response.headers_mut().insert(CONTENT_LENGTH, value);
-        }
-    }
-    response
 }

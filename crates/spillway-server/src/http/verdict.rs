@@ -17,15 +17,14 @@
 
 use crate::decision::Decided;
 use crate::failure;
+use crate::http::fields::{answer_headers, ContentType};
 use crate::http::problem::{self, Problem};
 use axum::body::Body;
-use axum::body::Bytes;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Serialize;
 use spillway_core::algorithm::Denial;
 use spillway_core::engine::{LimitOutcome, Verdict};
-use spillway_core::headers;
 use spillway_core::json;
 use spillway_core::policy::LimitName;
 use spillway_core::rate::format_duration;
@@ -120,12 +119,13 @@ impl From<&LimitOutcome> for LimitBody {
     }
 }
 
-/// The `200` answer to a decision: the rate-limit headers, the JSON content type, and the
-/// body [`decided_body`] describes, written by [`write_decided_json`] into one buffer.
+/// The `200` answer to a decision: the rate-limit headers, the JSON content type, the body
+/// [`decided_body`] describes, written by [`write_decided_json`] into one buffer, and its
+/// length.
 pub fn decided_response(status: StatusCode, decided: &Decided) -> Response {
     let mut bytes = Vec::with_capacity(128 + 160 * decided.verdict.outcomes.len());
     write_decided_json(decided, &mut bytes);
-    let headers = answer_headers(decided, Some(ContentType::Last(APPLICATION_JSON)));
+    let headers = answer_headers(decided, ContentType::JsonLast, Some(bytes.len()));
     respond(status, headers, bytes)
 }
 
@@ -136,11 +136,6 @@ fn respond(status: StatusCode, headers: HeaderMap, body: Vec<u8>) -> Response {
     *response.headers_mut() = headers;
     response
 }
-
-/// `application/json`, built at compile time. (A `HeaderValue` holds `Bytes`, whose shared form
-/// has interior mutability; a static one has none, and each use is a fresh copy anyway.)
-#[allow(clippy::declare_interior_mutable_const)]
-const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Writes the JSON of [`decided_body`]`(decided)` to `out`, byte for byte what serde_json
 /// writes for it (a test holds the two together), without building the body first: member
@@ -222,13 +217,9 @@ pub fn denied_response(status: StatusCode, decided: &Decided) -> Response {
     bytes.push(b',');
     write_decided_members(decided, &mut bytes);
     bytes.push(b'}');
-    let headers = answer_headers(decided, Some(ContentType::First(PROBLEM_JSON)));
+    let headers = answer_headers(decided, ContentType::ProblemFirst, Some(bytes.len()));
     respond(problem.status(), headers, bytes)
 }
-
-/// `application/problem+json`, built at compile time (see [`APPLICATION_JSON`]).
-#[allow(clippy::declare_interior_mutable_const)]
-const PROBLEM_JSON: HeaderValue = HeaderValue::from_static(problem::PROBLEM_JSON);
 
 fn push_bool(out: &mut Vec<u8>, value: bool) {
     out.extend_from_slice(if value { b"true" } else { b"false" });
@@ -249,66 +240,7 @@ fn denial_word(denial: Denial) -> &'static str {
 /// The headers of a decision: the verdict's, plus the degraded mark when the store did not
 /// take part.
 pub fn decided_headers(decided: &Decided) -> HeaderMap {
-    answer_headers(decided, None)
-}
-
-/// Where an answer's `Content-Type` goes among its headers (the order the serde answers had
-/// them in, which the wire tests pin).
-enum ContentType {
-    /// Before the rate-limit headers.
-    First(HeaderValue),
-    /// After them.
-    Last(HeaderValue),
-}
-
-/// [`decided_headers`], with `content_type` where it goes, in one map (the `Content-Length`
-/// is added after them, by the router or the shortcut's `with_length`). Every value the
-/// verdict renders is written into one buffer, which the header values then share: one
-/// allocation for all of them.
-///
-/// Writing the `Content-Length` into that buffer too, instead of the allocation
-/// `HeaderValue::from(u64)` makes, was measured and cost about 150 instructions more per check
-/// (`docs/BENCHMARKS.md`, "Fewer instructions per `/v1/check` (issue 16, session 15)").
-fn answer_headers(decided: &Decided, content_type: Option<ContentType>) -> HeaderMap {
-    let fields = headers::fields(&decided.verdict);
-    let mut map = HeaderMap::with_capacity(fields.len() + 4);
-    let (text, spans) = fields.into_parts();
-    let text = Bytes::from(text);
-    let last = match content_type {
-        Some(ContentType::First(value)) => {
-            map.insert(header::CONTENT_TYPE, value);
-            None
-        }
-        Some(ContentType::Last(value)) => Some(value),
-        None => None,
-    };
-    for (slot, span) in spans {
-        match HeaderValue::from_maybe_shared(text.slice(span)) {
-            Ok(value) => {
-                map.append(header_name(slot), value);
-            }
-            Err(_) => tracing::warn!(
-                header = headers::ORDER[slot],
-                "skipping a header value that is not valid HTTP"
-            ),
-        }
-    }
-    if decided.degraded.is_some() {
-        map.insert(
-            HeaderName::from_static(failure::DEGRADED_HEADER),
-            HeaderValue::from_static(failure::DEGRADED_REASON),
-        );
-    }
-    if let Some(home) = &decided.home_region {
-        // A region name is letters, digits, `-`, `_` and `.` (policy validation).
-        if let Ok(value) = HeaderValue::from_str(home) {
-            map.insert(HeaderName::from_static(crate::region::HOME_HEADER), value);
-        }
-    }
-    if let Some(value) = last {
-        map.insert(header::CONTENT_TYPE, value);
-    }
-    map
+    answer_headers(decided, ContentType::Absent, None)
 }
 
 /// The JSON body of a decision, with the degraded mark when the store did not take part. Built
@@ -319,24 +251,6 @@ pub fn decided_body(decided: &Decided) -> VerdictBody {
         body.degraded = Some(failure::DEGRADED_REASON);
     }
     body
-}
-
-/// The header names of `spillway_core::headers::ORDER`, slot by slot, built at compile time
-/// rather than checked again on every answer; an answer picks each by its slot rather than by
-/// comparing names.
-static HEADER_NAMES: [HeaderName; headers::MAX_FIELDS] = [
-    HeaderName::from_static(headers::ORDER[0]),
-    HeaderName::from_static(headers::ORDER[1]),
-    HeaderName::from_static(headers::ORDER[2]),
-    HeaderName::from_static(headers::ORDER[3]),
-    HeaderName::from_static(headers::ORDER[4]),
-    HeaderName::from_static(headers::ORDER[5]),
-];
-
-/// The header in `slot` of `spillway_core::headers::ORDER` (every slot `Fields` hands out is
-/// one of them).
-fn header_name(slot: usize) -> HeaderName {
-    HEADER_NAMES[slot].clone()
 }
 
 /// The problem document for a denial, answered with `status` (429 on `/v1/check`, the
@@ -569,10 +483,12 @@ mod tests {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "application/json");
         assert_eq!(response.headers()["x-ratelimit-remaining"], "4");
+        let length = response.headers()["content-length"].clone();
         let body = axum::body::to_bytes(response.into_body(), 1 << 16)
             .await
             .expect("body");
         assert_eq!(body, serde_bytes(&case));
+        assert_eq!(length, body.len().to_string().as_str());
     }
 
     #[tokio::test]
@@ -601,7 +517,10 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_owned()))
                 .collect()
         };
-        assert_eq!(names(&new), names(&old));
+        // The new answer carries its own length, last; the router adds it to the old one.
+        let mut new_names = names(&new);
+        let length = new_names.pop().expect("a length");
+        assert_eq!(names(&old), new_names);
         assert_eq!(new.headers()["content-type"], problem::PROBLEM_JSON);
         let old = axum::body::to_bytes(old.into_body(), 1 << 16)
             .await
@@ -610,6 +529,7 @@ mod tests {
             .await
             .expect("body");
         assert_eq!(new, old);
+        assert_eq!(length, ("content-length".to_owned(), new.len().to_string()));
     }
 
     #[test]

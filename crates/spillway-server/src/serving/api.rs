@@ -34,10 +34,15 @@ where
 {
     let limits = incoming.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // `writev(false)`: an answer's head and body go out in one buffer and one `write`. A
+    // decision's body is a few hundred bytes, so copying it costs less than hyper's vectored
+    // write (a queue of buffers and 64 slices laid out on every flush); measured in
+    // `docs/BENCHMARKS.md`, "Fewer instructions per `/v1/check` (issue 16, session 16)".
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -185,6 +185,9 @@ async fn drive<C>(
     let mut closing = false;
     loop {
         tokio::select! {
+            // In this order, without drawing a random start on every wake-up: the connection
+            // wakes the task for each request, the others seldom.
+            biased;
             ended = connection.as_mut() => {
                 if let Err(err) = ended {
                     tracing::debug!(error = %err, "a connection ended with an error");
