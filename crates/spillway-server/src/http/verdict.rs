@@ -168,15 +168,21 @@ fn write_decided_members(decided: &Decided, out: &mut Vec<u8>) {
     for (i, outcome) in verdict.outcomes.iter().enumerate() {
         let d = &outcome.decision;
         // Each literal carries its neighbours' punctuation and the booleans, so a limit is a
-        // dozen appends rather than twenty.
-        out.extend_from_slice(if i > 0 { b",{\"name\":" } else { b"{\"name\":" });
+        // dozen appends rather than twenty. Each branch appends its own literal: a copy of a
+        // length known when compiled is a few moves, where one of either length is a call
+        // to `memcpy` (about 240 instructions per check for these four).
+        if i > 0 {
+            out.extend_from_slice(b",{\"name\":");
+        } else {
+            out.extend_from_slice(b"{\"name\":");
+        }
         // Quoted and escaped when the policy was compiled.
         out.extend_from_slice(outcome.name.json().as_bytes());
-        out.extend_from_slice(if d.allowed {
-            b",\"allowed\":true,\"limit\":"
+        if d.allowed {
+            out.extend_from_slice(b",\"allowed\":true,\"limit\":");
         } else {
-            b",\"allowed\":false,\"limit\":"
-        });
+            out.extend_from_slice(b",\"allowed\":false,\"limit\":");
+        }
         push_u64(out, d.limit);
         out.extend_from_slice(b",\"remaining\":");
         push_u64(out, d.remaining);
@@ -186,16 +192,18 @@ fn write_decided_members(decided: &Decided, out: &mut Vec<u8>) {
             out.extend_from_slice(b",\"retry_after_ms\":");
             push_u64(out, ceil_ms(retry));
         }
-        out.extend_from_slice(match d.denial {
-            None => b"",
-            Some(Denial::OverLimit) => b",\"denial\":\"over_limit\"",
-            Some(Denial::CostExceedsLimit) => b",\"denial\":\"cost_exceeds_limit\"",
-        });
-        out.extend_from_slice(if outcome.shadow {
-            b",\"shadow\":true}"
+        match d.denial {
+            None => {}
+            Some(Denial::OverLimit) => out.extend_from_slice(b",\"denial\":\"over_limit\""),
+            Some(Denial::CostExceedsLimit) => {
+                out.extend_from_slice(b",\"denial\":\"cost_exceeds_limit\"")
+            }
+        }
+        if outcome.shadow {
+            out.extend_from_slice(b",\"shadow\":true}");
         } else {
-            b",\"shadow\":false}"
-        });
+            out.extend_from_slice(b",\"shadow\":false}");
+        }
     }
     out.push(b']');
     if decided.degraded.is_some() {
@@ -222,7 +230,11 @@ pub fn denied_response(status: StatusCode, decided: &Decided) -> Response {
 }
 
 fn push_bool(out: &mut Vec<u8>, value: bool) {
-    out.extend_from_slice(if value { b"true" } else { b"false" });
+    if value {
+        out.extend_from_slice(b"true");
+    } else {
+        out.extend_from_slice(b"false");
+    }
 }
 
 fn push_u64(out: &mut Vec<u8>, value: u64) {
