@@ -276,8 +276,9 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         shutdown.clone(),
         move |incoming: serving::Incoming| async move {
             // Each connection's service knows its peer, for handlers that key by client IP,
-            // and answers `/v1/check` without the router.
-            serving::serve_http(incoming, |peer: SocketAddr| {
+            // and answers `/v1/check` without the router. Its answers are small, so HTTP/1
+            // writes each in one buffer.
+            serving::serve_http(incoming, serving::Writes::Flattened, |peer: SocketAddr| {
                 Entry::new(router.clone(), &app, peer)
             })
             .await;

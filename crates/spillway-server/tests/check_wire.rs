@@ -57,16 +57,31 @@ routes:
 /// Sends `body` to `/v1/check{query}` on a connection of its own and returns the whole answer
 /// without its `date` line.
 fn exchange(server: &Server, query: &str, body: &str) -> String {
+    pipelined(server, &[(query, body)])
+}
+
+/// A check's request for `body` to `/v1/check{query}`, closing its connection when `last`.
+fn request(query: &str, body: &str, last: bool) -> String {
+    let close = if last { "Connection: close\r\n" } else { "" };
+    format!(
+        "POST /v1/check{query} HTTP/1.1\r\nHost: spillway\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{close}\r\n{body}",
+        body.len()
+    )
+}
+
+/// Sends every request in one write on one keep-alive connection (the last one closing it)
+/// and returns all their answers, in order, without their `date` lines.
+fn pipelined(server: &Server, requests: &[(&str, &str)]) -> String {
     let mut stream = TcpStream::connect(server.addr()).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let request = format!(
-        "POST /v1/check{query} HTTP/1.1\r\nHost: spillway\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).expect("send");
+    let last = requests.len() - 1;
+    let all: String = (requests.iter().enumerate())
+        .map(|(i, (query, body))| request(query, body, i == last))
+        .collect();
+    stream.write_all(all.as_bytes()).expect("send");
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).expect("read");
     let answer = String::from_utf8(answer).expect("an answer in UTF-8");
@@ -226,6 +241,53 @@ async fn pinned_exchanges(server: Server) -> Server {
                     r#"connection: close"#,
                 ],
                 r#"{"allowed":true,"tier":"free","route":null,"cost":1,"limits":[]}"#,
+            ),
+        );
+        // Two checks pipelined on one keep-alive connection: the first answer stays open (no
+        // `connection` line), the second closes.
+        let carol = r#"{"tenant":"acme","user":"carol","ip":"203.0.113.9","method":"POST","path":"/v1/generate"}"#;
+        let pair = pipelined(&server, &[("", carol), ("", carol)]);
+        let kept_open = answer(
+            &[
+                r#"HTTP/1.1 200 OK"#,
+                r#"x-ratelimit-limit: 2"#,
+                r#"x-ratelimit-remaining: 1"#,
+                r#"x-ratelimit-reset: 45"#,
+                r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "Gen.v2_b-3";q=3;w=3"#,
+                r#"ratelimit: "ip-burst";r=99;t=1, "user-minute";r=1;t=45, "user_daily";r=49;t=87, "Gen.v2_b-3";r=2;t=1"#,
+                r#"content-type: application/json"#,
+                r#"content-length: 544"#,
+            ],
+            r#"{"allowed":true,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":99,"reset_ms":50,"shadow":false},{"name":"ip-shadow","allowed":true,"limit":1,"remaining":0,"reset_ms":57585000,"shadow":true},{"name":"user-minute","allowed":true,"limit":2,"remaining":1,"reset_ms":45000,"shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":49,"reset_ms":86400,"shadow":false},{"name":"Gen.v2_b-3","allowed":true,"limit":3,"remaining":2,"reset_ms":1000,"shadow":false}]}"#,
+        );
+        let closing = answer(
+            &[
+                r#"HTTP/1.1 200 OK"#,
+                r#"x-ratelimit-limit: 2"#,
+                r#"x-ratelimit-remaining: 0"#,
+                r#"x-ratelimit-reset: 45"#,
+                r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "Gen.v2_b-3";q=3;w=3"#,
+                r#"ratelimit: "ip-burst";r=98;t=1, "user-minute";r=0;t=45, "user_daily";r=48;t=173, "Gen.v2_b-3";r=1;t=2"#,
+                r#"content-type: application/json"#,
+                r#"content-length: 595"#,
+                r#"connection: close"#,
+            ],
+            r#"{"allowed":true,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":98,"reset_ms":100,"shadow":false},{"name":"ip-shadow","allowed":false,"limit":1,"remaining":0,"reset_ms":57585000,"retry_after_ms":57585000,"denial":"over_limit","shadow":true},{"name":"user-minute","allowed":true,"limit":2,"remaining":0,"reset_ms":45000,"shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":48,"reset_ms":172800,"shadow":false},{"name":"Gen.v2_b-3","allowed":true,"limit":3,"remaining":1,"reset_ms":2000,"shadow":false}]}"#,
+        );
+        assert_wire(&pair, &(kept_open + &closing));
+
+        // A body that is not JSON: a problem answer, 400.
+        let bad = exchange(&server, "", r#"{"tenant":"acme","user":"#);
+        assert_wire(
+            &bad,
+            &answer(
+                &[
+                    r#"HTTP/1.1 400 Bad Request"#,
+                    r#"content-type: application/problem+json"#,
+                    r#"content-length: 171"#,
+                    r#"connection: close"#,
+                ],
+                r#"{"type":"urn:spillway:problem:invalid-request","title":"Invalid request","status":400,"detail":"the body is not valid JSON: EOF while parsing a value at line 1 column 24"}"#,
             ),
         );
         server

@@ -66,7 +66,7 @@ impl LimitName {
     /// Whether `self` and `other` are the same compiled name (one policy's, shared by
     /// cloning), not merely equal text: a cheap test that the forms are those of one
     /// compilation, for caches of what was rendered from them.
-    pub fn same(&self, other: &Self) -> bool {
+    pub fn same_compilation(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
 }
@@ -215,12 +215,12 @@ mod tests {
     }
 
     #[test]
-    fn same_is_one_compilation_not_equal_text() {
+    fn same_compilation_is_identity_not_equal_text() {
         let name = LimitName::from("a");
-        assert!(name.same(&name.clone()));
+        assert!(name.same_compilation(&name.clone()));
         let again = LimitName::from("a");
         assert_eq!(name, again);
-        assert!(!name.same(&again));
+        assert!(!name.same_compilation(&again));
     }
 
     /// Reads a structured-field String (RFC 8941, section 4.2.5) back to its characters:

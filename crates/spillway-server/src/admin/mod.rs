@@ -193,9 +193,11 @@ pub async fn serve(
         limits,
         shutdown,
         move |incoming| async move {
-            crate::serving::serve_http(incoming, |peer: std::net::SocketAddr| {
-                Extension(ConnectInfo(peer)).layer(router.clone())
-            })
+            crate::serving::serve_http(
+                incoming,
+                crate::serving::Writes::Queued,
+                |peer: std::net::SocketAddr| Extension(ConnectInfo(peer)).layer(router.clone()),
+            )
             .await;
             Ok::<(), std::convert::Infallible>(())
         },

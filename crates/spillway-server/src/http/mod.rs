@@ -20,12 +20,12 @@
 //! the same whichever way a request arrives.
 
 pub mod access_log;
+pub mod answer_headers;
 pub mod authorize;
 pub mod check;
 pub mod client_ip;
 pub mod debug;
 pub mod entry;
-pub mod fields;
 pub mod principal;
 pub mod probes;
 pub mod problem;

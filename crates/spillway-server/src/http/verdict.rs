@@ -17,7 +17,7 @@
 
 use crate::decision::Decided;
 use crate::failure;
-use crate::http::fields::{answer_headers, ContentType};
+use crate::http::answer_headers::{answer_headers, ContentType};
 use crate::http::problem::{self, Problem};
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
@@ -505,6 +505,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_denial_answers_as_the_serde_path_does() {
+        // Not degraded (the prepared header map) and degraded (built name by name).
+        for degraded in [None, Some(FailureMode::Open)] {
+            a_denial_answers_as_serde_does(degraded).await;
+        }
+    }
+
+    async fn a_denial_answers_as_serde_does(degraded: Option<FailureMode>) {
         let case = decided(
             verdict(
                 false,
@@ -513,7 +520,7 @@ mod tests {
                     outcome("b", Some(Denial::OverLimit), Some(2 * SECOND), false),
                 ],
             ),
-            Some(FailureMode::Open),
+            degraded,
         );
         let problem = denial_problem(&case.verdict, StatusCode::TOO_MANY_REQUESTS);
         let old = (

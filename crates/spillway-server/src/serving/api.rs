@@ -14,13 +14,28 @@ use hyper_util::service::TowerToHyperService;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
+/// How an HTTP/1 connection writes its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// Head and body copied into one buffer and sent in one `write` (hyper's `writev(false)`),
+    /// for the public API, whose answers are small: copying a decision's few hundred bytes
+    /// costs less than hyper's vectored write (a queue of buffers and 64 slices laid out on
+    /// every flush; `docs/BENCHMARKS.md`, "Fewer instructions per `/v1/check` (issue 16,
+    /// session 16)"). The buffer keeps its capacity between answers, so each keep-alive
+    /// connection holds one as large as the largest answer it has sent.
+    Flattened,
+    /// hyper's default: the body queued behind the head, not copied, so a large answer (the
+    /// admin listener's UI assets) leaves no buffer of its size behind on the connection.
+    Queued,
+}
+
 /// Serves every connection dealt to this thread with the service `make(peer)` builds for it
 /// (HTTP/1, or HTTP/2 with prior knowledge), each on a task of its own, until the queue ends.
 /// Then it gives the connections it just took [`FIRST_READ`] to read their first request
 /// (hyper's protocol-detecting connection drops one that has read nothing when told to shut
 /// down, leaving its client without an answer), shuts them all down gracefully and waits for
-/// them.
-pub async fn serve_http<M, S>(incoming: Incoming, mut make: M)
+/// them. HTTP/1 answers are written as `writes` says.
+pub async fn serve_http<M, S>(incoming: Incoming, writes: Writes, mut make: M)
 where
     M: FnMut(SocketAddr) -> S,
     S: tower::Service<
@@ -34,15 +49,13 @@ where
 {
     let limits = incoming.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // `writev(false)`: an answer's head and body go out in one buffer and one `write`. A
-    // decision's body is a few hundred bytes, so copying it costs less than hyper's vectored
-    // write (a queue of buffers and 64 slices laid out on every flush); measured in
-    // `docs/BENCHMARKS.md`, "Fewer instructions per `/v1/check` (issue 16, session 16)".
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .writev(false);
+        .header_read_timeout(limits.header_timeout);
+    if writes == Writes::Flattened {
+        http1.writev(false);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -37,7 +37,7 @@ pub mod limits;
 mod tests;
 pub mod threads;
 
-pub use api::serve_http;
+pub use api::{serve_http, Writes};
 pub use deadline::{BodyTimeout, DeadlineBody};
 pub use http2::serve_http2;
 pub use limits::ConnectionLimits;

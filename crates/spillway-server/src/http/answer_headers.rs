@@ -17,8 +17,10 @@
 //! quotas change the numbers, so neither can ever be answered with a value rendered for
 //! something else: the test compares every input, never a plan's identity.
 //!
-//! A degraded answer or one naming a home region (both rare) is built name by name, as is any
-//! answer whose value would not be a valid header value (none we render).
+//! The home region's header, sent on every answer with a tenant when the policy spans regions,
+//! has its place in the shape too. A degraded answer (only while the store is failing) is built
+//! name by name, as is any answer whose value would not be a valid header value (none we
+//! render).
 
 use crate::decision::Decided;
 use crate::failure;
@@ -34,7 +36,8 @@ use std::cell::RefCell;
 /// them in, which the wire tests pin).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentType {
-    /// None.
+    /// No `Content-Type` among these headers: the caller's answer has no body
+    /// (`/v1/authorize`'s allowed one) or its own type set elsewhere (`/v1/report`'s).
     Absent,
     /// `application/problem+json`, before the rate-limit headers.
     ProblemFirst,
@@ -66,6 +69,10 @@ static HEADER_NAMES: [HeaderName; headers::MAX_FIELDS] = [
 /// How many `RateLimit-Policy` values a serving thread keeps (one per plan it answers on; the
 /// oldest goes first). Each holds its limits' names, so at most this many plans' names outlive
 /// a reload on a thread, until newer answers push them out.
+///
+/// No size metric, unlike our other in-memory maps (STYLE point 8): these values and the
+/// prepared maps have fixed bounds per serving thread (eight values; a map per shape met, at
+/// most 768), so there is nothing to watch grow.
 const POLICY_VALUES: usize = 8;
 
 /// The headers of a decision: its rate-limit fields (core's words in core's order), the
@@ -82,7 +89,7 @@ pub fn answer_headers(
     content_type: ContentType,
     length: Option<usize>,
 ) -> HeaderMap {
-    if decided.degraded.is_none() && decided.home_region.is_none() {
+    if decided.degraded.is_none() {
         if let Some(map) = PREPARED.with_borrow_mut(|p| p.answer(decided, content_type, length)) {
             return map;
         }
@@ -142,12 +149,15 @@ struct Shape {
     /// Bit `i` set when the field in slot `i` of `headers::ORDER` is sent.
     fields: u8,
     content_type: ContentType,
+    /// Whether the home region's header follows the fields (on every answer with a tenant
+    /// when the policy spans regions).
+    home: bool,
     length: bool,
 }
 
 impl Shape {
-    /// A map with this shape's names in order, every value empty. (At most 64 × 3 × 2 shapes
-    /// exist, and a thread keeps only those it has answered with.)
+    /// A map with this shape's names in order, every value empty. (At most 64 × 3 × 2 × 2
+    /// shapes exist, and a thread keeps only those it has answered with.)
     fn template(self) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(headers::MAX_FIELDS + 2);
         let empty = HeaderValue::from_static("");
@@ -158,6 +168,10 @@ impl Shape {
             if self.fields & (1 << slot) != 0 {
                 map.append(name.clone(), empty.clone());
             }
+        }
+        if self.home {
+            let name = HeaderName::from_static(crate::region::HOME_HEADER);
+            map.append(name, empty.clone());
         }
         if self.content_type == ContentType::JsonLast {
             map.append(header::CONTENT_TYPE, empty.clone());
@@ -179,12 +193,14 @@ struct PolicyValue {
 impl PolicyValue {
     /// Whether `verdict`'s enforced limits are exactly these: the same compiled names (so the
     /// same quoted forms) with the same numbers, in the same order.
-    fn renders(&self, verdict: &Verdict) -> bool {
+    fn matches(&self, verdict: &Verdict) -> bool {
         let mut mine = self.limits.iter();
         for o in verdict.outcomes.iter().filter(|o| !o.shadow) {
             match mine.next() {
                 Some((name, quota, window))
-                    if name.same(&o.name) && *quota == o.quota && *window == o.window => {}
+                    if name.same_compilation(&o.name)
+                        && *quota == o.quota
+                        && *window == o.window => {}
                 _ => return false,
             }
         }
@@ -219,6 +235,7 @@ impl Prepared {
         let shape = Shape {
             fields: fields.present() | policy.as_ref().map_or(0, |_| 1 << SLOT_POLICY),
             content_type,
+            home: decided.home_region.is_some(),
             length: length.is_some(),
         };
         let mut map = self.map(shape);
@@ -242,6 +259,9 @@ impl Prepared {
         if let Some(value) = policy.take() {
             put(value)?;
         }
+        if let Some(home) = &decided.home_region {
+            put(HeaderValue::from_str(home).ok()?)?;
+        }
         if content_type == ContentType::JsonLast {
             put(APPLICATION_JSON)?;
         }
@@ -262,10 +282,10 @@ impl Prepared {
         map
     }
 
-    /// `RateLimit-Policy`'s value for `verdict`: a kept one that renders it, else rendered,
+    /// `RateLimit-Policy`'s value for `verdict`: a kept one that matches it, else rendered,
     /// checked and kept. `None` if it is not a valid header value.
     fn policy_value(&mut self, verdict: &Verdict) -> Option<HeaderValue> {
-        if let Some(kept) = self.policies.iter().find(|p| p.renders(verdict)) {
+        if let Some(kept) = self.policies.iter().find(|p| p.matches(verdict)) {
             return Some(kept.value.clone());
         }
         let value = HeaderValue::try_from(headers::policy_value(verdict)).ok()?;
@@ -355,14 +375,18 @@ mod tests {
     ];
 
     /// Prepared or built name by name, every answer's headers are the same, the first time a
-    /// shape and a plan are seen and every time after.
+    /// shape and a plan are seen and every time after, with a home region or without.
     fn assert_as_built(case: &Decided) {
-        for content_type in SHAPES {
-            for length in [None, Some(544)] {
-                let want = listed(&build(case, content_type, length));
-                for _ in 0..2 {
-                    let got = listed(&answer_headers(case, content_type, length));
-                    assert_eq!(got, want, "{content_type:?}, {length:?}");
+        for home in [None, Some("eu-west.2_b")] {
+            let mut case = case.clone();
+            case.home_region = home.map(Into::into);
+            for content_type in SHAPES {
+                for length in [None, Some(544)] {
+                    let want = listed(&build(&case, content_type, length));
+                    for _ in 0..2 {
+                        let got = listed(&answer_headers(&case, content_type, length));
+                        assert_eq!(got, want, "{home:?}, {content_type:?}, {length:?}");
+                    }
                 }
             }
         }
@@ -468,29 +492,58 @@ mod tests {
         }
     }
 
-    /// Degraded answers and those naming a home region are built name by name, and read as
-    /// they always did.
+    /// An answer naming its home region (prepared) and a degraded one (built name by name)
+    /// read as pinned: the home region after the fields, the degraded mark before it.
     #[test]
-    fn the_rare_answers_are_built() {
+    fn home_region_and_degraded_answers_read_as_pinned() {
         let a = LimitName::from("a");
         let mut case = decided(true, vec![outcome(&a, 10, 5, 0, false)]);
-        case.degraded = Some(FailureMode::Degrade);
         case.home_region = Some("eu-west".into());
+        let fields = [
+            ("x-ratelimit-limit", "10"),
+            ("x-ratelimit-remaining", "5"),
+            ("x-ratelimit-reset", "2"),
+            ("ratelimit-policy", r#""a";q=10;w=60"#),
+            ("ratelimit", r#""a";r=5;t=2"#),
+        ];
+        let pinned = |middle: &[(&str, &str)]| -> Vec<(String, String)> {
+            (fields.iter().chain(middle).chain(&[
+                ("content-type", "application/json"),
+                ("content-length", "7"),
+            ]))
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+        };
+        let home = (crate::region::HOME_HEADER, "eu-west");
+        for _ in 0..2 {
+            let map = answer_headers(&case, ContentType::JsonLast, Some(7));
+            assert_eq!(listed(&map), pinned(&[home]));
+        }
+        case.degraded = Some(FailureMode::Degrade);
+        let degraded = (failure::DEGRADED_HEADER, failure::DEGRADED_REASON);
         let map = answer_headers(&case, ContentType::JsonLast, Some(7));
-        assert_eq!(
-            listed(&map),
-            listed(&build(&case, ContentType::JsonLast, Some(7)))
+        assert_eq!(listed(&map), pinned(&[degraded, home]));
+    }
+
+    /// Answers on one plan share one rendered `RateLimit-Policy` value (the same bytes, not an
+    /// equal copy), so the kept values are in fact reused.
+    #[test]
+    fn answers_on_one_plan_share_their_policy_value() {
+        let [a, b] = ["a", "b"].map(LimitName::from);
+        let first = decided(
+            true,
+            vec![outcome(&a, 10, 5, 0, false), outcome(&b, 20, 5, 0, false)],
         );
-        let names: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
-        assert_eq!(
-            names[5..],
-            [
-                failure::DEGRADED_HEADER,
-                crate::region::HOME_HEADER,
-                "content-type",
-                "content-length"
-            ]
+        let second = decided(
+            false,
+            vec![outcome(&a, 10, 4, 0, false), outcome(&b, 20, 0, 1, false)],
         );
+        // Both maps alive at once, so the second value cannot be a new one at a freed address.
+        let one = answer_headers(&first, ContentType::JsonLast, Some(1));
+        let two = answer_headers(&second, ContentType::ProblemFirst, Some(2));
+        let bytes = |map: &HeaderMap| map["ratelimit-policy"].as_bytes().as_ptr();
+        assert_eq!(bytes(&one), bytes(&two));
+        assert_eq!(one["ratelimit-policy"], r#""a";q=10;w=60, "b";q=20;w=60"#);
     }
 
     proptest::proptest! {
