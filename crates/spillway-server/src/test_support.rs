@@ -188,17 +188,38 @@ impl TestState {
 
 /// What `tracing` logs on this thread from [`Logs::capture`] until it is dropped: the tasks of
 /// a current-thread runtime (`#[tokio::test]`) included.
+///
+/// One global subscriber, installed by the first capture, writes each event into the buffer of
+/// the capture open on the event's thread (and drops events of threads with none). A scoped
+/// subscriber per capture (`set_default`) was flaky under parallel tests: registering a
+/// dispatcher rebuilds every callsite's cached interest, and a callsite first hit on another
+/// thread at that moment could store an interest computed without the new dispatcher, so the
+/// capture missed its event. With one dispatcher for the whole process nothing is rebuilt after
+/// the first capture.
 pub(crate) struct Logs {
     buffer: LogBuffer,
-    _guard: tracing::subscriber::DefaultGuard,
+    /// The capture this one replaced on its thread (captures nest).
+    outer: Option<LogBuffer>,
 }
 
 #[derive(Clone, Default)]
 struct LogBuffer(Arc<parking_lot::Mutex<Vec<u8>>>);
 
-impl std::io::Write for LogBuffer {
+thread_local! {
+    /// The buffer of the capture open on this thread, if any.
+    static CAPTURING: std::cell::RefCell<Option<LogBuffer>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Where the global subscriber writes: the capture open on this thread, or nowhere.
+struct ThisThread;
+
+impl std::io::Write for ThisThread {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(bytes);
+        CAPTURING.with(|open| {
+            if let Some(buffer) = open.borrow().as_ref() {
+                buffer.0.lock().extend_from_slice(bytes);
+            }
+        });
         Ok(bytes.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -209,22 +230,36 @@ impl std::io::Write for LogBuffer {
 impl Logs {
     /// Starts capturing (every level).
     pub(crate) fn capture() -> Self {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            use tracing_subscriber::layer::{Layer, SubscriberExt};
+            // Events are formatted only on threads with a capture open.
+            let capturing = tracing_subscriber::filter::filter_fn(|_| {
+                CAPTURING.with(|open| open.borrow().is_some())
+            });
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(|| ThisThread)
+                .with_ansi(false)
+                .with_filter(capturing);
+            let subscriber = tracing_subscriber::registry().with(layer);
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other test installs a global subscriber");
+        });
         let buffer = LogBuffer::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .finish();
-        Self {
-            buffer,
-            _guard: tracing::subscriber::set_default(subscriber),
-        }
+        let outer = CAPTURING.with(|open| open.borrow_mut().replace(buffer.clone()));
+        Self { buffer, outer }
     }
 
     /// Everything logged so far.
     pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.buffer.0.lock()).into_owned()
+    }
+}
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        let outer = self.outer.take();
+        CAPTURING.with(|open| *open.borrow_mut() = outer);
     }
 }
 
