@@ -251,17 +251,29 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// Most keys the local over-limit cache remembers; 0 turns it off.
     pub local_cache_keys: usize,
+    /// Whose Redis a refused login names (`region eu`); empty for the node's own store.
+    pub owner: String,
+    /// The setting a refused login asks to check (see [`crate::login::Refusal`]).
+    pub check: String,
+    /// When a cluster's seeds are asked which one refused the login: after any failure by
+    /// default, for a store connected once at start; a store connected again on each call
+    /// until it answers (a far region's) asks less (see [`crate::login::AskSeeds`]).
+    pub ask_seeds: crate::login::AskSeeds,
 }
 
 impl RedisConfig {
-    /// Settings for `target` with the defaults: prefix `rl`, a 100 ms timeout and a local
-    /// cache of 100,000 keys.
+    /// Settings for `target` with the defaults: prefix `rl`, a 100 ms timeout, a local
+    /// cache of 100,000 keys, and a refused login told as the store's, asking to check the
+    /// URL's login, a cluster's seeds asked after any failure.
     pub fn new(target: Target) -> Self {
         Self {
             target,
             prefix: "rl".into(),
             timeout: Duration::from_millis(100),
             local_cache_keys: 100_000,
+            owner: String::new(),
+            check: "the username/password in the store's URL".into(),
+            ask_seeds: crate::login::AskSeeds::Always,
         }
     }
 }

@@ -59,14 +59,10 @@ pub struct Refusal<'a> {
 }
 
 impl<'a> Refusal<'a> {
-    /// A refusal of `owner`'s Redis (`decision log`, `region eu`) asking to check `check`.
+    /// A refusal of `owner`'s Redis (`decision log`, `region eu`; empty for the node's own
+    /// store) asking to check `check`.
     pub const fn of(owner: &'a str, check: &'a str) -> Self {
         Self { owner, check }
-    }
-
-    /// A refusal of the store's own servers, asking to check `check`.
-    pub const fn store(check: &'a str) -> Self {
-        Self::of("", check)
     }
 
     /// `err` retold as a refusal by the `role` (such as `Redis server`, `sentinel`) at
@@ -282,7 +278,7 @@ mod tests {
             "Connection refused (os error 111)".to_owned(),
         ));
         assert!(!refused(&down), "{down}");
-        let store = Refusal::store("the URLs");
+        let store = Refusal::of("", "the URLs");
         let told = store.explain(folded, "cluster node", "10.0.0.1:6379");
         let text = told.to_string();
         assert!(

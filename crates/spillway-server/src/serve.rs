@@ -96,6 +96,8 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         .policy
         .parse(&text)
         .map_err(|err| SettingsError(format!("the policy {source} is invalid: {err}")))?;
+    crate::store::seeds_agree(&policy)
+        .map_err(|err| SettingsError(format!("the policy {source}: {err}")))?;
     let limits = policy.limits().count();
 
     // Installed before the store is built, so the store's and the breaker's start-up values
@@ -131,6 +133,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         clock.shared(),
         failure.budget,
         settings.manual_clock_in_store,
+        crate::store::Whose::OWN,
     )
     .await?;
     let failover = Arc::new(Failover::new(failure, clock.shared()));

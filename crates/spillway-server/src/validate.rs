@@ -15,7 +15,15 @@ use std::process::ExitCode;
 pub fn main(args: &ValidateArgs) -> ExitCode {
     let mut valid = true;
     if let Some(file) = &args.file {
-        match Policy::from_file(file) {
+        // Seeds of one cluster that disagree on the login are refused as `serve` refuses them.
+        let checked = Policy::from_file(file)
+            .map_err(|err| err.to_string())
+            .and_then(|p| {
+                crate::store::seeds_agree(&p)
+                    .map(|()| p)
+                    .map_err(|err| format!("{}: {err}", file.display()))
+            });
+        match checked {
             Ok(policy) => println!(
                 "ok: {} is valid ({} limits, {} tiers, {} routes)",
                 file.display(),
@@ -24,7 +32,7 @@ pub fn main(args: &ValidateArgs) -> ExitCode {
                 policy.routes().count(),
             ),
             Err(err) => {
-                report(&err.to_string());
+                report(&err);
                 valid = false;
             }
         }

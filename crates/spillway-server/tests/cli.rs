@@ -229,8 +229,12 @@ fn a_redis_refusing_the_login_stops_start_up_with_status_2() {
     let out = spillway(&["serve", "--listen", "127.0.0.1:0", "--store-url", &url]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
+    // Told as the refusal it is, naming the server and the setting (not as a failed
+    // connection to the store's URL), and never the password.
     assert!(
-        !stderr.contains("wrong-pw") && stderr.contains("****"),
+        !stderr.contains("wrong-pw")
+            && !stderr.contains("cannot connect")
+            && stderr.contains("; check the username/password in the store's URL"),
         "{stderr}"
     );
     let refused = format!(
@@ -372,11 +376,62 @@ fn cluster_seeds_that_disagree_on_the_login_exit_2() {
         // The policy's list: named by its field, and nothing was connected.
         if args[0] == "--config" {
             assert!(
-                stderr.contains("the policy's seed nodes (store.nodes")
+                stderr.contains("the policy's seed nodes (store.nodes)")
                     && !stderr.contains("cannot connect"),
                 "{stderr}"
             );
         }
+    }
+}
+
+/// `validate` refuses a policy whose cluster seeds disagree on the login as `serve` does,
+/// with the same message naming the field (the store's own or a region's), as one of the
+/// policy's problems (status 1, the file named first), and never a password.
+#[test]
+fn validate_refuses_cluster_seeds_that_disagree_on_the_login() {
+    let dir = TempDir::new();
+    let own = format!(
+        "{GOOD}store:\n  type: redis_cluster\n  nodes: [\"redis://:s3cret-a@127.0.0.1:1\", \
+         \"redis://127.0.0.1:2\"]\n"
+    );
+    let regions = "default_tier: t
+limits:
+  soft: {algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}
+tiers:
+  t: {limits: [soft]}
+store:
+  type: redis_cluster
+  regions:
+    us: {nodes: [\"redis://:pw@127.0.0.1:1\", \"redis://:pw@127.0.0.1:2\"]}
+    eu: {nodes: [\"redis://:s3cret-a@127.0.0.1:3\", \"redis://:s3cret-b@127.0.0.1:4\"]}
+"
+    .to_owned();
+    for (name, policy, field, seeds) in [
+        (
+            "own.yaml",
+            own,
+            "store.nodes",
+            "127.0.0.1:1 and 127.0.0.1:2",
+        ),
+        (
+            "regions.yaml",
+            regions,
+            "store.regions.eu.nodes",
+            "127.0.0.1:3 and 127.0.0.1:4",
+        ),
+    ] {
+        let file = dir.write(name, &policy).display().to_string();
+        let out = spillway(&["validate", &file]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("{file}: the policy's seed nodes ({field}): "))
+                && stderr.contains(&format!(
+                "the cluster's seed nodes disagree on the login: {seeds} give different passwords"
+            )) && !stderr.contains("s3cret"),
+            "{name}: {stderr}"
+        );
+        assert!(text(&out.stdout).is_empty(), "{name}");
     }
 }
 

@@ -25,6 +25,7 @@ use spillway_core::policy::{Policy, Regions, StoreConfig};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, Domains, Store, StoreError};
 use spillway_core::time::Clock;
+use spillway_redis::login::AskSeeds;
 use std::sync::Arc;
 use std::time::Duration;
 use tally::Tally;
@@ -108,14 +109,6 @@ impl RegionNode {
         let own = regions
             .index(region)
             .with_context(|| format!("no region named {region}"))?;
-        // A far region's cluster is connected on first use; seeds that disagree on the login
-        // are a setting to fix, said at start (the own region's store says it when it connects).
-        for (r, name) in regions.names().iter().enumerate() {
-            if let StoreConfig::RedisCluster(s) = regions.store(r) {
-                spillway_redis::config::seeds_agree(&s.urls)
-                    .map_err(|err| SettingsError(format!("region {name}'s store: {err}")))?;
-            }
-        }
         let budget = Duration::from_micros(regions.home_timeout);
         let stores = (0..regions.names().len())
             .map(|r| {
@@ -211,17 +204,29 @@ impl Remote {
                 // Regions run on `redis` and `redis_cluster` stores, whose URLs carry logins.
                 let no_sentinel = spillway_redis::SentinelAuth::default();
                 let (config, clock) = (&self.config, self.clock.clone());
+                let owner = format!("region {}", self.name);
+                let whose = crate::store::Whose {
+                    owner: &owner,
+                    check: crate::store::login::REGION,
+                    // Connected again on each call until it answers: once a refusal is told,
+                    // the seeds are not asked again on every call.
+                    ask: if self.refusal.told() {
+                        AskSeeds::Never
+                    } else {
+                        AskSeeds::OnRefusal
+                    },
+                };
                 let built =
-                    crate::store::build(config, &no_sentinel, 1, clock, self.budget, false).await;
+                    crate::store::build(config, &no_sentinel, 1, clock, self.budget, false, whose)
+                        .await;
                 built.map_err(|e| {
-                    // `build` tells a refused login as a setting error.
+                    // `build` tells a refused login as a setting error, naming the region's
+                    // server.
                     let refused = e.chain().any(|cause| cause.is::<SettingsError>());
                     if refused && self.refusal.first() {
                         tracing::error!(
                             region = %self.name,
-                            "region {}'s store: {e:#}; calls to it fail until it accepts the \
-                             login (told once)",
-                            self.name
+                            "{e:#}; calls to it fail until it accepts the login (told once)"
                         );
                     }
                     StoreError::Unavailable(format!("{e:#}"))
@@ -301,30 +306,6 @@ mod tests {
         assert!(node.is_some());
     }
 
-    /// A far region's cluster is connected on first use, yet seed nodes that disagree on the
-    /// login stop the start as the setting error they are, naming the region, not a password.
-    #[test]
-    fn a_far_cluster_whose_seeds_disagree_on_the_login_is_a_setting_error() {
-        let clock = ServerClock::manual(1_000);
-        let failure = FailureSettings::default();
-        let regions = "  type: redis_cluster
-  regions:
-    us: {nodes: [\"redis://:pw@127.0.0.1:1\", \"redis://:pw@127.0.0.1:2\"]}
-    eu: {nodes: [\"redis://:s3cret@127.0.0.1:3\", \"redis://:typo@127.0.0.1:4\"]}";
-        let clusters = aggregate_policy(&format!("store:\n{regions}\n"));
-        let err = RegionNode::new(&clusters, Some("us"), &failure, clock.shared())
-            .expect_err("seeds disagree");
-        let told = format!("{err:#}");
-        assert!(
-            err.is::<SettingsError>()
-                && told.contains("region eu's store")
-                && told.contains("127.0.0.1:3 and 127.0.0.1:4 give different passwords")
-                && !told.contains("s3cret")
-                && !told.contains("typo"),
-            "{told}"
-        );
-    }
-
     /// Calls to a far region whose store refuses the login fail (and are counted) each time;
     /// the refusal is logged once, naming the region and the server. Real redis-server.
     #[tokio::test]
@@ -350,14 +331,82 @@ mod tests {
         }
         let text = logs.text();
         let named = format!(
-            "the Redis server at 127.0.0.1:{} refused the login",
+            "the region eu's Redis server at 127.0.0.1:{} refused the login",
             eu.port()
         );
         let told: Vec<&str> = text.lines().filter(|l| l.contains(&named)).collect();
         assert_eq!(told.len(), 1, "{text}");
         assert!(
             told[0].contains("ERROR")
-                && told[0].contains("region eu's store: ")
+                && told[0].contains(crate::store::login::REGION)
+                && !text.contains("cannot connect to the Redis store")
+                && !text.contains("wrong-pw"),
+            "{text}"
+        );
+    }
+
+    /// Connections the servers of `ports` have taken in so far (asked with `password`).
+    fn connections(ports: &[u16], password: &str) -> u64 {
+        let received = |port: u16| {
+            let info = spillway_testkit::redis::command_as(port, Some(password), "INFO stats")
+                .expect("INFO");
+            let line = info
+                .lines()
+                .find_map(|l| l.strip_prefix("total_connections_received:"))
+                .expect("total_connections_received");
+            line.trim().parse::<u64>().expect("a count")
+        };
+        ports.iter().map(|&p| received(p)).sum()
+    }
+
+    /// A far region's cluster refusing the login: the first failed home call asks the seeds
+    /// which one refused and logs it, naming the region's cluster node; once told, the
+    /// following calls ask no seed again (the store's own start asks every seed on every
+    /// failure, which a call retried all along must not). Real cluster.
+    #[tokio::test]
+    async fn home_calls_to_a_far_cluster_refusing_the_login_ask_the_seeds_once() {
+        const RIGHT: &str = "right-pw-Kd4";
+        let eu = spillway_testkit::redis::RedisCluster::with_password(RIGHT);
+        let seeds = eu.urls_with_login(":wrong-pw-Ra2@");
+        let config = spillway_core::policy::StoreConfig::RedisCluster(
+            spillway_core::policy::RedisSettings {
+                urls: seeds.clone(),
+                ..Default::default()
+            },
+        );
+        let remote = Remote {
+            name: "eu".into(),
+            config,
+            refusal: Default::default(),
+            budget: Duration::from_secs(1),
+            clock: ServerClock::manual(1_000).shared(),
+            store: tokio::sync::OnceCell::new(),
+        };
+        let logs = crate::test_support::Logs::capture();
+        let ports = eu.ports();
+        let mut taken = Vec::new();
+        for _ in 0..3 {
+            let before = connections(&ports, RIGHT);
+            assert!(remote.ping().await.is_err());
+            taken.push(connections(&ports, RIGHT) - before);
+        }
+        // Asking opens one connection per seed; the calls after the first open only the
+        // client's own.
+        assert!(
+            taken[1..]
+                .iter()
+                .all(|&n| taken[0] >= n + seeds.len() as u64),
+            "connections per call: {taken:?}"
+        );
+        let text = logs.text();
+        let told: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("the region eu's cluster node at 127.0.0.1:"))
+            .collect();
+        assert_eq!(told.len(), 1, "{text}");
+        assert!(
+            told[0].contains("refused the login")
+                && !text.contains("cannot connect to the Redis store")
                 && !text.contains("wrong-pw"),
             "{text}"
         );

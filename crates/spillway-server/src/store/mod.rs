@@ -9,16 +9,19 @@
 //! `sentinel:<master>@` and a comma-separated list of sentinels (e.g.
 //! `sentinel:mymaster@redis://a:26379,redis://b:26379`) for a master found through Sentinel.
 //!
-//! [`sentinel_login`] holds the logins such a store uses.
+//! [`sentinel_login`] holds the logins such a store uses, [`login`] the settings a refused
+//! login asks to check.
 
+pub mod login;
 pub mod sentinel_login;
 
 use crate::config::SettingsError;
-use spillway_core::policy::{RedisSettings, StoreConfig};
-use spillway_core::store::{MemoryStore, Store};
+use spillway_core::policy::{Policy, RedisSettings, StoreConfig};
+use spillway_core::store::{MemoryStore, Store, StoreError};
 use spillway_core::time::Clock;
 use spillway_redis::config::{parse_target, parse_url_list, UrlError, UrlTarget};
 use spillway_redis::error::ConnectError;
+use spillway_redis::login::AskSeeds;
 use spillway_redis::{RedisConfig, RedisStore, Target};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,11 +81,54 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
     })
 }
 
-/// Builds the store for `config`; Redis stores connect before this returns.
+/// Whose store [`build`] connects, as a refused login names it, and when a cluster's seeds
+/// are asked which one refused.
+#[derive(Debug, Clone, Copy)]
+pub struct Whose<'a> {
+    /// Empty for the node's own store, `region eu` for a far region's.
+    pub owner: &'a str,
+    /// The setting a refused login asks to check (one of [`login`]).
+    pub check: &'a str,
+    /// When a cluster's seeds are asked (see [`AskSeeds`]).
+    pub ask: AskSeeds,
+}
+
+impl Whose<'static> {
+    /// The node's own store, connected once at start.
+    pub const OWN: Self = Self {
+        owner: "",
+        check: login::STORE,
+        ask: AskSeeds::Always,
+    };
+}
+
+/// Checks that the seed nodes of each cluster the policy names (`store.nodes`, each
+/// region's `store.regions.<name>.nodes`) agree on the login, once, where the policy is
+/// read (`serve`, `validate`, `decisions`): the cluster client would refuse seeds that
+/// differ with an error that reads like an outage, and a far region connects only on first
+/// use. URLs from flags are checked as they are read ([`parse_target`]).
+pub fn seeds_agree(policy: &Policy) -> Result<(), String> {
+    let check = |field: &str, store: &StoreConfig| match store {
+        StoreConfig::RedisCluster(s) => spillway_redis::config::seeds_agree(&s.urls)
+            .map_err(|err| format!("the policy's seed nodes ({field}): {err}")),
+        _ => Ok(()),
+    };
+    check("store.nodes", policy.store())?;
+    if let Some(regions) = policy.regions() {
+        for (r, name) in regions.names().iter().enumerate() {
+            check(&format!("store.regions.{name}.nodes"), regions.store(r))?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the store for `config`; Redis stores connect before this returns, telling a
+/// refused login as `whose`'s.
 ///
 /// `budget` (the failure settings' time budget) bounds each Redis call, so the client's own
 /// timeouts agree with the guard around it (see [`crate::failure`]). `sentinel_auth` is used
 /// by a `redis_sentinel` store only (see [`crate::store::sentinel_login`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn build(
     config: &StoreConfig,
     sentinel_auth: &spillway_redis::SentinelAuth,
@@ -90,6 +136,7 @@ pub async fn build(
     clock: Arc<dyn Clock>,
     budget: Duration,
     injected_time: bool,
+    whose: Whose<'_>,
 ) -> anyhow::Result<Arc<dyn Store>> {
     let redis = |settings: &RedisSettings, target: Target| {
         let mut c = RedisConfig::new(target);
@@ -100,6 +147,9 @@ pub async fn build(
         if let Some(n) = settings.local_cache {
             c.local_cache_keys = usize::try_from(n).unwrap_or(usize::MAX);
         }
+        c.owner = whose.owner.to_owned();
+        c.check = whose.check.to_owned();
+        c.ask_seeds = whose.ask;
         c
     };
     let config = match config {
@@ -130,21 +180,20 @@ pub async fn build(
         );
         metrics::counter!(spillway_redis::sentinel::MASTER_CHANGES).increment(0);
     }
-    let store = RedisStore::connect(&config).await.map_err(|err| {
-        let what = || format!("cannot connect to the Redis store {:?}", config.target);
-        match err {
-            ConnectError::Store(err) => anyhow::Error::new(err).context(what()),
-            // A refused login: a setting to fix, not an outage.
-            ConnectError::LoginRefused(err) => {
-                anyhow::Error::new(SettingsError(format!("{}: {err}", what())))
-            }
-            // Found before connecting; `--store-url` is checked when read, so these come
-            // from the policy.
-            ConnectError::Setting(err) => anyhow::Error::new(SettingsError(format!(
-                "the policy's seed nodes (store.nodes, or store.regions.<name>.nodes): {err}"
-            ))),
-        }
-    })?;
+    let store = RedisStore::connect(&config)
+        .await
+        .map_err(|err| match err {
+            ConnectError::Store(err) => anyhow::Error::new(err).context(format!(
+                "cannot connect to the Redis store {:?}",
+                config.target
+            )),
+            // A refused login: a setting to fix, not an outage. The message names the server
+            // that refused and whose it is.
+            ConnectError::LoginRefused(err) => anyhow::Error::new(SettingsError(match err {
+                StoreError::Unavailable(told) | StoreError::Protocol(told) => told,
+                StoreError::Timeout(_) => err.to_string(),
+            })),
+        })?;
     tracing::info!(target = ?config.target, prefix = %config.prefix, "using the Redis store");
     // Tests (`--manual-clock-in-store`) run the scripts at the manual clock's time.
     if injected_time {
@@ -237,6 +286,44 @@ mod tests {
             let err = effective(&policy, Some(bad)).expect_err(bad);
             assert!(!err.contains("s3cret") && err.contains("****"), "{err}");
         }
+    }
+
+    /// Seeds that disagree on the login are refused where the policy is read, whichever
+    /// cluster of it they belong to (a far region's too, though it connects only on first
+    /// use), naming the field and never a password.
+    #[test]
+    fn seeds_that_disagree_are_refused_naming_the_field() {
+        let policy = |store: &str| crate::test_support::aggregate_policy(store);
+        let own = policy(
+            "store:\n  type: redis_cluster\n  nodes: [\"redis://:s3cret@127.0.0.1:1\", \
+             \"redis://:typo@127.0.0.1:2\"]\n",
+        );
+        let far = policy(
+            "store:
+  type: redis_cluster
+  regions:
+    us: {nodes: [\"redis://:pw@127.0.0.1:1\", \"redis://:pw@127.0.0.1:2\"]}
+    eu: {nodes: [\"redis://:s3cret@127.0.0.1:3\", \"redis://:typo@127.0.0.1:4\"]}
+",
+        );
+        for (policy, field, seeds) in [
+            (own, "store.nodes", "127.0.0.1:1 and 127.0.0.1:2"),
+            (far, "store.regions.eu.nodes", "127.0.0.1:3 and 127.0.0.1:4"),
+        ] {
+            let told = seeds_agree(&policy).expect_err(field);
+            assert!(
+                told.starts_with(&format!("the policy's seed nodes ({field}): "))
+                    && told.contains(&format!("{seeds} give different passwords"))
+                    && !told.contains("s3cret")
+                    && !told.contains("typo"),
+                "{told}"
+            );
+        }
+        let agreeing = policy(
+            "store:\n  type: redis_cluster\n  nodes: [\"redis://:pw@a:1\", \
+                               \"redis://default:pw@b:2\"]\n",
+        );
+        assert_eq!(seeds_agree(&agreeing), Ok(()));
     }
 
     #[test]

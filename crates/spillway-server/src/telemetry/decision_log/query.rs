@@ -9,7 +9,6 @@
 use super::record::{parse_rfc3339_ms, Line};
 use super::settings::{store_target, RedisTarget, SinkParser, SinkSpec, DEFAULT_STREAM};
 use super::sink::file::rotated;
-use super::sink::redis::Conn;
 use crate::config::PolicySource;
 use clap::Args;
 use spillway_core::policy::StoreConfig;
@@ -170,7 +169,7 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
         return Ok(Source::Redis(
             target,
             stream,
-            "the username/password in --redis's URL",
+            crate::store::login::REDIS_FLAG,
         ));
     }
     match &args.sink {
@@ -178,7 +177,7 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
         Some(SinkSpec::Redis(target)) => Ok(Source::Redis(
             target.clone(),
             stream,
-            "the username/password in the URL of --decision-log (SPILLWAY_DECISION_LOG)",
+            crate::store::login::DECISION_LOG,
         )),
         Some(SinkSpec::StoreRedis) => {
             let store = match (&args.store_url, &args.config) {
@@ -189,11 +188,10 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
                     let source = PolicySource::File(path.clone());
                     let text = std::fs::read_to_string(path)
                         .map_err(|e| format!("{}: cannot read the policy: {e}", path.display()))?;
-                    source
-                        .parse(&text)
-                        .map_err(|e| e.to_string())?
-                        .store()
-                        .clone()
+                    let policy = source.parse(&text).map_err(|e| e.to_string())?;
+                    crate::store::seeds_agree(&policy)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    policy.store().clone()
                 }
                 (None, None) => {
                     return Err(
@@ -206,7 +204,7 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
             Ok(Source::Redis(
                 store_target(&store)?,
                 stream,
-                "the username/password in the store's URL",
+                crate::store::login::STORE,
             ))
         }
         Some(SinkSpec::Stdout) => Err(
@@ -276,7 +274,13 @@ async fn read_stream(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     // Read once: any failure is worth asking the seeds whether one refused the login.
     let ask = spillway_redis::login::AskSeeds::Always;
-    let connecting = Conn::connect(target, refusal, deadline, ask);
+    let how = spillway_redis::connection::Connect {
+        refusal,
+        deadline,
+        retries: 1,
+        ask,
+    };
+    let connecting = spillway_redis::connection::Conn::connect(target, how);
     let mut conn = tokio::time::timeout_at(deadline, connecting)
         .await
         .map_err(|_| format!("cannot reach {target:?} within 5s"))?

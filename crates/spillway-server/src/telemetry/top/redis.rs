@@ -16,11 +16,11 @@
 use super::{HotKeys, Summary, Top, Window, MAX_PUBLISHED_HOT_KEYS, MAX_ROWS};
 use crate::config::SettingsError;
 use crate::shutdown::Shutdown;
-use redis::aio::ConnectionManager;
-use redis::cluster_async::ClusterConnection;
 use serde::{Deserialize, Serialize};
 use spillway_core::policy::{RedisSettings, StoreConfig};
 use spillway_core::time::Clock;
+use spillway_redis::config::UrlTarget;
+use spillway_redis::connection::{Conn, Connect};
 use spillway_redis::login::{self, Refusal};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,13 +61,6 @@ pub struct Merged {
     pub node: Arc<str>,
     /// Its sample (see [`Published::sample`]).
     pub sample: u32,
-}
-
-#[derive(Clone)]
-enum Conn {
-    Server(ConnectionManager),
-    Cluster(ClusterConnection),
-    Sentinel(spillway_redis::sentinel::SentinelConn),
 }
 
 /// The shared board of summaries on Redis; see the module docs.
@@ -141,24 +134,20 @@ impl Board {
                 return Ok(Some(Self::new(Conn::Sentinel(conn), s, period)));
             }
         };
-        let refusal = Refusal::of("top-k board", "the username/password in the store's URL");
-        let conn = if cluster {
-            let client =
-                redis::cluster::ClusterClientBuilder::new(settings.urls.clone()).build()?;
-            let deadline = tokio::time::Instant::now() + CONNECT_LIMIT;
-            Conn::Cluster(
-                refusal
-                    .connect_cluster(&client, &settings.urls, deadline, login::AskSeeds::Always)
-                    .await?,
-            )
+        let target = if cluster {
+            UrlTarget::Cluster(settings.urls.clone())
         } else {
-            let url = settings.urls.first().cloned().unwrap_or_default();
-            // Few, short waits between attempts: a refusal is told in about a second.
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_millis(500));
-            Conn::Server(refusal.connect_server(&url, config).await?)
+            UrlTarget::Server(settings.urls.first().cloned().unwrap_or_default())
         };
+        let how = Connect {
+            refusal: Refusal::of("top-k board", crate::store::login::STORE),
+            deadline: tokio::time::Instant::now() + CONNECT_LIMIT,
+            // Few, short waits between attempts: a refusal is told in about a second.
+            retries: 2,
+            // Connected once, at start: any failure is worth asking the seeds.
+            ask: login::AskSeeds::Always,
+        };
+        let conn = Conn::connect(&target, how).await?;
         Ok(Some(Self::new(conn, settings, period)))
     }
 
@@ -185,11 +174,19 @@ impl Board {
         format!("{}:nodes", self.tag)
     }
 
+    /// Runs `pipe`, failing it with an `Io` error when Redis has not answered within a
+    /// period (the client's own waits may be longer, or retried): a hung Redis holds up
+    /// neither the publishing task past its next tick nor a reader for longer.
     async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
-        match self.conn.clone() {
-            Conn::Server(mut c) => pipe.query_async(&mut c).await,
-            Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
-            Conn::Sentinel(mut c) => pipe.query_async(&mut c).await,
+        let mut conn = self.conn.clone();
+        let within = self.period;
+        match tokio::time::timeout(within, conn.pipeline(pipe)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no answer from the top-k board's Redis",
+                format!("within a period ({within:?})"),
+            ))),
         }
     }
 

@@ -81,13 +81,13 @@ impl Sink {
             )?),
             SinkSpec::StoreRedis => Self::Redis(redis::RedisSink::new(
                 store_redis.ok_or("--decision-log redis was given no store Redis to write to")?,
-                "the username/password in the store's URL",
+                crate::store::login::STORE,
                 settings.stream.clone(),
                 settings.stream_maxlen,
             )),
             SinkSpec::Redis(target) => Self::Redis(redis::RedisSink::new(
                 target.clone(),
-                "the username/password in --decision-log's URL",
+                crate::store::login::DECISION_LOG,
                 settings.stream.clone(),
                 settings.stream_maxlen,
             )),
