@@ -111,19 +111,12 @@ pub enum UrlError {
     #[error("`{0}`: several URLs need the cluster+ prefix")]
     SeveralWithoutCluster(String),
     /// Seed nodes of one cluster with different logins (see [`seeds_agree`]).
-    #[error(
-        "`{urls}`: the cluster's seed nodes disagree on the login: {first} and {other} give \
-         different {what}s; one cluster has one login, give every seed node the same"
-    )]
+    #[error("`{urls}`: {why}")]
     SeedsDisagree {
         /// The seed list, passwords masked.
         urls: String,
-        /// The first seed's `host:port`.
-        first: String,
-        /// The `host:port` of the first seed whose login differs from the first's.
-        other: String,
-        /// `username` or `password`.
-        what: &'static str,
+        /// Which seeds differ, and in what.
+        why: spillway_core::redact::SeedsDisagree,
     },
 }
 
@@ -184,46 +177,17 @@ pub fn parse_target(text: &str) -> Result<UrlTarget, UrlError> {
     }
 }
 
-/// Whether the seed node URLs of one cluster give one login. The cluster client logs in on
-/// every node with one username and password and refuses seeds that differ, with an error
-/// that reads like a failed connection; the difference is a setting to fix, said here before
-/// any connection, naming the first two seeds that differ and never a password. URLs that do
-/// not parse are left to the client's own error.
+/// Whether the seed node URLs of one cluster give one login, read as the policy's seeds are
+/// ([`spillway_core::redact::seeds_disagree`]): the difference is a setting to fix, said
+/// before any connection, naming the first two seeds that differ and never a password.
 pub fn seeds_agree(urls: &[String]) -> Result<(), UrlError> {
-    use redis::IntoConnectionInfo;
-    let logins: Vec<(String, Option<String>, Option<String>)> = urls
-        .iter()
-        .filter_map(|url| url.as_str().into_connection_info().ok())
-        .map(|info| {
-            let redis = info.redis_settings();
-            // The client logs in only with a password, and then as `default` when the URL
-            // names no user: `redis://:pw@a` and `redis://default:pw@b` give one login.
-            let password = redis.password().map(str::to_owned);
-            let user = password
-                .as_ref()
-                .map(|_| redis.username().unwrap_or("default").to_owned());
-            (info.addr().to_string(), user, password)
-        })
-        .collect();
-    let Some((first, user, password)) = logins.first() else {
-        return Ok(());
-    };
-    for (other, u, p) in &logins[1..] {
-        let what = if p != password {
-            "password"
-        } else if u != user {
-            "username"
-        } else {
-            continue;
-        };
-        return Err(UrlError::SeedsDisagree {
+    match spillway_core::redact::seeds_disagree(urls) {
+        None => Ok(()),
+        Some(why) => Err(UrlError::SeedsDisagree {
             urls: mask_text(&urls.join(",")),
-            first: first.clone(),
-            other: other.clone(),
-            what,
-        });
+            why,
+        }),
     }
-    Ok(())
 }
 
 /// The comma-separated URLs of `list`, each `redis://` (a Sentinel deployment's sentinels are
@@ -363,8 +327,8 @@ mod tests {
         ] {
             let err = parse_target(&text).expect_err(&text);
             assert!(
-                matches!(&err, UrlError::SeedsDisagree { first, other: o, what: w, .. }
-                    if first == "a:1" && o == other && *w == what),
+                matches!(&err, UrlError::SeedsDisagree { why, .. }
+                    if why.first == "a:1" && why.other == other && why.what == what),
                 "{err:?}"
             );
             let told = err.to_string();

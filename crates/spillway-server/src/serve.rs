@@ -96,16 +96,20 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         .policy
         .parse(&text)
         .map_err(|err| SettingsError(format!("the policy {source} is invalid: {err}")))?;
-    crate::store::seeds_agree(&policy)
-        .map_err(|err| SettingsError(format!("the policy {source}: {err}")))?;
+    // `--store-url` stands in for the policy's `store.nodes`; a region's are always used.
+    let store_url = settings.store_url.as_deref();
+    let replaced = store_url.is_some_and(|u| !u.trim().is_empty());
+    policy
+        .check_seed_logins(&source, replaced)
+        .map_err(|err| SettingsError(format!("the policy {source} is invalid: {err}")))?;
     let limits = policy.limits().count();
 
     // Installed before the store is built, so the store's and the breaker's start-up values
     // are recorded.
     let recorder = metrics::install().context("cannot set up metrics")?;
     let region = settings.region.as_deref();
-    let store_config = crate::region::own_store(&policy, region, settings.store_url.as_deref())
-        .map_err(SettingsError)?;
+    let (store_config, login_hint) =
+        crate::region::own_store(&policy, region, store_url).map_err(SettingsError)?;
     if crate::store::sentinel_login::is_set(&settings.sentinel_auth)
         && !matches!(store_config, StoreConfig::RedisSentinel(_))
     {
@@ -121,7 +125,9 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     // name stops start-up as the bad setting it is, before the store connects.
     let log_redis = match &settings.decision_log {
         Some(log) if log.sink == decision_log::settings::SinkSpec::StoreRedis => {
-            Some(decision_log::settings::store_target(&store_config).map_err(SettingsError)?)
+            let target =
+                decision_log::settings::store_target(&store_config).map_err(SettingsError)?;
+            Some((target, login_hint.as_str()))
         }
         _ => None,
     };
@@ -133,7 +139,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         clock.shared(),
         failure.budget,
         settings.manual_clock_in_store,
-        crate::store::Whose::OWN,
+        crate::store::Whose::own(&login_hint),
     )
     .await?;
     let failover = Arc::new(Failover::new(failure, clock.shared()));
@@ -179,6 +185,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     });
     let top_board = Board::connect(
         &store_config,
+        &login_hint,
         &settings.sentinel_auth,
         settings.top_publish_every,
     )

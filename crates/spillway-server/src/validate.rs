@@ -15,14 +15,12 @@ use std::process::ExitCode;
 pub fn main(args: &ValidateArgs) -> ExitCode {
     let mut valid = true;
     if let Some(file) = &args.file {
-        // Seeds of one cluster that disagree on the login are refused as `serve` refuses them.
+        // Seeds of one cluster that disagree on the login are refused as `serve` refuses
+        // them (the whole file: which store a node uses is said when it starts).
+        let origin = file.display().to_string();
         let checked = Policy::from_file(file)
-            .map_err(|err| err.to_string())
-            .and_then(|p| {
-                crate::store::seeds_agree(&p)
-                    .map(|()| p)
-                    .map_err(|err| format!("{}: {err}", file.display()))
-            });
+            .and_then(|p| p.check_seed_logins(&origin, false).map(|()| p))
+            .map_err(|err| err.to_string());
         match checked {
             Ok(policy) => println!(
                 "ok: {} is valid ({} limits, {} tiers, {} routes)",

@@ -108,8 +108,9 @@ impl Link {
             }
         };
         let owner = format!("region {}", self.name);
+        let hint = crate::store::login_hints::region(&self.name);
         let how = Connect {
-            refusal: Refusal::of(&owner, crate::store::login::REGION),
+            refusal: Refusal::of(&owner, &hint),
             deadline: tokio::time::Instant::now() + budget,
             retries: 0,
             // Once a refusal is told, the seeds are not asked again on every tick.

@@ -36,19 +36,27 @@ pub const HOME_HEADER: &str = "spillway-home-region";
 
 /// The store settings a node uses as its own: its region's when the policy names regions
 /// (then `--region` must name one of them, and `--store-url` cannot stand in), else `policy`'s
-/// `store:` with the `--store-url` override.
+/// `store:` with the `--store-url` override; with them, the setting a refused login of that
+/// store asks to check, naming where its URLs came from (see [`crate::store::login_hints`]).
 pub fn own_store(
     policy: &Policy,
     region: Option<&str>,
     store_url: Option<&str>,
-) -> Result<StoreConfig, String> {
+) -> Result<(StoreConfig, String), String> {
+    use crate::store::login_hints;
     let Some(regions) = policy.regions() else {
         if let Some(region) = region {
             return Err(format!(
                 "--region {region}: the policy's store names no regions (store.regions)"
             ));
         }
-        return crate::store::effective(policy.store(), store_url);
+        let replaced = store_url.is_some_and(|u| !u.trim().is_empty());
+        let hint = if replaced {
+            login_hints::STORE_FLAG
+        } else {
+            login_hints::STORE_POLICY
+        };
+        return crate::store::effective(policy.store(), store_url).map(|c| (c, hint.to_owned()));
     };
     let names: Vec<&str> = regions.names().iter().map(|n| &**n).collect();
     let Some(region) = region else {
@@ -66,7 +74,7 @@ pub fn own_store(
     if store_url.is_some_and(|u| !u.trim().is_empty()) {
         return Err("--store-url cannot replace a store with regions; edit store.regions".into());
     }
-    Ok(regions.store(index).clone())
+    Ok((regions.store(index).clone(), login_hints::region(region)))
 }
 
 /// This node's view of the regions: its own, every other region's store, and the counts the
@@ -205,12 +213,13 @@ impl Remote {
                 let no_sentinel = spillway_redis::SentinelAuth::default();
                 let (config, clock) = (&self.config, self.clock.clone());
                 let owner = format!("region {}", self.name);
+                let hint = crate::store::login_hints::region(&self.name);
                 let whose = crate::store::Whose {
                     owner: &owner,
-                    check: crate::store::login::REGION,
+                    hint: &hint,
                     // Connected again on each call until it answers: once a refusal is told,
                     // the seeds are not asked again on every call.
-                    ask: if self.refusal.told() {
+                    ask_seeds: if self.refusal.told() {
                         AskSeeds::Never
                     } else {
                         AskSeeds::OnRefusal
@@ -338,7 +347,7 @@ mod tests {
         assert_eq!(told.len(), 1, "{text}");
         assert!(
             told[0].contains("ERROR")
-                && told[0].contains(crate::store::login::REGION)
+                && told[0].contains(&crate::store::login_hints::region("eu"))
                 && !text.contains("cannot connect to the Redis store")
                 && !text.contains("wrong-pw"),
             "{text}"

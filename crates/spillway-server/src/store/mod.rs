@@ -9,14 +9,14 @@
 //! `sentinel:<master>@` and a comma-separated list of sentinels (e.g.
 //! `sentinel:mymaster@redis://a:26379,redis://b:26379`) for a master found through Sentinel.
 //!
-//! [`sentinel_login`] holds the logins such a store uses, [`login`] the settings a refused
-//! login asks to check.
+//! [`sentinel_login`] holds the logins such a store uses, [`login_hints`] the settings a
+//! refused login asks to check.
 
-pub mod login;
+pub mod login_hints;
 pub mod sentinel_login;
 
 use crate::config::SettingsError;
-use spillway_core::policy::{Policy, RedisSettings, StoreConfig};
+use spillway_core::policy::{RedisSettings, StoreConfig};
 use spillway_core::store::{MemoryStore, Store, StoreError};
 use spillway_core::time::Clock;
 use spillway_redis::config::{parse_target, parse_url_list, UrlError, UrlTarget};
@@ -87,39 +87,23 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
 pub struct Whose<'a> {
     /// Empty for the node's own store, `region eu` for a far region's.
     pub owner: &'a str,
-    /// The setting a refused login asks to check (one of [`login`]).
-    pub check: &'a str,
+    /// The setting a refused login asks to check (see [`login_hints`]): where the store's
+    /// URLs came from.
+    pub hint: &'a str,
     /// When a cluster's seeds are asked (see [`AskSeeds`]).
-    pub ask: AskSeeds,
+    pub ask_seeds: AskSeeds,
 }
 
-impl Whose<'static> {
-    /// The node's own store, connected once at start.
-    pub const OWN: Self = Self {
-        owner: "",
-        check: login::STORE,
-        ask: AskSeeds::Always,
-    };
-}
-
-/// Checks that the seed nodes of each cluster the policy names (`store.nodes`, each
-/// region's `store.regions.<name>.nodes`) agree on the login, once, where the policy is
-/// read (`serve`, `validate`, `decisions`): the cluster client would refuse seeds that
-/// differ with an error that reads like an outage, and a far region connects only on first
-/// use. URLs from flags are checked as they are read ([`parse_target`]).
-pub fn seeds_agree(policy: &Policy) -> Result<(), String> {
-    let check = |field: &str, store: &StoreConfig| match store {
-        StoreConfig::RedisCluster(s) => spillway_redis::config::seeds_agree(&s.urls)
-            .map_err(|err| format!("the policy's seed nodes ({field}): {err}")),
-        _ => Ok(()),
-    };
-    check("store.nodes", policy.store())?;
-    if let Some(regions) = policy.regions() {
-        for (r, name) in regions.names().iter().enumerate() {
-            check(&format!("store.regions.{name}.nodes"), regions.store(r))?;
+impl<'a> Whose<'a> {
+    /// The node's own store, connected once at start, its URLs from where `hint` says
+    /// ([`crate::region::own_store`] tells it).
+    pub fn own(hint: &'a str) -> Self {
+        Self {
+            owner: "",
+            hint,
+            ask_seeds: AskSeeds::Always,
         }
     }
-    Ok(())
 }
 
 /// Builds the store for `config`; Redis stores connect before this returns, telling a
@@ -148,8 +132,8 @@ pub async fn build(
             c.local_cache_keys = usize::try_from(n).unwrap_or(usize::MAX);
         }
         c.owner = whose.owner.to_owned();
-        c.check = whose.check.to_owned();
-        c.ask_seeds = whose.ask;
+        c.check = whose.hint.to_owned();
+        c.ask_seeds = whose.ask_seeds;
         c
     };
     let config = match config {
@@ -286,44 +270,6 @@ mod tests {
             let err = effective(&policy, Some(bad)).expect_err(bad);
             assert!(!err.contains("s3cret") && err.contains("****"), "{err}");
         }
-    }
-
-    /// Seeds that disagree on the login are refused where the policy is read, whichever
-    /// cluster of it they belong to (a far region's too, though it connects only on first
-    /// use), naming the field and never a password.
-    #[test]
-    fn seeds_that_disagree_are_refused_naming_the_field() {
-        let policy = |store: &str| crate::test_support::aggregate_policy(store);
-        let own = policy(
-            "store:\n  type: redis_cluster\n  nodes: [\"redis://:s3cret@127.0.0.1:1\", \
-             \"redis://:typo@127.0.0.1:2\"]\n",
-        );
-        let far = policy(
-            "store:
-  type: redis_cluster
-  regions:
-    us: {nodes: [\"redis://:pw@127.0.0.1:1\", \"redis://:pw@127.0.0.1:2\"]}
-    eu: {nodes: [\"redis://:s3cret@127.0.0.1:3\", \"redis://:typo@127.0.0.1:4\"]}
-",
-        );
-        for (policy, field, seeds) in [
-            (own, "store.nodes", "127.0.0.1:1 and 127.0.0.1:2"),
-            (far, "store.regions.eu.nodes", "127.0.0.1:3 and 127.0.0.1:4"),
-        ] {
-            let told = seeds_agree(&policy).expect_err(field);
-            assert!(
-                told.starts_with(&format!("the policy's seed nodes ({field}): "))
-                    && told.contains(&format!("{seeds} give different passwords"))
-                    && !told.contains("s3cret")
-                    && !told.contains("typo"),
-                "{told}"
-            );
-        }
-        let agreeing = policy(
-            "store:\n  type: redis_cluster\n  nodes: [\"redis://:pw@a:1\", \
-                               \"redis://default:pw@b:2\"]\n",
-        );
-        assert_eq!(seeds_agree(&agreeing), Ok(()));
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
         return Ok(Source::Redis(
             target,
             stream,
-            crate::store::login::REDIS_FLAG,
+            crate::store::login_hints::REDIS_FLAG,
         ));
     }
     match &args.sink {
@@ -177,21 +177,24 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
         Some(SinkSpec::Redis(target)) => Ok(Source::Redis(
             target.clone(),
             stream,
-            crate::store::login::DECISION_LOG,
+            crate::store::login_hints::DECISION_LOG,
         )),
         Some(SinkSpec::StoreRedis) => {
-            let store = match (&args.store_url, &args.config) {
-                (Some(url), _) => {
-                    crate::store::effective(&StoreConfig::Memory { max_keys: None }, Some(url))?
-                }
+            use crate::store::login_hints;
+            let (store, hint) = match (&args.store_url, &args.config) {
+                (Some(url), _) => (
+                    crate::store::effective(&StoreConfig::Memory { max_keys: None }, Some(url))?,
+                    login_hints::STORE_FLAG,
+                ),
                 (None, Some(path)) => {
                     let source = PolicySource::File(path.clone());
                     let text = std::fs::read_to_string(path)
                         .map_err(|e| format!("{}: cannot read the policy: {e}", path.display()))?;
                     let policy = source.parse(&text).map_err(|e| e.to_string())?;
-                    crate::store::seeds_agree(&policy)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                    policy.store().clone()
+                    policy
+                        .check_seed_logins(&source.describe(), false)
+                        .map_err(|e| e.to_string())?;
+                    (policy.store().clone(), login_hints::STORE_POLICY)
                 }
                 (None, None) => {
                     return Err(
@@ -201,11 +204,7 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
                     )
                 }
             };
-            Ok(Source::Redis(
-                store_target(&store)?,
-                stream,
-                crate::store::login::STORE,
-            ))
+            Ok(Source::Redis(store_target(&store)?, stream, hint))
         }
         Some(SinkSpec::Stdout) => Err(
             "the decision log is written to stdout, which cannot be read back; \

@@ -83,13 +83,15 @@ impl Board {
     /// It uses the store's URLs and logins, and connects after the store, so a login the
     /// store's servers refuse stops the start there first; a refusal met here all the same
     /// (a password changed in between) is a [`SettingsError`] too, naming the board and the
-    /// server, never the password.
+    /// server, never the password, and asking to check `hint` (where the store's URLs came
+    /// from, see [`crate::store::login_hints`]).
     pub async fn connect(
         store: &StoreConfig,
+        hint: &str,
         sentinel_auth: &spillway_redis::SentinelAuth,
         period: Duration,
     ) -> anyhow::Result<Option<Self>> {
-        Self::connect_unexplained(store, sentinel_auth, period)
+        Self::connect_unexplained(store, hint, sentinel_auth, period)
             .await
             .map_err(|err| match err.downcast_ref::<redis::RedisError>() {
                 Some(redis) if login::refused(redis) => {
@@ -102,6 +104,7 @@ impl Board {
 
     async fn connect_unexplained(
         store: &StoreConfig,
+        hint: &str,
         sentinel_auth: &spillway_redis::SentinelAuth,
         period: Duration,
     ) -> anyhow::Result<Option<Self>> {
@@ -140,7 +143,7 @@ impl Board {
             UrlTarget::Server(settings.urls.first().cloned().unwrap_or_default())
         };
         let how = Connect {
-            refusal: Refusal::of("top-k board", crate::store::login::STORE),
+            refusal: Refusal::of("top-k board", hint),
             deadline: tokio::time::Instant::now() + CONNECT_LIMIT,
             // Few, short waits between attempts: a refusal is told in about a second.
             retries: 2,

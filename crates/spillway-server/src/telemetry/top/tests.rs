@@ -8,6 +8,9 @@ use spillway_core::time::Clock;
 use spillway_core::time::{ManualClock, SECOND};
 use spillway_testkit::zipf::{assert_top_ten, heaviest, zipf_stream};
 
+/// What a board's refused login asks to check in these tests.
+const HINT: &str = crate::store::login_hints::STORE_POLICY;
+
 const POLICY: &str = r#"
 default_tier: free
 limits:
@@ -441,7 +444,7 @@ async fn cluster_answers_reuse_the_summaries_fetched_within_a_period() {
     let auth = spillway_redis::SentinelAuth::default();
     let period = std::time::Duration::from_secs(5);
     let connect = || async {
-        Board::connect(&store, &auth, period)
+        Board::connect(&store, HINT, &auth, period)
             .await
             .expect("connects")
             .expect("a Redis store has a board")
@@ -497,7 +500,8 @@ async fn a_board_refused_the_login_is_a_setting_error_naming_its_server() {
             urls: vec![url.clone()],
             ..RedisSettings::default()
         });
-        let err = match Board::connect(&store, &auth, std::time::Duration::from_secs(5)).await {
+        let err = match Board::connect(&store, HINT, &auth, std::time::Duration::from_secs(5)).await
+        {
             Ok(_) => panic!("{url}: connected"),
             Err(err) => err,
         };
@@ -528,7 +532,7 @@ async fn a_hung_redis_fails_a_publication_within_a_period() {
     });
     let auth = spillway_redis::SentinelAuth::default();
     let period = std::time::Duration::from_millis(300);
-    let board = Board::connect(&store, &auth, period)
+    let board = Board::connect(&store, HINT, &auth, period)
         .await
         .expect("connects")
         .expect("a Redis store has a board");
@@ -587,7 +591,7 @@ async fn a_board_refused_by_sentinel_or_its_master_names_the_side() {
     };
     let period = std::time::Duration::from_secs(5);
     assert!(matches!(
-        Board::connect(&store, &right, period).await,
+        Board::connect(&store, HINT, &right, period).await,
         Ok(Some(_))
     ));
     let cases = [
@@ -607,7 +611,7 @@ async fn a_board_refused_by_sentinel_or_its_master_names_the_side() {
         ),
     ];
     for (auth, named) in cases {
-        let err = match Board::connect(&store, &auth, period).await {
+        let err = match Board::connect(&store, HINT, &auth, period).await {
             Ok(_) => panic!("{named}: connected"),
             Err(err) => err,
         };

@@ -31,7 +31,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct RedisSink {
     target: RedisTarget,
     /// Which setting a refusal asks to check: the store's URL or the sink's own.
-    check: &'static str,
+    check: String,
     key: String,
     maxlen: u64,
     conn: Option<Conn>,
@@ -54,10 +54,10 @@ impl std::fmt::Debug for RedisSink {
 impl RedisSink {
     /// A sink appending to `key` on `target`; it connects on its first batch. `check` names
     /// the setting a refused login asks to check (where `target`'s URL came from).
-    pub fn new(target: RedisTarget, check: &'static str, key: String, maxlen: u64) -> Self {
+    pub fn new(target: RedisTarget, check: &str, key: String, maxlen: u64) -> Self {
         Self {
             target,
-            check,
+            check: check.to_owned(),
             key,
             maxlen,
             conn: None,
@@ -115,7 +115,7 @@ impl RedisSink {
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {
-                let refusal = Refusal::of("decision log", self.check);
+                let refusal = Refusal::of("decision log", &self.check);
                 // Once a refusal is told, the seeds are not asked again on every batch.
                 let ask = if self.refusal.told() {
                     AskSeeds::Never
