@@ -26,9 +26,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long the board's start waits for a cluster (asking its seeds which refused a login
-/// included).
+/// How long the board's start waits for its Redis (asking a cluster's seeds which refused a
+/// login included). The connection's own waits, for connecting and for each answer, are half
+/// of it, 2.5 s (see [`Conn::connect`]).
 const CONNECT_LIMIT: Duration = Duration::from_secs(5);
+
+/// The shortest bound on one call to the board's Redis, whatever the period: a short period
+/// (tests run at 100 ms) must not fail a Redis that is merely slow.
+const SHORTEST_CALL_LIMIT: Duration = Duration::from_secs(1);
 
 /// How often a node publishes, by default.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
@@ -177,18 +182,19 @@ impl Board {
         format!("{}:nodes", self.tag)
     }
 
-    /// Runs `pipe`, failing it with an `Io` error when Redis has not answered within a
-    /// period (the client's own waits may be longer, or retried): a hung Redis holds up
-    /// neither the publishing task past its next tick nor a reader for longer.
+    /// Runs `pipe`. The client fails an answer that takes longer than its own wait (2.5 s),
+    /// but a cluster's client may try again; so the call is also cut, with an `Io` error,
+    /// after a period or [`SHORTEST_CALL_LIMIT`], whichever is longer: a hung Redis holds up
+    /// neither the publishing task for long past its next tick nor a reader.
     async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
         let mut conn = self.conn.clone();
-        let within = self.period;
+        let within = self.period.max(SHORTEST_CALL_LIMIT);
         match tokio::time::timeout(within, conn.pipeline(pipe)).await {
             Ok(answer) => answer,
             Err(_) => Err(redis::RedisError::from((
                 redis::ErrorKind::Io,
                 "no answer from the top-k board's Redis",
-                format!("within a period ({within:?})"),
+                format!("within {within:?}"),
             ))),
         }
     }
