@@ -217,8 +217,11 @@ pub struct RedisConfig {
     pub local_cache_keys: usize,
     /// Whose Redis a refused login names (`region eu`); empty for the node's own store.
     pub owner: String,
-    /// The setting a refused login asks to check (see [`crate::login::Refusal`]).
-    pub check: String,
+    /// The setting a refused login of a server or cluster asks to check (see
+    /// [`crate::login::Refusal`]), given by the caller, which knows where the URLs came from.
+    /// A Sentinel deployment's logins are not in URLs: its refusals ask to check the
+    /// sentinels' or the master's username/password, worded in [`crate::sentinel`].
+    pub login_hint: String,
     /// When a cluster's seeds are asked which one refused the login: after any failure by
     /// default, for a store connected once at start; a store connected again on each call
     /// until it answers (a far region's) asks less (see [`crate::login::AskSeeds`]).
@@ -226,17 +229,18 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// Settings for `target` with the defaults: prefix `rl`, a 100 ms timeout, a local
-    /// cache of 100,000 keys, and a refused login told as the store's, asking to check the
-    /// URL's login, a cluster's seeds asked after any failure.
-    pub fn new(target: Target) -> Self {
+    /// Settings for `target`, a refused login of which asks to check `login_hint` (where
+    /// the caller read the URLs: only it knows), with the defaults: prefix `rl`, a 100 ms
+    /// timeout, a local cache of 100,000 keys, a refusal told as the store's, a cluster's
+    /// seeds asked after any failure.
+    pub fn new(target: Target, login_hint: &str) -> Self {
         Self {
             target,
             prefix: "rl".into(),
             timeout: Duration::from_millis(100),
             local_cache_keys: 100_000,
             owner: String::new(),
-            check: "the username/password in the store's URL".into(),
+            login_hint: login_hint.to_owned(),
             ask_seeds: crate::login::AskSeeds::Always,
         }
     }
@@ -360,7 +364,11 @@ mod tests {
                 },
             },
         ] {
-            let text = format!("{:?} {:#?}", RedisConfig::new(target.clone()), target);
+            let text = format!(
+                "{:?} {:#?}",
+                RedisConfig::new(target.clone(), "the test's URL"),
+                target
+            );
             assert!(!text.contains(SECRET), "{text}");
             assert!(text.contains("****"), "{text}");
         }

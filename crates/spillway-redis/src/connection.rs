@@ -1,11 +1,12 @@
-//! The connection the server's other Redis users share a shape of: the decision log's
-//! stream, the exchange between regions, the top-k board and `spillway decisions`.
+//! The connection the server's other Redis users share: the decision log's stream, the
+//! exchange between regions, the top-k board and `spillway decisions`.
 //!
-//! Unlike the store's, these connections are made on demand (each batch, tick or read
-//! connects again after a failure), within a deadline the caller sets, and a refused login
-//! is told naming the server that refused it (see [`crate::login`]). How hard to try is the
-//! caller's to say ([`Connect`]): how many times the client retries, and when a cluster's
-//! seeds are asked which one refused the login.
+//! Each is made within a deadline the caller sets, and a refused login is told naming the
+//! server that refused it (see [`crate::login`]). When to connect is the caller's: the sink
+//! and the exchange on first use and again after a failure, the board once at start,
+//! `spillway decisions` once per read. How hard to try is the caller's to say too
+//! ([`ConnectOptions`]): how many times the client retries, and when a cluster's seeds are
+//! asked which one refused the login.
 
 use crate::config::UrlTarget;
 use crate::login::{AskSeeds, Refusal};
@@ -30,7 +31,7 @@ pub enum Conn {
 
 /// How [`Conn::connect`] tries.
 #[derive(Debug, Clone, Copy)]
-pub struct Connect<'a> {
+pub struct ConnectOptions<'a> {
     /// Tells a refused login, naming whose Redis and the setting to check.
     pub refusal: Refusal<'a>,
     /// When connecting gives up (an `Io` error). The client's own waits (connecting, an
@@ -46,14 +47,15 @@ pub struct Connect<'a> {
 impl Conn {
     /// Connects to `target` as `how` says; a refused login is told by `how.refusal`,
     /// naming the server (on a cluster, the seed that refused when the seeds are asked).
-    pub async fn connect(target: &UrlTarget, how: Connect<'_>) -> RedisResult<Self> {
-        let Connect {
+    pub async fn connect(target: &UrlTarget, how: ConnectOptions<'_>) -> RedisResult<Self> {
+        let ConnectOptions {
             refusal,
             deadline,
             retries,
             ask,
         } = how;
-        let wait = deadline.saturating_duration_since(Instant::now()) / 2;
+        let given = deadline.saturating_duration_since(Instant::now());
+        let wait = given / 2;
         let connecting = async {
             Ok(match target {
                 UrlTarget::Server(url) => {
@@ -82,7 +84,8 @@ impl Conn {
             Ok(conn) => conn,
             Err(_) => Err(RedisError::from((
                 ErrorKind::Io,
-                "no connection before the deadline",
+                "no connection",
+                format!("within {given:?}"),
             ))),
         }
     }

@@ -25,7 +25,7 @@ pub enum ConnectError {
     /// A server refused the login; the message names it (the server, the cluster node, the
     /// sentinel or the master it names) and never the password.
     #[error("{0}")]
-    LoginRefused(StoreError),
+    LoginRefused(String),
     /// Anything else: unreachable, timed out, an invalid prefix...
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -34,7 +34,8 @@ pub enum ConnectError {
 impl From<ConnectError> for StoreError {
     fn from(err: ConnectError) -> Self {
         match err {
-            ConnectError::LoginRefused(err) | ConnectError::Store(err) => err,
+            ConnectError::LoginRefused(told) => StoreError::Unavailable(told),
+            ConnectError::Store(err) => err,
         }
     }
 }

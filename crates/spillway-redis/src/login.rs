@@ -335,7 +335,8 @@ mod tests {
         for login in [":right-pw-Gm3@", ":wrong-pw@", ""] {
             for _ in 0..2 {
                 let url = format!("redis://{login}127.0.0.1:{port}");
-                let mut config = crate::RedisConfig::new(crate::Target::Server(url));
+                let mut config =
+                    crate::RedisConfig::new(crate::Target::Server(url), "the test's URL");
                 config.timeout = Duration::from_millis(500);
                 match crate::RedisStore::connect(&config).await {
                     Err(ConnectError::Store(_)) => {}

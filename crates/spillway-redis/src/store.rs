@@ -57,7 +57,7 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// Connects to the deployment in `config`. Fails if the prefix is invalid, a server
     /// refuses the login ([`ConnectError::LoginRefused`], told as `config.owner`'s asking to
-    /// check `config.check`) or no connection can be made within the timeout; later outages
+    /// check `config.login_hint`) or no connection can be made within the timeout; later outages
     /// are survived. A cluster's seeds are expected to agree on the login: that is checked
     /// where the URLs are read ([`crate::config::seeds_agree`]), once.
     pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
@@ -66,7 +66,7 @@ impl RedisStore {
         let timeout = config.timeout;
         let connect_limit = timeout.max(Duration::from_secs(5));
         let started = tokio::time::Instant::now();
-        let refusal = Refusal::of(&config.owner, &config.check);
+        let refusal = Refusal::of(&config.owner, &config.login_hint);
         let connecting = async {
             let conn = match &config.target {
                 Target::Server(url) => {
@@ -120,7 +120,7 @@ impl RedisStore {
         let conn = match tokio::time::timeout(connect_limit, connecting).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) if login::refused(&e) => {
-                return Err(ConnectError::LoginRefused(classify(e, timeout)))
+                return Err(ConnectError::LoginRefused(e.to_string()))
             }
             Ok(Err(e)) => return Err(classify(e, timeout).into()),
             Err(_) => return Err(StoreError::Timeout(connect_limit).into()),

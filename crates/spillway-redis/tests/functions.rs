@@ -280,7 +280,10 @@ async fn states_in_the_text_form_of_earlier_versions_read_the_same() {
 async fn states_written_at_redis_time_expire_when_they_would_read_as_fresh() {
     // Production stores take the time from Redis TIME, and expiries follow it.
     let server = RedisServer::start();
-    let mut config = spillway_redis::RedisConfig::new(spillway_redis::Target::Server(server.url()));
+    let mut config = spillway_redis::RedisConfig::new(
+        spillway_redis::Target::Server(server.url()),
+        "the test's URL",
+    );
     config.local_cache_keys = 0;
     let store = spillway_redis::RedisStore::connect(&config).await.unwrap();
     let (k, p) = (key("l", &["expiry"]), bucket(3));

@@ -26,7 +26,7 @@ use crate::shutdown::Shutdown;
 use spillway_core::policy::{Policy, Regions, Scope, StoreConfig};
 use spillway_core::time::{Clock, Micros};
 use spillway_redis::config::UrlTarget;
-use spillway_redis::connection::{Conn, Connect};
+use spillway_redis::connection::{Conn, ConnectOptions};
 use spillway_redis::login::{self, Refusal, TellOnce};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -109,7 +109,7 @@ impl Link {
         };
         let owner = format!("region {}", self.name);
         let hint = crate::store::login_hints::region(&self.name);
-        let how = Connect {
+        let how = ConnectOptions {
             refusal: Refusal::of(&owner, &hint),
             deadline: tokio::time::Instant::now() + budget,
             retries: 0,

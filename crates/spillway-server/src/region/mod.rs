@@ -315,6 +315,37 @@ mod tests {
         assert!(node.is_some());
     }
 
+    /// A home call to a far region whose Redis is down fails naming the region's store, not
+    /// only its URL. A port with nothing listening (a real refused connection).
+    #[tokio::test]
+    async fn home_calls_to_a_far_region_that_is_down_name_the_region() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = closed.local_addr().expect("its address").port();
+        drop(closed);
+        let config =
+            spillway_core::policy::StoreConfig::Redis(spillway_core::policy::RedisSettings {
+                urls: vec![format!("redis://:s3cret@127.0.0.1:{port}")],
+                ..Default::default()
+            });
+        let remote = Remote {
+            name: "eu".into(),
+            config,
+            refusal: Default::default(),
+            budget: Duration::from_secs(1),
+            clock: ServerClock::manual(1_000).shared(),
+            store: tokio::sync::OnceCell::new(),
+        };
+        let err = remote
+            .ping()
+            .await
+            .expect_err("nothing listens")
+            .to_string();
+        assert!(
+            err.contains("cannot connect to region eu's Redis store") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
+
     /// Calls to a far region whose store refuses the login fail (and are counted) each time;
     /// the refusal is logged once, naming the region and the server. Real redis-server.
     #[tokio::test]

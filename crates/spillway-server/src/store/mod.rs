@@ -17,7 +17,7 @@ pub mod sentinel_login;
 
 use crate::config::SettingsError;
 use spillway_core::policy::{RedisSettings, StoreConfig};
-use spillway_core::store::{MemoryStore, Store, StoreError};
+use spillway_core::store::{MemoryStore, Store};
 use spillway_core::time::Clock;
 use spillway_redis::config::{parse_target, parse_url_list, UrlError, UrlTarget};
 use spillway_redis::error::ConnectError;
@@ -123,7 +123,7 @@ pub async fn build(
     whose: Whose<'_>,
 ) -> anyhow::Result<Arc<dyn Store>> {
     let redis = |settings: &RedisSettings, target: Target| {
-        let mut c = RedisConfig::new(target);
+        let mut c = RedisConfig::new(target, whose.hint);
         if let Some(prefix) = &settings.prefix {
             c.prefix = prefix.clone();
         }
@@ -132,7 +132,6 @@ pub async fn build(
             c.local_cache_keys = usize::try_from(n).unwrap_or(usize::MAX);
         }
         c.owner = whose.owner.to_owned();
-        c.check = whose.hint.to_owned();
         c.ask_seeds = whose.ask_seeds;
         c
     };
@@ -167,16 +166,18 @@ pub async fn build(
     let store = RedisStore::connect(&config)
         .await
         .map_err(|err| match err {
-            ConnectError::Store(err) => anyhow::Error::new(err).context(format!(
-                "cannot connect to the Redis store {:?}",
-                config.target
-            )),
+            // An outage, naming whose store (a far region's home calls log it).
+            ConnectError::Store(err) => {
+                let whose = match whose.owner {
+                    "" => "the Redis store".to_owned(),
+                    owner => format!("{owner}'s Redis store"),
+                };
+                anyhow::Error::new(err)
+                    .context(format!("cannot connect to {whose} {:?}", config.target))
+            }
             // A refused login: a setting to fix, not an outage. The message names the server
             // that refused and whose it is.
-            ConnectError::LoginRefused(err) => anyhow::Error::new(SettingsError(match err {
-                StoreError::Unavailable(told) | StoreError::Protocol(told) => told,
-                StoreError::Timeout(_) => err.to_string(),
-            })),
+            ConnectError::LoginRefused(told) => anyhow::Error::new(SettingsError(told)),
         })?;
     tracing::info!(target = ?config.target, prefix = %config.prefix, "using the Redis store");
     // Tests (`--manual-clock-in-store`) run the scripts at the manual clock's time.

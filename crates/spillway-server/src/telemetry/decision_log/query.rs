@@ -273,16 +273,14 @@ async fn read_stream(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     // Read once: any failure is worth asking the seeds whether one refused the login.
     let ask = spillway_redis::login::AskSeeds::Always;
-    let how = spillway_redis::connection::Connect {
+    let how = spillway_redis::connection::ConnectOptions {
         refusal,
         deadline,
         retries: 1,
         ask,
     };
-    let connecting = spillway_redis::connection::Conn::connect(target, how);
-    let mut conn = tokio::time::timeout_at(deadline, connecting)
+    let mut conn = spillway_redis::connection::Conn::connect(target, how)
         .await
-        .map_err(|_| format!("cannot reach {target:?} within 5s"))?
         .map_err(fail)?;
     let start = format!("{}-0", filter.since / 1_000);
     let mut end = "+".to_owned();

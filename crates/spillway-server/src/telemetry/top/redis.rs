@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use spillway_core::policy::{RedisSettings, StoreConfig};
 use spillway_core::time::Clock;
 use spillway_redis::config::UrlTarget;
-use spillway_redis::connection::{Conn, Connect};
+use spillway_redis::connection::{Conn, ConnectOptions};
 use spillway_redis::login::{self, Refusal};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -147,7 +147,7 @@ impl Board {
         } else {
             UrlTarget::Server(settings.urls.first().cloned().unwrap_or_default())
         };
-        let how = Connect {
+        let how = ConnectOptions {
             refusal: Refusal::of("top-k board", hint),
             deadline: tokio::time::Instant::now() + CONNECT_LIMIT,
             // Few, short waits between attempts: a refusal is told in about a second.

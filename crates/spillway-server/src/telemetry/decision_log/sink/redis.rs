@@ -15,7 +15,7 @@
 use super::super::settings::RedisTarget;
 use super::{Formatted, SinkError};
 use redis::RedisResult;
-use spillway_redis::connection::{Conn, Connect};
+use spillway_redis::connection::{Conn, ConnectOptions};
 use spillway_redis::login::{self, AskSeeds, Refusal, TellOnce};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -122,7 +122,7 @@ impl RedisSink {
                 } else {
                     AskSeeds::OnRefusal
                 };
-                let how = Connect {
+                let how = ConnectOptions {
                     refusal,
                     deadline,
                     retries: 1,
