@@ -204,6 +204,17 @@ impl TellOnce {
     pub fn told(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// When a connection tried again after each failure (each batch, tick or call) asks a
+    /// cluster's seeds which one refused the login: only after the client's own refusal, so
+    /// that an outage opens no extra connections, and not again once a refusal was told.
+    pub fn ask_seeds(&self) -> AskSeeds {
+        if self.told() {
+            AskSeeds::Never
+        } else {
+            AskSeeds::OnRefusal
+        }
+    }
 }
 
 /// `host:port` of a `redis://` URL (no login), or the URL with its password masked if it does

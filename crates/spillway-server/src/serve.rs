@@ -134,12 +134,11 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     let failure = FailureSettings::from_store(&store_config, settings.store_timeout);
     let store: Arc<dyn Store> = crate::store::build(
         &store_config,
-        &settings.sentinel_auth,
+        crate::store::Login::own(&settings.sentinel_auth, &login_hint),
         settings.max_keys,
         clock.shared(),
         failure.budget,
         settings.manual_clock_in_store,
-        crate::store::Whose::own(&login_hint),
     )
     .await?;
     let failover = Arc::new(Failover::new(failure, clock.shared()));

@@ -25,7 +25,6 @@ use super::tally::{Known, Place, Tally, CATCH_ALL};
 use crate::shutdown::Shutdown;
 use spillway_core::policy::{Policy, Regions, Scope, StoreConfig};
 use spillway_core::time::{Clock, Micros};
-use spillway_redis::config::UrlTarget;
 use spillway_redis::connection::{Conn, ConnectOptions};
 use spillway_redis::login::{self, Refusal, TellOnce};
 use std::collections::{BTreeSet, HashMap};
@@ -96,16 +95,12 @@ impl Link {
         if let Some(conn) = &self.conn {
             return Ok(conn.clone());
         }
-        let target = match &self.config {
-            StoreConfig::RedisCluster(s) => UrlTarget::Cluster(s.urls.clone()),
-            StoreConfig::Redis(s) => UrlTarget::Server(s.urls.first().cloned().unwrap_or_default()),
-            // Validation gives regions only `redis` and `redis_cluster` stores.
-            StoreConfig::Memory { .. } | StoreConfig::RedisSentinel(_) => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::InvalidClientConfig,
-                    "a region needs a `redis` or `redis_cluster` store",
-                )))
-            }
+        // Validation gives regions only `redis` and `redis_cluster` stores.
+        let Some(target) = crate::store::url_target(&self.config) else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a region needs a `redis` or `redis_cluster` store",
+            )));
         };
         let owner = format!("region {}", self.name);
         let hint = crate::store::login_hints::region(&self.name);
@@ -113,12 +108,7 @@ impl Link {
             refusal: Refusal::of(&owner, &hint),
             deadline: tokio::time::Instant::now() + budget,
             retries: 0,
-            // Once a refusal is told, the seeds are not asked again on every tick.
-            ask: if self.refusal.told() {
-                login::AskSeeds::Never
-            } else {
-                login::AskSeeds::OnRefusal
-            },
+            ask: self.refusal.ask_seeds(),
         };
         let conn = Conn::connect(&target, how).await?;
         self.conn = Some(conn.clone());

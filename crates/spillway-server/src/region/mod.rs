@@ -25,7 +25,6 @@ use spillway_core::policy::{Policy, Regions, StoreConfig};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, Domains, Store, StoreError};
 use spillway_core::time::Clock;
-use spillway_redis::login::AskSeeds;
 use std::sync::Arc;
 use std::time::Duration;
 use tally::Tally;
@@ -214,20 +213,14 @@ impl Remote {
                 let (config, clock) = (&self.config, self.clock.clone());
                 let owner = format!("region {}", self.name);
                 let hint = crate::store::login_hints::region(&self.name);
-                let whose = crate::store::Whose {
+                let login = crate::store::Login {
+                    sentinel: &no_sentinel,
                     owner: &owner,
                     hint: &hint,
-                    // Connected again on each call until it answers: once a refusal is told,
-                    // the seeds are not asked again on every call.
-                    ask_seeds: if self.refusal.told() {
-                        AskSeeds::Never
-                    } else {
-                        AskSeeds::OnRefusal
-                    },
+                    // Connected again on each call until it answers.
+                    ask_seeds: self.refusal.ask_seeds(),
                 };
-                let built =
-                    crate::store::build(config, &no_sentinel, 1, clock, self.budget, false, whose)
-                        .await;
+                let built = crate::store::build(config, login, 1, clock, self.budget, false).await;
                 built.map_err(|e| {
                     // `build` tells a refused login as a setting error, naming the region's
                     // server.

@@ -81,10 +81,27 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
     })
 }
 
-/// Whose store [`build`] connects, as a refused login names it, and when a cluster's seeds
-/// are asked which one refused.
+/// The server or cluster a `redis` or `redis_cluster` store names by URL, as the store's
+/// other Redis users connect to it (the top-k board, `--decision-log redis`, the exchange
+/// with a far region); `None` for a store in memory or found through Sentinel, which each
+/// of them tells in its own words.
+pub fn url_target(store: &StoreConfig) -> Option<UrlTarget> {
+    match store {
+        StoreConfig::Redis(s) => Some(UrlTarget::Server(
+            s.urls.first().cloned().unwrap_or_default(),
+        )),
+        StoreConfig::RedisCluster(s) => Some(UrlTarget::Cluster(s.urls.clone())),
+        StoreConfig::Memory { .. } | StoreConfig::RedisSentinel(_) => None,
+    }
+}
+
+/// The login [`build`] connects with, beyond the URLs' own, and how a refusal of it is told:
+/// whose store it is, the setting to check, and when a cluster's seeds are asked which one
+/// refused.
 #[derive(Debug, Clone, Copy)]
-pub struct Whose<'a> {
+pub struct Login<'a> {
+    /// The logins of a `redis_sentinel` store (see [`sentinel_login`]); unused by others.
+    pub sentinel: &'a spillway_redis::SentinelAuth,
     /// Empty for the node's own store, `region eu` for a far region's.
     pub owner: &'a str,
     /// The setting a refused login asks to check (see [`login_hints`]): where the store's
@@ -94,11 +111,12 @@ pub struct Whose<'a> {
     pub ask_seeds: AskSeeds,
 }
 
-impl<'a> Whose<'a> {
+impl<'a> Login<'a> {
     /// The node's own store, connected once at start, its URLs from where `hint` says
     /// ([`crate::region::own_store`] tells it).
-    pub fn own(hint: &'a str) -> Self {
+    pub fn own(sentinel: &'a spillway_redis::SentinelAuth, hint: &'a str) -> Self {
         Self {
+            sentinel,
             owner: "",
             hint,
             ask_seeds: AskSeeds::Always,
@@ -106,24 +124,21 @@ impl<'a> Whose<'a> {
     }
 }
 
-/// Builds the store for `config`; Redis stores connect before this returns, telling a
-/// refused login as `whose`'s.
+/// Builds the store for `config`; Redis stores connect before this returns, with `login`
+/// (a refused one told as its owner's).
 ///
 /// `budget` (the failure settings' time budget) bounds each Redis call, so the client's own
-/// timeouts agree with the guard around it (see [`crate::failure`]). `sentinel_auth` is used
-/// by a `redis_sentinel` store only (see [`crate::store::sentinel_login`]).
-#[allow(clippy::too_many_arguments)]
+/// timeouts agree with the guard around it (see [`crate::failure`]).
 pub async fn build(
     config: &StoreConfig,
-    sentinel_auth: &spillway_redis::SentinelAuth,
+    login: Login<'_>,
     default_max_keys: u64,
     clock: Arc<dyn Clock>,
     budget: Duration,
     injected_time: bool,
-    whose: Whose<'_>,
 ) -> anyhow::Result<Arc<dyn Store>> {
     let redis = |settings: &RedisSettings, target: Target| {
-        let mut c = RedisConfig::new(target, whose.hint);
+        let mut c = RedisConfig::new(target, login.hint);
         if let Some(prefix) = &settings.prefix {
             c.prefix = prefix.clone();
         }
@@ -131,8 +146,8 @@ pub async fn build(
         if let Some(n) = settings.local_cache {
             c.local_cache_keys = usize::try_from(n).unwrap_or(usize::MAX);
         }
-        c.owner = whose.owner.to_owned();
-        c.ask_seeds = whose.ask_seeds;
+        c.owner = login.owner.to_owned();
+        c.ask_seeds = login.ask_seeds;
         c
     };
     let config = match config {
@@ -151,7 +166,7 @@ pub async fn build(
             Target::Sentinel {
                 sentinels: s.urls.clone(),
                 master: s.master.clone().unwrap_or_default(),
-                auth: sentinel_auth.clone(),
+                auth: login.sentinel.clone(),
             },
         ),
     };
@@ -168,7 +183,7 @@ pub async fn build(
         .map_err(|err| match err {
             // An outage, naming whose store (a far region's home calls log it).
             ConnectError::Store(err) => {
-                let whose = match whose.owner {
+                let whose = match login.owner {
                     "" => "the Redis store".to_owned(),
                     owner => format!("{owner}'s Redis store"),
                 };

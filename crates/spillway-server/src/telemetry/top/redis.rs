@@ -19,7 +19,6 @@ use crate::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
 use spillway_core::policy::{RedisSettings, StoreConfig};
 use spillway_core::time::Clock;
-use spillway_redis::config::UrlTarget;
 use spillway_redis::connection::{Conn, ConnectOptions};
 use spillway_redis::login::{self, Refusal};
 use std::collections::HashMap;
@@ -113,10 +112,9 @@ impl Board {
         sentinel_auth: &spillway_redis::SentinelAuth,
         period: Duration,
     ) -> anyhow::Result<Option<Self>> {
-        let (settings, cluster) = match store {
+        let settings = match store {
             StoreConfig::Memory { .. } => return Ok(None),
-            StoreConfig::Redis(s) => (s, false),
-            StoreConfig::RedisCluster(s) => (s, true),
+            StoreConfig::Redis(s) | StoreConfig::RedisCluster(s) => s,
             StoreConfig::RedisSentinel(s) => {
                 let master = s.master.as_deref().unwrap_or_default();
                 let timeout = Duration::from_secs(1);
@@ -142,10 +140,8 @@ impl Board {
                 return Ok(Some(Self::new(Conn::Sentinel(conn), s, period)));
             }
         };
-        let target = if cluster {
-            UrlTarget::Cluster(settings.urls.clone())
-        } else {
-            UrlTarget::Server(settings.urls.first().cloned().unwrap_or_default())
+        let Some(target) = crate::store::url_target(store) else {
+            return Ok(None);
         };
         let how = ConnectOptions {
             refusal: Refusal::of("top-k board", hint),

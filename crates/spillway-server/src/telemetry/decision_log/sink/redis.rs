@@ -16,7 +16,7 @@ use super::super::settings::RedisTarget;
 use super::{Formatted, SinkError};
 use redis::RedisResult;
 use spillway_redis::connection::{Conn, ConnectOptions};
-use spillway_redis::login::{self, AskSeeds, Refusal, TellOnce};
+use spillway_redis::login::{self, Refusal, TellOnce};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -116,12 +116,7 @@ impl RedisSink {
             Some(conn) => conn,
             None => {
                 let refusal = Refusal::of("decision log", &self.check);
-                // Once a refusal is told, the seeds are not asked again on every batch.
-                let ask = if self.refusal.told() {
-                    AskSeeds::Never
-                } else {
-                    AskSeeds::OnRefusal
-                };
+                let ask = self.refusal.ask_seeds();
                 let how = ConnectOptions {
                     refusal,
                     deadline,
