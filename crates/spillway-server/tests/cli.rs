@@ -342,6 +342,54 @@ async fn a_redis_cluster_refusing_the_login_stops_start_up_with_status_2() {
     );
 }
 
+/// In a regions deployment the node's own store comes from `store.regions.<own>`, and a
+/// refused login there asks to check that setting, not `--store-url` or `store.url`. Real
+/// redis-server.
+#[test]
+fn a_regions_own_store_refusing_the_login_names_its_region_setting() {
+    let redis = spillway_testkit::redis::RedisServer::start_with(&["--requirepass", "right-pw"]);
+    let policy = format!(
+        "default_tier: t
+limits:
+  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [soft]}}
+store:
+  type: redis
+  regions:
+    us: {{url: \"redis://:wrong-pw@127.0.0.1:{}\"}}
+    eu: {{url: \"redis://127.0.0.1:1\"}}
+",
+        redis.port()
+    );
+    let dir = TempDir::new();
+    let file = dir.write("regions.yaml", &policy).display().to_string();
+    let out = spillway_within(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            &file,
+            "--region",
+            "us",
+        ],
+        std::time::Duration::from_secs(30),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the Redis server at 127.0.0.1:{} refused the login",
+            redis.port()
+        )) && stderr.contains(
+            "check the username/password in the store's URL (the policy's store.regions.us)"
+        ) && !stderr.contains("--store-url")
+            && !stderr.contains("wrong-pw"),
+        "{stderr}"
+    );
+}
+
 /// A policy whose store's seeds disagree on the login (`store.nodes`).
 fn own_seeds_disagree() -> String {
     format!(
