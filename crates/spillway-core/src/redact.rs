@@ -91,6 +91,128 @@ pub fn not_redis_url(url: &str) -> Option<String> {
     }
 }
 
+/// Seed nodes of one cluster whose logins differ, as [`seeds_disagree`] finds them: the
+/// first seed and the first other one whose login differs from it, by `host:port`, never a
+/// password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedsDisagree {
+    /// The first seed's `host:port`.
+    pub first: String,
+    /// The `host:port` of the first seed whose login differs from the first's.
+    pub other: String,
+    /// That seed's place in the list.
+    pub index: usize,
+    /// `username` or `password`.
+    pub what: &'static str,
+}
+
+impl std::fmt::Display for SeedsDisagree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the cluster's seed nodes disagree on the login: {} and {} give different {}s; one \
+             cluster has one login, give every seed node the same",
+            self.first, self.other, self.what
+        )
+    }
+}
+
+/// Whether the seed node URLs of one cluster give different logins. The cluster client logs
+/// in on every node with one username and password and refuses seeds that differ, with an
+/// error that reads like a failed connection; the difference is a setting to fix, said before
+/// any connection. The login is read as the client reads it: the user information percent-
+/// decoded, a login only with a password, and then as `default` when the URL names no user
+/// (`redis://:pw@a` and `redis://default:pw@b` give one login). URLs that are not `redis://`
+/// are left out (they are refused by name elsewhere).
+pub fn seeds_disagree<S: AsRef<str>>(urls: &[S]) -> Option<SeedsDisagree> {
+    let logins: Vec<(usize, SeedLogin)> = urls
+        .iter()
+        .enumerate()
+        .filter_map(|(i, url)| seed_login(url.as_ref()).map(|l| (i, l)))
+        .collect();
+    let (_, first) = logins.first()?;
+    logins[1..].iter().find_map(|(index, seed)| {
+        let what = if seed.password != first.password {
+            "password"
+        } else if seed.user != first.user {
+            "username"
+        } else {
+            return None;
+        };
+        Some(SeedsDisagree {
+            first: first.addr.clone(),
+            other: seed.addr.clone(),
+            index: *index,
+            what,
+        })
+    })
+}
+
+/// The login a `redis://` URL gives and the server it names.
+struct SeedLogin {
+    /// `host:port`, the port 6379 when none is written.
+    addr: String,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+fn seed_login(url: &str) -> Option<SeedLogin> {
+    let rest = url.strip_prefix("redis://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (userinfo, host) = match authority.rfind('@') {
+        Some(at) => (&authority[..at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let (user, password) = match userinfo.split_once(':') {
+        Some((user, password)) => (user, password),
+        None => (userinfo, ""),
+    };
+    let password = Some(percent_decoded(password)).filter(|p| !p.is_empty());
+    let user = password.as_ref().map(|_| {
+        Some(percent_decoded(user))
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "default".to_owned())
+    });
+    // A port follows the last `:` outside an IPv6 address's brackets.
+    let has_port = host
+        .rfind(':')
+        .is_some_and(|colon| !host[colon..].contains(']'));
+    let addr = if has_port {
+        host.to_owned()
+    } else {
+        format!("{host}:6379")
+    };
+    Some(SeedLogin {
+        addr,
+        user,
+        password,
+    })
+}
+
+/// `text` with its `%XX` escapes decoded (an invalid escape stays as written).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +249,39 @@ mod tests {
                 "{text} shown as {shown}"
             );
         }
+    }
+
+    #[test]
+    fn seeds_disagree_on_the_login_as_the_client_reads_it() {
+        // One login, written several ways.
+        let one = [
+            "redis://:pw@a:1",
+            "redis://default:pw@b:2",
+            "redis://default:p%77@c:3/0",
+        ];
+        assert_eq!(seeds_disagree(&one), None);
+        // No password: no login, whatever the user.
+        assert_eq!(seeds_disagree(&["redis://a:1", "redis://app@b:2"]), None);
+        let differ = |urls: &[&str]| seeds_disagree(urls).expect("disagree");
+        let told = differ(&["redis://:s3cret@a:1", "redis://b", "redis://:s3cret@c:3"]);
+        assert_eq!(
+            (
+                told.first.as_str(),
+                told.other.as_str(),
+                told.index,
+                told.what
+            ),
+            ("a:1", "b:6379", 1, "password")
+        );
+        let told = differ(&["redis://app:pw@a:1", "redis://:pw@b:2"]);
+        assert_eq!((told.index, told.what), (1, "username"));
+        let text = differ(&["redis://:s3cret@a:1", "redis://:typo@b:2"]).to_string();
+        assert!(
+            text.contains("a:1 and b:2 give different passwords")
+                && !text.contains("s3cret")
+                && !text.contains("typo"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -81,7 +81,10 @@ async fn main() -> Result<(), String> {
         .clone()
         .or_else(|| server.as_ref().map(RedisServer::url))
         .ok_or("no redis")?;
-    let mut config = RedisConfig::new(Target::Server(url));
+    let mut config = RedisConfig::new(
+        Target::Server(url),
+        "the username/password in the URL given",
+    );
     config.timeout = Duration::from_secs(10);
     config.local_cache_keys = 0;
     let clock = Arc::new(ManualClock::new(0));

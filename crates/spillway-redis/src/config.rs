@@ -111,19 +111,12 @@ pub enum UrlError {
     #[error("`{0}`: several URLs need the cluster+ prefix")]
     SeveralWithoutCluster(String),
     /// Seed nodes of one cluster with different logins (see [`seeds_agree`]).
-    #[error(
-        "`{urls}`: the cluster's seed nodes disagree on the login: {first} and {other} give \
-         different {what}s; one cluster has one login, give every seed node the same"
-    )]
+    #[error("`{urls}`: {why}")]
     SeedsDisagree {
         /// The seed list, passwords masked.
         urls: String,
-        /// The first seed's `host:port`.
-        first: String,
-        /// The `host:port` of the first seed whose login differs from the first's.
-        other: String,
-        /// `username` or `password`.
-        what: &'static str,
+        /// Which seeds differ, and in what.
+        why: spillway_core::redact::SeedsDisagree,
     },
 }
 
@@ -184,46 +177,17 @@ pub fn parse_target(text: &str) -> Result<UrlTarget, UrlError> {
     }
 }
 
-/// Whether the seed node URLs of one cluster give one login. The cluster client logs in on
-/// every node with one username and password and refuses seeds that differ, with an error
-/// that reads like a failed connection; the difference is a setting to fix, said here before
-/// any connection, naming the first two seeds that differ and never a password. URLs that do
-/// not parse are left to the client's own error.
+/// Whether the seed node URLs of one cluster give one login, read as the policy's seeds are
+/// ([`spillway_core::redact::seeds_disagree`]): the difference is a setting to fix, said
+/// before any connection, naming the first two seeds that differ and never a password.
 pub fn seeds_agree(urls: &[String]) -> Result<(), UrlError> {
-    use redis::IntoConnectionInfo;
-    let logins: Vec<(String, Option<String>, Option<String>)> = urls
-        .iter()
-        .filter_map(|url| url.as_str().into_connection_info().ok())
-        .map(|info| {
-            let redis = info.redis_settings();
-            // The client logs in only with a password, and then as `default` when the URL
-            // names no user: `redis://:pw@a` and `redis://default:pw@b` give one login.
-            let password = redis.password().map(str::to_owned);
-            let user = password
-                .as_ref()
-                .map(|_| redis.username().unwrap_or("default").to_owned());
-            (info.addr().to_string(), user, password)
-        })
-        .collect();
-    let Some((first, user, password)) = logins.first() else {
-        return Ok(());
-    };
-    for (other, u, p) in &logins[1..] {
-        let what = if p != password {
-            "password"
-        } else if u != user {
-            "username"
-        } else {
-            continue;
-        };
-        return Err(UrlError::SeedsDisagree {
+    match spillway_core::redact::seeds_disagree(urls) {
+        None => Ok(()),
+        Some(why) => Err(UrlError::SeedsDisagree {
             urls: mask_text(&urls.join(",")),
-            first: first.clone(),
-            other: other.clone(),
-            what,
-        });
+            why,
+        }),
     }
-    Ok(())
 }
 
 /// The comma-separated URLs of `list`, each `redis://` (a Sentinel deployment's sentinels are
@@ -251,17 +215,33 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// Most keys the local over-limit cache remembers; 0 turns it off.
     pub local_cache_keys: usize,
+    /// Whose Redis a refused login names (`region eu`); empty for the node's own store.
+    pub owner: String,
+    /// The setting a refused login of a server or cluster asks to check (see
+    /// [`crate::login::Refusal`]), given by the caller, which knows where the URLs came from.
+    /// A Sentinel deployment's logins are not in URLs: its refusals ask to check the
+    /// sentinels' or the master's username/password, worded in [`crate::sentinel`].
+    pub login_hint: String,
+    /// When a cluster's seeds are asked which one refused the login: after any failure by
+    /// default, for a store connected once at start; a store connected again on each call
+    /// until it answers (a far region's) asks less (see [`crate::login::AskSeeds`]).
+    pub ask_seeds: crate::login::AskSeeds,
 }
 
 impl RedisConfig {
-    /// Settings for `target` with the defaults: prefix `rl`, a 100 ms timeout and a local
-    /// cache of 100,000 keys.
-    pub fn new(target: Target) -> Self {
+    /// Settings for `target`, a refused login of which asks to check `login_hint` (where
+    /// the caller read the URLs: only it knows), with the defaults: prefix `rl`, a 100 ms
+    /// timeout, a local cache of 100,000 keys, a refusal told as the store's, a cluster's
+    /// seeds asked after any failure.
+    pub fn new(target: Target, login_hint: &str) -> Self {
         Self {
             target,
             prefix: "rl".into(),
             timeout: Duration::from_millis(100),
             local_cache_keys: 100_000,
+            owner: String::new(),
+            login_hint: login_hint.to_owned(),
+            ask_seeds: crate::login::AskSeeds::Always,
         }
     }
 }
@@ -351,8 +331,8 @@ mod tests {
         ] {
             let err = parse_target(&text).expect_err(&text);
             assert!(
-                matches!(&err, UrlError::SeedsDisagree { first, other: o, what: w, .. }
-                    if first == "a:1" && o == other && *w == what),
+                matches!(&err, UrlError::SeedsDisagree { why, .. }
+                    if why.first == "a:1" && why.other == other && why.what == what),
                 "{err:?}"
             );
             let told = err.to_string();
@@ -384,7 +364,11 @@ mod tests {
                 },
             },
         ] {
-            let text = format!("{:?} {:#?}", RedisConfig::new(target.clone()), target);
+            let text = format!(
+                "{:?} {:#?}",
+                RedisConfig::new(target.clone(), "the test's URL"),
+                target
+            );
             assert!(!text.contains(SECRET), "{text}");
             assert!(text.contains("****"), "{text}");
         }

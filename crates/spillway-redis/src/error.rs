@@ -16,20 +16,16 @@ use redis::{Cmd, ErrorKind, RedisFuture, ServerErrorKind, Value};
 use spillway_core::store::StoreError;
 use std::time::Duration;
 
-/// Why [`crate::RedisStore::connect`] failed. A setting it cannot use and a refused login are
-/// told apart from an outage (a refused login by the client's typed error: `AuthenticationFailed`,
-/// or the server's `NOAUTH`/`WRONGPASS` code), so a caller can treat them as a wrong setting
-/// (trying again will not help) without reading messages.
+/// Why [`crate::RedisStore::connect`] failed. A refused login is told apart from an outage
+/// (by the client's typed error: `AuthenticationFailed`, or the server's `NOAUTH`/`WRONGPASS`
+/// code), so a caller can treat it as a wrong setting (trying again will not help) without
+/// reading messages.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// A server refused the login; the message names it (the server, the cluster node, the
     /// sentinel or the master it names) and never the password.
     #[error("{0}")]
-    LoginRefused(StoreError),
-    /// A setting no connection could work with, found before connecting: the seed nodes of
-    /// one cluster give different logins ([`crate::config::seeds_agree`]).
-    #[error("{0}")]
-    Setting(#[from] crate::config::UrlError),
+    LoginRefused(String),
     /// Anything else: unreachable, timed out, an invalid prefix...
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -38,8 +34,8 @@ pub enum ConnectError {
 impl From<ConnectError> for StoreError {
     fn from(err: ConnectError) -> Self {
         match err {
-            ConnectError::LoginRefused(err) | ConnectError::Store(err) => err,
-            ConnectError::Setting(err) => StoreError::Protocol(err.to_string()),
+            ConnectError::LoginRefused(told) => StoreError::Unavailable(told),
+            ConnectError::Store(err) => err,
         }
     }
 }

@@ -30,6 +30,8 @@
 //!   per-master circuit breakers.
 //! - [`local_cache`]: denying repeated over-limit requests without a round trip.
 //! - [`error`]: typed, counted errors.
+//! - [`connection`]: the on-demand connection of the server's other Redis users (the
+//!   decision log's stream, the regions' exchange, the top-k board), made within a deadline.
 //! - [`login`]: a refused login told apart from an outage, naming the server that refused it
 //!   (the store's and the other Redis users' alike).
 #![forbid(unsafe_code)]
@@ -37,6 +39,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod connection;
 pub mod error;
 mod functions;
 pub mod keys;

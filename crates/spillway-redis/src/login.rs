@@ -59,14 +59,10 @@ pub struct Refusal<'a> {
 }
 
 impl<'a> Refusal<'a> {
-    /// A refusal of `owner`'s Redis (`decision log`, `region eu`) asking to check `check`.
+    /// A refusal of `owner`'s Redis (`decision log`, `region eu`; empty for the node's own
+    /// store) asking to check `check`.
     pub const fn of(owner: &'a str, check: &'a str) -> Self {
         Self { owner, check }
-    }
-
-    /// A refusal of the store's own servers, asking to check `check`.
-    pub const fn store(check: &'a str) -> Self {
-        Self::of("", check)
     }
 
     /// `err` retold as a refusal by the `role` (such as `Redis server`, `sentinel`) at
@@ -208,6 +204,17 @@ impl TellOnce {
     pub fn told(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// When a connection tried again after each failure (each batch, tick or call) asks a
+    /// cluster's seeds which one refused the login: only after the client's own refusal, so
+    /// that an outage opens no extra connections, and not again once a refusal was told.
+    pub fn ask_seeds(&self) -> AskSeeds {
+        if self.told() {
+            AskSeeds::Never
+        } else {
+            AskSeeds::OnRefusal
+        }
+    }
 }
 
 /// `host:port` of a `redis://` URL (no login), or the URL with its password masked if it does
@@ -282,7 +289,7 @@ mod tests {
             "Connection refused (os error 111)".to_owned(),
         ));
         assert!(!refused(&down), "{down}");
-        let store = Refusal::store("the URLs");
+        let store = Refusal::of("", "the URLs");
         let told = store.explain(folded, "cluster node", "10.0.0.1:6379");
         let text = told.to_string();
         assert!(
@@ -339,7 +346,8 @@ mod tests {
         for login in [":right-pw-Gm3@", ":wrong-pw@", ""] {
             for _ in 0..2 {
                 let url = format!("redis://{login}127.0.0.1:{port}");
-                let mut config = crate::RedisConfig::new(crate::Target::Server(url));
+                let mut config =
+                    crate::RedisConfig::new(crate::Target::Server(url), "the test's URL");
                 config.timeout = Duration::from_millis(500);
                 match crate::RedisStore::connect(&config).await {
                     Err(ConnectError::Store(_)) => {}

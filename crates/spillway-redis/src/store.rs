@@ -55,23 +55,21 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to the deployment in `config`. Fails if the prefix is invalid, a cluster's
-    /// seed nodes disagree on the login ([`ConnectError::Setting`]), a server refuses the
-    /// login ([`ConnectError::LoginRefused`]) or no connection can be made within
-    /// the timeout; later outages are survived.
+    /// Connects to the deployment in `config`. Fails if the prefix is invalid, a server
+    /// refuses the login ([`ConnectError::LoginRefused`], told as `config.owner`'s asking to
+    /// check `config.login_hint`) or no connection can be made within the timeout; later outages
+    /// are survived. A cluster's seeds are expected to agree on the login: that is checked
+    /// where the URLs are read ([`crate::config::seeds_agree`]), once.
     pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
         let layout =
             KeyLayout::new(&config.prefix).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        if let Target::Cluster(nodes) = &config.target {
-            crate::config::seeds_agree(nodes)?;
-        }
         let timeout = config.timeout;
         let connect_limit = timeout.max(Duration::from_secs(5));
         let started = tokio::time::Instant::now();
+        let refusal = Refusal::of(&config.owner, &config.login_hint);
         let connecting = async {
             let conn = match &config.target {
                 Target::Server(url) => {
-                    let refusal = Refusal::store("the username/password in its URL");
                     let settings = redis::aio::ConnectionManagerConfig::new()
                         .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
                         .set_response_timeout(Some(timeout))
@@ -102,10 +100,9 @@ impl RedisStore {
                     // before the start's own limit cuts (see `Refusal::connect_cluster`).
                     let deadline =
                         started + connect_limit.saturating_sub(Duration::from_millis(200));
-                    let refusal = Refusal::store("the username/password in the cluster's URLs");
                     Conn::Cluster(
                         refusal
-                            .connect_cluster(&client, nodes, deadline, login::AskSeeds::Always)
+                            .connect_cluster(&client, nodes, deadline, config.ask_seeds)
                             .await?,
                     )
                 }
@@ -123,7 +120,7 @@ impl RedisStore {
         let conn = match tokio::time::timeout(connect_limit, connecting).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) if login::refused(&e) => {
-                return Err(ConnectError::LoginRefused(classify(e, timeout)))
+                return Err(ConnectError::LoginRefused(e.to_string()))
             }
             Ok(Err(e)) => return Err(classify(e, timeout).into()),
             Err(_) => return Err(StoreError::Timeout(connect_limit).into()),

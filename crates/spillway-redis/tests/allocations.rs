@@ -1,7 +1,9 @@
-//! A measurement with a pin (run it by hand): heap allocations per check at low load (one
-//! request at a time, so each is alone in its lane) on a single Redis server, counted by a
-//! global allocator over the whole process (the test, the store, the batcher and the Redis
-//! client). `cargo test -p spillway-redis --test allocations -- --ignored --nocapture`
+//! A pin on heap allocations per check at low load (one request at a time, so each is alone
+//! in its lane) on a single Redis server, counted by a global allocator over the whole process
+//! (the test, the store, the batcher and the Redis client). It runs with the suite: the
+//! binary holds this one test, so nothing else allocates beside it, and the count is exact
+//! (19.01 per check on every run, on an idle machine and beside five copies of itself alike);
+//! `--nocapture` prints it. `cargo test -p spillway-redis --test allocations -- --nocapture`
 
 mod common;
 
@@ -17,7 +19,6 @@ use spillway_testkit::redis::RedisServer;
 static GLOBAL: Counting = Counting;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement; run by hand with --ignored --nocapture"]
 async fn allocations_per_check_at_low_load() {
     let server = RedisServer::start();
     let (store, clock) = redis_store(Backend::Server(server.url())).await;
@@ -44,9 +45,12 @@ async fn allocations_per_check_at_low_load() {
     println!("allocations per check, one at a time: {per_check:.2}");
     // 29.03 before session 15, 19.01 after it: the call borrows the requests' keys, its
     // arguments and command are sized up front, the dispatcher drives each call itself (no
-    // task per call) and the reply is one string. A count, so the pin is tight.
+    // task per call) and the reply is one string. The count does not vary between runs, so
+    // the pin sits half an allocation above it: one more allocation on every check, or on
+    // every other one, fails it. Pinned on main at 4d82b12; a change to the Redis path that
+    // moves the count (lanes of its own per serving thread, say) sets the pin anew.
     assert!(
-        per_check < 20.0,
-        "{per_check:.2} allocations per check (19.01 in session 15)"
+        per_check < 19.5,
+        "{per_check:.2} allocations per check (19.01 on main at 4d82b12)"
     );
 }

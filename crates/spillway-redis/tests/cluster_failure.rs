@@ -35,7 +35,7 @@ fn stat(port: u16, section: &str, name: &str) -> u64 {
 async fn a_hung_master_delays_only_the_requests_for_its_own_slots() {
     let cluster = RedisCluster::start();
     let budget = Duration::from_millis(300);
-    let mut config = RedisConfig::new(Target::Cluster(cluster.urls()));
+    let mut config = RedisConfig::new(Target::Cluster(cluster.urls()), "the test's URL");
     config.timeout = budget;
     config.local_cache_keys = 0;
     let store = Arc::new(RedisStore::connect(&config).await.expect("connects"));

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 /// A store on `server` that evaluates at Redis `TIME`, as in production.
 async fn store(server: &RedisServer) -> RedisStore {
-    let mut config = RedisConfig::new(Target::Server(server.url()));
+    let mut config = RedisConfig::new(Target::Server(server.url()), "the test's URL");
     config.local_cache_keys = 0;
     RedisStore::connect(&config).await.expect("connects")
 }

@@ -113,6 +113,86 @@ async fn an_acl_refusing_functions_gets_plain_scripts() {
     );
 }
 
+/// Two versions of Spillway on one Redis during a rolling upgrade: each loads its own
+/// library, named by the digest of its code, and calls its own functions. An older node's
+/// library (here a stand-in whose check counts its calls) stays loaded beside this one's;
+/// the older node's calls reach its code, this node's checks never do, and the older node
+/// loading its library again (a restart mid-upgrade) leaves this one's in place, so this
+/// node's next check needs no reload. Real redis-server.
+#[tokio::test]
+async fn two_library_versions_on_one_redis_each_call_their_own() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let ours = spillway_redis::script::library();
+    let old = "0123456789ab";
+    assert!(!ours.name.ends_with(old));
+    let old_source = format!(
+        "#!lua name=spillway_{old}\n\
+         redis.register_function('spillway_check_{old}', function(keys, args) \
+         return redis.call('INCR', 'old-code-calls') end)\n\
+         redis.register_function('spillway_refund_{old}', function(keys, args) return 0 end)\n"
+    );
+    let client = redis::Client::open(server.url()).expect("a URL");
+    let mut old_node = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let load_old = || {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(&old_source);
+        cmd
+    };
+    let loaded: String = load_old().query_async(&mut old_node).await.expect("loads");
+    assert_eq!(loaded, format!("spillway_{old}"));
+
+    // This version starts beside it and loads its own library.
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    clock.set(1_700_000_000_000_000);
+    let (k, p) = (key("l", &["upgrade"]), bucket(3));
+    let first = store.check(&[check(&k, &p, 1)], CheckMode::Consume).await;
+    assert_eq!(first.expect("checked")[0].remaining, 2);
+    let list = command(port, "FUNCTION LIST").unwrap_or_default();
+    assert!(
+        list.contains(&ours.name) && list.contains(&format!("spillway_{old}")),
+        "both libraries loaded: {list}"
+    );
+
+    // The older node calls its own code, and only it does.
+    let old_call = || {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(format!("spillway_check_{old}")).arg(0);
+        cmd
+    };
+    let n: u64 = old_call()
+        .query_async(&mut old_node)
+        .await
+        .expect("old call");
+    assert_eq!(n, 1);
+    let loads = calls(port, "function|load");
+    let d = store.check(&[check(&k, &p, 1)], CheckMode::Consume).await;
+    assert_eq!(d.expect("checked")[0].remaining, 1);
+    let old_calls = command(port, "GET old-code-calls").unwrap_or_default();
+    assert!(old_calls.contains("\r\n1\r\n"), "{old_calls:?}");
+
+    // The older node restarts and loads its library again: this one's stays.
+    let _: String = load_old()
+        .query_async(&mut old_node)
+        .await
+        .expect("reloads");
+    let d = store.check(&[check(&k, &p, 1)], CheckMode::Consume).await;
+    assert_eq!(d.expect("checked")[0].remaining, 0);
+    assert_eq!(
+        calls(port, "function|load"),
+        loads + 1,
+        "only the older node's reload: this node's library was not lost"
+    );
+    let n: u64 = old_call()
+        .query_async(&mut old_node)
+        .await
+        .expect("old call");
+    assert_eq!(n, 2, "this node's checks never ran the older code");
+}
+
 /// Rewrites the packed state at `key` in the text form earlier versions wrote (without the
 /// deadline the packed form carries after the state), keeping its expiry. Missing keys are
 /// left alone.
@@ -200,7 +280,10 @@ async fn states_in_the_text_form_of_earlier_versions_read_the_same() {
 async fn states_written_at_redis_time_expire_when_they_would_read_as_fresh() {
     // Production stores take the time from Redis TIME, and expiries follow it.
     let server = RedisServer::start();
-    let mut config = spillway_redis::RedisConfig::new(spillway_redis::Target::Server(server.url()));
+    let mut config = spillway_redis::RedisConfig::new(
+        spillway_redis::Target::Server(server.url()),
+        "the test's URL",
+    );
     config.local_cache_keys = 0;
     let store = spillway_redis::RedisStore::connect(&config).await.unwrap();
     let (k, p) = (key("l", &["expiry"]), bucket(3));

@@ -125,7 +125,7 @@ async fn a_request_whose_caller_gave_up_leaves_no_charge_behind() {
     let ports = cluster.ports();
     // A patient store to look with, and an impatient one to charge with.
     let (looker, look_clock) = redis_store(Backend::Cluster(cluster.urls())).await;
-    let mut config = RedisConfig::new(Target::Cluster(cluster.urls()));
+    let mut config = RedisConfig::new(Target::Cluster(cluster.urls()), "the test's URL");
     config.timeout = Duration::from_millis(150);
     config.local_cache_keys = 0;
     let clock = Arc::new(spillway_core::time::ManualClock::new(T0));

@@ -44,7 +44,7 @@ async fn noscript_after_script_flush_is_recovered() {
 #[tokio::test]
 async fn a_restarted_redis_is_reconnected_and_errors_are_typed_while_down() {
     let mut server = RedisServer::start();
-    let mut config = RedisConfig::new(Target::Server(server.url()));
+    let mut config = RedisConfig::new(Target::Server(server.url()), "the test's URL");
     config.timeout = Duration::from_secs(2);
     let store = RedisStore::connect(&config).await.expect("connects");
     let (k, p) = (key("l", &["restart"]), bucket(5));
@@ -166,7 +166,7 @@ async fn a_denial_by_one_limit_charges_none_on_a_server_and_across_cluster_slots
 #[tokio::test]
 async fn a_peek_does_not_feed_the_local_over_limit_cache() {
     let server = RedisServer::start();
-    let mut config = RedisConfig::new(Target::Server(server.url()));
+    let mut config = RedisConfig::new(Target::Server(server.url()), "the test's URL");
     config.timeout = Duration::from_secs(5);
     config.local_cache_keys = 64;
     let clock = Arc::new(spillway_core::time::ManualClock::new(1_700_000_000_000_000));

@@ -33,11 +33,14 @@ fn login(password: &str) -> Credentials {
 }
 
 fn config_as(group: &SentinelGroup, master: &str, auth: SentinelAuth) -> RedisConfig {
-    let mut config = RedisConfig::new(Target::Sentinel {
-        sentinels: group.sentinel_urls(),
-        master: master.into(),
-        auth,
-    });
+    let mut config = RedisConfig::new(
+        Target::Sentinel {
+            sentinels: group.sentinel_urls(),
+            master: master.into(),
+            auth,
+        },
+        "the test's URL",
+    );
     config.timeout = Duration::from_millis(200);
     config
 }

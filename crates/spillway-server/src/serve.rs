@@ -96,14 +96,20 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         .policy
         .parse(&text)
         .map_err(|err| SettingsError(format!("the policy {source} is invalid: {err}")))?;
+    // `--store-url` stands in for the policy's `store.nodes`; a region's are always used.
+    let store_url = settings.store_url.as_deref();
+    let replaced = store_url.is_some_and(|u| !u.trim().is_empty());
+    policy
+        .check_seed_logins(&source, replaced)
+        .map_err(|err| SettingsError(format!("the policy {source} is invalid: {err}")))?;
     let limits = policy.limits().count();
 
     // Installed before the store is built, so the store's and the breaker's start-up values
     // are recorded.
     let recorder = metrics::install().context("cannot set up metrics")?;
     let region = settings.region.as_deref();
-    let store_config = crate::region::own_store(&policy, region, settings.store_url.as_deref())
-        .map_err(SettingsError)?;
+    let (store_config, login_hint) =
+        crate::region::own_store(&policy, region, store_url).map_err(SettingsError)?;
     if crate::store::sentinel_login::is_set(&settings.sentinel_auth)
         && !matches!(store_config, StoreConfig::RedisSentinel(_))
     {
@@ -119,14 +125,16 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     // name stops start-up as the bad setting it is, before the store connects.
     let log_redis = match &settings.decision_log {
         Some(log) if log.sink == decision_log::settings::SinkSpec::StoreRedis => {
-            Some(decision_log::settings::store_target(&store_config).map_err(SettingsError)?)
+            let target =
+                decision_log::settings::store_target(&store_config).map_err(SettingsError)?;
+            Some((target, login_hint.as_str()))
         }
         _ => None,
     };
     let failure = FailureSettings::from_store(&store_config, settings.store_timeout);
     let store: Arc<dyn Store> = crate::store::build(
         &store_config,
-        &settings.sentinel_auth,
+        crate::store::Login::own(&settings.sentinel_auth, &login_hint),
         settings.max_keys,
         clock.shared(),
         failure.budget,
@@ -176,6 +184,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     });
     let top_board = Board::connect(
         &store_config,
+        &login_hint,
         &settings.sentinel_auth,
         settings.top_publish_every,
     )

@@ -15,7 +15,13 @@ use std::process::ExitCode;
 pub fn main(args: &ValidateArgs) -> ExitCode {
     let mut valid = true;
     if let Some(file) = &args.file {
-        match Policy::from_file(file) {
+        // Seeds of one cluster that disagree on the login are refused as `serve` refuses
+        // them (the whole file: which store a node uses is said when it starts).
+        let origin = file.display().to_string();
+        let checked = Policy::from_file(file)
+            .and_then(|p| p.check_seed_logins(&origin, false).map(|()| p))
+            .map_err(|err| err.to_string());
+        match checked {
             Ok(policy) => println!(
                 "ok: {} is valid ({} limits, {} tiers, {} routes)",
                 file.display(),
@@ -24,7 +30,7 @@ pub fn main(args: &ValidateArgs) -> ExitCode {
                 policy.routes().count(),
             ),
             Err(err) => {
-                report(&err.to_string());
+                report(&err);
                 valid = false;
             }
         }

@@ -229,8 +229,12 @@ fn a_redis_refusing_the_login_stops_start_up_with_status_2() {
     let out = spillway(&["serve", "--listen", "127.0.0.1:0", "--store-url", &url]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
+    // Told as the refusal it is, naming the server and the setting (not as a failed
+    // connection to the store's URL), and never the password.
     assert!(
-        !stderr.contains("wrong-pw") && stderr.contains("****"),
+        !stderr.contains("wrong-pw")
+            && !stderr.contains("cannot connect")
+            && stderr.contains("; check the username/password in the store's URL"),
         "{stderr}"
     );
     let refused = format!(
@@ -338,24 +342,134 @@ async fn a_redis_cluster_refusing_the_login_stops_start_up_with_status_2() {
     );
 }
 
+/// In a regions deployment the node's own store comes from `store.regions.<own>`, and a
+/// refused login there asks to check that setting, not `--store-url` or `store.url`. Real
+/// redis-server.
+#[test]
+fn a_regions_own_store_refusing_the_login_names_its_region_setting() {
+    let redis = spillway_testkit::redis::RedisServer::start_with(&["--requirepass", "right-pw"]);
+    let policy = format!(
+        "default_tier: t
+limits:
+  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [soft]}}
+store:
+  type: redis
+  regions:
+    us: {{url: \"redis://:wrong-pw@127.0.0.1:{}\"}}
+    eu: {{url: \"redis://127.0.0.1:1\"}}
+",
+        redis.port()
+    );
+    let dir = TempDir::new();
+    let file = dir.write("regions.yaml", &policy).display().to_string();
+    let out = spillway_within(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            &file,
+            "--region",
+            "us",
+        ],
+        std::time::Duration::from_secs(30),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the Redis server at 127.0.0.1:{} refused the login",
+            redis.port()
+        )) && stderr.contains(
+            "check the username/password in the store's URL (the policy's store.regions.us)"
+        ) && !stderr.contains("--store-url")
+            && !stderr.contains("wrong-pw"),
+        "{stderr}"
+    );
+}
+
+/// A policy whose store's seeds disagree on the login (`store.nodes`).
+fn own_seeds_disagree() -> String {
+    format!(
+        "{GOOD}store:\n  type: redis_cluster\n  nodes: [\"redis://:s3cret-a@127.0.0.1:1\", \
+         \"redis://127.0.0.1:2\"]\n"
+    )
+}
+
+/// A policy whose region `eu`'s seeds disagree on the login, region `us`'s agree.
+const REGION_SEEDS_DISAGREE: &str = "default_tier: t
+limits:
+  soft: {algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}
+tiers:
+  t: {limits: [soft]}
+store:
+  type: redis_cluster
+  regions:
+    us: {nodes: [\"redis://:pw@127.0.0.1:1\", \"redis://:pw@127.0.0.1:2\"]}
+    eu: {nodes: [\"redis://:s3cret-a@127.0.0.1:3\", \"redis://:s3cret-b@127.0.0.1:4\"]}
+";
+
+/// `line:column:` of the first `"redis://...@127.0.0.1:{port}"` in `text` (both 1-based),
+/// where a policy problem about that seed is told.
+fn seed_position(text: &str, port: u16) -> String {
+    let at = text
+        .find(&format!("127.0.0.1:{port}\""))
+        .and_then(|end| text[..end].rfind('"'))
+        .expect("the seed");
+    let line = text[..at].matches('\n').count() + 1;
+    let column = at - text[..at].rfind('\n').map_or(0, |nl| nl + 1) + 1;
+    format!("{line}:{column}:")
+}
+
 /// Seed nodes of one cluster with different passwords (or one with none): the cluster
 /// client would refuse them with an error that reads like a failed connection (status 1);
 /// it is a setting, so status 2 with a message saying the seeds disagree, before anything
-/// connects, whichever flag or file names them, and never a password.
+/// connects, whichever flag or file names them (the policy's at the seed's line and column,
+/// the store's own or a region's), and never a password.
 #[test]
 fn cluster_seeds_that_disagree_on_the_login_exit_2() {
     let seeds = "redis://:s3cret-a@127.0.0.1:1,redis://:s3cret-b@127.0.0.1:2";
     let dir = TempDir::new();
-    let policy = format!(
-        "{GOOD}store:\n  type: redis_cluster\n  nodes: [\"redis://:s3cret-a@127.0.0.1:1\", \
-         \"redis://127.0.0.1:2\"]\n"
+    let own = own_seeds_disagree();
+    let file = dir.write("cluster.yaml", &own).display().to_string();
+    let regions = dir
+        .write("regions.yaml", REGION_SEEDS_DISAGREE)
+        .display()
+        .to_string();
+    let own_told = format!("{file}:{} store.nodes[1]: ", seed_position(&own, 2));
+    let region_told = format!(
+        "{regions}:{} store.regions.eu.nodes[1]: ",
+        seed_position(REGION_SEEDS_DISAGREE, 4)
     );
-    let file = dir.write("cluster.yaml", &policy);
-    let file = file.display().to_string();
-    for args in [
-        vec!["--store-url".to_owned(), format!("cluster+{seeds}")],
-        vec!["--decision-log".to_owned(), format!("cluster+{seeds}")],
-        vec!["--config".to_owned(), file],
+    for (args, told, seeds_named) in [
+        (
+            vec!["--store-url".to_owned(), format!("cluster+{seeds}")],
+            "--store-url",
+            "127.0.0.1:1 and 127.0.0.1:2",
+        ),
+        (
+            vec!["--decision-log".to_owned(), format!("cluster+{seeds}")],
+            "--decision-log",
+            "127.0.0.1:1 and 127.0.0.1:2",
+        ),
+        (
+            vec!["--config".to_owned(), file.clone()],
+            own_told.as_str(),
+            "127.0.0.1:1 and 127.0.0.1:2",
+        ),
+        // A far region connects only on first use; its seeds are a setting all the same.
+        (
+            vec![
+                "--config".to_owned(),
+                regions.clone(),
+                "--region".to_owned(),
+                "us".to_owned(),
+            ],
+            region_told.as_str(),
+            "127.0.0.1:3 and 127.0.0.1:4",
+        ),
     ] {
         let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
         all.extend(args.iter().map(String::as_str));
@@ -363,20 +477,86 @@ fn cluster_seeds_that_disagree_on_the_login_exit_2() {
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(
-            stderr.contains(
-                "the cluster's seed nodes disagree on the login: 127.0.0.1:1 and 127.0.0.1:2 \
-                 give different passwords"
-            ) && !stderr.contains("s3cret"),
+            stderr.contains(&format!(
+                "the cluster's seed nodes disagree on the login: {seeds_named} give different \
+                 passwords"
+            )) && stderr.contains(told)
+                && !stderr.contains("s3cret")
+                && !stderr.contains("cannot connect"),
             "{args:?}: {stderr}"
         );
-        // The policy's list: named by its field, and nothing was connected.
-        if args[0] == "--config" {
-            assert!(
-                stderr.contains("the policy's seed nodes (store.nodes")
-                    && !stderr.contains("cannot connect"),
-                "{stderr}"
-            );
-        }
+    }
+}
+
+/// `--store-url` stands in for the policy's `store.nodes`: seeds there that disagree do not
+/// keep the node from starting on the store the flag names.
+#[test]
+fn seeds_replaced_by_store_url_are_not_checked() {
+    let server = Server::with_policy(&own_seeds_disagree())
+        .args(&["--store-url", "memory"])
+        .start();
+    drop(server);
+}
+
+/// `spillway decisions --config` reads the policy's store as `serve` does, and refuses its
+/// seeds that disagree on the login the same way, before connecting (status 2).
+#[test]
+fn decisions_refuses_the_policys_seeds_that_disagree_on_the_login() {
+    let dir = TempDir::new();
+    let own = own_seeds_disagree();
+    let file = dir.write("cluster.yaml", &own).display().to_string();
+    let out = spillway_within(
+        &["decisions", "--decision-log", "redis", "--config", &file],
+        std::time::Duration::from_secs(30),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{file}:{} store.nodes[1]: the cluster's seed nodes disagree on the login: \
+             127.0.0.1:1 and 127.0.0.1:2 give different passwords",
+            seed_position(&own, 2)
+        )) && !stderr.contains("s3cret"),
+        "{stderr}"
+    );
+}
+
+/// `validate` refuses a policy whose cluster seeds disagree on the login as `serve` does,
+/// in its own format (`file:line:col: field.path: message`, status 1), at the differing
+/// seed (the store's own or a region's), and never a password.
+#[test]
+fn validate_refuses_cluster_seeds_that_disagree_on_the_login() {
+    let dir = TempDir::new();
+    for (name, policy, field, port, seeds) in [
+        (
+            "own.yaml",
+            own_seeds_disagree(),
+            "store.nodes[1]",
+            2,
+            "127.0.0.1:1 and 127.0.0.1:2",
+        ),
+        (
+            "regions.yaml",
+            REGION_SEEDS_DISAGREE.to_owned(),
+            "store.regions.eu.nodes[1]",
+            4,
+            "127.0.0.1:3 and 127.0.0.1:4",
+        ),
+    ] {
+        let file = dir.write(name, &policy).display().to_string();
+        let out = spillway(&["validate", &file]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        let line = format!(
+            "{file}:{} {field}: the cluster's seed nodes disagree on the login: {seeds} give \
+             different passwords",
+            seed_position(&policy, port)
+        );
+        assert!(
+            stderr.starts_with(&line) && !stderr.contains("s3cret"),
+            "{name}: {stderr}"
+        );
+        assert!(text(&out.stdout).is_empty(), "{name}");
     }
 }
 

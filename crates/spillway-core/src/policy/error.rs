@@ -115,6 +115,11 @@ impl Issues {
         });
     }
 
+    /// Records problems found apart (see [`super::store::seed_logins`]).
+    pub(crate) fn extend(&mut self, found: impl IntoIterator<Item = PolicyIssue>) {
+        self.0.extend(found);
+    }
+
     /// Whether nothing has been recorded yet.
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -213,6 +213,8 @@ pub struct Policy {
     regions: Option<Arc<Regions>>,
     /// Whether any limit's scope is not `regional`.
     has_global_limits: bool,
+    /// Clusters whose seeds disagree on the login ([`Policy::check_seed_logins`]).
+    seed_logins: Vec<store::SeedLogins>,
 }
 
 /// What applies to one request: its tier, route, cost and failure mode, and each limit it
@@ -276,6 +278,30 @@ impl Policy {
         let raw: raw::RawPolicy = serde_saphyr::from_str(text)
             .map_err(|e| PolicyError::new(source, vec![locate::issue_from_yaml(text, &e)]))?;
         validate::compile(&raw).map_err(|issues| issues.into_error(source))
+    }
+
+    /// Refuses seed nodes of one cluster (`store.nodes`, a region's `nodes`) that disagree on
+    /// the login, each at the differing seed's position, as [`PolicyError`] tells any other
+    /// problem (`origin` names the file). Checked apart from the rest (a policy that fails
+    /// other checks reports these with them): with `own_store_replaced` (`--store-url`
+    /// stands in for the policy's store), `store.nodes` is not used and not checked; every
+    /// region's seeds always are, though a far region connects only on first use.
+    pub fn check_seed_logins(
+        &self,
+        origin: &str,
+        own_store_replaced: bool,
+    ) -> Result<(), PolicyError> {
+        let issues: Vec<PolicyIssue> = self
+            .seed_logins
+            .iter()
+            .filter(|s| !(own_store_replaced && s.own_store))
+            .map(|s| s.issue.clone())
+            .collect();
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(PolicyError::new(origin, issues))
+        }
     }
 
     /// The tier a request gets when neither it nor its tenant names one.

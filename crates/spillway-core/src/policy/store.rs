@@ -13,7 +13,7 @@
 //! `breaker_cooldown` (the circuit breaker), `retry_after` (what a fail-closed 503 advises)
 //! and `expected_nodes` (how many nodes split a `degrade` route's emergency quota).
 
-use super::error::Issues;
+use super::error::{Issues, PolicyIssue};
 use super::raw::{Number, RawStore};
 use crate::rate::parse_duration;
 use crate::time::Micros;
@@ -108,6 +108,54 @@ impl StoreConfig {
 }
 
 /// Checks the section; problems go to `issues` and the default is returned in their place.
+/// A cluster's seed nodes that disagree on the login (see
+/// [`crate::redact::seeds_disagree`]), at the differing seed's position: `store.nodes[i]`
+/// (`own_store`) or `store.regions.<name>.nodes[i]`.
+#[derive(Debug, Clone)]
+pub(crate) struct SeedLogins {
+    /// Whether the seeds are `store.nodes`, which `--store-url` may replace.
+    pub own_store: bool,
+    pub issue: PolicyIssue,
+}
+
+/// Every cluster of the `store:` section whose seeds disagree on the login. Kept apart from
+/// the other checks: a node whose `--store-url` replaces `store.nodes` does not use them
+/// (see [`super::Policy::check_seed_logins`]).
+pub(crate) fn seed_logins(raw: Option<&Spanned<RawStore>>) -> Vec<SeedLogins> {
+    let Some(raw) = raw.filter(|r| r.value.kind.value == "redis_cluster") else {
+        return Vec::new();
+    };
+    let s = &raw.value;
+    let own = s
+        .nodes
+        .iter()
+        .map(|nodes| ("store.nodes".to_owned(), true, nodes));
+    let regions = s
+        .regions
+        .iter()
+        .flat_map(|r| &r.value.0)
+        .filter_map(|(name, region)| {
+            let path = format!("store.regions.{}.nodes", name.value);
+            region.nodes.as_ref().map(|nodes| (path, false, nodes))
+        });
+    own.chain(regions)
+        .filter_map(|(path, own_store, nodes)| {
+            let urls: Vec<&str> = nodes.iter().map(|n| n.value.as_str()).collect();
+            let why = crate::redact::seeds_disagree(&urls)?;
+            let at = nodes[why.index].referenced;
+            Some(SeedLogins {
+                own_store,
+                issue: PolicyIssue {
+                    line: at.line(),
+                    column: at.column(),
+                    path: format!("{path}[{}]", why.index),
+                    message: why.to_string(),
+                },
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn compile(raw: Option<&Spanned<RawStore>>, issues: &mut Issues) -> StoreConfig {
     let Some(raw) = raw else {
         return StoreConfig::default();

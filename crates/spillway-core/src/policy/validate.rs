@@ -47,6 +47,7 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
     let routes = routes(raw, &defs, &mut issues);
     let ip_prefix = super::ip_prefix::compile(raw.ip_prefix.as_ref(), &mut issues);
     let store = super::store::compile(raw.store.as_ref(), &mut issues);
+    let seed_logins = super::store::seed_logins(raw.store.as_ref());
     let regions = super::region::compile(raw.store.as_ref(), &store, &mut issues);
     super::region::check_homes(raw, regions.as_deref(), &mut issues);
     let emergency = super::emergency::compile(&raw.limits, &defs, &mut issues);
@@ -72,6 +73,8 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
     );
 
     let Some(default_tier) = default_tier.filter(|_| issues.is_empty()) else {
+        // A file already refused tells every problem in one pass.
+        issues.extend(seed_logins.into_iter().map(|s| s.issue));
         return Err(issues);
     };
     let tiers = raw
@@ -102,6 +105,7 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         principals,
         regions,
         has_global_limits,
+        seed_logins,
     };
     // The `tenants:` section is the static catalog; it passed the checks above, so the
     // catalog's own compilation refuses nothing in it.

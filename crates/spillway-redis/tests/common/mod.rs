@@ -33,7 +33,7 @@ pub async fn redis_store(backend: Backend) -> (RedisStore, Arc<ManualClock>) {
         Backend::Server(url) => Target::Server(url),
         Backend::Cluster(urls) => Target::Cluster(urls),
     };
-    let mut config = RedisConfig::new(target);
+    let mut config = RedisConfig::new(target, "the test's URL");
     config.timeout = Duration::from_secs(5);
     config.local_cache_keys = 0;
     let clock = Arc::new(ManualClock::new(0));

@@ -23,10 +23,9 @@
 use super::metrics as m;
 use super::tally::{Known, Place, Tally, CATCH_ALL};
 use crate::shutdown::Shutdown;
-use redis::aio::ConnectionManager;
-use redis::cluster_async::ClusterConnection;
 use spillway_core::policy::{Policy, Regions, Scope, StoreConfig};
 use spillway_core::time::{Clock, Micros};
+use spillway_redis::connection::{Conn, ConnectOptions};
 use spillway_redis::login::{self, Refusal, TellOnce};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -45,12 +44,6 @@ pub const PUBLISH_CHUNK: usize = 5_000;
 /// The most window lengths a node exchanges (policy, catalog overrides, and what other
 /// regions announce).
 pub const MAX_LENGTHS: usize = 64;
-
-#[derive(Clone)]
-enum Conn {
-    Server(ConnectionManager),
-    Cluster(ClusterConnection),
-}
 
 /// One region's Redis as the exchange sees it: connected on first use, and again after a
 /// failure.
@@ -102,59 +95,22 @@ impl Link {
         if let Some(conn) = &self.conn {
             return Ok(conn.clone());
         }
-        let deadline = tokio::time::Instant::now() + budget;
-        let wait = budget / 2;
+        // Validation gives regions only `redis` and `redis_cluster` stores.
+        let Some(target) = crate::store::url_target(&self.config) else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a region needs a `redis` or `redis_cluster` store",
+            )));
+        };
         let owner = format!("region {}", self.name);
-        let refusal = Refusal::of(
-            &owner,
-            "the username/password in its URL (store.regions.<name>)",
-        );
-        // Once a refusal is told, the seeds are not asked again on every tick.
-        let ask = if self.refusal.told() {
-            login::AskSeeds::Never
-        } else {
-            login::AskSeeds::OnRefusal
+        let hint = crate::store::login_hints::region(&self.name);
+        let how = ConnectOptions {
+            refusal: Refusal::of(&owner, &hint),
+            deadline: tokio::time::Instant::now() + budget,
+            retries: 0,
+            ask: self.refusal.ask_seeds(),
         };
-        let connecting = async {
-            Ok::<_, redis::RedisError>(match &self.config {
-                StoreConfig::RedisCluster(s) => {
-                    let client = redis::cluster::ClusterClientBuilder::new(s.urls.clone())
-                        .connection_timeout(wait)
-                        .response_timeout(wait)
-                        .retries(0)
-                        .build()?;
-                    Conn::Cluster(
-                        refusal
-                            .connect_cluster(&client, &s.urls, deadline, ask)
-                            .await?,
-                    )
-                }
-                StoreConfig::Redis(s) => {
-                    let url = s.urls.first().cloned().unwrap_or_default();
-                    let settings = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(wait))
-                        .set_response_timeout(Some(wait))
-                        .set_number_of_retries(0);
-                    Conn::Server(refusal.connect_server(&url, settings).await?)
-                }
-                // Validation gives regions only `redis` and `redis_cluster` stores.
-                StoreConfig::Memory { .. } | StoreConfig::RedisSentinel(_) => {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::InvalidClientConfig,
-                        "a region needs a `redis` or `redis_cluster` store",
-                    )))
-                }
-            })
-        };
-        let conn = match tokio::time::timeout_at(deadline, connecting).await {
-            Ok(conn) => conn?,
-            Err(_) => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "connection timed out",
-                )))
-            }
-        };
+        let conn = Conn::connect(&target, how).await?;
         self.conn = Some(conn.clone());
         Ok(conn)
     }
@@ -168,12 +124,8 @@ impl Link {
     ) -> Result<T, String> {
         let called = async {
             let conn = self.connect(budget).await?;
-            let call = async move {
-                match conn {
-                    Conn::Server(mut c) => pipe.query_async(&mut c).await,
-                    Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
-                }
-            };
+            let mut conn = conn;
+            let call = async move { conn.pipeline(pipe).await };
             tokio::time::timeout(budget, call)
                 .await
                 .unwrap_or_else(|_| {

@@ -35,19 +35,27 @@ pub const HOME_HEADER: &str = "spillway-home-region";
 
 /// The store settings a node uses as its own: its region's when the policy names regions
 /// (then `--region` must name one of them, and `--store-url` cannot stand in), else `policy`'s
-/// `store:` with the `--store-url` override.
+/// `store:` with the `--store-url` override; with them, the setting a refused login of that
+/// store asks to check, naming where its URLs came from (see [`crate::store::login_hints`]).
 pub fn own_store(
     policy: &Policy,
     region: Option<&str>,
     store_url: Option<&str>,
-) -> Result<StoreConfig, String> {
+) -> Result<(StoreConfig, String), String> {
+    use crate::store::login_hints;
     let Some(regions) = policy.regions() else {
         if let Some(region) = region {
             return Err(format!(
                 "--region {region}: the policy's store names no regions (store.regions)"
             ));
         }
-        return crate::store::effective(policy.store(), store_url);
+        let replaced = store_url.is_some_and(|u| !u.trim().is_empty());
+        let hint = if replaced {
+            login_hints::STORE_FLAG
+        } else {
+            login_hints::STORE_POLICY
+        };
+        return crate::store::effective(policy.store(), store_url).map(|c| (c, hint.to_owned()));
     };
     let names: Vec<&str> = regions.names().iter().map(|n| &**n).collect();
     let Some(region) = region else {
@@ -65,7 +73,7 @@ pub fn own_store(
     if store_url.is_some_and(|u| !u.trim().is_empty()) {
         return Err("--store-url cannot replace a store with regions; edit store.regions".into());
     }
-    Ok(regions.store(index).clone())
+    Ok((regions.store(index).clone(), login_hints::region(region)))
 }
 
 /// This node's view of the regions: its own, every other region's store, and the counts the
@@ -108,14 +116,6 @@ impl RegionNode {
         let own = regions
             .index(region)
             .with_context(|| format!("no region named {region}"))?;
-        // A far region's cluster is connected on first use; seeds that disagree on the login
-        // are a setting to fix, said at start (the own region's store says it when it connects).
-        for (r, name) in regions.names().iter().enumerate() {
-            if let StoreConfig::RedisCluster(s) = regions.store(r) {
-                spillway_redis::config::seeds_agree(&s.urls)
-                    .map_err(|err| SettingsError(format!("region {name}'s store: {err}")))?;
-            }
-        }
         let budget = Duration::from_micros(regions.home_timeout);
         let stores = (0..regions.names().len())
             .map(|r| {
@@ -211,17 +211,24 @@ impl Remote {
                 // Regions run on `redis` and `redis_cluster` stores, whose URLs carry logins.
                 let no_sentinel = spillway_redis::SentinelAuth::default();
                 let (config, clock) = (&self.config, self.clock.clone());
-                let built =
-                    crate::store::build(config, &no_sentinel, 1, clock, self.budget, false).await;
+                let owner = format!("region {}", self.name);
+                let hint = crate::store::login_hints::region(&self.name);
+                let login = crate::store::Login {
+                    sentinel: &no_sentinel,
+                    owner: &owner,
+                    hint: &hint,
+                    // Connected again on each call until it answers.
+                    ask_seeds: self.refusal.ask_seeds(),
+                };
+                let built = crate::store::build(config, login, 1, clock, self.budget, false).await;
                 built.map_err(|e| {
-                    // `build` tells a refused login as a setting error.
+                    // `build` tells a refused login as a setting error, naming the region's
+                    // server.
                     let refused = e.chain().any(|cause| cause.is::<SettingsError>());
                     if refused && self.refusal.first() {
                         tracing::error!(
                             region = %self.name,
-                            "region {}'s store: {e:#}; calls to it fail until it accepts the \
-                             login (told once)",
-                            self.name
+                            "{e:#}; calls to it fail until it accepts the login (told once)"
                         );
                     }
                     StoreError::Unavailable(format!("{e:#}"))
@@ -301,27 +308,34 @@ mod tests {
         assert!(node.is_some());
     }
 
-    /// A far region's cluster is connected on first use, yet seed nodes that disagree on the
-    /// login stop the start as the setting error they are, naming the region, not a password.
-    #[test]
-    fn a_far_cluster_whose_seeds_disagree_on_the_login_is_a_setting_error() {
-        let clock = ServerClock::manual(1_000);
-        let failure = FailureSettings::default();
-        let regions = "  type: redis_cluster
-  regions:
-    us: {nodes: [\"redis://:pw@127.0.0.1:1\", \"redis://:pw@127.0.0.1:2\"]}
-    eu: {nodes: [\"redis://:s3cret@127.0.0.1:3\", \"redis://:typo@127.0.0.1:4\"]}";
-        let clusters = aggregate_policy(&format!("store:\n{regions}\n"));
-        let err = RegionNode::new(&clusters, Some("us"), &failure, clock.shared())
-            .expect_err("seeds disagree");
-        let told = format!("{err:#}");
+    /// A home call to a far region whose Redis is down fails naming the region's store, not
+    /// only its URL. A port with nothing listening (a real refused connection).
+    #[tokio::test]
+    async fn home_calls_to_a_far_region_that_is_down_name_the_region() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = closed.local_addr().expect("its address").port();
+        drop(closed);
+        let config =
+            spillway_core::policy::StoreConfig::Redis(spillway_core::policy::RedisSettings {
+                urls: vec![format!("redis://:s3cret@127.0.0.1:{port}")],
+                ..Default::default()
+            });
+        let remote = Remote {
+            name: "eu".into(),
+            config,
+            refusal: Default::default(),
+            budget: Duration::from_secs(1),
+            clock: ServerClock::manual(1_000).shared(),
+            store: tokio::sync::OnceCell::new(),
+        };
+        let err = remote
+            .ping()
+            .await
+            .expect_err("nothing listens")
+            .to_string();
         assert!(
-            err.is::<SettingsError>()
-                && told.contains("region eu's store")
-                && told.contains("127.0.0.1:3 and 127.0.0.1:4 give different passwords")
-                && !told.contains("s3cret")
-                && !told.contains("typo"),
-            "{told}"
+            err.contains("cannot connect to region eu's Redis store") && !err.contains("s3cret"),
+            "{err}"
         );
     }
 
@@ -350,14 +364,82 @@ mod tests {
         }
         let text = logs.text();
         let named = format!(
-            "the Redis server at 127.0.0.1:{} refused the login",
+            "the region eu's Redis server at 127.0.0.1:{} refused the login",
             eu.port()
         );
         let told: Vec<&str> = text.lines().filter(|l| l.contains(&named)).collect();
         assert_eq!(told.len(), 1, "{text}");
         assert!(
             told[0].contains("ERROR")
-                && told[0].contains("region eu's store: ")
+                && told[0].contains(&crate::store::login_hints::region("eu"))
+                && !text.contains("cannot connect to the Redis store")
+                && !text.contains("wrong-pw"),
+            "{text}"
+        );
+    }
+
+    /// Connections the servers of `ports` have taken in so far (asked with `password`).
+    fn connections(ports: &[u16], password: &str) -> u64 {
+        let received = |port: u16| {
+            let info = spillway_testkit::redis::command_as(port, Some(password), "INFO stats")
+                .expect("INFO");
+            let line = info
+                .lines()
+                .find_map(|l| l.strip_prefix("total_connections_received:"))
+                .expect("total_connections_received");
+            line.trim().parse::<u64>().expect("a count")
+        };
+        ports.iter().map(|&p| received(p)).sum()
+    }
+
+    /// A far region's cluster refusing the login: the first failed home call asks the seeds
+    /// which one refused and logs it, naming the region's cluster node; once told, the
+    /// following calls ask no seed again (the store's own start asks every seed on every
+    /// failure, which a call retried all along must not). Real cluster.
+    #[tokio::test]
+    async fn home_calls_to_a_far_cluster_refusing_the_login_ask_the_seeds_once() {
+        const RIGHT: &str = "right-pw-Kd4";
+        let eu = spillway_testkit::redis::RedisCluster::with_password(RIGHT);
+        let seeds = eu.urls_with_login(":wrong-pw-Ra2@");
+        let config = spillway_core::policy::StoreConfig::RedisCluster(
+            spillway_core::policy::RedisSettings {
+                urls: seeds.clone(),
+                ..Default::default()
+            },
+        );
+        let remote = Remote {
+            name: "eu".into(),
+            config,
+            refusal: Default::default(),
+            budget: Duration::from_secs(1),
+            clock: ServerClock::manual(1_000).shared(),
+            store: tokio::sync::OnceCell::new(),
+        };
+        let logs = crate::test_support::Logs::capture();
+        let ports = eu.ports();
+        let mut taken = Vec::new();
+        for _ in 0..3 {
+            let before = connections(&ports, RIGHT);
+            assert!(remote.ping().await.is_err());
+            taken.push(connections(&ports, RIGHT) - before);
+        }
+        // Asking opens one connection per seed; the calls after the first open only the
+        // client's own.
+        assert!(
+            taken[1..]
+                .iter()
+                .all(|&n| taken[0] >= n + seeds.len() as u64),
+            "connections per call: {taken:?}"
+        );
+        let text = logs.text();
+        let told: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("the region eu's cluster node at 127.0.0.1:"))
+            .collect();
+        assert_eq!(told.len(), 1, "{text}");
+        assert!(
+            told[0].contains("refused the login")
+                && !text.contains("cannot connect to the Redis store")
                 && !text.contains("wrong-pw"),
             "{text}"
         );

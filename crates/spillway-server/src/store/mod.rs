@@ -9,8 +9,10 @@
 //! `sentinel:<master>@` and a comma-separated list of sentinels (e.g.
 //! `sentinel:mymaster@redis://a:26379,redis://b:26379`) for a master found through Sentinel.
 //!
-//! [`sentinel_login`] holds the logins such a store uses.
+//! [`sentinel_login`] holds the logins such a store uses, [`login_hints`] the settings a
+//! refused login asks to check.
 
+pub mod login_hints;
 pub mod sentinel_login;
 
 use crate::config::SettingsError;
@@ -19,6 +21,7 @@ use spillway_core::store::{MemoryStore, Store};
 use spillway_core::time::Clock;
 use spillway_redis::config::{parse_target, parse_url_list, UrlError, UrlTarget};
 use spillway_redis::error::ConnectError;
+use spillway_redis::login::AskSeeds;
 use spillway_redis::{RedisConfig, RedisStore, Target};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,21 +81,64 @@ pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<Sto
     })
 }
 
-/// Builds the store for `config`; Redis stores connect before this returns.
+/// The server or cluster a `redis` or `redis_cluster` store names by URL, as the store's
+/// other Redis users connect to it (the top-k board, `--decision-log redis`, the exchange
+/// with a far region); `None` for a store in memory or found through Sentinel, which each
+/// of them tells in its own words.
+pub fn url_target(store: &StoreConfig) -> Option<UrlTarget> {
+    match store {
+        StoreConfig::Redis(s) => Some(UrlTarget::Server(
+            s.urls.first().cloned().unwrap_or_default(),
+        )),
+        StoreConfig::RedisCluster(s) => Some(UrlTarget::Cluster(s.urls.clone())),
+        StoreConfig::Memory { .. } | StoreConfig::RedisSentinel(_) => None,
+    }
+}
+
+/// The login [`build`] connects with, beyond the URLs' own, and how a refusal of it is told:
+/// whose store it is, the setting to check, and when a cluster's seeds are asked which one
+/// refused.
+#[derive(Debug, Clone, Copy)]
+pub struct Login<'a> {
+    /// The logins of a `redis_sentinel` store (see [`sentinel_login`]); unused by others.
+    pub sentinel: &'a spillway_redis::SentinelAuth,
+    /// Empty for the node's own store, `region eu` for a far region's.
+    pub owner: &'a str,
+    /// The setting a refused login asks to check (see [`login_hints`]): where the store's
+    /// URLs came from.
+    pub hint: &'a str,
+    /// When a cluster's seeds are asked (see [`AskSeeds`]).
+    pub ask_seeds: AskSeeds,
+}
+
+impl<'a> Login<'a> {
+    /// The node's own store, connected once at start, its URLs from where `hint` says
+    /// ([`crate::region::own_store`] tells it).
+    pub fn own(sentinel: &'a spillway_redis::SentinelAuth, hint: &'a str) -> Self {
+        Self {
+            sentinel,
+            owner: "",
+            hint,
+            ask_seeds: AskSeeds::Always,
+        }
+    }
+}
+
+/// Builds the store for `config`; Redis stores connect before this returns, with `login`
+/// (a refused one told as its owner's).
 ///
 /// `budget` (the failure settings' time budget) bounds each Redis call, so the client's own
-/// timeouts agree with the guard around it (see [`crate::failure`]). `sentinel_auth` is used
-/// by a `redis_sentinel` store only (see [`crate::store::sentinel_login`]).
+/// timeouts agree with the guard around it (see [`crate::failure`]).
 pub async fn build(
     config: &StoreConfig,
-    sentinel_auth: &spillway_redis::SentinelAuth,
+    login: Login<'_>,
     default_max_keys: u64,
     clock: Arc<dyn Clock>,
     budget: Duration,
     injected_time: bool,
 ) -> anyhow::Result<Arc<dyn Store>> {
     let redis = |settings: &RedisSettings, target: Target| {
-        let mut c = RedisConfig::new(target);
+        let mut c = RedisConfig::new(target, login.hint);
         if let Some(prefix) = &settings.prefix {
             c.prefix = prefix.clone();
         }
@@ -100,6 +146,8 @@ pub async fn build(
         if let Some(n) = settings.local_cache {
             c.local_cache_keys = usize::try_from(n).unwrap_or(usize::MAX);
         }
+        c.owner = login.owner.to_owned();
+        c.ask_seeds = login.ask_seeds;
         c
     };
     let config = match config {
@@ -118,7 +166,7 @@ pub async fn build(
             Target::Sentinel {
                 sentinels: s.urls.clone(),
                 master: s.master.clone().unwrap_or_default(),
-                auth: sentinel_auth.clone(),
+                auth: login.sentinel.clone(),
             },
         ),
     };
@@ -130,21 +178,22 @@ pub async fn build(
         );
         metrics::counter!(spillway_redis::sentinel::MASTER_CHANGES).increment(0);
     }
-    let store = RedisStore::connect(&config).await.map_err(|err| {
-        let what = || format!("cannot connect to the Redis store {:?}", config.target);
-        match err {
-            ConnectError::Store(err) => anyhow::Error::new(err).context(what()),
-            // A refused login: a setting to fix, not an outage.
-            ConnectError::LoginRefused(err) => {
-                anyhow::Error::new(SettingsError(format!("{}: {err}", what())))
+    let store = RedisStore::connect(&config)
+        .await
+        .map_err(|err| match err {
+            // An outage, naming whose store (a far region's home calls log it).
+            ConnectError::Store(err) => {
+                let whose = match login.owner {
+                    "" => "the Redis store".to_owned(),
+                    owner => format!("{owner}'s Redis store"),
+                };
+                anyhow::Error::new(err)
+                    .context(format!("cannot connect to {whose} {:?}", config.target))
             }
-            // Found before connecting; `--store-url` is checked when read, so these come
-            // from the policy.
-            ConnectError::Setting(err) => anyhow::Error::new(SettingsError(format!(
-                "the policy's seed nodes (store.nodes, or store.regions.<name>.nodes): {err}"
-            ))),
-        }
-    })?;
+            // A refused login: a setting to fix, not an outage. The message names the server
+            // that refused and whose it is.
+            ConnectError::LoginRefused(told) => anyhow::Error::new(SettingsError(told)),
+        })?;
     tracing::info!(target = ?config.target, prefix = %config.prefix, "using the Redis store");
     // Tests (`--manual-clock-in-store`) run the scripts at the manual clock's time.
     if injected_time {

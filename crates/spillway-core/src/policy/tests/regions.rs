@@ -235,6 +235,66 @@ tiers:
     );
 }
 
+/// Seeds of one cluster that disagree on the login are told at the differing seed, with its
+/// field path and never a password, for the store's own nodes and a region's alike; a node
+/// whose `--store-url` replaces `store.nodes` is not refused for them, but always for a
+/// region's. A policy refused for something else tells them in the same pass.
+#[test]
+fn seeds_that_disagree_on_the_login_are_told_at_the_seed() {
+    let own = r#"default_tier: t
+store:
+  type: redis_cluster
+  nodes:
+    - "redis://:s3cret@127.0.0.1:1"
+    - "redis://127.0.0.1:2"
+tiers:
+  t: {}
+"#;
+    let policy = load(own);
+    let err = policy
+        .check_seed_logins("test.yaml", false)
+        .expect_err("seeds disagree");
+    let report = err.to_string();
+    assert!(
+        report.starts_with(
+            "test.yaml:6:7: store.nodes[1]: the cluster's seed nodes disagree on the login: \
+             127.0.0.1:1 and 127.0.0.1:2 give different passwords"
+        ) && !report.contains("s3cret"),
+        "{report}"
+    );
+    assert!(policy.check_seed_logins("test.yaml", true).is_ok());
+    let far = r#"default_tier: t
+store:
+  type: redis_cluster
+  regions:
+    us: {nodes: ["redis://:pw@127.0.0.1:1", "redis://:pw@127.0.0.1:2"]}
+    eu: {nodes: ["redis://:s3cret@127.0.0.1:3", "redis://:typo@127.0.0.1:4"]}
+tiers:
+  t: {}
+"#;
+    let policy = load(far);
+    for replaced in [false, true] {
+        let report = policy
+            .check_seed_logins("test.yaml", replaced)
+            .expect_err("a region's seeds disagree")
+            .to_string();
+        assert!(
+            report.starts_with("test.yaml:6:49: store.regions.eu.nodes[1]: ")
+                && report.contains("127.0.0.1:3 and 127.0.0.1:4 give different passwords")
+                && !report.contains("s3cret")
+                && !report.contains("typo"),
+            "{report}"
+        );
+    }
+    let refused = expect(
+        &own.replace("tiers:\n  t: {}", "tiers:\n  t: {limits: [nothing]}"),
+        6,
+        "store.nodes[1]",
+        "give different passwords",
+    );
+    assert!(refused.errors().len() > 1, "{refused}");
+}
+
 #[test]
 fn exchange_numbers_are_checked() {
     expect(

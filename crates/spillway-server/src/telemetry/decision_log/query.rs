@@ -9,7 +9,6 @@
 use super::record::{parse_rfc3339_ms, Line};
 use super::settings::{store_target, RedisTarget, SinkParser, SinkSpec, DEFAULT_STREAM};
 use super::sink::file::rotated;
-use super::sink::redis::Conn;
 use crate::config::PolicySource;
 use clap::Args;
 use spillway_core::policy::StoreConfig;
@@ -170,7 +169,7 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
         return Ok(Source::Redis(
             target,
             stream,
-            "the username/password in --redis's URL",
+            crate::store::login_hints::REDIS_FLAG,
         ));
     }
     match &args.sink {
@@ -178,22 +177,24 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
         Some(SinkSpec::Redis(target)) => Ok(Source::Redis(
             target.clone(),
             stream,
-            "the username/password in the URL of --decision-log (SPILLWAY_DECISION_LOG)",
+            crate::store::login_hints::DECISION_LOG,
         )),
         Some(SinkSpec::StoreRedis) => {
-            let store = match (&args.store_url, &args.config) {
-                (Some(url), _) => {
-                    crate::store::effective(&StoreConfig::Memory { max_keys: None }, Some(url))?
-                }
+            use crate::store::login_hints;
+            let (store, hint) = match (&args.store_url, &args.config) {
+                (Some(url), _) => (
+                    crate::store::effective(&StoreConfig::Memory { max_keys: None }, Some(url))?,
+                    login_hints::STORE_FLAG,
+                ),
                 (None, Some(path)) => {
                     let source = PolicySource::File(path.clone());
                     let text = std::fs::read_to_string(path)
                         .map_err(|e| format!("{}: cannot read the policy: {e}", path.display()))?;
-                    source
-                        .parse(&text)
-                        .map_err(|e| e.to_string())?
-                        .store()
-                        .clone()
+                    let policy = source.parse(&text).map_err(|e| e.to_string())?;
+                    policy
+                        .check_seed_logins(&source.describe(), false)
+                        .map_err(|e| e.to_string())?;
+                    (policy.store().clone(), login_hints::STORE_POLICY)
                 }
                 (None, None) => {
                     return Err(
@@ -203,11 +204,7 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
                     )
                 }
             };
-            Ok(Source::Redis(
-                store_target(&store)?,
-                stream,
-                "the username/password in the store's URL",
-            ))
+            Ok(Source::Redis(store_target(&store)?, stream, hint))
         }
         Some(SinkSpec::Stdout) => Err(
             "the decision log is written to stdout, which cannot be read back; \
@@ -276,10 +273,14 @@ async fn read_stream(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     // Read once: any failure is worth asking the seeds whether one refused the login.
     let ask = spillway_redis::login::AskSeeds::Always;
-    let connecting = Conn::connect(target, refusal, deadline, ask);
-    let mut conn = tokio::time::timeout_at(deadline, connecting)
+    let how = spillway_redis::connection::ConnectOptions {
+        refusal,
+        deadline,
+        retries: 1,
+        ask,
+    };
+    let mut conn = spillway_redis::connection::Conn::connect(target, how)
         .await
-        .map_err(|_| format!("cannot reach {target:?} within 5s"))?
         .map_err(fail)?;
     let start = format!("{}-0", filter.since / 1_000);
     let mut end = "+".to_owned();

@@ -148,21 +148,16 @@ impl clap::builder::TypedValueParser for SinkParser {
 
 /// The store's Redis, for `--decision-log redis`.
 pub fn store_target(store: &StoreConfig) -> Result<RedisTarget, String> {
-    match store {
-        StoreConfig::Redis(s) => Ok(RedisTarget::Server(
-            s.urls.first().cloned().unwrap_or_default(),
-        )),
-        StoreConfig::RedisCluster(s) => Ok(RedisTarget::Cluster(s.urls.clone())),
-        StoreConfig::RedisSentinel(_) => Err(
+    crate::store::url_target(store).ok_or_else(|| {
+        if matches!(store, StoreConfig::RedisSentinel(_)) {
             "--decision-log redis does not follow Sentinel yet; give the master's redis:// URL"
-                .into(),
-        ),
-        StoreConfig::Memory { .. } => Err(
+                .into()
+        } else {
             "--decision-log redis writes to the store's Redis, but the store is in memory; \
              give a redis:// URL instead"
-                .into(),
-        ),
-    }
+                .into()
+        }
+    })
 }
 
 /// When the file sink starts a new file and which old ones it keeps.

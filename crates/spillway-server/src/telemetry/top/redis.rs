@@ -16,19 +16,23 @@
 use super::{HotKeys, Summary, Top, Window, MAX_PUBLISHED_HOT_KEYS, MAX_ROWS};
 use crate::config::SettingsError;
 use crate::shutdown::Shutdown;
-use redis::aio::ConnectionManager;
-use redis::cluster_async::ClusterConnection;
 use serde::{Deserialize, Serialize};
 use spillway_core::policy::{RedisSettings, StoreConfig};
 use spillway_core::time::Clock;
+use spillway_redis::connection::{Conn, ConnectOptions};
 use spillway_redis::login::{self, Refusal};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long the board's start waits for a cluster (asking its seeds which refused a login
-/// included).
+/// How long the board's start waits for its Redis (asking a cluster's seeds which refused a
+/// login included). The connection's own waits, for connecting and for each answer, are half
+/// of it, 2.5 s (see [`Conn::connect`]).
 const CONNECT_LIMIT: Duration = Duration::from_secs(5);
+
+/// The shortest bound on one call to the board's Redis, whatever the period: a short period
+/// (tests run at 100 ms) must not fail a Redis that is merely slow.
+const SHORTEST_CALL_LIMIT: Duration = Duration::from_secs(1);
 
 /// How often a node publishes, by default.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
@@ -63,13 +67,6 @@ pub struct Merged {
     pub sample: u32,
 }
 
-#[derive(Clone)]
-enum Conn {
-    Server(ConnectionManager),
-    Cluster(ClusterConnection),
-    Sentinel(spillway_redis::sentinel::SentinelConn),
-}
-
 /// The shared board of summaries on Redis; see the module docs.
 #[derive(Clone)]
 pub struct Board {
@@ -90,13 +87,15 @@ impl Board {
     /// It uses the store's URLs and logins, and connects after the store, so a login the
     /// store's servers refuse stops the start there first; a refusal met here all the same
     /// (a password changed in between) is a [`SettingsError`] too, naming the board and the
-    /// server, never the password.
+    /// server, never the password, and asking to check `hint` (where the store's URLs came
+    /// from, see [`crate::store::login_hints`]).
     pub async fn connect(
         store: &StoreConfig,
+        hint: &str,
         sentinel_auth: &spillway_redis::SentinelAuth,
         period: Duration,
     ) -> anyhow::Result<Option<Self>> {
-        Self::connect_unexplained(store, sentinel_auth, period)
+        Self::connect_unexplained(store, hint, sentinel_auth, period)
             .await
             .map_err(|err| match err.downcast_ref::<redis::RedisError>() {
                 Some(redis) if login::refused(redis) => {
@@ -109,13 +108,13 @@ impl Board {
 
     async fn connect_unexplained(
         store: &StoreConfig,
+        hint: &str,
         sentinel_auth: &spillway_redis::SentinelAuth,
         period: Duration,
     ) -> anyhow::Result<Option<Self>> {
-        let (settings, cluster) = match store {
+        let settings = match store {
             StoreConfig::Memory { .. } => return Ok(None),
-            StoreConfig::Redis(s) => (s, false),
-            StoreConfig::RedisCluster(s) => (s, true),
+            StoreConfig::Redis(s) | StoreConfig::RedisCluster(s) => s,
             StoreConfig::RedisSentinel(s) => {
                 let master = s.master.as_deref().unwrap_or_default();
                 let timeout = Duration::from_secs(1);
@@ -141,24 +140,18 @@ impl Board {
                 return Ok(Some(Self::new(Conn::Sentinel(conn), s, period)));
             }
         };
-        let refusal = Refusal::of("top-k board", "the username/password in the store's URL");
-        let conn = if cluster {
-            let client =
-                redis::cluster::ClusterClientBuilder::new(settings.urls.clone()).build()?;
-            let deadline = tokio::time::Instant::now() + CONNECT_LIMIT;
-            Conn::Cluster(
-                refusal
-                    .connect_cluster(&client, &settings.urls, deadline, login::AskSeeds::Always)
-                    .await?,
-            )
-        } else {
-            let url = settings.urls.first().cloned().unwrap_or_default();
-            // Few, short waits between attempts: a refusal is told in about a second.
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_millis(500));
-            Conn::Server(refusal.connect_server(&url, config).await?)
+        let Some(target) = crate::store::url_target(store) else {
+            return Ok(None);
         };
+        let how = ConnectOptions {
+            refusal: Refusal::of("top-k board", hint),
+            deadline: tokio::time::Instant::now() + CONNECT_LIMIT,
+            // Few, short waits between attempts: a refusal is told in about a second.
+            retries: 2,
+            // Connected once, at start: any failure is worth asking the seeds.
+            ask: login::AskSeeds::Always,
+        };
+        let conn = Conn::connect(&target, how).await?;
         Ok(Some(Self::new(conn, settings, period)))
     }
 
@@ -185,11 +178,20 @@ impl Board {
         format!("{}:nodes", self.tag)
     }
 
+    /// Runs `pipe`. The client fails an answer that takes longer than its own wait (2.5 s),
+    /// but a cluster's client may try again; so the call is also cut, with an `Io` error,
+    /// after a period or [`SHORTEST_CALL_LIMIT`], whichever is longer: a hung Redis holds up
+    /// neither the publishing task for long past its next tick nor a reader.
     async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
-        match self.conn.clone() {
-            Conn::Server(mut c) => pipe.query_async(&mut c).await,
-            Conn::Cluster(mut c) => pipe.query_async(&mut c).await,
-            Conn::Sentinel(mut c) => pipe.query_async(&mut c).await,
+        let mut conn = self.conn.clone();
+        let within = self.period.max(SHORTEST_CALL_LIMIT);
+        match tokio::time::timeout(within, conn.pipeline(pipe)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no answer from the top-k board's Redis",
+                format!("within {within:?}"),
+            ))),
         }
     }
 

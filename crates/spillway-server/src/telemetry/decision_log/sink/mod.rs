@@ -62,14 +62,15 @@ pub enum Sink {
 
 impl Sink {
     /// The sink `settings` name; `store_redis` is the store's Redis, for `--decision-log
-    /// redis` (the caller names it once, with
+    /// redis`, with the setting a refused login of it asks to check (the caller names it
+    /// once, with
     /// [`store_target`](super::settings::store_target), when it checks its settings).
     /// A file sink opens its file (and creates its directory) here, so a path that cannot be
     /// written fails start-up; a Redis sink connects on its first batch, so a Redis outage
     /// never keeps the server from starting.
     pub fn open(
         settings: &DecisionLogSettings,
-        store_redis: Option<RedisTarget>,
+        store_redis: Option<(RedisTarget, &str)>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
         Ok(match &settings.sink {
@@ -79,15 +80,19 @@ impl Sink {
                 settings.rotation,
                 clock,
             )?),
-            SinkSpec::StoreRedis => Self::Redis(redis::RedisSink::new(
-                store_redis.ok_or("--decision-log redis was given no store Redis to write to")?,
-                "the username/password in the store's URL",
-                settings.stream.clone(),
-                settings.stream_maxlen,
-            )),
+            SinkSpec::StoreRedis => {
+                let (target, hint) = store_redis
+                    .ok_or("--decision-log redis was given no store Redis to write to")?;
+                Self::Redis(redis::RedisSink::new(
+                    target,
+                    hint,
+                    settings.stream.clone(),
+                    settings.stream_maxlen,
+                ))
+            }
             SinkSpec::Redis(target) => Self::Redis(redis::RedisSink::new(
                 target.clone(),
-                "the username/password in --decision-log's URL",
+                crate::store::login_hints::DECISION_LOG,
                 settings.stream.clone(),
                 settings.stream_maxlen,
             )),

@@ -14,10 +14,9 @@
 
 use super::super::settings::RedisTarget;
 use super::{Formatted, SinkError};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
-use redis::{FromRedisValue, RedisResult};
-use spillway_redis::login::{self, AskSeeds, Refusal, TellOnce};
+use redis::RedisResult;
+use spillway_redis::connection::{Conn, ConnectOptions};
+use spillway_redis::login::{self, Refusal, TellOnce};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -27,70 +26,12 @@ const BUDGET: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// A connection to a server or a cluster.
-pub enum Conn {
-    /// One server (reconnects by itself).
-    Server(ConnectionManager),
-    /// A cluster.
-    Cluster(ClusterConnection),
-}
-
-impl Conn {
-    /// Connects to `target` by `deadline`; a refused login is told by `refusal`, naming the
-    /// server (on a cluster, asking the seeds as `ask` says).
-    pub async fn connect(
-        target: &RedisTarget,
-        refusal: Refusal<'_>,
-        deadline: Instant,
-        ask: AskSeeds,
-    ) -> RedisResult<Self> {
-        // The client's own waits end well before the deadline, so that a cluster's refusal
-        // leaves time to ask which seed refused (see `Refusal::connect_cluster`).
-        let wait = deadline.saturating_duration_since(Instant::now()) / 2;
-        Ok(match target {
-            RedisTarget::Server(url) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(wait))
-                    .set_response_timeout(Some(wait))
-                    .set_number_of_retries(1);
-                Self::Server(refusal.connect_server(url, config).await?)
-            }
-            RedisTarget::Cluster(nodes) => {
-                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
-                    .connection_timeout(wait)
-                    .response_timeout(wait)
-                    .retries(1)
-                    .build()?;
-                Self::Cluster(
-                    refusal
-                        .connect_cluster(&client, nodes, deadline, ask)
-                        .await?,
-                )
-            }
-        })
-    }
-
-    /// Runs one command.
-    pub async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> RedisResult<T> {
-        match self {
-            Self::Server(c) => cmd.query_async(c).await,
-            Self::Cluster(c) => cmd.query_async(c).await,
-        }
-    }
-
-    async fn pipeline(&mut self, pipe: &redis::Pipeline) -> RedisResult<()> {
-        match self {
-            Self::Server(c) => pipe.query_async(c).await,
-            Self::Cluster(c) => pipe.query_async(c).await,
-        }
-    }
-}
 
 /// The stream writer.
 pub struct RedisSink {
     target: RedisTarget,
     /// Which setting a refusal asks to check: the store's URL or the sink's own.
-    check: &'static str,
+    check: String,
     key: String,
     maxlen: u64,
     conn: Option<Conn>,
@@ -113,10 +54,10 @@ impl std::fmt::Debug for RedisSink {
 impl RedisSink {
     /// A sink appending to `key` on `target`; it connects on its first batch. `check` names
     /// the setting a refused login asks to check (where `target`'s URL came from).
-    pub fn new(target: RedisTarget, check: &'static str, key: String, maxlen: u64) -> Self {
+    pub fn new(target: RedisTarget, check: &str, key: String, maxlen: u64) -> Self {
         Self {
             target,
-            check,
+            check: check.to_owned(),
             key,
             maxlen,
             conn: None,
@@ -174,15 +115,15 @@ impl RedisSink {
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {
-                let refusal = Refusal::of("decision log", self.check);
-                // Once a refusal is told, the seeds are not asked again on every batch.
-                let ask = if self.refusal.told() {
-                    AskSeeds::Never
-                } else {
-                    AskSeeds::OnRefusal
+                let refusal = Refusal::of("decision log", &self.check);
+                let ask = self.refusal.ask_seeds();
+                let how = ConnectOptions {
+                    refusal,
+                    deadline,
+                    retries: 1,
+                    ask,
                 };
-                self.conn
-                    .insert(Conn::connect(&self.target, refusal, deadline, ask).await?)
+                self.conn.insert(Conn::connect(&self.target, how).await?)
             }
         };
         conn.pipeline(&pipe).await
