@@ -155,9 +155,21 @@ pub(crate) struct Batcher {
 impl Batcher {
     /// A batcher sending through `runner`; its dispatcher runs on the current tokio runtime.
     pub(crate) fn start(runner: Runner) -> Self {
+        let (batcher, dispatcher) = Self::new(runner);
+        tokio::spawn(dispatcher);
+        batcher
+    }
+
+    /// A batcher sending through `runner`, and its dispatcher for the caller to drive (a
+    /// thread's lane drives it beside its own end; see [`crate::thread_lane`]). The
+    /// dispatcher ends once every clone of the batcher is gone.
+    pub(crate) fn new(runner: Runner) -> (Self, impl std::future::Future<Output = ()> + Send) {
         let (jobs, queue) = mpsc::channel(CHANNEL);
-        tokio::spawn(dispatch(runner.clone(), queue));
-        Self { jobs, runner }
+        let batcher = Self {
+            jobs,
+            runner: runner.clone(),
+        };
+        (batcher, dispatch(runner, queue))
     }
 
     /// Decides one request (keys and checks in the same order, every key in `lane`) within

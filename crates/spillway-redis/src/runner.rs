@@ -102,6 +102,16 @@ impl Runner {
         }
     }
 
+    /// A runner calling as this one does (the same form of the Lua code, time bound and
+    /// injected clock) over `conn` instead: a serving thread's own connection (see
+    /// [`crate::thread_lane`]).
+    pub(crate) fn with_conn(&self, conn: Conn) -> Self {
+        Self {
+            conn,
+            ..self.clone()
+        }
+    }
+
     /// Runs `work` on the shared connection within `limit`, timing it; any error is counted.
     pub(crate) async fn call_within<T, F, Fut>(
         &self,

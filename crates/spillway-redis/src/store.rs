@@ -23,6 +23,7 @@ use crate::login::{self, Refusal};
 use crate::multi_slot::{slots, Slots};
 use crate::runner::{Conn, Runner};
 use crate::script::Encoded;
+use crate::thread_lane::ThreadLanes;
 use crate::topology::Topology;
 use async_trait::async_trait;
 use spillway_core::algorithm::Decision;
@@ -37,6 +38,8 @@ pub struct RedisStore {
     runner: Runner,
     /// Coalesces concurrent requests into shared calls (per slot on a cluster).
     batcher: Batcher,
+    /// The serving threads' own connections and batchers (single server only).
+    lanes: ThreadLanes,
     layout: KeyLayout,
     /// The node's clock, for the local cache (Redis keeps the limits' own time).
     clock: Arc<dyn Clock>,
@@ -68,15 +71,16 @@ impl RedisStore {
         let timeout = config.timeout;
         let connect_limit = timeout.max(Duration::from_secs(5));
         let started = tokio::time::Instant::now();
+        let server_settings = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
         let connecting = async {
             let conn = match &config.target {
                 Target::Server(url) => {
                     let refusal = Refusal::store("the username/password in its URL");
-                    let settings = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
-                        .set_response_timeout(Some(timeout))
-                        .set_number_of_retries(2)
-                        .set_max_delay(Duration::from_millis(500));
+                    let settings = server_settings.clone();
                     let conn = refusal.connect_server(url, settings).await?;
                     Conn::Server(conn)
                 }
@@ -141,9 +145,14 @@ impl RedisStore {
         let runner = Runner::new(conn, timeout);
         runner.prepare().await;
         let batcher = Batcher::start(runner.clone());
+        let lanes = match &config.target {
+            Target::Server(url) => ThreadLanes::server(url, server_settings),
+            Target::Cluster(_) | Target::Sentinel { .. } => ThreadLanes::none(),
+        };
         Ok(Self {
             runner,
             batcher,
+            lanes,
             layout,
             clock: Arc::new(SystemClock),
             cache: (config.local_cache_keys > 0).then(|| LocalCache::new(config.local_cache_keys)),
@@ -211,7 +220,12 @@ impl Store for RedisStore {
         let decisions = match slots {
             Slots::One(lane) => {
                 let encoded = checks.iter().map(Encoded::new).collect();
-                let reply = self.batcher.check(lane, keys, encoded, mode).await?;
+                // This thread's own lane when it has one up, else the shared batcher; chosen
+                // before the first await, as `served_on_this_thread` was just before.
+                let reply = match self.lanes.here() {
+                    Some(own) => own.check(lane, keys, encoded, mode).await?,
+                    None => self.batcher.check(lane, keys, encoded, mode).await?,
+                };
                 reply.decisions
             }
             Slots::Many(groups) => {
@@ -295,6 +309,18 @@ impl Store for RedisStore {
     /// here first.
     fn local_answer(&self, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
         self.cache.as_ref()?.deny(checks, self.now())
+    }
+
+    /// Starts this serving thread's own connection and batcher (a single server only; see
+    /// [`crate::thread_lane`]).
+    fn attach_thread(&self) {
+        self.lanes.attach(&self.runner);
+    }
+
+    /// Whether this thread's lane is up (only a single server has lanes, so every check is
+    /// one call of one lane).
+    fn served_on_this_thread(&self, _checks: &[Check<'_>]) -> bool {
+        self.lanes.ready_here()
     }
 
     /// One domain on a single server; on a cluster, the masters serving the checks' slots.
