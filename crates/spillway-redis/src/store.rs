@@ -4,7 +4,9 @@
 //! One multiplexed connection (a `ConnectionManager` for a server, the one
 //! [`crate::sentinel::SentinelConn`] keeps to the current master, the cluster client's async
 //! connection for a cluster) is shared by every request: concurrent checks are pipelined on
-//! it, and a dropped connection is re-established by the client on the next call. Each call
+//! it, and a dropped connection is re-established by the client on the next call. On a single
+//! server, a serving thread that attached ([`Store::attach_thread`]) sends its checks on a
+//! connection of its own instead, once that is up ([`crate::thread_lane`]). Each call
 //! is bounded by the configured timeout and timed into `spillway_store_roundtrip_seconds`.
 //!
 //! A request's checks are evaluated by one call of the check function when their keys share

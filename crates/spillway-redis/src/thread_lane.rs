@@ -149,9 +149,7 @@ impl ThreadLanes {
 
     /// This thread's lane for the store, once its connection is up.
     pub(crate) fn here(&self) -> Option<Arc<Batcher>> {
-        if self.connect.is_none() {
-            return None;
-        }
+        self.connect.as_ref()?;
         LANES
             .try_with(|lanes| {
                 lanes

@@ -12,8 +12,9 @@ use spillway_core::store::{Store, StoreError};
 use spillway_redis::{RedisConfig, RedisStore, Target};
 use spillway_testkit::redis::RedisServer;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// The clients connected to the server on `port` (other than the one asking), as their
 /// `id` and the last command each ran.

@@ -211,6 +211,83 @@ mod tests {
         }
     }
 
+    /// A store whose check tells on which thread a task it spawns runs, and which says its
+    /// calls are served on the calling thread when `here` is set.
+    struct Where {
+        here: bool,
+        spawned_on: std::sync::Mutex<Option<String>>,
+    }
+
+    #[async_trait]
+    impl Store for Where {
+        async fn check(&self, c: &[Check<'_>], _: CheckMode) -> Result<Vec<Decision>, StoreError> {
+            let name = tokio::spawn(async { std::thread::current().name().map(str::to_owned) })
+                .await
+                .expect("spawned");
+            *self.spawned_on.lock().expect("lock") = name;
+            Ok(Vec::with_capacity(c.len()))
+        }
+        fn served_on_this_thread(&self, _: &[Check<'_>]) -> bool {
+            self.here
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn key_count(&self) -> u64 {
+            0
+        }
+        fn evictions(&self) -> u64 {
+            0
+        }
+        fn sweep(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn a_call_the_thread_serves_itself_stays_on_the_thread_others_go_to_the_main_runtime() {
+        let main = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("the-main-runtime")
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let spawned_on = |here: bool| {
+            let inner = Arc::new(Where {
+                here,
+                spawned_on: std::sync::Mutex::new(None),
+            });
+            let clock = Arc::new(ManualClock::new(1_800_000_000_000_000));
+            // Built on the main runtime, as the server builds it.
+            let guard = main.block_on(async {
+                Arc::new(GuardedStore::new(
+                    inner.clone(),
+                    Duration::from_secs(5),
+                    Arc::new(DomainBreakers::new(3, COOLDOWN)),
+                    Arc::new(EmergencyLimiter::new(clock.clone(), 3)),
+                    clock,
+                ))
+            });
+            std::thread::Builder::new()
+                .name("a-serving-thread".into())
+                .spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime")
+                        .block_on(guard.check(&[], CheckMode::Consume))
+                        .expect("answered");
+                })
+                .expect("thread")
+                .join()
+                .expect("serving thread");
+            let name = inner.spawned_on.lock().expect("lock").clone();
+            name
+        };
+        assert_eq!(spawned_on(false).as_deref(), Some("the-main-runtime"));
+        assert_eq!(spawned_on(true).as_deref(), Some("a-serving-thread"));
+    }
+
     /// The breaker's cooldown in these tests.
     const COOLDOWN: Duration = Duration::from_secs(1);
 

@@ -189,6 +189,10 @@ fn describe() {
         "Requests carried by one Redis call (concurrent requests to one server, or to one \
          cluster slot, share a call)."
     );
+    metrics::describe_gauge!(
+        spillway_redis::thread_lane::THREAD_LANES,
+        "Serving threads whose own Redis connection is up (a single server's store)."
+    );
     metrics::describe_counter!(
         spillway_redis::batch::BATCH_REFUSED,
         "Requests refused at once because their Redis slot's queue (or the store's) was full."
