@@ -100,12 +100,15 @@ impl ThreadLanes {
 
     /// Starts this thread's lane, calling like `template` (its timeout, Functions or scripts,
     /// injected time) over a connection of its own, on the current runtime; nothing outside a
-    /// runtime, for a store without lanes, or if the thread has one already.
+    /// single-threaded runtime (a task on a multi-threaded one may run on any of its workers,
+    /// so it could not keep to this thread), for a store without lanes, or if the thread has
+    /// one already.
     pub(crate) fn attach(&self, template: &Runner) {
         let Some(connect) = self.connect.clone() else {
             return;
         };
-        if tokio::runtime::Handle::try_current().is_err() {
+        let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+        if !matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::CurrentThread)) {
             return;
         }
         let fresh = LANES.with_borrow_mut(|lanes| {
@@ -131,19 +134,7 @@ impl ThreadLanes {
                 () = run(id, &connect, template) => {}
                 _ = store_alive.changed() => {}
             }
-            let had = LANES
-                .try_with(|lanes| {
-                    let mut lanes = lanes.borrow_mut();
-                    let ready = lanes
-                        .iter()
-                        .any(|lane| lane.store == id && lane.batcher.is_some());
-                    lanes.retain(|lane| lane.store != id);
-                    ready
-                })
-                .unwrap_or(false);
-            if had {
-                metrics::gauge!(THREAD_LANES).decrement(1.0);
-            }
+            let _ = LANES.try_with(|lanes| lanes.borrow_mut().retain(|lane| lane.store != id));
         });
     }
 
@@ -209,6 +200,23 @@ async fn run(id: u64, connect: &Connect, template: Runner) {
     if placed.is_none() {
         return;
     }
-    metrics::gauge!(THREAD_LANES).increment(1.0);
+    let _counted = Up::new();
     dispatcher.await;
+}
+
+/// A lane counted in [`THREAD_LANES`] while it lives, however its task ends (its store
+/// dropped, or its runtime shut down).
+struct Up;
+
+impl Up {
+    fn new() -> Self {
+        metrics::gauge!(THREAD_LANES).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        metrics::gauge!(THREAD_LANES).decrement(1.0);
+    }
 }
