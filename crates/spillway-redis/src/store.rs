@@ -148,7 +148,9 @@ impl RedisStore {
         runner.prepare().await;
         let batcher = Batcher::start(runner.clone());
         let lanes = match &config.target {
-            Target::Server(url) => ThreadLanes::server(url, server_settings),
+            Target::Server(url) => {
+                ThreadLanes::server(url, server_settings, timeout.max(Duration::from_secs(1)))
+            }
             Target::Cluster(_) | Target::Sentinel { .. } => ThreadLanes::none(),
         };
         Ok(Self {
@@ -200,6 +202,28 @@ impl RedisStore {
     fn now(&self) -> Micros {
         self.clock.now()
     }
+
+    /// One PING on the shared connection within `limit`.
+    async fn ping_within(&self, limit: Duration) -> Result<(), StoreError> {
+        let pong: String = self
+            .runner
+            .call_within(limit, |conn| async move {
+                let cmd = redis::cmd("PING");
+                match conn {
+                    Conn::Server(mut c) => cmd.query_async(&mut c).await,
+                    Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+                    Conn::Sentinel(mut c) => cmd.query_async(&mut c).await,
+                }
+            })
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(record(StoreError::Protocol(format!(
+                "PING answered {pong:?}"
+            ))))
+        }
+    }
 }
 
 #[async_trait]
@@ -222,13 +246,15 @@ impl Store for RedisStore {
         let decisions = match slots {
             Slots::One(lane) => {
                 let encoded = checks.iter().map(Encoded::new).collect();
-                // This thread's own lane when it has one up, else the shared batcher; chosen
-                // before the first await, as `served_on_this_thread` was just before.
+                // This thread's own lane when it has one up, else the shared batcher. Chosen
+                // before the first await, as `served_on_this_thread` was just before: nothing
+                // may await between the two, or the guard's choice of where to poll this
+                // call could be wrong for the path it takes.
                 let reply = match self.lanes.here() {
-                    Some(own) => own.check(lane, keys, encoded, mode).await?,
-                    None => self.batcher.check(lane, keys, encoded, mode).await?,
+                    Some(own) => own.check(lane, keys, encoded, mode).await,
+                    None => self.batcher.check(lane, keys, encoded, mode).await,
                 };
-                reply.decisions
+                reply.inspect_err(|err| self.lanes.failed(err))?.decisions
             }
             Slots::Many(groups) => {
                 crate::multi_slot::check(&self.runner, keys, groups, checks, mode).await?
@@ -320,7 +346,8 @@ impl Store for RedisStore {
     }
 
     /// Whether this thread's lane is up (only a single server has lanes, so every check is
-    /// one call of one lane).
+    /// one call of one lane). The check that follows decides again in `ThreadLanes::here`
+    /// with nothing awaited between, so both say the same.
     fn served_on_this_thread(&self, _checks: &[Check<'_>]) -> bool {
         self.lanes.ready_here()
     }
@@ -343,24 +370,17 @@ impl Store for RedisStore {
         self.topology.as_ref()?.name(index)
     }
 
+    /// Pings on the shared connection. After an outage that connection has kept its last
+    /// failed attempt and only tries again when a call meets it, so a ping that fails as
+    /// unavailable is sent once more within what is left of the timeout: readiness is not
+    /// stale for one probe after every outage.
     async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = self
-            .runner
-            .call(|conn| async move {
-                let cmd = redis::cmd("PING");
-                match conn {
-                    Conn::Server(mut c) => cmd.query_async(&mut c).await,
-                    Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
-                    Conn::Sentinel(mut c) => cmd.query_async(&mut c).await,
-                }
-            })
-            .await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(record(StoreError::Protocol(format!(
-                "PING answered {pong:?}"
-            ))))
+        let started = tokio::time::Instant::now();
+        let first = self.ping_within(self.runner.timeout).await;
+        let left = self.runner.timeout.saturating_sub(started.elapsed());
+        match first {
+            Err(StoreError::Unavailable(_)) if !left.is_zero() => self.ping_within(left).await,
+            other => other,
         }
     }
 

@@ -13,8 +13,19 @@
 //! finishing multi-slot requests, reports).
 //!
 //! A lane batches as the shared batcher does (see [`crate::batch`]), over the requests of its
-//! own thread only, and with the bounds of [`crate::batch`] for its own queue. Its connection
-//! reconnects on its own, like the shared one.
+//! own thread only, and with the bounds of [`crate::batch`] for its own queue.
+//!
+//! # After a failure
+//! The client's connection does not reconnect in the background: after a failed attempt it
+//! keeps the error, hands it to the next call, and only then tries again. A lane left alone
+//! through an outage would so fail its first call after Redis returns, and the breaker's one
+//! half-open probe could land on each stale lane in turn, one cooldown each. So a lane steps
+//! aside instead: once a check on this store fails as unavailable (on a lane or the shared
+//! path), every lane of the store is marked down (this thread's at once, the others when
+//! their task next runs), its thread's requests take the shared path, and its task pings its
+//! own connection, waiting longer between attempts (up to [`RETRY_MAX`]), until it answers;
+//! then the lane is up again. The shared connection, on the other hand, comes back on its
+//! next use (a ping retries once for that; see [`crate::store`]).
 //!
 //! Lanes are made for a single server only. A cluster (one connection per master, and the
 //! slot map) and Sentinel (a master that moves) keep the shared path on every thread.
@@ -29,20 +40,27 @@
 use crate::batch::Batcher;
 use crate::login::Refusal;
 use crate::runner::{Conn, Runner};
+use redis::aio::ConnectionManager;
+use spillway_core::store::StoreError;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::watch;
 
-/// Gauge of the thread lanes whose connection is up, over every store of the process.
+/// Gauge of the thread lanes whose connection is up and usable, over every store of the
+/// process (a lane marked down after a failure is off it until its connection answers).
 pub const THREAD_LANES: &str = "spillway_redis_thread_lanes";
+/// Counter of failed attempts to make a thread lane's connection, or to get an answer from
+/// it after a failure.
+pub const THREAD_LANE_FAILURES: &str = "spillway_redis_thread_lane_failures_total";
 
-/// The first wait after a lane's connection failed to be made; it doubles up to
-/// [`RETRY_MAX`].
+/// The first wait after a lane's connection failed (to be made, or to answer a ping); it
+/// doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
-/// The longest wait between attempts to make a lane's connection.
-const RETRY_MAX: Duration = Duration::from_secs(2);
+/// The longest wait between attempts on a lane's connection.
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Ids of stores, so a thread tells its lanes of different stores apart.
 static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
@@ -55,16 +73,23 @@ thread_local! {
 /// One store's lane on this thread.
 struct Lane {
     store: u64,
+    /// The runtime its task runs on: a lane of a runtime that has ended is dropped.
+    runtime: tokio::runtime::Id,
     /// `None` while its connection is being made.
     batcher: Option<Arc<Batcher>>,
-    /// Closed (its sender dropped) once the store is gone.
-    store_alive: watch::Receiver<()>,
+    /// Whether requests may take it: its connection is made and has not failed since it
+    /// last answered.
+    up: bool,
+    /// The store's failure count; closed (its sender dropped) once the store is gone.
+    failures: watch::Receiver<u64>,
 }
 
 /// How a lane connects to a single server.
 struct Connect {
     url: String,
     settings: redis::aio::ConnectionManagerConfig,
+    /// Bound on one ping of a lane's connection after a failure.
+    ping_limit: Duration,
 }
 
 /// A store's side of its thread lanes; see the module docs.
@@ -72,16 +97,23 @@ pub(crate) struct ThreadLanes {
     id: u64,
     /// `None`: this store makes no thread lanes (a cluster or Sentinel).
     connect: Option<Arc<Connect>>,
-    /// Dropped with the store, which ends every lane.
-    alive: watch::Sender<()>,
+    /// Counts the store's checks that failed as unavailable, which sends every lane to ping
+    /// its connection; dropped with the store, which ends every lane.
+    failures: watch::Sender<u64>,
 }
 
 impl ThreadLanes {
-    /// Lanes for a single server at `url`, each connecting with `settings`.
-    pub(crate) fn server(url: &str, settings: redis::aio::ConnectionManagerConfig) -> Self {
+    /// Lanes for a single server at `url`, each connecting with `settings`; `ping_limit`
+    /// bounds a lane's ping after a failure.
+    pub(crate) fn server(
+        url: &str,
+        settings: redis::aio::ConnectionManagerConfig,
+        ping_limit: Duration,
+    ) -> Self {
         Self::make(Some(Arc::new(Connect {
             url: url.to_owned(),
             settings,
+            ping_limit,
         })))
     }
 
@@ -94,7 +126,7 @@ impl ThreadLanes {
         Self {
             id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             connect,
-            alive: watch::channel(()).0,
+            failures: watch::channel(0).0,
         }
     }
 
@@ -102,43 +134,55 @@ impl ThreadLanes {
     /// injected time) over a connection of its own, on the current runtime; nothing outside a
     /// single-threaded runtime (a task on a multi-threaded one may run on any of its workers,
     /// so it could not keep to this thread), for a store without lanes, or if the thread has
-    /// one already.
+    /// one already on this runtime.
     pub(crate) fn attach(&self, template: &Runner) {
         let Some(connect) = self.connect.clone() else {
             return;
         };
-        let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
-        if !matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::CurrentThread)) {
+        let Ok(handle) = Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
             return;
         }
+        let runtime = handle.id();
         let fresh = LANES.with_borrow_mut(|lanes| {
-            // Lanes of stores gone whose task could not take them out (their runtime ended
-            // first) are dropped here.
-            lanes.retain(|lane| lane.store_alive.has_changed().is_ok());
+            // Lanes whose task could not take them out are dropped here: their store is gone,
+            // or their runtime ended (its task with it) while the thread lives on.
+            lanes.retain(|lane| lane.failures.has_changed().is_ok() && lane.runtime == runtime);
             if lanes.iter().any(|lane| lane.store == self.id) {
                 return false;
             }
             lanes.push(Lane {
                 store: self.id,
+                runtime,
                 batcher: None,
-                store_alive: self.alive.subscribe(),
+                up: false,
+                failures: self.failures.subscribe(),
             });
             true
         });
         if !fresh {
             return;
         }
-        let (id, template, mut store_alive) = (self.id, template.clone(), self.alive.subscribe());
+        let (id, template) = (self.id, template.clone());
+        let (failures, mut gone) = (self.failures.subscribe(), self.failures.subscribe());
         tokio::spawn(async move {
+            // Ends only once the store is gone (a changed count is not an end).
+            let store_gone = async move { while gone.changed().await.is_ok() {} };
             tokio::select! {
-                () = run(id, &connect, template) => {}
-                _ = store_alive.changed() => {}
+                () = run(id, &connect, template, failures) => {}
+                () = store_gone => {}
             }
             let _ = LANES.try_with(|lanes| lanes.borrow_mut().retain(|lane| lane.store != id));
         });
     }
 
-    /// This thread's lane for the store, once its connection is up.
+    /// This thread's lane for the store, if it is up.
+    ///
+    /// [`ThreadLanes::ready_here`] answers the same question for the failure guard just
+    /// before the store's check asks this one: nothing may await between the two, so the
+    /// guard's answer (poll the call here, or on the main runtime) holds for the path taken.
     pub(crate) fn here(&self) -> Option<Arc<Batcher>> {
         self.connect.as_ref()?;
         LANES
@@ -146,14 +190,15 @@ impl ThreadLanes {
                 lanes
                     .borrow()
                     .iter()
-                    .find(|lane| lane.store == self.id)
+                    .find(|lane| lane.store == self.id && lane.up)
                     .and_then(|lane| lane.batcher.clone())
             })
             .ok()
             .flatten()
     }
 
-    /// Whether this thread has the store's lane up.
+    /// Whether this thread has the store's lane up: what [`ThreadLanes::here`] will say when
+    /// the check that follows, with no await between, asks it.
     pub(crate) fn ready_here(&self) -> bool {
         self.connect.is_some()
             && LANES
@@ -161,17 +206,44 @@ impl ThreadLanes {
                     lanes
                         .borrow()
                         .iter()
-                        .any(|lane| lane.store == self.id && lane.batcher.is_some())
+                        .any(|lane| lane.store == self.id && lane.up && lane.batcher.is_some())
                 })
                 .unwrap_or(false)
     }
+
+    /// Tells the lanes that a check failed with `err`: if Redis was unavailable, this
+    /// thread's lane is marked down at once and every lane is sent to ping its connection
+    /// (see the module docs).
+    pub(crate) fn failed(&self, err: &StoreError) {
+        if self.connect.is_none() || !matches!(err, StoreError::Unavailable(_)) {
+            return;
+        }
+        set_up(self.id, false);
+        self.failures.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Marks this thread's lane of store `id` up or down; whether it has one.
+fn set_up(id: u64, up: bool) -> bool {
+    LANES
+        .try_with(|lanes| {
+            let mut lanes = lanes.borrow_mut();
+            let lane = lanes.iter_mut().find(|lane| lane.store == id)?;
+            lane.up = up && lane.batcher.is_some();
+            Some(())
+        })
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 /// A lane's life on its thread: makes its connection (again after a wait while that fails),
 /// hands its batcher to the thread's list, and drives its dispatcher, which runs until the
-/// task is dropped (the store gone, or the runtime ended).
-async fn run(id: u64, connect: &Connect, template: Runner) {
+/// task is dropped (the store gone, or the runtime ended). Beside it, after each failure the
+/// store reports, it takes the lane down until its connection answers a ping.
+async fn run(id: u64, connect: &Connect, template: Runner, mut failures: watch::Receiver<u64>) {
     let mut wait = RETRY_FIRST;
+    let mut warned = false;
     let conn = loop {
         let refusal = Refusal::store("the username/password in its URL");
         match refusal
@@ -180,19 +252,29 @@ async fn run(id: u64, connect: &Connect, template: Runner) {
         {
             Ok(conn) => break conn,
             Err(err) => {
-                tracing::debug!(error = %err, retry_ms = wait.as_millis() as u64,
-                    "a serving thread's Redis connection failed; its requests take the shared one");
+                metrics::counter!(THREAD_LANE_FAILURES).increment(1);
+                if warned {
+                    tracing::debug!(error = %err, retry_ms = wait.as_millis() as u64,
+                        "a serving thread's Redis connection failed again");
+                } else {
+                    warned = true;
+                    tracing::warn!(error = %err, retry_ms = wait.as_millis() as u64,
+                        "a serving thread could not make its own Redis connection; its \
+                         requests take the shared one while it keeps trying");
+                }
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(RETRY_MAX);
             }
         }
     };
+    let probe = conn.clone();
     let (batcher, dispatcher) = Batcher::new(template.with_conn(Conn::Server(conn)));
     let placed = LANES
         .try_with(|lanes| {
             let mut lanes = lanes.borrow_mut();
             let lane = lanes.iter_mut().find(|lane| lane.store == id)?;
             lane.batcher = Some(Arc::new(batcher));
+            lane.up = true;
             Some(())
         })
         .ok()
@@ -200,11 +282,49 @@ async fn run(id: u64, connect: &Connect, template: Runner) {
     if placed.is_none() {
         return;
     }
-    let _counted = Up::new();
-    dispatcher.await;
+    failures.borrow_and_update();
+    let mend = async move {
+        let mut counted = Some(Up::new());
+        // `changed` fails once the store is gone, which ends the lane anyway.
+        while failures.changed().await.is_ok() {
+            set_up(id, false);
+            counted = None;
+            answers(&probe, connect.ping_limit).await;
+            if !set_up(id, true) {
+                return;
+            }
+            counted.get_or_insert_with(Up::new);
+        }
+        drop(counted);
+    };
+    tokio::select! {
+        () = dispatcher => {}
+        () = mend => {}
+    }
 }
 
-/// A lane counted in [`THREAD_LANES`] while it lives, however its task ends (its store
+/// Pings `conn` until it answers, waiting longer after each failure (up to [`RETRY_MAX`]);
+/// each failed ping also starts the client's own reconnection.
+async fn answers(conn: &ConnectionManager, limit: Duration) {
+    let mut wait = RETRY_FIRST;
+    loop {
+        let mut conn = conn.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(limit, ping).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "a serving thread's Redis connection is still down");
+            }
+            Err(_) => tracing::debug!("a serving thread's Redis connection did not answer a ping"),
+        }
+        metrics::counter!(THREAD_LANE_FAILURES).increment(1);
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
+
+/// A lane counted in [`THREAD_LANES`] while it is up, however its task ends (its store
 /// dropped, or its runtime shut down).
 struct Up;
 

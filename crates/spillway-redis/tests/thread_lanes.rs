@@ -1,6 +1,6 @@
 //! A serving thread's own lane (see `spillway_redis::thread_lane`): once a thread has
-//! attached, its checks go out on a connection of its own, which reconnects on its own and
-//! closes when the store is dropped. Each test runs the store's "serving thread" as a plain
+//! attached, its checks go out on a connection of its own, which steps aside after a failure
+//! until it answers again, and closes when the store is dropped. Each test runs the store's "serving thread" as a plain
 //! thread with a single-threaded runtime, as the server does, and reads which connection
 //! did what from Redis's `CLIENT LIST`.
 
@@ -190,8 +190,9 @@ async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
         let failed = one_check(&store).await.is_err();
         let took = started.elapsed();
         let _ = came_back.await;
-        // The lane's connection reconnects on its own (the restarted server is empty: the
-        // Functions library is loaded again on the way).
+        // Checks are answered again, on the shared path while the lane steps aside, then on
+        // the lane (the restarted server is empty: the Functions library is loaded again on
+        // the way).
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut answered = false;
         while !answered && Instant::now() < deadline {
@@ -200,8 +201,16 @@ async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let on_lane = store.served_on_this_thread(&[]);
-        let _ = result.send((failed, took, answered, on_lane));
+        // The lane steps aside after the failure and is up again once its connection
+        // answers (the checks above may have taken the shared path meanwhile).
+        assert!(
+            eventually(|| store.served_on_this_thread(&[])).await,
+            "lane up again"
+        );
+        // Which connection the next check takes: something else last on the shared one.
+        store.ping().await.expect("ping");
+        one_check(&store).await.expect("answered");
+        let _ = result.send((failed, took, answered, clients(port)));
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     server.kill();
@@ -209,19 +218,88 @@ async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     server.restart();
     let _ = back.send(());
-    let (failed, took, recovered, on_lane) = outcome.await.expect("the thread reports");
+    let (failed, took, recovered, after) = outcome.await.expect("the thread reports");
     assert!(failed, "a check with Redis gone fails");
     assert!(
         took < timeout + Duration::from_millis(200),
         "and within the store's timeout: {took:?}"
     );
     assert!(recovered, "checks are answered again once Redis is back");
-    assert!(on_lane, "on the thread's own lane");
+    // Two connections, the shared one (which pinged last) and the lane's (which checked
+    // last): the check went out on the thread's own connection again.
+    assert_eq!(after.len(), 2, "{after:?}");
+    let pinged: Vec<_> = after.iter().filter(|(_, cmd)| cmd == "ping").collect();
+    let checked: Vec<_> = after.iter().filter(|(_, cmd)| cmd == "fcall").collect();
     assert!(
-        clients(port).iter().any(|(_, cmd)| cmd == "fcall"),
-        "the lane's connection came back: {:?}",
-        clients(port)
+        pinged.len() == 1 && checked.len() == 1 && pinged[0].0 != checked[0].0,
+        "the check went out on the lane's own connection: {after:?}"
     );
     let _ = stop.send(());
     thread.join().expect("thread");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_threaded_runtime_gets_no_lane() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let store = store(server.url(), Duration::from_secs(2)).await;
+    store.attach_thread();
+    one_check(&store).await.expect("answered");
+    // Give a lane (were one made) the time to connect.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!store.served_on_this_thread(&[]));
+    assert_eq!(clients(port).len(), 1, "the shared connection only");
+}
+
+/// After one thread's check fails with Redis gone, every lane of the store is marked down,
+/// including one whose thread sent nothing during the outage (its connection is as dead, and
+/// the client only notices on a call), and each comes back once its own connection answers:
+/// the first check on it after Redis returns is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lane_steps_aside_after_a_failure_and_comes_back_answering() {
+    let mut server = RedisServer::start();
+    let store = store(server.url(), Duration::from_millis(300)).await;
+    // A quiet thread: attached, one check, then only watches its lane.
+    let (stop, stopped) = oneshot::channel();
+    let (down, went_down) = oneshot::channel::<()>();
+    let (back, came_back) = oneshot::channel::<()>();
+    let (result, outcome) = oneshot::channel();
+    let quiet = serving_thread(store.clone(), stopped, move |store| async move {
+        one_check(&store).await.expect("answered");
+        let _ = went_down.await;
+        let stepped_aside = eventually(|| !store.served_on_this_thread(&[])).await;
+        let _ = came_back.await;
+        let up_again = eventually(|| store.served_on_this_thread(&[])).await;
+        // The lane is used again only once its connection answered, so its first check
+        // after the outage does not fail.
+        let first = one_check(&store).await;
+        let _ = result.send((stepped_aside, up_again, first));
+    });
+    // A busy thread, whose check meets the outage.
+    let (stop_busy, stopped_busy) = oneshot::channel();
+    let (failed, fails) = oneshot::channel::<bool>();
+    let (killed, was_killed) = oneshot::channel::<()>();
+    let busy = serving_thread(store.clone(), stopped_busy, move |store| async move {
+        let _ = was_killed.await;
+        let _ = failed.send(one_check(&store).await.is_err());
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.kill();
+    let _ = killed.send(());
+    assert!(
+        fails.await.expect("busy reports"),
+        "a check with Redis gone fails"
+    );
+    let _ = down.send(());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart();
+    let _ = back.send(());
+    let (stepped_aside, up_again, first) = outcome.await.expect("the quiet thread reports");
+    assert!(stepped_aside, "the quiet thread's lane was marked down");
+    assert!(up_again, "and came back once Redis did");
+    assert!(first.is_ok(), "its first check after the outage: {first:?}");
+    let _ = stop.send(());
+    let _ = stop_busy.send(());
+    quiet.join().expect("quiet");
+    busy.join().expect("busy");
 }
