@@ -164,17 +164,34 @@ tiers:
 YAML
 }
 
+# proc_cpu PID: the CPU seconds process PID has used so far (user + system, all its threads).
+proc_cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); printf "%.6f\n", ($12 + $13) / hz}' \
+    "/proc/$1/stat"
+}
+
+# proc_switches PID: the context switches (voluntary and not) of all of process PID's threads
+# so far.
+proc_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null |
+    awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ {n += $2} END {print n + 0}'
+}
+
 # redis_load_run PORT LUA CPU_PORT...: warms Spillway on loopback PORT up with wrk (WARMUP s),
 # then measures DURATION s (THREADS threads, CONNS connections, script LUA), reading the CPU
-# of the Redis servers on CPU_PORT... before and after. Prints "us_per_decision rps p99_ms
-# non2xx batch sys_us": Redis CPU per completed request, the part of it in the kernel, and
-# the mean requests per Redis call (spillway_redis_batch_requests; "-" for a build without it).
+# of the Redis servers on CPU_PORT... before and after, and with LOAD_PID set, that process's
+# (Spillway's) CPU and context switches too. Prints "us_per_decision rps p99_ms non2xx batch
+# sys_us spillway_us ctx": Redis CPU per completed request, the part of it in the kernel, the
+# mean requests per Redis call (spillway_redis_batch_requests; "-" for a build without it),
+# and, with LOAD_PID ("-" without), Spillway's CPU µs and context switches per request.
 redis_load_run() {
-  local port=$1 lua=$2 out ub sb ua sa n rps p99 non2xx batch
+  local port=$1 lua=$2 out ub sb ua sa n rps p99 non2xx batch pc0=0 pc1=0 px0=0 px1=0
   shift 2
   wrk -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" -s "$lua" "http://127.0.0.1:$port" >/dev/null
   read -r ub sb < <(redis_cpu "$@")
+  if [ -n "${LOAD_PID:-}" ]; then pc0=$(proc_cpu "$LOAD_PID"); px0=$(proc_switches "$LOAD_PID"); fi
   out=$(wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" --latency -s "$lua" "http://127.0.0.1:$port")
+  if [ -n "${LOAD_PID:-}" ]; then pc1=$(proc_cpu "$LOAD_PID"); px1=$(proc_switches "$LOAD_PID"); fi
   read -r ua sa < <(redis_cpu "$@")
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
@@ -185,8 +202,11 @@ redis_load_run() {
   batch=$(curl -fs "http://127.0.0.1:$port/metrics" | awk '/^spillway_redis_batch_requests_sum/ {s = $2}
       /^spillway_redis_batch_requests_count/ {c = $2} END {if (c > 0) printf "%.2f", s / c; else print "-"}')
   awk -v ub="$ub" -v sb="$sb" -v ua="$ua" -v sa="$sa" -v n="$n" -v r="$rps" -v p="$p99" \
-    -v x="${non2xx:-0}" -v m="$batch" \
-    'BEGIN {printf "%.2f %s %s %s %s %.2f\n", (ua - ub + sa - sb) * 1e6 / n, r, p, x, m, (sa - sb) * 1e6 / n}'
+    -v x="${non2xx:-0}" -v m="$batch" -v on="${LOAD_PID:-}" -v pc="$pc0 $pc1" -v px="$px0 $px1" \
+    'BEGIN {split(pc, c, " "); split(px, w, " ")
+      printf "%.2f %s %s %s %s %.2f", (ua - ub + sa - sb) * 1e6 / n, r, p, x, m, (sa - sb) * 1e6 / n
+      if (on != "") printf " %.2f %.3f\n", (c[2] - c[1]) * 1e6 / n, (w[2] - w[1]) / n
+      else printf " - -\n"}'
 }
 
 # nginx_return_200 DIR PORT: DIR/nginx.conf for the ceiling the HTTP benchmarks compare with:

@@ -10,8 +10,11 @@
 #         ip-daily-candidate in shadow, free-user-minute, free-user-daily), with
 #         bench/check.lua's 200,000 users over 500 tenants, every request allowed.
 # The store budget is 1 s (--store-timeout), so no decision is made without Redis.
-# Prints every run and the medians (Redis µs per decision, requests per second, p99), and per
-# run the mean requests per Redis call (spillway_redis_batch_requests, counted from warm-up on).
+# Prints every run and the medians (Redis µs per decision, requests per second, p99, and
+# Spillway's own CPU µs and context switches per request: /proc/PID/stat's utime + stime and
+# the voluntary + nonvoluntary switches of all its threads, before and after the measured
+# run), and per run the mean requests per Redis call (spillway_redis_batch_requests, counted
+# from warm-up on).
 #
 # Usage: bench/redis.sh                    builds target/release/spillway and measures it
 #        bench/redis.sh BIN...             alternates the builds given, run by run (e.g. OLD NEW)
@@ -50,8 +53,9 @@ cp examples/spillway.yaml "$tmp/four.yaml"
 users_load "$tmp/one.lua"
 cp bench/check.lua "$tmp/four.lua"
 
-# one_run BINARY_INDEX POLICY: prints "µs_per_decision rps p99_ms non2xx batch sys" (see
-# redis_load_run in bench/lib.sh; sys: the part of µs_per_decision Redis spent in the kernel).
+# one_run BINARY_INDEX POLICY: prints "µs_per_decision rps p99_ms non2xx batch sys cpu ctx"
+# (see redis_load_run in bench/lib.sh; sys: the part of µs_per_decision Redis spent in the
+# kernel; cpu, ctx: Spillway's CPU µs and context switches per request).
 one_run() {
   # Runs in a subshell (`< <(...)`): stop what it started even when a start fails.
   trap stop_all EXIT
@@ -67,26 +71,28 @@ one_run() {
     --store-timeout 1s --listen "127.0.0.1:$sport" --log-filter warn $extra >/dev/null 2>&1 &
   pids+=($!)
   wait_healthy "$sport" "${pids[-1]}"
-  redis_load_run "$sport" "$tmp/$policy.lua" "$rport"
+  LOAD_PID=${pids[-1]} redis_load_run "$sport" "$tmp/$policy.lua" "$rport"
   stop_all
 }
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
 echo "redis: $(redis-server --version | awk '{print $3}'), wrk -t$THREADS -c$CONNS -d${DURATION}s, $RUNS runs"
 for policy in $POLICIES; do
-  declare -A us=() rps=() p99=()
+  declare -A us=() rps=() p99=() cpu=() ctx=()
   for run in $(seq "$RUNS"); do
     for i in "${!binaries[@]}"; do
-      read -r u r p x m k < <(one_run "$i" "$policy")
-      echo "$policy run $run ${binaries[$i]}: redis ${u} µs/decision (${k} in the kernel), ${r} req/s, p99 ${p}ms, non-2xx ${x}, requests/call ${m}"
-      us[$i]+="$u "; rps[$i]+="$r "; p99[$i]+="$p "
+      read -r u r p x m k c s < <(one_run "$i" "$policy")
+      echo "$policy run $run ${binaries[$i]}: redis ${u} µs/decision (${k} in the kernel), ${r} req/s, p99 ${p}ms, non-2xx ${x}, requests/call ${m}, spillway ${c} µs CPU and ${s} context switches per request"
+      us[$i]+="$u "; rps[$i]+="$r "; p99[$i]+="$p "; cpu[$i]+="$c "; ctx[$i]+="$s "
     done
   done
   for i in "${!binaries[@]}"; do
     mu=$(tr ' ' '\n' <<<"${us[$i]}" | grep . | median)
     mr=$(tr ' ' '\n' <<<"${rps[$i]}" | grep . | median)
     mp=$(tr ' ' '\n' <<<"${p99[$i]}" | grep . | median)
-    echo "median $policy ${binaries[$i]}: redis $mu µs/decision, $mr req/s, p99 ${mp}ms"
+    mc=$(tr ' ' '\n' <<<"${cpu[$i]}" | grep . | median)
+    ms=$(tr ' ' '\n' <<<"${ctx[$i]}" | grep . | median)
+    echo "median $policy ${binaries[$i]}: redis $mu µs/decision, $mr req/s, p99 ${mp}ms, spillway $mc µs CPU/request, $ms switches/request"
   done
-  unset us rps p99
+  unset us rps p99 cpu ctx
 done

@@ -132,7 +132,7 @@ for load in $LOADS; do
   declare -A us=() rps=() p99=()
   for run in $(seq "$RUNS"); do
     for i in "${!binaries[@]}"; do
-      read -r u r p x m _ < <(one_run "$i" "$load")
+      read -r u r p x m _ _ _ < <(one_run "$i" "$load")
       echo "$load run $run ${binaries[$i]}: cluster ${u} µs/decision, ${r} req/s, p99 ${p}ms, non-2xx ${x}, requests/call ${m}"
       us[$i]+="$u "; rps[$i]+="$r "; p99[$i]+="$p "
     done

@@ -11,6 +11,10 @@
 //! back to back. Reports (charges after the fact) queue the same way, one job per slot of the
 //! report, and may share a call with checks.
 //!
+//! A batcher serves one connection: the store's shared one, or on a single server a serving
+//! thread's own (see [`crate::thread_lane`]), so each thread coalesces its own requests and
+//! the bounds below hold per batcher.
+//!
 //! A lane is what one call may cover: the whole server on a single server (directly or through
 //! Sentinel), one hash slot on a cluster (a call may touch keys of one slot only). Requests
 //! whose keys span slots never come here; they go through [`crate::multi_slot`]. On a cluster
@@ -80,7 +84,8 @@ pub const MAX_CHECKS: usize = 256;
 /// once; past it the lane's new requests are refused at once. (A single server's one lane is
 /// bounded by [`QUEUE`] alone.)
 pub const LANE_QUEUE: usize = 4 * IN_FLIGHT * MAX_REQUESTS;
-/// Most requests waiting in all lanes together beyond what free call slots take at once. A waiting request holds a [`Job`] (about 100 bytes) plus its key names and
+/// Most requests waiting in all lanes of one batcher together beyond what free call slots take
+/// at once (per serving thread too, for a thread's own batcher). A waiting request holds a [`Job`] (about 100 bytes) plus its key names and
 /// encoded checks on the heap: a few hundred bytes for a one-limit request, so a full queue
 /// is a few MB.
 pub const QUEUE: usize = 16_384;
@@ -155,9 +160,21 @@ pub(crate) struct Batcher {
 impl Batcher {
     /// A batcher sending through `runner`; its dispatcher runs on the current tokio runtime.
     pub(crate) fn start(runner: Runner) -> Self {
+        let (batcher, dispatcher) = Self::new(runner);
+        tokio::spawn(dispatcher);
+        batcher
+    }
+
+    /// A batcher sending through `runner`, and its dispatcher for the caller to drive (a
+    /// thread's lane drives it beside its own end; see [`crate::thread_lane`]). The
+    /// dispatcher ends once every clone of the batcher is gone.
+    pub(crate) fn new(runner: Runner) -> (Self, impl std::future::Future<Output = ()> + Send) {
         let (jobs, queue) = mpsc::channel(CHANNEL);
-        tokio::spawn(dispatch(runner.clone(), queue));
-        Self { jobs, runner }
+        let batcher = Self {
+            jobs,
+            runner: runner.clone(),
+        };
+        (batcher, dispatch(runner, queue))
     }
 
     /// Decides one request (keys and checks in the same order, every key in `lane`) within

@@ -26,6 +26,8 @@
 //! - [`batch`]: concurrent requests (checks and reports) to one server, or one cluster slot,
 //!   coalesced into one call, each still all-or-nothing on its own; each slot's queue bounded
 //!   on its own, and a call refused during resharding retried request by request.
+//! - [`thread_lane`]: a serving thread's own connection and batcher (single server), so its
+//!   calls never leave the thread.
 //! - [`topology`]: which cluster master serves each slot, as failure domains for the server's
 //!   per-master circuit breakers.
 //! - [`local_cache`]: denying repeated over-limit requests without a round trip.
@@ -50,6 +52,7 @@ mod runner;
 pub mod script;
 pub mod sentinel;
 pub mod store;
+pub mod thread_lane;
 pub mod topology;
 
 pub use config::{Credentials, RedisConfig, SentinelAuth, Target};

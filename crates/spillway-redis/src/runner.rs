@@ -102,6 +102,14 @@ impl Runner {
         }
     }
 
+    /// A runner calling as this one does (the same form of the Lua code, time bound and
+    /// injected clock) over `conn` instead: a serving thread's own connection (see
+    /// [`crate::thread_lane`]).
+    /// Takes `self`, so the shared connection's handle it held is not kept by the lane.
+    pub(crate) fn with_conn(self, conn: Conn) -> Self {
+        Self { conn, ..self }
+    }
+
     /// Runs `work` on the shared connection within `limit`, timing it; any error is counted.
     pub(crate) async fn call_within<T, F, Fut>(
         &self,
@@ -139,15 +147,6 @@ impl Runner {
             Ok(Err(err)) => Err(Some(err)),
             Err(_) => Err(None),
         }
-    }
-
-    /// Runs `work` on the shared connection within the configured timeout.
-    pub(crate) async fn call<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(Conn) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        self.call_within(self.timeout, work).await
     }
 
     /// Loads the Functions library, or settles on plain scripts if the server refuses

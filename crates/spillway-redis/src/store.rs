@@ -4,7 +4,9 @@
 //! One multiplexed connection (a `ConnectionManager` for a server, the one
 //! [`crate::sentinel::SentinelConn`] keeps to the current master, the cluster client's async
 //! connection for a cluster) is shared by every request: concurrent checks are pipelined on
-//! it, and a dropped connection is re-established by the client on the next call. Each call
+//! it, and a dropped connection is re-established by the client on the next call. On a single
+//! server, a serving thread that attached ([`Store::attach_thread`]) sends its checks on a
+//! connection of its own instead, once that is up ([`crate::thread_lane`]). Each call
 //! is bounded by the configured timeout and timed into `spillway_store_roundtrip_seconds`.
 //!
 //! A request's checks are evaluated by one call of the check function when their keys share
@@ -23,6 +25,7 @@ use crate::login::{self, Refusal};
 use crate::multi_slot::{slots, Slots};
 use crate::runner::{Conn, Runner};
 use crate::script::Encoded;
+use crate::thread_lane::ThreadLanes;
 use crate::topology::Topology;
 use async_trait::async_trait;
 use spillway_core::algorithm::Decision;
@@ -37,6 +40,8 @@ pub struct RedisStore {
     runner: Runner,
     /// Coalesces concurrent requests into shared calls (per slot on a cluster).
     batcher: Batcher,
+    /// The serving threads' own connections and batchers (single server only).
+    lanes: ThreadLanes,
     layout: KeyLayout,
     /// The node's clock, for the local cache (Redis keeps the limits' own time).
     clock: Arc<dyn Clock>,
@@ -67,14 +72,15 @@ impl RedisStore {
         let connect_limit = timeout.max(Duration::from_secs(5));
         let started = tokio::time::Instant::now();
         let refusal = Refusal::of(&config.owner, &config.login_hint);
+        let server_settings = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
         let connecting = async {
             let conn = match &config.target {
                 Target::Server(url) => {
-                    let settings = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
-                        .set_response_timeout(Some(timeout))
-                        .set_number_of_retries(2)
-                        .set_max_delay(Duration::from_millis(500));
+                    let settings = server_settings.clone();
                     let conn = refusal.connect_server(url, settings).await?;
                     Conn::Server(conn)
                 }
@@ -138,9 +144,16 @@ impl RedisStore {
         let runner = Runner::new(conn, timeout);
         runner.prepare().await;
         let batcher = Batcher::start(runner.clone());
+        let lanes = match &config.target {
+            Target::Server(url) => {
+                ThreadLanes::server(url, server_settings, timeout.max(Duration::from_secs(1)))
+            }
+            Target::Cluster(_) | Target::Sentinel { .. } => ThreadLanes::none(),
+        };
         Ok(Self {
             runner,
             batcher,
+            lanes,
             layout,
             clock: Arc::new(SystemClock),
             cache: (config.local_cache_keys > 0).then(|| LocalCache::new(config.local_cache_keys)),
@@ -186,6 +199,28 @@ impl RedisStore {
     fn now(&self) -> Micros {
         self.clock.now()
     }
+
+    /// One PING on the shared connection within `limit`.
+    async fn ping_within(&self, limit: Duration) -> Result<(), StoreError> {
+        let pong: String = self
+            .runner
+            .call_within(limit, |conn| async move {
+                let cmd = redis::cmd("PING");
+                match conn {
+                    Conn::Server(mut c) => cmd.query_async(&mut c).await,
+                    Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+                    Conn::Sentinel(mut c) => cmd.query_async(&mut c).await,
+                }
+            })
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(record(StoreError::Protocol(format!(
+                "PING answered {pong:?}"
+            ))))
+        }
+    }
 }
 
 #[async_trait]
@@ -208,8 +243,15 @@ impl Store for RedisStore {
         let decisions = match slots {
             Slots::One(lane) => {
                 let encoded = checks.iter().map(Encoded::new).collect();
-                let reply = self.batcher.check(lane, keys, encoded, mode).await?;
-                reply.decisions
+                // This thread's own lane when it has one up, else the shared batcher. Chosen
+                // before the first await, as `served_on_this_thread` was just before: nothing
+                // may await between the two, or the guard's choice of where to poll this
+                // call could be wrong for the path it takes.
+                let reply = match self.lanes.here() {
+                    Some(own) => own.check(lane, keys, encoded, mode).await,
+                    None => self.batcher.check(lane, keys, encoded, mode).await,
+                };
+                reply.inspect_err(|err| self.lanes.failed(err))?.decisions
             }
             Slots::Many(groups) => {
                 crate::multi_slot::check(&self.runner, keys, groups, checks, mode).await?
@@ -294,6 +336,19 @@ impl Store for RedisStore {
         self.cache.as_ref()?.deny(checks, self.now())
     }
 
+    /// Starts this serving thread's own connection and batcher (a single server only; see
+    /// [`crate::thread_lane`]).
+    fn attach_thread(&self) {
+        self.lanes.attach(&self.runner);
+    }
+
+    /// Whether this thread's lane is up (only a single server has lanes, so every check is
+    /// one call of one lane). The check that follows decides again in `ThreadLanes::here`
+    /// with nothing awaited between, so both say the same.
+    fn served_on_this_thread(&self, _checks: &[Check<'_>]) -> bool {
+        self.lanes.ready_here()
+    }
+
     /// One domain on a single server; on a cluster, the masters serving the checks' slots.
     fn domains(&self, checks: &[Check<'_>]) -> Domains {
         match &self.topology {
@@ -312,24 +367,17 @@ impl Store for RedisStore {
         self.topology.as_ref()?.name(index)
     }
 
+    /// Pings on the shared connection. After an outage that connection has kept its last
+    /// failed attempt and only tries again when a call meets it, so a ping that fails as
+    /// unavailable is sent once more within what is left of the timeout: readiness is not
+    /// stale for one probe after every outage.
     async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = self
-            .runner
-            .call(|conn| async move {
-                let cmd = redis::cmd("PING");
-                match conn {
-                    Conn::Server(mut c) => cmd.query_async(&mut c).await,
-                    Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
-                    Conn::Sentinel(mut c) => cmd.query_async(&mut c).await,
-                }
-            })
-            .await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(record(StoreError::Protocol(format!(
-                "PING answered {pong:?}"
-            ))))
+        let started = tokio::time::Instant::now();
+        let first = self.ping_within(self.runner.timeout).await;
+        let left = self.runner.timeout.saturating_sub(started.elapsed());
+        match first {
+            Err(StoreError::Unavailable(_)) if !left.is_zero() => self.ping_within(left).await,
+            other => other,
         }
     }
 

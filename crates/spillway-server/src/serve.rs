@@ -284,6 +284,8 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         limits,
         shutdown.clone(),
         move |incoming: serving::Incoming| async move {
+            // This thread's own store lane, if the store makes them (see `crate::serving`).
+            app.store.attach_thread();
             // Each connection's service knows its peer, for handlers that key by client IP,
             // and answers `/v1/check` without the router. Its answers are small, so HTTP/1
             // writes each in one buffer.

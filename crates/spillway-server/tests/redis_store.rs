@@ -3,10 +3,11 @@
 
 mod common;
 
-use common::Server;
+use common::{metric, wait_until_async, Server};
 use spillway_testkit::redis::{RedisCluster, RedisServer};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// 500 at once and one more per hour: no refill to speak of while the test runs.
 const HOT_KEY: &str = r#"
@@ -194,4 +195,33 @@ async fn per_user_tenant_and_ip_limits_stay_exact_across_cluster_slots() {
     let servers = nodes(THREE_LIMITS, &on_cluster(&cluster));
     let (admitted, denied) = hammer(&servers, three_limit_body).await;
     assert_eq!((admitted, denied), (500, 700));
+}
+
+/// Every serving thread, HTTP and gRPC, attaches to a single server's store: with one of each,
+/// two lanes come up, each on a connection of its own (so leaving out either port's
+/// `attach_thread` fails this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_serving_thread_opens_its_own_redis_connection() {
+    let redis = RedisServer::start();
+    let policy = format!("{HOT_KEY}{}", on_server(&redis));
+    let server = Server::with_policy(&policy)
+        .system_clock()
+        .args(&[
+            "--http-threads",
+            "1",
+            "--grpc-threads",
+            "1",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .start();
+    let lanes = || async {
+        metric(&server.metrics().await, "spillway_redis_thread_lanes", &[]).unwrap_or(0.0)
+    };
+    let up = wait_until_async(Duration::from_secs(10), || async {
+        (lanes().await >= 2.0).then_some(())
+    })
+    .await;
+    assert!(up.is_some(), "thread lanes up: {}", lanes().await);
+    assert_eq!(lanes().await, 2.0, "one lane per serving thread");
 }

@@ -115,6 +115,22 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Called once by each serving thread, inside its own single-threaded runtime, before it
+    /// serves: a store that talks over the network may set up a lane of its own for the
+    /// thread (a connection and whatever drives it, living on that runtime), so that the
+    /// thread's calls, their I/O and their answers never leave it. The default does nothing.
+    fn attach_thread(&self) {}
+
+    /// Whether a [`Store::check`] of `checks` made now, from this thread, would be served by
+    /// the thread's own lane (see [`Store::attach_thread`]): its I/O and timers stay on this
+    /// thread's runtime and it spawns nothing that must outlive the call. The failure guard
+    /// then polls it where it is instead of on the main runtime. Asked right before the call,
+    /// in the same poll, so the answer holds for it. Called on every request: it must be
+    /// cheap. The default says no.
+    fn served_on_this_thread(&self, _checks: &[Check<'_>]) -> bool {
+        false
+    }
+
     /// Whether the store is reachable, for readiness probes.
     async fn ping(&self) -> Result<(), StoreError>;
 

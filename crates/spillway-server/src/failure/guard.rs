@@ -77,7 +77,11 @@ impl Store for GuardedStore {
         if let Some(decisions) = self.inner.local_answer(checks) {
             return Ok(decisions);
         }
-        self.guarded(checks, self.inner.check(checks, mode)).await
+        // A call this thread's own lane serves stays on this thread; any other goes to the
+        // main runtime (see `super::on_runtime`).
+        let here = self.inner.served_on_this_thread(checks);
+        self.guarded(checks, here, self.inner.check(checks, mode))
+            .await
     }
 
     async fn charge(
@@ -86,8 +90,17 @@ impl Store for GuardedStore {
         report: Option<ReportId>,
     ) -> Result<Charged, StoreError> {
         // A charge is never answered from a cache: it must reach the store to be recorded.
-        self.guarded(checks, self.inner.charge(checks, report))
+        // It spawns a task per slot that must outlive its caller: on the main runtime.
+        self.guarded(checks, false, self.inner.charge(checks, report))
             .await
+    }
+
+    fn attach_thread(&self) {
+        self.inner.attach_thread();
+    }
+
+    fn served_on_this_thread(&self, checks: &[Check<'_>]) -> bool {
+        self.inner.served_on_this_thread(checks)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -112,10 +125,13 @@ impl Store for GuardedStore {
 
 impl GuardedStore {
     /// Runs one store call for `checks` behind the breakers of the domains they touch and the
-    /// budget, and tells the breakers how it went.
+    /// budget, and tells the breakers how it went. `here`: the call is served by this
+    /// thread's own lane ([`Store::served_on_this_thread`]), so it is polled where it is;
+    /// otherwise with the main runtime entered.
     async fn guarded<T>(
         &self,
         checks: &[Check<'_>],
+        here: bool,
         call: impl std::future::Future<Output = Result<T, StoreError>> + Send + Unpin,
     ) -> Result<T, StoreError> {
         let domains = self.inner.domains(checks);
@@ -123,9 +139,12 @@ impl GuardedStore {
         let Some(admitted) = self.breakers.admit(domains, self.clock.now()) else {
             return Err(StoreError::Unavailable(CIRCUIT_OPEN.into()));
         };
-        // On the main runtime: a reconnecting client must not leave its connection's task on
-        // a serving thread (see `crate::serving`).
-        let call = OnRuntime::new(self.runtime.clone(), call);
+        // On the main runtime, unless this thread's own lane serves it: a reconnecting client
+        // must not leave the shared connection's task on a serving thread (see
+        // `crate::serving`), while a lane's timers and I/O belong on its own thread (the main
+        // runtime's timer wheel would be one more lock shared across threads).
+        let runtime = if here { None } else { self.runtime.clone() };
+        let call = OnRuntime::new(runtime, call);
         let outcome = match tokio::time::timeout(self.budget, call).await {
             Ok(outcome) => outcome,
             Err(_) => {
@@ -190,6 +209,83 @@ mod tests {
         fn sweep(&self) -> u64 {
             0
         }
+    }
+
+    /// A store whose check tells on which thread a task it spawns runs, and which says its
+    /// calls are served on the calling thread when `here` is set.
+    struct Where {
+        here: bool,
+        spawned_on: std::sync::Mutex<Option<String>>,
+    }
+
+    #[async_trait]
+    impl Store for Where {
+        async fn check(&self, c: &[Check<'_>], _: CheckMode) -> Result<Vec<Decision>, StoreError> {
+            let name = tokio::spawn(async { std::thread::current().name().map(str::to_owned) })
+                .await
+                .expect("spawned");
+            *self.spawned_on.lock().expect("lock") = name;
+            Ok(Vec::with_capacity(c.len()))
+        }
+        fn served_on_this_thread(&self, _: &[Check<'_>]) -> bool {
+            self.here
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn key_count(&self) -> u64 {
+            0
+        }
+        fn evictions(&self) -> u64 {
+            0
+        }
+        fn sweep(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn a_call_the_thread_serves_itself_stays_on_the_thread_others_go_to_the_main_runtime() {
+        let main = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("the-main-runtime")
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let spawned_on = |here: bool| {
+            let inner = Arc::new(Where {
+                here,
+                spawned_on: std::sync::Mutex::new(None),
+            });
+            let clock = Arc::new(ManualClock::new(1_800_000_000_000_000));
+            // Built on the main runtime, as the server builds it.
+            let guard = main.block_on(async {
+                Arc::new(GuardedStore::new(
+                    inner.clone(),
+                    Duration::from_secs(5),
+                    Arc::new(DomainBreakers::new(3, COOLDOWN)),
+                    Arc::new(EmergencyLimiter::new(clock.clone(), 3)),
+                    clock,
+                ))
+            });
+            std::thread::Builder::new()
+                .name("a-serving-thread".into())
+                .spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime")
+                        .block_on(guard.check(&[], CheckMode::Consume))
+                        .expect("answered");
+                })
+                .expect("thread")
+                .join()
+                .expect("serving thread");
+            let name = inner.spawned_on.lock().expect("lock").clone();
+            name
+        };
+        assert_eq!(spawned_on(false).as_deref(), Some("the-main-runtime"));
+        assert_eq!(spawned_on(true).as_deref(), Some("a-serving-thread"));
     }
 
     /// The breaker's cooldown in these tests.

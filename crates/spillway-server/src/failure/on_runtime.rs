@@ -1,11 +1,19 @@
 //! [`OnRuntime`]: store calls polled with the main runtime entered.
 //!
 //! Requests are served on serving threads, each running a single-threaded runtime that only
-//! runs while its thread serves (see [`crate::serving`]). Work a request starts on a shared
-//! store must not live there: a store client that reconnects spawns its connection's task
-//! wherever it is asked, and a task left on a serving thread's runtime would stall whenever
-//! that thread is busy or gone. The failure guard ([`super::guard`]) wraps every store call in
-//! an [`OnRuntime`] holding the main runtime's handle, so whatever the call spawns lands there.
+//! runs while its thread serves (see [`crate::serving`]). Work a request starts on the store's
+//! shared parts must not live there: a store client that reconnects spawns its connection's
+//! task wherever it is asked, and a shared connection's task left on a serving thread's
+//! runtime would stall every other thread's calls whenever that thread is busy or gone; a
+//! report's per-slot tasks must outlive their caller. The failure guard ([`super::guard`])
+//! wraps every such store call in an [`OnRuntime`] holding the main runtime's handle, so
+//! whatever the call spawns lands there.
+//!
+//! The exception is a call the serving thread's own lane serves
+//! ([`spillway_core::store::Store::served_on_this_thread`]): that lane's connection and
+//! dispatcher live on the thread's runtime on purpose, for the thread's requests only, so the
+//! guard polls it where it is (entering the main runtime would also put its timers on the
+//! main runtime's timer wheel, a lock every thread would share).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -132,6 +132,8 @@ pub async fn start(
         connections,
         shutdown.clone(),
         move |incoming: serving::Incoming| async move {
+            // This thread's own store lane, if the store makes them (see `crate::serving`).
+            state.app.store.attach_thread();
             let rls = Rls(state);
             let routes = Routes::new(health_service)
                 .add_service(RateLimitServiceServer::new(rls.clone()))

@@ -20,8 +20,11 @@
 //! timeouts for headers, idleness and request bodies ([`limits`]), so slow or idle clients
 //! cannot hold the server.
 //!
-//! Work a request starts on a shared store must not live on a serving thread; the failure
-//! guard polls it on the main runtime ([`crate::failure::on_runtime`]).
+//! Each thread, once its runtime runs, calls the store's `attach_thread`: a Redis store on a
+//! single server gives the thread its own connection and batcher, so the thread's checks
+//! never leave it. Any other work a request starts on a shared store must not live on a
+//! serving thread; the failure guard polls it on the main runtime
+//! ([`crate::failure::on_runtime`]).
 //!
 //! Layout: [`threads`] accepts (under the connection cap) and deals connections out to the
 //! per-thread runtimes; [`connection`] runs each connection on its task, closes idle ones and

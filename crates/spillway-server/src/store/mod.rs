@@ -238,6 +238,16 @@ fn describe() {
         "Requests carried by one Redis call (concurrent requests to one server, or to one \
          cluster slot, share a call)."
     );
+    metrics::describe_gauge!(
+        spillway_redis::thread_lane::THREAD_LANES,
+        "Serving threads whose own Redis connection is up and taking their checks (a single \
+         server's store)."
+    );
+    metrics::describe_counter!(
+        spillway_redis::thread_lane::THREAD_LANE_FAILURES,
+        "Failed attempts to make a serving thread's own Redis connection, or to get a ping \
+         answered on it after a failure."
+    );
     metrics::describe_counter!(
         spillway_redis::batch::BATCH_REFUSED,
         "Requests refused at once because their Redis slot's queue (or the store's) was full."

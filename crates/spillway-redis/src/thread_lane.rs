@@ -1,0 +1,342 @@
+//! Thread lanes: a serving thread's own connection and batcher, so that its requests' Redis
+//! calls are sent, read and answered without leaving the thread.
+//!
+//! The server serves requests on threads that each run a single-threaded runtime. Through
+//! the store's shared [`Batcher`], a request would hand its call to a dispatcher on the main
+//! runtime, whose connection's task writes and reads the socket, and the answer would wake the
+//! serving thread from there: two or more wake-ups across threads per call (system calls,
+//! context switches, cold caches). A thread that calls [`ThreadLanes::attach`] (the server's
+//! serving threads do, once, through [`spillway_core::store::Store::attach_thread`]) gets a
+//! lane of its own instead: a connection and a dispatcher made on its runtime, in the
+//! background. Once that connection is up, the thread's single-slot requests go through it;
+//! until then they use the shared path, as does every other thread (the main runtime, tasks
+//! finishing multi-slot requests, reports).
+//!
+//! A lane batches as the shared batcher does (see [`crate::batch`]), over the requests of its
+//! own thread only, and with the bounds of [`crate::batch`] for its own queue.
+//!
+//! # After a failure
+//! The client's connection does not reconnect in the background: after a failed attempt it
+//! keeps the error, hands it to the next call, and only then tries again. A lane left alone
+//! through an outage would so fail its first call after Redis returns, and the breaker's one
+//! half-open probe could land on each stale lane in turn, one cooldown each. So a lane steps
+//! aside instead: once a check on this store fails as unavailable (on a lane or the shared
+//! path), every lane of the store is marked down (this thread's at once, the others when
+//! their task next runs), its thread's requests take the shared path, and its task pings its
+//! own connection, waiting longer between attempts (up to [`RETRY_MAX`]), until it answers;
+//! then the lane is up again. The shared connection, on the other hand, comes back on its
+//! next use (a ping retries once for that; see [`crate::store`]).
+//!
+//! Lanes are made for a single server only. A cluster (one connection per master, and the
+//! slot map) and Sentinel (a master that moves) keep the shared path on every thread.
+//!
+//! # Lifetime
+//! A lane's task (its connection being made, then its dispatcher) lives on its thread's
+//! runtime and ends with it, after the thread's server has drained its connections. It also
+//! ends as soon as its store is dropped: the store holds the sending half of a watch channel
+//! every lane listens to, and a lane whose store is gone takes itself out of its thread's list,
+//! dropping its batcher and with it the connection. So no connection outlives its store.
+
+use crate::batch::Batcher;
+use crate::login::Refusal;
+use crate::runner::{Conn, Runner};
+use redis::aio::ConnectionManager;
+use spillway_core::store::StoreError;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::watch;
+
+/// Gauge of the thread lanes whose connection is up and usable, over every store of the
+/// process (a lane marked down after a failure is off it until its connection answers).
+pub const THREAD_LANES: &str = "spillway_redis_thread_lanes";
+/// Counter of failed attempts to make a thread lane's connection, or to get an answer from
+/// it after a failure.
+pub const THREAD_LANE_FAILURES: &str = "spillway_redis_thread_lane_failures_total";
+
+/// The first wait after a lane's connection failed (to be made, or to answer a ping); it
+/// doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between attempts on a lane's connection.
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Ids of stores, so a thread tells its lanes of different stores apart.
+static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's lanes, one per store it attached to (almost always one).
+    static LANES: RefCell<Vec<Lane>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One store's lane on this thread.
+struct Lane {
+    store: u64,
+    /// The runtime its task runs on: a lane of a runtime that has ended is dropped.
+    runtime: tokio::runtime::Id,
+    /// `None` while its connection is being made.
+    batcher: Option<Arc<Batcher>>,
+    /// Whether requests may take it: its connection is made and has not failed since it
+    /// last answered.
+    up: bool,
+    /// The store's failure count; closed (its sender dropped) once the store is gone.
+    failures: watch::Receiver<u64>,
+}
+
+/// How a lane connects to a single server.
+struct Connect {
+    url: String,
+    settings: redis::aio::ConnectionManagerConfig,
+    /// Bound on one ping of a lane's connection after a failure.
+    ping_limit: Duration,
+}
+
+/// A store's side of its thread lanes; see the module docs.
+pub(crate) struct ThreadLanes {
+    id: u64,
+    /// `None`: this store makes no thread lanes (a cluster or Sentinel).
+    connect: Option<Arc<Connect>>,
+    /// Counts the store's checks that failed as unavailable, which sends every lane to ping
+    /// its connection; dropped with the store, which ends every lane.
+    failures: watch::Sender<u64>,
+}
+
+impl ThreadLanes {
+    /// Lanes for a single server at `url`, each connecting with `settings`; `ping_limit`
+    /// bounds a lane's ping after a failure.
+    pub(crate) fn server(
+        url: &str,
+        settings: redis::aio::ConnectionManagerConfig,
+        ping_limit: Duration,
+    ) -> Self {
+        Self::make(Some(Arc::new(Connect {
+            url: url.to_owned(),
+            settings,
+            ping_limit,
+        })))
+    }
+
+    /// No thread lanes: every call takes the shared path.
+    pub(crate) fn none() -> Self {
+        Self::make(None)
+    }
+
+    fn make(connect: Option<Arc<Connect>>) -> Self {
+        Self {
+            id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
+            connect,
+            failures: watch::channel(0).0,
+        }
+    }
+
+    /// Starts this thread's lane, calling like `template` (its timeout, Functions or scripts,
+    /// injected time) over a connection of its own, on the current runtime; nothing outside a
+    /// single-threaded runtime (a task on a multi-threaded one may run on any of its workers,
+    /// so it could not keep to this thread), for a store without lanes, or if the thread has
+    /// one already on this runtime.
+    pub(crate) fn attach(&self, template: &Runner) {
+        let Some(connect) = self.connect.clone() else {
+            return;
+        };
+        let Ok(handle) = Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
+            return;
+        }
+        let runtime = handle.id();
+        let fresh = LANES.with_borrow_mut(|lanes| {
+            // Lanes whose task could not take them out are dropped here: their store is gone,
+            // or their runtime ended (its task with it) while the thread lives on.
+            lanes.retain(|lane| lane.failures.has_changed().is_ok() && lane.runtime == runtime);
+            if lanes.iter().any(|lane| lane.store == self.id) {
+                return false;
+            }
+            lanes.push(Lane {
+                store: self.id,
+                runtime,
+                batcher: None,
+                up: false,
+                failures: self.failures.subscribe(),
+            });
+            true
+        });
+        if !fresh {
+            return;
+        }
+        let (id, template) = (self.id, template.clone());
+        let (failures, mut gone) = (self.failures.subscribe(), self.failures.subscribe());
+        tokio::spawn(async move {
+            // Ends only once the store is gone (a changed count is not an end).
+            let store_gone = async move { while gone.changed().await.is_ok() {} };
+            tokio::select! {
+                () = run(id, &connect, template, failures) => {}
+                () = store_gone => {}
+            }
+            let _ = LANES.try_with(|lanes| lanes.borrow_mut().retain(|lane| lane.store != id));
+        });
+    }
+
+    /// This thread's lane for the store, if it is up.
+    ///
+    /// [`ThreadLanes::ready_here`] answers the same question for the failure guard just
+    /// before the store's check asks this one: nothing may await between the two, so the
+    /// guard's answer (poll the call here, or on the main runtime) holds for the path taken.
+    pub(crate) fn here(&self) -> Option<Arc<Batcher>> {
+        self.connect.as_ref()?;
+        LANES
+            .try_with(|lanes| {
+                lanes
+                    .borrow()
+                    .iter()
+                    .find(|lane| lane.store == self.id && lane.up)
+                    .and_then(|lane| lane.batcher.clone())
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Whether this thread has the store's lane up: what [`ThreadLanes::here`] will say when
+    /// the check that follows, with no await between, asks it.
+    pub(crate) fn ready_here(&self) -> bool {
+        self.connect.is_some()
+            && LANES
+                .try_with(|lanes| {
+                    lanes
+                        .borrow()
+                        .iter()
+                        .any(|lane| lane.store == self.id && lane.up && lane.batcher.is_some())
+                })
+                .unwrap_or(false)
+    }
+
+    /// Tells the lanes that a check failed with `err`: if Redis was unavailable, this
+    /// thread's lane is marked down at once and every lane is sent to ping its connection
+    /// (see the module docs).
+    pub(crate) fn failed(&self, err: &StoreError) {
+        if self.connect.is_none() || !matches!(err, StoreError::Unavailable(_)) {
+            return;
+        }
+        set_up(self.id, false);
+        self.failures.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Marks this thread's lane of store `id` up or down; whether it has one.
+fn set_up(id: u64, up: bool) -> bool {
+    LANES
+        .try_with(|lanes| {
+            let mut lanes = lanes.borrow_mut();
+            let lane = lanes.iter_mut().find(|lane| lane.store == id)?;
+            lane.up = up && lane.batcher.is_some();
+            Some(())
+        })
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+/// A lane's life on its thread: makes its connection (again after a wait while that fails),
+/// hands its batcher to the thread's list, and drives its dispatcher, which runs until the
+/// task is dropped (the store gone, or the runtime ended). Beside it, after each failure the
+/// store reports, it takes the lane down until its connection answers a ping.
+async fn run(id: u64, connect: &Connect, template: Runner, mut failures: watch::Receiver<u64>) {
+    let mut wait = RETRY_FIRST;
+    let mut warned = false;
+    let conn = loop {
+        let refusal = Refusal::store("the username/password in its URL");
+        match refusal
+            .connect_server(&connect.url, connect.settings.clone())
+            .await
+        {
+            Ok(conn) => break conn,
+            Err(err) => {
+                metrics::counter!(THREAD_LANE_FAILURES).increment(1);
+                if warned {
+                    tracing::debug!(error = %err, retry_ms = wait.as_millis() as u64,
+                        "a serving thread's Redis connection failed again");
+                } else {
+                    warned = true;
+                    tracing::warn!(error = %err, retry_ms = wait.as_millis() as u64,
+                        "a serving thread could not make its own Redis connection; its \
+                         requests take the shared one while it keeps trying");
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+        }
+    };
+    let probe = conn.clone();
+    let (batcher, dispatcher) = Batcher::new(template.with_conn(Conn::Server(conn)));
+    let placed = LANES
+        .try_with(|lanes| {
+            let mut lanes = lanes.borrow_mut();
+            let lane = lanes.iter_mut().find(|lane| lane.store == id)?;
+            lane.batcher = Some(Arc::new(batcher));
+            lane.up = true;
+            Some(())
+        })
+        .ok()
+        .flatten();
+    if placed.is_none() {
+        return;
+    }
+    failures.borrow_and_update();
+    let mend = async move {
+        let mut counted = Some(Up::new());
+        // `changed` fails once the store is gone, which ends the lane anyway.
+        while failures.changed().await.is_ok() {
+            set_up(id, false);
+            counted = None;
+            answers(&probe, connect.ping_limit).await;
+            if !set_up(id, true) {
+                return;
+            }
+            counted.get_or_insert_with(Up::new);
+        }
+        drop(counted);
+    };
+    tokio::select! {
+        () = dispatcher => {}
+        () = mend => {}
+    }
+}
+
+/// Pings `conn` until it answers, waiting longer after each failure (up to [`RETRY_MAX`]);
+/// each failed ping also starts the client's own reconnection.
+async fn answers(conn: &ConnectionManager, limit: Duration) {
+    let mut wait = RETRY_FIRST;
+    loop {
+        let mut conn = conn.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(limit, ping).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "a serving thread's Redis connection is still down");
+            }
+            Err(_) => tracing::debug!("a serving thread's Redis connection did not answer a ping"),
+        }
+        metrics::counter!(THREAD_LANE_FAILURES).increment(1);
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
+
+/// A lane counted in [`THREAD_LANES`] while it is up, however its task ends (its store
+/// dropped, or its runtime shut down).
+struct Up;
+
+impl Up {
+    fn new() -> Self {
+        metrics::gauge!(THREAD_LANES).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        metrics::gauge!(THREAD_LANES).decrement(1.0);
+    }
+}

@@ -1,0 +1,305 @@
+//! A serving thread's own lane (see `spillway_redis::thread_lane`): once a thread has
+//! attached, its checks go out on a connection of its own, which steps aside after a failure
+//! until it answers again, and closes when the store is dropped. Each test runs the store's "serving thread" as a plain
+//! thread with a single-threaded runtime, as the server does, and reads which connection
+//! did what from Redis's `CLIENT LIST`.
+
+mod common;
+
+use common::{check, key, window};
+use spillway_core::request::CheckMode;
+use spillway_core::store::{Store, StoreError};
+use spillway_redis::{RedisConfig, RedisStore, Target};
+use spillway_testkit::redis::RedisServer;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// The clients connected to the server on `port` (other than the one asking), as their
+/// `id` and the last command each ran.
+fn clients(port: u16) -> Vec<(u64, String)> {
+    let list = spillway_testkit::redis::command(port, "CLIENT LIST").unwrap_or_default();
+    list.lines()
+        .filter(|line| line.contains("id="))
+        .filter_map(|line| {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            let id = field("id=")?.parse().ok()?;
+            let cmd = field("cmd=")?;
+            Some((id, cmd))
+        })
+        .filter(|(_, cmd)| cmd != "client|list")
+        .collect()
+}
+
+/// Polls `what` every 10 ms until it holds, for at most 5 s (waiting on another process:
+/// a connection being made or closed).
+async fn eventually(mut what: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !what() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+async fn store(url: String, timeout: Duration) -> Arc<RedisStore> {
+    let mut config = RedisConfig::new(Target::Server(url));
+    config.timeout = timeout;
+    config.local_cache_keys = 0;
+    Arc::new(RedisStore::connect(&config).await.expect("connects"))
+}
+
+/// One allowed check of a large window.
+async fn one_check(store: &RedisStore) -> Result<(), StoreError> {
+    let k = key("lanes", &["u"]);
+    let params = window(1_000_000);
+    let d = store
+        .check(&[check(&k, &params, 1)], CheckMode::Consume)
+        .await?;
+    assert!(d[0].allowed);
+    Ok(())
+}
+
+/// Runs `work` on a new thread's single-threaded runtime after the thread attached to
+/// `store` and its lane came up; the thread's runtime keeps running (its lane with it) until
+/// `stop` fires, then the thread ends.
+fn serving_thread<F, Fut>(
+    store: Arc<RedisStore>,
+    stop: oneshot::Receiver<()>,
+    work: F,
+) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce(Arc<RedisStore>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            store.attach_thread();
+            assert!(
+                eventually(|| store.served_on_this_thread(&[])).await,
+                "the thread's lane comes up"
+            );
+            work(store).await;
+            let _ = stop.await;
+        });
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_thread_checks_on_its_own_connection() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let store = store(server.url(), Duration::from_secs(2)).await;
+    let shared = clients(port);
+    assert_eq!(shared.len(), 1, "one shared connection: {shared:?}");
+    let shared = shared[0].0;
+    // Not attached (the main runtime): the shared connection.
+    assert!(!store.served_on_this_thread(&[]));
+    one_check(&store).await.expect("answered");
+    assert!(clients(port).contains(&(shared, "fcall".into())));
+
+    let (stop, stopped) = oneshot::channel();
+    let (seen, saw) = oneshot::channel();
+    let thread = serving_thread(store.clone(), stopped, move |store| async move {
+        // Something else last on the shared connection, so the check's `fcall` shows where
+        // it went.
+        store.ping().await.expect("ping");
+        for _ in 0..3 {
+            one_check(&store).await.expect("answered on the lane");
+        }
+        let _ = seen.send(clients(port));
+    });
+    let after = saw.await.expect("the thread reports");
+    assert_eq!(
+        after.len(),
+        2,
+        "the shared connection and the lane's: {after:?}"
+    );
+    for (id, cmd) in &after {
+        if *id == shared {
+            assert_eq!(cmd, "ping", "the check did not take the shared connection");
+        } else {
+            assert_eq!(cmd, "fcall", "the check took the thread's own connection");
+        }
+    }
+    let _ = stop.send(());
+    thread.join().expect("thread");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_store_closes_its_thread_lanes() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let store = store(server.url(), Duration::from_secs(2)).await;
+    let mut threads = Vec::new();
+    let mut stops = Vec::new();
+    for _ in 0..3 {
+        let (stop, stopped) = oneshot::channel();
+        let (ready, up) = oneshot::channel();
+        threads.push(serving_thread(store.clone(), stopped, |store| async move {
+            one_check(&store).await.expect("answered");
+            drop(store);
+            let _ = ready.send(());
+        }));
+        up.await.expect("lane up");
+        stops.push(stop);
+    }
+    assert_eq!(
+        clients(port).len(),
+        4,
+        "the shared connection and three lanes"
+    );
+    // The threads keep running; only the store goes.
+    drop(store);
+    assert!(
+        eventually(|| clients(port).is_empty()).await,
+        "every connection closed with the store: {:?}",
+        clients(port)
+    );
+    for (stop, thread) in stops.into_iter().zip(threads) {
+        let _ = stop.send(());
+        thread.join().expect("thread");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
+    let mut server = RedisServer::start();
+    let port = server.port();
+    let timeout = Duration::from_millis(300);
+    let store = store(server.url(), timeout).await;
+    let (stop, stopped) = oneshot::channel();
+    let (down, went_down) = oneshot::channel::<()>();
+    let (back, came_back) = oneshot::channel::<()>();
+    let (result, outcome) = oneshot::channel();
+    let thread = serving_thread(store.clone(), stopped, move |store| async move {
+        one_check(&store).await.expect("answered");
+        let _ = went_down.await;
+        let started = Instant::now();
+        let failed = one_check(&store).await.is_err();
+        let took = started.elapsed();
+        let _ = came_back.await;
+        // Checks are answered again, on the shared path while the lane steps aside, then on
+        // the lane (the restarted server is empty: the Functions library is loaded again on
+        // the way).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut answered = false;
+        while !answered && Instant::now() < deadline {
+            answered = one_check(&store).await.is_ok();
+            if !answered {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // The lane steps aside after the failure and is up again once its connection
+        // answers (the checks above may have taken the shared path meanwhile).
+        assert!(
+            eventually(|| store.served_on_this_thread(&[])).await,
+            "lane up again"
+        );
+        // Which connection the next check takes: something else last on the shared one.
+        store.ping().await.expect("ping");
+        one_check(&store).await.expect("answered");
+        let _ = result.send((failed, took, answered, clients(port)));
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.kill();
+    let _ = down.send(());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.restart();
+    let _ = back.send(());
+    let (failed, took, recovered, after) = outcome.await.expect("the thread reports");
+    assert!(failed, "a check with Redis gone fails");
+    assert!(
+        took < timeout + Duration::from_millis(200),
+        "and within the store's timeout: {took:?}"
+    );
+    assert!(recovered, "checks are answered again once Redis is back");
+    // Two connections, the shared one (which pinged last) and the lane's (which checked
+    // last): the check went out on the thread's own connection again.
+    assert_eq!(after.len(), 2, "{after:?}");
+    let pinged: Vec<_> = after.iter().filter(|(_, cmd)| cmd == "ping").collect();
+    let checked: Vec<_> = after.iter().filter(|(_, cmd)| cmd == "fcall").collect();
+    assert!(
+        pinged.len() == 1 && checked.len() == 1 && pinged[0].0 != checked[0].0,
+        "the check went out on the lane's own connection: {after:?}"
+    );
+    let _ = stop.send(());
+    thread.join().expect("thread");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_threaded_runtime_gets_no_lane() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let store = store(server.url(), Duration::from_secs(2)).await;
+    store.attach_thread();
+    one_check(&store).await.expect("answered");
+    // Give a lane (were one made) the time to connect.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!store.served_on_this_thread(&[]));
+    assert_eq!(clients(port).len(), 1, "the shared connection only");
+}
+
+/// After one thread's check fails with Redis gone, every lane of the store is marked down,
+/// including one whose thread sent nothing during the outage (its connection is as dead, and
+/// the client only notices on a call), and each comes back once its own connection answers:
+/// the first check on it after Redis returns is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lane_steps_aside_after_a_failure_and_comes_back_answering() {
+    let mut server = RedisServer::start();
+    let store = store(server.url(), Duration::from_millis(300)).await;
+    // A quiet thread: attached, one check, then only watches its lane.
+    let (stop, stopped) = oneshot::channel();
+    let (down, went_down) = oneshot::channel::<()>();
+    let (back, came_back) = oneshot::channel::<()>();
+    let (result, outcome) = oneshot::channel();
+    let quiet = serving_thread(store.clone(), stopped, move |store| async move {
+        one_check(&store).await.expect("answered");
+        let _ = went_down.await;
+        let stepped_aside = eventually(|| !store.served_on_this_thread(&[])).await;
+        let _ = came_back.await;
+        let up_again = eventually(|| store.served_on_this_thread(&[])).await;
+        // The lane is used again only once its connection answered, so its first check
+        // after the outage does not fail.
+        let first = one_check(&store).await;
+        let _ = result.send((stepped_aside, up_again, first));
+    });
+    // A busy thread, whose check meets the outage.
+    let (stop_busy, stopped_busy) = oneshot::channel();
+    let (failed, fails) = oneshot::channel::<bool>();
+    let (killed, was_killed) = oneshot::channel::<()>();
+    let busy = serving_thread(store.clone(), stopped_busy, move |store| async move {
+        let _ = was_killed.await;
+        let _ = failed.send(one_check(&store).await.is_err());
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server.kill();
+    let _ = killed.send(());
+    assert!(
+        fails.await.expect("busy reports"),
+        "a check with Redis gone fails"
+    );
+    let _ = down.send(());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart();
+    let _ = back.send(());
+    let (stepped_aside, up_again, first) = outcome.await.expect("the quiet thread reports");
+    assert!(stepped_aside, "the quiet thread's lane was marked down");
+    assert!(up_again, "and came back once Redis did");
+    assert!(first.is_ok(), "its first check after the outage: {first:?}");
+    let _ = stop.send(());
+    let _ = stop_busy.send(());
+    quiet.join().expect("quiet");
+    busy.join().expect("busy");
+}
