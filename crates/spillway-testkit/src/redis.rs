@@ -43,7 +43,7 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// Sends one inline command and returns the first reply line, if the server answers.
+/// Sends one inline command and returns its whole reply as text, if the server answers.
 pub fn command(port: u16, cmd: &str) -> Option<String> {
     command_as(port, None, cmd)
 }
@@ -63,8 +63,41 @@ pub fn command_as(port: u16, password: Option<&str>, cmd: &str) -> Option<String
         }
     }
     s.write_all(format!("{cmd}\r\n").as_bytes()).ok()?;
-    let n = s.read(&mut buf).ok()?;
-    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    // A long reply (`CLIENT LIST`, `INFO`) can arrive in several reads: read until it is whole.
+    let mut reply = Vec::new();
+    while reply_end(&reply, 0).is_none() {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+    }
+    Some(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// Where the RESP value starting at `at` in `bytes` ends, or `None` while it is incomplete.
+fn reply_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let line_end = at + bytes.get(at..)?.windows(2).position(|w| w == b"\r\n")? + 2;
+    let number = || -> Option<i64> {
+        std::str::from_utf8(&bytes[at + 1..line_end - 2])
+            .ok()?
+            .parse()
+            .ok()
+    };
+    match bytes[at] {
+        b'$' => match usize::try_from(number()?) {
+            Ok(len) => (bytes.len() >= line_end + len + 2).then_some(line_end + len + 2),
+            Err(_) => Some(line_end), // `$-1`: no value
+        },
+        b'*' => {
+            let mut end = line_end;
+            for _ in 0..number()?.max(0) {
+                end = reply_end(bytes, end)?;
+            }
+            Some(end)
+        }
+        _ => Some(line_end),
+    }
 }
 
 /// One `redis-server` process, killed on drop.
@@ -240,5 +273,28 @@ mod tests {
         assert!(draws >= 4, "started on the first attempt: {draws} draws");
         assert!(node.bus.is_some_and(|bus| bus != taken_port));
         assert!(command(node.port(), "PING").is_some_and(|r| r.starts_with("+PONG")));
+    }
+}
+
+#[cfg(test)]
+mod reply_tests {
+    use super::reply_end;
+
+    #[test]
+    fn a_reply_is_whole_only_once_every_byte_of_it_is_read() {
+        let whole: &[&[u8]] = &[
+            b"+OK\r\n",
+            b"-ERR no\r\n",
+            b":12\r\n",
+            b"$-1\r\n",
+            b"$5\r\nab\r\nc\r\n",
+            b"*2\r\n$1\r\na\r\n*1\r\n:1\r\n",
+        ];
+        for reply in whole {
+            assert_eq!(reply_end(reply, 0), Some(reply.len()), "{reply:?}");
+            for cut in 0..reply.len() {
+                assert_eq!(reply_end(&reply[..cut], 0), None, "{reply:?} cut at {cut}");
+            }
+        }
     }
 }
