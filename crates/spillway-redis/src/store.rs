@@ -145,9 +145,12 @@ impl RedisStore {
         runner.prepare().await;
         let batcher = Batcher::start(runner.clone());
         let lanes = match &config.target {
-            Target::Server(url) => {
-                ThreadLanes::server(url, server_settings, timeout.max(Duration::from_secs(1)))
-            }
+            Target::Server(url) => ThreadLanes::server(
+                url,
+                config,
+                server_settings,
+                timeout.max(Duration::from_secs(1)),
+            ),
             Target::Cluster(_) | Target::Sentinel { .. } => ThreadLanes::none(),
         };
         Ok(Self {

@@ -87,6 +87,10 @@ struct Lane {
 /// How a lane connects to a single server.
 struct Connect {
     url: String,
+    /// Whose Redis it is and the setting to check, should the server refuse the login (as the
+    /// store's own connection words it; see [`crate::login::Refusal`]).
+    owner: String,
+    login_hint: String,
     settings: redis::aio::ConnectionManagerConfig,
     /// Bound on one ping of a lane's connection after a failure.
     ping_limit: Duration,
@@ -107,11 +111,14 @@ impl ThreadLanes {
     /// bounds a lane's ping after a failure.
     pub(crate) fn server(
         url: &str,
+        config: &crate::config::RedisConfig,
         settings: redis::aio::ConnectionManagerConfig,
         ping_limit: Duration,
     ) -> Self {
         Self::make(Some(Arc::new(Connect {
             url: url.to_owned(),
+            owner: config.owner.clone(),
+            login_hint: config.login_hint.clone(),
             settings,
             ping_limit,
         })))
@@ -245,7 +252,7 @@ async fn run(id: u64, connect: &Connect, template: Runner, mut failures: watch::
     let mut wait = RETRY_FIRST;
     let mut warned = false;
     let conn = loop {
-        let refusal = Refusal::store("the username/password in its URL");
+        let refusal = Refusal::of(&connect.owner, &connect.login_hint);
         match refusal
             .connect_server(&connect.url, connect.settings.clone())
             .await

@@ -50,7 +50,7 @@ async fn eventually(mut what: impl FnMut() -> bool) -> bool {
 }
 
 async fn store(url: String, timeout: Duration) -> Arc<RedisStore> {
-    let mut config = RedisConfig::new(Target::Server(url));
+    let mut config = RedisConfig::new(Target::Server(url), "the test's URL");
     config.timeout = timeout;
     config.local_cache_keys = 0;
     Arc::new(RedisStore::connect(&config).await.expect("connects"))
