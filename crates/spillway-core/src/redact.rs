@@ -158,7 +158,14 @@ struct SeedLogin {
 
 fn seed_login(url: &str) -> Option<SeedLogin> {
     let rest = url.strip_prefix("redis://")?;
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // An `@` past the authority's end is a password holding a raw `/`, `?` or `#`: no URL
+    // the client reads (it is left to the client's own error), and reading it here would take
+    // the start of the password for the server's address and print it.
+    if rest[end..].contains('@') {
+        return None;
+    }
+    let authority = &rest[..end];
     let (userinfo, host) = match authority.rfind('@') {
         Some(at) => (&authority[..at], &authority[at + 1..]),
         None => ("", authority),
@@ -275,6 +282,15 @@ mod tests {
         );
         let told = differ(&["redis://app:pw@a:1", "redis://:pw@b:2"]);
         assert_eq!((told.index, told.what), (1, "username"));
+        // A password with a raw `/` is no URL the client reads: left out, never printed.
+        assert_eq!(
+            seeds_disagree(&["redis://:pa/ss@a:1", "redis://:x@b:2"]),
+            None
+        );
+        assert_eq!(
+            seeds_disagree(&["redis://:x@b:2", "redis://:pa?ss@a:1"]),
+            None
+        );
         let text = differ(&["redis://:s3cret@a:1", "redis://:typo@b:2"]).to_string();
         assert!(
             text.contains("a:1 and b:2 give different passwords")

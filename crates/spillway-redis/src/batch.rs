@@ -104,6 +104,18 @@ pub const BATCH_REFUSED: &str = "spillway_redis_batch_refused_total";
 /// resharding (`TRYAGAIN`, or a redirect the client could not follow).
 pub const BATCH_RETRIED: &str = "spillway_redis_batch_retried_total";
 
+/// Why a request of a stalled cluster slot's full lane is refused at once.
+const SLOT_QUEUE_FULL: &str =
+    "the queue for this key's slot is full (its node is slow or unreachable)";
+/// Why a request is refused at once when every lane together is full.
+const STORE_QUEUE_FULL: &str = "the queue for the store is full";
+
+/// Whether `err` is this batcher refusing a request because its queue was full, which says
+/// nothing about the connection (the thread lanes must not step aside for it).
+pub(crate) fn refused_as_full(err: &StoreError) -> bool {
+    matches!(err, StoreError::Unavailable(why) if why == SLOT_QUEUE_FULL || why == STORE_QUEUE_FULL)
+}
+
 /// How often, at most, a full store sweeps every lane for callers that gave up.
 const SWEEP_EVERY: Duration = Duration::from_millis(5);
 
@@ -342,9 +354,9 @@ impl Lanes {
         let lane = self.lane(id);
         let beyond = lane.waiting.len().checked_sub(lane.goes_now())?;
         if cap.is_some_and(|cap| beyond >= cap) && lane.progress.elapsed() >= stall {
-            Some("the queue for this key's slot is full (its node is slow or unreachable)")
+            Some(SLOT_QUEUE_FULL)
         } else if total >= QUEUE {
-            Some("the queue for the store is full")
+            Some(STORE_QUEUE_FULL)
         } else {
             None
         }
@@ -614,11 +626,13 @@ mod tests {
         (job, reply)
     }
 
+    /// How many of `answers` are refusals for a full queue, told apart from an unreachable
+    /// Redis as the thread lanes tell them (`refused_as_full`).
     fn refused(answers: &mut [Answer]) -> usize {
         answers
             .iter_mut()
             .map(oneshot::Receiver::try_recv)
-            .filter(|r| matches!(r, Ok(Err(StoreError::Unavailable(_)))))
+            .filter(|r| matches!(r, Ok(Err(err)) if refused_as_full(err)))
             .count()
     }
 

@@ -220,9 +220,15 @@ impl ThreadLanes {
 
     /// Tells the lanes that a check failed with `err`: if Redis was unavailable, this
     /// thread's lane is marked down at once and every lane is sent to ping its connection
-    /// (see the module docs).
+    /// (see the module docs). A batcher refusing a request because its queue was full says
+    /// nothing about the connection and sends no lane aside: under overload, lanes stepping
+    /// aside would pile every thread's requests onto the one shared queue, which would then
+    /// refuse more.
     pub(crate) fn failed(&self, err: &StoreError) {
-        if self.connect.is_none() || !matches!(err, StoreError::Unavailable(_)) {
+        if self.connect.is_none()
+            || !matches!(err, StoreError::Unavailable(_))
+            || crate::batch::refused_as_full(err)
+        {
             return;
         }
         set_up(self.id, false);

@@ -207,9 +207,11 @@ async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
             eventually(|| store.served_on_this_thread(&[])).await,
             "lane up again"
         );
-        // Which connection the next check takes: something else last on the shared one.
-        store.ping().await.expect("ping");
+        // Which connection the next check takes: the shared one pings after it, so a check
+        // sent there would leave both connections on `ping` (the lane's last command is its
+        // own repair ping then).
         one_check(&store).await.expect("answered");
+        store.ping().await.expect("ping");
         let _ = result.send((failed, took, answered, clients(port)));
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -225,8 +227,8 @@ async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
         "and within the store's timeout: {took:?}"
     );
     assert!(recovered, "checks are answered again once Redis is back");
-    // Two connections, the shared one (which pinged last) and the lane's (which checked
-    // last): the check went out on the thread's own connection again.
+    // Two connections, the shared one (which pinged after the check) and the lane's (which
+    // checked last): the check went out on the thread's own connection again.
     assert_eq!(after.len(), 2, "{after:?}");
     let pinged: Vec<_> = after.iter().filter(|(_, cmd)| cmd == "ping").collect();
     let checked: Vec<_> = after.iter().filter(|(_, cmd)| cmd == "fcall").collect();

@@ -294,6 +294,18 @@ mod tests {
         aggregate_policy(&format!("store:\n  type: redis\n  regions:\n{regions}\n"))
     }
 
+    /// The far region `eu` on `config`, called with a one-second budget.
+    fn far_region_eu(config: spillway_core::policy::StoreConfig) -> Remote {
+        Remote {
+            name: "eu".into(),
+            config,
+            refusal: Default::default(),
+            budget: Duration::from_secs(1),
+            clock: ServerClock::manual(1_000).shared(),
+            store: tokio::sync::OnceCell::new(),
+        }
+    }
+
     #[test]
     fn one_region_decides_as_without_regions() {
         let clock = ServerClock::manual(1_000);
@@ -320,14 +332,7 @@ mod tests {
                 urls: vec![format!("redis://:s3cret@127.0.0.1:{port}")],
                 ..Default::default()
             });
-        let remote = Remote {
-            name: "eu".into(),
-            config,
-            refusal: Default::default(),
-            budget: Duration::from_secs(1),
-            clock: ServerClock::manual(1_000).shared(),
-            store: tokio::sync::OnceCell::new(),
-        };
+        let remote = far_region_eu(config);
         let err = remote
             .ping()
             .await
@@ -350,14 +355,7 @@ mod tests {
                 urls: vec![format!("redis://:wrong-pw-Ub6@127.0.0.1:{}", eu.port())],
                 ..Default::default()
             });
-        let remote = Remote {
-            name: "eu".into(),
-            config,
-            refusal: Default::default(),
-            budget: Duration::from_secs(1),
-            clock: ServerClock::manual(1_000).shared(),
-            store: tokio::sync::OnceCell::new(),
-        };
+        let remote = far_region_eu(config);
         let logs = crate::test_support::Logs::capture();
         for _ in 0..3 {
             assert!(remote.ping().await.is_err());
@@ -407,14 +405,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let remote = Remote {
-            name: "eu".into(),
-            config,
-            refusal: Default::default(),
-            budget: Duration::from_secs(1),
-            clock: ServerClock::manual(1_000).shared(),
-            store: tokio::sync::OnceCell::new(),
-        };
+        let remote = far_region_eu(config);
         let logs = crate::test_support::Logs::capture();
         let ports = eu.ports();
         let mut taken = Vec::new();
