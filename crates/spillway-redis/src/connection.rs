@@ -107,4 +107,22 @@ impl Conn {
             Self::Sentinel(c) => pipe.query_async(c).await,
         }
     }
+
+    /// Runs a pipeline, cut after `within` with an `Io` error "no answer ... within": for
+    /// callers that must not wait on a hung server for as long as the client would (it may
+    /// try a cluster's call again).
+    pub async fn pipeline_within<T: FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+        within: std::time::Duration,
+    ) -> RedisResult<T> {
+        match tokio::time::timeout(within, self.pipeline(pipe)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(RedisError::from((
+                ErrorKind::Io,
+                "no answer",
+                format!("within {within:?}"),
+            ))),
+        }
+    }
 }

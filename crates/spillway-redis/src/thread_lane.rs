@@ -207,15 +207,7 @@ impl ThreadLanes {
     /// Whether this thread has the store's lane up: what [`ThreadLanes::here`] will say when
     /// the check that follows, with no await between, asks it.
     pub(crate) fn ready_here(&self) -> bool {
-        self.connect.is_some()
-            && LANES
-                .try_with(|lanes| {
-                    lanes
-                        .borrow()
-                        .iter()
-                        .any(|lane| lane.store == self.id && lane.up && lane.batcher.is_some())
-                })
-                .unwrap_or(false)
+        self.here().is_some()
     }
 
     /// Tells the lanes that a check failed with `err`: if Redis was unavailable, this
@@ -351,5 +343,44 @@ impl Up {
 impl Drop for Up {
     fn drop(&mut self) {
         metrics::gauge!(THREAD_LANES).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RedisConfig, Target};
+
+    /// Only an unreachable Redis sends the lanes aside; a batcher refusing a request because
+    /// its queue was full says nothing about the connection. (No server needed: making the
+    /// store's side of its lanes connects nothing.)
+    #[test]
+    fn only_an_unreachable_redis_sends_the_lanes_aside() {
+        let url = "redis://127.0.0.1:1";
+        let config = RedisConfig::new(Target::Server(url.into()), "the test's URL");
+        let lanes = ThreadLanes::server(
+            url,
+            &config,
+            redis::aio::ConnectionManagerConfig::new(),
+            Duration::from_secs(1),
+        );
+        let sent_aside = || *lanes.failures.borrow();
+        for full in [
+            crate::batch::SLOT_QUEUE_FULL,
+            crate::batch::STORE_QUEUE_FULL,
+        ] {
+            lanes.failed(&StoreError::Unavailable(full.into()));
+        }
+        lanes.failed(&StoreError::Timeout(Duration::from_millis(100)));
+        lanes.failed(&StoreError::Protocol("a script error".into()));
+        assert_eq!(sent_aside(), 0, "nothing said the connection failed");
+        lanes.failed(&StoreError::Unavailable(
+            "Connection refused (os error 111)".into(),
+        ));
+        assert_eq!(
+            sent_aside(),
+            1,
+            "a refused connection sends every lane aside"
+        );
     }
 }

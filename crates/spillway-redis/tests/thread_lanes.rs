@@ -87,7 +87,7 @@ where
         runtime.block_on(async move {
             store.attach_thread();
             assert!(
-                eventually(|| store.served_on_this_thread(&[])).await,
+                eventually(|| store.served_on_this_thread()).await,
                 "the thread's lane comes up"
             );
             work(store).await;
@@ -105,7 +105,7 @@ async fn an_attached_thread_checks_on_its_own_connection() {
     assert_eq!(shared.len(), 1, "one shared connection: {shared:?}");
     let shared = shared[0].0;
     // Not attached (the main runtime): the shared connection.
-    assert!(!store.served_on_this_thread(&[]));
+    assert!(!store.served_on_this_thread());
     one_check(&store).await.expect("answered");
     assert!(clients(port).contains(&(shared, "fcall".into())));
 
@@ -183,12 +183,18 @@ async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
     let (down, went_down) = oneshot::channel::<()>();
     let (back, came_back) = oneshot::channel::<()>();
     let (result, outcome) = oneshot::channel();
+    // Each step waits for the one before it, not for a guessed time: the lane is up and has
+    // answered before Redis is killed, and the failed check is over before Redis returns.
+    let (ready, is_ready) = oneshot::channel::<()>();
+    let (met, met_outage) = oneshot::channel::<()>();
     let thread = serving_thread(store.clone(), stopped, move |store| async move {
         one_check(&store).await.expect("answered");
+        let _ = ready.send(());
         let _ = went_down.await;
         let started = Instant::now();
         let failed = one_check(&store).await.is_err();
         let took = started.elapsed();
+        let _ = met.send(());
         let _ = came_back.await;
         // Checks are answered again, on the shared path while the lane steps aside, then on
         // the lane (the restarted server is empty: the Functions library is loaded again on
@@ -204,7 +210,7 @@ async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
         // The lane steps aside after the failure and is up again once its connection
         // answers (the checks above may have taken the shared path meanwhile).
         assert!(
-            eventually(|| store.served_on_this_thread(&[])).await,
+            eventually(|| store.served_on_this_thread()).await,
             "lane up again"
         );
         // Which connection the next check takes: the shared one pings after it, so a check
@@ -214,10 +220,10 @@ async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
         store.ping().await.expect("ping");
         let _ = result.send((failed, took, answered, clients(port)));
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    is_ready.await.expect("the thread's lane answered");
     server.kill();
     let _ = down.send(());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    met_outage.await.expect("the thread met the outage");
     server.restart();
     let _ = back.send(());
     let (failed, took, recovered, after) = outcome.await.expect("the thread reports");
@@ -249,7 +255,7 @@ async fn a_multi_threaded_runtime_gets_no_lane() {
     one_check(&store).await.expect("answered");
     // Give a lane (were one made) the time to connect.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!store.served_on_this_thread(&[]));
+    assert!(!store.served_on_this_thread());
     assert_eq!(clients(port).len(), 1, "the shared connection only");
 }
 
@@ -266,12 +272,18 @@ async fn every_lane_steps_aside_after_a_failure_and_comes_back_answering() {
     let (down, went_down) = oneshot::channel::<()>();
     let (back, came_back) = oneshot::channel::<()>();
     let (result, outcome) = oneshot::channel();
+    // Steps wait for each other, not for guessed times: both lanes are up before Redis is
+    // killed, and the quiet lane has stepped aside (or given up looking) before it returns.
+    let (quiet_ready, quiet_is_ready) = oneshot::channel::<()>();
+    let (looked, quiet_looked) = oneshot::channel::<()>();
     let quiet = serving_thread(store.clone(), stopped, move |store| async move {
         one_check(&store).await.expect("answered");
+        let _ = quiet_ready.send(());
         let _ = went_down.await;
-        let stepped_aside = eventually(|| !store.served_on_this_thread(&[])).await;
+        let stepped_aside = eventually(|| !store.served_on_this_thread()).await;
+        let _ = looked.send(());
         let _ = came_back.await;
-        let up_again = eventually(|| store.served_on_this_thread(&[])).await;
+        let up_again = eventually(|| store.served_on_this_thread()).await;
         // The lane is used again only once its connection answered, so its first check
         // after the outage does not fail.
         let first = one_check(&store).await;
@@ -281,11 +293,16 @@ async fn every_lane_steps_aside_after_a_failure_and_comes_back_answering() {
     let (stop_busy, stopped_busy) = oneshot::channel();
     let (failed, fails) = oneshot::channel::<bool>();
     let (killed, was_killed) = oneshot::channel::<()>();
+    let (busy_ready, busy_is_ready) = oneshot::channel::<()>();
     let busy = serving_thread(store.clone(), stopped_busy, move |store| async move {
+        let _ = busy_ready.send(());
         let _ = was_killed.await;
         let _ = failed.send(one_check(&store).await.is_err());
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    quiet_is_ready
+        .await
+        .expect("the quiet thread's lane answered");
+    busy_is_ready.await.expect("the busy thread's lane is up");
     server.kill();
     let _ = killed.send(());
     assert!(
@@ -293,7 +310,9 @@ async fn every_lane_steps_aside_after_a_failure_and_comes_back_answering() {
         "a check with Redis gone fails"
     );
     let _ = down.send(());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    quiet_looked
+        .await
+        .expect("the quiet thread looked at its lane");
     server.restart();
     let _ = back.send(());
     let (stepped_aside, up_again, first) = outcome.await.expect("the quiet thread reports");

@@ -98,7 +98,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         .map_err(|err| SettingsError(format!("the policy {source} is invalid: {err}")))?;
     // `--store-url` stands in for the policy's `store.nodes`; a region's are always used.
     let store_url = settings.store_url.as_deref();
-    let replaced = store_url.is_some_and(|u| !u.trim().is_empty());
+    let replaced = crate::store::given_url(store_url).is_some();
     policy
         .check_seed_logins(&source, replaced)
         .map_err(|err| SettingsError(format!("the policy {source} is invalid: {err}")))?;

@@ -107,7 +107,6 @@ impl StoreConfig {
     }
 }
 
-/// Checks the section; problems go to `issues` and the default is returned in their place.
 /// A cluster's seed nodes that disagree on the login (see
 /// [`crate::redact::seeds_disagree`]), at the differing seed's position: `store.nodes[i]`
 /// (`own_store`) or `store.regions.<name>.nodes[i]`.
@@ -156,6 +155,7 @@ pub(crate) fn seed_logins(raw: Option<&Spanned<RawStore>>) -> Vec<SeedLogins> {
         .collect()
 }
 
+/// Checks the section; problems go to `issues` and the default is returned in their place.
 pub(crate) fn compile(raw: Option<&Spanned<RawStore>>, issues: &mut Issues) -> StoreConfig {
     let Some(raw) = raw else {
         return StoreConfig::default();

@@ -79,7 +79,7 @@ impl Store for GuardedStore {
         }
         // A call this thread's own lane serves stays on this thread; any other goes to the
         // main runtime (see `super::on_runtime`).
-        let here = self.inner.served_on_this_thread(checks);
+        let here = self.inner.served_on_this_thread();
         self.guarded(checks, here, self.inner.check(checks, mode))
             .await
     }
@@ -97,10 +97,6 @@ impl Store for GuardedStore {
 
     fn attach_thread(&self) {
         self.inner.attach_thread();
-    }
-
-    fn served_on_this_thread(&self, checks: &[Check<'_>]) -> bool {
-        self.inner.served_on_this_thread(checks)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -227,7 +223,7 @@ mod tests {
             *self.spawned_on.lock().expect("lock") = name;
             Ok(Vec::with_capacity(c.len()))
         }
-        fn served_on_this_thread(&self, _: &[Check<'_>]) -> bool {
+        fn served_on_this_thread(&self) -> bool {
             self.here
         }
         async fn ping(&self) -> Result<(), StoreError> {

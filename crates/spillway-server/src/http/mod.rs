@@ -11,7 +11,7 @@
 //! - [`problem`]: RFC 9457 error documents, used by every endpoint.
 //! - [`settings`]: the header names and statuses `/v1/authorize` works with.
 //! - [`verdict`]: the JSON body and headers a verdict is shown as.
-//! - [`fields`]: a decision's rate-limit fields as an answer's header map.
+//! - [`answer_headers`]: a decision's rate-limit fields as an answer's header map.
 //! - [`client_ip`]: which address a proxied request came from.
 //! - [`principal`]: who is calling (JWT, API key, subdomain), before a request is resolved.
 //! - [`access_log`]: debug-level request logging.

@@ -123,15 +123,8 @@ impl Link {
         budget: Duration,
     ) -> Result<T, String> {
         let called = async {
-            let conn = self.connect(budget).await?;
-            let mut conn = conn;
-            let call = async move { conn.pipeline(pipe).await };
-            tokio::time::timeout(budget, call)
-                .await
-                .unwrap_or_else(|_| {
-                    let within = format!("within {budget:?}");
-                    Err((redis::ErrorKind::Io, "no answer", within).into())
-                })
+            let mut conn = self.connect(budget).await?;
+            conn.pipeline_within(pipe, budget).await
         };
         let err = match called.await {
             Ok(v) => {

@@ -49,7 +49,7 @@ pub fn own_store(
                 "--region {region}: the policy's store names no regions (store.regions)"
             ));
         }
-        let replaced = store_url.is_some_and(|u| !u.trim().is_empty());
+        let replaced = crate::store::given_url(store_url).is_some();
         let hint = if replaced {
             login_hints::STORE_FLAG
         } else {
@@ -70,7 +70,7 @@ pub fn own_store(
             names.join(", ")
         ));
     };
-    if store_url.is_some_and(|u| !u.trim().is_empty()) {
+    if crate::store::given_url(store_url).is_some() {
         return Err("--store-url cannot replace a store with regions; edit store.regions".into());
     }
     Ok((regions.store(index).clone(), login_hints::region(region)))

@@ -34,9 +34,14 @@ pub const ROUNDTRIP_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
+/// The `--store-url` override, if one was given (trimmed; an empty one is none).
+pub fn given_url(store_url: Option<&str>) -> Option<&str> {
+    store_url.map(str::trim).filter(|u| !u.is_empty())
+}
+
 /// The store settings in force: the `--store-url` override if given, else the policy's.
 pub fn effective(policy: &StoreConfig, url_override: Option<&str>) -> Result<StoreConfig, String> {
-    let Some(url) = url_override.map(str::trim).filter(|u| !u.is_empty()) else {
+    let Some(url) = given_url(url_override) else {
         return Ok(policy.clone());
     };
     let base = policy.redis().cloned().unwrap_or_default();

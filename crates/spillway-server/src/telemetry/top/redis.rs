@@ -185,14 +185,7 @@ impl Board {
     async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
         let mut conn = self.conn.clone();
         let within = self.period.max(SHORTEST_CALL_LIMIT);
-        match tokio::time::timeout(within, conn.pipeline(pipe)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "no answer from the top-k board's Redis",
-                format!("within {within:?}"),
-            ))),
-        }
+        conn.pipeline_within(pipe, within).await
     }
 
     /// Writes this node's summaries at `now`.
