@@ -5,16 +5,84 @@
 //! `Debug` form of its Redis settings, the Redis store's settings, the decision log's sink and
 //! `spillway decisions`.
 
-/// `url` with the password of its user information replaced by `****`
-/// (`redis://user:****@host:6379`); a URL without one is returned as it is.
+use percent_encoding::percent_decode_str;
+use url::{Host, Url};
+
+/// `url` with its password replaced by `****` (`redis://user:****@host:6379`, and a unix
+/// socket URL's `?pass=****`); a URL without one is returned as it is. Only the password
+/// changes: the rest stays as written.
+///
+/// The URL is read as the Redis client reads it (the `url` crate). Text that crate refuses,
+/// or that holds an `@` past the host, may be a URL whose password holds a raw `/`, `?` or
+/// `#` (which ends the host for the parser): then everything before the last `@` after the
+/// user name is taken for the password, so no piece of it is shown.
 pub fn mask_url(url: &str) -> String {
+    let Ok(parsed) = Url::parse(url) else {
+        return mask_by_hand(url);
+    };
+    let past_host = [Some(parsed.path()), parsed.query(), parsed.fragment()];
+    if past_host.iter().flatten().any(|part| part.contains('@')) {
+        return mask_by_hand(url);
+    }
+    // With no `@` past the host, the last `@` ends the user information, as the parser read
+    // it: the hand rule cuts the password out exactly.
+    let masked = if parsed.password().is_some() {
+        mask_by_hand(url)
+    } else {
+        url.to_owned()
+    };
+    if parsed
+        .query_pairs()
+        .any(|(name, _)| is_password_param(&name))
+    {
+        mask_query(&masked)
+    } else {
+        masked
+    }
+}
+
+/// Whether a query parameter carries a password: the Redis client reads a unix socket URL's
+/// login from `?user=...&pass=...`.
+fn is_password_param(name: &str) -> bool {
+    matches!(name, "pass" | "password")
+}
+
+/// `url` with the value of every password parameter of its query as `****`.
+fn mask_query(url: &str) -> String {
+    let Some((head, rest)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((query, fragment)) => (query, Some(fragment)),
+        None => (rest, None),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            let spaced = name.replace('+', " ");
+            if is_password_param(&percent_decode_str(&spaced).decode_utf8_lossy()) {
+                format!("{name}=****")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    let mut masked = format!("{head}?{}", pairs.join("&"));
+    if let Some(fragment) = fragment {
+        masked.push('#');
+        masked.push_str(fragment);
+    }
+    masked
+}
+
+/// [`mask_url`] for text the URL parser does not read: the user information ends at the
+/// last `@`, even one past the first `/`, `?` or `#`.
+fn mask_by_hand(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    // The user information ends at the last `@` of the authority (a password may hold `@`
-    // only percent-encoded, but be safe about a raw one).
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@').or_else(|| rest.rfind('@')) else {
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
     let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
@@ -156,68 +224,33 @@ struct SeedLogin {
     password: Option<String>,
 }
 
-fn seed_login(url: &str) -> Option<SeedLogin> {
-    let rest = url.strip_prefix("redis://")?;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    // An `@` past the authority's end is a password holding a raw `/`, `?` or `#`: no URL
-    // the client reads (it is left to the client's own error), and reading it here would take
-    // the start of the password for the server's address and print it.
-    if rest[end..].contains('@') {
+fn seed_login(text: &str) -> Option<SeedLogin> {
+    let url = Url::parse(text).ok().filter(|u| u.scheme() == "redis")?;
+    // An `@` past the host is a password holding a raw `/`, `?` or `#`, which ends the host
+    // for the parser: no login the client reads (it is left to the client's own error), and
+    // reading it here would take the start of the password for the server's address and
+    // print it.
+    let past_host = [Some(url.path()), url.query(), url.fragment()];
+    if past_host.iter().flatten().any(|part| part.contains('@')) {
         return None;
     }
-    let authority = &rest[..end];
-    let (userinfo, host) = match authority.rfind('@') {
-        Some(at) => (&authority[..at], &authority[at + 1..]),
-        None => ("", authority),
+    let host = match url.host()? {
+        Host::Domain(name) => name.to_owned(),
+        Host::Ipv4(ip) => ip.to_string(),
+        Host::Ipv6(ip) => format!("[{ip}]"),
     };
-    let (user, password) = match userinfo.split_once(':') {
-        Some((user, password)) => (user, password),
-        None => (userinfo, ""),
-    };
-    let password = Some(percent_decoded(password)).filter(|p| !p.is_empty());
+    let decoded = |part: &str| percent_decode_str(part).decode_utf8_lossy().into_owned();
+    let password = url.password().map(decoded).filter(|p| !p.is_empty());
     let user = password.as_ref().map(|_| {
-        Some(percent_decoded(user))
+        Some(decoded(url.username()))
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| "default".to_owned())
     });
-    // A port follows the last `:` outside an IPv6 address's brackets.
-    let has_port = host
-        .rfind(':')
-        .is_some_and(|colon| !host[colon..].contains(']'));
-    let addr = if has_port {
-        host.to_owned()
-    } else {
-        format!("{host}:6379")
-    };
     Some(SeedLogin {
-        addr,
+        addr: format!("{host}:{}", url.port().unwrap_or(6379)),
         user,
         password,
     })
-}
-
-/// `text` with its `%XX` escapes decoded (an invalid escape stays as written).
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -314,6 +347,124 @@ mod tests {
         assert_eq!(mask_url("redis://app@h:1"), "redis://app@h:1");
         assert_eq!(mask_url("redis://h:1"), "redis://h:1");
         assert_eq!(mask_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn every_form_of_redis_url_is_shown_without_its_password() {
+        for (url, shown) in [
+            // A password holding raw `/`, `?`, `#` (the parser ends the host there) or `@`.
+            ("redis://u:pa/ss@h:1", "redis://u:****@h:1"),
+            ("redis://u:pa?ss@h:1/0", "redis://u:****@h:1/0"),
+            ("redis://u:pa#ss@h:1", "redis://u:****@h:1"),
+            ("redis://:12/ss@h:1", "redis://:****@h:1"),
+            ("redis://u:12#ss@h:1", "redis://u:****@h:1"),
+            ("redis://u:p@s@s@h:1", "redis://u:****@h:1"),
+            // Percent-escapes, in the password and the user name.
+            ("redis://u%40x:p%2Fss%3F@h:1", "redis://u%40x:****@h:1"),
+            // IPv6 hosts, with and without a port.
+            (
+                "redis://u:s3cret@[::1]:6379/0",
+                "redis://u:****@[::1]:6379/0",
+            ),
+            ("redis://:s3cret@[fe80::1]", "redis://:****@[fe80::1]"),
+            ("rediss://u:s3cret@h:6380", "rediss://u:****@h:6380"),
+            // A unix socket's login is in its query.
+            (
+                "unix:///run/redis.sock?db=1&user=u&pass=s3cret",
+                "unix:///run/redis.sock?db=1&user=u&pass=****",
+            ),
+            (
+                "redis+unix:///run/redis.sock?pass=s3cret",
+                "redis+unix:///run/redis.sock?pass=****",
+            ),
+            (
+                "unix:///s?db=0&pa%73s=s3c%26ret&password=x#f",
+                "unix:///s?db=0&pa%73s=****&password=****#f",
+            ),
+            // Nothing to hide: left as written.
+            ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+            ("redis://u@h:1", "redis://u@h:1"),
+            ("redis://[::1]:1", "redis://[::1]:1"),
+            ("redis://H:1/0", "redis://H:1/0"),
+        ] {
+            assert_eq!(mask_url(url), shown, "{url}");
+            if shown.contains("****") {
+                assert_eq!(mask_text(url), shown, "{url}");
+            }
+        }
+    }
+
+    #[test]
+    fn seeds_are_read_as_the_client_reads_them() {
+        // Percent-escapes are decoded before logins are compared, in users and passwords.
+        assert_eq!(
+            seeds_disagree(&["redis://u%40x:p%2Fw@a:1", "redis://u@x:p/w@b:2"]),
+            None,
+            "a raw `/` is no URL the client reads: left out"
+        );
+        assert_eq!(
+            seeds_disagree(&["redis://u%40x:p%2Fw@a:1", "redis://u%40x:p%2fw@b:2"]),
+            None
+        );
+        let told = seeds_disagree(&["redis://u%40x:pw@a:1", "redis://u%40y:pw@b:2"]);
+        assert_eq!(told.map(|t| t.what), Some("username"));
+        // IPv6 seeds are named with their brackets and port.
+        let told = seeds_disagree(&["redis://:s3cret@[::1]:7000", "redis://:other@[::2]"])
+            .expect("disagree");
+        assert_eq!(
+            (told.first.as_str(), told.other.as_str()),
+            ("[::1]:7000", "[::2]:6379")
+        );
+        // Not redis:// (refused by name elsewhere): left out.
+        for other in [
+            "rediss://:x@b:2",
+            "unix:///run/redis.sock?pass=x",
+            "b:2",
+            "redis:/:x@b:2",
+        ] {
+            assert_eq!(
+                seeds_disagree(&["redis://:s3cret@a:1", other]),
+                None,
+                "{other}"
+            );
+        }
+        // A password with a raw `/` whose start reads as a port: left out, never printed as
+        // the server's address.
+        assert_eq!(
+            seeds_disagree(&["redis://:12/ss@a:1", "redis://:x@b:2"]),
+            None
+        );
+        assert_eq!(
+            seeds_disagree(&["redis://:x@b:2", "redis://:34#ss@a:1"]),
+            None
+        );
+    }
+
+    #[test]
+    fn no_refusal_shows_a_password() {
+        const SECRETS: [&str; 3] = ["s3cret", "Pw", "123"];
+        for url in [
+            "rediss://u:s3cret@h:1",
+            "rediss://u:Pw/ss@h:1",
+            "http://u:Pw?ss@h",
+            "unix:///run/redis.sock?pass=s3cret",
+            "redis+unix:///s?user=u&pass=s3cret",
+            "unix://u:Pw#ss@/s",
+            "valkey://:123/ss@h:1",
+        ] {
+            let told = not_redis_url(url).expect("refused");
+            assert!(
+                !SECRETS.iter().any(|s| told.contains(s)) && told.contains("****"),
+                "{url} told as {told}"
+            );
+        }
+        let told = seeds_disagree(&["redis://:s3cret@a:1", "redis://:9876@[::1]:2"])
+            .expect("disagree")
+            .to_string();
+        assert!(
+            told.contains("a:1 and [::1]:2") && !told.contains("s3cret") && !told.contains("9876"),
+            "{told}"
+        );
     }
 
     #[test]
