@@ -110,7 +110,8 @@ impl Runner {
         Self { conn, ..self }
     }
 
-    /// Runs `work` on the shared connection within `limit`, timing it; any error is counted.
+    /// Runs `work` on the shared connection within `limit`, timing it. Its error is the
+    /// caller's to count (the store's ping counts one outcome of up to two calls).
     pub(crate) async fn call_within<T, F, Fut>(
         &self,
         limit: Duration,
@@ -120,9 +121,9 @@ impl Runner {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        self.timed(limit, work).await.map_err(|err| {
-            record(err.map_or(StoreError::Timeout(limit), |err| classify(err, limit)))
-        })
+        self.timed(limit, work)
+            .await
+            .map_err(|err| err.map_or(StoreError::Timeout(limit), |err| classify(err, limit)))
     }
 
     /// Runs `work` on the shared connection within `limit`, timing it into

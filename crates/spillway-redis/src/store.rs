@@ -203,7 +203,8 @@ impl RedisStore {
         self.clock.now()
     }
 
-    /// One PING on the shared connection within `limit`.
+    /// One PING on the shared connection within `limit`. Its error is not counted: the ping
+    /// may be sent again ([`Store::ping`]), which counts the outcome.
     async fn ping_within(&self, limit: Duration) -> Result<(), StoreError> {
         let pong: String = self
             .runner
@@ -219,9 +220,7 @@ impl RedisStore {
         if pong == "PONG" {
             Ok(())
         } else {
-            Err(record(StoreError::Protocol(format!(
-                "PING answered {pong:?}"
-            ))))
+            Err(StoreError::Protocol(format!("PING answered {pong:?}")))
         }
     }
 }
@@ -373,15 +372,19 @@ impl Store for RedisStore {
     /// Pings on the shared connection. After an outage that connection has kept its last
     /// failed attempt and only tries again when a call meets it, so a ping that fails as
     /// unavailable is sent once more within what is left of the timeout: readiness is not
-    /// stale for one probe after every outage.
+    /// stale for one probe after every outage. Only the outcome is counted in
+    /// `spillway_store_errors_total`, not a first attempt the second one made good.
     async fn ping(&self) -> Result<(), StoreError> {
         let started = tokio::time::Instant::now();
         let first = self.ping_within(self.runner.timeout).await;
         let left = self.runner.timeout.saturating_sub(started.elapsed());
-        match first {
+        let last = match first {
             Err(StoreError::Unavailable(_)) if !left.is_zero() => self.ping_within(left).await,
             other => other,
-        }
+        };
+        // Counted once, as it ended: a first attempt that met the stale connection is not
+        // an error when the second one answers.
+        last.map_err(record)
     }
 
     fn key_count(&self) -> u64 {

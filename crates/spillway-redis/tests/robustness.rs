@@ -228,3 +228,43 @@ async fn a_cost_past_the_largest_limit_is_refused_not_rounded_down() {
         "a cost of exactly the limit on an empty window"
     );
 }
+
+/// The sum of the samples of `metric` in a Prometheus rendering.
+fn sample(rendered: &str, metric: &str) -> u64 {
+    rendered
+        .lines()
+        .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A ping (`/readyz`) that fails as unavailable is sent once more (it may have met the
+/// connection an outage left stale): `spillway_store_errors_total` counts what the ping ended
+/// with, one error per ping while Redis is down (not one per attempt), none once it answers.
+// One thread, so the test's own metrics recorder (thread-local) hears every count.
+#[tokio::test(flavor = "current_thread")]
+async fn a_ping_counts_its_outcome_not_its_attempts() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let counts = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let errors = || sample(&counts.render(), "spillway_store_errors_total");
+    let mut server = RedisServer::start();
+    let mut config = RedisConfig::new(Target::Server(server.url()), "the test's URL");
+    config.timeout = Duration::from_secs(2);
+    let store = RedisStore::connect(&config).await.expect("connects");
+    store.ping().await.expect("up");
+    assert_eq!(errors(), 0);
+
+    server.kill();
+    for told in 1..=3 {
+        assert!(store.ping().await.is_err());
+        assert_eq!(errors(), told, "one failed ping, one error");
+    }
+
+    server.restart();
+    // Whether its first attempt meets the connection the outage left or not, a ping that
+    // answers counts nothing.
+    let before = errors();
+    store.ping().await.expect("answered after the restart");
+    assert_eq!(errors(), before, "a ping that ended well counted an error");
+}
