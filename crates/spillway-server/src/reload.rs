@@ -12,7 +12,9 @@
 //! whose numbers changed has its state read under the new ones
 //! (`spillway_core::algorithm::carry`).
 //! An invalid one is logged with every problem, counted as `rejected`, and the old policy keeps
-//! serving. All reloads run on one task, so they never race each other.
+//! serving; invalid as start-up finds it, seeds of one cluster that disagree on the login
+//! included ([`spillway_core::policy::Policy::check_seed_logins`]). All reloads run on one
+//! task, so they never race each other.
 
 use crate::config::PolicySource;
 use crate::metrics::{self, ReloadOutcome};
@@ -57,15 +59,25 @@ pub struct Reloader {
     app: Arc<AppState>,
     source: PolicySource,
     last_text: String,
+    /// Whether `--store-url` stands in for the policy's `store.nodes`, whose seeds' logins
+    /// are then not checked, as at start.
+    store_url_given: bool,
 }
 
 impl Reloader {
-    /// A reloader for `source`, whose policy currently in force was parsed from `current_text`.
-    pub fn new(app: Arc<AppState>, source: PolicySource, current_text: String) -> Self {
+    /// A reloader for `source`, whose policy currently in force was parsed from `current_text`;
+    /// `store_url_given`: `--store-url` stands in for the policy's `store.nodes`.
+    pub fn new(
+        app: Arc<AppState>,
+        source: PolicySource,
+        current_text: String,
+        store_url_given: bool,
+    ) -> Self {
         Self {
             app,
             source,
             last_text: current_text,
+            store_url_given,
         }
     }
 
@@ -87,7 +99,14 @@ impl Reloader {
             tracing::debug!(%source, "policy file unchanged; nothing to reload");
             return None;
         }
-        let parsed = self.source.parse(&text);
+        // Checked as start-up checks it, before the store is compared: a store whose seeds
+        // disagree is a mistake to fix in the file, not a change that a restart would take.
+        let parsed = self.source.parse(&text).and_then(|policy| {
+            policy
+                .check_seed_logins(&source, self.store_url_given)
+                .map(|()| policy)
+                .map_err(Into::into)
+        });
         self.last_text = text;
         let (outcome, error) = match parsed {
             Ok(policy)

@@ -225,7 +225,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         None => None,
     };
 
-    let reloader = Reloader::new(app.clone(), settings.policy.clone(), text);
+    let reloader = Reloader::new(app.clone(), settings.policy.clone(), text, replaced);
     let reload_task =
         reload::spawn(reloader, shutdown.clone()).context("cannot listen for SIGHUP")?;
     let sweep_task = sweeper::spawn(store, recorder, shutdown.clone());

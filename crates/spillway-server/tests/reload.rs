@@ -163,3 +163,50 @@ async fn a_renamed_limit_is_named_anew_in_headers_and_body() {
     assert_eq!(body["limits"][0]["name"], "user.minute", "{body}");
     assert_eq!(body["limits"][1]["name"], "other-minute", "{body}");
 }
+
+/// `store:` for a cluster whose two seeds disagree on the password.
+const SEEDS_DISAGREE: &str = "store:
+  type: redis_cluster
+  nodes: [\"redis://:s3cret-a@127.0.0.1:1\", \"redis://:s3cret-b@127.0.0.1:2\"]
+";
+
+/// Seeds of one cluster that disagree on the login make a policy `spillway serve` refuses
+/// (exit 2); a reload to one is refused the same way, for that reason (not as a store
+/// change a restart would take), counted as `rejected`, the old policy serving on, and
+/// never a password in the log.
+#[tokio::test]
+async fn a_reload_whose_cluster_seeds_disagree_is_rejected_as_invalid() {
+    let server = Server::with_policy(&policy(3)).start();
+    server.rewrite_policy(&format!("{}{SEEDS_DISAGREE}", policy(4)));
+    let rejected = wait_until_async(PATIENCE, || async {
+        (reloads(&server, "rejected").await == 1.0).then_some(())
+    })
+    .await;
+    assert!(rejected.is_some(), "logs:\n{}", server.logs().join("\n"));
+    assert_eq!(reloads(&server, "success").await, 0.0);
+    assert_eq!(server.current_limit("u").await.as_deref(), Some("3"));
+    let line = server
+        .wait_for_log("policy reload rejected")
+        .expect("rejection logged");
+    assert!(
+        line.contains("store.nodes[1]")
+            && line.contains("seed nodes disagree on the login")
+            && !line.contains("restart")
+            && !line.contains("s3cret"),
+        "{line}"
+    );
+}
+
+/// With `--store-url` standing in for the policy's `store.nodes`, their logins are not
+/// checked at start, and not on reload either: a reload that keeps them is taken.
+#[tokio::test]
+async fn seeds_replaced_by_store_url_do_not_stop_a_reload() {
+    let redis = spillway_testkit::redis::RedisServer::start();
+    let server = Server::with_policy(&format!("{}{SEEDS_DISAGREE}", policy(3)))
+        .args(&["--store-url", &redis.url()])
+        .start();
+    assert_eq!(server.current_limit("u").await.as_deref(), Some("3"));
+    server.rewrite_policy(&format!("{}{SEEDS_DISAGREE}", policy(4)));
+    server.wait_for_limit("u", 4).await;
+    assert_eq!(reloads(&server, "rejected").await, 0.0);
+}
