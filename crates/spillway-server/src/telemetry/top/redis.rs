@@ -112,35 +112,33 @@ impl Board {
         sentinel_auth: &spillway_redis::SentinelAuth,
         period: Duration,
     ) -> anyhow::Result<Option<Self>> {
-        let settings = match store {
-            StoreConfig::Memory { .. } => return Ok(None),
-            StoreConfig::Redis(s) | StoreConfig::RedisCluster(s) => s,
-            StoreConfig::RedisSentinel(s) => {
-                let master = s.master.as_deref().unwrap_or_default();
-                let timeout = Duration::from_secs(1);
-                let conn = spillway_redis::sentinel::SentinelConn::connect_quiet(
-                    &s.urls,
-                    master,
-                    sentinel_auth,
-                    timeout,
-                    "top-k board",
-                )
-                .await
-                .map_err(|e| {
-                    // A refusal names the sentinel or master itself; any other error is an
-                    // outage of the board's Sentinel.
-                    let refused = login::refused(&e);
-                    let e = anyhow::Error::new(e);
-                    if refused {
-                        e
-                    } else {
-                        e.context("top-k board: no master through Sentinel")
-                    }
-                })?;
-                return Ok(Some(Self::new(Conn::Sentinel(conn), s, period)));
-            }
-        };
-        let Some(target) = crate::store::url_target(store) else {
+        if let StoreConfig::RedisSentinel(s) = store {
+            let master = s.master.as_deref().unwrap_or_default();
+            let timeout = Duration::from_secs(1);
+            let conn = spillway_redis::sentinel::SentinelConn::connect_quiet(
+                &s.urls,
+                master,
+                sentinel_auth,
+                timeout,
+                "top-k board",
+            )
+            .await
+            .map_err(|e| {
+                // A refusal names the sentinel or master itself; any other error is an
+                // outage of the board's Sentinel.
+                let refused = login::refused(&e);
+                let e = anyhow::Error::new(e);
+                if refused {
+                    e
+                } else {
+                    e.context("top-k board: no master through Sentinel")
+                }
+            })?;
+            return Ok(Some(Self::new(Conn::Sentinel(conn), s, period)));
+        }
+        // A server or a cluster, named by URL; nothing to share for the in-memory store.
+        let (Some(target), Some(settings)) = (crate::store::url_target(store), store.redis())
+        else {
             return Ok(None);
         };
         let how = ConnectOptions {
