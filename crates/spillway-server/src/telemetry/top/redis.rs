@@ -345,3 +345,6 @@ pub fn spawn(
         }
     })
 }
+
+#[cfg(test)]
+mod tests;
