@@ -242,12 +242,8 @@ mod tests {
 
     #[test]
     fn a_call_the_thread_serves_itself_stays_on_the_thread_others_go_to_the_main_runtime() {
-        let main = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("the-main-runtime")
-            .enable_all()
-            .build()
-            .expect("runtime");
+        use crate::failure::on_runtime::tests::{main_runtime, MAIN};
+        let main = main_runtime();
         let spawned_on = |here: bool| {
             let inner = Arc::new(Where {
                 here,
@@ -280,7 +276,7 @@ mod tests {
             let name = inner.spawned_on.lock().expect("lock").clone();
             name
         };
-        assert_eq!(spawned_on(false).as_deref(), Some("the-main-runtime"));
+        assert_eq!(spawned_on(false).as_deref(), Some(MAIN));
         assert_eq!(spawned_on(true).as_deref(), Some("a-serving-thread"));
     }
 

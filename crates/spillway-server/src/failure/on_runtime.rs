@@ -46,17 +46,25 @@ impl<F: Future + Unpin> Future for OnRuntime<F> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// The name of [`main_runtime`]'s thread, which tests read back to tell where work ran.
+    pub(in crate::failure) const MAIN: &str = "the-main-runtime";
+
+    /// A runtime standing for the server's main one: one worker thread, named [`MAIN`].
+    pub(in crate::failure) fn main_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(MAIN)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
 
     #[test]
     fn work_polled_on_a_serving_thread_spawns_on_the_given_runtime() {
-        let main = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("the-main-runtime")
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let main = main_runtime();
         let handle = main.handle().clone();
         let spawned_on = |runtime: Option<Handle>| {
             std::thread::spawn(move || {
@@ -75,10 +83,7 @@ mod tests {
             .join()
             .expect("serving thread")
         };
-        assert_eq!(
-            spawned_on(Some(handle)).as_deref(),
-            Some("the-main-runtime")
-        );
+        assert_eq!(spawned_on(Some(handle)).as_deref(), Some(MAIN));
         // Without a runtime to enter, the task stays on the serving thread (unnamed here).
         assert_eq!(spawned_on(None), None);
     }
