@@ -15,6 +15,11 @@
 # - grpc-memory, grpc-redis: Envoy RLS ShouldRateLimit from bench/grpc.sh's h2load clients
 #   (4 clients x 4 connections x 32 streams, CALLS each, one user per client), domain/namespace
 #   `bench`.
+# Every run also reads the server's own CPU (/proc/PID/stat, user + system, all threads) over
+# the measured part and prints it per request or call, in µs, as bench/redis.sh does: Spillway's,
+# the healthz floor's and Limitador's (nginx's work is in its worker, a child of the process
+# started, so it prints "-"). The medians carry it too: what a request costs the limiter itself,
+# which the request rate hides when the load generator shares the cores.
 # Prints every run, then per load the medians and Spillway's ratio to each peer.
 #
 #   LIMITADOR=/work/peers/limitador/target/release/limitador-server bench/peers.sh [SPILLWAY_BINARY]
@@ -92,10 +97,11 @@ redis_total() { redis_cpu "$1" | awk '{printf "%.6f\n", $1 + $2}'; }
 users_load "$tmp/spillway-healthz.lua" GET /healthz
 
 # start_server WHO STORE: starts WHO (spillway, spillway-healthz, limitador or nginx) on free ports, with a fresh
-# redis-server when STORE is redis; sets http, grpc and rport (empty without Redis).
+# redis-server when STORE is redis; sets http, grpc, rport (empty without Redis) and cpu_pid, the
+# process whose CPU is the server's (empty for nginx, whose worker is a child).
 start_server() {
   local who=$1 store=$2 url=""
-  http=$(free_port); grpc=$(free_port); rport=""
+  http=$(free_port); grpc=$(free_port); rport=""; cpu_pid=""
   if [ "$store" = redis ]; then
     rport=$(free_port)
     start_redis "$rport" "$tmp"
@@ -121,40 +127,55 @@ start_server() {
       ;;
   esac
   pids+=($!)
+  [ "$who" = nginx ] || cpu_pid=$!
   wait_port "$http" 300 || { echo "$who never listened" >&2; cat "$tmp/limitador.log" >&2 || true; exit 1; }
   [ "$who" = nginx ] || wait_port "$grpc" 300
 }
 
-# one_http WHO STORE: prints "requests_per_second redis_us_per_decision non2xx".
+# server_cpu: the started server's CPU seconds so far (0 for nginx; see start_server).
+server_cpu() { if [ -n "$cpu_pid" ]; then proc_cpu "$cpu_pid"; else echo 0; fi; }
+
+# per_request CPU0 CPU1 N: the server's CPU µs per request between two server_cpu readings
+# ("-" for nginx).
+per_request() {
+  if [ -n "$cpu_pid" ]; then awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {printf "%.2f\n", (b - a) * 1e6 / n}'
+  else echo -; fi
+}
+
+# one_http WHO STORE: prints "requests_per_second redis_us_per_decision non2xx cpu_us_per_request".
 one_http() {
   # Runs in a subshell (`< <(...)`): stop what it started even when a start fails.
   trap stop_all EXIT
-  local who=$1 store=$2 out n rps non2xx c0=0 c1=0
+  local who=$1 store=$2 out n rps non2xx c0=0 c1=0 p0 p1
   start_server "$who" "$store"
   wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$tmp/$who.lua" "http://127.0.0.1:$http" >/dev/null
   [ -n "$rport" ] && c0=$(redis_total "$rport")
+  p0=$(server_cpu)
   out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$tmp/$who.lua" "http://127.0.0.1:$http")
+  p1=$(server_cpu)
   [ -n "$rport" ] && c1=$(redis_total "$rport")
   stop_all
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  awk -v r="$rps" -v n="$n" -v a="$c0" -v b="$c1" -v x="${non2xx:-0}" \
-    'BEGIN {printf "%s %.2f %s\n", r, (b - a) * 1e6 / n, x}'
+  awk -v r="$rps" -v n="$n" -v a="$c0" -v b="$c1" -v x="${non2xx:-0}" -v c="$(per_request "$p0" "$p1" "$n")" \
+    'BEGIN {printf "%s %.2f %s %s\n", r, (b - a) * 1e6 / n, x, c}'
 }
 
-# one_grpc WHO STORE: prints "calls_per_second redis_us_per_decision non_ok".
+# one_grpc WHO STORE: prints "calls_per_second redis_us_per_decision non_ok cpu_us_per_call".
 one_grpc() {
   # Runs in a subshell (`< <(...)`): stop what it started even when a start fails.
   trap stop_all EXIT
-  local who=$1 store=$2 start end ok c0=0 c1=0 url
+  local who=$1 store=$2 start end ok c0=0 c1=0 url p0 p1
   start_server "$who" "$store"
   url="http://127.0.0.1:$grpc/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
   h2load_clients "$url" "$tmp/out" 4 $((CALLS / 10)) 4 32 frame_of
   [ -n "$rport" ] && c0=$(redis_total "$rport")
+  p0=$(server_cpu)
   start=$(date +%s.%N)
   h2load_clients "$url" "$tmp/out" 4 "$CALLS" 4 32 frame_of
   end=$(date +%s.%N)
+  p1=$(server_cpu)
   [ -n "$rport" ] && c1=$(redis_total "$rport")
   stop_all
   # h2load counts HTTP statuses; a gRPC answer is 200 with grpc-status in the trailers, and a
@@ -162,7 +183,8 @@ one_grpc() {
   # limit is far above the load.
   ok=$(cat "$tmp"/out/h2load-*.out | awk '/^status codes:/ {n += $3} END {print n}')
   awk -v s="$start" -v e="$end" -v ok="$ok" -v a="$c0" -v b="$c1" -v total=$((CALLS * 4)) \
-    'BEGIN {printf "%.0f %.2f %d\n", ok / (e - s), (b - a) * 1e6 / ok, total - ok}'
+    -v c="$(per_request "$p0" "$p1" "$ok")" \
+    'BEGIN {printf "%.0f %.2f %d %s\n", ok / (e - s), (b - a) * 1e6 / ok, total - ok, c}'
 }
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
@@ -172,18 +194,19 @@ for load in $LOADS; do
   kind=${load%-*} store=${load#*-}
   whos="spillway limitador"
   [ "$load" = http-memory ] && whos="spillway limitador nginx spillway-healthz"
-  declare -A rates=() redis=() m=()
+  declare -A rates=() redis=() cpu=() m=()
   for round in $(seq "$ROUNDS"); do
     for who in $whos; do
-      read -r r u x < <("one_$kind" "$who" "$store")
-      echo "$load round $round $who: $r per second, redis $u µs/decision, failed $x"
-      rates[$who]+="$r "; redis[$who]+="$u "
+      read -r r u x c < <("one_$kind" "$who" "$store")
+      echo "$load round $round $who: $r per second, redis $u µs/decision, failed $x, $who $c µs CPU/request"
+      rates[$who]+="$r "; redis[$who]+="$u "; cpu[$who]+="$c "
     done
   done
   for who in $whos; do
     m[$who]=$(tr ' ' '\n' <<<"${rates[$who]}" | grep . | median)
     mu=$(tr ' ' '\n' <<<"${redis[$who]}" | grep . | median)
-    echo "median $load $who: ${m[$who]} per second, redis $mu µs/decision"
+    mc=$(tr ' ' '\n' <<<"${cpu[$who]}" | { grep -Ev '^(-|)$' || true; } | median)
+    echo "median $load $who: ${m[$who]} per second, redis $mu µs/decision, $who ${mc:--} µs CPU/request"
   done
   for who in $whos; do
     [ "$who" = spillway ] && continue
@@ -195,5 +218,5 @@ for load in $LOADS; do
       python3 -c "print(f'ratio $load spillway-healthz/$who: {${m[spillway-healthz]} / ${m[$who]}:.2f}x')"
     done
   fi
-  unset rates redis m
+  unset rates redis cpu m
 done
