@@ -10,7 +10,7 @@
 //! its 404.
 //!
 //! `GET /healthz` takes the same shortcut (to [`probes::healthz`]), so that it measures what a
-//! check costs apart from the decision: through the router it cost about 2,200 instructions
+//! check costs apart from the decision: through the router it cost about 4,500 instructions
 //! more than the check's own dispatch (`docs/BENCHMARKS.md`, "The HTTP floor (issue 16,
 //! session 17)"). Its answer is the router's, byte for byte.
 //!

@@ -2,10 +2,10 @@
 //! to send a whole request head, or keeps a keep-alive connection open that long without
 //! asking anything, is cut off. This is the slowloris defence; it costs nothing per request.
 //!
-//! hyper has one (`header_read_timeout`), but it arms a boxed timer for every request: a
-//! clock read, an allocation and an insertion into and removal from the runtime's timer
-//! wheel, about 750 instructions of a check's 32,800 (`docs/BENCHMARKS.md`, "The HTTP floor
-//! (issue 16, session 17)"). Ours rides on the look each connection's task already takes for
+//! hyper has one (`header_read_timeout`), but it arms a boxed timer for every request (a
+//! clock read, an allocation, an insertion into and removal from the runtime's timer wheel)
+//! and asks for one more read after every answer to start it: about 1,500 instructions of a
+//! check's 32,800 (`docs/BENCHMARKS.md`, "The HTTP floor (issue 16, session 17)"). Ours rides on the look each connection's task already takes for
 //! the idle timeout ([`super::connection`]): the task looks at the connection's
 //! [`Activity`] four times per shortest limit, and a connection whose counts (requests started
 //! and ended, writes made) have not moved, with no request in flight, through looks spanning
