@@ -19,7 +19,13 @@
 # over it (one token bucket per user, wrk picking one of 100,000 users per request, all
 # allowed; --store-timeout 1s so no decision is made without Redis). POLICY=one serves that
 # policy and load on the embedded store too (POLICY=example, the built-in example policy with
-# bench/check.lua's bodies, is the embedded store's default). Callgrind runs the
+# bench/check.lua's bodies, is the embedded store's default). POLICY=routes serves `one`'s
+# bucket plus ROUTES routes (16 unless given), each adding a limit of its own quota, and the
+# requests take the routes in turn: each answer's `RateLimit-Policy` differs from the last
+# ROUTES - 1 answers', which measures the serving thread's cache of those values (it keeps
+# 8). ROTATE=N takes only N of the routes in turn, spread evenly over the list, so the
+# same policy can be measured with values that fit the cache (ROUTES=16 ROTATE=8) and with
+# values that do not (ROUTES=16). Callgrind runs the
 # server's threads one at a time, so requests per Redis call differ from a free-running
 # server; the script prints the mean (spillway_redis_batch_requests over the measured run).
 # Profiles stay in /tmp/http_cg/ for callgrind_annotate.
@@ -46,7 +52,39 @@ case "$POLICY" in
     lua=$tmp/one.lua
     serve+=(--config "$tmp/one.yaml")
     ;;
-  *) echo "POLICY is example or one, not $POLICY" >&2; exit 2 ;;
+  routes)
+    routes=${ROUTES:-16}
+    rotate=${ROTATE:-$routes}
+    users_bucket "$tmp/routes.yaml"
+    {
+      for ((r = 0; r < routes; r++)); do
+        printf '  route-%d:\n    algorithm: token_bucket\n    rate: 1000/s\n' "$r"
+        printf '    burst: %d\n    key: [user]\n' $((1000000 + r))
+      done
+    } >"$tmp/limits.yaml"
+    # The route limits go under `limits:` (after the bucket), the routes at the end.
+    awk -v extra="$tmp/limits.yaml" '{print} /^limits:/ {
+      while ((getline line < extra) > 0) print line }' "$tmp/routes.yaml" >"$tmp/policy.yaml"
+    {
+      echo "routes:"
+      for ((r = 0; r < routes; r++)); do
+        printf '  - match: "POST /r%d"\n    limits: [route-%d]\n' "$r" "$r"
+      done
+    } >>"$tmp/policy.yaml"
+    cat >"$tmp/routes.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/v1/check", nil, '{"user":"u' .. math.random(1, 100000) ..
+    '","method":"POST","path":"/r' .. (n % $rotate) * $((routes / rotate)) .. '"}')
+end
+LUA
+    lua=$tmp/routes.lua
+    serve+=(--config "$tmp/policy.yaml")
+    ;;
+  *) echo "POLICY is example, one or routes, not $POLICY" >&2; exit 2 ;;
 esac
 case "$STORE" in
   memory) ;;

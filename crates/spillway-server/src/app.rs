@@ -17,9 +17,9 @@
 //! Unknown paths get a 404 problem, known paths asked with the wrong method a 405 problem with
 //! an `Allow` header. Request bodies over 16 KiB are refused with 413.
 //!
-//! A served connection hands `POST /v1/check` to its handler before this router sees it
-//! (`crate::http::entry`); the route here answers it when the access log is on, and in
-//! in-process tests.
+//! A served connection hands `POST /v1/check` and `GET /healthz` to their handlers before this
+//! router sees them (`crate::http::entry`); the routes here answer them when the access log is
+//! on, and in in-process tests.
 
 use crate::admin::AdminToken;
 use crate::http::authorize;
@@ -41,7 +41,7 @@ pub fn router(state: Arc<AppState>, admin: Option<AdminToken>) -> Router {
             &format!("{}/{{*path}}", authorize::PREFIX),
             any(authorize::authorize_prefixed),
         )
-        .route("/healthz", get(probes::healthz))
+        .route(crate::http::entry::HEALTHZ_PATH, get(probes::healthz))
         .route("/readyz", get(probes::readyz))
         .route("/metrics", get(probes::metrics))
         .route("/v1/top", get(top::top));

@@ -134,6 +134,75 @@ async fn the_router_path_answers_the_same_bytes() {
     drop(server);
 }
 
+/// A keep-alive connection whose write buffer grew for a large answer (`/metrics`, several
+/// KB, written as one flattened buffer that keeps its capacity) answers a check after it with
+/// the same bytes as a fresh connection. (How large the kept buffer is cannot be seen from
+/// outside the process; it is bounded by the largest answer the connection sent.)
+#[tokio::test]
+async fn a_check_after_a_large_answer_reads_the_same() {
+    let server = Server::with_policy(POLICY).start();
+    tokio::task::spawn_blocking(move || {
+        let body = r#"{"tenant":"acme","user":"dave","ip":"203.0.113.10"}"#;
+        let fresh = exchange(&server, "?peek=true", body);
+        let mut stream = TcpStream::connect(server.addr()).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let metrics = "GET /metrics HTTP/1.1\r\nHost: spillway\r\n\r\n";
+        stream
+            .write_all((metrics.to_owned() + &request("?peek=true", body, true)).as_bytes())
+            .expect("send");
+        let mut both = Vec::new();
+        stream.read_to_end(&mut both).expect("read");
+        let both = String::from_utf8(both).expect("UTF-8");
+        let at = both
+            .find("HTTP/1.1 200 OK\r\nx-ratelimit")
+            .expect("the check's answer");
+        assert!(
+            at > 2048,
+            "a /metrics answer of {at} bytes is too small to test this"
+        );
+        let check: String = both[at..]
+            .split_inclusive("\r\n")
+            .filter(|line| !line.starts_with("date: "))
+            .collect();
+        assert_wire(&check, &fresh);
+    })
+    .await
+    .expect("the exchanges");
+}
+
+/// `GET /healthz` answers the same bytes on the serving thread's shortcut as through the
+/// router (the debug access log on).
+#[tokio::test]
+async fn healthz_answers_the_same_bytes_either_way() {
+    for args in [&[][..], &["--log-filter", "spillway_server=debug"][..]] {
+        let server = Server::with_policy(POLICY).args(args).start();
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut stream = TcpStream::connect(server.addr()).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: spillway\r\nConnection: close\r\n\r\n")
+                .expect("send");
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).expect("read");
+            String::from_utf8(answer).expect("UTF-8")
+        })
+        .await
+        .expect("the exchange");
+        let answer: String = (answer.split_inclusive("\r\n"))
+            .filter(|line| !line.starts_with("date: "))
+            .collect();
+        assert_wire(
+            &answer,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: 3\r\nconnection: close\r\n\r\nok\n",
+        );
+    }
+}
+
 /// Runs the pinned exchanges against a fresh `server` on the manual clock and hands it back.
 async fn pinned_exchanges(server: Server) -> Server {
     // 15 s into the minute; the token buckets' and GCRA's resets fall on fractions of a
@@ -142,23 +211,23 @@ async fn pinned_exchanges(server: Server) -> Server {
     tokio::task::spawn_blocking(move || {
         let generate = r#"{"tenant":"acme","user":"alice","ip":"203.0.113.7","method":"POST","path":"/v1/generate"}"#;
 
+        // The first answer's head without its `connection` line, and its body: the first
+        // answer of the pipelined pair below has them too, on a connection kept open.
+        let first_head = [
+            r#"HTTP/1.1 200 OK"#,
+            r#"x-ratelimit-limit: 2"#,
+            r#"x-ratelimit-remaining: 1"#,
+            r#"x-ratelimit-reset: 45"#,
+            r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "Gen.v2_b-3";q=3;w=3"#,
+            r#"ratelimit: "ip-burst";r=99;t=1, "user-minute";r=1;t=45, "user_daily";r=49;t=87, "Gen.v2_b-3";r=2;t=1"#,
+            r#"content-type: application/json"#,
+            r#"content-length: 544"#,
+        ];
+        let first_body = r#"{"allowed":true,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":99,"reset_ms":50,"shadow":false},{"name":"ip-shadow","allowed":true,"limit":1,"remaining":0,"reset_ms":57585000,"shadow":true},{"name":"user-minute","allowed":true,"limit":2,"remaining":1,"reset_ms":45000,"shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":49,"reset_ms":86400,"shadow":false},{"name":"Gen.v2_b-3","allowed":true,"limit":3,"remaining":2,"reset_ms":1000,"shadow":false}]}"#;
         let first = exchange(&server, "", generate);
         assert_wire(
             &first,
-            &answer(
-                &[
-                    r#"HTTP/1.1 200 OK"#,
-                    r#"x-ratelimit-limit: 2"#,
-                    r#"x-ratelimit-remaining: 1"#,
-                    r#"x-ratelimit-reset: 45"#,
-                    r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "Gen.v2_b-3";q=3;w=3"#,
-                    r#"ratelimit: "ip-burst";r=99;t=1, "user-minute";r=1;t=45, "user_daily";r=49;t=87, "Gen.v2_b-3";r=2;t=1"#,
-                    r#"content-type: application/json"#,
-                    r#"content-length: 544"#,
-                    r#"connection: close"#,
-                ],
-                r#"{"allowed":true,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":99,"reset_ms":50,"shadow":false},{"name":"ip-shadow","allowed":true,"limit":1,"remaining":0,"reset_ms":57585000,"shadow":true},{"name":"user-minute","allowed":true,"limit":2,"remaining":1,"reset_ms":45000,"shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":49,"reset_ms":86400,"shadow":false},{"name":"Gen.v2_b-3","allowed":true,"limit":3,"remaining":2,"reset_ms":1000,"shadow":false}]}"#,
-            ),
+            &answer(&[&first_head[..], &["connection: close"]].concat(), first_body),
         );
 
         // A peek consumes nothing: the next check answers exactly as it did. Its body spells
@@ -242,23 +311,11 @@ async fn pinned_exchanges(server: Server) -> Server {
                 r#"{"allowed":true,"tier":"free","route":null,"cost":1,"limits":[]}"#,
             ),
         );
-        // Two checks pipelined on one keep-alive connection: the first answer stays open (no
-        // `connection` line), the second closes.
+        // Two checks pipelined on one keep-alive connection: the first answer is the first
+        // answer above on a connection kept open (no `connection` line), the second closes.
         let carol = r#"{"tenant":"acme","user":"carol","ip":"203.0.113.9","method":"POST","path":"/v1/generate"}"#;
         let pair = pipelined(&server, &[("", carol), ("", carol)]);
-        let kept_open = answer(
-            &[
-                r#"HTTP/1.1 200 OK"#,
-                r#"x-ratelimit-limit: 2"#,
-                r#"x-ratelimit-remaining: 1"#,
-                r#"x-ratelimit-reset: 45"#,
-                r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320, "Gen.v2_b-3";q=3;w=3"#,
-                r#"ratelimit: "ip-burst";r=99;t=1, "user-minute";r=1;t=45, "user_daily";r=49;t=87, "Gen.v2_b-3";r=2;t=1"#,
-                r#"content-type: application/json"#,
-                r#"content-length: 544"#,
-            ],
-            r#"{"allowed":true,"tier":"free","route":"POST /v1/generate","cost":1,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":99,"reset_ms":50,"shadow":false},{"name":"ip-shadow","allowed":true,"limit":1,"remaining":0,"reset_ms":57585000,"shadow":true},{"name":"user-minute","allowed":true,"limit":2,"remaining":1,"reset_ms":45000,"shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":49,"reset_ms":86400,"shadow":false},{"name":"Gen.v2_b-3","allowed":true,"limit":3,"remaining":2,"reset_ms":1000,"shadow":false}]}"#,
-        );
+        let kept_open = answer(&first_head, first_body);
         assert_wire(&pair, &(kept_open + &third_answer));
 
         // A body that is not JSON: a problem answer, 400.

@@ -174,6 +174,153 @@ async fn a_slowloris_is_cut_off_after_the_header_timeout() {
     assert!(cut_after < AT_MOST, "not cut off: {cut_after:?}");
 }
 
+/// A head sent in part and then left is cut off after the header timeout, with no answer.
+#[tokio::test]
+async fn a_head_sent_in_part_is_cut_off_without_an_answer() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
+        .start();
+    let addr = server.addr();
+    let (waited, answered) = tokio::task::spawn_blocking(move || {
+        let mut half = connect(addr);
+        let started = now();
+        half.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Half")
+            .expect("send");
+        let mut answered = Vec::new();
+        let waited = match half.read_to_end(&mut answered) {
+            Ok(_) => started.elapsed(),
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => started.elapsed(),
+            Err(err) => panic!("not cut off within {AT_MOST:?}: {err}"),
+        };
+        (waited, answered)
+    })
+    .await
+    .expect("client");
+    assert!(waited >= SHORT, "cut off after {waited:?}");
+    assert!(waited < AT_MOST, "not cut off: {waited:?}");
+    assert_eq!(String::from_utf8_lossy(&answered), "", "answered");
+}
+
+/// A head sent one byte at a time, each well within the timeout of the last, is still cut off
+/// once the whole head has taken the header timeout.
+#[tokio::test]
+async fn a_head_trickled_a_byte_at_a_time_is_cut_off() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
+        .start();
+    let addr = server.addr();
+    let cut_after = tokio::task::spawn_blocking(move || {
+        let mut slow = connect(addr);
+        let started = now();
+        let head = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: a-very-long-value-indeed";
+        for byte in head.iter().cycle().take(1000) {
+            if slow.write_all(&[*byte]).is_err() || started.elapsed() > AT_MOST {
+                break;
+            }
+            std::thread::sleep(SHORT / 10);
+        }
+        closed_after(&mut slow, started)
+    })
+    .await
+    .expect("client");
+    assert!(cut_after >= SHORT, "cut off after {cut_after:?}");
+    assert!(cut_after < AT_MOST, "not cut off: {cut_after:?}");
+}
+
+/// Between keep-alive requests the header timeout runs too: a connection that asked once and
+/// then waits is closed after it, while one that keeps asking more often stays open.
+#[tokio::test]
+async fn a_keep_alive_connection_waits_at_most_the_header_timeout() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
+        .start();
+    let addr = server.addr();
+    tokio::task::spawn_blocking(move || {
+        let mut busy = connect(addr);
+        let mut waiting = connect(addr);
+        let asked = now();
+        assert_eq!(get_on(&mut waiting, "/healthz"), "HTTP/1.1 200 OK");
+        for _ in 0..9 {
+            assert_eq!(get_on(&mut busy, "/healthz"), "HTTP/1.1 200 OK");
+            std::thread::sleep(SHORT / 3);
+        }
+        let waited = closed_after(&mut waiting, asked);
+        assert!(waited >= SHORT, "closed after {waited:?}");
+        assert!(waited < Duration::from_secs(3), "closed after {waited:?}");
+        assert_eq!(get_on(&mut busy, "/healthz"), "HTTP/1.1 200 OK");
+    })
+    .await
+    .expect("client");
+}
+
+/// A connection that sends nothing at all is cut off after the header timeout, not held until
+/// the idle timeout.
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_cut_off_after_the_header_timeout() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
+        .start();
+    let addr = server.addr();
+    let waited = tokio::task::spawn_blocking(move || {
+        let mut silent = connect(addr);
+        closed_after(&mut silent, now())
+    })
+    .await
+    .expect("client");
+    assert!(waited >= SHORT, "closed after {waited:?}");
+}
+
+/// Requests pipelined in one write are all answered, in order, under a short header timeout.
+#[tokio::test]
+async fn pipelined_requests_are_all_answered() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
+        .start();
+    let addr = server.addr();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = connect(addr);
+        let one = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+        let missing = "GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n";
+        stream
+            .write_all([one, missing, one].concat().as_bytes())
+            .expect("send");
+        assert_eq!(read_response(&mut stream), "HTTP/1.1 200 OK");
+        assert_eq!(read_response(&mut stream), "HTTP/1.1 404 Not Found");
+        assert_eq!(read_response(&mut stream), "HTTP/1.1 200 OK");
+        // And the connection is then closed by the header timeout like any other.
+        let waited = closed_after(&mut stream, now());
+        assert!(waited < AT_MOST);
+    })
+    .await
+    .expect("client");
+}
+
+/// HTTP/2 on the API port (prior knowledge) has no header deadline, only the idle timeout: a
+/// connection quiet for several header timeouts still answers.
+#[tokio::test]
+async fn http2_on_the_api_port_has_no_header_deadline() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
+        .start();
+    let tcp = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    tokio::time::sleep(SHORT * 4).await;
+    let get = http::Request::get(format!("http://{}/healthz", server.addr()))
+        .body(())
+        .expect("request");
+    let (response, _) = client.send_request(get, true).expect("sent");
+    let response = tokio::time::timeout(AT_MOST, response)
+        .await
+        .expect("answered in time")
+        .expect("an answer, not a closed connection");
+    assert_eq!(response.status(), 200);
+    assert!(!connection.is_finished());
+}
+
 /// A `ShouldRateLimit` call whose body trickles in is cut off with `DEADLINE_EXCEEDED` after
 /// the body timeout, while a whole call on another connection is answered meanwhile.
 #[tokio::test]

@@ -18,9 +18,9 @@
 //! something else: the test compares every input, never a plan's identity.
 //!
 //! The home region's header, sent on every answer with a tenant when the policy spans regions,
-//! has its place in the shape too. A degraded answer (only while the store is failing) is built
-//! name by name, as is any answer whose value would not be a valid header value (none we
-//! render).
+//! has its place in the shape too, as has the degraded mark (sent only while the store is
+//! failing). Only an answer whose value would not be a valid header value (none we render) is
+//! built name by name.
 
 use crate::decision::Decided;
 use crate::failure;
@@ -32,16 +32,35 @@ use spillway_core::policy::LimitName;
 use spillway_core::time::Micros;
 use std::cell::RefCell;
 
-/// Where an answer's `Content-Type` goes among its headers (the order the serde answers had
-/// them in, which the wire tests pin).
+/// An answer's body as its headers describe it: its `Content-Type`, in its place among the
+/// headers (the order the serde answers had them in, which the wire tests pin), and its
+/// `Content-Length`, last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContentType {
-    /// No `Content-Type` among these headers: the caller's answer has no body
-    /// (`/v1/authorize`'s allowed one) or its own type set elsewhere (`/v1/report`'s).
+pub enum AnswerBody {
+    /// Neither header: the caller's answer has no body (`/v1/authorize`'s allowed one).
     Absent,
-    /// `application/problem+json`, before the rate-limit headers.
+    /// `application/problem+json`, before the rate-limit headers, of this many bytes.
+    Problem(usize),
+    /// `application/json`, after them, of this many bytes.
+    Json(usize),
+}
+
+impl AnswerBody {
+    /// Where the content type goes, and the length.
+    fn parts(self) -> (ContentType, Option<usize>) {
+        match self {
+            Self::Absent => (ContentType::Absent, None),
+            Self::Problem(length) => (ContentType::ProblemFirst, Some(length)),
+            Self::Json(length) => (ContentType::JsonLast, Some(length)),
+        }
+    }
+}
+
+/// Where an answer's `Content-Type` goes among its headers: part of a prepared map's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ContentType {
+    Absent,
     ProblemFirst,
-    /// `application/json`, after them.
     JsonLast,
 }
 
@@ -77,28 +96,23 @@ const POLICY_VALUES: usize = 8;
 
 /// The headers of a decision: its rate-limit fields (core's words in core's order), the
 /// degraded mark when the store did not take part, the home region when the policy spans
-/// regions, `content_type` where it goes, and last the body's `length` when given (where the
-/// router and hyper would put it). Every value the verdict renders per answer shares one
+/// regions, `body`'s content type where it goes, and last its length (where the router and
+/// hyper would put it). Every value the verdict renders per answer shares one
 /// buffer: one allocation for all of them.
 ///
 /// Writing the `Content-Length` into that buffer too, instead of the allocation
 /// `HeaderValue::from(u64)` makes, was measured and cost about 150 instructions more per check
 /// (`docs/BENCHMARKS.md`, "Fewer instructions per `/v1/check` (issue 16, session 15)").
-pub fn answer_headers(
-    decided: &Decided,
-    content_type: ContentType,
-    length: Option<usize>,
-) -> HeaderMap {
-    if decided.degraded.is_none() {
-        if let Some(map) = PREPARED.with_borrow_mut(|p| p.answer(decided, content_type, length)) {
-            return map;
-        }
+pub fn answer_headers(decided: &Decided, body: AnswerBody) -> HeaderMap {
+    if let Some(map) = PREPARED.with_borrow_mut(|p| p.answer(decided, body)) {
+        return map;
     }
-    build(decided, content_type, length)
+    build(decided, body)
 }
 
 /// [`answer_headers`] name by name, for every answer: each header hashed into a new map.
-fn build(decided: &Decided, content_type: ContentType, length: Option<usize>) -> HeaderMap {
+fn build(decided: &Decided, body: AnswerBody) -> HeaderMap {
+    let (content_type, length) = body.parts();
     let fields = headers::fields(&decided.verdict);
     let mut map = HeaderMap::with_capacity(fields.len() + 4);
     let (text, spans) = fields.into_parts();
@@ -149,15 +163,17 @@ struct Shape {
     /// Bit `i` set when the field in slot `i` of `headers::ORDER` is sent.
     fields: u8,
     content_type: ContentType,
+    /// Whether the degraded mark follows the fields (while the store is failing).
+    degraded: bool,
     /// Whether the home region's header follows the fields (on every answer with a tenant
     /// when the policy spans regions).
     home: bool,
-    length: bool,
 }
 
 impl Shape {
     /// A map with this shape's names in order, every value empty. (At most 64 × 3 × 2 × 2
-    /// shapes exist, and a thread keeps only those it has answered with.)
+    /// shapes exist, and a thread keeps only those it has answered with.) A body's length
+    /// follows its content type, so the content type says whether there is one.
     fn template(self) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(headers::MAX_FIELDS + 2);
         let empty = HeaderValue::from_static("");
@@ -169,6 +185,10 @@ impl Shape {
                 map.append(name.clone(), empty.clone());
             }
         }
+        if self.degraded {
+            let name = HeaderName::from_static(failure::DEGRADED_HEADER);
+            map.append(name, empty.clone());
+        }
         if self.home {
             let name = HeaderName::from_static(crate::region::HOME_HEADER);
             map.append(name, empty.clone());
@@ -176,7 +196,7 @@ impl Shape {
         if self.content_type == ContentType::JsonLast {
             map.append(header::CONTENT_TYPE, empty.clone());
         }
-        if self.length {
+        if self.content_type != ContentType::Absent {
             map.append(header::CONTENT_LENGTH, empty);
         }
         map
@@ -219,12 +239,8 @@ struct Prepared {
 impl Prepared {
     /// The answer's headers from its shape's map, or `None` when a value is not a valid header
     /// value (the caller then builds it name by name, skipping that one).
-    fn answer(
-        &mut self,
-        decided: &Decided,
-        content_type: ContentType,
-        length: Option<usize>,
-    ) -> Option<HeaderMap> {
+    fn answer(&mut self, decided: &Decided, body: AnswerBody) -> Option<HeaderMap> {
+        let (content_type, length) = body.parts();
         let verdict = &decided.verdict;
         let fields = headers::fields_but_policy(verdict);
         let mut policy = if fields.is_empty() {
@@ -235,8 +251,8 @@ impl Prepared {
         let shape = Shape {
             fields: fields.present() | policy.as_ref().map_or(0, |_| 1 << SLOT_POLICY),
             content_type,
+            degraded: decided.degraded.is_some(),
             home: decided.home_region.is_some(),
-            length: length.is_some(),
         };
         let mut map = self.map(shape);
         let (text, spans) = fields.into_parts();
@@ -258,6 +274,9 @@ impl Prepared {
         }
         if let Some(value) = policy.take() {
             put(value)?;
+        }
+        if decided.degraded.is_some() {
+            put(HeaderValue::from_static(failure::DEGRADED_REASON))?;
         }
         if let Some(home) = &decided.home_region {
             put(HeaderValue::from_str(home).ok()?)?;
@@ -368,24 +387,26 @@ mod tests {
             .collect()
     }
 
-    const SHAPES: [ContentType; 3] = [
-        ContentType::Absent,
-        ContentType::ProblemFirst,
-        ContentType::JsonLast,
+    const BODIES: [AnswerBody; 3] = [
+        AnswerBody::Absent,
+        AnswerBody::Problem(800),
+        AnswerBody::Json(544),
     ];
 
     /// Prepared or built name by name, every answer's headers are the same, the first time a
-    /// shape and a plan are seen and every time after, with a home region or without.
+    /// shape and a plan are seen and every time after, with a home region or without, degraded
+    /// or not.
     fn assert_as_built(case: &Decided) {
         for home in [None, Some("eu-west.2_b")] {
-            let mut case = case.clone();
-            case.home_region = home.map(Into::into);
-            for content_type in SHAPES {
-                for length in [None, Some(544)] {
-                    let want = listed(&build(&case, content_type, length));
+            for degraded in [None, Some(FailureMode::Degrade)] {
+                let mut case = case.clone();
+                case.home_region = home.map(Into::into);
+                case.degraded = degraded;
+                for body in BODIES {
+                    let want = listed(&build(&case, body));
                     for _ in 0..2 {
-                        let got = listed(&answer_headers(&case, content_type, length));
-                        assert_eq!(got, want, "{home:?}, {content_type:?}, {length:?}");
+                        let got = listed(&answer_headers(&case, body));
+                        assert_eq!(got, want, "{home:?}, {degraded:?}, {body:?}");
                     }
                 }
             }
@@ -404,7 +425,7 @@ mod tests {
             ],
         );
         assert_as_built(&allowed);
-        let map = answer_headers(&allowed, ContentType::JsonLast, Some(544));
+        let map = answer_headers(&allowed, AnswerBody::Json(544));
         let names: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
         assert_eq!(
             names,
@@ -444,7 +465,7 @@ mod tests {
     fn a_kept_policy_value_never_answers_other_limits() {
         let [a, b] = ["a", "b"].map(LimitName::from);
         let policy = |case: &Decided| {
-            let map = answer_headers(case, ContentType::JsonLast, None);
+            let map = answer_headers(case, AnswerBody::Json(0));
             map["ratelimit-policy"].to_str().expect("text").to_owned()
         };
         let plan = decided(
@@ -492,8 +513,7 @@ mod tests {
         }
     }
 
-    /// An answer naming its home region (prepared) and a degraded one (built name by name)
-    /// read as pinned: the home region after the fields, the degraded mark before it.
+    /// An answer naming its home region and a degraded one read as pinned: the home region after the fields, the degraded mark before it.
     #[test]
     fn home_region_and_degraded_answers_read_as_pinned() {
         let a = LimitName::from("a");
@@ -516,12 +536,12 @@ mod tests {
         };
         let home = (crate::region::HOME_HEADER, "eu-west");
         for _ in 0..2 {
-            let map = answer_headers(&case, ContentType::JsonLast, Some(7));
+            let map = answer_headers(&case, AnswerBody::Json(7));
             assert_eq!(listed(&map), pinned(&[home]));
         }
         case.degraded = Some(FailureMode::Degrade);
         let degraded = (failure::DEGRADED_HEADER, failure::DEGRADED_REASON);
-        let map = answer_headers(&case, ContentType::JsonLast, Some(7));
+        let map = answer_headers(&case, AnswerBody::Json(7));
         assert_eq!(listed(&map), pinned(&[degraded, home]));
     }
 
@@ -539,8 +559,8 @@ mod tests {
             vec![outcome(&a, 10, 4, 0, false), outcome(&b, 20, 0, 1, false)],
         );
         // Both maps alive at once, so the second value cannot be a new one at a freed address.
-        let one = answer_headers(&first, ContentType::JsonLast, Some(1));
-        let two = answer_headers(&second, ContentType::ProblemFirst, Some(2));
+        let one = answer_headers(&first, AnswerBody::Json(1));
+        let two = answer_headers(&second, AnswerBody::Problem(2));
         let bytes = |map: &HeaderMap| map["ratelimit-policy"].as_bytes().as_ptr();
         assert_eq!(bytes(&one), bytes(&two));
         assert_eq!(one["ratelimit-policy"], r#""a";q=10;w=60, "b";q=20;w=60"#);

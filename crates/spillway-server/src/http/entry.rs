@@ -9,18 +9,24 @@
 //! `ConnectInfo`. Any other method on `/v1/check` still gets the router's 405, any other path
 //! its 404.
 //!
+//! `GET /healthz` takes the same shortcut (to [`probes::healthz`]), so that it measures what a
+//! check costs apart from the decision: through the router it cost about 4,500 instructions
+//! more than the check's own dispatch (`docs/BENCHMARKS.md`, "The HTTP floor (issue 16,
+//! session 17)"). Its answer is the router's, byte for byte.
+//!
 //! The shortcut is off when the debug-level access log is on, so that log still sees every
 //! request (it is a layer of the router).
 
-use crate::http::{access_log, check};
+use crate::http::{access_log, check, probes};
 use crate::state::AppState;
 use axum::extract::ConnectInfo;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 use axum::{BoxError, Router};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either};
-use http::{Method, Request};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderValue, Method, Request};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,11 +35,16 @@ use std::task::{Context, Poll};
 /// The path the shortcut serves (with `POST` only).
 pub const CHECK_PATH: &str = "/v1/check";
 
-/// One connection's service: `/v1/check` straight to its handler, the rest to `router`.
+/// The liveness probe's path, served by the shortcut too (with `GET` only).
+pub const HEALTHZ_PATH: &str = "/healthz";
+
+/// One connection's service: `/v1/check` and `/healthz` straight to their handlers, the rest
+/// to `router`.
 #[derive(Clone)]
 pub struct Entry {
     router: Router,
-    /// The state `/v1/check` is answered with; `None` sends it through the router too.
+    /// The state `/v1/check` is answered with; `None` sends it (and `/healthz`) through the
+    /// router too.
     check: Option<Arc<AppState>>,
     peer: SocketAddr,
 }
@@ -64,11 +75,22 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         if let Some(app) = &self.check {
-            if request.method() == Method::POST && request.uri().path() == CHECK_PATH {
+            let (method, path) = (request.method(), request.uri().path());
+            if method == Method::POST && path == CHECK_PATH {
                 let app = app.clone();
                 return Either::Left(Box::pin(
                     async move { Ok(check::answer(&app, request).await) },
                 ));
+            }
+            if method == Method::GET && path == HEALTHZ_PATH {
+                return Either::Left(Box::pin(async move {
+                    // The router sets the length in the map, which puts it before hyper's
+                    // `connection` line; hyper would add it after.
+                    let body = probes::healthz().await;
+                    let mut response = body.into_response();
+                    (response.headers_mut()).insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+                    Ok(response)
+                }));
             }
         }
         request.extensions_mut().insert(ConnectInfo(self.peer));

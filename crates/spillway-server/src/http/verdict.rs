@@ -17,7 +17,7 @@
 
 use crate::decision::Decided;
 use crate::failure;
-use crate::http::answer_headers::{answer_headers, ContentType};
+use crate::http::answer_headers::{answer_headers, AnswerBody};
 use crate::http::problem::{self, Problem};
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
@@ -125,7 +125,7 @@ impl From<&LimitOutcome> for LimitBody {
 pub fn decided_response(status: StatusCode, decided: &Decided) -> Response {
     let mut bytes = Vec::with_capacity(128 + 160 * decided.verdict.outcomes.len());
     write_decided_json(decided, &mut bytes);
-    let headers = answer_headers(decided, ContentType::JsonLast, Some(bytes.len()));
+    let headers = answer_headers(decided, AnswerBody::Json(bytes.len()));
     respond(status, headers, bytes)
 }
 
@@ -225,7 +225,7 @@ pub fn denied_response(status: StatusCode, decided: &Decided) -> Response {
     bytes.push(b',');
     write_decided_members(decided, &mut bytes);
     bytes.push(b'}');
-    let headers = answer_headers(decided, ContentType::ProblemFirst, Some(bytes.len()));
+    let headers = answer_headers(decided, AnswerBody::Problem(bytes.len()));
     respond(problem.status(), headers, bytes)
 }
 
@@ -252,7 +252,7 @@ fn denial_word(denial: Denial) -> &'static str {
 /// The headers of a decision: the verdict's, plus the degraded mark when the store did not
 /// take part.
 pub fn decided_headers(decided: &Decided) -> HeaderMap {
-    answer_headers(decided, ContentType::Absent, None)
+    answer_headers(decided, AnswerBody::Absent)
 }
 
 /// The JSON body of a decision, with the degraded mark when the store did not take part. Built

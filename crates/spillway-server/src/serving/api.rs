@@ -1,10 +1,10 @@
 //! [`serve_http`]: the HTTP/1-or-2 server an HTTP serving thread runs over its share of the
-//! connections, with hyper's header-read timeout and the connection limits applied.
+//! connections, with the header deadline ([`super::heads`]) and the connection limits applied.
 //!
-//! Not `axum::serve`: it offers no way to set hyper's timer, header-read timeout or stream
-//! cap, so a client that sent nothing, or its headers a byte at a time, was served forever.
+//! Not `axum::serve`: it offers no way to set a header deadline or a stream cap, so a client
+//! that sent nothing, or its headers a byte at a time, was served forever.
 
-use super::connection::{serve_each, Tracked};
+use super::connection::{serve_each, Quiet, Tracked};
 use super::deadline::DeadlineBody;
 use super::threads::FIRST_READ;
 use super::Incoming;
@@ -50,9 +50,9 @@ where
     let limits = incoming.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let mut http1 = builder.http1();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+    // No timer for HTTP/1: hyper's header-read timeout, which needs one (and, with one, is on
+    // by default), arms a timer per request; the connection's task keeps our own deadline.
+    http1.header_read_timeout(None);
     if writes == Writes::Flattened {
         http1.writev(false);
     }
@@ -60,7 +60,11 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_streams);
-    serve_each(incoming, limits, FIRST_READ, |io, peer, activity| {
+    let quiet = Quiet {
+        idle: limits.idle_timeout,
+        header: Some(limits.header_timeout),
+    };
+    serve_each(incoming, quiet, FIRST_READ, |io, peer, activity| {
         let service = Tracked::new(TowerToHyperService::new(make(peer)), activity, &limits);
         builder.serve_connection(io, service).into_owned()
     })

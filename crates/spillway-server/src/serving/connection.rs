@@ -8,13 +8,16 @@
 //! flight for the idle timeout, and holds the connection's slot (a permit of the port's cap)
 //! until the connection ends.
 //!
-//! The idle check reads no clock per request: [`Activity`] counts requests starting and
-//! ending (uncontended atomic additions, on the connection's own thread), and the
-//! task looks at the count twice per idle period. Once three looks in a row have seen nothing
-//! in flight and the same count, a whole idle period has passed quietly, so a connection is
-//! closed between one and one and a half idle periods after its last request ended.
+//! The idle check and the header deadline ([`super::heads`]) read no clock per request:
+//! [`Activity`] counts requests starting and ending and the socket's writes (uncontended
+//! atomic additions, on the connection's own thread), and the task looks at the counts four
+//! times per shortest limit. A look that sees nothing in flight and the same counts as the
+//! look before adds a quarter period of quiet; once the quiet looks in a row span a limit, the
+//! connection is closed, between one and one and a quarter of that limit after it went quiet:
+//! gracefully for the idle timeout, dropped for the header deadline.
 
 use super::deadline::DeadlineBody;
+use super::heads::Watched;
 use super::limits::ConnectionLimits;
 use super::threads::{Accepted, Incoming};
 use hyper_util::rt::TokioIo;
@@ -23,19 +26,22 @@ use pin_project_lite::pin_project;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-/// What a connection's requests have been doing, as its idle check sees it: two counters, each
-/// bumped once per event (one atomic add per request start and one per end).
+/// What a connection's requests have been doing, as its idle check and header deadline see
+/// it: three counters, each bumped once per event (one atomic add per request start, one per
+/// end, one per write to the socket), and whether the client opened with HTTP/2's preface.
 #[derive(Debug, Default)]
 pub struct Activity {
     started: AtomicUsize,
     ended: AtomicUsize,
+    writes: AtomicUsize,
+    http2: AtomicBool,
 }
 
 impl Activity {
@@ -47,13 +53,50 @@ impl Activity {
         self.ended.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// How many requests have started, if none is in flight: unchanged between two looks
-    /// means nothing happened in between. `ended` is read first: it never passes `started`,
-    /// so equal counts mean every request that had started by then has ended.
-    fn quiet(&self) -> Option<usize> {
+    /// The socket took a write (part of an answer).
+    pub(super) fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The client opened with HTTP/2's preface.
+    pub(super) fn spoke_http2(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the client opened with HTTP/2's preface (so there is no header deadline).
+    pub(super) fn http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
+    }
+
+    /// How many requests have started and writes been made, if no request is in flight:
+    /// unchanged between two looks means nothing happened in between. `ended` is read first:
+    /// it never passes `started`, so equal counts mean every request that had started by then
+    /// has ended.
+    pub(super) fn quiet(&self) -> Option<(usize, usize)> {
         let ended = self.ended.load(Ordering::Relaxed);
         let started = self.started.load(Ordering::Relaxed);
-        (started == ended).then_some(started)
+        (started == ended).then(|| (started, self.writes.load(Ordering::Relaxed)))
+    }
+}
+
+/// How long a connection may stay quiet (no request in flight, nothing written): `idle`
+/// before it is closed gracefully, and, for HTTP/1, `header` before it is dropped (the
+/// header deadline, [`super::heads`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Quiet {
+    /// `--idle-timeout`, for every connection.
+    pub idle: Duration,
+    /// `--header-timeout`, for the HTTP API's HTTP/1 connections; `None` on the gRPC port.
+    pub header: Option<Duration>,
+}
+
+impl Quiet {
+    /// How many looks a connection's task takes per shortest limit.
+    const LOOKS: u32 = 4;
+
+    /// The time between two looks.
+    fn look(self) -> Duration {
+        self.header.map_or(self.idle, |h| h.min(self.idle)) / Self::LOOKS
     }
 }
 
@@ -122,15 +165,12 @@ impl<F: Future> Future for InFlight<F> {
 }
 
 /// Serves every connection dealt to this thread with `open(io, peer, activity)`, each on a
-/// task of its own, until the queue ends; then waits `pause` (for connections just taken to
-/// read their first request), shuts them all down gracefully and waits for them.
-pub async fn serve_each<C, F>(
-    mut incoming: Incoming,
-    limits: ConnectionLimits,
-    pause: Duration,
-    mut open: F,
-) where
-    F: FnMut(TokioIo<TcpStream>, SocketAddr, &Arc<Activity>) -> C,
+/// task of its own, closed once quiet as `quiet` says, until the queue ends; then waits
+/// `pause` (for connections just taken to read their first request), shuts them all down
+/// gracefully and waits for them.
+pub async fn serve_each<C, F>(mut incoming: Incoming, quiet: Quiet, pause: Duration, mut open: F)
+where
+    F: FnMut(TokioIo<Watched<TcpStream>>, SocketAddr, &Arc<Activity>) -> C,
     C: GracefulConnection + Send + 'static,
     C::Error: std::fmt::Display,
 {
@@ -144,14 +184,9 @@ pub async fn serve_each<C, F>(
             }
         };
         let activity = Arc::new(Activity::default());
-        let connection = open(TokioIo::new(stream), peer, &activity);
-        tokio::spawn(drive(
-            connection,
-            activity,
-            limits.idle_timeout,
-            draining.clone(),
-            slot,
-        ));
+        let io = TokioIo::new(Watched::new(stream, &activity));
+        let connection = open(io, peer, &activity);
+        tokio::spawn(drive(connection, activity, quiet, draining.clone(), slot));
     }
     if !pause.is_zero() {
         tokio::time::sleep(pause).await;
@@ -162,12 +197,14 @@ pub async fn serve_each<C, F>(
     drain.closed().await;
 }
 
-/// Runs one connection to its end: gracefully shut down when it has been idle for `idle`, or
-/// when the thread drains. `_slot` is its place under the port's connection cap.
+/// Runs one connection to its end: gracefully shut down when it has been idle for
+/// `quiet.idle` or when the thread drains, dropped when an HTTP/1 connection has waited
+/// `quiet.header` for a request head (draining or not). `_slot` is its place under the
+/// port's connection cap.
 async fn drive<C>(
     connection: C,
     activity: Arc<Activity>,
-    idle: Duration,
+    quiet: Quiet,
     mut draining: watch::Receiver<()>,
     _slot: OwnedSemaphorePermit,
 ) where
@@ -175,13 +212,13 @@ async fn drive<C>(
     C::Error: std::fmt::Display,
 {
     let mut connection = pin!(connection);
-    let look = idle / 2;
+    let look = quiet.look();
     let check = tokio::time::sleep(look);
     let mut check = pin!(check);
-    // The count at the last look, and how many looks in a row have seen it unchanged with
-    // nothing in flight: two such looks span a whole idle period.
+    // The counts at the last look, and how many looks in a row have seen them unchanged with
+    // nothing in flight: the connection has been quiet at least that many looks' time.
     let mut last = activity.quiet();
-    let mut quiet_looks = 0;
+    let mut quiet_looks: u32 = 0;
     let mut closing = false;
     loop {
         tokio::select! {
@@ -198,20 +235,32 @@ async fn drive<C>(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            () = check.as_mut(), if !closing => {
+            // Closing gracefully waits for a request head hyper is still reading, so the
+            // header deadline keeps being looked at.
+            () = check.as_mut(), if !closing || quiet.header.is_some() => {
                 let now = activity.quiet();
                 if now.is_some() && now == last {
-                    quiet_looks += 1;
+                    quiet_looks = quiet_looks.saturating_add(1);
                 } else {
                     (last, quiet_looks) = (now, 0);
                 }
-                if quiet_looks >= 2 {
-                    tracing::debug!(idle_ms = idle.as_millis() as u64, "closing an idle connection");
+                let quiet_for = look.saturating_mul(quiet_looks);
+                if quiet.header.is_some_and(|header| quiet_for >= header) && !activity.http2() {
+                    tracing::debug!(
+                        header_ms = quiet_for.as_millis() as u64,
+                        "dropping a connection that sent no request head in time"
+                    );
+                    return;
+                }
+                if !closing && quiet_for >= quiet.idle {
+                    tracing::debug!(
+                        idle_ms = quiet.idle.as_millis() as u64,
+                        "closing an idle connection"
+                    );
                     closing = true;
                     connection.as_mut().graceful_shutdown();
-                } else {
-                    check.as_mut().reset(tokio::time::Instant::now() + look);
                 }
+                check.as_mut().reset(tokio::time::Instant::now() + look);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! [`serve_http2`]: the HTTP/2 server a gRPC serving thread runs over its share of the
 //! connections.
 
-use super::connection::{serve_each, Tracked};
+use super::connection::{serve_each, Quiet, Tracked};
 use super::deadline::DeadlineBody;
 use super::Incoming;
 use hyper::server::conn::http2;
@@ -34,7 +34,11 @@ where
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_streams);
-    serve_each(incoming, limits, Duration::ZERO, |io, _, activity| {
+    let quiet = Quiet {
+        idle: limits.idle_timeout,
+        header: None,
+    };
+    serve_each(incoming, quiet, Duration::ZERO, |io, _, activity| {
         builder.serve_connection(io, Tracked::new(service.clone(), activity, &limits))
     })
     .await;

@@ -8,13 +8,14 @@
 //! - `max_connections`: open connections per port. When they are all taken the accept task
 //!   stops accepting (new clients wait in the kernel's backlog) until one closes; it never
 //!   accepts a connection only to drop it.
-//! - `header_timeout`: HTTP/1's time to send a request's headers (slowloris). hyper runs it
-//!   from the moment the connection waits for a request head, so between keep-alive requests
-//!   it runs too: an HTTP/1 connection idles at most this long.
+//! - `header_timeout`: HTTP/1's time to send a request's headers (slowloris). It runs from the
+//!   moment the connection waits for a request head, so between keep-alive requests it runs
+//!   too: an HTTP/1 connection idles at most this long. Past it the connection is dropped,
+//!   between one and one and a quarter timeouts after the wait began ([`super::heads`]).
 //! - `idle_timeout`: how long a connection (HTTP/1 or HTTP/2) may stay with no request in
 //!   flight before it is closed gracefully; an HTTP/2 client that opened a connection and never
-//!   sends a request is closed by it too. Checked twice per period, so a connection goes after
-//!   between one and one and a half periods of idleness.
+//!   sends a request is closed by it too. Checked four times per shortest period, so a
+//!   connection goes after between one and one and a quarter periods of idleness.
 //! - `max_streams`: concurrent HTTP/2 streams per connection, on both ports. Envoy multiplexes
 //!   many calls on a few connections, so this is generous by default.
 //! - `body_timeout`: how long a request body may take to arrive in full, counted from the first

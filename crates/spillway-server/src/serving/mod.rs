@@ -28,12 +28,14 @@
 //!
 //! Layout: [`threads`] accepts (under the connection cap) and deals connections out to the
 //! per-thread runtimes; [`connection`] runs each connection on its task, closes idle ones and
-//! drains; [`api`] is the HTTP API's server and [`http2`] the gRPC port's; [`deadline`] cuts
-//! off request bodies that trickle in; [`limits`] holds the settings.
+//! drains; [`api`] is the HTTP API's server and [`http2`] the gRPC port's; [`heads`] cuts off
+//! HTTP/1 clients slow to send a request head; [`deadline`] cuts off request bodies that
+//! trickle in; [`limits`] holds the settings.
 
 pub mod api;
 pub mod connection;
 pub mod deadline;
+pub mod heads;
 pub mod http2;
 pub mod limits;
 #[cfg(test)]
