@@ -5,8 +5,9 @@
 //! [`crate::sentinel::SentinelConn`] keeps to the current master, the cluster client's async
 //! connection for a cluster) is shared by every request: concurrent checks are pipelined on
 //! it, and a dropped connection is re-established by the client on the next call. On a single
-//! server, a serving thread that attached ([`Store::attach_thread`]) sends its checks on a
-//! connection of its own instead, once that is up ([`crate::thread_lane`]). Each call
+//! server (directly or through Sentinel), a serving thread that attached
+//! ([`Store::attach_thread`]) sends its checks on a connection of its own instead, once that
+//! is up ([`crate::thread_lane`]). Each call
 //! is bounded by the configured timeout and timed into `spillway_store_roundtrip_seconds`.
 //!
 //! A request's checks are evaluated by one call of the check function when their keys share
@@ -40,7 +41,8 @@ pub struct RedisStore {
     runner: Runner,
     /// Coalesces concurrent requests into shared calls (per slot on a cluster).
     batcher: Batcher,
-    /// The serving threads' own connections and batchers (single server only).
+    /// The serving threads' own connections and batchers (a single server, directly or
+    /// through Sentinel; none on a cluster).
     lanes: ThreadLanes,
     layout: KeyLayout,
     /// The node's clock, for the local cache (Redis keeps the limits' own time).
@@ -144,14 +146,15 @@ impl RedisStore {
         let runner = Runner::new(conn, timeout);
         runner.prepare().await;
         let batcher = Batcher::start(runner.clone());
-        let lanes = match &config.target {
-            Target::Server(url) => ThreadLanes::server(
+        let lanes = match (&config.target, &runner.conn) {
+            (Target::Server(url), _) => ThreadLanes::server(
                 url,
                 config,
                 server_settings,
                 timeout.max(Duration::from_secs(1)),
             ),
-            Target::Cluster(_) | Target::Sentinel { .. } => ThreadLanes::none(),
+            (_, Conn::Sentinel(master)) => ThreadLanes::sentinel(master),
+            _ => ThreadLanes::none(),
         };
         Ok(Self {
             runner,
@@ -339,14 +342,14 @@ impl Store for RedisStore {
         self.cache.as_ref()?.deny(checks, self.now())
     }
 
-    /// Starts this serving thread's own connection and batcher (a single server only; see
-    /// [`crate::thread_lane`]).
+    /// Starts this serving thread's own connection and batcher (a single server, directly or
+    /// through Sentinel; see [`crate::thread_lane`]).
     fn attach_thread(&self) {
         self.lanes.attach(&self.runner);
     }
 
-    /// Whether this thread's lane is up (only a single server has lanes, so every check is
-    /// one call of one lane). The check that follows decides again in `ThreadLanes::here`
+    /// Whether this thread's lane is up (only a single server has lanes, directly or through
+    /// Sentinel, so every check is one call of one lane). The check that follows decides again in `ThreadLanes::here`
     /// with nothing awaited between, so both say the same.
     fn served_on_this_thread(&self) -> bool {
         self.lanes.ready_here()

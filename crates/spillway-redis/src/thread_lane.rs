@@ -40,11 +40,13 @@
 use crate::batch::Batcher;
 use crate::login::Refusal;
 use crate::runner::{Conn, Runner};
+use crate::sentinel::SentinelConn;
 use redis::aio::ConnectionManager;
 use spillway_core::store::StoreError;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::ThreadId;
 use std::time::Duration;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::watch;
@@ -80,12 +82,24 @@ struct Lane {
     /// Whether requests may take it: its connection is made and has not failed since it
     /// last answered.
     up: bool,
+    /// On a Sentinel store, how many master switches the store had followed when this lane's
+    /// connection was made: the lane is used only while that is still the count, so it never
+    /// writes to a master the store has left (0 on a single server).
+    generation: u64,
     /// The store's failure count; closed (its sender dropped) once the store is gone.
     failures: watch::Receiver<u64>,
 }
 
+/// How a lane connects.
+enum Connect {
+    /// To a single server, always the same.
+    Server(ServerConnect),
+    /// To whichever master the store's own connection follows now (it asks the sentinels).
+    Sentinel(SentinelConn),
+}
+
 /// How a lane connects to a single server.
-struct Connect {
+struct ServerConnect {
     url: String,
     /// Whose Redis it is and the setting to check, should the server refuse the login (as the
     /// store's own connection words it; see [`crate::login::Refusal`]).
@@ -99,10 +113,10 @@ struct Connect {
 /// A store's side of its thread lanes; see the module docs.
 pub(crate) struct ThreadLanes {
     id: u64,
-    /// `None`: this store makes no thread lanes (a cluster or Sentinel).
+    /// `None`: this store makes no thread lanes (a cluster).
     connect: Option<Arc<Connect>>,
-    /// Counts the store's checks that failed as unavailable, which sends every lane to ping
-    /// its connection; dropped with the store, which ends every lane.
+    /// Counts the store's checks that failed as unavailable, which sends every lane aside;
+    /// dropped with the store, which ends every lane.
     failures: watch::Sender<u64>,
 }
 
@@ -115,13 +129,19 @@ impl ThreadLanes {
         settings: redis::aio::ConnectionManagerConfig,
         ping_limit: Duration,
     ) -> Self {
-        Self::make(Some(Arc::new(Connect {
+        Self::make(Some(Arc::new(Connect::Server(ServerConnect {
             url: url.to_owned(),
             owner: config.owner.clone(),
             login_hint: config.login_hint.clone(),
             settings,
             ping_limit,
-        })))
+        }))))
+    }
+
+    /// Lanes to the master that `master`, the store's own connection, follows through
+    /// Sentinel.
+    pub(crate) fn sentinel(master: &SentinelConn) -> Self {
+        Self::make(Some(Arc::new(Connect::Sentinel(master.clone()))))
     }
 
     /// No thread lanes: every call takes the shared path.
@@ -154,8 +174,8 @@ impl ThreadLanes {
         }
         let runtime = handle.id();
         let fresh = LANES.with_borrow_mut(|lanes| {
-            // Lanes whose task could not take them out are dropped here: their store is gone,
-            // or their runtime ended (its task with it) while the thread lives on.
+            // Normally a lane leaves the list when its task ends (see `Listed`); one whose
+            // runtime was dropped on another thread could not, and goes here.
             lanes.retain(|lane| lane.failures.has_changed().is_ok() && lane.runtime == runtime);
             if lanes.iter().any(|lane| lane.store == self.id) {
                 return false;
@@ -165,6 +185,7 @@ impl ThreadLanes {
                 runtime,
                 batcher: None,
                 up: false,
+                generation: 0,
                 failures: self.failures.subscribe(),
             });
             true
@@ -172,32 +193,41 @@ impl ThreadLanes {
         if !fresh {
             return;
         }
+        let listed = Listed {
+            store: self.id,
+            thread: std::thread::current().id(),
+        };
         let (id, template) = (self.id, template.clone());
         let (failures, mut gone) = (self.failures.subscribe(), self.failures.subscribe());
         tokio::spawn(async move {
+            // Takes the lane off the list however the task ends.
+            let _listed = listed;
             // Ends only once the store is gone (a changed count is not an end).
             let store_gone = async move { while gone.changed().await.is_ok() {} };
             tokio::select! {
                 () = run(id, &connect, template, failures) => {}
                 () = store_gone => {}
             }
-            let _ = LANES.try_with(|lanes| lanes.borrow_mut().retain(|lane| lane.store != id));
         });
     }
 
-    /// This thread's lane for the store, if it is up.
+    /// This thread's lanes for the store, if it is up (and, on a Sentinel store, made for
+    /// the master the store uses now).
     ///
     /// [`ThreadLanes::ready_here`] answers the same question for the failure guard just
     /// before the store's check asks this one: nothing may await between the two, so the
     /// guard's answer (poll the call here, or on the main runtime) holds for the path taken.
     pub(crate) fn here(&self) -> Option<Arc<Batcher>> {
-        self.connect.as_ref()?;
+        let generation = match self.connect.as_deref()? {
+            Connect::Server(_) => 0,
+            Connect::Sentinel(master) => master.generation(),
+        };
         LANES
             .try_with(|lanes| {
                 lanes
                     .borrow()
                     .iter()
-                    .find(|lane| lane.store == self.id && lane.up)
+                    .find(|lane| lane.store == self.id && lane.up && lane.generation == generation)
                     .and_then(|lane| lane.batcher.clone())
             })
             .ok()
@@ -210,21 +240,49 @@ impl ThreadLanes {
         self.here().is_some()
     }
 
-    /// Tells the lanes that a check failed with `err`: if Redis was unavailable, this
-    /// thread's lane is marked down at once and every lane is sent to ping its connection
-    /// (see the module docs). A batcher refusing a request because its queue was full says
-    /// nothing about the connection and sends no lane aside: under overload, lanes stepping
-    /// aside would pile every thread's requests onto the one shared queue, which would then
-    /// refuse more.
+    /// Tells the lanes that a check failed with `err`: if Redis was unavailable (which
+    /// includes a demoted master's `READONLY`), this thread's lane is marked down at once and
+    /// every lane is sent aside (see the module docs); on a Sentinel store the store's own
+    /// connection is also asked to look for a new master. A batcher refusing a request
+    /// because its queue was full says nothing about the connection and sends no lane aside:
+    /// under overload, lanes stepping aside would pile every thread's requests onto the one
+    /// shared queue, which would then refuse more.
     pub(crate) fn failed(&self, err: &StoreError) {
-        if self.connect.is_none()
-            || !matches!(err, StoreError::Unavailable(_))
-            || crate::batch::refused_as_full(err)
-        {
+        let Some(connect) = self.connect.as_deref() else {
+            return;
+        };
+        if !matches!(err, StoreError::Unavailable(_)) || crate::batch::refused_as_full(err) {
             return;
         }
         set_up(self.id, false);
+        if let Connect::Sentinel(master) = connect {
+            master.nudge();
+        }
         self.failures.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// A lane's place on its thread's list, taken off when its task ends or is dropped (its
+/// store gone, or its runtime shut down): the one clean-up of a lane. Dropping the lane drops
+/// its batcher, whose dispatcher then ends once its last caller is answered, and the
+/// connection with it.
+struct Listed {
+    store: u64,
+    /// The thread whose list holds the lane: a runtime dropped on another thread drops the
+    /// task there, whose own list is not this lane's.
+    thread: ThreadId,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if std::thread::current().id() != self.thread {
+            return;
+        }
+        let _ = LANES.try_with(|lanes| {
+            if let Ok(mut lanes) = lanes.try_borrow_mut() {
+                lanes.retain(|lane| lane.store != self.store);
+            }
+        });
     }
 }
 
@@ -242,20 +300,44 @@ fn set_up(id: u64, up: bool) -> bool {
         .is_some()
 }
 
-/// A lane's life on its thread: makes its connection (again after a wait while that fails),
-/// hands its batcher to the thread's list, and drives its dispatcher, which runs until the
-/// task is dropped (the store gone, or the runtime ended). Beside it, after each failure the
-/// store reports, it takes the lane down until its connection answers a ping.
-async fn run(id: u64, connect: &Connect, template: Runner, mut failures: watch::Receiver<u64>) {
+/// Hands this thread's lane of store `id` its batcher (made for the master switch count
+/// `generation`) and marks it up, or (`None`) takes its batcher away and marks it down;
+/// whether the lane is still listed.
+fn place(id: u64, batcher: Option<Batcher>, generation: u64) -> bool {
+    LANES
+        .try_with(|lanes| {
+            let mut lanes = lanes.borrow_mut();
+            let lane = lanes.iter_mut().find(|lane| lane.store == id)?;
+            lane.up = batcher.is_some();
+            lane.batcher = batcher.map(Arc::new);
+            lane.generation = generation;
+            Some(())
+        })
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+/// A lane's life on its thread; see [`run_server`] and [`run_sentinel`].
+async fn run(id: u64, connect: &Connect, template: Runner, failures: watch::Receiver<u64>) {
+    match connect {
+        Connect::Server(server) => run_server(id, server, template, failures).await,
+        Connect::Sentinel(master) => run_sentinel(id, master, template, failures).await,
+    }
+}
+
+/// Makes a lane's connection with `open`, again after a wait while that fails (warning
+/// once, counting every failure).
+async fn connected<T, F, Fut>(mut open: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
     let mut wait = RETRY_FIRST;
     let mut warned = false;
-    let conn = loop {
-        let refusal = Refusal::of(&connect.owner, &connect.login_hint);
-        match refusal
-            .connect_server(&connect.url, connect.settings.clone())
-            .await
-        {
-            Ok(conn) => break conn,
+    loop {
+        match open().await {
+            Ok(conn) => return conn,
             Err(err) => {
                 metrics::counter!(THREAD_LANE_FAILURES).increment(1);
                 if warned {
@@ -271,20 +353,32 @@ async fn run(id: u64, connect: &Connect, template: Runner, mut failures: watch::
                 wait = (wait * 2).min(RETRY_MAX);
             }
         }
-    };
+    }
+}
+
+/// A single server's lane: makes its connection, hands its batcher to the thread's list,
+/// and drives its dispatcher, which runs until the task is dropped (the store gone, or the
+/// runtime ended). Beside it, after each failure the store reports, it takes the lane down
+/// until its connection answers a ping (the server's address never changes, and the client
+/// reconnects to it).
+async fn run_server(
+    id: u64,
+    connect: &ServerConnect,
+    template: Runner,
+    mut failures: watch::Receiver<u64>,
+) {
+    let conn = connected(|| {
+        let refusal = Refusal::of(&connect.owner, &connect.login_hint);
+        async move {
+            refusal
+                .connect_server(&connect.url, connect.settings.clone())
+                .await
+        }
+    })
+    .await;
     let probe = conn.clone();
     let (batcher, dispatcher) = Batcher::new(template.with_conn(Conn::Server(conn)));
-    let placed = LANES
-        .try_with(|lanes| {
-            let mut lanes = lanes.borrow_mut();
-            let lane = lanes.iter_mut().find(|lane| lane.store == id)?;
-            lane.batcher = Some(Arc::new(batcher));
-            lane.up = true;
-            Some(())
-        })
-        .ok()
-        .flatten();
-    if placed.is_none() {
+    if !place(id, Some(batcher), 0) {
         return;
     }
     failures.borrow_and_update();
@@ -305,6 +399,46 @@ async fn run(id: u64, connect: &Connect, template: Runner, mut failures: watch::
     tokio::select! {
         () = dispatcher => {}
         () = mend => {}
+    }
+}
+
+/// A Sentinel store's lane: connects to the master the store's own connection uses now
+/// (checked to act as master), and serves until the store follows a switch or reports a
+/// failure; then it steps aside (its thread's requests take the shared path), leaves the
+/// calls already sent to finish on the old connection in the background, and connects again
+/// to the master the store names by then. A demoted master answers `READONLY`, a failure
+/// like any other unavailable answer, and the `ROLE` check keeps the lane off it.
+async fn run_sentinel(
+    id: u64,
+    master: &SentinelConn,
+    template: Runner,
+    mut failures: watch::Receiver<u64>,
+) {
+    let mut switches = master.switches();
+    loop {
+        // A switch from here on, even while connecting, sends the new lane aside.
+        switches.borrow_and_update();
+        let (generation, conn) = connected(|| master.open_current()).await;
+        let (batcher, dispatcher) = Batcher::new(template.clone().with_conn(Conn::Server(conn)));
+        if !place(id, Some(batcher), generation) {
+            return;
+        }
+        failures.borrow_and_update();
+        let counted = Up::new();
+        let mut dispatcher = Box::pin(dispatcher);
+        // `changed` fails once the store is gone, which ends the lane anyway.
+        let aside = tokio::select! {
+            () = &mut dispatcher => false,
+            changed = failures.changed() => changed.is_ok(),
+            changed = switches.changed() => changed.is_ok(),
+        };
+        drop(counted);
+        if !place(id, None, generation) || !aside {
+            return;
+        }
+        // No new request reaches the old batcher; its dispatcher ends once those it holds
+        // are answered (each within the store's timeout).
+        tokio::spawn(dispatcher);
     }
 }
 

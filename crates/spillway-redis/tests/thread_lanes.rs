@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::lanes::{clients, eventually, serving_thread};
 use common::{check, key, window};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
@@ -15,39 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-
-/// The clients connected to the server on `port` (other than the one asking), as their
-/// `id` and the last command each ran.
-fn clients(port: u16) -> Vec<(u64, String)> {
-    let list = spillway_testkit::redis::command(port, "CLIENT LIST").unwrap_or_default();
-    list.lines()
-        .filter(|line| line.contains("id="))
-        .filter_map(|line| {
-            let field = |name: &str| {
-                line.split(' ')
-                    .find_map(|f| f.strip_prefix(name))
-                    .map(str::to_owned)
-            };
-            let id = field("id=")?.parse().ok()?;
-            let cmd = field("cmd=")?;
-            Some((id, cmd))
-        })
-        .filter(|(_, cmd)| cmd != "client|list")
-        .collect()
-}
-
-/// Polls `what` every 10 ms until it holds, for at most 5 s (waiting on another process:
-/// a connection being made or closed).
-async fn eventually(mut what: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !what() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
-}
 
 async fn store(url: String, timeout: Duration) -> Arc<RedisStore> {
     let mut config = RedisConfig::new(Target::Server(url), "the test's URL");
@@ -65,35 +33,6 @@ async fn one_check(store: &RedisStore) -> Result<(), StoreError> {
         .await?;
     assert!(d[0].allowed);
     Ok(())
-}
-
-/// Runs `work` on a new thread's single-threaded runtime after the thread attached to
-/// `store` and its lane came up; the thread's runtime keeps running (its lane with it) until
-/// `stop` fires, then the thread ends.
-fn serving_thread<F, Fut>(
-    store: Arc<RedisStore>,
-    stop: oneshot::Receiver<()>,
-    work: F,
-) -> std::thread::JoinHandle<()>
-where
-    F: FnOnce(Arc<RedisStore>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            store.attach_thread();
-            assert!(
-                eventually(|| store.served_on_this_thread()).await,
-                "the thread's lane comes up"
-            );
-            work(store).await;
-            let _ = stop.await;
-        });
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
