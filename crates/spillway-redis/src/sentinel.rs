@@ -3,7 +3,10 @@
 //! [`SentinelConn`] asks the sentinels, in the order given, for the address of the master they
 //! know by name (`SENTINEL GET-MASTER-ADDR-BY-NAME`), connects to it and checks that it really
 //! acts as master (`ROLE`): a sentinel that has not yet heard of a failover can name a server
-//! that was demoted. Every store call goes to that master over one multiplexed connection.
+//! that was demoted. Store calls go to that master over one multiplexed connection, except
+//! those of serving threads with a connection of their own to it ([`crate::thread_conn`]),
+//! each made for the master this one names ([`SentinelConn::open_current`]) and dropped
+//! once this one switches ([`SentinelConn::generation`]).
 //!
 //! A background task keeps the address true. It asks again
 //! - at once when a sentinel announces a failover (`+switch-master`, subscribed to on one
@@ -65,7 +68,7 @@ struct Inner {
     timeout: Duration,
     current: parking_lot::RwLock<Current>,
     /// How many switches this connection followed: a serving thread's own connection to the
-    /// master (see [`crate::thread_lane`]) is used only while this is what it was when that
+    /// master (see [`crate::thread_conn`]) is used only while this is what it was when that
     /// connection was made. Written under `current`'s write lock.
     generation: AtomicU64,
     /// Told the generation after each switch, so those connections step aside at once.

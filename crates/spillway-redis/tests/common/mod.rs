@@ -2,7 +2,7 @@
 //! replaying vectors through any [`Store`].
 #![allow(dead_code)]
 
-pub mod lanes;
+pub mod thread_conns;
 
 use spillway_core::algorithm::{Decision, LimitParams};
 use spillway_core::key::StateKey;

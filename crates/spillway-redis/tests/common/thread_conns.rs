@@ -1,5 +1,6 @@
-//! Helpers of the thread-lane tests: which connection did what (Redis's `CLIENT LIST`), and a
-//! "serving thread" run as the server runs one (a plain thread on a single-threaded runtime).
+//! Helpers of the thread-thread connection tests: which connection did what (Redis's `CLIENT
+//! LIST`), and a "serving thread" run as the server runs one (a plain thread on a single-threaded
+//! runtime).
 
 use spillway_redis::RedisStore;
 use std::sync::Arc;
@@ -56,9 +57,9 @@ pub async fn eventually_within(limit: Duration, mut what: impl FnMut() -> bool) 
     true
 }
 
-/// Runs `work` on a new thread's single-threaded runtime after the thread attached to
-/// `store` and its lane came up; the thread's runtime keeps running (its lane with it) until
-/// `stop` fires, then the thread ends.
+/// Runs `work` on a new thread's single-threaded runtime after the thread attached to `store` and
+/// its thread connection came up; the thread's runtime keeps running (its thread connection with
+/// it) until `stop` fires, then the thread ends.
 pub fn serving_thread<F, Fut>(
     store: Arc<RedisStore>,
     stop: oneshot::Receiver<()>,
@@ -78,7 +79,7 @@ where
             store.attach_thread();
             assert!(
                 eventually(|| store.served_on_this_thread()).await,
-                "the thread's lane comes up"
+                "the thread's own connection comes up"
             );
             work(store).await;
             let _ = stop.await;

@@ -1,14 +1,15 @@
-//! Thread lanes on a store that finds its master through real `redis-sentinel` processes:
-//! an attached thread checks on a connection of its own to the master; a master demoted to a
-//! replica (`READONLY`) sends the lane aside at once and keeps it off that server; after a
-//! failover under load the lanes connect to the new master, where decisions go on, exact.
+//! Thread connections on a store that finds its master through real `redis-sentinel` processes: an
+//! attached thread checks on a connection of its own to the master; a master demoted to a replica
+//! (`READONLY`) sends the thread connection aside at once and keeps it off that server; after a
+//! failover under load the thread connections connect to the new master, where decisions go on,
+//! exact.
 
 // A failover takes real time (the sentinels' own timers); the test measures it on the wall.
 #![allow(clippy::disallowed_methods)]
 
 mod common;
 
-use common::lanes::{clients, eventually, serving_thread};
+use common::thread_conns::{clients, eventually, serving_thread};
 use common::{check, key, window};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
@@ -66,7 +67,7 @@ async fn an_attached_thread_checks_on_its_own_connection_to_the_master() {
     assert_eq!(
         after.len(),
         2,
-        "the shared connection and the lane's: {after:?}"
+        "the shared connection and the thread connection's: {after:?}"
     );
     for (id, cmd) in &after {
         if *id == shared {
@@ -79,10 +80,11 @@ async fn an_attached_thread_checks_on_its_own_connection_to_the_master() {
     thread.join().expect("thread");
 }
 
-/// The master is made a replica of an unrelated server behind the sentinels' back (as a
-/// demoted master that is still up looks): the lane's next check meets `READONLY`, the lane
-/// steps aside at once, and while the store still names that server no lane is made on it
-/// (it does not act as master); once it is master again, the lane comes back.
+/// The master is made a replica of an unrelated server behind the sentinels' back (as a demoted
+/// master that is still up looks): the thread connection's next check meets `READONLY`, the thread
+/// connection steps aside at once, and while the store still names that server no thread connection
+/// is made on it (it does not act as master); once it is master again, the thread connection comes
+/// back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demoted_master_sends_the_lane_aside_and_keeps_it_off() {
     let group = SentinelGroup::start();
@@ -102,7 +104,7 @@ async fn a_demoted_master_sends_the_lane_aside_and_keeps_it_off() {
         let on_lane = store.served_on_this_thread();
         let met = one_check(&store, "u").await;
         let aside_at_once = !store.served_on_this_thread();
-        // The store still names the demoted server: for a while, no lane is up on it.
+        // The store still names the demoted server: for a while, no thread connection is up on it.
         let mut stayed_off = true;
         let until = Instant::now() + Duration::from_millis(800);
         while Instant::now() < until {
@@ -116,30 +118,42 @@ async fn a_demoted_master_sends_the_lane_aside_and_keeps_it_off() {
         let answered = one_check(&store, "u").await;
         let _ = result.send((back, answered));
     });
-    is_up.await.expect("the lane answered");
+    is_up.await.expect("the thread connection answered");
     let replicaof = format!("REPLICAOF 127.0.0.1 {}", elsewhere.port());
     spillway_testkit::redis::command(port, &replicaof).expect("demoted");
     let _ = demoted.send(());
     let (on_lane, met, aside_at_once, stayed_off) = has_looked.await.expect("the thread looked");
-    assert!(on_lane, "the check after the demotion was sent on the lane");
+    assert!(
+        on_lane,
+        "the check after the demotion was sent on the thread connection"
+    );
     assert!(
         matches!(&met, Err(StoreError::Unavailable(why)) if why.to_lowercase().contains("readonly")),
         "a demoted master refuses the write as unavailable: {met:?}"
     );
-    assert!(aside_at_once, "READONLY sends the lane aside at once");
-    assert!(stayed_off, "no lane is made on a server that is not master");
+    assert!(
+        aside_at_once,
+        "READONLY sends the thread connection aside at once"
+    );
+    assert!(
+        stayed_off,
+        "no thread connection is made on a server that is not master"
+    );
     spillway_testkit::redis::command(port, "REPLICAOF NO ONE").expect("promoted");
     let _ = promoted.send(());
     let (back, answered) = outcome.await.expect("the thread reports");
-    assert!(back, "the lane comes back once the server is master again");
+    assert!(
+        back,
+        "the thread connection comes back once the server is master again"
+    );
     assert!(answered.is_ok(), "{answered:?}");
     let _ = stop.send(());
     thread.join().expect("thread");
 }
 
-/// Two serving threads keep checking while the master is killed; the store follows the
-/// failover, both lanes connect to the new master and decisions go on there, on the lanes;
-/// a fresh limit shared by both threads then admits exactly its limit.
+/// Two serving threads keep checking while the master is killed; the store follows the failover,
+/// both thread connections connect to the new master and decisions go on there, on the thread
+/// connections; a fresh limit shared by both threads then admits exactly its limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_failover_under_load_the_lanes_move_to_the_new_master() {
     let mut group = SentinelGroup::start();
@@ -161,8 +175,8 @@ async fn after_a_failover_under_load_the_lanes_move_to_the_new_master() {
             stopped,
             move |store| async move {
                 let _ = up.send(());
-                // A steady load, one check every 10 ms, until the lane is up on the new master
-                // and has answered there for a while.
+                // A steady load, one check every 10 ms, until the thread connection is up on the
+                // new master and has answered there for a while.
                 let mut outcomes: Vec<(Instant, Instant, Result<bool, StoreError>)> = Vec::new();
                 let mut moved_at: Option<Instant> = None;
                 let deadline = Instant::now() + Duration::from_secs(30);
@@ -178,7 +192,10 @@ async fn after_a_failover_under_load_the_lanes_move_to_the_new_master() {
                         (true, Some(at)) if at.elapsed() > Duration::from_millis(500) => break,
                         _ => {}
                     }
-                    assert!(Instant::now() < deadline, "the lane never moved");
+                    assert!(
+                        Instant::now() < deadline,
+                        "the thread connection never moved"
+                    );
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 // Exactness on the new master: 2 threads x 30 checks of a limit of 40.
@@ -200,7 +217,7 @@ async fn after_a_failover_under_load_the_lanes_move_to_the_new_master() {
         ups.push(is_up);
     }
     for up in ups {
-        up.await.expect("lane up");
+        up.await.expect("thread connection up");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let kill_at = Instant::now();
@@ -211,7 +228,10 @@ async fn after_a_failover_under_load_the_lanes_move_to_the_new_master() {
         let (outcomes, moved_at, own, on_lane) = reported.await.expect("the thread reports");
         let moved_at = moved_at.expect("moved");
         admitted += own;
-        assert!(on_lane, "the exact checks ran on the thread's lane");
+        assert!(
+            on_lane,
+            "the exact checks ran on the thread's own connection"
+        );
         let before: Vec<_> = outcomes
             .iter()
             .filter(|(_, end, _)| *end < kill_at)
@@ -244,14 +264,17 @@ async fn after_a_failover_under_load_the_lanes_move_to_the_new_master() {
             );
         }
     }
-    assert_eq!(admitted, 40, "exactly the limit, over both lanes");
+    assert_eq!(
+        admitted, 40,
+        "exactly the limit, over both thread connections"
+    );
     // The shared connection pings last, so a check it sent does not count below.
     store.ping().await.expect("ping");
     let on_new = clients(promoted);
     assert_eq!(
         on_new.iter().filter(|(_, cmd)| cmd == "fcall").count(),
         2,
-        "both lanes checked on the new master: {on_new:?}"
+        "both thread connections checked on the new master: {on_new:?}"
     );
     for (stop, thread) in stops.into_iter().zip(threads) {
         let _ = stop.send(());
