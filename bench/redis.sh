@@ -21,6 +21,9 @@
 #        DURATION=8 RUNS=5 WARMUP=2 CONNS=50 THREADS=1 POLICIES="one four" to change
 #        NEW_ARGS="..." / OLD_ARGS="..."   extra `serve` flags for the second / first build
 #                                          (only with exactly two builds)
+#        STORE=sentinel                    the store found through Sentinel: the same Redis as
+#                                          master, one replica and three redis-sentinel
+#                                          processes (Redis CPU is still the master's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/deps.sh
@@ -37,6 +40,8 @@ CONNS=${CONNS:-50}
 THREADS=${THREADS:-1}
 WARMUP=${WARMUP:-2}
 POLICIES=${POLICIES:-one four}
+STORE=${STORE:-server}
+if [ "$STORE" = sentinel ]; then need redis-sentinel redis-sentinel; fi
 
 if [ $# -eq 0 ]; then
   cargo build --release -q -p spillway-server --bin spillway
@@ -65,9 +70,14 @@ one_run() {
   fi
   rport=$(free_port)
   start_redis "$rport" "$tmp"
+  local url="redis://127.0.0.1:$rport"
+  if [ "$STORE" = sentinel ]; then
+    start_sentinels "$rport"
+    url=$sentinel_url
+  fi
   sport=$(free_port)
   # shellcheck disable=SC2086
-  "$bin" serve --config "$tmp/$policy.yaml" --store-url "redis://127.0.0.1:$rport" \
+  "$bin" serve --config "$tmp/$policy.yaml" --store-url "$url" \
     --store-timeout 1s --listen "127.0.0.1:$sport" --log-filter warn $extra >/dev/null 2>&1 &
   pids+=($!)
   wait_healthy "$sport" "${pids[-1]}"
@@ -75,8 +85,31 @@ one_run() {
   stop_all
 }
 
+# start_sentinels MASTER_PORT: a replica of the master and three sentinels watching it (each
+# with its own config file, which Sentinel rewrites), added to `pids`; sets sentinel_url to the
+# store URL once every sentinel names the master.
+start_sentinels() {
+  local master=$1 replica s port urls="" dir
+  replica=$(free_port)
+  mkdir -p "$tmp/replica-$replica"
+  start_redis "$replica" "$tmp/replica-$replica" --replicaof 127.0.0.1 "$master"
+  for s in 1 2 3; do
+    port=$(free_port)
+    dir="$tmp/sentinel-$port"
+    mkdir -p "$dir"
+    printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor bench 127.0.0.1 %s 2\n' \
+      "$port" "$dir" "$master" >"$dir/sentinel.conf"
+    redis-sentinel "$dir/sentinel.conf" >/dev/null &
+    pids+=($!)
+    poll 100 "redis-sentinel on port $port" "${pids[-1]}" \
+      sh -c "redis-cli -p $port SENTINEL get-master-addr-by-name bench | grep -q 127.0.0.1"
+    urls+="${urls:+,}redis://127.0.0.1:$port"
+  done
+  sentinel_url="sentinel:bench@$urls"
+}
+
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
-echo "redis: $(redis-server --version | awk '{print $3}'), wrk -t$THREADS -c$CONNS -d${DURATION}s, $RUNS runs"
+echo "store: $STORE, redis: $(redis-server --version | awk '{print $3}'), wrk -t$THREADS -c$CONNS -d${DURATION}s, $RUNS runs"
 for policy in $POLICIES; do
   declare -A us=() rps=() p99=() cpu=() ctx=()
   for run in $(seq "$RUNS"); do

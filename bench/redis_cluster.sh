@@ -107,8 +107,9 @@ start_cluster() {
   echo "${ports[@]}"
 }
 
-# one_run BINARY_INDEX LOAD: prints "µs_per_decision rps p99_ms non2xx batch sys" (see
-# redis_load_run in bench/lib.sh), the CPU summed over the masters.
+# one_run BINARY_INDEX LOAD: prints "µs_per_decision rps p99_ms non2xx batch sys cpu ctx" (see
+# redis_load_run in bench/lib.sh), the CPU summed over the masters; cpu, ctx: Spillway's CPU µs
+# and context switches per request.
 one_run() {
   # Runs in a subshell (`< <(...)`): stop what it started even when a start fails.
   trap stop_all EXIT
@@ -122,26 +123,28 @@ one_run() {
     --store-timeout 1s --listen "127.0.0.1:$sport" --log-filter warn >/dev/null 2>&1 &
   pids+=($!)
   wait_healthy "$sport" "${pids[-1]}"
-  redis_load_run "$sport" "$tmp/$load.lua" "${ports[@]}"
+  LOAD_PID=${pids[-1]} redis_load_run "$sport" "$tmp/$load.lua" "${ports[@]}"
   stop_all
 }
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
 echo "redis: $(redis-server --version | awk '{print $3}'), 3 masters, wrk -t$THREADS -c$CONNS -d${DURATION}s, $RUNS runs"
 for load in $LOADS; do
-  declare -A us=() rps=() p99=()
+  declare -A us=() rps=() p99=() cpu=() ctx=()
   for run in $(seq "$RUNS"); do
     for i in "${!binaries[@]}"; do
-      read -r u r p x m _ _ _ < <(one_run "$i" "$load")
-      echo "$load run $run ${binaries[$i]}: cluster ${u} µs/decision, ${r} req/s, p99 ${p}ms, non-2xx ${x}, requests/call ${m}"
-      us[$i]+="$u "; rps[$i]+="$r "; p99[$i]+="$p "
+      read -r u r p x m _ c s < <(one_run "$i" "$load")
+      echo "$load run $run ${binaries[$i]}: cluster ${u} µs/decision, ${r} req/s, p99 ${p}ms, non-2xx ${x}, requests/call ${m}, spillway ${c} µs CPU and ${s} context switches per request"
+      us[$i]+="$u "; rps[$i]+="$r "; p99[$i]+="$p "; cpu[$i]+="$c "; ctx[$i]+="$s "
     done
   done
   for i in "${!binaries[@]}"; do
     mu=$(tr ' ' '\n' <<<"${us[$i]}" | grep . | median)
     mr=$(tr ' ' '\n' <<<"${rps[$i]}" | grep . | median)
     mp=$(tr ' ' '\n' <<<"${p99[$i]}" | grep . | median)
-    echo "median $load ${binaries[$i]}: cluster $mu µs/decision, $mr req/s, p99 ${mp}ms"
+    mc=$(tr ' ' '\n' <<<"${cpu[$i]}" | grep . | median)
+    ms=$(tr ' ' '\n' <<<"${ctx[$i]}" | grep . | median)
+    echo "median $load ${binaries[$i]}: cluster $mu µs/decision, $mr req/s, p99 ${mp}ms, spillway $mc µs CPU/request, $ms switches/request"
   done
-  unset us rps p99
+  unset us rps p99 cpu ctx
 done

@@ -11,8 +11,8 @@
 //! back to back. Reports (charges after the fact) queue the same way, one job per slot of the
 //! report, and may share a call with checks.
 //!
-//! A batcher serves one connection: the store's shared one, or on a single server a serving
-//! thread's own (see [`crate::thread_lane`]), so each thread coalesces its own requests and
+//! A batcher serves one connection: the store's shared one, or on a single server (directly
+//! or through Sentinel) a serving thread's own (see [`crate::thread_conn`]), so each thread coalesces its own requests and
 //! the bounds below hold per batcher.
 //!
 //! A lane is what one call may cover: the whole server on a single server (directly or through
@@ -110,10 +110,30 @@ pub(crate) const SLOT_QUEUE_FULL: &str =
 /// Why a request is refused at once when every lane together is full.
 pub(crate) const STORE_QUEUE_FULL: &str = "the queue for the store is full";
 
-/// Whether `err` is this batcher refusing a request because its queue was full, which says
-/// nothing about the connection (the thread lanes must not step aside for it).
-pub(crate) fn refused_as_full(err: &StoreError) -> bool {
-    matches!(err, StoreError::Unavailable(why) if why == SLOT_QUEUE_FULL || why == STORE_QUEUE_FULL)
+/// Why a request sent through a [`Batcher`] failed: the batcher itself refusing it because
+/// its queue was full, which says nothing about the connection (a thread's own connection
+/// must not step aside for it; see [`crate::thread_conn`]), or the call's own error. Either
+/// way the caller gets a counted [`StoreError`] (`Unavailable` for a full queue).
+#[derive(Debug, Clone)]
+pub(crate) enum BatchError {
+    /// Refused at once: its lane (or every lane) was full.
+    QueueFull(StoreError),
+    /// The call failed, timed out, or was never answered.
+    Store(StoreError),
+}
+
+impl From<StoreError> for BatchError {
+    fn from(err: StoreError) -> Self {
+        Self::Store(err)
+    }
+}
+
+impl From<BatchError> for StoreError {
+    fn from(err: BatchError) -> Self {
+        match err {
+            BatchError::QueueFull(err) | BatchError::Store(err) => err,
+        }
+    }
 }
 
 /// How often, at most, a full store sweeps every lane for callers that gave up.
@@ -139,7 +159,7 @@ struct Job {
     kind: Kind,
     /// When its caller gives up (it queued at `deadline - timeout`).
     deadline: Instant,
-    answer: oneshot::Sender<Result<Reply, StoreError>>,
+    answer: oneshot::Sender<Result<Reply, BatchError>>,
 }
 
 impl Job {
@@ -162,7 +182,8 @@ impl Job {
     }
 }
 
-/// The queue in front of the shared connection; see the module docs.
+/// The queue in front of one connection (the store's shared one, or a serving thread's own);
+/// see the module docs.
 #[derive(Clone)]
 pub(crate) struct Batcher {
     jobs: mpsc::Sender<Job>,
@@ -178,7 +199,7 @@ impl Batcher {
     }
 
     /// A batcher sending through `runner`, and its dispatcher for the caller to drive (a
-    /// thread's lane drives it beside its own end; see [`crate::thread_lane`]). The
+    /// thread's own connection drives it beside its own end; see [`crate::thread_conn`]). The
     /// dispatcher ends once every clone of the batcher is gone.
     pub(crate) fn new(runner: Runner) -> (Self, impl std::future::Future<Output = ()> + Send) {
         let (jobs, queue) = mpsc::channel(CHANNEL);
@@ -197,7 +218,7 @@ impl Batcher {
         keys: Vec<String>,
         checks: Vec<Encoded>,
         mode: CheckMode,
-    ) -> Result<Reply, StoreError> {
+    ) -> Result<Reply, BatchError> {
         self.submit(lane, keys, checks, Kind::Check(mode)).await
     }
 
@@ -209,7 +230,7 @@ impl Batcher {
         marker: Option<String>,
         keys: Vec<String>,
         checks: Vec<Encoded>,
-    ) -> Result<Reply, StoreError> {
+    ) -> Result<Reply, BatchError> {
         self.submit(lane, keys, checks, Kind::Charge(marker)).await
     }
 
@@ -219,7 +240,7 @@ impl Batcher {
         keys: Vec<String>,
         checks: Vec<Encoded>,
         kind: Kind,
-    ) -> Result<Reply, StoreError> {
+    ) -> Result<Reply, BatchError> {
         let limit = self.runner.timeout;
         let (answer, reply) = oneshot::channel();
         let deadline = Instant::now() + limit;
@@ -236,16 +257,17 @@ impl Batcher {
                 // The dispatcher is gone (its runtime shut down): call directly.
                 let mut args = CallArgs::default();
                 job.push_to(&mut args);
-                return only_reply(self.runner.run_call(limit, &args).await);
+                return Ok(only_reply(self.runner.run_call(limit, &args).await)?);
             }
             reply.await.unwrap_or_else(|_| {
                 Err(record(StoreError::Protocol(
                     "the batch carrying the request was dropped".into(),
-                )))
+                ))
+                .into())
             })
         })
         .await;
-        waited.unwrap_or_else(|_| Err(record(StoreError::Timeout(limit))))
+        waited.unwrap_or_else(|_| Err(record(StoreError::Timeout(limit)).into()))
     }
 }
 
@@ -328,9 +350,8 @@ impl Lanes {
             self.make_room(id);
             if let Some(why) = self.full(id) {
                 metrics::counter!(BATCH_REFUSED).increment(1);
-                let _ = job
-                    .answer
-                    .send(Err(record(StoreError::Unavailable(why.into()))));
+                let refused = record(StoreError::Unavailable(why.into()));
+                let _ = job.answer.send(Err(BatchError::QueueFull(refused)));
                 self.launch(id); // drops the lane if it is idle
                 return;
             }
@@ -545,7 +566,7 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
                     // No time left to send it again: the refusal is its answer, and is counted
                     // if its caller takes it (a caller whose own timeout fired first counted
                     // that instead).
-                    if job.answer.send(Err(err.clone())).is_ok() {
+                    if job.answer.send(Err(err.clone().into())).is_ok() {
                         Failed::count_refusal(err.clone());
                     }
                     continue;
@@ -556,7 +577,7 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
                         .await
                         .map_err(Failed::settled),
                 );
-                let _ = job.answer.send(reply);
+                let _ = job.answer.send(reply.map_err(BatchError::Store));
             }
         }
         Ok(replies) => {
@@ -566,7 +587,7 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
         }
         Err(Failed { err, .. }) => {
             for job in batch.drain(..) {
-                let _ = job.answer.send(Err(err.clone()));
+                let _ = job.answer.send(Err(err.clone().into()));
             }
         }
     }
@@ -611,7 +632,7 @@ mod tests {
         Lanes::new(lane_cap, Duration::ZERO)
     }
 
-    type Answer = oneshot::Receiver<Result<Reply, StoreError>>;
+    type Answer = oneshot::Receiver<Result<Reply, BatchError>>;
 
     fn job(lane: u16) -> (Job, Answer) {
         let (answer, reply) = oneshot::channel();
@@ -627,12 +648,12 @@ mod tests {
     }
 
     /// How many of `answers` are refusals for a full queue, told apart from an unreachable
-    /// Redis as the thread lanes tell them (`refused_as_full`).
+    /// Redis as the thread lanes tell them (by `BatchError::QueueFull`).
     fn refused(answers: &mut [Answer]) -> usize {
         answers
             .iter_mut()
             .map(oneshot::Receiver::try_recv)
-            .filter(|r| matches!(r, Ok(Err(err)) if refused_as_full(err)))
+            .filter(|r| matches!(r, Ok(Err(BatchError::QueueFull(_)))))
             .count()
     }
 

@@ -22,12 +22,13 @@
 //! - [`multi_slot`]: requests spanning several cluster slots (all slots at once, refunded
 //!   unless all admit, finished by a task of their own).
 //! - `functions`: calling the library (`FCALL`) or, without Functions, the scripts.
-//! - `runner`: script calls on the shared connection, cheap to clone into such a task.
+//! - `runner`: script calls on one connection (shared, or a serving thread's own), cheap to
+//!   clone into such a task.
 //! - [`batch`]: concurrent requests (checks and reports) to one server, or one cluster slot,
 //!   coalesced into one call, each still all-or-nothing on its own; each slot's queue bounded
 //!   on its own, and a call refused during resharding retried request by request.
-//! - [`thread_lane`]: a serving thread's own connection and batcher (single server), so its
-//!   calls never leave the thread.
+//! - [`thread_conn`]: a serving thread's own connection and batcher (a single server,
+//!   directly or through Sentinel), so its calls never leave the thread.
 //! - [`topology`]: which cluster master serves each slot, as failure domains for the server's
 //!   per-master circuit breakers.
 //! - [`local_cache`]: denying repeated over-limit requests without a round trip.
@@ -52,7 +53,7 @@ mod runner;
 pub mod script;
 pub mod sentinel;
 pub mod store;
-pub mod thread_lane;
+pub mod thread_conn;
 pub mod topology;
 
 pub use config::{Credentials, RedisConfig, SentinelAuth, Target};

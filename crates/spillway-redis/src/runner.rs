@@ -1,4 +1,5 @@
-//! [`Runner`]: script calls on the shared connection, bounded and timed.
+//! [`Runner`]: script calls on one connection (the store's shared one, or a serving thread's
+//! own; see [`crate::thread_conn`]), bounded and timed.
 //!
 //! It holds what a call needs (the connection, which form of the Lua code to call, the time
 //! bound and, in tests, the injected clock) and is cheap to clone (a connection handle and a
@@ -67,7 +68,9 @@ pub(crate) fn only_reply(replies: Result<Vec<Reply>, StoreError>) -> Result<Repl
         .ok_or_else(|| record(StoreError::Protocol("the check returned no request".into())))
 }
 
-/// The shared connection, whichever deployment it talks to.
+/// A connection a [`Runner`] calls on, whichever deployment it talks to: the store's shared
+/// connection, or a serving thread's own (always `Server`, to a single server or to the
+/// master a Sentinel store names).
 #[derive(Clone)]
 pub(crate) enum Conn {
     Server(ConnectionManager),
@@ -75,7 +78,7 @@ pub(crate) enum Conn {
     Sentinel(SentinelConn),
 }
 
-/// Script calls on the shared connection; see the module docs.
+/// Script calls on one connection; see the module docs.
 #[derive(Clone)]
 pub(crate) struct Runner {
     pub(crate) conn: Conn,
@@ -104,13 +107,13 @@ impl Runner {
 
     /// A runner calling as this one does (the same form of the Lua code, time bound and
     /// injected clock) over `conn` instead: a serving thread's own connection (see
-    /// [`crate::thread_lane`]).
-    /// Takes `self`, so the shared connection's handle it held is not kept by the lane.
+    /// [`crate::thread_conn`]).
+    /// Takes `self`, so the thread's runner does not keep the shared connection's handle.
     pub(crate) fn with_conn(self, conn: Conn) -> Self {
         Self { conn, ..self }
     }
 
-    /// Runs `work` on the shared connection within `limit`, timing it. Its error is the
+    /// Runs `work` on this runner's connection within `limit`, timing it. Its error is the
     /// caller's to count (the store's ping counts one outcome of up to two calls).
     pub(crate) async fn call_within<T, F, Fut>(
         &self,
@@ -126,7 +129,7 @@ impl Runner {
             .map_err(|err| err.map_or(StoreError::Timeout(limit), |err| classify(err, limit)))
     }
 
-    /// Runs `work` on the shared connection within `limit`, timing it into
+    /// Runs `work` on this runner's connection within `limit`, timing it into
     /// `spillway_store_roundtrip_seconds`: the client's error, or `None` past `limit`.
     /// Counts nothing: its two callers count their own way.
     async fn timed<T, F, Fut>(

@@ -3,7 +3,10 @@
 //! [`SentinelConn`] asks the sentinels, in the order given, for the address of the master they
 //! know by name (`SENTINEL GET-MASTER-ADDR-BY-NAME`), connects to it and checks that it really
 //! acts as master (`ROLE`): a sentinel that has not yet heard of a failover can name a server
-//! that was demoted. Every store call goes to that master over one multiplexed connection.
+//! that was demoted. Store calls go to that master over one multiplexed connection, except
+//! those of serving threads with a connection of their own to it ([`crate::thread_conn`]),
+//! each made for the master this one names ([`SentinelConn::open_current`]) and dropped
+//! once this one switches ([`SentinelConn::generation`]).
 //!
 //! A background task keeps the address true. It asks again
 //! - at once when a sentinel announces a failover (`+switch-master`, subscribed to on one
@@ -32,9 +35,10 @@ use crate::config::{mask_url, Credentials, SentinelAuth};
 use crate::login::{self, Refusal};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, IntoConnectionInfo, RedisError, RedisFuture, RedisResult, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// Counter of master switches this node followed.
 pub const MASTER_CHANGES: &str = "spillway_redis_master_changes_total";
@@ -63,6 +67,12 @@ struct Inner {
     master_login: Credentials,
     timeout: Duration,
     current: parking_lot::RwLock<Current>,
+    /// How many switches this connection followed: a serving thread's own connection to the
+    /// master (see [`crate::thread_conn`]) is used only while this is what it was when that
+    /// connection was made. Written under `current`'s write lock.
+    generation: AtomicU64,
+    /// Told the generation after each switch, so those connections step aside at once.
+    switched: watch::Sender<u64>,
     /// Woken by calls that failed in a way a failover explains.
     nudge: Notify,
     /// Whether switches are counted and logged as warnings (the store's connection), or only
@@ -145,6 +155,8 @@ impl SentinelConn {
             master_login: auth.master.clone(),
             timeout,
             current: parking_lot::RwLock::new(Current { addr, conn }),
+            generation: AtomicU64::new(0),
+            switched: watch::channel(0).0,
             nudge: Notify::new(),
             reported,
             owner,
@@ -156,6 +168,37 @@ impl SentinelConn {
     /// The `host:port` of the master in use.
     pub fn master_addr(&self) -> String {
         self.inner.current.read().addr.clone()
+    }
+
+    /// How many master switches this connection has followed.
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// Changes with every switch this connection follows (see [`SentinelConn::generation`]).
+    pub(crate) fn switches(&self) -> watch::Receiver<u64> {
+        self.inner.switched.subscribe()
+    }
+
+    /// Asks the sentinels again soon (a call elsewhere failed in a way a failover explains).
+    pub(crate) fn nudge(&self) {
+        self.inner.nudge.notify_one();
+    }
+
+    /// A new connection of its own to the master this one uses now, checked to act as master
+    /// (`ROLE`), logging in as this one does, and the [`SentinelConn::generation`] it was
+    /// made for.
+    pub(crate) async fn open_current(&self) -> RedisResult<(u64, ConnectionManager)> {
+        let (generation, addr) = {
+            let current = self.inner.current.read();
+            (
+                self.inner.generation.load(Ordering::Acquire),
+                current.addr.clone(),
+            )
+        };
+        let inner = &self.inner;
+        let conn = open_master(&addr, &inner.master_login, inner.timeout, inner.owner).await?;
+        Ok((generation, conn))
     }
 }
 
@@ -293,10 +336,15 @@ impl Inner {
         }
         match open_master(&addr, &self.master_login, self.timeout, self.owner).await {
             Ok(conn) => {
-                *self.current.write() = Current {
-                    addr: addr.clone(),
-                    conn,
+                let generation = {
+                    let mut current = self.current.write();
+                    *current = Current {
+                        addr: addr.clone(),
+                        conn,
+                    };
+                    self.generation.fetch_add(1, Ordering::AcqRel) + 1
                 };
+                self.switched.send_replace(generation);
                 if self.reported {
                     metrics::counter!(MASTER_CHANGES).increment(1);
                     tracing::warn!(

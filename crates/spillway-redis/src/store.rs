@@ -5,8 +5,9 @@
 //! [`crate::sentinel::SentinelConn`] keeps to the current master, the cluster client's async
 //! connection for a cluster) is shared by every request: concurrent checks are pipelined on
 //! it, and a dropped connection is re-established by the client on the next call. On a single
-//! server, a serving thread that attached ([`Store::attach_thread`]) sends its checks on a
-//! connection of its own instead, once that is up ([`crate::thread_lane`]). Each call
+//! server (directly or through Sentinel), a serving thread that attached
+//! ([`Store::attach_thread`]) sends its checks on a connection of its own instead, once that
+//! is up ([`crate::thread_conn`]). Each call
 //! is bounded by the configured timeout and timed into `spillway_store_roundtrip_seconds`.
 //!
 //! A request's checks are evaluated by one call of the check function when their keys share
@@ -25,7 +26,7 @@ use crate::login::{self, Refusal};
 use crate::multi_slot::{slots, Slots};
 use crate::runner::{Conn, Runner};
 use crate::script::Encoded;
-use crate::thread_lane::ThreadLanes;
+use crate::thread_conn::ThreadConns;
 use crate::topology::Topology;
 use async_trait::async_trait;
 use spillway_core::algorithm::Decision;
@@ -40,8 +41,9 @@ pub struct RedisStore {
     runner: Runner,
     /// Coalesces concurrent requests into shared calls (per slot on a cluster).
     batcher: Batcher,
-    /// The serving threads' own connections and batchers (single server only).
-    lanes: ThreadLanes,
+    /// The serving threads' own connections and batchers (a single server, directly or
+    /// through Sentinel; none on a cluster).
+    thread_conns: ThreadConns,
     layout: KeyLayout,
     /// The node's clock, for the local cache (Redis keeps the limits' own time).
     clock: Arc<dyn Clock>,
@@ -144,19 +146,20 @@ impl RedisStore {
         let runner = Runner::new(conn, timeout);
         runner.prepare().await;
         let batcher = Batcher::start(runner.clone());
-        let lanes = match &config.target {
-            Target::Server(url) => ThreadLanes::server(
+        let thread_conns = match (&config.target, &runner.conn) {
+            (Target::Server(url), _) => ThreadConns::server(
                 url,
                 config,
                 server_settings,
                 timeout.max(Duration::from_secs(1)),
             ),
-            Target::Cluster(_) | Target::Sentinel { .. } => ThreadLanes::none(),
+            (_, Conn::Sentinel(master)) => ThreadConns::sentinel(master),
+            _ => ThreadConns::none(),
         };
         Ok(Self {
             runner,
             batcher,
-            lanes,
+            thread_conns,
             layout,
             clock: Arc::new(SystemClock),
             cache: (config.local_cache_keys > 0).then(|| LocalCache::new(config.local_cache_keys)),
@@ -245,15 +248,18 @@ impl Store for RedisStore {
         let decisions = match slots {
             Slots::One(lane) => {
                 let encoded = checks.iter().map(Encoded::new).collect();
-                // This thread's own lane when it has one up, else the shared batcher. Chosen
+                // This thread's own connection when it has one up, else the shared batcher. Chosen
                 // before the first await, as `served_on_this_thread` was just before: nothing
                 // may await between the two, or the guard's choice of where to poll this
                 // call could be wrong for the path it takes.
-                let reply = match self.lanes.here() {
+                let reply = match self.thread_conns.here() {
                     Some(own) => own.check(lane, keys, encoded, mode).await,
                     None => self.batcher.check(lane, keys, encoded, mode).await,
                 };
-                reply.inspect_err(|err| self.lanes.failed(err))?.decisions
+                reply
+                    .inspect_err(|err| self.thread_conns.failed(err))
+                    .map_err(StoreError::from)?
+                    .decisions
             }
             Slots::Many(groups) => {
                 crate::multi_slot::check(&self.runner, keys, groups, checks, mode).await?
@@ -301,7 +307,10 @@ impl Store for RedisStore {
                     .map(|&i| Encoded::charged(&checks[i]))
                     .collect();
                 let batcher = self.batcher.clone();
-                tokio::spawn(async move { batcher.charge(lane, marker, slot_keys, encoded).await })
+                tokio::spawn(async move {
+                    let charged = batcher.charge(lane, marker, slot_keys, encoded).await;
+                    charged.map_err(StoreError::from)
+                })
             })
             .collect();
         let mut replies = Vec::with_capacity(calls.len());
@@ -338,17 +347,17 @@ impl Store for RedisStore {
         self.cache.as_ref()?.deny(checks, self.now())
     }
 
-    /// Starts this serving thread's own connection and batcher (a single server only; see
-    /// [`crate::thread_lane`]).
+    /// Starts this serving thread's own connection and batcher (a single server, directly or
+    /// through Sentinel; see [`crate::thread_conn`]).
     fn attach_thread(&self) {
-        self.lanes.attach(&self.runner);
+        self.thread_conns.attach(&self.runner);
     }
 
-    /// Whether this thread's lane is up (only a single server has lanes, so every check is
-    /// one call of one lane). The check that follows decides again in `ThreadLanes::here`
-    /// with nothing awaited between, so both say the same.
+    /// Whether this thread's own connection is up (only a single server has them, directly or
+    /// through Sentinel, so every check is one call of one batch lane). The check that follows
+    /// decides again in `ThreadConns::here` with nothing awaited between, so both say the same.
     fn served_on_this_thread(&self) -> bool {
-        self.lanes.ready_here()
+        self.thread_conns.ready_here()
     }
 
     /// One domain on a single server; on a cluster, the masters serving the checks' slots.

@@ -81,7 +81,7 @@ async fn a_refused_request_out_of_time_answers_and_counts_the_refusal() {
     assert!(answered, "Redis answered the call, refusing it");
     let reply = reply.await.expect("an answer");
     assert!(
-        matches!(&reply, Err(StoreError::Unavailable(why)) if why.to_uppercase().contains("TRYAGAIN")),
+        matches!(&reply, Err(BatchError::Store(StoreError::Unavailable(why))) if why.to_uppercase().contains("TRYAGAIN")),
         "the refusal, not a timeout: {reply:?}"
     );
     // Counted once, as the refusal: no timeout, and no retry sent.

@@ -2,6 +2,8 @@
 //! replaying vectors through any [`Store`].
 #![allow(dead_code)]
 
+pub mod thread_conns;
+
 use spillway_core::algorithm::{Decision, LimitParams};
 use spillway_core::key::StateKey;
 use spillway_core::request::CheckMode;

@@ -244,12 +244,12 @@ fn describe() {
          cluster slot, share a call)."
     );
     metrics::describe_gauge!(
-        spillway_redis::thread_lane::THREAD_LANES,
-        "Serving threads whose own Redis connection is up and taking their checks (a single \
-         server's store)."
+        spillway_redis::thread_conn::THREAD_CONNS,
+        "Serving threads whose own Redis connection is up and taking their checks (a store \
+         on a single server or a Sentinel master)."
     );
     metrics::describe_counter!(
-        spillway_redis::thread_lane::THREAD_LANE_FAILURES,
+        spillway_redis::thread_conn::THREAD_CONN_FAILURES,
         "Failed attempts to make a serving thread's own Redis connection, or to get a ping \
          answered on it after a failure."
     );

@@ -1,11 +1,12 @@
-//! A serving thread's own lane (see `spillway_redis::thread_lane`): once a thread has
-//! attached, its checks go out on a connection of its own, which steps aside after a failure
-//! until it answers again, and closes when the store is dropped. Each test runs the store's "serving thread" as a plain
-//! thread with a single-threaded runtime, as the server does, and reads which connection
-//! did what from Redis's `CLIENT LIST`.
+//! A serving thread's own connection (see `spillway_redis::thread_conn`): once a thread has
+//! attached, its checks go out on a connection of its own, which steps aside after a failure until
+//! it answers again, and closes when the store is dropped. Each test runs the store's "serving
+//! thread" as a plain thread with a single-threaded runtime, as the server does, and reads which
+//! connection did what from Redis's `CLIENT LIST`.
 
 mod common;
 
+use common::thread_conns::{clients, eventually, serving_thread};
 use common::{check, key, window};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
@@ -15,39 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-
-/// The clients connected to the server on `port` (other than the one asking), as their
-/// `id` and the last command each ran.
-fn clients(port: u16) -> Vec<(u64, String)> {
-    let list = spillway_testkit::redis::command(port, "CLIENT LIST").unwrap_or_default();
-    list.lines()
-        .filter(|line| line.contains("id="))
-        .filter_map(|line| {
-            let field = |name: &str| {
-                line.split(' ')
-                    .find_map(|f| f.strip_prefix(name))
-                    .map(str::to_owned)
-            };
-            let id = field("id=")?.parse().ok()?;
-            let cmd = field("cmd=")?;
-            Some((id, cmd))
-        })
-        .filter(|(_, cmd)| cmd != "client|list")
-        .collect()
-}
-
-/// Polls `what` every 10 ms until it holds, for at most 5 s (waiting on another process:
-/// a connection being made or closed).
-async fn eventually(mut what: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !what() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
-}
 
 async fn store(url: String, timeout: Duration) -> Arc<RedisStore> {
     let mut config = RedisConfig::new(Target::Server(url), "the test's URL");
@@ -65,35 +33,6 @@ async fn one_check(store: &RedisStore) -> Result<(), StoreError> {
         .await?;
     assert!(d[0].allowed);
     Ok(())
-}
-
-/// Runs `work` on a new thread's single-threaded runtime after the thread attached to
-/// `store` and its lane came up; the thread's runtime keeps running (its lane with it) until
-/// `stop` fires, then the thread ends.
-fn serving_thread<F, Fut>(
-    store: Arc<RedisStore>,
-    stop: oneshot::Receiver<()>,
-    work: F,
-) -> std::thread::JoinHandle<()>
-where
-    F: FnOnce(Arc<RedisStore>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            store.attach_thread();
-            assert!(
-                eventually(|| store.served_on_this_thread()).await,
-                "the thread's lane comes up"
-            );
-            work(store).await;
-            let _ = stop.await;
-        });
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +55,9 @@ async fn an_attached_thread_checks_on_its_own_connection() {
         // it went.
         store.ping().await.expect("ping");
         for _ in 0..3 {
-            one_check(&store).await.expect("answered on the lane");
+            one_check(&store)
+                .await
+                .expect("answered on the thread connection");
         }
         let _ = seen.send(clients(port));
     });
@@ -124,7 +65,7 @@ async fn an_attached_thread_checks_on_its_own_connection() {
     assert_eq!(
         after.len(),
         2,
-        "the shared connection and the lane's: {after:?}"
+        "the shared connection and the thread connection's: {after:?}"
     );
     for (id, cmd) in &after {
         if *id == shared {
@@ -138,7 +79,7 @@ async fn an_attached_thread_checks_on_its_own_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_the_store_closes_its_thread_lanes() {
+async fn dropping_the_store_closes_its_thread_conns() {
     let server = RedisServer::start();
     let port = server.port();
     let store = store(server.url(), Duration::from_secs(2)).await;
@@ -152,13 +93,13 @@ async fn dropping_the_store_closes_its_thread_lanes() {
             drop(store);
             let _ = ready.send(());
         }));
-        up.await.expect("lane up");
+        up.await.expect("thread connection up");
         stops.push(stop);
     }
     assert_eq!(
         clients(port).len(),
         4,
-        "the shared connection and three lanes"
+        "the shared connection and three thread connections"
     );
     // The threads keep running; only the store goes.
     drop(store);
@@ -183,8 +124,8 @@ async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
     let (down, went_down) = oneshot::channel::<()>();
     let (back, came_back) = oneshot::channel::<()>();
     let (result, outcome) = oneshot::channel();
-    // Each step waits for the one before it, not for a guessed time: the lane is up and has
-    // answered before Redis is killed, and the failed check is over before Redis returns.
+    // Each step waits for the one before it, not for a guessed time: the thread connection is up
+    // and has answered before Redis is killed, and the failed check is over before Redis returns.
     let (ready, is_ready) = oneshot::channel::<()>();
     let (met, met_outage) = oneshot::channel::<()>();
     let thread = serving_thread(store.clone(), stopped, move |store| async move {
@@ -196,9 +137,9 @@ async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
         let took = started.elapsed();
         let _ = met.send(());
         let _ = came_back.await;
-        // Checks are answered again, on the shared path while the lane steps aside, then on
-        // the lane (the restarted server is empty: the Functions library is loaded again on
-        // the way).
+        // Checks are answered again, on the shared path while the thread connection steps aside,
+        // then on the thread connection (the restarted server is empty: the Functions library is
+        // loaded again on the way).
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut answered = false;
         while !answered && Instant::now() < deadline {
@@ -207,20 +148,22 @@ async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        // The lane steps aside after the failure and is up again once its connection
+        // The thread connection steps aside after the failure and is up again once its connection
         // answers (the checks above may have taken the shared path meanwhile).
         assert!(
             eventually(|| store.served_on_this_thread()).await,
-            "lane up again"
+            "thread connection up again"
         );
-        // Which connection the next check takes: the shared one pings after it, so a check
-        // sent there would leave both connections on `ping` (the lane's last command is its
+        // Which connection the next check takes: the shared one pings after it, so a check sent
+        // there would leave both connections on `ping` (the thread connection's last command is its
         // own repair ping then).
         one_check(&store).await.expect("answered");
         store.ping().await.expect("ping");
         let _ = result.send((failed, took, answered, clients(port)));
     });
-    is_ready.await.expect("the thread's lane answered");
+    is_ready
+        .await
+        .expect("the thread's own connection answered");
     server.kill();
     let _ = down.send(());
     met_outage.await.expect("the thread met the outage");
@@ -233,14 +176,14 @@ async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
         "and within the store's timeout: {took:?}"
     );
     assert!(recovered, "checks are answered again once Redis is back");
-    // Two connections, the shared one (which pinged after the check) and the lane's (which
-    // checked last): the check went out on the thread's own connection again.
+    // Two connections, the shared one (which pinged after the check) and the thread connection's
+    // (which checked last): the check went out on the thread's own connection again.
     assert_eq!(after.len(), 2, "{after:?}");
     let pinged: Vec<_> = after.iter().filter(|(_, cmd)| cmd == "ping").collect();
     let checked: Vec<_> = after.iter().filter(|(_, cmd)| cmd == "fcall").collect();
     assert!(
         pinged.len() == 1 && checked.len() == 1 && pinged[0].0 != checked[0].0,
-        "the check went out on the lane's own connection: {after:?}"
+        "the check went out on the thread's own connection: {after:?}"
     );
     let _ = stop.send(());
     thread.join().expect("thread");
@@ -253,27 +196,28 @@ async fn a_multi_threaded_runtime_gets_no_lane() {
     let store = store(server.url(), Duration::from_secs(2)).await;
     store.attach_thread();
     one_check(&store).await.expect("answered");
-    // Give a lane (were one made) the time to connect.
+    // Give a thread connection (were one made) the time to connect.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!store.served_on_this_thread());
     assert_eq!(clients(port).len(), 1, "the shared connection only");
 }
 
-/// After one thread's check fails with Redis gone, every lane of the store is marked down,
-/// including one whose thread sent nothing during the outage (its connection is as dead, and
-/// the client only notices on a call), and each comes back once its own connection answers:
-/// the first check on it after Redis returns is answered.
+/// After one thread's check fails with Redis gone, every thread connection of the store is marked
+/// down, including one whose thread sent nothing during the outage (its connection is as dead, and
+/// the client only notices on a call), and each comes back once its own connection answers: the
+/// first check on it after Redis returns is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_lane_steps_aside_after_a_failure_and_comes_back_answering() {
     let mut server = RedisServer::start();
     let store = store(server.url(), Duration::from_millis(300)).await;
-    // A quiet thread: attached, one check, then only watches its lane.
+    // A quiet thread: attached, one check, then only watches its thread connection.
     let (stop, stopped) = oneshot::channel();
     let (down, went_down) = oneshot::channel::<()>();
     let (back, came_back) = oneshot::channel::<()>();
     let (result, outcome) = oneshot::channel();
-    // Steps wait for each other, not for guessed times: both lanes are up before Redis is
-    // killed, and the quiet lane has stepped aside (or given up looking) before it returns.
+    // Steps wait for each other, not for guessed times: both thread connections are up before Redis
+    // is killed, and the quiet thread connection has stepped aside (or given up looking) before it
+    // returns.
     let (quiet_ready, quiet_is_ready) = oneshot::channel::<()>();
     let (looked, quiet_looked) = oneshot::channel::<()>();
     let quiet = serving_thread(store.clone(), stopped, move |store| async move {
@@ -284,7 +228,7 @@ async fn every_lane_steps_aside_after_a_failure_and_comes_back_answering() {
         let _ = looked.send(());
         let _ = came_back.await;
         let up_again = eventually(|| store.served_on_this_thread()).await;
-        // The lane is used again only once its connection answered, so its first check
+        // The thread connection is used again only once its connection answered, so its first check
         // after the outage does not fail.
         let first = one_check(&store).await;
         let _ = result.send((stepped_aside, up_again, first));
@@ -301,8 +245,10 @@ async fn every_lane_steps_aside_after_a_failure_and_comes_back_answering() {
     });
     quiet_is_ready
         .await
-        .expect("the quiet thread's lane answered");
-    busy_is_ready.await.expect("the busy thread's lane is up");
+        .expect("the quiet thread's own connection answered");
+    busy_is_ready
+        .await
+        .expect("the busy thread's own connection is up");
     server.kill();
     let _ = killed.send(());
     assert!(
@@ -312,11 +258,14 @@ async fn every_lane_steps_aside_after_a_failure_and_comes_back_answering() {
     let _ = down.send(());
     quiet_looked
         .await
-        .expect("the quiet thread looked at its lane");
+        .expect("the quiet thread looked at its thread connection");
     server.restart();
     let _ = back.send(());
     let (stepped_aside, up_again, first) = outcome.await.expect("the quiet thread reports");
-    assert!(stepped_aside, "the quiet thread's lane was marked down");
+    assert!(
+        stepped_aside,
+        "the quiet thread's own connection was marked down"
+    );
     assert!(up_again, "and came back once Redis did");
     assert!(first.is_ok(), "its first check after the outage: {first:?}");
     let _ = stop.send(());

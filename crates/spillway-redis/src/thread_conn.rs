@@ -1,0 +1,527 @@
+//! Thread connections: a serving thread's own Redis connection and batcher, so that its
+//! requests' calls are sent, read and answered without leaving the thread. (Not to be
+//! confused with a *lane* of [`crate::batch`], which is what one call may cover: the whole
+//! server, or one cluster slot.)
+//!
+//! The server serves requests on threads that each run a single-threaded runtime. Through
+//! the store's shared [`Batcher`], a request would hand its call to a dispatcher on the main
+//! runtime, whose connection's task writes and reads the socket, and the answer would wake the
+//! serving thread from there: two or more wake-ups across threads per call (system calls,
+//! context switches, cold caches). A thread that calls [`ThreadConns::attach`] (the server's
+//! serving threads do, once, through [`spillway_core::store::Store::attach_thread`]) gets a
+//! connection of its own instead, and a dispatcher, made on its runtime in the background.
+//! Once that connection is up, the thread's requests go through it; until then they use the
+//! shared path, as does every other thread (the main runtime, reports).
+//!
+//! A thread's batcher coalesces as the shared one does (see [`crate::batch`]), over the
+//! requests of its own thread only, with the bounds of [`crate::batch`] for its own queue.
+//!
+//! Thread connections are made for a single server, directly or through Sentinel. A cluster
+//! keeps the shared path on every thread (one connection per master per thread, kept true to
+//! the slot map, is not done).
+//!
+//! # After a failure: stepping aside
+//! Once a check on this store fails as unavailable (on a thread's connection or the shared
+//! path; a batcher refusing a request for a full queue does not count, see
+//! [`BatchError::QueueFull`]), every thread connection of the store is marked down (this
+//! thread's at once, the others when their task next runs) and its thread's requests take
+//! the shared path until it is up again:
+//! - on a single server, its task pings its connection, waiting longer between attempts (up
+//!   to [`RETRY_MAX`]), until it answers. (The client does not reconnect in the background:
+//!   a connection left alone through an outage would fail its first call after Redis returns,
+//!   and the breaker's one half-open probe could land on each stale one in turn.)
+//! - through Sentinel, its task drops the connection (calls already sent finish on it) and
+//!   makes a new one to the master the store's own connection names by then, checked to act
+//!   as master (`ROLE`); the store's connection is asked to look for a new master at once. A
+//!   demoted master's `READONLY` is such a failure, and the `ROLE` check keeps the thread off
+//!   it. The same happens as soon as the store follows a master switch, and a thread's
+//!   connection is never used after one: it is used only while the store's count of switches
+//!   is what it was when the connection was made.
+//!
+//! The shared connection, on the other hand, comes back on its next use (a ping retries once
+//! for that; see [`crate::store`]).
+//!
+//! # Lifetime
+//! A thread connection's task (its connection being made, then its dispatcher) lives on its
+//! thread's runtime and ends with it, after the thread's server has drained its connections.
+//! It also ends as soon as its store is dropped: the store holds the sending half of a watch
+//! channel every task listens to. Either way the task's end takes the connection off its
+//! thread's list (one guard, `Listed`), dropping its batcher and with it the connection. So
+//! no connection outlives its store.
+
+use crate::batch::{BatchError, Batcher};
+use crate::login::Refusal;
+use crate::runner::{Conn, Runner};
+use crate::sentinel::SentinelConn;
+use redis::aio::ConnectionManager;
+use spillway_core::store::StoreError;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::ThreadId;
+use std::time::Duration;
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::watch;
+
+/// Gauge of the thread connections that are up and usable, over every store of the process
+/// (one marked down after a failure is off it until it is usable again). The metric's name
+/// keeps the word operators know it by, "lanes".
+pub const THREAD_CONNS: &str = "spillway_redis_thread_lanes";
+/// Counter of failed attempts to make a thread connection, or to get an answer from one after
+/// a failure.
+pub const THREAD_CONN_FAILURES: &str = "spillway_redis_thread_lane_failures_total";
+
+/// The first wait after a thread connection failed (to be made, or to answer a ping); it
+/// doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between attempts on a thread connection.
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Ids of stores, so a thread tells its thread connections of different stores apart.
+static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's own connections, one per store it attached to (almost always one).
+    static OWN: RefCell<Vec<Own>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One store's thread connection on this thread.
+struct Own {
+    store: u64,
+    /// The runtime its task runs on: a thread connection of a runtime that has ended is dropped.
+    runtime: tokio::runtime::Id,
+    /// `None` while its connection is being made.
+    batcher: Option<Arc<Batcher>>,
+    /// Whether requests may take it: its connection is made and has not failed since it
+    /// last answered.
+    up: bool,
+    /// On a Sentinel store, how many master switches the store had followed when this
+    /// connection was made: it is used only while that is still the count, so it never writes
+    /// to a master the store has left (0 on a single server).
+    generation: u64,
+    /// The store's failure count; closed (its sender dropped) once the store is gone.
+    failures: watch::Receiver<u64>,
+}
+
+/// How a thread connection connects.
+enum Connect {
+    /// To a single server, always the same.
+    Server(Box<ServerConnect>),
+    /// To whichever master the store's own connection follows now (it asks the sentinels).
+    Sentinel(SentinelConn),
+}
+
+/// How a thread connection connects to a single server.
+struct ServerConnect {
+    url: String,
+    /// Whose Redis it is and the setting to check, should the server refuse the login (as the
+    /// store's own connection words it; see [`crate::login::Refusal`]).
+    owner: String,
+    login_hint: String,
+    settings: redis::aio::ConnectionManagerConfig,
+    /// Bound on one ping of a thread connection after a failure.
+    ping_limit: Duration,
+}
+
+/// A store's side of its thread connections; see the module docs.
+pub(crate) struct ThreadConns {
+    id: u64,
+    /// `None`: this store makes no thread connections (a cluster).
+    connect: Option<Arc<Connect>>,
+    /// Counts the store's checks that failed as unavailable, which sends every thread connection
+    /// aside; dropped with the store, which ends every thread connection.
+    failures: watch::Sender<u64>,
+}
+
+impl ThreadConns {
+    /// Thread connections for a single server at `url`, each connecting with `settings`;
+    /// `ping_limit` bounds a thread connection's ping after a failure.
+    pub(crate) fn server(
+        url: &str,
+        config: &crate::config::RedisConfig,
+        settings: redis::aio::ConnectionManagerConfig,
+        ping_limit: Duration,
+    ) -> Self {
+        Self::make(Some(Arc::new(Connect::Server(Box::new(ServerConnect {
+            url: url.to_owned(),
+            owner: config.owner.clone(),
+            login_hint: config.login_hint.clone(),
+            settings,
+            ping_limit,
+        })))))
+    }
+
+    /// Thread connections to the master that `master`, the store's own connection, follows through
+    /// Sentinel.
+    pub(crate) fn sentinel(master: &SentinelConn) -> Self {
+        Self::make(Some(Arc::new(Connect::Sentinel(master.clone()))))
+    }
+
+    /// No thread connections: every call takes the shared path.
+    pub(crate) fn none() -> Self {
+        Self::make(None)
+    }
+
+    fn make(connect: Option<Arc<Connect>>) -> Self {
+        Self {
+            id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
+            connect,
+            failures: watch::channel(0).0,
+        }
+    }
+
+    /// Starts this thread's own connection, calling like `template` (its timeout, Functions or
+    /// scripts, injected time) over a connection of its own, on the current runtime; nothing
+    /// outside a single-threaded runtime (a task on a multi-threaded one may run on any of its
+    /// workers, so it could not keep to this thread), for a store without thread connections, or if
+    /// the thread has one already on this runtime.
+    pub(crate) fn attach(&self, template: &Runner) {
+        let Some(connect) = self.connect.clone() else {
+            return;
+        };
+        let Ok(handle) = Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
+            return;
+        }
+        let runtime = handle.id();
+        let fresh = OWN.with_borrow_mut(|list| {
+            // Normally a thread connection leaves the list when its task ends (see `Listed`); one
+            // whose runtime was dropped on another thread could not, and goes here.
+            list.retain(|own| own.failures.has_changed().is_ok() && own.runtime == runtime);
+            if list.iter().any(|own| own.store == self.id) {
+                return false;
+            }
+            list.push(Own {
+                store: self.id,
+                runtime,
+                batcher: None,
+                up: false,
+                generation: 0,
+                failures: self.failures.subscribe(),
+            });
+            true
+        });
+        if !fresh {
+            return;
+        }
+        let listed = Listed {
+            store: self.id,
+            thread: std::thread::current().id(),
+        };
+        let (id, template) = (self.id, template.clone());
+        let (failures, mut gone) = (self.failures.subscribe(), self.failures.subscribe());
+        tokio::spawn(async move {
+            // Takes the thread connection off the list however the task ends.
+            let _listed = listed;
+            // Ends only once the store is gone (a changed count is not an end).
+            let store_gone = async move { while gone.changed().await.is_ok() {} };
+            tokio::select! {
+                () = run(id, &connect, template, failures) => {}
+                () = store_gone => {}
+            }
+        });
+    }
+
+    /// This thread's own connection for the store, if it is up (and, on a Sentinel store, made
+    /// for the master the store uses now).
+    ///
+    /// [`ThreadConns::ready_here`] answers the same question for the failure guard just before the
+    /// store's check asks this one: nothing may await between the two, so the guard's answer (poll
+    /// the call here, or on the main runtime) holds for the path taken.
+    pub(crate) fn here(&self) -> Option<Arc<Batcher>> {
+        let generation = match self.connect.as_deref()? {
+            Connect::Server(_) => 0,
+            Connect::Sentinel(master) => master.generation(),
+        };
+        OWN.try_with(|list| {
+            list.borrow()
+                .iter()
+                .find(|own| own.store == self.id && own.up && own.generation == generation)
+                .and_then(|own| own.batcher.clone())
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Whether this thread has the store's thread connection up: what [`ThreadConns::here`] will
+    /// say when the check that follows, with no await between, asks it.
+    pub(crate) fn ready_here(&self) -> bool {
+        self.here().is_some()
+    }
+
+    /// Tells the thread connections that a check failed with `err`: if Redis was unavailable (which
+    /// includes a demoted master's `READONLY`), this thread's own connection is marked down at
+    /// once and every thread connection is sent aside (see the module docs); on a Sentinel store
+    /// the store's own connection is also asked to look for a new master. A batcher refusing a
+    /// request because its queue was full says nothing about the connection and sends no thread
+    /// connection aside: under overload, thread connections stepping aside would pile every
+    /// thread's requests onto the one shared queue, which would then refuse more.
+    pub(crate) fn failed(&self, err: &BatchError) {
+        let Some(connect) = self.connect.as_deref() else {
+            return;
+        };
+        if !matches!(err, BatchError::Store(StoreError::Unavailable(_))) {
+            return;
+        }
+        set_up(self.id, false);
+        if let Connect::Sentinel(master) = connect {
+            master.nudge();
+        }
+        self.failures.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// A thread connection's place on its thread's list, taken off when its task ends or is dropped
+/// (its store gone, or its runtime shut down): the one clean-up of a thread connection. Dropping
+/// the thread connection drops its batcher, whose dispatcher then ends once its last caller is
+/// answered, and the connection with it.
+struct Listed {
+    store: u64,
+    /// The thread whose list holds the thread connection: a runtime dropped on another thread drops
+    /// the task there, whose own list is not this thread connection's.
+    thread: ThreadId,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if std::thread::current().id() != self.thread {
+            return;
+        }
+        let _ = OWN.try_with(|list| {
+            if let Ok(mut list) = list.try_borrow_mut() {
+                list.retain(|own| own.store != self.store);
+            }
+        });
+    }
+}
+
+/// Marks this thread's own connection of store `id` up or down; whether it has one.
+fn set_up(id: u64, up: bool) -> bool {
+    OWN.try_with(|list| {
+        let mut list = list.borrow_mut();
+        let own = list.iter_mut().find(|own| own.store == id)?;
+        own.up = up && own.batcher.is_some();
+        Some(())
+    })
+    .ok()
+    .flatten()
+    .is_some()
+}
+
+/// Hands this thread's own connection of store `id` its batcher (made for the master switch
+/// count `generation`) and marks it up, or (`None`) takes its batcher away and marks it down;
+/// whether the thread connection is still listed.
+fn place(id: u64, batcher: Option<Batcher>, generation: u64) -> bool {
+    OWN.try_with(|list| {
+        let mut list = list.borrow_mut();
+        let own = list.iter_mut().find(|own| own.store == id)?;
+        own.up = batcher.is_some();
+        own.batcher = batcher.map(Arc::new);
+        own.generation = generation;
+        Some(())
+    })
+    .ok()
+    .flatten()
+    .is_some()
+}
+
+/// A thread connection's life on its thread; see [`run_server`] and [`run_sentinel`].
+async fn run(id: u64, connect: &Connect, template: Runner, failures: watch::Receiver<u64>) {
+    match connect {
+        Connect::Server(server) => run_server(id, server, template, failures).await,
+        Connect::Sentinel(master) => run_sentinel(id, master, template, failures).await,
+    }
+}
+
+/// Makes a thread connection with `open`, again after a wait while that fails (warning
+/// once, counting every failure).
+async fn connected<T, F, Fut>(mut open: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let mut wait = RETRY_FIRST;
+    let mut warned = false;
+    loop {
+        match open().await {
+            Ok(conn) => return conn,
+            Err(err) => {
+                metrics::counter!(THREAD_CONN_FAILURES).increment(1);
+                if warned {
+                    tracing::debug!(error = %err, retry_ms = wait.as_millis() as u64,
+                        "a serving thread's Redis connection failed again");
+                } else {
+                    warned = true;
+                    tracing::warn!(error = %err, retry_ms = wait.as_millis() as u64,
+                        "a serving thread could not make its own Redis connection; its \
+                         requests take the shared one while it keeps trying");
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// A single server's thread connection: makes its connection, hands its batcher to the thread's
+/// list, and drives its dispatcher, which runs until the task is dropped (the store gone, or the
+/// runtime ended). Beside it, after each failure the store reports, it takes the thread connection
+/// down until its connection answers a ping (the server's address never changes, and the client
+/// reconnects to it).
+async fn run_server(
+    id: u64,
+    connect: &ServerConnect,
+    template: Runner,
+    mut failures: watch::Receiver<u64>,
+) {
+    let conn = connected(|| {
+        let refusal = Refusal::of(&connect.owner, &connect.login_hint);
+        async move {
+            refusal
+                .connect_server(&connect.url, connect.settings.clone())
+                .await
+        }
+    })
+    .await;
+    let probe = conn.clone();
+    let (batcher, dispatcher) = Batcher::new(template.with_conn(Conn::Server(conn)));
+    if !place(id, Some(batcher), 0) {
+        return;
+    }
+    failures.borrow_and_update();
+    let mend = async move {
+        let mut counted = Some(Up::new());
+        // `changed` fails once the store is gone, which ends the thread connection anyway.
+        while failures.changed().await.is_ok() {
+            set_up(id, false);
+            counted = None;
+            answers(&probe, connect.ping_limit).await;
+            if !set_up(id, true) {
+                return;
+            }
+            counted.get_or_insert_with(Up::new);
+        }
+        drop(counted);
+    };
+    tokio::select! {
+        () = dispatcher => {}
+        () = mend => {}
+    }
+}
+
+/// A Sentinel store's thread connection: connects to the master the store's own connection uses now
+/// (checked to act as master), and serves until the store follows a switch or reports a
+/// failure; then it steps aside (its thread's requests take the shared path), leaves the
+/// calls already sent to finish on the old connection in the background, and connects again
+/// to the master the store names by then. A demoted master answers `READONLY`, a failure
+/// like any other unavailable answer, and the `ROLE` check keeps the thread connection off it.
+async fn run_sentinel(
+    id: u64,
+    master: &SentinelConn,
+    template: Runner,
+    mut failures: watch::Receiver<u64>,
+) {
+    let mut switches = master.switches();
+    loop {
+        // A switch from here on, even while connecting, sends the new thread connection aside.
+        switches.borrow_and_update();
+        let (generation, conn) = connected(|| master.open_current()).await;
+        let (batcher, dispatcher) = Batcher::new(template.clone().with_conn(Conn::Server(conn)));
+        if !place(id, Some(batcher), generation) {
+            return;
+        }
+        failures.borrow_and_update();
+        let counted = Up::new();
+        let mut dispatcher = Box::pin(dispatcher);
+        // `changed` fails once the store is gone, which ends the thread connection anyway.
+        let aside = tokio::select! {
+            () = &mut dispatcher => false,
+            changed = failures.changed() => changed.is_ok(),
+            changed = switches.changed() => changed.is_ok(),
+        };
+        drop(counted);
+        if !place(id, None, generation) || !aside {
+            return;
+        }
+        // No new request reaches the old batcher; its dispatcher ends once those it holds
+        // are answered (each within the store's timeout).
+        tokio::spawn(dispatcher);
+    }
+}
+
+/// Pings `conn` until it answers, waiting longer after each failure (up to [`RETRY_MAX`]);
+/// each failed ping also starts the client's own reconnection.
+async fn answers(conn: &ConnectionManager, limit: Duration) {
+    let mut wait = RETRY_FIRST;
+    loop {
+        let mut conn = conn.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(limit, ping).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "a serving thread's Redis connection is still down");
+            }
+            Err(_) => tracing::debug!("a serving thread's Redis connection did not answer a ping"),
+        }
+        metrics::counter!(THREAD_CONN_FAILURES).increment(1);
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
+
+/// A thread connection counted in [`THREAD_CONNS`] while it is up, however its task ends (its store
+/// dropped, or its runtime shut down).
+struct Up;
+
+impl Up {
+    fn new() -> Self {
+        metrics::gauge!(THREAD_CONNS).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        metrics::gauge!(THREAD_CONNS).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RedisConfig, Target};
+
+    /// Only an unreachable Redis sends the thread connections aside; a batcher refusing a request
+    /// because its queue was full says nothing about the connection. (No server needed: making the
+    /// store's side of its thread connections connects nothing.)
+    #[test]
+    fn only_an_unreachable_redis_sends_the_thread_conns_aside() {
+        let url = "redis://127.0.0.1:1";
+        let config = RedisConfig::new(Target::Server(url.into()), "the test's URL");
+        let list = ThreadConns::server(
+            url,
+            &config,
+            redis::aio::ConnectionManagerConfig::new(),
+            Duration::from_secs(1),
+        );
+        let sent_aside = || *list.failures.borrow();
+        for full in [
+            crate::batch::SLOT_QUEUE_FULL,
+            crate::batch::STORE_QUEUE_FULL,
+        ] {
+            list.failed(&BatchError::QueueFull(StoreError::Unavailable(full.into())));
+        }
+        list.failed(&StoreError::Timeout(Duration::from_millis(100)).into());
+        list.failed(&StoreError::Protocol("a script error".into()).into());
+        assert_eq!(sent_aside(), 0, "nothing said the connection failed");
+        list.failed(&StoreError::Unavailable("Connection refused (os error 111)".into()).into());
+        assert_eq!(
+            sent_aside(),
+            1,
+            "a refused connection sends every own aside"
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! Helpers of the thread-thread connection tests: which connection did what (Redis's `CLIENT
+//! LIST`), and a "serving thread" run as the server runs one (a plain thread on a single-threaded
+//! runtime).
+
+use spillway_redis::RedisStore;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// The store's clients of the server on `port`, as their `id` and the last command each ran:
+/// neither the one asking, nor a sentinel's, nor a replica's.
+pub fn clients(port: u16) -> Vec<(u64, String)> {
+    clients_as(port, None)
+}
+
+/// [`clients`], logged in with `password` when one is given.
+pub fn clients_as(port: u16, password: Option<&str>) -> Vec<(u64, String)> {
+    let list =
+        spillway_testkit::redis::command_as(port, password, "CLIENT LIST").unwrap_or_default();
+    list.lines()
+        .filter(|line| line.contains("id="))
+        .filter_map(|line| {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            if field("name=").is_some_and(|n| n.starts_with("sentinel-"))
+                || field("flags=").is_some_and(|f| f.contains('S'))
+            {
+                return None;
+            }
+            let id = field("id=")?.parse().ok()?;
+            let cmd = field("cmd=")?;
+            Some((id, cmd))
+        })
+        .filter(|(_, cmd)| cmd != "client|list")
+        .collect()
+}
+
+/// Polls `what` every 10 ms until it holds, for at most 5 s (waiting on another process:
+/// a connection being made or closed).
+pub async fn eventually(what: impl FnMut() -> bool) -> bool {
+    eventually_within(Duration::from_secs(5), what).await
+}
+
+/// [`eventually`] for at most `limit`.
+pub async fn eventually_within(limit: Duration, mut what: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !what() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// Runs `work` on a new thread's single-threaded runtime after the thread attached to `store` and
+/// its thread connection came up; the thread's runtime keeps running (its thread connection with
+/// it) until `stop` fires, then the thread ends.
+pub fn serving_thread<F, Fut>(
+    store: Arc<RedisStore>,
+    stop: oneshot::Receiver<()>,
+    work: F,
+) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce(Arc<RedisStore>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    use spillway_core::store::Store;
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            store.attach_thread();
+            assert!(
+                eventually(|| store.served_on_this_thread()).await,
+                "the thread's own connection comes up"
+            );
+            work(store).await;
+            let _ = stop.await;
+        });
+    })
+}

@@ -1,0 +1,283 @@
+//! Thread connections on a store that finds its master through real `redis-sentinel` processes: an
+//! attached thread checks on a connection of its own to the master; a master demoted to a replica
+//! (`READONLY`) sends the thread connection aside at once and keeps it off that server; after a
+//! failover under load the thread connections connect to the new master, where decisions go on,
+//! exact.
+
+// A failover takes real time (the sentinels' own timers); the test measures it on the wall.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::thread_conns::{clients, eventually, serving_thread};
+use common::{check, key, window};
+use spillway_core::request::CheckMode;
+use spillway_core::store::{Store, StoreError};
+use spillway_redis::{RedisConfig, RedisStore, SentinelAuth, Target};
+use spillway_testkit::redis::RedisServer;
+use spillway_testkit::sentinel::{SentinelGroup, MASTER_NAME};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+async fn store(group: &SentinelGroup, timeout: Duration) -> Arc<RedisStore> {
+    let mut config = RedisConfig::new(
+        Target::Sentinel {
+            sentinels: group.sentinel_urls(),
+            master: MASTER_NAME.into(),
+            auth: SentinelAuth::default(),
+        },
+        "the test's URL",
+    );
+    config.timeout = timeout;
+    config.local_cache_keys = 0;
+    Arc::new(RedisStore::connect(&config).await.expect("connects"))
+}
+
+/// One check of a large window: whether it was allowed.
+async fn one_check(store: &RedisStore, name: &str) -> Result<bool, StoreError> {
+    let k = key("sentinel-lanes", &[name]);
+    let params = window(1_000_000);
+    let d = store
+        .check(&[check(&k, &params, 1)], CheckMode::Consume)
+        .await?;
+    Ok(d[0].allowed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_thread_checks_on_its_own_connection_to_the_master() {
+    let group = SentinelGroup::start();
+    let port = group.first_master_port();
+    let store = store(&group, Duration::from_secs(2)).await;
+    let shared = clients(port);
+    assert_eq!(shared.len(), 1, "one shared connection: {shared:?}");
+    let shared = shared[0].0;
+    let (stop, stopped) = oneshot::channel();
+    let (seen, saw) = oneshot::channel();
+    let thread = serving_thread(store.clone(), stopped, move |store| async move {
+        // Something else last on the shared connection, so the check's `fcall` shows where
+        // it went.
+        store.ping().await.expect("ping");
+        for _ in 0..3 {
+            assert!(matches!(one_check(&store, "u").await, Ok(true)));
+        }
+        let _ = seen.send(clients(port));
+    });
+    let after = saw.await.expect("the thread reports");
+    assert_eq!(
+        after.len(),
+        2,
+        "the shared connection and the thread connection's: {after:?}"
+    );
+    for (id, cmd) in &after {
+        if *id == shared {
+            assert_eq!(cmd, "ping", "the check did not take the shared connection");
+        } else {
+            assert_eq!(cmd, "fcall", "the check took the thread's own connection");
+        }
+    }
+    let _ = stop.send(());
+    thread.join().expect("thread");
+}
+
+/// The master is made a replica of an unrelated server behind the sentinels' back (as a demoted
+/// master that is still up looks): the thread connection's next check meets `READONLY`, the thread
+/// connection steps aside at once, and while the store still names that server no thread connection
+/// is made on it (it does not act as master); once it is master again, the thread connection comes
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_master_sends_the_lane_aside_and_keeps_it_off() {
+    let group = SentinelGroup::start();
+    let port = group.first_master_port();
+    let elsewhere = RedisServer::start();
+    let store = store(&group, Duration::from_millis(500)).await;
+    let (stop, stopped) = oneshot::channel();
+    let (up, is_up) = oneshot::channel::<()>();
+    let (demoted, was_demoted) = oneshot::channel::<()>();
+    let (looked, has_looked) = oneshot::channel();
+    let (promoted, was_promoted) = oneshot::channel::<()>();
+    let (result, outcome) = oneshot::channel();
+    let thread = serving_thread(store.clone(), stopped, move |store| async move {
+        assert!(matches!(one_check(&store, "u").await, Ok(true)));
+        let _ = up.send(());
+        let _ = was_demoted.await;
+        let on_lane = store.served_on_this_thread();
+        let met = one_check(&store, "u").await;
+        let aside_at_once = !store.served_on_this_thread();
+        // The store still names the demoted server: for a while, no thread connection is up on it.
+        let mut stayed_off = true;
+        let until = Instant::now() + Duration::from_millis(800);
+        while Instant::now() < until {
+            stayed_off &= !store.served_on_this_thread();
+            let _ = one_check(&store, "u").await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = looked.send((on_lane, met, aside_at_once, stayed_off));
+        let _ = was_promoted.await;
+        let back = eventually(|| store.served_on_this_thread()).await;
+        let answered = one_check(&store, "u").await;
+        let _ = result.send((back, answered));
+    });
+    is_up.await.expect("the thread connection answered");
+    let replicaof = format!("REPLICAOF 127.0.0.1 {}", elsewhere.port());
+    spillway_testkit::redis::command(port, &replicaof).expect("demoted");
+    let _ = demoted.send(());
+    let (on_lane, met, aside_at_once, stayed_off) = has_looked.await.expect("the thread looked");
+    assert!(
+        on_lane,
+        "the check after the demotion was sent on the thread connection"
+    );
+    assert!(
+        matches!(&met, Err(StoreError::Unavailable(why)) if why.to_lowercase().contains("readonly")),
+        "a demoted master refuses the write as unavailable: {met:?}"
+    );
+    assert!(
+        aside_at_once,
+        "READONLY sends the thread connection aside at once"
+    );
+    assert!(
+        stayed_off,
+        "no thread connection is made on a server that is not master"
+    );
+    spillway_testkit::redis::command(port, "REPLICAOF NO ONE").expect("promoted");
+    let _ = promoted.send(());
+    let (back, answered) = outcome.await.expect("the thread reports");
+    assert!(
+        back,
+        "the thread connection comes back once the server is master again"
+    );
+    assert!(answered.is_ok(), "{answered:?}");
+    let _ = stop.send(());
+    thread.join().expect("thread");
+}
+
+/// Two serving threads keep checking while the master is killed; the store follows the failover,
+/// both thread connections connect to the new master and decisions go on there, on the thread
+/// connections; a fresh limit shared by both threads then admits exactly its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_under_load_the_lanes_move_to_the_new_master() {
+    let mut group = SentinelGroup::start();
+    let timeout = Duration::from_millis(200);
+    let store = store(&group, timeout).await;
+    let promoted = group.replica_port();
+    let (killed, was_killed) = tokio::sync::watch::channel(false);
+    let mut threads = Vec::new();
+    let mut reports = Vec::new();
+    let mut stops = Vec::new();
+    let mut ups = Vec::new();
+    for t in 0..2 {
+        let (stop, stopped) = oneshot::channel();
+        let (up, is_up) = oneshot::channel::<()>();
+        let (report, reported) = oneshot::channel();
+        let mut was_killed = was_killed.clone();
+        threads.push(serving_thread(
+            store.clone(),
+            stopped,
+            move |store| async move {
+                let _ = up.send(());
+                // A steady load, one check every 10 ms, until the thread connection is up on the
+                // new master and has answered there for a while.
+                let mut outcomes: Vec<(Instant, Instant, Result<bool, StoreError>)> = Vec::new();
+                let mut moved_at: Option<Instant> = None;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let started = Instant::now();
+                    let got = one_check(&store, &format!("steady-{t}")).await;
+                    outcomes.push((started, Instant::now(), got));
+                    let moved = *was_killed.borrow_and_update()
+                        && store.sentinel_master() == Some(format!("127.0.0.1:{promoted}"))
+                        && store.served_on_this_thread();
+                    match (moved, moved_at) {
+                        (true, None) => moved_at = Some(Instant::now()),
+                        (true, Some(at)) if at.elapsed() > Duration::from_millis(500) => break,
+                        _ => {}
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "the thread connection never moved"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                // Exactness on the new master: 2 threads x 30 checks of a limit of 40.
+                let k = key("sentinel-lanes", &["exact"]);
+                let params = window(40);
+                let mut admitted = 0;
+                for _ in 0..30 {
+                    let d = store
+                        .check(&[check(&k, &params, 1)], CheckMode::Consume)
+                        .await
+                        .expect("decided on the new master");
+                    admitted += usize::from(d[0].allowed);
+                }
+                let _ = report.send((outcomes, moved_at, admitted, store.served_on_this_thread()));
+            },
+        ));
+        reports.push(reported);
+        stops.push(stop);
+        ups.push(is_up);
+    }
+    for up in ups {
+        up.await.expect("thread connection up");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kill_at = Instant::now();
+    group.kill_master();
+    killed.send_replace(true);
+    let mut admitted = 0;
+    for reported in reports {
+        let (outcomes, moved_at, own, on_lane) = reported.await.expect("the thread reports");
+        let moved_at = moved_at.expect("moved");
+        admitted += own;
+        assert!(
+            on_lane,
+            "the exact checks ran on the thread's own connection"
+        );
+        let before: Vec<_> = outcomes
+            .iter()
+            .filter(|(_, end, _)| *end < kill_at)
+            .collect();
+        assert!(before.len() >= 5, "the load ran before the kill");
+        assert!(
+            before.iter().all(|(_, _, r)| matches!(r, Ok(true))),
+            "answered before the kill"
+        );
+        let after: Vec<_> = outcomes
+            .iter()
+            .filter(|(start, _, _)| *start > moved_at)
+            .collect();
+        assert!(after.len() >= 10, "the load went on after the move");
+        assert!(
+            after.iter().all(|(_, _, r)| matches!(r, Ok(true))),
+            "answered on the new master: {:?}",
+            after.iter().find(|(_, _, r)| r.is_err())
+        );
+        // Calls failed only as typed outages, each within the store's timeout.
+        for (start, end, r) in outcomes.iter().filter(|(_, _, r)| r.is_err()) {
+            assert!(*end >= kill_at, "{r:?}");
+            assert!(
+                *end - *start <= timeout + Duration::from_millis(250),
+                "{r:?}"
+            );
+            assert!(
+                matches!(r, Err(StoreError::Unavailable(_) | StoreError::Timeout(_))),
+                "{r:?}"
+            );
+        }
+    }
+    assert_eq!(
+        admitted, 40,
+        "exactly the limit, over both thread connections"
+    );
+    // The shared connection pings last, so a check it sent does not count below.
+    store.ping().await.expect("ping");
+    let on_new = clients(promoted);
+    assert_eq!(
+        on_new.iter().filter(|(_, cmd)| cmd == "fcall").count(),
+        2,
+        "both thread connections checked on the new master: {on_new:?}"
+    );
+    for (stop, thread) in stops.into_iter().zip(threads) {
+        let _ = stop.send(());
+        thread.join().expect("thread");
+    }
+}
