@@ -42,8 +42,10 @@
 //! for that; see [`crate::store`]).
 //!
 //! # Lifetime
-//! A thread connection's task (its connection being made, then its dispatcher) lives on its
-//! thread's runtime and ends with it, after the thread's server has drained its connections.
+//! A thread connection's task (its connection being made, then its watch on the store's
+//! failures) lives on its thread's runtime and ends with it, after the thread's server has
+//! drained its connections. Its dispatcher runs as a second task beside it (so that the
+//! dispatcher's wake-ups do not poll the watches too) and is aborted when the first ends.
 //! It also ends as soon as its store is dropped: the store holds the sending half of a watch
 //! channel every task listens to. Either way the task's end takes the connection off its
 //! thread's list (one guard, `Listed`), dropping its batcher and with it the connection. So
@@ -366,7 +368,7 @@ where
 }
 
 /// A single server's thread connection: makes its connection, hands its batcher to the thread's
-/// list, and drives its dispatcher, which runs until the task is dropped (the store gone, or the
+/// list, and runs its dispatcher beside it until the task is dropped (the store gone, or the
 /// runtime ended). Beside it, after each failure the store reports, it takes the thread connection
 /// down until its connection answers a ping (the server's address never changes, and the client
 /// reconnects to it).
@@ -391,23 +393,38 @@ async fn run_server(
         return;
     }
     failures.borrow_and_update();
-    let mend = async move {
-        let mut counted = Some(Up::new());
-        // `changed` fails once the store is gone, which ends the thread connection anyway.
-        while failures.changed().await.is_ok() {
-            set_up(id, false);
-            counted = None;
-            answers(&probe, connect.ping_limit).await;
-            if !set_up(id, true) {
-                return;
-            }
-            counted.get_or_insert_with(Up::new);
+    // The dispatcher is a task of its own, so that its wake-ups (a request queued, a reply
+    // read) do not also poll the watch below; it ends with this task.
+    let _dispatcher = AbortOnDrop::new(tokio::spawn(dispatcher));
+    let mut counted = Some(Up::new());
+    // `changed` fails once the store is gone, which ends the thread connection anyway.
+    while failures.changed().await.is_ok() {
+        set_up(id, false);
+        counted = None;
+        answers(&probe, connect.ping_limit).await;
+        if !set_up(id, true) {
+            return;
         }
-        drop(counted);
-    };
-    tokio::select! {
-        () = dispatcher => {}
-        () = mend => {}
+        counted.get_or_insert_with(Up::new);
+    }
+    drop(counted);
+}
+
+/// A task aborted when this handle is dropped: a thread connection's dispatcher, which must
+/// end with the thread connection's own task (its store gone, or its runtime shut down).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    fn new(task: tokio::task::JoinHandle<()>) -> Self {
+        Self(Some(task))
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -434,20 +451,21 @@ async fn run_sentinel(
         }
         failures.borrow_and_update();
         let counted = Up::new();
-        let mut dispatcher = Box::pin(dispatcher);
+        // A task of its own, as on a single server: its wake-ups do not poll the watches.
+        let mut dispatcher = tokio::spawn(dispatcher);
         // `changed` fails once the store is gone, which ends the thread connection anyway.
         let aside = tokio::select! {
-            () = &mut dispatcher => false,
+            _ = &mut dispatcher => false,
             changed = failures.changed() => changed.is_ok(),
             changed = switches.changed() => changed.is_ok(),
         };
         drop(counted);
         if !place(id, None, generation) || !aside {
+            dispatcher.abort();
             return;
         }
-        // No new request reaches the old batcher; its dispatcher ends once those it holds
-        // are answered (each within the store's timeout).
-        tokio::spawn(dispatcher);
+        // No new request reaches the old batcher; its dispatcher (running on) ends once
+        // those it holds are answered (each within the store's timeout).
     }
 }
 

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::thread_conns::{clients, eventually, serving_thread};
+use common::thread_conns::{assert_checks_on_own_conn, clients, eventually, serving_thread};
 use common::{check, key, window};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
@@ -64,18 +64,7 @@ async fn an_attached_thread_checks_on_its_own_connection_to_the_master() {
         let _ = seen.send(clients(port));
     });
     let after = saw.await.expect("the thread reports");
-    assert_eq!(
-        after.len(),
-        2,
-        "the shared connection and the thread connection's: {after:?}"
-    );
-    for (id, cmd) in &after {
-        if *id == shared {
-            assert_eq!(cmd, "ping", "the check did not take the shared connection");
-        } else {
-            assert_eq!(cmd, "fcall", "the check took the thread's own connection");
-        }
-    }
+    assert_checks_on_own_conn(&after, shared);
     let _ = stop.send(());
     thread.join().expect("thread");
 }
@@ -86,7 +75,7 @@ async fn an_attached_thread_checks_on_its_own_connection_to_the_master() {
 /// is made on it (it does not act as master); once it is master again, the thread connection comes
 /// back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_demoted_master_sends_the_lane_aside_and_keeps_it_off() {
+async fn a_demoted_master_sends_the_thread_conn_aside_and_keeps_it_off() {
     let group = SentinelGroup::start();
     let port = group.first_master_port();
     let elsewhere = RedisServer::start();
@@ -155,7 +144,7 @@ async fn a_demoted_master_sends_the_lane_aside_and_keeps_it_off() {
 /// both thread connections connect to the new master and decisions go on there, on the thread
 /// connections; a fresh limit shared by both threads then admits exactly its limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_failover_under_load_the_lanes_move_to_the_new_master() {
+async fn after_a_failover_under_load_the_thread_conns_move_to_the_new_master() {
     let mut group = SentinelGroup::start();
     let timeout = Duration::from_millis(200);
     let store = store(&group, timeout).await;

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::thread_conns::{clients, eventually, serving_thread};
+use common::thread_conns::{assert_checks_on_own_conn, clients, eventually, serving_thread};
 use common::{check, key, window};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
@@ -62,18 +62,7 @@ async fn an_attached_thread_checks_on_its_own_connection() {
         let _ = seen.send(clients(port));
     });
     let after = saw.await.expect("the thread reports");
-    assert_eq!(
-        after.len(),
-        2,
-        "the shared connection and the thread connection's: {after:?}"
-    );
-    for (id, cmd) in &after {
-        if *id == shared {
-            assert_eq!(cmd, "ping", "the check did not take the shared connection");
-        } else {
-            assert_eq!(cmd, "fcall", "the check took the thread's own connection");
-        }
-    }
+    assert_checks_on_own_conn(&after, shared);
     let _ = stop.send(());
     thread.join().expect("thread");
 }
@@ -115,7 +104,7 @@ async fn dropping_the_store_closes_its_thread_conns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
+async fn a_thread_conn_whose_redis_goes_away_fails_in_time_and_recovers() {
     let mut server = RedisServer::start();
     let port = server.port();
     let timeout = Duration::from_millis(300);
@@ -190,7 +179,7 @@ async fn a_lane_whose_redis_goes_away_fails_in_time_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_multi_threaded_runtime_gets_no_lane() {
+async fn a_multi_threaded_runtime_gets_no_thread_conn() {
     let server = RedisServer::start();
     let port = server.port();
     let store = store(server.url(), Duration::from_secs(2)).await;
@@ -207,7 +196,7 @@ async fn a_multi_threaded_runtime_gets_no_lane() {
 /// the client only notices on a call), and each comes back once its own connection answers: the
 /// first check on it after Redis returns is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_lane_steps_aside_after_a_failure_and_comes_back_answering() {
+async fn every_thread_conn_steps_aside_after_a_failure_and_comes_back_answering() {
     let mut server = RedisServer::start();
     let store = store(server.url(), Duration::from_millis(300)).await;
     // A quiet thread: attached, one check, then only watches its thread connection.

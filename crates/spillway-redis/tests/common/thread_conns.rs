@@ -1,4 +1,4 @@
-//! Helpers of the thread-thread connection tests: which connection did what (Redis's `CLIENT
+//! Helpers of the thread connection tests: which connection did what (Redis's `CLIENT
 //! LIST`), and a "serving thread" run as the server runs one (a plain thread on a single-threaded
 //! runtime).
 
@@ -37,6 +37,24 @@ pub fn clients_as(port: u16, password: Option<&str>) -> Vec<(u64, String)> {
         })
         .filter(|(_, cmd)| cmd != "client|list")
         .collect()
+}
+
+/// Asserts that `after` (what [`clients`] read after a thread ran its checks) holds two
+/// connections: the `shared` one, whose last command was the thread's ping, and the thread's
+/// own, whose last was a check's `fcall`.
+pub fn assert_checks_on_own_conn(after: &[(u64, String)], shared: u64) {
+    assert_eq!(
+        after.len(),
+        2,
+        "the shared connection and the thread connection's: {after:?}"
+    );
+    for (id, cmd) in after {
+        if *id == shared {
+            assert_eq!(cmd, "ping", "the check did not take the shared connection");
+        } else {
+            assert_eq!(cmd, "fcall", "the check took the thread's own connection");
+        }
+    }
 }
 
 /// Polls `what` every 10 ms until it holds, for at most 5 s (waiting on another process:
