@@ -18,11 +18,11 @@ use url::{Host, Url};
 /// user name is taken for the password, so no piece of it is shown.
 pub fn mask_url(url: &str) -> String {
     let Ok(parsed) = Url::parse(url) else {
-        return mask_by_hand(url);
+        return mask_by_hand(&mask_pass_to_end(url));
     };
     let past_host = [Some(parsed.path()), parsed.query(), parsed.fragment()];
     if past_host.iter().flatten().any(|part| part.contains('@')) {
-        return mask_by_hand(url);
+        return mask_by_hand(&mask_pass_to_end(url));
     }
     // With no `@` past the host, the last `@` ends the user information, as the parser read
     // it: the hand rule cuts the password out exactly.
@@ -74,6 +74,20 @@ fn mask_query(url: &str) -> String {
         masked.push_str(fragment);
     }
     masked
+}
+
+/// `url` with everything after its first `pass=` or `password=` parameter as `****`: for text
+/// the parser does not read as [`mask_url`] expects, where a password parameter's value may
+/// hold a raw `@`, `&` or `#` and so cannot be told from what follows it.
+fn mask_pass_to_end(url: &str) -> String {
+    let found = ["?pass=", "&pass=", "?password=", "&password="]
+        .iter()
+        .filter_map(|name| url.find(name).map(|at| at + name.len()))
+        .min();
+    match found {
+        Some(value) => format!("{}****", &url[..value]),
+        None => url.to_owned(),
+    }
 }
 
 /// [`mask_url`] for text the URL parser does not read: the user information ends at the
@@ -155,7 +169,9 @@ pub fn not_redis_url(url: &str) -> Option<String> {
             mask_url(url)
         ))
     } else {
-        Some(format!("`{}` is not a redis:// URL", mask_url(url)))
+        // Not read as a URL: a mistyped scheme (`redis:/`, none at all) still hides its
+        // password, as any text given for a URL does.
+        Some(format!("`{}` is not a redis:// URL", mask_text(url)))
     }
 }
 
@@ -451,6 +467,11 @@ mod tests {
             "redis+unix:///s?user=u&pass=s3cret",
             "unix://u:Pw#ss@/s",
             "valkey://:123/ss@h:1",
+            "redis:/app:s3cret@h:6379",
+            "app:s3cret@h:6379",
+            ":s3cret@h",
+            "unix:///s?pass=Pw@ss123",
+            "unix:///s?pass=Pw@ss&password=s3cret",
         ] {
             let told = not_redis_url(url).expect("refused");
             assert!(

@@ -34,9 +34,10 @@
 //!   makes a new one to the master the store's own connection names by then, checked to act
 //!   as master (`ROLE`); the store's connection is asked to look for a new master at once. A
 //!   demoted master's `READONLY` is such a failure, and the `ROLE` check keeps the thread off
-//!   it. The same happens as soon as the store follows a master switch, and a thread's
-//!   connection is never used after one: it is used only while the store's count of switches
-//!   is what it was when the connection was made.
+//!   it. The same happens as soon as the store follows a master switch, and no request is
+//!   queued to a thread's connection after one: it is used only while the store's count of
+//!   switches is what it was when the connection was made (requests queued just before
+//!   finish on it).
 //!
 //! The shared connection, on the other hand, comes back on its next use (a ping retries once
 //! for that; see [`crate::store`]).
@@ -230,8 +231,10 @@ impl ThreadConns {
     /// for the master the store uses now).
     ///
     /// [`ThreadConns::ready_here`] answers the same question for the failure guard just before the
-    /// store's check asks this one: nothing may await between the two, so the guard's answer (poll
-    /// the call here, or on the main runtime) holds for the path taken.
+    /// store's check asks this one, with nothing awaited between the two. On a single server
+    /// the two answers agree; on a Sentinel store another thread may follow a master switch in
+    /// between, and the check then takes the shared path while the guard polls it on the
+    /// serving thread (harmless: the shared batcher's dispatcher runs on the main runtime).
     pub(crate) fn here(&self) -> Option<Arc<Batcher>> {
         let generation = match self.connect.as_deref()? {
             Connect::Server(_) => 0,
@@ -255,8 +258,9 @@ impl ThreadConns {
 
     /// Tells the thread connections that a check failed with `err`: if Redis was unavailable (which
     /// includes a demoted master's `READONLY`), this thread's own connection is marked down at
-    /// once and every thread connection is sent aside (see the module docs); on a Sentinel store
-    /// the store's own connection is also asked to look for a new master. A batcher refusing a
+    /// once and every thread connection is sent aside (see the module docs). On a Sentinel store
+    /// an unavailable Redis or no answer in time also asks the store's own connection to look
+    /// for a new master (a timeout alone sends no thread connection aside). A batcher refusing a
     /// request because its queue was full says nothing about the connection and sends no thread
     /// connection aside: under overload, thread connections stepping aside would pile every
     /// thread's requests onto the one shared queue, which would then refuse more.
@@ -264,13 +268,20 @@ impl ThreadConns {
         let Some(connect) = self.connect.as_deref() else {
             return;
         };
-        if !matches!(err, BatchError::Store(StoreError::Unavailable(_))) {
+        let unavailable = matches!(err, BatchError::Store(StoreError::Unavailable(_)));
+        let timeout = matches!(err, BatchError::Store(StoreError::Timeout(_)));
+        if let Connect::Sentinel(master) = connect {
+            // No answer in time may be a master gone silent: the store's connection asks
+            // the sentinels, as it does for its own calls (every call of an attached thread
+            // is on the thread's connection, so the store's own would never see it).
+            if unavailable || timeout {
+                master.nudge();
+            }
+        }
+        if !unavailable {
             return;
         }
         set_up(self.id, false);
-        if let Connect::Sentinel(master) = connect {
-            master.nudge();
-        }
         self.failures.send_modify(|n| *n = n.wrapping_add(1));
     }
 }

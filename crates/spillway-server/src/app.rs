@@ -55,9 +55,9 @@ pub fn router(state: Arc<AppState>, admin: Option<AdminToken>) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(check::MAX_BODY_BYTES));
-    // NOTE: `POST /v1/check` does not pass through this router on the fast path
-    // (`http/entry.rs` sends it straight to `check::answer`, which applies the same body
-    // limit itself). A layer added here for every route must be added there as well.
+    // NOTE: `POST /v1/check` and `GET /healthz` do not pass through this router on the fast
+    // path (`http/entry.rs` answers them itself; `check::answer` applies the same body limit).
+    // A layer added here for every route must be added there as well.
     // The log filter is fixed at start, so a server that will never write the debug-level
     // access log skips the layer and its per-request boxing.
     let router = if access_log::enabled() {

@@ -144,6 +144,67 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     );
 }
 
+/// A client's `PING`s are not requests: an HTTP/2 connection that pings more often than the
+/// idle timeout but never calls is still closed (the server's acknowledgements are writes,
+/// which once kept it open).
+#[tokio::test]
+async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() {
+    let rls = start(
+        Server::with_policy(POLICY).args(&["--idle-timeout", "300ms"]),
+        &[],
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(rls.addr)
+        .await
+        .expect("connect");
+    let (_client, mut connection) = h2::client::handshake(tcp).await.expect("handshake");
+    let mut pings = connection.ping_pong().expect("ping handle");
+    let opened = now();
+    let connection = tokio::spawn(connection);
+    let pinging = async {
+        // Every 100 ms until the connection goes (a ping then fails).
+        loop {
+            tokio::time::sleep(SHORT / 3).await;
+            if pings.ping(h2::Ping::opaque()).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(AT_MOST, pinging)
+        .await
+        .expect("the server closed a connection that only pinged");
+    let _ = tokio::time::timeout(AT_MOST, connection).await;
+    let waited = opened.elapsed();
+    assert!(
+        waited >= SHORT,
+        "closed after {waited:?}, before the timeout"
+    );
+}
+
+/// A client that connects to the gRPC port and never sends HTTP/2's opening (nor anything
+/// else) does not hold its place for ever: asked to close at the idle timeout, which it cannot
+/// hear before its handshake, it is dropped one idle timeout later.
+#[tokio::test]
+async fn a_grpc_connection_that_sends_nothing_is_dropped() {
+    let rls = start(
+        Server::with_policy(POLICY).args(&["--idle-timeout", "300ms"]),
+        &[],
+    )
+    .await;
+    let addr = rls.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut silent = connect(addr);
+        let opened = now();
+        let waited = closed_after(&mut silent, opened);
+        assert!(
+            waited >= SHORT * 2,
+            "dropped after {waited:?}, before twice the idle timeout"
+        );
+    })
+    .await
+    .expect("client");
+}
+
 /// A client sending its headers a line at a time (slowloris) is cut off after the header
 /// timeout, while a well-behaved client is answered meanwhile.
 #[tokio::test]

@@ -513,7 +513,8 @@ mod tests {
         }
     }
 
-    /// An answer naming its home region and a degraded one read as pinned: the home region after the fields, the degraded mark before it.
+    /// An answer naming its home region and a degraded one read as pinned: the home region
+    /// after the fields, the degraded mark before it.
     #[test]
     fn home_region_and_degraded_answers_read_as_pinned() {
         let a = LimitName::from("a");

@@ -68,14 +68,21 @@ impl Activity {
         self.http2.load(Ordering::Relaxed)
     }
 
-    /// How many requests have started and writes been made, if no request is in flight:
-    /// unchanged between two looks means nothing happened in between. `ended` is read first:
-    /// it never passes `started`, so equal counts mean every request that had started by then
-    /// has ended.
+    /// How many requests have started and, on HTTP/1, writes been made, if no request is in
+    /// flight: unchanged between two looks means nothing happened in between. `ended` is read
+    /// first: it never passes `started`, so equal counts mean every request that had started
+    /// by then has ended. An HTTP/2 connection's writes are left out: the server writes on its
+    /// own to acknowledge a client's `PING` and `SETTINGS`, so a client pinging would
+    /// otherwise keep a connection with no request open forever.
     pub(super) fn quiet(&self) -> Option<(usize, usize)> {
         let ended = self.ended.load(Ordering::Relaxed);
         let started = self.started.load(Ordering::Relaxed);
-        (started == ended).then(|| (started, self.writes.load(Ordering::Relaxed)))
+        let writes = if self.http2() {
+            0
+        } else {
+            self.writes.load(Ordering::Relaxed)
+        };
+        (started == ended).then_some((started, writes))
     }
 }
 
@@ -199,8 +206,11 @@ where
 
 /// Runs one connection to its end: gracefully shut down when it has been idle for
 /// `quiet.idle` or when the thread drains, dropped when an HTTP/1 connection has waited
-/// `quiet.header` for a request head (draining or not). `_slot` is its place under the
-/// port's connection cap.
+/// `quiet.header` for a request head (draining or not), and dropped when, asked to close, it
+/// stays quiet (no request in flight) for `quiet.header` more (`quiet.idle` where there is no
+/// header deadline): an HTTP/2 peer that never finishes its handshake or never acknowledges
+/// the closing `PING` holds no slot for ever. `_slot` is its place under the port's
+/// connection cap.
 async fn drive<C>(
     connection: C,
     activity: Arc<Activity>,
@@ -235,9 +245,10 @@ async fn drive<C>(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            // Closing gracefully waits for a request head hyper is still reading, so the
-            // header deadline keeps being looked at.
-            () = check.as_mut(), if !closing || quiet.header.is_some() => {
+            // Closing gracefully waits for a request head hyper is still reading, or (HTTP/2)
+            // for a handshake the client never finishes or a `PING` it never answers, so the
+            // looks go on while closing.
+            () = check.as_mut() => {
                 let now = activity.quiet();
                 if now.is_some() && now == last {
                     quiet_looks = quiet_looks.saturating_add(1);
@@ -249,6 +260,13 @@ async fn drive<C>(
                     tracing::debug!(
                         header_ms = quiet_for.as_millis() as u64,
                         "dropping a connection that sent no request head in time"
+                    );
+                    return;
+                }
+                if closing && quiet_for >= quiet.idle + quiet.header.unwrap_or(quiet.idle) {
+                    tracing::debug!(
+                        quiet_ms = quiet_for.as_millis() as u64,
+                        "dropping a quiet connection that did not close when asked"
                     );
                     return;
                 }

@@ -5,8 +5,8 @@
 //! hyper has one (`header_read_timeout`), but it arms a boxed timer for every request (a
 //! clock read, an allocation, an insertion into and removal from the runtime's timer wheel)
 //! and asks for one more read after every answer to start it: about 1,500 instructions of a
-//! check's 32,800 (`docs/BENCHMARKS.md`, "The HTTP floor (issue 16, session 17)"). Ours rides on the look each connection's task already takes for
-//! the idle timeout ([`super::connection`]): the task looks at the connection's
+//! check's 32,800 (`docs/BENCHMARKS.md`, "The HTTP floor (issue 16, session 17)"). Ours rides
+//! on the look each connection's task already takes for the idle timeout ([`super::connection`]): the task looks at the connection's
 //! [`Activity`] four times per shortest limit, and a connection whose counts (requests started
 //! and ended, writes made) have not moved, with no request in flight, through looks spanning
 //! the header timeout is dropped, as hyper drops it (no answer; the socket is closed). A
@@ -21,12 +21,15 @@
 //!   connection idles at most the header timeout, as under hyper;
 //! - a head sent in part, or a byte at a time, does not move the counts, so it is cut off;
 //! - while a request is in flight (its body arriving, its answer being made) the deadline does
-//!   not run (the body has `--body-timeout`), nor while its answer is being written: a large
-//!   answer read slowly is not cut off, as hyper does not cut it;
+//!   not run (the body has `--body-timeout`); once the answer is made, each write moves the
+//!   counts, so a large answer is not cut off while the client keeps reading it, but a client
+//!   that stops reading for the header timeout is dropped (hyper held it for ever);
 //! - pipelined requests move the counts like any others;
 //! - HTTP/2 connections (prior knowledge on the API port, every connection on the gRPC port)
-//!   have no header deadline, as under hyper, only the idle timeout: [`Watched`] notes the
-//!   HTTP/2 preface as the protocol detection reads it.
+//!   have no header deadline, as under hyper, only the idle timeout (counting requests, not
+//!   the server's acknowledgements of a client's pings) and, once asked to close, as long
+//!   again before they are dropped: [`Watched`] notes the HTTP/2 preface as the protocol
+//!   detection reads it.
 //!
 //! What differs: the cut comes between one and one and a quarter header timeouts after the
 //! wait began, not at the instant (the looks are a quarter apart), and a connection that
