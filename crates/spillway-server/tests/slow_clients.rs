@@ -119,20 +119,34 @@ async fn an_idle_http1_connection_is_closed_after_the_idle_timeout() {
     .expect("client");
 }
 
+/// A server whose gRPC port closes connections idle for [`SHORT`].
+async fn grpc_idle_short() -> common::grpc::Rls {
+    start(
+        Server::with_policy(POLICY).args(&["--idle-timeout", "300ms"]),
+        &[],
+    )
+    .await
+}
+
+/// An HTTP/2 client's handshake with `addr`: its request handle and its connection (which
+/// must be driven).
+async fn h2_to(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    h2::client::Connection<tokio::net::TcpStream, bytes::Bytes>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    h2::client::handshake(tcp).await.expect("handshake")
+}
+
 /// An HTTP/2 connection on the gRPC port that never sends a call is closed after the idle
 /// timeout.
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
-    let rls = start(
-        Server::with_policy(POLICY).args(&["--idle-timeout", "300ms"]),
-        &[],
-    )
-    .await;
-    let tcp = tokio::net::TcpStream::connect(rls.addr)
-        .await
-        .expect("connect");
+    let rls = grpc_idle_short().await;
     let opened = now();
-    let (_client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    let (_client, connection) = h2_to(rls.addr).await;
     // Ends (cleanly after the server's GOAWAY, or with an error) once the server closes it.
     let _ = tokio::time::timeout(AT_MOST, connection)
         .await
@@ -149,15 +163,8 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
 /// which once kept it open).
 #[tokio::test]
 async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() {
-    let rls = start(
-        Server::with_policy(POLICY).args(&["--idle-timeout", "300ms"]),
-        &[],
-    )
-    .await;
-    let tcp = tokio::net::TcpStream::connect(rls.addr)
-        .await
-        .expect("connect");
-    let (_client, mut connection) = h2::client::handshake(tcp).await.expect("handshake");
+    let rls = grpc_idle_short().await;
+    let (_client, mut connection) = h2_to(rls.addr).await;
     let mut pings = connection.ping_pong().expect("ping handle");
     let opened = now();
     let connection = tokio::spawn(connection);
@@ -186,11 +193,7 @@ async fn an_http2_connection_that_only_pings_is_closed_after_the_idle_timeout() 
 /// hear before its handshake, it is dropped one idle timeout later.
 #[tokio::test]
 async fn a_grpc_connection_that_sends_nothing_is_dropped() {
-    let rls = start(
-        Server::with_policy(POLICY).args(&["--idle-timeout", "300ms"]),
-        &[],
-    )
-    .await;
+    let rls = grpc_idle_short().await;
     let addr = rls.addr;
     tokio::task::spawn_blocking(move || {
         let mut silent = connect(addr);
@@ -363,10 +366,7 @@ async fn http2_on_the_api_port_has_no_header_deadline() {
     let server = Server::with_policy(POLICY)
         .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
         .start();
-    let tcp = tokio::net::TcpStream::connect(server.addr())
-        .await
-        .expect("connect");
-    let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    let (client, connection) = h2_to(server.addr()).await;
     let connection = tokio::spawn(connection);
     let mut client = client.ready().await.expect("ready");
     tokio::time::sleep(SHORT * 4).await;
@@ -514,10 +514,7 @@ async fn http2_connections_are_told_the_stream_cap() {
         &[],
     )
     .await;
-    let tcp = tokio::net::TcpStream::connect(rls.addr)
-        .await
-        .expect("connect");
-    let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    let (client, connection) = h2_to(rls.addr).await;
     tokio::spawn(connection);
     let mut client = client.ready().await.expect("ready");
     // The server's settings have arrived once a call has been answered.
