@@ -62,7 +62,7 @@ case "$POLICY" in
         printf '    burst: %d\n    key: [user]\n' $((1000000 + r))
       done
     } >"$tmp/limits.yaml"
-    # The route limits go under `limits:` (after the bucket), the routes at the end.
+    # The route limits go right under `limits:` (before the bucket), the routes at the end.
     awk -v extra="$tmp/limits.yaml" '{print} /^limits:/ {
       while ((getline line < extra) > 0) print line }' "$tmp/routes.yaml" >"$tmp/policy.yaml"
     {

@@ -41,7 +41,11 @@ THREADS=${THREADS:-1}
 WARMUP=${WARMUP:-2}
 POLICIES=${POLICIES:-one four}
 STORE=${STORE:-server}
-if [ "$STORE" = sentinel ]; then need redis-sentinel redis-sentinel; fi
+case "$STORE" in
+  server) ;;
+  sentinel) need redis-sentinel redis-sentinel ;;
+  *) echo "STORE=$STORE: expected server or sentinel" >&2; exit 2 ;;
+esac
 
 if [ $# -eq 0 ]; then
   cargo build --release -q -p spillway-server --bin spillway

@@ -105,10 +105,10 @@ pub const BATCH_REFUSED: &str = "spillway_redis_batch_refused_total";
 pub const BATCH_RETRIED: &str = "spillway_redis_batch_retried_total";
 
 /// Why a request of a stalled cluster slot's full lane is refused at once.
-pub(crate) const SLOT_QUEUE_FULL: &str =
+const SLOT_QUEUE_FULL: &str =
     "the queue for this key's slot is full (its node is slow or unreachable)";
 /// Why a request is refused at once when every lane together is full.
-pub(crate) const STORE_QUEUE_FULL: &str = "the queue for the store is full";
+const STORE_QUEUE_FULL: &str = "the queue for the store is full";
 
 /// Why a request sent through a [`Batcher`] failed: the batcher itself refusing it because
 /// its queue was full, which says nothing about the connection (a thread's own connection

@@ -236,24 +236,32 @@ impl ThreadConns {
     /// between, and the check then takes the shared path while the guard polls it on the
     /// serving thread (harmless: the shared batcher's dispatcher runs on the main runtime).
     pub(crate) fn here(&self) -> Option<Arc<Batcher>> {
-        let generation = match self.connect.as_deref()? {
-            Connect::Server(_) => 0,
-            Connect::Sentinel(master) => master.generation(),
-        };
-        OWN.try_with(|list| {
-            list.borrow()
-                .iter()
-                .find(|own| own.store == self.id && own.up && own.generation == generation)
-                .and_then(|own| own.batcher.clone())
-        })
-        .ok()
-        .flatten()
+        self.usable_here(|batcher| batcher.clone())
     }
 
     /// Whether this thread has the store's thread connection up: what [`ThreadConns::here`] will
     /// say when the check that follows, with no await between, asks it.
     pub(crate) fn ready_here(&self) -> bool {
-        self.here().is_some()
+        self.usable_here(|_| ()).is_some()
+    }
+
+    /// `read` of this thread's own batcher for the store, if its connection is up and (on a
+    /// Sentinel store) made for the master the store uses now: the one test [`Self::here`]
+    /// and [`Self::ready_here`] share, which clones nothing unless `read` does.
+    fn usable_here<R>(&self, read: impl FnOnce(&Arc<Batcher>) -> R) -> Option<R> {
+        let generation = match self.connect.as_deref()? {
+            Connect::Server(_) => 0,
+            Connect::Sentinel(master) => master.generation(),
+        };
+        OWN.try_with(|list| {
+            let list = list.borrow();
+            let own = list
+                .iter()
+                .find(|own| own.store == self.id && own.up && own.generation == generation)?;
+            own.batcher.as_ref().map(read)
+        })
+        .ok()
+        .flatten()
     }
 
     /// Tells the thread connections that a check failed with `err`: if Redis was unavailable (which
@@ -310,34 +318,31 @@ impl Drop for Listed {
     }
 }
 
-/// Marks this thread's own connection of store `id` up or down; whether it has one.
-fn set_up(id: u64, up: bool) -> bool {
+/// Runs `change` on this thread's own connection of store `id`; whether it is still listed.
+fn with_own(id: u64, change: impl FnOnce(&mut Own)) -> bool {
     OWN.try_with(|list| {
         let mut list = list.borrow_mut();
-        let own = list.iter_mut().find(|own| own.store == id)?;
-        own.up = up && own.batcher.is_some();
-        Some(())
+        list.iter_mut().find(|own| own.store == id).map(change)
     })
     .ok()
     .flatten()
     .is_some()
 }
 
+/// Marks this thread's own connection of store `id` up or down; whether it has one.
+fn set_up(id: u64, up: bool) -> bool {
+    with_own(id, |own| own.up = up && own.batcher.is_some())
+}
+
 /// Hands this thread's own connection of store `id` its batcher (made for the master switch
 /// count `generation`) and marks it up, or (`None`) takes its batcher away and marks it down;
 /// whether the thread connection is still listed.
 fn place(id: u64, batcher: Option<Batcher>, generation: u64) -> bool {
-    OWN.try_with(|list| {
-        let mut list = list.borrow_mut();
-        let own = list.iter_mut().find(|own| own.store == id)?;
+    with_own(id, |own| {
         own.up = batcher.is_some();
         own.batcher = batcher.map(Arc::new);
         own.generation = generation;
-        Some(())
     })
-    .ok()
-    .flatten()
-    .is_some()
 }
 
 /// A thread connection's life on its thread; see [`run_server`] and [`run_sentinel`].
@@ -429,6 +434,11 @@ impl AbortOnDrop {
     fn new(task: tokio::task::JoinHandle<()>) -> Self {
         Self(Some(task))
     }
+
+    /// Lets the task run on to its own end.
+    fn detach(mut self) {
+        self.0 = None;
+    }
 }
 
 impl Drop for AbortOnDrop {
@@ -463,20 +473,19 @@ async fn run_sentinel(
         failures.borrow_and_update();
         let counted = Up::new();
         // A task of its own, as on a single server: its wake-ups do not poll the watches.
-        let mut dispatcher = tokio::spawn(dispatcher);
+        let dispatcher = AbortOnDrop::new(tokio::spawn(dispatcher));
         // `changed` fails once the store is gone, which ends the thread connection anyway.
         let aside = tokio::select! {
-            _ = &mut dispatcher => false,
             changed = failures.changed() => changed.is_ok(),
             changed = switches.changed() => changed.is_ok(),
         };
         drop(counted);
         if !place(id, None, generation) || !aside {
-            dispatcher.abort();
             return;
         }
-        // No new request reaches the old batcher; its dispatcher (running on) ends once
-        // those it holds are answered (each within the store's timeout).
+        // No new request reaches the old batcher; its dispatcher runs on and ends once those
+        // it holds are answered (each within the store's timeout).
+        dispatcher.detach();
     }
 }
 
@@ -537,12 +546,10 @@ mod tests {
             Duration::from_secs(1),
         );
         let sent_aside = || *list.failures.borrow();
-        for full in [
-            crate::batch::SLOT_QUEUE_FULL,
-            crate::batch::STORE_QUEUE_FULL,
-        ] {
-            list.failed(&BatchError::QueueFull(StoreError::Unavailable(full.into())));
-        }
+        // Told by its kind, not its words: a full queue is an unavailable store to callers.
+        list.failed(&BatchError::QueueFull(StoreError::Unavailable(
+            "any full queue".into(),
+        )));
         list.failed(&StoreError::Timeout(Duration::from_millis(100)).into());
         list.failed(&StoreError::Protocol("a script error".into()).into());
         assert_eq!(sent_aside(), 0, "nothing said the connection failed");

@@ -163,7 +163,8 @@ async fn after_a_failover_under_load_the_thread_conns_move_to_the_new_master() {
             store.clone(),
             stopped,
             move |store| async move {
-                let _ = up.send(());
+                // Told once this thread has answered five checks: the load ran before the kill.
+                let mut up = Some(up);
                 // A steady load, one check every 10 ms, until the thread connection is up on the
                 // new master and has answered there for a while.
                 let mut outcomes: Vec<(Instant, Instant, Result<bool, StoreError>)> = Vec::new();
@@ -173,6 +174,11 @@ async fn after_a_failover_under_load_the_thread_conns_move_to_the_new_master() {
                     let started = Instant::now();
                     let got = one_check(&store, &format!("steady-{t}")).await;
                     outcomes.push((started, Instant::now(), got));
+                    if outcomes.len() == 5 {
+                        if let Some(up) = up.take() {
+                            let _ = up.send(());
+                        }
+                    }
                     let moved = *was_killed.borrow_and_update()
                         && store.sentinel_master() == Some(format!("127.0.0.1:{promoted}"))
                         && store.served_on_this_thread();
@@ -206,9 +212,8 @@ async fn after_a_failover_under_load_the_thread_conns_move_to_the_new_master() {
         ups.push(is_up);
     }
     for up in ups {
-        up.await.expect("thread connection up");
+        up.await.expect("five checks answered");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let kill_at = Instant::now();
     group.kill_master();
     killed.send_replace(true);

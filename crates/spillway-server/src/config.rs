@@ -251,6 +251,15 @@ impl PolicySource {
     pub fn parse(&self, text: &str) -> Result<Policy, LoadError> {
         Ok(Policy::from_yaml_str(text, &self.describe())?)
     }
+
+    /// [`Self::parse`], then the clusters' seeds checked to agree on the login as a node
+    /// about to use them checks them ([`Policy::check_seed_logins`]; `own_store_replaced`:
+    /// `--store-url` stands in for the policy's `store.nodes`).
+    pub fn parse_checked(&self, text: &str, own_store_replaced: bool) -> Result<Policy, LoadError> {
+        let policy = self.parse(text)?;
+        policy.check_seed_logins(&self.describe(), own_store_replaced)?;
+        Ok(policy)
+    }
 }
 
 /// The machine's host name (Linux), or `spillway` when it cannot be read.

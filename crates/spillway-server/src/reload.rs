@@ -101,12 +101,7 @@ impl Reloader {
         }
         // Checked as start-up checks it, before the store is compared: a store whose seeds
         // disagree is a mistake to fix in the file, not a change that a restart would take.
-        let parsed = self.source.parse(&text).and_then(|policy| {
-            policy
-                .check_seed_logins(&source, self.store_url_given)
-                .map(|()| policy)
-                .map_err(Into::into)
-        });
+        let parsed = self.source.parse_checked(&text, self.store_url_given);
         self.last_text = text;
         let (outcome, error) = match parsed {
             Ok(policy)

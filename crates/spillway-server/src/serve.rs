@@ -92,15 +92,12 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     }
     let source = settings.policy.describe();
     let text = settings.policy.read().await?;
-    let policy = settings
-        .policy
-        .parse(&text)
-        .map_err(|err| SettingsError(format!("the policy {source} is invalid: {err}")))?;
     // `--store-url` stands in for the policy's `store.nodes`; a region's are always used.
     let store_url = settings.store_url.as_deref();
     let replaced = crate::store::given_url(store_url).is_some();
-    policy
-        .check_seed_logins(&source, replaced)
+    let policy = settings
+        .policy
+        .parse_checked(&text, replaced)
         .map_err(|err| SettingsError(format!("the policy {source} is invalid: {err}")))?;
     let limits = policy.limits().count();
 

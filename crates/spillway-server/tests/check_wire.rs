@@ -176,10 +176,14 @@ async fn a_check_after_a_large_answer_reads_the_same() {
 /// router (the debug access log on).
 #[tokio::test]
 async fn healthz_answers_the_same_bytes_either_way() {
-    for args in [&[][..], &["--log-filter", "spillway_server=debug"][..]] {
+    for (args, routed) in [
+        (&[][..], false),
+        (&["--log-filter", "spillway_server=debug"][..], true),
+    ] {
         let server = Server::with_policy(POLICY).args(args).start();
+        let addr = server.addr();
         let answer = tokio::task::spawn_blocking(move || {
-            let mut stream = TcpStream::connect(server.addr()).expect("connect");
+            let mut stream = TcpStream::connect(addr).expect("connect");
             stream
                 .set_read_timeout(Some(Duration::from_secs(10)))
                 .expect("timeout");
@@ -200,6 +204,14 @@ async fn healthz_answers_the_same_bytes_either_way() {
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n\
              content-length: 3\r\nconnection: close\r\n\r\nok\n",
         );
+        if routed {
+            // The access log is a layer of the router: the answer above came that way.
+            assert!(
+                server.wait_for_log("path=/healthz").is_some(),
+                "the access log saw no /healthz:\n{}",
+                server.logs().join("\n")
+            );
+        }
     }
 }
 

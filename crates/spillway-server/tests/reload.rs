@@ -94,20 +94,26 @@ async fn a_configmap_style_symlink_swap_is_picked_up() {
     server.wait_for_limit("u", 9).await;
 }
 
+/// Waits for the one reload the test caused to be rejected; checks that none succeeded and
+/// that the policy limiting at 3 still serves; the rejection's log line.
+async fn rejected_keeping_3(server: &Server) -> String {
+    let rejected = wait_until_async(PATIENCE, || async {
+        (reloads(server, "rejected").await == 1.0).then_some(())
+    })
+    .await;
+    assert!(rejected.is_some(), "logs:\n{}", server.logs().join("\n"));
+    assert_eq!(reloads(server, "success").await, 0.0);
+    assert_eq!(server.current_limit("u").await.as_deref(), Some("3"));
+    server
+        .wait_for_log("policy reload rejected")
+        .expect("rejection logged")
+}
+
 #[tokio::test]
 async fn a_bad_file_is_rejected_and_the_old_policy_keeps_serving() {
     let server = Server::with_policy(&policy(3)).start();
     server.rewrite_policy(&policy(3).replace("limit: 3", "limit: lots"));
-    let rejected = wait_until_async(PATIENCE, || async {
-        (reloads(&server, "rejected").await == 1.0).then_some(())
-    })
-    .await;
-    assert!(rejected.is_some(), "logs:\n{}", server.logs().join("\n"));
-    assert_eq!(reloads(&server, "success").await, 0.0);
-    assert_eq!(server.current_limit("u").await.as_deref(), Some("3"));
-    let line = server
-        .wait_for_log("policy reload rejected")
-        .expect("rejection logged");
+    let line = rejected_keeping_3(&server).await;
     let config = server.config.as_ref().expect("policy file");
     assert!(line.contains(&config.display().to_string()), "{line}");
     assert!(
@@ -178,16 +184,7 @@ const SEEDS_DISAGREE: &str = "store:
 async fn a_reload_whose_cluster_seeds_disagree_is_rejected_as_invalid() {
     let server = Server::with_policy(&policy(3)).start();
     server.rewrite_policy(&format!("{}{SEEDS_DISAGREE}", policy(4)));
-    let rejected = wait_until_async(PATIENCE, || async {
-        (reloads(&server, "rejected").await == 1.0).then_some(())
-    })
-    .await;
-    assert!(rejected.is_some(), "logs:\n{}", server.logs().join("\n"));
-    assert_eq!(reloads(&server, "success").await, 0.0);
-    assert_eq!(server.current_limit("u").await.as_deref(), Some("3"));
-    let line = server
-        .wait_for_log("policy reload rejected")
-        .expect("rejection logged");
+    let line = rejected_keeping_3(&server).await;
     assert!(
         line.contains("store.nodes[1]")
             && line.contains("seed nodes disagree on the login")

@@ -119,6 +119,14 @@ async fn an_idle_http1_connection_is_closed_after_the_idle_timeout() {
     .expect("client");
 }
 
+/// A server whose HTTP/1 connections have [`SHORT`] to send a request head (and a long idle
+/// timeout, so that only the header deadline acts).
+fn header_short() -> Server {
+    Server::with_policy(POLICY)
+        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
+        .start()
+}
+
 /// A server whose gRPC port closes connections idle for [`SHORT`].
 async fn grpc_idle_short() -> common::grpc::Rls {
     start(
@@ -212,9 +220,7 @@ async fn a_grpc_connection_that_sends_nothing_is_dropped() {
 /// timeout, while a well-behaved client is answered meanwhile.
 #[tokio::test]
 async fn a_slowloris_is_cut_off_after_the_header_timeout() {
-    let server = Server::with_policy(POLICY)
-        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
-        .start();
+    let server = header_short();
     let addr = server.addr();
     let slow = tokio::task::spawn_blocking(move || {
         let mut slow = connect(addr);
@@ -241,9 +247,7 @@ async fn a_slowloris_is_cut_off_after_the_header_timeout() {
 /// A head sent in part and then left is cut off after the header timeout, with no answer.
 #[tokio::test]
 async fn a_head_sent_in_part_is_cut_off_without_an_answer() {
-    let server = Server::with_policy(POLICY)
-        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
-        .start();
+    let server = header_short();
     let addr = server.addr();
     let (waited, answered) = tokio::task::spawn_blocking(move || {
         let mut half = connect(addr);
@@ -269,9 +273,7 @@ async fn a_head_sent_in_part_is_cut_off_without_an_answer() {
 /// once the whole head has taken the header timeout.
 #[tokio::test]
 async fn a_head_trickled_a_byte_at_a_time_is_cut_off() {
-    let server = Server::with_policy(POLICY)
-        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
-        .start();
+    let server = header_short();
     let addr = server.addr();
     let cut_after = tokio::task::spawn_blocking(move || {
         let mut slow = connect(addr);
@@ -295,9 +297,7 @@ async fn a_head_trickled_a_byte_at_a_time_is_cut_off() {
 /// then waits is closed after it, while one that keeps asking more often stays open.
 #[tokio::test]
 async fn a_keep_alive_connection_waits_at_most_the_header_timeout() {
-    let server = Server::with_policy(POLICY)
-        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
-        .start();
+    let server = header_short();
     let addr = server.addr();
     tokio::task::spawn_blocking(move || {
         let mut busy = connect(addr);
@@ -321,9 +321,7 @@ async fn a_keep_alive_connection_waits_at_most_the_header_timeout() {
 /// the idle timeout.
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_cut_off_after_the_header_timeout() {
-    let server = Server::with_policy(POLICY)
-        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
-        .start();
+    let server = header_short();
     let addr = server.addr();
     let waited = tokio::task::spawn_blocking(move || {
         let mut silent = connect(addr);
@@ -337,9 +335,7 @@ async fn a_connection_that_sends_nothing_is_cut_off_after_the_header_timeout() {
 /// Requests pipelined in one write are all answered, in order, under a short header timeout.
 #[tokio::test]
 async fn pipelined_requests_are_all_answered() {
-    let server = Server::with_policy(POLICY)
-        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
-        .start();
+    let server = header_short();
     let addr = server.addr();
     tokio::task::spawn_blocking(move || {
         let mut stream = connect(addr);
@@ -363,9 +359,7 @@ async fn pipelined_requests_are_all_answered() {
 /// connection quiet for several header timeouts still answers.
 #[tokio::test]
 async fn http2_on_the_api_port_has_no_header_deadline() {
-    let server = Server::with_policy(POLICY)
-        .args(&["--header-timeout", "300ms", "--idle-timeout", "30s"])
-        .start();
+    let server = header_short();
     let (client, connection) = h2_to(server.addr()).await;
     let connection = tokio::spawn(connection);
     let mut client = client.ready().await.expect("ready");
@@ -440,6 +434,31 @@ async fn an_http_body_that_trickles_gets_408() {
     .expect("client");
     assert_eq!(status, "HTTP/1.1 408 Request Timeout");
     assert!(waited >= SHORT, "answered after {waited:?}");
+}
+
+/// The header deadline does not run while a request is in flight: a body that takes longer
+/// than the header timeout, but arrives within the body timeout, is answered.
+#[tokio::test]
+async fn a_body_slower_than_the_header_timeout_is_answered() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--header-timeout", "300ms", "--body-timeout", "5s"])
+        .start();
+    let addr = server.addr();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut slow = connect(addr);
+        slow.write_all(
+            b"POST /v1/check HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n\
+              content-length: 12\r\n\r\n{\"user\"",
+        )
+        .expect("send");
+        // Over three header timeouts with the request in flight.
+        std::thread::sleep(SHORT * 3);
+        slow.write_all(b":\"u\"}").expect("the rest");
+        read_response(&mut slow)
+    })
+    .await
+    .expect("client");
+    assert_eq!(status, "HTTP/1.1 200 OK");
 }
 
 /// A report whose body trickles in gets the same 408 as a check, not a 400.

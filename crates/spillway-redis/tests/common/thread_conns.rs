@@ -11,13 +11,7 @@ use tokio::time::Instant;
 /// The store's clients of the server on `port`, as their `id` and the last command each ran:
 /// neither the one asking, nor a sentinel's, nor a replica's.
 pub fn clients(port: u16) -> Vec<(u64, String)> {
-    clients_as(port, None)
-}
-
-/// [`clients`], logged in with `password` when one is given.
-pub fn clients_as(port: u16, password: Option<&str>) -> Vec<(u64, String)> {
-    let list =
-        spillway_testkit::redis::command_as(port, password, "CLIENT LIST").unwrap_or_default();
+    let list = spillway_testkit::redis::command(port, "CLIENT LIST").unwrap_or_default();
     list.lines()
         .filter(|line| line.contains("id="))
         .filter_map(|line| {
@@ -59,13 +53,8 @@ pub fn assert_checks_on_own_conn(after: &[(u64, String)], shared: u64) {
 
 /// Polls `what` every 10 ms until it holds, for at most 5 s (waiting on another process:
 /// a connection being made or closed).
-pub async fn eventually(what: impl FnMut() -> bool) -> bool {
-    eventually_within(Duration::from_secs(5), what).await
-}
-
-/// [`eventually`] for at most `limit`.
-pub async fn eventually_within(limit: Duration, mut what: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
+pub async fn eventually(mut what: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
     while !what() {
         if Instant::now() > deadline {
             return false;

@@ -37,7 +37,8 @@ use std::cell::RefCell;
 /// `Content-Length`, last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerBody {
-    /// Neither header: the caller's answer has no body (`/v1/authorize`'s allowed one).
+    /// Neither header: the caller's answer has no body (`/v1/authorize`'s allowed one), or
+    /// sets its own body headers (`/v1/report`).
     Absent,
     /// `application/problem+json`, before the rate-limit headers, of this many bytes.
     Problem(usize),

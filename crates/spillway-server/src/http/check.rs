@@ -213,7 +213,7 @@ where
 /// each answer, added here to the problem answers too (the decided ones add their own), so
 /// headers come out in the same order whichever way the request went (hyper writes
 /// `Connection` between the handler's headers and the length it adds itself).
-fn with_length(mut response: Response) -> Response {
+pub(crate) fn with_length(mut response: Response) -> Response {
     if !response.headers().contains_key(CONTENT_LENGTH) {
         if let Some(size) = HttpBody::size_hint(response.body()).exact() {
             let value = HeaderValue::from(size);

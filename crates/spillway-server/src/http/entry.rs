@@ -25,8 +25,7 @@ use axum::routing::future::RouteFuture;
 use axum::{BoxError, Router};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either};
-use http::header::CONTENT_LENGTH;
-use http::{HeaderValue, Method, Request};
+use http::{Method, Request};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,12 +83,9 @@ where
             }
             if method == Method::GET && path == HEALTHZ_PATH {
                 return Either::Left(Box::pin(async move {
-                    // The router sets the length in the map, which puts it before hyper's
-                    // `connection` line; hyper would add it after.
-                    let body = probes::healthz().await;
-                    let mut response = body.into_response();
-                    (response.headers_mut()).insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-                    Ok(response)
+                    // With the length in the map, as the router sets it (hyper would add it
+                    // after its `connection` line).
+                    Ok(check::with_length(probes::healthz().await.into_response()))
                 }));
             }
         }

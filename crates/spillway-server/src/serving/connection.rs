@@ -71,18 +71,14 @@ impl Activity {
     /// How many requests have started and, on HTTP/1, writes been made, if no request is in
     /// flight: unchanged between two looks means nothing happened in between. `ended` is read
     /// first: it never passes `started`, so equal counts mean every request that had started
-    /// by then has ended. An HTTP/2 connection's writes are left out: the server writes on its
-    /// own to acknowledge a client's `PING` and `SETTINGS`, so a client pinging would
-    /// otherwise keep a connection with no request open forever.
+    /// by then has ended. An HTTP/2 connection's writes are not counted ([`Watched`] stops at
+    /// the preface): the server writes on its own to acknowledge a client's `PING` and
+    /// `SETTINGS`, so a client pinging would otherwise keep a connection with no request open
+    /// for ever.
     pub(super) fn quiet(&self) -> Option<(usize, usize)> {
         let ended = self.ended.load(Ordering::Relaxed);
         let started = self.started.load(Ordering::Relaxed);
-        let writes = if self.http2() {
-            0
-        } else {
-            self.writes.load(Ordering::Relaxed)
-        };
-        (started == ended).then_some((started, writes))
+        (started == ended).then(|| (started, self.writes.load(Ordering::Relaxed)))
     }
 }
 

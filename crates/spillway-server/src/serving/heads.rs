@@ -1,15 +1,16 @@
 //! The header deadline (`--header-timeout`): an HTTP/1 connection that takes longer than it
 //! to send a whole request head, or keeps a keep-alive connection open that long without
-//! asking anything, is cut off. This is the slowloris defence; it costs nothing per request.
+//! asking anything, is cut off. This is the slowloris defence; it arms no timer per request.
 //!
 //! hyper has one (`header_read_timeout`), but it arms a boxed timer for every request (a
 //! clock read, an allocation, an insertion into and removal from the runtime's timer wheel)
 //! and asks for one more read after every answer to start it: about 1,500 instructions of a
 //! check's 32,800 (`docs/BENCHMARKS.md`, "The HTTP floor (issue 16, session 17)"). Ours rides
-//! on the look each connection's task already takes for the idle timeout ([`super::connection`]): the task looks at the connection's
-//! [`Activity`] four times per shortest limit, and a connection whose counts (requests started
-//! and ended, writes made) have not moved, with no request in flight, through looks spanning
-//! the header timeout is dropped, as hyper drops it (no answer; the socket is closed). A
+//! on the look each connection's task already takes for the idle timeout
+//! ([`super::connection`]): the task looks at the connection's [`Activity`] four times per
+//! shortest limit, and a connection whose counts (requests started and ended, writes made)
+//! have not moved, with no request in flight, through looks spanning the header timeout is
+//! dropped, as hyper drops it (no answer; the socket is closed). A
 //! request's own work is an atomic add when it starts, one when it ends and one per write,
 //! all on the connection's own thread.
 //!
@@ -60,6 +61,16 @@ pin_project! {
         inner: T,
         activity: Arc<Activity>,
         matched: usize,
+        // The client sent the HTTP/2 preface: writes are no longer counted (the idle timeout
+        // counts an HTTP/2 connection's requests, not the server's own acknowledgements).
+        http2: bool,
+    }
+}
+
+/// Counts a write in `activity`, unless the connection speaks HTTP/2.
+fn wrote(activity: &Activity, http2: bool) {
+    if !http2 {
+        activity.wrote();
     }
 }
 
@@ -70,6 +81,7 @@ impl<T> Watched<T> {
             inner,
             activity: activity.clone(),
             matched: 0,
+            http2: false,
         }
     }
 }
@@ -94,6 +106,7 @@ impl<T: AsyncRead> AsyncRead for Watched<T> {
                 KNOWN
             } else if upto == H2_PREFACE.len() {
                 this.activity.spoke_http2();
+                *this.http2 = true;
                 KNOWN
             } else {
                 upto
@@ -112,7 +125,7 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
         let this = self.project();
         let written = this.inner.poll_write(cx, buf);
         if let Poll::Ready(Ok(_)) = written {
-            this.activity.wrote();
+            wrote(this.activity, *this.http2);
         }
         written
     }
@@ -125,7 +138,7 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
         let this = self.project();
         let written = this.inner.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(_)) = written {
-            this.activity.wrote();
+            wrote(this.activity, *this.http2);
         }
         written
     }

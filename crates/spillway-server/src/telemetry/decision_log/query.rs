@@ -190,9 +190,8 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
                     let source = PolicySource::File(path.clone());
                     let text = std::fs::read_to_string(path)
                         .map_err(|e| format!("{}: cannot read the policy: {e}", path.display()))?;
-                    let policy = source.parse(&text).map_err(|e| e.to_string())?;
-                    policy
-                        .check_seed_logins(&source.describe(), false)
+                    let policy = source
+                        .parse_checked(&text, false)
                         .map_err(|e| e.to_string())?;
                     (policy.store().clone(), login_hints::STORE_POLICY)
                 }
