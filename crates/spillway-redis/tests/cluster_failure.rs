@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{check, key, redis_store, window, Backend, T0};
+use common::{check, key, redis_store, sample, window, Backend, T0};
 use spillway_core::key::StateKey;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
@@ -144,15 +144,6 @@ async fn a_hung_master_delays_only_the_requests_for_its_own_slots() {
             Err(err) => panic!("the resumed master never answered: {err}"),
         }
     }
-}
-
-/// The sum of the samples of `metric` in a Prometheus rendering.
-fn sample(rendered: &str, metric: &str) -> u64 {
-    rendered
-        .lines()
-        .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 // One thread, so the test's own metrics recorder (thread-local) hears every task's counts.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{check, key, redis_store, Backend};
+use common::{check, key, redis_store, sample, Backend};
 use spillway_core::algorithm::{FixedWindow, LimitParams, TokenBucket};
 use spillway_core::rate::Rate;
 use spillway_core::request::CheckMode;
@@ -227,15 +227,6 @@ async fn a_cost_past_the_largest_limit_is_refused_not_rounded_down() {
         d[0].allowed,
         "a cost of exactly the limit on an empty window"
     );
-}
-
-/// The sum of the samples of `metric` in a Prometheus rendering.
-fn sample(rendered: &str, metric: &str) -> u64 {
-    rendered
-        .lines()
-        .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// A ping (`/readyz`) that fails as unavailable is sent once more (it may have met the

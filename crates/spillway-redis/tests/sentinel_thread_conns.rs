@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::thread_conns::{assert_checks_on_own_conn, clients, eventually, serving_thread};
+use common::thread_conns::{checks_go_out_on_own_conn, clients, eventually, serving_thread};
 use common::{check, key, window};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
@@ -52,21 +52,10 @@ async fn an_attached_thread_checks_on_its_own_connection_to_the_master() {
     let shared = clients(port);
     assert_eq!(shared.len(), 1, "one shared connection: {shared:?}");
     let shared = shared[0].0;
-    let (stop, stopped) = oneshot::channel();
-    let (seen, saw) = oneshot::channel();
-    let thread = serving_thread(store.clone(), stopped, move |store| async move {
-        // Something else last on the shared connection, so the check's `fcall` shows where
-        // it went.
-        store.ping().await.expect("ping");
-        for _ in 0..3 {
-            assert!(matches!(one_check(&store, "u").await, Ok(true)));
-        }
-        let _ = seen.send(clients(port));
-    });
-    let after = saw.await.expect("the thread reports");
-    assert_checks_on_own_conn(&after, shared);
-    let _ = stop.send(());
-    thread.join().expect("thread");
+    checks_go_out_on_own_conn(store, port, shared, |store| async move {
+        assert!(matches!(one_check(&store, "u").await, Ok(true)));
+    })
+    .await;
 }
 
 /// The master is made a replica of an unrelated server behind the sentinels' back (as a demoted

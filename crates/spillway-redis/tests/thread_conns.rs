@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::thread_conns::{assert_checks_on_own_conn, clients, eventually, serving_thread};
+use common::thread_conns::{checks_go_out_on_own_conn, clients, eventually, serving_thread};
 use common::{check, key, window};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
@@ -48,23 +48,12 @@ async fn an_attached_thread_checks_on_its_own_connection() {
     one_check(&store).await.expect("answered");
     assert!(clients(port).contains(&(shared, "fcall".into())));
 
-    let (stop, stopped) = oneshot::channel();
-    let (seen, saw) = oneshot::channel();
-    let thread = serving_thread(store.clone(), stopped, move |store| async move {
-        // Something else last on the shared connection, so the check's `fcall` shows where
-        // it went.
-        store.ping().await.expect("ping");
-        for _ in 0..3 {
-            one_check(&store)
-                .await
-                .expect("answered on the thread connection");
-        }
-        let _ = seen.send(clients(port));
-    });
-    let after = saw.await.expect("the thread reports");
-    assert_checks_on_own_conn(&after, shared);
-    let _ = stop.send(());
-    thread.join().expect("thread");
+    checks_go_out_on_own_conn(store, port, shared, |store| async move {
+        one_check(&store)
+            .await
+            .expect("answered on the thread connection");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,22 +33,46 @@ pub fn clients(port: u16) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// Asserts that `after` (what [`clients`] read after a thread ran its checks) holds two
-/// connections: the `shared` one, whose last command was the thread's ping, and the thread's
-/// own, whose last was a check's `fcall`.
-pub fn assert_checks_on_own_conn(after: &[(u64, String)], shared: u64) {
+/// On an attached serving thread, pings on the shared connection and then runs `check` three
+/// times; asserts that the server on `port` then sees two of the store's connections: the
+/// `shared` one, whose last command was the ping, and the thread's own, whose last was a
+/// check's `fcall`.
+pub async fn checks_go_out_on_own_conn<F, Fut>(
+    store: Arc<RedisStore>,
+    port: u16,
+    shared: u64,
+    check: F,
+) where
+    F: Fn(Arc<RedisStore>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    use spillway_core::store::Store;
+    let (stop, stopped) = oneshot::channel();
+    let (seen, saw) = oneshot::channel();
+    let thread = serving_thread(store, stopped, move |store| async move {
+        // Something else last on the shared connection, so the check's `fcall` shows where
+        // it went.
+        store.ping().await.expect("ping");
+        for _ in 0..3 {
+            check(store.clone()).await;
+        }
+        let _ = seen.send(clients(port));
+    });
+    let after = saw.await.expect("the thread reports");
     assert_eq!(
         after.len(),
         2,
         "the shared connection and the thread connection's: {after:?}"
     );
-    for (id, cmd) in after {
+    for (id, cmd) in &after {
         if *id == shared {
             assert_eq!(cmd, "ping", "the check did not take the shared connection");
         } else {
             assert_eq!(cmd, "fcall", "the check took the thread's own connection");
         }
     }
+    let _ = stop.send(());
+    thread.join().expect("thread");
 }
 
 /// Polls `what` every 10 ms until it holds, for at most 5 s (waiting on another process:
