@@ -14,7 +14,9 @@
 //! times per shortest limit. A look that sees nothing in flight and the same counts as the
 //! look before adds a quarter period of quiet; once the quiet looks in a row span a limit, the
 //! connection is closed, between one and one and a quarter of that limit after it went quiet:
-//! gracefully for the idle timeout, dropped for the header deadline.
+//! gracefully for the idle timeout, dropped for the header deadline. The look timer and the
+//! drain signal are polled only when one of them woke the task (`Nudge`), so the one or two
+//! wake-ups a request makes poll neither.
 
 use super::deadline::DeadlineBody;
 use super::heads::Watched;
@@ -28,7 +30,7 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
@@ -174,8 +176,7 @@ impl<F: Future> Future for InFlight<F> {
 pub async fn serve_each<C, F>(mut incoming: Incoming, quiet: Quiet, pause: Duration, mut open: F)
 where
     F: FnMut(TokioIo<Watched<TcpStream>>, SocketAddr, &Arc<Activity>) -> C,
-    C: GracefulConnection + Send + 'static,
-    C::Error: std::fmt::Display,
+    C: Graceful + Send + 'static,
 {
     let (drain, draining) = watch::channel(());
     while let Some(Accepted { stream, peer, slot }) = incoming.queue.recv().await {
@@ -200,6 +201,29 @@ where
     drain.closed().await;
 }
 
+/// A connection [`drive`] can run: a future that ends with the connection, which can be asked
+/// to close gracefully. Every hyper server connection is one (hyper-util's own trait for
+/// that is sealed, so the unit tests' stand-in needs this one).
+pub trait Graceful: Future<Output = Result<(), Self::Failure>> {
+    /// What the connection ends with when it fails.
+    type Failure: std::fmt::Display;
+
+    /// Asks the connection to finish its requests in flight and close.
+    fn close(self: Pin<&mut Self>);
+}
+
+impl<C> Graceful for C
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    type Failure = C::Error;
+
+    fn close(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
 /// Runs one connection to its end: gracefully shut down when it has been idle for
 /// `quiet.idle` or when the thread drains, dropped when an HTTP/1 connection has waited
 /// `quiet.header` for a request head (draining or not), and dropped when, asked to close, it
@@ -207,75 +231,304 @@ where
 /// header deadline): an HTTP/2 peer that never finishes its handshake or never acknowledges
 /// the closing `PING` holds no slot for ever. `_slot` is its place under the port's
 /// connection cap.
-async fn drive<C>(
+///
+/// The task wakes once or twice per request for the connection, and seldom for anything
+/// else: the look timer and the drain signal are polled only after they woke it themselves
+/// (through a [`Nudge`]), not on every wake-up as a `select!` would (about 1,000
+/// instructions per request, counted in `docs/BENCHMARKS.md`, "Fewer instructions per
+/// `/v1/check` (issue 16, session 18)").
+async fn drive<C: Graceful>(
     connection: C,
     activity: Arc<Activity>,
     quiet: Quiet,
     mut draining: watch::Receiver<()>,
     _slot: OwnedSemaphorePermit,
-) where
-    C: GracefulConnection,
-    C::Error: std::fmt::Display,
-{
+) {
     let mut connection = pin!(connection);
     let look = quiet.look();
-    let check = tokio::time::sleep(look);
-    let mut check = pin!(check);
-    // The counts at the last look, and how many looks in a row have seen them unchanged with
-    // nothing in flight: the connection has been quiet at least that many looks' time.
-    let mut last = activity.quiet();
-    let mut quiet_looks: u32 = 0;
+    let mut check = pin!(tokio::time::sleep(look));
+    // Kept for the connection's life, so it joins the drain signal's waiters once instead
+    // of on every wake-up; never polled again once it has fired.
+    let mut drained = pin!(draining.changed());
+    let mut looks = Looks::new(&activity);
     let mut closing = false;
-    loop {
-        tokio::select! {
-            // In this order, without drawing a random start on every wake-up: the connection
-            // wakes the task for each request, the others seldom.
-            biased;
-            ended = connection.as_mut() => {
-                if let Err(err) = ended {
-                    tracing::debug!(error = %err, "a connection ended with an error");
-                }
-                return;
+    let mut seldom = Seldom::default();
+    std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
+            if let Err(err) = ended {
+                tracing::debug!(error = %err, "a connection ended with an error");
             }
-            _ = draining.changed(), if !closing => {
-                closing = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            // Closing gracefully waits for a request head hyper is still reading, or (HTTP/2)
-            // for a handshake the client never finishes or a `PING` it never answers, so the
-            // looks go on while closing.
-            () = check.as_mut() => {
-                let now = activity.quiet();
-                if now.is_some() && now == last {
-                    quiet_looks = quiet_looks.saturating_add(1);
-                } else {
-                    (last, quiet_looks) = (now, 0);
-                }
-                let quiet_for = look.saturating_mul(quiet_looks);
-                if quiet.header.is_some_and(|header| quiet_for >= header) && !activity.http2() {
-                    tracing::debug!(
-                        header_ms = quiet_for.as_millis() as u64,
-                        "dropping a connection that sent no request head in time"
-                    );
-                    return;
-                }
-                if closing && quiet_for >= quiet.idle + quiet.header.unwrap_or(quiet.idle) {
-                    tracing::debug!(
-                        quiet_ms = quiet_for.as_millis() as u64,
-                        "dropping a quiet connection that did not close when asked"
-                    );
-                    return;
-                }
-                if !closing && quiet_for >= quiet.idle {
-                    tracing::debug!(
-                        idle_ms = quiet.idle.as_millis() as u64,
-                        "closing an idle connection"
-                    );
+            return Poll::Ready(());
+        }
+        let Some(nudge) = seldom.due(cx.waker()) else {
+            return Poll::Pending;
+        };
+        let mut nudged = Context::from_waker(&nudge);
+        let mut closed_now = false;
+        if !closing && drained.as_mut().poll(&mut nudged).is_ready() {
+            closing = true;
+            closed_now = true;
+            connection.as_mut().close();
+        }
+        // Closing gracefully waits for a request head hyper is still reading, or (HTTP/2)
+        // for a handshake the client never finishes or a `PING` it never answers, so the
+        // looks go on while closing.
+        while check.as_mut().poll(&mut nudged).is_ready() {
+            match looks.take(&activity, quiet, look, closing) {
+                Verdict::Wait => {}
+                Verdict::Close => {
                     closing = true;
-                    connection.as_mut().graceful_shutdown();
+                    closed_now = true;
+                    connection.as_mut().close();
                 }
-                check.as_mut().reset(tokio::time::Instant::now() + look);
+                Verdict::Drop => return Poll::Ready(()),
+            }
+            check.as_mut().reset(tokio::time::Instant::now() + look);
+        }
+        if !closed_now {
+            return Poll::Pending;
+        }
+        // Asked to close: the connection is polled again to start closing.
+    })
+    .await;
+}
+
+/// What one look at a connection's [`Activity`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing yet.
+    Wait,
+    /// Idle for `quiet.idle`: close it gracefully.
+    Close,
+    /// Past the header deadline, or quiet too long after being asked to close: drop it.
+    Drop,
+}
+
+/// The counts at the last look, and how many looks in a row have seen them unchanged with
+/// nothing in flight: the connection has been quiet at least that many looks' time.
+struct Looks {
+    last: Option<(usize, usize)>,
+    quiet_looks: u32,
+}
+
+impl Looks {
+    fn new(activity: &Activity) -> Self {
+        Self {
+            last: activity.quiet(),
+            quiet_looks: 0,
+        }
+    }
+
+    /// One look, a `look` after the last one, at a connection already asked to close or not.
+    fn take(
+        &mut self,
+        activity: &Activity,
+        quiet: Quiet,
+        look: Duration,
+        closing: bool,
+    ) -> Verdict {
+        let now = activity.quiet();
+        if now.is_some() && now == self.last {
+            self.quiet_looks = self.quiet_looks.saturating_add(1);
+        } else {
+            (self.last, self.quiet_looks) = (now, 0);
+        }
+        let quiet_for = look.saturating_mul(self.quiet_looks);
+        if quiet.header.is_some_and(|header| quiet_for >= header) && !activity.http2() {
+            tracing::debug!(
+                header_ms = quiet_for.as_millis() as u64,
+                "dropping a connection that sent no request head in time"
+            );
+            return Verdict::Drop;
+        }
+        if closing && quiet_for >= quiet.idle + quiet.header.unwrap_or(quiet.idle) {
+            tracing::debug!(
+                quiet_ms = quiet_for.as_millis() as u64,
+                "dropping a quiet connection that did not close when asked"
+            );
+            return Verdict::Drop;
+        }
+        if !closing && quiet_for >= quiet.idle {
+            tracing::debug!(
+                idle_ms = quiet.idle.as_millis() as u64,
+                "closing an idle connection"
+            );
+            return Verdict::Close;
+        }
+        Verdict::Wait
+    }
+}
+
+/// Wakes a connection's task for one of its seldom events (the look timer, the drain
+/// signal) and notes that it did.
+struct Nudge {
+    nudged: AtomicBool,
+    task: Waker,
+}
+
+impl Wake for Nudge {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.nudged.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
+/// The [`Nudge`] of the task now driving a connection.
+#[derive(Default)]
+struct Seldom {
+    nudge: Option<Arc<Nudge>>,
+}
+
+impl Seldom {
+    /// The waker to poll the seldom events with, if they are due: one of them woke the task
+    /// since the last time (and the flag is cleared for the next), or the task polling is
+    /// not the one they were last polled for (the first poll; in theory a move to another
+    /// task), so they must be polled to register with it.
+    fn due(&mut self, task: &Waker) -> Option<Waker> {
+        if let Some(nudge) = &self.nudge {
+            if nudge.task.will_wake(task) {
+                return nudge
+                    .nudged
+                    .swap(false, Ordering::Acquire)
+                    .then(|| Waker::from(nudge.clone()));
             }
         }
+        let nudge = Arc::new(Nudge {
+            nudged: AtomicBool::new(false),
+            task: task.clone(),
+        });
+        self.nudge = Some(nudge.clone());
+        Some(Waker::from(nudge))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::sync::Semaphore;
+    use tokio::task::JoinHandle;
+    use tokio::time::Instant;
+
+    /// A connection that never ends by itself, as a peer that neither sends nor closes: it
+    /// counts the times it is asked to close, and ends once asked if `ends_when_asked`.
+    struct Stuck {
+        closes: Arc<AtomicUsize>,
+        ends_when_asked: bool,
+    }
+
+    impl Future for Stuck {
+        type Output = Result<(), std::convert::Infallible>;
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+            if self.ends_when_asked && self.closes.load(Ordering::SeqCst) > 0 {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    impl Graceful for Stuck {
+        type Failure = std::convert::Infallible;
+
+        fn close(self: Pin<&mut Self>) {
+            self.closes.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// One second to send a head, four to stay idle: a look every 250 ms.
+    const QUIET: Quiet = Quiet {
+        idle: Duration::from_secs(4),
+        header: Some(Duration::from_secs(1)),
+    };
+
+    /// Drives a stuck connection; the task answers how long it ran. Returns the drain
+    /// signal's sender and how many times the connection was asked to close.
+    fn drive_stuck(
+        activity: &Arc<Activity>,
+        ends_when_asked: bool,
+    ) -> (watch::Sender<()>, Arc<AtomicUsize>, JoinHandle<Duration>) {
+        let closes = Arc::new(AtomicUsize::new(0));
+        let connection = Stuck {
+            closes: closes.clone(),
+            ends_when_asked,
+        };
+        let (drain, draining) = watch::channel(());
+        let slot = Arc::new(Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a free slot");
+        let activity = activity.clone();
+        let began = Instant::now();
+        let task = tokio::spawn(async move {
+            drive(connection, activity, QUIET, draining, slot).await;
+            began.elapsed()
+        });
+        (drain, closes, task)
+    }
+
+    /// An HTTP/2 connection (no header deadline) asked to close that stays quiet is dropped
+    /// once it has been quiet for the idle timeout and the header timeout more.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_asked_to_close_is_dropped_after_idle_and_header() {
+        let activity = Arc::new(Activity::default());
+        activity.spoke_http2();
+        let (drain, closes, task) = drive_stuck(&activity, false);
+        drain.send(()).expect("the connection listens");
+        let ran = task.await.expect("drive ends");
+        assert!(
+            (Duration::from_secs(5)..=Duration::from_millis(5250)).contains(&ran),
+            "dropped after {ran:?}"
+        );
+        assert_eq!(closes.load(Ordering::SeqCst), 1);
+    }
+
+    /// A connection asked to close with a request in flight is not dropped, however long
+    /// the request takes; once it ends, the quiet time counts from there.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_asked_to_close_with_a_request_in_flight_is_not_dropped() {
+        let activity = Arc::new(Activity::default());
+        activity.spoke_http2();
+        activity.started();
+        let (drain, closes, mut task) = drive_stuck(&activity, false);
+        drain.send(()).expect("the connection listens");
+        let in_flight = Duration::from_millis(60_100);
+        assert!(
+            tokio::time::timeout(in_flight, &mut task).await.is_err(),
+            "dropped with a request in flight"
+        );
+        assert_eq!(closes.load(Ordering::SeqCst), 1);
+        activity.ended();
+        let ran = task.await.expect("drive ends");
+        let quiet = ran - in_flight;
+        assert!(
+            (Duration::from_secs(5)..=Duration::from_millis(5250)).contains(&quiet),
+            "dropped {quiet:?} after its request ended"
+        );
+    }
+
+    /// An idle connection is asked to close at the idle timeout and, closing at once, is
+    /// polled again straight away (not a look later).
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_at_the_idle_timeout() {
+        let activity = Arc::new(Activity::default());
+        activity.spoke_http2();
+        let (_drain, closes, task) = drive_stuck(&activity, true);
+        assert_eq!(task.await.expect("drive ends"), QUIET.idle);
+        assert_eq!(closes.load(Ordering::SeqCst), 1);
+    }
+
+    /// An HTTP/1 connection that sends no head is dropped at the header deadline without
+    /// being asked to close.
+    #[tokio::test(start_paused = true)]
+    async fn an_http1_connection_without_a_head_is_dropped_at_the_header_deadline() {
+        let activity = Arc::new(Activity::default());
+        let (_drain, closes, task) = drive_stuck(&activity, false);
+        assert_eq!(task.await.expect("drive ends"), Duration::from_secs(1));
+        assert_eq!(closes.load(Ordering::SeqCst), 0);
     }
 }
