@@ -102,7 +102,12 @@ fn absolute_targets_are_read_by_their_path() {
     }
     assert!(at(&pattern("GET /"), Some("GET"), "http://api.example.com"));
     // Only a scheme and authority are taken off; a path is never mistaken for one.
-    for path in ["/x/http://h/v1/generate", "1http://h/v1/generate"] {
+    for path in [
+        "/x/http://h/v1/generate",
+        "1http://h/v1/generate",
+        "://h/v1/generate",
+        "+http://h/v1/generate",
+    ] {
         assert!(!at(&p, Some("POST"), path), "{path}");
     }
     // `*` still takes exactly one segment, parameters dropped.
