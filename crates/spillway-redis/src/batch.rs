@@ -489,7 +489,7 @@ async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
     // lane has the whole store-wide bound.
     let lane_cap = match runner.conn {
         Conn::Cluster(_) => Some(LANE_QUEUE),
-        Conn::Server(_) | Conn::Sentinel(_) => None,
+        Conn::Server(_) | Conn::Sentinel(_) | Conn::Own(_) => None,
     };
     let stall = runner.timeout / 4;
     // Resharding retries go one at a time over the whole store (see `send`).

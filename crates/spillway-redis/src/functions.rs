@@ -8,8 +8,10 @@
 //! found": the call loads the library again and retries once, counted as
 //! `spillway_script_errors_total{kind="noscript"}` like a lost script.
 
+use crate::resp::{self, Head};
 use redis::{RedisError, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::LazyLock;
 
 /// Whether the store still calls the library; shared by every clone of a runner.
 #[derive(Debug, Default)]
@@ -77,10 +79,60 @@ pub(crate) fn fcall_cmd(name: &str, keys: &[&str], args: &[&[u8]]) -> redis::Cmd
     cmd
 }
 
+/// `FCALL name` over `keys` and `args` appended to `out` as a thread's own connection sends
+/// it (see [`crate::own_conn`]): the bytes [`fcall_cmd`] packs, with the command's and the
+/// library functions' names encoded once.
+pub(crate) fn write_fcall(out: &mut Vec<u8>, name: &str, keys: &[&str], args: &[&[u8]]) {
+    static HEADS: LazyLock<[Head; 2]> = LazyLock::new(|| {
+        let lib = crate::script::library();
+        [&lib.check, &lib.refund].map(|name| Head::new(&[b"FCALL", name.as_bytes()]))
+    });
+    let lib = crate::script::library();
+    let other;
+    let head = if name == lib.check {
+        &HEADS[0]
+    } else if name == lib.refund {
+        &HEADS[1]
+    } else {
+        other = Head::new(&[b"FCALL", name.as_bytes()]);
+        &other
+    };
+    head.start(out, 1 + keys.len() + args.len());
+    resp::put_number_arg(out, keys.len());
+    for key in keys {
+        resp::put_arg(out, key.as_bytes());
+    }
+    for arg in args {
+        resp::put_arg(out, arg);
+    }
+}
+
 /// A server error carried as a value, as an error.
 pub(crate) fn lift(reply: redis::RedisResult<Value>) -> redis::RedisResult<Value> {
     match reply {
         Ok(Value::ServerError(err)) => Err(err.into()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread's own connection sends the bytes the client would for the same `FCALL`.
+    #[test]
+    fn an_fcall_written_directly_is_the_clients_fcall() {
+        let lib = crate::script::library();
+        let packed = [1u8, 0, 255, b'\r', b'\n'];
+        for name in [lib.check.as_str(), lib.refund.as_str(), "another"] {
+            for keys in [&[][..], &["{t}:a"], &["{t}:a", "{t}:b", ""]] {
+                let args: [&[u8]; 3] = [b"", b"1700000000000000", &packed];
+                let mut out = b"left alone".to_vec();
+                write_fcall(&mut out, name, keys, &args);
+                let mut expected = b"left alone".to_vec();
+                expected.extend(fcall_cmd(name, keys, &args).get_packed_command());
+                assert_eq!(out, expected, "{name} {keys:?}");
+            }
+        }
     }
 }

@@ -29,6 +29,8 @@
 //!   on its own, and a call refused during resharding retried request by request.
 //! - [`thread_conn`]: a serving thread's own connection and batcher (a single server,
 //!   directly or through Sentinel), so its calls never leave the thread.
+//! - `own_conn` and `resp`: that thread connection's socket, written and read by its callers
+//!   with our own minimal RESP2 encoder and parser (no task, channel or timer of its own).
 //! - [`topology`]: which cluster master serves each slot, as failure domains for the server's
 //!   per-master circuit breakers.
 //! - [`local_cache`]: denying repeated over-limit requests without a round trip.
@@ -49,6 +51,8 @@ pub mod keys;
 pub mod local_cache;
 pub mod login;
 pub mod multi_slot;
+mod own_conn;
+mod resp;
 mod runner;
 pub mod script;
 pub mod sentinel;

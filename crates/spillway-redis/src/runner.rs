@@ -8,6 +8,7 @@
 
 use crate::error::{classify, record, record_script, CountNoScript, SCRIPT_ERRORS};
 use crate::functions::{self, Functions};
+use crate::own_conn::OwnConn;
 use crate::script::{self, CallArgs, Encoded, Reply, Undo};
 use crate::sentinel::SentinelConn;
 use redis::aio::ConnectionManager;
@@ -69,13 +70,15 @@ pub(crate) fn only_reply(replies: Result<Vec<Reply>, StoreError>) -> Result<Repl
 }
 
 /// A connection a [`Runner`] calls on, whichever deployment it talks to: the store's shared
-/// connection, or a serving thread's own (always `Server`, to a single server or to the
-/// master a Sentinel store names).
+/// connection, or a serving thread's own (`Own`, to a single server or to the master a
+/// Sentinel store names; `Server` where our own connection does not speak what the URL asks,
+/// see [`crate::own_conn::Target::of`]).
 #[derive(Clone)]
 pub(crate) enum Conn {
     Server(ConnectionManager),
     Cluster(ClusterConnection),
     Sentinel(SentinelConn),
+    Own(OwnConn),
 }
 
 /// Script calls on one connection; see the module docs.
@@ -183,12 +186,11 @@ impl Runner {
     ) -> Result<redis::Value, Failed> {
         let called = self.timed(limit, |mut conn| async move {
             if self.functions.enabled() {
-                let cmd = functions::fcall_cmd(name, keys, args);
-                match functions::lift(conn.query(&cmd).await) {
+                match functions::lift(conn.fcall(name, keys, args).await) {
                     Err(err) if functions::is_missing(&err) => {
                         metrics::counter!(SCRIPT_ERRORS, "kind" => "noscript").increment(1);
                         functions::lift(conn.query(&functions::load_cmd()).await)?;
-                        return functions::lift(conn.query(&cmd).await);
+                        return functions::lift(conn.fcall(name, keys, args).await);
                     }
                     Err(err) if functions::is_unsupported(&err) => self.functions.disable(&err),
                     other => return other,
@@ -205,6 +207,7 @@ impl Runner {
                 Conn::Server(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
                 Conn::Cluster(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
                 Conn::Sentinel(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
+                Conn::Own(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
             }
         });
         called.await.map_err(|err| {
@@ -306,6 +309,24 @@ impl Conn {
             Conn::Server(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => cmd.query_async(c).await,
             Conn::Sentinel(c) => cmd.query_async(c).await,
+            Conn::Own(c) => cmd.query_async(c).await,
+        }
+    }
+
+    /// `FCALL name` over `keys` and `args`: on a thread's own connection written straight into
+    /// its buffer ([`functions::write_fcall`]), elsewhere as the client's command.
+    async fn fcall(
+        &mut self,
+        name: &str,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> redis::RedisResult<redis::Value> {
+        match self {
+            Conn::Own(c) => {
+                c.call(|out| functions::write_fcall(out, name, keys, args))
+                    .await
+            }
+            other => other.query(&functions::fcall_cmd(name, keys, args)).await,
         }
     }
 }

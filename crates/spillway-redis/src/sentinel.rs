@@ -33,6 +33,7 @@
 
 use crate::config::{mask_url, Credentials, SentinelAuth};
 use crate::login::{self, Refusal};
+use crate::own_conn::{OwnConn, Target};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, IntoConnectionInfo, RedisError, RedisFuture, RedisResult, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -185,10 +186,10 @@ impl SentinelConn {
         self.inner.nudge.notify_one();
     }
 
-    /// A new connection of its own to the master this one uses now, checked to act as master
-    /// (`ROLE`), logging in as this one does, and the [`SentinelConn::generation`] it was
-    /// made for.
-    pub(crate) async fn open_current(&self) -> RedisResult<(u64, ConnectionManager)> {
+    /// A new connection of its own to the master this one uses now (a thread connection's
+    /// own, see [`crate::own_conn`]), checked to act as master (`ROLE`), logging in as this
+    /// one does, and the [`SentinelConn::generation`] it was made for.
+    pub(crate) async fn open_current(&self) -> RedisResult<(u64, OwnConn)> {
         let (generation, addr) = {
             let current = self.inner.current.read();
             (
@@ -197,8 +198,30 @@ impl SentinelConn {
             )
         };
         let inner = &self.inner;
-        let conn = open_master(&addr, &inner.master_login, inner.timeout, inner.owner).await?;
-        Ok((generation, conn))
+        let limit = inner.timeout.max(Duration::from_secs(1));
+        let opening = async {
+            let info = inner
+                .master_login
+                .apply(format!("redis://{addr}").into_connection_info()?);
+            let target = Target::of(&info, limit).ok_or_else(|| {
+                RedisError::from((
+                    redis::ErrorKind::Client,
+                    "a thread connection does not speak the master's protocol",
+                ))
+            })?;
+            let mut conn = OwnConn::connect(target).await?;
+            acts_as_master(&mut conn, &addr).await?;
+            Ok((generation, conn))
+        };
+        // Logging in is bounded by the connection; the `ROLE` question by this.
+        let opened = match tokio::time::timeout(2 * limit, opening).await {
+            Ok(opened) => opened,
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the master did not answer in time",
+            ))),
+        };
+        opened.map_err(|err| Refusal::of(inner.owner, MASTER).explain(err, "master", &addr))
     }
 }
 
@@ -271,9 +294,18 @@ async fn open_master_unexplained(
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_millis(500));
     let mut conn = ConnectionManager::new_with_config(client, settings).await?;
-    let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+    acts_as_master(&mut conn, addr).await?;
+    Ok(conn)
+}
+
+/// Whether the server at `addr` on `conn` acts as master (`ROLE`); an error if not.
+async fn acts_as_master<C>(conn: &mut C, addr: &str) -> RedisResult<()>
+where
+    C: ConnectionLike + Send,
+{
+    let role: Vec<Value> = redis::cmd("ROLE").query_async(conn).await?;
     match role.first() {
-        Some(Value::BulkString(r)) if r == b"master" => Ok(conn),
+        Some(Value::BulkString(r)) if r == b"master" => Ok(()),
         _ => Err(RedisError::from((
             redis::ErrorKind::Client,
             "the server the sentinels name is not a master (yet)",

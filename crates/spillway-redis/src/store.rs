@@ -217,6 +217,7 @@ impl RedisStore {
                     Conn::Server(mut c) => cmd.query_async(&mut c).await,
                     Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
                     Conn::Sentinel(mut c) => cmd.query_async(&mut c).await,
+                    Conn::Own(mut c) => cmd.query_async(&mut c).await,
                 }
             })
             .await?;

@@ -18,7 +18,8 @@
 //!
 //! Thread connections are made for a single server, directly or through Sentinel. A cluster
 //! keeps the shared path on every thread (one connection per master per thread, kept true to
-//! the slot map, is not done).
+//! the slot map, is not done). The connection itself is our own ([`crate::own_conn`]), not
+//! the client's multiplexed one, except for a URL asking for RESP3.
 //!
 //! # After a failure: stepping aside
 //! Once a check on this store fails as unavailable (on a thread's connection or the shared
@@ -27,8 +28,9 @@
 //! thread's at once, the others when their task next runs) and its thread's requests take
 //! the shared path until it is up again:
 //! - on a single server, its task pings its connection, waiting longer between attempts (up
-//!   to [`RETRY_MAX`]), until it answers. (The client does not reconnect in the background:
-//!   a connection left alone through an outage would fail its first call after Redis returns,
+//!   to [`RETRY_MAX`]), until it answers; a ping that finds the connection closed makes it
+//!   again. (Nothing reconnects in the background: a connection left alone through an outage
+//!   would fail its first call after Redis returns,
 //!   and the breaker's one half-open probe could land on each stale one in turn.)
 //! - through Sentinel, its task drops the connection (calls already sent finish on it) and
 //!   makes a new one to the master the store's own connection names by then, checked to act
@@ -54,9 +56,9 @@
 
 use crate::batch::{BatchError, Batcher};
 use crate::login::Refusal;
+use crate::own_conn::{self, OwnConn};
 use crate::runner::{Conn, Runner};
 use crate::sentinel::SentinelConn;
-use redis::aio::ConnectionManager;
 use spillway_core::store::StoreError;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,6 +119,9 @@ enum Connect {
 /// How a thread connection connects to a single server.
 struct ServerConnect {
     url: String,
+    /// Where our own connection ([`crate::own_conn`]) goes; `None` where it does not speak
+    /// what the URL asks (RESP3), and the client's connection is made from `url` instead.
+    own: Option<own_conn::Target>,
     /// Whose Redis it is and the setting to check, should the server refuse the login (as the
     /// store's own connection words it; see [`crate::login::Refusal`]).
     owner: String,
@@ -147,6 +152,7 @@ impl ThreadConns {
     ) -> Self {
         Self::make(Some(Arc::new(Connect::Server(Box::new(ServerConnect {
             url: url.to_owned(),
+            own: own_conn::Target::of_url(url, ping_limit),
             owner: config.owner.clone(),
             login_hint: config.login_hint.clone(),
             settings,
@@ -397,14 +403,21 @@ async fn run_server(
     let conn = connected(|| {
         let refusal = Refusal::of(&connect.owner, &connect.login_hint);
         async move {
-            refusal
-                .connect_server(&connect.url, connect.settings.clone())
-                .await
+            match &connect.own {
+                Some(target) => OwnConn::connect(target.clone())
+                    .await
+                    .map(Conn::Own)
+                    .map_err(|err| refusal.explain(err, "Redis server", &addr_of(&connect.url))),
+                None => refusal
+                    .connect_server(&connect.url, connect.settings.clone())
+                    .await
+                    .map(Conn::Server),
+            }
         }
     })
     .await;
     let probe = conn.clone();
-    let (batcher, dispatcher) = Batcher::new(template.with_conn(Conn::Server(conn)));
+    let (batcher, dispatcher) = Batcher::new(template.with_conn(conn));
     if !place(id, Some(batcher), 0) {
         return;
     }
@@ -466,7 +479,7 @@ async fn run_sentinel(
         // A switch from here on, even while connecting, sends the new thread connection aside.
         switches.borrow_and_update();
         let (generation, conn) = connected(|| master.open_current()).await;
-        let (batcher, dispatcher) = Batcher::new(template.clone().with_conn(Conn::Server(conn)));
+        let (batcher, dispatcher) = Batcher::new(template.clone().with_conn(Conn::Own(conn)));
         if !place(id, Some(batcher), generation) {
             return;
         }
@@ -490,13 +503,14 @@ async fn run_sentinel(
 }
 
 /// Pings `conn` until it answers, waiting longer after each failure (up to [`RETRY_MAX`]);
-/// each failed ping also starts the client's own reconnection.
-async fn answers(conn: &ConnectionManager, limit: Duration) {
+/// a ping on a connection that failed makes it again (our own connection and the client's
+/// alike).
+async fn answers(conn: &Conn, limit: Duration) {
     let mut wait = RETRY_FIRST;
     loop {
         let mut conn = conn.clone();
         let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut conn);
+        let ping = async move { crate::functions::lift(conn.query(&cmd).await) };
         match tokio::time::timeout(limit, ping).await {
             Ok(Ok(_)) => return,
             Ok(Err(err)) => {
@@ -508,6 +522,15 @@ async fn answers(conn: &ConnectionManager, limit: Duration) {
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MAX);
     }
+}
+
+/// `host:port` of `url`, for a refused login's message (never the password).
+fn addr_of(url: &str) -> String {
+    use redis::IntoConnectionInfo;
+    url.into_connection_info().map_or_else(
+        |_| crate::config::mask_text(url),
+        |info| info.addr().to_string(),
+    )
 }
 
 /// A thread connection counted in [`THREAD_CONNS`] while it is up, however its task ends (its store

@@ -251,3 +251,81 @@ async fn every_thread_conn_steps_aside_after_a_failure_and_comes_back_answering(
     quiet.join().expect("quiet");
     busy.join().expect("busy");
 }
+
+/// A thread connection the server closed while it was idle (`CLIENT KILL`, or the server's
+/// `timeout` setting) is made again by the next check, which is answered (no request fails
+/// for it), on the thread's new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_conn_killed_while_idle_is_made_again_by_the_next_check() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let store = store(server.url(), Duration::from_secs(2)).await;
+    let shared = clients(port)[0].0;
+    let (stop, stopped) = oneshot::channel();
+    let (result, outcome) = oneshot::channel();
+    let thread = serving_thread(store.clone(), stopped, move |store| async move {
+        one_check(&store).await.expect("answered");
+        let own: Vec<u64> = clients(port)
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| *id != shared)
+            .collect();
+        assert_eq!(own.len(), 1, "one thread connection");
+        let killed = spillway_testkit::redis::command(port, &format!("CLIENT KILL ID {}", own[0]));
+        assert_eq!(killed.as_deref().map(str::trim), Some(":1"));
+        assert!(
+            eventually(|| clients(port).iter().all(|(id, _)| *id != own[0])).await,
+            "the server closed it"
+        );
+        // The close reaches this thread's runtime while it waits.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let first = one_check(&store).await;
+        let _ = result.send((first, own[0], clients(port)));
+    });
+    let (first, killed, after) = outcome.await.expect("the thread reports");
+    assert!(first.is_ok(), "the first check after the kill: {first:?}");
+    let remade: Vec<_> = after
+        .iter()
+        .filter(|(id, cmd)| *id != shared && *id != killed && cmd == "fcall")
+        .collect();
+    assert_eq!(
+        remade.len(),
+        1,
+        "a new thread connection checked: {after:?}"
+    );
+    let _ = stop.send(());
+    thread.join().expect("thread");
+}
+
+/// A server that lost the Functions library (`FUNCTION FLUSH`, a restart without persistence)
+/// answers a thread connection's check with "Function not found": the check loads the
+/// library again on that connection and is answered, as on the shared one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_conn_loads_a_lost_library_again_and_answers() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let store = store(server.url(), Duration::from_secs(2)).await;
+    let shared = clients(port)[0].0;
+    let (stop, stopped) = oneshot::channel();
+    let (result, outcome) = oneshot::channel();
+    let thread = serving_thread(store.clone(), stopped, move |store| async move {
+        one_check(&store).await.expect("answered");
+        let flushed = spillway_testkit::redis::command(port, "FUNCTION FLUSH");
+        assert_eq!(flushed.as_deref().map(str::trim), Some("+OK"));
+        let again = one_check(&store).await;
+        let _ = result.send((again, store.served_on_this_thread(), clients(port)));
+    });
+    let (again, still_own, after) = outcome.await.expect("the thread reports");
+    assert!(again.is_ok(), "the check after the flush: {again:?}");
+    assert!(still_own, "and the thread connection stays up");
+    let own: Vec<_> = after.iter().filter(|(id, _)| *id != shared).collect();
+    assert_eq!(own.len(), 1, "{after:?}");
+    assert_eq!(
+        own[0].1, "fcall",
+        "the retried check went out on it: {after:?}"
+    );
+    let library = spillway_testkit::redis::command(port, "FUNCTION LIST").unwrap_or_default();
+    assert!(library.contains("spillway_"), "loaded again: {library}");
+    let _ = stop.send(());
+    thread.join().expect("thread");
+}
