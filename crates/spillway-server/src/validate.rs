@@ -7,19 +7,23 @@
 //! checked, so one run reports every problem.
 
 use crate::cli::ValidateArgs;
+use crate::config::{LoadError, PolicySource};
 use crate::grpc::source::EnvoySource;
-use spillway_core::policy::Policy;
 use std::process::ExitCode;
 
 /// Runs the subcommand.
 pub fn main(args: &ValidateArgs) -> ExitCode {
     let mut valid = true;
     if let Some(file) = &args.file {
-        // Seeds of one cluster that disagree on the login are refused as `serve` refuses
-        // them (the whole file: which store a node uses is said when it starts).
-        let origin = file.display().to_string();
-        let checked = Policy::from_file(file)
-            .and_then(|p| p.check_seed_logins(&origin, false).map(|()| p))
+        // Read, parsed and checked as `serve` does (seeds of one cluster that disagree on
+        // the login refused too, for the whole file: which store a node uses is said when it
+        // starts).
+        let checked = std::fs::read_to_string(file)
+            .map_err(|source| LoadError::Read {
+                path: file.clone(),
+                source,
+            })
+            .and_then(|text| PolicySource::File(file.clone()).parse_checked(&text, false))
             .map_err(|err| err.to_string());
         match checked {
             Ok(policy) => println!(

@@ -7,8 +7,9 @@
 mod common;
 
 use common::Server;
+use spillway_testkit::redis::RedisServer;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// Several limits on one request: a shadow one, a route's own, algorithms whose resets fall
@@ -73,20 +74,29 @@ fn request(query: &str, body: &str, last: bool) -> String {
 /// Sends every request in one write on one keep-alive connection (the last one closing it)
 /// and returns all their answers, in order, without their `date` lines.
 fn pipelined(server: &Server, requests: &[(&str, &str)]) -> String {
-    let mut stream = TcpStream::connect(server.addr()).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
     let last = requests.len() - 1;
     let all: String = (requests.iter().enumerate())
         .map(|(i, (query, body))| request(query, body, i == last))
         .collect();
-    stream.write_all(all.as_bytes()).expect("send");
+    without_date(&raw_exchange(server.addr(), &all))
+}
+
+/// Writes `requests` (whole HTTP/1.1 text, the last one closing the connection) on a fresh
+/// connection to `addr` in one write and reads everything the server sends until it closes.
+fn raw_exchange(addr: SocketAddr, requests: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(requests.as_bytes()).expect("send");
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).expect("read");
-    let answer = String::from_utf8(answer).expect("an answer in UTF-8");
-    answer
-        .split_inclusive("\r\n")
+    String::from_utf8(answer).expect("an answer in UTF-8")
+}
+
+/// `answer` without its `date` lines, which hyper takes from the real clock.
+fn without_date(answer: &str) -> String {
+    (answer.split_inclusive("\r\n"))
         .filter(|line| !line.starts_with("date: "))
         .collect()
 }
@@ -144,17 +154,11 @@ async fn a_check_after_a_large_answer_reads_the_same() {
     tokio::task::spawn_blocking(move || {
         let body = r#"{"tenant":"acme","user":"dave","ip":"203.0.113.10"}"#;
         let fresh = exchange(&server, "?peek=true", body);
-        let mut stream = TcpStream::connect(server.addr()).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
         let metrics = "GET /metrics HTTP/1.1\r\nHost: spillway\r\n\r\n";
-        stream
-            .write_all((metrics.to_owned() + &request("?peek=true", body, true)).as_bytes())
-            .expect("send");
-        let mut both = Vec::new();
-        stream.read_to_end(&mut both).expect("read");
-        let both = String::from_utf8(both).expect("UTF-8");
+        let both = raw_exchange(
+            server.addr(),
+            &(metrics.to_owned() + &request("?peek=true", body, true)),
+        );
         let at = both
             .find("HTTP/1.1 200 OK\r\nx-ratelimit")
             .expect("the check's answer");
@@ -162,11 +166,7 @@ async fn a_check_after_a_large_answer_reads_the_same() {
             at > 2048,
             "a /metrics answer of {at} bytes is too small to test this"
         );
-        let check: String = both[at..]
-            .split_inclusive("\r\n")
-            .filter(|line| !line.starts_with("date: "))
-            .collect();
-        assert_wire(&check, &fresh);
+        assert_wire(&without_date(&both[at..]), &fresh);
     })
     .await
     .expect("the exchanges");
@@ -183,22 +183,11 @@ async fn healthz_answers_the_same_bytes_either_way() {
         let server = Server::with_policy(POLICY).args(args).start();
         let addr = server.addr();
         let answer = tokio::task::spawn_blocking(move || {
-            let mut stream = TcpStream::connect(addr).expect("connect");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("timeout");
-            stream
-                .write_all(b"GET /healthz HTTP/1.1\r\nHost: spillway\r\nConnection: close\r\n\r\n")
-                .expect("send");
-            let mut answer = Vec::new();
-            stream.read_to_end(&mut answer).expect("read");
-            String::from_utf8(answer).expect("UTF-8")
+            let healthz = "GET /healthz HTTP/1.1\r\nHost: spillway\r\nConnection: close\r\n\r\n";
+            without_date(&raw_exchange(addr, healthz))
         })
         .await
         .expect("the exchange");
-        let answer: String = (answer.split_inclusive("\r\n"))
-            .filter(|line| !line.starts_with("date: "))
-            .collect();
         assert_wire(
             &answer,
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n\
@@ -348,4 +337,133 @@ async fn pinned_exchanges(server: Server) -> Server {
     })
     .await
     .expect("the exchanges")
+}
+
+/// A policy on the Redis server at `url` with a route for each failure mode: `open` lets the
+/// check through, `degrade` decides on the limit's emergency quota (one check a minute),
+/// `closed` refuses. The breaker opens at the first failure and, on the manual clock, stays
+/// open: every answer below is decided without the store.
+fn failing_store_policy(url: &str) -> String {
+    format!(
+        r#"
+default_tier: free
+limits:
+  per-user:
+    algorithm: fixed_window
+    limit: 5
+    window: 1m
+    key: [user]
+    emergency: {{limit: 1}}
+tiers:
+  free:
+    limits: []
+routes:
+  - match: "POST /open"
+    failure_mode: open
+    limits: [per-user]
+  - match: "POST /degrade"
+    failure_mode: degrade
+    limits: [per-user]
+  - match: "POST /closed"
+    failure_mode: closed
+    limits: [per-user]
+store: {{type: redis, url: "{url}", timeout: 200ms, breaker_failures: 1, breaker_cooldown: 1h}}
+"#
+    )
+}
+
+/// The answers given while the store fails, byte for byte: the degraded mark (header and
+/// body field) on `open` and `degrade` answers, the emergency quota's numbers under
+/// `degrade`, and `closed`'s refusal. The store is a real `redis-server`, killed after the
+/// server started on it.
+#[test]
+fn answers_without_the_store_are_pinned_byte_for_byte() {
+    let mut redis = RedisServer::start();
+    let server = Server::with_policy(&failing_store_policy(&redis.url())).start();
+    let check = |path: &str, user: &str| {
+        let body = format!(r#"{{"user":"{user}","method":"POST","path":"{path}"}}"#);
+        exchange(&server, "", &body)
+    };
+    let decided = check("/open", "ann");
+    assert!(
+        decided.starts_with("HTTP/1.1 200 OK\r\n") && !decided.contains("degraded"),
+        "the store decides while it is up:\n{decided}"
+    );
+    redis.kill();
+    // The first failure opens the breaker; the answers after it are the ones pinned (the
+    // first is asserted only to be degraded: its path to the failure, a refused connect or a
+    // failed call, is not what this test is about).
+    let first = check("/open", "warm-up");
+    assert!(
+        first.contains("\r\nspillway-degraded: store-unavailable\r\n"),
+        "{first}"
+    );
+
+    let open = check("/open", "bob");
+    assert_wire(
+        &open,
+        &answer(
+            &[
+                r#"HTTP/1.1 200 OK"#,
+                r#"spillway-degraded: store-unavailable"#,
+                r#"content-type: application/json"#,
+                r#"content-length: 103"#,
+                r#"connection: close"#,
+            ],
+            r#"{"allowed":true,"tier":"free","route":"POST /open","cost":1,"limits":[],"degraded":"store-unavailable"}"#,
+        ),
+    );
+    let emergency = check("/degrade", "bob");
+    assert_wire(
+        &emergency,
+        &answer(
+            &[
+                r#"HTTP/1.1 200 OK"#,
+                r#"x-ratelimit-limit: 1"#,
+                r#"x-ratelimit-remaining: 0"#,
+                r#"x-ratelimit-reset: 60"#,
+                r#"ratelimit-policy: "per-user";q=1;w=60"#,
+                r#"ratelimit: "per-user";r=0;t=60"#,
+                r#"spillway-degraded: store-unavailable"#,
+                r#"content-type: application/json"#,
+                r#"content-length: 196"#,
+                r#"connection: close"#,
+            ],
+            r#"{"allowed":true,"tier":"free","route":"POST /degrade","cost":1,"limits":[{"name":"per-user","allowed":true,"limit":1,"remaining":0,"reset_ms":60000,"shadow":false}],"degraded":"store-unavailable"}"#,
+        ),
+    );
+    let over = check("/degrade", "bob");
+    assert_wire(
+        &over,
+        &answer(
+            &[
+                r#"HTTP/1.1 429 Too Many Requests"#,
+                r#"content-type: application/problem+json"#,
+                r#"x-ratelimit-limit: 1"#,
+                r#"x-ratelimit-remaining: 0"#,
+                r#"x-ratelimit-reset: 60"#,
+                r#"retry-after: 60"#,
+                r#"ratelimit-policy: "per-user";q=1;w=60"#,
+                r#"ratelimit: "per-user";r=0;t=60"#,
+                r#"spillway-degraded: store-unavailable"#,
+                r#"content-length: 398"#,
+                r#"connection: close"#,
+            ],
+            r#"{"type":"urn:spillway:problem:rate-limited","title":"Rate limit exceeded","status":429,"detail":"limit `per-user` (1 per 1m) is used up; retry in 60000 ms","allowed":false,"tier":"free","route":"POST /degrade","cost":1,"limits":[{"name":"per-user","allowed":false,"limit":1,"remaining":0,"reset_ms":60000,"retry_after_ms":60000,"denial":"over_limit","shadow":false}],"degraded":"store-unavailable"}"#,
+        ),
+    );
+    let closed = check("/closed", "bob");
+    assert_wire(
+        &closed,
+        &answer(
+            &[
+                r#"HTTP/1.1 503 Service Unavailable"#,
+                r#"content-type: application/problem+json"#,
+                r#"retry-after: 1"#,
+                r#"content-length: 240"#,
+                r#"connection: close"#,
+            ],
+            r#"{"type":"urn:spillway:problem:store-unavailable","title":"Rate-limit store unavailable","status":503,"detail":"the rate-limit store failed and this route fails closed: store unavailable: circuit breaker open; the store is not being called"}"#,
+        ),
+    );
 }

@@ -109,9 +109,14 @@ fn validate_rejects_a_bad_policy_with_located_problems() {
     }
     assert!(stderr.contains("limits.user-minute"), "{stderr}");
 
+    // Read as `serve` reads it, and so worded alike.
     let out = spillway(&["validate", "/nonexistent/spillway.yaml"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("/nonexistent/spillway.yaml"));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("/nonexistent/spillway.yaml: cannot read the policy file: "),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -12,6 +12,8 @@
 //!   keeps every span it is sent, for tests of the server's traces.
 //! - [`proxy`]: a loopback TCP proxy that delays replies, to make a server slow on demand.
 //! - [`policy`]: pieces of test policies several suites share (a regions `store:` section).
+//! - [`metrics`]: a Prometheus recorder of a test's own thread, and the sum of a metric's
+//!   samples in its rendering.
 //! - [`alloc`]: a counting global allocator for tests and measurements of allocations.
 //! - [`vectors`]: the one table of conformance vectors (`vectors/conformance.json`) that every
 //!   store must reproduce exactly, and the code that generated it from the engine.
@@ -20,6 +22,7 @@
 
 #[allow(unsafe_code)] // `GlobalAlloc` is an unsafe trait; see the module.
 pub mod alloc;
+pub mod metrics;
 pub mod otlp;
 pub mod policy;
 pub mod postgres;

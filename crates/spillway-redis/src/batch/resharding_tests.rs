@@ -7,23 +7,13 @@ use crate::keys::{self, KeyLayout};
 use spillway_core::algorithm::{FixedWindow, LimitParams};
 use spillway_core::key::StateKey;
 use spillway_core::store::Check;
+use spillway_testkit::metrics::{sample, LocalMetrics};
 use spillway_testkit::redis::RedisCluster;
-
-/// The sum of the samples of `metric` with `label` in a Prometheus rendering.
-fn sample(rendered: &str, metric: &str, label: &str) -> u64 {
-    rendered
-        .lines()
-        .filter(|l| l.starts_with(metric) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
 
 // One thread, so the test's metrics recorder (thread-local) hears every count.
 #[tokio::test(flavor = "current_thread")]
 async fn a_refused_request_out_of_time_answers_and_counts_the_refusal() {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let counts = recorder.handle();
-    let _local = metrics::set_default_local_recorder(&recorder);
+    let counts = LocalMetrics::hear();
     let cluster = RedisCluster::start();
     let client = redis::cluster::ClusterClientBuilder::new(cluster.urls())
         .retries(1)

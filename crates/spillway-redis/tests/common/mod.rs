@@ -128,9 +128,5 @@ pub async fn replay(store: &dyn Store, clock: &ManualClock, v: &Vector, tag: &st
 
 /// The sum of the samples of `metric` in a Prometheus rendering.
 pub fn sample(rendered: &str, metric: &str) -> u64 {
-    rendered
-        .lines()
-        .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    spillway_testkit::metrics::sample(rendered, metric, "")
 }

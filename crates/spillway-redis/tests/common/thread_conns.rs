@@ -75,6 +75,48 @@ pub async fn checks_go_out_on_own_conn<F, Fut>(
     thread.join().expect("thread");
 }
 
+/// Attaches three serving threads to `store`, each running `check` once; asserts that the
+/// server on `port` then sees the shared connection and three thread connections, and that
+/// every one of them closes once the store is dropped while the threads run on.
+pub async fn dropping_the_store_closes_its_conns<F, Fut>(
+    store: Arc<RedisStore>,
+    port: u16,
+    check: F,
+) where
+    F: Fn(Arc<RedisStore>) -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut threads = Vec::new();
+    let mut stops = Vec::new();
+    for _ in 0..3 {
+        let (stop, stopped) = oneshot::channel();
+        let (ready, up) = oneshot::channel();
+        let check = check.clone();
+        threads.push(serving_thread(store.clone(), stopped, |store| async move {
+            check(store).await;
+            let _ = ready.send(());
+        }));
+        up.await.expect("thread connection up");
+        stops.push(stop);
+    }
+    assert_eq!(
+        clients(port).len(),
+        4,
+        "the shared connection and three thread connections"
+    );
+    // The threads keep running; only the store goes.
+    drop(store);
+    assert!(
+        eventually(|| clients(port).is_empty()).await,
+        "every connection closed with the store: {:?}",
+        clients(port)
+    );
+    for (stop, thread) in stops.into_iter().zip(threads) {
+        let _ = stop.send(());
+        thread.join().expect("thread");
+    }
+}
+
 /// Polls `what` every 10 ms until it holds, for at most 5 s (waiting on another process:
 /// a connection being made or closed).
 pub async fn eventually(mut what: impl FnMut() -> bool) -> bool {
