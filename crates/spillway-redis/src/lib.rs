@@ -22,6 +22,8 @@
 //! - [`multi_slot`]: requests spanning several cluster slots (all slots at once, refunded
 //!   unless all admit, finished by a task of their own).
 //! - `functions`: calling the library (`FCALL`) or, without Functions, the scripts.
+//! - `module`: sending checks to the native Redis module (`SPILLWAY.CHECK`, crate
+//!   `spillway-redis-module`) when the server has it loaded.
 //! - `runner`: script calls on one connection (shared, or a serving thread's own), cheap to
 //!   clone into such a task.
 //! - [`batch`]: concurrent requests (checks and reports) to one server, or one cluster slot,
@@ -48,6 +50,7 @@ mod functions;
 pub mod keys;
 pub mod local_cache;
 pub mod login;
+mod module;
 pub mod multi_slot;
 mod runner;
 pub mod script;
