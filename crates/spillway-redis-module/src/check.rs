@@ -339,7 +339,8 @@ mod tests {
     #[test]
     fn well_formed_requests_parse() {
         let b = blob(&[1.0, 1.0, 3.0, 10.0, 1e6, 0.0, 1.0, 1.0, 9.0, 0.0]);
-        let reqs = parse(&b, 1).unwrap();
+        // The second request is a marked one of no limits: its marker is a key.
+        let reqs = parse(&b, 2).unwrap();
         assert_eq!(reqs.len(), 2);
         assert_eq!(reqs[0].limits[0].code, 3);
         assert!(reqs[1].limits.is_empty());
