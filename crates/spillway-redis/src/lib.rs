@@ -7,7 +7,9 @@
 //! Functions library loaded once, or `EVALSHA` of a plain script on servers without Functions;
 //! see [`script`]): it reads every limit's state, evaluates each with a Lua mirror of the engine's
 //! pure Rust function, and writes the new states, each with a `PX` expiry at the moment the
-//! state becomes indistinguishable from a fresh key, only if every enforced limit allows.
+//! state becomes indistinguishable from a fresh key, only if every enforced limit allows. A
+//! server that loads the native module (crate `spillway-redis-module`) gets the same call as
+//! `SPILLWAY.CHECK` instead, the same check in compiled code (see `module`).
 //!
 //! # Time
 //! The script reads the time with Redis `TIME` (microseconds), so every node evaluates

@@ -94,6 +94,19 @@ async fn module_cluster_reproduces_the_vectors() {
     for (i, v) in vectors::conformance().iter().enumerate() {
         replay(&store, &clock, v, &format!("mc{i}")).await;
     }
+    for port in cluster.ports() {
+        let stats = spillway_testkit::redis::command(port, "INFO commandstats").unwrap_or_default();
+        assert!(
+            !stats.contains("cmdstat_fcall:"),
+            "no check went to Lua on node {port}: {stats}"
+        );
+    }
+    let ran = cluster.ports().into_iter().any(|port| {
+        spillway_testkit::redis::command(port, "INFO commandstats")
+            .unwrap_or_default()
+            .contains("cmdstat_spillway.check:calls=")
+    });
+    assert!(ran, "the module ran");
 }
 
 /// Random parameters around the edges the Lua side must get exactly right.
