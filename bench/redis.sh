@@ -21,6 +21,11 @@
 #        DURATION=8 RUNS=5 WARMUP=2 CONNS=50 THREADS=1 POLICIES="one four" to change
 #        NEW_ARGS="..." / OLD_ARGS="..."   extra `serve` flags for the second / first build
 #                                          (only with exactly two builds)
+#        REDIS_ARGS="..."                  extra redis-server arguments for every run, e.g.
+#                                          "--loadmodule target/release/libspillway_redis_module.so"
+#        NEW_REDIS_ARGS="..." / OLD_REDIS_ARGS="..."  the same per build (only with exactly two
+#                                          builds; give one build twice to compare the module
+#                                          with the Lua library on the same binary)
 #        STORE=sentinel                    the store found through Sentinel: the same Redis as
 #                                          master, one replica and three redis-sentinel
 #                                          processes (Redis CPU is still the master's)
@@ -68,12 +73,14 @@ cp bench/check.lua "$tmp/four.lua"
 one_run() {
   # Runs in a subshell (`< <(...)`): stop what it started even when a start fails.
   trap stop_all EXIT
-  local i=$1 policy=$2 bin=${binaries[$1]} extra="" rport sport
+  local i=$1 policy=$2 bin=${binaries[$1]} extra="" rextra=${REDIS_ARGS:-} rport sport
   if [ "${#binaries[@]}" -eq 2 ]; then
     if [ "$i" -eq 0 ]; then extra=${OLD_ARGS:-}; else extra=${NEW_ARGS:-}; fi
+    if [ "$i" -eq 0 ]; then rextra+=" ${OLD_REDIS_ARGS:-}"; else rextra+=" ${NEW_REDIS_ARGS:-}"; fi
   fi
   rport=$(free_port)
-  start_redis "$rport" "$tmp"
+  # shellcheck disable=SC2086
+  start_redis "$rport" "$tmp" $rextra
   local url="redis://127.0.0.1:$rport"
   if [ "$STORE" = sentinel ]; then
     start_sentinels "$rport"

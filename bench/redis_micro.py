@@ -11,6 +11,10 @@ default), `four` (token bucket, fixed window, GCRA, fixed window per request, as
 examples/spillway.yaml's free tier, on new users each time) or `fourwarm` (the same over
 1,000 users). The numbers only need to keep every request allowed.
 
+With MODULE=PATH Redis loads the native module (crates/spillway-redis-module, e.g.
+target/release/libspillway_redis_module.so) and the calls go to SPILLWAY.CHECK instead of the
+library's function (the same keys, arguments and reply); LUADIR is still loaded, unused.
+
 With CALLGRIND=1 Redis runs under valgrind's callgrind, instrumented only while the CALLS are
 served, and the figure is instructions executed per request: deterministic, so two variants
 compare on a machine far too noisy for CPU time (each run takes ~15 s). Profiles stay in
@@ -31,9 +35,11 @@ src = f"#!lua name=bench\n{body}\n{refund}\nredis.register_function('chk', check
 
 s0 = socket.socket(); s0.bind(("127.0.0.1", 0)); port = s0.getsockname()[1]; s0.close()
 CG = os.environ.get("CALLGRIND")
+MODULE = os.environ.get("MODULE")
 pre = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file=/tmp/rc/cg/out.%p"] if CG else []
 os.makedirs("/tmp/rc/cg", exist_ok=True)
-r = subprocess.Popen(pre + ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+r = subprocess.Popen(pre + ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                     + (["--loadmodule", MODULE] if MODULE else []), stdout=subprocess.DEVNULL)
 try:
     for _ in range(600):
         try:
@@ -83,6 +89,8 @@ try:
             elif policy == "fourwarm": u = random.randint(1, 1000)
             else: n += 1; u = n % 200000
             k, p = req(u); keys += k; packed += p
+        if MODULE:
+            return enc("SPILLWAY.CHECK", *keys, "", packed)
         return enc("FCALL", "chk", str(len(keys)), *keys, "", packed)
     def cpu():
         info = cmd("INFO", "cpu").decode()
@@ -111,18 +119,19 @@ try:
                 if line.startswith("totals:") or line.startswith("summary:"):
                     if int(line.split()[1]) > tot:
                         tot, dump = int(line.split()[1]), fn
-        # The call's own instructions (fcallCommand inclusive) do not depend on how long the
-        # run took, unlike the total, which holds Redis's timers and expiry cycle.
+        # The call's own instructions (fcallCommand inclusive, or the module's command
+        # dispatcher) do not depend on how long the run took, unlike the total, which holds
+        # Redis's timers and expiry cycle.
         annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", dump],
                                    capture_output=True, text=True).stdout
         for line in annotated.splitlines():
-            if ":fcallCommand " in line:
+            if ":fcallCommand " in line or ":RedisModuleCommandDispatcher " in line:
                 in_call = int(line.split()[0].replace(",", ""))
         n = calls * batch
-        print(f"{luadir} {policy} batch {batch} depth {depth}: {tot / n:.0f} Ir/request, "
+        print(f"{'module' if MODULE else luadir} {policy} batch {batch} depth {depth}: {tot / n:.0f} Ir/request, "
               f"{in_call / n:.0f} in the call")
         sys.exit(0)
     pass
-    print(f"{luadir} {policy} batch {batch} depth {depth}: {(after - before) * 1e6 / (calls * batch):.2f} us/request")
+    print(f"{'module' if MODULE else luadir} {policy} batch {batch} depth {depth}: {(after - before) * 1e6 / (calls * batch):.2f} us/request")
 finally:
     r.terminate(); r.wait()

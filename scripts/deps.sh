@@ -92,9 +92,20 @@ e2e_modules_stale() {
   '
 }
 
+# What building the workspace needs besides the Rust toolchain: libclang, with which the
+# Redis module's bindings (crates/spillway-redis-module, through the redis-module crate's
+# bindgen) are generated at build time.
+ensure_build_deps() {
+  command -v cargo >/dev/null 2>&1 || { echo "error: cargo (Rust toolchain) is required" >&2; return 1; }
+  if ! compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null \
+    && ! compgen -G '/usr/lib/*/libclang*.so*' >/dev/null; then
+    install_pkg libclang libclang-dev
+  fi
+}
+
 # What `scripts/test.sh` needs besides the Rust toolchain.
 ensure_test_deps() {
-  command -v cargo >/dev/null 2>&1 || { echo "error: cargo (Rust toolchain) is required" >&2; return 1; }
+  ensure_build_deps
   # tests/nginx.rs runs real nginx (Debian's package has the auth_request module).
   PATH="$PATH:/usr/sbin" need nginx nginx
   # The Redis store's tests start their own redis-server processes and clusters.

@@ -7,7 +7,9 @@
 //! Functions library loaded once, or `EVALSHA` of a plain script on servers without Functions;
 //! see [`script`]): it reads every limit's state, evaluates each with a Lua mirror of the engine's
 //! pure Rust function, and writes the new states, each with a `PX` expiry at the moment the
-//! state becomes indistinguishable from a fresh key, only if every enforced limit allows.
+//! state becomes indistinguishable from a fresh key, only if every enforced limit allows. A
+//! server that loads the native module (crate `spillway-redis-module`) gets the same call as
+//! `SPILLWAY.CHECK` instead, the same check in compiled code (see `module`).
 //!
 //! # Time
 //! The script reads the time with Redis `TIME` (microseconds), so every node evaluates
@@ -22,6 +24,8 @@
 //! - [`multi_slot`]: requests spanning several cluster slots (all slots at once, refunded
 //!   unless all admit, finished by a task of their own).
 //! - `functions`: calling the library (`FCALL`) or, without Functions, the scripts.
+//! - `module`: sending checks to the native Redis module (`SPILLWAY.CHECK`, crate
+//!   `spillway-redis-module`) when the server has it loaded.
 //! - `runner`: script calls on one connection (shared, or a serving thread's own), cheap to
 //!   clone into such a task.
 //! - [`batch`]: concurrent requests (checks and reports) to one server, or one cluster slot,
@@ -50,6 +54,7 @@ mod functions;
 pub mod keys;
 pub mod local_cache;
 pub mod login;
+mod module;
 pub mod multi_slot;
 mod own_conn;
 mod resp;

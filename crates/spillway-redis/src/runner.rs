@@ -8,6 +8,7 @@
 
 use crate::error::{classify, record, record_script, CountNoScript, SCRIPT_ERRORS};
 use crate::functions::{self, Functions};
+use crate::module::{self, Module};
 use crate::own_conn::OwnConn;
 use crate::script::{self, CallArgs, Encoded, Reply, Undo};
 use crate::sentinel::SentinelConn;
@@ -87,6 +88,8 @@ pub(crate) struct Runner {
     pub(crate) conn: Conn,
     /// Whether to call the Functions library or the plain scripts.
     pub(crate) functions: Arc<Functions>,
+    /// Whether checks go to the native module instead (see [`crate::module`]).
+    pub(crate) module: Arc<Module>,
     check_script: Arc<redis::Script>,
     refund_script: Arc<redis::Script>,
     /// How long one call may take before it fails with `StoreError::Timeout`.
@@ -101,6 +104,7 @@ impl Runner {
         Self {
             conn,
             functions: Arc::default(),
+            module: Arc::default(),
             check_script: Arc::new(redis::Script::new(script::CHECK_SCRIPT)),
             refund_script: Arc::new(redis::Script::new(script::REFUND_SCRIPT)),
             timeout,
@@ -156,9 +160,19 @@ impl Runner {
         }
     }
 
-    /// Loads the Functions library, or settles on plain scripts if the server refuses
+    /// Probes for the native module, then loads the Functions library (refunds, and the
+    /// checks if the module goes), or settles on plain scripts if the server refuses
     /// Functions. Other failures are left for the first call to meet (and recover).
     pub(crate) async fn prepare(&self) {
+        let mut conn = self.conn.clone();
+        let probe = tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), async move {
+            functions::lift(conn.query(&module::probe_cmd()).await)
+        });
+        match probe.await {
+            Ok(Ok(redis::Value::BulkString(_))) => self.module.enable(),
+            Ok(other) => tracing::debug!(reply = ?other, "no spillway module; checks go to Lua"),
+            Err(_) => tracing::debug!("the module probe timed out; checks go to Lua"),
+        }
         let mut conn = self.conn.clone();
         let load = tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), async move {
             functions::lift(conn.query(&functions::load_cmd()).await)
@@ -172,7 +186,8 @@ impl Runner {
         }
     }
 
-    /// Calls the library's function `name` (or, without Functions, `script`) over `keys` and
+    /// Calls the library's function `name` (or, without Functions, `script`; or the native
+    /// module's check, for a check while the module is there: `module`) over `keys` and
     /// `args` within `limit`: the one way a script is called, and so where its errors are
     /// counted (as a store error and a script error), except a resharding refusal, which is
     /// counted by [`Failed::settled`] once nobody sends the call again.
@@ -183,8 +198,15 @@ impl Runner {
         script: &redis::Script,
         keys: &[&str],
         args: &[&[u8]],
+        module: bool,
     ) -> Result<redis::Value, Failed> {
         let called = self.timed(limit, |mut conn| async move {
+            if module && self.module.enabled() {
+                match functions::lift(conn.query(&module::check_cmd(keys, args)).await) {
+                    Err(err) if module::is_missing(&err) => self.module.disable(&err),
+                    other => return other,
+                }
+            }
             if self.functions.enabled() {
                 match functions::lift(conn.fcall(name, keys, args).await) {
                     Err(err) if functions::is_missing(&err) => {
@@ -252,6 +274,7 @@ impl Runner {
                 &self.check_script,
                 &args.keys,
                 &[now.as_bytes(), &args.packed],
+                true,
             )
             .await?;
         script::parse_reply(value, &args.shapes)
@@ -295,6 +318,7 @@ impl Runner {
                 &self.refund_script,
                 &[key],
                 &[written, before, ttl.as_bytes()],
+                false,
             )
             .await
             .map_err(Failed::settled);

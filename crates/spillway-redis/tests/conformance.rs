@@ -40,7 +40,37 @@ async fn memory_store_reproduces_the_vectors() {
 
 #[tokio::test]
 async fn redis_reproduces_the_vectors() {
-    let server = RedisServer::start();
+    reproduces_the_vectors(&RedisServer::start()).await;
+}
+
+/// The native module (`SPILLWAY.CHECK`) is held to the same vectors as the Lua.
+#[tokio::test]
+async fn module_reproduces_the_vectors() {
+    let server = with_module();
+    reproduces_the_vectors(&server).await;
+    assert_module_ran(&server);
+}
+
+/// A server with the spillway module loaded.
+fn with_module() -> RedisServer {
+    RedisServer::start_with(&["--loadmodule", &spillway_testkit::redis::module_path()])
+}
+
+/// Every check on `server` ran in the module: never as a Lua function or script.
+fn assert_module_ran(server: &RedisServer) {
+    let stats =
+        spillway_testkit::redis::command(server.port(), "INFO commandstats").unwrap_or_default();
+    assert!(
+        stats.contains("cmdstat_spillway.check:calls="),
+        "the module ran: {stats}"
+    );
+    assert!(
+        !stats.contains("cmdstat_fcall:") && !stats.contains("cmdstat_evalsha:"),
+        "no check went to Lua: {stats}"
+    );
+}
+
+async fn reproduces_the_vectors(server: &RedisServer) {
     let (store, clock) = redis_store(Backend::Server(server.url())).await;
     for (i, v) in vectors::conformance().iter().enumerate() {
         replay(&store, &clock, v, &format!("r{i}")).await;
@@ -54,6 +84,29 @@ async fn cluster_reproduces_the_vectors() {
     for (i, v) in vectors::conformance().iter().enumerate() {
         replay(&store, &clock, v, &format!("c{i}")).await;
     }
+}
+
+/// The module on every node of a cluster: the command routes and runs by its keys' slot.
+#[tokio::test]
+async fn module_cluster_reproduces_the_vectors() {
+    let cluster = RedisCluster::with_module();
+    let (store, clock) = redis_store(Backend::Cluster(cluster.urls())).await;
+    for (i, v) in vectors::conformance().iter().enumerate() {
+        replay(&store, &clock, v, &format!("mc{i}")).await;
+    }
+    for port in cluster.ports() {
+        let stats = spillway_testkit::redis::command(port, "INFO commandstats").unwrap_or_default();
+        assert!(
+            !stats.contains("cmdstat_fcall:"),
+            "no check went to Lua on node {port}: {stats}"
+        );
+    }
+    let ran = cluster.ports().into_iter().any(|port| {
+        spillway_testkit::redis::command(port, "INFO commandstats")
+            .unwrap_or_default()
+            .contains("cmdstat_spillway.check:calls=")
+    });
+    assert!(ran, "the module ran");
 }
 
 /// Random parameters around the edges the Lua side must get exactly right.
@@ -173,7 +226,17 @@ impl Both {
 
 #[tokio::test]
 async fn lua_agrees_with_rust_on_random_sequences() {
-    let server = RedisServer::start();
+    on_random_sequences(&RedisServer::start()).await;
+}
+
+#[tokio::test]
+async fn module_agrees_with_rust_on_random_sequences() {
+    let server = with_module();
+    on_random_sequences(&server).await;
+    assert_module_ran(&server);
+}
+
+async fn on_random_sequences(server: &RedisServer) {
     let (store, clock) = redis_store(Backend::Server(server.url())).await;
     let mut rng = seeded(20_240_601);
     for i in 0..150 {
@@ -184,8 +247,18 @@ async fn lua_agrees_with_rust_on_random_sequences() {
 
 #[tokio::test]
 async fn lua_agrees_with_rust_when_numbers_change() {
-    let server = RedisServer::start();
-    let both = Both::start(&server).await;
+    when_numbers_change(&RedisServer::start()).await;
+}
+
+#[tokio::test]
+async fn module_agrees_with_rust_when_numbers_change() {
+    let server = with_module();
+    when_numbers_change(&server).await;
+    assert_module_ran(&server);
+}
+
+async fn when_numbers_change(server: &RedisServer) {
+    let both = Both::start(server).await;
     let mut rng = seeded(20_261_202);
     for i in 0..150 {
         let v = random_renumbered_vector(&mut rng, i);
@@ -195,8 +268,18 @@ async fn lua_agrees_with_rust_when_numbers_change() {
 
 #[tokio::test]
 async fn lua_agrees_with_rust_on_random_charges_after_the_fact() {
-    let server = RedisServer::start();
-    let both = Both::start(&server).await;
+    on_random_charges_after_the_fact(&RedisServer::start()).await;
+}
+
+#[tokio::test]
+async fn module_agrees_with_rust_on_random_charges_after_the_fact() {
+    let server = with_module();
+    on_random_charges_after_the_fact(&server).await;
+    assert_module_ran(&server);
+}
+
+async fn on_random_charges_after_the_fact(server: &RedisServer) {
+    let both = Both::start(server).await;
     let mut rng = seeded(20_261_203);
     for i in 0..150 {
         let algorithm = vectors::METERED[rng.below(5) as usize];
@@ -223,8 +306,18 @@ async fn lua_agrees_with_rust_on_random_charges_after_the_fact() {
 /// 2^53 lost one unit in the Lua conversion to other units (`*-saturated-then-renumbered`).
 #[tokio::test]
 async fn lua_agrees_with_rust_on_charges_while_numbers_change() {
-    let server = RedisServer::start();
-    let both = Both::start(&server).await;
+    on_charges_while_numbers_change(&RedisServer::start()).await;
+}
+
+#[tokio::test]
+async fn module_agrees_with_rust_on_charges_while_numbers_change() {
+    let server = with_module();
+    on_charges_while_numbers_change(&server).await;
+    assert_module_ran(&server);
+}
+
+async fn on_charges_while_numbers_change(server: &RedisServer) {
+    let both = Both::start(server).await;
     let mut rng = seeded(20_261_204);
     for i in 0..150 {
         let algorithm = ["token_bucket", "gcra", "leaky_bucket"][rng.below(3) as usize];

@@ -24,6 +24,49 @@ pub use cluster::{NodeLine, RedisCluster, NODE_TIMEOUT, REPLICATED_NODE_TIMEOUT}
 /// How long a server or cluster may take to come up on a loaded machine.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
+/// The spillway Redis module (`libspillway_redis_module.so`, crate `spillway-redis-module`)
+/// of the profile the running test was built with, for `--loadmodule`. A test built by cargo
+/// lives in `target/<profile>/deps/`; the module is looked for there and one level up, and,
+/// when neither holds it, built with `cargo build -p spillway-redis-module` (in the same
+/// profile) first. The newest copy wins, so an edited module is never tested stale.
+pub fn module_path() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test's own path");
+        let deps = exe.parent().expect("the test's directory").to_path_buf();
+        let profile_dir = deps
+            .parent()
+            .expect("the profile's directory")
+            .to_path_buf();
+        let name = "libspillway_redis_module.so";
+        let newest = || {
+            [deps.join(name), profile_dir.join(name)]
+                .into_iter()
+                .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+                .max()
+                .map(|(_, p)| p)
+        };
+        if let Some(path) = newest() {
+            return path.display().to_string();
+        }
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build.args(["build", "-p", "spillway-redis-module"]);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the spillway Redis module failed"
+        );
+        newest()
+            .expect("cargo built libspillway_redis_module.so")
+            .display()
+            .to_string()
+    })
+    .clone()
+}
+
 /// A free loopback port (free when this returns; see the module docs for the race).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -224,6 +267,13 @@ impl RedisServer {
                 .expect("run kill");
             assert!(status.success(), "kill {which} failed");
         }
+    }
+
+    /// Starts the server again on the same port with `extra` as its extra arguments instead
+    /// of those it had (empty, since nothing is persisted).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart();
     }
 
     /// Starts the server again on the same port (empty, since nothing is persisted).

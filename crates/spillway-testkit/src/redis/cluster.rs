@@ -121,6 +121,13 @@ impl RedisCluster {
         Self::build(3, 0, NODE_TIMEOUT, Some(password))
     }
 
+    /// As [`RedisCluster::start`], with every node loading the spillway Redis module (see
+    /// [`super::module_path`]).
+    pub fn with_module() -> Self {
+        let path = super::module_path();
+        Self::build_with(3, 0, NODE_TIMEOUT, None, &["--loadmodule", &path])
+    }
+
     /// Starts `masters` masters (at least three, so that a majority outlives one) with
     /// `replicas` replicas each and [`REPLICATED_NODE_TIMEOUT`], so that a master killed or
     /// frozen is replaced by its replica within a few seconds. Returns once every slot is
@@ -136,6 +143,16 @@ impl RedisCluster {
         replicas: usize,
         node_timeout: Duration,
         password: Option<&str>,
+    ) -> Self {
+        Self::build_with(masters, replicas, node_timeout, password, &[])
+    }
+
+    fn build_with(
+        masters: usize,
+        replicas: usize,
+        node_timeout: Duration,
+        password: Option<&str>,
+        extra: &[&str],
     ) -> Self {
         let timeout = node_timeout.as_millis().to_string();
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
@@ -160,6 +177,7 @@ impl RedisCluster {
                         "0",
                     ]);
                 }
+                args.extend(extra);
                 RedisServer::start_on(&args, true, &mut free_port)
             })
             .collect();

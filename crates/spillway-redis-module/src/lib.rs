@@ -1,0 +1,36 @@
+//! A Redis module doing Spillway's check in compiled code.
+//!
+//! It registers `SPILLWAY.CHECK key... now requests`, a drop-in for the Lua library's `check`
+//! function (`crates/spillway-redis/lua/check.lua`): the same keys, the same two arguments
+//! (the time or "", and the packed requests), the same packed reply, and the same stored
+//! states and expiry rules, so a key written by one reads correctly in the other (a fleet
+//! mixing the two, or a store falling back to Lua mid-flight, stays exact). The keys come
+//! first so that a cluster client routes the command by its first key; the command is flagged
+//! `write deny-oom` with keys from the first argument to the third from last.
+//!
+//! Load it at start: `redis-server --loadmodule .../libspillway_redis_module.so`. The refund
+//! stays in Lua (the state format is shared).
+//!
+//! Layout: [`num`] the Lua's double arithmetic, [`algorithms`] the five string-state
+//! algorithms, [`sliding_log`] the sorted-set one, [`check`] the command, [`redis`] the calls
+//! it makes.
+
+pub mod algorithms;
+pub mod check;
+pub mod num;
+mod redis;
+pub mod sliding_log;
+
+use redis_module::redis_module;
+
+redis_module! {
+    name: "spillway",
+    version: 1,
+    // The system allocator: the module only allocates per call, and tests link this crate
+    // outside Redis, where Redis's allocator does not exist.
+    allocator: (std::alloc::System, std::alloc::System),
+    data_types: [],
+    commands: [
+        ["spillway.check", check::command, "write deny-oom", 1, -3, 1, ""],
+    ],
+}
