@@ -37,11 +37,12 @@
 //!   as master (`ROLE`), waiting between attempts as on a single server (a switch the store
 //!   follows meanwhile ends the wait: the new master is tried at once); the store's
 //!   connection is asked to look for a new master at once. A demoted master's `READONLY` is
-//!   such a failure, and the `ROLE` check keeps the thread off it. The same happens as soon as the store follows a master switch, and no request is
-//!   queued to a thread's connection after one: it is used only while the store's count of
-//!   switches is what it was when the connection was made (requests queued just before
-//!   finish on it). A switch seen while the connection was being made does not send it aside
-//!   if it went to that switch's master already.
+//!   such a failure, and the `ROLE` check keeps the thread off it. The same happens as soon
+//!   as the store follows a master switch, and no request is queued to a thread's connection
+//!   after one: it is used only while the store's count of switches is what it was when the
+//!   connection was made (requests queued just before finish on it). A switch seen while the
+//!   connection was being made does not send it aside if it went to that switch's master
+//!   already. This lifecycle is [`sentinel`]'s.
 //!
 //! The shared connection, on the other hand, comes back on its next use (a ping retries once
 //! for that; see [`crate::store`]).
@@ -69,6 +70,8 @@ use std::thread::ThreadId;
 use std::time::Duration;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::watch;
+
+mod sentinel;
 
 /// Gauge of the thread connections that are up and usable, over every store of the process
 /// (one marked down after a failure is off it until it is usable again). The metric's name
@@ -353,11 +356,14 @@ fn place(id: u64, batcher: Option<Batcher>, generation: u64) -> bool {
     })
 }
 
-/// A thread connection's life on its thread; see [`run_server`] and [`run_sentinel`].
+/// A thread connection's life on its thread; see [`run_server`] and
+/// [`sentinel::run_sentinel`].
 async fn run(id: u64, connect: &Connect, template: Runner, failures: watch::Receiver<u64>) {
     match connect {
         Connect::Server(server) => run_server(id, server, template, failures).await,
-        Connect::Sentinel(master) => run_sentinel(id, master, template, failures).await,
+        Connect::Sentinel(master) => {
+            sentinel::run_sentinel(id, master, template, failures).await;
+        }
     }
 }
 
@@ -368,51 +374,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = redis::RedisResult<T>>,
 {
-    following(open, None).await
-}
-
-/// [`connected`], for a Sentinel store with `switches` (the store's count of master switches)
-/// cutting a wait short: the master the store follows now may take the connection the old
-/// one refused, and the thread's requests should not stay on the shared path for the rest of
-/// a wait of up to [`RETRY_MAX`].
-async fn following<T, F, Fut>(mut open: F, mut switches: Option<&mut watch::Receiver<u64>>) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = redis::RedisResult<T>>,
-{
-    let mut wait = RETRY_FIRST;
-    let mut warned = false;
-    loop {
-        match open().await {
-            Ok(conn) => return conn,
-            Err(err) => {
-                metrics::counter!(THREAD_CONN_FAILURES).increment(1);
-                if warned {
-                    tracing::debug!(error = %err, retry_ms = wait.as_millis() as u64,
-                        "a serving thread's Redis connection failed again");
-                } else {
-                    warned = true;
-                    tracing::warn!(error = %err, retry_ms = wait.as_millis() as u64,
-                        "a serving thread could not make its own Redis connection; its \
-                         requests take the shared one while it keeps trying");
-                }
-                pause(wait, switches.as_deref_mut()).await;
-                wait = (wait * 2).min(RETRY_MAX);
-            }
-        }
-    }
-}
-
-/// Waits `wait`, or until `switches` changes if that comes first (a store gone, which closes
-/// it, cuts nothing short).
-async fn pause(wait: Duration, switches: Option<&mut watch::Receiver<u64>>) {
-    let Some(switches) = switches else {
-        return tokio::time::sleep(wait).await;
-    };
-    tokio::select! {
-        () = tokio::time::sleep(wait) => {}
-        Ok(()) = switches.changed() => {}
-    }
+    sentinel::following(open, None).await
 }
 
 /// A single server's thread connection: makes its connection, hands its batcher to the thread's
@@ -484,68 +446,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         if let Some(task) = &self.0 {
             task.abort();
-        }
-    }
-}
-
-/// A Sentinel store's thread connection: connects to the master the store's own connection uses now
-/// (checked to act as master), and serves until the store follows a switch or reports a
-/// failure; then it steps aside (its thread's requests take the shared path), leaves the
-/// calls already sent to finish on the old connection in the background, and connects again
-/// to the master the store names by then. A demoted master answers `READONLY`, a failure
-/// like any other unavailable answer, and the `ROLE` check keeps the thread connection off it.
-async fn run_sentinel(
-    id: u64,
-    master: &SentinelConn,
-    template: Runner,
-    mut failures: watch::Receiver<u64>,
-) {
-    let mut switches = master.switches();
-    loop {
-        // A switch from here on cuts a wait between attempts short, and sends the new thread
-        // connection aside unless it was made for that switch's master (`until_aside`).
-        switches.borrow_and_update();
-        let (generation, conn) = following(|| master.open_current(), Some(&mut switches)).await;
-        let (batcher, dispatcher) = Batcher::new(template.clone().with_conn(Conn::Own(conn)));
-        if !place(id, Some(batcher), generation) {
-            return;
-        }
-        failures.borrow_and_update();
-        let counted = Up::new();
-        // A task of its own, as on a single server: its wake-ups do not poll the watches.
-        let dispatcher = AbortOnDrop::new(tokio::spawn(dispatcher));
-        let aside = until_aside(&mut failures, &mut switches, generation).await;
-        drop(counted);
-        if !place(id, None, generation) || !aside {
-            return;
-        }
-        // No new request reaches the old batcher; its dispatcher runs on and ends once those
-        // it holds are answered (each within the store's timeout).
-        dispatcher.detach();
-    }
-}
-
-/// Waits until a Sentinel store's thread connection, made for the master of switch count
-/// `generation`, must step aside: the store reports a failure or follows a switch past
-/// `generation` (`true`), or is gone (`false`: `changed` fails once it is, which ends the
-/// thread connection anyway). A switch seen while the connection was being made, when the
-/// connection went to that switch's master already, is no reason to drop it.
-async fn until_aside(
-    failures: &mut watch::Receiver<u64>,
-    switches: &mut watch::Receiver<u64>,
-    generation: u64,
-) -> bool {
-    loop {
-        tokio::select! {
-            changed = failures.changed() => return changed.is_ok(),
-            changed = switches.changed() => {
-                if changed.is_err() {
-                    return false;
-                }
-                if *switches.borrow_and_update() != generation {
-                    return true;
-                }
-            }
         }
     }
 }
@@ -629,74 +529,6 @@ mod tests {
             sent_aside(),
             1,
             "a refused connection sends every own aside"
-        );
-    }
-
-    /// While a Sentinel store's thread connection cannot be made, a master switch cuts the
-    /// wait before the next attempt short (on the paused clock, the attempts' times show it):
-    /// the new master is tried at once, not up to [`RETRY_MAX`] later.
-    #[tokio::test(start_paused = true)]
-    async fn a_switch_cuts_the_wait_between_attempts_short() {
-        let (switched, mut switches) = watch::channel(0);
-        let start = tokio::time::Instant::now();
-        let attempts = std::cell::RefCell::new(Vec::new());
-        let opening = following(
-            || {
-                let mut at = attempts.borrow_mut();
-                at.push(start.elapsed());
-                let refused = at.len() < 6;
-                async move {
-                    if refused {
-                        Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into())
-                    } else {
-                        Ok(())
-                    }
-                }
-            },
-            Some(&mut switches),
-        );
-        let switching = async {
-            // Within the wait of RETRY_MAX that follows the attempt at 1.5 s.
-            tokio::time::sleep(Duration::from_millis(1_600)).await;
-            switched.send_replace(1);
-        };
-        tokio::join!(opening, switching);
-        let ms: Vec<u128> = attempts.borrow().iter().map(|d| d.as_millis()).collect();
-        assert_eq!(ms, [0, 100, 300, 700, 1_500, 1_600]);
-    }
-
-    /// A Sentinel store's thread connection steps aside for a failure or a switch past the
-    /// master it was made for, not for a switch seen while it was being made when it went to
-    /// that switch's master already (it would connect to the new master and drop that at once).
-    #[tokio::test(start_paused = true)]
-    async fn only_a_switch_past_the_conns_master_sends_it_aside() {
-        let (failed, mut failures) = watch::channel(0);
-        let (switched, mut switches) = watch::channel(0);
-        let long = Duration::from_secs(3_600);
-        // Switch 1 came while the connection was being made, and it went to switch 1's master.
-        switched.send_replace(1);
-        let waiting = until_aside(&mut failures, &mut switches, 1);
-        assert!(
-            tokio::time::timeout(long, waiting).await.is_err(),
-            "a connection to the master the store follows now was sent aside"
-        );
-        switched.send_replace(2);
-        assert!(
-            until_aside(&mut failures, &mut switches, 1).await,
-            "switch 2"
-        );
-        failed.send_replace(1);
-        assert!(
-            until_aside(&mut failures, &mut switches, 2).await,
-            "a failure"
-        );
-        // Made for switch 2's master while the store moved on to 3: aside at once.
-        switched.send_replace(3);
-        assert!(until_aside(&mut failures, &mut switches, 2).await, "stale");
-        drop((failed, switched));
-        assert!(
-            !until_aside(&mut failures, &mut switches, 3).await,
-            "the store is gone"
         );
     }
 }

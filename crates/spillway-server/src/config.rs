@@ -235,16 +235,28 @@ impl PolicySource {
     /// The policy's current text.
     pub async fn read(&self) -> Result<String, LoadError> {
         match self {
+            Self::File(path) => tokio::fs::read_to_string(path)
+                .await
+                .map_err(|source| unreadable(path, source)),
+            Self::Builtin => Ok(BUILTIN_POLICY.to_owned()),
+        }
+    }
+
+    /// [`Self::read`] for the subcommands that read the policy once, outside any runtime
+    /// (`validate`, `decisions --config`): the same text, or the same error worded the same.
+    pub fn read_blocking(&self) -> Result<String, LoadError> {
+        match self {
             Self::File(path) => {
-                tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|source| LoadError::Read {
-                        path: path.clone(),
-                        source,
-                    })
+                std::fs::read_to_string(path).map_err(|source| unreadable(path, source))
             }
             Self::Builtin => Ok(BUILTIN_POLICY.to_owned()),
         }
+    }
+
+    /// [`Self::read_blocking`], then [`Self::parse_checked`]: the policy as `serve` would
+    /// take it, for a subcommand that reads it once.
+    pub fn load_checked_blocking(&self, own_store_replaced: bool) -> Result<Policy, LoadError> {
+        self.parse_checked(&self.read_blocking()?, own_store_replaced)
     }
 
     /// Parses and validates `text` as this source's policy; errors name this source.
@@ -259,6 +271,14 @@ impl PolicySource {
         let policy = self.parse(text)?;
         policy.check_seed_logins(&self.describe(), own_store_replaced)?;
         Ok(policy)
+    }
+}
+
+/// The policy file at `path` could not be read.
+fn unreadable(path: &Path, source: std::io::Error) -> LoadError {
+    LoadError::Read {
+        path: path.to_owned(),
+        source,
     }
 }
 

@@ -7,7 +7,7 @@
 //! checked, so one run reports every problem.
 
 use crate::cli::ValidateArgs;
-use crate::config::{LoadError, PolicySource};
+use crate::config::PolicySource;
 use crate::grpc::source::EnvoySource;
 use std::process::ExitCode;
 
@@ -18,12 +18,8 @@ pub fn main(args: &ValidateArgs) -> ExitCode {
         // Read, parsed and checked as `serve` does (seeds of one cluster that disagree on
         // the login refused too, for the whole file: which store a node uses is said when it
         // starts).
-        let checked = std::fs::read_to_string(file)
-            .map_err(|source| LoadError::Read {
-                path: file.clone(),
-                source,
-            })
-            .and_then(|text| PolicySource::File(file.clone()).parse_checked(&text, false))
+        let checked = PolicySource::File(file.clone())
+            .load_checked_blocking(false)
             .map_err(|err| err.to_string());
         match checked {
             Ok(policy) => println!(

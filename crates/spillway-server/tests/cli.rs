@@ -504,7 +504,8 @@ fn seeds_replaced_by_store_url_are_not_checked() {
 }
 
 /// `spillway decisions --config` reads the policy's store as `serve` does, and refuses its
-/// seeds that disagree on the login the same way, before connecting (status 2).
+/// seeds that disagree on the login, or a file it cannot read, the same way, before
+/// connecting (status 2).
 #[test]
 fn decisions_refuses_the_policys_seeds_that_disagree_on_the_login() {
     let dir = TempDir::new();
@@ -522,6 +523,21 @@ fn decisions_refuses_the_policys_seeds_that_disagree_on_the_login() {
              127.0.0.1:1 and 127.0.0.1:2 give different passwords",
             seed_position(&own, 2)
         )) && !stderr.contains("s3cret"),
+        "{stderr}"
+    );
+
+    // A file it cannot read is worded as `serve` and `validate` word it.
+    let out = spillway(&[
+        "decisions",
+        "--decision-log",
+        "redis",
+        "--config",
+        "/nonexistent/spillway.yaml",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/spillway.yaml: cannot read the policy file: "),
         "{stderr}"
     );
 }

@@ -187,11 +187,8 @@ pub fn source(args: &DecisionsArgs) -> Result<Source, String> {
                     login_hints::STORE_FLAG,
                 ),
                 (None, Some(path)) => {
-                    let source = PolicySource::File(path.clone());
-                    let text = std::fs::read_to_string(path)
-                        .map_err(|e| format!("{}: cannot read the policy: {e}", path.display()))?;
-                    let policy = source
-                        .parse_checked(&text, false)
+                    let policy = PolicySource::File(path.clone())
+                        .load_checked_blocking(false)
                         .map_err(|e| e.to_string())?;
                     (policy.store().clone(), login_hints::STORE_POLICY)
                 }
