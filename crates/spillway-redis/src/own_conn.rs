@@ -1,5 +1,6 @@
 //! A thread connection's own Redis connection (see [`crate::thread_conn`]): one socket, written
-//! and read by whichever of its callers is polled, with no task, channel or timer of its own.
+//! and read by whichever of its callers is polled, with no channel or timer of its own (and no task
+//! but one while it logs in again).
 //!
 //! The `redis` crate's multiplexed connection hands each command to a task of its own through
 //! a channel, reads the replies there with a general parser, sends each back through a
@@ -17,13 +18,16 @@
 //! (and which sends the thread connections aside, as a lost connection did before). The next
 //! call, or the thread connection's ping, connects again (logging in again); so does a call
 //! that finds, before it writes, that the server closed an idle connection (its `timeout`
-//! setting, `CLIENT KILL`), so that a connection closed while idle costs no request a failure.
-//! A call whose caller gave up keeps its place in the order; its reply is read and dropped.
+//! setting, `CLIENT KILL`), so that such a close fails no request once the runtime has seen
+//! it (a command written before the close reached the socket fails as a lost connection).
+//! The login runs in a task of its own ([`OwnConn::remake`]), so that a caller whose budget
+//! ends mid-login does not undo it. A call whose caller gave up keeps its place in the
+//! order; its reply is read and dropped.
 //!
 //! # What it connects to
 //! A TCP address or a Unix socket, speaking RESP2, with the login the URL (or the Sentinel
-//! settings) gives: `AUTH [username] password`, then `SELECT db`, then a `PING` that tells a
-//! server wanting a password we lack, as the client does. A URL asking for RESP3
+//! settings) gives: `AUTH [username] password`, `SELECT db` and a `PING` that tells a server
+//! wanting a password we lack, in one write (see `own_conn/login.rs`). A URL asking for RESP3
 //! (`?protocol=resp3`) keeps the client's connection ([`Target::of`] gives `None`); this build
 //! has no TLS at all (`rediss://` is refused where the URL is read).
 

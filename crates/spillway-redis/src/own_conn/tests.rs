@@ -199,7 +199,7 @@ async fn a_server_at_maxclients_is_an_outage_not_a_refused_login() {
 async fn a_caller_leaving_hands_the_socket_to_the_next_waiting_call() {
     let server = RedisServer::start();
     let conn = connect(&server.url()).await.expect("connects");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let slow = tokio::spawn({
         let conn = conn.clone();
         async move { run(&conn, &["BLPOP", "nothing-here", "0.2"]).await }
