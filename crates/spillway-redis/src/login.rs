@@ -219,7 +219,7 @@ impl TellOnce {
 
 /// `host:port` of a `redis://` URL (no login), or the URL with its password masked if it does
 /// not parse.
-fn address(url: &str) -> String {
+pub(crate) fn address(url: &str) -> String {
     use redis::IntoConnectionInfo;
     url.into_connection_info().map_or_else(
         |_| crate::config::mask_text(url),

@@ -1,5 +1,6 @@
 //! A thread connection's own Redis connection (see [`crate::thread_conn`]): one socket, written
-//! and read by whichever of its callers is polled, with no task, channel or timer of its own.
+//! and read by whichever of its callers is polled, with no channel or timer of its own (and no task
+//! but one while it logs in again).
 //!
 //! The `redis` crate's multiplexed connection hands each command to a task of its own through
 //! a channel, reads the replies there with a general parser, sends each back through a
@@ -17,26 +18,31 @@
 //! (and which sends the thread connections aside, as a lost connection did before). The next
 //! call, or the thread connection's ping, connects again (logging in again); so does a call
 //! that finds, before it writes, that the server closed an idle connection (its `timeout`
-//! setting, `CLIENT KILL`), so that a connection closed while idle costs no request a failure.
-//! A call whose caller gave up keeps its place in the order; its reply is read and dropped.
+//! setting, `CLIENT KILL`), so that such a close fails no request once the runtime has seen
+//! it (a command written before the close reached the socket fails as a lost connection).
+//! The login runs in a task of its own ([`OwnConn::remake`]), so that a caller whose budget
+//! ends mid-login does not undo it. A call whose caller gave up keeps its place in the
+//! order; its reply is read and dropped.
 //!
 //! # What it connects to
 //! A TCP address or a Unix socket, speaking RESP2, with the login the URL (or the Sentinel
-//! settings) gives: `AUTH [username] password`, then `SELECT db`, then a `PING` that tells a
-//! server wanting a password we lack, as the client does. A URL asking for RESP3
+//! settings) gives: `AUTH [username] password`, `SELECT db` and a `PING` that tells a server
+//! wanting a password we lack, in one write (see `own_conn/login.rs`). A URL asking for RESP3
 //! (`?protocol=resp3`) keeps the client's connection ([`Target::of`] gives `None`); this build
 //! has no TLS at all (`rediss://` is refused where the URL is read).
 
+mod login;
+
 use crate::resp;
-use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult, Value};
+pub(crate) use login::Target;
+use redis::{ErrorKind, RedisError, RedisResult, Value};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::task::JoinHandle;
 
 /// A socket the connection can use: TCP or a Unix socket.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -45,6 +51,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// The read buffer's first size (and what it shrinks back to after a large reply).
 const READ_CHUNK: usize = 16 * 1024;
 
+/// How many bytes already sent the write buffer keeps while the server reads slowly, and the
+/// most room it keeps once all is sent.
+const KEEP_SENT: usize = 64 * 1024;
+
 /// The most calls left waiting for a reply on one connection. A thread's dispatcher keeps a
 /// few calls out at a time ([`crate::batch::IN_FLIGHT`]); more are waiting only when a server
 /// stopped answering while its callers gave up, each keeping its place (and its command's
@@ -52,50 +62,16 @@ const READ_CHUNK: usize = 16 * 1024;
 /// again, so a silent server cannot make a serving thread hold more and more.
 const MAX_WAITING: u64 = 1024;
 
-/// Where a connection goes and how it logs in.
-#[derive(Clone)]
-pub(crate) struct Target {
-    addr: Addr,
-    username: Option<String>,
-    password: Option<String>,
-    db: i64,
-    /// Bound on connecting and logging in.
-    limit: Duration,
+/// A command being written from `mark` on: cut back to `mark` if it is dropped before it is
+/// whole (a panic while encoding); `mark` is `usize::MAX` once it is.
+struct Partial<'a> {
+    out: &'a mut Vec<u8>,
+    mark: usize,
 }
 
-#[derive(Clone)]
-enum Addr {
-    Tcp(String, u16),
-    Unix(PathBuf),
-}
-
-impl Target {
-    /// The target `info` names, connected within `limit`; `None` for what this connection
-    /// does not speak (RESP3, TLS), which keeps the client's own connection.
-    pub(crate) fn of(info: &ConnectionInfo, limit: Duration) -> Option<Self> {
-        let settings = info.redis_settings();
-        if settings.protocol() != redis::ProtocolVersion::RESP2 {
-            return None;
-        }
-        let addr = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => Addr::Tcp(host.clone(), *port),
-            ConnectionAddr::Unix(path) => Addr::Unix(path.clone()),
-            _ => return None,
-        };
-        Some(Self {
-            addr,
-            username: settings.username().map(str::to_owned),
-            password: settings.password().map(str::to_owned),
-            db: settings.db(),
-            limit,
-        })
-    }
-
-    /// The target of a `redis://` (or `redis+unix://`) URL; `None` as in [`Self::of`], or if
-    /// the URL does not parse (the store's own connection has parsed it already).
-    pub(crate) fn of_url(url: &str, limit: Duration) -> Option<Self> {
-        use redis::IntoConnectionInfo;
-        Self::of(&url.into_connection_info().ok()?, limit)
+impl Drop for Partial<'_> {
+    fn drop(&mut self) {
+        self.out.truncate(self.mark);
     }
 }
 
@@ -119,6 +95,9 @@ struct State {
     input: Vec<u8>,
     start: usize,
     filled: usize,
+    /// How many bytes from `start` the next reply needs at least (known from a bulk string's
+    /// length), so that a reply arriving in pieces is not parsed again on every read.
+    need: usize,
     /// Calls from id `first` on, in order; those below `answered` have their reply (or
     /// error), those from it on wait for the next replies, up to `next`.
     waiting: VecDeque<Waiting>,
@@ -130,8 +109,9 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     target: Target,
-    /// Held while the connection is made again, so that one caller makes it.
-    remaking: tokio::sync::Mutex<()>,
+    /// The task making the connection again, if one is; held while a caller waits for it,
+    /// so that one login runs at a time.
+    login: tokio::sync::Mutex<Option<JoinHandle<RedisResult<()>>>>,
 }
 
 /// A thread connection's own connection to Redis; see the module docs. Cloning shares it.
@@ -143,7 +123,7 @@ pub(crate) struct OwnConn {
 impl OwnConn {
     /// A connection to `target`, logged in.
     pub(crate) async fn connect(target: Target) -> RedisResult<Self> {
-        let io = log_in(&target).await?;
+        let io = login::log_in(&target).await?;
         Ok(Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -153,13 +133,14 @@ impl OwnConn {
                     input: vec![0; READ_CHUNK],
                     start: 0,
                     filled: 0,
+                    need: 0,
                     waiting: VecDeque::new(),
                     first: 0,
                     answered: 0,
                     next: 0,
                 }),
                 target,
-                remaking: tokio::sync::Mutex::new(()),
+                login: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -167,32 +148,47 @@ impl OwnConn {
     /// Sends the command `encode` writes (see [`crate::resp`]) and reads its reply; an error
     /// reply is a [`Value::ServerError`], as the client gives it.
     pub(crate) async fn call(&self, encode: impl Fn(&mut Vec<u8>)) -> RedisResult<Value> {
-        let first = self.send(1, &encode).await?;
+        let first = self.send(&encode).await?;
         Answer::new(&self.shared, first).await
     }
 
-    /// Writes `n` commands with `encode`, making the connection again first if it failed or
-    /// the server closed it while idle; the first command's id.
-    async fn send(&self, n: usize, encode: &impl Fn(&mut Vec<u8>)) -> RedisResult<u64> {
-        if let Some(first) = self.shared.lock().begin(n, encode) {
-            return Ok(first);
+    /// Writes the command `encode` writes, making the connection again first if it failed or
+    /// the server closed it while idle; the command's id.
+    async fn send(&self, encode: &impl Fn(&mut Vec<u8>)) -> RedisResult<u64> {
+        if let Some(id) = self.shared.lock().begin(encode) {
+            return Ok(id);
         }
         self.remake().await?;
         self.shared
             .lock()
-            .begin(n, encode)
+            .begin(encode)
             .ok_or_else(|| lost("it closed again as soon as it was made"))
     }
 
-    /// Makes the connection again, unless another caller just did.
+    /// Makes the connection again, unless another caller just did. The login runs in a task
+    /// of its own, on the caller's runtime (the serving thread's), which the caller waits for:
+    /// a caller whose budget ends mid-login leaves it running, and the next caller waits for
+    /// the same login instead of starting over.
     async fn remake(&self) -> RedisResult<()> {
-        let _one = self.shared.remaking.lock().await;
+        let mut login = self.shared.login.lock().await;
         if self.shared.lock().io.is_some() {
             return Ok(());
         }
-        let io = log_in(&self.shared.target).await?;
-        self.shared.lock().io = Some(io);
-        Ok(())
+        // A login that failed while nobody waited for it is not this caller's answer.
+        if login.as_ref().is_some_and(JoinHandle::is_finished) {
+            *login = None;
+        }
+        let task = login.get_or_insert_with(|| {
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                let io = login::log_in(&shared.target).await?;
+                shared.lock().io = Some(io);
+                Ok(())
+            })
+        });
+        let done = task.await;
+        *login = None;
+        done.unwrap_or_else(|err| Err(lost(&format!("its login stopped: {err}"))))
     }
 }
 
@@ -211,10 +207,19 @@ fn lost(why: &str) -> RedisError {
     ))
 }
 
+/// A client error: what this connection does not send.
+fn unsupported(what: &str) -> RedisError {
+    RedisError::from((
+        ErrorKind::Client,
+        "not sent on a serving thread's own Redis connection",
+        what.to_owned(),
+    ))
+}
+
 impl State {
-    /// Writes `n` commands with `encode` into the buffer and gives them places in the order;
+    /// Writes the command `encode` writes into the buffer and gives it a place in the order;
     /// `None` if the connection is down or the server closed it while it was idle.
-    fn begin(&mut self, n: usize, encode: impl FnOnce(&mut Vec<u8>)) -> Option<u64> {
+    fn begin(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Option<u64> {
         self.io.as_ref()?;
         if self.next - self.answered >= MAX_WAITING {
             self.close(
@@ -229,11 +234,18 @@ impl State {
                 return None;
             }
         }
-        encode(&mut self.out);
-        let first = self.next;
-        self.waiting.extend((0..n).map(|_| Waiting::default()));
-        self.next += n as u64;
-        Some(first)
+        // A panic while encoding takes back what was written of the command, so that no half
+        // command goes out ahead of the next one.
+        let mut partial = Partial {
+            mark: self.out.len(),
+            out: &mut self.out,
+        };
+        encode(&mut *partial.out);
+        partial.mark = usize::MAX;
+        let id = self.next;
+        self.waiting.push_back(Waiting::default());
+        self.next += 1;
+        Some(id)
     }
 
     /// With no call waiting, whether the server has closed the connection (or sent what
@@ -284,26 +296,44 @@ impl State {
                 Poll::Ready(Ok(0)) => return Err("the socket takes no more bytes".into()),
                 Poll::Ready(Ok(n)) => self.written += n,
                 Poll::Ready(Err(err)) => return Err(err.to_string()),
-                Poll::Pending => return Ok(()),
+                Poll::Pending => {
+                    // The server reads slowly: what was sent need not stay.
+                    if self.written >= KEEP_SENT {
+                        self.out.drain(..self.written);
+                        self.written = 0;
+                    }
+                    return Ok(());
+                }
             }
         }
         self.out.clear();
         self.written = 0;
+        if self.out.capacity() > KEEP_SENT {
+            self.out = Vec::new();
+        }
         Ok(())
     }
 
     fn read(&mut self, cx: &mut Context<'_>, me: u64) -> Result<(), String> {
         while self.answered < self.next {
-            match resp::parse(&self.input[self.start..self.filled]) {
-                Ok(Some((value, used))) => {
-                    self.start += used;
-                    self.deliver(Ok(value), me);
-                    continue;
+            let pending = &self.input[self.start..self.filled];
+            if pending.len() >= self.need {
+                match resp::parse_next(pending) {
+                    Ok(resp::Parsed::Done(value, used)) => {
+                        self.start += used;
+                        self.need = 0;
+                        self.deliver(Ok(value), me);
+                        continue;
+                    }
+                    Ok(resp::Parsed::Need(need)) => self.need = need,
+                    Err(err) => return Err(err.to_string()),
                 }
-                Ok(None) => {}
-                Err(err) => return Err(err.to_string()),
             }
             self.make_room();
+            if self.filled == self.input.len() {
+                // Not reached: a reply filling the largest buffer is refused by the parser.
+                return Err("a reply past the read buffer".into());
+            }
             let Some(io) = self.io.as_mut() else {
                 return Ok(());
             };
@@ -329,7 +359,8 @@ impl State {
     }
 
     /// Room after `filled` for the next read: moves a partial reply to the front, or grows
-    /// the buffer (a reply's size is bounded by the parser).
+    /// the buffer, to what the reply is known to need if that is more, and never past
+    /// [`resp::MAX_REPLY`] (the parser refuses a reply that fills that).
     fn make_room(&mut self) {
         if self.start == self.filled {
             self.start = 0;
@@ -343,7 +374,7 @@ impl State {
             self.filled -= self.start;
             self.start = 0;
         } else {
-            let size = self.input.len() * 2;
+            let size = (self.input.len() * 2).max(self.need).min(resp::MAX_REPLY);
             self.input.resize(size, 0);
         }
     }
@@ -371,6 +402,7 @@ impl State {
         self.written = 0;
         self.start = 0;
         self.filled = 0;
+        self.need = 0;
         while self.answered < self.next {
             self.deliver(Err(lost(why)), me.unwrap_or(u64::MAX));
         }
@@ -461,132 +493,29 @@ impl Drop for Answer<'_> {
 }
 
 impl redis::aio::ConnectionLike for OwnConn {
+    /// One command, one reply. A command sent without waiting for a reply
+    /// (`set_no_response`) is refused: its reply, if the server sends one, would be taken for
+    /// the next call's.
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        if cmd.is_no_response() {
+            return Box::pin(async { Err(unsupported("a command sent without its reply")) });
+        }
         Box::pin(self.call(move |out| cmd.write_packed_command(out)))
     }
 
+    /// Refused: nothing sends a pipeline on a thread connection, and how many replies one
+    /// gets (a transaction's `MULTI` and `EXEC`, commands ignored) is not its length.
     fn req_packed_commands<'a>(
         &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
+        _pipeline: &'a redis::Pipeline,
+        _offset: usize,
+        _count: usize,
     ) -> redis::RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let packed = pipeline.get_packed_pipeline();
-            let n = pipeline.len();
-            let first = self
-                .send(n, &|out: &mut Vec<u8>| out.extend_from_slice(&packed))
-                .await?;
-            // Every place is held by an answer at once, so that an early error drops the rest.
-            let answers: Vec<Answer<'_>> = (first..first + n as u64)
-                .map(|id| Answer::new(&self.shared, id))
-                .collect();
-            let mut replies = Vec::with_capacity(n);
-            for answer in answers {
-                replies.push(answer.await?);
-            }
-            Ok(replies.into_iter().skip(offset).take(count).collect())
-        })
+        Box::pin(async { Err(unsupported("a pipeline")) })
     }
 
     fn get_db(&self) -> i64 {
         self.shared.target.db
-    }
-}
-
-/// Connects to `target` and logs in (see the module docs), within its limit.
-async fn log_in(target: &Target) -> RedisResult<Box<dyn Io>> {
-    match tokio::time::timeout(target.limit, log_in_unbounded(target)).await {
-        Ok(io) => io,
-        Err(_) => Err(RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no Redis connection made within {:?}", target.limit),
-        ))),
-    }
-}
-
-async fn log_in_unbounded(target: &Target) -> RedisResult<Box<dyn Io>> {
-    let mut io: Box<dyn Io> = match &target.addr {
-        Addr::Tcp(host, port) => {
-            let socket = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-            // A command goes out whole, at once: Nagle's wait for the last segment's
-            // acknowledgement would only hold up the next call written while one is out.
-            socket.set_nodelay(true)?;
-            Box::new(socket)
-        }
-        Addr::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
-    };
-    if let Some(password) = &target.password {
-        let auth = |user: Option<&str>| {
-            let mut cmd = redis::cmd("AUTH");
-            cmd.arg(user).arg(password);
-            cmd
-        };
-        let answer = ask(&mut io, &auth(target.username.as_deref())).await?;
-        let answer = match &answer {
-            // A server before Redis 6 knows no usernames: the client tries again without.
-            Value::ServerError(err)
-                if target.username.is_some()
-                    && err
-                        .details()
-                        .is_some_and(|d| d.contains("wrong number of arguments for 'auth'")) =>
-            {
-                ask(&mut io, &auth(None)).await?
-            }
-            _ => answer,
-        };
-        if !matches!(answer, Value::Okay) {
-            // As the client words it (see `crate::login::refused`).
-            return Err(RedisError::from((
-                ErrorKind::AuthenticationFailed,
-                "Password authentication failed",
-            )));
-        }
-    }
-    if target.db != 0 {
-        let answer = ask(&mut io, redis::cmd("SELECT").arg(target.db)).await?;
-        if let Value::ServerError(err) = answer {
-            return Err(RedisError::from((
-                redis::ServerErrorKind::ResponseError.into(),
-                "Redis server refused to switch database",
-                err.details().unwrap_or_default().to_owned(),
-            )));
-        }
-    }
-    // A server that wants a password we were not given refuses this (`NOAUTH`).
-    if let Value::ServerError(err) = ask(&mut io, &redis::cmd("PING")).await? {
-        return Err(err.into());
-    }
-    Ok(io)
-}
-
-/// Sends `cmd` on a connection being set up and reads its one reply.
-async fn ask(io: &mut Box<dyn Io>, cmd: &redis::Cmd) -> RedisResult<Value> {
-    let packed = cmd.get_packed_command();
-    let mut written = 0;
-    while written < packed.len() {
-        let n = std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, &packed[written..]))
-            .await?;
-        if n == 0 {
-            return Err(lost("the socket takes no more bytes"));
-        }
-        written += n;
-    }
-    let mut input = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        match resp::parse(&input) {
-            Ok(Some((value, _))) => return Ok(value),
-            Ok(None) => {}
-            Err(err) => return Err(lost(&err.to_string())),
-        }
-        let mut buf = ReadBuf::new(&mut chunk);
-        std::future::poll_fn(|cx| Pin::new(&mut *io).poll_read(cx, &mut buf)).await?;
-        let n = buf.filled().len();
-        if n == 0 {
-            return Err(lost("the server closed it while it was being set up"));
-        }
-        input.extend_from_slice(&chunk[..n]);
     }
 }
 

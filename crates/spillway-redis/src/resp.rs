@@ -12,16 +12,25 @@
 //! caller tells `NOSCRIPT`, `BUSY` or `READONLY` apart exactly as it does on the shared
 //! connection). Anything else (a RESP3 type, which a RESP2 connection never gets, a malformed
 //! length, a missing `\r\n`) is an error, never a guess; so is a reply past [`MAX_REPLY`]
-//! bytes, refused as soon as its declared or buffered size passes the bound instead of
-//! being read into memory.
+//! bytes, refused as soon as its declared size or what of it has arrived reaches past the
+//! bound, instead of being read into memory; and so is a reply of more than [`MAX_VALUES`]
+//! values, which bounds what one reply (or one attempt at parsing one that has not all
+//! arrived) builds. [`parse_next`] says how many bytes a reply still being read needs at
+//! least, so that a large bulk string arriving in pieces is parsed once, when it is all in.
 
 use redis::Value;
 
 /// The largest reply read, in bytes. A check call answers 48 bytes per limit (six doubles)
 /// and a few per request: at most a few hundred KB even for the largest batches, so 16 MiB
-/// is far past any reply we expect and still bounds what a broken or hostile server can
-/// make a serving thread hold.
+/// is far past any reply we expect. It bounds the read buffer (which never grows past it) and
+/// the bytes of a reply's strings; [`MAX_VALUES`] bounds how many values a reply builds.
 pub(crate) const MAX_REPLY: usize = 16 << 20;
+
+/// The most values one reply may hold, counting every array and item. The largest reply we
+/// expect is a check's: a packed string and up to two undo strings per check
+/// (`MAX_CHECKS` is 256 a call), under a thousand; this bounds what a hostile server can make
+/// a parse build (an array of millions of 3-byte items, else) and how long it takes.
+pub(crate) const MAX_VALUES: usize = 64 * 1024;
 
 /// How deep arrays may nest (`ROLE` nests three levels; the check's reply two).
 const MAX_DEPTH: usize = 4;
@@ -102,17 +111,52 @@ fn decimal(digits: &mut [u8; 20], mut n: usize) -> usize {
     }
 }
 
+/// What [`parse_next`] found at the front of a buffer.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Parsed {
+    /// A whole reply and how many bytes it took.
+    Done(Value, usize),
+    /// Not all of the reply has arrived: it needs at least this many bytes (more than the
+    /// buffer holds).
+    Need(usize),
+}
+
 /// Reads one reply from the front of `buf`: the value and how many bytes it took, or `None`
 /// while the reply is not complete yet.
 pub(crate) fn parse(buf: &[u8]) -> Result<Option<(Value, usize)>, ReplyError> {
-    let mut at = 0;
-    match value(buf, &mut at, 0)? {
-        Some(value) => Ok(Some((value, at))),
-        None if buf.len() > MAX_REPLY => Err(bad(format!(
+    Ok(match parse_next(buf)? {
+        Parsed::Done(value, used) => Some((value, used)),
+        Parsed::Need(_) => None,
+    })
+}
+
+/// Reads one reply from the front of `buf`, or says how many bytes it needs at least.
+pub(crate) fn parse_next(buf: &[u8]) -> Result<Parsed, ReplyError> {
+    let mut reader = Reader {
+        buf,
+        at: 0,
+        values: MAX_VALUES,
+        need: buf.len() + 1,
+    };
+    match reader.value(0)? {
+        Some(value) => Ok(Parsed::Done(value, reader.at)),
+        // Not whole with `MAX_REPLY` bytes in, or known to need more: past the bound.
+        None if buf.len() >= MAX_REPLY || reader.need > MAX_REPLY => Err(bad(format!(
             "a reply longer than {MAX_REPLY} bytes is refused"
         ))),
-        None => Ok(None),
+        None => Ok(Parsed::Need(reader.need)),
     }
+}
+
+/// One reply being read from the front of `buf`.
+struct Reader<'a> {
+    buf: &'a [u8],
+    /// Where the next value starts.
+    at: usize,
+    /// How many more values the reply may hold.
+    values: usize,
+    /// The fewest bytes the reply needs, once it is found not to be whole.
+    need: usize,
 }
 
 /// The line starting at `*at` without its `\r\n`, moving `*at` past it; `None` if it has not
@@ -165,68 +209,81 @@ fn length(text: &[u8], per_item: usize) -> Result<Option<usize>, ReplyError> {
     }
 }
 
-fn value(buf: &[u8], at: &mut usize, depth: usize) -> Result<Option<Value>, ReplyError> {
-    let start = *at;
-    let Some(&kind) = buf.get(start) else {
-        return Ok(None);
-    };
-    *at += 1;
-    let Some(text) = line(buf, at)? else {
-        return Ok(None);
-    };
-    Ok(Some(match kind {
-        b'+' if text == b"OK" => Value::Okay,
-        b'+' => Value::SimpleString(
-            String::from_utf8(text.to_vec()).map_err(|_| bad("a simple string not in UTF-8"))?,
-        ),
-        b'-' => {
-            // The client's own reading of an error, so that its code is what the shared
-            // connection's callers see.
-            match redis::parse_redis_value(&buf[start..*at]) {
-                Ok(err @ Value::ServerError(_)) => err,
-                Ok(other) => return Err(bad(format!("an error read as {other:?}"))),
-                Err(err) => return Err(bad(format!("an unreadable error line ({err})"))),
-            }
+impl Reader<'_> {
+    fn value(&mut self, depth: usize) -> Result<Option<Value>, ReplyError> {
+        let buf = self.buf;
+        let start = self.at;
+        let Some(&kind) = buf.get(start) else {
+            return Ok(None);
+        };
+        if self.values == 0 {
+            return Err(bad(format!("a reply of more than {MAX_VALUES} values")));
         }
-        b':' => Value::Int(integer(text)?),
-        b'$' => match length(text, 1)? {
-            None => Value::Nil,
-            Some(n) => {
-                let Some(body) = buf.get(*at..*at + n + 2) else {
-                    return Ok(None);
-                };
-                if &body[n..] != b"\r\n" {
-                    return Err(bad("a bulk string longer than its length"));
+        self.values -= 1;
+        self.at += 1;
+        let Some(text) = line(buf, &mut self.at)? else {
+            return Ok(None);
+        };
+        Ok(Some(match kind {
+            b'+' if text == b"OK" => Value::Okay,
+            b'+' => Value::SimpleString(
+                String::from_utf8(text.to_vec())
+                    .map_err(|_| bad("a simple string not in UTF-8"))?,
+            ),
+            b'-' => {
+                // The client's own reading of an error, so that its code is what the shared
+                // connection's callers see.
+                match redis::parse_redis_value(&buf[start..self.at]) {
+                    Ok(err @ Value::ServerError(_)) => err,
+                    Ok(other) => return Err(bad(format!("an error read as {other:?}"))),
+                    Err(err) => return Err(bad(format!("an unreadable error line ({err})"))),
                 }
-                *at += n + 2;
-                Value::BulkString(body[..n].to_vec())
             }
-        },
-        b'*' => match length(text, 3)? {
-            None => Value::Nil,
-            Some(n) => {
-                if depth == MAX_DEPTH {
-                    return Err(bad(format!("arrays nested past {MAX_DEPTH} levels")));
-                }
-                // Each item takes at least 3 bytes: room for what has arrived, not for what
-                // the length claims.
-                let mut items = Vec::with_capacity(n.min((buf.len() - *at) / 3 + 1));
-                for _ in 0..n {
-                    match value(buf, at, depth + 1)? {
-                        Some(item) => items.push(item),
-                        None => return Ok(None),
+            b':' => Value::Int(integer(text)?),
+            b'$' => match length(text, 1)? {
+                None => Value::Nil,
+                Some(n) => {
+                    let end = self.at + n + 2;
+                    let Some(body) = buf.get(self.at..end) else {
+                        self.need = end;
+                        return Ok(None);
+                    };
+                    if &body[n..] != b"\r\n" {
+                        return Err(bad("a bulk string longer than its length"));
                     }
+                    self.at = end;
+                    Value::BulkString(body[..n].to_vec())
                 }
-                Value::Array(items)
+            },
+            b'*' => match length(text, 3)? {
+                None => Value::Nil,
+                Some(n) => {
+                    if depth == MAX_DEPTH {
+                        return Err(bad(format!("arrays nested past {MAX_DEPTH} levels")));
+                    }
+                    if n > self.values {
+                        return Err(bad(format!("a reply of more than {MAX_VALUES} values")));
+                    }
+                    // Each item takes at least 3 bytes: room for what has arrived, not for
+                    // what the length claims.
+                    let mut items = Vec::with_capacity(n.min((buf.len() - self.at) / 3 + 1));
+                    for _ in 0..n {
+                        match self.value(depth + 1)? {
+                            Some(item) => items.push(item),
+                            None => return Ok(None),
+                        }
+                    }
+                    Value::Array(items)
+                }
+            },
+            other => {
+                return Err(bad(format!(
+                    "a reply of type {:?}, which a RESP2 connection does not get",
+                    char::from(other)
+                )))
             }
-        },
-        other => {
-            return Err(bad(format!(
-                "a reply of type {:?}, which a RESP2 connection does not get",
-                char::from(other)
-            )))
-        }
-    }))
+        }))
+    }
 }
 
 #[cfg(test)]

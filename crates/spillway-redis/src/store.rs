@@ -211,14 +211,9 @@ impl RedisStore {
     async fn ping_within(&self, limit: Duration) -> Result<(), StoreError> {
         let pong: String = self
             .runner
-            .call_within(limit, |conn| async move {
-                let cmd = redis::cmd("PING");
-                match conn {
-                    Conn::Server(mut c) => cmd.query_async(&mut c).await,
-                    Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
-                    Conn::Sentinel(mut c) => cmd.query_async(&mut c).await,
-                    Conn::Own(mut c) => cmd.query_async(&mut c).await,
-                }
+            .call_within(limit, |mut conn| async move {
+                let pong = conn.query(&redis::cmd("PING")).await?;
+                Ok(redis::from_redis_value::<String>(pong)?)
             })
             .await?;
         if pong == "PONG" {

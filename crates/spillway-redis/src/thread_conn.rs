@@ -395,7 +395,9 @@ async fn run_server(
                 Some(target) => OwnConn::connect(target.clone())
                     .await
                     .map(Conn::Own)
-                    .map_err(|err| refusal.explain(err, "Redis server", &addr_of(&connect.url))),
+                    .map_err(|err| {
+                        refusal.explain(err, "Redis server", &crate::login::address(&connect.url))
+                    }),
                 None => refusal
                     .connect_server(&connect.url, connect.settings.clone())
                     .await
@@ -470,15 +472,6 @@ async fn answers(conn: &Conn, limit: Duration) {
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MAX);
     }
-}
-
-/// `host:port` of `url`, for a refused login's message (never the password).
-fn addr_of(url: &str) -> String {
-    use redis::IntoConnectionInfo;
-    url.into_connection_info().map_or_else(
-        |_| crate::config::mask_text(url),
-        |info| info.addr().to_string(),
-    )
 }
 
 /// A thread connection counted in [`THREAD_CONNS`] while it is up, however its task ends (its store

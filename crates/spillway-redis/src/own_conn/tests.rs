@@ -4,6 +4,7 @@
 use super::*;
 use crate::login;
 use spillway_testkit::redis::{command, command_as, RedisServer};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(2);
@@ -75,23 +76,245 @@ async fn a_killed_connection_is_made_again_on_the_next_call() {
     let before = client_id(&conn).await;
     let killed = command(server.port(), &format!("CLIENT KILL ID {before}"));
     assert_eq!(killed.as_deref().map(str::trim), Some(":1"));
-    // Idle when it was killed: the next call sees it closed before writing, and goes out on
-    // a new connection instead of failing.
-    let mut after = None;
-    for _ in 0..50 {
-        match run(&conn, &["CLIENT", "ID"]).await {
-            Ok(Value::Int(id)) => {
-                after = Some(id);
-                break;
-            }
-            // The close may not have been seen yet when the command went out.
-            Err(err) if err.is_io_error() || err.is_connection_dropped() => {}
-            other => panic!("{other:?}"),
-        }
+    // Once the server has let it go (and the runtime has turned, so that the close reached
+    // the socket), the next call sees it closed before writing and goes out on a new
+    // connection instead of failing.
+    let gone = format!("id={before} ");
+    for _ in 0..100 {
+        let list = command(server.port(), "CLIENT LIST").expect("client list");
         tokio::time::sleep(Duration::from_millis(10)).await;
+        if !list.contains(&gone) {
+            break;
+        }
     }
-    let after = after.expect("made again");
+    let after = client_id(&conn).await;
     assert_ne!(after, before);
+}
+
+#[tokio::test]
+async fn pipelines_and_commands_without_a_reply_are_refused() {
+    let server = RedisServer::start();
+    let mut conn = connect(&server.url()).await.expect("connects");
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("SET").arg("k").arg(1).cmd("GET").arg("k");
+    let err = redis::aio::ConnectionLike::req_packed_commands(&mut conn, &pipe, 3, 2)
+        .await
+        .expect_err("a pipeline is refused");
+    assert_eq!(err.kind(), ErrorKind::Client, "{err}");
+    let mut quiet = redis::cmd("SET");
+    quiet.arg("k").arg(2).set_no_response(true);
+    let err = redis::aio::ConnectionLike::req_packed_command(&mut conn, &quiet)
+        .await
+        .expect_err("a command without its reply is refused");
+    assert_eq!(err.kind(), ErrorKind::Client, "{err}");
+    // Nothing went out: the next call's reply is its own, and nothing was set.
+    assert_eq!(
+        run(&conn, &["GET", "k"]).await.expect("answered"),
+        Value::Nil
+    );
+}
+
+/// A proxy to the server at `port` that holds each new connection's first bytes (its login)
+/// for `delay` before passing them on, and passes the rest straight through.
+async fn delaying_proxy(port: u16, delay: Duration) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let url = format!("redis://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                else {
+                    return;
+                };
+                let mut first = vec![0u8; 4096];
+                let n = match client.read(&mut first).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                tokio::time::sleep(delay).await;
+                if server.write_all(&first[..n]).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_login_slower_than_the_calls_budget_still_completes() {
+    let server = RedisServer::start();
+    let url = delaying_proxy(server.port(), Duration::from_millis(300)).await;
+    let conn = connect(&url).await.expect("connects");
+    // The connection is lost while idle: the next call logs in again, through the proxy's
+    // 300 ms, and each caller gives up after 50 ms.
+    conn.shared.lock().close("the test closed it", None);
+    let budget = Duration::from_millis(50);
+    for _ in 0..2 {
+        assert!(tokio::time::timeout(budget, run(&conn, &["PING"]))
+            .await
+            .is_err());
+    }
+    // The login went on without a caller waiting for it: a call after it is served within
+    // the budget (a login started over would take the proxy's 300 ms again).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reply = tokio::time::timeout(budget, run(&conn, &["ECHO", "later"]))
+        .await
+        .expect("served within the budget");
+    assert_eq!(
+        reply.expect("answered"),
+        Value::BulkString(b"later".to_vec())
+    );
+}
+
+#[tokio::test]
+async fn a_server_at_maxclients_is_an_outage_not_a_refused_login() {
+    for (extra, url) in [
+        (vec![], "redis://127.0.0.1:{port}"),
+        (
+            vec!["--requirepass", "pw-Mx2"],
+            "redis://:pw-Mx2@127.0.0.1:{port}/2",
+        ),
+    ] {
+        let server = RedisServer::start_with(&extra);
+        let port = server.port();
+        let url = url.replace("{port}", &port.to_string());
+        let password = extra.get(1).copied();
+        let set = command_as(port, password, "CONFIG SET maxclients 1");
+        assert_eq!(set.as_deref().map(str::trim), Some("+OK"));
+        let held = connect(&url).await.expect("the one client allowed");
+        let Err(err) = connect(&url).await else {
+            panic!("{url}: a client past maxclients connected")
+        };
+        assert!(!login::refused(&err), "{url}: read as a refusal: {err}");
+        assert!(err.is_io_error(), "{url}: {err}");
+        drop(held);
+    }
+}
+
+#[tokio::test]
+async fn a_caller_leaving_hands_the_socket_to_the_next_waiting_call() {
+    let server = RedisServer::start();
+    let conn = connect(&server.url()).await.expect("connects");
+    let started = tokio::time::Instant::now();
+    let slow = tokio::spawn({
+        let conn = conn.clone();
+        async move { run(&conn, &["BLPOP", "nothing-here", "0.2"]).await }
+    });
+    // Let it write and wait for its reply, then a second call polls the socket last and
+    // gives up before either reply comes.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let quick = tokio::spawn({
+        let conn = conn.clone();
+        async move { tokio::time::timeout(Duration::from_millis(50), run(&conn, &["ECHO", "x"])).await }
+    });
+    assert!(quick.await.expect("no panic").is_err(), "gave up");
+    // Only the call that gave up was registered with the socket: the first must have been
+    // woken to read its own reply.
+    let reply = tokio::time::timeout(Duration::from_secs(2), slow)
+        .await
+        .expect("the first call was woken")
+        .expect("no panic");
+    assert_eq!(reply.expect("answered"), Value::Nil);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn calls_giving_up_at_random_never_get_anothers_reply() {
+    let server = RedisServer::start();
+    let conn = connect(&server.url()).await.expect("connects");
+    let mut seed = 0x2545_f491_u64;
+    let tasks: Vec<_> = (0..400)
+        .map(|i| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let wait = Duration::from_micros((seed >> 33) % 3000);
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let mine = format!("echo-{i}");
+                let reply = tokio::time::timeout(wait, run(&conn, &["ECHO", &mine])).await;
+                (mine, reply)
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for task in tasks {
+        let (mine, reply) = task.await.expect("no panic");
+        if let Ok(reply) = reply {
+            assert_eq!(
+                reply.expect("answered"),
+                Value::BulkString(mine.into_bytes())
+            );
+            answered += 1;
+        }
+    }
+    assert!(answered > 0, "some calls were answered in time");
+    assert_eq!(
+        run(&conn, &["ECHO", "last"]).await.expect("answered"),
+        Value::BulkString(b"last".to_vec())
+    );
+}
+
+#[tokio::test]
+async fn concurrent_large_commands_are_written_whole() {
+    let server = RedisServer::start();
+    let conn = connect(&server.url()).await.expect("connects");
+    let tasks: Vec<_> = (0..4u8)
+        .map(|i| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                // 4 MB: more than a socket takes at once, so each goes out in pieces.
+                let big = vec![b'a' + i; 4 << 20];
+                let big = String::from_utf8(big).expect("ascii");
+                let reply = run(&conn, &["ECHO", &big]).await;
+                (big, reply)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (big, reply) = task.await.expect("no panic");
+        assert_eq!(
+            reply.expect("answered"),
+            Value::BulkString(big.into_bytes())
+        );
+    }
+    // Once all is sent the write buffer lets go of its room.
+    assert!(conn.shared.lock().out.capacity() <= KEEP_SENT);
+}
+
+#[test]
+fn a_panic_while_encoding_leaves_no_half_command() {
+    let (ours, _theirs) = tokio::io::duplex(64);
+    let mut state = State {
+        io: Some(Box::new(ours)),
+        out: b"*1\r\n$4\r\nPING\r\n".to_vec(),
+        written: 0,
+        input: vec![0; READ_CHUNK],
+        start: 0,
+        filled: 0,
+        need: 0,
+        waiting: VecDeque::new(),
+        first: 0,
+        answered: 0,
+        next: 1,
+    };
+    state.waiting.push_back(Waiting::default());
+    let before = state.out.clone();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        state.begin(|out| {
+            out.extend_from_slice(b"*2\r\n$4\r\nECHO\r\n");
+            panic!("an encoder bug");
+        })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(state.out, before);
+    assert_eq!(state.next, 1, "no place taken");
 }
 
 #[tokio::test]

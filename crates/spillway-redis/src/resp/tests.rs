@@ -19,20 +19,9 @@ fn theirs(args: &[&[u8]]) -> Vec<u8> {
     cmd.get_packed_command()
 }
 
+/// (A whole `FCALL` is checked against the client's in `functions.rs`.)
 #[test]
-fn an_fcall_is_encoded_as_the_client_encodes_it() {
-    let name = crate::script::library().check.as_bytes();
-    let packed = [0u8, 1, 2, 255, b'\r', b'\n'];
-    let mut out = Vec::new();
-    Head::new(&[b"FCALL", name]).start(&mut out, 1 + 2 + 2);
-    put_number_arg(&mut out, 2);
-    for arg in [&b"{t}:a"[..], b"{t}:b", b"", &packed] {
-        put_arg(&mut out, arg);
-    }
-    assert_eq!(
-        out,
-        theirs(&[b"FCALL", name, b"2", b"{t}:a", b"{t}:b", b"", &packed])
-    );
+fn numbers_are_encoded_as_the_client_encodes_them() {
     for n in [0, 9, 10, 99, 100, 12_345, usize::MAX] {
         let mut out = Vec::new();
         put_number_arg(&mut out, n);
@@ -183,4 +172,57 @@ fn server_errors_keep_their_code() {
         panic!("{value:?}")
     };
     assert_eq!(redis::RedisError::from(err).code(), Some("READONLY"));
+}
+
+#[test]
+fn a_reply_not_whole_at_the_bound_is_refused() {
+    // Exactly MAX_REPLY bytes in and the reply not whole: it is longer than the bound.
+    let mut at_bound = b"*3\r\n+".to_vec();
+    at_bound.resize(MAX_REPLY, b'a');
+    assert!(parse(&at_bound).is_err());
+    // A bulk string within the bound on its own, past it with what comes before it.
+    let past = format!("*2\r\n:1\r\n${}\r\nab", MAX_REPLY - 4);
+    assert!(parse(past.as_bytes()).is_err());
+    // A reply of exactly MAX_REPLY bytes is read.
+    let header = format!("${}\r\n", MAX_REPLY - 13);
+    let mut whole = header.into_bytes();
+    whole.resize(MAX_REPLY - 2, b'x');
+    whole.extend_from_slice(b"\r\n");
+    assert_eq!(whole.len(), MAX_REPLY);
+    assert!(matches!(parse(&whole), Ok(Some((Value::BulkString(_), n))) if n == MAX_REPLY));
+}
+
+#[test]
+fn a_reply_of_too_many_values_is_refused() {
+    let array = |n: usize| {
+        let mut bytes = format!("*{n}\r\n").into_bytes();
+        for _ in 0..n {
+            bytes.extend_from_slice(b":1\r\n");
+        }
+        bytes
+    };
+    // The array counts as one value.
+    assert!(matches!(parse(&array(MAX_VALUES - 1)), Ok(Some(_))));
+    assert!(parse(&array(MAX_VALUES)).is_err());
+    // Refused on its header, before any item is built.
+    assert!(parse(format!("*{}\r\n", MAX_VALUES + 1).as_bytes()).is_err());
+    // Nested arrays count every item.
+    let mut nested = b"*2\r\n".to_vec();
+    for _ in 0..2 {
+        let mut inner = array(MAX_VALUES / 2);
+        nested.append(&mut inner);
+    }
+    assert!(parse(&nested).is_err());
+    // Not whole yet and already past the budget: refused, not waited for.
+    assert!(parse(&nested[..nested.len() - 100]).is_err());
+}
+
+#[test]
+fn a_reply_in_pieces_says_how_many_bytes_it_needs() {
+    assert_eq!(parse_next(b"$100\r\nabc"), Ok(Parsed::Need(108)));
+    // Nested: counted from the front of the buffer.
+    assert_eq!(parse_next(b"*2\r\n:1\r\n$10\r\nab"), Ok(Parsed::Need(25)));
+    // A line not ended yet: at least one more byte.
+    assert_eq!(parse_next(b"*2\r\n:1"), Ok(Parsed::Need(7)));
+    assert_eq!(parse_next(b""), Ok(Parsed::Need(1)));
 }
