@@ -120,14 +120,14 @@ impl RegionNode {
         let stores = (0..regions.names().len())
             .map(|r| {
                 (r != own).then(|| {
-                    let lazy: Arc<dyn Store> = Arc::new(Remote {
+                    let lazy: Arc<dyn Store> = Arc::new(Remote(Arc::new(Link {
                         name: regions.names()[r].clone(),
                         config: regions.store(r).clone(),
                         refusal: Default::default(),
                         budget,
                         clock: clock.clone(),
                         store: tokio::sync::OnceCell::new(),
-                    });
+                    })));
                     // Its own breaker: a far region that fails must not stop the near one.
                     let settings = FailureSettings { budget, ..*failure };
                     Failover::for_region(settings, clock.clone()).guard(lazy, true)
@@ -194,7 +194,10 @@ impl RegionNode {
 /// connects). The guard around it cuts every call at the home budget. A store that refuses
 /// the login (a setting to fix) is logged as an error once; every call it fails stays
 /// counted (`spillway_region_home_calls_total`, outcome `failed`).
-struct Remote {
+struct Remote(Arc<Link>);
+
+/// What a [`Remote`] connects with, shared with the task connecting it.
+struct Link {
     name: Arc<str>,
     config: StoreConfig,
     /// Whether a refused login was logged.
@@ -204,37 +207,72 @@ struct Remote {
     store: tokio::sync::OnceCell<Arc<dyn Store>>,
 }
 
+/// How long a task connecting a far region's store (or waiting for another one's attempt)
+/// keeps at it: many calls' budgets, so a far link's round trips fit, and bounded, so a link
+/// that swallows packets holds a few tasks at most (the breaker lets one call through per
+/// cooldown).
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+
 impl Remote {
+    /// The connected store. Connecting takes several round trips (the connection, the
+    /// library's load, the module's probe), which on a far link can be more than one call's
+    /// budget; it runs in a task of its own, so a call cut at the budget leaves it running and
+    /// a later call finds the store connected instead of starting over.
     async fn store(&self) -> Result<&Arc<dyn Store>, StoreError> {
-        self.store
-            .get_or_try_init(|| async {
-                // Regions run on `redis` and `redis_cluster` stores, whose URLs carry logins.
-                let no_sentinel = spillway_redis::SentinelAuth::default();
-                let (config, clock) = (&self.config, self.clock.clone());
-                let owner = format!("region {}", self.name);
-                let hint = crate::store::login_hints::region(&self.name);
-                let login = crate::store::Login {
-                    sentinel: &no_sentinel,
-                    owner: &owner,
-                    hint: &hint,
-                    // Connected again on each call until it answers.
-                    ask_seeds: self.refusal.ask_seeds(),
-                };
-                let built = crate::store::build(config, login, 1, clock, self.budget, false).await;
-                built.map_err(|e| {
-                    // `build` tells a refused login as a setting error, naming the region's
-                    // server.
-                    let refused = e.chain().any(|cause| cause.is::<SettingsError>());
-                    if refused && self.refusal.first() {
-                        tracing::error!(
-                            region = %self.name,
-                            "{e:#}; calls to it fail until it accepts the login (told once)"
-                        );
-                    }
-                    StoreError::Unavailable(format!("{e:#}"))
-                })
-            })
-            .await
+        if let Some(store) = self.0.store.get() {
+            return Ok(store);
+        }
+        let link = self.0.clone();
+        let attempt = tokio::spawn(async move {
+            let made = tokio::time::timeout(
+                CONNECT_WITHIN,
+                link.store.get_or_try_init(|| link.connect()),
+            );
+            match made.await {
+                Ok(made) => made.map(drop),
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "region {}'s store did not connect within {CONNECT_WITHIN:?}",
+                    link.name
+                ))),
+            }
+        });
+        match attempt.await {
+            Ok(Ok(())) => Ok(self.0.store.get().expect("the attempt set the store")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(StoreError::Unavailable(format!(
+                "connecting to region {}'s store failed: {e}",
+                self.0.name
+            ))),
+        }
+    }
+}
+
+impl Link {
+    async fn connect(&self) -> Result<Arc<dyn Store>, StoreError> {
+        // Regions run on `redis` and `redis_cluster` stores, whose URLs carry logins.
+        let no_sentinel = spillway_redis::SentinelAuth::default();
+        let (config, clock) = (&self.config, self.clock.clone());
+        let owner = format!("region {}", self.name);
+        let hint = crate::store::login_hints::region(&self.name);
+        let login = crate::store::Login {
+            sentinel: &no_sentinel,
+            owner: &owner,
+            hint: &hint,
+            // Connected again on each call until it answers.
+            ask_seeds: self.refusal.ask_seeds(),
+        };
+        let built = crate::store::build(config, login, 1, clock, self.budget, false).await;
+        built.map_err(|e| {
+            // `build` tells a refused login as a setting error, naming the region's server.
+            let refused = e.chain().any(|cause| cause.is::<SettingsError>());
+            if refused && self.refusal.first() {
+                tracing::error!(
+                    region = %self.name,
+                    "{e:#}; calls to it fail until it accepts the login (told once)"
+                );
+            }
+            StoreError::Unavailable(format!("{e:#}"))
+        })
     }
 }
 
@@ -249,22 +287,23 @@ impl Store for Remote {
     }
 
     fn local_answer(&self, checks: &[Check<'_>]) -> Option<Vec<Decision>> {
-        self.store.get()?.local_answer(checks)
+        self.0.store.get()?.local_answer(checks)
     }
 
     // A far region's cluster gets a breaker per master too (before it connects: one).
     fn domains(&self, checks: &[Check<'_>]) -> Domains {
-        self.store
+        self.0
+            .store
             .get()
             .map_or(Domains::WHOLE, |s| s.domains(checks))
     }
 
     fn domain_generation(&self) -> u64 {
-        self.store.get().map_or(0, |s| s.domain_generation())
+        self.0.store.get().map_or(0, |s| s.domain_generation())
     }
 
     fn domain_name(&self, index: usize) -> Option<String> {
-        self.store.get()?.domain_name(index)
+        self.0.store.get()?.domain_name(index)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -280,7 +319,7 @@ impl Store for Remote {
     }
 
     fn sweep(&self) -> u64 {
-        self.store.get().map_or(0, |s| s.sweep())
+        self.0.store.get().map_or(0, |s| s.sweep())
     }
 }
 
@@ -296,14 +335,14 @@ mod tests {
 
     /// The far region `eu` on `config`, called with a one-second budget.
     fn far_region_eu(config: spillway_core::policy::StoreConfig) -> Remote {
-        Remote {
+        Remote(Arc::new(Link {
             name: "eu".into(),
             config,
             refusal: Default::default(),
             budget: Duration::from_secs(1),
             clock: ServerClock::manual(1_000).shared(),
             store: tokio::sync::OnceCell::new(),
-        }
+        }))
     }
 
     #[test]
