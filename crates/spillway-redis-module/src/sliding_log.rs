@@ -17,7 +17,7 @@ struct Entry {
 }
 
 fn bad_entry() -> RedisError {
-    RedisError::Str("spillway.check: a sliding log entry is not <end>:<n>")
+    RedisError::Str("ERR spillway.check: a sliding log entry is not <end>:<n>")
 }
 
 /// An entry from its member and score (Lua `log_entry`).

@@ -90,11 +90,28 @@ fn numbers(rng: &mut Rng, code: u64) -> [f64; 3] {
             (1 + rng.below(small)) as f64
         }
     };
+    // Now and then a quota of exactly 2^53, the largest validation allows.
+    let top = |rng: &mut Rng, usual: f64| {
+        if rng.below(25) == 0 {
+            TOP
+        } else {
+            usual
+        }
+    };
     match code {
-        1 | 2 | 6 => [pick(1000), pick(10_000_000), pick(50)],
-        _ => [pick(50) - 1.0, pick(100_000_000), 0.0],
+        1 | 2 | 6 => {
+            let p = [pick(1000), pick(10_000_000), pick(50)];
+            [p[0], p[1], top(rng, p[2])]
+        }
+        _ => {
+            let p = [pick(50) - 1.0, pick(100_000_000), 0.0];
+            [top(rng, p[0]), p[1], p[2]]
+        }
     }
 }
+
+/// 2^53: the largest quota validation allows; the store sends a cost past it as 2^53 + 2.
+const TOP: f64 = 9_007_199_254_740_992.0;
 
 /// PTTLs of the two sides, taken at slightly different moments, agree within this (ms).
 const TTL_SLACK: i64 = 200;
@@ -234,7 +251,12 @@ async fn module_and_lua_agree_byte_for_byte_and_read_each_others_keys() {
                     p[0]
                 };
                 let cost = if rng.below(10) == 0 {
-                    quota + 1.0
+                    // The store's cost past the quota (`over_quota`): 2^53 + 1 is no double.
+                    if quota >= TOP {
+                        TOP + 2.0
+                    } else {
+                        quota + 1.0
+                    }
                 } else {
                     rng.below(1 + (quota as u64).min(20)) as f64
                 };
@@ -398,6 +420,38 @@ async fn a_store_sends_checks_to_the_module_when_the_server_has_it() {
     }
     assert!(calls(server.port(), "spillway.check") >= 2);
     assert_eq!(calls(server.port(), "fcall"), 0, "no check went to Lua");
+}
+
+#[tokio::test]
+async fn the_module_answers_the_digest_of_this_versions_lua_code() {
+    // The store takes a module only when this digest is its library's (the comparison itself
+    // is a unit test of `module.rs`); the module bakes it in from `lua/` at build time.
+    let server = with_module(&[]);
+    let reply = command(server.port(), "SPILLWAY.VERSION").unwrap_or_default();
+    let digest = &spillway_redis::script::library().digest;
+    assert_eq!(reply, format!("${}\r\n{digest}\r\n", digest.len()));
+}
+
+#[tokio::test]
+async fn a_store_falls_back_to_lua_when_an_acl_forbids_the_module() {
+    let server = with_module(&[]);
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    clock.set(T0);
+    let (k, p) = (key("l", &["acl"]), window(3));
+    let d = store
+        .check(&[check(&k, &p, 1)], CheckMode::Consume)
+        .await
+        .unwrap();
+    assert_eq!(d[0].remaining, 2);
+    assert_eq!(calls(server.port(), "spillway.check"), 1);
+    let set = command(server.port(), "ACL SETUSER default -spillway.check").unwrap_or_default();
+    assert!(set.starts_with("+OK"), "{set}");
+    let d = store
+        .check(&[check(&k, &p, 1)], CheckMode::Consume)
+        .await
+        .expect("the check falls back to Lua within the call");
+    assert_eq!(d[0].remaining, 1, "Lua read the module's state");
+    assert!(calls(server.port(), "fcall") >= 1);
 }
 
 #[tokio::test]
