@@ -176,6 +176,9 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             let raw = if limit.code == 5 {
                 None
             } else {
+                // Read through the key API (RM_StringDMA), which turns a small (embstr) value
+                // into a raw one in place on each read; that cost is inside the figures of
+                // docs/BENCHMARKS.md.
                 let open = ctx.open_key(key);
                 open.read().ok().flatten().map(<[u8]>::to_vec)
             };
@@ -185,14 +188,14 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             let (six, p): (Six, Pending) = if chg {
                 let w = algorithms::charge(limit.code, limit.p, raw, now, limit.cost)
                     .ok_or_else(|| refuse("no charge for this algorithm".into()))?;
-                let six = admit(limit, Some(&w.state), now)?;
+                let six = string_admit(limit, Some(&w.state), now)?;
                 (six, Pending::State(w))
             } else if (charge && !fresh) || limit.flags >= ADMIT {
                 charged = 0.0;
                 let six = if limit.code == 5 {
                     log_admit(&r, limit, key.as_slice(), now)?
                 } else {
-                    admit(limit, raw, now)?
+                    string_admit(limit, raw, now)?
                 };
                 (six, Pending::None)
             } else if limit.code == 5 {
@@ -306,13 +309,8 @@ fn put(
 }
 
 /// A metered limit's admission (Lua `admit`): the zero-cost look when it leaves a unit, else
-/// the cost-1 denial.
-fn admit(limit: &Limit, raw: Option<&[u8]>, now: f64) -> Result<Six, RedisError> {
-    let eval = |cost| {
-        algorithms::evaluate(limit.code, limit.p, raw, now, cost)
-            .map(|(six, _)| six)
-            .ok_or_else(|| refuse("unknown algorithm".into()))
-    };
+/// the cost-1 denial; `eval` evaluates the limit at a cost.
+fn admit(eval: impl Fn(f64) -> Result<Six, RedisError>) -> Result<Six, RedisError> {
     let six = eval(0.0)?;
     if six[0] != 1.0 || six[2] < 1.0 {
         return eval(1.0);
@@ -320,15 +318,20 @@ fn admit(limit: &Limit, raw: Option<&[u8]>, now: f64) -> Result<Six, RedisError>
     Ok(six)
 }
 
+/// [`admit`] for a string-state limit whose stored state is `raw`.
+fn string_admit(limit: &Limit, raw: Option<&[u8]>, now: f64) -> Result<Six, RedisError> {
+    admit(|cost| {
+        algorithms::evaluate(limit.code, limit.p, raw, now, cost)
+            .map(|(six, _)| six)
+            .ok_or_else(|| refuse("unknown algorithm".into()))
+    })
+}
+
 /// [`admit`] for the sliding log, which reads its own key.
 fn log_admit(r: &Redis, limit: &Limit, key: &[u8], now: f64) -> Result<Six, RedisError> {
-    let eval =
-        |cost| sliding_log::evaluate(r, limit.p[0], limit.p[1], key, now, cost).map(|(six, _)| six);
-    let six = eval(0.0)?;
-    if six[0] != 1.0 || six[2] < 1.0 {
-        return eval(1.0);
-    }
-    Ok(six)
+    admit(|cost| {
+        sliding_log::evaluate(r, limit.p[0], limit.p[1], key, now, cost).map(|(six, _)| six)
+    })
 }
 
 #[cfg(test)]

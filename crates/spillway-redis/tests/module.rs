@@ -309,6 +309,100 @@ async fn module_and_lua_agree_byte_for_byte_and_read_each_others_keys() {
 /// Random bytes as the requests (and random times and key counts), and well-formed requests of
 /// random doubles (NaN, infinities, negatives, fractions, 2^64): every call is answered with a
 /// reply or a clear error, and the server lives on.
+/// A key's type, contents and absolute expiry (`PEXPIRETIME`, which a replica holds exactly
+/// as its master).
+async fn replicated(conn: &mut MultiplexedConnection, key: &str) -> (String, Value, i64) {
+    let (kind, contents, _) = snapshot(conn, key).await;
+    let at: i64 = redis::cmd("PEXPIRETIME")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap();
+    (kind, contents, at)
+}
+
+/// Random calls on a master with a replica, both with the module, mostly at the server's own
+/// clock (`now` = ""): the replica receives the effects (never the command, which it would run
+/// at its own time), so every key's value, members and expiry are the master's exactly.
+#[tokio::test]
+async fn a_replica_holds_exactly_what_the_module_wrote_on_its_master() {
+    let master = with_module(&[]);
+    let master_port = master.port().to_string();
+    let replica = with_module(&["--replicaof", "127.0.0.1", &master_port]);
+    #[allow(clippy::disallowed_methods)] // a deadline for the link to come up, not limit time
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !command(replica.port(), "INFO replication")
+        .unwrap_or_default()
+        .contains("master_link_status:up")
+    {
+        #[allow(clippy::disallowed_methods)]
+        let late = std::time::Instant::now() > deadline;
+        assert!(!late, "the replica never linked to its master");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut conn = connect(&master).await;
+    let mut rng = Rng::new(20_261_204);
+    const KEYS: u64 = 6;
+    let usual: Vec<(u64, [f64; 3])> = (0..KEYS)
+        .map(|i| {
+            let code = 1 + i % 6;
+            (code, numbers(&mut rng, code))
+        })
+        .collect();
+    let mut names = std::collections::BTreeSet::new();
+    let mut served = 0;
+    for step in 0..400 {
+        let mut numbers_in_call = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        for _ in 0..1 + rng.below(3) {
+            let flags = [1.0, 1.0, 3.0, 4.0, 12.0][rng.below(5) as usize];
+            let n = 1 + rng.below(3);
+            numbers_in_call.extend([flags, n as f64]);
+            if flags >= 8.0 {
+                keys.push(format!("r:m{}", rng.below(3)));
+            }
+            for _ in 0..n {
+                let k = rng.below(KEYS);
+                let (code, p) = usual[k as usize];
+                let cost = rng.below(4) as f64;
+                numbers_in_call.extend([code as f64, p[0], p[1], p[2], cost, 1.0]);
+                keys.push(format!("r:k{k}"));
+            }
+        }
+        names.extend(keys.iter().cloned());
+        let now = if rng.below(5) == 0 {
+            format!("{}", T0 + step * 1_000)
+        } else {
+            String::new()
+        };
+        let reply = call(&mut conn, None, &keys, &now, &pack(&numbers_in_call)).await;
+        assert!(reply.is_ok(), "step {step}: {reply:?}");
+        served += 1;
+    }
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(10_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(acked, 1, "the replica acknowledged every write");
+    let mut on_replica = connect(&replica).await;
+    let mut present = 0;
+    for name in &names {
+        let m = replicated(&mut conn, name).await;
+        let r = replicated(&mut on_replica, name).await;
+        assert_eq!(m, r, "{name}: master, replica");
+        present += usize::from(m.0 != "none");
+    }
+    assert!(present >= 5, "only {present} keys were written");
+    assert_eq!(calls(master.port(), "spillway.check"), served);
+    assert_eq!(
+        calls(replica.port(), "spillway.check"),
+        0,
+        "the replica never ran the command"
+    );
+}
+
 #[tokio::test]
 async fn malformed_calls_get_an_error_and_never_crash_the_server() {
     let server = with_module(&[]);
