@@ -595,6 +595,12 @@ pub fn whole(x: f64) -> bool {
     x.is_finite() && (0.0..=MAX_SCALED).contains(&x) && lua_mod(x, 1.0) == 0.0
 }
 
+/// Whether `x` is a finite whole number that is not negative, of any size: what a limit's
+/// parameters and cost may be (the Lua takes them as they come; the arithmetic caps them).
+pub fn any_whole(x: f64) -> bool {
+    x.is_finite() && x >= 0.0 && lua_mod(x, 1.0) == 0.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

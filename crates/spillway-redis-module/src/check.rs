@@ -6,7 +6,7 @@
 //! Unlike the Lua, the whole request blob is read and checked before anything is evaluated:
 //! a malformed call is refused with an error and writes nothing.
 
-use crate::algorithms::{self, whole, Six, Write};
+use crate::algorithms::{self, any_whole, whole, Six, Write};
 use crate::num::{int, lua_mod, px_until};
 use crate::redis::{Redis, Reply};
 use crate::sliding_log::{self, Plan};
@@ -81,7 +81,10 @@ pub fn parse(blob: &[u8], keys: usize) -> Result<Vec<Request>, RedisError> {
         for j in 0..n {
             let x = &numbers[at..at + 6];
             at += 6;
-            if !x.iter().all(|&v| whole(v)) {
+            // The code and flags are small; the parameters and cost only need to be numbers
+            // the Lua's arithmetic takes (a cost past a quota of 2^53 is 2^53 + 2, which the
+            // Lua answers with a denial, so refusing it would fail the whole batched call).
+            if !whole(x[0]) || !whole(x[5]) || !x[1..5].iter().all(|&v| any_whole(v)) {
                 return Err(refuse(format!(
                     "limit {j} of request {r} holds a number that is not whole"
                 )));
@@ -173,6 +176,9 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             let raw = if limit.code == 5 {
                 None
             } else {
+                // Read through the key API (RM_StringDMA), which turns a small (embstr) value
+                // into a raw one in place on each read; that cost is inside the figures of
+                // docs/BENCHMARKS.md.
                 let open = ctx.open_key(key);
                 open.read().ok().flatten().map(<[u8]>::to_vec)
             };
@@ -182,14 +188,14 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             let (six, p): (Six, Pending) = if chg {
                 let w = algorithms::charge(limit.code, limit.p, raw, now, limit.cost)
                     .ok_or_else(|| refuse("no charge for this algorithm".into()))?;
-                let six = admit(limit, Some(&w.state), now)?;
+                let six = string_admit(limit, Some(&w.state), now)?;
                 (six, Pending::State(w))
             } else if (charge && !fresh) || limit.flags >= ADMIT {
                 charged = 0.0;
                 let six = if limit.code == 5 {
                     log_admit(&r, limit, key.as_slice(), now)?
                 } else {
-                    admit(limit, raw, now)?
+                    string_admit(limit, raw, now)?
                 };
                 (six, Pending::None)
             } else if limit.code == 5 {
@@ -303,13 +309,8 @@ fn put(
 }
 
 /// A metered limit's admission (Lua `admit`): the zero-cost look when it leaves a unit, else
-/// the cost-1 denial.
-fn admit(limit: &Limit, raw: Option<&[u8]>, now: f64) -> Result<Six, RedisError> {
-    let eval = |cost| {
-        algorithms::evaluate(limit.code, limit.p, raw, now, cost)
-            .map(|(six, _)| six)
-            .ok_or_else(|| refuse("unknown algorithm".into()))
-    };
+/// the cost-1 denial; `eval` evaluates the limit at a cost.
+fn admit(eval: impl Fn(f64) -> Result<Six, RedisError>) -> Result<Six, RedisError> {
     let six = eval(0.0)?;
     if six[0] != 1.0 || six[2] < 1.0 {
         return eval(1.0);
@@ -317,15 +318,20 @@ fn admit(limit: &Limit, raw: Option<&[u8]>, now: f64) -> Result<Six, RedisError>
     Ok(six)
 }
 
+/// [`admit`] for a string-state limit whose stored state is `raw`.
+fn string_admit(limit: &Limit, raw: Option<&[u8]>, now: f64) -> Result<Six, RedisError> {
+    admit(|cost| {
+        algorithms::evaluate(limit.code, limit.p, raw, now, cost)
+            .map(|(six, _)| six)
+            .ok_or_else(|| refuse("unknown algorithm".into()))
+    })
+}
+
 /// [`admit`] for the sliding log, which reads its own key.
 fn log_admit(r: &Redis, limit: &Limit, key: &[u8], now: f64) -> Result<Six, RedisError> {
-    let eval =
-        |cost| sliding_log::evaluate(r, limit.p[0], limit.p[1], key, now, cost).map(|(six, _)| six);
-    let six = eval(0.0)?;
-    if six[0] != 1.0 || six[2] < 1.0 {
-        return eval(1.0);
-    }
-    Ok(six)
+    admit(|cost| {
+        sliding_log::evaluate(r, limit.p[0], limit.p[1], key, now, cost).map(|(six, _)| six)
+    })
 }
 
 #[cfg(test)]

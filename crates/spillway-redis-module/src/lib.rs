@@ -8,6 +8,11 @@
 //! first so that a cluster client routes the command by its first key; the command is flagged
 //! `write deny-oom` with keys from the first argument to the third from last.
 //!
+//! It also registers `SPILLWAY.VERSION`, answering the SHA-1 of the Lua library's code it was
+//! built beside (baked in by `build.rs`). A store sends checks to the module only when that
+//! equals its own library's digest: Redis keeps a loaded module until it restarts, so an old
+//! module can outlive an upgrade of Spillway, and its rules must not mix with newer Lua.
+//!
 //! Load it at start: `redis-server --loadmodule .../libspillway_redis_module.so`. The refund
 //! stays in Lua (the state format is shared).
 //!
@@ -21,7 +26,16 @@ pub mod num;
 mod redis;
 pub mod sliding_log;
 
-use redis_module::redis_module;
+use redis_module::{redis_module, Context, RedisResult, RedisString, RedisValue};
+
+/// The SHA-1 (40 hex digits) of the Lua library's code this module mirrors; the same digest
+/// `spillway_redis::script::library()` computes.
+pub const LUA_DIGEST: &str = env!("SPILLWAY_LUA_DIGEST");
+
+/// `SPILLWAY.VERSION`: [`LUA_DIGEST`], whatever the arguments.
+fn version(_: &Context, _: Vec<RedisString>) -> RedisResult {
+    Ok(RedisValue::BulkString(LUA_DIGEST.to_owned()))
+}
 
 redis_module! {
     name: "spillway",
@@ -32,5 +46,6 @@ redis_module! {
     data_types: [],
     commands: [
         ["spillway.check", check::command, "write deny-oom", 1, -3, 1, ""],
+        ["spillway.version", version, "readonly fast", 0, 0, 0, ""],
     ],
 }

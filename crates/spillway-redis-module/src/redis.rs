@@ -52,10 +52,16 @@ impl<'a> Redis<'a> {
 
 fn owned(result: CallResult) -> Result<Reply, RedisError> {
     match result {
+        // No reply at all: the call failed before the command ran (an unknown command, wrong
+        // arity, a refused write). Taken as a reply it would skip a write or read a report
+        // marker as fresh, so it fails the whole check.
+        Ok(CallReply::Unknown) => Err(RedisError::Str(
+            "ERR spillway.check: a command inside it could not run",
+        )),
         Ok(reply) => Ok(own(&reply)),
         Err(err) => Err(RedisError::String(
             err.to_utf8_string()
-                .unwrap_or_else(|| "a command inside spillway.check failed".into()),
+                .unwrap_or_else(|| "ERR a command inside spillway.check failed".into()),
         )),
     }
 }
@@ -101,5 +107,5 @@ impl Reply {
 }
 
 fn unexpected(reply: &Reply) -> RedisError {
-    RedisError::String(format!("spillway.check: unexpected reply {reply:?}"))
+    RedisError::String(format!("ERR spillway.check: unexpected reply {reply:?}"))
 }

@@ -17,7 +17,7 @@ struct Entry {
 }
 
 fn bad_entry() -> RedisError {
-    RedisError::Str("spillway.check: a sliding log entry is not <end>:<n>")
+    RedisError::Str("ERR spillway.check: a sliding log entry is not <end>:<n>")
 }
 
 /// An entry from its member and score (Lua `log_entry`).
@@ -158,15 +158,16 @@ pub fn evaluate(
             .int()? as f64;
         let mut hi = r.read("ZCARD", &[key])?.int()? as f64 - 1.0;
         while lo < hi {
-            let mid = int(div(lo + hi, 2.0));
+            let mid = div(lo + hi, 2.0);
+            let at = int(mid);
             let m = r
-                .read("ZRANGE", &[key, mid.as_bytes(), mid.as_bytes()])?
+                .read("ZRANGE", &[key, at.as_bytes(), at.as_bytes()])?
                 .array()?;
             let m = entry(m.first().ok_or_else(bad_entry)?, None)?;
             if m.end >= target {
-                hi = div(lo + hi, 2.0);
+                hi = mid;
             } else {
-                lo = div(lo + hi, 2.0) + 1.0;
+                lo = mid + 1.0;
             }
         }
         let lo = int(lo);

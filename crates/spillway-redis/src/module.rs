@@ -2,12 +2,16 @@
 //! `spillway-redis-module`) instead of the Lua library.
 //!
 //! The module is a drop-in for the library's `check`: the same keys and arguments, the same
-//! packed reply, the same stored states. A store probes for it once when it prepares (a call
-//! with no requests; any string reply means it is there) and then sends every check to it.
-//! A server that answers "unknown command" since (restarted without the module, a failover to
-//! a node without it) switches the store to the Lua library for good, in the same call, so no
-//! request fails for it; the switch is logged once. Refunds always go to the Lua library
-//! (the module has no refund; the state format is shared).
+//! packed reply, the same stored states. A store probes for it once when it prepares
+//! (`SPILLWAY.VERSION`, answering the digest of the Lua code the module was built beside) and
+//! sends every check to it only if that digest is its own library's: Redis keeps a module
+//! until it restarts, so an old `.so` can outlive an upgrade of Spillway, and its rules must not
+//! decide while refunds run newer Lua (a module too old to have `SPILLWAY.VERSION` is refused
+//! the same way). A server that answers "unknown command" since (restarted without the
+//! module, a failover to a node without it), or refuses the command by ACL, switches the store
+//! to the Lua library for good, in the same call, so no request fails for it; the switch is
+//! logged once. Refunds always go to the Lua library (the module has no refund; the state
+//! format is shared).
 
 use redis::RedisError;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,14 +19,32 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The module's check command.
 pub(crate) const CHECK: &str = "SPILLWAY.CHECK";
 
+/// The module's version command: its reply is the digest of the Lua code it mirrors.
+pub(crate) const VERSION: &str = "SPILLWAY.VERSION";
+
 /// Whether checks go to the module; shared by every clone of a runner. Off until a probe
-/// finds the module.
+/// finds the module of this version.
 #[derive(Debug, Default)]
 pub(crate) struct Module {
     loaded: AtomicBool,
+    /// A module of another version was found (and said so once).
+    refused: AtomicBool,
 }
 
 impl Module {
+    /// Takes the module whose `SPILLWAY.VERSION` answered `digest` if it mirrors this
+    /// version's Lua library; else says once why checks stay in Lua.
+    pub(crate) fn offer(&self, digest: &[u8]) {
+        match same_version(digest, &crate::script::library().digest) {
+            Ok(()) => self.enable(),
+            Err(why) => {
+                if !self.refused.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("{why}; checks go to the Lua library");
+                }
+            }
+        }
+    }
+
     /// Whether checks go to the module.
     pub(crate) fn enabled(&self) -> bool {
         self.loaded.load(Ordering::Relaxed)
@@ -46,10 +68,27 @@ impl Module {
     }
 }
 
-/// Whether `err` says the server does not know the module's command.
+/// Whether the module's reply to `SPILLWAY.VERSION` is `ours`, the digest of this version's
+/// Lua code; else what differs, for the log.
+pub(crate) fn same_version(reply: &[u8], ours: &str) -> Result<(), String> {
+    if reply == ours.as_bytes() {
+        Ok(())
+    } else {
+        Err(format!(
+            "Redis has a spillway module built for other Lua code (its digest {}, ours {ours}); \
+             restart Redis with the module of this version",
+            String::from_utf8_lossy(reply)
+        ))
+    }
+}
+
+/// Whether `err` says the server will not run the module's check: it does not know the
+/// command, or an ACL (changed since the probe) forbids it.
 pub(crate) fn is_missing(err: &RedisError) -> bool {
     let text = err.to_string();
-    text.contains("unknown command") && text.to_ascii_lowercase().contains("spillway.check")
+    // An ACL refusal's code is NOPERM; the client shows it as `NoPerm: ...`.
+    (text.contains("unknown command") || err.code() == Some("NOPERM"))
+        && text.to_ascii_lowercase().contains("spillway.check")
 }
 
 /// `SPILLWAY.CHECK keys... args...`: the keys first, so a cluster client routes it by its
@@ -66,7 +105,55 @@ pub(crate) fn check_cmd(keys: &[&str], args: &[&[u8]]) -> redis::Cmd {
     cmd
 }
 
-/// The probe: a check of no requests at the server's time.
+/// The probe: the module's version.
 pub(crate) fn probe_cmd() -> redis::Cmd {
-    check_cmd(&[], &[b"", b""])
+    redis::cmd(VERSION)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_module_of_this_version_is_taken() {
+        let ours = &crate::script::library().digest;
+        assert_eq!(ours.len(), 40);
+        assert_eq!(same_version(ours.as_bytes(), ours), Ok(()));
+        let mut other = ours.clone().into_bytes();
+        other[0] = if other[0] == b'0' { b'1' } else { b'0' };
+        let why = same_version(&other, ours).unwrap_err();
+        assert!(why.contains(ours) && why.contains(std::str::from_utf8(&other).unwrap()));
+        assert!(same_version(b"", ours).is_err());
+        assert!(same_version(&ours.as_bytes()[..12], ours).is_err());
+
+        let module = Module::default();
+        module.offer(&other);
+        assert!(!module.enabled());
+        module.offer(ours.as_bytes());
+        assert!(module.enabled());
+    }
+
+    #[test]
+    fn an_acl_refusal_of_the_check_counts_as_missing() {
+        // As the server sends them.
+        let err = |code: &str, text: &str| {
+            let line = format!("-{code} {text}\r\n");
+            match redis::parse_redis_value(line.as_bytes()) {
+                Ok(redis::Value::ServerError(err)) => RedisError::from(err),
+                other => panic!("an error reply, not {other:?}"),
+            }
+        };
+        assert!(is_missing(&err(
+            "NOPERM",
+            "User app has no permissions to run the 'spillway.check' command"
+        )));
+        assert!(!is_missing(&err(
+            "NOPERM",
+            "User app has no permissions to run the 'get' command"
+        )));
+        assert!(!is_missing(&err(
+            "ERR",
+            "spillway.check: limit 0 is not whole"
+        )));
+    }
 }

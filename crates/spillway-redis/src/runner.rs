@@ -169,7 +169,7 @@ impl Runner {
             functions::lift(conn.query(&module::probe_cmd()).await)
         });
         match probe.await {
-            Ok(Ok(redis::Value::BulkString(_))) => self.module.enable(),
+            Ok(Ok(redis::Value::BulkString(digest))) => self.module.offer(&digest),
             Ok(other) => tracing::debug!(reply = ?other, "no spillway module; checks go to Lua"),
             Err(_) => tracing::debug!("the module probe timed out; checks go to Lua"),
         }

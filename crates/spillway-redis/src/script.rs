@@ -62,6 +62,9 @@ pub const REFUND_SCRIPT: &str = concat!(
 pub struct Library {
     /// What `FUNCTION LOAD REPLACE` is given.
     pub source: String,
+    /// The SHA-1 of the code (40 hex digits). The native module answers the digest of the code
+    /// it mirrors (`SPILLWAY.VERSION`), and a store uses it only when the two are equal.
+    pub digest: String,
     /// The library's name, `spillway_<digest>`.
     pub name: String,
     /// The check function (`FCALL <check> numkeys keys... now requests`).
@@ -76,7 +79,8 @@ pub fn library() -> &'static Library {
         let mut digest = sha1_smol::Sha1::new();
         digest.update(CHECK_BODY.as_bytes());
         digest.update(REFUND_BODY.as_bytes());
-        let version = digest.digest().to_string()[..12].to_owned();
+        let digest = digest.digest().to_string();
+        let version = digest[..12].to_owned();
         let name = format!("spillway_{version}");
         let check = format!("spillway_check_{version}");
         let refund = format!("spillway_refund_{version}");
@@ -87,6 +91,7 @@ pub fn library() -> &'static Library {
         );
         Library {
             source,
+            digest,
             name,
             check,
             refund,

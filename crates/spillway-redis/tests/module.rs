@@ -90,11 +90,28 @@ fn numbers(rng: &mut Rng, code: u64) -> [f64; 3] {
             (1 + rng.below(small)) as f64
         }
     };
+    // Now and then a quota of exactly 2^53, the largest validation allows.
+    let top = |rng: &mut Rng, usual: f64| {
+        if rng.below(25) == 0 {
+            TOP
+        } else {
+            usual
+        }
+    };
     match code {
-        1 | 2 | 6 => [pick(1000), pick(10_000_000), pick(50)],
-        _ => [pick(50) - 1.0, pick(100_000_000), 0.0],
+        1 | 2 | 6 => {
+            let p = [pick(1000), pick(10_000_000), pick(50)];
+            [p[0], p[1], top(rng, p[2])]
+        }
+        _ => {
+            let p = [pick(50) - 1.0, pick(100_000_000), 0.0];
+            [top(rng, p[0]), p[1], p[2]]
+        }
     }
 }
+
+/// 2^53: the largest quota validation allows; the store sends a cost past it as 2^53 + 2.
+const TOP: f64 = 9_007_199_254_740_992.0;
 
 /// PTTLs of the two sides, taken at slightly different moments, agree within this (ms).
 const TTL_SLACK: i64 = 200;
@@ -234,7 +251,12 @@ async fn module_and_lua_agree_byte_for_byte_and_read_each_others_keys() {
                     p[0]
                 };
                 let cost = if rng.below(10) == 0 {
-                    quota + 1.0
+                    // The store's cost past the quota (`over_quota`): 2^53 + 1 is no double.
+                    if quota >= TOP {
+                        TOP + 2.0
+                    } else {
+                        quota + 1.0
+                    }
                 } else {
                     rng.below(1 + (quota as u64).min(20)) as f64
                 };
@@ -287,6 +309,100 @@ async fn module_and_lua_agree_byte_for_byte_and_read_each_others_keys() {
 /// Random bytes as the requests (and random times and key counts), and well-formed requests of
 /// random doubles (NaN, infinities, negatives, fractions, 2^64): every call is answered with a
 /// reply or a clear error, and the server lives on.
+/// A key's type, contents and absolute expiry (`PEXPIRETIME`, which a replica holds exactly
+/// as its master).
+async fn replicated(conn: &mut MultiplexedConnection, key: &str) -> (String, Value, i64) {
+    let (kind, contents, _) = snapshot(conn, key).await;
+    let at: i64 = redis::cmd("PEXPIRETIME")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap();
+    (kind, contents, at)
+}
+
+/// Random calls on a master with a replica, both with the module, mostly at the server's own
+/// clock (`now` = ""): the replica receives the effects (never the command, which it would run
+/// at its own time), so every key's value, members and expiry are the master's exactly.
+#[tokio::test]
+async fn a_replica_holds_exactly_what_the_module_wrote_on_its_master() {
+    let master = with_module(&[]);
+    let master_port = master.port().to_string();
+    let replica = with_module(&["--replicaof", "127.0.0.1", &master_port]);
+    #[allow(clippy::disallowed_methods)] // a deadline for the link to come up, not limit time
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !command(replica.port(), "INFO replication")
+        .unwrap_or_default()
+        .contains("master_link_status:up")
+    {
+        #[allow(clippy::disallowed_methods)]
+        let late = std::time::Instant::now() > deadline;
+        assert!(!late, "the replica never linked to its master");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut conn = connect(&master).await;
+    let mut rng = Rng::new(20_261_204);
+    const KEYS: u64 = 6;
+    let usual: Vec<(u64, [f64; 3])> = (0..KEYS)
+        .map(|i| {
+            let code = 1 + i % 6;
+            (code, numbers(&mut rng, code))
+        })
+        .collect();
+    let mut names = std::collections::BTreeSet::new();
+    let mut served = 0;
+    for step in 0..400 {
+        let mut numbers_in_call = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        for _ in 0..1 + rng.below(3) {
+            let flags = [1.0, 1.0, 3.0, 4.0, 12.0][rng.below(5) as usize];
+            let n = 1 + rng.below(3);
+            numbers_in_call.extend([flags, n as f64]);
+            if flags >= 8.0 {
+                keys.push(format!("r:m{}", rng.below(3)));
+            }
+            for _ in 0..n {
+                let k = rng.below(KEYS);
+                let (code, p) = usual[k as usize];
+                let cost = rng.below(4) as f64;
+                numbers_in_call.extend([code as f64, p[0], p[1], p[2], cost, 1.0]);
+                keys.push(format!("r:k{k}"));
+            }
+        }
+        names.extend(keys.iter().cloned());
+        let now = if rng.below(5) == 0 {
+            format!("{}", T0 + step * 1_000)
+        } else {
+            String::new()
+        };
+        let reply = call(&mut conn, None, &keys, &now, &pack(&numbers_in_call)).await;
+        assert!(reply.is_ok(), "step {step}: {reply:?}");
+        served += 1;
+    }
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(10_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(acked, 1, "the replica acknowledged every write");
+    let mut on_replica = connect(&replica).await;
+    let mut present = 0;
+    for name in &names {
+        let m = replicated(&mut conn, name).await;
+        let r = replicated(&mut on_replica, name).await;
+        assert_eq!(m, r, "{name}: master, replica");
+        present += usize::from(m.0 != "none");
+    }
+    assert!(present >= 5, "only {present} keys were written");
+    assert_eq!(calls(master.port(), "spillway.check"), served);
+    assert_eq!(
+        calls(replica.port(), "spillway.check"),
+        0,
+        "the replica never ran the command"
+    );
+}
+
 #[tokio::test]
 async fn malformed_calls_get_an_error_and_never_crash_the_server() {
     let server = with_module(&[]);
@@ -398,6 +514,38 @@ async fn a_store_sends_checks_to_the_module_when_the_server_has_it() {
     }
     assert!(calls(server.port(), "spillway.check") >= 2);
     assert_eq!(calls(server.port(), "fcall"), 0, "no check went to Lua");
+}
+
+#[tokio::test]
+async fn the_module_answers_the_digest_of_this_versions_lua_code() {
+    // The store takes a module only when this digest is its library's (the comparison itself
+    // is a unit test of `module.rs`); the module bakes it in from `lua/` at build time.
+    let server = with_module(&[]);
+    let reply = command(server.port(), "SPILLWAY.VERSION").unwrap_or_default();
+    let digest = &spillway_redis::script::library().digest;
+    assert_eq!(reply, format!("${}\r\n{digest}\r\n", digest.len()));
+}
+
+#[tokio::test]
+async fn a_store_falls_back_to_lua_when_an_acl_forbids_the_module() {
+    let server = with_module(&[]);
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    clock.set(T0);
+    let (k, p) = (key("l", &["acl"]), window(3));
+    let d = store
+        .check(&[check(&k, &p, 1)], CheckMode::Consume)
+        .await
+        .unwrap();
+    assert_eq!(d[0].remaining, 2);
+    assert_eq!(calls(server.port(), "spillway.check"), 1);
+    let set = command(server.port(), "ACL SETUSER default -spillway.check").unwrap_or_default();
+    assert!(set.starts_with("+OK"), "{set}");
+    let d = store
+        .check(&[check(&k, &p, 1)], CheckMode::Consume)
+        .await
+        .expect("the check falls back to Lua within the call");
+    assert_eq!(d[0].remaining, 1, "Lua read the module's state");
+    assert!(calls(server.port(), "fcall") >= 1);
 }
 
 #[tokio::test]

@@ -26,9 +26,9 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The spillway Redis module (`libspillway_redis_module.so`, crate `spillway-redis-module`)
 /// of the profile the running test was built with, for `--loadmodule`. A test built by cargo
-/// lives in `target/<profile>/deps/`; the module is looked for there and one level up, and,
-/// when neither holds it, built with `cargo build -p spillway-redis-module` (in the same
-/// profile) first. The newest copy wins, so an edited module is never tested stale.
+/// lives in `target/<profile>/deps/`; the module is looked for there and one level up (the
+/// newest copy wins, so an edited module is never tested stale). It is not built here: a
+/// `cargo build` inside a running `cargo test` would wait on the same build directory.
 pub fn module_path() -> String {
     static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
@@ -39,30 +39,19 @@ pub fn module_path() -> String {
             .expect("the profile's directory")
             .to_path_buf();
         let name = "libspillway_redis_module.so";
-        let newest = || {
-            [deps.join(name), profile_dir.join(name)]
-                .into_iter()
-                .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-                .max()
-                .map(|(_, p)| p)
-        };
-        if let Some(path) = newest() {
-            return path.display().to_string();
-        }
-        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        build.args(["build", "-p", "spillway-redis-module"]);
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("cargo runs");
-        assert!(
-            status.success(),
-            "building the spillway Redis module failed"
-        );
-        newest()
-            .expect("cargo built libspillway_redis_module.so")
-            .display()
-            .to_string()
+        [deps.join(name), profile_dir.join(name)]
+            .into_iter()
+            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+            .max()
+            .map(|(_, p)| p.display().to_string())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {name} in {} or {}: build it first with \
+                     `cargo build -p spillway-redis-module` (same profile as the test)",
+                    deps.display(),
+                    profile_dir.display()
+                )
+            })
     })
     .clone()
 }
@@ -267,13 +256,6 @@ impl RedisServer {
                 .expect("run kill");
             assert!(status.success(), "kill {which} failed");
         }
-    }
-
-    /// Starts the server again on the same port with `extra` as its extra arguments instead
-    /// of those it had (empty, since nothing is persisted).
-    pub fn restart_with(&mut self, extra: &[&str]) {
-        self.extra = extra.iter().map(|s| s.to_string()).collect();
-        self.restart();
     }
 
     /// Starts the server again on the same port (empty, since nothing is persisted).
