@@ -230,7 +230,7 @@ pub(crate) fn with_length(mut response: Response) -> Response {
 /// A check's body nearly always arrives in one frame, whose bytes are then the body as they
 /// are; only a body in several frames is gathered into a buffer of its own. (Collecting
 /// through `http_body_util`'s `Collected` kept every frame in a queue first, an allocation and
-/// about 500 instructions per check: `docs/BENCHMARKS.md`, "Fewer instructions per
+/// about 360 instructions per check: `docs/BENCHMARKS.md`, "Fewer instructions per
 /// `/v1/check` (issue 16, session 18)".) Trailers are ignored, as `Collected::to_bytes` did.
 async fn read_body<B>(body: B) -> Result<Bytes, Problem>
 where

@@ -234,8 +234,8 @@ where
 ///
 /// The task wakes once or twice per request for the connection, and seldom for anything
 /// else: the look timer and the drain signal are polled only after they woke it themselves
-/// (through a [`Nudge`]), not on every wake-up as a `select!` would (about 1,000
-/// instructions per request, counted in `docs/BENCHMARKS.md`, "Fewer instructions per
+/// (through a [`Nudge`]), not on every wake-up as a `select!` would (about 600
+/// instructions per check, counted in `docs/BENCHMARKS.md`, "Fewer instructions per
 /// `/v1/check` (issue 16, session 18)").
 async fn drive<C: Graceful>(
     connection: C,
