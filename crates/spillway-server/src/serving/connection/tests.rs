@@ -104,6 +104,22 @@ async fn a_connection_asked_to_close_with_a_request_in_flight_is_not_dropped() {
     );
 }
 
+/// A drain signal sent while the task sleeps between looks wakes it at once (through its
+/// `Nudge`): it is asked to close then, not at the next look (250 ms).
+#[tokio::test(start_paused = true)]
+async fn a_drain_sent_while_the_task_sleeps_closes_it_at_once() {
+    let activity = Arc::new(Activity::default());
+    activity.spoke_http2();
+    let (drain, closes, task) = drive_stuck(&activity, true);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!task.is_finished(), "ended before the drain");
+    drain.send(()).expect("the connection listens");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(task.is_finished(), "not closed 1 ms after the drain");
+    assert_eq!(closes.load(Ordering::SeqCst), 1);
+    assert_eq!(task.await.expect("drive ends"), Duration::from_millis(100));
+}
+
 /// An idle connection is asked to close at the idle timeout and, closing at once, is
 /// polled again straight away (not a look later).
 #[tokio::test(start_paused = true)]
