@@ -30,7 +30,7 @@ use crate::http::problem::Problem;
 use crate::http::verdict::{decided_response, denied_response};
 use crate::http::{check_mode, decide};
 use crate::principal::Presented;
-use crate::serving::BodyTimeout;
+use crate::serving::{self, BodyTimeout};
 use crate::state::AppState;
 use crate::telemetry::decision_log::RequestIds;
 use axum::body::Bytes;
@@ -40,9 +40,8 @@ use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::BoxError;
-use bytes::BytesMut;
 use http_body::Body as HttpBody;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::LengthLimitError;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use spillway_core::policy::Policy;
@@ -50,7 +49,6 @@ use spillway_core::request::RequestAttrs;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::pin::pin;
 use std::sync::Arc;
 
 /// The largest body `/v1/check` reads; a request description has no business being bigger.
@@ -225,38 +223,16 @@ pub(crate) fn with_length(mut response: Response) -> Response {
     response
 }
 
-/// Reads a whole body of at most [`MAX_BODY_BYTES`], or the problem that stopped it.
-///
-/// A check's body nearly always arrives in one frame, whose bytes are then the body as they
-/// are; only a body in several frames is gathered into a buffer of its own. (Collecting
-/// through `http_body_util`'s `Collected` kept every frame in a queue first, an allocation and
-/// about 360 instructions per check: `docs/BENCHMARKS.md`, "Fewer instructions per
-/// `/v1/check` (issue 16, session 18)".) Trailers are ignored, as `Collected::to_bytes` did.
+/// Reads a whole body of at most [`MAX_BODY_BYTES`] ([`crate::serving::read_body`]), or
+/// the problem that stopped it.
 async fn read_body<B>(body: B) -> Result<Bytes, Problem>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let mut body = pin!(Limited::new(body, MAX_BODY_BYTES));
-    let mut first = Bytes::new();
-    let mut gathered: Option<BytesMut> = None;
-    while let Some(frame) = body.as_mut().frame().await {
-        let frame = frame.map_err(|err| body_problem(&*err))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        match &mut gathered {
-            Some(buffer) => buffer.extend_from_slice(&data),
-            None if first.is_empty() => first = data,
-            None => {
-                let mut buffer = BytesMut::with_capacity(first.len() + data.len());
-                buffer.extend_from_slice(&first);
-                buffer.extend_from_slice(&data);
-                gathered = Some(buffer);
-            }
-        }
-    }
-    Ok(gathered.map_or(first, BytesMut::freeze))
+    serving::read_body(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|err| body_problem(&*err))
 }
 
 async fn respond(

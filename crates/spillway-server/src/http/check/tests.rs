@@ -8,9 +8,7 @@ use http_body_util::StreamBody;
 type Sent = Result<Frame<Bytes>, std::io::Error>;
 
 /// A body of `frames`, in order, each ready at once.
-fn frames(
-    frames: Vec<Sent>,
-) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Sent>>> {
+fn frames(frames: Vec<Sent>) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Sent>>> {
     StreamBody::new(futures_util::stream::iter(frames))
 }
 
@@ -26,6 +24,31 @@ async fn a_body_in_one_frame_is_read_without_a_copy() {
         .expect("read");
     assert_eq!(read, sent);
     assert_eq!(read.as_ptr(), sent.as_ptr(), "the frame's own bytes");
+}
+
+/// Empty frames before or after a body's one frame of data leave it uncopied.
+#[tokio::test]
+async fn empty_frames_around_one_frame_of_data_leave_it_uncopied() {
+    let sent = Bytes::from_static(br#"{"user":"u"}"#);
+    for body in [
+        vec![data(""), Ok(Frame::data(sent.clone()))],
+        vec![Ok(Frame::data(sent.clone())), data("")],
+    ] {
+        let read = read_body(frames(body)).await.expect("read");
+        assert_eq!(read, sent);
+        assert_eq!(read.as_ptr(), sent.as_ptr(), "the frame's own bytes");
+    }
+}
+
+/// A body of exactly the limit is taken, even over two frames.
+#[tokio::test]
+async fn a_body_of_exactly_the_limit_over_two_frames_is_read() {
+    let half = "x".repeat(MAX_BODY_BYTES / 2);
+    let body = frames(vec![
+        Ok(Frame::data(Bytes::from(half.clone()))),
+        Ok(Frame::data(Bytes::from(half))),
+    ]);
+    assert_eq!(read_body(body).await.expect("read").len(), MAX_BODY_BYTES);
 }
 
 #[tokio::test]
@@ -179,8 +202,7 @@ fn duplicate_keys_are_refused_by_name() {
     let problem = parse_body(br#"{"user":"a","user":"b"}"#).expect_err("invalid");
     let detail = problem.detail();
     assert!(detail.contains("duplicate field `user`"), "{detail}");
-    let request =
-        parse_body(br#"{"descriptors":{"region":"eu","region":"us"}}"#).expect("valid");
+    let request = parse_body(br#"{"descriptors":{"region":"eu","region":"us"}}"#).expect("valid");
     // A map keeps serde's last value, as it always has; only struct fields are checked.
     assert_eq!(
         request.descriptors.and_then(|d| d.get("region").cloned()),
