@@ -32,7 +32,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Either, LengthLimitError};
+use http_body_util::{Either, LengthLimitError};
 use prost::Message;
 use std::convert::Infallible;
 use std::future::Future;
@@ -258,6 +258,7 @@ impl Body for UnaryBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     fn framed(flag: u8, message: &[u8]) -> Bytes {
         let mut body = vec![flag];
