@@ -151,7 +151,7 @@ impl<'a> RequestPath<'a> {
 /// the root if nothing follows the authority; any other text as it is.
 fn without_origin(target: &str) -> &str {
     // A scheme starts with a letter: the usual target (`/v1/...`) is returned without
-    // searching it for `://` (a substring search, about 500 instructions per check:
+    // searching it for `://` (a substring search, about 270 instructions per check:
     // `docs/BENCHMARKS.md`, "Fewer instructions per `/v1/check` (issue 16, session 18)").
     if !target.starts_with(|c: char| c.is_ascii_alphabetic()) {
         return target;

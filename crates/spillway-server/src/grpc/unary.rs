@@ -25,14 +25,14 @@
 
 use super::encoding::{self, Encoding};
 use super::service::Rls;
-use crate::serving::BodyTimeout;
+use crate::serving::{read_body, BodyTimeout};
 use crate::telemetry::decision_log::Ids;
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Either, LengthLimitError, Limited};
+use http_body_util::{Either, LengthLimitError};
 use prost::Message;
 use std::convert::Infallible;
 use std::future::Future;
@@ -150,8 +150,8 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let body = match Limited::new(body, PREFIX + MAX_MESSAGE).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let body = match read_body(body, PREFIX + MAX_MESSAGE).await {
+        Ok(body) => body,
         Err(err) if err.is::<LengthLimitError>() => return Err(too_large()),
         Err(err) if BodyTimeout::find(err.as_ref()).is_some() => {
             return Err(Status::deadline_exceeded(err.to_string()))
@@ -258,6 +258,7 @@ impl Body for UnaryBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     fn framed(flag: u8, message: &[u8]) -> Bytes {
         let mut body = vec![flag];

@@ -30,7 +30,7 @@ use crate::http::problem::Problem;
 use crate::http::verdict::{decided_response, denied_response};
 use crate::http::{check_mode, decide};
 use crate::principal::Presented;
-use crate::serving::BodyTimeout;
+use crate::serving::{self, BodyTimeout};
 use crate::state::AppState;
 use crate::telemetry::decision_log::RequestIds;
 use axum::body::Bytes;
@@ -40,9 +40,8 @@ use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::BoxError;
-use bytes::BytesMut;
 use http_body::Body as HttpBody;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::LengthLimitError;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use spillway_core::policy::Policy;
@@ -50,7 +49,6 @@ use spillway_core::request::RequestAttrs;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::pin::pin;
 use std::sync::Arc;
 
 /// The largest body `/v1/check` reads; a request description has no business being bigger.
@@ -225,38 +223,16 @@ pub(crate) fn with_length(mut response: Response) -> Response {
     response
 }
 
-/// Reads a whole body of at most [`MAX_BODY_BYTES`], or the problem that stopped it.
-///
-/// A check's body nearly always arrives in one frame, whose bytes are then the body as they
-/// are; only a body in several frames is gathered into a buffer of its own. (Collecting
-/// through `http_body_util`'s `Collected` kept every frame in a queue first, an allocation and
-/// about 500 instructions per check: `docs/BENCHMARKS.md`, "Fewer instructions per
-/// `/v1/check` (issue 16, session 18)".) Trailers are ignored, as `Collected::to_bytes` did.
+/// Reads a whole body of at most [`MAX_BODY_BYTES`] ([`crate::serving::read_body`]), or
+/// the problem that stopped it.
 async fn read_body<B>(body: B) -> Result<Bytes, Problem>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let mut body = pin!(Limited::new(body, MAX_BODY_BYTES));
-    let mut first = Bytes::new();
-    let mut gathered: Option<BytesMut> = None;
-    while let Some(frame) = body.as_mut().frame().await {
-        let frame = frame.map_err(|err| body_problem(&*err))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        match &mut gathered {
-            Some(buffer) => buffer.extend_from_slice(&data),
-            None if first.is_empty() => first = data,
-            None => {
-                let mut buffer = BytesMut::with_capacity(first.len() + data.len());
-                buffer.extend_from_slice(&first);
-                buffer.extend_from_slice(&data);
-                gathered = Some(buffer);
-            }
-        }
-    }
-    Ok(gathered.map_or(first, BytesMut::freeze))
+    serving::read_body(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|err| body_problem(&*err))
 }
 
 async fn respond(
@@ -335,235 +311,4 @@ fn too_large() -> Problem {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body::Frame;
-    use http_body_util::StreamBody;
-
-    /// One frame of a test body, or the error reading it ends with.
-    type Sent = Result<Frame<Bytes>, std::io::Error>;
-
-    /// A body of `frames`, in order, each ready at once.
-    fn frames(
-        frames: Vec<Sent>,
-    ) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Sent>>> {
-        StreamBody::new(futures_util::stream::iter(frames))
-    }
-
-    fn data(text: &'static str) -> Sent {
-        Ok(Frame::data(Bytes::from_static(text.as_bytes())))
-    }
-
-    #[tokio::test]
-    async fn a_body_in_one_frame_is_read_without_a_copy() {
-        let sent = Bytes::from_static(br#"{"user":"u"}"#);
-        let read = read_body(frames(vec![Ok(Frame::data(sent.clone()))]))
-            .await
-            .expect("read");
-        assert_eq!(read, sent);
-        assert_eq!(read.as_ptr(), sent.as_ptr(), "the frame's own bytes");
-    }
-
-    #[tokio::test]
-    async fn a_body_in_several_frames_is_read_whole_without_its_trailers() {
-        let mut trailers = HeaderMap::new();
-        trailers.insert("x-sum", HeaderValue::from_static("1"));
-        let body = frames(vec![
-            data(r#"{"us"#),
-            data(""),
-            data(r#"er":"#),
-            data(r#""u"}"#),
-            Ok(Frame::trailers(trailers)),
-        ]);
-        assert_eq!(
-            read_body(body).await.expect("read"),
-            &br#"{"user":"u"}"#[..]
-        );
-        assert_eq!(read_body(frames(vec![])).await.expect("read"), &b""[..]);
-    }
-
-    #[tokio::test]
-    async fn a_body_past_the_limit_over_several_frames_is_too_large() {
-        let half = "x".repeat(MAX_BODY_BYTES / 2);
-        let body = frames(vec![
-            Ok(Frame::data(Bytes::from(half.clone()))),
-            Ok(Frame::data(Bytes::from(half))),
-            data("x"),
-        ]);
-        let problem = read_body(body).await.expect_err("too large");
-        assert_eq!(problem.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    }
-
-    #[tokio::test]
-    async fn a_body_that_fails_part_way_is_a_problem() {
-        let body = frames(vec![data("{"), Err(std::io::Error::other("reset"))]);
-        let problem = read_body(body).await.expect_err("failed");
-        assert_eq!(problem.status(), StatusCode::BAD_REQUEST);
-        let detail = problem.detail();
-        assert!(
-            detail.contains("could not be read") && detail.contains("reset"),
-            "{detail}"
-        );
-    }
-
-    #[test]
-    fn empty_bodies_mean_no_attributes() {
-        assert_eq!(parse_body(b"").ok(), Some(CheckRequest::default()));
-        assert_eq!(parse_body(b" \n").ok(), Some(CheckRequest::default()));
-        assert_eq!(parse_body(b"{}").ok(), Some(CheckRequest::default()));
-    }
-
-    #[test]
-    fn every_field_is_read() {
-        let body = br#"{"tenant":"t","user":"u","ip":"1.2.3.4","method":"GET","path":"/x",
-                        "tier":"pro","cost":3,"descriptors":{"region":"eu"}}"#;
-        let attrs: RequestAttrs = parse_body(body).expect("valid").into();
-        assert_eq!(attrs.tenant.as_deref(), Some("t"));
-        assert_eq!(attrs.cost, Some(3));
-        assert_eq!(
-            attrs.descriptors.get("region").map(String::as_str),
-            Some("eu")
-        );
-    }
-
-    #[test]
-    fn wrong_types_name_the_field() {
-        let problem = parse_body(br#"{"cost":"lots"}"#).expect_err("invalid");
-        assert_eq!(problem.field(), Some("cost"));
-        let detail = problem.detail();
-        assert!(detail.starts_with("field `cost`"), "{detail}");
-
-        let problem = parse_body(br#"{"descriptors":{"region":7}}"#).expect_err("invalid");
-        assert_eq!(problem.field(), Some("descriptors.region"));
-    }
-
-    #[test]
-    fn unknown_fields_are_named() {
-        let problem = parse_body(br#"{"tennant":"t"}"#).expect_err("invalid");
-        let detail = problem.detail();
-        assert!(detail.contains("tennant"), "{detail}");
-    }
-
-    #[test]
-    fn broken_json_is_called_broken() {
-        for body in [&b"{"[..], b"{\"tenant\":}", b"{} x", b"nope"] {
-            let problem = parse_body(body).expect_err("invalid");
-            let detail = problem.detail();
-            assert!(detail.contains("not valid JSON"), "{detail}");
-        }
-    }
-
-    #[test]
-    fn arrays_are_not_objects() {
-        let problem = parse_body(br#" ["t", "u"]"#).expect_err("invalid");
-        let detail = problem.detail();
-        assert!(detail.contains("JSON object"), "{detail}");
-    }
-
-    #[test]
-    fn ips_must_be_addresses() {
-        let attrs: RequestAttrs = parse_body(br#"{"ip":" 2001:DB8::1 "}"#)
-            .expect("valid")
-            .into();
-        assert_eq!(attrs.ip, "2001:db8::1".parse().ok());
-        let attrs: RequestAttrs = parse_body(br#"{"ip":null}"#).expect("valid").into();
-        assert_eq!(attrs.ip, None);
-        for body in [
-            &br#"{"ip":"not-an-ip"}"#[..],
-            br#"{"ip":""}"#,
-            br#"{"ip":"10.0.0.1/8"}"#,
-            br#"{"ip":7}"#,
-        ] {
-            let problem = parse_body(body).expect_err("invalid");
-            assert_eq!(problem.field(), Some("ip"));
-            let detail = problem.detail();
-            assert!(
-                detail.starts_with("field `ip`") && detail.contains("IP address"),
-                "{detail}"
-            );
-        }
-    }
-
-    #[test]
-    fn escapes_decode_to_the_plain_strings() {
-        let plain = parse_body(br#"{"tenant":"acme","user":"al/ice","path":"/v1/x"}"#);
-        let escaped = parse_body(br#"{"tenant":"ac\u006de","user":"al\/ice","path":"\/v1\/x"}"#);
-        assert_eq!(plain.expect("valid"), escaped.expect("valid"));
-        let request = parse_body(br#"{"user":"caf\u00e9 \ud83d\ude00 \"q\""}"#).expect("valid");
-        assert_eq!(request.user.as_deref(), Some("caf\u{e9} \u{1f600} \"q\""));
-    }
-
-    #[test]
-    fn bodies_that_are_not_utf8_are_refused_as_before() {
-        // Raw bytes that are not UTF-8, inside a string and outside one, and an escape that
-        // names half of a surrogate pair: each a 400 saying the JSON is not valid.
-        for body in [
-            &b"{\"user\":\"u\xff1\"}"[..],
-            b"{\"user\":\"\xc3\x28\"}",
-            b"{\xff}",
-            br#"{"user":"\ud800"}"#,
-        ] {
-            let problem = parse_body(body).expect_err("invalid");
-            assert_eq!(problem.status(), StatusCode::BAD_REQUEST);
-            let detail = problem.detail();
-            assert!(detail.contains("not valid JSON"), "{detail}");
-        }
-    }
-
-    #[test]
-    fn duplicate_keys_are_refused_by_name() {
-        let problem = parse_body(br#"{"user":"a","user":"b"}"#).expect_err("invalid");
-        let detail = problem.detail();
-        assert!(detail.contains("duplicate field `user`"), "{detail}");
-        let request =
-            parse_body(br#"{"descriptors":{"region":"eu","region":"us"}}"#).expect("valid");
-        // A map keeps serde's last value, as it always has; only struct fields are checked.
-        assert_eq!(
-            request.descriptors.and_then(|d| d.get("region").cloned()),
-            Some("us".to_owned())
-        );
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
-
-        /// The checked-once fast path reads every body as serde_json reads it from bytes:
-        /// the same request when it parses, a refusal when it does not (whose wording comes
-        /// from the byte path in both cases).
-        #[test]
-        fn the_fast_path_reads_what_the_byte_path_reads(
-            fields in proptest::collection::vec(
-                (
-                    proptest::sample::select(vec![
-                        "tenant", "user", "ip", "method", "path", "tier", "cost", "token",
-                        "descriptors", "api_key", "host", "nope",
-                    ]),
-                    proptest::string::bytes_regex(
-                        "(\"([a-z0-9/. ]|\\\\[nt\"/\\\\]|\\\\u00[0-7][0-9a-f]|\\\\ud83d\\\\ude00|\\\\ud800|[\\x80-\\xff]){0,8}\"|[0-9]{1,3}|-1|null|\\{\\}|\\{\"r\":\"x\"\\})",
-                    )
-                    .expect("regex"),
-                ),
-                0..5,
-            ),
-        ) {
-            let mut body = b"{".to_vec();
-            for (i, (name, value)) in fields.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(format!("\"{name}\":").as_bytes());
-                body.extend_from_slice(value);
-            }
-            body.push(b'}');
-            let reference = serde_json::from_slice::<CheckRequest>(&body).ok();
-            let got = parse_body(&body).ok();
-            proptest::prop_assert_eq!(got, reference);
-        }
-    }
-
-    #[test]
-    fn negative_costs_are_refused() {
-        let problem = parse_body(br#"{"cost":-1}"#).expect_err("invalid");
-        assert_eq!(problem.field(), Some("cost"));
-    }
-}
+mod tests;

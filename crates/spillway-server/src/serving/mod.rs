@@ -33,6 +33,7 @@
 //! trickle in; [`limits`] holds the settings.
 
 pub mod api;
+pub mod body;
 pub mod connection;
 pub mod deadline;
 pub mod heads;
@@ -43,6 +44,7 @@ mod tests;
 pub mod threads;
 
 pub use api::{serve_http, Writes};
+pub use body::{read_body, BodyError};
 pub use deadline::{BodyTimeout, DeadlineBody};
 pub use http2::serve_http2;
 pub use limits::ConnectionLimits;
