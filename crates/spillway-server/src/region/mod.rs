@@ -208,9 +208,11 @@ struct Link {
 }
 
 /// How long a task connecting a far region's store (or waiting for another one's attempt)
-/// keeps at it: many calls' budgets, so a far link's round trips fit, and bounded, so a link
-/// that swallows packets holds a few tasks at most (the breaker lets one call through per
-/// cooldown).
+/// keeps at it, at least: many calls' budgets, so a far link's round trips fit (a budget
+/// longer than half of it gets twice its length, so the connection's own limit and the
+/// library's load after it fit too). Bounded, so tasks do not outlive a link that swallows
+/// packets by long; each call made while the store is not connected starts one (every call
+/// until the breaker opens, then one per cooldown), and they queue on one attempt at a time.
 const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 
 impl Remote {
@@ -223,15 +225,13 @@ impl Remote {
             return Ok(store);
         }
         let link = self.0.clone();
+        let within = CONNECT_WITHIN.max(link.budget * 2);
         let attempt = tokio::spawn(async move {
-            let made = tokio::time::timeout(
-                CONNECT_WITHIN,
-                link.store.get_or_try_init(|| link.connect()),
-            );
+            let made = tokio::time::timeout(within, link.store.get_or_try_init(|| link.connect()));
             match made.await {
                 Ok(made) => made.map(drop),
                 Err(_) => Err(StoreError::Unavailable(format!(
-                    "region {}'s store did not connect within {CONNECT_WITHIN:?}",
+                    "region {}'s store did not connect within {within:?}",
                     link.name
                 ))),
             }
