@@ -97,11 +97,13 @@ e2e_modules_stale() {
 # bindgen) are generated at build time.
 ensure_build_deps() {
   command -v cargo >/dev/null 2>&1 || { echo "error: cargo (Rust toolchain) is required" >&2; return 1; }
-  # libclang.so* or libclang-<version>.so*, not libclang-cpp (which bindgen cannot use).
-  if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
-    && ! compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null \
-    && ! compgen -G '/usr/lib/*/libclang.so*' >/dev/null \
-    && ! compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null; then
+  # libclang.so* or libclang-<version>.so*, not libclang-cpp (which bindgen cannot use), and
+  # clang's own headers (stddef.h), which the runtime-only libclang1-<version> lacks.
+  if ! { compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
+      || compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null \
+      || compgen -G '/usr/lib/*/libclang.so*' >/dev/null \
+      || compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null; } \
+    || ! compgen -G '/usr/lib/llvm-*/lib/clang/*/include/stddef.h' >/dev/null; then
     install_pkg libclang libclang-dev
   fi
 }

@@ -43,14 +43,19 @@ pub(crate) fn is_missing(err: &RedisError) -> bool {
 
 /// Whether `err` says the server will not run Functions at all.
 pub(crate) fn is_unsupported(err: &RedisError) -> bool {
+    refuses_command(err, &["fcall", "function"])
+}
+
+/// Whether `err` says the server will not run a command named in `names` (lowercase): it
+/// does not know it, or an ACL forbids it.
+pub(crate) fn refuses_command(err: &RedisError, names: &[&str]) -> bool {
     let text = err.to_string();
     // An ACL refusal's code is NOPERM; the client shows it as `NoPerm: ...`, so the code is
     // what is compared, not the text.
-    (text.contains("unknown command") || err.code() == Some("NOPERM"))
-        && (text.contains("FCALL")
-            || text.contains("fcall")
-            || text.contains("FUNCTION")
-            || text.contains("function"))
+    (text.contains("unknown command") || err.code() == Some("NOPERM")) && {
+        let text = text.to_ascii_lowercase();
+        names.iter().any(|name| text.contains(name))
+    }
 }
 
 /// The command loading the library, replacing an older copy of the same version.

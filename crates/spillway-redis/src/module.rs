@@ -13,8 +13,10 @@
 //! logged once. Refunds always go to the Lua library (the module has no refund; the state
 //! format is shared).
 
+use crate::resp::{self, Head};
 use redis::RedisError;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::LazyLock;
 
 /// The module's check command.
 pub(crate) const CHECK: &str = "SPILLWAY.CHECK";
@@ -85,10 +87,7 @@ pub(crate) fn same_version(reply: &[u8], ours: &str) -> Result<(), String> {
 /// Whether `err` says the server will not run the module's check: it does not know the
 /// command, or an ACL (changed since the probe) forbids it.
 pub(crate) fn is_missing(err: &RedisError) -> bool {
-    let text = err.to_string();
-    // An ACL refusal's code is NOPERM; the client shows it as `NoPerm: ...`.
-    (text.contains("unknown command") || err.code() == Some("NOPERM"))
-        && text.to_ascii_lowercase().contains("spillway.check")
+    crate::functions::refuses_command(err, &["spillway.check"])
 }
 
 /// `SPILLWAY.CHECK keys... args...`: the keys first, so a cluster client routes it by its
@@ -105,6 +104,19 @@ pub(crate) fn check_cmd(keys: &[&str], args: &[&[u8]]) -> redis::Cmd {
     cmd
 }
 
+/// `SPILLWAY.CHECK keys... args...` appended to `out` as a thread's own connection sends it
+/// (see [`crate::own_conn`]): the bytes [`check_cmd`] packs, the command's name encoded once.
+pub(crate) fn write_check(out: &mut Vec<u8>, keys: &[&str], args: &[&[u8]]) {
+    static HEAD: LazyLock<Head> = LazyLock::new(|| Head::new(&[CHECK.as_bytes()]));
+    HEAD.start(out, keys.len() + args.len());
+    for key in keys {
+        resp::put_arg(out, key.as_bytes());
+    }
+    for arg in args {
+        resp::put_arg(out, arg);
+    }
+}
+
 /// The probe: the module's version.
 pub(crate) fn probe_cmd() -> redis::Cmd {
     redis::cmd(VERSION)
@@ -113,6 +125,20 @@ pub(crate) fn probe_cmd() -> redis::Cmd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread's own connection sends the bytes the client would for the same check.
+    #[test]
+    fn a_check_written_directly_is_the_clients_command() {
+        let packed = [1u8, 0, 255, b'\r', b'\n'];
+        for keys in [&[][..], &["{t}:a"], &["{t}:a", "{t}:b", ""]] {
+            let args: [&[u8]; 2] = [b"", &packed];
+            let mut out = b"left alone".to_vec();
+            write_check(&mut out, keys, &args);
+            let mut expected = b"left alone".to_vec();
+            expected.extend(check_cmd(keys, &args).get_packed_command());
+            assert_eq!(out, expected, "{keys:?}");
+        }
+    }
 
     #[test]
     fn only_a_module_of_this_version_is_taken() {

@@ -202,7 +202,7 @@ impl Runner {
     ) -> Result<redis::Value, Failed> {
         let called = self.timed(limit, |mut conn| async move {
             if module && self.module.enabled() {
-                match functions::lift(conn.query(&module::check_cmd(keys, args)).await) {
+                match functions::lift(conn.module_check(keys, args).await) {
                     Err(err) if module::is_missing(&err) => self.module.disable(&err),
                     other => return other,
                 }
@@ -334,6 +334,19 @@ impl Conn {
             Conn::Cluster(c) => cmd.query_async(c).await,
             Conn::Sentinel(c) => cmd.query_async(c).await,
             Conn::Own(c) => cmd.query_async(c).await,
+        }
+    }
+
+    /// The native module's check over `keys` and `args`: on a thread's own connection written
+    /// straight into its buffer ([`module::write_check`]), elsewhere as the client's command.
+    async fn module_check(
+        &mut self,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> redis::RedisResult<redis::Value> {
+        match self {
+            Conn::Own(c) => c.call(|out| module::write_check(out, keys, args)).await,
+            other => other.query(&module::check_cmd(keys, args)).await,
         }
     }
 

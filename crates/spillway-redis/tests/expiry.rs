@@ -18,7 +18,7 @@ use spillway_core::request::CheckMode;
 use spillway_core::store::Store;
 use spillway_core::time::{ManualClock, HOUR, MINUTE, SECOND};
 use spillway_redis::{RedisConfig, RedisStore, Target};
-use spillway_testkit::redis::{command, module_path, RedisServer};
+use spillway_testkit::redis::{calls, command, module_path, RedisServer};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,21 +30,13 @@ fn servers() -> [RedisServer; 2] {
     ]
 }
 
-/// How many calls of `name` the server has served.
-fn calls(server: &RedisServer, name: &str) -> u64 {
-    let stats = command(server.port(), "INFO commandstats").unwrap_or_default();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Asserts the checks ran in the module on a server that has it, else in Lua.
 fn ran_where_expected(server: &RedisServer) {
     let modules = command(server.port(), "MODULE LIST").unwrap_or_default();
-    let (module, fcall) = (calls(server, "spillway.check"), calls(server, "fcall"));
+    let (module, fcall) = (
+        calls(server.port(), "spillway.check"),
+        calls(server.port(), "fcall"),
+    );
     if modules.contains("spillway") {
         assert!(module > 0 && fcall == 0, "module {module}, Lua {fcall}");
     } else {

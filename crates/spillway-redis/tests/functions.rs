@@ -10,22 +10,11 @@ use spillway_core::rate::Rate;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, Store};
 use spillway_core::time::HOUR;
-use spillway_testkit::redis::{command, RedisServer};
+use spillway_testkit::redis::{calls, command, RedisServer};
 use spillway_testkit::vectors::{self, flatten};
 
 fn bucket(burst: u64) -> LimitParams {
     LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, HOUR).unwrap(), burst).unwrap())
-}
-
-/// How many calls of `command` (e.g. `fcall`, `evalsha`) Redis has served.
-fn calls(port: u16, command_name: &str) -> u64 {
-    let stats = spillway_testkit::redis::command(port, "INFO commandstats").unwrap_or_default();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command_name}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 use spillway_core::request::CheckMode;
 use spillway_core::store::Store;
-use spillway_testkit::redis::{command, module_path, RedisServer};
+use spillway_testkit::redis::{calls, command, module_path, RedisServer};
 use spillway_testkit::vectors::Rng;
 
 fn with_module(extra: &[&str]) -> RedisServer {
@@ -19,17 +19,6 @@ fn with_module(extra: &[&str]) -> RedisServer {
     let mut args = vec!["--loadmodule", path.as_str()];
     args.extend(extra);
     RedisServer::start_with(&args)
-}
-
-/// How many calls of `command_name` the server has served.
-fn calls(port: u16, command_name: &str) -> u64 {
-    let stats = command(port, "INFO commandstats").unwrap_or_default();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command_name}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 async fn connect(server: &RedisServer) -> MultiplexedConnection {

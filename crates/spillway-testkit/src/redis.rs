@@ -80,6 +80,18 @@ pub fn command(port: u16, cmd: &str) -> Option<String> {
     command_as(port, None, cmd)
 }
 
+/// How many calls of `command_name` (lowercase, e.g. `fcall`, `spillway.check`) the server
+/// has served, from `INFO commandstats`; 0 when it has served none or does not answer.
+pub fn calls(port: u16, command_name: &str) -> u64 {
+    let stats = command(port, "INFO commandstats").unwrap_or_default();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command_name}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// As [`command`], after `AUTH <password>` when a password is given (it must hold no
 /// spaces); `None` if the server refuses the password.
 pub fn command_as(port: u16, password: Option<&str>, cmd: &str) -> Option<String> {

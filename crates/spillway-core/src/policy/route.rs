@@ -159,10 +159,10 @@ fn without_origin(target: &str) -> &str {
     let Some((scheme, rest)) = target.split_once("://") else {
         return target;
     };
-    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    // It starts with the target's first character, a letter (above).
+    let is_scheme = scheme
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
     if !is_scheme {
         return target;
     }

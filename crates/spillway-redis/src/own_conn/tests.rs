@@ -80,13 +80,16 @@ async fn a_killed_connection_is_made_again_on_the_next_call() {
     // the socket), the next call sees it closed before writing and goes out on a new
     // connection instead of failing.
     let gone = format!("id={before} ");
+    let mut let_go = false;
     for _ in 0..100 {
         let list = command(server.port(), "CLIENT LIST").expect("client list");
         tokio::time::sleep(Duration::from_millis(10)).await;
         if !list.contains(&gone) {
+            let_go = true;
             break;
         }
     }
+    assert!(let_go, "the server never let client {before} go");
     let after = client_id(&conn).await;
     assert_ne!(after, before);
 }

@@ -148,7 +148,7 @@ fn error_answer(status: Status) -> Response<AnswerBody> {
 async fn read_request<B>(encoding: Encoding, body: B) -> Result<RateLimitRequest, Status>
 where
     B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<crate::serving::BodyError>,
 {
     let body = match read_body(body, PREFIX + MAX_MESSAGE).await {
         Ok(body) => body,

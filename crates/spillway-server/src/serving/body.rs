@@ -9,7 +9,7 @@ use std::pin::pin;
 /// What stopped a body being read: `http_body_util::LengthLimitError` when it is longer than
 /// the limit, else the body's own error (a [`super::BodyTimeout`] among its causes when it was
 /// late).
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub type BodyError = axum::BoxError;
 
 /// Reads a whole body of at most `limit` bytes; trailers are ignored.
 ///

@@ -33,7 +33,7 @@
 //! trickle in; [`limits`] holds the settings.
 
 pub mod api;
-pub mod body;
+mod body;
 pub mod connection;
 pub mod deadline;
 pub mod heads;
