@@ -24,6 +24,9 @@
 #
 #   LIMITADOR=/work/peers/limitador/target/release/limitador-server bench/peers.sh [SPILLWAY_BINARY]
 #   ROUNDS=5 DURATION=8 LOADS="http-memory grpc-redis" LIMITADOR=... bench/peers.sh
+#   REDIS_ARGS="--loadmodule target/release/libspillway_redis_module.so" LIMITADOR=... bench/peers.sh
+#     (extra redis-server arguments for every Redis the runs start; with Spillway's module loaded
+#     both limiters use the same Redis, Spillway through the module and Limitador as ever)
 #
 # Building Limitador here (outside this repository; ~25 minutes on 2 cores): fetch
 # Kuadrant/limitador, keep only limitador/, limitador-server/, Cargo.toml and Cargo.lock,
@@ -104,7 +107,8 @@ start_server() {
   http=$(free_port); grpc=$(free_port); rport=""; cpu_pid=""
   if [ "$store" = redis ]; then
     rport=$(free_port)
-    start_redis "$rport" "$tmp"
+    # shellcheck disable=SC2086
+    start_redis "$rport" "$tmp" ${REDIS_ARGS:-}
     url="redis://127.0.0.1:$rport"
   fi
   case "$who" in
@@ -189,7 +193,7 @@ one_grpc() {
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
 echo "spillway: $spillway; limitador: $LIMITADOR ($("$LIMITADOR" --version 2>/dev/null | head -1))"
-echo "redis $(redis-server --version | awk '{print $3}'); wrk -t1 -c$CONNS -d${DURATION}s; h2load 4 x -n $CALLS -c 4 -m 32; $ROUNDS rounds"
+echo "redis $(redis-server --version | awk '{print $3}')${REDIS_ARGS:+ ($REDIS_ARGS)}; wrk -t1 -c$CONNS -d${DURATION}s; h2load 4 x -n $CALLS -c 4 -m 32; $ROUNDS rounds"
 for load in $LOADS; do
   kind=${load%-*} store=${load#*-}
   whos="spillway limitador"
