@@ -67,8 +67,28 @@ pub(crate) fn load_cmd() -> redis::Cmd {
     cmd
 }
 
-/// `FCALL name` over `keys` and `args`.
-pub(crate) fn fcall_cmd(name: &str, keys: &[&str], args: &[&[u8]]) -> redis::Cmd {
+/// Which of the library's two functions a call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Func {
+    Check,
+    Refund,
+}
+
+impl Func {
+    /// Its name in the loaded library (named by the library's digest, see
+    /// [`crate::script::library`]).
+    pub(crate) fn name(self) -> &'static str {
+        let lib = crate::script::library();
+        match self {
+            Func::Check => &lib.check,
+            Func::Refund => &lib.refund,
+        }
+    }
+}
+
+/// `FCALL func` over `keys` and `args`.
+pub(crate) fn fcall_cmd(func: Func, keys: &[&str], args: &[&[u8]]) -> redis::Cmd {
+    let name = func.name();
     // Sized up front: the command is built for every call, and growing it piece by piece
     // cost more than writing it.
     let data = "FCALL".len()
@@ -84,23 +104,16 @@ pub(crate) fn fcall_cmd(name: &str, keys: &[&str], args: &[&[u8]]) -> redis::Cmd
     cmd
 }
 
-/// `FCALL name` over `keys` and `args` appended to `out` as a thread's own connection sends
+/// `FCALL func` over `keys` and `args` appended to `out` as a thread's own connection sends
 /// it (see [`crate::own_conn`]): the bytes [`fcall_cmd`] packs, with the command's and the
-/// library functions' names encoded once.
-pub(crate) fn write_fcall(out: &mut Vec<u8>, name: &str, keys: &[&str], args: &[&[u8]]) {
+/// function's names encoded once.
+pub(crate) fn write_fcall(out: &mut Vec<u8>, func: Func, keys: &[&str], args: &[&[u8]]) {
     static HEADS: LazyLock<[Head; 2]> = LazyLock::new(|| {
-        let lib = crate::script::library();
-        [&lib.check, &lib.refund].map(|name| Head::new(&[b"FCALL", name.as_bytes()]))
+        [Func::Check, Func::Refund].map(|func| Head::new(&[b"FCALL", func.name().as_bytes()]))
     });
-    let lib = crate::script::library();
-    let other;
-    let head = if name == lib.check {
-        &HEADS[0]
-    } else if name == lib.refund {
-        &HEADS[1]
-    } else {
-        other = Head::new(&[b"FCALL", name.as_bytes()]);
-        &other
+    let head = match func {
+        Func::Check => &HEADS[0],
+        Func::Refund => &HEADS[1],
     };
     head.start(out, 1 + keys.len() + args.len());
     resp::put_number_arg(out, keys.len());
@@ -127,17 +140,21 @@ mod tests {
     /// A thread's own connection sends the bytes the client would for the same `FCALL`.
     #[test]
     fn an_fcall_written_directly_is_the_clients_fcall() {
-        let lib = crate::script::library();
         let packed = [1u8, 0, 255, b'\r', b'\n'];
-        for name in [lib.check.as_str(), lib.refund.as_str(), "another"] {
+        for func in [Func::Check, Func::Refund] {
             for keys in [&[][..], &["{t}:a"], &["{t}:a", "{t}:b", ""]] {
                 let args: [&[u8]; 3] = [b"", b"1700000000000000", &packed];
                 let mut out = b"left alone".to_vec();
-                write_fcall(&mut out, name, keys, &args);
+                write_fcall(&mut out, func, keys, &args);
                 let mut expected = b"left alone".to_vec();
-                expected.extend(fcall_cmd(name, keys, &args).get_packed_command());
-                assert_eq!(out, expected, "{name} {keys:?}");
+                expected.extend(fcall_cmd(func, keys, &args).get_packed_command());
+                assert_eq!(out, expected, "{func:?} {keys:?}");
             }
         }
+        let lib = crate::script::library();
+        assert_eq!(
+            (Func::Check.name(), Func::Refund.name()),
+            (&*lib.check, &*lib.refund)
+        );
     }
 }

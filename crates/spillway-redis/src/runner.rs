@@ -7,7 +7,7 @@
 //! can own one.
 
 use crate::error::{classify, record, record_script, CountNoScript, SCRIPT_ERRORS};
-use crate::functions::{self, Functions};
+use crate::functions::{self, Func, Functions};
 use crate::module::{self, Module};
 use crate::own_conn::OwnConn;
 use crate::script::{self, CallArgs, Encoded, Reply, Undo};
@@ -186,7 +186,7 @@ impl Runner {
         }
     }
 
-    /// Calls the library's function `name` (or, without Functions, `script`; or the native
+    /// Calls the library's function `func` (or, without Functions, `script`; or the native
     /// module's check, for a check while the module is there: `module`) over `keys` and
     /// `args` within `limit`: the one way a script is called, and so where its errors are
     /// counted (as a store error and a script error), except a resharding refusal, which is
@@ -194,7 +194,7 @@ impl Runner {
     async fn invoke(
         &self,
         limit: Duration,
-        name: &'static str,
+        func: Func,
         script: &redis::Script,
         keys: &[&str],
         args: &[&[u8]],
@@ -208,11 +208,11 @@ impl Runner {
                 }
             }
             if self.functions.enabled() {
-                match functions::lift(conn.fcall(name, keys, args).await) {
+                match functions::lift(conn.fcall(func, keys, args).await) {
                     Err(err) if functions::is_missing(&err) => {
                         metrics::counter!(SCRIPT_ERRORS, "kind" => "noscript").increment(1);
                         functions::lift(conn.query(&functions::load_cmd()).await)?;
-                        return functions::lift(conn.fcall(name, keys, args).await);
+                        return functions::lift(conn.fcall(func, keys, args).await);
                     }
                     Err(err) if functions::is_unsupported(&err) => self.functions.disable(&err),
                     other => return other,
@@ -266,11 +266,10 @@ impl Runner {
         args: &CallArgs<'_>,
     ) -> Result<Vec<Reply>, Failed> {
         let now = CallArgs::now_arg(self.injected.as_ref().map(|c| c.now()));
-        let lib = script::library();
         let value = self
             .invoke(
                 limit,
-                lib.check.as_str(),
+                Func::Check,
                 &self.check_script,
                 &args.keys,
                 &[now.as_bytes(), &args.packed],
@@ -310,11 +309,10 @@ impl Runner {
         if written == before {
             return true;
         }
-        let lib = script::library();
         let restored = self
             .invoke(
                 limit,
-                lib.refund.as_str(),
+                Func::Refund,
                 &self.refund_script,
                 &[key],
                 &[written, before, ttl.as_bytes()],
@@ -350,20 +348,20 @@ impl Conn {
         }
     }
 
-    /// `FCALL name` over `keys` and `args`: on a thread's own connection written straight into
+    /// `FCALL func` over `keys` and `args`: on a thread's own connection written straight into
     /// its buffer ([`functions::write_fcall`]), elsewhere as the client's command.
     async fn fcall(
         &mut self,
-        name: &str,
+        func: Func,
         keys: &[&str],
         args: &[&[u8]],
     ) -> redis::RedisResult<redis::Value> {
         match self {
             Conn::Own(c) => {
-                c.call(|out| functions::write_fcall(out, name, keys, args))
+                c.call(|out| functions::write_fcall(out, func, keys, args))
                     .await
             }
-            other => other.query(&functions::fcall_cmd(name, keys, args)).await,
+            other => other.query(&functions::fcall_cmd(func, keys, args)).await,
         }
     }
 }
