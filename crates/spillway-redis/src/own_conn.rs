@@ -95,8 +95,10 @@ struct State {
     input: Vec<u8>,
     start: usize,
     filled: usize,
-    /// How many bytes from `start` the next reply needs at least (known from a bulk string's
-    /// length), so that a reply arriving in pieces is not parsed again on every read.
+    /// How many bytes from `start` the next reply needs at least: 1 while nothing more is
+    /// known (an empty buffer holds no reply), one more than has arrived once a parse found
+    /// the reply cut short, or what a bulk string's length says; so that a reply is parsed
+    /// only when bytes it may need have arrived, not on every poll.
     need: usize,
     /// Calls from id `first` on, in order; those below `answered` have their reply (or
     /// error), those from it on wait for the next replies, up to `next`.
@@ -126,19 +128,7 @@ impl OwnConn {
         let io = login::log_in(&target).await?;
         Ok(Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(State {
-                    io: Some(io),
-                    out: Vec::new(),
-                    written: 0,
-                    input: vec![0; READ_CHUNK],
-                    start: 0,
-                    filled: 0,
-                    need: 0,
-                    waiting: VecDeque::new(),
-                    first: 0,
-                    answered: 0,
-                    next: 0,
-                }),
+                state: Mutex::new(State::new(io)),
                 target,
                 login: tokio::sync::Mutex::new(None),
             }),
@@ -217,6 +207,23 @@ fn unsupported(what: &str) -> RedisError {
 }
 
 impl State {
+    /// A connection over `io` with nothing sent or read yet.
+    fn new(io: Box<dyn Io>) -> Self {
+        Self {
+            io: Some(io),
+            out: Vec::new(),
+            written: 0,
+            input: vec![0; READ_CHUNK],
+            start: 0,
+            filled: 0,
+            need: 1,
+            waiting: VecDeque::new(),
+            first: 0,
+            answered: 0,
+            next: 0,
+        }
+    }
+
     /// Writes the command `encode` writes into the buffer and gives it a place in the order;
     /// `None` if the connection is down or the server closed it while it was idle.
     fn begin(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Option<u64> {
@@ -321,7 +328,7 @@ impl State {
                 match resp::parse_next(pending) {
                     Ok(resp::Parsed::Done(value, used)) => {
                         self.start += used;
-                        self.need = 0;
+                        self.need = 1;
                         self.deliver(Ok(value), me);
                         continue;
                     }
@@ -402,7 +409,7 @@ impl State {
         self.written = 0;
         self.start = 0;
         self.filled = 0;
-        self.need = 0;
+        self.need = 1;
         while self.answered < self.next {
             self.deliver(Err(lost(why)), me.unwrap_or(u64::MAX));
         }

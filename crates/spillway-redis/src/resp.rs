@@ -132,6 +132,8 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<(Value, usize)>, ReplyError> {
 
 /// Reads one reply from the front of `buf`, or says how many bytes it needs at least.
 pub(crate) fn parse_next(buf: &[u8]) -> Result<Parsed, ReplyError> {
+    #[cfg(test)]
+    PARSES.set(PARSES.get() + 1);
     let mut reader = Reader {
         buf,
         at: 0,
@@ -146,6 +148,12 @@ pub(crate) fn parse_next(buf: &[u8]) -> Result<Parsed, ReplyError> {
         ))),
         None => Ok(Parsed::Need(reader.need)),
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many times this thread called [`parse_next`]: tests of its callers count them.
+    pub(crate) static PARSES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// One reply being read from the front of `buf`.

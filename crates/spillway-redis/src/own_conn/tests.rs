@@ -291,23 +291,19 @@ async fn concurrent_large_commands_are_written_whole() {
     assert!(conn.shared.lock().out.capacity() <= KEEP_SENT);
 }
 
+/// A new connection's state over `io`, with one call written (`out`) and waiting for its reply.
+fn one_waiting(io: impl Io + 'static, out: &[u8]) -> State {
+    let mut state = State::new(Box::new(io));
+    state.out = out.to_vec();
+    state.waiting.push_back(Waiting::default());
+    state.next = 1;
+    state
+}
+
 #[test]
 fn a_panic_while_encoding_leaves_no_half_command() {
     let (ours, _theirs) = tokio::io::duplex(64);
-    let mut state = State {
-        io: Some(Box::new(ours)),
-        out: b"*1\r\n$4\r\nPING\r\n".to_vec(),
-        written: 0,
-        input: vec![0; READ_CHUNK],
-        start: 0,
-        filled: 0,
-        need: 0,
-        waiting: VecDeque::new(),
-        first: 0,
-        answered: 0,
-        next: 1,
-    };
-    state.waiting.push_back(Waiting::default());
+    let mut state = one_waiting(ours, b"*1\r\n$4\r\nPING\r\n");
     let before = state.out.clone();
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         state.begin(|out| {
@@ -318,6 +314,48 @@ fn a_panic_while_encoding_leaves_no_half_command() {
     assert!(panicked.is_err());
     assert_eq!(state.out, before);
     assert_eq!(state.next, 1, "no place taken");
+}
+
+/// A reply is parsed only once bytes it may need have arrived: not on a poll that finds
+/// nothing new (every call's first poll, made as soon as its command is written, on a new
+/// connection or after a reply), nor while a bulk string is still short of its declared
+/// length.
+#[tokio::test]
+async fn a_reply_is_parsed_only_when_bytes_it_needs_have_arrived() {
+    let (ours, mut theirs) = tokio::io::duplex(1024);
+    let mut state = one_waiting(ours, b"");
+    let mut cx = Context::from_waker(Waker::noop());
+    let parses = || resp::PARSES.get();
+    let before = parses();
+    state.read(&mut cx, 0).expect("nothing to read yet");
+    assert_eq!(parses() - before, 0, "nothing had arrived");
+    theirs.write_all(b"$10\r\nabc").await.expect("written");
+    state.read(&mut cx, 0).expect("part of a reply");
+    assert_eq!(parses() - before, 1, "the header came");
+    state.read(&mut cx, 0).expect("nothing new");
+    theirs.write_all(b"defg").await.expect("written");
+    state.read(&mut cx, 0).expect("still short");
+    assert_eq!(
+        parses() - before,
+        1,
+        "nothing new, then short of the length"
+    );
+    theirs.write_all(b"hij\r\n").await.expect("written");
+    state.read(&mut cx, 0).expect("the whole reply");
+    assert_eq!(parses() - before, 2);
+    assert_eq!(
+        state.slot(0).reply.take().map(|r| r.expect("a value")),
+        Some(Value::BulkString(b"abcdefghij".to_vec()))
+    );
+    // The next call's first poll, before its reply came.
+    state.waiting.push_back(Waiting::default());
+    state.next = 2;
+    state.read(&mut cx, 1).expect("nothing to read yet");
+    assert_eq!(
+        parses() - before,
+        2,
+        "nothing had arrived for the next reply"
+    );
 }
 
 #[tokio::test]
