@@ -164,26 +164,29 @@ impl Runner {
     /// checks if the module goes), or settles on plain scripts if the server refuses
     /// Functions. Other failures are left for the first call to meet (and recover).
     pub(crate) async fn prepare(&self) {
-        let mut conn = self.conn.clone();
-        let probe = tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), async move {
-            functions::lift(conn.query(&module::probe_cmd()).await)
-        });
-        match probe.await {
+        match self.setup(&module::probe_cmd()).await {
             Ok(Ok(redis::Value::BulkString(digest))) => self.module.offer(&digest),
             Ok(other) => tracing::debug!(reply = ?other, "no spillway module; checks go to Lua"),
             Err(_) => tracing::debug!("the module probe timed out; checks go to Lua"),
         }
-        let mut conn = self.conn.clone();
-        let load = tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), async move {
-            functions::lift(conn.query(&functions::load_cmd()).await)
-        });
-        if let Ok(Err(err)) = load.await {
+        if let Ok(Err(err)) = self.setup(&functions::load_cmd()).await {
             if functions::is_unsupported(&err) {
                 self.functions.disable(&err);
             } else {
                 tracing::debug!(error = %err, "loading the Functions library failed; the first call retries");
             }
         }
+    }
+
+    /// One command of [`Runner::prepare`], its error reply as an error; `Err` past the
+    /// store's timeout, but never under 1 s (it runs once, while the store starts).
+    async fn setup(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<redis::RedisResult<redis::Value>, tokio::time::error::Elapsed> {
+        let mut conn = self.conn.clone();
+        let limit = self.timeout.max(Duration::from_secs(1));
+        tokio::time::timeout(limit, async move { functions::lift(conn.query(cmd).await) }).await
     }
 
     /// Calls the library's function `func` (or, without Functions, `script`; or the native
