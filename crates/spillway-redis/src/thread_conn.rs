@@ -28,10 +28,10 @@
 //! thread's at once, the others when their task next runs) and its thread's requests take
 //! the shared path until it is up again:
 //! - on a single server, its task pings its connection, waiting longer between attempts (up
-//!   to [`RETRY_MAX`]), until it answers; a ping that finds the connection closed makes it
-//!   again. (Nothing reconnects in the background: a connection left alone through an outage
-//!   would fail its first call after Redis returns,
-//!   and the breaker's one half-open probe could land on each stale one in turn.)
+//!   to [`retry::RETRY_MAX`]), until it answers; a ping that finds the connection closed
+//!   makes it again. (Nothing reconnects in the background: a connection left alone through
+//!   an outage would fail its first call after Redis returns, and the breaker's one
+//!   half-open probe could land on each stale one in turn.)
 //! - through Sentinel, its task drops the connection (calls already sent finish on it) and
 //!   makes a new one to the master the store's own connection names by then, checked to act
 //!   as master (`ROLE`), waiting between attempts as on a single server (a switch the store
@@ -42,7 +42,8 @@
 //!   after one: it is used only while the store's count of switches is what it was when the
 //!   connection was made (requests queued just before finish on it). A switch seen while the
 //!   connection was being made does not send it aside if it went to that switch's master
-//!   already. This lifecycle is [`sentinel`]'s.
+//!   already. This lifecycle is [`sentinel`]'s; the waits between attempts, on either, are
+//!   [`retry`]'s.
 //!
 //! The shared connection, on the other hand, comes back on its next use (a ping retries once
 //! for that; see [`crate::store`]).
@@ -71,6 +72,7 @@ use std::time::Duration;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::watch;
 
+mod retry;
 mod sentinel;
 
 /// Gauge of the thread connections that are up and usable, over every store of the process
@@ -80,12 +82,6 @@ pub const THREAD_CONNS: &str = "spillway_redis_thread_lanes";
 /// Counter of failed attempts to make a thread connection, or to get an answer from one after
 /// a failure.
 pub const THREAD_CONN_FAILURES: &str = "spillway_redis_thread_lane_failures_total";
-
-/// The first wait after a thread connection failed (to be made, or to answer a ping); it
-/// doubles up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-/// The longest wait between attempts on a thread connection.
-const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Ids of stores, so a thread tells its thread connections of different stores apart.
 static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
@@ -367,16 +363,6 @@ async fn run(id: u64, connect: &Connect, template: Runner, failures: watch::Rece
     }
 }
 
-/// Makes a thread connection with `open`, again after a wait while that fails (warning
-/// once, counting every failure).
-async fn connected<T, F, Fut>(open: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = redis::RedisResult<T>>,
-{
-    sentinel::following(open, None).await
-}
-
 /// A single server's thread connection: makes its connection, hands its batcher to the thread's
 /// list, and runs its dispatcher beside it until the task is dropped (the store gone, or the
 /// runtime ended). Beside it, after each failure the store reports, it takes the thread connection
@@ -388,7 +374,7 @@ async fn run_server(
     template: Runner,
     mut failures: watch::Receiver<u64>,
 ) {
-    let conn = connected(|| {
+    let open = || {
         let refusal = Refusal::of(&connect.owner, &connect.login_hint);
         async move {
             match &connect.own {
@@ -404,8 +390,8 @@ async fn run_server(
                     .map(Conn::Server),
             }
         }
-    })
-    .await;
+    };
+    let conn = retry::connected(open, None).await;
     let probe = conn.clone();
     let (batcher, dispatcher) = Batcher::new(template.with_conn(conn));
     if !place(id, Some(batcher), 0) {
@@ -420,7 +406,7 @@ async fn run_server(
     while failures.changed().await.is_ok() {
         set_up(id, false);
         counted = None;
-        answers(&probe, connect.ping_limit).await;
+        retry::answers(&probe, connect.ping_limit).await;
         if !set_up(id, true) {
             return;
         }
@@ -449,28 +435,6 @@ impl Drop for AbortOnDrop {
         if let Some(task) = &self.0 {
             task.abort();
         }
-    }
-}
-
-/// Pings `conn` until it answers, waiting longer after each failure (up to [`RETRY_MAX`]);
-/// a ping on a connection that failed makes it again (our own connection and the client's
-/// alike).
-async fn answers(conn: &Conn, limit: Duration) {
-    let mut wait = RETRY_FIRST;
-    loop {
-        let mut conn = conn.clone();
-        let cmd = redis::cmd("PING");
-        let ping = async move { crate::functions::lift(conn.query(&cmd).await) };
-        match tokio::time::timeout(limit, ping).await {
-            Ok(Ok(_)) => return,
-            Ok(Err(err)) => {
-                tracing::debug!(error = %err, "a serving thread's Redis connection is still down");
-            }
-            Err(_) => tracing::debug!("a serving thread's Redis connection did not answer a ping"),
-        }
-        metrics::counter!(THREAD_CONN_FAILURES).increment(1);
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(RETRY_MAX);
     }
 }
 

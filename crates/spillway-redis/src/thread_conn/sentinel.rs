@@ -1,13 +1,13 @@
 //! A Sentinel store's thread connection through its life: made to the master the store
 //! follows now, stepping aside for a failure or a master switch past the one it was made for,
-//! and made again (see "After a failure: stepping aside" in [`super`]). Also the retry loop
-//! every thread connection is made with ([`following`]), which a switch cuts short here.
+//! and made again (see "After a failure: stepping aside" in [`super`]); made with
+//! [`super::retry::connected`], whose waits a switch cuts short.
 
-use super::{place, AbortOnDrop, Up, RETRY_FIRST, RETRY_MAX, THREAD_CONN_FAILURES};
+use super::retry::connected;
+use super::{place, AbortOnDrop, Up};
 use crate::batch::Batcher;
 use crate::runner::{Conn, Runner};
 use crate::sentinel::SentinelConn;
-use std::time::Duration;
 use tokio::sync::watch;
 
 /// A Sentinel store's thread connection: connects to the master the store's own connection
@@ -27,7 +27,7 @@ pub(super) async fn run_sentinel(
         // A switch from here on cuts a wait between attempts short, and sends the new thread
         // connection aside unless it was made for that switch's master (`until_aside`).
         switches.borrow_and_update();
-        let (generation, conn) = following(|| master.open_current(), Some(&mut switches)).await;
+        let (generation, conn) = connected(|| master.open_current(), Some(&mut switches)).await;
         let (batcher, dispatcher) = Batcher::new(template.clone().with_conn(Conn::Own(conn)));
         if !place(id, Some(batcher), generation) {
             return;
@@ -47,61 +47,6 @@ pub(super) async fn run_sentinel(
     }
 }
 
-/// Makes a thread connection with `open`, again after a wait while that fails (warning once,
-/// counting every failure). On a Sentinel store, `switches` (the store's count of master
-/// switches) cuts a wait short and starts the waits over from [`RETRY_FIRST`]: the master the
-/// store follows now may take the connection the old one refused, and the thread's requests
-/// should not stay on the shared path for the rest of a wait of up to [`RETRY_MAX`].
-pub(super) async fn following<T, F, Fut>(
-    mut open: F,
-    mut switches: Option<&mut watch::Receiver<u64>>,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = redis::RedisResult<T>>,
-{
-    let mut wait = RETRY_FIRST;
-    let mut warned = false;
-    loop {
-        match open().await {
-            Ok(conn) => return conn,
-            Err(err) => {
-                metrics::counter!(THREAD_CONN_FAILURES).increment(1);
-                if warned {
-                    tracing::debug!(error = %err, retry_ms = wait.as_millis() as u64,
-                        "a serving thread's Redis connection failed again");
-                } else {
-                    warned = true;
-                    tracing::warn!(error = %err, retry_ms = wait.as_millis() as u64,
-                        "a serving thread could not make its own Redis connection; its \
-                         requests take the shared one while it keeps trying");
-                }
-                wait = if pause(wait, switches.as_deref_mut()).await {
-                    // A new master: its first refusal is waited on as the first one was.
-                    RETRY_FIRST
-                } else {
-                    (wait * 2).min(RETRY_MAX)
-                };
-            }
-        }
-    }
-}
-
-/// Waits `wait`, or until `switches` changes if that comes first; whether a switch cut it
-/// short. (`switches` does not close while its thread connection's task runs: the task holds
-/// the store's master connection, which holds the sending half. What ends a task when its
-/// store is gone is the store's failure count closing, which drops this wait with the task.)
-async fn pause(wait: Duration, switches: Option<&mut watch::Receiver<u64>>) -> bool {
-    let Some(switches) = switches else {
-        tokio::time::sleep(wait).await;
-        return false;
-    };
-    tokio::select! {
-        () = tokio::time::sleep(wait) => false,
-        Ok(()) = switches.changed() => true,
-    }
-}
-
 /// Waits until a Sentinel store's thread connection, made for the master of switch count
 /// `generation`, must step aside: the store reports a failure or follows a switch past
 /// `generation` (`true`), or the store is gone (`false`: `failures` closes once it is, which
@@ -117,8 +62,8 @@ async fn until_aside(
         tokio::select! {
             changed = failures.changed() => return changed.is_ok(),
             changed = switches.changed() => {
-                // Not while the task holds the master (see `pause`); were it to close, no
-                // switch could be told any more, and the thread connection ends.
+                // Not while the task holds the master (see `retry::pause`); were it to close,
+                // no switch could be told any more, and the thread connection ends.
                 if changed.is_err() {
                     return false;
                 }
@@ -127,8 +72,8 @@ async fn until_aside(
                 // count past `generation` is a master this connection was not made for. And
                 // `generation` is never below a notice taken already: every notice taken
                 // before the connection was opened (`run_sentinel` takes the current one, and
-                // `pause` those during the waits) carried a count no higher than the one the
-                // opening read.
+                // `retry::connected` those during its waits) carried a count no higher than the
+                // one the opening read.
                 if *switches.borrow_and_update() > generation {
                     return true;
                 }
@@ -140,41 +85,7 @@ async fn until_aside(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
-
-    /// While a Sentinel store's thread connection cannot be made, a master switch cuts the
-    /// wait before the next attempt short, and the waits after it start over from
-    /// [`RETRY_FIRST`] (on the paused clock, the attempts' times show it): the new master is
-    /// tried at once, not up to [`RETRY_MAX`] later.
-    #[tokio::test(start_paused = true)]
-    async fn a_switch_cuts_the_wait_between_attempts_short() {
-        let (switched, mut switches) = watch::channel(0);
-        let start = tokio::time::Instant::now();
-        let attempts = RefCell::new(Vec::new());
-        let opening = following(
-            || {
-                let mut at = attempts.borrow_mut();
-                at.push(start.elapsed());
-                let refused = at.len() < 8;
-                async move {
-                    if refused {
-                        Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into())
-                    } else {
-                        Ok(())
-                    }
-                }
-            },
-            Some(&mut switches),
-        );
-        let switching = async {
-            // Within the wait of RETRY_MAX that follows the attempt at 1.5 s.
-            tokio::time::sleep(Duration::from_millis(1_600)).await;
-            switched.send_replace(1);
-        };
-        tokio::join!(opening, switching);
-        let ms: Vec<u128> = attempts.borrow().iter().map(|d| d.as_millis()).collect();
-        assert_eq!(ms, [0, 100, 300, 700, 1_500, 1_600, 1_700, 1_900]);
-    }
+    use std::time::Duration;
 
     /// A Sentinel store's thread connection steps aside for a failure or a switch past the
     /// master it was made for, not for a switch seen while it was being made when it went to
