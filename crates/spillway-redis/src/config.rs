@@ -220,7 +220,7 @@ pub struct RedisConfig {
     /// The setting a refused login of a server or cluster asks to check (see
     /// [`crate::login::Refusal`]), given by the caller, which knows where the URLs came from.
     /// A Sentinel deployment's logins are not in URLs: its refusals ask to check the
-    /// sentinels' or the master's username/password, worded in [`crate::sentinel`].
+    /// sentinels' or the master's username/password, worded in [`crate::login`].
     pub login_hint: String,
     /// When a cluster's seeds are asked which one refused the login: after any failure by
     /// default, for a store connected once at start; a store connected again on each call

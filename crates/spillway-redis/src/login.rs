@@ -14,6 +14,13 @@ use std::time::Duration;
 /// What every refused login's message says after the server's name.
 const REFUSED: &str = "refused the login";
 
+/// What a sentinel's refusal asks to check. A Sentinel deployment's logins are flags, not
+/// URLs, so its two hints are worded here rather than by the caller (as a server's or a
+/// cluster's are, from where their URLs came: [`crate::RedisConfig::login_hint`]).
+pub(crate) const SENTINELS_LOGIN: &str = "the sentinels' username/password";
+/// What the refusal of the master the sentinels name asks to check.
+pub(crate) const MASTER_LOGIN: &str = "the master's username/password";
+
 /// Whether `err` is a refused or missing login (`WRONGPASS`, `NOAUTH`, a failed `AUTH`).
 ///
 /// Judged first by the client's typed error: its `AuthenticationFailed` kind (a refused

@@ -43,10 +43,6 @@ use tokio::sync::{watch, Notify};
 
 /// Counter of master switches this node followed.
 pub const MASTER_CHANGES: &str = "spillway_redis_master_changes_total";
-/// What a sentinel's refusal asks to check.
-const SENTINELS: &str = "the sentinels' username/password";
-/// What the master's refusal asks to check.
-const MASTER: &str = "the master's username/password";
 
 /// How often the task asks the sentinels even when nothing happened.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -221,7 +217,9 @@ impl SentinelConn {
                 "the master did not answer in time",
             ))),
         };
-        opened.map_err(|err| Refusal::of(inner.owner, MASTER).explain(err, "master", &addr))
+        opened.map_err(|err| {
+            Refusal::of(inner.owner, login::MASTER_LOGIN).explain(err, "master", &addr)
+        })
     }
 }
 
@@ -235,7 +233,7 @@ async fn ask(
     let addr = sentinel.get_connection_info().addr().to_string();
     ask_unexplained(sentinel, master, limit)
         .await
-        .map_err(|err| Refusal::of(owner, SENTINELS).explain(err, "sentinel", &addr))
+        .map_err(|err| Refusal::of(owner, login::SENTINELS_LOGIN).explain(err, "sentinel", &addr))
 }
 
 async fn ask_unexplained(
@@ -278,7 +276,7 @@ async fn open_master(
 ) -> RedisResult<ConnectionManager> {
     open_master_unexplained(addr, login, timeout)
         .await
-        .map_err(|err| Refusal::of(owner, MASTER).explain(err, "master", addr))
+        .map_err(|err| Refusal::of(owner, login::MASTER_LOGIN).explain(err, "master", addr))
 }
 
 async fn open_master_unexplained(
