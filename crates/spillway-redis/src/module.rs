@@ -2,20 +2,24 @@
 //! `spillway-redis-module`) instead of the Lua library.
 //!
 //! The module is a drop-in for the library's `check`: the same keys and arguments, the same
-//! packed reply, the same stored states. A store probes for it once when it prepares
+//! packed reply, the same stored states. A store probes for it when it prepares
 //! (`SPILLWAY.VERSION`, answering the digest of the Lua code the module was built beside) and
 //! sends every check to it only if that digest is its own library's: Redis keeps a module
 //! until it restarts, so an old `.so` can outlive an upgrade of Spillway, and its rules must not
 //! decide while refunds run newer Lua (a module too old to have `SPILLWAY.VERSION` is refused
 //! the same way). A server that answers "unknown command" since (restarted without the
 //! module, a failover to a node without it), or refuses the command by ACL, switches the store
-//! to the Lua library for good, in the same call, so no request fails for it; the switch is
-//! logged once. Refunds always go to the Lua library (the module has no refund; the state
-//! format is shared).
+//! to the Lua library, in the same call, so no request fails for it; the switch is logged.
+//! While checks go to Lua, for whichever of these reasons, a check probes again before it is
+//! sent, at most once every [`REPROBE`] on the store's clock (one more command on that call's
+//! connection), so a module loaded since (`MODULE LOAD`, a failover back to a node that has
+//! it, the right version after a restart) is taken without restarting Spillway. Refunds
+//! always go to the Lua library (the module has no refund; the state format is shared).
 
 use crate::resp::{self, Head};
-use redis::RedisError;
-use std::sync::atomic::{AtomicBool, Ordering};
+use redis::{RedisError, RedisResult, Value};
+use spillway_core::time::{Micros, SECOND};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::LazyLock;
 
 /// The module's check command.
@@ -24,6 +28,11 @@ pub(crate) const CHECK: &str = "SPILLWAY.CHECK";
 /// The module's version command: its reply is the digest of the Lua code it mirrors.
 pub(crate) const VERSION: &str = "SPILLWAY.VERSION";
 
+/// The least time between two probes of a store whose checks go to Lua: one command more
+/// per store every 30 s costs Redis nothing worth counting, and a module loaded at run time is
+/// taken within that.
+pub(crate) const REPROBE: Micros = 30 * SECOND;
+
 /// Whether checks go to the module; shared by every clone of a runner. Off until a probe
 /// finds the module of this version.
 #[derive(Debug, Default)]
@@ -31,6 +40,9 @@ pub(crate) struct Module {
     loaded: AtomicBool,
     /// A module of another version was found (and said so once).
     refused: AtomicBool,
+    /// When (on the store's clock) a check may probe again while checks go to Lua; 0 until a
+    /// check found them there, which starts the wait.
+    next_probe: AtomicU64,
 }
 
 impl Module {
@@ -47,6 +59,37 @@ impl Module {
         }
     }
 
+    /// Reads the reply to [`probe_cmd`]: takes the module if it answered this version's
+    /// digest ([`Module::offer`]); anything else (an unknown command, an ACL's refusal, a lost
+    /// connection) leaves checks where they go.
+    pub(crate) fn answered(&self, reply: RedisResult<Value>) {
+        match reply {
+            Ok(Value::BulkString(digest)) => self.offer(&digest),
+            other => tracing::debug!(reply = ?other, "no spillway module; checks go to Lua"),
+        }
+    }
+
+    /// Whether a check at `now` (the store's clock), while checks go to Lua, should probe for
+    /// the module first: `true` for one caller once [`REPROBE`] has passed since the last
+    /// probe, or since the first check that found checks in Lua.
+    pub(crate) fn probe_due(&self, now: Micros) -> bool {
+        let next = self.next_probe.load(Ordering::Relaxed);
+        if next != 0 && now < next {
+            return false;
+        }
+        // One caller wins the slot; at 0 the winner only starts the wait.
+        let won = self
+            .next_probe
+            .compare_exchange(
+                next,
+                now.saturating_add(REPROBE),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        won && next != 0
+    }
+
     /// Whether checks go to the module.
     pub(crate) fn enabled(&self) -> bool {
         self.loaded.load(Ordering::Relaxed)
@@ -59,9 +102,11 @@ impl Module {
         }
     }
 
-    /// Switches the store back to the Lua library for good, saying why once.
+    /// Switches the store back to the Lua library, saying why; the wait before the next
+    /// probe starts at the next check.
     pub(crate) fn disable(&self, why: &RedisError) {
         if self.loaded.swap(false, Ordering::Relaxed) {
+            self.next_probe.store(0, Ordering::Relaxed);
             tracing::warn!(
                 error = %why,
                 "Redis no longer has the spillway module; checks go to the Lua library"
@@ -157,6 +202,30 @@ mod tests {
         assert!(!module.enabled());
         module.offer(ours.as_bytes());
         assert!(module.enabled());
+    }
+
+    /// While checks go to Lua, one check probes again once [`REPROBE`] has passed, timed from
+    /// the first check that found them there, and the wait starts over after each probe and
+    /// after the module is lost again.
+    #[test]
+    fn a_store_in_lua_probes_again_at_most_once_every_reprobe() {
+        let module = Module::default();
+        let t = 1_700_000_000 * SECOND;
+        assert!(!module.probe_due(t), "the first check only starts the wait");
+        assert!(!module.probe_due(t + REPROBE - 1));
+        assert!(module.probe_due(t + REPROBE));
+        assert!(!module.probe_due(t + REPROBE), "one caller probes");
+        assert!(!module.probe_due(t + 2 * REPROBE - 1));
+        assert!(module.probe_due(t + 2 * REPROBE));
+
+        module.offer(crate::script::library().digest.as_bytes());
+        assert!(module.enabled());
+        module.disable(&RedisError::from((redis::ErrorKind::Client, "the test's")));
+        assert!(!module.enabled());
+        let lost = t + 2 * REPROBE + 7;
+        assert!(!module.probe_due(lost), "the wait starts over");
+        assert!(!module.probe_due(lost + REPROBE - 1));
+        assert!(module.probe_due(lost + REPROBE));
     }
 
     #[test]

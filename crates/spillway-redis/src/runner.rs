@@ -16,7 +16,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use spillway_core::request::CheckMode;
 use spillway_core::store::StoreError;
-use spillway_core::time::Clock;
+use spillway_core::time::{Clock, SystemClock};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +96,8 @@ pub(crate) struct Runner {
     pub(crate) timeout: Duration,
     /// When set, scripts evaluate at this clock's time instead of Redis `TIME` (tests only).
     pub(crate) injected: Option<Arc<dyn Clock>>,
+    /// The store's clock: it paces looking for the module again (see [`Module::probe_due`]).
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl Runner {
@@ -109,6 +111,7 @@ impl Runner {
             refund_script: Arc::new(redis::Script::new(script::REFUND_SCRIPT)),
             timeout,
             injected: None,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -165,8 +168,7 @@ impl Runner {
     /// Functions. Other failures are left for the first call to meet (and recover).
     pub(crate) async fn prepare(&self) {
         match self.setup(&module::probe_cmd()).await {
-            Ok(Ok(redis::Value::BulkString(digest))) => self.module.offer(&digest),
-            Ok(other) => tracing::debug!(reply = ?other, "no spillway module; checks go to Lua"),
+            Ok(reply) => self.module.answered(reply),
             Err(_) => tracing::debug!("the module probe timed out; checks go to Lua"),
         }
         if let Ok(Err(err)) = self.setup(&functions::load_cmd()).await {
@@ -193,7 +195,8 @@ impl Runner {
     /// module's check, for a check while the module is there: `module`) over `keys` and
     /// `args` within `limit`: the one way a script is called, and so where its errors are
     /// counted (as a store error and a script error), except a resharding refusal, which is
-    /// counted by [`Failed::settled`] once nobody sends the call again.
+    /// counted by [`Failed::settled`] once nobody sends the call again. A check while the
+    /// module is not in use asks for it first when that is due ([`Module::probe_due`]).
     async fn invoke(
         &self,
         limit: Duration,
@@ -204,6 +207,10 @@ impl Runner {
         module: bool,
     ) -> Result<redis::Value, Failed> {
         let called = self.timed(limit, |mut conn| async move {
+            if module && !self.module.enabled() && self.module.probe_due(self.clock.now()) {
+                let reply = functions::lift(conn.query(&module::probe_cmd()).await);
+                self.module.answered(reply);
+            }
             if module && self.module.enabled() {
                 match functions::lift(conn.module_check(keys, args).await) {
                     Err(err) if module::is_missing(&err) => self.module.disable(&err),

@@ -45,7 +45,8 @@ pub struct RedisStore {
     /// through Sentinel; none on a cluster).
     thread_conns: ThreadConns,
     layout: KeyLayout,
-    /// The node's clock, for the local cache (Redis keeps the limits' own time).
+    /// The node's clock, for the local cache and the pace of looking for the native module
+    /// again (Redis keeps the limits' own time).
     clock: Arc<dyn Clock>,
     cache: Option<LocalCache>,
     /// On a cluster, which master serves each slot (the failure domains).
@@ -167,9 +168,13 @@ impl RedisStore {
         })
     }
 
-    /// Uses `clock` for the local cache instead of the system clock.
+    /// Uses `clock` for the local cache and the module's probes instead of the system clock.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.runner.clock = clock.clone();
         self.clock = clock;
+        // The batcher holds its own runner: start it again with the clock (the old
+        // dispatcher ends with its queue).
+        self.batcher = Batcher::start(self.runner.clone());
         self
     }
 
@@ -177,11 +182,7 @@ impl RedisStore {
     /// can use exact times. Production stores never call this.
     pub fn with_injected_time(mut self, clock: Arc<dyn Clock>) -> Self {
         self.runner.injected = Some(clock.clone());
-        self.clock = clock;
-        // The batcher holds its own runner: start it again with the injected clock (the old
-        // dispatcher ends with its queue).
-        self.batcher = Batcher::start(self.runner.clone());
-        self
+        self.with_clock(clock)
     }
 
     /// The Redis key a state key is stored under.

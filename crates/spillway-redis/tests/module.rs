@@ -579,3 +579,69 @@ async fn a_store_falls_back_to_lua_when_the_module_goes() {
     assert_eq!(d[0].remaining, 0);
     assert!(calls(server.port(), "fcall") >= 2);
 }
+
+/// How long a store in Lua waits between probes for the module (`module::REPROBE`).
+const REPROBE: u64 = 30 * spillway_core::time::SECOND;
+
+/// After falling back to Lua (the module unloaded), a store probes again at most once every
+/// [`REPROBE`] on its clock: a module loaded since takes the checks from the first one after
+/// that, and none before; the count carries over each switch.
+#[tokio::test]
+async fn a_store_takes_a_module_loaded_after_it_fell_back() {
+    let server = with_module(&["--enable-module-command", "yes"]);
+    let port = server.port();
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    clock.set(T0);
+    let (k, p) = (key("l", &["back"]), window(100));
+    let (shared, k, p) = (&store, &k, &p);
+    let mut expected = 100;
+    let mut consume = move || {
+        expected -= 1;
+        let (store, expected) = (shared, expected);
+        async move {
+            let d = store
+                .check(&[check(k, p, 1)], CheckMode::Consume)
+                .await
+                .expect("answered");
+            assert_eq!(d[0].remaining, expected, "one count, module or Lua");
+        }
+    };
+    consume().await;
+    assert_eq!(calls(port, "spillway.check"), 1);
+    let unloaded = command(port, "MODULE UNLOAD spillway").unwrap_or_default();
+    assert!(unloaded.starts_with("+OK"), "{unloaded}");
+    consume().await; // falls back to Lua within the call
+    let loaded = command(port, &format!("MODULE LOAD {}", module_path())).unwrap_or_default();
+    assert!(loaded.starts_with("+OK"), "{loaded}");
+    let (probes, checks) = (
+        calls(port, "spillway.version"),
+        calls(port, "spillway.check"),
+    );
+    // The wait starts at the first check after the fall-back; nothing probes within it.
+    for _ in 0..3 {
+        consume().await;
+    }
+    clock.advance(REPROBE - 1);
+    consume().await;
+    assert_eq!(
+        calls(port, "spillway.version"),
+        probes,
+        "no probe within the wait"
+    );
+    assert_eq!(
+        calls(port, "spillway.check"),
+        checks,
+        "checks stayed in Lua"
+    );
+    let lua = calls(port, "fcall");
+    clock.advance(1);
+    consume().await;
+    consume().await;
+    assert_eq!(calls(port, "spillway.version"), probes + 1, "one probe");
+    assert_eq!(
+        calls(port, "spillway.check"),
+        checks + 2,
+        "the module is used again"
+    );
+    assert_eq!(calls(port, "fcall"), lua, "and Lua no more");
+}
