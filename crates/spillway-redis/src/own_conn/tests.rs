@@ -1,11 +1,14 @@
 //! Our own connection against a real redis-server (and, for what a real server never does, a
-//! listener of the test's own that answers with chosen bytes).
+//! listener of the test's own that answers with chosen bytes: a close mid-reply, malformed
+//! replies).
 
 use super::*;
 use crate::login;
 use spillway_testkit::redis::{command, command_as, RedisServer};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 const LIMIT: Duration = Duration::from_secs(2);
 
@@ -118,14 +121,20 @@ async fn pipelines_and_commands_without_a_reply_are_refused() {
 }
 
 /// A proxy to the server at `port` that holds each new connection's first bytes (its login)
-/// for `delay` before passing them on, and passes the rest straight through.
-async fn delaying_proxy(port: u16, delay: Duration) -> String {
+/// while the returned gate is shut (`false`), and passes everything else straight through;
+/// it counts the connections it accepted.
+async fn gated_proxy(port: u16) -> (String, watch::Sender<bool>, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binds");
     let url = format!("redis://{}", listener.local_addr().expect("address"));
+    let (gate, open) = watch::channel(true);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
     tokio::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut open = open.clone();
             tokio::spawn(async move {
                 let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
                 else {
@@ -136,24 +145,25 @@ async fn delaying_proxy(port: u16, delay: Duration) -> String {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
-                tokio::time::sleep(delay).await;
-                if server.write_all(&first[..n]).await.is_err() {
+                let opened = open.wait_for(|open| *open).await.is_ok();
+                if !opened || server.write_all(&first[..n]).await.is_err() {
                     return;
                 }
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
             });
         }
     });
-    url
+    (url, gate, accepted)
 }
 
 #[tokio::test]
 async fn a_login_slower_than_the_calls_budget_still_completes() {
     let server = RedisServer::start();
-    let url = delaying_proxy(server.port(), Duration::from_millis(300)).await;
+    let (url, gate, accepted) = gated_proxy(server.port()).await;
     let conn = connect(&url).await.expect("connects");
-    // The connection is lost while idle: the next call logs in again, through the proxy's
-    // 300 ms, and each caller gives up after 50 ms.
+    // The connection is lost while idle: the next call logs in again, held at the proxy,
+    // and each caller gives up after 50 ms.
+    gate.send_replace(false);
     conn.shared.lock().close("the test closed it", None);
     let budget = Duration::from_millis(50);
     for _ in 0..2 {
@@ -161,9 +171,15 @@ async fn a_login_slower_than_the_calls_budget_still_completes() {
             .await
             .is_err());
     }
-    // The login went on without a caller waiting for it: a call after it is served within
-    // the budget (a login started over would take the proxy's 300 ms again).
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Let the login through: it completes with no caller waiting for it, and it is the one
+    // both callers waited on (one connection after the first; a login started over by the
+    // second caller would have made another).
+    gate.send_replace(true);
+    let login = conn.shared.login.lock().await.take();
+    let login = login.expect("a login left running");
+    login.await.expect("no panic").expect("logged in");
+    assert!(conn.shared.lock().io.is_some(), "connected again");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
     let reply = tokio::time::timeout(budget, run(&conn, &["ECHO", "later"]))
         .await
         .expect("served within the budget");
@@ -511,14 +527,19 @@ async fn a_reply_declared_past_the_bound_is_refused_without_waiting_for_it() {
 
 #[tokio::test]
 async fn a_server_that_stops_answering_does_not_pile_up_calls_without_bound() {
-    // The first connection answers nothing after the login; the next answers.
-    let url = fake_server(|conn| match conn {
-        0 => (b"", false),
-        _ => (b":7\r\n", false),
-    })
-    .await;
-    let conn = connect(&url).await.expect("connects");
-    for _ in 0..MAX_WAITING {
+    let server = RedisServer::start();
+    let conn = connect(&server.url()).await.expect("connects");
+    assert_eq!(
+        run(&conn, &["SET", "k", "7"]).await.expect("set"),
+        Value::Okay
+    );
+    // A command that blocks for good: the server reads nothing more from this connection
+    // until it is answered, so every later call waits too.
+    let blocked = run(&conn, &["BLPOP", "nothing-here", "0"]);
+    assert!(tokio::time::timeout(Duration::from_millis(1), blocked)
+        .await
+        .is_err());
+    for _ in 1..MAX_WAITING {
         let call = run(&conn, &["GET", "k"]);
         assert!(tokio::time::timeout(Duration::from_millis(1), call)
             .await
@@ -528,7 +549,7 @@ async fn a_server_that_stops_answering_does_not_pile_up_calls_without_bound() {
     // One more: the connection is closed (every place with it) and made again.
     assert_eq!(
         run(&conn, &["GET", "k"]).await.expect("answered"),
-        Value::Int(7)
+        Value::BulkString(b"7".to_vec())
     );
     assert_eq!(conn.shared.lock().waiting.len(), 0);
 }
