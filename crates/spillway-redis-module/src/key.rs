@@ -1,29 +1,40 @@
-//! The few key functions of the module API that the `redis-module` crate does not wrap for
-//! a key opened for writing: its type, a string value written in place, a delete, an absolute
-//! expiry, the "modified" signal and a key's remaining time to live. This is the crate's only
-//! `unsafe` code: each block calls one module API function on a key handle this type owns.
+//! The few functions of the module API that the `redis-module` crate does not wrap for a key
+//! opened for writing (its type, a string value written in place, a delete, an absolute
+//! expiry, the "modified" signal, a key's remaining time to live), and the replication and
+//! keyspace notification of a write called directly: the crate's wrappers copy every argument
+//! into a new Redis string first, which cost more than the write itself. This is the crate's
+//! only `unsafe` code: each block calls one module API function.
 //!
 //! Everything here needs Redis 6.2.2 or later (`RedisModule_SetAbsExpire`); [`available`]
 //! says whether the server has it, and callers write through a called command when it does
 //! not. A function missing all the same is an error, never a crash.
 
 use redis_module::raw::{self, KeyMode, KeyType, RedisModuleKey};
-use redis_module::{Context, RedisError, RedisString};
+use redis_module::{Context, NotifyEvent, RedisError, RedisString};
+use std::ffi::{c_char, c_longlong, CStr};
 
 /// Whether the server has every function a [`WriteKey`] uses.
 pub fn available() -> bool {
     // SAFETY: the function pointers are set once, when Redis loads the module, and only read
     // after (here and in `api`), copied out of their statics.
-    let (set_at, signal, kind, delete, get) = unsafe {
+    let (set_at, signal, kind, delete, get, replicate, notify) = unsafe {
         (
             raw::RedisModule_SetAbsExpire,
             raw::RedisModule_SignalModifiedKey,
             raw::RedisModule_KeyType,
             raw::RedisModule_DeleteKey,
             raw::RedisModule_GetExpire,
+            raw::RedisModule_Replicate,
+            raw::RedisModule_NotifyKeyspaceEvent,
         )
     };
-    set_at.is_some() && signal.is_some() && kind.is_some() && delete.is_some() && get.is_some()
+    set_at.is_some()
+        && signal.is_some()
+        && kind.is_some()
+        && delete.is_some()
+        && get.is_some()
+        && replicate.is_some()
+        && notify.is_some()
 }
 
 /// A module API function the server may lack.
@@ -145,4 +156,67 @@ pub fn pttl(ctx: &Context, name: &RedisString) -> Result<i64, RedisError> {
     } else {
         ttl
     })
+}
+
+/// A command to replicate: `SET key value PXAT at`, `SET key value XX KEEPTTL` or `DEL key`.
+pub enum Propagate<'v> {
+    SetAt(&'v [u8], i64),
+    SetKeepTtl(&'v [u8]),
+    Del,
+}
+
+/// Replicates `what` on `key` to replicas and the AOF, after the command's other writes
+/// (`RedisModule_Replicate`, which also counts a change for the save points).
+pub fn replicate(ctx: &Context, key: &RedisString, what: Propagate) -> Result<(), RedisError> {
+    // SAFETY: see `available`.
+    let f = api(unsafe { raw::RedisModule_Replicate })?;
+    let (c, k) = (ctx.get_raw(), key.inner);
+    // SAFETY: each format names exactly the arguments after it ('s' a Redis string, 'b' a
+    // pointer and its length, 'c' a C string, 'l' a long long), all alive for the call, which
+    // copies what it keeps.
+    let status = unsafe {
+        match what {
+            Propagate::SetAt(v, at) => f(
+                c,
+                c"SET".as_ptr(),
+                c"sbcl".as_ptr(),
+                k,
+                v.as_ptr().cast::<c_char>(),
+                v.len(),
+                c"PXAT".as_ptr(),
+                at as c_longlong,
+            ),
+            Propagate::SetKeepTtl(v) => f(
+                c,
+                c"SET".as_ptr(),
+                c"sbcc".as_ptr(),
+                k,
+                v.as_ptr().cast::<c_char>(),
+                v.len(),
+                c"XX".as_ptr(),
+                c"KEEPTTL".as_ptr(),
+            ),
+            Propagate::Del => f(c, c"DEL".as_ptr(), c"s".as_ptr(), k),
+        }
+    };
+    if status != raw::REDISMODULE_OK as i32 {
+        return Err(RedisError::Str(
+            "ERR spillway.check: a write could not be replicated",
+        ));
+    }
+    Ok(())
+}
+
+/// Fires the keyspace event `event` of class `class` on `key`.
+pub fn notify(
+    ctx: &Context,
+    class: NotifyEvent,
+    event: &CStr,
+    key: &RedisString,
+) -> Result<(), RedisError> {
+    // SAFETY: see `available`.
+    let f = api(unsafe { raw::RedisModule_NotifyKeyspaceEvent })?;
+    // SAFETY: the context, the event's name and the key outlive the call.
+    unsafe { f(ctx.get_raw(), class.bits(), event.as_ptr(), key.inner) };
+    Ok(())
 }

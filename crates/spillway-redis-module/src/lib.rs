@@ -17,9 +17,9 @@
 //! stays in Lua (the state format is shared).
 //!
 //! Layout: [`num`] the Lua's double arithmetic, [`algorithms`] the five string-state
-//! algorithms, [`sliding_log`] the sorted-set one, [`check`] the command, [`write`] its string
-//! writes through the key API (on [`key`], the few key functions the `redis-module` crate
-//! leaves unwrapped), [`redis`] the commands it still calls (the sliding log's).
+//! algorithms, [`sliding_log`] the sorted-set one, [`check`] the command, `write` its string
+//! writes through the key API (on `key`, the few module API functions it calls without the
+//! `redis-module` crate's wrappers), `redis` the commands it still calls (the sliding log's).
 
 pub mod algorithms;
 pub mod check;

@@ -4,19 +4,19 @@
 //! the value and expiry, the "modified" signal (WATCH, client-side caching), the keyspace
 //! notifications (`set`, `expire`, `del`), and the command Redis would propagate for it to
 //! replicas and the AOF (`RedisModule_Replicate`, which also counts the change for the save
-//! points): `SET key value PXAT <ms>` for a `SET ... PX`, with the absolute expiry the key got
+//! points; `key.rs` calls it directly): `SET key value PXAT <ms>` for a `SET ... PX`, with the absolute expiry the key got
 //! here, so a replica or an AOF applying it later gives the key the same expiry (Redis 7.0
 //! propagates the Lua's `SET ... PX` the same way); `SET key value XX KEEPTTL` and `DEL key`
 //! as they are. A write that would change nothing (a `DEL` of no key, an `NX` on an existing
 //! key) propagates and signals nothing, as the command does.
 //!
 //! Redis 7.0 and later put these and the commands the sliding log still calls into one list,
-//! in the order they ran, sent wrapped in `MULTI`/`EXEC`; `tests/module.rs` holds the stream
-//! a replica receives to the one the Lua's call gives. On a server without the key functions
-//! needed (before 6.2.2), and for the rare `KEEPTTL` write over a key of another type, the
-//! command is called as before.
+//! in the order they ran, sent wrapped in `MULTI`/`EXEC`; `spillway-redis`'s
+//! `tests/module_effects.rs` holds the stream a replica receives to the one the Lua's call
+//! gives. On a server without the key functions needed (before 6.2.2), and for the rare
+//! `KEEPTTL` write over a key of another type, the command is called as before.
 
-use crate::key::{self, WriteKey};
+use crate::key::{self, notify, replicate, Propagate, WriteKey};
 use crate::redis::{Redis, Reply};
 use redis_module::{KeyType, NotifyEvent, RedisError, RedisString};
 
@@ -32,10 +32,8 @@ pub fn delete(r: &Redis, key: &RedisString) -> Result<(), RedisError> {
     }
     k.delete()?;
     k.modified()?;
-    r.ctx()
-        .notify_keyspace_event(NotifyEvent::GENERIC, "del", key);
-    r.ctx().replicate("DEL", &[key.as_slice()][..]);
-    Ok(())
+    notify(r.ctx(), NotifyEvent::GENERIC, c"del", key)?;
+    replicate(r.ctx(), key, Propagate::Del)
 }
 
 /// `SET key value XX KEEPTTL`, as the Lua calls it (`pcall`: an error is a write not done):
@@ -50,9 +48,8 @@ pub fn set_keeping_ttl(r: &Redis, key: &RedisString, value: &[u8]) -> Result<boo
                 // Written in place: the key keeps its expiry.
                 k.set(value)?;
                 k.modified()?;
-                r.ctx()
-                    .notify_keyspace_event(NotifyEvent::STRING, "set", key);
-                r.ctx().replicate("SET", &args[..]);
+                notify(r.ctx(), NotifyEvent::STRING, c"set", key)?;
+                replicate(r.ctx(), key, Propagate::SetKeepTtl(value))?;
                 return Ok(true);
             }
             // Another type (a sliding log's set): the command replaces it keeping its expiry.
@@ -115,10 +112,7 @@ fn write_expiring(
     k.set(value)?;
     k.expire_at(at)?;
     k.modified()?;
-    let ctx = r.ctx();
-    ctx.notify_keyspace_event(NotifyEvent::STRING, "set", key);
-    ctx.notify_keyspace_event(NotifyEvent::GENERIC, "expire", key);
-    let at = at.to_string();
-    ctx.replicate("SET", &[key.as_slice(), value, b"PXAT", at.as_bytes()][..]);
-    Ok(())
+    notify(r.ctx(), NotifyEvent::STRING, c"set", key)?;
+    notify(r.ctx(), NotifyEvent::GENERIC, c"expire", key)?;
+    replicate(r.ctx(), key, Propagate::SetAt(value, at))
 }
