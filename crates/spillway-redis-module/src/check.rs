@@ -7,9 +7,11 @@
 //! a malformed call is refused with an error and writes nothing.
 
 use crate::algorithms::{self, any_whole, whole, Six, Write};
-use crate::num::{int, lua_mod, px_until};
-use crate::redis::{Redis, Reply};
+use crate::key;
+use crate::num::{lua_mod, px_until};
+use crate::redis::Redis;
 use crate::sliding_log::{self, Plan};
+use crate::write;
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
 const CONSUME: f64 = 1.0;
@@ -19,7 +21,7 @@ const MARKED: f64 = 8.0;
 const ENFORCED: f64 = 1.0;
 const ADMIT: f64 = 2.0;
 /// How long a report marker lasts, in milliseconds (spillway-core's REPORT_TTL).
-const REPORT_TTL_MS: &[u8] = b"3600000";
+const REPORT_TTL_MS: i64 = 3_600_000;
 /// The TTL slack (milliseconds) of every new expiry when the time is injected.
 const INJECTED_SLACK: f64 = 3_600_000.0;
 
@@ -161,10 +163,8 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let charge = lua_mod(req.flags, 8.0) >= CHARGE;
         let mut fresh = true;
         if lua_mod(req.flags, 16.0) >= MARKED {
-            let marker = keys[k].as_slice();
+            fresh = write::set_new(&r, &keys[k], b"1", REPORT_TTL_MS)?;
             k += 1;
-            let set = r.write("SET", &[marker, b"1", b"NX", b"PX", REPORT_TTL_MS])?;
-            fresh = set != Reply::Null;
         }
         let admit_at = reply.len();
         reply.extend_from_slice(&0f64.to_le_bytes());
@@ -238,16 +238,23 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         if admitted && (charge || lua_mod(req.flags, 2.0) == CONSUME) {
             let n = req.limits.len();
             for (j, (ok, p, keep)) in pending.iter().enumerate() {
-                let key = keys[k + j].as_slice();
+                let name = &keys[k + j];
+                let key = name.as_slice();
                 let is_log = req.limits[j].code == 5;
                 let (mut old, mut old_ttl, mut new) = (Vec::new(), b"0".to_vec(), Vec::new());
                 if undo {
+                    // The key as it is now (GET, '' for no string, and PTTL), read directly.
                     if !is_log {
-                        if let Reply::Bytes(b) = r.read("GET", &[key]).unwrap_or(Reply::Null) {
-                            old = b;
+                        if let Ok(Some(b)) = ctx.open_key(name).read() {
+                            old = b.to_vec();
                         }
                     }
-                    old_ttl = r.read("PTTL", &[key])?.int()?.to_string().into_bytes();
+                    let ttl = if key::available() {
+                        key::pttl(ctx, name)?
+                    } else {
+                        r.read("PTTL", &[key])?.int()?
+                    };
+                    old_ttl = ttl.to_string().into_bytes();
                 }
                 if !ok {
                     new = old.clone();
@@ -263,7 +270,7 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                             }
                         }
                         Pending::State(w) => {
-                            new = put(&r, key, w, *keep, now, ttl_slack)?;
+                            new = put(&r, name, w, *keep, now, ttl_slack)?;
                         }
                         // Lua would fail on a nil state here; no path leads to it.
                         Pending::None => return Err(refuse("nothing to write".into())),
@@ -288,23 +295,22 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// Writes a state (Lua `put`): the bytes written, empty for a delete.
 fn put(
     r: &Redis,
-    key: &[u8],
+    key: &RedisString,
     w: &Write,
     keep: bool,
     now: f64,
     ttl_slack: f64,
 ) -> Result<Vec<u8>, RedisError> {
     if w.need <= now {
-        r.write("DEL", &[key])?;
+        write::delete(r, key)?;
         return Ok(Vec::new());
     }
-    if keep {
-        if let Ok(Reply::Bytes(_)) = r.write("SET", &[key, &w.state, b"XX", b"KEEPTTL"]) {
-            return Ok(w.state.clone());
-        }
+    if keep && write::set_keeping_ttl(r, key, &w.state)? {
+        return Ok(w.state.clone());
     }
-    let px = int(px_until(w.deadline, now, ttl_slack));
-    r.write("SET", &[key, &w.state, b"PX", px.as_bytes()])?;
+    // Lua's `int`: the double converted to a whole number.
+    let px = px_until(w.deadline, now, ttl_slack) as i64;
+    write::set_with_px(r, key, &w.state, px)?;
     Ok(w.state.clone())
 }
 

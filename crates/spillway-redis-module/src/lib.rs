@@ -17,16 +17,21 @@
 //! stays in Lua (the state format is shared).
 //!
 //! Layout: [`num`] the Lua's double arithmetic, [`algorithms`] the five string-state
-//! algorithms, [`sliding_log`] the sorted-set one, [`check`] the command, [`redis`] the calls
-//! it makes.
+//! algorithms, [`sliding_log`] the sorted-set one, [`check`] the command, `write` its string
+//! writes through the key API (on `key`, the few module API functions it calls without the
+//! `redis-module` crate's wrappers), `redis` the commands it still calls (the sliding log's).
 
 pub mod algorithms;
 pub mod check;
+mod key;
 pub mod num;
 mod redis;
 pub mod sliding_log;
+mod write;
 
-use redis_module::{redis_module, Context, RedisResult, RedisString, RedisValue};
+use redis_module::{
+    redis_module, Context, ModuleOptions, RedisResult, RedisString, RedisValue, Status,
+};
 
 /// The SHA-1 (40 hex digits) of the Lua library's code this module mirrors; the same digest
 /// `spillway_redis::script::library()` computes.
@@ -37,6 +42,14 @@ fn version(_: &Context, _: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::BulkString(LUA_DIGEST.to_owned()))
 }
 
+/// At load: keys opened for writing are not signalled as modified when closed; `write`
+/// signals a key only when a write changed it, as a command does (a `DEL` of no key, or a
+/// report marker that already exists, signals nothing).
+fn init(ctx: &Context, _: &[RedisString]) -> Status {
+    ctx.set_module_options(ModuleOptions::NO_IMPLICIT_SIGNAL_MODIFIED);
+    Status::Ok
+}
+
 redis_module! {
     name: "spillway",
     version: 1,
@@ -44,6 +57,7 @@ redis_module! {
     // outside Redis, where Redis's allocator does not exist.
     allocator: (std::alloc::System, std::alloc::System),
     data_types: [],
+    init: init,
     commands: [
         ["spillway.check", check::command, "write deny-oom", 1, -3, 1, ""],
         ["spillway.version", version, "readonly fast", 0, 0, 0, ""],

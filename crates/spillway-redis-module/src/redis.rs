@@ -1,5 +1,7 @@
 //! Commands called inside the module's command, through the module API's call (the same
-//! commands the Lua code sends with `redis.call`), and their replies as owned values.
+//! commands the Lua code sends with `redis.call`), and their replies as owned values: the
+//! sliding log's, and the string writes on a server without the key functions `write.rs`
+//! uses.
 //!
 //! Writes are called with the `!` flag, so Redis replicates them (and appends them to the AOF)
 //! as it does a Lua function's writes: replicas and the AOF receive the effects, never the

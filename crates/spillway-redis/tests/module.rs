@@ -6,153 +6,16 @@
 
 mod common;
 
+use common::module::{
+    call, connect, load_library, numbers, pack, replicated, same_reply, snapshot, ttl_close,
+    with_module, TOP,
+};
 use common::{check, key, redis_store, window, Backend, T0};
-use redis::aio::MultiplexedConnection;
 use redis::Value;
 use spillway_core::request::CheckMode;
 use spillway_core::store::Store;
-use spillway_testkit::redis::{calls, command, module_path, RedisServer};
+use spillway_testkit::redis::{calls, command, RedisServer};
 use spillway_testkit::vectors::Rng;
-
-fn with_module(extra: &[&str]) -> RedisServer {
-    let path = module_path();
-    let mut args = vec!["--loadmodule", path.as_str()];
-    args.extend(extra);
-    RedisServer::start_with(&args)
-}
-
-async fn connect(server: &RedisServer) -> MultiplexedConnection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-/// Loads the Lua library and returns its check function's name.
-async fn load_library(conn: &mut MultiplexedConnection) -> String {
-    let lib = spillway_redis::script::library();
-    let _: String = redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg("REPLACE")
-        .arg(&lib.source)
-        .query_async(conn)
-        .await
-        .unwrap();
-    lib.check.clone()
-}
-
-/// One check call, to the module or to the Lua function `lua`; a server error as `Err`.
-async fn call(
-    conn: &mut MultiplexedConnection,
-    lua: Option<&str>,
-    keys: &[String],
-    now: &str,
-    blob: &[u8],
-) -> redis::RedisResult<Value> {
-    let mut cmd = match lua {
-        Some(name) => {
-            let mut c = redis::cmd("FCALL");
-            c.arg(name).arg(keys.len());
-            c
-        }
-        None => redis::cmd("SPILLWAY.CHECK"),
-    };
-    cmd.arg(keys).arg(now).arg(blob);
-    match cmd.query_async(conn).await {
-        Ok(Value::ServerError(e)) => Err(e.into()),
-        other => other,
-    }
-}
-
-fn pack(numbers: &[f64]) -> Vec<u8> {
-    numbers.iter().flat_map(|n| n.to_le_bytes()).collect()
-}
-
-/// Random numbers for algorithm `code`: mostly small, sometimes near 2^53.
-fn numbers(rng: &mut Rng, code: u64) -> [f64; 3] {
-    let big = |rng: &mut Rng| (1u64 << (30 + rng.below(23))) as f64 + rng.below(1000) as f64;
-    let mut pick = |small: u64| {
-        if rng.below(20) == 0 {
-            big(rng)
-        } else {
-            (1 + rng.below(small)) as f64
-        }
-    };
-    // Now and then a quota of exactly 2^53, the largest validation allows.
-    let top = |rng: &mut Rng, usual: f64| {
-        if rng.below(25) == 0 {
-            TOP
-        } else {
-            usual
-        }
-    };
-    match code {
-        1 | 2 | 6 => {
-            let p = [pick(1000), pick(10_000_000), pick(50)];
-            [p[0], p[1], top(rng, p[2])]
-        }
-        _ => {
-            let p = [pick(50) - 1.0, pick(100_000_000), 0.0];
-            [top(rng, p[0]), p[1], p[2]]
-        }
-    }
-}
-
-/// 2^53: the largest quota validation allows; the store sends a cost past it as 2^53 + 2.
-const TOP: f64 = 9_007_199_254_740_992.0;
-
-/// PTTLs of the two sides, taken at slightly different moments, agree within this (ms).
-const TTL_SLACK: i64 = 200;
-
-fn ttl_close(a: i64, b: i64) -> bool {
-    if a < 0 || b < 0 {
-        a == b
-    } else {
-        (a - b).abs() <= TTL_SLACK
-    }
-}
-
-/// The two replies agree: the packed decisions exactly, undo records exactly but for their
-/// PTTLs (read at slightly different moments).
-fn same_reply(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::BulkString(x), Value::BulkString(y)) => x == y,
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-            x.iter().zip(y).enumerate().all(|(i, (u, v))| {
-                if i > 0 && i % 3 == 2 {
-                    let n = |v: &Value| match v {
-                        Value::BulkString(b) => String::from_utf8_lossy(b).parse::<i64>().ok(),
-                        _ => None,
-                    };
-                    matches!((n(u), n(v)), (Some(p), Some(q)) if ttl_close(p, q))
-                } else {
-                    u == v
-                }
-            })
-        }
-        _ => false,
-    }
-}
-
-/// A key's type, contents (string value or scored members) and PTTL.
-async fn snapshot(conn: &mut MultiplexedConnection, key: &str) -> (String, Value, i64) {
-    let kind: String = redis::cmd("TYPE").arg(key).query_async(conn).await.unwrap();
-    let contents = match kind.as_str() {
-        "string" => redis::cmd("GET").arg(key).query_async(conn).await.unwrap(),
-        "zset" => redis::cmd("ZRANGE")
-            .arg(key)
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(conn)
-            .await
-            .unwrap(),
-        _ => Value::Nil,
-    };
-    let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap();
-    (kind, contents, ttl)
-}
 
 /// Random calls over a small pool of keys, on two copies of the same keys: side `a` always
 /// through the Lua library, side `b` through the module or the Lua at random, call by call.
@@ -295,21 +158,6 @@ async fn module_and_lua_agree_byte_for_byte_and_read_each_others_keys() {
     assert!(calls(server.port(), "spillway.check") >= by_module);
 }
 
-/// Random bytes as the requests (and random times and key counts), and well-formed requests of
-/// random doubles (NaN, infinities, negatives, fractions, 2^64): every call is answered with a
-/// reply or a clear error, and the server lives on.
-/// A key's type, contents and absolute expiry (`PEXPIRETIME`, which a replica holds exactly
-/// as its master).
-async fn replicated(conn: &mut MultiplexedConnection, key: &str) -> (String, Value, i64) {
-    let (kind, contents, _) = snapshot(conn, key).await;
-    let at: i64 = redis::cmd("PEXPIRETIME")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .unwrap();
-    (kind, contents, at)
-}
-
 /// Random calls on a master with a replica, both with the module, mostly at the server's own
 /// clock (`now` = ""): the replica receives the effects (never the command, which it would run
 /// at its own time), so every key's value, members and expiry are the master's exactly.
@@ -392,6 +240,9 @@ async fn a_replica_holds_exactly_what_the_module_wrote_on_its_master() {
     );
 }
 
+/// Random bytes as the requests (and random times and key counts), and well-formed requests of
+/// random doubles (NaN, infinities, negatives, fractions, 2^64): every call is answered with a
+/// reply or a clear error, and the server lives on.
 #[tokio::test]
 async fn malformed_calls_get_an_error_and_never_crash_the_server() {
     let server = with_module(&[]);

@@ -2,6 +2,7 @@
 //! replaying vectors through any [`Store`].
 #![allow(dead_code)]
 
+pub mod module;
 pub mod thread_conns;
 
 use spillway_core::algorithm::{Decision, LimitParams};

@@ -1,0 +1,118 @@
+//! The check's writes of string states and report markers: what the Lua's `SET` and `DEL`
+//! calls do, done through the key API ([`crate::key`]) instead of running the command, which
+//! cost Redis more than the check's own work. Each write does all that the command would:
+//! the value and expiry, the "modified" signal (WATCH, client-side caching), the keyspace
+//! notifications (`set`, `expire`, `del`), and the command Redis would propagate for it to
+//! replicas and the AOF (`RedisModule_Replicate`, which also counts the change for the save
+//! points; `key.rs` calls it directly): `SET key value PXAT <ms>` for a `SET ... PX`, with the absolute expiry the key got
+//! here, so a replica or an AOF applying it later gives the key the same expiry (Redis 7.0
+//! propagates the Lua's `SET ... PX` the same way); `SET key value XX KEEPTTL` and `DEL key`
+//! as they are. A write that would change nothing (a `DEL` of no key, an `NX` on an existing
+//! key) propagates and signals nothing, as the command does.
+//!
+//! Redis 7.0 and later put these and the commands the sliding log still calls into one list,
+//! in the order they ran, sent wrapped in `MULTI`/`EXEC`; `spillway-redis`'s
+//! `tests/module_effects.rs` holds the stream a replica receives to the one the Lua's call
+//! gives. On a server without the key functions needed (before 6.2.2), and for the rare
+//! `KEEPTTL` write over a key of another type, the command is called as before.
+
+use crate::key::{self, notify, replicate, Propagate, WriteKey};
+use crate::redis::{Redis, Reply};
+use redis_module::{KeyType, NotifyEvent, RedisError, RedisString};
+
+/// `DEL key`.
+pub fn delete(r: &Redis, key: &RedisString) -> Result<(), RedisError> {
+    if !key::available() {
+        r.write("DEL", &[key.as_slice()])?;
+        return Ok(());
+    }
+    let k = WriteKey::open(r.ctx(), key)?;
+    if k.kind()? == KeyType::Empty {
+        return Ok(());
+    }
+    k.delete()?;
+    k.modified()?;
+    notify(r.ctx(), NotifyEvent::GENERIC, c"del", key)?;
+    replicate(r.ctx(), key, Propagate::Del)
+}
+
+/// `SET key value XX KEEPTTL`, as the Lua calls it (`pcall`: an error is a write not done):
+/// whether the key was written, which it is only when it exists.
+pub fn set_keeping_ttl(r: &Redis, key: &RedisString, value: &[u8]) -> Result<bool, RedisError> {
+    let args = [key.as_slice(), value, b"XX", b"KEEPTTL"];
+    if key::available() {
+        let k = WriteKey::open(r.ctx(), key)?;
+        match k.kind()? {
+            KeyType::Empty => return Ok(false),
+            KeyType::String => {
+                // Written in place: the key keeps its expiry.
+                k.set(value)?;
+                k.modified()?;
+                notify(r.ctx(), NotifyEvent::STRING, c"set", key)?;
+                replicate(r.ctx(), key, Propagate::SetKeepTtl(value))?;
+                return Ok(true);
+            }
+            // Another type (a sliding log's set): the command replaces it keeping its expiry.
+            // The handle is closed first, since the command frees the value it points at.
+            _ => drop(k),
+        }
+    }
+    Ok(matches!(r.write("SET", &args), Ok(Reply::Bytes(_))))
+}
+
+/// `SET key value PX px`.
+pub fn set_with_px(r: &Redis, key: &RedisString, value: &[u8], px: i64) -> Result<(), RedisError> {
+    let Some(at) = expiry(px) else {
+        r.write(
+            "SET",
+            &[key.as_slice(), value, b"PX", px.to_string().as_bytes()],
+        )?;
+        return Ok(());
+    };
+    let k = WriteKey::open(r.ctx(), key)?;
+    if !matches!(k.kind()?, KeyType::Empty | KeyType::String) {
+        k.delete()?;
+    }
+    write_expiring(r, &k, key, value, at)
+}
+
+/// `SET key value NX PX px`: whether the key was new (and so written).
+pub fn set_new(r: &Redis, key: &RedisString, value: &[u8], px: i64) -> Result<bool, RedisError> {
+    let Some(at) = expiry(px) else {
+        let px = px.to_string();
+        let set = r.write("SET", &[key.as_slice(), value, b"NX", b"PX", px.as_bytes()])?;
+        return Ok(set != Reply::Null);
+    };
+    let k = WriteKey::open(r.ctx(), key)?;
+    if k.kind()? != KeyType::Empty {
+        return Ok(false);
+    }
+    write_expiring(r, &k, key, value, at)?;
+    Ok(true)
+}
+
+/// The absolute expiry (Redis's milliseconds) `SET ... PX px` gives a key now, when the key
+/// API can set it; None for the called command (which refuses a `px` out of range, as the
+/// Lua's call is refused).
+fn expiry(px: i64) -> Option<i64> {
+    key::now_ms()
+        .checked_add(px)
+        .filter(|_| px > 0 && key::available())
+}
+
+/// The string `value` at a key holding a string or nothing, expiring at `at`; signalled,
+/// notified and replicated as `SET ... PX` is.
+fn write_expiring(
+    r: &Redis,
+    k: &WriteKey,
+    key: &RedisString,
+    value: &[u8],
+    at: i64,
+) -> Result<(), RedisError> {
+    k.set(value)?;
+    k.expire_at(at)?;
+    k.modified()?;
+    notify(r.ctx(), NotifyEvent::STRING, c"set", key)?;
+    notify(r.ctx(), NotifyEvent::GENERIC, c"expire", key)?;
+    replicate(r.ctx(), key, Propagate::SetAt(value, at))
+}
