@@ -10,7 +10,6 @@ use super::threads::FIRST_READ;
 use super::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
@@ -31,6 +30,8 @@ pub enum Writes {
 
 /// Serves every connection dealt to this thread with the service `make(peer)` builds for it
 /// (HTTP/1, or HTTP/2 with prior knowledge), each on a task of its own, until the queue ends.
+/// The service is hyper's kind (a tower service goes in through hyper-util's
+/// `TowerToHyperService`), so the API's own needs no adapter per request.
 /// Then it gives the connections it just took [`FIRST_READ`] to read their first request
 /// (hyper's protocol-detecting connection drops one that has read nothing when told to shut
 /// down, leaving its client without an answer), shuts them all down gracefully and waits for
@@ -38,12 +39,11 @@ pub enum Writes {
 pub async fn serve_http<M, S>(incoming: Incoming, writes: Writes, mut make: M)
 where
     M: FnMut(SocketAddr) -> S,
-    S: tower::Service<
+    S: hyper::service::Service<
             http::Request<DeadlineBody<hyper::body::Incoming>>,
             Response = axum::response::Response,
             Error = Infallible,
-        > + Clone
-        + Send
+        > + Send
         + 'static,
     S::Future: Send + 'static,
 {
@@ -65,7 +65,7 @@ where
         header: Some(limits.header_timeout),
     };
     serve_each(incoming, quiet, FIRST_READ, |io, peer, activity| {
-        let service = Tracked::new(TowerToHyperService::new(make(peer)), activity, &limits);
+        let service = Tracked::new(make(peer), activity, &limits);
         builder.serve_connection(io, service).into_owned()
     })
     .await;
