@@ -30,12 +30,13 @@ pub enum Writes {
 
 /// Serves every connection dealt to this thread with the service `make(peer)` builds for it
 /// (HTTP/1, or HTTP/2 with prior knowledge), each on a task of its own, until the queue ends.
-/// The service is hyper's kind (a tower service goes in through hyper-util's
-/// `TowerToHyperService`), so the API's own needs no adapter per request.
 /// Then it gives the connections it just took [`FIRST_READ`] to read their first request
 /// (hyper's protocol-detecting connection drops one that has read nothing when told to shut
 /// down, leaving its client without an answer), shuts them all down gracefully and waits for
 /// them. HTTP/1 answers are written as `writes` says.
+///
+/// The service is hyper's kind (a tower service goes in through hyper-util's
+/// `TowerToHyperService`), so the API's own needs no adapter per request.
 pub async fn serve_http<M, S>(incoming: Incoming, writes: Writes, mut make: M)
 where
     M: FnMut(SocketAddr) -> S,
