@@ -169,6 +169,7 @@ pub async fn serve(
     use anyhow::Context;
     use axum::extract::connect_info::ConnectInfo;
     use axum::Extension;
+    use hyper_util::service::TowerToHyperService;
     use tower::Layer;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -196,7 +197,9 @@ pub async fn serve(
             crate::serving::serve_http(
                 incoming,
                 crate::serving::Writes::Queued,
-                |peer: std::net::SocketAddr| Extension(ConnectInfo(peer)).layer(router.clone()),
+                |peer: std::net::SocketAddr| {
+                    TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(router.clone()))
+                },
             )
             .await;
             Ok::<(), std::convert::Infallible>(())

@@ -29,7 +29,6 @@ use http::{Method, Request};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 /// The path the shortcut serves (with `POST` only).
 pub const CHECK_PATH: &str = "/v1/check";
@@ -59,7 +58,11 @@ impl Entry {
     }
 }
 
-impl<B> tower::Service<Request<B>> for Entry
+/// A hyper service itself rather than a tower one behind hyper-util's `TowerToHyperService`,
+/// whose per-request `Oneshot` (a clone of this service, the request moved in and out of it,
+/// a `poll_ready` that is always ready) cost about 600 instructions per `/healthz` and 120 per
+/// check (`docs/BENCHMARKS.md`, "Fewer instructions per `/v1/check` (issue 16, session 19)").
+impl<B> hyper::service::Service<Request<B>> for Entry
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -68,11 +71,7 @@ where
     type Error = Infallible;
     type Future = Either<BoxFuture<'static, Result<Response, Infallible>>, RouteFuture<Infallible>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+    fn call(&self, mut request: Request<B>) -> Self::Future {
         if let Some(app) = &self.check {
             let (method, path) = (request.method(), request.uri().path());
             if method == Method::POST && path == CHECK_PATH {
@@ -90,6 +89,7 @@ where
             }
         }
         request.extensions_mut().insert(ConnectInfo(self.peer));
-        Either::Right(self.router.call(request))
+        // The router is always ready (axum's `Router::poll_ready` never waits).
+        Either::Right(tower::Service::call(&mut self.router.clone(), request))
     }
 }

@@ -10,7 +10,6 @@ use super::threads::FIRST_READ;
 use super::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
@@ -35,15 +34,17 @@ pub enum Writes {
 /// (hyper's protocol-detecting connection drops one that has read nothing when told to shut
 /// down, leaving its client without an answer), shuts them all down gracefully and waits for
 /// them. HTTP/1 answers are written as `writes` says.
+///
+/// The service is hyper's kind (a tower service goes in through hyper-util's
+/// `TowerToHyperService`), so the API's own needs no adapter per request.
 pub async fn serve_http<M, S>(incoming: Incoming, writes: Writes, mut make: M)
 where
     M: FnMut(SocketAddr) -> S,
-    S: tower::Service<
+    S: hyper::service::Service<
             http::Request<DeadlineBody<hyper::body::Incoming>>,
             Response = axum::response::Response,
             Error = Infallible,
-        > + Clone
-        + Send
+        > + Send
         + 'static,
     S::Future: Send + 'static,
 {
@@ -65,7 +66,7 @@ where
         header: Some(limits.header_timeout),
     };
     serve_each(incoming, quiet, FIRST_READ, |io, peer, activity| {
-        let service = Tracked::new(TowerToHyperService::new(make(peer)), activity, &limits);
+        let service = Tracked::new(make(peer), activity, &limits);
         builder.serve_connection(io, service).into_owned()
     })
     .await;

@@ -18,6 +18,12 @@ pub type BodyError = axum::BoxError;
 /// (Collecting through `http_body_util`'s `Collected` kept every frame in a queue first, an
 /// allocation and about 360 instructions per check: `docs/BENCHMARKS.md`, "Fewer
 /// instructions per `/v1/check` (issue 16, session 18)".)
+///
+/// Reading stops once the body says it has ended: an HTTP/1 body whose `Content-Length` has
+/// all arrived, an HTTP/2 stream its client ended. Asking such a body for the frame after
+/// its last only to hear that there is none cost about 190 instructions per check
+/// (`docs/BENCHMARKS.md`, "Fewer instructions per `/v1/check` (issue 16, session 19)"); a
+/// body of unknown length (chunked) is still read until it says `None`.
 pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
 where
     B: Body<Data = Bytes>,
@@ -26,7 +32,10 @@ where
     let mut body = pin!(Limited::new(body, limit));
     let mut first = Bytes::new();
     let mut gathered: Option<BytesMut> = None;
-    while let Some(frame) = body.as_mut().frame().await {
+    while !body.is_end_stream() {
+        let Some(frame) = body.as_mut().frame().await else {
+            break;
+        };
         let Ok(data) = frame?.into_data() else {
             continue;
         };
@@ -46,4 +55,58 @@ where
         }
     }
     Ok(gathered.map_or(first, BytesMut::freeze))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Frame;
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A body that knows when it has ended, as hyper's does once a `Content-Length` has all
+    /// arrived, and fails if asked for a frame after that.
+    struct Known(VecDeque<Bytes>);
+
+    impl Body for Known {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(Some(match self.0.pop_front() {
+                Some(data) => Ok(Frame::data(data)),
+                None => Err(std::io::Error::other("asked for a frame after its end")),
+            }))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    fn known(frames: &[&'static str]) -> Known {
+        Known(
+            frames
+                .iter()
+                .map(|f| Bytes::from_static(f.as_bytes()))
+                .collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_body_that_has_ended_is_not_asked_for_more() {
+        let sent = Bytes::from_static(br#"{"user":"u"}"#);
+        let read = read_body(Known(VecDeque::from([sent.clone()])), 64)
+            .await
+            .expect("read");
+        assert_eq!(read.as_ptr(), sent.as_ptr(), "the frame's own bytes");
+        let read = read_body(known(&[r#"{"us"#, r#"er":"u"}"#]), 64).await;
+        assert_eq!(read.expect("read"), &br#"{"user":"u"}"#[..]);
+        let read = read_body(known(&[]), 64).await;
+        assert_eq!(read.expect("read"), &b""[..]);
+    }
 }

@@ -15,8 +15,10 @@
 //! look before adds a quarter period of quiet; once the quiet looks in a row span a limit, the
 //! connection is closed, between one and one and a quarter of that limit after it went quiet:
 //! gracefully for the idle timeout, dropped for the header deadline. The look timer and the
-//! drain signal are polled only when one of them woke the task (`Nudge`), so the one or two
-//! wake-ups a request makes poll neither.
+//! drain signal are polled only when one of them woke the task (`Nudge`), so the wake-up a
+//! request makes polls neither. A connection that wakes itself while being polled (hyper's,
+//! when the handler takes a request's body) is polled again at once, not sent back through
+//! the runtime's queue ([`inline`]).
 
 use super::deadline::DeadlineBody;
 use super::heads::Watched;
@@ -24,6 +26,7 @@ use super::limits::ConnectionLimits;
 use super::threads::{Accepted, Incoming};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulConnection;
+use inline::Inline;
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -232,11 +235,12 @@ where
 /// the closing `PING` holds no slot for ever. `_slot` is its place under the port's
 /// connection cap.
 ///
-/// The task wakes once or twice per request for the connection, and seldom for anything
-/// else: the look timer and the drain signal are polled only after they woke it themselves
-/// (through a [`Nudge`]), not on every wake-up as a `select!` would (about 600
-/// instructions per check, counted in `docs/BENCHMARKS.md`, "Fewer instructions per
-/// `/v1/check` (issue 16, session 18)").
+/// The task wakes once per request for the connection, and seldom for anything else: the
+/// look timer and the drain signal are polled only after they woke it themselves (through a
+/// [`Nudge`]), not on every wake-up as a `select!` would (about 600 instructions per check,
+/// counted in `docs/BENCHMARKS.md`, "Fewer instructions per `/v1/check` (issue 16, session
+/// 18)"), and a connection that wakes itself while being polled, as hyper's does once per
+/// request with a body, is polled again at once ([`Inline`]) rather than woken.
 async fn drive<C: Graceful>(
     connection: C,
     activity: Arc<Activity>,
@@ -253,8 +257,10 @@ async fn drive<C: Graceful>(
     let mut looks = Looks::new(&activity);
     let mut closing = false;
     let mut seldom = Seldom::default();
+    let mut inline = Inline::default();
     std::future::poll_fn(|cx| loop {
-        if let Poll::Ready(ended) = connection.as_mut().poll(cx) {
+        let polled = inline.poll(cx.waker(), |own| connection.as_mut().poll(own));
+        if let Poll::Ready(ended) = polled {
             if let Err(err) = ended {
                 tracing::debug!(error = %err, "a connection ended with an error");
             }
@@ -406,5 +412,6 @@ impl Seldom {
     }
 }
 
+mod inline;
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 use super::threads::Accepted;
 use super::*;
 use crate::shutdown::Shutdown;
+use hyper_util::service::TowerToHyperService;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +21,9 @@ fn a_connection_queued_as_the_queue_ends_is_answered() {
     let client = send_get(addr);
     let (accepted, peer) = listener.accept().expect("accept");
     let (incoming, runtime) = the_last_connection_queued(accepted, peer);
-    runtime.block_on(serve_http(incoming, Writes::Flattened, |_| ok_router()));
+    runtime.block_on(serve_http(incoming, Writes::Flattened, |_| {
+        TowerToHyperService::new(ok_router())
+    }));
     assert_eq!(status_line(client), "HTTP/1.1 200 OK");
 }
 
@@ -200,7 +203,10 @@ async fn connections_skip_a_thread_that_stopped() {
                     let _ = stopped.send(());
                     return Err("this thread stops at once");
                 }
-                serve_http(incoming, Writes::Flattened, |_| ok_router()).await;
+                serve_http(incoming, Writes::Flattened, |_| {
+                    TowerToHyperService::new(ok_router())
+                })
+                .await;
                 Ok(())
             }
         },

@@ -140,3 +140,56 @@ async fn an_http1_connection_without_a_head_is_dropped_at_the_header_deadline() 
     assert_eq!(task.await.expect("drive ends"), Duration::from_secs(1));
     assert_eq!(closes.load(Ordering::SeqCst), 0);
 }
+
+/// A connection that wakes itself in its first poll and ends in its second, as hyper's
+/// wakes itself when the handler takes a request's body.
+struct WakesItself(u32);
+
+impl Future for WakesItself {
+    type Output = Result<(), std::convert::Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0 += 1;
+        if self.0 == 1 {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Graceful for WakesItself {
+    type Failure = std::convert::Infallible;
+
+    fn close(self: Pin<&mut Self>) {}
+}
+
+/// Counts the times the task was woken.
+struct Wakes(AtomicUsize);
+
+impl Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A connection that wakes itself while being polled is polled again in the same poll of
+/// its task, which is not woken to do it.
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_wakes_itself_is_polled_again_at_once() {
+    let (_drain, draining) = watch::channel(());
+    let slot = Arc::new(Semaphore::new(1))
+        .try_acquire_owned()
+        .expect("a free slot");
+    let activity = Arc::new(Activity::default());
+    let mut task = pin!(drive(WakesItself(0), activity, QUIET, draining, slot));
+    let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+    let waker = Waker::from(wakes.clone());
+    let polled = task.as_mut().poll(&mut Context::from_waker(&waker));
+    assert!(polled.is_ready(), "ended in the task's first poll");
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+}
