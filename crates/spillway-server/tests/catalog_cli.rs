@@ -603,6 +603,53 @@ fn the_catalog_url_and_policy_come_from_the_environment_too() {
     );
 }
 
+/// A policy that does not load, whichever flag names it (`--config`, `import --from-policy`),
+/// is read and checked as `validate` reads it (cluster seeds that disagree on the login
+/// refused too) and told in its words: status 2, before the database is opened.
+#[test]
+fn a_policy_that_does_not_load_is_told_as_validate_tells_it() {
+    let dir = TempDir::new();
+    let db = dir.path().join("never.db");
+    let url = format!("sqlite://{}", db.display());
+    let unknown_limit = dir.write(
+        "unknown.yaml",
+        "default_tier: basic\nlimits:\n  m: {algorithm: fixed_window, limit: 5, window: 1m, key: [tenant]}\ntiers:\n  basic: {limits: [nope]}\n",
+    );
+    let seeds_disagree = dir.write(
+        "seeds.yaml",
+        "default_tier: basic\nlimits:\n  m: {algorithm: fixed_window, limit: 5, window: 1m, key: [tenant]}\ntiers:\n  basic: {limits: [m]}\nstore:\n  type: redis_cluster\n  nodes: [\"redis://:s3cret-a@127.0.0.1:1\", \"redis://127.0.0.1:2\"]\n",
+    );
+    let missing = dir.path().join("missing.yaml");
+    for file in [&unknown_limit, &seeds_disagree, &missing] {
+        let validate = Command::new(bin())
+            .arg("validate")
+            .arg(file)
+            .output()
+            .expect("run spillway");
+        assert_eq!(validate.status.code(), Some(1));
+        let told = text(&validate.stderr);
+        assert_eq!(told.lines().count(), 1, "{told}");
+        assert!(told.starts_with(&format!("{}:", file.display())), "{told}");
+        let file = file.to_str().expect("a UTF-8 path");
+        for args in [
+            ["--config", file, "migrate"],
+            ["import", "--from-policy", file],
+        ] {
+            let out = Command::new(bin())
+                .arg("catalog")
+                .args(args)
+                .args(["--catalog", &url])
+                .env_remove("SPILLWAY_CONFIG")
+                .output()
+                .expect("run spillway");
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            assert_eq!(text(&out.stderr), format!("error: {told}"), "{args:?}");
+            assert!(!text(&out.stderr).contains("s3cret"));
+        }
+    }
+    assert!(!db.exists(), "the database is not opened");
+}
+
 fn hex_sha256(text: &str) -> String {
     Sha256::digest(text.as_bytes())
         .iter()

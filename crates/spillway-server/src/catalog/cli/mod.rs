@@ -18,7 +18,7 @@ mod body;
 mod entries;
 mod transfer;
 
-use crate::config::{PolicySource, BUILTIN_POLICY};
+use crate::config::PolicySource;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use spillway_catalog::{CatalogDb, Error as DbError};
@@ -352,7 +352,7 @@ async fn run(args: CatalogCli) -> Result<(), Failure> {
             )
         })?;
     let policy = match (&args.config, &args.command) {
-        (Some(path), _) => load_policy(path)?,
+        (Some(path), _) => load_policy(&PolicySource::File(path.clone()))?,
         // Importing a policy's tenants: check them against that policy unless told otherwise.
         (
             None,
@@ -360,10 +360,8 @@ async fn run(args: CatalogCli) -> Result<(), Failure> {
                 from_policy: Some(path),
                 ..
             }),
-        ) => load_policy(path)?,
-        (None, _) => PolicySource::Builtin
-            .parse(BUILTIN_POLICY)
-            .map_err(|e| Failure::Usage(format!("the built-in policy does not load: {e}")))?,
+        ) => load_policy(&PolicySource::File(path.clone()))?,
+        (None, _) => load_policy(&PolicySource::Builtin)?,
     };
     let redacted = spillway_catalog::redacted(&url);
     let db = spillway_catalog::open(&url)
@@ -407,8 +405,12 @@ async fn dispatch(ctx: &Context, command: CatalogCommand) -> Result<(), Failure>
     }
 }
 
-fn load_policy(path: &std::path::Path) -> Result<Policy, Failure> {
-    Policy::from_file(path).map_err(|e| Failure::Usage(format!("the policy does not load: {e}")))
+/// The policy of `source`, read and checked as `serve`, `validate` and `decisions` read it
+/// (cluster seeds that disagree on the login refused too), its error worded as they word it.
+fn load_policy(source: &PolicySource) -> Result<Policy, Failure> {
+    source
+        .load_checked_blocking(false)
+        .map_err(|e| Failure::Usage(e.to_string()))
 }
 
 async fn migrate(ctx: &Context) -> Result<(), Failure> {

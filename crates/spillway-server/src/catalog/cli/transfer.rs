@@ -11,10 +11,10 @@
 //! lines starting with `#` are skipped too.
 
 use super::{Context, Failure, ImportArgs};
+use crate::config::PolicySource;
 use serde_json::{json, Value};
 use spillway_catalog::snapshot::{LineIn, LineOut};
 use spillway_core::catalog::{Catalog, Entry, EntryKey, FieldIssue};
-use spillway_core::policy::Policy;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 
@@ -45,8 +45,7 @@ pub async fn export(ctx: &Context) -> Result<(), Failure> {
 pub async fn import(ctx: &Context, args: ImportArgs) -> Result<(), Failure> {
     let (origin, entries) = match (&args.from_policy, &args.file) {
         (Some(path), _) => {
-            let policy = Policy::from_file(path)
-                .map_err(|e| Failure::Usage(format!("the policy to import does not load: {e}")))?;
+            let policy = super::load_policy(&PolicySource::File(path.clone()))?;
             let mut entries: Vec<_> = policy.catalog().entries().collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
             let origin = path.display().to_string();
