@@ -6,8 +6,10 @@
 //! connected instead of starting over. There is one attempt in flight per region at a time;
 //! a call made meanwhile waits on it (within its own budget). A failed attempt answers the
 //! calls after it at once with its error until the breaker's cooldown has passed since it
-//! failed; the first call after that starts the next attempt. So a region that refuses or
-//! swallows connections costs at most one attempt per cooldown, however many calls come.
+//! started; the first call after that starts the next attempt. So a region that refuses or
+//! swallows connections costs at most one attempt per cooldown or per attempt's length,
+//! whichever is longer, however many calls come; and an attempt that outlasted the cooldown
+//! (a link that swallows packets) leaves no backoff behind it for the breaker's probe to hit.
 
 use crate::config::SettingsError;
 use async_trait::async_trait;
@@ -16,6 +18,8 @@ use spillway_core::policy::StoreConfig;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, Domains, Store, StoreError};
 use spillway_core::time::{Clock, Micros};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -30,9 +34,10 @@ pub(super) const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 type Outcome = Option<Result<(), StoreError>>;
 
 /// Another region's store (see the module docs). The guard around it cuts every call at the
-/// home budget. A store that refuses the login (a setting to fix) is logged as an error once;
-/// any other failed attempt that no call was left waiting for (the calls were cut at their
-/// budget) is logged as a warning with its reason. Every call it fails stays counted
+/// home budget. A store that refuses the login (a setting to fix) is logged as an error once,
+/// and so is an attempt that panicked (a bug); any other failed attempt that no call was left
+/// waiting for (the calls were cut at their budget) is logged as a warning with its reason.
+/// Every call it fails stays counted
 /// (`spillway_region_home_calls_total`, outcome `failed`).
 pub(super) struct Remote(Arc<Link>);
 
@@ -42,8 +47,11 @@ struct Link {
     config: StoreConfig,
     /// Whether a refused login was logged.
     refusal: spillway_redis::login::TellOnce,
+    /// Whether an attempt that panicked was logged.
+    panic_told: AtomicBool,
     budget: Duration,
-    /// How long a failed attempt answers for the region (the breaker's cooldown), on `clock`.
+    /// How long a failed attempt answers for the region from its start (the breaker's
+    /// cooldown), on `clock`.
     backoff: Micros,
     clock: Arc<dyn Clock>,
     store: OnceLock<Arc<dyn Store>>,
@@ -56,7 +64,7 @@ enum Attempt {
     Idle,
     /// One is in flight; its outcome is sent on this channel.
     Running(watch::Receiver<Outcome>),
-    /// The last one failed at `at`, with `error`.
+    /// The last one, started at `at`, failed with `error`.
     Failed { at: Micros, error: StoreError },
 }
 
@@ -74,6 +82,7 @@ impl Remote {
             name,
             config,
             refusal: Default::default(),
+            panic_told: AtomicBool::new(false),
             budget,
             backoff: Micros::try_from(backoff.as_micros()).unwrap_or(Micros::MAX),
             clock,
@@ -88,7 +97,7 @@ impl Remote {
         if let Some(store) = self.0.store.get() {
             return Ok(store);
         }
-        if let Some(mut running) = self.0.clone().attempt()? {
+        if let Some(mut running) = self.0.clone().attempt(Link::run)? {
             let outcome = match running.wait_for(Option::is_some).await {
                 Ok(outcome) => outcome.clone(),
                 Err(_) => None,
@@ -112,22 +121,28 @@ impl Remote {
 }
 
 impl Link {
-    /// The attempt to wait on: the one in flight, or a new one; `None` once the store is
-    /// connected; within the backoff of a failed attempt, its error.
-    fn attempt(self: Arc<Self>) -> Result<Option<watch::Receiver<Outcome>>, StoreError> {
+    /// The attempt to wait on: the one in flight, or a new one (`run` in a task of its own);
+    /// `None` once the store is connected; within the backoff of a failed attempt, its error.
+    fn attempt<F>(
+        self: Arc<Self>,
+        run: impl FnOnce(Arc<Self>, Telling) -> F,
+    ) -> Result<Option<watch::Receiver<Outcome>>, StoreError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let mut state = self.attempt.lock();
         // Set before the state leaves `Running`: a call that missed it above sees it here.
         if self.store.get().is_some() {
             return Ok(None);
         }
+        let now = self.clock.now();
         match &*state {
-            // A task that ended without telling (a panic) leaves its attempt to a new one.
+            // A task that ended without telling (its runtime stopping) leaves its attempt to a
+            // new one.
             Attempt::Running(outcome) if outcome.has_changed().is_ok() => {
                 return Ok(Some(outcome.clone()));
             }
-            Attempt::Failed { at, error }
-                if self.clock.now().saturating_sub(*at) < self.backoff =>
-            {
+            Attempt::Failed { at, error } if now.saturating_sub(*at) < self.backoff => {
                 return Err(error.clone());
             }
             _ => {}
@@ -135,13 +150,18 @@ impl Link {
         let (tell, outcome) = watch::channel(None);
         *state = Attempt::Running(outcome.clone());
         drop(state);
-        tokio::spawn(self.run(tell));
+        let telling = Telling {
+            link: self.clone(),
+            tell,
+            started: now,
+        };
+        tokio::spawn(run(self, telling));
         Ok(Some(outcome))
     }
 
     /// One attempt, bounded by [`CONNECT_WITHIN`] (or twice the budget); tells its outcome
     /// to whoever waits.
-    async fn run(self: Arc<Self>, tell: watch::Sender<Outcome>) {
+    async fn run(self: Arc<Self>, telling: Telling) {
         let within = CONNECT_WITHIN.max(self.budget * 2);
         let made = match tokio::time::timeout(within, self.connect()).await {
             Ok(made) => made,
@@ -158,24 +178,20 @@ impl Link {
                 Ok(())
             }
             Err(e) => {
-                let error = StoreError::Unavailable(format!("{e:#}"));
-                let at = self.clock.now();
-                *self.attempt.lock() = Attempt::Failed {
-                    at,
-                    error: error.clone(),
-                };
+                let error = telling.failed(&e);
                 // The state's own receiver is gone: what is left are the calls still waiting.
-                self.tell_failure(&e, tell.receiver_count() == 0);
+                self.tell_failure(&e, telling.tell.receiver_count() == 0, telling.started);
                 Err(error)
             }
         };
-        tell.send_replace(Some(outcome));
+        telling.tell.send_replace(Some(outcome));
     }
 
-    /// Logs a failed attempt: a refused login (a setting to fix) as an error, once; any other
-    /// failure as a warning when no call is left to hear why (`unheard`: the calls waiting for
-    /// it were cut at their budget and answered only that they timed out).
-    fn tell_failure(&self, e: &anyhow::Error, unheard: bool) {
+    /// Logs a failed attempt that started at `started`: a refused login (a setting to fix)
+    /// as an error, once; any other failure as a warning when no call is left to hear why
+    /// (`unheard`: the calls waiting for it were cut at their budget and answered only that
+    /// they timed out).
+    fn tell_failure(&self, e: &anyhow::Error, unheard: bool, started: Micros) {
         // `build` tells a refused login as a setting error, naming the region's server.
         let refused = e.chain().any(|cause| cause.is::<SettingsError>());
         if refused {
@@ -186,11 +202,16 @@ impl Link {
                 );
             }
         } else if unheard {
-            let cooldown = Duration::from_micros(self.backoff);
-            tracing::warn!(
-                region = %self.name,
-                "{e:#}; calls to it fail at once for {cooldown:?}, then one tries again"
-            );
+            let spent = self.clock.now().saturating_sub(started);
+            let left = Duration::from_micros(self.backoff.saturating_sub(spent));
+            if left.is_zero() {
+                tracing::warn!(region = %self.name, "{e:#}; the next call to it tries again");
+            } else {
+                tracing::warn!(
+                    region = %self.name,
+                    "{e:#}; calls to it fail at once for {left:?}, then one tries again"
+                );
+            }
         }
     }
 
@@ -208,6 +229,59 @@ impl Link {
             ask_seeds: self.refusal.ask_seeds(),
         };
         crate::store::build(config, login, 1, clock, self.budget, false).await
+    }
+}
+
+/// An attempt's way to tell its outcome: to the calls waiting (`tell`) and, for a failure, to
+/// the link's state, as started at `started`. Dropped untold while its task unwinds (the
+/// connecting panicked), it records and tells that as the attempt's failure, so the backoff
+/// holds and the calls waiting hear why; dropped untold otherwise (the runtime stopping), it
+/// only closes `tell`.
+struct Telling {
+    link: Arc<Link>,
+    tell: watch::Sender<Outcome>,
+    started: Micros,
+}
+
+impl Telling {
+    /// Records the attempt as failed with `e`; the error to tell.
+    fn failed(&self, e: &anyhow::Error) -> StoreError {
+        let error = StoreError::Unavailable(format!("{e:#}"));
+        *self.link.attempt.lock() = Attempt::Failed {
+            at: self.started,
+            error: error.clone(),
+        };
+        error
+    }
+}
+
+impl Drop for Telling {
+    fn drop(&mut self) {
+        if self.tell.borrow().is_some() || !std::thread::panicking() {
+            return;
+        }
+        let name = &self.link.name;
+        let e = anyhow::anyhow!("connecting to region {name}'s store panicked");
+        let error = self.failed(&e);
+        if !self.link.panic_told.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                region = %name,
+                "{e}; calls to it fail, one attempt per cooldown (told once)"
+            );
+        }
+        self.tell.send_replace(Some(Err(error)));
+    }
+}
+
+#[cfg(test)]
+impl Remote {
+    /// Starts an attempt as a call does, whose task panics where it would connect.
+    pub(super) fn start_panicking_attempt(&self) {
+        let started = self.0.clone().attempt(|_, telling| async move {
+            let _telling = telling;
+            panic!("a bug where the attempt connects");
+        });
+        assert!(matches!(started, Ok(Some(_))), "an attempt started");
     }
 }
 

@@ -1,6 +1,6 @@
 //! [`Remote`], a far region's store, against listeners the tests control (refusing,
-//! holding connections unanswered, then joining them to a real redis-server) and real
-//! redis-servers and clusters refusing the login.
+//! holding connections unanswered, then joining them to a real redis-server), real
+//! redis-servers and clusters refusing the login, and an attempt that panics.
 
 use super::remote::{Remote, CONNECT_WITHIN};
 use super::RegionNode;
@@ -210,6 +210,78 @@ async fn concurrent_calls_to_a_refusing_region_make_one_attempt() {
         link.taken(),
         3 * per_attempt,
         "one more attempt after the backoff"
+    );
+}
+
+/// A failed attempt's backoff runs from the attempt's start: an attempt on a link that
+/// swallows packets outlasts the cooldown, so the first call after it fails starts the next
+/// attempt (as the breaker's probe would) instead of being answered with the old failure. A
+/// listener that takes connections and never answers; paused clock, the process clock moved
+/// by the attempt's length while it runs.
+#[tokio::test(start_paused = true)]
+async fn the_backoff_runs_from_the_attempts_start() {
+    let never = Listener::start(Taken::Held(0)).await;
+    let (remote, clock) = far_region_eu(redis_at(never.url()));
+    let control = clock.manual_control().expect("a manual clock");
+    let lasts = Micros::try_from(CONNECT_WITHIN.as_micros()).expect("small");
+    // The call starts the attempt when first polled; the clock moves after that.
+    let (first, ()) = tokio::join!(remote.ping(), async {
+        tokio::task::yield_now().await;
+        control.advance(lasts);
+    });
+    first.expect_err("never answered");
+    let taken = never.taken();
+    assert!(taken >= 1);
+
+    let at = tokio::time::Instant::now();
+    remote.ping().await.expect_err("never answered");
+    assert!(
+        at.elapsed() > Duration::ZERO,
+        "a new attempt, not the old failure"
+    );
+    assert!(never.taken() > taken, "a new attempt connects");
+}
+
+/// An attempt whose connecting panics fails like any other: the calls waiting for it hear
+/// that it panicked (not that the runtime stopped), the calls within the backoff after it
+/// are answered with that at once and make no attempt, and the panic is logged once as an
+/// error however often it happens. Past the backoff the next call makes a real attempt (a
+/// listener that refuses, counting connections); paused clock.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_that_panics_fails_and_backs_off() {
+    let link = Listener::start(Taken::Refused).await;
+    let (remote, clock) = far_region_eu(redis_at(link.url()));
+    let logs = crate::test_support::Logs::capture();
+
+    remote.start_panicking_attempt();
+    let waiting = futures_util::future::join_all((0..4).map(|_| remote.ping())).await;
+    for answer in waiting {
+        let e = answer.expect_err("it panicked").to_string();
+        assert!(
+            e.contains("connecting to region eu's store panicked"),
+            "{e}"
+        );
+    }
+    let at = tokio::time::Instant::now();
+    let again = remote.ping().await.expect_err("within the backoff");
+    assert_eq!(at.elapsed(), Duration::ZERO, "answered at once");
+    assert!(again.to_string().contains("panicked"), "{again}");
+    assert_eq!(link.taken(), 0, "no attempt within the backoff");
+
+    past_backoff(&clock);
+    remote.start_panicking_attempt();
+    let e = remote.ping().await.expect_err("it panicked again");
+    assert!(e.to_string().contains("panicked"), "{e}");
+    past_backoff(&clock);
+    let e = remote.ping().await.expect_err("refused").to_string();
+    assert!(!e.contains("panicked") && link.taken() >= 1, "{e}");
+
+    let text = logs.text();
+    let told: Vec<&str> = text.lines().filter(|l| l.contains("panicked")).collect();
+    assert_eq!(told.len(), 1, "{text}");
+    assert!(
+        told[0].contains("ERROR") && told[0].contains("region eu"),
+        "{text}"
     );
 }
 
