@@ -14,7 +14,7 @@ use common::{check, key, redis_store, window, Backend, T0};
 use redis::Value;
 use spillway_core::request::CheckMode;
 use spillway_core::store::Store;
-use spillway_testkit::redis::{calls, command, RedisServer};
+use spillway_testkit::redis::{calls, command, module_path, RedisServer};
 use spillway_testkit::vectors::Rng;
 
 /// Random calls over a small pool of keys, on two copies of the same keys: side `a` always
