@@ -5,20 +5,36 @@
 //! into a new Redis string first, which cost more than the write itself. This is the crate's
 //! only `unsafe` code: each block calls one module API function.
 //!
-//! Everything here needs Redis 6.2.2 or later (`RedisModule_SetAbsExpire`); [`available`]
-//! says whether the server has it, and callers write through a called command when it does
-//! not. A function missing all the same is an error, never a crash.
+//! Everything here needs Redis 7.0 or later: before 7.0 a command called with replication
+//! (the sliding log's) propagates at once while `RedisModule_Replicate` holds its command to
+//! the end of the module's command, so a replica could receive a key's `DEL` before an
+//! earlier `SET` of it. [`enable`] decides once, at load, and [`available`] answers from that;
+//! callers write through a called command when it is false. A function missing all the same
+//! is an error, never a crash.
 
-use redis_module::raw::{self, KeyMode, KeyType, RedisModuleKey};
-use redis_module::{Context, NotifyEvent, RedisError, RedisString};
-use std::ffi::{c_char, c_longlong, CStr};
+use redis_module::raw::{self, KeyMode, RedisModuleKey};
+use redis_module::{Context, ModuleOptions, NotifyEvent, RedisError, RedisString};
+use std::ffi::{c_char, c_int, c_longlong, CStr};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Whether the server has every function a [`WriteKey`] uses.
-pub fn available() -> bool {
-    // SAFETY: the function pointers are set once, when Redis loads the module, and only read
-    // after (here and in `api`), copied out of their statics.
-    let (set_at, signal, kind, delete, get, replicate, notify) = unsafe {
+/// Whether the key API path is on; set once by [`enable`] at load.
+static KEY_API: AtomicBool = AtomicBool::new(false);
+
+/// The first server version (`0x00MMmmpp`) that keeps called commands and replicated ones in
+/// one list, in the order they ran.
+const FIRST_VERSION: c_int = 0x00_07_00_00;
+
+/// At load: turns the key API path on when the server is Redis 7.0 or later and has every
+/// function a [`WriteKey`] uses, and then turns off Redis's implicit "modified" signal for keys
+/// opened for writing (`write` signals a key only when a write changed it, as a command does).
+/// Whether the path is on.
+pub fn enable(ctx: &Context) -> bool {
+    // SAFETY: the function pointers are set once, when Redis loads the module, before this
+    // runs, and only read after (here and in `api`), copied out of their statics.
+    let (version, options, set_at, signal, kind, delete, get, replicate, notify, clock) = unsafe {
         (
+            raw::RedisModule_GetServerVersion,
+            raw::RedisModule_SetModuleOptions,
             raw::RedisModule_SetAbsExpire,
             raw::RedisModule_SignalModifiedKey,
             raw::RedisModule_KeyType,
@@ -26,15 +42,49 @@ pub fn available() -> bool {
             raw::RedisModule_GetExpire,
             raw::RedisModule_Replicate,
             raw::RedisModule_NotifyKeyspaceEvent,
+            raw::RedisModule_Milliseconds,
         )
     };
-    set_at.is_some()
-        && signal.is_some()
-        && kind.is_some()
-        && delete.is_some()
-        && get.is_some()
-        && replicate.is_some()
-        && notify.is_some()
+    // A server without `GetServerVersion` is older than 6.0.9, so older than 7.0 too.
+    // SAFETY: the function takes no argument and only reads the server's version.
+    let recent = version.is_some_and(|f| unsafe { f() } >= FIRST_VERSION);
+    let (Some(options), true) = (
+        options,
+        recent
+            && set_at.is_some()
+            && signal.is_some()
+            && kind.is_some()
+            && delete.is_some()
+            && get.is_some()
+            && replicate.is_some()
+            && notify.is_some()
+            && clock.is_some(),
+    ) else {
+        return false;
+    };
+    // SAFETY: the load's context, valid for the call.
+    unsafe {
+        options(
+            ctx.get_raw(),
+            ModuleOptions::NO_IMPLICIT_SIGNAL_MODIFIED.bits(),
+        )
+    };
+    KEY_API.store(true, Ordering::Relaxed);
+    true
+}
+
+/// Whether writes go through the key API (see [`enable`]).
+pub fn available() -> bool {
+    KEY_API.load(Ordering::Relaxed)
+}
+
+/// What a key holds, as far as a write cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    Nothing,
+    String,
+    /// Any other type (a sliding log's sorted set, or one this build does not know).
+    Other,
 }
 
 /// A module API function the server may lack.
@@ -44,16 +94,17 @@ fn api<F>(f: Option<F>) -> Result<F, RedisError> {
     ))
 }
 
-/// The time Redis counts expiries from (`mstime()`: the wall clock, whole milliseconds).
-pub fn now_ms() -> i64 {
-    // The server's own clock, the one it sets and checks expiries by (not limit time).
-    #[allow(clippy::disallowed_methods)]
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    since.map_or(0, |d| d.as_millis() as i64)
+/// The time Redis counts expiries from (`mstime()`: the wall clock, whole milliseconds), read
+/// from the server (not limit time).
+pub fn now_ms() -> Result<i64, RedisError> {
+    // SAFETY: see `enable`.
+    let f = api(unsafe { raw::RedisModule_Milliseconds })?;
+    // SAFETY: the function takes no argument and only reads the clock.
+    Ok(unsafe { f() })
 }
 
 /// A key opened for writing, closed when dropped. Opening it signals nothing: the module
-/// turns Redis's implicit "modified" signal off (see `lib.rs`), and [`WriteKey::modified`]
+/// turns Redis's implicit "modified" signal off (see [`enable`]), and [`WriteKey::modified`]
 /// gives it when a value did change.
 pub struct WriteKey<'a> {
     ctx: &'a Context,
@@ -73,17 +124,25 @@ impl<'a> WriteKey<'a> {
         Ok(Self { ctx, name, inner })
     }
 
-    /// The type of the value at the key ([`KeyType::Empty`] for none).
-    pub fn kind(&self) -> Result<KeyType, RedisError> {
-        // SAFETY: see `available`.
+    /// What the key holds. The raw type is compared, not converted: the crate's conversion
+    /// panics on a type it does not know, and a panic here would abort Redis.
+    pub fn kind(&self) -> Result<Held, RedisError> {
+        // SAFETY: see `enable`.
         let f = api(unsafe { raw::RedisModule_KeyType })?;
         // SAFETY: `inner` is an open key handle (checked non-null in `open`).
-        Ok(unsafe { f(self.inner) }.into())
+        let t = unsafe { f(self.inner) };
+        Ok(if t == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
+            Held::Nothing
+        } else if t == raw::REDISMODULE_KEYTYPE_STRING as c_int {
+            Held::String
+        } else {
+            Held::Other
+        })
     }
 
     /// Deletes the key, whatever it holds; nothing when it holds nothing.
     pub fn delete(&self) -> Result<(), RedisError> {
-        // SAFETY: see `available`.
+        // SAFETY: see `enable`.
         let f = api(unsafe { raw::RedisModule_DeleteKey })?;
         // SAFETY: as in `kind`.
         unsafe { f(self.inner) };
@@ -112,7 +171,7 @@ impl<'a> WriteKey<'a> {
 
     /// Sets the key's expiry to the absolute time `at_ms` (milliseconds, Redis's clock).
     pub fn expire_at(&self, at_ms: i64) -> Result<(), RedisError> {
-        // SAFETY: see `available`.
+        // SAFETY: see `enable`.
         let f = api(unsafe { raw::RedisModule_SetAbsExpire })?;
         // SAFETY: as in `kind`.
         if unsafe { f(self.inner, at_ms) } != raw::REDISMODULE_OK as i32 {
@@ -125,7 +184,7 @@ impl<'a> WriteKey<'a> {
 
     /// Signals the key as modified (WATCH, client-side caching), as a command writing it does.
     pub fn modified(&self) -> Result<(), RedisError> {
-        // SAFETY: see `available`.
+        // SAFETY: see `enable`.
         let f = api(unsafe { raw::RedisModule_SignalModifiedKey })?;
         // SAFETY: the command's context and the key's name outlive the call.
         unsafe { f(self.ctx.get_raw(), self.name.inner) };
@@ -142,7 +201,7 @@ impl Drop for WriteKey<'_> {
 /// The key's remaining time to live in milliseconds as `PTTL` answers it: -2 for no key, -1
 /// for a key without an expiry.
 pub fn pttl(ctx: &Context, name: &RedisString) -> Result<i64, RedisError> {
-    // SAFETY: see `available`.
+    // SAFETY: see `enable`.
     let f = api(unsafe { raw::RedisModule_GetExpire })?;
     let inner = raw::open_key(ctx.get_raw(), name.inner, KeyMode::READ);
     if inner.is_null() {
@@ -168,7 +227,7 @@ pub enum Propagate<'v> {
 /// Replicates `what` on `key` to replicas and the AOF, after the command's other writes
 /// (`RedisModule_Replicate`, which also counts a change for the save points).
 pub fn replicate(ctx: &Context, key: &RedisString, what: Propagate) -> Result<(), RedisError> {
-    // SAFETY: see `available`.
+    // SAFETY: see `enable`.
     let f = api(unsafe { raw::RedisModule_Replicate })?;
     let (c, k) = (ctx.get_raw(), key.inner);
     // SAFETY: each format names exactly the arguments after it ('s' a Redis string, 'b' a
@@ -214,7 +273,7 @@ pub fn notify(
     event: &CStr,
     key: &RedisString,
 ) -> Result<(), RedisError> {
-    // SAFETY: see `available`.
+    // SAFETY: see `enable`.
     let f = api(unsafe { raw::RedisModule_NotifyKeyspaceEvent })?;
     // SAFETY: the context, the event's name and the key outlive the call.
     unsafe { f(ctx.get_raw(), class.bits(), event.as_ptr(), key.inner) };

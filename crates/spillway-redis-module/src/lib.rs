@@ -29,9 +29,7 @@ mod redis;
 pub mod sliding_log;
 mod write;
 
-use redis_module::{
-    redis_module, Context, ModuleOptions, RedisResult, RedisString, RedisValue, Status,
-};
+use redis_module::{redis_module, Context, RedisResult, RedisString, RedisValue, Status};
 
 /// The SHA-1 (40 hex digits) of the Lua library's code this module mirrors; the same digest
 /// `spillway_redis::script::library()` computes.
@@ -42,11 +40,10 @@ fn version(_: &Context, _: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::BulkString(LUA_DIGEST.to_owned()))
 }
 
-/// At load: keys opened for writing are not signalled as modified when closed; `write`
-/// signals a key only when a write changed it, as a command does (a `DEL` of no key, or a
-/// report marker that already exists, signals nothing).
+/// At load: the string writes go through the key API on Redis 7.0 and later (`key::enable`,
+/// which also sets the module option that path needs), through called commands before.
 fn init(ctx: &Context, _: &[RedisString]) -> Status {
-    ctx.set_module_options(ModuleOptions::NO_IMPLICIT_SIGNAL_MODIFIED);
+    key::enable(ctx);
     Status::Ok
 }
 

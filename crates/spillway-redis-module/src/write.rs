@@ -13,12 +13,13 @@
 //! Redis 7.0 and later put these and the commands the sliding log still calls into one list,
 //! in the order they ran, sent wrapped in `MULTI`/`EXEC`; `spillway-redis`'s
 //! `tests/module_effects.rs` holds the stream a replica receives to the one the Lua's call
-//! gives. On a server without the key functions needed (before 6.2.2), and for the rare
-//! `KEEPTTL` write over a key of another type, the command is called as before.
+//! gives. Before Redis 7.0 (which propagated called commands at once and replicated ones at
+//! the end, out of order; see `key.rs`), on a server without the key functions needed, and
+//! for the rare `KEEPTTL` write over a key of another type, the command is called as before.
 
-use crate::key::{self, notify, replicate, Propagate, WriteKey};
+use crate::key::{self, notify, replicate, Held, Propagate, WriteKey};
 use crate::redis::{Redis, Reply};
-use redis_module::{KeyType, NotifyEvent, RedisError, RedisString};
+use redis_module::{NotifyEvent, RedisError, RedisString};
 
 /// `DEL key`.
 pub fn delete(r: &Redis, key: &RedisString) -> Result<(), RedisError> {
@@ -27,7 +28,7 @@ pub fn delete(r: &Redis, key: &RedisString) -> Result<(), RedisError> {
         return Ok(());
     }
     let k = WriteKey::open(r.ctx(), key)?;
-    if k.kind()? == KeyType::Empty {
+    if k.kind()? == Held::Nothing {
         return Ok(());
     }
     k.delete()?;
@@ -36,28 +37,39 @@ pub fn delete(r: &Redis, key: &RedisString) -> Result<(), RedisError> {
     replicate(r.ctx(), key, Propagate::Del)
 }
 
-/// `SET key value XX KEEPTTL`, as the Lua calls it (`pcall`: an error is a write not done):
-/// whether the key was written, which it is only when it exists.
+/// `SET key value XX KEEPTTL`, as the Lua calls it (`pcall`: an error is a write not done,
+/// and the caller goes on to `SET ... PX`): whether the key was written, which it is only
+/// when it exists.
 pub fn set_keeping_ttl(r: &Redis, key: &RedisString, value: &[u8]) -> Result<bool, RedisError> {
-    let args = [key.as_slice(), value, b"XX", b"KEEPTTL"];
     if key::available() {
-        let k = WriteKey::open(r.ctx(), key)?;
-        match k.kind()? {
-            KeyType::Empty => return Ok(false),
-            KeyType::String => {
-                // Written in place: the key keeps its expiry.
-                k.set(value)?;
-                k.modified()?;
-                notify(r.ctx(), NotifyEvent::STRING, c"set", key)?;
-                replicate(r.ctx(), key, Propagate::SetKeepTtl(value))?;
-                return Ok(true);
-            }
-            // Another type (a sliding log's set): the command replaces it keeping its expiry.
-            // The handle is closed first, since the command frees the value it points at.
-            _ => drop(k),
+        match in_place(r, key, value) {
+            Ok(Some(written)) => return Ok(written),
+            Ok(None) => {}
+            Err(_) => return Ok(false),
         }
     }
+    let args = [key.as_slice(), value, b"XX", b"KEEPTTL"];
     Ok(matches!(r.write("SET", &args), Ok(Reply::Bytes(_))))
+}
+
+/// [`set_keeping_ttl`] through the key API: whether the key was written, or None for a key of
+/// another type (a sliding log's set), which the called command replaces keeping its expiry.
+fn in_place(r: &Redis, key: &RedisString, value: &[u8]) -> Result<Option<bool>, RedisError> {
+    // The handle is closed on return, before any command runs: that command frees the value
+    // it points at.
+    let k = WriteKey::open(r.ctx(), key)?;
+    match k.kind()? {
+        Held::Nothing => Ok(Some(false)),
+        Held::String => {
+            // Written in place: the key keeps its expiry.
+            k.set(value)?;
+            k.modified()?;
+            notify(r.ctx(), NotifyEvent::STRING, c"set", key)?;
+            replicate(r.ctx(), key, Propagate::SetKeepTtl(value))?;
+            Ok(Some(true))
+        }
+        Held::Other => Ok(None),
+    }
 }
 
 /// `SET key value PX px`.
@@ -70,7 +82,7 @@ pub fn set_with_px(r: &Redis, key: &RedisString, value: &[u8], px: i64) -> Resul
         return Ok(());
     };
     let k = WriteKey::open(r.ctx(), key)?;
-    if !matches!(k.kind()?, KeyType::Empty | KeyType::String) {
+    if k.kind()? == Held::Other {
         k.delete()?;
     }
     write_expiring(r, &k, key, value, at)
@@ -84,7 +96,7 @@ pub fn set_new(r: &Redis, key: &RedisString, value: &[u8], px: i64) -> Result<bo
         return Ok(set != Reply::Null);
     };
     let k = WriteKey::open(r.ctx(), key)?;
-    if k.kind()? != KeyType::Empty {
+    if k.kind()? != Held::Nothing {
         return Ok(false);
     }
     write_expiring(r, &k, key, value, at)?;
@@ -95,9 +107,10 @@ pub fn set_new(r: &Redis, key: &RedisString, value: &[u8], px: i64) -> Result<bo
 /// API can set it; None for the called command (which refuses a `px` out of range, as the
 /// Lua's call is refused).
 fn expiry(px: i64) -> Option<i64> {
-    key::now_ms()
-        .checked_add(px)
-        .filter(|_| px > 0 && key::available())
+    if px <= 0 || !key::available() {
+        return None;
+    }
+    key::now_ms().ok()?.checked_add(px)
 }
 
 /// The string `value` at a key holding a string or nothing, expiring at `at`; signalled,
@@ -109,6 +122,9 @@ fn write_expiring(
     value: &[u8],
     at: i64,
 ) -> Result<(), RedisError> {
+    // An empty string would create no key, so the expiry would fail where `SET` succeeds;
+    // every state and marker the check writes has at least one byte.
+    debug_assert!(!value.is_empty());
     k.set(value)?;
     k.expire_at(at)?;
     k.modified()?;

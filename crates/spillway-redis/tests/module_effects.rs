@@ -164,8 +164,8 @@ fn show(items: &[Vec<Vec<u8>>]) -> String {
 /// Random calls, each on two copies of the same keys, first through the Lua library, then
 /// through the module: a replica receives the same commands for both, in the same order
 /// (wrapped alike in MULTI/EXEC), and the same keyspace events fire. The module's string
-/// writes are replicated explicitly, the sliding log's by its called commands; a call where a
-/// log and a string state share a key shows the two kept in the order they ran.
+/// writes are replicated explicitly, the sliding log's by its called commands; a call writing
+/// through both shows the two kept in the order they ran.
 #[tokio::test]
 async fn a_module_call_propagates_and_notifies_what_the_lua_call_does() {
     let server = with_module(&["--notify-keyspace-events", "KEA"]);
@@ -177,7 +177,7 @@ async fn a_module_call_propagates_and_notifies_what_the_lua_call_does() {
     let usual = usual_limits(&mut rng, 6);
     let mut now = T0;
     // What the module's calls propagated, by kind, so the test is known to cover each.
-    let (mut pxat, mut keepttl, mut del, mut mixed) = (0, 0, 0, 0);
+    let (mut pxat, mut keepttl, mut del, mut both_paths, mut one_key) = (0, 0, 0, 0, 0);
     for step in 0..400 {
         now += rng.below(2_000_000);
         let (blob, names) = random_call(&mut rng, &usual);
@@ -229,13 +229,25 @@ async fn a_module_call_propagates_and_notifies_what_the_lua_call_does() {
                 _ => {}
             }
         }
-        let string_set = mod_cmds.iter().any(|c| c[0] == b"SET");
-        let log_write = mod_cmds.iter().any(|c| c[0].starts_with(b"Z"));
-        mixed += usize::from(string_set && log_write);
+        // Calls where both paths wrote (a string `SET` and a log's `Z*` in one MULTI), and
+        // calls where one key was written both ways (`SET` and `Z*`/`PEXPIRE*`; `DEL` counts
+        // for neither, as either path sends it). This seed's mix gives the first often and
+        // the second never (measured: 0 of 400; only one limit in eight takes another
+        // algorithm, and why none of those wrote one key both ways is not traced). So the
+        // second is reported, not required; were it to occur, the order check above holds it.
+        let is_log = |c: &Vec<Vec<u8>>| c[0].starts_with(b"Z") || c[0].starts_with(b"PEXPIRE");
+        let sets = || mod_cmds.iter().filter(|c| c[0] == b"SET");
+        both_paths += usize::from(sets().next().is_some() && mod_cmds.iter().any(is_log));
+        one_key += usize::from(sets().any(|s| {
+            mod_cmds
+                .iter()
+                .any(|c| is_log(c) && c.get(1).is_some() && c.get(1) == s.get(1))
+        }));
     }
     assert!(
-        pxat > 100 && keepttl > 20 && del > 0 && mixed > 5,
-        "coverage: {pxat} SET PXAT, {keepttl} SET KEEPTTL, {del} DEL, {mixed} calls mixing both paths"
+        pxat > 100 && keepttl > 20 && del > 0 && both_paths > 5,
+        "coverage: {pxat} SET PXAT, {keepttl} SET KEEPTTL, {del} DEL, {both_paths} calls writing \
+         through both paths ({one_key} writing one key both ways)"
     );
 }
 
@@ -257,6 +269,22 @@ async fn aborted(watcher: &mut MultiplexedConnection) -> bool {
     exec == Value::Nil
 }
 
+/// What `stream` (a replica's) received since the last look: one call's writes, marked off by
+/// a `SET sync <n>`.
+async fn propagated(
+    conn: &mut MultiplexedConnection,
+    stream: &mut Resp,
+    n: usize,
+) -> Vec<Vec<Vec<u8>>> {
+    let _: () = redis::cmd("SET")
+        .arg("sync")
+        .arg(n)
+        .query_async(conn)
+        .await
+        .unwrap();
+    stream.until_sync(&[b"PING", b"SELECT", b"MULTI", b"EXEC"])
+}
+
 async fn pexpiretime(conn: &mut MultiplexedConnection, key: &str) -> i64 {
     redis::cmd("PEXPIRETIME")
         .arg(key)
@@ -274,6 +302,7 @@ async fn a_transaction_watching_a_key_the_module_writes_is_aborted() {
     let server = with_module(&[]);
     let mut conn = connect(&server).await;
     let mut watcher = connect(&server).await;
+    let mut stream = replica(server.port());
     let at = T0.to_string();
     let key = vec!["k".to_string()];
     // A token bucket of a million, one unit per call: every call is admitted.
@@ -284,6 +313,14 @@ async fn a_transaction_watching_a_key_the_module_writes_is_aborted() {
     call(&mut conn, None, &key, &at, &consume).await.unwrap();
     assert!(aborted(&mut watcher).await, "a new key");
     let set_at = pexpiretime(&mut conn, "k").await;
+    let first = propagated(&mut conn, &mut stream, 1).await;
+    assert!(
+        first.len() == 1
+            && first[0][..2] == [b"SET".to_vec(), b"k".to_vec()]
+            && first[0].get(3).is_some_and(|a| a == b"PXAT"),
+        "a new key is set with its expiry: {}",
+        show(&first)
+    );
 
     watch(&mut watcher, "k").await;
     call(&mut conn, None, &key, &at, &consume).await.unwrap();
@@ -291,6 +328,15 @@ async fn a_transaction_watching_a_key_the_module_writes_is_aborted() {
         pexpiretime(&mut conn, "k").await,
         set_at,
         "the second write kept the expiry"
+    );
+    // Not `SET ... PXAT` with the same expiry: the replica receives the write in place.
+    let second = propagated(&mut conn, &mut stream, 2).await;
+    assert!(
+        second.len() == 1
+            && second[0][..2] == [b"SET".to_vec(), b"k".to_vec()]
+            && second[0].get(3..) == Some(&[b"XX".to_vec(), b"KEEPTTL".to_vec()][..]),
+        "a state written in place keeps its expiry on replicas too: {}",
+        show(&second)
     );
     assert!(aborted(&mut watcher).await, "a state written in place");
 
