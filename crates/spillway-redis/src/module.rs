@@ -95,7 +95,8 @@ impl Module {
         self.loaded.load(Ordering::Relaxed)
     }
 
-    /// Sends checks to the module from now on, saying so once.
+    /// Sends checks to the module from now on, saying so at each switch from Lua (at start,
+    /// and after a fallback when a probe finds the module again).
     pub(crate) fn enable(&self) {
         if !self.loaded.swap(true, Ordering::Relaxed) {
             tracing::info!("Redis has the spillway module; checks run in it (SPILLWAY.CHECK)");
