@@ -4,10 +4,10 @@
 //! the value and expiry, the "modified" signal (WATCH, client-side caching), the keyspace
 //! notifications (`set`, `expire`, `del`), and the command Redis would propagate for it to
 //! replicas and the AOF (`RedisModule_Replicate`, which also counts the change for the save
-//! points; `key.rs` calls it directly): `SET key value PXAT <ms>` for a `SET ... PX`, with the absolute expiry the key got
-//! here, so a replica or an AOF applying it later gives the key the same expiry (Redis 7.0
-//! propagates the Lua's `SET ... PX` the same way); `SET key value XX KEEPTTL` and `DEL key`
-//! as they are. A write that would change nothing (a `DEL` of no key, an `NX` on an existing
+//! points; `key.rs` calls it directly): `SET key value PXAT <ms>` for a `SET ... PX`, with
+//! the absolute expiry the key got here, so a replica or an AOF applying it later gives the
+//! key the same expiry (Redis 7.0 propagates the Lua's `SET ... PX` the same way); `SET key
+//! value XX KEEPTTL` and `DEL key` as they are. A write that would change nothing (a `DEL` of no key, an `NX` on an existing
 //! key) propagates and signals nothing, as the command does.
 //!
 //! Redis 7.0 and later put these and the commands the sliding log still calls into one list,
@@ -37,15 +37,14 @@ pub fn delete(r: &Redis, key: &RedisString) -> Result<(), RedisError> {
     replicate(r.ctx(), key, Propagate::Del)
 }
 
-/// `SET key value XX KEEPTTL`, as the Lua calls it (`pcall`: an error is a write not done,
-/// and the caller goes on to `SET ... PX`): whether the key was written, which it is only
-/// when it exists.
+/// `SET key value XX KEEPTTL`, as the Lua calls it (`pcall`: a refused write is a write not
+/// done, and the caller goes on to `SET ... PX`): whether the key was written, which it is
+/// only when it exists. Once the value is written, a failure to signal, notify or replicate
+/// it fails the check instead: writing again with a new expiry would not undo the first.
 pub fn set_keeping_ttl(r: &Redis, key: &RedisString, value: &[u8]) -> Result<bool, RedisError> {
     if key::available() {
-        match in_place(r, key, value) {
-            Ok(Some(written)) => return Ok(written),
-            Ok(None) => {}
-            Err(_) => return Ok(false),
+        if let Some(written) = in_place(r, key, value)? {
+            return Ok(written);
         }
     }
     let args = [key.as_slice(), value, b"XX", b"KEEPTTL"];
@@ -61,8 +60,11 @@ fn in_place(r: &Redis, key: &RedisString, value: &[u8]) -> Result<Option<bool>, 
     match k.kind()? {
         Held::Nothing => Ok(Some(false)),
         Held::String => {
-            // Written in place: the key keeps its expiry.
-            k.set(value)?;
+            // Written in place: the key keeps its expiry. A write refused here (nothing
+            // signalled or replicated yet) is made whole by the caller's `SET ... PX`.
+            if k.set(value).is_err() {
+                return Ok(Some(false));
+            }
             k.modified()?;
             notify(r.ctx(), NotifyEvent::STRING, c"set", key)?;
             replicate(r.ctx(), key, Propagate::SetKeepTtl(value))?;

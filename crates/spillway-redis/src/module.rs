@@ -13,7 +13,9 @@
 //! While checks go to Lua, for whichever of these reasons, a check probes again before it is
 //! sent, at most once every [`REPROBE`] on the store's clock (one more command on that call's
 //! connection), so a module loaded since (`MODULE LOAD`, a failover back to a node that has
-//! it, the right version after a restart) is taken without restarting Spillway. Refunds
+//! it, the right version after a restart) is taken without restarting Spillway. Not on a
+//! cluster: the probe names no key, so it reaches any one node, and a cluster where only some
+//! nodes have the module would switch back and forth. Refunds
 //! always go to the Lua library (the module has no refund; the state format is shared).
 
 use crate::resp::{self, Head};

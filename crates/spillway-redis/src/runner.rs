@@ -196,7 +196,8 @@ impl Runner {
     /// `args` within `limit`: the one way a script is called, and so where its errors are
     /// counted (as a store error and a script error), except a resharding refusal, which is
     /// counted by [`Failed::settled`] once nobody sends the call again. A check while the
-    /// module is not in use asks for it first when that is due ([`Module::probe_due`]).
+    /// module is not in use asks for it first when that is due ([`Module::probe_due`]), except
+    /// on a cluster.
     async fn invoke(
         &self,
         limit: Duration,
@@ -207,7 +208,10 @@ impl Runner {
         module: bool,
     ) -> Result<redis::Value, Failed> {
         let called = self.timed(limit, |mut conn| async move {
-            if module && !self.module.enabled() && self.module.probe_due(self.clock.now()) {
+            // Not on a cluster: the probe names no key, so it would reach any one node, and a
+            // cluster where only some nodes have the module would switch back and forth.
+            let may_probe = module && !matches!(conn, Conn::Cluster(_));
+            if may_probe && !self.module.enabled() && self.module.probe_due(self.clock.now()) {
                 let reply = functions::lift(conn.query(&module::probe_cmd()).await);
                 self.module.answered(reply);
             }

@@ -14,7 +14,7 @@ use common::{check, key, redis_store, window, Backend, T0};
 use redis::Value;
 use spillway_core::request::CheckMode;
 use spillway_core::store::Store;
-use spillway_testkit::redis::{calls, command, module_path, RedisServer};
+use spillway_testkit::redis::{calls, command, module_path, RedisCluster, RedisServer};
 use spillway_testkit::vectors::Rng;
 
 /// Random calls over a small pool of keys, on two copies of the same keys: side `a` always
@@ -495,4 +495,56 @@ async fn a_store_takes_a_module_loaded_after_it_fell_back() {
         "the module is used again"
     );
     assert_eq!(calls(port, "fcall"), lua, "and Lua no more");
+}
+
+/// Unknown commands the cluster's nodes answered so far (`errorstat_ERR`, which counts them;
+/// `INFO commandstats` counts only commands the server knows).
+fn refused(cluster: &RedisCluster) -> u64 {
+    cluster
+        .ports()
+        .into_iter()
+        .map(|port| {
+            let stats = command(port, "INFO errorstats").unwrap_or_default();
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix("errorstat_ERR:count="))
+                .map_or(0, |n| n.trim().parse().expect("a count"))
+        })
+        .sum()
+}
+
+/// On a cluster a store in Lua does not probe again: the probe names no key, so it would reach
+/// any one node, and a cluster where only some nodes have the module would switch back and
+/// forth every [`REPROBE`].
+#[tokio::test]
+async fn a_cluster_store_in_lua_does_not_probe_again() {
+    let cluster = RedisCluster::start();
+    let (store, clock) = redis_store(Backend::Cluster(cluster.urls())).await;
+    clock.set(T0);
+    let (k, p) = (key("l", &["cluster"]), window(100));
+    let consume = || async {
+        let d = store
+            .check(&[check(&k, &p, 1)], CheckMode::Consume)
+            .await
+            .expect("answered");
+        d[0].remaining
+    };
+    assert_eq!(consume().await, 99, "the first check starts the wait");
+    let before = refused(&cluster);
+    for _ in 0..3 {
+        // Two waits: a whole minute, so each check is the first of its window.
+        clock.advance(2 * REPROBE);
+        assert_eq!(consume().await, 99, "the first check of a new window");
+    }
+    assert!(calls_on(&cluster, "fcall") >= 4, "the checks ran in Lua");
+    assert_eq!(refused(&cluster), before, "no probe reached a node");
+}
+
+/// `command_name`'s calls over every node of `cluster`.
+fn calls_on(cluster: &RedisCluster, command_name: &str) -> u64 {
+    cluster
+        .ports()
+        .into_iter()
+        .map(|port| calls(port, command_name))
+        .sum()
 }
