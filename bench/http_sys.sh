@@ -21,6 +21,7 @@ source scripts/deps.sh
 source bench/lib.sh
 need wrk wrk
 need perf linux-perf
+need curl curl
 [ $# -ge 1 ] || { echo "usage: $0 BINARY [METHOD PATH]" >&2; exit 2; }
 bin=$1
 shift
@@ -29,7 +30,7 @@ port=$(free_port)
 "$bin" serve --listen "127.0.0.1:$port" --log-filter warn --http-threads 1 >/dev/null 2>&1 &
 pid=$!
 pids+=("$pid")
-wait_port "$port" || exit 1
+wait_healthy "$port" "$pid"
 wrk -t1 -c"${CONNS:-16}" -d2s -s bench/check.lua "http://127.0.0.1:$port" -- "$@" >/dev/null
 events=raw_syscalls:sys_enter,context-switches
 for call in read write writev recvfrom sendto epoll_wait epoll_ctl futex; do
@@ -38,6 +39,7 @@ done
 out=$(mktemp)
 perf stat -x, -e "$events" -p "$pid" -o "$out" &
 perf=$!
+# perf attaches in the background; give it a moment, so the measured run starts counted.
 sleep 0.2
 res=$(wrk -t1 -c"${CONNS:-16}" -d"${DURATION:-5s}" -s bench/check.lua \
   "http://127.0.0.1:$port" -- "$@")

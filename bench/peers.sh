@@ -107,8 +107,9 @@ start_server() {
   http=$(free_port); grpc=$(free_port); rport=""; cpu_pid=""
   if [ "$store" = redis ]; then
     rport=$(free_port)
-    # shellcheck disable=SC2086
-    start_redis "$rport" "$tmp" ${REDIS_ARGS:-}
+    local redis_args=()
+    read -ra redis_args <<<"${REDIS_ARGS:-}"
+    start_redis "$rport" "$tmp" "${redis_args[@]}"
     url="redis://127.0.0.1:$rport"
   fi
   case "$who" in
