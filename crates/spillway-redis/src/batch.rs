@@ -696,6 +696,22 @@ mod tests {
     }
 
     #[test]
+    fn a_single_server_lane_is_held_to_the_store_wide_bound() {
+        let mut lanes = lanes(None);
+        // While nothing comes back: four full calls out, then QUEUE waiting, then refusals.
+        let goes_now = IN_FLIGHT * MAX_REQUESTS;
+        let mut answers = burst(&mut lanes, 0, goes_now + QUEUE);
+        assert_eq!(refused(&mut answers), 0);
+        assert_eq!(lanes.waiting, QUEUE);
+        assert_eq!(refused(&mut burst(&mut lanes, 0, 10)), 10);
+        // A call coming back makes room for what it takes from the queue.
+        let (lane, batch) = lanes.started.remove(0);
+        lanes.finished(lane, batch, true);
+        assert_eq!(refused(&mut burst(&mut lanes, 0, MAX_REQUESTS + 1)), 1);
+        drop(answers);
+    }
+
+    #[test]
     fn a_cluster_lane_counts_its_bound_past_what_goes_now() {
         let mut lanes = lanes(Some(LANE_QUEUE));
         let fits = IN_FLIGHT * MAX_REQUESTS + LANE_QUEUE;
