@@ -14,10 +14,12 @@
 #   DURATION=20s bench/http_cg.sh BINARY
 #   CONNS=1 STORE=redis bench/http_cg.sh BINARY   # one request in flight: one per Redis call
 #   STORE=redis bench/http_cg.sh BINARY      # over a real Redis (see below)
+#   REDIS_ARGS="--loadmodule /path/libspillway_redis_module.so" STORE=redis bench/http_cg.sh BINARY
 #
 # STORE=redis starts a redis-server on a free port and serves bench/redis.sh's `one` policy
 # over it (one token bucket per user, wrk picking one of 100,000 users per request, all
-# allowed; --store-timeout 1s so no decision is made without Redis). POLICY=one serves that
+# allowed; --store-timeout 1s so no decision is made without Redis; REDIS_ARGS are extra
+# redis-server arguments, such as the native module's --loadmodule). POLICY=one serves that
 # policy and load on the embedded store too (POLICY=example, the built-in example policy with
 # bench/check.lua's bodies, is the embedded store's default). POLICY=routes serves `one`'s
 # bucket plus ROUTES routes (16 unless given), each adding a limit of its own quota, and the
@@ -93,7 +95,8 @@ case "$STORE" in
     need redis-cli redis-tools
     need curl curl
     rport=$(free_port)
-    start_redis "$rport" "$tmp"
+    read -r -a redis_args <<<"${REDIS_ARGS:-}"
+    start_redis "$rport" "$tmp" "${redis_args[@]}"
     serve+=(--store-url "redis://127.0.0.1:$rport" --store-timeout 1s)
     ;;
   *) echo "STORE is memory or redis, not $STORE" >&2; exit 2 ;;

@@ -66,6 +66,7 @@ use crate::runner::{only_reply, Conn, Failed, Runner};
 use crate::script::{CallArgs, Encoded, Reply};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
+use lane_hash::LaneHash;
 use spillway_core::request::CheckMode;
 use spillway_core::store::StoreError;
 use std::collections::{HashMap, VecDeque};
@@ -74,7 +75,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-/// Calls outstanding at once per lane.
+/// Calls outstanding at once per lane. A call takes what queued since the dispatcher last
+/// ran, so fewer calls out do not make calls bigger: 1, 2 and 4 gave the same requests per
+/// call under `bench/redis.sh` (docs/BENCHMARKS.md, session 20). More than one lets a lane
+/// send what queued while a reply is on its way.
 pub const IN_FLIGHT: usize = 4;
 /// Most requests in one call.
 pub const MAX_REQUESTS: usize = 64;
@@ -303,7 +307,7 @@ struct Lanes {
     /// Calls started (a lane and its batch) that the dispatcher has not sent yet: it drains
     /// them into its calls; unit tests read them here instead.
     started: Vec<(u16, Vec<Job>)>,
-    lanes: HashMap<u16, Lane>,
+    lanes: HashMap<u16, Lane, LaneHash>,
     /// Requests waiting over all lanes.
     waiting: usize,
     /// Lanes that took requests since they last sent (they may have free call slots).
@@ -321,7 +325,7 @@ impl Lanes {
             stall,
             next_sweep: Instant::now(),
             started: Vec::new(),
-            lanes: HashMap::new(),
+            lanes: HashMap::default(),
             waiting: 0,
             touched: Vec::new(),
             spare_queues: Vec::new(),
@@ -372,6 +376,11 @@ impl Lanes {
     /// own bound and every lane to the store-wide one.
     fn full(&mut self, id: u16) -> Option<&'static str> {
         let (cap, stall, total) = (self.lane_cap, self.stall, self.waiting);
+        // Without a bound per lane (a single server), only the store-wide one can refuse:
+        // no need to look the lane up.
+        if cap.is_none() && total < QUEUE {
+            return None;
+        }
         let lane = self.lane(id);
         let beyond = lane.waiting.len().checked_sub(lane.goes_now())?;
         if cap.is_some_and(|cap| beyond >= cap) && lane.progress.elapsed() >= stall {
@@ -619,6 +628,7 @@ async fn call(runner: &Runner, limit: Duration, batch: &[Job]) -> Result<Vec<Rep
     }
 }
 
+mod lane_hash;
 #[cfg(test)]
 mod resharding_tests;
 
@@ -683,6 +693,22 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(refused(&mut burst(&mut lanes, 0, CHANNEL)), 0);
         }
+    }
+
+    #[test]
+    fn a_single_server_lane_is_held_to_the_store_wide_bound() {
+        let mut lanes = lanes(None);
+        // While nothing comes back: four full calls out, then QUEUE waiting, then refusals.
+        let goes_now = IN_FLIGHT * MAX_REQUESTS;
+        let mut answers = burst(&mut lanes, 0, goes_now + QUEUE);
+        assert_eq!(refused(&mut answers), 0);
+        assert_eq!(lanes.waiting, QUEUE);
+        assert_eq!(refused(&mut burst(&mut lanes, 0, 10)), 10);
+        // A call coming back makes room for what it takes from the queue.
+        let (lane, batch) = lanes.started.remove(0);
+        lanes.finished(lane, batch, true);
+        assert_eq!(refused(&mut burst(&mut lanes, 0, MAX_REQUESTS + 1)), 1);
+        drop(answers);
     }
 
     #[test]
