@@ -169,8 +169,10 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let admit_at = reply.len();
         reply.extend_from_slice(&0f64.to_le_bytes());
         let mut admitted = true;
-        // Per limit: whether it writes, what, and whether the key keeps its expiry.
-        let mut pending: Vec<(bool, Pending, bool)> = Vec::with_capacity(req.limits.len());
+        // Per limit: whether it writes, what, whether the key keeps its expiry, and the
+        // string state read (for the undo record).
+        let mut pending: Vec<(bool, Pending, bool, Option<Vec<u8>>)> =
+            Vec::with_capacity(req.limits.len());
         for (j, limit) in req.limits.iter().enumerate() {
             let key = &keys[k + j];
             let raw = if limit.code == 5 {
@@ -182,11 +184,10 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 let open = ctx.open_key(key);
                 open.read().ok().flatten().map(<[u8]>::to_vec)
             };
-            let raw = raw.as_deref();
             let mut charged = limit.cost;
             let chg = charge && fresh && limit.code != 5;
             let (six, p): (Six, Pending) = if chg {
-                let w = algorithms::charge(limit.code, limit.p, raw, now, limit.cost)
+                let w = algorithms::charge(limit.code, limit.p, raw.as_deref(), now, limit.cost)
                     .ok_or_else(|| refuse("no charge for this algorithm".into()))?;
                 let six = string_admit(limit, Some(&w.state), now)?;
                 (six, Pending::State(w))
@@ -195,7 +196,7 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 let six = if limit.code == 5 {
                     log_admit(&r, limit, key.as_slice(), now)?
                 } else {
-                    string_admit(limit, raw, now)?
+                    string_admit(limit, raw.as_deref(), now)?
                 };
                 (six, Pending::None)
             } else if limit.code == 5 {
@@ -212,8 +213,9 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     plan.map_or(Pending::None, |(plan, need)| Pending::Log(plan, need)),
                 )
             } else {
-                let (six, w) = algorithms::evaluate(limit.code, limit.p, raw, now, limit.cost)
-                    .ok_or_else(|| refuse("unknown algorithm".into()))?;
+                let (six, w) =
+                    algorithms::evaluate(limit.code, limit.p, raw.as_deref(), now, limit.cost)
+                        .ok_or_else(|| refuse("unknown algorithm".into()))?;
                 (six, w.map_or(Pending::None, Pending::State))
             };
             if six[0] == 0.0 && lua_mod(limit.flags, 2.0) == ENFORCED {
@@ -227,7 +229,7 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 Pending::State(w) => w.held.is_some_and(|h| w.deadline <= h),
                 _ => false,
             };
-            pending.push((ok, p, keep));
+            pending.push((ok, p, keep, raw));
         }
         if charge {
             admitted = fresh;
@@ -237,15 +239,21 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let undo = !charge && lua_mod(req.flags, 4.0) >= UNDO;
         if admitted && (charge || lua_mod(req.flags, 2.0) == CONSUME) {
             let n = req.limits.len();
-            for (j, (ok, p, keep)) in pending.iter().enumerate() {
+            for (j, (ok, p, keep, read)) in pending.iter().enumerate() {
                 let name = &keys[k + j];
                 let key = name.as_slice();
                 let is_log = req.limits[j].code == 5;
                 let (mut old, mut old_ttl, mut new) = (Vec::new(), b"0".to_vec(), Vec::new());
                 if undo {
-                    // The key as it is now (GET, '' for no string, and PTTL), read directly.
+                    // The key as it is now (GET, '' for no string, and PTTL). A key no other
+                    // limit of the request names is as it was read above (nothing else touched
+                    // it since); one named twice may have been written, or deleted by a
+                    // sliding log's upgrade, since, so it is read again.
                     if !is_log {
-                        if let Ok(Some(b)) = ctx.open_key(name).read() {
+                        let shared = (0..n).any(|jj| jj != j && keys[k + jj].as_slice() == key);
+                        if !shared {
+                            old = read.clone().unwrap_or_default();
+                        } else if let Ok(Some(b)) = ctx.open_key(name).read() {
                             old = b.to_vec();
                         }
                     }
