@@ -257,10 +257,9 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                             old = b.to_vec();
                         }
                     }
-                    let ttl = if key::available() {
-                        key::pttl(ctx, name)?
-                    } else {
-                        r.read("PTTL", &[key])?.int()?
+                    let ttl = match key::pttl(ctx, name) {
+                        Some(ttl) => ttl,
+                        None => r.read("PTTL", &[key])?.int()?,
                     };
                     old_ttl = ttl.to_string().into_bytes();
                 }
