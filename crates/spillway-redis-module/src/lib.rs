@@ -41,9 +41,17 @@ fn version(_: &Context, _: Vec<RedisString>) -> RedisResult {
 }
 
 /// At load: the string writes go through the key API on Redis 7.0 and later (`key::enable`,
-/// which also sets the module option that path needs), through called commands before.
+/// which also sets the module option that path needs), through called commands before. The
+/// log says which, as it decides how writes reach replicas.
 fn init(ctx: &Context, _: &[RedisString]) -> Status {
-    key::enable(ctx);
+    if key::enable(ctx) {
+        ctx.log_notice("string writes go through the key API, replicated explicitly");
+    } else {
+        ctx.log_notice(
+            "string writes go through called commands (Redis before 7.0, or a key API \
+             function missing)",
+        );
+    }
     Status::Ok
 }
 
