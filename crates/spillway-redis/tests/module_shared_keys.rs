@@ -3,10 +3,16 @@
 //! with the replies, values and expiries compared: the random calls of `tests/module.rs` meet
 //! these only now and then, and no assertion there names them.
 //!
-//! Here: a string state whose expiry would be kept (`SET ... XX KEEPTTL`) on a key that a log
-//! limit of the same request deleted first (the log's upgrade of a string it cannot read), so
-//! the write finds no key and sets a new expiry instead; and the undo record then reads the key
-//! as it is when written, not as it was read.
+//! - A string state written over a log: the module's write replaces a key of another type
+//!   (`Held::Other` in `write::set_with_px`), as the Lua's `SET ... PX` does.
+//! - A string state whose expiry would be kept (`SET ... XX KEEPTTL`) on a key that a log
+//!   limit of the same request deleted first (the log's upgrade of a string it cannot read):
+//!   the write finds no key and sets a new expiry instead, and the undo record reads the key as
+//!   it is when written, not as it was read.
+//!
+//! A kept expiry never meets a sorted set (`Held::Other` in `write::in_place`): keeping needs a
+//! deadline read from the key's string state, and in the same request only a log's upgrade
+//! runs before the write, which deletes such a string (no state is tagged as an older log).
 
 mod common;
 
@@ -99,6 +105,40 @@ async fn setup(module_args: &[&str]) -> (RedisServer, MultiplexedConnection, Str
     (server, conn, lua)
 }
 
+/// A log, then a string state on the same key, consumed with and without undo records: the
+/// string replaces the sorted set and gets its own expiry, as the Lua's `SET ... PX` does.
+async fn string_over_log(module_args: &[&str]) {
+    let (_server, mut conn, lua) = setup(module_args).await;
+    for (key, flags) in [("plain", CONSUME), ("undone", CONSUME_UNDO)] {
+        let (_, kind) = agree(
+            &mut conn,
+            &lua,
+            &request(CONSUME, &[log(1.0, 1.0)]),
+            &[key],
+            T0,
+        )
+        .await;
+        assert_eq!(kind, "zset", "{key}: the log was written");
+        let (reply, kind) = agree(
+            &mut conn,
+            &lua,
+            &request(flags, &[bucket(1.0)]),
+            &[key],
+            T0 + 1_000,
+        )
+        .await;
+        assert_eq!(kind, "string", "{key}: the state replaced the log");
+        if flags == CONSUME_UNDO {
+            let undo = undo_records(&reply);
+            assert_eq!(undo[0], "", "a sorted set is no old string");
+            assert!(
+                undo[1].parse::<i64>().unwrap() > 0,
+                "the log's PTTL: {undo:?}"
+            );
+        }
+    }
+}
+
 /// A string state, then one request over the same key as that state and as a sliding log's
 /// metered admission: the log reads the string as an older log's text, which it is not, and
 /// deletes it; the state's write, which would keep the expiry it read, finds no key and sets
@@ -127,6 +167,11 @@ async fn kept_expiry_after_the_log_deleted_the_key(module_args: &[&str]) {
         ("", "-2"),
         "the state's undo record: no key when written ({undo:?})"
     );
+}
+
+#[tokio::test]
+async fn a_string_state_written_over_a_sliding_log_replaces_it() {
+    string_over_log(&[]).await;
 }
 
 #[tokio::test]
