@@ -8,8 +8,9 @@
 //! The writes here need Redis 7.0 or later: before 7.0 a command called with replication
 //! (the sliding log's) propagates at once while `RedisModule_Replicate` holds its command to
 //! the end of the module's command, so a replica could receive a key's `DEL` before an
-//! earlier `SET` of it. [`enable`] decides once, at load, and [`available`] answers from that;
-//! callers write through a called command when it is false. The read, [`pttl`], has no such
+//! earlier `SET` of it. [`enable`] decides once, at load (it is not called when the module is
+//! loaded with `called-writes`, for tests), and [`available`] answers from that; callers write
+//! through a called command when it is false. The read, [`pttl`], has no such
 //! condition: it needs only its function, and says when that is missing. A function missing
 //! all the same is an error, never a crash.
 

@@ -14,7 +14,8 @@
 //! module can outlive an upgrade of Spillway, and its rules must not mix with newer Lua.
 //!
 //! Load it at start: `redis-server --loadmodule .../libspillway_redis_module.so`. The refund
-//! stays in Lua (the state format is shared).
+//! stays in Lua (the state format is shared). The one load argument, [`CALLED_WRITES`], is for
+//! tests.
 //!
 //! Layout: [`num`] the Lua's double arithmetic, [`algorithms`] the five string-state
 //! algorithms, [`sliding_log`] the sorted-set one, [`check`] the command, `write` its string
@@ -40,11 +41,35 @@ fn version(_: &Context, _: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::BulkString(LUA_DIGEST.to_owned()))
 }
 
+/// The one load argument (`--loadmodule <path> called-writes`, or `MODULE LOAD <path>
+/// called-writes`): the string writes go through called commands on any Redis, as before 7.0.
+/// For tests, which run a newer Redis and must still cover that path; nothing gains from it in
+/// production.
+pub const CALLED_WRITES: &str = "called-writes";
+
 /// At load: the string writes go through the key API on Redis 7.0 and later (`key::enable`,
-/// which also sets the module option that path needs), through called commands before. The
-/// log says which, as it decides how writes reach replicas.
-fn init(ctx: &Context, _: &[RedisString]) -> Status {
-    if key::enable(ctx) {
+/// which also sets the module option that path needs), through called commands before or when
+/// loaded with [`CALLED_WRITES`]. The log says which, as it decides how writes reach replicas.
+/// Any other argument refuses the load.
+fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    let mut called = false;
+    for arg in args {
+        if arg
+            .as_slice()
+            .eq_ignore_ascii_case(CALLED_WRITES.as_bytes())
+        {
+            called = true;
+        } else {
+            ctx.log_warning(&format!(
+                "unknown load argument '{}'; the only one is {CALLED_WRITES}",
+                arg.to_string_lossy()
+            ));
+            return Status::Err;
+        }
+    }
+    if called {
+        ctx.log_notice("string writes go through called commands (load argument called-writes)");
+    } else if key::enable(ctx) {
         ctx.log_notice("string writes go through the key API, replicated explicitly");
     } else {
         ctx.log_notice(

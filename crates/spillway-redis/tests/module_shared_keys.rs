@@ -16,7 +16,10 @@
 
 mod common;
 
-use common::module::{call, connect, load_library, pack, same_reply, snapshot, ttl_close};
+use common::module::{
+    call, connect, load_library, pack, same_reply, snapshot, ttl_close, with_module_args,
+    CALLED_WRITES,
+};
 use common::T0;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
@@ -99,7 +102,7 @@ fn undo_records(reply: &Value) -> Vec<String> {
 /// A server with the module loaded with `module_args`, the Lua library loaded, and a
 /// connection to it.
 async fn setup(module_args: &[&str]) -> (RedisServer, MultiplexedConnection, String) {
-    let server = common::module::with_module(module_args);
+    let server = with_module_args(module_args, &[]);
     let mut conn = connect(&server).await;
     let lua = load_library(&mut conn).await;
     (server, conn, lua)
@@ -177,4 +180,12 @@ async fn a_string_state_written_over_a_sliding_log_replaces_it() {
 #[tokio::test]
 async fn a_kept_expiry_on_a_key_a_log_deleted_becomes_a_new_expiry() {
     kept_expiry_after_the_log_deleted_the_key(&[]).await;
+}
+
+/// The two cases with the module's string writes through called commands (as before Redis
+/// 7.0), where the kept expiry is the called `SET ... XX KEEPTTL`, answered "not written".
+#[tokio::test]
+async fn the_shared_key_cases_agree_with_called_writes() {
+    string_over_log(&[CALLED_WRITES]).await;
+    kept_expiry_after_the_log_deleted_the_key(&[CALLED_WRITES]).await;
 }

@@ -9,8 +9,20 @@ use spillway_testkit::vectors::Rng;
 
 /// A redis-server loading the module, with `extra` arguments.
 pub fn with_module(extra: &[&str]) -> RedisServer {
+    with_module_args(&[], extra)
+}
+
+/// The module's load argument that sends its string writes through called commands, as on
+/// Redis before 7.0 (`spillway_redis_module::CALLED_WRITES`; not imported, as linking the
+/// module's crate into a test would bring its global allocator).
+pub const CALLED_WRITES: &str = "called-writes";
+
+/// A redis-server loading the module with `module_args` (none, or [`CALLED_WRITES`]), with
+/// `extra` arguments.
+pub fn with_module_args(module_args: &[&str], extra: &[&str]) -> RedisServer {
     let path = module_path();
     let mut args = vec!["--loadmodule", path.as_str()];
+    args.extend(module_args);
     args.extend(extra);
     RedisServer::start_with(&args)
 }
