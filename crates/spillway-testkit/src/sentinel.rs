@@ -136,6 +136,12 @@ impl SentinelGroup {
     /// Starts the group with `passwords` (see the module docs) and waits until it could fail
     /// over.
     pub fn start_with(passwords: Passwords) -> Self {
+        Self::start_with_args(passwords, &[])
+    }
+
+    /// As [`SentinelGroup::start_with`], with `data_args` added to both data nodes' command
+    /// lines (e.g. `--loadmodule <path>`).
+    pub fn start_with_args(passwords: Passwords, data_args: &[&str]) -> Self {
         let auth: Vec<String> = match &passwords.data {
             Some(p) => vec![
                 "--requirepass".into(),
@@ -145,7 +151,8 @@ impl SentinelGroup {
             ],
             None => vec![],
         };
-        let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
+        let mut auth: Vec<&str> = auth.iter().map(String::as_str).collect();
+        auth.extend(data_args);
         let master = RedisServer::start_with(&auth);
         let master_port = master.port().to_string();
         let mut replica_args = vec!["--replicaof", "127.0.0.1", &master_port];
