@@ -53,9 +53,9 @@ pub fn set_keeping_ttl(r: &Redis, key: &RedisString, value: &[u8]) -> Result<boo
 
 /// [`set_keeping_ttl`] through the key API: whether the key was written, or None for a key of
 /// another type (a sliding log's set), which the called command replaces keeping its expiry.
-/// The check never meets that one (a kept expiry was read from a string state, which only a
-/// log's upgrade touches before the write, and deletes: `tests/module_shared_keys.rs`); it is
-/// handled so that it could not fail a check.
+/// The check never meets that one (a kept expiry was read from a string state, which the
+/// request can only rewrite as a string or delete before this write; see
+/// `tests/module_shared_keys.rs`); it is handled so that it could not fail a check.
 fn in_place(r: &Redis, key: &RedisString, value: &[u8]) -> Result<Option<bool>, RedisError> {
     // The handle is closed on return, before any command runs: that command frees the value
     // it points at.

@@ -11,8 +11,9 @@
 //!   it is when written, not as it was read.
 //!
 //! A kept expiry never meets a sorted set (`Held::Other` in `write::in_place`): keeping needs a
-//! deadline read from the key's string state, and in the same request only a log's upgrade
-//! runs before the write, which deletes such a string (no state is tagged as an older log).
+//! deadline read from the key's string state, and before the write the request can only write
+//! that key as a string (a log limit's write waits for a later limit on its key) or delete it
+//! (a log's upgrade: no state is tagged as an older log, so none becomes a sorted set).
 
 mod common;
 
