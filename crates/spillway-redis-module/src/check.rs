@@ -146,6 +146,18 @@ enum Pending {
     Log(Plan, f64),
 }
 
+/// What one limit of a request came to, kept until the request is known to be admitted.
+struct Outcome {
+    /// Whether it writes: admitted with a cost, or charged.
+    writes: bool,
+    /// What it writes.
+    pending: Pending,
+    /// Whether a string state keeps the key's expiry (`SET ... XX KEEPTTL`).
+    keep: bool,
+    /// The string state read, for the undo record.
+    read: Option<Vec<u8>>,
+}
+
 /// The command: `SPILLWAY.CHECK key... now requests`.
 pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if args.len() < 3 {
@@ -169,10 +181,7 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let admit_at = reply.len();
         reply.extend_from_slice(&0f64.to_le_bytes());
         let mut admitted = true;
-        // Per limit: whether it writes, what, whether the key keeps its expiry, and the
-        // string state read (for the undo record).
-        let mut pending: Vec<(bool, Pending, bool, Option<Vec<u8>>)> =
-            Vec::with_capacity(req.limits.len());
+        let mut pending: Vec<Outcome> = Vec::with_capacity(req.limits.len());
         for (j, limit) in req.limits.iter().enumerate() {
             let key = &keys[k + j];
             let raw = if limit.code == 5 {
@@ -229,7 +238,12 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 Pending::State(w) => w.held.is_some_and(|h| w.deadline <= h),
                 _ => false,
             };
-            pending.push((ok, p, keep, raw));
+            pending.push(Outcome {
+                writes: ok,
+                pending: p,
+                keep,
+                read: raw,
+            });
         }
         if charge {
             admitted = fresh;
@@ -239,7 +253,7 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let undo = !charge && lua_mod(req.flags, 4.0) >= UNDO;
         if admitted && (charge || lua_mod(req.flags, 2.0) == CONSUME) {
             let n = req.limits.len();
-            for (j, (ok, p, keep, read)) in pending.iter().enumerate() {
+            for (j, outcome) in pending.iter().enumerate() {
                 let name = &keys[k + j];
                 let key = name.as_slice();
                 let is_log = req.limits[j].code == 5;
@@ -252,7 +266,7 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     if !is_log {
                         let shared = (0..n).any(|jj| jj != j && keys[k + jj].as_slice() == key);
                         if !shared {
-                            old = read.clone().unwrap_or_default();
+                            old = outcome.read.clone().unwrap_or_default();
                         } else if let Ok(Some(b)) = ctx.open_key(name).read() {
                             old = b.to_vec();
                         }
@@ -263,13 +277,13 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     };
                     old_ttl = ttl.to_string().into_bytes();
                 }
-                if !ok {
+                if !outcome.writes {
                     new = old.clone();
                 } else {
-                    match p {
+                    match &outcome.pending {
                         Pending::Log(plan, need) => {
                             let later = (j + 1..n)
-                                .any(|jj| keys[k + jj].as_slice() == key && pending[jj].0);
+                                .any(|jj| keys[k + jj].as_slice() == key && pending[jj].writes);
                             if !later {
                                 let px = (*need > now).then(|| px_until(*need, now, ttl_slack));
                                 sliding_log::write(&r, key, plan, px)?;
@@ -277,7 +291,7 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                             }
                         }
                         Pending::State(w) => {
-                            new = put(&r, name, w, *keep, now, ttl_slack)?;
+                            new = put(&r, name, w, outcome.keep, now, ttl_slack)?;
                         }
                         // Lua would fail on a nil state here; no path leads to it.
                         Pending::None => return Err(refuse("nothing to write".into())),

@@ -32,7 +32,8 @@ const FIRST_VERSION: c_int = 0x00_07_00_00;
 /// Whether the path is on.
 pub fn enable(ctx: &Context) -> bool {
     // SAFETY: the function pointers are set once, when Redis loads the module, before this
-    // runs, and only read after (here and in `api`), copied out of their statics.
+    // runs, and only read after (here and at each call site below), copied out of their
+    // statics.
     let (version, options, set_at, signal, kind, delete, get, replicate, notify, clock) = unsafe {
         (
             raw::RedisModule_GetServerVersion,

@@ -15,7 +15,8 @@
 //! `tests/module_effects.rs` holds the stream a replica receives to the one the Lua's call
 //! gives. Before Redis 7.0 (which propagated called commands at once and replicated ones at
 //! the end, out of order; see `key.rs`), on a server without the key functions needed, and
-//! for the rare `KEEPTTL` write over a key of another type, the command is called as before.
+//! for a `KEEPTTL` write over a key of another type (which a check never reaches; see
+//! `in_place`), the command is called as before.
 
 use crate::key::{self, notify, replicate, Held, Propagate, WriteKey};
 use crate::redis::{Redis, Reply};
