@@ -7,8 +7,8 @@
 mod common;
 
 use common::module::{
-    call, connect, load_library, numbers, pack, replicated, same_reply, snapshot, ttl_close,
-    with_module, with_module_args, CALLED_WRITES, TOP,
+    assert_sides_agree, call, connect, load_library, numbers, pack, replicated, with_module,
+    with_module_args, CALLED_WRITES, TOP,
 };
 use common::{check, key, redis_store, window, Backend, T0};
 use redis::Value;
@@ -146,23 +146,9 @@ async fn agree_byte_for_byte(module_args: &[&str]) {
             &blob,
         )
         .await;
-        match (&a, &b) {
-            (Ok(x), Ok(y)) => assert!(
-                same_reply(x, y),
-                "step {step} (module: {module}): replies differ\nlua:    {x:?}\nother:  {y:?}\ncall {numbers_in_call:?} keys {names:?}"
-            ),
-            _ => panic!("step {step}: a call failed: lua {a:?}, other {b:?}"),
-        }
-        names.sort();
-        names.dedup();
-        for name in &names {
-            let (ka, va, ta) = snapshot(&mut conn, &format!("a:{name}")).await;
-            let (kb, vb, tb) = snapshot(&mut conn, &format!("b:{name}")).await;
-            assert!(
-                ka == kb && va == vb && ttl_close(ta, tb),
-                "step {step} (module: {module}): key {name} differs\nlua:   {ka} {va:?} pttl {ta}\nother: {kb} {vb:?} pttl {tb}"
-            );
-        }
+        let what =
+            format!("step {step} (module: {module}), call {numbers_in_call:?} keys {names:?}");
+        assert_sides_agree(&mut conn, a, b, &names, &what).await;
     }
     assert!(by_module > 500 && by_lua > 500, "{by_module} / {by_lua}");
     assert!(calls(server.port(), "spillway.check") >= by_module);

@@ -455,6 +455,8 @@ async fn the_load_argument_chooses_the_write_path() {
             assert!(matches!(reply, Ok(Value::Array(_))), "{reply:?}");
         }
         let port = server.port();
+        // Counted first: `calls` answers 0 for a server that does not answer.
+        assert_eq!(calls(port, "spillway.check"), 2, "{module_args:?}: checks");
         assert_eq!(calls(port, "set"), called, "{module_args:?}: SET calls");
         assert_eq!(calls(port, "pttl"), 0, "{module_args:?}: PTTL calls");
     }

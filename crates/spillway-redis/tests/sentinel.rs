@@ -249,9 +249,11 @@ async fn follow_a_failover_under_load(mut group: SentinelGroup, config: &RedisCo
 async fn checks_go_through_the_module_before_and_after_a_failover() {
     let path = module_path();
     let mut group = SentinelGroup::start_with_args(Passwords::default(), &["--loadmodule", &path]);
-    let store = RedisStore::connect(&config(&group))
-        .await
-        .expect("connects");
+    // Two seconds for a call, not 200 ms: the counts below are exact, and a check that timed
+    // out on a loaded machine may still have run.
+    let mut config = config(&group);
+    config.timeout = Duration::from_secs(2);
+    let store = RedisStore::connect(&config).await.expect("connects");
     // A hundred units, one back per hour: the count does not move while the test runs.
     let params = LimitParams::TokenBucket(
         TokenBucket::new(Rate::new(1, 3600 * SECOND).unwrap(), 100).unwrap(),
@@ -269,8 +271,8 @@ async fn checks_go_through_the_module_before_and_after_a_failover() {
     let (first, promoted) = (group.first_master_port(), group.replica_port());
     assert_eq!(calls(first, "spillway.check"), 3, "the master's module");
     assert_eq!(calls(first, "fcall"), 0, "no check in Lua");
-    // The replica holds the last write before its master goes.
-    let acked = command(first, "WAIT 1 5000").unwrap_or_default();
+    // The replica holds the last write before its master goes (within `command`'s 2 s read).
+    let acked = command(first, "WAIT 1 1500").unwrap_or_default();
     assert_eq!(acked, ":1\r\n", "the replica acknowledged");
 
     group.kill_master();
