@@ -146,6 +146,18 @@ enum Pending {
     Log(Plan, f64),
 }
 
+/// What one limit of a request came to, kept until the request is known to be admitted.
+struct Outcome {
+    /// Whether it writes: admitted with a cost, or charged.
+    writes: bool,
+    /// What it writes.
+    pending: Pending,
+    /// Whether a string state keeps the key's expiry (`SET ... XX KEEPTTL`).
+    keep: bool,
+    /// The string state read, for the undo record.
+    read: Option<Vec<u8>>,
+}
+
 /// The command: `SPILLWAY.CHECK key... now requests`.
 pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if args.len() < 3 {
@@ -169,8 +181,7 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let admit_at = reply.len();
         reply.extend_from_slice(&0f64.to_le_bytes());
         let mut admitted = true;
-        // Per limit: whether it writes, what, and whether the key keeps its expiry.
-        let mut pending: Vec<(bool, Pending, bool)> = Vec::with_capacity(req.limits.len());
+        let mut pending: Vec<Outcome> = Vec::with_capacity(req.limits.len());
         for (j, limit) in req.limits.iter().enumerate() {
             let key = &keys[k + j];
             let raw = if limit.code == 5 {
@@ -182,11 +193,10 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 let open = ctx.open_key(key);
                 open.read().ok().flatten().map(<[u8]>::to_vec)
             };
-            let raw = raw.as_deref();
             let mut charged = limit.cost;
             let chg = charge && fresh && limit.code != 5;
             let (six, p): (Six, Pending) = if chg {
-                let w = algorithms::charge(limit.code, limit.p, raw, now, limit.cost)
+                let w = algorithms::charge(limit.code, limit.p, raw.as_deref(), now, limit.cost)
                     .ok_or_else(|| refuse("no charge for this algorithm".into()))?;
                 let six = string_admit(limit, Some(&w.state), now)?;
                 (six, Pending::State(w))
@@ -195,7 +205,7 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 let six = if limit.code == 5 {
                     log_admit(&r, limit, key.as_slice(), now)?
                 } else {
-                    string_admit(limit, raw, now)?
+                    string_admit(limit, raw.as_deref(), now)?
                 };
                 (six, Pending::None)
             } else if limit.code == 5 {
@@ -212,8 +222,9 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     plan.map_or(Pending::None, |(plan, need)| Pending::Log(plan, need)),
                 )
             } else {
-                let (six, w) = algorithms::evaluate(limit.code, limit.p, raw, now, limit.cost)
-                    .ok_or_else(|| refuse("unknown algorithm".into()))?;
+                let (six, w) =
+                    algorithms::evaluate(limit.code, limit.p, raw.as_deref(), now, limit.cost)
+                        .ok_or_else(|| refuse("unknown algorithm".into()))?;
                 (six, w.map_or(Pending::None, Pending::State))
             };
             if six[0] == 0.0 && lua_mod(limit.flags, 2.0) == ENFORCED {
@@ -227,7 +238,12 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 Pending::State(w) => w.held.is_some_and(|h| w.deadline <= h),
                 _ => false,
             };
-            pending.push((ok, p, keep));
+            pending.push(Outcome {
+                writes: ok,
+                pending: p,
+                keep,
+                read: raw,
+            });
         }
         if charge {
             admitted = fresh;
@@ -237,32 +253,37 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let undo = !charge && lua_mod(req.flags, 4.0) >= UNDO;
         if admitted && (charge || lua_mod(req.flags, 2.0) == CONSUME) {
             let n = req.limits.len();
-            for (j, (ok, p, keep)) in pending.iter().enumerate() {
+            for (j, outcome) in pending.iter().enumerate() {
                 let name = &keys[k + j];
                 let key = name.as_slice();
                 let is_log = req.limits[j].code == 5;
                 let (mut old, mut old_ttl, mut new) = (Vec::new(), b"0".to_vec(), Vec::new());
                 if undo {
-                    // The key as it is now (GET, '' for no string, and PTTL), read directly.
+                    // The key as it is now (GET, '' for no string, and PTTL). A key no other
+                    // limit of the request names is as it was read above (nothing else touched
+                    // it since); one named twice may have been written, or deleted by a
+                    // sliding log's upgrade, since, so it is read again.
                     if !is_log {
-                        if let Ok(Some(b)) = ctx.open_key(name).read() {
+                        let shared = (0..n).any(|jj| jj != j && keys[k + jj].as_slice() == key);
+                        if !shared {
+                            old = outcome.read.clone().unwrap_or_default();
+                        } else if let Ok(Some(b)) = ctx.open_key(name).read() {
                             old = b.to_vec();
                         }
                     }
-                    let ttl = if key::available() {
-                        key::pttl(ctx, name)?
-                    } else {
-                        r.read("PTTL", &[key])?.int()?
+                    let ttl = match key::pttl(ctx, name) {
+                        Some(ttl) => ttl,
+                        None => r.read("PTTL", &[key])?.int()?,
                     };
                     old_ttl = ttl.to_string().into_bytes();
                 }
-                if !ok {
+                if !outcome.writes {
                     new = old.clone();
                 } else {
-                    match p {
+                    match &outcome.pending {
                         Pending::Log(plan, need) => {
                             let later = (j + 1..n)
-                                .any(|jj| keys[k + jj].as_slice() == key && pending[jj].0);
+                                .any(|jj| keys[k + jj].as_slice() == key && pending[jj].writes);
                             if !later {
                                 let px = (*need > now).then(|| px_until(*need, now, ttl_slack));
                                 sliding_log::write(&r, key, plan, px)?;
@@ -270,7 +291,7 @@ pub fn command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                             }
                         }
                         Pending::State(w) => {
-                            new = put(&r, name, w, *keep, now, ttl_slack)?;
+                            new = put(&r, name, w, outcome.keep, now, ttl_slack)?;
                         }
                         // Lua would fail on a nil state here; no path leads to it.
                         Pending::None => return Err(refuse("nothing to write".into())),

@@ -5,12 +5,14 @@
 //! into a new Redis string first, which cost more than the write itself. This is the crate's
 //! only `unsafe` code: each block calls one module API function.
 //!
-//! Everything here needs Redis 7.0 or later: before 7.0 a command called with replication
+//! The writes here need Redis 7.0 or later: before 7.0 a command called with replication
 //! (the sliding log's) propagates at once while `RedisModule_Replicate` holds its command to
 //! the end of the module's command, so a replica could receive a key's `DEL` before an
-//! earlier `SET` of it. [`enable`] decides once, at load, and [`available`] answers from that;
-//! callers write through a called command when it is false. A function missing all the same
-//! is an error, never a crash.
+//! earlier `SET` of it. [`enable`] decides once, at load (it is not called when the module is
+//! loaded with `called-writes`, for tests), and [`available`] answers from that; callers write
+//! through a called command when it is false. The read, [`pttl`], has no such
+//! condition: it needs only its function, and says when that is missing. A function missing
+//! all the same is an error, never a crash.
 
 use redis_module::raw::{self, KeyMode, RedisModuleKey};
 use redis_module::{Context, ModuleOptions, NotifyEvent, RedisError, RedisString};
@@ -30,7 +32,8 @@ const FIRST_VERSION: c_int = 0x00_07_00_00;
 /// Whether the path is on.
 pub fn enable(ctx: &Context) -> bool {
     // SAFETY: the function pointers are set once, when Redis loads the module, before this
-    // runs, and only read after (here and in `api`), copied out of their statics.
+    // runs, and only read after (here and at each call site below), copied out of their
+    // statics.
     let (version, options, set_at, signal, kind, delete, get, replicate, notify, clock) = unsafe {
         (
             raw::RedisModule_GetServerVersion,
@@ -199,18 +202,20 @@ impl Drop for WriteKey<'_> {
 }
 
 /// The key's remaining time to live in milliseconds as `PTTL` answers it: -2 for no key, -1
-/// for a key without an expiry.
-pub fn pttl(ctx: &Context, name: &RedisString) -> Result<i64, RedisError> {
+/// for a key without an expiry; None on a server without `RedisModule_GetExpire` (the caller
+/// calls `PTTL` instead). A read: on any server that has the function, whatever [`enable`]
+/// decided for the writes.
+pub fn pttl(ctx: &Context, name: &RedisString) -> Option<i64> {
     // SAFETY: see `enable`.
-    let f = api(unsafe { raw::RedisModule_GetExpire })?;
+    let f = unsafe { raw::RedisModule_GetExpire }?;
     let inner = raw::open_key(ctx.get_raw(), name.inner, KeyMode::READ);
     if inner.is_null() {
-        return Ok(-2);
+        return Some(-2);
     }
     // SAFETY: `inner` is an open key handle, closed right after.
     let ttl = unsafe { f(inner) };
     raw::close_key(inner);
-    Ok(if ttl == raw::REDISMODULE_NO_EXPIRE as i64 {
+    Some(if ttl == raw::REDISMODULE_NO_EXPIRE as i64 {
         -1
     } else {
         ttl

@@ -14,7 +14,8 @@
 //! module can outlive an upgrade of Spillway, and its rules must not mix with newer Lua.
 //!
 //! Load it at start: `redis-server --loadmodule .../libspillway_redis_module.so`. The refund
-//! stays in Lua (the state format is shared).
+//! stays in Lua (the state format is shared). The one load argument, [`CALLED_WRITES`], is for
+//! tests.
 //!
 //! Layout: [`num`] the Lua's double arithmetic, [`algorithms`] the five string-state
 //! algorithms, [`sliding_log`] the sorted-set one, [`check`] the command, `write` its string
@@ -40,10 +41,53 @@ fn version(_: &Context, _: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::BulkString(LUA_DIGEST.to_owned()))
 }
 
+/// The one load argument (`--loadmodule <path> called-writes`, or `MODULE LOAD <path>
+/// called-writes`): the string writes go through called commands on any Redis, as before 7.0.
+/// For tests, which run a newer Redis and must still cover that path; nothing gains from it in
+/// production.
+pub const CALLED_WRITES: &str = "called-writes";
+
+/// The load arguments read: whether they hold [`CALLED_WRITES`] (in any case), or why the
+/// load is refused (any other argument).
+pub fn load_args(args: &[&[u8]]) -> Result<bool, String> {
+    let mut called = false;
+    for arg in args {
+        if arg.eq_ignore_ascii_case(CALLED_WRITES.as_bytes()) {
+            called = true;
+        } else {
+            return Err(format!(
+                "unknown load argument '{}': the only one is {CALLED_WRITES}, for Spillway's \
+                 tests",
+                String::from_utf8_lossy(arg)
+            ));
+        }
+    }
+    Ok(called)
+}
+
 /// At load: the string writes go through the key API on Redis 7.0 and later (`key::enable`,
-/// which also sets the module option that path needs), through called commands before.
-fn init(ctx: &Context, _: &[RedisString]) -> Status {
-    key::enable(ctx);
+/// which also sets the module option that path needs), through called commands before or when
+/// loaded with [`CALLED_WRITES`] (a warning: no production server should be). The log says
+/// which, as it decides how writes reach replicas. Any other argument refuses the load.
+fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    let args: Vec<&[u8]> = args.iter().map(RedisString::as_slice).collect();
+    match load_args(&args) {
+        Err(refused) => {
+            ctx.log_warning(&refused);
+            return Status::Err;
+        }
+        Ok(true) => ctx.log_warning(&format!(
+            "string writes go through called commands (load argument {CALLED_WRITES}, for \
+             tests)"
+        )),
+        Ok(false) if key::enable(ctx) => {
+            ctx.log_notice("string writes go through the key API, replicated explicitly");
+        }
+        Ok(false) => ctx.log_notice(
+            "string writes go through called commands (Redis before 7.0, or a key API \
+             function missing)",
+        ),
+    }
     Status::Ok
 }
 
@@ -59,4 +103,40 @@ redis_module! {
         ["spillway.check", check::command, "write deny-oom", 1, -3, 1, ""],
         ["spillway.version", version, "readonly fast", 0, 0, 0, ""],
     ],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_load_argument_keeps_the_default_write_path() {
+        assert_eq!(load_args(&[]), Ok(false));
+    }
+
+    #[test]
+    fn called_writes_is_read_in_any_case() {
+        for arg in [&b"called-writes"[..], b"CALLED-WRITES", b"Called-Writes"] {
+            assert_eq!(load_args(&[arg]), Ok(true), "{arg:?}");
+        }
+        assert_eq!(load_args(&[b"called-writes", b"called-writes"]), Ok(true));
+    }
+
+    #[test]
+    fn any_other_argument_is_refused_naming_it_and_the_one_there_is() {
+        let refused = "unknown load argument 'called_writes': the only one is called-writes, \
+                       for Spillway's tests";
+        assert_eq!(load_args(&[b"called_writes"]), Err(refused.to_owned()));
+        // One unknown argument refuses the load, also after the known one.
+        let after = load_args(&[b"called-writes", b"fast"]).unwrap_err();
+        assert!(
+            after.starts_with("unknown load argument 'fast':"),
+            "{after}"
+        );
+        let bytes = load_args(&[b"\xff"]).unwrap_err();
+        assert!(
+            bytes.starts_with("unknown load argument '\u{fffd}':"),
+            "{bytes}"
+        );
+    }
 }

@@ -15,7 +15,8 @@
 //! `tests/module_effects.rs` holds the stream a replica receives to the one the Lua's call
 //! gives. Before Redis 7.0 (which propagated called commands at once and replicated ones at
 //! the end, out of order; see `key.rs`), on a server without the key functions needed, and
-//! for the rare `KEEPTTL` write over a key of another type, the command is called as before.
+//! for a `KEEPTTL` write over a key of another type (which a check never reaches; see
+//! `in_place`), the command is called as before.
 
 use crate::key::{self, notify, replicate, Held, Propagate, WriteKey};
 use crate::redis::{Redis, Reply};
@@ -53,6 +54,9 @@ pub fn set_keeping_ttl(r: &Redis, key: &RedisString, value: &[u8]) -> Result<boo
 
 /// [`set_keeping_ttl`] through the key API: whether the key was written, or None for a key of
 /// another type (a sliding log's set), which the called command replaces keeping its expiry.
+/// The check never meets that one (a kept expiry was read from a string state, which the
+/// request can only rewrite as a string or delete before this write; see
+/// `tests/module_shared_keys.rs`); it is handled so that it could not fail a check.
 fn in_place(r: &Redis, key: &RedisString, value: &[u8]) -> Result<Option<bool>, RedisError> {
     // The handle is closed on return, before any command runs: that command frees the value
     // it points at.

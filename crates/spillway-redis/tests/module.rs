@@ -7,8 +7,8 @@
 mod common;
 
 use common::module::{
-    call, connect, load_library, numbers, pack, replicated, same_reply, snapshot, ttl_close,
-    with_module, TOP,
+    assert_sides_agree, call, connect, load_library, numbers, pack, replicated, with_module,
+    with_module_args, CALLED_WRITES, TOP,
 };
 use common::{check, key, redis_store, window, Backend, T0};
 use redis::Value;
@@ -25,7 +25,17 @@ use spillway_testkit::vectors::Rng;
 /// algorithm's state or the text forms of earlier versions).
 #[tokio::test]
 async fn module_and_lua_agree_byte_for_byte_and_read_each_others_keys() {
-    let server = with_module(&[]);
+    agree_byte_for_byte(&[]).await;
+}
+
+/// The same, with the module's string writes through called commands (as before Redis 7.0).
+#[tokio::test]
+async fn module_and_lua_agree_byte_for_byte_with_called_writes() {
+    agree_byte_for_byte(&[CALLED_WRITES]).await;
+}
+
+async fn agree_byte_for_byte(module_args: &[&str]) {
+    let server = with_module_args(module_args, &[]);
     let mut conn = connect(&server).await;
     let lua = load_library(&mut conn).await;
     let mut rng = Rng::new(
@@ -136,23 +146,9 @@ async fn module_and_lua_agree_byte_for_byte_and_read_each_others_keys() {
             &blob,
         )
         .await;
-        match (&a, &b) {
-            (Ok(x), Ok(y)) => assert!(
-                same_reply(x, y),
-                "step {step} (module: {module}): replies differ\nlua:    {x:?}\nother:  {y:?}\ncall {numbers_in_call:?} keys {names:?}"
-            ),
-            _ => panic!("step {step}: a call failed: lua {a:?}, other {b:?}"),
-        }
-        names.sort();
-        names.dedup();
-        for name in &names {
-            let (ka, va, ta) = snapshot(&mut conn, &format!("a:{name}")).await;
-            let (kb, vb, tb) = snapshot(&mut conn, &format!("b:{name}")).await;
-            assert!(
-                ka == kb && va == vb && ttl_close(ta, tb),
-                "step {step} (module: {module}): key {name} differs\nlua:   {ka} {va:?} pttl {ta}\nother: {kb} {vb:?} pttl {tb}"
-            );
-        }
+        let what =
+            format!("step {step} (module: {module}), call {numbers_in_call:?} keys {names:?}");
+        assert_sides_agree(&mut conn, a, b, &names, &what).await;
     }
     assert!(by_module > 500 && by_lua > 500, "{by_module} / {by_lua}");
     assert!(calls(server.port(), "spillway.check") >= by_module);
@@ -163,9 +159,19 @@ async fn module_and_lua_agree_byte_for_byte_and_read_each_others_keys() {
 /// at its own time), so every key's value, members and expiry are the master's exactly.
 #[tokio::test]
 async fn a_replica_holds_exactly_what_the_module_wrote_on_its_master() {
-    let master = with_module(&[]);
+    replica_holds_what_the_master_wrote(&[]).await;
+}
+
+/// The same, with the module's string writes through called commands (as before Redis 7.0).
+#[tokio::test]
+async fn a_replica_holds_exactly_what_the_module_wrote_with_called_writes() {
+    replica_holds_what_the_master_wrote(&[CALLED_WRITES]).await;
+}
+
+async fn replica_holds_what_the_master_wrote(module_args: &[&str]) {
+    let master = with_module_args(module_args, &[]);
     let master_port = master.port().to_string();
-    let replica = with_module(&["--replicaof", "127.0.0.1", &master_port]);
+    let replica = with_module_args(module_args, &["--replicaof", "127.0.0.1", &master_port]);
     #[allow(clippy::disallowed_methods)] // a deadline for the link to come up, not limit time
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !command(replica.port(), "INFO replication")

@@ -8,12 +8,13 @@
 mod common;
 
 use common::module::{
-    call, connect, load_library, pack, random_call, replicated, usual_limits, with_module,
-    TTL_SLACK,
+    call, connect, load_library, pack, random_call, replicated, usual_limits, with_module_args,
+    CALLED_WRITES, TTL_SLACK,
 };
 use common::T0;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
+use spillway_testkit::redis::{calls, command, module_path, RedisServer};
 use spillway_testkit::vectors::Rng;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -168,7 +169,17 @@ fn show(items: &[Vec<Vec<u8>>]) -> String {
 /// through both shows the two kept in the order they ran.
 #[tokio::test]
 async fn a_module_call_propagates_and_notifies_what_the_lua_call_does() {
-    let server = with_module(&["--notify-keyspace-events", "KEA"]);
+    propagates_and_notifies_as_lua(&[]).await;
+}
+
+/// The same, with the module's string writes through called commands (as before Redis 7.0).
+#[tokio::test]
+async fn a_module_call_with_called_writes_propagates_and_notifies_what_lua_does() {
+    propagates_and_notifies_as_lua(&[CALLED_WRITES]).await;
+}
+
+async fn propagates_and_notifies_as_lua(module_args: &[&str]) {
+    let server = with_module_args(module_args, &["--notify-keyspace-events", "KEA"]);
     let mut conn = connect(&server).await;
     let lua = load_library(&mut conn).await;
     let mut stream = replica(server.port());
@@ -299,7 +310,17 @@ async fn pexpiretime(conn: &mut MultiplexedConnection, key: &str) -> i64 {
 /// nothing.
 #[tokio::test]
 async fn a_transaction_watching_a_key_the_module_writes_is_aborted() {
-    let server = with_module(&[]);
+    watching_a_written_key_aborts(&[]).await;
+}
+
+/// The same, with the module's string writes through called commands (as before Redis 7.0).
+#[tokio::test]
+async fn a_transaction_watching_a_key_written_by_called_writes_is_aborted() {
+    watching_a_written_key_aborts(&[CALLED_WRITES]).await;
+}
+
+async fn watching_a_written_key_aborts(module_args: &[&str]) {
+    let server = with_module_args(module_args, &[]);
     let mut conn = connect(&server).await;
     let mut watcher = connect(&server).await;
     let mut stream = replica(server.port());
@@ -366,14 +387,27 @@ async fn a_transaction_watching_a_key_the_module_writes_is_aborted() {
 /// every write the module made (its explicit replication goes to the AOF as to replicas).
 #[tokio::test]
 async fn an_aof_replayed_holds_exactly_what_the_module_wrote() {
-    let server = with_module(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--enable-debug-command",
-        "yes",
-    ]);
+    aof_replayed_holds_what_was_written(&[]).await;
+}
+
+/// The same, with the module's string writes through called commands (as before Redis 7.0).
+#[tokio::test]
+async fn an_aof_replayed_holds_exactly_what_called_writes_wrote() {
+    aof_replayed_holds_what_was_written(&[CALLED_WRITES]).await;
+}
+
+async fn aof_replayed_holds_what_was_written(module_args: &[&str]) {
+    let server = with_module_args(
+        module_args,
+        &[
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--enable-debug-command",
+            "yes",
+        ],
+    );
     let mut conn = connect(&server).await;
     let mut rng = Rng::new(20_261_220);
     let usual = usual_limits(&mut rng, 6);
@@ -402,4 +436,37 @@ async fn an_aof_replayed_holds_exactly_what_the_module_wrote() {
     }
     let present = before.iter().filter(|k| k.0 != "none").count();
     assert!(present >= 5, "only {present} keys were written");
+}
+
+/// Which way the string writes go: through the key API by default, no `SET` called; through
+/// called commands when the module is loaded with `called-writes` (the tests above run both).
+/// Either way an undo record's PTTL is read through the key API, no `PTTL` called. Any other
+/// load argument refuses the load.
+#[tokio::test]
+async fn the_load_argument_chooses_the_write_path() {
+    // A token bucket of a million, one unit with undo records (flags 3): a new key (`SET ...
+    // PX`), then a state written in place (`SET ... XX KEEPTTL`).
+    let consume = pack(&[3.0, 1.0, 1.0, 1.0, 1000.0, 1_000_000.0, 1.0, 1.0]);
+    for (module_args, called) in [(&[][..], 0), (&[CALLED_WRITES][..], 2)] {
+        let server = with_module_args(module_args, &[]);
+        let mut conn = connect(&server).await;
+        for _ in 0..2 {
+            let reply = call(&mut conn, None, &["k".into()], &T0.to_string(), &consume).await;
+            assert!(matches!(reply, Ok(Value::Array(_))), "{reply:?}");
+        }
+        let port = server.port();
+        // Counted first: `calls` answers 0 for a server that does not answer.
+        assert_eq!(calls(port, "spillway.check"), 2, "{module_args:?}: checks");
+        assert_eq!(calls(port, "set"), called, "{module_args:?}: SET calls");
+        assert_eq!(calls(port, "pttl"), 0, "{module_args:?}: PTTL calls");
+    }
+    let server = RedisServer::start_with(&["--enable-module-command", "yes"]);
+    let path = module_path();
+    let refused = command(server.port(), &format!("MODULE LOAD {path} called_writes"));
+    assert!(
+        refused.as_deref().is_some_and(|r| r.starts_with("-ERR")),
+        "{refused:?}"
+    );
+    let loaded = command(server.port(), &format!("MODULE LOAD {path} CALLED-WRITES"));
+    assert_eq!(loaded.as_deref(), Some("+OK\r\n"));
 }

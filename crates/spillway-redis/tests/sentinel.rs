@@ -1,7 +1,8 @@
 //! A store that finds its master through real `redis-sentinel` processes: it follows a
 //! failover without a restart (also with passwords on the data nodes and on the sentinels),
-//! the calls that fail meanwhile fail as typed store errors, and a refused login says which
-//! side refused it without showing the password.
+//! the calls that fail meanwhile fail as typed store errors, a refused login says which
+//! side refused it without showing the password, and with the native module on both data
+//! nodes the checks go to it before and after a failover.
 
 // A failover takes real time (the sentinels' own timers); the test measures it on the wall.
 #![allow(clippy::disallowed_methods)]
@@ -16,6 +17,7 @@ use spillway_core::store::{Store, StoreError};
 use spillway_core::time::SECOND;
 use spillway_redis::error::ConnectError;
 use spillway_redis::{Credentials, RedisConfig, RedisStore, SentinelAuth, Target};
+use spillway_testkit::redis::{calls, command, module_path};
 use spillway_testkit::sentinel::{Passwords, SentinelGroup, MASTER_NAME};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -238,4 +240,66 @@ async fn follow_a_failover_under_load(mut group: SentinelGroup, config: &RedisCo
         !failed.is_empty(),
         "the kill was noticed (calls failed meanwhile)"
     );
+}
+
+/// Master and replica load the native module: the store sends its checks to the master's
+/// module, and after a failover to the promoted replica's (its `spillway.check` calls), never
+/// to the Lua library, counting on from the state the module wrote and replicated.
+#[tokio::test]
+async fn checks_go_through_the_module_before_and_after_a_failover() {
+    let path = module_path();
+    let mut group = SentinelGroup::start_with_args(Passwords::default(), &["--loadmodule", &path]);
+    // Two seconds for a call, not 200 ms: the counts below are exact, and a check that timed
+    // out on a loaded machine may still have run.
+    let mut config = config(&group);
+    config.timeout = Duration::from_secs(2);
+    let store = RedisStore::connect(&config).await.expect("connects");
+    // A hundred units, one back per hour: the count does not move while the test runs.
+    let params = LimitParams::TokenBucket(
+        TokenBucket::new(Rate::new(1, 3600 * SECOND).unwrap(), 100).unwrap(),
+    );
+    let k = key("module", &["one"]);
+    let consume = || async {
+        store
+            .check(&[check(&k, &params, 1)], CheckMode::Consume)
+            .await
+            .map(|d| (d[0].allowed, d[0].remaining))
+    };
+    for remaining in [99, 98, 97] {
+        assert_eq!(consume().await.expect("decides"), (true, remaining));
+    }
+    let (first, promoted) = (group.first_master_port(), group.replica_port());
+    assert_eq!(calls(first, "spillway.check"), 3, "the master's module");
+    assert_eq!(calls(first, "fcall"), 0, "no check in Lua");
+    // The replica holds the last write before its master goes (within `command`'s 2 s read).
+    let acked = command(first, "WAIT 1 1500").unwrap_or_default();
+    assert_eq!(acked, ":1\r\n", "the replica acknowledged");
+
+    group.kill_master();
+    group.wait_for_failover();
+    // Calls fail until the store follows; then the count goes on where the master left it.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let next = loop {
+        if let Ok(decided) = consume().await {
+            break decided;
+        }
+        assert!(Instant::now() < deadline, "the store never followed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // 96, or less for a check the new master ran after the store had given up on it.
+    let (allowed, first_after) = next;
+    assert!(allowed && (90..=96).contains(&first_after), "{next:?}");
+    for remaining in [first_after - 1, first_after - 2] {
+        assert_eq!(consume().await.expect("decides"), (true, remaining));
+    }
+    assert_eq!(
+        store.sentinel_master(),
+        Some(format!("127.0.0.1:{promoted}"))
+    );
+    assert_eq!(
+        calls(promoted, "spillway.check"),
+        3 + (96 - first_after),
+        "the promoted replica's module took every check"
+    );
+    assert_eq!(calls(promoted, "fcall"), 0, "no check in Lua");
 }

@@ -136,7 +136,13 @@ impl SentinelGroup {
     /// Starts the group with `passwords` (see the module docs) and waits until it could fail
     /// over.
     pub fn start_with(passwords: Passwords) -> Self {
-        let auth: Vec<String> = match &passwords.data {
+        Self::start_with_args(passwords, &[])
+    }
+
+    /// As [`SentinelGroup::start_with`], with `data_args` added to both data nodes' command
+    /// lines (e.g. `--loadmodule <path>`).
+    pub fn start_with_args(passwords: Passwords, data_args: &[&str]) -> Self {
+        let auth_args: Vec<String> = match &passwords.data {
             Some(p) => vec![
                 "--requirepass".into(),
                 p.clone(),
@@ -145,11 +151,13 @@ impl SentinelGroup {
             ],
             None => vec![],
         };
-        let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
-        let master = RedisServer::start_with(&auth);
+        // Both data nodes' arguments: the password's, then the caller's.
+        let mut node_args: Vec<&str> = auth_args.iter().map(String::as_str).collect();
+        node_args.extend(data_args);
+        let master = RedisServer::start_with(&node_args);
         let master_port = master.port().to_string();
         let mut replica_args = vec!["--replicaof", "127.0.0.1", &master_port];
-        replica_args.extend(&auth);
+        replica_args.extend(&node_args);
         let replica = RedisServer::start_with(&replica_args);
         let mut sentinels = Vec::new();
         for _ in 0..30 {

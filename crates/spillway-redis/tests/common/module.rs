@@ -1,4 +1,5 @@
-//! Helpers of the tests of the native module (`tests/module.rs`, `tests/module_effects.rs`):
+//! Helpers of the tests of the native module (`tests/module.rs`, `tests/module_effects.rs`,
+//! `tests/module_shared_keys.rs`):
 //! servers loading it, the call to it or to the Lua library, random numbers and calls, and
 //! what a key holds.
 
@@ -9,8 +10,20 @@ use spillway_testkit::vectors::Rng;
 
 /// A redis-server loading the module, with `extra` arguments.
 pub fn with_module(extra: &[&str]) -> RedisServer {
+    with_module_args(&[], extra)
+}
+
+/// The module's load argument that sends its string writes through called commands, as on
+/// Redis before 7.0 (`spillway_redis_module::CALLED_WRITES`; not imported, as linking the
+/// module's crate into a test would bring its global allocator).
+pub const CALLED_WRITES: &str = "called-writes";
+
+/// A redis-server loading the module with `module_args` (none, or [`CALLED_WRITES`]), with
+/// `extra` arguments.
+pub fn with_module_args(module_args: &[&str], extra: &[&str]) -> RedisServer {
     let path = module_path();
     let mut args = vec!["--loadmodule", path.as_str()];
+    args.extend(module_args);
     args.extend(extra);
     RedisServer::start_with(&args)
 }
@@ -128,6 +141,39 @@ pub fn same_reply(a: &Value, b: &Value) -> bool {
         }
         _ => false,
     }
+}
+
+/// One call made on two copies of the keys, through the Lua library on `a:<name>` and another
+/// way on `b:<name>`: asserts that both succeeded, that the replies agree, and that so does
+/// each key of `names` on the two sides (type, contents, PTTL); `what` names the call in a
+/// failure. The second reply.
+pub async fn assert_sides_agree(
+    conn: &mut MultiplexedConnection,
+    a: redis::RedisResult<Value>,
+    b: redis::RedisResult<Value>,
+    names: &[String],
+    what: &str,
+) -> Value {
+    let (a, b) = match (a, b) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => panic!("{what}: a call failed: lua {a:?}, other {b:?}"),
+    };
+    assert!(
+        same_reply(&a, &b),
+        "{what}: replies differ\nlua:   {a:?}\nother: {b:?}"
+    );
+    let mut names = names.to_vec();
+    names.sort();
+    names.dedup();
+    for name in &names {
+        let (ka, va, ta) = snapshot(conn, &format!("a:{name}")).await;
+        let (kb, vb, tb) = snapshot(conn, &format!("b:{name}")).await;
+        assert!(
+            ka == kb && va == vb && ttl_close(ta, tb),
+            "{what}: key {name} differs\nlua:   {ka} {va:?} pttl {ta}\nother: {kb} {vb:?} pttl {tb}"
+        );
+    }
+    b
 }
 
 /// A key's type, contents (string value or scored members) and PTTL.
