@@ -164,7 +164,10 @@ async fn run(
                 && (ask.planned.iter()).any(|p| p.def.scope != Scope::Regional) =>
         {
             let own = app.engine.store().as_ref();
-            regions.check(policy, own, ask.planned, ask.mode).await
+            // Boxed, as is the failover below: a future's size is that of its largest
+            // state, and every check's future is copied whole into its box by the serving
+            // thread, so the rare paths keep theirs out of it.
+            Box::pin(regions.check(policy, own, ask.planned, ask.mode)).await
         }
         _ => app.engine.check_planned(ask.planned, ask.mode).await,
     };
@@ -183,17 +186,15 @@ async fn run(
         Err(error) => {
             metrics::record_store_failure(ask.failure_mode);
             trace.failover(ask.failure_mode);
-            let fallback = app
-                .failover
-                .fallback(
-                    policy,
-                    ask.failure_mode,
-                    ask.label,
-                    ask.planned,
-                    ask.mode,
-                    &error,
-                )
-                .await;
+            let fallback = Box::pin(app.failover.fallback(
+                policy,
+                ask.failure_mode,
+                ask.label,
+                ask.planned,
+                ask.mode,
+                &error,
+            ))
+            .await;
             trace.failover_answered(&fallback);
             match fallback {
                 Fallback::Closed { retry_after } => {

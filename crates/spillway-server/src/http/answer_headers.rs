@@ -95,6 +95,11 @@ static HEADER_NAMES: [HeaderName; headers::MAX_FIELDS] = [
 /// most 768), so there is nothing to watch grow.
 const POLICY_VALUES: usize = 8;
 
+/// Answers shorter than this many bytes (nearly all of them: a decision on a few limits is a
+/// few hundred) take their `Content-Length` value from the serving thread's table, made once
+/// per length; longer ones have theirs made each time. A fixed bound, like the two above.
+const KEPT_LENGTHS: usize = 1024;
+
 /// The headers of a decision: its rate-limit fields (core's words in core's order), the
 /// degraded mark when the store did not take part, the home region when the policy spans
 /// regions, `body`'s content type where it goes, and last its length (where the router and
@@ -232,6 +237,8 @@ impl PolicyValue {
 #[derive(Default)]
 struct Prepared {
     maps: Vec<(Shape, HeaderMap)>,
+    /// The `Content-Length` values made so far, by length (under [`KEPT_LENGTHS`]).
+    lengths: Vec<Option<HeaderValue>>,
     policies: Vec<PolicyValue>,
     /// Where the next new `RateLimit-Policy` value goes once `policies` is full.
     next: usize,
@@ -286,10 +293,24 @@ impl Prepared {
             put(APPLICATION_JSON)?;
         }
         if let Some(length) = length {
-            put(HeaderValue::from(length))?;
+            put(self.length(length))?;
         }
         let left_over = values.next().is_some();
         (!left_over).then_some(map)
+    }
+
+    /// The `Content-Length` value for `length`: a copy of the one kept for it (a reference
+    /// count) where `HeaderValue::from` would format it into a new allocation each time.
+    fn length(&mut self, length: usize) -> HeaderValue {
+        if length >= KEPT_LENGTHS {
+            return HeaderValue::from(length);
+        }
+        if self.lengths.len() <= length {
+            self.lengths.resize(length + 1, None);
+        }
+        self.lengths[length]
+            .get_or_insert_with(|| HeaderValue::from(length))
+            .clone()
     }
 
     /// A fresh copy of `shape`'s map.
@@ -410,6 +431,32 @@ mod tests {
                         assert_eq!(got, want, "{home:?}, {degraded:?}, {body:?}");
                     }
                 }
+            }
+        }
+    }
+
+    /// Every length, kept or past the table, made the first time or taken from it, is the
+    /// body's own.
+    #[test]
+    fn content_lengths_are_each_answers_own() {
+        let a = LimitName::from("a");
+        let case = decided(true, vec![outcome(&a, 10, 9, 0, false)]);
+        for length in [
+            0,
+            1,
+            9,
+            10,
+            544,
+            544,
+            9,
+            KEPT_LENGTHS - 1,
+            KEPT_LENGTHS,
+            70_000,
+        ] {
+            for body in [AnswerBody::Json(length), AnswerBody::Problem(length)] {
+                let map = answer_headers(&case, body);
+                assert_eq!(map["content-length"], length.to_string().as_str());
+                assert_eq!(listed(&map), listed(&build(&case, body)));
             }
         }
     }

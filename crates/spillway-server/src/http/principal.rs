@@ -78,7 +78,9 @@ pub async fn identify(
         ip: attrs.ip.is_some(),
     };
     let now = app.clock.now();
-    match app.principals.identify(policy, &presented, now).await {
+    // Boxed so that the credential checks' state (a JWKS fetch among them) does not
+    // enlarge the future of every check, which is copied whole into its box per request.
+    match Box::pin(app.principals.identify(policy, &presented, now)).await {
         None => Ok(()),
         Some(Ok(identity)) => {
             principal::apply(&identity, config, attrs);

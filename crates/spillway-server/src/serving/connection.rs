@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
+use task_waker::{OnTask, TaskWaker};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
@@ -383,10 +384,23 @@ impl Wake for Nudge {
     }
 }
 
+impl OnTask for Nudge {
+    fn for_task(task: Waker) -> Self {
+        Self {
+            nudged: AtomicBool::new(false),
+            task,
+        }
+    }
+
+    fn task(&self) -> &Waker {
+        &self.task
+    }
+}
+
 /// The [`Nudge`] of the task now driving a connection.
 #[derive(Default)]
 struct Seldom {
-    nudge: Option<Arc<Nudge>>,
+    nudge: TaskWaker<Nudge>,
 }
 
 impl Seldom {
@@ -395,23 +409,13 @@ impl Seldom {
     /// not the one they were last polled for (the first poll; in theory a move to another
     /// task), so they must be polled to register with it.
     fn due(&mut self, task: &Waker) -> Option<Waker> {
-        if let Some(nudge) = &self.nudge {
-            if nudge.task.will_wake(task) {
-                return nudge
-                    .nudged
-                    .swap(false, Ordering::Acquire)
-                    .then(|| Waker::from(nudge.clone()));
-            }
-        }
-        let nudge = Arc::new(Nudge {
-            nudged: AtomicBool::new(false),
-            task: task.clone(),
-        });
-        self.nudge = Some(nudge.clone());
-        Some(Waker::from(nudge))
+        let (nudge, waker, made) = self.nudge.for_task(task);
+        let nudged = nudge.nudged.swap(false, Ordering::Acquire);
+        (made || nudged).then(|| waker.clone())
     }
 }
 
 mod inline;
+mod task_waker;
 #[cfg(test)]
 mod tests;

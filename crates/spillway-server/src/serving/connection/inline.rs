@@ -9,6 +9,7 @@
 //! The second poll of the connection itself still happens (nothing outside hyper can tell
 //! whether a wake-up was needed), only without the round trip.
 
+use super::task_waker::{OnTask, TaskWaker};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -48,10 +49,23 @@ impl Wake for InlineWake {
     }
 }
 
+impl OnTask for InlineWake {
+    fn for_task(task: Waker) -> Self {
+        Self {
+            state: AtomicU8::new(0),
+            task,
+        }
+    }
+
+    fn task(&self) -> &Waker {
+        &self.task
+    }
+}
+
 /// A connection task's [`InlineWake`], kept for the task it was made for.
 #[derive(Default)]
 pub(super) struct Inline {
-    current: Option<(Arc<InlineWake>, Waker)>,
+    wake: TaskWaker<InlineWake>,
 }
 
 impl Inline {
@@ -63,17 +77,7 @@ impl Inline {
         task: &Waker,
         mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
-        let (wake, waker) = match &mut self.current {
-            Some(current) if current.0.task.will_wake(task) => current,
-            // The first poll (or, in theory, a move to another task).
-            slot => {
-                let wake = Arc::new(InlineWake {
-                    state: AtomicU8::new(0),
-                    task: task.clone(),
-                });
-                slot.insert((wake.clone(), Waker::from(wake)))
-            }
-        };
+        let (wake, waker, _) = self.wake.for_task(task);
         let mut again = AGAIN;
         loop {
             wake.state.store(POLLING, Ordering::Release);
@@ -93,26 +97,8 @@ impl Inline {
 
 #[cfg(test)]
 mod tests {
+    use super::super::task_waker::counted::task;
     use super::*;
-    use std::sync::atomic::AtomicUsize;
-
-    /// Counts the times the task was woken.
-    struct Task(AtomicUsize);
-
-    impl Wake for Task {
-        fn wake(self: Arc<Self>) {
-            self.wake_by_ref();
-        }
-
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn task() -> (Arc<Task>, Waker) {
-        let task = Arc::new(Task(AtomicUsize::new(0)));
-        (task.clone(), Waker::from(task))
-    }
 
     /// A connection that wakes itself during its first poll (as hyper's does when the
     /// handler takes the body) is polled again in the same poll of the task, which is
@@ -133,7 +119,7 @@ mod tests {
         });
         assert_eq!(polled, Poll::Ready(()));
         assert_eq!(polls, 2);
-        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+        assert_eq!(task.wakes(), 0);
     }
 
     /// A connection that keeps waking itself is polled again once, then left to the
@@ -150,7 +136,7 @@ mod tests {
         });
         assert_eq!(polled, Poll::Pending);
         assert_eq!(polls, 1 + AGAIN);
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert_eq!(task.wakes(), 1);
     }
 
     /// A wake-up after the poll (the socket, another thread) reaches the task, through a
@@ -165,10 +151,10 @@ mod tests {
             Poll::Pending
         });
         assert_eq!(polled, Poll::Pending);
-        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+        assert_eq!(task.wakes(), 0);
         let kept = kept.expect("kept");
         kept.wake_by_ref();
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert_eq!(task.wakes(), 1);
         // The next poll uses the same waker: what the connection registered stays current.
         let again: Poll<()> = inline.poll(&waker, |cx| {
             assert!(cx.waker().will_wake(&kept));

@@ -164,19 +164,6 @@ impl Graceful for WakesItself {
     fn close(self: Pin<&mut Self>) {}
 }
 
-/// Counts the times the task was woken.
-struct Wakes(AtomicUsize);
-
-impl Wake for Wakes {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 /// A connection that wakes itself while being polled is polled again in the same poll of
 /// its task, which is not woken to do it.
 #[tokio::test(start_paused = true)]
@@ -187,9 +174,8 @@ async fn a_connection_that_wakes_itself_is_polled_again_at_once() {
         .expect("a free slot");
     let activity = Arc::new(Activity::default());
     let mut task = pin!(drive(WakesItself(0), activity, QUIET, draining, slot));
-    let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
-    let waker = Waker::from(wakes.clone());
+    let (wakes, waker) = task_waker::counted::task();
     let polled = task.as_mut().poll(&mut Context::from_waker(&waker));
     assert!(polled.is_ready(), "ended in the task's first poll");
-    assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+    assert_eq!(wakes.wakes(), 0);
 }
