@@ -10,19 +10,21 @@
 //! the same way). A server that answers "unknown command" since (restarted without the
 //! module, a failover to a node without it), or refuses the command by ACL, switches the store
 //! to the Lua library, in the same call, so no request fails for it; the switch is logged.
-//! While checks go to Lua, for whichever of these reasons, a check probes again before it is
-//! sent, at most once every [`REPROBE`] on the store's clock (one more command on that call's
-//! connection), so a module loaded since (`MODULE LOAD`, a failover back to a node that has
-//! it, the right version after a restart) is taken without restarting Spillway. Not on a
-//! cluster: the probe names no key, so it reaches any one node, and a cluster where only some
-//! nodes have the module would switch back and forth. Refunds
+//! While checks go to Lua, for whichever of these reasons, the store probes again at most once
+//! every [`REPROBE`] on its clock, so a module loaded since (`MODULE LOAD`, a failover back to
+//! a node that has it, the right version after a restart) is taken without restarting
+//! Spillway. The check that finds a probe due goes to Lua as usual and the probe is sent once
+//! it has its answer, in a task of its own on the same connection ([`Probing`] lets one run
+//! at a time): no request waits for a probe or fails with one. Checks switch when the probe
+//! answers. Not on a cluster: the probe names no key, so it reaches any one node, and a
+//! cluster where only some nodes have the module would switch back and forth. Refunds
 //! always go to the Lua library (the module has no refund; the state format is shared).
 
 use crate::resp::{self, Head};
 use redis::{RedisError, RedisResult, Value};
 use spillway_core::time::{Micros, SECOND};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 /// The module's check command.
 pub(crate) const CHECK: &str = "SPILLWAY.CHECK";
@@ -45,6 +47,19 @@ pub(crate) struct Module {
     /// When (on the store's clock) a check may probe again while checks go to Lua; 0 until a
     /// check found them there, which starts the wait.
     next_probe: AtomicU64,
+    /// A probe is in flight (its [`Probing`] is alive).
+    probing: AtomicBool,
+}
+
+/// The right to probe for the module, held by the one probe in flight; dropping it (the probe
+/// answered, timed out or its task was dropped) lets the next one start when it is due.
+#[derive(Debug)]
+pub(crate) struct Probing(Arc<Module>);
+
+impl Drop for Probing {
+    fn drop(&mut self) {
+        self.0.probing.store(false, Ordering::Release);
+    }
 }
 
 impl Module {
@@ -71,25 +86,25 @@ impl Module {
         }
     }
 
-    /// Whether a check at `now` (the store's clock), while checks go to Lua, should probe for
-    /// the module first: `true` for one caller once [`REPROBE`] has passed since the last
-    /// probe, or since the first check that found checks in Lua.
-    pub(crate) fn probe_due(&self, now: Micros) -> bool {
+    /// Whether a check at `now` (the store's clock), while checks go to Lua, should have the
+    /// module probed for: the right to probe for one caller once [`REPROBE`] has passed since
+    /// the last probe, or since the first check that found checks in Lua, and no probe is in
+    /// flight.
+    pub(crate) fn probe_due(self: &Arc<Self>, now: Micros) -> Option<Probing> {
+        let next = self.next_probe.load(Ordering::Relaxed);
+        if (next != 0 && now < next) || self.probing.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        let probing = Probing(Arc::clone(self));
+        // A probe that ended between the two loads has moved the time on.
         let next = self.next_probe.load(Ordering::Relaxed);
         if next != 0 && now < next {
-            return false;
+            return None;
         }
-        // One caller wins the slot; at 0 the winner only starts the wait.
-        let won = self
-            .next_probe
-            .compare_exchange(
-                next,
-                now.saturating_add(REPROBE),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok();
-        won && next != 0
+        self.next_probe
+            .store(now.saturating_add(REPROBE), Ordering::Relaxed);
+        // At 0 the caller only starts the wait.
+        (next != 0).then_some(probing)
     }
 
     /// Whether checks go to the module.
@@ -212,23 +227,42 @@ mod tests {
     /// after the module is lost again.
     #[test]
     fn a_store_in_lua_probes_again_at_most_once_every_reprobe() {
-        let module = Module::default();
+        let module = Arc::new(Module::default());
+        let due = |now| module.probe_due(now).is_some();
         let t = 1_700_000_000 * SECOND;
-        assert!(!module.probe_due(t), "the first check only starts the wait");
-        assert!(!module.probe_due(t + REPROBE - 1));
-        assert!(module.probe_due(t + REPROBE));
-        assert!(!module.probe_due(t + REPROBE), "one caller probes");
-        assert!(!module.probe_due(t + 2 * REPROBE - 1));
-        assert!(module.probe_due(t + 2 * REPROBE));
+        assert!(!due(t), "the first check only starts the wait");
+        assert!(!due(t + REPROBE - 1));
+        assert!(due(t + REPROBE));
+        assert!(!due(t + REPROBE), "one caller probes");
+        assert!(!due(t + 2 * REPROBE - 1));
+        assert!(due(t + 2 * REPROBE));
 
         module.offer(crate::script::library().digest.as_bytes());
         assert!(module.enabled());
         module.disable(&RedisError::from((redis::ErrorKind::Client, "the test's")));
         assert!(!module.enabled());
         let lost = t + 2 * REPROBE + 7;
-        assert!(!module.probe_due(lost), "the wait starts over");
-        assert!(!module.probe_due(lost + REPROBE - 1));
-        assert!(module.probe_due(lost + REPROBE));
+        assert!(!due(lost), "the wait starts over");
+        assert!(!due(lost + REPROBE - 1));
+        assert!(due(lost + REPROBE));
+    }
+
+    /// One probe at a time: while one is in flight no other starts, however late it answers.
+    #[test]
+    fn a_probe_in_flight_holds_off_the_next() {
+        let module = Arc::new(Module::default());
+        let t = 1_700_000_000 * SECOND;
+        assert!(
+            module.probe_due(t).is_none(),
+            "the first check only starts the wait"
+        );
+        let probing = module.probe_due(t + REPROBE).expect("due");
+        assert!(module.probe_due(t + 5 * REPROBE).is_none(), "one in flight");
+        drop(probing);
+        assert!(
+            module.probe_due(t + 5 * REPROBE).is_some(),
+            "due once it ended"
+        );
     }
 
     #[test]

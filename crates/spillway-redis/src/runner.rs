@@ -167,10 +167,7 @@ impl Runner {
     /// checks if the module goes), or settles on plain scripts if the server refuses
     /// Functions. Other failures are left for the first call to meet (and recover).
     pub(crate) async fn prepare(&self) {
-        match self.setup(&module::probe_cmd()).await {
-            Ok(reply) => self.module.answered(reply),
-            Err(_) => tracing::debug!("the module probe timed out; checks go to Lua"),
-        }
+        self.probe().await;
         if let Ok(Err(err)) = self.setup(&functions::load_cmd()).await {
             if functions::is_unsupported(&err) {
                 self.functions.disable(&err);
@@ -180,8 +177,29 @@ impl Runner {
         }
     }
 
-    /// One command of [`Runner::prepare`], its error reply as an error; `Err` past the
-    /// store's timeout, but never under 1 s (it runs once, while the store starts).
+    /// Asks the server for the native module ([`module::probe_cmd`]) and takes it if it is of
+    /// this version.
+    async fn probe(&self) {
+        match self.setup(&module::probe_cmd()).await {
+            Ok(reply) => self.module.answered(reply),
+            Err(_) => tracing::debug!("the module probe timed out; checks go to Lua"),
+        }
+    }
+
+    /// Probes for the module again in a task of its own on this runner's connection, holding
+    /// `probing` until it has its answer; checks switch from the next one on if it found the
+    /// module (see [`crate::module`]).
+    fn probe_aside(&self, probing: module::Probing) {
+        let runner = self.clone();
+        tokio::spawn(async move {
+            runner.probe().await;
+            drop(probing);
+        });
+    }
+
+    /// One command of [`Runner::prepare`] or a later probe, its error reply as an error; `Err`
+    /// past the store's timeout, but never under 1 s (it runs while the store starts, or in a
+    /// task no request waits for).
     async fn setup(
         &self,
         cmd: &redis::Cmd,
@@ -196,8 +214,8 @@ impl Runner {
     /// `args` within `limit`: the one way a script is called, and so where its errors are
     /// counted (as a store error and a script error), except a resharding refusal, which is
     /// counted by [`Failed::settled`] once nobody sends the call again. A check while the
-    /// module is not in use asks for it first when that is due ([`Module::probe_due`]), except
-    /// on a cluster.
+    /// module is not in use has it probed for once the call is over, when that is due
+    /// ([`Module::probe_due`]), except on a cluster.
     async fn invoke(
         &self,
         limit: Duration,
@@ -207,14 +225,12 @@ impl Runner {
         args: &[&[u8]],
         module: bool,
     ) -> Result<redis::Value, Failed> {
+        // Not on a cluster: the probe names no key, so it would reach any one node, and a
+        // cluster where only some nodes have the module would switch back and forth.
+        let probing = (module && !matches!(self.conn, Conn::Cluster(_)) && !self.module.enabled())
+            .then(|| self.module.probe_due(self.clock.now()))
+            .flatten();
         let called = self.timed(limit, |mut conn| async move {
-            // Not on a cluster: the probe names no key, so it would reach any one node, and a
-            // cluster where only some nodes have the module would switch back and forth.
-            let may_probe = module && !matches!(conn, Conn::Cluster(_));
-            if may_probe && !self.module.enabled() && self.module.probe_due(self.clock.now()) {
-                let reply = functions::lift(conn.query(&module::probe_cmd()).await);
-                self.module.answered(reply);
-            }
             if module && self.module.enabled() {
                 match functions::lift(conn.module_check(keys, args).await) {
                     Err(err) if module::is_missing(&err) => self.module.disable(&err),
@@ -246,7 +262,12 @@ impl Runner {
                 Conn::Own(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
             }
         });
-        called.await.map_err(|err| {
+        let called = called.await;
+        // Sent after the call, so that neither its round trip nor its answer is the call's.
+        if let Some(probing) = probing {
+            self.probe_aside(probing);
+        }
+        called.map_err(|err| {
             let resharding = err.as_ref().is_some_and(resharding);
             let err = err.map_or(StoreError::Timeout(limit), |err| classify(err, limit));
             Failed {

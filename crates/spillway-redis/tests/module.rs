@@ -7,8 +7,8 @@
 mod common;
 
 use common::module::{
-    call, connect, load_library, numbers, pack, replicated, same_reply, snapshot, ttl_close,
-    with_module, TOP,
+    call, connect, load_library, numbers, pack, probe_gate, replicated, same_reply, snapshot,
+    ttl_close, with_module, TOP,
 };
 use common::{check, key, redis_store, window, Backend, T0};
 use redis::Value;
@@ -16,6 +16,7 @@ use spillway_core::request::CheckMode;
 use spillway_core::store::Store;
 use spillway_testkit::redis::{calls, command, module_path, RedisCluster, RedisServer};
 use spillway_testkit::vectors::Rng;
+use std::time::Duration;
 
 /// Random calls over a small pool of keys, on two copies of the same keys: side `a` always
 /// through the Lua library, side `b` through the module or the Lua at random, call by call.
@@ -435,8 +436,9 @@ async fn a_store_falls_back_to_lua_when_the_module_goes() {
 const REPROBE: u64 = 30 * spillway_core::time::SECOND;
 
 /// After falling back to Lua (the module unloaded), a store probes again at most once every
-/// [`REPROBE`] on its clock: a module loaded since takes the checks from the first one after
-/// that, and none before; the count carries over each switch.
+/// [`REPROBE`] on its clock, after the check that found the probe due (which runs in Lua): a
+/// module loaded since takes the checks once the probe answers, and none before; the count
+/// carries over each switch.
 #[tokio::test]
 async fn a_store_takes_a_module_loaded_after_it_fell_back() {
     let server = with_module(&["--enable-module-command", "yes"]);
@@ -487,14 +489,82 @@ async fn a_store_takes_a_module_loaded_after_it_fell_back() {
     let lua = calls(port, "fcall");
     clock.advance(1);
     consume().await;
-    consume().await;
+    assert_eq!(
+        calls(port, "fcall"),
+        lua + 1,
+        "the check that made the probe due ran in Lua"
+    );
+    // The probe goes after that check, in a task of its own; checks switch once it answers.
+    for tries in 0.. {
+        consume().await;
+        if calls(port, "spillway.check") > checks {
+            break;
+        }
+        assert!(tries < 200, "the probe's answer switches the checks");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(calls(port, "spillway.version"), probes + 1, "one probe");
+    let (checks, lua) = (calls(port, "spillway.check"), calls(port, "fcall"));
+    consume().await;
+    consume().await;
     assert_eq!(
         calls(port, "spillway.check"),
         checks + 2,
         "the module is used again"
     );
     assert_eq!(calls(port, "fcall"), lua, "and Lua no more");
+}
+
+/// The check that finds a probe due does not wait for it: with the probe held at a proxy (and
+/// whatever its connection sends after it), that check is answered in Lua within its budget,
+/// and the store switches to the module once the probe is let through.
+#[tokio::test]
+async fn a_probe_that_cannot_answer_does_not_hold_the_check_that_made_it_due() {
+    let server = with_module(&["--enable-module-command", "yes"]);
+    let port = server.port();
+    let (url, hold) = probe_gate(port).await;
+    let (store, clock) = redis_store(Backend::Server(url)).await;
+    clock.set(T0);
+    let (k, p) = (key("l", &["held"]), window(100));
+    let consume = || async {
+        let d = store.check(&[check(&k, &p, 1)], CheckMode::Consume).await;
+        d.map(|d| d[0].remaining)
+    };
+    assert_eq!(consume().await.expect("answered"), 99);
+    let unloaded = command(port, "MODULE UNLOAD spillway").unwrap_or_default();
+    assert!(unloaded.starts_with("+OK"), "{unloaded}");
+    assert_eq!(consume().await.expect("answered"), 98, "fell back to Lua");
+    assert_eq!(consume().await.expect("answered"), 97, "the wait starts");
+    let loaded = command(port, &format!("MODULE LOAD {}", module_path())).unwrap_or_default();
+    assert!(loaded.starts_with("+OK"), "{loaded}");
+    let (probes, checks) = (
+        calls(port, "spillway.version"),
+        calls(port, "spillway.check"),
+    );
+    hold.send_replace(true);
+    clock.advance(REPROBE);
+    let answered = consume().await;
+    assert_eq!(
+        answered.expect("the check that made the probe due is answered within its budget"),
+        96,
+        "in Lua"
+    );
+    assert_eq!(calls(port, "spillway.version"), probes, "the probe is held");
+    assert_eq!(
+        calls(port, "spillway.check"),
+        checks,
+        "none since the module came back"
+    );
+    hold.send_replace(false);
+    for (tries, remaining) in (0..).zip((0..96).rev()) {
+        assert_eq!(consume().await.expect("answered"), remaining);
+        if calls(port, "spillway.check") > checks {
+            break;
+        }
+        assert!(tries < 90, "the probe's answer switches the checks");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(calls(port, "spillway.version"), probes + 1, "one probe");
 }
 
 /// Unknown commands the cluster's nodes answered so far (`errorstat_ERR`, which counts them;
