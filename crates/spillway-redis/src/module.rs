@@ -9,7 +9,8 @@
 //! decide while refunds run newer Lua (a module too old to have `SPILLWAY.VERSION` is refused
 //! the same way). A server that answers "unknown command" since (restarted without the
 //! module, a failover to a node without it), or refuses the command by ACL, switches the store
-//! to the Lua library, in the same call, so no request fails for it; the switch is logged.
+//! to the Lua library, in the same call, so no request fails for it; the switch is logged
+//! (the first switch each way at `info` or `warn`, repeats at `debug`: see [`switch_level`]).
 //! While checks go to Lua, for whichever of these reasons, the store probes again at most once
 //! every [`REPROBE`] on its clock, so a module loaded since (`MODULE LOAD`, a failover back to
 //! a node that has it, the right version after a restart) is taken without restarting
@@ -25,6 +26,7 @@ use redis::{RedisError, RedisResult, Value};
 use spillway_core::time::{Micros, SECOND};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
+use tracing::Level;
 
 /// The module's check command.
 pub(crate) const CHECK: &str = "SPILLWAY.CHECK";
@@ -49,6 +51,10 @@ pub(crate) struct Module {
     next_probe: AtomicU64,
     /// A probe is in flight (its [`Probing`] is alive).
     probing: AtomicBool,
+    /// The store has switched to the module before (at start or after a fallback).
+    entered: AtomicBool,
+    /// The store has switched from the module to Lua before.
+    left: AtomicBool,
 }
 
 /// The right to probe for the module, held by the one probe in flight; dropping it (the probe
@@ -67,7 +73,9 @@ impl Module {
     /// version's Lua library; else says once why checks stay in Lua.
     pub(crate) fn offer(&self, digest: &[u8]) {
         match same_version(digest, &crate::script::library().digest) {
-            Ok(()) => self.enable(),
+            Ok(()) => {
+                self.enable();
+            }
             Err(why) => {
                 if !self.refused.swap(true, Ordering::Relaxed) {
                     tracing::warn!("{why}; checks go to the Lua library");
@@ -113,23 +121,50 @@ impl Module {
     }
 
     /// Sends checks to the module from now on, saying so at each switch from Lua (at start,
-    /// and after a fallback when a probe finds the module again).
-    pub(crate) fn enable(&self) {
-        if !self.loaded.swap(true, Ordering::Relaxed) {
-            tracing::info!("Redis has the spillway module; checks run in it (SPILLWAY.CHECK)");
+    /// and after a fallback when a probe finds the module again; see [`switch_level`]). The
+    /// level it was said at, if checks were in Lua.
+    pub(crate) fn enable(&self) -> Option<Level> {
+        if self.loaded.swap(true, Ordering::Relaxed) {
+            return None;
         }
+        let level = switch_level(Level::INFO, self.entered.swap(true, Ordering::Relaxed));
+        let said = "Redis has the spillway module; checks run in it (SPILLWAY.CHECK)";
+        if level == Level::INFO {
+            tracing::info!("{said}");
+        } else {
+            tracing::debug!("{said}");
+        }
+        Some(level)
     }
 
-    /// Switches the store back to the Lua library, saying why; the wait before the next
-    /// probe starts at the next check.
-    pub(crate) fn disable(&self, why: &RedisError) {
-        if self.loaded.swap(false, Ordering::Relaxed) {
-            self.next_probe.store(0, Ordering::Relaxed);
-            tracing::warn!(
-                error = %why,
-                "Redis no longer has the spillway module; checks go to the Lua library"
-            );
+    /// Switches the store back to the Lua library, saying why (see [`switch_level`]); the
+    /// wait before the next probe starts at the next check. The level it was said at, if
+    /// checks were in the module.
+    pub(crate) fn disable(&self, why: &RedisError) -> Option<Level> {
+        if !self.loaded.swap(false, Ordering::Relaxed) {
+            return None;
         }
+        self.next_probe.store(0, Ordering::Relaxed);
+        let level = switch_level(Level::WARN, self.left.swap(true, Ordering::Relaxed));
+        let said = "Redis no longer has the spillway module; checks go to the Lua library";
+        if level == Level::WARN {
+            tracing::warn!(error = %why, "{said}");
+        } else {
+            tracing::debug!(error = %why, "{said}");
+        }
+        Some(level)
+    }
+}
+
+/// The level a switch between the module and Lua is logged at: `first` the first time the
+/// store switches that way, `debug` when it has before (`again`). A server whose ACL allows
+/// the probe but not the check switches both ways every [`REPROBE`]; the first pair says what
+/// happened, the rest would only fill the log.
+pub(crate) fn switch_level(first: Level, again: bool) -> Level {
+    if again {
+        Level::DEBUG
+    } else {
+        first
     }
 }
 
@@ -263,6 +298,30 @@ mod tests {
             module.probe_due(t + 5 * REPROBE).is_some(),
             "due once it ended"
         );
+    }
+
+    /// A store that flaps (an ACL allowing the probe but not the check) says the first switch
+    /// each way at `info` and `warn`, and every repeat at `debug`; a call that switches
+    /// nothing says nothing.
+    #[test]
+    fn a_repeated_switch_is_logged_at_debug() {
+        let module = Module::default();
+        let why = RedisError::from((redis::ErrorKind::Client, "the test's"));
+        assert_eq!(module.disable(&why), None, "checks were in Lua already");
+        assert_eq!(module.enable(), Some(Level::INFO), "found at start");
+        assert_eq!(module.enable(), None);
+        assert_eq!(
+            module.disable(&why),
+            Some(Level::WARN),
+            "the first fallback"
+        );
+        assert_eq!(module.disable(&why), None);
+        for _ in 0..3 {
+            assert_eq!(module.enable(), Some(Level::DEBUG), "found again");
+            assert_eq!(module.disable(&why), Some(Level::DEBUG), "lost again");
+        }
+        assert_eq!(switch_level(Level::WARN, false), Level::WARN);
+        assert_eq!(switch_level(Level::INFO, true), Level::DEBUG);
     }
 
     #[test]

@@ -233,7 +233,9 @@ impl Runner {
         let called = self.timed(limit, |mut conn| async move {
             if module && self.module.enabled() {
                 match functions::lift(conn.module_check(keys, args).await) {
-                    Err(err) if module::is_missing(&err) => self.module.disable(&err),
+                    Err(err) if module::is_missing(&err) => {
+                        self.module.disable(&err);
+                    }
                     other => return other,
                 }
             }
