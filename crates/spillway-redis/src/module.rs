@@ -46,8 +46,9 @@ pub(crate) struct Module {
     loaded: AtomicBool,
     /// A module of another version was found (and said so once).
     refused: AtomicBool,
-    /// When (on the store's clock) a check may probe again while checks go to Lua; 0 until a
-    /// check found them there, which starts the wait.
+    /// When (on the store's clock) the module may be probed for again while checks go to Lua:
+    /// [`REPROBE`] after the last probe's answer (the first at start), its start, or the
+    /// fallback to Lua, whichever came last.
     next_probe: AtomicU64,
     /// A probe is in flight (its [`Probing`] is alive).
     probing: AtomicBool,
@@ -84,35 +85,40 @@ impl Module {
         }
     }
 
-    /// Reads the reply to [`probe_cmd`]: takes the module if it answered this version's
-    /// digest ([`Module::offer`]); anything else (an unknown command, an ACL's refusal, a lost
-    /// connection) leaves checks where they go.
-    pub(crate) fn answered(&self, reply: RedisResult<Value>) {
+    /// Reads the reply to [`probe_cmd`], answered at `now` (the store's clock): takes the
+    /// module if it answered this version's digest ([`Module::offer`]); anything else (an
+    /// unknown command, an ACL's refusal, a lost connection, no answer in time) leaves checks
+    /// where they go. If they stay in Lua, the next probe waits [`REPROBE`] from `now`.
+    pub(crate) fn answered(&self, reply: RedisResult<Value>, now: Micros) {
         match reply {
             Ok(Value::BulkString(digest)) => self.offer(&digest),
             other => tracing::debug!(reply = ?other, "no spillway module; checks go to Lua"),
         }
+        if !self.enabled() {
+            self.next_probe
+                .store(now.saturating_add(REPROBE), Ordering::Relaxed);
+        }
     }
 
     /// Whether a check at `now` (the store's clock), while checks go to Lua, should have the
-    /// module probed for: the right to probe for one caller once [`REPROBE`] has passed since
-    /// the last probe, or since the first check that found checks in Lua, and no probe is in
-    /// flight.
+    /// module probed for: the right to probe, for one caller, once `now` has reached the end of
+    /// the wait (see [`Module::answered`] and [`Module::disable`]) and no probe is in flight.
+    /// The wait starts over here too, so a probe whose task is dropped before it answers
+    /// still keeps the pace.
     pub(crate) fn probe_due(self: &Arc<Self>, now: Micros) -> Option<Probing> {
-        let next = self.next_probe.load(Ordering::Relaxed);
-        if (next != 0 && now < next) || self.probing.swap(true, Ordering::Acquire) {
+        if now < self.next_probe.load(Ordering::Relaxed)
+            || self.probing.swap(true, Ordering::Acquire)
+        {
             return None;
         }
         let probing = Probing(Arc::clone(self));
         // A probe that ended between the two loads has moved the time on.
-        let next = self.next_probe.load(Ordering::Relaxed);
-        if next != 0 && now < next {
+        if now < self.next_probe.load(Ordering::Relaxed) {
             return None;
         }
         self.next_probe
             .store(now.saturating_add(REPROBE), Ordering::Relaxed);
-        // At 0 the caller only starts the wait.
-        (next != 0).then_some(probing)
+        Some(probing)
     }
 
     /// Whether checks go to the module.
@@ -137,14 +143,15 @@ impl Module {
         Some(level)
     }
 
-    /// Switches the store back to the Lua library, saying why (see [`switch_level`]); the
-    /// wait before the next probe starts at the next check. The level it was said at, if
-    /// checks were in the module.
-    pub(crate) fn disable(&self, why: &RedisError) -> Option<Level> {
+    /// Switches the store back to the Lua library at `now` (the store's clock), saying why
+    /// (see [`switch_level`]); the next probe waits [`REPROBE`] from `now`. The level it was
+    /// said at, if checks were in the module.
+    pub(crate) fn disable(&self, why: &RedisError, now: Micros) -> Option<Level> {
         if !self.loaded.swap(false, Ordering::Relaxed) {
             return None;
         }
-        self.next_probe.store(0, Ordering::Relaxed);
+        self.next_probe
+            .store(now.saturating_add(REPROBE), Ordering::Relaxed);
         let level = switch_level(Level::WARN, self.left.swap(true, Ordering::Relaxed));
         let said = "Redis no longer has the spillway module; checks go to the Lua library";
         if level == Level::WARN {
@@ -257,29 +264,42 @@ mod tests {
         assert!(module.enabled());
     }
 
-    /// While checks go to Lua, one check probes again once [`REPROBE`] has passed, timed from
-    /// the first check that found them there, and the wait starts over after each probe and
-    /// after the module is lost again.
+    /// While checks go to Lua, one check has the module probed for once [`REPROBE`] has
+    /// passed since the start's probe answered, and the wait starts over at each probe, at
+    /// each answer that leaves checks in Lua, and when the module is lost again.
     #[test]
     fn a_store_in_lua_probes_again_at_most_once_every_reprobe() {
         let module = Arc::new(Module::default());
         let due = |now| module.probe_due(now).is_some();
+        let none = || Err(RedisError::from((redis::ErrorKind::Client, "no module")));
         let t = 1_700_000_000 * SECOND;
-        assert!(!due(t), "the first check only starts the wait");
+        module.answered(none(), t);
+        assert!(!due(t), "the start's probe starts the wait");
         assert!(!due(t + REPROBE - 1));
         assert!(due(t + REPROBE));
         assert!(!due(t + REPROBE), "one caller probes");
         assert!(!due(t + 2 * REPROBE - 1));
-        assert!(due(t + 2 * REPROBE));
+        let probing = module.probe_due(t + 2 * REPROBE).expect("due");
+        // That probe answers 5 s late: the wait runs from its answer.
+        module.answered(none(), t + 2 * REPROBE + 5 * SECOND);
+        drop(probing);
+        assert!(!due(t + 3 * REPROBE + 5 * SECOND - 1));
+        assert!(due(t + 3 * REPROBE + 5 * SECOND));
 
-        module.offer(crate::script::library().digest.as_bytes());
+        module.answered(Ok(Value::BulkString(library_digest())), t + 4 * REPROBE);
         assert!(module.enabled());
-        module.disable(&RedisError::from((redis::ErrorKind::Client, "the test's")));
+        let lost = t + 4 * REPROBE + 7;
+        let why = RedisError::from((redis::ErrorKind::Client, "the test's"));
+        module.disable(&why, lost);
         assert!(!module.enabled());
-        let lost = t + 2 * REPROBE + 7;
         assert!(!due(lost), "the wait starts over");
         assert!(!due(lost + REPROBE - 1));
         assert!(due(lost + REPROBE));
+    }
+
+    /// This version's digest, as `SPILLWAY.VERSION` answers it.
+    fn library_digest() -> Vec<u8> {
+        crate::script::library().digest.clone().into_bytes()
     }
 
     /// One probe at a time: while one is in flight no other starts, however late it answers.
@@ -287,11 +307,7 @@ mod tests {
     fn a_probe_in_flight_holds_off_the_next() {
         let module = Arc::new(Module::default());
         let t = 1_700_000_000 * SECOND;
-        assert!(
-            module.probe_due(t).is_none(),
-            "the first check only starts the wait"
-        );
-        let probing = module.probe_due(t + REPROBE).expect("due");
+        let probing = module.probe_due(t).expect("due: no probe ever answered");
         assert!(module.probe_due(t + 5 * REPROBE).is_none(), "one in flight");
         drop(probing);
         assert!(
@@ -307,18 +323,19 @@ mod tests {
     fn a_repeated_switch_is_logged_at_debug() {
         let module = Module::default();
         let why = RedisError::from((redis::ErrorKind::Client, "the test's"));
-        assert_eq!(module.disable(&why), None, "checks were in Lua already");
+        let t = 1_700_000_000 * SECOND;
+        assert_eq!(module.disable(&why, t), None, "checks were in Lua already");
         assert_eq!(module.enable(), Some(Level::INFO), "found at start");
         assert_eq!(module.enable(), None);
         assert_eq!(
-            module.disable(&why),
+            module.disable(&why, t),
             Some(Level::WARN),
             "the first fallback"
         );
-        assert_eq!(module.disable(&why), None);
+        assert_eq!(module.disable(&why, t), None);
         for _ in 0..3 {
             assert_eq!(module.enable(), Some(Level::DEBUG), "found again");
-            assert_eq!(module.disable(&why), Some(Level::DEBUG), "lost again");
+            assert_eq!(module.disable(&why, t), Some(Level::DEBUG), "lost again");
         }
         assert_eq!(switch_level(Level::WARN, false), Level::WARN);
         assert_eq!(switch_level(Level::INFO, true), Level::DEBUG);

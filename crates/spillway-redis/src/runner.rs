@@ -180,10 +180,13 @@ impl Runner {
     /// Asks the server for the native module ([`module::probe_cmd`]) and takes it if it is of
     /// this version.
     async fn probe(&self) {
-        match self.setup(&module::probe_cmd()).await {
-            Ok(reply) => self.module.answered(reply),
-            Err(_) => tracing::debug!("the module probe timed out; checks go to Lua"),
-        }
+        let reply = self.setup(&module::probe_cmd()).await.unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the module probe was not answered in time",
+            )))
+        });
+        self.module.answered(reply, self.clock.now());
     }
 
     /// Probes for the module again in a task of its own on this runner's connection, holding
@@ -234,7 +237,7 @@ impl Runner {
             if module && self.module.enabled() {
                 match functions::lift(conn.module_check(keys, args).await) {
                     Err(err) if module::is_missing(&err) => {
-                        self.module.disable(&err);
+                        self.module.disable(&err, self.clock.now());
                     }
                     other => return other,
                 }
