@@ -515,6 +515,44 @@ async fn a_store_takes_a_module_loaded_after_it_fell_back() {
     assert_eq!(calls(port, "fcall"), lua, "and Lua no more");
 }
 
+/// A store that started on a server without the module times its wait from the start's probe,
+/// on the clock it was given at connect: a module loaded later is probed for once [`REPROBE`]
+/// of that clock has passed, not before, and takes the checks once the probe answers.
+#[tokio::test]
+async fn a_store_started_without_the_module_probes_on_the_clock_it_was_given() {
+    let server = RedisServer::start_with(&["--enable-module-command", "yes"]);
+    let port = server.port();
+    // Its clock reads T0 from the start.
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    let (k, p) = (key("l", &["later"]), window(100));
+    let consume = || async {
+        let d = store.check(&[check(&k, &p, 1)], CheckMode::Consume).await;
+        d.expect("answered")[0].remaining
+    };
+    assert_eq!(consume().await, 99);
+    let loaded = command(port, &format!("MODULE LOAD {}", module_path())).unwrap_or_default();
+    assert!(loaded.starts_with("+OK"), "{loaded}");
+    clock.advance(REPROBE - 1);
+    assert_eq!(consume().await, 98);
+    assert_eq!(
+        calls(port, "spillway.version"),
+        0,
+        "no probe within the wait"
+    );
+    clock.advance(1);
+    assert_eq!(consume().await, 97, "the check that made the probe due");
+    assert_eq!(calls(port, "spillway.check"), 0, "ran in Lua");
+    for (tries, remaining) in (0..).zip((0..97).rev()) {
+        assert_eq!(consume().await, remaining);
+        if calls(port, "spillway.check") > 0 {
+            break;
+        }
+        assert!(tries < 90, "the probe's answer switches the checks");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(calls(port, "spillway.version"), 1, "one probe");
+}
+
 /// The check that finds a probe due does not wait for it: with the probe held at a proxy (and
 /// whatever its connection sends after it), that check is answered in Lua within its budget,
 /// and the store switches to the module once the probe is let through.
