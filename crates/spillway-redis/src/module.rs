@@ -15,9 +15,9 @@
 //! every [`REPROBE`] on its clock, so a module loaded since (`MODULE LOAD`, a failover back to
 //! a node that has it, the right version after a restart) is taken without restarting
 //! Spillway. The check that finds a probe due goes to Lua as usual and the probe is sent once
-//! it has its answer, in a task of its own on the same connection ([`Probing`] lets one run
-//! at a time): no request waits for a probe or fails with one. Checks switch when the probe
-//! answers. Not on a cluster: the probe names no key, so it reaches any one node, and a
+//! it has its answer (a check that fails or is given up sends none), in a task of its own on
+//! the same connection ([`Probing`] lets one run at a time): no request waits for a probe or
+//! fails with one. Checks switch when the probe answers. Not on a cluster: the probe names no key, so it reaches any one node, and a
 //! cluster where only some nodes have the module would switch back and forth. Refunds
 //! always go to the Lua library (the module has no refund; the state format is shared).
 

@@ -16,7 +16,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use spillway_core::request::CheckMode;
 use spillway_core::store::StoreError;
-use spillway_core::time::{Clock, SystemClock};
+use spillway_core::time::Clock;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,14 +95,20 @@ pub(crate) struct Runner {
     /// How long one call may take before it fails with `StoreError::Timeout`.
     pub(crate) timeout: Duration,
     /// When set, scripts evaluate at this clock's time instead of Redis `TIME` (tests only).
-    pub(crate) injected: Option<Arc<dyn Clock>>,
+    injected: Option<Arc<dyn Clock>>,
     /// The store's clock: it paces looking for the module again (see [`Module::probe_due`]).
-    pub(crate) clock: Arc<dyn Clock>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Runner {
-    /// A runner on `conn` whose calls are bounded by `timeout`.
-    pub(crate) fn new(conn: Conn, timeout: Duration) -> Self {
+    /// A runner on `conn` whose calls are bounded by `timeout`, pacing its probes for the
+    /// module on `clock`; with `injected`, scripts evaluate at that clock's time (tests only).
+    pub(crate) fn new(
+        conn: Conn,
+        timeout: Duration,
+        clock: Arc<dyn Clock>,
+        injected: Option<Arc<dyn Clock>>,
+    ) -> Self {
         Self {
             conn,
             functions: Arc::default(),
@@ -110,8 +116,8 @@ impl Runner {
             check_script: Arc::new(redis::Script::new(script::CHECK_SCRIPT)),
             refund_script: Arc::new(redis::Script::new(script::REFUND_SCRIPT)),
             timeout,
-            injected: None,
-            clock: Arc::new(SystemClock),
+            injected,
+            clock,
         }
     }
 
@@ -191,7 +197,9 @@ impl Runner {
 
     /// Probes for the module again in a task of its own on this runner's connection, holding
     /// `probing` until it has its answer; checks switch from the next one on if it found the
-    /// module (see [`crate::module`]).
+    /// module (see [`crate::module`]). The task holds a clone of this runner, so the
+    /// connection can stay open for up to the probe's bound ([`Runner::setup`]) after the
+    /// store is dropped.
     fn probe_aside(&self, probing: module::Probing) {
         let runner = self.clone();
         tokio::spawn(async move {
@@ -217,7 +225,7 @@ impl Runner {
     /// `args` within `limit`: the one way a script is called, and so where its errors are
     /// counted (as a store error and a script error), except a resharding refusal, which is
     /// counted by [`Failed::settled`] once nobody sends the call again. A check while the
-    /// module is not in use has it probed for once the call is over, when that is due
+    /// module is not in use has it probed for once the call has its answer, when that is due
     /// ([`Module::probe_due`]), except on a cluster.
     async fn invoke(
         &self,
@@ -228,11 +236,6 @@ impl Runner {
         args: &[&[u8]],
         module: bool,
     ) -> Result<redis::Value, Failed> {
-        // Not on a cluster: the probe names no key, so it would reach any one node, and a
-        // cluster where only some nodes have the module would switch back and forth.
-        let probing = (module && !matches!(self.conn, Conn::Cluster(_)) && !self.module.enabled())
-            .then(|| self.module.probe_due(self.clock.now()))
-            .flatten();
         let called = self.timed(limit, |mut conn| async move {
             if module && self.module.enabled() {
                 match functions::lift(conn.module_check(keys, args).await) {
@@ -268,9 +271,19 @@ impl Runner {
             }
         });
         let called = called.await;
-        // Sent after the call, so that neither its round trip nor its answer is the call's.
-        if let Some(probing) = probing {
-            self.probe_aside(probing);
+        // Taken once the call is answered, so that neither the probe's round trip nor its
+        // answer is the call's, a call given up uses no slot, and a failed call sends no probe
+        // to a server that may be down. Not on a cluster: the probe names no key, so it would
+        // reach any one node, and a cluster where only some nodes have the module would switch
+        // back and forth.
+        if module
+            && called.is_ok()
+            && !matches!(self.conn, Conn::Cluster(_))
+            && !self.module.enabled()
+        {
+            if let Some(probing) = self.module.probe_due(self.clock.now()) {
+                self.probe_aside(probing);
+            }
         }
         called.map_err(|err| {
             let resharding = err.as_ref().is_some_and(resharding);
@@ -405,3 +418,6 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -176,9 +176,7 @@ impl RedisStore {
             }
             _ => None,
         };
-        let mut runner = Runner::new(conn, timeout);
-        runner.clock = clock.clone();
-        runner.injected = injected;
+        let runner = Runner::new(conn, timeout, clock.clone(), injected);
         runner.prepare().await;
         let batcher = Batcher::start(runner.clone());
         let thread_conns = match (&config.target, &runner.conn) {
