@@ -88,10 +88,9 @@ async fn main() -> Result<(), String> {
     config.timeout = Duration::from_secs(10);
     config.local_cache_keys = 0;
     let clock = Arc::new(ManualClock::new(0));
-    let store = RedisStore::connect(&config)
+    let store = RedisStore::connect_with_injected_time(&config, clock.clone())
         .await
-        .map_err(|e| e.to_string())?
-        .with_injected_time(clock.clone());
+        .map_err(|e| e.to_string())?;
 
     // One admission per millisecond; the window holds exactly `entries` of them.
     let n = args.entries;

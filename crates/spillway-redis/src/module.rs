@@ -9,20 +9,24 @@
 //! decide while refunds run newer Lua (a module too old to have `SPILLWAY.VERSION` is refused
 //! the same way). A server that answers "unknown command" since (restarted without the
 //! module, a failover to a node without it), or refuses the command by ACL, switches the store
-//! to the Lua library, in the same call, so no request fails for it; the switch is logged.
-//! While checks go to Lua, for whichever of these reasons, a check probes again before it is
-//! sent, at most once every [`REPROBE`] on the store's clock (one more command on that call's
-//! connection), so a module loaded since (`MODULE LOAD`, a failover back to a node that has
-//! it, the right version after a restart) is taken without restarting Spillway. Not on a
-//! cluster: the probe names no key, so it reaches any one node, and a cluster where only some
-//! nodes have the module would switch back and forth. Refunds
+//! to the Lua library, in the same call, so no request fails for it; the switch is logged
+//! (the first switch each way at `info` or `warn`, repeats at `debug`: see [`switch_level`]).
+//! While checks go to Lua, for whichever of these reasons, the store probes again at most once
+//! every [`REPROBE`] on its clock, so a module loaded since (`MODULE LOAD`, a failover back to
+//! a node that has it, the right version after a restart) is taken without restarting
+//! Spillway. The check that finds a probe due goes to Lua as usual and the probe is sent once
+//! it has its answer (a check that fails or is given up sends none), in a task of its own on
+//! the same connection ([`Probing`] lets one run at a time): no request waits for a probe or
+//! fails with one. Checks switch when the probe answers. Not on a cluster: the probe names no key, so it reaches any one node, and a
+//! cluster where only some nodes have the module would switch back and forth. Refunds
 //! always go to the Lua library (the module has no refund; the state format is shared).
 
 use crate::resp::{self, Head};
 use redis::{RedisError, RedisResult, Value};
 use spillway_core::time::{Micros, SECOND};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
+use tracing::Level;
 
 /// The module's check command.
 pub(crate) const CHECK: &str = "SPILLWAY.CHECK";
@@ -42,9 +46,27 @@ pub(crate) struct Module {
     loaded: AtomicBool,
     /// A module of another version was found (and said so once).
     refused: AtomicBool,
-    /// When (on the store's clock) a check may probe again while checks go to Lua; 0 until a
-    /// check found them there, which starts the wait.
+    /// When (on the store's clock) the module may be probed for again while checks go to Lua:
+    /// [`REPROBE`] after the last probe's answer (the first at start), its start, or the
+    /// fallback to Lua, whichever came last.
     next_probe: AtomicU64,
+    /// A probe is in flight (its [`Probing`] is alive).
+    probing: AtomicBool,
+    /// The store has switched to the module before (at start or after a fallback).
+    entered: AtomicBool,
+    /// The store has switched from the module to Lua before.
+    left: AtomicBool,
+}
+
+/// The right to probe for the module, held by the one probe in flight; dropping it (the probe
+/// answered, timed out or its task was dropped) lets the next one start when it is due.
+#[derive(Debug)]
+pub(crate) struct Probing(Arc<Module>);
+
+impl Drop for Probing {
+    fn drop(&mut self) {
+        self.0.probing.store(false, Ordering::Release);
+    }
 }
 
 impl Module {
@@ -52,7 +74,9 @@ impl Module {
     /// version's Lua library; else says once why checks stay in Lua.
     pub(crate) fn offer(&self, digest: &[u8]) {
         match same_version(digest, &crate::script::library().digest) {
-            Ok(()) => self.enable(),
+            Ok(()) => {
+                self.enable();
+            }
             Err(why) => {
                 if !self.refused.swap(true, Ordering::Relaxed) {
                     tracing::warn!("{why}; checks go to the Lua library");
@@ -61,35 +85,40 @@ impl Module {
         }
     }
 
-    /// Reads the reply to [`probe_cmd`]: takes the module if it answered this version's
-    /// digest ([`Module::offer`]); anything else (an unknown command, an ACL's refusal, a lost
-    /// connection) leaves checks where they go.
-    pub(crate) fn answered(&self, reply: RedisResult<Value>) {
+    /// Reads the reply to [`probe_cmd`], answered at `now` (the store's clock): takes the
+    /// module if it answered this version's digest ([`Module::offer`]); anything else (an
+    /// unknown command, an ACL's refusal, a lost connection, no answer in time) leaves checks
+    /// where they go. If they stay in Lua, the next probe waits [`REPROBE`] from `now`.
+    pub(crate) fn answered(&self, reply: RedisResult<Value>, now: Micros) {
         match reply {
             Ok(Value::BulkString(digest)) => self.offer(&digest),
             other => tracing::debug!(reply = ?other, "no spillway module; checks go to Lua"),
         }
+        if !self.enabled() {
+            self.next_probe
+                .store(now.saturating_add(REPROBE), Ordering::Relaxed);
+        }
     }
 
-    /// Whether a check at `now` (the store's clock), while checks go to Lua, should probe for
-    /// the module first: `true` for one caller once [`REPROBE`] has passed since the last
-    /// probe, or since the first check that found checks in Lua.
-    pub(crate) fn probe_due(&self, now: Micros) -> bool {
-        let next = self.next_probe.load(Ordering::Relaxed);
-        if next != 0 && now < next {
-            return false;
+    /// Whether a check at `now` (the store's clock), while checks go to Lua, should have the
+    /// module probed for: the right to probe, for one caller, once `now` has reached the end of
+    /// the wait (see [`Module::answered`] and [`Module::disable`]) and no probe is in flight.
+    /// The wait starts over here too, so a probe whose task is dropped before it answers
+    /// still keeps the pace.
+    pub(crate) fn probe_due(self: &Arc<Self>, now: Micros) -> Option<Probing> {
+        if now < self.next_probe.load(Ordering::Relaxed)
+            || self.probing.swap(true, Ordering::Acquire)
+        {
+            return None;
         }
-        // One caller wins the slot; at 0 the winner only starts the wait.
-        let won = self
-            .next_probe
-            .compare_exchange(
-                next,
-                now.saturating_add(REPROBE),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok();
-        won && next != 0
+        let probing = Probing(Arc::clone(self));
+        // A probe that ended between the two loads has moved the time on.
+        if now < self.next_probe.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.next_probe
+            .store(now.saturating_add(REPROBE), Ordering::Relaxed);
+        Some(probing)
     }
 
     /// Whether checks go to the module.
@@ -98,23 +127,51 @@ impl Module {
     }
 
     /// Sends checks to the module from now on, saying so at each switch from Lua (at start,
-    /// and after a fallback when a probe finds the module again).
-    pub(crate) fn enable(&self) {
-        if !self.loaded.swap(true, Ordering::Relaxed) {
-            tracing::info!("Redis has the spillway module; checks run in it (SPILLWAY.CHECK)");
+    /// and after a fallback when a probe finds the module again; see [`switch_level`]). The
+    /// level it was said at, if checks were in Lua.
+    pub(crate) fn enable(&self) -> Option<Level> {
+        if self.loaded.swap(true, Ordering::Relaxed) {
+            return None;
         }
+        let level = switch_level(Level::INFO, self.entered.swap(true, Ordering::Relaxed));
+        let said = "Redis has the spillway module; checks run in it (SPILLWAY.CHECK)";
+        if level == Level::INFO {
+            tracing::info!("{said}");
+        } else {
+            tracing::debug!("{said}");
+        }
+        Some(level)
     }
 
-    /// Switches the store back to the Lua library, saying why; the wait before the next
-    /// probe starts at the next check.
-    pub(crate) fn disable(&self, why: &RedisError) {
-        if self.loaded.swap(false, Ordering::Relaxed) {
-            self.next_probe.store(0, Ordering::Relaxed);
-            tracing::warn!(
-                error = %why,
-                "Redis no longer has the spillway module; checks go to the Lua library"
-            );
+    /// Switches the store back to the Lua library at `now` (the store's clock), saying why
+    /// (see [`switch_level`]); the next probe waits [`REPROBE`] from `now`. The level it was
+    /// said at, if checks were in the module.
+    pub(crate) fn disable(&self, why: &RedisError, now: Micros) -> Option<Level> {
+        if !self.loaded.swap(false, Ordering::Relaxed) {
+            return None;
         }
+        self.next_probe
+            .store(now.saturating_add(REPROBE), Ordering::Relaxed);
+        let level = switch_level(Level::WARN, self.left.swap(true, Ordering::Relaxed));
+        let said = "Redis no longer has the spillway module; checks go to the Lua library";
+        if level == Level::WARN {
+            tracing::warn!(error = %why, "{said}");
+        } else {
+            tracing::debug!(error = %why, "{said}");
+        }
+        Some(level)
+    }
+}
+
+/// The level a switch between the module and Lua is logged at: `first` the first time the
+/// store switches that way, `debug` when it has before (`again`). A server whose ACL allows
+/// the probe but not the check switches both ways every [`REPROBE`]; the first pair says what
+/// happened, the rest would only fill the log.
+pub(crate) fn switch_level(first: Level, again: bool) -> Level {
+    if again {
+        Level::DEBUG
+    } else {
+        first
     }
 }
 
@@ -207,28 +264,81 @@ mod tests {
         assert!(module.enabled());
     }
 
-    /// While checks go to Lua, one check probes again once [`REPROBE`] has passed, timed from
-    /// the first check that found them there, and the wait starts over after each probe and
-    /// after the module is lost again.
+    /// While checks go to Lua, one check has the module probed for once [`REPROBE`] has
+    /// passed since the start's probe answered, and the wait starts over at each probe, at
+    /// each answer that leaves checks in Lua, and when the module is lost again.
     #[test]
     fn a_store_in_lua_probes_again_at_most_once_every_reprobe() {
-        let module = Module::default();
+        let module = Arc::new(Module::default());
+        let due = |now| module.probe_due(now).is_some();
+        let none = || Err(RedisError::from((redis::ErrorKind::Client, "no module")));
         let t = 1_700_000_000 * SECOND;
-        assert!(!module.probe_due(t), "the first check only starts the wait");
-        assert!(!module.probe_due(t + REPROBE - 1));
-        assert!(module.probe_due(t + REPROBE));
-        assert!(!module.probe_due(t + REPROBE), "one caller probes");
-        assert!(!module.probe_due(t + 2 * REPROBE - 1));
-        assert!(module.probe_due(t + 2 * REPROBE));
+        module.answered(none(), t);
+        assert!(!due(t), "the start's probe starts the wait");
+        assert!(!due(t + REPROBE - 1));
+        assert!(due(t + REPROBE));
+        assert!(!due(t + REPROBE), "one caller probes");
+        assert!(!due(t + 2 * REPROBE - 1));
+        let probing = module.probe_due(t + 2 * REPROBE).expect("due");
+        // That probe answers 5 s late: the wait runs from its answer.
+        module.answered(none(), t + 2 * REPROBE + 5 * SECOND);
+        drop(probing);
+        assert!(!due(t + 3 * REPROBE + 5 * SECOND - 1));
+        assert!(due(t + 3 * REPROBE + 5 * SECOND));
 
-        module.offer(crate::script::library().digest.as_bytes());
+        module.answered(Ok(Value::BulkString(library_digest())), t + 4 * REPROBE);
         assert!(module.enabled());
-        module.disable(&RedisError::from((redis::ErrorKind::Client, "the test's")));
+        let lost = t + 4 * REPROBE + 7;
+        let why = RedisError::from((redis::ErrorKind::Client, "the test's"));
+        module.disable(&why, lost);
         assert!(!module.enabled());
-        let lost = t + 2 * REPROBE + 7;
-        assert!(!module.probe_due(lost), "the wait starts over");
-        assert!(!module.probe_due(lost + REPROBE - 1));
-        assert!(module.probe_due(lost + REPROBE));
+        assert!(!due(lost), "the wait starts over");
+        assert!(!due(lost + REPROBE - 1));
+        assert!(due(lost + REPROBE));
+    }
+
+    /// This version's digest, as `SPILLWAY.VERSION` answers it.
+    fn library_digest() -> Vec<u8> {
+        crate::script::library().digest.clone().into_bytes()
+    }
+
+    /// One probe at a time: while one is in flight no other starts, however late it answers.
+    #[test]
+    fn a_probe_in_flight_holds_off_the_next() {
+        let module = Arc::new(Module::default());
+        let t = 1_700_000_000 * SECOND;
+        let probing = module.probe_due(t).expect("due: no probe ever answered");
+        assert!(module.probe_due(t + 5 * REPROBE).is_none(), "one in flight");
+        drop(probing);
+        assert!(
+            module.probe_due(t + 5 * REPROBE).is_some(),
+            "due once it ended"
+        );
+    }
+
+    /// A store that flaps (an ACL allowing the probe but not the check) says the first switch
+    /// each way at `info` and `warn`, and every repeat at `debug`; a call that switches
+    /// nothing says nothing.
+    #[test]
+    fn a_repeated_switch_is_logged_at_debug() {
+        let module = Module::default();
+        let why = RedisError::from((redis::ErrorKind::Client, "the test's"));
+        let t = 1_700_000_000 * SECOND;
+        assert_eq!(module.disable(&why, t), None, "checks were in Lua already");
+        assert_eq!(module.enable(), Some(Level::INFO), "found at start");
+        assert_eq!(module.enable(), None);
+        assert_eq!(
+            module.disable(&why, t),
+            Some(Level::WARN),
+            "the first fallback"
+        );
+        assert_eq!(module.disable(&why, t), None);
+        for _ in 0..3 {
+            assert_eq!(module.enable(), Some(Level::DEBUG), "found again");
+            assert_eq!(module.disable(&why, t), Some(Level::DEBUG), "lost again");
+        }
+        assert_eq!(switch_level(Level::WARN, false), Level::WARN);
+        assert_eq!(switch_level(Level::INFO, true), Level::DEBUG);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use spillway_core::request::CheckMode;
 use spillway_core::store::StoreError;
-use spillway_core::time::{Clock, SystemClock};
+use spillway_core::time::Clock;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,14 +95,20 @@ pub(crate) struct Runner {
     /// How long one call may take before it fails with `StoreError::Timeout`.
     pub(crate) timeout: Duration,
     /// When set, scripts evaluate at this clock's time instead of Redis `TIME` (tests only).
-    pub(crate) injected: Option<Arc<dyn Clock>>,
+    injected: Option<Arc<dyn Clock>>,
     /// The store's clock: it paces looking for the module again (see [`Module::probe_due`]).
-    pub(crate) clock: Arc<dyn Clock>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Runner {
-    /// A runner on `conn` whose calls are bounded by `timeout`.
-    pub(crate) fn new(conn: Conn, timeout: Duration) -> Self {
+    /// A runner on `conn` whose calls are bounded by `timeout`, pacing its probes for the
+    /// module on `clock`; with `injected`, scripts evaluate at that clock's time (tests only).
+    pub(crate) fn new(
+        conn: Conn,
+        timeout: Duration,
+        clock: Arc<dyn Clock>,
+        injected: Option<Arc<dyn Clock>>,
+    ) -> Self {
         Self {
             conn,
             functions: Arc::default(),
@@ -110,8 +116,8 @@ impl Runner {
             check_script: Arc::new(redis::Script::new(script::CHECK_SCRIPT)),
             refund_script: Arc::new(redis::Script::new(script::REFUND_SCRIPT)),
             timeout,
-            injected: None,
-            clock: Arc::new(SystemClock),
+            injected,
+            clock,
         }
     }
 
@@ -167,10 +173,7 @@ impl Runner {
     /// checks if the module goes), or settles on plain scripts if the server refuses
     /// Functions. Other failures are left for the first call to meet (and recover).
     pub(crate) async fn prepare(&self) {
-        match self.setup(&module::probe_cmd()).await {
-            Ok(reply) => self.module.answered(reply),
-            Err(_) => tracing::debug!("the module probe timed out; checks go to Lua"),
-        }
+        self.probe().await;
         if let Ok(Err(err)) = self.setup(&functions::load_cmd()).await {
             if functions::is_unsupported(&err) {
                 self.functions.disable(&err);
@@ -180,8 +183,34 @@ impl Runner {
         }
     }
 
-    /// One command of [`Runner::prepare`], its error reply as an error; `Err` past the
-    /// store's timeout, but never under 1 s (it runs once, while the store starts).
+    /// Asks the server for the native module ([`module::probe_cmd`]) and takes it if it is of
+    /// this version.
+    async fn probe(&self) {
+        let reply = self.setup(&module::probe_cmd()).await.unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the module probe was not answered in time",
+            )))
+        });
+        self.module.answered(reply, self.clock.now());
+    }
+
+    /// Probes for the module again in a task of its own on this runner's connection, holding
+    /// `probing` until it has its answer; checks switch from the next one on if it found the
+    /// module (see [`crate::module`]). The task holds a clone of this runner, so the
+    /// connection can stay open for up to the probe's bound ([`Runner::setup`]) after the
+    /// store is dropped.
+    fn probe_aside(&self, probing: module::Probing) {
+        let runner = self.clone();
+        tokio::spawn(async move {
+            runner.probe().await;
+            drop(probing);
+        });
+    }
+
+    /// One command of [`Runner::prepare`] or a later probe, its error reply as an error; `Err`
+    /// past the store's timeout, but never under 1 s (it runs while the store starts, or in a
+    /// task no request waits for).
     async fn setup(
         &self,
         cmd: &redis::Cmd,
@@ -196,8 +225,8 @@ impl Runner {
     /// `args` within `limit`: the one way a script is called, and so where its errors are
     /// counted (as a store error and a script error), except a resharding refusal, which is
     /// counted by [`Failed::settled`] once nobody sends the call again. A check while the
-    /// module is not in use asks for it first when that is due ([`Module::probe_due`]), except
-    /// on a cluster.
+    /// module is not in use has it probed for once the call has its answer, when that is due
+    /// ([`Module::probe_due`]), except on a cluster.
     async fn invoke(
         &self,
         limit: Duration,
@@ -208,16 +237,11 @@ impl Runner {
         module: bool,
     ) -> Result<redis::Value, Failed> {
         let called = self.timed(limit, |mut conn| async move {
-            // Not on a cluster: the probe names no key, so it would reach any one node, and a
-            // cluster where only some nodes have the module would switch back and forth.
-            let may_probe = module && !matches!(conn, Conn::Cluster(_));
-            if may_probe && !self.module.enabled() && self.module.probe_due(self.clock.now()) {
-                let reply = functions::lift(conn.query(&module::probe_cmd()).await);
-                self.module.answered(reply);
-            }
             if module && self.module.enabled() {
                 match functions::lift(conn.module_check(keys, args).await) {
-                    Err(err) if module::is_missing(&err) => self.module.disable(&err),
+                    Err(err) if module::is_missing(&err) => {
+                        self.module.disable(&err, self.clock.now());
+                    }
                     other => return other,
                 }
             }
@@ -246,7 +270,22 @@ impl Runner {
                 Conn::Own(mut c) => inv.invoke_async(&mut CountNoScript(&mut c)).await,
             }
         });
-        called.await.map_err(|err| {
+        let called = called.await;
+        // Taken once the call is answered, so that neither the probe's round trip nor its
+        // answer is the call's, a call given up uses no slot, and a failed call sends no probe
+        // to a server that may be down. Not on a cluster: the probe names no key, so it would
+        // reach any one node, and a cluster where only some nodes have the module would switch
+        // back and forth.
+        if module
+            && called.is_ok()
+            && !matches!(self.conn, Conn::Cluster(_))
+            && !self.module.enabled()
+        {
+            if let Some(probing) = self.module.probe_due(self.clock.now()) {
+                self.probe_aside(probing);
+            }
+        }
+        called.map_err(|err| {
             let resharding = err.as_ref().is_some_and(resharding);
             let err = err.map_or(StoreError::Timeout(limit), |err| classify(err, limit));
             Failed {
@@ -379,3 +418,6 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -63,12 +63,44 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to the deployment in `config`. Fails if the prefix is invalid, a server
-    /// refuses the login ([`ConnectError::LoginRefused`], told as `config.owner`'s asking to
-    /// check `config.login_hint`) or no connection can be made within the timeout; later outages
-    /// are survived. A cluster's seeds are expected to agree on the login: that is checked
-    /// where the URLs are read ([`crate::config::seeds_agree`]), once.
+    /// Connects to the deployment in `config`, on the system clock. Fails if the prefix is
+    /// invalid, a server refuses the login ([`ConnectError::LoginRefused`], told as
+    /// `config.owner`'s asking to check `config.login_hint`) or no connection can be made
+    /// within the timeout; later outages are survived. A cluster's seeds are expected to agree
+    /// on the login: that is checked where the URLs are read ([`crate::config::seeds_agree`]),
+    /// once.
     pub async fn connect(config: &RedisConfig) -> Result<Self, ConnectError> {
+        Self::connect_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`RedisStore::connect`] with `clock` for the local cache and the pace of looking for
+    /// the native module again, from the start's own probe on. Taken here, before the store's
+    /// batcher starts with its copy of the runner, so there is one batcher and it never
+    /// sees another clock.
+    pub async fn connect_with_clock(
+        config: &RedisConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ConnectError> {
+        Self::open(config, clock, None).await
+    }
+
+    /// TEST ONLY: [`RedisStore::connect_with_clock`] whose scripts also evaluate at `clock`'s
+    /// time instead of Redis `TIME`, so test vectors can use exact times. Production stores
+    /// never call this.
+    pub async fn connect_with_injected_time(
+        config: &RedisConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ConnectError> {
+        Self::open(config, clock.clone(), Some(clock)).await
+    }
+
+    /// Connects (see [`RedisStore::connect`]) with the store's clock, and the scripts' time
+    /// if `injected`.
+    async fn open(
+        config: &RedisConfig,
+        clock: Arc<dyn Clock>,
+        injected: Option<Arc<dyn Clock>>,
+    ) -> Result<Self, ConnectError> {
         let layout =
             KeyLayout::new(&config.prefix).map_err(|e| StoreError::Protocol(e.to_string()))?;
         let timeout = config.timeout;
@@ -144,7 +176,7 @@ impl RedisStore {
             }
             _ => None,
         };
-        let runner = Runner::new(conn, timeout);
+        let runner = Runner::new(conn, timeout, clock.clone(), injected);
         runner.prepare().await;
         let batcher = Batcher::start(runner.clone());
         let thread_conns = match (&config.target, &runner.conn) {
@@ -162,27 +194,10 @@ impl RedisStore {
             batcher,
             thread_conns,
             layout,
-            clock: Arc::new(SystemClock),
+            clock,
             cache: (config.local_cache_keys > 0).then(|| LocalCache::new(config.local_cache_keys)),
             topology,
         })
-    }
-
-    /// Uses `clock` for the local cache and the module's probes instead of the system clock.
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.runner.clock = clock.clone();
-        self.clock = clock;
-        // The batcher holds its own runner: start it again with the clock (the old
-        // dispatcher ends with its queue).
-        self.batcher = Batcher::start(self.runner.clone());
-        self
-    }
-
-    /// TEST ONLY: scripts evaluate at `clock`'s time instead of Redis `TIME`, so test vectors
-    /// can use exact times. Production stores never call this.
-    pub fn with_injected_time(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.runner.injected = Some(clock.clone());
-        self.with_clock(clock)
     }
 
     /// The Redis key a state key is stored under.

@@ -46,9 +46,16 @@ fn ran_where_expected(server: &RedisServer) {
 
 /// A store on `server` that evaluates at Redis `TIME`, as in production.
 async fn store(server: &RedisServer) -> RedisStore {
+    RedisStore::connect(&config(server))
+        .await
+        .expect("connects")
+}
+
+/// How the tests' stores connect to `server`.
+fn config(server: &RedisServer) -> RedisConfig {
     let mut config = RedisConfig::new(Target::Server(server.url()), "the test's URL");
     config.local_cache_keys = 0;
-    RedisStore::connect(&config).await.expect("connects")
+    config
 }
 
 /// The key's remaining time to live in milliseconds (-2: no key, -1: no expiry).
@@ -311,7 +318,9 @@ async fn a_key_listed_twice_in_a_request_keeps_an_expiry() {
     // the key with no expiry at all (see `put` in lua/check.lua).
     for server in servers() {
         let clock = Arc::new(ManualClock::new(1_700_000_000_000_000));
-        let store = store(&server).await.with_injected_time(clock.clone());
+        let store = RedisStore::connect_with_injected_time(&config(&server), clock.clone())
+            .await
+            .expect("connects");
         let params =
             LimitParams::TokenBucket(TokenBucket::new(Rate::new(10, SECOND).unwrap(), 10).unwrap());
         let k = key("twice", &["a"]);

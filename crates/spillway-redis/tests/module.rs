@@ -7,15 +7,19 @@
 mod common;
 
 use common::module::{
-    assert_sides_agree, call, connect, load_library, numbers, pack, replicated, with_module,
-    with_module_args, CALLED_WRITES, TOP,
+    assert_sides_agree, call, connect, load_library, numbers, pack, probe_gate, replicated,
+    same_reply, snapshot, ttl_close, with_module, with_module_args, CALLED_WRITES, TOP,
 };
 use common::{check, key, redis_store, window, Backend, T0};
 use redis::Value;
+use spillway_core::algorithm::LimitParams;
+use spillway_core::key::StateKey;
 use spillway_core::request::CheckMode;
 use spillway_core::store::Store;
+use spillway_redis::RedisStore;
 use spillway_testkit::redis::{calls, command, module_path, RedisCluster, RedisServer};
 use spillway_testkit::vectors::Rng;
+use std::time::Duration;
 
 /// Random calls over a small pool of keys, on two copies of the same keys: side `a` always
 /// through the Lua library, side `b` through the module or the Lua at random, call by call.
@@ -441,8 +445,9 @@ async fn a_store_falls_back_to_lua_when_the_module_goes() {
 const REPROBE: u64 = 30 * spillway_core::time::SECOND;
 
 /// After falling back to Lua (the module unloaded), a store probes again at most once every
-/// [`REPROBE`] on its clock: a module loaded since takes the checks from the first one after
-/// that, and none before; the count carries over each switch.
+/// [`REPROBE`] on its clock, after the check that found the probe due (which runs in Lua): a
+/// module loaded since takes the checks once the probe answers, and none before; the count
+/// carries over each switch.
 #[tokio::test]
 async fn a_store_takes_a_module_loaded_after_it_fell_back() {
     let server = with_module(&["--enable-module-command", "yes"]);
@@ -474,7 +479,7 @@ async fn a_store_takes_a_module_loaded_after_it_fell_back() {
         calls(port, "spillway.version"),
         calls(port, "spillway.check"),
     );
-    // The wait starts at the first check after the fall-back; nothing probes within it.
+    // The wait started at the fall-back; nothing probes within it.
     for _ in 0..3 {
         consume().await;
     }
@@ -493,14 +498,147 @@ async fn a_store_takes_a_module_loaded_after_it_fell_back() {
     let lua = calls(port, "fcall");
     clock.advance(1);
     consume().await;
-    consume().await;
+    assert_eq!(
+        calls(port, "fcall"),
+        lua + 1,
+        "the check that made the probe due ran in Lua"
+    );
+    // The probe goes after that check, in a task of its own; checks switch once it answers.
+    until_the_probe_switches(shared, k, p, port, probes, checks).await;
     assert_eq!(calls(port, "spillway.version"), probes + 1, "one probe");
+    let (checks, lua) = (calls(port, "spillway.check"), calls(port, "fcall"));
+    consume().await;
+    consume().await;
     assert_eq!(
         calls(port, "spillway.check"),
         checks + 2,
         "the module is used again"
     );
     assert_eq!(calls(port, "fcall"), lua, "and Lua no more");
+}
+
+/// A store that started on a server without the module times its wait from the start's probe,
+/// on the clock it was given at connect: a module loaded later is probed for once [`REPROBE`]
+/// of that clock has passed, not before, and takes the checks once the probe answers.
+#[tokio::test]
+async fn a_store_started_without_the_module_probes_on_the_clock_it_was_given() {
+    let server = RedisServer::start_with(&["--enable-module-command", "yes"]);
+    let port = server.port();
+    // Its clock reads T0 from the start.
+    let (store, clock) = redis_store(Backend::Server(server.url())).await;
+    let (k, p) = (key("l", &["later"]), window(100));
+    let consume = || async {
+        let d = store.check(&[check(&k, &p, 1)], CheckMode::Consume).await;
+        d.expect("answered")[0].remaining
+    };
+    assert_eq!(consume().await, 99);
+    let loaded = command(port, &format!("MODULE LOAD {}", module_path())).unwrap_or_default();
+    assert!(loaded.starts_with("+OK"), "{loaded}");
+    clock.advance(REPROBE - 1);
+    assert_eq!(consume().await, 98);
+    // The start's probe met "unknown command", which `INFO commandstats` does not count, so
+    // the count is of later probes only.
+    assert_eq!(
+        calls(port, "spillway.version"),
+        0,
+        "no probe within the wait"
+    );
+    clock.advance(1);
+    assert_eq!(consume().await, 97, "the check that made the probe due");
+    assert_eq!(calls(port, "spillway.check"), 0, "ran in Lua");
+    until_the_probe_switches(&store, &k, &p, port, 0, 0).await;
+    assert_eq!(calls(port, "spillway.version"), 1, "one probe");
+    assert_eq!(consume().await, 96, "the count carries over");
+}
+
+/// The check that finds a probe due does not wait for it: with the probe held at a proxy (and
+/// whatever its connection sends after it), that check is answered in Lua within its budget,
+/// and the store switches to the module once the probe is let through.
+#[tokio::test]
+async fn a_probe_that_cannot_answer_does_not_hold_the_check_that_made_it_due() {
+    let server = with_module(&["--enable-module-command", "yes"]);
+    let port = server.port();
+    let (url, hold) = probe_gate(port).await;
+    let (store, clock) = redis_store(Backend::Server(url)).await;
+    let (k, p) = (key("l", &["held"]), window(100));
+    let consume = || async {
+        let d = store.check(&[check(&k, &p, 1)], CheckMode::Consume).await;
+        d.map(|d| d[0].remaining)
+    };
+    assert_eq!(consume().await.expect("answered"), 99);
+    let unloaded = command(port, "MODULE UNLOAD spillway").unwrap_or_default();
+    assert!(unloaded.starts_with("+OK"), "{unloaded}");
+    assert_eq!(
+        consume().await.expect("answered"),
+        98,
+        "fell back to Lua; the wait starts"
+    );
+    let loaded = command(port, &format!("MODULE LOAD {}", module_path())).unwrap_or_default();
+    assert!(loaded.starts_with("+OK"), "{loaded}");
+    let (probes, checks) = (
+        calls(port, "spillway.version"),
+        calls(port, "spillway.check"),
+    );
+    hold.send_replace(true);
+    clock.advance(REPROBE);
+    let answered = consume().await;
+    assert_eq!(
+        answered.expect("the check that made the probe due is answered within its budget"),
+        97,
+        "in Lua"
+    );
+    assert_eq!(calls(port, "spillway.version"), probes, "the probe is held");
+    assert_eq!(
+        calls(port, "spillway.check"),
+        checks,
+        "none since the module came back"
+    );
+    hold.send_replace(false);
+    until_the_probe_switches(&store, &k, &p, port, probes, checks).await;
+    assert_eq!(calls(port, "spillway.version"), probes + 1, "one probe");
+    assert_eq!(
+        consume().await.expect("answered"),
+        96,
+        "the count carries over"
+    );
+}
+
+/// How long a test waits for a probe sent aside to reach the server and for its answer to
+/// switch the checks: generous, since two shared cores may answer one late.
+const SWITCH_WITHIN: Duration = Duration::from_secs(10);
+
+/// Waits, within [`SWITCH_WITHIN`], for a probe sent aside to reach the server at `port`
+/// (`spillway.version` past `probes`) and then for its answer to switch the checks: peeks of
+/// `k` under `p`, which charge nothing and so cannot use up the window, until one runs in the
+/// module (`spillway.check` past `checks`).
+async fn until_the_probe_switches(
+    store: &RedisStore,
+    k: &StateKey,
+    p: &LimitParams,
+    port: u16,
+    probes: u64,
+    checks: u64,
+) {
+    let deadline = tokio::time::Instant::now() + SWITCH_WITHIN;
+    while calls(port, "spillway.version") == probes {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the probe reaches the server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    loop {
+        let peeked = store.check(&[check(k, p, 1)], CheckMode::Peek).await;
+        peeked.expect("answered");
+        if calls(port, "spillway.check") > checks {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the probe's answer switches the checks"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Unknown commands the cluster's nodes answered so far (`errorstat_ERR`, which counts them;
@@ -535,7 +673,7 @@ async fn a_cluster_store_in_lua_does_not_probe_again() {
             .expect("answered");
         d[0].remaining
     };
-    assert_eq!(consume().await, 99, "the first check starts the wait");
+    assert_eq!(consume().await, 99, "the start's probe started the wait");
     let before = refused(&cluster);
     for _ in 0..3 {
         // Two waits: a whole minute, so each check is the first of its window.

@@ -129,10 +129,9 @@ async fn a_request_whose_caller_gave_up_leaves_no_charge_behind() {
     config.timeout = Duration::from_millis(150);
     config.local_cache_keys = 0;
     let clock = Arc::new(spillway_core::time::ManualClock::new(T0));
-    let hasty = RedisStore::connect(&config)
+    let hasty = RedisStore::connect_with_injected_time(&config, clock.clone())
         .await
-        .expect("connects")
-        .with_injected_time(clock.clone());
+        .expect("connects");
     look_clock.set(T0);
     let p = window(10);
     for (round, dropped_by_caller) in [(0, false), (1, true)] {

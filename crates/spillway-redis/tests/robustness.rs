@@ -171,10 +171,9 @@ async fn a_peek_does_not_feed_the_local_over_limit_cache() {
     config.timeout = Duration::from_secs(5);
     config.local_cache_keys = 64;
     let clock = Arc::new(spillway_core::time::ManualClock::new(1_700_000_000_000_000));
-    let store = RedisStore::connect(&config)
+    let store = RedisStore::connect_with_injected_time(&config, clock.clone())
         .await
-        .expect("connects")
-        .with_injected_time(clock.clone());
+        .expect("connects");
     let (k, p) = (key("l", &["peeked"]), bucket(1));
     let one = [check(&k, &p, 1)];
     assert!(store.check(&one, CheckMode::Consume).await.unwrap()[0].allowed);

@@ -22,7 +22,8 @@ async fn a_refused_request_out_of_time_answers_and_counts_the_refusal() {
         .build()
         .expect("a client");
     let conn = client.get_async_connection().await.expect("connects");
-    let runner = Runner::new(Conn::Cluster(conn), Duration::from_millis(500));
+    let clock = std::sync::Arc::new(spillway_core::time::SystemClock);
+    let runner = Runner::new(Conn::Cluster(conn), Duration::from_millis(500), clock, None);
     runner.prepare().await;
 
     // Two users of one tenant: one slot. `moved` exists on the source; `fresh` nowhere.

@@ -39,11 +39,12 @@ pub async fn redis_store(backend: Backend) -> (RedisStore, Arc<ManualClock>) {
     let mut config = RedisConfig::new(target, "the test's URL");
     config.timeout = Duration::from_secs(5);
     config.local_cache_keys = 0;
-    let clock = Arc::new(ManualClock::new(0));
-    let store = RedisStore::connect(&config)
+    // At T0 from the start: the store times its first probe for the module by it.
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = RedisStore::connect_with_injected_time(&config, clock.clone())
         .await
         .expect("connects to the test redis");
-    (store.with_injected_time(clock.clone()), clock)
+    (store, clock)
 }
 
 /// A state key for limit `limit` with `values`. As in a policy, each limit name gets its own

@@ -1,12 +1,13 @@
 //! Helpers of the tests of the native module (`tests/module.rs`, `tests/module_effects.rs`,
-//! `tests/module_shared_keys.rs`):
-//! servers loading it, the call to it or to the Lua library, random numbers and calls, and
-//! what a key holds.
+//! `tests/module_shared_keys.rs`): servers loading it, the call to it or to the Lua library,
+//! random numbers and calls, what a key holds, and a proxy that holds the store's probes for it.
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use spillway_testkit::redis::{module_path, RedisServer};
 use spillway_testkit::vectors::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 /// A redis-server loading the module, with `extra` arguments.
 pub fn with_module(extra: &[&str]) -> RedisServer {
@@ -245,4 +246,49 @@ pub fn usual_limits(rng: &mut Rng, keys: u64) -> Vec<(u64, [f64; 3])> {
             (code, numbers(rng, code))
         })
         .collect()
+}
+
+/// A proxy to the server at `port` that, while the returned switch is on (`true`), holds what
+/// a connection sends from the first write that carries a probe for the module
+/// (`SPILLWAY.VERSION`): the probe, and whatever that connection sends after it, wait for the
+/// switch to go off. Everything else passes straight through.
+pub async fn probe_gate(port: u16) -> (String, watch::Sender<bool>) {
+    const PROBE: &[u8] = b"SPILLWAY.VERSION";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let url = format!("redis://{}", listener.local_addr().expect("address"));
+    let (hold, held) = watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let mut held = held.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match from_client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let probe = buf[..n]
+                        .windows(PROBE.len())
+                        .any(|w| w.eq_ignore_ascii_case(PROBE));
+                    if probe && held.wait_for(|on| !*on).await.is_err() {
+                        return;
+                    }
+                    if to_server.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, hold)
 }

@@ -183,28 +183,28 @@ pub async fn build(
         );
         metrics::counter!(spillway_redis::sentinel::MASTER_CHANGES).increment(0);
     }
-    let store = RedisStore::connect(&config)
-        .await
-        .map_err(|err| match err {
-            // An outage, naming whose store (a far region's home calls log it).
-            ConnectError::Store(err) => {
-                let whose = match login.owner {
-                    "" => "the Redis store".to_owned(),
-                    owner => format!("{owner}'s Redis store"),
-                };
-                anyhow::Error::new(err)
-                    .context(format!("cannot connect to {whose} {:?}", config.target))
-            }
-            // A refused login: a setting to fix, not an outage. The message names the server
-            // that refused and whose it is.
-            ConnectError::LoginRefused(told) => anyhow::Error::new(SettingsError(told)),
-        })?;
-    tracing::info!(target = ?config.target, prefix = %config.prefix, "using the Redis store");
     // Tests (`--manual-clock-in-store`) run the scripts at the manual clock's time.
-    if injected_time {
-        return Ok(Arc::new(store.with_injected_time(clock)));
-    }
-    Ok(Arc::new(store.with_clock(clock)))
+    let connected = if injected_time {
+        RedisStore::connect_with_injected_time(&config, clock).await
+    } else {
+        RedisStore::connect_with_clock(&config, clock).await
+    };
+    let store = connected.map_err(|err| match err {
+        // An outage, naming whose store (a far region's home calls log it).
+        ConnectError::Store(err) => {
+            let whose = match login.owner {
+                "" => "the Redis store".to_owned(),
+                owner => format!("{owner}'s Redis store"),
+            };
+            anyhow::Error::new(err)
+                .context(format!("cannot connect to {whose} {:?}", config.target))
+        }
+        // A refused login: a setting to fix, not an outage. The message names the server
+        // that refused and whose it is.
+        ConnectError::LoginRefused(told) => anyhow::Error::new(SettingsError(told)),
+    })?;
+    tracing::info!(target = ?config.target, prefix = %config.prefix, "using the Redis store");
+    Ok(Arc::new(store))
 }
 
 fn describe() {
