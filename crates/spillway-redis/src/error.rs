@@ -49,42 +49,44 @@ pub const SCRIPT_ERROR_KINDS: [&str; 4] = ["noscript", "timeout", "connection", 
 pub fn classify(err: redis::RedisError, timeout: Duration) -> StoreError {
     if err.is_timeout() {
         StoreError::Timeout(timeout)
-    } else if err.is_io_error()
+    } else if unavailable(&err) {
+        StoreError::Unavailable(err.to_string())
+    } else {
+        StoreError::Protocol(err.to_string())
+    }
+}
+
+/// Whether `err` says the store could not serve the call (unreachable, dropped, or there but
+/// not ready), as opposed to refusing it or the call failing in it: a call sent again later
+/// may be answered.
+pub(crate) fn unavailable(err: &redis::RedisError) -> bool {
+    if err.is_io_error()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
         || err.is_cluster_error()
         || err.is_unrecoverable_error()
     {
-        StoreError::Unavailable(err.to_string())
-    } else {
-        match err.kind() {
-            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension => {
-                // LOADING, MASTERDOWN, TRYAGAIN, CLUSTERDOWN, BUSY: the store is there but
-                // cannot serve yet; READONLY: the server was demoted to a replica by a
-                // failover. A script error is a bug or a foreign value under our prefix.
-                // Judged by the reply's error code: the client's text for a known code is
-                // its own name for it (`ReadOnly: ...`), not the code Redis sent.
-                // Redis 6 (plain scripts) wraps a write refused by a demoted server in the
-                // script's own error: `ERR Error running script ...: -READONLY You can't ...`.
+        return true;
+    }
+    match err.kind() {
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension => {
+            // LOADING, MASTERDOWN, TRYAGAIN, CLUSTERDOWN, BUSY: the store is there but
+            // cannot serve yet; READONLY: the server was demoted to a replica by a
+            // failover. A script error is a bug or a foreign value under our prefix.
+            // Judged by the reply's error code: the client's text for a known code is
+            // its own name for it (`ReadOnly: ...`), not the code Redis sent.
+            // Redis 6 (plain scripts) wraps a write refused by a demoted server in the
+            // script's own error: `ERR Error running script ...: -READONLY You can't ...`.
+            matches!(
+                err.code(),
+                Some("LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "BUSY" | "READONLY")
+            ) || (err.code() == Some("ERR") && {
                 let text = err.to_string();
-                let unavailable = matches!(
-                    err.code(),
-                    Some(
-                        "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "BUSY" | "READONLY"
-                    )
-                ) || (err.code() == Some("ERR")
-                    && (text.contains(": -READONLY ") || text.contains(": -MASTERDOWN ")));
-                if unavailable {
-                    StoreError::Unavailable(text)
-                } else {
-                    StoreError::Protocol(text)
-                }
-            }
-            redis::ErrorKind::ClusterConnectionNotFound | redis::ErrorKind::Io => {
-                StoreError::Unavailable(err.to_string())
-            }
-            _ => StoreError::Protocol(err.to_string()),
+                text.contains(": -READONLY ") || text.contains(": -MASTERDOWN ")
+            })
         }
+        redis::ErrorKind::ClusterConnectionNotFound | redis::ErrorKind::Io => true,
+        _ => false,
     }
 }
 

@@ -12,7 +12,7 @@
 //! to the Lua library, in the same call, so no request fails for it; the switch is logged
 //! (the first switch each way at `info` or `warn`, repeats at `debug`: see [`switch_level`]).
 //! While checks go to Lua, for whichever of these reasons, the store probes again at most once
-//! every [`REPROBE`] on its clock, so a module loaded since (`MODULE LOAD`, a failover back to
+//! every [`REPROBE`] on its clock ([`RETRY`] after a probe the server could not answer), so a module loaded since (`MODULE LOAD`, a failover back to
 //! a node that has it, the right version after a restart) is taken without restarting
 //! Spillway. The check that finds a probe due goes to Lua as usual and the probe is sent once
 //! it has its answer (a check that fails or is given up sends none), in a task of its own on
@@ -38,6 +38,12 @@ pub(crate) const VERSION: &str = "SPILLWAY.VERSION";
 /// per store every 30 s costs Redis nothing worth counting, and a module loaded at run time is
 /// taken within that.
 pub(crate) const REPROBE: Micros = 30 * SECOND;
+
+/// The least time between two probes when the last one was not answered (see
+/// [`Module::answered`]): a store that started beside a Redis still loading its data takes the
+/// module about this long after Redis can serve, not [`REPROBE`]. Probes are only sent after
+/// an answered check, so a server that is down is not probed every [`RETRY`].
+pub(crate) const RETRY: Micros = SECOND;
 
 /// Whether checks go to the module; shared by every clone of a runner. Off until a probe
 /// finds the module of this version.
@@ -88,15 +94,27 @@ impl Module {
     /// Reads the reply to [`probe_cmd`], answered at `now` (the store's clock): takes the
     /// module if it answered this version's digest ([`Module::offer`]); anything else (an
     /// unknown command, an ACL's refusal, a lost connection, no answer in time) leaves checks
-    /// where they go. If they stay in Lua, the next probe waits [`REPROBE`] from `now`.
+    /// where they go. If they stay in Lua, the next probe waits [`REPROBE`] from `now`, or
+    /// only [`RETRY`] when the server could not answer it (unreachable, or there but not
+    /// ready: `LOADING` its data after a restart, say), which says nothing of the module.
     pub(crate) fn answered(&self, reply: RedisResult<Value>, now: Micros) {
-        match reply {
-            Ok(Value::BulkString(digest)) => self.offer(&digest),
-            other => tracing::debug!(reply = ?other, "no spillway module; checks go to Lua"),
-        }
+        let wait = match reply {
+            Ok(Value::BulkString(digest)) => {
+                self.offer(&digest);
+                REPROBE
+            }
+            Err(err) if err.is_timeout() || crate::error::unavailable(&err) => {
+                tracing::debug!(error = %err, "the module probe was not answered; probing again soon");
+                RETRY
+            }
+            other => {
+                tracing::debug!(reply = ?other, "no spillway module; checks go to Lua");
+                REPROBE
+            }
+        };
         if !self.enabled() {
             self.next_probe
-                .store(now.saturating_add(REPROBE), Ordering::Relaxed);
+                .store(now.saturating_add(wait), Ordering::Relaxed);
         }
     }
 
@@ -297,6 +315,57 @@ mod tests {
         assert!(due(lost + REPROBE));
     }
 
+    /// A probe the server could not answer (still loading its data, unreachable, too slow)
+    /// says nothing of the module: the next one waits only [`RETRY`]. An answer that says
+    /// the module is not there waits [`REPROBE`].
+    #[test]
+    fn a_probe_the_server_could_not_answer_is_tried_again_soon() {
+        let t = 1_700_000_000 * SECOND;
+        let unanswered: [fn() -> RedisError; 4] = [
+            || server_error("LOADING", "Redis is loading the dataset in memory"),
+            || server_error("BUSY", "Redis is busy running a script"),
+            || std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
+            || std::io::Error::from(std::io::ErrorKind::ConnectionReset).into(),
+        ];
+        for err in unanswered {
+            let module = Arc::new(Module::default());
+            let why = err().to_string();
+            module.answered(Err(err()), t);
+            assert!(module.probe_due(t + RETRY - 1).is_none(), "{why}");
+            assert!(module.probe_due(t + RETRY).is_some(), "{why}");
+        }
+        let told: [fn() -> RedisError; 2] = [
+            || {
+                server_error(
+                    "ERR",
+                    "unknown command 'SPILLWAY.VERSION', with args beginning with: ",
+                )
+            },
+            || {
+                server_error(
+                    "NOPERM",
+                    "User app has no permissions to run the 'spillway.version' command",
+                )
+            },
+        ];
+        for err in told {
+            let module = Arc::new(Module::default());
+            let why = err().to_string();
+            module.answered(Err(err()), t);
+            assert!(module.probe_due(t + REPROBE - 1).is_none(), "{why}");
+            assert!(module.probe_due(t + REPROBE).is_some(), "{why}");
+        }
+    }
+
+    /// An error reply `-CODE text`, as the client reads it off the wire.
+    fn server_error(code: &str, text: &str) -> RedisError {
+        let line = format!("-{code} {text}\r\n");
+        match redis::parse_redis_value(line.as_bytes()) {
+            Ok(Value::ServerError(err)) => RedisError::from(err),
+            other => panic!("an error reply, not {other:?}"),
+        }
+    }
+
     /// This version's digest, as `SPILLWAY.VERSION` answers it.
     fn library_digest() -> Vec<u8> {
         crate::script::library().digest.clone().into_bytes()
@@ -344,13 +413,7 @@ mod tests {
     #[test]
     fn an_acl_refusal_of_the_check_counts_as_missing() {
         // As the server sends them.
-        let err = |code: &str, text: &str| {
-            let line = format!("-{code} {text}\r\n");
-            match redis::parse_redis_value(line.as_bytes()) {
-                Ok(redis::Value::ServerError(err)) => RedisError::from(err),
-                other => panic!("an error reply, not {other:?}"),
-            }
-        };
+        let err = server_error;
         assert!(is_missing(&err(
             "NOPERM",
             "User app has no permissions to run the 'spillway.check' command"

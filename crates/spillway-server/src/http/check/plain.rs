@@ -329,6 +329,8 @@ mod tests {
             "host",
             "usr",
             "us\\u0065r",
+            "ten\\u0061nt",
+            "\\u0064escriptors",
             "",
         ])
     }
@@ -367,7 +369,68 @@ mod tests {
         prop::sample::select(vec!["", "", " ", "\n\t", "\r\n ", "\u{c}"])
     }
 
+    /// An empty body, or one of JSON's whitespace only, is `{}`; any other byte makes it a
+    /// body to read (a lone form feed is not JSON).
+    #[test]
+    fn only_json_whitespace_is_an_empty_body() {
+        for body in [&b""[..], b" ", b"\r\n\t "] {
+            assert_eq!(parse_body(body).expect("empty"), CheckRequest::default());
+        }
+        for body in [&b"\x0c"[..], b" \x0c ", b"\x0b", b"\xa0"] {
+            let problem = parse_body(body).expect_err("not JSON");
+            assert!(problem.detail().contains("not valid JSON"), "{problem:?}");
+        }
+    }
+
+    /// Plain bodies for [`a_mutated_plain_body_is_never_read_otherwise`] to change.
+    const PLAIN: [&str; 4] = [
+        r#"{"user":"u42"}"#,
+        r#"{"tenant":"t1","user":"u1","ip":"10.0.0.1","method":"GET","path":"/v1/items"}"#,
+        r#"{ "tier" : "pro", "cost": 5, "descriptors": {"region": "eu", "plan": "b"} }"#,
+        r#"{"cost":18446744073709551615,"ip":" ::1 ","descriptors":{},"host":"a.example"}"#,
+    ];
+
+    /// A byte worth putting into a body: JSON's own, bytes that are not JSON, or any byte.
+    fn byte() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            prop::sample::select(
+                b"\"\\,:{}[] \t\n0159-+.eEnu\x00\x0c\x7f\xc3\xa9\xed\xff".to_vec()
+            ),
+            any::<u8>(),
+        ]
+    }
+
     proptest! {
+        /// Bytes changed, put in or taken out anywhere in a plain body: whatever the plain
+        /// reader still takes, serde_json takes too and reads alike (it may leave more to
+        /// serde_json, never read a body otherwise).
+        #[test]
+        fn a_mutated_plain_body_is_never_read_otherwise(
+            base in prop::sample::select(PLAIN.to_vec()),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), byte(), 0..3u8), 1..5),
+        ) {
+            let mut body = base.as_bytes().to_vec();
+            for (at, byte, how) in edits {
+                let i = at.index(body.len() + 1);
+                match how {
+                    1 if i < body.len() => body[i] = byte,
+                    2 if i < body.len() => {
+                        body.remove(i);
+                    }
+                    _ => body.insert(i, byte),
+                }
+            }
+            if let Some(plain) = read(&body) {
+                let serde = serde_json::from_slice::<CheckRequest>(&body);
+                prop_assert_eq!(
+                    Some(plain),
+                    serde.ok(),
+                    "{}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+        }
+
         /// Any object built from these pieces, well-formed or not, is answered as serde_json
         /// alone answers it.
         #[test]
