@@ -2,7 +2,7 @@
 //! logs in and then never answers, on tokio's paused clock.
 
 use super::*;
-use crate::module::REPROBE;
+use crate::module::{REPROBE, RETRY};
 use crate::own_conn::Target;
 use spillway_core::time::{ManualClock, SECOND};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,8 +64,9 @@ async fn a_check_that_fails_or_is_given_up_takes_no_probe() {
 }
 
 /// A probe whose server never answers holds the right to probe until its bound (the
-/// store's timeout, but at least 1 s) and then gives it up, its wait running from then, so
-/// a later check can make the next probe due.
+/// store's timeout, but at least 1 s) and then gives it up, its wait ([`RETRY`]: no answer
+/// says nothing of the module) running from then, so a later check can make the next probe
+/// due.
 #[tokio::test]
 async fn a_probe_never_answered_gives_up_its_turn_at_its_bound() {
     let (runner, clock) = on_a_silent_server().await;
@@ -82,11 +83,11 @@ async fn a_probe_never_answered_gives_up_its_turn_at_its_bound() {
     tokio::time::sleep(Duration::from_millis(2)).await;
     assert!(!module.enabled());
     assert!(
-        module.probe_due(t + 5 * SECOND + REPROBE - 1).is_none(),
+        module.probe_due(t + 5 * SECOND + RETRY - 1).is_none(),
         "the wait runs from the probe giving up"
     );
     assert!(
-        module.probe_due(t + 5 * SECOND + REPROBE).is_some(),
+        module.probe_due(t + 5 * SECOND + RETRY).is_some(),
         "the next probe is due"
     );
 }
