@@ -12,7 +12,7 @@
 //! to the Lua library, in the same call, so no request fails for it; the switch is logged
 //! (the first switch each way at `info` or `warn`, repeats at `debug`: see [`switch_level`]).
 //! While checks go to Lua, for whichever of these reasons, the store probes again at most once
-//! every [`REPROBE`] on its clock ([`RETRY`] after a probe the server could not answer), so a module loaded since (`MODULE LOAD`, a failover back to
+//! every [`REPROBE`] on its clock (from [`RETRY`] after a probe the server did not answer), so a module loaded since (`MODULE LOAD`, a failover back to
 //! a node that has it, the right version after a restart) is taken without restarting
 //! Spillway. The check that finds a probe due goes to Lua as usual and the probe is sent once
 //! it has its answer (a check that fails or is given up sends none), in a task of its own on
@@ -24,7 +24,7 @@
 use crate::resp::{self, Head};
 use redis::{RedisError, RedisResult, Value};
 use spillway_core::time::{Micros, SECOND};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use tracing::Level;
 
@@ -40,9 +40,12 @@ pub(crate) const VERSION: &str = "SPILLWAY.VERSION";
 pub(crate) const REPROBE: Micros = 30 * SECOND;
 
 /// The least time between two probes when the last one was not answered (see
-/// [`Module::answered`]): a store that started beside a Redis still loading its data takes the
-/// module about this long after Redis can serve, not [`REPROBE`]. Probes are only sent after
-/// an answered check, so a server that is down is not probed every [`RETRY`].
+/// [`Module::answered`]), doubled after each further probe in a row not answered, up to
+/// [`REPROBE`]: a store that started beside a Redis still loading its data takes the module
+/// at its first answered check from this long after that probe, not [`REPROBE`], while
+/// something that drops every probe's connection (a proxy that will not pass the command,
+/// say) is not met every second. Probes are only sent after an answered check, so a server
+/// that is down is not probed at all.
 pub(crate) const RETRY: Micros = SECOND;
 
 /// Whether checks go to the module; shared by every clone of a runner. Off until a probe
@@ -54,8 +57,11 @@ pub(crate) struct Module {
     refused: AtomicBool,
     /// When (on the store's clock) the module may be probed for again while checks go to Lua:
     /// [`REPROBE`] after the last probe's answer (the first at start), its start, or the
-    /// fallback to Lua, whichever came last.
+    /// fallback to Lua, whichever came last; sooner after a probe not answered (see
+    /// [`RETRY`]).
     next_probe: AtomicU64,
+    /// Probes in a row the server did not answer (each doubles the next [`RETRY`]).
+    unanswered: AtomicU32,
     /// A probe is in flight (its [`Probing`] is alive).
     probing: AtomicBool,
     /// The store has switched to the module before (at start or after a fallback).
@@ -95,20 +101,25 @@ impl Module {
     /// module if it answered this version's digest ([`Module::offer`]); anything else (an
     /// unknown command, an ACL's refusal, a lost connection, no answer in time) leaves checks
     /// where they go. If they stay in Lua, the next probe waits [`REPROBE`] from `now`, or
-    /// only [`RETRY`] when the server could not answer it (unreachable, or there but not
-    /// ready: `LOADING` its data after a restart, say), which says nothing of the module.
+    /// only [`RETRY`] (doubled for each probe in a row so) when the server did not answer it
+    /// (unreachable, too slow, or there but not ready: `LOADING` its data after a restart,
+    /// say), which says nothing of the module.
     pub(crate) fn answered(&self, reply: RedisResult<Value>, now: Micros) {
         let wait = match reply {
-            Ok(Value::BulkString(digest)) => {
-                self.offer(&digest);
-                REPROBE
-            }
             Err(err) if err.is_timeout() || crate::error::unavailable(&err) => {
-                tracing::debug!(error = %err, "the module probe was not answered; probing again soon");
-                RETRY
+                let row = self.unanswered.fetch_add(1, Ordering::Relaxed);
+                let wait = RETRY.saturating_mul(1 << row.min(16)).min(REPROBE);
+                tracing::debug!(error = %err, wait_s = wait / SECOND, "the module probe was not answered; probing again sooner");
+                wait
             }
-            other => {
-                tracing::debug!(reply = ?other, "no spillway module; checks go to Lua");
+            reply => {
+                self.unanswered.store(0, Ordering::Relaxed);
+                match reply {
+                    Ok(Value::BulkString(digest)) => self.offer(&digest),
+                    other => {
+                        tracing::debug!(reply = ?other, "no spillway module; checks go to Lua")
+                    }
+                }
                 REPROBE
             }
         };
@@ -315,9 +326,9 @@ mod tests {
         assert!(due(lost + REPROBE));
     }
 
-    /// A probe the server could not answer (still loading its data, unreachable, too slow)
-    /// says nothing of the module: the next one waits only [`RETRY`]. An answer that says
-    /// the module is not there waits [`REPROBE`].
+    /// A probe the server did not answer (still loading its data, unreachable, too slow)
+    /// says nothing of the module: the next one waits only [`RETRY`], doubled for each in a
+    /// row. An answer that says the module is not there waits [`REPROBE`].
     #[test]
     fn a_probe_the_server_could_not_answer_is_tried_again_soon() {
         let t = 1_700_000_000 * SECOND;
@@ -334,20 +345,28 @@ mod tests {
             assert!(module.probe_due(t + RETRY - 1).is_none(), "{why}");
             assert!(module.probe_due(t + RETRY).is_some(), "{why}");
         }
-        let told: [fn() -> RedisError; 2] = [
-            || {
-                server_error(
-                    "ERR",
-                    "unknown command 'SPILLWAY.VERSION', with args beginning with: ",
-                )
-            },
-            || {
-                server_error(
-                    "NOPERM",
-                    "User app has no permissions to run the 'spillway.version' command",
-                )
-            },
-        ];
+        // Each probe in a row not answered doubles the wait, up to REPROBE; an answer, even
+        // "unknown command", starts it over.
+        let module = Arc::new(Module::default());
+        let mut at = t;
+        for wait in [1, 2, 4, 8, 16, 30, 30].map(|s| s * SECOND) {
+            module.answered(Err(unanswered[3]()), at);
+            assert!(module.probe_due(at + wait - 1).is_none(), "{wait}");
+            assert!(module.probe_due(at + wait).is_some(), "{wait}");
+            at += wait;
+        }
+        module.answered(Err(told_missing()), at);
+        module.answered(Err(unanswered[0]()), at + REPROBE);
+        assert!(
+            module.probe_due(at + REPROBE + RETRY).is_some(),
+            "started over"
+        );
+        let told: [fn() -> RedisError; 2] = [told_missing, || {
+            server_error(
+                "NOPERM",
+                "User app has no permissions to run the 'spillway.version' command",
+            )
+        }];
         for err in told {
             let module = Arc::new(Module::default());
             let why = err().to_string();
@@ -355,6 +374,14 @@ mod tests {
             assert!(module.probe_due(t + REPROBE - 1).is_none(), "{why}");
             assert!(module.probe_due(t + REPROBE).is_some(), "{why}");
         }
+    }
+
+    /// The reply of a server without the module to its probe.
+    fn told_missing() -> RedisError {
+        server_error(
+            "ERR",
+            "unknown command 'SPILLWAY.VERSION', with args beginning with: ",
+        )
     }
 
     /// An error reply `-CODE text`, as the client reads it off the wire.

@@ -102,13 +102,15 @@ struct ReportBody<'a> {
 
 /// Parses a body, naming the field at fault when it does not fit.
 pub fn parse_body(body: &[u8]) -> Result<ReportRequest, Problem> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    // JSON's whitespace only, as for `/v1/check`.
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    if body.iter().all(space) {
         return Err(Problem::invalid(
             "the body must be a JSON object with at least `cost` and `request_id`",
             None,
         ));
     }
-    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+    if body.iter().find(|b| !space(b)) == Some(&b'[') {
         return Err(Problem::invalid(
             "the body must be a JSON object, not an array",
             None,
@@ -265,6 +267,11 @@ mod tests {
         assert_eq!(p.field(), Some("request_id"));
         let p = parse_body(b"").expect_err("empty");
         assert!(p.detail().contains("request_id"), "{}", p.detail());
+        let p = parse_body(b" \r\n").expect_err("blank");
+        assert!(p.detail().contains("request_id"), "{}", p.detail());
+        // A form feed is not JSON's whitespace: a broken body, as `/v1/check` says.
+        let p = parse_body(b"\x0c").expect_err("not JSON");
+        assert!(p.detail().contains("not valid JSON"), "{}", p.detail());
         let p = parse_body(br#"{"cost":-3,"request_id":"r"}"#).expect_err("negative");
         assert_eq!(p.field(), Some("cost"));
         let p = parse_body(br#"{"cost":3,"request_id":"  "}"#).expect_err("blank");
