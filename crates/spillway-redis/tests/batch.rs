@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{check, key, redis_store, window, Backend, T0};
+use common::{check, key, redis_store, window, Backend};
 use spillway_core::algorithm::{LimitParams, TokenBucket};
 use spillway_core::key::StateKey;
 use spillway_core::rate::Rate;
@@ -45,32 +45,28 @@ async fn used(store: &RedisStore, k: &StateKey, params: &LimitParams, limit: u64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hot_key_admits_exactly_its_burst_across_shared_calls() {
     let server = RedisServer::start();
-    let (store, clock) = redis_store(Backend::Server(server.url())).await;
-    clock.set(T0);
+    let (store, _) = redis_store(Backend::Server(server.url())).await;
     one_hot_key(store, &[server.port()]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hot_key_on_a_cluster_admits_exactly_its_burst_across_shared_calls() {
     let cluster = RedisCluster::start();
-    let (store, clock) = redis_store(Backend::Cluster(cluster.urls())).await;
-    clock.set(T0);
+    let (store, _) = redis_store(Backend::Cluster(cluster.urls())).await;
     one_hot_key(store, &cluster.ports()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_sharing_keys_in_one_call_are_each_all_or_nothing() {
     let server = RedisServer::start();
-    let (store, clock) = redis_store(Backend::Server(server.url())).await;
-    clock.set(T0);
+    let (store, _) = redis_store(Backend::Server(server.url())).await;
     shared_keys(store, &[server.port()]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_of_one_cluster_slot_in_one_call_are_each_all_or_nothing() {
     let cluster = RedisCluster::start();
-    let (store, clock) = redis_store(Backend::Cluster(cluster.urls())).await;
-    clock.set(T0);
+    let (store, _) = redis_store(Backend::Cluster(cluster.urls())).await;
     shared_keys(store, &cluster.ports()).await;
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{check, key, redis_store, sample, window, Backend, T0};
+use common::{check, key, redis_store, sample, window, Backend};
 use spillway_core::key::StateKey;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
@@ -152,8 +152,7 @@ async fn a_hung_master_delays_only_the_requests_for_its_own_slots() {
 async fn requests_sharing_a_call_refused_during_resharding_are_retried_alone() {
     let counts = LocalMetrics::hear();
     let cluster = RedisCluster::start();
-    let (store, clock) = redis_store(Backend::Cluster(cluster.urls())).await;
-    clock.set(T0);
+    let (store, _) = redis_store(Backend::Cluster(cluster.urls())).await;
     let store = Arc::new(store);
     let params = window(1000);
     // Two users of one tenant: one slot. `moved` exists on the source; `fresh` exists nowhere.
@@ -231,8 +230,7 @@ async fn requests_sharing_a_call_refused_during_resharding_are_retried_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reports_of_one_slot_share_calls_and_count_exactly() {
     let cluster = RedisCluster::start();
-    let (store, clock) = redis_store(Backend::Cluster(cluster.urls())).await;
-    clock.set(T0);
+    let (store, _) = redis_store(Backend::Cluster(cluster.urls())).await;
     let store = Arc::new(store);
     let params = window(1000);
     let tenant = key("tenant", &["acme"]);

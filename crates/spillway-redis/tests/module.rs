@@ -349,8 +349,7 @@ async fn a_malformed_call_writes_nothing() {
 #[tokio::test]
 async fn a_store_sends_checks_to_the_module_when_the_server_has_it() {
     let server = with_module(&[]);
-    let (store, clock) = redis_store(Backend::Server(server.url())).await;
-    clock.set(T0);
+    let (store, _) = redis_store(Backend::Server(server.url())).await;
     let (k, p) = (key("l", &["module"]), window(2));
     for remaining in [1, 0] {
         let d = store
@@ -376,8 +375,7 @@ async fn the_module_answers_the_digest_of_this_versions_lua_code() {
 #[tokio::test]
 async fn a_store_falls_back_to_lua_when_an_acl_forbids_the_module() {
     let server = with_module(&[]);
-    let (store, clock) = redis_store(Backend::Server(server.url())).await;
-    clock.set(T0);
+    let (store, _) = redis_store(Backend::Server(server.url())).await;
     let (k, p) = (key("l", &["acl"]), window(3));
     let d = store
         .check(&[check(&k, &p, 1)], CheckMode::Consume)
@@ -398,8 +396,7 @@ async fn a_store_falls_back_to_lua_when_an_acl_forbids_the_module() {
 #[tokio::test]
 async fn a_store_without_the_module_calls_the_library() {
     let server = RedisServer::start();
-    let (store, clock) = redis_store(Backend::Server(server.url())).await;
-    clock.set(T0);
+    let (store, _) = redis_store(Backend::Server(server.url())).await;
     let (k, p) = (key("l", &["lua"]), window(2));
     let d = store
         .check(&[check(&k, &p, 1)], CheckMode::Consume)
@@ -415,8 +412,7 @@ async fn a_store_without_the_module_calls_the_library() {
 #[tokio::test]
 async fn a_store_falls_back_to_lua_when_the_module_goes() {
     let server = with_module(&["--enable-module-command", "yes"]);
-    let (store, clock) = redis_store(Backend::Server(server.url())).await;
-    clock.set(T0);
+    let (store, _) = redis_store(Backend::Server(server.url())).await;
     let (k, p) = (key("l", &["gone"]), window(3));
     let d = store
         .check(&[check(&k, &p, 1)], CheckMode::Consume)

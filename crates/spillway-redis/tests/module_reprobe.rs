@@ -6,7 +6,7 @@
 mod common;
 
 use common::module::{probe_gate, with_module};
-use common::{check, key, redis_store, window, Backend, T0};
+use common::{check, key, redis_store, window, Backend};
 use spillway_core::algorithm::LimitParams;
 use spillway_core::key::StateKey;
 use spillway_core::request::CheckMode;
@@ -118,7 +118,6 @@ async fn a_store_takes_a_module_loaded_after_it_fell_back() {
     let server = with_module(&["--enable-module-command", "yes"]);
     let port = server.port();
     let (store, clock) = redis_store(Backend::Server(server.url())).await;
-    clock.set(T0);
     let (k, p) = (key("l", &["back"]), window(100));
     let (shared, k, p) = (&store, &k, &p);
     let mut expected = 100;
@@ -329,7 +328,6 @@ fn refused(cluster: &RedisCluster) -> u64 {
 async fn a_cluster_store_in_lua_does_not_probe_again() {
     let cluster = RedisCluster::start();
     let (store, clock) = redis_store(Backend::Cluster(cluster.urls())).await;
-    clock.set(T0);
     let (k, p) = (key("l", &["cluster"]), window(100));
     let consume = || async {
         let d = store
