@@ -288,7 +288,17 @@ async fn checks_go_through_the_module_before_and_after_a_failover() {
     };
     // 96, or less for a check the new master ran after the store had given up on it.
     let (allowed, first_after) = next;
-    assert!(allowed && (90..=96).contains(&first_after), "{next:?}");
+    // Seen once in CI (a fresh count of 99 after the failover) and never since; should it
+    // come back, say where the store went and what answers where the old master was.
+    assert!(
+        allowed && (90..=96).contains(&first_after),
+        "{next:?}: the store's master {:?} (promoted 127.0.0.1:{promoted}), keys there {:?}, \
+         its spillway.check calls {}, at the killed master's port: {:?}",
+        store.sentinel_master(),
+        command(promoted, "DBSIZE"),
+        calls(promoted, "spillway.check"),
+        command(first, "INFO server").map(|i| i.lines().take(12).collect::<Vec<_>>().join(" | ")),
+    );
     for remaining in [first_after - 1, first_after - 2] {
         assert_eq!(consume().await.expect("decides"), (true, remaining));
     }
