@@ -195,7 +195,7 @@ impl TestState {
 /// dispatcher rebuilds every callsite's cached interest, and a callsite first hit on another
 /// thread at that moment could store an interest computed without the new dispatcher, so the
 /// capture missed its event. With one dispatcher for the whole process nothing is rebuilt after
-/// the first capture.
+/// the first capture, and its filter is asked per event, never cached per callsite.
 pub(crate) struct Logs {
     buffer: LogBuffer,
     /// The capture this one replaced on its thread (captures nest).
@@ -233,8 +233,11 @@ impl Logs {
         static INSTALLED: std::sync::Once = std::sync::Once::new();
         INSTALLED.call_once(|| {
             use tracing_subscriber::layer::{Layer, SubscriberExt};
-            // Events are formatted only on threads with a capture open.
-            let capturing = tracing_subscriber::filter::filter_fn(|_| {
+            // Events are formatted only on threads with a capture open. The filter is asked at
+            // every event: `filter_fn` would ask once per callsite and cache the answer, so
+            // whether a log line could ever be captured would depend on which test's thread
+            // happened to reach it first.
+            let capturing = tracing_subscriber::filter::dynamic_filter_fn(|_, _| {
                 CAPTURING.with(|open| open.borrow().is_some())
             });
             let layer = tracing_subscriber::fmt::layer()
@@ -277,4 +280,54 @@ tiers:
     crate::config::PolicySource::Builtin
         .parse(&text)
         .expect("valid policy")
+}
+
+mod tests {
+    use super::Logs;
+
+    /// One log line, at one callsite of its own.
+    fn say() {
+        tracing::info!("said once per call");
+    }
+
+    #[test]
+    fn a_line_first_reached_outside_any_capture_is_still_captured_later() {
+        // The subscriber is installed; then a thread with no capture open reaches the callsite
+        // first, as another test's thread may.
+        drop(Logs::capture());
+        std::thread::spawn(say).join().expect("the thread logs");
+        let logs = Logs::capture();
+        say();
+        assert!(
+            logs.text().contains("said once per call"),
+            "{}",
+            logs.text()
+        );
+    }
+
+    #[test]
+    fn a_capture_sees_its_own_thread_only_and_nests() {
+        let outer = Logs::capture();
+        tracing::info!("outer line");
+        {
+            let inner = Logs::capture();
+            std::thread::spawn(|| tracing::info!("other thread"))
+                .join()
+                .expect("the thread logs");
+            tracing::info!("inner line");
+            assert!(inner.text().contains("inner line"));
+            assert!(!inner.text().contains("other thread"));
+            assert!(!inner.text().contains("outer line"));
+        }
+        tracing::info!("outer again");
+        let text = outer.text();
+        assert!(
+            text.contains("outer line") && text.contains("outer again"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("inner line") && !text.contains("other thread"),
+            "{text}"
+        );
+    }
 }
