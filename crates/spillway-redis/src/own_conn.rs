@@ -20,6 +20,9 @@
 //! that finds, before it writes, that the server closed an idle connection (its `timeout`
 //! setting, `CLIENT KILL`), so that such a close fails no request once the runtime has seen
 //! it (a command written before the close reached the socket fails as a lost connection).
+//! A connection to a master the sentinels named ([`Target::made_once`]) is never made again:
+//! once lost, every call fails, and the thread connection is made anew where the sentinels
+//! point (see [`crate::sentinel`]).
 //! The login runs in a task of its own ([`OwnConn::remake`]), so that a caller whose budget
 //! ends mid-login does not undo it. A call whose caller gave up keeps its place in the
 //! order; its reply is read and dropped.
@@ -167,6 +170,11 @@ impl OwnConn {
         // A login that failed while nobody waited for it is not this caller's answer.
         if login.as_ref().is_some_and(JoinHandle::is_finished) {
             *login = None;
+        }
+        if !self.shared.target.reconnects {
+            return Err(lost(
+                "it went to a master the sentinels named, and is not made again by itself",
+            ));
         }
         let task = login.get_or_insert_with(|| {
             let shared = Arc::clone(&self.shared);

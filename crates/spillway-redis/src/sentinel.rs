@@ -23,6 +23,22 @@
 //! server, and the server's failure handling (time budget, breaker, failure mode) decides
 //! what those requests get.
 //!
+//! # A lost connection is made again only where the sentinels point
+//! The connection to the master never reconnects by itself. Once a call finds it lost (the
+//! socket closed or reset), later calls fail at once, no thread connection is made to that
+//! address ([`SentinelConn::open_current`] refuses), and the task asks the sentinels: if they
+//! still name the same address and the server there acts as master, the connection is made
+//! again there (a new [`SentinelConn::generation`], logged, not counted as a switch); if they
+//! name another, that is a switch. If no sentinel answers, nothing is connected and the calls
+//! go on failing. A client that simply reconnected to the last address could meet a master
+//! restarted there with no data (or with an old snapshot), or another server given the
+//! address, after the sentinels had promoted the replica: counts would start again from
+//! nothing, and the limits admit too much until the next lookup.
+//!
+//! Thread connections keep the same rule: theirs are made once ([`Target::made_once`]), and
+//! one that finds the master unavailable counts this connection lost too
+//! ([`SentinelConn::lost`]), so the next thread connection waits for the sentinels' answer.
+//!
 //! # Passwords
 //! Sentinels and data nodes each may require a login ([`SentinelAuth`]): the sentinels' is
 //! used for every question and for the subscription, the master's for the connection to
@@ -34,9 +50,9 @@
 use crate::config::{mask_url, Credentials, SentinelAuth};
 use crate::login::{self, Refusal};
 use crate::own_conn::{OwnConn, Target};
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Cmd, IntoConnectionInfo, RedisError, RedisFuture, RedisResult, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -54,7 +70,25 @@ pub const NUDGE_GAP: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 struct Current {
     addr: String,
-    conn: ConnectionManager,
+    conn: MultiplexedConnection,
+    /// Set by the first call that finds `conn` lost; the task then makes a new connection
+    /// (see "A lost connection is made again only where the sentinels point" in the module
+    /// docs). One flag per connection, so a late failure on a replaced one marks nothing.
+    lost: Arc<AtomicBool>,
+}
+
+impl Current {
+    fn new(addr: String, conn: MultiplexedConnection) -> Self {
+        Self {
+            addr,
+            conn,
+            lost: Arc::default(),
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
 }
 
 struct Inner {
@@ -151,7 +185,7 @@ impl SentinelConn {
             master: master.to_owned(),
             master_login: auth.master.clone(),
             timeout,
-            current: parking_lot::RwLock::new(Current { addr, conn }),
+            current: parking_lot::RwLock::new(Current::new(addr, conn)),
             generation: AtomicU64::new(0),
             switched: watch::channel(0).0,
             nudge: Notify::new(),
@@ -182,12 +216,28 @@ impl SentinelConn {
         self.inner.nudge.notify_one();
     }
 
+    /// A call elsewhere (on a thread connection) found the master unavailable: this connection
+    /// counts as lost too, so that no connection is made to its address again, this one
+    /// included, until the sentinels name the master (see the module docs).
+    pub(crate) fn lost(&self) {
+        self.inner
+            .current
+            .read()
+            .lost
+            .store(true, Ordering::Release);
+        self.nudge();
+    }
+
     /// A new connection of its own to the master this one uses now (a thread connection's
     /// own, see [`crate::own_conn`]), checked to act as master (`ROLE`), logging in as this
-    /// one does, and the [`SentinelConn::generation`] it was made for.
+    /// one does, and the [`SentinelConn::generation`] it was made for. Refused while this
+    /// one's connection is lost and the sentinels have not named the master again.
     pub(crate) async fn open_current(&self) -> RedisResult<(u64, OwnConn)> {
         let (generation, addr) = {
             let current = self.inner.current.read();
+            if current.is_lost() {
+                return Err(awaiting_sentinels(&current.addr));
+            }
             (
                 self.inner.generation.load(Ordering::Acquire),
                 current.addr.clone(),
@@ -199,12 +249,14 @@ impl SentinelConn {
             let info = inner
                 .master_login
                 .apply(format!("redis://{addr}").into_connection_info()?);
-            let target = Target::of(&info, limit).ok_or_else(|| {
-                RedisError::from((
-                    redis::ErrorKind::Client,
-                    "a thread connection does not speak the master's protocol",
-                ))
-            })?;
+            let target = Target::of(&info, limit)
+                .ok_or_else(|| {
+                    RedisError::from((
+                        redis::ErrorKind::Client,
+                        "a thread connection does not speak the master's protocol",
+                    ))
+                })?
+                .made_once();
             let mut conn = OwnConn::connect(target).await?;
             acts_as_master(&mut conn, &addr).await?;
             Ok((generation, conn))
@@ -267,13 +319,26 @@ async fn ask_unexplained(
     }
 }
 
+/// What a call gets while the connection to the master at `addr` is lost and the sentinels
+/// have not named the master again: a dropped connection, which the store counts as Redis
+/// unavailable.
+fn awaiting_sentinels(addr: &str) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        format!(
+            "the connection to the master at {addr} was lost; waiting for the sentinels to name \
+             the master again"
+        ),
+    ))
+}
+
 /// Connects to `addr` with `login` and checks that it acts as master.
 async fn open_master(
     addr: &str,
     login: &Credentials,
     timeout: Duration,
     owner: &str,
-) -> RedisResult<ConnectionManager> {
+) -> RedisResult<MultiplexedConnection> {
     open_master_unexplained(addr, login, timeout)
         .await
         .map_err(|err| Refusal::of(owner, login::MASTER_LOGIN).explain(err, "master", addr))
@@ -283,15 +348,17 @@ async fn open_master_unexplained(
     addr: &str,
     login: &Credentials,
     timeout: Duration,
-) -> RedisResult<ConnectionManager> {
+) -> RedisResult<MultiplexedConnection> {
     let info = format!("redis://{addr}").into_connection_info()?;
     let client = redis::Client::open(login.apply(info))?;
-    let settings = redis::aio::ConnectionManagerConfig::new()
+    // A plain multiplexed connection, not a `ConnectionManager`: it must not reconnect by
+    // itself (see the module docs).
+    let settings = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(500));
-    let mut conn = ConnectionManager::new_with_config(client, settings).await?;
+        .set_response_timeout(Some(timeout));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&settings)
+        .await?;
     acts_as_master(&mut conn, addr).await?;
     Ok(conn)
 }
@@ -322,7 +389,7 @@ async fn locate(
     login: &Credentials,
     timeout: Duration,
     owner: &str,
-) -> RedisResult<(String, ConnectionManager)> {
+) -> RedisResult<(String, MultiplexedConnection)> {
     let limit = timeout.max(Duration::from_secs(1));
     let mut last: Option<RedisError> = None;
     let mut keep = |err: RedisError| {
@@ -346,7 +413,8 @@ async fn locate(
 }
 
 impl Inner {
-    /// Asks the sentinels where the master is and switches to it if it moved.
+    /// Asks the sentinels where the master is and switches to it if it moved, or connects to
+    /// it again if it stayed and the connection was lost.
     async fn refresh(&self) {
         let limit = self.timeout.max(Duration::from_secs(1));
         let mut named = None;
@@ -360,22 +428,28 @@ impl Inner {
             tracing::debug!(master = %self.master, "no sentinel answered");
             return;
         };
-        let old = self.current.read().addr.clone();
-        if addr == old {
+        let (old, lost) = {
+            let current = self.current.read();
+            (current.addr.clone(), current.is_lost())
+        };
+        if addr == old && !lost {
             return;
         }
         match open_master(&addr, &self.master_login, self.timeout, self.owner).await {
             Ok(conn) => {
                 let generation = {
                     let mut current = self.current.write();
-                    *current = Current {
-                        addr: addr.clone(),
-                        conn,
-                    };
+                    *current = Current::new(addr.clone(), conn);
                     self.generation.fetch_add(1, Ordering::AcqRel) + 1
                 };
                 self.switched.send_replace(generation);
-                if self.reported {
+                if addr == old {
+                    tracing::info!(
+                        master = %self.master,
+                        addr = %addr,
+                        "connected again to the Redis master, which the sentinels still name"
+                    );
+                } else if self.reported {
                     metrics::counter!(MASTER_CHANGES).increment(1);
                     tracing::warn!(
                         master = %self.master,
@@ -391,13 +465,13 @@ impl Inner {
                 master = %self.master,
                 addr = %addr,
                 error = %err,
-                "the new master the sentinels name refused the login; staying on the old one"
+                "the master the sentinels name refused the login; not connecting to it"
             ),
             Err(err) => tracing::debug!(
                 master = %self.master,
                 addr = %addr,
                 error = %err,
-                "the sentinels name a new master that does not act as one yet"
+                "the master the sentinels name does not act as one (yet)"
             ),
         }
     }
@@ -457,19 +531,47 @@ async fn watch(inner: Weak<Inner>) {
     }
 }
 
+impl SentinelConn {
+    /// The connection calls go on now, or the error they get while it is lost.
+    fn for_call(&self) -> RedisResult<(MultiplexedConnection, Arc<AtomicBool>)> {
+        let current = self.inner.current.read();
+        if current.is_lost() {
+            return Err(awaiting_sentinels(&current.addr));
+        }
+        Ok((current.conn.clone(), current.lost.clone()))
+    }
+
+    /// Marks the connection lost after a call on it failed with `err`, if that is what `err`
+    /// says, and asks the sentinels soon if a failover could explain it.
+    fn failed(&self, err: &RedisError, lost: &AtomicBool) {
+        if err.is_unrecoverable_error() {
+            lost.store(true, Ordering::Release);
+        }
+        if failover_sign(err) {
+            self.inner.nudge.notify_one();
+        }
+    }
+}
+
 impl ConnectionLike for SentinelConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let mut conn = self.inner.current.read().conn.clone();
+        let conn = self.for_call();
         Box::pin(async move {
-            let reply = conn.req_packed_command(cmd).await;
-            let sign = match &reply {
-                Err(err) => failover_sign(err),
-                Ok(Value::ServerError(err)) => {
-                    matches!(err.code(), "READONLY" | "MASTERDOWN")
+            let (mut conn, lost) = match conn {
+                Ok(conn) => conn,
+                Err(err) => {
+                    self.inner.nudge.notify_one();
+                    return Err(err);
                 }
-                Ok(_) => false,
             };
-            if sign {
+            let reply = conn.req_packed_command(cmd).await;
+            if let Err(err) = &reply {
+                self.failed(err, &lost);
+                return reply;
+            }
+            let demoted =
+                |err: &redis::ServerError| matches!(err.code(), "READONLY" | "MASTERDOWN");
+            if matches!(&reply, Ok(Value::ServerError(err)) if demoted(err)) {
                 self.inner.nudge.notify_one();
             }
             reply
@@ -482,11 +584,18 @@ impl ConnectionLike for SentinelConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let mut conn = self.inner.current.read().conn.clone();
+        let conn = self.for_call();
         Box::pin(async move {
+            let (mut conn, lost) = match conn {
+                Ok(conn) => conn,
+                Err(err) => {
+                    self.inner.nudge.notify_one();
+                    return Err(err);
+                }
+            };
             let reply = conn.req_packed_commands(pipeline, offset, count).await;
-            if reply.as_ref().is_err_and(failover_sign) {
-                self.inner.nudge.notify_one();
+            if let Err(err) = &reply {
+                self.failed(err, &lost);
             }
             reply
         })

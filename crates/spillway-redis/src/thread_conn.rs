@@ -274,8 +274,10 @@ impl ThreadConns {
     /// Tells the thread connections that a check failed with `err`: if Redis was unavailable (which
     /// includes a demoted master's `READONLY`), this thread's own connection is marked down at
     /// once and every thread connection is sent aside (see the module docs). On a Sentinel store
-    /// an unavailable Redis or no answer in time also asks the store's own connection to look
-    /// for a new master (a timeout alone sends no thread connection aside). A batcher refusing a
+    /// an unavailable Redis also counts the store's own connection lost (no connection is made to
+    /// the master's address again until the sentinels name it), and no answer in time asks the
+    /// store's own connection to look for a new master (a timeout alone sends no thread
+    /// connection aside). A batcher refusing a
     /// request because its queue was full says nothing about the connection and sends no thread
     /// connection aside: under overload, thread connections stepping aside would pile every
     /// thread's requests onto the one shared queue, which would then refuse more.
@@ -289,7 +291,9 @@ impl ThreadConns {
             // No answer in time may be a master gone silent: the store's connection asks
             // the sentinels, as it does for its own calls (every call of an attached thread
             // is on the thread's connection, so the store's own would never see it).
-            if unavailable || timeout {
+            if unavailable {
+                master.lost();
+            } else if timeout {
                 master.nudge();
             }
         }

@@ -2,7 +2,9 @@
 //! failover without a restart (also with passwords on the data nodes and on the sentinels),
 //! the calls that fail meanwhile fail as typed store errors, a refused login says which
 //! side refused it without showing the password, and with the native module on both data
-//! nodes the checks go to it before and after a failover.
+//! nodes the checks go to it before and after a failover. A lost connection to the master is
+//! made again only to the master the sentinels name: the same one after a dropped connection,
+//! never the old master's address where a restarted, empty server answers after a failover.
 
 // A failover takes real time (the sentinels' own timers); the test measures it on the wall.
 #![allow(clippy::disallowed_methods)]
@@ -17,6 +19,7 @@ use spillway_core::store::{Store, StoreError};
 use spillway_core::time::SECOND;
 use spillway_redis::error::ConnectError;
 use spillway_redis::{Credentials, RedisConfig, RedisStore, SentinelAuth, Target};
+use spillway_testkit::proxy::DelayProxy;
 use spillway_testkit::redis::{calls, command, module_path};
 use spillway_testkit::sentinel::{Passwords, SentinelGroup, MASTER_NAME};
 use std::sync::Arc;
@@ -254,10 +257,7 @@ async fn checks_go_through_the_module_before_and_after_a_failover() {
     let mut config = config(&group);
     config.timeout = Duration::from_secs(2);
     let store = RedisStore::connect(&config).await.expect("connects");
-    // A hundred units, one back per hour: the count does not move while the test runs.
-    let params = LimitParams::TokenBucket(
-        TokenBucket::new(Rate::new(1, 3600 * SECOND).unwrap(), 100).unwrap(),
-    );
+    let params = hundred_per_hour();
     let k = key("module", &["one"]);
     let consume = || async {
         store
@@ -312,4 +312,151 @@ async fn checks_go_through_the_module_before_and_after_a_failover() {
         "the promoted replica's module took every check"
     );
     assert_eq!(calls(promoted, "fcall"), 0, "no check in Lua");
+}
+
+/// A hundred units, one back per hour: the count does not move while a test runs.
+fn hundred_per_hour() -> LimitParams {
+    LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, 3600 * SECOND).unwrap(), 100).unwrap())
+}
+
+/// The master at the store's address dies and its supervisor restarts it there, empty and
+/// acting as master, after the sentinels promoted the replica but before the store heard of
+/// it (every sentinel is cut off from the store). The store must not take the restarted
+/// server for the master: its checks fail as an outage instead of counting from nothing, and
+/// once the sentinels answer again it follows them to the promoted replica, counting on.
+#[tokio::test]
+async fn a_master_restarted_empty_at_its_address_is_not_used_after_a_failover() {
+    let mut group = SentinelGroup::start();
+    let proxies: Vec<DelayProxy> = group
+        .sentinel_ports()
+        .into_iter()
+        .map(DelayProxy::start)
+        .collect();
+    let mut config = RedisConfig::new(
+        Target::Sentinel {
+            sentinels: proxies.iter().map(DelayProxy::url).collect(),
+            master: MASTER_NAME.into(),
+            auth: SentinelAuth::default(),
+        },
+        "the test's URL",
+    );
+    // Exact counts: no call may time out and still have run.
+    config.timeout = Duration::from_secs(2);
+    let store = RedisStore::connect(&config).await.expect("connects");
+    let params = hundred_per_hour();
+    let k = key("restarted", &["one"]);
+    let consume = || async {
+        store
+            .check(&[check(&k, &params, 1)], CheckMode::Consume)
+            .await
+            .map(|d| (d[0].allowed, d[0].remaining))
+    };
+    for remaining in [99, 98, 97] {
+        assert_eq!(consume().await.expect("decides"), (true, remaining));
+    }
+    let (first, promoted) = (group.first_master_port(), group.replica_port());
+    let acked = command(first, "WAIT 1 1500").unwrap_or_default();
+    assert_eq!(acked, ":1\r\n", "the replica acknowledged");
+
+    for proxy in &proxies {
+        proxy.cut();
+    }
+    group.kill_master();
+    group.wait_for_failover();
+    group.restart_first_master();
+    let role = command(first, "ROLE").unwrap_or_default();
+    assert!(role.contains("master"), "restarted as a master: {role}");
+
+    for _ in 0..10 {
+        let got = consume().await;
+        assert!(
+            matches!(got, Err(StoreError::Unavailable(_))),
+            "a check while no sentinel can be asked: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for command_name in ["fcall", "evalsha", "eval", "function|load"] {
+        assert_eq!(
+            calls(first, command_name),
+            0,
+            "the restarted server was sent {command_name}"
+        );
+    }
+    assert_eq!(store.sentinel_master(), Some(format!("127.0.0.1:{first}")));
+
+    for proxy in &proxies {
+        proxy.heal();
+    }
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let next = loop {
+        if let Ok(decided) = consume().await {
+            break decided;
+        }
+        assert!(Instant::now() < deadline, "the store never followed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        store.sentinel_master(),
+        Some(format!("127.0.0.1:{promoted}"))
+    );
+    // 96, or less for a check the new master ran after the store had given up on it.
+    assert!(next.0 && (90..=96).contains(&next.1), "{next:?}");
+    assert_eq!(
+        calls(first, "fcall"),
+        0,
+        "nothing went to the restarted server"
+    );
+}
+
+/// The master closes the store's connection (as `CLIENT KILL`, a proxy's idle cut or a
+/// network blip would) and stays master: the store connects to it again once the sentinels
+/// say it is still the master, and the count goes on where it was.
+#[tokio::test]
+async fn a_connection_the_master_drops_is_made_again_to_the_master_the_sentinels_name() {
+    let group = SentinelGroup::start();
+    let mut config = config(&group);
+    config.timeout = Duration::from_secs(2);
+    let store = RedisStore::connect(&config).await.expect("connects");
+    let params = hundred_per_hour();
+    let k = key("dropped", &["one"]);
+    let consume = || async {
+        store
+            .check(&[check(&k, &params, 1)], CheckMode::Consume)
+            .await
+            .map(|d| (d[0].allowed, d[0].remaining))
+    };
+    assert_eq!(consume().await.expect("decides"), (true, 99));
+    let first = group.first_master_port();
+    // Only the store's connection: the one whose last command was a check.
+    let clients = command(first, "CLIENT LIST TYPE normal").unwrap_or_default();
+    let ids: Vec<&str> = clients
+        .lines()
+        .filter(|l| l.contains(" cmd=fcall "))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert_eq!(ids.len(), 1, "one store connection: {clients}");
+    let killed = command(first, &format!("CLIENT KILL ID {}", ids[0])).unwrap_or_default();
+    assert_eq!(killed, ":1\r\n");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut failed = 0;
+    let next = loop {
+        match consume().await {
+            Ok(decided) => break decided,
+            Err(err) => {
+                assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+                failed += 1;
+            }
+        }
+        assert!(Instant::now() < deadline, "the store never connected again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Calls on the dropped connection were never run.
+    assert_eq!(next, (true, 98), "after {failed} failed calls");
+    assert_eq!(consume().await.expect("decides"), (true, 97));
+    assert_eq!(
+        store.sentinel_master(),
+        Some(format!("127.0.0.1:{first}")),
+        "no switch"
+    );
 }

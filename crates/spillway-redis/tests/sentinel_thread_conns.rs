@@ -2,7 +2,8 @@
 //! attached thread checks on a connection of its own to the master; a master demoted to a replica
 //! (`READONLY`) sends the thread connection aside at once and keeps it off that server; after a
 //! failover under load the thread connections connect to the new master, where decisions go on,
-//! exact; dropping the store closes them all.
+//! exact; a master restarted empty at its old address after a failover gets no thread connection;
+//! dropping the store closes them all.
 
 // A failover takes real time (the sentinels' own timers); the test measures it on the wall.
 #![allow(clippy::disallowed_methods)]
@@ -17,16 +18,22 @@ use common::{check, key, window};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
 use spillway_redis::{RedisConfig, RedisStore, SentinelAuth, Target};
-use spillway_testkit::redis::RedisServer;
+use spillway_testkit::proxy::DelayProxy;
+use spillway_testkit::redis::{calls, RedisServer};
 use spillway_testkit::sentinel::{SentinelGroup, DOWN_AFTER_MS, MASTER_NAME};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 async fn store(group: &SentinelGroup, timeout: Duration) -> Arc<RedisStore> {
+    store_asking(group.sentinel_urls(), timeout).await
+}
+
+/// A store asking the sentinels at `sentinels`.
+async fn store_asking(sentinels: Vec<String>, timeout: Duration) -> Arc<RedisStore> {
     let mut config = RedisConfig::new(
         Target::Sentinel {
-            sentinels: group.sentinel_urls(),
+            sentinels,
             master: MASTER_NAME.into(),
             auth: SentinelAuth::default(),
         },
@@ -297,4 +304,86 @@ async fn after_a_failover_under_load_the_thread_conns_move_to_the_new_master() {
         let _ = stop.send(());
         thread.join().expect("thread");
     }
+}
+
+/// The master dies after the thread connection is up, the sentinels promote the replica while the
+/// store cannot reach any of them, and the old master's supervisor restarts it at its address,
+/// empty and acting as master: the thread connection must not be made to it (its checks fail as
+/// an outage and none reaches it). Once the sentinels answer again, the thread connection is made
+/// to the promoted replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_restarted_empty_at_its_address_gets_no_thread_conn() {
+    let mut group = SentinelGroup::start();
+    let proxies: Vec<DelayProxy> = group
+        .sentinel_ports()
+        .into_iter()
+        .map(DelayProxy::start)
+        .collect();
+    let store = store_asking(
+        proxies.iter().map(DelayProxy::url).collect(),
+        Duration::from_secs(2),
+    )
+    .await;
+    let (first, promoted) = (group.first_master_port(), group.replica_port());
+    let (stop, stopped) = oneshot::channel();
+    let (up, is_up) = oneshot::channel::<()>();
+    let (restarted, was_restarted) = oneshot::channel::<()>();
+    let (looked, has_looked) = oneshot::channel();
+    let (healed, was_healed) = oneshot::channel::<()>();
+    let (result, outcome) = oneshot::channel();
+    let thread = serving_thread(store.clone(), stopped, move |store| async move {
+        assert!(matches!(one_check(&store, "u").await, Ok(true)));
+        let _ = up.send(());
+        let _ = was_restarted.await;
+        let mut answered = Vec::new();
+        let mut on_thread_conn = false;
+        for _ in 0..10 {
+            answered.extend(one_check(&store, "u").await.ok());
+            on_thread_conn |= store.served_on_this_thread();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = looked.send((answered, on_thread_conn));
+        let _ = was_healed.await;
+        let promoted = Some(format!("127.0.0.1:{promoted}"));
+        let back =
+            eventually(|| store.sentinel_master() == promoted && store.served_on_this_thread())
+                .await;
+        let _ = result.send((back, one_check(&store, "u").await));
+    });
+    is_up.await.expect("the thread connection answered");
+    for proxy in &proxies {
+        proxy.cut();
+    }
+    group.kill_master();
+    group.wait_for_failover();
+    group.restart_first_master();
+    let _ = restarted.send(());
+    let (answered, on_thread_conn) = has_looked.await.expect("the thread looked");
+    assert!(
+        answered.is_empty(),
+        "checks answered while no sentinel could be asked: {answered:?}"
+    );
+    assert!(!on_thread_conn, "a thread connection was made");
+    assert_eq!(
+        calls(first, "fcall"),
+        0,
+        "checks reached the restarted server"
+    );
+    for proxy in &proxies {
+        proxy.heal();
+    }
+    let _ = healed.send(());
+    let (back, answered) = outcome.await.expect("the thread reports");
+    assert!(
+        back,
+        "the thread connection is made to the promoted replica"
+    );
+    assert!(matches!(answered, Ok(true)), "{answered:?}");
+    assert_eq!(
+        calls(first, "fcall"),
+        0,
+        "checks reached the restarted server"
+    );
+    let _ = stop.send(());
+    thread.join().expect("thread");
 }

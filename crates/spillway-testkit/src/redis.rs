@@ -3,18 +3,22 @@
 //!
 //! Ports: the OS hands out a free port for `127.0.0.1:0`, the listener is closed and Redis is
 //! started on it; if another process takes the port in between, Redis fails to start and a
-//! new port is tried (with a new cluster bus port too, for a cluster node). Persistence is off
+//! new port is tried (with a new cluster bus port too, for a cluster node). No port is handed
+//! out twice in one process, so a port a test's server died on stays dead (or that server's,
+//! restarted). Persistence is off
 //! (`--save "" --appendonly no`) and each server runs in its own temporary directory, removed
 //! on drop along with the process.
 
 // Deadlines here bound process start-up, not limit time, so the wall clock is fine.
 #![allow(clippy::disallowed_methods)]
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 mod cluster;
@@ -56,12 +60,24 @@ pub fn module_path() -> String {
     .clone()
 }
 
-/// A free loopback port (free when this returns; see the module docs for the race).
+/// A free loopback port (free when this returns; see the module docs for the race), never one
+/// this process was handed before: a test that kills a server and watches its port must not
+/// meet another test's server there.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("the OS has a free loopback port")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("the OS has a free loopback port");
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -317,6 +333,19 @@ mod tests {
         assert!(draws >= 4, "started on the first attempt: {draws} draws");
         assert!(node.bus.is_some_and(|bus| bus != taken_port));
         assert!(command(node.port(), "PING").is_some_and(|r| r.starts_with("+PONG")));
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::free_port;
+    use std::collections::HashSet;
+
+    #[test]
+    fn no_port_is_handed_out_twice() {
+        let ports: Vec<u16> = (0..500).map(|_| free_port()).collect();
+        let distinct: HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
     }
 }
 

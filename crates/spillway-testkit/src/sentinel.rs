@@ -246,6 +246,18 @@ impl SentinelGroup {
         self.servers[0].kill();
     }
 
+    /// Starts the first master again on its port after [`SentinelGroup::kill_master`], with no
+    /// data and as a master, as a crashed server restarted by its supervisor comes back before
+    /// the sentinels make it a replica of the new master.
+    pub fn restart_first_master(&mut self) {
+        self.servers[0].restart();
+    }
+
+    /// The port of each sentinel.
+    pub fn sentinel_ports(&self) -> Vec<u16> {
+        self.sentinels.iter().map(|s| s.port).collect()
+    }
+
     /// Waits until the sentinels name the replica as master and it acts as one; panics after
     /// the deadline.
     pub fn wait_for_failover(&self) {

@@ -27,6 +27,8 @@ pub(crate) struct Target {
     pub(super) db: i64,
     /// Bound on connecting and logging in.
     limit: Duration,
+    /// Whether a lost connection is made again by itself (see "Failures" in [`super`]).
+    pub(super) reconnects: bool,
 }
 
 #[derive(Clone)]
@@ -54,7 +56,18 @@ impl Target {
             password: settings.password().map(str::to_owned),
             db: settings.db(),
             limit,
+            reconnects: true,
         })
+    }
+
+    /// This target, whose connection is not made again once lost: every later call fails as
+    /// a lost connection. For a master the sentinels named, where only they say where to
+    /// connect next (a server restarted at the address may be empty, or another one).
+    pub(crate) fn made_once(self) -> Self {
+        Self {
+            reconnects: false,
+            ..self
+        }
     }
 
     /// The target of a `redis://` (or `redis+unix://`) URL; `None` as in [`Self::of`], or if
