@@ -21,8 +21,10 @@
 //! setting, `CLIENT KILL`), so that such a close fails no request once the runtime has seen
 //! it (a command written before the close reached the socket fails as a lost connection).
 //! A connection to a master the sentinels named ([`Target::made_once`]) is never made again:
-//! once lost, every call fails, and the thread connection is made anew where the sentinels
-//! point (see [`crate::sentinel`]).
+//! once lost (for any of the reasons above, an idle close included, which then fails the call
+//! that finds it), every call fails, the flag it was given is set (the store's own connection
+//! to that master counts as lost with it), and the thread connection is made anew where the
+//! sentinels point (see [`crate::sentinel`]).
 //! The login runs in a task of its own ([`OwnConn::remake`]), so that a caller whose budget
 //! ends mid-login does not undo it. A call whose caller gave up keeps its place in the
 //! order; its reply is read and dropped.
@@ -42,6 +44,7 @@ use redis::{ErrorKind, RedisError, RedisResult, Value};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -91,6 +94,8 @@ struct Waiting {
 struct State {
     /// `None` once the connection failed, until it is made again.
     io: Option<Box<dyn Io>>,
+    /// Set when the connection closes, for one made once ([`Target::made_once`]).
+    lost_sets: Option<Arc<AtomicBool>>,
     /// Commands not written yet (from `written` on).
     out: Vec<u8>,
     written: usize,
@@ -131,7 +136,7 @@ impl OwnConn {
         let io = login::log_in(&target).await?;
         Ok(Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::new(io)),
+                state: Mutex::new(State::new(io).lost_sets(target.once.clone())),
                 target,
                 login: tokio::sync::Mutex::new(None),
             }),
@@ -171,7 +176,7 @@ impl OwnConn {
         if login.as_ref().is_some_and(JoinHandle::is_finished) {
             *login = None;
         }
-        if !self.shared.target.reconnects {
+        if self.shared.target.once.is_some() {
             return Err(lost(
                 "it went to a master the sentinels named, and is not made again by itself",
             ));
@@ -219,6 +224,7 @@ impl State {
     fn new(io: Box<dyn Io>) -> Self {
         Self {
             io: Some(io),
+            lost_sets: None,
             out: Vec::new(),
             written: 0,
             input: vec![0; READ_CHUNK],
@@ -229,6 +235,14 @@ impl State {
             first: 0,
             answered: 0,
             next: 0,
+        }
+    }
+
+    /// This state, setting `lost` (if any) when the connection closes.
+    fn lost_sets(self, lost: Option<Arc<AtomicBool>>) -> Self {
+        Self {
+            lost_sets: lost,
+            ..self
         }
     }
 
@@ -413,6 +427,9 @@ impl State {
     /// Closes the connection for `why`: every call still waiting fails.
     fn close(&mut self, why: &str, me: Option<u64>) {
         self.io = None;
+        if let Some(lost) = &self.lost_sets {
+            lost.store(true, std::sync::atomic::Ordering::Release);
+        }
         self.out.clear();
         self.written = 0;
         self.start = 0;

@@ -25,19 +25,21 @@
 //!
 //! # A lost connection is made again only where the sentinels point
 //! The connection to the master never reconnects by itself. Once a call finds it lost (the
-//! socket closed or reset), later calls fail at once, no thread connection is made to that
-//! address ([`SentinelConn::open_current`] refuses), and the task asks the sentinels: if they
-//! still name the same address and the server there acts as master, the connection is made
-//! again there (a new [`SentinelConn::generation`], logged, not counted as a switch); if they
-//! name another, that is a switch. If no sentinel answers, nothing is connected and the calls
-//! go on failing. A client that simply reconnected to the last address could meet a master
-//! restarted there with no data (or with an old snapshot), or another server given the
-//! address, after the sentinels had promoted the replica: counts would start again from
-//! nothing, and the limits admit too much until the next lookup.
+//! socket closed or reset, or a reply that cannot be read), the task asks the sentinels at once:
+//! if they still name the same address and the server there acts as master, the connection is
+//! made again there (a new [`SentinelConn::generation`], logged, not counted as a switch); if
+//! they name another, that is a switch. Meanwhile calls wait for that, each for at most the
+//! store's timeout, and no thread connection is made ([`SentinelConn::open_current`] refuses).
+//! If no sentinel answers, nothing is connected and the calls fail. A client that simply
+//! reconnected to the last address could meet a master restarted there with no data (or with
+//! an old snapshot), or another server given the address, after the sentinels had promoted the
+//! replica: counts would start again from nothing, and the limits admit too much until the next
+//! lookup.
 //!
-//! Thread connections keep the same rule: theirs are made once ([`Target::made_once`]), and
-//! one that finds the master unavailable counts this connection lost too
-//! ([`SentinelConn::lost`]), so the next thread connection waits for the sentinels' answer.
+//! Thread connections keep the same rule: theirs are made once ([`Target::made_once`]) and,
+//! once lost, count the connection of the same generation here lost too (they share its flag;
+//! one lost after a switch marks nothing current), so the next thread connection waits for the
+//! sentinels' answer.
 //!
 //! # Passwords
 //! Sentinels and data nodes each may require a login ([`SentinelAuth`]): the sentinels' is
@@ -216,24 +218,12 @@ impl SentinelConn {
         self.inner.nudge.notify_one();
     }
 
-    /// A call elsewhere (on a thread connection) found the master unavailable: this connection
-    /// counts as lost too, so that no connection is made to its address again, this one
-    /// included, until the sentinels name the master (see the module docs).
-    pub(crate) fn lost(&self) {
-        self.inner
-            .current
-            .read()
-            .lost
-            .store(true, Ordering::Release);
-        self.nudge();
-    }
-
     /// A new connection of its own to the master this one uses now (a thread connection's
     /// own, see [`crate::own_conn`]), checked to act as master (`ROLE`), logging in as this
     /// one does, and the [`SentinelConn::generation`] it was made for. Refused while this
     /// one's connection is lost and the sentinels have not named the master again.
     pub(crate) async fn open_current(&self) -> RedisResult<(u64, OwnConn)> {
-        let (generation, addr) = {
+        let (generation, addr, lost) = {
             let current = self.inner.current.read();
             if current.is_lost() {
                 return Err(awaiting_sentinels(&current.addr));
@@ -241,6 +231,7 @@ impl SentinelConn {
             (
                 self.inner.generation.load(Ordering::Acquire),
                 current.addr.clone(),
+                current.lost.clone(),
             )
         };
         let inner = &self.inner;
@@ -256,9 +247,13 @@ impl SentinelConn {
                         "a thread connection does not speak the master's protocol",
                     ))
                 })?
-                .made_once();
+                .made_once(lost.clone());
             let mut conn = OwnConn::connect(target).await?;
             acts_as_master(&mut conn, &addr).await?;
+            // Lost (or replaced) while this one was being made: where it went is unconfirmed.
+            if lost.load(Ordering::Acquire) || self.generation() != generation {
+                return Err(awaiting_sentinels(&addr));
+            }
             Ok((generation, conn))
         };
         // Logging in is bounded by the connection; the `ROLE` question by this.
@@ -352,14 +347,17 @@ async fn open_master_unexplained(
     let info = format!("redis://{addr}").into_connection_info()?;
     let client = redis::Client::open(login.apply(info))?;
     // A plain multiplexed connection, not a `ConnectionManager`: it must not reconnect by
-    // itself (see the module docs).
+    // itself (see the module docs). Making it and the `ROLE` question get at least a second;
+    // the calls after them, the store's timeout.
+    let limit = timeout.max(Duration::from_secs(1));
     let settings = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
-        .set_response_timeout(Some(timeout));
+        .set_connection_timeout(Some(limit))
+        .set_response_timeout(Some(limit));
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&settings)
         .await?;
     acts_as_master(&mut conn, addr).await?;
+    conn.set_response_timeout(timeout);
     Ok(conn)
 }
 
@@ -414,8 +412,8 @@ async fn locate(
 
 impl Inner {
     /// Asks the sentinels where the master is and switches to it if it moved, or connects to
-    /// it again if it stayed and the connection was lost.
-    async fn refresh(&self) {
+    /// it again if it stayed and the connection was lost; whether it made a connection.
+    async fn refresh(&self) -> bool {
         let limit = self.timeout.max(Duration::from_secs(1));
         let mut named = None;
         for sentinel in &self.sentinels {
@@ -426,14 +424,14 @@ impl Inner {
         }
         let Some(addr) = named else {
             tracing::debug!(master = %self.master, "no sentinel answered");
-            return;
+            return false;
         };
         let (old, lost) = {
             let current = self.current.read();
             (current.addr.clone(), current.is_lost())
         };
         if addr == old && !lost {
-            return;
+            return false;
         }
         match open_master(&addr, &self.master_login, self.timeout, self.owner).await {
             Ok(conn) => {
@@ -460,19 +458,26 @@ impl Inner {
                 } else {
                     tracing::debug!(master = %self.master, old = %old, new = %addr, "followed the master");
                 }
+                true
             }
-            Err(err) if login::refused(&err) => tracing::warn!(
-                master = %self.master,
-                addr = %addr,
-                error = %err,
-                "the master the sentinels name refused the login; not connecting to it"
-            ),
-            Err(err) => tracing::debug!(
-                master = %self.master,
-                addr = %addr,
-                error = %err,
-                "the master the sentinels name does not act as one (yet)"
-            ),
+            Err(err) if login::refused(&err) => {
+                tracing::warn!(
+                    master = %self.master,
+                    addr = %addr,
+                    error = %err,
+                    "the master the sentinels name refused the login; not connecting to it"
+                );
+                false
+            }
+            Err(err) => {
+                tracing::debug!(
+                    master = %self.master,
+                    addr = %addr,
+                    error = %err,
+                    "the master the sentinels name does not act as one (yet)"
+                );
+                false
+            }
         }
     }
 }
@@ -523,31 +528,58 @@ async fn watch(inner: Weak<Inner>) {
                 None => announcements = None,
             },
             () = strong.nudge.notified() => {
-                strong.refresh().await;
-                tokio::time::sleep(NUDGE_GAP).await;
+                // Calls wait on a connection made; after anything else, the nudges that
+                // follow are answered no more often than this.
+                if !strong.refresh().await {
+                    tokio::time::sleep(NUDGE_GAP).await;
+                }
             }
-            () = tokio::time::sleep(POLL) => strong.refresh().await,
+            () = tokio::time::sleep(POLL) => {
+                strong.refresh().await;
+            }
         }
     }
 }
 
 impl SentinelConn {
-    /// The connection calls go on now, or the error they get while it is lost.
-    fn for_call(&self) -> RedisResult<(MultiplexedConnection, Arc<AtomicBool>)> {
+    /// The connection calls go on now, unless it is lost.
+    fn current(&self) -> Option<(MultiplexedConnection, Arc<AtomicBool>)> {
         let current = self.inner.current.read();
-        if current.is_lost() {
-            return Err(awaiting_sentinels(&current.addr));
-        }
-        Ok((current.conn.clone(), current.lost.clone()))
+        (!current.is_lost()).then(|| (current.conn.clone(), current.lost.clone()))
     }
 
-    /// Marks the connection lost after a call on it failed with `err`, if that is what `err`
-    /// says, and asks the sentinels soon if a failover could explain it.
+    /// The connection calls go on now; while it is lost, waits (at most the store's timeout)
+    /// for the task to make one where the sentinels point.
+    async fn usable(&self) -> RedisResult<(MultiplexedConnection, Arc<AtomicBool>)> {
+        if let Some(usable) = self.current() {
+            return Ok(usable);
+        }
+        // Told of every connection made from here on; one made before is seen below.
+        let mut made = self.inner.switched.subscribe();
+        let waiting = async {
+            loop {
+                if let Some(usable) = self.current() {
+                    return Some(usable);
+                }
+                self.inner.nudge.notify_one();
+                made.changed().await.ok()?;
+            }
+        };
+        match tokio::time::timeout(self.inner.timeout, waiting).await {
+            Ok(Some(usable)) => Ok(usable),
+            _ => Err(awaiting_sentinels(&self.master_addr())),
+        }
+    }
+
+    /// After a call on the connection whose flag is `lost` failed with `err`: marks it lost if
+    /// that is what `err` says, and asks the sentinels soon if either that or a failover
+    /// could explain it.
     fn failed(&self, err: &RedisError, lost: &AtomicBool) {
-        if err.is_unrecoverable_error() {
+        let gone = err.is_unrecoverable_error();
+        if gone {
             lost.store(true, Ordering::Release);
         }
-        if failover_sign(err) {
+        if gone || failover_sign(err) {
             self.inner.nudge.notify_one();
         }
     }
@@ -555,15 +587,8 @@ impl SentinelConn {
 
 impl ConnectionLike for SentinelConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let conn = self.for_call();
         Box::pin(async move {
-            let (mut conn, lost) = match conn {
-                Ok(conn) => conn,
-                Err(err) => {
-                    self.inner.nudge.notify_one();
-                    return Err(err);
-                }
-            };
+            let (mut conn, lost) = self.usable().await?;
             let reply = conn.req_packed_command(cmd).await;
             if let Err(err) = &reply {
                 self.failed(err, &lost);
@@ -584,15 +609,8 @@ impl ConnectionLike for SentinelConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let conn = self.for_call();
         Box::pin(async move {
-            let (mut conn, lost) = match conn {
-                Ok(conn) => conn,
-                Err(err) => {
-                    self.inner.nudge.notify_one();
-                    return Err(err);
-                }
-            };
+            let (mut conn, lost) = self.usable().await?;
             let reply = conn.req_packed_commands(pipeline, offset, count).await;
             if let Err(err) = &reply {
                 self.failed(err, &lost);

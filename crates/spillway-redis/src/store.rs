@@ -4,7 +4,8 @@
 //! One multiplexed connection (a `ConnectionManager` for a server, the one
 //! [`crate::sentinel::SentinelConn`] keeps to the current master, the cluster client's async
 //! connection for a cluster) is shared by every request: concurrent checks are pipelined on
-//! it, and a dropped connection is re-established by the client on the next call. On a single
+//! it, and a dropped connection is re-established by the client on the next call (through
+//! Sentinel, by the store's task, only where the sentinels point). On a single
 //! server (directly or through Sentinel), a serving thread that attached
 //! ([`Store::attach_thread`]) sends its checks on a connection of its own instead, once that
 //! is up ([`crate::thread_conn`]). Each call

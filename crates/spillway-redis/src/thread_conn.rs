@@ -36,7 +36,9 @@
 //!   makes a new one to the master the store's own connection names by then, checked to act
 //!   as master (`ROLE`), waiting between attempts as on a single server (a switch the store
 //!   follows meanwhile ends the wait: the new master is tried at once); the store's
-//!   connection is asked to look for a new master at once. A demoted master's `READONLY` is
+//!   connection is asked to look for a new master at once. The thread's connection is never
+//!   made again to the same server by itself, and none is made while the store's own
+//!   connection is lost (see [`crate::sentinel`]). A demoted master's `READONLY` is
 //!   such a failure, and the `ROLE` check keeps the thread off it. The same happens as soon
 //!   as the store follows a master switch, and no request is queued to a thread's connection
 //!   after one: it is used only while the store's count of switches is what it was when the
@@ -46,7 +48,8 @@
 //!   [`retry`]'s.
 //!
 //! The shared connection, on the other hand, comes back on its next use (a ping retries once
-//! for that; see [`crate::store`]).
+//! for that; see [`crate::store`]); through Sentinel, once the sentinels have named the master
+//! again, calls waiting for that within their timeout (see [`crate::sentinel`]).
 //!
 //! # Lifetime
 //! A thread connection's task (its connection being made, then its watch on the store's
@@ -274,10 +277,8 @@ impl ThreadConns {
     /// Tells the thread connections that a check failed with `err`: if Redis was unavailable (which
     /// includes a demoted master's `READONLY`), this thread's own connection is marked down at
     /// once and every thread connection is sent aside (see the module docs). On a Sentinel store
-    /// an unavailable Redis also counts the store's own connection lost (no connection is made to
-    /// the master's address again until the sentinels name it), and no answer in time asks the
-    /// store's own connection to look for a new master (a timeout alone sends no thread
-    /// connection aside). A batcher refusing a
+    /// an unavailable Redis or no answer in time also asks the store's own connection to look
+    /// for a new master (a timeout alone sends no thread connection aside). A batcher refusing a
     /// request because its queue was full says nothing about the connection and sends no thread
     /// connection aside: under overload, thread connections stepping aside would pile every
     /// thread's requests onto the one shared queue, which would then refuse more.
@@ -291,9 +292,7 @@ impl ThreadConns {
             // No answer in time may be a master gone silent: the store's connection asks
             // the sentinels, as it does for its own calls (every call of an attached thread
             // is on the thread's connection, so the store's own would never see it).
-            if unavailable {
-                master.lost();
-            } else if timeout {
+            if unavailable || timeout {
                 master.nudge();
             }
         }

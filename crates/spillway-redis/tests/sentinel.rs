@@ -288,8 +288,10 @@ async fn checks_go_through_the_module_before_and_after_a_failover() {
     };
     // 96, or less for a check the new master ran after the store had given up on it.
     let (allowed, first_after) = next;
-    // Seen once in CI (a fresh count of 99 after the failover) and never since; should it
-    // come back, say where the store went and what answers where the old master was.
+    // A fresh count of 99 was seen here twice, with groups running side by side and a
+    // down-after the sentinels' own ping period could miss (both since changed, see
+    // `spillway_testkit::sentinel`); should it come back, say where the store went and what
+    // answers where the old master was.
     assert!(
         allowed && (90..=96).contains(&first_after),
         "{next:?}: the store's master {:?} (promoted 127.0.0.1:{promoted}), keys there {:?}, \
@@ -327,22 +329,8 @@ fn hundred_per_hour() -> LimitParams {
 #[tokio::test]
 async fn a_master_restarted_empty_at_its_address_is_not_used_after_a_failover() {
     let mut group = SentinelGroup::start();
-    let proxies: Vec<DelayProxy> = group
-        .sentinel_ports()
-        .into_iter()
-        .map(DelayProxy::start)
-        .collect();
-    let mut config = RedisConfig::new(
-        Target::Sentinel {
-            sentinels: proxies.iter().map(DelayProxy::url).collect(),
-            master: MASTER_NAME.into(),
-            auth: SentinelAuth::default(),
-        },
-        "the test's URL",
-    );
     // Exact counts: no call may time out and still have run.
-    config.timeout = Duration::from_secs(2);
-    let store = RedisStore::connect(&config).await.expect("connects");
+    let (store, proxies) = store_behind_proxies(&group, Duration::from_secs(2)).await;
     let params = hundred_per_hour();
     let k = key("restarted", &["one"]);
     let consume = || async {
@@ -367,10 +355,14 @@ async fn a_master_restarted_empty_at_its_address_is_not_used_after_a_failover() 
     let role = command(first, "ROLE").unwrap_or_default();
     assert!(role.contains("master"), "restarted as a master: {role}");
 
-    for _ in 0..10 {
+    // Each waits its 2 s for a master the sentinels name.
+    for _ in 0..3 {
         let got = consume().await;
         assert!(
-            matches!(got, Err(StoreError::Unavailable(_))),
+            matches!(
+                got,
+                Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
+            ),
             "a check while no sentinel can be asked: {got:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -395,28 +387,57 @@ async fn a_master_restarted_empty_at_its_address_is_not_used_after_a_failover() 
         assert!(Instant::now() < deadline, "the store never followed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(
-        store.sentinel_master(),
-        Some(format!("127.0.0.1:{promoted}"))
+    // The promoted replica, unless a loaded machine made the sentinels fail over once more
+    // (to the restarted server, a replica of the promoted one by then): wherever they point.
+    let named = group.master_port().map(|p| format!("127.0.0.1:{p}"));
+    assert!(
+        store.sentinel_master() == Some(format!("127.0.0.1:{promoted}"))
+            || store.sentinel_master() == named,
+        "the store follows {:?}; the sentinels name {named:?}",
+        store.sentinel_master()
     );
-    // 96, or less for a check the new master ran after the store had given up on it.
-    assert!(next.0 && (90..=96).contains(&next.1), "{next:?}");
+    // No check was sent between the kill and the switch, so none can have run unanswered.
     assert_eq!(
+        next,
+        (true, 96),
+        "the store follows {:?} (first 127.0.0.1:{first}, promoted 127.0.0.1:{promoted}); \
+         checks there: first {}, promoted {}",
+        store.sentinel_master(),
         calls(first, "fcall"),
-        0,
-        "nothing went to the restarted server"
+        calls(promoted, "fcall"),
     );
 }
 
+/// Proxies to each of `group`'s sentinels, and a store asking them (calls bounded by `timeout`).
+async fn store_behind_proxies(
+    group: &SentinelGroup,
+    timeout: Duration,
+) -> (RedisStore, Vec<DelayProxy>) {
+    let proxies: Vec<DelayProxy> = group
+        .sentinel_ports()
+        .into_iter()
+        .map(DelayProxy::start)
+        .collect();
+    let mut config = RedisConfig::new(
+        Target::Sentinel {
+            sentinels: proxies.iter().map(DelayProxy::url).collect(),
+            master: MASTER_NAME.into(),
+            auth: SentinelAuth::default(),
+        },
+        "the test's URL",
+    );
+    config.timeout = timeout;
+    let store = RedisStore::connect(&config).await.expect("connects");
+    (store, proxies)
+}
+
 /// The master closes the store's connection (as `CLIENT KILL`, a proxy's idle cut or a
-/// network blip would) and stays master: the store connects to it again once the sentinels
-/// say it is still the master, and the count goes on where it was.
+/// network blip would) and stays master. While no sentinel can be asked the store does not
+/// connect to it again by itself; once they answer, it does, and the count goes on exactly.
 #[tokio::test]
 async fn a_connection_the_master_drops_is_made_again_to_the_master_the_sentinels_name() {
     let group = SentinelGroup::start();
-    let mut config = config(&group);
-    config.timeout = Duration::from_secs(2);
-    let store = RedisStore::connect(&config).await.expect("connects");
+    let (store, proxies) = store_behind_proxies(&group, Duration::from_secs(1)).await;
     let params = hundred_per_hour();
     let k = key("dropped", &["one"]);
     let consume = || async {
@@ -427,6 +448,7 @@ async fn a_connection_the_master_drops_is_made_again_to_the_master_the_sentinels
     };
     assert_eq!(consume().await.expect("decides"), (true, 99));
     let first = group.first_master_port();
+    let connections_made = calls(first, "role");
     // Only the store's connection: the one whose last command was a check.
     let clients = command(first, "CLIENT LIST TYPE normal").unwrap_or_default();
     let ids: Vec<&str> = clients
@@ -435,25 +457,48 @@ async fn a_connection_the_master_drops_is_made_again_to_the_master_the_sentinels
         .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
         .collect();
     assert_eq!(ids.len(), 1, "one store connection: {clients}");
+
+    for proxy in &proxies {
+        proxy.cut();
+    }
     let killed = command(first, &format!("CLIENT KILL ID {}", ids[0])).unwrap_or_default();
     assert_eq!(killed, ":1\r\n");
+    for _ in 0..3 {
+        let got = consume().await;
+        assert!(
+            matches!(
+                got,
+                Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
+            ),
+            "a check while no sentinel can be asked: {got:?}"
+        );
+    }
+    assert_eq!(calls(first, "role"), connections_made, "connected again");
+    assert_eq!(calls(first, "fcall"), 1, "a check was sent");
 
+    for proxy in &proxies {
+        proxy.heal();
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut failed = 0;
     let next = loop {
         match consume().await {
             Ok(decided) => break decided,
-            Err(err) => {
-                assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-                failed += 1;
-            }
+            Err(err) => assert!(
+                matches!(err, StoreError::Unavailable(_) | StoreError::Timeout(_)),
+                "{err:?}"
+            ),
         }
         assert!(Instant::now() < deadline, "the store never connected again");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    // Calls on the dropped connection were never run.
-    assert_eq!(next, (true, 98), "after {failed} failed calls");
+    // Calls on the dropped connection, or waiting for a new one, were never run.
+    assert_eq!(next, (true, 98));
     assert_eq!(consume().await.expect("decides"), (true, 97));
+    assert_eq!(
+        calls(first, "role"),
+        connections_made + 1,
+        "connected again once"
+    );
     assert_eq!(
         store.sentinel_master(),
         Some(format!("127.0.0.1:{first}")),

@@ -7,6 +7,11 @@
 //! is in sync and every sentinel knows the replica and the two other sentinels, so a
 //! failover can start as soon as the master goes.
 //!
+//! One group runs at a time in a test process (a group holds a process-wide lock while it
+//! lives): several at once on a 2-core machine starve the sentinels and servers past those
+//! short timeouts, and a sentinel failing over a second time (to a replica without the
+//! data) looks, to a test of exact counts across a failover, like a store that lost them.
+//!
 //! [`SentinelGroup::start_with`] runs the group with [`Passwords`], as production deployments
 //! do: `requirepass` on the data nodes (with `masterauth` for replication and `sentinel
 //! auth-pass` for the sentinels), and the sentinels' own `requirepass` (with `sentinel
@@ -18,13 +23,18 @@
 use crate::redis::{command_as, free_port, RedisServer};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The name the sentinels know the master by.
 pub const MASTER_NAME: &str = "spillway-test";
 
-/// How long the master may stay silent before a sentinel calls it down.
-pub const DOWN_AFTER_MS: u64 = 600;
+/// How long the master may stay silent before a sentinel calls it down. Above a second on
+/// purpose: a sentinel pings every `min(down-after, 1 s)`, and right after a failover it starts
+/// over with the new master, whose first ping answer then came a hair past a shorter
+/// down-after: all three called the new master down at once and failed over again, to the old
+/// master restarted empty, losing every count (seen in the logs of a failing test).
+pub const DOWN_AFTER_MS: u64 = 1500;
 
 /// How long the group may take to come up, or to fail over, on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -118,7 +128,13 @@ pub struct SentinelGroup {
     servers: Vec<RedisServer>,
     sentinels: Vec<Sentinel>,
     passwords: Passwords,
+    /// Held while the group lives, released after its processes are killed (fields drop in
+    /// order): one group at a time (see the module docs).
+    _alone: MutexGuard<'static, ()>,
 }
+
+/// The lock each group holds while it lives.
+static ONE_GROUP: Mutex<()> = Mutex::new(());
 
 /// The value after `field` in a reply that lists fields and values as bulk strings.
 fn field(reply: &str, field: &str) -> Option<String> {
@@ -142,6 +158,8 @@ impl SentinelGroup {
     /// As [`SentinelGroup::start_with`], with `data_args` added to both data nodes' command
     /// lines (e.g. `--loadmodule <path>`).
     pub fn start_with_args(passwords: Passwords, data_args: &[&str]) -> Self {
+        // A test that panicked with its group has released it all the same.
+        let alone = ONE_GROUP.lock().unwrap_or_else(|held| held.into_inner());
         let auth_args: Vec<String> = match &passwords.data {
             Some(p) => vec![
                 "--requirepass".into(),
@@ -177,6 +195,7 @@ impl SentinelGroup {
             servers: vec![master, replica],
             sentinels,
             passwords,
+            _alone: alone,
         };
         let deadline = Instant::now() + DEADLINE;
         loop {
@@ -258,12 +277,22 @@ impl SentinelGroup {
         self.sentinels.iter().map(|s| s.port).collect()
     }
 
-    /// Waits until the sentinels name the replica as master and it acts as one; panics after
-    /// the deadline.
+    /// Waits until the failover is over: every sentinel names the replica as master with no
+    /// failover in progress (while one is, a sentinel already names the replica, yet may still
+    /// abort and keep the old master), and the replica acts as master; panics after the
+    /// deadline.
     pub fn wait_for_failover(&self) {
         let deadline = Instant::now() + DEADLINE;
+        let replica = self.replica_port().to_string();
         loop {
-            let promoted = self.master_port() == Some(self.replica_port())
+            let settled = self.sentinels.iter().all(|s| {
+                self.sentinel_command(s.port, &format!("SENTINEL MASTER {MASTER_NAME}"))
+                    .is_some_and(|r| {
+                        field(&r, "port").as_deref() == Some(replica.as_str())
+                            && field(&r, "flags").is_some_and(|f| !f.contains("failover"))
+                    })
+            });
+            let promoted = settled
                 && self
                     .data_command(self.replica_port(), "ROLE")
                     .is_some_and(|r| r.contains("master"));

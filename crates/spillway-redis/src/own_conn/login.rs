@@ -15,6 +15,8 @@ use crate::resp;
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult, Value};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -27,8 +29,9 @@ pub(crate) struct Target {
     pub(super) db: i64,
     /// Bound on connecting and logging in.
     limit: Duration,
-    /// Whether a lost connection is made again by itself (see "Failures" in [`super`]).
-    pub(super) reconnects: bool,
+    /// For a connection made once ([`Target::made_once`]): set when it is lost. `None`: a lost
+    /// connection is made again by itself (see "Failures" in [`super`]).
+    pub(super) once: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Clone)]
@@ -56,16 +59,17 @@ impl Target {
             password: settings.password().map(str::to_owned),
             db: settings.db(),
             limit,
-            reconnects: true,
+            once: None,
         })
     }
 
     /// This target, whose connection is not made again once lost: every later call fails as
-    /// a lost connection. For a master the sentinels named, where only they say where to
-    /// connect next (a server restarted at the address may be empty, or another one).
-    pub(crate) fn made_once(self) -> Self {
+    /// a lost connection, and `lost` is set when it is lost. For a master the sentinels named,
+    /// where only they say where to connect next (a server restarted at the address may be
+    /// empty, or another one).
+    pub(crate) fn made_once(self, lost: Arc<AtomicBool>) -> Self {
         Self {
-            reconnects: false,
+            once: Some(lost),
             ..self
         }
     }
