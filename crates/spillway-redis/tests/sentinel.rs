@@ -257,14 +257,7 @@ async fn checks_go_through_the_module_before_and_after_a_failover() {
     let mut config = config(&group);
     config.timeout = Duration::from_secs(2);
     let store = RedisStore::connect(&config).await.expect("connects");
-    let params = hundred_per_hour();
-    let k = key("module", &["one"]);
-    let consume = || async {
-        store
-            .check(&[check(&k, &params, 1)], CheckMode::Consume)
-            .await
-            .map(|d| (d[0].allowed, d[0].remaining))
-    };
+    let consume = || take_one(&store, "module");
     for remaining in [99, 98, 97] {
         assert_eq!(consume().await.expect("decides"), (true, remaining));
     }
@@ -316,9 +309,17 @@ async fn checks_go_through_the_module_before_and_after_a_failover() {
     assert_eq!(calls(promoted, "fcall"), 0, "no check in Lua");
 }
 
-/// A hundred units, one back per hour: the count does not move while a test runs.
-fn hundred_per_hour() -> LimitParams {
-    LimitParams::TokenBucket(TokenBucket::new(Rate::new(1, 3600 * SECOND).unwrap(), 100).unwrap())
+/// One unit of the limit named `name`, a hundred units with one back per hour (so the count
+/// does not move while a test runs): whether it was allowed, and what remains.
+async fn take_one(store: &RedisStore, name: &str) -> Result<(bool, u64), StoreError> {
+    let params = LimitParams::TokenBucket(
+        TokenBucket::new(Rate::new(1, 3600 * SECOND).unwrap(), 100).unwrap(),
+    );
+    let k = key(name, &["one"]);
+    store
+        .check(&[check(&k, &params, 1)], CheckMode::Consume)
+        .await
+        .map(|d| (d[0].allowed, d[0].remaining))
 }
 
 /// The master at the store's address dies and its supervisor restarts it there, empty and
@@ -331,14 +332,7 @@ async fn a_master_restarted_empty_at_its_address_is_not_used_after_a_failover() 
     let mut group = SentinelGroup::start();
     // Exact counts: no call may time out and still have run.
     let (store, proxies) = store_behind_proxies(&group, Duration::from_secs(2)).await;
-    let params = hundred_per_hour();
-    let k = key("restarted", &["one"]);
-    let consume = || async {
-        store
-            .check(&[check(&k, &params, 1)], CheckMode::Consume)
-            .await
-            .map(|d| (d[0].allowed, d[0].remaining))
-    };
+    let consume = || take_one(&store, "restarted");
     for remaining in [99, 98, 97] {
         assert_eq!(consume().await.expect("decides"), (true, remaining));
     }
@@ -438,14 +432,7 @@ async fn store_behind_proxies(
 async fn a_connection_the_master_drops_is_made_again_to_the_master_the_sentinels_name() {
     let group = SentinelGroup::start();
     let (store, proxies) = store_behind_proxies(&group, Duration::from_secs(1)).await;
-    let params = hundred_per_hour();
-    let k = key("dropped", &["one"]);
-    let consume = || async {
-        store
-            .check(&[check(&k, &params, 1)], CheckMode::Consume)
-            .await
-            .map(|d| (d[0].allowed, d[0].remaining))
-    };
+    let consume = || take_one(&store, "dropped");
     assert_eq!(consume().await.expect("decides"), (true, 99));
     let first = group.first_master_port();
     let connections_made = calls(first, "role");
