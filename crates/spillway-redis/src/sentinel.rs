@@ -14,7 +14,8 @@
 //! - when a call fails in a way a failover explains: the connection refused or dropped, no
 //!   answer in time, or the server saying it is a replica now (`READONLY`) or has lost its
 //!   master (`MASTERDOWN`); at most every [`NUDGE_GAP`];
-//! - and every [`POLL`] regardless, in case an announcement was missed.
+//! - and every [`POLL`] regardless, in case an announcement was missed (pinging the master's
+//!   connection first, so that one closed while idle is made again before a call meets it).
 //!
 //! When the answer names another server that acts as master, the task connects to it and
 //! swaps the connection: calls already sent finish (or fail) on the old one, later calls go
@@ -411,6 +412,23 @@ async fn locate(
 }
 
 impl Inner {
+    /// Pings the master's connection, so that one the server closed while no call used it
+    /// (its `timeout` setting, a proxy's idle cut) is found lost, and made again, before a
+    /// call finds it so and fails.
+    async fn ping_idle(&self) {
+        let (mut conn, lost) = {
+            let current = self.current.read();
+            if current.is_lost() {
+                return;
+            }
+            (current.conn.clone(), current.lost.clone())
+        };
+        let pinged: RedisResult<()> = redis::cmd("PING").query_async(&mut conn).await;
+        if pinged.is_err_and(|err| err.is_unrecoverable_error()) {
+            lost.store(true, Ordering::Release);
+        }
+    }
+
     /// Asks the sentinels where the master is and switches to it if it moved, or connects to
     /// it again if it stayed and the connection was lost; whether it made a connection.
     async fn refresh(&self) -> bool {
@@ -535,6 +553,7 @@ async fn watch(inner: Weak<Inner>) {
                 }
             }
             () = tokio::time::sleep(POLL) => {
+                strong.ping_idle().await;
                 strong.refresh().await;
             }
         }

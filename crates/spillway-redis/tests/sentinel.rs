@@ -425,6 +425,20 @@ async fn store_behind_proxies(
     (store, proxies)
 }
 
+/// Closes the store's connection to the server on `port` (`CLIENT KILL`), and only that: the
+/// one connection whose last command was a check.
+fn kill_the_store_connection(port: u16) {
+    let clients = command(port, "CLIENT LIST TYPE normal").unwrap_or_default();
+    let ids: Vec<&str> = clients
+        .lines()
+        .filter(|l| l.contains(" cmd=fcall "))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert_eq!(ids.len(), 1, "one store connection: {clients}");
+    let killed = command(port, &format!("CLIENT KILL ID {}", ids[0])).unwrap_or_default();
+    assert_eq!(killed, ":1\r\n");
+}
+
 /// The master closes the store's connection (as `CLIENT KILL`, a proxy's idle cut or a
 /// network blip would) and stays master. While no sentinel can be asked the store does not
 /// connect to it again by itself; once they answer, it does, and the count goes on exactly.
@@ -436,20 +450,10 @@ async fn a_connection_the_master_drops_is_made_again_to_the_master_the_sentinels
     assert_eq!(consume().await.expect("decides"), (true, 99));
     let first = group.first_master_port();
     let connections_made = calls(first, "role");
-    // Only the store's connection: the one whose last command was a check.
-    let clients = command(first, "CLIENT LIST TYPE normal").unwrap_or_default();
-    let ids: Vec<&str> = clients
-        .lines()
-        .filter(|l| l.contains(" cmd=fcall "))
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        .collect();
-    assert_eq!(ids.len(), 1, "one store connection: {clients}");
-
     for proxy in &proxies {
         proxy.cut();
     }
-    let killed = command(first, &format!("CLIENT KILL ID {}", ids[0])).unwrap_or_default();
-    assert_eq!(killed, ":1\r\n");
+    kill_the_store_connection(first);
     for _ in 0..3 {
         let got = consume().await;
         assert!(
@@ -491,4 +495,35 @@ async fn a_connection_the_master_drops_is_made_again_to_the_master_the_sentinels
         Some(format!("127.0.0.1:{first}")),
         "no switch"
     );
+}
+
+/// The master closes the store's connection while no check uses it: the store's once-a-second
+/// look at the sentinels pings it first, finds it closed and makes it again, so the next check
+/// is answered at its first try.
+#[tokio::test]
+async fn an_idle_connection_the_master_closes_is_made_again_before_the_next_check() {
+    let group = SentinelGroup::start();
+    let mut config = config(&group);
+    config.timeout = Duration::from_secs(1);
+    let store = RedisStore::connect(&config).await.expect("connects");
+    assert_eq!(take_one(&store, "idle").await.expect("decides"), (true, 99));
+    let first = group.first_master_port();
+    let connections_made = calls(first, "role");
+    kill_the_store_connection(first);
+    // Two of the store's looks (one a second), and time for the second to connect.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls(first, "role") == connections_made {
+        assert!(
+            Instant::now() < deadline,
+            "the idle connection was not made again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        take_one(&store, "idle")
+            .await
+            .expect("answered at the first try"),
+        (true, 98)
+    );
+    assert_eq!(store.sentinel_master(), Some(format!("127.0.0.1:{first}")));
 }
