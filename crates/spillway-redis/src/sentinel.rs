@@ -412,16 +412,18 @@ async fn locate(
 }
 
 impl Inner {
+    /// The connection calls go on now and its flag, unless it is lost.
+    fn usable_now(&self) -> Option<(MultiplexedConnection, Arc<AtomicBool>)> {
+        let current = self.current.read();
+        (!current.is_lost()).then(|| (current.conn.clone(), current.lost.clone()))
+    }
+
     /// Pings the master's connection, so that one the server closed while no call used it
     /// (its `timeout` setting, a proxy's idle cut) is found lost, and made again, before a
     /// call finds it so and fails.
     async fn ping_idle(&self) {
-        let (mut conn, lost) = {
-            let current = self.current.read();
-            if current.is_lost() {
-                return;
-            }
-            (current.conn.clone(), current.lost.clone())
+        let Some((mut conn, lost)) = self.usable_now() else {
+            return;
         };
         let pinged: RedisResult<()> = redis::cmd("PING").query_async(&mut conn).await;
         if pinged.is_err_and(|err| err.is_unrecoverable_error()) {
@@ -561,23 +563,17 @@ async fn watch(inner: Weak<Inner>) {
 }
 
 impl SentinelConn {
-    /// The connection calls go on now, unless it is lost.
-    fn current(&self) -> Option<(MultiplexedConnection, Arc<AtomicBool>)> {
-        let current = self.inner.current.read();
-        (!current.is_lost()).then(|| (current.conn.clone(), current.lost.clone()))
-    }
-
     /// The connection calls go on now; while it is lost, waits (at most the store's timeout)
     /// for the task to make one where the sentinels point.
     async fn usable(&self) -> RedisResult<(MultiplexedConnection, Arc<AtomicBool>)> {
-        if let Some(usable) = self.current() {
+        if let Some(usable) = self.inner.usable_now() {
             return Ok(usable);
         }
         // Told of every connection made from here on; one made before is seen below.
         let mut made = self.inner.switched.subscribe();
         let waiting = async {
             loop {
-                if let Some(usable) = self.current() {
+                if let Some(usable) = self.inner.usable_now() {
                     return Some(usable);
                 }
                 self.inner.nudge.notify_one();

@@ -257,7 +257,8 @@ async fn checks_go_through_the_module_before_and_after_a_failover() {
     let mut config = config(&group);
     config.timeout = Duration::from_secs(2);
     let store = RedisStore::connect(&config).await.expect("connects");
-    let consume = || take_one(&store, "module");
+    let name = "module";
+    let consume = || take_one(&store, name);
     for remaining in [99, 98, 97] {
         assert_eq!(consume().await.expect("decides"), (true, remaining));
     }
@@ -271,14 +272,7 @@ async fn checks_go_through_the_module_before_and_after_a_failover() {
     group.kill_master();
     group.wait_for_failover();
     // Calls fail until the store follows; then the count goes on where the master left it.
-    let deadline = Instant::now() + Duration::from_secs(25);
-    let next = loop {
-        if let Ok(decided) = consume().await {
-            break decided;
-        }
-        assert!(Instant::now() < deadline, "the store never followed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let next = first_answer(&store, name).await;
     // 96, or less for a check the new master ran after the store had given up on it.
     let (allowed, first_after) = next;
     // A fresh count of 99 was seen here twice, with groups running side by side and a
@@ -332,7 +326,8 @@ async fn a_master_restarted_empty_at_its_address_is_not_used_after_a_failover() 
     let mut group = SentinelGroup::start();
     // Exact counts: no call may time out and still have run.
     let (store, proxies) = store_behind_proxies(&group, Duration::from_secs(2)).await;
-    let consume = || take_one(&store, "restarted");
+    let name = "restarted";
+    let consume = || take_one(&store, name);
     for remaining in [99, 98, 97] {
         assert_eq!(consume().await.expect("decides"), (true, remaining));
     }
@@ -373,14 +368,7 @@ async fn a_master_restarted_empty_at_its_address_is_not_used_after_a_failover() 
     for proxy in &proxies {
         proxy.heal();
     }
-    let deadline = Instant::now() + Duration::from_secs(25);
-    let next = loop {
-        if let Ok(decided) = consume().await {
-            break decided;
-        }
-        assert!(Instant::now() < deadline, "the store never followed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let next = first_answer(&store, name).await;
     // The promoted replica, unless a loaded machine made the sentinels fail over once more
     // (to the restarted server, a replica of the promoted one by then): wherever they point.
     let named = group.master_port().map(|p| format!("127.0.0.1:{p}"));
@@ -400,6 +388,19 @@ async fn a_master_restarted_empty_at_its_address_is_not_used_after_a_failover() 
         calls(first, "fcall"),
         calls(promoted, "fcall"),
     );
+}
+
+/// The first answer to [`take_one`] once the store follows the master after a failover (calls
+/// fail until then); panics after 25 s.
+async fn first_answer(store: &RedisStore, name: &str) -> (bool, u64) {
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        if let Ok(decided) = take_one(store, name).await {
+            return decided;
+        }
+        assert!(Instant::now() < deadline, "the store never followed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Proxies to each of `group`'s sentinels, and a store asking them (calls bounded by `timeout`).
