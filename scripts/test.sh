@@ -16,4 +16,7 @@ export SPILLWAY_REQUIRE_BROWSER=1
 # And nginx (tests/nginx.rs runs the shipped configs for real).
 export SPILLWAY_REQUIRE_NGINX=1
 
+# A whole-suite run builds every test binary once: incremental state would only add disk
+# (about 2.5 GB of a fresh run's 6 GB), so it is off unless the caller asks for it.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo test --workspace --all-targets "$@"

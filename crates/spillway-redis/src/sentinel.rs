@@ -1,9 +1,11 @@
 //! A Redis master found through Sentinel by name, and followed across failovers.
 //!
-//! [`SentinelConn`] asks the sentinels, in the order given, for the address of the master they
-//! know by name (`SENTINEL GET-MASTER-ADDR-BY-NAME`), connects to it and checks that it really
-//! acts as master (`ROLE`): a sentinel that has not yet heard of a failover can name a server
-//! that was demoted. Store calls go to that master over one multiplexed connection, except
+//! [`SentinelConn`] asks the sentinels, all at once, for the address of the master they know
+//! by name (`SENTINEL GET-MASTER-ADDR-BY-NAME`) and the configuration epoch of that answer
+//! (`SENTINEL MASTER`), takes the newest answer once a majority answered (see [`ask_all`]),
+//! connects there and checks that the server really acts as master (`ROLE`): a sentinel
+//! that has not yet heard of a failover can name a server that was demoted, or one restarted
+//! empty at the old address. Store calls go to that master over one multiplexed connection, except
 //! those of serving threads with a connection of their own to it ([`crate::thread_conn`]),
 //! each made for the master this one names ([`SentinelConn::open_current`]) and dropped
 //! once this one switches ([`SentinelConn::generation`]).
@@ -271,13 +273,21 @@ impl SentinelConn {
     }
 }
 
+/// What one sentinel says of the master: its address, and the configuration epoch that
+/// address came with. Every failover raises the epoch, so the highest one is the newest.
+#[derive(Debug, Clone, PartialEq)]
+struct Named {
+    addr: String,
+    epoch: u64,
+}
+
 /// Asks one sentinel where the master named `master` is.
 async fn ask(
     sentinel: &redis::Client,
     master: &str,
     limit: Duration,
     owner: &str,
-) -> RedisResult<String> {
+) -> RedisResult<Named> {
     let addr = sentinel.get_connection_info().addr().to_string();
     ask_unexplained(sentinel, master, limit)
         .await
@@ -288,23 +298,54 @@ async fn ask_unexplained(
     sentinel: &redis::Client,
     master: &str,
     limit: Duration,
-) -> RedisResult<String> {
+) -> RedisResult<Named> {
     let asking = async {
         let mut conn = sentinel.get_multiplexed_async_connection().await?;
-        let reply: Option<(String, u16)> = redis::cmd("SENTINEL")
+        // One pipeline, which a sentinel answers in one go: the address and the epoch belong
+        // to the same configuration. The address comes from GET-MASTER-ADDR-BY-NAME, which
+        // names the promoted replica as soon as the failover leader has promoted it (while
+        // `SENTINEL MASTER` still gives the old address and already the new epoch).
+        let replies: Vec<Value> = redis::pipe()
+            .ignore_errors()
+            .cmd("SENTINEL")
             .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(master)
+            .cmd("SENTINEL")
+            .arg("MASTER")
             .arg(master)
             .query_async(&mut conn)
             .await?;
-        reply
-            .map(|(host, port)| format!("{host}:{port}"))
+        let mut replies = replies.into_iter();
+        let (Some(addr), Some(state)) = (replies.next(), replies.next()) else {
+            return Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "the sentinel answered with too few replies",
+            )));
+        };
+        let addr: Option<(String, u16)> = redis::from_redis_value(addr.extract_error()?)?;
+        let Some((host, port)) = addr else {
+            return Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "sentinel does not know the master",
+                master.to_owned(),
+            )));
+        };
+        let state: std::collections::HashMap<String, String> =
+            redis::from_redis_value(state.extract_error()?)?;
+        let epoch = state
+            .get("config-epoch")
+            .and_then(|e| e.parse().ok())
             .ok_or_else(|| {
                 RedisError::from((
                     redis::ErrorKind::Client,
-                    "sentinel does not know the master",
+                    "the sentinel gave no config-epoch for the master",
                     master.to_owned(),
                 ))
-            })
+            })?;
+        Ok(Named {
+            addr: format!("{host}:{port}"),
+            epoch,
+        })
     };
     match tokio::time::timeout(limit, asking).await {
         Ok(answer) => answer,
@@ -313,6 +354,66 @@ async fn ask_unexplained(
             "the sentinel did not answer in time",
         ))),
     }
+}
+
+/// Asks every sentinel at once where the master is, and takes the newest answer: the one with
+/// the highest configuration epoch (the first configured among equals). A sentinel that
+/// missed a failover (cut off with a minority, or restarted from an old configuration) still
+/// names the old address under an older epoch, and a server restarted empty there would pass
+/// `ROLE`: taking the first answer could start every count again from nothing.
+///
+/// Stops waiting once a majority of the sentinels answered: every failover is authorized by
+/// a majority, so a majority's answers include one that knows of the newest failover it
+/// has taken part in. With fewer answers it takes the newest of those it has, once the others
+/// failed or timed out. When none answers, the error is a refused login if there was one (a
+/// setting to fix, not an outage to wait out), else the last one's.
+async fn ask_all(
+    sentinels: &[redis::Client],
+    master: &str,
+    limit: Duration,
+    owner: &str,
+) -> RedisResult<Named> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let majority = sentinels.len() / 2 + 1;
+    let mut asking: FuturesUnordered<_> = sentinels
+        .iter()
+        .enumerate()
+        .map(|(at, sentinel)| async move { (at, ask(sentinel, master, limit, owner).await) })
+        .collect();
+    let mut answers: Vec<(usize, Named)> = Vec::with_capacity(sentinels.len());
+    let mut last: Option<RedisError> = None;
+    while let Some((at, answer)) = asking.next().await {
+        match answer {
+            Ok(named) => answers.push((at, named)),
+            Err(err) if !last.as_ref().is_some_and(login::refused) => last = Some(err),
+            Err(_) => {}
+        }
+        if answers.len() >= majority {
+            break;
+        }
+    }
+    newest(answers, master).ok_or_else(|| {
+        last.unwrap_or_else(|| {
+            RedisError::from((redis::ErrorKind::Client, "no sentinels configured"))
+        })
+    })
+}
+
+/// The answer with the highest epoch, the first configured (lowest `at`) among equals; logs
+/// at debug level when the answers disagree.
+fn newest(mut answers: Vec<(usize, Named)>, master: &str) -> Option<Named> {
+    answers.sort_by(|(a_at, a), (b_at, b)| b.epoch.cmp(&a.epoch).then(a_at.cmp(b_at)));
+    let (_, best) = answers.first()?.clone();
+    if answers.iter().any(|(_, named)| named.addr != best.addr) {
+        tracing::debug!(
+            master = %master,
+            taken = %best.addr,
+            epoch = best.epoch,
+            answers = ?answers,
+            "the sentinels disagree on the master; taking the newest configuration"
+        );
+    }
+    Some(best)
 }
 
 /// What a call gets while the connection to the master at `addr` is lost and the sentinels
@@ -378,10 +479,8 @@ where
     }
 }
 
-/// The master's address and a connection to it, from the first sentinel that names one that
-/// acts as master. When none does, the error is a refused login if there was one (a setting
-/// to fix, not an outage to wait out), else the last sentinel's. A master that refuses the
-/// login ends the search at once.
+/// The master's address and a connection to it, where the newest answer of the sentinels
+/// points ([`ask_all`]), checked to act as master.
 async fn locate(
     sentinels: &[redis::Client],
     master: &str,
@@ -390,25 +489,9 @@ async fn locate(
     owner: &str,
 ) -> RedisResult<(String, MultiplexedConnection)> {
     let limit = timeout.max(Duration::from_secs(1));
-    let mut last: Option<RedisError> = None;
-    let mut keep = |err: RedisError| {
-        if !last.as_ref().is_some_and(login::refused) {
-            last = Some(err);
-        }
-    };
-    for sentinel in sentinels {
-        match ask(sentinel, master, limit, owner).await {
-            Ok(addr) => match open_master(&addr, login, timeout, owner).await {
-                Ok(conn) => return Ok((addr, conn)),
-                // Another sentinel would name the same master: asking on cannot help.
-                Err(err) if login::refused(&err) => return Err(err),
-                Err(err) => keep(err),
-            },
-            Err(err) => keep(err),
-        }
-    }
-    Err(last
-        .unwrap_or_else(|| RedisError::from((redis::ErrorKind::Client, "no sentinels configured"))))
+    let named = ask_all(sentinels, master, limit, owner).await?;
+    let conn = open_master(&named.addr, login, timeout, owner).await?;
+    Ok((named.addr, conn))
 }
 
 impl Inner {
@@ -435,16 +518,12 @@ impl Inner {
     /// it again if it stayed and the connection was lost; whether it made a connection.
     async fn refresh(&self) -> bool {
         let limit = self.timeout.max(Duration::from_secs(1));
-        let mut named = None;
-        for sentinel in &self.sentinels {
-            if let Ok(addr) = ask(sentinel, &self.master, limit, self.owner).await {
-                named = Some(addr);
-                break;
+        let addr = match ask_all(&self.sentinels, &self.master, limit, self.owner).await {
+            Ok(named) => named.addr,
+            Err(err) => {
+                tracing::debug!(master = %self.master, error = %err, "no sentinel answered");
+                return false;
             }
-        }
-        let Some(addr) = named else {
-            tracing::debug!(master = %self.master, "no sentinel answered");
-            return false;
         };
         let (old, lost) = {
             let current = self.current.read();
@@ -636,5 +715,41 @@ impl ConnectionLike for SentinelConn {
 
     fn get_db(&self) -> i64 {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{newest, Named};
+
+    fn named(at: usize, addr: &str, epoch: u64) -> (usize, Named) {
+        (
+            at,
+            Named {
+                addr: addr.into(),
+                epoch,
+            },
+        )
+    }
+
+    #[test]
+    fn the_highest_epoch_wins_wherever_it_was_configured() {
+        let answers = vec![
+            named(0, "10.0.0.1:6379", 3),
+            named(2, "10.0.0.2:6379", 4),
+            named(1, "10.0.0.1:6379", 3),
+        ];
+        assert_eq!(newest(answers, "m").unwrap().addr, "10.0.0.2:6379");
+    }
+
+    #[test]
+    fn among_equal_epochs_the_first_configured_wins_whatever_answered_first() {
+        let answers = vec![named(2, "10.0.0.3:6379", 7), named(1, "10.0.0.2:6379", 7)];
+        assert_eq!(newest(answers, "m").unwrap().addr, "10.0.0.2:6379");
+    }
+
+    #[test]
+    fn no_answer_is_no_master() {
+        assert_eq!(newest(Vec::new(), "m"), None);
     }
 }

@@ -528,3 +528,78 @@ async fn an_idle_connection_the_master_closes_is_made_again_before_the_next_chec
     );
     assert_eq!(store.sentinel_master(), Some(format!("127.0.0.1:{first}")));
 }
+
+/// A sentinel that missed the failover (here one started apart, watching the old master's
+/// address; in production one cut off with a minority) still names the old master, restarted
+/// empty there and acting as master. Listed first, it answers as fast as the others: the store
+/// takes the newest answer (the highest configuration epoch) from a majority, both when it
+/// connects and at each once-a-second look afterwards, and the counts go on at the promoted
+/// replica instead of starting again from nothing.
+#[tokio::test]
+async fn a_sentinel_that_missed_the_failover_is_outvoted() {
+    let mut group = SentinelGroup::start();
+    let name = "outvoted";
+    {
+        let store = RedisStore::connect(&config(&group))
+            .await
+            .expect("connects");
+        for remaining in [99, 98, 97] {
+            assert_eq!(
+                take_one(&store, name).await.expect("decides"),
+                (true, remaining)
+            );
+        }
+    }
+    let (first, promoted) = (group.first_master_port(), group.replica_port());
+    let acked = command(first, "WAIT 1 1500").unwrap_or_default();
+    assert_eq!(acked, ":1\r\n", "the replica acknowledged");
+    group.force_failover();
+    group.restart_first_master_unmanaged();
+    let stale = group.start_stale_sentinel();
+    let named = command(
+        stale,
+        &format!("SENTINEL GET-MASTER-ADDR-BY-NAME {MASTER_NAME}"),
+    )
+    .unwrap_or_default();
+    assert!(
+        named.contains(&first.to_string()),
+        "the stale sentinel names the old master: {named:?}"
+    );
+    let role = command(first, "ROLE").unwrap_or_default();
+    assert!(role.contains("master"), "restarted as a master: {role}");
+
+    let mut config = config(&group);
+    if let Target::Sentinel { sentinels, .. } = &mut config.target {
+        sentinels.insert(0, format!("redis://127.0.0.1:{stale}"));
+    }
+    let store = RedisStore::connect(&config).await.expect("connects");
+    assert_eq!(
+        store.sentinel_master(),
+        Some(format!("127.0.0.1:{promoted}")),
+        "connected to the promoted replica"
+    );
+    // Over more than two of the store's once-a-second looks at the sentinels.
+    let mut expected = 96;
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert_eq!(
+            take_one(&store, name).await.expect("decides"),
+            (true, expected),
+            "the store follows {:?} (old master 127.0.0.1:{first})",
+            store.sentinel_master()
+        );
+        expected -= 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        store.sentinel_master(),
+        Some(format!("127.0.0.1:{promoted}"))
+    );
+    for command_name in ["fcall", "evalsha", "eval"] {
+        assert_eq!(
+            calls(first, command_name),
+            0,
+            "the restarted server was sent {command_name}"
+        );
+    }
+}

@@ -288,6 +288,12 @@ impl RedisServer {
 
     /// Starts the server again on the same port (empty, since nothing is persisted).
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// As [`RedisServer::restart`], with `extra` added to its arguments from now on.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra.extend(extra.iter().map(|s| s.to_string()));
         self.kill();
         let deadline = std::time::Instant::now() + START_DEADLINE;
         while !self.spawn() {

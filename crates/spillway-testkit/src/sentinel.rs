@@ -127,6 +127,8 @@ impl Drop for Sentinel {
 pub struct SentinelGroup {
     servers: Vec<RedisServer>,
     sentinels: Vec<Sentinel>,
+    /// Sentinels started apart from the group ([`SentinelGroup::start_stale_sentinel`]).
+    apart: Vec<Sentinel>,
     passwords: Passwords,
     /// Held while the group lives, released after its processes are killed (fields drop in
     /// order): one group at a time (see the module docs).
@@ -194,6 +196,7 @@ impl SentinelGroup {
         let group = Self {
             servers: vec![master, replica],
             sentinels,
+            apart: Vec::new(),
             passwords,
             _alone: alone,
         };
@@ -270,6 +273,51 @@ impl SentinelGroup {
     /// the sentinels make it a replica of the new master.
     pub fn restart_first_master(&mut self) {
         self.servers[0].restart();
+    }
+
+    /// As [`SentinelGroup::restart_first_master`], with the commands the sentinels reconfigure
+    /// a server with (`REPLICAOF`, `SLAVEOF`) and announce themselves by (`PUBLISH`) renamed
+    /// away: the restarted server stays a master with no data for as long as the test needs,
+    /// and no sentinel hears of another through it.
+    pub fn restart_first_master_unmanaged(&mut self) {
+        self.servers[0].restart_with(&[
+            "--rename-command",
+            "REPLICAOF",
+            "replicaof-off-for-test",
+            "--rename-command",
+            "SLAVEOF",
+            "slaveof-off-for-test",
+            "--rename-command",
+            "PUBLISH",
+            "publish-off-for-test",
+        ]);
+    }
+
+    /// Makes the sentinels fail over now, the master alive (`SENTINEL FAILOVER`): the replica
+    /// is promoted and the first master made its replica. Returns once the failover is over
+    /// ([`SentinelGroup::wait_for_failover`]).
+    pub fn force_failover(&self) {
+        let port = self.sentinels[0].port;
+        let reply = self
+            .sentinel_command(port, &format!("SENTINEL FAILOVER {MASTER_NAME}"))
+            .unwrap_or_default();
+        assert!(reply.starts_with("+OK"), "SENTINEL FAILOVER: {reply}");
+        self.wait_for_failover();
+    }
+
+    /// Starts a fourth sentinel, apart from the group, watching the first master's address
+    /// under the same name with no failover behind it (configuration epoch 0): once the
+    /// group has failed over and that server was restarted by
+    /// [`SentinelGroup::restart_first_master_unmanaged`], it is a sentinel that missed the
+    /// failover, naming the old address, as one cut off with a minority would. Its port.
+    pub fn start_stale_sentinel(&mut self) -> u16 {
+        let master = self.first_master_port();
+        let sentinel = (0..30)
+            .find_map(|_| Sentinel::start(master, &self.passwords))
+            .expect("could not start a redis-sentinel process");
+        let port = sentinel.port;
+        self.apart.push(sentinel);
+        port
     }
 
     /// The port of each sentinel.
