@@ -75,6 +75,8 @@ pub const NUDGE_GAP: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 struct Current {
     addr: String,
+    /// The configuration epoch of the answer that named `addr` (see [`Named`]).
+    epoch: Option<u64>,
     conn: MultiplexedConnection,
     /// Set by the first call that finds `conn` lost; the task then makes a new connection
     /// (see "A lost connection is made again only where the sentinels point" in the module
@@ -83,9 +85,10 @@ struct Current {
 }
 
 impl Current {
-    fn new(addr: String, conn: MultiplexedConnection) -> Self {
+    fn new(named: Named, conn: MultiplexedConnection) -> Self {
         Self {
-            addr,
+            addr: named.addr,
+            epoch: named.epoch,
             conn,
             lost: Arc::default(),
         }
@@ -138,8 +141,8 @@ fn failover_sign(err: &RedisError) -> bool {
 
 impl SentinelConn {
     /// Finds the master named `master` through `sentinels` (redis:// URLs) and connects to it;
-    /// `timeout` bounds each call on the master. Fails if no sentinel names a master that
-    /// answers as one.
+    /// `timeout` bounds each call on the master. Fails if no sentinel answers, or the server
+    /// their newest answer names does not act as master.
     pub async fn connect(
         sentinels: &[String],
         master: &str,
@@ -184,13 +187,13 @@ impl SentinelConn {
                 redis::Client::open(auth.sentinels.apply(info))
             })
             .collect::<RedisResult<Vec<_>>>()?;
-        let (addr, conn) = locate(&sentinels, master, &auth.master, timeout, owner).await?;
+        let (named, conn) = locate(&sentinels, master, &auth.master, timeout, owner).await?;
         let inner = Arc::new(Inner {
             sentinels,
             master: master.to_owned(),
             master_login: auth.master.clone(),
             timeout,
-            current: parking_lot::RwLock::new(Current::new(addr, conn)),
+            current: parking_lot::RwLock::new(Current::new(named, conn)),
             generation: AtomicU64::new(0),
             switched: watch::channel(0).0,
             nudge: Notify::new(),
@@ -274,11 +277,13 @@ impl SentinelConn {
 }
 
 /// What one sentinel says of the master: its address, and the configuration epoch that
-/// address came with. Every failover raises the epoch, so the highest one is the newest.
+/// address came with. Every failover raises the epoch, so the highest one is the newest;
+/// `None` when the sentinel would not tell it (an ACL allowing only
+/// `GET-MASTER-ADDR-BY-NAME`), which ranks below every known epoch.
 #[derive(Debug, Clone, PartialEq)]
 struct Named {
     addr: String,
-    epoch: u64,
+    epoch: Option<u64>,
 }
 
 /// Asks one sentinel where the master named `master` is.
@@ -301,22 +306,23 @@ async fn ask_unexplained(
 ) -> RedisResult<Named> {
     let asking = async {
         let mut conn = sentinel.get_multiplexed_async_connection().await?;
-        // One pipeline, which a sentinel answers in one go: the address and the epoch belong
-        // to the same configuration. The address comes from GET-MASTER-ADDR-BY-NAME, which
-        // names the promoted replica as soon as the failover leader has promoted it (while
-        // `SENTINEL MASTER` still gives the old address and already the new epoch).
+        // One pipeline: a sentinel reads both commands at once and answers them from the same
+        // configuration. Should a failover land between the two, the epoch, asked first, is
+        // the older one, which only ranks the answer lower. The address comes from
+        // GET-MASTER-ADDR-BY-NAME, which names the promoted replica as soon as the failover
+        // leader has raised the epoch (when `SENTINEL MASTER` still gives the old address).
         let replies: Vec<Value> = redis::pipe()
             .ignore_errors()
             .cmd("SENTINEL")
-            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg("MASTER")
             .arg(master)
             .cmd("SENTINEL")
-            .arg("MASTER")
+            .arg("GET-MASTER-ADDR-BY-NAME")
             .arg(master)
             .query_async(&mut conn)
             .await?;
         let mut replies = replies.into_iter();
-        let (Some(addr), Some(state)) = (replies.next(), replies.next()) else {
+        let (Some(state), Some(addr)) = (replies.next(), replies.next()) else {
             return Err(RedisError::from((
                 redis::ErrorKind::Client,
                 "the sentinel answered with too few replies",
@@ -330,21 +336,13 @@ async fn ask_unexplained(
                 master.to_owned(),
             )));
         };
-        let state: std::collections::HashMap<String, String> =
-            redis::from_redis_value(state.extract_error()?)?;
-        let epoch = state
-            .get("config-epoch")
-            .and_then(|e| e.parse().ok())
-            .ok_or_else(|| {
-                RedisError::from((
-                    redis::ErrorKind::Client,
-                    "the sentinel gave no config-epoch for the master",
-                    master.to_owned(),
-                ))
-            })?;
+        let state: Option<std::collections::HashMap<String, String>> = state
+            .extract_error()
+            .ok()
+            .and_then(|state| redis::from_redis_value(state).ok());
         Ok(Named {
             addr: format!("{host}:{port}"),
-            epoch,
+            epoch: state.and_then(|s| s.get("config-epoch").and_then(|e| e.parse().ok())),
         })
     };
     match tokio::time::timeout(limit, asking).await {
@@ -356,23 +354,35 @@ async fn ask_unexplained(
     }
 }
 
+/// How long a lookup that has an answer waits for more, up to a majority of the sentinels.
+pub const GRACE: Duration = Duration::from_millis(250);
+
+/// What the sentinels said in one lookup ([`ask_all`]).
+#[derive(Debug, Clone, PartialEq)]
+struct Lookup {
+    /// The answer with the highest epoch, the first configured among equals.
+    newest: Named,
+    /// Whether a majority of the sentinels answered and all gave that same answer.
+    agreed: bool,
+}
+
 /// Asks every sentinel at once where the master is, and takes the newest answer: the one with
-/// the highest configuration epoch (the first configured among equals). A sentinel that
-/// missed a failover (cut off with a minority, or restarted from an old configuration) still
-/// names the old address under an older epoch, and a server restarted empty there would pass
-/// `ROLE`: taking the first answer could start every count again from nothing.
+/// the highest configuration epoch ([`newest`]). A sentinel that missed a failover (cut off
+/// with a minority, or restarted from an old configuration) still names the old address under
+/// an older epoch, and a server restarted empty there would pass `ROLE`: taking the first
+/// answer could start every count again from nothing.
 ///
-/// Stops waiting once a majority of the sentinels answered: every failover is authorized by
-/// a majority, so a majority's answers include one that knows of the newest failover it
-/// has taken part in. With fewer answers it takes the newest of those it has, once the others
-/// failed or timed out. When none answers, the error is a refused login if there was one (a
-/// setting to fix, not an outage to wait out), else the last one's.
+/// Waits until a majority of the sentinels answered, but once it has one answer, for at most
+/// [`GRACE`] more (or until the others failed): a lookup must stay quick while most sentinels
+/// are down. A lookup can still hear only sentinels that have not caught up (see
+/// [`Inner::refresh`], which never follows one back to an older epoch). When none answers, the
+/// error is the most telling of theirs ([`telling`]).
 async fn ask_all(
     sentinels: &[redis::Client],
     master: &str,
     limit: Duration,
     owner: &str,
-) -> RedisResult<Named> {
+) -> RedisResult<Lookup> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
     let majority = sentinels.len() / 2 + 1;
     let mut asking: FuturesUnordered<_> = sentinels
@@ -382,21 +392,53 @@ async fn ask_all(
         .collect();
     let mut answers: Vec<(usize, Named)> = Vec::with_capacity(sentinels.len());
     let mut last: Option<RedisError> = None;
-    while let Some((at, answer)) = asking.next().await {
+    let mut until: Option<tokio::time::Instant> = None;
+    while answers.len() < majority {
+        let next = match until {
+            None => asking.next().await,
+            Some(until) => match tokio::time::timeout_at(until, asking.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+        };
+        let Some((at, answer)) = next else { break };
         match answer {
-            Ok(named) => answers.push((at, named)),
-            Err(err) if !last.as_ref().is_some_and(login::refused) => last = Some(err),
-            Err(_) => {}
-        }
-        if answers.len() >= majority {
-            break;
+            Ok(named) => {
+                answers.push((at, named));
+                until.get_or_insert_with(|| tokio::time::Instant::now() + GRACE);
+            }
+            Err(err) => {
+                if last
+                    .as_ref()
+                    .is_none_or(|held| telling(&err) > telling(held))
+                {
+                    last = Some(err);
+                }
+            }
         }
     }
-    newest(answers, master).ok_or_else(|| {
-        last.unwrap_or_else(|| {
+    let agreed = answers.len() >= majority && answers.windows(2).all(|w| w[0].1 == w[1].1);
+    match newest(answers, master) {
+        Some(newest) => Ok(Lookup { newest, agreed }),
+        None => Err(last.unwrap_or_else(|| {
             RedisError::from((redis::ErrorKind::Client, "no sentinels configured"))
-        })
-    })
+        })),
+    }
+}
+
+/// How much a sentinel's error says, to report the most telling when none answered: a refused
+/// login (a setting to fix, not an outage to wait out), then a sentinel that does not know the
+/// master (a name to fix), then the rest (the last of them).
+fn telling(err: &RedisError) -> u8 {
+    if login::refused(err) {
+        2
+    } else if err.kind() == redis::ErrorKind::Client
+        && err.to_string().contains("does not know the master")
+    {
+        1
+    } else {
+        0
+    }
 }
 
 /// The answer with the highest epoch, the first configured (lowest `at`) among equals; logs
@@ -408,12 +450,20 @@ fn newest(mut answers: Vec<(usize, Named)>, master: &str) -> Option<Named> {
         tracing::debug!(
             master = %master,
             taken = %best.addr,
-            epoch = best.epoch,
+            epoch = ?best.epoch,
             answers = ?answers,
             "the sentinels disagree on the master; taking the newest configuration"
         );
     }
     Some(best)
+}
+
+/// Whether a lookup's answer may replace the master in use, at `addr` from a configuration of
+/// `epoch`: not when it names another server under an older epoch (sentinels that have not
+/// caught up yet, right after a failover), unless a majority agreed on it (a deployment
+/// rebuilt with its epochs started again).
+fn may_follow(addr: &str, epoch: Option<u64>, lookup: &Lookup) -> bool {
+    lookup.newest.addr == addr || lookup.newest.epoch >= epoch || lookup.agreed
 }
 
 /// What a call gets while the connection to the master at `addr` is lost and the sentinels
@@ -487,11 +537,11 @@ async fn locate(
     login: &Credentials,
     timeout: Duration,
     owner: &str,
-) -> RedisResult<(String, MultiplexedConnection)> {
+) -> RedisResult<(Named, MultiplexedConnection)> {
     let limit = timeout.max(Duration::from_secs(1));
-    let named = ask_all(sentinels, master, limit, owner).await?;
+    let named = ask_all(sentinels, master, limit, owner).await?.newest;
     let conn = open_master(&named.addr, login, timeout, owner).await?;
-    Ok((named.addr, conn))
+    Ok((named, conn))
 }
 
 impl Inner {
@@ -518,25 +568,41 @@ impl Inner {
     /// it again if it stayed and the connection was lost; whether it made a connection.
     async fn refresh(&self) -> bool {
         let limit = self.timeout.max(Duration::from_secs(1));
-        let addr = match ask_all(&self.sentinels, &self.master, limit, self.owner).await {
-            Ok(named) => named.addr,
+        let lookup = match ask_all(&self.sentinels, &self.master, limit, self.owner).await {
+            Ok(lookup) => lookup,
             Err(err) => {
                 tracing::debug!(master = %self.master, error = %err, "no sentinel answered");
                 return false;
             }
         };
-        let (old, lost) = {
+        let (old, epoch, lost) = {
             let current = self.current.read();
-            (current.addr.clone(), current.is_lost())
+            (current.addr.clone(), current.epoch, current.is_lost())
         };
+        if !may_follow(&old, epoch, &lookup) {
+            tracing::debug!(
+                master = %self.master,
+                current = %old,
+                epoch = ?epoch,
+                named = ?lookup.newest,
+                "the sentinels that answered name an older master; staying"
+            );
+            return false;
+        }
+        let named = lookup.newest;
+        let addr = named.addr.clone();
         if addr == old && !lost {
+            let mut current = self.current.write();
+            if current.addr == addr {
+                current.epoch = current.epoch.max(named.epoch);
+            }
             return false;
         }
         match open_master(&addr, &self.master_login, self.timeout, self.owner).await {
             Ok(conn) => {
                 let generation = {
                     let mut current = self.current.write();
-                    *current = Current::new(addr.clone(), conn);
+                    *current = Current::new(named, conn);
                     self.generation.fetch_add(1, Ordering::AcqRel) + 1
                 };
                 self.switched.send_replace(generation);
@@ -720,36 +786,102 @@ impl ConnectionLike for SentinelConn {
 
 #[cfg(test)]
 mod tests {
-    use super::{newest, Named};
+    use super::{may_follow, newest, telling, Lookup, Named};
+    use redis::RedisError;
 
-    fn named(at: usize, addr: &str, epoch: u64) -> (usize, Named) {
-        (
-            at,
-            Named {
-                addr: addr.into(),
-                epoch,
-            },
-        )
+    fn named(addr: &str, epoch: Option<u64>) -> Named {
+        Named {
+            addr: addr.into(),
+            epoch,
+        }
     }
 
     #[test]
     fn the_highest_epoch_wins_wherever_it_was_configured() {
         let answers = vec![
-            named(0, "10.0.0.1:6379", 3),
-            named(2, "10.0.0.2:6379", 4),
-            named(1, "10.0.0.1:6379", 3),
+            (0, named("10.0.0.1:6379", Some(3))),
+            (2, named("10.0.0.2:6379", Some(4))),
+            (1, named("10.0.0.1:6379", Some(3))),
         ];
         assert_eq!(newest(answers, "m").unwrap().addr, "10.0.0.2:6379");
     }
 
     #[test]
     fn among_equal_epochs_the_first_configured_wins_whatever_answered_first() {
-        let answers = vec![named(2, "10.0.0.3:6379", 7), named(1, "10.0.0.2:6379", 7)];
+        let answers = vec![
+            (2, named("10.0.0.3:6379", Some(7))),
+            (1, named("10.0.0.2:6379", Some(7))),
+        ];
         assert_eq!(newest(answers, "m").unwrap().addr, "10.0.0.2:6379");
+    }
+
+    #[test]
+    fn an_untold_epoch_ranks_below_every_told_one() {
+        let answers = vec![
+            (0, named("10.0.0.1:6379", None)),
+            (1, named("10.0.0.2:6379", Some(0))),
+        ];
+        assert_eq!(newest(answers, "m").unwrap().addr, "10.0.0.2:6379");
+        let untold = vec![(1, named("10.0.0.2:6379", None))];
+        assert_eq!(newest(untold, "m").unwrap().epoch, None);
     }
 
     #[test]
     fn no_answer_is_no_master() {
         assert_eq!(newest(Vec::new(), "m"), None);
+    }
+
+    #[test]
+    fn a_lookup_never_goes_back_to_an_older_epoch_unless_a_majority_agrees() {
+        let lookup = |addr: &str, epoch: Option<u64>, agreed: bool| Lookup {
+            newest: named(addr, epoch),
+            agreed,
+        };
+        let (on, epoch) = ("10.0.0.2:6379", Some(5));
+        // Stale sentinels naming the old master: stay.
+        assert!(!may_follow(
+            on,
+            epoch,
+            &lookup("10.0.0.1:6379", Some(4), false)
+        ));
+        assert!(!may_follow(
+            on,
+            epoch,
+            &lookup("10.0.0.1:6379", None, false)
+        ));
+        // A newer or equal configuration, or the same server: follow (or stay on it).
+        assert!(may_follow(
+            on,
+            epoch,
+            &lookup("10.0.0.3:6379", Some(6), false)
+        ));
+        assert!(may_follow(
+            on,
+            epoch,
+            &lookup("10.0.0.3:6379", Some(5), false)
+        ));
+        assert!(may_follow(on, epoch, &lookup(on, Some(1), false)));
+        // A rebuilt deployment, its epochs started again, all saying the same.
+        assert!(may_follow(
+            on,
+            epoch,
+            &lookup("10.0.0.9:6379", Some(0), true)
+        ));
+        // Sentinels that never tell epochs: every answer is as new as any.
+        assert!(may_follow(on, None, &lookup("10.0.0.3:6379", None, false)));
+    }
+
+    #[test]
+    fn an_unknown_master_is_reported_over_a_timeout() {
+        let unknown = RedisError::from((
+            redis::ErrorKind::Client,
+            "sentinel does not know the master",
+            "m".to_owned(),
+        ));
+        let timeout = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the sentinel did not answer in time",
+        ));
+        assert!(telling(&unknown) > telling(&timeout));
     }
 }

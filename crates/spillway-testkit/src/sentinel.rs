@@ -277,8 +277,8 @@ impl SentinelGroup {
 
     /// As [`SentinelGroup::restart_first_master`], with the commands the sentinels reconfigure
     /// a server with (`REPLICAOF`, `SLAVEOF`) and announce themselves by (`PUBLISH`) renamed
-    /// away: the restarted server stays a master with no data for as long as the test needs,
-    /// and no sentinel hears of another through it.
+    /// away, for this start and any later one: the restarted server stays a master with no
+    /// data for as long as the group lives, and no sentinel hears of another through it.
     pub fn restart_first_master_unmanaged(&mut self) {
         self.servers[0].restart_with(&[
             "--rename-command",
@@ -294,8 +294,9 @@ impl SentinelGroup {
     }
 
     /// Makes the sentinels fail over now, the master alive (`SENTINEL FAILOVER`): the replica
-    /// is promoted and the first master made its replica. Returns once the failover is over
-    /// ([`SentinelGroup::wait_for_failover`]).
+    /// is promoted, and the first master is made its replica soon after. Returns once every
+    /// sentinel names the replica and it acts as master
+    /// ([`SentinelGroup::wait_for_failover`]), maybe before the first master is demoted.
     pub fn force_failover(&self) {
         let port = self.sentinels[0].port;
         let reply = self
@@ -306,10 +307,12 @@ impl SentinelGroup {
     }
 
     /// Starts a fourth sentinel, apart from the group, watching the first master's address
-    /// under the same name with no failover behind it (configuration epoch 0): once the
-    /// group has failed over and that server was restarted by
-    /// [`SentinelGroup::restart_first_master_unmanaged`], it is a sentinel that missed the
-    /// failover, naming the old address, as one cut off with a minority would. Its port.
+    /// under the same name with no failover behind it (configuration epoch 0); its port. Only
+    /// once the group has failed over and that server was restarted by
+    /// [`SentinelGroup::restart_first_master_unmanaged`] (call that first) does it stay a
+    /// sentinel that missed the failover, naming the old address as one cut off with a
+    /// minority would: through any other server it would hear the group's newer
+    /// configuration within seconds.
     pub fn start_stale_sentinel(&mut self) -> u16 {
         let master = self.first_master_port();
         let sentinel = (0..30)
