@@ -603,3 +603,52 @@ async fn a_sentinel_that_missed_the_failover_is_outvoted() {
         );
     }
 }
+
+/// A sentinel login whose ACL allows `SENTINEL GET-MASTER-ADDR-BY-NAME` and not `SENTINEL
+/// MASTER`, as deployments that grant clients only what the Redis docs list for them do: no
+/// sentinel tells an epoch, yet the store finds the master and decides, at start and at its
+/// looks afterwards.
+#[tokio::test]
+async fn a_sentinel_login_that_may_not_read_the_epoch_still_finds_the_master() {
+    let group = SentinelGroup::start();
+    let password = "narrow-pw-3Jd8";
+    for port in group.sentinel_ports() {
+        let set = command(
+            port,
+            &format!(
+                "ACL SETUSER narrow on >{password} +ping +subscribe &* \
+                 +sentinel|get-master-addr-by-name"
+            ),
+        )
+        .unwrap_or_default();
+        assert_eq!(set, "+OK\r\n", "ACL SETUSER on the sentinel at {port}");
+    }
+    let auth = SentinelAuth {
+        master: Credentials::default(),
+        sentinels: Credentials {
+            username: Some("narrow".into()),
+            password: Some(password.into()),
+        },
+    };
+    let store = RedisStore::connect(&config_as(&group, MASTER_NAME, auth))
+        .await
+        .expect("connects");
+    let first = format!("127.0.0.1:{}", group.first_master_port());
+    assert_eq!(store.sentinel_master(), Some(first.clone()));
+    for remaining in [99, 98] {
+        assert_eq!(
+            take_one(&store, "narrow").await.expect("decides"),
+            (true, remaining)
+        );
+    }
+    // The store did ask for the epoch, and was refused.
+    let refused = command(group.sentinel_ports()[0], "ACL LOG").unwrap_or_default();
+    assert!(refused.contains("sentinel|master"), "ACL LOG: {refused}");
+    // A look or two later, still on the same master.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(
+        take_one(&store, "narrow").await.expect("decides"),
+        (true, 97)
+    );
+    assert_eq!(store.sentinel_master(), Some(first));
+}

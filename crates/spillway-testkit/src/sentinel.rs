@@ -299,10 +299,22 @@ impl SentinelGroup {
     /// ([`SentinelGroup::wait_for_failover`]), maybe before the first master is demoted.
     pub fn force_failover(&self) {
         let port = self.sentinels[0].port;
-        let reply = self
-            .sentinel_command(port, &format!("SENTINEL FAILOVER {MASTER_NAME}"))
-            .unwrap_or_default();
-        assert!(reply.starts_with("+OK"), "SENTINEL FAILOVER: {reply}");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let reply = self
+                .sentinel_command(port, &format!("SENTINEL FAILOVER {MASTER_NAME}"))
+                .unwrap_or_default();
+            if reply.starts_with("+OK") {
+                break;
+            }
+            // The sentinel may not yet count the replica fit to promote (`-NOGOODSLAVE`: its
+            // last INFO from it too old on a loaded machine): ask again shortly.
+            assert!(
+                Instant::now() < deadline && reply.starts_with("-NOGOODSLAVE"),
+                "SENTINEL FAILOVER: {reply}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         self.wait_for_failover();
     }
 
