@@ -459,11 +459,29 @@ fn newest(mut answers: Vec<(usize, Named)>, master: &str) -> Option<Named> {
 }
 
 /// Whether a lookup's answer may replace the master in use, at `addr` from a configuration of
-/// `epoch`: not when it names another server under an older epoch (sentinels that have not
-/// caught up yet, right after a failover), unless a majority agreed on it (a deployment
-/// rebuilt with its epochs started again).
-fn may_follow(addr: &str, epoch: Option<u64>, lookup: &Lookup) -> bool {
-    lookup.newest.addr == addr || lookup.newest.epoch >= epoch || lookup.agreed
+/// `epoch` ([`may_follow`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    /// The same server, or a configuration at least as new.
+    Yes,
+    /// Another server under an older epoch, which a majority agreed on: followed only if the
+    /// master in use is lost or no longer acts as master. A majority that has not yet heard of
+    /// a failover (right after one) looks the same as a deployment rebuilt with its epochs
+    /// started again, and the server in use tells them apart.
+    UnlessCurrentServes,
+    /// Another server under an older epoch, without a majority agreeing: sentinels that have
+    /// not caught up.
+    No,
+}
+
+fn may_follow(addr: &str, epoch: Option<u64>, lookup: &Lookup) -> Follow {
+    if lookup.newest.addr == addr || lookup.newest.epoch >= epoch {
+        Follow::Yes
+    } else if lookup.agreed {
+        Follow::UnlessCurrentServes
+    } else {
+        Follow::No
+    }
 }
 
 /// What a call gets while the connection to the master at `addr` is lost and the sentinels
@@ -564,6 +582,15 @@ impl Inner {
         }
     }
 
+    /// Whether the server in use still acts as master (`ROLE`, within the store's timeout).
+    async fn current_serves(&self) -> bool {
+        let Some((mut conn, _)) = self.usable_now() else {
+            return false;
+        };
+        let addr = self.current.read().addr.clone();
+        acts_as_master(&mut conn, &addr).await.is_ok()
+    }
+
     /// Asks the sentinels where the master is and switches to it if it moved, or connects to
     /// it again if it stayed and the connection was lost; whether it made a connection.
     async fn refresh(&self) -> bool {
@@ -579,7 +606,12 @@ impl Inner {
             let current = self.current.read();
             (current.addr.clone(), current.epoch, current.is_lost())
         };
-        if !may_follow(&old, epoch, &lookup) {
+        let stay = match may_follow(&old, epoch, &lookup) {
+            Follow::Yes => false,
+            Follow::No => true,
+            Follow::UnlessCurrentServes => !lost && self.current_serves().await,
+        };
+        if stay {
             tracing::debug!(
                 master = %self.master,
                 current = %old,
@@ -589,12 +621,16 @@ impl Inner {
             );
             return false;
         }
-        let named = lookup.newest;
+        let mut named = lookup.newest;
         let addr = named.addr.clone();
+        // The same server keeps the newest epoch heard for it, unless a majority says otherwise.
+        if addr == old && !lookup.agreed {
+            named.epoch = named.epoch.max(epoch);
+        }
         if addr == old && !lost {
             let mut current = self.current.write();
             if current.addr == addr {
-                current.epoch = current.epoch.max(named.epoch);
+                current.epoch = named.epoch;
             }
             return false;
         }
@@ -786,7 +822,7 @@ impl ConnectionLike for SentinelConn {
 
 #[cfg(test)]
 mod tests {
-    use super::{may_follow, newest, telling, Lookup, Named};
+    use super::{may_follow, newest, telling, Follow, Lookup, Named};
     use redis::RedisError;
 
     fn named(addr: &str, epoch: Option<u64>) -> Named {
@@ -832,43 +868,33 @@ mod tests {
     }
 
     #[test]
-    fn a_lookup_never_goes_back_to_an_older_epoch_unless_a_majority_agrees() {
+    fn a_lookup_never_goes_back_to_an_older_epoch_unless_the_server_in_use_stopped_serving() {
         let lookup = |addr: &str, epoch: Option<u64>, agreed: bool| Lookup {
             newest: named(addr, epoch),
             agreed,
         };
         let (on, epoch) = ("10.0.0.2:6379", Some(5));
         // Stale sentinels naming the old master: stay.
-        assert!(!may_follow(
-            on,
-            epoch,
-            &lookup("10.0.0.1:6379", Some(4), false)
-        ));
-        assert!(!may_follow(
-            on,
-            epoch,
-            &lookup("10.0.0.1:6379", None, false)
-        ));
+        let stale = lookup("10.0.0.1:6379", Some(4), false);
+        assert_eq!(may_follow(on, epoch, &stale), Follow::No);
+        let untold = lookup("10.0.0.1:6379", None, false);
+        assert_eq!(may_follow(on, epoch, &untold), Follow::No);
         // A newer or equal configuration, or the same server: follow (or stay on it).
-        assert!(may_follow(
-            on,
-            epoch,
-            &lookup("10.0.0.3:6379", Some(6), false)
-        ));
-        assert!(may_follow(
-            on,
-            epoch,
-            &lookup("10.0.0.3:6379", Some(5), false)
-        ));
-        assert!(may_follow(on, epoch, &lookup(on, Some(1), false)));
-        // A rebuilt deployment, its epochs started again, all saying the same.
-        assert!(may_follow(
-            on,
-            epoch,
-            &lookup("10.0.0.9:6379", Some(0), true)
-        ));
+        let newer = lookup("10.0.0.3:6379", Some(6), false);
+        assert_eq!(may_follow(on, epoch, &newer), Follow::Yes);
+        let equal = lookup("10.0.0.3:6379", Some(5), false);
+        assert_eq!(may_follow(on, epoch, &equal), Follow::Yes);
+        assert_eq!(
+            may_follow(on, epoch, &lookup(on, Some(1), false)),
+            Follow::Yes
+        );
+        // A majority on an older epoch: a rebuilt deployment, or a majority not yet told of
+        // the failover; only the server in use can say which.
+        let agreed = lookup("10.0.0.9:6379", Some(0), true);
+        assert_eq!(may_follow(on, epoch, &agreed), Follow::UnlessCurrentServes);
         // Sentinels that never tell epochs: every answer is as new as any.
-        assert!(may_follow(on, None, &lookup("10.0.0.3:6379", None, false)));
+        let untold = lookup("10.0.0.3:6379", None, false);
+        assert_eq!(may_follow(on, None, &untold), Follow::Yes);
     }
 
     #[test]

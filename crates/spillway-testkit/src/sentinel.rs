@@ -263,6 +263,33 @@ impl SentinelGroup {
         self.servers[1].port()
     }
 
+    /// Waits until the replica has everything the first master has written so far (its
+    /// replication offset reached the master's); panics after the deadline. `WAIT` cannot
+    /// tell this from a test's own connection: it counts only that connection's writes, and
+    /// one that wrote nothing is answered at once.
+    pub fn wait_for_replica(&self) {
+        let offset = |port: u16, name: &str| {
+            let info = self.data_command(port, "INFO replication")?;
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let deadline = Instant::now() + DEADLINE;
+        let written = offset(self.first_master_port(), "master_repl_offset:")
+            .expect("the master tells its replication offset");
+        loop {
+            let held = offset(self.replica_port(), "slave_repl_offset:").unwrap_or(0);
+            if held >= written {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica stayed at offset {held}, the master wrote up to {written}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the first master, as a crash would.
     pub fn kill_master(&mut self) {
         self.servers[0].kill();
