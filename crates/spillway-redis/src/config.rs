@@ -203,6 +203,13 @@ pub fn parse_url_list(list: &str) -> Result<Vec<String>, UrlError> {
     Ok(urls)
 }
 
+/// How long connecting, logging in and the one-off questions outside a request (`ROLE`, the
+/// sentinels', loading the library) may take: the store's timeout, but never under a second,
+/// since a call budget of a few milliseconds is no budget for a handshake on a loaded machine.
+pub(crate) fn setup_limit(timeout: Duration) -> Duration {
+    timeout.max(Duration::from_secs(1))
+}
+
 /// Connection and layout settings for the Redis store.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {

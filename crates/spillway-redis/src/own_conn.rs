@@ -136,7 +136,7 @@ impl OwnConn {
         let io = login::log_in(&target).await?;
         Ok(Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::new(io).lost_sets(target.once.clone())),
+                state: Mutex::new(State::new(io, target.once.clone())),
                 target,
                 login: tokio::sync::Mutex::new(None),
             }),
@@ -220,11 +220,12 @@ fn unsupported(what: &str) -> RedisError {
 }
 
 impl State {
-    /// A connection over `io` with nothing sent or read yet.
-    fn new(io: Box<dyn Io>) -> Self {
+    /// A connection over `io` with nothing sent or read yet, setting `lost_sets` (if any) when
+    /// it closes.
+    fn new(io: Box<dyn Io>, lost_sets: Option<Arc<AtomicBool>>) -> Self {
         Self {
             io: Some(io),
-            lost_sets: None,
+            lost_sets,
             out: Vec::new(),
             written: 0,
             input: vec![0; READ_CHUNK],
@@ -235,14 +236,6 @@ impl State {
             first: 0,
             answered: 0,
             next: 0,
-        }
-    }
-
-    /// This state, setting `lost` (if any) when the connection closes.
-    fn lost_sets(self, lost: Option<Arc<AtomicBool>>) -> Self {
-        Self {
-            lost_sets: lost,
-            ..self
         }
     }
 

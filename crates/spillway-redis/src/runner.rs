@@ -6,6 +6,7 @@
 //! few `Arc`s), so a task spawned to finish a request on its own (see [`crate::multi_slot`])
 //! can own one.
 
+use crate::config::setup_limit;
 use crate::error::{classify, record, record_script, CountNoScript, SCRIPT_ERRORS};
 use crate::functions::{self, Func, Functions};
 use crate::module::{self, Module};
@@ -216,7 +217,7 @@ impl Runner {
         cmd: &redis::Cmd,
     ) -> Result<redis::RedisResult<redis::Value>, tokio::time::error::Elapsed> {
         let mut conn = self.conn.clone();
-        let limit = self.timeout.max(Duration::from_secs(1));
+        let limit = setup_limit(self.timeout);
         tokio::time::timeout(limit, async move { functions::lift(conn.query(cmd).await) }).await
     }
 

@@ -52,7 +52,7 @@
 //! which side refused (a sentinel or the master) and where, never the password; after start,
 //! a new master that refuses the login is logged as a warning and the old address stays.
 
-use crate::config::{mask_url, Credentials, SentinelAuth};
+use crate::config::{mask_url, setup_limit, Credentials, SentinelAuth};
 use crate::login::{self, Refusal};
 use crate::own_conn::{OwnConn, Target};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -241,7 +241,7 @@ impl SentinelConn {
             )
         };
         let inner = &self.inner;
-        let limit = inner.timeout.max(Duration::from_secs(1));
+        let limit = setup_limit(inner.timeout);
         let opening = async {
             let info = inner
                 .master_login
@@ -332,7 +332,7 @@ async fn ask_unexplained(
         let Some((host, port)) = addr else {
             return Err(RedisError::from((
                 redis::ErrorKind::Client,
-                "sentinel does not know the master",
+                UNKNOWN_MASTER,
                 master.to_owned(),
             )));
         };
@@ -353,6 +353,9 @@ async fn ask_unexplained(
         ))),
     }
 }
+
+/// What a sentinel that does not monitor the master by that name answers, as an error.
+const UNKNOWN_MASTER: &str = "sentinel does not know the master";
 
 /// How long a lookup that has an answer waits for more, up to a majority of the sentinels.
 pub const GRACE: Duration = Duration::from_millis(250);
@@ -432,9 +435,7 @@ async fn ask_all(
 fn telling(err: &RedisError) -> u8 {
     if login::refused(err) {
         2
-    } else if err.kind() == redis::ErrorKind::Client
-        && err.to_string().contains("does not know the master")
-    {
+    } else if err.kind() == redis::ErrorKind::Client && err.to_string().contains(UNKNOWN_MASTER) {
         1
     } else {
         0
@@ -519,7 +520,7 @@ async fn open_master_unexplained(
     // A plain multiplexed connection, not a `ConnectionManager`: it must not reconnect by
     // itself (see the module docs). Making it and the `ROLE` question get at least a second;
     // the calls after them, the store's timeout.
-    let limit = timeout.max(Duration::from_secs(1));
+    let limit = setup_limit(timeout);
     let settings = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(limit))
         .set_response_timeout(Some(limit));
@@ -556,7 +557,7 @@ async fn locate(
     timeout: Duration,
     owner: &str,
 ) -> RedisResult<(Named, MultiplexedConnection)> {
-    let limit = timeout.max(Duration::from_secs(1));
+    let limit = setup_limit(timeout);
     let named = ask_all(sentinels, master, limit, owner).await?.newest;
     let conn = open_master(&named.addr, login, timeout, owner).await?;
     Ok((named, conn))
@@ -582,19 +583,19 @@ impl Inner {
         }
     }
 
-    /// Whether the server in use still acts as master (`ROLE`, within the store's timeout).
-    async fn current_serves(&self) -> bool {
+    /// Whether the server in use, at `addr`, still acts as master (`ROLE`, within the store's
+    /// timeout).
+    async fn current_serves(&self, addr: &str) -> bool {
         let Some((mut conn, _)) = self.usable_now() else {
             return false;
         };
-        let addr = self.current.read().addr.clone();
-        acts_as_master(&mut conn, &addr).await.is_ok()
+        acts_as_master(&mut conn, addr).await.is_ok()
     }
 
     /// Asks the sentinels where the master is and switches to it if it moved, or connects to
     /// it again if it stayed and the connection was lost; whether it made a connection.
     async fn refresh(&self) -> bool {
-        let limit = self.timeout.max(Duration::from_secs(1));
+        let limit = setup_limit(self.timeout);
         let lookup = match ask_all(&self.sentinels, &self.master, limit, self.owner).await {
             Ok(lookup) => lookup,
             Err(err) => {
@@ -609,7 +610,7 @@ impl Inner {
         let stay = match may_follow(&old, epoch, &lookup) {
             Follow::Yes => false,
             Follow::No => true,
-            Follow::UnlessCurrentServes => !lost && self.current_serves().await,
+            Follow::UnlessCurrentServes => !lost && self.current_serves(&old).await,
         };
         if stay {
             tracing::debug!(
@@ -627,11 +628,9 @@ impl Inner {
         if addr == old && !lookup.agreed {
             named.epoch = named.epoch.max(epoch);
         }
+        // Only this task replaces `current`, so it still goes to `old`.
         if addr == old && !lost {
-            let mut current = self.current.write();
-            if current.addr == addr {
-                current.epoch = named.epoch;
-            }
+            self.current.write().epoch = named.epoch;
             return false;
         }
         match open_master(&addr, &self.master_login, self.timeout, self.owner).await {
@@ -691,7 +690,7 @@ async fn subscribe(inner: &Inner) -> Option<redis::aio::PubSubStream> {
             pubsub.subscribe("+switch-master").await?;
             Ok::<_, RedisError>(pubsub.into_on_message())
         };
-        let limit = inner.timeout.max(Duration::from_secs(1));
+        let limit = setup_limit(inner.timeout);
         if let Ok(Ok(stream)) = tokio::time::timeout(limit, subscribing).await {
             return Some(stream);
         }

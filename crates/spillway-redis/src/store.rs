@@ -19,7 +19,7 @@
 //! masters ([`Store::domains`]), which keeps a circuit breaker per master.
 
 use crate::batch::Batcher;
-use crate::config::{RedisConfig, Target};
+use crate::config::{setup_limit, RedisConfig, Target};
 use crate::error::{classify, record, ConnectError};
 use crate::keys::{self, KeyLayout};
 use crate::local_cache::LocalCache;
@@ -109,7 +109,7 @@ impl RedisStore {
         let started = tokio::time::Instant::now();
         let refusal = Refusal::of(&config.owner, &config.login_hint);
         let server_settings = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
+            .set_connection_timeout(Some(setup_limit(timeout)))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
@@ -132,7 +132,7 @@ impl RedisStore {
                     // `crate::batch`), fit within the timeout.
                     let wait = u64::try_from(timeout.as_millis() / 8).unwrap_or(u64::MAX);
                     let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
-                        .connection_timeout(timeout.max(Duration::from_secs(1)))
+                        .connection_timeout(setup_limit(timeout))
                         .response_timeout(timeout.max(crate::multi_slot::SETTLE))
                         .retries(3)
                         .min_retry_wait(1)
@@ -181,12 +181,9 @@ impl RedisStore {
         runner.prepare().await;
         let batcher = Batcher::start(runner.clone());
         let thread_conns = match (&config.target, &runner.conn) {
-            (Target::Server(url), _) => ThreadConns::server(
-                url,
-                config,
-                server_settings,
-                timeout.max(Duration::from_secs(1)),
-            ),
+            (Target::Server(url), _) => {
+                ThreadConns::server(url, config, server_settings, setup_limit(timeout))
+            }
             (_, Conn::Sentinel(master)) => ThreadConns::sentinel(master),
             _ => ThreadConns::none(),
         };
