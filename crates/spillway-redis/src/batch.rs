@@ -62,7 +62,7 @@
 //! low load a request allocates here only its answer channel and what the call needs.
 
 use crate::error::record;
-use crate::runner::{only_reply, Conn, Failed, Runner};
+use crate::runner::{only_reply, Again, Conn, Failed, Runner};
 use crate::script::{CallArgs, Encoded, Reply};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
@@ -116,14 +116,27 @@ const STORE_QUEUE_FULL: &str = "the queue for the store is full";
 
 /// Why a request sent through a [`Batcher`] failed: the batcher itself refusing it because
 /// its queue was full, which says nothing about the connection (a thread's own connection
-/// must not step aside for it; see [`crate::thread_conn`]), or the call's own error. Either
-/// way the caller gets a counted [`StoreError`] (`Unavailable` for a full queue).
-#[derive(Debug, Clone)]
+/// must not step aside for it; see [`crate::thread_conn`]), the call's own error, or a call
+/// not sent at all, which hands the request back to go through another connection. Whichever,
+/// the caller can take a counted [`StoreError`] (`Unavailable` for a full queue).
+#[derive(Debug)]
 pub(crate) enum BatchError {
     /// Refused at once: its lane (or every lane) was full.
     QueueFull(StoreError),
     /// The call failed, timed out, or was never answered.
     Store(StoreError),
+    /// The call was not sent: its connection, a serving thread's own, is lost for good (see
+    /// [`crate::own_conn`]). Nothing of the request reached Redis; here it is back.
+    NotSent(Box<Unsent>),
+}
+
+/// A request whose call was not sent (see [`BatchError::NotSent`]): its keys and checks, to
+/// go again through another connection, and the error that kept it, not counted yet.
+#[derive(Debug)]
+pub(crate) struct Unsent {
+    pub(crate) keys: Vec<String>,
+    pub(crate) checks: Vec<Encoded>,
+    pub(crate) err: StoreError,
 }
 
 impl From<StoreError> for BatchError {
@@ -133,9 +146,12 @@ impl From<StoreError> for BatchError {
 }
 
 impl From<BatchError> for StoreError {
+    /// The error a caller answers with; a request not sent that goes nowhere else is counted
+    /// now (see [`crate::runner::Failed`]).
     fn from(err: BatchError) -> Self {
         match err {
             BatchError::QueueFull(err) | BatchError::Store(err) => err,
+            BatchError::NotSent(unsent) => Failed::count_refusal(unsent.err),
         }
     }
 }
@@ -552,14 +568,14 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
         outcome,
         Ok(_)
             | Err(Failed {
-                resharding: true,
+                again: Again::Alone,
                 ..
             })
     );
     match outcome {
         Err(Failed {
             err,
-            resharding: true,
+            again: Again::Alone,
         }) => {
             // Each request alone, once, within what is left of its own caller's time. One
             // after another, over the whole store (the lock): a request for a key not yet on
@@ -597,7 +613,24 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
                 let _ = job.answer.send(Ok(reply));
             }
         }
-        Err(Failed { err, .. }) => {
+        Err(Failed {
+            err,
+            again: Again::Elsewhere,
+        }) => {
+            // Each request goes back to its caller, to go again on another connection.
+            for job in batch.drain(..) {
+                let unsent = Unsent {
+                    keys: job.keys,
+                    checks: job.checks,
+                    err: err.clone(),
+                };
+                let _ = job.answer.send(Err(BatchError::NotSent(Box::new(unsent))));
+            }
+        }
+        Err(Failed {
+            err,
+            again: Again::No,
+        }) => {
             for job in batch.drain(..) {
                 let _ = job.answer.send(Err(err.clone().into()));
             }
@@ -626,7 +659,7 @@ async fn call(runner: &Runner, limit: Duration, batch: &[Job]) -> Result<Vec<Rep
                 replies.len(),
                 batch.len()
             ))),
-            resharding: false,
+            again: Again::No,
         })
     }
 }

@@ -21,10 +21,13 @@
 //! setting, `CLIENT KILL`), so that such a close fails no request once the runtime has seen
 //! it (a command written before the close reached the socket fails as a lost connection).
 //! A connection to a master the sentinels named ([`Target::made_once`]) is never made again:
-//! once lost (for any of the reasons above, an idle close included, which then fails the call
-//! that finds it), every call fails, the flag it was given is set (the store's own connection
-//! to that master counts as lost with it), and the thread connection is made anew where the
-//! sentinels point (see [`crate::sentinel`]).
+//! once lost (for any of the reasons above, an idle close included), every call fails, the
+//! flag it was given is set (the store's own connection to that master counts as lost with
+//! it), and the thread connection is made anew where the sentinels point (see
+//! [`crate::sentinel`]). A call it fails that way without writing it (the one that found an
+//! idle close, and every later one) fails with an error [`was_not_sent`] tells apart: nothing
+//! of it reached the server, so the store sends the request on its shared connection instead
+//! (see [`crate::thread_conn`]) and no request fails for the close.
 //! The login runs in a task of its own ([`OwnConn::remake`]), so that a caller whose budget
 //! ends mid-login does not undo it. A call whose caller gave up keeps its place in the
 //! order; its reply is read and dropped.
@@ -160,7 +163,7 @@ impl OwnConn {
         self.shared
             .lock()
             .begin(encode)
-            .ok_or_else(|| lost("it closed again as soon as it was made"))
+            .ok_or_else(|| not_sent("it closed again as soon as it was made"))
     }
 
     /// Makes the connection again, unless another caller just did. The login runs in a task
@@ -177,7 +180,7 @@ impl OwnConn {
             *login = None;
         }
         if self.shared.target.once.is_some() {
-            return Err(lost(
+            return Err(not_sent(
                 "it went to a master the sentinels named, and is not made again by itself",
             ));
         }
@@ -208,6 +211,49 @@ fn lost(why: &str) -> RedisError {
         std::io::ErrorKind::ConnectionAborted,
         format!("a serving thread's Redis connection was lost: {why}"),
     ))
+}
+
+/// Why a call failed before any of it was written: the connection is lost and was not made
+/// again. Carried inside the I/O error [`not_sent`] makes, so that [`was_not_sent`] can tell
+/// it by its type, never by its words.
+#[derive(Debug)]
+struct NotSent(String);
+
+impl std::fmt::Display for NotSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a serving thread's Redis connection was lost: {}; the call was not sent",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NotSent {}
+
+/// The error of a call the connection did not write because it is lost for good (an I/O
+/// error, so Redis unavailable to the store, like [`lost`]).
+fn not_sent(why: &str) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        NotSent(why.to_owned()),
+    ))
+}
+
+/// Whether `err` is a call this connection failed without writing any of it ([`not_sent`]):
+/// nothing of it reached the server, so it may go through another connection.
+pub(crate) fn was_not_sent(err: &RedisError) -> bool {
+    type Shared = Arc<dyn std::error::Error + Send + Sync>;
+    // The client keeps an I/O error behind an `Arc`, which is what its `source` gives.
+    let Some(source) = std::error::Error::source(err) else {
+        return false;
+    };
+    let io = match source.downcast_ref::<Shared>() {
+        Some(shared) => shared.downcast_ref::<std::io::Error>(),
+        None => source.downcast_ref::<std::io::Error>(),
+    };
+    io.and_then(std::io::Error::get_ref)
+        .is_some_and(|inner| inner.is::<NotSent>())
 }
 
 /// A client error: what this connection does not send.

@@ -21,30 +21,42 @@ use spillway_core::time::Clock;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A failed call: the engine's error, and whether the client's own error was a typed
-/// resharding refusal of the call (`TRYAGAIN`, or an `ASK`/`MOVED` redirect it did not
-/// follow), which [`crate::batch`] may answer by sending the call's requests again alone.
-/// Any other error is already counted (`spillway_store_errors_total` and [`SCRIPT_ERRORS`]);
-/// a resharding refusal is counted only once nobody sends the call again
-/// ([`Failed::settled`], the one place that counts it): a refusal answered by a retry is
-/// counted as a retry, not an error.
+/// A failed call: the engine's error, and whether its requests may go again ([`Again`]).
+/// Any error of a call nobody sends again is already counted (`spillway_store_errors_total`
+/// and [`SCRIPT_ERRORS`]); one whose requests may go again is counted only once nobody sends
+/// them again ([`Failed::settled`], or [`crate::batch::Unsent`]'s conversion): a refusal
+/// answered by a retry is counted as a retry, not an error.
 pub(crate) struct Failed {
     pub(crate) err: StoreError,
-    pub(crate) resharding: bool,
+    pub(crate) again: Again,
+}
+
+/// Whether a failed call's requests may go again, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Again {
+    /// No: the error is the requests' answer (and counted already).
+    No,
+    /// Each alone: Redis refused the call because its slot is moving (`TRYAGAIN`, or an
+    /// `ASK`/`MOVED` redirect the client did not follow); see [`crate::batch`].
+    Alone,
+    /// Through another connection: a serving thread's own connection, lost for good, wrote
+    /// none of the call ([`crate::own_conn::was_not_sent`]); see [`crate::thread_conn`].
+    Elsewhere,
 }
 
 impl Failed {
-    /// The error of a script call that will not go again, counted: a resharding refusal now,
-    /// any other error was counted where it happened.
+    /// The error of a script call that will not go again, counted: one whose requests might
+    /// have gone again now, any other error was counted where it happened.
     pub(crate) fn settled(self) -> StoreError {
-        if self.resharding {
-            Self::count_refusal(self.err)
-        } else {
+        if self.again == Again::No {
             self.err
+        } else {
+            Self::count_refusal(self.err)
         }
     }
 
-    /// Counts `err`, a resharding refusal nobody sends again, as a store and a script error.
+    /// Counts `err`, of a call whose requests nobody sends again although they might have
+    /// gone (see [`Again`]), as a store and a script error.
     pub(crate) fn count_refusal(err: StoreError) -> StoreError {
         record_script(record(err))
     }
@@ -224,8 +236,8 @@ impl Runner {
     /// Calls the library's function `func` (or, without Functions, `script`; or the native
     /// module's check, for a check while the module is there: `module`) over `keys` and
     /// `args` within `limit`: the one way a script is called, and so where its errors are
-    /// counted (as a store error and a script error), except a resharding refusal, which is
-    /// counted by [`Failed::settled`] once nobody sends the call again. A check while the
+    /// counted (as a store error and a script error), except an error whose requests may go
+    /// again ([`Again`]), counted once nobody sends them again (see [`Failed`]). A check while the
     /// module is not in use has it probed for once the call has its answer, when that is due
     /// ([`Module::probe_due`]), except on a cluster.
     async fn invoke(
@@ -287,15 +299,19 @@ impl Runner {
             }
         }
         called.map_err(|err| {
-            let resharding = err.as_ref().is_some_and(resharding);
+            let again = match &err {
+                Some(err) if resharding(err) => Again::Alone,
+                Some(err) if crate::own_conn::was_not_sent(err) => Again::Elsewhere,
+                _ => Again::No,
+            };
             let err = err.map_or(StoreError::Timeout(limit), |err| classify(err, limit));
             Failed {
-                err: if resharding {
-                    err
-                } else {
+                err: if again == Again::No {
                     record_script(record(err))
+                } else {
+                    err
                 },
-                resharding,
+                again,
             }
         })
     }
@@ -312,8 +328,8 @@ impl Runner {
             .map_err(Failed::settled)
     }
 
-    /// [`Runner::run_call`], also saying whether the call was refused for resharding (such a
-    /// refusal is not counted yet: see [`Failed`]).
+    /// [`Runner::run_call`], also saying whether the call's requests may go again (if so, its
+    /// error is not counted yet: see [`Failed`]).
     pub(crate) async fn run_call_typed(
         &self,
         limit: Duration,
@@ -335,7 +351,7 @@ impl Runner {
             .map_err(record_script)
             .map_err(|err| Failed {
                 err,
-                resharding: false,
+                again: Again::No,
             })
     }
 

@@ -42,7 +42,9 @@
 //! Thread connections keep the same rule: theirs are made once ([`Target::made_once`]) and,
 //! once lost, count the connection of the same generation here lost too (they share its flag;
 //! one lost after a switch marks nothing current), so the next thread connection waits for the
-//! sentinels' answer.
+//! sentinels' answer. A check such a connection did not write because it was lost (an idle
+//! close found before writing) goes through this connection instead (see
+//! [`crate::thread_conn`]).
 //!
 //! # Passwords
 //! Sentinels and data nodes each may require a login ([`SentinelAuth`]): the sentinels' is

@@ -18,7 +18,7 @@
 //! which master serves each slot ([`crate::topology`]) and tells the server a request's
 //! masters ([`Store::domains`]), which keeps a circuit breaker per master.
 
-use crate::batch::Batcher;
+use crate::batch::{BatchError, Batcher, Unsent};
 use crate::config::{setup_limit, RedisConfig, Target};
 use crate::error::{classify, record, ConnectError};
 use crate::keys::{self, KeyLayout};
@@ -27,7 +27,7 @@ use crate::login::{self, Refusal};
 use crate::multi_slot::{slots, Slots};
 use crate::runner::{Conn, Runner};
 use crate::script::Encoded;
-use crate::thread_conn::ThreadConns;
+use crate::thread_conn::{ThreadConns, THREAD_CONN_RESENT};
 use crate::topology::Topology;
 use async_trait::async_trait;
 use spillway_core::algorithm::Decision;
@@ -263,7 +263,19 @@ impl Store for RedisStore {
                 // may await between the two, or the guard's choice of where to poll this
                 // call could be wrong for the path it takes.
                 let reply = match self.thread_conns.here() {
-                    Some(own) => own.check(lane, keys, encoded, mode).await,
+                    Some(own) => match own.check(lane, keys, encoded, mode).await {
+                        // Its connection was lost for good before the call went out (an idle
+                        // close of a master the sentinels named): nothing reached Redis, so
+                        // the request goes on the shared path, and the thread's connection
+                        // steps aside as for any failure.
+                        Err(BatchError::NotSent(unsent)) => {
+                            let Unsent { keys, checks, err } = *unsent;
+                            self.thread_conns.failed(&BatchError::Store(err));
+                            metrics::counter!(THREAD_CONN_RESENT).increment(1);
+                            self.batcher.check(lane, keys, checks, mode).await
+                        }
+                        other => other,
+                    },
                     None => self.batcher.check(lane, keys, encoded, mode).await,
                 };
                 reply

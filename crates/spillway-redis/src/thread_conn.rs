@@ -44,8 +44,11 @@
 //!   after one: it is used only while the store's count of switches is what it was when the
 //!   connection was made (requests queued just before finish on it). A switch seen while the
 //!   connection was being made does not send it aside if it went to that switch's master
-//!   already. This lifecycle is [`sentinel`]'s; the waits between attempts, on either, are
-//!   [`retry`]'s.
+//!   already. A check its connection did not write because it was lost for good (the master
+//!   closed it while idle, seen before writing: [`BatchError::NotSent`]) is not failed: the
+//!   store sends it on the shared path (counted in [`THREAD_CONN_RESENT`]), and the thread
+//!   connection steps aside as for a failure. This lifecycle is [`sentinel`]'s; the waits
+//!   between attempts, on either, are [`retry`]'s.
 //!
 //! The shared connection, on the other hand, comes back on its next use (a ping retries once
 //! for that; see [`crate::store`]); through Sentinel, once the sentinels have named the master
@@ -85,6 +88,9 @@ pub const THREAD_CONNS: &str = "spillway_redis_thread_lanes";
 /// Counter of failed attempts to make a thread connection, or to get an answer from one after
 /// a failure.
 pub const THREAD_CONN_FAILURES: &str = "spillway_redis_thread_lane_failures_total";
+/// Counter of requests a serving thread's own connection did not send, lost for good before
+/// their call went out (a Sentinel master's idle close), and sent on the shared path instead.
+pub const THREAD_CONN_RESENT: &str = "spillway_redis_thread_lane_resent_total";
 
 /// Ids of stores, so a thread tells its thread connections of different stores apart.
 static NEXT_STORE: AtomicU64 = AtomicU64::new(1);

@@ -3,7 +3,8 @@
 //! (`READONLY`) sends the thread connection aside at once and keeps it off that server; after a
 //! failover under load the thread connections connect to the new master, where decisions go on,
 //! exact; a master restarted empty at its old address after a failover gets no thread connection;
-//! dropping the store closes them all.
+//! a thread connection the master closed while idle fails no check; dropping the store closes
+//! them all.
 
 // A failover takes real time (the sentinels' own timers); the test measures it on the wall.
 #![allow(clippy::disallowed_methods)]
@@ -17,7 +18,9 @@ use common::thread_conns::{
 use common::{check, key, window};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
+use spillway_redis::thread_conn::THREAD_CONN_RESENT;
 use spillway_redis::{RedisConfig, RedisStore, SentinelAuth, Target};
+use spillway_testkit::metrics::{sample, LocalMetrics};
 use spillway_testkit::proxy::DelayProxy;
 use spillway_testkit::redis::{calls, RedisServer};
 use spillway_testkit::sentinel::{SentinelGroup, DOWN_AFTER_MS, MASTER_NAME};
@@ -44,6 +47,16 @@ async fn store_asking(sentinels: Vec<String>, timeout: Duration) -> Arc<RedisSto
     Arc::new(RedisStore::connect(&config).await.expect("connects"))
 }
 
+/// One check of a window of 100: whether it was allowed, and what is left.
+async fn take(store: &RedisStore, name: &str) -> Result<(bool, u64), StoreError> {
+    let k = key("sentinel-lanes", &[name]);
+    let params = window(100);
+    let d = store
+        .check(&[check(&k, &params, 1)], CheckMode::Consume)
+        .await?;
+    Ok((d[0].allowed, d[0].remaining))
+}
+
 /// One check of a large window: whether it was allowed.
 async fn one_check(store: &RedisStore, name: &str) -> Result<bool, StoreError> {
     let k = key("sentinel-lanes", &[name]);
@@ -66,6 +79,60 @@ async fn an_attached_thread_checks_on_its_own_connection_to_the_master() {
         assert!(matches!(one_check(&store, "u").await, Ok(true)));
     })
     .await;
+}
+
+/// The master closes a thread's connection while it is idle (as a proxy's idle cut, the
+/// server's `timeout` or `CLIENT KILL` do). That connection went to a master the sentinels named,
+/// so it is not made again by itself; but the check that finds it closed wrote nothing on it, so
+/// the check goes on the store's shared connection and is answered, counted exactly once (and in
+/// `spillway_redis_thread_lane_resent_total`). The thread's connection steps aside and is made
+/// again to the master, where the next check is counted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_conn_the_master_closed_while_idle_fails_no_check() {
+    let group = SentinelGroup::start();
+    let port = group.first_master_port();
+    let store = store(&group, Duration::from_secs(2)).await;
+    let shared = clients(port)[0].0;
+    let (stop, stopped) = oneshot::channel();
+    let (result, outcome) = oneshot::channel();
+    let thread = serving_thread(store.clone(), stopped, move |store| async move {
+        let counts = LocalMetrics::hear();
+        let before = take(&store, "idle").await;
+        let own: Vec<u64> = clients(port)
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| *id != shared)
+            .collect();
+        assert_eq!(own.len(), 1, "one thread connection");
+        let killed = spillway_testkit::redis::command(port, &format!("CLIENT KILL ID {}", own[0]));
+        assert_eq!(killed.as_deref().map(str::trim), Some(":1"));
+        assert!(
+            eventually(|| clients(port).iter().all(|(id, _)| *id != own[0])).await,
+            "the server closed it"
+        );
+        // The close reaches this thread's runtime while it waits.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let on_thread_conn = store.served_on_this_thread();
+        let first = take(&store, "idle").await;
+        let resent = sample(&counts.render(), THREAD_CONN_RESENT, "");
+        let back = eventually(|| store.served_on_this_thread()).await;
+        let after = take(&store, "idle").await;
+        let _ = result.send((before, on_thread_conn, first, resent, back, after));
+    });
+    let (before, on_thread_conn, first, resent, back, after) =
+        outcome.await.expect("the thread reports");
+    assert_eq!(before.expect("answered"), (true, 99));
+    assert!(on_thread_conn, "the check went to the thread connection");
+    assert_eq!(
+        first.expect("the check that found the close is answered"),
+        (true, 98),
+        "and counted once"
+    );
+    assert_eq!(resent, 1, "{THREAD_CONN_RESENT}");
+    assert!(back, "the thread connection is made again");
+    assert_eq!(after.expect("answered"), (true, 97));
+    let _ = stop.send(());
+    thread.join().expect("thread");
 }
 
 /// Dropping a Sentinel store closes its connections to the master: its own and every thread's

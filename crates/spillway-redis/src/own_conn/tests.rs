@@ -97,6 +97,82 @@ async fn a_killed_connection_is_made_again_on_the_next_call() {
     assert_ne!(after, before);
 }
 
+/// Waits until the server on `port` no longer lists client `id`, and the runtime has turned
+/// so that the close reached the socket.
+async fn let_go(port: u16, id: i64) {
+    let gone = format!("id={id} ");
+    for _ in 0..100 {
+        let list = command(port, "CLIENT LIST").expect("client list");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if !list.contains(&gone) {
+            return;
+        }
+    }
+    panic!("the server never let client {id} go");
+}
+
+/// A connection made once (to a master the sentinels named) is not made again: a call that
+/// finds it closed while idle fails without writing anything, as does every later call, and
+/// both errors say so ([`was_not_sent`]), so the store may send them elsewhere; the flag it
+/// was given is set. A call already written when the connection is lost is not told so: the
+/// server may have run it.
+#[tokio::test]
+async fn a_conn_made_once_fails_unsent_calls_as_not_sent_and_no_other() {
+    let server = RedisServer::start();
+    let lost = Arc::new(AtomicBool::new(false));
+    let target = Target::of_url(&server.url(), LIMIT)
+        .expect("a RESP2 URL")
+        .made_once(lost.clone());
+    let conn = OwnConn::connect(target).await.expect("connects");
+    let id = client_id(&conn).await;
+    command(server.port(), &format!("CLIENT KILL ID {id}")).expect("killed");
+    let_go(server.port(), id).await;
+    assert!(!lost.load(Ordering::Acquire), "nobody has looked yet");
+    for call in ["the call that finds the close", "a later call"] {
+        let err = run(&conn, &["INCR", "k"]).await.expect_err(call);
+        assert!(was_not_sent(&err), "{call}: {err}");
+        assert!(crate::error::unavailable(&err), "{call}: {err}");
+    }
+    assert!(lost.load(Ordering::Acquire), "the flag it was given is set");
+    let untouched = command(server.port(), "EXISTS k").expect("exists");
+    assert_eq!(untouched.trim(), ":0", "nothing was written");
+
+    // A call written, then the connection lost while it waits: not "not sent".
+    let lost = Arc::new(AtomicBool::new(false));
+    let target = Target::of_url(&server.url(), LIMIT)
+        .expect("a RESP2 URL")
+        .made_once(lost);
+    let conn = OwnConn::connect(target).await.expect("connects");
+    let id = client_id(&conn).await;
+    let waiting = tokio::spawn({
+        let conn = conn.clone();
+        async move { run(&conn, &["BLPOP", "nothing", "5"]).await }
+    });
+    let blocked = format!("id={id} ");
+    let mut seen = false;
+    for _ in 0..100 {
+        let list = command(server.port(), "CLIENT LIST").expect("client list");
+        if list
+            .lines()
+            .any(|l| l.contains(&blocked) && l.contains("cmd=blpop"))
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen, "the BLPOP reached the server");
+    command(server.port(), &format!("CLIENT KILL ID {id}")).expect("killed");
+    let err = waiting.await.expect("joins").expect_err("lost mid-call");
+    assert!(!was_not_sent(&err), "a call written may have run: {err}");
+    // A single server's connection (not made once) makes itself again instead.
+    let plain = connect(&server.url()).await.expect("connects");
+    let id = client_id(&plain).await;
+    command(server.port(), &format!("CLIENT KILL ID {id}")).expect("killed");
+    let_go(server.port(), id).await;
+    assert!(run(&plain, &["PING"]).await.is_ok(), "made again");
+}
+
 #[tokio::test]
 async fn pipelines_and_commands_without_a_reply_are_refused() {
     let server = RedisServer::start();

@@ -254,6 +254,12 @@ fn describe() {
          answered on it after a failure."
     );
     metrics::describe_counter!(
+        spillway_redis::thread_conn::THREAD_CONN_RESENT,
+        "Requests a serving thread's own Redis connection, lost before their call went out, \
+         did not send, and that went on the store's shared connection instead."
+    );
+    metrics::counter!(spillway_redis::thread_conn::THREAD_CONN_RESENT).increment(0);
+    metrics::describe_counter!(
         spillway_redis::batch::BATCH_REFUSED,
         "Requests refused at once because their Redis slot's queue (or the store's) was full."
     );
