@@ -388,14 +388,26 @@ async fn ask_all(
     limit: Duration,
     owner: &str,
 ) -> RedisResult<Lookup> {
+    gather(sentinels.len(), master, |at| {
+        ask(&sentinels[at], master, limit, owner)
+    })
+    .await
+}
+
+/// [`ask_all`]'s waiting and choosing, over `count` sentinels whose answers `ask_one` gives
+/// (by their place in the configuration), so that it can be tried without sentinels.
+async fn gather<F, Fut>(count: usize, master: &str, ask_one: F) -> RedisResult<Lookup>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = RedisResult<Named>>,
+{
     use futures_util::stream::{FuturesUnordered, StreamExt};
-    let majority = sentinels.len() / 2 + 1;
-    let mut asking: FuturesUnordered<_> = sentinels
-        .iter()
-        .enumerate()
-        .map(|(at, sentinel)| async move { (at, ask(sentinel, master, limit, owner).await) })
+    let majority = count / 2 + 1;
+    let ask_one = &ask_one;
+    let mut asking: FuturesUnordered<_> = (0..count)
+        .map(|at| async move { (at, ask_one(at).await) })
         .collect();
-    let mut answers: Vec<(usize, Named)> = Vec::with_capacity(sentinels.len());
+    let mut answers: Vec<(usize, Named)> = Vec::with_capacity(count);
     let mut last: Option<RedisError> = None;
     let mut until: Option<tokio::time::Instant> = None;
     while answers.len() < majority {
@@ -823,7 +835,7 @@ impl ConnectionLike for SentinelConn {
 
 #[cfg(test)]
 mod tests {
-    use super::{may_follow, newest, telling, Follow, Lookup, Named};
+    use super::{gather, may_follow, newest, telling, Follow, Lookup, Named};
     use redis::RedisError;
 
     fn named(addr: &str, epoch: Option<u64>) -> Named {
@@ -896,6 +908,129 @@ mod tests {
         // Sentinels that never tell epochs: every answer is as new as any.
         let untold = lookup("10.0.0.3:6379", None, false);
         assert_eq!(may_follow(on, None, &untold), Follow::Yes);
+    }
+
+    /// A sentinel of [`gather`]'s tests: names a master (address, epoch) or fails, after so
+    /// many ms; or never answers.
+    #[derive(Clone)]
+    enum Says {
+        Named(&'static str, Option<u64>, u64),
+        Fails(fn() -> RedisError, u64),
+        Silent,
+    }
+
+    fn timed_out() -> RedisError {
+        RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the sentinel did not answer in time",
+        ))
+    }
+
+    fn refused() -> RedisError {
+        RedisError::from((
+            redis::ErrorKind::AuthenticationFailed,
+            "WRONGPASS invalid username-password pair",
+        ))
+    }
+
+    /// [`gather`] over sentinels saying `says`, on the paused clock: the lookup, and how many
+    /// ms it took.
+    async fn lookup_of(says: &[Says]) -> (redis::RedisResult<Lookup>, u64) {
+        let start = tokio::time::Instant::now();
+        let lookup = gather(says.len(), "m", |at| {
+            let said = says[at].clone();
+            async move {
+                let (outcome, after) = match said {
+                    Says::Named(addr, epoch, after) => (Ok(named(addr, epoch)), after),
+                    Says::Fails(err, after) => (Err(err()), after),
+                    Says::Silent => (Err(timed_out()), 3_600_000),
+                };
+                tokio::time::sleep(std::time::Duration::from_millis(after)).await;
+                outcome
+            }
+        })
+        .await;
+        let ms = u64::try_from(start.elapsed().as_millis()).expect("a short lookup");
+        (lookup, ms)
+    }
+
+    /// A lookup ends as soon as a majority answered; the newest answer among those wins, even
+    /// the last to arrive; `agreed` only when all of them named the same server and epoch.
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_ends_with_a_majority_and_takes_its_newest_answer() {
+        let (lookup, ms) = lookup_of(&[
+            Says::Named("10.0.0.1:6379", Some(3), 10),
+            Says::Silent,
+            Says::Named("10.0.0.2:6379", Some(4), 40),
+        ])
+        .await;
+        let lookup = lookup.expect("answered");
+        assert_eq!(ms, 40, "the second answer makes a majority of three");
+        assert_eq!(lookup.newest, named("10.0.0.2:6379", Some(4)));
+        assert!(!lookup.agreed, "they disagreed");
+        let (lookup, ms) = lookup_of(&[
+            Says::Named("10.0.0.2:6379", Some(4), 5),
+            Says::Named("10.0.0.2:6379", Some(4), 30),
+            Says::Named("10.0.0.1:6379", Some(3), 60),
+        ])
+        .await;
+        assert_eq!(ms, 30, "the third is not waited for");
+        assert!(lookup.expect("answered").agreed, "a majority agreed");
+    }
+
+    /// With one answer and no majority yet, a lookup waits at most `GRACE` more; an answer
+    /// arriving within it counts (here it outranks the first); once every other sentinel has
+    /// failed, it ends at once.
+    #[tokio::test(start_paused = true)]
+    async fn one_answer_waits_for_a_majority_only_for_the_grace() {
+        let grace = u64::try_from(super::GRACE.as_millis()).expect("a short grace");
+        let silent = [
+            Says::Named("10.0.0.1:6379", Some(3), 10),
+            Says::Silent,
+            Says::Silent,
+        ];
+        let (lookup, ms) = lookup_of(&silent).await;
+        assert_eq!(ms, 10 + grace, "waited the grace after the first answer");
+        let lookup = lookup.expect("answered");
+        assert_eq!(lookup.newest, named("10.0.0.1:6379", Some(3)));
+        assert!(!lookup.agreed, "one answer of three is no majority");
+
+        let five = [
+            Says::Named("10.0.0.1:6379", Some(3), 10),
+            Says::Named("10.0.0.2:6379", Some(5), 10 + grace - 1),
+            Says::Silent,
+            Says::Silent,
+            Says::Silent,
+        ];
+        let (lookup, ms) = lookup_of(&five).await;
+        assert_eq!(ms, 10 + grace, "two of five is no majority");
+        assert_eq!(lookup.expect("answered").newest.epoch, Some(5));
+
+        let failing = [
+            Says::Fails(timed_out, 5),
+            Says::Named("10.0.0.1:6379", Some(3), 10),
+            Says::Fails(timed_out, 50),
+        ];
+        let (lookup, ms) = lookup_of(&failing).await;
+        assert_eq!(ms, 50, "nothing left to wait for");
+        assert!(lookup.is_ok());
+    }
+
+    /// When no sentinel names the master, the lookup fails once every sentinel failed, with
+    /// the most telling error (here neither the first nor the last to come).
+    #[tokio::test(start_paused = true)]
+    async fn no_answer_fails_with_the_most_telling_error() {
+        let (lookup, ms) = lookup_of(&[
+            Says::Fails(timed_out, 5),
+            Says::Fails(refused, 20),
+            Says::Fails(timed_out, 30),
+        ])
+        .await;
+        let err = lookup.expect_err("nobody named the master");
+        assert_eq!(ms, 30);
+        assert_eq!(err.kind(), redis::ErrorKind::AuthenticationFailed, "{err}");
+        let (lookup, _) = lookup_of(&[]).await;
+        assert!(lookup.is_err(), "no sentinels configured");
     }
 
     #[test]
