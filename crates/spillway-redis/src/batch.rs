@@ -130,12 +130,14 @@ pub(crate) enum BatchError {
     NotSent(Box<Unsent>),
 }
 
-/// A request whose call was not sent (see [`BatchError::NotSent`]): its keys and checks, to
-/// go again through another connection, and the error that kept it, not counted yet.
+/// A check whose call was not sent (see [`BatchError::NotSent`]): its keys and checks, to go
+/// again through another connection by the same deadline ([`Batcher::check_until`]), and the
+/// error that kept it, not counted yet.
 #[derive(Debug)]
 pub(crate) struct Unsent {
     pub(crate) keys: Vec<String>,
     pub(crate) checks: Vec<Encoded>,
+    pub(crate) deadline: Instant,
     pub(crate) err: StoreError,
 }
 
@@ -151,7 +153,7 @@ impl From<BatchError> for StoreError {
     fn from(err: BatchError) -> Self {
         match err {
             BatchError::QueueFull(err) | BatchError::Store(err) => err,
-            BatchError::NotSent(unsent) => Failed::count_refusal(unsent.err),
+            BatchError::NotSent(unsent) => Failed::count(unsent.err),
         }
     }
 }
@@ -239,7 +241,23 @@ impl Batcher {
         checks: Vec<Encoded>,
         mode: CheckMode,
     ) -> Result<Reply, BatchError> {
-        self.submit(lane, keys, checks, Kind::Check(mode)).await
+        let deadline = Instant::now() + self.runner.timeout;
+        self.submit(lane, keys, checks, Kind::Check(mode), deadline)
+            .await
+    }
+
+    /// [`Batcher::check`] by `deadline` (a request that waited elsewhere first, see
+    /// [`Unsent`]) instead of the store's timeout from now.
+    pub(crate) async fn check_until(
+        &self,
+        lane: u16,
+        keys: Vec<String>,
+        checks: Vec<Encoded>,
+        mode: CheckMode,
+        deadline: Instant,
+    ) -> Result<Reply, BatchError> {
+        self.submit(lane, keys, checks, Kind::Check(mode), deadline)
+            .await
     }
 
     /// Charges one slot's part of a report (every key in `lane`, the marker too) within the
@@ -251,19 +269,22 @@ impl Batcher {
         keys: Vec<String>,
         checks: Vec<Encoded>,
     ) -> Result<Reply, BatchError> {
-        self.submit(lane, keys, checks, Kind::Charge(marker)).await
+        let deadline = Instant::now() + self.runner.timeout;
+        self.submit(lane, keys, checks, Kind::Charge(marker), deadline)
+            .await
     }
 
+    /// Queues one request, waiting for its answer until `deadline`.
     async fn submit(
         &self,
         lane: u16,
         keys: Vec<String>,
         checks: Vec<Encoded>,
         kind: Kind,
+        deadline: Instant,
     ) -> Result<Reply, BatchError> {
         let limit = self.runner.timeout;
         let (answer, reply) = oneshot::channel();
-        let deadline = Instant::now() + limit;
         let job = Job {
             lane,
             keys,
@@ -595,7 +616,7 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
                     // if its caller takes it (a caller whose own timeout fired first counted
                     // that instead).
                     if job.answer.send(Err(err.clone().into())).is_ok() {
-                        Failed::count_refusal(err.clone());
+                        Failed::count(err.clone());
                     }
                     continue;
                 }
@@ -617,11 +638,15 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
             err,
             again: Again::Elsewhere,
         }) => {
-            // Each request goes back to its caller, to go again on another connection.
+            // Each request goes back to its caller, to go again on another connection. Only
+            // a thread's own batcher meets this, which carries checks alone (reports take the
+            // shared path), so a request's kind is its check mode, which its caller knows.
             for job in batch.drain(..) {
+                debug_assert!(matches!(job.kind, Kind::Check(_)), "a report was not sent");
                 let unsent = Unsent {
                     keys: job.keys,
                     checks: job.checks,
+                    deadline: job.deadline,
                     err: err.clone(),
                 };
                 let _ = job.answer.send(Err(BatchError::NotSent(Box::new(unsent))));

@@ -27,7 +27,9 @@
 //! [`crate::sentinel`]). A call it fails that way without writing it (the one that found an
 //! idle close, and every later one) fails with an error [`was_not_sent`] tells apart: nothing
 //! of it reached the server, so the store sends the request on its shared connection instead
-//! (see [`crate::thread_conn`]) and no request fails for the close.
+//! (see [`crate::thread_conn`]). So an idle close fails no request once the runtime has seen
+//! it; a command written before that (or waiting for its reply at the close) may have run,
+//! and fails as a lost connection.
 //! The login runs in a task of its own ([`OwnConn::remake`]), so that a caller whose budget
 //! ends mid-login does not undo it. A call whose caller gave up keeps its place in the
 //! order; its reply is read and dropped.
@@ -205,40 +207,40 @@ impl Shared {
     }
 }
 
+/// What every error of a lost connection begins with.
+const LOST: &str = "a serving thread's Redis connection was lost";
+
 /// An I/O error saying the connection was lost and why: Redis unavailable, to the store.
 fn lost(why: &str) -> RedisError {
+    lost_with(format!("{LOST}: {why}"))
+}
+
+/// [`lost`], for a call none of which was written: the connection is lost and was not made
+/// again. The reason is carried as a [`NotSent`], so that [`was_not_sent`] tells it by its
+/// type, never by its words.
+fn not_sent(why: &str) -> RedisError {
+    lost_with(NotSent(why.to_owned()))
+}
+
+/// The I/O error (Redis unavailable, to the store) a lost connection fails its calls with.
+fn lost_with(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> RedisError {
     RedisError::from(std::io::Error::new(
         std::io::ErrorKind::ConnectionAborted,
-        format!("a serving thread's Redis connection was lost: {why}"),
+        why,
     ))
 }
 
-/// Why a call failed before any of it was written: the connection is lost and was not made
-/// again. Carried inside the I/O error [`not_sent`] makes, so that [`was_not_sent`] can tell
-/// it by its type, never by its words.
+/// Why a call failed before any of it was written (see [`not_sent`]).
 #[derive(Debug)]
 struct NotSent(String);
 
 impl std::fmt::Display for NotSent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "a serving thread's Redis connection was lost: {}; the call was not sent",
-            self.0
-        )
+        write!(f, "{LOST}: {}; the call was not sent", self.0)
     }
 }
 
 impl std::error::Error for NotSent {}
-
-/// The error of a call the connection did not write because it is lost for good (an I/O
-/// error, so Redis unavailable to the store, like [`lost`]).
-fn not_sent(why: &str) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::ConnectionAborted,
-        NotSent(why.to_owned()),
-    ))
-}
 
 /// Whether `err` is a call this connection failed without writing any of it ([`not_sent`]):
 /// nothing of it reached the server, so it may go through another connection.

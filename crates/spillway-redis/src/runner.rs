@@ -45,19 +45,28 @@ pub(crate) enum Again {
 }
 
 impl Failed {
+    /// A call's error `err`, counted now unless its requests may go again (`again`).
+    fn new(err: StoreError, again: Again) -> Self {
+        let err = if again == Again::No {
+            Self::count(err)
+        } else {
+            err
+        };
+        Self { err, again }
+    }
+
     /// The error of a script call that will not go again, counted: one whose requests might
     /// have gone again now, any other error was counted where it happened.
     pub(crate) fn settled(self) -> StoreError {
         if self.again == Again::No {
             self.err
         } else {
-            Self::count_refusal(self.err)
+            Self::count(self.err)
         }
     }
 
-    /// Counts `err`, of a call whose requests nobody sends again although they might have
-    /// gone (see [`Again`]), as a store and a script error.
-    pub(crate) fn count_refusal(err: StoreError) -> StoreError {
+    /// Counts `err`, a script call's error, as a store and a script error.
+    pub(crate) fn count(err: StoreError) -> StoreError {
         record_script(record(err))
     }
 }
@@ -305,14 +314,7 @@ impl Runner {
                 _ => Again::No,
             };
             let err = err.map_or(StoreError::Timeout(limit), |err| classify(err, limit));
-            Failed {
-                err: if again == Again::No {
-                    record_script(record(err))
-                } else {
-                    err
-                },
-                again,
-            }
+            Failed::new(err, again)
         })
     }
 
@@ -346,13 +348,7 @@ impl Runner {
                 true,
             )
             .await?;
-        script::parse_reply(value, &args.shapes)
-            .map_err(record)
-            .map_err(record_script)
-            .map_err(|err| Failed {
-                err,
-                again: Again::No,
-            })
+        script::parse_reply(value, &args.shapes).map_err(|err| Failed::new(err, Again::No))
     }
 
     /// One check call within `limit` for one request over `(key, check)` pairs sharing a slot.

@@ -261,18 +261,28 @@ impl Store for RedisStore {
                 // This thread's own connection when it has one up, else the shared batcher. Chosen
                 // before the first await, as `served_on_this_thread` was just before: nothing
                 // may await between the two, or the guard's choice of where to poll this
-                // call could be wrong for the path it takes.
+                // call could be wrong for the path it takes. (A check sent on from the
+                // thread's batcher to the shared one below is still polled on the thread:
+                // harmless, the shared dispatcher runs on the main runtime and this call
+                // spawns nothing.)
                 let reply = match self.thread_conns.here() {
                     Some(own) => match own.check(lane, keys, encoded, mode).await {
                         // Its connection was lost for good before the call went out (an idle
                         // close of a master the sentinels named): nothing reached Redis, so
-                        // the request goes on the shared path, and the thread's connection
-                        // steps aside as for any failure.
+                        // the request goes on the shared path by the deadline it had, and the
+                        // thread connections step aside as for any failure.
                         Err(BatchError::NotSent(unsent)) => {
-                            let Unsent { keys, checks, err } = *unsent;
+                            let Unsent {
+                                keys,
+                                checks,
+                                deadline,
+                                err,
+                            } = *unsent;
                             self.thread_conns.failed(&BatchError::Store(err));
                             metrics::counter!(THREAD_CONN_RESENT).increment(1);
-                            self.batcher.check(lane, keys, checks, mode).await
+                            self.batcher
+                                .check_until(lane, keys, checks, mode, deadline)
+                                .await
                         }
                         other => other,
                     },

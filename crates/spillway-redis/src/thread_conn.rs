@@ -46,8 +46,9 @@
 //!   connection was being made does not send it aside if it went to that switch's master
 //!   already. A check its connection did not write because it was lost for good (the master
 //!   closed it while idle, seen before writing: [`BatchError::NotSent`]) is not failed: the
-//!   store sends it on the shared path (counted in [`THREAD_CONN_RESENT`]), and the thread
-//!   connection steps aside as for a failure. This lifecycle is [`sentinel`]'s; the waits
+//!   store sends it on the shared path by its deadline (counted in [`THREAD_CONN_RESENT`]),
+//!   and every thread connection steps aside as for a failure (a server's `timeout` closes
+//!   them all alike). This lifecycle is [`sentinel`]'s; the waits
 //!   between attempts, on either, are [`retry`]'s.
 //!
 //! The shared connection, on the other hand, comes back on its next use (a ping retries once
@@ -250,7 +251,9 @@ impl ThreadConns {
     /// store's check asks this one, with nothing awaited between the two. On a single server
     /// the two answers agree; on a Sentinel store another thread may follow a master switch in
     /// between, and the check then takes the shared path while the guard polls it on the
-    /// serving thread (harmless: the shared batcher's dispatcher runs on the main runtime).
+    /// serving thread (harmless: the shared batcher's dispatcher runs on the main runtime). The
+    /// same holds for a check its thread connection did not send ([`BatchError::NotSent`]),
+    /// which goes on to the shared batcher.
     pub(crate) fn here(&self) -> Option<Arc<Batcher>> {
         self.usable_here(|batcher| batcher.clone())
     }

@@ -47,24 +47,26 @@ async fn store_asking(sentinels: Vec<String>, timeout: Duration) -> Arc<RedisSto
     Arc::new(RedisStore::connect(&config).await.expect("connects"))
 }
 
+/// One check of a large window: whether it was allowed.
+async fn one_check(store: &RedisStore, name: &str) -> Result<bool, StoreError> {
+    take_of(store, name, 1_000_000)
+        .await
+        .map(|(allowed, _)| allowed)
+}
+
 /// One check of a window of 100: whether it was allowed, and what is left.
 async fn take(store: &RedisStore, name: &str) -> Result<(bool, u64), StoreError> {
+    take_of(store, name, 100).await
+}
+
+/// One check of a window of `limit`: whether it was allowed, and what is left.
+async fn take_of(store: &RedisStore, name: &str, limit: u64) -> Result<(bool, u64), StoreError> {
     let k = key("sentinel-lanes", &[name]);
-    let params = window(100);
+    let params = window(limit);
     let d = store
         .check(&[check(&k, &params, 1)], CheckMode::Consume)
         .await?;
     Ok((d[0].allowed, d[0].remaining))
-}
-
-/// One check of a large window: whether it was allowed.
-async fn one_check(store: &RedisStore, name: &str) -> Result<bool, StoreError> {
-    let k = key("sentinel-lanes", &[name]);
-    let params = window(1_000_000);
-    let d = store
-        .check(&[check(&k, &params, 1)], CheckMode::Consume)
-        .await?;
-    Ok(d[0].allowed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
