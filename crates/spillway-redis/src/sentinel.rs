@@ -343,7 +343,7 @@ async fn ask_unexplained(
             .ok()
             .and_then(|state| redis::from_redis_value(state).ok());
         Ok(Named {
-            addr: format!("{host}:{port}"),
+            addr: authority(&host, port),
             epoch: state.and_then(|s| s.get("config-epoch").and_then(|e| e.parse().ok())),
         })
     };
@@ -353,6 +353,16 @@ async fn ask_unexplained(
             std::io::ErrorKind::TimedOut,
             "the sentinel did not answer in time",
         ))),
+    }
+}
+
+/// `host:port` as a URL's authority: an IPv6 address in brackets (`[fd00::5]:6379`), as a
+/// sentinel names it bare (`fd00::5`), so that `redis://` and the address make a URL.
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -1031,6 +1041,29 @@ mod tests {
         assert_eq!(err.kind(), redis::ErrorKind::AuthenticationFailed, "{err}");
         let (lookup, _) = lookup_of(&[]).await;
         assert!(lookup.is_err(), "no sentinels configured");
+    }
+
+    /// A master's address makes a URL whatever the sentinel names: a host name, an IPv4
+    /// address or an IPv6 one (which a sentinel gives bare).
+    #[test]
+    fn a_masters_address_makes_a_url() {
+        use redis::IntoConnectionInfo;
+        for (host, authority) in [
+            ("10.0.0.5", "10.0.0.5:6379"),
+            ("redis-0.redis.svc", "redis-0.redis.svc:6379"),
+            ("fd00::5", "[fd00::5]:6379"),
+            ("::1", "[::1]:6379"),
+        ] {
+            assert_eq!(super::authority(host, 6379), authority);
+            let info = format!("redis://{authority}")
+                .into_connection_info()
+                .expect("a URL");
+            assert_eq!(
+                info.addr(),
+                &redis::ConnectionAddr::Tcp(host.to_owned(), 6379),
+                "{host}"
+            );
+        }
     }
 
     #[test]

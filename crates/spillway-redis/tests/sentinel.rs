@@ -93,6 +93,19 @@ async fn a_failover_is_followed_with_passwords_on() {
     follow_a_failover_under_load(group, &config).await;
 }
 
+/// Sentinels that know the master and its replica by IPv6 addresses name them bare (`::1`):
+/// the store connects to `[::1]:<port>` and follows the failover there as on IPv4.
+#[tokio::test]
+async fn a_failover_is_followed_on_ipv6() {
+    if !SentinelGroup::ipv6_available() {
+        eprintln!("skipped: this machine cannot listen on ::1");
+        return;
+    }
+    let group = SentinelGroup::start_on_ipv6();
+    let config = config(&group);
+    follow_a_failover_under_load(group, &config).await;
+}
+
 #[tokio::test]
 async fn a_refused_login_says_which_side_refused_it_and_never_the_password() {
     let group = with_passwords();
@@ -165,7 +178,7 @@ async fn a_refused_login_says_which_side_refused_it_and_never_the_password() {
 /// the calls in between failed as typed outages within the timeout.
 async fn follow_a_failover_under_load(mut group: SentinelGroup, config: &RedisConfig) {
     let store = Arc::new(RedisStore::connect(config).await.expect("connects"));
-    let first = format!("127.0.0.1:{}", group.first_master_port());
+    let first = group.address(group.first_master_port());
     assert_eq!(store.sentinel_master().as_deref(), Some(first.as_str()));
 
     // A steady load, one call every 10 ms, noting when each call started and ended, and how.
@@ -195,7 +208,7 @@ async fn follow_a_failover_under_load(mut group: SentinelGroup, config: &RedisCo
     group.kill_master();
 
     // The store switches by itself, soon after the sentinels promote the replica.
-    let promoted = format!("127.0.0.1:{}", group.replica_port());
+    let promoted = group.address(group.replica_port());
     let deadline = Instant::now() + Duration::from_secs(25);
     while store.sentinel_master().as_deref() != Some(promoted.as_str()) {
         assert!(

@@ -83,6 +83,26 @@ async fn an_attached_thread_checks_on_its_own_connection_to_the_master() {
     .await;
 }
 
+/// A master the sentinels name by an IPv6 address: the thread's own connection goes to
+/// `[::1]:<port>` and checks there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_thread_checks_on_its_own_connection_to_an_ipv6_master() {
+    if !SentinelGroup::ipv6_available() {
+        eprintln!("skipped: this machine cannot listen on ::1");
+        return;
+    }
+    let group = SentinelGroup::start_on_ipv6();
+    let port = group.first_master_port();
+    let store = store(&group, Duration::from_secs(2)).await;
+    assert_eq!(store.sentinel_master(), Some(group.address(port)));
+    let shared = clients(port);
+    assert_eq!(shared.len(), 1, "one shared connection: {shared:?}");
+    checks_go_out_on_own_conn(store, port, shared[0].0, |store| async move {
+        assert!(matches!(one_check(&store, "u").await, Ok(true)));
+    })
+    .await;
+}
+
 /// The master closes a thread's connection while it is idle (as a proxy's idle cut, the
 /// server's `timeout` or `CLIENT KILL` do). That connection went to a master the sentinels named,
 /// so it is not made again by itself; but the check that finds it closed wrote nothing on it, so

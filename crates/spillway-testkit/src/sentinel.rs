@@ -36,6 +36,9 @@ pub const MASTER_NAME: &str = "spillway-test";
 /// master restarted empty, losing every count (seen in the logs of a failing test).
 pub const DOWN_AFTER_MS: u64 = 1500;
 
+/// The IPv6 loopback address a group started by [`SentinelGroup::start_on_ipv6`] runs on.
+const IPV6: &str = "::1";
+
 /// How long the group may take to come up, or to fail over, on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -56,17 +59,23 @@ struct Sentinel {
 }
 
 impl Sentinel {
-    /// Starts a sentinel watching the master on `master_port`; `None` if its port was taken.
-    fn start(master_port: u16, passwords: &Passwords) -> Option<Self> {
+    /// Starts a sentinel watching the master at `master_host` (`127.0.0.1`, or `::1`, which
+    /// the sentinel then also listens on) on `master_port`; `None` if its port was taken.
+    fn start(master_host: &str, master_port: u16, passwords: &Passwords) -> Option<Self> {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("spillway-sentinel-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).ok()?;
         // Sentinel rewrites its configuration file as it learns, so each has its own.
         let conf = dir.join("sentinel.conf");
+        let bind = if master_host == IPV6 {
+            "127.0.0.1 ::1"
+        } else {
+            "127.0.0.1"
+        };
         let text = format!(
-            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
-             sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+            "port {port}\nbind {bind}\ndaemonize no\ndir {dir}\n\
+             sentinel monitor {MASTER_NAME} {master_host} {master_port} 2\n\
              sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
              sentinel failover-timeout {MASTER_NAME} 3000\n\
              sentinel parallel-syncs {MASTER_NAME} 1\n",
@@ -130,6 +139,8 @@ pub struct SentinelGroup {
     /// Sentinels started apart from the group ([`SentinelGroup::start_stale_sentinel`]).
     apart: Vec<Sentinel>,
     passwords: Passwords,
+    /// The address the sentinels know the data nodes by: `127.0.0.1`, or `::1`.
+    host: &'static str,
     /// Held while the group lives, released after its processes are killed (fields drop in
     /// order): one group at a time (see the module docs).
     _alone: MutexGuard<'static, ()>,
@@ -160,6 +171,24 @@ impl SentinelGroup {
     /// As [`SentinelGroup::start_with`], with `data_args` added to both data nodes' command
     /// lines (e.g. `--loadmodule <path>`).
     pub fn start_with_args(passwords: Passwords, data_args: &[&str]) -> Self {
+        Self::start_at("127.0.0.1", passwords, data_args)
+    }
+
+    /// As [`SentinelGroup::start`], on the IPv6 loopback address: the sentinels watch the
+    /// master at `::1`, the replica replicates from there, and so the sentinels name both by
+    /// that address (each process also listens on `127.0.0.1`, so the helpers here reach it).
+    pub fn start_on_ipv6() -> Self {
+        Self::start_at(IPV6, Passwords::default(), &["--bind", "127.0.0.1", IPV6])
+    }
+
+    /// Whether this machine can listen on the IPv6 loopback address, which
+    /// [`SentinelGroup::start_on_ipv6`] needs (a container may run without IPv6).
+    pub fn ipv6_available() -> bool {
+        std::net::TcpListener::bind((IPV6, 0)).is_ok()
+    }
+
+    /// Starts the group with the data nodes known by `host`; see the module docs.
+    fn start_at(host: &'static str, passwords: Passwords, data_args: &[&str]) -> Self {
         // A test that panicked with its group has released it all the same.
         let alone = ONE_GROUP.lock().unwrap_or_else(|held| held.into_inner());
         let auth_args: Vec<String> = match &passwords.data {
@@ -176,7 +205,7 @@ impl SentinelGroup {
         node_args.extend(data_args);
         let master = RedisServer::start_with(&node_args);
         let master_port = master.port().to_string();
-        let mut replica_args = vec!["--replicaof", "127.0.0.1", &master_port];
+        let mut replica_args = vec!["--replicaof", host, &master_port];
         replica_args.extend(&node_args);
         let replica = RedisServer::start_with(&replica_args);
         let mut sentinels = Vec::new();
@@ -184,7 +213,7 @@ impl SentinelGroup {
             if sentinels.len() == 3 {
                 break;
             }
-            if let Some(s) = Sentinel::start(master.port(), &passwords) {
+            if let Some(s) = Sentinel::start(host, master.port(), &passwords) {
                 sentinels.push(s);
             }
         }
@@ -198,6 +227,7 @@ impl SentinelGroup {
             sentinels,
             apart: Vec::new(),
             passwords,
+            host,
             _alone: alone,
         };
         let deadline = Instant::now() + DEADLINE;
@@ -234,11 +264,11 @@ impl SentinelGroup {
         command_as(port, self.passwords.sentinels.as_deref(), cmd)
     }
 
-    /// `redis://127.0.0.1:<port>` of each sentinel.
+    /// `redis://127.0.0.1:<port>` of each sentinel (`redis://[::1]:<port>` on IPv6).
     pub fn sentinel_urls(&self) -> Vec<String> {
         self.sentinels
             .iter()
-            .map(|s| format!("redis://127.0.0.1:{}", s.port))
+            .map(|s| format!("redis://{}", self.address(s.port)))
             .collect()
     }
 
@@ -251,6 +281,16 @@ impl SentinelGroup {
             )?;
             reply.split("\r\n").nth(4)?.parse().ok()
         })
+    }
+
+    /// `host:port` of the group's process on `port` as a URL names it (and, for a data node,
+    /// as a store reports its master): `127.0.0.1:<port>`, or `[::1]:<port>` on IPv6.
+    pub fn address(&self, port: u16) -> String {
+        if self.host == IPV6 {
+            format!("[{IPV6}]:{port}")
+        } else {
+            format!("{}:{port}", self.host)
+        }
     }
 
     /// The port the first master was started on.
@@ -355,7 +395,7 @@ impl SentinelGroup {
     pub fn start_stale_sentinel(&mut self) -> u16 {
         let master = self.first_master_port();
         let sentinel = (0..30)
-            .find_map(|_| Sentinel::start(master, &self.passwords))
+            .find_map(|_| Sentinel::start(self.host, master, &self.passwords))
             .expect("could not start a redis-sentinel process");
         let port = sentinel.port;
         self.apart.push(sentinel);
