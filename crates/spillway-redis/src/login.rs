@@ -228,10 +228,28 @@ impl TellOnce {
 /// not parse.
 pub(crate) fn address(url: &str) -> String {
     use redis::IntoConnectionInfo;
-    url.into_connection_info().map_or_else(
-        |_| crate::config::mask_text(url),
-        |info| info.addr().to_string(),
-    )
+    url.into_connection_info()
+        .map_or_else(|_| crate::config::mask_text(url), |info| shown(info.addr()))
+}
+
+/// How a server's address is named in messages: `host:port` as in a URL (see [`authority`]),
+/// or a Unix socket's path.
+pub(crate) fn shown(addr: &redis::ConnectionAddr) -> String {
+    match addr {
+        redis::ConnectionAddr::Tcp(host, port) => authority(host, *port),
+        other => other.to_string(),
+    }
+}
+
+/// `host:port` as a URL's authority: an IPv6 address in brackets (`[fd00::5]:6379`), as a
+/// sentinel names it bare (`fd00::5`) and the client keeps it from a URL, so that `redis://`
+/// and the address make a URL again.
+pub(crate) fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// Checks the login of a server connection with a first command (`PING`): the client logs

@@ -295,7 +295,7 @@ async fn ask(
     limit: Duration,
     owner: &str,
 ) -> RedisResult<Named> {
-    let addr = sentinel.get_connection_info().addr().to_string();
+    let addr = login::shown(sentinel.get_connection_info().addr());
     ask_unexplained(sentinel, master, limit)
         .await
         .map_err(|err| Refusal::of(owner, login::SENTINELS_LOGIN).explain(err, "sentinel", &addr))
@@ -343,7 +343,7 @@ async fn ask_unexplained(
             .ok()
             .and_then(|state| redis::from_redis_value(state).ok());
         Ok(Named {
-            addr: authority(&host, port),
+            addr: login::authority(&host, port),
             epoch: state.and_then(|s| s.get("config-epoch").and_then(|e| e.parse().ok())),
         })
     };
@@ -353,16 +353,6 @@ async fn ask_unexplained(
             std::io::ErrorKind::TimedOut,
             "the sentinel did not answer in time",
         ))),
-    }
-}
-
-/// `host:port` as a URL's authority: an IPv6 address in brackets (`[fd00::5]:6379`), as a
-/// sentinel names it bare (`fd00::5`), so that `redis://` and the address make a URL.
-fn authority(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 
@@ -1054,7 +1044,7 @@ mod tests {
             ("fd00::5", "[fd00::5]:6379"),
             ("::1", "[::1]:6379"),
         ] {
-            assert_eq!(super::authority(host, 6379), authority);
+            assert_eq!(crate::login::authority(host, 6379), authority);
             let info = format!("redis://{authority}")
                 .into_connection_info()
                 .expect("a URL");
