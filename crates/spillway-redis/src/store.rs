@@ -26,7 +26,7 @@ use crate::local_cache::LocalCache;
 use crate::login::{self, Refusal};
 use crate::multi_slot::{slots, Slots};
 use crate::runner::{Conn, Runner};
-use crate::script::Encoded;
+use crate::script::{Encoded, Reply};
 use crate::thread_conn::{ThreadConns, THREAD_CONN_RESENT};
 use crate::topology::Topology;
 use async_trait::async_trait;
@@ -211,6 +211,29 @@ impl RedisStore {
         }
     }
 
+    /// Sends on the shared path a check that this thread's connection did not send, having
+    /// lost it for good before the call went out (an idle close of a master the sentinels
+    /// named): nothing reached Redis, so it goes by the deadline it had, and the thread
+    /// connections step aside as for any failure.
+    async fn resend(
+        &self,
+        lane: u16,
+        unsent: Unsent,
+        mode: CheckMode,
+    ) -> Result<Reply, BatchError> {
+        let Unsent {
+            keys,
+            checks,
+            deadline,
+            err,
+        } = unsent;
+        self.thread_conns.failed(&BatchError::Store(err));
+        metrics::counter!(THREAD_CONN_RESENT).increment(1);
+        self.batcher
+            .check_until(lane, keys, checks, mode, deadline)
+            .await
+    }
+
     /// Whether this store talks to a cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.runner.conn, Conn::Cluster(_))
@@ -267,22 +290,9 @@ impl Store for RedisStore {
                 // spawns nothing.)
                 let reply = match self.thread_conns.here() {
                     Some(own) => match own.check(lane, keys, encoded, mode).await {
-                        // Its connection was lost for good before the call went out (an idle
-                        // close of a master the sentinels named): nothing reached Redis, so
-                        // the request goes on the shared path by the deadline it had, and the
-                        // thread connections step aside as for any failure.
+                        // Boxed: a rare wait, which must not size every check's future.
                         Err(BatchError::NotSent(unsent)) => {
-                            let Unsent {
-                                keys,
-                                checks,
-                                deadline,
-                                err,
-                            } = *unsent;
-                            self.thread_conns.failed(&BatchError::Store(err));
-                            metrics::counter!(THREAD_CONN_RESENT).increment(1);
-                            self.batcher
-                                .check_until(lane, keys, checks, mode, deadline)
-                                .await
+                            Box::pin(self.resend(lane, *unsent, mode)).await
                         }
                         other => other,
                     },
