@@ -57,7 +57,9 @@
 //! is its own answer.
 //!
 //! A request whose caller gave up before its batch was sent is dropped from the batch and
-//! never charged. Each caller still waits at most the store's timeout, queueing included.
+//! never charged. Each caller still waits at most the store's timeout, queueing included: by
+//! a timer of its own per request, or, where every caller bounds its own wait (the server's
+//! failure guard; [`crate::RedisConfig::timed_by_caller`]), by the caller's.
 //! A request alone in an idle lane takes a queue and a batch vector from small pools, so at
 //! low load a request allocates here only its answer channel and what the call needs.
 
@@ -295,7 +297,7 @@ impl Batcher {
             deadline,
             answer,
         };
-        let waited = tokio::time::timeout_at(deadline, async {
+        let waiting = async {
             if let Err(mpsc::error::SendError(job)) = self.jobs.send(job).await {
                 // The dispatcher is gone (its runtime shut down): call directly.
                 let mut args = CallArgs::default();
@@ -308,9 +310,15 @@ impl Batcher {
                 ))
                 .into())
             })
-        })
-        .await;
-        waited.unwrap_or_else(|_| Err(record(StoreError::Timeout(limit)).into()))
+        };
+        if self.runner.timed_by_caller {
+            // The caller drops this at the timeout: the request is then skipped, or its reply
+            // goes nowhere, as for any caller that gave up.
+            return waiting.await;
+        }
+        tokio::time::timeout_at(deadline, waiting)
+            .await
+            .unwrap_or_else(|_| Err(record(StoreError::Timeout(limit)).into()))
     }
 }
 

@@ -116,6 +116,14 @@ pub(crate) struct Runner {
     refund_script: Arc<redis::Script>,
     /// How long one call may take before it fails with `StoreError::Timeout`.
     pub(crate) timeout: Duration,
+    /// Whether the store's callers bound each request by `timeout` themselves, so that a
+    /// request's wait in [`crate::batch`] needs no timer of its own (see
+    /// [`crate::RedisConfig::timed_by_caller`]).
+    pub(crate) timed_by_caller: bool,
+    /// On a Sentinel store, the store's own connection to the master, asked to look for a
+    /// new master when a call gets no answer in time (a master gone silent); `None`
+    /// elsewhere. Kept by a serving thread's runner too ([`Runner::with_conn`]).
+    master: Option<SentinelConn>,
     /// When set, scripts evaluate at this clock's time instead of Redis `TIME` (tests only).
     injected: Option<Arc<dyn Clock>>,
     /// The store's clock: it paces looking for the module again (see [`Module::probe_due`]).
@@ -131,6 +139,10 @@ impl Runner {
         clock: Arc<dyn Clock>,
         injected: Option<Arc<dyn Clock>>,
     ) -> Self {
+        let master = match &conn {
+            Conn::Sentinel(master) => Some(master.clone()),
+            _ => None,
+        };
         Self {
             conn,
             functions: Arc::default(),
@@ -138,6 +150,8 @@ impl Runner {
             check_script: Arc::new(redis::Script::new(script::CHECK_SCRIPT)),
             refund_script: Arc::new(redis::Script::new(script::REFUND_SCRIPT)),
             timeout,
+            timed_by_caller: false,
+            master,
             injected,
             clock,
         }
@@ -145,8 +159,9 @@ impl Runner {
 
     /// A runner calling as this one does (the same form of the Lua code, time bound and
     /// injected clock) over `conn` instead: a serving thread's own connection (see
-    /// [`crate::thread_conn`]).
-    /// Takes `self`, so the thread's runner does not keep the shared connection's handle.
+    /// [`crate::thread_conn`]). Takes `self`, so the thread's runner keeps no handle of the
+    /// shared connection but a Sentinel store's (`master`, which the thread connection's own
+    /// task holds anyway).
     pub(crate) fn with_conn(self, conn: Conn) -> Self {
         Self { conn, ..self }
     }
@@ -308,6 +323,14 @@ impl Runner {
             }
         }
         called.map_err(|err| {
+            if err.is_none() {
+                // No answer in time may be a master gone silent. Asked here, once per call,
+                // and not only by the store when a caller meets the timeout: a caller that
+                // bounds its own wait (`timed_by_caller`) gives up first and never tells it.
+                if let Some(master) = &self.master {
+                    master.nudge();
+                }
+            }
             let again = match &err {
                 Some(err) if resharding(err) => Again::Alone,
                 Some(err) if crate::own_conn::was_not_sent(err) => Again::Elsewhere,

@@ -177,7 +177,8 @@ impl RedisStore {
             }
             _ => None,
         };
-        let runner = Runner::new(conn, timeout, clock.clone(), injected);
+        let mut runner = Runner::new(conn, timeout, clock.clone(), injected);
+        runner.timed_by_caller = config.timed_by_caller;
         runner.prepare().await;
         let batcher = Batcher::start(runner.clone());
         let thread_conns = match (&config.target, &runner.conn) {

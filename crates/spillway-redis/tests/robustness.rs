@@ -257,3 +257,56 @@ async fn a_ping_counts_its_outcome_not_its_attempts() {
     store.ping().await.expect("answered after the restart");
     assert_eq!(errors(), before, "a ping that ended well counted an error");
 }
+
+/// A store whose callers bound their own waits (`timed_by_caller`, as the server's failure
+/// guard does) puts no timer on each request's wait; a server that stops answering still
+/// fails each check as a timeout within about the store's timeout, counted once, because each
+/// Redis call keeps a timer of its own. Once the server answers again, so do checks, counting
+/// on from where they were.
+#[tokio::test]
+async fn a_store_timed_by_its_callers_still_fails_a_hung_server_within_its_timeout() {
+    let counts = LocalMetrics::hear();
+    let timeouts = || {
+        spillway_testkit::metrics::sample(
+            &counts.render(),
+            "spillway_store_errors_total",
+            "kind=\"timeout\"",
+        )
+    };
+    let server = RedisServer::start();
+    let proxy = spillway_testkit::proxy::DelayProxy::start(server.port());
+    let mut config = RedisConfig::new(Target::Server(proxy.url()), "the test's URL");
+    let timeout = Duration::from_millis(300);
+    config.timeout = timeout;
+    config.local_cache_keys = 0;
+    config.timed_by_caller = true;
+    let store = RedisStore::connect(&config).await.expect("connects");
+    let (k, params) = (key("timed-by-caller", &["u"]), bucket(100));
+    let take = || async {
+        store
+            .check(&[check(&k, &params, 1)], CheckMode::Consume)
+            .await
+            .map(|d| (d[0].allowed, d[0].remaining))
+    };
+    assert_eq!(take().await.expect("answered"), (true, 99));
+
+    proxy.set_delay(timeout * 4);
+    let started = std::time::Instant::now();
+    let hung = take().await;
+    let took = started.elapsed();
+    assert!(
+        matches!(hung, Err(StoreError::Timeout(t)) if t == timeout),
+        "{hung:?}"
+    );
+    assert!(
+        took >= timeout && took < timeout * 3,
+        "failed after {took:?}, the timeout being {timeout:?}"
+    );
+    assert_eq!(timeouts(), 1, "one timeout, counted once");
+
+    proxy.set_delay(Duration::ZERO);
+    // The late reply of the hung call (it did reach Redis) is read and dropped; the next
+    // check counts on from it.
+    tokio::time::sleep(timeout * 4).await;
+    assert_eq!(take().await.expect("answered again"), (true, 97));
+}
