@@ -58,8 +58,8 @@
 //!
 //! A request whose caller gave up before its batch was sent is dropped from the batch and
 //! never charged. Each caller still waits at most the store's timeout, queueing included: by
-//! a timer of its own per request, or, where every caller bounds its own wait (the server's
-//! failure guard; [`crate::RedisConfig::timed_by_caller`]), by the caller's.
+//! a timer of its own per request, or, for a check where every caller bounds its own wait
+//! (the server's failure guard; [`crate::RedisConfig::timed_by_caller`]), by the caller's.
 //! A request alone in an idle lane takes a queue and a batch vector from small pools, so at
 //! low load a request allocates here only its answer channel and what the call needs.
 
@@ -235,7 +235,7 @@ impl Batcher {
     }
 
     /// Decides one request (keys and checks in the same order, every key in `lane`) within
-    /// the store's timeout.
+    /// the store's timeout (bounded by the caller where the store is `timed_by_caller`).
     pub(crate) async fn check(
         &self,
         lane: u16,
@@ -262,7 +262,9 @@ impl Batcher {
     }
 
     /// Charges one slot's part of a report (every key in `lane`, the marker too) within the
-    /// store's timeout.
+    /// store's timeout, always by a timer of its own: its caller waits in a task that
+    /// outlives the report's own caller (see `RedisStore::charge`), so nothing else would
+    /// drop it, and a charge sent after the report was told lost could be charged twice.
     pub(crate) async fn charge(
         &self,
         lane: u16,
@@ -275,7 +277,9 @@ impl Batcher {
     }
 
     /// Queues one request, waiting for its answer until `deadline` (the store's timeout from
-    /// now, if `None`). The callers above stay one-line wrappers, which the compiler folds
+    /// now, if `None`), or, for a check on a store `timed_by_caller`, until its caller drops
+    /// the wait (by then, in the server, the same deadline). The callers above stay one-line
+    /// wrappers, which the compiler folds
     /// into this future: one computing the deadline itself cost a check over Redis about
     /// 130 instructions more, as a future of its own (callgrind, `bench/http_cg.sh`).
     async fn submit(
@@ -288,6 +292,7 @@ impl Batcher {
     ) -> Result<Reply, BatchError> {
         let limit = self.runner.timeout;
         let deadline = deadline.unwrap_or_else(|| Instant::now() + limit);
+        let own_timer = !self.runner.timed_by_caller || matches!(kind, Kind::Charge(_));
         let (answer, reply) = oneshot::channel();
         let job = Job {
             lane,
@@ -311,7 +316,7 @@ impl Batcher {
                 .into())
             })
         };
-        if self.runner.timed_by_caller {
+        if !own_timer {
             // The caller drops this at the timeout: the request is then skipped, or its reply
             // goes nowhere, as for any caller that gave up.
             return waiting.await;
@@ -862,6 +867,60 @@ mod tests {
         let mut answers = burst(&mut lanes, 500, IN_FLIGHT * MAX_REQUESTS + 44);
         assert_eq!(refused(&mut answers), 44);
         assert_eq!(lanes.started.len() - before, IN_FLIGHT);
+    }
+
+    /// On a store `timed_by_caller`, a check waits for its answer until its caller gives up
+    /// (here: past ten timeouts, with the dispatcher never running), while a report's charge
+    /// still fails at the store's timeout by its own timer: its caller waits in a task nobody
+    /// drops. Without the flag, a check fails at the timeout too. (A real server to connect
+    /// to; the paused clock once connected.)
+    #[tokio::test]
+    async fn only_a_check_on_a_store_timed_by_its_callers_waits_without_a_timer() {
+        let server = spillway_testkit::redis::RedisServer::start();
+        const MS: Duration = Duration::from_millis(1);
+        let timeout = Duration::from_millis(300);
+        let target = crate::own_conn::Target::of_url(&server.url(), timeout).expect("RESP2");
+        let conn = Conn::Own(crate::own_conn::OwnConn::connect(target).await.expect("up"));
+        let clock = std::sync::Arc::new(spillway_core::time::SystemClock);
+        let mut runner = Runner::new(conn, timeout, clock, None);
+        tokio::time::pause();
+        let waited = |batcher: Batcher, charge: bool| async move {
+            let start = Instant::now();
+            let keys = vec!["k".to_owned()];
+            let asked = async {
+                if charge {
+                    batcher.charge(0, None, keys, Vec::new()).await
+                } else {
+                    batcher.check(0, keys, Vec::new(), CheckMode::Consume).await
+                }
+            };
+            let outcome = tokio::time::timeout(timeout * 10, asked).await;
+            (outcome.map(|reply| reply.map(|_| ())), start.elapsed())
+        };
+        // When a timer of `due` fired, on the paused clock (to its millisecond).
+        let at = |after: Duration, due: Duration| after >= due && after <= due + MS;
+        for timed_by_caller in [true, false] {
+            runner.timed_by_caller = timed_by_caller;
+            // The dispatcher is kept but never polled: nothing is ever sent or answered.
+            let (batcher, _dispatcher) = Batcher::new(runner.clone());
+            let (check, after) = waited(batcher.clone(), false).await;
+            if timed_by_caller {
+                assert!(check.is_err(), "the caller gave up first: {check:?}");
+                assert!(at(after, timeout * 10), "{after:?}");
+            } else {
+                assert!(
+                    matches!(check, Ok(Err(BatchError::Store(StoreError::Timeout(_))))),
+                    "{check:?}"
+                );
+                assert!(at(after, timeout), "{after:?}");
+            }
+            let (charge, after) = waited(batcher, true).await;
+            assert!(
+                matches!(charge, Ok(Err(BatchError::Store(StoreError::Timeout(_))))),
+                "timed_by_caller {timed_by_caller}: {charge:?}"
+            );
+            assert!(at(after, timeout), "{after:?}");
+        }
     }
 
     #[test]

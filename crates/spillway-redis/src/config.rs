@@ -233,13 +233,14 @@ pub struct RedisConfig {
     /// default, for a store connected once at start; a store connected again on each call
     /// until it answers (a far region's) asks less (see [`crate::login::AskSeeds`]).
     pub ask_seeds: crate::login::AskSeeds,
-    /// Whether every caller of [`crate::RedisStore::check`] and `charge` bounds each call by
+    /// Whether every caller of [`crate::RedisStore::check`] bounds each call by
     /// [`RedisConfig::timeout`] itself and drops it once that has passed (the server's failure
     /// guard does, with its budget as this timeout). The store then puts no timer of its own
-    /// on each request's wait (about 800 instructions per check, `docs/BENCHMARKS.md`,
-    /// session 24): a request given up is skipped once its caller is gone, and each Redis call
-    /// keeps its own timer. Off by default: a caller that does not bound its calls could wait
-    /// behind a hung server's queue for longer than the timeout.
+    /// on each check's wait (about 680 instructions per check, `docs/BENCHMARKS.md`, session
+    /// 24): a check given up is skipped once its caller is gone, and each Redis call keeps its
+    /// own timer. A report's charge keeps its timer (it waits in a task of its own). Off by
+    /// default: a caller that does not bound its checks could wait behind a hung server's
+    /// queue for longer than the timeout.
     pub timed_by_caller: bool,
 }
 

@@ -12,7 +12,7 @@ use crate::functions::{self, Func, Functions};
 use crate::module::{self, Module};
 use crate::own_conn::OwnConn;
 use crate::script::{self, CallArgs, Encoded, Reply, Undo};
-use crate::sentinel::SentinelConn;
+use crate::sentinel::{Nudger, SentinelConn};
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use spillway_core::request::CheckMode;
@@ -120,10 +120,11 @@ pub(crate) struct Runner {
     /// request's wait in [`crate::batch`] needs no timer of its own (see
     /// [`crate::RedisConfig::timed_by_caller`]).
     pub(crate) timed_by_caller: bool,
-    /// On a Sentinel store, the store's own connection to the master, asked to look for a
-    /// new master when a call gets no answer in time (a master gone silent); `None`
-    /// elsewhere. Kept by a serving thread's runner too ([`Runner::with_conn`]).
-    master: Option<SentinelConn>,
+    /// On a Sentinel store, a handle on the store's own connection to the master, asked to
+    /// look for a new master when a call gets no answer in time (a master gone silent);
+    /// `None` elsewhere. Kept by a serving thread's runner too ([`Runner::with_conn`]); weak,
+    /// so that no runner keeps the store's connection alive.
+    master: Option<Nudger>,
     /// When set, scripts evaluate at this clock's time instead of Redis `TIME` (tests only).
     injected: Option<Arc<dyn Clock>>,
     /// The store's clock: it paces looking for the module again (see [`Module::probe_due`]).
@@ -140,7 +141,7 @@ impl Runner {
         injected: Option<Arc<dyn Clock>>,
     ) -> Self {
         let master = match &conn {
-            Conn::Sentinel(master) => Some(master.clone()),
+            Conn::Sentinel(master) => Some(master.nudger()),
             _ => None,
         };
         Self {
@@ -160,8 +161,7 @@ impl Runner {
     /// A runner calling as this one does (the same form of the Lua code, time bound and
     /// injected clock) over `conn` instead: a serving thread's own connection (see
     /// [`crate::thread_conn`]). Takes `self`, so the thread's runner keeps no handle of the
-    /// shared connection but a Sentinel store's (`master`, which the thread connection's own
-    /// task holds anyway).
+    /// shared connection (but a weak one to nudge a Sentinel store's, `master`).
     pub(crate) fn with_conn(self, conn: Conn) -> Self {
         Self { conn, ..self }
     }

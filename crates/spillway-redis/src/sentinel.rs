@@ -123,6 +123,19 @@ struct Inner {
     owner: &'static str,
 }
 
+/// [`SentinelConn::nudger`]: asks the sentinels again soon, while the connection lives.
+#[derive(Clone)]
+pub(crate) struct Nudger(Weak<Inner>);
+
+impl Nudger {
+    /// [`SentinelConn::nudge`], if the connection is still there.
+    pub(crate) fn nudge(&self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.nudge.notify_one();
+        }
+    }
+}
+
 /// The connection to the master the sentinels name; see the module docs. Cheap to clone.
 #[derive(Clone)]
 pub struct SentinelConn {
@@ -224,6 +237,12 @@ impl SentinelConn {
     /// Asks the sentinels again soon (a call elsewhere failed in a way a failover explains).
     pub(crate) fn nudge(&self) {
         self.inner.nudge.notify_one();
+    }
+
+    /// A handle that can [`nudge`](Self::nudge) this connection without keeping it (or its
+    /// task) alive: for what may outlive the store, such as a serving thread's runner.
+    pub(crate) fn nudger(&self) -> Nudger {
+        Nudger(Arc::downgrade(&self.inner))
     }
 
     /// A new connection of its own to the master this one uses now (a thread connection's

@@ -214,8 +214,9 @@ impl RedisStore {
 
     /// Sends on the shared path a check that this thread's connection did not send, having
     /// lost it for good before the call went out (an idle close of a master the sentinels
-    /// named): nothing reached Redis, so it goes by the deadline it had, and the thread
-    /// connections step aside as for any failure.
+    /// named): nothing reached Redis, so it goes by the deadline it had (or, on a store
+    /// `timed_by_caller`, until its caller drops it), and the thread connections step aside
+    /// as for any failure.
     async fn resend(
         &self,
         lane: u16,

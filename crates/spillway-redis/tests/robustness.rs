@@ -259,9 +259,9 @@ async fn a_ping_counts_its_outcome_not_its_attempts() {
 }
 
 /// A store whose callers bound their own waits (`timed_by_caller`, as the server's failure
-/// guard does) puts no timer on each request's wait; a server that stops answering still
-/// fails each check as a timeout within about the store's timeout, counted once, because each
-/// Redis call keeps a timer of its own. Once the server answers again, so do checks, counting
+/// guard does) puts no timer on each check's wait; a server that stops answering still fails
+/// a check whose caller does not give up as a timeout within about the store's timeout,
+/// counted once for its one call, because each Redis call keeps a timer of its own. Once the server answers again, so do checks, counting
 /// on from where they were.
 #[tokio::test]
 async fn a_store_timed_by_its_callers_still_fails_a_hung_server_within_its_timeout() {
@@ -304,7 +304,7 @@ async fn a_store_timed_by_its_callers_still_fails_a_hung_server_within_its_timeo
         took >= timeout && took < timeout * 3,
         "failed after {took:?}, the timeout being {timeout:?}"
     );
-    assert_eq!(timeouts(), 1, "one timeout, counted once");
+    assert_eq!(timeouts(), 1, "one call timed out, counted once");
 
     proxy.set_delay(Duration::ZERO);
     // The late reply of the hung call (it did reach Redis) is read and dropped; the next

@@ -135,8 +135,8 @@ impl<'a> Login<'a> {
 /// `budget` (the failure settings' time budget) bounds each Redis call, so the client's own
 /// timeouts agree with the guard around it (see [`crate::failure`]). Every store built here
 /// must be called through that guard (`Failover::guard`, with this budget), as the node's
-/// own store and a far region's are: it bounds each check and charge, so a Redis store puts
-/// no timer of its own on each request (`RedisConfig::timed_by_caller`).
+/// own store and a far region's are: it bounds each check, so a Redis store puts no timer of
+/// its own on each check (`RedisConfig::timed_by_caller`).
 pub async fn build(
     config: &StoreConfig,
     login: Login<'_>,
