@@ -13,7 +13,7 @@ mod common;
 
 use common::thread_conns::{
     checks_go_out_on_own_conn, clients, dropping_the_store_closes_its_conns, eventually,
-    serving_thread,
+    kill_the_thread_conn, serving_thread,
 };
 use common::{check, key, window};
 use spillway_core::request::CheckMode;
@@ -120,20 +120,7 @@ async fn a_thread_conn_the_master_closed_while_idle_fails_no_check() {
     let thread = serving_thread(store.clone(), stopped, move |store| async move {
         let counts = LocalMetrics::hear();
         let before = take(&store, "idle").await;
-        let own: Vec<u64> = clients(port)
-            .into_iter()
-            .map(|(id, _)| id)
-            .filter(|id| *id != shared)
-            .collect();
-        assert_eq!(own.len(), 1, "one thread connection");
-        let killed = spillway_testkit::redis::command(port, &format!("CLIENT KILL ID {}", own[0]));
-        assert_eq!(killed.as_deref().map(str::trim), Some(":1"));
-        assert!(
-            eventually(|| clients(port).iter().all(|(id, _)| *id != own[0])).await,
-            "the server closed it"
-        );
-        // The close reaches this thread's runtime while it waits.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        kill_the_thread_conn(port, shared).await;
         let on_thread_conn = store.served_on_this_thread();
         let first = take(&store, "idle").await;
         let resent = sample(&counts.render(), THREAD_CONN_RESENT, "");

@@ -8,7 +8,7 @@ mod common;
 
 use common::thread_conns::{
     checks_go_out_on_own_conn, clients, dropping_the_store_closes_its_conns, eventually,
-    serving_thread,
+    kill_the_thread_conn, serving_thread,
 };
 use common::{check, key, window};
 use spillway_core::request::CheckMode;
@@ -232,22 +232,9 @@ async fn a_thread_conn_killed_while_idle_is_made_again_by_the_next_check() {
     let (result, outcome) = oneshot::channel();
     let thread = serving_thread(store.clone(), stopped, move |store| async move {
         one_check(&store).await.expect("answered");
-        let own: Vec<u64> = clients(port)
-            .into_iter()
-            .map(|(id, _)| id)
-            .filter(|id| *id != shared)
-            .collect();
-        assert_eq!(own.len(), 1, "one thread connection");
-        let killed = spillway_testkit::redis::command(port, &format!("CLIENT KILL ID {}", own[0]));
-        assert_eq!(killed.as_deref().map(str::trim), Some(":1"));
-        assert!(
-            eventually(|| clients(port).iter().all(|(id, _)| *id != own[0])).await,
-            "the server closed it"
-        );
-        // The close reaches this thread's runtime while it waits.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let killed = kill_the_thread_conn(port, shared).await;
         let first = one_check(&store).await;
-        let _ = result.send((first, own[0], clients(port)));
+        let _ = result.send((first, killed, clients(port)));
     });
     let (first, killed, after) = outcome.await.expect("the thread reports");
     assert!(first.is_ok(), "the first check after the kill: {first:?}");

@@ -117,6 +117,27 @@ pub async fn dropping_the_store_closes_its_conns<F, Fut>(
     }
 }
 
+/// Kills the one connection of the server on `port` that is not `shared` (a serving thread's
+/// own, idle), waits until the server has let it go and the close has reached this thread's
+/// runtime; its id.
+pub async fn kill_the_thread_conn(port: u16, shared: u64) -> u64 {
+    let own: Vec<u64> = clients(port)
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| *id != shared)
+        .collect();
+    assert_eq!(own.len(), 1, "one thread connection");
+    let killed = spillway_testkit::redis::command(port, &format!("CLIENT KILL ID {}", own[0]));
+    assert_eq!(killed.as_deref().map(str::trim), Some(":1"));
+    assert!(
+        eventually(|| clients(port).iter().all(|(id, _)| *id != own[0])).await,
+        "the server closed it"
+    );
+    // The close reaches this thread's runtime while it waits.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    own[0]
+}
+
 /// Polls `what` every 10 ms until it holds, for at most 5 s (waiting on another process:
 /// a connection being made or closed).
 pub async fn eventually(mut what: impl FnMut() -> bool) -> bool {
