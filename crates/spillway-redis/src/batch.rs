@@ -181,7 +181,8 @@ struct Job {
     keys: Vec<String>,
     checks: Vec<Encoded>,
     kind: Kind,
-    /// When its caller gives up (it queued at `deadline - timeout`).
+    /// When its caller gives up: the store's timeout after it queued, or for a check resent
+    /// from a thread's connection ([`Unsent`]), the deadline it had there.
     deadline: Instant,
     answer: oneshot::Sender<Result<Reply, BatchError>>,
 }
@@ -281,7 +282,7 @@ impl Batcher {
     /// the wait (by then, in the server, the same deadline). The callers above stay one-line
     /// wrappers, which the compiler folds
     /// into this future: one computing the deadline itself cost a check over Redis about
-    /// 130 instructions more, as a future of its own (callgrind, `bench/http_cg.sh`).
+    /// 135 instructions more, as a future of its own (callgrind, `bench/http_cg.sh`).
     async fn submit(
         &self,
         lane: u16,
@@ -693,14 +694,12 @@ async fn call(runner: &Runner, limit: Duration, batch: &[Job]) -> Result<Vec<Rep
     if replies.len() == batch.len() {
         Ok(replies)
     } else {
-        Err(Failed {
-            err: record(StoreError::Protocol(format!(
-                "the check answered {} requests of {}",
-                replies.len(),
-                batch.len()
-            ))),
-            again: Again::No,
-        })
+        let err = StoreError::Protocol(format!(
+            "the check answered {} requests of {}",
+            replies.len(),
+            batch.len()
+        ));
+        Err(Failed::new(err, Again::No))
     }
 }
 

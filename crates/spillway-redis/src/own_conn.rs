@@ -27,9 +27,9 @@
 //! [`crate::sentinel`]). A call it fails that way without writing it (the one that found an
 //! idle close, and every later one) fails with an error [`was_not_sent`] tells apart: nothing
 //! of it reached the server, so the store sends the request on its shared connection instead
-//! (see [`crate::thread_conn`]). So an idle close fails no request once the runtime has seen
-//! it; a command written before that (or waiting for its reply at the close) may have run,
-//! and fails as a lost connection.
+//! (see [`crate::thread_conn`]), within the request's budget. A command written before the
+//! runtime saw the close (or waiting for its reply at the close) may have run, and fails as a
+//! lost connection.
 //! The login runs in a task of its own ([`OwnConn::remake`]), so that a caller whose budget
 //! ends mid-login does not undo it. A call whose caller gave up keeps its place in the
 //! order; its reply is read and dropped.

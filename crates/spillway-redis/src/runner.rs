@@ -46,7 +46,7 @@ pub(crate) enum Again {
 
 impl Failed {
     /// A call's error `err`, counted now unless its requests may go again (`again`).
-    fn new(err: StoreError, again: Again) -> Self {
+    pub(crate) fn new(err: StoreError, again: Again) -> Self {
         let err = if again == Again::No {
             Self::count(err)
         } else {
@@ -124,7 +124,7 @@ pub(crate) struct Runner {
     /// look for a new master when a call gets no answer in time (a master gone silent);
     /// `None` elsewhere. Kept by a serving thread's runner too ([`Runner::with_conn`]); weak,
     /// so that no runner keeps the store's connection alive.
-    master: Option<Nudger>,
+    nudger: Option<Nudger>,
     /// When set, scripts evaluate at this clock's time instead of Redis `TIME` (tests only).
     injected: Option<Arc<dyn Clock>>,
     /// The store's clock: it paces looking for the module again (see [`Module::probe_due`]).
@@ -140,7 +140,7 @@ impl Runner {
         clock: Arc<dyn Clock>,
         injected: Option<Arc<dyn Clock>>,
     ) -> Self {
-        let master = match &conn {
+        let nudger = match &conn {
             Conn::Sentinel(master) => Some(master.nudger()),
             _ => None,
         };
@@ -152,7 +152,7 @@ impl Runner {
             refund_script: Arc::new(redis::Script::new(script::REFUND_SCRIPT)),
             timeout,
             timed_by_caller: false,
-            master,
+            nudger,
             injected,
             clock,
         }
@@ -161,7 +161,7 @@ impl Runner {
     /// A runner calling as this one does (the same form of the Lua code, time bound and
     /// injected clock) over `conn` instead: a serving thread's own connection (see
     /// [`crate::thread_conn`]). Takes `self`, so the thread's runner keeps no handle of the
-    /// shared connection (but a weak one to nudge a Sentinel store's, `master`).
+    /// shared connection (but a weak one to nudge a Sentinel store's, `nudger`).
     pub(crate) fn with_conn(self, conn: Conn) -> Self {
         Self { conn, ..self }
     }
@@ -327,8 +327,8 @@ impl Runner {
                 // No answer in time may be a master gone silent. Asked here, once per call,
                 // and not only by the store when a caller meets the timeout: a caller that
                 // bounds its own wait (`timed_by_caller`) gives up first and never tells it.
-                if let Some(master) = &self.master {
-                    master.nudge();
+                if let Some(nudger) = &self.nudger {
+                    nudger.nudge();
                 }
             }
             let again = match &err {

@@ -427,7 +427,7 @@ where
         .map(|at| async move { (at, ask_one(at).await) })
         .collect();
     let mut answers: Vec<(usize, Named)> = Vec::with_capacity(count);
-    let mut last: Option<RedisError> = None;
+    let mut reported: Option<RedisError> = None;
     let mut until: Option<tokio::time::Instant> = None;
     while answers.len() < majority {
         let next = match until {
@@ -444,11 +444,11 @@ where
                 until.get_or_insert_with(|| tokio::time::Instant::now() + GRACE);
             }
             Err(err) => {
-                if last
+                if reported
                     .as_ref()
                     .is_none_or(|held| telling(&err) > telling(held))
                 {
-                    last = Some(err);
+                    reported = Some(err);
                 }
             }
         }
@@ -456,7 +456,7 @@ where
     let agreed = answers.len() >= majority && answers.windows(2).all(|w| w[0].1 == w[1].1);
     match newest(answers, master) {
         Some(newest) => Ok(Lookup { newest, agreed }),
-        None => Err(last.unwrap_or_else(|| {
+        None => Err(reported.unwrap_or_else(|| {
             RedisError::from((redis::ErrorKind::Client, "no sentinels configured"))
         })),
     }
@@ -464,7 +464,7 @@ where
 
 /// How much a sentinel's error says, to report the most telling when none answered: a refused
 /// login (a setting to fix, not an outage to wait out), then a sentinel that does not know the
-/// master (a name to fix), then the rest (the last of them).
+/// master (a name to fix), then the rest (among equals, the first to come).
 fn telling(err: &RedisError) -> u8 {
     if login::refused(err) {
         2
@@ -945,6 +945,10 @@ mod tests {
         ))
     }
 
+    fn unreachable() -> RedisError {
+        RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    }
+
     fn refused() -> RedisError {
         RedisError::from((
             redis::ErrorKind::AuthenticationFailed,
@@ -1036,7 +1040,8 @@ mod tests {
     }
 
     /// When no sentinel names the master, the lookup fails once every sentinel failed, with
-    /// the most telling error (here neither the first nor the last to come).
+    /// the most telling error (here neither the first nor the last to come), or among equals
+    /// the first.
     #[tokio::test(start_paused = true)]
     async fn no_answer_fails_with_the_most_telling_error() {
         let (lookup, ms) = lookup_of(&[
@@ -1048,6 +1053,15 @@ mod tests {
         let err = lookup.expect_err("nobody named the master");
         assert_eq!(ms, 30);
         assert_eq!(err.kind(), redis::ErrorKind::AuthenticationFailed, "{err}");
+        // Among errors that say as much, the first to come.
+        let (lookup, _) = lookup_of(&[
+            Says::Fails(unreachable, 30),
+            Says::Fails(timed_out, 5),
+            Says::Fails(unreachable, 20),
+        ])
+        .await;
+        let err = lookup.expect_err("nobody named the master");
+        assert!(err.is_timeout(), "{err}");
         let (lookup, _) = lookup_of(&[]).await;
         assert!(lookup.is_err(), "no sentinels configured");
     }

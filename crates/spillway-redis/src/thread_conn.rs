@@ -45,8 +45,10 @@
 //!   connection was made (requests queued just before finish on it). A switch seen while the
 //!   connection was being made does not send it aside if it went to that switch's master
 //!   already. A check its connection did not write because it was lost for good (the master
-//!   closed it while idle, seen before writing: [`BatchError::NotSent`]) is not failed: the
-//!   store sends it on the shared path by its deadline (counted in [`THREAD_CONN_RESENT`]),
+//!   closed it while idle, seen before writing: [`BatchError::NotSent`]) is not failed for
+//!   that: the store sends it on the shared path by its deadline, where it waits for the
+//!   sentinels' answer (the close counts the shared connection lost too; counted in
+//!   [`THREAD_CONN_RESENT`]),
 //!   and every thread connection steps aside as for a failure (a server's `timeout` closes
 //!   them all alike). This lifecycle is [`sentinel`]'s; the waits
 //!   between attempts, on either, are [`retry`]'s.
@@ -300,7 +302,9 @@ impl ThreadConns {
         if let Connect::Sentinel(master) = connect {
             // No answer in time may be a master gone silent: the store's connection asks
             // the sentinels, as it does for its own calls (every call of an attached thread
-            // is on the thread's connection, so the store's own would never see it).
+            // is on the thread's connection, so the store's own would never see it). A call's
+            // own timer nudges too (`Runner::invoke`), which is what remains where the
+            // caller's timer fires first (`timed_by_caller`) and no timeout reaches here.
             if unavailable || timeout {
                 master.nudge();
             }

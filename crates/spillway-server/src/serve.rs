@@ -136,6 +136,8 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         clock.shared(),
         failure.budget,
         settings.manual_clock_in_store,
+        // Behind `failover.guard` below, with the same budget.
+        true,
     )
     .await?;
     let failover = Arc::new(Failover::new(failure, clock.shared()));

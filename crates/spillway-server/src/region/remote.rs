@@ -228,7 +228,9 @@ impl Link {
             // Connected again after each failed attempt until it answers.
             ask_seeds: self.refusal.ask_seeds(),
         };
-        crate::store::build(config, login, 1, clock, self.budget, false).await
+        // Called only through the region's own failure guard, with the same budget (see
+        // `RegionNode::new`).
+        crate::store::build(config, login, 1, clock, self.budget, false, true).await
     }
 }
 

@@ -133,10 +133,10 @@ impl<'a> Login<'a> {
 /// (a refused one told as its owner's).
 ///
 /// `budget` (the failure settings' time budget) bounds each Redis call, so the client's own
-/// timeouts agree with the guard around it (see [`crate::failure`]). Every store built here
-/// must be called through that guard (`Failover::guard`, with this budget), as the node's
-/// own store and a far region's are: it bounds each check, so a Redis store puts no timer of
-/// its own on each check (`RedisConfig::timed_by_caller`).
+/// timeouts agree with the guard around it (see [`crate::failure`]). `guarded`: the caller
+/// calls the store only through that guard (`Failover::guard`, with this budget), as the
+/// node's own store and a far region's are; the guard then bounds each check, so a Redis
+/// store puts no timer of its own on each check (`RedisConfig::timed_by_caller`).
 pub async fn build(
     config: &StoreConfig,
     login: Login<'_>,
@@ -144,6 +144,7 @@ pub async fn build(
     clock: Arc<dyn Clock>,
     budget: Duration,
     injected_time: bool,
+    guarded: bool,
 ) -> anyhow::Result<Arc<dyn Store>> {
     let redis = |settings: &RedisSettings, target: Target| {
         let mut c = RedisConfig::new(target, login.hint);
@@ -151,7 +152,7 @@ pub async fn build(
             c.prefix = prefix.clone();
         }
         c.timeout = budget;
-        c.timed_by_caller = true;
+        c.timed_by_caller = guarded;
         if let Some(n) = settings.local_cache {
             c.local_cache_keys = usize::try_from(n).unwrap_or(usize::MAX);
         }
