@@ -352,7 +352,7 @@ async fn ask_unexplained(
         let addr: Option<(String, u16)> = redis::from_redis_value(addr.extract_error()?)?;
         let Some((host, port)) = addr else {
             return Err(RedisError::from((
-                redis::ErrorKind::Client,
+                redis::ErrorKind::MasterNameNotFoundBySentinel,
                 UNKNOWN_MASTER,
                 master.to_owned(),
             )));
@@ -375,7 +375,8 @@ async fn ask_unexplained(
     }
 }
 
-/// What a sentinel that does not monitor the master by that name answers, as an error.
+/// What a sentinel that does not monitor the master by that name answers, as an error's text
+/// (its kind, the client's `MasterNameNotFoundBySentinel`, is what [`telling`] reads).
 const UNKNOWN_MASTER: &str = "sentinel does not know the master";
 
 /// How long a lookup that has an answer waits for more, up to a majority of the sentinels.
@@ -468,7 +469,7 @@ where
 fn telling(err: &RedisError) -> u8 {
     if login::refused(err) {
         2
-    } else if err.kind() == redis::ErrorKind::Client && err.to_string().contains(UNKNOWN_MASTER) {
+    } else if err.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel {
         1
     } else {
         0
@@ -1092,8 +1093,8 @@ mod tests {
     #[test]
     fn an_unknown_master_is_reported_over_a_timeout() {
         let unknown = RedisError::from((
-            redis::ErrorKind::Client,
-            "sentinel does not know the master",
+            redis::ErrorKind::MasterNameNotFoundBySentinel,
+            super::UNKNOWN_MASTER,
             "m".to_owned(),
         ));
         let timeout = RedisError::from(std::io::Error::new(
