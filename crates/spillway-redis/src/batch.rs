@@ -11,9 +11,11 @@
 //! back to back. Reports (charges after the fact) queue the same way, one job per slot of the
 //! report, and may share a call with checks.
 //!
-//! A batcher serves one connection: the store's shared one, or on a single server (directly
-//! or through Sentinel) a serving thread's own (see [`crate::thread_conn`]), so each thread coalesces its own requests and
-//! the bounds below hold per batcher.
+//! A batcher serves one connection: the store's shared one, or a serving thread's own to a
+//! single server (directly or through Sentinel) or to one master of a cluster (see
+//! [`crate::thread_conn`]), so each thread coalesces its own requests and the bounds below
+//! hold per batcher. (A thread's batcher to one cluster master keeps no bound per slot: its
+//! lanes are all that master's.)
 //!
 //! A lane is what one call may cover: the whole server on a single server (directly or through
 //! Sentinel), one hash slot on a cluster (a call may touch keys of one slot only). Requests
@@ -128,7 +130,9 @@ pub(crate) enum BatchError {
     /// The call failed, timed out, or was never answered.
     Store(StoreError),
     /// The call was not sent: its connection, a serving thread's own, is lost for good (see
-    /// [`crate::own_conn`]). Nothing of the request reached Redis; here it is back.
+    /// [`crate::own_conn`]); or it was sent to a cluster master that refused it for a slot it
+    /// does not serve (a redirect or `TRYAGAIN`, see [`crate::thread_conn`]). Nothing of the
+    /// request ran; here it is back.
     NotSent(Box<Unsent>),
 }
 
@@ -551,7 +555,8 @@ fn prune_front(queue: &mut VecDeque<Job>) -> usize {
 /// task writes and parses on its own, so the one task is not what bounds throughput.
 async fn dispatch(runner: Runner, mut queue: mpsc::Receiver<Job>) {
     // On a single server (directly or through Sentinel) every request is in lane 0, so that
-    // lane has the whole store-wide bound.
+    // lane has the whole store-wide bound; a thread's connection to one cluster master has
+    // one lane per slot, all on that master, so one stalls as the others do.
     let lane_cap = match runner.conn {
         Conn::Cluster(_) => Some(LANE_QUEUE),
         Conn::Server(_) | Conn::Sentinel(_) | Conn::Own(_) => None,

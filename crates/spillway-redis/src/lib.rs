@@ -32,11 +32,12 @@
 //!   coalesced into one call, each still all-or-nothing on its own; each slot's queue bounded
 //!   on its own, and a call refused during resharding retried request by request.
 //! - [`thread_conn`]: a serving thread's own connection and batcher (a single server,
-//!   directly or through Sentinel), so its calls never leave the thread.
+//!   directly or through Sentinel, or one per cluster master), so its calls never leave the
+//!   thread.
 //! - `own_conn` and `resp`: that thread connection's socket, written and read by its callers
 //!   with our own minimal RESP2 encoder and parser (no task, channel or timer of its own).
 //! - [`topology`]: which cluster master serves each slot, as failure domains for the server's
-//!   per-master circuit breakers.
+//!   per-master circuit breakers, and where the serving threads send each slot's checks.
 //! - [`local_cache`]: denying repeated over-limit requests without a round trip.
 //! - [`error`]: typed, counted errors.
 //! - [`connection`]: the on-demand connection of the server's other Redis users (the

@@ -40,7 +40,9 @@ pub(crate) enum Again {
     /// `ASK`/`MOVED` redirect the client did not follow); see [`crate::batch`].
     Alone,
     /// Through another connection: a serving thread's own connection, lost for good, wrote
-    /// none of the call ([`crate::own_conn::was_not_sent`]); see [`crate::thread_conn`].
+    /// none of the call ([`crate::own_conn::was_not_sent`]), or a cluster master it talks to
+    /// directly refused the call for a slot it does not serve (now), so nothing of it ran;
+    /// see [`crate::thread_conn`].
     Elsewhere,
 }
 
@@ -120,6 +122,11 @@ pub(crate) struct Runner {
     /// request's wait in [`crate::batch`] needs no timer of its own (see
     /// [`crate::RedisConfig::timed_by_caller`]).
     pub(crate) timed_by_caller: bool,
+    /// Whether the connection goes straight to one master of a cluster (a serving thread's
+    /// own, see [`crate::thread_conn`]): a redirect or `TRYAGAIN` sends the call's requests
+    /// to the store's cluster connection, which follows them ([`Again::Elsewhere`]), and the
+    /// module is never probed for on it (one node says nothing of the others).
+    cluster_node: bool,
     /// On a Sentinel store, a handle on the store's own connection to the master, asked to
     /// look for a new master when a call gets no answer in time (a master gone silent);
     /// `None` elsewhere. Kept by a serving thread's runner too ([`Runner::with_conn`]); weak,
@@ -152,6 +159,7 @@ impl Runner {
             refund_script: Arc::new(redis::Script::new(script::REFUND_SCRIPT)),
             timeout,
             timed_by_caller: false,
+            cluster_node: false,
             nudger,
             injected,
             clock,
@@ -164,6 +172,15 @@ impl Runner {
     /// shared connection (but a weak one to nudge a Sentinel store's, `nudger`).
     pub(crate) fn with_conn(self, conn: Conn) -> Self {
         Self { conn, ..self }
+    }
+
+    /// This runner on a serving thread's own connection to one master of a cluster (see
+    /// `cluster_node`).
+    pub(crate) fn on_cluster_node(self) -> Self {
+        Self {
+            cluster_node: true,
+            ..self
+        }
     }
 
     /// Runs `work` on this runner's connection within `limit`, timing it. Its error is the
@@ -263,7 +280,7 @@ impl Runner {
     /// counted (as a store error and a script error), except an error whose requests may go
     /// again ([`Again`]), counted once nobody sends them again (see [`Failed`]). A check while the
     /// module is not in use has it probed for once the call has its answer, when that is due
-    /// ([`Module::probe_due`]), except on a cluster.
+    /// ([`Module::probe_due`]), except on a cluster (its shared connection or one node's).
     async fn invoke(
         &self,
         limit: Duration,
@@ -316,6 +333,7 @@ impl Runner {
         if module
             && called.is_ok()
             && !matches!(self.conn, Conn::Cluster(_))
+            && !self.cluster_node
             && !self.module.enabled()
         {
             if let Some(probing) = self.module.probe_due(self.clock.now()) {
@@ -332,6 +350,7 @@ impl Runner {
                 }
             }
             let again = match &err {
+                Some(err) if resharding(err) && self.cluster_node => Again::Elsewhere,
                 Some(err) if resharding(err) => Again::Alone,
                 Some(err) if crate::own_conn::was_not_sent(err) => Again::Elsewhere,
                 _ => Again::No,

@@ -5,10 +5,10 @@
 //! [`crate::sentinel::SentinelConn`] keeps to the current master, the cluster client's async
 //! connection for a cluster) is shared by every request: concurrent checks are pipelined on
 //! it, and a dropped connection is re-established by the client on the next call (through
-//! Sentinel, by the store's task, only where the sentinels point). On a single
-//! server (directly or through Sentinel), a serving thread that attached
-//! ([`Store::attach_thread`]) sends its checks on a connection of its own instead, once that
-//! is up ([`crate::thread_conn`]). Each call
+//! Sentinel, by the store's task, only where the sentinels point). A serving thread that
+//! attached ([`Store::attach_thread`]) sends its checks on a connection of its own instead,
+//! once that is up ([`crate::thread_conn`]): to the server, the master Sentinel names, or on a
+//! cluster the master of the check's slot (checks of one slot). Each call
 //! is bounded by the configured timeout and timed into `spillway_store_roundtrip_seconds`.
 //!
 //! A request's checks are evaluated by one call of the check function when their keys share
@@ -42,8 +42,8 @@ pub struct RedisStore {
     runner: Runner,
     /// Coalesces concurrent requests into shared calls (per slot on a cluster).
     batcher: Batcher,
-    /// The serving threads' own connections and batchers (a single server, directly or
-    /// through Sentinel; none on a cluster).
+    /// The serving threads' own connections and batchers (to a single server, directly or
+    /// through Sentinel, or to each master of a cluster).
     thread_conns: ThreadConns,
     layout: KeyLayout,
     /// The node's clock, for the local cache and the pace of looking for the native module
@@ -186,6 +186,12 @@ impl RedisStore {
                 ThreadConns::server(url, config, server_settings, setup_limit(timeout))
             }
             (_, Conn::Sentinel(master)) => ThreadConns::sentinel(master),
+            (Target::Cluster(seeds), _) => match (seeds.first(), &topology) {
+                (Some(seed), Some(topology)) => {
+                    ThreadConns::cluster(seed, config, topology.clone(), setup_limit(timeout))
+                }
+                _ => ThreadConns::none(),
+            },
             _ => ThreadConns::none(),
         };
         Ok(Self {
@@ -214,9 +220,10 @@ impl RedisStore {
 
     /// Sends on the shared path a check that this thread's connection did not send, having
     /// lost it for good before the call went out (an idle close of a master the sentinels
-    /// named): nothing reached Redis, so it goes by the deadline it had (or, on a store
-    /// `timed_by_caller`, until its caller drops it), and the thread connections step aside
-    /// as for any failure.
+    /// named), or that a cluster master refused for a slot it does not serve: nothing of it
+    /// ran, so it goes by the deadline it had (or, on a store `timed_by_caller`, until its
+    /// caller drops it). After a lost connection the thread connections step aside as for any
+    /// failure; after a refusal they stay, and the cluster's slot map is asked for again now.
     async fn resend(
         &self,
         lane: u16,
@@ -229,7 +236,10 @@ impl RedisStore {
             deadline,
             err,
         } = unsent;
-        self.thread_conns.failed(&BatchError::Store(err));
+        match &self.topology {
+            Some(topology) => topology.refresh_soon(),
+            None => self.thread_conns.failed(&BatchError::Store(err)),
+        }
         metrics::counter!(THREAD_CONN_RESENT).increment(1);
         self.batcher
             .check_until(lane, keys, checks, mode, deadline)
@@ -290,7 +300,7 @@ impl Store for RedisStore {
                 // thread's batcher to the shared one below is still polled on the thread:
                 // harmless, the shared dispatcher runs on the main runtime and this call
                 // spawns nothing.)
-                let reply = match self.thread_conns.here() {
+                let reply = match self.thread_conns.here(lane) {
                     Some(own) => match own.check(lane, keys, encoded, mode).await {
                         // Boxed: a rare wait, which must not size every check's future.
                         Err(BatchError::NotSent(unsent)) => {
@@ -391,17 +401,25 @@ impl Store for RedisStore {
         self.cache.as_ref()?.deny(checks, self.now())
     }
 
-    /// Starts this serving thread's own connection and batcher (a single server, directly or
-    /// through Sentinel; see [`crate::thread_conn`]).
+    /// Starts this serving thread's own connection and batcher (to a single server, directly
+    /// or through Sentinel, or one to each master of a cluster; see [`crate::thread_conn`]).
     fn attach_thread(&self) {
         self.thread_conns.attach(&self.runner);
     }
 
-    /// Whether this thread's own connection is up (only a single server has them, directly or
-    /// through Sentinel, so every check is one call of one batch lane). The check that follows
-    /// decides again in `ThreadConns::here` with nothing awaited between, so both say the same.
-    fn served_on_this_thread(&self) -> bool {
-        self.thread_conns.ready_here()
+    /// Whether this thread's own connection that `checks` would take is up: on a single
+    /// server (directly or through Sentinel) the one connection, whatever the checks; on a
+    /// cluster, the one to the master of their slot, for checks of one slot (checks spanning
+    /// slots take the shared path). The check that follows decides again in
+    /// `ThreadConns::here` with nothing awaited between, so both say the same.
+    fn served_on_this_thread(&self, checks: &[Check<'_>]) -> bool {
+        if !self.is_cluster() {
+            return self.thread_conns.ready_here(0);
+        }
+        match slots(checks) {
+            Slots::One(lane) => self.thread_conns.ready_here(lane),
+            Slots::Many(_) => false,
+        }
     }
 
     /// One domain on a single server; on a cluster, the masters serving the checks' slots.

@@ -16,10 +16,12 @@
 //! A thread's batcher coalesces as the shared one does (see [`crate::batch`]), over the
 //! requests of its own thread only, with the bounds of [`crate::batch`] for its own queue.
 //!
-//! Thread connections are made for a single server, directly or through Sentinel. A cluster
-//! keeps the shared path on every thread (one connection per master per thread, kept true to
-//! the slot map, is not done). The connection itself is our own ([`crate::own_conn`]), not
-//! the client's multiplexed one, except for a URL asking for RESP3.
+//! Thread connections are made for a single server, directly or through Sentinel, and on a
+//! cluster one to each master the store's view of the slots names ([`cluster`]): a check of
+//! one slot goes to its master's, a check spanning slots and every report take the shared
+//! path. The connection itself is our own ([`crate::own_conn`]), not the client's multiplexed
+//! one, except for a single server's URL asking for RESP3 (a cluster whose seed URL asks for
+//! RESP3 or TLS gets no thread connections).
 //!
 //! # After a failure: stepping aside
 //! Once a check on this store fails as unavailable (on a thread's connection or the shared
@@ -32,6 +34,12 @@
 //!   makes it again. (Nothing reconnects in the background: a connection left alone through
 //!   an outage would fail its first call after Redis returns, and the breaker's one
 //!   half-open probe could land on each stale one in turn.)
+//! - on a cluster, each master's connection does the same, so a master that is gone keeps its
+//!   slots' checks on the shared path until the store's view names its successor, when every
+//!   connection of the thread is made again (see [`cluster`]); the others come back at their
+//!   first ping. A master that refuses a check for a slot it does not serve (`MOVED`, `ASK`,
+//!   `TRYAGAIN`: nothing ran) is no failure: the store resends the check on the shared path,
+//!   which follows the redirect (counted in [`THREAD_CONN_RESENT`]).
 //! - through Sentinel, its task drops the connection (calls already sent finish on it) and
 //!   makes a new one to the master the store's own connection names by then, checked to act
 //!   as master (`ROLE`), waiting between attempts as on a single server (a switch the store
@@ -72,6 +80,7 @@ use crate::login::Refusal;
 use crate::own_conn::{self, OwnConn};
 use crate::runner::{Conn, Runner};
 use crate::sentinel::SentinelConn;
+use crate::topology::Topology;
 use spillway_core::store::StoreError;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,6 +90,7 @@ use std::time::Duration;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::watch;
 
+mod cluster;
 mod retry;
 mod sentinel;
 
@@ -92,7 +102,8 @@ pub const THREAD_CONNS: &str = "spillway_redis_thread_lanes";
 /// a failure.
 pub const THREAD_CONN_FAILURES: &str = "spillway_redis_thread_lane_failures_total";
 /// Counter of requests a serving thread's own connection did not send, lost for good before
-/// their call went out (a Sentinel master's idle close), and sent on the shared path instead.
+/// their call went out (a Sentinel master's idle close), or that a cluster master refused for
+/// a slot it does not serve, and sent on the shared path instead.
 pub const THREAD_CONN_RESENT: &str = "spillway_redis_thread_lane_resent_total";
 
 /// Ids of stores, so a thread tells its thread connections of different stores apart.
@@ -103,9 +114,18 @@ thread_local! {
     static OWN: RefCell<Vec<Own>> = const { RefCell::new(Vec::new()) };
 }
 
+/// On a single server or a Sentinel master, the `node` of a thread's one connection.
+const SINGLE: usize = 0;
+/// The `node` of a cluster store's entry that only marks the thread as attached (its
+/// connections to the masters are entries of their own).
+const ATTACHED: usize = usize::MAX;
+
 /// One store's thread connection on this thread.
 struct Own {
     store: u64,
+    /// On a cluster, the master it goes to, by its index in the store's
+    /// [`crate::topology::Topology`] (its failure domain); [`SINGLE`] elsewhere.
+    node: usize,
     /// The runtime its task runs on: a thread connection of a runtime that has ended is dropped.
     runtime: tokio::runtime::Id,
     /// `None` while its connection is being made.
@@ -115,7 +135,9 @@ struct Own {
     up: bool,
     /// On a Sentinel store, how many master switches the store had followed when this
     /// connection was made: it is used only while that is still the count, so it never writes
-    /// to a master the store has left (0 on a single server).
+    /// to a master the store has left (0 on a single server). On a cluster, the generation of
+    /// the store's view of the masters it was made for: a master's index that changed hands
+    /// sends every connection of the thread aside, to be made again.
     generation: u64,
     /// The store's failure count; closed (its sender dropped) once the store is gone.
     failures: watch::Receiver<u64>,
@@ -127,6 +149,31 @@ enum Connect {
     Server(Box<ServerConnect>),
     /// To whichever master the store's own connection follows now (it asks the sentinels).
     Sentinel(SentinelConn),
+    /// To each master of a cluster, as the store's view of its slots names them.
+    Cluster(Box<ClusterConnect>),
+}
+
+/// How a thread connects to the masters of a cluster.
+struct ClusterConnect {
+    /// The store's view: which master serves each slot, and where each master is.
+    topology: Arc<Topology>,
+    /// The first seed's login and settings; each master's address goes in its place.
+    seed: redis::ConnectionInfo,
+    /// As [`ServerConnect`]'s.
+    owner: String,
+    login_hint: String,
+    ping_limit: Duration,
+}
+
+impl ClusterConnect {
+    /// Where a connection to the master at `host`:`port` goes, logged in as the seed is.
+    fn target(&self, host: &str, port: u16) -> Option<own_conn::Target> {
+        let info = self
+            .seed
+            .clone()
+            .set_addr(redis::ConnectionAddr::Tcp(host.to_owned(), port));
+        own_conn::Target::of(&info, self.ping_limit)
+    }
 }
 
 /// How a thread connection connects to a single server.
@@ -147,7 +194,7 @@ struct ServerConnect {
 /// A store's side of its thread connections; see the module docs.
 pub(crate) struct ThreadConns {
     id: u64,
-    /// `None`: this store makes no thread connections (a cluster).
+    /// `None`: this store makes no thread connections (a cluster reached over TLS or RESP3).
     connect: Option<Arc<Connect>>,
     /// Counts the store's checks that failed as unavailable, which sends every thread connection
     /// aside; dropped with the store, which ends every thread connection.
@@ -177,6 +224,31 @@ impl ThreadConns {
     /// Sentinel.
     pub(crate) fn sentinel(master: &SentinelConn) -> Self {
         Self::make(Some(Arc::new(Connect::Sentinel(master.clone()))))
+    }
+
+    /// Thread connections to each master of the cluster whose slots `topology` maps, logging
+    /// in as the seed `url` says; none where our own connection does not speak what the URL
+    /// asks (TLS, RESP3), or it does not parse.
+    pub(crate) fn cluster(
+        url: &str,
+        config: &crate::config::RedisConfig,
+        topology: Arc<Topology>,
+        ping_limit: Duration,
+    ) -> Self {
+        use redis::IntoConnectionInfo;
+        let Ok(seed) = url.into_connection_info() else {
+            return Self::none();
+        };
+        if own_conn::Target::of(&seed, ping_limit).is_none() {
+            return Self::none();
+        }
+        Self::make(Some(Arc::new(Connect::Cluster(Box::new(ClusterConnect {
+            topology,
+            seed,
+            owner: config.owner.clone(),
+            login_hint: config.login_hint.clone(),
+            ping_limit,
+        })))))
     }
 
     /// No thread connections: every call takes the shared path.
@@ -215,8 +287,13 @@ impl ThreadConns {
             if list.iter().any(|own| own.store == self.id) {
                 return false;
             }
+            let node = match *connect {
+                Connect::Cluster(_) => ATTACHED,
+                _ => SINGLE,
+            };
             list.push(Own {
                 store: self.id,
+                node,
                 runtime,
                 batcher: None,
                 up: false,
@@ -230,6 +307,7 @@ impl ThreadConns {
         }
         let listed = Listed {
             store: self.id,
+            node: None,
             thread: std::thread::current().id(),
         };
         let (id, template) = (self.id, template.clone());
@@ -246,8 +324,9 @@ impl ThreadConns {
         });
     }
 
-    /// This thread's own connection for the store, if it is up (and, on a Sentinel store, made
-    /// for the master the store uses now).
+    /// This thread's own connection for a check of `lane`, if it is up (and, on a Sentinel
+    /// store, made for the master the store uses now; on a cluster, to the master serving
+    /// the slot `lane` as the store's view has it now).
     ///
     /// [`ThreadConns::ready_here`] answers the same question for the failure guard just before the
     /// store's check asks this one, with nothing awaited between the two. On a single server
@@ -256,29 +335,38 @@ impl ThreadConns {
     /// serving thread (harmless: the shared batcher's dispatcher runs on the main runtime). The
     /// same holds for a check its thread connection did not send ([`BatchError::NotSent`]),
     /// which goes on to the shared batcher.
-    pub(crate) fn here(&self) -> Option<Arc<Batcher>> {
-        self.usable_here(|batcher| batcher.clone())
+    pub(crate) fn here(&self, lane: u16) -> Option<Arc<Batcher>> {
+        self.usable_here(lane, |batcher| batcher.clone())
     }
 
     /// Whether this thread has the store's thread connection up: what [`ThreadConns::here`] will
     /// say when the check that follows, with no await between, asks it.
-    pub(crate) fn ready_here(&self) -> bool {
-        self.usable_here(|_| ()).is_some()
+    pub(crate) fn ready_here(&self, lane: u16) -> bool {
+        self.usable_here(lane, |_| ()).is_some()
     }
 
-    /// `read` of this thread's own batcher for the store, if its connection is up and (on a
-    /// Sentinel store) made for the master the store uses now: the one test [`Self::here`]
-    /// and [`Self::ready_here`] share, which clones nothing unless `read` does.
-    fn usable_here<R>(&self, read: impl FnOnce(&Arc<Batcher>) -> R) -> Option<R> {
-        let generation = match self.connect.as_deref()? {
-            Connect::Server(_) => 0,
-            Connect::Sentinel(master) => master.generation(),
+    /// `read` of this thread's own batcher for the store's checks of `lane`, if its
+    /// connection is up and (on a Sentinel store) made for the master the store uses now, or
+    /// (on a cluster) goes to the master of `lane`'s slot in the store's current view: the one
+    /// test [`Self::here`] and [`Self::ready_here`] share, which clones nothing unless `read`
+    /// does.
+    fn usable_here<R>(&self, lane: u16, read: impl FnOnce(&Arc<Batcher>) -> R) -> Option<R> {
+        let (node, generation) = match self.connect.as_deref()? {
+            Connect::Server(_) => (SINGLE, 0),
+            Connect::Sentinel(master) => (SINGLE, master.generation()),
+            Connect::Cluster(cluster) => {
+                // The generation first: a view that changes after it was read sends the
+                // check to a master that may no longer serve the slot, which refuses it
+                // before running anything (the store then resends it).
+                let generation = cluster.topology.generation();
+                (cluster.topology.domain_of_slot(lane), generation)
+            }
         };
         OWN.try_with(|list| {
             let list = list.borrow();
-            let own = list
-                .iter()
-                .find(|own| own.store == self.id && own.up && own.generation == generation)?;
+            let own = list.iter().find(|own| {
+                own.store == self.id && own.node == node && own.up && own.generation == generation
+            })?;
             own.batcher.as_ref().map(read)
         })
         .ok()
@@ -312,7 +400,7 @@ impl ThreadConns {
         if !unavailable {
             return;
         }
-        set_up(self.id, false);
+        all_down(self.id);
         self.failures.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
@@ -323,6 +411,8 @@ impl ThreadConns {
 /// answered, and the connection with it.
 struct Listed {
     store: u64,
+    /// The one connection of a cluster's it lists (`None`: every one of the store's).
+    node: Option<usize>,
     /// The thread whose list holds the thread connection: a runtime dropped on another thread drops
     /// the task there, whose own list is not this thread connection's.
     thread: ThreadId,
@@ -335,47 +425,63 @@ impl Drop for Listed {
         }
         let _ = OWN.try_with(|list| {
             if let Ok(mut list) = list.try_borrow_mut() {
-                list.retain(|own| own.store != self.store);
+                list.retain(|own| {
+                    own.store != self.store || self.node.is_some_and(|node| own.node != node)
+                });
             }
         });
     }
 }
 
-/// Runs `change` on this thread's own connection of store `id`; whether it is still listed.
-fn with_own(id: u64, change: impl FnOnce(&mut Own)) -> bool {
+/// Runs `change` on this thread's own connection of store `id` to `node`; whether it is still
+/// listed.
+fn with_own(id: u64, node: usize, change: impl FnOnce(&mut Own)) -> bool {
     OWN.try_with(|list| {
         let mut list = list.borrow_mut();
-        list.iter_mut().find(|own| own.store == id).map(change)
+        list.iter_mut()
+            .find(|own| own.store == id && own.node == node)
+            .map(change)
     })
     .ok()
     .flatten()
     .is_some()
 }
 
-/// Marks this thread's own connection of store `id` up or down; whether it has one.
-fn set_up(id: u64, up: bool) -> bool {
-    with_own(id, |own| own.up = up && own.batcher.is_some())
+/// Marks this thread's own connection of store `id` to `node` up or down; whether it has one.
+fn set_up(id: u64, node: usize, up: bool) -> bool {
+    with_own(id, node, |own| own.up = up && own.batcher.is_some())
 }
 
-/// Hands this thread's own connection of store `id` its batcher (made for the master switch
-/// count `generation`) and marks it up, or (`None`) takes its batcher away and marks it down;
-/// whether the thread connection is still listed.
-fn place(id: u64, batcher: Option<Batcher>, generation: u64) -> bool {
-    with_own(id, |own| {
+/// Marks every one of this thread's own connections of store `id` down.
+fn all_down(id: u64) {
+    let _ = OWN.try_with(|list| {
+        for own in list.borrow_mut().iter_mut().filter(|own| own.store == id) {
+            own.up = false;
+        }
+    });
+}
+
+/// Hands this thread's own connection of store `id` to `node` its batcher (made for the
+/// generation `generation`: master switches on Sentinel, the view of the masters on a
+/// cluster) and marks it up, or (`None`) takes its batcher away and marks it down; whether
+/// the thread connection is still listed.
+fn place(id: u64, node: usize, batcher: Option<Batcher>, generation: u64) -> bool {
+    with_own(id, node, |own| {
         own.up = batcher.is_some();
         own.batcher = batcher.map(Arc::new);
         own.generation = generation;
     })
 }
 
-/// A thread connection's life on its thread; see [`run_server`] and
-/// [`sentinel::run_sentinel`].
+/// A thread connection's life on its thread; see [`run_server`],
+/// [`sentinel::run_sentinel`] and [`cluster::run_cluster`].
 async fn run(id: u64, connect: &Connect, template: Runner, failures: watch::Receiver<u64>) {
     match connect {
         Connect::Server(server) => run_server(id, server, template, failures).await,
         Connect::Sentinel(master) => {
             sentinel::run_sentinel(id, master, template, failures).await;
         }
+        Connect::Cluster(cluster) => cluster::run_cluster(id, cluster, template, failures).await,
     }
 }
 
@@ -388,7 +494,7 @@ async fn run_server(
     id: u64,
     connect: &ServerConnect,
     template: Runner,
-    mut failures: watch::Receiver<u64>,
+    failures: watch::Receiver<u64>,
 ) {
     let open = || {
         let refusal = Refusal::of(&connect.owner, &connect.login_hint);
@@ -408,9 +514,27 @@ async fn run_server(
         }
     };
     let conn = retry::connected(open, None).await;
+    serve_pinging(id, SINGLE, 0, conn, template, failures, connect.ping_limit).await;
+}
+
+/// A thread connection to a server whose address never changes (a single server, or one
+/// master of a cluster for as long as the view that named it lasts), once `conn` is made:
+/// hands its batcher (for `generation`) to the thread's list as the connection to `node`,
+/// and runs its dispatcher beside it until the task is dropped. After each failure the store
+/// reports, it takes the connection down until it answers a ping (the client, or our own
+/// connection, reconnects to the same address).
+async fn serve_pinging(
+    id: u64,
+    node: usize,
+    generation: u64,
+    conn: Conn,
+    template: Runner,
+    mut failures: watch::Receiver<u64>,
+    ping_limit: Duration,
+) {
     let probe = conn.clone();
     let (batcher, dispatcher) = Batcher::new(template.with_conn(conn));
-    if !place(id, Some(batcher), 0) {
+    if !place(id, node, Some(batcher), generation) {
         return;
     }
     failures.borrow_and_update();
@@ -420,10 +544,10 @@ async fn run_server(
     let mut counted = Some(Up::new());
     // `changed` fails once the store is gone, which ends the thread connection anyway.
     while failures.changed().await.is_ok() {
-        set_up(id, false);
+        set_up(id, node, false);
         counted = None;
-        retry::answers(&probe, connect.ping_limit).await;
-        if !set_up(id, true) {
+        retry::answers(&probe, ping_limit).await;
+        if !set_up(id, node, true) {
             return;
         }
         counted.get_or_insert_with(Up::new);
@@ -438,6 +562,14 @@ struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
 impl AbortOnDrop {
     fn new(task: tokio::task::JoinHandle<()>) -> Self {
         Self(Some(task))
+    }
+
+    /// Aborts the task and waits until it has ended (dropped where it runs).
+    async fn stop(mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     /// Lets the task run on to its own end.

@@ -19,16 +19,27 @@
 //! others hold one master each. A domain's name (its label in metrics, logs and `/readyz`) is
 //! the master's `host:port` as first reported (its node ID if no address was readable), never
 //! anything a client sent.
+//!
+//! The same view tells a serving thread where to send a slot's checks on a connection of its
+//! own to each master ([`crate::thread_conn`]): [`Topology::masters`] gives each index's
+//! address, and a change of hands is announced ([`Topology::subscribe`]) so those
+//! connections follow it. A node that no longer serves a slot refuses its calls with a
+//! redirect before running anything, so a view a moment stale costs a resend, never a wrong
+//! answer; such a refusal asks for the map again at once ([`Topology::refresh_soon`], at most
+//! every [`NUDGE_GAP`]).
 
 use parking_lot::Mutex;
 use redis::Value;
 use spillway_core::store::MAX_DOMAINS;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tokio::sync::{watch, Notify};
 
 /// How often the slot map is asked again.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// The least time between two refreshes asked for by a redirect ([`Topology::refresh_soon`]).
+pub const NUDGE_GAP: Duration = Duration::from_millis(100);
 /// The domain of slots with no known master, and of masters past the bound.
 pub const OTHER: usize = 0;
 /// The name of [`OTHER`].
@@ -53,6 +64,12 @@ pub struct Topology {
     slots: Box<[AtomicU8]>,
     names: Mutex<Names>,
     generation: AtomicU64,
+    /// The generation again, for those who wait for it to change (the serving threads'
+    /// connections to each master).
+    changes: watch::Sender<u64>,
+    /// Asks the refreshing task for the map now (a redirect met); shared with that task, which
+    /// holds the view itself only weakly.
+    nudged: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -83,6 +100,8 @@ impl Topology {
                 labels,
             }),
             generation: AtomicU64::new(0),
+            changes: watch::channel(0).0,
+            nudged: Arc::default(),
         }
     }
 
@@ -103,6 +122,34 @@ impl Topology {
     /// Changes whenever an index is given to another master, or [`OTHER`] is named or unnamed.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Told whenever [`Topology::generation`] changes.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Asks for the slot map again now rather than at the next round (a node redirected a
+    /// call); at most every [`NUDGE_GAP`].
+    pub(crate) fn refresh_soon(&self) {
+        self.nudged.notify_one();
+    }
+
+    /// Each master with an index of its own, as its index and its address (`host`, `port`,
+    /// as it was first reported); a master known only by its node ID is left out.
+    pub(crate) fn masters(&self) -> Vec<(usize, String, u16)> {
+        let names = self.names.lock();
+        names
+            .labels
+            .iter()
+            .enumerate()
+            .skip(OTHER + 1)
+            .filter(|(i, _)| names.ids[*i].is_some())
+            .filter_map(|(i, label)| {
+                let (host, port) = label.as_deref()?.rsplit_once(':')?;
+                Some((i, host.to_owned(), port.parse().ok()?))
+            })
+            .collect()
     }
 
     /// Takes in a slot map (as `CLUSTER SLOTS` gives it). Returns whether any index changed
@@ -159,7 +206,8 @@ impl Topology {
             changed = true;
         }
         if changed {
-            self.generation.fetch_add(1, Ordering::Release);
+            let generation = self.generation.fetch_add(1, Ordering::Release) + 1;
+            self.changes.send_replace(generation);
             let masters: Vec<&str> = labels
                 .iter()
                 .skip(OTHER + 1)
@@ -245,8 +293,8 @@ pub(crate) async fn refresh(
     }
 }
 
-/// Refreshes `topology` every [`REFRESH_EVERY`] on the current runtime until the store drops
-/// it.
+/// Refreshes `topology` every [`REFRESH_EVERY`] on the current runtime, and soon after it is
+/// asked to ([`Topology::refresh_soon`]), until the store drops it.
 pub(crate) fn keep_fresh(
     topology: Weak<Topology>,
     mut conn: redis::cluster_async::ClusterConnection,
@@ -256,12 +304,22 @@ pub(crate) fn keep_fresh(
         let mut every = tokio::time::interval(REFRESH_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every.tick().await;
+        let Some(asked) = topology.upgrade().map(|t| t.nudged.clone()) else {
+            return;
+        };
         loop {
-            every.tick().await;
+            let nudged = tokio::select! {
+                _ = every.tick() => false,
+                () = asked.notified() => true,
+            };
             let Some(topology) = topology.upgrade() else {
                 return;
             };
             refresh(&topology, &mut conn, timeout).await;
+            drop(topology);
+            if nudged {
+                tokio::time::sleep(NUDGE_GAP).await;
+            }
         }
     });
 }
@@ -334,6 +392,48 @@ mod tests {
         assert_eq!(t.generation(), g, "no breaker is reset");
         assert_eq!(t.domain_of_slot(0), a);
         assert_eq!(t.name(a).as_deref(), Some("h:1"), "the first label stays");
+    }
+
+    #[test]
+    fn masters_are_listed_with_their_addresses_and_changes_are_told() {
+        let t = Topology::new();
+        let mut told = t.subscribe();
+        assert!(t.masters().is_empty(), "none known before the first map");
+        t.apply(&[
+            range(0, 5460, "10.0.0.1:7000"),
+            range(5461, 10922, "::1:7001"),
+            // Known only by its node ID: no address to connect to.
+            (10923, 16383, "c3".into(), "c3".into()),
+        ]);
+        assert!(told.has_changed().unwrap(), "a new map is told");
+        told.borrow_and_update();
+        let masters = t.masters();
+        assert_eq!(
+            masters,
+            vec![
+                (t.domain_of_slot(0), "10.0.0.1".into(), 7000),
+                (t.domain_of_slot(6000), "::1".into(), 7001),
+            ]
+        );
+        // The same masters, a slot moved between them: no index changed hands.
+        t.apply(&[
+            range(0, 5461, "10.0.0.1:7000"),
+            range(5462, 10922, "::1:7001"),
+            (10923, 16383, "c3".into(), "c3".into()),
+        ]);
+        assert!(
+            !told.has_changed().unwrap(),
+            "a moved slot is no change of hands"
+        );
+        assert_eq!(t.domain_of_slot(5461), t.domain_of_slot(0));
+        // A failover: told.
+        t.apply(&[
+            range(0, 5461, "10.0.0.9:7000"),
+            range(5462, 10922, "::1:7001"),
+            (10923, 16383, "c3".into(), "c3".into()),
+        ]);
+        assert!(told.has_changed().unwrap());
+        assert_eq!(*told.borrow(), t.generation());
     }
 
     #[test]

@@ -122,10 +122,10 @@ async fn a_thread_conn_the_master_closed_while_idle_fails_no_check_within_its_bu
         let counts = LocalMetrics::hear();
         let before = take(&store, "idle").await;
         kill_the_thread_conn(port, shared).await;
-        let on_thread_conn = store.served_on_this_thread();
+        let on_thread_conn = store.served_on_this_thread(&[]);
         let first = take(&store, "idle").await;
         let resent = sample(&counts.render(), THREAD_CONN_RESENT, "");
-        let back = eventually(|| store.served_on_this_thread()).await;
+        let back = eventually(|| store.served_on_this_thread(&[])).await;
         let after = take(&store, "idle").await;
         let _ = result.send((before, on_thread_conn, first, resent, back, after));
     });
@@ -178,20 +178,20 @@ async fn a_demoted_master_sends_the_thread_conn_aside_and_keeps_it_off() {
         assert!(matches!(one_check(&store, "u").await, Ok(true)));
         let _ = up.send(());
         let _ = was_demoted.await;
-        let on_lane = store.served_on_this_thread();
+        let on_lane = store.served_on_this_thread(&[]);
         let met = one_check(&store, "u").await;
-        let aside_at_once = !store.served_on_this_thread();
+        let aside_at_once = !store.served_on_this_thread(&[]);
         // The store still names the demoted server: for a while, no thread connection is up on it.
         let mut stayed_off = true;
         let until = Instant::now() + Duration::from_millis(800);
         while Instant::now() < until {
-            stayed_off &= !store.served_on_this_thread();
+            stayed_off &= !store.served_on_this_thread(&[]);
             let _ = one_check(&store, "u").await;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = looked.send((on_lane, met, aside_at_once, stayed_off));
         let _ = was_promoted.await;
-        let back = eventually(|| store.served_on_this_thread()).await;
+        let back = eventually(|| store.served_on_this_thread(&[])).await;
         let answered = one_check(&store, "u").await;
         let _ = result.send((back, answered));
     });
@@ -269,7 +269,7 @@ async fn after_a_failover_under_load_the_thread_conns_move_to_the_new_master() {
                     }
                     let moved = *was_killed.borrow_and_update()
                         && store.sentinel_master() == Some(format!("127.0.0.1:{promoted}"))
-                        && store.served_on_this_thread();
+                        && store.served_on_this_thread(&[]);
                     match (moved, moved_at) {
                         (true, None) => moved_at = Some(Instant::now()),
                         (true, Some(at)) if at.elapsed() > Duration::from_millis(500) => break,
@@ -292,7 +292,12 @@ async fn after_a_failover_under_load_the_thread_conns_move_to_the_new_master() {
                         .expect("decided on the new master");
                     admitted += usize::from(d[0].allowed);
                 }
-                let _ = report.send((outcomes, moved_at, admitted, store.served_on_this_thread()));
+                let _ = report.send((
+                    outcomes,
+                    moved_at,
+                    admitted,
+                    store.served_on_this_thread(&[]),
+                ));
             },
         ));
         reports.push(reported);
@@ -417,7 +422,7 @@ async fn a_master_restarted_empty_at_its_address_gets_no_thread_conn() {
         // Each waits up to its 2 s for a master the sentinels name.
         for _ in 0..3 {
             answered.extend(one_check(&store, "u").await.ok());
-            on_thread_conn |= store.served_on_this_thread();
+            on_thread_conn |= store.served_on_this_thread(&[]);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = looked.send((answered, on_thread_conn));
@@ -427,7 +432,7 @@ async fn a_master_restarted_empty_at_its_address_gets_no_thread_conn() {
         // loaded machine is given more than `eventually`'s 5 s.
         let deadline = Instant::now() + Duration::from_secs(20);
         let back = loop {
-            if store.sentinel_master() == promoted && store.served_on_this_thread() {
+            if store.sentinel_master() == promoted && store.served_on_this_thread(&[]) {
                 break true;
             }
             if Instant::now() > deadline {

@@ -47,7 +47,7 @@ async fn an_attached_thread_checks_on_its_own_connection() {
     assert_eq!(shared.len(), 1, "one shared connection: {shared:?}");
     let shared = shared[0].0;
     // Not attached (the main runtime): the shared connection.
-    assert!(!store.served_on_this_thread());
+    assert!(!store.served_on_this_thread(&[]));
     one_check(&store).await.expect("answered");
     assert!(clients(port).contains(&(shared, "fcall".into())));
 
@@ -94,7 +94,7 @@ async fn a_thread_conn_whose_redis_goes_away_fails_in_time_and_recovers() {
         let _ = came_back.await;
         // The thread connection stepped aside after the failure and is up again once its
         // connection answers a ping.
-        let up_again = eventually(|| store.served_on_this_thread()).await;
+        let up_again = eventually(|| store.served_on_this_thread(&[])).await;
         // Its first check then is answered (the restarted server is empty: the Functions
         // library is loaded again on the way). Which connection took it: the shared one pings
         // after it, so a check sent there would leave both connections on `ping` (the thread
@@ -143,7 +143,7 @@ async fn a_multi_threaded_runtime_gets_no_thread_conn() {
     one_check(&store).await.expect("answered");
     // Give a thread connection (were one made) the time to connect.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!store.served_on_this_thread());
+    assert!(!store.served_on_this_thread(&[]));
     assert_eq!(clients(port).len(), 1, "the shared connection only");
 }
 
@@ -169,10 +169,10 @@ async fn every_thread_conn_steps_aside_after_a_failure_and_comes_back_answering(
         one_check(&store).await.expect("answered");
         let _ = quiet_ready.send(());
         let _ = went_down.await;
-        let stepped_aside = eventually(|| !store.served_on_this_thread()).await;
+        let stepped_aside = eventually(|| !store.served_on_this_thread(&[])).await;
         let _ = looked.send(());
         let _ = came_back.await;
-        let up_again = eventually(|| store.served_on_this_thread()).await;
+        let up_again = eventually(|| store.served_on_this_thread(&[])).await;
         // The thread connection is used again only once its connection answered, so its first check
         // after the outage does not fail.
         let first = one_check(&store).await;
@@ -267,7 +267,7 @@ async fn a_thread_conn_loads_a_lost_library_again_and_answers() {
         let flushed = spillway_testkit::redis::command(port, "FUNCTION FLUSH");
         assert_eq!(flushed.as_deref().map(str::trim), Some("+OK"));
         let again = one_check(&store).await;
-        let _ = result.send((again, store.served_on_this_thread(), clients(port)));
+        let _ = result.send((again, store.served_on_this_thread(&[]), clients(port)));
     });
     let (again, still_own, after) = outcome.await.expect("the thread reports");
     assert!(again.is_ok(), "the check after the flush: {again:?}");

@@ -27,7 +27,7 @@
 mod common;
 
 use common::cluster::{ask, gauges, policy, slot_of, user_per_master, wait_named, LIMIT};
-use common::{timed_check, wait_until_async, Sample, Server};
+use common::{metric, timed_check, wait_until_async, Sample, Server};
 use spillway_redis::topology::REFRESH_EVERY;
 use spillway_server::failure::DEFAULT_BREAKER_COOLDOWN as COOLDOWN;
 use spillway_testkit::redis::RedisCluster;
@@ -94,6 +94,14 @@ struct Failover {
     killed: Duration,
     opened: Duration,
     promoted: Duration,
+    /// The serving threads' connections to the masters up before the kill (one per thread
+    /// per master).
+    conns_before: f64,
+}
+
+/// The serving threads' own connections to Redis that are up, as `/metrics` tells.
+async fn thread_conns(server: &Server) -> f64 {
+    metric(&server.metrics().await, "spillway_redis_thread_lanes", &[]).unwrap_or(0.0)
 }
 
 impl Failover {
@@ -137,6 +145,12 @@ impl Failover {
         })
         .await;
         assert!(steady.is_some(), "the load never got going");
+        // Each serving thread has its own connection to each master.
+        let conns_before = thread_conns(&server).await;
+        assert!(
+            conns_before >= 3.0 && conns_before % 3.0 == 0.0,
+            "thread connections: {conns_before}"
+        );
 
         cluster.node_mut(0).kill();
         let killed = start.elapsed();
@@ -196,6 +210,7 @@ impl Failover {
             killed,
             opened,
             promoted,
+            conns_before,
         }
     }
 }
@@ -240,6 +255,7 @@ async fn a_killed_master_is_replaced_by_its_replica_as_a_new_domain() {
         killed,
         opened,
         promoted,
+        conns_before,
     } = Failover::run(false).await;
     let dead_port = ports[0];
 
@@ -398,6 +414,16 @@ async fn a_killed_master_is_replaced_by_its_replica_as_a_new_domain() {
     let ready: serde_json::Value = server.get("/readyz").await.json().await.expect("json");
     assert_eq!(ready["status"], "ok", "{ready}");
     assert!(ready["store"].get("domains").is_none(), "{ready}");
+    // The serving threads' connections follow: one to each master again, the new one too.
+    let conns_back = wait_until_async(Duration::from_secs(5), || async {
+        (thread_conns(&server).await == conns_before).then_some(())
+    })
+    .await;
+    assert!(
+        conns_back.is_some(),
+        "thread connections {} after the failover, {conns_before} before",
+        thread_conns(&server).await
+    );
 
     let ms = |d: Duration| d.as_millis();
     eprintln!(

@@ -121,13 +121,13 @@ pub trait Store: Send + Sync + 'static {
     /// thread's calls, their I/O and their answers never leave it. The default does nothing.
     fn attach_thread(&self) {}
 
-    /// Whether a [`Store::check`] made now, from this thread, would be served by
+    /// Whether a [`Store::check`] of `checks` made now, from this thread, would be served by
     /// the thread's own lane (see [`Store::attach_thread`]): its I/O and timers stay on this
     /// thread's runtime and it spawns nothing that must outlive the call. The failure guard
     /// then polls it where it is instead of on the main runtime. Asked right before the call,
     /// in the same poll, so the answer holds for it. Called on every request: it must be
     /// cheap. The default says no.
-    fn served_on_this_thread(&self) -> bool {
+    fn served_on_this_thread(&self, _checks: &[Check<'_>]) -> bool {
         false
     }
 

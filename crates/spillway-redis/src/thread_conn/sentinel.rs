@@ -4,7 +4,7 @@
 //! [`super::retry::connected`], whose waits a switch cuts short.
 
 use super::retry::connected;
-use super::{place, AbortOnDrop, Up};
+use super::{place, AbortOnDrop, Up, SINGLE};
 use crate::batch::Batcher;
 use crate::runner::{Conn, Runner};
 use crate::sentinel::SentinelConn;
@@ -29,7 +29,7 @@ pub(super) async fn run_sentinel(
         switches.borrow_and_update();
         let (generation, conn) = connected(|| master.open_current(), Some(&mut switches)).await;
         let (batcher, dispatcher) = Batcher::new(template.clone().with_conn(Conn::Own(conn)));
-        if !place(id, Some(batcher), generation) {
+        if !place(id, SINGLE, Some(batcher), generation) {
             return;
         }
         failures.borrow_and_update();
@@ -38,7 +38,7 @@ pub(super) async fn run_sentinel(
         let dispatcher = AbortOnDrop::new(tokio::spawn(dispatcher));
         let aside = until_aside(&mut failures, &mut switches, generation).await;
         drop(counted);
-        if !place(id, None, generation) || !aside {
+        if !place(id, SINGLE, None, generation) || !aside {
             return;
         }
         // No new request reaches the old batcher; its dispatcher runs on and ends once those

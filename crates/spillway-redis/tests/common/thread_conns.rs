@@ -164,6 +164,23 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     use spillway_core::store::Store;
+    serving_thread_when(store, stop, |store| store.served_on_this_thread(&[]), work)
+}
+
+/// [`serving_thread`], starting `work` once `ready` holds on the thread (on a cluster: once
+/// the thread has its connections to the masters the test's keys are on).
+pub fn serving_thread_when<R, F, Fut>(
+    store: Arc<RedisStore>,
+    stop: oneshot::Receiver<()>,
+    ready: R,
+    work: F,
+) -> std::thread::JoinHandle<()>
+where
+    R: Fn(&RedisStore) -> bool + Send + 'static,
+    F: FnOnce(Arc<RedisStore>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    use spillway_core::store::Store;
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -172,7 +189,7 @@ where
         runtime.block_on(async move {
             store.attach_thread();
             assert!(
-                eventually(|| store.served_on_this_thread()).await,
+                eventually(|| ready(&store)).await,
                 "the thread's own connection comes up"
             );
             work(store).await;

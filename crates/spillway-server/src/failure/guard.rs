@@ -79,7 +79,7 @@ impl Store for GuardedStore {
         }
         // A call this thread's own lane serves stays on this thread; any other goes to the
         // main runtime (see `super::on_runtime`).
-        let here = self.inner.served_on_this_thread();
+        let here = self.inner.served_on_this_thread(checks);
         self.guarded(checks, here, self.inner.check(checks, mode))
             .await
     }
@@ -223,7 +223,7 @@ mod tests {
             *self.spawned_on.lock().expect("lock") = name;
             Ok(Vec::with_capacity(c.len()))
         }
-        fn served_on_this_thread(&self) -> bool {
+        fn served_on_this_thread(&self, _: &[Check<'_>]) -> bool {
             self.here
         }
         async fn ping(&self) -> Result<(), StoreError> {

@@ -398,6 +398,42 @@ impl RedisCluster {
         (source, target)
     }
 
+    /// Moves hash slot `slot` from its master to another, keys and all (as
+    /// [`RedisCluster::start_migrating`], then `MIGRATE` of every key in it and `CLUSTER
+    /// SETSLOT ... NODE` on every master), so the source answers `MOVED` for it from then on.
+    /// Returns the source's and the target's ports.
+    pub fn move_slot(&self, slot: u16) -> (u16, u16) {
+        let (source, target) = self.start_migrating(slot);
+        let password = self.password.as_deref();
+        let keys = command_as(
+            source,
+            password,
+            &format!("CLUSTER GETKEYSINSLOT {slot} 1000"),
+        )
+        .expect("CLUSTER GETKEYSINSLOT");
+        // The reply's lines: `*N`, then `$len` and the key for each key.
+        for key in keys
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with(['*', '$']))
+        {
+            let auth = password.map_or_else(String::new, |p| format!(" AUTH {p}"));
+            let command = format!("MIGRATE 127.0.0.1 {target} {key} 0 5000{auth}");
+            let answer = command_as(source, password, &command).unwrap_or_default();
+            assert!(answer.starts_with('+'), "{command}: {answer}");
+        }
+        let target_id = self.node_id(target).expect("CLUSTER MYID");
+        for port in [target, source].into_iter().chain(
+            self.ports()
+                .into_iter()
+                .filter(|p| ![source, target].contains(p)),
+        ) {
+            let command = format!("CLUSTER SETSLOT {slot} NODE {target_id}");
+            let answer = command_as(port, password, &command).unwrap_or_default();
+            assert!(answer.starts_with("+OK"), "{command} on {port}: {answer}");
+        }
+        (source, target)
+    }
+
     /// The port of the master serving hash slot `slot`, as `CLUSTER NODES` on the first node
     /// still running tells it.
     pub fn owner(&self, slot: u16) -> Option<u16> {

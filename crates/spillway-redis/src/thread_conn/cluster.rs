@@ -1,0 +1,144 @@
+//! A cluster's thread connections: one per master on each attached serving thread, made from
+//! the store's view of the slots ([`crate::topology`]) and made again whenever that view
+//! changes hands (a failover, a master added or removed).
+//!
+//! A check goes to the connection of the master its slot maps to in the view as it is when the
+//! check starts (see `ThreadConns::usable_here`). The view may be up to a second stale, or
+//! change under the check: a master that does not serve the slot (any more, or yet) refuses
+//! the call with `MOVED`, `ASK` or `TRYAGAIN` before running anything, and the call's checks
+//! go to the store's cluster connection, which follows redirects (`Again::Elsewhere` in
+//! [`crate::runner`]), and the view is asked for again at once
+//! ([`crate::topology::Topology::refresh_soon`]). So a stale view costs a resend, never an
+//! answer from the wrong master.
+//!
+//! After a failure the store reports, each connection is taken down until it answers a ping,
+//! as on a single server: a master that is gone stays down until the view names its
+//! successor, and the connections are made again.
+
+use super::{serve_pinging, AbortOnDrop, ClusterConnect, ATTACHED};
+use super::{Listed, Own, OWN};
+use crate::login::Refusal;
+use crate::own_conn::{OwnConn, Target};
+use crate::runner::{Conn, Runner};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Runs the thread's connections to the masters of `cluster`'s view, one task each, for as
+/// long as the view keeps its masters; when an index changes hands, stops them all (their
+/// batchers leave the thread's list, calls already sent finish on them) and starts a set for
+/// the new view. Ends with the store (the caller's `select!`), taking them with it.
+pub(super) async fn run_cluster(
+    id: u64,
+    cluster: &ClusterConnect,
+    template: Runner,
+    failures: watch::Receiver<u64>,
+) {
+    let template = template.on_cluster_node();
+    let mut changes = cluster.topology.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let generation = cluster.topology.generation();
+        let nodes: Vec<AbortOnDrop> = cluster
+            .topology
+            .masters()
+            .into_iter()
+            .filter_map(|(node, host, port)| {
+                let target = cluster.target(&host, port)?;
+                let node = Node {
+                    id,
+                    node,
+                    generation,
+                    address: crate::login::authority(&host, port),
+                    target,
+                    owner: cluster.owner.clone(),
+                    login_hint: cluster.login_hint.clone(),
+                    ping_limit: cluster.ping_limit,
+                };
+                let (template, failures) = (template.clone(), failures.clone());
+                Some(AbortOnDrop::new(tokio::spawn(node.run(template, failures))))
+            })
+            .collect();
+        // Fails only once the view is gone, which is after the store.
+        if changes.changed().await.is_err() {
+            return;
+        }
+        // Each one off the list before its successor goes on (both would list one node).
+        for node in nodes {
+            node.stop().await;
+        }
+    }
+}
+
+/// One master's thread connection, for one view of the masters.
+struct Node {
+    /// The store's id.
+    id: u64,
+    /// The master's index in the view.
+    node: usize,
+    /// The view's generation.
+    generation: u64,
+    /// `host:port`, for messages.
+    address: String,
+    target: Target,
+    owner: String,
+    login_hint: String,
+    ping_limit: Duration,
+}
+
+impl Node {
+    /// Lists the connection on this thread, makes it (again after a wait while that fails),
+    /// and serves on it as a single server's is served; its place on the list goes when the
+    /// task ends or is dropped.
+    async fn run(self, template: Runner, failures: watch::Receiver<u64>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let listed = OWN.with_borrow_mut(|list| {
+            // The thread's attached mark goes with the store; without it the store is gone.
+            if !list
+                .iter()
+                .any(|own| own.store == self.id && own.node == ATTACHED)
+            {
+                return None;
+            }
+            list.push(Own {
+                store: self.id,
+                node: self.node,
+                runtime: handle.id(),
+                batcher: None,
+                up: false,
+                generation: self.generation,
+                failures: failures.clone(),
+            });
+            Some(Listed {
+                store: self.id,
+                node: Some(self.node),
+                thread: std::thread::current().id(),
+            })
+        });
+        let Some(_listed) = listed else {
+            return;
+        };
+        let open = || {
+            let refusal = Refusal::of(&self.owner, &self.login_hint);
+            let (target, address) = (self.target.clone(), &self.address);
+            async move {
+                OwnConn::connect(target)
+                    .await
+                    .map(Conn::Own)
+                    .map_err(|err| refusal.explain(err, "Redis Cluster master", address))
+            }
+        };
+        let conn = super::retry::connected(open, None).await;
+        serve_pinging(
+            self.id,
+            self.node,
+            self.generation,
+            conn,
+            template,
+            failures,
+            self.ping_limit,
+        )
+        .await;
+    }
+}

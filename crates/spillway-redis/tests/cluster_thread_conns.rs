@@ -1,0 +1,298 @@
+//! A cluster's thread connections against a real three-master Redis Cluster (testkit): a
+//! serving thread's checks go out on its own connection to the master of their slot; a slot
+//! moved to another master under them is refused there (`MOVED`) and resent on the store's
+//! cluster connection, counted once; the connections follow a failover; and every one closes
+//! with the store.
+
+mod common;
+
+use common::thread_conns::{clients, eventually, serving_thread_when};
+use common::{check, key, sample, window};
+use spillway_core::key::StateKey;
+use spillway_core::request::CheckMode;
+use spillway_core::store::Store;
+use spillway_redis::thread_conn::THREAD_CONN_RESENT;
+use spillway_redis::{keys, RedisConfig, RedisStore, Target};
+use spillway_testkit::metrics::LocalMetrics;
+use spillway_testkit::redis::RedisCluster;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// A store on `cluster` with the local cache off, checks bounded by `timeout`.
+async fn store_on(cluster: &RedisCluster, timeout: Duration) -> Arc<RedisStore> {
+    let mut config = RedisConfig::new(Target::Cluster(cluster.urls()), "the test's URLs");
+    config.timeout = timeout;
+    config.local_cache_keys = 0;
+    Arc::new(RedisStore::connect(&config).await.expect("connects"))
+}
+
+/// One key on each master (in the order of `ports`), for limit `limit`.
+fn one_key_per_master(
+    store: &RedisStore,
+    cluster: &RedisCluster,
+    ports: &[u16],
+    limit: &str,
+) -> Vec<StateKey> {
+    let mut found: Vec<Option<StateKey>> = vec![None; ports.len()];
+    for i in 0.. {
+        let k = key(limit, &[&format!("user{i}")]);
+        let owner = cluster.owner(slot_of(store, &k)).expect("a served slot");
+        if let Some(at) = ports.iter().position(|&p| p == owner) {
+            found[at].get_or_insert(k);
+        }
+        if found.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    found.into_iter().flatten().collect()
+}
+
+fn slot_of(store: &RedisStore, k: &StateKey) -> u16 {
+    keys::slot(&store.redis_key(k))
+}
+
+/// Whether this thread's own connection would serve a check of each of `keys`.
+fn served_here(store: &RedisStore, keys: &[StateKey]) -> bool {
+    let params = window(1);
+    keys.iter()
+        .all(|k| store.served_on_this_thread(&[check(k, &params, 1)]))
+}
+
+/// How much of `params`' window the checks of `k` have used, by a peek.
+async fn used(store: &RedisStore, k: &StateKey, limit: u64) -> u64 {
+    let params = window(limit);
+    let d = store
+        .check(&[check(k, &params, 1)], CheckMode::Peek)
+        .await
+        .expect("peek");
+    limit - d[0].remaining - u64::from(d[0].allowed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threads_checks_go_out_on_its_own_conn_to_each_master() {
+    let cluster = RedisCluster::start();
+    let store = store_on(&cluster, Duration::from_secs(2)).await;
+    let ports = cluster.ports();
+    let keys = one_key_per_master(&store, &cluster, &ports, "api");
+    // The store's own connections to each master, before any thread attaches.
+    let shared: Vec<HashSet<u64>> = ports
+        .iter()
+        .map(|&p| clients(p).into_iter().map(|(id, _)| id).collect())
+        .collect();
+    assert!(shared.iter().all(|ids| !ids.is_empty()));
+
+    let (stop, stopped) = oneshot::channel();
+    let (seen, saw) = oneshot::channel();
+    let ready_keys = keys.clone();
+    let checked = keys.clone();
+    let thread = serving_thread_when(
+        store.clone(),
+        stopped,
+        move |store| served_here(store, &ready_keys),
+        move |store| async move {
+            let params = window(1000);
+            // A request spanning slots is not the thread's to serve.
+            let spanning = [
+                check(&checked[0], &params, 1),
+                check(&checked[1], &params, 1),
+            ];
+            let spans_here = store.served_on_this_thread(&spanning);
+            for k in &checked {
+                for _ in 0..3 {
+                    let d = store
+                        .check(&[check(k, &params, 1)], CheckMode::Consume)
+                        .await
+                        .expect("check");
+                    assert!(d[0].allowed);
+                }
+            }
+            let _ = seen.send((
+                spans_here,
+                ports.iter().map(|&p| clients(p)).collect::<Vec<_>>(),
+            ));
+        },
+    );
+    let (spans_here, after) = saw.await.expect("the thread reports");
+    assert!(!spans_here, "checks of several slots take the shared path");
+    for (at, (clients, shared)) in after.iter().zip(&shared).enumerate() {
+        let own: Vec<_> = clients
+            .iter()
+            .filter(|(id, _)| !shared.contains(id))
+            .collect();
+        assert_eq!(
+            own.len(),
+            1,
+            "one thread connection to master {at}: {clients:?}"
+        );
+        assert_eq!(own[0].1, "fcall", "the checks went out on it: {clients:?}");
+        assert!(
+            clients
+                .iter()
+                .filter(|(id, _)| shared.contains(id))
+                .all(|(_, cmd)| cmd != "fcall"),
+            "no check took the shared connection: {clients:?}"
+        );
+    }
+    for k in &keys {
+        assert_eq!(used(&store, k, 1000).await, 3, "each check counted once");
+    }
+    let _ = stop.send(());
+    thread.join().expect("thread");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_under_the_thread_conns_is_resent_and_counted_once() {
+    let cluster = Arc::new(RedisCluster::start());
+    let store = store_on(&cluster, Duration::from_secs(2)).await;
+    let k = key("api", &["mover"]);
+    let moving = cluster.clone();
+    let slot = slot_of(&store, &k);
+    let (stop, stopped) = oneshot::channel();
+    let (seen, saw) = oneshot::channel();
+    let ready_key = vec![k.clone()];
+    let thread = serving_thread_when(
+        store.clone(),
+        stopped,
+        move |store| served_here(store, &ready_key),
+        move |store| async move {
+            let counts = LocalMetrics::hear();
+            let params = window(1000);
+            let one = || async {
+                let d = store
+                    .check(&[check(&k, &params, 1)], CheckMode::Consume)
+                    .await
+                    .expect("a check of a moved slot is answered");
+                assert!(d[0].allowed);
+            };
+            one().await;
+            let before = store.domains(&[check(&k, &params, 1)]);
+            // Moved, and checked at once, before the store's view of the slots (asked once a
+            // second) knows: its thread connection to the old master gets `MOVED`. A view that
+            // happened to refresh in between moves it back and tries again.
+            let mut checks = 1;
+            let mut resent = 0;
+            for _ in 0..5 {
+                moving.move_slot(slot);
+                let stale = store.domains(&[check(&k, &params, 1)]) == before;
+                one().await;
+                checks += 1;
+                resent = sample(&counts.render(), THREAD_CONN_RESENT);
+                if stale && resent > 0 {
+                    break;
+                }
+                assert_eq!(resent, 0, "resent only from a stale view");
+                assert!(eventually(|| store.domains(&[check(&k, &params, 1)]) != before).await);
+                moving.move_slot(slot);
+                assert!(eventually(|| store.domains(&[check(&k, &params, 1)]) == before).await);
+            }
+            assert_eq!(resent, 1, "the check on the stale view was resent");
+            // The view follows (a redirect asks for it at once), and the next checks go to
+            // the new master's thread connection: no more resends.
+            assert!(
+                eventually(|| store.domains(&[check(&k, &params, 1)]) != before).await,
+                "the store's view follows the move"
+            );
+            assert!(store.served_on_this_thread(&[check(&k, &params, 1)]));
+            for _ in 0..3 {
+                one().await;
+                checks += 1;
+            }
+            let resent_after = sample(&counts.render(), THREAD_CONN_RESENT);
+            let errors = sample(&counts.render(), "spillway_store_errors_total");
+            let _ = seen.send((checks, resent_after, errors));
+        },
+    );
+    let (checks, resent, errors) = saw.await.expect("the thread reports");
+    assert_eq!(resent, 1, "nothing resent once the view follows");
+    assert_eq!(errors, 0, "a redirect is no store error");
+    let k = key("api", &["mover"]);
+    assert_eq!(
+        used(&store, &k, 1000).await,
+        checks,
+        "each check counted once"
+    );
+    let _ = stop.send(());
+    thread.join().expect("thread");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_store_closes_every_thread_conn_on_every_master() {
+    let cluster = RedisCluster::start();
+    let store = store_on(&cluster, Duration::from_secs(2)).await;
+    let ports = cluster.ports();
+    let keys = one_key_per_master(&store, &cluster, &ports, "api");
+    let mut threads = Vec::new();
+    let mut stops = Vec::new();
+    for _ in 0..2 {
+        let (stop, stopped) = oneshot::channel();
+        let (ready, up) = oneshot::channel();
+        let ready_keys = keys.clone();
+        threads.push(serving_thread_when(
+            store.clone(),
+            stopped,
+            move |store| served_here(store, &ready_keys),
+            |_| async move {
+                let _ = ready.send(());
+            },
+        ));
+        up.await.expect("thread connections up");
+        stops.push(stop);
+    }
+    // Two threads' and the shared connection at least, on every master.
+    for &port in &ports {
+        assert!(clients(port).len() >= 3, "{:?}", clients(port));
+    }
+    drop(store);
+    for &port in &ports {
+        assert!(
+            eventually(|| clients(port).is_empty()).await,
+            "every connection to {port} closed with the store: {:?}",
+            clients(port)
+        );
+    }
+    for (stop, thread) in stops.into_iter().zip(threads) {
+        let _ = stop.send(());
+        thread.join().expect("thread");
+    }
+}
+
+/// Behind a password, each master's thread connection logs in as the seed URLs say, and the
+/// checks go out on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_conns_to_a_cluster_behind_a_password_log_in_as_the_seeds_do() {
+    let cluster = RedisCluster::with_password("s3cret");
+    let mut config = RedisConfig::new(
+        Target::Cluster(cluster.urls_with_login(":s3cret@")),
+        "the test's URLs",
+    );
+    config.local_cache_keys = 0;
+    let store = Arc::new(RedisStore::connect(&config).await.expect("connects"));
+    let keys = one_key_per_master(&store, &cluster, &cluster.ports(), "api");
+    let (stop, stopped) = oneshot::channel();
+    let (seen, saw) = oneshot::channel();
+    let (ready_keys, checked) = (keys.clone(), keys.clone());
+    let thread = serving_thread_when(
+        store.clone(),
+        stopped,
+        move |store| served_here(store, &ready_keys),
+        move |store| async move {
+            let params = window(10);
+            for k in &checked {
+                let d = store
+                    .check(&[check(k, &params, 1)], CheckMode::Consume)
+                    .await
+                    .expect("check");
+                assert!(d[0].allowed);
+            }
+            let _ = seen.send(());
+        },
+    );
+    saw.await.expect("the thread's checks were answered");
+    for k in &keys {
+        assert_eq!(used(&store, k, 10).await, 1);
+    }
+    let _ = stop.send(());
+    thread.join().expect("thread");
+}
