@@ -238,7 +238,7 @@ impl RedisStore {
         } = unsent;
         match &self.topology {
             Some(topology) => topology.refresh_soon(),
-            None => self.thread_conns.failed(&BatchError::Store(err)),
+            None => self.thread_conns.failed(&BatchError::Store(err), lane),
         }
         metrics::counter!(THREAD_CONN_RESENT).increment(1);
         self.batcher
@@ -311,7 +311,7 @@ impl Store for RedisStore {
                     None => self.batcher.check(lane, keys, encoded, mode).await,
                 };
                 reply
-                    .inspect_err(|err| self.thread_conns.failed(err))
+                    .inspect_err(|err| self.thread_conns.failed(err, lane))
                     .map_err(StoreError::from)?
                     .decisions
             }

@@ -34,10 +34,11 @@
 //!   makes it again. (Nothing reconnects in the background: a connection left alone through
 //!   an outage would fail its first call after Redis returns, and the breaker's one
 //!   half-open probe could land on each stale one in turn.)
-//! - on a cluster, each master's connection does the same, so a master that is gone keeps its
-//!   slots' checks on the shared path until the store's view names its successor, when every
-//!   connection of the thread is made again (see [`cluster`]); the others come back at their
-//!   first ping. A master that refuses a check for a slot it does not serve (`MOVED`, `ASK`,
+//! - on a cluster, only the connections to the master of the failed check's slot step aside
+//!   (on every thread), each as on a single server, so a master that is gone keeps its slots'
+//!   checks on the shared path until the store's view names its successor, when every
+//!   connection of the thread is made again (see [`cluster`]), while the other masters' keep
+//!   their checks. A master that refuses a check for a slot it does not serve (`MOVED`, `ASK`,
 //!   `TRYAGAIN`: nothing ran) is no failure: the store resends the check on the shared path,
 //!   which follows the redirect (counted in [`THREAD_CONN_RESENT`]).
 //! - through Sentinel, its task drops the connection (calls already sent finish on it) and
@@ -197,8 +198,12 @@ pub(crate) struct ThreadConns {
     /// `None`: this store makes no thread connections (a cluster reached over TLS or RESP3).
     connect: Option<Arc<Connect>>,
     /// Counts the store's checks that failed as unavailable, which sends every thread connection
-    /// aside; dropped with the store, which ends every thread connection.
+    /// aside (on a cluster, only the failed master's: `per_node`); dropped with the store,
+    /// which ends every thread connection.
     failures: watch::Sender<u64>,
+    /// On a cluster, the count of failed checks per master (by its index in the store's view):
+    /// a master's failure sends only the thread connections to it aside. Empty elsewhere.
+    per_node: Box<[watch::Sender<u64>]>,
 }
 
 impl ThreadConns {
@@ -242,13 +247,19 @@ impl ThreadConns {
         if own_conn::Target::of(&seed, ping_limit).is_none() {
             return Self::none();
         }
-        Self::make(Some(Arc::new(Connect::Cluster(Box::new(ClusterConnect {
-            topology,
-            seed,
-            owner: config.owner.clone(),
-            login_hint: config.login_hint.clone(),
-            ping_limit,
-        })))))
+        let per_node = (0..spillway_core::store::MAX_DOMAINS)
+            .map(|_| watch::channel(0).0)
+            .collect();
+        Self {
+            per_node,
+            ..Self::make(Some(Arc::new(Connect::Cluster(Box::new(ClusterConnect {
+                topology,
+                seed,
+                owner: config.owner.clone(),
+                login_hint: config.login_hint.clone(),
+                ping_limit,
+            })))))
+        }
     }
 
     /// No thread connections: every call takes the shared path.
@@ -261,6 +272,7 @@ impl ThreadConns {
             id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             connect,
             failures: watch::channel(0).0,
+            per_node: Box::default(),
         }
     }
 
@@ -312,13 +324,14 @@ impl ThreadConns {
         };
         let (id, template) = (self.id, template.clone());
         let (failures, mut gone) = (self.failures.subscribe(), self.failures.subscribe());
+        let per_node = self.per_node.iter().map(watch::Sender::subscribe).collect();
         tokio::spawn(async move {
             // Takes the thread connection off the list however the task ends.
             let _listed = listed;
             // Ends only once the store is gone (a changed count is not an end).
             let store_gone = async move { while gone.changed().await.is_ok() {} };
             tokio::select! {
-                () = run(id, &connect, template, failures) => {}
+                () = run(id, &connect, template, failures, per_node) => {}
                 () = store_gone => {}
             }
         });
@@ -373,15 +386,16 @@ impl ThreadConns {
         .flatten()
     }
 
-    /// Tells the thread connections that a check failed with `err`: if Redis was unavailable (which
-    /// includes a demoted master's `READONLY`), this thread's own connection is marked down at
-    /// once and every thread connection is sent aside (see the module docs). On a Sentinel store
+    /// Tells the thread connections that a check of `lane` failed with `err`: if Redis was
+    /// unavailable (which includes a demoted master's `READONLY`), this thread's own connection
+    /// is marked down at once and every thread connection is sent aside (see the module docs);
+    /// on a cluster, only the connections to the master of `lane`'s slot. On a Sentinel store
     /// an unavailable Redis or no answer in time also asks the store's own connection to look
     /// for a new master (a timeout alone sends no thread connection aside). A batcher refusing a
     /// request because its queue was full says nothing about the connection and sends no thread
     /// connection aside: under overload, thread connections stepping aside would pile every
     /// thread's requests onto the one shared queue, which would then refuse more.
-    pub(crate) fn failed(&self, err: &BatchError) {
+    pub(crate) fn failed(&self, err: &BatchError, lane: u16) {
         let Some(connect) = self.connect.as_deref() else {
             return;
         };
@@ -398,6 +412,14 @@ impl ThreadConns {
             }
         }
         if !unavailable {
+            return;
+        }
+        if let Connect::Cluster(cluster) = connect {
+            let node = cluster.topology.domain_of_slot(lane);
+            set_up(self.id, node, false);
+            if let Some(told) = self.per_node.get(node) {
+                told.send_modify(|n| *n = n.wrapping_add(1));
+            }
             return;
         }
         all_down(self.id);
@@ -452,7 +474,8 @@ fn set_up(id: u64, node: usize, up: bool) -> bool {
     with_own(id, node, |own| own.up = up && own.batcher.is_some())
 }
 
-/// Marks every one of this thread's own connections of store `id` down.
+/// Marks every one of this thread's own connections of store `id` down (on a single server or
+/// Sentinel, the one).
 fn all_down(id: u64) {
     let _ = OWN.try_with(|list| {
         for own in list.borrow_mut().iter_mut().filter(|own| own.store == id) {
@@ -474,14 +497,21 @@ fn place(id: u64, node: usize, batcher: Option<Batcher>, generation: u64) -> boo
 }
 
 /// A thread connection's life on its thread; see [`run_server`],
-/// [`sentinel::run_sentinel`] and [`cluster::run_cluster`].
-async fn run(id: u64, connect: &Connect, template: Runner, failures: watch::Receiver<u64>) {
+/// [`sentinel::run_sentinel`] and [`cluster::run_cluster`] (which alone takes `per_node`, the
+/// failures of each master).
+async fn run(
+    id: u64,
+    connect: &Connect,
+    template: Runner,
+    failures: watch::Receiver<u64>,
+    per_node: Vec<watch::Receiver<u64>>,
+) {
     match connect {
         Connect::Server(server) => run_server(id, server, template, failures).await,
         Connect::Sentinel(master) => {
             sentinel::run_sentinel(id, master, template, failures).await;
         }
-        Connect::Cluster(cluster) => cluster::run_cluster(id, cluster, template, failures).await,
+        Connect::Cluster(cluster) => cluster::run_cluster(id, cluster, template, per_node).await,
     }
 }
 
@@ -623,13 +653,17 @@ mod tests {
         );
         let sent_aside = || *list.failures.borrow();
         // Told by its kind, not its words: a full queue is an unavailable store to callers.
-        list.failed(&BatchError::QueueFull(StoreError::Unavailable(
-            "any full queue".into(),
-        )));
-        list.failed(&StoreError::Timeout(Duration::from_millis(100)).into());
-        list.failed(&StoreError::Protocol("a script error".into()).into());
+        list.failed(
+            &BatchError::QueueFull(StoreError::Unavailable("any full queue".into())),
+            0,
+        );
+        list.failed(&StoreError::Timeout(Duration::from_millis(100)).into(), 0);
+        list.failed(&StoreError::Protocol("a script error".into()).into(), 0);
         assert_eq!(sent_aside(), 0, "nothing said the connection failed");
-        list.failed(&StoreError::Unavailable("Connection refused (os error 111)".into()).into());
+        list.failed(
+            &StoreError::Unavailable("Connection refused (os error 111)".into()).into(),
+            0,
+        );
         assert_eq!(
             sent_aside(),
             1,

@@ -296,3 +296,56 @@ async fn thread_conns_to_a_cluster_behind_a_password_log_in_as_the_seeds_do() {
     let _ = stop.send(());
     thread.join().expect("thread");
 }
+
+/// A master killed under a thread's connections sends only the connections to it aside: right
+/// after a check of its slot fails, the thread's checks of the other masters' slots stay on
+/// their own connections, answered there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_master_sends_only_its_own_thread_conns_aside() {
+    let mut cluster = RedisCluster::start();
+    let store = store_on(&cluster, Duration::from_millis(500)).await;
+    let ports = cluster.ports();
+    let keys = one_key_per_master(&store, &cluster, &ports, "api");
+    let (stop, stopped) = oneshot::channel();
+    let (up, is_up) = oneshot::channel();
+    let (killed, was_killed) = oneshot::channel::<()>();
+    let (seen, saw) = oneshot::channel();
+    let (ready_keys, checked) = (keys.clone(), keys.clone());
+    let thread = serving_thread_when(
+        store.clone(),
+        stopped,
+        move |store| served_here(store, &ready_keys),
+        move |store| async move {
+            let _ = up.send(());
+            was_killed.await.expect("the test kills the master");
+            let params = window(1000);
+            let dead = store
+                .check(&[check(&checked[0], &params, 1)], CheckMode::Consume)
+                .await;
+            // Asked at once, before any ping could bring a connection back.
+            let others_here = served_here(&store, &checked[1..]);
+            let dead_here = served_here(&store, &checked[..1]);
+            let mut others = Vec::new();
+            for k in &checked[1..] {
+                let d = store
+                    .check(&[check(k, &params, 1)], CheckMode::Consume)
+                    .await;
+                others.push(d.map(|d| d[0].allowed));
+            }
+            let _ = seen.send((dead.is_err(), dead_here, others_here, others));
+        },
+    );
+    is_up.await.expect("thread connections up");
+    cluster.node_mut(0).kill();
+    let _ = killed.send(());
+    let (dead_failed, dead_here, others_here, others) = saw.await.expect("the thread reports");
+    assert!(dead_failed, "the dead master's check fails");
+    assert!(!dead_here, "its connection stepped aside");
+    assert!(others_here, "the other masters' connections stayed up");
+    assert!(
+        others.iter().all(|d| matches!(d, Ok(true))),
+        "and answered: {others:?}"
+    );
+    let _ = stop.send(());
+    thread.join().expect("thread");
+}

@@ -11,9 +11,10 @@
 //! ([`crate::topology::Topology::refresh_soon`]). So a stale view costs a resend, never an
 //! answer from the wrong master.
 //!
-//! After a failure the store reports, each connection is taken down until it answers a ping,
-//! as on a single server: a master that is gone stays down until the view names its
-//! successor, and the connections are made again.
+//! After a check fails as unavailable, the connections to the master of its slot (on every
+//! thread) are taken down until they answer a ping, as on a single server, and the others
+//! keep serving: a master that is gone stays down until the view names its successor, and the
+//! connections are made again.
 
 use super::{serve_pinging, AbortOnDrop, ClusterConnect, ATTACHED};
 use super::{Listed, Own, OWN};
@@ -31,7 +32,7 @@ pub(super) async fn run_cluster(
     id: u64,
     cluster: &ClusterConnect,
     template: Runner,
-    failures: watch::Receiver<u64>,
+    per_node: Vec<watch::Receiver<u64>>,
 ) {
     let template = template.on_cluster_node();
     let mut changes = cluster.topology.subscribe();
@@ -44,6 +45,7 @@ pub(super) async fn run_cluster(
             .into_iter()
             .filter_map(|(node, host, port)| {
                 let target = cluster.target(&host, port)?;
+                let failures = per_node.get(node)?.clone();
                 let node = Node {
                     id,
                     node,
@@ -54,7 +56,7 @@ pub(super) async fn run_cluster(
                     login_hint: cluster.login_hint.clone(),
                     ping_limit: cluster.ping_limit,
                 };
-                let (template, failures) = (template.clone(), failures.clone());
+                let template = template.clone();
                 Some(AbortOnDrop::new(tokio::spawn(node.run(template, failures))))
             })
             .collect();
@@ -87,8 +89,8 @@ struct Node {
 
 impl Node {
     /// Lists the connection on this thread, makes it (again after a wait while that fails),
-    /// and serves on it as a single server's is served; its place on the list goes when the
-    /// task ends or is dropped.
+    /// and serves on it as a single server's is served, `failures` counting this master's
+    /// failed checks; its place on the list goes when the task ends or is dropped.
     async fn run(self, template: Runner, failures: watch::Receiver<u64>) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
