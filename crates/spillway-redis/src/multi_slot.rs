@@ -58,6 +58,16 @@ impl Slots {
     }
 }
 
+/// The one slot of `checks`' keys if they share one (`None` for no checks): [`slots`]'s
+/// question without building its groups.
+pub(crate) fn one_slot(checks: &[Check<'_>]) -> Option<u16> {
+    let (first, rest) = checks.split_first()?;
+    let slot = keys::state_slot(first.key);
+    rest.iter()
+        .all(|c| keys::state_slot(c.key) == slot)
+        .then_some(slot)
+}
+
 /// The slots of `checks`' keys, hashing each key's tag once: [`keys::state_slot`], the same
 /// slot the guard's failure domains come from (see [`crate::topology`]), and the slot of the
 /// Redis key [`keys::KeyLayout::key`] builds, without reading the built key again.

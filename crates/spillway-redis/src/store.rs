@@ -222,8 +222,10 @@ impl RedisStore {
     /// lost it for good before the call went out (an idle close of a master the sentinels
     /// named), or that a cluster master refused for a slot it does not serve: nothing of it
     /// ran, so it goes by the deadline it had (or, on a store `timed_by_caller`, until its
-    /// caller drops it). After a lost connection the thread connections step aside as for any
-    /// failure; after a refusal they stay, and the cluster's slot map is asked for again now.
+    /// caller drops it). On a single server or Sentinel (a lost connection) the thread
+    /// connections step aside as for any failure; on a cluster (a refusal: its thread
+    /// connections are made again when found closed, so none is lost for good) they stay, and
+    /// the slot map is asked for again now.
     async fn resend(
         &self,
         lane: u16,
@@ -411,15 +413,15 @@ impl Store for RedisStore {
     /// server (directly or through Sentinel) the one connection, whatever the checks; on a
     /// cluster, the one to the master of their slot, for checks of one slot (checks spanning
     /// slots take the shared path). The check that follows decides again in
-    /// `ThreadConns::here` with nothing awaited between, so both say the same.
+    /// `ThreadConns::here` with nothing awaited between, so both say the same on a single
+    /// server; on Sentinel or a cluster the store's view may change between the two (another
+    /// thread follows a switch; the slot map's refresh), which is harmless either way: neither
+    /// path spawns anything (see `ThreadConns::here`).
     fn served_on_this_thread(&self, checks: &[Check<'_>]) -> bool {
         if !self.is_cluster() {
             return self.thread_conns.ready_here(0);
         }
-        match slots(checks) {
-            Slots::One(lane) => self.thread_conns.ready_here(lane),
-            Slots::Many(_) => false,
-        }
+        crate::multi_slot::one_slot(checks).is_some_and(|lane| self.thread_conns.ready_here(lane))
     }
 
     /// One domain on a single server; on a cluster, the masters serving the checks' slots.

@@ -111,7 +111,8 @@ pub const THREAD_CONN_RESENT: &str = "spillway_redis_thread_lane_resent_total";
 static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    /// This thread's own connections, one per store it attached to (almost always one).
+    /// This thread's own connections, one per store it attached to (almost always one), and on
+    /// a cluster one per master of the store's view beside the store's mark of attachment.
     static OWN: RefCell<Vec<Own>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -345,9 +346,10 @@ impl ThreadConns {
     /// store's check asks this one, with nothing awaited between the two. On a single server
     /// the two answers agree; on a Sentinel store another thread may follow a master switch in
     /// between, and the check then takes the shared path while the guard polls it on the
-    /// serving thread (harmless: the shared batcher's dispatcher runs on the main runtime). The
-    /// same holds for a check its thread connection did not send ([`BatchError::NotSent`]),
-    /// which goes on to the shared batcher.
+    /// serving thread (harmless: the shared batcher's dispatcher runs on the main runtime). So
+    /// may a cluster's slot map, refreshed on the main runtime, in either direction (neither
+    /// path spawns anything). The same holds for a check its thread connection did not send
+    /// ([`BatchError::NotSent`]), which goes on to the shared batcher.
     pub(crate) fn here(&self, lane: u16) -> Option<Arc<Batcher>> {
         self.usable_here(lane, |batcher| batcher.clone())
     }
@@ -530,12 +532,10 @@ async fn run_server(
         let refusal = Refusal::of(&connect.owner, &connect.login_hint);
         async move {
             match &connect.own {
-                Some(target) => OwnConn::connect(target.clone())
-                    .await
-                    .map(Conn::Own)
-                    .map_err(|err| {
-                        refusal.explain(err, "Redis server", &crate::login::address(&connect.url))
-                    }),
+                Some(target) => {
+                    let address = crate::login::address(&connect.url);
+                    open_own(target.clone(), refusal, "Redis server", &address).await
+                }
                 None => refusal
                     .connect_server(&connect.url, connect.settings.clone())
                     .await
@@ -544,45 +544,95 @@ async fn run_server(
         }
     };
     let conn = retry::connected(open, None).await;
-    serve_pinging(id, SINGLE, 0, conn, template, failures, connect.ping_limit).await;
+    let pinged = Pinged {
+        id,
+        node: SINGLE,
+        generation: 0,
+        ping_limit: connect.ping_limit,
+    };
+    pinged
+        .serve(conn, template, failures, std::future::pending())
+        .await;
+}
+
+/// Our own connection to `target`, a refused login told as `refusal` says, naming the `role`
+/// at `address`.
+async fn open_own(
+    target: own_conn::Target,
+    refusal: Refusal<'_>,
+    role: &str,
+    address: &str,
+) -> redis::RedisResult<Conn> {
+    OwnConn::connect(target)
+        .await
+        .map(Conn::Own)
+        .map_err(|err| refusal.explain(err, role, address))
 }
 
 /// A thread connection to a server whose address never changes (a single server, or one
-/// master of a cluster for as long as the view that named it lasts), once `conn` is made:
-/// hands its batcher (for `generation`) to the thread's list as the connection to `node`,
-/// and runs its dispatcher beside it until the task is dropped. After each failure the store
-/// reports, it takes the connection down until it answers a ping (the client, or our own
-/// connection, reconnects to the same address).
-async fn serve_pinging(
+/// master of a cluster for as long as the view that named it lasts): which one it is on the
+/// thread's list, and how long a ping may take.
+struct Pinged {
     id: u64,
     node: usize,
     generation: u64,
-    conn: Conn,
-    template: Runner,
-    mut failures: watch::Receiver<u64>,
     ping_limit: Duration,
-) {
-    let probe = conn.clone();
-    let (batcher, dispatcher) = Batcher::new(template.with_conn(conn));
-    if !place(id, node, Some(batcher), generation) {
-        return;
-    }
-    failures.borrow_and_update();
-    // The dispatcher is a task of its own, so that its wake-ups (a request queued, a reply
-    // read) do not also poll the watch below; it ends with this task.
-    let _dispatcher = AbortOnDrop::new(tokio::spawn(dispatcher));
-    let mut counted = Some(Up::new());
-    // `changed` fails once the store is gone, which ends the thread connection anyway.
-    while failures.changed().await.is_ok() {
-        set_up(id, node, false);
-        counted = None;
-        retry::answers(&probe, ping_limit).await;
-        if !set_up(id, node, true) {
+}
+
+impl Pinged {
+    /// Once `conn` is made: hands its batcher (for `generation`) to the thread's list as the
+    /// connection to `node`, and runs its dispatcher beside it until the task is dropped (its
+    /// store gone, its runtime ended) or `retired` (the view that named a cluster master
+    /// changed). After each failure the store reports, it takes the connection down until it
+    /// answers a ping (the client, or our own connection, reconnects to the same address).
+    /// Retired, it takes its batcher off the list and leaves the calls already queued or sent
+    /// to finish on it, as a Sentinel thread connection does after a switch.
+    async fn serve(
+        &self,
+        conn: Conn,
+        template: Runner,
+        mut failures: watch::Receiver<u64>,
+        retired: impl std::future::Future<Output = ()>,
+    ) {
+        let Self {
+            id,
+            node,
+            generation,
+            ping_limit,
+        } = *self;
+        let probe = conn.clone();
+        let (batcher, dispatcher) = Batcher::new(template.with_conn(conn));
+        if !place(id, node, Some(batcher), generation) {
             return;
         }
-        counted.get_or_insert_with(Up::new);
+        failures.borrow_and_update();
+        // The dispatcher is a task of its own, so that its wake-ups (a request queued, a reply
+        // read) do not also poll the watch below; it ends with this task.
+        let dispatcher = AbortOnDrop::new(tokio::spawn(dispatcher));
+        let mut counted = Some(Up::new());
+        let watched = async {
+            // `changed` fails once the store is gone, which ends the thread connection anyway.
+            while failures.changed().await.is_ok() {
+                set_up(id, node, false);
+                counted = None;
+                retry::answers(&probe, ping_limit).await;
+                if !set_up(id, node, true) {
+                    return;
+                }
+                counted.get_or_insert_with(Up::new);
+            }
+        };
+        let retiring = tokio::select! {
+            () = watched => false,
+            () = retired => true,
+        };
+        drop(counted);
+        if retiring && place(id, node, None, generation) {
+            // No new request reaches the batcher; its dispatcher runs on and ends once those
+            // it holds are answered (each within the store's timeout).
+            dispatcher.detach();
+        }
     }
-    drop(counted);
 }
 
 /// A task aborted when this handle is dropped: a thread connection's dispatcher, which must
@@ -594,10 +644,9 @@ impl AbortOnDrop {
         Self(Some(task))
     }
 
-    /// Aborts the task and waits until it has ended (dropped where it runs).
-    async fn stop(mut self) {
+    /// Waits for the task to end by itself.
+    async fn finished(mut self) {
         if let Some(task) = self.0.take() {
-            task.abort();
             let _ = task.await;
         }
     }

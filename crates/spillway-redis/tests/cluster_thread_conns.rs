@@ -1,8 +1,9 @@
 //! A cluster's thread connections against a real three-master Redis Cluster (testkit): a
 //! serving thread's checks go out on its own connection to the master of their slot; a slot
 //! moved to another master under them is refused there (`MOVED`) and resent on the store's
-//! cluster connection, counted once; the connections follow a failover; and every one closes
-//! with the store.
+//! cluster connection, counted once; a dead master sends only its own connections aside; they
+//! log in as the seeds do; and every one closes with the store. (That they follow a failover
+//! is `spillway-server/tests/cluster_failover.rs`'s.)
 
 mod common;
 
@@ -168,13 +169,19 @@ async fn a_slot_moved_under_the_thread_conns_is_resent_and_counted_once() {
             };
             one().await;
             let before = store.domains(&[check(&k, &params, 1)]);
+            let source = moving.owner(slot).expect("the slot's master");
+            let target = *moving
+                .ports()
+                .iter()
+                .find(|&&p| p != source)
+                .expect("another");
             // Moved, and checked at once, before the store's view of the slots (asked once a
             // second) knows: its thread connection to the old master gets `MOVED`. A view that
             // happened to refresh in between moves it back and tries again.
             let mut checks = 1;
             let mut resent = 0;
             for _ in 0..5 {
-                moving.move_slot(slot);
+                moving.move_slot(slot, target);
                 let stale = store.domains(&[check(&k, &params, 1)]) == before;
                 one().await;
                 checks += 1;
@@ -184,7 +191,7 @@ async fn a_slot_moved_under_the_thread_conns_is_resent_and_counted_once() {
                 }
                 assert_eq!(resent, 0, "resent only from a stale view");
                 assert!(eventually(|| store.domains(&[check(&k, &params, 1)]) != before).await);
-                moving.move_slot(slot);
+                moving.move_slot(slot, source);
                 assert!(eventually(|| store.domains(&[check(&k, &params, 1)]) == before).await);
             }
             assert_eq!(resent, 1, "the check on the stale view was resent");
@@ -346,6 +353,93 @@ async fn a_dead_master_sends_only_its_own_thread_conns_aside() {
         others.iter().all(|d| matches!(d, Ok(true))),
         "and answered: {others:?}"
     );
+    let _ = stop.send(());
+    thread.join().expect("thread");
+}
+
+/// A master changing hands in the slot map (here: a new master joins and takes a slot) makes
+/// every thread connection again, to each master the map names then, the new one included,
+/// without failing a check in flight on the old connections: each leaves the thread's list and
+/// finishes what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_master_remakes_the_thread_conns_and_fails_no_check_in_flight() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut cluster = RedisCluster::start();
+    let store = store_on(&cluster, Duration::from_secs(2)).await;
+    let ports = cluster.ports();
+    let keys = one_key_per_master(&store, &cluster, &ports, "api");
+    let mover = key("api", &["mover"]);
+    let generation = store.domain_generation();
+    let (stop, stopped) = oneshot::channel();
+    let (running, is_running) = oneshot::channel();
+    let (moved, was_moved) = oneshot::channel::<()>();
+    let (seen, saw) = oneshot::channel();
+    let (ready_keys, loaded) = (keys.clone(), keys.clone());
+    let moving = mover.clone();
+    let thread = serving_thread_when(
+        store.clone(),
+        stopped,
+        move |store| served_here(store, &ready_keys),
+        move |store| async move {
+            let done = Arc::new(AtomicBool::new(false));
+            let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+            // A steady load on the three masters from this thread, many checks in flight.
+            let loops: Vec<_> = (0..12)
+                .map(|i| {
+                    let (store, k) = (store.clone(), loaded[i % loaded.len()].clone());
+                    let (done, answered, failed) = (done.clone(), answered.clone(), failed.clone());
+                    tokio::spawn(async move {
+                        let params = window(1_000_000);
+                        while !done.load(Ordering::Relaxed) {
+                            match store
+                                .check(&[check(&k, &params, 1)], CheckMode::Consume)
+                                .await
+                            {
+                                Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
+                                Err(err) => {
+                                    eprintln!("a check failed: {err}");
+                                    failed.fetch_add(1, Ordering::Relaxed)
+                                }
+                            };
+                        }
+                    })
+                })
+                .collect();
+            let _ = running.send(());
+            was_moved.await.expect("the test moves a slot");
+            // The map names the new master (a change of hands), and this thread's connection
+            // to it comes up.
+            let remade = eventually(|| {
+                store.domain_generation() != generation
+                    && served_here(&store, std::slice::from_ref(&moving))
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            done.store(true, Ordering::Relaxed);
+            for l in loops {
+                l.await.expect("load loop");
+            }
+            let still_here = served_here(&store, &loaded);
+            let _ = seen.send((
+                remade,
+                still_here,
+                answered.load(Ordering::Relaxed),
+                failed.load(Ordering::Relaxed),
+            ));
+        },
+    );
+    is_running.await.expect("the load runs");
+    let new = cluster.add_master();
+    cluster.move_slot(slot_of(&store, &mover), new);
+    let _ = moved.send(());
+    let (remade, still_here, answered, failed) = saw.await.expect("the thread reports");
+    assert!(remade, "a connection to the new master");
+    assert!(still_here, "and to the others, made again");
+    assert!(
+        answered > 100,
+        "the load ran through the change: {answered}"
+    );
+    assert_eq!(failed, 0, "no check failed of {answered}");
     let _ = stop.send(());
     thread.join().expect("thread");
 }

@@ -145,12 +145,15 @@ impl Failover {
         })
         .await;
         assert!(steady.is_some(), "the load never got going");
-        // Each serving thread has its own connection to each master.
-        let conns_before = thread_conns(&server).await;
-        assert!(
-            conns_before >= 3.0 && conns_before % 3.0 == 0.0,
-            "thread connections: {conns_before}"
-        );
+        // Each serving thread has its own connection to each master (every thread's up by now,
+        // or soon).
+        let whole = |n: f64| n >= 3.0 && n % 3.0 == 0.0;
+        let conns_before = wait_until_async(Duration::from_secs(5), || async {
+            let n = thread_conns(&server).await;
+            whole(n).then_some(n)
+        })
+        .await
+        .expect("a connection to each master on every serving thread");
 
         cluster.node_mut(0).kill();
         let killed = start.elapsed();
@@ -414,9 +417,12 @@ async fn a_killed_master_is_replaced_by_its_replica_as_a_new_domain() {
     let ready: serde_json::Value = server.get("/readyz").await.json().await.expect("json");
     assert_eq!(ready["status"], "ok", "{ready}");
     assert!(ready["store"].get("domains").is_none(), "{ready}");
-    // The serving threads' connections follow: one to each master again, the new one too.
+    // The serving threads' connections follow: one to each master again, the new one too (as
+    // many as before, or more if a thread was still connecting then; a thread's connection
+    // left on the dead master would leave a count that is no multiple of the masters).
     let conns_back = wait_until_async(Duration::from_secs(5), || async {
-        (thread_conns(&server).await == conns_before).then_some(())
+        let n = thread_conns(&server).await;
+        (n >= conns_before && n % 3.0 == 0.0).then_some(())
     })
     .await;
     assert!(

@@ -16,18 +16,18 @@
 //! keep serving: a master that is gone stays down until the view names its successor, and the
 //! connections are made again.
 
-use super::{serve_pinging, AbortOnDrop, ClusterConnect, ATTACHED};
+use super::{open_own, AbortOnDrop, ClusterConnect, Pinged, ATTACHED};
 use super::{Listed, Own, OWN};
 use crate::login::Refusal;
-use crate::own_conn::{OwnConn, Target};
-use crate::runner::{Conn, Runner};
-use std::time::Duration;
+use crate::own_conn::Target;
+use crate::runner::Runner;
 use tokio::sync::watch;
 
 /// Runs the thread's connections to the masters of `cluster`'s view, one task each, for as
-/// long as the view keeps its masters; when an index changes hands, stops them all (their
-/// batchers leave the thread's list, calls already sent finish on them) and starts a set for
-/// the new view. Ends with the store (the caller's `select!`), taking them with it.
+/// long as the view keeps its masters; when an index changes hands, each one retires by
+/// itself (its batcher leaves the thread's list, and the calls already queued or sent finish
+/// on it), and once they all have, a set for the new view starts. Ends with the store (the
+/// caller's `select!`), taking them with it.
 pub(super) async fn run_cluster(
     id: u64,
     cluster: &ClusterConnect,
@@ -37,8 +37,10 @@ pub(super) async fn run_cluster(
     let template = template.on_cluster_node();
     let mut changes = cluster.topology.subscribe();
     loop {
-        changes.borrow_and_update();
-        let generation = cluster.topology.generation();
+        // The generation as announced, which each connection's retiring waits past (the view
+        // bumps its count just before announcing it; a check that reads the count in between
+        // takes the shared path for that moment).
+        let generation = *changes.borrow_and_update();
         let nodes: Vec<AbortOnDrop> = cluster
             .topology
             .masters()
@@ -47,14 +49,17 @@ pub(super) async fn run_cluster(
                 let target = cluster.target(&host, port)?;
                 let failures = per_node.get(node)?.clone();
                 let node = Node {
-                    id,
-                    node,
-                    generation,
+                    pinged: Pinged {
+                        id,
+                        node,
+                        generation,
+                        ping_limit: cluster.ping_limit,
+                    },
+                    changes: changes.clone(),
                     address: crate::login::authority(&host, port),
                     target,
                     owner: cluster.owner.clone(),
                     login_hint: cluster.login_hint.clone(),
-                    ping_limit: cluster.ping_limit,
                 };
                 let template = template.clone();
                 Some(AbortOnDrop::new(tokio::spawn(node.run(template, failures))))
@@ -66,25 +71,22 @@ pub(super) async fn run_cluster(
         }
         // Each one off the list before its successor goes on (both would list one node).
         for node in nodes {
-            node.stop().await;
+            node.finished().await;
         }
     }
 }
 
 /// One master's thread connection, for one view of the masters.
 struct Node {
-    /// The store's id.
-    id: u64,
-    /// The master's index in the view.
-    node: usize,
-    /// The view's generation.
-    generation: u64,
+    /// The store's id, the master's index in the view, the view's generation.
+    pinged: Pinged,
+    /// The view's generations, to retire once it is past this one's.
+    changes: watch::Receiver<u64>,
     /// `host:port`, for messages.
     address: String,
     target: Target,
     owner: String,
     login_hint: String,
-    ping_limit: Duration,
 }
 
 impl Node {
@@ -95,26 +97,32 @@ impl Node {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let Pinged {
+            id,
+            node,
+            generation,
+            ..
+        } = self.pinged;
         let listed = OWN.with_borrow_mut(|list| {
             // The thread's attached mark goes with the store; without it the store is gone.
             if !list
                 .iter()
-                .any(|own| own.store == self.id && own.node == ATTACHED)
+                .any(|own| own.store == id && own.node == ATTACHED)
             {
                 return None;
             }
             list.push(Own {
-                store: self.id,
-                node: self.node,
+                store: id,
+                node,
                 runtime: handle.id(),
                 batcher: None,
                 up: false,
-                generation: self.generation,
+                generation,
                 failures: failures.clone(),
             });
             Some(Listed {
-                store: self.id,
-                node: Some(self.node),
+                store: id,
+                node: Some(node),
                 thread: std::thread::current().id(),
             })
         });
@@ -123,24 +131,24 @@ impl Node {
         };
         let open = || {
             let refusal = Refusal::of(&self.owner, &self.login_hint);
-            let (target, address) = (self.target.clone(), &self.address);
+            open_own(
+                self.target.clone(),
+                refusal,
+                "Redis Cluster master",
+                &self.address,
+            )
+        };
+        // Retired by a later view, while connecting (a master gone for good) or serving.
+        let retired = || {
+            let mut changes = self.changes.clone();
             async move {
-                OwnConn::connect(target)
-                    .await
-                    .map(Conn::Own)
-                    .map_err(|err| refusal.explain(err, "Redis Cluster master", address))
+                let _ = changes.wait_for(|now| *now != generation).await;
             }
         };
-        let conn = super::retry::connected(open, None).await;
-        serve_pinging(
-            self.id,
-            self.node,
-            self.generation,
-            conn,
-            template,
-            failures,
-            self.ping_limit,
-        )
-        .await;
+        let conn = tokio::select! {
+            conn = super::retry::connected(open, None) => conn,
+            () = retired() => return,
+        };
+        self.pinged.serve(conn, template, failures, retired()).await;
     }
 }

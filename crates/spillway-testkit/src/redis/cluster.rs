@@ -237,6 +237,48 @@ impl RedisCluster {
         cluster
     }
 
+    /// Starts one more master, serving no slot yet, and has it meet the cluster; returns once
+    /// every master knows it. Its port is the last of [`RedisCluster::ports`]. Only for a
+    /// cluster without replicas (nodes are numbered masters first).
+    pub fn add_master(&mut self) -> u16 {
+        assert_eq!(self.replicas, 0, "masters are numbered before replicas");
+        let timeout = self.node_timeout.as_millis().to_string();
+        let mut args = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            &timeout,
+        ];
+        if let Some(password) = self.password.as_deref() {
+            args.extend(["--requirepass", password, "--masterauth", password]);
+        }
+        let node = RedisServer::start_on(&args, true, &mut free_port);
+        let port = node.port();
+        let first = &self.nodes[0];
+        let (first_port, bus) = (
+            first.port().to_string(),
+            first
+                .bus
+                .expect("a cluster node has a bus port")
+                .to_string(),
+        );
+        let met = self.cli(port, &["CLUSTER", "MEET", "127.0.0.1", &first_port, &bus]);
+        assert!(
+            met.is_some_and(|r| r.starts_with("OK")),
+            "CLUSTER MEET failed"
+        );
+        self.nodes.push(node);
+        self.masters += 1;
+        let needle = format!(":{port}@");
+        self.poll("every master to know the new one", || {
+            self.ports().iter().all(|&p| {
+                self.cli(p, &["CLUSTER", "NODES"])
+                    .is_some_and(|nodes| nodes.contains(&needle))
+            })
+        });
+        port
+    }
+
     /// `redis-cli` on the node on `port`, logged in if the cluster has a password.
     fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
         cli(port, self.password.as_deref(), args)
@@ -386,6 +428,13 @@ impl RedisCluster {
             .iter()
             .find(|&&p| p != source)
             .expect("another master");
+        self.start_migrating_to(slot, target)
+    }
+
+    /// [`RedisCluster::start_migrating`] to the master on port `target`.
+    pub fn start_migrating_to(&self, slot: u16, target: u16) -> (u16, u16) {
+        let source = self.owner(slot).expect("the slot's master");
+        assert_ne!(source, target, "the slot is on {target} already");
         let id = |port| self.node_id(port).expect("CLUSTER MYID");
         let (source_id, target_id) = (id(source), id(target));
         let set_slot = |port, state: &str, node: &str| {
@@ -398,12 +447,12 @@ impl RedisCluster {
         (source, target)
     }
 
-    /// Moves hash slot `slot` from its master to another, keys and all (as
-    /// [`RedisCluster::start_migrating`], then `MIGRATE` of every key in it and `CLUSTER
+    /// Moves hash slot `slot` from its master to the master on port `target`, keys and all (as
+    /// [`RedisCluster::start_migrating_to`], then `MIGRATE` of every key in it and `CLUSTER
     /// SETSLOT ... NODE` on every master), so the source answers `MOVED` for it from then on.
-    /// Returns the source's and the target's ports.
-    pub fn move_slot(&self, slot: u16) -> (u16, u16) {
-        let (source, target) = self.start_migrating(slot);
+    /// Returns the source's port.
+    pub fn move_slot(&self, slot: u16, target: u16) -> u16 {
+        let (source, target) = self.start_migrating_to(slot, target);
         let password = self.password.as_deref();
         let keys = command_as(
             source,
@@ -431,7 +480,7 @@ impl RedisCluster {
             let answer = command_as(port, password, &command).unwrap_or_default();
             assert!(answer.starts_with("+OK"), "{command} on {port}: {answer}");
         }
-        (source, target)
+        source
     }
 
     /// The port of the master serving hash slot `slot`, as `CLUSTER NODES` on the first node
