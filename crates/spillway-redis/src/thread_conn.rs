@@ -145,6 +145,27 @@ struct Own {
     failures: watch::Receiver<u64>,
 }
 
+impl Own {
+    /// The thread's entry for store `store`'s connection to `node`, not made yet.
+    fn new(
+        store: u64,
+        node: usize,
+        runtime: tokio::runtime::Id,
+        generation: u64,
+        failures: watch::Receiver<u64>,
+    ) -> Self {
+        Self {
+            store,
+            node,
+            runtime,
+            batcher: None,
+            up: false,
+            generation,
+            failures,
+        }
+    }
+}
+
 /// How a thread connection connects.
 enum Connect {
     /// To a single server, always the same.
@@ -304,15 +325,13 @@ impl ThreadConns {
                 Connect::Cluster(_) => ATTACHED,
                 _ => SINGLE,
             };
-            list.push(Own {
-                store: self.id,
+            list.push(Own::new(
+                self.id,
                 node,
                 runtime,
-                batcher: None,
-                up: false,
-                generation: 0,
-                failures: self.failures.subscribe(),
-            });
+                0,
+                self.failures.subscribe(),
+            ));
             true
         });
         if !fresh {

@@ -29,6 +29,15 @@ async fn store_on(cluster: &RedisCluster, timeout: Duration) -> Arc<RedisStore> 
     Arc::new(RedisStore::connect(&config).await.expect("connects"))
 }
 
+/// A three-master cluster, a store on it (checks bounded by `timeout`), and a key on each
+/// master, in the order of the cluster's ports.
+async fn three_masters(timeout: Duration) -> (RedisCluster, Arc<RedisStore>, Vec<StateKey>) {
+    let cluster = RedisCluster::start();
+    let store = store_on(&cluster, timeout).await;
+    let keys = one_key_per_master(&store, &cluster, &cluster.ports(), "api");
+    (cluster, store, keys)
+}
+
 /// One key on each master (in the order of `ports`), for limit `limit`.
 fn one_key_per_master(
     store: &RedisStore,
@@ -73,10 +82,8 @@ async fn used(store: &RedisStore, k: &StateKey, limit: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_threads_checks_go_out_on_its_own_conn_to_each_master() {
-    let cluster = RedisCluster::start();
-    let store = store_on(&cluster, Duration::from_secs(2)).await;
+    let (cluster, store, keys) = three_masters(Duration::from_secs(2)).await;
     let ports = cluster.ports();
-    let keys = one_key_per_master(&store, &cluster, &ports, "api");
     // The store's own connections to each master, before any thread attaches.
     let shared: Vec<HashSet<u64>> = ports
         .iter()
@@ -226,10 +233,8 @@ async fn a_slot_moved_under_the_thread_conns_is_resent_and_counted_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_store_closes_every_thread_conn_on_every_master() {
-    let cluster = RedisCluster::start();
-    let store = store_on(&cluster, Duration::from_secs(2)).await;
+    let (cluster, store, keys) = three_masters(Duration::from_secs(2)).await;
     let ports = cluster.ports();
-    let keys = one_key_per_master(&store, &cluster, &ports, "api");
     let mut threads = Vec::new();
     let mut stops = Vec::new();
     for _ in 0..2 {
@@ -309,10 +314,7 @@ async fn thread_conns_to_a_cluster_behind_a_password_log_in_as_the_seeds_do() {
 /// their own connections, answered there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_master_sends_only_its_own_thread_conns_aside() {
-    let mut cluster = RedisCluster::start();
-    let store = store_on(&cluster, Duration::from_millis(500)).await;
-    let ports = cluster.ports();
-    let keys = one_key_per_master(&store, &cluster, &ports, "api");
+    let (mut cluster, store, keys) = three_masters(Duration::from_millis(500)).await;
     let (stop, stopped) = oneshot::channel();
     let (up, is_up) = oneshot::channel();
     let (killed, was_killed) = oneshot::channel::<()>();
@@ -364,10 +366,7 @@ async fn a_dead_master_sends_only_its_own_thread_conns_aside() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_master_remakes_the_thread_conns_and_fails_no_check_in_flight() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let mut cluster = RedisCluster::start();
-    let store = store_on(&cluster, Duration::from_secs(2)).await;
-    let ports = cluster.ports();
-    let keys = one_key_per_master(&store, &cluster, &ports, "api");
+    let (mut cluster, store, keys) = three_masters(Duration::from_secs(2)).await;
     let mover = key("api", &["mover"]);
     let generation = store.domain_generation();
     let (stop, stopped) = oneshot::channel();

@@ -111,15 +111,13 @@ impl Node {
             {
                 return None;
             }
-            list.push(Own {
-                store: id,
+            list.push(Own::new(
+                id,
                 node,
-                runtime: handle.id(),
-                batcher: None,
-                up: false,
+                handle.id(),
                 generation,
-                failures: failures.clone(),
-            });
+                failures.clone(),
+            ));
             Some(Listed {
                 store: id,
                 node: Some(node),
