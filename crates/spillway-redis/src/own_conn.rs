@@ -66,12 +66,13 @@ const READ_CHUNK: usize = 16 * 1024;
 /// most room it keeps once all is sent.
 const KEEP_SENT: usize = 64 * 1024;
 
-/// The most calls left waiting for a reply on one connection. A thread's dispatcher keeps a
-/// few calls out at a time ([`crate::batch::IN_FLIGHT`]); more are waiting only when a server
-/// stopped answering while its callers gave up, each keeping its place (and its command's
-/// bytes, if the server stopped reading too). Past this the connection is closed and made
-/// again, so a silent server cannot make a serving thread hold more and more.
-const MAX_WAITING: u64 = 1024;
+/// The most calls left waiting for a reply on one connection, unless its target says otherwise
+/// ([`Target::waiting_up_to`]). A thread's dispatcher to a single server keeps a few calls out
+/// at a time ([`crate::batch::IN_FLIGHT`]); more are waiting only when a server stopped
+/// answering while its callers gave up, each keeping its place (and its command's bytes, if
+/// the server stopped reading too). Past this the connection is closed and made again, so a
+/// silent server cannot make a serving thread hold more and more.
+pub(crate) const MAX_WAITING: u64 = 1024;
 
 /// A command being written from `mark` on: cut back to `mark` if it is dropped before it is
 /// whole (a panic while encoding); `mark` is `usize::MAX` once it is.
@@ -119,6 +120,8 @@ struct State {
     first: u64,
     answered: u64,
     next: u64,
+    /// Past this many calls waiting, the connection is closed (see [`MAX_WAITING`]).
+    max_waiting: u64,
 }
 
 struct Shared {
@@ -141,7 +144,7 @@ impl OwnConn {
         let io = login::log_in(&target).await?;
         Ok(Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::new(io, target.once.clone())),
+                state: Mutex::new(State::new(io, target.once.clone(), target.max_waiting)),
                 target,
                 login: tokio::sync::Mutex::new(None),
             }),
@@ -270,10 +273,11 @@ fn unsupported(what: &str) -> RedisError {
 impl State {
     /// A connection over `io` with nothing sent or read yet, setting `lost_sets` (if any) when
     /// it closes.
-    fn new(io: Box<dyn Io>, lost_sets: Option<Arc<AtomicBool>>) -> Self {
+    fn new(io: Box<dyn Io>, lost_sets: Option<Arc<AtomicBool>>, max_waiting: u64) -> Self {
         Self {
             io: Some(io),
             lost_sets,
+            max_waiting,
             out: Vec::new(),
             written: 0,
             input: vec![0; READ_CHUNK],
@@ -291,9 +295,12 @@ impl State {
     /// `None` if the connection is down or the server closed it while it was idle.
     fn begin(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Option<u64> {
         self.io.as_ref()?;
-        if self.next - self.answered >= MAX_WAITING {
+        if self.next - self.answered >= self.max_waiting {
             self.close(
-                &format!("{MAX_WAITING} calls wait for a reply: the server is not answering"),
+                &format!(
+                    "{} calls wait for a reply: the server is not answering",
+                    self.max_waiting
+                ),
                 None,
             );
             return None;

@@ -74,7 +74,10 @@
 //! It also ends as soon as its store is dropped: the store holds the sending half of a watch
 //! channel every task listens to. Either way the task's end takes the connection off its
 //! thread's list (one guard, `Listed`), dropping its batcher and with it the connection. So
-//! no connection outlives its store.
+//! no connection outlives its store. The exception is a connection that steps aside for good
+//! while its store lives (a Sentinel master switch, a cluster master changing hands): its
+//! dispatcher is left to answer what it holds, each call within the store's timeout, and
+//! ends then, closing the connection.
 
 use crate::batch::{BatchError, Batcher};
 use crate::login::Refusal;
@@ -141,7 +144,8 @@ struct Own {
     /// the store's view of the masters it was made for: a master's index that changed hands
     /// sends every connection of the thread aside, to be made again.
     generation: u64,
-    /// The store's failure count; closed (its sender dropped) once the store is gone.
+    /// The store's failure count (on a cluster, its master's own); closed (its sender dropped)
+    /// once the store is gone.
     failures: watch::Receiver<u64>,
 }
 
@@ -189,13 +193,19 @@ struct ClusterConnect {
 }
 
 impl ClusterConnect {
-    /// Where a connection to the master at `host`:`port` goes, logged in as the seed is.
+    /// Where a connection to the master at `host`:`port` goes, logged in as the seed is. Its
+    /// batcher keeps up to [`crate::batch::IN_FLIGHT`] calls out per busy slot, not per
+    /// connection, so the connection holds as many calls waiting for a reply as that allows
+    /// over [`crate::batch::QUEUE`] slots' worth (each a few hundred bytes at most) before it
+    /// counts its master as not answering; a master that stops answering opens its breaker
+    /// long before.
     fn target(&self, host: &str, port: u16) -> Option<own_conn::Target> {
         let info = self
             .seed
             .clone()
             .set_addr(redis::ConnectionAddr::Tcp(host.to_owned(), port));
-        own_conn::Target::of(&info, self.ping_limit)
+        let most = crate::batch::IN_FLIGHT * crate::batch::QUEUE;
+        Some(own_conn::Target::of(&info, self.ping_limit)?.waiting_up_to(most as u64))
     }
 }
 

@@ -130,7 +130,8 @@ impl Topology {
     }
 
     /// Asks for the slot map again now rather than at the next round (a node redirected a
-    /// call); at most every [`NUDGE_GAP`].
+    /// call); a refresh asked for this way is followed by at least [`NUDGE_GAP`] before the
+    /// next.
     pub(crate) fn refresh_soon(&self) {
         self.nudged.notify_one();
     }

@@ -442,3 +442,86 @@ async fn a_new_master_remakes_the_thread_conns_and_fails_no_check_in_flight() {
     let _ = stop.send(());
     thread.join().expect("thread");
 }
+
+/// A thread's connection to a master carries a call per busy slot: more than a single server's
+/// connection may hold waiting for replies (`own_conn::MAX_WAITING`, 1,024) is no sign of a
+/// dead master there. Here 1,500 checks of one master's slots wait on it while the master is
+/// paused, and every one is answered once it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_masters_conn_holds_a_call_per_busy_slot_past_a_servers_bound() {
+    let (cluster, store, keys) = three_masters(Duration::from_secs(5)).await;
+    let port = cluster.ports()[0];
+    let view = cluster.view().expect("CLUSTER NODES");
+    let master = view
+        .iter()
+        .find(|l| l.port == port)
+        .expect("the master's line");
+    let mut many = Vec::new();
+    for i in 0.. {
+        let k = key("api", &[&format!("crowd{i}")]);
+        if master.serves(slot_of(&store, &k)) {
+            many.push(k);
+        }
+        if many.len() == 1500 {
+            break;
+        }
+    }
+    let (stop, stopped) = oneshot::channel();
+    let (up, is_up) = oneshot::channel();
+    let (frozen, was_frozen) = oneshot::channel::<()>();
+    let (sent, were_sent) = oneshot::channel();
+    let (resumed, was_resumed) = oneshot::channel::<()>();
+    let (seen, saw) = oneshot::channel();
+    let ready_keys = keys[..1].to_vec();
+    let thread = serving_thread_when(
+        store.clone(),
+        stopped,
+        move |store| served_here(store, &ready_keys),
+        move |store| async move {
+            let _ = up.send(());
+            was_frozen.await.expect("the test pauses the master");
+            let calls: Vec<_> = many
+                .into_iter()
+                .map(|k| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let params = window(10);
+                        store
+                            .check(&[check(&k, &params, 1)], CheckMode::Consume)
+                            .await
+                            .map(|d| d[0].allowed)
+                    })
+                })
+                .collect();
+            // Every call written while the master is paused.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = sent.send(());
+            was_resumed.await.expect("the test resumes the master");
+            let mut answered = 0;
+            let mut failed = Vec::new();
+            for call in calls {
+                match call.await.expect("check task") {
+                    Ok(true) => answered += 1,
+                    other => failed.push(other),
+                }
+            }
+            let _ = seen.send((answered, failed));
+        },
+    );
+    // Paused once the thread's connection to the master is up.
+    is_up.await.expect("thread connections up");
+    cluster.node(0).freeze();
+    let _ = frozen.send(());
+    were_sent.await.expect("the checks went out");
+    cluster.node(0).resume();
+    let _ = resumed.send(());
+    let (answered, failed) = saw.await.expect("the thread reports");
+    assert_eq!(
+        answered,
+        1500,
+        "every check answered: {:?}",
+        &failed[..failed.len().min(3)]
+    );
+    let _ = stop.send(());
+    thread.join().expect("thread");
+}

@@ -32,6 +32,8 @@ pub(crate) struct Target {
     /// For a connection made once ([`Target::made_once`]): set when it is lost. `None`: a lost
     /// connection is made again by itself (see "Failures" in [`super`]).
     pub(super) once: Option<Arc<AtomicBool>>,
+    /// The most calls waiting for a reply before the connection is closed as not answering.
+    pub(super) max_waiting: u64,
 }
 
 #[derive(Clone)]
@@ -60,6 +62,7 @@ impl Target {
             db: settings.db(),
             limit,
             once: None,
+            max_waiting: super::MAX_WAITING,
         })
     }
 
@@ -70,6 +73,16 @@ impl Target {
     pub(crate) fn made_once(self, lost: Arc<AtomicBool>) -> Self {
         Self {
             once: Some(lost),
+            ..self
+        }
+    }
+
+    /// This target, whose connection is closed as not answering only past `max` calls waiting
+    /// for a reply instead of [`super::MAX_WAITING`]: for a connection that carries many
+    /// calls at once while its server answers (one to a cluster master, a lane per slot).
+    pub(crate) fn waiting_up_to(self, max: u64) -> Self {
+        Self {
+            max_waiting: max,
             ..self
         }
     }

@@ -369,7 +369,7 @@ async fn concurrent_large_commands_are_written_whole() {
 
 /// A new connection's state over `io`, with one call written (`out`) and waiting for its reply.
 fn one_waiting(io: impl Io + 'static, out: &[u8]) -> State {
-    let mut state = State::new(Box::new(io), None);
+    let mut state = State::new(Box::new(io), None, MAX_WAITING);
     state.out = out.to_vec();
     state.waiting.push_back(Waiting::default());
     state.next = 1;
