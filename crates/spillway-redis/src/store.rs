@@ -240,7 +240,9 @@ impl RedisStore {
         } = unsent;
         match &self.topology {
             Some(topology) => topology.refresh_soon(),
-            None => self.thread_conns.failed(&BatchError::Store(err), lane),
+            None => self
+                .thread_conns
+                .failed(&BatchError::Store(err), self.thread_conns.route(lane)),
         }
         metrics::counter!(THREAD_CONN_RESENT).increment(1);
         self.batcher
@@ -295,6 +297,8 @@ impl Store for RedisStore {
         let decisions = match slots {
             Slots::One(lane) => {
                 let encoded = checks.iter().map(Encoded::new).collect();
+                // Where the check is bound as it starts, for a failure to be told to.
+                let route = self.thread_conns.route(lane);
                 // This thread's own connection when it has one up, else the shared batcher. Chosen
                 // before the first await, as `served_on_this_thread` was just before: nothing
                 // may await between the two, or the guard's choice of where to poll this
@@ -313,7 +317,7 @@ impl Store for RedisStore {
                     None => self.batcher.check(lane, keys, encoded, mode).await,
                 };
                 reply
-                    .inspect_err(|err| self.thread_conns.failed(err, lane))
+                    .inspect_err(|err| self.thread_conns.failed(err, route))
                     .map_err(StoreError::from)?
                     .decisions
             }

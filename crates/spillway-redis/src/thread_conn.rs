@@ -417,16 +417,36 @@ impl ThreadConns {
         .flatten()
     }
 
-    /// Tells the thread connections that a check of `lane` failed with `err`: if Redis was
-    /// unavailable (which includes a demoted master's `READONLY`), this thread's own connection
-    /// is marked down at once and every thread connection is sent aside (see the module docs);
-    /// on a cluster, only the connections to the master of `lane`'s slot. On a Sentinel store
+    /// Where a check of `lane` is bound as it starts ([`Route`]), for [`Self::failed`] to tell
+    /// its failure to.
+    pub(crate) fn route(&self, lane: u16) -> Route {
+        match self.connect.as_deref() {
+            Some(Connect::Cluster(cluster)) => {
+                let generation = cluster.topology.generation();
+                Route {
+                    node: cluster.topology.domain_of_slot(lane),
+                    generation,
+                }
+            }
+            _ => Route {
+                node: SINGLE,
+                generation: 0,
+            },
+        }
+    }
+
+    /// Tells the thread connections that a check bound as `route` says failed with `err`: if
+    /// Redis was unavailable (which includes a demoted master's `READONLY`), this thread's own
+    /// connection is marked down at once and every thread connection is sent aside (see the
+    /// module docs); on a cluster, only the connections to the master the check was bound for,
+    /// and none if the store's view of the masters has changed since (those connections are
+    /// being made again anyway, and the index may have gone to another master). On a Sentinel store
     /// an unavailable Redis or no answer in time also asks the store's own connection to look
     /// for a new master (a timeout alone sends no thread connection aside). A batcher refusing a
     /// request because its queue was full says nothing about the connection and sends no thread
     /// connection aside: under overload, thread connections stepping aside would pile every
     /// thread's requests onto the one shared queue, which would then refuse more.
-    pub(crate) fn failed(&self, err: &BatchError, lane: u16) {
+    pub(crate) fn failed(&self, err: &BatchError, route: Route) {
         let Some(connect) = self.connect.as_deref() else {
             return;
         };
@@ -446,9 +466,11 @@ impl ThreadConns {
             return;
         }
         if let Connect::Cluster(cluster) = connect {
-            let node = cluster.topology.domain_of_slot(lane);
-            set_up(self.id, node, false);
-            if let Some(told) = self.per_node.get(node) {
+            if cluster.topology.generation() != route.generation {
+                return;
+            }
+            set_up(self.id, route.node, false);
+            if let Some(told) = self.per_node.get(route.node) {
                 told.send_modify(|n| *n = n.wrapping_add(1));
             }
             return;
@@ -456,6 +478,14 @@ impl ThreadConns {
         all_down(self.id);
         self.failures.send_modify(|n| *n = n.wrapping_add(1));
     }
+}
+
+/// Where a check was bound when it started: on a cluster, the master of its slot (by its index
+/// in the store's view) and the view's generation; [`SINGLE`] and 0 elsewhere.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Route {
+    node: usize,
+    generation: u64,
 }
 
 /// A thread connection's place on its thread's list, taken off when its task ends or is dropped
@@ -733,19 +763,69 @@ mod tests {
         // Told by its kind, not its words: a full queue is an unavailable store to callers.
         list.failed(
             &BatchError::QueueFull(StoreError::Unavailable("any full queue".into())),
-            0,
+            list.route(0),
         );
-        list.failed(&StoreError::Timeout(Duration::from_millis(100)).into(), 0);
-        list.failed(&StoreError::Protocol("a script error".into()).into(), 0);
+        list.failed(
+            &StoreError::Timeout(Duration::from_millis(100)).into(),
+            list.route(0),
+        );
+        list.failed(
+            &StoreError::Protocol("a script error".into()).into(),
+            list.route(0),
+        );
         assert_eq!(sent_aside(), 0, "nothing said the connection failed");
         list.failed(
             &StoreError::Unavailable("Connection refused (os error 111)".into()).into(),
-            0,
+            list.route(0),
         );
         assert_eq!(
             sent_aside(),
             1,
             "a refused connection sends every own aside"
         );
+    }
+
+    /// On a cluster a failure goes to the connections of the master the check was bound for,
+    /// none else, and nowhere once the view of the masters changed after the check started.
+    /// (No server needed: the store's side connects nothing.)
+    #[test]
+    fn a_cluster_failure_is_told_to_its_masters_conns_only_and_not_after_a_change() {
+        let range = |start, end, id: &str, at: &str| (start, end, id.to_owned(), at.to_owned());
+        let topology = Arc::new(Topology::new());
+        topology.apply(&[
+            range(0, 8191, "a", "127.0.0.1:1"),
+            range(8192, 16383, "b", "127.0.0.1:2"),
+        ]);
+        let url = "redis://127.0.0.1:1";
+        let config = RedisConfig::new(Target::Cluster(vec![url.into()]), "the test's URL");
+        let conns = ThreadConns::cluster(url, &config, topology.clone(), Duration::from_secs(1));
+        let told = |node: usize| *conns.per_node[node].borrow();
+        let (a, b) = (topology.domain_of_slot(0), topology.domain_of_slot(9000));
+        let refused = || BatchError::from(StoreError::Unavailable("refused".into()));
+
+        conns.failed(&refused(), conns.route(0));
+        conns.failed(
+            &StoreError::Timeout(Duration::from_millis(100)).into(),
+            conns.route(9000),
+        );
+        assert_eq!(
+            (told(a), told(b)),
+            (1, 0),
+            "only a's connections step aside"
+        );
+        assert_eq!(*conns.failures.borrow(), 0, "not every connection");
+
+        // Bound before b fails over to c (which takes b's index), failed after: the new
+        // master's fresh connections stay.
+        let before = conns.route(9000);
+        topology.apply(&[
+            range(0, 8191, "a", "127.0.0.1:1"),
+            range(8192, 16383, "c", "127.0.0.1:3"),
+        ]);
+        assert_eq!(topology.domain_of_slot(9000), b, "the index is reused");
+        conns.failed(&refused(), before);
+        assert_eq!(told(b), 0);
+        conns.failed(&refused(), conns.route(9000));
+        assert_eq!(told(b), 1, "a check bound for c tells c's");
     }
 }
