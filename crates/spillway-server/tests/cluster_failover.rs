@@ -43,6 +43,12 @@ const FAILURES: u64 = 3;
 /// promotion (scheduling, the test's own polling of `CLUSTER NODES`).
 const SLACK: Duration = Duration::from_secs(1);
 
+/// The server's HTTP serving threads (and no gRPC port): each has a connection of its own to
+/// each of the three masters.
+const HTTP_THREADS: usize = 2;
+/// The serving threads' connections to the masters when every one is up.
+const THREAD_CONNS: f64 = (HTTP_THREADS * 3) as f64;
+
 /// One user's answers, each with when it was asked (from the test's start).
 type Log = Arc<Mutex<Vec<(Duration, Sample)>>>;
 
@@ -94,9 +100,6 @@ struct Failover {
     killed: Duration,
     opened: Duration,
     promoted: Duration,
-    /// The serving threads' connections to the masters up before the kill (one per thread
-    /// per master).
-    conns_before: f64,
 }
 
 /// The serving threads' own connections to Redis that are up, as `/metrics` tells.
@@ -117,8 +120,9 @@ impl Failover {
         if !full_coverage {
             cluster.config_set("cluster-require-full-coverage", "no");
         }
-        let server =
-            Server::with_policy(&policy(&cluster, "closed", BUDGET, FAILURES, None)).start();
+        let server = Server::with_policy(&policy(&cluster, "closed", BUDGET, FAILURES, None))
+            .args(&["--http-threads", &HTTP_THREADS.to_string()])
+            .start();
         let users = user_per_master(&cluster);
         let ports = cluster.ports();
         let (dead_port, heir_port) = (ports[0], cluster.replica(0, 0).port());
@@ -145,15 +149,17 @@ impl Failover {
         })
         .await;
         assert!(steady.is_some(), "the load never got going");
-        // Each serving thread has its own connection to each master (every thread's up by now,
-        // or soon).
-        let whole = |n: f64| n >= 3.0 && n % 3.0 == 0.0;
-        let conns_before = wait_until_async(Duration::from_secs(5), || async {
-            let n = thread_conns(&server).await;
-            whole(n).then_some(n)
+        // Each serving thread has its own connection to each master (every one up by now, or
+        // soon).
+        let up = wait_until_async(Duration::from_secs(5), || async {
+            (thread_conns(&server).await == THREAD_CONNS).then_some(())
         })
-        .await
-        .expect("a connection to each master on every serving thread");
+        .await;
+        assert!(
+            up.is_some(),
+            "thread connections before the kill: {}, not {THREAD_CONNS}",
+            thread_conns(&server).await
+        );
 
         cluster.node_mut(0).kill();
         let killed = start.elapsed();
@@ -213,7 +219,6 @@ impl Failover {
             killed,
             opened,
             promoted,
-            conns_before,
         }
     }
 }
@@ -258,7 +263,6 @@ async fn a_killed_master_is_replaced_by_its_replica_as_a_new_domain() {
         killed,
         opened,
         promoted,
-        conns_before,
     } = Failover::run(false).await;
     let dead_port = ports[0];
 
@@ -417,17 +421,14 @@ async fn a_killed_master_is_replaced_by_its_replica_as_a_new_domain() {
     let ready: serde_json::Value = server.get("/readyz").await.json().await.expect("json");
     assert_eq!(ready["status"], "ok", "{ready}");
     assert!(ready["store"].get("domains").is_none(), "{ready}");
-    // The serving threads' connections follow: one to each master again, the new one too (as
-    // many as before, or more if a thread was still connecting then; a thread's connection
-    // left on the dead master would leave a count that is no multiple of the masters).
+    // The serving threads' connections follow: one to each master again, the new one too.
     let conns_back = wait_until_async(Duration::from_secs(5), || async {
-        let n = thread_conns(&server).await;
-        (n >= conns_before && n % 3.0 == 0.0).then_some(())
+        (thread_conns(&server).await == THREAD_CONNS).then_some(())
     })
     .await;
     assert!(
         conns_back.is_some(),
-        "thread connections {} after the failover, {conns_before} before",
+        "thread connections after the failover: {}, not {THREAD_CONNS}",
         thread_conns(&server).await
     );
 
