@@ -18,6 +18,7 @@ use spillway_testkit::metrics::LocalMetrics;
 use spillway_testkit::redis::RedisCluster;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -63,6 +64,28 @@ fn slot_of(store: &RedisStore, k: &StateKey) -> u16 {
     keys::slot(&store.redis_key(k))
 }
 
+/// Runs `work` on a serving thread of `store` once the thread's connections to the masters of
+/// `keys` are up; the thread runs on until the returned sender fires (or is dropped).
+fn serving_for<F, Fut>(
+    store: &Arc<RedisStore>,
+    keys: &[StateKey],
+    work: F,
+) -> (oneshot::Sender<()>, JoinHandle<()>)
+where
+    F: FnOnce(Arc<RedisStore>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (stop, stopped) = oneshot::channel();
+    let ready = keys.to_vec();
+    let thread = serving_thread_when(
+        store.clone(),
+        stopped,
+        move |store| served_here(store, &ready),
+        work,
+    );
+    (stop, thread)
+}
+
 /// Whether this thread's own connection would serve a check of each of `keys`.
 fn served_here(store: &RedisStore, keys: &[StateKey]) -> bool {
     let params = window(1);
@@ -91,37 +114,30 @@ async fn a_threads_checks_go_out_on_its_own_conn_to_each_master() {
         .collect();
     assert!(shared.iter().all(|ids| !ids.is_empty()));
 
-    let (stop, stopped) = oneshot::channel();
     let (seen, saw) = oneshot::channel();
-    let ready_keys = keys.clone();
     let checked = keys.clone();
-    let thread = serving_thread_when(
-        store.clone(),
-        stopped,
-        move |store| served_here(store, &ready_keys),
-        move |store| async move {
-            let params = window(1000);
-            // A request spanning slots is not the thread's to serve.
-            let spanning = [
-                check(&checked[0], &params, 1),
-                check(&checked[1], &params, 1),
-            ];
-            let spans_here = store.served_on_this_thread(&spanning);
-            for k in &checked {
-                for _ in 0..3 {
-                    let d = store
-                        .check(&[check(k, &params, 1)], CheckMode::Consume)
-                        .await
-                        .expect("check");
-                    assert!(d[0].allowed);
-                }
+    let (stop, thread) = serving_for(&store, &keys, move |store| async move {
+        let params = window(1000);
+        // A request spanning slots is not the thread's to serve.
+        let spanning = [
+            check(&checked[0], &params, 1),
+            check(&checked[1], &params, 1),
+        ];
+        let spans_here = store.served_on_this_thread(&spanning);
+        for k in &checked {
+            for _ in 0..3 {
+                let d = store
+                    .check(&[check(k, &params, 1)], CheckMode::Consume)
+                    .await
+                    .expect("check");
+                assert!(d[0].allowed);
             }
-            let _ = seen.send((
-                spans_here,
-                ports.iter().map(|&p| clients(p)).collect::<Vec<_>>(),
-            ));
-        },
-    );
+        }
+        let _ = seen.send((
+            spans_here,
+            ports.iter().map(|&p| clients(p)).collect::<Vec<_>>(),
+        ));
+    });
     let (spans_here, after) = saw.await.expect("the thread reports");
     assert!(!spans_here, "checks of several slots take the shared path");
     for (at, (clients, shared)) in after.iter().zip(&shared).enumerate() {
@@ -157,67 +173,61 @@ async fn a_slot_moved_under_the_thread_conns_is_resent_and_counted_once() {
     let k = key("api", &["mover"]);
     let moving = cluster.clone();
     let slot = slot_of(&store, &k);
-    let (stop, stopped) = oneshot::channel();
     let (seen, saw) = oneshot::channel();
-    let ready_key = vec![k.clone()];
-    let thread = serving_thread_when(
-        store.clone(),
-        stopped,
-        move |store| served_here(store, &ready_key),
-        move |store| async move {
-            let counts = LocalMetrics::hear();
-            let params = window(1000);
-            let one = || async {
-                let d = store
-                    .check(&[check(&k, &params, 1)], CheckMode::Consume)
-                    .await
-                    .expect("a check of a moved slot is answered");
-                assert!(d[0].allowed);
-            };
+    let ready = [k.clone()];
+    let (stop, thread) = serving_for(&store, &ready, move |store| async move {
+        let counts = LocalMetrics::hear();
+        let params = window(1000);
+        let one = || async {
+            let d = store
+                .check(&[check(&k, &params, 1)], CheckMode::Consume)
+                .await
+                .expect("a check of a moved slot is answered");
+            assert!(d[0].allowed);
+        };
+        one().await;
+        let before = store.domains(&[check(&k, &params, 1)]);
+        let source = moving.owner(slot).expect("the slot's master");
+        let target = *moving
+            .ports()
+            .iter()
+            .find(|&&p| p != source)
+            .expect("another");
+        // Moved, and checked at once, before the store's view of the slots (asked once a
+        // second) knows: its thread connection to the old master gets `MOVED`. A view that
+        // happened to refresh in between moves it back and tries again.
+        let mut checks = 1;
+        let mut resent = 0;
+        for _ in 0..5 {
+            moving.move_slot(slot, target);
+            let stale = store.domains(&[check(&k, &params, 1)]) == before;
             one().await;
-            let before = store.domains(&[check(&k, &params, 1)]);
-            let source = moving.owner(slot).expect("the slot's master");
-            let target = *moving
-                .ports()
-                .iter()
-                .find(|&&p| p != source)
-                .expect("another");
-            // Moved, and checked at once, before the store's view of the slots (asked once a
-            // second) knows: its thread connection to the old master gets `MOVED`. A view that
-            // happened to refresh in between moves it back and tries again.
-            let mut checks = 1;
-            let mut resent = 0;
-            for _ in 0..5 {
-                moving.move_slot(slot, target);
-                let stale = store.domains(&[check(&k, &params, 1)]) == before;
-                one().await;
-                checks += 1;
-                resent = sample(&counts.render(), THREAD_CONN_RESENT);
-                if stale && resent > 0 {
-                    break;
-                }
-                assert_eq!(resent, 0, "resent only from a stale view");
-                assert!(eventually(|| store.domains(&[check(&k, &params, 1)]) != before).await);
-                moving.move_slot(slot, source);
-                assert!(eventually(|| store.domains(&[check(&k, &params, 1)]) == before).await);
+            checks += 1;
+            resent = sample(&counts.render(), THREAD_CONN_RESENT);
+            if stale && resent > 0 {
+                break;
             }
-            assert_eq!(resent, 1, "the check on the stale view was resent");
-            // The view follows (a redirect asks for it at once), and the next checks go to
-            // the new master's thread connection: no more resends.
-            assert!(
-                eventually(|| store.domains(&[check(&k, &params, 1)]) != before).await,
-                "the store's view follows the move"
-            );
-            assert!(store.served_on_this_thread(&[check(&k, &params, 1)]));
-            for _ in 0..3 {
-                one().await;
-                checks += 1;
-            }
-            let resent_after = sample(&counts.render(), THREAD_CONN_RESENT);
-            let errors = sample(&counts.render(), "spillway_store_errors_total");
-            let _ = seen.send((checks, resent_after, errors));
-        },
-    );
+            assert_eq!(resent, 0, "resent only from a stale view");
+            assert!(eventually(|| store.domains(&[check(&k, &params, 1)]) != before).await);
+            moving.move_slot(slot, source);
+            assert!(eventually(|| store.domains(&[check(&k, &params, 1)]) == before).await);
+        }
+        assert_eq!(resent, 1, "the check on the stale view was resent");
+        // The view follows (a redirect asks for it at once), and the next checks go to
+        // the new master's thread connection: no more resends.
+        assert!(
+            eventually(|| store.domains(&[check(&k, &params, 1)]) != before).await,
+            "the store's view follows the move"
+        );
+        assert!(store.served_on_this_thread(&[check(&k, &params, 1)]));
+        for _ in 0..3 {
+            one().await;
+            checks += 1;
+        }
+        let resent_after = sample(&counts.render(), THREAD_CONN_RESENT);
+        let errors = sample(&counts.render(), "spillway_store_errors_total");
+        let _ = seen.send((checks, resent_after, errors));
+    });
     let (checks, resent, errors) = saw.await.expect("the thread reports");
     assert_eq!(resent, 1, "nothing resent once the view follows");
     assert_eq!(errors, 0, "a redirect is no store error");
@@ -238,17 +248,11 @@ async fn dropping_the_store_closes_every_thread_conn_on_every_master() {
     let mut threads = Vec::new();
     let mut stops = Vec::new();
     for _ in 0..2 {
-        let (stop, stopped) = oneshot::channel();
         let (ready, up) = oneshot::channel();
-        let ready_keys = keys.clone();
-        threads.push(serving_thread_when(
-            store.clone(),
-            stopped,
-            move |store| served_here(store, &ready_keys),
-            |_| async move {
-                let _ = ready.send(());
-            },
-        ));
+        let (stop, thread) = serving_for(&store, &keys, |_| async move {
+            let _ = ready.send(());
+        });
+        threads.push(thread);
         up.await.expect("thread connections up");
         stops.push(stop);
     }
@@ -282,25 +286,19 @@ async fn thread_conns_to_a_cluster_behind_a_password_log_in_as_the_seeds_do() {
     config.local_cache_keys = 0;
     let store = Arc::new(RedisStore::connect(&config).await.expect("connects"));
     let keys = one_key_per_master(&store, &cluster, &cluster.ports(), "api");
-    let (stop, stopped) = oneshot::channel();
     let (seen, saw) = oneshot::channel();
-    let (ready_keys, checked) = (keys.clone(), keys.clone());
-    let thread = serving_thread_when(
-        store.clone(),
-        stopped,
-        move |store| served_here(store, &ready_keys),
-        move |store| async move {
-            let params = window(10);
-            for k in &checked {
-                let d = store
-                    .check(&[check(k, &params, 1)], CheckMode::Consume)
-                    .await
-                    .expect("check");
-                assert!(d[0].allowed);
-            }
-            let _ = seen.send(());
-        },
-    );
+    let checked = keys.clone();
+    let (stop, thread) = serving_for(&store, &keys, move |store| async move {
+        let params = window(10);
+        for k in &checked {
+            let d = store
+                .check(&[check(k, &params, 1)], CheckMode::Consume)
+                .await
+                .expect("check");
+            assert!(d[0].allowed);
+        }
+        let _ = seen.send(());
+    });
     saw.await.expect("the thread's checks were answered");
     for k in &keys {
         assert_eq!(used(&store, k, 10).await, 1);
@@ -315,35 +313,29 @@ async fn thread_conns_to_a_cluster_behind_a_password_log_in_as_the_seeds_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_master_sends_only_its_own_thread_conns_aside() {
     let (mut cluster, store, keys) = three_masters(Duration::from_millis(500)).await;
-    let (stop, stopped) = oneshot::channel();
     let (up, is_up) = oneshot::channel();
     let (killed, was_killed) = oneshot::channel::<()>();
     let (seen, saw) = oneshot::channel();
-    let (ready_keys, checked) = (keys.clone(), keys.clone());
-    let thread = serving_thread_when(
-        store.clone(),
-        stopped,
-        move |store| served_here(store, &ready_keys),
-        move |store| async move {
-            let _ = up.send(());
-            was_killed.await.expect("the test kills the master");
-            let params = window(1000);
-            let dead = store
-                .check(&[check(&checked[0], &params, 1)], CheckMode::Consume)
+    let checked = keys.clone();
+    let (stop, thread) = serving_for(&store, &keys, move |store| async move {
+        let _ = up.send(());
+        was_killed.await.expect("the test kills the master");
+        let params = window(1000);
+        let dead = store
+            .check(&[check(&checked[0], &params, 1)], CheckMode::Consume)
+            .await;
+        // Asked at once, before any ping could bring a connection back.
+        let others_here = served_here(&store, &checked[1..]);
+        let dead_here = served_here(&store, &checked[..1]);
+        let mut others = Vec::new();
+        for k in &checked[1..] {
+            let d = store
+                .check(&[check(k, &params, 1)], CheckMode::Consume)
                 .await;
-            // Asked at once, before any ping could bring a connection back.
-            let others_here = served_here(&store, &checked[1..]);
-            let dead_here = served_here(&store, &checked[..1]);
-            let mut others = Vec::new();
-            for k in &checked[1..] {
-                let d = store
-                    .check(&[check(k, &params, 1)], CheckMode::Consume)
-                    .await;
-                others.push(d.map(|d| d[0].allowed));
-            }
-            let _ = seen.send((dead.is_err(), dead_here, others_here, others));
-        },
-    );
+            others.push(d.map(|d| d[0].allowed));
+        }
+        let _ = seen.send((dead.is_err(), dead_here, others_here, others));
+    });
     is_up.await.expect("thread connections up");
     cluster.node_mut(0).kill();
     let _ = killed.send(());
@@ -369,64 +361,58 @@ async fn a_new_master_remakes_the_thread_conns_and_fails_no_check_in_flight() {
     let (mut cluster, store, keys) = three_masters(Duration::from_secs(2)).await;
     let mover = key("api", &["mover"]);
     let generation = store.domain_generation();
-    let (stop, stopped) = oneshot::channel();
     let (running, is_running) = oneshot::channel();
     let (moved, was_moved) = oneshot::channel::<()>();
     let (seen, saw) = oneshot::channel();
-    let (ready_keys, loaded) = (keys.clone(), keys.clone());
+    let loaded = keys.clone();
     let moving = mover.clone();
-    let thread = serving_thread_when(
-        store.clone(),
-        stopped,
-        move |store| served_here(store, &ready_keys),
-        move |store| async move {
-            let done = Arc::new(AtomicBool::new(false));
-            let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-            // A steady load on the three masters from this thread, many checks in flight.
-            let loops: Vec<_> = (0..12)
-                .map(|i| {
-                    let (store, k) = (store.clone(), loaded[i % loaded.len()].clone());
-                    let (done, answered, failed) = (done.clone(), answered.clone(), failed.clone());
-                    tokio::spawn(async move {
-                        let params = window(1_000_000);
-                        while !done.load(Ordering::Relaxed) {
-                            match store
-                                .check(&[check(&k, &params, 1)], CheckMode::Consume)
-                                .await
-                            {
-                                Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
-                                Err(err) => {
-                                    eprintln!("a check failed: {err}");
-                                    failed.fetch_add(1, Ordering::Relaxed)
-                                }
-                            };
-                        }
-                    })
+    let (stop, thread) = serving_for(&store, &keys, move |store| async move {
+        let done = Arc::new(AtomicBool::new(false));
+        let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        // A steady load on the three masters from this thread, many checks in flight.
+        let loops: Vec<_> = (0..12)
+            .map(|i| {
+                let (store, k) = (store.clone(), loaded[i % loaded.len()].clone());
+                let (done, answered, failed) = (done.clone(), answered.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let params = window(1_000_000);
+                    while !done.load(Ordering::Relaxed) {
+                        match store
+                            .check(&[check(&k, &params, 1)], CheckMode::Consume)
+                            .await
+                        {
+                            Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
+                            Err(err) => {
+                                eprintln!("a check failed: {err}");
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
                 })
-                .collect();
-            let _ = running.send(());
-            was_moved.await.expect("the test moves a slot");
-            // The map names the new master (a change of hands), and this thread's connection
-            // to it comes up.
-            let remade = eventually(|| {
-                store.domain_generation() != generation
-                    && served_here(&store, std::slice::from_ref(&moving))
             })
-            .await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            done.store(true, Ordering::Relaxed);
-            for l in loops {
-                l.await.expect("load loop");
-            }
-            let still_here = served_here(&store, &loaded);
-            let _ = seen.send((
-                remade,
-                still_here,
-                answered.load(Ordering::Relaxed),
-                failed.load(Ordering::Relaxed),
-            ));
-        },
-    );
+            .collect();
+        let _ = running.send(());
+        was_moved.await.expect("the test moves a slot");
+        // The map names the new master (a change of hands), and this thread's connection
+        // to it comes up.
+        let remade = eventually(|| {
+            store.domain_generation() != generation
+                && served_here(&store, std::slice::from_ref(&moving))
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        done.store(true, Ordering::Relaxed);
+        for l in loops {
+            l.await.expect("load loop");
+        }
+        let still_here = served_here(&store, &loaded);
+        let _ = seen.send((
+            remade,
+            still_here,
+            answered.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed),
+        ));
+    });
     is_running.await.expect("the load runs");
     let new = cluster.add_master();
     cluster.move_slot(slot_of(&store, &mover), new);
@@ -466,48 +452,41 @@ async fn a_masters_conn_holds_a_call_per_busy_slot_past_a_servers_bound() {
             break;
         }
     }
-    let (stop, stopped) = oneshot::channel();
     let (up, is_up) = oneshot::channel();
     let (frozen, was_frozen) = oneshot::channel::<()>();
     let (sent, were_sent) = oneshot::channel();
     let (resumed, was_resumed) = oneshot::channel::<()>();
     let (seen, saw) = oneshot::channel();
-    let ready_keys = keys[..1].to_vec();
-    let thread = serving_thread_when(
-        store.clone(),
-        stopped,
-        move |store| served_here(store, &ready_keys),
-        move |store| async move {
-            let _ = up.send(());
-            was_frozen.await.expect("the test pauses the master");
-            let calls: Vec<_> = many
-                .into_iter()
-                .map(|k| {
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        let params = window(10);
-                        store
-                            .check(&[check(&k, &params, 1)], CheckMode::Consume)
-                            .await
-                            .map(|d| d[0].allowed)
-                    })
+    let (stop, thread) = serving_for(&store, &keys, move |store| async move {
+        let _ = up.send(());
+        was_frozen.await.expect("the test pauses the master");
+        let calls: Vec<_> = many
+            .into_iter()
+            .map(|k| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let params = window(10);
+                    store
+                        .check(&[check(&k, &params, 1)], CheckMode::Consume)
+                        .await
+                        .map(|d| d[0].allowed)
                 })
-                .collect();
-            // Every call written while the master is paused.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let _ = sent.send(());
-            was_resumed.await.expect("the test resumes the master");
-            let mut answered = 0;
-            let mut failed = Vec::new();
-            for call in calls {
-                match call.await.expect("check task") {
-                    Ok(true) => answered += 1,
-                    other => failed.push(other),
-                }
+            })
+            .collect();
+        // Every call written while the master is paused.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = sent.send(());
+        was_resumed.await.expect("the test resumes the master");
+        let mut answered = 0;
+        let mut failed = Vec::new();
+        for call in calls {
+            match call.await.expect("check task") {
+                Ok(true) => answered += 1,
+                other => failed.push(other),
             }
-            let _ = seen.send((answered, failed));
-        },
-    );
+        }
+        let _ = seen.send((answered, failed));
+    });
     // Paused once the thread's connection to the master is up.
     is_up.await.expect("thread connections up");
     cluster.node(0).freeze();

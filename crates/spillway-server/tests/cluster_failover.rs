@@ -107,6 +107,20 @@ async fn thread_conns(server: &Server) -> f64 {
     metric(&server.metrics().await, "spillway_redis_thread_lanes", &[]).unwrap_or(0.0)
 }
 
+/// Waits (5 s at most) until every serving thread has its connection to each master up,
+/// [`THREAD_CONNS`] in all; fails naming `when` otherwise.
+async fn all_thread_conns_up(server: &Server, when: &str) {
+    let up = wait_until_async(Duration::from_secs(5), || async {
+        (thread_conns(server).await == THREAD_CONNS).then_some(())
+    })
+    .await;
+    assert!(
+        up.is_some(),
+        "thread connections {when}: {}, not {THREAD_CONNS}",
+        thread_conns(server).await
+    );
+}
+
 impl Failover {
     /// Starts the cluster (`full_coverage`: whether it keeps Redis's default
     /// `cluster-require-full-coverage yes`) and the server, puts a steady load on every
@@ -151,15 +165,7 @@ impl Failover {
         assert!(steady.is_some(), "the load never got going");
         // Each serving thread has its own connection to each master (every one up by now, or
         // soon).
-        let up = wait_until_async(Duration::from_secs(5), || async {
-            (thread_conns(&server).await == THREAD_CONNS).then_some(())
-        })
-        .await;
-        assert!(
-            up.is_some(),
-            "thread connections before the kill: {}, not {THREAD_CONNS}",
-            thread_conns(&server).await
-        );
+        all_thread_conns_up(&server, "before the kill").await;
 
         cluster.node_mut(0).kill();
         let killed = start.elapsed();
@@ -422,15 +428,7 @@ async fn a_killed_master_is_replaced_by_its_replica_as_a_new_domain() {
     assert_eq!(ready["status"], "ok", "{ready}");
     assert!(ready["store"].get("domains").is_none(), "{ready}");
     // The serving threads' connections follow: one to each master again, the new one too.
-    let conns_back = wait_until_async(Duration::from_secs(5), || async {
-        (thread_conns(&server).await == THREAD_CONNS).then_some(())
-    })
-    .await;
-    assert!(
-        conns_back.is_some(),
-        "thread connections after the failover: {}, not {THREAD_CONNS}",
-        thread_conns(&server).await
-    );
+    all_thread_conns_up(&server, "after the failover").await;
 
     let ms = |d: Duration| d.as_millis();
     eprintln!(
