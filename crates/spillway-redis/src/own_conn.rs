@@ -72,7 +72,7 @@ const KEEP_SENT: usize = 64 * 1024;
 /// answering while its callers gave up, each keeping its place (and its command's bytes, if
 /// the server stopped reading too). Past this the connection is closed and made again, so a
 /// silent server cannot make a serving thread hold more and more.
-pub(crate) const MAX_WAITING: u64 = 1024;
+const MAX_WAITING: u64 = 1024;
 
 /// A command being written from `mark` on: cut back to `mark` if it is dropped before it is
 /// whole (a panic while encoding); `mark` is `usize::MAX` once it is.

@@ -27,7 +27,7 @@ use crate::login::{self, Refusal};
 use crate::multi_slot::{slots, Slots};
 use crate::runner::{Conn, Runner};
 use crate::script::{Encoded, Reply};
-use crate::thread_conn::{ThreadConns, THREAD_CONN_RESENT};
+use crate::thread_conn::{Route, ThreadConns, THREAD_CONN_RESENT};
 use crate::topology::Topology;
 use async_trait::async_trait;
 use spillway_core::algorithm::Decision;
@@ -229,6 +229,7 @@ impl RedisStore {
     async fn resend(
         &self,
         lane: u16,
+        route: Route,
         unsent: Unsent,
         mode: CheckMode,
     ) -> Result<Reply, BatchError> {
@@ -240,9 +241,7 @@ impl RedisStore {
         } = unsent;
         match &self.topology {
             Some(topology) => topology.refresh_soon(),
-            None => self
-                .thread_conns
-                .failed(&BatchError::Store(err), self.thread_conns.route(lane)),
+            None => self.thread_conns.failed(&BatchError::Store(err), route),
         }
         metrics::counter!(THREAD_CONN_RESENT).increment(1);
         self.batcher
@@ -297,7 +296,8 @@ impl Store for RedisStore {
         let decisions = match slots {
             Slots::One(lane) => {
                 let encoded = checks.iter().map(Encoded::new).collect();
-                // Where the check is bound as it starts, for a failure to be told to.
+                // Where the check is bound as it starts: which connection may take it, and
+                // whom a failure is told to.
                 let route = self.thread_conns.route(lane);
                 // This thread's own connection when it has one up, else the shared batcher. Chosen
                 // before the first await, as `served_on_this_thread` was just before: nothing
@@ -306,18 +306,26 @@ impl Store for RedisStore {
                 // thread's batcher to the shared one below is still polled on the thread:
                 // harmless, the shared dispatcher runs on the main runtime and this call
                 // spawns nothing.)
-                let reply = match self.thread_conns.here(lane) {
+                // `told`: whether the connections of `route` heard of this check already.
+                let (reply, told) = match self.thread_conns.here(route) {
                     Some(own) => match own.check(lane, keys, encoded, mode).await {
-                        // Boxed: a rare wait, which must not size every check's future.
-                        Err(BatchError::NotSent(unsent)) => {
-                            Box::pin(self.resend(lane, *unsent, mode)).await
-                        }
-                        other => other,
+                        // Boxed: a rare wait, which must not size every check's future. Its
+                        // outcome is not told to `route`'s connections: `resend` told them
+                        // what sent it elsewhere, and elsewhere is where it went.
+                        Err(BatchError::NotSent(unsent)) => (
+                            Box::pin(self.resend(lane, route, *unsent, mode)).await,
+                            true,
+                        ),
+                        other => (other, false),
                     },
-                    None => self.batcher.check(lane, keys, encoded, mode).await,
+                    None => (self.batcher.check(lane, keys, encoded, mode).await, false),
                 };
                 reply
-                    .inspect_err(|err| self.thread_conns.failed(err, route))
+                    .inspect_err(|err| {
+                        if !told {
+                            self.thread_conns.failed(err, route);
+                        }
+                    })
                     .map_err(StoreError::from)?
                     .decisions
             }

@@ -184,29 +184,13 @@ enum Connect {
 struct ClusterConnect {
     /// The store's view: which master serves each slot, and where each master is.
     topology: Arc<Topology>,
-    /// The first seed's login and settings; each master's address goes in its place.
-    seed: redis::ConnectionInfo,
+    /// The first seed as our own connection reaches it (its login and settings, and how many
+    /// calls may wait: see [`ThreadConns::cluster`]); each master's address goes in its place.
+    seed: own_conn::Target,
     /// As [`ServerConnect`]'s.
     owner: String,
     login_hint: String,
     ping_limit: Duration,
-}
-
-impl ClusterConnect {
-    /// Where a connection to the master at `host`:`port` goes, logged in as the seed is. Its
-    /// batcher keeps up to [`crate::batch::IN_FLIGHT`] calls out per busy slot, not per
-    /// connection, so the connection holds as many calls waiting for a reply as that allows
-    /// over [`crate::batch::QUEUE`] slots' worth (each a few hundred bytes at most) before it
-    /// counts its master as not answering; a master that stops answering opens its breaker
-    /// long before.
-    fn target(&self, host: &str, port: u16) -> Option<own_conn::Target> {
-        let info = self
-            .seed
-            .clone()
-            .set_addr(redis::ConnectionAddr::Tcp(host.to_owned(), port));
-        let most = crate::batch::IN_FLIGHT * crate::batch::QUEUE;
-        Some(own_conn::Target::of(&info, self.ping_limit)?.waiting_up_to(most as u64))
-    }
 }
 
 /// How a thread connection connects to a single server.
@@ -272,13 +256,16 @@ impl ThreadConns {
         topology: Arc<Topology>,
         ping_limit: Duration,
     ) -> Self {
-        use redis::IntoConnectionInfo;
-        let Ok(seed) = url.into_connection_info() else {
+        let Some(seed) = own_conn::Target::of_url(url, ping_limit) else {
             return Self::none();
         };
-        if own_conn::Target::of(&seed, ping_limit).is_none() {
-            return Self::none();
-        }
+        // A master's connection's batcher keeps up to `IN_FLIGHT` calls out per busy slot, not
+        // per connection, so the connection holds as many calls waiting for a reply as that
+        // allows over `QUEUE` slots' worth (each a few hundred bytes at most) before it counts
+        // its master as not answering; a master that stops answering opens its breaker long
+        // before.
+        let most = crate::batch::IN_FLIGHT * crate::batch::QUEUE;
+        let seed = seed.waiting_up_to(most as u64);
         let per_node = (0..spillway_core::store::MAX_DOMAINS)
             .map(|_| watch::channel(0).0)
             .collect();
@@ -379,33 +366,24 @@ impl ThreadConns {
     /// may a cluster's slot map, refreshed on the main runtime, in either direction (neither
     /// path spawns anything). The same holds for a check its thread connection did not send
     /// ([`BatchError::NotSent`]), which goes on to the shared batcher.
-    pub(crate) fn here(&self, lane: u16) -> Option<Arc<Batcher>> {
-        self.usable_here(lane, |batcher| batcher.clone())
+    pub(crate) fn here(&self, route: Route) -> Option<Arc<Batcher>> {
+        self.usable_here(route, |batcher| batcher.clone())
     }
 
-    /// Whether this thread has the store's thread connection up: what [`ThreadConns::here`] will
-    /// say when the check that follows, with no await between, asks it.
+    /// Whether this thread has the store's thread connection for a check of `lane` up: what
+    /// [`ThreadConns::here`] will say when the check that follows, with no await between,
+    /// asks it.
     pub(crate) fn ready_here(&self, lane: u16) -> bool {
-        self.usable_here(lane, |_| ()).is_some()
+        self.usable_here(self.route(lane), |_| ()).is_some()
     }
 
-    /// `read` of this thread's own batcher for the store's checks of `lane`, if its
-    /// connection is up and (on a Sentinel store) made for the master the store uses now, or
-    /// (on a cluster) goes to the master of `lane`'s slot in the store's current view: the one
-    /// test [`Self::here`] and [`Self::ready_here`] share, which clones nothing unless `read`
-    /// does.
-    fn usable_here<R>(&self, lane: u16, read: impl FnOnce(&Arc<Batcher>) -> R) -> Option<R> {
-        let (node, generation) = match self.connect.as_deref()? {
-            Connect::Server(_) => (SINGLE, 0),
-            Connect::Sentinel(master) => (SINGLE, master.generation()),
-            Connect::Cluster(cluster) => {
-                // The generation first: a view that changes after it was read sends the
-                // check to a master that may no longer serve the slot, which refuses it
-                // before running anything (the store then resends it).
-                let generation = cluster.topology.generation();
-                (cluster.topology.domain_of_slot(lane), generation)
-            }
-        };
+    /// `read` of this thread's own batcher for a check bound as `route` says, if its
+    /// connection is up and made for `route`'s generation: the one test [`Self::here`] and
+    /// [`Self::ready_here`] share, which clones nothing unless `read` does.
+    fn usable_here<R>(&self, route: Route, read: impl FnOnce(&Arc<Batcher>) -> R) -> Option<R> {
+        // A store without thread connections has no entry to look for.
+        self.connect.as_ref()?;
+        let Route { node, generation } = route;
         OWN.try_with(|list| {
             let list = list.borrow();
             let own = list.iter().find(|own| {
@@ -417,18 +395,27 @@ impl ThreadConns {
         .flatten()
     }
 
-    /// Where a check of `lane` is bound as it starts ([`Route`]), for [`Self::failed`] to tell
-    /// its failure to.
+    /// Where a check of `lane` is bound as it starts ([`Route`]): which of this thread's
+    /// connections may take it ([`Self::here`]), and whom a failure is told to
+    /// ([`Self::failed`]). On Sentinel, the connection made for the master the store uses now;
+    /// on a cluster, the one to the master of `lane`'s slot in the store's current view.
     pub(crate) fn route(&self, lane: u16) -> Route {
         match self.connect.as_deref() {
             Some(Connect::Cluster(cluster)) => {
+                // The generation first: a view that changes after it was read sends the
+                // check to a master that may no longer serve the slot, which refuses it
+                // before running anything (the store then resends it).
                 let generation = cluster.topology.generation();
                 Route {
                     node: cluster.topology.domain_of_slot(lane),
                     generation,
                 }
             }
-            _ => Route {
+            Some(Connect::Sentinel(master)) => Route {
+                node: SINGLE,
+                generation: master.generation(),
+            },
+            Some(Connect::Server(_)) | None => Route {
                 node: SINGLE,
                 generation: 0,
             },
@@ -440,9 +427,10 @@ impl ThreadConns {
     /// connection is marked down at once and every thread connection is sent aside (see the
     /// module docs); on a cluster, only the connections to the master the check was bound for,
     /// and none if the store's view of the masters has changed since (those connections are
-    /// being made again anyway, and the index may have gone to another master). On a Sentinel store
-    /// an unavailable Redis or no answer in time also asks the store's own connection to look
-    /// for a new master (a timeout alone sends no thread connection aside). A batcher refusing a
+    /// being made again anyway, and the index may have gone to another master). On a Sentinel
+    /// store an unavailable Redis also asks the store's own connection to look for a new master
+    /// (a timeout sends no thread connection aside; the call's own timer asks for that look,
+    /// in `Runner::invoke`, whoever waits for it). A batcher refusing a
     /// request because its queue was full says nothing about the connection and sends no thread
     /// connection aside: under overload, thread connections stepping aside would pile every
     /// thread's requests onto the one shared queue, which would then refuse more.
@@ -450,20 +438,14 @@ impl ThreadConns {
         let Some(connect) = self.connect.as_deref() else {
             return;
         };
-        let unavailable = matches!(err, BatchError::Store(StoreError::Unavailable(_)));
-        let timeout = matches!(err, BatchError::Store(StoreError::Timeout(_)));
-        if let Connect::Sentinel(master) = connect {
-            // No answer in time may be a master gone silent: the store's connection asks
-            // the sentinels, as it does for its own calls (every call of an attached thread
-            // is on the thread's connection, so the store's own would never see it). A call's
-            // own timer nudges too (`Runner::invoke`), which is what remains where the
-            // caller's timer fires first (`timed_by_caller`) and no timeout reaches here.
-            if unavailable || timeout {
-                master.nudge();
-            }
-        }
-        if !unavailable {
+        if !matches!(err, BatchError::Store(StoreError::Unavailable(_))) {
             return;
+        }
+        if let Connect::Sentinel(master) = connect {
+            // The store's connection asks the sentinels, as it does after its own failed
+            // calls (every call of an attached thread is on the thread's connection, so the
+            // store's own would never see it).
+            master.nudge();
         }
         if let Connect::Cluster(cluster) = connect {
             if cluster.topology.generation() != route.generation {
@@ -475,13 +457,14 @@ impl ThreadConns {
             }
             return;
         }
-        all_down(self.id);
+        set_up(self.id, route.node, false);
         self.failures.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
 /// Where a check was bound when it started: on a cluster, the master of its slot (by its index
-/// in the store's view) and the view's generation; [`SINGLE`] and 0 elsewhere.
+/// in the store's view) and the view's generation; on Sentinel, [`SINGLE`] and the count of
+/// master switches; on a single server, [`SINGLE`] and 0.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Route {
     node: usize,
@@ -533,16 +516,6 @@ fn with_own(id: u64, node: usize, change: impl FnOnce(&mut Own)) -> bool {
 /// Marks this thread's own connection of store `id` to `node` up or down; whether it has one.
 fn set_up(id: u64, node: usize, up: bool) -> bool {
     with_own(id, node, |own| own.up = up && own.batcher.is_some())
-}
-
-/// Marks every one of this thread's own connections of store `id` down (on a single server or
-/// Sentinel, the one).
-fn all_down(id: u64) {
-    let _ = OWN.try_with(|list| {
-        for own in list.borrow_mut().iter_mut().filter(|own| own.store == id) {
-            own.up = false;
-        }
-    });
 }
 
 /// Hands this thread's own connection of store `id` to `node` its batcher (made for the

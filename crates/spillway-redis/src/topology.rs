@@ -319,6 +319,8 @@ pub(crate) fn keep_fresh(
             refresh(&topology, &mut conn, timeout).await;
             drop(topology);
             if nudged {
+                // The map is fresh: the next round is a whole interval away.
+                every.reset();
                 tokio::time::sleep(NUDGE_GAP).await;
             }
         }

@@ -188,11 +188,7 @@ async fn a_slot_moved_under_the_thread_conns_is_resent_and_counted_once() {
         one().await;
         let before = store.domains(&[check(&k, &params, 1)]);
         let source = moving.owner(slot).expect("the slot's master");
-        let target = *moving
-            .ports()
-            .iter()
-            .find(|&&p| p != source)
-            .expect("another");
+        let target = moving.other_master(slot);
         // Moved, and checked at once, before the store's view of the slots (asked once a
         // second) knows: its thread connection to the old master gets `MOVED`. A view that
         // happened to refresh in between moves it back and tries again.

@@ -77,6 +77,15 @@ impl Target {
         }
     }
 
+    /// This target's login and settings at another TCP address (a cluster master named by
+    /// the slot map, reached as its seed is).
+    pub(crate) fn at(&self, host: &str, port: u16) -> Self {
+        Self {
+            addr: Addr::Tcp(host.to_owned(), port),
+            ..self.clone()
+        }
+    }
+
     /// This target, whose connection is closed as not answering only past `max` calls waiting
     /// for a reply instead of [`super::MAX_WAITING`]: for a connection that carries many
     /// calls at once while its server answers (one to a cluster master, a lane per slot).

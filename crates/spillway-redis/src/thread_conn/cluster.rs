@@ -46,7 +46,7 @@ pub(super) async fn run_cluster(
             .masters()
             .into_iter()
             .filter_map(|(node, host, port)| {
-                let target = cluster.target(&host, port)?;
+                let target = cluster.seed.at(&host, port);
                 let failures = per_node.get(node)?.clone();
                 let node = Node {
                     pinged: Pinged {

@@ -422,13 +422,17 @@ impl RedisCluster {
     /// so the source answers `ASK`/`TRYAGAIN` for keys it no longer holds. Returns the
     /// source's and the target's ports.
     pub fn start_migrating(&self, slot: u16) -> (u16, u16) {
-        let source = self.owner(slot).expect("the slot's master");
-        let target = *self
-            .ports()
-            .iter()
-            .find(|&&p| p != source)
-            .expect("another master");
-        self.start_migrating_to(slot, target)
+        self.start_migrating_to(slot, self.other_master(slot))
+    }
+
+    /// The port of the first master (in the order of [`RedisCluster::ports`]) that does not
+    /// serve hash slot `slot`.
+    pub fn other_master(&self, slot: u16) -> u16 {
+        let owner = self.owner(slot).expect("the slot's master");
+        self.ports()
+            .into_iter()
+            .find(|&p| p != owner)
+            .expect("another master")
     }
 
     /// [`RedisCluster::start_migrating`] to the master on port `target`.
