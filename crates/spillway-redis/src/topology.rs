@@ -23,7 +23,10 @@
 //! The same view tells a serving thread where to send a slot's checks on a connection of its
 //! own to each master ([`crate::thread_conn`]): [`Topology::masters`] gives each index's
 //! address, and a change of hands is announced ([`Topology::subscribe`]) so those
-//! connections follow it. A node that no longer serves a slot refuses its calls with a
+//! connections follow it. Unlike the name, the address is the latest any node reported
+//! ([`Topology::address`]): a master that comes back at another address (a restarted pod
+//! keeping its node ID) is reached there, without a change of hands
+//! ([`Topology::subscribe_moves`] tells of it). A node that no longer serves a slot refuses its calls with a
 //! redirect before running anything, so a view a moment stale costs a resend, never a wrong
 //! answer; such a refusal asks for the map again at once ([`Topology::refresh_soon`], at most
 //! every [`NUDGE_GAP`]).
@@ -56,6 +59,17 @@ struct Names {
     ids: Vec<Option<String>>,
     /// The name of each index in use (index 0 is [`OTHER_NAME`] while some slot is in it).
     labels: Vec<Option<String>>,
+    /// The address each index's master was last reported at (`None` while none was).
+    addresses: Vec<Option<Address>>,
+}
+
+/// A master's address: host and port.
+pub(crate) type Address = (String, u16);
+
+/// The address in a [`SlotRange`]'s label, if it holds one rather than the node ID.
+fn address_in(label: &str) -> Option<Address> {
+    let (host, port) = label.rsplit_once(':')?;
+    Some((host.to_owned(), port.parse().ok()?))
 }
 
 /// The slot-to-domain view; see the module docs.
@@ -67,6 +81,8 @@ pub struct Topology {
     /// The generation again, for those who wait for it to change (the serving threads'
     /// connections to each master).
     changes: watch::Sender<u64>,
+    /// Counts the times a master was reported at another address than before.
+    moves: watch::Sender<u64>,
     /// Asks the refreshing task for the map now (a redirect met); shared with that task, which
     /// holds the view itself only weakly.
     nudged: Arc<Notify>,
@@ -98,9 +114,11 @@ impl Topology {
             names: Mutex::new(Names {
                 ids: vec![None; MAX_DOMAINS],
                 labels,
+                addresses: vec![None; MAX_DOMAINS],
             }),
             generation: AtomicU64::new(0),
             changes: watch::channel(0).0,
+            moves: watch::channel(0).0,
             nudged: Arc::default(),
         }
     }
@@ -136,51 +154,82 @@ impl Topology {
         self.nudged.notify_one();
     }
 
-    /// Each master with an index of its own, as its index and its address (`host`, `port`,
-    /// as it was first reported); a master known only by its node ID is left out.
-    pub(crate) fn masters(&self) -> Vec<(usize, String, u16)> {
+    /// Told whenever a master is reported at another address than before
+    /// ([`Topology::address`]), which is no change of hands.
+    pub(crate) fn subscribe_moves(&self) -> watch::Receiver<u64> {
+        self.moves.subscribe()
+    }
+
+    /// Each master with an index of its own, as its index, its node ID and its address (as
+    /// last reported); a master whose address no node reported is left out.
+    pub(crate) fn masters(&self) -> Vec<(usize, String, Address)> {
         let names = self.names.lock();
-        names
-            .labels
-            .iter()
-            .enumerate()
-            .skip(OTHER + 1)
-            .filter(|(i, _)| names.ids[*i].is_some())
-            .filter_map(|(i, label)| {
-                let (host, port) = label.as_deref()?.rsplit_once(':')?;
-                Some((i, host.to_owned(), port.parse().ok()?))
-            })
+        (OTHER + 1..MAX_DOMAINS)
+            .filter_map(|i| Some((i, names.ids[i].clone()?, names.addresses[i].clone()?)))
             .collect()
+    }
+
+    /// Where the master of index `index` was last reported, while the view is still at
+    /// `generation` (`None` once the index may have changed hands since).
+    pub(crate) fn address(&self, index: usize, generation: u64) -> Option<Address> {
+        let names = self.names.lock();
+        // `apply` moves the generation under the same lock.
+        if self.generation() != generation {
+            return None;
+        }
+        names.addresses.get(index).cloned().flatten()
     }
 
     /// Takes in a slot map (as `CLUSTER SLOTS` gives it). Returns whether any index changed
     /// hands.
     pub fn apply(&self, ranges: &[SlotRange]) -> bool {
         let mut guard = self.names.lock();
-        let Names { ids, labels } = &mut *guard;
+        let Names {
+            ids,
+            labels,
+            addresses,
+        } = &mut *guard;
         let serving = |id: &str| ranges.iter().any(|(_, _, node, _)| node == id);
         let mut changed = false;
-        for (id, label) in ids.iter_mut().zip(labels.iter_mut()).skip(OTHER + 1) {
+        let mut moved = Vec::new();
+        for ((id, label), address) in ids
+            .iter_mut()
+            .zip(labels.iter_mut())
+            .zip(addresses.iter_mut())
+            .skip(OTHER + 1)
+        {
             if id.as_deref().is_some_and(|n| !serving(n)) {
                 *id = None;
                 *label = None;
+                *address = None;
                 changed = true;
             }
         }
         let mut table = vec![OTHER as u8; usize::from(crate::keys::SLOTS)];
         for (start, end, node, label) in ranges {
+            // A label that is the node's ID holds no address: the last one known stays.
+            let reported = (label != node).then(|| address_in(label)).flatten();
             let index = match ids
                 .iter()
                 .skip(OTHER + 1)
                 .position(|n| n.as_ref() == Some(node))
             {
                 // The label stays as first given: another node may report the same master's
-                // address differently, and a name that flips would reset its breaker.
-                Some(i) => i + OTHER + 1,
+                // address differently, and a name that flips would reset its breaker. The
+                // address to connect to follows the report.
+                Some(i) => {
+                    let i = i + OTHER + 1;
+                    if reported.is_some() && addresses[i] != reported {
+                        addresses[i].clone_from(&reported);
+                        moved.extend(labels[i].clone().zip(reported));
+                    }
+                    i
+                }
                 None => match ids.iter().skip(OTHER + 1).position(Option::is_none) {
                     Some(i) => {
                         ids[i + OTHER + 1] = Some(node.clone());
                         labels[i + OTHER + 1] = Some(label.clone());
+                        addresses[i + OTHER + 1] = reported;
                         changed = true;
                         i + OTHER + 1
                     }
@@ -216,6 +265,17 @@ impl Topology {
                 .map(String::as_str)
                 .collect();
             tracing::info!(?masters, "cluster masters (failure domains) changed");
+        }
+        for (name, (host, port)) in &moved {
+            tracing::info!(
+                master = name.as_str(),
+                now = %crate::login::authority(host, *port),
+                "a cluster master was reported at another address (its name stays); thread \
+                 connections made to it from now on go there"
+            );
+        }
+        if !moved.is_empty() {
+            self.moves.send_modify(|n| *n += 1);
         }
         changed
     }
@@ -391,10 +451,26 @@ mod tests {
         // Another node reports the same master (same ID) under another address.
         let mut other_view = three("h:1", "h:2", "h:3");
         other_view[0].3 = "10.0.0.9:7000".into();
+        let mut moves = t.subscribe_moves();
         assert!(!t.apply(&other_view), "the same masters: nothing changes");
         assert_eq!(t.generation(), g, "no breaker is reset");
         assert_eq!(t.domain_of_slot(0), a);
         assert_eq!(t.name(a).as_deref(), Some("h:1"), "the first label stays");
+        // But a connection made to it now goes where it was last reported.
+        assert!(moves.has_changed().unwrap(), "a move is told");
+        moves.borrow_and_update();
+        assert_eq!(t.address(a, g), Some(("10.0.0.9".into(), 7000)));
+        let master = (a, "id-h:1".into(), ("10.0.0.9".into(), 7000));
+        assert!(t.masters().contains(&master));
+        // A node that does not know the address (the ID as label) moves nothing.
+        other_view[0].3 = other_view[0].2.clone();
+        t.apply(&other_view);
+        assert!(!moves.has_changed().unwrap());
+        assert_eq!(t.address(a, g), Some(("10.0.0.9".into(), 7000)));
+        // Once the index may have changed hands, its old master's address is not given.
+        t.apply(&three("h:4", "h:2", "h:3"));
+        assert_eq!(t.address(a, g), None);
+        assert_eq!(t.address(a, t.generation()), Some(("h".into(), 4)));
     }
 
     #[test]
@@ -414,8 +490,16 @@ mod tests {
         assert_eq!(
             masters,
             vec![
-                (t.domain_of_slot(0), "10.0.0.1".into(), 7000),
-                (t.domain_of_slot(6000), "::1".into(), 7001),
+                (
+                    t.domain_of_slot(0),
+                    "id-10.0.0.1:7000".into(),
+                    ("10.0.0.1".into(), 7000)
+                ),
+                (
+                    t.domain_of_slot(6000),
+                    "id-::1:7001".into(),
+                    ("::1".into(), 7001)
+                ),
             ]
         );
         // The same masters, a slot moved between them: no index changed hands.

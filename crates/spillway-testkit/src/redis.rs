@@ -286,6 +286,28 @@ impl RedisServer {
         }
     }
 
+    /// Kills the process and starts it again from the same directory on other ports (the
+    /// client port, and a cluster node's bus port): a cluster node keeps its node ID and its
+    /// slots (its `nodes.conf`), as a restarted pod given a new address would, and loses its
+    /// data (nothing is persisted). Returns the new client port.
+    pub fn restart_elsewhere(&mut self) -> u16 {
+        self.kill();
+        for _ in 0..10 {
+            let port = free_port();
+            self.port = port;
+            self.bus = self.bus.map(|_| loop {
+                let bus = free_port();
+                if bus != port {
+                    break bus;
+                }
+            });
+            if self.spawn() {
+                return port;
+            }
+        }
+        panic!("could not start redis-server again on other free ports");
+    }
+
     /// Starts the server again on the same port (empty, since nothing is persisted).
     pub fn restart(&mut self) {
         self.restart_with(&[]);

@@ -15,12 +15,22 @@
 //! thread) are taken down until they answer a ping, as on a single server, and the others
 //! keep serving: a master that is gone stays down until the view names its successor, and the
 //! connections are made again.
+//!
+//! A master that comes back at another address under the same node ID (a restarted pod) is
+//! no change of hands, and only its connections follow it: every attempt to make one goes to
+//! the address last reported ([`crate::topology::Topology::address`]), and once the view
+//! reports the master at another address than its connection's, the connection asks who it
+//! is talking to (`CLUSTER MYID`). The same master answering (one node reporting another
+//! address for it than the others do) keeps it; anything else (no answer: the old address is
+//! dead; another node ID: another node took the old address) makes it again at the new one.
 
 use super::{open_own, AbortOnDrop, ClusterConnect, Pinged, ATTACHED};
 use super::{Listed, Own, OWN};
-use crate::login::Refusal;
+use crate::login::{authority, Refusal};
 use crate::own_conn::Target;
-use crate::runner::Runner;
+use crate::runner::{Conn, Runner};
+use crate::topology::{Address, Topology};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Runs the thread's connections to the masters of `cluster`'s view, one task each, for as
@@ -45,8 +55,7 @@ pub(super) async fn run_cluster(
             .topology
             .masters()
             .into_iter()
-            .filter_map(|(node, host, port)| {
-                let target = cluster.seed.at(&host, port);
+            .filter_map(|(node, master, at)| {
                 let failures = per_node.get(node)?.clone();
                 let node = Node {
                     pinged: Pinged {
@@ -56,8 +65,10 @@ pub(super) async fn run_cluster(
                         ping_limit: cluster.ping_limit,
                     },
                     changes: changes.clone(),
-                    address: crate::login::authority(&host, port),
-                    target,
+                    topology: cluster.topology.clone(),
+                    master,
+                    at,
+                    seed: cluster.seed.clone(),
                     owner: cluster.owner.clone(),
                     login_hint: cluster.login_hint.clone(),
                 };
@@ -82,17 +93,24 @@ struct Node {
     pinged: Pinged,
     /// The view's generations, to retire once it is past this one's.
     changes: watch::Receiver<u64>,
-    /// `host:port`, for messages.
-    address: String,
-    target: Target,
+    /// The view, for where the master was last reported.
+    topology: Arc<Topology>,
+    /// The master's node ID.
+    master: String,
+    /// Where the view reported the master when this one was made.
+    at: Address,
+    /// The seed's login and settings, placed at the master's address.
+    seed: Target,
     owner: String,
     login_hint: String,
 }
 
 impl Node {
-    /// Lists the connection on this thread, makes it (again after a wait while that fails),
-    /// and serves on it as a single server's is served, `failures` counting this master's
-    /// failed checks; its place on the list goes when the task ends or is dropped.
+    /// Lists the connection on this thread, makes it (again after a wait while that fails,
+    /// each attempt at the master's latest address), and serves on it as a single server's
+    /// is served, `failures` counting this master's failed checks; made again at the new
+    /// address when the master is reported elsewhere while it is down. Its place on the list
+    /// goes when the task ends or is dropped.
     async fn run(self, template: Runner, failures: watch::Receiver<u64>) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
@@ -127,15 +145,6 @@ impl Node {
         let Some(_listed) = listed else {
             return;
         };
-        let open = || {
-            let refusal = Refusal::of(&self.owner, &self.login_hint);
-            open_own(
-                self.target.clone(),
-                refusal,
-                "Redis Cluster master",
-                &self.address,
-            )
-        };
         // Retired by a later view, while connecting (a master gone for good) or serving.
         let retired = || {
             let mut changes = self.changes.clone();
@@ -143,10 +152,75 @@ impl Node {
                 let _ = changes.wait_for(|now| *now != generation).await;
             }
         };
-        let conn = tokio::select! {
-            conn = super::retry::connected(open, None) => conn,
-            () = retired() => return,
+        // Each attempt goes where the master was last reported (while the index is its).
+        let open = || {
+            let at = self
+                .topology
+                .address(node, generation)
+                .unwrap_or_else(|| self.at.clone());
+            let (target, address) = (self.seed.at(&at.0, at.1), authority(&at.0, at.1));
+            let refusal = Refusal::of(&self.owner, &self.login_hint);
+            async move {
+                let conn = open_own(target, refusal, "Redis Cluster master", &address).await?;
+                Ok((conn, at))
+            }
         };
-        self.pinged.serve(conn, template, failures, retired()).await;
+        loop {
+            let (conn, at) = tokio::select! {
+                made = super::retry::connected(open, None) => made,
+                () = retired() => return,
+            };
+            let elsewhere = self.reported_elsewhere(&at, conn.clone());
+            let (serving, failures) = (template.clone(), failures.clone());
+            if !self
+                .pinged
+                .serve(conn, serving, failures, retired(), elsewhere)
+                .await
+            {
+                return;
+            }
+            tracing::info!(
+                was = %authority(&at.0, at.1),
+                "a serving thread's connection to a Redis Cluster master follows it to the \
+                 address it was reported at since"
+            );
+        }
+    }
+
+    /// Resolves once the view reports this one's master at another address than `at`, the
+    /// connection made there (`conn`), and `conn` does not answer as that master (see the
+    /// module docs).
+    fn reported_elsewhere(
+        &self,
+        at: &Address,
+        conn: Conn,
+    ) -> impl std::future::Future<Output = ()> + '_ {
+        // Subscribed before the first look, so that no move in between is missed.
+        let mut moves = self.topology.subscribe_moves();
+        let (node, generation, at) = (self.pinged.node, self.pinged.generation, at.clone());
+        async move {
+            loop {
+                let now = self.topology.address(node, generation);
+                if now.is_some_and(|now| now != at) && !self.still_there(&conn).await {
+                    return;
+                }
+                // Never fails: the view (which sends) is held here.
+                if moves.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+
+    /// Whether `conn` answers, within the ping limit, as this one's master.
+    async fn still_there(&self, conn: &Conn) -> bool {
+        let mut conn = conn.clone();
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("MYID");
+        let asked = async move { crate::functions::lift(conn.query(&cmd).await) };
+        match tokio::time::timeout(self.pinged.ping_limit, asked).await {
+            Ok(Ok(id)) => redis::from_redis_value::<String>(id).is_ok_and(|id| id == self.master),
+            _ => false,
+        }
     }
 }

@@ -279,6 +279,30 @@ impl RedisCluster {
         port
     }
 
+    /// Restarts master `m` on other ports under the same node ID, with its slots (see
+    /// [`RedisServer::restart_elsewhere`]); returns its new port once every master knows it
+    /// there and the cluster is ready again. [`RedisCluster::ports`] gives the new port from
+    /// then on.
+    pub fn move_master(&mut self, m: usize) -> u16 {
+        assert!(m < self.masters, "no such master");
+        let port = self.nodes[m].restart_elsewhere();
+        let needle = format!(":{port}@");
+        self.poll("every master to know the moved one at its new port", || {
+            self.ports().iter().all(|&p| {
+                self.cli(p, &["CLUSTER", "NODES"])
+                    .is_some_and(|nodes| nodes.contains(&needle))
+            })
+        });
+        let ids: Vec<String> = (0..self.masters)
+            .map(|m| {
+                self.node_id(self.nodes[m].port())
+                    .expect("a master names its ID")
+            })
+            .collect();
+        self.poll("the cluster to be ready again", || self.ready(&ids));
+        port
+    }
+
     /// `redis-cli` on the node on `port`, logged in if the cluster has a password.
     fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
         cli(port, self.password.as_deref(), args)
