@@ -97,6 +97,30 @@ h2load_clients() {
   wait "${pids[@]}"
 }
 
+# Pinned runs (SERVER_CPUS and LOAD_CPUS, `taskset` CPU lists, both or neither): pin_setup
+# moves the calling script, and so all it starts from then on (wrk, h2load, redis-cli), onto
+# LOAD_CPUS; `server COMMAND... &` starts a server on SERVER_CPUS, and pin_server PID moves one
+# already running there (a redis-server started by start_redis). Pinned, the load generator
+# stops taking its share of the server's cores, and the server's figures are per core it has.
+# Unset, all three do nothing.
+pin_setup() {
+  SERVER_CPUS=${SERVER_CPUS:-}
+  LOAD_CPUS=${LOAD_CPUS:-}
+  [ -n "$SERVER_CPUS$LOAD_CPUS" ] || return 0
+  [ -n "$SERVER_CPUS" ] && [ -n "$LOAD_CPUS" ] || { echo "set both SERVER_CPUS and LOAD_CPUS" >&2; exit 2; }
+  need taskset util-linux
+  taskset -a -p -c "$LOAD_CPUS" $$ >/dev/null
+}
+# server COMMAND...: execs COMMAND, on SERVER_CPUS when set, so only ever in the background
+# (`server ... &`), where $! stays the server's own pid.
+server() { if [ -n "${SERVER_CPUS:-}" ]; then exec taskset -c "$SERVER_CPUS" "$@"; else exec "$@"; fi; }
+pin_server() { if [ -n "${SERVER_CPUS:-}" ]; then taskset -a -p -c "$SERVER_CPUS" "$1" >/dev/null; fi; }
+pin_banner() {
+  if [ -n "${SERVER_CPUS:-}" ]; then
+    echo "pinned: servers and Redis on CPUs $SERVER_CPUS, load generators on CPUs $LOAD_CPUS"
+  fi
+}
+
 # Processes a benchmark started and stops between runs; stop_all kills and reaps them. A
 # script traps EXIT to call it (with its own temporary files: trap 'stop_all; rm -rf "$tmp"'
 # EXIT), so a failed start leaves nothing running.

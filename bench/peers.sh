@@ -27,6 +27,12 @@
 #   REDIS_ARGS="--loadmodule target/release/libspillway_redis_module.so" LIMITADOR=... bench/peers.sh
 #     (extra redis-server arguments for every Redis the runs start; with Spillway's module loaded
 #     both limiters use the same Redis, Spillway through the module and Limitador as ever)
+#   SPILLWAY_ARGS="--http-threads 1" LIMITADOR=... bench/peers.sh
+#     (extra `spillway serve` arguments, for Spillway's runs and its healthz floor's)
+#   SERVER_CPUS=1 LOAD_CPUS=0 LIMITADOR=... bench/peers.sh
+#     (each server, and the Redis it uses, on CPU 1 and wrk and h2load on CPU 0: see pin_setup
+#     in bench/lib.sh. Every server sizes its threads to the CPUs it may run on: Spillway's and
+#     Limitador's default thread counts follow the affinity, and nginx runs one worker anyway)
 #
 # Building Limitador here (outside this repository; ~25 minutes on 2 cores): fetch
 # Kuadrant/limitador, keep only limitador/, limitador-server/, Cargo.toml and Cargo.lock,
@@ -51,6 +57,7 @@ WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-50}
 CALLS=${CALLS:-100000}
 LOADS=${LOADS:-http-memory http-redis grpc-memory grpc-redis}
+pin_setup
 if [ $# -ge 1 ]; then
   spillway=$1
 else
@@ -110,25 +117,27 @@ start_server() {
     local redis_args=()
     read -ra redis_args <<<"${REDIS_ARGS:-}"
     start_redis "$rport" "$tmp" "${redis_args[@]}"
+    pin_server "${pids[-1]}"
     url="redis://127.0.0.1:$rport"
   fi
   case "$who" in
     spillway | spillway-healthz)
-      local store_flags=()
+      local store_flags=() extra=()
       [ -n "$url" ] && store_flags=(--store-url "$url" --store-timeout 1s)
-      "$spillway" serve --config "$tmp/policy.yaml" --envoy-config "$tmp/conf/bench.yaml" \
-        "${store_flags[@]}" --listen "127.0.0.1:$http" --grpc-listen "127.0.0.1:$grpc" \
+      read -ra extra <<<"${SPILLWAY_ARGS:-}"
+      server "$spillway" serve --config "$tmp/policy.yaml" --envoy-config "$tmp/conf/bench.yaml" \
+        "${store_flags[@]}" "${extra[@]}" --listen "127.0.0.1:$http" --grpc-listen "127.0.0.1:$grpc" \
         --log-filter warn >/dev/null 2>&1 &
       ;;
     limitador)
       local storage=(memory)
       [ -n "$url" ] && storage=(redis "$url")
-      "$LIMITADOR" --rls-ip 127.0.0.1 --rls-port "$grpc" --http-ip 127.0.0.1 --http-port "$http" \
+      server "$LIMITADOR" --rls-ip 127.0.0.1 --rls-port "$grpc" --http-ip 127.0.0.1 --http-port "$http" \
         "$tmp/limits.yaml" "${storage[@]}" >"$tmp/limitador.log" 2>&1 &
       ;;
     nginx)
       nginx_return_200 "$tmp/nginx" "$http"
-      nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" >/dev/null 2>&1 &
+      server nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" >/dev/null 2>&1 &
       ;;
   esac
   pids+=($!)
@@ -194,6 +203,8 @@ one_grpc() {
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
 echo "spillway: $spillway; limitador: $LIMITADOR ($("$LIMITADOR" --version 2>/dev/null | head -1))"
+[ -n "${SPILLWAY_ARGS:-}" ] && echo "spillway serve also gets: $SPILLWAY_ARGS"
+pin_banner
 echo "redis $(redis-server --version | awk '{print $3}')${REDIS_ARGS:+ ($REDIS_ARGS)}; wrk -t1 -c$CONNS -d${DURATION}s; h2load 4 x -n $CALLS -c 4 -m 32; $ROUNDS rounds"
 for load in $LOADS; do
   kind=${load%-*} store=${load#*-}

@@ -26,6 +26,8 @@
 #        NEW_REDIS_ARGS="..." / OLD_REDIS_ARGS="..."  the same per build (only with exactly two
 #                                          builds; give one build twice to compare the module
 #                                          with the Lua library on the same binary)
+#        SERVER_CPUS=1 LOAD_CPUS=0         Spillway and Redis (and the sentinels) on CPU 1, wrk
+#                                          on CPU 0 (pin_setup in bench/lib.sh)
 #        STORE=sentinel                    the store found through Sentinel: the same Redis as
 #                                          master, one replica and three redis-sentinel
 #                                          processes (Redis CPU is still the master's)
@@ -57,6 +59,7 @@ if [ $# -eq 0 ]; then
   set -- target/release/spillway
 fi
 binaries=("$@")
+pin_setup
 
 tmp=$(mktemp -d)
 trap 'stop_all; rm -rf "$tmp"' EXIT
@@ -81,6 +84,7 @@ one_run() {
   rport=$(free_port)
   # shellcheck disable=SC2086
   start_redis "$rport" "$tmp" $rextra
+  pin_server "${pids[-1]}"
   local url="redis://127.0.0.1:$rport"
   if [ "$STORE" = sentinel ]; then
     start_sentinels "$rport"
@@ -88,7 +92,7 @@ one_run() {
   fi
   sport=$(free_port)
   # shellcheck disable=SC2086
-  "$bin" serve --config "$tmp/$policy.yaml" --store-url "$url" \
+  server "$bin" serve --config "$tmp/$policy.yaml" --store-url "$url" \
     --store-timeout 1s --listen "127.0.0.1:$sport" --log-filter warn $extra >/dev/null 2>&1 &
   pids+=($!)
   wait_healthy "$sport" "${pids[-1]}"
@@ -104,13 +108,14 @@ start_sentinels() {
   replica=$(free_port)
   mkdir -p "$tmp/replica-$replica"
   start_redis "$replica" "$tmp/replica-$replica" --replicaof 127.0.0.1 "$master"
+  pin_server "${pids[-1]}"
   for s in 1 2 3; do
     port=$(free_port)
     dir="$tmp/sentinel-$port"
     mkdir -p "$dir"
     printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor bench 127.0.0.1 %s 2\n' \
       "$port" "$dir" "$master" >"$dir/sentinel.conf"
-    redis-sentinel "$dir/sentinel.conf" >/dev/null &
+    server redis-sentinel "$dir/sentinel.conf" >/dev/null &
     pids+=($!)
     poll 100 "redis-sentinel on port $port" "${pids[-1]}" \
       sh -c "redis-cli -p $port SENTINEL get-master-addr-by-name bench | grep -q 127.0.0.1"
@@ -120,6 +125,7 @@ start_sentinels() {
 }
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
+pin_banner
 echo "store: $STORE, redis: $(redis-server --version | awk '{print $3}'), wrk -t$THREADS -c$CONNS -d${DURATION}s, $RUNS runs"
 for policy in $POLICIES; do
   declare -A us=() rps=() p99=() cpu=() ctx=()
