@@ -44,7 +44,7 @@
 mod login;
 
 use crate::resp;
-pub(crate) use login::Target;
+pub(crate) use login::{Master, Target};
 use redis::{ErrorKind, RedisError, RedisResult, Value};
 use std::collections::VecDeque;
 use std::future::Future;

@@ -582,9 +582,8 @@ async fn run_server(
         generation: 0,
         ping_limit: connect.ping_limit,
     };
-    let never = std::future::pending;
     pinged
-        .serve(conn, template, failures, never(), never())
+        .serve(conn, template, failures, std::future::pending())
         .await;
 }
 
@@ -602,9 +601,9 @@ async fn open_own(
         .map_err(|err| refusal.explain(err, role, address))
 }
 
-/// A thread connection to one server (a single server, or one master of a cluster for as long
-/// as the view that named it lasts): which one it is on the thread's list, and how long a ping
-/// may take.
+/// A thread connection to a server whose address never changes (a single server, or one
+/// master of a cluster for as long as the view that named it lasts): which one it is on the
+/// thread's list, and how long a ping may take.
 struct Pinged {
     id: u64,
     node: usize,
@@ -616,20 +615,17 @@ impl Pinged {
     /// Once `conn` is made: hands its batcher (for `generation`) to the thread's list as the
     /// connection to `node`, and runs its dispatcher beside it until the task is dropped (its
     /// store gone, its runtime ended) or `retired` (the view that named a cluster master
-    /// changed) or `elsewhere` (its cluster master is at another address now): then it
-    /// returns true, for the caller to connect there. After each failure the store reports,
-    /// it takes the connection down until it answers a ping (the client, or our own
-    /// connection, reconnects to the same address). Retired or leaving, it takes its batcher
-    /// off the list and leaves the calls already queued or sent to finish on it, as a
-    /// Sentinel thread connection does after a switch.
+    /// changed). After each failure the store reports, it takes the connection down until it
+    /// answers a ping (the client, or our own connection, reconnects to the same address).
+    /// Retired, it takes its batcher off the list and leaves the calls already queued or sent
+    /// to finish on it, as a Sentinel thread connection does after a switch.
     async fn serve(
         &self,
         conn: Conn,
         template: Runner,
         mut failures: watch::Receiver<u64>,
         retired: impl std::future::Future<Output = ()>,
-        elsewhere: impl std::future::Future<Output = ()>,
-    ) -> bool {
+    ) {
         let Self {
             id,
             node,
@@ -639,7 +635,7 @@ impl Pinged {
         let probe = conn.clone();
         let (batcher, dispatcher) = Batcher::new(template.with_conn(conn));
         if !place(id, node, Some(batcher), generation) {
-            return false;
+            return;
         }
         failures.borrow_and_update();
         // The dispatcher is a task of its own, so that its wake-ups (a request queued, a reply
@@ -658,31 +654,17 @@ impl Pinged {
                 counted.get_or_insert_with(Up::new);
             }
         };
-        let leaving = tokio::select! {
-            () = watched => Leaving::Unlisted,
-            () = retired => Leaving::Retired,
-            () = elsewhere => Leaving::Elsewhere,
+        let retiring = tokio::select! {
+            () = watched => false,
+            () = retired => true,
         };
         drop(counted);
-        if leaving != Leaving::Unlisted && place(id, node, None, generation) {
+        if retiring && place(id, node, None, generation) {
             // No new request reaches the batcher; its dispatcher runs on and ends once those
             // it holds are answered (each within the store's timeout).
             dispatcher.detach();
-            return leaving == Leaving::Elsewhere;
         }
-        false
     }
-}
-
-/// Why [`Pinged::serve`] stopped serving.
-#[derive(PartialEq, Eq)]
-enum Leaving {
-    /// Taken off the thread's list (the store gone).
-    Unlisted,
-    /// Its view of the masters changed.
-    Retired,
-    /// Its master is at another address now.
-    Elsewhere,
 }
 
 /// A task aborted when this handle is dropped: a thread connection's dispatcher, which must

@@ -25,8 +25,8 @@
 //! address, and a change of hands is announced ([`Topology::subscribe`]) so those
 //! connections follow it. Unlike the name, the address is the latest any node reported
 //! ([`Topology::address`]): a master that comes back at another address (a restarted pod
-//! keeping its node ID) is reached there, without a change of hands
-//! ([`Topology::subscribe_moves`] tells of it). A node that no longer serves a slot refuses its calls with a
+//! keeping its node ID) is reached there by the next connection made to it, without a change
+//! of hands. A node that no longer serves a slot refuses its calls with a
 //! redirect before running anything, so a view a moment stale costs a resend, never a wrong
 //! answer; such a refusal asks for the map again at once ([`Topology::refresh_soon`], at most
 //! every [`NUDGE_GAP`]).
@@ -81,8 +81,6 @@ pub struct Topology {
     /// The generation again, for those who wait for it to change (the serving threads'
     /// connections to each master).
     changes: watch::Sender<u64>,
-    /// Counts the times a master was reported at another address than before.
-    moves: watch::Sender<u64>,
     /// Asks the refreshing task for the map now (a redirect met); shared with that task, which
     /// holds the view itself only weakly.
     nudged: Arc<Notify>,
@@ -118,7 +116,6 @@ impl Topology {
             }),
             generation: AtomicU64::new(0),
             changes: watch::channel(0).0,
-            moves: watch::channel(0).0,
             nudged: Arc::default(),
         }
     }
@@ -152,12 +149,6 @@ impl Topology {
     /// next.
     pub(crate) fn refresh_soon(&self) {
         self.nudged.notify_one();
-    }
-
-    /// Told whenever a master is reported at another address than before
-    /// ([`Topology::address`]), which is no change of hands.
-    pub(crate) fn subscribe_moves(&self) -> watch::Receiver<u64> {
-        self.moves.subscribe()
     }
 
     /// Each master with an index of its own, as its index, its node ID and its address (as
@@ -216,10 +207,13 @@ impl Topology {
             {
                 // The label stays as first given: another node may report the same master's
                 // address differently, and a name that flips would reset its breaker. The
-                // address to connect to follows the report.
+                // address to connect to follows the report; a first one for a master known
+                // only by its ID until now is told as a change, so that connections to it
+                // are made.
                 Some(i) => {
                     let i = i + OTHER + 1;
                     if reported.is_some() && addresses[i] != reported {
+                        changed |= addresses[i].is_none();
                         addresses[i].clone_from(&reported);
                         moved.extend(labels[i].clone().zip(reported));
                     }
@@ -273,9 +267,6 @@ impl Topology {
                 "a cluster master was reported at another address (its name stays); thread \
                  connections made to it from now on go there"
             );
-        }
-        if !moved.is_empty() {
-            self.moves.send_modify(|n| *n += 1);
         }
         changed
     }
@@ -451,21 +442,17 @@ mod tests {
         // Another node reports the same master (same ID) under another address.
         let mut other_view = three("h:1", "h:2", "h:3");
         other_view[0].3 = "10.0.0.9:7000".into();
-        let mut moves = t.subscribe_moves();
         assert!(!t.apply(&other_view), "the same masters: nothing changes");
         assert_eq!(t.generation(), g, "no breaker is reset");
         assert_eq!(t.domain_of_slot(0), a);
         assert_eq!(t.name(a).as_deref(), Some("h:1"), "the first label stays");
         // But a connection made to it now goes where it was last reported.
-        assert!(moves.has_changed().unwrap(), "a move is told");
-        moves.borrow_and_update();
         assert_eq!(t.address(a, g), Some(("10.0.0.9".into(), 7000)));
         let master = (a, "id-h:1".into(), ("10.0.0.9".into(), 7000));
         assert!(t.masters().contains(&master));
         // A node that does not know the address (the ID as label) moves nothing.
         other_view[0].3 = other_view[0].2.clone();
-        t.apply(&other_view);
-        assert!(!moves.has_changed().unwrap());
+        assert!(!t.apply(&other_view));
         assert_eq!(t.address(a, g), Some(("10.0.0.9".into(), 7000)));
         // Once the index may have changed hands, its old master's address is not given.
         t.apply(&three("h:4", "h:2", "h:3"));
@@ -513,6 +500,20 @@ mod tests {
             "a moved slot is no change of hands"
         );
         assert_eq!(t.domain_of_slot(5461), t.domain_of_slot(0));
+        // The master known only by its ID is reported with an address: told, so that
+        // connections to it are made, and listed from then on.
+        let c = t.domain_of_slot(16383);
+        t.apply(&[
+            range(0, 5461, "10.0.0.1:7000"),
+            range(5462, 10922, "::1:7001"),
+            (10923, 16383, "c3".into(), "10.0.0.3:7002".into()),
+        ]);
+        assert!(told.has_changed().unwrap(), "a first address is told");
+        told.borrow_and_update();
+        assert!(t
+            .masters()
+            .contains(&(c, "c3".into(), ("10.0.0.3".into(), 7002))));
+        assert_eq!(t.name(c).as_deref(), Some("c3"), "its name stays");
         // A failover: told.
         t.apply(&[
             range(0, 5461, "10.0.0.9:7000"),

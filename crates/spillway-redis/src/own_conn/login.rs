@@ -4,6 +4,12 @@
 //! server before Redis 6, which knows no usernames, costs a second round trip: `AUTH` again
 //! without the username, as the client does.
 //!
+//! A connection to a Redis Cluster master ([`Target::for_master`]) goes, each time it is made,
+//! to the address the store's slot map last reported for that master, and adds `CLUSTER
+//! MYID` to the same write: another node answering there (one that took the address after
+//! the master moved, or a server outside the cluster) fails the login as an outage, so no call
+//! is ever run on it.
+//!
 //! A refused login is an `AuthenticationFailed` error (or the server's `NOAUTH`), which
 //! [`crate::login::refused`] tells; it is judged on the server's own words (`WRONGPASS`,
 //! `NOAUTH`, `invalid password`, `AUTH ... without any password`). Any other answer, and a
@@ -34,6 +40,17 @@ pub(crate) struct Target {
     pub(super) once: Option<Arc<AtomicBool>>,
     /// The most calls waiting for a reply before the connection is closed as not answering.
     pub(super) max_waiting: u64,
+    /// For a connection to a cluster master: where it is now, and who must answer there.
+    master: Option<Master>,
+}
+
+/// A Redis Cluster master a connection must reach, wherever it is: `locate` gives the address
+/// to try (the one the slot map last reported; `None`: the target's own), and `id` is the
+/// node ID that must answer there.
+#[derive(Clone)]
+pub(crate) struct Master {
+    pub(crate) id: String,
+    pub(crate) locate: Arc<dyn Fn() -> Option<(String, u16)> + Send + Sync>,
 }
 
 #[derive(Clone)]
@@ -63,6 +80,7 @@ impl Target {
             limit,
             once: None,
             max_waiting: super::MAX_WAITING,
+            master: None,
         })
     }
 
@@ -83,6 +101,15 @@ impl Target {
         Self {
             addr: Addr::Tcp(host.to_owned(), port),
             ..self.clone()
+        }
+    }
+
+    /// This target for a cluster master: every time the connection is made, it goes where
+    /// `master` locates it and checks who answers (see the module docs).
+    pub(crate) fn for_master(self, master: Master) -> Self {
+        Self {
+            master: Some(master),
+            ..self
         }
     }
 
@@ -116,15 +143,16 @@ pub(super) async fn log_in(target: &Target) -> RedisResult<Box<dyn Io>> {
 }
 
 async fn log_in_unbounded(target: &Target) -> RedisResult<Box<dyn Io>> {
-    let mut io: Box<dyn Io> = match &target.addr {
-        Addr::Tcp(host, port) => {
+    let located = target.master.as_ref().and_then(|m| (m.locate)());
+    let mut io: Box<dyn Io> = match (&located, &target.addr) {
+        (Some((host, port)), _) | (None, Addr::Tcp(host, port)) => {
             let socket = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             // A command goes out whole, at once: Nagle's wait for the last segment's
             // acknowledgement would only hold up the next call written while one is out.
             socket.set_nodelay(true)?;
             Box::new(socket)
         }
-        Addr::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+        (None, Addr::Unix(path)) => Box::new(tokio::net::UnixStream::connect(path).await?),
     };
     let auth = |user: Option<&str>, password: &str| {
         let mut cmd = redis::cmd("AUTH");
@@ -142,6 +170,11 @@ async fn log_in_unbounded(target: &Target) -> RedisResult<Box<dyn Io>> {
     }
     // A server that wants a password we were not given refuses this (`NOAUTH`).
     cmds.push(redis::cmd("PING"));
+    if target.master.is_some() {
+        let mut myid = redis::cmd("CLUSTER");
+        myid.arg("MYID");
+        cmds.push(myid);
+    }
     let mut replies = exchange(&mut io, &cmds).await?;
     if let (Some(password), Some(Value::ServerError(err))) = (&target.password, replies.first()) {
         // A server before Redis 6 knows no usernames: the client tries again without.
@@ -183,10 +216,24 @@ async fn log_in_unbounded(target: &Target) -> RedisResult<Box<dyn Io>> {
         }
     }
     match replies.next() {
-        Some(Value::ServerError(err)) if is_refusal(&err) => Err(err.into()),
-        other @ (Some(Value::ServerError(_)) | None) => Err(unexpected("PING", other)),
-        Some(_) => Ok(io),
+        Some(Value::ServerError(err)) if is_refusal(&err) => return Err(err.into()),
+        other @ (Some(Value::ServerError(_)) | None) => return Err(unexpected("PING", other)),
+        Some(_) => {}
     }
+    if let Some(master) = &target.master {
+        let answered = match replies.next() {
+            Some(Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
+            other => format!("{other:?}"),
+        };
+        if answered != master.id {
+            return Err(lost(&format!(
+                "the node answering where cluster master {} was reported is another one \
+                 (CLUSTER MYID: {answered})",
+                master.id
+            )));
+        }
+    }
+    Ok(io)
 }
 
 /// Whether a server's error answer to the login is a refused or missing login, in the words

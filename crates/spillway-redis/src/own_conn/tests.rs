@@ -613,3 +613,60 @@ async fn a_server_that_stops_answering_does_not_pile_up_calls_without_bound() {
     );
     assert_eq!(conn.shared.lock().waiting.len(), 0);
 }
+
+/// A connection to a cluster master goes, each time it is made, where `locate` says (never to
+/// the target's own address here: nothing listens there), and logs in only where that
+/// master's node ID answers: restarted at another port, the master is reached there by the
+/// next call; another server at the located address fails the login, and nothing is run on it.
+#[tokio::test]
+async fn a_masters_conn_goes_where_it_is_located_and_only_to_that_master() {
+    let mut node = RedisServer::start_with(&["--cluster-enabled", "yes"]);
+    let myid = |port: u16| {
+        let reply = command(port, "CLUSTER MYID").expect("answers");
+        reply.lines().nth(1).expect("a bulk string").to_owned()
+    };
+    let id = myid(node.port());
+    let at = Arc::new(parking_lot::Mutex::new(node.port()));
+    let nowhere = spillway_testkit::redis::free_port();
+    let target = |id: &str| {
+        let at = Arc::clone(&at);
+        let master = Master {
+            id: id.to_owned(),
+            locate: Arc::new(move || Some(("127.0.0.1".to_owned(), *at.lock()))),
+        };
+        Target::of_url(&format!("redis://127.0.0.1:{nowhere}"), LIMIT)
+            .expect("a RESP2 URL")
+            .for_master(master)
+    };
+    let conn = OwnConn::connect(target(&id))
+        .await
+        .expect("made where located");
+    let answers =
+        |reply: RedisResult<Value>| matches!(reply, Ok(Value::BulkString(b)) if b == id.as_bytes());
+    assert!(answers(run(&conn, &["CLUSTER", "MYID"]).await));
+
+    // Another node ID expected there: the login fails, as an outage.
+    let Err(err) = OwnConn::connect(target(&"0".repeat(40))).await else {
+        panic!("logged in where another node answers")
+    };
+    assert!(crate::error::unavailable(&err), "{err}");
+    assert!(err.to_string().contains("CLUSTER MYID"), "{err}");
+
+    // Restarted on other ports (its node ID kept): the next call that finds the connection
+    // closed makes it there (the first may fail, written before the close was seen).
+    let port = node.restart_elsewhere();
+    *at.lock() = port;
+    let first = run(&conn, &["CLUSTER", "MYID"]).await;
+    let second = run(&conn, &["CLUSTER", "MYID"]).await;
+    assert!(answers(second), "reached at {port} (first call: {first:?})");
+
+    // Another server at the located address: no call is run on it.
+    let other = RedisServer::start();
+    *at.lock() = other.port();
+    node.kill();
+    for _ in 0..3 {
+        let set = run(&conn, &["SET", "k", "v"]).await;
+        assert!(set.is_err(), "run on another server: {set:?}");
+    }
+    assert_eq!(command(other.port(), "EXISTS k").as_deref(), Some(":0\r\n"));
+}

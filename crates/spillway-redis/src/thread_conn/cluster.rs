@@ -17,18 +17,18 @@
 //! connections are made again.
 //!
 //! A master that comes back at another address under the same node ID (a restarted pod) is
-//! no change of hands, and only its connections follow it: every attempt to make one goes to
-//! the address last reported ([`crate::topology::Topology::address`]), and once the view
-//! reports the master at another address than its connection's, the connection asks who it
-//! is talking to (`CLUSTER MYID`). The same master answering (one node reporting another
-//! address for it than the others do) keeps it; anything else (no answer: the old address is
-//! dead; another node ID: another node took the old address) makes it again at the new one.
+//! no change of hands, and its connections follow it: each time one is made (at first, by a
+//! call or ping finding it closed, after a failure) it goes to the address the view last
+//! reported for the master ([`crate::topology::Topology::address`]) and checks that the
+//! master answers there (`CLUSTER MYID` with the login; [`crate::own_conn::Master`]). A
+//! connection that is up stays where it is, whatever a node reports: the process it reaches
+//! is the master it logged in to.
 
 use super::{open_own, AbortOnDrop, ClusterConnect, Pinged, ATTACHED};
 use super::{Listed, Own, OWN};
 use crate::login::{authority, Refusal};
-use crate::own_conn::Target;
-use crate::runner::{Conn, Runner};
+use crate::own_conn::{Master, Target};
+use crate::runner::Runner;
 use crate::topology::{Address, Topology};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -97,9 +97,10 @@ struct Node {
     topology: Arc<Topology>,
     /// The master's node ID.
     master: String,
-    /// Where the view reported the master when this one was made.
+    /// Where the view reported the master when this one was made (for messages, and should
+    /// the view no longer say).
     at: Address,
-    /// The seed's login and settings, placed at the master's address.
+    /// The seed's login and settings.
     seed: Target,
     owner: String,
     login_hint: String,
@@ -107,10 +108,9 @@ struct Node {
 
 impl Node {
     /// Lists the connection on this thread, makes it (again after a wait while that fails,
-    /// each attempt at the master's latest address), and serves on it as a single server's
-    /// is served, `failures` counting this master's failed checks; made again at the new
-    /// address when the master is reported elsewhere while it is down. Its place on the list
-    /// goes when the task ends or is dropped.
+    /// each time at the master's latest address), and serves on it as a single server's is
+    /// served, `failures` counting this master's failed checks; its place on the list goes
+    /// when the task ends or is dropped.
     async fn run(self, template: Runner, failures: watch::Receiver<u64>) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
@@ -152,75 +152,23 @@ impl Node {
                 let _ = changes.wait_for(|now| *now != generation).await;
             }
         };
-        // Each attempt goes where the master was last reported (while the index is its).
-        let open = || {
-            let at = self
-                .topology
-                .address(node, generation)
-                .unwrap_or_else(|| self.at.clone());
-            let (target, address) = (self.seed.at(&at.0, at.1), authority(&at.0, at.1));
-            let refusal = Refusal::of(&self.owner, &self.login_hint);
-            async move {
-                let conn = open_own(target, refusal, "Redis Cluster master", &address).await?;
-                Ok((conn, at))
-            }
+        // Each time the connection is made, it goes where the master was last reported
+        // (while the index is its) and checks who answers there.
+        let topology = Arc::clone(&self.topology);
+        let master = Master {
+            id: self.master.clone(),
+            locate: Arc::new(move || topology.address(node, generation)),
         };
-        loop {
-            let (conn, at) = tokio::select! {
-                made = super::retry::connected(open, None) => made,
-                () = retired() => return,
-            };
-            let elsewhere = self.reported_elsewhere(&at, conn.clone());
-            let (serving, failures) = (template.clone(), failures.clone());
-            if !self
-                .pinged
-                .serve(conn, serving, failures, retired(), elsewhere)
-                .await
-            {
-                return;
-            }
-            tracing::info!(
-                was = %authority(&at.0, at.1),
-                "a serving thread's connection to a Redis Cluster master follows it to the \
-                 address it was reported at since"
-            );
-        }
-    }
-
-    /// Resolves once the view reports this one's master at another address than `at`, the
-    /// connection made there (`conn`), and `conn` does not answer as that master (see the
-    /// module docs).
-    fn reported_elsewhere(
-        &self,
-        at: &Address,
-        conn: Conn,
-    ) -> impl std::future::Future<Output = ()> + '_ {
-        // Subscribed before the first look, so that no move in between is missed.
-        let mut moves = self.topology.subscribe_moves();
-        let (node, generation, at) = (self.pinged.node, self.pinged.generation, at.clone());
-        async move {
-            loop {
-                let now = self.topology.address(node, generation);
-                if now.is_some_and(|now| now != at) && !self.still_there(&conn).await {
-                    return;
-                }
-                // Never fails: the view (which sends) is held here.
-                if moves.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-        }
-    }
-
-    /// Whether `conn` answers, within the ping limit, as this one's master.
-    async fn still_there(&self, conn: &Conn) -> bool {
-        let mut conn = conn.clone();
-        let mut cmd = redis::cmd("CLUSTER");
-        cmd.arg("MYID");
-        let asked = async move { crate::functions::lift(conn.query(&cmd).await) };
-        match tokio::time::timeout(self.pinged.ping_limit, asked).await {
-            Ok(Ok(id)) => redis::from_redis_value::<String>(id).is_ok_and(|id| id == self.master),
-            _ => false,
-        }
+        let target = self.seed.at(&self.at.0, self.at.1).for_master(master);
+        let address = authority(&self.at.0, self.at.1);
+        let open = || {
+            let refusal = Refusal::of(&self.owner, &self.login_hint);
+            open_own(target.clone(), refusal, "Redis Cluster master", &address)
+        };
+        let conn = tokio::select! {
+            conn = super::retry::connected(open, None) => conn,
+            () = retired() => return,
+        };
+        self.pinged.serve(conn, template, failures, retired()).await;
     }
 }
