@@ -145,6 +145,9 @@ pub(crate) struct Unsent {
     pub(crate) checks: Vec<Encoded>,
     pub(crate) deadline: Instant,
     pub(crate) err: StoreError,
+    /// Whether the connection could not carry it at all ([`Again::Unreached`]), rather than
+    /// a cluster master refusing it for a slot it does not serve.
+    pub(crate) unreached: bool,
 }
 
 impl From<StoreError> for BatchError {
@@ -657,7 +660,7 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
         }
         Err(Failed {
             err,
-            again: Again::Elsewhere,
+            again: again @ (Again::Elsewhere | Again::Unreached),
         }) => {
             // Each request goes back to its caller, to go again on another connection. Only
             // a thread's own batcher meets this, which carries checks alone (reports take the
@@ -669,6 +672,7 @@ async fn send(runner: &Runner, batch: &mut Vec<Job>, retries: &tokio::sync::Mute
                     checks: job.checks,
                     deadline: job.deadline,
                     err: err.clone(),
+                    unreached: again == Again::Unreached,
                 };
                 let _ = job.answer.send(Err(BatchError::NotSent(Box::new(unsent))));
             }

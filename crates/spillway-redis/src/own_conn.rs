@@ -30,6 +30,10 @@
 //! (see [`crate::thread_conn`]), within the request's budget. A command written before the
 //! runtime saw the close (or waiting for its reply at the close) may have run, and fails as a
 //! lost connection.
+//! A cluster master's connection ([`Target::for_master`]) is made again wherever the slot map
+//! last reported the master; one that cannot be made again fails the call as not sent too,
+//! and one that meets a timeout while the master is reported elsewhere is closed
+//! ([`OwnConn::no_answer`]).
 //! The login runs in a task of its own ([`OwnConn::remake`]), so that a caller whose budget
 //! ends mid-login does not undo it. A call whose caller gave up keeps its place in the
 //! order; its reply is read and dropped.
@@ -100,6 +104,8 @@ struct Waiting {
 struct State {
     /// `None` once the connection failed, until it is made again.
     io: Option<Box<dyn Io>>,
+    /// For a cluster master's connection: the address it went to.
+    at: Option<(String, u16)>,
     /// Set when the connection closes, for one made once ([`Target::made_once`]).
     lost_sets: Option<Arc<AtomicBool>>,
     /// Commands not written yet (from `written` on).
@@ -141,10 +147,12 @@ pub(crate) struct OwnConn {
 impl OwnConn {
     /// A connection to `target`, logged in.
     pub(crate) async fn connect(target: Target) -> RedisResult<Self> {
-        let io = login::log_in(&target).await?;
+        let (io, at) = login::log_in(&target).await?;
+        let mut state = State::new(io, target.once.clone(), target.max_waiting);
+        state.at = at;
         Ok(Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::new(io, target.once.clone(), target.max_waiting)),
+                state: Mutex::new(state),
                 target,
                 login: tokio::sync::Mutex::new(None),
             }),
@@ -159,12 +167,20 @@ impl OwnConn {
     }
 
     /// Writes the command `encode` writes, making the connection again first if it failed or
-    /// the server closed it while idle; the command's id.
+    /// the server closed it while idle; the command's id. A cluster master's connection that
+    /// cannot be made again (nothing listening, another node there) fails the call as not
+    /// sent, so that it goes through the store's cluster connection instead; a refused login
+    /// stays a refusal.
     async fn send(&self, encode: &impl Fn(&mut Vec<u8>)) -> RedisResult<u64> {
         if let Some(id) = self.shared.lock().begin(encode) {
             return Ok(id);
         }
-        self.remake().await?;
+        if let Err(err) = self.remake().await {
+            if self.shared.target.master.is_none() || crate::login::refused(&err) {
+                return Err(err);
+            }
+            return Err(not_sent(&format!("it could not be made again: {err}")));
+        }
         self.shared
             .lock()
             .begin(encode)
@@ -192,14 +208,47 @@ impl OwnConn {
         let task = login.get_or_insert_with(|| {
             let shared = Arc::clone(&self.shared);
             tokio::spawn(async move {
-                let io = login::log_in(&shared.target).await?;
-                shared.lock().io = Some(io);
+                let (io, at) = login::log_in(&shared.target).await?;
+                let mut state = shared.lock();
+                state.io = Some(io);
+                state.at = at;
                 Ok(())
             })
         });
         let done = task.await;
         *login = None;
         done.unwrap_or_else(|err| Err(lost(&format!("its login stopped: {err}"))))
+    }
+}
+
+impl OwnConn {
+    /// A call on this connection got no answer in time. A cluster master's connection is
+    /// closed if the slot map now reports the master at another address than the one it went
+    /// to: a master that moved while its old address went silent (a host gone without a
+    /// reset) would otherwise keep the connection until the kernel gives up on it. The next
+    /// call or ping makes it again where the master is reported (checking who answers), and
+    /// the calls still waiting on it fail as a lost connection. Elsewhere, nothing: a slow
+    /// server is no reason to drop the replies on their way.
+    pub(crate) fn no_answer(&self) {
+        let Some(master) = &self.shared.target.master else {
+            return;
+        };
+        let Some((host, port)) = (master.locate)() else {
+            return;
+        };
+        let mut state = self.shared.lock();
+        let moved = state
+            .at
+            .as_ref()
+            .is_some_and(|(h, p)| (h.as_str(), *p) != (host.as_str(), port));
+        if moved && state.io.is_some() {
+            let why = format!(
+                "cluster master {} gave no answer in time here and is now reported at \
+                 {host}:{port}",
+                master.id
+            );
+            state.close(&why, None);
+        }
     }
 }
 
@@ -276,6 +325,7 @@ impl State {
     fn new(io: Box<dyn Io>, lost_sets: Option<Arc<AtomicBool>>, max_waiting: u64) -> Self {
         Self {
             io: Some(io),
+            at: None,
             lost_sets,
             max_waiting,
             out: Vec::new(),

@@ -39,11 +39,15 @@ pub(crate) enum Again {
     /// Each alone: Redis refused the call because its slot is moving (`TRYAGAIN`, or an
     /// `ASK`/`MOVED` redirect the client did not follow); see [`crate::batch`].
     Alone,
-    /// Through another connection: a serving thread's own connection, lost for good, wrote
-    /// none of the call ([`crate::own_conn::was_not_sent`]), or a cluster master it talks to
-    /// directly refused the call for a slot it does not serve (now), so nothing of it ran;
-    /// see [`crate::thread_conn`].
+    /// Through another connection: a cluster master a serving thread talks to directly
+    /// refused the call for a slot it does not serve (now), so nothing of it ran; see
+    /// [`crate::thread_conn`].
     Elsewhere,
+    /// Through another connection, this one stepping aside: a serving thread's own
+    /// connection wrote none of the call ([`crate::own_conn::was_not_sent`]) because it is
+    /// lost for good (a master the sentinels named) or could not be made again (a cluster
+    /// master's).
+    Unreached,
 }
 
 impl Failed {
@@ -219,7 +223,12 @@ impl Runner {
         match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(Some(err)),
-            Err(_) => Err(None),
+            Err(_) => {
+                if let Conn::Own(own) = &self.conn {
+                    own.no_answer();
+                }
+                Err(None)
+            }
         }
     }
 
@@ -352,7 +361,7 @@ impl Runner {
             let again = match &err {
                 Some(err) if resharding(err) && self.cluster_node => Again::Elsewhere,
                 Some(err) if resharding(err) => Again::Alone,
-                Some(err) if crate::own_conn::was_not_sent(err) => Again::Elsewhere,
+                Some(err) if crate::own_conn::was_not_sent(err) => Again::Unreached,
                 _ => Again::No,
             };
             let err = err.map_or(StoreError::Timeout(limit), |err| classify(err, limit));

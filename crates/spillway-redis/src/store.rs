@@ -220,12 +220,12 @@ impl RedisStore {
 
     /// Sends on the shared path a check that this thread's connection did not send, having
     /// lost it for good before the call went out (an idle close of a master the sentinels
-    /// named), or that a cluster master refused for a slot it does not serve: nothing of it
-    /// ran, so it goes by the deadline it had (or, on a store `timed_by_caller`, until its
-    /// caller drops it). On a single server or Sentinel (a lost connection) the thread
-    /// connections step aside as for any failure; on a cluster (a refusal: its thread
-    /// connections are made again when found closed, so none is lost for good) they stay, and
-    /// the slot map is asked for again now.
+    /// named) or failed to make it again (a cluster master's: nothing listening where the
+    /// master was reported, or another node there), or that a cluster master refused for a
+    /// slot it does not serve: nothing of it ran, so it goes by the deadline it had (or, on a
+    /// store `timed_by_caller`, until its caller drops it). A connection that could not carry
+    /// it steps aside (on every thread) as for any failure, until it answers a ping; a
+    /// refusal leaves it serving. On a cluster the slot map is asked for again now either way.
     async fn resend(
         &self,
         lane: u16,
@@ -238,10 +238,13 @@ impl RedisStore {
             checks,
             deadline,
             err,
+            unreached,
         } = unsent;
-        match &self.topology {
-            Some(topology) => topology.refresh_soon(),
-            None => self.thread_conns.failed(&BatchError::Store(err), route),
+        if let Some(topology) = &self.topology {
+            topology.refresh_soon();
+        }
+        if unreached {
+            self.thread_conns.failed(&BatchError::Store(err), route);
         }
         metrics::counter!(THREAD_CONN_RESENT).increment(1);
         self.batcher

@@ -601,8 +601,8 @@ async fn open_own(
         .map_err(|err| refusal.explain(err, role, address))
 }
 
-/// A thread connection to a server whose address never changes (a single server, or one
-/// master of a cluster for as long as the view that named it lasts): which one it is on the
+/// A thread connection to one server (a single server, or one master of a cluster for as long
+/// as the view that named it lasts, wherever that master is reported): which one it is on the
 /// thread's list, and how long a ping may take.
 struct Pinged {
     id: u64,
@@ -616,7 +616,8 @@ impl Pinged {
     /// connection to `node`, and runs its dispatcher beside it until the task is dropped (its
     /// store gone, its runtime ended) or `retired` (the view that named a cluster master
     /// changed). After each failure the store reports, it takes the connection down until it
-    /// answers a ping (the client, or our own connection, reconnects to the same address).
+    /// answers a ping (the client, or our own connection, reconnects: to the same address, or
+    /// for a cluster master, to where it was last reported).
     /// Retired, it takes its batcher off the list and leaves the calls already queued or sent
     /// to finish on it, as a Sentinel thread connection does after a switch.
     async fn serve(

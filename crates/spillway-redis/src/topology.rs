@@ -134,7 +134,9 @@ impl Topology {
         self.names.lock().labels.get(index).cloned().flatten()
     }
 
-    /// Changes whenever an index is given to another master, or [`OTHER`] is named or unnamed.
+    /// Changes whenever an index is given to another master, [`OTHER`] is named or unnamed,
+    /// or a master known until then only by its node ID is first reported at an address (so
+    /// that connections to it are made).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -160,15 +162,12 @@ impl Topology {
             .collect()
     }
 
-    /// Where the master of index `index` was last reported, while the view is still at
-    /// `generation` (`None` once the index may have changed hands since).
-    pub(crate) fn address(&self, index: usize, generation: u64) -> Option<Address> {
+    /// Where the master with node ID `id` was last reported, while it has an index (`None`
+    /// once no slot is its, or before any node reported its address).
+    pub(crate) fn address_of(&self, id: &str) -> Option<Address> {
         let names = self.names.lock();
-        // `apply` moves the generation under the same lock.
-        if self.generation() != generation {
-            return None;
-        }
-        names.addresses.get(index).cloned().flatten()
+        let index = names.ids.iter().position(|n| n.as_deref() == Some(id))?;
+        names.addresses[index].clone()
     }
 
     /// Takes in a slot map (as `CLUSTER SLOTS` gives it). Returns whether any index changed
@@ -447,17 +446,23 @@ mod tests {
         assert_eq!(t.domain_of_slot(0), a);
         assert_eq!(t.name(a).as_deref(), Some("h:1"), "the first label stays");
         // But a connection made to it now goes where it was last reported.
-        assert_eq!(t.address(a, g), Some(("10.0.0.9".into(), 7000)));
+        assert_eq!(t.address_of("id-h:1"), Some(("10.0.0.9".into(), 7000)));
         let master = (a, "id-h:1".into(), ("10.0.0.9".into(), 7000));
         assert!(t.masters().contains(&master));
         // A node that does not know the address (the ID as label) moves nothing.
         other_view[0].3 = other_view[0].2.clone();
         assert!(!t.apply(&other_view));
-        assert_eq!(t.address(a, g), Some(("10.0.0.9".into(), 7000)));
-        // Once the index may have changed hands, its old master's address is not given.
+        assert_eq!(t.address_of("id-h:1"), Some(("10.0.0.9".into(), 7000)));
+        // A change elsewhere in the map leaves it where it was reported.
+        let mut elsewhere = other_view.clone();
+        elsewhere[1].2 = "id-h:5".into();
+        elsewhere[1].3 = "h:5".into();
+        assert!(t.apply(&elsewhere), "master 2 changed hands");
+        assert_eq!(t.address_of("id-h:1"), Some(("10.0.0.9".into(), 7000)));
+        // Once its slots have gone to another master, it is not located at all.
         t.apply(&three("h:4", "h:2", "h:3"));
-        assert_eq!(t.address(a, g), None);
-        assert_eq!(t.address(a, t.generation()), Some(("h".into(), 4)));
+        assert_eq!(t.address_of("id-h:1"), None);
+        assert_eq!(t.address_of("id-h:4"), Some(("h".into(), 4)));
     }
 
     #[test]

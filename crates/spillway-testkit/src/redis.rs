@@ -163,6 +163,9 @@ fn reply_end(bytes: &[u8], at: usize) -> Option<usize> {
 /// One `redis-server` process, killed on drop.
 pub struct RedisServer {
     child: Option<Child>,
+    /// Earlier processes of this server left running, stopped (see
+    /// [`RedisServer::move_leaving_silent`]), with their directories; killed with it.
+    silent: Vec<(Child, PathBuf)>,
     port: u16,
     /// The cluster bus port of a cluster node (`--cluster-port`), picked with the client port
     /// on each start attempt.
@@ -203,6 +206,7 @@ impl RedisServer {
             });
             let mut server = Self {
                 child: None,
+                silent: Vec::new(),
                 port,
                 bus,
                 dir: temp_dir("redis"),
@@ -308,6 +312,31 @@ impl RedisServer {
         panic!("could not start redis-server again on other free ports");
     }
 
+    /// As [`RedisServer::restart_elsewhere`], but the process at the old ports is stopped
+    /// (`SIGSTOP`) rather than killed, and stays so until this server is dropped: its
+    /// address accepts connections and bytes and never answers, as a host gone without a
+    /// reset does. The new process starts from a copy of its directory (a cluster node's
+    /// `nodes.conf`: the same node ID and slots).
+    pub fn move_leaving_silent(&mut self) -> u16 {
+        let child = self.child.take().expect("a running process to leave");
+        self.silent.push((child, self.dir.clone()));
+        let status = Command::new("kill")
+            .args([
+                "-STOP",
+                &self.silent[self.silent.len() - 1].0.id().to_string(),
+            ])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -STOP failed");
+        let copy = temp_dir("redis");
+        for entry in std::fs::read_dir(&self.dir).expect("the server's directory") {
+            let entry = entry.expect("a directory entry");
+            std::fs::copy(entry.path(), copy.join(entry.file_name())).expect("copy a file");
+        }
+        self.dir = copy;
+        self.restart_elsewhere()
+    }
+
     /// Starts the server again on the same port (empty, since nothing is persisted).
     pub fn restart(&mut self) {
         self.restart_with(&[]);
@@ -333,6 +362,11 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+        for (mut child, dir) in self.silent.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

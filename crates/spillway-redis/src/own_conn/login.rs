@@ -41,12 +41,14 @@ pub(crate) struct Target {
     /// The most calls waiting for a reply before the connection is closed as not answering.
     pub(super) max_waiting: u64,
     /// For a connection to a cluster master: where it is now, and who must answer there.
-    master: Option<Master>,
+    pub(super) master: Option<Master>,
 }
 
 /// A Redis Cluster master a connection must reach, wherever it is: `locate` gives the address
 /// to try (the one the slot map last reported; `None`: the target's own), and `id` is the
-/// node ID that must answer there.
+/// node ID that must answer there. A connection to it that meets a timeout is closed if
+/// `locate` then gives another address than the one it went to (see
+/// [`super::OwnConn::no_answer`]).
 #[derive(Clone)]
 pub(crate) struct Master {
     pub(crate) id: String,
@@ -131,8 +133,11 @@ impl Target {
     }
 }
 
+/// A connection made and logged in, and for a cluster master's, the TCP address it went to.
+pub(super) type LoggedIn = (Box<dyn Io>, Option<(String, u16)>);
+
 /// Connects to `target` and logs in (see the module docs), within its limit.
-pub(super) async fn log_in(target: &Target) -> RedisResult<Box<dyn Io>> {
+pub(super) async fn log_in(target: &Target) -> RedisResult<LoggedIn> {
     match tokio::time::timeout(target.limit, log_in_unbounded(target)).await {
         Ok(io) => io,
         Err(_) => Err(RedisError::from(std::io::Error::new(
@@ -142,10 +147,12 @@ pub(super) async fn log_in(target: &Target) -> RedisResult<Box<dyn Io>> {
     }
 }
 
-async fn log_in_unbounded(target: &Target) -> RedisResult<Box<dyn Io>> {
+async fn log_in_unbounded(target: &Target) -> RedisResult<LoggedIn> {
     let located = target.master.as_ref().and_then(|m| (m.locate)());
+    let mut at = None;
     let mut io: Box<dyn Io> = match (&located, &target.addr) {
         (Some((host, port)), _) | (None, Addr::Tcp(host, port)) => {
+            at = Some((host.clone(), *port));
             let socket = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             // A command goes out whole, at once: Nagle's wait for the last segment's
             // acknowledgement would only hold up the next call written while one is out.
@@ -221,19 +228,30 @@ async fn log_in_unbounded(target: &Target) -> RedisResult<Box<dyn Io>> {
         Some(_) => {}
     }
     if let Some(master) = &target.master {
-        let answered = match replies.next() {
-            Some(Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
-            other => format!("{other:?}"),
-        };
-        if answered != master.id {
-            return Err(lost(&format!(
-                "the node answering where cluster master {} was reported is another one \
-                 (CLUSTER MYID: {answered})",
-                master.id
-            )));
+        let (host, port) = at.as_ref().map_or(("?", 0), |(h, p)| (h.as_str(), *p));
+        match replies.next() {
+            Some(Value::BulkString(id)) if id == master.id.as_bytes() => {}
+            Some(Value::BulkString(id)) => {
+                return Err(lost(&format!(
+                    "the node answering at {host}:{port}, where cluster master {} was \
+                     reported, is another one (CLUSTER MYID: {})",
+                    master.id,
+                    String::from_utf8_lossy(&id)
+                )))
+            }
+            // A server outside any cluster, or a user not allowed `CLUSTER MYID`: which node
+            // this is cannot be told, and a call run on the wrong one would be answered.
+            other => {
+                return Err(lost(&format!(
+                    "cannot tell which node answers at {host}:{port}, where cluster master \
+                     {} was reported: it answered CLUSTER MYID with {other:?} (the login's \
+                     user needs the right to run it)",
+                    master.id
+                )))
+            }
         }
     }
-    Ok(io)
+    Ok((io, at.filter(|_| target.master.is_some())))
 }
 
 /// Whether a server's error answer to the login is a refused or missing login, in the words

@@ -660,13 +660,94 @@ async fn a_masters_conn_goes_where_it_is_located_and_only_to_that_master() {
     let second = run(&conn, &["CLUSTER", "MYID"]).await;
     assert!(answers(second), "reached at {port} (first call: {first:?})");
 
-    // Another server at the located address: no call is run on it.
+    // Another server at the located address: no call is run on it, and each call after the
+    // one that found the close fails as not sent (so that the store sends it through its
+    // cluster connection), naming the address and why.
     let other = RedisServer::start();
     *at.lock() = other.port();
     node.kill();
-    for _ in 0..3 {
-        let set = run(&conn, &["SET", "k", "v"]).await;
-        assert!(set.is_err(), "run on another server: {set:?}");
+    let first = run(&conn, &["SET", "k", "v"]).await;
+    assert!(first.is_err(), "run on another server: {first:?}");
+    for _ in 0..2 {
+        let Err(err) = run(&conn, &["SET", "k", "v"]).await else {
+            panic!("run on another server")
+        };
+        assert!(was_not_sent(&err), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("127.0.0.1:{}", other.port())),
+            "{text}"
+        );
+        assert!(text.contains("cannot tell which node"), "{text}");
     }
     assert_eq!(command(other.port(), "EXISTS k").as_deref(), Some(":0\r\n"));
+
+    // Another cluster node there (another node ID): the same.
+    let stranger = RedisServer::start_with(&["--cluster-enabled", "yes"]);
+    *at.lock() = stranger.port();
+    let Err(err) = run(&conn, &["SET", "k", "v"]).await else {
+        panic!("run on another cluster node")
+    };
+    assert!(was_not_sent(&err), "{err}");
+    assert!(err.to_string().contains("is another one"), "{err}");
+    assert_eq!(
+        command(stranger.port(), "DBSIZE").as_deref(),
+        Some(":0\r\n")
+    );
+}
+
+/// A call on a cluster master's connection that gets no answer in time (the caller's timer:
+/// here the master is stopped) closes it once the master is located elsewhere, and only then:
+/// the next call is made there. A connection to any other target is left as it is.
+#[tokio::test]
+async fn a_masters_conn_unanswered_where_it_went_is_closed_once_located_elsewhere() {
+    let node = RedisServer::start_with(&["--cluster-enabled", "yes"]);
+    let reply = command(node.port(), "CLUSTER MYID").expect("answers");
+    let id = reply.lines().nth(1).expect("a bulk string").to_owned();
+    let at = Arc::new(parking_lot::Mutex::new(node.port()));
+    let located = Arc::clone(&at);
+    let master = Master {
+        id: id.clone(),
+        locate: Arc::new(move || Some(("127.0.0.1".to_owned(), *located.lock()))),
+    };
+    let target = Target::of_url(&node.url(), LIMIT).expect("a RESP2 URL");
+    let conn = OwnConn::connect(target.clone().for_master(master))
+        .await
+        .expect("made");
+    let plain = OwnConn::connect(target).await.expect("made");
+    node.freeze();
+    let unanswered = |conn: &OwnConn| {
+        let conn = conn.clone();
+        async move {
+            let call = run(&conn, &["PING"]);
+            assert!(
+                tokio::time::timeout(Duration::from_millis(100), call)
+                    .await
+                    .is_err(),
+                "a stopped server answered"
+            );
+            conn.no_answer();
+            conn.shared.lock().io.is_some()
+        }
+    };
+    assert!(unanswered(&conn).await, "still located there: kept");
+    assert!(unanswered(&plain).await, "not a master's: kept");
+    // The master's new home, under its ID (the stopped one stands in for the old address).
+    let moved = RedisServer::start_with(&["--cluster-enabled", "yes"]);
+    let new_id = command(moved.port(), "CLUSTER MYID").expect("answers");
+    *at.lock() = moved.port();
+    assert!(!unanswered(&conn).await, "located elsewhere: closed");
+    assert!(unanswered(&plain).await, "not a master's: kept");
+    node.resume();
+    // The next call goes to the located address, where another ID answers here (a stand-in
+    // server): not sent, and nothing run there.
+    let Err(err) = run(&conn, &["SET", "k", "v"]).await else {
+        panic!("logged in where {new_id:?} answers")
+    };
+    assert!(was_not_sent(&err), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("127.0.0.1:{}", moved.port())),
+        "{err}"
+    );
 }

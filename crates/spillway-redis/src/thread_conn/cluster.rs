@@ -19,10 +19,16 @@
 //! A master that comes back at another address under the same node ID (a restarted pod) is
 //! no change of hands, and its connections follow it: each time one is made (at first, by a
 //! call or ping finding it closed, after a failure) it goes to the address the view last
-//! reported for the master ([`crate::topology::Topology::address`]) and checks that the
+//! reported for the master ([`crate::topology::Topology::address_of`]) and checks that the
 //! master answers there (`CLUSTER MYID` with the login; [`crate::own_conn::Master`]). A
-//! connection that is up stays where it is, whatever a node reports: the process it reaches
-//! is the master it logged in to.
+//! connection that is up stays where it is, whatever a node reports (the process it reaches
+//! is the master it logged in to), unless a call or ping on it gets no answer in time while
+//! the view reports the master elsewhere: then it is closed, and made again there
+//! ([`crate::own_conn::OwnConn::no_answer`]), so that an old address gone silent (a host gone
+//! without a reset) does not hold it until the kernel gives up. A connection that cannot be
+//! made again fails its call as not sent: the call goes through the store's cluster
+//! connection within its budget, the view is asked for again, and the master's connections
+//! step aside until one answers a ping.
 
 use super::{open_own, AbortOnDrop, ClusterConnect, Pinged, ATTACHED};
 use super::{Listed, Own, OWN};
@@ -153,17 +159,23 @@ impl Node {
             }
         };
         // Each time the connection is made, it goes where the master was last reported
-        // (while the index is its) and checks who answers there.
+        // (while it has slots) and checks who answers there.
         let topology = Arc::clone(&self.topology);
+        let id = self.master.clone();
         let master = Master {
             id: self.master.clone(),
-            locate: Arc::new(move || topology.address(node, generation)),
+            locate: Arc::new(move || topology.address_of(&id)),
         };
         let target = self.seed.at(&self.at.0, self.at.1).for_master(master);
-        let address = authority(&self.at.0, self.at.1);
         let open = || {
             let refusal = Refusal::of(&self.owner, &self.login_hint);
-            open_own(target.clone(), refusal, "Redis Cluster master", &address)
+            let (host, port) = self
+                .topology
+                .address_of(&self.master)
+                .unwrap_or_else(|| self.at.clone());
+            let address = authority(&host, port);
+            let target = target.clone();
+            async move { open_own(target, refusal, "Redis Cluster master", &address).await }
         };
         let conn = tokio::select! {
             conn = super::retry::connected(open, None) => conn,

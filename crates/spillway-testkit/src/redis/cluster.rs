@@ -286,6 +286,19 @@ impl RedisCluster {
     pub fn move_master(&mut self, m: usize) -> u16 {
         assert!(m < self.masters, "no such master");
         let port = self.nodes[m].restart_elsewhere();
+        self.await_moved(port)
+    }
+
+    /// As [`RedisCluster::move_master`], with the old process left stopped at its old ports
+    /// ([`RedisServer::move_leaving_silent`]): a connection to it stays open and unanswered.
+    pub fn move_master_leaving_silent(&mut self, m: usize) -> u16 {
+        assert!(m < self.masters, "no such master");
+        let port = self.nodes[m].move_leaving_silent();
+        self.await_moved(port)
+    }
+
+    /// Waits until every master knows a moved master at `port` and the cluster is ready again.
+    fn await_moved(&self, port: u16) -> u16 {
         let needle = format!(":{port}@");
         self.poll("every master to know the moved one at its new port", || {
             self.ports().iter().all(|&p| {
