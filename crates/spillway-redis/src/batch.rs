@@ -129,10 +129,10 @@ pub(crate) enum BatchError {
     QueueFull(StoreError),
     /// The call failed, timed out, or was never answered.
     Store(StoreError),
-    /// The call was not sent: its connection, a serving thread's own, is lost for good (see
-    /// [`crate::own_conn`]); or it was sent to a cluster master that refused it for a slot it
-    /// does not serve (a redirect or `TRYAGAIN`, see [`crate::thread_conn`]). Nothing of the
-    /// request ran; here it is back.
+    /// The call was not sent: its connection, a serving thread's own, is lost for good or
+    /// could not be made again (a cluster master's; see [`crate::own_conn`]); or it was sent
+    /// to a cluster master that refused it for a slot it does not serve (a redirect or
+    /// `TRYAGAIN`, see [`crate::thread_conn`]). Nothing of the request ran; here it is back.
     NotSent(Box<Unsent>),
 }
 

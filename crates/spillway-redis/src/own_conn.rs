@@ -106,6 +106,9 @@ struct State {
     io: Option<Box<dyn Io>>,
     /// For a cluster master's connection: the address it went to.
     at: Option<(String, u16)>,
+    /// For a cluster master's connection reported elsewhere: [`State::answered`] when a call
+    /// on it last got no answer in time (see [`OwnConn::no_answer`]).
+    stalled: Option<u64>,
     /// Set when the connection closes, for one made once ([`Target::made_once`]).
     lost_sets: Option<Arc<AtomicBool>>,
     /// Commands not written yet (from `written` on).
@@ -212,6 +215,7 @@ impl OwnConn {
                 let mut state = shared.lock();
                 state.io = Some(io);
                 state.at = at;
+                state.stalled = None;
                 Ok(())
             })
         });
@@ -222,13 +226,16 @@ impl OwnConn {
 }
 
 impl OwnConn {
-    /// A call on this connection got no answer in time. A cluster master's connection is
-    /// closed if the slot map now reports the master at another address than the one it went
-    /// to: a master that moved while its old address went silent (a host gone without a
+    /// A call or ping on this connection got no answer in time. A cluster master's connection
+    /// is closed if the slot map reports the master at another address than the one it went
+    /// to, both now and at the previous time a call got no answer, with no reply read in
+    /// between: a master that moved while its old address went silent (a host gone without a
     /// reset) would otherwise keep the connection until the kernel gives up on it. The next
     /// call or ping makes it again where the master is reported (checking who answers), and
-    /// the calls still waiting on it fail as a lost connection. Elsewhere, nothing: a slow
-    /// server is no reason to drop the replies on their way.
+    /// the calls still waiting on it fail as a lost connection. A master that is slow but
+    /// answers, or a single late timeout (perhaps of an earlier connection), closes nothing,
+    /// whatever address a node reports; nor does any other connection: a slow server is no
+    /// reason to drop the replies on their way.
     pub(crate) fn no_answer(&self) {
         let Some(master) = &self.shared.target.master else {
             return;
@@ -241,7 +248,15 @@ impl OwnConn {
             .at
             .as_ref()
             .is_some_and(|(h, p)| (h.as_str(), *p) != (host.as_str(), port));
-        if moved && state.io.is_some() {
+        if !moved || state.io.is_none() {
+            state.stalled = None;
+            return;
+        }
+        if state.stalled != Some(state.answered) {
+            state.stalled = Some(state.answered);
+            return;
+        }
+        {
             let why = format!(
                 "cluster master {} gave no answer in time here and is now reported at \
                  {host}:{port}",
@@ -326,6 +341,7 @@ impl State {
         Self {
             io: Some(io),
             at: None,
+            stalled: None,
             lost_sets,
             max_waiting,
             out: Vec::new(),

@@ -106,8 +106,9 @@ pub const THREAD_CONNS: &str = "spillway_redis_thread_lanes";
 /// a failure.
 pub const THREAD_CONN_FAILURES: &str = "spillway_redis_thread_lane_failures_total";
 /// Counter of requests a serving thread's own connection did not send, lost for good before
-/// their call went out (a Sentinel master's idle close), or that a cluster master refused for
-/// a slot it does not serve, and sent on the shared path instead.
+/// their call went out (a Sentinel master's idle close) or not made again (a cluster master's,
+/// where it was reported), or that a cluster master refused for a slot it does not serve, and
+/// sent on the shared path instead.
 pub const THREAD_CONN_RESENT: &str = "spillway_redis_thread_lane_resent_total";
 
 /// Ids of stores, so a thread tells its thread connections of different stores apart.

@@ -24,7 +24,7 @@
 //! own to each master ([`crate::thread_conn`]): [`Topology::masters`] gives each index's
 //! address, and a change of hands is announced ([`Topology::subscribe`]) so those
 //! connections follow it. Unlike the name, the address is the latest any node reported
-//! ([`Topology::address`]): a master that comes back at another address (a restarted pod
+//! ([`Topology::address_of`]): a master that comes back at another address (a restarted pod
 //! keeping its node ID) is reached there by the next connection made to it, without a change
 //! of hands. A node that no longer serves a slot refuses its calls with a
 //! redirect before running anything, so a view a moment stale costs a resend, never a wrong

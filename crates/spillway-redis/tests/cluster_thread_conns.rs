@@ -305,7 +305,9 @@ async fn thread_conns_to_a_cluster_behind_a_password_log_in_as_the_seeds_do() {
 
 /// A master killed under a thread's connections sends only the connections to it aside: right
 /// after a check of its slot fails, the thread's checks of the other masters' slots stay on
-/// their own connections, answered there.
+/// their own connections, answered there. The check found its connection closed and could
+/// not make it again, so nothing of it was sent: it went on the shared path (where it failed
+/// too) and is counted once, as a resend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_master_sends_only_its_own_thread_conns_aside() {
     let (mut cluster, store, keys) = three_masters(Duration::from_millis(500)).await;
@@ -314,12 +316,14 @@ async fn a_dead_master_sends_only_its_own_thread_conns_aside() {
     let (seen, saw) = oneshot::channel();
     let checked = keys.clone();
     let (stop, thread) = serving_for(&store, &keys, move |store| async move {
+        let counts = LocalMetrics::hear();
         let _ = up.send(());
         was_killed.await.expect("the test kills the master");
         let params = window(1000);
         let dead = store
             .check(&[check(&checked[0], &params, 1)], CheckMode::Consume)
             .await;
+        let resent = sample(&counts.render(), THREAD_CONN_RESENT);
         // Asked at once, before any ping could bring a connection back.
         let others_here = served_here(&store, &checked[1..]);
         let dead_here = served_here(&store, &checked[..1]);
@@ -330,13 +334,15 @@ async fn a_dead_master_sends_only_its_own_thread_conns_aside() {
                 .await;
             others.push(d.map(|d| d[0].allowed));
         }
-        let _ = seen.send((dead.is_err(), dead_here, others_here, others));
+        let _ = seen.send((dead.is_err(), resent, dead_here, others_here, others));
     });
     is_up.await.expect("thread connections up");
     cluster.node_mut(0).kill();
     let _ = killed.send(());
-    let (dead_failed, dead_here, others_here, others) = saw.await.expect("the thread reports");
+    let (dead_failed, resent, dead_here, others_here, others) =
+        saw.await.expect("the thread reports");
     assert!(dead_failed, "the dead master's check fails");
+    assert_eq!(resent, 1, "not sent on the thread's connection: resent");
     assert!(!dead_here, "its connection stepped aside");
     assert!(others_here, "the other masters' connections stayed up");
     assert!(
@@ -414,8 +420,8 @@ async fn a_master_back_at_another_address_is_followed_there() {
 
 /// A master that moves while its old address goes silent (a host gone without a reset: the
 /// old process is stopped, so the old connection stays open and unanswered) is followed too:
-/// the first check that gets no answer there in time, once the view reports the master
-/// elsewhere, closes the connection, and the next one is made at the new address. (Before,
+/// the second check in a row that gets no answer there in time, with the view reporting the
+/// master elsewhere, closes the connection, and the next one is made at the new address. (Before,
 /// every check of the master's slots timed out on the old connection until the kernel gave
 /// up on it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,7 +153,15 @@ async fn log_in_unbounded(target: &Target) -> RedisResult<LoggedIn> {
     let mut io: Box<dyn Io> = match (&located, &target.addr) {
         (Some((host, port)), _) | (None, Addr::Tcp(host, port)) => {
             at = Some((host.clone(), *port));
-            let socket = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            let socket = tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|err| {
+                    // Of the same kind (a refusal stays one), naming where.
+                    std::io::Error::new(
+                        err.kind(),
+                        format!("cannot connect to {host}:{port}: {err}"),
+                    )
+                })?;
             // A command goes out whole, at once: Nagle's wait for the last segment's
             // acknowledgement would only hold up the next call written while one is out.
             socket.set_nodelay(true)?;

@@ -22,8 +22,9 @@
 //! reported for the master ([`crate::topology::Topology::address_of`]) and checks that the
 //! master answers there (`CLUSTER MYID` with the login; [`crate::own_conn::Master`]). A
 //! connection that is up stays where it is, whatever a node reports (the process it reaches
-//! is the master it logged in to), unless a call or ping on it gets no answer in time while
-//! the view reports the master elsewhere: then it is closed, and made again there
+//! is the master it logged in to), unless two calls or pings on it in a row get no answer in
+//! time, no reply read in between, while the view reports the master elsewhere: then it is
+//! closed, and made again there
 //! ([`crate::own_conn::OwnConn::no_answer`]), so that an old address gone silent (a host gone
 //! without a reset) does not hold it until the kernel gives up. A connection that cannot be
 //! made again fails its call as not sent: the call goes through the store's cluster

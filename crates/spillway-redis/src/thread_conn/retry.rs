@@ -76,15 +76,21 @@ async fn pause(wait: Duration, switches: Option<&mut watch::Receiver<u64>>) -> b
 pub(super) async fn answers(conn: &Conn, limit: Duration) {
     let mut wait = RETRY_FIRST;
     loop {
-        let mut conn = conn.clone();
+        let mut pinged = conn.clone();
         let cmd = redis::cmd("PING");
-        let ping = async move { crate::functions::lift(conn.query(&cmd).await) };
+        let ping = async move { crate::functions::lift(pinged.query(&cmd).await) };
         match tokio::time::timeout(limit, ping).await {
             Ok(Ok(_)) => return,
             Ok(Err(err)) => {
                 tracing::debug!(error = %err, "a serving thread's Redis connection is still down");
             }
-            Err(_) => tracing::debug!("a serving thread's Redis connection did not answer a ping"),
+            Err(_) => {
+                tracing::debug!("a serving thread's Redis connection did not answer a ping");
+                // As for a call: a master's connection to an address gone silent goes.
+                if let Conn::Own(own) = conn {
+                    own.no_answer();
+                }
+            }
         }
         metrics::counter!(THREAD_CONN_FAILURES).increment(1);
         tokio::time::sleep(wait).await;
@@ -129,5 +135,44 @@ mod tests {
         tokio::join!(opening, switching);
         let ms: Vec<u128> = attempts.borrow().iter().map(|d| d.as_millis()).collect();
         assert_eq!(ms, [0, 100, 300, 700, 1_500, 1_600, 1_700, 1_900]);
+    }
+
+    /// A cluster master's connection pinged after a failure, its old address gone silent (the
+    /// old process stopped) and the master reported at its new one (the same node ID): the
+    /// pings that get no answer close it (see `OwnConn::no_answer`), and a later one makes it
+    /// again at the new address, where it is answered. Without that, nothing but the kernel
+    /// would ever close it, and it would not serve again.
+    #[tokio::test]
+    async fn pings_unanswered_where_a_master_was_move_its_conn_where_it_is_reported() {
+        use crate::own_conn::{Master, OwnConn, Target};
+        use spillway_testkit::redis::{command, RedisServer};
+        let mut node = RedisServer::start_with(&["--cluster-enabled", "yes"]);
+        let reply = command(node.port(), "CLUSTER MYID").expect("answers");
+        let id = reply.lines().nth(1).expect("a bulk string").to_owned();
+        let at = std::sync::Arc::new(parking_lot::Mutex::new(node.port()));
+        let located = std::sync::Arc::clone(&at);
+        let master = Master {
+            id,
+            locate: std::sync::Arc::new(move || Some(("127.0.0.1".to_owned(), *located.lock()))),
+        };
+        let target = Target::of_url(&node.url(), Duration::from_secs(2))
+            .expect("a RESP2 URL")
+            .for_master(master);
+        let conn = Conn::Own(OwnConn::connect(target).await.expect("made"));
+        let port = node.move_leaving_silent();
+        *at.lock() = port;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            answers(&conn, Duration::from_millis(200)),
+        )
+        .await
+        .expect("answered at the new address");
+        // The stopped process answers nothing: an answer comes from the new one.
+        let mut conn = conn;
+        let answered = conn.query(redis::cmd("CLUSTER").arg("MYID")).await;
+        assert!(
+            matches!(answered, Ok(redis::Value::BulkString(_))),
+            "{answered:?}"
+        );
     }
 }
