@@ -12,6 +12,7 @@ use common::{check, key, sample, window};
 use spillway_core::key::StateKey;
 use spillway_core::request::CheckMode;
 use spillway_core::store::Store;
+use spillway_redis::batch::BATCH_REQUESTS;
 use spillway_redis::thread_conn::THREAD_CONN_RESENT;
 use spillway_redis::{keys, RedisConfig, RedisStore, Target};
 use spillway_testkit::metrics::LocalMetrics;
@@ -595,6 +596,7 @@ async fn a_masters_conn_holds_a_call_per_busy_slot_past_a_servers_bound() {
     let (resumed, was_resumed) = oneshot::channel::<()>();
     let (seen, saw) = oneshot::channel();
     let (stop, thread) = serving_for(&store, &keys, move |store| async move {
+        let counts = LocalMetrics::hear();
         let _ = up.send(());
         was_frozen.await.expect("the test pauses the master");
         let calls: Vec<_> = many
@@ -610,9 +612,15 @@ async fn a_masters_conn_holds_a_call_per_busy_slot_past_a_servers_bound() {
                 })
             })
             .collect();
-        // Every call written while the master is paused.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let _ = sent.send(());
+        // Every check handed to the connection while the master is paused (each lane keeps
+        // up to `IN_FLIGHT` calls out, and no slot here has more keys than that), seen by the
+        // calls' sizes as they are sent, rather than by a wait.
+        let handed = || sample(&counts.render(), &format!("{BATCH_REQUESTS}_sum"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while handed() < 1500 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = sent.send(handed());
         was_resumed.await.expect("the test resumes the master");
         let mut answered = 0;
         let mut failed = Vec::new();
@@ -628,8 +636,12 @@ async fn a_masters_conn_holds_a_call_per_busy_slot_past_a_servers_bound() {
     is_up.await.expect("thread connections up");
     cluster.node(0).freeze();
     let _ = frozen.send(());
-    were_sent.await.expect("the checks went out");
+    let handed = were_sent.await.expect("the checks went out");
     cluster.node(0).resume();
+    assert_eq!(
+        handed, 1500,
+        "every check on the connection while the master was paused"
+    );
     let _ = resumed.send(());
     let (answered, failed) = saw.await.expect("the thread reports");
     assert_eq!(
