@@ -256,14 +256,20 @@ impl OwnConn {
             state.stalled = Some(state.answered);
             return;
         }
-        {
-            let why = format!(
-                "cluster master {} gave no answer in time here and is now reported at \
-                 {host}:{port}",
-                master.id
-            );
-            state.close(&why, None);
-        }
+        let (old_host, old_port) = state.at.clone().unwrap_or_default();
+        tracing::warn!(
+            master = %master.id,
+            at = %crate::login::authority(&old_host, old_port),
+            reported = %crate::login::authority(&host, port),
+            "a serving thread's connection to a Redis Cluster master got no answer where it \
+             went, and the master is reported elsewhere: closing it, to make it there"
+        );
+        let why = format!(
+            "cluster master {} gave no answer in time here and is now reported at {}",
+            master.id,
+            crate::login::authority(&host, port)
+        );
+        state.close(&why, None);
     }
 }
 

@@ -157,10 +157,8 @@ async fn log_in_unbounded(target: &Target) -> RedisResult<LoggedIn> {
                 .await
                 .map_err(|err| {
                     // Of the same kind (a refusal stays one), naming where.
-                    std::io::Error::new(
-                        err.kind(),
-                        format!("cannot connect to {host}:{port}: {err}"),
-                    )
+                    let place = crate::login::authority(host, *port);
+                    std::io::Error::new(err.kind(), format!("cannot connect to {place}: {err}"))
                 })?;
             // A command goes out whole, at once: Nagle's wait for the last segment's
             // acknowledgement would only hold up the next call written while one is out.
@@ -236,12 +234,14 @@ async fn log_in_unbounded(target: &Target) -> RedisResult<LoggedIn> {
         Some(_) => {}
     }
     if let Some(master) = &target.master {
-        let (host, port) = at.as_ref().map_or(("?", 0), |(h, p)| (h.as_str(), *p));
+        let place = at
+            .as_ref()
+            .map_or_else(|| "?".to_owned(), |(h, p)| crate::login::authority(h, *p));
         match replies.next() {
             Some(Value::BulkString(id)) if id == master.id.as_bytes() => {}
             Some(Value::BulkString(id)) => {
                 return Err(lost(&format!(
-                    "the node answering at {host}:{port}, where cluster master {} was \
+                    "the node answering at {place}, where cluster master {} was \
                      reported, is another one (CLUSTER MYID: {})",
                     master.id,
                     String::from_utf8_lossy(&id)
@@ -251,7 +251,7 @@ async fn log_in_unbounded(target: &Target) -> RedisResult<LoggedIn> {
             // this is cannot be told, and a call run on the wrong one would be answered.
             other => {
                 return Err(lost(&format!(
-                    "cannot tell which node answers at {host}:{port}, where cluster master \
+                    "cannot tell which node answers at {place}, where cluster master \
                      {} was reported: it answered CLUSTER MYID with {other:?} (the login's \
                      user needs the right to run it)",
                     master.id
