@@ -20,7 +20,7 @@
 //!
 //! Redis keeps the limits' time (`TIME`), so the nodes run on the real clock here. No test
 //! waits for a window to roll over: each picks a window length (about an hour, see
-//! [`roomy_window`]) whose current window has at least ten minutes left, and buckets refill
+//! [`roomy_window`](common::roomy_window)) whose current window has at least ten minutes left, and buckets refill
 //! once an hour or slower. Run with `--nocapture` to see the measurements docs/GLOBAL.md quotes.
 
 // Latency and pacing are wall-clock time by nature.
@@ -28,7 +28,7 @@
 
 mod common;
 
-use common::{header, metric, wait_until_async, Server, PATIENCE};
+use common::{header, metric, roomy_window, wait_until_async, Server, PATIENCE};
 use spillway_testkit::policy::{regions_store, unreachable, unreachable_regions};
 use spillway_testkit::proxy::DelayProxy;
 use spillway_testkit::redis::{command, RedisServer};
@@ -133,23 +133,6 @@ impl World {
             }
         }
     }
-}
-
-/// A fixed window length, written for a policy, whose current window (aligned on the Unix
-/// epoch, as every node and Redis align it) has at least ten minutes left, with its length in
-/// microseconds. Lengths of an hour and a few seconds end at unrelated moments, so one of the
-/// first few always has room: no test waits for a window to roll over, and none rolls over
-/// while a test runs (each takes well under a minute).
-fn roomy_window() -> (String, u64) {
-    #[allow(clippy::disallowed_methods)] // the wall clock is what the nodes' windows follow
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
-    (3_600..3_700)
-        .find(|len| len - now % len >= 600)
-        .map(|len| (format!("{len}s"), len * 1_000_000))
-        .expect("an hour-long window with ten minutes left")
 }
 
 /// One check of `path` for `tenant` on `node`: its status, home-region header and latency.

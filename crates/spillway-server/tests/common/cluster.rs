@@ -10,9 +10,11 @@ use std::time::Duration;
 /// budget left and never run it out.
 pub const LIMIT: u64 = 1_000_000;
 
-/// A policy over `cluster`: one limit `api` ([`LIMIT`] an hour, keyed and so hash-tagged by
-/// the user) on `POST /api`, whose failure mode is `failure_mode`, with the store's `budget`
-/// and `breaker_failures`; `emergency` is the limit's emergency quota per node, if given.
+/// A policy over `cluster`: one limit `api` ([`LIMIT`] a fixed window of about an hour whose
+/// current window has at least ten minutes left ([`super::roomy_window`]), so no test's counts
+/// start over mid-run; keyed and so hash-tagged by the user) on `POST /api`, whose failure
+/// mode is `failure_mode`, with the store's `budget` and `breaker_failures`; `emergency` is
+/// the limit's emergency quota per node, if given.
 pub fn policy(
     cluster: &RedisCluster,
     failure_mode: &str,
@@ -24,6 +26,7 @@ pub fn policy(
     let emergency = emergency
         .map(|e| format!("\n    emergency: {{limit: {e}}}"))
         .unwrap_or_default();
+    let (window, _) = super::roomy_window();
     format!(
         r#"
 default_tier: free
@@ -32,7 +35,7 @@ limits:
   api:
     algorithm: fixed_window
     limit: {LIMIT}
-    window: 1h
+    window: {window}
     key: [user]{emergency}
 tiers:
   free:

@@ -415,3 +415,20 @@ pub async fn timed_check(http: &reqwest::Client, base: &str, path: &str, user: &
         took: started.elapsed(),
     }
 }
+
+/// A fixed window length, written for a policy, whose current window (aligned on the Unix
+/// epoch, as every node and Redis align it) has at least ten minutes left, with its length in
+/// microseconds. Lengths of an hour and a few seconds end at unrelated moments, so one of the
+/// first few always has room: no test waits for a window to roll over, and none rolls over
+/// while a test runs (each takes well under a minute).
+pub fn roomy_window() -> (String, u64) {
+    #[allow(clippy::disallowed_methods)] // the wall clock is what the nodes' windows follow
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    (3_600..3_700)
+        .find(|len| len - now % len >= 600)
+        .map(|len| (format!("{len}s"), len * 1_000_000))
+        .expect("an hour-long window with ten minutes left")
+}
