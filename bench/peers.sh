@@ -57,13 +57,14 @@ WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-50}
 CALLS=${CALLS:-100000}
 LOADS=${LOADS:-http-memory http-redis grpc-memory grpc-redis}
-pin_setup
 if [ $# -ge 1 ]; then
   spillway=$1
 else
   cargo build --release -q -p spillway-server --bin spillway
   spillway=target/release/spillway
 fi
+# After the build, which may use every core.
+pin_setup
 
 tmp=$(mktemp -d)
 trap 'stop_all; rm -rf "$tmp"' EXIT
@@ -201,7 +202,7 @@ one_grpc() {
     'BEGIN {printf "%.0f %.2f %d %s\n", ok / (e - s), (b - a) * 1e6 / ok, total - ok, c}'
 }
 
-echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
+echo "machine: $(nproc --all) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
 echo "spillway: $spillway; limitador: $LIMITADOR ($("$LIMITADOR" --version 2>/dev/null | head -1))"
 [ -n "${SPILLWAY_ARGS:-}" ] && echo "spillway serve also gets: $SPILLWAY_ARGS"
 pin_banner

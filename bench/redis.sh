@@ -124,7 +124,7 @@ start_sentinels() {
   sentinel_url="sentinel:bench@$urls"
 }
 
-echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
+echo "machine: $(nproc --all) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')"
 pin_banner
 echo "store: $STORE, redis: $(redis-server --version | awk '{print $3}'), wrk -t$THREADS -c$CONNS -d${DURATION}s, $RUNS runs"
 for policy in $POLICIES; do

@@ -32,8 +32,8 @@
 //! lost connection.
 //! A cluster master's connection ([`Target::for_master`]) is made again wherever the slot map
 //! last reported the master; one that cannot be made again fails the call as not sent too,
-//! and one that meets a timeout while the master is reported elsewhere is closed
-//! ([`OwnConn::no_answer`]).
+//! and one whose calls or pings meet two timeouts in a row, no reply read between, while the
+//! master is reported elsewhere is closed ([`OwnConn::no_answer`]).
 //! The login runs in a task of its own ([`OwnConn::remake`]), so that a caller whose budget
 //! ends mid-login does not undo it. A call whose caller gave up keeps its place in the
 //! order; its reply is read and dropped.
@@ -232,10 +232,12 @@ impl OwnConn {
     /// between: a master that moved while its old address went silent (a host gone without a
     /// reset) would otherwise keep the connection until the kernel gives up on it. The next
     /// call or ping makes it again where the master is reported (checking who answers), and
-    /// the calls still waiting on it fail as a lost connection. A master that is slow but
-    /// answers, or a single late timeout (perhaps of an earlier connection), closes nothing,
-    /// whatever address a node reports; nor does any other connection: a slow server is no
-    /// reason to drop the replies on their way.
+    /// the calls still waiting on it fail as a lost connection. A single timeout (perhaps of
+    /// an earlier connection) closes nothing, nor does a reply read between two; but a master
+    /// that stalls past two calls' timeouts while a node reports it at another address (or
+    /// spells its address otherwise) has its connection made again there, where its node ID
+    /// is checked. No other connection is ever closed this way: a slow server is no reason
+    /// to drop the replies on their way.
     pub(crate) fn no_answer(&self) {
         let Some(master) = &self.shared.target.master else {
             return;

@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::{metric, timed_check, wait_until_async, Sample, Server};
+use common::{metric, roomy_window, timed_check, wait_until_async, Sample, Server};
 use spillway_server::failure::DEFAULT_BREAKER_COOLDOWN as COOLDOWN;
 use spillway_testkit::proxy::DelayProxy;
 use spillway_testkit::redis::{command, RedisServer};
@@ -52,8 +52,11 @@ fn policy(url: &str) -> String {
     ))
 }
 
-/// The chaos policy on the store section `store`.
+/// The chaos policy on the store section `store`. Its windows (about an hour) have at least
+/// ten minutes left ([`roomy_window`]): Redis decides by its own clock, so a window rolling
+/// over mid-test would start the counts over.
 fn with_store(store: &str) -> String {
+    let (window, _) = roomy_window();
     format!(
         r#"
 default_tier: free
@@ -62,18 +65,18 @@ limits:
   big:
     algorithm: fixed_window
     limit: 1000000
-    window: 1h
+    window: {window}
     key: [user]
   small:
     algorithm: fixed_window
     limit: 30
-    window: 1h
+    window: {window}
     key: [user]
     emergency: {{limit: {EMERGENCY}}}
   exact:
     algorithm: fixed_window
     limit: {EXACT}
-    window: 1h
+    window: {window}
     key: [user]
 tiers:
   free:
@@ -474,6 +477,7 @@ async fn script_flush_while_serving() {
 /// per-user limit of `limit` an hour with an emergency quota of 2, on `redis` with a breaker
 /// that opens after 2 failures and probes every 200 ms.
 fn one_degrade_route(redis: &RedisServer, limit: u64) -> String {
+    let (window, _) = roomy_window();
     format!(
         r#"
 default_tier: free
@@ -481,7 +485,7 @@ limits:
   small:
     algorithm: fixed_window
     limit: {limit}
-    window: 1h
+    window: {window}
     key: [user]
     emergency: {{limit: 2}}
 tiers:

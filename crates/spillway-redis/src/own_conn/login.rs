@@ -46,9 +46,9 @@ pub(crate) struct Target {
 
 /// A Redis Cluster master a connection must reach, wherever it is: `locate` gives the address
 /// to try (the one the slot map last reported; `None`: the target's own), and `id` is the
-/// node ID that must answer there. A connection to it that meets a timeout is closed if
-/// `locate` then gives another address than the one it went to (see
-/// [`super::OwnConn::no_answer`]).
+/// node ID that must answer there. A connection to it whose calls or pings meet two timeouts
+/// in a row, no reply read between, is closed if `locate` gives another address than the one
+/// it went to both times (see [`super::OwnConn::no_answer`]).
 #[derive(Clone)]
 pub(crate) struct Master {
     pub(crate) id: String,
