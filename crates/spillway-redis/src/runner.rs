@@ -224,9 +224,7 @@ impl Runner {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(Some(err)),
             Err(_) => {
-                if let Conn::Own(own) = &self.conn {
-                    own.no_answer();
-                }
+                self.conn.no_answer();
                 Err(None)
             }
         }
@@ -442,6 +440,15 @@ impl Runner {
 }
 
 impl Conn {
+    /// A call or ping on this connection got no answer in time: our own connection to a
+    /// cluster master may close (see [`OwnConn::no_answer`]); the client's connections keep
+    /// their own counsel.
+    pub(crate) fn no_answer(&self) {
+        if let Conn::Own(own) = self {
+            own.no_answer();
+        }
+    }
+
     /// Sends one command and reads its reply.
     pub(crate) async fn query(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
         match self {

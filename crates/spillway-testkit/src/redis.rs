@@ -318,16 +318,9 @@ impl RedisServer {
     /// reset does. The new process starts from a copy of its directory (a cluster node's
     /// `nodes.conf`: the same node ID and slots).
     pub fn move_leaving_silent(&mut self) -> u16 {
+        self.freeze();
         let child = self.child.take().expect("a running process to leave");
         self.silent.push((child, self.dir.clone()));
-        let status = Command::new("kill")
-            .args([
-                "-STOP",
-                &self.silent[self.silent.len() - 1].0.id().to_string(),
-            ])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -STOP failed");
         let copy = temp_dir("redis");
         for entry in std::fs::read_dir(&self.dir).expect("the server's directory") {
             let entry = entry.expect("a directory entry");

@@ -152,7 +152,8 @@ async fn log_in_unbounded(target: &Target) -> RedisResult<LoggedIn> {
     let mut at = None;
     let mut io: Box<dyn Io> = match (&located, &target.addr) {
         (Some((host, port)), _) | (None, Addr::Tcp(host, port)) => {
-            at = Some((host.clone(), *port));
+            // Kept for a master's connection: where it went (see `OwnConn::no_answer`).
+            at = target.master.is_some().then(|| (host.clone(), *port));
             let socket = tokio::net::TcpStream::connect((host.as_str(), *port))
                 .await
                 .map_err(|err| {
@@ -259,7 +260,7 @@ async fn log_in_unbounded(target: &Target) -> RedisResult<LoggedIn> {
             }
         }
     }
-    Ok((io, at.filter(|_| target.master.is_some())))
+    Ok((io, at))
 }
 
 /// Whether a server's error answer to the login is a refused or missing login, in the words

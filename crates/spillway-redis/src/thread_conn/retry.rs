@@ -87,9 +87,7 @@ pub(super) async fn answers(conn: &Conn, limit: Duration) {
             Err(_) => {
                 tracing::debug!("a serving thread's Redis connection did not answer a ping");
                 // As for a call: a master's connection to an address gone silent goes.
-                if let Conn::Own(own) = conn {
-                    own.no_answer();
-                }
+                conn.no_answer();
             }
         }
         metrics::counter!(THREAD_CONN_FAILURES).increment(1);
