@@ -78,6 +78,9 @@ async fn three_nodes_share_one_stream_read_back_by_tenant_and_denial() {
                     // A loaded test machine must not turn a store call into a degraded one.
                     "--store-timeout",
                     "2s",
+                    // The minute's window on the manual clock, not Redis's: one rolling over
+                    // between a user's two checks would allow the second.
+                    "--manual-clock-in-store",
                     "--decision-log",
                     "redis",
                     "--decision-log-sample-allowed",

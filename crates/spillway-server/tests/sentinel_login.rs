@@ -154,7 +154,13 @@ async fn the_right_logins_decide() {
     let dir = TempDir::new();
     let file = dir.write("master-password", &format!("{DATA_PASSWORD}\n"));
     let server = Server::with_policy(&policy(&group))
-        .args(&["--master-password-file", &file.display().to_string()])
+        // The hour's window on the manual clock, not Redis's, which could roll it over
+        // between the third check and the fourth.
+        .args(&[
+            "--master-password-file",
+            &file.display().to_string(),
+            "--manual-clock-in-store",
+        ])
         .env("SPILLWAY_SENTINEL_PASSWORD", SENTINEL_PASSWORD)
         .start();
     let mut statuses = Vec::new();

@@ -169,8 +169,10 @@ fn fleet(store: impl Fn(usize) -> String) -> Vec<Server> {
     fleet_of(FLEET, &["a", "b", "c"], store)
 }
 
-/// Nodes named `names` on `policy`, node `i` on the store section `store(i)`, publishing
-/// every 100 ms and counting every decision.
+/// Nodes named `names` on `policy`, node `i` on the store section `store(i)` (a Redis one),
+/// publishing every 100 ms and counting every decision. The scripts run at the manual clock's
+/// time: on Redis's own clock an hour's window could roll over mid-test and start the denial
+/// counts over.
 fn fleet_of(policy: &str, names: &[&str], store: impl Fn(usize) -> String) -> Vec<Server> {
     names
         .iter()
@@ -184,6 +186,7 @@ fn fleet_of(policy: &str, names: &[&str], store: impl Fn(usize) -> String) -> Ve
                     "100ms",
                     "--top-k-sample",
                     "1",
+                    "--manual-clock-in-store",
                 ])
                 .start()
         })
