@@ -18,6 +18,9 @@
 //! - [`rates`]: decisions per second over the last fifteen minutes, counted without a lock.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// These docs describe the internals too and link them: read them with `cargo doc
+// --document-private-items` (as CI builds them).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod algorithm;
 pub mod catalog;

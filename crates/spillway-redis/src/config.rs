@@ -233,7 +233,7 @@ pub struct RedisConfig {
     /// default, for a store connected once at start; a store connected again on each call
     /// until it answers (a far region's) asks less (see [`crate::login::AskSeeds`]).
     pub ask_seeds: crate::login::AskSeeds,
-    /// Whether every caller of [`crate::RedisStore::check`] bounds each call by
+    /// Whether every caller of [`Store::check`](spillway_core::store::Store::check) on a [`crate::RedisStore`] bounds each call by
     /// [`RedisConfig::timeout`] itself and drops it once that has passed (the server's failure
     /// guard does, with its budget as this timeout). The store then puts no timer of its own
     /// on each check's wait (about 680 instructions per check, `docs/BENCHMARKS.md`, session

@@ -55,8 +55,8 @@ pub fn refused(err: &RedisError) -> bool {
 }
 
 /// Whose Redis a refusal names and which setting it asks to check: the one wording of a
-/// refusal, "the [<owner>'s ]<role> at <host:port> refused the login (<the client's error>);
-/// check <check>". The password is never part of it.
+/// refusal, `the [<owner>'s ]<role> at <host:port> refused the login (<the client's error>);
+/// check <check>`. The password is never part of it.
 #[derive(Debug, Clone, Copy)]
 pub struct Refusal<'a> {
     /// Who uses the connection, such as `decision log`; empty for the store's own servers.

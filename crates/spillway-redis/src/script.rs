@@ -211,7 +211,7 @@ impl Encoded {
 pub struct CallArgs<'k> {
     /// Every request's keys, request after request.
     pub keys: Vec<&'k str>,
-    /// The packed requests (argv[2]; see `lua/check.lua`).
+    /// The packed requests (`ARGV[2]`; see `lua/check.lua`).
     pub packed: Vec<u8>,
     /// Per request: its number of checks and whether it asked for undo records of a charge.
     pub shapes: Vec<(usize, bool)>,

@@ -40,6 +40,9 @@
 //!   `spillway decisions` reader) and OpenTelemetry traces of decisions.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// These docs describe the internals too and link them: read them with `cargo doc
+// --document-private-items` (as CI builds them).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin;
 pub mod app;

@@ -59,7 +59,7 @@ pub struct AppState {
 /// What `/readyz` reports about the policy in force.
 #[derive(Debug, Clone)]
 pub struct PolicyInfo {
-    /// Where it came from ([`PolicySource::describe`]).
+    /// Where it came from ([`crate::config::PolicySource::describe`]).
     pub source: String,
     /// When it was loaded, by the server's clock.
     pub loaded_at: Micros,

@@ -19,7 +19,7 @@ pub fn unreachable(n: usize) -> String {
     format!("redis://127.0.0.1:{n}")
 }
 
-/// [`regions_store`] for `names`, each on an [`unreachable`] URL in turn.
+/// [`regions_store`] for `names`, each on an [`unreachable()`] URL in turn.
 pub fn unreachable_regions(names: &[&str], extra: &[&str]) -> String {
     let urls: Vec<String> = (1..=names.len()).map(unreachable).collect();
     let regions: Vec<(&str, &str)> = names

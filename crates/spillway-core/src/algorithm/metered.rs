@@ -42,7 +42,7 @@ impl LimitParams {
     /// until refill or the passing window has repaid it and freed a unit. The new state is
     /// always meant to be stored. The decision tells the key's standing after the charge, as
     /// [`LimitParams::admit`] sees it at once: allowed while at least one unit is free; else
-    /// denied ([`Denial::OverLimit`]) with `retry_after` the time until one is. (Each
+    /// denied ([`Denial::OverLimit`](super::Denial::OverLimit)) with `retry_after` the time until one is. (Each
     /// algorithm's own `charge` answers whether the key owes nothing; the stores and the Lua
     /// mirrors use this standing.)
     ///

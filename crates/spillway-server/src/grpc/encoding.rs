@@ -4,7 +4,7 @@
 //!
 //! Envoy's rate-limit filter can be set to compress its calls; a server that refuses them gets
 //! treated as failed and Envoy fails open, so gzip must be taken. The decompressed message is
-//! capped at [`MAX_MESSAGE`](super::unary::MAX_MESSAGE) like an uncompressed one, and it is
+//! capped at [`super::unary::MAX_MESSAGE`] like an uncompressed one, and it is
 //! inflated incrementally into a buffer that stops growing one byte past the cap, so a few
 //! kilobytes that would inflate to gigabytes (a zip bomb) cost at most the cap in memory and
 //! are refused with `RESOURCE_EXHAUSTED`. Answers are sent uncompressed, which every gRPC

@@ -8,7 +8,7 @@
 //! (`docs/BENCHMARKS.md`). The trade-off: one connection is served by one thread, and
 //! connections are dealt out in turn, not by load.
 //!
-//! Shutdown, in this order: when the [`Shutdown`] fires the accept task closes the port and
+//! Shutdown, in this order: when the [`Shutdown`](crate::shutdown::Shutdown) fires the accept task closes the port and
 //! drops its queues; each thread's server takes every connection still queued, sees its queue
 //! end, and only then drains its connections gracefully (for the HTTP API, after giving the
 //! connections just taken `FIRST_READ` (50 ms) to read their first request; HTTP/2's two-step

@@ -1,5 +1,5 @@
-//! What a refused login asks to check, by where the login was given: the one wording ("...;
-//! check the username/password in <the URL>", see [`spillway_redis::login::Refusal`]) of
+//! What a refused login asks to check, by where the login was given: the one wording (`...;
+//! check the username/password in <the URL>`, see [`spillway_redis::login::Refusal`]) of
 //! every Redis user of the server, the store's, a far region's, the decision log's and the
 //! top-k board's alike. Strings only; who uses which is the caller's to say.
 

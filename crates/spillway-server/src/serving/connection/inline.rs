@@ -23,9 +23,9 @@ use std::task::{Context, Poll, Wake, Waker};
 /// the poll, so it always goes through the runtime.
 const AGAIN: u32 = 1;
 
-/// [`Wake::state`]: the connection is being polled.
+/// [`InlineWake::state`]: the connection is being polled.
 const POLLING: u8 = 1;
-/// [`Wake::state`]: something woke the connection while it was being polled.
+/// [`InlineWake::state`]: something woke the connection while it was being polled.
 const WOKEN: u8 = 2;
 
 /// The waker a connection is polled with: it wakes the task, unless the connection is being

@@ -2,7 +2,7 @@
 //! scope=cluster` on any node answers for the fleet.
 //!
 //! Every [`PUBLISH_EVERY`] (`--top-publish-every`) a node writes its summaries of both windows
-//! (the [`MAX_ROWS`](super::MAX_ROWS) heaviest tenants and users, and the `MAX_ROWS` heaviest
+//! (the [`super::MAX_ROWS`] heaviest tenants and users, and the `MAX_ROWS` heaviest
 //! hot keys *of each limit*, so a reader asking for one limit's keys finds that limit's
 //! heaviest; at most [`MAX_PUBLISHED_HOT_KEYS`] hot keys in all, the heaviest) and its sample as one JSON value at
 //! `{<prefix>:top}:node:<name>` with a TTL of three periods, and adds its name to the set
