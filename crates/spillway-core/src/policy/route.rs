@@ -6,7 +6,11 @@
 //! segment is literal text, `*` (exactly one segment, whatever it holds) or, as the last
 //! segment only, `**` (whatever remains, including nothing). Literal segments compare without
 //! regard to ASCII case unless the policy sets `route_matching: {case_sensitive: true}`; the
-//! method always compares without regard to ASCII case. A request path's `?query` is ignored.
+//! method always compares without regard to ASCII case, and a `GET` pattern matches `HEAD`
+//! requests too (servers answer `HEAD` with their `GET` handler, so a costly `GET` route must
+//! not be free as `HEAD`). A request path's `?query` and `#fragment` are ignored (a fragment
+//! never reaches a server from a browser, but a client may write one into the request line,
+//! and servers behind the proxy drop it before routing).
 //!
 //! A request path is read the way the most lenient server behind the proxy might read it, so
 //! that spelling a path differently cannot slip past a route's cost and limits:
@@ -137,11 +141,11 @@ fn normalized(body: &str) -> (SmallVec<[&str; 8]>, bool) {
 pub(crate) struct RequestPath<'a>(SmallVec<[&'a str; 8]>);
 
 impl<'a> RequestPath<'a> {
-    /// Reads `path` (its `?query` ignored). A request target in absolute form
+    /// Reads `path` (its `?query` and `#fragment` ignored). A request target in absolute form
     /// (`http://host/v1/generate`, which servers must accept) is read by its path. `None`
     /// when there is no path starting with `/`, which no pattern matches.
     pub(crate) fn read(path: &'a str) -> Option<Self> {
-        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let path = path.find(['?', '#']).map_or(path, |end| &path[..end]);
         let path = without_origin(path);
         Some(Self(normalized(path.strip_prefix('/')?).0))
     }
@@ -278,12 +282,26 @@ impl RoutePattern {
         }
     }
 
+    /// The [`identity`](Self::identity) of the `HEAD` pattern this `GET` pattern also
+    /// matches, so that a later `HEAD` route on the same path is known to be shadowed.
+    pub(crate) fn head_identity(&self) -> Option<String> {
+        (self.method.as_deref() == Some("GET")).then(|| {
+            Self {
+                method: Some("HEAD".into()),
+                ..self.clone()
+            }
+            .identity()
+        })
+    }
+
     /// Whether a request with `method` and `path` falls under this pattern. A request with
-    /// no method matches only a `*` pattern.
+    /// no method matches only a `*` pattern; a `HEAD` request matches a `GET` pattern too.
     pub(crate) fn matches(&self, method: Option<&str>, path: &RequestPath<'_>) -> bool {
         if let Some(want) = &self.method {
             match method {
-                Some(m) if m.eq_ignore_ascii_case(want) => {}
+                Some(m)
+                    if m.eq_ignore_ascii_case(want)
+                        || (&**want == "GET" && m.eq_ignore_ascii_case("HEAD")) => {}
                 _ => return false,
             }
         }

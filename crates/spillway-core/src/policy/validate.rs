@@ -143,9 +143,14 @@ fn routes(raw: &RawPolicy, defs: &Defs<'_>, issues: &mut Issues) -> Vec<Arc<Rout
         // Compare canonical forms, so `post  /x` duplicates `POST /x` (and `POST /X`, when
         // routes ignore case).
         let name = pattern.to_string();
-        if let Some(line) = seen.insert(pattern.identity(), route.pattern.referenced.line()) {
-            let message = format!("`{name}` is already matched by the route on line {line}");
+        let line = route.pattern.referenced.line();
+        if let Some(earlier) = seen.insert(pattern.identity(), line) {
+            let message = format!("`{name}` is already matched by the route on line {earlier}");
             issues.push(route.pattern.referenced, format!("{path}.match"), message);
+        }
+        // A `GET` route matches `HEAD` requests too: a `HEAD` route after it is never reached.
+        if let Some(head) = pattern.head_identity() {
+            seen.entry(head).or_insert(line);
         }
         let cost = match &route.cost {
             None => 1,

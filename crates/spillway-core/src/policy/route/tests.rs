@@ -35,9 +35,16 @@ fn paths_are_read_as_a_server_would() {
         "/v1/%67enerate",
         "/v1/%2e/generate",
         "/v1/x/%2E%2E/generate?q=1",
+        // A fragment written into the request line: servers drop it before routing.
+        "/v1/generate#x",
+        "/v1/generate#",
+        "/v1/generate#/more?q",
+        "/v1/generate?q=1#x",
     ] {
         assert!(at(&p, Some("POST"), path), "{path}");
     }
+    // An escaped `#` is part of the path, as it is to a server.
+    assert!(!at(&p, Some("POST"), "/v1/generate%23x"));
     // An escaped or backward slash separates segments too (some servers decode them).
     for path in [
         "/v1%2Fgenerate",
@@ -240,4 +247,29 @@ fn canonical_form_spots_duplicates() {
     assert_eq!(pattern("post  /v1/x").to_string(), "POST /v1/x");
     assert_eq!(pattern("* /").to_string(), "* /");
     assert_eq!(pattern("GET /a/*/**").to_string(), "GET /a/*/**");
+}
+
+/// A `GET` pattern matches `HEAD` too (servers run the `GET` handler for it), in any case;
+/// other patterns take only their own method.
+#[test]
+fn a_get_route_takes_head_requests_too() {
+    let get = pattern("GET /v1/export");
+    for method in ["GET", "HEAD", "head", "Head"] {
+        assert!(at(&get, Some(method), "/v1/export"), "{method}");
+    }
+    assert!(!at(&get, Some("POST"), "/v1/export"));
+    assert!(!at(&get, None, "/v1/export"));
+    let head = pattern("HEAD /v1/export");
+    assert!(at(&head, Some("HEAD"), "/v1/export"));
+    assert!(!at(&head, Some("GET"), "/v1/export"));
+    assert!(!at(&pattern("POST /v1/export"), Some("HEAD"), "/v1/export"));
+    assert_eq!(
+        get.head_identity().as_deref(),
+        Some(head.identity().as_str())
+    );
+    assert_eq!(
+        sensitive("GET /V1/x").head_identity(),
+        Some(sensitive("HEAD /V1/x").identity())
+    );
+    assert_eq!(head.head_identity(), None);
 }

@@ -21,6 +21,32 @@ routes:
     assert_eq!(load(&sensitive).routes().count(), 2);
 }
 
+/// A `GET` route matches `HEAD` requests too, so a `HEAD` route on the same path after it is
+/// never reached and is refused; before it, it takes the `HEAD` requests.
+#[test]
+fn a_head_route_after_the_same_get_route_is_refused() {
+    let routes = r#"tiers:
+  t: {}
+routes:
+  - match: "GET /v1/export"
+  - match: "head /V1/export"
+"#;
+    expect(
+        &format!("default_tier: t\n{routes}"),
+        6,
+        "routes[1].match",
+        "`HEAD /V1/export` is already matched by the route on line 5",
+    );
+    let before = r#"default_tier: t
+tiers:
+  t: {}
+routes:
+  - match: "HEAD /v1/export"
+  - match: "GET /v1/export"
+"#;
+    assert_eq!(load(before).routes().count(), 2);
+}
+
 #[test]
 fn ip_prefixes_must_fit_their_address_family() {
     let text = r#"default_tier: t
