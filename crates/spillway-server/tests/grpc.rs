@@ -146,6 +146,17 @@ async fn hits_addend_counts_per_request_and_per_descriptor() {
         .ask(request("shop", vec![descriptor(&[("budget", "b")])], 1))
         .await;
     assert_eq!(overall(&answer), Code::OverLimit);
+    // A descriptor's own 0 counts as not set: a cost of 0 does not pass the used-up budget.
+    let mut zero = descriptor(&[("budget", "b")]);
+    zero.hits_addend = Some(UInt64Value { value: 0 });
+    let answer = rls.ask(request("shop", vec![zero.clone()], 0)).await;
+    assert_eq!(overall(&answer), Code::OverLimit);
+    // Nor in the policy domain, where the limit is 2 a minute per user.
+    zero.entries[0].key = "user".into();
+    for expected in [Code::Ok, Code::Ok, Code::OverLimit] {
+        let answer = rls.ask(request("spillway", vec![zero.clone()], 0)).await;
+        assert_eq!(overall(&answer), expected);
+    }
 }
 
 #[tokio::test]
@@ -180,6 +191,19 @@ async fn malformed_requests_get_invalid_argument() {
             .expect_err("refused");
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     }
+    // Hits given back are refused rather than charged (nothing here gives hits back).
+    let mut refund = descriptor(&[("user", "u")]);
+    refund.is_negative_hits = true;
+    let status = rls
+        .client
+        .should_rate_limit(request("spillway", vec![refund], 0))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("descriptors[0].is_negative_hits"),
+        "{status:?}"
+    );
     // The server is still fine.
     assert_eq!(
         overall(&rls.one("spillway", &[("user", "u")]).await),

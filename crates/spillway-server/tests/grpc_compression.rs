@@ -4,7 +4,8 @@
 mod common;
 
 use common::grpc::{
-    descriptor, frame, limit, overall, raw_call, request, start, SHOULD_RATE_LIMIT,
+    descriptor, frame, limit, open_call_as, overall, raw_call, read_answer, request, start,
+    SHOULD_RATE_LIMIT,
 };
 use common::Server;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
@@ -89,6 +90,48 @@ async fn a_zip_bomb_is_refused_and_charges_nothing() {
     let status = answer.status().expect("a grpc-status");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("4194304 bytes"), "{status:?}");
+    let call = request("spillway", vec![descriptor(&[("user", "u")])], 0).encode_to_vec();
+    let after = raw_call(rls.addr, SHOULD_RATE_LIMIT, &gzip_call, gzip_frame(&call)).await;
+    assert_eq!(
+        limit(&decoded(&after).statuses[0]),
+        Some(("user-minute".into(), 2, 1))
+    );
+}
+
+/// A message of a million empty descriptors (four bytes each: 4 MiB, just under the cap, and
+/// about 4 KiB once gzipped) is refused from its bytes, before decoding would build every
+/// descriptor (a quarter of a gigabyte): the server's peak memory barely moves. Sent plain
+/// with another method than `POST` it is not decoded either. The server goes on answering.
+#[tokio::test]
+async fn a_million_descriptors_are_refused_before_they_are_built() {
+    let rls = start(Server::with_policy(POLICY), &[]).await;
+    // `domain: "spillway"`, then the descriptors, so that nothing but their number is wrong.
+    let mut message = b"\x0a\x08spillway".to_vec();
+    message.extend([0x12, 0x02, 0x0a, 0x00].repeat(MAX_MESSAGE / 4 - 4));
+    let bomb = gzip_frame(&message);
+    assert!(bomb.len() < 64 * 1024, "a bomb is small: {}", bomb.len());
+    let gzip_call = [("grpc-encoding", "gzip")];
+    let before = rls.server.peak_resident_bytes();
+    let answer = raw_call(rls.addr, SHOULD_RATE_LIMIT, &gzip_call, bomb.clone()).await;
+    let status = answer.status().expect("a grpc-status");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("at most 64 descriptors"),
+        "{status:?}"
+    );
+    // Plain, so that no refusal of the encoding could stand in for not decoding it.
+    let (response, mut send, _) =
+        open_call_as(http::Method::PUT, rls.addr, SHOULD_RATE_LIMIT, &[]).await;
+    send.send_data(frame(&message).into(), true)
+        .expect("the body");
+    let status = read_answer(response).await.status().expect("a grpc-status");
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    let grown = rls.server.peak_resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 48 << 20,
+        "the server's peak memory grew by {} MiB",
+        grown >> 20
+    );
     let call = request("spillway", vec![descriptor(&[("user", "u")])], 0).encode_to_vec();
     let after = raw_call(rls.addr, SHOULD_RATE_LIMIT, &gzip_call, gzip_frame(&call)).await;
     assert_eq!(

@@ -9,7 +9,8 @@
 //! Layout: [`service`] answers `ShouldRateLimit`, [`plan`] turns descriptors into limits,
 //! [`response`] words the answer, [`source`] reads and reloads the Envoy config files,
 //! [`unary`] carries `ShouldRateLimit` calls between HTTP/2 and the service without tonic's
-//! router and codec (inflating gzip-compressed ones through [`encoding`]), and hands every
+//! router and codec (inflating gzip-compressed ones through [`encoding`], and counting a message's
+//! descriptors and entries in its bytes before decoding it through [`wire`]), and hands every
 //! other call (health checks included) to tonic.
 //!
 //! Threads: the service runs on `--grpc-threads` serving threads (one per CPU by default),
@@ -23,6 +24,7 @@ pub mod response;
 pub mod service;
 pub mod source;
 pub mod unary;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -33,7 +35,6 @@ use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use service::Rls;
 use source::{EnvoyReloader, EnvoySource};
 use spillway_core::envoy_config::EnvoyConfig;
@@ -135,9 +136,9 @@ pub async fn start(
             // This thread's own store lane, if the store makes them (see `crate::serving`).
             state.app.store.attach_thread();
             let rls = Rls(state);
-            let routes = Routes::new(health_service)
-                .add_service(RateLimitServiceServer::new(rls.clone()))
-                .prepare();
+            // `ShouldRateLimit` is answered on the direct path alone (`unary`): a tonic
+            // route for it too would decode a message before its descriptors were counted.
+            let routes = Routes::new(health_service).prepare();
             // Ends, draining gracefully, once the queue of connections ends.
             serving::serve_http2(incoming, GrpcService::new(rls, routes)).await;
             Ok::<(), Infallible>(())

@@ -64,7 +64,17 @@ impl Plan {
 
 /// The cost of descriptor `d`: its own `hits_addend` when set, else the request's.
 fn cost(d: &RateLimitDescriptor, hits: u64) -> u64 {
-    d.hits_addend.as_ref().map_or(hits, |h| h.value)
+    own_hits(d).unwrap_or(hits)
+}
+
+/// Descriptor `d`'s own `hits_addend`, if it sets one above 0. A 0 counts as not set, as the
+/// request's own 0 does: a cost of 0 fits any limit, even one used up, so a caller able to
+/// write it would pass every limit.
+pub fn own_hits(d: &RateLimitDescriptor) -> Option<u64> {
+    d.hits_addend
+        .as_ref()
+        .map(|h| h.value)
+        .filter(|&hits| hits > 0)
 }
 
 /// Plans a request against an Envoy-style domain.
@@ -152,7 +162,7 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
     };
     for (slot, d) in descriptors.iter().enumerate() {
         let mut attrs = RequestAttrs {
-            cost: d.hits_addend.as_ref().map(|h| h.value).or(hits),
+            cost: own_hits(d).or(hits),
             ..RequestAttrs::default()
         };
         for entry in &d.entries {

@@ -10,7 +10,8 @@
 //! is a report:
 //!
 //! - In the policy domain, each descriptor resolves like a request; its cost (the
-//!   descriptor's own `hits_addend`, else the request's, where 0 means 1) is recorded on the
+//!   descriptor's own `hits_addend`, else the request's, where either's 0 counts as not set
+//!   and the request's as 1) is recorded on the
 //!   metered limits (`charge: after`) it reaches, past the limit if need be; other limits
 //!   were charged when the request was checked and are left alone.
 //! - In an envoyproxy/ratelimit-style domain (which has no `charge: after`), the cost is
@@ -120,7 +121,7 @@ pub async fn record(
             p.cost = 0;
         }
         for (d, limits) in descriptors.iter().zip(&reached) {
-            let cost = d.hits_addend.as_ref().map_or(hits, |h| h.value);
+            let cost = plan::own_hits(d).unwrap_or(hits);
             for (i, _) in limits {
                 planned[*i].cost = planned[*i].cost.max(cost);
             }

@@ -4,7 +4,10 @@
 //!   with an empty key) is refused with `INVALID_ARGUMENT`.
 //! - An unknown domain, or descriptors that match nothing, are `OK` with no limit, as with
 //!   envoyproxy/ratelimit: a gateway config that is ahead of the limiter's must not block.
-//! - `hits_addend` 0 means 1; a descriptor's own `hits_addend` wins over the request's.
+//! - `hits_addend` 0 means 1; a descriptor's own `hits_addend` wins over the request's, unless
+//!   it is 0, which counts as not set (a cost of 0 would pass even a used-up limit).
+//! - A descriptor with `is_negative_hits` (hits given back) is refused with `INVALID_ARGUMENT`:
+//!   nothing here gives hits back, and counting them as a charge would take twice.
 //! - Every matched limit of every descriptor goes to the store in one atomic check: either
 //!   the request is charged everywhere, or (on `OVER_LIMIT`) nowhere.
 //! - When the store fails, the domain's failure mode (for the policy domain, the strictest of
@@ -394,6 +397,11 @@ fn check_shape(request: &RateLimitRequest) -> Result<bool, String> {
     for (i, d) in request.descriptors.iter().enumerate() {
         if d.entries.is_empty() {
             return Err(format!("descriptors[{i}] has no entries"));
+        }
+        if d.is_negative_hits {
+            return Err(format!(
+                "descriptors[{i}].is_negative_hits is not supported: hits are never given back"
+            ));
         }
         if d.entries.len() > MAX_ENTRIES {
             return Err(format!(

@@ -2,11 +2,13 @@
 //!
 //! hyper's HTTP/2 server hands each call to [`GrpcService`]. A `ShouldRateLimit` call (`POST`)
 //! is answered here: its one length-prefixed message is read whole, inflated if it is
-//! gzip-compressed ([`super::encoding`]), decoded with prost, decided by [`Rls::answer`] and
-//! written back uncompressed as one data frame followed by a `grpc-status: 0` trailer. A call
-//! naming an encoding other than `gzip` or `identity` is `UNIMPLEMENTED`, with a
-//! `grpc-accept-encoding` header naming those two. Everything else (health checks, unknown
-//! methods) goes to tonic's routes and generated services.
+//! gzip-compressed ([`super::encoding`]), its descriptors and entries counted in its bytes
+//! ([`super::wire`]), decoded with prost, decided by [`Rls::answer`] and written back
+//! uncompressed as one data frame followed by a `grpc-status: 0` trailer. A call naming an
+//! encoding other than `gzip` or `identity` is `UNIMPLEMENTED`, with a `grpc-accept-encoding`
+//! header naming those two. Everything else (health checks, unknown methods) goes to tonic's
+//! routes and generated services; they do not hold `ShouldRateLimit`, so a request on its
+//! path with another HTTP method than `POST` is tonic's `UNIMPLEMENTED`, never decoded.
 //!
 //! Why not tonic for this call too: its transport server's layers, router, streaming decoder
 //! and encoder cost more CPU per call than the decision itself; answering here cut the server's
@@ -60,8 +62,8 @@ pub struct GrpcService {
 }
 
 impl GrpcService {
-    /// `rls` answers `ShouldRateLimit` directly; `routes` (which should hold the same service,
-    /// and the health service) answers every other call.
+    /// `rls` answers `ShouldRateLimit` directly; `routes` (the health service, and not
+    /// `ShouldRateLimit`'s: see the module docs) answers every other call.
     pub fn new(rls: Rls, routes: Routes) -> Self {
         Self { rls, routes }
     }
@@ -164,6 +166,7 @@ where
     };
     let (compressed, message) = one_message(&body)?;
     let message = encoding.decode(compressed, message)?;
+    super::wire::counts_fit(&message).map_err(Status::invalid_argument)?;
     RateLimitRequest::decode(message).map_err(|err| {
         Status::invalid_argument(format!("the RateLimitRequest does not decode: {err}"))
     })

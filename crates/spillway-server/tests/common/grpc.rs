@@ -179,6 +179,20 @@ pub async fn open_call(
     h2::SendStream<bytes::Bytes>,
     h2::PingPong,
 ) {
+    open_call_as(http::Method::POST, addr, path, extra).await
+}
+
+/// [`open_call`] with another HTTP method than gRPC's `POST`.
+pub async fn open_call_as(
+    method: http::Method,
+    addr: SocketAddr,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (
+    h2::client::ResponseFuture,
+    h2::SendStream<bytes::Bytes>,
+    h2::PingPong,
+) {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to the gRPC port");
@@ -188,7 +202,9 @@ pub async fn open_call(
         .expect("the connection's ping handle");
     tokio::spawn(connection);
     let mut client = client.ready().await.expect("ready");
-    let mut request = http::Request::post(format!("http://{addr}{path}"))
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
     for (name, value) in extra {

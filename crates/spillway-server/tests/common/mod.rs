@@ -208,6 +208,18 @@ impl Server {
         })
     }
 
+    /// The most memory the process has held resident so far (`VmHWM`), in bytes.
+    pub fn peak_resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the server's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("a VmHWM line")
+            * 1024
+    }
+
     /// Sends a signal (`TERM`, `HUP`, `INT`) through the `kill` utility.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
