@@ -524,3 +524,81 @@ tiers:
         .expect("sent");
     assert_eq!(odd.status(), 400);
 }
+
+/// Sends `request` as it is to nginx on `port` and returns the whole answer.
+fn raw_exchange(port: u16, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to nginx");
+    stream
+        .set_read_timeout(Some(PATIENCE))
+        .expect("a read timeout");
+    stream.write_all(request).expect("send the request");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The shipped config's fail-open option (its commented `error_page 500 = @no_limiter;`
+/// turned on) lets requests through while Spillway cannot be reached, and never on an answer
+/// Spillway gave, however a client provokes one: more headers than Spillway's parser takes
+/// (its 431) or a header byte nginx passes and the parser refuses (its 400) both get the
+/// client a 400, not the app.
+#[tokio::test]
+async fn the_fail_open_option_opens_only_while_spillway_is_silent() {
+    let Some(nginx) = nginx_or_skip("the_fail_open_option") else {
+        return;
+    };
+    let spillway = Server::with_policy(POLICY)
+        .args(&["--deny-status", "403", "--invalid-status", "401"])
+        .start();
+    let (upstream, hits) = counting_upstream().await;
+    let commented = "# error_page 500 = @no_limiter;";
+    let shipped = shipped_config();
+    assert!(
+        shipped.contains(commented),
+        "the option is gone from the config"
+    );
+    let site = shipped
+        .replace(commented, "error_page 500 = @no_limiter;")
+        .replace(
+            "server 127.0.0.1:8080;",
+            &format!("server {};", spillway.addr()),
+        )
+        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"));
+    let (_nginx, front, _dir) = start_nginx(&nginx, &site);
+    let url = format!("http://127.0.0.1:{front}/some/page");
+    for _ in 0..2 {
+        let response = spillway.http.get(&url).send().await.expect("sent");
+        assert_eq!(response.status(), 200);
+    }
+    let denied = spillway.http.get(&url).send().await.expect("sent");
+    assert_eq!(denied.status(), 429);
+
+    let mut crowded = spillway.http.get(&url);
+    for i in 0..120 {
+        crowded = crowded.header(format!("x-junk-{i}"), "1");
+    }
+    let crowded = crowded.send().await.expect("sent");
+    assert_eq!(crowded.status(), 400, "more headers than Spillway reads");
+    let answer = raw_exchange(
+        front,
+        b"GET /some/page HTTP/1.1\r\nHost: x\r\nX-Junk: a\x01b\r\nConnection: close\r\n\r\n",
+    );
+    // nginx's own page: the app (hyper too) would refuse the byte as well, but bodiless.
+    assert!(
+        answer.starts_with("HTTP/1.1 400 ") && answer.contains("<h1>400 Bad Request</h1>"),
+        "a byte Spillway's parser refuses: {answer}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "a refused request got through"
+    );
+
+    // Nothing answers now: requests pass to the app.
+    drop(spillway);
+    let response = reqwest::get(&url).await.expect("sent");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("body"), "from the app\n");
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+}
