@@ -10,6 +10,7 @@ use crate::rate::{parse_duration, Rate};
 use crate::time::Micros;
 use serde_saphyr::{Location, Spanned};
 use siphasher::sip::SipHasher13;
+use std::collections::HashMap;
 use std::hash::Hasher;
 use std::sync::Arc;
 
@@ -47,6 +48,7 @@ pub(super) fn compile(
         domain: name,
         issues: &mut issues,
         limits: 0,
+        names: HashMap::new(),
     };
     let root = walk.level(&raw.descriptors, "descriptors", name, &[]);
     let limits = walk.limits;
@@ -69,6 +71,9 @@ struct Walk<'a> {
     domain: &'a str,
     issues: &'a mut Issues,
     limits: usize,
+    /// The default name of each descriptor with a limit so far, and its line: the name
+    /// identifies the limit's counters, so two descriptors must not share one.
+    names: HashMap<String, u64>,
 }
 
 impl Walk<'_> {
@@ -112,6 +117,7 @@ impl Walk<'_> {
                     &own_keys,
                 ),
             };
+            let limited = node.rule.is_some();
             if node.rule.is_none() && node.children.is_empty() {
                 let message =
                     "a descriptor needs `rate_limit`, `rate_limits` or nested `descriptors`";
@@ -140,6 +146,18 @@ impl Walk<'_> {
                 let what = value.map_or(String::new(), |v| format!(" and value `{v}`"));
                 let message = format!("another descriptor at this level has key `{key}`{what}");
                 self.issues.push(item.referenced, here, message);
+            } else if limited {
+                // Names are joined from keys and values with `.` and `_`, so two different
+                // paths can spell one (key `a` value `b`, and key `a_b`, are both `a_b`).
+                let line = item.referenced.line();
+                if let Some(earlier) = self.names.insert(own_name.clone(), line) {
+                    let message = format!(
+                        "this descriptor's limit is named `{own_name}`, as the one on line \
+                         {earlier} is, and the two would count in the same counters; rename a \
+                         key or a value so that the names differ"
+                    );
+                    self.issues.push(item.referenced, here, message);
+                }
             }
         }
         level

@@ -165,6 +165,20 @@ fn unknown_fields_and_duplicates_are_refused() {
         err.contains("another descriptor at this level has key `a` and value `x`"),
         "{err}"
     );
+    // Two paths that spell one name: key `a` with value `b`, and key `a_b`; nested too.
+    for spelled_alike in [
+        "domain: d\ndescriptors:\n  - {key: a, value: b, rate_limit: {unit: second, requests_per_unit: 1}}\n  - {key: a_b, rate_limit: {unit: second, requests_per_unit: 2}}\n",
+        "domain: d\ndescriptors:\n  - {key: a, value: b.c, rate_limit: {unit: second, requests_per_unit: 1}}\n  - key: a_b\n    descriptors:\n      - {key: c, rate_limit: {unit: second, requests_per_unit: 2}}\n",
+    ] {
+        let err = load(&[("n.yaml", spelled_alike)])
+            .expect_err("one name for two limits")
+            .to_string();
+        assert!(
+            err.contains("is named `d.a_b")
+                && err.contains("as the one on line 3 is, and the two would count in the same counters"),
+            "{err}"
+        );
+    }
     let one = "domain: d\ndescriptors: []\n";
     let err = load(&[("1.yaml", one), ("2.yaml", one)])
         .expect_err("twice")
