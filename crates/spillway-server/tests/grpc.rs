@@ -191,23 +191,39 @@ async fn malformed_requests_get_invalid_argument() {
             .expect_err("refused");
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     }
-    // Hits given back are refused rather than charged (nothing here gives hits back).
-    let mut refund = descriptor(&[("user", "u")]);
-    refund.is_negative_hits = true;
-    let status = rls
-        .client
-        .should_rate_limit(request("spillway", vec![refund], 0))
-        .await
-        .expect_err("refused");
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert!(
-        status.message().contains("descriptors[0].is_negative_hits"),
-        "{status:?}"
-    );
     // The server is still fine.
     assert_eq!(
         overall(&rls.one("spillway", &[("user", "u")]).await),
         Code::Ok
+    );
+}
+
+/// A descriptor giving hits back (`is_negative_hits`, which nothing here does) is answered
+/// `OK` with no limit and charges nothing; the call's other descriptors are judged as ever.
+/// (Refusing the call would have Envoy admit the whole request with no limit.)
+#[tokio::test]
+async fn a_descriptor_giving_hits_back_charges_nothing() {
+    let mut rls = start(Server::with_policy(POLICY), &[]).await;
+    let mut refund = descriptor(&[("user", "u")]);
+    refund.is_negative_hits = true;
+    let answer = rls
+        .ask(request(
+            "spillway",
+            vec![refund, descriptor(&[("user", "v")])],
+            0,
+        ))
+        .await;
+    assert_eq!(overall(&answer), Code::Ok);
+    assert_eq!(limit(&answer.statuses[0]), None);
+    assert_eq!(
+        limit(&answer.statuses[1]),
+        Some(("user-minute".into(), 2, 1))
+    );
+    let after = rls.one("spillway", &[("user", "u")]).await;
+    assert_eq!(
+        limit(&after.statuses[0]),
+        Some(("user-minute".into(), 2, 1)),
+        "the refund charged"
     );
 }
 

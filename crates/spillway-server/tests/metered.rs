@@ -384,6 +384,8 @@ async fn envoy_stream_done_calls_are_recorded_and_never_denied() {
         request("spillway", vec![d], 0)
     };
     let before = json(rls.server.post("/v1/check?peek", GENERATE).await).await;
+    // A descriptor's own 0 records nothing (the request's 0 would mean 1).
+    assert_eq!(overall(&rls.ask(costly(0, "e-zero")).await), Code::Ok);
     for hits in [u64::MAX, (1 << 53) + 1] {
         assert_eq!(overall(&rls.ask(costly(hits, "e-huge")).await), Code::Ok);
     }

@@ -48,7 +48,7 @@ pub(super) fn compile(
         domain: name,
         issues: &mut issues,
         limits: 0,
-        names: HashMap::new(),
+        counters: HashMap::new(),
     };
     let root = walk.level(&raw.descriptors, "descriptors", name, &[]);
     let limits = walk.limits;
@@ -71,9 +71,9 @@ struct Walk<'a> {
     domain: &'a str,
     issues: &'a mut Issues,
     limits: usize,
-    /// The default name of each descriptor with a limit so far, and its line: the name
-    /// identifies the limit's counters, so two descriptors must not share one.
-    names: HashMap<String, u64>,
+    /// What identifies each limit's counters so far (its name, its fingerprint and how many
+    /// values its key has), and its line: two descriptors must not share one.
+    counters: HashMap<(String, u64, usize), u64>,
 }
 
 impl Walk<'_> {
@@ -117,7 +117,14 @@ impl Walk<'_> {
                     &own_keys,
                 ),
             };
-            let limited = node.rule.is_some();
+            // What identifies each of the node's limits' counters, but for the values.
+            let counters: Vec<(String, u64, usize)> = match &node.rule {
+                Some(Rule::Limits(list)) => list
+                    .iter()
+                    .map(|l| ((*l.def.name).to_owned(), l.def.fingerprint, own_keys.len()))
+                    .collect(),
+                _ => Vec::new(),
+            };
             if node.rule.is_none() && node.children.is_empty() {
                 let message =
                     "a descriptor needs `rate_limit`, `rate_limits` or nested `descriptors`";
@@ -146,17 +153,22 @@ impl Walk<'_> {
                 let what = value.map_or(String::new(), |v| format!(" and value `{v}`"));
                 let message = format!("another descriptor at this level has key `{key}`{what}");
                 self.issues.push(item.referenced, here, message);
-            } else if limited {
-                // Names are joined from keys and values with `.` and `_`, so two different
-                // paths can spell one (key `a` value `b`, and key `a_b`, are both `a_b`).
+            } else {
+                // Default names are joined from keys and values with `.` and `_`, so two paths
+                // as deep can spell one (key `a` value `b`, and key `a_b`, are both `a_b`),
+                // and with it the counters' name and fingerprint.
                 let line = item.referenced.line();
-                if let Some(earlier) = self.names.insert(own_name.clone(), line) {
-                    let message = format!(
-                        "this descriptor's limit is named `{own_name}`, as the one on line \
-                         {earlier} is, and the two would count in the same counters; rename a \
-                         key or a value so that the names differ"
-                    );
-                    self.issues.push(item.referenced, here, message);
+                for counter in counters {
+                    let name = counter.0.clone();
+                    if let Some(earlier) = self.counters.insert(counter, line) {
+                        let message = format!(
+                            "this descriptor's limit `{name}` would count in the same counters \
+                             as the one on line {earlier} (their keys and values spell one \
+                             name); rename a key or a value so that the names differ"
+                        );
+                        self.issues.push(item.referenced, here, message);
+                        break;
+                    }
                 }
             }
         }

@@ -165,19 +165,30 @@ fn unknown_fields_and_duplicates_are_refused() {
         err.contains("another descriptor at this level has key `a` and value `x`"),
         "{err}"
     );
-    // Two paths that spell one name: key `a` with value `b`, and key `a_b`; nested too.
+    // Two paths as deep that spell one name (key `a` with value `b`, and key `a_b`; or one
+    // level down) would count in one counter for the same values: refused.
     for spelled_alike in [
         "domain: d\ndescriptors:\n  - {key: a, value: b, rate_limit: {unit: second, requests_per_unit: 1}}\n  - {key: a_b, rate_limit: {unit: second, requests_per_unit: 2}}\n",
-        "domain: d\ndescriptors:\n  - {key: a, value: b.c, rate_limit: {unit: second, requests_per_unit: 1}}\n  - key: a_b\n    descriptors:\n      - {key: c, rate_limit: {unit: second, requests_per_unit: 2}}\n",
+        "domain: d\ndescriptors:\n  - key: x\n    value: y_z\n    descriptors:\n      - {key: c, rate_limit: {unit: second, requests_per_unit: 1}}\n  - key: x_y\n    value: z\n    descriptors:\n      - {key: c, rate_limit: {unit: second, requests_per_unit: 2}}\n",
     ] {
         let err = load(&[("n.yaml", spelled_alike)])
-            .expect_err("one name for two limits")
+            .expect_err("one counter for two limits")
             .to_string();
         assert!(
-            err.contains("is named `d.a_b")
-                && err.contains("as the one on line 3 is, and the two would count in the same counters"),
+            err.contains("limit `d.")
+                && err.contains("would count in the same counters as the one on line"),
             "{err}"
         );
+    }
+    // Spelled alike but never sharing a counter: paths of different depths (so keys of
+    // different lengths), another algorithm, an explicit name, or no counters at all.
+    for apart in [
+        "domain: d\ndescriptors:\n  - {key: a, value: b.c, rate_limit: {unit: second, requests_per_unit: 1}}\n  - key: a_b\n    descriptors:\n      - {key: c, rate_limit: {unit: second, requests_per_unit: 2}}\n",
+        "domain: d\ndescriptors:\n  - {key: a, value: b, rate_limit: {unit: second, requests_per_unit: 1}}\n  - {key: a_b, rate_limit: {unit: second, requests_per_unit: 2, algorithm: sliding_window}}\n",
+        "domain: d\ndescriptors:\n  - {key: a, value: b, rate_limit: {unit: second, requests_per_unit: 1}}\n  - {key: a_b, rate_limit: {name: other, unit: second, requests_per_unit: 2}}\n",
+        "domain: d\ndescriptors:\n  - {key: a, value: b, rate_limit: {unit: second, requests_per_unit: 1}}\n  - {key: a_b, rate_limit: {unlimited: true}}\n",
+    ] {
+        assert!(load(&[("a.yaml", apart)]).is_ok(), "{apart}");
     }
     let one = "domain: d\ndescriptors: []\n";
     let err = load(&[("1.yaml", one), ("2.yaml", one)])

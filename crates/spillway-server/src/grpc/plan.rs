@@ -14,7 +14,10 @@
 //!   `remote_address` always is an address.
 //!
 //! Either way, a counter reached by several descriptors of one request is checked once (at the
-//! largest of their costs), so a request never counts twice against the same limit.
+//! largest of their costs), so a request never counts twice against the same limit. A
+//! descriptor giving hits back (`is_negative_hits`, which nothing here does) plans no limit:
+//! it is answered `OK`, the others are judged. Charging it would take the hits a second
+//! time, and refusing the call would have Envoy admit the whole request with no limit.
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
@@ -70,7 +73,7 @@ fn cost(d: &RateLimitDescriptor, hits: u64) -> u64 {
 /// Descriptor `d`'s own `hits_addend`, if it sets one above 0. A 0 counts as not set, as the
 /// request's own 0 does: a cost of 0 fits any limit, even one used up, so a caller able to
 /// write it would pass every limit.
-pub fn own_hits(d: &RateLimitDescriptor) -> Option<u64> {
+fn own_hits(d: &RateLimitDescriptor) -> Option<u64> {
     d.hits_addend
         .as_ref()
         .map(|h| h.value)
@@ -88,6 +91,10 @@ pub fn envoy(
     let mut matched: Vec<(Cow<'_, [EnvoyLimit]>, Vec<String>)> =
         Vec::with_capacity(descriptors.len());
     for (i, d) in descriptors.iter().enumerate() {
+        if d.is_negative_hits {
+            matched.push((Cow::Borrowed(&[][..]), Vec::new()));
+            continue;
+        }
         let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
         let found = match &d.limit {
             Some(over) if domain.allow_limit_override => {
@@ -161,6 +168,9 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
         ..Plan::default()
     };
     for (slot, d) in descriptors.iter().enumerate() {
+        if d.is_negative_hits {
+            continue;
+        }
         let mut attrs = RequestAttrs {
             cost: own_hits(d).or(hits),
             ..RequestAttrs::default()

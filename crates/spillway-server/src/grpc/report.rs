@@ -10,8 +10,8 @@
 //! is a report:
 //!
 //! - In the policy domain, each descriptor resolves like a request; its cost (the
-//!   descriptor's own `hits_addend`, else the request's, where either's 0 counts as not set
-//!   and the request's as 1) is recorded on the
+//!   descriptor's own `hits_addend`, else the request's, where the request's 0 means 1; a
+//!   descriptor's own 0 records nothing) is recorded on the
 //!   metered limits (`charge: after`) it reaches, past the limit if need be; other limits
 //!   were charged when the request was checked and are left alone.
 //! - In an envoyproxy/ratelimit-style domain (which has no `charge: after`), the cost is
@@ -22,11 +22,13 @@
 //! - The answer is always `OK` (Envoy ignores it anyway); a report the store could not
 //!   record is lost and counted (`spillway_reports_total{via="envoy",outcome="failed"}`).
 //!
-//! - A call that names nothing to record (only marker-only descriptors, an unknown domain,
-//!   descriptors the domain's plan refuses), or a descriptor's `hits_addend` above
+//! - A call that names nothing to record (only marker-only descriptors or ones giving hits
+//!   back with `is_negative_hits`, which nothing here does, an unknown domain, descriptors the
+//!   domain's plan refuses), or a descriptor's `hits_addend` above
 //!   [`MAX_REPORTED_COST`] (2^53: no store could record it exactly, so nothing of the call is
 //!   recorded rather than a rounded cost), is counted as `outcome="invalid"`; a marker-only
-//!   descriptor beside real ones is skipped and the others recorded.
+//!   descriptor, or one giving hits back, beside real ones is skipped and the others
+//!   recorded.
 //!
 //! Both marker entries are removed before the descriptor is resolved or matched.
 
@@ -79,8 +81,9 @@ pub async fn record(
 ) -> RateLimitResponse {
     let n = request.descriptors.len();
     let (mut descriptors, request_id) = strip(&request.descriptors);
-    // A descriptor of nothing but markers names no limit: skipped, the others recorded.
-    descriptors.retain(|d| !d.entries.is_empty());
+    // A descriptor of nothing but markers names no limit, and one giving hits back
+    // (`is_negative_hits`) is not taken: skipped, the others recorded.
+    descriptors.retain(|d| !d.entries.is_empty() && !d.is_negative_hits);
     let invalid = || {
         crate::metrics::record_report("envoy", "invalid", &[], 0);
         response::unlimited(n, &[])
@@ -109,35 +112,39 @@ pub async fn record(
     if let Some((identity, config)) = identity.zip(policy.principals()) {
         service::identify_in_place(&mut descriptors, identity, config);
     }
-    let (name, planned) = if domain == &*state.policy_domain {
-        let plan::Plan {
-            mut planned,
-            descriptors: reached,
-            ..
-        } = plan::policy(policy, &descriptors, Some(hits));
-        // Resolution charges nothing up front on a metered limit; the report's cost is each
-        // descriptor's own (the largest, for a counter two descriptors reach).
-        for p in &mut planned {
-            p.cost = 0;
-        }
-        for (d, limits) in descriptors.iter().zip(&reached) {
-            let cost = plan::own_hits(d).unwrap_or(hits);
-            for (i, _) in limits {
-                planned[*i].cost = planned[*i].cost.max(cost);
-            }
-        }
-        planned.retain(|p| p.def.metered);
-        (Arc::clone(&state.policy_domain), planned)
+    let (name, plan, metered_only) = if domain == &*state.policy_domain {
+        let plan = plan::policy(policy, &descriptors, Some(hits));
+        (Arc::clone(&state.policy_domain), plan, true)
     } else {
         let envoy = state.envoy.load();
         let Some(config) = envoy.domain(domain) else {
             return invalid();
         };
         match plan::envoy(config, &descriptors, hits) {
-            Ok(plan) => (Arc::clone(&config.name), plan.planned),
+            Ok(plan) => (Arc::clone(&config.name), plan, false),
             Err(_) => return invalid(),
         }
     };
+    // The plan's costs are a check's; a report records each descriptor's own, as given (a 0
+    // records nothing: a report denies nothing, so its 0 passes no limit), the largest for a
+    // counter two descriptors reach.
+    let plan::Plan {
+        mut planned,
+        descriptors: reached,
+        ..
+    } = plan;
+    for p in &mut planned {
+        p.cost = 0;
+    }
+    for (d, limits) in descriptors.iter().zip(&reached) {
+        let cost = d.hits_addend.as_ref().map_or(hits, |h| h.value);
+        for (i, _) in limits {
+            planned[*i].cost = planned[*i].cost.max(cost);
+        }
+    }
+    if metered_only {
+        planned.retain(|p| p.def.metered);
+    }
     // Planned: from here on the descriptors are what the decision log sees.
     if identity.is_none() {
         drop_credentials(&mut descriptors, policy);

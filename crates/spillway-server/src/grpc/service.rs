@@ -6,8 +6,8 @@
 //!   envoyproxy/ratelimit: a gateway config that is ahead of the limiter's must not block.
 //! - `hits_addend` 0 means 1; a descriptor's own `hits_addend` wins over the request's, unless
 //!   it is 0, which counts as not set (a cost of 0 would pass even a used-up limit).
-//! - A descriptor with `is_negative_hits` (hits given back) is refused with `INVALID_ARGUMENT`:
-//!   nothing here gives hits back, and counting them as a charge would take twice.
+//! - A descriptor with `is_negative_hits` (hits given back, which nothing here does) plans no
+//!   limit and is answered `OK` (`plan`); the call's other descriptors are judged as ever.
 //! - Every matched limit of every descriptor goes to the store in one atomic check: either
 //!   the request is charged everywhere, or (on `OVER_LIMIT`) nowhere.
 //! - When the store fails, the domain's failure mode (for the policy domain, the strictest of
@@ -34,13 +34,12 @@ use crate::principal::{self, Identity, Lookup, Reason};
 use crate::telemetry::decision_log::{Ids, Subject};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use spillway_core::policy::principal::{Principals, TokenPlace};
 use spillway_core::policy::{FailureMode, Policy};
 use spillway_core::request::CheckMode;
 use std::sync::Arc;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
 /// Most descriptors one request may carry; Envoy sends a handful.
 pub const MAX_DESCRIPTORS: usize = 64;
@@ -51,22 +50,27 @@ pub const MAX_ENTRIES: usize = 32;
 #[derive(Clone)]
 pub struct Rls(pub Arc<RlsState>);
 
+/// tonic's typed entry, for the unit tests only: the server answers every call on the direct
+/// path ([`super::unary`]), which counts a message's descriptors before decoding it.
+#[cfg(test)]
 #[tonic::async_trait]
-impl RateLimitService for Rls {
+impl envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService
+    for Rls
+{
     async fn should_rate_limit(
         &self,
-        request: Request<RateLimitRequest>,
-    ) -> Result<Response<RateLimitResponse>, Status> {
+        request: tonic::Request<RateLimitRequest>,
+    ) -> Result<tonic::Response<RateLimitResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         self.answer(&message, Ids::Headers(metadata.as_ref()))
             .await
-            .map(Response::new)
+            .map(tonic::Response::new)
     }
 }
 
 impl Rls {
-    /// Checks one request's shape, then decides it: the whole call, for both ways in
-    /// (tonic's generated server and the direct path in [`super::unary`]).
+    /// Checks one request's shape, then decides it: the whole call, as the direct path in
+    /// [`super::unary`] (and the unit tests' typed entry) hands it over.
     /// `ids` are the call's request id and trace headers, for the decision log.
     pub async fn answer(
         &self,
@@ -397,11 +401,6 @@ fn check_shape(request: &RateLimitRequest) -> Result<bool, String> {
     for (i, d) in request.descriptors.iter().enumerate() {
         if d.entries.is_empty() {
             return Err(format!("descriptors[{i}] has no entries"));
-        }
-        if d.is_negative_hits {
-            return Err(format!(
-                "descriptors[{i}].is_negative_hits is not supported: hits are never given back"
-            ));
         }
         if d.entries.len() > MAX_ENTRIES {
             return Err(format!(

@@ -132,11 +132,11 @@ async fn a_degrade_domain_is_held_to_its_emergency_quota() {
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-/// tonic's generated path (`RateLimitService::should_rate_limit`, which the hand-written unary
-/// path bypasses) joins the caller's trace from the call's metadata too; with the store down,
+/// A call joins the caller's trace from its metadata (here through the typed entry, whose
+/// metadata reaches [`Rls::answer`] as the direct path's headers do); with the store down,
 /// the store-call span carries the error and a failover span shows the emergency quota deciding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_tonic_path_joins_the_callers_trace_through_a_failover() {
+async fn a_call_joins_the_callers_trace_through_a_failover() {
     use spillway_testkit::otlp::{any_value::Value, Collector};
     let collector = Collector::start();
     let settings = TraceSettings {

@@ -8,7 +8,10 @@
 //! million of them, a quarter of a gigabyte, on the serving thread. Counting first refuses
 //! such a message before anything of it is built.
 //!
-//! Only the two repeated fields are counted; everything else is skipped by its wire type.
+//! Only the two repeated fields are counted; everything else is skipped by its wire type,
+//! with prost's own `decode_key`, `decode_varint` and `skip_field`: the functions its derived
+//! decoders call, so they read the bytes exactly as the decoder will (they change only with a
+//! prost release, which `Cargo.lock` pins, and such a change fails to build here).
 //! Bytes that are not a valid encoding end the count early: the decoder refuses them anyway,
 //! and it meets them no sooner than the count did, so no more than the counted descriptors
 //! are ever built.
@@ -146,18 +149,50 @@ mod tests {
         assert!(counts_fit(&many).is_err());
     }
 
+    /// Whether a decoded request is within the limits.
+    fn fits(decoded: &RateLimitRequest) -> bool {
+        decoded.descriptors.len() <= MAX_DESCRIPTORS
+            && decoded
+                .descriptors
+                .iter()
+                .all(|d| d.entries.len() <= MAX_ENTRIES)
+    }
+
     proptest! {
-        /// The count from the bytes agrees with the decoded request's, whatever else the
-        /// message holds.
+        /// The count from the bytes agrees with the decoded request's.
         #[test]
         fn the_bytes_count_what_decoding_finds(
             shape in prop::collection::vec(0usize..40, 0..80),
         ) {
             let message = request(&shape).encode_to_vec();
             let decoded = RateLimitRequest::decode(&message[..]).expect("decodes");
-            let fits = decoded.descriptors.len() <= MAX_DESCRIPTORS
-                && decoded.descriptors.iter().all(|d| d.entries.len() <= MAX_ENTRIES);
-            prop_assert_eq!(counts_fit(&message).is_ok(), fits);
+            prop_assert_eq!(counts_fit(&message).is_ok(), fits(&decoded));
+        }
+
+        /// And for any bytes the decoder takes: a request's bytes with some changed, cut
+        /// short, or followed by others (unknown fields, groups, more descriptors...).
+        #[test]
+        fn any_bytes_that_decode_are_counted_as_decoded(
+            shape in prop::collection::vec(0usize..40, 0..70),
+            changes in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in any::<prop::sample::Index>(),
+            tail in prop::collection::vec(any::<u8>(), 0..24),
+            short in any::<bool>(),
+        ) {
+            let mut message = request(&shape).encode_to_vec();
+            for (at, byte) in changes {
+                if !message.is_empty() {
+                    let at = at.index(message.len());
+                    message[at] = byte;
+                }
+            }
+            if short && !message.is_empty() {
+                message.truncate(cut.index(message.len()));
+            }
+            message.extend(tail);
+            if let Ok(decoded) = RateLimitRequest::decode(&message[..]) {
+                prop_assert_eq!(counts_fit(&message).is_ok(), fits(&decoded));
+            }
         }
     }
 }
