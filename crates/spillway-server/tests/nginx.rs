@@ -177,6 +177,20 @@ impl Drop for Nginx {
     }
 }
 
+/// Runs nginx on a shipped config, its `spillway` upstream pointed at `spillway` and its `app`
+/// upstream at `upstream`; returns it with its port and scratch directory.
+fn start_pointed(
+    nginx: &Path,
+    config: &str,
+    spillway: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+) -> (Nginx, u16, TempDir) {
+    let site = config
+        .replace("server 127.0.0.1:8080;", &format!("server {spillway};"))
+        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"));
+    start_nginx(nginx, &site)
+}
+
 /// Runs nginx on `site` (a server block listening on `listen 80;`, moved to a free port);
 /// returns it with its port and scratch directory.
 fn start_nginx(nginx: &Path, site: &str) -> (Nginx, u16, TempDir) {
@@ -227,13 +241,8 @@ async fn the_shipped_nginx_config_turns_denials_into_429_and_shields_the_upstrea
         .args(&["--deny-status", "403", "--invalid-status", "401"])
         .start();
     let (upstream, hits) = counting_upstream().await;
-    let site = shipped_config()
-        .replace(
-            "server 127.0.0.1:8080;",
-            &format!("server {};", spillway.addr()),
-        )
-        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"));
-    let (_nginx, front, _dir) = start_nginx(&nginx, &site);
+    let site = shipped_config();
+    let (_nginx, front, _dir) = start_pointed(&nginx, &site, spillway.addr(), upstream);
 
     let url = format!("http://127.0.0.1:{front}/some/page");
     for remaining in ["1", "0"] {
@@ -347,14 +356,8 @@ async fn the_principals_nginx_config_counts_by_the_verified_tenant() {
     let (upstream, hits) = counting_upstream().await;
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/spillway-principals.conf");
-    let site = std::fs::read_to_string(path)
-        .expect("read deploy/nginx/spillway-principals.conf")
-        .replace(
-            "server 127.0.0.1:8080;",
-            &format!("server {};", spillway.addr()),
-        )
-        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"));
-    let (_nginx, front, _dir) = start_nginx(&nginx, &site);
+    let site = std::fs::read_to_string(path).expect("read deploy/nginx/spillway-principals.conf");
+    let (_nginx, front, _dir) = start_pointed(&nginx, &site, spillway.addr(), upstream);
     let url = format!("http://127.0.0.1:{front}/some/page");
     let send = |token: Option<String>, tenant: &'static str| {
         let mut request = spillway.http.get(&url).header("x-tenant-id", tenant);
@@ -444,14 +447,8 @@ tiers:
         .start();
     let upstream = generating_upstream().await;
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/metered.conf");
-    let site = std::fs::read_to_string(path)
-        .expect("read deploy/nginx/metered.conf")
-        .replace(
-            "server 127.0.0.1:8080;",
-            &format!("server {};", spillway.addr()),
-        )
-        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"));
-    let (_nginx, front, _dir) = start_nginx(&nginx, &site);
+    let site = std::fs::read_to_string(path).expect("read deploy/nginx/metered.conf");
+    let (_nginx, front, _dir) = start_pointed(&nginx, &site, spillway.addr(), upstream);
     let url = format!("http://127.0.0.1:{front}/v1/generate");
     let generate = |tokens: &'static str| {
         spillway
@@ -558,14 +555,8 @@ async fn the_fail_open_option_opens_only_while_spillway_is_silent() {
         shipped.contains(commented),
         "the option is gone from the config"
     );
-    let site = shipped
-        .replace(commented, "error_page 500 = @no_limiter;")
-        .replace(
-            "server 127.0.0.1:8080;",
-            &format!("server {};", spillway.addr()),
-        )
-        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"));
-    let (_nginx, front, _dir) = start_nginx(&nginx, &site);
+    let site = shipped.replace(commented, "error_page 500 = @no_limiter;");
+    let (_nginx, front, _dir) = start_pointed(&nginx, &site, spillway.addr(), upstream);
     let url = format!("http://127.0.0.1:{front}/some/page");
     for _ in 0..2 {
         let response = spillway.http.get(&url).send().await.expect("sent");

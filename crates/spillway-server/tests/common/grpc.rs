@@ -167,18 +167,17 @@ pub fn framed(request: &RateLimitRequest) -> Vec<u8> {
     frame(&request.encode_to_vec())
 }
 
-/// A gRPC call opened on a fresh HTTP/2 connection to `addr`: its headers sent (as a gRPC
-/// client sends them, plus `extra`), its body still to send. Also the connection's ping
-/// handle, to learn when the server has read what was sent.
-pub async fn open_call(
-    addr: SocketAddr,
-    path: &str,
-    extra: &[(&str, &str)],
-) -> (
+/// An open call: its answer to come, its body's stream, and its connection's ping handle.
+pub type OpenCall = (
     h2::client::ResponseFuture,
     h2::SendStream<bytes::Bytes>,
     h2::PingPong,
-) {
+);
+
+/// A gRPC call opened on a fresh HTTP/2 connection to `addr`: its headers sent (as a gRPC
+/// client sends them, plus `extra`), its body still to send. Also the connection's ping
+/// handle, to learn when the server has read what was sent.
+pub async fn open_call(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> OpenCall {
     open_call_as(http::Method::POST, addr, path, extra).await
 }
 
@@ -188,11 +187,7 @@ pub async fn open_call_as(
     addr: SocketAddr,
     path: &str,
     extra: &[(&str, &str)],
-) -> (
-    h2::client::ResponseFuture,
-    h2::SendStream<bytes::Bytes>,
-    h2::PingPong,
-) {
+) -> OpenCall {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to the gRPC port");
