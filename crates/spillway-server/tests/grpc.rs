@@ -227,6 +227,43 @@ async fn a_descriptor_giving_hits_back_charges_nothing() {
     );
 }
 
+/// A descriptor value that is not UTF-8 (Envoy copies a header's bytes as they came, and
+/// HTTP allows bytes above 0x7F) is decided, not refused: a refusal would have Envoy admit the
+/// request with no limit. Such values are read with U+FFFD in place of what is not UTF-8.
+#[tokio::test]
+async fn a_value_that_is_not_utf8_is_limited_not_refused() {
+    use prost::Message;
+    let rls = start(Server::with_policy(POLICY), &[]).await;
+    // domain "spillway", one descriptor with the entry user = "u" 0xff 0xfe (not UTF-8).
+    let entry = [b"\x0a\x04user\x12\x03u".as_slice(), &[0xff, 0xfe]].concat();
+    let descriptor = [&[0x0a, entry.len() as u8][..], &entry].concat();
+    let message = [
+        b"\x0a\x08spillway".as_slice(),
+        &[0x12, descriptor.len() as u8],
+        &descriptor,
+    ]
+    .concat();
+    let mut limits = Vec::new();
+    for _ in 0..3 {
+        let answer = raw_call(rls.addr, SHOULD_RATE_LIMIT, &[], frame(&message)).await;
+        assert_eq!(
+            answer.status().map(|s| s.code()),
+            Some(tonic::Code::Ok),
+            "{answer:?}"
+        );
+        let decoded = RateLimitResponse::decode(&answer.body[5..]).expect("a RateLimitResponse");
+        limits.push((overall(&decoded), limit(&decoded.statuses[0])));
+    }
+    assert_eq!(
+        limits,
+        [
+            (Code::Ok, Some(("user-minute".into(), 2, 1))),
+            (Code::Ok, Some(("user-minute".into(), 2, 0))),
+            (Code::OverLimit, Some(("user-minute".into(), 2, 0))),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn several_limits_custom_windows_and_algorithms_hold_together() {
     let (_dir, shop) = envoy_file("shop.yaml", SHOP);

@@ -10,7 +10,8 @@
 //! [`response`] words the answer, [`source`] reads and reloads the Envoy config files,
 //! [`unary`] carries `ShouldRateLimit` calls between HTTP/2 and the service without tonic's
 //! router and codec (inflating gzip-compressed ones through [`encoding`], and counting a message's
-//! descriptors and entries in its bytes before decoding it through [`wire`]), and hands every
+//! descriptors and entries in its bytes before decoding it through [`wire`], and reading one
+//! whose strings are not all UTF-8 through [`lenient`]), and hands every
 //! other call (health checks included) to tonic.
 //!
 //! Threads: the service runs on `--grpc-threads` serving threads (one per CPU by default),
@@ -18,6 +19,7 @@
 //! cap and timeouts as the HTTP port; see [`crate::serving`].
 
 pub mod encoding;
+pub mod lenient;
 pub mod plan;
 pub mod report;
 pub mod response;

@@ -3,7 +3,8 @@
 //! hyper's HTTP/2 server hands each call to [`GrpcService`]. A `ShouldRateLimit` call (`POST`)
 //! is answered here: its one length-prefixed message is read whole, inflated if it is
 //! gzip-compressed ([`super::encoding`]), its descriptors and entries counted in its bytes
-//! ([`super::wire`]), decoded with prost, decided by [`Rls::answer`] and written back
+//! ([`super::wire`]), decoded with prost (or, if it holds strings that are not UTF-8, read
+//! with them replaced: [`super::lenient`]), decided by [`Rls::answer`] and written back
 //! uncompressed as one data frame followed by a `grpc-status: 0` trailer. A call naming an
 //! encoding other than `gzip` or `identity` is `UNIMPLEMENTED`, with a `grpc-accept-encoding`
 //! header naming those two. Everything else (health checks, unknown methods) goes to tonic's
@@ -167,9 +168,13 @@ where
     let (compressed, message) = one_message(&body)?;
     let message = encoding.decode(compressed, message)?;
     super::wire::counts_fit(&message).map_err(Status::invalid_argument)?;
-    RateLimitRequest::decode(message).map_err(|err| {
-        Status::invalid_argument(format!("the RateLimitRequest does not decode: {err}"))
-    })
+    // Refused, it may hold strings that are not UTF-8, which Envoy sends when a header had
+    // such bytes: read them anyway rather than let the refusal admit the request unlimited.
+    RateLimitRequest::decode(message.clone())
+        .or_else(|err| super::lenient::decode(&message).ok_or(err))
+        .map_err(|err| {
+            Status::invalid_argument(format!("the RateLimitRequest does not decode: {err}"))
+        })
 }
 
 /// The message in a unary call's body, which must hold exactly one, complete; and whether
