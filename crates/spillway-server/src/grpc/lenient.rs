@@ -9,8 +9,11 @@
 //!
 //! So a message the decoder refuses is read again here, its strings taken as bytes, and any
 //! that is not UTF-8 is read with each invalid sequence replaced by U+FFFD
-//! ([`String::from_utf8_lossy`]). Such values may share a counter with one another (more
-//! denial, never less); every valid value keeps its own, the one it has on every other way in.
+//! ([`String::from_utf8_lossy`]). Such values may share a counter with one another, and with
+//! a valid value holding U+FFFD itself (more denial, never less); every other valid value
+//! keeps its own, the one it has on every other way in. The decoder is prost's as for any
+//! message, with strings read as bytes: it takes exactly what prost takes, and more only where
+//! a string is not UTF-8.
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
     Entry, RateLimitOverride,
@@ -54,10 +57,10 @@ struct RawEntry {
 }
 
 /// `message` read with its strings as bytes, taken as UTF-8 where they are and with invalid
-/// sequences replaced where not; `None` if it does not decode even so.
-pub fn decode(message: &[u8]) -> Option<RateLimitRequest> {
-    let raw = Request::decode(message).ok()?;
-    Some(RateLimitRequest {
+/// sequences replaced where not; the decoder's error if it does not decode even so.
+pub fn decode(message: &[u8]) -> Result<RateLimitRequest, prost::DecodeError> {
+    let raw = Request::decode(message)?;
+    Ok(RateLimitRequest {
         domain: text(raw.domain),
         descriptors: raw
             .descriptors
@@ -119,7 +122,7 @@ mod tests {
     fn a_valid_message_reads_as_the_decoder_reads_it() {
         let message = request(b"shop", vec![entry(b"user", "zoë".as_bytes())]);
         let strict = RateLimitRequest::decode(&message[..]).expect("valid");
-        assert_eq!(decode(&message), Some(strict));
+        assert_eq!(decode(&message).ok(), Some(strict));
     }
 
     /// Bytes that are not UTF-8 are read with U+FFFD in their place, and nothing else of the
@@ -152,6 +155,6 @@ mod tests {
     /// What does not decode as bytes either is still refused.
     #[test]
     fn a_message_that_does_not_decode_is_still_refused() {
-        assert_eq!(decode(&[0x12, 0x7f]), None);
+        assert!(decode(&[0x12, 0x7f]).is_err());
     }
 }

@@ -171,7 +171,7 @@ where
     // Refused, it may hold strings that are not UTF-8, which Envoy sends when a header had
     // such bytes: read them anyway rather than let the refusal admit the request unlimited.
     RateLimitRequest::decode(message.clone())
-        .or_else(|err| super::lenient::decode(&message).ok_or(err))
+        .or_else(|_| super::lenient::decode(&message))
         .map_err(|err| {
             Status::invalid_argument(format!("the RateLimitRequest does not decode: {err}"))
         })
