@@ -13,7 +13,9 @@
 //! kind; ordering by `(scope, id)` is key order within a kind (users grouped by tenant).
 
 use crate::Error;
-use spillway_core::catalog::record::is_digest;
+use spillway_core::catalog::record::{
+    is_digest, ApiKeyRecord, OverrideRecord, TenantRecord, UserRecord,
+};
 use spillway_core::catalog::{Entry, EntryKey, Kind};
 
 /// The longest id (tenant, user) the catalog accepts, in bytes.
@@ -149,10 +151,10 @@ pub(crate) fn decode_stored(kind: Kind, body: &str, key: &EntryKey, version: i64
 
 /// Drops the members of a stored body that this build's record types do not have.
 fn keep_known(kind: Kind, value: &mut serde_json::Value) {
-    const OVERRIDE: &[&str] = &["shadow", "rate", "burst", "limit", "window", "capacity"];
-    let own: &[&str] = match kind {
-        Kind::Tenant | Kind::User => &["tier", "overrides"],
-        Kind::ApiKey => &["tenant", "user", "tier"],
+    let own = match kind {
+        Kind::Tenant => TenantRecord::FIELDS,
+        Kind::User => UserRecord::FIELDS,
+        Kind::ApiKey => ApiKeyRecord::FIELDS,
     };
     let Some(map) = value.as_object_mut() else {
         return;
@@ -161,7 +163,7 @@ fn keep_known(kind: Kind, value: &mut serde_json::Value) {
     if let Some(serde_json::Value::Object(overrides)) = map.get_mut("overrides") {
         for one in overrides.values_mut() {
             if let Some(fields) = one.as_object_mut() {
-                fields.retain(|name, _| OVERRIDE.contains(&name.as_str()));
+                fields.retain(|name, _| OverrideRecord::FIELDS.contains(&name.as_str()));
             }
         }
     }
@@ -351,6 +353,12 @@ mod stored_tests {
             decode(Kind::Tenant, newer, &key, 7).is_err(),
             "input stays strict"
         );
+        // Every field this build knows is kept, the home region too.
+        let homed = r#"{"tier":"paid","home_region":"eu","colour":"red"}"#;
+        let Some(Entry::Tenant(record)) = decode_stored(Kind::Tenant, homed, &key, 7) else {
+            panic!("a row with unknown fields is read");
+        };
+        assert_eq!(record.home_region.as_deref(), Some("eu"));
         assert_eq!(decode_stored(Kind::Tenant, "not json", &key, 8), None);
         assert_eq!(decode_stored(Kind::Tenant, r#"{"tier":5}"#, &key, 9), None);
     }

@@ -23,6 +23,12 @@ pub struct TenantRecord {
     pub home_region: Option<String>,
 }
 
+impl TenantRecord {
+    /// The stored body's member names, for readers that keep only what this build knows
+    /// (a test checks it against what the type writes).
+    pub const FIELDS: &'static [&'static str] = &["tier", "overrides", "home_region"];
+}
+
 /// One user of one tenant: an optional tier of their own and overrides that win over the
 /// tenant's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +40,11 @@ pub struct UserRecord {
     /// Replacement numbers, by the name of the limit they replace.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub overrides: BTreeMap<String, OverrideRecord>,
+}
+
+impl UserRecord {
+    /// The stored body's member names (see [`TenantRecord::FIELDS`]).
+    pub const FIELDS: &'static [&'static str] = &["tier", "overrides"];
 }
 
 /// What an API key stands for. The key itself is never stored: the catalog holds the
@@ -49,6 +60,11 @@ pub struct ApiKeyRecord {
     /// A tier the key's requests get, if not the tenant's (or user's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+}
+
+impl ApiKeyRecord {
+    /// The stored body's member names (see [`TenantRecord::FIELDS`]).
+    pub const FIELDS: &'static [&'static str] = &["tenant", "user", "tier"];
 }
 
 /// New numbers for one limit, laid over its definition: the same fields a policy's
@@ -74,6 +90,12 @@ pub struct OverrideRecord {
     /// A leaky bucket's capacity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u64>,
+}
+
+impl OverrideRecord {
+    /// The stored body's member names (see [`TenantRecord::FIELDS`]).
+    pub const FIELDS: &'static [&'static str] =
+        &["shadow", "rate", "burst", "limit", "window", "capacity"];
 }
 
 /// The kinds of entry the catalog holds.
@@ -187,4 +209,60 @@ pub struct Change {
 /// Whether `text` is a well-formed API key digest: 64 lowercase hex digits.
 pub fn is_digest(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod field_tests {
+    use super::*;
+
+    /// The member names `value` is written with.
+    fn written(value: impl Serialize) -> Vec<String> {
+        let serde_json::Value::Object(map) = serde_json::to_value(value).expect("serializes")
+        else {
+            panic!("a record is written as an object");
+        };
+        let mut names: Vec<String> = map.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    fn sorted(names: &[&str]) -> Vec<String> {
+        let mut names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        names.sort();
+        names
+    }
+
+    /// Each record's `FIELDS` names exactly what a record with every field set is written
+    /// with, so a field added to a type cannot be left out of the list (a reader keeping only
+    /// known members would drop it).
+    #[test]
+    fn each_records_field_list_is_what_it_writes() {
+        let all = OverrideRecord {
+            shadow: Some(true),
+            rate: Some("1/s".into()),
+            burst: Some(1),
+            limit: Some(1),
+            window: Some("1m".into()),
+            capacity: Some(1),
+        };
+        assert_eq!(written(&all), sorted(OverrideRecord::FIELDS));
+        let overrides = BTreeMap::from([("m".to_owned(), all)]);
+        let tenant = TenantRecord {
+            tier: Some("paid".into()),
+            overrides: overrides.clone(),
+            home_region: Some("eu".into()),
+        };
+        assert_eq!(written(&tenant), sorted(TenantRecord::FIELDS));
+        let user = UserRecord {
+            tier: Some("paid".into()),
+            overrides,
+        };
+        assert_eq!(written(&user), sorted(UserRecord::FIELDS));
+        let key = ApiKeyRecord {
+            tenant: "acme".into(),
+            user: Some("ann".into()),
+            tier: Some("paid".into()),
+        };
+        assert_eq!(written(&key), sorted(ApiKeyRecord::FIELDS));
+    }
 }
