@@ -327,7 +327,8 @@ fn before(id: &str) -> Option<String> {
     }
 }
 
-/// The records as an aligned table.
+/// The records as an aligned table. Every cell is [`printable`]: tenants, users and node
+/// names come from callers, and a terminal must not run what they hold.
 pub fn table(found: &[Found]) -> String {
     const HEAD: [&str; 9] = [
         "TIME",
@@ -382,6 +383,7 @@ pub fn table(found: &[Found]) -> String {
                     }
                 }),
             ]
+            .map(|cell| printable(&cell))
         })
         .collect();
     let mut widths = HEAD.map(str::len);
@@ -406,6 +408,29 @@ pub fn table(found: &[Found]) -> String {
     out
 }
 
+/// `text` with every control character (escape sequences, line breaks, C1 codes) and every
+/// bidirectional-text control written as its escape (`\u{1b}`, `\n`), so that what a caller
+/// put in a record shows as text instead of moving the terminal's cursor, setting its title or
+/// clipboard, adding a fake row, or reordering what is shown.
+fn printable(text: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.contains(hidden) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if hidden(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     spillway_core::rate::parse_duration(text).map(Duration::from_micros)
 }
@@ -413,6 +438,29 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record whose tenant, user and node hold an escape sequence, a line break and a
+    /// right-to-left override prints as one row of plain text.
+    #[test]
+    fn the_table_prints_what_callers_wrote_as_text() {
+        let json = r#"{"time":"2027-01-15T08:00:00.000Z","node":"n\u001b[2J","tenant":"x\u001b]52;c;aGk=\u0007\n2027-01-15 node-1 acme alice allowed","user":"a\u202eb","outcome":"denied","allowed":false,"cost":1,"sample_rate":1.0}"#;
+        let line: Line = serde_json::from_str(json).expect("a record");
+        let out = table(&[Found {
+            line,
+            json: json.to_owned(),
+        }]);
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(
+            !out.contains(|c: char| c.is_control() && c != '\n') && !out.contains('\u{202e}'),
+            "{out:?}"
+        );
+        assert!(
+            out.contains(r"x\u{1b}]52;c;aGk=\u{7}\n2027-01-15")
+                && out.contains(r"a\u{202e}b")
+                && out.contains(r"n\u{1b}[2J"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn stream_ids_step_back() {
