@@ -233,14 +233,14 @@ pub struct RedisConfig {
     /// default, for a store connected once at start; a store connected again on each call
     /// until it answers (a far region's) asks less (see [`crate::login::AskSeeds`]).
     pub ask_seeds: crate::login::AskSeeds,
-    /// Whether every caller of [`Store::check`](spillway_core::store::Store::check) on a [`crate::RedisStore`] bounds each call by
-    /// [`RedisConfig::timeout`] itself and drops it once that has passed (the server's failure
-    /// guard does, with its budget as this timeout). The store then puts no timer of its own
-    /// on each check's wait (about 680 instructions per check, `docs/BENCHMARKS.md`, session
-    /// 24): a check given up is skipped once its caller is gone, and each Redis call keeps its
-    /// own timer. A report's charge keeps its timer (it waits in a task of its own). Off by
-    /// default: a caller that does not bound its checks could wait behind a hung server's
-    /// queue for longer than the timeout.
+    /// Whether every caller of [`Store::check`](spillway_core::store::Store::check) on a
+    /// [`crate::RedisStore`] bounds each call by [`RedisConfig::timeout`] itself and drops it once
+    /// that has passed (the server's failure guard does, with its budget as this timeout). The
+    /// store then puts no timer of its own on each check's wait (about 680 instructions per check,
+    /// `docs/BENCHMARKS.md`, session 24): a check given up is skipped once its caller is gone, and
+    /// each Redis call keeps its own timer. A report's charge keeps its timer (it waits in a task
+    /// of its own). Off by default: a caller that does not bound its checks could wait behind a
+    /// hung server's queue for longer than the timeout.
     pub timed_by_caller: bool,
 }
 

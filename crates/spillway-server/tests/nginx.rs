@@ -522,16 +522,19 @@ tiers:
     assert_eq!(odd.status(), 400);
 }
 
-/// Sends `request` as it is to nginx on `port` and returns the whole answer.
-fn raw_exchange(port: u16, request: &[u8]) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to nginx");
-    stream
-        .set_read_timeout(Some(PATIENCE))
-        .expect("a read timeout");
-    stream.write_all(request).expect("send the request");
+/// Sends `request` as it is to nginx on `port` and returns the whole answer. Asynchronous, so
+/// that the test's own upstream (on the same runtime) can answer if nginx passes it on.
+async fn raw_exchange(port: u16, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to nginx");
+    stream.write_all(request).await.expect("send the request");
     let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("nginx answers and closes in time")
+        .expect("read the answer");
     String::from_utf8_lossy(&answer).into_owned()
 }
 
@@ -574,7 +577,8 @@ async fn the_fail_open_option_opens_only_while_spillway_is_silent() {
     let answer = raw_exchange(
         front,
         b"GET /some/page HTTP/1.1\r\nHost: x\r\nX-Junk: a\x01b\r\nConnection: close\r\n\r\n",
-    );
+    )
+    .await;
     // nginx's own page: the app (hyper too) would refuse the byte as well, but bodiless.
     assert!(
         answer.starts_with("HTTP/1.1 400 ") && answer.contains("<h1>400 Bad Request</h1>"),

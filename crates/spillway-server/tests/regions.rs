@@ -18,10 +18,11 @@
 //!   `regional` answers at once while every link out of its region hangs.
 //! - a node that stops gracefully publishes its last counts, which the other regions read.
 //!
-//! Redis keeps the limits' time (`TIME`), so the nodes run on the real clock here. No test
-//! waits for a window to roll over: each picks a window length (about an hour, see
-//! [`roomy_window`](common::roomy_window)) whose current window has at least ten minutes left, and buckets refill
-//! once an hour or slower. Run with `--nocapture` to see the measurements docs/GLOBAL.md quotes.
+//! Redis keeps the limits' time (`TIME`), so the nodes run on the real clock here. No test waits
+//! for a window to roll over: each picks a window length (about an hour, see
+//! [`roomy_window`](common::roomy_window)) whose current window has at least ten minutes left, and
+//! buckets refill once an hour or slower. Run with `--nocapture` to see the measurements
+//! docs/GLOBAL.md quotes.
 
 // Latency and pacing are wall-clock time by nature.
 #![allow(clippy::disallowed_methods)]

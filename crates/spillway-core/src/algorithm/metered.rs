@@ -37,13 +37,13 @@ impl LimitParams {
         self.evaluate(state, now, 1)
     }
 
-    /// Records `cost` against `state` at `now` unconditionally, even past the limit (a cost
-    /// known only after the response); the key then owes the excess, and is not admitted
-    /// until refill or the passing window has repaid it and freed a unit. The new state is
-    /// always meant to be stored. The decision tells the key's standing after the charge, as
-    /// [`LimitParams::admit`] sees it at once: allowed while at least one unit is free; else
-    /// denied ([`Denial::OverLimit`](super::Denial::OverLimit)) with `retry_after` the time until one is. (Each
-    /// algorithm's own `charge` answers whether the key owes nothing; the stores and the Lua
+    /// Records `cost` against `state` at `now` unconditionally, even past the limit (a cost known
+    /// only after the response); the key then owes the excess, and is not admitted until refill or
+    /// the passing window has repaid it and freed a unit. The new state is always meant to be
+    /// stored. The decision tells the key's standing after the charge, as [`LimitParams::admit`]
+    /// sees it at once: allowed while at least one unit is free; else denied
+    /// ([`Denial::OverLimit`](super::Denial::OverLimit)) with `retry_after` the time until one is.
+    /// (Each algorithm's own `charge` answers whether the key owes nothing; the stores and the Lua
     /// mirrors use this standing.)
     ///
     /// The sliding log ([`LimitParams::supports_charge`] is false) records the cost only if it

@@ -2,8 +2,9 @@
 //! tokio tasks and threads.
 //!
 //! # Keys
-//! A [`StateKey`](crate::key::StateKey) is stored as 128 bits, never as its text, so memory per key does not grow
-//! with key length and a flood of long, hostile values costs no more than short ones:
+//! A [`StateKey`](crate::key::StateKey) is stored as 128 bits, never as its text, so memory per
+//! key does not grow with key length and a flood of long, hostile values costs no more than short
+//! ones:
 //! - the first word is a keyed hash (foldhash, random per-process seed) of the dimension
 //!   values, seeded by the second word;
 //! - the second word identifies the limit: its fingerprint, which the policy computes from

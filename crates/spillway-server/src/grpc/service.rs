@@ -41,11 +41,6 @@ use spillway_core::request::CheckMode;
 use std::sync::Arc;
 use tonic::Status;
 
-/// Most descriptors one request may carry; Envoy sends a handful.
-pub const MAX_DESCRIPTORS: usize = 64;
-/// Most entries one descriptor may carry.
-pub const MAX_ENTRIES: usize = 32;
-
 /// The service, sharing the server's engine and config.
 #[derive(Clone)]
 pub struct Rls(pub Arc<RlsState>);
@@ -386,7 +381,8 @@ fn who(descriptors: &[RateLimitDescriptor]) -> Who<'_> {
 
 /// Refuses requests no gateway would send, saying which field is wrong; else tells whether the
 /// call is a report (a descriptor carries [`super::report::MARKER`]), from the same walk over
-/// the entries.
+/// the entries. How many descriptors and entries a call holds was bounded in its bytes,
+/// before it was decoded ([`super::wire`]).
 fn check_shape(request: &RateLimitRequest) -> Result<bool, String> {
     if request.domain.is_empty() {
         return Err("`domain` must not be empty".into());
@@ -394,18 +390,10 @@ fn check_shape(request: &RateLimitRequest) -> Result<bool, String> {
     if request.descriptors.is_empty() {
         return Err("`descriptors` must not be empty".into());
     }
-    if request.descriptors.len() > MAX_DESCRIPTORS {
-        return Err(format!("at most {MAX_DESCRIPTORS} descriptors per request"));
-    }
     let mut report = false;
     for (i, d) in request.descriptors.iter().enumerate() {
         if d.entries.is_empty() {
             return Err(format!("descriptors[{i}] has no entries"));
-        }
-        if d.entries.len() > MAX_ENTRIES {
-            return Err(format!(
-                "descriptors[{i}] has more than {MAX_ENTRIES} entries"
-            ));
         }
         for (j, e) in d.entries.iter().enumerate() {
             if e.key.is_empty() {

@@ -1,8 +1,8 @@
 //! A `RateLimitRequest`'s descriptors and entries counted in its encoded bytes, before the
 //! message is decoded.
 //!
-//! Decoding builds every descriptor the bytes hold, and [`service`](super::service)'s limits
-//! ([`MAX_DESCRIPTORS`], [`MAX_ENTRIES`]) could only refuse the message afterwards. An empty
+//! Decoding builds every descriptor the bytes hold, so the limits ([`MAX_DESCRIPTORS`],
+//! [`MAX_ENTRIES`]) are kept here, before it, and nowhere else. An empty
 //! descriptor takes four bytes on the wire and a few hundred once decoded, so a message under
 //! the 4 MiB cap (or about 4 KiB of gzip inflating to one) could make the server build a
 //! million of them, a quarter of a gigabyte, on the serving thread. Counting first refuses
@@ -16,8 +16,12 @@
 //! [`super::lenient`]'s for strings that are not UTF-8) refuse them anyway, and meet them no
 //! sooner than the count did, so no more than the counted descriptors are ever built.
 
-use super::service::{MAX_DESCRIPTORS, MAX_ENTRIES};
 use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+
+/// Most descriptors one request may carry; Envoy sends a handful.
+pub const MAX_DESCRIPTORS: usize = 64;
+/// Most entries one descriptor may carry.
+pub const MAX_ENTRIES: usize = 32;
 
 /// `RateLimitRequest.descriptors`' field number.
 const DESCRIPTORS: u32 = 2;
@@ -25,8 +29,7 @@ const DESCRIPTORS: u32 = 2;
 const ENTRIES: u32 = 1;
 
 /// Refuses `message`, an encoded `RateLimitRequest`, if it holds more descriptors than a
-/// request may, or a descriptor more entries than one may, saying which (in the words the
-/// decoded request's checks use).
+/// request may, or a descriptor more entries than one may, saying which.
 pub fn counts_fit(message: &[u8]) -> Result<(), String> {
     let mut descriptors = 0;
     each_nested(message, DESCRIPTORS, |descriptor| {

@@ -8,13 +8,13 @@
 //! (`docs/BENCHMARKS.md`). The trade-off: one connection is served by one thread, and
 //! connections are dealt out in turn, not by load.
 //!
-//! Shutdown, in this order: when the [`Shutdown`](crate::shutdown::Shutdown) fires the accept task closes the port and
-//! drops its queues; each thread's server takes every connection still queued, sees its queue
-//! end, and only then drains its connections gracefully (for the HTTP API, after giving the
-//! connections just taken `FIRST_READ` (50 ms) to read their first request; HTTP/2's two-step
-//! GOAWAY needs no pause); [`Threads::finished`] resolves once all of them have.
-//! (A server told to stop by the signal itself could stop while a connection was still queued
-//! for it, and that client would get no answer at all.)
+//! Shutdown, in this order: when the [`Shutdown`](crate::shutdown::Shutdown) fires the accept task
+//! closes the port and drops its queues; each thread's server takes every connection still queued,
+//! sees its queue end, and only then drains its connections gracefully (for the HTTP API, after
+//! giving the connections just taken `FIRST_READ` (50 ms) to read their first request; HTTP/2's
+//! two-step GOAWAY needs no pause); [`Threads::finished`] resolves once all of them have. (A server
+//! told to stop by the signal itself could stop while a connection was still queued for it, and
+//! that client would get no answer at all.)
 //!
 //! Each port has a cap on open connections, and each connection a cap on HTTP/2 streams and
 //! timeouts for headers, idleness and request bodies ([`limits`]), so slow or idle clients

@@ -413,22 +413,21 @@ pub fn table(found: &[Found]) -> String {
 /// put in a record shows as text instead of moving the terminal's cursor, setting its title or
 /// clipboard, adding a fake row, or reordering what is shown.
 fn printable(text: &str) -> String {
-    let hidden = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if !text.contains(hidden) {
-        return text.to_owned();
+    // Left-to-right and right-to-left marks, embeddings, overrides and isolates.
+    const BIDI: [std::ops::RangeInclusive<char>; 3] = [
+        '\u{200e}'..='\u{200f}',
+        '\u{202a}'..='\u{202e}',
+        '\u{2066}'..='\u{2069}',
+    ];
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || BIDI.iter().any(|bidi| bidi.contains(&c)) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
-    text.chars()
-        .map(|c| {
-            if hidden(c) {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    out
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
