@@ -156,6 +156,14 @@ pub struct ServeArgs {
           value_parser = parse_grace)]
     pub body_timeout: Duration,
 
+    /// Most request-body bytes held at once, across every port, while their bodies wait for
+    /// the rest to arrive (bodies that come whole, as Envoy's and nginx's calls do, hold
+    /// none). A body that would pass it is refused at once with HTTP 503 or gRPC
+    /// RESOURCE_EXHAUSTED. At least 16KiB.
+    #[arg(long, env = "SPILLWAY_MAX_BODY_MEMORY", value_name = "SIZE", default_value = "64MiB",
+          value_parser = parse_size)]
+    pub max_body_memory: u64,
+
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
     #[arg(long, env = "SPILLWAY_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s",
           value_parser = parse_grace)]
@@ -385,6 +393,35 @@ fn parse_grace(text: &str) -> Result<Duration, String> {
     spillway_core::rate::parse_duration(text).map(Duration::from_micros)
 }
 
+/// Reads a size: a whole number of bytes, optionally followed by `KB`, `MB`, `GB` (powers of
+/// 1000) or `KiB`, `MiB`, `GiB` (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let unit_size: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit (use B, KB, MB, GB, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_size))
+        .ok_or_else(|| format!("`{text}` is not a size such as 100MiB"))
+}
+
 fn parse_top_k_sample(text: &str) -> Result<u32, String> {
     let max = crate::telemetry::top::MAX_SAMPLE;
     match text.trim().parse::<u32>() {
@@ -484,6 +521,7 @@ mod tests {
         assert_eq!(args.header_timeout, limits.header_timeout);
         assert_eq!(args.idle_timeout, limits.idle_timeout);
         assert_eq!(args.body_timeout, limits.body_timeout);
+        assert_eq!(args.max_body_memory as usize, limits.max_body_memory);
 
         let cli = Cli::try_parse_from(["spillway", "serve", "--real-ip-header", "none"])
             .expect("none parses");

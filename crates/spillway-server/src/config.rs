@@ -151,6 +151,7 @@ impl ServerSettings {
                 idle_timeout: args.idle_timeout,
                 max_streams: args.max_streams,
                 body_timeout: args.body_timeout,
+                max_body_memory: usize::try_from(args.max_body_memory).unwrap_or(usize::MAX),
             }
             .checked()?,
             catalog: args.catalog.catalog(),

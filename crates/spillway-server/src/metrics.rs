@@ -25,9 +25,12 @@
 //! | `spillway_route_decisions_total`         | counter   | `route`, `outcome` |
 //! | `spillway_reports_total`                 | counter   | `via`, `outcome`   |
 //! | `spillway_reported_cost_total`           | counter   | `limit`            |
+//! | `spillway_body_memory_refusals_total`    | counter   | none               |
 //!
 //! The catalog's own metrics (`spillway_catalog_*`) are listed in [`crate::catalog::metrics`],
 //! the principal checks' (`spillway_principal_*`) in [`crate::principal::metrics`].
+//! `spillway_body_memory_refusals_total` counts request bodies refused under
+//! `--max-body-memory` ([`crate::serving::body_memory`]).
 //!
 //! The five before the decision log's are recorded by [`crate::failure`] (see
 //! `docs/FAILURE.md`); `route` is a route's pattern from the policy (or an Envoy domain), never
@@ -146,6 +149,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         tracing::debug!("a metrics recorder is already installed; this handle stays empty");
     }
     describe();
+    crate::serving::body_memory::describe();
     crate::catalog::metrics::describe();
     // Handles kept past this point (this one, and the per-thread decision counters) assume the
     // recorder never drops a metric: no idle timeout is set.

@@ -1,6 +1,7 @@
 //! Slow, idle and greedy clients against the real binary: the connection cap, the header,
 //! idle and body timeouts, and the HTTP/2 stream cap (`--max-connections`, `--header-timeout`,
-//! `--idle-timeout`, `--body-timeout`, `--max-streams`). The timeouts are set short by flag,
+//! `--idle-timeout`, `--body-timeout`, `--max-streams`), and the cap on bodies still arriving
+//! (`--max-body-memory`). The timeouts are set short by flag,
 //! and these tests wait for them in real time: they are network timeouts, not rates.
 
 mod common;
@@ -613,4 +614,179 @@ async fn http2_connections_are_told_the_stream_cap() {
     let answer = read_answer(response).await;
     assert_eq!(answer.http, 200);
     assert_eq!(client.current_max_send_streams(), 2);
+}
+
+/// A call's headers on `client`'s connection, its body still to send.
+async fn open_on(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+    addr: SocketAddr,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let mut client = client.clone().ready().await.expect("ready");
+    let call = http::Request::post(format!("http://{addr}{SHOULD_RATE_LIMIT}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    client.send_request(call, false).expect("sent")
+}
+
+/// Bodies still arriving may hold at most `--max-body-memory` between them. One client opens
+/// 64 calls on one connection and sends each 1 MiB of a 4 MiB message, never the rest: 64 MiB
+/// under a 4 MiB cap. The calls past the cap are refused at once with `RESOURCE_EXHAUSTED`
+/// (without the cap every one waited out the body timeout, and the server's peak memory grew
+/// by 153 MiB), and the server's peak memory grows by far less than was sent (25 MiB here). Whole calls on the
+/// same connection are answered meanwhile: a body that never waits holds nothing. Once the
+/// held calls are gone, what they held is given back: a call sent in two parts is answered.
+#[tokio::test]
+async fn bodies_still_arriving_hold_at_most_the_body_memory() {
+    const CALLS: usize = 64;
+    let rls = start(
+        Server::with_policy(POLICY).args(&[
+            "--max-body-memory",
+            "4MiB",
+            "--body-timeout",
+            "60s",
+            "--idle-timeout",
+            "60s",
+        ]),
+        &[],
+    )
+    .await;
+    let (client, mut connection) = h2_to(rls.addr).await;
+    let mut ping = connection.ping_pong().expect("the ping handle");
+    tokio::spawn(connection);
+    let mut part = vec![0; 5 + (1 << 20)];
+    part[1..5].copy_from_slice(&(4u32 << 20).to_be_bytes());
+    let part = bytes::Bytes::from(part);
+    let before = rls.server.peak_resident_bytes();
+    let mut held = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..CALLS {
+        let (response, mut send) = open_on(&client, rls.addr).await;
+        send.send_data(part.clone(), false).expect("a part");
+        held.push(send);
+        answers.push(tokio::spawn(read_answer(response)));
+    }
+    // Every call past the cap is answered within moments; the held ones are not answered.
+    let mut refused = 0;
+    let waited = now();
+    while refused < CALLS - 8 && waited.elapsed() < AT_MOST {
+        refused = answers.iter().filter(|a| a.is_finished()).count();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refused >= CALLS - 8,
+        "only {refused} of {CALLS} calls were refused within {AT_MOST:?}"
+    );
+    let mut still = Vec::new();
+    for answer in answers {
+        if !answer.is_finished() {
+            still.push(answer);
+            continue;
+        }
+        let status = answer
+            .await
+            .expect("the answer")
+            .status()
+            .expect("a status");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("--max-body-memory of 4194304 bytes"),
+            "{status:?}"
+        );
+    }
+    assert!(!still.is_empty(), "the calls within the cap are held");
+    let grown = rls.server.peak_resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 48 << 20,
+        "the server's peak memory grew by {} MiB for {CALLS} MiB sent",
+        grown >> 20
+    );
+    // A whole call is answered on the same connection while the cap is reached.
+    let body = framed(&request("spillway", vec![descriptor(&[("user", "u")])], 0));
+    let (response, mut send) = open_on(&client, rls.addr).await;
+    send.send_data(body.clone().into(), true)
+        .expect("a whole call");
+    let answer = read_answer(response).await;
+    assert_eq!(answer.status().map(|s| s.code()), Some(tonic::Code::Ok));
+    // The held calls are reset; what they held is given back once their bodies are dropped.
+    for answer in still {
+        answer.abort();
+    }
+    for mut send in held {
+        send.send_reset(h2::Reason::CANCEL);
+    }
+    let started = now();
+    loop {
+        let (response, mut send) = open_on(&client, rls.addr).await;
+        let (first, rest) = body.split_at(body.len() / 2);
+        send.send_data(first.to_vec().into(), false)
+            .expect("the first part");
+        // Once the ping is answered the server has the first part, and waits for the rest.
+        ping.ping(h2::Ping::opaque()).await.expect("a pong");
+        send.send_data(rest.to_vec().into(), true)
+            .expect("the rest");
+        let status = read_answer(response).await.status().expect("a status");
+        if status.code() == tonic::Code::Ok {
+            break;
+        }
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(
+            started.elapsed() < AT_MOST,
+            "the held calls' bytes were not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The status line `stream` is answered with, or `None` if none comes within [`SHORT`] × 3.
+fn status_soon(stream: &mut TcpStream) -> Option<String> {
+    stream.set_read_timeout(Some(SHORT * 3)).expect("timeout");
+    let mut line = Vec::new();
+    let mut byte = [0];
+    while !line.ends_with(b"\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&line).trim_end().to_owned())
+}
+
+/// The HTTP API's bodies share the cap: under the least one taken (16 KiB), two bodies sent
+/// in part, 10 KiB each, cannot both wait: one is refused at once with a 503, the other
+/// still waits. A whole request is answered meanwhile.
+#[tokio::test]
+async fn an_http_body_past_the_body_memory_gets_503() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--max-body-memory", "16KiB", "--body-timeout", "60s"])
+        .start();
+    let addr = server.addr();
+    let statuses = tokio::task::spawn_blocking(move || {
+        let mut streams = [connect(addr), connect(addr)];
+        for stream in &mut streams {
+            write!(
+                stream,
+                "POST /v1/check HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n\
+                 content-length: 16000\r\n\r\n{{\"user\":\"{}",
+                "u".repeat(10 << 10)
+            )
+            .expect("send");
+        }
+        std::thread::scope(|scope| {
+            let reads = streams.each_mut().map(|s| scope.spawn(|| status_soon(s)));
+            reads.map(|read| read.join().expect("reader"))
+        })
+    })
+    .await
+    .expect("client");
+    let refused = Some("HTTP/1.1 503 Service Unavailable".to_owned());
+    assert!(
+        statuses == [refused.clone(), None] || statuses == [None, refused],
+        "{statuses:?}"
+    );
+    let whole = server.post("/v1/check", r#"{"user":"w"}"#).await;
+    assert_eq!(whole.status(), 200);
 }

@@ -23,12 +23,14 @@
 //! A body that is not one complete message, or a message that does not inflate or decode, is
 //! `INVALID_ARGUMENT` saying what was wrong (tonic says `INTERNAL`, but the fault is the
 //! caller's); a message over [`MAX_MESSAGE`] bytes, before or after inflating, is
-//! `RESOURCE_EXHAUSTED`; a message still arriving when the body deadline passes
-//! (`--body-timeout`, [`crate::serving::deadline`]) is `DEADLINE_EXCEEDED`.
+//! `RESOURCE_EXHAUSTED`, and so is one whose bytes, while it waits for the rest, would take the
+//! process's bodies still arriving past `--max-body-memory` ([`crate::serving::body_memory`]);
+//! a message still arriving when the body deadline passes (`--body-timeout`,
+//! [`crate::serving::guarded`]) is `DEADLINE_EXCEEDED`.
 
 use super::encoding::{self, Encoding};
 use super::service::Rls;
-use crate::serving::{read_body, BodyTimeout};
+use crate::serving::{read_body, BodyMemoryFull, BodyTimeout};
 use crate::telemetry::decision_log::Ids;
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
@@ -158,6 +160,9 @@ where
         Err(err) if err.is::<LengthLimitError>() => return Err(too_large()),
         Err(err) if BodyTimeout::find(err.as_ref()).is_some() => {
             return Err(Status::deadline_exceeded(err.to_string()))
+        }
+        Err(err) if BodyMemoryFull::find(err.as_ref()).is_some() => {
+            return Err(Status::resource_exhausted(err.to_string()))
         }
         Err(err) => {
             return Err(Status::cancelled(format!(

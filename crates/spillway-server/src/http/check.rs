@@ -30,7 +30,7 @@ use crate::http::problem::Problem;
 use crate::http::verdict::{decided_response, denied_response};
 use crate::http::{check_mode, decide};
 use crate::principal::Presented;
-use crate::serving::{self, BodyTimeout};
+use crate::serving::{self, BodyMemoryFull, BodyTimeout};
 use crate::state::AppState;
 use crate::telemetry::decision_log::RequestIds;
 use axum::body::Bytes;
@@ -289,10 +289,14 @@ async fn respond(
 /// The problem for a body that could not be read, whichever reader failed (this endpoint's
 /// own limited read, or axum's `Bytes` extractor on `/v1/report`, whose rejection is passed
 /// whole): 413 when it is too long, 408 when it did not arrive in time (`--body-timeout`),
+/// 503 when the bodies still arriving held all the server would hold (`--max-body-memory`),
 /// else 400.
 pub(crate) fn body_problem(err: &(dyn std::error::Error + 'static)) -> Problem {
     if let Some(late) = BodyTimeout::find(err) {
         return Problem::http(StatusCode::REQUEST_TIMEOUT, late.to_string());
+    }
+    if let Some(full) = BodyMemoryFull::find(err) {
+        return Problem::http(StatusCode::SERVICE_UNAVAILABLE, full.to_string());
     }
     // axum's rejection says so in its status (its chain need not hold the length error).
     let too_long = |e: &(dyn std::error::Error + 'static)| {

@@ -5,7 +5,7 @@
 //! that sent nothing, or its headers a byte at a time, was served forever.
 
 use super::connection::{serve_each, Quiet, Tracked};
-use super::deadline::DeadlineBody;
+use super::guarded::GuardedBody;
 use super::threads::FIRST_READ;
 use super::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -41,7 +41,7 @@ pub async fn serve_http<M, S>(incoming: Incoming, writes: Writes, mut make: M)
 where
     M: FnMut(SocketAddr) -> S,
     S: hyper::service::Service<
-            http::Request<DeadlineBody<hyper::body::Incoming>>,
+            http::Request<GuardedBody<hyper::body::Incoming>>,
             Response = axum::response::Response,
             Error = Infallible,
         > + Send

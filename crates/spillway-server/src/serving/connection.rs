@@ -4,7 +4,7 @@
 //! [`serve_each`] takes the connections dealt to the thread; the caller says how to serve one
 //! (hyper's HTTP/2 server for gRPC, its HTTP/1-or-2 server for the API) and wraps its service
 //! in [`Tracked`], which counts the requests in flight and gives each request body its
-//! [`DeadlineBody`]. A connection's task closes it gracefully once it has had no request in
+//! [`GuardedBody`] (the body deadline, and its share of `--max-body-memory`). A connection's task closes it gracefully once it has had no request in
 //! flight for the idle timeout, and holds the connection's slot (a permit of the port's cap)
 //! until the connection ends.
 //!
@@ -20,7 +20,8 @@
 //! when the handler takes a request's body) is polled again at once, not sent back through
 //! the runtime's queue ([`inline`]).
 
-use super::deadline::DeadlineBody;
+use super::body_memory::{self, Charge};
+use super::guarded::GuardedBody;
 use super::heads::Watched;
 use super::limits::ConnectionLimits;
 use super::threads::{Accepted, Incoming};
@@ -110,12 +111,14 @@ impl Quiet {
 }
 
 /// A connection's service: `inner`, with each request counted in [`Activity`] while its
-/// answer is being made, and each request body given the body deadline.
+/// answer is being made, and each request body given the body deadline and a charge on the
+/// process's body memory.
 #[derive(Debug, Clone)]
 pub struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
     body_timeout: Duration,
+    max_body_memory: usize,
 }
 
 impl<S> Tracked<S> {
@@ -125,13 +128,14 @@ impl<S> Tracked<S> {
             inner,
             activity: activity.clone(),
             body_timeout: limits.body_timeout,
+            max_body_memory: limits.max_body_memory,
         }
     }
 }
 
 impl<S, B> hyper::service::Service<http::Request<B>> for Tracked<S>
 where
-    S: hyper::service::Service<http::Request<DeadlineBody<B>>>,
+    S: hyper::service::Service<http::Request<GuardedBody<B>>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -139,7 +143,10 @@ where
 
     fn call(&self, request: http::Request<B>) -> Self::Future {
         self.activity.started();
-        let request = request.map(|body| DeadlineBody::new(body, self.body_timeout));
+        let request = request.map(|body| {
+            let charge = Charge::new(&body_memory::PROCESS, self.max_body_memory);
+            GuardedBody::new(body, self.body_timeout, charge)
+        });
         InFlight {
             future: self.inner.call(request),
             _ends: Ends(self.activity.clone()),

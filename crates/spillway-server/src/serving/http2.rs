@@ -2,7 +2,7 @@
 //! connections.
 
 use super::connection::{serve_each, Quiet, Tracked};
-use super::deadline::DeadlineBody;
+use super::guarded::GuardedBody;
 use super::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -18,7 +18,7 @@ use std::time::Duration;
 pub async fn serve_http2<S, B>(incoming: Incoming, service: S)
 where
     S: hyper::service::Service<
-            http::Request<DeadlineBody<hyper::body::Incoming>>,
+            http::Request<GuardedBody<hyper::body::Incoming>>,
             Response = http::Response<B>,
         > + Clone
         + Send

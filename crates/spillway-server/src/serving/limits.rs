@@ -21,6 +21,11 @@
 //! - `body_timeout`: how long a request body may take to arrive in full, counted from the first
 //!   time the server waits for it. A body that is complete when read (the usual case) never
 //!   starts a timer. Past it the request is cut off: HTTP 408, gRPC `DEADLINE_EXCEEDED`.
+//! - `max_body_memory`: the request-body bytes the whole process may hold while waiting for
+//!   the rest of those bodies, every port and connection together. The other limits multiply
+//!   (connections × streams × a 4 MiB gRPC message held for the body timeout); this one caps
+//!   the product. A body that would pass it is refused at once: HTTP 503, gRPC
+//!   `RESOURCE_EXHAUSTED` ([`super::body_memory`]).
 
 use std::time::Duration;
 
@@ -37,18 +42,26 @@ pub struct ConnectionLimits {
     pub max_streams: u32,
     /// Longest time a request body may take to arrive, once the server waits for it.
     pub body_timeout: Duration,
+    /// Most request-body bytes the process holds while waiting for the rest of them.
+    pub max_body_memory: usize,
 }
 
 impl ConnectionLimits {
     /// The defaults the command line documents: 4,096 connections per port, 1,024 streams per
-    /// HTTP/2 connection, 10 s for headers and for bodies, 60 s idle.
+    /// HTTP/2 connection, 10 s for headers and for bodies, 60 s idle, 64 MiB of bodies still
+    /// arriving.
     pub const DEFAULT: Self = Self {
         max_connections: 4096,
         header_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         max_streams: 1024,
         body_timeout: Duration::from_secs(10),
+        max_body_memory: 64 << 20,
     };
+
+    /// The least `max_body_memory` taken: one HTTP/2 frame of the default size, and the HTTP
+    /// API's largest body.
+    pub const MIN_BODY_MEMORY: usize = 16 << 10;
 
     /// Checks the values: every limit must leave room for a request. The error names the flag.
     pub fn checked(self) -> Result<Self, String> {
@@ -57,6 +70,12 @@ impl ConnectionLimits {
         }
         if self.max_streams == 0 {
             return Err("--max-streams must be at least 1".into());
+        }
+        if self.max_body_memory < Self::MIN_BODY_MEMORY {
+            return Err(format!(
+                "--max-body-memory must be at least 16KiB, not {} bytes",
+                self.max_body_memory
+            ));
         }
         for (flag, value) in [
             ("--header-timeout", self.header_timeout),
@@ -115,6 +134,13 @@ mod tests {
                     ..ConnectionLimits::DEFAULT
                 },
                 "--body-timeout",
+            ),
+            (
+                ConnectionLimits {
+                    max_body_memory: ConnectionLimits::MIN_BODY_MEMORY - 1,
+                    ..ConnectionLimits::DEFAULT
+                },
+                "--max-body-memory",
             ),
         ];
         for (limits, flag) in cases {

@@ -29,13 +29,15 @@
 //! Layout: [`threads`] accepts (under the connection cap) and deals connections out to the
 //! per-thread runtimes; [`connection`] runs each connection on its task, closes idle ones and
 //! drains; [`api`] is the HTTP API's server and [`http2`] the gRPC port's; [`heads`] cuts off
-//! HTTP/1 clients slow to send a request head; [`deadline`] cuts off request bodies that
-//! trickle in; [`limits`] holds the settings.
+//! HTTP/1 clients slow to send a request head; [`guarded`] cuts off request bodies that
+//! trickle in, or that would take the bytes held for bodies still arriving past their cap
+//! ([`body_memory`]); [`limits`] holds the settings.
 
 pub mod api;
 mod body;
+pub mod body_memory;
 pub mod connection;
-pub mod deadline;
+pub mod guarded;
 pub mod heads;
 pub mod http2;
 pub mod limits;
@@ -45,7 +47,8 @@ pub mod threads;
 
 pub use api::{serve_http, Writes};
 pub use body::{read_body, BodyError};
-pub use deadline::{BodyTimeout, DeadlineBody};
+pub use body_memory::BodyMemoryFull;
+pub use guarded::{BodyTimeout, GuardedBody};
 pub use http2::serve_http2;
 pub use limits::ConnectionLimits;
 pub use threads::{start, Incoming, Threads};

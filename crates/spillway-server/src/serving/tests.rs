@@ -69,7 +69,7 @@ fn an_http2_connection_queued_as_the_queue_ends_is_answered() {
     }
     let (incoming, runtime) = the_last_connection_queued(accepted, peer);
     let ok = hyper::service::service_fn(
-        |_: ::http::Request<DeadlineBody<hyper::body::Incoming>>| async {
+        |_: ::http::Request<GuardedBody<hyper::body::Incoming>>| async {
             Ok::<_, std::convert::Infallible>(::http::Response::new(http_body_util::Empty::<
                 bytes::Bytes,
             >::new()))

@@ -266,33 +266,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     spillway_core::rate::parse_duration(text).map(Duration::from_micros)
 }
 
-/// Reads a size: a whole number of bytes, optionally followed by `KB`, `MB`, `GB` (powers of
-/// 1000) or `KiB`, `MiB`, `GiB` (powers of 1024). At least 1 KiB, so a file holds some records.
+/// Reads a size as [`crate::cli::parse_size`] does, of at least 1 KiB, so a file holds some
+/// records.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (digits, unit) = trimmed.split_at(split);
-    let unit_size: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "`{text}`: unknown unit (use B, KB, MB, GB, KiB, MiB or GiB)"
-            ))
-        }
-    };
-    let size = digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit_size))
-        .ok_or_else(|| format!("`{text}` is not a size such as 100MiB"))?;
+    let size = crate::cli::parse_size(text)?;
     if size < 1024 {
         return Err(format!(
             "`{text}`: a log file must be allowed at least 1KiB"
