@@ -92,15 +92,15 @@ async fn announce(tx: &mut Transaction<'static, Postgres>, version: u64) -> Resu
     Ok(())
 }
 
-/// The live version of one entry, inside a write transaction (which holds the meta row, so
-/// no other writer can change it before commit).
+/// The live version of one entry and its stored body, inside a write transaction (which
+/// holds the meta row, so no other writer can change it before commit).
 async fn current(
     tx: &mut Transaction<'static, Postgres>,
     key: &EntryKey,
-) -> Result<Option<u64>, Error> {
+) -> Result<Option<(u64, String)>, Error> {
     let (kind, scope, id) = row::columns(key);
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT version FROM spillway_catalog_entries \
+    let found: Option<(i64, String)> = sqlx::query_as(
+        "SELECT version, body::text FROM spillway_catalog_entries \
          WHERE kind = $1 AND scope = $2 AND id = $3 AND NOT deleted",
     )
     .bind(kind)
@@ -109,7 +109,9 @@ async fn current(
     .fetch_optional(&mut **tx)
     .await
     .map_err(|e| Error::db("reading an entry", e))?;
-    found.map(row::from_db).transpose()
+    found
+        .map(|(version, body)| Ok((row::from_db(version)?, body)))
+        .transpose()
 }
 
 async fn commit(tx: Transaction<'static, Postgres>) -> Result<(), Error> {
@@ -261,7 +263,7 @@ impl CatalogDb for PgCatalog {
         match found {
             None => Ok(None),
             Some((body, v)) => Ok(Some((
-                row::decode(key.kind(), &body, key, v)?,
+                row::decode_known(key.kind(), &body, key, v)?,
                 row::from_db(v)?,
             ))),
         }
@@ -276,7 +278,10 @@ impl CatalogDb for PgCatalog {
         let body = row::encode(&key, &entry)?;
         let mut tx = self.begin().await?;
         let version = allocate(&mut tx, 1).await?;
-        row::check_condition(if_version, current(&mut tx, &key).await?)?;
+        let now = current(&mut tx, &key).await?;
+        row::check_condition(if_version, now.as_ref().map(|(version, _)| *version))?;
+        // Fields a newer build set, which this one cannot see, stay.
+        let body = row::with_unknown_of(key.kind(), body, now.as_ref().map(|(_, b)| b.as_str()));
         let (kind, scope, id) = row::columns(&key);
         sqlx::query(&format!(
             "INSERT INTO spillway_catalog_entries (kind, scope, id, body, version, deleted) \
@@ -299,7 +304,7 @@ impl CatalogDb for PgCatalog {
         row::check_key(key)?;
         let mut tx = self.begin().await?;
         let version = allocate(&mut tx, 1).await?;
-        let now = current(&mut tx, key).await?;
+        let now = current(&mut tx, key).await?.map(|(version, _)| version);
         row::check_condition(if_version, now)?;
         if now.is_none() {
             return Ok(None); // nothing to delete: the transaction (and its version) is dropped
@@ -355,7 +360,7 @@ impl CatalogDb for PgCatalog {
         rows.into_iter()
             .map(|(scope, id, body, v)| {
                 let key = row::key_of(kind, scope, id);
-                let entry = row::decode(kind, &body, &key, v)?;
+                let entry = row::decode_known(kind, &body, &key, v)?;
                 Ok((key, entry, row::from_db(v)?))
             })
             .collect()

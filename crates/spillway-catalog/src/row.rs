@@ -13,6 +13,7 @@
 //! kind; ordering by `(scope, id)` is key order within a kind (users grouped by tenant).
 
 use crate::Error;
+use serde_json::{Map, Value};
 use spillway_core::catalog::record::{
     is_digest, ApiKeyRecord, OverrideRecord, TenantRecord, UserRecord,
 };
@@ -126,47 +127,139 @@ pub(crate) fn decode(kind: Kind, body: &str, key: &EntryKey, version: i64) -> Re
 /// ignored with a warning, and a row that still does not decode is skipped with an error in
 /// the log (`None`), so one bad row never stops every later change from arriving.
 pub(crate) fn decode_stored(kind: Kind, body: &str, key: &EntryKey, version: i64) -> Option<Entry> {
-    let strict = match decode(kind, body, key, version) {
-        Ok(entry) => return Some(entry),
-        Err(err) => err,
-    };
-    let known = serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .map(|mut value| {
-            keep_known(kind, &mut value);
-            value.to_string()
-        })
-        .and_then(|trimmed| decode(kind, &trimmed, key, version).ok());
-    match known {
-        Some(entry) => {
-            tracing::warn!(%key, version, "catalog row has fields this build does not know; they are ignored: {strict}");
-            Some(entry)
-        }
-        None => {
-            tracing::error!(%key, version, "catalog row skipped: {strict}");
+    match decode_known(kind, body, key, version) {
+        Ok(entry) => Some(entry),
+        Err(err) => {
+            tracing::error!(%key, version, "catalog row skipped: {err}");
             None
         }
     }
 }
 
-/// Drops the members of a stored body that this build's record types do not have.
-fn keep_known(kind: Kind, value: &mut serde_json::Value) {
-    let own = match kind {
-        Kind::Tenant => TenantRecord::FIELDS,
-        Kind::User => UserRecord::FIELDS,
-        Kind::ApiKey => ApiKeyRecord::FIELDS,
+/// A stored row as the admin reads it (`get`, `list`): the fields this build knows, as
+/// [`decode_stored`] reads them, but a row that does not decode is an error naming it. The
+/// fields it does not know are kept by this build's writes ([`with_unknown_of`]).
+pub(crate) fn decode_known(
+    kind: Kind,
+    body: &str,
+    key: &EntryKey,
+    version: i64,
+) -> Result<Entry, Error> {
+    let strict = match decode(kind, body, key, version) {
+        Ok(entry) => return Ok(entry),
+        Err(err) => err,
     };
-    let Some(map) = value.as_object_mut() else {
-        return;
+    let Ok(mut value) = serde_json::from_str::<Value>(body) else {
+        return Err(strict);
     };
-    map.retain(|name, _| own.contains(&name.as_str()));
-    if let Some(serde_json::Value::Object(overrides)) = map.get_mut("overrides") {
-        for one in overrides.values_mut() {
-            if let Some(fields) = one.as_object_mut() {
-                fields.retain(|name, _| OverrideRecord::FIELDS.contains(&name.as_str()));
+    let unknown = Unknown::set_aside(kind, &mut value);
+    if unknown.is_empty() {
+        return Err(strict);
+    }
+    let entry = decode(kind, &value.to_string(), key, version).map_err(|_| strict)?;
+    tracing::warn!(
+        %key,
+        version,
+        unknown = ?unknown.names(),
+        "catalog row has fields this build does not know; they are ignored, and kept by writes"
+    );
+    Ok(entry)
+}
+
+/// `body` (a record this build encoded) with the members of `stored` (the row it replaces)
+/// that this build does not know added back, so that writing an entry never drops a field
+/// a newer build set: top-level members, and those of each override `body` still has (an
+/// override the write removes goes with its members).
+pub(crate) fn with_unknown_of(kind: Kind, body: String, stored: Option<&str>) -> String {
+    let Some(mut old) = stored.and_then(|s| serde_json::from_str::<Value>(s).ok()) else {
+        return body;
+    };
+    let unknown = Unknown::set_aside(kind, &mut old);
+    if unknown.is_empty() {
+        return body;
+    }
+    let Ok(Value::Object(mut new)) = serde_json::from_str(&body) else {
+        return body;
+    };
+    for (name, value) in unknown.top {
+        new.entry(name).or_insert(value);
+    }
+    if let Some(Value::Object(overrides)) = new.get_mut("overrides") {
+        for (limit, members) in unknown.overrides {
+            if let Some(Value::Object(now)) = overrides.get_mut(&limit) {
+                for (member, value) in members {
+                    now.entry(member).or_insert(value);
+                }
             }
         }
     }
+    Value::Object(new).to_string()
+}
+
+/// The members of a stored body that this build's record types do not have.
+#[derive(Debug, Default)]
+struct Unknown {
+    /// The body's own.
+    top: Map<String, Value>,
+    /// Each override's own, by limit.
+    overrides: Vec<(String, Map<String, Value>)>,
+}
+
+impl Unknown {
+    /// Takes them out of `value`, a stored body of `kind`.
+    fn set_aside(kind: Kind, value: &mut Value) -> Self {
+        let own = match kind {
+            Kind::Tenant => TenantRecord::FIELDS,
+            Kind::User => UserRecord::FIELDS,
+            Kind::ApiKey => ApiKeyRecord::FIELDS,
+        };
+        let mut unknown = Self::default();
+        let Some(map) = value.as_object_mut() else {
+            return unknown;
+        };
+        unknown.top = take_unknown(map, own);
+        if own.contains(&"overrides") {
+            if let Some(Value::Object(overrides)) = map.get_mut("overrides") {
+                for (limit, one) in overrides.iter_mut() {
+                    if let Some(fields) = one.as_object_mut() {
+                        let set_aside = take_unknown(fields, OverrideRecord::FIELDS);
+                        if !set_aside.is_empty() {
+                            unknown.overrides.push((limit.clone(), set_aside));
+                        }
+                    }
+                }
+            }
+        }
+        unknown
+    }
+
+    fn is_empty(&self) -> bool {
+        self.top.is_empty() && self.overrides.is_empty()
+    }
+
+    /// Their paths, such as `colour` and `overrides.m.jitter`.
+    fn names(&self) -> Vec<String> {
+        let top = self.top.keys().cloned();
+        let nested = self.overrides.iter().flat_map(|(limit, members)| {
+            members
+                .keys()
+                .map(move |m| format!("overrides.{limit}.{m}"))
+        });
+        top.chain(nested).collect()
+    }
+}
+
+/// Removes and returns the members of `map` not named in `own`.
+fn take_unknown(map: &mut Map<String, Value>, own: &[&str]) -> Map<String, Value> {
+    let names: Vec<String> = map
+        .keys()
+        .filter(|name| !own.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    names
+        .into_iter()
+        .filter_map(|name| map.remove(&name).map(|value| (name, value)))
+        .collect()
 }
 
 /// A version as the databases store it (`BIGINT`).
@@ -361,5 +454,47 @@ mod stored_tests {
         assert_eq!(record.home_region.as_deref(), Some("eu"));
         assert_eq!(decode_stored(Kind::Tenant, "not json", &key, 8), None);
         assert_eq!(decode_stored(Kind::Tenant, r#"{"tier":5}"#, &key, 9), None);
+        // The admin's reads say why a row does not decode.
+        let err = decode_known(Kind::Tenant, r#"{"tier":5,"colour":1}"#, &key, 9).unwrap_err();
+        assert!(err.to_string().contains("version 9"), "{err}");
+    }
+
+    fn json(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn writes_keep_the_fields_of_a_newer_build() {
+        let stored = r#"{"tier":"a","colour":"red","overrides":{"m":{"limit":5,"jitter":2},"n":{"jitter":3}}}"#;
+        let kept = with_unknown_of(
+            Kind::Tenant,
+            r#"{"tier":"b","colour":"blue","overrides":{"m":{"limit":6}}}"#.into(),
+            Some(stored),
+        );
+        // A member this build wrote is never replaced (it cannot be unknown to it anyway).
+        assert_eq!(
+            json(&kept),
+            json(r#"{"tier":"b","colour":"blue","overrides":{"m":{"limit":6,"jitter":2}}}"#)
+        );
+        let kept = with_unknown_of(Kind::Tenant, r#"{"tier":"b"}"#.into(), Some(stored));
+        assert_eq!(json(&kept), json(r#"{"tier":"b","colour":"red"}"#));
+        // API keys have no overrides: a newer build's `overrides` is one more unknown member.
+        let kept = with_unknown_of(
+            Kind::ApiKey,
+            r#"{"tenant":"b"}"#.into(),
+            Some(r#"{"tenant":"a","overrides":{"x":1}}"#),
+        );
+        assert_eq!(json(&kept), json(r#"{"tenant":"b","overrides":{"x":1}}"#));
+        // Nothing unknown, nothing stored, or a stored body that is not JSON: as written.
+        let body = r#"{"tier":"b"}"#;
+        assert_eq!(
+            with_unknown_of(Kind::Tenant, body.into(), Some(r#"{"tier":"a"}"#)),
+            body
+        );
+        assert_eq!(with_unknown_of(Kind::Tenant, body.into(), None), body);
+        assert_eq!(
+            with_unknown_of(Kind::Tenant, body.into(), Some("not json")),
+            body
+        );
     }
 }

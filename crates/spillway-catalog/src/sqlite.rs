@@ -81,14 +81,14 @@ async fn allocate(tx: &mut Transaction<'static, Sqlite>, count: u64) -> Result<u
     row::from_db(last)
 }
 
-/// The live version of one entry, inside a write transaction.
+/// The live version of one entry and its stored body, inside a write transaction.
 async fn current(
     tx: &mut Transaction<'static, Sqlite>,
     key: &EntryKey,
-) -> Result<Option<u64>, Error> {
+) -> Result<Option<(u64, String)>, Error> {
     let (kind, scope, id) = row::columns(key);
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT version FROM spillway_catalog_entries \
+    let found: Option<(i64, String)> = sqlx::query_as(
+        "SELECT version, body FROM spillway_catalog_entries \
          WHERE kind = ?1 AND scope = ?2 AND id = ?3 AND deleted = 0",
     )
     .bind(kind)
@@ -97,7 +97,9 @@ async fn current(
     .fetch_optional(&mut **tx)
     .await
     .map_err(|e| Error::db("reading an entry", e))?;
-    found.map(row::from_db).transpose()
+    found
+        .map(|(version, body)| Ok((row::from_db(version)?, body)))
+        .transpose()
 }
 
 async fn commit(tx: Transaction<'static, Sqlite>) -> Result<(), Error> {
@@ -240,7 +242,7 @@ impl CatalogDb for SqliteCatalog {
         match found {
             None => Ok(None),
             Some((body, v)) => Ok(Some((
-                row::decode(key.kind(), &body, key, v)?,
+                row::decode_known(key.kind(), &body, key, v)?,
                 row::from_db(v)?,
             ))),
         }
@@ -255,7 +257,10 @@ impl CatalogDb for SqliteCatalog {
         let body = row::encode(&key, &entry)?;
         let mut tx = self.begin_write().await?;
         let version = allocate(&mut tx, 1).await?;
-        row::check_condition(if_version, current(&mut tx, &key).await?)?;
+        let now = current(&mut tx, &key).await?;
+        row::check_condition(if_version, now.as_ref().map(|(version, _)| *version))?;
+        // Fields a newer build set, which this one cannot see, stay.
+        let body = row::with_unknown_of(key.kind(), body, now.as_ref().map(|(_, b)| b.as_str()));
         let (kind, scope, id) = row::columns(&key);
         sqlx::query(&format!(
             "INSERT INTO spillway_catalog_entries (kind, scope, id, body, version, deleted) \
@@ -277,7 +282,7 @@ impl CatalogDb for SqliteCatalog {
         row::check_key(key)?;
         let mut tx = self.begin_write().await?;
         let version = allocate(&mut tx, 1).await?;
-        let now = current(&mut tx, key).await?;
+        let now = current(&mut tx, key).await?.map(|(version, _)| version);
         row::check_condition(if_version, now)?;
         if now.is_none() {
             return Ok(None); // nothing to delete: the transaction (and its version) is dropped
@@ -332,7 +337,7 @@ impl CatalogDb for SqliteCatalog {
         rows.into_iter()
             .map(|(scope, id, body, v)| {
                 let key = row::key_of(kind, scope, id);
-                let entry = row::decode(kind, &body, &key, v)?;
+                let entry = row::decode_known(kind, &body, &key, v)?;
                 Ok((key, entry, row::from_db(v)?))
             })
             .collect()

@@ -8,7 +8,9 @@
 //! - Postgres stopped under load: decisions go on, the catalog reads stale, and a change made
 //!   after it is back arrives without a restart;
 //! - a node started with the database down boots from its snapshot and says so; with no
-//!   snapshot either it is not ready.
+//!   snapshot either it is not ready;
+//! - an entry holding fields a newer build wrote is read by the admin API for what this build
+//!   knows, and a patch keeps the fields it cannot see.
 
 mod common;
 
@@ -337,4 +339,66 @@ async fn a_node_started_with_the_database_down_boots_from_its_snapshot() {
     let empty = node(&url, &["--catalog-boot-timeout", "1s"]);
     assert_eq!(empty.get("/readyz").await.status(), 503);
     assert_eq!(check(&empty, "acme").await.0, "free");
+}
+
+/// During a rolling upgrade a newer build may store fields this one does not know. The admin
+/// API reads such an entry, alone and in a list, for what it knows (both were a 400 before),
+/// and a patch keeps the fields it cannot see (reading for what it knows and writing that
+/// back would have dropped them).
+#[tokio::test]
+async fn an_entry_a_newer_build_wrote_is_read_and_patched_without_loss() {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let server = node(&url, &[]);
+    let (status, body) = admin(
+        &server,
+        reqwest::Method::PUT,
+        "/v1/admin/tenants/acme",
+        Some(json!({"tier": "free"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("the catalog file");
+    let raw = "SELECT body FROM spillway_catalog_entries WHERE id = 'acme'";
+    sqlx::query(
+        r#"UPDATE spillway_catalog_entries SET body = '{"tier":"free","colour":"red"}'
+           WHERE id = 'acme'"#,
+    )
+    .execute(&pool)
+    .await
+    .expect("written as a newer build would");
+    let (status, body) = admin(
+        &server,
+        reqwest::Method::GET,
+        "/v1/admin/tenants/acme",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tier"], "free");
+    assert_eq!(
+        body.get("colour"),
+        None,
+        "not shown: this build cannot say what it means"
+    );
+    let (status, body) = admin(&server, reqwest::Method::GET, "/v1/admin/tenants", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"][0]["tenant"], "acme");
+    let (status, body) = admin(
+        &server,
+        reqwest::Method::PATCH,
+        "/v1/admin/tenants/acme",
+        Some(json!({"tier": "paid"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let stored: String = sqlx::query_scalar(raw)
+        .fetch_one(&pool)
+        .await
+        .expect("the row");
+    let stored: Value = serde_json::from_str(&stored).expect("JSON");
+    assert_eq!(stored, json!({"tier": "paid", "colour": "red"}));
+    pool.close().await;
 }

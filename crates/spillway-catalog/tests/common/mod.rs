@@ -68,6 +68,38 @@ impl Fixture {
         }
     }
 
+    /// The stored body of the live row whose id is `id`, as JSON, read behind the catalog's
+    /// back.
+    pub async fn body_of(&self, id: &str) -> serde_json::Value {
+        let body: String = match &self.backing {
+            Backing::Sqlite(_) => {
+                let pool = sqlx::SqlitePool::connect(&self.url).await.expect("connect");
+                let body = sqlx::query_scalar(
+                    "SELECT body FROM spillway_catalog_entries WHERE id = ?1 AND deleted = 0",
+                )
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .expect("a live row");
+                pool.close().await;
+                body
+            }
+            Backing::Postgres(_) => {
+                let pool = sqlx::PgPool::connect(&self.url).await.expect("connect");
+                let body = sqlx::query_scalar(
+                    "SELECT body::text FROM spillway_catalog_entries WHERE id = $1 AND NOT deleted",
+                )
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .expect("a live row");
+                pool.close().await;
+                body
+            }
+        };
+        serde_json::from_str(&body).expect("a JSON body")
+    }
+
     pub fn server(&mut self) -> Option<&mut PostgresServer> {
         match &mut self.backing {
             Backing::Postgres(server) => Some(server),
