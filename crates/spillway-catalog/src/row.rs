@@ -465,7 +465,8 @@ mod stored_tests {
 
     #[test]
     fn writes_keep_the_fields_of_a_newer_build() {
-        let stored = r#"{"tier":"a","colour":"red","overrides":{"m":{"limit":5,"jitter":2},"n":{"jitter":3}}}"#;
+        let stored = r#"{"tier":"a","colour":"red",
+            "overrides":{"m":{"limit":5,"jitter":2},"n":{"jitter":3}}}"#;
         let kept = with_unknown_of(
             Kind::Tenant,
             r#"{"tier":"b","colour":"blue","overrides":{"m":{"limit":6}}}"#.into(),

@@ -156,10 +156,10 @@ pub struct ServeArgs {
           value_parser = parse_grace)]
     pub body_timeout: Duration,
 
-    /// Most request-body bytes held at once, across every port, while their bodies wait for
-    /// the rest to arrive (bodies that come whole, as Envoy's and nginx's calls do, hold
-    /// none). A body that would pass it is refused at once with HTTP 503 or gRPC
-    /// RESOURCE_EXHAUSTED. At least 16KiB.
+    /// Most memory held at once, across every port, by requests waiting for the rest of
+    /// their bodies: 16 KiB for each one's head plus the body bytes received (bodies that come
+    /// whole, as Envoy's calls do, count nothing). A request that would pass it is refused at
+    /// once: HTTP 503 on /v1/check and /v1/report, gRPC RESOURCE_EXHAUSTED. At least 16KiB.
     #[arg(long, env = "SPILLWAY_MAX_BODY_MEMORY", value_name = "SIZE", default_value = "64MiB",
           value_parser = parse_size)]
     pub max_body_memory: u64,

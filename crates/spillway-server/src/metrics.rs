@@ -26,11 +26,13 @@
 //! | `spillway_reports_total`                 | counter   | `via`, `outcome`   |
 //! | `spillway_reported_cost_total`           | counter   | `limit`            |
 //! | `spillway_body_memory_refusals_total`    | counter   | none               |
+//! | `spillway_body_memory_held_bytes`        | gauge     | none               |
 //!
 //! The catalog's own metrics (`spillway_catalog_*`) are listed in [`crate::catalog::metrics`],
 //! the principal checks' (`spillway_principal_*`) in [`crate::principal::metrics`].
 //! `spillway_body_memory_refusals_total` counts request bodies refused under
-//! `--max-body-memory` ([`crate::serving::body_memory`]).
+//! `--max-body-memory`, and `spillway_body_memory_held_bytes` is what bodies still arriving
+//! hold under it, set at each scrape ([`crate::serving::body_memory`]).
 //!
 //! The five before the decision log's are recorded by [`crate::failure`] (see
 //! `docs/FAILURE.md`); `route` is a route's pattern from the policy (or an Envoy domain), never

@@ -138,6 +138,7 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
 /// (`spillway_top_blocked`) follow the recorder's lines, rendered as they stand now.
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     metrics::record_store(app.store.key_count(), app.store.evictions());
+    crate::serving::body_memory::record();
     let mut text = app.metrics.render();
     text.push_str(&app.failover.domain_exposition());
     text.push_str(&app.top.blocked_exposition(app.clock.now()));

@@ -32,10 +32,12 @@ where
     let mut body = pin!(Limited::new(body, limit));
     let mut first = Bytes::new();
     let mut gathered: Option<BytesMut> = None;
-    while !body.is_end_stream() {
+    let mut ended = body.is_end_stream();
+    while !ended {
         let Some(frame) = body.as_mut().frame().await else {
             break;
         };
+        ended = body.is_end_stream();
         let Ok(data) = frame?.into_data() else {
             continue;
         };
@@ -45,8 +47,14 @@ where
         }
         match &mut gathered {
             Some(buffer) => buffer.extend_from_slice(&data),
+            // A frame may be a slice of the connection's read buffer: one the body waits
+            // with is copied out, so a small part cannot keep a large buffer alive.
+            None if first.is_empty() && !ended => {
+                first = Bytes::copy_from_slice(&data);
+            }
             None if first.is_empty() => first = data,
             None => {
+                let first = std::mem::take(&mut first);
                 let mut buffer = BytesMut::with_capacity(first.len() + data.len());
                 buffer.extend_from_slice(&first);
                 buffer.extend_from_slice(&data);
@@ -63,6 +71,8 @@ mod tests {
     use http_body::Frame;
     use std::collections::VecDeque;
     use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     use std::task::{Context, Poll};
 
     /// A body that knows when it has ended, as hyper's does once a `Content-Length` has all
@@ -108,5 +118,69 @@ mod tests {
         assert_eq!(read.expect("read"), &br#"{"user":"u"}"#[..]);
         let read = read_body(known(&[]), 64).await;
         assert_eq!(read.expect("read"), &b""[..]);
+    }
+
+    /// A connection's read buffer, which says when it is freed.
+    struct ReadBuffer(Vec<u8>, Arc<AtomicBool>);
+
+    impl AsRef<[u8]> for ReadBuffer {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for ReadBuffer {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A body whose first frame is one byte of a large read buffer, and whose second frame
+    /// notes whether that buffer was freed while the reader waited for it.
+    struct SliceThenEnd {
+        first: Option<Bytes>,
+        freed: Arc<AtomicBool>,
+        freed_while_waiting: Arc<AtomicBool>,
+        ended: bool,
+    }
+
+    impl Body for SliceThenEnd {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if let Some(first) = self.first.take() {
+                return Poll::Ready(Some(Ok(Frame::data(first))));
+            }
+            let freed = self.freed.load(Ordering::Relaxed);
+            self.freed_while_waiting.store(freed, Ordering::Relaxed);
+            self.ended = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"}")))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.ended
+        }
+    }
+
+    #[tokio::test]
+    async fn a_part_the_body_waits_with_keeps_no_read_buffer_alive() {
+        let freed = Arc::new(AtomicBool::new(false));
+        let buffer = Bytes::from_owner(ReadBuffer(b"{".repeat(64 << 10), freed.clone()));
+        let freed_while_waiting = Arc::new(AtomicBool::new(false));
+        let body = SliceThenEnd {
+            first: Some(buffer.slice(..1)),
+            freed: freed.clone(),
+            freed_while_waiting: freed_while_waiting.clone(),
+            ended: false,
+        };
+        drop(buffer);
+        assert!(!freed.load(Ordering::Relaxed), "the frame holds the buffer");
+        let read = read_body(body, 64).await.expect("read");
+        assert_eq!(read, &b"{}"[..]);
+        assert!(freed_while_waiting.load(Ordering::Relaxed));
     }
 }

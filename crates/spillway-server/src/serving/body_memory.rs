@@ -9,13 +9,22 @@
 //! that would take the held bytes past it is refused at once (HTTP 503, gRPC
 //! `RESOURCE_EXHAUSTED`) and gives back what it held.
 //!
-//! Only bytes held across a wait are counted: a body is charged, by its
-//! [`super::GuardedBody`], for the bytes it has handed out each time it finds the rest has not
-//! arrived yet. A body that comes whole with its headers, or in frames already all received
-//! (every rate-limit call Envoy or nginx sends), is never charged: the hot path touches no
-//! shared counter, and such calls are answered even while the cap is reached. The charge is
-//! given back when the body is dropped, read or not. What is counted is the bytes received;
-//! the reader's buffer may hold up to about twice that while it grows.
+//! Only requests that wait for their body are counted. The first time a body finds the rest
+//! has not arrived, its [`super::GuardedBody`] charges [`WAITING`] (what a waiting request
+//! holds besides its body: its head, and buffers) and the bytes handed out so far; each later
+//! wait charges the bytes handed out since. A body that came whole with its headers, or in
+//! frames all received by the time it is read (the rate-limit calls Envoy sends, nginx's
+//! bodiless subrequests), is never charged: the hot path touches no shared counter, and such
+//! calls are answered while the cap is reached. Bodies that do wait are refused while it is
+//! reached, whoever filled it: an HTTP/1 chunked body (its end comes after its last chunk),
+//! one larger than the first read, a gRPC message in more frames than had arrived. A body
+//! that must wait for more than the cap can never be read.
+//!
+//! The charge is given back when the body ends with an error (refused, late) or is dropped,
+//! read or not. What is charged is the bytes received: the reader's buffer may hold up to
+//! about twice that while it grows. Not charged: what HTTP/2 buffers for a connection before
+//! the handler reads it (at most its 1 MiB receive window, dropped with a refused stream), and
+//! a message once read whole (the decision that follows is bounded by the store's budget).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -27,6 +36,11 @@ pub struct BodyMemory {
 
 /// The process's count, shared by every port: the server's connections charge it.
 pub static PROCESS: BodyMemory = BodyMemory::new();
+
+/// What a waiting request is charged besides its body's bytes, once: HTTP/2's largest header
+/// list (hyper's 16 KiB), which the request keeps while it waits, standing in for its head
+/// and the buffers of its first read.
+pub const WAITING: usize = 16 << 10;
 
 impl BodyMemory {
     /// Nothing held.
@@ -55,7 +69,7 @@ impl BodyMemory {
     }
 }
 
-/// What one body holds of a [`BodyMemory`] under a cap; given back when dropped.
+/// What one body holds of a [`BodyMemory`] under a cap; given back when released or dropped.
 #[derive(Debug)]
 pub struct Charge {
     memory: &'static BodyMemory,
@@ -82,27 +96,49 @@ impl Charge {
         self.held += bytes;
         Ok(())
     }
+
+    /// Whether anything is held: the body has waited.
+    pub fn holds(&self) -> bool {
+        self.held > 0
+    }
+
+    /// Gives back all that is held.
+    pub fn release(&mut self) {
+        if self.held > 0 {
+            self.memory.give_back(std::mem::take(&mut self.held));
+        }
+    }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        if self.held > 0 {
-            self.memory.give_back(self.held);
-        }
+        self.release();
     }
 }
 
 /// Request bodies refused because the bytes held for bodies still arriving would pass
 /// `--max-body-memory`.
 pub const REFUSED: &str = "spillway_body_memory_refusals_total";
+/// Bytes held now for request bodies still arriving; set when `/metrics` is scraped.
+pub const HELD: &str = "spillway_body_memory_held_bytes";
 
-/// Registers [`REFUSED`]'s description, and shows it at zero before any refusal.
+/// Registers the two metrics' descriptions, and shows the refusals at zero before any.
 pub fn describe() {
     metrics::describe_counter!(
         REFUSED,
         "Request bodies refused because bodies still arriving held --max-body-memory bytes."
     );
+    metrics::describe_gauge!(
+        HELD,
+        metrics::Unit::Bytes,
+        "Bytes held for request bodies still arriving (capped by --max-body-memory)."
+    );
     metrics::counter!(REFUSED).increment(0);
+}
+
+/// Sets [`HELD`] to the process's count, for a scrape.
+pub fn record() {
+    metrics::gauge!(HELD).set(PROCESS.held() as f64);
 }
 
 /// The error a body ends with when holding its next bytes would pass the cap.
@@ -145,6 +181,20 @@ mod tests {
         second.add(60).expect("fits once the first is given back");
         drop(second);
         assert_eq!(MEMORY.held(), 0);
+    }
+
+    #[test]
+    fn a_released_charge_holds_nothing_more() {
+        static MEMORY: BodyMemory = BodyMemory::new();
+        let mut charge = Charge::new(&MEMORY, 100);
+        assert!(!charge.holds());
+        charge.add(30).expect("fits");
+        assert!(charge.holds());
+        charge.release();
+        assert_eq!(MEMORY.held(), 0);
+        assert!(!charge.holds());
+        drop(charge);
+        assert_eq!(MEMORY.held(), 0, "nothing given back twice");
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! [`serve_each`] takes the connections dealt to the thread; the caller says how to serve one
 //! (hyper's HTTP/2 server for gRPC, its HTTP/1-or-2 server for the API) and wraps its service
 //! in [`Tracked`], which counts the requests in flight and gives each request body its
-//! [`GuardedBody`] (the body deadline, and its share of `--max-body-memory`). A connection's task closes it gracefully once it has had no request in
-//! flight for the idle timeout, and holds the connection's slot (a permit of the port's cap)
-//! until the connection ends.
+//! [`GuardedBody`] (the body deadline, and its share of `--max-body-memory`). A connection's
+//! task closes it gracefully once it has had no request in flight for the idle timeout, and
+//! holds the connection's slot (a permit of the port's cap) until the connection ends.
 //!
 //! The idle check and the header deadline ([`super::heads`]) read no clock per request:
 //! [`Activity`] counts requests starting and ending and the socket's writes (uncontended

@@ -9,7 +9,7 @@
 //! into its own answers: the HTTP API into a 408 or 503 problem, the gRPC port into
 //! `DEADLINE_EXCEEDED` or `RESOURCE_EXHAUSTED`.
 
-use super::body_memory::Charge;
+use super::body_memory::{Charge, WAITING};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -48,8 +48,9 @@ pub(super) fn cause<'a, T: std::error::Error + 'static>(
 
 pin_project! {
     /// `inner`, cut off with [`BodyTimeout`] once `limit` has passed since it was first found
-    /// incomplete, or with [`BodyMemoryFull`](super::BodyMemoryFull) when the bytes it handed
-    /// out before a wait do not fit in its `charge`.
+    /// incomplete, or with [`BodyMemoryFull`](super::BodyMemoryFull) when what it holds
+    /// while waiting ([`WAITING`] and the bytes it handed out) does not fit in its `charge`.
+    /// Either way the charge is given back at once.
     pub struct GuardedBody<B> {
         #[pin]
         inner: B,
@@ -99,10 +100,13 @@ where
             }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        // The reader keeps what it was handed while it waits for the rest.
-        if *this.unheld > 0 {
-            if let Err(full) = this.charge.add(std::mem::take(this.unheld)) {
+        // The reader keeps what it was handed while it waits for the rest, and the request
+        // its head: charged once, on the first wait.
+        let waiting = if this.charge.holds() { 0 } else { WAITING };
+        if *this.unheld > 0 || waiting > 0 {
+            if let Err(full) = this.charge.add(waiting + std::mem::take(this.unheld)) {
                 *this.ended = true;
+                this.charge.release();
                 return Poll::Ready(Some(Err(Box::new(full))));
             }
         }
@@ -112,6 +116,7 @@ where
         match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
             Some(Poll::Ready(())) => {
                 *this.ended = true;
+                this.charge.release();
                 Poll::Ready(Some(Err(Box::new(BodyTimeout(*this.limit)))))
             }
             _ => Poll::Pending,
@@ -134,16 +139,16 @@ mod tests {
     use http_body_util::BodyExt;
     use std::collections::VecDeque;
 
-    /// A body whose `frames` come at once, after which it either stalls (its next frame
-    /// never comes) or ends.
+    /// A body that hands out its `steps` in turn (`Some` a frame at once, `None` a wait of one
+    /// poll), after which it either stalls (its next frame never comes) or ends.
     struct Frames {
-        frames: VecDeque<&'static str>,
+        steps: VecDeque<Option<&'static str>>,
         stalls: bool,
     }
 
-    fn stalls_after(frames: &[&'static str]) -> Frames {
+    fn stalls_after(steps: &[Option<&'static str>]) -> Frames {
         Frames {
-            frames: frames.iter().copied().collect(),
+            steps: steps.iter().copied().collect(),
             stalls: true,
         }
     }
@@ -156,10 +161,11 @@ mod tests {
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            match self.frames.pop_front() {
-                Some(data) => {
+            match self.steps.pop_front() {
+                Some(Some(data)) => {
                     Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(data.as_bytes())))))
                 }
+                Some(None) => Poll::Pending,
                 None if self.stalls => Poll::Pending,
                 None => Poll::Ready(None),
             }
@@ -171,29 +177,45 @@ mod tests {
         Charge::new(memory, cap)
     }
 
+    /// What one poll of a body gives.
+    type Next = Poll<Option<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>>;
+
+    /// Polls `body` for its next frame once.
+    fn poll_once(body: &mut Pin<Box<GuardedBody<Frames>>>) -> Next {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        body.as_mut().poll_frame(&mut cx)
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_body_that_stalls_is_cut_off_at_its_limit() {
+    async fn a_body_that_stalls_is_cut_off_at_its_limit_and_gives_back_its_charge() {
         static MEMORY: BodyMemory = BodyMemory::new();
         let limit = Duration::from_millis(300);
         let started = tokio::time::Instant::now();
-        let err = GuardedBody::new(stalls_after(&["first"]), limit, charge(&MEMORY, 100))
-            .collect()
-            .await
-            .expect_err("cut off");
+        let mut body = Box::pin(GuardedBody::new(
+            stalls_after(&[Some("first")]),
+            limit,
+            charge(&MEMORY, usize::MAX),
+        ));
+        let err = loop {
+            if let Err(err) = body.frame().await.expect("no end") {
+                break err;
+            }
+        };
         assert_eq!(started.elapsed(), limit);
         assert_eq!(BodyTimeout::find(err.as_ref()), Some(BodyTimeout(limit)));
         assert_eq!(
             err.to_string(),
             "the request body did not arrive within 300 ms"
         );
-        assert_eq!(MEMORY.held(), 0, "given back once the body is dropped");
+        assert_eq!(MEMORY.held(), 0, "given back as it is cut off");
+        assert!(body.is_end_stream());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_whole_body_is_read_as_it_is_and_holds_nothing() {
         static MEMORY: BodyMemory = BodyMemory::new();
         let body = Frames {
-            frames: VecDeque::from(["who", "le"]),
+            steps: VecDeque::from([Some("who"), Some("le")]),
             stalls: false,
         };
         // No room at all: bytes that never wait are never charged.
@@ -205,20 +227,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_waiting_body_holds_what_it_handed_out_until_dropped() {
+    async fn a_waiting_body_holds_its_head_and_what_it_handed_out_until_dropped() {
         static MEMORY: BodyMemory = BodyMemory::new();
+        let steps = [Some("fir"), Some("st"), None, Some("second")];
         let mut body = Box::pin(GuardedBody::new(
-            stalls_after(&["fir", "st"]),
+            stalls_after(&steps),
             Duration::from_secs(10),
-            charge(&MEMORY, 100),
+            charge(&MEMORY, usize::MAX),
         ));
         for _ in 0..2 {
-            body.frame().await.expect("a frame").expect("data");
+            assert!(poll_once(&mut body).is_ready(), "a frame at once");
         }
         assert_eq!(MEMORY.held(), 0, "nothing is held before a wait");
-        let waited = tokio::time::timeout(Duration::from_millis(1), body.frame()).await;
-        assert!(waited.is_err(), "the third frame never comes");
-        assert_eq!(MEMORY.held(), 5);
+        assert!(poll_once(&mut body).is_pending(), "a wait");
+        assert_eq!(MEMORY.held(), WAITING + 5);
+        assert!(poll_once(&mut body).is_ready(), "the second part");
+        assert!(poll_once(&mut body).is_pending(), "it stalls");
+        assert_eq!(MEMORY.held(), WAITING + 11, "the head is charged once");
         drop(body);
         assert_eq!(MEMORY.held(), 0);
     }
@@ -226,24 +251,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_whose_wait_would_pass_the_cap_is_refused_at_once() {
         static MEMORY: BodyMemory = BodyMemory::new();
-        let mut other = charge(&MEMORY, 8);
-        other.add(4).expect("another body holds half");
-        let started = tokio::time::Instant::now();
-        let err = GuardedBody::new(
-            stalls_after(&["first"]),
+        let cap = WAITING + 8;
+        let mut other = charge(&MEMORY, cap);
+        other.add(4).expect("another body holds some");
+        let mut body = Box::pin(GuardedBody::new(
+            stalls_after(&[Some("first")]),
             Duration::from_secs(10),
-            charge(&MEMORY, 8),
-        )
-        .collect()
-        .await
-        .expect_err("refused");
-        assert_eq!(started.elapsed(), Duration::ZERO, "without waiting");
+            charge(&MEMORY, cap),
+        ));
+        assert!(poll_once(&mut body).is_ready(), "a frame at once");
+        let Poll::Ready(Some(Err(err))) = poll_once(&mut body) else {
+            panic!("refused at once, not left waiting");
+        };
         assert_eq!(
             BodyMemoryFull::find(err.as_ref()),
-            Some(BodyMemoryFull { cap: 8 })
+            Some(BodyMemoryFull { cap })
         );
         assert_eq!(BodyTimeout::find(err.as_ref()), None);
         assert_eq!(MEMORY.held(), 4, "the refused body holds nothing");
+        assert!(body.is_end_stream());
+        assert!(
+            matches!(poll_once(&mut body), Poll::Ready(None)),
+            "and has ended"
+        );
+        // Once the other is gone, a body the size of the cap waits.
+        drop(other);
+        let mut body = Box::pin(GuardedBody::new(
+            stalls_after(&[Some("eight by")]),
+            Duration::from_secs(10),
+            charge(&MEMORY, cap),
+        ));
+        assert!(poll_once(&mut body).is_ready());
+        assert!(poll_once(&mut body).is_pending(), "it waits");
+        assert_eq!(MEMORY.held(), cap);
     }
 
     #[test]

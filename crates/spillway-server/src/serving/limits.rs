@@ -21,10 +21,10 @@
 //! - `body_timeout`: how long a request body may take to arrive in full, counted from the first
 //!   time the server waits for it. A body that is complete when read (the usual case) never
 //!   starts a timer. Past it the request is cut off: HTTP 408, gRPC `DEADLINE_EXCEEDED`.
-//! - `max_body_memory`: the request-body bytes the whole process may hold while waiting for
-//!   the rest of those bodies, every port and connection together. The other limits multiply
+//! - `max_body_memory`: the memory the whole process may hold for requests waiting for the
+//!   rest of their bodies, every port and connection together. The other limits multiply
 //!   (connections × streams × a 4 MiB gRPC message held for the body timeout); this one caps
-//!   the product. A body that would pass it is refused at once: HTTP 503, gRPC
+//!   the product. A request that would pass it is refused at once: HTTP 503, gRPC
 //!   `RESOURCE_EXHAUSTED` ([`super::body_memory`]).
 
 use std::time::Duration;
@@ -42,7 +42,7 @@ pub struct ConnectionLimits {
     pub max_streams: u32,
     /// Longest time a request body may take to arrive, once the server waits for it.
     pub body_timeout: Duration,
-    /// Most request-body bytes the process holds while waiting for the rest of them.
+    /// Most memory the process holds for requests waiting for the rest of their bodies.
     pub max_body_memory: usize,
 }
 
