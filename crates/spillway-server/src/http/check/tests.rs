@@ -12,6 +12,26 @@ fn frames(frames: Vec<Sent>) -> StreamBody<futures_util::stream::Iter<std::vec::
     StreamBody::new(futures_util::stream::iter(frames))
 }
 
+/// A body of `frames` that says it has ended once they have all been read, as hyper's does
+/// when a `Content-Length` has arrived or an HTTP/2 stream has ended.
+struct Ends(std::collections::VecDeque<Sent>);
+
+impl HttpBody for Ends {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Sent>> {
+        std::task::Poll::Ready(self.0.pop_front())
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 fn data(text: &'static str) -> Sent {
     Ok(Frame::data(Bytes::from_static(text.as_bytes())))
 }
@@ -19,25 +39,28 @@ fn data(text: &'static str) -> Sent {
 #[tokio::test]
 async fn a_body_in_one_frame_is_read_without_a_copy() {
     let sent = Bytes::from_static(br#"{"user":"u"}"#);
-    let read = read_body(frames(vec![Ok(Frame::data(sent.clone()))]))
+    let read = read_body(Ends([Ok(Frame::data(sent.clone()))].into()))
         .await
         .expect("read");
     assert_eq!(read, sent);
     assert_eq!(read.as_ptr(), sent.as_ptr(), "the frame's own bytes");
 }
 
-/// Empty frames before or after a body's one frame of data leave it uncopied.
+/// An empty frame before a body's one frame of data leaves it uncopied; one after it is read
+/// too, but the data frame was copied out of the connection's buffer, since the body had not
+/// said it had ended and might have waited with it (`serving/body.rs`).
 #[tokio::test]
-async fn empty_frames_around_one_frame_of_data_leave_it_uncopied() {
+async fn empty_frames_around_one_frame_of_data_are_read_past() {
     let sent = Bytes::from_static(br#"{"user":"u"}"#);
-    for body in [
-        vec![data(""), Ok(Frame::data(sent.clone()))],
-        vec![Ok(Frame::data(sent.clone())), data("")],
-    ] {
-        let read = read_body(frames(body)).await.expect("read");
-        assert_eq!(read, sent);
-        assert_eq!(read.as_ptr(), sent.as_ptr(), "the frame's own bytes");
-    }
+    let read = read_body(Ends([data(""), Ok(Frame::data(sent.clone()))].into()))
+        .await
+        .expect("read");
+    assert_eq!(read, sent);
+    assert_eq!(read.as_ptr(), sent.as_ptr(), "the frame's own bytes");
+    let read = read_body(Ends([Ok(Frame::data(sent.clone())), data("")].into()))
+        .await
+        .expect("read");
+    assert_eq!(read, sent);
 }
 
 /// A body of exactly the limit is taken, even over two frames.
