@@ -130,7 +130,8 @@ pub(crate) fn decode_stored(kind: Kind, body: &str, key: &EntryKey, version: i64
     match decode_known(kind, body, key, version) {
         Ok(entry) => Some(entry),
         Err(err) => {
-            tracing::error!(%key, version, "catalog row skipped: {err}");
+            let key = escaped(key);
+            tracing::error!(%key, version, "catalog row skipped: {}", escaped(err));
             None
         }
     }
@@ -158,12 +159,20 @@ pub(crate) fn decode_known(
     }
     let entry = decode(kind, &value.to_string(), key, version).map_err(|_| strict)?;
     tracing::warn!(
-        %key,
+        key = %escaped(key),
         version,
         unknown = ?unknown.names(),
         "catalog row has fields this build does not know; they are ignored, and kept by writes"
     );
     Ok(entry)
+}
+
+/// `text` with its controls, quotes and other characters a log line should not carry raw
+/// escaped (Rust's `escape_debug`): a row written to the database behind the catalog's back
+/// may hold any text in its ids and members, and tracing's text format writes `%` fields and
+/// messages with their line breaks as they are.
+fn escaped(text: impl std::fmt::Display) -> String {
+    text.to_string().escape_debug().to_string()
 }
 
 /// `body` (a record this build encoded) with the members of `stored` (the row it replaces)
@@ -457,6 +466,12 @@ mod stored_tests {
         // The admin's reads say why a row does not decode.
         let err = decode_known(Kind::Tenant, r#"{"tier":5,"colour":1}"#, &key, 9).unwrap_err();
         assert!(err.to_string().contains("version 9"), "{err}");
+    }
+
+    #[test]
+    fn logged_text_cannot_forge_a_line_or_reorder_one() {
+        assert_eq!(escaped("tenant a\nb\u{202e}c"), "tenant a\\nb\\u{202e}c");
+        assert_eq!(escaped("tenant acme"), "tenant acme");
     }
 
     fn json(text: &str) -> Value {

@@ -171,7 +171,8 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         Some(trace) => {
             let (traces, exporter) =
                 Tracing::start(trace, store_kind(&store_config)).map_err(anyhow::Error::msg)?;
-            tracing::info!(endpoint = %trace.endpoint, sample = trace.sample, "traces on");
+            let endpoint = spillway_core::redact::mask_url(&trace.endpoint);
+            tracing::info!(%endpoint, sample = trace.sample, "traces on");
             (Some(traces), Some(exporter))
         }
         None => (None, None),

@@ -144,6 +144,36 @@ async fn the_router_path_answers_the_same_bytes() {
     drop(server);
 }
 
+/// The access log writes a caller's path with its controls escaped. A NEL (U+0085, a line
+/// break to some log readers), an 8-bit CSI (U+009B) and a right-to-left override arrive raw
+/// in a request line (hyper refuses only ASCII controls); written as they came they could
+/// forge a line or drive the terminal of whoever reads the log.
+#[tokio::test]
+async fn the_access_log_escapes_the_controls_in_a_path() {
+    let server = Server::with_policy(POLICY)
+        .args(&["--log-filter", "spillway_server=debug"])
+        .start();
+    let addr = server.addr();
+    let answer = tokio::task::spawn_blocking(move || {
+        raw_exchange(
+            addr,
+            "GET /x\u{85}y\u{9b}2J\u{202e}z HTTP/1.1\r\nHost: spillway\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await
+    .expect("the exchange");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let line = server
+        .wait_for_log("request finished")
+        .expect("the access log");
+    assert!(line.contains(r"path=/x\u{85}y\u{9b}2J\u{202e}z"), "{line}");
+    let raw = server
+        .logs()
+        .into_iter()
+        .find(|line| line.contains(['\u{85}', '\u{9b}', '\u{202e}']));
+    assert_eq!(raw, None, "a control reached the log as it came");
+}
+
 /// A keep-alive connection whose write buffer grew for a large answer (`/metrics`, several
 /// KB, written as one flattened buffer that keeps its capacity) answers a check after it with
 /// the same bytes as a fresh connection. (How large the kept buffer is cannot be seen from

@@ -406,6 +406,31 @@ async fn an_unknown_kid_refetches_the_jwks_once_per_interval_not_per_request() {
     );
 }
 
+/// A JWKS URL that cannot be fetched is named in the log with its password masked, and the
+/// transport's error does not repeat it.
+#[tokio::test]
+async fn a_failed_jwks_fetch_is_logged_without_the_urls_password() {
+    let text = policy(
+        "  jwt:
+    jwks_url: https://issuer:s3cret-pass@127.0.0.1:1/jwks.json
+    claims: {tenant: org.id}
+",
+    );
+    let server = Server::with_policy(&text).start();
+    let line = server
+        .wait_for_log("JWKS URL")
+        .expect("the failed fetch is logged");
+    assert!(
+        line.contains("https://issuer:****@127.0.0.1:1/jwks.json"),
+        "{line}"
+    );
+    let shown = server
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("s3cret-pass"));
+    assert_eq!(shown, None, "the password reached the log");
+}
+
 #[tokio::test]
 async fn authorize_reads_the_bearer_header_and_answers_the_invalid_status() {
     let server = Server::with_policy(&jwt_policy("  invalid_status: 403\n")).start();

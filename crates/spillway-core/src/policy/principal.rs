@@ -591,8 +591,9 @@ fn jwt(raw: &Spanned<RawJwt>, cx: &Context<'_>, issues: &mut Issues) -> Option<J
             let url = u.value.trim();
             if !(url.starts_with("https://") || loopback_http(url)) {
                 let message = format!(
-                    "`{url}` is not an https:// URL (http:// only for localhost and loopback \
-                     addresses)"
+                    "`{}` is not an https:// URL (http:// only for localhost and loopback \
+                     addresses)",
+                    crate::redact::mask_url(url)
                 );
                 issues.push(u.referenced, "principals.jwt.jwks_url", message);
             }

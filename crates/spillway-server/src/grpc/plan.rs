@@ -211,14 +211,16 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
     plan
 }
 
-/// `text` cut to at most 64 bytes (on a character boundary) with `...` after a cut, for
-/// quoting a caller's value in a log line without letting it fill the line.
+/// `text` cut to at most 64 bytes (on a character boundary) with `...` after a cut, and its
+/// controls escaped ([`crate::telemetry::printable`]), for quoting a caller's value in a log
+/// line without letting it fill the line or forge another.
 fn shortened(text: &str) -> String {
     let cut = crate::telemetry::cut_to(text, 64);
+    let shown = crate::telemetry::printable(cut);
     if cut.len() == text.len() {
-        return text.to_owned();
+        return shown;
     }
-    format!("{cut}...")
+    format!("{shown}...")
 }
 
 /// The stricter of two failure modes: `closed` over `degrade` over `open`, so one request
@@ -266,5 +268,10 @@ mod tests {
         assert_eq!(shortened("10.0.0.x"), "10.0.0.x");
         let cut = shortened(&"é".repeat(100));
         assert_eq!(cut, format!("{}...", "é".repeat(32)));
+        // A line break cannot start a forged log line.
+        assert_eq!(
+            shortened("x\n2026-12-05T00:00:00Z  INFO forged"),
+            "x\\n2026-12-05T00:00:00Z  INFO forged"
+        );
     }
 }

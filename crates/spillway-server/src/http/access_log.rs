@@ -23,7 +23,8 @@ pub async fn log(request: Request, next: Next) -> Response {
         return next.run(request).await;
     }
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    // A path may hold any character from U+0080 up (hyper refuses only ASCII controls).
+    let path = crate::telemetry::printable(request.uri().path());
     tracing::debug!(%method, %path, "request started");
     let stopwatch = Stopwatch::start();
     let response = next.run(request).await;

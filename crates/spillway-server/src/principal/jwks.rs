@@ -239,6 +239,7 @@ impl Keys {
                 true
             }
             Err(why) => {
+                let url = spillway_core::redact::mask_url(url);
                 tracing::warn!("JWKS URL {url}: {why}");
                 // Try again soon rather than a whole interval later.
                 *last = Some(now.saturating_sub(refresh.saturating_sub(RETRY_AFTER)));
@@ -249,13 +250,15 @@ impl Keys {
 
     async fn fetch(&self, url: &str) -> Result<KeySet, String> {
         let client = self.client.as_ref().map_err(Clone::clone)?;
-        let mut response = client.get(url).send().await.map_err(|e| e.to_string())?;
+        // The caller names the URL, with its password masked: the error must not repeat it.
+        let error = |e: reqwest::Error| e.without_url().to_string();
+        let mut response = client.get(url).send().await.map_err(error)?;
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }
         // Read in chunks and stop at the cap, so a huge answer is never held whole.
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        while let Some(chunk) = response.chunk().await.map_err(error)? {
             if body.len() + chunk.len() > MAX_DOCUMENT {
                 return Err(format!("the document is larger than {MAX_DOCUMENT} bytes"));
             }

@@ -308,4 +308,11 @@ fn a_jwks_url_is_https_unless_it_is_loopback() {
             "not an https:// URL",
         );
     }
+    // The refusal quotes the URL without its password.
+    expect(
+        &jwt("http://issuer:s3cret@auth.example.com/k"),
+        11,
+        "principals.jwt.jwks_url",
+        "`http://issuer:****@auth.example.com/k` is not an https:// URL",
+    );
 }

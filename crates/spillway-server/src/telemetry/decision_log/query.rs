@@ -327,8 +327,9 @@ fn before(id: &str) -> Option<String> {
     }
 }
 
-/// The records as an aligned table. Every cell is [`printable`]: tenants, users and node
-/// names come from callers, and a terminal must not run what they hold.
+/// The records as an aligned table. Every cell is
+/// [`printable`](crate::telemetry::printable): tenants, users and node names come from
+/// callers, and a terminal must not run what they hold.
 pub fn table(found: &[Found]) -> String {
     const HEAD: [&str; 9] = [
         "TIME",
@@ -383,7 +384,7 @@ pub fn table(found: &[Found]) -> String {
                     }
                 }),
             ]
-            .map(|cell| printable(&cell))
+            .map(|cell| crate::telemetry::printable(&cell))
         })
         .collect();
     let mut widths = HEAD.map(str::len);
@@ -404,28 +405,6 @@ pub fn table(found: &[Found]) -> String {
     line(&mut HEAD.iter().copied());
     for row in &rows {
         line(&mut row.iter().map(String::as_str));
-    }
-    out
-}
-
-/// `text` with every control character (escape sequences, line breaks, C1 codes) and every
-/// bidirectional-text control written as its escape (`\u{1b}`, `\n`), so that what a caller
-/// put in a record shows as text instead of moving the terminal's cursor, setting its title or
-/// clipboard, adding a fake row, or reordering what is shown.
-fn printable(text: &str) -> String {
-    // Left-to-right and right-to-left marks, embeddings, overrides and isolates.
-    const BIDI: [std::ops::RangeInclusive<char>; 3] = [
-        '\u{200e}'..='\u{200f}',
-        '\u{202a}'..='\u{202e}',
-        '\u{2066}'..='\u{2069}',
-    ];
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() || BIDI.iter().any(|bidi| bidi.contains(&c)) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
     }
     out
 }

@@ -128,13 +128,13 @@ pub struct Counted<E> {
 }
 
 impl<E: SpanExporter> Counted<E> {
-    /// Wraps `inner`, which exports to `endpoint` (named in the log).
+    /// Wraps `inner`, which exports to `endpoint` (named in the log, its password masked).
     pub fn new(inner: E, in_flight: Arc<InFlight>, endpoint: &str) -> Self {
         describe();
         Self {
             inner,
             in_flight,
-            endpoint: endpoint.to_owned(),
+            endpoint: spillway_core::redact::mask_url(endpoint),
             failing: AtomicBool::new(false),
             dropped: counter!(DROPPED, "reason" => "export_failed"),
             errors: counter!(EXPORT_ERRORS),
