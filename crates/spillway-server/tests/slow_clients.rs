@@ -789,3 +789,33 @@ async fn an_http_body_past_the_body_memory_gets_503() {
     let whole = server.post("/v1/check", r#"{"user":"w"}"#).await;
     assert_eq!(whole.status(), 200);
 }
+
+/// An HTTP/1 request head past 64 KiB is refused with 431, so no connection buffers more
+/// than that for a head (hyper's default let each hold about 400 KiB until the header
+/// timeout); a head just under it is answered.
+#[tokio::test]
+async fn an_http1_head_past_64_kib_gets_431() {
+    let server = Server::with_policy(POLICY).start();
+    let addr = server.addr();
+    let statuses = tokio::task::spawn_blocking(move || {
+        [60 << 10, 70 << 10].map(|size: usize| {
+            let mut stream = connect(addr);
+            write!(
+                stream,
+                "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Padding: {}\r\n\r\n",
+                "p".repeat(size)
+            )
+            .expect("send");
+            read_response(&mut stream)
+        })
+    })
+    .await
+    .expect("client");
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK".to_owned(),
+            "HTTP/1.1 431 Request Header Fields Too Large".to_owned()
+        ]
+    );
+}

@@ -28,6 +28,12 @@ pub enum Writes {
     Queued,
 }
 
+/// The largest HTTP/1 request head taken (and the most an HTTP/1 connection buffers): larger
+/// ones are answered 431. hyper's default, about 400 KiB, let each of `--max-connections`
+/// clients trickling a head hold that much until the header timeout (1.6 GiB at the default
+/// cap); proxies send far less (nginx's own limit is four 8 KiB lines).
+pub const MAX_HEAD: usize = 64 << 10;
+
 /// Serves every connection dealt to this thread with the service `make(peer)` builds for it
 /// (HTTP/1, or HTTP/2 with prior knowledge), each on a task of its own, until the queue ends.
 /// Then it gives the connections it just took [`FIRST_READ`] to read their first request
@@ -54,6 +60,7 @@ where
     // No timer for HTTP/1: hyper's header-read timeout, which needs one (and, with one, is on
     // by default), arms a timer per request; the connection's task keeps our own deadline.
     http1.header_read_timeout(None);
+    http1.max_buf_size(MAX_HEAD);
     if writes == Writes::Flattened {
         http1.writev(false);
     }
