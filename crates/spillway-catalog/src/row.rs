@@ -13,11 +13,13 @@
 //! kind; ordering by `(scope, id)` is key order within a kind (users grouped by tenant).
 
 use crate::Error;
-use serde_json::{Map, Value};
+use serde_json::value::{to_raw_value, RawValue};
 use spillway_core::catalog::record::{
     is_digest, ApiKeyRecord, OverrideRecord, TenantRecord, UserRecord,
 };
 use spillway_core::catalog::{Entry, EntryKey, Kind};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The longest id (tenant, user) the catalog accepts, in bytes.
 pub const MAX_ID_LEN: usize = 256;
@@ -150,96 +152,124 @@ pub(crate) fn decode_known(
         Ok(entry) => return Ok(entry),
         Err(err) => err,
     };
-    let Ok(mut value) = serde_json::from_str::<Value>(body) else {
+    let Some((known, unknown)) = Unknown::split(kind, body) else {
         return Err(strict);
     };
-    let unknown = Unknown::set_aside(kind, &mut value);
     if unknown.is_empty() {
         return Err(strict);
     }
-    let entry = decode(kind, &value.to_string(), key, version).map_err(|_| strict)?;
-    tracing::warn!(
-        key = %escaped(key),
-        version,
-        unknown = ?unknown.names(),
-        "catalog row has fields this build does not know; they are ignored, and kept by writes"
-    );
+    let names = unknown.names();
+    let entry = decode(kind, &known, key, version).map_err(|err| {
+        Error::Invalid(format!(
+            "{err} (fields this build does not know, set aside: {})",
+            names.join(", ")
+        ))
+    })?;
+    // Logged on the first such read, then at each power of two: a node loading a million
+    // rows of a newer build says so in about twenty lines, not a million.
+    static READS: AtomicU64 = AtomicU64::new(0);
+    let reads = READS.fetch_add(1, Ordering::Relaxed) + 1;
+    if reads.is_power_of_two() {
+        tracing::warn!(
+            key = %escaped(key),
+            version,
+            unknown = ?names,
+            reads,
+            "catalog rows have fields this build does not know (this one, and `reads` row \
+             reads in all so far); they are ignored, and kept by this build's writes"
+        );
+    }
     Ok(entry)
 }
 
-/// `text` with its controls, quotes and other characters a log line should not carry raw
-/// escaped (Rust's `escape_debug`): a row written to the database behind the catalog's back
-/// may hold any text in its ids and members, and tracing's text format writes `%` fields and
-/// messages with their line breaks as they are.
+/// `text` with its controls and invisible format characters escaped
+/// ([`spillway_core::text::printable`]): a row written to the database behind the catalog's
+/// back may hold any text in its ids and members, and tracing's text format writes `%` fields
+/// and messages with their line breaks as they are.
 fn escaped(text: impl std::fmt::Display) -> String {
-    text.to_string().escape_debug().to_string()
+    spillway_core::text::printable(&text.to_string()).into_owned()
 }
 
 /// `body` (a record this build encoded) with the members of `stored` (the row it replaces)
 /// that this build does not know added back, so that writing an entry never drops a field
 /// a newer build set: top-level members, and those of each override `body` still has (an
-/// override the write removes goes with its members).
+/// override the write removes goes with its members). They are copied as they were stored,
+/// byte for byte, so no number loses precision on the way.
 pub(crate) fn with_unknown_of(kind: Kind, body: String, stored: Option<&str>) -> String {
-    let Some(mut old) = stored.and_then(|s| serde_json::from_str::<Value>(s).ok()) else {
+    let Some((_, unknown)) = stored.and_then(|stored| Unknown::split(kind, stored)) else {
         return body;
     };
-    let unknown = Unknown::set_aside(kind, &mut old);
     if unknown.is_empty() {
         return body;
     }
-    let Ok(Value::Object(mut new)) = serde_json::from_str(&body) else {
+    let Ok(mut new) = serde_json::from_str::<Members>(&body) else {
         return body;
     };
     for (name, value) in unknown.top {
         new.entry(name).or_insert(value);
     }
-    if let Some(Value::Object(overrides)) = new.get_mut("overrides") {
-        for (limit, members) in unknown.overrides {
-            if let Some(Value::Object(now)) = overrides.get_mut(&limit) {
-                for (member, value) in members {
-                    now.entry(member).or_insert(value);
+    if let Some(raw) = new.get_mut("overrides") {
+        if let Ok(mut overrides) = serde_json::from_str::<BTreeMap<String, Members>>(raw.get()) {
+            for (limit, members) in unknown.overrides {
+                if let Some(now) = overrides.get_mut(&limit) {
+                    for (member, value) in members {
+                        now.entry(member).or_insert(value);
+                    }
                 }
+            }
+            if let Ok(merged) = to_raw_value(&overrides) {
+                *raw = merged;
             }
         }
     }
-    Value::Object(new).to_string()
+    serde_json::to_string(&new).unwrap_or(body)
 }
+
+/// A JSON object's members, each kept as the text it was written in.
+type Members = BTreeMap<String, Box<RawValue>>;
 
 /// The members of a stored body that this build's record types do not have.
 #[derive(Debug, Default)]
 struct Unknown {
     /// The body's own.
-    top: Map<String, Value>,
+    top: Members,
     /// Each override's own, by limit.
-    overrides: Vec<(String, Map<String, Value>)>,
+    overrides: BTreeMap<String, Members>,
 }
 
 impl Unknown {
-    /// Takes them out of `value`, a stored body of `kind`.
-    fn set_aside(kind: Kind, value: &mut Value) -> Self {
+    /// Splits `body`, a stored body of `kind`, into the JSON of the members this build knows
+    /// (to decode) and those it does not. `None` when it is not a JSON object.
+    fn split(kind: Kind, body: &str) -> Option<(String, Self)> {
         let own = match kind {
             Kind::Tenant => TenantRecord::FIELDS,
             Kind::User => UserRecord::FIELDS,
             Kind::ApiKey => ApiKeyRecord::FIELDS,
         };
-        let mut unknown = Self::default();
-        let Some(map) = value.as_object_mut() else {
-            return unknown;
+        let mut members: Members = serde_json::from_str(body).ok()?;
+        let mut unknown = Self {
+            top: take_unknown(&mut members, own),
+            overrides: BTreeMap::new(),
         };
-        unknown.top = take_unknown(map, own);
         if own.contains(&"overrides") {
-            if let Some(Value::Object(overrides)) = map.get_mut("overrides") {
-                for (limit, one) in overrides.iter_mut() {
-                    if let Some(fields) = one.as_object_mut() {
-                        let set_aside = take_unknown(fields, OverrideRecord::FIELDS);
+            if let Some(raw) = members.get_mut("overrides") {
+                // Overrides that are not objects are left for the decoder to name.
+                if let Ok(mut overrides) = serde_json::from_str::<Members>(raw.get()) {
+                    for (limit, one) in overrides.iter_mut() {
+                        let Ok(mut fields) = serde_json::from_str::<Members>(one.get()) else {
+                            continue;
+                        };
+                        let set_aside = take_unknown(&mut fields, OverrideRecord::FIELDS);
                         if !set_aside.is_empty() {
-                            unknown.overrides.push((limit.clone(), set_aside));
+                            *one = to_raw_value(&fields).ok()?;
+                            unknown.overrides.insert(limit.clone(), set_aside);
                         }
                     }
+                    *raw = to_raw_value(&overrides).ok()?;
                 }
             }
         }
-        unknown
+        Some((serde_json::to_string(&members).ok()?, unknown))
     }
 
     fn is_empty(&self) -> bool {
@@ -248,26 +278,26 @@ impl Unknown {
 
     /// Their paths, such as `colour` and `overrides.m.jitter`.
     fn names(&self) -> Vec<String> {
-        let top = self.top.keys().cloned();
+        let top = self.top.keys().map(escaped);
         let nested = self.overrides.iter().flat_map(|(limit, members)| {
             members
                 .keys()
-                .map(move |m| format!("overrides.{limit}.{m}"))
+                .map(move |m| escaped(format!("overrides.{limit}.{m}")))
         });
         top.chain(nested).collect()
     }
 }
 
-/// Removes and returns the members of `map` not named in `own`.
-fn take_unknown(map: &mut Map<String, Value>, own: &[&str]) -> Map<String, Value> {
-    let names: Vec<String> = map
+/// Removes and returns the members of `members` not named in `own`.
+fn take_unknown(members: &mut Members, own: &[&str]) -> Members {
+    let names: Vec<String> = members
         .keys()
         .filter(|name| !own.contains(&name.as_str()))
         .cloned()
         .collect();
     names
         .into_iter()
-        .filter_map(|name| map.remove(&name).map(|value| (name, value)))
+        .filter_map(|name| members.remove(&name).map(|value| (name, value)))
         .collect()
 }
 
@@ -439,6 +469,7 @@ mod tests {
 #[cfg(test)]
 mod stored_tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn stored_rows_from_a_newer_build_are_read_for_what_is_known() {
@@ -501,6 +532,17 @@ mod stored_tests {
             Some(r#"{"tenant":"a","overrides":{"x":1}}"#),
         );
         assert_eq!(json(&kept), json(r#"{"tenant":"b","overrides":{"x":1}}"#));
+        // Numbers past what a float holds exactly are kept as they were written.
+        let kept = with_unknown_of(
+            Kind::Tenant,
+            r#"{"tier":"b"}"#.into(),
+            Some(r#"{"tier":"a","big":18446744073709551617,"fine":0.12345678901234567890123}"#),
+        );
+        assert!(kept.contains(r#""big":18446744073709551617"#), "{kept}");
+        assert!(
+            kept.contains(r#""fine":0.12345678901234567890123"#),
+            "{kept}"
+        );
         // Nothing unknown, nothing stored, or a stored body that is not JSON: as written.
         let body = r#"{"tier":"b"}"#;
         assert_eq!(

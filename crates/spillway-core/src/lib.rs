@@ -15,6 +15,7 @@
 //! - [`json`]: JSON strings with serde_json's escapes, for bodies written by hand.
 //! - [`topk`]: heavy-hitter sketches over sliding windows (hot keys, most denied tenants).
 //! - [`redact`]: passwords in connection URLs masked before any text shows them.
+//! - [`text`]: a caller's text with its controls and invisible format characters escaped.
 //! - [`rates`]: decisions per second over the last fifteen minutes, counted without a lock.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -35,5 +36,6 @@ pub mod rates;
 pub mod redact;
 pub mod request;
 pub mod store;
+pub mod text;
 pub mod time;
 pub mod topk;

@@ -40,6 +40,34 @@ pub fn mask_url(url: &str) -> String {
     }
 }
 
+/// `url`, the HTTP(S) address of a service Spillway calls (a JWKS document, a trace
+/// collector), with all that may carry a secret hidden: the whole user information
+/// (`https://****@host/`, since a token may stand as the user name) and the whole query
+/// (`?****`, where signatures and access tokens go). Text that does not parse as a URL with a
+/// host is masked as [`mask_text`] masks it, and anything after a `?` hidden too.
+pub fn mask_service_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if parsed.has_host() => {
+            let user = !parsed.username().is_empty() || parsed.password().is_some();
+            if user {
+                let _ = parsed.set_password(None);
+                let _ = parsed.set_username("****");
+            }
+            if parsed.query().is_some() {
+                parsed.set_query(Some("****"));
+            }
+            parsed.to_string()
+        }
+        _ => {
+            let masked = mask_text(url);
+            match masked.split_once('?') {
+                Some((head, _)) => format!("{head}?****"),
+                None => masked,
+            }
+        }
+    }
+}
+
 /// Whether `url` holds an `@` past its host (in its path, query or fragment): likely a
 /// password with a raw `/`, `?` or `#`, which ended the host early for the parser.
 fn at_past_host(url: &Url) -> bool {
@@ -279,6 +307,35 @@ fn seed_login(text: &str) -> Option<SeedLogin> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_url_shows_neither_its_user_information_nor_its_query() {
+        for (url, shown) in [
+            ("https://auth.example.com/k", "https://auth.example.com/k"),
+            (
+                "https://issuer:s3cret@auth.example.com/k",
+                "https://****@auth.example.com/k",
+            ),
+            (
+                "https://TOKEN@auth.example.com/k",
+                "https://****@auth.example.com/k",
+            ),
+            (
+                "https://auth.example.com/k?sig=abc&x=1",
+                "https://auth.example.com/k?****",
+            ),
+            ("http://collector:4317", "http://collector:4317/"),
+            // Mistyped: no scheme, so the user name looks like one.
+            (
+                "issuer:s3cret@auth.example.com/k",
+                "issuer:****@auth.example.com/k",
+            ),
+            ("not a url?token=abc", "not a url?****"),
+        ] {
+            assert_eq!(mask_service_url(url), shown, "{url}");
+            assert!(!mask_service_url(url).contains("s3cret"));
+        }
+    }
 
     #[test]
     fn mistyped_urls_are_shown_without_their_passwords() {

@@ -27,3 +27,16 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
     };
     installed.map_err(|err| format!("cannot install the logger: {err}"))
 }
+
+/// For commands that print their own results on stdout (`spillway catalog`): warnings and
+/// errors, as text on stderr, so that what the storage layer notices (rows it reads only in
+/// part) reaches the user without mixing into the output. Does nothing if a subscriber is
+/// already installed.
+pub fn init_warnings_on_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .try_init();
+}

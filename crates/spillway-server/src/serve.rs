@@ -171,7 +171,7 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         Some(trace) => {
             let (traces, exporter) =
                 Tracing::start(trace, store_kind(&store_config)).map_err(anyhow::Error::msg)?;
-            let endpoint = spillway_core::redact::mask_url(&trace.endpoint);
+            let endpoint = spillway_core::redact::mask_service_url(&trace.endpoint);
             tracing::info!(%endpoint, sample = trace.sample, "traces on");
             (Some(traces), Some(exporter))
         }

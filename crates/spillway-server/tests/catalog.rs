@@ -400,5 +400,15 @@ async fn an_entry_a_newer_build_wrote_is_read_and_patched_without_loss() {
         .expect("the row");
     let stored: Value = serde_json::from_str(&stored).expect("JSON");
     assert_eq!(stored, json!({"tier": "paid", "colour": "red"}));
+    // A null for it would remove nothing: refused, not answered as done.
+    let (status, body) = admin(
+        &server,
+        reqwest::Method::PATCH,
+        "/v1/admin/tenants/acme",
+        Some(json!({"colour": null})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "colour", "{body}");
     pool.close().await;
 }

@@ -476,6 +476,68 @@ fn sqlite_import_export() {
     on_sqlite(import_from_policy_then_export);
 }
 
+/// Runs `sql` on a SQLite catalog behind the CLI's back.
+fn raw_sqlite(url: &str, sql: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let pool = sqlx::SqlitePool::connect(url).await.expect("connect");
+        sqlx::query(sql)
+            .execute(&pool)
+            .await
+            .expect("the statement");
+        pool.close().await;
+    });
+}
+
+/// A row a newer build wrote, with a field this build does not know: `get` shows what this
+/// build knows and says on stderr what it set aside (the CLI had no logger, so it said
+/// nothing); a patch of a known field keeps the other; a patch setting the other to null is
+/// refused, since it could not remove it.
+#[test]
+fn sqlite_an_entry_a_newer_build_wrote_is_read_and_kept() {
+    on_sqlite(|db| {
+        migrated(db);
+        expect(
+            &catalog(db, &["put", "tenant", "acme", "--tier", "free"]),
+            0,
+        );
+        raw_sqlite(
+            &db.url,
+            r#"UPDATE spillway_catalog_entries SET body = '{"tier":"free","colour":"red"}'
+               WHERE id = 'acme'"#,
+        );
+        let out = catalog(db, &["get", "tenant", "acme", "--json"]);
+        let got = json(&out);
+        assert_eq!(got["tier"], "free");
+        assert_eq!(got.get("colour"), None);
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("fields this build does not know") && stderr.contains("colour"),
+            "{stderr}"
+        );
+        expect(
+            &catalog(db, &["patch", "tenant", "acme", "--tier", "paid"]),
+            0,
+        );
+        let stored = (db.dump)();
+        assert!(
+            stored.contains(r#""colour":"red""#) && stored.contains(r#""tier":"paid""#),
+            "{stored}"
+        );
+        let refused = catalog(db, &["patch", "tenant", "acme", "-d", r#"{"colour":null}"#]);
+        expect(&refused, 1);
+        let stderr = text(&refused.stderr);
+        assert!(
+            stderr.contains("`colour` is not a field this build knows"),
+            "{stderr}"
+        );
+        assert!((db.dump)().contains(r#""colour":"red""#));
+    });
+}
+
 /// Every scenario on one PostgreSQL server, its schema dropped between them.
 /// A named test body run against one database.
 type Scenario = (&'static str, fn(&Db));

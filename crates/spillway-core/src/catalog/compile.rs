@@ -53,7 +53,10 @@ fn check_id(field: &str, id: &str, out: &mut Vec<FieldIssue>) {
             id.len()
         );
         out.push(issue(field, message));
-    } else if id.chars().any(|c| c.is_control() || is_format(c)) {
+    } else if id
+        .chars()
+        .any(|c| c.is_control() || crate::text::is_invisible_format(c))
+    {
         let message = format!(
             "the {field} id contains a control or invisible formatting character (bidi \
              override, zero-width, byte-order mark, line separator), which could make two ids \
@@ -93,20 +96,6 @@ fn unknown_region(policy: &Policy, home: &str) -> String {
     format!(
         "no region named `{home}` (the policy's store names {})",
         names.join(", ")
-    )
-}
-
-/// The invisible format characters that could disguise an id: bidirectional overrides and
-/// isolates, zero-width spaces and joiners, the byte-order mark, line and paragraph
-/// separators, the soft hyphen.
-fn is_format(c: char) -> bool {
-    matches!(
-        c,
-        '\u{200B}'..='\u{200F}'
-            | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{2069}'
-            | '\u{FEFF}'
-            | '\u{00AD}'
     )
 }
 

@@ -593,7 +593,7 @@ fn jwt(raw: &Spanned<RawJwt>, cx: &Context<'_>, issues: &mut Issues) -> Option<J
                 let message = format!(
                     "`{}` is not an https:// URL (http:// only for localhost and loopback \
                      addresses)",
-                    crate::redact::mask_url(url)
+                    crate::redact::mask_service_url(url)
                 );
                 issues.push(u.referenced, "principals.jwt.jwks_url", message);
             }

@@ -13,7 +13,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use spillway_catalog::Error as DbError;
-use spillway_core::catalog::{ApiKeyRecord, Entry, EntryKey, Kind, TenantRecord, UserRecord};
+use spillway_core::catalog::{
+    ApiKeyRecord, Entry, EntryKey, FieldIssue, Kind, OverrideRecord, TenantRecord, UserRecord,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -340,6 +342,9 @@ async fn patch(app: &AppState, key: EntryKey, headers: &HeaderMap, body: &Bytes)
             None,
         ));
     }
+    if let Some(issue) = unknown_removal(key.kind(), &patch) {
+        return Err(Problem::invalid(issue.message, Some(issue.field)));
+    }
     let condition = condition(headers)?;
     for _ in 0..3 {
         let current = db.get(&key).await.map_err(db_problem)?;
@@ -381,6 +386,41 @@ async fn delete(app: &AppState, key: EntryKey, headers: &HeaderMap) -> Answer {
         }
         None => Err(not_found(&key)),
     }
+}
+
+/// The first member `patch` sets to `null` that an entry of `kind` does not have (at the top,
+/// or in one of its overrides), as a refusal: merged onto what this build reads it would
+/// remove nothing, and the answer would say it had. (A newer build's field is kept by this
+/// build's writes.)
+pub(crate) fn unknown_removal(kind: Kind, patch: &Value) -> Option<FieldIssue> {
+    let field = unknown_null(kind, patch)?;
+    let message = format!(
+        "`{field}` is not a field this build knows, so a null cannot remove it; fields a newer \
+         build wrote are kept by this build's writes (delete the entry to drop them)"
+    );
+    Some(FieldIssue { field, message })
+}
+
+fn unknown_null(kind: Kind, patch: &Value) -> Option<String> {
+    let own = match kind {
+        Kind::Tenant => TenantRecord::FIELDS,
+        Kind::User => UserRecord::FIELDS,
+        Kind::ApiKey => ApiKeyRecord::FIELDS,
+    };
+    let nulls = |map: &Map<String, Value>, own: &[&str]| {
+        map.iter()
+            .find(|(name, value)| value.is_null() && !own.contains(&name.as_str()))
+            .map(|(name, _)| name.clone())
+    };
+    let map = patch.as_object()?;
+    if let Some(name) = nulls(map, own) {
+        return Some(name);
+    }
+    let overrides = map.get("overrides").and_then(Value::as_object)?;
+    overrides.iter().find_map(|(limit, one)| {
+        let name = nulls(one.as_object()?, OverrideRecord::FIELDS)?;
+        Some(format!("overrides.{limit}.{name}"))
+    })
 }
 
 /// RFC 7396: objects merge member by member, `null` removes, anything else replaces.

@@ -27,7 +27,7 @@ mod entries;
 // Shared with `spillway catalog`, so the CLI hashes keys, patches entries and prints them
 // exactly as the API does.
 pub use entries::digest_of;
-pub(crate) use entries::{document, id_of, merge, record_value};
+pub(crate) use entries::{document, id_of, merge, record_value, unknown_removal};
 
 use crate::http::problem::Problem;
 use crate::state::AppState;

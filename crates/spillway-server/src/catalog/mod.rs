@@ -23,6 +23,7 @@ use spillway_catalog::CatalogDb;
 use spillway_core::catalog::{Catalog, Change, Skipped};
 use spillway_core::engine::Engine;
 use spillway_core::policy::Policy;
+use spillway_core::text::printable;
 use spillway_core::time::Micros;
 use std::sync::Arc;
 use tokio::sync::{watch, Notify};
@@ -243,7 +244,10 @@ impl CatalogNode {
 /// Logs what a policy refuses in the catalog (a few lines, then a count) and counts it.
 fn report_skipped(during: &str, skipped: &[Skipped]) {
     for s in skipped.iter().take(LOGGED_SKIPS) {
-        tracing::warn!(entry = %s.key, field = %s.field, "{during}: catalog entry part ignored: {}", s.message);
+        // Ids and the names in the message come from the database's rows.
+        let entry = printable(&s.key.to_string()).into_owned();
+        let message = printable(&s.message).into_owned();
+        tracing::warn!(%entry, field = %s.field, "{during}: catalog entry part ignored: {message}");
     }
     if skipped.len() > LOGGED_SKIPS {
         tracing::warn!(

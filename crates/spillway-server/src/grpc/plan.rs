@@ -212,13 +212,13 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
 }
 
 /// `text` cut to at most 64 bytes (on a character boundary) with `...` after a cut, and its
-/// controls escaped ([`crate::telemetry::printable`]), for quoting a caller's value in a log
+/// controls escaped ([`spillway_core::text::printable`]), for quoting a caller's value in a log
 /// line without letting it fill the line or forge another.
 fn shortened(text: &str) -> String {
     let cut = crate::telemetry::cut_to(text, 64);
-    let shown = crate::telemetry::printable(cut);
+    let shown = spillway_core::text::printable(cut);
     if cut.len() == text.len() {
-        return shown;
+        return shown.into_owned();
     }
     format!("{shown}...")
 }

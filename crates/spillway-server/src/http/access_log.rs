@@ -24,7 +24,7 @@ pub async fn log(request: Request, next: Next) -> Response {
     }
     let method = request.method().clone();
     // A path may hold any character from U+0080 up (hyper refuses only ASCII controls).
-    let path = crate::telemetry::printable(request.uri().path());
+    let path = spillway_core::text::printable(request.uri().path()).into_owned();
     tracing::debug!(%method, %path, "request started");
     let stopwatch = Stopwatch::start();
     let response = next.run(request).await;

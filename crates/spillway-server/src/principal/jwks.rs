@@ -18,6 +18,7 @@ use base64::Engine as _;
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
 use spillway_core::policy::principal::{JwtAlgorithm, KeySource};
+use spillway_core::text::printable;
 use spillway_core::time::Micros;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,7 +103,12 @@ pub fn parse(text: &[u8], allowed: &[JwtAlgorithm]) -> Result<KeySet, String> {
         let name = jwk.kid.clone().unwrap_or_else(|| format!("keys[{i}]"));
         match key(jwk, allowed) {
             Ok(key) => set.keys.push(key),
-            Err(why) => tracing::warn!("JWKS key `{name}` is not used: {why}"),
+            // The document is the identity provider's text, not ours.
+            Err(why) => tracing::warn!(
+                "JWKS key `{}` is not used: {}",
+                printable(&name),
+                printable(&why)
+            ),
         }
     }
     Ok(set)
@@ -239,7 +245,7 @@ impl Keys {
                 true
             }
             Err(why) => {
-                let url = spillway_core::redact::mask_url(url);
+                let url = spillway_core::redact::mask_service_url(url);
                 tracing::warn!("JWKS URL {url}: {why}");
                 // Try again soon rather than a whole interval later.
                 *last = Some(now.saturating_sub(refresh.saturating_sub(RETRY_AFTER)));

@@ -308,11 +308,17 @@ fn a_jwks_url_is_https_unless_it_is_loopback() {
             "not an https:// URL",
         );
     }
-    // The refusal quotes the URL without its password.
+    // The refusal quotes the URL without its user information, mistyped or not.
+    expect(
+        &jwt("issuer:s3cret@auth.example.com/k"),
+        11,
+        "principals.jwt.jwks_url",
+        "`issuer:****@auth.example.com/k` is not an https:// URL",
+    );
     expect(
         &jwt("http://issuer:s3cret@auth.example.com/k"),
         11,
         "principals.jwt.jwks_url",
-        "`http://issuer:****@auth.example.com/k` is not an https:// URL",
+        "`http://****@auth.example.com/k` is not an https:// URL",
     );
 }

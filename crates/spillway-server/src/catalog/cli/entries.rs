@@ -2,9 +2,10 @@
 
 use super::body::record;
 use super::{AddKeyArgs, Context, Failure, ListTarget, Target, WriteTarget};
-use crate::admin::{digest_of, document, id_of, merge, record_value};
+use crate::admin::{digest_of, document, id_of, merge, record_value, unknown_removal};
 use serde_json::{json, Value};
 use spillway_core::catalog::{ApiKeyRecord, Catalog, Entry, EntryKey, Kind};
+use spillway_core::text::printable;
 use std::io::BufRead;
 
 /// The shortest API key accepted (as the admin API).
@@ -76,6 +77,9 @@ pub async fn put(ctx: &Context, target: WriteTarget) -> Result<(), Failure> {
 /// `spillway catalog patch`: a JSON merge patch of the entry, which need not exist yet.
 pub async fn patch(ctx: &Context, target: WriteTarget) -> Result<(), Failure> {
     let (key, patch, condition) = write_parts(target)?;
+    if let Some(issue) = unknown_removal(key.kind(), &patch) {
+        return Err(Failure::refused(&key.to_string(), vec![issue]));
+    }
     for _ in 0..PATCH_TRIES {
         let current = ctx.db.get(&key).await.map_err(|e| ctx.db_failure(e))?;
         let (mut doc, version) = match &current {
@@ -160,7 +164,7 @@ pub async fn list(
             println!("{}", line(key, entry, *version));
         }
         if let Some(next) = next {
-            eprintln!("(more: --after {next})");
+            eprintln!("(more: --after {})", printable(&next));
         }
     }
     Ok(())
@@ -287,13 +291,17 @@ fn line(key: &EntryKey, entry: &Entry, version: u64) -> String {
         parts.push(format!("overrides={}", overrides.join(",")));
     }
     parts.push(format!("version={version}"));
-    parts.join("  ")
+    // Ids and names come from whoever wrote the row: a terminal must not run what they hold.
+    printable(&parts.join("  ")).into_owned()
 }
 
 /// An entry in full, for `get`.
 fn describe(key: &EntryKey, entry: &Entry, version: u64) -> String {
-    let mut out = format!("{key} (version {version})");
-    let mut field = |name: &str, value: &str| out.push_str(&format!("\n  {name}: {value}"));
+    // Each piece escaped, as in `line`; the line breaks between them are this function's.
+    let mut out = format!("{} (version {version})", printable(&key.to_string()));
+    let mut field = |name: &str, value: &str| {
+        out.push_str(&format!("\n  {}: {}", printable(name), printable(value)));
+    };
     let overrides = match entry {
         Entry::Tenant(r) => {
             field(

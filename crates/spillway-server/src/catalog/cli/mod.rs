@@ -325,6 +325,7 @@ impl Context {
 
 /// Runs `spillway catalog`.
 pub fn main(args: CatalogCli) -> ExitCode {
+    crate::logging::init_warnings_on_stderr();
     let json = args.json;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -328,7 +328,7 @@ fn before(id: &str) -> Option<String> {
 }
 
 /// The records as an aligned table. Every cell is
-/// [`printable`](crate::telemetry::printable): tenants, users and node names come from
+/// [`printable`](spillway_core::text::printable): tenants, users and node names come from
 /// callers, and a terminal must not run what they hold.
 pub fn table(found: &[Found]) -> String {
     const HEAD: [&str; 9] = [
@@ -384,7 +384,7 @@ pub fn table(found: &[Found]) -> String {
                     }
                 }),
             ]
-            .map(|cell| crate::telemetry::printable(&cell))
+            .map(|cell| spillway_core::text::printable(&cell).into_owned())
         })
         .collect();
     let mut widths = HEAD.map(str::len);

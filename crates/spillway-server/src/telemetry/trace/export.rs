@@ -134,7 +134,7 @@ impl<E: SpanExporter> Counted<E> {
         Self {
             inner,
             in_flight,
-            endpoint: spillway_core::redact::mask_url(endpoint),
+            endpoint: spillway_core::redact::mask_service_url(endpoint),
             failing: AtomicBool::new(false),
             dropped: counter!(DROPPED, "reason" => "export_failed"),
             errors: counter!(EXPORT_ERRORS),

@@ -106,9 +106,10 @@ impl Tracing {
         if let Some(tls) = &settings.tls {
             builder = builder.with_tls_config(client_tls(tls));
         }
-        let exporter = builder
-            .build()
-            .map_err(|err| format!("--otlp-endpoint {}: {err}", settings.endpoint))?;
+        let exporter = builder.build().map_err(|err| {
+            let endpoint = spillway_core::redact::mask_service_url(&settings.endpoint);
+            format!("--otlp-endpoint {endpoint}: {err}")
+        })?;
         let in_flight = export::InFlight::new(settings.queue);
         let exporter = export::Counted::new(exporter, in_flight.clone(), &settings.endpoint);
         // The OTEL_BSP_* variables still tune the batches; the queue is --otlp-queue.

@@ -9,6 +9,7 @@
 //! file without a certificate stops the server with a message instead of failing every export.
 
 use clap::Args;
+use spillway_core::redact::mask_service_url;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -82,12 +83,16 @@ impl TraceSettings {
             (rest, false)
         } else {
             return Err(format!(
-                "--otlp-endpoint `{endpoint}`: expected http://HOST:PORT or https://HOST:PORT \
-                 (OTLP over gRPC, plain or over TLS)"
+                "--otlp-endpoint `{}`: expected http://HOST:PORT or https://HOST:PORT \
+                 (OTLP over gRPC, plain or over TLS)",
+                mask_service_url(&endpoint)
             ));
         };
         if authority.trim_end_matches('/').is_empty() {
-            return Err(format!("--otlp-endpoint `{endpoint}`: the host is missing"));
+            return Err(format!(
+                "--otlp-endpoint `{}`: the host is missing",
+                mask_service_url(&endpoint)
+            ));
         }
         let tls = match (secure, args.ca_file) {
             (true, ca_file) => Some(TlsSettings::new(ca_file.as_deref())?),
@@ -95,8 +100,9 @@ impl TraceSettings {
             (false, Some(path)) => {
                 return Err(format!(
                     "--otlp-ca-file {}: only used with an https:// --otlp-endpoint, and \
-                     `{endpoint}` is plain http",
-                    path.display()
+                     `{}` is plain http",
+                    path.display(),
+                    mask_service_url(&endpoint)
                 ))
             }
         };
