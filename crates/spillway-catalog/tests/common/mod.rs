@@ -68,8 +68,8 @@ impl Fixture {
         }
     }
 
-    /// The stored body of the live row whose id is `id`, as JSON, read behind the catalog's
-    /// back.
+    /// The stored body of the live row whose id is `id` (the tests' own, plain ids), as JSON,
+    /// read behind the catalog's back.
     pub async fn body_of(&self, id: &str) -> serde_json::Value {
         let body: String = match &self.backing {
             Backing::Sqlite(_) => {
@@ -84,18 +84,9 @@ impl Fixture {
                 pool.close().await;
                 body
             }
-            Backing::Postgres(_) => {
-                let pool = sqlx::PgPool::connect(&self.url).await.expect("connect");
-                let body = sqlx::query_scalar(
-                    "SELECT body::text FROM spillway_catalog_entries WHERE id = $1 AND NOT deleted",
-                )
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .expect("a live row");
-                pool.close().await;
-                body
-            }
+            Backing::Postgres(server) => server.psql(&format!(
+                "SELECT body::text FROM spillway_catalog_entries WHERE id = '{id}' AND NOT deleted"
+            )),
         };
         serde_json::from_str(&body).expect("a JSON body")
     }
