@@ -887,6 +887,55 @@ tiers:
     assert_eq!(status, 200, "B still owes nothing: {v}");
 }
 
+/// A report takes the token its request was checked with after that token has expired, for
+/// up to an hour: a token near its end must not make a metered request's cost free (the
+/// report was refused as `expired`, and nothing was recorded). A check with the expired token
+/// is refused, and so is a report an hour past its expiry.
+#[tokio::test]
+async fn a_report_takes_the_token_its_request_was_checked_with_after_it_expires() {
+    let text = format!(
+        "default_tier: free
+limits:
+  tokens: {{algorithm: token_bucket, rate: 10/h, key: [tenant], charge: after}}
+tiers:
+  free: {{limits: [tokens]}}
+{}",
+        rs256_principals()
+    );
+    let server = Server::with_policy(&text).start();
+    let mut near_its_end = claims("tenant-a", "u");
+    near_its_end["exp"] = json!(NOW + 60);
+    let token = sign(Algorithm::RS256, Some("rsa-1"), &near_its_end);
+    let report = |id: &str| {
+        server
+            .http
+            .post(server.url("/v1/report"))
+            .bearer_auth(&token)
+            .body(json!({"cost": 100, "request_id": id}).to_string())
+            .send()
+    };
+    let (status, v) = check(&server, &token, json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    // The response outlasts the token.
+    server.advance_ms(120_000).await;
+    let (status, v) = check(&server, &token, json!({})).await;
+    assert_eq!(
+        (status, v["reason"].as_str()),
+        (401, Some("expired")),
+        "{v}"
+    );
+    let response = report("r-1").await.expect("answer");
+    assert_eq!(response.status(), 200);
+    let v: Value = response.json().await.expect("json");
+    assert_eq!(v["recorded"], true, "{v}");
+    let fresh = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));
+    let (status, v) = check(&server, &fresh, json!({})).await;
+    assert_eq!(status, 429, "the tenant owes the reported cost: {v}");
+    server.advance_ms(3_600_000).await;
+    let response = report("r-2").await.expect("answer");
+    assert_eq!(response.status(), 401, "an hour past its expiry");
+}
+
 /// An Envoy report plans on the descriptors the matching check plans on: the credential entry
 /// Envoy passes along is taken out of both, so a limit keyed by a descriptor of that name
 /// counts on neither. (Reports once planned on the raw entries, and charged a counter keyed

@@ -112,6 +112,22 @@ async fn a_credential_on_another_tenants_host_is_refused_as_tenant_mismatch() {
     );
     let ok = authorize(&server, &acme, "acme.example.com").await;
     assert_eq!(ok.status(), 200);
+    // Two host headers cannot be told apart from the client's own beside the proxy's: refused
+    // (they counted as no host, and the check was skipped).
+    let twice = server
+        .http
+        .get(server.url("/v1/authorize"))
+        .bearer_auth(&acme)
+        .header("x-original-host", "acme.example.com")
+        .header("x-original-host", "initech.example.com")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(twice.status(), 401);
+    assert_eq!(
+        twice.headers()["x-spillway-unauthenticated"],
+        "tenant_mismatch"
+    );
 
     // Nothing was charged to initech by the refused requests.
     let (_, verdict) = check(&server, &token("initech"), Some("initech.example.com")).await;
@@ -123,7 +139,7 @@ async fn a_credential_on_another_tenants_host_is_refused_as_tenant_mismatch() {
         "spillway_principal_rejected_total",
         &[("reason", "tenant_mismatch")],
     );
-    assert_eq!(refusals, Some(2.0), "{text}");
+    assert_eq!(refusals, Some(3.0), "{text}");
 }
 
 #[tokio::test]

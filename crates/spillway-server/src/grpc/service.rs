@@ -38,6 +38,8 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use spillway_core::policy::principal::{Principals, TokenPlace};
 use spillway_core::policy::{FailureMode, Policy};
 use spillway_core::request::CheckMode;
+use spillway_core::store::REPORT_TTL;
+use spillway_core::time::Micros;
 use std::sync::Arc;
 use tonic::Status;
 
@@ -79,7 +81,10 @@ impl Rls {
             // check; one without a valid credential is not recorded (and counted as refused).
             let policy = self.0.app.engine.policy();
             let identity = if request.domain == *self.0.policy_domain {
-                match self.identify(&policy, &request.descriptors).await {
+                match self
+                    .identify(&policy, &request.descriptors, REPORT_TTL)
+                    .await
+                {
                     Ok(identity) => identity,
                     Err(_) => return Ok(response::unlimited(request.descriptors.len(), &[])),
                 }
@@ -147,7 +152,7 @@ impl Rls {
         config: &Principals,
     ) -> Result<RateLimitResponse, Status> {
         let count = request.descriptors.len();
-        let identity = match self.identify(policy, &request.descriptors).await {
+        let identity = match self.identify(policy, &request.descriptors, 0).await {
             Ok(Some(identity)) => identity,
             Ok(None) => return Ok(response::unauthenticated(count, Reason::Missing.as_str())),
             Err(reason) => return Ok(response::unauthenticated(count, reason.as_str())),
@@ -174,10 +179,13 @@ impl Rls {
     /// Who is calling, by the policy's `principals:` section, from the credentials Envoy puts
     /// in descriptor entries (keyed by the configured header names: `authorization`,
     /// `x-api-key`, the host header); `None` without the section.
+    /// Who the descriptors' credential says is calling; a token is taken up to `grace` past
+    /// its expiry (a report's: see [`Presented::grace`](crate::principal::Presented::grace)).
     async fn identify(
         &self,
         policy: &Policy,
         descriptors: &[RateLimitDescriptor],
+        grace: Micros,
     ) -> Result<Option<Identity>, Reason> {
         let Some(config) = policy.principals() else {
             return Ok(None);
@@ -185,6 +193,7 @@ impl Rls {
         let entries = Entries(descriptors);
         let mut presented = principal::presented(&entries, config);
         presented.ip = carries_ip(descriptors);
+        presented.grace = grace;
         let now = self.0.app.clock.now();
         match self
             .0

@@ -74,8 +74,10 @@ pub async fn identify(
         malformed: principal::Malformed {
             token: own.token.is_none() && found.malformed.token,
             api_key: own.api_key.is_none() && found.malformed.api_key,
+            host: own.host.is_none() && host_from_headers && found.malformed.host,
         },
         ip: attrs.ip.is_some(),
+        grace: own.grace,
     };
     let now = app.clock.now();
     // Boxed so that the credential checks' state (a JWKS fetch among them) does not

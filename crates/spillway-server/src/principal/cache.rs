@@ -42,11 +42,15 @@ impl TokenCache {
         }
     }
 
-    /// Looks a token up at `now`.
-    pub fn get(&self, digest: &TokenDigest, now: Micros) -> Cached {
+    /// Looks a token up at `now`, taking it up to `grace` past its expiry (a report's, see
+    /// [`super::Presented::grace`]).
+    pub fn get(&self, digest: &TokenDigest, now: Micros, grace: Micros) -> Cached {
         match self.entries.get(digest) {
             None => Cached::Unknown,
-            Some(v) if v.until.is_some_and(|until| now >= until) => {
+            Some(v)
+                if v.until
+                    .is_some_and(|until| now >= until.saturating_add(grace)) =>
+            {
                 self.entries.remove(digest);
                 Cached::Expired
             }
@@ -111,9 +115,18 @@ mod tests {
         let cache = TokenCache::new(10);
         let d = digest("a.b.c");
         cache.insert(d, verified(Some(1_000)));
-        assert!(matches!(cache.get(&d, 999), Cached::Fresh(_)));
-        assert!(matches!(cache.get(&d, 1_000), Cached::Expired));
-        assert!(matches!(cache.get(&d, 1_000), Cached::Unknown));
+        assert!(matches!(cache.get(&d, 999, 0), Cached::Fresh(_)));
+        assert!(matches!(cache.get(&d, 1_000, 0), Cached::Expired));
+        assert!(matches!(cache.get(&d, 1_000, 0), Cached::Unknown));
+    }
+
+    #[test]
+    fn a_report_takes_an_entry_up_to_its_grace_past_expiry() {
+        let cache = TokenCache::new(10);
+        let d = digest("t");
+        cache.insert(d, verified(Some(1_000)));
+        assert!(matches!(cache.get(&d, 1_500, 1_000), Cached::Fresh(_)));
+        assert!(matches!(cache.get(&d, 2_000, 1_000), Cached::Expired));
     }
 
     #[test]
@@ -123,7 +136,7 @@ mod tests {
         let mut v = verified(Some(10_000));
         v.recheck = Some(500);
         cache.insert(d, v);
-        assert!(matches!(cache.get(&d, 499), Cached::Fresh(_)));
-        assert!(matches!(cache.get(&d, 500), Cached::Unknown));
+        assert!(matches!(cache.get(&d, 499, 0), Cached::Fresh(_)));
+        assert!(matches!(cache.get(&d, 500, 0), Cached::Unknown));
     }
 }

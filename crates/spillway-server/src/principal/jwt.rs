@@ -72,13 +72,15 @@ fn library(alg: JwtAlgorithm) -> Algorithm {
     }
 }
 
-/// Verifies `token` with `keys` under `settings` at `now`. A key id the set does not know
-/// triggers one refetch of a JWKS URL (at most once per refresh interval).
+/// Verifies `token` with `keys` under `settings` at `now`, taking it up to `grace` past its
+/// expiry (a report's). A key id the set does not know triggers one refetch of a JWKS URL (at
+/// most once per refresh interval).
 pub async fn verify(
     token: &str,
     settings: &JwtSettings,
     keys: &Keys,
     now: Micros,
+    grace: Micros,
 ) -> Result<Verified, Reason> {
     if token.len() > MAX_TOKEN {
         return Err(Reason::Malformed);
@@ -115,14 +117,16 @@ pub async fn verify(
             _ => Reason::Malformed,
         }
     })?;
-    check_claims(&data.claims, settings, now)
+    check_claims(&data.claims, settings, now, grace)
 }
 
-/// Checks time, issuer and audience, then maps the claims to a principal.
+/// Checks time (taking the token up to `grace` past its expiry), issuer and audience, then
+/// maps the claims to a principal.
 pub fn check_claims(
     claims: &Value,
     settings: &JwtSettings,
     now: Micros,
+    grace: Micros,
 ) -> Result<Verified, Reason> {
     let Value::Object(map) = claims else {
         return Err(Reason::Malformed);
@@ -145,7 +149,7 @@ pub fn check_claims(
     let until = seconds("exp")?
         .ok_or(Reason::MissingClaim)?
         .saturating_add(leeway);
-    if now >= until {
+    if now >= until.saturating_add(grace) {
         return Err(Reason::Expired);
     }
     if seconds("nbf")?.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
@@ -178,8 +182,11 @@ pub fn check_claims(
         user: text(&settings.user_claim),
         tier,
     };
-    if principal.tenant.is_none() && settings.tenant_claim.is_some() {
-        // A token that names no tenant would be counted with no tenant at all.
+    // A token that names no tenant, or no user where the policy takes users from a claim,
+    // would be counted with none: every limit keyed by them would pass it by.
+    if (principal.tenant.is_none() && settings.tenant_claim.is_some())
+        || (principal.user.is_none() && settings.user_claim.is_some())
+    {
         return Err(Reason::MissingClaim);
     }
     Ok(Verified {
@@ -241,19 +248,19 @@ mod tests {
 
     #[test]
     fn claims_map_to_a_principal_through_dotted_paths_and_the_tier_table() {
-        let v = check_claims(&claims(json!({})), &settings(), NOW).expect("valid");
+        let v = check_claims(&claims(json!({})), &settings(), NOW, 0).expect("valid");
         assert_eq!(v.principal.tenant.as_deref(), Some("acme"));
         assert_eq!(v.principal.user.as_deref(), Some("42"));
         assert_eq!(v.principal.tier.as_deref(), Some("paid"));
         assert_eq!(v.until, Some(1_000_105_000_000));
-        let v = check_claims(&claims(json!({"plan": "free"})), &settings(), NOW).expect("valid");
+        let v = check_claims(&claims(json!({"plan": "free"})), &settings(), NOW, 0).expect("valid");
         assert_eq!(v.principal.tier.as_deref(), Some("free"));
     }
 
     #[test]
     fn time_issuer_and_audience_are_checked_with_leeway() {
         let s = settings();
-        let reason = |extra| check_claims(&claims(extra), &s, NOW).err();
+        let reason = |extra| check_claims(&claims(extra), &s, NOW, 0).err();
         assert_eq!(reason(json!({"exp": 999_990})), Some(Reason::Expired));
         assert_eq!(reason(json!({"exp": 999_996})), None, "within the leeway");
         assert_eq!(reason(json!({"nbf": 1_000_010})), Some(Reason::NotYetValid));
@@ -273,11 +280,20 @@ mod tests {
             Some(Reason::MissingClaim)
         );
         assert_eq!(reason(json!({"org": "acme"})), Some(Reason::MissingClaim));
+        // No user where the policy takes one from a claim: per-user limits would pass it by.
+        for user in [json!(null), json!(""), json!(["a"]), json!({"id": 1})] {
+            assert_eq!(reason(json!({"sub": user})), Some(Reason::MissingClaim));
+        }
+        // A report takes a token up to its grace past expiry, and no further.
+        let late = |grace| check_claims(&claims(json!({"exp": 999_990})), &s, NOW, grace).err();
+        assert_eq!(late(0), Some(Reason::Expired));
+        assert_eq!(late(10_000_000), None);
+        assert_eq!(late(5_000_000), Some(Reason::Expired));
         assert_eq!(reason(json!({"exp": null})), Some(Reason::Malformed));
         let mut no_exp = claims(json!({}));
         no_exp.as_object_mut().map(|c| c.remove("exp"));
         assert_eq!(
-            check_claims(&no_exp, &s, NOW).err(),
+            check_claims(&no_exp, &s, NOW, 0).err(),
             Some(Reason::MissingClaim)
         );
     }

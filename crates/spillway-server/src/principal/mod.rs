@@ -147,6 +147,11 @@ pub struct Presented<'a> {
     /// would escape every per-IP limit of the anonymous tier). Set by the transport (HTTP:
     /// the request's `ip`; Envoy: an `ip` or `remote_address` entry in every descriptor).
     pub ip: bool,
+    /// How long past its expiry (and the leeway) a token is still taken: zero for a check.
+    /// A report gets [`REPORT_TTL`](spillway_core::store::REPORT_TTL): it comes after the
+    /// response, with the token its request was checked with, which may have run out since;
+    /// refusing it would let a token near its end make a metered request's cost free.
+    pub grace: Micros,
 }
 
 /// Which presented credentials were unreadable.
@@ -156,6 +161,9 @@ pub struct Malformed {
     pub token: bool,
     /// The API key.
     pub api_key: bool,
+    /// The host header (sent twice, or not text). It names no tenant; under `must_match` the
+    /// credential beside it is refused, since the host it was sent to cannot be told.
+    pub host: bool,
 }
 
 /// Where a transport finds named values (headers, gRPC metadata, descriptor entries).
@@ -226,7 +234,10 @@ pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Presented<'a
     }
     if let Some(sub) = &config.subdomain {
         // A host that cannot be read names no tenant: absent, like any host outside the base.
-        out.host = text(&sub.header).ok().flatten();
+        match text(&sub.header) {
+            Ok(host) => out.host = host,
+            Err(()) => out.malformed.host = true,
+        }
     }
     out
 }
@@ -355,7 +366,7 @@ impl PrincipalState {
                 Source::Jwt => match presented.token {
                     None if presented.malformed.token => return Err(Reason::Malformed),
                     None => continue,
-                    Some(token) => self.token(config, token, now).await?,
+                    Some(token) => self.token(config, token, now, presented.grace).await?,
                 },
                 Source::ApiKey => match presented.api_key {
                     None if presented.malformed.api_key => return Err(Reason::Malformed),
@@ -394,6 +405,7 @@ impl PrincipalState {
         config: &Arc<Principals>,
         token: &str,
         now: Micros,
+        grace: Micros,
     ) -> Result<Principal, Reason> {
         let verifier = self.verifier(config, now).await;
         let (Some(settings), Some(keys), Some(cache)) =
@@ -405,7 +417,7 @@ impl PrincipalState {
             return Err(Reason::Malformed);
         }
         let digest = cache::digest(token);
-        match cache.get(&digest, now) {
+        match cache.get(&digest, now, grace) {
             Cached::Fresh(v) => return Ok(v.principal),
             Cached::Expired => return Err(Reason::Expired),
             Cached::Unknown => {}
@@ -415,7 +427,7 @@ impl PrincipalState {
             tokio::spawn(async move { keys.refetch(now).await });
         }
         metrics::record_verification();
-        let mut verified = jwt::verify(token, settings, keys, now).await?;
+        let mut verified = jwt::verify(token, settings, keys, now, grace).await?;
         if let KeySource::Url { refresh, .. } = &settings.keys {
             // Keys from a URL may be withdrawn: verify again after one refresh interval.
             verified.recheck = Some(now.saturating_add(*refresh));
@@ -428,18 +440,22 @@ impl PrincipalState {
 }
 
 /// With `principals.subdomain.must_match`, refuses a credential's `principal` when the
-/// presented host names a catalog tenant other than its own (a host naming no catalog tenant,
-/// or none at all, is not checked).
+/// presented host names a catalog tenant other than its own, or cannot be read (a host naming
+/// no catalog tenant, or none at all, is not checked).
 fn must_match(
     config: &Principals,
     policy: &Policy,
     presented: &Presented<'_>,
     principal: &Principal,
 ) -> Result<(), Reason> {
-    let (Some(settings), Some(host)) = (
-        config.subdomain.as_ref().filter(|s| s.must_match),
-        presented.host,
-    ) else {
+    let Some(settings) = config.subdomain.as_ref().filter(|s| s.must_match) else {
+        return Ok(());
+    };
+    // Two hosts (one the proxy's, one the client's) could name the check's tenant and another.
+    if presented.malformed.host {
+        return Err(Reason::TenantMismatch);
+    }
+    let Some(host) = presented.host else {
         return Ok(());
     };
     match subdomain::identify(host, settings, policy.catalog()) {
