@@ -14,9 +14,7 @@
 
 use crate::Error;
 use serde_json::value::{to_raw_value, RawValue};
-use spillway_core::catalog::record::{
-    is_digest, ApiKeyRecord, OverrideRecord, TenantRecord, UserRecord,
-};
+use spillway_core::catalog::record::{is_digest, OverrideRecord};
 use spillway_core::catalog::{Entry, EntryKey, Kind};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -203,6 +201,11 @@ pub(crate) fn with_unknown_of(kind: Kind, body: String, stored: Option<&str>) ->
         return body;
     }
     let Ok(mut new) = serde_json::from_str::<Members>(&body) else {
+        // This build encoded it: it is an object. Were it not, say so rather than drop them.
+        tracing::error!(
+            kind = kind.as_str(),
+            "a written body is not an object: the fields a newer build set are not kept"
+        );
         return body;
     };
     for (name, value) in unknown.top {
@@ -241,11 +244,7 @@ impl Unknown {
     /// Splits `body`, a stored body of `kind`, into the JSON of the members this build knows
     /// (to decode) and those it does not. `None` when it is not a JSON object.
     fn split(kind: Kind, body: &str) -> Option<(String, Self)> {
-        let own = match kind {
-            Kind::Tenant => TenantRecord::FIELDS,
-            Kind::User => UserRecord::FIELDS,
-            Kind::ApiKey => ApiKeyRecord::FIELDS,
-        };
+        let own = kind.fields();
         let mut members: Members = serde_json::from_str(body).ok()?;
         let mut unknown = Self {
             top: take_unknown(&mut members, own),

@@ -3,7 +3,9 @@
 //! The places that show a URL a user gave mask it with [`mask_url`] or, for text that may be
 //! mistyped or hold several URLs, [`mask_text`]: the policy's store and region errors and the
 //! `Debug` form of its Redis settings, the Redis store's settings, the decision log's sink and
-//! `spillway decisions`.
+//! `spillway decisions`. The address of a service Spillway calls (a JWKS document, a trace
+//! collector) is shown by [`mask_service_url`], which hides all user information and the
+//! query.
 
 use percent_encoding::percent_decode_str;
 use url::{Host, Url};
@@ -43,11 +45,15 @@ pub fn mask_url(url: &str) -> String {
 /// `url`, the HTTP(S) address of a service Spillway calls (a JWKS document, a trace
 /// collector), with all that may carry a secret hidden: the whole user information
 /// (`https://****@host/`, since a token may stand as the user name) and the whole query
-/// (`?****`, where signatures and access tokens go). Text that does not parse as a URL with a
-/// host is masked as [`mask_text`] masks it, and anything after a `?` hidden too.
+/// (`?****`, where signatures and access tokens go); a fragment is left out. Text that does not
+/// parse as a URL with a host, or whose user information the parser may have cut short (an `@`
+/// past the host), has everything between its scheme and its last `@` hidden (without a
+/// scheme, it is masked as [`mask_text`] masks it), and its query too.
 pub fn mask_service_url(url: &str) -> String {
     match Url::parse(url) {
-        Ok(mut parsed) if parsed.has_host() => {
+        // An `@` past the host may end user information the parser cut short (a raw `#` or
+        // `/` in it): masked by hand below, as `mask_url` does.
+        Ok(mut parsed) if parsed.has_host() && !at_past_host(&parsed) => {
             let user = !parsed.username().is_empty() || parsed.password().is_some();
             if user {
                 let _ = parsed.set_password(None);
@@ -56,15 +62,25 @@ pub fn mask_service_url(url: &str) -> String {
             if parsed.query().is_some() {
                 parsed.set_query(Some("****"));
             }
+            parsed.set_fragment(None);
             parsed.to_string()
         }
-        _ => {
-            let masked = mask_text(url);
-            match masked.split_once('?') {
-                Some((head, _)) => format!("{head}?****"),
-                None => masked,
+        _ => match (url.find("://"), url.rfind('@')) {
+            // Everything between the scheme and the last `@` may be user information.
+            (Some(scheme), Some(at)) if at > scheme + 3 => {
+                format!("{}****{}", &url[..scheme + 3], without_query(&url[at..]))
             }
-        }
+            _ => without_query(&mask_text(url)),
+        },
+    }
+}
+
+/// `text` with anything after a `?` hidden (`?****`) and a `#fragment` left out.
+fn without_query(text: &str) -> String {
+    match text.find(['?', '#']) {
+        Some(at) if text[at..].starts_with('?') => format!("{}?****", &text[..at]),
+        Some(at) => text[..at].to_owned(),
+        None => text.to_owned(),
     }
 }
 
@@ -331,6 +347,10 @@ mod tests {
                 "issuer:****@auth.example.com/k",
             ),
             ("not a url?token=abc", "not a url?****"),
+            // A raw `#` or `/` in the user information cut it short for the parser.
+            ("https://tok#en@host/k", "https://****@host/k"),
+            ("https://u/x:s3cret@host/k", "https://****@host/k"),
+            ("https://host/k#frag", "https://host/k"),
         ] {
             assert_eq!(mask_service_url(url), shown, "{url}");
             assert!(!mask_service_url(url).contains("s3cret"));

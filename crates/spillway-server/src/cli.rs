@@ -159,7 +159,7 @@ pub struct ServeArgs {
     /// Most memory held at once, across every port, by requests waiting for the rest of
     /// their bodies: 16 KiB for each one's head plus the body bytes received (bodies that come
     /// whole, as Envoy's calls do, count nothing). A request that would pass it is refused at
-    /// once: HTTP 503 on /v1/check and /v1/report, gRPC RESOURCE_EXHAUSTED. At least 16KiB.
+    /// once: HTTP 503 on /v1/check and /v1/report, gRPC RESOURCE_EXHAUSTED. At least 32KiB.
     #[arg(long, env = "SPILLWAY_MAX_BODY_MEMORY", value_name = "SIZE", default_value = "64MiB",
           value_parser = parse_size)]
     pub max_body_memory: u64,

@@ -34,7 +34,8 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
 /// already installed.
 pub fn init_warnings_on_stderr() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new("warn"))
+        // Spillway's own, not a dependency's (sqlx's slow statements during an import).
+        .with_env_filter(EnvFilter::new("spillway_catalog=warn,spillway_server=warn"))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .without_time()

@@ -931,9 +931,55 @@ tiers:
     let fresh = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));
     let (status, v) = check(&server, &fresh, json!({})).await;
     assert_eq!(status, 429, "the tenant owes the reported cost: {v}");
-    server.advance_ms(3_600_000).await;
+    server.advance_ms(900_000).await;
     let response = report("r-2").await.expect("answer");
-    assert_eq!(response.status(), 401, "an hour past its expiry");
+    assert_eq!(response.status(), 401, "past its grace");
+}
+
+/// Envoy's stream-done report takes the token its request was checked with after it expires,
+/// as `/v1/report` does; a check with it is refused.
+#[tokio::test]
+async fn an_envoy_report_takes_the_token_after_it_expires() {
+    use common::grpc::{self, descriptor, overall, request};
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    let text = format!(
+        "default_tier: free
+limits:
+  tokens: {{algorithm: token_bucket, rate: 10/h, key: [tenant], charge: after}}
+tiers:
+  free: {{limits: [tokens]}}
+{}",
+        rs256_principals()
+    );
+    let mut rls = grpc::start(Server::with_policy(&text), &[]).await;
+    let mut near_its_end = claims("tenant-a", "u");
+    near_its_end["exp"] = json!(NOW + 60);
+    let bearer = format!(
+        "Bearer {}",
+        sign(Algorithm::RS256, Some("rsa-1"), &near_its_end)
+    );
+    let entries = [("authorization", bearer.as_str())];
+    assert_eq!(overall(&rls.one("spillway", &entries).await), Code::Ok);
+    rls.server.advance_ms(120_000).await;
+    assert_eq!(
+        overall(&rls.one("spillway", &entries).await),
+        Code::OverLimit,
+        "a check with the expired token is refused"
+    );
+    let mut marked = entries.to_vec();
+    marked.push(("spillway_report", "true"));
+    let report = request("spillway", vec![descriptor(&marked)], 7);
+    assert_eq!(overall(&rls.ask(report).await), Code::Ok);
+    let text = rls.server.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "spillway_reported_cost_total",
+            &[("limit", "tokens")]
+        ),
+        Some(7.0),
+        "{text}"
+    );
 }
 
 /// An Envoy report plans on the descriptors the matching check plans on: the credential entry

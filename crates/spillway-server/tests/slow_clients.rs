@@ -631,7 +631,7 @@ async fn open_on(
 }
 
 /// The bytes the server holds for bodies still arriving, by its metrics.
-async fn held(server: &Server) -> f64 {
+async fn held_bytes(server: &Server) -> f64 {
     metric(
         &server.metrics().await,
         "spillway_body_memory_held_bytes",
@@ -707,7 +707,7 @@ async fn bodies_still_arriving_hold_at_most_the_body_memory() {
         );
     }
     assert!(!still.is_empty(), "the calls within the cap are held");
-    let holding = held(&rls.server).await;
+    let holding = held_bytes(&rls.server).await;
     assert!(holding > 0.0 && holding <= CAP, "{holding} bytes held");
     let grown = rls.server.peak_resident_bytes().saturating_sub(before);
     assert!(
@@ -729,19 +729,73 @@ async fn bodies_still_arriving_hold_at_most_the_body_memory() {
         send.send_reset(h2::Reason::CANCEL);
     }
     let given_back = wait_until_async(AT_MOST, || async {
-        (held(&rls.server).await == 0.0).then_some(())
+        (held_bytes(&rls.server).await == 0.0).then_some(())
     })
     .await;
     assert!(
         given_back.is_some(),
         "{} bytes still held",
-        held(&rls.server).await
+        held_bytes(&rls.server).await
     );
 }
 
-/// The status line `stream` is answered with, or `None` if none comes within [`SHORT`] × 3.
+/// With the cap exactly full, a body that would wait is refused, however small, while a whole
+/// call is answered: a body that never waits is charged nothing. Four calls, each sent 1 MiB
+/// less its head's 16 KiB charge, fill a 4 MiB cap; each is sent once the one before is held.
+#[tokio::test]
+async fn a_whole_call_is_answered_when_the_cap_is_exactly_full() {
+    const MIB: usize = 1 << 20;
+    let rls = start(
+        Server::with_policy(POLICY).args(&[
+            "--max-body-memory",
+            "4MiB",
+            "--body-timeout",
+            "60s",
+            "--idle-timeout",
+            "60s",
+        ]),
+        &[],
+    )
+    .await;
+    let (client, connection) = h2_to(rls.addr).await;
+    tokio::spawn(connection);
+    // The prefix (5 bytes, saying 4 MiB) and the bytes that make the charge exactly 1 MiB.
+    let mut part = vec![0; MIB - (16 << 10)];
+    part[1..5].copy_from_slice(&(4u32 << 20).to_be_bytes());
+    let part = bytes::Bytes::from(part);
+    let mut held = Vec::new();
+    for k in 1..=4 {
+        let (response, mut send) = open_on(&client, rls.addr).await;
+        send.send_data(part.clone(), false).expect("a part");
+        held.push((response, send));
+        let full = wait_until_async(AT_MOST, || async {
+            (held_bytes(&rls.server).await == (k * MIB) as f64).then_some(())
+        })
+        .await;
+        assert!(
+            full.is_some(),
+            "call {k} is not held: {}",
+            held_bytes(&rls.server).await
+        );
+    }
+    // One byte more cannot wait...
+    let (response, mut send) = open_on(&client, rls.addr).await;
+    send.send_data(bytes::Bytes::from_static(&[0]), false)
+        .expect("a byte");
+    let status = read_answer(response).await.status().expect("a status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    // ...while a whole call is answered.
+    let body = framed(&request("spillway", vec![descriptor(&[("user", "u")])], 0));
+    let (response, mut send) = open_on(&client, rls.addr).await;
+    send.send_data(body.into(), true).expect("a whole call");
+    let answer = read_answer(response).await;
+    assert_eq!(answer.status().map(|s| s.code()), Some(tonic::Code::Ok));
+    assert_eq!(held_bytes(&rls.server).await, (4 * MIB) as f64);
+}
+
+/// The status line `stream` is answered with, or `None` if none comes within [`AT_MOST`].
 fn status_soon(stream: &mut TcpStream) -> Option<String> {
-    stream.set_read_timeout(Some(SHORT * 3)).expect("timeout");
+    stream.set_read_timeout(Some(AT_MOST)).expect("timeout");
     let mut line = Vec::new();
     let mut byte = [0];
     while !line.ends_with(b"\r\n") {

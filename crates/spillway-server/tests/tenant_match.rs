@@ -128,6 +128,9 @@ async fn a_credential_on_another_tenants_host_is_refused_as_tenant_mismatch() {
         twice.headers()["x-spillway-unauthenticated"],
         "tenant_mismatch"
     );
+    // Nor two joined by a comma, as proxies chain them.
+    let joined = authorize(&server, &acme, "acme.example.com, initech.example.com").await;
+    assert_eq!(joined.status(), 401);
 
     // Nothing was charged to initech by the refused requests.
     let (_, verdict) = check(&server, &token("initech"), Some("initech.example.com")).await;
@@ -139,7 +142,7 @@ async fn a_credential_on_another_tenants_host_is_refused_as_tenant_mismatch() {
         "spillway_principal_rejected_total",
         &[("reason", "tenant_mismatch")],
     );
-    assert_eq!(refusals, Some(3.0), "{text}");
+    assert_eq!(refusals, Some(4.0), "{text}");
 }
 
 #[tokio::test]

@@ -119,6 +119,15 @@ impl Kind {
             Self::ApiKey => "api_key",
         }
     }
+
+    /// The member names a stored body of this kind may hold (its record's `FIELDS`).
+    pub fn fields(self) -> &'static [&'static str] {
+        match self {
+            Self::Tenant => TenantRecord::FIELDS,
+            Self::User => UserRecord::FIELDS,
+            Self::ApiKey => ApiKeyRecord::FIELDS,
+        }
+    }
 }
 
 /// Which entry: a tenant, a tenant's user, or an API key's digest.

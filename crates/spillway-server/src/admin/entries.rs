@@ -402,11 +402,7 @@ pub(crate) fn unknown_removal(kind: Kind, patch: &Value) -> Option<FieldIssue> {
 }
 
 fn unknown_null(kind: Kind, patch: &Value) -> Option<String> {
-    let own = match kind {
-        Kind::Tenant => TenantRecord::FIELDS,
-        Kind::User => UserRecord::FIELDS,
-        Kind::ApiKey => ApiKeyRecord::FIELDS,
-    };
+    let own = kind.fields();
     let nulls = |map: &Map<String, Value>, own: &[&str]| {
         map.iter()
             .find(|(name, value)| value.is_null() && !own.contains(&name.as_str()))

@@ -38,7 +38,6 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use spillway_core::policy::principal::{Principals, TokenPlace};
 use spillway_core::policy::{FailureMode, Policy};
 use spillway_core::request::CheckMode;
-use spillway_core::store::REPORT_TTL;
 use spillway_core::time::Micros;
 use std::sync::Arc;
 use tonic::Status;
@@ -82,7 +81,7 @@ impl Rls {
             let policy = self.0.app.engine.policy();
             let identity = if request.domain == *self.0.policy_domain {
                 match self
-                    .identify(&policy, &request.descriptors, REPORT_TTL)
+                    .identify(&policy, &request.descriptors, principal::REPORT_GRACE)
                     .await
                 {
                     Ok(identity) => identity,
@@ -178,9 +177,9 @@ impl Rls {
 
     /// Who is calling, by the policy's `principals:` section, from the credentials Envoy puts
     /// in descriptor entries (keyed by the configured header names: `authorization`,
-    /// `x-api-key`, the host header); `None` without the section.
-    /// Who the descriptors' credential says is calling; a token is taken up to `grace` past
-    /// its expiry (a report's: see [`Presented::grace`](crate::principal::Presented::grace)).
+    /// `x-api-key`, the host header); `None` without the section. A token is taken up to
+    /// `grace` past its expiry (a report's: see
+    /// [`Presented::grace`](crate::principal::Presented::grace)).
     async fn identify(
         &self,
         policy: &Policy,

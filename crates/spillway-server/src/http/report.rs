@@ -23,9 +23,10 @@
 //! With a `principals:` section the report is charged to the caller it verifies, exactly as
 //! `/v1/check` identifies one (the body's `token`, `api_key` and `host`, else the configured
 //! headers): a caller cannot report costs against another tenant, and a report without a
-//! valid credential is refused with the same 401. A token is taken up to `REPORT_TTL` past
-//! its expiry: the request was checked while it was valid, and its cost must not go free
-//! because the response outlasted it.
+//! valid credential is refused with the same 401. A token is taken up to
+//! [`REPORT_GRACE`](crate::principal::REPORT_GRACE) (15 minutes) past its expiry: the request
+//! was checked while it was valid, and its cost must not go free because the response outlasted
+//! it.
 //!
 //! Answers:
 //! - 200 with `{"recorded": true|false, "request_id": ..., "allowed": ..., "limits": [...]}`:
@@ -54,7 +55,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use spillway_core::policy::Policy;
 use spillway_core::request::RequestAttrs;
-use spillway_core::store::{MAX_REPORTED_COST, REPORT_TTL};
+use spillway_core::store::MAX_REPORTED_COST;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -204,7 +205,7 @@ async fn respond(
         token: request.token.as_deref(),
         api_key: request.api_key.as_deref(),
         host: request.host.as_deref(),
-        grace: REPORT_TTL,
+        grace: crate::principal::REPORT_GRACE,
         ..Presented::default()
     };
     crate::http::principal::identify(app, &policy, headers, own, false, &mut attrs)

@@ -4,7 +4,8 @@
 //! principal and the instant it stops being believed (`exp` plus the leeway). The cache is
 //! bounded (`principals.jwt.cache_size` entries) and evicts by `quick_cache`'s S3-FIFO policy,
 //! so a client sending endless distinct tokens cannot grow it; an entry read after its expiry
-//! is dropped and the token refused as expired. Failed verifications are not cached.
+//! (a report's read: after its grace too) is dropped and the token refused as expired. Failed
+//! verifications are not cached.
 
 use super::jwt::Verified;
 use sha2::{Digest, Sha256};

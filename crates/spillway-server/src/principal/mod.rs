@@ -26,8 +26,14 @@ use jwks::Keys;
 use spillway_core::policy::principal::{KeySource, Missing, Principals, Source, TokenPlace};
 use spillway_core::policy::Policy;
 use spillway_core::request::RequestAttrs;
-use spillway_core::time::Micros;
+use spillway_core::time::{Micros, SECOND};
 use std::sync::Arc;
+
+/// How long past its expiry a token still pays for the request it was checked with: the
+/// report of a metered request's cost comes after the response, which may outlast the token.
+/// Long enough for a long stream to end, short enough that a token copied after it ran out is
+/// of little use (a report can only charge, and only its own tenant).
+pub const REPORT_GRACE: Micros = 15 * 60 * SECOND;
 
 /// Who a verified credential says is calling. Each field is `None` when the credential does
 /// not say.
@@ -73,7 +79,8 @@ pub enum Reason {
     WrongIssuer,
     /// `aud` names none of the configured audiences.
     WrongAudience,
-    /// No `exp`, or the claim that gives the tenant is absent or not a plain value.
+    /// No `exp`, or the claim that gives the tenant (or the user, unless the request may name
+    /// one) is absent or not a plain value.
     MissingClaim,
     /// An API key the catalog does not hold.
     UnknownApiKey,
@@ -120,7 +127,7 @@ impl Reason {
             Self::DisallowedAlgorithm => "the token's algorithm is not allowed for its key",
             Self::WrongIssuer => "the token was issued by an issuer this server does not accept",
             Self::WrongAudience => "the token is not meant for this audience",
-            Self::MissingClaim => "the token lacks `exp` or the claim naming its tenant",
+            Self::MissingClaim => "the token lacks `exp` or the claim naming its tenant or user",
             Self::UnknownApiKey => "the API key is not known",
             Self::TenantMismatch => {
                 "the host names another tenant than the one the credential belongs to"
@@ -148,9 +155,9 @@ pub struct Presented<'a> {
     /// the request's `ip`; Envoy: an `ip` or `remote_address` entry in every descriptor).
     pub ip: bool,
     /// How long past its expiry (and the leeway) a token is still taken: zero for a check.
-    /// A report gets [`REPORT_TTL`](spillway_core::store::REPORT_TTL): it comes after the
-    /// response, with the token its request was checked with, which may have run out since;
-    /// refusing it would let a token near its end make a metered request's cost free.
+    /// A report gets [`REPORT_GRACE`]: it comes after the response, with the token its request
+    /// was checked with, which may have run out since; refusing it would let a token near its
+    /// end make a metered request's cost free.
     pub grace: Micros,
 }
 
@@ -233,7 +240,8 @@ pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Presented<'a
         }
     }
     if let Some(sub) = &config.subdomain {
-        // A host that cannot be read names no tenant: absent, like any host outside the base.
+        // A host that cannot be read names no tenant, like any host outside the base; it is
+        // noted, since under `must_match` the credential beside it is refused.
         match text(&sub.header) {
             Ok(host) => out.host = host,
             Err(()) => out.malformed.host = true,
@@ -366,7 +374,11 @@ impl PrincipalState {
                 Source::Jwt => match presented.token {
                     None if presented.malformed.token => return Err(Reason::Malformed),
                     None => continue,
-                    Some(token) => self.token(config, token, now, presented.grace).await?,
+                    Some(token) => {
+                        let principal = self.token(config, token, now, presented.grace).await?;
+                        lacks_user(config, &principal)?;
+                        principal
+                    }
                 },
                 Source::ApiKey => match presented.api_key {
                     None if presented.malformed.api_key => return Err(Reason::Malformed),
@@ -439,6 +451,17 @@ impl PrincipalState {
     }
 }
 
+/// Refuses a token that names no user where the policy takes users from a claim and the
+/// request may not name one itself (`request_may_name: [user]`): counted with no user, it
+/// would pass every limit keyed by user.
+fn lacks_user(config: &Principals, principal: &Principal) -> Result<(), Reason> {
+    let from_claim = config.jwt.as_ref().is_some_and(|j| j.user_claim.is_some());
+    if from_claim && principal.user.is_none() && !config.request_may_name.user {
+        return Err(Reason::MissingClaim);
+    }
+    Ok(())
+}
+
 /// With `principals.subdomain.must_match`, refuses a credential's `principal` when the
 /// presented host names a catalog tenant other than its own, or cannot be read (a host naming
 /// no catalog tenant, or none at all, is not checked).
@@ -451,8 +474,9 @@ fn must_match(
     let Some(settings) = config.subdomain.as_ref().filter(|s| s.must_match) else {
         return Ok(());
     };
-    // Two hosts (one the proxy's, one the client's) could name the check's tenant and another.
-    if presented.malformed.host {
+    // Two hosts (one the proxy's, one the client's), in two headers or joined by a comma as
+    // proxies chain them, could name the credential's tenant and another: refused.
+    if presented.malformed.host || presented.host.is_some_and(|h| h.contains(',')) {
         return Err(Reason::TenantMismatch);
     }
     let Some(host) = presented.host else {

@@ -10,6 +10,11 @@ use serde_json::{json, Value};
 use spillway_core::policy::Policy;
 
 fn policy() -> Policy {
+    policy_with("  request_may_name: [user]\n")
+}
+
+/// The test policy with `may_name` (a `request_may_name` line, or nothing) in its principals.
+fn policy_with(may_name: &str) -> Policy {
     let jwks = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/principal/jwks.json"
@@ -22,8 +27,7 @@ tiers:
   free: {{}}
   anonymous: {{limits: [per-ip]}}
 principals:
-  request_may_name: [user]
-  jwt:
+{may_name}  jwt:
     cookie: session
     jwks_file: {jwks}
     algorithms: [HS256, RS256, ES256, EdDSA]
@@ -167,6 +171,32 @@ fn a_principal_overrides_the_request_except_where_it_may_name() {
         (attrs.tenant, attrs.user, attrs.tier.as_deref()),
         (None, None, Some("anonymous"))
     );
+}
+
+/// A token naming no user, where the user comes from a claim: refused as `missing_claim`
+/// (every per-user limit would pass it by), unless the request may name its user.
+#[test]
+fn a_token_without_its_user_claim_is_refused_unless_the_request_may_name_one() {
+    let no_user = Principal {
+        tenant: Some("a".into()),
+        user: None,
+        tier: None,
+    };
+    let may_name = policy();
+    let config = may_name.principals().expect("configured");
+    assert_eq!(
+        lacks_user(config, &no_user),
+        Ok(()),
+        "request_may_name: [user]"
+    );
+    let strict = policy_with("");
+    let config = strict.principals().expect("configured");
+    assert_eq!(lacks_user(config, &no_user), Err(Reason::MissingClaim));
+    let named = Principal {
+        user: Some("u".into()),
+        ..no_user
+    };
+    assert_eq!(lacks_user(config, &named), Ok(()));
 }
 
 #[test]

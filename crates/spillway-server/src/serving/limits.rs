@@ -59,9 +59,9 @@ impl ConnectionLimits {
         max_body_memory: 64 << 20,
     };
 
-    /// The least `max_body_memory` taken: one HTTP/2 frame of the default size, and the HTTP
-    /// API's largest body.
-    pub const MIN_BODY_MEMORY: usize = 16 << 10;
+    /// The least `max_body_memory` taken: one waiting request's head
+    /// ([`WAITING`](super::body_memory::WAITING)) and the HTTP API's largest body.
+    pub const MIN_BODY_MEMORY: usize = super::body_memory::WAITING + (16 << 10);
 
     /// Checks the values: every limit must leave room for a request. The error names the flag.
     pub fn checked(self) -> Result<Self, String> {
@@ -73,7 +73,7 @@ impl ConnectionLimits {
         }
         if self.max_body_memory < Self::MIN_BODY_MEMORY {
             return Err(format!(
-                "--max-body-memory must be at least 16KiB, not {} bytes",
+                "--max-body-memory must be at least 32KiB, not {} bytes",
                 self.max_body_memory
             ));
         }
