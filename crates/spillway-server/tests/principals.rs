@@ -887,13 +887,9 @@ tiers:
     assert_eq!(status, 200, "B still owes nothing: {v}");
 }
 
-/// A report takes the token its request was checked with after that token has expired, for
-/// up to an hour: a token near its end must not make a metered request's cost free (the
-/// report was refused as `expired`, and nothing was recorded). A check with the expired token
-/// is refused, and so is a report an hour past its expiry.
-#[tokio::test]
-async fn a_report_takes_the_token_its_request_was_checked_with_after_it_expires() {
-    let text = format!(
+/// A policy with one limit charged after the response, 10 an hour per tenant, and RS256 tokens.
+fn metered_by_tenant() -> String {
+    format!(
         "default_tier: free
 limits:
   tokens: {{algorithm: token_bucket, rate: 10/h, key: [tenant], charge: after}}
@@ -901,11 +897,25 @@ tiers:
   free: {{limits: [tokens]}}
 {}",
         rs256_principals()
-    );
+    )
+}
+
+/// A token of tenant `tenant-a` that expires a minute after the test clock's start.
+fn near_its_end() -> String {
+    let mut claims = claims("tenant-a", "u");
+    claims["exp"] = json!(NOW + 60);
+    sign(Algorithm::RS256, Some("rsa-1"), &claims)
+}
+
+/// A report takes the token its request was checked with after that token has expired, for
+/// up to 15 minutes: a token near its end must not make a metered request's cost free (the
+/// report was refused as `expired`, and nothing was recorded). A check with the expired token
+/// is refused, and so is a report past the grace.
+#[tokio::test]
+async fn a_report_takes_the_token_its_request_was_checked_with_after_it_expires() {
+    let text = metered_by_tenant();
     let server = Server::with_policy(&text).start();
-    let mut near_its_end = claims("tenant-a", "u");
-    near_its_end["exp"] = json!(NOW + 60);
-    let token = sign(Algorithm::RS256, Some("rsa-1"), &near_its_end);
+    let token = near_its_end();
     let report = |id: &str| {
         server
             .http
@@ -942,22 +952,9 @@ tiers:
 async fn an_envoy_report_takes_the_token_after_it_expires() {
     use common::grpc::{self, descriptor, overall, request};
     use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-    let text = format!(
-        "default_tier: free
-limits:
-  tokens: {{algorithm: token_bucket, rate: 10/h, key: [tenant], charge: after}}
-tiers:
-  free: {{limits: [tokens]}}
-{}",
-        rs256_principals()
-    );
+    let text = metered_by_tenant();
     let mut rls = grpc::start(Server::with_policy(&text), &[]).await;
-    let mut near_its_end = claims("tenant-a", "u");
-    near_its_end["exp"] = json!(NOW + 60);
-    let bearer = format!(
-        "Bearer {}",
-        sign(Algorithm::RS256, Some("rsa-1"), &near_its_end)
-    );
+    let bearer = format!("Bearer {}", near_its_end());
     let entries = [("authorization", bearer.as_str())];
     assert_eq!(overall(&rls.one("spillway", &entries).await), Code::Ok);
     rls.server.advance_ms(120_000).await;

@@ -630,6 +630,30 @@ async fn open_on(
     client.send_request(call, false).expect("sent")
 }
 
+/// A gRPC server whose bodies still arriving may hold 4 MiB, with 60 s for a body to arrive,
+/// and an HTTP/2 connection to it.
+async fn under_a_4_mib_cap() -> (common::grpc::Rls, h2::client::SendRequest<bytes::Bytes>) {
+    let args = [
+        "--max-body-memory",
+        "4MiB",
+        "--body-timeout",
+        "60s",
+        "--idle-timeout",
+        "60s",
+    ];
+    let rls = start(Server::with_policy(POLICY).args(&args), &[]).await;
+    let (client, connection) = h2_to(rls.addr).await;
+    tokio::spawn(connection);
+    (rls, client)
+}
+
+/// The first `len` bytes of a call's body whose prefix says its message is 4 MiB long.
+fn part_of_a_4_mib_message(len: usize) -> bytes::Bytes {
+    let mut part = vec![0; len];
+    part[1..5].copy_from_slice(&(4u32 << 20).to_be_bytes());
+    part.into()
+}
+
 /// The bytes the server holds for bodies still arriving, by its metrics.
 async fn held_bytes(server: &Server) -> f64 {
     metric(
@@ -650,23 +674,8 @@ async fn held_bytes(server: &Server) -> f64 {
 async fn bodies_still_arriving_hold_at_most_the_body_memory() {
     const CALLS: usize = 64;
     const CAP: f64 = (4 << 20) as f64;
-    let rls = start(
-        Server::with_policy(POLICY).args(&[
-            "--max-body-memory",
-            "4MiB",
-            "--body-timeout",
-            "60s",
-            "--idle-timeout",
-            "60s",
-        ]),
-        &[],
-    )
-    .await;
-    let (client, connection) = h2_to(rls.addr).await;
-    tokio::spawn(connection);
-    let mut part = vec![0; 5 + (1 << 20)];
-    part[1..5].copy_from_slice(&(4u32 << 20).to_be_bytes());
-    let part = bytes::Bytes::from(part);
+    let (rls, client) = under_a_4_mib_cap().await;
+    let part = part_of_a_4_mib_message(5 + (1 << 20));
     let before = rls.server.peak_resident_bytes();
     let mut held_calls = Vec::new();
     let mut answers = Vec::new();
@@ -745,24 +754,9 @@ async fn bodies_still_arriving_hold_at_most_the_body_memory() {
 #[tokio::test]
 async fn a_whole_call_is_answered_when_the_cap_is_exactly_full() {
     const MIB: usize = 1 << 20;
-    let rls = start(
-        Server::with_policy(POLICY).args(&[
-            "--max-body-memory",
-            "4MiB",
-            "--body-timeout",
-            "60s",
-            "--idle-timeout",
-            "60s",
-        ]),
-        &[],
-    )
-    .await;
-    let (client, connection) = h2_to(rls.addr).await;
-    tokio::spawn(connection);
-    // The prefix (5 bytes, saying 4 MiB) and the bytes that make the charge exactly 1 MiB.
-    let mut part = vec![0; MIB - (16 << 10)];
-    part[1..5].copy_from_slice(&(4u32 << 20).to_be_bytes());
-    let part = bytes::Bytes::from(part);
+    let (rls, client) = under_a_4_mib_cap().await;
+    // With its head's 16 KiB, exactly 1 MiB is charged.
+    let part = part_of_a_4_mib_message(MIB - (16 << 10));
     let mut held = Vec::new();
     for k in 1..=4 {
         let (response, mut send) = open_on(&client, rls.addr).await;
