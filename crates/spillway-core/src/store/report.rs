@@ -34,9 +34,12 @@ pub struct Charged {
 /// reports, so a caller cannot make two different requests share an identity short of
 /// reusing an id.
 ///
-/// It also names its holder (a digest of the tenant), so a store that remembers ids in bounded
-/// memory can share that memory fairly between tenants (the in-memory store evicts from the
-/// tenant holding the most ids first; see `memory::reports`).
+/// It also names its holder, so a store that remembers ids in bounded memory can share that
+/// memory fairly (the in-memory store evicts from the holder with the most ids first; see
+/// `memory::reports`): a digest of the tenant, or, for a report that names none (an anonymous
+/// caller's, or under a policy without tenants), of the counters it charges. One holder for all
+/// of those let a flood of reports from one IP push out another caller's remembered ids, so
+/// that caller's retried report was charged twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReportId {
     id: [u8; 16],
@@ -45,7 +48,7 @@ pub struct ReportId {
 
 impl ReportId {
     /// The identity of a report with the caller's `request_id` charging `checks` to `tenant`
-    /// (`None` for a report that names none; all of those share one holder).
+    /// (`None` for a report that names none: its holder is then its counters').
     pub fn of(tenant: Option<&str>, request_id: &str, checks: &[Check<'_>]) -> Self {
         let part = |h: &mut Sha256, bytes: &[u8]| {
             h.update((bytes.len() as u64).to_le_bytes());
@@ -76,8 +79,22 @@ impl ReportId {
         let full = h.finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&full[..16]);
+        let held_by = match tenant {
+            Some(_) => tenant_digest,
+            None => {
+                let mut c = Sha256::new();
+                c.update([2]);
+                for check in checks {
+                    part(&mut c, check.key.limit.as_bytes());
+                    for v in &check.key.values {
+                        part(&mut c, v.as_bytes());
+                    }
+                }
+                c.finalize()
+            }
+        };
         let mut holder = [0u8; 8];
-        holder.copy_from_slice(&tenant_digest[..8]);
+        holder.copy_from_slice(&held_by[..8]);
         Self {
             id,
             holder: u64::from_le_bytes(holder),
@@ -90,7 +107,8 @@ impl ReportId {
         Self { id, holder }
     }
 
-    /// Whose id it is: the same for every report charged to one tenant.
+    /// Whose id it is: the same for every report charged to one tenant, and for every report
+    /// without a tenant that charges the same counters.
     pub fn holder(&self) -> u64 {
         self.holder
     }
@@ -102,5 +120,46 @@ impl ReportId {
             let _ = write!(s, "{b:02x}");
             s
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::{LimitParams, TokenBucket};
+    use crate::key::StateKey;
+
+    fn holder(tenant: Option<&str>, values: &[&str]) -> u64 {
+        let key = StateKey {
+            limit: "per-ip".into(),
+            fingerprint: 1,
+            values: values.to_vec().into(),
+        };
+        let rate = crate::rate::Rate::new(10, SECOND).expect("a rate");
+        let params = LimitParams::TokenBucket(TokenBucket::new(rate, 10).expect("a bucket"));
+        let check = Check {
+            key: &key,
+            params: &params,
+            cost: 1,
+            enforced: true,
+            metered: true,
+        };
+        ReportId::of(tenant, "r-1", &[check]).holder()
+    }
+
+    #[test]
+    fn a_report_without_a_tenant_is_held_by_its_counters() {
+        // Anonymous callers at two addresses keep their ids apart...
+        assert_ne!(
+            holder(None, &["203.0.113.1"]),
+            holder(None, &["203.0.113.2"])
+        );
+        assert_eq!(
+            holder(None, &["203.0.113.1"]),
+            holder(None, &["203.0.113.1"])
+        );
+        // ...and a tenant's reports share one holder, whatever counters they charge.
+        assert_eq!(holder(Some("acme"), &["a"]), holder(Some("acme"), &["b"]));
+        assert_ne!(holder(Some("acme"), &["a"]), holder(None, &["a"]));
     }
 }

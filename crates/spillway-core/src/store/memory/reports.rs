@@ -1,7 +1,8 @@
 //! The in-memory store's memory of recent report ids, so a retried report counts once.
 //!
 //! Bounded, expiring and shared fairly between tenants. Ids are kept per holder (the tenant
-//! a report is charged to, [`ReportId::holder`]), each holder's in arrival order, for
+//! a report is charged to, or for a report without one the counters it charges:
+//! [`ReportId::holder`]), each holder's in arrival order, for
 //! [`REPORT_TTL`]. Two bounds keep memory bounded (about 60 bytes an id while few tenants
 //! hold many ids; a few hundred bytes an id when each of very many tenants holds one):
 //!
@@ -16,7 +17,8 @@
 //! another tenant's traffic, however many fresh ids that tenant sends: a flooding tenant soon
 //! holds the most and evicts its own, so it cannot make a smaller holder's retried report
 //! count twice (and spend that tenant's budget). Under `principals:` the
-//! tenant is the verified one, so a caller gets one holder per credential it owns.
+//! tenant is the verified one, so a caller gets one holder per credential it owns; an
+//! anonymous caller, one per address it reports from.
 //!
 //! All of it sits behind the store's one report mutex, taken only by reports (never on the
 //! check path); each step costs O(log holders).

@@ -325,3 +325,29 @@ fn a_metered_admission_needs_room_for_one_unit_and_writes_nothing() {
     clock.advance(3600 * SECOND);
     assert!(admit(&store).allowed);
 }
+
+/// Reports without a tenant (an anonymous caller's, counted by IP) are held by the counters
+/// they charge: a flood of fresh ids from one address cannot push out another address's
+/// remembered id, so that address's retried report still counts once. (All of them shared one
+/// holder, whose bound the flood filled, and the retry was charged again.)
+#[test]
+fn a_flood_of_anonymous_reports_from_one_address_keeps_anothers_ids() {
+    let clock = Arc::new(ManualClock::new(1_000 * SECOND));
+    let store = MemoryStore::new(1000, clock);
+    let params = bucket(1 << 20);
+    let b = key("per-ip", "203.0.113.2");
+    let b_id = ReportId::of(None, "b-1", &one(&b, &params, 1));
+    assert!(
+        store
+            .charge_blocking(&one(&b, &params, 1), Some(b_id))
+            .recorded
+    );
+    let a = key("per-ip", "203.0.113.1");
+    for n in 0..reports::MAX_REPORTS_PER_HOLDER + 1000 {
+        let checks = one(&a, &params, 1);
+        let id = ReportId::of(None, &format!("a-{n}"), &checks);
+        store.charge_blocking(&checks, Some(id));
+    }
+    let retry = store.charge_blocking(&one(&b, &params, 1), Some(b_id));
+    assert!(!retry.recorded, "B's retried report was charged again");
+}
