@@ -73,13 +73,12 @@ impl RegionNode {
     ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
         let routing = self.route(policy, planned);
         let mut groups = routing.by_region();
-        let any_exhausted = routing.exhausted.iter().any(|&e| e);
-        let mode = if any_exhausted { CheckMode::Peek } else { mode };
         let local = groups.remove(&self.own).unwrap_or_default();
+        if routing.exhausted.iter().any(|&e| e) {
+            return Ok((false, self.exhausted(own, planned, &routing, &local).await));
+        }
         let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; planned.len()];
-        // An `aggregate` limit with no room left has denied the request already: the own store
-        // only looks (for the answer's numbers), and no other region's store is asked.
-        let mut allowed = !any_exhausted;
+        let mut allowed = true;
         if groups.is_empty() || local.is_empty() && groups.len() == 1 {
             // One store decides alone: one atomic call, as without regions.
             let (region, idx) = match groups.pop_first() {
@@ -132,9 +131,6 @@ impl RegionNode {
             }
         }
         let outcomes = self.settle(&routing, planned, outcomes);
-        if any_exhausted {
-            allowed = false;
-        }
         if allowed && mode == CheckMode::Consume {
             for (i, place) in routing.places.into_iter().enumerate() {
                 let charged = outcomes[i].decision.allowed && planned[i].cost > 0;
@@ -144,6 +140,39 @@ impl RegionNode {
             }
         }
         Ok((allowed, outcomes))
+    }
+
+    /// The answer when an `aggregate` limit has no room left: the request is denied already.
+    /// The own store only looks, for the answer's numbers, and no other region's store is
+    /// asked. If the own store cannot answer, its limits are told as not asked: the denial
+    /// stands (a failure here must not turn it into the route's failure mode, which could
+    /// admit).
+    async fn exhausted(
+        &self,
+        own: &dyn Store,
+        planned: &[Planned],
+        routing: &Routing,
+        local: &[usize],
+    ) -> Vec<LimitOutcome> {
+        let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; planned.len()];
+        if !local.is_empty() {
+            let peek = CheckMode::Peek;
+            let looked = self.call(self.own, own, planned, routing, local, peek, &mut outcomes);
+            if let Err(err) = looked.await {
+                tracing::debug!(error = %err, "an exhausted aggregate limit denies without the own store's numbers");
+            }
+        }
+        for (i, (outcome, p)) in outcomes.iter_mut().zip(planned).enumerate() {
+            if outcome.is_none() {
+                let mut unread = not_asked(p);
+                if routing.exhausted[i] {
+                    // What the store would have said: full until the window ends.
+                    unread.decision.reset_after = window_end(&p.def.params, routing.now);
+                }
+                *outcome = Some(unread);
+            }
+        }
+        self.settle(routing, planned, outcomes)
     }
 
     /// What a decision here would see of each of `planned`'s limits, read without consuming
@@ -329,10 +358,14 @@ fn restore_numbers(outcome: &mut LimitOutcome, params: &LimitParams, cost: u64, 
     outcome.decision.limit = params.quota();
     if outcome.decision.denial == Some(Denial::CostExceedsLimit) && cost <= params.quota() {
         let d = &mut outcome.decision;
-        let window_end = window_of(params, now).map_or(0, |(len, start)| start + len - now);
         d.denial = Some(Denial::OverLimit);
-        d.retry_after = Some(d.reset_after.max(window_end).max(1));
+        d.retry_after = Some(d.reset_after.max(window_end(params, now)).max(1));
     }
+}
+
+/// The time from `now` to the end of `params`' current window (0 for a limit without one).
+fn window_end(params: &LimitParams, now: Micros) -> Micros {
+    window_of(params, now).map_or(0, |(len, start)| start + len - now)
 }
 
 #[cfg(test)]
@@ -408,6 +441,51 @@ mod tests {
         manual.advance(150_000);
         exchange(&node, &clock, &planned, [10, 30, 30]);
         assert!(ask(&node, &policy, &own, &planned).await.0);
+    }
+
+    /// A store that never answers.
+    struct Down;
+
+    #[async_trait::async_trait]
+    impl Store for Down {
+        async fn check(
+            &self,
+            _: &[spillway_core::store::Check<'_>],
+            _: CheckMode,
+        ) -> Result<Vec<spillway_core::algorithm::Decision>, StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Err(StoreError::Unavailable("down".into()))
+        }
+        fn key_count(&self) -> u64 {
+            0
+        }
+        fn evictions(&self) -> u64 {
+            0
+        }
+        fn sweep(&self) -> u64 {
+            0
+        }
+    }
+
+    /// An `aggregate` limit the other regions have filled denies even when the own store
+    /// cannot be read: the store's failure used to reach the route's failure mode, which
+    /// under `open` or `degrade` could admit what the limit had already denied.
+    #[tokio::test]
+    async fn an_exhausted_aggregate_limit_denies_while_the_own_store_is_down() {
+        let (policy, node, clock, _own, planned) = world();
+        exchange(&node, &clock, &planned, [0, 50, 40]);
+        let one = std::slice::from_ref(&planned);
+        let (allowed, outcomes) = node
+            .check(&policy, &Down, one, CheckMode::Consume)
+            .await
+            .expect("a denial, not a store failure");
+        assert!(!allowed);
+        let d = outcomes[0].decision;
+        assert_eq!((d.allowed, d.denial), (false, Some(Denial::OverLimit)));
+        // Told to come back when the window ends, as with the store's numbers.
+        assert!(d.retry_after.is_some_and(|r| r > 3_000_000_000), "{d:?}");
     }
 
     #[tokio::test]
