@@ -374,6 +374,7 @@ mod tests {
     use super::super::tally::Known;
     use super::*;
     use crate::clock::ServerClock;
+    use crate::test_support::DownStore;
     use spillway_core::store::MemoryStore;
     use std::sync::Arc;
 
@@ -443,32 +444,6 @@ mod tests {
         assert!(ask(&node, &policy, &own, &planned).await.0);
     }
 
-    /// A store that never answers.
-    struct Down;
-
-    #[async_trait::async_trait]
-    impl Store for Down {
-        async fn check(
-            &self,
-            _: &[spillway_core::store::Check<'_>],
-            _: CheckMode,
-        ) -> Result<Vec<spillway_core::algorithm::Decision>, StoreError> {
-            Err(StoreError::Unavailable("down".into()))
-        }
-        async fn ping(&self) -> Result<(), StoreError> {
-            Err(StoreError::Unavailable("down".into()))
-        }
-        fn key_count(&self) -> u64 {
-            0
-        }
-        fn evictions(&self) -> u64 {
-            0
-        }
-        fn sweep(&self) -> u64 {
-            0
-        }
-    }
-
     /// An `aggregate` limit the other regions have filled denies even when the own store
     /// cannot be read: the store's failure used to reach the route's failure mode, which
     /// under `open` or `degrade` could admit what the limit had already denied.
@@ -478,7 +453,7 @@ mod tests {
         exchange(&node, &clock, &planned, [0, 50, 40]);
         let one = std::slice::from_ref(&planned);
         let (allowed, outcomes) = node
-            .check(&policy, &Down, one, CheckMode::Consume)
+            .check(&policy, &DownStore, one, CheckMode::Consume)
             .await
             .expect("a denial, not a store failure");
         assert!(!allowed);
