@@ -289,15 +289,11 @@ impl Unknown {
 
 /// Removes and returns the members of `members` not named in `own`.
 fn take_unknown(members: &mut Members, own: &[&str]) -> Members {
-    let names: Vec<String> = members
-        .keys()
-        .filter(|name| !own.contains(&name.as_str()))
-        .cloned()
-        .collect();
-    names
+    let (unknown, known) = std::mem::take(members)
         .into_iter()
-        .filter_map(|name| members.remove(&name).map(|value| (name, value)))
-        .collect()
+        .partition(|(name, _)| !own.contains(&name.as_str()));
+    *members = known;
+    unknown
 }
 
 /// A version as the databases store it (`BIGINT`).

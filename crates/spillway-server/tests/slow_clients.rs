@@ -804,42 +804,59 @@ fn status_soon(stream: &mut TcpStream) -> Option<String> {
 /// The HTTP API's bodies share the cap. Two bodies sent in part, 10 KiB each, under a cap of
 /// 32 KiB: each waiting request holds its 10 KiB and 16 KiB for its head, so they cannot both
 /// wait. One is refused at once with a 503, whichever the server reached first; the other
-/// still waits. Whole requests, a check and a report, are answered meanwhile (no room is
-/// left for a waiting one's 16 KiB).
+/// waits, holding exactly its share. Whole requests, a check and a report, are answered
+/// meanwhile (no room is left for a waiting one's 16 KiB).
 #[tokio::test]
 async fn an_http_body_past_the_body_memory_gets_503() {
     let server = Server::with_policy(POLICY)
         .args(&["--max-body-memory", "32KiB", "--body-timeout", "60s"])
         .start();
-    let addr = server.addr();
-    let statuses = tokio::task::spawn_blocking(move || {
-        let mut streams = [connect(addr), connect(addr)];
-        for stream in &mut streams {
-            write!(
-                stream,
-                "POST /v1/check HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n\
-                 content-length: 16000\r\n\r\n{{\"user\":\"{}",
-                "u".repeat(10 << 10)
-            )
-            .expect("send");
-        }
-        std::thread::scope(|scope| {
-            let reads = streams.each_mut().map(|s| scope.spawn(|| status_soon(s)));
-            reads.map(|read| read.join().expect("reader"))
-        })
+    let part = format!("{{\"user\":\"{}", "u".repeat(10 << 10));
+    let streams = [connect(server.addr()), connect(server.addr())];
+    for mut stream in &streams {
+        write!(
+            stream,
+            "POST /v1/check HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n\
+             content-length: 16000\r\n\r\n{part}"
+        )
+        .expect("send");
+    }
+    let ends: Vec<TcpStream> = streams
+        .iter()
+        .map(|s| s.try_clone().expect("clone"))
+        .collect();
+    let readers = streams.map(|mut s| std::thread::spawn(move || status_soon(&mut s)));
+    // One body waits with its part and its head; the other was refused.
+    let held = (16 << 10) + part.len();
+    let settled = wait_until_async(AT_MOST, || async {
+        let text = server.metrics().await;
+        let refused = metric(&text, "spillway_body_memory_refusals_total", &[]);
+        let holding = metric(&text, "spillway_body_memory_held_bytes", &[]);
+        (refused == Some(1.0) && holding == Some(held as f64)).then_some(())
     })
-    .await
-    .expect("client");
-    let refused = Some("HTTP/1.1 503 Service Unavailable".to_owned());
-    assert!(
-        statuses == [refused.clone(), None] || statuses == [None, refused],
-        "{statuses:?}"
-    );
+    .await;
+    assert!(settled.is_some(), "{}", server.metrics().await);
+    let answered = wait_until_async(AT_MOST, || async {
+        readers.iter().any(|r| r.is_finished()).then_some(())
+    })
+    .await;
+    assert!(answered.is_some(), "the refused body got no answer");
+    // While the cap has no room for another waiting request, whole ones are answered.
     let whole = server.post("/v1/check", r#"{"user":"w"}"#).await;
     assert_eq!(whole.status(), 200);
     // A report's body, read by another reader (axum's), is not charged either.
     let report = r#"{"user":"w","cost":1,"request_id":"r-1"}"#;
     assert_eq!(server.post("/v1/report", report).await.status(), 200);
+    // The waiting one would wait for the body timeout: its reader is let go.
+    for end in &ends {
+        let _ = end.shutdown(std::net::Shutdown::Both);
+    }
+    let statuses = readers.map(|r| r.join().expect("reader"));
+    let refused = Some("HTTP/1.1 503 Service Unavailable".to_owned());
+    assert!(
+        statuses == [refused.clone(), None] || statuses == [None, refused],
+        "{statuses:?}"
+    );
 }
 
 /// An HTTP/1 request head past 64 KiB is refused with 431, so no connection buffers more

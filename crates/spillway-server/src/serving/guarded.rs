@@ -102,9 +102,10 @@ where
         }
         // The reader keeps what it was handed while it waits for the rest, and the request
         // its head: charged once, on the first wait.
-        let waiting = if this.charge.holds() { 0 } else { WAITING };
-        if *this.unheld > 0 || waiting > 0 {
-            if let Err(full) = this.charge.add(waiting + std::mem::take(this.unheld)) {
+        let head = if this.charge.holds() { 0 } else { WAITING };
+        let due = head + std::mem::take(this.unheld);
+        if due > 0 {
+            if let Err(full) = this.charge.add(due) {
                 *this.ended = true;
                 this.charge.release();
                 return Poll::Ready(Some(Err(Box::new(full))));
