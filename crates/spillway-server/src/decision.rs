@@ -25,6 +25,7 @@
 
 use crate::failure::Fallback;
 use crate::metrics;
+use crate::region::FarFailure;
 use crate::state::AppState;
 use crate::telemetry::decision_log::{self, Subject};
 use crate::telemetry::trace::{DecisionTrace, Untraced};
@@ -110,7 +111,10 @@ pub struct Decided {
     /// `Some(mode)` when the store failed and a failure mode decided, naming the one that
     /// answered: `open` (the verdict allows and lists no limits; also a `degrade` request
     /// whose emergency store failed) or `degrade` (the limits are the emergency quotas).
-    /// Answers then carry the `Spillway-Degraded` marker.
+    /// Answers then carry the `Spillway-Degraded` marker. When only a far region's store
+    /// failed (`crate::region`), the mode decided that region's limits and the others were
+    /// counted as usual: under `open` the verdict lists them all (the uncounted ones as
+    /// shadow limits) and may deny.
     pub degraded: Option<FailureMode>,
     /// With `store.regions`, the home region of the request's tenant (`crate::region`),
     /// which answers name so a gateway can route the tenant there.
@@ -156,6 +160,8 @@ async fn run(
 ) -> Outcome {
     let stopwatch = metrics::Stopwatch::start();
     trace.store_call(ask.planned.len());
+    // Set when a far region's store failed and the failure mode decided its limits alone.
+    let mut far_degraded = None;
     let result = match &app.regions {
         // Only `home` and `aggregate` limits need more than the region's own store; a request
         // whose planned limits are all `regional` takes the plain path.
@@ -164,13 +170,25 @@ async fn run(
                 && (ask.planned.iter()).any(|p| p.def.scope != Scope::Regional) =>
         {
             let own = app.engine.store().as_ref();
+            let far = FarFailure {
+                mode: ask.failure_mode,
+                failover: &app.failover,
+                label: ask.label,
+            };
             // Boxed, as is the failover below: a future's size is that of its largest
             // state, and every check's future is copied whole into its box by the serving
             // thread, so the rare paths keep theirs out of it.
-            Box::pin(regions.check(policy, own, ask.planned, ask.mode)).await
+            let checked = Box::pin(regions.check(policy, own, ask.planned, ask.mode, &far)).await;
+            checked.map(|c| {
+                far_degraded = c.degraded;
+                (c.allowed, c.outcomes)
+            })
         }
         _ => app.engine.check_planned(ask.planned, ask.mode).await,
     };
+    if let Some(mode) = far_degraded {
+        metrics::record_store_failure(mode);
+    }
     let home_region = (app.regions.as_ref())
         .zip(ask.who.tenant)
         .map(|(regions, tenant)| regions.home_name(policy, tenant));
@@ -180,7 +198,7 @@ async fn run(
     let outcome = match result {
         Ok((allowed, outcomes)) => Outcome::Decided(Decided {
             verdict: ask.verdict(allowed, outcomes),
-            degraded: None,
+            degraded: far_degraded,
             home_region,
         }),
         Err(error) => {

@@ -29,7 +29,9 @@
 
 mod common;
 
+use common::grpc;
 use common::{header, metric, roomy_window, wait_until_async, Server, PATIENCE};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use spillway_testkit::policy::{regions_store, unreachable, unreachable_regions};
 use spillway_testkit::proxy::DelayProxy;
 use spillway_testkit::redis::{command, RedisServer};
@@ -732,6 +734,149 @@ routes:
     })
     .await;
     assert!(heard.is_some(), "eu reads the stopped node's last counts");
+}
+
+/// Limit `(name, allowed, limit, remaining, shadow)` of a `/v1/check` answer's JSON body.
+type Told = (String, bool, u64, u64, bool);
+
+/// One check of `path` for `tenant` on `node`: its status, degraded mark and each limit told.
+async fn verdict_of(node: &Server, tenant: &str, path: &str) -> (u16, Option<String>, Vec<Told>) {
+    let body = format!(r#"{{"tenant":"{tenant}","method":"POST","path":"{path}"}}"#);
+    let response = node.post("/v1/check", &body).await;
+    let status = response.status().as_u16();
+    let degraded = header(&response, "spillway-degraded");
+    let json: serde_json::Value = response.json().await.expect("a JSON verdict");
+    let limits = json["limits"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let told = limits
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap_or_default().to_owned(),
+                l["allowed"].as_bool().unwrap_or_default(),
+                l["limit"].as_u64().unwrap_or_default(),
+                l["remaining"].as_u64().unwrap_or_default(),
+                l["shadow"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    (status, degraded, told)
+}
+
+/// A tenant's home region that cannot be reached hands only the request's `home` limits to
+/// the route's failure mode; its other limits are counted in the own region's store as usual.
+/// Under `open` the home limit goes uncounted but the regional one still denies once full;
+/// under `degrade` the home limit gets its emergency quota (6 / 3 nodes = 2) while the
+/// regional one is counted in Redis (its own numbers, not an emergency quota's), and a
+/// request the emergency quota denies charges nothing in Redis. Each such request is counted
+/// as a store failure of its mode. Before, the whole request
+/// went to the failure mode: under `open` nothing was counted anywhere. One node of `us` on a
+/// real Redis; `eu` on a port nothing listens on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_home_leaves_the_other_limits_counted() {
+    let _serial = SERIAL.lock().await;
+    let us = RedisServer::start();
+    // A roomy budget for the own store: a first call that connected late would be a store
+    // failure of the whole request, which is not what this test is about.
+    let regions = [("us", us.url()), ("eu", unreachable(1))];
+    let regions = regions.each_ref().map(|(name, url)| (*name, url.as_str()));
+    let store = regions_store(&regions, &["timeout: 2s"]);
+    let (window, _) = roomy_window();
+    let policy = format!(
+        r#"default_tier: t
+{store}limits:
+  exact: {{algorithm: token_bucket, rate: 6/h, burst: 6, key: [tenant], scope: home}}
+  near_open: {{algorithm: fixed_window, limit: 4, window: {window}, key: [tenant]}}
+  near_degrade: {{algorithm: fixed_window, limit: 4, window: {window}, key: [tenant]}}
+tiers:
+  t: {{}}
+routes:
+  - {{match: "POST /open", failure_mode: open, limits: [exact, near_open]}}
+  - {{match: "POST /degrade", failure_mode: degrade, limits: [exact, near_degrade]}}
+  - {{match: "POST /near", limits: [near_degrade]}}
+tenants:
+  acme: {{home_region: eu}}
+  beta: {{home_region: eu}}
+"#
+    );
+    let builder = Server::with_policy(&policy)
+        .system_clock()
+        .args(&["--region", "us"]);
+    let mut rls = common::grpc::start(builder, &[]).await;
+    let node = &rls.server;
+    let check = |path: &'static str| verdict_of(node, "acme", path);
+    let marked = Some("store-unavailable".to_owned());
+
+    for left in (0..4).rev() {
+        let (status, degraded, limits) = check("/open").await;
+        assert_eq!((status, &degraded), (200, &marked), "{limits:?}");
+        let near = ("near_open".to_owned(), true, 4, left, false);
+        assert!(limits.contains(&near), "{limits:?}");
+        assert!(
+            limits.contains(&("exact".to_owned(), true, 6, 6, true)),
+            "{limits:?}"
+        );
+    }
+    // Full in Redis: denied on the own store's look, so eu is not even tried.
+    let (status, degraded, limits) = check("/open").await;
+    assert_eq!((status, degraded), (429, None), "{limits:?}");
+    assert!(
+        limits.contains(&("near_open".to_owned(), false, 4, 0, false)),
+        "{limits:?}"
+    );
+
+    for (exact_left, near_left) in [(1, 3), (0, 2)] {
+        let (status, degraded, limits) = check("/degrade").await;
+        assert_eq!((status, &degraded), (200, &marked), "{limits:?}");
+        let exact = ("exact".to_owned(), true, 2, exact_left, false);
+        let near = ("near_degrade".to_owned(), true, 4, near_left, false);
+        assert!(
+            limits.contains(&exact) && limits.contains(&near),
+            "{limits:?}"
+        );
+    }
+    let (status, degraded, limits) = check("/degrade").await;
+    assert_eq!((status, degraded), (429, marked), "{limits:?}");
+    assert!(limits.iter().any(|l| l.0 == "exact" && !l.1), "{limits:?}");
+    // Redis was only asked to look: the regional limit alone (no far call) finds the two
+    // admitted and the one it now admits.
+    let (status, degraded, limits) = check("/near").await;
+    assert_eq!((status, degraded), (200, None), "{limits:?}");
+    assert_eq!(limits, [("near_degrade".to_owned(), true, 4, 1, false)]);
+    let text = node.metrics().await;
+    let failures = |mode| {
+        metric(
+            &text,
+            "spillway_store_failures_total",
+            &[("failure_mode", mode)],
+        )
+    };
+    assert_eq!(
+        (failures("open"), failures("degrade")),
+        (Some(4.0), Some(3.0))
+    );
+
+    // Envoy's calls alike: tenant beta (at home in eu too) under `open` is told the regional
+    // limit's own numbers, not a plain uncounted `OK`, and its fifth call is over the limit.
+    let entries = [("tenant", "beta"), ("method", "POST"), ("path", "/open")];
+    for left in (0..4).rev() {
+        let answer = rls.one("spillway", &entries).await;
+        assert_eq!(grpc::overall(&answer), Code::Ok, "{answer:?}");
+        assert_eq!(
+            grpc::header(&answer, "spillway-degraded"),
+            Some("store-unavailable")
+        );
+        let status = &answer.statuses[0];
+        assert_eq!(
+            grpc::limit(status),
+            Some(("near_open".into(), 4, left)),
+            "{answer:?}"
+        );
+    }
+    let answer = rls.one("spillway", &entries).await;
+    assert_eq!(grpc::overall(&answer), Code::OverLimit, "{answer:?}");
 }
 
 /// A tenant's home region set through the admin API, stored in the catalog database (SQLite),

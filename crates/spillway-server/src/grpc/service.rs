@@ -240,8 +240,10 @@ impl Rls {
                     marker.push((crate::region::HOME_HEADER, home));
                 }
                 let marker = marker.as_slice();
-                // An `open` fallback checked nothing: every descriptor is plainly `OK`.
-                if degraded == Some(FailureMode::Open) {
+                // An `open` fallback of the whole request checked nothing: every descriptor
+                // is plainly `OK`. (One for a far region's limits alone lists them all, those
+                // it let through as shadow limits.)
+                if degraded == Some(FailureMode::Open) && verdict.outcomes.is_empty() {
                     return Ok(response::unlimited(descriptors, marker));
                 }
                 Ok(response::checked(plan, &verdict, marker))

@@ -4,8 +4,10 @@
 //! - `regional` limits, and `home` limits of tenants at home here, go to the region's own
 //!   store, as always.
 //! - `home` limits of a tenant at home elsewhere go to that region's store (one round trip,
-//!   under `store.exchange.home_timeout` and that region's own breaker; a failure is the
-//!   route's failure mode).
+//!   under `store.exchange.home_timeout` and that region's own breaker). If it cannot answer,
+//!   the route's failure mode decides those limits alone ([`FarFailure`]: `closed` refuses the
+//!   request, `degrade` checks them against the emergency quotas, `open` lets them through
+//!   uncounted); the request's other limits are counted as usual.
 //! - `aggregate` limits go to the own store with their limit cut by what the other regions
 //!   are known to have used (`Tally::others`), so the store admits while own + others + cost
 //!   stay within the limit (with leases on and the counter past their threshold, also within
@@ -23,9 +25,10 @@
 
 use super::tally::{field, window_of, Place};
 use super::RegionNode;
+use crate::failure::{Failover, Fallback};
 use spillway_core::algorithm::{Denial, LimitParams};
 use spillway_core::engine::{judge, LimitOutcome};
-use spillway_core::policy::{emergency_params, Dimension, Planned, Policy, Scope};
+use spillway_core::policy::{emergency_params, Dimension, FailureMode, Planned, Policy, Scope};
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
 use spillway_core::time::Micros;
@@ -61,36 +64,117 @@ impl Routing {
     }
 }
 
+/// A request decided across the regions' stores.
+#[derive(Debug)]
+pub struct Checked {
+    /// Whether every enforced limit admitted the request.
+    pub allowed: bool,
+    /// Each limit's outcome, in the order planned.
+    pub outcomes: Vec<LimitOutcome>,
+    /// `Some(mode)` when a far region's store could not answer and the failure mode that
+    /// decided its limits (`open`: not counted, told as shadow limits with their whole quota;
+    /// `degrade`: their emergency quotas); the request's other limits were counted as usual.
+    pub degraded: Option<FailureMode>,
+}
+
+impl Checked {
+    fn new(allowed: bool, outcomes: Vec<LimitOutcome>) -> Self {
+        Self {
+            allowed,
+            outcomes,
+            degraded: None,
+        }
+    }
+}
+
+/// What decides the limits whose far region's store could not answer: the request's failure
+/// mode, through the node's own failure handling (its emergency quotas, its degraded-decision
+/// counts and logs).
+#[derive(Debug, Clone, Copy)]
+pub struct FarFailure<'a> {
+    /// The request's failure mode.
+    pub mode: FailureMode,
+    /// The node's failure handling.
+    pub failover: &'a Failover,
+    /// The route (or Envoy domain) degraded decisions are counted under.
+    pub label: Option<&'a str>,
+}
+
+impl FarFailure<'_> {
+    /// Decides the limits `idx` of `planned` that the far store failing with `err` did not
+    /// count. Under `closed` it is the request's failure: `err` is returned (the caller
+    /// refuses the whole request, nothing counted elsewhere). Under `open` they are not
+    /// counted; under `degrade`, the emergency quotas decide them.
+    async fn decide(
+        &self,
+        policy: &Policy,
+        planned: &[Planned],
+        idx: &[usize],
+        mode: CheckMode,
+        err: StoreError,
+    ) -> Result<Checked, StoreError> {
+        if self.mode == FailureMode::Closed {
+            return Err(err);
+        }
+        let sub: Vec<Planned> = idx.iter().map(|&i| planned[i].clone()).collect();
+        let fallback = self
+            .failover
+            .fallback(policy, self.mode, self.label, &sub, mode, &err);
+        match fallback.await {
+            Fallback::Closed { .. } => Err(err),
+            Fallback::Open => Ok(Checked {
+                allowed: true,
+                outcomes: sub.iter().map(uncounted).collect(),
+                degraded: Some(FailureMode::Open),
+            }),
+            Fallback::Degraded { allowed, outcomes } => Ok(Checked {
+                allowed,
+                outcomes,
+                degraded: Some(FailureMode::Degrade),
+            }),
+        }
+    }
+}
+
 impl RegionNode {
     /// Decides `planned` across the regions' stores; see the module docs. `own` is the region's
-    /// own store (the engine's, behind its guard).
+    /// own store (the engine's, behind its guard). A far region's store that cannot answer
+    /// leaves its limits to `far`; a failure of the own store is the caller's to handle.
     pub async fn check(
         &self,
         policy: &Policy,
         own: &dyn Store,
         planned: &[Planned],
         mode: CheckMode,
-    ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
+        far: &FarFailure<'_>,
+    ) -> Result<Checked, StoreError> {
         let routing = self.route(policy, planned);
         let mut groups = routing.by_region();
         let local = groups.remove(&self.own).unwrap_or_default();
         if routing.exhausted.iter().any(|&e| e) {
-            return Ok((false, self.exhausted(own, planned, &routing, &local).await));
+            let outcomes = self.exhausted(own, planned, &routing, &local).await;
+            return Ok(Checked::new(false, outcomes));
         }
         let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; planned.len()];
         let mut allowed = true;
-        if groups.is_empty() || local.is_empty() && groups.len() == 1 {
-            // One store decides alone: one atomic call, as without regions.
-            let (region, idx) = match groups.pop_first() {
-                Some((r, idx)) => (r, idx),
-                None => (self.own, local),
-            };
+        let mut degraded = None;
+        if groups.is_empty() {
+            // The own store decides alone: one atomic call, as without regions.
             allowed &= self
-                .call(region, own, planned, &routing, &idx, mode, &mut outcomes)
+                .call(
+                    self.own,
+                    own,
+                    planned,
+                    &routing,
+                    &local,
+                    mode,
+                    &mut outcomes,
+                )
                 .await?;
         } else {
-            // Look first where it is cheap, charge the far store, then the near one.
+            // Look first where it is cheap, charge the far stores, then the near one.
             if !local.is_empty() {
+                let peek = CheckMode::Peek;
                 allowed &= self
                     .call(
                         self.own,
@@ -98,11 +182,13 @@ impl RegionNode {
                         planned,
                         &routing,
                         &local,
-                        CheckMode::Peek,
+                        peek,
                         &mut outcomes,
                     )
                     .await?;
             }
+            let mut unanswered: Vec<usize> = Vec::new();
+            let mut failure = None;
             for (region, idx) in &groups {
                 if !allowed {
                     // Denied already: the far store is not asked (no round trip, and its
@@ -112,9 +198,29 @@ impl RegionNode {
                     }
                     continue;
                 }
-                allowed &= self
-                    .call(*region, own, planned, &routing, idx, mode, &mut outcomes)
-                    .await?;
+                match (self.call(*region, own, planned, &routing, idx, mode, &mut outcomes)).await {
+                    Ok(admitted) => allowed &= admitted,
+                    Err(err) => {
+                        unanswered.extend_from_slice(idx);
+                        failure = Some(err);
+                    }
+                }
+            }
+            if let Some(err) = failure {
+                if allowed {
+                    let fell_back = far.decide(policy, planned, &unanswered, mode, err).await?;
+                    for (&i, outcome) in unanswered.iter().zip(fell_back.outcomes) {
+                        outcomes[i] = Some(outcome);
+                    }
+                    allowed &= fell_back.allowed;
+                    degraded = fell_back.degraded;
+                } else {
+                    // A later far store denied: the denial stands, the failed one's limits
+                    // were not counted.
+                    for &i in &unanswered {
+                        outcomes[i] = Some(not_asked(&planned[i]));
+                    }
+                }
             }
             if allowed && mode == CheckMode::Consume && !local.is_empty() {
                 allowed &= self
@@ -139,7 +245,31 @@ impl RegionNode {
                 }
             }
         }
-        Ok((allowed, outcomes))
+        Ok(Checked {
+            allowed,
+            outcomes,
+            degraded,
+        })
+    }
+
+    /// [`RegionNode::check`] for a route that fails `closed` (a far store's failure is the
+    /// request's error), answering whether it was admitted and each limit's outcome.
+    #[cfg(test)]
+    pub(crate) async fn check_failing_closed(
+        &self,
+        policy: &Policy,
+        own: &dyn Store,
+        planned: &[Planned],
+        mode: CheckMode,
+    ) -> Result<(bool, Vec<LimitOutcome>), StoreError> {
+        let failover = Failover::new(Default::default(), self.clock.clone());
+        let far = FarFailure {
+            mode: FailureMode::Closed,
+            failover: &failover,
+            label: None,
+        };
+        let checked = self.check(policy, own, planned, mode, &far).await?;
+        Ok((checked.allowed, checked.outcomes))
     }
 
     /// The answer when an `aggregate` limit has no room left: the request is denied already.
@@ -342,6 +472,15 @@ fn not_asked(p: &Planned) -> LimitOutcome {
     }
 }
 
+/// The outcome of a limit an `open` failure mode let through uncounted: told as a shadow limit
+/// (never the one the answer names, nor a denial) with its whole quota.
+fn uncounted(p: &Planned) -> LimitOutcome {
+    LimitOutcome {
+        shadow: true,
+        ..not_asked(p)
+    }
+}
+
 /// The request's tenant, from a limit keyed by it.
 fn tenant_of(p: &Planned) -> Option<&str> {
     let at = p.def.key.iter().position(|d| *d == Dimension::Tenant)?;
@@ -409,7 +548,7 @@ mod tests {
         planned: &Planned,
     ) -> (bool, spillway_core::algorithm::Decision) {
         let (allowed, outcomes) = node
-            .check(
+            .check_failing_closed(
                 policy,
                 own,
                 std::slice::from_ref(planned),
@@ -453,7 +592,7 @@ mod tests {
         exchange(&node, &clock, &planned, [0, 50, 40]);
         let one = std::slice::from_ref(&planned);
         let (allowed, outcomes) = node
-            .check(&policy, &DownStore, one, CheckMode::Consume)
+            .check_failing_closed(&policy, &DownStore, one, CheckMode::Consume)
             .await
             .expect("a denial, not a store failure");
         assert!(!allowed);

@@ -30,6 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tally::Tally;
 
+pub use check::{Checked, FarFailure};
+
 /// The header (HTTP) and response header (Envoy RLS) naming the request's tenant's home
 /// region, so a gateway can send the tenant's traffic there.
 pub const HOME_HEADER: &str = "spillway-home-region";

@@ -153,7 +153,9 @@ async fn a_call_cut_at_its_budget_leaves_its_connection_to_a_later_call() {
     let mode = CheckMode::Consume;
 
     let started = tokio::time::Instant::now();
-    let first = node.check(&policy, &own, &planned, mode).await;
+    let first = node
+        .check_failing_closed(&policy, &own, &planned, mode)
+        .await;
     let took = started.elapsed();
     assert!(
         matches!(first, Err(StoreError::Timeout(budget)) if budget == HOME_TIMEOUT),
@@ -167,7 +169,7 @@ async fn a_call_cut_at_its_budget_leaves_its_connection_to_a_later_call() {
     let far = node.stores[1].as_ref().expect("eu is far");
     far.ping().await.expect("the first call's attempt connects");
     let (allowed, outcomes) = node
-        .check(&policy, &own, &planned, mode)
+        .check_failing_closed(&policy, &own, &planned, mode)
         .await
         .expect("eu answers");
     assert!(allowed && outcomes[0].decision.allowed, "{outcomes:?}");
@@ -297,7 +299,7 @@ async fn a_failure_no_call_heard_is_logged_with_its_reason() {
 
     let started = tokio::time::Instant::now();
     let first = node
-        .check(&policy, &own, &planned, CheckMode::Consume)
+        .check_failing_closed(&policy, &own, &planned, CheckMode::Consume)
         .await;
     assert!(matches!(first, Err(StoreError::Timeout(_))), "{first:?}");
     assert_eq!(started.elapsed(), HOME_TIMEOUT);

@@ -129,7 +129,7 @@ impl World {
                 for _ in 0..rates[r] {
                     let one = std::slice::from_ref(&planned);
                     let (allowed, _) = node
-                        .check(&self.policy, own, one, CheckMode::Consume)
+                        .check_failing_closed(&self.policy, own, one, CheckMode::Consume)
                         .await
                         .expect("an in-memory store answers");
                     admitted[r] += u64::from(allowed);
