@@ -84,9 +84,13 @@ impl Link {
         format!("{}:stamp", self.tag)
     }
 
-    /// The set of window lengths the region's nodes count `aggregate` limits in.
+    /// The window lengths the region's nodes count `aggregate` limits in: a sorted set whose
+    /// scores say until when (node clock, microseconds) each length's hashes may still be
+    /// read, so a length no node uses any more leaves it. (Releases before it announced the
+    /// lengths in the set `{tag}:lengths`, whose members stayed as long as any node
+    /// published: neither written nor read now, it expires on its own.)
     fn lengths(&self) -> String {
-        format!("{}:lengths", self.tag)
+        format!("{}:lengths_until", self.tag)
     }
 
     /// Connects within `budget`: the client's own waits take at most half of it, so that a
@@ -261,9 +265,7 @@ impl Exchange {
                 Some(Ok((counts, stamp, announced, cut))) => {
                     self.cut_reads[r] = cut;
                     for len in announced {
-                        if self.seen.len() < MAX_LENGTHS || self.seen.contains_key(&len) {
-                            self.seen.insert(len, now);
-                        }
+                        self.see(len, now);
                     }
                     // A region whose nodes have not published within `partition_after` (none
                     // running, or frozen) is cut off, however readable its store.
@@ -296,6 +298,8 @@ impl Exchange {
         }
         let regions = self.tally.regions();
         let mut known = gather(&self.last, regions, MAX_KNOWN);
+        // Counters of a length left unread (past the cap) read each region at its share.
+        known.lengths = Some(all);
         for (t, &cut) in known.truncated.iter_mut().zip(&self.cut_reads) {
             *t |= cut;
         }
@@ -316,6 +320,21 @@ impl Exchange {
         metrics::gauge!(m::ISOLATED).set(f64::from(u8::from(self.tally.isolated(now))));
     }
 
+    /// Notes that window length `len` is in use at `now`, so its hashes are read for two
+    /// windows more; past [`MAX_LENGTHS`] a new length is not read (its counters then read each
+    /// region at its share: `Known::lengths`), which is counted and logged.
+    fn see(&mut self, len: Micros, now: Micros) {
+        if self.seen.len() < MAX_LENGTHS || self.seen.contains_key(&len) {
+            self.seen.insert(len, now);
+        } else {
+            metrics::counter!(m::LENGTHS_OVERFLOW).increment(1);
+            tracing::debug!(
+                window_us = len,
+                "more aggregate window lengths in use than the exchange reads; this one is not read"
+            );
+        }
+    }
+
     /// Adds this node's admissions to its region's counts, in pipelines of at most
     /// [`PUBLISH_CHUNK`] counters; what a failed pipeline carried is kept for the next tick.
     /// `HINCRBY` is not idempotent: a pipeline that timed out after Redis applied it is sent
@@ -323,9 +342,7 @@ impl Exchange {
     async fn publish(&mut self, own: usize, now: Micros, budget: Duration) {
         let pending = self.tally.take_pending();
         for &(len, _, _) in pending.keys() {
-            if self.seen.len() < MAX_LENGTHS || self.seen.contains_key(&len) {
-                self.seen.insert(len, now);
-            }
+            self.see(len, now);
         }
         let link = &mut self.links[own];
         let name = link.name.to_string();
@@ -358,10 +375,18 @@ impl Exchange {
                     .arg(60_000)
                     .ignore();
                 if let Some(&longest) = lengths.iter().next_back() {
+                    // Each length is announced until its hashes published now expire; those
+                    // whose time has passed leave the set.
                     let lens = link.lengths();
-                    pipe.cmd("SADD")
+                    let zadd = pipe.cmd("ZADD").arg(&lens);
+                    for &len in &lengths {
+                        zadd.arg(now.saturating_add(2 * len)).arg(len);
+                    }
+                    zadd.ignore();
+                    pipe.cmd("ZREMRANGEBYSCORE")
                         .arg(&lens)
-                        .arg(lengths.iter().collect::<Vec<_>>())
+                        .arg("-inf")
+                        .arg(format!("({now}"))
                         .ignore();
                     pipe.cmd("PEXPIRE")
                         .arg(&lens)
@@ -449,7 +474,15 @@ async fn read_region(
         }
     }
     pipe.cmd("GET").arg(link.stamp());
-    pipe.cmd("SMEMBERS").arg(link.lengths());
+    // The lengths still in use, those used last first; one more than are kept, to know
+    // whether some were left out.
+    pipe.cmd("ZREVRANGEBYSCORE")
+        .arg(link.lengths())
+        .arg("+inf")
+        .arg(now)
+        .arg("LIMIT")
+        .arg(0)
+        .arg(MAX_LENGTHS + 1);
     let mut all: Vec<redis::Value> = link.run(&pipe, budget).await?;
     let announced = all
         .pop()
@@ -457,7 +490,6 @@ async fn read_region(
         .unwrap_or_default()
         .into_iter()
         .filter(|&len| len > 0)
-        .take(MAX_LENGTHS)
         .collect();
     let stamp = all
         .pop()

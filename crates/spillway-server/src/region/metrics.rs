@@ -23,6 +23,9 @@ pub const ISOLATED: &str = "spillway_region_isolated";
 pub const KNOWN: &str = "spillway_region_known_counters";
 /// Counter: other regions' counters not held because the known map was full.
 pub const KNOWN_OVERFLOW: &str = "spillway_region_known_overflow_total";
+/// Counter: times a window length in use was not read because the exchange already read
+/// [`super::exchange::MAX_LENGTHS`] others (its counters read each region at its share).
+pub const LENGTHS_OVERFLOW: &str = "spillway_region_lengths_overflow_total";
 /// Counter: admissions not tallied because the pending map was full.
 pub const TALLY_OVERFLOW: &str = "spillway_region_tally_overflow_total";
 /// Counter, by region and outcome (`ok`, `failed`): calls to another region's store for a
@@ -61,6 +64,10 @@ pub fn describe(names: &[std::sync::Arc<str>]) {
     metrics::describe_gauge!(
         KNOWN,
         "Counters whose other regions' counts this node holds."
+    );
+    metrics::describe_counter!(
+        LENGTHS_OVERFLOW,
+        "Window lengths in use left unread because the exchange reads at most 64."
     );
     metrics::describe_counter!(
         TALLY_OVERFLOW,

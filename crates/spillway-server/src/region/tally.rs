@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use spillway_core::algorithm::LimitParams;
 use spillway_core::key::StateKey;
 use spillway_core::time::Micros;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,6 +52,11 @@ pub struct Known {
     /// Regions some of whose counters were left out (past `MAX_KNOWN`): a counter not held
     /// is taken to have used that region's share there, not nothing. Empty: none.
     pub truncated: Box<[bool]>,
+    /// The window lengths the exchange read. A counter of another length (new since the last
+    /// exchange, or past `MAX_LENGTHS`) was not read at all: each other region is taken to
+    /// have used its share there. `None`: every length counts as read (nothing exchanged yet,
+    /// when every region counts as cut off anyway, and the tests' hand-made reads).
+    pub lengths: Option<BTreeSet<Micros>>,
 }
 
 #[cfg(test)]
@@ -69,6 +74,7 @@ impl Known {
                 .into_iter()
                 .collect(),
             truncated: Box::new([]),
+            lengths: None,
         }
     }
 }
@@ -188,13 +194,20 @@ impl Tally {
         }
         let known = self.known.load();
         let counts = Counts::of(&known, params, field, now, (len, start));
+        // A window length the exchange did not read: nothing is known of any region there.
+        let unread = known
+            .lengths
+            .as_ref()
+            .is_some_and(|read| !read.contains(&len));
         let mut used = 0u64;
         let mut any_cut = false;
         for r in (0..self.regions).filter(|&r| r != self.own) {
             let mut count = counts.of_region(r);
             // A region read in part may have left this counter out: unless it supplied a count
-            // for it, it is taken at its share (whatever other regions, this one included, hold).
-            let unheld = !counts.held_by(r) && known.truncated.get(r).copied().unwrap_or(false);
+            // for it, it is taken at its share (whatever other regions, this one included, hold);
+            // so is every region where the counter's window length was not read.
+            let unheld =
+                unread || !counts.held_by(r) && known.truncated.get(r).copied().unwrap_or(false);
             if unheld {
                 count = count.max(share);
             }
@@ -381,6 +394,7 @@ mod tests {
                 .map(|(start, f, c)| ((MIN, *start, Box::from(*f)), Box::from(c.as_slice())))
                 .collect(),
             truncated: Box::new([]),
+            lengths: None,
         }
     }
 
@@ -501,6 +515,31 @@ mod tests {
         k.truncated = Box::new([false, true, false]);
         tally.publish_known(k, &[1, 2], t0);
         assert_eq!(tally.others(&params, "mine", t0), 35);
+    }
+
+    /// A counter whose window length the exchange did not read (a length new since the last
+    /// exchange, or one past `MAX_LENGTHS`) reads every other region at its share, not at 0:
+    /// nothing is known of it there.
+    #[test]
+    fn counters_of_a_window_length_not_read_take_every_region_at_its_share() {
+        let t0 = 100 * MIN;
+        let tally = Tally::new(0, 3, 10 * MIN, 1.0 / 3.0);
+        let minute = LimitParams::FixedWindow(FixedWindow::new(90, MIN).unwrap());
+        let hour = LimitParams::FixedWindow(FixedWindow::new(90, 60 * MIN).unwrap());
+        let mut k = known(&[(t0, "k", [0, 5, 5])]);
+        k.lengths = Some(BTreeSet::from([MIN]));
+        tally.publish_known(k, &[1, 2], t0);
+        assert_eq!(tally.others(&minute, "k", t0), 10);
+        assert_eq!(
+            tally.others(&minute, "fresh", t0),
+            0,
+            "read: nothing counted there"
+        );
+        assert_eq!(
+            tally.others(&hour, "k", t0),
+            60,
+            "not read: two shares of 30"
+        );
     }
 
     fn ceiling(lease: Option<Lease>) -> Option<u64> {

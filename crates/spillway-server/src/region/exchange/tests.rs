@@ -121,3 +121,68 @@ fn past_the_bound_the_largest_counts_are_kept_and_the_region_is_marked() {
     let all = gather(&[HashMap::new(), HashMap::new(), HashMap::new()], 3, 2);
     assert!(all.truncated.iter().all(|&t| !t));
 }
+
+/// The announced window lengths leave the set once no node has used them for two of their
+/// windows, so lengths a tenant override used once do not fill the exchange's cap for good;
+/// and past the cap ([`MAX_LENGTHS`]), a length not read reads each region at its share
+/// rather than at 0 (fail closed). Real redis-servers, manual clock.
+#[tokio::test]
+async fn unused_lengths_leave_the_announcement_and_unread_ones_fail_closed() {
+    let (a, b) = (RedisServer::start(), RedisServer::start());
+    let store = regions_store(
+        &[("us", &a.url()), ("eu", &b.url())],
+        &["exchange: {interval: 100ms, partition_after: 1h}"],
+    );
+    let policy = crate::test_support::aggregate_policy(&store);
+    let regions = policy.regions().expect("regions");
+    let clock = crate::clock::ServerClock::manual(1_900_000_000_000);
+    let manual = clock.manual_control().expect("manual");
+    let ta = Arc::new(Tally::new(0, 2, regions.partition_after, 0.5));
+    let tb = Arc::new(Tally::new(1, 2, regions.partition_after, 0.5));
+    let mut xa = Exchange::new(regions, ta.clone(), clock.shared());
+    let mut xb = Exchange::new(regions, tb.clone(), clock.shared());
+    let none = BTreeSet::new();
+    let key = "{rl:agg:us}:lengths_until";
+    let announced = || {
+        let text = spillway_testkit::redis::command(a.port(), &format!("ZCARD {key}"));
+        text.and_then(|t| t.trim().trim_start_matches(':').parse::<usize>().ok())
+    };
+    let add = |len: Micros, n: u64| {
+        let now = clock.now();
+        ta.add((len, now - now % len, "k".into()), n);
+    };
+
+    // A 2-second window used once: announced, then gone once 4 s have passed and us
+    // publishes again (with another length in use).
+    add(2_000_000, 1);
+    xa.tick(&none).await;
+    assert_eq!(announced(), Some(1));
+    manual.advance(5_000_000);
+    add(60_000_000, 1);
+    xa.tick(&none).await;
+    assert_eq!(announced(), Some(1), "only the minute is still in use");
+
+    // 70 lengths in use at once, 1 to 70 minutes: eu reads the 64 whose hashes last longest.
+    let minute: Micros = 60_000_000;
+    for m in 1..=70 {
+        add(m * minute, 3);
+    }
+    xa.tick(&none).await;
+    assert_eq!(announced(), Some(70));
+    xb.tick(&none).await; // learns them
+    xb.tick(&none).await; // reads them
+    let now = clock.now();
+    let window = |m: u64| LimitParams::FixedWindow(FixedWindow::new(100, m * minute).unwrap());
+    assert_eq!(tb.others(&window(70), "k", now), 3, "read");
+    assert_eq!(tb.others(&window(7), "k", now), 3, "read");
+    assert_eq!(
+        tb.others(&window(6), "k", now),
+        50,
+        "not read: us at its share"
+    );
+    assert_eq!(
+        tb.others(&window(6), "fresh", now),
+        50,
+        "nor any counter of it"
+    );
+}
