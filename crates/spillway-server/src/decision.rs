@@ -161,7 +161,7 @@ async fn run(
     let stopwatch = metrics::Stopwatch::start();
     trace.store_call(ask.planned.len());
     // Set when a far region's store failed and the failure mode decided its limits alone.
-    let mut far_degraded = None;
+    let mut fell_back = None;
     let result = match &app.regions {
         // Only `home` and `aggregate` limits need more than the region's own store; a request
         // whose planned limits are all `regional` takes the plain path.
@@ -180,25 +180,29 @@ async fn run(
             // thread, so the rare paths keep theirs out of it.
             let checked = Box::pin(regions.check(policy, own, ask.planned, ask.mode, &far)).await;
             checked.map(|c| {
-                far_degraded = c.degraded;
+                fell_back = c.fell_back;
                 (c.allowed, c.outcomes)
             })
         }
         _ => app.engine.check_planned(ask.planned, ask.mode).await,
     };
-    if let Some(mode) = far_degraded {
-        metrics::record_store_failure(mode);
-    }
     let home_region = (app.regions.as_ref())
         .zip(ask.who.tenant)
         .map(|(regions, tenant)| regions.home_name(policy, tenant));
     trace.store_answered(&result);
+    if let Some(how) = fell_back {
+        // Counted as a store failure of the request's mode, as below; the failover itself
+        // (its degraded-decision count and log line) was recorded where it answered.
+        metrics::record_store_failure(ask.failure_mode);
+        trace.failover(ask.failure_mode);
+        trace.failover_answered(&how.as_fallback());
+    }
     let elapsed = stopwatch.elapsed();
     metrics::record_check_duration(elapsed);
     let outcome = match result {
         Ok((allowed, outcomes)) => Outcome::Decided(Decided {
             verdict: ask.verdict(allowed, outcomes),
-            degraded: far_degraded,
+            degraded: fell_back.map(|f| f.mode),
             home_region,
         }),
         Err(error) => {

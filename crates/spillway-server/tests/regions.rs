@@ -801,9 +801,11 @@ tenants:
   beta: {{home_region: eu}}
 "#
     );
+    let collector = spillway_testkit::otlp::Collector::start();
     let builder = Server::with_policy(&policy)
         .system_clock()
-        .args(&["--region", "us"]);
+        .args(&["--region", "us", "--otlp-endpoint", &collector.endpoint()])
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50");
     let mut rls = common::grpc::start(builder, &[]).await;
     let node = &rls.server;
     let check = |path: &'static str| verdict_of(node, "acme", path);
@@ -857,6 +859,31 @@ tenants:
         (failures("open"), failures("degrade")),
         (Some(4.0), Some(3.0))
     );
+    // Each counted once as a degraded decision too, by its route.
+    let decisions = |route, mode| {
+        let labels = [("route", route), ("mode", mode)];
+        metric(&text, "spillway_degraded_decisions_total", &labels)
+    };
+    let by_route = (
+        decisions("POST /open", "open"),
+        decisions("POST /degrade", "degrade"),
+    );
+    assert_eq!(by_route, (Some(4.0), Some(3.0)));
+    // And traced as failovers, by what the failure mode answered for the home limits.
+    let failovers = |outcome: &'static str| {
+        let wanted = spillway_testkit::otlp::any_value::Value::StringValue(outcome.into());
+        let found = collector.wait_for(PATIENCE, |s| {
+            s.span.name == "spillway.failover" && s.attribute("spillway.outcome") == Some(&wanted)
+        });
+        assert!(
+            found.is_some(),
+            "no `{outcome}` failover: {:?}",
+            collector.spans()
+        );
+    };
+    for outcome in ["open", "allowed", "denied"] {
+        failovers(outcome);
+    }
 
     // Envoy's calls alike: tenant beta (at home in eu too) under `open` is told the regional
     // limit's own numbers, not a plain uncounted `OK`, and its fifth call is over the limit.

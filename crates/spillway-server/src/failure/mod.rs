@@ -246,7 +246,9 @@ impl Failover {
     /// Decides a request the store could not answer, by its failure `mode`, and counts it.
     /// `planned` are the request's limits, needed by `degrade`; `route` names the route (or
     /// Envoy domain) for metrics and logs and must come from configuration, never from the
-    /// request. `crate::decision::decide` is the one caller.
+    /// request. Callers: `crate::decision::decide` for a request whose store failed, and
+    /// `crate::region`'s check for the limits of a far region that failed (its other limits
+    /// counted as usual).
     pub async fn fallback(
         &self,
         policy: &Policy,
@@ -256,8 +258,22 @@ impl Failover {
         check: CheckMode,
         err: &StoreError,
     ) -> Fallback {
-        let route = route.unwrap_or(report::NO_ROUTE);
-        let fallback = match mode {
+        let fallback = self.answer(policy, mode, planned, check).await;
+        self.report
+            .record(route.unwrap_or(report::NO_ROUTE), mode, err);
+        fallback
+    }
+
+    /// What [`Failover::fallback`] answers, without counting or logging it: for more limits
+    /// of a decision already counted.
+    pub async fn answer(
+        &self,
+        policy: &Policy,
+        mode: FailureMode,
+        planned: &[Planned],
+        check: CheckMode,
+    ) -> Fallback {
+        match mode {
             FailureMode::Open => Fallback::Open,
             FailureMode::Closed => Fallback::Closed {
                 retry_after: self.settings.retry_after,
@@ -268,9 +284,7 @@ impl Failover {
                 // answer that keeps the API up.
                 Err(_) => Fallback::Open,
             },
-        };
-        self.report.record(route, mode, err);
-        fallback
+        }
     }
 }
 

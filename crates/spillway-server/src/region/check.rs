@@ -71,10 +71,9 @@ pub struct Checked {
     pub allowed: bool,
     /// Each limit's outcome, in the order planned.
     pub outcomes: Vec<LimitOutcome>,
-    /// `Some(mode)` when a far region's store could not answer and the failure mode that
-    /// decided its limits (`open`: not counted, told as shadow limits with their whole quota;
-    /// `degrade`: their emergency quotas); the request's other limits were counted as usual.
-    pub degraded: Option<FailureMode>,
+    /// `Some` when a far region's store could not answer and the request's failure mode
+    /// decided its limits; the request's other limits were counted as usual.
+    pub fell_back: Option<FellBack>,
 }
 
 impl Checked {
@@ -82,7 +81,39 @@ impl Checked {
         Self {
             allowed,
             outcomes,
-            degraded: None,
+            fell_back: None,
+        }
+    }
+}
+
+/// How the failure mode answered for the limits a far region's store could not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FellBack {
+    /// The mode that answered: `open` (the limits not counted, told as shadow limits with
+    /// their whole quota; also a `degrade` whose emergency store failed) or `degrade` (their
+    /// emergency quotas).
+    pub mode: FailureMode,
+    /// Whether those limits admitted the request.
+    pub allowed: bool,
+}
+
+impl FellBack {
+    /// The answer as a failover's, for traces (without the outcomes, which the verdict has).
+    pub fn as_fallback(self) -> Fallback {
+        match self.mode {
+            FailureMode::Degrade => Fallback::Degraded {
+                allowed: self.allowed,
+                outcomes: Vec::new(),
+            },
+            _ => Fallback::Open,
+        }
+    }
+
+    /// This answer, and `then` for more of the same request's limits.
+    fn and(self, then: FellBack) -> FellBack {
+        FellBack {
+            allowed: self.allowed && then.allowed,
+            ..self
         }
     }
 }
@@ -101,10 +132,13 @@ pub struct FarFailure<'a> {
 }
 
 impl FarFailure<'_> {
-    /// Decides the limits `idx` of `planned` that the far store failing with `err` did not
-    /// count. Under `closed` it is the request's failure: `err` is returned (the caller
-    /// refuses the whole request, nothing counted elsewhere). Under `open` they are not
-    /// counted; under `degrade`, the emergency quotas decide them.
+    /// Decides the limits `idx` of `planned` that a store failing with `err` did not count,
+    /// filling their outcomes. Under `closed` it is the request's failure: `err` is returned
+    /// (the caller refuses the whole request). Under `open` they are not counted; under
+    /// `degrade`, the emergency quotas decide them. `after` is the answer for the same
+    /// request's limits decided so far this way: the decision is counted and logged as
+    /// degraded once, with the first.
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
         policy: &Policy,
@@ -112,27 +146,44 @@ impl FarFailure<'_> {
         idx: &[usize],
         mode: CheckMode,
         err: StoreError,
-    ) -> Result<Checked, StoreError> {
+        after: Option<FellBack>,
+        outcomes: &mut [Option<LimitOutcome>],
+    ) -> Result<FellBack, StoreError> {
         if self.mode == FailureMode::Closed {
             return Err(err);
         }
         let sub: Vec<Planned> = idx.iter().map(|&i| planned[i].clone()).collect();
-        let fallback = self
-            .failover
-            .fallback(policy, self.mode, self.label, &sub, mode, &err);
-        match fallback.await {
-            Fallback::Closed { .. } => Err(err),
-            Fallback::Open => Ok(Checked {
-                allowed: true,
-                outcomes: sub.iter().map(uncounted).collect(),
-                degraded: Some(FailureMode::Open),
-            }),
-            Fallback::Degraded { allowed, outcomes } => Ok(Checked {
-                allowed,
-                outcomes,
-                degraded: Some(FailureMode::Degrade),
-            }),
+        let fallback = match after {
+            None => {
+                let route = self.label;
+                (self
+                    .failover
+                    .fallback(policy, self.mode, route, &sub, mode, &err))
+                .await
+            }
+            Some(_) => self.failover.answer(policy, self.mode, &sub, mode).await,
+        };
+        let (how, got) = match fallback {
+            Fallback::Closed { .. } => return Err(err),
+            Fallback::Open => {
+                let how = FellBack {
+                    mode: FailureMode::Open,
+                    allowed: true,
+                };
+                (how, sub.iter().map(uncounted).collect())
+            }
+            Fallback::Degraded { allowed, outcomes } => {
+                let how = FellBack {
+                    mode: FailureMode::Degrade,
+                    allowed,
+                };
+                (how, outcomes)
+            }
+        };
+        for (&i, outcome) in idx.iter().zip(got) {
+            outcomes[i] = Some(outcome);
         }
+        Ok(after.map_or(how, |before| before.and(how)))
     }
 }
 
@@ -157,7 +208,7 @@ impl RegionNode {
         }
         let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; planned.len()];
         let mut allowed = true;
-        let mut degraded = None;
+        let mut fell_back: Option<FellBack> = None;
         if groups.is_empty() {
             // The own store decides alone: one atomic call, as without regions.
             allowed &= self
@@ -187,8 +238,6 @@ impl RegionNode {
                     )
                     .await?;
             }
-            let mut unanswered: Vec<usize> = Vec::new();
-            let mut failure = None;
             for (region, idx) in &groups {
                 if !allowed {
                     // Denied already: the far store is not asked (no round trip, and its
@@ -201,39 +250,45 @@ impl RegionNode {
                 match (self.call(*region, own, planned, &routing, idx, mode, &mut outcomes)).await {
                     Ok(admitted) => allowed &= admitted,
                     Err(err) => {
-                        unanswered.extend_from_slice(idx);
-                        failure = Some(err);
-                    }
-                }
-            }
-            if let Some(err) = failure {
-                if allowed {
-                    let fell_back = far.decide(policy, planned, &unanswered, mode, err).await?;
-                    for (&i, outcome) in unanswered.iter().zip(fell_back.outcomes) {
-                        outcomes[i] = Some(outcome);
-                    }
-                    allowed &= fell_back.allowed;
-                    degraded = fell_back.degraded;
-                } else {
-                    // A later far store denied: the denial stands, the failed one's limits
-                    // were not counted.
-                    for &i in &unanswered {
-                        outcomes[i] = Some(not_asked(&planned[i]));
+                        let decided =
+                            far.decide(policy, planned, idx, mode, err, fell_back, &mut outcomes);
+                        let how = decided.await?;
+                        allowed &= how.allowed;
+                        fell_back = Some(how);
                     }
                 }
             }
             if allowed && mode == CheckMode::Consume && !local.is_empty() {
-                allowed &= self
-                    .call(
-                        self.own,
-                        own,
-                        planned,
-                        &routing,
-                        &local,
-                        mode,
-                        &mut outcomes,
-                    )
-                    .await?;
+                let charged = self.call(
+                    self.own,
+                    own,
+                    planned,
+                    &routing,
+                    &local,
+                    mode,
+                    &mut outcomes,
+                );
+                match charged.await {
+                    Ok(admitted) => allowed &= admitted,
+                    // A far store's failure was decided (and counted) already: the own
+                    // store's is decided alike, so the request is counted once and its far
+                    // limits are not charged a second time by a fallback of the whole.
+                    Err(err) if fell_back.is_some() => {
+                        let decided = far.decide(
+                            policy,
+                            planned,
+                            &local,
+                            mode,
+                            err,
+                            fell_back,
+                            &mut outcomes,
+                        );
+                        let how = decided.await?;
+                        allowed &= how.allowed;
+                        fell_back = Some(how);
+                    }
+                    Err(err) => return Err(err),
+                }
             }
         }
         let outcomes = self.settle(&routing, planned, outcomes);
@@ -248,7 +303,7 @@ impl RegionNode {
         Ok(Checked {
             allowed,
             outcomes,
-            degraded,
+            fell_back,
         })
     }
 
@@ -644,5 +699,160 @@ mod tests {
         assert!(!allowed);
         assert_eq!(d.denial, Some(Denial::OverLimit));
         assert!(d.retry_after.is_some_and(|r| r > 3_000_000_000), "{d:?}");
+    }
+
+    /// The own store as seen between its look and its charge when it fails then: it answers
+    /// looks (`Peek`) from `MemoryStore` and fails every charge.
+    struct FailsCharges(MemoryStore);
+
+    #[async_trait::async_trait]
+    impl Store for FailsCharges {
+        async fn check(
+            &self,
+            checks: &[spillway_core::store::Check<'_>],
+            mode: CheckMode,
+        ) -> Result<Vec<spillway_core::algorithm::Decision>, StoreError> {
+            match mode {
+                CheckMode::Peek => self.0.check(checks, mode).await,
+                CheckMode::Consume => Err(StoreError::Unavailable("connection reset".into())),
+            }
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn key_count(&self) -> u64 {
+            0
+        }
+        fn evictions(&self) -> u64 {
+            0
+        }
+        fn sweep(&self) -> u64 {
+            0
+        }
+    }
+
+    /// Regions `us` (this node), `eu` on a port nothing listens on and `ap` at `ap_url`;
+    /// limits `exact` (`home`, 6 an hour per tenant) and `near` (regional, 4 an hour per
+    /// tenant); `acme` at home in eu, `globex` in ap. The policy, the node and its clock.
+    fn far_world(ap_url: &str) -> (Policy, Arc<RegionNode>, ServerClock) {
+        use spillway_testkit::policy::{regions_store, unreachable};
+        let store = regions_store(
+            &[
+                ("us", &unreachable(1)),
+                ("eu", &unreachable(2)),
+                ("ap", ap_url),
+            ],
+            &[],
+        );
+        let policy = crate::config::PolicySource::Builtin
+            .parse(&format!(
+                "default_tier: t
+{store}limits:
+  exact: {{algorithm: token_bucket, rate: 6/h, burst: 6, key: [tenant], scope: home}}
+  near: {{algorithm: fixed_window, limit: 4, window: 1h, key: [tenant]}}
+tiers:
+  t: {{limits: [exact, near]}}
+tenants:
+  acme: {{home_region: eu}}
+  globex: {{home_region: ap}}
+"
+            ))
+            .expect("valid policy");
+        let clock = ServerClock::manual(crate::test_support::TEST_START_MS);
+        let failure = crate::failure::FailureSettings::default();
+        let node = RegionNode::new(&policy, Some("us"), &failure, clock.shared())
+            .expect("a node")
+            .expect("three regions");
+        (policy, node, clock)
+    }
+
+    /// `tenant`'s planned limits.
+    fn planned_for(policy: &Policy, tenant: &str) -> Vec<Planned> {
+        let attrs = spillway_core::request::RequestAttrs {
+            tenant: Some(tenant.into()),
+            ..Default::default()
+        };
+        policy.resolve(&attrs).limits
+    }
+
+    /// The own store failing on its charge, after the home region's failure was decided by
+    /// `degrade`: its limits are decided alike (the emergency quotas), within the same
+    /// decision, counted as one degraded decision, and the home limits are charged once (a
+    /// fallback of the whole request charged them a second time: 6 / 3 = 2 emergency units
+    /// then lasted one request, not two).
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_own_store_failing_after_a_far_one_is_decided_once() {
+        let (policy, node, clock) = far_world(&spillway_testkit::policy::unreachable(3));
+        let own = FailsCharges(MemoryStore::new(100, clock.shared()));
+        let failover = Failover::new(Default::default(), clock.shared());
+        let far = FarFailure {
+            mode: FailureMode::Degrade,
+            failover: &failover,
+            label: Some("r"),
+        };
+        let planned = planned_for(&policy, "acme");
+        let counts = spillway_testkit::metrics::LocalMetrics::hear();
+        let mut admitted = Vec::new();
+        for _ in 0..3 {
+            let checked = node
+                .check(&policy, &own, &planned, CheckMode::Consume, &far)
+                .await
+                .expect("decided by the failure mode, not a store error");
+            let how = checked.fell_back.expect("the failure mode decided");
+            assert_eq!(how.mode, FailureMode::Degrade);
+            let quotas: Vec<u64> = checked.outcomes.iter().map(|o| o.quota).collect();
+            // Denied by the home limit's emergency quota, the own store is only looked at.
+            let want = if checked.allowed { [2, 2] } else { [2, 4] };
+            assert_eq!(quotas, want, "the emergency quotas where they decided");
+            admitted.push(checked.allowed);
+        }
+        assert_eq!(admitted, [true, true, false]);
+        let decisions = crate::failure::report::DEGRADED_DECISIONS;
+        let told = spillway_testkit::metrics::sample(&counts.render(), decisions, "");
+        assert_eq!(told, 3, "one degraded decision per request");
+    }
+
+    /// One request whose `home` limits live in two far regions (two tenants, as an Envoy call
+    /// may carry): under `closed`, the first far failure refuses it before the second region
+    /// is charged; under `degrade`, the failed region's limits take the emergency quotas and
+    /// the other region still counts its own. Real redis-server as `ap`.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_far_failure_settles_before_the_next_far_region_is_charged() {
+        let ap = spillway_testkit::redis::RedisServer::start();
+        let (policy, node, clock) = far_world(&ap.url());
+        let own = MemoryStore::new(100, clock.shared());
+        let failover = Failover::new(Default::default(), clock.shared());
+        let mut planned = planned_for(&policy, "acme");
+        planned.extend(planned_for(&policy, "globex"));
+        let keys = || spillway_testkit::redis::command(ap.port(), "DBSIZE").unwrap_or_default();
+
+        let closed = FarFailure {
+            mode: FailureMode::Closed,
+            failover: &failover,
+            label: None,
+        };
+        let refused = node.check(&policy, &own, &planned, CheckMode::Consume, &closed);
+        assert!(refused.await.is_err());
+        assert_eq!(keys().trim(), ":0", "ap was not charged");
+
+        let degrade = FarFailure {
+            mode: FailureMode::Degrade,
+            ..closed
+        };
+        let checked = node
+            .check(&policy, &own, &planned, CheckMode::Consume, &degrade)
+            .await
+            .expect("decided");
+        assert!(checked.allowed);
+        assert_eq!(
+            checked.fell_back.map(|f| f.mode),
+            Some(FailureMode::Degrade)
+        );
+        let told: Vec<(u64, u64)> = (checked.outcomes.iter())
+            .map(|o| (o.quota, o.decision.remaining))
+            .collect();
+        // acme's exact (emergency 2), acme's near (own store), globex's exact (ap), globex's near.
+        assert_eq!(told, [(2, 1), (4, 3), (6, 5), (4, 3)]);
+        assert_eq!(keys().trim(), ":1", "ap counted globex's exact");
     }
 }

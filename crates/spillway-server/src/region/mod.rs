@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tally::Tally;
 
-pub use check::{Checked, FarFailure};
+pub use check::{Checked, FarFailure, FellBack};
 
 /// The header (HTTP) and response header (Envoy RLS) naming the request's tenant's home
 /// region, so a gateway can send the tenant's traffic there.
