@@ -25,14 +25,16 @@ use crate::admin::AdminToken;
 use crate::http::authorize;
 use crate::http::{access_log, check, debug, probes, problem, report, top};
 use crate::state::AppState;
+use crate::ui::Readers;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
 use axum::Router;
 use std::sync::Arc;
 
 /// The HTTP surface of the server, ready for `axum::serve`; with the admin API under
-/// `/v1/admin` when its token is given.
-pub fn router(state: Arc<AppState>, admin: Option<AdminToken>) -> Router {
+/// `/v1/admin` when its token is given, and `/v1/top` served to `readers` only.
+pub fn router(state: Arc<AppState>, admin: Option<AdminToken>, readers: &Readers) -> Router {
+    let top = readers.guard(Router::new().route("/v1/top", get(top::top)));
     let mut router = Router::new()
         .route(crate::http::entry::CHECK_PATH, post(check::check))
         .route("/v1/report", post(report::report))
@@ -44,7 +46,7 @@ pub fn router(state: Arc<AppState>, admin: Option<AdminToken>) -> Router {
         .route(crate::http::entry::HEALTHZ_PATH, get(probes::healthz))
         .route("/readyz", get(probes::readyz))
         .route("/metrics", get(probes::metrics))
-        .route("/v1/top", get(top::top));
+        .merge(top);
     if state.clock.manual_control().is_some() {
         router = router.route(debug::CLOCK_PATH, post(debug::clock));
     }
@@ -124,7 +126,7 @@ routes:
                 "X-RateLimit-Cost",
             ])
             .build();
-        router(Arc::new(state), None)
+        router(Arc::new(state), None, &Readers::default())
             .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))))
     }
 

@@ -314,8 +314,8 @@ pub struct ServeArgs {
           default_value_t = crate::telemetry::top::DEFAULT_SAMPLE, value_parser = parse_top_k_sample)]
     pub top_k_sample: u32,
 
-    /// Serve the dashboard's data (`/ui/api/*`) to every peer when no admin token is set
-    /// (by default it answers only loopback peers that name a loopback `Host`).
+    /// Serve the dashboard's data (`/ui/api/*`) and `/v1/top` to every peer when no admin
+    /// token is set (by default they answer only loopback peers that name a loopback `Host`).
     #[arg(long, env = "SPILLWAY_UI_OPEN")]
     pub ui_open: bool,
 

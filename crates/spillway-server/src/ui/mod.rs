@@ -59,7 +59,8 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 /// The page's routes, for merging into a router with [`AppState`]: the page and its assets
 /// open, the JSON endpoints behind `token` when one is set, else loopback-only unless `open`.
 pub fn routes(token: Option<AdminToken>, open: bool) -> Router<Arc<AppState>> {
-    let token_required = token.is_some();
+    let readers = Readers { token, open };
+    let token_required = readers.token.is_some();
     let placement = api::Placement {
         admin_api: token_required,
     };
@@ -71,14 +72,7 @@ pub fn routes(token: Option<AdminToken>, open: bool) -> Router<Arc<AppState>> {
         .route("/ui/api/lookup", get(lookup::lookup))
         .route("/ui/api/policy", get(api::policy))
         .route("/ui/api/shadow", get(api::shadow));
-    if let Some(token) = token {
-        api = api.layer(axum::middleware::from_fn_with_state(
-            token,
-            crate::admin::authenticate,
-        ));
-    } else if !open {
-        api = api.layer(axum::middleware::from_fn(loopback_only));
-    }
+    api = readers.guard(api);
     api.layer(axum::Extension(placement))
         .route(
             "/ui/api/auth",
@@ -88,6 +82,33 @@ pub fn routes(token: Option<AdminToken>, open: bool) -> Router<Arc<AppState>> {
         .route("/ui/", get(assets::page))
         .route("/ui/assets/{file}", get(assets::file))
         .layer(axum::middleware::from_fn(guard))
+}
+
+/// Who may read the node's live figures (the dashboard's data, and `/v1/top` on the main
+/// port): the holders of the admin token when one is set, wherever the admin API is served;
+/// else loopback peers only, unless `open` (`--ui-open`). Tenant and user names, and key
+/// values such as addresses, are in those figures.
+#[derive(Debug, Clone, Default)]
+pub struct Readers {
+    /// The admin token, if the node has one.
+    pub token: Option<AdminToken>,
+    /// `--ui-open`: every peer may read when no token is set.
+    pub open: bool,
+}
+
+impl Readers {
+    /// `router` served only to these readers: a call without the token answers 401, one
+    /// from beyond loopback (no token set) 403.
+    pub fn guard<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
+        match &self.token {
+            Some(token) => router.layer(axum::middleware::from_fn_with_state(
+                token.clone(),
+                crate::admin::authenticate,
+            )),
+            None if !self.open => router.layer(axum::middleware::from_fn(loopback_only)),
+            None => router,
+        }
+    }
 }
 
 /// The dashboard alone, with its state, for serving beside the main router (see
@@ -153,8 +174,8 @@ async fn loopback_only(request: Request, next: Next) -> Response {
     }
     crate::http::problem::Problem::http(
         StatusCode::FORBIDDEN,
-        "no admin token is set, so the dashboard's data is served only to loopback \
-         (127.0.0.1, ::1, localhost); set an admin token or start with --ui-open",
+        "no admin token is set, so the dashboard's data and /v1/top are served only to \
+         loopback (127.0.0.1, ::1, localhost); set an admin token or start with --ui-open",
     )
     .into_response()
 }

@@ -56,7 +56,7 @@ tenants:
     let known = Known::one(&soft, clock.now(), &[0, 50]);
     node.tally().publish_known(known, &[1], clock.now());
     let app = Arc::new(state.failure(failure).regions(Some(node)).build());
-    let router = app::router(app.clone(), None)
+    let router = app::router(app.clone(), None, &Default::default())
         .merge(super::router(app.clone(), None, false))
         .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 4000))));
     let send = |request: Request<Body>| {

@@ -55,7 +55,11 @@ fn harness_at(token: Option<&str>, peer: SocketAddr, open: bool) -> Harness {
             .build(),
     );
     let token = token.map(|t| AdminToken::new(t).expect("token"));
-    let router = crate::app::router(app.clone(), token.clone())
+    let readers = super::Readers {
+        token: token.clone(),
+        open,
+    };
+    let router = crate::app::router(app.clone(), token.clone(), &readers)
         .merge(router(app.clone(), token, open))
         .layer(MockConnectInfo(peer));
     Harness { app, router }
@@ -122,6 +126,8 @@ async fn with_a_token_every_endpoint_needs_it_and_the_page_does_not() {
         "/ui/api/lookup?tenant=acme",
         "/ui/api/policy",
         "/ui/api/shadow",
+        // The main port's twin of the dashboard's top lists: the same names and keys.
+        "/v1/top",
     ] {
         let (status, body) = h.get(path, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} without a token");
@@ -223,6 +229,7 @@ async fn without_a_token_a_foreign_host_or_peer_gets_403_unless_open() {
         "/ui/api/lookup?tenant=acme",
         "/ui/api/policy",
         "/ui/api/top",
+        "/v1/top",
     ] {
         assert_eq!(h.get(path, None).await.0, StatusCode::FORBIDDEN, "{path}");
     }
@@ -231,6 +238,7 @@ async fn without_a_token_a_foreign_host_or_peer_gets_403_unless_open() {
     assert_eq!(h.send(page).await.0, StatusCode::OK);
     let h = harness_at(None, remote, true);
     assert_eq!(h.get("/ui/api/policy", None).await.0, StatusCode::OK);
+    assert_eq!(h.get("/v1/top", None).await.0, StatusCode::OK);
     // With a token, the token decides, wherever the peer is.
     let h = harness_at(Some(TOKEN), remote, false);
     assert_eq!(h.get("/ui/api/policy", Some(TOKEN)).await.0, StatusCode::OK);

@@ -86,7 +86,7 @@ fn harness_with(policy: &str, settings: DecisionLogSettings, store: Arc<dyn Stor
             .decision_log(log)
             .build(),
     );
-    let router = crate::app::router(app.clone(), None)
+    let router = crate::app::router(app.clone(), None, &Default::default())
         .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
     let SinkSpec::File(path) = settings.sink.clone() else {
         unreachable!("file sink")
