@@ -269,11 +269,20 @@ impl RedisCluster {
         );
         self.nodes.push(node);
         self.masters += 1;
-        let needle = format!(":{port}@");
-        self.poll("every master to know the new one", || {
-            self.ports().iter().all(|&p| {
-                self.cli(p, &["CLUSTER", "NODES"])
-                    .is_some_and(|nodes| nodes.contains(&needle))
+        // Each way: the new master learns the others from the first by gossip, and a slot
+        // moved to it next (`CLUSTER SETSLOT ... IMPORTING <source>`) needs it to know the
+        // source already.
+        // (By node ID: a node still in handshake is listed at its port under another ID.)
+        let ports = self.ports();
+        let ids: Vec<String> = (ports.iter())
+            .map(|&p| self.node_id(p).expect("CLUSTER MYID"))
+            .collect();
+        self.poll("every master and the new one to know each other", || {
+            ports.iter().all(|&p| {
+                self.cli(p, &["CLUSTER", "NODES"]).is_some_and(|nodes| {
+                    let known = |id: &String| nodes.lines().any(|l| l.starts_with(id.as_str()));
+                    ids.iter().all(known)
+                })
             })
         });
         port
@@ -480,8 +489,8 @@ impl RedisCluster {
         let (source_id, target_id) = (id(source), id(target));
         let set_slot = |port, state: &str, node: &str| {
             let command = format!("CLUSTER SETSLOT {slot} {state} {node}");
-            let answer = command_as(port, self.password.as_deref(), &command);
-            assert!(answer.unwrap_or_default().starts_with("+OK"), "{state}");
+            let answer = command_as(port, self.password.as_deref(), &command).unwrap_or_default();
+            assert!(answer.starts_with("+OK"), "{state}: {answer}");
         };
         set_slot(target, "IMPORTING", &source_id);
         set_slot(source, "MIGRATING", &target_id);
