@@ -19,7 +19,8 @@
 //!
 //! A request whose limits span two stores is checked in this order: the own store looks
 //! (no charge); if it would deny, the request is denied without asking the other store; else the
-//! other store charges, and if it admitted, the own store charges. The only gap: a request the
+//! other store charges, and if it admitted, the own store charges, with the `aggregate` limits'
+//! room worked out again (the far call took time, and the exchange may know more by then). The only gap: a request the
 //! own store denies in that last step, after the other charged, has used its home budget
 //! without being admitted (under-admission, never over-admission).
 
@@ -199,7 +200,7 @@ impl RegionNode {
         mode: CheckMode,
         far: &FarFailure<'_>,
     ) -> Result<Checked, StoreError> {
-        let routing = self.route(policy, planned);
+        let mut routing = self.route(policy, planned);
         let mut groups = routing.by_region();
         let local = groups.remove(&self.own).unwrap_or_default();
         if routing.exhausted.iter().any(|&e| e) {
@@ -257,6 +258,11 @@ impl RegionNode {
                         fell_back = Some(how);
                     }
                 }
+            }
+            if allowed && mode == CheckMode::Consume && self.reroom(&mut routing, planned, &local) {
+                // The others used up an `aggregate` limit while the far store answered: denied
+                // (what the far store charged is lost: under-admission).
+                allowed = false;
             }
             if allowed && mode == CheckMode::Consume && !local.is_empty() {
                 let charged = self.call(
@@ -445,31 +451,55 @@ impl RegionNode {
                         routing.target[i] = self.home_of(policy, tenant);
                     }
                 }
-                Scope::Aggregate => {
-                    let Some((len, start)) = window_of(&p.def.params, now) else {
-                        continue;
-                    };
-                    let place = field(&p.key);
-                    let limit = p.def.params.quota();
-                    let others = self.tally.others(&p.def.params, &place, now);
-                    let mut room = limit.saturating_sub(others);
-                    if let Some(lease) = self.tally.lease(&p.def.params, &place, now, others) {
-                        // A denial is the lease's alone (and a renewal may admit it) only
-                        // where one lease's share could hold the cost (the share never
-                        // exceeds the limit's remainder); a larger cost waits for the window
-                        // like any denial.
-                        routing.leased[i] = lease.ceiling < room && p.cost <= lease.share;
-                        room = room.min(lease.ceiling);
-                    }
-                    if room < limit {
-                        routing.params[i] = emergency_params(&p.def.params, room.max(1));
-                    }
-                    routing.exhausted[i] = room == 0 && !p.def.shadow;
-                    routing.places[i] = Some((len, start, place));
-                }
+                Scope::Aggregate => self.room(&mut routing, i, p, now),
             }
         }
         routing
+    }
+
+    /// Works out `aggregate` limit `i` (`p`) at `now`: its place in the exchange, the room the
+    /// other regions leave it (and its lease), as the numbers sent to the store.
+    fn room(&self, routing: &mut Routing, i: usize, p: &Planned, now: Micros) {
+        let Some((len, start)) = window_of(&p.def.params, now) else {
+            return;
+        };
+        let place = field(&p.key);
+        let limit = p.def.params.quota();
+        let others = self.tally.others(&p.def.params, &place, now);
+        let mut room = limit.saturating_sub(others);
+        routing.leased[i] = false;
+        if let Some(lease) = self.tally.lease(&p.def.params, &place, now, others) {
+            // A denial is the lease's alone (and a renewal may admit it) only where one
+            // lease's share could hold the cost (the share never exceeds the limit's
+            // remainder); a larger cost waits for the window like any denial.
+            routing.leased[i] = lease.ceiling < room && p.cost <= lease.share;
+            room = room.min(lease.ceiling);
+        }
+        routing.params[i] = if room < limit {
+            emergency_params(&p.def.params, room.max(1))
+        } else {
+            p.def.params.clone()
+        };
+        routing.exhausted[i] = room == 0 && !p.def.shadow;
+        routing.places[i] = Some((len, start, place));
+    }
+
+    /// The room of the `aggregate` limits among `idx`, worked out again now: after a far call
+    /// (up to `home_timeout`), the exchange may know more than when the request was routed.
+    /// Returns whether one of them has no room left.
+    fn reroom(&self, routing: &mut Routing, planned: &[Planned], idx: &[usize]) -> bool {
+        let now = self.clock.now();
+        let mut any = false;
+        for &i in idx {
+            if routing.places[i].is_some() {
+                self.room(routing, i, &planned[i], now);
+                any = true;
+            }
+        }
+        if any {
+            routing.now = now;
+        }
+        idx.iter().any(|&i| routing.exhausted[i])
     }
 
     /// Checks the limits `idx` in region `region`'s store, filling their outcomes; returns

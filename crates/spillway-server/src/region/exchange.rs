@@ -45,6 +45,12 @@ pub const PUBLISH_CHUNK: usize = 5_000;
 /// regions announce).
 pub const MAX_LENGTHS: usize = 64;
 
+/// How long a region's announced window lengths outlive its last publication at least (a
+/// week, or two of the publication's longest windows): they are trimmed as they expire, so
+/// the set stays small, and a longer window another node announced is not dropped early by a
+/// publication of short ones.
+const LENGTHS_KEPT_MS: u64 = 7 * 24 * 3_600_000;
+
 /// One region's Redis as the exchange sees it: connected on first use, and again after a
 /// failure.
 struct Link {
@@ -173,6 +179,11 @@ pub struct Exchange {
     seen: HashMap<Micros, Micros>,
     /// Whether each region's last read left counters out (a hash over its cap).
     cut_reads: Vec<bool>,
+    /// The window lengths each region's kept counts were read for (`None`: never read).
+    read_lengths: Vec<Option<Arc<BTreeSet<Micros>>>>,
+    /// The policy's own window lengths, as of the last tick: always read, so they take no
+    /// room under [`MAX_LENGTHS`].
+    policy_lengths: BTreeSet<Micros>,
     /// How long a region's stamp may be old before the region is taken as cut off.
     partition_after: Micros,
 }
@@ -193,6 +204,8 @@ impl Exchange {
             last: vec![HashMap::new(); regions.names().len()],
             seen: HashMap::new(),
             cut_reads: vec![false; regions.names().len()],
+            read_lengths: vec![None; regions.names().len()],
+            policy_lengths: BTreeSet::new(),
             partition_after: regions.partition_after,
         }
     }
@@ -232,6 +245,7 @@ impl Exchange {
         let budget = self.budget;
         let own = self.tally.own();
         let now = self.clock.now();
+        self.policy_lengths.clone_from(lengths);
         self.publish(own, now, budget).await;
         // Lengths a tenant override brought (seen here or announced by another region) are
         // read for two windows after they were last seen.
@@ -239,7 +253,8 @@ impl Exchange {
             .retain(|&len, &mut at| now.saturating_sub(at) <= 2 * len);
         let mut all: BTreeSet<Micros> = lengths.clone();
         all.extend(self.seen.keys().copied());
-        let lengths = &all;
+        let all = Arc::new(all);
+        let lengths = &*all;
         let read_own = self.tally.leases();
         let reads = self
             .links
@@ -264,6 +279,7 @@ impl Exchange {
             match read {
                 Some(Ok((counts, stamp, announced, cut))) => {
                     self.cut_reads[r] = cut;
+                    self.read_lengths[r] = Some(all.clone());
                     for len in announced {
                         self.see(len, now);
                     }
@@ -298,8 +314,9 @@ impl Exchange {
         }
         let regions = self.tally.regions();
         let mut known = gather(&self.last, regions, MAX_KNOWN);
-        // Counters of a length left unread (past the cap) read each region at its share.
-        known.lengths = Some(all);
+        // A counter of a length a region's kept counts were not read for (past the cap, or
+        // new since that region's last good read) reads that region at its share.
+        known.lengths = self.read_lengths.clone().into_boxed_slice();
         for (t, &cut) in known.truncated.iter_mut().zip(&self.cut_reads) {
             *t |= cut;
         }
@@ -320,10 +337,13 @@ impl Exchange {
         metrics::gauge!(m::ISOLATED).set(f64::from(u8::from(self.tally.isolated(now))));
     }
 
-    /// Notes that window length `len` is in use at `now`, so its hashes are read for two
-    /// windows more; past [`MAX_LENGTHS`] a new length is not read (its counters then read each
+    /// Notes that window length `len` (not one of the policy's) is in use at `now`, so its
+    /// hashes are read for two windows more; past [`MAX_LENGTHS`] a new length is not read (its counters then read each
     /// region at its share: `Known::lengths`), which is counted and logged.
     fn see(&mut self, len: Micros, now: Micros) {
+        if self.policy_lengths.contains(&len) {
+            return;
+        }
         if self.seen.len() < MAX_LENGTHS || self.seen.contains_key(&len) {
             self.seen.insert(len, now);
         } else {
@@ -388,9 +408,11 @@ impl Exchange {
                         .arg("-inf")
                         .arg(format!("({now}"))
                         .ignore();
+                    // Other nodes may announce longer windows than this publication's: the
+                    // set outlives them (trimmed above, it stays small).
                     pipe.cmd("PEXPIRE")
                         .arg(&lens)
-                        .arg((2 * longest / 1_000).max(60_000))
+                        .arg((2 * longest / 1_000).max(LENGTHS_KEPT_MS))
                         .ignore();
                 }
             }
@@ -474,8 +496,8 @@ async fn read_region(
         }
     }
     pipe.cmd("GET").arg(link.stamp());
-    // The lengths still in use, those used last first; one more than are kept, to know
-    // whether some were left out.
+    // The lengths still in use, those whose hashes last longest first (the longer windows,
+    // mostly); one more than are kept, so a full list shows.
     pipe.cmd("ZREVRANGEBYSCORE")
         .arg(link.lengths())
         .arg("+inf")

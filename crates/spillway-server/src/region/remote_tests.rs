@@ -428,3 +428,65 @@ async fn home_calls_to_a_far_cluster_refusing_the_login_ask_the_seeds_once() {
         "{text}"
     );
 }
+
+/// A request with a `home` limit in a far region and an `aggregate` one counted here: the
+/// aggregate's room is worked out again once the far store has answered. While the home call
+/// was held, the other region's counts arrived, filling the limit: the request is denied, not
+/// admitted on the room seen before the call (4 of 10 used then). Real redis-server behind a
+/// listener that holds the call until the counts are in.
+#[tokio::test]
+async fn an_aggregate_limit_is_judged_on_what_is_known_after_the_home_call() {
+    let eu = spillway_testkit::redis::RedisServer::start();
+    let link = Listener::start(Taken::Held(eu.port())).await;
+    let store = regions_store(
+        &[("us", &unreachable(1)), ("eu", &link.url())],
+        &["exchange: {home_timeout: 5s}"],
+    );
+    let policy = PolicySource::Builtin
+        .parse(&format!(
+            "default_tier: t
+{store}limits:
+  exact: {{algorithm: token_bucket, rate: 5/h, burst: 5, key: [tenant], scope: home}}
+  soft: {{algorithm: fixed_window, limit: 10, window: 1h, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [exact, soft]}}
+tenants:
+  acme: {{home_region: eu}}
+"
+        ))
+        .expect("valid policy");
+    let clock = ServerClock::manual(crate::test_support::TEST_START_MS);
+    let failure = FailureSettings::default();
+    let node = RegionNode::new(&policy, Some("us"), &failure, clock.shared())
+        .expect("a node")
+        .expect("two regions");
+    let attrs = RequestAttrs {
+        tenant: Some("acme".into()),
+        ..RequestAttrs::default()
+    };
+    let planned = policy.resolve(&attrs).limits;
+    let soft = (planned.iter().find(|p| &*p.def.name.to_arc() == "soft")).expect("soft");
+    let heard = |eu_count: u64| {
+        let known = super::tally::Known::one(soft, clock.now(), &[0, eu_count]);
+        node.tally.publish_known(known, &[1], clock.now());
+    };
+    heard(4);
+
+    let checking = tokio::spawn({
+        let (node, policy, planned) = (node.clone(), policy.clone(), planned.clone());
+        let own = MemoryStore::new(100, clock.shared());
+        async move { (node.check_failing_closed(&policy, &own, &planned, CheckMode::Consume)).await }
+    });
+    // The home call is in flight (its connection held): the request was routed on 4 of 10.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while link.taken() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(link.taken(), 1);
+    heard(10);
+    link.open();
+    let (allowed, outcomes) = checking.await.expect("the task").expect("eu answers");
+    assert!(!allowed, "{outcomes:?}");
+    let soft_told = (outcomes.iter().find(|o| &*o.name.to_arc() == "soft")).expect("soft");
+    assert!(!soft_told.decision.allowed, "{soft_told:?}");
+}

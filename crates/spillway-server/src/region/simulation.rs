@@ -112,7 +112,7 @@ impl World {
                     .map(|(place, counts)| (place.clone(), Box::from(counts.as_slice())))
                     .collect(),
                 truncated: Box::new([]),
-                lengths: None,
+                lengths: Box::new([]),
             };
             node.tally.publish_known(known, &[0, 1, 2], now);
         }

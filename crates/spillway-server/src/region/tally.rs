@@ -52,11 +52,12 @@ pub struct Known {
     /// Regions some of whose counters were left out (past `MAX_KNOWN`): a counter not held
     /// is taken to have used that region's share there, not nothing. Empty: none.
     pub truncated: Box<[bool]>,
-    /// The window lengths the exchange read. A counter of another length (new since the last
-    /// exchange, or past `MAX_LENGTHS`) was not read at all: each other region is taken to
-    /// have used its share there. `None`: every length counts as read (nothing exchanged yet,
-    /// when every region counts as cut off anyway, and the tests' hand-made reads).
-    pub lengths: Option<BTreeSet<Micros>>,
+    /// For each region, the window lengths of its counts as last read. A counter of another
+    /// length (new since that read, or past `MAX_LENGTHS`) was not read there at all: that
+    /// region is taken to have used its share. `None` for a region, or an empty slice: every
+    /// length counts as read (a region never read counts as cut off anyway; the tests'
+    /// hand-made reads).
+    pub lengths: Box<[Option<Arc<BTreeSet<Micros>>>]>,
 }
 
 #[cfg(test)]
@@ -74,7 +75,7 @@ impl Known {
                 .into_iter()
                 .collect(),
             truncated: Box::new([]),
-            lengths: None,
+            lengths: Box::new([]),
         }
     }
 }
@@ -194,11 +195,11 @@ impl Tally {
         }
         let known = self.known.load();
         let counts = Counts::of(&known, params, field, now, (len, start));
-        // A window length the exchange did not read: nothing is known of any region there.
-        let unread = known
-            .lengths
-            .as_ref()
-            .is_some_and(|read| !read.contains(&len));
+        // A region whose last read did not cover this window length: nothing is known of it.
+        let unread = |r: usize| {
+            let read = known.lengths.get(r).and_then(Option::as_ref);
+            read.is_some_and(|read| !read.contains(&len))
+        };
         let mut used = 0u64;
         let mut any_cut = false;
         for r in (0..self.regions).filter(|&r| r != self.own) {
@@ -207,7 +208,7 @@ impl Tally {
             // for it, it is taken at its share (whatever other regions, this one included, hold);
             // so is every region where the counter's window length was not read.
             let unheld =
-                unread || !counts.held_by(r) && known.truncated.get(r).copied().unwrap_or(false);
+                unread(r) || !counts.held_by(r) && known.truncated.get(r).copied().unwrap_or(false);
             if unheld {
                 count = count.max(share);
             }
@@ -337,6 +338,8 @@ struct Counts<'a> {
     /// How far into the current window `now` is, and the window's length.
     elapsed: Micros,
     len: Micros,
+    /// Whether the previous window counts (a sliding window).
+    sliding: bool,
 }
 
 impl<'a> Counts<'a> {
@@ -358,6 +361,7 @@ impl<'a> Counts<'a> {
             previous_all: previous_start.and_then(|s| probe(s, CATCH_ALL)),
             elapsed: now - start,
             len,
+            sliding,
         }
     }
 
@@ -372,11 +376,12 @@ impl<'a> Counts<'a> {
         cur.saturating_add(u64::try_from(weighted).unwrap_or(u64::MAX))
     }
 
-    /// Whether region `r` supplied a count for the counter's current window.
+    /// Whether region `r` supplied a count for every window the counter reads: the current
+    /// one, and for a sliding window the previous one too (a region read in part may have
+    /// left out either).
     fn held_by(&self, r: usize) -> bool {
-        self.current
-            .and_then(|c| c.get(r).copied())
-            .is_some_and(|n| n > 0)
+        let held = |c: Option<&[u64]>| c.and_then(|c| c.get(r).copied()).is_some_and(|n| n > 0);
+        held(self.current) && (!self.sliding || held(self.previous))
     }
 }
 
@@ -394,7 +399,7 @@ mod tests {
                 .map(|(start, f, c)| ((MIN, *start, Box::from(*f)), Box::from(c.as_slice())))
                 .collect(),
             truncated: Box::new([]),
-            lengths: None,
+            lengths: Box::new([]),
         }
     }
 
@@ -517,6 +522,26 @@ mod tests {
         assert_eq!(tally.others(&params, "mine", t0), 35);
     }
 
+    /// A sliding window reads two windows: a region read in part that supplied the current
+    /// window's count but not the previous one's may have left the previous out, so it is
+    /// taken at its share too, not at what its current window alone holds.
+    #[test]
+    fn a_sliding_counter_whose_previous_window_was_left_out_reads_as_the_share() {
+        let t0 = 100 * MIN;
+        let params = LimitParams::SlidingWindow(SlidingWindow::new(90, MIN).unwrap());
+        let tally = Tally::new(0, 3, 10 * MIN, 1.0 / 3.0);
+        let mut k = known(&[(t0, "k", [0, 5, 5]), (t0 - MIN, "k", [0, 0, 60])]);
+        k.truncated = Box::new([false, true, false]);
+        tally.publish_known(k, &[1, 2], t0);
+        // Half-way: region 1 at its share (30), region 2 at 5 + 60 / 2.
+        assert_eq!(tally.others(&params, "k", t0 + MIN / 2), 30 + 35);
+        // Both windows held by region 1: its own counts stand.
+        let mut k = known(&[(t0, "k", [0, 5, 5]), (t0 - MIN, "k", [0, 2, 60])]);
+        k.truncated = Box::new([false, true, false]);
+        tally.publish_known(k, &[1, 2], t0);
+        assert_eq!(tally.others(&params, "k", t0 + MIN / 2), 6 + 35);
+    }
+
     /// A counter whose window length the exchange did not read (a length new since the last
     /// exchange, or one past `MAX_LENGTHS`) reads every other region at its share, not at 0:
     /// nothing is known of it there.
@@ -527,7 +552,8 @@ mod tests {
         let minute = LimitParams::FixedWindow(FixedWindow::new(90, MIN).unwrap());
         let hour = LimitParams::FixedWindow(FixedWindow::new(90, 60 * MIN).unwrap());
         let mut k = known(&[(t0, "k", [0, 5, 5])]);
-        k.lengths = Some(BTreeSet::from([MIN]));
+        let minutes = Some(Arc::new(BTreeSet::from([MIN])));
+        k.lengths = Box::new([None, minutes.clone(), minutes.clone()]);
         tally.publish_known(k, &[1, 2], t0);
         assert_eq!(tally.others(&minute, "k", t0), 10);
         assert_eq!(
@@ -539,6 +565,17 @@ mod tests {
             tally.others(&hour, "k", t0),
             60,
             "not read: two shares of 30"
+        );
+        // Region 2's last read (kept while a later one failed) was made before the hour
+        // was read; region 1's covered it.
+        let mut k = known(&[(t0, "k", [0, 5, 5])]);
+        let both = Some(Arc::new(BTreeSet::from([MIN, 60 * MIN])));
+        k.lengths = Box::new([None, both, minutes]);
+        tally.publish_known(k, &[1, 2], t0);
+        assert_eq!(
+            tally.others(&hour, "k", t0),
+            30,
+            "region 1 at 0, region 2 at its share"
         );
     }
 

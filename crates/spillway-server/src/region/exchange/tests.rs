@@ -186,3 +186,44 @@ async fn unused_lengths_leave_the_announcement_and_unread_ones_fail_closed() {
         "nor any counter of it"
     );
 }
+
+/// A region whose read fails keeps its last counts, read for the lengths of then: a length
+/// read since (here the policy's, after a reload) reads that region at its share, not at 0,
+/// while the lengths its counts were read for keep their counts. Real redis-servers, `us`
+/// killed.
+#[tokio::test]
+async fn a_length_added_while_a_region_cannot_be_read_reads_it_at_its_share() {
+    let (mut a, b) = (RedisServer::start(), RedisServer::start());
+    let store = regions_store(
+        &[("us", &a.url()), ("eu", &b.url())],
+        &["exchange: {interval: 100ms, partition_after: 1h}"],
+    );
+    let policy = crate::test_support::aggregate_policy(&store);
+    let regions = policy.regions().expect("regions");
+    let clock = crate::clock::ServerClock::manual(1_900_000_000_000);
+    let ta = Arc::new(Tally::new(0, 2, regions.partition_after, 0.5));
+    let tb = Arc::new(Tally::new(1, 2, regions.partition_after, 0.5));
+    let mut xa = Exchange::new(regions, ta.clone(), clock.shared());
+    let mut xb = Exchange::new(regions, tb.clone(), clock.shared());
+    let minute: Micros = 60_000_000;
+    let hour = 60 * minute;
+    let now = clock.now();
+    ta.add((minute, now - now % minute, "k".into()), 3);
+    let none = BTreeSet::new();
+    xa.tick(&none).await;
+    xb.tick(&none).await; // learns the minute
+    xb.tick(&none).await; // reads it
+    let window = |len: Micros| LimitParams::FixedWindow(FixedWindow::new(100, len).unwrap());
+    assert_eq!(tb.others(&window(minute), "k", clock.now()), 3);
+
+    a.kill();
+    xb.tick(&BTreeSet::from([hour])).await;
+    let now = clock.now();
+    assert!(!tb.cut_off(0, now), "within partition_after");
+    assert_eq!(tb.others(&window(hour), "k", now), 50, "never read from us");
+    assert_eq!(
+        tb.others(&window(minute), "k", now),
+        3,
+        "kept from the last read"
+    );
+}
