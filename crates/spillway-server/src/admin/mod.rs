@@ -144,7 +144,7 @@ pub(crate) async fn authenticate(
         Some(presented) if token.admits(presented) => next.run(request).await,
         found => {
             let detail = match found {
-                None => "the admin API needs `Authorization: Bearer <token>`",
+                None => "this needs the admin token as `Authorization: Bearer <token>`",
                 Some(_) => "the bearer token is not the admin token",
             };
             let mut response = Problem::http(StatusCode::UNAUTHORIZED, detail).into_response();

@@ -173,6 +173,30 @@ async fn with_a_token_every_endpoint_needs_it_and_the_page_does_not() {
     assert_eq!(info["admin_api"], false, "no token: open, and no admin API");
 }
 
+/// With the admin API (and the dashboard) on a listener of its own, the main port serves no
+/// admin API, yet `/v1/top` there still needs the token, whatever the peer.
+#[tokio::test]
+async fn with_the_admin_api_elsewhere_the_main_ports_top_still_needs_the_token() {
+    let h = harness(None);
+    let readers = Readers {
+        token: Some(AdminToken::new(TOKEN).expect("token")),
+        open: true,
+    };
+    let main = Harness {
+        router: crate::app::router(h.app.clone(), None, &readers)
+            .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 4000)))),
+        app: h.app,
+    };
+    assert_eq!(main.get("/v1/top", None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(main.get("/v1/top", Some(TOKEN)).await.0, StatusCode::OK);
+    let admin = main.get("/v1/admin/version", Some(TOKEN)).await.0;
+    assert_eq!(
+        admin,
+        StatusCode::NOT_FOUND,
+        "no admin API on the main port"
+    );
+}
+
 #[test]
 fn without_a_token_only_loopback_peers_naming_a_loopback_host_are_served() {
     let local = SocketAddr::from(([127, 0, 0, 1], 5000));
