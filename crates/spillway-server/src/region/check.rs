@@ -50,6 +50,9 @@ struct Routing {
     /// with one lease's share holding the cost: a denial is then the lease's, and room can
     /// return at the next exchange.
     leased: Vec<bool>,
+    /// Whether the failure mode decided the limit (its store could not answer): its outcome
+    /// is the failure mode's, told as it is.
+    fell_back: Vec<bool>,
     /// When the routing was worked out.
     now: Micros,
 }
@@ -256,6 +259,9 @@ impl RegionNode {
                         let how = decided.await?;
                         allowed &= how.allowed;
                         fell_back = Some(how);
+                        for &i in idx {
+                            routing.fell_back[i] = true;
+                        }
                     }
                 }
             }
@@ -276,10 +282,11 @@ impl RegionNode {
                 );
                 match charged.await {
                     Ok(admitted) => allowed &= admitted,
-                    // A far store's failure was decided (and counted) already: the own
-                    // store's is decided alike, so the request is counted once and its far
-                    // limits are not charged a second time by a fallback of the whole.
-                    Err(err) if fell_back.is_some() => {
+                    // The far stores have decided (charged, or a failure mode for them): the
+                    // own store's limits alone go to the failure mode, within this decision,
+                    // so the far limits are not charged a second time by a fallback of the
+                    // whole request (nor its failure counted twice).
+                    Err(err) => {
                         let decided = far.decide(
                             policy,
                             planned,
@@ -292,8 +299,10 @@ impl RegionNode {
                         let how = decided.await?;
                         allowed &= how.allowed;
                         fell_back = Some(how);
+                        for &i in &local {
+                            routing.fell_back[i] = true;
+                        }
                     }
-                    Err(err) => return Err(err),
                 }
             }
         }
@@ -413,6 +422,10 @@ impl RegionNode {
         debug_assert_eq!(outcomes.len(), planned.len());
         for (i, outcome) in outcomes.iter_mut().enumerate() {
             let p = &planned[i];
+            if routing.fell_back[i] {
+                // The emergency quota's numbers (or an uncounted limit's), not the exchange's.
+                continue;
+            }
             if routing.places[i].is_some() {
                 restore_numbers(outcome, &p.def.params, p.cost, routing.now);
             }
@@ -421,6 +434,9 @@ impl RegionNode {
                 d.allowed = false;
                 d.remaining = 0;
                 d.denial = Some(Denial::OverLimit);
+                // Full until the window ends (a window that rolled over since the own store
+                // looked has its own end).
+                d.reset_after = d.reset_after.max(window_end(&p.def.params, routing.now));
                 d.retry_after = Some(d.reset_after.max(1));
             } else if routing.leased[i] && outcome.decision.denial == Some(Denial::OverLimit) {
                 // The lease denied, not the limit: the next exchange renews it.
@@ -441,6 +457,7 @@ impl RegionNode {
             places: vec![None; planned.len()],
             exhausted: vec![false; planned.len()],
             leased: vec![false; planned.len()],
+            fell_back: vec![false; planned.len()],
             now,
         };
         for (i, p) in planned.iter().enumerate() {
@@ -766,14 +783,14 @@ mod tests {
     /// tenant); `acme` at home in eu, `globex` in ap. The policy, the node and its clock.
     fn far_world(ap_url: &str) -> (Policy, Arc<RegionNode>, ServerClock) {
         use spillway_testkit::policy::{regions_store, unreachable};
-        let store = regions_store(
-            &[
-                ("us", &unreachable(1)),
-                ("eu", &unreachable(2)),
-                ("ap", ap_url),
-            ],
-            &[],
-        );
+        // A roomy home budget: `ap` connects on its first call (a real Redis on a busy machine).
+        let regions = [
+            ("us", unreachable(1)),
+            ("eu", unreachable(2)),
+            ("ap", ap_url.into()),
+        ];
+        let regions = regions.each_ref().map(|(name, url)| (*name, url.as_str()));
+        let store = regions_store(&regions, &["exchange: {home_timeout: 5s}"]);
         let policy = crate::config::PolicySource::Builtin
             .parse(&format!(
                 "default_tier: t
@@ -856,6 +873,7 @@ tenants:
         planned.extend(planned_for(&policy, "globex"));
         let keys = || spillway_testkit::redis::command(ap.port(), "DBSIZE").unwrap_or_default();
 
+        // Far regions are asked in their order in the policy: eu (failing) before ap.
         let closed = FarFailure {
             mode: FailureMode::Closed,
             failover: &failover,
@@ -884,5 +902,44 @@ tenants:
         // acme's exact (emergency 2), acme's near (own store), globex's exact (ap), globex's near.
         assert_eq!(told, [(2, 1), (4, 3), (6, 5), (4, 3)]);
         assert_eq!(keys().trim(), ":1", "ap counted globex's exact");
+    }
+
+    /// The own store failing on its charge after the home region charged: the own limits
+    /// alone take the failure mode (here `degrade`'s emergency quota), within the decision;
+    /// the home limit keeps the home store's count and is not charged again by a fallback of
+    /// the whole request. Real redis-server as `ap`, globex's home.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_own_store_failing_after_the_home_store_charged_is_decided_within() {
+        let ap = spillway_testkit::redis::RedisServer::start();
+        let (policy, node, clock) = far_world(&ap.url());
+        let own = FailsCharges(MemoryStore::new(100, clock.shared()));
+        let failover = Failover::new(Default::default(), clock.shared());
+        let far = FarFailure {
+            mode: FailureMode::Degrade,
+            failover: &failover,
+            label: Some("r"),
+        };
+        let planned = planned_for(&policy, "globex");
+        let counts = spillway_testkit::metrics::LocalMetrics::hear();
+        let checked = node
+            .check(&policy, &own, &planned, CheckMode::Consume, &far)
+            .await
+            .expect("decided, not a store error");
+        assert!(checked.allowed);
+        assert_eq!(
+            checked.fell_back.map(|f| f.mode),
+            Some(FailureMode::Degrade)
+        );
+        let told: Vec<(u64, u64)> = (checked.outcomes.iter())
+            .map(|o| (o.quota, o.decision.remaining))
+            .collect();
+        // exact: ap's count (6, one used); near: its emergency quota (4 / 3 = 2, one used).
+        assert_eq!(told, [(6, 5), (2, 1)]);
+        let decisions = crate::failure::report::DEGRADED_DECISIONS;
+        let rendered = counts.render();
+        assert_eq!(
+            spillway_testkit::metrics::sample(&rendered, decisions, ""),
+            1
+        );
     }
 }

@@ -472,10 +472,11 @@ tenants:
     };
     heard(4);
 
+    let own = Arc::new(MemoryStore::new(100, clock.shared()));
     let checking = tokio::spawn({
-        let (node, policy, planned) = (node.clone(), policy.clone(), planned.clone());
-        let own = MemoryStore::new(100, clock.shared());
-        async move { (node.check_failing_closed(&policy, &own, &planned, CheckMode::Consume)).await }
+        let (node, policy, planned, own) =
+            (node.clone(), policy.clone(), planned.clone(), own.clone());
+        async move { (node.check_failing_closed(&policy, &*own, &planned, CheckMode::Consume)).await }
     });
     // The home call is in flight (its connection held): the request was routed on 4 of 10.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -487,6 +488,18 @@ tenants:
     link.open();
     let (allowed, outcomes) = checking.await.expect("the task").expect("eu answers");
     assert!(!allowed, "{outcomes:?}");
-    let soft_told = (outcomes.iter().find(|o| &*o.name.to_arc() == "soft")).expect("soft");
-    assert!(!soft_told.decision.allowed, "{soft_told:?}");
+    let told = |name: &str| {
+        let found = outcomes.iter().find(|o| &*o.name.to_arc() == name);
+        found.expect("each limit told").decision
+    };
+    assert!(told("exact").allowed, "eu charged the home limit");
+    let soft_told = told("soft");
+    assert!(!soft_told.allowed, "{soft_told:?}");
+    assert!(
+        soft_told.retry_after.is_some_and(|r| r > 3_000_000_000),
+        "{soft_told:?}"
+    );
+    // Nothing was charged here, nor published as admitted.
+    assert!(node.tally.take_pending().is_empty());
+    assert_eq!(own.key_count(), 0, "the own store only looked");
 }
