@@ -208,11 +208,16 @@ async fn run(
         Err(error) => {
             metrics::record_store_failure(ask.failure_mode);
             trace.failover(ask.failure_mode);
+            // With regions, an `aggregate` limit's emergency quota is a part of what this
+            // region may still admit of it, not of the whole limit.
+            let for_failover = (app.regions.as_ref())
+                .filter(|_| policy.has_global_limits())
+                .map(|regions| regions.for_failover(ask.planned));
             let fallback = Box::pin(app.failover.fallback(
                 policy,
                 ask.failure_mode,
                 ask.label,
-                ask.planned,
+                for_failover.as_deref().unwrap_or(ask.planned),
                 ask.mode,
                 &error,
             ))

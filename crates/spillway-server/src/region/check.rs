@@ -287,9 +287,10 @@ impl RegionNode {
                     // so the far limits are not charged a second time by a fallback of the
                     // whole request (nor its failure counted twice).
                     Err(err) => {
+                        let for_failover = self.for_failover(planned);
                         let decided = far.decide(
                             policy,
-                            planned,
+                            &for_failover,
                             &local,
                             mode,
                             err,
@@ -396,6 +397,34 @@ impl RegionNode {
                 .await?;
         }
         Ok(self.settle(&routing, planned, outcomes))
+    }
+
+    /// `planned` as a failure mode is to count it while this region's own store cannot answer:
+    /// each `aggregate` limit cut to what the region may still admit of it
+    /// ([`super::tally::Tally::failover_room`]: the room the others leave, at most its share),
+    /// so the emergency quotas, a part of that per node, do not hand out the whole limit again
+    /// on top of what the other regions count. Other limits as they are.
+    pub fn for_failover(&self, planned: &[Planned]) -> Vec<Planned> {
+        let now = self.clock.now();
+        let cut = |p: &Planned| {
+            window_of(&p.def.params, now)?;
+            let limit = p.def.params.quota();
+            let room = (self.tally).failover_room(&p.def.params, &field(&p.key), now);
+            (room < limit).then(|| {
+                let mut def = (*p.def).clone();
+                def.params = emergency_params(&p.def.params, room.max(1));
+                Planned {
+                    def: Arc::new(def),
+                    ..p.clone()
+                }
+            })
+        };
+        (planned.iter())
+            .map(|p| match p.def.scope {
+                Scope::Aggregate => cut(p).unwrap_or_else(|| p.clone()),
+                _ => p.clone(),
+            })
+            .collect()
     }
 
     /// The region whose store counts `p` for a request of this node: the tenant's home for a
@@ -822,6 +851,15 @@ tenants:
         policy.resolve(&attrs).limits
     }
 
+    /// Whether `checked` admitted, the failure mode that answered for a far region, and each
+    /// limit's quota and remaining.
+    fn summary(checked: &Checked) -> (bool, Option<FailureMode>, Vec<(u64, u64)>) {
+        let told = (checked.outcomes.iter())
+            .map(|o| (o.quota, o.decision.remaining))
+            .collect();
+        (checked.allowed, checked.fell_back.map(|f| f.mode), told)
+    }
+
     /// The own store failing on its charge, after the home region's failure was decided by
     /// `degrade`: its limits are decided alike (the emergency quotas), within the same
     /// decision, counted as one degraded decision, and the home limits are charged once (a
@@ -891,16 +929,9 @@ tenants:
             .check(&policy, &own, &planned, CheckMode::Consume, &degrade)
             .await
             .expect("decided");
-        assert!(checked.allowed);
-        assert_eq!(
-            checked.fell_back.map(|f| f.mode),
-            Some(FailureMode::Degrade)
-        );
-        let told: Vec<(u64, u64)> = (checked.outcomes.iter())
-            .map(|o| (o.quota, o.decision.remaining))
-            .collect();
         // acme's exact (emergency 2), acme's near (own store), globex's exact (ap), globex's near.
-        assert_eq!(told, [(2, 1), (4, 3), (6, 5), (4, 3)]);
+        let told = vec![(2, 1), (4, 3), (6, 5), (4, 3)];
+        assert_eq!(summary(&checked), (true, Some(FailureMode::Degrade), told));
         assert_eq!(keys().trim(), ":1", "ap counted globex's exact");
     }
 
@@ -925,21 +956,59 @@ tenants:
             .check(&policy, &own, &planned, CheckMode::Consume, &far)
             .await
             .expect("decided, not a store error");
-        assert!(checked.allowed);
-        assert_eq!(
-            checked.fell_back.map(|f| f.mode),
-            Some(FailureMode::Degrade)
-        );
-        let told: Vec<(u64, u64)> = (checked.outcomes.iter())
-            .map(|o| (o.quota, o.decision.remaining))
-            .collect();
         // exact: ap's count (6, one used); near: its emergency quota (4 / 3 = 2, one used).
-        assert_eq!(told, [(6, 5), (2, 1)]);
+        let told = vec![(6, 5), (2, 1)];
+        assert_eq!(summary(&checked), (true, Some(FailureMode::Degrade), told));
         let decisions = crate::failure::report::DEGRADED_DECISIONS;
         let rendered = counts.render();
         assert_eq!(
             spillway_testkit::metrics::sample(&rendered, decisions, ""),
             1
         );
+    }
+
+    /// The own store down under `degrade`, three regions of three nodes: an `aggregate`
+    /// limit's emergency quota is a part of what the region may still admit, here its share
+    /// (30 of 90, the others having left 40), over 3 nodes: 10 a node, not a third of the
+    /// whole limit (30 a node, the whole limit for the region on top of the others' 50).
+    #[tokio::test]
+    async fn with_the_own_store_down_an_aggregate_limit_gets_a_part_of_its_regions_room() {
+        use crate::decision::{decide, Ask, Outcome};
+        let store = spillway_testkit::policy::unreachable_regions(&["us", "eu", "ap"], &[]);
+        let text = format!(
+            "default_tier: t
+{store}limits:
+  soft: {{algorithm: fixed_window, limit: 90, window: 1h, key: [tenant], scope: aggregate}}
+tiers:
+  t: {{limits: [soft]}}
+"
+        );
+        let clock = ServerClock::manual(crate::test_support::TEST_START_MS);
+        let state = crate::state::AppState::for_test(&text)
+            .clock(clock.clone())
+            .store(Arc::new(DownStore));
+        let policy = state.policy().clone();
+        let failure = crate::failure::FailureSettings::default();
+        let node = RegionNode::new(&policy, Some("us"), &failure, clock.shared())
+            .expect("a node")
+            .expect("three regions");
+        let resolved = policy.resolve(&spillway_core::request::RequestAttrs {
+            tenant: Some("acme".into()),
+            ..Default::default()
+        });
+        let known = Known::one(&resolved.limits[0], clock.now(), &[0, 20, 30]);
+        node.tally.publish_known(known, &[1, 2], clock.now());
+        let app = state.failure(failure).regions(Some(node)).build();
+        let mut admitted = 0;
+        for _ in 0..15 {
+            let ask = Ask::resolved(&resolved, CheckMode::Consume);
+            let Outcome::Decided(decided) = decide(&app, &policy, &ask).await else {
+                panic!("degrade decides");
+            };
+            assert_eq!(decided.degraded, Some(FailureMode::Degrade));
+            assert_eq!(decided.verdict.outcomes[0].quota, 10);
+            admitted += u32::from(decided.verdict.allowed);
+        }
+        assert_eq!(admitted, 10);
     }
 }

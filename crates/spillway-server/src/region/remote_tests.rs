@@ -126,17 +126,21 @@ tenants:
 "
         ))
         .expect("valid policy");
-    let clock = ServerClock::manual(1_000).shared();
+    let (node, planned) = acme_at(&policy, &ServerClock::manual(1_000));
+    (policy, node, planned)
+}
+
+/// The node of `us` for `policy` on `clock`, and tenant `acme`'s planned limits.
+fn acme_at(policy: &Policy, clock: &ServerClock) -> (Arc<RegionNode>, Vec<Planned>) {
     let failure = FailureSettings::default();
-    let node = RegionNode::new(&policy, Some("us"), &failure, clock)
+    let node = RegionNode::new(policy, Some("us"), &failure, clock.shared())
         .expect("a node")
         .expect("two regions");
     let attrs = RequestAttrs {
         tenant: Some("acme".into()),
         ..RequestAttrs::default()
     };
-    let planned = policy.resolve(&attrs).limits;
-    (policy, node, planned)
+    (node, policy.resolve(&attrs).limits)
 }
 
 /// A far region whose link holds the first connection unanswered past the first call's
@@ -456,15 +460,7 @@ tenants:
         ))
         .expect("valid policy");
     let clock = ServerClock::manual(crate::test_support::TEST_START_MS);
-    let failure = FailureSettings::default();
-    let node = RegionNode::new(&policy, Some("us"), &failure, clock.shared())
-        .expect("a node")
-        .expect("two regions");
-    let attrs = RequestAttrs {
-        tenant: Some("acme".into()),
-        ..RequestAttrs::default()
-    };
-    let planned = policy.resolve(&attrs).limits;
+    let (node, planned) = acme_at(&policy, &clock);
     let soft = (planned.iter().find(|p| &*p.def.name.to_arc() == "soft")).expect("soft");
     let heard = |eu_count: u64| {
         let known = super::tally::Known::one(soft, clock.now(), &[0, eu_count]);

@@ -224,6 +224,17 @@ impl Tally {
         used
     }
 
+    /// What this region may still admit of `params`' limit for the counter at `field` while its
+    /// own store cannot answer: the room the other regions leave, and at most its share of the
+    /// limit (its publications stop with its store, and the others then take it as using its
+    /// share, `partition_share`).
+    pub fn failover_room(&self, params: &LimitParams, field: &str, now: Micros) -> u64 {
+        let limit = params.quota();
+        let share = ((limit as f64) * self.share).ceil() as u64;
+        let room = limit.saturating_sub(self.others(params, field, now));
+        room.min(share)
+    }
+
     /// With leases on, the lease of the counter at `field`, given `others` (what
     /// [`Tally::others`] answered): once the worldwide count as last read (the region's own
     /// published count plus `others`) has reached `lease_above x limit`, this region's own count

@@ -122,13 +122,13 @@ fn past_the_bound_the_largest_counts_are_kept_and_the_region_is_marked() {
     assert!(all.truncated.iter().all(|&t| !t));
 }
 
-/// The announced window lengths leave the set once no node has used them for two of their
-/// windows, so lengths a tenant override used once do not fill the exchange's cap for good;
-/// and past the cap ([`MAX_LENGTHS`]), a length not read reads each region at its share
-/// rather than at 0 (fail closed). Real redis-servers, manual clock.
-#[tokio::test]
-async fn unused_lengths_leave_the_announcement_and_unread_ones_fail_closed() {
-    let (a, b) = (RedisServer::start(), RedisServer::start());
+/// A node's tally and its exchange.
+type Node = (Arc<Tally>, Exchange);
+
+/// One node of `us` (Redis `a`) and one of `eu` (Redis `b`), each with its tally and
+/// exchange, on a manual clock reading a date to come (hashes expire at an absolute time);
+/// `partition_after` an hour, so no region is cut off while a test moves the clock.
+fn us_and_eu(a: &RedisServer, b: &RedisServer) -> (crate::clock::ServerClock, Node, Node) {
     let store = regions_store(
         &[("us", &a.url()), ("eu", &b.url())],
         &["exchange: {interval: 100ms, partition_after: 1h}"],
@@ -136,11 +136,24 @@ async fn unused_lengths_leave_the_announcement_and_unread_ones_fail_closed() {
     let policy = crate::test_support::aggregate_policy(&store);
     let regions = policy.regions().expect("regions");
     let clock = crate::clock::ServerClock::manual(1_900_000_000_000);
+    let node = |r: usize| {
+        let tally = Arc::new(Tally::new(r, 2, regions.partition_after, 0.5));
+        let exchange = Exchange::new(regions, tally.clone(), clock.shared());
+        (tally, exchange)
+    };
+    let (us, eu) = (node(0), node(1));
+    (clock, us, eu)
+}
+
+/// The announced window lengths leave the set once no node has used them for two of their
+/// windows, so lengths a tenant override used once do not fill the exchange's cap for good;
+/// and past the cap ([`MAX_LENGTHS`]), a length not read reads each region at its share
+/// rather than at 0 (fail closed). Real redis-servers, manual clock.
+#[tokio::test]
+async fn unused_lengths_leave_the_announcement_and_unread_ones_fail_closed() {
+    let (a, b) = (RedisServer::start(), RedisServer::start());
+    let (clock, (ta, mut xa), (tb, mut xb)) = us_and_eu(&a, &b);
     let manual = clock.manual_control().expect("manual");
-    let ta = Arc::new(Tally::new(0, 2, regions.partition_after, 0.5));
-    let tb = Arc::new(Tally::new(1, 2, regions.partition_after, 0.5));
-    let mut xa = Exchange::new(regions, ta.clone(), clock.shared());
-    let mut xb = Exchange::new(regions, tb.clone(), clock.shared());
     let none = BTreeSet::new();
     let key = "{rl:agg:us}:lengths_until";
     let announced = || {
@@ -194,17 +207,7 @@ async fn unused_lengths_leave_the_announcement_and_unread_ones_fail_closed() {
 #[tokio::test]
 async fn a_length_added_while_a_region_cannot_be_read_reads_it_at_its_share() {
     let (mut a, b) = (RedisServer::start(), RedisServer::start());
-    let store = regions_store(
-        &[("us", &a.url()), ("eu", &b.url())],
-        &["exchange: {interval: 100ms, partition_after: 1h}"],
-    );
-    let policy = crate::test_support::aggregate_policy(&store);
-    let regions = policy.regions().expect("regions");
-    let clock = crate::clock::ServerClock::manual(1_900_000_000_000);
-    let ta = Arc::new(Tally::new(0, 2, regions.partition_after, 0.5));
-    let tb = Arc::new(Tally::new(1, 2, regions.partition_after, 0.5));
-    let mut xa = Exchange::new(regions, ta.clone(), clock.shared());
-    let mut xb = Exchange::new(regions, tb.clone(), clock.shared());
+    let (clock, (ta, mut xa), (tb, mut xb)) = us_and_eu(&a, &b);
     let minute: Micros = 60_000_000;
     let hour = 60 * minute;
     let now = clock.now();
