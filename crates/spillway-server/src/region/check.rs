@@ -851,6 +851,15 @@ tenants:
         policy.resolve(&attrs).limits
     }
 
+    /// A route failing to `degrade` (counted as route `r`), answered through `failover`.
+    fn degrading(failover: &Failover) -> FarFailure<'_> {
+        FarFailure {
+            mode: FailureMode::Degrade,
+            failover,
+            label: Some("r"),
+        }
+    }
+
     /// Whether `checked` admitted, the failure mode that answered for a far region, and each
     /// limit's quota and remaining.
     fn summary(checked: &Checked) -> (bool, Option<FailureMode>, Vec<(u64, u64)>) {
@@ -870,11 +879,7 @@ tenants:
         let (policy, node, clock) = far_world(&spillway_testkit::policy::unreachable(3));
         let own = FailsCharges(MemoryStore::new(100, clock.shared()));
         let failover = Failover::new(Default::default(), clock.shared());
-        let far = FarFailure {
-            mode: FailureMode::Degrade,
-            failover: &failover,
-            label: Some("r"),
-        };
+        let far = degrading(&failover);
         let planned = planned_for(&policy, "acme");
         let counts = spillway_testkit::metrics::LocalMetrics::hear();
         let mut admitted = Vec::new();
@@ -945,11 +950,7 @@ tenants:
         let (policy, node, clock) = far_world(&ap.url());
         let own = FailsCharges(MemoryStore::new(100, clock.shared()));
         let failover = Failover::new(Default::default(), clock.shared());
-        let far = FarFailure {
-            mode: FailureMode::Degrade,
-            failover: &failover,
-            label: Some("r"),
-        };
+        let far = degrading(&failover);
         let planned = planned_for(&policy, "globex");
         let counts = spillway_testkit::metrics::LocalMetrics::hear();
         let checked = node
