@@ -208,20 +208,7 @@ async fn run(
         Err(error) => {
             metrics::record_store_failure(ask.failure_mode);
             trace.failover(ask.failure_mode);
-            // With regions, an `aggregate` limit's emergency quota is a part of what this
-            // region may still admit of it, not of the whole limit.
-            let for_failover = (app.regions.as_ref())
-                .filter(|_| policy.has_global_limits())
-                .map(|regions| regions.for_failover(ask.planned));
-            let fallback = Box::pin(app.failover.fallback(
-                policy,
-                ask.failure_mode,
-                ask.label,
-                for_failover.as_deref().unwrap_or(ask.planned),
-                ask.mode,
-                &error,
-            ))
-            .await;
+            let fallback = Box::pin(fall_back(app, policy, ask, &error)).await;
             trace.failover_answered(&fallback);
             match fallback {
                 Fallback::Closed { retry_after } => {
@@ -243,6 +230,21 @@ async fn run(
     observe(app, policy, ask, &outcome, elapsed);
     trace.finish(ask, &outcome);
     outcome
+}
+
+/// The failure mode's answer for `ask`, whose store failed with `error`. Its own future,
+/// boxed by the caller: what it holds across its await stays out of every decision's.
+async fn fall_back(app: &AppState, policy: &Policy, ask: &Ask<'_>, error: &StoreError) -> Fallback {
+    // With regions, an `aggregate` limit's emergency quota is a part of what this region may
+    // still admit of it, not of the whole limit.
+    let for_failover = (app.regions.as_ref())
+        .filter(|_| policy.has_global_limits())
+        .map(|regions| regions.for_failover(ask.planned));
+    let planned = for_failover.as_deref().unwrap_or(ask.planned);
+    let mode = ask.failure_mode;
+    (app.failover)
+        .fallback(policy, mode, ask.label, planned, ask.mode, error)
+        .await
 }
 
 /// A report of a cost known only after the response, for the limits metered after the fact
