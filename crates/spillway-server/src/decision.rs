@@ -242,9 +242,22 @@ async fn fall_back(app: &AppState, policy: &Policy, ask: &Ask<'_>, error: &Store
         .map(|regions| regions.for_failover(ask.planned));
     let planned = for_failover.as_deref().unwrap_or(ask.planned);
     let mode = ask.failure_mode;
-    (app.failover)
+    let fallback = (app.failover)
         .fallback(policy, mode, ask.label, planned, ask.mode, error)
-        .await
+        .await;
+    if let Some(regions) = app.regions.as_ref().filter(|_| for_failover.is_some()) {
+        // What a failure mode admitted goes to the other regions like any admission (once
+        // this region's store takes publications again), so they do not count it as unused.
+        let admitted = match &fallback {
+            Fallback::Open => true,
+            Fallback::Degraded { allowed, .. } => *allowed,
+            Fallback::Closed { .. } => false,
+        };
+        if admitted && ask.mode == CheckMode::Consume {
+            regions.count_admitted(ask.planned);
+        }
+    }
+    fallback
 }
 
 /// A report of a cost known only after the response, for the limits metered after the fact

@@ -427,6 +427,20 @@ impl RegionNode {
             .collect()
     }
 
+    /// Adds a request a failure mode admitted without the own store to what this node
+    /// publishes of its `aggregate` limits, as [`RegionNode::check`] adds what it admits.
+    pub fn count_admitted(&self, planned: &[Planned]) {
+        let now = self.clock.now();
+        for p in planned
+            .iter()
+            .filter(|p| p.def.scope == Scope::Aggregate && p.cost > 0)
+        {
+            if let Some((len, start)) = window_of(&p.def.params, now) {
+                self.tally.add((len, start, field(&p.key)), p.cost);
+            }
+        }
+    }
+
     /// The region whose store counts `p` for a request of this node: the tenant's home for a
     /// `home` limit, else this node's own (an `aggregate` limit is counted in every region,
     /// each its own traffic).
@@ -971,7 +985,8 @@ tenants:
     /// The own store down under `degrade`, three regions of three nodes: an `aggregate`
     /// limit's emergency quota is a part of what the region may still admit, here its share
     /// (30 of 90, the others having left 40), over 3 nodes: 10 a node, not a third of the
-    /// whole limit (30 a node, the whole limit for the region on top of the others' 50).
+    /// whole limit (30 a node, the whole limit for the region on top of the others' 50); and
+    /// what it admits is published as usual.
     #[tokio::test]
     async fn with_the_own_store_down_an_aggregate_limit_gets_a_part_of_its_regions_room() {
         use crate::decision::{decide, Ask, Outcome};
@@ -999,6 +1014,7 @@ tiers:
         });
         let known = Known::one(&resolved.limits[0], clock.now(), &[0, 20, 30]);
         node.tally.publish_known(known, &[1, 2], clock.now());
+        let regions = node.clone();
         let app = state.failure(failure).regions(Some(node)).build();
         let mut admitted = 0;
         for _ in 0..15 {
@@ -1011,5 +1027,8 @@ tiers:
             admitted += u32::from(decided.verdict.allowed);
         }
         assert_eq!(admitted, 10);
+        // And the ten are published like any admission, once the store takes them.
+        let pending = regions.tally.take_pending();
+        assert_eq!(pending.values().sum::<u64>(), 10, "{pending:?}");
     }
 }
