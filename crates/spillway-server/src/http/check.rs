@@ -239,8 +239,8 @@ pub(crate) fn with_length(mut response: Response) -> Response {
 }
 
 /// Reads a whole body of at most [`MAX_BODY_BYTES`] ([`crate::serving::read_body`]), or
-/// the problem that stopped it.
-async fn read_body<B>(body: B) -> Result<Bytes, Problem>
+/// the problem that stopped it. `/v1/report` reads its body with it too.
+pub(crate) async fn read_body<B>(body: B) -> Result<Bytes, Problem>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -286,9 +286,9 @@ async fn respond(
     })
 }
 
-/// The problem for a body that could not be read, whichever reader failed (this endpoint's
-/// own limited read, or axum's `Bytes` extractor on `/v1/report`, whose rejection is passed
-/// whole): 413 when it is too long, 408 when it did not arrive in time (`--body-timeout`),
+/// The problem for a body that could not be read, whichever reader failed (the API's own
+/// limited read, or axum's `Bytes` extractor, whose rejection is passed whole): 413 when it
+/// is too long, 408 when it did not arrive in time (`--body-timeout`),
 /// 503 when the bodies still arriving held all the server would hold (`--max-body-memory`),
 /// else 400.
 pub(crate) fn body_problem(err: &(dyn std::error::Error + 'static)) -> Problem {

@@ -47,8 +47,7 @@ use crate::http::verdict::{decided_body, decided_headers, VerdictBody};
 use crate::principal::Presented;
 use crate::state::AppState;
 use crate::telemetry::decision_log::{RequestIds, Subject};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -171,12 +170,15 @@ pub fn parse_body(body: &[u8]) -> Result<ReportRequest, Problem> {
     Ok(request)
 }
 
-/// The handler.
+/// The handler. The body is read as `/v1/check`'s is (`check::read_body`): a first frame
+/// the body then waits with is copied out of the connection's read buffer, so a report that
+/// trickles in keeps no more memory than its charge on `--max-body-memory`.
 pub async fn report(
     State(app): State<Arc<AppState>>,
     CredentialHeaders { policy, headers }: CredentialHeaders,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
+    let body = crate::http::check::read_body(body).await;
     match respond(&app, policy, &headers, body).await {
         Ok(response) | Err(response) => response,
     }
@@ -186,10 +188,9 @@ async fn respond(
     app: &AppState,
     policy: Arc<Policy>,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, Problem>,
 ) -> Result<Response, Response> {
-    let body =
-        body.map_err(|rejection| crate::http::check::body_problem(&rejection).into_response())?;
+    let body = body.map_err(IntoResponse::into_response)?;
     let request = parse_body(&body).map_err(IntoResponse::into_response)?;
     let mut attrs = RequestAttrs {
         tenant: request.tenant,
