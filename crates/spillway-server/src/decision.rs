@@ -248,13 +248,15 @@ async fn fall_back(app: &AppState, policy: &Policy, ask: &Ask<'_>, error: &Store
     if let Some(regions) = app.regions.as_ref().filter(|_| for_failover.is_some()) {
         // What a failure mode admitted goes to the other regions like any admission (once
         // this region's store takes publications again), so they do not count it as unused.
-        let admitted = match &fallback {
-            Fallback::Open => true,
-            Fallback::Degraded { allowed, .. } => *allowed,
-            Fallback::Closed { .. } => false,
-        };
-        if admitted && ask.mode == CheckMode::Consume {
-            regions.count_admitted(ask.planned);
+        if ask.mode == CheckMode::Consume {
+            match &fallback {
+                Fallback::Open => regions.count_admitted(ask.planned, &[]),
+                Fallback::Degraded {
+                    allowed: true,
+                    outcomes,
+                } => regions.count_admitted(ask.planned, outcomes),
+                _ => {}
+            }
         }
     }
     fallback

@@ -99,7 +99,7 @@ async fn bodies_over_16_kib_are_413() {
     let fits = format!(r#"{{"user":"{}"}}"#, "x".repeat(16 * 1024 - 20));
     assert_eq!(server.post("/v1/check", &fits).await.status(), 200);
 
-    // A report's body is read by another reader and refused alike.
+    // A report's body is refused alike.
     let big = format!(
         r#"{{"request_id":"r","cost":1,"user":"{}"}}"#,
         "x".repeat(17 * 1024)

@@ -801,9 +801,9 @@ fn status_soon(stream: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&line).trim_end().to_owned())
 }
 
-/// The HTTP API's bodies share the cap. Two bodies sent in part, 10 KiB each, under a cap of
-/// 32 KiB: each waiting request holds its 10 KiB and 16 KiB for its head, so they cannot both
-/// wait. One is refused at once with a 503, whichever the server reached first; the other
+/// The HTTP API's bodies share the cap. Two bodies sent in part (a check's and a report's),
+/// 10 KiB each, under a cap of 32 KiB: each waiting request holds its 10 KiB and 16 KiB for
+/// its head, so they cannot both wait. One is refused at once with a 503, whichever the server reached first; the other
 /// waits, holding exactly its share. Whole requests, a check and a report, are answered
 /// meanwhile (no room is left for a waiting one's 16 KiB).
 #[tokio::test]
@@ -813,10 +813,11 @@ async fn an_http_body_past_the_body_memory_gets_503() {
         .start();
     let part = format!("{{\"user\":\"{}", "u".repeat(10 << 10));
     let streams = [connect(server.addr()), connect(server.addr())];
-    for mut stream in &streams {
+    // A check and a report: both endpoints read their bodies alike.
+    for (mut stream, path) in streams.iter().zip(["/v1/check", "/v1/report"]) {
         write!(
             stream,
-            "POST /v1/check HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n\
+            "POST {path} HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n\
              content-length: 16000\r\n\r\n{part}"
         )
         .expect("send");
@@ -844,7 +845,7 @@ async fn an_http_body_past_the_body_memory_gets_503() {
     // While the cap has no room for another waiting request, whole ones are answered.
     let whole = server.post("/v1/check", r#"{"user":"w"}"#).await;
     assert_eq!(whole.status(), 200);
-    // A report's body, read by another reader (axum's), is not charged either.
+    // Nor is a whole report's.
     let report = r#"{"user":"w","cost":1,"request_id":"r-1"}"#;
     assert_eq!(server.post("/v1/report", report).await.status(), 200);
     // The waiting one would wait for the body timeout: its reader is let go.

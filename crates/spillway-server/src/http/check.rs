@@ -34,7 +34,6 @@ use crate::serving::{self, BodyMemoryFull, BodyTimeout};
 use crate::state::AppState;
 use crate::telemetry::decision_log::RequestIds;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -286,40 +285,29 @@ async fn respond(
     })
 }
 
-/// The problem for a body that could not be read, whichever reader failed (the API's own
-/// limited read, or axum's `Bytes` extractor, whose rejection is passed whole): 413 when it
+/// The problem for a body the API's limited read ([`read_body`]) could not read: 413 when it
 /// is too long, 408 when it did not arrive in time (`--body-timeout`),
 /// 503 when the bodies still arriving held all the server would hold (`--max-body-memory`),
 /// else 400.
-pub(crate) fn body_problem(err: &(dyn std::error::Error + 'static)) -> Problem {
+fn body_problem(err: &(dyn std::error::Error + 'static)) -> Problem {
     if let Some(late) = BodyTimeout::find(err) {
         return Problem::http(StatusCode::REQUEST_TIMEOUT, late.to_string());
     }
     if let Some(full) = BodyMemoryFull::find(err) {
         return Problem::http(StatusCode::SERVICE_UNAVAILABLE, full.to_string());
     }
-    // axum's rejection says so in its status (its chain need not hold the length error).
-    let too_long = |e: &(dyn std::error::Error + 'static)| {
-        e.is::<LengthLimitError>()
-            || e.downcast_ref::<BytesRejection>()
-                .is_some_and(|r| r.status() == StatusCode::PAYLOAD_TOO_LARGE)
-    };
     let mut cause = Some(err);
     while let Some(e) = cause {
-        if too_long(e) {
+        if e.is::<LengthLimitError>() {
             return too_large();
         }
         cause = e.source();
     }
-    // Both endpoints word it alike: axum's rejection names the buffering itself.
-    if err.is::<BytesRejection>() {
-        Problem::invalid(format!("the body could not be read: {err}"), None)
-    } else {
-        Problem::invalid(
-            format!("the body could not be read: Failed to buffer the request body: {err}"),
-            None,
-        )
-    }
+    // Worded as axum's reader words it, which `/v1/report` used before it read bodies here.
+    Problem::invalid(
+        format!("the body could not be read: Failed to buffer the request body: {err}"),
+        None,
+    )
 }
 
 fn too_large() -> Problem {

@@ -287,7 +287,12 @@ impl RegionNode {
                     // so the far limits are not charged a second time by a fallback of the
                     // whole request (nor its failure counted twice).
                     Err(err) => {
-                        let for_failover = self.for_failover(planned);
+                        // Cut to the region's room where emergency quotas decide; an
+                        // uncounted limit (`open`) is told with its whole quota.
+                        let for_failover = match far.mode {
+                            FailureMode::Degrade => self.for_failover(planned),
+                            _ => planned.to_vec(),
+                        };
                         let decided = far.decide(
                             policy,
                             &for_failover,
@@ -428,13 +433,16 @@ impl RegionNode {
     }
 
     /// Adds a request a failure mode admitted without the own store to what this node
-    /// publishes of its `aggregate` limits, as [`RegionNode::check`] adds what it admits.
-    pub fn count_admitted(&self, planned: &[Planned]) {
+    /// publishes of its `aggregate` limits, as [`RegionNode::check`] adds what it admits:
+    /// each limit whose outcome (in `outcomes`, as the failure mode told them; empty when it
+    /// let the request through unchecked) allowed it.
+    pub fn count_admitted(&self, planned: &[Planned], outcomes: &[LimitOutcome]) {
         let now = self.clock.now();
-        for p in planned
-            .iter()
-            .filter(|p| p.def.scope == Scope::Aggregate && p.cost > 0)
-        {
+        for (i, p) in planned.iter().enumerate() {
+            let allowed = outcomes.get(i).is_none_or(|o| o.decision.allowed);
+            if p.def.scope != Scope::Aggregate || p.cost == 0 || !allowed {
+                continue;
+            }
             if let Some((len, start)) = window_of(&p.def.params, now) {
                 self.tally.add((len, start, field(&p.key)), p.cost);
             }
@@ -1027,6 +1035,12 @@ tiers:
             admitted += u32::from(decided.verdict.allowed);
         }
         assert_eq!(admitted, 10);
+        // A look (peek) admits nothing, so publishes nothing.
+        let peek = Ask::resolved(&resolved, CheckMode::Peek);
+        assert!(matches!(
+            decide(&app, &policy, &peek).await,
+            Outcome::Decided(_)
+        ));
         // And the ten are published like any admission, once the store takes them.
         let pending = regions.tally.take_pending();
         assert_eq!(pending.values().sum::<u64>(), 10, "{pending:?}");

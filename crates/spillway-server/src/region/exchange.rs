@@ -430,7 +430,7 @@ impl Exchange {
             }
         }
         if !failed.is_empty() {
-            self.tally.restore_pending(failed);
+            self.tally.restore_pending(failed, now);
         }
     }
 }

@@ -227,12 +227,27 @@ impl Tally {
     /// What this region may still admit of `params`' limit for the counter at `field` while its
     /// own store cannot answer: the room the other regions leave, and at most its share of the
     /// limit (its publications stop with its store, and the others then take it as using its
-    /// share, `partition_share`).
+    /// share, `partition_share`). With leases on, the region's own published count is known
+    /// (while its last read is fresh) and counts against both.
     pub fn failover_room(&self, params: &LimitParams, field: &str, now: Micros) -> u64 {
         let limit = params.quota();
         let share = ((limit as f64) * self.share).ceil() as u64;
+        let own = self.own_published(params, field, now).unwrap_or(0);
         let room = limit.saturating_sub(self.others(params, field, now));
-        room.min(share)
+        room.saturating_sub(own).min(share.saturating_sub(own))
+    }
+
+    /// The own region's published count of the counter at `field`, as the exchange last read
+    /// it: only with leases on (which read it), and only while that read is fresh.
+    fn own_published(&self, params: &LimitParams, field: &str, now: Micros) -> Option<u64> {
+        self.lease_above?;
+        let at = self.fresh_at[self.own].load(Ordering::Relaxed);
+        if at == NEVER || now.saturating_sub(at) > self.partition_after {
+            return None;
+        }
+        let window = window_of(params, now)?;
+        let known = self.known.load();
+        Some(Counts::of(&known, params, field, now, window).of_region(self.own))
     }
 
     /// With leases on, the lease of the counter at `field`, given `others` (what
@@ -251,13 +266,7 @@ impl Tally {
         others: u64,
     ) -> Option<Lease> {
         let above = self.lease_above?;
-        let at = self.fresh_at[self.own].load(Ordering::Relaxed);
-        if at == NEVER || now.saturating_sub(at) > self.partition_after {
-            return None;
-        }
-        let window = window_of(params, now)?;
-        let known = self.known.load();
-        let own = Counts::of(&known, params, field, now, window).of_region(self.own);
+        let own = self.own_published(params, field, now)?;
         let limit = params.quota();
         let used = own.saturating_add(others);
         if (used as f64) < above * limit as f64 {
@@ -288,6 +297,12 @@ impl Tally {
     /// Records that this node admitted `cost` on the counter at `place`.
     pub fn add(&self, place: Place, cost: u64) {
         let mut pending = self.pending.lock();
+        self.put(&mut pending, place, cost);
+    }
+
+    /// Adds `cost` at `place` in `pending`, or past [`MAX_PENDING`] counters at its window's
+    /// catch-all.
+    fn put(&self, pending: &mut HashMap<Place, u64>, place: Place, cost: u64) {
         if pending.len() >= MAX_PENDING && !pending.contains_key(&place) {
             self.overflow.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(super::metrics::TALLY_OVERFLOW).increment(1);
@@ -306,11 +321,17 @@ impl Tally {
         std::mem::take(&mut *self.pending.lock())
     }
 
-    /// Puts back what could not be published, so the next publication carries it.
-    pub fn restore_pending(&self, back: HashMap<Place, u64>) {
+    /// Puts back what could not be published at `now`, so the next publication carries it:
+    /// under the same bound as [`Tally::add`], and without the windows whose published counts
+    /// no one reads any more (two windows after their start, when the hashes expire), so a
+    /// long outage of the own store does not pile up every window it lasted.
+    pub fn restore_pending(&self, back: HashMap<Place, u64>, now: Micros) {
         let mut pending = self.pending.lock();
         for (place, n) in back {
-            *pending.entry(place).or_insert(0) += n;
+            let (len, start, _) = &place;
+            if start.saturating_add(2 * len) > now {
+                self.put(&mut pending, place, n);
+            }
         }
     }
 
@@ -533,6 +554,27 @@ mod tests {
         assert_eq!(tally.others(&params, "mine", t0), 35);
     }
 
+    /// With its own store down, a region may still admit the room the others leave, at most
+    /// its share; with leases on, what it published itself (read by the exchange) counts
+    /// against both.
+    #[test]
+    fn the_failover_room_is_the_share_less_what_the_region_published() {
+        let t0 = 100 * MIN;
+        let params = LimitParams::FixedWindow(FixedWindow::new(90, MIN).unwrap());
+        let plain = Tally::new(0, 3, 10 * MIN, 1.0 / 3.0);
+        plain.publish_known(known(&[(t0, "k", [40, 20, 15])]), &[0, 1, 2], t0);
+        assert_eq!(
+            plain.failover_room(&params, "k", t0),
+            30,
+            "min(90 - 35, 30)"
+        );
+        for (own, room) in [(40, 0), (10, 20), (0, 30)] {
+            let leased = Tally::new(0, 3, 10 * MIN, 1.0 / 3.0).with_leases(Some(0.5), MIN);
+            leased.publish_known(known(&[(t0, "k", [own, 20, 15])]), &[0, 1, 2], t0);
+            assert_eq!(leased.failover_room(&params, "k", t0), room, "own {own}");
+        }
+    }
+
     /// A sliding window reads two windows: a region read in part that supplied the current
     /// window's count but not the previous one's may have left the previous out, so it is
     /// taken at its share too, not at what its current window alone holds.
@@ -681,8 +723,31 @@ mod tests {
         let taken = tally.take_pending();
         assert_eq!(taken.get(&(MIN, 0, "a".into())), Some(&5));
         tally.add((MIN, 0, "a".into()), 1);
-        tally.restore_pending(taken);
+        tally.restore_pending(taken, MIN);
         assert_eq!(tally.take_pending().get(&(MIN, 0, "a".into())), Some(&6));
+    }
+
+    /// What could not be published through a long outage of the own store is kept only for
+    /// windows still read, and under the pending bound: past it, at each window's catch-all.
+    #[test]
+    fn unpublished_counts_keep_to_live_windows_and_the_bound() {
+        let tally = Tally::new(0, 2, 1, 0.5);
+        let mut back: HashMap<Place, u64> = HashMap::new();
+        back.insert((MIN, 0, "gone".into()), 4);
+        back.insert((MIN, 3 * MIN, "live".into()), 2);
+        for i in 0..MAX_PENDING + 10 {
+            back.insert((MIN, 3 * MIN, format!("k{i}").into()), 1);
+        }
+        tally.restore_pending(back, 4 * MIN);
+        let pending = tally.take_pending();
+        assert!(
+            !pending.contains_key(&(MIN, 0, "gone".into())),
+            "expired two windows ago"
+        );
+        assert!(pending.len() <= MAX_PENDING + 1, "{}", pending.len());
+        let total: u64 = pending.values().sum();
+        assert_eq!(total, 2 + (MAX_PENDING + 10) as u64, "nothing live lost");
+        assert!(pending.contains_key(&(MIN, 3 * MIN, CATCH_ALL.into())));
     }
 
     #[test]
