@@ -6,9 +6,14 @@
 //!
 //! ```text
 //! Ask ─► Engine::check_planned ─► store (behind failure::guard: budget, breaker)
+//!    └─► (global limits) RegionNode::check ─► the own store and far regions' stores; a
+//!              │                              store failing after the first look: its limits
+//!              │                              to the failure mode within the check
 //!              │ Err(StoreError)
 //!              ▼
-//!        Failover::fallback (open / closed / degrade with emergency quotas)
+//!        fall_back ─► Failover::fallback (open / closed / degrade with emergency quotas;
+//!              │      with regions, an `aggregate` limit's quota cut to the region's room,
+//!              │      and what it admits published)
 //!              ▼
 //!        Outcome::Decided { verdict, degraded } | Outcome::Refused { retry_after, .. }
 //!              ▼
@@ -21,7 +26,8 @@
 //!
 //! Transports only translate the [`Outcome`]: the HTTP API into a status, headers and a JSON
 //! body (`http::verdict`), the Envoy service into a `RateLimitResponse` or a gRPC status
-//! (`grpc::response`). Neither matches on store errors or failure modes itself.
+//! (`grpc::response`). Neither matches on store errors; they read only which failure mode
+//! answered (the degraded mark, and for gRPC whether an `open` answer checked nothing).
 
 use crate::failure::Fallback;
 use crate::metrics;
@@ -111,10 +117,10 @@ pub struct Decided {
     /// `Some(mode)` when the store failed and a failure mode decided, naming the one that
     /// answered: `open` (the verdict allows and lists no limits; also a `degrade` request
     /// whose emergency store failed) or `degrade` (the limits are the emergency quotas).
-    /// Answers then carry the `Spillway-Degraded` marker. When only a far region's store
-    /// failed (`crate::region`), the mode decided that region's limits and the others were
-    /// counted as usual: under `open` the verdict lists them all (the uncounted ones as
-    /// shadow limits) and may deny.
+    /// Answers then carry the `Spillway-Degraded` marker. When a store failed within a check
+    /// across regions (`crate::region`: a far region's, or the own store at its charge), the
+    /// mode decided that store's limits and the others were counted as usual: under `open`
+    /// the verdict lists them all (the uncounted ones as shadow limits) and may deny.
     pub degraded: Option<FailureMode>,
     /// With `store.regions`, the home region of the request's tenant (`crate::region`),
     /// which answers name so a gateway can route the tenant there.
@@ -160,7 +166,8 @@ async fn run(
 ) -> Outcome {
     let stopwatch = metrics::Stopwatch::start();
     trace.store_call(ask.planned.len());
-    // Set when a far region's store failed and the failure mode decided its limits alone.
+    // Set when a store failed within a check across regions and the failure mode decided
+    // its limits alone.
     let mut fell_back = None;
     let result = match &app.regions {
         // Only `home` and `aggregate` limits need more than the region's own store; a request
@@ -235,28 +242,26 @@ async fn run(
 /// The failure mode's answer for `ask`, whose store failed with `error`. Its own future,
 /// boxed by the caller: what it holds across its await stays out of every decision's.
 async fn fall_back(app: &AppState, policy: &Policy, ask: &Ask<'_>, error: &StoreError) -> Fallback {
+    let regions = (app.regions.as_ref()).filter(|_| policy.has_global_limits());
     // With regions, an `aggregate` limit's emergency quota is a part of what this region may
-    // still admit of it, not of the whole limit.
-    let for_failover = (app.regions.as_ref())
-        .filter(|_| policy.has_global_limits())
+    // still admit of it, not of the whole limit (only emergency quotas read the numbers).
+    let cut = (regions.filter(|_| ask.failure_mode == FailureMode::Degrade))
         .map(|regions| regions.for_failover(ask.planned));
-    let planned = for_failover.as_deref().unwrap_or(ask.planned);
+    let planned = cut.as_deref().unwrap_or(ask.planned);
     let mode = ask.failure_mode;
     let fallback = (app.failover)
         .fallback(policy, mode, ask.label, planned, ask.mode, error)
         .await;
-    if let Some(regions) = app.regions.as_ref().filter(|_| for_failover.is_some()) {
+    if let Some(regions) = regions.filter(|_| ask.mode == CheckMode::Consume) {
         // What a failure mode admitted goes to the other regions like any admission (once
         // this region's store takes publications again), so they do not count it as unused.
-        if ask.mode == CheckMode::Consume {
-            match &fallback {
-                Fallback::Open => regions.count_admitted(ask.planned, &[]),
-                Fallback::Degraded {
-                    allowed: true,
-                    outcomes,
-                } => regions.count_admitted(ask.planned, outcomes),
-                _ => {}
-            }
+        match &fallback {
+            Fallback::Open => regions.count_admitted(ask.planned, &[]),
+            Fallback::Degraded {
+                allowed: true,
+                outcomes,
+            } => regions.count_admitted(ask.planned, outcomes),
+            _ => {}
         }
     }
     fallback

@@ -17,12 +17,15 @@
 //!   held the cost) carries a `Retry-After` of the time to the node's next exchange, which
 //!   renews the lease, not the window's.
 //!
-//! A request whose limits span two stores is checked in this order: the own store looks
-//! (no charge); if it would deny, the request is denied without asking the other store; else the
-//! other store charges, and if it admitted, the own store charges, with the `aggregate` limits'
-//! room worked out again (the far call took time, and the exchange may know more by then). The only gap: a request the
-//! own store denies in that last step, after the other charged, has used its home budget
-//! without being admitted (under-admission, never over-admission).
+//! A request whose limits span several stores is checked in this order: the own store looks
+//! (no charge); if it would deny, the request is denied without asking another store; else
+//! each far store charges in turn, and if they admitted, the own store charges, with the
+//! `aggregate` limits' room worked out again (the far calls took time, and the exchange may
+//! know more by then). If the own store fails at that charge, the failure mode decides its
+//! limits within the decision, as it does a far store's. What a far store charged stays
+//! charged when a later step denies or refuses the request (the own store's charge, a
+//! `closed` far failure after it, an `aggregate` limit filled meanwhile): under-admission,
+//! never over-admission.
 
 use super::tally::{field, window_of, Place};
 use super::RegionNode;
@@ -75,8 +78,9 @@ pub struct Checked {
     pub allowed: bool,
     /// Each limit's outcome, in the order planned.
     pub outcomes: Vec<LimitOutcome>,
-    /// `Some` when a far region's store could not answer and the request's failure mode
-    /// decided its limits; the request's other limits were counted as usual.
+    /// `Some` when a store could not answer (a far region's, or the own store at its charge
+    /// after the far calls) and the request's failure mode decided its limits; the request's
+    /// other limits were counted as usual.
     pub fell_back: Option<FellBack>,
 }
 
@@ -90,7 +94,8 @@ impl Checked {
     }
 }
 
-/// How the failure mode answered for the limits a far region's store could not count.
+/// How the failure mode answered for the limits a store could not count (see
+/// [`Checked::fell_back`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FellBack {
     /// The mode that answered: `open` (the limits not counted, told as shadow limits with
@@ -122,9 +127,9 @@ impl FellBack {
     }
 }
 
-/// What decides the limits whose far region's store could not answer: the request's failure
-/// mode, through the node's own failure handling (its emergency quotas, its degraded-decision
-/// counts and logs).
+/// What decides the limits whose store could not answer within [`RegionNode::check`] (a far
+/// region's, or the own store at its charge): the request's failure mode, through the
+/// node's own failure handling (its emergency quotas, its degraded-decision counts and logs).
 #[derive(Debug, Clone, Copy)]
 pub struct FarFailure<'a> {
     /// The request's failure mode.
@@ -194,7 +199,9 @@ impl FarFailure<'_> {
 impl RegionNode {
     /// Decides `planned` across the regions' stores; see the module docs. `own` is the region's
     /// own store (the engine's, behind its guard). A far region's store that cannot answer
-    /// leaves its limits to `far`; a failure of the own store is the caller's to handle.
+    /// leaves its limits to `far`, and so does the own store failing at its charge after the
+    /// far calls; the own store failing at its first look (before any far call) is the
+    /// caller's to handle, as a failure of the whole request.
     pub async fn check(
         &self,
         policy: &Policy,
@@ -289,13 +296,17 @@ impl RegionNode {
                     Err(err) => {
                         // Cut to the region's room where emergency quotas decide; an
                         // uncounted limit (`open`) is told with its whole quota.
+                        let cut;
                         let for_failover = match far.mode {
-                            FailureMode::Degrade => self.for_failover(planned),
-                            _ => planned.to_vec(),
+                            FailureMode::Degrade => {
+                                cut = self.for_failover(planned);
+                                &cut[..]
+                            }
+                            _ => planned,
                         };
                         let decided = far.decide(
                             policy,
-                            &for_failover,
+                            for_failover,
                             &local,
                             mode,
                             err,
@@ -831,7 +842,8 @@ mod tests {
 
     /// Regions `us` (this node), `eu` on a port nothing listens on and `ap` at `ap_url`;
     /// limits `exact` (`home`, 6 an hour per tenant) and `near` (regional, 4 an hour per
-    /// tenant); `acme` at home in eu, `globex` in ap. The policy, the node and its clock.
+    /// tenant), and on `POST /soft` also `soft` (`aggregate`, 90 an hour per tenant); `acme`
+    /// at home in eu, `globex` in ap. The policy, the node and its clock.
     fn far_world(ap_url: &str) -> (Policy, Arc<RegionNode>, ServerClock) {
         use spillway_testkit::policy::{regions_store, unreachable};
         // A roomy home budget: `ap` connects on its first call (a real Redis on a busy machine).
@@ -848,8 +860,11 @@ mod tests {
 {store}limits:
   exact: {{algorithm: token_bucket, rate: 6/h, burst: 6, key: [tenant], scope: home}}
   near: {{algorithm: fixed_window, limit: 4, window: 1h, key: [tenant]}}
+  soft: {{algorithm: fixed_window, limit: 90, window: 1h, key: [tenant], scope: aggregate}}
 tiers:
   t: {{limits: [exact, near]}}
+routes:
+  - {{match: \"POST /soft\", limits: [soft]}}
 tenants:
   acme: {{home_region: eu}}
   globex: {{home_region: ap}}
@@ -1044,5 +1059,49 @@ tiers:
         // And the ten are published like any admission, once the store takes them.
         let pending = regions.tally.take_pending();
         assert_eq!(pending.values().sum::<u64>(), 10, "{pending:?}");
+    }
+
+    /// The own store failing at its charge after the home store answered, with an
+    /// `aggregate` limit among its limits, under `degrade`: that limit's emergency quota is
+    /// cut to the region's room (the others' 50 of 90 leave 40, its share is 30: 10 a node
+    /// of 3), not a third of the whole limit, and what it admitted goes to the publication.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_aggregate_limit_decided_within_the_check_gets_the_regions_room() {
+        let ap = spillway_testkit::redis::RedisServer::start();
+        let (policy, node, clock) = far_world(&ap.url());
+        let own = FailsCharges(MemoryStore::new(100, clock.shared()));
+        let failover = Failover::new(Default::default(), clock.shared());
+        let planned = policy
+            .resolve(&spillway_core::request::RequestAttrs {
+                tenant: Some("globex".into()),
+                method: Some("POST".into()),
+                path: Some("/soft".into()),
+                ..Default::default()
+            })
+            .limits;
+        let at = |name: &str| {
+            let found = planned.iter().position(|p| &*p.def.name.to_arc() == name);
+            found.expect("planned")
+        };
+        let known = Known::one(&planned[at("soft")], clock.now(), &[0, 20, 30]);
+        node.tally.publish_known(known, &[1, 2], clock.now());
+        let checked = node
+            .check(
+                &policy,
+                &own,
+                &planned,
+                CheckMode::Consume,
+                &degrading(&failover),
+            )
+            .await
+            .expect("decided, not a store error");
+        let (allowed, mode, told) = summary(&checked);
+        assert_eq!((allowed, mode), (true, Some(FailureMode::Degrade)));
+        // exact: ap's count; near: 4 / 3 = 2 a node; soft: the region's room, 30 / 3.
+        assert_eq!(told[at("exact")], (6, 5));
+        assert_eq!(told[at("near")], (2, 1));
+        assert_eq!(told[at("soft")], (10, 9));
+        let pending = node.tally.take_pending();
+        assert_eq!(pending.values().sum::<u64>(), 1, "{pending:?}");
     }
 }
