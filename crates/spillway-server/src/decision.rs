@@ -11,9 +11,9 @@
 //!              │                              to the failure mode within the check
 //!              │ Err(StoreError)
 //!              ▼
-//!        fall_back ─► Failover::fallback (open / closed / degrade with emergency quotas;
-//!              │      with regions, an `aggregate` limit's quota cut to the region's room,
-//!              │      and what it admits published)
+//!        failure_mode_answer ─► Failover::fallback (open / closed / degrade with emergency
+//!              │   quotas; with regions, an `aggregate` limit's quota cut to the region's
+//!              │   room, and what it admits published)
 //!              ▼
 //!        Outcome::Decided { verdict, degraded } | Outcome::Refused { retry_after, .. }
 //!              ▼
@@ -215,7 +215,7 @@ async fn run(
         Err(error) => {
             metrics::record_store_failure(ask.failure_mode);
             trace.failover(ask.failure_mode);
-            let fallback = Box::pin(fall_back(app, policy, ask, &error)).await;
+            let fallback = Box::pin(failure_mode_answer(app, policy, ask, &error)).await;
             trace.failover_answered(&fallback);
             match fallback {
                 Fallback::Closed { retry_after } => {
@@ -241,7 +241,12 @@ async fn run(
 
 /// The failure mode's answer for `ask`, whose store failed with `error`. Its own future,
 /// boxed by the caller: what it holds across its await stays out of every decision's.
-async fn fall_back(app: &AppState, policy: &Policy, ask: &Ask<'_>, error: &StoreError) -> Fallback {
+async fn failure_mode_answer(
+    app: &AppState,
+    policy: &Policy,
+    ask: &Ask<'_>,
+    error: &StoreError,
+) -> Fallback {
     let regions = (app.regions.as_ref()).filter(|_| policy.has_global_limits());
     // With regions, an `aggregate` limit's emergency quota is a part of what this region may
     // still admit of it, not of the whole limit (only emergency quotas read the numbers).

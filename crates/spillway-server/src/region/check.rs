@@ -55,7 +55,7 @@ struct Routing {
     leased: Vec<bool>,
     /// Whether the failure mode decided the limit (its store could not answer): its outcome
     /// is the failure mode's, told as it is.
-    fell_back: Vec<bool>,
+    by_failure_mode: Vec<bool>,
     /// When the routing was worked out.
     now: Micros,
 }
@@ -267,12 +267,15 @@ impl RegionNode {
                         allowed &= how.allowed;
                         fell_back = Some(how);
                         for &i in idx {
-                            routing.fell_back[i] = true;
+                            routing.by_failure_mode[i] = true;
                         }
                     }
                 }
             }
-            if allowed && mode == CheckMode::Consume && self.reroom(&mut routing, planned, &local) {
+            if allowed
+                && mode == CheckMode::Consume
+                && self.reroute_aggregates(&mut routing, planned, &local)
+            {
                 // The others used up an `aggregate` limit while the far store answered: denied
                 // (what the far store charged is lost: under-admission).
                 allowed = false;
@@ -317,7 +320,7 @@ impl RegionNode {
                         allowed &= how.allowed;
                         fell_back = Some(how);
                         for &i in &local {
-                            routing.fell_back[i] = true;
+                            routing.by_failure_mode[i] = true;
                         }
                     }
                 }
@@ -484,7 +487,7 @@ impl RegionNode {
         debug_assert_eq!(outcomes.len(), planned.len());
         for (i, outcome) in outcomes.iter_mut().enumerate() {
             let p = &planned[i];
-            if routing.fell_back[i] {
+            if routing.by_failure_mode[i] {
                 // The emergency quota's numbers (or an uncounted limit's), not the exchange's.
                 continue;
             }
@@ -519,7 +522,7 @@ impl RegionNode {
             places: vec![None; planned.len()],
             exhausted: vec![false; planned.len()],
             leased: vec![false; planned.len()],
-            fell_back: vec![false; planned.len()],
+            by_failure_mode: vec![false; planned.len()],
             now,
         };
         for (i, p) in planned.iter().enumerate() {
@@ -530,7 +533,7 @@ impl RegionNode {
                         routing.target[i] = self.home_of(policy, tenant);
                     }
                 }
-                Scope::Aggregate => self.room(&mut routing, i, p, now),
+                Scope::Aggregate => self.route_aggregate(&mut routing, i, p, now),
             }
         }
         routing
@@ -538,7 +541,7 @@ impl RegionNode {
 
     /// Works out `aggregate` limit `i` (`p`) at `now`: its place in the exchange, the room the
     /// other regions leave it (and its lease), as the numbers sent to the store.
-    fn room(&self, routing: &mut Routing, i: usize, p: &Planned, now: Micros) {
+    fn route_aggregate(&self, routing: &mut Routing, i: usize, p: &Planned, now: Micros) {
         let Some((len, start)) = window_of(&p.def.params, now) else {
             return;
         };
@@ -566,12 +569,17 @@ impl RegionNode {
     /// The room of the `aggregate` limits among `idx`, worked out again now: after a far call
     /// (up to `home_timeout`), the exchange may know more than when the request was routed.
     /// Returns whether one of them has no room left.
-    fn reroom(&self, routing: &mut Routing, planned: &[Planned], idx: &[usize]) -> bool {
+    fn reroute_aggregates(
+        &self,
+        routing: &mut Routing,
+        planned: &[Planned],
+        idx: &[usize],
+    ) -> bool {
         let now = self.clock.now();
         let mut any = false;
         for &i in idx {
             if routing.places[i].is_some() {
-                self.room(routing, i, &planned[i], now);
+                self.route_aggregate(routing, i, &planned[i], now);
                 any = true;
             }
         }
