@@ -53,9 +53,6 @@ struct Routing {
     /// with one lease's share holding the cost: a denial is then the lease's, and room can
     /// return at the next exchange.
     leased: Vec<bool>,
-    /// Whether the failure mode decided the limit (its store could not answer): its outcome
-    /// is the failure mode's, told as it is.
-    by_failure_mode: Vec<bool>,
     /// When the routing was worked out.
     now: Micros,
 }
@@ -68,6 +65,29 @@ impl Routing {
             groups.entry(r).or_default().push(i);
         }
         groups
+    }
+}
+
+/// Where one [`RegionNode::check`] stands: each limit's outcome so far, whether the limits
+/// decided so far admit the request, and what the failure mode answered for the limits of a
+/// store that could not.
+struct Progress {
+    outcomes: Vec<Option<LimitOutcome>>,
+    allowed: bool,
+    fell_back: Option<FellBack>,
+    /// Whether the failure mode decided each limit: its outcome is told as it said.
+    by_failure_mode: Vec<bool>,
+}
+
+impl Progress {
+    /// Nothing decided yet of `n` limits.
+    fn new(n: usize) -> Self {
+        Self {
+            outcomes: vec![None; n],
+            allowed: true,
+            fell_back: None,
+            by_failure_mode: vec![false; n],
+        }
     }
 }
 
@@ -142,12 +162,10 @@ pub struct FarFailure<'a> {
 
 impl FarFailure<'_> {
     /// Decides the limits `idx` of `planned` that a store failing with `err` did not count,
-    /// filling their outcomes. Under `closed` it is the request's failure: `err` is returned
-    /// (the caller refuses the whole request). Under `open` they are not counted; under
-    /// `degrade`, the emergency quotas decide them. `after` is the answer for the same
-    /// request's limits decided so far this way: the decision is counted and logged as
-    /// degraded once, with the first.
-    #[allow(clippy::too_many_arguments)]
+    /// into `progress`. Under `closed` it is the request's failure: `err` is returned (the
+    /// caller refuses the whole request). Under `open` they are not counted; under `degrade`,
+    /// the emergency quotas decide them. The decision is counted and logged as degraded once,
+    /// with the first such store of a request.
     async fn decide(
         &self,
         policy: &Policy,
@@ -155,14 +173,13 @@ impl FarFailure<'_> {
         idx: &[usize],
         mode: CheckMode,
         err: StoreError,
-        after: Option<FellBack>,
-        outcomes: &mut [Option<LimitOutcome>],
-    ) -> Result<FellBack, StoreError> {
+        progress: &mut Progress,
+    ) -> Result<(), StoreError> {
         if self.mode == FailureMode::Closed {
             return Err(err);
         }
         let sub: Vec<Planned> = idx.iter().map(|&i| planned[i].clone()).collect();
-        let fallback = match after {
+        let fallback = match progress.fell_back {
             None => {
                 let route = self.label;
                 (self
@@ -190,9 +207,12 @@ impl FarFailure<'_> {
             }
         };
         for (&i, outcome) in idx.iter().zip(got) {
-            outcomes[i] = Some(outcome);
+            progress.outcomes[i] = Some(outcome);
+            progress.by_failure_mode[i] = true;
         }
-        Ok(after.map_or(how, |before| before.and(how)))
+        progress.allowed &= how.allowed;
+        progress.fell_back = Some(progress.fell_back.map_or(how, |before| before.and(how)));
+        Ok(())
     }
 }
 
@@ -217,116 +237,73 @@ impl RegionNode {
             let outcomes = self.exhausted(own, planned, &routing, &local).await;
             return Ok(Checked::new(false, outcomes));
         }
-        let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; planned.len()];
-        let mut allowed = true;
-        let mut fell_back: Option<FellBack> = None;
+        let mut progress = Progress::new(planned.len());
+        let so_far = &mut progress;
         if groups.is_empty() {
             // The own store decides alone: one atomic call, as without regions.
-            allowed &= self
-                .call(
-                    self.own,
-                    own,
-                    planned,
-                    &routing,
-                    &local,
-                    mode,
-                    &mut outcomes,
-                )
-                .await?;
+            let idx = &local;
+            so_far.allowed &=
+                (self.call(self.own, own, planned, &routing, idx, mode, so_far)).await?;
         } else {
             // Look first where it is cheap, charge the far stores, then the near one.
             if !local.is_empty() {
-                let peek = CheckMode::Peek;
-                allowed &= self
-                    .call(
-                        self.own,
-                        own,
-                        planned,
-                        &routing,
-                        &local,
-                        peek,
-                        &mut outcomes,
-                    )
-                    .await?;
+                let (idx, peek) = (&local, CheckMode::Peek);
+                so_far.allowed &=
+                    (self.call(self.own, own, planned, &routing, idx, peek, so_far)).await?;
             }
             for (region, idx) in &groups {
-                if !allowed {
+                if !so_far.allowed {
                     // Denied already: the far store is not asked (no round trip, and its
                     // failure cannot turn this denial into a failure-mode admission).
                     for &i in idx {
-                        outcomes[i] = Some(not_asked(&planned[i]));
+                        so_far.outcomes[i] = Some(not_asked(&planned[i]));
                     }
                     continue;
                 }
-                match (self.call(*region, own, planned, &routing, idx, mode, &mut outcomes)).await {
-                    Ok(admitted) => allowed &= admitted,
-                    Err(err) => {
-                        let decided =
-                            far.decide(policy, planned, idx, mode, err, fell_back, &mut outcomes);
-                        let how = decided.await?;
-                        allowed &= how.allowed;
-                        fell_back = Some(how);
-                        for &i in idx {
-                            routing.by_failure_mode[i] = true;
-                        }
-                    }
+                match (self.call(*region, own, planned, &routing, idx, mode, so_far)).await {
+                    Ok(admitted) => so_far.allowed &= admitted,
+                    Err(err) => far.decide(policy, planned, idx, mode, err, so_far).await?,
                 }
             }
-            if allowed
+            if so_far.allowed
                 && mode == CheckMode::Consume
                 && self.reroute_aggregates(&mut routing, planned, &local)
             {
                 // The others used up an `aggregate` limit while the far store answered: denied
                 // (what the far store charged is lost: under-admission).
-                allowed = false;
+                so_far.allowed = false;
             }
-            if allowed && mode == CheckMode::Consume && !local.is_empty() {
-                let charged = self.call(
-                    self.own,
-                    own,
-                    planned,
-                    &routing,
-                    &local,
-                    mode,
-                    &mut outcomes,
-                );
-                match charged.await {
-                    Ok(admitted) => allowed &= admitted,
+            if so_far.allowed && mode == CheckMode::Consume && !local.is_empty() {
+                let idx = &local;
+                match (self.call(self.own, own, planned, &routing, idx, mode, so_far)).await {
+                    Ok(admitted) => so_far.allowed &= admitted,
                     // The far stores have decided (charged, or a failure mode for them): the
                     // own store's limits alone go to the failure mode, within this decision,
                     // so the far limits are not charged a second time by a fallback of the
-                    // whole request (nor its failure counted twice).
+                    // whole request (nor its failure counted twice). Cut to the region's room
+                    // where emergency quotas decide; an uncounted limit (`open`) is told with
+                    // its whole quota.
                     Err(err) => {
-                        // Cut to the region's room where emergency quotas decide; an
-                        // uncounted limit (`open`) is told with its whole quota.
                         let cut;
-                        let for_failover = match far.mode {
+                        let limits = match far.mode {
                             FailureMode::Degrade => {
                                 cut = self.for_failover(planned);
                                 &cut[..]
                             }
                             _ => planned,
                         };
-                        let decided = far.decide(
-                            policy,
-                            for_failover,
-                            &local,
-                            mode,
-                            err,
-                            fell_back,
-                            &mut outcomes,
-                        );
-                        let how = decided.await?;
-                        allowed &= how.allowed;
-                        fell_back = Some(how);
-                        for &i in &local {
-                            routing.by_failure_mode[i] = true;
-                        }
+                        far.decide(policy, limits, idx, mode, err, so_far).await?;
                     }
                 }
             }
         }
-        let outcomes = self.settle(&routing, planned, outcomes);
+        let Progress {
+            outcomes,
+            allowed,
+            fell_back,
+            by_failure_mode,
+        } = progress;
+        let outcomes = self.settle(&routing, planned, outcomes, &by_failure_mode);
         if allowed && mode == CheckMode::Consume {
             for (i, place) in routing.places.into_iter().enumerate() {
                 let charged = outcomes[i].decision.allowed && planned[i].cost > 0;
@@ -374,14 +351,15 @@ impl RegionNode {
         routing: &Routing,
         local: &[usize],
     ) -> Vec<LimitOutcome> {
-        let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; planned.len()];
+        let mut looking = Progress::new(planned.len());
         if !local.is_empty() {
             let peek = CheckMode::Peek;
-            let looked = self.call(self.own, own, planned, routing, local, peek, &mut outcomes);
+            let looked = self.call(self.own, own, planned, routing, local, peek, &mut looking);
             if let Err(err) = looked.await {
                 tracing::debug!(error = %err, "an exhausted aggregate limit denies without the own store's numbers");
             }
         }
+        let mut outcomes = looking.outcomes;
         for (i, (outcome, p)) in outcomes.iter_mut().zip(planned).enumerate() {
             if outcome.is_none() {
                 let mut unread = not_asked(p);
@@ -392,7 +370,7 @@ impl RegionNode {
                 *outcome = Some(unread);
             }
         }
-        self.settle(routing, planned, outcomes)
+        self.settle(routing, planned, outcomes, &[])
     }
 
     /// What a decision here would see of each of `planned`'s limits, read without consuming
@@ -409,13 +387,13 @@ impl RegionNode {
     ) -> Result<Vec<LimitOutcome>, StoreError> {
         let routing = self.route(policy, planned);
         let groups = routing.by_region();
-        let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; planned.len()];
+        let mut read = Progress::new(planned.len());
         for (region, idx) in &groups {
             let peek = CheckMode::Peek;
-            self.call(*region, own, planned, &routing, idx, peek, &mut outcomes)
+            self.call(*region, own, planned, &routing, idx, peek, &mut read)
                 .await?;
         }
-        Ok(self.settle(&routing, planned, outcomes))
+        Ok(self.settle(&routing, planned, read.outcomes, &[]))
     }
 
     /// `planned` as a failure mode is to count it while this region's own store cannot answer:
@@ -482,12 +460,13 @@ impl RegionNode {
         routing: &Routing,
         planned: &[Planned],
         outcomes: Vec<Option<LimitOutcome>>,
+        by_failure_mode: &[bool],
     ) -> Vec<LimitOutcome> {
         let mut outcomes: Vec<LimitOutcome> = outcomes.into_iter().flatten().collect();
         debug_assert_eq!(outcomes.len(), planned.len());
         for (i, outcome) in outcomes.iter_mut().enumerate() {
             let p = &planned[i];
-            if routing.by_failure_mode[i] {
+            if by_failure_mode.get(i).copied().unwrap_or(false) {
                 // The emergency quota's numbers (or an uncounted limit's), not the exchange's.
                 continue;
             }
@@ -522,7 +501,6 @@ impl RegionNode {
             places: vec![None; planned.len()],
             exhausted: vec![false; planned.len()],
             leased: vec![false; planned.len()],
-            by_failure_mode: vec![false; planned.len()],
             now,
         };
         for (i, p) in planned.iter().enumerate() {
@@ -600,7 +578,7 @@ impl RegionNode {
         routing: &Routing,
         idx: &[usize],
         mode: CheckMode,
-        outcomes: &mut [Option<LimitOutcome>],
+        progress: &mut Progress,
     ) -> Result<bool, StoreError> {
         let sub: Vec<Planned> = idx.iter().map(|&i| planned[i].clone()).collect();
         let params: Vec<LimitParams> = idx.iter().map(|&i| routing.params[i].clone()).collect();
@@ -617,7 +595,7 @@ impl RegionNode {
         }
         let (allowed, got) = result?;
         for (&i, outcome) in idx.iter().zip(got) {
-            outcomes[i] = Some(outcome);
+            progress.outcomes[i] = Some(outcome);
         }
         Ok(allowed)
     }
