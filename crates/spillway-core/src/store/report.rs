@@ -37,18 +37,20 @@ pub struct Charged {
 /// It also names its holder, so a store that remembers ids in bounded memory can share that
 /// memory fairly (the in-memory store evicts from the holder with the most ids first; see
 /// `memory::reports`): a digest of the tenant, or, for a report that names none (an anonymous
-/// caller's, or under a policy without tenants), of the counters it charges. One holder for all
-/// of those let a flood of reports from one IP push out another caller's remembered ids, so
-/// that caller's retried report was charged twice.
+/// caller's, or under a policy without tenants), of the counters it charges. Reports without a
+/// tenant share one pool among the tenants (so however many addresses an anonymous caller
+/// reports from, they cannot push out a tenant's ids), and within it each counter's ids are
+/// held apart (so a flood from one address cannot push out another's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReportId {
     id: [u8; 16],
     holder: u64,
+    pooled: bool,
 }
 
 impl ReportId {
     /// The identity of a report with the caller's `request_id` charging `checks` to `tenant`
-    /// (`None` for a report that names none: its holder is then its counters').
+    /// (`None` for a report that names none: its holder is then its counters', in the pool).
     pub fn of(tenant: Option<&str>, request_id: &str, checks: &[Check<'_>]) -> Self {
         let part = |h: &mut Sha256, bytes: &[u8]| {
             h.update((bytes.len() as u64).to_le_bytes());
@@ -67,50 +69,57 @@ impl ReportId {
         let mut h = Sha256::new();
         part(&mut h, request_id.as_bytes());
         h.update(tenant_digest);
+        // The counters' digest, for a report without a tenant, in the same walk.
+        let mut counters = tenant.is_none().then(|| {
+            let mut c = Sha256::new();
+            c.update([2]);
+            c
+        });
         h.update((checks.len() as u64).to_le_bytes());
         for c in checks {
             h.update(c.key.fingerprint.to_le_bytes());
             part(&mut h, c.key.limit.as_bytes());
             h.update((c.key.values.len() as u64).to_le_bytes());
+            if let Some(counters) = counters.as_mut() {
+                part(counters, c.key.limit.as_bytes());
+                counters.update((c.key.values.len() as u64).to_le_bytes());
+            }
             for v in &c.key.values {
                 part(&mut h, v.as_bytes());
+                if let Some(counters) = counters.as_mut() {
+                    part(counters, v.as_bytes());
+                }
             }
         }
         let full = h.finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&full[..16]);
-        let held_by = match tenant {
-            Some(_) => tenant_digest,
-            None => {
-                let mut c = Sha256::new();
-                c.update([2]);
-                for check in checks {
-                    part(&mut c, check.key.limit.as_bytes());
-                    for v in &check.key.values {
-                        part(&mut c, v.as_bytes());
-                    }
-                }
-                c.finalize()
-            }
-        };
+        let pooled = counters.is_some();
+        let held_by = counters.map_or(tenant_digest, Sha256::finalize);
         let mut holder = [0u8; 8];
         holder.copy_from_slice(&held_by[..8]);
         Self {
             id,
             holder: u64::from_le_bytes(holder),
+            pooled,
         }
     }
 
     /// An identity from its parts, for tests of the stores.
     #[cfg(test)]
-    pub(crate) fn from_parts(id: [u8; 16], holder: u64) -> Self {
-        Self { id, holder }
+    pub(crate) fn from_parts(id: [u8; 16], holder: u64, pooled: bool) -> Self {
+        Self { id, holder, pooled }
     }
 
     /// Whose id it is: the same for every report charged to one tenant, and for every report
     /// without a tenant that charges the same counters.
     pub fn holder(&self) -> u64 {
         self.holder
+    }
+
+    /// Whether the report names no tenant: its holder is one of the pool's.
+    pub fn pooled(&self) -> bool {
+        self.pooled
     }
 
     /// The id in lowercase hex (32 characters), as the Redis store names its marker key.
@@ -120,46 +129,5 @@ impl ReportId {
             let _ = write!(s, "{b:02x}");
             s
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::algorithm::{LimitParams, TokenBucket};
-    use crate::key::StateKey;
-
-    fn holder(tenant: Option<&str>, values: &[&str]) -> u64 {
-        let key = StateKey {
-            limit: "per-ip".into(),
-            fingerprint: 1,
-            values: values.to_vec().into(),
-        };
-        let rate = crate::rate::Rate::new(10, SECOND).expect("a rate");
-        let params = LimitParams::TokenBucket(TokenBucket::new(rate, 10).expect("a bucket"));
-        let check = Check {
-            key: &key,
-            params: &params,
-            cost: 1,
-            enforced: true,
-            metered: true,
-        };
-        ReportId::of(tenant, "r-1", &[check]).holder()
-    }
-
-    #[test]
-    fn a_report_without_a_tenant_is_held_by_its_counters() {
-        // Anonymous callers at two addresses keep their ids apart...
-        assert_ne!(
-            holder(None, &["203.0.113.1"]),
-            holder(None, &["203.0.113.2"])
-        );
-        assert_eq!(
-            holder(None, &["203.0.113.1"]),
-            holder(None, &["203.0.113.1"])
-        );
-        // ...and a tenant's reports share one holder, whatever counters they charge.
-        assert_eq!(holder(Some("acme"), &["a"]), holder(Some("acme"), &["b"]));
-        assert_ne!(holder(Some("acme"), &["a"]), holder(None, &["a"]));
     }
 }

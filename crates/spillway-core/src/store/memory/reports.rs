@@ -3,13 +3,17 @@
 //! Bounded, expiring and shared fairly between tenants. Ids are kept per holder (the tenant
 //! a report is charged to, or for a report without one the counters it charges:
 //! [`ReportId::holder`]), each holder's in arrival order, for
-//! [`REPORT_TTL`]. Two bounds keep memory bounded (about 60 bytes an id while few tenants
+//! [`REPORT_TTL`]. Three bounds keep memory bounded (about 60 bytes an id while few tenants
 //! hold many ids; a few hundred bytes an id when each of very many tenants holds one):
 //!
 //! - a holder keeps at most [`MAX_REPORTS_PER_HOLDER`] ids; a newer id of its own makes it
 //!   forget its oldest;
+//! - the reports without a tenant ([`ReportId::pooled`]) keep at most
+//!   [`MAX_REPORTS_PER_HOLDER`] ids between them, as one tenant would: when a new one finds
+//!   their pool full, the pooled holder with the most ids forgets its oldest;
 //! - all holders together keep at most [`MAX_REPORTS`]; when a new id finds the set full, the
-//!   holder with the most ids (ties: any of them) forgets its oldest.
+//!   holder with the most ids (ties: any of them), the pool counting as one holder (and then
+//!   its largest holder giving up the id), forgets its oldest.
 //!
 //! The guarantee: an id is forgotten before its hour is up only for a newer id of its own
 //! tenant, or while its tenant holds at least as many ids as any other tenant. With `n`
@@ -17,8 +21,10 @@
 //! another tenant's traffic, however many fresh ids that tenant sends: a flooding tenant soon
 //! holds the most and evicts its own, so it cannot make a smaller holder's retried report
 //! count twice (and spend that tenant's budget). Under `principals:` the
-//! tenant is the verified one, so a caller gets one holder per credential it owns; an
-//! anonymous caller, one per address it reports from.
+//! tenant is the verified one, so a caller gets one holder per credential it owns. An
+//! anonymous caller gets one per address it reports from, inside the pool: however many
+//! addresses it uses, the tenants' ids see one holder, and within the pool the same guarantee
+//! holds between addresses.
 //!
 //! All of it sits behind the store's one report mutex, taken only by reports (never on the
 //! check path); each step costs O(log holders).
@@ -37,6 +43,8 @@ pub const MAX_REPORTS_PER_HOLDER: usize = MAX_REPORTS / 4;
 /// One holder's ids.
 #[derive(Debug, Default)]
 struct Held {
+    /// Whether it is a report without a tenant's, in the pool.
+    pooled: bool,
     seen: HashSet<ReportId>,
     /// The same ids in the order they arrived (times never decrease: the store's clock is
     /// monotonic), so the expired and the oldest are at the front.
@@ -80,24 +88,38 @@ impl Held {
 #[derive(Debug, Default)]
 pub(crate) struct Reports {
     holders: HashMap<u64, Held>,
-    /// Every holder as `(ids held, holder)`, so the largest is the last.
+    /// Every tenant's holder as `(ids held, holder)`, so the largest is the last.
     by_size: BTreeSet<(usize, u64)>,
+    /// The same for the pooled holders (reports without a tenant).
+    pool_by_size: BTreeSet<(usize, u64)>,
     /// Ids held over all holders.
     total: usize,
+    /// Ids held over the pooled holders.
+    pooled: usize,
 }
 
 impl Reports {
-    /// Runs `change` on `holder`'s ids, keeping the size index and the total in step, and
-    /// drops the holder once it holds nothing.
-    fn update<T>(&mut self, holder: u64, change: impl FnOnce(&mut Held) -> T) -> T {
-        let held = self.holders.entry(holder).or_default();
+    /// Runs `change` on `holder`'s ids (a pooled holder if `pooled`, when it is new), keeping
+    /// the size indexes and the totals in step, and drops the holder once it holds nothing.
+    fn update<T>(&mut self, holder: u64, pooled: bool, change: impl FnOnce(&mut Held) -> T) -> T {
+        let held = self.holders.entry(holder).or_insert_with(|| Held {
+            pooled,
+            ..Held::default()
+        });
+        let pooled = held.pooled;
         let before = held.len();
         let out = change(held);
         let after = held.len();
         if before != after {
-            self.by_size.remove(&(before, holder));
+            let by_size = if pooled {
+                self.pooled = self.pooled + after - before;
+                &mut self.pool_by_size
+            } else {
+                &mut self.by_size
+            };
+            by_size.remove(&(before, holder));
             if after > 0 {
-                self.by_size.insert((after, holder));
+                by_size.insert((after, holder));
             }
             self.total = self.total + after - before;
         }
@@ -113,7 +135,7 @@ impl Reports {
         if !self.holders.contains_key(&id.holder()) {
             return false;
         }
-        self.update(id.holder(), |held| {
+        self.update(id.holder(), id.pooled(), |held| {
             held.expire(now);
             held.seen.contains(id)
         })
@@ -122,8 +144,8 @@ impl Reports {
     /// Remembers `id` as seen at `now`, making room first as the module docs say; returns
     /// whether it was already known (a retry), in which case nothing changes.
     pub(crate) fn remember(&mut self, id: ReportId, now: Micros) -> bool {
-        let holder = id.holder();
-        let known = self.update(holder, |held| {
+        let (holder, pooled) = (id.holder(), id.pooled());
+        let known = self.update(holder, pooled, |held| {
             held.expire(now);
             if held.seen.contains(&id) {
                 return true;
@@ -136,17 +158,42 @@ impl Reports {
         if known {
             return true;
         }
-        while self.total >= MAX_REPORTS {
-            let Some(&(_, largest)) = self.by_size.last() else {
+        while pooled && self.pooled >= MAX_REPORTS_PER_HOLDER {
+            if !self.forget_pooled() {
                 break;
-            };
-            self.update(largest, Held::pop_oldest);
+            }
         }
-        self.update(holder, |held| {
+        while self.total >= MAX_REPORTS {
+            // The pool counts as one holder, of all its ids.
+            let tenant = self.by_size.last().copied();
+            let forgot = match tenant {
+                Some((held, _)) if held > self.pooled => self.forget(tenant),
+                _ if self.pooled > 0 => self.forget_pooled(),
+                _ => self.forget(tenant),
+            };
+            if !forgot {
+                break;
+            }
+        }
+        self.update(holder, pooled, |held| {
             held.seen.insert(id);
             held.order.push_back((now, id));
         });
         false
+    }
+
+    /// Makes the largest pooled holder forget its oldest id; whether there was one.
+    fn forget_pooled(&mut self) -> bool {
+        let largest = self.pool_by_size.last().copied();
+        self.forget(largest)
+    }
+
+    /// Makes `holder` (`(ids held, holder)`) forget its oldest id; whether there was one.
+    fn forget(&mut self, holder: Option<(usize, u64)>) -> bool {
+        let Some((_, holder)) = holder else {
+            return false;
+        };
+        self.update(holder, false, Held::pop_oldest)
     }
 
     /// Forgets every expired id (the store's sweep calls this; `remember` only expires
@@ -154,7 +201,7 @@ impl Reports {
     pub(crate) fn sweep(&mut self, now: Micros) {
         let holders: Vec<u64> = self.holders.keys().copied().collect();
         for holder in holders {
-            self.update(holder, |held| held.expire(now));
+            self.update(holder, false, |held| held.expire(now));
         }
     }
 
@@ -179,18 +226,35 @@ mod tests {
         let mut b = [0u8; 16];
         b[..4].copy_from_slice(&n.to_le_bytes());
         b[8..].copy_from_slice(&holder.to_le_bytes());
-        ReportId::from_parts(b, holder)
+        ReportId::from_parts(b, holder, false)
+    }
+
+    /// Id `n` of the pooled holder `holder` (a report without a tenant).
+    fn pooled_id(holder: u64, n: u32) -> ReportId {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&n.to_le_bytes());
+        b[8..].copy_from_slice(&holder.to_le_bytes());
+        ReportId::from_parts(b, holder, true)
     }
 
     /// Checks the indexes agree with the ids held.
     fn consistent(r: &Reports) {
         let held: usize = r.holders.values().map(Held::len).sum();
         assert_eq!(held, r.total);
-        assert_eq!(r.by_size.len(), r.holders.len());
+        assert_eq!(r.by_size.len() + r.pool_by_size.len(), r.holders.len());
+        let pooled: usize = (r.holders.values().filter(|h| h.pooled))
+            .map(Held::len)
+            .sum();
+        assert_eq!(pooled, r.pooled);
         for (holder, h) in &r.holders {
             assert!(h.len() > 0);
             assert_eq!(h.seen.len(), h.len());
-            assert!(r.by_size.contains(&(h.len(), *holder)));
+            let by_size = if h.pooled {
+                &r.pool_by_size
+            } else {
+                &r.by_size
+            };
+            assert!(by_size.contains(&(h.len(), *holder)));
         }
     }
 
@@ -290,6 +354,33 @@ mod tests {
         r.remember(id(1, 1), 0);
         r.remember(id(1, 1), 5);
         assert_eq!(r.len(), 1);
+        consistent(&r);
+    }
+
+    /// Reports without a tenant keep one holder's bound between them: as many one-id holders
+    /// as the whole set holds (an anonymous caller reporting from that many addresses) leave
+    /// a tenant's two ids alone, where each of them, a holder among the tenants, would in the
+    /// end have made the tenant the largest holder and pushed its ids out.
+    #[test]
+    fn reports_without_a_tenant_share_one_holders_bound() {
+        let mut r = Reports::default();
+        r.remember(id(1, 1), 0);
+        r.remember(id(1, 2), 0);
+        for h in 0..MAX_REPORTS as u64 {
+            r.remember(pooled_id(1_000 + h, 0), 0);
+        }
+        assert_eq!(r.pooled, MAX_REPORTS_PER_HOLDER);
+        assert!(r.seen(&id(1, 1), 0) && r.seen(&id(1, 2), 0));
+        consistent(&r);
+        // Within the pool the largest holder forgets first: one address's flood leaves
+        // another's id.
+        let mut r = Reports::default();
+        r.remember(pooled_id(7, 0), 0);
+        for n in 0..MAX_REPORTS_PER_HOLDER as u32 + 10 {
+            r.remember(pooled_id(8, n), 0);
+        }
+        assert!(r.seen(&pooled_id(7, 0), 0));
+        assert_eq!(r.pooled, MAX_REPORTS_PER_HOLDER);
         consistent(&r);
     }
 }

@@ -326,6 +326,23 @@ fn a_metered_admission_needs_room_for_one_unit_and_writes_nothing() {
     assert!(admit(&store).allowed);
 }
 
+/// A report's holder: a tenant's reports share one, whatever counters they charge; a report
+/// without a tenant is held, in the pool, by its counters (anonymous callers at two addresses
+/// apart).
+#[test]
+fn a_report_without_a_tenant_is_held_by_its_counters() {
+    let params = bucket(10);
+    let report = |tenant: Option<&str>, value: &str| {
+        ReportId::of(tenant, "r-1", &one(&key("per-ip", value), &params, 1))
+    };
+    let holder = |tenant, value| report(tenant, value).holder();
+    assert_ne!(holder(None, "203.0.113.1"), holder(None, "203.0.113.2"));
+    assert_eq!(holder(None, "203.0.113.1"), holder(None, "203.0.113.1"));
+    assert_eq!(holder(Some("acme"), "a"), holder(Some("acme"), "b"));
+    assert_ne!(holder(Some("acme"), "a"), holder(None, "a"));
+    assert!(report(None, "a").pooled() && !report(Some("acme"), "a").pooled());
+}
+
 /// Reports without a tenant (an anonymous caller's, counted by IP) are held by the counters
 /// they charge: a flood of fresh ids from one address cannot push out another address's
 /// remembered id, so that address's retried report still counts once. (All of them shared one
