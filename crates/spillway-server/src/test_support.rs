@@ -269,17 +269,21 @@ impl Drop for Logs {
 /// A policy with `store` (its whole `store:` block, ending in a newline) and one limit,
 /// counted across regions (`scope: aggregate`) per tenant: what the regions' tests run on.
 pub(crate) fn aggregate_policy(store: &str) -> spillway_core::policy::Policy {
-    let text = format!(
+    crate::config::PolicySource::Builtin
+        .parse(&aggregate_policy_text(store, 10, "1m"))
+        .expect("valid policy")
+}
+
+/// [`aggregate_policy`]'s text, its limit `soft` of `limit` a `window`.
+pub(crate) fn aggregate_policy_text(store: &str, limit: u64, window: &str) -> String {
+    format!(
         "default_tier: t
 {store}limits:
-  soft: {{algorithm: fixed_window, limit: 10, window: 1m, key: [tenant], scope: aggregate}}
+  soft: {{algorithm: fixed_window, limit: {limit}, window: {window}, key: [tenant], scope: aggregate}}
 tiers:
   t: {{limits: [soft]}}
 "
-    );
-    crate::config::PolicySource::Builtin
-        .parse(&text)
-        .expect("valid policy")
+    )
 }
 
 mod tests {

@@ -966,6 +966,8 @@ async fn an_envoy_report_takes_the_token_after_it_expires() {
     let mut marked = entries.to_vec();
     marked.push(("spillway_report", "true"));
     let report = request("spillway", vec![descriptor(&marked)], 7);
+    // A report is answered `OK` whether recorded or refused (Envoy ignores the answer): the
+    // reported-cost metric below is what tells.
     assert_eq!(overall(&rls.ask(report).await), Code::Ok);
     let text = rls.server.metrics().await;
     assert_eq!(

@@ -69,14 +69,29 @@ async fn check(server: &Server, token: &str, host: Option<&str>) -> (u16, Value)
 }
 
 async fn authorize(server: &Server, token: &str, host: &str) -> reqwest::Response {
-    server
+    authorize_hosts(server, token, &[host]).await
+}
+
+/// [`authorize`] with one `x-original-host` header per host of `hosts`.
+async fn authorize_hosts(server: &Server, token: &str, hosts: &[&str]) -> reqwest::Response {
+    let mut request = server
         .http
         .get(server.url("/v1/authorize"))
-        .bearer_auth(token)
-        .header("x-original-host", host)
-        .send()
-        .await
-        .expect("answer")
+        .bearer_auth(token);
+    for host in hosts {
+        request = request.header("x-original-host", *host);
+    }
+    request.send().await.expect("answer")
+}
+
+/// `answer` is /v1/authorize's refusal of a credential on another tenant's host: the invalid
+/// status (401 by default), with the reason in a header for nginx.
+fn assert_mismatch(answer: &reqwest::Response) {
+    assert_eq!(answer.status(), 401);
+    assert_eq!(
+        answer.headers()["x-spillway-unauthenticated"],
+        "tenant_mismatch"
+    );
 }
 
 #[tokio::test]
@@ -104,33 +119,16 @@ async fn a_credential_on_another_tenants_host_is_refused_as_tenant_mismatch() {
 
     // /v1/authorize: the host header, answered with the invalid status (401 by default) and
     // the reason in a header for nginx.
-    let refused = authorize(&server, &acme, "initech.example.com").await;
-    assert_eq!(refused.status(), 401);
-    assert_eq!(
-        refused.headers()["x-spillway-unauthenticated"],
-        "tenant_mismatch"
-    );
+    assert_mismatch(&authorize(&server, &acme, "initech.example.com").await);
     let ok = authorize(&server, &acme, "acme.example.com").await;
     assert_eq!(ok.status(), 200);
     // Two host headers cannot be told apart from the client's own beside the proxy's: refused
     // (they counted as no host, and the check was skipped).
-    let twice = server
-        .http
-        .get(server.url("/v1/authorize"))
-        .bearer_auth(&acme)
-        .header("x-original-host", "acme.example.com")
-        .header("x-original-host", "initech.example.com")
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(twice.status(), 401);
-    assert_eq!(
-        twice.headers()["x-spillway-unauthenticated"],
-        "tenant_mismatch"
-    );
+    let twice = ["acme.example.com", "initech.example.com"];
+    assert_mismatch(&authorize_hosts(&server, &acme, &twice).await);
     // Nor two joined by a comma, as proxies chain them.
-    let joined = authorize(&server, &acme, "acme.example.com, initech.example.com").await;
-    assert_eq!(joined.status(), 401);
+    let joined = "acme.example.com, initech.example.com";
+    assert_mismatch(&authorize(&server, &acme, joined).await);
 
     // Nothing was charged to initech by the refused requests.
     let (_, verdict) = check(&server, &token("initech"), Some("initech.example.com")).await;

@@ -246,9 +246,9 @@ impl Failover {
     /// Decides a request the store could not answer, by its failure `mode`, and counts it.
     /// `planned` are the request's limits, needed by `degrade`; `route` names the route (or
     /// Envoy domain) for metrics and logs and must come from configuration, never from the
-    /// request. Callers: `crate::decision`'s `failure_mode_answer` for a request whose store failed,
-    /// and `crate::region`'s check for the limits of a store that failed within it (a far
-    /// region's, or the own store at its charge; the other limits counted as usual).
+    /// request. Callers: `crate::decision`'s `failure_mode_answer` for a request whose store
+    /// failed, and `crate::region`'s check for the limits of a store that failed within it (a
+    /// far region's, or the own store at its charge; the other limits counted as usual).
     pub async fn fallback(
         &self,
         policy: &Policy,

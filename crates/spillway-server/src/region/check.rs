@@ -359,16 +359,11 @@ impl RegionNode {
                 tracing::debug!(error = %err, "an exhausted aggregate limit denies without the own store's numbers");
             }
         }
+        // A limit the own store did not answer for is told as not asked; `settle` tells an
+        // exhausted one as full until its window ends, as the store would have.
         let mut outcomes = looking.outcomes;
-        for (i, (outcome, p)) in outcomes.iter_mut().zip(planned).enumerate() {
-            if outcome.is_none() {
-                let mut unread = not_asked(p);
-                if routing.exhausted[i] {
-                    // What the store would have said: full until the window ends.
-                    unread.decision.reset_after = window_end(&p.def.params, routing.now);
-                }
-                *outcome = Some(unread);
-            }
+        for (outcome, p) in outcomes.iter_mut().zip(planned) {
+            outcome.get_or_insert_with(|| not_asked(p));
         }
         self.settle(routing, planned, outcomes, &[])
     }
@@ -1000,14 +995,7 @@ tenants:
     async fn with_the_own_store_down_an_aggregate_limit_gets_a_part_of_its_regions_room() {
         use crate::decision::{decide, Ask, Outcome};
         let store = spillway_testkit::policy::unreachable_regions(&["us", "eu", "ap"], &[]);
-        let text = format!(
-            "default_tier: t
-{store}limits:
-  soft: {{algorithm: fixed_window, limit: 90, window: 1h, key: [tenant], scope: aggregate}}
-tiers:
-  t: {{limits: [soft]}}
-"
-        );
+        let text = crate::test_support::aggregate_policy_text(&store, 90, "1h");
         let clock = ServerClock::manual(crate::test_support::TEST_START_MS);
         let state = crate::state::AppState::for_test(&text)
             .clock(clock.clone())

@@ -38,16 +38,8 @@ pub(super) fn policy(lease_above: Option<f64>) -> Policy {
     let leases = lease_above.map_or(String::new(), |l| format!(", lease_above: {l}"));
     let exchange = format!("exchange: {{interval: {PERIOD_MS}ms{leases}}}");
     let store = unreachable_regions(&NAMES, &[&exchange]);
-    PolicySource::Builtin
-        .parse(&format!(
-            "default_tier: t
-{store}limits:
-  soft: {{algorithm: fixed_window, limit: {LIMIT}, window: 1h, key: [tenant], scope: aggregate}}
-tiers:
-  t: {{limits: [soft]}}
-"
-        ))
-        .expect("valid policy")
+    let text = crate::test_support::aggregate_policy_text(&store, LIMIT, "1h");
+    PolicySource::Builtin.parse(&text).expect("valid policy")
 }
 
 /// The clock every node of a test shares: a minute into an hour.
