@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::thread_conns::{clients, eventually, serving_thread_when};
+use common::thread_conns::{clients, closed_by_peer, eventually, serving_thread_when};
 use common::{check, key, sample, window};
 use spillway_core::key::StateKey;
 use spillway_core::request::CheckMode;
@@ -320,6 +320,9 @@ async fn a_dead_master_sends_only_its_own_thread_conns_aside() {
         let counts = LocalMetrics::hear();
         let _ = up.send(());
         was_killed.await.expect("the test kills the master");
+        // A yield lets the runtime poll its sockets' events first (the close among them), even
+        // if it was busy when the test's word came.
+        tokio::task::yield_now().await;
         let params = window(1000);
         let dead = store
             .check(&[check(&checked[0], &params, 1)], CheckMode::Consume)
@@ -338,7 +341,15 @@ async fn a_dead_master_sends_only_its_own_thread_conns_aside() {
         let _ = seen.send((dead.is_err(), resent, dead_here, others_here, others));
     });
     is_up.await.expect("thread connections up");
+    let dead_port = cluster.ports()[0];
     cluster.node_mut(0).kill();
+    // The check is to find its connection closed before it writes: that needs the close to
+    // have reached this host's sockets (the thread's runtime then takes it in while it waits
+    // for the test's word). Without this wait the check could go out first, and fail as sent.
+    assert!(
+        eventually(|| closed_by_peer(dead_port)).await,
+        "the dead master's connections were closed"
+    );
     let _ = killed.send(());
     let (dead_failed, resent, dead_here, others_here, others) =
         saw.await.expect("the thread reports");

@@ -138,6 +138,25 @@ pub async fn kill_the_thread_conn(port: u16, shared: u64) -> u64 {
     own[0]
 }
 
+/// Whether every socket of this host connected to `port` has been closed by its peer (none is
+/// left `ESTABLISHED` in `/proc/net/tcp` or `tcp6`): the kernel has taken in the server's close,
+/// so a runtime that next waits for events sees its connections closed. A server killed a moment
+/// ago may not have reached that yet (a loopback close is delivered asynchronously).
+pub fn closed_by_peer(port: u16) -> bool {
+    const ESTABLISHED: &str = "01";
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().all(|table| {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        text.lines().skip(1).all(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let to_port = fields
+                .get(2)
+                .and_then(|remote| remote.rsplit(':').next())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            to_port != Some(port) || fields.get(3) != Some(&ESTABLISHED)
+        })
+    })
+}
+
 /// Polls `what` every 10 ms until it holds, for at most 5 s (waiting on another process:
 /// a connection being made or closed).
 pub async fn eventually(mut what: impl FnMut() -> bool) -> bool {
