@@ -910,7 +910,8 @@ fn near_its_end() -> String {
 /// A report takes the token its request was checked with after that token has expired, for
 /// up to 15 minutes: a token near its end must not make a metered request's cost free (the
 /// report was refused as `expired`, and nothing was recorded). A check with the expired token
-/// is refused, and so is a report past the grace.
+/// is refused, and so is a report past the grace. The cache keeps the token through the grace,
+/// so the report does not check its signature again.
 #[tokio::test]
 async fn a_report_takes_the_token_its_request_was_checked_with_after_it_expires() {
     let text = metered_by_tenant();
@@ -938,6 +939,13 @@ async fn a_report_takes_the_token_its_request_was_checked_with_after_it_expires(
     assert_eq!(response.status(), 200);
     let v: Value = response.json().await.expect("json");
     assert_eq!(v["recorded"], true, "{v}");
+    // Its signature was checked once, at the first check: the entry was kept for the report.
+    let text = server.metrics().await;
+    assert_eq!(
+        metric(&text, "spillway_principal_token_verifications_total", &[]),
+        Some(1.0),
+        "{text}"
+    );
     let fresh = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));
     let (status, v) = check(&server, &fresh, json!({})).await;
     assert_eq!(status, 429, "the tenant owes the reported cost: {v}");

@@ -3,11 +3,14 @@
 //! Keyed by the token's SHA-256 digest (the token itself is never kept), each entry holds the
 //! principal and the instant it stops being believed (`exp` plus the leeway). The cache is
 //! bounded (`principals.jwt.cache_size` entries) and evicts by `quick_cache`'s S3-FIFO policy,
-//! so a client sending endless distinct tokens cannot grow it; an entry read after its expiry
-//! (a report's read: after its grace too) is dropped and the token refused as expired. Failed
-//! verifications are not cached.
+//! so a client sending endless distinct tokens cannot grow it. An entry is kept through a
+//! report's grace past its expiry ([`REPORT_GRACE`]), so that the reports of a token's last
+//! requests are not verified again; whether a read may take it is the reader's to judge
+//! ([`Verified::expired`]). An entry read after that grace, or once it is due to be verified
+//! again, is dropped. Failed verifications are not cached.
 
 use super::jwt::Verified;
+use super::REPORT_GRACE;
 use sha2::{Digest, Sha256};
 use spillway_core::time::Micros;
 
@@ -24,16 +27,6 @@ pub struct TokenCache {
     entries: quick_cache::sync::Cache<TokenDigest, Verified>,
 }
 
-/// What the cache knows about a token.
-pub enum Cached {
-    /// Verified and still within its lifetime.
-    Fresh(Verified),
-    /// Verified once, but its lifetime is over.
-    Expired,
-    /// Not in the cache.
-    Unknown,
-}
-
 impl TokenCache {
     /// A cache of at most `capacity` tokens.
     pub fn new(capacity: u64) -> Self {
@@ -43,24 +36,16 @@ impl TokenCache {
         }
     }
 
-    /// Looks a token up at `now`, taking it up to `grace` past its expiry (a report's, see
-    /// [`super::Presented::grace`]).
-    pub fn get(&self, digest: &TokenDigest, now: Micros, grace: Micros) -> Cached {
-        match self.entries.get(digest) {
-            None => Cached::Unknown,
-            Some(v)
-                if v.until
-                    .is_some_and(|until| now >= until.saturating_add(grace)) =>
-            {
-                self.entries.remove(digest);
-                Cached::Expired
-            }
-            Some(v) if v.recheck.is_some_and(|at| now >= at) => {
-                self.entries.remove(digest);
-                Cached::Unknown
-            }
-            Some(v) => Cached::Fresh(v),
+    /// Looks a token up at `now`: `None` if it is not held, or no longer (past a report's
+    /// grace after its expiry, or due to be verified again). An entry it gives may have
+    /// expired for the reader: see [`Verified::expired`].
+    pub fn get(&self, digest: &TokenDigest, now: Micros) -> Option<Verified> {
+        let v = self.entries.get(digest)?;
+        if v.expired(now, REPORT_GRACE) || v.recheck.is_some_and(|at| now >= at) {
+            self.entries.remove(digest);
+            return None;
         }
+        Some(v)
     }
 
     /// Remembers a verified token.
@@ -112,22 +97,18 @@ mod tests {
     }
 
     #[test]
-    fn entries_expire_with_their_token() {
+    fn entries_are_kept_through_a_reports_grace_past_expiry() {
         let cache = TokenCache::new(10);
         let d = digest("a.b.c");
         cache.insert(d, verified(Some(1_000)));
-        assert!(matches!(cache.get(&d, 999, 0), Cached::Fresh(_)));
-        assert!(matches!(cache.get(&d, 1_000, 0), Cached::Expired));
-        assert!(matches!(cache.get(&d, 1_000, 0), Cached::Unknown));
-    }
-
-    #[test]
-    fn a_report_takes_an_entry_up_to_its_grace_past_expiry() {
-        let cache = TokenCache::new(10);
-        let d = digest("t");
-        cache.insert(d, verified(Some(1_000)));
-        assert!(matches!(cache.get(&d, 1_500, 1_000), Cached::Fresh(_)));
-        assert!(matches!(cache.get(&d, 2_000, 1_000), Cached::Expired));
+        // Expired for a check, still there for a report.
+        let v = cache.get(&d, 1_000).expect("kept");
+        assert!(v.expired(1_000, 0));
+        assert!(!v.expired(1_000, REPORT_GRACE));
+        let last = 1_000 + REPORT_GRACE - 1;
+        assert!(cache.get(&d, last).is_some());
+        assert!(cache.get(&d, last + 1).is_none(), "past the grace");
+        assert!(cache.get(&d, 0).is_none(), "and dropped");
     }
 
     #[test]
@@ -137,7 +118,8 @@ mod tests {
         let mut v = verified(Some(10_000));
         v.recheck = Some(500);
         cache.insert(d, v);
-        assert!(matches!(cache.get(&d, 499, 0), Cached::Fresh(_)));
-        assert!(matches!(cache.get(&d, 500, 0), Cached::Unknown));
+        assert!(cache.get(&d, 499).is_some());
+        assert!(cache.get(&d, 500).is_none());
+        assert!(cache.get(&d, 0).is_none(), "and dropped");
     }
 }

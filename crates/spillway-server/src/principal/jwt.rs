@@ -3,8 +3,10 @@
 //! The header is read first, by hand: its `alg` must be one of the four this server knows
 //! (`none` and everything else is `disallowed_algorithm`) and equal to the algorithm of the key
 //! its `kid` picks. Only then does `jsonwebtoken` check the signature, with that one algorithm
-//! and key. Time claims are checked here against the server's clock (which tests move), not
-//! the library's wall clock: `exp` and `nbf` with the policy's leeway, then `iss` and `aud`.
+//! and key. Claims are checked here against the server's clock (which tests move), not the
+//! library's wall clock: `nbf` with the policy's leeway, then `iss` and `aud`. `exp` (required)
+//! only sets [`Verified::until`]: whether the token has run out is its caller's to judge with
+//! [`Verified::expired`], which knows how long past its expiry the request may take it.
 
 use super::jwks::Keys;
 use super::{Principal, Reason};
@@ -31,6 +33,23 @@ pub struct Verified {
     /// When the cached verdict must be verified again (keys from a URL: one refresh
     /// interval on), so a token whose key was withdrawn stops being honoured from the cache.
     pub recheck: Option<Micros>,
+}
+
+impl Verified {
+    /// Whether the token has run out at `now` for a caller that takes it up to `grace` past
+    /// its expiry (a report's; zero for a check).
+    pub fn expired(&self, now: Micros, grace: Micros) -> bool {
+        self.until
+            .is_some_and(|until| now >= until.saturating_add(grace))
+    }
+
+    /// Its principal, unless the token has [`Self::expired`] for that caller.
+    pub fn principal_at(&self, now: Micros, grace: Micros) -> Result<Principal, Reason> {
+        if self.expired(now, grace) {
+            return Err(Reason::Expired);
+        }
+        Ok(self.principal.clone())
+    }
 }
 
 #[derive(Deserialize)]
@@ -72,15 +91,14 @@ fn library(alg: JwtAlgorithm) -> Algorithm {
     }
 }
 
-/// Verifies `token` with `keys` under `settings` at `now`, taking it up to `grace` past its
-/// expiry (a report's). A key id the set does not know triggers one refetch of a JWKS URL (at
-/// most once per refresh interval).
+/// Verifies `token` with `keys` under `settings` at `now`, all but its expiry (see
+/// [`Verified::expired`]). A key id the set does not know triggers one refetch of a JWKS URL
+/// (at most once per refresh interval).
 pub async fn verify(
     token: &str,
     settings: &JwtSettings,
     keys: &Keys,
     now: Micros,
-    grace: Micros,
 ) -> Result<Verified, Reason> {
     if token.len() > MAX_TOKEN {
         return Err(Reason::Malformed);
@@ -117,16 +135,15 @@ pub async fn verify(
             _ => Reason::Malformed,
         }
     })?;
-    check_claims(&data.claims, settings, now, grace)
+    check_claims(&data.claims, settings, now)
 }
 
-/// Checks time (taking the token up to `grace` past its expiry), issuer and audience, then
-/// maps the claims to a principal.
+/// Checks `nbf`, issuer and audience, then maps the claims to a principal, to be believed
+/// until `exp` and the leeway (the caller judges that: [`Verified::expired`]).
 pub fn check_claims(
     claims: &Value,
     settings: &JwtSettings,
     now: Micros,
-    grace: Micros,
 ) -> Result<Verified, Reason> {
     let Value::Object(map) = claims else {
         return Err(Reason::Malformed);
@@ -149,9 +166,6 @@ pub fn check_claims(
     let until = seconds("exp")?
         .ok_or(Reason::MissingClaim)?
         .saturating_add(leeway);
-    if now >= until.saturating_add(grace) {
-        return Err(Reason::Expired);
-    }
     if seconds("nbf")?.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
         return Err(Reason::NotYetValid);
     }
@@ -245,21 +259,29 @@ mod tests {
 
     #[test]
     fn claims_map_to_a_principal_through_dotted_paths_and_the_tier_table() {
-        let v = check_claims(&claims(json!({})), &settings(), NOW, 0).expect("valid");
+        let v = check_claims(&claims(json!({})), &settings(), NOW).expect("valid");
         assert_eq!(v.principal.tenant.as_deref(), Some("acme"));
         assert_eq!(v.principal.user.as_deref(), Some("42"));
         assert_eq!(v.principal.tier.as_deref(), Some("paid"));
         assert_eq!(v.until, Some(1_000_105_000_000));
-        let v = check_claims(&claims(json!({"plan": "free"})), &settings(), NOW, 0).expect("valid");
+        let v = check_claims(&claims(json!({"plan": "free"})), &settings(), NOW).expect("valid");
         assert_eq!(v.principal.tier.as_deref(), Some("free"));
     }
 
     #[test]
     fn time_issuer_and_audience_are_checked_with_leeway() {
         let s = settings();
-        let reason = |extra| check_claims(&claims(extra), &s, NOW, 0).err();
-        assert_eq!(reason(json!({"exp": 999_990})), Some(Reason::Expired));
-        assert_eq!(reason(json!({"exp": 999_996})), None, "within the leeway");
+        let reason = |extra| check_claims(&claims(extra), &s, NOW).err();
+        // Expiry is the caller's to judge, with its grace: a check's is zero, a report's more.
+        let expired = |exp: u64, grace| {
+            check_claims(&claims(json!({ "exp": exp })), &s, NOW)
+                .expect("valid")
+                .expired(NOW, grace)
+        };
+        assert!(expired(999_990, 0));
+        assert!(!expired(999_996, 0), "within the leeway");
+        assert!(!expired(999_990, 10_000_000), "within a report's grace");
+        assert!(expired(999_990, 5_000_000), "past it");
         assert_eq!(reason(json!({"nbf": 1_000_010})), Some(Reason::NotYetValid));
         assert_eq!(reason(json!({"nbf": 1_000_004})), None, "within the leeway");
         assert_eq!(
@@ -277,16 +299,11 @@ mod tests {
             Some(Reason::MissingClaim)
         );
         assert_eq!(reason(json!({"org": "acme"})), Some(Reason::MissingClaim));
-        // A report takes a token up to its grace past expiry, and no further.
-        let late = |grace| check_claims(&claims(json!({"exp": 999_990})), &s, NOW, grace).err();
-        assert_eq!(late(0), Some(Reason::Expired));
-        assert_eq!(late(10_000_000), None);
-        assert_eq!(late(5_000_000), Some(Reason::Expired));
         assert_eq!(reason(json!({"exp": null})), Some(Reason::Malformed));
         let mut no_exp = claims(json!({}));
         no_exp.as_object_mut().map(|c| c.remove("exp"));
         assert_eq!(
-            check_claims(&no_exp, &s, NOW, 0).err(),
+            check_claims(&no_exp, &s, NOW).err(),
             Some(Reason::MissingClaim)
         );
     }

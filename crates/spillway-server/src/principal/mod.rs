@@ -21,7 +21,7 @@ pub mod metrics;
 pub mod subdomain;
 
 use arc_swap::ArcSwapOption;
-use cache::{Cached, TokenCache};
+use cache::TokenCache;
 use jwks::Keys;
 use spillway_core::policy::principal::{KeySource, Missing, Principals, Source, TokenPlace};
 use spillway_core::policy::Policy;
@@ -429,25 +429,23 @@ impl PrincipalState {
             return Err(Reason::Malformed);
         }
         let digest = cache::digest(token);
-        match cache.get(&digest, now, grace) {
-            Cached::Fresh(v) => return Ok(v.principal),
-            Cached::Expired => return Err(Reason::Expired),
-            Cached::Unknown => {}
+        if let Some(v) = cache.get(&digest, now) {
+            return v.principal_at(now, grace);
         }
         if keys.stale(now) {
             let keys = Arc::clone(keys);
             tokio::spawn(async move { keys.refetch(now).await });
         }
         metrics::record_verification();
-        let mut verified = jwt::verify(token, settings, keys, now, grace).await?;
+        let mut verified = jwt::verify(token, settings, keys, now).await?;
         if let KeySource::Url { refresh, .. } = &settings.keys {
             // Keys from a URL may be withdrawn: verify again after one refresh interval.
             verified.recheck = Some(now.saturating_add(*refresh));
         }
-        let principal = verified.principal.clone();
+        let principal = verified.principal_at(now, grace);
         cache.insert(digest, verified);
         metrics::record_cache_entries(cache.len());
-        Ok(principal)
+        principal
     }
 }
 
