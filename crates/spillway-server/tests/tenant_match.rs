@@ -129,6 +129,12 @@ async fn a_credential_on_another_tenants_host_is_refused_as_tenant_mismatch() {
     // Nor two joined by a comma, as proxies chain them.
     let joined = "acme.example.com, initech.example.com";
     assert_mismatch(&authorize(&server, &acme, joined).await);
+    // Nor a value no host has, which a proxy may read as another tenant's: nginx takes the
+    // name before the first colon, so this is initech's host there (it counted as naming no
+    // tenant, and the check was skipped).
+    assert_mismatch(&authorize(&server, &acme, "initech.example.com:x").await);
+    let (status, problem) = check(&server, &acme, Some("initech.example.com:80:x")).await;
+    assert_eq!(status, 403, "{problem}");
 
     // Nothing was charged to initech by the refused requests.
     let (_, verdict) = check(&server, &token("initech"), Some("initech.example.com")).await;
@@ -140,7 +146,7 @@ async fn a_credential_on_another_tenants_host_is_refused_as_tenant_mismatch() {
         "spillway_principal_rejected_total",
         &[("reason", "tenant_mismatch")],
     );
-    assert_eq!(refusals, Some(4.0), "{text}");
+    assert_eq!(refusals, Some(6.0), "{text}");
 }
 
 #[tokio::test]

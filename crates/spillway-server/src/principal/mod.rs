@@ -461,8 +461,10 @@ fn lacks_user(config: &Principals, principal: &Principal) -> Result<(), Reason> 
 }
 
 /// With `principals.subdomain.must_match`, refuses a credential's `principal` when the
-/// presented host names a catalog tenant other than its own, or cannot be read (a host naming
-/// no catalog tenant, or none at all, is not checked).
+/// presented host names a catalog tenant other than its own, or is no host that can be read
+/// (sent twice, two joined by a comma as proxies chain them, or junk a proxy may read as
+/// another tenant's: see [`subdomain::NotAHost`]). A host naming no catalog tenant, or none
+/// at all, is not checked.
 fn must_match(
     config: &Principals,
     policy: &Policy,
@@ -472,17 +474,18 @@ fn must_match(
     let Some(settings) = config.subdomain.as_ref().filter(|s| s.must_match) else {
         return Ok(());
     };
-    // Two hosts (one the proxy's, one the client's), in two headers or joined by a comma as
-    // proxies chain them, could name the credential's tenant and another: refused.
-    if presented.malformed.host || presented.host.is_some_and(|h| h.contains(',')) {
+    if presented.malformed.host {
         return Err(Reason::TenantMismatch);
     }
     let Some(host) = presented.host else {
         return Ok(());
     };
-    match subdomain::identify(host, settings, policy.catalog()) {
-        Some(named) if named.tenant != principal.tenant => Err(Reason::TenantMismatch),
-        _ => Ok(()),
+    match subdomain::named(host, settings, policy.catalog()) {
+        Err(subdomain::NotAHost) => Err(Reason::TenantMismatch),
+        Ok(Some(named)) if Some(named.as_str()) != principal.tenant.as_deref() => {
+            Err(Reason::TenantMismatch)
+        }
+        Ok(_) => Ok(()),
     }
 }
 

@@ -3,41 +3,95 @@
 //! under the base names a tenant: the base itself, deeper names (`a.b.example.com`) and
 //! other domains name none. The label must also be a tenant the catalog holds: a host name is
 //! not a secret, so an unknown label is no principal at all (and cannot open fresh counters).
+//!
+//! A value that is no host at all ([`NotAHost`]: two hosts joined by a comma, a port that is
+//! not a number, characters no host name has) names no tenant either, but it is told apart:
+//! proxies read such values each their own way (nginx routes `victim.example.com:x` to
+//! `victim`), so `must_match` refuses the credential beside one rather than let it pass as
+//! naming nothing.
 
 use super::Principal;
 use spillway_core::catalog::Catalog;
 use spillway_core::policy::principal::SubdomainSettings;
 
-/// The principal a host name gives: `None` when it names no tenant the catalog holds, which
-/// counts as no host presented at all.
+/// A host header's value that cannot be read as `name[:port]` or `[address][:port]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotAHost;
+
+/// The principal a host name gives: `None` when it names no tenant the catalog holds (or is
+/// no host), which counts as no host presented at all.
 pub fn identify(host: &str, settings: &SubdomainSettings, catalog: &Catalog) -> Option<Principal> {
-    let tenant = label(host, settings)?;
-    catalog.has_tenant(&tenant).then(|| Principal {
+    let tenant = named(host, settings, catalog).ok().flatten()?;
+    Some(Principal {
         tenant: Some(tenant.into()),
         user: None,
         tier: None,
     })
 }
 
-/// The single label directly under the base, lower-cased.
-fn label(host: &str, settings: &SubdomainSettings) -> Option<String> {
-    let host = host.trim();
-    // `host:port`, but not the colons of a bracketed IPv6 literal (which names no tenant).
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
+/// The catalog tenant a host header's value names, if any; `Err` if it is no host.
+pub fn named(
+    host: &str,
+    settings: &SubdomainSettings,
+    catalog: &Catalog,
+) -> Result<Option<String>, NotAHost> {
+    Ok(label(host, settings)?.filter(|tenant| catalog.has_tenant(tenant)))
+}
+
+/// The single label directly under the base, lower-cased, if the host has one.
+fn label(host: &str, settings: &SubdomainSettings) -> Result<Option<String>, NotAHost> {
+    let Some(name) = host_name(host)? else {
+        return Ok(None);
     };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name.strip_suffix(settings.base.as_str())
+    Ok(name
+        .strip_suffix(settings.base.as_str())
         .and_then(|rest| rest.strip_suffix('.'))
-        .filter(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-        .map(str::to_owned)
+        .filter(|label| !label.contains(['.', '_']))
+        .map(str::to_owned))
+}
+
+/// The name a host header's value gives, lower-cased, without its port and its one trailing
+/// dot: `None` for an empty value or an address in brackets (an IPv6 literal), which name no
+/// tenant. Each label of a name is 1 to 63 letters, digits, `-` or `_`; a port is digits.
+fn host_name(host: &str) -> Result<Option<String>, NotAHost> {
+    let host = host.trim();
+    if host.is_empty() {
+        return Ok(None);
+    }
+    let (name, port) = match host.strip_prefix('[') {
+        Some(literal) => {
+            let (address, after) = literal.split_once(']').ok_or(NotAHost)?;
+            let is_address = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.';
+            if address.is_empty() || !address.bytes().all(is_address) {
+                return Err(NotAHost);
+            }
+            let port = match after {
+                "" => "",
+                after => after.strip_prefix(':').ok_or(NotAHost)?,
+            };
+            (None, port)
+        }
+        None => {
+            let (name, port) = host.split_once(':').unwrap_or((host, ""));
+            (Some(name), port)
+        }
+    };
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(NotAHost);
+    }
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let is_label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !name.split('.').all(is_label) {
+        return Err(NotAHost);
+    }
+    Ok(Some(name.to_ascii_lowercase()))
 }
 
 #[cfg(test)]
@@ -52,19 +106,54 @@ mod tests {
             must_match: false,
         };
         let tenant = |host| label(host, &s);
-        assert_eq!(tenant("acme.example.com").as_deref(), Some("acme"));
-        assert_eq!(tenant("ACME.Example.com:8443").as_deref(), Some("acme"));
-        assert_eq!(tenant("acme.example.com.").as_deref(), Some("acme"));
+        assert_eq!(tenant("acme.example.com"), Ok(Some("acme".into())));
+        assert_eq!(tenant("ACME.Example.com:8443"), Ok(Some("acme".into())));
+        assert_eq!(tenant("acme.example.com."), Ok(Some("acme".into())));
+        assert_eq!(tenant("acme.example.com:"), Ok(Some("acme".into())));
         for other in [
             "example.com",
             "a.b.example.com",
             "acme.example.org",
             "acmeexample.com",
             "[::1]:80",
+            "[::1]",
             "",
             "x_y.example.com",
+            "localhost",
         ] {
-            assert_eq!(tenant(other), None, "{other}");
+            assert_eq!(tenant(other), Ok(None), "{other}");
+        }
+    }
+
+    /// What proxies may read each their own way is no host: nginx takes the name before the
+    /// first colon (`victim.example.com:x` is `victim`'s), others the whole value or its last
+    /// part.
+    #[test]
+    fn a_value_no_host_has_is_told_apart() {
+        let s = SubdomainSettings {
+            base: "example.com".into(),
+            header: "host".into(),
+            must_match: true,
+        };
+        for junk in [
+            "victim.example.com:x",
+            "victim.example.com:80:90",
+            "acme.example.com,victim.example.com",
+            "victim.example.com acme.example.com",
+            "victim..example.com",
+            ".victim.example.com",
+            "victim.example.com..",
+            "user@victim.example.com",
+            "victim.example.com/x",
+            "victim%2eexample.com",
+            "*.example.com",
+            "[::1",
+            "[::1]x",
+            "[victim.example.com]",
+            "[]",
+            &format!("{}.example.com", "a".repeat(64)),
+        ] {
+            assert_eq!(label(junk, &s), Err(NotAHost), "{junk}");
         }
     }
 }
