@@ -31,6 +31,11 @@ fn token(org: &str) -> String {
 /// Tenants `acme` and `initech` in the catalog; a JWT gives the tenant; the host is read
 /// from `x-original-host` under `example.com`.
 fn policy(must_match: bool) -> String {
+    policy_reading(must_match, "x-original-host")
+}
+
+/// [`policy`] with the host read from `header`.
+fn policy_reading(must_match: bool, header: &str) -> String {
     format!(
         "default_tier: free
 limits:
@@ -45,7 +50,7 @@ principals:
     jwks_file: {}
     algorithms: [ES256]
     claims: {{tenant: org, user: sub}}
-  subdomain: {{base: example.com, header: x-original-host, must_match: {must_match}}}
+  subdomain: {{base: example.com, header: {header}, must_match: {must_match}}}
 ",
         fixture("jwks.json")
     )
@@ -135,6 +140,12 @@ async fn a_credential_on_another_tenants_host_is_refused_as_tenant_mismatch() {
     assert_mismatch(&authorize(&server, &acme, "initech.example.com:x").await);
     let (status, problem) = check(&server, &acme, Some("initech.example.com:80:x")).await;
     assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["reason"], "tenant_mismatch");
+    // Nor a deeper name under initech's, which proxies commonly route to initech too; one
+    // under acme's own is acme's.
+    assert_mismatch(&authorize(&server, &acme, "www.initech.example.com").await);
+    let ok = authorize(&server, &acme, "api.eu.acme.example.com").await;
+    assert_eq!(ok.status(), 200);
 
     // Nothing was charged to initech by the refused requests.
     let (_, verdict) = check(&server, &token("initech"), Some("initech.example.com")).await;
@@ -146,7 +157,7 @@ async fn a_credential_on_another_tenants_host_is_refused_as_tenant_mismatch() {
         "spillway_principal_rejected_total",
         &[("reason", "tenant_mismatch")],
     );
-    assert_eq!(refusals, Some(6.0), "{text}");
+    assert_eq!(refusals, Some(7.0), "{text}");
 }
 
 #[tokio::test]
@@ -160,6 +171,42 @@ async fn without_must_match_the_host_is_ignored_beside_a_credential() {
     // Both were counted as acme.
     let (_, verdict) = check(&server, &acme, None).await;
     assert_eq!(verdict["limits"][0]["remaining"], 17, "{verdict}");
+}
+
+/// Over HTTP/2 the host is the request's `:authority` (hyper keeps it out of the headers): on
+/// the default `host` header, a credential used at another tenant's authority is refused as
+/// over HTTP/1 (it passed, the host unseen).
+#[tokio::test]
+async fn over_http2_the_authority_is_the_host() {
+    let server = Server::with_policy(&policy_reading(true, "host")).start();
+    let tcp = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(connection);
+    let bearer = format!("Bearer {}", token("acme"));
+    let authorize = |host: &str| {
+        let client = client.clone();
+        let request = http::Request::get(format!("http://{host}/v1/authorize"))
+            .header("authorization", &bearer)
+            .body(())
+            .expect("request");
+        async move {
+            let mut client = client.ready().await.expect("ready");
+            let (response, _) = client.send_request(request, true).expect("sent");
+            let response = response.await.expect("answer");
+            let reason = response
+                .headers()
+                .get("x-spillway-unauthenticated")
+                .map(|v| v.to_str().expect("text").to_owned());
+            (response.status().as_u16(), reason)
+        }
+    };
+    assert_eq!(
+        authorize("initech.example.com").await,
+        (401, Some("tenant_mismatch".into()))
+    );
+    assert_eq!(authorize("acme.example.com").await, (200, None));
 }
 
 /// Envoy carries the host in a descriptor entry named like the configured header: the same

@@ -379,9 +379,12 @@ fn carries_ip(descriptors: &[RateLimitDescriptor]) -> bool {
     })
 }
 
-/// The first `tenant` and `user` entries among the descriptors, for the top-k lists.
+/// The first `tenant` and `user` entries among the descriptors, for the top-k lists and the
+/// span; not a descriptor giving hits back (`is_negative_hits`), which counts nothing, so
+/// names no one.
 fn who(descriptors: &[RateLimitDescriptor]) -> Who<'_> {
-    let entries = || descriptors.iter().flat_map(|d| &d.entries);
+    let counted = descriptors.iter().filter(|d| !d.is_negative_hits);
+    let entries = || counted.clone().flat_map(|d| &d.entries);
     let first = |key: &str| entries().find(|e| e.key == key).map(|e| e.value.as_str());
     Who {
         tenant: first("tenant"),
@@ -418,8 +421,8 @@ fn check_shape(request: &RateLimitRequest) -> Result<bool, String> {
 }
 
 #[cfg(test)]
-mod carries_ip_tests {
-    use super::carries_ip;
+mod descriptor_tests {
+    use super::{carries_ip, who};
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 
@@ -453,5 +456,19 @@ mod carries_ip_tests {
             "remote_address",
             "192.0.2.1"
         )])]));
+    }
+
+    /// A descriptor giving hits back counts nothing, so the tenant it names is not the one the
+    /// top-k lists and the span blame (a caller could pin its denials on another tenant).
+    #[test]
+    fn a_descriptor_giving_hits_back_names_no_one() {
+        let mut back = descriptor(&[("tenant", "victim"), ("user", "v")]);
+        back.is_negative_hits = true;
+        let own = descriptor(&[("tenant", "acme"), ("user", "alice")]);
+        let named = who(std::slice::from_ref(&back));
+        assert_eq!((named.tenant, named.user), (None, None));
+        let both = [back, own];
+        let named = who(&both);
+        assert_eq!((named.tenant, named.user), (Some("acme"), Some("alice")));
     }
 }

@@ -48,13 +48,14 @@ pub async fn authorize(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let mode = match check_mode(query.as_deref()) {
         Ok(mode) => mode,
         Err(problem) => return problem.into_response(),
     };
-    answer(&app, peer, &headers, None, mode).await
+    answer(&app, peer, &uri, headers, None, mode).await
 }
 
 /// The prefixed form, `/v1/authorize/<original path>`, for Envoy.
@@ -68,19 +69,24 @@ pub async fn authorize_prefixed(
     let path = uri.path().strip_prefix(PREFIX).unwrap_or("/");
     let path = if path.is_empty() { "/" } else { path };
     let own = (method.as_str().to_owned(), path.to_owned());
-    answer(&app, peer, &headers, Some(own), CheckMode::Consume).await
+    answer(&app, peer, &uri, headers, Some(own), CheckMode::Consume).await
 }
 
 async fn answer(
     app: &AppState,
     peer: SocketAddr,
-    headers: &HeaderMap,
+    uri: &Uri,
+    mut headers: HeaderMap,
     own: Option<(String, String)>,
     mode: CheckMode,
 ) -> Response {
     let settings = &app.authorize;
     // One policy snapshot maps the descriptor headers and decides.
     let policy = app.engine.policy();
+    if policy.principals().is_some_and(|p| p.subdomain.is_some()) {
+        principal::with_authority(&mut headers, uri);
+    }
+    let headers = &headers;
     let mut attrs = match attrs_from_headers(headers, &settings.headers, &policy) {
         Ok(attrs) => attrs,
         Err(problem) => return problem.with_status(settings.invalid_status).into_response(),

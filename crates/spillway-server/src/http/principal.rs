@@ -8,8 +8,9 @@ use crate::http::problem::{Problem, FORBIDDEN, UNAUTHENTICATED};
 use crate::principal::{self, Lookup, Presented, Reason};
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
+use axum::http::header::HOST;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use spillway_core::policy::Policy;
 use spillway_core::request::RequestAttrs;
 use std::convert::Infallible;
@@ -47,6 +48,30 @@ impl FromRequestParts<Arc<AppState>> for CredentialHeaders {
             HeaderMap::new()
         };
         Ok(Self { policy, headers })
+    }
+}
+
+/// Over HTTP/2 a request's host is its `:authority`, which hyper keeps in the URI, not among
+/// the headers: `/v1/authorize` puts it there as `host`, so the subdomain rules read it as
+/// they read an HTTP/1 `Host` (without this, `must_match` on the default `host` header saw no
+/// host over HTTP/2, and passed every credential). A request carrying both (HTTP/1 in
+/// absolute form, or an HTTP/2 client sending `host` too) whose values differ keeps both,
+/// which reads as a host sent twice.
+pub fn with_authority(headers: &mut HeaderMap, uri: &Uri) {
+    let Some(value) = uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    else {
+        return;
+    };
+    match headers.get(HOST) {
+        None => {
+            headers.insert(HOST, value);
+        }
+        Some(host) if host.as_bytes().eq_ignore_ascii_case(value.as_bytes()) => {}
+        Some(_) => {
+            headers.append(HOST, value);
+        }
     }
 }
 
@@ -110,4 +135,36 @@ fn refusal(reason: Reason) -> Problem {
         ),
     };
     problem.with_reason(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(headers: &HeaderMap) -> Vec<&str> {
+        (headers.get_all(HOST).iter())
+            .map(|v| v.to_str().expect("text"))
+            .collect()
+    }
+
+    #[test]
+    fn the_authority_is_the_host_and_a_different_one_is_a_second_host() {
+        let uri: Uri = "http://initech.example.com/v1/authorize"
+            .parse()
+            .expect("uri");
+        let mut headers = HeaderMap::new();
+        with_authority(&mut headers, &uri);
+        assert_eq!(hosts(&headers), ["initech.example.com"], "HTTP/2");
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("INITECH.example.com"));
+        with_authority(&mut headers, &uri);
+        assert_eq!(hosts(&headers), ["INITECH.example.com"], "the same host");
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("acme.example.com"));
+        with_authority(&mut headers, &uri);
+        assert_eq!(hosts(&headers), ["acme.example.com", "initech.example.com"]);
+        let origin: Uri = "/v1/authorize".parse().expect("uri");
+        with_authority(&mut headers, &origin);
+        assert_eq!(hosts(&headers).len(), 2, "an origin-form URL adds nothing");
+    }
 }

@@ -443,8 +443,11 @@ impl PrincipalState {
             verified.recheck = Some(now.saturating_add(*refresh));
         }
         let principal = verified.principal_at(now, grace);
-        cache.insert(digest, verified);
-        metrics::record_cache_entries(cache.len());
+        // One past any reader's grace would only push a live entry out.
+        if !verified.expired(now, REPORT_GRACE) {
+            cache.insert(digest, verified);
+            metrics::record_cache_entries(cache.len());
+        }
         principal
     }
 }
@@ -461,7 +464,8 @@ fn lacks_user(config: &Principals, principal: &Principal) -> Result<(), Reason> 
 }
 
 /// With `principals.subdomain.must_match`, refuses a credential's `principal` when the
-/// presented host names a catalog tenant other than its own, or is no host that can be read
+/// presented host is under a catalog tenant's name other than its own (at any depth:
+/// [`subdomain::claimed`]), or is no host that can be read
 /// (sent twice, two joined by a comma as proxies chain them, or junk a proxy may read as
 /// another tenant's: see [`subdomain::NotAHost`]). A host naming no catalog tenant, or none
 /// at all, is not checked.
@@ -480,7 +484,7 @@ fn must_match(
     let Some(host) = presented.host else {
         return Ok(());
     };
-    match subdomain::named(host, settings, policy.catalog()) {
+    match subdomain::claimed(host, settings, policy.catalog()) {
         Err(subdomain::NotAHost) => Err(Reason::TenantMismatch),
         Ok(Some(named)) if Some(named.as_str()) != principal.tenant.as_deref() => {
             Err(Reason::TenantMismatch)

@@ -4,11 +4,13 @@
 //! other domains name none. The label must also be a tenant the catalog holds: a host name is
 //! not a secret, so an unknown label is no principal at all (and cannot open fresh counters).
 //!
-//! A value that is no host at all ([`NotAHost`]: two hosts joined by a comma, a port that is
-//! not a number, characters no host name has) names no tenant either, but it is told apart:
-//! proxies read such values each their own way (nginx routes `victim.example.com:x` to
-//! `victim`), so `must_match` refuses the credential beside one rather than let it pass as
-//! naming nothing.
+//! `must_match` ([`claimed`]) reads the label directly above the base at any depth, since
+//! proxies commonly route a tenant's deeper names to it (`www.initech.example.com` is
+//! initech's there). A value that is no host at all ([`NotAHost`]: two hosts joined by a
+//! comma, a port that is not a number, characters no host name has) names no tenant either,
+//! but it is told apart: proxies read such values each their own way (nginx routes
+//! `victim.example.com:x` to `victim`), so `must_match` refuses the credential beside one
+//! rather than let it pass as naming nothing.
 
 use super::Principal;
 use spillway_core::catalog::Catalog;
@@ -19,35 +21,62 @@ use spillway_core::policy::principal::SubdomainSettings;
 pub struct NotAHost;
 
 /// The principal a host name gives: `None` when it names no tenant the catalog holds (or is
-/// no host), which counts as no host presented at all.
+/// no host), which counts as no host presented at all. Only a single label directly under the
+/// base names one here.
 pub fn identify(host: &str, settings: &SubdomainSettings, catalog: &Catalog) -> Option<Principal> {
-    let tenant = named(host, settings, catalog).ok().flatten()?;
-    Some(Principal {
-        tenant: Some(tenant.into()),
+    let Ok(Some(Under {
+        label,
+        deeper: false,
+    })) = under_base(host, settings)
+    else {
+        return None;
+    };
+    catalog.has_tenant(&label).then(|| Principal {
+        tenant: Some(label.into()),
         user: None,
         tier: None,
     })
 }
 
-/// The catalog tenant a host header's value names, if any; `Err` if it is no host.
-pub fn named(
+/// For `must_match`: the catalog tenant whose name the host is under (the label directly above
+/// the base, at any depth), if any; `Err` if it is no host.
+pub fn claimed(
     host: &str,
     settings: &SubdomainSettings,
     catalog: &Catalog,
 ) -> Result<Option<String>, NotAHost> {
-    Ok(label(host, settings)?.filter(|tenant| catalog.has_tenant(tenant)))
+    Ok(under_base(host, settings)?
+        .map(|under| under.label)
+        .filter(|tenant| catalog.has_tenant(tenant)))
 }
 
-/// The single label directly under the base, lower-cased, if the host has one.
-fn label(host: &str, settings: &SubdomainSettings) -> Result<Option<String>, NotAHost> {
+/// Where a host stands under the base.
+#[derive(Debug, PartialEq, Eq)]
+struct Under {
+    /// The label directly above the base, lower-cased.
+    label: String,
+    /// Whether more labels come before it (`www.acme.example.com`).
+    deeper: bool,
+}
+
+/// The label directly above the base, if the host is under it; `Err` if it is no host.
+fn under_base(host: &str, settings: &SubdomainSettings) -> Result<Option<Under>, NotAHost> {
     let Some(name) = host_name(host)? else {
         return Ok(None);
     };
-    Ok(name
-        .strip_suffix(settings.base.as_str())
-        .and_then(|rest| rest.strip_suffix('.'))
-        .filter(|label| !label.contains(['.', '_']))
-        .map(str::to_owned))
+    let Some(rest) =
+        (name.strip_suffix(settings.base.as_str())).and_then(|rest| rest.strip_suffix('.'))
+    else {
+        return Ok(None);
+    };
+    let (label, deeper) = match rest.rsplit_once('.') {
+        Some((_, label)) => (label, true),
+        None => (rest, false),
+    };
+    Ok(Some(Under {
+        label: label.to_owned(),
+        deeper,
+    }))
 }
 
 /// The name a host header's value gives, lower-cased, without its port and its one trailing
@@ -98,30 +127,42 @@ fn host_name(host: &str) -> Result<Option<String>, NotAHost> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_one_label_under_the_base_is_a_tenant() {
-        let s = SubdomainSettings {
+    fn settings() -> SubdomainSettings {
+        SubdomainSettings {
             base: "example.com".into(),
             header: "host".into(),
-            must_match: false,
+            must_match: true,
+        }
+    }
+
+    #[test]
+    fn the_label_above_the_base_is_read_at_any_depth() {
+        let s = settings();
+        let under = |host| under_base(host, &s);
+        let at = |label: &str, deeper| {
+            Ok(Some(Under {
+                label: label.into(),
+                deeper,
+            }))
         };
-        let tenant = |host| label(host, &s);
-        assert_eq!(tenant("acme.example.com"), Ok(Some("acme".into())));
-        assert_eq!(tenant("ACME.Example.com:8443"), Ok(Some("acme".into())));
-        assert_eq!(tenant("acme.example.com."), Ok(Some("acme".into())));
-        assert_eq!(tenant("acme.example.com:"), Ok(Some("acme".into())));
+        assert_eq!(under("acme.example.com"), at("acme", false));
+        assert_eq!(under("ACME.Example.com:8443"), at("acme", false));
+        assert_eq!(under("acme.example.com."), at("acme", false));
+        assert_eq!(under("acme.example.com:"), at("acme", false));
+        assert_eq!(under("x_y.example.com"), at("x_y", false));
+        assert_eq!(under("www.acme.example.com"), at("acme", true));
+        assert_eq!(under("a.b.Acme.example.com"), at("acme", true));
         for other in [
             "example.com",
-            "a.b.example.com",
             "acme.example.org",
             "acmeexample.com",
+            "acme.example.com.evil.org",
             "[::1]:80",
             "[::1]",
             "",
-            "x_y.example.com",
             "localhost",
         ] {
-            assert_eq!(tenant(other), Ok(None), "{other}");
+            assert_eq!(under(other), Ok(None), "{other}");
         }
     }
 
@@ -130,11 +171,7 @@ mod tests {
     /// part.
     #[test]
     fn a_value_no_host_has_is_told_apart() {
-        let s = SubdomainSettings {
-            base: "example.com".into(),
-            header: "host".into(),
-            must_match: true,
-        };
+        let s = settings();
         for junk in [
             "victim.example.com:x",
             "victim.example.com:80:90",
@@ -153,7 +190,7 @@ mod tests {
             "[]",
             &format!("{}.example.com", "a".repeat(64)),
         ] {
-            assert_eq!(label(junk, &s), Err(NotAHost), "{junk}");
+            assert_eq!(under_base(junk, &s), Err(NotAHost), "{junk}");
         }
     }
 }

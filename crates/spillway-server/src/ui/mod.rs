@@ -119,9 +119,15 @@ pub fn router(app: Arc<AppState>, token: Option<AdminToken>, open: bool) -> Rout
 
 /// Whether a call with no admin token configured may read the endpoints: the peer must be a
 /// loopback address, and the `Host` (when sent) must name one or `localhost`, so that a
-/// browser tricked by DNS rebinding (a foreign name resolving to 127.0.0.1) is refused.
-pub fn local_call_allowed(peer: Option<SocketAddr>, host: Option<&str>) -> bool {
+/// browser tricked by DNS rebinding (a foreign name resolving to 127.0.0.1) is refused. A
+/// call `relayed` by a proxy (it carries `Forwarded` or `X-Forwarded-For`) is refused too: a
+/// proxy on the same host comes from loopback, and may name a loopback host upstream
+/// (nginx's default `proxy_set_header Host $proxy_host`), for every client it serves.
+pub fn local_call_allowed(peer: Option<SocketAddr>, host: Option<&str>, relayed: bool) -> bool {
     let Some(peer) = peer else { return false };
+    if relayed {
+        return false;
+    }
     if !peer.ip().to_canonical().is_loopback() {
         return false;
     }
@@ -169,13 +175,16 @@ async fn loopback_only(request: Request, next: Next) -> Response {
         Some(value) => Some(value.to_str().unwrap_or("\u{0}").to_owned()),
         None => request.uri().authority().map(|a| a.as_str().to_owned()),
     };
-    if local_call_allowed(peer, host.as_deref()) {
+    let relayed = request.headers().contains_key(header::FORWARDED)
+        || request.headers().contains_key("x-forwarded-for");
+    if local_call_allowed(peer, host.as_deref(), relayed) {
         return next.run(request).await;
     }
     crate::http::problem::Problem::http(
         StatusCode::FORBIDDEN,
         "no admin token is set, so the dashboard's data and /v1/top are served only to \
-         loopback (127.0.0.1, ::1, localhost); set an admin token or start with --ui-open",
+         loopback (127.0.0.1, ::1, localhost), not through a proxy; set an admin token or \
+         start with --ui-open",
     )
     .into_response()
 }

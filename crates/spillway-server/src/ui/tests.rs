@@ -213,10 +213,10 @@ fn without_a_token_only_loopback_peers_naming_a_loopback_host_are_served() {
         Some("[::1]:8080"),
         Some("[::1]"),
     ] {
-        assert!(local_call_allowed(Some(local), host), "{host:?}");
-        assert!(local_call_allowed(Some(local6), host), "{host:?}");
-        assert!(local_call_allowed(Some(mapped), host), "{host:?}");
-        assert!(!local_call_allowed(Some(remote), host), "{host:?}");
+        assert!(local_call_allowed(Some(local), host, false), "{host:?}");
+        assert!(local_call_allowed(Some(local6), host, false), "{host:?}");
+        assert!(local_call_allowed(Some(mapped), host, false), "{host:?}");
+        assert!(!local_call_allowed(Some(remote), host, false), "{host:?}");
     }
     for host in [
         "evil.example",
@@ -229,9 +229,14 @@ fn without_a_token_only_loopback_peers_naming_a_loopback_host_are_served() {
         "localhost:80x",
         "",
     ] {
-        assert!(!local_call_allowed(Some(local), Some(host)), "{host}");
+        assert!(
+            !local_call_allowed(Some(local), Some(host), false),
+            "{host}"
+        );
     }
-    assert!(!local_call_allowed(None, Some("localhost")));
+    assert!(!local_call_allowed(None, Some("localhost"), false));
+    // A proxy on this host relays remote clients from loopback.
+    assert!(!local_call_allowed(Some(local), Some("localhost"), true));
 }
 
 #[tokio::test]
@@ -247,6 +252,14 @@ async fn without_a_token_a_foreign_host_or_peer_gets_403_unless_open() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _, _) = h.send(request("localhost:8080")).await;
     assert_eq!(status, StatusCode::OK);
+    // The same call relayed by a proxy on this host, for a client it does not name.
+    for relayed in ["x-forwarded-for", "forwarded"] {
+        let mut call = request("127.0.0.1:8080");
+        let value = axum::http::HeaderValue::from_static("for=192.0.2.1");
+        call.headers_mut().insert(relayed, value);
+        let (status, _, _) = h.send(call).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{relayed}");
+    }
     let remote = SocketAddr::from(([192, 0, 2, 1], 4000));
     let h = harness_at(None, remote, false);
     for path in [

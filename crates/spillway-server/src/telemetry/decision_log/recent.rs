@@ -3,12 +3,13 @@
 //!
 //! Filled by the writer thread after it formats a batch, so the request path never touches
 //! it. Bounded twice: to [`CAPACITY`] records and to [`MAX_BYTES`] in all. Clients choose
-//! most fields (tenant, user, request id, descriptors), so each kept record is cut down first:
-//! every text to [`FIELD_BYTES`], at most [`DESCRIPTORS`] descriptor entries of
-//! [`DESCRIPTOR_PAIRS`] pairs. It holds what the log kept: every denial up to the per-second
-//! cap, and allowed decisions as sampled.
+//! most fields (tenant, user, request id, descriptors), so each kept record is cut down first
+//! as the request path cut its own copy (see [`super::record::FIELD_BYTES`]), the fields it
+//! did not copy (the request id, the trace id) too: every text to [`FIELD_BYTES`], at most
+//! [`DESCRIPTORS`] descriptor entries of [`DESCRIPTOR_PAIRS`] pairs. It holds what the log
+//! kept: every denial up to the per-second cap, and allowed decisions as sampled.
 
-use super::record::Line;
+use super::record::{Line, DESCRIPTORS, DESCRIPTOR_PAIRS, FIELD_BYTES};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -16,12 +17,6 @@ use std::collections::{BTreeMap, VecDeque};
 pub const CAPACITY: usize = 2_000;
 /// Bytes kept in all (an estimate: texts plus each record's fixed size).
 pub const MAX_BYTES: usize = 4 << 20;
-/// The longest text kept in a field; longer ones are cut at a character boundary.
-pub const FIELD_BYTES: usize = 256;
-/// Descriptor entries kept per record.
-pub const DESCRIPTORS: usize = 8;
-/// Key-value pairs kept per descriptor entry.
-pub const DESCRIPTOR_PAIRS: usize = 8;
 
 /// The ring; see the module docs.
 #[derive(Debug, Default)]

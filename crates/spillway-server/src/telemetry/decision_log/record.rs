@@ -40,6 +40,22 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+/// The longest text a record keeps of a value the client chose (tenant, user, a descriptor's
+/// key or value, an address's text, a report's id); longer ones are cut at a character
+/// boundary when the request path copies them, so a record queued for the writer holds at
+/// most a few tens of kilobytes whatever the request carried (a gRPC descriptor value may be
+/// megabytes).
+pub const FIELD_BYTES: usize = 256;
+/// Descriptors a record keeps (the first ones).
+pub const DESCRIPTORS: usize = 8;
+/// Entries a record keeps of each descriptor (the first ones).
+pub const DESCRIPTOR_PAIRS: usize = 8;
+
+/// `text` cut to at most [`FIELD_BYTES`], owned.
+fn kept(text: &str) -> String {
+    crate::telemetry::cut_to(text, FIELD_BYTES).to_owned()
+}
+
 /// How a decision ended, as a record says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -192,18 +208,18 @@ impl Pending {
     ) -> Self {
         let subject: Subject<'_> = ask.subject;
         let envoy = subject.attrs.is_none() && !subject.descriptors.is_empty();
+        // A descriptor giving hits back counts nothing: it names no one.
+        let counted = || subject.descriptors.iter().filter(|d| !d.is_negative_hits);
         let entry = |names: &[&str]| {
-            subject
-                .descriptors
-                .iter()
+            counted()
                 .flat_map(|d| &d.entries)
                 .find(|e| names.contains(&e.key.as_str()))
-                .map(|e| e.value.clone())
+                .map(|e| kept(&e.value))
         };
         let (tenant, user, ip) = match subject.attrs {
             Some(attrs) => (
-                attrs.tenant.clone(),
-                attrs.user.clone(),
+                attrs.tenant.as_deref().map(kept),
+                attrs.user.as_deref().map(kept),
                 attrs.ip.map(Ip::Addr),
             ),
             None => (
@@ -235,10 +251,12 @@ impl Pending {
         let descriptors = subject
             .descriptors
             .iter()
+            .take(DESCRIPTORS)
             .map(|d| {
                 d.entries
                     .iter()
-                    .map(|e| (e.key.clone(), e.value.clone()))
+                    .take(DESCRIPTOR_PAIRS)
+                    .map(|e| (kept(&e.key), kept(&e.value)))
                     .collect()
             })
             .collect();
@@ -306,7 +324,7 @@ impl Pending {
             home_region: None,
         });
         Self {
-            report_id: report.request_id.map(str::to_owned),
+            report_id: report.request_id.map(kept),
             limits,
             ..Self::new(at, kind, 1.0, &ask, &outcome, ip_prefix, policy)
         }

@@ -430,3 +430,72 @@ async fn envoy_calls_log_their_domain_and_descriptors() {
     );
     assert!(!h.text().contains("203.0.113.77"));
 }
+
+/// What a gRPC caller puts in its descriptors is kept to [`record::FIELD_BYTES`] a text and
+/// [`record::DESCRIPTORS`] descriptors of [`record::DESCRIPTOR_PAIRS`] entries when the request
+/// path copies it: a call of megabyte values (a few kilobytes gzip'd) queued whole records of
+/// megabytes, up to `--decision-log-queue` of them. A descriptor giving hits back names no
+/// tenant in the record.
+#[tokio::test]
+async fn a_record_keeps_a_bounded_part_of_what_a_call_carries() {
+    use crate::grpc::service::Rls;
+    use crate::grpc::RlsState;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+
+    let mut s = settings("bounded");
+    s.sample_allowed = 0.0;
+    let mut h = harness(s, memory(1_800_000_000_000));
+    let rls = Rls(Arc::new(RlsState {
+        app: h.app.clone(),
+        envoy: ArcSwap::from_pointee(
+            spillway_core::envoy_config::EnvoyConfig::from_sources(&[]).expect("empty"),
+        ),
+        policy_domain: "spillway".into(),
+    }));
+    let entry = |key: String, value: String| Entry { key, value };
+    // Two-byte characters, so a cut must find a character boundary.
+    let big = "é".repeat(512 * 1024);
+    let mut back = RateLimitDescriptor {
+        entries: vec![entry("tenant".into(), "victim".into())],
+        ..Default::default()
+    };
+    back.is_negative_hits = true;
+    let mut entries = vec![
+        entry("tenant".into(), big.clone()),
+        entry("user".into(), "alice".into()),
+        entry("remote_address".into(), "203.0.113.77".into()),
+    ];
+    entries.extend((0..20).map(|i| entry(format!("k{i:02}{big}"), big.clone())));
+    let mut descriptors = vec![back];
+    descriptors.extend((0..20).map(|_| RateLimitDescriptor {
+        entries: entries.clone(),
+        ..Default::default()
+    }));
+    let request = RateLimitRequest {
+        domain: "spillway".into(),
+        descriptors,
+        hits_addend: 0,
+    };
+    let headers = axum::http::HeaderMap::new();
+    for _ in 0..2 {
+        rls.answer(&request, Ids::Headers(&headers))
+            .await
+            .expect("answered");
+    }
+    let lines = h.flush().await;
+    assert_eq!(lines.len(), 1, "the denial");
+    let l = &lines[0];
+    let tenant = l.tenant.as_deref().expect("a tenant");
+    assert!(tenant.len() <= record::FIELD_BYTES && tenant.len() >= 254);
+    assert!(big.starts_with(tenant), "the tenant's first bytes");
+    assert_eq!(l.descriptors.len(), record::DESCRIPTORS);
+    for d in &l.descriptors {
+        assert!(d.len() <= record::DESCRIPTOR_PAIRS, "{}", d.len());
+        for (k, v) in d {
+            assert!(k.len() <= record::FIELD_BYTES && v.len() <= record::FIELD_BYTES);
+        }
+    }
+    assert!(h.text().len() < 200 * 1024, "{} bytes", h.text().len());
+}

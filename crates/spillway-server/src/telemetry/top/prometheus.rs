@@ -18,14 +18,24 @@ pub const TOP: usize = 10;
 /// The longest tenant label, in bytes (cut at a character boundary).
 pub const MAX_TENANT: usize = 64;
 
-/// The metric's lines for `tenants` (heaviest first), with `HELP` and `TYPE`.
+/// The metric's lines for `tenants` (heaviest first), with `HELP` and `TYPE`. Tenants whose
+/// labels are cut to the same text (sharing their first [`MAX_TENANT`] bytes) are one series,
+/// their denials added: a scrape never holds the same series twice.
 pub fn render(tenants: &[(Arc<str>, u64)]) -> String {
     let mut out = format!(
         "# HELP {NAME} Requests denied in the last minute, for the {TOP} most denied tenants on this node.\n\
          # TYPE {NAME} gauge\n"
     );
+    let mut series: Vec<(String, u64)> = Vec::with_capacity(TOP);
     for (tenant, denied) in tenants.iter().take(TOP) {
-        let _ = writeln!(out, "{NAME}{{tenant=\"{}\"}} {denied}", escape(tenant));
+        let label = escape(tenant);
+        match series.iter_mut().find(|(seen, _)| *seen == label) {
+            Some((_, sum)) => *sum = sum.saturating_add(*denied),
+            None => series.push((label, *denied)),
+        }
+    }
+    for (label, denied) in series {
+        let _ = writeln!(out, "{NAME}{{tenant=\"{label}\"}} {denied}");
     }
     out
 }
@@ -72,5 +82,24 @@ mod tests {
         assert_eq!(text.lines().filter(|l| l.starts_with(NAME)).count(), TOP);
         assert!(text.contains("spillway_top_blocked{tenant=\"t0\"} 100\n"));
         assert!(!text.contains("t10"));
+    }
+
+    #[test]
+    fn tenants_cut_to_one_label_are_one_series() {
+        let head = "a".repeat(MAX_TENANT);
+        let tenants: Vec<(Arc<str>, u64)> = vec![
+            (Arc::from(format!("{head}-one")), 7),
+            (Arc::from("b"), 5),
+            (Arc::from(format!("{head}-two")), 3),
+        ];
+        let text = render(&tenants);
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(NAME)).collect();
+        assert_eq!(
+            lines,
+            [
+                format!("{NAME}{{tenant=\"{head}\"}} 10"),
+                format!("{NAME}{{tenant=\"b\"}} 5"),
+            ]
+        );
     }
 }

@@ -68,6 +68,9 @@ use std::time::Duration;
 pub const SERVICE_NAME: &str = "spillway";
 /// How long one export to the collector may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest tenant a span names (`spillway.tenant`); a longer one, which only a request
+/// that names its own tenant can send, is cut at a character boundary.
+const TENANT_BYTES: usize = 256;
 
 /// The request path's end of tracing, held in `AppState::tracing` (`None` when off).
 pub struct Tracing {
@@ -331,6 +334,8 @@ fn attributes(ask: &Ask<'_>, outcome: &Outcome) -> Vec<KeyValue> {
         attributes.push(KeyValue::new("spillway.route", route.clone()));
     }
     if let Some(tenant) = ask.who.tenant {
+        // The client's own text: cut, so a queued span holds no megabytes.
+        let tenant = crate::telemetry::cut_to(tenant, TENANT_BYTES);
         attributes.push(KeyValue::new("spillway.tenant", tenant.to_owned()));
     }
     attributes.push(KeyValue::new("spillway.cost", count(ask.cost)));
