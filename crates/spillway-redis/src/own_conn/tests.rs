@@ -240,9 +240,9 @@ async fn a_login_slower_than_the_calls_budget_still_completes() {
     login.await.expect("no panic").expect("logged in");
     assert!(conn.shared.lock().io.is_some(), "connected again");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
-    let reply = tokio::time::timeout(budget, run(&conn, &["ECHO", "later"]))
+    let reply = tokio::time::timeout(Duration::from_secs(5), run(&conn, &["ECHO", "later"]))
         .await
-        .expect("served within the budget");
+        .expect("served on the new connection");
     assert_eq!(
         reply.expect("answered"),
         Value::BulkString(b"later".to_vec())

@@ -141,12 +141,14 @@ pub async fn kill_the_thread_conn(port: u16, shared: u64) -> u64 {
 /// Whether every socket of this host connected to `port` has been closed by its peer (none is
 /// left `ESTABLISHED` in `/proc/net/tcp` or `tcp6`): the kernel has taken in the server's close,
 /// so a runtime that next waits for events sees its connections closed. A server killed a moment
-/// ago may not have reached that yet (a loopback close is delivered asynchronously).
+/// ago may not have reached that yet (a loopback close is delivered asynchronously). Panics if
+/// `/proc/net/tcp` cannot be read, rather than answer yes without looking.
 pub fn closed_by_peer(port: u16) -> bool {
     const ESTABLISHED: &str = "01";
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().all(|table| {
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        text.lines().skip(1).all(|line| {
+    let v4 = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp is readable");
+    let v6 = std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+    [v4, v6].iter().all(|table| {
+        table.lines().skip(1).all(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let to_port = fields
                 .get(2)
