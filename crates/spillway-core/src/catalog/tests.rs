@@ -189,6 +189,13 @@ fn writes_are_checked_field_by_field() {
         fields(tenant_key("acme"), tenant(Some("gold"), &[])),
         ["tier"]
     );
+    for id in ["", " acme", "acme ", "acme\u{a0}", "ac\u{202e}me", "a\nb"] {
+        assert_eq!(
+            fields(tenant_key(id), tenant(None, &[])),
+            ["tenant"],
+            "{id:?}"
+        );
+    }
     assert_eq!(
         fields(tenant_key("acme"), tenant(None, &[("nope", limit(1))])),
         ["overrides.nope"]
@@ -486,4 +493,46 @@ fn a_user_may_only_override_limits_that_count_each_user_apart() {
     assert!(catalog
         .check(&base, &user_key("acme", "bob"), &user("user-minute"))
         .is_ok());
+}
+
+/// The rule above holds when a node compiles what is stored, not only when it is written: a
+/// reload that stops `user-minute` counting users apart leaves bob's override of it out (and
+/// reports it), so bob counts on the tenant's counter with everyone else, not on one of his
+/// own outside the cap.
+#[test]
+fn a_stored_users_override_of_a_limit_no_longer_keyed_by_user_is_left_out() {
+    let base = policy(POLICY);
+    let bob = Entry::User(UserRecord {
+        tier: None,
+        overrides: [("user-minute".to_owned(), limit(3))].into(),
+    });
+    let entries = vec![(user_key("acme", "bob"), bob)];
+    let (_, skipped) = Catalog::build(&base, 1, entries.clone());
+    assert_eq!(skipped, []);
+    let reloaded = policy(&POLICY.replace(
+        "user-minute: {algorithm: fixed_window, limit: 10, window: 1m, key: [tenant, user]}",
+        "user-minute: {algorithm: fixed_window, limit: 10, window: 1m, key: [tenant]}",
+    ));
+    let (catalog, skipped) = Catalog::build(&reloaded, 1, entries);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].field, "overrides.user-minute");
+    assert_eq!(catalog.invalid(), 1);
+    let applied = reloaded.with_catalog(Arc::new(catalog));
+    let bob_quota = quotas(&applied, &ask("acme", "bob")).1;
+    assert!(
+        bob_quota.contains(&("user-minute".to_owned(), 10)),
+        "bob is on the shared cap: {bob_quota:?}"
+    );
+    let alice = applied.resolve(&ask("acme", "alice"));
+    let bob = applied.resolve(&ask("acme", "bob"));
+    let fingerprint = |r: &crate::policy::Resolved, name: &str| {
+        (r.limits.iter())
+            .find(|p| &*p.def.name == name)
+            .map(|p| p.def.fingerprint)
+    };
+    assert_eq!(
+        fingerprint(&bob, "user-minute"),
+        fingerprint(&alice, "user-minute"),
+        "one counter for the tenant"
+    );
 }

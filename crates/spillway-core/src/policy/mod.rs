@@ -438,13 +438,13 @@ impl Policy {
         plans.iter().flatten().any(|d| &*d.name == limit)
     }
 
-    /// The dimensions limit `limit` counts by, if the policy defines it (validly).
-    pub(crate) fn limit_key(&self, limit: &str) -> Option<&[Dimension]> {
-        self.bases.get(limit).map(|b| b.key())
-    }
-
     /// A catalog override of limit `limit` compiled as the `tenants:` section would compile
-    /// it; its problems are reported under `overrides.<limit>`.
+    /// it; its problems are reported under `overrides.<limit>`. A user's override must be of
+    /// a limit that counts each user apart: of any other (a tenant-wide cap, a per-IP limit)
+    /// it would give the user a counter of their own, outside the one the rest of the tenant
+    /// shares, and so a way around the cap. That holds when the entry is written and again
+    /// whenever a node compiles it, so a reload that stops a limit counting users apart leaves
+    /// the users' overrides of it out.
     pub(crate) fn compile_override(
         &self,
         limit: &str,
@@ -452,13 +452,24 @@ impl Policy {
         owner: OverrideOwner<'_>,
     ) -> Result<LimitDef, Vec<FieldIssue>> {
         let path = format!("overrides.{limit}");
-        let Some(base) = self.bases.get(limit) else {
-            let message = format!("no limit named `{limit}` is defined in the policy");
-            return Err(vec![FieldIssue {
-                field: path,
+        let refused = |message| {
+            Err(vec![FieldIssue {
+                field: path.clone(),
                 message,
-            }]);
+            }])
         };
+        let Some(base) = self.bases.get(limit) else {
+            return refused(format!("no limit named `{limit}` is defined in the policy"));
+        };
+        if matches!(owner, OverrideOwner::User { .. }) && !base.key().contains(&Dimension::User) {
+            let dims: Vec<&str> = base.key().iter().map(Dimension::as_str).collect();
+            return refused(format!(
+                "limit `{limit}` does not count each user apart (its key is [{}]); a user's \
+                 override of it would give the user a counter outside the one the tenant shares: \
+                 override it on the tenant instead",
+                dims.join(", ")
+            ));
+        }
         base.overlay(record, &path, owner)
     }
 }

@@ -180,11 +180,7 @@ struct NewKey {
 /// `POST /v1/admin/api-keys`: adds a key; 409 if it exists already.
 pub async fn add_key(State(app): State<Arc<AppState>>, body: Bytes) -> Answer {
     let new: NewKey = parse(&body)?;
-    if new.key.len() < super::MIN_KEY_LEN {
-        let detail = format!(
-            "an API key must be at least {} characters long",
-            super::MIN_KEY_LEN
-        );
+    if let Some(detail) = super::key_refusal(&new.key) {
         return Err(Problem::invalid(detail, Some("key".into())));
     }
     let digest = digest_of(&new.key);
@@ -483,16 +479,25 @@ fn condition(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
     }
 }
 
+/// The body as one JSON value of `T`; anything after it (a second object, junk) is refused,
+/// not ignored: a body cut or joined on its way is not half applied.
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
     let mut reader = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
         let path = e.path().to_string();
         let field = (path != ".").then_some(path);
         Problem::invalid(
             format!("the body is not a valid entry: {}", e.inner()),
             field,
         )
-    })
+    })?;
+    reader.end().map_err(|e| {
+        Problem::invalid(
+            format!("the body holds more than one JSON value: {e}"),
+            None,
+        )
+    })?;
+    Ok(value)
 }
 
 /// The entry as JSON: its key's fields, its record's fields and its version.

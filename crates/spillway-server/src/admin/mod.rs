@@ -50,6 +50,27 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// The shortest API key the catalog takes (admin API and CLI).
 pub const MIN_KEY_LEN: usize = 16;
 
+/// Why the catalog will not take `key` as an API key, if it will not: a key the request path
+/// could never match (longer than it reads, or with characters a header cannot carry as they
+/// are, spaces among them, which headers lose at their ends) would be stored and refuse every
+/// use. 16 to [`crate::principal::api_key::MAX_KEY`] bytes of visible ASCII.
+pub fn key_refusal(key: &str) -> Option<String> {
+    let max = crate::principal::api_key::MAX_KEY;
+    if key.len() < MIN_KEY_LEN || key.len() > max {
+        return Some(format!(
+            "an API key must be {MIN_KEY_LEN} to {max} characters long (this one has {})",
+            key.len()
+        ));
+    }
+    if let Some(at) = key.bytes().position(|b| !b.is_ascii_graphic()) {
+        return Some(format!(
+            "an API key must be visible ASCII characters (no spaces or control characters); \
+             byte {at} is not"
+        ));
+    }
+    None
+}
+
 /// The admin API's secret.
 #[derive(Clone)]
 pub struct AdminToken(Arc<str>);

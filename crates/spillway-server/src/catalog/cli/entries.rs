@@ -9,7 +9,7 @@ use spillway_core::text::printable;
 use std::io::BufRead;
 
 /// The shortest API key accepted (as the admin API).
-use crate::admin::MIN_KEY_LEN;
+use crate::admin::key_refusal;
 /// Random bytes in a generated key.
 const KEY_BYTES: usize = 32;
 /// How often a patch is retried when another writer changes the entry meanwhile.
@@ -182,10 +182,10 @@ pub async fn add_key(ctx: &Context, args: AddKeyArgs) -> Result<(), Failure> {
     } else {
         (generate()?, true)
     };
-    if key.len() < MIN_KEY_LEN {
+    if let Some(message) = key_refusal(&key) {
         let issue = spillway_core::catalog::FieldIssue {
             field: "key".into(),
-            message: format!("an API key must be at least {MIN_KEY_LEN} characters long"),
+            message,
         };
         return Err(Failure::refused("the API key", vec![issue]));
     }

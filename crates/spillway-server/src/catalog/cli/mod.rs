@@ -188,7 +188,7 @@ pub struct AddKeyArgs {
     /// The user it acts as.
     #[arg(long)]
     pub user: Option<String>,
-    /// A tier for the key (stored; decisions do not look keys up yet).
+    /// A tier for the key: requests presenting it are counted on this tier.
     #[arg(long)]
     pub tier: Option<String>,
     /// Read the key from stdin (its first line) instead of generating one.
