@@ -141,9 +141,10 @@ async fn load(server: &Server, user: &str, span: Duration) -> Vec<Sample> {
 }
 
 /// Every request was answered within the store's budget and [`MARGIN`]. A loaded machine may
-/// wake the client late now and then (the time is the client's): one answer in a hundred, and
-/// always one, may come later, none past a second over the budget, which a request waiting on
-/// the store instead of its budget would pass.
+/// wake the client late now and then (the time is the client's): two answers may come later,
+/// none past a second over the budget. (Few requests reach the store once the breaker opens,
+/// and those are the ones a broken budget would slow, so the allowance is a count, not a
+/// share.)
 fn assert_within_budget(samples: &[Sample]) {
     let slowest = samples.iter().map(|s| s.took).max().unwrap_or_default();
     assert!(
@@ -155,7 +156,7 @@ fn assert_within_budget(samples: &[Sample]) {
         .filter(|took| *took > BUDGET + MARGIN)
         .collect();
     assert!(
-        late.len() <= (samples.len() / 100).max(1),
+        late.len() <= 2,
         "{} of {} requests took past the budget: {late:?}",
         late.len(),
         samples.len()
@@ -288,7 +289,8 @@ async fn assert_recovers(server: &Server, tag: &str) {
 /// Runs one fault scenario: warm up, start the fault (`fault(true)`), load, check, end it
 /// (`fault(false)`), check recovery. `kinds`: the `spillway_script_errors_total` kinds the
 /// fault must raise (each on its own).
-async fn scenario(server: &Server, tag: &str, kinds: &[&str], mut fault: impl FnMut(bool)) {
+/// Runs the fault scenario; returns how many store calls timed out during the recovery.
+async fn scenario(server: &Server, tag: &str, kinds: &[&str], mut fault: impl FnMut(bool)) -> f64 {
     load(server, &format!("{tag}-warm"), Duration::from_millis(300)).await;
     let (degraded_before, opened_before, _) = metrics_now(server).await;
     let errors_before = store_errors(server).await;
@@ -319,8 +321,14 @@ async fn scenario(server: &Server, tag: &str, kinds: &[&str], mut fault: impl Fn
         ready["store"]["emergency_keys"].as_u64() > Some(0),
         "{ready}"
     );
+    let timeouts = || async {
+        let text = server.metrics().await;
+        metric(&text, "spillway_store_errors_total", &[("kind", "timeout")]).unwrap_or(0.0)
+    };
+    let timeouts_before = timeouts().await;
     fault(false);
     assert_recovers(server, tag).await;
+    let recovery_timeouts = timeouts().await - timeouts_before;
     // The breaker's way back is counted by where it came from, and the failed script calls
     // by kind.
     let text = server.metrics().await;
@@ -337,6 +345,7 @@ async fn scenario(server: &Server, tag: &str, kinds: &[&str], mut fault: impl Fn
             "script errors of kind {kind}: {before} -> {now}"
         );
     }
+    recovery_timeouts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,7 +353,7 @@ async fn redis_killed_then_restarted_empty() {
     let _one = SERIAL.lock().await;
     let mut redis = RedisServer::start();
     let server = Server::with_policy(&policy(&redis.url())).start();
-    scenario(&server, "kill", &["connection"], |on| {
+    let timeouts = scenario(&server, "kill", &["connection"], |on| {
         if on {
             redis.kill();
         } else {
@@ -357,16 +366,13 @@ async fn redis_killed_then_restarted_empty() {
     // a probe of its own (a cooldown each): at most one probe fails, on the shared one. A
     // stale connection fails as unavailable; a probe that timed out instead (the restarted
     // server's first call loads the library, within a 50 ms budget, which a loaded machine
-    // can miss) is let pass, one for each call that timed out.
-    let text = server.metrics().await;
+    // can miss) is let pass, one for each call that timed out during the recovery.
     let failed_probes = metric(
-        &text,
+        &server.metrics().await,
         "spillway_store_circuit_transitions_total",
         &[("from", "half_open"), ("to", "open")],
     )
     .unwrap_or(0.0);
-    let timeouts =
-        metric(&text, "spillway_store_errors_total", &[("kind", "timeout")]).unwrap_or(0.0);
     assert!(
         failed_probes <= 1.0 + timeouts,
         "failed half-open probes: {failed_probes} ({timeouts} calls timed out)"

@@ -243,6 +243,7 @@ async fn a_login_slower_than_the_calls_budget_still_completes() {
     let reply = tokio::time::timeout(Duration::from_secs(5), run(&conn, &["ECHO", "later"]))
         .await
         .expect("served on the new connection");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "no third connection");
     assert_eq!(
         reply.expect("answered"),
         Value::BulkString(b"later".to_vec())

@@ -58,21 +58,27 @@ impl FromRequestParts<Arc<AppState>> for CredentialHeaders {
 /// absolute form, or an HTTP/2 client sending `host` too) whose values differ keeps both,
 /// which reads as a host sent twice.
 pub fn with_authority(headers: &mut HeaderMap, uri: &Uri) {
-    let Some(value) = uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    else {
+    let Some(authority) = uri.authority().map(|a| a.as_str()) else {
+        return;
+    };
+    let Ok(value) = HeaderValue::from_str(authority) else {
         return;
     };
     match headers.get(HOST) {
         None => {
             headers.insert(HOST, value);
         }
-        Some(host) if host.as_bytes().eq_ignore_ascii_case(value.as_bytes()) => {}
+        Some(host) if host.to_str().is_ok_and(|h| same_host(h, authority)) => {}
         Some(_) => {
             headers.append(HOST, value);
         }
     }
+}
+
+/// Whether two host values name the same host, read as the subdomain rules read them (case,
+/// port and a trailing dot aside).
+fn same_host(a: &str, b: &str) -> bool {
+    principal::subdomain::host_name(a) == principal::subdomain::host_name(b)
 }
 
 /// Identifies the caller of a request with `policy`'s `principals:` section and applies the
@@ -155,10 +161,16 @@ mod tests {
         let mut headers = HeaderMap::new();
         with_authority(&mut headers, &uri);
         assert_eq!(hosts(&headers), ["initech.example.com"], "HTTP/2");
-        let mut headers = HeaderMap::new();
-        headers.insert(HOST, HeaderValue::from_static("INITECH.example.com"));
-        with_authority(&mut headers, &uri);
-        assert_eq!(hosts(&headers), ["INITECH.example.com"], "the same host");
+        for same in [
+            "INITECH.example.com",
+            "initech.example.com:80",
+            "initech.example.com.",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(HOST, HeaderValue::from_static(same));
+            with_authority(&mut headers, &uri);
+            assert_eq!(hosts(&headers), [same], "the same host");
+        }
         let mut headers = HeaderMap::new();
         headers.insert(HOST, HeaderValue::from_static("acme.example.com"));
         with_authority(&mut headers, &uri);

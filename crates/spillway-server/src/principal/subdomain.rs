@@ -82,7 +82,7 @@ fn under_base(host: &str, settings: &SubdomainSettings) -> Result<Option<Under>,
 /// The name a host header's value gives, lower-cased, without its port and its one trailing
 /// dot: `None` for an empty value or an address in brackets (an IPv6 literal), which name no
 /// tenant. Each label of a name is 1 to 63 letters, digits, `-` or `_`; a port is digits.
-fn host_name(host: &str) -> Result<Option<String>, NotAHost> {
+pub fn host_name(host: &str) -> Result<Option<String>, NotAHost> {
     let host = host.trim();
     if host.is_empty() {
         return Ok(None);

@@ -120,9 +120,11 @@ pub fn router(app: Arc<AppState>, token: Option<AdminToken>, open: bool) -> Rout
 /// Whether a call with no admin token configured may read the endpoints: the peer must be a
 /// loopback address, and the `Host` (when sent) must name one or `localhost`, so that a
 /// browser tricked by DNS rebinding (a foreign name resolving to 127.0.0.1) is refused. A
-/// call `relayed` by a proxy (it carries `Forwarded` or `X-Forwarded-For`) is refused too: a
-/// proxy on the same host comes from loopback, and may name a loopback host upstream
-/// (nginx's default `proxy_set_header Host $proxy_host`), for every client it serves.
+/// call `relayed` by a proxy (it carries one of [`RELAY_HEADERS`]) is refused too: a proxy on
+/// the same host comes from loopback, and may name a loopback host upstream (nginx's default
+/// `Host $proxy_host`), for every client it serves. That is best-effort: a proxy that adds
+/// none of them (nginx's bare `proxy_pass`) passes for a local caller, so a node behind a
+/// proxy on its own host needs an admin token.
 pub fn local_call_allowed(peer: Option<SocketAddr>, host: Option<&str>, relayed: bool) -> bool {
     let Some(peer) = peer else { return false };
     if relayed {
@@ -160,6 +162,17 @@ fn host_is_loopback(host: &str) -> bool {
         .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
+/// Headers a proxy adds to what it relays: a call carrying one is not a local caller's.
+pub const RELAY_HEADERS: [&str; 7] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "via",
+    "x-envoy-external-address",
+];
+
 /// Refuses (403) a call that [`local_call_allowed`] does not allow.
 async fn loopback_only(request: Request, next: Next) -> Response {
     let extensions = request.extensions();
@@ -175,8 +188,9 @@ async fn loopback_only(request: Request, next: Next) -> Response {
         Some(value) => Some(value.to_str().unwrap_or("\u{0}").to_owned()),
         None => request.uri().authority().map(|a| a.as_str().to_owned()),
     };
-    let relayed = request.headers().contains_key(header::FORWARDED)
-        || request.headers().contains_key("x-forwarded-for");
+    let relayed = RELAY_HEADERS
+        .iter()
+        .any(|name| request.headers().contains_key(*name));
     if local_call_allowed(peer, host.as_deref(), relayed) {
         return next.run(request).await;
     }

@@ -253,7 +253,7 @@ async fn without_a_token_a_foreign_host_or_peer_gets_403_unless_open() {
     let (status, _, _) = h.send(request("localhost:8080")).await;
     assert_eq!(status, StatusCode::OK);
     // The same call relayed by a proxy on this host, for a client it does not name.
-    for relayed in ["x-forwarded-for", "forwarded"] {
+    for relayed in super::RELAY_HEADERS {
         let mut call = request("127.0.0.1:8080");
         let value = axum::http::HeaderValue::from_static("for=192.0.2.1");
         call.headers_mut().insert(relayed, value);

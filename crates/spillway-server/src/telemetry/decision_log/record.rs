@@ -214,7 +214,7 @@ impl Pending {
             counted()
                 .flat_map(|d| &d.entries)
                 .find(|e| names.contains(&e.key.as_str()))
-                .map(|e| kept(&e.value))
+                .map(|e| e.value.as_str())
         };
         let (tenant, user, ip) = match subject.attrs {
             Some(attrs) => (
@@ -223,9 +223,10 @@ impl Pending {
                 attrs.ip.map(Ip::Addr),
             ),
             None => (
-                entry(&["tenant"]),
-                entry(&["user"]),
-                entry(&["ip", "remote_address"]).map(Ip::Text),
+                entry(&["tenant"]).map(kept),
+                entry(&["user"]).map(kept),
+                // Trimmed as planning reads it, before it is cut.
+                entry(&["ip", "remote_address"]).map(|ip| Ip::Text(kept(ip.trim()))),
             ),
         };
         let (allowed, limit, retry_after, degraded) = match outcome {
@@ -248,9 +249,7 @@ impl Pending {
                 Some(FailureMode::Closed),
             ),
         };
-        let descriptors = subject
-            .descriptors
-            .iter()
+        let descriptors = counted()
             .take(DESCRIPTORS)
             .map(|d| {
                 d.entries

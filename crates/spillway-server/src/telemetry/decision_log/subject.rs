@@ -54,6 +54,10 @@ impl<'a> Subject<'a> {
     }
 }
 
+/// The longest `traceparent` a record keeps (version `00`'s is 55 bytes; a later version may
+/// add fields after it). A longer one is left out.
+pub const MAX_TRACEPARENT: usize = 128;
+
 /// Where a request's id and trace headers are: nowhere, copied out ([`RequestIds`], by the
 /// HTTP handlers), or still in the request's headers (the gRPC call's metadata, borrowed for
 /// the call). Reading costs nothing until a header is asked for.
@@ -96,11 +100,20 @@ impl<'a> Ids<'a> {
         }
     }
 
-    /// What the decision log keeps of them: the request id and `traceparent`.
+    /// What the decision log keeps of them: the request id's first
+    /// [`FIELD_BYTES`](super::record::FIELD_BYTES) and a `traceparent` of a plausible length
+    /// ([`MAX_TRACEPARENT`]), each copied out: a clone would share the buffer the whole
+    /// request head was read into, and hold it while the record waits in the queue.
     pub fn for_record(self) -> RequestIds {
+        let own = |v: &HeaderValue, max: usize| {
+            let bytes = v.as_bytes();
+            HeaderValue::from_bytes(&bytes[..bytes.len().min(max)]).ok()
+        };
         RequestIds {
-            request_id: self.request_id().cloned(),
-            traceparent: self.traceparent().cloned(),
+            request_id: (self.request_id()).and_then(|v| own(v, super::record::FIELD_BYTES)),
+            traceparent: (self.traceparent())
+                .filter(|v| v.len() <= MAX_TRACEPARENT)
+                .and_then(|v| own(v, MAX_TRACEPARENT)),
             tracestate: None,
         }
     }
