@@ -41,13 +41,24 @@ pub struct SqliteCatalog {
     pool: SqlitePool,
 }
 
+/// Whether opening `url` (whose file sqlx reads as `path`) would create a file: not for an
+/// in-memory database (`sqlite::memory:`, which sqlx names `file:sqlx-in-memory-N`, or
+/// `mode=memory`), nor one opened read-only or immutable, which must exist already.
+fn names_a_file_to_create(url: &str, path: &std::path::Path) -> bool {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let special = query
+        .split('&')
+        .any(|p| p == "mode=memory" || p == "mode=ro" || p.starts_with("immutable"));
+    !(url.contains(":memory:") || special || path.to_string_lossy().starts_with("file:"))
+}
+
 /// Creates the database file at `path`, empty and readable by this user only, if there is
 /// none (an existing one keeps its mode): it holds every API key's digest, and keys chosen by
 /// hand can be guessed offline from one. SQLite gives its journal files the database file's
-/// mode. Nothing for an in-memory database.
+/// mode.
 fn create_private(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" || path.exists() {
+    if path.as_os_str().is_empty() || path.exists() {
         return Ok(());
     }
     match std::fs::OpenOptions::new()
@@ -74,8 +85,11 @@ impl SqliteCatalog {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT);
-        create_private(options.get_filename())
-            .map_err(|e| Error::Invalid(format!("catalog URL `{url}`: cannot create it: {e}")))?;
+        if names_a_file_to_create(url, options.get_filename()) {
+            create_private(options.get_filename()).map_err(|e| {
+                Error::Invalid(format!("catalog URL `{url}`: cannot create its file: {e}"))
+            })?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(BUSY_TIMEOUT)

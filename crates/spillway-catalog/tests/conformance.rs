@@ -631,3 +631,22 @@ async fn a_new_sqlite_file_is_readable_by_its_owner_only() {
         assert_eq!(mode, 0o600, "{}", file.display());
     }
 }
+
+/// An in-memory SQLite catalog leaves no file behind (sqlx names it `file:sqlx-in-memory-N`,
+/// which is no path to create).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_sqlite_catalog_creates_no_file() {
+    let stray = || {
+        std::fs::read_dir(".")
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("file:"))
+            .count()
+    };
+    let before = stray();
+    let db = spillway_catalog::open("sqlite::memory:")
+        .await
+        .expect("open in memory");
+    db.migrate().await.expect("migrate");
+    assert_eq!(stray(), before, "a file was made for an in-memory database");
+}

@@ -288,8 +288,8 @@ async fn assert_recovers(server: &Server, tag: &str) {
 
 /// Runs one fault scenario: warm up, start the fault (`fault(true)`), load, check, end it
 /// (`fault(false)`), check recovery. `kinds`: the `spillway_script_errors_total` kinds the
-/// fault must raise (each on its own).
-/// Runs the fault scenario; returns how many store calls timed out during the recovery.
+/// fault must raise (each on its own). Returns how many store calls timed out during the
+/// recovery.
 async fn scenario(server: &Server, tag: &str, kinds: &[&str], mut fault: impl FnMut(bool)) -> f64 {
     load(server, &format!("{tag}-warm"), Duration::from_millis(300)).await;
     let (degraded_before, opened_before, _) = metrics_now(server).await;

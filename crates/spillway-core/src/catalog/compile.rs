@@ -44,7 +44,8 @@ fn issue(field: impl Into<String>, message: impl Into<String>) -> FieldIssue {
 
 /// Checks a tenant or user id: present, at most [`MAX_ID_LEN`] bytes, no control characters
 /// (ids end up in logs and headers), and no white space at either end (a header or host
-/// naming it loses that, so no request could ever name the id).
+/// naming it loses that). An entry stored with such an id before this rule can still be
+/// deleted, not written again.
 fn check_id(field: &str, id: &str, out: &mut Vec<FieldIssue>) {
     if id.is_empty() {
         out.push(issue(field, format!("the {field} id must not be empty")));
@@ -66,8 +67,7 @@ fn check_id(field: &str, id: &str, out: &mut Vec<FieldIssue>) {
         out.push(issue(field, message));
     } else if id.trim() != id {
         let message = format!(
-            "the {field} id starts or ends with white space, which a request's header loses: \
-             no request could name it"
+            "the {field} id starts or ends with white space, which a header naming it loses"
         );
         out.push(issue(field, message));
     }

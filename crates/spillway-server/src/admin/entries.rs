@@ -491,12 +491,9 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
             field,
         )
     })?;
-    reader.end().map_err(|e| {
-        Problem::invalid(
-            format!("the body holds more than one JSON value: {e}"),
-            None,
-        )
-    })?;
+    reader
+        .end()
+        .map_err(|e| Problem::invalid(format!("the body has text after its entry: {e}"), None))?;
     Ok(value)
 }
 

@@ -50,10 +50,11 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// The shortest API key the catalog takes (admin API and CLI).
 pub const MIN_KEY_LEN: usize = 16;
 
-/// Why the catalog will not take `key` as an API key, if it will not: a key the request path
-/// could never match (longer than it reads, or with characters a header cannot carry as they
-/// are, spaces among them, which headers lose at their ends) would be stored and refuse every
-/// use. 16 to [`crate::principal::api_key::MAX_KEY`] bytes of visible ASCII.
+/// Why the catalog will not take `key` as an API key, if it will not: 16 to
+/// [`crate::principal::api_key::MAX_KEY`] bytes of visible ASCII. A longer key is never read
+/// by the request path, and one with spaces at its ends or control characters never arrives
+/// whole in a header, so either would be stored and refuse every use; inner spaces and
+/// non-ASCII text are refused too, as keys no client should have to quote.
 pub fn key_refusal(key: &str) -> Option<String> {
     let max = crate::principal::api_key::MAX_KEY;
     if key.len() < MIN_KEY_LEN || key.len() > max {

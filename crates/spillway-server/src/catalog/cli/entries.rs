@@ -8,7 +8,6 @@ use spillway_core::catalog::{ApiKeyRecord, Catalog, Entry, EntryKey, Kind};
 use spillway_core::text::printable;
 use std::io::BufRead;
 
-/// The shortest API key accepted (as the admin API).
 use crate::admin::key_refusal;
 /// Random bytes in a generated key.
 const KEY_BYTES: usize = 32;

@@ -14,7 +14,8 @@
 //! `limit` is the governing limit (the one that denied, or when allowed the one closest to
 //! denying); for `shadow_denied` it is the shadow limit that would have denied. Over gRPC,
 //! `tier` is null, `domain` names the Envoy domain and `descriptors` lists each descriptor's
-//! entries (an `ip` or `remote_address` entry written as `ip` is). `degraded` names the
+//! entries (an `ip` or `remote_address` entry written as `ip` is; the first 8 descriptors
+//! that count hits, 8 entries each, texts cut to [`FIELD_BYTES`]). `degraded` names the
 //! failure mode that answered when the store could not (`open`, `degrade`, or `closed` for a
 //! refusal). `catalog_version` is the catalog database's version the decision used (null when tenants come from the policy file).
 //!

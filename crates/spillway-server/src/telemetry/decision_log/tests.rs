@@ -5,12 +5,17 @@ use super::record::Line;
 use super::settings::{DecisionLogSettings, Rotation, SinkSpec};
 use super::*;
 use crate::clock::ServerClock;
+use crate::grpc::service::Rls;
+use crate::grpc::RlsState;
 use crate::test_support::DownStore;
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode};
 use axum::Router;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use spillway_core::store::{MemoryStore, Store};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -369,18 +374,13 @@ async fn shadow_denials_degraded_and_refused_decisions_are_logged() {
     assert!(lines[1].retry_after_ms.is_some_and(|ms| ms > 0));
 }
 
-#[tokio::test]
-async fn envoy_calls_log_their_domain_and_descriptors() {
-    use crate::grpc::service::Rls;
-    use crate::grpc::RlsState;
-    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-
-    let mut s = settings("envoy");
-    s.sample_allowed = 0.0;
-    s.ip = IpPrivacy::new(IpMode::Truncate, None).expect("truncate");
-    let mut h = harness(s, memory(1_800_000_000_000));
+/// Asks the Envoy service on the policy domain `request` twice with `headers` (the second
+/// call is denied: the policy's user limit is 1), and reads back what the log wrote.
+async fn envoy_twice(
+    h: &mut Harness,
+    request: &RateLimitRequest,
+    headers: &axum::http::HeaderMap,
+) -> Vec<Line> {
     let rls = Rls(Arc::new(RlsState {
         app: h.app.clone(),
         envoy: ArcSwap::from_pointee(
@@ -388,6 +388,20 @@ async fn envoy_calls_log_their_domain_and_descriptors() {
         ),
         policy_domain: "spillway".into(),
     }));
+    for _ in 0..2 {
+        rls.answer(request, Ids::Headers(headers))
+            .await
+            .expect("answered");
+    }
+    h.flush().await
+}
+
+#[tokio::test]
+async fn envoy_calls_log_their_domain_and_descriptors() {
+    let mut s = settings("envoy");
+    s.sample_allowed = 0.0;
+    s.ip = IpPrivacy::new(IpMode::Truncate, None).expect("truncate");
+    let mut h = harness(s, memory(1_800_000_000_000));
     let entry = |key: &str, value: &str| Entry {
         key: key.into(),
         value: value.into(),
@@ -406,12 +420,7 @@ async fn envoy_calls_log_their_domain_and_descriptors() {
     };
     let mut headers = axum::http::HeaderMap::new();
     headers.insert("x-request-id", "envoy-7".parse().expect("value"));
-    for _ in 0..2 {
-        rls.answer(&request, Ids::Headers(&headers))
-            .await
-            .expect("answered");
-    }
-    let lines = h.flush().await;
+    let lines = envoy_twice(&mut h, &request, &headers).await;
     assert_eq!(lines.len(), 1, "{lines:?}");
     let l = &lines[0];
     assert_eq!(l.outcome, record::Kind::Denied);
@@ -439,22 +448,9 @@ async fn envoy_calls_log_their_domain_and_descriptors() {
 /// giving hits back names no tenant in the record, and takes no place in its list.
 #[tokio::test]
 async fn a_record_keeps_a_bounded_part_of_what_a_call_carries() {
-    use crate::grpc::service::Rls;
-    use crate::grpc::RlsState;
-    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-
     let mut s = settings("bounded");
     s.sample_allowed = 0.0;
     let mut h = harness(s, memory(1_800_000_000_000));
-    let rls = Rls(Arc::new(RlsState {
-        app: h.app.clone(),
-        envoy: ArcSwap::from_pointee(
-            spillway_core::envoy_config::EnvoyConfig::from_sources(&[]).expect("empty"),
-        ),
-        policy_domain: "spillway".into(),
-    }));
     let entry = |key: String, value: String| Entry { key, value };
     // Two-byte characters, so a cut must find a character boundary.
     let big = "é".repeat(1000);
@@ -482,12 +478,7 @@ async fn a_record_keeps_a_bounded_part_of_what_a_call_carries() {
     let mut headers = axum::http::HeaderMap::new();
     let long_id = "r".repeat(60 * 1024);
     headers.insert("x-request-id", long_id.parse().expect("value"));
-    for _ in 0..2 {
-        rls.answer(&request, Ids::Headers(&headers))
-            .await
-            .expect("answered");
-    }
-    let lines = h.flush().await;
+    let lines = envoy_twice(&mut h, &request, &headers).await;
     assert_eq!(lines.len(), 1, "the denial");
     let l = &lines[0];
     assert_eq!(
