@@ -82,7 +82,11 @@ async function main() {
     page.setDefaultTimeout(PATIENCE);
     page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
     page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    page.on('requestfailed', (r) => problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`));
+    // A poll still in flight when the page reloads is aborted by the browser, not failed.
+    page.on('requestfailed', (r) => {
+      const why = r.failure()?.errorText;
+      if (why !== 'net::ERR_ABORTED') problems.push(`request failed: ${r.url()} ${why}`);
+    });
     page.on('dialog', (d) => { problems.push(`dialog opened: ${d.message()}`); d.dismiss(); });
 
     step('the page asks for the token, and keeps it out of the URL');
@@ -207,7 +211,9 @@ async function main() {
     await page.waitForSelector('#main:not([hidden])');
     await page.waitForFunction(() => document.querySelectorAll('#blocked-tenants tbody tr').length > 0
       && document.querySelector('#chart canvas'));
-    await page.waitForTimeout(300); // the chart's resize observer
+    // The chart's resize observer fits it to the narrow window.
+    await page.waitForFunction(() =>
+      document.querySelector('#chart canvas').getBoundingClientRect().right <= window.innerWidth);
     const narrow = await page.evaluate(() => ({
       doc: document.documentElement.scrollWidth,
       body: document.body.scrollWidth,

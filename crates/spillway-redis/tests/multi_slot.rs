@@ -102,6 +102,39 @@ fn stall_owner(ports: &[u16], key: &str, busy: Duration) -> Vec<std::thread::Joi
         .collect()
 }
 
+/// Waits until a node of `ports` has begun a stall of [`stall_owner`]'s (a `PING` on a fresh
+/// connection goes unanswered for 50 ms), for at most 2 s: a fixed sleep could end before the
+/// stalling thread's script reached its node on a loaded machine.
+async fn until_stalled(ports: &[u16]) {
+    let ports = ports.to_vec();
+    let stalled = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        for _ in 0..200 {
+            for &port in &ports {
+                let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
+                if conn.write_all(b"PING\r\n").is_err() {
+                    continue;
+                }
+                let mut reply = [0u8; 16];
+                if let Err(e) = conn.read(&mut reply) {
+                    use std::io::ErrorKind::{TimedOut, WouldBlock};
+                    if matches!(e.kind(), WouldBlock | TimedOut) {
+                        return true;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    })
+    .await
+    .expect("no panic");
+    assert!(stalled, "no node began the stall within 2 s");
+}
+
 /// Waits (real time: the refund lands when the stalled node answers) until both keys are
 /// fresh again, or fails.
 async fn until_fresh(
@@ -143,7 +176,7 @@ async fn a_request_whose_caller_gave_up_leaves_no_charge_behind() {
             keys::slot(&hasty.redis_key(&b))
         );
         let stalls = stall_owner(&ports, &hasty.redis_key(&b), Duration::from_millis(700));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_stalled(&ports).await;
         let both = [check(&a, &p, 3), check(&b, &p, 3)];
         if dropped_by_caller {
             // The server's budget drops the call mid-flight instead of letting it time out.
@@ -192,7 +225,7 @@ async fn slots_are_asked_at_once_not_one_after_another() {
         &store.redis_key(&first),
         Duration::from_millis(1_500),
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_stalled(&ports).await;
     let call = {
         let (store, first, second, p) = (store.clone(), first.clone(), second.clone(), p.clone());
         tokio::spawn(async move {
