@@ -336,3 +336,27 @@ async fn the_envoy_prefix_form_takes_method_and_path_from_the_request() {
     let problem: Value = again.json().await.expect("problem");
     assert_eq!(problem["route"], "DELETE /items/*");
 }
+
+/// The query of `/v1/authorize` is never read: a proxy that writes the client's own query onto
+/// the URL it asks (Caddy's `forward_auth`) would otherwise let `?peek` through, and the client
+/// would be answered without being counted.
+#[tokio::test]
+async fn a_query_on_authorize_cannot_turn_counting_off() {
+    let server = Server::with_policy(IP_POLICY).start();
+    for (i, query) in ["?peek=true", "?peek", "?dry_run=1"].iter().enumerate() {
+        let path = format!("/v1/authorize{query}");
+        let ip = format!("192.0.2.{}", i + 1);
+        let first = authorize(&server, reqwest::Method::GET, &path)
+            .header("X-Real-IP", &ip)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(first.status(), 200, "{query}");
+        let second = authorize(&server, reqwest::Method::GET, &path)
+            .header("X-Real-IP", &ip)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(second.status(), 429, "{query}: the first was counted");
+    }
+}

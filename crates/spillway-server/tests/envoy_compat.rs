@@ -152,8 +152,12 @@ fn bootstrap_descriptors(
 async fn the_shipped_envoy_bootstrap_matches_the_shipped_config() {
     let text = std::fs::read_to_string(repo_file("deploy/envoy/envoy.yaml")).expect("bootstrap");
     let bootstrap: Value = serde_saphyr::from_str(&text).expect("the bootstrap is valid YAML");
-    let filters = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        ["typed_config"]["http_filters"];
+    let manager = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"];
+    // Without it Envoy believes the client's own X-Forwarded-For for `masked_remote_address`,
+    // and the per-IP limit counts under whatever address the client names.
+    assert_eq!(manager["use_remote_address"], true, "use_remote_address");
+    let filters = &manager["http_filters"];
     let domain = filters[0]["typed_config"]["domain"]
         .as_str()
         .expect("a domain")

@@ -7,8 +7,10 @@
 //!
 //! Any method is accepted, because nginx and Envoy send the subrequest with the client's own
 //! method. Two forms exist:
-//! - `/v1/authorize`: attributes only from headers (nginx, Traefik). `?peek=true` works here,
-//!   since the proxy's configuration, not the client, writes this URL.
+//! - `/v1/authorize`: attributes only from headers (nginx, Traefik). Its query is never read
+//!   either: some proxies write the client's own query onto the URL they ask (Caddy's
+//!   `forward_auth` keeps it through its `uri` rewrite), and a client that could add `?peek`
+//!   would be answered without being counted. A dry run is `/v1/check?peek`.
 //! - `/v1/authorize/<original path>`: for Envoy's `path_prefix: /v1/authorize`. The
 //!   subrequest's own method and the path after the prefix are the original request's, and
 //!   they win over the method and path headers, which are ignored in this form: those headers
@@ -24,15 +26,15 @@
 //! `invalid_status` (401 by default, which nginx passes on) and a problem naming the reason.
 
 use crate::http::client_ip::client_ip;
+use crate::http::decide;
 use crate::http::principal;
 use crate::http::problem::Problem;
 use crate::http::settings::HeaderMapping;
 use crate::http::verdict::{decided_headers, denied_response};
-use crate::http::{check_mode, decide};
 use crate::principal::Presented;
 use crate::state::AppState;
 use crate::telemetry::decision_log::RequestIds;
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use spillway_core::policy::Policy;
@@ -47,15 +49,10 @@ pub const PREFIX: &str = "/v1/authorize";
 pub async fn authorize(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    RawQuery(query): RawQuery,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let mode = match check_mode(query.as_deref()) {
-        Ok(mode) => mode,
-        Err(problem) => return problem.into_response(),
-    };
-    answer(&app, peer, &uri, headers, None, mode).await
+    answer(&app, peer, &uri, headers, None).await
 }
 
 /// The prefixed form, `/v1/authorize/<original path>`, for Envoy.
@@ -69,7 +66,7 @@ pub async fn authorize_prefixed(
     let path = uri.path().strip_prefix(PREFIX).unwrap_or("/");
     let path = if path.is_empty() { "/" } else { path };
     let own = (method.as_str().to_owned(), path.to_owned());
-    answer(&app, peer, &uri, headers, Some(own), CheckMode::Consume).await
+    answer(&app, peer, &uri, headers, Some(own)).await
 }
 
 async fn answer(
@@ -78,8 +75,9 @@ async fn answer(
     uri: &Uri,
     mut headers: HeaderMap,
     own: Option<(String, String)>,
-    mode: CheckMode,
 ) -> Response {
+    // Always counted: see the module docs on the query.
+    let mode = CheckMode::Consume;
     let settings = &app.authorize;
     // One policy snapshot maps the descriptor headers and decides.
     let policy = app.engine.policy();

@@ -111,10 +111,12 @@ pub struct ForwardingHeaders {
 /// The client address of a request that reached us from `peer`.
 ///
 /// When `peer` is not trusted, it is the answer: headers are ignored. Otherwise the real-IP
-/// header wins when it holds an address; then the forwarded-for chain (all its header lines,
-/// in order) is walked from the right past trusted hops. A hop that does not parse ends the
-/// walk, since nothing to its left can be vouched for, and the last address that could be
-/// vouched for is returned.
+/// header wins when it holds an address that is not itself a trusted proxy's; then the
+/// forwarded-for chain (all its header lines, in order) is walked from the right past trusted
+/// hops. A hop that does not parse ends the walk, since nothing to its left can be vouched
+/// for, and the last address that could be vouched for is returned. (A real-IP header naming
+/// a trusted proxy is a proxy behind another, setting it to the address it was reached from:
+/// taken at its word, every client behind the load balancer would count as the balancer.)
 pub fn client_ip(
     peer: IpAddr,
     headers: &HeaderMap,
@@ -125,14 +127,19 @@ pub fn client_ip(
     if !trusted.contains(peer) {
         return peer;
     }
+    let mut vouched = peer;
     if let Some(ip) = names
         .real_ip
         .as_ref()
         .and_then(|name| headers.get(name))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
     {
-        return ip.to_canonical();
+        if !trusted.contains(ip) {
+            return ip;
+        }
+        vouched = ip;
     }
     let hops: Vec<&str> = headers
         .get_all(&names.forwarded_for)
@@ -141,7 +148,6 @@ pub fn client_ip(
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
-    let mut vouched = peer;
     for hop in hops.iter().rev() {
         let Ok(ip) = hop.parse::<IpAddr>() else {
             break;
@@ -219,6 +225,27 @@ mod tests {
         assert_eq!(
             client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
             ip("1.1.1.1")
+        );
+    }
+
+    #[test]
+    fn a_real_ip_naming_a_trusted_proxy_gives_way_to_the_chain() {
+        // nginx behind a load balancer sets X-Real-IP to the balancer's address, and appends
+        // it to the chain the balancer wrote.
+        let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
+        let h = headers(&[
+            ("x-real-ip", "10.0.0.9"),
+            ("x-forwarded-for", "6.6.6.6, 3.3.3.3, 10.0.0.9"),
+        ]);
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
+            ip("3.3.3.3")
+        );
+        // No chain: the farthest proxy named is all that can be vouched for.
+        let h = headers(&[("x-real-ip", "10.0.0.9")]);
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
+            ip("10.0.0.9")
         );
     }
 
