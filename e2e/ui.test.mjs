@@ -82,10 +82,13 @@ async function main() {
     page.setDefaultTimeout(PATIENCE);
     page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
     page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    // A poll still in flight when the page reloads is aborted by the browser, not failed.
+    // A poll still in flight when the test reloads the page is aborted by the browser, not
+    // failed; any other abort still counts.
+    let reloading = false;
     page.on('requestfailed', (r) => {
       const why = r.failure()?.errorText;
-      if (why !== 'net::ERR_ABORTED') problems.push(`request failed: ${r.url()} ${why}`);
+      if (reloading && why === 'net::ERR_ABORTED') return;
+      problems.push(`request failed: ${r.url()} ${why}`);
     });
     page.on('dialog', (d) => { problems.push(`dialog opened: ${d.message()}`); d.dismiss(); });
 
@@ -207,8 +210,10 @@ async function main() {
 
     step('readable at phone width (390x844): no horizontal overflow of the body');
     await page.setViewportSize({ width: 390, height: 844 });
+    reloading = true;
     await page.reload();
     await page.waitForSelector('#main:not([hidden])');
+    reloading = false;
     await page.waitForFunction(() => document.querySelectorAll('#blocked-tenants tbody tr').length > 0
       && document.querySelector('#chart canvas'));
     // The chart's resize observer fits it to the narrow window.

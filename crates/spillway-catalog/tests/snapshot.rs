@@ -71,6 +71,7 @@ fn only_its_owner_reads_the_snapshot() {
     std::fs::write(&left, "left over").unwrap();
     std::fs::set_permissions(&left, std::fs::Permissions::from_mode(0o644)).unwrap();
     save(&path, 2, &sample());
+    assert!(!left.exists(), "the left-over file was the one written");
     assert_eq!(mode(&path), 0o600);
     assert_eq!(snapshot::load(&path).unwrap(), (2, sample()));
 }

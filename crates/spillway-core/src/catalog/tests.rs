@@ -47,6 +47,16 @@ fn tenant(tier: Option<&str>, overrides: &[(&str, OverrideRecord)]) -> Entry {
     })
 }
 
+fn user(tier: Option<&str>, overrides: &[(&str, OverrideRecord)]) -> Entry {
+    Entry::User(UserRecord {
+        tier: tier.map(str::to_owned),
+        overrides: overrides
+            .iter()
+            .map(|(n, o)| ((*n).to_owned(), o.clone()))
+            .collect(),
+    })
+}
+
 fn limit(n: u64) -> OverrideRecord {
     OverrideRecord {
         limit: Some(n),
@@ -82,10 +92,7 @@ fn with(policy: &Arc<Policy>, entries: Vec<(EntryKey, Entry)>) -> Policy {
 #[test]
 fn user_override_beats_tenant_override_beats_tier_beats_default() {
     let base = policy(POLICY);
-    let user = Entry::User(UserRecord {
-        tier: None,
-        overrides: [("user-minute".to_owned(), limit(50))].into(),
-    });
+    let bob = user(None, &[("user-minute", limit(50))]);
     let p = with(
         &base,
         vec![
@@ -93,7 +100,7 @@ fn user_override_beats_tenant_override_beats_tier_beats_default() {
                 tenant_key("acme"),
                 tenant(Some("paid"), &[("user-minute", limit(20))]),
             ),
-            (user_key("acme", "bob"), user),
+            (user_key("acme", "bob"), bob),
         ],
     );
     // Bob: his own override of user-minute; the tenant's tier (paid) and its limits.
@@ -115,10 +122,7 @@ fn user_override_beats_tenant_override_beats_tier_beats_default() {
     assert_eq!(tier, "free");
     assert_eq!(other[0], ("user-minute".into(), 10));
     // A user's own tier wins over the tenant's.
-    let upgraded = Entry::User(UserRecord {
-        tier: Some("free".into()),
-        overrides: BTreeMap::new(),
-    });
+    let upgraded = user(Some("free"), &[]);
     let p = with(
         &base,
         vec![
@@ -336,13 +340,7 @@ fn entries_export_what_was_built() {
             tenant(Some("paid"), &[("user-minute", limit(20))]),
         ),
         (tenant_key("globex"), tenant(None, &[])),
-        (
-            user_key("acme", "bob"),
-            Entry::User(UserRecord {
-                tier: Some("free".into()),
-                overrides: BTreeMap::new(),
-            }),
-        ),
+        (user_key("acme", "bob"), user(Some("free"), &[])),
         (
             EntryKey::ApiKey {
                 digest: "f".repeat(64),
@@ -468,18 +466,7 @@ fn invalid_entries_are_counted_by_difference() {
 fn a_user_may_only_override_limits_that_count_each_user_apart() {
     let base = policy(POLICY);
     let catalog = Catalog::empty(&base);
-    let user = |limit: &str| {
-        Entry::User(UserRecord {
-            tier: None,
-            overrides: [(limit.to_owned(), limit_of(limit))].into(),
-        })
-    };
-    fn limit_of(_: &str) -> OverrideRecord {
-        OverrideRecord {
-            limit: Some(3),
-            ..OverrideRecord::default()
-        }
-    }
+    let user = |name: &str| user(None, &[(name, limit(3))]);
     // `tenant-minute` is the tenant's shared cap: a user's own counter would escape it.
     let issues = catalog
         .check(&base, &user_key("acme", "bob"), &user("tenant-minute"))
@@ -502,10 +489,7 @@ fn a_user_may_only_override_limits_that_count_each_user_apart() {
 #[test]
 fn a_stored_users_override_of_a_limit_no_longer_keyed_by_user_is_left_out() {
     let base = policy(POLICY);
-    let bob = Entry::User(UserRecord {
-        tier: None,
-        overrides: [("user-minute".to_owned(), limit(3))].into(),
-    });
+    let bob = user(None, &[("user-minute", limit(3))]);
     let entries = vec![(user_key("acme", "bob"), bob)];
     let (_, skipped) = Catalog::build(&base, 1, entries.clone());
     assert_eq!(skipped, []);

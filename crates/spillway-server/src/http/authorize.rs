@@ -81,7 +81,10 @@ async fn answer(
     let settings = &app.authorize;
     // One policy snapshot maps the descriptor headers and decides.
     let policy = app.engine.policy();
-    if policy.principals().is_some_and(|p| p.subdomain.is_some()) {
+    // Only where the host is read from `Host` itself (a proxy's own header, such as
+    // `X-Original-Host`, is never the authority).
+    let host_header = policy.principals().and_then(|p| p.subdomain.as_ref());
+    if host_header.is_some_and(|s| s.header == "host") {
         principal::with_authority(&mut headers, uri);
     }
     let headers = &headers;

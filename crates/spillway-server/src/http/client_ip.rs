@@ -185,6 +185,12 @@ mod tests {
         map
     }
 
+    /// The client of a request with `h` from 10.0.0.5, with 10.0.0.0/8 trusted.
+    fn from_proxy(h: &HeaderMap) -> IpAddr {
+        let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
+        client_ip(ip("10.0.0.5"), h, &names(), &trusted)
+    }
+
     #[test]
     fn cidrs_parse_and_match() {
         let net: Cidr = "10.1.0.0/16".parse().expect("valid");
@@ -220,33 +226,22 @@ mod tests {
 
     #[test]
     fn trusted_peers_pass_on_real_ip_first() {
-        let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
         let h = headers(&[("x-real-ip", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
-        assert_eq!(
-            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
-            ip("1.1.1.1")
-        );
+        assert_eq!(from_proxy(&h), ip("1.1.1.1"));
     }
 
     #[test]
     fn a_real_ip_naming_a_trusted_proxy_gives_way_to_the_chain() {
         // nginx behind a load balancer sets X-Real-IP to the balancer's address, and appends
         // it to the chain the balancer wrote.
-        let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
         let h = headers(&[
             ("x-real-ip", "10.0.0.9"),
             ("x-forwarded-for", "6.6.6.6, 3.3.3.3, 10.0.0.9"),
         ]);
-        assert_eq!(
-            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
-            ip("3.3.3.3")
-        );
+        assert_eq!(from_proxy(&h), ip("3.3.3.3"));
         // No chain: the farthest proxy named is all that can be vouched for.
         let h = headers(&[("x-real-ip", "10.0.0.9")]);
-        assert_eq!(
-            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
-            ip("10.0.0.9")
-        );
+        assert_eq!(from_proxy(&h), ip("10.0.0.9"));
     }
 
     #[test]
@@ -266,39 +261,24 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_walked_from_the_right_past_trusted_hops() {
-        let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
         let h = headers(&[
             ("x-forwarded-for", "6.6.6.6, 3.3.3.3"),
             ("x-forwarded-for", "10.0.0.7"),
         ]);
-        assert_eq!(
-            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
-            ip("3.3.3.3")
-        );
+        assert_eq!(from_proxy(&h), ip("3.3.3.3"));
     }
 
     #[test]
     fn a_chain_of_only_trusted_hops_yields_the_leftmost() {
-        let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
         let h = headers(&[("x-forwarded-for", "10.0.0.9, 10.0.0.7")]);
-        assert_eq!(
-            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
-            ip("10.0.0.9")
-        );
+        assert_eq!(from_proxy(&h), ip("10.0.0.9"));
     }
 
     #[test]
     fn garbage_hops_stop_the_walk() {
-        let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
         let h = headers(&[("x-forwarded-for", "4.4.4.4, not-an-ip, 10.0.0.7")]);
-        assert_eq!(
-            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
-            ip("10.0.0.7")
-        );
+        assert_eq!(from_proxy(&h), ip("10.0.0.7"));
         let h = headers(&[("x-real-ip", "garbage")]);
-        assert_eq!(
-            client_ip(ip("10.0.0.5"), &h, &names(), &trusted),
-            ip("10.0.0.5")
-        );
+        assert_eq!(from_proxy(&h), ip("10.0.0.5"));
     }
 }

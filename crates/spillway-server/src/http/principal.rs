@@ -61,17 +61,17 @@ pub fn with_authority(headers: &mut HeaderMap, uri: &Uri) {
     let Some(authority) = uri.authority().map(|a| a.as_str()) else {
         return;
     };
+    let same = (headers.get(HOST)).map(|host| host.to_str().is_ok_and(|h| same_host(h, authority)));
+    if same == Some(true) {
+        return;
+    }
     let Ok(value) = HeaderValue::from_str(authority) else {
         return;
     };
-    match headers.get(HOST) {
-        None => {
-            headers.insert(HOST, value);
-        }
-        Some(host) if host.to_str().is_ok_and(|h| same_host(h, authority)) => {}
-        Some(_) => {
-            headers.append(HOST, value);
-        }
+    if same.is_none() {
+        headers.insert(HOST, value);
+    } else {
+        headers.append(HOST, value);
     }
 }
 

@@ -44,11 +44,11 @@ impl Verified {
     }
 
     /// Its principal, unless the token has [`Self::expired`] for that caller.
-    pub fn principal_at(&self, now: Micros, grace: Micros) -> Result<Principal, Reason> {
+    pub fn principal_at(self, now: Micros, grace: Micros) -> Result<Principal, Reason> {
         if self.expired(now, grace) {
             return Err(Reason::Expired);
         }
-        Ok(self.principal.clone())
+        Ok(self.principal)
     }
 }
 

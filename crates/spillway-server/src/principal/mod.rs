@@ -130,7 +130,8 @@ impl Reason {
             Self::MissingClaim => "the token lacks `exp` or the claim naming its tenant or user",
             Self::UnknownApiKey => "the API key is not known",
             Self::TenantMismatch => {
-                "the host names another tenant than the one the credential belongs to"
+                "the host names another tenant than the one the credential belongs to, or \
+                 cannot be read as one host"
             }
         }
     }
@@ -442,13 +443,12 @@ impl PrincipalState {
             // Keys from a URL may be withdrawn: verify again after one refresh interval.
             verified.recheck = Some(now.saturating_add(*refresh));
         }
-        let principal = verified.principal_at(now, grace);
         // One past any reader's grace would only push a live entry out.
         if !verified.expired(now, REPORT_GRACE) {
-            cache.insert(digest, verified);
+            cache.insert(digest, verified.clone());
             metrics::record_cache_entries(cache.len());
         }
-        principal
+        verified.principal_at(now, grace)
     }
 }
 

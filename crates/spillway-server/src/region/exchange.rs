@@ -21,7 +21,7 @@
 //! region on a Redis Cluster answers the whole pipeline from one slot.
 
 use super::metrics as m;
-use super::tally::{Known, Place, Tally, CATCH_ALL};
+use super::tally::{self, Known, Place, Tally, CATCH_ALL};
 use crate::shutdown::Shutdown;
 use spillway_core::policy::{Policy, Regions, Scope, StoreConfig};
 use spillway_core::time::{Clock, Micros};
@@ -378,7 +378,7 @@ impl Exchange {
             for ((len, start, field), n) in &chunk {
                 let hash = link.hash(*len, *start);
                 // Kept until the window has served as a sliding window's previous one.
-                let expire_at_ms = (start + 2 * len) / 1_000 + 1_000;
+                let expire_at_ms = tally::read_until(*len, *start) / 1_000 + 1_000;
                 pipe.cmd("HINCRBY")
                     .arg(&hash)
                     .arg(&**field)

@@ -113,6 +113,13 @@ pub fn field(key: &StateKey) -> Box<str> {
     out.into_boxed_str()
 }
 
+/// Until when the published counts of the window of length `len` starting at `start` are read
+/// (and their hashes kept): two windows from its start, so a sliding window can still read it
+/// as its previous one.
+pub fn read_until(len: Micros, start: Micros) -> Micros {
+    start.saturating_add(len.saturating_mul(2))
+}
+
 /// The window length and aligned start of an aggregate limit at `now`; `None` for the
 /// algorithms `aggregate` does not take (validation refuses them).
 pub fn window_of(params: &LimitParams, now: Micros) -> Option<(Micros, Micros)> {
@@ -188,7 +195,7 @@ impl Tally {
             return 0;
         };
         let limit = params.quota();
-        let share = ((limit as f64) * self.share).ceil() as u64;
+        let share = self.share_of(limit);
         let floor = limit.saturating_sub(share);
         if self.isolated(now) {
             return floor;
@@ -231,10 +238,14 @@ impl Tally {
     /// (while its last read is fresh) and counts against both.
     pub fn failover_room(&self, params: &LimitParams, field: &str, now: Micros) -> u64 {
         let limit = params.quota();
-        let share = ((limit as f64) * self.share).ceil() as u64;
         let own = self.own_published(params, field, now).unwrap_or(0);
         let room = limit.saturating_sub(self.others(params, field, now));
-        room.saturating_sub(own).min(share.saturating_sub(own))
+        room.min(self.share_of(limit)).saturating_sub(own)
+    }
+
+    /// A region's share of `limit` (`partition_share`), rounded up.
+    fn share_of(&self, limit: u64) -> u64 {
+        ((limit as f64) * self.share).ceil() as u64
     }
 
     /// The own region's published count of the counter at `field`, as the exchange last read
@@ -329,7 +340,7 @@ impl Tally {
         let mut pending = self.pending.lock();
         for (place, n) in back {
             let (len, start, _) = &place;
-            if start.saturating_add(2 * len) > now {
+            if read_until(*len, *start) > now {
                 self.put(&mut pending, place, n);
             }
         }

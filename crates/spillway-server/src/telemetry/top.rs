@@ -433,7 +433,7 @@ impl Top {
         prometheus::render(
             &self
                 .tenants
-                .top(now, Window::Minute.span(), prometheus::TOP),
+                .top(now, Window::Minute.span(), prometheus::ASKED),
         )
     }
 }

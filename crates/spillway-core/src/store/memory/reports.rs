@@ -3,7 +3,7 @@
 //! Bounded, expiring and shared fairly between tenants. Ids are kept per holder (the tenant
 //! a report is charged to, or for a report without one the counters it charges:
 //! [`ReportId::holder`]), each holder's in arrival order, for
-//! [`REPORT_TTL`]. Three bounds keep memory bounded (about 60 bytes an id while few tenants
+//! [`REPORT_TTL`]. Three bounds keep memory bounded (about 80 bytes an id while few tenants
 //! hold many ids; a few hundred bytes an id when each of very many tenants holds one):
 //!
 //! - a holder keeps at most [`MAX_REPORTS_PER_HOLDER`] ids; a newer id of its own makes it
@@ -165,11 +165,9 @@ impl Reports {
         }
         while self.total >= MAX_REPORTS {
             // The pool counts as one holder, of all its ids.
-            let tenant = self.by_size.last().copied();
-            let forgot = match tenant {
-                Some((held, _)) if held > self.pooled => self.forget(tenant),
-                _ if self.pooled > 0 => self.forget_pooled(),
-                _ => self.forget(tenant),
+            let forgot = match self.by_size.last() {
+                Some(&(held, tenant)) if held > self.pooled => self.forget(tenant),
+                _ => self.forget_pooled(),
             };
             if !forgot {
                 break;
@@ -184,15 +182,14 @@ impl Reports {
 
     /// Makes the largest pooled holder forget its oldest id; whether there was one.
     fn forget_pooled(&mut self) -> bool {
-        let largest = self.pool_by_size.last().copied();
-        self.forget(largest)
+        match self.pool_by_size.last() {
+            Some(&(_, largest)) => self.forget(largest),
+            None => false,
+        }
     }
 
-    /// Makes `holder` (`(ids held, holder)`) forget its oldest id; whether there was one.
-    fn forget(&mut self, holder: Option<(usize, u64)>) -> bool {
-        let Some((_, holder)) = holder else {
-            return false;
-        };
+    /// Makes `holder` forget its oldest id; whether there was one.
+    fn forget(&mut self, holder: u64) -> bool {
         self.update(holder, false, Held::pop_oldest)
     }
 

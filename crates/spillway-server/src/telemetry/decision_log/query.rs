@@ -100,7 +100,8 @@ impl Filter {
             && self
                 .tenant
                 .as_ref()
-                .is_none_or(|t| line.tenant.as_ref() == Some(t))
+                // Records keep a tenant's first bytes: look for those.
+                .is_none_or(|t| line.tenant.as_deref() == Some(super::record::kept(t).as_str()))
             && self
                 .user
                 .as_ref()

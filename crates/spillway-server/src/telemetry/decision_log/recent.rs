@@ -3,10 +3,11 @@
 //!
 //! Filled by the writer thread after it formats a batch, so the request path never touches
 //! it. Bounded twice: to [`CAPACITY`] records and to [`MAX_BYTES`] in all. Clients choose
-//! most fields (tenant, user, request id, descriptors), so each kept record is cut down first
-//! as the request path cut its own copy (see [`super::record::FIELD_BYTES`]), the fields it
-//! did not copy (the request id, the trace id) too: every text to [`FIELD_BYTES`], at most
-//! [`DESCRIPTORS`] descriptor entries of [`DESCRIPTOR_PAIRS`] pairs. It holds what the log
+//! most fields (tenant, user, request id, descriptors); the request path already cut its copy
+//! of each (see [`super::record::FIELD_BYTES`]), and a record is cut again here to the same
+//! bounds (every text to [`FIELD_BYTES`], at most [`DESCRIPTORS`] descriptor entries of
+//! [`DESCRIPTOR_PAIRS`] pairs), which costs the writer thread little and keeps the ring's bound
+//! from resting on every producer of a [`Line`]. It holds what the log
 //! kept: every denial up to the per-second cap, and allowed decisions as sampled.
 
 use super::record::{Line, DESCRIPTORS, DESCRIPTOR_PAIRS, FIELD_BYTES};

@@ -53,7 +53,7 @@ pub const DESCRIPTORS: usize = 8;
 pub const DESCRIPTOR_PAIRS: usize = 8;
 
 /// `text` cut to at most [`FIELD_BYTES`], owned.
-fn kept(text: &str) -> String {
+pub(crate) fn kept(text: &str) -> String {
     crate::telemetry::cut_to(text, FIELD_BYTES).to_owned()
 }
 

@@ -18,23 +18,29 @@ pub const TOP: usize = 10;
 /// The longest tenant label, in bytes (cut at a character boundary).
 pub const MAX_TENANT: usize = 64;
 
+/// How many of the most denied tenants [`render`] is given, so that [`TOP`] series remain
+/// when some share a label.
+pub const ASKED: usize = 4 * TOP;
+
 /// The metric's lines for `tenants` (heaviest first), with `HELP` and `TYPE`. Tenants whose
 /// labels are cut to the same text (sharing their first [`MAX_TENANT`] bytes) are one series,
-/// their denials added: a scrape never holds the same series twice.
+/// their denials added: a scrape never holds the same series twice. The [`TOP`] heaviest
+/// series are written, heaviest first.
 pub fn render(tenants: &[(Arc<str>, u64)]) -> String {
     let mut out = format!(
         "# HELP {NAME} Requests denied in the last minute, for the {TOP} most denied tenants on this node.\n\
          # TYPE {NAME} gauge\n"
     );
     let mut series: Vec<(String, u64)> = Vec::with_capacity(TOP);
-    for (tenant, denied) in tenants.iter().take(TOP) {
+    for (tenant, denied) in tenants {
         let label = escape(tenant);
         match series.iter_mut().find(|(seen, _)| *seen == label) {
             Some((_, sum)) => *sum = sum.saturating_add(*denied),
             None => series.push((label, *denied)),
         }
     }
-    for (label, denied) in series {
+    series.sort_by_key(|s| std::cmp::Reverse(s.1));
+    for (label, denied) in series.into_iter().take(TOP) {
         let _ = writeln!(out, "{NAME}{{tenant=\"{label}\"}} {denied}");
     }
     out
@@ -101,5 +107,10 @@ mod tests {
                 format!("{NAME}{{tenant=\"b\"}} 5"),
             ]
         );
+        // Ten series remain when two of the ten heaviest share a label.
+        let mut many = tenants.clone();
+        many.extend((0..12).map(|i| (Arc::from(format!("t{i}")), 2)));
+        let text = render(&many);
+        assert_eq!(text.lines().filter(|l| l.starts_with(NAME)).count(), TOP);
     }
 }

@@ -64,13 +64,14 @@ use spillway_core::store::StoreError;
 use std::str::FromStr;
 use std::time::Duration;
 
+// The longest tenant a span names, as a decision record keeps it: a longer one, which only a
+// request naming its own tenant can send, is cut at a character boundary.
+use crate::telemetry::decision_log::record::FIELD_BYTES;
+
 /// The name the process reports as `service.name`.
 pub const SERVICE_NAME: &str = "spillway";
 /// How long one export to the collector may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest tenant a span names (`spillway.tenant`); a longer one, which only a request
-/// that names its own tenant can send, is cut at a character boundary.
-const TENANT_BYTES: usize = 256;
 
 /// The request path's end of tracing, held in `AppState::tracing` (`None` when off).
 pub struct Tracing {
@@ -335,7 +336,7 @@ fn attributes(ask: &Ask<'_>, outcome: &Outcome) -> Vec<KeyValue> {
     }
     if let Some(tenant) = ask.who.tenant {
         // The client's own text: cut, so a queued span holds no megabytes.
-        let tenant = crate::telemetry::cut_to(tenant, TENANT_BYTES);
+        let tenant = crate::telemetry::cut_to(tenant, FIELD_BYTES);
         attributes.push(KeyValue::new("spillway.tenant", tenant.to_owned()));
     }
     attributes.push(KeyValue::new("spillway.cost", count(ask.cost)));
