@@ -18,7 +18,12 @@ pub struct RequestAttrs {
     pub ip: Option<IpAddr>,
     /// The HTTP method, e.g. `POST`.
     pub method: Option<String>,
-    /// The request path, e.g. `/v1/generate` (a query string is ignored).
+    /// A second method the client asked the server behind the proxy to use instead
+    /// (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`). Routes are matched
+    /// under both methods, and the costlier route applies.
+    pub method_override: Option<String>,
+    /// The request path, e.g. `/v1/generate` (a query string is ignored but for a `_method`
+    /// parameter, which counts as a method override).
     pub path: Option<String>,
     /// An explicit tier; when absent the tenant's tier, then the policy's default tier, apply.
     pub tier: Option<String>,

@@ -195,22 +195,26 @@ pub struct ServeArgs {
           default_value = "127.0.0.0/8,::1/128", value_parser = parse_trusted)]
     pub trusted_proxies: TrustedProxies,
 
-    /// Headers carrying the original method on /v1/authorize, tried in order.
+    /// Headers carrying the original method on /v1/authorize, tried in order; two with
+    /// different values are refused.
     #[arg(long, env = "SPILLWAY_METHOD_HEADER", value_name = "NAMES", value_delimiter = ',',
           default_value = "X-Original-Method,X-Forwarded-Method", value_parser = parse_header)]
     pub method_header: Vec<HeaderName>,
 
-    /// Headers carrying the original path on /v1/authorize, tried in order.
+    /// Headers carrying the original path on /v1/authorize, tried in order; two with
+    /// different values are refused.
     #[arg(long, env = "SPILLWAY_PATH_HEADER", value_name = "NAMES", value_delimiter = ',',
           default_value = "X-Original-URI,X-Forwarded-Uri", value_parser = parse_header)]
     pub path_header: Vec<HeaderName>,
 
-    /// Headers carrying the tenant on /v1/authorize, tried in order.
+    /// Headers carrying the tenant on /v1/authorize, tried in order; two with
+    /// different values are refused.
     #[arg(long, env = "SPILLWAY_TENANT_HEADER", value_name = "NAMES", value_delimiter = ',',
           default_value = "X-Tenant-Id", value_parser = parse_header)]
     pub tenant_header: Vec<HeaderName>,
 
-    /// Headers carrying the user on /v1/authorize, tried in order.
+    /// Headers carrying the user on /v1/authorize, tried in order; two with
+    /// different values are refused.
     #[arg(long, env = "SPILLWAY_USER_HEADER", value_name = "NAMES", value_delimiter = ',',
           default_value = "X-User-Id", value_parser = parse_header)]
     pub user_header: Vec<HeaderName>,

@@ -1,5 +1,6 @@
 //! Requests spelled to slip past a limit, end to end against the real binary: paths a lenient
-//! backend reads as a costly route, and client addresses rotated within one network.
+//! or a strict backend reads as a costly route, a second method or path header, and client
+//! addresses rotated within one network.
 
 mod common;
 
@@ -88,6 +89,94 @@ async fn every_spelling_of_the_generate_route_pays_its_cost_on_authorize() {
             .await
             .expect("sent");
         assert_paid_generate(&response, path);
+    }
+}
+
+/// Asks `/v1/authorize` as nginx or Traefik would for a request of user `user`, with `more`
+/// headers naming the original request.
+async fn authorize(server: &Server, user: &str, more: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = (server.http.get(server.url("/v1/authorize")))
+        .header("X-Tenant-Id", "t")
+        .header("X-User-Id", user);
+    for (name, value) in more {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("sent")
+}
+
+#[tokio::test]
+async fn a_method_override_pays_for_the_method_the_backend_serves() {
+    let server = Server::with_policy(EXAMPLE).start();
+    // Express, Rack, Symfony and Laravel serve these as `POST /v1/generate`.
+    let overrides: [&[(&str, &str)]; 4] = [
+        &[("X-HTTP-Method-Override", "POST")],
+        &[("X-HTTP-Method", "post")],
+        &[("X-Method-Override", "POST")],
+        &[],
+    ];
+    for (i, more) in overrides.iter().enumerate() {
+        let path = if more.is_empty() {
+            "/v1/generate?_method=POST"
+        } else {
+            "/v1/generate"
+        };
+        let mut headers = vec![("X-Original-Method", "GET"), ("X-Original-URI", path)];
+        headers.extend_from_slice(more);
+        let response = authorize(&server, &format!("override-{i}"), &headers).await;
+        assert_paid_generate(&response, &format!("{more:?} {path}"));
+    }
+}
+
+#[tokio::test]
+async fn a_path_header_of_the_clients_own_beside_the_proxys_is_refused() {
+    let server = Server::with_policy(EXAMPLE).start();
+    // Traefik sets `X-Forwarded-Uri` and passes the client's `X-Original-URI` along, which
+    // is read first.
+    let response = authorize(
+        &server,
+        "two-paths",
+        &[
+            ("X-Original-Method", "POST"),
+            ("X-Original-URI", "/v1/meta/cheap"),
+            ("X-Forwarded-Uri", "/v1/generate"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.expect("problem");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("x-forwarded-uri") && detail.contains("/v1/meta/cheap"),
+        "{problem}"
+    );
+}
+
+/// A route a lenient reading alone could be talked out of: `/v1/generate/<id>`.
+const GENERATE_ID: &str = r#"
+default_tier: t
+limits:
+  per-user: {algorithm: fixed_window, limit: 10, window: 1m, key: [tenant, user]}
+tiers:
+  t: {limits: [per-user]}
+routes:
+  - {match: "POST /v1/generate/*", cost: 10}
+"#;
+
+#[tokio::test]
+async fn a_path_a_strict_backend_reads_longer_pays_for_the_longer_route() {
+    let server = Server::with_policy(GENERATE_ID).start();
+    // Express serves each as `/v1/generate/:id`; read leniently each is shorter.
+    for (i, path) in ["/v1/generate/x%2F..", "/v1/generate/..", "/v1/generate/."]
+        .iter()
+        .enumerate()
+    {
+        let user = format!("strict-{i}");
+        let headers = [("X-Original-Method", "POST"), ("X-Original-URI", *path)];
+        let first = authorize(&server, &user, &headers).await;
+        assert_eq!(first.status(), 200, "{path}");
+        // The first request took all ten: a second is refused.
+        let second = authorize(&server, &user, &headers).await;
+        assert_eq!(second.status(), 429, "{path}");
     }
 }
 

@@ -68,16 +68,7 @@ impl Policy {
             .or(standing.tier)
             .unwrap_or(self.default_tier);
         let tier = &self.tiers[tier_index];
-        // The path is read once; each pattern then compares segments.
-        let route_index = req
-            .path
-            .as_deref()
-            .and_then(RequestPath::read)
-            .and_then(|path| {
-                self.routes
-                    .iter()
-                    .position(|r| r.pattern.matches(req.method.as_deref(), &path))
-            });
+        let route_index = self.route_index(req);
         let route = route_index.map(|i| Arc::clone(&self.routes[i]));
         let plan = &tier.plans[route_index.map_or(0, |i| i + 1)];
 
@@ -119,6 +110,43 @@ impl Policy {
             route,
             limits,
         }
+    }
+}
+
+impl Policy {
+    /// The index of the route `req` falls under, if any. The path is read once; each pattern
+    /// then compares segments. A path read two ways (`route::RequestPath`), or a request
+    /// naming a second method (`X-HTTP-Method-Override` and its kin, or a `_method` query
+    /// parameter, which frameworks take in place of the method), is matched under each, and
+    /// the costlier route applies, the earlier one on a tie (the first match wins, so an
+    /// earlier route is the more specific): spelling a request oddly never makes it cheaper.
+    fn route_index(&self, req: &RequestAttrs) -> Option<usize> {
+        let path = RequestPath::read(req.path.as_deref()?)?;
+        let methods = std::iter::once(req.method.as_deref())
+            .chain(req.method_override.as_deref().map(Some))
+            .chain(path.method_param().map(Some));
+        let mut chosen: Option<usize> = None;
+        for reading in path.readings() {
+            for method in methods.clone() {
+                let Some(found) =
+                    (self.routes.iter()).position(|r| r.pattern.matches(method, reading))
+                else {
+                    continue;
+                };
+                chosen = match chosen {
+                    Some(kept) if !self.costlier(found, kept) => Some(kept),
+                    _ => Some(found),
+                };
+            }
+        }
+        chosen
+    }
+
+    /// Whether route `a` charges more than route `b`: a higher cost, or the same cost and
+    /// earlier in the policy.
+    fn costlier(&self, a: usize, b: usize) -> bool {
+        let (cost_a, cost_b) = (self.routes[a].cost, self.routes[b].cost);
+        cost_a > cost_b || (cost_a == cost_b && a < b)
     }
 }
 

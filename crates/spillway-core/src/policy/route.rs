@@ -27,6 +27,15 @@
 //! - letters compare without regard to ASCII case (`/V1/Generate` is `/v1/generate`), as
 //!   ASP.NET and IIS route, unless the policy declares its API case-sensitive.
 //!
+//! Lenience alone can make a path *shorter* than a stricter server reads it: Express routes
+//! `/v1/generate/x%2F..` (or, behind an nginx that passes the request line as it came,
+//! `/v1/generate/..`) to `/v1/generate/:id`, which the lenient reading takes for `/v1`, and
+//! an API naming items by escaped paths (`/projects/group%2Fname/issues`) is read with one
+//! segment too many. So a path holding `\`, `%`, `;` or a `.` segment is also read
+//! literally: split at `/` only, empty segments skipped, everything else kept as a segment
+//! (its escapes decoded for comparing). The resolver matches the routes under both readings
+//! and applies the costlier route (`Policy::resolve`). Plain paths have one reading.
+//!
 //! Patterns are read the same way when the policy loads (`GET /a/` is `GET /a`), except that
 //! `..` and `;` are refused in them.
 
@@ -136,19 +145,69 @@ fn normalized(body: &str) -> (SmallVec<[&str; 8]>, bool) {
     (segments, stepped_back)
 }
 
-/// A request's path, read once per request and then compared with each route's pattern.
+/// A request's path, read once per request and then compared with each route's pattern:
+/// leniently, and literally too when the two can differ (see the module docs).
 #[derive(Debug)]
-pub(crate) struct RequestPath<'a>(SmallVec<[&'a str; 8]>);
+pub(crate) struct RequestPath<'a> {
+    lenient: SmallVec<[&'a str; 8]>,
+    literal: Option<SmallVec<[&'a str; 8]>>,
+    /// The query's `_method` parameter, which Laravel and Symfony take as the method.
+    method_param: Option<String>,
+}
 
 impl<'a> RequestPath<'a> {
-    /// Reads `path` (its `?query` and `#fragment` ignored). A request target in absolute form
-    /// (`http://host/v1/generate`, which servers must accept) is read by its path. `None`
-    /// when there is no path starting with `/`, which no pattern matches.
+    /// Reads `path` (its `?query` and `#fragment` ignored but for a `_method` parameter). A
+    /// request target in absolute form (`http://host/v1/generate`, which servers must accept)
+    /// is read by its path. `None` when there is no path starting with `/`, which no pattern
+    /// matches.
     pub(crate) fn read(path: &'a str) -> Option<Self> {
-        let path = path.find(['?', '#']).map_or(path, |end| &path[..end]);
-        let path = without_origin(path);
-        Some(Self(normalized(path.strip_prefix('/')?).0))
+        let (path, query) = match path.find(['?', '#']) {
+            Some(end) => (&path[..end], path[end..].strip_prefix('?')),
+            None => (path, None),
+        };
+        let body = without_origin(path).strip_prefix('/')?;
+        let lenient = normalized(body).0;
+        let literal = may_differ(body).then(|| literally(body));
+        Some(Self {
+            literal: literal.filter(|literal| *literal != lenient),
+            lenient,
+            method_param: query.and_then(method_param),
+        })
     }
+
+    /// The readings of the path, the lenient one first.
+    pub(crate) fn readings(&self) -> impl Iterator<Item = &[&'a str]> + Clone {
+        std::iter::once(&*self.lenient).chain(self.literal.as_deref())
+    }
+
+    /// The method the query's `_method` parameter names, if any.
+    pub(crate) fn method_param(&self) -> Option<&str> {
+        self.method_param.as_deref()
+    }
+}
+
+/// Whether the literal reading of `body` could differ from the lenient one: only a `\`, an
+/// escape, a `;` or a `.` segment can make them differ.
+fn may_differ(body: &str) -> bool {
+    body.bytes().any(|b| matches!(b, b'\\' | b'%' | b';'))
+        || body.split('/').any(|part| part == "." || part == "..")
+}
+
+/// `body`'s segments as a strict server reads them: split at `/` only, empty ones skipped,
+/// the rest (`.`, `..`, parameters, escaped separators) kept whole.
+fn literally(body: &str) -> SmallVec<[&str; 8]> {
+    body.split('/').filter(|part| !part.is_empty()).collect()
+}
+
+/// The value of the `_method` parameter in `query` (before any `#fragment`), decoded, if
+/// it is present and not empty.
+fn method_param(query: &str) -> Option<String> {
+    let query = query.split('#').next().unwrap_or_default();
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("_method="))
+        .map(decode)
+        .filter(|method| !method.is_empty())
 }
 
 /// `target` without a leading `scheme://authority` (the absolute form of a request target),
@@ -296,7 +355,7 @@ impl RoutePattern {
 
     /// Whether a request with `method` and `path` falls under this pattern. A request with
     /// no method matches only a `*` pattern; a `HEAD` request matches a `GET` pattern too.
-    pub(crate) fn matches(&self, method: Option<&str>, path: &RequestPath<'_>) -> bool {
+    pub(crate) fn matches(&self, method: Option<&str>, parts: &[&str]) -> bool {
         if let Some(want) = &self.method {
             match method {
                 Some(m)
@@ -305,7 +364,6 @@ impl RoutePattern {
                 _ => return false,
             }
         }
-        let parts = &path.0;
         if parts.len() < self.segments.len() || (!self.rest && parts.len() > self.segments.len()) {
             return false;
         }

@@ -141,6 +141,7 @@ pub fn attrs_from_headers(
         tenant: first(headers, &mapping.tenant)?,
         user: first(headers, &mapping.user)?,
         tier: first(headers, &mapping.tier)?,
+        method_override: first(headers, &METHOD_OVERRIDES)?,
         ..RequestAttrs::default()
     };
     if let Some((name, text)) = first_named(headers, &mapping.cost)? {
@@ -185,23 +186,50 @@ pub fn attrs_from_headers(
     Ok(attrs)
 }
 
+/// The headers through which a client asks the server behind the proxy for another method
+/// than the one it sent (Express's `method-override`, Rack, Symfony, Laravel, ASP.NET).
+const METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
 fn first(headers: &HeaderMap, names: &[HeaderName]) -> Result<Option<String>, Problem> {
     Ok(first_named(headers, names)?.map(|(_, value)| value))
 }
 
+/// The value the first of `names` present (and not blank) gives, with its name. Every other
+/// of `names`, and every repeat, must give the same value or none: a proxy sets one of them
+/// and passes the rest from the client, so a second value could be the client's own choice
+/// of path, method or tenant, read ahead of the proxy's (Traefik sets `X-Forwarded-Uri` and
+/// passes a client's `X-Original-URI` along). The repeat is refused, naming it.
 fn first_named<'a>(
     headers: &HeaderMap,
     names: &'a [HeaderName],
 ) -> Result<Option<(&'a HeaderName, String)>, Problem> {
+    let mut found: Option<(&'a HeaderName, &str)> = None;
     for name in names {
-        if let Some(value) = headers.get(name) {
+        for value in headers.get_all(name) {
             let value = utf8(name, value.as_bytes())?.trim();
-            if !value.is_empty() {
-                return Ok(Some((name, value.to_owned())));
+            if value.is_empty() {
+                continue;
+            }
+            match found {
+                None => found = Some((name, value)),
+                Some((_, earlier)) if earlier == value => {}
+                Some((first, earlier)) => {
+                    return Err(Problem::invalid(
+                        format!(
+                            "header `{name}` (`{value}`) disagrees with `{first}` (`{earlier}`): \
+                             one request has one value"
+                        ),
+                        Some(name.to_string()),
+                    ))
+                }
             }
         }
     }
-    Ok(None)
+    Ok(found.map(|(name, value)| (name, value.to_owned())))
 }
 
 fn utf8<'v>(name: &HeaderName, bytes: &'v [u8]) -> Result<&'v str, Problem> {
@@ -310,6 +338,57 @@ mod tests {
         );
         assert_eq!(attrs.descriptors.len(), 3);
         assert_eq!(attrs.ip, None);
+    }
+
+    #[test]
+    fn a_second_value_for_one_attribute_is_refused() {
+        // Traefik sets `X-Forwarded-Uri`; a client's own `X-Original-URI` comes along.
+        let clash = headers(&[
+            ("x-original-uri", "/v1/cheap"),
+            ("x-forwarded-uri", "/v1/generate"),
+        ]);
+        let problem = attrs_from_headers(&clash, &mapping(), &policy()).expect_err("two paths");
+        assert_eq!(problem.status(), axum::http::StatusCode::BAD_REQUEST);
+        let detail = problem.detail();
+        assert!(
+            detail.contains("x-forwarded-uri") && detail.contains("/v1/cheap"),
+            "{detail}"
+        );
+        // A repeat of one header, and a second override, are refused the same way.
+        for clash in [
+            headers(&[("x-tenant-id", "acme"), ("x-tenant-id", "initech")]),
+            headers(&[("x-original-method", "GET"), ("x-forwarded-method", "POST")]),
+            headers(&[
+                ("x-http-method-override", "GET"),
+                ("x-method-override", "DELETE"),
+            ]),
+        ] {
+            assert!(attrs_from_headers(&clash, &mapping(), &policy()).is_err());
+        }
+        // Values that agree (white space aside), and blank ones, are one value.
+        let agree = headers(&[
+            ("x-original-uri", "/v1/generate"),
+            ("x-forwarded-uri", " /v1/generate"),
+            ("x-tenant-id", ""),
+            ("x-tenant-id", "acme"),
+        ]);
+        let attrs = attrs_from_headers(&agree, &mapping(), &policy()).expect("they agree");
+        assert_eq!(attrs.path.as_deref(), Some("/v1/generate"));
+        assert_eq!(attrs.tenant.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn a_method_override_is_read() {
+        for name in [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+        ] {
+            let h = headers(&[("x-original-method", "POST"), (name, "DELETE")]);
+            let attrs = attrs_from_headers(&h, &mapping(), &policy()).expect("valid");
+            assert_eq!(attrs.method.as_deref(), Some("POST"));
+            assert_eq!(attrs.method_override.as_deref(), Some("DELETE"), "{name}");
+        }
     }
 
     #[test]

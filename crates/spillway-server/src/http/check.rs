@@ -90,6 +90,9 @@ impl From<CheckRequest> for RequestAttrs {
             user: r.user,
             ip: r.ip,
             method: r.method,
+            // The caller states the method its server serves; a `_method` query parameter
+            // in `path` still counts.
+            method_override: None,
             path: r.path,
             tier: r.tier,
             cost: r.cost,

@@ -197,6 +197,7 @@ async fn respond(
         user: request.user,
         ip: request.ip,
         method: request.method,
+        method_override: None,
         path: request.path,
         tier: request.tier,
         cost: Some(request.cost),

@@ -6,7 +6,7 @@ use crate::http::client_ip::{ForwardingHeaders, TrustedProxies};
 use axum::http::{HeaderName, StatusCode};
 
 /// Which headers carry which attribute. Each list is tried in order; the first header present
-/// with a non-empty value wins.
+/// with a non-empty value wins, and any other (or a repeat) with a different value is refused.
 #[derive(Debug, Clone)]
 pub struct HeaderMapping {
     /// The original request's method.

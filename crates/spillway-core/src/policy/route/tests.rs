@@ -2,9 +2,13 @@
 
 use super::{RequestPath, RoutePattern};
 
-/// Whether `pattern` takes a request with `method` and `path`, read as the resolver reads it.
+/// Whether `pattern` takes a request with `method` and `path` under one of the readings the
+/// resolver makes of it.
 fn at(pattern: &RoutePattern, method: Option<&str>, path: &str) -> bool {
-    RequestPath::read(path).is_some_and(|path| pattern.matches(method, &path))
+    RequestPath::read(path).is_some_and(|path| {
+        path.readings()
+            .any(|reading| pattern.matches(method, reading))
+    })
 }
 
 /// A pattern as the policy compiles it by default, ignoring case.
@@ -120,7 +124,78 @@ fn absolute_targets_are_read_by_their_path() {
     // `*` still takes exactly one segment, parameters dropped.
     let p = pattern("* /v1/users/*/keys");
     assert!(at(&p, Some("GET"), "/v1/users/42;v=2/keys"));
-    assert!(!at(&p, Some("GET"), "/v1/users/;v=2/keys"));
+    // Leniently a segment of parameters only is empty; literally (Express) it is the id.
+    assert!(at(&p, Some("GET"), "/v1/users/;v=2/keys"));
+}
+
+/// The segments of each reading the resolver makes of `path`.
+fn readings(path: &str) -> Vec<Vec<String>> {
+    let path = RequestPath::read(path).expect("a path");
+    path.readings()
+        .map(|reading| reading.iter().map(|s| s.to_string()).collect())
+        .collect()
+}
+
+#[test]
+fn a_path_servers_could_read_apart_is_also_read_literally() {
+    // Plain paths have one reading: nothing a server could read otherwise.
+    assert_eq!(readings("/v1/generate/7?x=1"), [["v1", "generate", "7"]]);
+    assert_eq!(readings("//v1//generate/"), [["v1", "generate"]]);
+    // An escape that reads the same both ways gives one reading too.
+    assert_eq!(readings("/v1/%67enerate"), [["v1", "%67enerate"]]);
+    // Lenience shortens these; a strict server keeps every segment.
+    assert_eq!(
+        readings("/v1/generate/x%2F.."),
+        [vec!["v1", "generate"], vec!["v1", "generate", "x%2F.."]]
+    );
+    assert_eq!(
+        readings("/v1/generate/.."),
+        [vec!["v1"], vec!["v1", "generate", ".."]]
+    );
+    assert_eq!(
+        readings("/v1/./generate"),
+        [vec!["v1", "generate"], vec!["v1", ".", "generate"]]
+    );
+    assert_eq!(
+        readings("/projects/group%2Fname/issues"),
+        [
+            vec!["projects", "group", "name", "issues"],
+            vec!["projects", "group%2Fname", "issues"]
+        ]
+    );
+    assert_eq!(
+        readings("/v1/generate;x\\y"),
+        [vec!["v1", "generate", "y"], vec!["v1", "generate;x\\y"]]
+    );
+    // An escaped path is matched where a strict server routes it.
+    let p = pattern("GET /projects/*/issues");
+    assert!(at(&p, Some("GET"), "/projects/group%2Fname/issues"));
+    assert!(at(
+        &pattern("POST /v1/generate/*"),
+        Some("POST"),
+        "/v1/generate/x%2F.."
+    ));
+}
+
+#[test]
+fn a_method_parameter_is_read_from_the_query() {
+    let read = |path| RequestPath::read(path).expect("a path");
+    assert_eq!(
+        read("/v1/items/7?_method=DELETE").method_param(),
+        Some("DELETE")
+    );
+    assert_eq!(
+        read("/v1/items/7?a=1&_method=%44ELETE#f").method_param(),
+        Some("DELETE")
+    );
+    for path in [
+        "/v1/items/7",
+        "/v1/items/7?_method=",
+        "/v1/items/7?x_method=DELETE",
+        "/v1/items/7#?_method=DELETE",
+    ] {
+        assert_eq!(read(path).method_param(), None, "{path}");
+    }
 }
 
 #[test]

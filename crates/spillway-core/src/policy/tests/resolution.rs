@@ -161,6 +161,83 @@ fn spellings_a_lenient_server_reads_as_the_route_pay_its_cost_and_limits() {
     }
 }
 
+/// A policy whose costly routes a lenient reading alone would let a client dodge.
+const SHORTENED: &str = r#"
+default_tier: t
+limits:
+  l: {algorithm: gcra, rate: 1/s, key: [ip]}
+tiers:
+  t: {limits: [l]}
+routes:
+  - {match: "GET /v1/cheap/*", cost: 1}
+  - {match: "POST /v1/generate/*", cost: 10}
+  - {match: "DELETE /v1/items/*", cost: 8}
+  - {match: "GET /projects/*/issues", cost: 4}
+  - {match: "* /v1/generate", cost: 2}
+  - {match: "* /**", cost: 1}
+"#;
+
+#[test]
+fn a_path_read_two_ways_pays_for_the_costlier_route() {
+    let policy = load(SHORTENED);
+    let route_of = |method: &str, path: &str| {
+        let r = policy.resolve(&request("t", "u", method, path));
+        (
+            r.route.map(|r| r.name.to_string()).unwrap_or_default(),
+            r.cost,
+        )
+    };
+    let route = |name: &str, cost| (name.to_owned(), cost);
+    // Express routes these to `/v1/generate/:id`; leniently they are `/v1/generate` or less.
+    for path in [
+        "/v1/generate/x%2F..",
+        "/v1/generate/..",
+        "/v1/generate/x%5C..",
+        "/v1/generate/.",
+    ] {
+        assert_eq!(
+            route_of("POST", path),
+            route("POST /v1/generate/*", 10),
+            "{path}"
+        );
+    }
+    // The other way round: a literal reading of `cheap/<id>` that a lenient server takes
+    // to `/v1/generate/x` pays for generating.
+    assert_eq!(
+        route_of("POST", "/v1/cheap/..%2Fgenerate%2Fx"),
+        route("POST /v1/generate/*", 10)
+    );
+    // An escaped id is the route a strict server routes it to.
+    assert_eq!(
+        route_of("GET", "/projects/group%2Fname/issues"),
+        route("GET /projects/*/issues", 4)
+    );
+    // A plain path is read once, the first match as always.
+    assert_eq!(route_of("GET", "/v1/cheap/7"), route("GET /v1/cheap/*", 1));
+    assert_eq!(route_of("POST", "/v1/generate"), route("* /v1/generate", 2));
+}
+
+#[test]
+fn a_second_method_the_client_names_pays_for_the_costlier_route() {
+    let policy = load(SHORTENED);
+    let mut req = request("t", "u", "POST", "/v1/items/7");
+    assert_eq!(policy.resolve(&req).cost, 1);
+    req.method_override = Some("delete".into());
+    let resolved = policy.resolve(&req);
+    assert_eq!(
+        resolved.route.map(|r| r.name.to_string()).as_deref(),
+        Some("DELETE /v1/items/*")
+    );
+    assert_eq!(resolved.cost, 8);
+    // The same as a query parameter, which Laravel and Symfony read.
+    let req = request("t", "u", "POST", "/v1/items/7?_method=DELETE");
+    assert_eq!(policy.resolve(&req).cost, 8);
+    // A cheaper override changes nothing.
+    let mut req = request("t", "u", "DELETE", "/v1/items/7?_method=GET");
+    req.method_override = Some("GET".into());
+    assert_eq!(policy.resolve(&req).cost, 8);
+}
+
 #[test]
 fn a_case_sensitive_policy_keeps_case_apart() {
     let text = EXAMPLE.replace(
