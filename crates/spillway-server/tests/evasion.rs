@@ -228,6 +228,16 @@ async fn addresses_rotated_within_a_64_share_one_counter_on_check() {
     }
     assert_eq!(ask("198.51.100.7").await.status(), 429);
     assert_eq!(ask("198.51.100.8").await.status(), 200);
+    // So is the holder of 192.0.2.1, through the /64s of its 6to4 network or Teredo.
+    for ip in [
+        "2002:c000:201:1::1",
+        "2002:c000:201:2::1",
+        "2001:0:4136:e378:8000:63bf:3fff:fdfe",
+    ] {
+        assert_eq!(ask(ip).await.status(), 200, "{ip}");
+    }
+    assert_eq!(ask("2002:c000:201:3::1").await.status(), 429);
+    assert_eq!(ask("192.0.2.1").await.status(), 429);
 
     // Free text would be a fresh counter per request: it is refused, naming the field.
     let refused = ask("fresh-counter-42").await;

@@ -10,11 +10,18 @@
 //! full-length prefix is written as the bare address (`203.0.113.7`), as counters were named
 //! before networks were. An IPv4-mapped IPv6 address (`::ffff:203.0.113.7`) counts as the IPv4
 //! address it carries.
+//!
+//! So do IPv6 addresses whose network is an IPv4 address's (`embedded_v4`): the holder of one
+//! IPv4 address owns all of its 6to4 network `2002:V4::/48`, 65,536 /64s, and would otherwise
+//! take a fresh counter with each; a Teredo address (`2001:0::/32`) carries its client's
+//! public IPv4 address and port beside a server address the client picks; and the NAT64
+//! well-known prefix `64:ff9b::/96` carries the IPv4 host it stands for, whom a /64 would make
+//! share one counter with every other.
 
 use super::error::Issues;
 use super::raw::{Number, RawIpPrefix};
 use serde_saphyr::Spanned;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The network prefix lengths the `ip` dimension counts by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +43,11 @@ impl Default for IpPrefix {
 impl IpPrefix {
     /// The counter value of `ip`: its network's canonical text (see the module docs).
     pub fn key(&self, ip: IpAddr) -> String {
-        match ip.to_canonical() {
+        let ip = match ip.to_canonical() {
+            IpAddr::V6(v6) => embedded_v4(v6).map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match ip {
             IpAddr::V4(addr) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.v4)).unwrap_or(0);
                 let mut text = String::with_capacity(18);
@@ -56,6 +67,20 @@ impl IpPrefix {
                 }
             }
         }
+    }
+}
+
+/// The IPv4 address an IPv6 address of a 6to4 network (`2002::/16`, the IPv4 address in the
+/// next 32 bits), of Teredo (`2001:0::/32`, the client's public address in the last 32 bits,
+/// inverted) or of the NAT64 well-known prefix (`64:ff9b::/96`, the last 32 bits) stands for.
+fn embedded_v4(addr: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = u128::from(addr);
+    let low = bits as u32;
+    match addr.segments() {
+        [0x2002, ..] => Some(Ipv4Addr::from((bits >> 80) as u32)),
+        [0x2001, 0, ..] => Some(Ipv4Addr::from(!low)),
+        [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(Ipv4Addr::from(low)),
+        _ => None,
     }
 }
 
@@ -158,6 +183,38 @@ mod tests {
         assert_eq!(key(p, "203.0.113.7"), "203.0.113.0/24");
         assert_eq!(key(p, "::ffff:203.0.113.200"), "203.0.113.0/24");
         assert_eq!(key(p, "2001:db8:1:2::1"), "2001:db8:1::/48");
+    }
+
+    #[test]
+    fn addresses_carrying_an_ipv4_address_count_as_it() {
+        let p = IpPrefix::default();
+        // Every /64 of 203.0.113.7's 6to4 network is that address.
+        for spelling in [
+            "2002:cb00:7107::1",
+            "2002:cb00:7107:1::1",
+            "2002:CB00:7107:ffff:1:2:3:4",
+        ] {
+            assert_eq!(key(p, spelling), "203.0.113.7", "{spelling}");
+        }
+        // Teredo: whatever the server, flags and port, the client's address (inverted).
+        for spelling in [
+            "2001:0:4136:e378:8000:63bf:34ff:8ef8",
+            "2001:0:5ef5:79fd:0:1:34ff:8ef8",
+        ] {
+            assert_eq!(key(p, spelling), "203.0.113.7", "{spelling}");
+        }
+        assert_eq!(key(p, "64:ff9b::203.0.113.7"), "203.0.113.7");
+        assert_eq!(key(p, "64:ff9b::198.51.100.1"), "198.51.100.1");
+        // The IPv4 prefix applies to them.
+        let p = IpPrefix { v4: 24, v6: 64 };
+        assert_eq!(key(p, "2002:cb00:7107:1::1"), "203.0.113.0/24");
+        // Neighbours of these prefixes are plain IPv6 networks.
+        let p = IpPrefix::default();
+        assert_eq!(key(p, "2003:cb00:7107:1::1"), "2003:cb00:7107:1::/64");
+        assert_eq!(key(p, "2001:1::1"), "2001:1::/64");
+        assert_eq!(key(p, "2001:db8::1"), "2001:db8::/64");
+        assert_eq!(key(p, "64:ff9b:1::1"), "64:ff9b:1::/64");
+        assert_eq!(key(p, "64:ff9b::1:0:0:1"), "64:ff9b::/64");
     }
 
     #[test]

@@ -147,6 +147,10 @@ mod tests {
             assert!(h.starts_with("h:") && h.len() == 34, "{h}");
             assert!(!h.contains("203") && !h.contains("2001:db8"), "{h}");
         }
+        // A 6to4 address's /64 would hold its IPv4 address whole: cut as that address is.
+        let six_to_four: IpAddr = "2002:cb00:714d:1::1".parse().expect("address");
+        let truncated = IpPrivacy::new(IpMode::Truncate, None).expect("truncate");
+        assert_eq!(truncated.show(six_to_four, prefix), "203.0.113.0/24");
     }
 
     #[test]
