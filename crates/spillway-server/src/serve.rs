@@ -271,12 +271,12 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
     };
     // The dashboard goes where the admin API is: its own listener, else this one.
     let ui_on_main = !matches!(&settings.admin, Some(a) if a.listen.is_some());
-    let ui =
-        ui_on_main.then(|| crate::ui::router(app.clone(), admin_on_main.clone(), settings.ui_open));
-    let readers = crate::ui::Readers {
-        token: settings.admin.as_ref().map(|a| a.token.clone()),
-        open: settings.ui_open,
-    };
+    let readers = crate::ui::Readers::new(
+        settings.admin.as_ref().map(|a| a.token.clone()),
+        settings.ui_open,
+        &app.authorize.forwarding,
+    );
+    let ui = ui_on_main.then(|| crate::ui::router(app.clone(), readers.clone()));
     let mut router = app::router(app.clone(), admin_on_main, &readers);
     if let Some(ui) = ui {
         router = router.merge(ui);

@@ -202,7 +202,10 @@ pub async fn serve(
     tracing::info!("admin API listening on {addr}");
     // The dashboard is served beside the admin API, behind the same token.
     let router = routes(token.clone())
-        .merge(crate::ui::routes(Some(token), false))
+        .merge(crate::ui::routes(crate::ui::Readers {
+            token: Some(token),
+            ..crate::ui::Readers::default()
+        }))
         .fallback(crate::http::problem::not_found)
         .method_not_allowed_fallback(crate::http::problem::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(

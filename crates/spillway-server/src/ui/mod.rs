@@ -37,9 +37,10 @@ pub mod assets;
 pub mod lookup;
 
 use crate::admin::AdminToken;
+use crate::http::client_ip::ForwardingHeaders;
 use crate::state::AppState;
-use axum::extract::{ConnectInfo, Request};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -58,8 +59,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 
 /// The page's routes, for merging into a router with [`AppState`]: the page and its assets
 /// open, the JSON endpoints behind `token` when one is set, else loopback-only unless `open`.
-pub fn routes(token: Option<AdminToken>, open: bool) -> Router<Arc<AppState>> {
-    let readers = Readers { token, open };
+pub fn routes(readers: Readers) -> Router<Arc<AppState>> {
     let token_required = readers.token.is_some();
     let placement = api::Placement {
         admin_api: token_required,
@@ -94,9 +94,24 @@ pub struct Readers {
     pub token: Option<AdminToken>,
     /// `--ui-open`: every peer may read when no token is set.
     pub open: bool,
+    /// The forwarding headers the operator named for `/v1/authorize` (`--real-ip-header`,
+    /// `--forwarded-for-header`): the operator's proxies add them, so a local call carrying
+    /// one is relayed too, like one carrying any of [`RELAY_HEADERS`].
+    pub relay: Arc<[HeaderName]>,
 }
 
 impl Readers {
+    /// The readers of a node whose `/v1/authorize` reads the client's address from
+    /// `forwarding`.
+    pub fn new(token: Option<AdminToken>, open: bool, forwarding: &ForwardingHeaders) -> Self {
+        let relay = (forwarding.real_ip.iter())
+            .chain([&forwarding.forwarded_for])
+            .filter(|name| !RELAY_HEADERS.contains(&name.as_str()))
+            .cloned()
+            .collect();
+        Self { token, open, relay }
+    }
+
     /// `router` served only to these readers: a call without the token answers 401, one
     /// from beyond loopback (no token set) 403.
     pub fn guard<S: Clone + Send + Sync + 'static>(&self, router: Router<S>) -> Router<S> {
@@ -105,7 +120,10 @@ impl Readers {
                 token.clone(),
                 crate::admin::authenticate,
             )),
-            None if !self.open => router.layer(axum::middleware::from_fn(loopback_only)),
+            None if !self.open => router.layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&self.relay),
+                loopback_only,
+            )),
             None => router,
         }
     }
@@ -113,8 +131,8 @@ impl Readers {
 
 /// The dashboard alone, with its state, for serving beside the main router (see
 /// `crate::serve`).
-pub fn router(app: Arc<AppState>, token: Option<AdminToken>, open: bool) -> Router {
-    routes(token, open).with_state(app)
+pub fn router(app: Arc<AppState>, readers: Readers) -> Router {
+    routes(readers).with_state(app)
 }
 
 /// Whether a call with no admin token configured may read the endpoints: the peer must be a
@@ -173,8 +191,13 @@ pub const RELAY_HEADERS: [&str; 7] = [
     "x-envoy-external-address",
 ];
 
-/// Refuses (403) a call that [`local_call_allowed`] does not allow.
-async fn loopback_only(request: Request, next: Next) -> Response {
+/// Refuses (403) a call that [`local_call_allowed`] does not allow; `relay` names the
+/// operator's own forwarding headers ([`Readers::relay`]).
+async fn loopback_only(
+    State(relay): State<Arc<[HeaderName]>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let extensions = request.extensions();
     let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -188,9 +211,9 @@ async fn loopback_only(request: Request, next: Next) -> Response {
         Some(value) => Some(value.to_str().unwrap_or("\u{0}").to_owned()),
         None => request.uri().authority().map(|a| a.as_str().to_owned()),
     };
-    let relayed = RELAY_HEADERS
-        .iter()
-        .any(|name| request.headers().contains_key(*name));
+    let headers = request.headers();
+    let relayed = RELAY_HEADERS.iter().any(|name| headers.contains_key(*name))
+        || relay.iter().any(|name| headers.contains_key(name));
     if local_call_allowed(peer, host.as_deref(), relayed) {
         return next.run(request).await;
     }

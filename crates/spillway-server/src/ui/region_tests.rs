@@ -57,7 +57,7 @@ tenants:
     node.tally().publish_known(known, &[1], clock.now());
     let app = Arc::new(state.failure(failure).regions(Some(node)).build());
     let router = app::router(app.clone(), None, &Default::default())
-        .merge(super::router(app.clone(), None, false))
+        .merge(super::router(app.clone(), super::Readers::default()))
         .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 4000))));
     let send = |request: Request<Body>| {
         let router = router.clone();

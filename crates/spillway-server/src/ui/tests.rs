@@ -48,19 +48,22 @@ fn harness(token: Option<&str>) -> Harness {
 }
 
 fn harness_at(token: Option<&str>, peer: SocketAddr, open: bool) -> Harness {
+    harness_with(token, peer, open, &[])
+}
+
+/// As [`harness_at`], the node started with `args` too.
+fn harness_with(token: Option<&str>, peer: SocketAddr, open: bool, args: &[&str]) -> Harness {
     let app = Arc::new(
         AppState::for_test(POLICY)
             .clock(ServerClock::manual(T0_MS))
             .node("node-ui")
+            .serve_args(args)
             .build(),
     );
     let token = token.map(|t| AdminToken::new(t).expect("token"));
-    let readers = super::Readers {
-        token: token.clone(),
-        open,
-    };
-    let router = crate::app::router(app.clone(), token.clone(), &readers)
-        .merge(router(app.clone(), token, open))
+    let readers = super::Readers::new(token.clone(), open, &app.authorize.forwarding);
+    let router = crate::app::router(app.clone(), token, &readers)
+        .merge(router(app.clone(), readers))
         .layer(MockConnectInfo(peer));
     Harness { app, router }
 }
@@ -181,6 +184,7 @@ async fn with_the_admin_api_elsewhere_the_main_ports_top_still_needs_the_token()
     let readers = Readers {
         token: Some(AdminToken::new(TOKEN).expect("token")),
         open: true,
+        ..Readers::default()
     };
     let main = Harness {
         router: crate::app::router(h.app.clone(), None, &readers)
@@ -260,6 +264,23 @@ async fn without_a_token_a_foreign_host_or_peer_gets_403_unless_open() {
         let (status, _, _) = h.send(call).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{relayed}");
     }
+    // And by one carrying the forwarding headers the operator named for its own proxies.
+    let local = SocketAddr::from(([127, 0, 0, 1], 4000));
+    let args = [
+        "--real-ip-header",
+        "CF-Connecting-IP",
+        "--forwarded-for-header",
+        "X-Client-Chain",
+    ];
+    let h = harness_with(None, local, false, &args);
+    for relayed in ["cf-connecting-ip", "x-client-chain"] {
+        let mut call = request("127.0.0.1:8080");
+        let value = axum::http::HeaderValue::from_static("192.0.2.1");
+        call.headers_mut().insert(relayed, value);
+        let (status, _, _) = h.send(call).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{relayed}");
+    }
+    assert_eq!(h.send(request("localhost")).await.0, StatusCode::OK);
     let remote = SocketAddr::from(([192, 0, 2, 1], 4000));
     let h = harness_at(None, remote, false);
     for path in [
