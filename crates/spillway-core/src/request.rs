@@ -19,11 +19,12 @@ pub struct RequestAttrs {
     /// The HTTP method, e.g. `POST`.
     pub method: Option<String>,
     /// A second method the client asked the server behind the proxy to use instead
-    /// (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`). Routes are matched
-    /// under both methods, and the costlier route applies.
+    /// (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`). On a `POST`, which
+    /// is where frameworks honour it, routes are matched under both methods, and every route
+    /// matched applies.
     pub method_override: Option<String>,
-    /// The request path, e.g. `/v1/generate` (a query string is ignored but for a `_method`
-    /// parameter, which counts as a method override).
+    /// The request path, e.g. `/v1/generate` (a query string is ignored but for `_method`
+    /// parameters, which count as method overrides).
     pub path: Option<String>,
     /// An explicit tier; when absent the tenant's tier, then the policy's default tier, apply.
     pub tier: Option<String>,

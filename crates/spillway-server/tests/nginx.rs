@@ -297,6 +297,52 @@ async fn the_shipped_nginx_config_turns_denials_into_429_and_shields_the_upstrea
     assert_eq!(hits.load(Ordering::SeqCst), 2, "it reached the upstream");
 }
 
+/// Ten units a minute per client address; deleting an item costs all ten.
+const DELETE_POLICY: &str = r#"
+default_tier: free
+limits:
+  ip-minute: {algorithm: fixed_window, limit: 10, window: 1m, key: [ip]}
+global: [ip-minute]
+tiers:
+  free: {limits: []}
+routes:
+  - {match: "DELETE /v1/items/*", cost: 10}
+"#;
+
+/// Through the shipped config, a request a backend serves as `DELETE /v1/items/<id>` pays
+/// for that route however the client spells it: a `POST` with a method override (nginx
+/// passes the client's headers to the subrequest), or a path nginx's `$request_uri` keeps
+/// as sent that a strict backend reads as an item (`x%2F..`).
+#[tokio::test]
+async fn the_shipped_nginx_config_charges_a_delete_spelled_otherwise() {
+    let Some(nginx) = nginx_or_skip("a_delete_spelled_otherwise") else {
+        return;
+    };
+    let site = shipped_config();
+    let spellings: [&[u8]; 2] = [
+        b"POST /v1/items/7 HTTP/1.1\r\nHost: x\r\nX-HTTP-Method-Override: DELETE\r\n\
+          Content-Length: 0\r\nConnection: close\r\n\r\n",
+        b"DELETE /v1/items/x%2F.. HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ];
+    for spelling in spellings {
+        // A node of its own for each, so each starts with the address's ten units.
+        let spillway = Server::with_policy(DELETE_POLICY)
+            .args(&["--deny-status", "403", "--invalid-status", "401"])
+            .start();
+        let (upstream, hits) = counting_upstream().await;
+        let (_nginx, front, _dir) = start_pointed(&nginx, &site, spillway.addr(), upstream);
+        let first = raw_exchange(front, spelling).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        let second = raw_exchange(front, spelling).await;
+        assert!(second.starts_with("HTTP/1.1 429"), "{second}");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "the second reached the upstream"
+        );
+    }
+}
+
 /// A policy that identifies callers by their JWT (HS256 from the test fixtures).
 fn principals_policy() -> String {
     let jwks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/principal/jwks.json");

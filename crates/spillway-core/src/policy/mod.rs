@@ -223,11 +223,13 @@ pub struct Policy {
 pub struct Resolved {
     /// The explicit tier if the policy knows it, else the tenant's tier, else the default.
     pub tier: Arc<str>,
-    /// The first route, in file order, whose pattern matches the request.
+    /// The first route, in file order, whose pattern matches the request. A request servers
+    /// could read several ways (an oddly spelled path, a method override) may fall under
+    /// several routes: this is the costliest of them, and `limits` holds all of theirs.
     pub route: Option<Arc<Route>>,
     /// The request's own cost, else the route's, else 1. Zero means "look, do not consume".
     pub cost: u64,
-    /// The route's failure mode, else the policy's.
+    /// The route's failure mode (the strictest of the routes matched), else the policy's.
     pub failure_mode: FailureMode,
     /// Global, then tier, then route limits, with the tenant's overrides in place, each once,
     /// and only those whose every key dimension the request carries; each costs `cost`.

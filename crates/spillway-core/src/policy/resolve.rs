@@ -3,15 +3,18 @@
 //! Everything that does not depend on the request is settled at load time: for every tier
 //! and every route (or no route) the merged, de-duplicated list of limits already exists, and
 //! a tenant's overrides are a short list looked up by name. Per request, the work is a tenant
-//! and tier lookup in the catalog, a first-match scan of the routes, and building the counter keys, whose
+//! and tier lookup in the catalog, a first-match scan of the routes (one per reading of an
+//! oddly spelled request), and building the counter keys, whose
 //! dimension values are copied in place (`crate::key::KeyValues`): a value too long to keep inline
 //! and the client's network are the only allocations besides the result itself.
 
 use super::route::RequestPath;
-use super::{Dimension, LimitDef, Planned, Policy, Resolved, Route};
+use super::{Dimension, FailureMode, LimitDef, Planned, Policy, Resolved, Route};
 use crate::key::{KeyValue, KeyValues, StateKey};
 use crate::request::RequestAttrs;
+use smallvec::SmallVec;
 use std::cell::OnceCell;
+use std::cmp::Reverse;
 use std::sync::Arc;
 
 /// A tier with its limit list for each route: `plans[0]` for requests that match no route,
@@ -68,11 +71,14 @@ impl Policy {
             .or(standing.tier)
             .unwrap_or(self.default_tier);
         let tier = &self.tiers[tier_index];
-        let route_index = self.route_index(req);
-        let route = route_index.map(|i| Arc::clone(&self.routes[i]));
-        let plan = &tier.plans[route_index.map_or(0, |i| i + 1)];
-
+        let matched = self.route_indices(req);
+        let route = matched.first().map(|&i| Arc::clone(&self.routes[i]));
+        // The costliest route matched is first: the request pays its cost.
         let cost = req.cost.or(route.as_ref().map(|r| r.cost)).unwrap_or(1);
+        let failure_mode = (matched.iter())
+            .map(|&i| self.routes[i].failure_mode.unwrap_or(self.failure_mode))
+            .max_by_key(|mode| strictness(*mode))
+            .unwrap_or(self.failure_mode);
         // The client's network, written once and only if a limit counts by it.
         let network = OnceCell::new();
         let ip = || -> Option<&str> {
@@ -80,73 +86,86 @@ impl Policy {
                 .get_or_init(|| req.ip.map(|addr| self.ip_prefix.key(addr)))
                 .as_deref()
         };
-        let mut limits = Vec::with_capacity(plan.len());
-        for def in plan {
-            let def = standing.replacement(def).unwrap_or(def);
-            if let Some(values) = key_values(def, req, route.as_deref(), &ip) {
-                let key = StateKey {
-                    limit: def.name.to_arc(),
-                    fingerprint: def.fingerprint,
-                    values,
-                };
-                // A metered limit charges nothing up front: planned at cost 0, it admits the
-                // request while the limit has room for one unit (`Check::metered`), and the
-                // real cost is reported afterwards.
-                limits.push(Planned {
-                    def: Arc::clone(def),
-                    key,
-                    cost: if def.metered { 0 } else { cost },
-                });
+        // Each route matched brings its plan; a limit in several applies once, as the first
+        // (costliest) route keys it. No route: the tier's own plan.
+        let plans = (matched.iter().map(|&i| (i + 1, Some(&*self.routes[i]))))
+            .chain(matched.is_empty().then_some((0, None)));
+        let mut limits = Vec::with_capacity(tier.plans[matched.first().map_or(0, |i| i + 1)].len());
+        for (n, (plan, on)) in plans.enumerate() {
+            for def in &tier.plans[plan] {
+                if n > 0 && limits.iter().any(|p: &Planned| p.def.name == def.name) {
+                    continue;
+                }
+                let def = standing.replacement(def).unwrap_or(def);
+                if let Some(values) = key_values(def, req, on, &ip) {
+                    let key = StateKey {
+                        limit: def.name.to_arc(),
+                        fingerprint: def.fingerprint,
+                        values,
+                    };
+                    // A metered limit charges nothing up front: planned at cost 0, it admits
+                    // the request while the limit has room for one unit (`Check::metered`),
+                    // and the real cost is reported afterwards.
+                    limits.push(Planned {
+                        def: Arc::clone(def),
+                        key,
+                        cost: if def.metered { 0 } else { cost },
+                    });
+                }
             }
         }
 
         Resolved {
             tier: Arc::clone(&tier.name),
             cost,
-            failure_mode: route
-                .as_ref()
-                .and_then(|r| r.failure_mode)
-                .unwrap_or(self.failure_mode),
+            failure_mode,
             route,
             limits,
         }
     }
-}
 
-impl Policy {
-    /// The index of the route `req` falls under, if any. The path is read once; each pattern
-    /// then compares segments. A path read two ways (`route::RequestPath`), or a request
-    /// naming a second method (`X-HTTP-Method-Override` and its kin, or a `_method` query
-    /// parameter, which frameworks take in place of the method), is matched under each, and
-    /// the costlier route applies, the earlier one on a tie (the first match wins, so an
-    /// earlier route is the more specific): spelling a request oddly never makes it cheaper.
-    fn route_index(&self, req: &RequestAttrs) -> Option<usize> {
-        let path = RequestPath::read(req.path.as_deref()?)?;
-        let methods = std::iter::once(req.method.as_deref())
-            .chain(req.method_override.as_deref().map(Some))
-            .chain(path.method_param().map(Some));
-        let mut chosen: Option<usize> = None;
+    /// The routes `req` falls under, the costliest first (the earlier in the policy on a tie),
+    /// usually one or none. The path is read once; each pattern then compares segments. A path
+    /// servers could read apart (`route::RequestPath`), or a `POST` naming another method
+    /// (`X-HTTP-Method-Override` and its kin, or a `_method` query parameter, which
+    /// frameworks serve as that method), is matched under each reading and method, first
+    /// match each, and every route so matched applies: spelling a request oddly can make it
+    /// dearer, never cheaper.
+    fn route_indices(&self, req: &RequestAttrs) -> SmallVec<[usize; 2]> {
+        let mut found = SmallVec::new();
+        let Some(path) = req.path.as_deref().and_then(RequestPath::read) else {
+            return found;
+        };
+        // Frameworks honour an override on a `POST` only.
+        let overridable = req
+            .method
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case("POST"));
+        let overrides = (req.method_override.as_deref().into_iter())
+            .chain(path.method_params())
+            .filter(|_| overridable);
+        let methods = std::iter::once(req.method.as_deref()).chain(overrides.map(Some));
         for reading in path.readings() {
             for method in methods.clone() {
-                let Some(found) =
-                    (self.routes.iter()).position(|r| r.pattern.matches(method, reading))
-                else {
-                    continue;
-                };
-                chosen = match chosen {
-                    Some(kept) if !self.costlier(found, kept) => Some(kept),
-                    _ => Some(found),
-                };
+                let first = (self.routes.iter()).position(|r| r.pattern.matches(method, reading));
+                if let Some(i) = first.filter(|i| !found.contains(i)) {
+                    found.push(i);
+                }
             }
         }
-        chosen
+        if found.len() > 1 {
+            found.sort_by_key(|&i| (Reverse(self.routes[i].cost), i));
+        }
+        found
     }
+}
 
-    /// Whether route `a` charges more than route `b`: a higher cost, or the same cost and
-    /// earlier in the policy.
-    fn costlier(&self, a: usize, b: usize) -> bool {
-        let (cost_a, cost_b) = (self.routes[a].cost, self.routes[b].cost);
-        cost_a > cost_b || (cost_a == cost_b && a < b)
+/// How much a failure mode protects: when routes disagree, the most protective applies.
+fn strictness(mode: FailureMode) -> u8 {
+    match mode {
+        FailureMode::Open => 0,
+        FailureMode::Degrade => 1,
+        FailureMode::Closed => 2,
     }
 }
 

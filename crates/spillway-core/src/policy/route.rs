@@ -29,12 +29,15 @@
 //!
 //! Lenience alone can make a path *shorter* than a stricter server reads it: Express routes
 //! `/v1/generate/x%2F..` (or, behind an nginx that passes the request line as it came,
-//! `/v1/generate/..`) to `/v1/generate/:id`, which the lenient reading takes for `/v1`, and
-//! an API naming items by escaped paths (`/projects/group%2Fname/issues`) is read with one
-//! segment too many. So a path holding `\`, `%`, `;` or a `.` segment is also read
-//! literally: split at `/` only, empty segments skipped, everything else kept as a segment
-//! (its escapes decoded for comparing). The resolver matches the routes under both readings
-//! and applies the costlier route (`Policy::resolve`). Plain paths have one reading.
+//! `/v1/generate/..`) to `/v1/generate/:id`, which the lenient reading takes for
+//! `/v1/generate` or `/v1`, and an API naming items by escaped paths
+//! (`/projects/group%2Fname/issues`) is read with one segment too many. Servers also mix the
+//! choices: nginx resolves dots but keeps `;`, Django decodes `%2F` but keeps dots. So a path
+//! holding `\`, `%`, `;` or a `.` segment is read each way the three choices allow
+//! ([`Reading`]: escaped separators split or not, parameters dropped or not, dots resolved or
+//! not; up to eight distinct readings), empty segments always skipped. The resolver matches
+//! the routes under every reading and applies all the routes matched
+//! (`Policy::route_indices`). Plain paths have one reading.
 //!
 //! Patterns are read the same way when the policy loads (`GET /a/` is `GET /a`), except that
 //! `..` and `;` are refused in them.
@@ -79,10 +82,40 @@ fn escape_at(bytes: &[u8], hi: u8, lo: u8) -> bool {
     matches!(bytes, [b'%', h, l, ..] if *h == hi && l.to_ascii_lowercase() == lo)
 }
 
-/// The segments of a path (after its leading `/`), each without its path parameters:
-/// separated by `/`, `\`, `%2F` or `%5C`, parameters running from `;` or `%3B` to the next
-/// `/` or `\` (see the module docs).
-fn split_segments(body: &str) -> impl Iterator<Item = &str> {
+/// How a server may read a path: each choice is one some server makes and another does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reading {
+    /// `\`, `%2F` and `%5C` separate segments as `/` does (outside parameters, when those are
+    /// dropped).
+    escapes: bool,
+    /// A segment's `;` (or `%3B`) parameters are dropped.
+    params: bool,
+    /// `.` segments are skipped and `..` removes the segment before.
+    dots: bool,
+}
+
+impl Reading {
+    /// The most lenient reading, the one patterns are read with.
+    const LENIENT: Self = Self {
+        escapes: true,
+        params: true,
+        dots: true,
+    };
+
+    /// Every reading, the lenient one first.
+    fn all() -> impl Iterator<Item = Self> {
+        (0..8u8).map(|bits| Self {
+            escapes: bits & 1 == 0,
+            params: bits & 2 == 0,
+            dots: bits & 4 == 0,
+        })
+    }
+}
+
+/// The segments of a path (after its leading `/`) as `how` reads them, empty ones included:
+/// separated by `/` (and `\`, `%2F`, `%5C` if `how.escapes`), each without its parameters
+/// (from `;` or `%3B` to the next separator) if `how.params`. See the module docs.
+fn split_segments(body: &str, how: Reading) -> impl Iterator<Item = &str> {
     let bytes = body.as_bytes();
     let mut start = 0;
     let mut i = 0;
@@ -95,17 +128,19 @@ fn split_segments(body: &str) -> impl Iterator<Item = &str> {
         while i < bytes.len() {
             let rest = &bytes[i..];
             let width = match rest[0] {
-                b'/' | b'\\' => 1,
-                b'%' if params.is_none()
+                b'/' => 1,
+                b'\\' if how.escapes => 1,
+                b'%' if how.escapes
+                    && params.is_none()
                     && (escape_at(rest, b'2', b'f') || escape_at(rest, b'5', b'c')) =>
                 {
                     3
                 }
-                b';' => {
+                b';' if how.params => {
                     params.get_or_insert(i);
                     0
                 }
-                b'%' if escape_at(rest, b'3', b'b') => {
+                b'%' if how.params && escape_at(rest, b'3', b'b') => {
                     params.get_or_insert(i);
                     0
                 }
@@ -125,17 +160,19 @@ fn split_segments(body: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// A path's segments after its leading `/`, read as the module docs say: empty and `.`
-/// segments skipped, `..` removing the one before (never above the root). Also says whether
-/// a `..` was seen, which a pattern may not contain.
-fn normalized(body: &str) -> (SmallVec<[&str; 8]>, bool) {
+/// A path's segments after its leading `/`, read as `how` says, empty segments skipped.
+/// Also says whether a `..` was seen, which a pattern may not contain.
+fn normalized(body: &str, how: Reading) -> (SmallVec<[&str; 8]>, bool) {
     let mut segments: SmallVec<[&str; 8]> = SmallVec::new();
     let mut stepped_back = false;
-    for part in split_segments(body) {
-        if part.is_empty() || decoded_eq(".", part, true) {
+    for part in split_segments(body, how) {
+        if part.is_empty() {
             continue;
         }
-        if decoded_eq("..", part, true) {
+        if how.dots && decoded_eq(".", part, true) {
+            continue;
+        }
+        if how.dots && decoded_eq("..", part, true) {
             stepped_back = true;
             segments.pop();
         } else {
@@ -145,18 +182,21 @@ fn normalized(body: &str) -> (SmallVec<[&str; 8]>, bool) {
     (segments, stepped_back)
 }
 
+/// The most `_method` parameters read from one query (each one more method to match under).
+const MAX_METHOD_PARAMS: usize = 4;
+
 /// A request's path, read once per request and then compared with each route's pattern:
-/// leniently, and literally too when the two can differ (see the module docs).
+/// each way a server behind the proxy may read it (see the module docs).
 #[derive(Debug)]
 pub(crate) struct RequestPath<'a> {
-    lenient: SmallVec<[&'a str; 8]>,
-    literal: Option<SmallVec<[&'a str; 8]>>,
-    /// The query's `_method` parameter, which Laravel and Symfony take as the method.
-    method_param: Option<String>,
+    /// The distinct readings, the lenient one first.
+    readings: SmallVec<[SmallVec<[&'a str; 8]>; 1]>,
+    /// The query's `_method` parameters, which frameworks take as the method of a `POST`.
+    method_params: SmallVec<[String; 1]>,
 }
 
 impl<'a> RequestPath<'a> {
-    /// Reads `path` (its `?query` and `#fragment` ignored but for a `_method` parameter). A
+    /// Reads `path` (its `?query` and `#fragment` ignored but for `_method` parameters). A
     /// request target in absolute form (`http://host/v1/generate`, which servers must accept)
     /// is read by its path. `None` when there is no path starting with `/`, which no pattern
     /// matches.
@@ -166,48 +206,61 @@ impl<'a> RequestPath<'a> {
             None => (path, None),
         };
         let body = without_origin(path).strip_prefix('/')?;
-        let lenient = normalized(body).0;
-        let literal = may_differ(body).then(|| literally(body));
+        let mut readings = SmallVec::new();
+        readings.push(normalized(body, Reading::LENIENT).0);
+        if may_differ(body) {
+            for how in Reading::all().skip(1) {
+                let reading = normalized(body, how).0;
+                if !readings.contains(&reading) {
+                    readings.push(reading);
+                }
+            }
+        }
         Some(Self {
-            literal: literal.filter(|literal| *literal != lenient),
-            lenient,
-            method_param: query.and_then(method_param),
+            readings,
+            method_params: query.map(method_params).unwrap_or_default(),
         })
     }
 
     /// The readings of the path, the lenient one first.
     pub(crate) fn readings(&self) -> impl Iterator<Item = &[&'a str]> + Clone {
-        std::iter::once(&*self.lenient).chain(self.literal.as_deref())
+        self.readings.iter().map(|reading| &reading[..])
     }
 
-    /// The method the query's `_method` parameter names, if any.
-    pub(crate) fn method_param(&self) -> Option<&str> {
-        self.method_param.as_deref()
+    /// The methods the query's `_method` parameters name.
+    pub(crate) fn method_params(&self) -> impl Iterator<Item = &str> + Clone {
+        self.method_params.iter().map(String::as_str)
     }
 }
 
-/// Whether the literal reading of `body` could differ from the lenient one: only a `\`, an
-/// escape, a `;` or a `.` segment can make them differ.
+/// Whether readings of `body` could differ from the lenient one: only a `\`, an escape, a
+/// `;` or a `.` segment can make them differ.
 fn may_differ(body: &str) -> bool {
     body.bytes().any(|b| matches!(b, b'\\' | b'%' | b';'))
         || body.split('/').any(|part| part == "." || part == "..")
 }
 
-/// `body`'s segments as a strict server reads them: split at `/` only, empty ones skipped,
-/// the rest (`.`, `..`, parameters, escaped separators) kept whole.
-fn literally(body: &str) -> SmallVec<[&str; 8]> {
-    body.split('/').filter(|part| !part.is_empty()).collect()
-}
-
-/// The value of the `_method` parameter in `query` (before any `#fragment`), decoded, if
-/// it is present and not empty.
-fn method_param(query: &str) -> Option<String> {
+/// The values of the `_method` parameters in `query` (before any `#fragment`), decoded, up to
+/// [`MAX_METHOD_PARAMS`]. A name is compared as PHP reads it: decoded, with `.`, `+` and a
+/// space standing for `_` (`%5Fmethod`, `.method`).
+fn method_params(query: &str) -> SmallVec<[String; 1]> {
     let query = query.split('#').next().unwrap_or_default();
+    let is_method = |name: &str| {
+        (decoded(name))
+            .map(|b| match b {
+                b'.' | b'+' | b' ' => b'_',
+                b => b,
+            })
+            .eq(*b"_method")
+    };
     query
         .split('&')
-        .find_map(|pair| pair.strip_prefix("_method="))
-        .map(decode)
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(name, _)| is_method(name))
+        .map(|(_, value)| decode(value))
         .filter(|method| !method.is_empty())
+        .take(MAX_METHOD_PARAMS)
+        .collect()
 }
 
 /// `target` without a leading `scheme://authority` (the absolute form of a request target),
@@ -299,7 +352,7 @@ impl RoutePattern {
                  from requests before matching, so a pattern cannot name them"
             ));
         }
-        let (parts, stepped_back) = normalized(body);
+        let (parts, stepped_back) = normalized(body, Reading::LENIENT);
         if stepped_back {
             return Err(format!(
                 "in `{path}`, `..` is not allowed: write the path it leads to"

@@ -16,7 +16,8 @@
 //!   they win over the method and path headers, which are ignored in this form: those headers
 //!   may come from the client (a proxy that passes them through), and a client that could
 //!   name its own path could pick the cheapest route. The query string belongs to the client
-//!   here too, so it is never read.
+//!   here too: it never turns counting off, and is read only for `_method` parameters (a
+//!   `POST` with one is served as that method, so the route matched under it applies too).
 //!
 //! Answers: the allow status (200, or 204) with the rate-limit headers; on deny the deny status
 //! (429 unless configured otherwise: nginx needs 401 or 403, see `NGINX.md`) with the headers
@@ -63,9 +64,16 @@ pub async fn authorize_prefixed(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let path = uri.path().strip_prefix(PREFIX).unwrap_or("/");
-    let path = if path.is_empty() { "/" } else { path };
-    let own = (method.as_str().to_owned(), path.to_owned());
+    // The query comes along for its `_method` parameters (frameworks serve a `POST` with one
+    // as that method); the engine reads nothing else from it.
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = target.strip_prefix(PREFIX).unwrap_or("/");
+    let path = if path.is_empty() || path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_owned()
+    };
+    let own = (method.as_str().to_owned(), path);
     answer(&app, peer, &uri, headers, Some(own)).await
 }
 
@@ -88,7 +96,9 @@ async fn answer(
         principal::with_authority(&mut headers, uri);
     }
     let headers = &headers;
-    let mut attrs = match attrs_from_headers(headers, &settings.headers, &policy) {
+    // The prefixed form's own method and path win; their headers are not even read.
+    let route_headers = own.is_none();
+    let mut attrs = match attrs_from_headers(headers, &settings.headers, route_headers, &policy) {
         Ok(attrs) => attrs,
         Err(problem) => return problem.with_status(settings.invalid_status).into_response(),
     };
@@ -128,16 +138,24 @@ async fn answer(
     }
 }
 
-/// Reads every attribute except the IP from the mapped headers; descriptor headers are
-/// matched to `policy`'s declared descriptors.
+/// Reads every attribute except the IP from the mapped headers (the method and path only if
+/// `route_headers`); descriptor headers are matched to `policy`'s declared descriptors.
 pub fn attrs_from_headers(
     headers: &HeaderMap,
     mapping: &HeaderMapping,
+    route_headers: bool,
     policy: &Policy,
 ) -> Result<RequestAttrs, Problem> {
+    let route = |names| {
+        if route_headers {
+            first(headers, names)
+        } else {
+            Ok(None)
+        }
+    };
     let mut attrs = RequestAttrs {
-        method: first(headers, &mapping.method)?,
-        path: first(headers, &mapping.path)?,
+        method: route(&mapping.method)?,
+        path: route(&mapping.path)?,
         tenant: first(headers, &mapping.tenant)?,
         user: first(headers, &mapping.user)?,
         tier: first(headers, &mapping.tier)?,
@@ -283,7 +301,7 @@ mod tests {
             ("x-descriptor-api-key", "k1"),
             ("x-descriptor-apikey", "k1"),
         ]);
-        let attrs = attrs_from_headers(&agree, &mapping(), &policy()).expect("they agree");
+        let attrs = attrs_from_headers(&agree, &mapping(), true, &policy()).expect("they agree");
         assert_eq!(
             attrs.descriptors.get("apiKey").map(String::as_str),
             Some("k1")
@@ -292,7 +310,8 @@ mod tests {
             ("x-descriptor-api-key", "k1"),
             ("x-descriptor-api_key", "mine"),
         ]);
-        let problem = attrs_from_headers(&clash, &mapping(), &policy()).expect_err("conflict");
+        let problem =
+            attrs_from_headers(&clash, &mapping(), true, &policy()).expect_err("conflict");
         assert_eq!(problem.status(), axum::http::StatusCode::BAD_REQUEST);
         let detail = problem.detail();
         assert!(
@@ -315,7 +334,7 @@ mod tests {
             ("x-descriptor-data-center", "fra"),
             ("x-descriptor-region", "eu"),
         ]);
-        let attrs = attrs_from_headers(&h, &mapping(), &policy()).expect("valid");
+        let attrs = attrs_from_headers(&h, &mapping(), true, &policy()).expect("valid");
         assert_eq!(attrs.method.as_deref(), Some("DELETE"));
         assert_eq!(attrs.path.as_deref(), Some("/v1/items/7?x=1"));
         assert_eq!(attrs.tenant.as_deref(), Some("acme"));
@@ -347,7 +366,8 @@ mod tests {
             ("x-original-uri", "/v1/cheap"),
             ("x-forwarded-uri", "/v1/generate"),
         ]);
-        let problem = attrs_from_headers(&clash, &mapping(), &policy()).expect_err("two paths");
+        let problem =
+            attrs_from_headers(&clash, &mapping(), true, &policy()).expect_err("two paths");
         assert_eq!(problem.status(), axum::http::StatusCode::BAD_REQUEST);
         let detail = problem.detail();
         assert!(
@@ -363,7 +383,7 @@ mod tests {
                 ("x-method-override", "DELETE"),
             ]),
         ] {
-            assert!(attrs_from_headers(&clash, &mapping(), &policy()).is_err());
+            assert!(attrs_from_headers(&clash, &mapping(), true, &policy()).is_err());
         }
         // Values that agree (white space aside), and blank ones, are one value.
         let agree = headers(&[
@@ -372,7 +392,7 @@ mod tests {
             ("x-tenant-id", ""),
             ("x-tenant-id", "acme"),
         ]);
-        let attrs = attrs_from_headers(&agree, &mapping(), &policy()).expect("they agree");
+        let attrs = attrs_from_headers(&agree, &mapping(), true, &policy()).expect("they agree");
         assert_eq!(attrs.path.as_deref(), Some("/v1/generate"));
         assert_eq!(attrs.tenant.as_deref(), Some("acme"));
     }
@@ -385,7 +405,7 @@ mod tests {
             "x-method-override",
         ] {
             let h = headers(&[("x-original-method", "POST"), (name, "DELETE")]);
-            let attrs = attrs_from_headers(&h, &mapping(), &policy()).expect("valid");
+            let attrs = attrs_from_headers(&h, &mapping(), true, &policy()).expect("valid");
             assert_eq!(attrs.method.as_deref(), Some("POST"));
             assert_eq!(attrs.method_override.as_deref(), Some("DELETE"), "{name}");
         }
@@ -393,14 +413,15 @@ mod tests {
 
     #[test]
     fn absent_headers_leave_attributes_unset() {
-        let attrs = attrs_from_headers(&HeaderMap::new(), &mapping(), &policy()).expect("valid");
+        let attrs =
+            attrs_from_headers(&HeaderMap::new(), &mapping(), true, &policy()).expect("valid");
         assert_eq!(attrs, RequestAttrs::default());
     }
 
     #[test]
     fn bad_costs_name_the_header() {
         let h = headers(&[("x-ratelimit-cost", "many")]);
-        let problem = attrs_from_headers(&h, &mapping(), &policy()).expect_err("invalid");
+        let problem = attrs_from_headers(&h, &mapping(), true, &policy()).expect_err("invalid");
         assert_eq!(problem.status(), axum::http::StatusCode::BAD_REQUEST);
         assert_eq!(problem.field(), Some("x-ratelimit-cost"));
     }
@@ -410,7 +431,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let value = HeaderValue::from_bytes(&[0xff, 0xfe]).expect("opaque bytes are allowed");
         h.insert("x-tenant-id", value);
-        let problem = attrs_from_headers(&h, &mapping(), &policy()).expect_err("invalid");
+        let problem = attrs_from_headers(&h, &mapping(), true, &policy()).expect_err("invalid");
         assert_eq!(problem.field(), Some("x-tenant-id"));
     }
 }

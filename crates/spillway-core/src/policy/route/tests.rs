@@ -137,24 +137,31 @@ fn readings(path: &str) -> Vec<Vec<String>> {
 }
 
 #[test]
-fn a_path_servers_could_read_apart_is_also_read_literally() {
-    // Plain paths have one reading: nothing a server could read otherwise.
-    assert_eq!(readings("/v1/generate/7?x=1"), [["v1", "generate", "7"]]);
+fn a_path_servers_could_read_apart_is_read_each_way() {
+    // Plain paths have one reading, whatever a server makes of them.
+    for path in [
+        "/v1/generate/7?x=1",
+        "//v1//generate/",
+        "/users/john.smith",
+        "/files/a.b/",
+        "/v1/x.../y",
+    ] {
+        assert_eq!(readings(path).len(), 1, "{path}");
+    }
     assert_eq!(readings("//v1//generate/"), [["v1", "generate"]]);
-    // An escape that reads the same both ways gives one reading too.
+    // An escape that reads the same every way gives one reading too.
     assert_eq!(readings("/v1/%67enerate"), [["v1", "%67enerate"]]);
-    // Lenience shortens these; a strict server keeps every segment.
-    assert_eq!(
-        readings("/v1/generate/x%2F.."),
-        [vec!["v1", "generate"], vec!["v1", "generate", "x%2F.."]]
+    assert_eq!(readings("/a%20b/"), [["a%20b"]]);
+    // Lenience shortens these; a strict server (Express) keeps every segment.
+    let shortened = readings("/v1/generate/x%2F..");
+    assert_eq!(shortened[0], ["v1", "generate"]);
+    assert!(
+        shortened.contains(&vec!["v1".into(), "generate".into(), "x%2F..".into()]),
+        "{shortened:?}"
     );
     assert_eq!(
         readings("/v1/generate/.."),
         [vec!["v1"], vec!["v1", "generate", ".."]]
-    );
-    assert_eq!(
-        readings("/v1/./generate"),
-        [vec!["v1", "generate"], vec!["v1", ".", "generate"]]
     );
     assert_eq!(
         readings("/projects/group%2Fname/issues"),
@@ -163,10 +170,22 @@ fn a_path_servers_could_read_apart_is_also_read_literally() {
             vec!["projects", "group%2Fname", "issues"]
         ]
     );
-    assert_eq!(
-        readings("/v1/generate;x\\y"),
-        [vec!["v1", "generate", "y"], vec!["v1", "generate;x\\y"]]
+    // nginx resolves dots and keeps `;`: `/v1/generate/;/..` is `/v1/generate` there.
+    let mixed = readings("/v1/generate/;/..");
+    assert_eq!(mixed[0], ["v1"]);
+    assert!(
+        mixed.contains(&vec!["v1".into(), "generate".into()]),
+        "{mixed:?}"
     );
+    // Django decodes `%2F` and keeps dots: `/v1/generate%2F..` is `generate/..` there.
+    let mixed = readings("/v1/generate%2F..");
+    assert_eq!(mixed[0], ["v1"]);
+    assert!(
+        mixed.contains(&vec!["v1".into(), "generate".into(), "..".into()]),
+        "{mixed:?}"
+    );
+    // Three choices, so never more than eight readings.
+    assert!(readings("/a;b/%2F/../.\\x%3Bc/..%5C.").len() <= 8);
     // An escaped path is matched where a strict server routes it.
     let p = pattern("GET /projects/*/issues");
     assert!(at(&p, Some("GET"), "/projects/group%2Fname/issues"));
@@ -175,27 +194,49 @@ fn a_path_servers_could_read_apart_is_also_read_literally() {
         Some("POST"),
         "/v1/generate/x%2F.."
     ));
+    assert!(at(
+        &pattern("POST /v1/generate/*"),
+        Some("POST"),
+        "/v1/generate%2F.."
+    ));
+    assert!(at(
+        &pattern("POST /v1/generate"),
+        Some("POST"),
+        "/v1/generate/;/.."
+    ));
 }
 
 #[test]
-fn a_method_parameter_is_read_from_the_query() {
-    let read = |path| RequestPath::read(path).expect("a path");
-    assert_eq!(
-        read("/v1/items/7?_method=DELETE").method_param(),
-        Some("DELETE")
-    );
-    assert_eq!(
-        read("/v1/items/7?a=1&_method=%44ELETE#f").method_param(),
-        Some("DELETE")
-    );
+fn method_parameters_are_read_from_the_query_as_php_reads_them() {
+    let methods = |path| {
+        let path = RequestPath::read(path).expect("a path");
+        path.method_params().map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert_eq!(methods("/v1/items/7?_method=DELETE"), ["DELETE"]);
+    assert_eq!(methods("/v1/items/7?a=1&_method=%44ELETE#f"), ["DELETE"]);
+    // PHP keeps the last of several; every one is read.
+    assert_eq!(methods("/i?_method=GET&_method=DELETE"), ["GET", "DELETE"]);
+    // PHP reads `.`, `+` and a space in a name as `_`, and decodes it first.
+    for path in [
+        "/i?%5Fmethod=PUT",
+        "/i?.method=PUT",
+        "/i?+method=PUT",
+        "/i?%20method=PUT",
+    ] {
+        assert_eq!(methods(path), ["PUT"], "{path}");
+    }
     for path in [
         "/v1/items/7",
         "/v1/items/7?_method=",
         "/v1/items/7?x_method=DELETE",
+        "/v1/items/7?_method",
         "/v1/items/7#?_method=DELETE",
     ] {
-        assert_eq!(read(path).method_param(), None, "{path}");
+        assert!(methods(path).is_empty(), "{path}");
     }
+    // A bounded number, however many the query holds.
+    let many = format!("/i?{}", "_method=X&".repeat(100));
+    assert_eq!(methods(&many).len(), super::MAX_METHOD_PARAMS);
 }
 
 #[test]

@@ -161,81 +161,107 @@ fn spellings_a_lenient_server_reads_as_the_route_pay_its_cost_and_limits() {
     }
 }
 
-/// A policy whose costly routes a lenient reading alone would let a client dodge.
+/// A policy whose costly routes one reading of a path alone would let a client dodge.
 const SHORTENED: &str = r#"
 default_tier: t
+failure_mode: open
 limits:
   l: {algorithm: gcra, rate: 1/s, key: [ip]}
+  generate-once: {algorithm: fixed_window, limit: 1, window: 1m, key: [user]}
+  delete-once: {algorithm: fixed_window, limit: 1, window: 1m, key: [user]}
+  read-many: {algorithm: fixed_window, limit: 100, window: 1m, key: [user]}
 tiers:
   t: {limits: [l]}
 routes:
   - {match: "GET /v1/cheap/*", cost: 1}
-  - {match: "POST /v1/generate/*", cost: 10}
-  - {match: "DELETE /v1/items/*", cost: 8}
+  - {match: "POST /v1/generate/*", cost: 10, limits: [generate-once], failure_mode: closed}
+  - {match: "GET /v1/generate", cost: 5, limits: [read-many]}
+  - {match: "POST /v1/generate", cost: 5, limits: [generate-once]}
+  - {match: "DELETE /v1/items/*", cost: 1, limits: [delete-once]}
   - {match: "GET /projects/*/issues", cost: 4}
-  - {match: "* /v1/generate", cost: 2}
+  - {match: "* /v1/**", cost: 2, failure_mode: degrade}
   - {match: "* /**", cost: 1}
 "#;
 
+/// The route a request of `method` on `path` is named under, its cost, failure mode and
+/// limits.
+fn under(policy: &Policy, req: &RequestAttrs) -> (String, u64, FailureMode, Vec<String>) {
+    let r = policy.resolve(req);
+    let mut limits: Vec<String> = names(&r).into_iter().map(str::to_owned).collect();
+    limits.sort();
+    let route = r.route.map(|r| r.name.to_string()).unwrap_or_default();
+    (route, r.cost, r.failure_mode, limits)
+}
+
 #[test]
-fn a_path_read_two_ways_pays_for_the_costlier_route() {
+fn a_path_read_several_ways_pays_for_every_route_it_falls_under() {
     let policy = load(SHORTENED);
-    let route_of = |method: &str, path: &str| {
-        let r = policy.resolve(&request("t", "u", method, path));
-        (
-            r.route.map(|r| r.name.to_string()).unwrap_or_default(),
-            r.cost,
-        )
-    };
-    let route = |name: &str, cost| (name.to_owned(), cost);
+    let of = |method: &str, path: &str| under(&policy, &request("t", "u", method, path));
+    let closed = FailureMode::Closed;
     // Express routes these to `/v1/generate/:id`; leniently they are `/v1/generate` or less.
     for path in [
         "/v1/generate/x%2F..",
         "/v1/generate/..",
         "/v1/generate/x%5C..",
         "/v1/generate/.",
+        // Django decodes `%2F` but keeps `..`.
+        "/v1/generate%2F..",
     ] {
+        let (route, cost, mode, limits) = of("POST", path);
         assert_eq!(
-            route_of("POST", path),
-            route("POST /v1/generate/*", 10),
+            (route.as_str(), cost, mode),
+            ("POST /v1/generate/*", 10, closed),
             "{path}"
         );
+        assert!(
+            limits.contains(&"generate-once".to_owned()),
+            "{path}: {limits:?}"
+        );
     }
-    // The other way round: a literal reading of `cheap/<id>` that a lenient server takes
-    // to `/v1/generate/x` pays for generating.
-    assert_eq!(
-        route_of("POST", "/v1/cheap/..%2Fgenerate%2Fx"),
-        route("POST /v1/generate/*", 10)
-    );
+    // nginx resolves the dots and keeps `;`: it serves `/v1/generate`.
+    let (_, _, _, limits) = of("POST", "/v1/generate/;/..");
+    assert!(limits.contains(&"generate-once".to_owned()), "{limits:?}");
+    // A strict server keeps `.`: `* /v1/**` is dearer, but the items route's own limit stays.
+    let (route, cost, mode, limits) = of("DELETE", "/v1/items/7/.");
+    assert_eq!((route.as_str(), cost), ("* /v1/**", 2));
+    assert_eq!(mode, FailureMode::Degrade);
+    assert_eq!(limits, ["delete-once", "l"]);
     // An escaped id is the route a strict server routes it to.
-    assert_eq!(
-        route_of("GET", "/projects/group%2Fname/issues"),
-        route("GET /projects/*/issues", 4)
-    );
+    let (route, cost, _, _) = of("GET", "/projects/group%2Fname/issues");
+    assert_eq!((route.as_str(), cost), ("GET /projects/*/issues", 4));
     // A plain path is read once, the first match as always.
-    assert_eq!(route_of("GET", "/v1/cheap/7"), route("GET /v1/cheap/*", 1));
-    assert_eq!(route_of("POST", "/v1/generate"), route("* /v1/generate", 2));
+    assert_eq!(of("GET", "/v1/cheap/7").0, "GET /v1/cheap/*");
+    let (route, cost, mode, limits) = of("POST", "/v1/generate");
+    assert_eq!(
+        (route.as_str(), cost, mode),
+        ("POST /v1/generate", 5, FailureMode::Open)
+    );
+    assert_eq!(limits, ["generate-once", "l"]);
 }
 
 #[test]
-fn a_second_method_the_client_names_pays_for_the_costlier_route() {
+fn a_post_naming_another_method_pays_for_both() {
     let policy = load(SHORTENED);
     let mut req = request("t", "u", "POST", "/v1/items/7");
-    assert_eq!(policy.resolve(&req).cost, 1);
+    assert_eq!(under(&policy, &req).3, ["l"]);
     req.method_override = Some("delete".into());
-    let resolved = policy.resolve(&req);
-    assert_eq!(
-        resolved.route.map(|r| r.name.to_string()).as_deref(),
-        Some("DELETE /v1/items/*")
-    );
-    assert_eq!(resolved.cost, 8);
+    let (route, cost, _, limits) = under(&policy, &req);
+    // The catch-all is dearer and names the request; the delete route's limit applies too.
+    assert_eq!((route.as_str(), cost), ("* /v1/**", 2));
+    assert_eq!(limits, ["delete-once", "l"]);
     // The same as a query parameter, which Laravel and Symfony read.
     let req = request("t", "u", "POST", "/v1/items/7?_method=DELETE");
-    assert_eq!(policy.resolve(&req).cost, 8);
-    // A cheaper override changes nothing.
-    let mut req = request("t", "u", "DELETE", "/v1/items/7?_method=GET");
+    assert_eq!(under(&policy, &req).3, ["delete-once", "l"]);
+    // A tie in cost keeps the POST route's limits beside the GET route's.
+    let mut req = request("t", "u", "POST", "/v1/generate");
     req.method_override = Some("GET".into());
-    assert_eq!(policy.resolve(&req).cost, 8);
+    let (route, cost, _, limits) = under(&policy, &req);
+    assert_eq!((route.as_str(), cost), ("GET /v1/generate", 5));
+    assert_eq!(limits, ["generate-once", "l", "read-many"]);
+    // Frameworks honour an override on a POST only.
+    let mut req = request("t", "u", "GET", "/v1/items/7?_method=DELETE");
+    req.method_override = Some("DELETE".into());
+    assert_eq!(under(&policy, &req).3, ["l"]);
 }
 
 #[test]
