@@ -12,6 +12,7 @@
 //! - [`engine`]: multi-limit, all-or-nothing verdicts over a store.
 //! - [`envoy_config`]: envoyproxy/ratelimit's descriptor YAML, compiled onto the same limits.
 //! - [`headers`]: `X-RateLimit-*`, `Retry-After`, `RateLimit` and `RateLimit-Policy`.
+//! - [`host`]: a `Host` (or authority) read one strict way: the tenant a host names, loopback.
 //! - [`json`]: JSON strings with serde_json's escapes, for bodies written by hand.
 //! - [`topk`]: heavy-hitter sketches over sliding windows (hot keys, most denied tenants).
 //! - [`redact`]: passwords in connection URLs masked before any text shows them.
@@ -28,6 +29,7 @@ pub mod catalog;
 pub mod engine;
 pub mod envoy_config;
 pub mod headers;
+pub mod host;
 pub mod json;
 pub mod key;
 pub mod policy;

@@ -765,15 +765,7 @@ fn loopback_http(url: &str) -> bool {
         return false;
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.contains('@') {
-        return false;
-    }
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.split(':').next().unwrap_or(""),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    // Not `user@host`: a reader could take either side for the host.
+    !authority.contains('@')
+        && crate::host::Host::read(authority).is_ok_and(|h| h.is_some_and(|h| h.is_loopback()))
 }

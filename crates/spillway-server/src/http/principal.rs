@@ -11,6 +11,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::HOST;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use spillway_core::host::Host;
 use spillway_core::policy::Policy;
 use spillway_core::request::RequestAttrs;
 use std::convert::Infallible;
@@ -76,9 +77,13 @@ pub fn with_authority(headers: &mut HeaderMap, uri: &Uri) {
 }
 
 /// Whether two host values name the same host, read as the subdomain rules read them (case,
-/// port and a trailing dot aside).
+/// port and a trailing dot aside); two values that are no host are the same only as text.
 fn same_host(a: &str, b: &str) -> bool {
-    principal::subdomain::host_name(a) == principal::subdomain::host_name(b)
+    let (a, b) = (a.trim(), b.trim());
+    match (Host::read(a), Host::read(b)) {
+        (Ok(Some(a)), Ok(Some(b))) => a.same(&b),
+        _ => a.eq_ignore_ascii_case(b),
+    }
 }
 
 /// Identifies the caller of a request with `policy`'s `principals:` section and applies the

@@ -14,11 +14,9 @@
 
 use super::Principal;
 use spillway_core::catalog::Catalog;
+use spillway_core::host::Host;
+pub use spillway_core::host::NotAHost;
 use spillway_core::policy::principal::SubdomainSettings;
-
-/// A host header's value that cannot be read as `name[:port]` or `[address][:port]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotAHost;
 
 /// The principal a host name gives: `None` when it names no tenant the catalog holds (or is
 /// no host), which counts as no host presented at all. Only a single label directly under the
@@ -59,68 +57,29 @@ struct Under {
     deeper: bool,
 }
 
-/// The label directly above the base, if the host is under it; `Err` if it is no host.
+/// The label directly above the base, if the host is under it; `Err` if it is no host. The
+/// header's value is read as [`Host::read`] reads it, white space around it aside.
 fn under_base(host: &str, settings: &SubdomainSettings) -> Result<Option<Under>, NotAHost> {
-    let Some(name) = host_name(host)? else {
+    let Some(Host::Name(name)) = Host::read(host.trim())? else {
         return Ok(None);
     };
-    let Some(rest) =
-        (name.strip_suffix(settings.base.as_str())).and_then(|rest| rest.strip_suffix('.'))
-    else {
+    // A name is ASCII (`Host::read`), so any byte offset is a character boundary.
+    let base = settings.base.as_str();
+    let Some(dot) = name.len().checked_sub(base.len() + 1) else {
         return Ok(None);
     };
+    if name.as_bytes()[dot] != b'.' || !name[dot + 1..].eq_ignore_ascii_case(base) {
+        return Ok(None);
+    }
+    let rest = &name[..dot];
     let (label, deeper) = match rest.rsplit_once('.') {
         Some((_, label)) => (label, true),
         None => (rest, false),
     };
     Ok(Some(Under {
-        label: label.to_owned(),
+        label: label.to_ascii_lowercase(),
         deeper,
     }))
-}
-
-/// The name a host header's value gives, lower-cased, without its port and its one trailing
-/// dot: `None` for an empty value or an address in brackets (an IPv6 literal), which name no
-/// tenant. Each label of a name is 1 to 63 letters, digits, `-` or `_`; a port is digits.
-pub fn host_name(host: &str) -> Result<Option<String>, NotAHost> {
-    let host = host.trim();
-    if host.is_empty() {
-        return Ok(None);
-    }
-    let (name, port) = match host.strip_prefix('[') {
-        Some(literal) => {
-            let (address, after) = literal.split_once(']').ok_or(NotAHost)?;
-            let is_address = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.';
-            if address.is_empty() || !address.bytes().all(is_address) {
-                return Err(NotAHost);
-            }
-            let port = match after {
-                "" => "",
-                after => after.strip_prefix(':').ok_or(NotAHost)?,
-            };
-            (None, port)
-        }
-        None => {
-            let (name, port) = host.split_once(':').unwrap_or((host, ""));
-            (Some(name), port)
-        }
-    };
-    if !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(NotAHost);
-    }
-    let Some(name) = name else {
-        return Ok(None);
-    };
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let is_label = |l: &str| {
-        (1..=63).contains(&l.len())
-            && l.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    if !name.split('.').all(is_label) {
-        return Err(NotAHost);
-    }
-    Ok(Some(name.to_ascii_lowercase()))
 }
 
 #[cfg(test)]

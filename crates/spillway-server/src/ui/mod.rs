@@ -45,7 +45,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use std::net::{IpAddr, SocketAddr};
+use spillway_core::host::Host;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Where the page lives.
@@ -159,25 +160,7 @@ pub fn local_call_allowed(peer: Option<SocketAddr>, host: Option<&str>, relayed:
 
 /// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
 fn host_is_loopback(host: &str) -> bool {
-    let host = host.trim();
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        match rest.split_once(']') {
-            Some((inside, after)) if after.is_empty() || after.starts_with(':') => inside,
-            _ => return false,
-        }
-    } else {
-        match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            Some(_) => return false,
-            None => host,
-        }
-    };
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    name.parse::<IpAddr>()
-        .is_ok_and(|ip| ip.to_canonical().is_loopback())
+    Host::read(host.trim()).is_ok_and(|host| host.is_some_and(|h| h.is_loopback()))
 }
 
 /// Headers a proxy adds to what it relays: a call carrying one is not a local caller's.
