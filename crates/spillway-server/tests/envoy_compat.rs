@@ -109,11 +109,59 @@ fn repo_file(relative: &str) -> std::path::PathBuf {
         .join(relative)
 }
 
-/// The descriptors the bootstrap's `rate_limits` would produce for a request with these
-/// headers from `ip`: one per entry whose actions all found their value.
-fn bootstrap_descriptors(
+/// The bootstrap's HTTP filters, in order, by name.
+fn http_filter<'b>(bootstrap: &'b Value, name: &str) -> (usize, &'b Value) {
+    let filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"]
+        .as_array()
+        .expect("http_filters");
+    let at = filters.iter().position(|f| f["name"] == name);
+    let at = at.unwrap_or_else(|| panic!("the bootstrap has no {name}"));
+    (at, &filters[at]["typed_config"])
+}
+
+/// The headers the rate-limit filter sees for a request the client sent with `headers` and,
+/// if any, a valid token with `claims`: those the bootstrap's `header_mutation` removes are
+/// gone, and `jwt_authn`'s `claim_to_headers` set from the claims. Both filters must run
+/// before the rate-limit filter.
+fn as_envoy_passes(
     bootstrap: &Value,
     headers: &[(&str, &str)],
+    claims: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let (limiter, _) = http_filter(bootstrap, "envoy.filters.http.ratelimit");
+    let (mutation, mutation_config) = http_filter(bootstrap, "envoy.filters.http.header_mutation");
+    let (jwt, jwt_config) = http_filter(bootstrap, "envoy.filters.http.jwt_authn");
+    assert!(mutation < jwt && jwt < limiter, "filter order");
+    let removed: Vec<&str> = mutation_config["mutations"]["request_mutations"]
+        .as_array()
+        .expect("request_mutations")
+        .iter()
+        .filter_map(|m| m["remove"].as_str())
+        .collect();
+    let mut passed: Vec<(String, String)> = (headers.iter())
+        .filter(|(name, _)| !removed.contains(name))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    let to_headers = jwt_config["providers"]["idp"]["claim_to_headers"]
+        .as_array()
+        .expect("claim_to_headers");
+    for mapping in to_headers {
+        let claim = mapping["claim_name"].as_str().expect("claim_name");
+        if let Some((_, value)) = claims.iter().find(|(c, _)| *c == claim) {
+            let header = mapping["header_name"].as_str().expect("header_name");
+            passed.push((header.to_owned(), value.to_string()));
+        }
+    }
+    passed
+}
+
+/// The descriptors the bootstrap's `rate_limits` would produce for a request with these
+/// headers (as the rate-limit filter sees them) from `ip`: one per entry whose actions all
+/// found their value.
+fn bootstrap_descriptors(
+    bootstrap: &Value,
+    headers: &[(String, String)],
     ip: &str,
 ) -> Vec<Vec<(String, String)>> {
     let vhost = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
@@ -125,7 +173,7 @@ fn bootstrap_descriptors(
         for action in entry["actions"].as_array().expect("actions") {
             if let Some(h) = action.get("request_headers") {
                 let name = h["header_name"].as_str().expect("header_name");
-                let Some((_, value)) = headers.iter().find(|(n, _)| *n == name) else {
+                let Some((_, value)) = headers.iter().find(|(n, _)| n == name) else {
                     continue 'entry;
                 };
                 built.push((
@@ -157,17 +205,16 @@ async fn the_shipped_envoy_bootstrap_matches_the_shipped_config() {
     // Without it Envoy believes the client's own X-Forwarded-For for `masked_remote_address`,
     // and the per-IP limit counts under whatever address the client names.
     assert_eq!(manager["use_remote_address"], true, "use_remote_address");
-    let filters = &manager["http_filters"];
-    let domain = filters[0]["typed_config"]["domain"]
-        .as_str()
-        .expect("a domain")
-        .to_owned();
-    let cluster = &filters[0]["typed_config"]["rate_limit_service"]["grpc_service"]["envoy_grpc"];
+    let (_, limiter) = http_filter(&bootstrap, "envoy.filters.http.ratelimit");
+    let domain = limiter["domain"].as_str().expect("a domain").to_owned();
+    let cluster = &limiter["rate_limit_service"]["grpc_service"]["envoy_grpc"];
     assert_eq!(cluster["cluster_name"], "spillway");
 
     let config = repo_file("deploy/envoy/ratelimit-config.yaml");
     let mut rls = start(Server::with_policy(POLICY), &[&config]).await;
-    let headers = [("x-tenant-id", "acme"), ("x-user-id", "ada")];
+    // A token's claims name the tenant and user, whatever headers the client adds.
+    let forged = [("x-tenant-id", "internal"), ("x-user-id", "root")];
+    let headers = as_envoy_passes(&bootstrap, &forged, &[("org", "acme"), ("sub", "ada")]);
     let sent = bootstrap_descriptors(&bootstrap, &headers, "203.0.113.9");
     assert_eq!(sent.len(), 3);
     let ds = sent.iter().map(|d| {
@@ -188,9 +235,24 @@ async fn the_shipped_envoy_bootstrap_matches_the_shipped_config() {
             Some("edge.masked_remote_address".into())
         ]
     );
-    // Without a user header only the tenant and IP descriptors are sent, and the internal
-    // tenant is unlimited.
-    let sent = bootstrap_descriptors(&bootstrap, &[("x-tenant-id", "internal")], "203.0.113.9");
+    assert_eq!(
+        sent[1],
+        [
+            ("tenant".to_owned(), "acme".to_owned()),
+            ("user".to_owned(), "ada".to_owned())
+        ]
+    );
+    // Without a token, a client naming the internal tenant itself is counted by its
+    // address alone: its headers never reach the descriptors.
+    let headers = as_envoy_passes(&bootstrap, &forged, &[]);
+    assert!(headers.is_empty(), "{headers:?}");
+    let sent = bootstrap_descriptors(&bootstrap, &headers, "203.0.113.9");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0][0].0, "masked_remote_address");
+    // A token without a `sub`: only the tenant and IP descriptors are sent, and the
+    // internal tenant (a verified claim) is unlimited.
+    let headers = as_envoy_passes(&bootstrap, &[], &[("org", "internal")]);
+    let sent = bootstrap_descriptors(&bootstrap, &headers, "203.0.113.9");
     assert_eq!(sent.len(), 2);
     let answer = rls.one(&domain, &[("tenant", "internal")]).await;
     assert_eq!(
