@@ -337,3 +337,69 @@ async fn addresses_rotated_within_a_64_share_one_counter_over_grpc() {
         "invalid values share one counter"
     );
 }
+
+#[tokio::test]
+async fn a_post_naming_another_method_over_grpc_pays_for_it() {
+    let mut rls = grpc::start(Server::with_policy(GENERATE_ID), &[]).await;
+    // Envoy's `request_headers` action can pass `X-HTTP-Method-Override` as this entry.
+    let call = [
+        ("tenant", "t"),
+        ("user", "grpc"),
+        ("method", "POST"),
+        ("path", "/v1/items/7"),
+        ("method_override", "DELETE"),
+    ];
+    assert_eq!(overall(&rls.one("spillway", &call).await), Code::Ok);
+    // The first took all ten.
+    assert_eq!(overall(&rls.one("spillway", &call).await), Code::OverLimit);
+    // Without it, a POST costs one.
+    let plain = [
+        ("tenant", "t"),
+        ("user", "plain"),
+        ("method", "POST"),
+        ("path", "/v1/items/7"),
+    ];
+    for _ in 0..3 {
+        assert_eq!(overall(&rls.one("spillway", &plain).await), Code::Ok);
+    }
+}
+
+/// Three calls a minute per client network, in envoyproxy/ratelimit's format.
+const EDGE: &str = r#"
+domain: edge
+descriptors:
+  - key: masked_remote_address
+    rate_limit: {unit: minute, requests_per_unit: 3}
+  - key: remote_address
+    rate_limit: {unit: minute, requests_per_unit: 3}
+"#;
+
+#[tokio::test]
+async fn an_envoy_domain_counts_6to4_networks_as_their_ipv4_host() {
+    let (_dir, path) = grpc::envoy_file("edge.yaml", EDGE);
+    let mut rls = grpc::start(Server::with_policy(IP_POLICY), &[&path]).await;
+    // Envoy's /64 of each of 203.0.113.7's 6to4 subnets, then the address itself.
+    for i in 1..=3 {
+        let network = format!("2002:cb00:7107:{i}::/64");
+        let answer = rls
+            .one("edge", &[("masked_remote_address", &network)])
+            .await;
+        assert_eq!(overall(&answer), Code::Ok, "{network}");
+    }
+    let answer = (rls.one("edge", &[("masked_remote_address", "203.0.113.7/32")])).await;
+    assert_eq!(overall(&answer), Code::OverLimit);
+    // Unmasked: a 6to4 address, a Teredo one (whatever its server), the host itself.
+    let teredo = [
+        "2001:0:4136:e378:8000:63bf:3fff:fdfe",
+        "2001:0:5ef5:79fd:0:1:3fff:fdfe",
+    ];
+    for ip in ["2002:c000:201:9::1", teredo[0], teredo[1]] {
+        let answer = rls.one("edge", &[("remote_address", ip)]).await;
+        assert_eq!(overall(&answer), Code::Ok, "{ip}");
+    }
+    let answer = rls.one("edge", &[("remote_address", "192.0.2.1")]).await;
+    assert_eq!(overall(&answer), Code::OverLimit);
+    // Other networks are counted as sent.
+    let answer = (rls.one("edge", &[("masked_remote_address", "2001:db8:1:2::/64")])).await;
+    assert_eq!(overall(&answer), Code::Ok);
+}

@@ -11,7 +11,7 @@
 //! before networks were. An IPv4-mapped IPv6 address (`::ffff:203.0.113.7`) counts as the IPv4
 //! address it carries.
 //!
-//! So do IPv6 addresses whose network is an IPv4 address's (`embedded_v4`): the holder of one
+//! So do IPv6 addresses whose network is an IPv4 address's ([`carried_v4`]): the holder of one
 //! IPv4 address owns all of its 6to4 network `2002:V4::/48`, 65,536 /64s, and would otherwise
 //! take a fresh counter with each; a Teredo address (`2001:0::/32`) carries its client's
 //! public IPv4 address and port beside a server address the client picks; and the NAT64
@@ -44,7 +44,7 @@ impl IpPrefix {
     /// The counter value of `ip`: its network's canonical text (see the module docs).
     pub fn key(&self, ip: IpAddr) -> String {
         let ip = match ip.to_canonical() {
-            IpAddr::V6(v6) => embedded_v4(v6).map_or(IpAddr::V6(v6), IpAddr::V4),
+            IpAddr::V6(v6) => carried_v4(v6, 128).map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
         match ip {
@@ -72,14 +72,16 @@ impl IpPrefix {
 
 /// The IPv4 address an IPv6 address of a 6to4 network (`2002::/16`, the IPv4 address in the
 /// next 32 bits), of Teredo (`2001:0::/32`, the client's public address in the last 32 bits,
-/// inverted) or of the NAT64 well-known prefix (`64:ff9b::/96`, the last 32 bits) stands for.
-fn embedded_v4(addr: Ipv6Addr) -> Option<Ipv4Addr> {
-    let bits = u128::from(addr);
-    let low = bits as u32;
+/// inverted) or of the NAT64 well-known prefix (`64:ff9b::/96`, the last 32 bits) stands for,
+/// if its first `bits` hold it: a network masked to /64 (as Envoy's `masked_remote_address`
+/// sends one) still carries a 6to4 address, not a Teredo or NAT64 one.
+pub fn carried_v4(addr: Ipv6Addr, bits: u8) -> Option<Ipv4Addr> {
+    let whole = u128::from(addr);
+    let low = whole as u32;
     match addr.segments() {
-        [0x2002, ..] => Some(Ipv4Addr::from((bits >> 80) as u32)),
-        [0x2001, 0, ..] => Some(Ipv4Addr::from(!low)),
-        [0x64, 0xff9b, 0, 0, 0, 0, ..] => Some(Ipv4Addr::from(low)),
+        [0x2002, ..] if bits >= 48 => Some(Ipv4Addr::from((whole >> 80) as u32)),
+        [0x2001, 0, ..] if bits >= 128 => Some(Ipv4Addr::from(!low)),
+        [0x64, 0xff9b, 0, 0, 0, 0, ..] if bits >= 128 => Some(Ipv4Addr::from(low)),
         _ => None,
     }
 }

@@ -35,7 +35,7 @@ mod tests;
 
 pub use emergency::{scaled as emergency_params, Emergency};
 pub use error::{PolicyError, PolicyIssue};
-pub use ip_prefix::IpPrefix;
+pub use ip_prefix::{carried_v4, IpPrefix};
 pub use name::LimitName;
 pub(crate) use params::Algorithm;
 pub use region::{Regions, Scope};
@@ -65,6 +65,19 @@ pub enum FailureMode {
     /// admitting everything (a store that is merely slow would otherwise turn into "no limits").
     #[default]
     Degrade,
+}
+
+impl FailureMode {
+    /// The more protective of two modes (`closed`, then `degrade`, then `open`): where several
+    /// routes or descriptors decide one request, the strictest applies.
+    pub fn stricter(self, other: Self) -> Self {
+        use FailureMode::{Closed, Degrade, Open};
+        match (self, other) {
+            (Closed, _) | (_, Closed) => Closed,
+            (Degrade, _) | (_, Degrade) => Degrade,
+            (Open, Open) => Open,
+        }
+    }
 }
 
 impl FailureMode {

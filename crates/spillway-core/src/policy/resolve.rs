@@ -77,7 +77,7 @@ impl Policy {
         let cost = req.cost.or(route.as_ref().map(|r| r.cost)).unwrap_or(1);
         let failure_mode = (matched.iter())
             .map(|&i| self.routes[i].failure_mode.unwrap_or(self.failure_mode))
-            .max_by_key(|mode| strictness(*mode))
+            .reduce(FailureMode::stricter)
             .unwrap_or(self.failure_mode);
         // The client's network, written once and only if a limit counts by it.
         let network = OnceCell::new();
@@ -157,15 +157,6 @@ impl Policy {
             found.sort_by_key(|&i| (Reverse(self.routes[i].cost), i));
         }
         found
-    }
-}
-
-/// How much a failure mode protects: when routes disagree, the most protective applies.
-fn strictness(mode: FailureMode) -> u8 {
-    match mode {
-        FailureMode::Open => 0,
-        FailureMode::Degrade => 1,
-        FailureMode::Closed => 2,
     }
 }
 

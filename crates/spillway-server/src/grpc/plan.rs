@@ -21,9 +21,10 @@
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
+use smallvec::SmallVec;
 use spillway_core::envoy_config::{Domain, EnvoyLimit, Found, Rule, Unit};
 use spillway_core::key::StateKey;
-use spillway_core::policy::{FailureMode, LimitDef, Planned, Policy};
+use spillway_core::policy::{carried_v4, FailureMode, LimitDef, Planned, Policy};
 use spillway_core::request::RequestAttrs;
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -95,7 +96,12 @@ pub fn envoy(
             matched.push((Cow::Borrowed(&[][..]), Vec::new()));
             continue;
         }
-        let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
+        // An address standing for an IPv4 host counts as that host (see `carried`).
+        let carried: SmallVec<[Option<String>; 4]> = (d.entries.iter())
+            .map(|e| carried(&e.key, &e.value))
+            .collect();
+        let entries = (d.entries.iter().zip(&carried))
+            .map(|(e, v4)| (e.key.as_str(), v4.as_deref().unwrap_or(&e.value)));
         let found = match &d.limit {
             Some(over) if domain.allow_limit_override => {
                 let unit = unit(over.unit).ok_or_else(|| {
@@ -150,6 +156,26 @@ pub fn envoy(
     Ok(plan)
 }
 
+/// For a `remote_address` entry (an address) or a `masked_remote_address` one (a network,
+/// `address/length`) of a 6to4, Teredo or NAT64 network, the IPv4 host it stands for (a
+/// network as `address/32`), as the policy's `ip` dimension counts it: the holder of one IPv4
+/// address owns 65,536 /64s of 6to4 space, each a fresh counter otherwise. `None` for
+/// anything else, which is counted as sent.
+fn carried(key: &str, value: &str) -> Option<String> {
+    if !matches!(key, "remote_address" | "masked_remote_address") {
+        return None;
+    }
+    let (address, bits) = match value.split_once('/') {
+        Some((address, bits)) => (address, Some(bits.parse::<u8>().ok()?)),
+        None => (value, None),
+    };
+    let v4 = carried_v4(address.parse().ok()?, bits.unwrap_or(128))?;
+    Some(match bits {
+        Some(_) => format!("{v4}/32"),
+        None => v4.to_string(),
+    })
+}
+
 /// Where an `ip` or `remote_address` entry that is not an address is counted: the unspecified
 /// address, one counter shared by every such value. Refusing the call instead would make
 /// Envoy (by default `failure_mode_deny: false`) let the request through with no limit at all,
@@ -192,6 +218,7 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
                     attrs.ip = Some(ip);
                 }
                 "method" => attrs.method = value,
+                "method_override" => attrs.method_override = value,
                 "path" => attrs.path = value,
                 "tier" => attrs.tier = value,
                 other => {
@@ -202,7 +229,7 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
             }
         }
         let resolved = policy.resolve(&attrs);
-        plan.failure_mode = stricter(plan.failure_mode, resolved.failure_mode);
+        plan.failure_mode = plan.failure_mode.stricter(resolved.failure_mode);
         for p in resolved.limits {
             let report = (p.def.params.quota(), exact_unit(p.def.params.window()));
             plan.add(slot, p.def, p.key, p.cost, report);
@@ -221,18 +248,6 @@ fn shortened(text: &str) -> String {
         return shown.into_owned();
     }
     format!("{shown}...")
-}
-
-/// The stricter of two failure modes: `closed` over `degrade` over `open`, so one request
-/// whose descriptors resolve to different routes is never let through more easily than its
-/// strictest route allows.
-fn stricter(a: FailureMode, b: FailureMode) -> FailureMode {
-    use FailureMode::{Closed, Degrade, Open};
-    match (a, b) {
-        (Closed, _) | (_, Closed) => Closed,
-        (Degrade, _) | (_, Degrade) => Degrade,
-        (Open, Open) => Open,
-    }
 }
 
 /// The unit a window is exactly one of, if any.
