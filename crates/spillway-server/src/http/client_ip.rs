@@ -6,7 +6,7 @@
 //! hops that are themselves trusted proxies, so the first address a trusted proxy vouches for
 //! wins and anything the client wrote further left is ignored.
 
-use axum::http::{HeaderMap, HeaderName};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -128,10 +128,10 @@ pub fn client_ip(
         return peer;
     }
     let mut vouched = peer;
-    if let Some(ip) = names
-        .real_ip
-        .as_ref()
-        .and_then(|name| headers.get(name))
+    // Several real-IP lines that disagree: a proxy that appends its own (HAProxy
+    // `add-header`, Caddy `header_up +X-Real-IP`) leaves the client's first. None is believed.
+    if let Some(ip) = (names.real_ip.as_ref())
+        .and_then(|name| agreed(headers, name))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<IpAddr>().ok())
         .map(|ip| ip.to_canonical())
@@ -141,24 +141,31 @@ pub fn client_ip(
         }
         vouched = ip;
     }
-    let hops: Vec<&str> = headers
-        .get_all(&names.forwarded_for)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    for hop in hops.iter().rev() {
-        let Ok(ip) = hop.parse::<IpAddr>() else {
-            break;
+    // The hops from the right: the last line first, each line from its end. A line that is
+    // not text ends the walk as a hop that does not parse does.
+    for line in headers.get_all(&names.forwarded_for).iter().rev() {
+        let Ok(line) = line.to_str() else {
+            return vouched;
         };
-        let ip = ip.to_canonical();
-        if !trusted.contains(ip) {
-            return ip;
+        for hop in line.rsplit(',') {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                return vouched;
+            };
+            let ip = ip.to_canonical();
+            if !trusted.contains(ip) {
+                return ip;
+            }
+            vouched = ip;
         }
-        vouched = ip;
     }
     vouched
+}
+
+/// The value of header `name` if every line of it gives the same one.
+fn agreed<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
+    let mut lines = headers.get_all(name).iter();
+    let first = lines.next()?;
+    lines.all(|line| line == first).then_some(first)
 }
 
 #[cfg(test)]
@@ -245,6 +252,20 @@ mod tests {
     }
 
     #[test]
+    fn real_ip_lines_that_disagree_give_way_to_the_chain() {
+        // A proxy that appends its X-Real-IP behind the client's own.
+        let h = headers(&[
+            ("x-real-ip", "1.1.1.1"),
+            ("x-real-ip", "3.3.3.3"),
+            ("x-forwarded-for", "3.3.3.3"),
+        ]);
+        assert_eq!(from_proxy(&h), ip("3.3.3.3"));
+        // Lines that agree are one value.
+        let h = headers(&[("x-real-ip", "3.3.3.3"), ("x-real-ip", "3.3.3.3")]);
+        assert_eq!(from_proxy(&h), ip("3.3.3.3"));
+    }
+
+    #[test]
     fn without_a_real_ip_header_only_the_chain_counts() {
         // A proxy that appends to X-Forwarded-For but passes the client's X-Real-IP along.
         let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
@@ -280,5 +301,11 @@ mod tests {
         assert_eq!(from_proxy(&h), ip("10.0.0.7"));
         let h = headers(&[("x-real-ip", "garbage")]);
         assert_eq!(from_proxy(&h), ip("10.0.0.5"));
+        // A line that is not text stops it too.
+        let mut h = headers(&[("x-forwarded-for", "4.4.4.4")]);
+        let bytes = HeaderValue::from_bytes(b"5.5.5.5\xff").expect("a header value");
+        h.append("x-forwarded-for", bytes);
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.7"));
+        assert_eq!(from_proxy(&h), ip("10.0.0.7"));
     }
 }

@@ -209,24 +209,36 @@ pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Presented<'a
         let found = match &jwt.place {
             TokenPlace::Header(name) => text(name).map(|t| t.map(bearer)),
             TokenPlace::Cookie(name) => {
-                // Cookies may come in several headers; the first with the name wins, as in
-                // the single header they stand for.
+                // Cookies may come in several headers. Servers differ on which of two cookies
+                // of one name they take (the first, or the last as Django does), so a second
+                // value is refused as malformed: else a client could be counted under one
+                // token while the server serves it as the other.
                 let mut found = Ok(None);
+                let mut unreadable = false;
                 for n in 0.. {
                     let Some(bytes) = from.nth("cookie", n) else {
                         break;
                     };
-                    match utf8(bytes) {
-                        Ok(header) => {
-                            if let Some(v) = header.and_then(|c| cookie(c, name)) {
-                                found = Ok(Some(v));
-                                break;
-                            }
-                        }
-                        Err(()) => found = Err(()),
+                    let Ok(header) = utf8(bytes) else {
+                        unreadable = true;
+                        continue;
+                    };
+                    for pair in header.into_iter().flat_map(|c| c.split(';')) {
+                        let Some(value) = cookie(pair, name) else {
+                            continue;
+                        };
+                        found = match found {
+                            Ok(None) => Ok(Some(value)),
+                            Ok(Some(earlier)) if earlier == value => Ok(Some(earlier)),
+                            _ => Err(()),
+                        };
                     }
                 }
-                found
+                // A header that is not text may hold the cookie: malformed if none other does.
+                match found {
+                    Ok(None) if unreadable => Err(()),
+                    found => found,
+                }
             }
         };
         match found {
@@ -260,12 +272,10 @@ fn bearer(value: &str) -> &str {
     }
 }
 
-/// The value of cookie `name` in a `Cookie` header.
-fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|pair| {
-        let (n, v) = pair.trim().split_once('=')?;
-        (n == name).then(|| v.trim().trim_matches('"'))
-    })
+/// The value of one `name=value` pair of a `Cookie` header, if it names cookie `name`.
+fn cookie<'a>(pair: &'a str, name: &str) -> Option<&'a str> {
+    let (n, v) = pair.trim().split_once('=')?;
+    (n == name).then(|| v.trim().trim_matches('"'))
 }
 
 /// What one `principals:` configuration needs at run time: its JWKS and its token cache.

@@ -205,7 +205,29 @@ fn credentials_are_read_from_bearer_headers_and_cookies() {
     assert_eq!(bearer("bearer  abc "), "abc");
     assert_eq!(bearer("Bearer"), "");
     assert_eq!(bearer("abc"), "abc");
-    assert_eq!(cookie("a=1; session=tok; b=2", "session"), Some("tok"));
+    assert_eq!(cookie(" session=\"tok\" ", "session"), Some("tok"));
     assert_eq!(cookie("a=1", "session"), None);
     assert_eq!(cookie("sessionx=1", "session"), None);
+    let policy = policy();
+    let config = policy.principals().expect("configured");
+    let token_of = |lines: &[&'static str]| {
+        let mut headers = http::HeaderMap::new();
+        for line in lines {
+            headers.append("cookie", http::HeaderValue::from_static(line));
+        }
+        let presented = presented(&headers, config);
+        (
+            presented.token.map(str::to_owned),
+            presented.malformed.token,
+        )
+    };
+    let found = |token: &str| (Some(token.to_owned()), false);
+    assert_eq!(token_of(&["a=1; session=tok; b=2"]), found("tok"));
+    assert_eq!(token_of(&["a=1", "session=tok"]), found("tok"));
+    // The same value twice is one token.
+    assert_eq!(token_of(&["session=tok; session=tok"]), found("tok"));
+    // Two different tokens under the name: servers take either, so neither is taken.
+    let refused = (None, true);
+    assert_eq!(token_of(&["session=mine; session=theirs"]), refused);
+    assert_eq!(token_of(&["session=mine", "a=1; session=theirs"]), refused);
 }
