@@ -56,6 +56,27 @@ fn a_usual_request_allocates_its_plan_and_its_network_only() {
 }
 
 #[test]
+fn a_request_on_a_route_allocates_no_more_and_an_odd_spelling_only_its_readings() {
+    let policy = Policy::from_yaml_str(EXAMPLE, "spillway.yaml").expect("the example loads");
+    let count = |path: &str| {
+        let mut req = request("u1234");
+        (req.method, req.path) = (Some("POST".into()), Some(path.into()));
+        let before = thread_allocations();
+        let resolved = policy.resolve(&req);
+        let made = thread_allocations() - before;
+        assert_eq!(
+            resolved.route.map(|r| r.name.to_string()).as_deref(),
+            Some("POST /v1/generate")
+        );
+        made
+    };
+    // The plan and the network, as on no route: one reading, one scan.
+    assert_eq!(count("/v1/generate"), 2);
+    // Several readings move to the heap: one list more.
+    assert_eq!(count("/v1/generate;x/."), 3);
+}
+
+#[test]
 fn a_value_too_long_to_keep_in_place_is_kept_whole() {
     let policy = Policy::from_yaml_str(EXAMPLE, "spillway.yaml").expect("the example loads");
     let long = "a-user-id-much-longer-than-the-room-kept-in-place";

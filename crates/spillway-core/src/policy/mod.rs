@@ -236,9 +236,10 @@ pub struct Policy {
 pub struct Resolved {
     /// The explicit tier if the policy knows it, else the tenant's tier, else the default.
     pub tier: Arc<str>,
-    /// The first route, in file order, whose pattern matches the request. A request servers
-    /// could read several ways (an oddly spelled path, a method override) may fall under
-    /// several routes: this is the costliest of them, and `limits` holds all of theirs.
+    /// The route the request falls under: the first, in file order, whose pattern matches
+    /// it; for a request servers could read several ways (an oddly spelled path, a method
+    /// override) that match different routes, the costliest of those (the earlier on a tie),
+    /// while `limits` holds all of theirs.
     pub route: Option<Arc<Route>>,
     /// The request's own cost, else the route's, else 1. Zero means "look, do not consume".
     pub cost: u64,

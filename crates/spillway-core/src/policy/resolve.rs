@@ -6,7 +6,8 @@
 //! and tier lookup in the catalog, a first-match scan of the routes (one per reading of an
 //! oddly spelled request), and building the counter keys, whose
 //! dimension values are copied in place (`crate::key::KeyValues`): a value too long to keep inline
-//! and the client's network are the only allocations besides the result itself.
+//! and the client's network are the only allocations besides the result itself (and, for an
+//! oddly spelled path, its readings and `_method` values).
 
 use super::route::RequestPath;
 use super::{Dimension, FailureMode, LimitDef, Planned, Policy, Resolved, Route};
@@ -86,16 +87,13 @@ impl Policy {
                 .get_or_init(|| req.ip.map(|addr| self.ip_prefix.key(addr)))
                 .as_deref()
         };
-        // Each route matched brings its plan; a limit in several applies once, as the first
-        // (costliest) route keys it. No route: the tier's own plan.
+        // Each route matched brings its plan; a counter in several is charged once. No
+        // route: the tier's own plan.
         let plans = (matched.iter().map(|&i| (i + 1, Some(&*self.routes[i]))))
             .chain(matched.is_empty().then_some((0, None)));
         let mut limits = Vec::with_capacity(tier.plans[matched.first().map_or(0, |i| i + 1)].len());
         for (n, (plan, on)) in plans.enumerate() {
             for def in &tier.plans[plan] {
-                if n > 0 && limits.iter().any(|p: &Planned| p.def.name == def.name) {
-                    continue;
-                }
                 let def = standing.replacement(def).unwrap_or(def);
                 if let Some(values) = key_values(def, req, on, &ip) {
                     let key = StateKey {
@@ -103,6 +101,11 @@ impl Policy {
                         fingerprint: def.fingerprint,
                         values,
                     };
+                    // A counter two routes share is charged once; a route-keyed limit counts
+                    // under each route.
+                    if n > 0 && limits.iter().any(|p: &Planned| p.key == key) {
+                        continue;
+                    }
                     // A metered limit charges nothing up front: planned at cost 0, it admits
                     // the request while the limit has room for one unit (`Check::metered`),
                     // and the real cost is reported afterwards.
@@ -141,7 +144,14 @@ impl Policy {
             .method
             .as_deref()
             .is_some_and(|m| m.eq_ignore_ascii_case("POST"));
-        let overrides = (req.method_override.as_deref().into_iter())
+        // Express's `method-override` takes a header's text before its first comma; each
+        // part is matched, a few at most.
+        let from_header = (req.method_override.as_deref().into_iter())
+            .flat_map(|text| text.split(','))
+            .map(str::trim)
+            .filter(|method| !method.is_empty())
+            .take(MAX_OVERRIDES);
+        let overrides = from_header
             .chain(path.method_params())
             .filter(|_| overridable);
         let methods = std::iter::once(req.method.as_deref()).chain(overrides.map(Some));
@@ -159,6 +169,9 @@ impl Policy {
         found
     }
 }
+
+/// The most method names one override header is read as (`DELETE, PUT` is two).
+const MAX_OVERRIDES: usize = 4;
 
 /// The request's value for each of `def`'s dimensions, in key order, or `None` when any is
 /// missing. An empty value counts as missing: it identifies no one, and counting every such

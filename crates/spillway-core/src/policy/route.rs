@@ -1,6 +1,6 @@
 //! Route patterns: `METHOD /path/with/*/and/**`, parsed once at load. A request's path is
-//! read once ([`RequestPath`], no allocation up to eight segments) and compared with each
-//! pattern segment by segment, without regular expressions.
+//! read once ([`RequestPath`]; a plain path of up to eight segments without allocating) and
+//! compared with each pattern segment by segment, without regular expressions.
 //!
 //! A pattern is a method (or `*` for any) and a path made of `/`-separated segments. A
 //! segment is literal text, `*` (exactly one segment, whatever it holds) or, as the last
@@ -209,6 +209,8 @@ impl<'a> RequestPath<'a> {
         let mut readings = SmallVec::new();
         readings.push(normalized(body, Reading::LENIENT).0);
         if may_differ(body) {
+            // Room for all eight at once: one allocation.
+            readings.reserve_exact(7);
             for how in Reading::all().skip(1) {
                 let reading = normalized(body, how).0;
                 if !readings.contains(&reading) {
@@ -240,27 +242,46 @@ fn may_differ(body: &str) -> bool {
         || body.split('/').any(|part| part == "." || part == "..")
 }
 
-/// The values of the `_method` parameters in `query` (before any `#fragment`), decoded, up to
-/// [`MAX_METHOD_PARAMS`]. A name is compared as PHP reads it: decoded, with `.`, `+` and a
-/// space standing for `_` (`%5Fmethod`, `.method`).
+/// The distinct values of the `_method` parameters in `query` (before any `#fragment`),
+/// decoded: at most [`MAX_METHOD_PARAMS`], the last always among them (PHP keeps the last of
+/// several). A name is compared as PHP reads it ([`php_name_is`]).
 fn method_params(query: &str) -> SmallVec<[String; 1]> {
     let query = query.split('#').next().unwrap_or_default();
-    let is_method = |name: &str| {
-        (decoded(name))
-            .map(|b| match b {
-                b'.' | b'+' | b' ' => b'_',
-                b => b,
-            })
-            .eq(*b"_method")
-    };
-    query
-        .split('&')
+    let mut found: SmallVec<[String; 1]> = SmallVec::new();
+    let values = (query.split('&'))
         .filter_map(|pair| pair.split_once('='))
-        .filter(|(name, _)| is_method(name))
+        .filter(|(name, _)| php_name_is(name, "_method"))
         .map(|(_, value)| decode(value))
-        .filter(|method| !method.is_empty())
-        .take(MAX_METHOD_PARAMS)
-        .collect()
+        .filter(|method| !method.is_empty());
+    for value in values {
+        if found.contains(&value) {
+            continue;
+        }
+        if found.len() == MAX_METHOD_PARAMS {
+            found.pop();
+        }
+        found.push(value);
+    }
+    found
+}
+
+/// Whether a query parameter named `raw` is `want` to PHP (so to Symfony and Laravel): its
+/// escapes decoded (`+` a space), leading spaces dropped, cut at a NUL, and `.` and spaces
+/// standing for `_` (`%5Fmethod`, `.method`, `+_method` and `_method%00x` are `_method`).
+fn php_name_is(raw: &str, want: &str) -> bool {
+    // A `+` is a space; an escaped one (`%2B`) is a plus.
+    let spaced = match raw.contains('+') {
+        true => std::borrow::Cow::Owned(raw.replace('+', " ")),
+        false => std::borrow::Cow::Borrowed(raw),
+    };
+    (decoded(&spaced))
+        .skip_while(|&b| b == b' ')
+        .take_while(|&b| b != 0)
+        .map(|b| match b {
+            b'.' | b' ' => b'_',
+            b => b,
+        })
+        .eq(want.bytes())
 }
 
 /// `target` without a leading `scheme://authority` (the absolute form of a request target),

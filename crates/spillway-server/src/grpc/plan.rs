@@ -162,11 +162,15 @@ pub fn envoy(
 /// address owns 65,536 /64s of 6to4 space, each a fresh counter otherwise. `None` for
 /// anything else, which is counted as sent.
 fn carried(key: &str, value: &str) -> Option<String> {
-    if !matches!(key, "remote_address" | "masked_remote_address") {
+    // An IPv4 address (the usual value) has no colon: nothing to parse.
+    if !matches!(key, "remote_address" | "masked_remote_address") || !value.contains(':') {
         return None;
     }
     let (address, bits) = match value.split_once('/') {
-        Some((address, bits)) => (address, Some(bits.parse::<u8>().ok()?)),
+        Some((address, bits)) => (
+            address,
+            Some(bits.parse::<u8>().ok().filter(|&b| b <= 128)?),
+        ),
         None => (value, None),
     };
     let v4 = carried_v4(address.parse().ok()?, bits.unwrap_or(128))?;
@@ -276,7 +280,31 @@ fn unit(raw: i32) -> Option<Unit> {
 
 #[cfg(test)]
 mod tests {
-    use super::shortened;
+    use super::{carried, shortened};
+
+    #[test]
+    fn addresses_standing_for_an_ipv4_host_are_carried_as_it() {
+        let of = |key, value| carried(key, value);
+        assert_eq!(
+            of("remote_address", "2002:cb00:7107::9").as_deref(),
+            Some("203.0.113.7")
+        );
+        let masked = of("masked_remote_address", "2002:cb00:7107:5::/64");
+        assert_eq!(masked.as_deref(), Some("203.0.113.7/32"));
+        // A mask too short to hold the IPv4 address, or one no network has.
+        for value in ["2002::/16", "2002:cb00:7107::/200", "2002:cb00:7107::/x"] {
+            assert_eq!(of("masked_remote_address", value), None, "{value}");
+        }
+        // Anything else is counted as sent.
+        for (key, value) in [
+            ("remote_address", "203.0.113.7"),
+            ("remote_address", "2001:db8::1"),
+            ("masked_remote_address", "2001:0:4136:e378::/64"),
+            ("user", "2002:cb00:7107::9"),
+        ] {
+            assert_eq!(of(key, value), None, "{key}={value}");
+        }
+    }
 
     #[test]
     fn quoted_values_are_cut_short_on_a_character_boundary() {

@@ -141,14 +141,13 @@ pub fn client_ip(
         }
         vouched = ip;
     }
-    // The hops from the right: the last line first, each line from its end. A line that is
-    // not text ends the walk as a hop that does not parse does.
+    // The hops from the right: the last line first, each line from its end, split as bytes:
+    // a client's bytes that are not text, at the start of a line a proxy appended to, stop
+    // the walk only where they are.
     for line in headers.get_all(&names.forwarded_for).iter().rev() {
-        let Ok(line) = line.to_str() else {
-            return vouched;
-        };
-        for hop in line.rsplit(',') {
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+        for hop in line.as_bytes().rsplit(|&b| b == b',') {
+            let parsed = std::str::from_utf8(hop.trim_ascii()).map(str::parse::<IpAddr>);
+            let Ok(Ok(ip)) = parsed else {
                 return vouched;
             };
             let ip = ip.to_canonical();
@@ -301,11 +300,16 @@ mod tests {
         assert_eq!(from_proxy(&h), ip("10.0.0.7"));
         let h = headers(&[("x-real-ip", "garbage")]);
         assert_eq!(from_proxy(&h), ip("10.0.0.5"));
-        // A line that is not text stops it too.
+        // A hop that is not text stops it too, where it stands: a proxy appending to the
+        // client's line still names the client.
         let mut h = headers(&[("x-forwarded-for", "4.4.4.4")]);
         let bytes = HeaderValue::from_bytes(b"5.5.5.5\xff").expect("a header value");
         h.append("x-forwarded-for", bytes);
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.7"));
         assert_eq!(from_proxy(&h), ip("10.0.0.7"));
+        let mut h = HeaderMap::new();
+        let line = HeaderValue::from_bytes(b"\x80, 6.6.6.6, 10.0.0.7").expect("a header value");
+        h.append("x-forwarded-for", line);
+        assert_eq!(from_proxy(&h), ip("6.6.6.6"));
     }
 }

@@ -213,32 +213,26 @@ pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Presented<'a
                 // of one name they take (the first, or the last as Django does), so a second
                 // value is refused as malformed: else a client could be counted under one
                 // token while the server serves it as the other.
+                // Each line is split as bytes, so a line with bytes that are not text
+                // elsewhere still shows its token cookie; a token cookie that is not text is
+                // malformed.
                 let mut found = Ok(None);
-                let mut unreadable = false;
                 for n in 0.. {
-                    let Some(bytes) = from.nth("cookie", n) else {
+                    let Some(line) = from.nth("cookie", n) else {
                         break;
                     };
-                    let Ok(header) = utf8(bytes) else {
-                        unreadable = true;
-                        continue;
-                    };
-                    for pair in header.into_iter().flat_map(|c| c.split(';')) {
+                    for pair in line.split(|&b| b == b';') {
                         let Some(value) = cookie(pair, name) else {
                             continue;
                         };
-                        found = match found {
-                            Ok(None) => Ok(Some(value)),
-                            Ok(Some(earlier)) if earlier == value => Ok(Some(earlier)),
+                        found = match (found, std::str::from_utf8(value)) {
+                            (Ok(None), Ok(value)) => Ok(Some(value)),
+                            (Ok(Some(earlier)), Ok(value)) if earlier == value => Ok(Some(earlier)),
                             _ => Err(()),
                         };
                     }
                 }
-                // A header that is not text may hold the cookie: malformed if none other does.
-                match found {
-                    Ok(None) if unreadable => Err(()),
-                    found => found,
-                }
+                found
             }
         };
         match found {
@@ -272,10 +266,15 @@ fn bearer(value: &str) -> &str {
     }
 }
 
-/// The value of one `name=value` pair of a `Cookie` header, if it names cookie `name`.
-fn cookie<'a>(pair: &'a str, name: &str) -> Option<&'a str> {
-    let (n, v) = pair.trim().split_once('=')?;
-    (n == name).then(|| v.trim().trim_matches('"'))
+/// The value of one `name=value` pair of a `Cookie` header, if it names cookie `name`: white
+/// space around the name and the value aside (Django strips both), and the value's quotes.
+fn cookie<'a>(pair: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let at = pair.iter().position(|&b| b == b'=')?;
+    let (n, v) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
+    (n == name.as_bytes()).then(|| {
+        let unquoted = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\""));
+        unquoted.unwrap_or(v)
+    })
 }
 
 /// What one `principals:` configuration needs at run time: its JWKS and its token cache.

@@ -205,9 +205,10 @@ fn credentials_are_read_from_bearer_headers_and_cookies() {
     assert_eq!(bearer("bearer  abc "), "abc");
     assert_eq!(bearer("Bearer"), "");
     assert_eq!(bearer("abc"), "abc");
-    assert_eq!(cookie(" session=\"tok\" ", "session"), Some("tok"));
-    assert_eq!(cookie("a=1", "session"), None);
-    assert_eq!(cookie("sessionx=1", "session"), None);
+    assert_eq!(cookie(b" session=\"tok\" ", "session"), Some(&b"tok"[..]));
+    assert_eq!(cookie(b"session =tok", "session"), Some(&b"tok"[..]));
+    assert_eq!(cookie(b"a=1", "session"), None);
+    assert_eq!(cookie(b"sessionx=1", "session"), None);
     let policy = policy();
     let config = policy.principals().expect("configured");
     let token_of = |lines: &[&'static str]| {
@@ -230,4 +231,12 @@ fn credentials_are_read_from_bearer_headers_and_cookies() {
     let refused = (None, true);
     assert_eq!(token_of(&["session=mine; session=theirs"]), refused);
     assert_eq!(token_of(&["session=mine", "a=1; session=theirs"]), refused);
+    // Django strips the name: `session =theirs` is the same cookie.
+    assert_eq!(token_of(&["session=mine; session =theirs"]), refused);
+    // A line with bytes that are not text still shows its token cookie.
+    let mut headers = http::HeaderMap::new();
+    headers.append("cookie", http::HeaderValue::from_static("session=mine"));
+    let other = http::HeaderValue::from_bytes(b"x=\xff; session=theirs").expect("a value");
+    headers.append("cookie", other);
+    assert!(presented(&headers, config).malformed.token);
 }

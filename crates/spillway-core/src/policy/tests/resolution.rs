@@ -258,10 +258,54 @@ fn a_post_naming_another_method_pays_for_both() {
     let (route, cost, _, limits) = under(&policy, &req);
     assert_eq!((route.as_str(), cost), ("GET /v1/generate", 5));
     assert_eq!(limits, ["generate-once", "l", "read-many"]);
+    // Express takes the text before a comma; every part is matched.
+    let mut req = request("t", "u", "POST", "/v1/items/7");
+    req.method_override = Some("DELETE, x".into());
+    assert_eq!(under(&policy, &req).3, ["delete-once", "l"]);
     // Frameworks honour an override on a POST only.
     let mut req = request("t", "u", "GET", "/v1/items/7?_method=DELETE");
     req.method_override = Some("DELETE".into());
     assert_eq!(under(&policy, &req).3, ["l"]);
+}
+
+#[test]
+fn a_route_keyed_limit_counts_under_every_route_matched() {
+    let policy = load(
+        r#"
+default_tier: t
+limits:
+  per-route: {algorithm: fixed_window, limit: 5, window: 1m, key: [user, route]}
+  per-user: {algorithm: fixed_window, limit: 50, window: 1m, key: [user]}
+global: [per-route, per-user]
+tiers:
+  t: {}
+routes:
+  - {match: "DELETE /v1/items/*", cost: 1}
+  - {match: "* /v1/**", cost: 2}
+"#,
+    );
+    // A strict server keeps the `.`: `* /v1/**` is dearer; a lenient one serves the item.
+    let resolved = policy.resolve(&request("t", "u", "DELETE", "/v1/items/7/."));
+    let counters: Vec<(String, Vec<String>)> = (resolved.limits.iter())
+        .map(|p| {
+            let values = p.key.values.iter().map(|v| v.to_string()).collect();
+            (p.def.name.to_string(), values)
+        })
+        .collect();
+    let counter = |name: &str, values: &[&str]| {
+        (
+            name.to_owned(),
+            values.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        counters,
+        [
+            counter("per-route", &["u", "* /v1/**"]),
+            counter("per-user", &["u"]),
+            counter("per-route", &["u", "DELETE /v1/items/*"]),
+        ]
+    );
 }
 
 #[test]
