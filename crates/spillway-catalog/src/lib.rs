@@ -9,6 +9,8 @@
 //! - `migrate` and `migrations/`: the versioned schema, embedded in the binary.
 //! - `row`: how keys and entries map onto rows, shared by both backends.
 //! - [`snapshot`]: the local file a node boots from when the database is down.
+//! - [`tenant`]: deleting a tenant with its users and API keys (or refusing to while it has
+//!   them), for the admin API and the CLI alike.
 //! - [`error`]: errors sorted by what the caller should do.
 //!
 //! The entries themselves (`TenantRecord`, `EntryKey`, `Change`...) are
@@ -24,6 +26,7 @@ pub mod postgres;
 mod row;
 pub mod snapshot;
 pub mod sqlite;
+pub mod tenant;
 
 pub use db::{CatalogDb, Migrated, Notifications};
 pub use error::Error;

@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use spillway_catalog::tenant::{delete_tenant, TenantDeletion};
 use spillway_catalog::{Error, Migrated};
 use spillway_core::catalog::{Change, Entry, EntryKey, Kind, OverrideRecord, TenantRecord};
 use std::collections::BTreeMap;
@@ -55,6 +56,7 @@ conformance!(
     concurrent_writers_get_every_version_once,
     two_clients_share_one_catalog,
     fields_of_a_newer_build_are_read_around_and_kept,
+    a_tenant_with_users_or_keys_goes_only_with_them,
 );
 
 async fn migrate_twice_is_a_no_op(f: &mut Fixture) {
@@ -649,4 +651,87 @@ async fn an_in_memory_sqlite_catalog_creates_no_file() {
         .expect("open in memory");
     db.migrate().await.expect("migrate");
     assert_eq!(stray(), before, "a file was made for an in-memory database");
+}
+
+async fn a_tenant_with_users_or_keys_goes_only_with_them(f: &mut Fixture) {
+    let db = &*f.db;
+    db.put(tenant("acme"), on_tier("paid"), None).await.unwrap();
+    db.put(tenant("initech"), on_tier("free"), None)
+        .await
+        .unwrap();
+    db.put(user("acme", "ann"), a_user("paid"), None)
+        .await
+        .unwrap();
+    db.put(user("initech", "ann"), a_user("free"), None)
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        db.put(api_key(n), key_of("acme"), None).await.unwrap();
+    }
+    db.put(api_key(9), key_of("initech"), None).await.unwrap();
+    let before = db.version().await.unwrap();
+    // Refused while it has them, and nothing is written.
+    let held = delete_tenant(db, "acme", None, false).await.unwrap();
+    assert_eq!(
+        held,
+        TenantDeletion::Holds {
+            users: 1,
+            api_keys: 3
+        }
+    );
+    assert_eq!(db.version().await.unwrap(), before);
+    // A version condition is checked before anything that belongs to it is touched.
+    match delete_tenant(db, "acme", Some(2), true).await {
+        Err(Error::Conflict { current: Some(1) }) => {}
+        other => panic!("expected a conflict at version 1, got {other:?}"),
+    }
+    assert_eq!(db.version().await.unwrap(), before);
+    // With cascade: its keys, then its users, then it; the other tenant keeps its own.
+    let (_, at) = db.get(&tenant("acme")).await.unwrap().expect("acme");
+    let done = delete_tenant(db, "acme", Some(at), true).await.unwrap();
+    assert_eq!(
+        done,
+        TenantDeletion::Deleted {
+            version: before + 5,
+            users: 1,
+            api_keys: 3
+        }
+    );
+    for gone in [tenant("acme"), user("acme", "ann"), api_key(1), api_key(3)] {
+        assert_eq!(db.get(&gone).await.unwrap(), None, "{gone}");
+    }
+    for kept in [tenant("initech"), user("initech", "ann"), api_key(9)] {
+        assert!(db.get(&kept).await.unwrap().is_some(), "{kept}");
+    }
+    // The keys went first.
+    let changes = db.changes_since(before, 10).await.unwrap();
+    let order: Vec<EntryKey> = changes.into_iter().map(|c| c.key).collect();
+    assert_eq!(
+        order,
+        [
+            api_key(1),
+            api_key(2),
+            api_key(3),
+            user("acme", "ann"),
+            tenant("acme")
+        ]
+    );
+    // Gone is gone; a tenant with nothing else goes without cascade.
+    assert_eq!(
+        delete_tenant(db, "acme", None, true).await.unwrap(),
+        TenantDeletion::NotFound
+    );
+    db.put(tenant("lone"), on_tier("free"), None).await.unwrap();
+    let lone = delete_tenant(db, "lone", None, false).await.unwrap();
+    assert!(
+        matches!(
+            lone,
+            TenantDeletion::Deleted {
+                users: 0,
+                api_keys: 0,
+                ..
+            }
+        ),
+        "{lone:?}"
+    );
 }

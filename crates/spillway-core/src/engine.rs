@@ -40,7 +40,8 @@ pub struct Verdict {
     pub failure_mode: FailureMode,
     /// The cost charged (or that would have been charged) against each limit.
     pub cost: u64,
-    /// Every applied limit's outcome, in policy order (global, tier, route).
+    /// Every applied limit's outcome, in policy order (global, tier, route; then the limits
+    /// of any further route an oddly spelled request matched), one per counter.
     pub outcomes: Vec<LimitOutcome>,
 }
 

@@ -8,12 +8,13 @@
 //! - `Retry-After` on a denial: delay-seconds, rounded up, at least 1. Absent when the cost
 //!   can never fit, since no wait would help.
 //! - `RateLimit-Policy` and `RateLimit` as in draft-ietf-httpapi-ratelimit-headers (-09/-10):
-//!   structured-field lists with one item per enforced limit, named by a String item, e.g.
+//!   structured-field lists with one item per enforced limit (one per name: see `shown`),
+//!   named by a String item, e.g.
 //!   `"free-user";q=100;w=60` and `"free-user";r=42;t=18`. Shadow-mode limits are left out:
 //!   they do not constrain the client. A name's String form (quoted, escaped) is made when
 //!   the policy is compiled (`crate::policy::LimitName`), not on every answer.
 
-use crate::engine::Verdict;
+use crate::engine::{LimitOutcome, Verdict};
 use crate::time::ceil_secs;
 
 /// `X-RateLimit-Limit`.
@@ -177,7 +178,7 @@ fn render_fields(verdict: &Verdict, with_policy: bool) -> Fields {
         return out;
     };
     let d = &gov.decision;
-    let enforced = || verdict.outcomes.iter().filter(|o| !o.shadow);
+    let enforced = || shown(verdict);
     let room: usize = enforced().map(|o| 2 * o.name.len() + 64).sum();
     out.text.reserve(64 + room);
     out.open::<SLOT_LIMIT>();
@@ -210,8 +211,7 @@ fn render_fields(verdict: &Verdict, with_policy: bool) -> Fields {
 
 /// Appends `RateLimit-Policy`'s value: each enforced limit's name, quota and window.
 fn push_policy(out: &mut String, verdict: &Verdict) {
-    let enforced = verdict.outcomes.iter().filter(|o| !o.shadow);
-    for (i, o) in enforced.enumerate() {
+    for (i, o) in shown(verdict).enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
@@ -219,6 +219,22 @@ fn push_policy(out: &mut String, verdict: &Verdict) {
         push_param(out, ";q=", o.quota);
         push_param(out, ";w=", ceil_secs(o.window).max(1));
     }
+}
+
+/// The outcomes the IETF fields list: enforced ones, one per name. A request read several
+/// ways can charge one limit under two counters (a `route`-keyed limit under each route it
+/// matched); a client pairs `RateLimit` with `RateLimit-Policy` by name, so of those only the
+/// one with the least remaining is listed (the first on a tie).
+fn shown(verdict: &Verdict) -> impl Iterator<Item = &LimitOutcome> + Clone {
+    let enforced = verdict.outcomes.iter().filter(|o| !o.shadow);
+    enforced.clone().enumerate().filter_map(move |(i, o)| {
+        let tighter = |(j, other): (usize, &LimitOutcome)| {
+            j != i
+                && other.name == o.name
+                && (other.decision.remaining, j) < (o.decision.remaining, i)
+        };
+        (!enforced.clone().enumerate().any(tighter)).then_some(o)
+    })
 }
 
 /// Appends a decimal integer.
@@ -340,6 +356,27 @@ mod tests {
         let h = render(&v);
         assert_eq!(get(&h, POLICY), Some(r#""real";q=100;w=60"#));
         assert_eq!(get(&h, X_REMAINING), Some("3"));
+    }
+
+    #[test]
+    fn a_limit_charged_under_two_counters_is_listed_once_by_its_tighter() {
+        let v = verdict(
+            true,
+            vec![
+                outcome("per-route", true, 9, SECOND, None),
+                outcome("other", true, 5, SECOND, None),
+                outcome("per-route", true, 4, 2 * SECOND, None),
+            ],
+        );
+        let h = render(&v);
+        assert_eq!(
+            get(&h, POLICY),
+            Some(r#""other";q=100;w=60, "per-route";q=100;w=60"#)
+        );
+        assert_eq!(
+            get(&h, RATELIMIT),
+            Some(r#""other";r=5;t=1, "per-route";r=4;t=2"#)
+        );
     }
 
     #[test]

@@ -448,3 +448,65 @@ async fn an_entry_a_newer_build_wrote_is_read_and_patched_without_loss() {
     assert_eq!(body["field"], "colour", "{body}");
     pool.close().await;
 }
+
+/// A tenant's users and API keys would outlive it, still acting for its id (and for a tenant
+/// created later with it): its deletion is refused while it has them, unless asked to take
+/// them with it.
+#[tokio::test]
+async fn a_tenant_is_deleted_only_with_its_users_and_keys() {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let server = node(&url, &[]);
+    use reqwest::Method;
+    let server = &server;
+    let call = |method: Method, path: &str, body: Option<Value>| {
+        let path = path.to_owned();
+        async move { admin(server, method, &path, body).await }
+    };
+    for (path, body) in [
+        ("/v1/admin/tenants/acme", json!({"tier": "paid"})),
+        ("/v1/admin/tenants/initech", json!({"tier": "free"})),
+        ("/v1/admin/tenants/acme/users/ann", json!({"tier": "paid"})),
+    ] {
+        let (status, answer) = call(Method::PUT, path, Some(body)).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+    let mut digests = Vec::new();
+    for (key, tenant) in [
+        ("acme-key-0123456789abcdef", "acme"),
+        ("initech-key-0123456789abcdef", "initech"),
+    ] {
+        let body = json!({"key": key, "tenant": tenant});
+        let (status, answer) = call(Method::POST, "/v1/admin/api-keys", Some(body)).await;
+        assert_eq!(status, 201, "{answer}");
+        digests.push(answer["digest"].as_str().expect("a digest").to_owned());
+    }
+    let (status, problem) = call(Method::DELETE, "/v1/admin/tenants/acme", None).await;
+    assert_eq!(status, 409, "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("1 user(s) and 1 API key(s)") && detail.contains("cascade=true"),
+        "{detail}"
+    );
+    let (status, problem) = call(Method::DELETE, "/v1/admin/tenants/acme?cascade=yes", None).await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("cascade")));
+    let (status, _) = call(Method::GET, "/v1/admin/tenants/acme", None).await;
+    assert_eq!(status, 200, "a refused deletion deleted nothing");
+
+    let (status, done) = call(Method::DELETE, "/v1/admin/tenants/acme?cascade=true", None).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(
+        (done["users"].as_u64(), done["api_keys"].as_u64()),
+        (Some(1), Some(1))
+    );
+    for path in [
+        "/v1/admin/tenants/acme".to_owned(),
+        "/v1/admin/tenants/acme/users/ann".to_owned(),
+        format!("/v1/admin/api-keys/{}", digests[0]),
+    ] {
+        assert_eq!(call(Method::GET, &path, None).await.0, 404, "{path}");
+    }
+    // The other tenant's key stays.
+    let path = format!("/v1/admin/api-keys/{}", digests[1]);
+    assert_eq!(call(Method::GET, &path, None).await.0, 200);
+}

@@ -244,8 +244,28 @@ fn put_get_patch_delete_round_trip(db: &Db) {
     expect(&out, 1);
     assert_eq!(version(db), before);
 
-    let deleted = json(&catalog(db, &["delete", "tenant", "acme", "--json"]));
+    // acme still has user u1: refused, unless --cascade takes it along.
+    let out = catalog(db, &["delete", "tenant", "acme"]);
+    expect(&out, 1);
+    assert!(
+        text(&out.stderr).contains("1 user(s) and 0 API key(s)"),
+        "{}",
+        text(&out.stderr)
+    );
+    expect(
+        &catalog(db, &["delete", "user", "acme", "u1", "--cascade"]),
+        2,
+    );
+    let deleted = json(&catalog(
+        db,
+        &["delete", "tenant", "acme", "--cascade", "--json"],
+    ));
     assert_eq!(deleted["deleted"], true);
+    assert_eq!(
+        (deleted["users"].as_u64(), deleted["api_keys"].as_u64()),
+        (Some(1), Some(0))
+    );
+    expect(&catalog(db, &["get", "user", "acme", "u1"]), 1);
     let out = catalog(db, &["get", "tenant", "acme"]);
     expect(&out, 1);
     assert!(

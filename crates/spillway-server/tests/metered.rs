@@ -447,3 +447,23 @@ async fn a_report_during_an_outage_fails_visibly_and_can_be_retried() {
     assert_eq!(again["recorded"], false);
     assert_eq!(tokens(&again)["remaining"], 700, "{again}");
 }
+
+/// A `POST /v1/items/<id>` the client asks to be served as `DELETE` (`X-HTTP-Method-Override`)
+/// is checked against the metered delete route too; its report names the same override, so
+/// the same route's limit is charged.
+#[tokio::test]
+async fn a_report_charges_the_routes_its_checks_method_override_reached() {
+    let policy = POLICY.replace(
+        "routes:\n",
+        "routes:\n  - match: \"DELETE /v1/items/*\"\n    limits: [generation-tokens]\n",
+    );
+    let server = Server::with_policy(&policy).start();
+    let attrs =
+        r#""tenant":"acme","method":"POST","path":"/v1/items/7","method_override":"DELETE""#;
+    let body = json(server.post("/v1/check", &format!("{{{attrs}}}")).await).await;
+    assert_eq!(tokens(&body)["remaining"], 1000, "{body}");
+    let report = format!(r#"{{{attrs},"cost":600,"request_id":"del-1"}}"#);
+    let body = json(server.post("/v1/report", &report).await).await;
+    assert_eq!(body["recorded"], true, "{body}");
+    assert_eq!(tokens(&body)["remaining"], 400, "{body}");
+}

@@ -245,8 +245,10 @@ pub struct Resolved {
     pub cost: u64,
     /// The route's failure mode (the strictest of the routes matched), else the policy's.
     pub failure_mode: FailureMode,
-    /// Global, then tier, then route limits, with the tenant's overrides in place, each once,
-    /// and only those whose every key dimension the request carries; each costs `cost`.
+    /// Global, then tier, then route limits, with the tenant's overrides in place, and only
+    /// those whose every key dimension the request carries; each counter once (a limit keyed
+    /// by `route`, for a request under several routes, once per route); each costs `cost`,
+    /// a metered one 0.
     pub limits: Vec<Planned>,
 }
 

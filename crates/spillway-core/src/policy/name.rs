@@ -111,7 +111,7 @@ impl From<String> for LimitName {
 
 impl PartialEq for LimitName {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        Arc::ptr_eq(&self.0, &other.0) || self.as_str() == other.as_str()
     }
 }
 

@@ -162,6 +162,15 @@ impl Policy {
                     found.push(i);
                 }
             }
+            // More `_method` values than are kept: the `POST` may be served as any method, so
+            // every route of the path applies.
+            if overridable && path.any_method() {
+                for (i, route) in self.routes.iter().enumerate() {
+                    if route.pattern.matches_path(reading) && !found.contains(&i) {
+                        found.push(i);
+                    }
+                }
+            }
         }
         if found.len() > 1 {
             found.sort_by_key(|&i| (Reverse(self.routes[i].cost), i));

@@ -48,6 +48,15 @@ use std::fmt;
 /// The bytes `raw` stands for, its percent-escapes decoded. A `%` not followed by two hex
 /// digits stands for itself.
 fn decoded(raw: &str) -> impl Iterator<Item = u8> + '_ {
+    decoding(raw, false)
+}
+
+/// As [`decoded`], a `+` standing for a space (as in a query's names and values).
+fn decoded_plus(raw: &str) -> impl Iterator<Item = u8> + '_ {
+    decoding(raw, true)
+}
+
+fn decoding(raw: &str, plus_is_space: bool) -> impl Iterator<Item = u8> + '_ {
     let bytes = raw.as_bytes();
     let mut j = 0;
     std::iter::from_fn(move || {
@@ -59,7 +68,11 @@ fn decoded(raw: &str) -> impl Iterator<Item = u8> + '_ {
             }
             _ => {
                 j += 1;
-                Some(byte)
+                Some(if plus_is_space && byte == b'+' {
+                    b' '
+                } else {
+                    byte
+                })
             }
         }
     })
@@ -193,6 +206,9 @@ pub(crate) struct RequestPath<'a> {
     readings: SmallVec<[SmallVec<[&'a str; 8]>; 1]>,
     /// The query's `_method` parameters, which frameworks take as the method of a `POST`.
     method_params: SmallVec<[String; 1]>,
+    /// Whether the query held more distinct `_method` values than are kept (PHP may stop
+    /// reading before the last one: then any of them could be the method).
+    method_params_overflow: bool,
 }
 
 impl<'a> RequestPath<'a> {
@@ -218,9 +234,11 @@ impl<'a> RequestPath<'a> {
                 }
             }
         }
+        let (method_params, method_params_overflow) = query.map(method_params).unwrap_or_default();
         Some(Self {
             readings,
-            method_params: query.map(method_params).unwrap_or_default(),
+            method_params,
+            method_params_overflow,
         })
     }
 
@@ -233,6 +251,12 @@ impl<'a> RequestPath<'a> {
     pub(crate) fn method_params(&self) -> impl Iterator<Item = &str> + Clone {
         self.method_params.iter().map(String::as_str)
     }
+
+    /// Whether the query named more methods than [`Self::method_params`] holds: then a `POST`
+    /// may be served as any method.
+    pub(crate) fn any_method(&self) -> bool {
+        self.method_params_overflow
+    }
 }
 
 /// Whether readings of `body` could differ from the lenient one: only a `\`, an escape, a
@@ -244,8 +268,9 @@ fn may_differ(body: &str) -> bool {
 
 /// The distinct values of the `_method` parameters in `query` (before any `#fragment`),
 /// decoded: at most [`MAX_METHOD_PARAMS`], the last always among them (PHP keeps the last of
-/// several). A name is compared as PHP reads it ([`php_name_is`]).
-fn method_params(query: &str) -> SmallVec<[String; 1]> {
+/// several), and whether there were more. A name is compared as PHP reads it
+/// ([`php_name_is`]).
+fn method_params(query: &str) -> (SmallVec<[String; 1]>, bool) {
     let query = query.split('#').next().unwrap_or_default();
     let mut found: SmallVec<[String; 1]> = SmallVec::new();
     let values = (query.split('&'))
@@ -253,28 +278,27 @@ fn method_params(query: &str) -> SmallVec<[String; 1]> {
         .filter(|(name, _)| php_name_is(name, "_method"))
         .map(|(_, value)| decode(value))
         .filter(|method| !method.is_empty());
+    let mut overflow = false;
     for value in values {
         if found.contains(&value) {
             continue;
         }
         if found.len() == MAX_METHOD_PARAMS {
             found.pop();
+            overflow = true;
         }
         found.push(value);
     }
-    found
+    (found, overflow)
 }
 
 /// Whether a query parameter named `raw` is `want` to PHP (so to Symfony and Laravel): its
 /// escapes decoded (`+` a space), leading spaces dropped, cut at a NUL, and `.` and spaces
 /// standing for `_` (`%5Fmethod`, `.method`, `+_method` and `_method%00x` are `_method`).
 fn php_name_is(raw: &str, want: &str) -> bool {
-    // A `+` is a space; an escaped one (`%2B`) is a plus.
-    let spaced = match raw.contains('+') {
-        true => std::borrow::Cow::Owned(raw.replace('+', " ")),
-        false => std::borrow::Cow::Borrowed(raw),
-    };
-    (decoded(&spaced))
+    // A `+` is a space; an escaped one (`%2B`) is a plus. (`+` is no hex digit, so reading
+    // it as a space after decoding changes no escape.)
+    (decoded_plus(raw))
         .skip_while(|&b| b == b' ')
         .take_while(|&b| b != 0)
         .map(|b| match b {
@@ -438,6 +462,11 @@ impl RoutePattern {
                 _ => return false,
             }
         }
+        self.matches_path(parts)
+    }
+
+    /// Whether a request path (its segments) falls under this pattern, whatever the method.
+    pub(crate) fn matches_path(&self, parts: &[&str]) -> bool {
         if parts.len() < self.segments.len() || (!self.rest && parts.len() > self.segments.len()) {
             return false;
         }

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+use spillway_catalog::tenant::TenantDeletion;
 use spillway_catalog::Error as DbError;
 use spillway_core::catalog::{
     ApiKeyRecord, Entry, EntryKey, FieldIssue, Kind, OverrideRecord, TenantRecord, UserRecord,
@@ -79,12 +80,54 @@ pub async fn patch_tenant(
     patch(&app, EntryKey::Tenant { tenant }, &headers, &body).await
 }
 
+/// The query of a tenant's DELETE: `?cascade=true` deletes its users and API keys with it.
+#[derive(Deserialize)]
+pub struct Cascade {
+    cascade: Option<String>,
+}
+
+/// `DELETE /v1/admin/tenants/{tenant}`: refused (409) while the tenant has users or API keys,
+/// unless `?cascade=true` (see `spillway_catalog::tenant`).
 pub async fn delete_tenant(
     State(app): State<Arc<AppState>>,
     Path(tenant): Path<String>,
+    Query(q): Query<Cascade>,
     headers: HeaderMap,
 ) -> Answer {
-    delete(&app, EntryKey::Tenant { tenant }, &headers).await
+    let cascade = match q.cascade.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            let detail = format!("`cascade` must be `true` or `false`, not `{other}`");
+            return Err(Problem::invalid(detail, Some("cascade".into())));
+        }
+    };
+    let db = writable(&app)?;
+    let condition = condition(&headers)?;
+    let deletion = spillway_catalog::tenant::delete_tenant(&**db, &tenant, condition, cascade)
+        .await
+        .map_err(db_problem)?;
+    match deletion {
+        TenantDeletion::Deleted {
+            version,
+            users,
+            api_keys,
+        } => {
+            let applied = applied(&app, version).await;
+            let body = json!({ "deleted": true, "version": version, "applied": applied,
+                               "users": users, "api_keys": api_keys });
+            Ok(written(body, version))
+        }
+        TenantDeletion::NotFound => Err(not_found(&EntryKey::Tenant { tenant })),
+        TenantDeletion::Holds { users, api_keys } => Err(Problem::http(
+            StatusCode::CONFLICT,
+            format!(
+                "tenant `{tenant}` still has {users} user(s) and {api_keys} API key(s): a key \
+                 left behind would still act for `{tenant}`, and for any tenant created later \
+                 with that id; delete them first, or add `?cascade=true` to delete them with it"
+            ),
+        )),
+    }
 }
 
 pub async fn get_user(

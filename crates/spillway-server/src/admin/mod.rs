@@ -10,7 +10,7 @@
 //! |------|---------|
 //! | `/v1/admin/version` | GET: the catalog version this node has applied, and how current it is |
 //! | `/v1/admin/tenants` | GET: list (`?after=<id>&limit=<n>`) |
-//! | `/v1/admin/tenants/{tenant}` | GET, PUT, PATCH (JSON merge patch), DELETE |
+//! | `/v1/admin/tenants/{tenant}` | GET, PUT, PATCH (JSON merge patch), DELETE (`?cascade=true`: with its users and API keys) |
 //! | `/v1/admin/tenants/{tenant}/users` | GET: list |
 //! | `/v1/admin/tenants/{tenant}/users/{user}` | GET, PUT, PATCH, DELETE |
 //! | `/v1/admin/api-keys` | GET: list; POST: add a key (given in clear, stored as its SHA-256) |

@@ -222,7 +222,14 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
                     attrs.ip = Some(ip);
                 }
                 "method" => attrs.method = value,
-                "method_override" => attrs.method_override = value,
+                // Several are all read (the resolver splits at commas).
+                "method_override" => match &mut attrs.method_override {
+                    Some(earlier) => {
+                        earlier.push_str(", ");
+                        earlier.push_str(&entry.value);
+                    }
+                    None => attrs.method_override = value,
+                },
                 "path" => attrs.path = value,
                 "tier" => attrs.tier = value,
                 other => {

@@ -66,6 +66,9 @@ pub struct CheckRequest {
     pub ip: Option<IpAddr>,
     /// See [`RequestAttrs::method`].
     pub method: Option<String>,
+    /// See [`RequestAttrs::method_override`]: the client's `X-HTTP-Method-Override` (or its
+    /// kin), when the caller passes it on.
+    pub method_override: Option<String>,
     /// See [`RequestAttrs::path`].
     pub path: Option<String>,
     /// See [`RequestAttrs::tier`].
@@ -90,9 +93,7 @@ impl From<CheckRequest> for RequestAttrs {
             user: r.user,
             ip: r.ip,
             method: r.method,
-            // The caller states the method its server serves; a `_method` query parameter
-            // in `path` still counts.
-            method_override: None,
+            method_override: r.method_override,
             path: r.path,
             tier: r.tier,
             cost: r.cost,

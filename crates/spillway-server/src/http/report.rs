@@ -75,6 +75,9 @@ pub struct ReportRequest {
     pub ip: Option<IpAddr>,
     /// See [`RequestAttrs::method`].
     pub method: Option<String>,
+    /// See [`RequestAttrs::method_override`]; as the check had it, so that the report
+    /// charges the same routes' limits.
+    pub method_override: Option<String>,
     /// See [`RequestAttrs::path`].
     pub path: Option<String>,
     /// See [`RequestAttrs::tier`].
@@ -197,7 +200,7 @@ async fn respond(
         user: request.user,
         ip: request.ip,
         method: request.method,
-        method_override: None,
+        method_override: request.method_override,
         path: request.path,
         tier: request.tier,
         cost: Some(request.cost),

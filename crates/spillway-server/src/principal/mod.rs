@@ -221,7 +221,8 @@ pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Presented<'a
                     let Some(line) = from.nth("cookie", n) else {
                         break;
                     };
-                    for pair in line.split(|&b| b == b';') {
+                    // ASP.NET Core splits at `,` too (a token holds none).
+                    for pair in line.split(|&b| b == b';' || b == b',') {
                         let Some(value) = cookie(pair, name) else {
                             continue;
                         };
@@ -266,12 +267,19 @@ fn bearer(value: &str) -> &str {
     }
 }
 
-/// The value of one `name=value` pair of a `Cookie` header, if it names cookie `name`: white
-/// space around the name and the value aside (Django strips both), and the value's quotes.
+/// The value of one `name=value` pair of a `Cookie` header, if some server could read it as
+/// cookie `name`: white space around the name and the value aside (Django strips both),
+/// letters of either case (ASP.NET Core), `.` and a space standing for `_` (PHP); and the
+/// value's quotes.
 fn cookie<'a>(pair: &'a [u8], name: &str) -> Option<&'a [u8]> {
     let at = pair.iter().position(|&b| b == b'=')?;
     let (n, v) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
-    (n == name.as_bytes()).then(|| {
+    let folded = |b: &u8| match b.to_ascii_lowercase() {
+        b'.' | b' ' => b'_',
+        b => b,
+    };
+    let same = n.len() == name.len() && n.iter().map(folded).eq(name.as_bytes().iter().map(folded));
+    same.then(|| {
         let unquoted = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\""));
         unquoted.unwrap_or(v)
     })

@@ -207,6 +207,9 @@ fn credentials_are_read_from_bearer_headers_and_cookies() {
     assert_eq!(bearer("abc"), "abc");
     assert_eq!(cookie(b" session=\"tok\" ", "session"), Some(&b"tok"[..]));
     assert_eq!(cookie(b"session =tok", "session"), Some(&b"tok"[..]));
+    // PHP reads `.` and a space in a name as `_`; ASP.NET Core ignores case.
+    assert_eq!(cookie(b"access.token=x", "access_token"), Some(&b"x"[..]));
+    assert_eq!(cookie(b"Access_Token=x", "access_token"), Some(&b"x"[..]));
     assert_eq!(cookie(b"a=1", "session"), None);
     assert_eq!(cookie(b"sessionx=1", "session"), None);
     let policy = policy();
@@ -231,8 +234,11 @@ fn credentials_are_read_from_bearer_headers_and_cookies() {
     let refused = (None, true);
     assert_eq!(token_of(&["session=mine; session=theirs"]), refused);
     assert_eq!(token_of(&["session=mine", "a=1; session=theirs"]), refused);
-    // Django strips the name: `session =theirs` is the same cookie.
+    // Django strips the name: `session =theirs` is the same cookie; ASP.NET Core splits at
+    // commas too and ignores case.
     assert_eq!(token_of(&["session=mine; session =theirs"]), refused);
+    assert_eq!(token_of(&["session=mine; x=1, session=theirs"]), refused);
+    assert_eq!(token_of(&["session=mine; SESSION=theirs"]), refused);
     // A line with bytes that are not text still shows its token cookie.
     let mut headers = http::HeaderMap::new();
     headers.append("cookie", http::HeaderValue::from_static("session=mine"));

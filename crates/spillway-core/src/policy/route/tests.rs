@@ -247,6 +247,10 @@ fn method_parameters_are_read_from_the_query_as_php_reads_them() {
     let read = methods(&many);
     assert_eq!(read.len(), super::MAX_METHOD_PARAMS);
     assert_eq!(read.last().map(String::as_str), Some("DELETE"));
+    // ... and it says there were more, so any method counts.
+    assert!(RequestPath::read(&many).expect("a path").any_method());
+    let few = RequestPath::read("/i?_method=A&_method=B&_method=A").expect("a path");
+    assert!(!few.any_method());
 }
 
 #[test]

@@ -258,6 +258,13 @@ fn a_post_naming_another_method_pays_for_both() {
     let (route, cost, _, limits) = under(&policy, &req);
     assert_eq!((route.as_str(), cost), ("GET /v1/generate", 5));
     assert_eq!(limits, ["generate-once", "l", "read-many"]);
+    // More distinct `_method` values than are kept (PHP may stop reading before the last):
+    // any could be served, so every route of the path applies.
+    let path = "/v1/items/7?_method=A&_method=B&_method=C&_method=DELETE&_method=GET";
+    assert_eq!(
+        under(&policy, &request("t", "u", "POST", path)).3,
+        ["delete-once", "l"]
+    );
     // Express takes the text before a comma; every part is matched.
     let mut req = request("t", "u", "POST", "/v1/items/7");
     req.method_override = Some("DELETE, x".into());

@@ -4,6 +4,7 @@ use super::body::record;
 use super::{AddKeyArgs, Context, Failure, ListTarget, Target, WriteTarget};
 use crate::admin::{digest_of, document, id_of, merge, record_value, unknown_removal};
 use serde_json::{json, Value};
+use spillway_catalog::tenant::TenantDeletion;
 use spillway_core::catalog::{ApiKeyRecord, Catalog, Entry, EntryKey, Kind};
 use spillway_core::text::printable;
 use std::io::BufRead;
@@ -109,8 +110,21 @@ pub async fn patch(ctx: &Context, target: WriteTarget) -> Result<(), Failure> {
 }
 
 /// `spillway catalog delete`.
-pub async fn delete(ctx: &Context, target: Target, condition: Option<u64>) -> Result<(), Failure> {
+pub async fn delete(
+    ctx: &Context,
+    target: Target,
+    condition: Option<u64>,
+    cascade: bool,
+) -> Result<(), Failure> {
     let key = key_of(target);
+    if let EntryKey::Tenant { tenant } = &key {
+        return delete_tenant(ctx, tenant, condition, cascade).await;
+    }
+    if cascade {
+        return Err(Failure::Usage(
+            "--cascade deletes a tenant's users and API keys; it applies to a tenant only".into(),
+        ));
+    }
     match ctx
         .db
         .delete(&key, condition)
@@ -124,6 +138,44 @@ pub async fn delete(ctx: &Context, target: Target, condition: Option<u64>) -> Re
             Ok(())
         }
         None => Err(not_found(&key)),
+    }
+}
+
+/// `spillway catalog delete tenant`: refused while the tenant has users or API keys, unless
+/// `cascade` (see `spillway_catalog::tenant`).
+async fn delete_tenant(
+    ctx: &Context,
+    tenant: &str,
+    condition: Option<u64>,
+    cascade: bool,
+) -> Result<(), Failure> {
+    let deletion = spillway_catalog::tenant::delete_tenant(&*ctx.db, tenant, condition, cascade)
+        .await
+        .map_err(|e| ctx.db_failure(e))?;
+    match deletion {
+        TenantDeletion::Deleted {
+            version,
+            users,
+            api_keys,
+        } => {
+            let body = json!({ "deleted": true, "version": version, "users": users,
+                               "api_keys": api_keys });
+            ctx.print(&body, || {
+                format!(
+                    "deleted tenant {tenant} with {users} user(s) and {api_keys} API key(s): \
+                     catalog version {version}"
+                )
+            });
+            Ok(())
+        }
+        TenantDeletion::NotFound => Err(not_found(&EntryKey::Tenant {
+            tenant: tenant.to_owned(),
+        })),
+        TenantDeletion::Holds { users, api_keys } => Err(Failure::Conflict(format!(
+            "tenant {tenant} still has {users} user(s) and {api_keys} API key(s): a key left \
+             behind would still act for {tenant}, and for any tenant created later with that \
+             id; delete them first, or pass --cascade to delete them with it"
+        ))),
     }
 }
 

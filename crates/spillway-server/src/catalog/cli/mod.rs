@@ -76,11 +76,15 @@ pub enum CatalogCommand {
         #[command(subcommand)]
         target: WriteTarget,
     },
-    /// Delete one entry.
+    /// Delete one entry. A tenant that still has users or API keys is refused unless
+    /// `--cascade` deletes them with it.
     Delete {
         /// Delete only if the entry is at this version (its ETag in the admin API).
         #[arg(long, value_name = "VERSION", global = true)]
         if_version: Option<u64>,
+        /// With a tenant: delete its users and API keys too (its keys first).
+        #[arg(long, global = true)]
+        cascade: bool,
         /// Which entry.
         #[command(subcommand)]
         target: Target,
@@ -392,9 +396,11 @@ async fn dispatch(ctx: &Context, command: CatalogCommand) -> Result<(), Failure>
         CatalogCommand::Get { target } => entries::get(ctx, target).await,
         CatalogCommand::Put { target } => entries::put(ctx, target).await,
         CatalogCommand::Patch { target } => entries::patch(ctx, target).await,
-        CatalogCommand::Delete { if_version, target } => {
-            entries::delete(ctx, target, if_version).await
-        }
+        CatalogCommand::Delete {
+            if_version,
+            cascade,
+            target,
+        } => entries::delete(ctx, target, if_version, cascade).await,
         CatalogCommand::List {
             after,
             limit,

@@ -51,6 +51,7 @@ pub(super) fn read(body: &[u8]) -> Option<CheckRequest> {
                     request.descriptors = Some(text.descriptors()?);
                     Some(10)
                 }
+                "method_override" => text.owned(&mut request.method_override, 11),
                 _ => None,
             }?;
             if seen & (1 << bit) != 0 {
@@ -320,6 +321,7 @@ mod tests {
             "user",
             "ip",
             "method",
+            "method_override",
             "path",
             "tier",
             "cost",
