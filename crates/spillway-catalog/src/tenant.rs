@@ -9,9 +9,16 @@
 //!
 //! Backend-agnostic: written over [`CatalogDb`]'s list and delete, for the admin API and the
 //! CLI alike. Each entry is its own write (its own catalog version), not one transaction: a
-//! deletion cut short (the database lost midway) leaves some of them deleted and the tenant
-//! in place, and asking again finishes it. A key written for the tenant while it is being
-//! deleted can outlive it; delete it (or the tenant again) to finish.
+//! deletion cut short (the database lost midway, or the tenant changed meanwhile, which
+//! fails its `If-Match`) leaves some of them deleted and the tenant in place, and asking again
+//! finishes it. With `cascade`, users and keys are cleared even when the tenant itself is
+//! gone (those an older build's deletion left behind), so asking again also clears a key
+//! written for the tenant while it was being deleted. Each is deleted only at the version it
+//! was read at: one changed meanwhile is read again, and kept if it no longer names the
+//! tenant (a key moved to another).
+//!
+//! Finding a tenant's keys reads every API key in the catalog (keys are stored by digest),
+//! a page of [`PAGE`] at a time: an admin operation's cost, not a request's.
 
 use crate::{CatalogDb, Error};
 use spillway_core::catalog::{Entry, EntryKey, Kind};
@@ -22,7 +29,8 @@ const PAGE: usize = 1000;
 /// What [`delete_tenant`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TenantDeletion {
-    /// The tenant is gone at catalog `version`, with these of its users and keys.
+    /// The tenant is gone at catalog `version`, with these of its users and keys (with
+    /// `cascade`, also when the tenant itself was gone already and only they were left).
     Deleted {
         /// The catalog version of the tenant's deletion (the last write).
         version: u64,
@@ -31,7 +39,8 @@ pub enum TenantDeletion {
         /// Its API keys deleted with it.
         api_keys: usize,
     },
-    /// The catalog holds no such tenant; nothing was written.
+    /// The catalog holds no such tenant (and, with `cascade`, nothing of it); nothing was
+    /// written.
     NotFound,
     /// The tenant still has users or keys and `cascade` was not asked; nothing was written.
     Holds {
@@ -42,7 +51,7 @@ pub enum TenantDeletion {
     },
 }
 
-/// The catalog keys of a tenant's API keys and users.
+/// The catalog keys of a tenant's API keys and users, each with its version as read.
 pub async fn belongings(db: &dyn CatalogDb, tenant: &str) -> Result<Belongings, Error> {
     let mut found = Belongings::default();
     let mut after: Option<EntryKey> = None;
@@ -50,12 +59,12 @@ pub async fn belongings(db: &dyn CatalogDb, tenant: &str) -> Result<Belongings, 
         let page = db.list(Kind::ApiKey, None, after.as_ref(), PAGE).await?;
         let full = page.len() == PAGE;
         after = page.last().map(|(key, _, _)| key.clone());
+        let ours = page
+            .into_iter()
+            .filter(|(_, entry, _)| names(entry, tenant));
         found
             .api_keys
-            .extend(page.into_iter().filter_map(|(key, entry, _)| match entry {
-                Entry::ApiKey(record) if record.tenant == tenant => Some(key),
-                _ => None,
-            }));
+            .extend(ours.map(|(key, _, version)| (key, version)));
         if !full {
             break;
         }
@@ -67,7 +76,9 @@ pub async fn belongings(db: &dyn CatalogDb, tenant: &str) -> Result<Belongings, 
             .await?;
         let full = page.len() == PAGE;
         after = page.last().map(|(key, _, _)| key.clone());
-        found.users.extend(page.into_iter().map(|(key, _, _)| key));
+        found
+            .users
+            .extend(page.into_iter().map(|(key, _, version)| (key, version)));
         if !full {
             break;
         }
@@ -75,13 +86,42 @@ pub async fn belongings(db: &dyn CatalogDb, tenant: &str) -> Result<Belongings, 
     Ok(found)
 }
 
-/// A tenant's users and API keys, by key.
+/// Whether `entry` belongs to `tenant`: a user under it (by its key), or a key naming it.
+fn names(entry: &Entry, tenant: &str) -> bool {
+    match entry {
+        Entry::ApiKey(record) => record.tenant == tenant,
+        _ => true,
+    }
+}
+
+/// A tenant's API keys and users, by catalog key, each with its version as read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Belongings {
     /// Its API keys.
-    pub api_keys: Vec<EntryKey>,
+    pub api_keys: Vec<(EntryKey, u64)>,
     /// Its users.
-    pub users: Vec<EntryKey>,
+    pub users: Vec<(EntryKey, u64)>,
+}
+
+/// Deletes `key` if it is still at `version`; changed meanwhile, deletes it at its new
+/// version if it still belongs to `tenant`, and keeps it if not. Gone meanwhile is done.
+pub async fn delete_belonging(
+    db: &dyn CatalogDb,
+    tenant: &str,
+    key: &EntryKey,
+    version: u64,
+) -> Result<(), Error> {
+    match db.delete(key, Some(version)).await {
+        Ok(_) => Ok(()),
+        Err(Error::Conflict { current: None }) => Ok(()),
+        Err(Error::Conflict { .. }) => match db.get(key).await? {
+            Some((entry, now)) if names(&entry, tenant) => {
+                db.delete(key, Some(now)).await.map(|_| ())
+            }
+            _ => Ok(()),
+        },
+        Err(other) => Err(other),
+    }
 }
 
 /// Deletes tenant `tenant` if its version is `if_version` (any, when `None`; as for
@@ -101,10 +141,10 @@ pub async fn delete_tenant(
     let current = db.get(&key).await?.map(|(_, version)| version);
     match (current, if_version) {
         (None, Some(want)) if want > 0 => return Err(Error::Conflict { current: None }),
-        (None, _) => return Ok(TenantDeletion::NotFound),
         (Some(now), Some(want)) if now != want => {
             return Err(Error::Conflict { current: Some(now) })
         }
+        (None, _) if !cascade => return Ok(TenantDeletion::NotFound),
         _ => {}
     }
     let found = belongings(db, tenant).await?;
@@ -112,15 +152,21 @@ pub async fn delete_tenant(
     if !cascade && users + api_keys > 0 {
         return Ok(TenantDeletion::Holds { users, api_keys });
     }
-    for belonging in found.api_keys.iter().chain(&found.users) {
-        db.delete(belonging, None).await?;
+    for (belonging, version) in found.api_keys.iter().chain(&found.users) {
+        delete_belonging(db, tenant, belonging, *version).await?;
     }
-    match db.delete(&key, if_version).await? {
-        Some(version) => Ok(TenantDeletion::Deleted {
+    let version = match current {
+        Some(_) => db.delete(&key, if_version).await?,
+        // Gone already: what it left behind was cleared, at the catalog's version now.
+        None if users + api_keys > 0 => Some(db.version().await?),
+        None => None,
+    };
+    Ok(match version {
+        Some(version) => TenantDeletion::Deleted {
             version,
             users,
             api_keys,
-        }),
-        None => Ok(TenantDeletion::NotFound),
-    }
+        },
+        None => TenantDeletion::NotFound,
+    })
 }

@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use spillway_catalog::tenant::{delete_tenant, TenantDeletion};
+use spillway_catalog::tenant::{belongings, delete_belonging, delete_tenant, TenantDeletion};
 use spillway_catalog::{Error, Migrated};
 use spillway_core::catalog::{Change, Entry, EntryKey, Kind, OverrideRecord, TenantRecord};
 use std::collections::BTreeMap;
@@ -717,9 +717,44 @@ async fn a_tenant_with_users_or_keys_goes_only_with_them(f: &mut Fixture) {
         ]
     );
     // Gone is gone; a tenant with nothing else goes without cascade.
+    let gone = |cascade| delete_tenant(db, "acme", None, cascade);
+    assert_eq!(gone(true).await.unwrap(), TenantDeletion::NotFound);
+    assert_eq!(gone(false).await.unwrap(), TenantDeletion::NotFound);
+    // What a tenant left behind (a key written for it after it went) is cleared by cascade
+    // alone.
+    db.put(api_key(4), key_of("acme"), None).await.unwrap();
+    assert_eq!(gone(false).await.unwrap(), TenantDeletion::NotFound);
+    let cleared = gone(true).await.unwrap();
+    let one_key = matches!(
+        cleared,
+        TenantDeletion::Deleted {
+            users: 0,
+            api_keys: 1,
+            ..
+        }
+    );
+    assert!(one_key, "{cleared:?}");
+    assert_eq!(db.get(&api_key(4)).await.unwrap(), None);
+    // A key moved to another tenant after it was listed is kept; one changed but still the
+    // tenant's goes at its new version.
+    let found = belongings(db, "initech").await.unwrap();
+    let (key, version) = found.api_keys[0].clone();
+    db.put(key.clone(), key_of("globex"), None).await.unwrap();
+    delete_belonging(db, "initech", &key, version)
+        .await
+        .unwrap();
+    assert!(db.get(&key).await.unwrap().is_some(), "moved away: kept");
+    let (user_key, version) = found.users[0].clone();
+    db.put(user_key.clone(), a_user("paid"), None)
+        .await
+        .unwrap();
+    delete_belonging(db, "initech", &user_key, version)
+        .await
+        .unwrap();
     assert_eq!(
-        delete_tenant(db, "acme", None, true).await.unwrap(),
-        TenantDeletion::NotFound
+        db.get(&user_key).await.unwrap(),
+        None,
+        "changed, still its: deleted"
     );
     db.put(tenant("lone"), on_tier("free"), None).await.unwrap();
     let lone = delete_tenant(db, "lone", None, false).await.unwrap();

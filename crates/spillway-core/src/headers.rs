@@ -8,12 +8,13 @@
 //! - `Retry-After` on a denial: delay-seconds, rounded up, at least 1. Absent when the cost
 //!   can never fit, since no wait would help.
 //! - `RateLimit-Policy` and `RateLimit` as in draft-ietf-httpapi-ratelimit-headers (-09/-10):
-//!   structured-field lists with one item per enforced limit (one per name: see `shown`),
+//!   structured-field lists with one item per enforced limit (one per name: see `listed`),
 //!   named by a String item, e.g.
 //!   `"free-user";q=100;w=60` and `"free-user";r=42;t=18`. Shadow-mode limits are left out:
 //!   they do not constrain the client. A name's String form (quoted, escaped) is made when
 //!   the policy is compiled (`crate::policy::LimitName`), not on every answer.
 
+use crate::algorithm::Decision;
 use crate::engine::{LimitOutcome, Verdict};
 use crate::time::ceil_secs;
 
@@ -168,7 +169,7 @@ pub fn fields_but_policy(verdict: &Verdict) -> Fields {
 /// enforced limits' names, quotas and windows alone, in order.
 pub fn policy_value(verdict: &Verdict) -> String {
     let mut out = String::new();
-    push_policy(&mut out, verdict);
+    push_policy(&mut out, verdict, names_repeat(verdict));
     out
 }
 
@@ -178,8 +179,10 @@ fn render_fields(verdict: &Verdict, with_policy: bool) -> Fields {
         return out;
     };
     let d = &gov.decision;
-    let enforced = || shown(verdict);
-    let room: usize = enforced().map(|o| 2 * o.name.len() + 64).sum();
+    let room: usize = (verdict.outcomes.iter())
+        .filter(|o| !o.shadow)
+        .map(|o| 2 * o.name.len() + 64)
+        .sum();
     out.text.reserve(64 + room);
     out.open::<SLOT_LIMIT>();
     push_number(&mut out.text, d.limit);
@@ -193,25 +196,26 @@ fn render_fields(verdict: &Verdict, with_policy: bool) -> Fields {
             push_number(&mut out.text, ceil_secs(retry).max(1));
         }
     }
+    let repeats = names_repeat(verdict);
     if with_policy {
         out.open::<SLOT_POLICY>();
-        push_policy(&mut out.text, verdict);
+        push_policy(&mut out.text, verdict, repeats);
     }
     out.open::<SLOT_RATELIMIT>();
-    for (i, o) in enforced().enumerate() {
+    for (i, (o, d)) in listed(verdict, repeats).enumerate() {
         if i > 0 {
             out.text.push_str(", ");
         }
         out.text.push_str(o.name.sf());
-        push_param(&mut out.text, ";r=", o.decision.remaining);
-        push_param(&mut out.text, ";t=", ceil_secs(o.decision.reset_after));
+        push_param(&mut out.text, ";r=", d.remaining);
+        push_param(&mut out.text, ";t=", ceil_secs(d.reset_after));
     }
     out.done()
 }
 
 /// Appends `RateLimit-Policy`'s value: each enforced limit's name, quota and window.
-fn push_policy(out: &mut String, verdict: &Verdict) {
-    for (i, o) in shown(verdict).enumerate() {
+fn push_policy(out: &mut String, verdict: &Verdict, repeats: bool) {
+    for (i, (o, _)) in listed(verdict, repeats).enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
@@ -221,20 +225,42 @@ fn push_policy(out: &mut String, verdict: &Verdict) {
     }
 }
 
-/// The outcomes the IETF fields list: enforced ones, one per name. A request read several
-/// ways can charge one limit under two counters (a `route`-keyed limit under each route it
-/// matched); a client pairs `RateLimit` with `RateLimit-Policy` by name, so of those only the
-/// one with the least remaining is listed (the first on a tie).
-fn shown(verdict: &Verdict) -> impl Iterator<Item = &LimitOutcome> + Clone {
-    let enforced = verdict.outcomes.iter().filter(|o| !o.shadow);
-    enforced.clone().enumerate().filter_map(move |(i, o)| {
-        let tighter = |(j, other): (usize, &LimitOutcome)| {
-            j != i
-                && other.name == o.name
-                && (other.decision.remaining, j) < (o.decision.remaining, i)
-        };
-        (!enforced.clone().enumerate().any(tighter)).then_some(o)
-    })
+/// Whether two enforced outcomes share a name: a request read several ways can charge one
+/// limit under two counters (a `route`-keyed limit under each route it matched). Rare; the
+/// check compares each pair, the same compiled name by pointer first.
+fn names_repeat(verdict: &Verdict) -> bool {
+    let enforced = || verdict.outcomes.iter().filter(|o| !o.shadow);
+    enforced()
+        .enumerate()
+        .any(|(i, o)| enforced().skip(i + 1).any(|other| other.name == o.name))
+}
+
+/// The outcomes the IETF fields list, each with the decision its `RateLimit` item tells:
+/// enforced ones, one per name (a client pairs `RateLimit` with `RateLimit-Policy` by name),
+/// at the name's first place and with its copy's least remaining (the first on a tie). So
+/// both fields depend on the enforced names' order alone, as the prepared `RateLimit-Policy`
+/// values assume (`policy_value`). `repeats` is [`names_repeat`]: without repeats each
+/// outcome stands for itself.
+fn listed(
+    verdict: &Verdict,
+    repeats: bool,
+) -> impl Iterator<Item = (&LimitOutcome, &Decision)> + Clone {
+    let outcomes = &verdict.outcomes;
+    (outcomes.iter().enumerate())
+        .filter(|(_, o)| !o.shadow)
+        .filter_map(move |(i, o)| {
+            if !repeats {
+                return Some((o, &o.decision));
+            }
+            if outcomes[..i].iter().any(|c| !c.shadow && c.name == o.name) {
+                return None;
+            }
+            let tightest = (outcomes.iter())
+                .filter(|c| !c.shadow && c.name == o.name)
+                .min_by_key(|c| c.decision.remaining)
+                .unwrap_or(o);
+            Some((o, &tightest.decision))
+        })
 }
 
 /// Appends a decimal integer.
@@ -371,11 +397,26 @@ mod tests {
         let h = render(&v);
         assert_eq!(
             get(&h, POLICY),
-            Some(r#""other";q=100;w=60, "per-route";q=100;w=60"#)
+            Some(r#""per-route";q=100;w=60, "other";q=100;w=60"#)
         );
         assert_eq!(
             get(&h, RATELIMIT),
-            Some(r#""other";r=5;t=1, "per-route";r=4;t=2"#)
+            Some(r#""per-route";r=4;t=2, "other";r=5;t=1"#)
+        );
+        // The same names in the same order render `RateLimit-Policy` alike, whichever copy is
+        // tighter (a transport keeps that value prepared by names alone).
+        let swapped = verdict(
+            true,
+            vec![
+                outcome("per-route", true, 3, SECOND, None),
+                outcome("other", true, 5, SECOND, None),
+                outcome("per-route", true, 8, 2 * SECOND, None),
+            ],
+        );
+        assert_eq!(policy_value(&swapped), policy_value(&v));
+        assert_eq!(
+            get(&render(&swapped), RATELIMIT),
+            Some(r#""per-route";r=3;t=1, "other";r=5;t=1"#)
         );
     }
 

@@ -144,17 +144,31 @@ impl Policy {
             .method
             .as_deref()
             .is_some_and(|m| m.eq_ignore_ascii_case("POST"));
-        // Express's `method-override` takes a header's text before its first comma; each
-        // part is matched, a few at most.
-        let from_header = (req.method_override.as_deref().into_iter())
-            .flat_map(|text| text.split(','))
-            .map(str::trim)
-            .filter(|method| !method.is_empty())
-            .take(MAX_OVERRIDES);
-        let overrides = from_header
-            .chain(path.method_params())
-            .filter(|_| overridable);
-        let methods = std::iter::once(req.method.as_deref()).chain(overrides.map(Some));
+        // The other methods named: each comma-separated part of the override (Express's
+        // `method-override` takes the text before the first comma), then `_method`. Past
+        // `MAX_OVERRIDES` distinct ones, any method could be the one served.
+        let mut overrides: SmallVec<[&str; 4]> = SmallVec::new();
+        let mut any_method = false;
+        if overridable {
+            let named = (req.method_override.iter())
+                .flat_map(|text| text.split(','))
+                .map(str::trim)
+                .filter(|method| !method.is_empty())
+                .chain(path.method_params());
+            for method in named {
+                if overrides.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+                    continue;
+                }
+                if overrides.len() == MAX_OVERRIDES {
+                    any_method = true;
+                    break;
+                }
+                overrides.push(method);
+            }
+            any_method |= path.any_method();
+        }
+        let methods =
+            std::iter::once(req.method.as_deref()).chain(overrides.iter().map(|m| Some(*m)));
         for reading in path.readings() {
             for method in methods.clone() {
                 let first = (self.routes.iter()).position(|r| r.pattern.matches(method, reading));
@@ -162,9 +176,9 @@ impl Policy {
                     found.push(i);
                 }
             }
-            // More `_method` values than are kept: the `POST` may be served as any method, so
+            // More methods named than are kept: the `POST` may be served as any method, so
             // every route of the path applies.
-            if overridable && path.any_method() {
+            if any_method {
                 for (i, route) in self.routes.iter().enumerate() {
                     if route.pattern.matches_path(reading) && !found.contains(&i) {
                         found.push(i);
@@ -179,8 +193,9 @@ impl Policy {
     }
 }
 
-/// The most method names one override header is read as (`DELETE, PUT` is two).
-const MAX_OVERRIDES: usize = 4;
+/// The most distinct other methods a request is matched under (override parts and `_method`
+/// values together); with more, every route of its path applies.
+const MAX_OVERRIDES: usize = 8;
 
 /// The request's value for each of `def`'s dimensions, in key order, or `None` when any is
 /// missing. An empty value counts as missing: it identifies no one, and counting every such

@@ -265,6 +265,12 @@ fn a_post_naming_another_method_pays_for_both() {
         under(&policy, &request("t", "u", "POST", path)).3,
         ["delete-once", "l"]
     );
+    // Past eight other methods named, any of them could be served: every route of the path.
+    let mut req = request("t", "u", "POST", "/v1/items/7");
+    req.method_override = Some("A, B, C, D, E, F, G, H, DELETE".into());
+    assert_eq!(under(&policy, &req).3, ["delete-once", "l"]);
+    req.method_override = Some("POST, POST, POST, POST, POST, DELETE".into());
+    assert_eq!(under(&policy, &req).3, ["delete-once", "l"]);
     // Express takes the text before a comma; every part is matched.
     let mut req = request("t", "u", "POST", "/v1/items/7");
     req.method_override = Some("DELETE, x".into());

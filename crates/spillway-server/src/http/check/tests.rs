@@ -244,8 +244,8 @@ proptest::proptest! {
         fields in proptest::collection::vec(
             (
                 proptest::sample::select(vec![
-                    "tenant", "user", "ip", "method", "path", "tier", "cost", "token",
-                    "descriptors", "api_key", "host", "nope",
+                    "tenant", "user", "ip", "method", "method_override", "path", "tier",
+                    "cost", "token", "descriptors", "api_key", "host", "nope",
                 ]),
                 proptest::string::bytes_regex(
                     "(\"([a-z0-9/. ]|\\\\[nt\"/\\\\]|\\\\u00[0-7][0-9a-f]|\\\\ud83d\\\\ude00|\\\\ud800|[\\x80-\\xff]){0,8}\"|[0-9]{1,3}|-1|null|\\{\\}|\\{\"r\":\"x\"\\})",
