@@ -18,7 +18,7 @@
 //! tenant (a key moved to another).
 //!
 //! Finding a tenant's keys reads every API key in the catalog (keys are stored by digest),
-//! a page of [`PAGE`] at a time: an admin operation's cost, not a request's.
+//! a thousand at a time: an admin operation's cost, not a request's.
 
 use crate::{CatalogDb, Error};
 use spillway_core::catalog::{Entry, EntryKey, Kind};
@@ -49,6 +49,16 @@ pub enum TenantDeletion {
         /// Its API keys.
         api_keys: usize,
     },
+}
+
+/// Why a tenant that holds `users` users and `api_keys` API keys was not deleted, for the
+/// admin API and the CLI to say alike; `cascade` is how their caller asks for them to go too.
+pub fn still_holds(tenant: &str, users: usize, api_keys: usize, cascade: &str) -> String {
+    format!(
+        "tenant `{tenant}` still has {users} user(s) and {api_keys} API key(s): a key left \
+         behind would still act for `{tenant}`, and for any tenant created later with that id; \
+         delete them first, or {cascade} to delete them with it"
+    )
 }
 
 /// The catalog keys of a tenant's API keys and users, each with its version as read.

@@ -209,6 +209,9 @@ pub struct Policy {
     tiers: Vec<resolve::Tier>,
     tier_index: HashMap<Box<str>, usize>,
     routes: Vec<Arc<Route>>,
+    /// `route_matching.format_suffixes`: a path's last segment is also read without its
+    /// `.format` suffix, as Rails and Spring route (`/v1/generate.json` is `/v1/generate`).
+    format_suffixes: bool,
     /// Tenants, users and API keys: the `tenants:` section, or the database's catalog.
     catalog: Arc<Catalog>,
     /// Each valid limit as written and compiled, for compiling catalog overrides of it.

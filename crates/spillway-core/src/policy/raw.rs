@@ -152,6 +152,8 @@ pub(crate) struct RawTier {
 pub(crate) struct RawRouteMatching {
     #[serde(default)]
     pub case_sensitive: Option<bool>,
+    #[serde(default)]
+    pub format_suffixes: Option<bool>,
 }
 
 /// The `ip_prefix:` section: the network sizes the `ip` dimension counts by (checked in

@@ -136,7 +136,8 @@ impl Policy {
     /// dearer, never cheaper.
     fn route_indices(&self, req: &RequestAttrs) -> SmallVec<[usize; 2]> {
         let mut found = SmallVec::new();
-        let Some(path) = req.path.as_deref().and_then(RequestPath::read) else {
+        let read = |path| RequestPath::read(path, self.format_suffixes);
+        let Some(path) = req.path.as_deref().and_then(read) else {
             return found;
         };
         // Frameworks honour an override on a `POST` only.

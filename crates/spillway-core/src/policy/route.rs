@@ -39,6 +39,10 @@
 //! the routes under every reading and applies all the routes matched
 //! (`Policy::route_indices`). Plain paths have one reading.
 //!
+//! A policy for Rails or Spring backends may set `route_matching: {format_suffixes: true}`:
+//! they serve `/v1/generate.json` as `/v1/generate` (a `.format` suffix), so each reading is
+//! then also taken with its last segment cut at its first `.`.
+//!
 //! Patterns are read the same way when the policy loads (`GET /a/` is `GET /a`), except that
 //! `..` and `;` are refused in them.
 
@@ -216,13 +220,13 @@ impl<'a> RequestPath<'a> {
     /// request target in absolute form (`http://host/v1/generate`, which servers must accept)
     /// is read by its path. `None` when there is no path starting with `/`, which no pattern
     /// matches.
-    pub(crate) fn read(path: &'a str) -> Option<Self> {
+    pub(crate) fn read(path: &'a str, format_suffixes: bool) -> Option<Self> {
         let (path, query) = match path.find(['?', '#']) {
             Some(end) => (&path[..end], path[end..].strip_prefix('?')),
             None => (path, None),
         };
         let body = without_origin(path).strip_prefix('/')?;
-        let mut readings = SmallVec::new();
+        let mut readings: SmallVec<[SmallVec<[&str; 8]>; 1]> = SmallVec::new();
         readings.push(normalized(body, Reading::LENIENT).0);
         if may_differ(body) {
             // Room for all eight at once: one allocation.
@@ -231,6 +235,23 @@ impl<'a> RequestPath<'a> {
                 let reading = normalized(body, how).0;
                 if !readings.contains(&reading) {
                     readings.push(reading);
+                }
+            }
+        }
+        if format_suffixes {
+            // Each reading again with its last segment cut at its first `.`, where it has one
+            // past its start.
+            for n in 0..readings.len() {
+                let mut cut = readings[n].clone();
+                let Some(last) = cut.last_mut() else {
+                    continue;
+                };
+                match last.find('.') {
+                    Some(dot) if dot > 0 => *last = &last[..dot],
+                    _ => continue,
+                }
+                if !readings.contains(&cut) {
+                    readings.push(cut);
                 }
             }
         }

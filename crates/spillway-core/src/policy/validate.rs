@@ -91,6 +91,9 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         tiers,
         tier_index,
         routes,
+        format_suffixes: (raw.route_matching.as_ref())
+            .and_then(|m| m.format_suffixes)
+            .unwrap_or(false),
         catalog: Arc::new(Catalog::placeholder()),
         bases: Arc::new(tenant::bases(&defs)),
         has_static_tenants: !tenants.is_empty(),

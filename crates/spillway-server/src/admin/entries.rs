@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use spillway_catalog::tenant::TenantDeletion;
+use spillway_catalog::tenant::{still_holds, TenantDeletion};
 use spillway_catalog::Error as DbError;
 use spillway_core::catalog::{
     ApiKeyRecord, Entry, EntryKey, FieldIssue, Kind, OverrideRecord, TenantRecord, UserRecord,
@@ -121,11 +121,7 @@ pub async fn delete_tenant(
         TenantDeletion::NotFound => Err(not_found(&EntryKey::Tenant { tenant })),
         TenantDeletion::Holds { users, api_keys } => Err(Problem::http(
             StatusCode::CONFLICT,
-            format!(
-                "tenant `{tenant}` still has {users} user(s) and {api_keys} API key(s): a key \
-                 left behind would still act for `{tenant}`, and for any tenant created later \
-                 with that id; delete them first, or add `?cascade=true` to delete them with it"
-            ),
+            still_holds(&tenant, users, api_keys, "add `?cascade=true`"),
         )),
     }
 }

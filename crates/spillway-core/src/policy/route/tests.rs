@@ -5,7 +5,7 @@ use super::{RequestPath, RoutePattern};
 /// Whether `pattern` takes a request with `method` and `path` under one of the readings the
 /// resolver makes of it.
 fn at(pattern: &RoutePattern, method: Option<&str>, path: &str) -> bool {
-    RequestPath::read(path).is_some_and(|path| {
+    RequestPath::read(path, false).is_some_and(|path| {
         path.readings()
             .any(|reading| pattern.matches(method, reading))
     })
@@ -130,7 +130,7 @@ fn absolute_targets_are_read_by_their_path() {
 
 /// The segments of each reading the resolver makes of `path`.
 fn readings(path: &str) -> Vec<Vec<String>> {
-    let path = RequestPath::read(path).expect("a path");
+    let path = RequestPath::read(path, false).expect("a path");
     path.readings()
         .map(|reading| reading.iter().map(|s| s.to_string()).collect())
         .collect()
@@ -205,9 +205,34 @@ fn a_path_servers_could_read_apart_is_read_each_way() {
 }
 
 #[test]
+fn format_suffixes_are_cut_only_when_asked() {
+    let read = |path, suffixes| {
+        let path = RequestPath::read(path, suffixes).expect("a path");
+        (path.readings())
+            .map(|r| r.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(read("/v1/generate.json", false), [["v1", "generate.json"]]);
+    assert_eq!(
+        read("/v1/generate.json", true),
+        [vec!["v1", "generate.json"], vec!["v1", "generate"]]
+    );
+    // At the first dot of the last segment only, and not a leading one.
+    assert_eq!(
+        read("/v1.2/items/7.json.gz?x=1", true),
+        [
+            vec!["v1.2", "items", "7.json.gz"],
+            vec!["v1.2", "items", "7"]
+        ]
+    );
+    assert_eq!(read("/v1/.well-known", true), [["v1", ".well-known"]]);
+    assert_eq!(read("/v1/generate", true), [["v1", "generate"]]);
+}
+
+#[test]
 fn method_parameters_are_read_from_the_query_as_php_reads_them() {
     let methods = |path| {
-        let path = RequestPath::read(path).expect("a path");
+        let path = RequestPath::read(path, false).expect("a path");
         path.method_params().map(str::to_owned).collect::<Vec<_>>()
     };
     assert_eq!(methods("/v1/items/7?_method=DELETE"), ["DELETE"]);
@@ -248,8 +273,10 @@ fn method_parameters_are_read_from_the_query_as_php_reads_them() {
     assert_eq!(read.len(), super::MAX_METHOD_PARAMS);
     assert_eq!(read.last().map(String::as_str), Some("DELETE"));
     // ... and it says there were more, so any method counts.
-    assert!(RequestPath::read(&many).expect("a path").any_method());
-    let few = RequestPath::read("/i?_method=A&_method=B&_method=A").expect("a path");
+    assert!(RequestPath::read(&many, false)
+        .expect("a path")
+        .any_method());
+    let few = RequestPath::read("/i?_method=A&_method=B&_method=A", false).expect("a path");
     assert!(!few.any_method());
 }
 

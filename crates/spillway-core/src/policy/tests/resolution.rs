@@ -322,6 +322,24 @@ routes:
 }
 
 #[test]
+fn a_format_suffix_pays_for_its_route_when_the_policy_says_so() {
+    let text = "default_tier: t\nlimits:\n  l: {algorithm: gcra, rate: 1/s, key: [ip]}\n\
+                tiers:\n  t: {limits: [l]}\nroutes:\n  - {match: \"POST /v1/generate\", cost: 5}\n";
+    let route_of = |policy: &Policy| {
+        let resolved = policy.resolve(&request("t", "u", "POST", "/v1/generate.json"));
+        (resolved.route.map(|r| r.name.to_string()), resolved.cost)
+    };
+    // Off by default: `generate.json` is a segment of its own.
+    assert_eq!(route_of(&load(text)), (None, 1));
+    // Rails and Spring serve it as `/v1/generate`.
+    let rails = text.replace("tiers:", "route_matching: {format_suffixes: true}\ntiers:");
+    assert_eq!(
+        route_of(&load(&rails)),
+        (Some("POST /v1/generate".into()), 5)
+    );
+}
+
+#[test]
 fn a_case_sensitive_policy_keeps_case_apart() {
     let text = EXAMPLE.replace(
         "\nroutes:\n",

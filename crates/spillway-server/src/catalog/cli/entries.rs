@@ -4,7 +4,7 @@ use super::body::record;
 use super::{AddKeyArgs, Context, Failure, ListTarget, Target, WriteTarget};
 use crate::admin::{digest_of, document, id_of, merge, record_value, unknown_removal};
 use serde_json::{json, Value};
-use spillway_catalog::tenant::TenantDeletion;
+use spillway_catalog::tenant::{still_holds, TenantDeletion};
 use spillway_core::catalog::{ApiKeyRecord, Catalog, Entry, EntryKey, Kind};
 use spillway_core::text::printable;
 use std::io::BufRead;
@@ -171,10 +171,11 @@ async fn delete_tenant(
         TenantDeletion::NotFound => Err(not_found(&EntryKey::Tenant {
             tenant: tenant.to_owned(),
         })),
-        TenantDeletion::Holds { users, api_keys } => Err(Failure::Conflict(format!(
-            "tenant {tenant} still has {users} user(s) and {api_keys} API key(s): a key left \
-             behind would still act for {tenant}, and for any tenant created later with that \
-             id; delete them first, or pass --cascade to delete them with it"
+        TenantDeletion::Holds { users, api_keys } => Err(Failure::Conflict(still_holds(
+            tenant,
+            users,
+            api_keys,
+            "pass --cascade",
         ))),
     }
 }
