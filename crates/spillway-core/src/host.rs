@@ -72,6 +72,12 @@ impl<'a> Host<'a> {
         }
     }
 
+    /// Whether `text` reads as a host ([`Host::read`]) that is this machine
+    /// ([`Host::is_loopback`]).
+    pub fn names_loopback(text: &str) -> bool {
+        Host::read(text).is_ok_and(|host| host.is_some_and(|h| h.is_loopback()))
+    }
+
     /// Whether two hosts are one: names compared without regard to ASCII case.
     pub fn same(&self, other: &Host<'_>) -> bool {
         match (self, other) {

@@ -556,6 +556,28 @@ tiers:
             .expect("sent");
         assert_eq!(other.status(), 405);
     }
+    // Nor does a POST naming another method, which would be checked under that method's
+    // routes too while the report charges POST /v1/generate.
+    let overrides = [
+        ("X-HTTP-Method-Override", "GET"),
+        ("X-HTTP-Method", "GET"),
+        ("X-Method-Override", "GET"),
+    ];
+    for (name, value) in overrides {
+        let named = (spillway.http.post(&url))
+            .header("X-Tenant-Id", "acme")
+            .header(name, value)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(named.status(), 400, "{name}");
+    }
+    let query = (spillway.http.post(format!("{url}?_method=GET")))
+        .header("X-Tenant-Id", "acme")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(query.status(), 400);
 
     // A tenant that would need escaping in the report's JSON is refused up front.
     let odd = spillway

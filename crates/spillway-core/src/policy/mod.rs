@@ -78,9 +78,7 @@ impl FailureMode {
             (Open, Open) => Open,
         }
     }
-}
 
-impl FailureMode {
     /// The lowercase name used in policy files, logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -212,6 +210,9 @@ pub struct Policy {
     /// `route_matching.format_suffixes`: a path's last segment is also read without its
     /// `.format` suffix, as Rails and Spring route (`/v1/generate.json` is `/v1/generate`).
     format_suffixes: bool,
+    /// `route_matching.method_overrides` (on unless set `false`): a `POST` naming another
+    /// method is matched under it too.
+    method_overrides: bool,
     /// Tenants, users and API keys: the `tenants:` section, or the database's catalog.
     catalog: Arc<Catalog>,
     /// Each valid limit as written and compiled, for compiling catalog overrides of it.
@@ -241,8 +242,8 @@ pub struct Resolved {
     pub tier: Arc<str>,
     /// The route the request falls under: the first, in file order, whose pattern matches
     /// it; for a request servers could read several ways (an oddly spelled path, a method
-    /// override) that match different routes, the costliest of those (the earlier on a tie),
-    /// while `limits` holds all of theirs.
+    /// override) that match different routes, the costliest of those (on a tie, the one its
+    /// own method and the lenient reading match), while `limits` holds all of theirs.
     pub route: Option<Arc<Route>>,
     /// The request's own cost, else the route's, else 1. Zero means "look, do not consume".
     pub cost: u64,

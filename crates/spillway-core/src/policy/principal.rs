@@ -766,6 +766,5 @@ fn loopback_http(url: &str) -> bool {
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     // Not `user@host`: a reader could take either side for the host.
-    !authority.contains('@')
-        && crate::host::Host::read(authority).is_ok_and(|h| h.is_some_and(|h| h.is_loopback()))
+    !authority.contains('@') && crate::host::Host::names_loopback(authority)
 }

@@ -154,6 +154,8 @@ pub(crate) struct RawRouteMatching {
     pub case_sensitive: Option<bool>,
     #[serde(default)]
     pub format_suffixes: Option<bool>,
+    #[serde(default)]
+    pub method_overrides: Option<bool>,
 }
 
 /// The `ip_prefix:` section: the network sizes the `ip` dimension counts by (checked in

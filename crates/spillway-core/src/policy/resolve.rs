@@ -127,7 +127,7 @@ impl Policy {
         }
     }
 
-    /// The routes `req` falls under, the costliest first (the earlier in the policy on a tie),
+    /// The routes `req` falls under, the costliest first (on a tie, the first found),
     /// usually one or none. The path is read once; each pattern then compares segments. A path
     /// servers could read apart (`route::RequestPath`), or a `POST` naming another method
     /// (`X-HTTP-Method-Override` and its kin, or a `_method` query parameter, which
@@ -141,10 +141,8 @@ impl Policy {
             return found;
         };
         // Frameworks honour an override on a `POST` only.
-        let overridable = req
-            .method
-            .as_deref()
-            .is_some_and(|m| m.eq_ignore_ascii_case("POST"));
+        let overridable = self.method_overrides
+            && (req.method.as_deref()).is_some_and(|m| m.eq_ignore_ascii_case("POST"));
         // The other methods named: each comma-separated part of the override (Express's
         // `method-override` takes the text before the first comma), then `_method`. Past
         // `MAX_OVERRIDES` distinct ones, any method could be the one served.
@@ -166,7 +164,7 @@ impl Policy {
                 }
                 overrides.push(method);
             }
-            any_method |= path.any_method();
+            any_method |= path.method_params_overflowed();
         }
         let methods =
             std::iter::once(req.method.as_deref()).chain(overrides.iter().map(|m| Some(*m)));
@@ -187,8 +185,10 @@ impl Policy {
                 }
             }
         }
+        // The costliest first; on a tie, the first found (the request's own method under the
+        // lenient reading comes first), so a plain request keeps its route's name.
         if found.len() > 1 {
-            found.sort_by_key(|&i| (Reverse(self.routes[i].cost), i));
+            found.sort_by_key(|&i| Reverse(self.routes[i].cost));
         }
         found
     }

@@ -275,7 +275,7 @@ impl<'a> RequestPath<'a> {
 
     /// Whether the query named more methods than [`Self::method_params`] holds: then a `POST`
     /// may be served as any method.
-    pub(crate) fn any_method(&self) -> bool {
+    pub(crate) fn method_params_overflowed(&self) -> bool {
         self.method_params_overflow
     }
 }
@@ -297,7 +297,9 @@ fn method_params(query: &str) -> (SmallVec<[String; 1]>, bool) {
     let values = (query.split('&'))
         .filter_map(|pair| pair.split_once('='))
         .filter(|(name, _)| php_name_is(name, "_method"))
-        .map(|(_, value)| decode(value))
+        .map(|(_, value)| {
+            String::from_utf8_lossy(&decoded_plus(value).collect::<Vec<u8>>()).into_owned()
+        })
         .filter(|method| !method.is_empty());
     let mut overflow = false;
     for value in values {

@@ -94,6 +94,9 @@ pub(crate) fn compile(raw: &RawPolicy) -> Result<Policy, Issues> {
         format_suffixes: (raw.route_matching.as_ref())
             .and_then(|m| m.format_suffixes)
             .unwrap_or(false),
+        method_overrides: (raw.route_matching.as_ref())
+            .and_then(|m| m.method_overrides)
+            .unwrap_or(true),
         catalog: Arc::new(Catalog::placeholder()),
         bases: Arc::new(tenant::bases(&defs)),
         has_static_tenants: !tenants.is_empty(),

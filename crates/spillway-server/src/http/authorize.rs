@@ -22,7 +22,8 @@
 //! Answers: the allow status (200, or 204) with the rate-limit headers; on deny the deny status
 //! (429 unless configured otherwise: nginx needs 401 or 403, see `NGINX.md`) with the headers
 //! and the same problem document as `/v1/check`. A header that cannot be understood (a cost
-//! that is not a number, bytes that are not UTF-8) is a 400 problem naming the header. With a
+//! that is not a number, bytes that are not UTF-8, a second value for one attribute) is a
+//! problem naming the header, with `--invalid-status` (400 unless set). With a
 //! `principals:` section, a missing or refused credential is answered with the policy's
 //! `invalid_status` (401 by default, which nginx passes on) and a problem naming the reason.
 
@@ -159,7 +160,7 @@ pub fn attrs_from_headers(
         tenant: first(headers, &mapping.tenant)?,
         user: first(headers, &mapping.user)?,
         tier: first(headers, &mapping.tier)?,
-        method_override: first(headers, &METHOD_OVERRIDES)?,
+        method_override: overrides(headers)?,
         ..RequestAttrs::default()
     };
     if let Some((name, text)) = first_named(headers, &mapping.cost)? {
@@ -211,6 +212,25 @@ const METHOD_OVERRIDES: [HeaderName; 3] = [
     HeaderName::from_static("x-http-method"),
     HeaderName::from_static("x-method-override"),
 ];
+
+/// Every method the override headers name, joined with commas (the resolver matches each
+/// part): unlike the attributes, two of them are not refused, since an override can only add
+/// routes to what a request pays.
+fn overrides(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let mut joined = String::new();
+    for name in &METHOD_OVERRIDES {
+        for value in headers.get_all(name) {
+            let value = utf8(name, value.as_bytes())?.trim();
+            if !value.is_empty() {
+                if !joined.is_empty() {
+                    joined.push_str(", ");
+                }
+                joined.push_str(value);
+            }
+        }
+    }
+    Ok((!joined.is_empty()).then_some(joined))
+}
 
 fn first(headers: &HeaderMap, names: &[HeaderName]) -> Result<Option<String>, Problem> {
     Ok(first_named(headers, names)?.map(|(_, value)| value))
@@ -378,10 +398,6 @@ mod tests {
         for clash in [
             headers(&[("x-tenant-id", "acme"), ("x-tenant-id", "initech")]),
             headers(&[("x-original-method", "GET"), ("x-forwarded-method", "POST")]),
-            headers(&[
-                ("x-http-method-override", "GET"),
-                ("x-method-override", "DELETE"),
-            ]),
         ] {
             assert!(attrs_from_headers(&clash, &mapping(), true, &policy()).is_err());
         }
@@ -409,6 +425,14 @@ mod tests {
             assert_eq!(attrs.method.as_deref(), Some("POST"));
             assert_eq!(attrs.method_override.as_deref(), Some("DELETE"), "{name}");
         }
+        // Several are all read: an override can only add routes.
+        let h = headers(&[
+            ("x-http-method-override", "GET"),
+            ("x-method-override", "DELETE"),
+            ("x-http-method-override", "PUT"),
+        ]);
+        let attrs = attrs_from_headers(&h, &mapping(), true, &policy()).expect("valid");
+        assert_eq!(attrs.method_override.as_deref(), Some("GET, PUT, DELETE"));
     }
 
     #[test]

@@ -256,9 +256,9 @@ mod tests {
         let h = headers(&[
             ("x-real-ip", "1.1.1.1"),
             ("x-real-ip", "3.3.3.3"),
-            ("x-forwarded-for", "3.3.3.3"),
+            ("x-forwarded-for", "5.5.5.5"),
         ]);
-        assert_eq!(from_proxy(&h), ip("3.3.3.3"));
+        assert_eq!(from_proxy(&h), ip("5.5.5.5"));
         // Lines that agree are one value.
         let h = headers(&[("x-real-ip", "3.3.3.3"), ("x-real-ip", "3.3.3.3")]);
         assert_eq!(from_proxy(&h), ip("3.3.3.3"));

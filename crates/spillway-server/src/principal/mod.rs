@@ -484,7 +484,7 @@ fn lacks_user(config: &Principals, principal: &Principal) -> Result<(), Reason> 
 /// presented host is under a catalog tenant's name other than its own (at any depth:
 /// [`subdomain::claimed`]), or is no host that can be read
 /// (sent twice, two joined by a comma as proxies chain them, or junk a proxy may read as
-/// another tenant's: see [`subdomain::NotAHost`]). A host naming no catalog tenant, or none
+/// another tenant's: see [`spillway_core::host::NotAHost`]). A host naming no catalog tenant, or none
 /// at all, is not checked.
 fn must_match(
     config: &Principals,
@@ -502,7 +502,7 @@ fn must_match(
         return Ok(());
     };
     match subdomain::claimed(host, settings, policy.catalog()) {
-        Err(subdomain::NotAHost) => Err(Reason::TenantMismatch),
+        Err(spillway_core::host::NotAHost) => Err(Reason::TenantMismatch),
         Ok(Some(named)) if Some(named.as_str()) != principal.tenant.as_deref() => {
             Err(Reason::TenantMismatch)
         }

@@ -160,7 +160,7 @@ pub fn local_call_allowed(peer: Option<SocketAddr>, host: Option<&str>, relayed:
 
 /// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
 fn host_is_loopback(host: &str) -> bool {
-    Host::read(host.trim()).is_ok_and(|host| host.is_some_and(|h| h.is_loopback()))
+    Host::names_loopback(host.trim())
 }
 
 /// Headers a proxy adds to what it relays: a call carrying one is not a local caller's.

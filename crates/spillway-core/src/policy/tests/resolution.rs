@@ -252,12 +252,19 @@ fn a_post_naming_another_method_pays_for_both() {
     // The same as a query parameter, which Laravel and Symfony read.
     let req = request("t", "u", "POST", "/v1/items/7?_method=DELETE");
     assert_eq!(under(&policy, &req).3, ["delete-once", "l"]);
-    // A tie in cost keeps the POST route's limits beside the GET route's.
+    // A tie in cost keeps the GET route's limits beside the POST route's, and the request's
+    // own route names it.
     let mut req = request("t", "u", "POST", "/v1/generate");
     req.method_override = Some("GET".into());
     let (route, cost, _, limits) = under(&policy, &req);
-    assert_eq!((route.as_str(), cost), ("GET /v1/generate", 5));
+    assert_eq!((route.as_str(), cost), ("POST /v1/generate", 5));
     assert_eq!(limits, ["generate-once", "l", "read-many"]);
+    // A policy whose backends honour no override reads none.
+    let plain = load(&SHORTENED.replace(
+        "routes:",
+        "route_matching: {method_overrides: false}\nroutes:",
+    ));
+    assert_eq!(under(&plain, &req).3, ["generate-once", "l"]);
     // More distinct `_method` values than are kept (PHP may stop reading before the last):
     // any could be served, so every route of the path applies.
     let path = "/v1/items/7?_method=A&_method=B&_method=C&_method=DELETE&_method=GET";
@@ -267,9 +274,10 @@ fn a_post_naming_another_method_pays_for_both() {
     );
     // Past eight other methods named, any of them could be served: every route of the path.
     let mut req = request("t", "u", "POST", "/v1/items/7");
-    req.method_override = Some("A, B, C, D, E, F, G, H, DELETE".into());
+    req.method_override = Some("A, B, C, D, E, F, G, H, I".into());
     assert_eq!(under(&policy, &req).3, ["delete-once", "l"]);
-    req.method_override = Some("POST, POST, POST, POST, POST, DELETE".into());
+    // Repeats count once: the DELETE after them is read.
+    req.method_override = Some("POST, POST, POST, POST, POST, POST, POST, POST, DELETE".into());
     assert_eq!(under(&policy, &req).3, ["delete-once", "l"]);
     // Express takes the text before a comma; every part is matched.
     let mut req = request("t", "u", "POST", "/v1/items/7");
