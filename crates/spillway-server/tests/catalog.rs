@@ -483,6 +483,7 @@ async fn a_tenant_is_deleted_only_with_its_users_and_keys() {
     }
     let (status, problem) = call(Method::DELETE, "/v1/admin/tenants/acme", None).await;
     assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["type"], "urn:spillway:problem:tenant-holds");
     let detail = problem["detail"].as_str().unwrap_or_default();
     assert!(
         detail.contains("1 user(s) and 1 API key(s)") && detail.contains("cascade=true"),

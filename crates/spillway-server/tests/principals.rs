@@ -845,6 +845,60 @@ async fn a_cookie_token_is_found_across_several_cookie_headers() {
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
 }
 
+/// A browser sends the token cookie twice when it was set for two paths or domains: a stale
+/// one beside a fresh one is taken as the fresh one; two valid tokens of different callers
+/// are refused (a server could take either).
+#[tokio::test]
+async fn a_token_cookie_given_twice_is_taken_only_when_both_could_be_the_caller() {
+    let text = policy(&format!(
+        "  jwt:\n    cookie: session\n    jwks_file: {}\n    algorithms: [RS256]\n    \
+         issuer: https://auth.test\n    audience: [api]\n    claims: {{tenant: org.id}}\n",
+        fixture("jwks.json")
+    ));
+    let server = Server::with_policy(&text).start();
+    let token = |org: &str, exp: u64| {
+        let mut c = claims(org, "u");
+        c["exp"] = json!(exp);
+        sign(Algorithm::RS256, Some("rsa-1"), &c)
+    };
+    let fresh = token("tenant-a", NOW + 3600);
+    let stale = token("tenant-a", NOW - 600);
+    let again = token("tenant-a", NOW + 1800);
+    let other = token("tenant-b", NOW + 3600);
+    let send = |cookie: String| {
+        (server.http.post(server.url("/v1/check")))
+            .header("cookie", cookie)
+            .body("{}")
+            .send()
+    };
+    // All three count under tenant-a's counter (two a minute): the third is its third.
+    let taken = [
+        format!("session={stale}; session={fresh}"),
+        format!("session={fresh}; session={stale}"),
+        format!("session={fresh}; session={again}"),
+    ];
+    for (cookie, (status, left)) in
+        taken
+            .into_iter()
+            .zip([(200, Some(1)), (200, Some(0)), (429, Some(0))])
+    {
+        let answer = send(cookie).await.expect("answer");
+        assert_eq!(answer.status(), status);
+        let body: Value = answer.json().await.expect("json");
+        assert_eq!(remaining(&body), left, "{body}");
+    }
+    for cookie in [
+        format!("session={fresh}; session={other}"),
+        format!("session={fresh}; session=junk"),
+        format!("session={fresh}; session={again}; session={stale}"),
+    ] {
+        let answer = send(cookie).await.expect("answer");
+        assert_eq!(answer.status(), 401);
+        let body: Value = answer.json().await.expect("json");
+        assert_eq!(body["reason"], "malformed", "{body}");
+    }
+}
+
 #[tokio::test]
 async fn a_report_is_charged_to_the_verified_caller_not_the_tenant_it_names() {
     let text = format!(

@@ -119,8 +119,10 @@ pub async fn delete_tenant(
             Ok(written(body, version))
         }
         TenantDeletion::NotFound => Err(not_found(&EntryKey::Tenant { tenant })),
-        TenantDeletion::Holds { users, api_keys } => Err(Problem::http(
+        TenantDeletion::Holds { users, api_keys } => Err(Problem::new(
             StatusCode::CONFLICT,
+            crate::http::problem::TENANT_HOLDS,
+            "Tenant still has users or API keys",
             still_holds(&tenant, users, api_keys, "add `?cascade=true`"),
         )),
     }

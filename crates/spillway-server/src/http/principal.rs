@@ -105,6 +105,7 @@ pub async fn identify(
     let found = principal::presented(headers, config);
     let presented = Presented {
         token: own.token.or(found.token),
+        second_token: found.second_token.filter(|_| own.token.is_none()),
         api_key: own.api_key.or(found.api_key),
         host: own.host.or(found.host.filter(|_| host_from_headers)),
         malformed: principal::Malformed {

@@ -26,6 +26,9 @@ pub const UNAUTHENTICATED: &str = "urn:spillway:problem:unauthenticated";
 /// Problem type of a valid credential used where it does not belong: a host naming another
 /// tenant (`reason: tenant_mismatch`).
 pub const FORBIDDEN: &str = "urn:spillway:problem:forbidden";
+/// Problem type of a tenant the admin API would not delete: it still has users or API keys
+/// (delete them first, or ask with `?cascade=true`).
+pub const TENANT_HOLDS: &str = "urn:spillway:problem:tenant-holds";
 /// Problem type of a verdict that could not be reached because the store failed.
 pub const STORE_UNAVAILABLE: &str = "urn:spillway:problem:store-unavailable";
 

@@ -142,6 +142,10 @@ impl Reason {
 pub struct Presented<'a> {
     /// A bearer token (its `Bearer ` scheme already taken off).
     pub token: Option<&'a str>,
+    /// A second, different token where the token cookie came twice (a browser sends a stale
+    /// cookie beside a fresh one when they were set for two paths or domains). Taken only if
+    /// it names the same caller or has expired; see `PrincipalState::identify_with`.
+    pub second_token: Option<&'a str>,
     /// An API key.
     pub api_key: Option<&'a str>,
     /// The host name.
@@ -215,8 +219,10 @@ pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Presented<'a
                 // token while the server serves it as the other.
                 // Each line is split as bytes, so a line with bytes that are not text
                 // elsewhere still shows its token cookie; a token cookie that is not text is
-                // malformed.
+                // malformed. A second value is kept aside (see `Presented::second_token`); a
+                // third is malformed.
                 let mut found = Ok(None);
+                let mut second: Option<&str> = None;
                 for n in 0.. {
                     let Some(line) = from.nth("cookie", n) else {
                         break;
@@ -229,10 +235,19 @@ pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Presented<'a
                         found = match (found, std::str::from_utf8(value)) {
                             (Ok(None), Ok(value)) => Ok(Some(value)),
                             (Ok(Some(earlier)), Ok(value)) if earlier == value => Ok(Some(earlier)),
+                            (Ok(Some(earlier)), Ok(value)) => match second {
+                                None => {
+                                    second = Some(value);
+                                    Ok(Some(earlier))
+                                }
+                                Some(kept) if kept == value => Ok(Some(earlier)),
+                                Some(_) => Err(()),
+                            },
                             _ => Err(()),
                         };
                     }
                 }
+                out.second_token = second.filter(|_| found.is_ok());
                 found
             }
         };
@@ -393,7 +408,13 @@ impl PrincipalState {
                     None if presented.malformed.token => return Err(Reason::Malformed),
                     None => continue,
                     Some(token) => {
-                        let principal = self.token(config, token, now, presented.grace).await?;
+                        let grace = presented.grace;
+                        let mut principal = self.token(config, token, now, grace).await;
+                        if let Some(other) = presented.second_token {
+                            let second = self.token(config, other, now, grace).await;
+                            principal = one_of_two(principal, second);
+                        }
+                        let principal = principal?;
                         lacks_user(config, &principal)?;
                         principal
                     }
@@ -466,6 +487,23 @@ impl PrincipalState {
             metrics::record_cache_entries(cache.len());
         }
         verified.principal_at(now, grace)
+    }
+}
+
+/// The caller two token cookies of one name stand for, whichever of them a server takes: both
+/// naming the same caller, or one of them expired (a stale cookie beside a fresh one). Two
+/// valid tokens of different callers, or a second one refused for anything but its age, are
+/// `malformed`: a client could be counted under one while served as the other.
+fn one_of_two(
+    first: Result<Principal, Reason>,
+    second: Result<Principal, Reason>,
+) -> Result<Principal, Reason> {
+    match (first, second) {
+        (Ok(a), Ok(b)) if a == b => Ok(a),
+        (Ok(_), Ok(_)) => Err(Reason::Malformed),
+        (Ok(valid), Err(Reason::Expired)) | (Err(Reason::Expired), Ok(valid)) => Ok(valid),
+        (Err(Reason::Expired), Err(Reason::Expired)) => Err(Reason::Expired),
+        _ => Err(Reason::Malformed),
     }
 }
 

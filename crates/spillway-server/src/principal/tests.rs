@@ -220,29 +220,66 @@ fn credentials_are_read_from_bearer_headers_and_cookies() {
             headers.append("cookie", http::HeaderValue::from_static(line));
         }
         let presented = presented(&headers, config);
+        let owned = |t: Option<&str>| t.map(str::to_owned);
         (
-            presented.token.map(str::to_owned),
+            owned(presented.token),
+            owned(presented.second_token),
             presented.malformed.token,
         )
     };
-    let found = |token: &str| (Some(token.to_owned()), false);
+    let found = |token: &str| (Some(token.to_owned()), None, false);
     assert_eq!(token_of(&["a=1; session=tok; b=2"]), found("tok"));
     assert_eq!(token_of(&["a=1", "session=tok"]), found("tok"));
     // The same value twice is one token.
     assert_eq!(token_of(&["session=tok; session=tok"]), found("tok"));
-    // Two different tokens under the name: servers take either, so neither is taken.
-    let refused = (None, true);
-    assert_eq!(token_of(&["session=mine; session=theirs"]), refused);
-    assert_eq!(token_of(&["session=mine", "a=1; session=theirs"]), refused);
+    // Two different ones: the second is kept aside, to be taken only if both could be the
+    // caller (`one_of_two`); a third is malformed.
+    let two = (Some("mine".to_owned()), Some("theirs".to_owned()), false);
+    assert_eq!(token_of(&["session=mine; session=theirs"]), two);
+    assert_eq!(token_of(&["session=mine", "a=1; session=theirs"]), two);
     // Django strips the name: `session =theirs` is the same cookie; ASP.NET Core splits at
     // commas too and ignores case.
-    assert_eq!(token_of(&["session=mine; session =theirs"]), refused);
-    assert_eq!(token_of(&["session=mine; x=1, session=theirs"]), refused);
-    assert_eq!(token_of(&["session=mine; SESSION=theirs"]), refused);
+    assert_eq!(token_of(&["session=mine; session =theirs"]), two);
+    assert_eq!(token_of(&["session=mine; x=1, session=theirs"]), two);
+    assert_eq!(token_of(&["session=mine; SESSION=theirs"]), two);
+    let three = token_of(&["session=mine; session=theirs; session=more"]);
+    assert_eq!(three, (None, None, true));
     // A line with bytes that are not text still shows its token cookie.
     let mut headers = http::HeaderMap::new();
     headers.append("cookie", http::HeaderValue::from_static("session=mine"));
     let other = http::HeaderValue::from_bytes(b"x=\xff; session=theirs").expect("a value");
     headers.append("cookie", other);
-    assert!(presented(&headers, config).malformed.token);
+    assert_eq!(presented(&headers, config).second_token, Some("theirs"));
+}
+
+#[test]
+fn of_two_token_cookies_only_one_caller_is_taken() {
+    let caller = |tenant: &str| Principal {
+        tenant: Some(tenant.into()),
+        user: None,
+        tier: None,
+    };
+    let (a, b) = (caller("a"), caller("b"));
+    assert_eq!(one_of_two(Ok(a.clone()), Ok(a.clone())), Ok(a.clone()));
+    assert_eq!(
+        one_of_two(Ok(a.clone()), Err(Reason::Expired)),
+        Ok(a.clone())
+    );
+    assert_eq!(
+        one_of_two(Err(Reason::Expired), Ok(a.clone())),
+        Ok(a.clone())
+    );
+    assert_eq!(one_of_two(Ok(a.clone()), Ok(b)), Err(Reason::Malformed));
+    assert_eq!(
+        one_of_two(Ok(a.clone()), Err(Reason::BadSignature)),
+        Err(Reason::Malformed)
+    );
+    assert_eq!(
+        one_of_two(Err(Reason::Expired), Err(Reason::Expired)),
+        Err(Reason::Expired)
+    );
+    assert_eq!(
+        one_of_two(Err(Reason::BadSignature), Ok(a)),
+        Err(Reason::Malformed)
+    );
 }
