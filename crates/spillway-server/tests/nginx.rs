@@ -572,12 +572,34 @@ tiers:
             .expect("sent");
         assert_eq!(named.status(), 400, "{name}");
     }
-    let query = (spillway.http.post(format!("{url}?_method=GET")))
+    for query in [
+        "_method=GET",
+        "x=1&.method=GET",
+        "%5Fmethod=GET",
+        "+_method=GET",
+    ] {
+        let named = (spillway.http.post(format!("{url}?{query}")))
+            .header("X-Tenant-Id", "acme")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(named.status(), 400, "{query}");
+    }
+    // Naming POST itself names nothing else: it goes on to the (indebted) budget, and an
+    // argument that merely ends in `method` is no override.
+    let post = (spillway.http.post(&url))
+        .header("X-Tenant-Id", "acme")
+        .header("X-HTTP-Method-Override", "POST")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(post.status(), 429);
+    let payment = (spillway.http.post(format!("{url}?payment_method=card")))
         .header("X-Tenant-Id", "acme")
         .send()
         .await
         .expect("sent");
-    assert_eq!(query.status(), 400);
+    assert_eq!(payment.status(), 429);
 
     // A tenant that would need escaping in the report's JSON is refused up front.
     let odd = spillway

@@ -887,6 +887,17 @@ async fn a_token_cookie_given_twice_is_taken_only_when_both_could_be_the_caller(
         let body: Value = answer.json().await.expect("json");
         assert_eq!(remaining(&body), left, "{body}");
     }
+    // A report decides as its check did: a token of another caller that expired minutes ago
+    // is stale to the check, so it is to the report too, whose grace would take it.
+    let stale_other = token("tenant-b", NOW - 600);
+    let report = (server.http.post(server.url("/v1/report")))
+        .header("cookie", format!("session={stale_other}; session={fresh}"))
+        .body(json!({"cost": 1, "request_id": "r-1"}).to_string())
+        .send()
+        .await
+        .expect("answer");
+    let status = report.status();
+    assert_eq!(status, 200, "{:?}", report.text().await);
     for cookie in [
         format!("session={fresh}; session={other}"),
         format!("session={fresh}; session=junk"),

@@ -229,7 +229,8 @@ pub fn presented<'a>(from: &'a impl Lookup, config: &Principals) -> Presented<'a
                     };
                     // ASP.NET Core splits at `,` too (a token holds none).
                     for pair in line.split(|&b| b == b';' || b == b',') {
-                        let Some(value) = cookie(pair, name) else {
+                        // An empty one is no token (and must not hide one after it).
+                        let Some(value) = cookie(pair, name).filter(|v| !v.is_empty()) else {
                             continue;
                         };
                         found = match (found, std::str::from_utf8(value)) {
@@ -408,13 +409,28 @@ impl PrincipalState {
                     None if presented.malformed.token => return Err(Reason::Malformed),
                     None => continue,
                     Some(token) => {
-                        let grace = presented.grace;
-                        let mut principal = self.token(config, token, now, grace).await;
+                        // Of two token cookies, which one is stale is judged as a check judges
+                        // it (no grace), so a report decides as its check did; the one chosen
+                        // is then read with the report's grace.
+                        let mut chosen = token;
                         if let Some(other) = presented.second_token {
-                            let second = self.token(config, other, now, grace).await;
-                            principal = one_of_two(principal, second);
+                            let first = self.token(config, token, now, 0).await;
+                            let second = self.token(config, other, now, 0).await;
+                            match one_of_two(&first, &second) {
+                                Ok(Second) => chosen = other,
+                                Ok(First) => {}
+                                // Both past their time: the report's grace decides alone.
+                                Err(Reason::Expired) if presented.grace > 0 => {
+                                    let first = self.token(config, token, now, presented.grace);
+                                    let second = self.token(config, other, now, presented.grace);
+                                    if one_of_two(&first.await, &second.await)? == Second {
+                                        chosen = other;
+                                    }
+                                }
+                                Err(reason) => return Err(reason),
+                            }
                         }
-                        let principal = principal?;
+                        let principal = self.token(config, chosen, now, presented.grace).await?;
                         lacks_user(config, &principal)?;
                         principal
                     }
@@ -490,22 +506,32 @@ impl PrincipalState {
     }
 }
 
-/// The caller two token cookies of one name stand for, whichever of them a server takes: both
-/// naming the same caller, or one of them expired (a stale cookie beside a fresh one). Two
-/// valid tokens of different callers, or a second one refused for anything but its age, are
-/// `malformed`: a client could be counted under one while served as the other.
+/// Which of two token cookies of one name stands for the caller, whichever of them a server
+/// takes: both naming the same caller (the first, then), or one of them expired (a stale
+/// cookie beside a fresh one). Two valid tokens of different callers, or a second one refused
+/// for anything but its age, are `malformed`: a client could be counted under one while
+/// served as the other.
 fn one_of_two(
-    first: Result<Principal, Reason>,
-    second: Result<Principal, Reason>,
-) -> Result<Principal, Reason> {
+    first: &Result<Principal, Reason>,
+    second: &Result<Principal, Reason>,
+) -> Result<Which, Reason> {
     match (first, second) {
-        (Ok(a), Ok(b)) if a == b => Ok(a),
+        (Ok(a), Ok(b)) if a == b => Ok(First),
         (Ok(_), Ok(_)) => Err(Reason::Malformed),
-        (Ok(valid), Err(Reason::Expired)) | (Err(Reason::Expired), Ok(valid)) => Ok(valid),
+        (Ok(_), Err(Reason::Expired)) => Ok(First),
+        (Err(Reason::Expired), Ok(_)) => Ok(Second),
         (Err(Reason::Expired), Err(Reason::Expired)) => Err(Reason::Expired),
         _ => Err(Reason::Malformed),
     }
 }
+
+/// Which of two token cookies [`one_of_two`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    First,
+    Second,
+}
+use Which::{First, Second};
 
 /// Refuses a token that names no user where the policy takes users from a claim and the
 /// request may not name one itself (`request_may_name: [user]`): counted with no user, it

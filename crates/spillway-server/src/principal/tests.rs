@@ -230,8 +230,9 @@ fn credentials_are_read_from_bearer_headers_and_cookies() {
     let found = |token: &str| (Some(token.to_owned()), None, false);
     assert_eq!(token_of(&["a=1; session=tok; b=2"]), found("tok"));
     assert_eq!(token_of(&["a=1", "session=tok"]), found("tok"));
-    // The same value twice is one token.
+    // The same value twice is one token; an empty one is none (and hides none after it).
     assert_eq!(token_of(&["session=tok; session=tok"]), found("tok"));
+    assert_eq!(token_of(&["session=; session=tok"]), found("tok"));
     // Two different ones: the second is kept aside, to be taken only if both could be the
     // caller (`one_of_two`); a third is malformed.
     let two = (Some("mine".to_owned()), Some("theirs".to_owned()), false);
@@ -259,27 +260,13 @@ fn of_two_token_cookies_only_one_caller_is_taken() {
         user: None,
         tier: None,
     };
-    let (a, b) = (caller("a"), caller("b"));
-    assert_eq!(one_of_two(Ok(a.clone()), Ok(a.clone())), Ok(a.clone()));
-    assert_eq!(
-        one_of_two(Ok(a.clone()), Err(Reason::Expired)),
-        Ok(a.clone())
-    );
-    assert_eq!(
-        one_of_two(Err(Reason::Expired), Ok(a.clone())),
-        Ok(a.clone())
-    );
-    assert_eq!(one_of_two(Ok(a.clone()), Ok(b)), Err(Reason::Malformed));
-    assert_eq!(
-        one_of_two(Ok(a.clone()), Err(Reason::BadSignature)),
-        Err(Reason::Malformed)
-    );
-    assert_eq!(
-        one_of_two(Err(Reason::Expired), Err(Reason::Expired)),
-        Err(Reason::Expired)
-    );
-    assert_eq!(
-        one_of_two(Err(Reason::BadSignature), Ok(a)),
-        Err(Reason::Malformed)
-    );
+    let (a, b) = (Ok(caller("a")), Ok(caller("b")));
+    let (expired, forged) = (Err(Reason::Expired), Err(Reason::BadSignature));
+    assert_eq!(one_of_two(&a, &a), Ok(First));
+    assert_eq!(one_of_two(&a, &expired), Ok(First));
+    assert_eq!(one_of_two(&expired, &a), Ok(Second));
+    assert_eq!(one_of_two(&a, &b), Err(Reason::Malformed));
+    assert_eq!(one_of_two(&a, &forged), Err(Reason::Malformed));
+    assert_eq!(one_of_two(&expired, &expired), Err(Reason::Expired));
+    assert_eq!(one_of_two(&forged, &a), Err(Reason::Malformed));
 }
