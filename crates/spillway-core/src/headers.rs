@@ -226,13 +226,17 @@ fn push_policy(out: &mut String, verdict: &Verdict, repeats: bool) {
 }
 
 /// Whether two enforced outcomes share a name: a request read several ways can charge one
-/// limit under two counters (a `route`-keyed limit under each route it matched). Rare; the
-/// check compares each pair, the same compiled name by pointer first.
+/// limit under two counters (a `route`-keyed limit under each route it matched), and an
+/// Envoy call one limit under two descriptors. Both copies come from one compiled limit, so
+/// they share its compiled name: each pair is compared by pointer only, since this runs on
+/// every answer.
 fn names_repeat(verdict: &Verdict) -> bool {
     let enforced = || verdict.outcomes.iter().filter(|o| !o.shadow);
-    enforced()
-        .enumerate()
-        .any(|(i, o)| enforced().skip(i + 1).any(|other| other.name == o.name))
+    (enforced().enumerate()).any(|(i, o)| {
+        enforced()
+            .skip(i + 1)
+            .any(|other| other.name.same_compilation(&o.name))
+    })
 }
 
 /// The outcomes the IETF fields list, each with the decision its `RateLimit` item tells:
@@ -386,13 +390,17 @@ mod tests {
 
     #[test]
     fn a_limit_charged_under_two_counters_is_listed_once_by_its_tighter() {
+        // Two counters of one compiled limit share its name.
+        let copy = |remaining, reset, of: &LimitOutcome| {
+            let mut o = outcome("per-route", true, remaining, reset, None);
+            o.name = of.name.clone();
+            o
+        };
+        let first = outcome("per-route", true, 9, SECOND, None);
+        let second = copy(4, 2 * SECOND, &first);
         let v = verdict(
             true,
-            vec![
-                outcome("per-route", true, 9, SECOND, None),
-                outcome("other", true, 5, SECOND, None),
-                outcome("per-route", true, 4, 2 * SECOND, None),
-            ],
+            vec![first, outcome("other", true, 5, SECOND, None), second],
         );
         let h = render(&v);
         assert_eq!(
@@ -405,13 +413,11 @@ mod tests {
         );
         // The same names in the same order render `RateLimit-Policy` alike, whichever copy is
         // tighter (a transport keeps that value prepared by names alone).
+        let first = outcome("per-route", true, 3, SECOND, None);
+        let second = copy(8, 2 * SECOND, &first);
         let swapped = verdict(
             true,
-            vec![
-                outcome("per-route", true, 3, SECOND, None),
-                outcome("other", true, 5, SECOND, None),
-                outcome("per-route", true, 8, 2 * SECOND, None),
-            ],
+            vec![first, outcome("other", true, 5, SECOND, None), second],
         );
         assert_eq!(policy_value(&swapped), policy_value(&v));
         assert_eq!(

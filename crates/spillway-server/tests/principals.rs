@@ -824,14 +824,18 @@ async fn repeated_credential_headers_are_malformed_and_sources_are_read_in_order
     assert_eq!(fine.status(), 200);
 }
 
-#[tokio::test]
-async fn a_cookie_token_is_found_across_several_cookie_headers() {
-    let text = policy(&format!(
+/// A policy taking RS256 tokens from the `session` cookie, the tenant from `org.id`.
+fn cookie_policy() -> String {
+    policy(&format!(
         "  jwt:\n    cookie: session\n    jwks_file: {}\n    algorithms: [RS256]\n    \
          issuer: https://auth.test\n    audience: [api]\n    claims: {{tenant: org.id}}\n",
         fixture("jwks.json")
-    ));
-    let server = Server::with_policy(&text).start();
+    ))
+}
+
+#[tokio::test]
+async fn a_cookie_token_is_found_across_several_cookie_headers() {
+    let server = Server::with_policy(&cookie_policy()).start();
     let a = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));
     let response = server
         .http
@@ -850,12 +854,7 @@ async fn a_cookie_token_is_found_across_several_cookie_headers() {
 /// are refused (a server could take either).
 #[tokio::test]
 async fn a_token_cookie_given_twice_is_taken_only_when_both_could_be_the_caller() {
-    let text = policy(&format!(
-        "  jwt:\n    cookie: session\n    jwks_file: {}\n    algorithms: [RS256]\n    \
-         issuer: https://auth.test\n    audience: [api]\n    claims: {{tenant: org.id}}\n",
-        fixture("jwks.json")
-    ));
-    let server = Server::with_policy(&text).start();
+    let server = Server::with_policy(&cookie_policy()).start();
     let token = |org: &str, exp: u64| {
         let mut c = claims(org, "u");
         c["exp"] = json!(exp);

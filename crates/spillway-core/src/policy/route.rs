@@ -297,9 +297,7 @@ fn method_params(query: &str) -> (SmallVec<[String; 1]>, bool) {
     let values = (query.split('&'))
         .filter_map(|pair| pair.split_once('='))
         .filter(|(name, _)| php_name_is(name, "_method"))
-        .map(|(_, value)| {
-            String::from_utf8_lossy(&decoded_plus(value).collect::<Vec<u8>>()).into_owned()
-        })
+        .map(|(_, value)| lossy(decoded_plus(value)))
         .filter(|method| !method.is_empty());
     let mut overflow = false;
     for value in values {
@@ -356,7 +354,12 @@ fn without_origin(target: &str) -> &str {
 /// `raw` with its percent-escapes decoded, for patterns (once, at load). Bytes that do not
 /// form UTF-8 are replaced.
 fn decode(raw: &str) -> String {
-    String::from_utf8_lossy(&decoded(raw).collect::<Vec<u8>>()).into_owned()
+    lossy(decoded(raw))
+}
+
+/// `bytes` as text, those that do not form UTF-8 replaced.
+fn lossy(bytes: impl Iterator<Item = u8>) -> String {
+    String::from_utf8_lossy(&bytes.collect::<Vec<u8>>()).into_owned()
 }
 
 fn hex(digit: u8) -> u8 {
