@@ -318,7 +318,18 @@ pub enum Reported {
 /// (metrics, and the decision log: a recorded or failed report is logged, a retry is not).
 /// `policy` is the snapshot the report was resolved with.
 pub async fn report(app: &AppState, policy: &Policy, report: &Report<'_>) -> Reported {
-    let limits: Vec<Arc<str>> = report.planned.iter().map(|p| p.def.name.to_arc()).collect();
+    // A limit counted under several route keys is planned once per key; its metric counts
+    // the report once.
+    let mut limits: Vec<Arc<str>> = Vec::with_capacity(report.planned.len());
+    for (i, planned) in report.planned.iter().enumerate() {
+        let name = &planned.def.name;
+        if !report.planned[..i]
+            .iter()
+            .any(|p| p.def.name.same_compilation(name))
+        {
+            limits.push(name.to_arc());
+        }
+    }
     let verdict = |allowed, outcomes| Verdict {
         allowed,
         tier: report.tier.clone(),

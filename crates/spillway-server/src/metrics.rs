@@ -55,7 +55,7 @@
 use crate::decision::{Ask, Outcome};
 use metrics::{counter, gauge, histogram, Counter, Histogram, Unit};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use spillway_core::engine::Verdict;
+use spillway_core::engine::{LimitOutcome, Verdict};
 use spillway_core::policy::FailureMode;
 use spillway_core::request::CheckMode;
 use std::cell::RefCell;
@@ -209,12 +209,17 @@ pub fn record_verdict(verdict: &Verdict) {
             })
             .increment(1);
     });
-    for o in verdict
-        .outcomes
-        .iter()
-        .filter(|o| o.shadow && !o.decision.allowed)
-    {
-        counter!(SHADOW_WOULD_DENY, "limit" => o.name.to_arc()).increment(1);
+    // A request counts once per shadow limit, also when the limit was counted under several
+    // route keys (copies sharing one compiled name).
+    let would_deny = |o: &&LimitOutcome| o.shadow && !o.decision.allowed;
+    let outcomes = &verdict.outcomes;
+    for (i, o) in outcomes.iter().enumerate().filter(|(_, o)| would_deny(o)) {
+        if !(outcomes[..i].iter())
+            .filter(would_deny)
+            .any(|earlier| earlier.name.same_compilation(&o.name))
+        {
+            counter!(SHADOW_WOULD_DENY, "limit" => o.name.to_arc()).increment(1);
+        }
     }
 }
 

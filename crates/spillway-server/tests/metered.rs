@@ -467,3 +467,38 @@ async fn a_report_charges_the_routes_its_checks_method_override_reached() {
     assert_eq!(body["recorded"], true, "{body}");
     assert_eq!(tokens(&body)["remaining"], 400, "{body}");
 }
+
+/// A metered limit keyed by route, reached under two routes by one oddly spelled path: both
+/// counters are charged, and the metric counts the reported cost once.
+#[tokio::test]
+async fn a_limit_charged_under_two_routes_counts_its_reported_cost_once() {
+    let policy = POLICY
+        .replace(
+            "key: [tenant]\n    charge",
+            "key: [tenant, route]\n    charge",
+        )
+        .replace(
+            "routes:\n",
+            "routes:\n  - match: \"DELETE /v1/items/*\"\n    limits: [generation-tokens]\n  \
+             - match: \"* /v1/**\"\n    limits: [generation-tokens]\n",
+        );
+    let server = Server::with_policy(&policy).start();
+    // A strict server keeps the `.` (`* /v1/**`); a lenient one serves the item.
+    let attrs = r#""tenant":"acme","method":"DELETE","path":"/v1/items/7/.""#;
+    let report = format!(r#"{{{attrs},"cost":300,"request_id":"del-2"}}"#);
+    let body = json(server.post("/v1/report", &report).await).await;
+    assert_eq!(body["recorded"], true, "{body}");
+    let charged: Vec<&Value> = (body["limits"].as_array().expect("limits").iter())
+        .filter(|l| l["name"] == "generation-tokens")
+        .map(|l| &l["remaining"])
+        .collect();
+    assert!(!charged.is_empty(), "{body}");
+    assert!(charged.iter().all(|r| **r == 700), "{body}");
+    let text = server.metrics().await;
+    let cost = metric(
+        &text,
+        "spillway_reported_cost_total",
+        &[("limit", "generation-tokens")],
+    );
+    assert_eq!(cost, Some(300.0), "{text}");
+}

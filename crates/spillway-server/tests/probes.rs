@@ -63,6 +63,46 @@ async fn the_builtin_policy_serves_without_a_config_file() {
     assert_eq!(verdict["tier"], "free");
 }
 
+/// A shadow limit keyed by route, reached under two routes by one oddly spelled path, counts
+/// each request it would have denied once.
+#[tokio::test]
+async fn a_shadow_limit_under_two_routes_counts_a_request_once() {
+    let policy = r#"
+default_tier: free
+limits:
+  per-route:
+    algorithm: fixed_window
+    limit: 1
+    window: 1m
+    key: [user, route]
+    shadow: true
+global: [per-route]
+tiers:
+  free: {}
+routes:
+  - {match: "DELETE /v1/items/*"}
+  - {match: "* /v1/**"}
+"#;
+    let server = Server::with_policy(policy).start();
+    // A strict server keeps the `.` (`* /v1/**`); a lenient one serves the item.
+    let check = r#"{"tenant":"t","user":"u","method":"DELETE","path":"/v1/items/7/."}"#;
+    for _ in 0..3 {
+        assert_eq!(server.post("/v1/check", check).await.status(), 200);
+    }
+    let text = server
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .expect("metrics text");
+    let would_deny = metric(
+        &text,
+        "spillway_shadow_would_deny_total",
+        &[("limit", "per-route")],
+    );
+    assert_eq!(would_deny, Some(2.0), "{text}");
+}
+
 #[tokio::test]
 async fn metrics_count_decisions_by_limit_never_by_key() {
     // Every decision counted, so `spillway_top_blocked` is exact.
