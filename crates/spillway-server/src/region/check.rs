@@ -36,6 +36,7 @@ use spillway_core::policy::{emergency_params, Dimension, FailureMode, Planned, P
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Store, StoreError};
 use spillway_core::time::Micros;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -284,15 +285,11 @@ impl RegionNode {
                     // where emergency quotas decide; an uncounted limit (`open`) is told with
                     // its whole quota.
                     Err(err) => {
-                        let cut;
                         let limits = match far.mode {
-                            FailureMode::Degrade => {
-                                cut = self.for_failover(planned);
-                                &cut[..]
-                            }
-                            _ => planned,
+                            FailureMode::Degrade => self.for_failover(planned),
+                            _ => Cow::Borrowed(planned),
                         };
-                        far.decide(policy, limits, idx, mode, err, so_far).await?;
+                        far.decide(policy, &limits, idx, mode, err, so_far).await?;
                     }
                 }
             }
@@ -396,9 +393,15 @@ impl RegionNode {
     /// ([`super::tally::Tally::failover_room`]: the room the others leave, at most its share),
     /// so the emergency quotas, a part of that per node, do not hand out the whole limit again
     /// on top of what the other regions count. Other limits as they are.
-    pub fn for_failover(&self, planned: &[Planned]) -> Vec<Planned> {
+    ///
+    /// Borrowed when no limit is cut: a request without `aggregate` limits, or with room for
+    /// their whole quotas, clones nothing.
+    pub fn for_failover<'p>(&self, planned: &'p [Planned]) -> Cow<'p, [Planned]> {
         let now = self.clock.now();
         let cut = |p: &Planned| {
+            if p.def.scope != Scope::Aggregate {
+                return None;
+            }
             window_of(&p.def.params, now)?;
             let limit = p.def.params.quota();
             let room = (self.tally).failover_room(&p.def.params, &field(&p.key), now);
@@ -411,12 +414,16 @@ impl RegionNode {
                 }
             })
         };
-        (planned.iter())
-            .map(|p| match p.def.scope {
-                Scope::Aggregate => cut(p).unwrap_or_else(|| p.clone()),
-                _ => p.clone(),
-            })
-            .collect()
+        let first = (planned.iter().enumerate()).find_map(|(i, p)| Some((i, cut(p)?)));
+        let Some((first, first_cut)) = first else {
+            return Cow::Borrowed(planned);
+        };
+        let mut limits = Vec::with_capacity(planned.len());
+        limits.extend_from_slice(&planned[..first]);
+        limits.push(first_cut);
+        let rest = planned[first + 1..].iter();
+        limits.extend(rest.map(|p| cut(p).unwrap_or_else(|| p.clone())));
+        Cow::Owned(limits)
     }
 
     /// Adds a request a failure mode admitted without the own store to what this node
@@ -726,6 +733,32 @@ mod tests {
         manual.advance(150_000);
         exchange(&node, &clock, &planned, [10, 30, 30]);
         assert!(ask(&node, &policy, &own, &planned).await.0);
+    }
+
+    /// While the own store is down, an `aggregate` limit's emergency quota is cut to the room
+    /// the region has left (here min(90 - 70, 90 / 3) = 20); a request with no `aggregate`
+    /// limit is handed over as it is, nothing cloned.
+    #[test]
+    fn failover_cuts_aggregate_limits_only() {
+        let (_policy, node, clock, _own, planned) = world();
+        exchange(&node, &clock, &planned, [0, 50, 20]);
+        let mut regional = planned.clone();
+        regional.def = Arc::new(spillway_core::policy::LimitDef {
+            scope: Scope::Regional,
+            ..(*planned.def).clone()
+        });
+        let both = [regional.clone(), planned.clone()];
+        let cut = node.for_failover(&both);
+        assert!(matches!(cut, Cow::Owned(_)));
+        assert!(Arc::ptr_eq(&cut[0].def, &regional.def), "kept as it was");
+        assert_eq!(cut[1].def.params.quota(), 20);
+        assert_eq!(
+            planned.def.params.quota(),
+            90,
+            "the policy's own is untouched"
+        );
+        let alone = [regional];
+        assert!(matches!(node.for_failover(&alone), Cow::Borrowed(_)));
     }
 
     /// An `aggregate` limit the other regions have filled denies even when the own store
