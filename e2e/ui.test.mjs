@@ -8,6 +8,7 @@
 //   SPILLWAY_ADMIN_TOKEN   the admin token
 //   SPILLWAY_TENANT        the tenant the burst exhausted (its `tenant-hourly` bucket holds 5, refilling 5/h)
 //   SPILLWAY_EVIL_TENANT   a tenant whose name is markup, also denied
+//   SPILLWAY_LOOKALIKE_TENANT SPILLWAY_TENANT with a zero-width space after it, also denied
 //   SPILLWAY_UI_SCREENSHOT optional: where to write a PNG of the page (docs/ui.png)
 //   CHROMIUM               optional: the browser binary (default /usr/bin/chromium)
 //
@@ -29,6 +30,7 @@ const API = env('SPILLWAY_API_URL');
 const TOKEN = env('SPILLWAY_ADMIN_TOKEN');
 const TENANT = env('SPILLWAY_TENANT');
 const EVIL = env('SPILLWAY_EVIL_TENANT');
+const LOOKALIKE = env('SPILLWAY_LOOKALIKE_TENANT');
 const SCREENSHOT = process.env.SPILLWAY_UI_SCREENSHOT;
 const PATIENCE = 20000;
 // The whole run's limit: past it the browser is closed and the script fails, whatever it was
@@ -117,6 +119,26 @@ async function main() {
     assert.equal(await page.locator('#main img').count(), 0, 'no element was made from a name');
     assert.equal(await page.evaluate(() => window.__pwned), undefined);
     assert.ok(!(await page.title()).includes('pwned'));
+
+    step('a name that would pass for another shows what does not show, and is marked');
+    assert.equal(LOOKALIKE, TENANT + '\u200b');
+    const lookalikeShown = TENANT + '\\u{200b}';
+    await page.waitForFunction((t) => Array.from(document.querySelectorAll('#blocked-tenants tbody button'))
+      .some((b) => b.textContent === t), lookalikeShown);
+    const marks = await page.$$eval('#blocked-tenants tbody button', (buttons) =>
+      buttons.map((b) => [b.textContent, b.classList.contains('hidden-chars')]));
+    assert.ok(marks.some(([text, marked]) => text === lookalikeShown && marked), JSON.stringify(marks));
+    assert.ok(marks.some(([text, marked]) => text === TENANT && !marked), JSON.stringify(marks));
+    assert.ok(!marks.some(([text]) => text === LOOKALIKE), 'never shown as it would look');
+    // The lookup is asked for the name itself, and shows it the same way.
+    await page.evaluate((t) => Array.from(document.querySelectorAll('#blocked-tenants tbody button'))
+      .find((b) => b.textContent === t).click(), lookalikeShown);
+    await page.waitForSelector('#lookup-result:not([hidden])');
+    await page.waitForFunction((t) => {
+      const shown = document.querySelector('#lookup-tenant');
+      return shown?.textContent === t && shown.classList.contains('hidden-chars');
+    }, lookalikeShown);
+    assert.ok(page.url().includes(encodeURIComponent(LOOKALIKE)), `looked up as it is: ${page.url()}`);
 
     step('the markup-named tenant goes through the lookup as text too');
     await page.evaluate((t) => Array.from(document.querySelectorAll('#blocked-tenants tbody button'))

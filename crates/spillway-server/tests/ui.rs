@@ -37,6 +37,8 @@ routes:
 const TOKEN: &str = "e2e-dashboard-token-0123456789";
 const TENANT: &str = "acme-burst";
 const EVIL: &str = r#"<img src=x onerror="window.__pwned=1;document.title='pwned'">"#;
+/// `TENANT` with a zero-width space after it: as text it looks the same.
+const LOOKALIKE: &str = "acme-burst\u{200b}";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -155,7 +157,8 @@ async fn the_dashboard_shows_who_is_limited_and_why_in_a_real_browser() {
         .expect("api");
     assert_eq!(api.status(), 200);
 
-    // The burst: five pass, the rest are denied; and a tenant whose name is markup.
+    // The burst: five pass, the rest are denied; and a tenant whose name is markup, and one that
+    // looks like the first.
     let mut statuses = Vec::new();
     for i in 0..12 {
         let user = ["alice", "bob", "carol"][i % 3];
@@ -165,6 +168,7 @@ async fn the_dashboard_shows_who_is_limited_and_why_in_a_real_browser() {
     assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
     for _ in 0..7 {
         check(&server, EVIL, "mallory").await;
+        check(&server, LOOKALIKE, "mallory").await;
     }
 
     if let Some(why) = browser_missing(&root) {
@@ -189,7 +193,8 @@ async fn the_dashboard_shows_who_is_limited_and_why_in_a_real_browser() {
         .env("SPILLWAY_API_URL", server.url(""))
         .env("SPILLWAY_ADMIN_TOKEN", TOKEN)
         .env("SPILLWAY_TENANT", TENANT)
-        .env("SPILLWAY_EVIL_TENANT", EVIL);
+        .env("SPILLWAY_EVIL_TENANT", EVIL)
+        .env("SPILLWAY_LOOKALIKE_TENANT", LOOKALIKE);
     if let Some(path) = std::env::var_os("SPILLWAY_UI_SCREENSHOT") {
         // Relative to the repository, as a person running the test would mean it.
         node.env("SPILLWAY_UI_SCREENSHOT", root.join(path));

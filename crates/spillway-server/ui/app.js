@@ -46,6 +46,28 @@
     target.replaceChildren(thead, body);
   }
 
+  // Characters that change how text shows without showing themselves: controls, bidirectional
+  // overrides and isolates, zero-width characters and the rest of spillway_core::text's list.
+  // In a name a client chose they could make it pass for another (`acme` beside `acme` with a
+  // zero-width space), so names show each one as its escape, as the server's logs write them
+  // (`\u{202e}`), and are marked.
+  const HIDDEN = /[\p{Cc}\u00AD\u061C\u180E\u200B-\u200F\u2028-\u202E\u2060-\u206F\uFEFF\uFFF9-\uFFFB\u{E0000}-\u{E007F}]/gu;
+  const ESCAPES = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+  const HIDDEN_NOTE = 'holds characters that do not show, written here as escapes';
+  const visible = (text) => String(text).replace(HIDDEN,
+    (c) => ESCAPES[c] || '\\u{' + c.codePointAt(0).toString(16) + '}');
+
+  // A client-chosen name as a span (`attrs` added): shown by `visible`, and marked when that
+  // changed it.
+  function nameEl(text, attrs) {
+    const shown = visible(text);
+    const marked = shown !== String(text);
+    return el('span', Object.assign({
+      class: marked ? 'name hidden-chars' : 'name',
+      title: marked ? HIDDEN_NOTE : null,
+    }, attrs), shown);
+  }
+
   function facts(target, pairs) {
     const items = [];
     for (const [name, value, cls] of pairs) {
@@ -232,13 +254,16 @@
 
   // ---- top -----------------------------------------------------------------------------------
 
+  // The lookup is asked for the name as it is; the button shows it by `visible`.
   function tenantButton(tenant, user) {
+    const shown = visible(tenant);
+    const marked = shown !== tenant;
     return el('button', {
       type: 'button',
-      class: 'link name',
-      title: 'Look up ' + tenant + (user ? ' / ' + user : ''),
+      class: marked ? 'link name hidden-chars' : 'link name',
+      title: 'Look up ' + shown + (user ? ' / ' + visible(user) : '') + (marked ? ' (' + HIDDEN_NOTE + ')' : ''),
       onclick: () => showLookup({ tenant, user: user || '' }),
-    }, tenant === '' ? '(none)' : tenant);
+    }, tenant === '' ? '(none)' : shown);
   }
 
   async function refreshTop() {
@@ -251,10 +276,10 @@
     table($('blocked-tenants'), ['Tenant', 'Denied'],
       body.blocked_tenants.map((r) => [tenantButton(r.tenant), r.denied]), 'nobody denied');
     table($('blocked-users'), ['Tenant', 'User', 'Denied'],
-      body.blocked_users.map((r) => [tenantButton(r.tenant, r.user), el('span', { class: 'name' }, r.user), r.denied]),
+      body.blocked_users.map((r) => [tenantButton(r.tenant, r.user), nameEl(r.user), r.denied]),
       'nobody denied');
     table($('hot-keys'), ['Limit', 'Key', 'Checks'],
-      body.hot_keys.map((r) => [r.limit, el('span', { class: 'name' }, r.key.join(' · ')), r.count]),
+      body.hot_keys.map((r) => [r.limit, nameEl(r.key.join(' · ')), r.count]),
       'no traffic');
     $('top-note').textContent = body.note || ('Counts are estimates that never undercount; node ' + body.nodes.join(', ') + '.');
   }
@@ -354,8 +379,8 @@
     const tierFrom = { user: 'the user\u2019s catalog entry', tenant: 'the tenant\u2019s catalog entry', default: 'the policy\u2019s default' };
     const overrides = (entry) => entry && entry.overrides ? Object.keys(entry.overrides).join(', ') : '';
     facts($('lookup-facts'), [
-      ['Tenant', el('span', { class: 'name', id: 'lookup-tenant' }, l.tenant)],
-      ['User', l.user === null ? '–' : el('span', { class: 'name' }, l.user)],
+      ['Tenant', nameEl(l.tenant, { id: 'lookup-tenant' })],
+      ['User', l.user === null ? '–' : nameEl(l.user)],
       ['Tier', l.tier + ' (from ' + tierFrom[l.tier_source] + ')'],
       ['Route', l.route || 'none matched'],
       ['Cost', String(l.cost)],
@@ -375,7 +400,7 @@
       l.limits.map((x) => {
         const row = [
           x.name + (x.shadow ? ' (shadow)' : ''),
-          el('span', { class: 'name' }, x.values.join(' · ')),
+          nameEl(x.values.join(' · ')),
           x.algorithm + ', ' + numbers(x),
           usageCell(x.usage),
           x.usage ? duration(x.usage.reset_after_ms) : '–',
@@ -398,7 +423,7 @@
       l.decisions.records.map((r) => [
         r.time.replace('T', ' '),
         r.outcome,
-        el('span', { class: 'name' }, r.user || '–'),
+        nameEl(r.user || '–'),
         r.route || r.domain || '–',
         r.limit ? r.limit.name : '–',
         r.limit ? r.limit.remaining + ' / ' + r.limit.limit : '–',
