@@ -180,7 +180,6 @@ async fn malformed_requests_get_invalid_argument() {
     let cases = [
         request("", vec![descriptor(&[("user", "u")])], 0),
         request("spillway", vec![], 0),
-        request("spillway", vec![descriptor(&[])], 0),
         request("spillway", vec![descriptor(&[("", "u")])], 0),
     ];
     for case in cases {
@@ -196,6 +195,28 @@ async fn malformed_requests_get_invalid_argument() {
         overall(&rls.one("spillway", &[("user", "u")]).await),
         Code::Ok
     );
+}
+
+/// A descriptor with no entries (Envoy sends one when every action of a `rate_limits` entry
+/// was skipped: `skip_if_absent` on a header the client left out) matches nothing, and the
+/// call's other descriptors are judged as ever. Refusing the call would have Envoy admit the
+/// request with no limit at all.
+#[tokio::test]
+async fn an_empty_descriptor_matches_nothing_and_the_rest_are_judged() {
+    let (_dir, shop) = envoy_file("shop.yaml", SHOP);
+    let mut rls = start(Server::with_policy(POLICY), &[&shop]).await;
+    for (domain, key, allowed) in [("spillway", "user", 2), ("shop", "user", 1)] {
+        let call = || request(domain, vec![descriptor(&[]), descriptor(&[(key, "u")])], 0);
+        for _ in 0..allowed {
+            let answer = rls.ask(call()).await;
+            assert_eq!(overall(&answer), Code::Ok, "{domain}");
+            assert_eq!(limit(&answer.statuses[0]), None, "{domain}");
+        }
+        let answer = rls.ask(call()).await;
+        assert_eq!(overall(&answer), Code::OverLimit, "{domain}");
+        assert_eq!(code(&answer.statuses[0]), Code::Ok, "{domain}");
+        assert_eq!(code(&answer.statuses[1]), Code::OverLimit, "{domain}");
+    }
 }
 
 /// A descriptor giving hits back (`is_negative_hits`, which nothing here does) is answered
@@ -321,6 +342,59 @@ async fn a_descriptor_limit_override_applies_when_the_domain_allows_it() {
         overall(&rls.ask(request("shop", vec![own], 0)).await),
         Code::OverLimit
     );
+}
+
+/// Overrides upstream's service reads are read, never refused (a refusal would have Envoy
+/// admit the request unjudged): a limit of 0 denies every request, a month or a year is a
+/// window of 30 or 365 days, and a unit this build cannot read leaves the domain's own limit.
+#[tokio::test]
+async fn every_descriptor_limit_override_is_judged() {
+    use envoy_types::pb::envoy::r#type::v3::RateLimitUnit as OverUnit;
+    let (_dir, shop) = envoy_file("shop.yaml", SHOP);
+    let mut rls = start(Server::with_policy(POLICY), &[&shop]).await;
+    let over = |tenant: &str, requests_per_unit, unit: i32| {
+        let mut d = descriptor(&[("tenant", tenant)]);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit,
+            unit,
+        });
+        request("shop", vec![d], 0)
+    };
+    // 0: denied from the first request, and told so.
+    for _ in 0..2 {
+        let answer = rls.ask(over("blocked", 0, OverUnit::Minute as i32)).await;
+        assert_eq!(overall(&answer), Code::OverLimit);
+        let told = answer.statuses[0].current_limit.clone().expect("a limit");
+        assert_eq!(
+            (told.requests_per_unit, told.unit),
+            (0, Unit::Minute as i32)
+        );
+    }
+    // A year: two a year, counted.
+    for (expected, left) in [(Code::Ok, 1), (Code::Ok, 0), (Code::OverLimit, 0)] {
+        let answer = rls.ask(over("yearly", 2, OverUnit::Year as i32)).await;
+        assert_eq!(overall(&answer), expected);
+        let told = answer.statuses[0].current_limit.clone().expect("a limit");
+        assert_eq!((told.requests_per_unit, told.unit), (2, Unit::Year as i32));
+        assert_eq!(answer.statuses[0].limit_remaining, left);
+    }
+    rls.server.advance_ms(364 * 86_400_000).await;
+    let month = rls.ask(over("monthly", 1, OverUnit::Month as i32)).await;
+    assert_eq!(
+        month.statuses[0].current_limit.as_ref().map(|l| l.unit),
+        Some(Unit::Month as i32)
+    );
+    // `UNKNOWN`, or a number newer than this build's proto: the domain's own 5 a minute.
+    for unit in [OverUnit::Unknown as i32, 42] {
+        let answer = rls.ask(over("unread", 1, unit)).await;
+        assert_eq!(overall(&answer), Code::Ok, "{unit}");
+        let told = answer.statuses[0].current_limit.clone().expect("a limit");
+        assert_eq!(
+            (told.requests_per_unit, told.unit),
+            (5, Unit::Minute as i32),
+            "{unit}"
+        );
+    }
 }
 
 #[tokio::test]

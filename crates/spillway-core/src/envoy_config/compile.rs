@@ -254,7 +254,7 @@ impl Walk<'_> {
             let parsed = Unit::parse(&u.value);
             if parsed.is_none() {
                 let message = format!(
-                    "unknown unit `{}` (use second, minute, hour, day or week)",
+                    "unknown unit `{}` (use second, minute, hour, day, week, month or year)",
                     u.value
                 );
                 self.issues
@@ -292,7 +292,10 @@ impl Walk<'_> {
                 None
             }
             Some(n) if n.value == 0 => {
-                let message = "`requests_per_unit` must be at least 1 (use `unlimited: true` or remove the descriptor)";
+                let message =
+                    "`requests_per_unit` must be at least 1 (upstream's service reads 0 as \
+                    denying every request, which a file here cannot say; `unlimited: true` \
+                    is the opposite)";
                 self.issues
                     .push(n.referenced, format!("{path}.requests_per_unit"), message);
                 None
@@ -304,6 +307,7 @@ impl Walk<'_> {
             .as_ref()
             .map_or("fixed_window", |a| a.value.as_str());
         let params = self.params(raw, path, algorithm, count, period, at)?;
+        let given = raw.name.as_ref().map(|n| n.value.trim());
         let name = match &raw.name {
             Some(n) if n.value.trim().is_empty() => {
                 self.issues.push(
@@ -330,7 +334,7 @@ impl Walk<'_> {
             return None;
         }
         let count = count?;
-        let fingerprint = fingerprint(self.domain, default_name, algorithm);
+        let fingerprint = fingerprint(self.domain, default_name, algorithm, given);
         self.limits += 1;
         Some(EnvoyLimit {
             def: Arc::new(LimitDef {
@@ -404,12 +408,19 @@ impl Walk<'_> {
 }
 
 /// A stable hash of what identifies one limit's counters: its domain, its place in the tree
-/// and its algorithm. Changing its numbers on reload keeps its counters, read under the new
-/// numbers (`crate::algorithm::carry`), as for a policy limit; moving it or changing its
+/// (its default name), its algorithm and, when the file gives one, its own name. Changing its
+/// numbers on reload keeps its counters, read under the new numbers
+/// (`crate::algorithm::carry`), as for a policy limit; moving it, renaming it or changing its
 /// algorithm starts fresh ones.
-fn fingerprint(domain: &str, place: &str, algorithm: &str) -> u64 {
+///
+/// The given name is part of it because default names can be spelled alike by two places
+/// (key `a` value `b`, and key `a_b`): named apart, their limits must count apart, and the
+/// in-memory store tells counters apart by fingerprint and values alone.
+fn fingerprint(domain: &str, place: &str, algorithm: &str, name: Option<&str>) -> u64 {
     let mut hasher = SipHasher13::new_with_keys(0, 0);
-    for part in ["envoy", domain, place, algorithm] {
+    let named = name.map(|name| ["name", name]);
+    let parts = ["envoy", domain, place, algorithm].into_iter();
+    for part in parts.chain(named.into_iter().flatten()) {
         hasher.write(&(part.len() as u64).to_le_bytes());
         hasher.write(part.as_bytes());
     }
@@ -425,7 +436,7 @@ impl Overrides {
         let name = format!("{domain}.override");
         let fingerprint = |unit: Unit| {
             let place = format!("{name}/{}", unit.micros());
-            fingerprint(domain, &place, "fixed_window")
+            fingerprint(domain, &place, "fixed_window", None)
         };
         let fingerprints = Unit::ALL.map(fingerprint);
         Self {
@@ -443,7 +454,8 @@ pub(super) fn override_limit(
     count: u64,
     unit: Unit,
 ) -> Result<EnvoyLimit, String> {
-    let params = LimitParams::FixedWindow(FixedWindow::new(count, unit.micros())?);
+    // 0 denies every request (`EnvoyLimit::denies_all`).
+    let params = LimitParams::FixedWindow(FixedWindow::new(count.max(1), unit.micros())?);
     let fingerprint = overrides.fingerprints[unit as usize];
     Ok(EnvoyLimit {
         def: Arc::new(LimitDef {

@@ -73,16 +73,22 @@ pub enum Unit {
     Day,
     /// Seven days.
     Week,
+    /// Thirty days, as upstream's service counts a month.
+    Month,
+    /// 365 days, as upstream's service counts a year.
+    Year,
 }
 
 impl Unit {
     /// Every unit, in declaration order (so `unit as usize` is its index here).
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::Second,
         Self::Minute,
         Self::Hour,
         Self::Day,
         Self::Week,
+        Self::Month,
+        Self::Year,
     ];
 
     /// The unit's length in microseconds.
@@ -94,6 +100,8 @@ impl Unit {
             Self::Hour => HOUR,
             Self::Day => DAY,
             Self::Week => 7 * DAY,
+            Self::Month => 30 * DAY,
+            Self::Year => 365 * DAY,
         }
     }
 
@@ -105,6 +113,8 @@ impl Unit {
             "hour" => Self::Hour,
             "day" => Self::Day,
             "week" => Self::Week,
+            "month" => Self::Month,
+            "year" => Self::Year,
             _ => return None,
         })
     }
@@ -117,6 +127,8 @@ impl Unit {
             Self::Hour => "hour",
             Self::Day => "day",
             Self::Week => "week",
+            Self::Month => "month",
+            Self::Year => "year",
         }
     }
 }
@@ -134,6 +146,16 @@ pub struct EnvoyLimit {
     /// The unit as written, when the limit's period is exactly one unit; `None` for custom
     /// windows such as `30s` (reported as `UNKNOWN`; the headers carry the exact window).
     pub unit: Option<Unit>,
+}
+
+impl EnvoyLimit {
+    /// Whether the limit is 0, which upstream's service reads as denying every request (a
+    /// descriptor's override may say it): compiled as a window of one, and charged above it
+    /// by the plan, so every request is refused as costing more than the limit, and none is
+    /// counted.
+    pub fn denies_all(&self) -> bool {
+        self.requests_per_unit == 0
+    }
 }
 
 /// What a matched node says about the descriptor.
@@ -222,7 +244,8 @@ impl EnvoyConfig {
 
 impl Domain {
     /// The limit a descriptor's own `limit` field asks for (when the domain allows it): a
-    /// fixed window of `count` per `unit`.
+    /// fixed window of `count` per `unit`; a `count` of 0 denies every request
+    /// ([`EnvoyLimit::denies_all`]).
     pub fn override_limit(&self, count: u64, unit: Unit) -> Result<EnvoyLimit, String> {
         compile::override_limit(&self.overrides, count, unit)
     }

@@ -190,6 +190,24 @@ fn unknown_fields_and_duplicates_are_refused() {
     ] {
         assert!(load(&[("a.yaml", apart)]).is_ok(), "{apart}");
     }
+    // Named apart, spelled alike: the in-memory store tells counters apart by fingerprint and
+    // values, so the fingerprints differ (the given name is part of them).
+    let named = "domain: d\ndescriptors:\n  - {key: a, value: b, rate_limit: {unit: second, requests_per_unit: 1}}\n  - {key: a_b, rate_limit: {name: other, unit: second, requests_per_unit: 2}}\n";
+    let config = load(&[("a.yaml", named)]).expect("valid");
+    let d = config.domain("d").expect("d");
+    let print = |entries: &[(&str, &str)]| {
+        let found = d.find(entries.iter().copied()).expect("a match");
+        let defs = limits(&found);
+        assert_eq!(defs.len(), 1);
+        (defs[0].fingerprint, found.values)
+    };
+    let (ab, ab_values) = print(&[("a", "b")]);
+    let (other, other_values) = print(&[("a_b", "b")]);
+    assert_eq!(
+        ab_values, other_values,
+        "one value each: the same in a counter key"
+    );
+    assert_ne!(ab, other, "named apart, counted apart");
     let one = "domain: d\ndescriptors: []\n";
     let err = load(&[("1.yaml", one), ("2.yaml", one)])
         .expect_err("twice")
@@ -201,12 +219,40 @@ fn unknown_fields_and_duplicates_are_refused() {
 }
 
 #[test]
+fn months_and_years_are_read_as_upstream_counts_them() {
+    let text = "domain: d\ndescriptors:\n  - {key: m, rate_limit: {unit: MONTH, requests_per_unit: 3}}\n  - {key: y, rate_limit: {unit: year, requests_per_unit: 4}}\n";
+    let config = load(&[("d.yaml", text)]).expect("valid");
+    let d = config.domain("d").expect("d");
+    for (key, days, count) in [("m", 30, 3), ("y", 365, 4)] {
+        let found = d.find([(key, "v")].into_iter()).expect("a match");
+        let Rule::Limits(list) = found.rule else {
+            panic!("limited")
+        };
+        assert_eq!(
+            list[0].def.params.window(),
+            days * crate::time::DAY,
+            "{key}"
+        );
+        assert_eq!(list[0].def.params.quota(), count, "{key}");
+    }
+    let err = load(&[("d.yaml", &text.replace("MONTH", "fortnight"))])
+        .expect_err("unknown")
+        .to_string();
+    assert!(err.contains("week, month or year"), "{err}");
+}
+
+#[test]
 fn overrides_are_fixed_windows_of_one_unit() {
     let d = edge();
     let limit = d.override_limit(7, Unit::Minute).expect("valid");
     assert_eq!(limit.def.params.quota(), 7);
     assert_eq!(limit.def.params.window(), 60 * SECOND);
-    assert!(d.override_limit(0, Unit::Second).is_err());
+    // A limit of 0, which upstream's service reads as denying every request: a window of one
+    // that says 0, which the plan charges above its quota.
+    let none = d.override_limit(0, Unit::Second).expect("valid");
+    assert!(none.denies_all());
+    assert_eq!((none.requests_per_unit, none.def.params.quota()), (0, 1));
+    assert!(!limit.denies_all());
     // The name is the domain's, made once: every override shares its quoted forms.
     let other = d.override_limit(9, Unit::Hour).expect("valid");
     assert_eq!(limit.def.name, format!("{}.override", d.name).as_str());

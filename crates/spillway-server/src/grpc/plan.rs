@@ -92,7 +92,8 @@ pub fn envoy(
     let mut matched: Vec<(Cow<'_, [EnvoyLimit]>, Vec<String>)> =
         Vec::with_capacity(descriptors.len());
     for (i, d) in descriptors.iter().enumerate() {
-        if d.is_negative_hits {
+        // An empty descriptor (every action of its entry skipped) matches nothing.
+        if d.is_negative_hits || d.entries.is_empty() {
             matched.push((Cow::Borrowed(&[][..]), Vec::new()));
             continue;
         }
@@ -102,20 +103,33 @@ pub fn envoy(
             .collect();
         let entries = (d.entries.iter().zip(&carried))
             .map(|(e, v4)| (e.key.as_str(), v4.as_deref().unwrap_or(&e.value)));
-        let found = match &d.limit {
-            Some(over) if domain.allow_limit_override => {
-                let unit = unit(over.unit).ok_or_else(|| {
-                    format!("descriptors[{i}].limit.unit must be second, minute, hour or day")
-                })?;
+        // An override's unit this build cannot read (`UNKNOWN`, or one newer than its proto)
+        // leaves the domain's own limits in force: refusing the call would have Envoy admit
+        // the request unjudged.
+        let over = (d.limit.as_ref())
+            .filter(|_| domain.allow_limit_override)
+            .and_then(|over| match unit(over.unit) {
+                Some(unit) => Some((over.requests_per_unit, unit)),
+                None => {
+                    tracing::debug!(
+                        "descriptors[{i}].limit.unit {} is not a unit this build reads; the \
+                         domain's own limits apply",
+                        over.unit
+                    );
+                    None
+                }
+            });
+        let found = match over {
+            Some((count, unit)) => {
                 let limit = domain
-                    .override_limit(u64::from(over.requests_per_unit), unit)
+                    .override_limit(u64::from(count), unit)
                     .map_err(|e| format!("descriptors[{i}].limit: {e}"))?;
                 let values = entries
                     .flat_map(|(k, v)| [k.to_owned(), v.to_owned()])
                     .collect();
                 (Cow::Owned(vec![limit]), values)
             }
-            _ => match domain.find(entries) {
+            None => match domain.find(entries) {
                 Some(Found {
                     rule: Rule::Limits(list),
                     values,
@@ -150,7 +164,9 @@ pub fn envoy(
                 values: values.iter().collect(),
             };
             let report = (limit.requests_per_unit, limit.unit);
-            plan.add(slot, Arc::clone(&limit.def), key, cost(d, hits), report);
+            // A limit of 0 is charged above its window of one: refused, never counted.
+            let cost = if limit.denies_all() { 2 } else { cost(d, hits) };
+            plan.add(slot, Arc::clone(&limit.def), key, cost, report);
         }
     }
     Ok(plan)
@@ -198,7 +214,9 @@ pub fn policy(policy: &Policy, descriptors: &[RateLimitDescriptor], hits: Option
         ..Plan::default()
     };
     for (slot, d) in descriptors.iter().enumerate() {
-        if d.is_negative_hits {
+        // An empty descriptor (every action of its entry skipped) matches nothing: read as a
+        // request it would name no one, and a key-less limit would count it.
+        if d.is_negative_hits || d.entries.is_empty() {
             continue;
         }
         let mut attrs = RequestAttrs {
@@ -263,25 +281,20 @@ fn shortened(text: &str) -> String {
 
 /// The unit a window is exactly one of, if any.
 fn exact_unit(window: u64) -> Option<Unit> {
-    [
-        Unit::Second,
-        Unit::Minute,
-        Unit::Hour,
-        Unit::Day,
-        Unit::Week,
-    ]
-    .into_iter()
-    .find(|u| u.micros() == window)
+    Unit::ALL.into_iter().find(|u| u.micros() == window)
 }
 
-/// Envoy's unit enum, as far as fixed-length units go.
+/// Envoy's unit enum (a month read as 30 days and a year as 365, as upstream's service reads
+/// them); `None` for `UNKNOWN`.
 fn unit(raw: i32) -> Option<Unit> {
     match RateLimitUnit::try_from(raw).ok()? {
         RateLimitUnit::Second => Some(Unit::Second),
         RateLimitUnit::Minute => Some(Unit::Minute),
         RateLimitUnit::Hour => Some(Unit::Hour),
         RateLimitUnit::Day => Some(Unit::Day),
-        _ => None,
+        RateLimitUnit::Month => Some(Unit::Month),
+        RateLimitUnit::Year => Some(Unit::Year),
+        RateLimitUnit::Unknown => None,
     }
 }
 

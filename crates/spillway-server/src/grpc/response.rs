@@ -159,6 +159,8 @@ fn pb_unit(unit: Option<Unit>) -> PbUnit {
         Some(Unit::Hour) => PbUnit::Hour,
         Some(Unit::Day) => PbUnit::Day,
         Some(Unit::Week) => PbUnit::Week,
+        Some(Unit::Month) => PbUnit::Month,
+        Some(Unit::Year) => PbUnit::Year,
         None => PbUnit::Unknown,
     }
 }

@@ -396,6 +396,11 @@ fn who(descriptors: &[RateLimitDescriptor]) -> Who<'_> {
 /// call is a report (a descriptor carries [`super::report::MARKER`]), from the same walk over
 /// the entries. How many descriptors and entries a call holds was bounded in its bytes,
 /// before it was decoded ([`super::wire`]).
+///
+/// A descriptor with no entries is not refused: Envoy sends one when every action of a
+/// `rate_limits` entry was skipped (`skip_if_absent` on a header the client left out), and a
+/// refusal would have Envoy (by default `failure_mode_deny: false`) admit the whole request,
+/// the call's other descriptors unjudged. It matches nothing (as upstream's service reads it).
 fn check_shape(request: &RateLimitRequest) -> Result<bool, String> {
     if request.domain.is_empty() {
         return Err("`domain` must not be empty".into());
@@ -405,9 +410,6 @@ fn check_shape(request: &RateLimitRequest) -> Result<bool, String> {
     }
     let mut report = false;
     for (i, d) in request.descriptors.iter().enumerate() {
-        if d.entries.is_empty() {
-            return Err(format!("descriptors[{i}] has no entries"));
-        }
         for (j, e) in d.entries.iter().enumerate() {
             if e.key.is_empty() {
                 return Err(format!(
