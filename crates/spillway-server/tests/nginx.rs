@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 const POLICY: &str = r#"
 default_tier: free
@@ -446,15 +447,21 @@ async fn the_principals_nginx_config_counts_by_the_verified_tenant() {
 }
 
 /// A generation API that states its cost afterwards: each response carries the tokens it
-/// "generated" in `X-Tokens-Used` (the test's client picks them with `X-Test-Tokens`).
+/// "generated" in `X-Tokens-Used` (the test's client picks them with `X-Test-Tokens`; `none`
+/// leaves the header out), after `X-Test-Delay-Ms` milliseconds if given.
 async fn generating_upstream() -> std::net::SocketAddr {
+    use axum::response::IntoResponse;
     let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
-        let tokens = headers
-            .get("x-test-tokens")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("0")
-            .to_owned();
-        ([("x-tokens-used", tokens)], "generated\n")
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let tokens = text("x-test-tokens").unwrap_or("0").to_owned();
+        let delay = text("x-test-delay-ms").and_then(|d| d.parse().ok());
+        if let Some(ms) = delay {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if tokens == "none" {
+            return "generated\n".into_response();
+        }
+        ([("x-tokens-used", tokens)], "generated\n").into_response()
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -464,15 +471,8 @@ async fn generating_upstream() -> std::net::SocketAddr {
     addr
 }
 
-/// `deploy/nginx/metered.conf`, run for real: admitted while the budget has room, the
-/// real cost reported after each response (`post_action`), and a request after an overdraw
-/// refused with a 429 and the debt's `Retry-After`.
-#[tokio::test]
-async fn the_metered_nginx_config_reports_costs_after_the_response() {
-    let Some(nginx) = nginx_or_skip("the_metered_nginx_config") else {
-        return;
-    };
-    const METERED: &str = r#"
+/// 1,000 generated tokens an hour per tenant, charged after the response.
+const METERED: &str = r#"
 default_tier: free
 limits:
   generation-tokens:
@@ -488,6 +488,86 @@ tiers:
   free:
     limits: []
 "#;
+
+/// `deploy/nginx/metered.conf` again: a client that hangs up before the answer is charged
+/// what the answer states (nginx waits for it), and an answer that states no cost is charged
+/// the config's unstated cost (here set to 250), never 0.
+#[tokio::test]
+async fn the_metered_nginx_config_charges_what_a_client_hung_up_on() {
+    let Some(nginx) = nginx_or_skip("the_metered_nginx_config_hung_up") else {
+        return;
+    };
+    let spillway = Server::with_policy(METERED)
+        .args(&["--deny-status", "403", "--invalid-status", "401"])
+        .start();
+    let upstream = generating_upstream().await;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/metered.conf");
+    let shipped = std::fs::read_to_string(path).expect("read deploy/nginx/metered.conf");
+    let site = shipped.replace("    default 4096;\n", "    default 250;\n");
+    assert_ne!(site, shipped, "the unstated cost is set where the test expects it");
+    let (_nginx, front, _dir) = start_pointed(&nginx, &site, spillway.addr(), upstream);
+    let url = format!("http://127.0.0.1:{front}/v1/generate");
+    let remaining = || async {
+        let r = spillway
+            .post(
+                "/v1/check?peek",
+                r#"{"tenant":"acme","method":"POST","path":"/v1/generate"}"#,
+            )
+            .await;
+        let body: serde_json::Value = r.json().await.expect("json");
+        body["limits"][0]["remaining"].as_u64()
+    };
+    let settled = |want: u64| async move {
+        let seen = common::wait_until_async(PATIENCE, || async {
+            (remaining().await == Some(want)).then_some(())
+        })
+        .await;
+        seen.is_some()
+    };
+    // The client gives up after 100 ms; the app answers 300 tokens at 600 ms.
+    let hung_up = (spillway.http.post(&url))
+        .header("X-Tenant-Id", "acme")
+        .header("X-Test-Tokens", "300")
+        .header("X-Test-Delay-Ms", "600")
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "the client hung up: {hung_up:?}");
+    assert!(settled(700).await, "the 300 tokens were never charged");
+    // An answer that states no cost.
+    let unstated = (spillway.http.post(&url))
+        .header("X-Tenant-Id", "acme")
+        .header("X-Test-Tokens", "none")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(unstated.status(), 200);
+    assert_eq!(
+        header(&unstated, "spillway-reported-cost").as_deref(),
+        Some("250")
+    );
+    assert!(settled(450).await, "the unstated cost was never charged");
+    // Refused here before reaching the app: charged nothing.
+    let refused = (spillway.http.get(&url))
+        .header("X-Tenant-Id", "acme")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(refused.status(), 405);
+    assert_eq!(
+        header(&refused, "spillway-reported-cost").as_deref(),
+        Some("0")
+    );
+}
+
+/// `deploy/nginx/metered.conf`, run for real: admitted while the budget has room, the
+/// real cost reported after each response (`post_action`), and a request after an overdraw
+/// refused with a 429 and the debt's `Retry-After`.
+#[tokio::test]
+async fn the_metered_nginx_config_reports_costs_after_the_response() {
+    let Some(nginx) = nginx_or_skip("the_metered_nginx_config") else {
+        return;
+    };
     let spillway = Server::with_policy(METERED)
         .args(&["--deny-status", "403", "--invalid-status", "401"])
         .start();
