@@ -504,7 +504,10 @@ async fn the_metered_nginx_config_charges_what_a_client_hung_up_on() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/metered.conf");
     let shipped = std::fs::read_to_string(path).expect("read deploy/nginx/metered.conf");
     let site = shipped.replace("    default 4096;\n", "    default 250;\n");
-    assert_ne!(site, shipped, "the unstated cost is set where the test expects it");
+    assert_ne!(
+        site, shipped,
+        "the unstated cost is set where the test expects it"
+    );
     let (_nginx, front, _dir) = start_pointed(&nginx, &site, spillway.addr(), upstream);
     let url = format!("http://127.0.0.1:{front}/v1/generate");
     let remaining = || async {

@@ -27,7 +27,7 @@ use spillway_core::policy::{Policy, Regions, Scope, StoreConfig};
 use spillway_core::time::{Clock, Micros};
 use spillway_redis::connection::{Conn, ConnectOptions};
 use spillway_redis::login::{self, Refusal, TellOnce};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,11 @@ pub const MAX_KNOWN: usize = 1_000_000;
 /// The most counters one publication pipeline carries; a larger publication is sent in
 /// several pipelines.
 pub const PUBLISH_CHUNK: usize = 5_000;
+
+/// The most counters a node watches: those it published lately, read exactly (`HMGET`) from a
+/// region whose hashes were too large to read whole. Past it, a counter newly published is
+/// not watched, and a region read in part counts it at its share, as before.
+pub const MAX_WATCHED: usize = 200_000;
 
 /// The most window lengths a node exchanges (policy, catalog overrides, and what other
 /// regions announce).
@@ -186,6 +191,14 @@ pub struct Exchange {
     policy_lengths: BTreeSet<Micros>,
     /// How long a region's stamp may be old before the region is taken as cut off.
     partition_after: Micros,
+    /// The counters this node published lately, by hash (window length and start), with how
+    /// many there are: read exactly from a region whose hashes were read in part
+    /// ([`read_watched`]).
+    watched: HashMap<(Micros, Micros), HashSet<Box<str>>>,
+    watched_len: usize,
+    /// The most fields one hash read brings before it is read in part (`None`: from
+    /// [`MAX_KNOWN`]); tests make it small.
+    read_cap: Option<usize>,
 }
 
 impl Exchange {
@@ -207,6 +220,21 @@ impl Exchange {
             read_lengths: vec![None; regions.names().len()],
             policy_lengths: BTreeSet::new(),
             partition_after: regions.partition_after,
+            watched: HashMap::new(),
+            watched_len: 0,
+            read_cap: None,
+        }
+    }
+
+    /// Notes that this node published the counter at `place`: watched until its hash expires.
+    fn watch(&mut self, (len, start, field): &Place) {
+        if self.watched_len >= MAX_WATCHED {
+            return;
+        }
+        let fields = self.watched.entry((*len, *start)).or_default();
+        if !fields.contains(field) {
+            fields.insert(field.clone());
+            self.watched_len += 1;
         }
     }
 
@@ -255,7 +283,12 @@ impl Exchange {
         all.extend(self.seen.keys().copied());
         let all = Arc::new(all);
         let lengths = &*all;
+        // Watched counters whose hashes have expired are read no more.
+        self.watched
+            .retain(|&(len, start), _| tally::read_until(len, start) > now);
+        self.watched_len = self.watched.values().map(HashSet::len).sum();
         let read_own = self.tally.leases();
+        let cap = self.read_cap;
         let reads = self
             .links
             .iter_mut()
@@ -266,7 +299,7 @@ impl Exchange {
                     return None;
                 }
                 let stopwatch = crate::metrics::Stopwatch::start();
-                let read = read_region(link, lengths, now, budget).await;
+                let read = read_region(link, lengths, now, budget, cap).await;
                 let took = stopwatch.elapsed().as_secs_f64();
                 metrics::histogram!(m::READ_SECONDS, "region" => link.name.to_string())
                     .record(took);
@@ -277,7 +310,18 @@ impl Exchange {
         for (r, read) in results.into_iter().enumerate() {
             let name = self.links[r].name.to_string();
             match read {
-                Some(Ok((counts, stamp, announced, cut))) => {
+                Some(Ok((mut counts, stamp, announced, cut))) => {
+                    if cut {
+                        // Read in part: what this node admits itself, and every catch-all,
+                        // are read exactly; left out, a counter the region used far beyond
+                        // its share would read as that share.
+                        let link = &mut self.links[r];
+                        match read_watched(link, lengths, now, &self.watched, budget).await {
+                            Ok(exact) => counts.extend(exact),
+                            Err(err) => tracing::debug!(region = %name, %err,
+                                "cannot read the watched counters of a region read in part"),
+                        }
+                    }
                     self.cut_reads[r] = cut;
                     self.read_lengths[r] = Some(all.clone());
                     for len in announced {
@@ -361,8 +405,9 @@ impl Exchange {
     /// again and counted twice (the others then over-count: under-admission, never over).
     async fn publish(&mut self, own: usize, now: Micros, budget: Duration) {
         let pending = self.tally.take_pending();
-        for &(len, _, _) in pending.keys() {
-            self.see(len, now);
+        for place in pending.keys() {
+            self.see(place.0, now);
+            self.watch(place);
         }
         let link = &mut self.links[own];
         let name = link.name.to_string();
@@ -471,29 +516,41 @@ fn gather(last: &[HashMap<Place, u64>], regions: usize, max: usize) -> Known {
 /// and whether some of its counters were left out.
 type Read = (HashMap<Place, u64>, Option<Micros>, Vec<Micros>, bool);
 
+/// The hashes a read at `now` covers, by window length and start: the current and the
+/// previous window of each of `lengths`.
+fn hashes_at(
+    lengths: &BTreeSet<Micros>,
+    now: Micros,
+) -> impl Iterator<Item = (Micros, Micros)> + '_ {
+    lengths.iter().flat_map(move |&len| {
+        let start = now - now % len;
+        [(len, start), (len, start.saturating_sub(len))]
+    })
+}
+
 /// Reads one region's hashes for `lengths` (current and previous windows) and its stamp.
+/// `cap`: the most fields a hash read brings whole (`None`: from [`MAX_KNOWN`]).
 async fn read_region(
     link: &mut Link,
     lengths: &BTreeSet<Micros>,
     now: Micros,
     budget: Duration,
+    cap: Option<usize>,
 ) -> Result<Read, String> {
     let mut pipe = redis::pipe();
     let mut places = Vec::new();
     // Each hash is read whole up to a cap, so one read's memory is bounded too; a hash over
-    // it is read in part and the region marked truncated (its other counters read as its share).
+    // it is read in part and the region marked truncated (its other counters read as its
+    // share, but for those `read_watched` then reads exactly).
     let hashes_read = (2 * lengths.len()).max(1);
-    let cap = (MAX_KNOWN / hashes_read).max(1_000);
-    for &len in lengths {
-        let start = now - now % len;
-        for s in [start, start.saturating_sub(len)] {
-            pipe.cmd("EVAL")
-                .arg(READ_CAPPED)
-                .arg(1)
-                .arg(link.hash(len, s))
-                .arg(cap);
-            places.push((len, s));
-        }
+    let cap = cap.unwrap_or((MAX_KNOWN / hashes_read).max(1_000));
+    for (len, s) in hashes_at(lengths, now) {
+        pipe.cmd("EVAL")
+            .arg(READ_CAPPED)
+            .arg(1)
+            .arg(link.hash(len, s))
+            .arg(cap);
+        places.push((len, s));
     }
     pipe.cmd("GET").arg(link.stamp());
     // The lengths still in use, those whose hashes last longest first (the longer windows,
@@ -538,6 +595,54 @@ async fn read_region(
         }
     }
     Ok((counts, stamp, announced, truncated))
+}
+
+/// Reads, from a region whose hashes were read in part, the counters this node published
+/// lately (`watched`) and each hash's catch-all, exactly (`HMGET`, in pipelines of at most
+/// [`PUBLISH_CHUNK`] fields a command): the counters this node admits, and so the only ones
+/// whose count here can let it over-admit. A counter the region does not hold is not
+/// returned (it stays unheld, read at the region's share).
+async fn read_watched(
+    link: &mut Link,
+    lengths: &BTreeSet<Micros>,
+    now: Micros,
+    watched: &HashMap<(Micros, Micros), HashSet<Box<str>>>,
+    budget: Duration,
+) -> Result<HashMap<Place, u64>, String> {
+    let catch_all: Box<str> = Box::from(CATCH_ALL);
+    let mut asked: Vec<Place> = Vec::new();
+    for (len, start) in hashes_at(lengths, now) {
+        asked.push((len, start, catch_all.clone()));
+        if let Some(fields) = watched.get(&(len, start)) {
+            asked.extend(fields.iter().map(|f| (len, start, f.clone())));
+        }
+    }
+    let mut exact = HashMap::new();
+    for chunk in asked.chunks(PUBLISH_CHUNK) {
+        let mut pipe = redis::pipe();
+        let mut run = 0;
+        while run < chunk.len() {
+            let (len, start, _) = &chunk[run];
+            let same = chunk[run..]
+                .iter()
+                .take_while(|(l, s, _)| (l, s) == (len, start))
+                .count();
+            let cmd = pipe.cmd("HMGET").arg(link.hash(*len, *start));
+            for (_, _, field) in &chunk[run..run + same] {
+                cmd.arg(&**field);
+            }
+            run += same;
+        }
+        let replies: Vec<Vec<Option<String>>> = link.run(&pipe, budget).await?;
+        let values = replies.into_iter().flatten();
+        for (place, value) in chunk.iter().zip(values) {
+            if let Some(text) = value {
+                let n: u64 = text.parse().map_err(|_| format!("not a count: {text}"))?;
+                exact.insert(place.clone(), n);
+            }
+        }
+    }
+    Ok(exact)
 }
 
 /// Returns `{0, HGETALL}` for a hash of at most `ARGV[1]` fields, else `{1, fields}` with about
