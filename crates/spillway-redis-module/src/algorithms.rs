@@ -298,6 +298,11 @@ fn gcra_charge(per: f64, um: f64, burst: f64, raw: Option<&[u8]>, now: f64, cost
 
 // ---- fixed window (code 3) -------------------------------------------------------------
 
+/// Where the window counted from `start` ends (Lua `fw_end`, `FixedWindow::end_of`).
+fn fw_end(start: f64, window: f64) -> f64 {
+    ceil_div(start + window, window) * window
+}
+
 /// The counted window's start and count at `now`, and the deadline read.
 fn fw_window(window: f64, raw: Option<&[u8]>, now: f64) -> (f64, f64, Option<f64>) {
     let (_, off) = divmod(now, window);
@@ -305,7 +310,7 @@ fn fw_window(window: f64, raw: Option<&[u8]>, now: f64) -> (f64, f64, Option<f64
     let mut held = None;
     if let Some(([s, c], h)) = raw.and_then(|r| read::<2, 3>(r, b'f', b"F:")) {
         held = h;
-        if s + window > now {
+        if fw_end(s, window) > now {
             (start, count) = (s, c);
         }
     }
@@ -314,7 +319,7 @@ fn fw_window(window: f64, raw: Option<&[u8]>, now: f64) -> (f64, f64, Option<f64
 
 fn fixed_window(limit: f64, window: f64, raw: Option<&[u8]>, now: f64, cost: f64) -> Outcome {
     let (start, count, held) = fw_window(window, raw, now);
-    let finish = start + window;
+    let finish = fw_end(start, window);
     let mut reset = max(finish - now, 0.0);
     let left = max(limit - count, 0.0);
     if cost > limit {
@@ -344,7 +349,7 @@ fn fixed_window(limit: f64, window: f64, raw: Option<&[u8]>, now: f64, cost: f64
 fn fixed_window_charge(window: f64, raw: Option<&[u8]>, now: f64, cost: f64) -> Write {
     let (start, count, held) = fw_window(window, raw, now);
     let count = min(count + cost, MAX_SCALED);
-    let finish = start + window;
+    let finish = fw_end(start, window);
     let d = deadline(finish, held, now);
     Write {
         state: pack(b'f', &[start, count, d]),

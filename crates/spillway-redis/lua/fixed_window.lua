@@ -18,18 +18,26 @@ local function fw_read(raw)
   if s then return tonumber(s), tonumber(c) end
 end
 
+-- Where the window counted from `s` ends (FixedWindow::end_of): one length after it, rounded
+-- up to the next boundary of the length. One length for a window this limit opened; a window
+-- carried over from another length goes on to the boundary, so the aligned window it overlaps
+-- never starts again at 0.
+local function fw_end(s, window)
+  return ceil_div(s + window, window) * window
+end
+
 ALG[3] = function(limit, window, _, raw, now, cost)
   local _, off = divmod(now, window)
   local start, count = now - off, 0
   local s, c, held
   if raw then s, c, held = fw_read(raw) end
-  -- The stored window lasts one window length from its start: the current aligned window (or
-  -- a later one, if the clock stepped back), or, after the window's length changed, the
-  -- counted window until one new length after its start.
-  if s and s + window > now then
+  -- The stored window lasts until fw_end: the current aligned window (or a later one, if the
+  -- clock stepped back), or, after the window's length changed, the counted window until the
+  -- first boundary of the new length one new length after its start.
+  if s and fw_end(s, window) > now then
     start, count = s, c
   end
-  local finish = start + window
+  local finish = fw_end(start, window)
   local reset = max(finish - now, 0)
   local left = max(limit - count, 0)
   if cost > limit then
@@ -53,11 +61,11 @@ CHG[3] = function(limit, window, _, raw, now, cost)
   local start, count = now - off, 0
   local s, c, held
   if raw then s, c, held = fw_read(raw) end
-  if s and s + window > now then
+  if s and fw_end(s, window) > now then
     start, count = s, c
   end
   count = min(count + cost, MAX_SCALED)
-  local finish = start + window
+  local finish = fw_end(start, window)
   local d = deadline(finish, held, now)
   return pack('<c1ddd', 'f', start, count, d), finish, d, held
 end

@@ -182,10 +182,13 @@ mod tests {
     }
 
     #[test]
-    fn a_window_length_change_keeps_the_count_for_one_new_length() {
+    fn a_window_length_change_keeps_the_count_until_a_new_boundary() {
         let hour = LimitParams::FixedWindow(FixedWindow::new(10, HOUR).expect("fw"));
         let day = LimitParams::FixedWindow(FixedWindow::new(10, DAY).expect("fw"));
         let start = T0 - T0 % HOUR;
+        // The first day boundary at least a day after the hour's start.
+        let boundary = (start + DAY).div_ceil(DAY) * DAY;
+        assert!(boundary > start + DAY, "T0's hour is not a day's start");
         let e = hour.evaluate(None, start + MINUTE, 10);
         let d = day
             .evaluate(Some(e.state.as_ref()), start + 2 * HOUR, 1)
@@ -194,12 +197,15 @@ mod tests {
             !d.allowed,
             "the hour's 10 count in the day-long window that starts with it"
         );
-        assert_eq!(d.reset_after, DAY - 2 * HOUR);
+        assert_eq!(d.reset_after, boundary - (start + 2 * HOUR));
+        assert_eq!(d.retry_after, Some(boundary - (start + 2 * HOUR)));
+        let at = |t: Micros| day.evaluate(Some(e.state.as_ref()), t, 1).decision.allowed;
         assert!(
-            day.evaluate(Some(e.state.as_ref()), start + DAY, 1)
-                .decision
-                .allowed
+            !at(start + DAY),
+            "the aligned day it overlaps goes on counting them"
         );
+        assert!(!at(boundary - 1));
+        assert!(at(boundary));
 
         let sliding = |w| LimitParams::SlidingWindow(SlidingWindow::new(10, w).expect("sw"));
         let e = sliding(MINUTE).evaluate(None, start, 10);
@@ -217,6 +223,40 @@ mod tests {
                 .decision
                 .allowed
         );
+    }
+
+    /// 10 an hour made 10 a day: one request at 23:10 counted in the hour from 23:00, and
+    /// nine more after midnight in the window carried from it. The day from midnight has
+    /// taken nine, so it admits one more at 23:00, not ten (it used to, when the carried
+    /// window ended a day after 23:00 and the day from midnight started again at 0).
+    #[test]
+    fn a_lengthened_window_never_lets_the_aligned_window_admit_twice() {
+        let hour = LimitParams::FixedWindow(FixedWindow::new(10, HOUR).expect("fw"));
+        let day = LimitParams::FixedWindow(FixedWindow::new(10, DAY).expect("fw"));
+        let midnight = (T0 / DAY + 1) * DAY;
+        let e = hour.evaluate(None, midnight - 50 * MINUTE, 1);
+        assert!(e.decision.allowed);
+        let mut state = e.state;
+        for i in 0..9 {
+            let e = day.evaluate(Some(state.as_ref()), midnight + 30 * MINUTE + i, 1);
+            assert!(e.decision.allowed, "request {i} after midnight");
+            state = e.state;
+        }
+        let mut admitted = 0;
+        for i in 0..10 {
+            let e = day.evaluate(Some(state.as_ref()), midnight + 23 * HOUR + i, 1);
+            if e.decision.allowed {
+                admitted += 1;
+                state = e.state;
+            }
+        }
+        assert_eq!(
+            admitted, 0,
+            "the carried window goes on to midnight's day end"
+        );
+        let e = day.evaluate(Some(state.as_ref()), midnight + DAY, 10);
+        assert!(e.decision.allowed, "the next day is whole");
+        assert_eq!(e.expires_at, midnight + 2 * DAY);
     }
 
     #[test]

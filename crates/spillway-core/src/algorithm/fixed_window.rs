@@ -38,6 +38,18 @@ impl FixedWindow {
         self.window
     }
 
+    /// Where the window counted from `start` ends: one length after it, rounded up to the next
+    /// boundary of this length. A window this limit opened starts on a boundary, so that is
+    /// one length. A window carried over from another length (`super::carry`) goes on to the
+    /// boundary: ended one length after its start, it would leave the aligned window it
+    /// overlaps to start again at 0, and that window could admit up to twice the limit
+    /// (10 an hour made 10 a day: counted from the hour before midnight, the day from
+    /// midnight would take 10 more at 23:00).
+    fn end_of(&self, start: Micros) -> Micros {
+        let end = start.saturating_add(self.window);
+        end.div_ceil(self.window).saturating_mul(self.window)
+    }
+
     /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
     #[inline]
     pub fn evaluate(
@@ -47,16 +59,16 @@ impl FixedWindow {
         cost: u64,
     ) -> Evaluation<FixedWindowState> {
         let aligned = now - now % self.window;
-        // The stored window lasts one window length from its start. For a state this limit
-        // wrote, that is "it is the current aligned window" (or a later one: the clock stepped
-        // back, so keep counting in it). After the window's length changed, the counted window
-        // keeps its start and count and ends one new length after it; windows align to the
-        // new length from then on (see `super::carry`).
+        // The stored window lasts until `end_of` its start. For a state this limit wrote, that
+        // is "it is the current aligned window" (or a later one: the clock stepped back, so
+        // keep counting in it). After the window's length changed, the counted window keeps
+        // its start and count until the first boundary of the new length at least one new
+        // length after it; windows align to the new length from then on (see `super::carry`).
         let (start, count) = match state {
-            Some(s) if s.start + self.window > now => (s.start, s.count),
+            Some(s) if self.end_of(s.start) > now => (s.start, s.count),
             _ => (aligned, 0),
         };
-        let end = start + self.window;
+        let end = self.end_of(start);
         let reset = end.saturating_sub(now);
         let keep = |count| FixedWindowState { start, count };
         let left = self.limit.saturating_sub(count);
@@ -98,11 +110,11 @@ impl FixedWindow {
         cost: u64,
     ) -> Evaluation<FixedWindowState> {
         let (start, count) = match state {
-            Some(s) if s.start + self.window > now => (s.start, s.count),
+            Some(s) if self.end_of(s.start) > now => (s.start, s.count),
             _ => (now - now % self.window, 0),
         };
         let count = count.saturating_add(cost).min(super::MAX_SCALED as u64);
-        let end = start + self.window;
+        let end = self.end_of(start);
         let reset = if count == 0 {
             0
         } else {
