@@ -30,8 +30,11 @@
 //! slots (the server sweeps every second). The number of keys is bounded by `max_keys`, split
 //! evenly over the shards. When a new key arrives at a full shard, a sample of
 //! [`EVICTION_SAMPLE`] slots at random positions of its table is examined (`eviction`):
-//! expired ones among them are dropped; if none was expired, the one that would expire soonest
-//! is evicted (it holds the least state worth keeping) and counted in [`Store::evictions`].
+//! expired ones among them are dropped; if none was expired, the one that had used the least of
+//! its limit at its last check (in quarters; denied counts as all), the soonest to expire among
+//! those, is evicted (it holds the least state worth keeping, and a client cannot steer
+//! eviction onto its own used-up key by flooding long-lived ones) and counted in
+//! [`Store::evictions`].
 //! Making room never scans a whole shard, so a flood costs each insert a constant amount of
 //! work, and no slot is looked at more often than another, whatever its place in the table. An evicted key behaves like a fresh one
 //! afterwards, so the bound trades exactness for memory only under a flood larger than
@@ -45,7 +48,7 @@
 //! multi-key requests cannot deadlock), evaluate all limits, and write only if the request is
 //! admitted.
 
-use super::slot::Slot;
+use super::slot::{Slot, DENIED, EXPIRY_MASK, USED_SHIFT};
 use super::{admits, Charged, Check, ReportId, Store, StoreError};
 use crate::algorithm::{Decision, LimitParams, ParamsId, State};
 use crate::request::CheckMode;
@@ -217,7 +220,21 @@ impl MemoryStore {
     /// Expiry as whole seconds after the store's epoch, rounded up (so never early).
     fn expiry_secs(&self, expires_at: Micros) -> u32 {
         let secs = expires_at.saturating_sub(self.epoch).div_ceil(SECOND);
-        u32::try_from(secs).unwrap_or(u32::MAX)
+        u32::try_from(secs).unwrap_or(u32::MAX).min(EXPIRY_MASK)
+    }
+
+    /// The expiry word of a state written after `decision`: its expiry second, and how much of
+    /// its limit the key has used, in quarters (see `slot::USED_SHIFT`).
+    #[inline]
+    fn expiry_after(&self, expires_at: Micros, decision: &Decision) -> u32 {
+        let used = if decision.allowed && decision.limit > 0 {
+            let spent = decision.limit.saturating_sub(decision.remaining);
+            let quarters = spent.saturating_mul(4) / decision.limit;
+            quarters.min(u64::from(DENIED)) as u32
+        } else {
+            DENIED
+        };
+        self.expiry_secs(expires_at) | used << USED_SHIFT
     }
 
     /// Whether a slot's state is already equivalent to a fresh key at `now`.
@@ -271,7 +288,9 @@ impl MemoryStore {
                 let e = $p.evaluate(Some(&*$s), now, check.cost);
                 if consume && e.decision.allowed {
                     *$s = e.state;
-                    *$exp = self.expiry_secs(e.expires_at);
+                    *$exp = self.expiry_after(e.expires_at, &e.decision);
+                } else if consume {
+                    *$exp |= DENIED << USED_SHIFT;
                 }
                 e.decision
             }};
@@ -291,8 +310,10 @@ impl MemoryStore {
             _ => {
                 let e = slot.evaluate(check.params, now, check.cost);
                 if consume && e.decision.allowed {
-                    let expires = self.expiry_secs(e.expires_at);
+                    let expires = self.expiry_after(e.expires_at, &e.decision);
                     *slot = Slot::new(e.state, expires, check.params.id());
+                } else if consume {
+                    slot.hold();
                 }
                 e.decision
             }
@@ -332,6 +353,16 @@ impl MemoryStore {
             for (((e, h), &slot), c) in results {
                 if writes(c, mode) {
                     self.commit(&mut guards[slot].1, *h, e, c.params.id(), now, &hashes);
+                }
+            }
+        } else if mode == CheckMode::Consume {
+            // Denied: the keys that denied it are marked so (`slot::USED_SHIFT`).
+            let results = decisions.iter().zip(&hashes).zip(&slots).zip(checks);
+            for (((d, h), &slot), c) in results {
+                if !d.allowed && writes(c, mode) {
+                    if let Some(stored) = find_mut(&mut guards[slot].1, h) {
+                        stored.hold();
+                    }
                 }
             }
         }
@@ -376,7 +407,7 @@ impl MemoryStore {
         now: Micros,
     ) -> Option<Slot> {
         (e.decision.allowed && e.expires_at > now)
-            .then(|| Slot::new(e.state, self.expiry_secs(e.expires_at), id))
+            .then(|| Slot::new(e.state, self.expiry_after(e.expires_at, &e.decision), id))
     }
 
     /// Inserts `slot` under `h`, which the shard does not hold, making room first.
@@ -429,7 +460,8 @@ impl MemoryStore {
             };
             decisions.push(e.decision);
             if e.expires_at > now {
-                let slot = Slot::new(e.state, self.expiry_secs(e.expires_at), c.params.id());
+                let expires = self.expiry_after(e.expires_at, &e.decision);
+                let slot = Slot::new(e.state, expires, c.params.id());
                 if let Some(existing) = find_mut(map, h) {
                     *existing = slot;
                 } else {

@@ -13,6 +13,19 @@ use crate::algorithm::{
 };
 use crate::time::Micros;
 
+/// Where a slot's expiry word keeps how much of its limit the key had used at its last
+/// consuming check: the top two bits, in quarters (0: under a quarter ... 3: three quarters or
+/// more, or denied). Evicting a key hands its client back what it had used, and a client can
+/// steer eviction onto its own key (a flood of fresh long-lived keys leaves its short-lived one
+/// the soonest to expire in nearly every sample), so eviction takes the sampled slot that had
+/// used the least first, the soonest to expire among those (`memory::eviction`). Expiry
+/// seconds count from the store's start and stay below these bits (34 years).
+pub(super) const USED_SHIFT: u32 = 30;
+/// The expiry second's bits of the word.
+pub(super) const EXPIRY_MASK: u32 = (1 << USED_SHIFT) - 1;
+/// The used level of a denied key (the highest).
+pub(super) const DENIED: u32 = 3;
+
 /// A stored state with its expiry second (and, for buckets, its writer's numbers). Each variant pairs
 /// the algorithm's 16-byte state (or the sliding log's box) with the expiry so the compiler
 /// packs the expiry and the numbers' id beside the variant tag: 24 bytes, where `(State, u32)`
@@ -108,7 +121,30 @@ impl Slot {
         }
     }
 
+    /// The expiry second, without the used level.
     pub(super) fn expires(&self) -> u32 {
+        self.raw_expiry() & EXPIRY_MASK
+    }
+
+    /// How much of its limit the key had used at its last consuming check, in quarters
+    /// (see [`USED_SHIFT`]).
+    pub(super) fn used(&self) -> u32 {
+        self.raw_expiry() >> USED_SHIFT
+    }
+
+    /// Marks the key as denied (the highest used level): its check was just denied.
+    pub(super) fn hold(&mut self) {
+        match self {
+            Self::TokenBucket(_, e, _)
+            | Self::Gcra(_, e, _)
+            | Self::FixedWindow(_, e)
+            | Self::SlidingWindow(_, e)
+            | Self::SlidingLog(_, e)
+            | Self::LeakyBucket(_, e, _) => *e |= DENIED << USED_SHIFT,
+        }
+    }
+
+    fn raw_expiry(&self) -> u32 {
         match self {
             Self::TokenBucket(_, e, _)
             | Self::Gcra(_, e, _)

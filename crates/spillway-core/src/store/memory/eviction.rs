@@ -2,7 +2,11 @@
 //!
 //! When a new key arrives at a shard holding its share of `max_keys`, the store looks at
 //! [`EVICTION_SAMPLE`] occupied slots picked at random bucket positions, and either drops the
-//! expired ones among them or evicts the one that would expire soonest. The positions must be
+//! expired ones among them or evicts the one that had used the least of its limit, in quarters
+//! (`super::slot::USED_SHIFT`; a denied key counts as used up), the soonest to expire among
+//! those. Evicting a key hands its client back what it had used: without the used level, a
+//! client flooding fresh long-lived keys made its own short-lived, used-up key the soonest to
+//! expire in nearly every sample, and had it evicted, and reset, over and over. The positions must be
 //! random: a sample taken in table order (the first slots an iterator meets) looks at the same
 //! region of the table every time, so a key whose hash lands there is evicted by every new key
 //! of a flood, which resets a client that is over its limit. Drawn at random, every slot is
@@ -25,8 +29,8 @@ use std::sync::atomic::Ordering;
 /// but always (about 28 are expected to be occupied).
 const MAX_PROBES: usize = 8 * EVICTION_SAMPLE;
 
-/// A sampled slot: its bucket index and its expiry second.
-type Sampled = (usize, u32);
+/// A sampled slot: its bucket index, its expiry second and its used level.
+type Sampled = (usize, u32, u32);
 
 impl MemoryStore {
     /// Keeps a shard within its bound before `incoming` (a key it does not hold) is inserted:
@@ -47,14 +51,16 @@ impl MemoryStore {
         let sample = sample(map, incoming, request);
         let expired: SmallVec<[usize; EVICTION_SAMPLE]> = sample
             .iter()
-            .filter(|(_, expires)| self.expired_at(*expires, now))
-            .map(|(bucket, _)| *bucket)
+            .filter(|(_, expires, _)| self.expired_at(*expires, now))
+            .map(|(bucket, _, _)| *bucket)
             .collect();
         if !expired.is_empty() {
             for bucket in expired {
                 remove(map, bucket);
             }
-        } else if let Some((victim, _)) = sample.iter().min_by_key(|(_, expires)| *expires) {
+        } else if let Some((victim, _, _)) =
+            (sample.iter()).min_by_key(|(_, expires, used)| (*used, *expires))
+        {
             remove(map, *victim);
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
@@ -75,8 +81,8 @@ fn sample(
     for _ in 0..MAX_PROBES {
         let bucket = (positions.next() as usize) & mask;
         if let Some((key, slot)) = map.get_bucket(bucket) {
-            if !request.contains(key) && !found.iter().any(|(b, _)| *b == bucket) {
-                found.push((bucket, slot.expires()));
+            if !request.contains(key) && !found.iter().any(|(b, _, _)| *b == bucket) {
+                found.push((bucket, slot.expires(), slot.used()));
                 if found.len() == EVICTION_SAMPLE {
                     break;
                 }
@@ -91,7 +97,7 @@ fn sample(
             .find(|(key, _)| !request.contains(key))
             .and_then(|(key, slot)| {
                 let bucket = map.find_bucket_index(key[0], |(k, _)| k == key)?;
-                Some((bucket, slot.expires()))
+                Some((bucket, slot.expires(), slot.used()))
             });
         found.extend(first);
     }
