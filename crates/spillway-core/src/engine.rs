@@ -120,13 +120,16 @@ pub async fn judge(
             // A denied request is charged nothing, but the limits that would have let it
             // through report what would remain after it. Every algorithm's remaining count
             // drops by exactly the cost on an admission, so adding it back gives the count that
-            // really remains. (The reset time is left as computed: at most a little later
-            // than the true one.)
+            // really remains. (The reset time is left as computed, at most a little later
+            // than the true one, but for a key nothing has used: a fresh key resets in 0.)
             if !allowed && decision.allowed {
                 decision.remaining = decision
                     .remaining
                     .saturating_add(p.cost)
                     .min(decision.limit);
+                if decision.remaining == decision.limit {
+                    decision.reset_after = 0;
+                }
             }
             LimitOutcome {
                 name: p.def.name.clone(),
@@ -308,6 +311,17 @@ tiers:
         };
         let now = engine.check(&look, CheckMode::Peek).await.expect("store");
         assert_eq!(now.outcomes[0].decision.remaining, 8);
+        // Another user's first request at a cost `tight` refuses: `roomy`, untouched, says
+        // it is whole and resets in 0, not in the time the charge would have taken to refill.
+        let big = RequestAttrs {
+            user: Some("v".into()),
+            cost: Some(3),
+            ..Default::default()
+        };
+        let denied = engine.check(&big, CheckMode::Consume).await.expect("store");
+        assert!(!denied.allowed);
+        let roomy = denied.outcomes[0].decision;
+        assert_eq!((roomy.remaining, roomy.reset_after), (10, 0));
     }
 
     const METERED: &str = "default_tier: t
