@@ -18,7 +18,8 @@
 //!   recorded on every limit the descriptor reaches, past the limit if need be, where
 //!   upstream would only count hits that fit.
 //! - An optional entry **`spillway_request_id`** (for example a `request_headers` action on
-//!   `x-request-id`) makes the report idempotent, as `request_id` does on `POST /v1/report`.
+//!   `x-request-id`) makes the report idempotent, as `request_id` does on `POST /v1/report`
+//!   (an id longer than that takes is kept as its SHA-256, `kept_id`).
 //! - The answer is always `OK` (Envoy ignores it anyway); a report the store could not
 //!   record is lost and counted (`spillway_reports_total{via="envoy",outcome="failed"}`).
 //!
@@ -52,6 +53,19 @@ pub const REQUEST_ID: &str = "spillway_request_id";
 
 /// The descriptors without the marker entries, and the first request id among them: the one
 /// copy of the call's descriptors a report makes (identified, planned and logged in place).
+/// A stream-done call's request id as the report keeps it: as sent, or, longer than
+/// `POST /v1/report` takes, its SHA-256 (`sha256:` and hex). Envoy sends what the header held,
+/// and a call is answered `OK` whatever it carries, so the id cannot be refused as the HTTP API
+/// refuses it; dropped, a retry of the report would be charged again.
+fn kept_id(id: String) -> String {
+    use sha2::{Digest, Sha256};
+    if id.len() <= crate::http::report::MAX_REQUEST_ID {
+        return id;
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    format!("sha256:{}", crate::principal::api_key::hex(&digest))
+}
+
 fn strip(descriptors: &[RateLimitDescriptor]) -> (Vec<RateLimitDescriptor>, Option<String>) {
     let mut id = None;
     let stripped = descriptors
@@ -104,7 +118,7 @@ pub async fn record(
         );
         return invalid();
     }
-    let request_id = request_id.filter(|id| id.len() <= crate::http::report::MAX_REQUEST_ID);
+    let request_id = request_id.map(kept_id);
     let hits = u64::from(request.hits_addend).max(1);
     let domain = request.domain.as_str();
     // Under `principals:`, the descriptors name the caller as a check's do (credential
@@ -202,7 +216,7 @@ fn drop_credentials(descriptors: &mut [RateLimitDescriptor], policy: &Policy) {
 
 #[cfg(test)]
 mod tests {
-    use super::tenant;
+    use super::{kept_id, tenant};
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 
@@ -217,5 +231,22 @@ mod tests {
         }];
         assert_eq!(tenant(&named, None, true), Some("victim"));
         assert_eq!(tenant(&named, None, false), None);
+    }
+
+    #[test]
+    fn long_request_ids_are_kept_as_their_digest() {
+        assert_eq!(kept_id("abc".into()), "abc");
+        let long = "x".repeat(500);
+        let kept = kept_id(long.clone());
+        assert!(
+            kept.starts_with("sha256:") && kept.len() == 7 + 64,
+            "{kept}"
+        );
+        assert_eq!(
+            kept,
+            kept_id(long),
+            "the same id, the same digest: a retry counts once"
+        );
+        assert_ne!(kept, kept_id("y".repeat(500)));
     }
 }
