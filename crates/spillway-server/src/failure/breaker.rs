@@ -1,11 +1,18 @@
 //! The circuit breaker in front of a shared store.
 //!
 //! Closed: every call goes to the store; `threshold` failures in a row (errors or timeouts)
-//! open it. Open: no call goes to the store, each fails at once; after `cooldown` the next
-//! call becomes the one probe (half-open). Half-open: only the probe is sent; its success
-//! closes the breaker, its failure opens it for another cooldown. A probe that never reports
-//! (its request was cancelled) is replaced after another cooldown, so the breaker cannot
-//! stick half-open.
+//! open it. Failures count once per wave: a call sent before the last counted failure was
+//! seen failed in the same outage (a batch of requests sharing one lost reply, a burst that
+//! all timed out together) and does not count again, so one lost reply, or one client's burst
+//! that the store could not answer in time, does not open the breaker for every tenant; an
+//! outage still opens it after `threshold` calls sent one after another's failure. Open: no
+//! call goes to the store, each fails at once; after `cooldown` the next call becomes the one
+//! probe (half-open). Half-open: only the probe is sent; its success closes the breaker, its
+//! failure opens it for another cooldown. A probe that never reports (its request was
+//! cancelled: a client resetting its streams) is given up at once, so the next call probes
+//! (else a client cancelling every probe would hold the breaker open, and every tenant in
+//! its failure mode); one given up unreported is in any case replaced after another cooldown,
+//! so the breaker cannot stick half-open.
 //!
 //! A breaker guards one failure domain (see [`super::domains`]): the whole store, or one Redis
 //! Cluster master. Breakers of one table share a [`Tally`], which keeps the store-wide
@@ -156,6 +163,9 @@ struct Inner {
     failures: u64,
     /// When the breaker last opened, or when the outstanding probe was sent.
     since: Micros,
+    /// When the last counted failure was recorded: a call sent before it failed in the same
+    /// wave and is not counted again.
+    last_failure: Micros,
     /// The domain's name for metrics and logs (`None`: the store as a whole).
     domain: Option<Arc<str>>,
     /// The table's epoch at the last [`Breaker::rename`]: outcomes of calls admitted at an
@@ -188,6 +198,7 @@ impl Breaker {
                 state: CircuitState::Closed,
                 failures: 0,
                 since: 0,
+                last_failure: 0,
                 domain: None,
                 renamed_at: 0,
             }),
@@ -262,20 +273,26 @@ impl Breaker {
         false
     }
 
-    /// [`Breaker::failed_in`] for a breaker outside any table (tests).
+    /// [`Breaker::failed_in`] for a breaker outside any table (tests), for a call sent at
+    /// `now`.
     #[cfg(test)]
     pub fn failed(&self, admission: Admission, now: Micros) -> bool {
-        self.failed_in(admission, now, u64::MAX)
+        self.failed_in(admission, now, now, u64::MAX)
     }
 
-    /// Records a call, admitted at the table's epoch `epoch`, that failed or timed out at `now`
-    /// (ignored if the breaker was renamed since). Returns `true` when this opened the
-    /// breaker.
-    pub fn failed_in(&self, admission: Admission, now: Micros, epoch: u64) -> bool {
+    /// Records a call, sent at `sent` and admitted at the table's epoch `epoch`, that failed or
+    /// timed out at `now` (ignored if the breaker was renamed since; not counted again if it was
+    /// sent before the last counted failure, see the module docs). Returns `true` when this
+    /// opened the breaker.
+    pub fn failed_in(&self, admission: Admission, now: Micros, sent: Micros, epoch: u64) -> bool {
         let mut inner = self.inner.lock();
         if epoch < inner.renamed_at {
             return false;
         }
+        if admission == Admission::Call && sent < inner.last_failure {
+            return false;
+        }
+        inner.last_failure = now;
         inner.failures = inner.failures.saturating_add(1);
         let open = match inner.state {
             CircuitState::Closed => inner.failures >= self.threshold,
@@ -287,6 +304,20 @@ impl Breaker {
             self.enter(&mut inner, CircuitState::Open);
         }
         open
+    }
+
+    /// Records that a call admitted as `admission` at the table's epoch `epoch` will never
+    /// report (its request was cancelled mid-call). A probe given up so lets the next call
+    /// probe at once, rather than a cooldown after it was sent.
+    pub fn abandoned_in(&self, admission: Admission, epoch: u64) {
+        let mut inner = self.inner.lock();
+        if epoch < inner.renamed_at
+            || admission != Admission::Probe
+            || inner.state != CircuitState::HalfOpen
+        {
+            return;
+        }
+        inner.since = inner.since.saturating_sub(self.cooldown);
     }
 
     fn enter(&self, inner: &mut Inner, state: CircuitState) {
@@ -407,6 +438,45 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_probe_lets_the_next_call_probe_at_once() {
+        let b = breaker(1);
+        b.failed(Admission::Call, T0);
+        assert_eq!(b.admit(T0 + COOL), Admission::Probe);
+        b.abandoned_in(Admission::Probe, u64::MAX);
+        assert_eq!(
+            b.admit(T0 + COOL + 1),
+            Admission::Probe,
+            "not a cooldown later"
+        );
+        // Given up as a call, nothing changes.
+        b.abandoned_in(Admission::Call, u64::MAX);
+        assert_eq!(
+            b.admit(T0 + COOL + 2),
+            Admission::Rejected,
+            "one probe at a time"
+        );
+    }
+
+    #[test]
+    fn failures_of_calls_sent_together_count_once() {
+        let b = breaker(3);
+        let failed = |sent: Micros, at: Micros| b.failed_in(Admission::Call, at, sent, u64::MAX);
+        // A batch of ten sent at T0, all failing at T0 + 10 ms: one failure.
+        for _ in 0..10 {
+            assert!(!failed(T0, T0 + 10_000));
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+        // Calls sent after that failure was seen count: two more waves open it.
+        assert!(!failed(T0 + 10_000, T0 + 20_000));
+        assert!(
+            !failed(T0 + 15_000, T0 + 25_000),
+            "sent before the last was seen"
+        );
+        assert!(failed(T0 + 20_000, T0 + 30_000));
+        assert_eq!(b.state(), CircuitState::Open);
+    }
+
+    #[test]
     fn late_answers_from_ordinary_calls_do_not_close_an_open_breaker() {
         let b = breaker(1);
         let t0 = T0;
@@ -430,16 +500,16 @@ mod tests {
         );
         assert_eq!(b.domain().as_deref(), Some("new"));
         // Two failures admitted before the rename (epoch 0) would open it again.
-        assert!(!b.failed_in(before, T0, 0));
-        assert!(!b.failed_in(before, T0, 0));
+        assert!(!b.failed_in(before, T0, T0, 0));
+        assert!(!b.failed_in(before, T0, T0, 0));
         assert_eq!(
             b.state(),
             CircuitState::Closed,
             "the old domain's outcomes are ignored"
         );
-        assert!(!b.failed_in(Admission::Call, T0, 1));
+        assert!(!b.failed_in(Admission::Call, T0, T0, 1));
         assert!(
-            b.failed_in(Admission::Call, T0, 1),
+            b.failed_in(Admission::Call, T0, T0, 1),
             "the new domain's own count"
         );
     }

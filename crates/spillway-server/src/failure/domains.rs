@@ -36,6 +36,8 @@ pub struct Admitted {
     probes: Domains,
     /// The table's epoch when admitted: a breaker renamed since ignores the outcome.
     epoch: u64,
+    /// When it was admitted (the call was sent), on the breakers' clock.
+    at: Micros,
 }
 
 /// The breakers of every domain; see the module docs.
@@ -114,6 +116,7 @@ impl DomainBreakers {
     pub fn admit(&self, domains: Domains, now: Micros) -> Option<Admitted> {
         let mut admitted = Admitted {
             epoch: self.epoch.load(Ordering::Acquire),
+            at: now,
             ..Admitted::default()
         };
         self.admit_all(domains.iter(), now, &mut admitted)
@@ -176,8 +179,16 @@ impl DomainBreakers {
     pub fn failed(&self, admitted: Admitted, now: Micros) {
         for (set, admission) in Self::parts(admitted) {
             for index in set.iter() {
-                self.breakers[index].failed_in(admission, now, admitted.epoch);
+                self.breakers[index].failed_in(admission, now, admitted.at, admitted.epoch);
             }
+        }
+    }
+
+    /// Records a call that will never report (its request was cancelled mid-call): a probe
+    /// among its domains is given up, so the next call there probes at once.
+    pub fn abandoned(&self, admitted: Admitted) {
+        for index in admitted.probes.iter() {
+            self.breakers[index].abandoned_in(Admission::Probe, admitted.epoch);
         }
     }
 
@@ -347,7 +358,8 @@ pub(super) mod tests {
     fn no_domain_is_admitted_without_touching_a_breaker() {
         let t = table();
         open(&t, set(&[0]), T0);
-        assert_eq!(t.admit(Domains::default(), T0), Some(Admitted::default()));
+        let admitted = t.admit(Domains::default(), T0).expect("admitted");
+        assert_eq!((admitted.calls, admitted.probes), Default::default());
     }
 
     /// A store whose domain names and generation a test sets.

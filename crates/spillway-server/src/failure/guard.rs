@@ -135,6 +135,12 @@ impl GuardedStore {
         let Some(admitted) = self.breakers.admit(domains, self.clock.now()) else {
             return Err(StoreError::Unavailable(CIRCUIT_OPEN.into()));
         };
+        // Dropped before the outcome is told (the request was cancelled), it gives up its
+        // probes, so cancelling probes cannot hold a breaker open.
+        let mut untold = Untold {
+            breakers: &self.breakers,
+            admitted: Some(admitted),
+        };
         // On the main runtime, unless this thread's own lane serves it: a reconnecting client
         // must not leave the shared connection's task on a serving thread (see
         // `crate::serving`), while a lane's timers and I/O belong on its own thread (the main
@@ -148,6 +154,7 @@ impl GuardedStore {
                 Err(StoreError::Timeout(self.budget))
             }
         };
+        let admitted = untold.admitted.take().unwrap_or(admitted);
         match &outcome {
             Ok(_) => {
                 self.breakers.succeeded(admitted);
@@ -157,6 +164,21 @@ impl GuardedStore {
             }
         }
         outcome
+    }
+}
+
+/// A call's admission whose outcome is not told yet; dropped untold, its probes are given up
+/// ([`DomainBreakers::abandoned`]).
+struct Untold<'a> {
+    breakers: &'a DomainBreakers,
+    admitted: Option<super::domains::Admitted>,
+}
+
+impl Drop for Untold<'_> {
+    fn drop(&mut self) {
+        if let Some(admitted) = self.admitted.take() {
+            self.breakers.abandoned(admitted);
+        }
     }
 }
 
@@ -337,6 +359,37 @@ mod tests {
             .check(&[], CheckMode::Consume)
             .await
             .expect("the probe gets through");
+        assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+
+    /// A client that cancels its request while it is the half-open probe (an HTTP/2 reset)
+    /// gives the probe up: the next call probes at once, so cancelled probes cannot hold the
+    /// breaker open, and every tenant in its failure mode.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_is_given_up_at_once() {
+        let inner = Arc::new(Switch::default());
+        inner.mode.store(2, Ordering::SeqCst);
+        let (store, breaker, clock) = guarded(inner.clone());
+        for _ in 0..3 {
+            store
+                .check(&[], CheckMode::Consume)
+                .await
+                .expect_err("hung");
+        }
+        assert_eq!(breaker.state(), CircuitState::Open);
+        clock.advance(COOLDOWN.as_micros() as u64);
+        // The probe is sent, and its caller goes away before the budget is spent.
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(1),
+            store.check(&[], CheckMode::Consume),
+        );
+        assert!(cancelled.await.is_err(), "cancelled mid-call");
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+        inner.mode.store(0, Ordering::SeqCst);
+        store
+            .check(&[], CheckMode::Consume)
+            .await
+            .expect("the next call is the probe, at once");
         assert_eq!(breaker.state(), CircuitState::Closed);
     }
 
