@@ -8,7 +8,7 @@
 //   SPILLWAY_ADMIN_TOKEN   the admin token
 //   SPILLWAY_TENANT        the tenant the burst exhausted (its `tenant-hourly` bucket holds 5, refilling 5/h)
 //   SPILLWAY_EVIL_TENANT   a tenant whose name is markup, also denied
-//   SPILLWAY_LOOKALIKE_TENANT SPILLWAY_TENANT with a zero-width space after it, also denied
+//   SPILLWAY_LOOKALIKE_TENANT SPILLWAY_TENANT with a zero-width no-break space after it, also denied
 //   SPILLWAY_UI_SCREENSHOT optional: where to write a PNG of the page (docs/ui.png)
 //   CHROMIUM               optional: the browser binary (default /usr/bin/chromium)
 //
@@ -121,8 +121,8 @@ async function main() {
     assert.ok(!(await page.title()).includes('pwned'));
 
     step('a name that would pass for another shows what does not show, and is marked');
-    assert.equal(LOOKALIKE, TENANT + '\u200b');
-    const lookalikeShown = TENANT + '\\u{200b}';
+    assert.equal(LOOKALIKE, TENANT + '\ufeff');
+    const lookalikeShown = TENANT + '\\u{feff}';
     await page.waitForFunction((t) => Array.from(document.querySelectorAll('#blocked-tenants tbody button'))
       .some((b) => b.textContent === t), lookalikeShown);
     const marks = await page.$$eval('#blocked-tenants tbody button', (buttons) =>

@@ -121,13 +121,15 @@ pub async fn judge(
             // through report what would remain after it. Every algorithm's remaining count
             // drops by exactly the cost on an admission, so adding it back gives the count that
             // really remains. (The reset time is left as computed, at most a little later
-            // than the true one, but for a key nothing has used: a fresh key resets in 0.)
+            // than the true one, but for a key nothing has used: a fresh key resets in 0.
+            // Judged against the limit's own numbers: a scaled limit, a region's room, is
+            // whole while its worldwide count is not.)
             if !allowed && decision.allowed {
                 decision.remaining = decision
                     .remaining
                     .saturating_add(p.cost)
                     .min(decision.limit);
-                if decision.remaining == decision.limit {
+                if decision.remaining == p.def.params.quota() {
                     decision.reset_after = 0;
                 }
             }

@@ -369,6 +369,16 @@ async fn every_descriptor_limit_override_is_judged() {
             (told.requests_per_unit, told.unit),
             (0, Unit::Minute as i32)
         );
+        assert_eq!(answer.statuses[0].limit_remaining, 0);
+    }
+    // Nor does another override on the same entries, sharing the unit's counter, admit it:
+    // a limit of 0 counts on a counter of its own.
+    for order in [[100, 0], [0, 100]] {
+        let mut call = over("blocked", order[0], OverUnit::Minute as i32);
+        let second = over("blocked", order[1], OverUnit::Minute as i32);
+        call.descriptors.extend(second.descriptors);
+        let answer = rls.ask(call).await;
+        assert_eq!(overall(&answer), Code::OverLimit, "{order:?}");
     }
     // A year: two a year, counted.
     for (expected, left) in [(Code::Ok, 1), (Code::Ok, 0), (Code::OverLimit, 0)] {

@@ -87,7 +87,13 @@ routes:
     // A strict server keeps the `.` (`* /v1/**`); a lenient one serves the item.
     let check = r#"{"tenant":"t","user":"u","method":"DELETE","path":"/v1/items/7/."}"#;
     for _ in 0..3 {
-        assert_eq!(server.post("/v1/check", check).await.status(), 200);
+        let response = server.post("/v1/check", check).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.expect("json");
+        let counted = (body["limits"].as_array().expect("limits").iter())
+            .filter(|l| l["name"] == "per-route")
+            .count();
+        assert_eq!(counted, 2, "one counter per route: {body}");
     }
     let text = server
         .get("/metrics")

@@ -37,8 +37,9 @@ routes:
 const TOKEN: &str = "e2e-dashboard-token-0123456789";
 const TENANT: &str = "acme-burst";
 const EVIL: &str = r#"<img src=x onerror="window.__pwned=1;document.title='pwned'">"#;
-/// `TENANT` with a zero-width space after it: as text it looks the same.
-const LOOKALIKE: &str = "acme-burst\u{200b}";
+/// `TENANT` with a zero-width no-break space after it: as text it looks the same (and `trim`
+/// would drop it).
+const LOOKALIKE: &str = "acme-burst\u{feff}";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -336,9 +336,15 @@
     return q.tenant ? q : null;
   }
 
+  // A lookup of `q` as given (a name from a table, hidden characters and all: read back from
+  // the form it would be trimmed, and a name ending in U+FEFF would become another tenant's).
   function showLookup(q) {
-    for (const k of ['tenant', 'user', 'ip', 'method', 'path']) $('lk-' + k).value = q[k] || '';
-    runLookup(readLookupForm(), false).catch(failed);
+    const exact = {};
+    for (const k of ['tenant', 'user', 'ip', 'method', 'path']) {
+      exact[k] = q[k] || '';
+      $('lk-' + k).value = exact[k];
+    }
+    runLookup(exact, false).catch(failed);
     $('lookup').scrollIntoView({ behavior: 'smooth', block: 'start' });
   }
 

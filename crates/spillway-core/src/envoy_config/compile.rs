@@ -334,7 +334,7 @@ impl Walk<'_> {
             return None;
         }
         let count = count?;
-        let fingerprint = fingerprint(self.domain, default_name, algorithm, given);
+        let fingerprint = fingerprint_of(self.domain, default_name, algorithm, given);
         self.limits += 1;
         Some(EnvoyLimit {
             def: Arc::new(LimitDef {
@@ -416,7 +416,7 @@ impl Walk<'_> {
 /// The given name is part of it because default names can be spelled alike by two places
 /// (key `a` value `b`, and key `a_b`): named apart, their limits must count apart, and the
 /// in-memory store tells counters apart by fingerprint and values alone.
-fn fingerprint(domain: &str, place: &str, algorithm: &str, name: Option<&str>) -> u64 {
+fn fingerprint_of(domain: &str, place: &str, algorithm: &str, name: Option<&str>) -> u64 {
     let mut hasher = SipHasher13::new_with_keys(0, 0);
     let named = name.map(|name| ["name", name]);
     let parts = ["envoy", domain, place, algorithm].into_iter();
@@ -436,12 +436,14 @@ impl Overrides {
         let name = format!("{domain}.override");
         let fingerprint = |unit: Unit| {
             let place = format!("{name}/{}", unit.micros());
-            fingerprint(domain, &place, "fixed_window", None)
+            fingerprint_of(domain, &place, "fixed_window", None)
         };
         let fingerprints = Unit::ALL.map(fingerprint);
+        let denies = fingerprint_of(domain, &format!("{name}/deny"), "fixed_window", None);
         Self {
             name: name.into(),
             fingerprints,
+            denies,
         }
     }
 }
@@ -454,9 +456,12 @@ pub(super) fn override_limit(
     count: u64,
     unit: Unit,
 ) -> Result<EnvoyLimit, String> {
-    // 0 denies every request (`EnvoyLimit::denies_all`).
+    // 0 denies every request (`EnvoyLimit::denies_all`), on a counter of its own.
     let params = LimitParams::FixedWindow(FixedWindow::new(count.max(1), unit.micros())?);
-    let fingerprint = overrides.fingerprints[unit as usize];
+    let fingerprint = match count {
+        0 => overrides.denies,
+        _ => overrides.fingerprints[unit as usize],
+    };
     Ok(EnvoyLimit {
         def: Arc::new(LimitDef {
             name: overrides.name.clone(),

@@ -58,6 +58,10 @@ struct Overrides {
     name: LimitName,
     /// Each unit's fingerprint, by `Unit as usize` (the order of [`Unit::ALL`]).
     fingerprints: [u64; Unit::ALL.len()],
+    /// The fingerprint of an override of 0 ([`EnvoyLimit::denies_all`]), whatever its unit:
+    /// a counter of its own, so that another override on the same entries (which would share
+    /// the unit's counter, and be judged in its place) cannot admit what it denies.
+    denies: u64,
 }
 
 /// The time units of upstream's `rate_limit.unit`, also what a status reports.

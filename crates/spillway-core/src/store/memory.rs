@@ -30,11 +30,13 @@
 //! slots (the server sweeps every second). The number of keys is bounded by `max_keys`, split
 //! evenly over the shards. When a new key arrives at a full shard, a sample of
 //! [`EVICTION_SAMPLE`] slots at random positions of its table is examined (`eviction`):
-//! expired ones among them are dropped; if none was expired, the one that had used the least of
-//! its limit at its last check (in quarters; denied counts as all), the soonest to expire among
-//! those, is evicted (it holds the least state worth keeping, and a client cannot steer
-//! eviction onto its own used-up key by flooding long-lived ones) and counted in
-//! [`Store::evictions`].
+//! expired ones among them are dropped; if none was expired, one of those that had used the
+//! least of its limit at its last check (under half, half or more, all, denied) is evicted,
+//! the first found, counted in [`Store::evictions`]. Evicting a key hands its client back what
+//! it had used, so a used-up or denied key goes last, and among equals the choice is random
+//! (not the soonest to expire, which a client flooding fresh long-lived keys could make its
+//! own short-lived key be): to have its own key evicted once, a client must insert about
+//! `max_keys` fresh keys as used up as its own.
 //! Making room never scans a whole shard, so a flood costs each insert a constant amount of
 //! work, and no slot is looked at more often than another, whatever its place in the table. An evicted key behaves like a fresh one
 //! afterwards, so the bound trades exactness for memory only under a flood larger than
@@ -48,7 +50,7 @@
 //! multi-key requests cannot deadlock), evaluate all limits, and write only if the request is
 //! admitted.
 
-use super::slot::{Slot, DENIED, EXPIRY_MASK, USED_SHIFT};
+use super::slot::{Slot, DENIED, EXPIRY_MASK, USED_SHIFT, USED_UP};
 use super::{admits, Charged, Check, ReportId, Store, StoreError};
 use crate::algorithm::{Decision, LimitParams, ParamsId, State};
 use crate::request::CheckMode;
@@ -223,16 +225,17 @@ impl MemoryStore {
         u32::try_from(secs).unwrap_or(u32::MAX).min(EXPIRY_MASK)
     }
 
-    /// The expiry word of a state written after `decision`: its expiry second, and how much of
-    /// its limit the key has used, in quarters (see `slot::USED_SHIFT`).
+    /// The expiry word of a state written after `decision`: its expiry second, and its used
+    /// level (see `slot::USED_SHIFT`).
     #[inline]
     fn expiry_after(&self, expires_at: Micros, decision: &Decision) -> u32 {
-        let used = if decision.allowed && decision.limit > 0 {
-            let spent = decision.limit.saturating_sub(decision.remaining);
-            let quarters = spent.saturating_mul(4) / decision.limit;
-            quarters.min(u64::from(DENIED)) as u32
-        } else {
+        let spent = decision.limit.saturating_sub(decision.remaining);
+        let used = if !decision.allowed {
             DENIED
+        } else if decision.remaining == 0 {
+            USED_UP
+        } else {
+            u32::from(spent.saturating_mul(2) >= decision.limit)
         };
         self.expiry_secs(expires_at) | used << USED_SHIFT
     }

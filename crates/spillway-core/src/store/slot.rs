@@ -14,15 +14,15 @@ use crate::algorithm::{
 use crate::time::Micros;
 
 /// Where a slot's expiry word keeps how much of its limit the key had used at its last
-/// consuming check: the top two bits, in quarters (0: under a quarter ... 3: three quarters or
-/// more, or denied). Evicting a key hands its client back what it had used, and a client can
-/// steer eviction onto its own key (a flood of fresh long-lived keys leaves its short-lived one
-/// the soonest to expire in nearly every sample), so eviction takes the sampled slot that had
-/// used the least first, the soonest to expire among those (`memory::eviction`). Expiry
-/// seconds count from the store's start and stay below these bits (34 years).
+/// consuming check, its *used level*: the top two bits (0: under half, 1: half or more, 2: all
+/// of it, 3: denied). Evicting a key hands its client back what it had used, so eviction takes
+/// a sampled slot of the lowest level first (`memory::eviction`). Expiry seconds count from the
+/// store's start and stay below these bits (34 years).
 pub(super) const USED_SHIFT: u32 = 30;
 /// The expiry second's bits of the word.
 pub(super) const EXPIRY_MASK: u32 = (1 << USED_SHIFT) - 1;
+/// The used level of a key used up (nothing left).
+pub(super) const USED_UP: u32 = 2;
 /// The used level of a denied key (the highest).
 pub(super) const DENIED: u32 = 3;
 
@@ -126,7 +126,7 @@ impl Slot {
         self.raw_expiry() & EXPIRY_MASK
     }
 
-    /// How much of its limit the key had used at its last consuming check, in quarters
+    /// How much of its limit the key had used at its last consuming check, its used level
     /// (see [`USED_SHIFT`]).
     pub(super) fn used(&self) -> u32 {
         self.raw_expiry() >> USED_SHIFT

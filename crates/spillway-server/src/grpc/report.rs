@@ -51,8 +51,6 @@ pub const MARKER: &str = "spillway_report";
 /// The descriptor entry that carries the report's request id.
 pub const REQUEST_ID: &str = "spillway_request_id";
 
-/// The descriptors without the marker entries, and the first request id among them: the one
-/// copy of the call's descriptors a report makes (identified, planned and logged in place).
 /// A stream-done call's request id as the report keeps it: as sent, or, longer than
 /// `POST /v1/report` takes, its SHA-256 (`sha256:` and hex). Envoy sends what the header held,
 /// and a call is answered `OK` whatever it carries, so the id cannot be refused as the HTTP API
@@ -66,6 +64,8 @@ fn kept_id(id: String) -> String {
     format!("sha256:{}", crate::principal::api_key::hex(&digest))
 }
 
+/// The descriptors without the marker entries, and the first request id among them: the one
+/// copy of the call's descriptors a report makes (identified, planned and logged in place).
 fn strip(descriptors: &[RateLimitDescriptor]) -> (Vec<RateLimitDescriptor>, Option<String>) {
     let mut id = None;
     let stripped = descriptors

@@ -107,7 +107,12 @@ fn descriptor_status(
             requests_per_unit: u32::try_from(per_unit).unwrap_or(u32::MAX),
             unit: pb_unit(unit) as i32,
         }),
-        limit_remaining: u32::try_from(gov.decision.remaining).unwrap_or(u32::MAX),
+        // A limit of 0 (an override denying every request) has nothing left, whatever the
+        // window of one it is judged by says.
+        limit_remaining: match per_unit {
+            0 => 0,
+            _ => u32::try_from(gov.decision.remaining).unwrap_or(u32::MAX),
+        },
         duration_until_reset: Some(duration(gov.decision.reset_after)),
         ..DescriptorStatus::default()
     }

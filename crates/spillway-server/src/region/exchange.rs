@@ -305,23 +305,34 @@ impl Exchange {
                     .record(took);
                 Some(read)
             });
-        let results = futures_util::future::join_all(reads).await;
+        let mut results = futures_util::future::join_all(reads).await;
+        // From the regions read in part, what this node admits itself, and every catch-all,
+        // are read exactly (all such regions at once, one round trip each); left out, a
+        // counter a region used far beyond its share would read as that share.
+        let watched = &self.watched;
+        let exact_reads = (self.links.iter_mut().zip(&mut results))
+            .filter_map(|(link, read)| match read {
+                Some(Ok((counts, _, _, true))) => Some((link, counts)),
+                _ => None,
+            })
+            .map(|(link, counts)| async move {
+                match read_watched(link, lengths, now, watched, budget).await {
+                    Ok(exact) => counts.extend(exact),
+                    Err(err) => {
+                        metrics::counter!(m::WATCHED_FAILED, "region" => link.name.to_string())
+                            .increment(1);
+                        tracing::warn!(region = %link.name, %err,
+                            "cannot read the watched counters of a region read in part; its \
+                             counters left out read as its share");
+                    }
+                }
+            });
+        futures_util::future::join_all(exact_reads).await;
         let mut read_ok = Vec::new();
         for (r, read) in results.into_iter().enumerate() {
             let name = self.links[r].name.to_string();
             match read {
-                Some(Ok((mut counts, stamp, announced, cut))) => {
-                    if cut {
-                        // Read in part: what this node admits itself, and every catch-all,
-                        // are read exactly; left out, a counter the region used far beyond
-                        // its share would read as that share.
-                        let link = &mut self.links[r];
-                        match read_watched(link, lengths, now, &self.watched, budget).await {
-                            Ok(exact) => counts.extend(exact),
-                            Err(err) => tracing::debug!(region = %name, %err,
-                                "cannot read the watched counters of a region read in part"),
-                        }
-                    }
+                Some(Ok((counts, stamp, announced, cut))) => {
                     self.cut_reads[r] = cut;
                     self.read_lengths[r] = Some(all.clone());
                     for len in announced {
@@ -598,8 +609,8 @@ async fn read_region(
 }
 
 /// Reads, from a region whose hashes were read in part, the counters this node published
-/// lately (`watched`) and each hash's catch-all, exactly (`HMGET`, in pipelines of at most
-/// [`PUBLISH_CHUNK`] fields a command): the counters this node admits, and so the only ones
+/// lately (`watched`) and each hash's catch-all, exactly (`HMGET`, at most [`PUBLISH_CHUNK`]
+/// fields a command, all in one pipeline): the counters this node admits, and so the only ones
 /// whose count here can let it over-admit. A counter the region does not hold is not
 /// returned (it stays unheld, read at the region's share).
 async fn read_watched(
@@ -617,29 +628,27 @@ async fn read_watched(
             asked.extend(fields.iter().map(|f| (len, start, f.clone())));
         }
     }
-    let mut exact = HashMap::new();
-    for chunk in asked.chunks(PUBLISH_CHUNK) {
-        let mut pipe = redis::pipe();
-        let mut run = 0;
-        while run < chunk.len() {
-            let (len, start, _) = &chunk[run];
-            let same = chunk[run..]
-                .iter()
-                .take_while(|(l, s, _)| (l, s) == (len, start))
-                .count();
-            let cmd = pipe.cmd("HMGET").arg(link.hash(*len, *start));
-            for (_, _, field) in &chunk[run..run + same] {
-                cmd.arg(&**field);
-            }
-            run += same;
+    // One pipeline, one round trip: an `HMGET` per hash and per chunk of its fields.
+    let mut pipe = redis::pipe();
+    let mut run = 0;
+    while run < asked.len() {
+        let (len, start, _) = &asked[run];
+        let same = (asked[run..].iter())
+            .take(PUBLISH_CHUNK)
+            .take_while(|(l, s, _)| (l, s) == (len, start))
+            .count();
+        let cmd = pipe.cmd("HMGET").arg(link.hash(*len, *start));
+        for (_, _, field) in &asked[run..run + same] {
+            cmd.arg(&**field);
         }
-        let replies: Vec<Vec<Option<String>>> = link.run(&pipe, budget).await?;
-        let values = replies.into_iter().flatten();
-        for (place, value) in chunk.iter().zip(values) {
-            if let Some(text) = value {
-                let n: u64 = text.parse().map_err(|_| format!("not a count: {text}"))?;
-                exact.insert(place.clone(), n);
-            }
+        run += same;
+    }
+    let replies: Vec<Vec<Option<String>>> = link.run(&pipe, budget).await?;
+    let mut exact = HashMap::new();
+    for (place, value) in asked.iter().zip(replies.into_iter().flatten()) {
+        if let Some(text) = value {
+            let n: u64 = text.parse().map_err(|_| format!("not a count: {text}"))?;
+            exact.insert(place.clone(), n);
         }
     }
     Ok(exact)

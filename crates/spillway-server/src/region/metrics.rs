@@ -28,6 +28,9 @@ pub const KNOWN_OVERFLOW: &str = "spillway_region_known_overflow_total";
 pub const LENGTHS_OVERFLOW: &str = "spillway_region_lengths_overflow_total";
 /// Counter: admissions not tallied because the pending map was full.
 pub const TALLY_OVERFLOW: &str = "spillway_region_tally_overflow_total";
+/// Counter, by region: reads of the counters this node watches (those it published) that
+/// failed on a region read in part; those counters then read the region at its share.
+pub const WATCHED_FAILED: &str = "spillway_region_watched_read_failures_total";
 /// Counter, by region and outcome (`ok`, `failed`): calls to another region's store for a
 /// `home` limit.
 pub const HOME_CALLS: &str = "spillway_region_home_calls_total";
@@ -72,6 +75,10 @@ pub fn describe(names: &[std::sync::Arc<str>]) {
     metrics::describe_counter!(
         TALLY_OVERFLOW,
         "Admissions not tallied because the pending map was full."
+    );
+    metrics::describe_counter!(
+        WATCHED_FAILED,
+        "Exact reads of this node's own counters from a region read in part that failed."
     );
     metrics::describe_counter!(
         HOME_CALLS,

@@ -2,16 +2,19 @@
 //!
 //! When a new key arrives at a shard holding its share of `max_keys`, the store looks at
 //! [`EVICTION_SAMPLE`] occupied slots picked at random bucket positions, and either drops the
-//! expired ones among them or evicts the one that had used the least of its limit, in quarters
-//! (`super::slot::USED_SHIFT`; a denied key counts as used up), the soonest to expire among
-//! those. Evicting a key hands its client back what it had used: without the used level, a
-//! client flooding fresh long-lived keys made its own short-lived, used-up key the soonest to
-//! expire in nearly every sample, and had it evicted, and reset, over and over. The positions must be
-//! random: a sample taken in table order (the first slots an iterator meets) looks at the same
-//! region of the table every time, so a key whose hash lands there is evicted by every new key
-//! of a flood, which resets a client that is over its limit. Drawn at random, every slot is
-//! equally likely to be looked at, and a slot that will expire later than others (a key that is
-//! being held back) is the least likely to go.
+//! expired ones among them or evicts one of those that had used the least of their limit
+//! (`super::slot::USED_SHIFT`: under half, half or more, all, denied), the first found, so a
+//! random one. Evicting a key hands its client back what it had used, so used-up and denied
+//! keys go last. Among equals the choice is random on purpose: evicting the soonest to expire
+//! let a client flooding fresh long-lived keys make its own short-lived, used-up key the one
+//! to go in nearly every sample, and have it reset over and over; drawn at random, each
+//! eviction among `n` equal keys of a shard takes a given one with a chance of `1/n`, so
+//! resetting a client's key once costs it about `max_keys` fresh keys as used up as its own.
+//!
+//! The positions must be random: a sample taken in table order (the first slots an iterator
+//! meets) looks at the same region of the table every time, so a key whose hash lands there is
+//! evicted by every new key of a flood, which resets a client that is over its limit. Drawn at
+//! random, every slot is equally likely to be looked at.
 //!
 //! The cost stays constant: the table's buckets are read by index (`HashTable::get_bucket`),
 //! about `EVICTION_SAMPLE / load` reads (16 to 18 at the loads a full shard runs at), never a
@@ -32,10 +35,18 @@ const MAX_PROBES: usize = 8 * EVICTION_SAMPLE;
 /// A sampled slot: its bucket index, its expiry second and its used level.
 type Sampled = (usize, u32, u32);
 
+/// Of `sample`, the slot to evict: the first found (a random one) of the lowest used level.
+fn victim(sample: &[Sampled]) -> Option<usize> {
+    let lowest = sample.iter().map(|(_, _, used)| *used).min()?;
+    (sample.iter())
+        .find(|(_, _, used)| *used == lowest)
+        .map(|(bucket, _, _)| *bucket)
+}
+
 impl MemoryStore {
     /// Keeps a shard within its bound before `incoming` (a key it does not hold) is inserted:
     /// drops the expired slots of a random sample (that is expiry, not eviction), and if none
-    /// was expired, evicts the sampled slot that would expire soonest. Never touches a key of
+    /// was expired, evicts a sampled slot of the lowest used level. Never touches a key of
     /// `request` (the keys the same request is charging), whose charge would be lost. Expired
     /// slots outside the sample are left to the sweep.
     pub(super) fn make_room(
@@ -58,10 +69,8 @@ impl MemoryStore {
             for bucket in expired {
                 remove(map, bucket);
             }
-        } else if let Some((victim, _, _)) =
-            (sample.iter()).min_by_key(|(_, expires, used)| (*used, *expires))
-        {
-            remove(map, *victim);
+        } else if let Some(victim) = victim(&sample) {
+            remove(map, victim);
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -188,8 +197,8 @@ mod tests {
     }
 
     /// A flood into a full shard evicts each slot about equally often, wherever it sits in
-    /// the table. Every key here has the same expiry (one fixed window), so the sample alone
-    /// decides; the key first in table order, which a sample taken in table order would
+    /// the table. Every key here has the same expiry (one fixed window) and is used up, so the
+    /// sample alone decides; the key first in table order, which a sample taken in table order would
     /// evict on every insert, goes about once per `PER_SHARD` inserts.
     #[test]
     fn a_flood_evicts_a_key_at_the_front_of_the_table_no_more_than_chance() {
@@ -206,8 +215,9 @@ mod tests {
         let Some(hot) = filled.iter().find(|k| Some(flood.hash(k)) == front) else {
             panic!("the front key is one of those inserted");
         };
-        // Over its limit: a new charge is refused.
-        assert!(!flood.check(hot, CheckMode::Consume));
+        // Used up, like every other key (a refused charge would mark it denied, which
+        // eviction takes last; a look marks nothing).
+        assert!(!flood.check(hot, CheckMode::Peek));
 
         let mut hot_evicted = 0;
         for k in keys.take(FLOOD) {
