@@ -417,7 +417,7 @@ impl Lanes {
             self.make_room(id);
             if let Some(why) = self.full(id) {
                 metrics::counter!(BATCH_REFUSED).increment(1);
-                let refused = record(StoreError::Unavailable(why.into()));
+                let refused = record(StoreError::Overloaded(why.into()));
                 let _ = job.answer.send(Err(BatchError::QueueFull(refused)));
                 self.launch(id); // drops the lane if it is idle
                 return;

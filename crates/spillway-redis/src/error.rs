@@ -1,8 +1,8 @@
 //! Turning client errors into the engine's typed [`StoreError`], and counting them.
 //!
 //! Every error the store returns goes through [`record`], which increments
-//! `spillway_store_errors_total{kind}` with `kind` one of `timeout`, `unavailable` or
-//! `protocol` (a bounded label set, never a key).
+//! `spillway_store_errors_total{kind}` with `kind` one of `timeout`, `unavailable`,
+//! `protocol` or `overloaded` (a bounded label set, never a key).
 //!
 //! Script calls are also counted by what went wrong in `spillway_script_errors_total{kind}`:
 //! `noscript` (Redis had lost the Functions library or the script, after a restart, a failover,
@@ -96,6 +96,7 @@ pub fn kind(err: &StoreError) -> &'static str {
         StoreError::Timeout(_) => "timeout",
         StoreError::Unavailable(_) => "unavailable",
         StoreError::Protocol(_) => "protocol",
+        StoreError::Overloaded(_) => "overloaded",
     }
 }
 
@@ -110,7 +111,7 @@ pub fn record_script(err: StoreError) -> StoreError {
     let kind = match err {
         StoreError::Timeout(_) => "timeout",
         StoreError::Unavailable(_) => "connection",
-        StoreError::Protocol(_) => "other",
+        StoreError::Protocol(_) | StoreError::Overloaded(_) => "other",
     };
     metrics::counter!(SCRIPT_ERRORS, "kind" => kind).increment(1);
     err

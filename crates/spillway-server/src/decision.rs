@@ -213,9 +213,10 @@ async fn run(
             home_region,
         }),
         Err(error) => {
-            metrics::record_store_failure(ask.failure_mode);
-            trace.failover(ask.failure_mode);
-            let fallback = Box::pin(failure_mode_answer(app, policy, ask, &error)).await;
+            let mode = failure_mode_for(ask.failure_mode, &error);
+            metrics::record_store_failure(mode);
+            trace.failover(mode);
+            let fallback = Box::pin(failure_mode_answer(app, policy, ask, mode, &error)).await;
             trace.failover_answered(&fallback);
             match fallback {
                 Fallback::Closed { retry_after } => {
@@ -239,21 +240,33 @@ async fn run(
     outcome
 }
 
-/// The failure mode's answer for `ask`, whose store failed with `error`. Its own future,
-/// boxed by the caller: what it holds across its await stays out of every decision's.
+/// The failure mode that answers a request of a route failing `mode` whose store call failed
+/// with `error`: the route's own, but for a call that never left this node because its queue
+/// to the store was full ([`StoreError::Overloaded`]), which an `open` route answers with its
+/// emergency quotas (`degrade`): a flood that fills the queue must not buy unlimited admission
+/// for itself and everyone else.
+pub fn failure_mode_for(mode: FailureMode, error: &StoreError) -> FailureMode {
+    match mode {
+        FailureMode::Open if error.is_overload() => FailureMode::Degrade,
+        mode => mode,
+    }
+}
+
+/// The failure mode `mode`'s answer for `ask`, whose store failed with `error`. Its own
+/// future, boxed by the caller: what it holds across its await stays out of every decision's.
 async fn failure_mode_answer(
     app: &AppState,
     policy: &Policy,
     ask: &Ask<'_>,
+    mode: FailureMode,
     error: &StoreError,
 ) -> Fallback {
     let regions = (app.regions.as_ref()).filter(|_| policy.has_global_limits());
     // With regions, an `aggregate` limit's emergency quota is a part of what this region may
     // still admit of it, not of the whole limit (only emergency quotas read the numbers).
-    let cut = (regions.filter(|_| ask.failure_mode == FailureMode::Degrade))
+    let cut = (regions.filter(|_| mode == FailureMode::Degrade))
         .map(|regions| regions.for_failover(ask.planned));
     let planned = cut.as_deref().unwrap_or(ask.planned);
-    let mode = ask.failure_mode;
     let fallback = (app.failover)
         .fallback(policy, mode, ask.label, planned, ask.mode, error)
         .await;

@@ -44,6 +44,29 @@ impl Store for DownStore {
     }
 }
 
+/// A store whose every call is refused before it is sent, this node's queue to it being full
+/// ([`StoreError::Overloaded`]): the node overloaded, the store itself fine.
+pub(crate) struct FullQueueStore;
+
+#[async_trait::async_trait]
+impl Store for FullQueueStore {
+    async fn check(&self, _: &[Check<'_>], _: CheckMode) -> Result<Vec<Decision>, StoreError> {
+        Err(StoreError::Overloaded("every queue is full".into()))
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn key_count(&self) -> u64 {
+        0
+    }
+    fn evictions(&self) -> u64 {
+        0
+    }
+    fn sweep(&self) -> u64 {
+        0
+    }
+}
+
 /// The default `AppState::for_test` clock start, in milliseconds since the epoch.
 pub(crate) const TEST_START_MS: u64 = 1_800_000_000_000;
 

@@ -49,6 +49,21 @@ pub enum StoreError {
     /// The store answered with something the engine cannot use.
     #[error("store error: {0}")]
     Protocol(String),
+    /// The call never went to the store: this node's queue to it was full (more requests
+    /// waiting than the store answers within the budget). That is this node overloaded, not
+    /// the store failing: it says nothing of the store's health (no breaker counts it), and
+    /// a route that fails `open` is decided by the emergency quotas instead (a flood that
+    /// fills the queue must not buy unlimited admission for itself and everyone else).
+    #[error("store overloaded: {0}")]
+    Overloaded(String),
+}
+
+impl StoreError {
+    /// Whether the call never left this node for want of room in its queue
+    /// ([`StoreError::Overloaded`]).
+    pub fn is_overload(&self) -> bool {
+        matches!(self, Self::Overloaded(_))
+    }
 }
 
 /// A backend that keeps limit state and evaluates checks atomically.

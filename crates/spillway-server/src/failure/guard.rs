@@ -159,6 +159,9 @@ impl GuardedStore {
             Ok(_) => {
                 self.breakers.succeeded(admitted);
             }
+            // Never sent (this node's queue was full): nothing learnt of the store, and a
+            // probe refused so is given up, for the next call to take.
+            Err(err) if err.is_overload() => self.breakers.abandoned(admitted),
             Err(_) => {
                 self.breakers.failed(admitted, self.clock.now());
             }
@@ -307,7 +310,7 @@ mod tests {
 
     /// `inner` behind a 5 ms budget and a breaker that opens after 3 failures, on a manual
     /// clock the test moves (the budget runs on tokio's paused time).
-    fn guarded(inner: Arc<Switch>) -> (GuardedStore, Arc<DomainBreakers>, Arc<ManualClock>) {
+    fn guarded(inner: Arc<dyn Store>) -> (GuardedStore, Arc<DomainBreakers>, Arc<ManualClock>) {
         let breaker = Arc::new(DomainBreakers::new(3, COOLDOWN));
         let clock = Arc::new(ManualClock::new(1_800_000_000_000_000));
         let emergency = Arc::new(EmergencyLimiter::new(clock.clone(), 3));
@@ -390,6 +393,21 @@ mod tests {
             .check(&[], CheckMode::Consume)
             .await
             .expect("the next call is the probe, at once");
+        assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+
+    /// A call refused before it was sent, this node's queue being full, says nothing of the
+    /// store: however many, the breaker stays closed.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_does_not_open_the_breaker() {
+        let (store, breaker, _) = guarded(Arc::new(crate::test_support::FullQueueStore));
+        for _ in 0..10 {
+            let err = store
+                .check(&[], CheckMode::Consume)
+                .await
+                .expect_err("full");
+            assert!(err.is_overload(), "{err:?}");
+        }
         assert_eq!(breaker.state(), CircuitState::Closed);
     }
 

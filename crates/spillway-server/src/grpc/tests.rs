@@ -31,9 +31,13 @@ fn service() -> Rls {
 }
 
 fn service_with(tracing: Option<Tracing>) -> Rls {
+    service_on(Arc::new(DownStore), tracing)
+}
+
+fn service_on(store: Arc<dyn spillway_core::store::Store>, tracing: Option<Tracing>) -> Rls {
     let app = AppState::for_test(crate::config::BUILTIN_POLICY)
         .clock(ServerClock::manual(1_000))
-        .store(Arc::new(DownStore))
+        .store(store)
         .tracing(tracing)
         .build();
     let sources: Vec<(String, String)> = FILES
@@ -76,6 +80,26 @@ async fn an_open_domain_answers_ok_marked_degraded() {
         (degraded.key.as_str(), degraded.value.as_str()),
         (DEGRADED_HEADER, DEGRADED_REASON)
     );
+}
+
+/// A node whose queue to the store is full (a flood) answers an `open` domain from its
+/// emergency quotas, as `degrade` would: filling the queue must not buy unlimited admission.
+#[tokio::test]
+async fn an_open_domain_on_a_full_queue_is_held_to_its_emergency_quota() {
+    let rls = service_on(Arc::new(crate::test_support::FullQueueStore), None);
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let answer = rls
+            .should_rate_limit(ask("lenient"))
+            .await
+            .expect("an answer, not an error")
+            .into_inner();
+        assert_eq!(header(&answer, DEGRADED_HEADER), Some(DEGRADED_REASON));
+        codes.push(answer.overall_code);
+    }
+    // 1 per second over the default 3 expected nodes: 1 per second here.
+    let (ok, over) = (Code::Ok as i32, Code::OverLimit as i32);
+    assert_eq!(codes, [ok, over, over]);
 }
 
 #[tokio::test]

@@ -279,6 +279,7 @@ impl DecisionTrace for DecisionSpan<'_> {
                     StoreError::Timeout(_) => "timeout",
                     StoreError::Unavailable(_) => "unavailable",
                     StoreError::Protocol(_) => "protocol",
+                    StoreError::Overloaded(_) => "overloaded",
                 };
                 child.set_attribute(KeyValue::new("error.type", kind));
                 child.set_status(Status::error(error.to_string()));
