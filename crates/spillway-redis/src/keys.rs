@@ -13,16 +13,28 @@
 //!   algorithm and key dimensions, not its numbers: a limit whose numbers change keeps its
 //!   keys, and the scripts read the state under the new numbers).
 //! - Each value is encoded: bytes outside `[A-Za-z0-9_.-]` become `%XX`, the empty string
-//!   becomes `~`, and a value longer than [`MAX_PLAIN`] bytes becomes `#` plus the hex SHA-1 of
-//!   its bytes. The encoded alphabet has no `:`, `{` or `}`, so no value can end a segment
-//!   early or open or close the hash tag, and the encoding is injective per segment (up to a
-//!   SHA-1 collision between two values over 128 bytes). The number of segments is fixed by
+//!   becomes `~`, and a value whose encoded form would be longer than [`MAX_PLAIN`] bytes
+//!   becomes `#` plus the hex SHA-1 of its bytes (judged on the encoded length, so a client's
+//!   value of 128 bytes that all need escaping costs a 41-byte segment, not 384, twice over
+//!   for a first value). The encoded alphabet has no `:`, `{` or `}`, so no value can end a
+//!   segment early or open or close the hash tag, and the encoding is injective per segment
+//!   (up to a SHA-1 collision between two digested values). The number of segments is fixed by
 //!   the fingerprint, which covers the limit's key dimensions.
 
 use spillway_core::key::StateKey;
 
-/// Values longer than this many bytes are replaced by their digest.
+/// Values whose encoded form would be longer than this many bytes are replaced by their
+/// digest.
 pub const MAX_PLAIN: usize = 128;
+
+/// Whether `value` is written as its digest: its encoded form (three bytes for each byte that
+/// needs escaping) would pass [`MAX_PLAIN`]. A value of at most a third of it cannot, so the
+/// usual short value is not counted.
+fn digested(value: &[u8]) -> bool {
+    value.len() > MAX_PLAIN
+        || (value.len() > MAX_PLAIN / 3
+            && value.len() + 2 * value.iter().filter(|&&b| !plain(b)).count() > MAX_PLAIN)
+}
 
 /// The number of hash slots in a Redis Cluster.
 pub const SLOTS: u16 = 16384;
@@ -121,7 +133,7 @@ fn hex_pair(b: u8, digits: &[u8; 16]) -> [u8; 2] {
 pub fn encode_with(value: &[u8], mut emit: impl FnMut(&[u8])) {
     if value.is_empty() {
         emit(b"~");
-    } else if value.len() > MAX_PLAIN {
+    } else if digested(value) {
         emit(b"#");
         for b in sha1_smol::Sha1::from(value).digest().bytes() {
             emit(&hex_pair(b, LOWER));
@@ -274,10 +286,7 @@ mod tests {
         if value.is_empty() {
             return "~".into();
         }
-        if value.len() > MAX_PLAIN {
-            return format!("#{}", sha1_smol::Sha1::from(value).digest());
-        }
-        value
+        let encoded: String = value
             .bytes()
             .map(|b| {
                 if plain(b) {
@@ -286,14 +295,27 @@ mod tests {
                     format!("%{b:02X}")
                 }
             })
-            .collect()
+            .collect();
+        if encoded.len() > MAX_PLAIN {
+            return format!("#{}", sha1_smol::Sha1::from(value).digest());
+        }
+        encoded
     }
 
     #[test]
     fn encode_into_writes_what_the_module_docs_say() {
         let long = "z".repeat(MAX_PLAIN + 1);
         let edge = "y".repeat(MAX_PLAIN);
+        // 42 escaped bytes encode to 126 bytes, 43 to 129; 126 plain and one escaped, 129.
+        let escaped_fits = " ".repeat(42);
+        let escaped_over = " ".repeat(43);
+        let mixed_over = format!("{} ", "x".repeat(126));
+        let words = "é".repeat(22);
         for v in [
+            &escaped_fits,
+            &escaped_over,
+            &mixed_over,
+            &words,
             "",
             "acme",
             "a b",
