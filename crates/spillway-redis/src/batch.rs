@@ -37,11 +37,11 @@
 //! [`LANE_QUEUE`] requests waiting, and all lanes together at most [`QUEUE`] (plus, for a
 //! moment, what free call slots are about to take). A single server's one lane is bounded by
 //! [`QUEUE`] alone. A request that finds its lane (or all lanes) full is refused at once
-//! (`StoreError::Unavailable`, counted in [`BATCH_REFUSED`]), but only after its lane has sent
+//! (`StoreError::Overloaded`, counted in [`BATCH_REFUSED`]), but only after its lane has sent
 //! what its free call slots take and the requests whose callers already gave up are dropped
 //! from the front of the queues; a request its lane's free call slots can take is never
-//! refused. Requests whose keys span slots do not come here, so these bounds do not cover
-//! them. So when one cluster master hangs, only its own slots' lanes fill: their callers time out at the store's timeout (or are refused at once), while
+//! refused. Requests whose keys span slots do not come here: they have their own bound
+//! (`crate::multi_slot::IN_FLIGHT`). So when one cluster master hangs, only its own slots' lanes fill: their callers time out at the store's timeout (or are refused at once), while
 //! lanes of slots on healthy masters keep sending at their normal latency. The dispatcher
 //! never stops reading new requests to wait for a lane (the queue used to be shared, and one
 //! hung master could fill it for everyone).

@@ -24,6 +24,13 @@
 //! when the caller gave up on a slow slot). That can only under-admit. A refund that loses a
 //! race with another writer leaves its charge in place (again only under-admitting); it never
 //! restores more than it took. Look-only requests ([`CheckMode::Peek`]) simply ask every slot.
+//!
+//! These requests do not go through the batcher's queues, so they have a bound of their own:
+//! at most [`IN_FLIGHT`] slot calls of consuming requests across slots at once in the process,
+//! each holding its share until its refunds are done (a request spanning `n` slots takes `n`).
+//! One that finds no room is refused at once as [`StoreError::Overloaded`], as a full queue
+//! refuses (no breaker counts it). Without it, a client sending requests over many slots could
+//! pile up tasks and calls that outlive their callers by up to two [`SETTLE`]s.
 
 use crate::keys;
 use crate::runner::Runner;
@@ -31,13 +38,30 @@ use crate::script::{Encoded, Reply, Undo};
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, StoreError};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// How long a spawned request waits for a slot's late answer (and the cluster client keeps
 /// waiting for one) so that it can refund the charge.
 pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// The most slot calls of consuming requests across slots in flight at once (see the module
+/// docs); the same as the batcher's bound on waiting requests, [`crate::batch::QUEUE`].
+pub const IN_FLIGHT: usize = crate::batch::QUEUE;
+
+/// The room left under [`IN_FLIGHT`], one permit a slot call.
+static ROOM: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(IN_FLIGHT)));
+
+/// Room in `room` for a request's `calls` slot calls, or [`StoreError::Overloaded`] at once.
+fn take_room(room: &Arc<Semaphore>, calls: usize) -> Result<OwnedSemaphorePermit, StoreError> {
+    let calls = u32::try_from(calls).unwrap_or(u32::MAX);
+    Arc::clone(room).try_acquire_many_owned(calls).map_err(|_| {
+        StoreError::Overloaded(format!(
+            "more than {IN_FLIGHT} slot calls of requests across slots in flight"
+        ))
+    })
+}
 
 /// A request's keys by cluster slot, each key's slot computed once.
 #[derive(Debug, PartialEq, Eq)]
@@ -252,12 +276,15 @@ pub(crate) async fn check(
             .map(|d| d.ok_or_else(|| StoreError::Protocol("a slot returned no decision".into())))
             .collect();
     }
+    // Held by the task until it has settled and refunded, whoever waits for it.
+    let permit = take_room(&ROOM, job.groups.len()).map_err(crate::error::record)?;
     let (send, answer) = oneshot::channel();
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
         StoreError::Protocol("a request across slots needs a tokio runtime to finish on".into())
     })?;
     let refunder = runner.clone();
     runtime.spawn(async move {
+        let _permit = permit;
         if let Err(Ok((_, charges))) = send.send(job.settle().await) {
             // The caller gave up before the answer came: nobody was admitted, so refund.
             refund_all(&refunder, charges).await;
@@ -310,6 +337,18 @@ mod tests {
                 metered: false,
             })
             .collect()
+    }
+
+    #[test]
+    fn requests_across_slots_past_the_room_are_refused_as_overloaded() {
+        let room = Arc::new(Semaphore::new(5));
+        let first = take_room(&room, 3).expect("room for 3");
+        let refused = take_room(&room, 3).expect_err("2 left");
+        assert!(refused.is_overload(), "{refused:?}");
+        let second = take_room(&room, 2).expect("room for 2");
+        drop(first);
+        assert!(take_room(&room, 3).is_ok(), "freed when the first settled");
+        drop(second);
     }
 
     #[test]
