@@ -30,7 +30,8 @@
 //! a denial, never an admission.
 //!
 //! # Bounds and cost
-//! The cache is split into shards (up to 64, each its own small lock), each holding at most
+//! A request of more than [`MAX_CHECKS`] checks is not cached, so the cache's memory is bounded
+//! by its entries times that many decisions. The cache is split into shards (up to 64, each its own small lock), each holding at most
 //! its share of `capacity` entries in a slot array indexed by shape. A hit locks one shard,
 //! probes its index and copies the decisions out. A new denial in a full shard replaces one
 //! entry chosen among the next [`PROBE`] slots at the shard's clock hand (the first expired
@@ -50,6 +51,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How many slots a full shard looks at to find the one a new entry replaces.
 pub const PROBE: usize = 4;
+
+/// The most checks a cached request may have. An entry keeps every decision of its request, so
+/// the cache's bytes are bounded by `capacity x MAX_CHECKS` decisions, whatever the requests
+/// (a gRPC call may carry 64 descriptors of several limits each); a larger request is not
+/// cached and goes to Redis each time.
+pub const MAX_CHECKS: usize = 16;
 
 /// The most shards a cache is split into.
 const MAX_SHARDS: usize = 64;
@@ -246,6 +253,9 @@ impl LocalCache {
 
     /// Remembers a request Redis denied (a call sent at local time `sent_at`).
     pub fn remember(&self, checks: &[Check<'_>], decisions: &[Decision], sent_at: Micros) {
+        if checks.len() > MAX_CHECKS {
+            return;
+        }
         let retry = checks
             .iter()
             .zip(decisions)

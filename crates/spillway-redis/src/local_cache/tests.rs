@@ -104,6 +104,22 @@ fn shadow_denials_and_impossible_costs_are_not_cached() {
     assert!(cache.is_empty());
 }
 
+/// The cache's bytes are bounded by its entries and [`MAX_CHECKS`]: a request of more checks
+/// is not cached.
+#[test]
+fn requests_of_many_checks_are_not_cached() {
+    let params = bucket(5);
+    let keys: Vec<StateKey> = (0..=MAX_CHECKS).map(|i| key(&format!("k{i}"))).collect();
+    let checks: Vec<Check<'_>> = keys.iter().map(|k| check(k, &params)).collect();
+    let denied = vec![decision(false, Some(500)); checks.len()];
+    let cache = LocalCache::new(10);
+    cache.remember(&checks, &denied, 0);
+    assert!(cache.is_empty());
+    let fits = &checks[..MAX_CHECKS];
+    cache.remember(fits, &denied[..MAX_CHECKS], 0);
+    assert!(cache.deny(fits, 100).is_some(), "up to the bound, cached");
+}
+
 #[test]
 fn a_flood_of_denials_keeps_the_bound_and_the_newest() {
     let params = bucket(5);
