@@ -37,7 +37,10 @@
 //! [`LANE_QUEUE`] requests waiting, and all lanes together at most [`QUEUE`] (plus, for a
 //! moment, what free call slots are about to take). A single server's one lane is bounded by
 //! [`QUEUE`] alone. A request that finds its lane (or all lanes) full is refused at once
-//! (`StoreError::Overloaded`, counted in [`BATCH_REFUSED`]), but only after its lane has sent
+//! (counted in [`BATCH_REFUSED`]): as `StoreError::Overloaded` while its lane's node still
+//! answers (this node sends more than the store answers in time), as `Unavailable` once the
+//! lane has stalled (a hung node: the store failing, for the breakers to count), but only
+//! after its lane has sent
 //! what its free call slots take and the requests whose callers already gave up are dropped
 //! from the front of the queues; a request its lane's free call slots can take is never
 //! refused. Requests whose keys span slots do not come here: they have their own bound
@@ -122,7 +125,8 @@ const STORE_QUEUE_FULL: &str = "the queue for the store is full";
 /// its queue was full, which says nothing about the connection (a thread's own connection
 /// must not step aside for it; see [`crate::thread_conn`]), the call's own error, or a call
 /// not sent at all, which hands the request back to go through another connection. Whichever,
-/// the caller can take a counted [`StoreError`] (`Unavailable` for a full queue).
+/// the caller can take a counted [`StoreError`] (for a full queue, `Overloaded` while its
+/// lane's node still answers, `Unavailable` once it has stalled).
 #[derive(Debug)]
 pub(crate) enum BatchError {
     /// Refused at once: its lane (or every lane) was full.
@@ -417,7 +421,15 @@ impl Lanes {
             self.make_room(id);
             if let Some(why) = self.full(id) {
                 metrics::counter!(BATCH_REFUSED).increment(1);
-                let refused = record(StoreError::Overloaded(why.into()));
+                // A lane whose node has answered nothing for a while is stuck (a hung master):
+                // that is the store failing. One still answering is only slower than this
+                // node's traffic: this node overloaded.
+                let stalled =
+                    why == SLOT_QUEUE_FULL || self.lane(id).progress.elapsed() >= self.stall;
+                let refused = record(match stalled {
+                    true => StoreError::Unavailable(why.into()),
+                    false => StoreError::Overloaded(why.into()),
+                });
                 let _ = job.answer.send(Err(BatchError::QueueFull(refused)));
                 self.launch(id); // drops the lane if it is idle
                 return;

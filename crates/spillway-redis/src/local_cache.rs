@@ -12,7 +12,9 @@
 //! time passes, and rolling into the next window carries the same count over) and the sliding
 //! log (entries only age out). The cache can therefore never admit anything; it can only
 //! deny a little too long when tokens come back early, which only the cross-slot refund in a
-//! cluster does (see [`crate::multi_slot`]).
+//! cluster does (see [`crate::multi_slot`]), or when a reload changed the limit's numbers
+//! (a state read under new numbers can be dropped at its old expiry, before the retry time it
+//! gave): so no denial is replayed longer than [`MAX_HELD`], an hour.
 //!
 //! # What is cached
 //! Whole requests, not single limits. An entry is found by the request's *shape*: a 128-bit
@@ -51,6 +53,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How many slots a full shard looks at to find the one a new entry replaces.
 pub const PROBE: usize = 4;
+
+/// The longest a denial is replayed before Redis is asked again, whatever its retry time. A
+/// retry time is exact while the limit's numbers stay as they are; after a reload tightens a
+/// bucket, the denial reads the old use at the new, slower rate (days, say) while Redis drops
+/// the state at its old expiry (a day), so a cache trusting it would deny for days what
+/// Redis would admit. Asking again once an hour costs one call an hour per denied request.
+pub const MAX_HELD: Micros = 3_600_000_000;
 
 /// The most checks a cached request may have. An entry keeps every decision of its request, so
 /// the cache's bytes are bounded by `capacity x MAX_CHECKS` decisions, whatever the requests
@@ -262,7 +271,9 @@ impl LocalCache {
             .filter(|(c, d)| c.enforced && !d.allowed && d.denial == Some(Denial::OverLimit))
             .filter_map(|(_, d)| d.retry_after)
             .min();
-        let Some(retry) = retry else { return };
+        let Some(retry) = retry.map(|r| r.min(MAX_HELD)) else {
+            return;
+        };
         let shape = self.shape(checks);
         let mut shard = self.shard(shape).lock();
         let (grew, looked) = shard.put(self.cap, shape, sent_at, sent_at + retry, decisions);

@@ -26,8 +26,9 @@
 //! restores more than it took. Look-only requests ([`CheckMode::Peek`]) simply ask every slot.
 //!
 //! These requests do not go through the batcher's queues, so they have a bound of their own:
-//! at most [`IN_FLIGHT`] slot calls of consuming requests across slots at once in the process,
-//! each holding its share until its refunds are done (a request spanning `n` slots takes `n`).
+//! at most [`IN_FLIGHT`] slot calls of consuming requests across slots at once in one store
+//! (a far region's store has its own), each holding its share until its refunds are done (a
+//! request spanning `n` slots takes `n`).
 //! One that finds no room is refused at once as [`StoreError::Overloaded`], as a full queue
 //! refuses (no breaker counts it). Without it, a client sending requests over many slots could
 //! pile up tasks and calls that outlive their callers by up to two [`SETTLE`]s.
@@ -38,7 +39,7 @@ use crate::script::{Encoded, Reply, Undo};
 use spillway_core::algorithm::Decision;
 use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, StoreError};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -49,9 +50,6 @@ pub const SETTLE: Duration = Duration::from_secs(2);
 /// The most slot calls of consuming requests across slots in flight at once (see the module
 /// docs); the same as the batcher's bound on waiting requests, [`crate::batch::QUEUE`].
 pub const IN_FLIGHT: usize = crate::batch::QUEUE;
-
-/// The room left under [`IN_FLIGHT`], one permit a slot call.
-static ROOM: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(IN_FLIGHT)));
 
 /// Room in `room` for a request's `calls` slot calls, or [`StoreError::Overloaded`] at once.
 fn take_room(room: &Arc<Semaphore>, calls: usize) -> Result<OwnedSemaphorePermit, StoreError> {
@@ -277,7 +275,8 @@ pub(crate) async fn check(
             .collect();
     }
     // Held by the task until it has settled and refunded, whoever waits for it.
-    let permit = take_room(&ROOM, job.groups.len()).map_err(crate::error::record)?;
+    let permit =
+        take_room(&runner.cross_slot_room, job.groups.len()).map_err(crate::error::record)?;
     let (send, answer) = oneshot::channel();
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
         StoreError::Protocol("a request across slots needs a tokio runtime to finish on".into())

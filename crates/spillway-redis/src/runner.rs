@@ -140,6 +140,9 @@ pub(crate) struct Runner {
     injected: Option<Arc<dyn Clock>>,
     /// The store's clock: it paces looking for the module again (see [`Module::probe_due`]).
     clock: Arc<dyn Clock>,
+    /// The store's room for slot calls of requests across slots (see [`crate::multi_slot`]),
+    /// shared by every runner of one store and by no other store.
+    pub(crate) cross_slot_room: Arc<tokio::sync::Semaphore>,
 }
 
 impl Runner {
@@ -167,6 +170,7 @@ impl Runner {
             nudger,
             injected,
             clock,
+            cross_slot_room: Arc::new(tokio::sync::Semaphore::new(crate::multi_slot::IN_FLIGHT)),
         }
     }
 

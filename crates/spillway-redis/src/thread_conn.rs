@@ -735,7 +735,8 @@ mod tests {
             Duration::from_secs(1),
         );
         let sent_aside = || *list.failures.borrow();
-        // Told by its kind, not its words: a full queue is an unavailable store to callers.
+        // Told by its kind, not its words: a full queue of a stalled lane is an unavailable
+        // store to callers, and still sends no thread connection aside.
         list.failed(
             &BatchError::QueueFull(StoreError::Unavailable("any full queue".into())),
             list.route(0),

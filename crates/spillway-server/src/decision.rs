@@ -198,10 +198,10 @@ async fn run(
         .map(|(regions, tenant)| regions.home_name(policy, tenant));
     trace.store_answered(&result);
     if let Some(how) = fell_back {
-        // Counted as a store failure of the request's mode, as below; the failover itself
+        // Counted as a store failure of the mode that answered, as below; the failover itself
         // (its degraded-decision count and log line) was recorded where it answered.
-        metrics::record_store_failure(ask.failure_mode);
-        trace.failover(ask.failure_mode);
+        metrics::record_store_failure(how.mode);
+        trace.failover(how.mode);
         trace.failover_answered(&how.as_fallback());
     }
     let elapsed = stopwatch.elapsed();

@@ -39,6 +39,16 @@
 //! A state is dropped once it is fresh under the numbers that wrote it (its expiry), so a key
 //! idle past that point may read as fresh even where the new numbers (a slower refill, a
 //! longer window) would still have counted it: it had fully recovered under the old ones.
+//!
+//! Known, and left as it is: the times a denial tells after a change of numbers can be off,
+//! never what is admitted. A bucket tightened far below what a key used tells a retry and a
+//! reset at the new, slower rate (days), while the store drops the state at its old expiry
+//! (the Redis store's over-limit cache therefore replays a denial for an hour at most,
+//! `local_cache::MAX_HELD`). A GCRA state is converted at the time of reading, from the stored
+//! state, which drains at the old rate until a request is admitted; a rate loosened far above
+//! the old one tells a retry at the new rate, too early, and a client obeying it is denied
+//! again until the old debt has drained to what the new burst holds. Both last at most until
+//! the first admission under the new numbers, which rewrites the state in them.
 
 use super::{Gcra, LeakyBucket, LimitParams, ParamsId, State, StateRef, TokenBucket};
 use crate::time::Micros;

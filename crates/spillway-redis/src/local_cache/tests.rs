@@ -104,6 +104,21 @@ fn shadow_denials_and_impossible_costs_are_not_cached() {
     assert!(cache.is_empty());
 }
 
+/// A denial with a retry time past an hour is replayed for an hour, then Redis is asked again.
+#[test]
+fn a_long_denial_is_replayed_for_an_hour_at_most() {
+    let (params, key) = (bucket(5), key("a"));
+    let checks = [check(&key, &params)];
+    let cache = LocalCache::new(10);
+    let days = 99 * 24 * MAX_HELD;
+    cache.remember(&checks, &[decision(false, Some(days))], 0);
+    assert!(cache.deny(&checks, MAX_HELD - 1).is_some());
+    assert!(
+        cache.deny(&checks, MAX_HELD).is_none(),
+        "asked again after an hour"
+    );
+}
+
 /// The cache's bytes are bounded by its entries and [`MAX_CHECKS`]: a request of more checks
 /// is not cached.
 #[test]

@@ -157,7 +157,7 @@ impl DomainBreakers {
         let mut closed = Domains::default();
         for (set, admission) in Self::parts(admitted) {
             for index in set.iter() {
-                if self.breakers[index].succeeded_in(admission, admitted.epoch) {
+                if self.breakers[index].succeeded_in(admission, admitted.at, admitted.epoch) {
                     closed = closed.with(index);
                 }
             }
@@ -188,7 +188,7 @@ impl DomainBreakers {
     /// among its domains is given up, so the next call there probes at once.
     pub fn abandoned(&self, admitted: Admitted) {
         for index in admitted.probes.iter() {
-            self.breakers[index].abandoned_in(Admission::Probe, admitted.epoch);
+            self.breakers[index].abandoned_in(Admission::Probe, admitted.at, admitted.epoch);
         }
     }
 

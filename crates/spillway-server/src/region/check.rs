@@ -176,7 +176,9 @@ impl FarFailure<'_> {
         err: StoreError,
         progress: &mut Progress,
     ) -> Result<(), StoreError> {
-        if self.mode == FailureMode::Closed {
+        // A full queue is this node overloaded: an `open` route degrades instead.
+        let failure_mode = crate::decision::failure_mode_for(self.mode, &err);
+        if failure_mode == FailureMode::Closed {
             return Err(err);
         }
         let sub: Vec<Planned> = idx.iter().map(|&i| planned[i].clone()).collect();
@@ -185,10 +187,10 @@ impl FarFailure<'_> {
                 let route = self.label;
                 (self
                     .failover
-                    .fallback(policy, self.mode, route, &sub, mode, &err))
+                    .fallback(policy, failure_mode, route, &sub, mode, &err))
                 .await
             }
-            Some(_) => self.failover.answer(policy, self.mode, &sub, mode).await,
+            Some(_) => self.failover.answer(policy, failure_mode, &sub, mode).await,
         };
         let (how, got) = match fallback {
             Fallback::Closed { .. } => return Err(err),
@@ -285,7 +287,8 @@ impl RegionNode {
                     // where emergency quotas decide; an uncounted limit (`open`) is told with
                     // its whole quota.
                     Err(err) => {
-                        let limits = match far.mode {
+                        let failure_mode = crate::decision::failure_mode_for(far.mode, &err);
+                        let limits = match failure_mode {
                             FailureMode::Degrade => self.for_failover(planned),
                             _ => Cow::Borrowed(planned),
                         };
