@@ -320,11 +320,13 @@ async fn pinned_exchanges(server: Server) -> Server {
                     r#"x-ratelimit-remaining: 2"#,
                     r#"x-ratelimit-reset: 0"#,
                     r#"ratelimit-policy: "ip-burst";q=100;w=5, "user-minute";q=2;w=60, "user_daily";q=50;w=4320"#,
-                    r#"ratelimit: "ip-burst";r=100;t=1, "user-minute";r=2;t=0, "user_daily";r=50;t=605"#,
-                    r#"content-length: 696"#,
+                    // Untouched limits that would have admitted it reset in 0 (bob's first
+                    // request), not in the time a charge that never happened would refill.
+                    r#"ratelimit: "ip-burst";r=100;t=0, "user-minute";r=2;t=0, "user_daily";r=50;t=0"#,
+                    r#"content-length: 689"#,
                     r#"connection: close"#,
                 ],
-                r#"{"type":"urn:spillway:problem:cost-exceeds-limit","title":"Cost exceeds limit","status":429,"detail":"a cost of 7 can never fit limit `user-minute`, which admits at most 2 at once; retrying will not help","allowed":false,"tier":"free","route":null,"cost":7,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":100,"reset_ms":350,"shadow":false},{"name":"ip-shadow","allowed":false,"limit":1,"remaining":1,"reset_ms":0,"denial":"cost_exceeds_limit","shadow":true},{"name":"user-minute","allowed":false,"limit":2,"remaining":2,"reset_ms":0,"denial":"cost_exceeds_limit","shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":50,"reset_ms":604800,"shadow":false}]}"#,
+                r#"{"type":"urn:spillway:problem:cost-exceeds-limit","title":"Cost exceeds limit","status":429,"detail":"a cost of 7 can never fit limit `user-minute`, which admits at most 2 at once; retrying will not help","allowed":false,"tier":"free","route":null,"cost":7,"limits":[{"name":"ip-burst","allowed":true,"limit":100,"remaining":100,"reset_ms":0,"shadow":false},{"name":"ip-shadow","allowed":false,"limit":1,"remaining":1,"reset_ms":0,"denial":"cost_exceeds_limit","shadow":true},{"name":"user-minute","allowed":false,"limit":2,"remaining":2,"reset_ms":0,"denial":"cost_exceeds_limit","shadow":false},{"name":"user_daily","allowed":true,"limit":50,"remaining":50,"reset_ms":0,"shadow":false}]}"#,
             ),
         );
 

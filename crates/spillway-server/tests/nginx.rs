@@ -489,6 +489,36 @@ tiers:
     limits: []
 "#;
 
+/// Spillway on [`METERED`], the generating app, and nginx on `deploy/nginx/metered.conf` as
+/// `edit` leaves it, in front of both: Spillway, nginx, the URL of nginx's `/v1/generate`, and
+/// nginx's scratch directory (nginx stops when its guard is dropped).
+async fn metered_front(
+    nginx: &Path,
+    edit: impl FnOnce(String) -> String,
+) -> (Server, Nginx, String, TempDir) {
+    let spillway = Server::with_policy(METERED)
+        .args(&["--deny-status", "403", "--invalid-status", "401"])
+        .start();
+    let upstream = generating_upstream().await;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/metered.conf");
+    let shipped = std::fs::read_to_string(path).expect("read deploy/nginx/metered.conf");
+    let (nginx, front, dir) = start_pointed(nginx, &edit(shipped), spillway.addr(), upstream);
+    let url = format!("http://127.0.0.1:{front}/v1/generate");
+    (spillway, nginx, url, dir)
+}
+
+/// The standing of acme's generation budget, straight from Spillway.
+async fn acme_remaining(spillway: &Server) -> Option<u64> {
+    let r = spillway
+        .post(
+            "/v1/check?peek",
+            r#"{"tenant":"acme","method":"POST","path":"/v1/generate"}"#,
+        )
+        .await;
+    let body: serde_json::Value = r.json().await.expect("json");
+    body["limits"][0]["remaining"].as_u64()
+}
+
 /// `deploy/nginx/metered.conf` again: a client that hangs up before the answer is charged
 /// what the answer states (nginx waits for it), and an answer that states no cost is charged
 /// the config's unstated cost (here set to 250), never 0.
@@ -497,35 +527,24 @@ async fn the_metered_nginx_config_charges_what_a_client_hung_up_on() {
     let Some(nginx) = nginx_or_skip("the_metered_nginx_config_hung_up") else {
         return;
     };
-    let spillway = Server::with_policy(METERED)
-        .args(&["--deny-status", "403", "--invalid-status", "401"])
-        .start();
-    let upstream = generating_upstream().await;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/metered.conf");
-    let shipped = std::fs::read_to_string(path).expect("read deploy/nginx/metered.conf");
-    let site = shipped.replace("    default 4096;\n", "    default 250;\n");
-    assert_ne!(
-        site, shipped,
-        "the unstated cost is set where the test expects it"
-    );
-    let (_nginx, front, _dir) = start_pointed(&nginx, &site, spillway.addr(), upstream);
-    let url = format!("http://127.0.0.1:{front}/v1/generate");
-    let remaining = || async {
-        let r = spillway
-            .post(
-                "/v1/check?peek",
-                r#"{"tenant":"acme","method":"POST","path":"/v1/generate"}"#,
-            )
+    let (spillway, _nginx, url, _dir) = metered_front(&nginx, |shipped| {
+        let site = shipped.replace("    default 4096;\n", "    default 250;\n");
+        assert_ne!(
+            site, shipped,
+            "the unstated cost is set where the test expects it"
+        );
+        site
+    })
+    .await;
+    let settled = |want: u64| {
+        let spillway = &spillway;
+        async move {
+            let seen = common::wait_until_async(PATIENCE, || async {
+                (acme_remaining(spillway).await == Some(want)).then_some(())
+            })
             .await;
-        let body: serde_json::Value = r.json().await.expect("json");
-        body["limits"][0]["remaining"].as_u64()
-    };
-    let settled = |want: u64| async move {
-        let seen = common::wait_until_async(PATIENCE, || async {
-            (remaining().await == Some(want)).then_some(())
-        })
-        .await;
-        seen.is_some()
+            seen.is_some()
+        }
     };
     // The client gives up after 100 ms; the app answers 300 tokens at 600 ms.
     let hung_up = (spillway.http.post(&url))
@@ -571,14 +590,7 @@ async fn the_metered_nginx_config_reports_costs_after_the_response() {
     let Some(nginx) = nginx_or_skip("the_metered_nginx_config") else {
         return;
     };
-    let spillway = Server::with_policy(METERED)
-        .args(&["--deny-status", "403", "--invalid-status", "401"])
-        .start();
-    let upstream = generating_upstream().await;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/metered.conf");
-    let site = std::fs::read_to_string(path).expect("read deploy/nginx/metered.conf");
-    let (_nginx, front, _dir) = start_pointed(&nginx, &site, spillway.addr(), upstream);
-    let url = format!("http://127.0.0.1:{front}/v1/generate");
+    let (spillway, _nginx, url, _dir) = metered_front(&nginx, |shipped| shipped).await;
     let generate = |tokens: &'static str| {
         spillway
             .http
@@ -587,17 +599,7 @@ async fn the_metered_nginx_config_reports_costs_after_the_response() {
             .header("X-Test-Tokens", tokens)
             .send()
     };
-    // The standing of acme's budget, straight from Spillway.
-    let remaining = || async {
-        let r = spillway
-            .post(
-                "/v1/check?peek",
-                r#"{"tenant":"acme","method":"POST","path":"/v1/generate"}"#,
-            )
-            .await;
-        let body: serde_json::Value = r.json().await.expect("json");
-        body["limits"][0]["remaining"].as_u64()
-    };
+    let remaining = || acme_remaining(&spillway);
     let first = generate("900").await.expect("sent");
     assert_eq!(first.status(), 200);
     assert_eq!(

@@ -157,7 +157,7 @@ impl DomainBreakers {
         let mut closed = Domains::default();
         for (set, admission) in Self::parts(admitted) {
             for index in set.iter() {
-                if self.breakers[index].succeeded_in(admission, admitted.at, admitted.epoch) {
+                if self.breakers[index].succeeded_in(admission, admitted.epoch) {
                     closed = closed.with(index);
                 }
             }
