@@ -236,7 +236,8 @@ impl LocalCache {
         // find, and the shape, a keyed hash over every check, is not worth computing. An entry
         // being added meanwhile may be missed: the request then goes to Redis, as it would
         // have a moment earlier.
-        if self.is_empty() {
+        // Nor is it for a request too large ever to be cached.
+        if self.is_empty() || checks.len() > MAX_CHECKS {
             return None;
         }
         let shape = self.shape(checks);

@@ -82,7 +82,7 @@ mod tests {
     use std::net::SocketAddr;
     use tower::ServiceExt;
 
-    use crate::test_support::DownStore;
+    use crate::test_support::FailingStore;
 
     const POLICY: &str = r#"
 default_tier: free
@@ -157,7 +157,7 @@ routes:
 
     #[tokio::test]
     async fn a_failing_store_fails_open_or_closed_as_the_route_says() {
-        let app = app_on(Arc::new(DownStore));
+        let app = app_on(Arc::new(FailingStore::down()));
 
         let (status, body, headers) =
             call(&app, check(r#"{"user":"u","method":"GET","path":"/x"}"#)).await;
@@ -186,7 +186,7 @@ routes:
 
     #[tokio::test]
     async fn degraded_answers_are_marked_and_closed_ones_advise_a_retry() {
-        let app = app_on(Arc::new(DownStore));
+        let app = app_on(Arc::new(FailingStore::down()));
         let (status, body, headers) =
             call_with_headers(&app, check(r#"{"user":"u","method":"GET","path":"/x"}"#)).await;
         assert_eq!(status, StatusCode::OK);
@@ -205,7 +205,7 @@ routes:
 
     #[tokio::test]
     async fn a_degrade_route_holds_to_its_emergency_quota() {
-        let app = app_on(Arc::new(DownStore));
+        let app = app_on(Arc::new(FailingStore::down()));
         let mut admitted = 0;
         for _ in 0..20 {
             let (status, body, headers) = call_with_headers(
@@ -230,7 +230,7 @@ routes:
     #[tokio::test]
     async fn with_no_failure_mode_a_down_store_degrades_to_emergency_quotas() {
         let policy = POLICY.replace("failure_mode: open\n", "");
-        let app = app_with(&policy, Arc::new(DownStore));
+        let app = app_with(&policy, Arc::new(FailingStore::down()));
         let mut statuses = Vec::new();
         for _ in 0..3 {
             let (status, body, headers) =
@@ -244,7 +244,7 @@ routes:
 
     #[tokio::test]
     async fn readyz_stays_ready_but_degraded_while_the_store_is_down() {
-        let app = app_on(Arc::new(DownStore));
+        let app = app_on(Arc::new(FailingStore::down()));
         let request = Request::get("/readyz")
             .body(Body::empty())
             .expect("request");

@@ -21,40 +21,43 @@ use spillway_core::request::CheckMode;
 use spillway_core::store::{Check, MemoryStore, Store, StoreError};
 use std::sync::Arc;
 
-/// A store that is always down (connection refused), to drive the failure-mode paths without
-/// a real outage. Integration tests use a real Redis that is killed, frozen or slowed instead.
-pub(crate) struct DownStore;
+/// A store whose every check fails, to drive the failure-mode paths without a real outage
+/// (integration tests use a real Redis that is killed, frozen or slowed instead):
+/// [`FailingStore::down`] or [`FailingStore::full_queue`].
+pub(crate) struct FailingStore {
+    error: fn() -> StoreError,
+    pings: bool,
+}
 
-#[async_trait::async_trait]
-impl Store for DownStore {
-    async fn check(&self, _: &[Check<'_>], _: CheckMode) -> Result<Vec<Decision>, StoreError> {
-        Err(StoreError::Unavailable("connection refused".into()))
+impl FailingStore {
+    /// Always down (connection refused), pings too.
+    pub(crate) fn down() -> Self {
+        Self {
+            error: || StoreError::Unavailable("connection refused".into()),
+            pings: false,
+        }
     }
-    async fn ping(&self) -> Result<(), StoreError> {
-        Err(StoreError::Unavailable("connection refused".into()))
-    }
-    fn key_count(&self) -> u64 {
-        0
-    }
-    fn evictions(&self) -> u64 {
-        0
-    }
-    fn sweep(&self) -> u64 {
-        0
+
+    /// Every call refused before it is sent, this node's queue to it being full
+    /// ([`StoreError::Overloaded`]): the node overloaded, the store itself fine (it pings).
+    pub(crate) fn full_queue() -> Self {
+        Self {
+            error: || StoreError::Overloaded("every queue is full".into()),
+            pings: true,
+        }
     }
 }
 
-/// A store whose every call is refused before it is sent, this node's queue to it being full
-/// ([`StoreError::Overloaded`]): the node overloaded, the store itself fine.
-pub(crate) struct FullQueueStore;
-
 #[async_trait::async_trait]
-impl Store for FullQueueStore {
+impl Store for FailingStore {
     async fn check(&self, _: &[Check<'_>], _: CheckMode) -> Result<Vec<Decision>, StoreError> {
-        Err(StoreError::Overloaded("every queue is full".into()))
+        Err((self.error)())
     }
     async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
+        if self.pings {
+            return Ok(());
+        }
+        Err((self.error)())
     }
     fn key_count(&self) -> u64 {
         0

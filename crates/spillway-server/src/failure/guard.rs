@@ -400,7 +400,8 @@ mod tests {
     /// store: however many, the breaker stays closed.
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_does_not_open_the_breaker() {
-        let (store, breaker, _) = guarded(Arc::new(crate::test_support::FullQueueStore));
+        let (store, breaker, _) =
+            guarded(Arc::new(crate::test_support::FailingStore::full_queue()));
         for _ in 0..10 {
             let err = store
                 .check(&[], CheckMode::Consume)

@@ -18,7 +18,7 @@ use spillway_core::envoy_config::EnvoyConfig;
 use spillway_testkit::policy::{regions_store, unreachable};
 use std::sync::Arc;
 
-use crate::test_support::DownStore;
+use crate::test_support::FailingStore;
 
 const FILES: [&str; 3] = [
     "domain: lenient\nfailure_mode: open\ndescriptors:\n  - {key: user, rate_limit: {unit: second, requests_per_unit: 1}}\n",
@@ -31,7 +31,7 @@ fn service() -> Rls {
 }
 
 fn service_with(tracing: Option<Tracing>) -> Rls {
-    service_on(Arc::new(DownStore), tracing)
+    service_on(Arc::new(FailingStore::down()), tracing)
 }
 
 fn service_on(store: Arc<dyn spillway_core::store::Store>, tracing: Option<Tracing>) -> Rls {
@@ -86,7 +86,10 @@ async fn an_open_domain_answers_ok_marked_degraded() {
 /// emergency quotas, as `degrade` would: filling the queue must not buy unlimited admission.
 #[tokio::test]
 async fn an_open_domain_on_a_full_queue_is_held_to_its_emergency_quota() {
-    let rls = service_on(Arc::new(crate::test_support::FullQueueStore), None);
+    let rls = service_on(
+        Arc::new(crate::test_support::FailingStore::full_queue()),
+        None,
+    );
     let mut codes = Vec::new();
     for _ in 0..3 {
         let answer = rls

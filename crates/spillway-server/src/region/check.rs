@@ -668,7 +668,7 @@ mod tests {
     use super::super::tally::Known;
     use super::*;
     use crate::clock::ServerClock;
-    use crate::test_support::DownStore;
+    use crate::test_support::FailingStore;
     use spillway_core::store::MemoryStore;
     use std::sync::Arc;
 
@@ -773,7 +773,7 @@ mod tests {
         exchange(&node, &clock, &planned, [0, 50, 40]);
         let one = std::slice::from_ref(&planned);
         let (allowed, outcomes) = node
-            .check_failing_closed(&policy, &DownStore, one, CheckMode::Consume)
+            .check_failing_closed(&policy, &FailingStore::down(), one, CheckMode::Consume)
             .await
             .expect("a denial, not a store failure");
         assert!(!allowed);
@@ -1035,7 +1035,7 @@ tenants:
         let clock = ServerClock::manual(crate::test_support::TEST_START_MS);
         let state = crate::state::AppState::for_test(&text)
             .clock(clock.clone())
-            .store(Arc::new(DownStore));
+            .store(Arc::new(FailingStore::down()));
         let policy = state.policy().clone();
         let failure = crate::failure::FailureSettings::default();
         let node = RegionNode::new(&policy, Some("us"), &failure, clock.shared())

@@ -7,7 +7,7 @@ use super::*;
 use crate::clock::ServerClock;
 use crate::grpc::service::Rls;
 use crate::grpc::RlsState;
-use crate::test_support::DownStore;
+use crate::test_support::FailingStore;
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
@@ -348,7 +348,7 @@ async fn shadow_denials_degraded_and_refused_decisions_are_logged() {
 
     let mut s = settings("down");
     s.sample_allowed = 0.0;
-    let mut h = harness(s, Arc::new(DownStore));
+    let mut h = harness(s, Arc::new(FailingStore::down()));
     assert_eq!(h.check(r#"{"user":"a"}"#, &[]).await, StatusCode::OK);
     let closed = r#"{"user":"a","method":"POST","path":"/v1/closed"}"#;
     assert_eq!(h.check(closed, &[]).await, StatusCode::SERVICE_UNAVAILABLE);

@@ -116,7 +116,11 @@ async fn http_reports_are_logged_with_cost_id_and_standing_and_retries_are_not()
 
 #[tokio::test]
 async fn a_report_the_store_cannot_record_is_logged_as_failed() {
-    let mut h = harness_with(METERED, quiet("report-failed"), Arc::new(DownStore));
+    let mut h = harness_with(
+        METERED,
+        quiet("report-failed"),
+        Arc::new(FailingStore::down()),
+    );
     assert_eq!(
         h.report(&report(250, "lost-1")).await,
         StatusCode::SERVICE_UNAVAILABLE
