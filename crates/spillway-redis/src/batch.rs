@@ -423,13 +423,14 @@ impl Lanes {
                 metrics::counter!(BATCH_REFUSED).increment(1);
                 // A lane whose node has answered nothing for a while is stuck (a hung master):
                 // that is the store failing. One still answering is only slower than this
-                // node's traffic: this node overloaded.
-                let stalled =
-                    why == SLOT_QUEUE_FULL || self.lane(id).progress.elapsed() >= self.stall;
-                let refused = record(match stalled {
-                    true => StoreError::Unavailable(why.into()),
-                    false => StoreError::Overloaded(why.into()),
-                });
+                // node's traffic: this node overloaded. (A slot's own bound refuses only a
+                // stalled lane.)
+                let refused = if self.lane(id).progress.elapsed() >= self.stall {
+                    StoreError::Unavailable(why.into())
+                } else {
+                    StoreError::Overloaded(why.into())
+                };
+                let refused = record(refused);
                 let _ = job.answer.send(Err(BatchError::QueueFull(refused)));
                 self.launch(id); // drops the lane if it is idle
                 return;

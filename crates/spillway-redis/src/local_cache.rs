@@ -59,7 +59,7 @@ pub const PROBE: usize = 4;
 /// bucket, the denial reads the old use at the new, slower rate (days, say) while Redis drops
 /// the state at its old expiry (a day), so a cache trusting it would deny for days what
 /// Redis would admit. Asking again once an hour costs one call an hour per denied request.
-pub const MAX_HELD: Micros = 3_600_000_000;
+pub const MAX_HELD: Micros = spillway_core::time::HOUR;
 
 /// The most checks a cached request may have. An entry keeps every decision of its request, so
 /// the cache's bytes are bounded by `capacity x MAX_CHECKS` decisions, whatever the requests

@@ -27,10 +27,10 @@
 //!
 //! These requests do not go through the batcher's queues, so they have a bound of their own:
 //! at most [`IN_FLIGHT`] slot calls of consuming requests across slots at once in one store
-//! (a far region's store has its own), each holding its share until its refunds are done (a
-//! request spanning `n` slots takes `n`).
-//! One that finds no room is refused at once as [`StoreError::Overloaded`], as a full queue
-//! refuses (no breaker counts it). Without it, a client sending requests over many slots could
+//! (a far region's store has its own), each holding its share until the request has settled
+//! and its task has refunded what nobody took (a request spanning `n` slots takes `n`; the
+//! refund of an admission that arrived just as its caller gave up runs outside it). One that
+//! finds no room is refused at once as [`StoreError::Overloaded`] (no breaker counts it). Without it, a client sending requests over many slots could
 //! pile up tasks and calls that outlive their callers by up to two [`SETTLE`]s.
 
 use crate::keys;
@@ -274,7 +274,7 @@ pub(crate) async fn check(
             .map(|d| d.ok_or_else(|| StoreError::Protocol("a slot returned no decision".into())))
             .collect();
     }
-    // Held by the task until it has settled and refunded, whoever waits for it.
+    // Held by the task until it has settled, and refunded what nobody took.
     let permit =
         take_room(&runner.cross_slot_room, job.groups.len()).map_err(crate::error::record)?;
     let (send, answer) = oneshot::channel();

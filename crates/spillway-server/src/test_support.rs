@@ -26,7 +26,6 @@ use std::sync::Arc;
 /// [`FailingStore::down`] or [`FailingStore::full_queue`].
 pub(crate) struct FailingStore {
     error: fn() -> StoreError,
-    pings: bool,
 }
 
 impl FailingStore {
@@ -34,7 +33,6 @@ impl FailingStore {
     pub(crate) fn down() -> Self {
         Self {
             error: || StoreError::Unavailable("connection refused".into()),
-            pings: false,
         }
     }
 
@@ -43,7 +41,6 @@ impl FailingStore {
     pub(crate) fn full_queue() -> Self {
         Self {
             error: || StoreError::Overloaded("every queue is full".into()),
-            pings: true,
         }
     }
 }
@@ -54,10 +51,11 @@ impl Store for FailingStore {
         Err((self.error)())
     }
     async fn ping(&self) -> Result<(), StoreError> {
-        if self.pings {
-            return Ok(());
+        // An overloaded node's store is up.
+        match (self.error)() {
+            error if error.is_overload() => Ok(()),
+            error => Err(error),
         }
-        Err((self.error)())
     }
     fn key_count(&self) -> u64 {
         0

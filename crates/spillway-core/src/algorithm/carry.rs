@@ -25,8 +25,10 @@
 //! - **Fixed and sliding window, sliding log**: their counts and timestamps do not depend on
 //!   the numbers, so nothing is converted: a count is compared with the new limit as it is.
 //!   When a window's *length* changes, the stored window keeps its start and lasts the new
-//!   length (a fixed window then realigns to the new length; a sliding window's following
-//!   windows continue from that end); a sliding log counts the entries inside the new window.
+//!   length (a fixed window until the first boundary of the new length at least that long
+//!   after its start, `FixedWindow::end_of`, then realigns to the new length; a sliding
+//!   window's following windows continue from that end); a sliding log counts the entries
+//!   inside the new window.
 //!
 //! The bucket amounts are kept in units scaled by the rate, so converting needs the old
 //! numbers: the in-memory store keeps a [`ParamsId`] with each state, and the Redis scripts

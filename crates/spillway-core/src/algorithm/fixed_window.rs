@@ -50,6 +50,20 @@ impl FixedWindow {
         end.div_ceil(self.window).saturating_mul(self.window)
     }
 
+    /// The window counted at `now`: its start, its count and its end; a fresh one aligned to
+    /// this length unless `state`'s lasts past `now`.
+    #[inline]
+    fn counted(&self, state: Option<&FixedWindowState>, now: Micros) -> (Micros, u64, Micros) {
+        if let Some(s) = state {
+            let end = self.end_of(s.start);
+            if end > now {
+                return (s.start, s.count, end);
+            }
+        }
+        let aligned = now - now % self.window;
+        (aligned, 0, aligned.saturating_add(self.window))
+    }
+
     /// Checks `cost` at `now`; see [`super::LimitParams::evaluate`].
     #[inline]
     pub fn evaluate(
@@ -58,17 +72,12 @@ impl FixedWindow {
         now: Micros,
         cost: u64,
     ) -> Evaluation<FixedWindowState> {
-        let aligned = now - now % self.window;
         // The stored window lasts until `end_of` its start. For a state this limit wrote, that
         // is "it is the current aligned window" (or a later one: the clock stepped back, so
         // keep counting in it). After the window's length changed, the counted window keeps
         // its start and count until the first boundary of the new length at least one new
         // length after it; windows align to the new length from then on (see `super::carry`).
-        let (start, count) = match state {
-            Some(s) if self.end_of(s.start) > now => (s.start, s.count),
-            _ => (aligned, 0),
-        };
-        let end = self.end_of(start);
+        let (start, count, end) = self.counted(state, now);
         let reset = end.saturating_sub(now);
         let keep = |count| FixedWindowState { start, count };
         let left = self.limit.saturating_sub(count);
@@ -109,12 +118,8 @@ impl FixedWindow {
         now: Micros,
         cost: u64,
     ) -> Evaluation<FixedWindowState> {
-        let (start, count) = match state {
-            Some(s) if self.end_of(s.start) > now => (s.start, s.count),
-            _ => (now - now % self.window, 0),
-        };
+        let (start, count, end) = self.counted(state, now);
         let count = count.saturating_add(cost).min(super::MAX_SCALED as u64);
-        let end = self.end_of(start);
         let reset = if count == 0 {
             0
         } else {

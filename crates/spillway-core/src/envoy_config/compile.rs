@@ -5,7 +5,7 @@ use super::raw::{RawDescriptor, RawFile, RawRateLimit};
 use super::{Domain, EnvoyLimit, KeyNodes, Level, Node, Overrides, Rule, Unit};
 use crate::algorithm::{FixedWindow, LimitParams};
 use crate::policy::error::{Issues, PolicyError};
-use crate::policy::{locate, Algorithm, Dimension, FailureMode, LimitDef, Scope};
+use crate::policy::{locate, Algorithm, Dimension, FailureMode, LimitDef, LimitName, Scope};
 use crate::rate::{parse_duration, Rate};
 use crate::time::Micros;
 use serde_saphyr::{Location, Spanned};
@@ -49,6 +49,7 @@ pub(super) fn compile(
         issues: &mut issues,
         limits: 0,
         counters: HashMap::new(),
+        names: HashMap::new(),
     };
     let root = walk.level(&raw.descriptors, "descriptors", name, &[]);
     let limits = walk.limits;
@@ -74,6 +75,10 @@ struct Walk<'a> {
     /// What identifies each limit's counters so far (its name, its fingerprint and how many
     /// values its key has), and its line: two descriptors must not share one.
     counters: HashMap<(String, u64, usize), u64>,
+    /// Each limit name of the domain compiled once: limits sharing a name share its
+    /// `LimitName`, so the headers, which list a name once, find them by pointer
+    /// (`LimitName::same_compilation`).
+    names: HashMap<String, LimitName>,
 }
 
 impl Walk<'_> {
@@ -307,7 +312,6 @@ impl Walk<'_> {
             .as_ref()
             .map_or("fixed_window", |a| a.value.as_str());
         let params = self.params(raw, path, algorithm, count, period, at)?;
-        let given = raw.name.as_ref().map(|n| n.value.trim());
         let name = match &raw.name {
             Some(n) if n.value.trim().is_empty() => {
                 self.issues.push(
@@ -334,11 +338,14 @@ impl Walk<'_> {
             return None;
         }
         let count = count?;
+        let given = raw.name.is_some().then_some(name.as_str());
         let fingerprint = fingerprint_of(self.domain, default_name, algorithm, given);
         self.limits += 1;
         Some(EnvoyLimit {
             def: Arc::new(LimitDef {
-                name: name.into(),
+                name: (self.names.entry(name))
+                    .or_insert_with_key(|name| name.as_str().into())
+                    .clone(),
                 params,
                 key: keys.to_vec(),
                 shadow,

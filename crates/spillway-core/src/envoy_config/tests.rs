@@ -218,22 +218,32 @@ fn unknown_fields_and_duplicates_are_refused() {
     );
 }
 
+/// Limits given one name share its compiled name, so an answer's headers, which list a name
+/// once, find them as one (by pointer).
+#[test]
+fn limits_given_one_name_share_it() {
+    let text = "domain: d\ndescriptors:\n  - {key: a, rate_limit: {name: shared, unit: second, requests_per_unit: 1}}\n  - {key: b, rate_limit: {name: shared, unit: minute, requests_per_unit: 5}}\n  - {key: c, rate_limit: {unit: second, requests_per_unit: 1}}\n";
+    let config = load(&[("d.yaml", text)]).expect("valid");
+    let d = config.domain("d").expect("d");
+    let def = |key: &str| limits(&d.find([(key, "v")].into_iter()).expect("a match"))[0].clone();
+    assert!(def("a").name.same_compilation(&def("b").name));
+    assert!(!def("a").name.same_compilation(&def("c").name));
+    assert_ne!(
+        def("a").fingerprint,
+        def("b").fingerprint,
+        "still two counters"
+    );
+}
+
 #[test]
 fn months_and_years_are_read_as_upstream_counts_them() {
     let text = "domain: d\ndescriptors:\n  - {key: m, rate_limit: {unit: MONTH, requests_per_unit: 3}}\n  - {key: y, rate_limit: {unit: year, requests_per_unit: 4}}\n";
     let config = load(&[("d.yaml", text)]).expect("valid");
     let d = config.domain("d").expect("d");
     for (key, days, count) in [("m", 30, 3), ("y", 365, 4)] {
-        let found = d.find([(key, "v")].into_iter()).expect("a match");
-        let Rule::Limits(list) = found.rule else {
-            panic!("limited")
-        };
-        assert_eq!(
-            list[0].def.params.window(),
-            days * crate::time::DAY,
-            "{key}"
-        );
-        assert_eq!(list[0].def.params.quota(), count, "{key}");
+        let list = limits(&d.find([(key, "v")].into_iter()).expect("a match"));
+        assert_eq!(list[0].params.window(), days * crate::time::DAY, "{key}");
+        assert_eq!(list[0].params.quota(), count, "{key}");
     }
     let err = load(&[("d.yaml", &text.replace("MONTH", "fortnight"))])
         .expect_err("unknown")

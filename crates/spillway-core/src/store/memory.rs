@@ -351,21 +351,21 @@ impl MemoryStore {
             })
             .collect();
         let decisions: Decisions = evaluations.iter().map(|e| e.decision).collect();
-        if mode == CheckMode::Consume && admits(checks, &decisions) {
+        if mode == CheckMode::Consume {
+            let admitted = admits(checks, &decisions);
             let results = evaluations.into_iter().zip(&hashes).zip(&slots).zip(checks);
             for (((e, h), &slot), c) in results {
-                if writes(c, mode) {
-                    self.commit(&mut guards[slot].1, *h, e, c.params.id(), now, &hashes);
+                if !writes(c, mode) {
+                    continue;
                 }
-            }
-        } else if mode == CheckMode::Consume {
-            // Denied: the keys that denied it are marked so (`slot::USED_SHIFT`).
-            let results = decisions.iter().zip(&hashes).zip(&slots).zip(checks);
-            for (((d, h), &slot), c) in results {
-                if !d.allowed && writes(c, mode) {
-                    if let Some(stored) = find_mut(&mut guards[slot].1, h) {
+                let map = &mut guards[slot].1;
+                if !e.decision.allowed {
+                    // A key that denied is marked so (`slot::USED_SHIFT`), as `update` marks it.
+                    if let Some(stored) = find_mut(map, h) {
                         stored.hold();
                     }
+                } else if admitted {
+                    self.commit(map, *h, e, c.params.id(), now, &hashes);
                 }
             }
         }

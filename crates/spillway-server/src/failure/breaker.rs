@@ -310,16 +310,13 @@ impl Breaker {
         open
     }
 
-    /// Records that a call sent at `sent` as `admission`, at the table's epoch `epoch`, will
-    /// never report (its request was cancelled mid-call). The outstanding probe given up so
-    /// lets the next call probe at once, rather than a cooldown after it was sent (an older
-    /// probe, already replaced, changes nothing).
-    pub fn abandoned_in(&self, admission: Admission, sent: Micros, epoch: u64) {
+    /// Records that the probe sent at `sent`, at the table's epoch `epoch`, will never report
+    /// (its request was cancelled mid-call). The outstanding probe given up so lets the next
+    /// call probe at once, rather than a cooldown after it was sent (an older probe, already
+    /// replaced, changes nothing).
+    pub fn probe_abandoned(&self, sent: Micros, epoch: u64) {
         let mut inner = self.inner.lock();
-        if epoch < inner.renamed_at
-            || admission != Admission::Probe
-            || inner.state != CircuitState::HalfOpen
-            || inner.since != sent
+        if epoch < inner.renamed_at || inner.state != CircuitState::HalfOpen || inner.since != sent
         {
             return;
         }
@@ -448,15 +445,14 @@ mod tests {
         let b = breaker(1);
         b.failed(Admission::Call, T0);
         assert_eq!(b.admit(T0 + COOL), Admission::Probe);
-        b.abandoned_in(Admission::Probe, T0 + COOL, u64::MAX);
+        b.probe_abandoned(T0 + COOL, u64::MAX);
         assert_eq!(
             b.admit(T0 + COOL + 1),
             Admission::Probe,
             "not a cooldown later"
         );
-        // Given up as a call, or as the probe it replaced, nothing changes.
-        b.abandoned_in(Admission::Call, T0 + COOL + 1, u64::MAX);
-        b.abandoned_in(Admission::Probe, T0 + COOL, u64::MAX);
+        // Given up as the probe it replaced, nothing changes.
+        b.probe_abandoned(T0 + COOL, u64::MAX);
         assert_eq!(
             b.admit(T0 + COOL + 2),
             Admission::Rejected,

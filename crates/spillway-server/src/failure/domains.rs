@@ -188,7 +188,7 @@ impl DomainBreakers {
     /// among its domains is given up, so the next call there probes at once.
     pub fn abandoned(&self, admitted: Admitted) {
         for index in admitted.probes.iter() {
-            self.breakers[index].abandoned_in(Admission::Probe, admitted.at, admitted.epoch);
+            self.breakers[index].probe_abandoned(admitted.at, admitted.epoch);
         }
     }
 

@@ -137,7 +137,7 @@ impl GuardedStore {
         };
         // Dropped before the outcome is told (the request was cancelled), it gives up its
         // probes, so cancelling probes cannot hold a breaker open.
-        let mut untold = Untold {
+        let untold = Untold {
             breakers: &self.breakers,
             admitted: Some(admitted),
         };
@@ -154,7 +154,7 @@ impl GuardedStore {
                 Err(StoreError::Timeout(self.budget))
             }
         };
-        let admitted = untold.admitted.take().unwrap_or(admitted);
+        let admitted = untold.told();
         match &outcome {
             Ok(_) => {
                 self.breakers.succeeded(admitted);
@@ -175,6 +175,13 @@ impl GuardedStore {
 struct Untold<'a> {
     breakers: &'a DomainBreakers,
     admitted: Option<super::domains::Admitted>,
+}
+
+impl Untold<'_> {
+    /// The admission, its outcome about to be told: the guard is disarmed.
+    fn told(mut self) -> super::domains::Admitted {
+        self.admitted.take().expect("an admission is told once")
+    }
 }
 
 impl Drop for Untold<'_> {

@@ -56,12 +56,10 @@ pub const REQUEST_ID: &str = "spillway_request_id";
 /// and a call is answered `OK` whatever it carries, so the id cannot be refused as the HTTP API
 /// refuses it; dropped, a retry of the report would be charged again.
 fn kept_id(id: String) -> String {
-    use sha2::{Digest, Sha256};
     if id.len() <= crate::http::report::MAX_REQUEST_ID {
         return id;
     }
-    let digest = Sha256::digest(id.as_bytes());
-    format!("sha256:{}", crate::principal::api_key::hex(&digest))
+    format!("sha256:{}", crate::admin::digest_of(&id))
 }
 
 /// The descriptors without the marker entries, and the first request id among them: the one

@@ -221,7 +221,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         "spillway_store_errors_total",
-        "Store calls that failed, by kind (timeout, unavailable, protocol)."
+        "Store calls that failed, by kind (timeout, unavailable, protocol, overloaded)."
     );
     metrics::describe_counter!(
         "spillway_local_cache_hits_total",
@@ -231,7 +231,7 @@ fn describe() {
         "spillway_local_cache_entries",
         "Requests held in the local over-limit cache."
     );
-    for kind in ["timeout", "unavailable", "protocol"] {
+    for kind in ["timeout", "unavailable", "protocol", "overloaded"] {
         metrics::counter!("spillway_store_errors_total", "kind" => kind).increment(0);
     }
     metrics::counter!("spillway_local_cache_hits_total").increment(0);

@@ -35,12 +35,10 @@ const MAX_PROBES: usize = 8 * EVICTION_SAMPLE;
 /// A sampled slot: its bucket index, its expiry second and its used level.
 type Sampled = (usize, u32, u32);
 
-/// Of `sample`, the slot to evict: the first found (a random one) of the lowest used level.
+/// Of `sample`, the slot to evict: the first found (a random one) of the lowest used level
+/// (`min_by_key` keeps the first of equal keys).
 fn victim(sample: &[Sampled]) -> Option<usize> {
-    let lowest = sample.iter().map(|(_, _, used)| *used).min()?;
-    (sample.iter())
-        .find(|(_, _, used)| *used == lowest)
-        .map(|(bucket, _, _)| *bucket)
+    (sample.iter().min_by_key(|(_, _, used)| *used)).map(|(bucket, _, _)| *bucket)
 }
 
 impl MemoryStore {
