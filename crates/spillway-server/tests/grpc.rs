@@ -380,20 +380,42 @@ async fn every_descriptor_limit_override_is_judged() {
         let answer = rls.ask(call).await;
         assert_eq!(overall(&answer), Code::OverLimit, "{order:?}");
     }
-    // A year: two a year, counted.
-    for (expected, left) in [(Code::Ok, 1), (Code::Ok, 0), (Code::OverLimit, 0)] {
-        let answer = rls.ask(over("yearly", 2, OverUnit::Year as i32)).await;
-        assert_eq!(overall(&answer), expected);
-        let told = answer.statuses[0].current_limit.clone().expect("a limit");
-        assert_eq!((told.requests_per_unit, told.unit), (2, Unit::Year as i32));
-        assert_eq!(answer.statuses[0].limit_remaining, left);
+    // A year: two a year, counted; a month: one. Each refills where its window ends, a
+    // window of 365 or 30 days.
+    const DAY_MS: u64 = 86_400_000;
+    for (name, count, unit, told_unit, days) in [
+        ("yearly", 2, OverUnit::Year, Unit::Year, 365),
+        ("monthly", 1, OverUnit::Month, Unit::Month, 30),
+    ] {
+        let mut reset_ms = 0;
+        for (expected, left) in (0..count)
+            .map(|i| (Code::Ok, count - 1 - i))
+            .chain([(Code::OverLimit, 0)])
+        {
+            let answer = rls.ask(over(name, count, unit as i32)).await;
+            assert_eq!(overall(&answer), expected, "{name}");
+            let status = &answer.statuses[0];
+            let told = status.current_limit.clone().expect("a limit");
+            assert_eq!(
+                (told.requests_per_unit, told.unit),
+                (count, told_unit as i32)
+            );
+            assert_eq!(status.limit_remaining, left, "{name}");
+            let reset = status.duration_until_reset.expect("a reset");
+            reset_ms = u64::try_from(reset.seconds).expect("ahead") * 1000
+                + u64::try_from(reset.nanos).expect("ahead") / 1_000_000;
+        }
+        assert!(
+            reset_ms > 0 && reset_ms <= days * DAY_MS,
+            "{name}: {reset_ms} ms"
+        );
+        rls.server.advance_ms(reset_ms - 1).await;
+        let answer = rls.ask(over(name, count, unit as i32)).await;
+        assert_eq!(overall(&answer), Code::OverLimit, "{name}: a moment early");
+        rls.server.advance_ms(1).await;
+        let answer = rls.ask(over(name, count, unit as i32)).await;
+        assert_eq!(overall(&answer), Code::Ok, "{name}: its next window");
     }
-    rls.server.advance_ms(364 * 86_400_000).await;
-    let month = rls.ask(over("monthly", 1, OverUnit::Month as i32)).await;
-    assert_eq!(
-        month.statuses[0].current_limit.as_ref().map(|l| l.unit),
-        Some(Unit::Month as i32)
-    );
     // `UNKNOWN`, or a number newer than this build's proto: the domain's own 5 a minute.
     for unit in [OverUnit::Unknown as i32, 42] {
         let answer = rls.ask(over("unread", 1, unit)).await;

@@ -907,6 +907,21 @@ async fn a_token_cookie_given_twice_is_taken_only_when_both_could_be_the_caller(
         let body: Value = answer.json().await.expect("json");
         assert_eq!(body["reason"], "malformed", "{body}");
     }
+    // A cookie that ran out long ago (past a report's grace too), sent beside the fresh one
+    // with every request: each signature is checked once, then both come from the cache.
+    let verifications = |text: &str| {
+        metric(text, "spillway_principal_token_verifications_total", &[]).unwrap_or(0.0)
+    };
+    let before = verifications(&server.metrics().await);
+    let ancient = token("tenant-a", NOW - 7200);
+    for _ in 0..3 {
+        let answer = send(format!("session={ancient}; session={fresh}"))
+            .await
+            .expect("answer");
+        assert_eq!(answer.status(), 429, "tenant-a's, used up");
+    }
+    let after = verifications(&server.metrics().await);
+    assert_eq!(after - before, 1.0, "only the ancient token was new");
 }
 
 #[tokio::test]

@@ -3,14 +3,15 @@
 //! Keyed by the token's SHA-256 digest (the token itself is never kept), each entry holds the
 //! principal and the instant it stops being believed (`exp` plus the leeway). The cache is
 //! bounded (`principals.jwt.cache_size` entries) and evicts by `quick_cache`'s S3-FIFO policy,
-//! so a client sending endless distinct tokens cannot grow it. An entry is kept through a
-//! report's grace past its expiry ([`REPORT_GRACE`]), so that the reports of a token's last
-//! requests are not verified again; whether a read may take it is the reader's to judge
-//! ([`Verified::expired`]). An entry read after that grace, or once it is due to be verified
-//! again, is dropped. Failed verifications are not cached.
+//! so a client sending endless distinct tokens cannot grow it. An entry is kept past its
+//! expiry, so that the reports of a token's last requests (taken through a report's grace,
+//! [`REPORT_GRACE`](super::REPORT_GRACE)) and a stale cookie a browser keeps sending beside a
+//! fresh one are not verified again; whether a read may take it is the reader's to judge
+//! ([`Verified::expired`]). Only the issuer makes tokens that verify, so expired ones give a
+//! client no more room than live ones. An entry read once it is due to be verified again is
+//! dropped. Failed verifications are not cached.
 
 use super::jwt::Verified;
-use super::REPORT_GRACE;
 use sha2::{Digest, Sha256};
 use spillway_core::time::Micros;
 
@@ -36,12 +37,11 @@ impl TokenCache {
         }
     }
 
-    /// Looks a token up at `now`: `None` if it is not held, or no longer (past a report's
-    /// grace after its expiry, or due to be verified again). An entry it gives may have
-    /// expired for the reader: see [`Verified::expired`].
+    /// Looks a token up at `now`: `None` if it is not held, or no longer (due to be verified
+    /// again). An entry it gives may have expired for the reader: see [`Verified::expired`].
     pub fn get(&self, digest: &TokenDigest, now: Micros) -> Option<Verified> {
         let v = self.entries.get(digest)?;
-        if v.expired(now, REPORT_GRACE) || v.recheck.is_some_and(|at| now >= at) {
+        if v.recheck.is_some_and(|at| now >= at) {
             self.entries.remove(digest);
             return None;
         }
@@ -97,18 +97,21 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_kept_through_a_reports_grace_past_expiry() {
+    fn entries_are_kept_past_expiry_for_the_reader_to_judge() {
+        use crate::principal::REPORT_GRACE;
         let cache = TokenCache::new(10);
         let d = digest("a.b.c");
         cache.insert(d, verified(Some(1_000)));
-        // Expired for a check, still there for a report.
+        // Expired for a check, still good for a report.
         let v = cache.get(&d, 1_000).expect("kept");
         assert!(v.expired(1_000, 0));
         assert!(!v.expired(1_000, REPORT_GRACE));
-        let last = 1_000 + REPORT_GRACE - 1;
-        assert!(cache.get(&d, last).is_some());
-        assert!(cache.get(&d, last + 1).is_none(), "past the grace");
-        assert!(cache.get(&d, 0).is_none(), "and dropped");
+        // Past a report's grace too, and still held: expired for every reader.
+        let late = 1_000 + REPORT_GRACE + 3_600_000_000;
+        assert!(cache
+            .get(&d, late)
+            .expect("kept")
+            .expired(late, REPORT_GRACE));
     }
 
     #[test]

@@ -409,28 +409,35 @@ impl PrincipalState {
                     None if presented.malformed.token => return Err(Reason::Malformed),
                     None => continue,
                     Some(token) => {
-                        // Of two token cookies, which one is stale is judged as a check judges
-                        // it (no grace), so a report decides as its check did; the one chosen
-                        // is then read with the report's grace.
-                        let mut chosen = token;
-                        if let Some(other) = presented.second_token {
-                            let first = self.token(config, token, now, 0).await;
-                            let second = self.token(config, other, now, 0).await;
-                            match one_of_two(&first, &second) {
-                                Ok(Second) => chosen = other,
-                                Ok(First) => {}
-                                // Both past their time: the report's grace decides alone.
-                                Err(Reason::Expired) if presented.grace > 0 => {
-                                    let first = self.token(config, token, now, presented.grace);
-                                    let second = self.token(config, other, now, presented.grace);
-                                    if one_of_two(&first.await, &second.await)? == Second {
-                                        chosen = other;
+                        // Each token is verified (or found in the cache) once. Of two token
+                        // cookies, which one is stale is judged as a check judges it (no
+                        // grace), so a report decides as its check did; the one chosen is then
+                        // read with the report's grace.
+                        let first = self.token(config, token, now).await;
+                        let verified = match presented.second_token {
+                            None => first,
+                            Some(other) => {
+                                let second = self.token(config, other, now).await;
+                                let judged = |grace| {
+                                    one_of_two(
+                                        &judge(&first, now, grace),
+                                        &judge(&second, now, grace),
+                                    )
+                                };
+                                let which = match judged(0) {
+                                    // Both past their time: the report's grace decides alone.
+                                    Err(Reason::Expired) if presented.grace > 0 => {
+                                        judged(presented.grace)?
                                     }
+                                    which => which?,
+                                };
+                                match which {
+                                    First => first,
+                                    Second => second,
                                 }
-                                Err(reason) => return Err(reason),
                             }
-                        }
-                        let principal = self.token(config, chosen, now, presented.grace).await?;
+                        };
+                        let principal = verified?.principal_at(now, presented.grace)?;
                         lacks_user(config, &principal)?;
                         principal
                     }
@@ -467,13 +474,14 @@ impl PrincipalState {
         }
     }
 
+    /// The token verified, or found verified in the cache, whatever its age: whether it has
+    /// run out is the caller's to judge ([`jwt::Verified::expired`]).
     async fn token(
         &self,
         config: &Arc<Principals>,
         token: &str,
         now: Micros,
-        grace: Micros,
-    ) -> Result<Principal, Reason> {
+    ) -> Result<jwt::Verified, Reason> {
         let verifier = self.verifier(config, now).await;
         let (Some(settings), Some(keys), Some(cache)) =
             (&config.jwt, &verifier.keys, &verifier.cache)
@@ -485,7 +493,7 @@ impl PrincipalState {
         }
         let digest = cache::digest(token);
         if let Some(v) = cache.get(&digest, now) {
-            return v.principal_at(now, grace);
+            return Ok(v);
         }
         if keys.stale(now) {
             let keys = Arc::clone(keys);
@@ -497,13 +505,22 @@ impl PrincipalState {
             // Keys from a URL may be withdrawn: verify again after one refresh interval.
             verified.recheck = Some(now.saturating_add(*refresh));
         }
-        // One past any reader's grace would only push a live entry out.
-        if !verified.expired(now, REPORT_GRACE) {
-            cache.insert(digest, verified.clone());
-            metrics::record_cache_entries(cache.len());
-        }
-        verified.principal_at(now, grace)
+        // Expired tokens are kept too (a browser may send a stale cookie beside its fresh one
+        // with every request): only the issuer makes tokens that verify, so keeping them gives
+        // a client no more room in the cache than live ones do.
+        cache.insert(digest, verified.clone());
+        metrics::record_cache_entries(cache.len());
+        Ok(verified)
     }
+}
+
+/// A verified token's principal as a caller taking it up to `grace` past its expiry sees it.
+fn judge(
+    verified: &Result<jwt::Verified, Reason>,
+    now: Micros,
+    grace: Micros,
+) -> Result<Principal, Reason> {
+    verified.clone()?.principal_at(now, grace)
 }
 
 /// Which of two token cookies of one name stands for the caller, whichever of them a server
