@@ -284,20 +284,80 @@ fn bearer(value: &str) -> &str {
 }
 
 /// The value of one `name=value` pair of a `Cookie` header, if some server could read it as
-/// cookie `name`: white space around the name and the value aside (Django strips both),
-/// letters of either case (ASP.NET Core), `.` and a space standing for `_` (PHP); and the
-/// value's quotes.
+/// cookie `name`: white space around the name and the value aside (Django and Starlette strip
+/// Unicode white space from the name: [`trim_white`]), a name percent-encoded (older PHP and
+/// Rack decode it), letters of either case (ASP.NET Core), `.` and a space standing for `_`
+/// (PHP); and the value's quotes. A name some server reads as the token cookie but this one
+/// did not would let a client holding a valid token be counted as anonymous.
 fn cookie<'a>(pair: &'a [u8], name: &str) -> Option<&'a [u8]> {
     let at = pair.iter().position(|&b| b == b'=')?;
-    let (n, v) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
-    let folded = |b: &u8| match b.to_ascii_lowercase() {
+    let (n, v) = (trim_white(&pair[..at]), pair[at + 1..].trim_ascii());
+    let folded = |b: u8| match b.to_ascii_lowercase() {
         b'.' | b' ' => b'_',
         b => b,
     };
-    let same = n.len() == name.len() && n.iter().map(folded).eq(name.as_bytes().iter().map(folded));
+    let same = percent_decoded(n)
+        .map(folded)
+        .eq(name.bytes().map(folded));
     same.then(|| {
         let unquoted = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\""));
         unquoted.unwrap_or(v)
+    })
+}
+
+/// `bytes` without the white space at either end that some server strips from a cookie's name:
+/// Python's (ASCII white space and `\x1c`-`\x1f`; `\x85` and `\xa0` as Latin-1, the way
+/// Starlette reads headers) and Unicode's in UTF-8 (Django over WSGI), and a byte order mark.
+fn trim_white(mut bytes: &[u8]) -> &[u8] {
+    let single = |b: u8| b.is_ascii_whitespace() || matches!(b, 0x0b | 0x1c..=0x1f | 0x85 | 0xa0);
+    let white = |c: &[u8]| {
+        std::str::from_utf8(c)
+            .ok()
+            .and_then(|s| s.chars().next())
+            .is_some_and(|c| c.is_whitespace() || c == '\u{feff}')
+    };
+    'trim: loop {
+        if let Some((_, rest)) = bytes.split_first().filter(|(&b, _)| single(b)) {
+            bytes = rest;
+            continue;
+        }
+        if let Some((_, rest)) = bytes.split_last().filter(|(&b, _)| single(b)) {
+            bytes = rest;
+            continue;
+        }
+        for len in 2..=3 {
+            if bytes.len() >= len && white(&bytes[..len]) {
+                bytes = &bytes[len..];
+                continue 'trim;
+            }
+            if bytes.len() >= len && white(&bytes[bytes.len() - len..]) {
+                bytes = &bytes[..bytes.len() - len];
+                continue 'trim;
+            }
+        }
+        return bytes;
+    }
+}
+
+/// `bytes` with each `%XX` (two hex digits) read as the byte it stands for.
+fn percent_decoded(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let b = *bytes.get(i)?;
+        let encoded = (b == b'%')
+            .then(|| Some(hex(*bytes.get(i + 1)?)? * 16 + hex(*bytes.get(i + 2)?)?))
+            .flatten();
+        match encoded {
+            Some(decoded) => {
+                i += 3;
+                Some(decoded as u8)
+            }
+            None => {
+                i += 1;
+                Some(b)
+            }
+        }
     })
 }
 

@@ -212,6 +212,24 @@ fn credentials_are_read_from_bearer_headers_and_cookies() {
     assert_eq!(cookie(b"Access_Token=x", "access_token"), Some(&b"x"[..]));
     assert_eq!(cookie(b"a=1", "session"), None);
     assert_eq!(cookie(b"sessionx=1", "session"), None);
+    // Django and Starlette strip Unicode white space from the name: `\xa0` as Latin-1, U+00A0
+    // and U+3000 in UTF-8, a byte order mark; older PHP and Rack decode `%XX` in it.
+    for name in [
+        &b"\xa0session"[..],
+        b"session\x85",
+        b"\x1f session",
+        b"\xc2\xa0session\xe3\x80\x80",
+        b"\xef\xbb\xbfsession",
+        b"sess%69on",
+        b"%73ession",
+    ] {
+        let pair = [name, b"=tok"].concat();
+        assert_eq!(cookie(&pair, "session"), Some(&b"tok"[..]), "{pair:?}");
+    }
+    for name in [&b"se\xa0ssion"[..], b"session%", b"session%6", b"\xc2session"] {
+        let pair = [name, b"=tok"].concat();
+        assert_eq!(cookie(&pair, "session"), None, "{pair:?}");
+    }
     let policy = policy();
     let config = policy.principals().expect("configured");
     let token_of = |lines: &[&'static str]| {
@@ -251,6 +269,12 @@ fn credentials_are_read_from_bearer_headers_and_cookies() {
     let other = http::HeaderValue::from_bytes(b"x=\xff; session=theirs").expect("a value");
     headers.append("cookie", other);
     assert_eq!(presented(&headers, config).second_token, Some("theirs"));
+    // A token cookie whose name a backend reads as the token's is the token, not no token (the
+    // caller would be counted as anonymous while served as the token's tenant).
+    let mut headers = http::HeaderMap::new();
+    let hidden = http::HeaderValue::from_bytes(b"\xa0session=tok").expect("a value");
+    headers.append("cookie", hidden);
+    assert_eq!(presented(&headers, config).token, Some("tok"));
 }
 
 #[test]
