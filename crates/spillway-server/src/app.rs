@@ -39,6 +39,12 @@ pub fn router(state: Arc<AppState>, admin: Option<AdminToken>, readers: &Readers
         .route(crate::http::entry::CHECK_PATH, post(check::check))
         .route("/v1/report", post(report::report))
         .route(authorize::PREFIX, any(authorize::authorize))
+        // The prefixed form; the site's root comes as the prefix and a slash, which the
+        // catch-all (one character at least) does not take.
+        .route(
+            &format!("{}/", authorize::PREFIX),
+            any(authorize::authorize_prefixed),
+        )
         .route(
             &format!("{}/{{*path}}", authorize::PREFIX),
             any(authorize::authorize_prefixed),

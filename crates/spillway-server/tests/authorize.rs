@@ -335,6 +335,22 @@ async fn the_envoy_prefix_form_takes_method_and_path_from_the_request() {
     );
     let problem: Value = again.json().await.expect("problem");
     assert_eq!(problem["route"], "DELETE /items/*");
+
+    // The site's root comes as the prefix and a slash (with or without a query), and is
+    // judged, counted under its user like any other path.
+    for (target, status) in [
+        ("/v1/authorize/", 200),
+        ("/v1/authorize/?q=1", 200),
+        ("/v1/authorize/", 429),
+    ] {
+        let answer = authorize(&server, reqwest::Method::GET, target)
+            .header("X-Tenant-Id", "acme")
+            .header("X-User-Id", "erin")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(answer.status(), status, "{target}");
+    }
 }
 
 /// The query of `/v1/authorize` is never read: a proxy that writes the client's own query onto

@@ -174,6 +174,27 @@ async fn the_access_log_escapes_the_controls_in_a_path() {
     assert_eq!(raw, None, "a control reached the log as it came");
 }
 
+/// A problem quotes what the client sent (here the path of a 404) only up to a bound: echoed
+/// whole, a 60 KB path of backslashes (each escaped to two in JSON) made a 120 KB answer, and
+/// the connection's write buffer keeps its largest answer's size for its life.
+#[tokio::test]
+async fn a_problem_does_not_echo_a_long_path_whole() {
+    let server = Server::with_policy(POLICY).start();
+    let addr = server.addr();
+    let path = format!("/{}", "\\".repeat(60_000));
+    let answer = tokio::task::spawn_blocking(move || {
+        raw_exchange(
+            addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: spillway\r\nConnection: close\r\n\r\n"),
+        )
+    })
+    .await
+    .expect("the exchange");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{}", &answer[..200]);
+    assert!(answer.len() < 4096, "a {} byte answer", answer.len());
+    assert!(answer.contains("…"), "marked as cut");
+}
+
 /// A keep-alive connection whose write buffer grew for a large answer (`/metrics`, several
 /// KB, written as one flattened buffer that keeps its capacity) answers a check after it with
 /// the same bytes as a fresh connection. (How large the kept buffer is cannot be seen from

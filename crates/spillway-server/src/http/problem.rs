@@ -68,7 +68,7 @@ impl Problem {
             kind,
             title,
             status: status.as_u16(),
-            detail: detail.into(),
+            detail: bounded(detail.into()),
             field: None,
             reason: None,
             errors: None,
@@ -91,7 +91,7 @@ impl Problem {
             "Invalid request",
             detail,
         );
-        problem.field = field;
+        problem.field = field.map(bounded);
         problem
     }
 
@@ -205,6 +205,24 @@ impl IntoResponse for Problem {
     }
 }
 
+/// The longest `detail` a problem carries, in bytes. Details quote what the client sent (a
+/// path, a header's value); echoed whole, a client could make each answer, and the write
+/// buffer its connection keeps at its largest answer's size, as large as its request.
+pub const MAX_DETAIL: usize = 1024;
+
+/// `text` cut to [`MAX_DETAIL`] bytes at a character boundary, marked with `…` when cut.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_DETAIL {
+        let mut end = MAX_DETAIL - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 /// Fallback for paths no route matches.
 pub async fn not_found(uri: axum::http::Uri) -> Problem {
     Problem::http(
@@ -225,6 +243,20 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn details_are_bounded_at_a_character_boundary() {
+        let long = "é".repeat(MAX_DETAIL);
+        let p = Problem::invalid(long.clone(), Some(long));
+        let json = p.to_json();
+        for member in ["detail", "field"] {
+            let text = json[member].as_str().expect("text");
+            assert!(text.len() <= MAX_DETAIL, "{member}: {}", text.len());
+            assert!(text.ends_with("é…"), "{member}");
+        }
+        let short = Problem::invalid("fine", None);
+        assert_eq!(short.to_json()["detail"], "fine");
+    }
 
     #[test]
     fn problems_carry_the_standard_members() {

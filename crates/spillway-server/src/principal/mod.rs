@@ -296,9 +296,7 @@ fn cookie<'a>(pair: &'a [u8], name: &str) -> Option<&'a [u8]> {
         b'.' | b' ' => b'_',
         b => b,
     };
-    let same = percent_decoded(n)
-        .map(folded)
-        .eq(name.bytes().map(folded));
+    let same = percent_decoded(n).map(folded).eq(name.bytes().map(folded));
     same.then(|| {
         let unquoted = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\""));
         unquoted.unwrap_or(v)

@@ -226,7 +226,12 @@ fn credentials_are_read_from_bearer_headers_and_cookies() {
         let pair = [name, b"=tok"].concat();
         assert_eq!(cookie(&pair, "session"), Some(&b"tok"[..]), "{pair:?}");
     }
-    for name in [&b"se\xa0ssion"[..], b"session%", b"session%6", b"\xc2session"] {
+    for name in [
+        &b"se\xa0ssion"[..],
+        b"session%",
+        b"session%6",
+        b"\xc2session",
+    ] {
         let pair = [name, b"=tok"].concat();
         assert_eq!(cookie(&pair, "session"), None, "{pair:?}");
     }
