@@ -489,14 +489,15 @@ tiers:
     limits: []
 "#;
 
-/// Spillway on [`METERED`], the generating app, and nginx on `deploy/nginx/metered.conf` as
+/// Spillway on `policy`, the generating app, and nginx on `deploy/nginx/metered.conf` as
 /// `edit` leaves it, in front of both: Spillway, nginx, the URL of nginx's `/v1/generate`, and
 /// nginx's scratch directory (nginx stops when its guard is dropped).
 async fn metered_front(
     nginx: &Path,
+    policy: &str,
     edit: impl FnOnce(String) -> String,
 ) -> (Server, Nginx, String, TempDir) {
-    let spillway = Server::with_policy(METERED)
+    let spillway = Server::with_policy(policy)
         .args(&["--deny-status", "403", "--invalid-status", "401"])
         .start();
     let upstream = generating_upstream().await;
@@ -527,7 +528,7 @@ async fn the_metered_nginx_config_charges_what_a_client_hung_up_on() {
     let Some(nginx) = nginx_or_skip("the_metered_nginx_config_hung_up") else {
         return;
     };
-    let (spillway, _nginx, url, _dir) = metered_front(&nginx, |shipped| {
+    let (spillway, _nginx, url, _dir) = metered_front(&nginx, METERED, |shipped| {
         let site = shipped.replace("    default 4096;\n", "    default 250;\n");
         assert_ne!(
             site, shipped,
@@ -582,6 +583,51 @@ async fn the_metered_nginx_config_charges_what_a_client_hung_up_on() {
     );
 }
 
+/// `deploy/nginx/metered.conf` charges the user its check saw: nginx passes the client's own
+/// `X-User-Id` to the check, so a report without it charged no per-user counter (nor a user's
+/// tier's) while the check admitted against one.
+#[tokio::test]
+async fn the_metered_nginx_config_charges_the_user_its_check_saw() {
+    let Some(nginx) = nginx_or_skip("the_metered_nginx_config_user") else {
+        return;
+    };
+    let per_user = METERED.replace("key: [tenant]", "key: [tenant, user]");
+    let (spillway, _nginx, url, _dir) = metered_front(&nginx, &per_user, |shipped| shipped).await;
+    let generate = |user: &'static str, tokens: &'static str| {
+        (spillway.http.post(&url))
+            .header("X-Tenant-Id", "acme")
+            .header("X-User-Id", user)
+            .header("X-Test-Tokens", tokens)
+            .send()
+    };
+    let spillway = &spillway;
+    let remaining = |user: &'static str| async move {
+        let body =
+            format!(r#"{{"tenant":"acme","user":"{user}","method":"POST","path":"/v1/generate"}}"#);
+        let r = spillway.post("/v1/check?peek", &body).await;
+        let body: serde_json::Value = r.json().await.expect("json");
+        body["limits"][0]["remaining"].as_u64()
+    };
+    assert_eq!(generate("bob", "900").await.expect("sent").status(), 200);
+    let landed = common::wait_until_async(PATIENCE, || async {
+        (remaining("bob").await == Some(100)).then_some(())
+    })
+    .await;
+    assert!(
+        landed.is_some(),
+        "bob's 900 tokens were never charged to bob"
+    );
+    assert_eq!(remaining("carol").await, Some(1000), "nor to anyone else");
+    // A user that could not be written into the report's JSON as it is: refused.
+    let quoted = (spillway.http.post(&url))
+        .header("X-Tenant-Id", "acme")
+        .header("X-User-Id", "bob\",\"cost\":0,\"x\":\"")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(quoted.status(), 400);
+}
+
 /// `deploy/nginx/metered.conf`, run for real: admitted while the budget has room, the
 /// real cost reported after each response (`post_action`), and a request after an overdraw
 /// refused with a 429 and the debt's `Retry-After`.
@@ -590,7 +636,7 @@ async fn the_metered_nginx_config_reports_costs_after_the_response() {
     let Some(nginx) = nginx_or_skip("the_metered_nginx_config") else {
         return;
     };
-    let (spillway, _nginx, url, _dir) = metered_front(&nginx, |shipped| shipped).await;
+    let (spillway, _nginx, url, _dir) = metered_front(&nginx, METERED, |shipped| shipped).await;
     let generate = |tokens: &'static str| {
         spillway
             .http
