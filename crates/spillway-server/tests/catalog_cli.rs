@@ -452,6 +452,57 @@ fn import_from_policy_then_export(db: &Db) {
     let dry = json(&catalog(db, &["import", &file, "--dry-run", "--json"]));
     assert_eq!(dry["written"], 0);
     assert_eq!(version(db), 6);
+
+    // A snapshot (framed like a node's) imports whole, and only whole: cut short, counted
+    // wrong or carrying lines past its end, it is refused and nothing is written.
+    let entries: Vec<&str> = exported.lines().collect();
+    let framed = |body: &[&str], end: Option<usize>, after: &str| {
+        let mut text = String::from("{\"format\":1,\"version\":9}\n");
+        for line in body {
+            text += line;
+            text += "\n";
+        }
+        if let Some(count) = end {
+            text += &format!("{{\"end\":{count}}}\n");
+        }
+        text + after
+    };
+    let whole = dir.write("whole.snapshot", &framed(&entries, Some(3), ""));
+    let out = json(&catalog(
+        db,
+        &["import", &whole.display().to_string(), "--json"],
+    ));
+    assert_eq!(out["imported"], 3);
+    assert_eq!(version(db), 9);
+    for (name, text, told) in [
+        (
+            "cut.snapshot",
+            framed(&entries[..1], None, ""),
+            "without its end line",
+        ),
+        (
+            "miscounted.snapshot",
+            framed(&entries[..2], Some(3), ""),
+            "counts 3 entries but 2",
+        ),
+        (
+            "trailing.snapshot",
+            framed(&entries[..2], Some(2), entries[2]),
+            "after the snapshot's end",
+        ),
+    ] {
+        let path = dir.write(name, &text);
+        let out = catalog(db, &["import", &path.display().to_string()]);
+        let stderr = text_of(&out, 2);
+        assert!(stderr.contains(told), "{name}: {stderr}");
+        assert_eq!(version(db), 9, "{name}: nothing written");
+    }
+}
+
+/// What a command that exits with `code` says on stderr.
+fn text_of(out: &Output, code: i32) -> String {
+    assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
+    text(&out.stderr)
 }
 
 /// Runs one scenario on a fresh SQLite file.

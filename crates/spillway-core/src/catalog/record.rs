@@ -132,7 +132,7 @@ impl Kind {
 
 /// Which entry: a tenant, a tenant's user, or an API key's digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EntryKey {
     /// A tenant, by id.
     Tenant {
@@ -239,6 +239,23 @@ mod field_tests {
         let mut names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         names.sort();
         names
+    }
+
+    /// A key names its entry exactly: a member it does not have (`user` on a tenant's key) is
+    /// refused, not dropped, so an import line meant for a user cannot land on its tenant.
+    #[test]
+    fn a_key_with_a_member_of_another_kind_is_refused() {
+        let read = |text: &str| serde_json::from_str::<EntryKey>(text);
+        let tenant = read(r#"{"kind":"tenant","tenant":"acme"}"#).expect("a tenant's key");
+        assert_eq!(
+            tenant,
+            EntryKey::Tenant {
+                tenant: "acme".into()
+            }
+        );
+        let err = read(r#"{"kind":"tenant","tenant":"acme","user":"bob"}"#).expect_err("refused");
+        assert!(err.to_string().contains("unknown field `user`"), "{err}");
+        assert!(read(r#"{"kind":"api_key","digest":"ab","tenant":"t"}"#).is_err());
     }
 
     /// Each record's `FIELDS` names exactly what a record with every field set is written

@@ -95,37 +95,97 @@ pub async fn import(ctx: &Context, args: ImportArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The entries of a JSON-lines file, each with its line number.
+/// The entries of a JSON-lines file, each with its line number. A snapshot (a node's
+/// `--catalog-snapshot`, or a file framed like one) must be whole: its header first, its end
+/// line last, counting the entries between; a file cut short is refused, as a node refuses
+/// it, rather than imported in part.
 fn read_lines(reader: impl BufRead, origin: &str) -> Result<Numbered, Failure> {
     let mut out = Vec::new();
+    // The snapshot header's line, and the end line's (with its count), once seen.
+    let (mut header, mut end): (Option<usize>, Option<(usize, u64)>) = (None, None);
+    let bad = |number: usize, what: String| Failure::Usage(format!("{origin}:{number}: {what}"));
     for (index, line) in reader.lines().enumerate() {
         let number = index + 1;
-        let line = line.map_err(|e| Failure::Usage(format!("{origin}:{number}: {e}")))?;
+        let line = line.map_err(|e| bad(number, e.to_string()))?;
         let text = line.trim();
         if text.is_empty() || text.starts_with('#') {
             continue;
         }
+        if let Some((at, _)) = end {
+            return Err(bad(
+                number,
+                format!("a line after the snapshot's end line (line {at})"),
+            ));
+        }
         match serde_json::from_str::<LineIn>(text) {
             Ok(LineIn { key, entry }) => out.push((Some(number), (key, entry))),
-            // A snapshot's header (`{"format":1,"version":n}`) and end (`{"end":n}`) lines.
-            Err(_) if is_snapshot_frame(text) => {}
-            Err(err) => {
-                return Err(Failure::Usage(format!(
-                    "{origin}:{number}: not an entry ({err}); each line must be \
-                     {{\"key\":{{...}},\"entry\":{{...}}}}, as `spillway catalog export` prints"
-                )))
-            }
+            Err(err) => match snapshot_frame(text) {
+                Some(Frame::Header) if header.is_none() && out.is_empty() => header = Some(number),
+                Some(Frame::Header) => {
+                    return Err(bad(
+                        number,
+                        "a snapshot header that is not the file's first line".into(),
+                    ))
+                }
+                Some(Frame::End(_)) if header.is_none() => {
+                    return Err(bad(number, "a snapshot end line without its header".into()))
+                }
+                Some(Frame::End(count)) if count != out.len() as u64 => {
+                    return Err(bad(
+                        number,
+                        format!(
+                            "the snapshot's end line counts {count} entries but {} came before                              it: the file is not whole; nothing imported",
+                            out.len()
+                        ),
+                    ))
+                }
+                Some(Frame::End(count)) => end = Some((number, count)),
+                None => {
+                    return Err(bad(
+                        number,
+                        format!(
+                            "not an entry ({err}); each line must be \
+                             {{\"key\":{{...}},\"entry\":{{...}}}}, as `spillway catalog export` \
+                             prints"
+                        ),
+                    ))
+                }
+            },
         }
+    }
+    if let (Some(at), None) = (header, end) {
+        return Err(Failure::Usage(format!(
+            "{origin}: a snapshot (header on line {at}) without its end line after {} entries: \
+             the file is cut short; nothing imported",
+            out.len()
+        )));
     }
     Ok(out)
 }
 
-fn is_snapshot_frame(text: &str) -> bool {
+/// A snapshot's framing line.
+enum Frame {
+    /// `{"format":1,"version":n}`.
+    Header,
+    /// `{"end":n}`: the number of entries.
+    End(u64),
+}
+
+fn snapshot_frame(text: &str) -> Option<Frame> {
     let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
-        return false;
+        return None;
     };
     let keys: BTreeSet<&str> = map.keys().map(String::as_str).collect();
-    keys == BTreeSet::from(["format", "version"]) || keys == BTreeSet::from(["end"])
+    if keys == BTreeSet::from(["format", "version"]) {
+        return Some(Frame::Header);
+    }
+    match (
+        keys == BTreeSet::from(["end"]),
+        map.get("end").and_then(Value::as_u64),
+    ) {
+        (true, Some(count)) => Some(Frame::End(count)),
+        _ => None,
+    }
 }
 
 /// Checks every entry as the admin API would check it written alone, with the tenants
