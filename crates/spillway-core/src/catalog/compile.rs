@@ -46,7 +46,7 @@ fn issue(field: impl Into<String>, message: impl Into<String>) -> FieldIssue {
 /// (ids end up in logs and headers), and no white space at either end (a header or host
 /// naming it loses that). An entry stored with such an id before this rule can still be
 /// deleted, not written again.
-fn check_id(field: &str, id: &str, out: &mut Vec<FieldIssue>) {
+pub(crate) fn check_id(field: &str, id: &str, out: &mut Vec<FieldIssue>) {
     if id.is_empty() {
         out.push(issue(field, format!("the {field} id must not be empty")));
     } else if id.len() > MAX_ID_LEN {

@@ -16,6 +16,7 @@ mod compile;
 mod layered;
 pub mod record;
 
+pub(crate) use compile::check_id;
 pub use compile::FieldIssue;
 pub use record::{
     ApiKeyRecord, Change, Entry, EntryKey, Kind, OverrideRecord, TenantRecord, UserRecord,

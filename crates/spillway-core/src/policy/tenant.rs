@@ -31,6 +31,14 @@ pub(crate) fn compile(
     let mut tenants = Vec::with_capacity(raw.tenants.0.len());
     for (name, tenant) in &raw.tenants.0 {
         let path = format!("tenants.{}", name.value);
+        // The ids the catalog takes, and no others: the section is the static catalog (and
+        // `catalog import --from-policy` writes it there). An id with white space around it
+        // would never match a request; one with an invisible character looks like another.
+        let mut bad_id = Vec::new();
+        crate::catalog::check_id("tenant", &name.value, &mut bad_id);
+        for found in bad_id {
+            issues.push(name.referenced, &path, found.message);
+        }
         let tier = match &tenant.tier {
             Some(t) => match tier_ref(t, format!("{path}.tier"), tiers, issues) {
                 Some(index) => Some(index),

@@ -224,6 +224,23 @@ tenants:
     expect(text, 7, "tenants.acme.tier", "no tier named `gold`");
 }
 
+/// The `tenants:` section takes the ids the catalog takes: an id with white space around it
+/// (which no request's header keeps), an invisible character or an empty one is refused.
+#[test]
+fn tenant_ids_are_checked_as_the_catalog_checks_them() {
+    let text = "default_tier: free\ntiers:\n  free: {}\ntenants:\n  \"acme \": {}\n  \"ac\\u200bme\": {}\n  \"\": {}\n  fine: {}\n";
+    expect(text, 5, "tenants.acme ", "starts or ends with white space");
+    expect(
+        text,
+        6,
+        "tenants.ac\u{200b}me",
+        "invisible formatting character",
+    );
+    expect(text, 7, "tenants.", "must not be empty");
+    let err = reject(text);
+    assert_eq!(err.errors().len(), 3, "{err}");
+}
+
 #[test]
 fn key_dimensions_are_checked() {
     let text = r#"default_tier: t
