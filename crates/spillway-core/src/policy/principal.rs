@@ -470,8 +470,8 @@ pub(crate) fn compile(
     })
 }
 
-/// The anonymous tier: it must exist, and something in it must count by IP, or anonymous
-/// callers would be unlimited.
+/// The anonymous tier: it must exist, and a limit that every anonymous request meets must
+/// count it by IP, or anonymous callers would be unlimited.
 fn anonymous(
     name: Option<&Text>,
     section: Location,
@@ -485,15 +485,17 @@ fn anonymous(
         return Missing::Reject;
     };
     let own = cx.tier_limits.get(index).map_or(&[][..], Vec::as_slice);
-    let per_ip = cx
-        .global
-        .iter()
-        .chain(own)
-        .any(|d| d.key.contains(&Dimension::Ip));
+    // Keyed by `ip` alone: a limit keyed by `ip` and `route` is skipped on a path no route
+    // matches, one keyed by `ip` and `tenant` (global) on every anonymous request. Enforced
+    // at the check: a shadow limit denies nothing, a metered one only what reports charge.
+    let per_ip = cx.global.iter().chain(own).any(|d| {
+        !d.shadow && !d.metered && !d.key.is_empty() && d.key.iter().all(|k| *k == Dimension::Ip)
+    });
     if !per_ip {
         let message = format!(
-            "tier `{}` has no limit keyed by `ip` (global or its own), so anonymous callers \
-             would be unlimited",
+            "tier `{}` has no limit keyed by `ip` alone (global or its own; enforced, not \
+             `shadow`, charged at the check, not `charge: after`), so anonymous callers would \
+             be unlimited: a limit keyed by `ip` and `route` is skipped where no route matches",
             name.value
         );
         issues.push(name.referenced, path, message);

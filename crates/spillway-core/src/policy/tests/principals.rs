@@ -200,6 +200,33 @@ fn the_anonymous_tier_must_exist_and_count_by_ip() {
         "principals.anonymous_tier",
         "keyed only by `ip` and `route`",
     );
+    // A per-IP limit anonymous requests may not meet, or that does not deny at the check.
+    for per_ip in [
+        "key: [ip, route]}",
+        "key: [ip], shadow: true}",
+        "key: [ip], charge: after}",
+    ] {
+        let head = HEAD.replace("key: [ip]}", per_ip);
+        let text = format!("{head}principals:\n  missing: anonymous\n  api_key: {{}}\n");
+        expect(
+            &text,
+            10,
+            "principals.anonymous_tier",
+            "no limit keyed by `ip` alone",
+        );
+    }
+    // Nor a global one keyed by what an anonymous request never has.
+    let head = HEAD
+        .replace("key: [ip]}", "key: [tenant, ip]}")
+        .replace("tiers:", "global: [per-ip]\ntiers:")
+        .replace("anonymous: {limits: [per-ip]}", "anonymous: {limits: []}");
+    let text = format!("{head}principals:\n  missing: anonymous\n  api_key: {{}}\n");
+    expect(
+        &text,
+        11,
+        "principals.anonymous_tier",
+        "no limit keyed by `ip` alone",
+    );
     let text = with("  missing: anonymous\n  anonymous_tier: guests\n  api_key: {}\n");
     expect(
         &text,
