@@ -126,9 +126,15 @@ impl Reloader {
                 let limits = policy.limits().count();
                 // The catalog in force is recompiled against the new policy and published with
                 // it, under the catalog's lock, so a catalog change cannot slip in between.
-                self.app
-                    .catalog
-                    .policy_loaded(&self.app.engine, Arc::new(policy));
+                let published =
+                    (self.app.catalog).policy_loaded(&self.app.engine, Arc::new(policy));
+                if let Err(why) = published {
+                    tracing::warn!(%source, trigger = trigger.name(),
+                        "policy reload rejected: {why}; keeping the previous policy");
+                    metrics::record_reload(ReloadOutcome::Rejected);
+                    self.remember(trigger, Some(why));
+                    return Some(ReloadOutcome::Rejected);
+                }
                 self.app.policy_info.store(Arc::new(PolicyInfo {
                     source: source.clone(),
                     loaded_at: self.app.clock.now(),

@@ -511,3 +511,62 @@ async fn a_tenant_is_deleted_only_with_its_users_and_keys() {
     let path = format!("/v1/admin/api-keys/{}", digests[1]);
     assert_eq!(call(Method::GET, &path, None).await.0, 200);
 }
+
+/// A reload whose policy cannot take a catalog override in force (its limit given another
+/// algorithm) is refused, naming the entry: taken, it would quietly lift the tenant's own
+/// limit back to the tier's. A reload that leaves the override valid is taken.
+#[tokio::test]
+async fn a_reload_that_would_drop_a_catalog_override_is_refused() {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let server = node(&url, &[]);
+    let (status, body) = admin(
+        &server,
+        reqwest::Method::PUT,
+        "/v1/admin/tenants/abuser",
+        Some(json!({"overrides": {"tenant-minute": {"limit": 2}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(check(&server, "abuser").await, ("free".into(), 1));
+    let reloads = |outcome: &'static str| {
+        let server = &server;
+        async move {
+            let text = server.metrics().await;
+            common::metric(
+                &text,
+                "spillway_config_reloads_total",
+                &[("outcome", outcome)],
+            )
+            .unwrap_or(0.0)
+        }
+    };
+    server.rewrite_policy(&POLICY.replace(
+        "tenant-minute: {algorithm: fixed_window, limit: 5, window: 1m,",
+        "tenant-minute: {algorithm: token_bucket, rate: 5/min,",
+    ));
+    let rejected = wait_until_async(Duration::from_secs(10), || async {
+        (reloads("rejected").await == 1.0).then_some(())
+    })
+    .await;
+    assert!(rejected.is_some(), "logs:\n{}", server.logs().join("\n"));
+    let line = (server.wait_for_log("policy reload rejected")).expect("logged");
+    assert!(
+        line.contains("tenant abuser") && line.contains("overrides.tenant-minute"),
+        "{line}"
+    );
+    assert_eq!(reloads("success").await, 0.0);
+    // Still held to its own two.
+    assert_eq!(check(&server, "abuser").await, ("free".into(), 0));
+    let third = server
+        .post("/v1/check", &json!({"tenant": "abuser"}).to_string())
+        .await;
+    assert_eq!(third.status(), 429);
+    // New numbers the override still fits: taken.
+    server.rewrite_policy(&POLICY.replace("limit: 5,", "limit: 6,"));
+    let taken = wait_until_async(Duration::from_secs(10), || async {
+        (reloads("success").await == 1.0).then_some(())
+    })
+    .await;
+    assert!(taken.is_some(), "logs:\n{}", server.logs().join("\n"));
+}

@@ -385,6 +385,26 @@ impl Catalog {
         tier != NO_TIER && self.tier_map[tier as usize].is_none()
     }
 
+    /// Whether a tenant's or user's slot has a part the policy refused.
+    fn slot_refused(&self, slot: &Slot) -> bool {
+        self.tier_refused(slot.tier) || slot.extra.as_ref().is_some_and(|e| e.invalid)
+    }
+
+    /// Whether the entry under `key` is held with a part the policy that compiled it refused
+    /// (false when there is no such entry).
+    pub fn refused_in_part(&self, key: &EntryKey) -> bool {
+        match key {
+            EntryKey::Tenant { tenant } => {
+                (self.tenants.get(tenant.as_str())).is_some_and(|s| self.slot_refused(s))
+            }
+            EntryKey::User { tenant, user } => (self.users.get(&super::UserRef(tenant, user)))
+                .is_some_and(|s| self.slot_refused(s)),
+            EntryKey::ApiKey { digest } => {
+                (self.api_keys.get(digest.as_str())).is_some_and(|s| self.tier_refused(s.tier))
+            }
+        }
+    }
+
     /// How many of the entries named in these changes are invalid in this catalog (each
     /// distinct key counted once).
     fn invalid_among(
@@ -394,8 +414,7 @@ impl Catalog {
         keys: &[(Box<str>, Option<KeySlot>)],
     ) -> usize {
         use std::collections::HashSet;
-        let slot =
-            |s: &Slot| self.tier_refused(s.tier) || s.extra.as_ref().is_some_and(|e| e.invalid);
+        let slot = |s: &Slot| self.slot_refused(s);
         let t: HashSet<&str> = tenants.iter().map(|(k, _)| &**k).collect();
         let u: HashSet<(&str, &str)> = users.iter().map(|((t, u), _)| (&**t, &**u)).collect();
         let a: HashSet<&str> = keys.iter().map(|(k, _)| &**k).collect();
@@ -414,8 +433,7 @@ impl Catalog {
     }
 
     fn count_invalid(&self) -> usize {
-        let slot =
-            |s: &Slot| self.tier_refused(s.tier) || s.extra.as_ref().is_some_and(|e| e.invalid);
+        let slot = |s: &Slot| self.slot_refused(s);
         let tenants = self.tenants.iter().filter(|(_, s)| slot(s)).count();
         let users = self.users.iter().filter(|(_, s)| slot(s)).count();
         let keys = self

@@ -314,6 +314,10 @@ tiers:
     assert_eq!(fields, ["tier", "overrides.paid-extra"]);
     assert_eq!(reloaded.invalid(), 1);
     assert_eq!(reloaded.version(), 5);
+    // Held in part now, whole before (a reload tells the two apart this way).
+    assert!(reloaded.refused_in_part(&tenant_key("acme")));
+    assert!(!catalog.refused_in_part(&tenant_key("acme")));
+    assert!(!reloaded.refused_in_part(&tenant_key("nobody")));
     let p = smaller.with_catalog(Arc::new(reloaded.clone()));
     // The rest of the entry still applies: the default tier, with the valid override.
     assert_eq!(

@@ -157,12 +157,23 @@ impl CatalogNode {
     }
 
     /// A reloaded policy: the catalog in force (the database's), or the new policy's own
-    /// (`tenants:`), compiled against it and published with it.
-    pub fn policy_loaded(&self, engine: &Engine, policy: Arc<Policy>) {
+    /// (`tenants:`), compiled against it and published with it. Refused, with nothing
+    /// published, when the new policy cannot take part of a catalog entry in force (an
+    /// override of a limit it renames, removes or gives another algorithm; a tier it drops):
+    /// dropping it would quietly lift a tenant's own limit, as the same override in a
+    /// `tenants:` section would refuse the file. The message names the first few. Entries
+    /// the policy in force already holds in part do not refuse it.
+    pub fn policy_loaded(&self, engine: &Engine, policy: Arc<Policy>) -> Result<(), String> {
         let mut published = self.published.lock();
         let catalog = if self.db.is_some() {
             let (catalog, skipped) = published.catalog.recompile(&policy);
-            report_skipped("policy reload", &skipped);
+            // Entries held in part already (written against another policy) do not stop it.
+            let (before, lost): (Vec<Skipped>, Vec<Skipped>) =
+                (skipped.into_iter()).partition(|s| published.catalog.refused_in_part(&s.key));
+            if !lost.is_empty() {
+                return Err(refused_by(&lost));
+            }
+            report_skipped("policy reload", &before);
             Arc::new(catalog)
         } else {
             Arc::clone(policy.catalog())
@@ -173,6 +184,7 @@ impl CatalogNode {
         // Noted under the lock, so a later publication's status is never overwritten by an
         // earlier one's.
         self.note(&catalog, None);
+        Ok(())
     }
 
     /// A whole catalog read from `origin` (a load at start or after a gap, or a snapshot).
@@ -239,6 +251,25 @@ impl CatalogNode {
         drop(status);
         self.applied.send_replace(catalog.version());
     }
+}
+
+/// Why a reload is refused for the catalog entries it cannot take: the first few, by entry
+/// and field, then a count.
+fn refused_by(skipped: &[Skipped]) -> String {
+    let mut named: Vec<String> = (skipped.iter().take(LOGGED_SKIPS))
+        .map(|s| {
+            let entry = printable(&s.key.to_string()).into_owned();
+            format!("{entry} {}: {}", s.field, printable(&s.message))
+        })
+        .collect();
+    if skipped.len() > LOGGED_SKIPS {
+        named.push(format!("and {} more", skipped.len() - LOGGED_SKIPS));
+    }
+    format!(
+        "the catalog has entries this policy cannot take, which would lose their own numbers \
+         (change or remove them first, with the admin API or `spillway catalog`): {}",
+        named.join("; ")
+    )
 }
 
 /// Logs what a policy refuses in the catalog (a few lines, then a count) and counts it.
