@@ -570,3 +570,55 @@ async fn a_reload_that_would_drop_a_catalog_override_is_refused() {
     .await;
     assert!(taken.is_some(), "logs:\n{}", server.logs().join("\n"));
 }
+
+/// A database restored from a backup (or failed over to a replica behind it) and written
+/// again reuses the versions a node applied: "the changes after mine" would miss what
+/// replaced them and keep what the restore removed. The node sees that the change it applied
+/// last is no longer the database's at that version, and reads it whole again.
+#[tokio::test]
+async fn a_node_follows_a_database_that_went_back_in_time_and_on() {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let server = node(&url, &[]);
+    let put = |tenant: &'static str| {
+        let server = &server;
+        async move {
+            let path = format!("/v1/admin/tenants/{tenant}");
+            let body = Some(json!({"tier": "paid"}));
+            let (status, body) = admin(server, reqwest::Method::PUT, &path, body).await;
+            assert_eq!(status, 200, "{body}");
+            body["version"].as_u64().expect("a version")
+        }
+    };
+    assert_eq!(put("keep").await, 1);
+    assert_eq!(put("ghost").await, 2);
+    assert_eq!(check(&server, "ghost").await.0, "paid");
+    // Back to version 1, as a backup taken then would be.
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("the catalog file");
+    for sql in [
+        "DELETE FROM spillway_catalog_entries WHERE version > 1",
+        "UPDATE spillway_catalog_meta SET version = 1 WHERE id = 1",
+    ] {
+        sqlx::query(sql).execute(&pool).await.expect(sql);
+    }
+    pool.close().await;
+    // Written on: versions 2 and 3 again, for other tenants.
+    assert_eq!(put("a").await, 2);
+    assert_eq!(put("b").await, 3);
+    let caught_up = wait_until_async(Duration::from_secs(10), || async {
+        let tiers = (
+            check(&server, "ghost").await.0,
+            check(&server, "a").await.0,
+            check(&server, "b").await.0,
+        );
+        (tiers == ("free".into(), "paid".into(), "paid".into())).then_some(())
+    })
+    .await;
+    assert!(caught_up.is_some(), "logs:\n{}", server.logs().join("\n"));
+    assert!(server
+        .logs()
+        .iter()
+        .any(|l| l.contains("another change at this node's version")));
+}

@@ -10,7 +10,15 @@
 //! passes. Versions are allocated in commit order (see `spillway-catalog`), so "every change
 //! after `n`" never misses one, deletions included; a lost notification only delays a change
 //! by one poll. A database that stops answering leaves the catalog as it is (decisions go on)
-//! and marks it stale; the next successful poll catches up on everything written meanwhile.
+//! and marks it stale; the next successful poll reads it whole again.
+//!
+//! A database can go back in time: restored from a backup, or failed over to a replica that
+//! had not received the last writes, and then written again, reusing the versions the node
+//! has applied. "Every change after `n`" would then miss what replaced them, and keep what
+//! the restore removed (a revoked API key). So the node reads the database whole again when
+//! its version is behind the node's, after the database was unreachable (a restore or a
+//! failover cuts connections), and when the change the node applied last is no longer the
+//! one the database holds at that version ([`Mark`]).
 //!
 //! The snapshot is rewritten (atomically, off the async threads) after changes, at most once
 //! per [`SNAPSHOT_EVERY`], and once more at shutdown.
@@ -20,7 +28,7 @@ use crate::clock::ServerClock;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use spillway_catalog::{snapshot, CatalogDb};
-use spillway_core::catalog::Catalog;
+use spillway_core::catalog::{Catalog, Change};
 use spillway_core::engine::Engine;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -126,6 +134,7 @@ pub fn spawn(
         let mut written = node.status().version;
         let mut last_write = Instant::now();
         let mut migrate = settings.migrate;
+        let mut place = Place::default();
         loop {
             if migrate {
                 match db.migrate().await {
@@ -137,10 +146,11 @@ pub fn spawn(
                     }
                 }
             }
-            let result = follow(db.as_ref(), node, engine).await;
+            let result = follow(db.as_ref(), node, engine, &mut place).await;
             node.contact(clock.now(), result.clone());
             if let Err(error) = result {
                 tracing::warn!(%error, "catalog database unreachable; keeping the catalog in force");
+                place.lost_contact = true;
             }
             let version = node.status().version;
             if let Some(path) = &settings.snapshot {
@@ -181,17 +191,61 @@ pub fn spawn(
     }))
 }
 
+/// Where the node stands in the database's history, between two calls of [`follow`].
+#[derive(Debug, Default)]
+struct Place {
+    /// The change at the version the node applied, as the database held it then.
+    mark: Option<Mark>,
+    /// The last call failed: the database may have been restored or failed over since.
+    lost_contact: bool,
+}
+
+/// The change at the node's version, to check that the database still holds it there.
+#[derive(Debug, Clone, PartialEq)]
+struct Mark(Change);
+
 /// Brings the node up to the database: a whole load when it has not read the database itself
-/// yet (it booted empty or from its snapshot) or when the database is behind what the node
-/// applied (restored from a backup: what it says now is the truth); otherwise every change
-/// after the version in force, page by page.
-async fn follow(db: &dyn CatalogDb, node: &CatalogNode, engine: &Engine) -> Result<(), String> {
+/// yet (it booted empty or from its snapshot), when the database is behind what the node
+/// applied, when it was unreachable since the last call, or when it holds another change at
+/// the node's version (each of these: restored or failed over; what it says now is the
+/// truth); otherwise every change after the version in force, page by page.
+async fn follow(
+    db: &dyn CatalogDb,
+    node: &CatalogNode,
+    engine: &Engine,
+    place: &mut Place,
+) -> Result<(), String> {
     let current = db.version().await.map_err(|e| e.to_string())?;
     let status = node.status();
-    if status.origin != Origin::Database || current < status.version {
-        if current < status.version {
-            tracing::error!(applied = status.version, database = current,
-                "the catalog database is behind this node (restored from a backup?): reloading it whole");
+    let moved = match &place.mark {
+        Some(Mark(seen)) if seen.version == status.version && current >= seen.version => {
+            let at = (db.changes_since(seen.version - 1, 1).await).map_err(|e| e.to_string())?;
+            at.first()
+                .is_some_and(|c| c.version == seen.version && c != seen)
+        }
+        _ => false,
+    };
+    let whole = status.origin != Origin::Database
+        || current < status.version
+        || place.lost_contact
+        || moved;
+    if whole {
+        if status.origin == Origin::Database {
+            let why = if current < status.version {
+                "the database is behind this node"
+            } else if moved {
+                "the database holds another change at this node's version"
+            } else {
+                "the database was unreachable"
+            };
+            let level_error = current < status.version || moved;
+            if level_error {
+                tracing::error!(applied = status.version, database = current,
+                    "{why} (restored from a backup, or failed over?): reading the catalog whole again");
+            } else {
+                tracing::info!(applied = status.version, database = current,
+                    "{why}: reading the catalog whole again, in case it was restored or failed over");
+            }
         }
         let (version, entries) = db.load().await.map_err(|e| e.to_string())?;
         let count = entries.len();
@@ -199,8 +253,19 @@ async fn follow(db: &dyn CatalogDb, node: &CatalogNode, engine: &Engine) -> Resu
             Catalog::build(policy, version, entries)
         });
         tracing::info!(version, entries = count, "catalog loaded from the database");
+        place.lost_contact = false;
+        // The change at the version loaded; a write since then leaves it unknown (none is
+        // checked until the next change applied).
+        let at =
+            (db.changes_since(version.saturating_sub(1), 1).await).map_err(|e| e.to_string())?;
+        place.mark = at
+            .into_iter()
+            .next()
+            .filter(|c| c.version == version)
+            .map(Mark);
         return Ok(());
     }
+    place.lost_contact = false;
     if current == status.version {
         return Ok(());
     }
@@ -210,11 +275,12 @@ async fn follow(db: &dyn CatalogDb, node: &CatalogNode, engine: &Engine) -> Resu
             .changes_since(applied, PAGE)
             .await
             .map_err(|e| e.to_string())?;
-        if changes.is_empty() {
+        let Some(last) = changes.last() else {
             return Ok(());
-        }
+        };
         let full = changes.len() == PAGE;
         node.apply(engine, &changes);
+        place.mark = (last.version == node.status().version).then(|| Mark(last.clone()));
         if !full {
             return Ok(());
         }
