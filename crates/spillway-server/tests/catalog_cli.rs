@@ -274,6 +274,23 @@ fn put_get_patch_delete_round_trip(db: &Db) {
         text(&out.stderr)
     );
     expect(&catalog(db, &["delete", "tenant", "acme"]), 1);
+    // Checked against the built-in policy (no --config): said on success too; a read is not.
+    let again = catalog(db, &["patch", "tenant", "acme", "--tier", "paid"]);
+    assert!(
+        text(&again.stderr).contains("checked against the built-in policy"),
+        "{}",
+        text(&again.stderr)
+    );
+    let read = catalog(db, &["get", "tenant", "acme"]);
+    assert!(!text(&read.stderr).contains("built-in policy"));
+    let policy = example_policy();
+    let with_config = catalog(
+        db,
+        &[
+            "patch", "tenant", "acme", "--tier", "paid", "--config", &policy,
+        ],
+    );
+    assert!(!text(&with_config.stderr).contains("built-in policy"));
 }
 
 fn refused_writes_name_the_field_and_write_nothing(db: &Db) {

@@ -384,6 +384,21 @@ async fn run(args: CatalogCli) -> Result<(), Failure> {
         explicit_policy: args.config.is_some(),
         json: args.json,
     };
+    // A write checked against the built-in policy may store what the nodes' policy refuses
+    // (an override of a limit it lacks, which they would then skip): said on success too.
+    let checked_by_builtin = !ctx.explicit_policy
+        && match &args.command {
+            CatalogCommand::Put { .. } | CatalogCommand::Patch { .. } => true,
+            CatalogCommand::AddKey(_) => true,
+            CatalogCommand::Import(import) => import.from_policy.is_none(),
+            _ => false,
+        };
+    if checked_by_builtin {
+        eprintln!(
+            "note: checked against the built-in policy, not yours: pass --config FILE or set \
+             SPILLWAY_CONFIG to check writes against the policy your nodes serve"
+        );
+    }
     let result = dispatch(&ctx, args.command).await;
     ctx.db.close().await;
     result
