@@ -30,6 +30,11 @@ pub trait CatalogDb: Send + Sync {
     /// The backend's name for logs and metrics: `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
 
+    /// How many stored rows [`CatalogDb::load`] and [`CatalogDb::changes_since`] have skipped
+    /// (and logged) since this handle was opened because they did not decode: written outside
+    /// Spillway, or by a build whose types this one cannot read. An export checks it.
+    fn unreadable(&self) -> u64;
+
     /// Creates or upgrades the schema to the newest this build knows, in one transaction.
     /// Idempotent. Refuses ([`Error::SchemaTooNew`]) a database migrated by a newer Spillway.
     async fn migrate(&self) -> Result<Migrated, Error>;

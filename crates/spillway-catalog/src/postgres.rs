@@ -44,6 +44,8 @@ const UPSERT_TAIL: &str = " ON CONFLICT (kind, scope, id) DO UPDATE SET \
 /// A catalog in a PostgreSQL database.
 pub struct PgCatalog {
     pool: PgPool,
+    /// Rows `load` and `changes_since` skipped because they did not decode.
+    unreadable: std::sync::atomic::AtomicU64,
 }
 
 impl PgCatalog {
@@ -57,7 +59,10 @@ impl PgCatalog {
             .max_connections(8)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            unreadable: Default::default(),
+        })
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, Error> {
@@ -132,6 +137,10 @@ where
 
 #[async_trait]
 impl CatalogDb for PgCatalog {
+    fn unreadable(&self) -> u64 {
+        self.unreadable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn backend(&self) -> &'static str {
         "postgres"
     }
@@ -204,7 +213,7 @@ impl CatalogDb for PgCatalog {
                 .map_err(|e| Error::db("loading the catalog", e))?
             {
                 let key = row::key_of(kind, scope, id);
-                if let Some(entry) = row::decode_stored(kind, &body, &key, v) {
+                if let Some(entry) = row::decode_stored(kind, &body, &key, v, &self.unreadable) {
                     entries.push((key, entry));
                 }
             }
@@ -232,7 +241,7 @@ impl CatalogDb for PgCatalog {
             // A row that does not decode is skipped (and logged): the changes after it still
             // arrive.
             let entry = match body {
-                Some(body) => match row::decode_stored(kind, &body, &key, v) {
+                Some(body) => match row::decode_stored(kind, &body, &key, v, &self.unreadable) {
                     Some(entry) => Some(entry),
                     None => continue,
                 },

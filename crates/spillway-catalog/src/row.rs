@@ -126,10 +126,17 @@ pub(crate) fn decode(kind: Kind, body: &str, key: &EntryKey, version: i64) -> Re
 /// this build does not know (written by a newer Spillway during a rolling upgrade) are
 /// ignored with a warning, and a row that still does not decode is skipped with an error in
 /// the log (`None`), so one bad row never stops every later change from arriving.
-pub(crate) fn decode_stored(kind: Kind, body: &str, key: &EntryKey, version: i64) -> Option<Entry> {
+pub(crate) fn decode_stored(
+    kind: Kind,
+    body: &str,
+    key: &EntryKey,
+    version: i64,
+    unreadable: &std::sync::atomic::AtomicU64,
+) -> Option<Entry> {
     match decode_known(kind, body, key, version) {
         Ok(entry) => Some(entry),
         Err(err) => {
+            unreadable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let key = escaped(key);
             tracing::error!(%key, version, "catalog row skipped: {}", escaped(err));
             None
@@ -471,6 +478,9 @@ mod stored_tests {
         let key = EntryKey::Tenant {
             tenant: "acme".into(),
         };
+        let skipped = std::sync::atomic::AtomicU64::new(0);
+        let decode_stored =
+            |kind, body, key, version| decode_stored(kind, body, key, version, &skipped);
         let newer = r#"{"tier":"paid","colour":"red","overrides":{"m":{"limit":5,"jitter":2}}}"#;
         let Some(Entry::Tenant(record)) = decode_stored(Kind::Tenant, newer, &key, 7) else {
             panic!("a row with unknown fields is read");
@@ -489,6 +499,11 @@ mod stored_tests {
         assert_eq!(record.home_region.as_deref(), Some("eu"));
         assert_eq!(decode_stored(Kind::Tenant, "not json", &key, 8), None);
         assert_eq!(decode_stored(Kind::Tenant, r#"{"tier":5}"#, &key, 9), None);
+        assert_eq!(
+            skipped.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "counted"
+        );
         // The admin's reads say why a row does not decode.
         let err = decode_known(Kind::Tenant, r#"{"tier":5,"colour":1}"#, &key, 9).unwrap_err();
         assert!(err.to_string().contains("version 9"), "{err}");

@@ -39,6 +39,8 @@ const UPSERT_TAIL: &str = " ON CONFLICT (kind, scope, id) DO UPDATE SET \
 /// A catalog in a SQLite file.
 pub struct SqliteCatalog {
     pool: SqlitePool,
+    /// Rows `load` and `changes_since` skipped because they did not decode.
+    unreadable: std::sync::atomic::AtomicU64,
 }
 
 /// Whether opening `url` (whose file sqlx reads as `path`) would create a file: not for an
@@ -96,7 +98,10 @@ impl SqliteCatalog {
             .connect_with(options)
             .await
             .map_err(|e| Error::db(&format!("opening {url}"), e))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            unreadable: Default::default(),
+        })
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, Error> {
@@ -146,6 +151,10 @@ async fn commit(tx: Transaction<'static, Sqlite>) -> Result<(), Error> {
 
 #[async_trait]
 impl CatalogDb for SqliteCatalog {
+    fn unreadable(&self) -> u64 {
+        self.unreadable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn backend(&self) -> &'static str {
         "sqlite"
     }
@@ -221,7 +230,7 @@ impl CatalogDb for SqliteCatalog {
                 .map_err(|e| Error::db("loading the catalog", e))?
             {
                 let key = row::key_of(kind, scope, id);
-                if let Some(entry) = row::decode_stored(kind, &body, &key, v) {
+                if let Some(entry) = row::decode_stored(kind, &body, &key, v, &self.unreadable) {
                     entries.push((key, entry));
                 }
             }
@@ -249,7 +258,7 @@ impl CatalogDb for SqliteCatalog {
             // A row that does not decode is skipped (and logged): the changes after it still
             // arrive.
             let entry = match body {
-                Some(body) => match row::decode_stored(kind, &body, &key, v) {
+                Some(body) => match row::decode_stored(kind, &body, &key, v, &self.unreadable) {
                     Some(entry) => Some(entry),
                     None => continue,
                 },

@@ -580,6 +580,33 @@ fn raw_sqlite(url: &str, sql: &str) {
     });
 }
 
+/// A row that does not decode (written outside Spillway) makes `export` fail, printing
+/// nothing: a backup script checking the exit status must not keep an incomplete backup.
+#[test]
+fn sqlite_an_export_with_an_unreadable_row_fails_whole() {
+    on_sqlite(|db| {
+        migrated(db);
+        for tenant in ["acme", "globex"] {
+            expect(
+                &catalog(db, &["put", "tenant", tenant, "--tier", "free"]),
+                0,
+            );
+        }
+        raw_sqlite(
+            &db.url,
+            r#"UPDATE spillway_catalog_entries SET body = '{"tier":5}' WHERE id = 'acme'"#,
+        );
+        let out = catalog(db, &["export"]);
+        let stderr = text_of(&out, 2);
+        assert!(
+            stderr.contains("1 stored rows could not be read"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("acme"), "the row is named: {stderr}");
+        assert_eq!(text(&out.stdout), "", "nothing exported");
+    });
+}
+
 /// A row a newer build wrote, with a field this build does not know: `get` shows what this
 /// build knows and says on stderr what it set aside (the CLI had no logger, so it said
 /// nothing); a patch of a known field keeps the other; a patch setting the other to null is

@@ -24,6 +24,14 @@ type Numbered = Vec<(Option<usize>, (EntryKey, Entry))>;
 /// `spillway catalog export`.
 pub async fn export(ctx: &Context) -> Result<(), Failure> {
     let (version, mut entries) = ctx.db.load().await.map_err(|e| ctx.db_failure(e))?;
+    // A backup missing rows must not look like a good one: nothing is printed.
+    let unreadable = ctx.db.unreadable();
+    if unreadable > 0 {
+        return Err(Failure::Database(format!(
+            "{unreadable} stored rows could not be read (each named above): an export without \
+             them would be incomplete, so nothing was exported; fix or delete them first"
+        )));
+    }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
