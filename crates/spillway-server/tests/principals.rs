@@ -1120,3 +1120,78 @@ tiers:
         );
     }
 }
+
+/// Forged tokens cost a signature check each and are refused before any limit counts them:
+/// each address may fail its burst (50), then 10 a second; past that a token the cache does
+/// not hold is refused unchecked (429, `too_many_failures`). Tokens already verified, and
+/// other addresses, are not held back.
+#[tokio::test]
+async fn an_address_sending_forged_tokens_is_held_to_a_budget_of_failures() {
+    let server = Server::with_policy(&jwt_policy("")).start();
+    let good = sign(Algorithm::RS256, Some("rsa-1"), &claims("tenant-a", "u"));
+    let from = |ip: &str| json!({ "ip": ip });
+    // Verified (and cached) before the flood.
+    assert_eq!(check(&server, &good, from("203.0.113.9")).await.0, 200);
+    let forged = |i: usize| {
+        let mut c = claims("tenant-a", "u");
+        c["jti"] = json!(i);
+        let token = sign(Algorithm::RS256, Some("rsa-1"), &c);
+        // The same header and claims, another signature.
+        let (signed, _) = token.rsplit_once('.').expect("three parts");
+        format!("{signed}.{}", "A".repeat(342))
+    };
+    let verifications = || async {
+        let text = server.metrics().await;
+        metric(&text, "spillway_principal_token_verifications_total", &[]).unwrap_or(0.0)
+    };
+    let before = verifications().await;
+    let mut refused = Vec::new();
+    for i in 0..60 {
+        let (status, v) = check(&server, &forged(i), from("203.0.113.9")).await;
+        refused.push((status, v["reason"].as_str().unwrap_or_default().to_owned()));
+    }
+    let bad = (401, "bad_signature".to_owned());
+    let held = (429, "too_many_failures".to_owned());
+    assert_eq!(refused[..50], vec![bad.clone(); 50]);
+    assert_eq!(refused[50..], vec![held.clone(); 10]);
+    assert_eq!(verifications().await - before, 50.0, "checked no further");
+    // The cached token still passes from there; another address is checked as ever.
+    assert_eq!(check(&server, &good, from("203.0.113.9")).await.0, 200);
+    let (status, v) = check(&server, &forged(99), from("198.51.100.1")).await;
+    assert_eq!((status, v["reason"].as_str()), (401, Some("bad_signature")));
+    // A tenth of a second forgives one.
+    server.advance_ms(100).await;
+    let (status, v) = check(&server, &forged(100), from("203.0.113.9")).await;
+    assert_eq!((status, v["reason"].as_str()), (401, Some("bad_signature")));
+    let response = server
+        .http
+        .post(server.url("/v1/check"))
+        .bearer_auth(forged(101))
+        .body(from("203.0.113.9").to_string())
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 429);
+    assert_eq!(
+        response.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    // `/v1/authorize` (the peer's address here) answers a held check as a denial, for the
+    // proxy's 429 page.
+    let authorize = |token: String| {
+        (server.http.get(server.url("/v1/authorize")))
+            .bearer_auth(token)
+            .send()
+    };
+    for i in 200..250 {
+        assert_eq!(authorize(forged(i)).await.expect("answer").status(), 401);
+    }
+    let held = authorize(forged(250)).await.expect("answer");
+    assert_eq!(held.status(), 429);
+    assert_eq!(
+        held.headers()
+            .get("x-spillway-unauthenticated")
+            .map(|v| v.as_bytes()),
+        Some(&b"too_many_failures"[..])
+    );
+}

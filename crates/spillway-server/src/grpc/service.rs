@@ -192,6 +192,7 @@ impl Rls {
         let entries = Entries(descriptors);
         let mut presented = principal::presented(&entries, config);
         presented.ip = carries_ip(descriptors);
+        presented.address = address(descriptors);
         presented.grace = grace;
         let now = self.0.app.clock.now();
         match self
@@ -377,6 +378,14 @@ fn carries_ip(descriptors: &[RateLimitDescriptor]) -> bool {
             .iter()
             .any(|e| e.key == "ip" || e.key == "remote_address")
     })
+}
+
+/// The client's address: the first `ip` or `remote_address` entry that reads as one (Envoy
+/// writes the address alone; a `masked_remote_address` network is not an address).
+fn address(descriptors: &[RateLimitDescriptor]) -> Option<std::net::IpAddr> {
+    (descriptors.iter().flat_map(|d| &d.entries))
+        .filter(|e| e.key == "ip" || e.key == "remote_address")
+        .find_map(|e| e.value.parse().ok())
 }
 
 /// The first `tenant` and `user` entries among the descriptors, for the top-k lists and the

@@ -118,10 +118,14 @@ async fn answer(
     let nobody = Presented::default();
     if let Err(problem) = principal::identify(app, &policy, headers, nobody, true, &mut attrs).await
     {
-        let status = policy
-            .principals()
-            .and_then(|p| StatusCode::from_u16(p.invalid_status).ok())
-            .unwrap_or(StatusCode::UNAUTHORIZED);
+        // Throttled credential checks are answered as a denial (the proxy's 429 page, with
+        // its Retry-After); a refused credential with the policy's `invalid_status`.
+        let status = match problem.reason() {
+            Some(crate::principal::Reason::TooManyFailures) => settings.deny_status,
+            _ => (policy.principals())
+                .and_then(|p| StatusCode::from_u16(p.invalid_status).ok())
+                .unwrap_or(StatusCode::UNAUTHORIZED),
+        };
         // The reason in a header too: nginx's `auth_request_set` can read headers, not bodies.
         let reason = problem.reason().map_or("", |r| r.as_str());
         let named = [(principal::REASON_HEADER, reason)];

@@ -4,7 +4,7 @@
 //! `reason` names what was wrong (a 403 `tenant_mismatch` for a credential used on another
 //! tenant's host; `/v1/authorize` answers the policy's `invalid_status`).
 
-use crate::http::problem::{Problem, FORBIDDEN, UNAUTHENTICATED};
+use crate::http::problem::{Problem, FORBIDDEN, TOO_MANY_FAILURES, UNAUTHENTICATED};
 use crate::principal::{self, Lookup, Presented, Reason};
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
@@ -114,6 +114,7 @@ pub async fn identify(
             host: own.host.is_none() && host_from_headers && found.malformed.host,
         },
         ip: attrs.ip.is_some(),
+        address: attrs.ip,
         grace: own.grace,
     };
     let now = app.clock.now();
@@ -133,6 +134,14 @@ pub async fn identify(
 /// (`tenant_mismatch`). `/v1/authorize` answers either with the policy's `invalid_status`.
 fn refusal(reason: Reason) -> Problem {
     let problem = match reason {
+        // Not a verdict on the credential: the address may try again shortly.
+        Reason::TooManyFailures => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            TOO_MANY_FAILURES,
+            "Too many failed credentials",
+            reason.describe(),
+        )
+        .with_retry_after(std::time::Duration::from_secs(1)),
         Reason::TenantMismatch => Problem::new(
             StatusCode::FORBIDDEN,
             FORBIDDEN,

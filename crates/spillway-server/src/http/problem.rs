@@ -26,6 +26,9 @@ pub const UNAUTHENTICATED: &str = "urn:spillway:problem:unauthenticated";
 /// Problem type of a valid credential used where it does not belong: a host naming another
 /// tenant (`reason: tenant_mismatch`).
 pub const FORBIDDEN: &str = "urn:spillway:problem:forbidden";
+/// Problem type of a request whose token was not checked because too many credentials from
+/// its address failed verification lately (`reason: too_many_failures`); retry shortly.
+pub const TOO_MANY_FAILURES: &str = "urn:spillway:problem:too-many-failed-credentials";
 /// Problem type of a tenant the admin API would not delete: it still has users or API keys
 /// (delete them first, or ask with `?cascade=true`).
 pub const TENANT_HOLDS: &str = "urn:spillway:problem:tenant-holds";

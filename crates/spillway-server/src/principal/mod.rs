@@ -10,11 +10,13 @@
 //! leaves open. Without the section, nothing here runs.
 //!
 //! Layout: [`jwt`] (header, signature, claims), [`jwks`] (keys from a file or URL),
-//! [`cache`] (verified tokens by digest, bounded), [`api_key`] (catalog lookup by SHA-256),
+//! [`cache`] (verified tokens by digest, bounded), [`failures`] (failed verifications per
+//! address, bounded), [`api_key`] (catalog lookup by SHA-256),
 //! [`subdomain`] (tenant from the host), [`metrics`].
 
 pub mod api_key;
 pub mod cache;
+pub mod failures;
 pub mod jwks;
 pub mod jwt;
 pub mod metrics;
@@ -87,6 +89,10 @@ pub enum Reason {
     /// The host names a catalog tenant other than the verified credential's
     /// (`principals.subdomain.must_match`).
     TenantMismatch,
+    /// Too many credentials from the request's address failed verification lately: a token
+    /// the cache does not hold is not checked until the address's budget refills
+    /// ([`failures`]).
+    TooManyFailures,
 }
 
 /// Written as its word (a problem document's `reason`).
@@ -112,6 +118,7 @@ impl Reason {
             Self::MissingClaim => "missing_claim",
             Self::UnknownApiKey => "unknown_api_key",
             Self::TenantMismatch => "tenant_mismatch",
+            Self::TooManyFailures => "too_many_failures",
         }
     }
 
@@ -132,6 +139,10 @@ impl Reason {
             Self::TenantMismatch => {
                 "the host names another tenant than the one the credential belongs to, or \
                  cannot be read as one host"
+            }
+            Self::TooManyFailures => {
+                "too many credentials from this address failed verification lately; a new \
+                 token is checked again once its budget refills"
             }
         }
     }
@@ -159,6 +170,9 @@ pub struct Presented<'a> {
     /// would escape every per-IP limit of the anonymous tier). Set by the transport (HTTP:
     /// the request's `ip`; Envoy: an `ip` or `remote_address` entry in every descriptor).
     pub ip: bool,
+    /// The client's address, when the transport knows it: failed verifications are counted
+    /// against it ([`failures`]).
+    pub address: Option<std::net::IpAddr>,
     /// How long past its expiry (and the leeway) a token is still taken: zero for a check.
     /// A report gets [`REPORT_GRACE`]: it comes after the response, with the token its request
     /// was checked with, which may have run out since; refusing it would let a token near its
@@ -372,6 +386,7 @@ struct Verifier {
 pub struct PrincipalState {
     current: ArcSwapOption<Verifier>,
     building: tokio::sync::Mutex<()>,
+    failures: failures::FailureBudget,
 }
 
 impl PrincipalState {
@@ -471,11 +486,12 @@ impl PrincipalState {
                         // cookies, which one is stale is judged as a check judges it (no
                         // grace), so a report decides as its check did; the one chosen is then
                         // read with the report's grace.
-                        let first = self.token(config, token, now).await;
+                        let first = self.token(config, token, presented.address, now).await;
                         let verified = match presented.second_token {
                             None => first,
                             Some(other) => {
-                                let second = self.token(config, other, now).await;
+                                let second =
+                                    self.token(config, other, presented.address, now).await;
                                 let judged = |grace| {
                                     one_of_two(
                                         &judge(&first, now, grace),
@@ -533,11 +549,13 @@ impl PrincipalState {
     }
 
     /// The token verified, or found verified in the cache, whatever its age: whether it has
-    /// run out is the caller's to judge ([`jwt::Verified::expired`]).
+    /// run out is the caller's to judge ([`jwt::Verified::expired`]). One not in the cache is
+    /// checked only while `address` may still fail ([`failures`]), and a failure counts.
     async fn token(
         &self,
         config: &Arc<Principals>,
         token: &str,
+        address: Option<std::net::IpAddr>,
         now: Micros,
     ) -> Result<jwt::Verified, Reason> {
         let verifier = self.verifier(config, now).await;
@@ -557,8 +575,21 @@ impl PrincipalState {
             let keys = Arc::clone(keys);
             tokio::spawn(async move { keys.refetch(now).await });
         }
+        if let Some(address) = address {
+            if self.failures.admits(address, now).is_err() {
+                return Err(Reason::TooManyFailures);
+            }
+        }
         metrics::record_verification();
-        let mut verified = jwt::verify(token, settings, keys, now).await?;
+        let mut verified = match jwt::verify(token, settings, keys, now).await {
+            Ok(verified) => verified,
+            Err(reason) => {
+                if let Some(address) = address {
+                    self.failures.charge(address, now);
+                }
+                return Err(reason);
+            }
+        };
         if let KeySource::Url { refresh, .. } = &settings.keys {
             // Keys from a URL may be withdrawn: verify again after one refresh interval.
             verified.recheck = Some(now.saturating_add(*refresh));
@@ -591,6 +622,10 @@ fn one_of_two(
     second: &Result<Principal, Reason>,
 ) -> Result<Which, Reason> {
     match (first, second) {
+        // One not checked at all: whether it names the same caller cannot be told.
+        (Err(Reason::TooManyFailures), _) | (_, Err(Reason::TooManyFailures)) => {
+            Err(Reason::TooManyFailures)
+        }
         (Ok(a), Ok(b)) if a == b => Ok(First),
         (Ok(_), Ok(_)) => Err(Reason::Malformed),
         (Ok(_), Err(Reason::Expired)) => Ok(First),

@@ -298,4 +298,8 @@ fn of_two_token_cookies_only_one_caller_is_taken() {
     assert_eq!(one_of_two(&a, &forged), Err(Reason::Malformed));
     assert_eq!(one_of_two(&expired, &expired), Err(Reason::Expired));
     assert_eq!(one_of_two(&forged, &a), Err(Reason::Malformed));
+    // A token not checked at all (its address out of budget) cannot be told apart.
+    let held = Err(Reason::TooManyFailures);
+    assert_eq!(one_of_two(&a, &held), Err(Reason::TooManyFailures));
+    assert_eq!(one_of_two(&held, &expired), Err(Reason::TooManyFailures));
 }
