@@ -380,12 +380,33 @@ fn carries_ip(descriptors: &[RateLimitDescriptor]) -> bool {
     })
 }
 
-/// The client's address: the first `ip` or `remote_address` entry that reads as one (Envoy
-/// writes the address alone; a `masked_remote_address` network is not an address).
+/// The client's address, for its budget of failed token checks: Envoy's own `remote_address`
+/// first, then a `masked_remote_address` network no wider than the budget's subject (an IPv4
+/// `/32`, an IPv6 `/64`), then an `ip` entry (which a route may take from a header).
 fn address(descriptors: &[RateLimitDescriptor]) -> Option<std::net::IpAddr> {
-    (descriptors.iter().flat_map(|d| &d.entries))
-        .filter(|e| e.key == "ip" || e.key == "remote_address")
-        .find_map(|e| e.value.parse().ok())
+    use std::net::IpAddr;
+    let entries = || descriptors.iter().flat_map(|d| &d.entries);
+    let plain = |key: &str| {
+        entries()
+            .filter(|e| e.key == key)
+            .find_map(|e| e.value.trim().parse::<IpAddr>().ok())
+    };
+    let masked = || {
+        entries()
+            .filter(|e| e.key == "masked_remote_address")
+            .find_map(|e| {
+                let (address, bits) = e.value.trim().split_once('/')?;
+                let (address, bits) = (address.parse::<IpAddr>().ok()?, bits.parse::<u8>().ok()?);
+                let narrow = match address {
+                    IpAddr::V4(_) => bits >= 32,
+                    IpAddr::V6(_) => bits >= 64,
+                };
+                narrow.then_some(address)
+            })
+    };
+    plain("remote_address")
+        .or_else(masked)
+        .or_else(|| plain("ip"))
 }
 
 /// The first `tenant` and `user` entries among the descriptors, for the top-k lists and the
@@ -433,7 +454,7 @@ fn check_shape(request: &RateLimitRequest) -> Result<bool, String> {
 
 #[cfg(test)]
 mod descriptor_tests {
-    use super::{carries_ip, who};
+    use super::{address, carries_ip, who};
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 
@@ -481,5 +502,28 @@ mod descriptor_tests {
         let both = [back, own];
         let named = who(&both);
         assert_eq!((named.tenant, named.user), (Some("acme"), Some("alice")));
+    }
+
+    #[test]
+    fn the_address_is_envoys_own_first() {
+        let addr = |d: Vec<RateLimitDescriptor>| address(&d).map(|a| a.to_string());
+        let header_ip = descriptor(&[("ip", "198.51.100.7")]);
+        let envoy = descriptor(&[("remote_address", " 203.0.113.9 ")]);
+        assert_eq!(
+            addr(vec![header_ip.clone(), envoy]).as_deref(),
+            Some("203.0.113.9"),
+            "remote_address before a header's ip, trimmed"
+        );
+        let masked = |net: &str| descriptor(&[("masked_remote_address", net)]);
+        assert_eq!(
+            addr(vec![header_ip.clone(), masked("2001:db8:1:2::/64")]).as_deref(),
+            Some("2001:db8:1:2::")
+        );
+        assert_eq!(
+            addr(vec![header_ip.clone(), masked("203.0.113.0/24")]).as_deref(),
+            Some("198.51.100.7"),
+            "a network wider than one subject is no address"
+        );
+        assert_eq!(addr(vec![descriptor(&[("tenant", "t")])]), None);
     }
 }

@@ -11,6 +11,7 @@
 //! ([`ADDRESSES`]), so a flood from many addresses cannot grow it; one evicted starts again
 //! with a full budget.
 
+use spillway_core::policy::carried_v4;
 use spillway_core::time::{Micros, SECOND};
 use std::net::IpAddr;
 
@@ -41,18 +42,13 @@ impl Default for FailureBudget {
 }
 
 impl FailureBudget {
-    /// `Err(wait)` while `address` has spent its budget at `now`: how long until one more
-    /// failure fits.
-    pub fn admits(&self, address: IpAddr, now: Micros) -> Result<(), Micros> {
+    /// Whether `address` may still fail at `now` (one more failure would not push it past a
+    /// full burst ahead of now).
+    pub fn admits(&self, address: IpAddr, now: Micros) -> bool {
         let Some(whole_at) = self.whole_at.get(&subject(address)) else {
-            return Ok(());
+            return true;
         };
-        // One more failure would push it past a full burst ahead of now.
-        let allowed_at = (whole_at + INTERVAL).saturating_sub(BURST * INTERVAL);
-        match allowed_at > now {
-            true => Err(allowed_at - now),
-            false => Ok(()),
-        }
+        (whole_at + INTERVAL).saturating_sub(BURST * INTERVAL) <= now
     }
 
     /// Counts a failed verification from `address` at `now`.
@@ -63,11 +59,19 @@ impl FailureBudget {
     }
 }
 
-/// The budget's subject: an IPv4 address (IPv4-mapped IPv6 included) or an IPv6 `/64`, the
-/// least one holder of IPv6 space has.
+/// The budget's subject, as the policy's `ip` dimension counts an address: an IPv4 address
+/// (IPv4-mapped IPv6, and a 6to4, Teredo or NAT64 address standing for one, included: else
+/// the holder of one IPv4 address would have 65,536 6to4 `/64`s to fail from, and every
+/// NAT64 client would share one budget) or an IPv6 `/64`, the least one holder of IPv6 space
+/// has.
 fn subject(address: IpAddr) -> u128 {
-    match address.to_canonical() {
+    let address = match address.to_canonical() {
+        IpAddr::V6(v6) => carried_v4(v6, 128).map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match address {
         IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        // Its low 64 bits cleared and bit 32 set: no IPv4 address (below 2^32) reads the same.
         IpAddr::V6(v6) => (u128::from(v6) & !u128::from(u64::MAX)) | 1 << 32,
     }
 }
@@ -86,23 +90,23 @@ mod tests {
         let (a, b) = (ip("203.0.113.7"), ip("203.0.113.8"));
         let now = 1_000 * SECOND;
         for _ in 0..BURST {
-            assert_eq!(budget.admits(a, now), Ok(()));
+            assert!(budget.admits(a, now));
             budget.charge(a, now);
         }
-        assert_eq!(budget.admits(a, now), Err(INTERVAL), "the burst is spent");
-        assert_eq!(budget.admits(b, now), Ok(()), "another address is not");
+        assert!(!budget.admits(a, now), "the burst is spent");
+        assert!(budget.admits(b, now), "another address's is not");
         // One more a tenth of a second later, and no sooner.
-        assert_eq!(budget.admits(a, now + INTERVAL - 1), Err(1));
-        assert_eq!(budget.admits(a, now + INTERVAL), Ok(()));
+        assert!(!budget.admits(a, now + INTERVAL - 1));
+        assert!(budget.admits(a, now + INTERVAL));
         budget.charge(a, now + INTERVAL);
-        assert!(budget.admits(a, now + INTERVAL).is_err());
+        assert!(!budget.admits(a, now + INTERVAL));
         // Whole again once every failure is forgiven.
         let later = now + (BURST + 1) * INTERVAL;
         for _ in 0..BURST {
-            assert_eq!(budget.admits(a, later), Ok(()));
+            assert!(budget.admits(a, later));
             budget.charge(a, later);
         }
-        assert!(budget.admits(a, later).is_err());
+        assert!(!budget.admits(a, later));
     }
 
     #[test]
@@ -119,6 +123,12 @@ mod tests {
             subject(ip("::ffff:203.0.113.7")),
             subject(ip("203.0.113.7"))
         );
+        // 6to4, Teredo and NAT64 addresses are the IPv4 address they stand for.
+        let v4 = subject(ip("192.0.2.1"));
+        assert_eq!(subject(ip("2002:c000:201:1::1")), v4);
+        assert_eq!(subject(ip("2002:c000:201:ffff::1")), v4);
+        assert_eq!(subject(ip("64:ff9b::c000:201")), v4);
+        assert_ne!(subject(ip("64:ff9b::c000:202")), v4);
         // No IPv6 network reads as an IPv4 address.
         assert_ne!(subject(ip("::")), subject(ip("0.0.0.0")));
     }

@@ -8,6 +8,7 @@
 //! only sets [`Verified::until`]: whether the token has run out is its caller's to judge with
 //! [`Verified::expired`], which knows how long past its expiry the request may take it.
 
+use super::failures::FailureBudget;
 use super::jwks::Keys;
 use super::{Principal, Reason};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use spillway_core::policy::principal::{ClaimPath, JwtAlgorithm, JwtSettings};
 use spillway_core::time::Micros;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The longest token read; real ones are a few hundred bytes to a few kilobytes.
@@ -82,6 +84,26 @@ pub fn header(token: &str) -> Result<(JwtAlgorithm, Option<String>), Reason> {
     Ok((alg, header.kid))
 }
 
+/// Whether `token` says, unverified, that it ran out (its `exp` plus `leeway`) more than
+/// `grace` before `now`. Such a token is stale whoever signed it: no server takes it.
+pub fn says_dead(token: &str, leeway: Micros, now: Micros, grace: Micros) -> bool {
+    let Some(payload) = token.split('.').nth(1) else {
+        return false;
+    };
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(payload) else {
+        return false;
+    };
+    #[derive(Deserialize)]
+    struct Exp {
+        exp: f64,
+    }
+    let Ok(Exp { exp }) = serde_json::from_slice::<Exp>(&bytes) else {
+        return false;
+    };
+    let until = (exp.max(0.0) * 1e6).min(u64::MAX as f64) as Micros;
+    exp.is_finite() && until.saturating_add(leeway).saturating_add(grace) <= now
+}
+
 fn library(alg: JwtAlgorithm) -> Algorithm {
     match alg {
         JwtAlgorithm::HS256 => Algorithm::HS256,
@@ -93,12 +115,16 @@ fn library(alg: JwtAlgorithm) -> Algorithm {
 
 /// Verifies `token` with `keys` under `settings` at `now`, all but its expiry (see
 /// [`Verified::expired`]). A key id the set does not know triggers one refetch of a JWKS URL
-/// (at most once per refresh interval).
+/// (at most once per refresh interval). With `budget`, the signature check (the costly part,
+/// reached only by a token naming an allowed algorithm and a known key) is made only while the
+/// address may still fail, and a token failing it, or the claims after it, is counted
+/// against the address ([`FailureBudget`]).
 pub async fn verify(
     token: &str,
     settings: &JwtSettings,
     keys: &Keys,
     now: Micros,
+    budget: Option<(&FailureBudget, IpAddr)>,
 ) -> Result<Verified, Reason> {
     if token.len() > MAX_TOKEN {
         return Err(Reason::Malformed);
@@ -122,6 +148,25 @@ pub async fn verify(
         // offered as an HMAC secret, for instance.
         return Err(Reason::DisallowedAlgorithm);
     }
+    if budget.is_some_and(|(budget, address)| !budget.admits(address, now)) {
+        return Err(Reason::TooManyFailures);
+    }
+    super::metrics::record_verification();
+    let checked = signed_claims(token, settings, key, alg, now);
+    if let (Err(_), Some((budget, address))) = (&checked, budget) {
+        budget.charge(address, now);
+    }
+    checked
+}
+
+/// The signature check and the claims after it.
+fn signed_claims(
+    token: &str,
+    settings: &JwtSettings,
+    key: &super::jwks::Key,
+    alg: JwtAlgorithm,
+    now: Micros,
+) -> Result<Verified, Reason> {
     let mut validation = Validation::new(library(alg));
     validation.validate_exp = false;
     validation.validate_nbf = false;

@@ -171,7 +171,8 @@ pub struct Presented<'a> {
     /// the request's `ip`; Envoy: an `ip` or `remote_address` entry in every descriptor).
     pub ip: bool,
     /// The client's address, when the transport knows it: failed verifications are counted
-    /// against it ([`failures`]).
+    /// against it ([`failures`]). (Whether an anonymous caller may be counted by address is
+    /// [`Self::ip`], judged over every descriptor on Envoy's service.)
     pub address: Option<std::net::IpAddr>,
     /// How long past its expiry (and the leeway) a token is still taken: zero for a check.
     /// A report gets [`REPORT_GRACE`]: it comes after the response, with the token its request
@@ -299,18 +300,21 @@ fn bearer(value: &str) -> &str {
 
 /// The value of one `name=value` pair of a `Cookie` header, if some server could read it as
 /// cookie `name`: white space around the name and the value aside (Django and Starlette strip
-/// Unicode white space from the name: [`trim_white`]), a name percent-encoded (older PHP and
-/// Rack decode it), letters of either case (ASP.NET Core), `.` and a space standing for `_`
-/// (PHP); and the value's quotes. A name some server reads as the token cookie but this one
-/// did not would let a client holding a valid token be counted as anonymous.
+/// Unicode white space from the name: [`trim_white`]), the name as older PHP and Rack decode
+/// it ([`url_decoded`]), letters of either case (ASP.NET Core), `.`, a space and `[` standing
+/// for `_` (PHP); and the value's quotes. A name some server reads as the token cookie but
+/// this one did not would let a client holding a valid token be counted as anonymous.
 fn cookie<'a>(pair: &'a [u8], name: &str) -> Option<&'a [u8]> {
     let at = pair.iter().position(|&b| b == b'=')?;
     let (n, v) = (trim_white(&pair[..at]), pair[at + 1..].trim_ascii());
-    let folded = |b: u8| match b.to_ascii_lowercase() {
-        b'.' | b' ' => b'_',
+    let folded = |b: &u8| match b.to_ascii_lowercase() {
+        b'.' | b' ' | b'[' => b'_',
         b => b,
     };
-    let same = percent_decoded(n).map(folded).eq(name.bytes().map(folded));
+    let is_name = |n: &[u8]| n.iter().map(folded).eq(name.as_bytes().iter().map(folded));
+    // Decoded only when there is something to decode (no allocation for the usual pair).
+    let encoded = n.iter().any(|b| matches!(b, b'%' | b'+'));
+    let same = is_name(n) || (encoded && is_name(trim_white(&url_decoded(n))));
     same.then(|| {
         let unquoted = v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\""));
         unquoted.unwrap_or(v)
@@ -318,26 +322,20 @@ fn cookie<'a>(pair: &'a [u8], name: &str) -> Option<&'a [u8]> {
 }
 
 /// `bytes` without the white space at either end that some server strips from a cookie's name:
-/// Python's (ASCII white space and `\x1c`-`\x1f`; `\x85` and `\xa0` as Latin-1, the way
-/// Starlette reads headers) and Unicode's in UTF-8 (Django over WSGI), and a byte order mark.
+/// Unicode's in UTF-8 (Django over WSGI) and a byte order mark, and single bytes as Python
+/// strips them from Latin-1 text (Starlette reads headers so): ASCII white space,
+/// `\x1c`-`\x1f`, `\x85` and `\xa0`. UTF-8 sequences are tried first: `\x85` and `\xa0` end
+/// some of them.
 fn trim_white(mut bytes: &[u8]) -> &[u8] {
-    let single = |b: u8| b.is_ascii_whitespace() || matches!(b, 0x0b | 0x1c..=0x1f | 0x85 | 0xa0);
+    let single = |b: &u8| b.is_ascii_whitespace() || matches!(b, 0x0b | 0x1c..=0x1f | 0x85 | 0xa0);
+    // One character of several bytes, white.
     let white = |c: &[u8]| {
-        std::str::from_utf8(c)
-            .ok()
-            .and_then(|s| s.chars().next())
-            .is_some_and(|c| c.is_whitespace() || c == '\u{feff}')
+        let mut chars = std::str::from_utf8(c).map_or("".chars(), str::chars);
+        let (one, none) = (chars.next(), chars.next());
+        none.is_none() && one.is_some_and(|c| c.is_whitespace() || c == '\u{feff}')
     };
     'trim: loop {
-        if let Some((_, rest)) = bytes.split_first().filter(|(&b, _)| single(b)) {
-            bytes = rest;
-            continue;
-        }
-        if let Some((_, rest)) = bytes.split_last().filter(|(&b, _)| single(b)) {
-            bytes = rest;
-            continue;
-        }
-        for len in 2..=3 {
+        for len in [3, 2] {
             if bytes.len() >= len && white(&bytes[..len]) {
                 bytes = &bytes[len..];
                 continue 'trim;
@@ -347,30 +345,37 @@ fn trim_white(mut bytes: &[u8]) -> &[u8] {
                 continue 'trim;
             }
         }
-        return bytes;
+        match bytes {
+            [first, rest @ ..] if single(first) => bytes = rest,
+            [rest @ .., last] if single(last) => bytes = rest,
+            _ => return bytes,
+        }
     }
 }
 
-/// `bytes` with each `%XX` (two hex digits) read as the byte it stands for.
-fn percent_decoded(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
-    let hex = |b: u8| char::from(b).to_digit(16);
+/// A cookie name as older PHP (before 7.4.31, 8.0.24 and 8.1.11) and Rack decoded it: each
+/// `%XX` the byte it stands for, `+` a space, and the name cut at a NUL byte (PHP reads it as
+/// a C string).
+fn url_decoded(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: Option<&u8>| b.and_then(|&b| char::from(b).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    std::iter::from_fn(move || {
-        let b = *bytes.get(i)?;
-        let encoded = (b == b'%')
-            .then(|| Some(hex(*bytes.get(i + 1)?)? * 16 + hex(*bytes.get(i + 2)?)?))
-            .flatten();
-        match encoded {
-            Some(decoded) => {
-                i += 3;
-                Some(decoded as u8)
+    while let Some(&b) = bytes.get(i) {
+        let byte = match (b, hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(high), Some(low)) => {
+                i += 2;
+                (high * 16 + low) as u8
             }
-            None => {
-                i += 1;
-                Some(b)
-            }
+            (b'+', ..) => b' ',
+            (b, ..) => b,
+        };
+        if byte == 0 {
+            break;
         }
-    })
+        out.push(byte);
+        i += 1;
+    }
+    out
 }
 
 /// What one `principals:` configuration needs at run time: its JWKS and its token cache.
@@ -486,12 +491,14 @@ impl PrincipalState {
                         // cookies, which one is stale is judged as a check judges it (no
                         // grace), so a report decides as its check did; the one chosen is then
                         // read with the report's grace.
-                        let first = self.token(config, token, presented.address, now).await;
+                        // A report is never held back by its address's failures: it pays for a
+                        // request already admitted (the same token may not be cached here).
+                        let address = presented.address.filter(|_| presented.grace == 0);
+                        let first = self.token(config, token, address, now).await;
                         let verified = match presented.second_token {
                             None => first,
                             Some(other) => {
-                                let second =
-                                    self.token(config, other, presented.address, now).await;
+                                let second = self.token(config, other, address, now).await;
                                 let judged = |grace| {
                                     one_of_two(
                                         &judge(&first, now, grace),
@@ -549,8 +556,9 @@ impl PrincipalState {
     }
 
     /// The token verified, or found verified in the cache, whatever its age: whether it has
-    /// run out is the caller's to judge ([`jwt::Verified::expired`]). One not in the cache is
-    /// checked only while `address` may still fail ([`failures`]), and a failure counts.
+    /// run out is the caller's to judge ([`jwt::Verified::expired`]). One not in the cache has
+    /// its signature checked only while `address` may still fail ([`failures`]), and a
+    /// failure counts; without an address, always.
     async fn token(
         &self,
         config: &Arc<Principals>,
@@ -571,32 +579,25 @@ impl PrincipalState {
         if let Some(v) = cache.get(&digest, now) {
             return Ok(v);
         }
+        // A token that says it ran out past any reader's grace is refused whoever signed it
+        // (no server takes it): not worth a signature check, nor the key it names, which may
+        // be long gone (a stale cookie a browser keeps sending beside its fresh one).
+        if jwt::says_dead(token, settings.leeway, now, REPORT_GRACE) {
+            return Err(Reason::Expired);
+        }
         if keys.stale(now) {
             let keys = Arc::clone(keys);
             tokio::spawn(async move { keys.refetch(now).await });
         }
-        if let Some(address) = address {
-            if self.failures.admits(address, now).is_err() {
-                return Err(Reason::TooManyFailures);
-            }
-        }
-        metrics::record_verification();
-        let mut verified = match jwt::verify(token, settings, keys, now).await {
-            Ok(verified) => verified,
-            Err(reason) => {
-                if let Some(address) = address {
-                    self.failures.charge(address, now);
-                }
-                return Err(reason);
-            }
-        };
+        let budget = address.map(|address| (&self.failures, address));
+        let mut verified = jwt::verify(token, settings, keys, now, budget).await?;
         if let KeySource::Url { refresh, .. } = &settings.keys {
             // Keys from a URL may be withdrawn: verify again after one refresh interval.
             verified.recheck = Some(now.saturating_add(*refresh));
         }
-        // Expired tokens are kept too (a browser may send a stale cookie beside its fresh one
-        // with every request): only the issuer makes tokens that verify, so keeping them gives
-        // a client no more room in the cache than live ones do.
+        // Expired tokens are kept too (a report's grace; a browser may send a stale cookie
+        // beside its fresh one with every request): each takes one entry of the bounded cache,
+        // as a live one does, and only the issuer makes tokens that verify.
         cache.insert(digest, verified.clone());
         metrics::record_cache_entries(cache.len());
         Ok(verified)

@@ -222,15 +222,27 @@ fn credentials_are_read_from_bearer_headers_and_cookies() {
         b"\xef\xbb\xbfsession",
         b"sess%69on",
         b"%73ession",
+        // UTF-8 white space at the end (its last byte is \xa0 or \x85 alone in Latin-1).
+        b"session\xc2\xa0",
+        b"session\xe2\x80\x85",
+        // Older PHP: `+` a space, leading spaces after decoding, a NUL ending the name.
+        b"+session",
+        b"%20session",
+        b"session%00x",
     ] {
         let pair = [name, b"=tok"].concat();
         assert_eq!(cookie(&pair, "session"), Some(&b"tok"[..]), "{pair:?}");
     }
+    // PHP reads `[` as `_` too.
+    assert_eq!(cookie(b"access[token=x", "access_token"), Some(&b"x"[..]));
+    assert_eq!(cookie(b"access+token=x", "access_token"), Some(&b"x"[..]));
     for name in [
         &b"se\xa0ssion"[..],
         b"session%",
         b"session%6",
         b"\xc2session",
+        b"%00session",
+        b" s ession",
     ] {
         let pair = [name, b"=tok"].concat();
         assert_eq!(cookie(&pair, "session"), None, "{pair:?}");

@@ -385,21 +385,23 @@ async fn run(args: CatalogCli) -> Result<(), Failure> {
         json: args.json,
     };
     // A write checked against the built-in policy may store what the nodes' policy refuses
-    // (an override of a limit it lacks, which they would then skip): said on success too.
+    // (an override of a limit it lacks, which they would then skip): said on success too (a
+    // refusal says it already), on stderr, and not where stderr is read as JSON.
     let checked_by_builtin = !ctx.explicit_policy
+        && !ctx.json
         && match &args.command {
             CatalogCommand::Put { .. } | CatalogCommand::Patch { .. } => true,
             CatalogCommand::AddKey(_) => true,
             CatalogCommand::Import(import) => import.from_policy.is_none(),
             _ => false,
         };
-    if checked_by_builtin {
+    let result = dispatch(&ctx, args.command).await;
+    if checked_by_builtin && result.is_ok() {
         eprintln!(
             "note: checked against the built-in policy, not yours: pass --config FILE or set \
              SPILLWAY_CONFIG to check writes against the policy your nodes serve"
         );
     }
-    let result = dispatch(&ctx, args.command).await;
     ctx.db.close().await;
     result
 }

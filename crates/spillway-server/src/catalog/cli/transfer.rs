@@ -142,7 +142,8 @@ fn read_lines(reader: impl BufRead, origin: &str) -> Result<Numbered, Failure> {
                     return Err(bad(
                         number,
                         format!(
-                            "the snapshot's end line counts {count} entries but {} came before                              it: the file is not whole; nothing imported",
+                            "the snapshot's end line counts {count} entries but {} came before \
+                             it: the file is not whole; nothing imported",
                             out.len()
                         ),
                     ))
