@@ -30,9 +30,10 @@ pub trait CatalogDb: Send + Sync {
     /// The backend's name for logs and metrics: `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
 
-    /// How many stored rows [`CatalogDb::load`] and [`CatalogDb::changes_since`] have skipped
-    /// (and logged) since this handle was opened because they did not decode: written outside
-    /// Spillway, or by a build whose types this one cannot read. An export checks it.
+    /// How many times [`CatalogDb::load`] and [`CatalogDb::changes_since`] have skipped (and
+    /// logged) a stored row since this handle was opened because it did not decode (written
+    /// outside Spillway, or by a build whose types this one cannot read); a row read twice
+    /// counts twice. An export, one load on a fresh handle, checks it.
     fn unreadable(&self) -> u64;
 
     /// Creates or upgrades the schema to the newest this build knows, in one transaction.

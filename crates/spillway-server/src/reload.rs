@@ -129,6 +129,9 @@ impl Reloader {
                 let published =
                     (self.app.catalog).policy_loaded(&self.app.engine, Arc::new(policy));
                 if let Err(why) = published {
+                    // The same file is taken once the entries are mended: saved again
+                    // unchanged, or on SIGHUP.
+                    self.last_text.clear();
                     tracing::warn!(%source, trigger = trigger.name(),
                         "policy reload rejected: {why}; keeping the previous policy");
                     metrics::record_reload(ReloadOutcome::Rejected);

@@ -574,12 +574,31 @@ async fn a_reload_that_would_drop_a_catalog_override_is_refused() {
 /// A database restored from a backup (or failed over to a replica behind it) and written
 /// again reuses the versions a node applied: "the changes after mine" would miss what
 /// replaced them and keep what the restore removed. The node sees that the change it applied
-/// last is no longer the database's at that version, and reads it whole again.
+/// last is no longer the database's at that version, or (that row written again since) not
+/// among the changes after it, and reads it whole again.
 #[tokio::test]
 async fn a_node_follows_a_database_that_went_back_in_time_and_on() {
+    // Version 2 is `a` now; or no row is at version 2 any more (`a` written at 2, then again
+    // at 3, before the node looked).
+    back_in_time(false, "another change at this node's version").await;
+    back_in_time(true, "the change this node applied last is gone").await;
+}
+
+async fn back_in_time(rewritten_unseen: bool, told: &str) {
     let dir = TempDir::new();
     let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
-    let server = node(&url, &[]);
+    // No polls: only the admin writes' nudges make the node look (a poll between the
+    // restore and the writes after it would see the database behind, another path).
+    let server = Server::with_policy(POLICY)
+        .args(&[
+            "--catalog",
+            &url,
+            "--catalog-migrate",
+            "--catalog-poll",
+            "1h",
+        ])
+        .env("SPILLWAY_ADMIN_TOKEN", TOKEN)
+        .start();
     let put = |tenant: &'static str| {
         let server = &server;
         async move {
@@ -597,16 +616,29 @@ async fn a_node_follows_a_database_that_went_back_in_time_and_on() {
     let pool = sqlx::SqlitePool::connect(&url)
         .await
         .expect("the catalog file");
-    for sql in [
+    let mut sql = vec![
         "DELETE FROM spillway_catalog_entries WHERE version > 1",
         "UPDATE spillway_catalog_meta SET version = 1 WHERE id = 1",
-    ] {
+    ];
+    if rewritten_unseen {
+        // `a` written at 2 and again at 3 behind the node's back: its row holds 3.
+        sql.extend([
+            "INSERT INTO spillway_catalog_entries (kind, scope, id, body, version, deleted) \
+             SELECT kind, scope, 'a', body, 3, 0 FROM spillway_catalog_entries WHERE id = 'keep'",
+            "UPDATE spillway_catalog_meta SET version = 3 WHERE id = 1",
+        ]);
+    }
+    for sql in sql {
         sqlx::query(sql).execute(&pool).await.expect(sql);
     }
     pool.close().await;
-    // Written on: versions 2 and 3 again, for other tenants.
-    assert_eq!(put("a").await, 2);
-    assert_eq!(put("b").await, 3);
+    // Written on, through the node (which looks at once).
+    if rewritten_unseen {
+        assert_eq!(put("b").await, 4);
+    } else {
+        assert_eq!(put("a").await, 2);
+        assert_eq!(put("b").await, 3);
+    }
     let caught_up = wait_until_async(Duration::from_secs(10), || async {
         let tiers = (
             check(&server, "ghost").await.0,
@@ -616,9 +648,14 @@ async fn a_node_follows_a_database_that_went_back_in_time_and_on() {
         (tiers == ("free".into(), "paid".into(), "paid".into())).then_some(())
     })
     .await;
-    assert!(caught_up.is_some(), "logs:\n{}", server.logs().join("\n"));
-    assert!(server
-        .logs()
-        .iter()
-        .any(|l| l.contains("another change at this node's version")));
+    assert!(
+        caught_up.is_some(),
+        "{told}: logs:\n{}",
+        server.logs().join("\n")
+    );
+    assert!(
+        server.logs().iter().any(|l| l.contains(told)),
+        "{told}: logs:\n{}",
+        server.logs().join("\n")
+    );
 }

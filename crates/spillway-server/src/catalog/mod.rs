@@ -267,7 +267,8 @@ fn refused_by(skipped: &[Skipped]) -> String {
     }
     format!(
         "the catalog has entries this policy cannot take, which would lose their own numbers \
-         (change or remove them first, with the admin API or `spillway catalog`): {}",
+         (change or remove them first, with the admin API or `spillway catalog`, then reload \
+         again: SIGHUP, or save the file): {}",
         named.join("; ")
     )
 }

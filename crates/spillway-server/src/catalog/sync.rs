@@ -17,8 +17,9 @@
 //! has applied. "Every change after `n`" would then miss what replaced them, and keep what
 //! the restore removed (a revoked API key). So the node reads the database whole again when
 //! its version is behind the node's, after the database was unreachable (a restore or a
-//! failover cuts connections), and when the change the node applied last is no longer the
-//! one the database holds at that version ([`Mark`]).
+//! failover cuts connections, though a pool may reconnect unseen between two polls), and when
+//! the change the node applied last is neither the one the database holds at that version
+//! nor among the changes after it (see [`follow`]).
 //!
 //! The snapshot is rewritten (atomically, off the async threads) after changes, at most once
 //! per [`SNAPSHOT_EVERY`], and once more at shutdown.
@@ -27,7 +28,7 @@ use super::{CatalogNode, Origin};
 use crate::clock::ServerClock;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
-use spillway_catalog::{snapshot, CatalogDb};
+use spillway_catalog::{snapshot, CatalogDb, Error as DbError};
 use spillway_core::catalog::{Catalog, Change};
 use spillway_core::engine::Engine;
 use std::path::{Path, PathBuf};
@@ -147,19 +148,26 @@ pub fn spawn(
                 }
             }
             let result = follow(db.as_ref(), node, engine, &mut place).await;
+            // Only an unreachable database may have been restored or failed over meanwhile;
+            // one that answers wrongly (a row this build cannot read) would be read whole on
+            // every poll for nothing.
+            place.lost_contact = result.as_ref().is_err_and(|e| e.is_unavailable());
+            let result = result.map_err(|e| e.to_string());
             node.contact(clock.now(), result.clone());
             if let Err(error) = result {
                 tracing::warn!(%error, "catalog database unreachable; keeping the catalog in force");
-                place.lost_contact = true;
             }
             let version = node.status().version;
+            // A whole load at the same version (a database restored and written up to it
+            // again) changed the catalog too.
+            let unsaved = version != written || place.reloaded;
             if let Some(path) = &settings.snapshot {
-                if version != written && last_write.elapsed() >= SNAPSHOT_EVERY {
+                if unsaved && last_write.elapsed() >= SNAPSHOT_EVERY {
                     write_snapshot(node, path).await;
-                    (written, last_write) = (version, Instant::now());
+                    (written, last_write, place.reloaded) = (version, Instant::now(), false);
                 }
             }
-            let wait = if version != written && settings.snapshot.is_some() {
+            let wait = if unsaved && settings.snapshot.is_some() {
                 settings
                     .poll
                     .min(SNAPSHOT_EVERY.saturating_sub(last_write.elapsed()))
@@ -184,7 +192,7 @@ pub fn spawn(
             }
         }
         if let Some(path) = &settings.snapshot {
-            if node.status().version != written {
+            if node.status().version != written || place.reloaded {
                 write_snapshot(node, path).await;
             }
         }
@@ -195,51 +203,52 @@ pub fn spawn(
 #[derive(Debug, Default)]
 struct Place {
     /// The change at the version the node applied, as the database held it then.
-    mark: Option<Mark>,
-    /// The last call failed: the database may have been restored or failed over since.
+    mark: Option<Change>,
+    /// The last call found the database unreachable: it may have been restored or failed
+    /// over since.
     lost_contact: bool,
+    /// The catalog was read whole since the snapshot was last written.
+    reloaded: bool,
 }
-
-/// The change at the node's version, to check that the database still holds it there.
-#[derive(Debug, Clone, PartialEq)]
-struct Mark(Change);
 
 /// Brings the node up to the database: a whole load when it has not read the database itself
 /// yet (it booted empty or from its snapshot), when the database is behind what the node
-/// applied, when it was unreachable since the last call, or when it holds another change at
-/// the node's version (each of these: restored or failed over; what it says now is the
-/// truth); otherwise every change after the version in force, page by page.
+/// applied, when it was unreachable at the last call, or when its history is no longer the
+/// node's (each of these: restored or failed over; what it says now is the truth); otherwise
+/// every change after the version in force, page by page.
+///
+/// The history check: the database must still hold the change the node applied last (its
+/// mark) at that version; or, when that entry was written again since, the changes after the
+/// node's version must include it. Otherwise the versions the node applied were reused.
 async fn follow(
     db: &dyn CatalogDb,
     node: &CatalogNode,
     engine: &Engine,
     place: &mut Place,
-) -> Result<(), String> {
-    let current = db.version().await.map_err(|e| e.to_string())?;
+) -> Result<(), DbError> {
+    let current = db.version().await?;
     let status = node.status();
-    let moved = match &place.mark {
-        Some(Mark(seen)) if seen.version == status.version && current >= seen.version => {
-            let at = (db.changes_since(seen.version - 1, 1).await).map_err(|e| e.to_string())?;
-            at.first()
-                .is_some_and(|c| c.version == seen.version && c != seen)
+    // The entry the changes after the node's version must bring, if the mark moved on.
+    let mut must_see = None;
+    let mut diverged = false;
+    if let Some(seen) = place.mark.as_ref().filter(|m| m.version == status.version) {
+        let at = db.changes_since(seen.version.saturating_sub(1), 1).await?;
+        match at.first() {
+            Some(c) if c.version == seen.version => diverged = c != seen,
+            // Nothing after the node's version either: nothing can have moved it on.
+            _ if current <= seen.version => diverged = true,
+            _ => must_see = Some(seen.key.clone()),
         }
-        _ => false,
-    };
-    let whole = status.origin != Origin::Database
-        || current < status.version
-        || place.lost_contact
-        || moved;
-    if whole {
+    }
+    let behind = current < status.version;
+    if status.origin != Origin::Database || behind || place.lost_contact || diverged {
         if status.origin == Origin::Database {
-            let why = if current < status.version {
-                "the database is behind this node"
-            } else if moved {
-                "the database holds another change at this node's version"
-            } else {
-                "the database was unreachable"
+            let why = match (behind, diverged) {
+                (true, _) => "the database is behind this node",
+                (_, true) => "the database holds another change at this node's version",
+                _ => "the database was unreachable",
             };
-            let level_error = current < status.version || moved;
-            if level_error {
+            if behind || diverged {
                 tracing::error!(applied = status.version, database = current,
                     "{why} (restored from a backup, or failed over?): reading the catalog whole again");
             } else {
@@ -247,44 +256,60 @@ async fn follow(
                     "{why}: reading the catalog whole again, in case it was restored or failed over");
             }
         }
-        let (version, entries) = db.load().await.map_err(|e| e.to_string())?;
-        let count = entries.len();
-        node.replace(engine, Origin::Database, |policy| {
-            Catalog::build(policy, version, entries)
-        });
-        tracing::info!(version, entries = count, "catalog loaded from the database");
-        place.lost_contact = false;
-        // The change at the version loaded; a write since then leaves it unknown (none is
-        // checked until the next change applied).
-        let at =
-            (db.changes_since(version.saturating_sub(1), 1).await).map_err(|e| e.to_string())?;
-        place.mark = at
-            .into_iter()
-            .next()
-            .filter(|c| c.version == version)
-            .map(Mark);
-        return Ok(());
+        return load_whole(db, node, engine, place).await;
     }
-    place.lost_contact = false;
     if current == status.version {
         return Ok(());
     }
     loop {
         let applied = node.status().version;
-        let changes = db
-            .changes_since(applied, PAGE)
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(last) = changes.last() else {
-            return Ok(());
-        };
+        let changes = db.changes_since(applied, PAGE).await?;
+        if must_see
+            .as_ref()
+            .is_some_and(|key| changes.iter().any(|c| &c.key == key))
+        {
+            must_see = None;
+        }
+        let Some(last) = changes.last() else { break };
         let full = changes.len() == PAGE;
         node.apply(engine, &changes);
-        place.mark = (last.version == node.status().version).then(|| Mark(last.clone()));
+        place.mark = (last.version == node.status().version).then(|| last.clone());
         if !full {
-            return Ok(());
+            break;
         }
     }
+    if must_see.is_some() {
+        // The entry the node applied last was neither where it wrote it nor written since.
+        tracing::error!(
+            applied = status.version,
+            database = current,
+            "the change this node applied last is gone from the database (restored from a \
+             backup, or failed over?): reading the catalog whole again"
+        );
+        return load_whole(db, node, engine, place).await;
+    }
+    Ok(())
+}
+
+/// Reads the whole catalog and publishes it, and marks where the node now stands.
+async fn load_whole(
+    db: &dyn CatalogDb,
+    node: &CatalogNode,
+    engine: &Engine,
+    place: &mut Place,
+) -> Result<(), DbError> {
+    let (version, entries) = db.load().await?;
+    let count = entries.len();
+    node.replace(engine, Origin::Database, |policy| {
+        Catalog::build(policy, version, entries)
+    });
+    tracing::info!(version, entries = count, "catalog loaded from the database");
+    place.reloaded = true;
+    // The change at the version loaded, best effort: without it (a write since, or the read
+    // failing) the history is checked again from the next change applied.
+    let at = db.changes_since(version.saturating_sub(1), 1).await;
+    place.mark = (at.ok().into_iter().flatten()).find(|c| c.version == version);
+    Ok(())
 }
 
 /// Writes the catalog in force to `path`, off the async threads; a failure is logged.

@@ -208,7 +208,8 @@ impl IntoResponse for Problem {
     }
 }
 
-/// The longest `detail` a problem carries, in bytes. Details quote what the client sent (a
+/// The longest `detail` (and `field`) a problem carries, in bytes of text before JSON escapes
+/// it (so at most about six times that on the wire). Details quote what the client sent (a
 /// path, a header's value); echoed whole, a client could make each answer, and the write
 /// buffer its connection keeps at its largest answer's size, as large as its request.
 pub const MAX_DETAIL: usize = 1024;
