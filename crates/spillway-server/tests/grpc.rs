@@ -370,6 +370,17 @@ async fn every_descriptor_limit_override_is_judged() {
             (0, Unit::Minute as i32)
         );
         assert_eq!(answer.statuses[0].limit_remaining, 0);
+        // The headers Envoy adds say none, not the window of one it is judged by.
+        let header = |name: &str| {
+            (answer.response_headers_to_add.iter())
+                .find(|h| h.key.eq_ignore_ascii_case(name))
+                .map(|h| h.value.clone())
+        };
+        let policy = header("ratelimit-policy").expect("a policy header");
+        assert!(policy.contains(";q=0;"), "{policy}");
+        let state = header("ratelimit").expect("a state header");
+        assert!(state.contains(";r=0;"), "{state}");
+        assert_eq!(header("x-ratelimit-limit").as_deref(), Some("0"));
     }
     // Nor does another override on the same entries, sharing the unit's counter, admit it:
     // a limit of 0 counts on a counter of its own.

@@ -22,6 +22,14 @@ use spillway_core::time::SECOND;
 /// The answer for a checked request, plus `extra` headers (the degraded marker when the
 /// emergency quotas decided).
 pub fn checked(plan: &Plan, overall: &Verdict, extra: &[(&str, &str)]) -> RateLimitResponse {
+    let told;
+    let overall = match none_allowed(plan, overall) {
+        Some(verdict) => {
+            told = verdict;
+            &told
+        }
+        None => overall,
+    };
     let statuses = plan
         .descriptors
         .iter()
@@ -34,6 +42,27 @@ pub fn checked(plan: &Plan, overall: &Verdict, extra: &[(&str, &str)]) -> RateLi
         response_headers_to_add: headers,
         ..RateLimitResponse::default()
     }
+}
+
+/// `overall` as the client is told it when a descriptor's override of 0 (deny every request)
+/// applied: such a limit is judged by a window of one charged above it (`plan::envoy`), and
+/// says what it is, none at all (`q=0`, `r=0` in the headers), not the window of one. `None`
+/// when no such override applied (the usual case: nothing is copied).
+fn none_allowed(plan: &Plan, overall: &Verdict) -> Option<Verdict> {
+    let mut zero = (plan.descriptors.iter().flatten())
+        .filter(|(_, (per_unit, _))| *per_unit == 0)
+        .map(|(index, _)| *index)
+        .peekable();
+    zero.peek()?;
+    let mut told = overall.clone();
+    for index in zero {
+        if let Some(outcome) = told.outcomes.get_mut(index) {
+            outcome.quota = 0;
+            outcome.decision.limit = 0;
+            outcome.decision.remaining = 0;
+        }
+    }
+    Some(told)
 }
 
 /// The header that says why a call was refused for its credential (the HTTP API's too).
