@@ -414,8 +414,13 @@ fn address(descriptors: &[RateLimitDescriptor]) -> Option<std::net::IpAddr> {
 /// names no one.
 fn who(descriptors: &[RateLimitDescriptor]) -> Who<'_> {
     let counted = descriptors.iter().filter(|d| !d.is_negative_hits);
-    let entries = || counted.clone().flat_map(|d| &d.entries);
-    let first = |key: &str| entries().find(|e| e.key == key).map(|e| e.value.as_str());
+    // Within a descriptor the last entry of a key counts (as planning reads it), so the
+    // record names the counter charged; across descriptors, the first that names one.
+    let first = |key: &str| {
+        (counted.clone())
+            .find_map(|d| d.entries.iter().rev().find(|e| e.key == key))
+            .map(|e| e.value.as_str())
+    };
     Who {
         tenant: first("tenant"),
         user: first("user"),
@@ -502,6 +507,13 @@ mod descriptor_tests {
         let both = [back, own];
         let named = who(&both);
         assert_eq!((named.tenant, named.user), (Some("acme"), Some("alice")));
+    }
+
+    #[test]
+    fn a_descriptor_names_its_last_tenant_as_planning_counts_it() {
+        let twice = descriptor(&[("tenant", "victim"), ("tenant", "abuser"), ("user", "u")]);
+        let named = who(std::slice::from_ref(&twice));
+        assert_eq!((named.tenant, named.user), (Some("abuser"), Some("u")));
     }
 
     #[test]

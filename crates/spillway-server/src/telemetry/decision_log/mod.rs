@@ -43,7 +43,7 @@ use crate::state::{AppState, PolicyInfo};
 use metrics::{counter, Counter};
 use privacy::{IpMode, IpPrivacy};
 use record::{Kind, Line, Pending};
-use sampling::{RateCap, Sampler};
+use sampling::{FirstOfSecond, RateCap, Sampler};
 use sink::{Formatted, SinkError};
 use spillway_core::policy::{IpPrefix, Policy};
 use spillway_core::request::CheckMode;
@@ -74,6 +74,8 @@ pub struct DecisionLog {
     sampler: Sampler,
     sample_rate: f64,
     cap: RateCap,
+    /// Past the cap, each counter's (or tenant's) first record of a second still goes in.
+    first: FirstOfSecond,
     truncate: bool,
     counts: Arc<Counts>,
     dropped: Counter,
@@ -150,6 +152,7 @@ impl DecisionLog {
             sampler: Sampler::new(settings.sample_allowed),
             sample_rate: settings.sample_allowed,
             cap: RateCap::new(settings.max_per_second),
+            first: FirstOfSecond::default(),
             truncate: settings.ip.mode() == IpMode::Truncate,
             counts: counts.clone(),
             dropped: counter!(DROPPED, "reason" => "queue_full"),
@@ -190,7 +193,15 @@ impl DecisionLog {
             }
             self.sample_rate
         } else {
-            if !self.under_cap(now) {
+            // Whom the record is about: the counter that denied, else the tenant.
+            let denying = match outcome {
+                Outcome::Decided(d) => (d.verdict.outcomes.iter())
+                    .position(|o| !o.decision.allowed && !o.shadow)
+                    .and_then(|i| ask.planned.get(i))
+                    .map(|p| &p.key),
+                Outcome::Refused(_) => None,
+            };
+            if !self.under_cap(now, (denying, ask.who.tenant)) {
                 return;
             }
             1.0
@@ -218,7 +229,7 @@ impl DecisionLog {
             Reported::Failed(_) => (Kind::ReportFailed, None),
         };
         let now = app.clock.now();
-        if !self.under_cap(now) {
+        if !self.under_cap(now, report.tenant) {
             return;
         }
         self.keep(app, policy, |prefix, info| {
@@ -226,10 +237,11 @@ impl DecisionLog {
         });
     }
 
-    /// Whether the per-second cap lets one more record through at `now`; one it holds back is
-    /// counted.
-    fn under_cap(&self, now: Micros) -> bool {
-        if self.cap.admit(now) {
+    /// Whether the per-second cap lets one more record about `subject` through at `now` (a
+    /// full cap still lets a subject's first of the second through: [`FirstOfSecond`]); one
+    /// it holds back is counted.
+    fn under_cap(&self, now: Micros, subject: impl std::hash::Hash) -> bool {
+        if self.cap.admit(now) || self.first.first(subject, now) {
             return true;
         }
         self.counts.capped.fetch_add(1, Ordering::Relaxed);

@@ -90,7 +90,15 @@ impl IpPrivacy {
     /// an address when it is one; otherwise kept for `full`, hashed for `hash`, and withheld
     /// for `truncate` (there is no network to cut it to).
     pub fn show_text(&self, text: &str, prefix: IpPrefix) -> String {
-        match text.trim().parse::<IpAddr>() {
+        // A network (Envoy's `masked_remote_address`, `address/length`) by its address: a
+        // `/32` is one host.
+        let trimmed = text.trim();
+        let (address, network) = match trimmed.split_once('/') {
+            Some((address, _)) => (address, true),
+            None => (trimmed, false),
+        };
+        match address.parse::<IpAddr>() {
+            Ok(_) if network && self.mode == IpMode::Full => trimmed.to_owned(),
             Ok(ip) => self.show(ip, prefix),
             Err(_) => match self.mode {
                 IpMode::Full => text.to_owned(),

@@ -227,7 +227,8 @@ impl Pending {
                 entry(&["tenant"]).map(kept),
                 entry(&["user"]).map(kept),
                 // Trimmed as planning reads it, before it is cut.
-                entry(&["ip", "remote_address"]).map(|ip| Ip::Text(kept(ip.trim()))),
+                entry(&["ip", "remote_address", "masked_remote_address"])
+                    .map(|ip| Ip::Text(kept(ip.trim()))),
             ),
         };
         let (allowed, limit, retry_after, degraded) = match outcome {
@@ -347,7 +348,9 @@ impl Pending {
                     .iter()
                     .map(|(k, v)| {
                         let v = match k.as_str() {
-                            "ip" | "remote_address" => privacy.show_text(v, self.ip_prefix),
+                            "ip" | "remote_address" | "masked_remote_address" => {
+                                privacy.show_text(v, self.ip_prefix)
+                            }
                             _ => v.clone(),
                         };
                         (k.clone(), v)

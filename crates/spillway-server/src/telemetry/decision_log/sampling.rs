@@ -110,9 +110,58 @@ impl RateCap {
     }
 }
 
+/// Buckets [`FirstOfSecond`] sorts subjects into.
+pub const FIRST_BUCKETS: usize = 4096;
+
+/// Whether a subject (a denying counter, a tenant) is seen for the first time in a second of
+/// the server's clock, within one of [`FIRST_BUCKETS`] buckets by a per-process seeded hash.
+/// The cap lets such a record through even when full, so a client filling the cap with its
+/// own denials in the first milliseconds of each second cannot keep everyone else's out of
+/// the log: each other counter still logs its first denial of the second (unless it shares a
+/// bucket with one of the flood's, as about a quarter would with a flood of 1,000 counters a
+/// second). At most [`FIRST_BUCKETS`] records a second pass this way.
+#[derive(Debug)]
+pub struct FirstOfSecond {
+    /// Per bucket, the last second (server clock, whole seconds, wrapping) it let one through.
+    seen: Box<[std::sync::atomic::AtomicU32]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for FirstOfSecond {
+    fn default() -> Self {
+        Self {
+            seen: (0..FIRST_BUCKETS)
+                .map(|_| std::sync::atomic::AtomicU32::new(u32::MAX))
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+}
+
+impl FirstOfSecond {
+    /// Whether `subject`'s bucket lets nothing through yet in the second `now` falls in (and
+    /// now it has).
+    pub fn first(&self, subject: impl std::hash::Hash, now: Micros) -> bool {
+        use std::hash::BuildHasher;
+        let second = (now / 1_000_000) as u32;
+        let bucket = (self.hasher.hash_one(subject) as usize) % FIRST_BUCKETS;
+        self.seen[bucket].swap(second, Ordering::Relaxed) != second
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_subject_passes_once_a_second() {
+        let first = FirstOfSecond::default();
+        let start = 1_800_000_000_000_000;
+        assert!(first.first("abuser", start));
+        assert!(!first.first("abuser", start + 1_000));
+        assert!(first.first("victim", start + 2_000) || first.first("other", start + 2_000));
+        assert!(first.first("abuser", start + 1_000_000), "a new second");
+    }
 
     #[test]
     fn rates_zero_and_one_are_exact_and_others_close() {
