@@ -15,7 +15,8 @@
 //! denying); for `shadow_denied` it is the shadow limit that would have denied. Over gRPC,
 //! `tier` is null, `domain` names the Envoy domain and `descriptors` lists each descriptor's
 //! entries (an `ip` or `remote_address` entry written as `ip` is; the first 8 descriptors
-//! that count hits, 8 entries each, texts cut to [`FIELD_BYTES`]). `degraded` names the
+//! that count hits, 8 entries each, texts cut to [`FIELD_BYTES`], and to
+//! [`DESCRIPTOR_BYTES`] in all). `degraded` names the
 //! failure mode that answered when the store could not (`open`, `degrade`, or `closed` for a
 //! refusal). `catalog_version` is the catalog database's version the decision used (null when tenants come from the policy file).
 //!
@@ -44,13 +45,18 @@ use std::sync::Arc;
 /// The longest text a record keeps of a value the client chose (tenant, user, a descriptor's
 /// key or value, an address's text, a report's id); longer ones are cut at a character
 /// boundary when the request path copies them, so a record queued for the writer holds at
-/// most a few tens of kilobytes whatever the request carried (a gRPC descriptor value may be
-/// megabytes).
+/// most a few kilobytes whatever the request carried (a gRPC descriptor value may be
+/// megabytes; see also [`DESCRIPTOR_BYTES`]).
 pub const FIELD_BYTES: usize = 256;
 /// Descriptors a record keeps (the first ones).
 pub const DESCRIPTORS: usize = 8;
 /// Entries a record keeps of each descriptor (the first ones).
 pub const DESCRIPTOR_PAIRS: usize = 8;
+/// Bytes of descriptor keys and values a record keeps in all: past them, texts are cut
+/// further (to nothing at the end). Without it, 64 entries of two 256-byte texts made a
+/// 32 KiB record, and the writer's queue of 8,192 of them a quarter of a gigabyte while a
+/// sink is stalled.
+pub const DESCRIPTOR_BYTES: usize = 4096;
 
 /// `text` cut to at most [`FIELD_BYTES`], owned.
 pub(crate) fn kept(text: &str) -> String {
@@ -251,13 +257,18 @@ impl Pending {
                 Some(FailureMode::Closed),
             ),
         };
+        let mut left = DESCRIPTOR_BYTES;
+        let mut take = |text: &str| {
+            let cut = crate::telemetry::cut_to(text, FIELD_BYTES.min(left));
+            left -= cut.len();
+            cut.to_owned()
+        };
         let descriptors = counted()
             .take(DESCRIPTORS)
             .map(|d| {
-                d.entries
-                    .iter()
+                (d.entries.iter())
                     .take(DESCRIPTOR_PAIRS)
-                    .map(|e| (kept(&e.key), kept(&e.value)))
+                    .map(|e| (take(&e.key), take(&e.value)))
                     .collect()
             })
             .collect();

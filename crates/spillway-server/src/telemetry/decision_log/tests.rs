@@ -528,11 +528,18 @@ async fn a_record_keeps_a_bounded_part_of_what_a_call_carries() {
             .all(|d| !d.values().any(|v| v == "victim")),
         "the descriptor giving hits back is not listed"
     );
+    let mut bytes = 0;
     for d in &l.descriptors {
         assert!(d.len() <= record::DESCRIPTOR_PAIRS, "{}", d.len());
         for (k, v) in d {
             assert!(k.len() <= record::FIELD_BYTES && v.len() <= record::FIELD_BYTES);
+            bytes += k.len() + v.len();
         }
     }
+    // And a few kilobytes in all, not 8 x 8 x 2 x 256.
+    assert!(
+        bytes <= record::DESCRIPTOR_BYTES,
+        "{bytes} bytes of descriptors"
+    );
     assert!(h.text().len() < 100 * 1024, "{} bytes", h.text().len());
 }
