@@ -46,6 +46,11 @@ fn node(url: &str, extra: &[&str]) -> Server {
         .start()
 }
 
+/// A SQLite catalog file's URL in `dir`.
+fn sqlite_url(dir: &TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("catalog.db").display())
+}
+
 async fn admin(
     server: &Server,
     method: reqwest::Method,
@@ -85,7 +90,7 @@ async fn version(server: &Server) -> Value {
 #[tokio::test]
 async fn the_admin_api_needs_its_token() {
     let dir = TempDir::new();
-    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let url = sqlite_url(&dir);
     let server = node(&url, &[]);
     let client = reqwest::Client::new();
     let path = server.url("/v1/admin/version");
@@ -117,7 +122,7 @@ async fn the_admin_api_needs_its_token() {
 #[tokio::test]
 async fn refused_writes_name_the_field_and_write_nothing() {
     let dir = TempDir::new();
-    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let url = sqlite_url(&dir);
     let server = node(&url, &[]);
     let put = |body: Value| {
         admin(
@@ -384,7 +389,7 @@ async fn a_node_started_with_the_database_down_boots_from_its_snapshot() {
 #[tokio::test]
 async fn an_entry_a_newer_build_wrote_is_read_and_patched_without_loss() {
     let dir = TempDir::new();
-    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let url = sqlite_url(&dir);
     let server = node(&url, &[]);
     let (status, body) = admin(
         &server,
@@ -455,7 +460,7 @@ async fn an_entry_a_newer_build_wrote_is_read_and_patched_without_loss() {
 #[tokio::test]
 async fn a_tenant_is_deleted_only_with_its_users_and_keys() {
     let dir = TempDir::new();
-    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let url = sqlite_url(&dir);
     let server = node(&url, &[]);
     use reqwest::Method;
     let server = &server;
@@ -518,7 +523,7 @@ async fn a_tenant_is_deleted_only_with_its_users_and_keys() {
 #[tokio::test]
 async fn a_reload_that_would_drop_a_catalog_override_is_refused() {
     let dir = TempDir::new();
-    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let url = sqlite_url(&dir);
     let server = node(&url, &[]);
     let (status, body) = admin(
         &server,
@@ -586,7 +591,7 @@ async fn a_node_follows_a_database_that_went_back_in_time_and_on() {
 
 async fn back_in_time(rewritten_unseen: bool, told: &str) {
     let dir = TempDir::new();
-    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let url = sqlite_url(&dir);
     // No polls: only the admin writes' nudges make the node look (a poll between the
     // restore and the writes after it would see the database behind, another path).
     let server = Server::with_policy(POLICY)
