@@ -199,6 +199,45 @@ async fn http_decisions_join_the_callers_trace() {
     assert_eq!(root.trace_id().len(), 32);
 }
 
+/// A caller's `-00` flag keeps its decision out of the traces when followed (the default);
+/// with `--trace-parent-sampling ignore` the server's own ratio decides, and the span still
+/// joins the caller's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_callers_sampled_flag_can_be_ignored() {
+    let unsampled = |trace: &str| format!("00-{trace}-{SPAN_ID}-00");
+    for (args, traced_at_all) in [
+        (&[][..], false),
+        (&["--trace-parent-sampling", "ignore"][..], true),
+    ] {
+        let collector = Collector::start();
+        let server = traced(&collector).args(args).start();
+        let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+        let answer = (server.http.post(server.url("/v1/check")))
+            .header("traceparent", unsampled(trace))
+            .body(r#"{"tenant":"acme","user":"dave"}"#)
+            .send()
+            .await
+            .expect("check");
+        assert_eq!(answer.status(), 200);
+        if traced_at_all {
+            let (decision, store) = decision_and_store(&collector, trace);
+            assert_joined(&decision, &store, trace);
+        } else {
+            // A root after it is exported, so the unsampled one would have been by then.
+            let root = server
+                .post("/v1/check", r#"{"tenant":"acme","user":"erin"}"#)
+                .await;
+            assert_eq!(root.status(), 200);
+            let seen = collector.wait_for(PATIENCE, |s| s.parent_span_id().is_empty());
+            assert!(seen.is_some(), "the root's span");
+            assert!(
+                collector.spans().iter().all(|s| s.trace_id() != trace),
+                "the caller's -00 kept its decision out"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_decisions_join_the_callers_trace() {
     let collector = Collector::start();

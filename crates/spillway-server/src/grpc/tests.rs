@@ -171,6 +171,7 @@ async fn a_call_joins_the_callers_trace_through_a_failover() {
         tls: None,
         queue: crate::telemetry::trace::settings::DEFAULT_QUEUE,
         sample: 1.0,
+        parent_sampling: Default::default(),
         node: "test".into(),
     };
     let (tracing, exporter) = Tracing::start(&settings, "redis").expect("tracing on");

@@ -40,7 +40,7 @@
 pub mod export;
 pub mod settings;
 
-pub use settings::{TlsSettings, TraceArgs, TraceSettings};
+pub use settings::{ParentSampling, TlsSettings, TraceArgs, TraceSettings};
 
 use crate::decision::{Ask, Outcome};
 use crate::failure::Fallback;
@@ -127,8 +127,13 @@ impl Tracing {
             .with_service_name(SERVICE_NAME)
             .with_attribute(KeyValue::new("service.instance.id", settings.node.clone()))
             .build();
-        // The caller's sampling decision wins; roots are sampled at --trace-sample.
-        let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample)));
+        // The caller's sampling decision wins and roots are sampled at --trace-sample; or,
+        // for callers not trusted with it, --trace-sample decides every decision.
+        let ratio = Sampler::TraceIdRatioBased(settings.sample);
+        let sampler = match settings.parent_sampling {
+            ParentSampling::Follow => Sampler::ParentBased(Box::new(ratio)),
+            ParentSampling::Ignore => ratio,
+        };
         let provider = SdkTracerProvider::builder()
             .with_span_processor(export::Bounded::new(processor, in_flight))
             .with_sampler(sampler)

@@ -29,11 +29,26 @@ pub struct TraceArgs {
     )]
     pub endpoint: Option<String>,
 
-    /// Share of decisions traced when the caller sent no `traceparent`, 0 to 1. A caller's
-    /// own sampling decision (the `traceparent` flags) is always followed.
+    /// Share of decisions traced when the caller sent no `traceparent`, 0 to 1 (with
+    /// `--trace-parent-sampling ignore`, of every decision).
     #[arg(long = "trace-sample", env = "SPILLWAY_TRACE_SAMPLE", value_name = "RATIO",
           default_value = "1", value_parser = parse_ratio)]
     pub sample: f64,
+
+    /// Whether a caller's `traceparent` sampled flag decides if its decision is traced
+    /// (`follow`, the default, as a service inside one trusted system does), or
+    /// `--trace-sample` decides for every decision (`ignore`: for callers that are not
+    /// trusted, who could otherwise keep their own decisions out of the traces with a `-00`
+    /// flag, or crowd the export queue with `-01`). The decision span joins the caller's
+    /// trace either way.
+    #[arg(
+        long = "trace-parent-sampling",
+        env = "SPILLWAY_TRACE_PARENT_SAMPLING",
+        value_name = "follow|ignore",
+        default_value = "follow",
+        value_enum
+    )]
+    pub parent_sampling: ParentSampling,
 
     /// PEM file of CA certificates trusted for an `https://` endpoint, besides the built-in
     /// webpki roots (for a collector whose certificate comes from a private CA).
@@ -52,6 +67,16 @@ pub struct TraceArgs {
     pub queue: usize,
 }
 
+/// What a caller's `traceparent` sampled flag decides (`--trace-parent-sampling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ParentSampling {
+    /// The caller's flag decides; `--trace-sample` decides for roots only.
+    #[default]
+    Follow,
+    /// `--trace-sample` decides for every decision.
+    Ignore,
+}
+
 /// The checked trace settings; present only when traces are on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TraceSettings {
@@ -61,8 +86,11 @@ pub struct TraceSettings {
     pub tls: Option<TlsSettings>,
     /// Most finished spans waiting for export.
     pub queue: usize,
-    /// Share of root decisions (no caller's `traceparent`) sampled.
+    /// Share of root decisions (no caller's `traceparent`) sampled; of every decision when
+    /// the caller's flag is ignored.
     pub sample: f64,
+    /// What the caller's sampled flag decides.
+    pub parent_sampling: ParentSampling,
     /// This node's name, the resource's `service.instance.id`.
     pub node: Arc<str>,
 }
@@ -111,6 +139,7 @@ impl TraceSettings {
             tls,
             queue: args.queue,
             sample: args.sample,
+            parent_sampling: args.parent_sampling,
             node: node.into(),
         }))
     }
@@ -195,6 +224,7 @@ mod tests {
         TraceArgs {
             endpoint: endpoint.map(str::to_owned),
             sample: 0.5,
+            parent_sampling: ParentSampling::Follow,
             ca_file: None,
             queue: DEFAULT_QUEUE,
         }
