@@ -236,6 +236,56 @@ async fn an_untrusted_callers_sampled_flag_can_be_ignored() {
             );
         }
     }
+    // Ignored, with a ratio below 1: the caller's trace id does not decide either (the SDK's
+    // ratio sampler reads its low bits: all zero always sampled, all ones never).
+    let collector = Collector::start();
+    let server = traced(&collector)
+        .args(&["--trace-parent-sampling", "ignore", "--trace-sample", "0.5"])
+        .start();
+    let chosen = |i: usize, low: &str| format!("{:016x}{low}", i + 1);
+    for (i, low) in (0..40).flat_map(|i| [(i, "0000000000000000"), (i, "ffffffffffffffff")]) {
+        let answer = (server.http.post(server.url("/v1/check")))
+            .header("traceparent", format!("00-{}-{SPAN_ID}-01", chosen(i, low)))
+            .body(r#"{"tenant":"acme","user":"frank"}"#)
+            .send()
+            .await
+            .expect("check");
+        assert!(answer.status().is_success() || answer.status() == 429);
+    }
+    // Exported in order: once a later marker has arrived, so have all of them.
+    let marker = "99999999999999999999999999999999";
+    for _ in 0..20 {
+        let answer = (server.http.post(server.url("/v1/check")))
+            .header("traceparent", format!("00-{marker}-{SPAN_ID}-01"))
+            .body(r#"{"tenant":"acme","user":"gina"}"#)
+            .send()
+            .await
+            .expect("check");
+        assert!(answer.status().is_success() || answer.status() == 429);
+    }
+    let seen = collector.wait_for(PATIENCE, |s| s.trace_id() == marker);
+    assert!(
+        seen.is_some(),
+        "a marker span (1 in 2^20 to miss by chance)"
+    );
+    let traced = |low: &str| {
+        (0..40)
+            .filter(|&i| {
+                let trace = chosen(i, low);
+                (collector.spans().iter())
+                    .any(|s| s.span.name == "spillway.decision" && s.trace_id() == trace)
+            })
+            .count()
+    };
+    let (zeros, ones) = (traced("0000000000000000"), traced("ffffffffffffffff"));
+    assert!(
+        (1..40).contains(&zeros),
+        "{zeros} of 40 always-sampled ids traced"
+    );
+    assert!(
+        (1..40).contains(&ones),
+        "{ones} of 40 never-sampled ids traced"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

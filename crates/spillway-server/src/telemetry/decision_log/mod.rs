@@ -74,8 +74,10 @@ pub struct DecisionLog {
     sampler: Sampler,
     sample_rate: f64,
     cap: RateCap,
-    /// Past the cap, each counter's (or tenant's) first record of a second still goes in.
+    /// Past the cap, each counter's (or tenant's) first record of a second still goes in,
+    /// up to a cap of its own (the same number, at most [`sampling::FIRST_BUCKETS`]).
     first: FirstOfSecond,
+    first_cap: RateCap,
     truncate: bool,
     counts: Arc<Counts>,
     dropped: Counter,
@@ -153,6 +155,7 @@ impl DecisionLog {
             sample_rate: settings.sample_allowed,
             cap: RateCap::new(settings.max_per_second),
             first: FirstOfSecond::default(),
+            first_cap: RateCap::new((settings.max_per_second).min(sampling::FIRST_BUCKETS as u32)),
             truncate: settings.ip.mode() == IpMode::Truncate,
             counts: counts.clone(),
             dropped: counter!(DROPPED, "reason" => "queue_full"),
@@ -241,7 +244,7 @@ impl DecisionLog {
     /// full cap still lets a subject's first of the second through: [`FirstOfSecond`]); one
     /// it holds back is counted.
     fn under_cap(&self, now: Micros, subject: impl std::hash::Hash) -> bool {
-        if self.cap.admit(now) || self.first.first(subject, now) {
+        if self.cap.admit(now) || (self.first.first(subject, now) && self.first_cap.admit(now)) {
             return true;
         }
         self.counts.capped.fetch_add(1, Ordering::Relaxed);

@@ -90,17 +90,26 @@ impl IpPrivacy {
     /// an address when it is one; otherwise kept for `full`, hashed for `hash`, and withheld
     /// for `truncate` (there is no network to cut it to).
     pub fn show_text(&self, text: &str, prefix: IpPrefix) -> String {
-        // A network (Envoy's `masked_remote_address`, `address/length`) by its address: a
-        // `/32` is one host.
+        // A network (Envoy's `masked_remote_address`, `address/length`) as its address cut
+        // to the narrower of its own length and the truncation's (a `/32` is one host), or
+        // hashed whole.
         let trimmed = text.trim();
-        let (address, network) = match trimmed.split_once('/') {
-            Some((address, _)) => (address, true),
-            None => (trimmed, false),
+        let (address, bits) = match trimmed.split_once('/') {
+            Some((address, bits)) => (address, bits.parse::<u8>().ok()),
+            None => (trimmed, None),
         };
-        match address.parse::<IpAddr>() {
-            Ok(_) if network && self.mode == IpMode::Full => trimmed.to_owned(),
-            Ok(ip) => self.show(ip, prefix),
-            Err(_) => match self.mode {
+        match (address.parse::<IpAddr>(), bits) {
+            (Ok(_), Some(_)) if self.mode == IpMode::Full => trimmed.to_owned(),
+            (Ok(_), Some(_)) if self.mode == IpMode::Hash => self.hash(trimmed.as_bytes()),
+            (Ok(ip), Some(bits)) => {
+                let narrower = IpPrefix {
+                    v4: prefix.v4.min(bits.max(1)),
+                    v6: prefix.v6.min(bits.max(1)),
+                };
+                self.show(ip, narrower)
+            }
+            (Ok(ip), _) => self.show(ip, prefix),
+            (Err(_), _) => match self.mode {
                 IpMode::Full => text.to_owned(),
                 IpMode::Truncate => "(not an address)".to_owned(),
                 IpMode::Hash => self.hash(text.as_bytes()),

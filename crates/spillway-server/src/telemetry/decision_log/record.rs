@@ -14,7 +14,8 @@
 //! `limit` is the governing limit (the one that denied, or when allowed the one closest to
 //! denying); for `shadow_denied` it is the shadow limit that would have denied. Over gRPC,
 //! `tier` is null, `domain` names the Envoy domain and `descriptors` lists each descriptor's
-//! entries (an `ip` or `remote_address` entry written as `ip` is; the first 8 descriptors
+//! entries (an `ip`, `remote_address` or `masked_remote_address` entry written as `ip` is; the
+//! first 8 descriptors
 //! that count hits, 8 entries each, texts cut to [`FIELD_BYTES`], and to
 //! [`DESCRIPTOR_BYTES`] in all). `degraded` names the
 //! failure mode that answered when the store could not (`open`, `degrade`, or `closed` for a
@@ -217,10 +218,12 @@ impl Pending {
         let envoy = subject.attrs.is_none() && !subject.descriptors.is_empty();
         // A descriptor giving hits back counts nothing: it names no one.
         let counted = || subject.descriptors.iter().filter(|d| !d.is_negative_hits);
+        // Within a descriptor the last entry of a key counts (as planning reads it, and
+        // `grpc::service::who`), so the record names the counter charged; across descriptors
+        // the first that names one.
         let entry = |names: &[&str]| {
             counted()
-                .flat_map(|d| &d.entries)
-                .find(|e| names.contains(&e.key.as_str()))
+                .find_map(|d| (d.entries.iter().rev()).find(|e| names.contains(&e.key.as_str())))
                 .map(|e| e.value.as_str())
         };
         let (tenant, user, ip) = match subject.attrs {
@@ -257,10 +260,18 @@ impl Pending {
                 Some(FailureMode::Closed),
             ),
         };
+        // Each text to what is left of the budget; a key cut short leaves nothing for its
+        // value (an address entry's key cut would let its value by the privacy setting), and
+        // entries past the budget are left out.
         let mut left = DESCRIPTOR_BYTES;
         let mut take = |text: &str| {
-            let cut = crate::telemetry::cut_to(text, FIELD_BYTES.min(left));
-            left -= cut.len();
+            let room = FIELD_BYTES.min(left);
+            let cut = crate::telemetry::cut_to(text, room);
+            // The budget, not the field's own bound, cut it.
+            left = match room < FIELD_BYTES.min(text.len()) {
+                true => 0,
+                false => left - cut.len(),
+            };
             cut.to_owned()
         };
         let descriptors = counted()
@@ -269,6 +280,7 @@ impl Pending {
                 (d.entries.iter())
                     .take(DESCRIPTOR_PAIRS)
                     .map(|e| (take(&e.key), take(&e.value)))
+                    .filter(|(key, _)| !key.is_empty())
                     .collect()
             })
             .collect();

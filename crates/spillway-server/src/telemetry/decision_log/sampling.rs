@@ -119,7 +119,8 @@ pub const FIRST_BUCKETS: usize = 4096;
 /// own denials in the first milliseconds of each second cannot keep everyone else's out of
 /// the log: each other counter still logs its first denial of the second (unless it shares a
 /// bucket with one of the flood's, as about a quarter would with a flood of 1,000 counters a
-/// second). At most [`FIRST_BUCKETS`] records a second pass this way.
+/// second). The log lets at most as many through this way a second as its cap (and never more
+/// than [`FIRST_BUCKETS`]), so the sink sees at most twice the cap.
 #[derive(Debug)]
 pub struct FirstOfSecond {
     /// Per bucket, the last second (server clock, whole seconds, wrapping) it let one through.
@@ -144,8 +145,9 @@ impl FirstOfSecond {
     pub fn first(&self, subject: impl std::hash::Hash, now: Micros) -> bool {
         use std::hash::BuildHasher;
         let second = (now / 1_000_000) as u32;
-        let bucket = (self.hasher.hash_one(subject) as usize) % FIRST_BUCKETS;
-        self.seen[bucket].swap(second, Ordering::Relaxed) != second
+        let bucket = &self.seen[(self.hasher.hash_one(subject) as usize) % FIRST_BUCKETS];
+        // Read first: under a flood most are taken already, and a read shares the line.
+        bucket.load(Ordering::Relaxed) != second && bucket.swap(second, Ordering::Relaxed) != second
     }
 }
 

@@ -47,14 +47,15 @@ use crate::failure::Fallback;
 use crate::telemetry::decision_log::subject::{self, Ids};
 use opentelemetry::trace::SpanId;
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
+    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
     TraceState, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_otlp::WithTonicConfig as _;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, Span,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingDecision, SamplingResult, SdkTracer,
+    SdkTracerProvider, ShouldSample, Span,
 };
 use opentelemetry_sdk::Resource;
 use spillway_core::engine::LimitOutcome;
@@ -128,11 +129,20 @@ impl Tracing {
             .with_attribute(KeyValue::new("service.instance.id", settings.node.clone()))
             .build();
         // The caller's sampling decision wins and roots are sampled at --trace-sample; or,
-        // for callers not trusted with it, --trace-sample decides every decision.
+        // for callers not trusted with it, a draw of this process's decides a decision whose
+        // parent is the caller's (not its trace id, which the caller chose). A span whose
+        // parent is this process's own (a store call's) follows it either way.
         let ratio = Sampler::TraceIdRatioBased(settings.sample);
         let sampler = match settings.parent_sampling {
-            ParentSampling::Follow => Sampler::ParentBased(Box::new(ratio)),
-            ParentSampling::Ignore => ratio,
+            ParentSampling::Follow => Sampler::parent_based(ratio),
+            ParentSampling::Ignore => {
+                let own = OwnDraw(crate::telemetry::decision_log::sampling::Sampler::new(
+                    settings.sample,
+                ));
+                Sampler::parent_based(ratio)
+                    .with_remote_parent_sampled(own)
+                    .with_remote_parent_not_sampled(own)
+            }
         };
         let provider = SdkTracerProvider::builder()
             .with_span_processor(export::Bounded::new(processor, in_flight))
@@ -204,6 +214,35 @@ fn parent_context(ids: Ids<'_>) -> Context {
         .unwrap_or_default();
     let flags = TraceFlags::new(flags) & TraceFlags::SAMPLED;
     Context::new().with_remote_span_context(SpanContext::new(trace_id, span_id, flags, true, state))
+}
+
+/// Samples by a draw of this process's own at a fixed share (`--trace-parent-sampling
+/// ignore`, for a span whose parent is a caller's), whatever the trace id and the caller's
+/// flag say.
+#[derive(Debug, Clone, Copy)]
+struct OwnDraw(crate::telemetry::decision_log::sampling::Sampler);
+
+impl ShouldSample for OwnDraw {
+    fn should_sample(
+        &self,
+        parent: Option<&Context>,
+        _trace_id: TraceId,
+        _name: &str,
+        _kind: &SpanKind,
+        _attributes: &[KeyValue],
+        _links: &[Link],
+    ) -> SamplingResult {
+        SamplingResult {
+            decision: match self.0.keep() {
+                true => SamplingDecision::RecordAndSample,
+                false => SamplingDecision::Drop,
+            },
+            attributes: Vec::new(),
+            trace_state: parent.map_or_else(TraceState::default, |p| {
+                p.span().span_context().trace_state().clone()
+            }),
+        }
+    }
 }
 
 /// What a decision reports to its trace, at the points [`crate::decision::decide`] passes.
