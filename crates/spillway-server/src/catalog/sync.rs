@@ -226,13 +226,19 @@ async fn follow(
     engine: &Engine,
     place: &mut Place,
 ) -> Result<(), DbError> {
-    let current = db.version().await?;
     let status = node.status();
+    // The change at the node's version, read before the database's version: a write between
+    // the two then shows as a version past it, not as a history gone.
+    let mark = place.mark.as_ref().filter(|m| m.version == status.version);
+    let at = match mark {
+        Some(seen) => db.changes_since(seen.version.saturating_sub(1), 1).await?,
+        None => Vec::new(),
+    };
+    let current = db.version().await?;
     // The entry the changes after the node's version must bring, if the mark moved on.
     let mut must_see = None;
     let mut diverged = false;
-    if let Some(seen) = place.mark.as_ref().filter(|m| m.version == status.version) {
-        let at = db.changes_since(seen.version.saturating_sub(1), 1).await?;
+    if let Some(seen) = mark {
         match at.first() {
             Some(c) if c.version == seen.version => diverged = c != seen,
             // Nothing after the node's version either: nothing can have moved it on.
