@@ -162,10 +162,32 @@ pub fn parse_body(body: &[u8]) -> Result<CheckRequest, Problem> {
     }
     // The plain body nearly every client sends is read directly ([`plain`]), with the same
     // result serde_json would give; any other body goes to serde_json.
-    match plain::read(body) {
-        Some(request) => Ok(request),
-        None => parse_with_serde(body),
+    let request = match plain::read(body) {
+        Some(request) => request,
+        None => parse_with_serde(body)?,
+    };
+    checked_path(request.path.as_deref())?;
+    Ok(request)
+}
+
+/// Refuses a `path` no route could match however the policy is written: one that is not an
+/// origin-form path (`/...`), an absolute URL (`https://host/...`) or `*`. `v1/generate`
+/// without its slash matched no route, so its route's limits went uncounted.
+pub(crate) fn checked_path(path: Option<&str>) -> Result<(), Problem> {
+    let Some(path) = path.filter(|p| !p.starts_with('/')) else {
+        return Ok(());
+    };
+    let absolute = path.starts_with(|c: char| c.is_ascii_alphabetic()) && path.contains("://");
+    if absolute || path == "*" {
+        return Ok(());
     }
+    Err(Problem::invalid(
+        format!(
+            "field `path`: `{path}` must start with `/` (or be an absolute URL, or `*`): as \
+             given, no route can match it"
+        ),
+        Some("path".into()),
+    ))
 }
 
 /// [`parse_body`] for a body that is not plain (and, in tests, for any body, to show that

@@ -148,6 +148,7 @@ pub fn parse_body(body: &[u8]) -> Result<ReportRequest, Problem> {
     })?;
     de.end()
         .map_err(|err| Problem::invalid(format!("the body is not valid JSON: {err}"), None))?;
+    super::check::checked_path(request.path.as_deref())?;
     let id = &request.request_id;
     if id.trim().is_empty() || id.len() > MAX_REQUEST_ID {
         return Err(Problem::invalid(
