@@ -215,7 +215,9 @@ pub async fn run(settings: ServerSettings, shutdown: Shutdown) -> anyhow::Result
         .await;
     let sync_task = match &settings.catalog {
         Some(catalog) => {
-            sync::boot(&app.catalog, &app.engine, &app.clock, &catalog.sync).await;
+            sync::boot(&app.catalog, &app.engine, &app.clock, &catalog.sync)
+                .await
+                .map_err(SettingsError)?;
             let follow = sync::SyncSettings {
                 migrate: migration_pending,
                 ..catalog.sync.clone()

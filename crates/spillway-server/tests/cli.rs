@@ -227,6 +227,34 @@ fn an_invalid_policy_stops_start_up_with_status_2_like_any_bad_setting() {
     }
 }
 
+/// A catalog database that answers but holds no catalog (never migrated, or a mistyped path
+/// that made a new empty SQLite file) stops start-up as a setting: served, every tenant
+/// would have fallen to the default tier, logged only as "unreachable".
+#[test]
+fn a_catalog_database_without_a_schema_stops_start_up_with_status_2() {
+    let dir = TempDir::new();
+    let policy = dir.write(
+        "spillway.yaml",
+        "default_tier: free\nlimits:\n  m: {algorithm: fixed_window, limit: 5, window: 1m, key: [tenant]}\ntiers:\n  free: {limits: [m]}\n",
+    );
+    let url = format!("sqlite://{}", dir.path().join("typo.db").display());
+    let out = spillway_within(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            &policy.display().to_string(),
+            "--catalog",
+            &url,
+        ],
+        std::time::Duration::from_secs(20),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("spillway catalog migrate"), "{stderr}");
+}
+
 #[test]
 fn a_redis_refusing_the_login_stops_start_up_with_status_2() {
     let redis = spillway_testkit::redis::RedisServer::start_with(&["--requirepass", "right-pw"]);

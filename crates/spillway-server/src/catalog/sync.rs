@@ -57,16 +57,29 @@ pub struct SyncSettings {
     pub migrate: bool,
 }
 
-/// Loads the catalog before the node serves: from the database, else from the snapshot.
+/// Loads the catalog before the node serves: from the database, else (it does not answer)
+/// from the snapshot. A database that answers but cannot be read as a catalog (no schema:
+/// never migrated, or a mistyped path that made a new empty SQLite file; a login without
+/// the rights to read it) is a setting to fix, not an outage to ride out: the node would
+/// serve every tenant on the default tier. That is `Err`, and the node does not start.
 pub async fn boot(
     node: &CatalogNode,
     engine: &Engine,
     clock: &ServerClock,
     settings: &SyncSettings,
-) {
-    let Some(db) = node.db().cloned() else { return };
+) -> Result<(), String> {
+    let Some(db) = node.db().cloned() else {
+        return Ok(());
+    };
     let loaded = match tokio::time::timeout(settings.boot_timeout, db.load()).await {
         Ok(Ok(loaded)) => Ok(loaded),
+        Ok(Err(err)) if !err.is_unavailable() => {
+            return Err(format!(
+                "the catalog database answers but cannot be read as a catalog ({err}); if it \
+                 was never migrated, run `spillway catalog migrate` or start with \
+                 --catalog-migrate (and check the URL names the database you meant)"
+            ));
+        }
         Ok(Err(err)) => Err(err.to_string()),
         Err(_) => Err(format!(
             "no answer within {} ms",
@@ -95,6 +108,7 @@ pub async fn boot(
             boot_from_snapshot(node, engine, settings.snapshot.as_deref(), &error).await;
         }
     }
+    Ok(())
 }
 
 async fn boot_from_snapshot(node: &CatalogNode, engine: &Engine, path: Option<&Path>, error: &str) {
