@@ -92,6 +92,22 @@ impl ServerSettings {
         if prefix.is_empty() {
             return Err("--descriptor-header-prefix must not be empty".into());
         }
+        // Settings of a catalog with no catalog: surely one flag (or variable) left out.
+        if args.catalog.catalog.is_none() {
+            let orphan = [
+                (
+                    "--catalog-snapshot",
+                    args.catalog.catalog_snapshot.is_some(),
+                ),
+                ("--catalog-migrate", args.catalog.catalog_migrate),
+            ];
+            if let Some((flag, _)) = orphan.iter().find(|(_, given)| *given) {
+                return Err(format!(
+                    "{flag} (or its SPILLWAY_ variable) needs --catalog (SPILLWAY_CATALOG), \
+                     which is not set"
+                ));
+            }
+        }
         let node_name = match args.node_name.as_deref().map(str::trim) {
             Some("") => return Err("--node-name must not be empty".into()),
             Some(name) => name.to_owned(),

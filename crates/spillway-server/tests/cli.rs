@@ -623,6 +623,21 @@ fn nonsense_flags_exit_2() {
             assert!(stderr.contains(flag), "{stderr}");
         }
     }
+    // A catalog's settings without a catalog were ignored without a word.
+    for args in [
+        &["--catalog-snapshot", "/tmp/x.snapshot"][..],
+        &["--catalog-migrate"][..],
+    ] {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend(args);
+        let out = spillway_within(&all, std::time::Duration::from_secs(20));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(args[0]) && stderr.contains("needs --catalog"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

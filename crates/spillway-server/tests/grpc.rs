@@ -440,6 +440,20 @@ async fn every_descriptor_limit_override_is_judged() {
     }
 }
 
+/// An `--envoy-config` directory with no file the server reads (named `*.YAML` here) is
+/// served, since files may appear later, but said loudly (`spillway validate` refuses it).
+#[tokio::test]
+async fn an_envoy_config_directory_with_no_readable_file_is_warned_about() {
+    let (dir, _) = envoy_file("ratelimit-config.YAML", SHOP);
+    let rls = start(Server::with_policy(POLICY), &[dir.path()]).await;
+    let line = rls.server.wait_for_log("no Envoy config files found");
+    assert!(
+        line.is_some_and(|l| l.contains("WARN")),
+        "logs:\n{}",
+        rls.server.logs().join("\n")
+    );
+}
+
 #[tokio::test]
 async fn health_reports_serving_for_the_rate_limit_service() {
     let rls = start(Server::with_policy(POLICY), &[]).await;

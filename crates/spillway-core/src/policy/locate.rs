@@ -13,7 +13,24 @@ use serde_saphyr::{DefaultMessageFormatter, Error as YamlError, MessageFormatter
 /// Describes `err` (raised while reading `text`) as a positioned, path-qualified issue.
 pub(crate) fn issue_from_yaml(text: &str, err: &YamlError) -> PolicyIssue {
     let err = err.without_snippet();
-    let message = clean(&DefaultMessageFormatter.format_message(err));
+    let message = match err {
+        // The library's own wording speaks to its programmers ("set DuplicateKeyPolicy").
+        YamlError::DuplicateMappingKey { key: Some(key), .. } => format!(
+            "`{}` is given twice in one mapping; each name may appear once",
+            clean(key)
+        ),
+        YamlError::DuplicateMappingKey { key: None, .. } => {
+            "a key is given twice in one mapping; each may appear once".to_owned()
+        }
+        // Nothing but blank lines and comments.
+        _ if text
+            .lines()
+            .all(|l| matches!(l.trim().chars().next(), None | Some('#'))) =>
+        {
+            "the file is empty: it holds no settings at all".to_owned()
+        }
+        _ => clean(&DefaultMessageFormatter.format_message(err)),
+    };
     let Some(at) = err.location().filter(|l| l.line() > 0) else {
         // Positionless errors are rare (options, budgets); the document is the best guess.
         return PolicyIssue {

@@ -99,6 +99,14 @@ pub async fn start(
         .load()
         .context("the Envoy rate-limit config is invalid")?;
     let (domains, limits) = (config.domain_names(), config.limit_count());
+    if !settings.envoy.paths.is_empty() && texts.is_empty() {
+        // Served (files may appear later, and are reloaded), but surely worth a look: a wrong
+        // directory, or files not named `*.yaml` / `*.yml`. `spillway validate` refuses it.
+        tracing::warn!(
+            "no Envoy config files found under --envoy-config (a directory's files must be named \
+             *.yaml or *.yml): every domain but the policy's is unknown until some appear"
+        );
+    }
     let state = Arc::new(RlsState {
         app,
         envoy: ArcSwap::from_pointee(config),

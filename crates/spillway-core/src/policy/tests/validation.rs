@@ -406,7 +406,20 @@ limits:
 "#,
     );
     assert_eq!(err.errors()[0].line, 4, "{err}");
-    assert!(err.errors()[0].message.contains("duplicate"), "{err}");
+    let message = &err.errors()[0].message;
+    assert!(message.contains("`a` is given twice"), "{err}");
+    assert!(
+        !message.contains("DuplicateKeyPolicy"),
+        "the library's advice: {err}"
+    );
+    // An empty file (or one of comments only) is said to be empty.
+    for text in ["", "# nothing yet\n\n"] {
+        let err = reject(text);
+        assert!(
+            err.errors()[0].message.contains("the file is empty"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
