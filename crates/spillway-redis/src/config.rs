@@ -107,6 +107,15 @@ pub enum UrlError {
     /// at connection, as if the server were down.
     #[error("`{0}`: rediss:// (TLS) is not supported by this build; use redis://")]
     Tls(String),
+    /// A `redis://` URL the client cannot read (a port past 65535, a database that is not a
+    /// number, no host): a setting to fix, not a server that is down.
+    #[error("`{url}` is not a Redis URL this client can read: {why}")]
+    Malformed {
+        /// The URL, its password masked.
+        url: String,
+        /// What the client said.
+        why: String,
+    },
     /// Several URLs without `cluster+`: a server is one URL.
     #[error("`{0}`: several URLs need the cluster+ prefix")]
     SeveralWithoutCluster(String),
@@ -165,6 +174,7 @@ pub fn parse_target(text: &str) -> Result<UrlTarget, UrlError> {
     };
     let urls = parse_url_list(list).map_err(|error| match error {
         UrlError::Tls(_) => UrlError::Tls(mask_text(text)),
+        malformed @ UrlError::Malformed { .. } => malformed,
         _ => UrlError::NotRedis(mask_text(text)),
     })?;
     if cluster {
@@ -199,6 +209,14 @@ pub fn parse_url_list(list: &str) -> Result<Vec<String>, UrlError> {
     }
     if urls.iter().any(|u| !u.starts_with("redis://")) {
         return Err(UrlError::NotRedisList(mask_text(list.trim())));
+    }
+    for url in &urls {
+        if let Err(err) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+            return Err(UrlError::Malformed {
+                url: mask_text(url),
+                why: mask_text(&err.to_string()),
+            });
+        }
     }
     Ok(urls)
 }
@@ -302,6 +320,18 @@ mod tests {
             ),
         ] {
             assert_eq!(parse_target(text), Err(want), "{text}");
+        }
+        // URLs the client cannot read are said to be so (they failed later as a connection
+        // that might work if tried again), their passwords masked.
+        for text in [
+            "redis://:s3cret@127.0.0.1:99999",
+            "redis://127.0.0.1:1/abc",
+            "redis://",
+            "cluster+redis://a:1,redis://b:99999",
+        ] {
+            let err = parse_target(text).expect_err(text);
+            assert!(matches!(err, UrlError::Malformed { .. }), "{text}: {err:?}");
+            assert!(!err.to_string().contains("s3cret"), "{err}");
         }
         assert_eq!(
             parse_url_list("redis://a,b"),

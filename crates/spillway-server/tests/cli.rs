@@ -212,6 +212,8 @@ fn an_invalid_policy_stops_start_up_with_status_2_like_any_bad_setting() {
     for args in [
         &["--store-url", "redis:/:s3cret@127.0.0.1:1"][..],
         &["--store-url", "rediss://u:s3cret@127.0.0.1:1"][..],
+        &["--store-url", "redis://:s3cret@127.0.0.1:99999"][..],
+        &["--store-url", "redis://127.0.0.1:1/abc"][..],
         &["--region", "mars"][..],
         &["--decision-log", "redis"][..],
     ] {
