@@ -79,7 +79,8 @@ pub struct ServeArgs {
         long,
         env = "SPILLWAY_LISTEN",
         value_name = "ADDR",
-        default_value = "127.0.0.1:8080"
+        default_value = "127.0.0.1:8080",
+        value_parser = parse_listen
     )]
     pub listen: SocketAddr,
 
@@ -258,7 +259,7 @@ pub struct ServeArgs {
 
     /// Serve Envoy's rate-limit gRPC service (RLS v3) and gRPC health on this address; off
     /// when unset. Port 0 picks a free port (logged as `grpc listening on <addr>`).
-    #[arg(long, env = "SPILLWAY_GRPC_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "SPILLWAY_GRPC_LISTEN", value_name = "ADDR", value_parser = parse_listen)]
     pub grpc_listen: Option<SocketAddr>,
 
     /// The gRPC domain whose descriptors are judged by the main policy (entries `tenant`,
@@ -391,6 +392,17 @@ pub struct CheckArgs {
     /// Only report what would happen; consume nothing.
     #[arg(long)]
     pub peek: bool,
+}
+
+/// An address to listen on, `IP:PORT`; host names are not resolved, and the message says so
+/// (the standard library's says only "invalid socket address syntax").
+pub(crate) fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!(
+            "`{text}` is not IP:PORT (a host name is not resolved, and the port is 0 to 65535): \
+             e.g. 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080"
+        )
+    })
 }
 
 fn parse_grace(text: &str) -> Result<Duration, String> {

@@ -611,6 +611,21 @@ fn validate_refuses_cluster_seeds_that_disagree_on_the_login() {
     }
 }
 
+/// A file that is no decision log read as a log with nothing in it; its lines that are no
+/// record are now counted aloud.
+#[test]
+fn decisions_say_how_many_lines_were_not_records() {
+    let dir = TempDir::new();
+    let file = dir.write("not-a-log.jsonl", "garbage\n{\"x\":1}\n\n");
+    let out = spillway(&["decisions", "--file", &file.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("2 lines of") && stderr.contains("not decision records"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn nonsense_flags_exit_2() {
     let out = spillway(&["serve", "--deny-status", "200"]);
@@ -623,6 +638,15 @@ fn nonsense_flags_exit_2() {
             assert_eq!(out.status.code(), Some(2), "{flag} {threads}");
             let stderr = text(&out.stderr);
             assert!(stderr.contains(flag), "{stderr}");
+        }
+    }
+    // An address with a host name, or no port, is said to need IP:PORT.
+    for flag in ["--listen", "--grpc-listen", "--admin-listen"] {
+        for bad in ["localhost:8080", "127.0.0.1", "[::1]:99999"] {
+            let out = spillway(&["serve", flag, bad]);
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{flag} {bad}: {stderr}");
+            assert!(stderr.contains("is not IP:PORT"), "{stderr}");
         }
     }
     // A catalog's settings without a catalog were ignored without a word.

@@ -43,7 +43,8 @@ pub struct CatalogArgs {
 
     /// Serve the admin API on this address only (e.g. a private interface), instead of under
     /// /v1/admin on the main listener.
-    #[arg(long, env = "SPILLWAY_ADMIN_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "SPILLWAY_ADMIN_LISTEN", value_name = "ADDR",
+          value_parser = crate::cli::parse_listen)]
     pub admin_listen: Option<SocketAddr>,
 }
 

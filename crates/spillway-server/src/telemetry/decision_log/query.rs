@@ -236,6 +236,9 @@ fn read_files(path: &Path, filter: &Filter) -> Result<Vec<Found>, String> {
         return Err(format!("{}: no such decision log", path.display()));
     }
     let mut kept = VecDeque::with_capacity(filter.limit.min(4096));
+    // Lines that are no record: one torn by a write in progress, or a file that is no
+    // decision log at all (which would otherwise read as a log with nothing in it).
+    let mut skipped = 0usize;
     for file in files {
         let reader = match std::fs::File::open(&file) {
             Ok(f) => BufReader::new(f),
@@ -246,6 +249,7 @@ fn read_files(path: &Path, filter: &Filter) -> Result<Vec<Found>, String> {
         for json in reader.lines() {
             let json = json.map_err(|e| format!("{}: {e}", file.display()))?;
             let Ok(line) = serde_json::from_str::<Line>(&json) else {
+                skipped += usize::from(!json.trim().is_empty());
                 continue;
             };
             if filter.matches(&line) {
@@ -255,6 +259,12 @@ fn read_files(path: &Path, filter: &Filter) -> Result<Vec<Found>, String> {
                 kept.push_back(Found { line, json });
             }
         }
+    }
+    if skipped > 0 {
+        eprintln!(
+            "spillway decisions: {skipped} lines of {} are not decision records; skipped",
+            path.display()
+        );
     }
     Ok(kept.into())
 }
